@@ -1,0 +1,2 @@
+//! `metaprotocol-proxy`: under construction.
+fn main() {}

@@ -1,0 +1,1 @@
+//! The brpc codec for metaprotocol-rs (under construction).

@@ -1,0 +1,116 @@
+//! A UTF-8 string that shares its storage with the frame it was read from.
+
+use std::fmt;
+use std::ops::Deref;
+
+use bytes::Bytes;
+
+/// An immutable UTF-8 string backed by [`Bytes`].
+///
+/// Metadata keys and values are usually slices of the frame they were decoded from; a `ByteStr`
+/// keeps such a slice without copying it, and a `'static` string without allocating.
+/// The UTF-8 invariant is checked once, when the value is built.
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ByteStr(Bytes);
+
+impl ByteStr {
+    /// A `ByteStr` over a static string; never allocates.
+    pub const fn from_static(s: &'static str) -> Self {
+        Self(Bytes::from_static(s.as_bytes()))
+    }
+
+    /// Wraps `bytes` if they are valid UTF-8, returning them unchanged otherwise.
+    pub fn from_utf8(bytes: Bytes) -> Result<Self, Bytes> {
+        if std::str::from_utf8(&bytes).is_ok() {
+            Ok(Self(bytes))
+        } else {
+            Err(bytes)
+        }
+    }
+
+    /// Copies `s` into a new `ByteStr`.
+    pub fn copy_from_str(s: &str) -> Self {
+        Self(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    /// The string.
+    pub fn as_str(&self) -> &str {
+        // The constructors only admit valid UTF-8, so this never falls back.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The UTF-8 bytes (no validation; the fast path for matching).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The underlying shared buffer.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
+    /// The length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True for the empty string.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Deref for ByteStr {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<String> for ByteStr {
+    fn from(s: String) -> Self {
+        Self(Bytes::from(s))
+    }
+}
+
+impl From<&'static str> for ByteStr {
+    fn from(s: &'static str) -> Self {
+        Self::from_static(s)
+    }
+}
+
+impl PartialEq<str> for ByteStr {
+    fn eq(&self, other: &str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl PartialEq<&str> for ByteStr {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl fmt::Debug for ByteStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for ByteStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_invalid_utf8() {
+        assert!(ByteStr::from_utf8(Bytes::from_static(&[0xff, 0xfe])).is_err());
+        let ok = ByteStr::from_utf8(Bytes::from_static("héllo".as_bytes())).ok();
+        assert_eq!(ok.as_ref().map(ByteStr::as_str), Some("héllo"));
+    }
+}

@@ -1,0 +1,243 @@
+//! The codec contract: how a protocol turns bytes into [`Message`]s and back.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use crate::{CodecError, LocalReply, Message, Mutation, OptionsError};
+
+/// The default cap on one frame: a length field can never make the proxy buffer more.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
+
+/// Which end of a proxied exchange a codec instance serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// Faces clients: decodes requests, encodes responses and local replies.
+    Downstream,
+    /// Faces servers: encodes requests, decodes responses.
+    Upstream,
+}
+
+/// One encoding within a protocol, chosen by the codec (for Thrift: transport x protocol).
+///
+/// The engine treats it as an opaque tag: upstream connections are pooled per
+/// `(endpoint, variant)`, so frames are forwarded without translation whenever the codec allows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WireVariant(pub u16);
+
+impl WireVariant {
+    /// The variant of protocols that have only one encoding.
+    pub const DEFAULT: Self = Self(0);
+}
+
+/// How requests share an upstream connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolMode {
+    /// Many requests in flight per connection, told apart by request id; the engine rewrites ids
+    /// so that clients whose ids collide can share a connection.
+    Multiplex,
+    /// One request in flight per connection (protocols whose ids are not unique per
+    /// connection, or servers that answer out of order without ids).
+    Exclusive,
+}
+
+/// Where and how [`Codec::encode`] writes a message.
+#[derive(Clone, Copy, Debug)]
+pub struct EncodeParams<'a> {
+    /// The request id to write: a fresh upstream id for requests, the client's own id for
+    /// responses. Codecs patch it in place when the frame's encoding allows.
+    pub request_id: u64,
+    /// The encoding to write in; a codec that cannot translate from the message's own
+    /// [`Message::variant`] returns [`CodecError::Unsupported`].
+    pub variant: WireVariant,
+    /// Header edits; empty for a pure passthrough.
+    pub mutation: &'a Mutation,
+}
+
+/// A protocol's frame codec for one connection and one direction. Sans-IO: it never touches a
+/// socket, never blocks, never spawns.
+///
+/// Two instances serve each connection, one reading and one writing, created by the protocol's
+/// [`CodecFactory`]; codecs may keep per-connection state (a detected encoding, say).
+pub trait Codec: Send {
+    /// Decodes one frame from the front of `src`.
+    ///
+    /// Returns `Ok(Some(message))` and removes exactly that frame's bytes from `src` (split off
+    /// and frozen, not copied); `Ok(None)` when `src` does not yet hold a whole frame, leaving
+    /// `src` unchanged (it may `reserve` what the frame needs, up to the frame size cap).
+    /// Any error means the stream cannot be trusted any more; the engine closes the connection.
+    /// A length field larger than the configured maximum is [`CodecError::FrameTooLarge`] as soon
+    /// as the header is read, before the body arrives.
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, CodecError>;
+
+    /// Appends `message` (decoded by a codec of this protocol) to `dst` with the id, encoding and
+    /// header edits in `params`.
+    ///
+    /// With an empty mutation and the message's own variant this writes the original frame,
+    /// patching only the request id. With a mutation, only the header section is rebuilt; the
+    /// body is copied as it came. On error nothing is appended.
+    fn encode(
+        &mut self,
+        message: &Message,
+        params: &EncodeParams<'_>,
+        dst: &mut BytesMut,
+    ) -> Result<(), CodecError>;
+
+    /// Appends the protocol's error response to `request`, in the request's own encoding and with
+    /// its id, describing `reply` in the protocol's terms. Never called for one-way requests.
+    fn encode_local_reply(
+        &mut self,
+        request: &Message,
+        reply: &LocalReply,
+        dst: &mut BytesMut,
+    ) -> Result<(), CodecError>;
+
+    /// Appends the answer to a [`crate::MessageKind::Heartbeat`]. Heartbeats that expect no
+    /// answer (one-way heartbeats) append nothing.
+    fn encode_heartbeat_reply(
+        &mut self,
+        heartbeat: &Message,
+        dst: &mut BytesMut,
+    ) -> Result<(), CodecError>;
+}
+
+/// A configured protocol: creates [`Codec`]s and declares how connections may be shared.
+///
+/// Built once per listener or cluster by the constructor registered in a [`CodecRegistry`].
+pub trait CodecFactory: Send + Sync + 'static {
+    /// The protocol's registered name (`dubbo`, `thrift`, `brpc` ...).
+    fn protocol(&self) -> &'static str;
+
+    /// A new codec for one connection and direction. `variant` is the encoding an upstream
+    /// connection speaks (see [`CodecFactory::upstream_variant`]); downstream codecs receive
+    /// [`WireVariant::DEFAULT`] and detect or are configured with their clients' encoding.
+    fn new_codec(&self, side: Side, variant: WireVariant) -> Box<dyn Codec>;
+
+    /// The encoding in which `request` should travel upstream. The default forwards each
+    /// request in its own encoding.
+    fn upstream_variant(&self, request: &Message) -> WireVariant {
+        request.variant
+    }
+
+    /// How upstream connections are shared.
+    fn pool_mode(&self) -> PoolMode {
+        PoolMode::Multiplex
+    }
+
+    /// The largest request id the protocol can carry; the engine allocates upstream ids in
+    /// `1..=max_request_id()`.
+    fn max_request_id(&self) -> u64 {
+        u64::MAX
+    }
+}
+
+impl fmt::Debug for dyn CodecFactory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CodecFactory")
+            .field("protocol", &self.protocol())
+            .finish()
+    }
+}
+
+/// The codec options of a listener or cluster (`codec: { ... }` in the config).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodecOptions {
+    /// The largest frame a codec accepts; see [`DEFAULT_MAX_FRAME_BYTES`].
+    pub max_frame_bytes: usize,
+    params: BTreeMap<String, String>,
+}
+
+impl Default for CodecOptions {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            params: BTreeMap::new(),
+        }
+    }
+}
+
+impl CodecOptions {
+    /// Default options with `max_frame_bytes`.
+    pub fn with_max_frame_bytes(max_frame_bytes: usize) -> Self {
+        Self {
+            max_frame_bytes,
+            params: BTreeMap::new(),
+        }
+    }
+
+    /// Sets the protocol-specific option `key` (thrift's `transport`, say).
+    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        self.params.insert(key.into(), value.into());
+    }
+
+    /// The protocol-specific option `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.params.get(key).map(String::as_str)
+    }
+
+    /// Every protocol-specific option.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.params.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Rejects any option not in `allowed`, so that a misspelt option is an error rather than
+    /// silently ignored.
+    pub fn allow_only(&self, allowed: &[&str]) -> Result<(), OptionsError> {
+        match self.params.keys().find(|k| !allowed.contains(&k.as_str())) {
+            None => Ok(()),
+            Some(key) => Err(OptionsError::new(
+                key.clone(),
+                format!("unknown option; this codec takes max_frame_bytes and {allowed:?}"),
+            )),
+        }
+    }
+}
+
+/// Builds a configured [`CodecFactory`] from options; registered under a protocol name.
+pub type CodecConstructor =
+    Arc<dyn Fn(&CodecOptions) -> Result<Arc<dyn CodecFactory>, OptionsError> + Send + Sync>;
+
+/// The protocols an engine knows, by name.
+#[derive(Clone, Default)]
+pub struct CodecRegistry {
+    constructors: BTreeMap<String, CodecConstructor>,
+}
+
+impl CodecRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `constructor` under `name`, replacing an earlier registration.
+    pub fn register<F>(&mut self, name: impl Into<String>, constructor: F) -> &mut Self
+    where
+        F: Fn(&CodecOptions) -> Result<Arc<dyn CodecFactory>, OptionsError> + Send + Sync + 'static,
+    {
+        self.constructors.insert(name.into(), Arc::new(constructor));
+        self
+    }
+
+    /// Builds the codec factory registered as `name` with `options`; `None` if no protocol of
+    /// that name is registered.
+    pub fn build(
+        &self,
+        name: &str,
+        options: &CodecOptions,
+    ) -> Option<Result<Arc<dyn CodecFactory>, OptionsError>> {
+        self.constructors.get(name).map(|c| c(options))
+    }
+
+    /// The registered protocol names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.constructors.keys().map(String::as_str)
+    }
+}
+
+impl fmt::Debug for CodecRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.names()).finish()
+    }
+}

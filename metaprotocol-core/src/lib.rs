@@ -1,0 +1,56 @@
+//! The protocol-neutral vocabulary of metaprotocol-rs.
+//!
+//! A request/response RPC protocol joins the engine by implementing [`Codec`] (sans-IO: bytes in,
+//! [`Message`]s out, and back) and registering a [`CodecFactory`] constructor under a name in a
+//! [`CodecRegistry`]. Everything else, routing, load balancing, resilience, policy, is shared and
+//! lives in `metaprotocol-router`, which sees a protocol only through these types:
+//!
+//! - [`Message`]: one decoded frame: its [`MessageKind`], request id, routable [`Metadata`], and
+//!   the original bytes, so that forwarding is a copy of the frame, not a re-serialization.
+//! - [`Metadata`]: the key/values a codec extracted (interface, method, attachments, headers ...),
+//!   sliced from the frame without copying where the encoding allows.
+//! - [`Mutation`]: header set/remove operations that a codec applies when it encodes a frame.
+//! - [`LocalReply`]: an error the proxy answers itself; the codec turns it into the protocol's own
+//!   error response (Dubbo status, Thrift `TApplicationException`, bRPC `error_code`).
+//! - [`L7Filter`] and [`FilterChain`]: request and response hooks that continue, answer locally, or
+//!   wait on asynchronous work.
+//!
+//! This crate opens no sockets and spawns no tasks.
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use metaprotocol_core::{ByteStr, Metadata, Mutation};
+//!
+//! let mut metadata = Metadata::new();
+//! metadata.insert(ByteStr::from_static("method"), ByteStr::from_static("sayHello"));
+//! assert_eq!(metadata.get("method").map(|v| v.as_bytes()), Some(&b"sayHello"[..]));
+//!
+//! let mut mutation = Mutation::new();
+//! mutation.set(ByteStr::from_static("x-routed-by"), ByteStr::from_static("canary"));
+//! assert!(!mutation.is_empty());
+//! # let _ = BytesMut::new();
+//! ```
+
+mod bytestr;
+mod codec;
+mod error;
+mod filter;
+mod message;
+mod metadata;
+mod mutation;
+mod reply;
+
+pub use bytestr::ByteStr;
+pub use codec::{
+    Codec, CodecConstructor, CodecFactory, CodecOptions, CodecRegistry, EncodeParams, PoolMode, Side,
+    WireVariant, DEFAULT_MAX_FRAME_BYTES,
+};
+pub use error::{CodecError, OptionsError};
+pub use filter::{
+    ConnectionInfo, FilterChain, FilterDecision, FilterFuture, L7Filter, RequestContext,
+    ResponseContext,
+};
+pub use message::{FrameLayout, Message, MessageKind, ResponseStatus};
+pub use metadata::{keys, Metadata};
+pub use mutation::Mutation;
+pub use reply::{LocalReply, LocalReplyKind, UnknownReplyKind};

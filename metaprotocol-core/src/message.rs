@@ -1,0 +1,93 @@
+//! One decoded frame.
+
+use bytes::Bytes;
+
+use crate::{Metadata, WireVariant};
+
+/// What a frame is, as far as the engine is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MessageKind {
+    /// A call that expects a response.
+    Request,
+    /// A call that expects no response; it completes when written upstream.
+    Oneway,
+    /// A response to a [`MessageKind::Request`]; its outcome is in [`Message::status`].
+    Response,
+    /// A liveness probe that the receiving codec answers locally; never routed.
+    Heartbeat,
+    /// An answer to a heartbeat; consumed by whoever sent the heartbeat, never routed.
+    HeartbeatReply,
+}
+
+impl MessageKind {
+    /// True for frames that travel from client to server ([`Request`](Self::Request),
+    /// [`Oneway`](Self::Oneway)).
+    pub fn is_call(self) -> bool {
+        matches!(self, Self::Request | Self::Oneway)
+    }
+}
+
+/// The outcome a response reports, classified for metrics, retries and outlier detection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ResponseStatus {
+    /// The call succeeded (or the frame is not a response).
+    #[default]
+    Ok,
+    /// The service answered with a declared, business-level exception (a Thrift exception
+    /// declared in the IDL, a Dubbo "exception" result). The server is healthy.
+    ApplicationError,
+    /// The server or its framework failed the call (Dubbo status other than OK, Thrift
+    /// `TApplicationException`, bRPC `error_code`).
+    ServerError,
+}
+
+/// Codec-private positions within [`Message::frame`], recorded at decode time so that encode can
+/// patch the frame without parsing it again. The engine never reads or changes them; each codec
+/// documents its own slots.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrameLayout(pub [u32; 6]);
+
+/// One decoded frame: what it is, whom it answers, what it says about itself, and its bytes.
+///
+/// `frame` holds the complete original frame (header and body), split off the read buffer
+/// without copying. Forwarding a message writes these bytes, patched in place, rather than a
+/// re-serialization.
+#[derive(Clone, Debug)]
+pub struct Message {
+    /// Request, one-way, response or heartbeat.
+    pub kind: MessageKind,
+    /// The outcome, for responses; [`ResponseStatus::Ok`] otherwise.
+    pub status: ResponseStatus,
+    /// The id that pairs a response with its request on one connection (Dubbo request id,
+    /// Thrift seqid, bRPC correlation id).
+    pub request_id: u64,
+    /// The routable key/values extracted from the frame.
+    pub metadata: Metadata,
+    /// The complete original frame.
+    pub frame: Bytes,
+    /// The encoding variant of this frame within its protocol (Thrift transport and protocol,
+    /// for example); `WireVariant::DEFAULT` for protocols with one encoding.
+    pub variant: WireVariant,
+    /// Codec-private offsets into `frame`.
+    pub layout: FrameLayout,
+    /// Set by the codec when the frame is a well-formed request that cannot be proxied (an
+    /// unsupported serialization, say): the engine answers it with a `BadRequest` local reply
+    /// carrying this reason, and the connection stays open.
+    pub reject_reason: Option<&'static str>,
+}
+
+impl Message {
+    /// A message of `kind` over `frame`, with empty metadata and default layout.
+    pub fn new(kind: MessageKind, request_id: u64, frame: Bytes) -> Self {
+        Self {
+            kind,
+            status: ResponseStatus::Ok,
+            request_id,
+            metadata: Metadata::new(),
+            frame,
+            variant: WireVariant::DEFAULT,
+            layout: FrameLayout::default(),
+            reject_reason: None,
+        }
+    }
+}

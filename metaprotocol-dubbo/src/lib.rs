@@ -1,0 +1,1 @@
+//! The dubbo codec for metaprotocol-rs (under construction).

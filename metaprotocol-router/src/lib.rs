@@ -1,0 +1,1 @@
+//! The metaprotocol-rs engine (under construction).

@@ -1,0 +1,1 @@
+//! The thrift codec for metaprotocol-rs (under construction).
