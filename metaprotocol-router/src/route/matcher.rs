@@ -1,0 +1,215 @@
+//! Conditions on metadata.
+
+use metaprotocol_core::Metadata;
+use regex::bytes::Regex;
+
+use crate::config::{ConfigError, MetadataMatcherSpec};
+
+/// The test a [`MetadataMatcher`] applies to a key's value.
+#[derive(Debug, Clone)]
+enum ValueTest {
+    Exact(Box<[u8]>),
+    Prefix(Box<[u8]>),
+    Suffix(Box<[u8]>),
+    Contains(Box<[u8]>),
+    Regex(Regex),
+    Present(bool),
+}
+
+/// One compiled condition on a metadata key. Matching reads the value in place: no allocation.
+#[derive(Debug, Clone)]
+pub struct MetadataMatcher {
+    key: Box<str>,
+    test: ValueTest,
+    invert: bool,
+}
+
+impl MetadataMatcher {
+    /// Compiles a validated spec.
+    pub fn new(spec: &MetadataMatcherSpec) -> Result<Self, ConfigError> {
+        let bytes = |s: &String| s.as_bytes().to_vec().into_boxed_slice();
+        let test = if let Some(v) = &spec.exact {
+            ValueTest::Exact(bytes(v))
+        } else if let Some(v) = &spec.prefix {
+            ValueTest::Prefix(bytes(v))
+        } else if let Some(v) = &spec.suffix {
+            ValueTest::Suffix(bytes(v))
+        } else if let Some(v) = &spec.contains {
+            ValueTest::Contains(bytes(v))
+        } else if let Some(pattern) = &spec.regex {
+            // Anchored: `regex` matches the whole value, as in Envoy's safe_regex.
+            let anchored = format!("^(?:{pattern})$");
+            ValueTest::Regex(
+                Regex::new(&anchored)
+                    .map_err(|err| ConfigError::new("regex", format!("invalid regex: {err}")))?,
+            )
+        } else if let Some(present) = spec.present {
+            ValueTest::Present(present)
+        } else {
+            return Err(ConfigError::new(
+                "",
+                "needs one of exact, prefix, suffix, contains, regex, present",
+            ));
+        };
+        Ok(Self {
+            key: spec.key.as_str().into(),
+            test,
+            invert: spec.invert,
+        })
+    }
+
+    /// True if `metadata` satisfies this condition.
+    pub fn matches(&self, metadata: &Metadata) -> bool {
+        let value = metadata.get(&self.key);
+        let hit = match (&self.test, value) {
+            (ValueTest::Present(want), value) => value.is_some() == *want,
+            (_, None) => false,
+            (ValueTest::Exact(v), Some(value)) => value.as_bytes() == &**v,
+            (ValueTest::Prefix(v), Some(value)) => value.as_bytes().starts_with(v),
+            (ValueTest::Suffix(v), Some(value)) => value.as_bytes().ends_with(v),
+            (ValueTest::Contains(v), Some(value)) => contains(value.as_bytes(), v),
+            (ValueTest::Regex(re), Some(value)) => re.is_match(value.as_bytes()),
+        };
+        hit != self.invert
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use metaprotocol_core::ByteStr;
+
+    use super::*;
+
+    fn spec(key: &str) -> MetadataMatcherSpec {
+        MetadataMatcherSpec {
+            key: key.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    fn metadata() -> Metadata {
+        [("method", "sayHello"), ("batchJob", "true")]
+            .into_iter()
+            .map(|(k, v)| (ByteStr::from_static(k), ByteStr::from_static(v)))
+            .collect()
+    }
+
+    #[test]
+    fn every_test_and_inversion() -> Result<(), ConfigError> {
+        let md = metadata();
+        let cases: Vec<(MetadataMatcherSpec, bool)> = vec![
+            (
+                MetadataMatcherSpec {
+                    exact: Some("sayHello".into()),
+                    ..spec("method")
+                },
+                true,
+            ),
+            (
+                MetadataMatcherSpec {
+                    exact: Some("sayHell".into()),
+                    ..spec("method")
+                },
+                false,
+            ),
+            (
+                MetadataMatcherSpec {
+                    prefix: Some("say".into()),
+                    ..spec("method")
+                },
+                true,
+            ),
+            (
+                MetadataMatcherSpec {
+                    suffix: Some("Hello".into()),
+                    ..spec("method")
+                },
+                true,
+            ),
+            (
+                MetadataMatcherSpec {
+                    suffix: Some("say".into()),
+                    ..spec("method")
+                },
+                false,
+            ),
+            (
+                MetadataMatcherSpec {
+                    contains: Some("yHe".into()),
+                    ..spec("method")
+                },
+                true,
+            ),
+            (
+                MetadataMatcherSpec {
+                    regex: Some("say.*".into()),
+                    ..spec("method")
+                },
+                true,
+            ),
+            (
+                MetadataMatcherSpec {
+                    regex: Some("ay".into()),
+                    ..spec("method")
+                },
+                false,
+            ),
+            (
+                MetadataMatcherSpec {
+                    present: Some(true),
+                    ..spec("batchJob")
+                },
+                true,
+            ),
+            (
+                MetadataMatcherSpec {
+                    present: Some(false),
+                    ..spec("batchJob")
+                },
+                false,
+            ),
+            (
+                MetadataMatcherSpec {
+                    present: Some(false),
+                    ..spec("absent")
+                },
+                true,
+            ),
+            (
+                MetadataMatcherSpec {
+                    exact: Some("x".into()),
+                    ..spec("absent")
+                },
+                false,
+            ),
+            (
+                MetadataMatcherSpec {
+                    exact: Some("true".into()),
+                    invert: true,
+                    ..spec("batchJob")
+                },
+                false,
+            ),
+            (
+                MetadataMatcherSpec {
+                    exact: Some("x".into()),
+                    invert: true,
+                    ..spec("absent")
+                },
+                true,
+            ),
+        ];
+        for (spec, expected) in cases {
+            assert_eq!(
+                MetadataMatcher::new(&spec)?.matches(&md),
+                expected,
+                "{spec:?}"
+            );
+        }
+        Ok(())
+    }
+}
