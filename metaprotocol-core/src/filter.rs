@@ -175,8 +175,14 @@ mod tests {
         }
 
         fn on_request(&self, ctx: &mut RequestContext<'_>) -> FilterDecision {
-            self.log.lock().map(|mut l| l.push(format!("req:{}", self.name))).ok();
-            ctx.mutation.set(ByteStr::from_static("seen"), ByteStr::from_static(self.name));
+            self.log
+                .lock()
+                .map(|mut l| l.push(format!("req:{}", self.name)))
+                .ok();
+            ctx.mutation.set(
+                ByteStr::from_static("seen"),
+                ByteStr::from_static(self.name),
+            );
             if self.reply {
                 return FilterDecision::Reply(LocalReply::new(LocalReplyKind::Unauthorized, "no"));
             }
@@ -190,7 +196,10 @@ mod tests {
         }
 
         fn on_response(&self, _ctx: &mut ResponseContext<'_>) -> FilterDecision {
-            self.log.lock().map(|mut l| l.push(format!("resp:{}", self.name))).ok();
+            self.log
+                .lock()
+                .map(|mut l| l.push(format!("resp:{}", self.name)))
+                .ok();
             FilterDecision::Continue
         }
     }

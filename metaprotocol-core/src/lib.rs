@@ -42,8 +42,8 @@ mod reply;
 
 pub use bytestr::ByteStr;
 pub use codec::{
-    Codec, CodecConstructor, CodecFactory, CodecOptions, CodecRegistry, EncodeParams, PoolMode, Side,
-    WireVariant, DEFAULT_MAX_FRAME_BYTES,
+    Codec, CodecConstructor, CodecFactory, CodecOptions, CodecRegistry, DEFAULT_MAX_FRAME_BYTES,
+    EncodeParams, PoolMode, Side, WireVariant,
 };
 pub use error::{CodecError, OptionsError};
 pub use filter::{
@@ -51,6 +51,6 @@ pub use filter::{
     ResponseContext,
 };
 pub use message::{FrameLayout, Message, MessageKind, ResponseStatus};
-pub use metadata::{keys, Metadata};
+pub use metadata::{Metadata, keys};
 pub use mutation::Mutation;
 pub use reply::{LocalReply, LocalReplyKind, UnknownReplyKind};

@@ -55,7 +55,8 @@ impl Mutation {
 
     /// True if `key` is removed and not set again: a codec drops such a header.
     pub fn drops(&self, key: &[u8]) -> bool {
-        self.remove.iter().any(|k| k.as_bytes() == key) && !self.set.iter().any(|(k, _)| k.as_bytes() == key)
+        self.remove.iter().any(|k| k.as_bytes() == key)
+            && !self.set.iter().any(|(k, _)| k.as_bytes() == key)
     }
 
     /// True if the header `key` is overridden (set or removed) by this mutation: a codec that

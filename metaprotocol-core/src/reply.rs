@@ -73,7 +73,9 @@ impl fmt::Display for LocalReplyKind {
 
 /// A name that is not a [`LocalReplyKind`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown local reply kind `{0}`; expected one of route_not_found, no_healthy_upstream, unavailable, over_limit, unauthorized, timeout, upstream_reset, fault_abort, bad_request, internal")]
+#[error(
+    "unknown local reply kind `{0}`; expected one of route_not_found, no_healthy_upstream, unavailable, over_limit, unauthorized, timeout, upstream_reset, fault_abort, bad_request, internal"
+)]
 pub struct UnknownReplyKind(pub String);
 
 impl FromStr for LocalReplyKind {
