@@ -1,0 +1,130 @@
+//! The baidu_std [`Codec`] and its [`CodecFactory`].
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use metaprotocol_core::{
+    Codec, CodecError, CodecFactory, CodecOptions, EncodeParams, LocalReply, Message, OptionsError,
+    Side, WireVariant,
+};
+
+use crate::PROTOCOL;
+use crate::decode::message_from_frame;
+use crate::encode::encode_message;
+use crate::header::{FrameHeader, HEADER_LEN};
+use crate::reply::encode_local_reply;
+
+/// The largest frame the codec accepts whatever the options say: frame offsets are kept in
+/// `u32`, and baidu_std's sizes are `u32` anyway.
+const MAX_FRAME_CAP: usize = u32::MAX as usize;
+
+/// A baidu_std codec for one connection and direction.
+///
+/// A [`Side::Downstream`] codec decodes requests (a response frame is malformed there), an
+/// [`Side::Upstream`] codec decodes responses. See the crate docs for what is supported.
+#[derive(Clone, Debug)]
+pub struct BrpcCodec {
+    side: Side,
+    max_frame_bytes: usize,
+}
+
+impl BrpcCodec {
+    /// A codec for `side` that refuses frames (header included) larger than `max_frame_bytes`,
+    /// itself capped at `u32::MAX`.
+    pub fn new(side: Side, max_frame_bytes: usize) -> Self {
+        Self {
+            side,
+            max_frame_bytes: max_frame_bytes.min(MAX_FRAME_CAP),
+        }
+    }
+}
+
+impl Codec for BrpcCodec {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, CodecError> {
+        let Some(header) = FrameHeader::parse(src, self.max_frame_bytes)? else {
+            return Ok(None);
+        };
+        let frame_len = header.frame_len();
+        if src.len() < frame_len {
+            src.reserve(frame_len - src.len());
+            return Ok(None);
+        }
+        let frame = src.split_to(frame_len).freeze();
+        message_from_frame(frame, header, self.side).map(Some)
+    }
+
+    fn encode(
+        &mut self,
+        message: &Message,
+        params: &EncodeParams<'_>,
+        dst: &mut BytesMut,
+    ) -> Result<(), CodecError> {
+        if params.variant != WireVariant::DEFAULT || message.variant != WireVariant::DEFAULT {
+            return Err(CodecError::Unsupported(Cow::Borrowed(
+                "baidu_std has a single wire variant",
+            )));
+        }
+        encode_message(message, params.request_id, params.mutation, dst)
+    }
+
+    fn encode_local_reply(
+        &mut self,
+        request: &Message,
+        reply: &LocalReply,
+        dst: &mut BytesMut,
+    ) -> Result<(), CodecError> {
+        encode_local_reply(request, reply, dst)
+    }
+
+    /// baidu_std has no heartbeat frames, so there is never anything to answer.
+    fn encode_heartbeat_reply(
+        &mut self,
+        _heartbeat: &Message,
+        _dst: &mut BytesMut,
+    ) -> Result<(), CodecError> {
+        Ok(())
+    }
+}
+
+/// Creates [`BrpcCodec`]s; the only option is `max_frame_bytes`.
+#[derive(Clone, Debug)]
+pub struct BrpcCodecFactory {
+    max_frame_bytes: usize,
+}
+
+impl BrpcCodecFactory {
+    /// A factory whose codecs refuse frames larger than `max_frame_bytes`.
+    pub fn new(max_frame_bytes: usize) -> Self {
+        Self { max_frame_bytes }
+    }
+
+    /// Builds a factory from a listener's or cluster's codec options. `max_frame_bytes` must
+    /// hold at least a header and fit baidu_std's 32-bit sizes; any other option is an error.
+    pub fn from_options(options: &CodecOptions) -> Result<Arc<dyn CodecFactory>, OptionsError> {
+        options.allow_only(&[])?;
+        if !(HEADER_LEN..=MAX_FRAME_CAP).contains(&options.max_frame_bytes) {
+            return Err(OptionsError::new(
+                "max_frame_bytes",
+                format!("must be between {HEADER_LEN} and {MAX_FRAME_CAP} for brpc"),
+            ));
+        }
+        Ok(Arc::new(Self::new(options.max_frame_bytes)))
+    }
+}
+
+impl CodecFactory for BrpcCodecFactory {
+    fn protocol(&self) -> &'static str {
+        PROTOCOL
+    }
+
+    fn new_codec(&self, side: Side, _variant: WireVariant) -> Box<dyn Codec> {
+        Box::new(BrpcCodec::new(side, self.max_frame_bytes))
+    }
+
+    /// `correlation_id` is an `int64`: ids stay positive so that servers in any language read
+    /// them as they were meant.
+    fn max_request_id(&self) -> u64 {
+        i64::MAX as u64
+    }
+}

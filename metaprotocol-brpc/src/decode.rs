@@ -1,0 +1,148 @@
+//! Turning one complete baidu_std frame into a [`Message`].
+
+use bytes::Bytes;
+use metaprotocol_core::{
+    ByteStr, CodecError, Message, MessageKind, Metadata, ResponseStatus, Side, keys,
+};
+
+use crate::header::{FrameHeader, HEADER_LEN};
+use crate::keys as brpc_keys;
+use crate::layout::BrpcLayout;
+use crate::meta::{RequestMetaView, ResponseMetaView, RpcMetaView};
+
+/// Why a well-formed request cannot be proxied.
+mod reject {
+    pub(super) const NO_REQUEST_META: &str = "RpcMeta carries no request meta";
+    pub(super) const NO_SERVICE_OR_METHOD: &str =
+        "RpcRequestMeta lacks a UTF-8 service_name or method_name";
+    pub(super) const STREAMING: &str = "bRPC streaming RPC is not supported";
+    pub(super) const CHUNKED: &str = "bRPC chunk_info is not supported";
+}
+
+/// Decodes `frame`, whose header is `header`, read by a codec on `side`.
+///
+/// The meta is read field by field; payload and attachment are neither read nor copied.
+pub(crate) fn message_from_frame(
+    frame: Bytes,
+    header: FrameHeader,
+    side: Side,
+) -> Result<Message, CodecError> {
+    let meta_end = header.meta_end();
+    let mut view = RpcMetaView::parse(&frame.slice(HEADER_LEN..meta_end))?;
+    if view.attachment_size as usize > frame.len() - meta_end {
+        return Err(CodecError::malformed(
+            "attachment_size is larger than the body after the meta",
+        ));
+    }
+    let layout = BrpcLayout::new(meta_end, view.correlation_id_span.as_ref());
+    let mut message = Message::new(
+        MessageKind::Request,
+        view.correlation_id.unwrap_or(0),
+        frame,
+    );
+    message.layout = layout.to_frame_layout();
+    message.metadata = std::mem::take(&mut view.user_fields);
+    match (view.request.take(), view.response.take(), side) {
+        (Some(_), _, Side::Upstream) => {
+            return Err(CodecError::malformed("a brpc server sent a request frame"));
+        }
+        (None, Some(_), Side::Downstream) => {
+            return Err(CodecError::malformed("a brpc client sent a response frame"));
+        }
+        (Some(request), _, Side::Downstream) => {
+            message.reject_reason = request_reject_reason(&view, &request);
+            add_request_metadata(&mut message.metadata, request);
+        }
+        (None, None, Side::Downstream) => message.reject_reason = Some(reject::NO_REQUEST_META),
+        // brpc clients read a missing response meta as success.
+        (None, response, Side::Upstream) => {
+            message.kind = MessageKind::Response;
+            let response = response.unwrap_or_default();
+            if response.error_code != 0 {
+                message.status = ResponseStatus::ServerError;
+            }
+            add_response_metadata(&mut message.metadata, response);
+        }
+    }
+    Ok(message)
+}
+
+fn request_reject_reason(view: &RpcMetaView, request: &RequestMetaView) -> Option<&'static str> {
+    if request.service_name.is_none() || request.method_name.is_none() {
+        Some(reject::NO_SERVICE_OR_METHOD)
+    } else if view.has_stream_settings {
+        Some(reject::STREAMING)
+    } else if view.has_chunk_info {
+        Some(reject::CHUNKED)
+    } else {
+        None
+    }
+}
+
+/// Adds the request meta's routable fields; they win over user fields of the same name.
+fn add_request_metadata(metadata: &mut Metadata, request: RequestMetaView) {
+    let strings = [
+        (keys::SERVICE, request.service_name),
+        (keys::METHOD, request.method_name),
+        (brpc_keys::REQUEST_ID, request.request_id),
+    ];
+    for (key, value) in strings {
+        if let Some(value) = value {
+            metadata.insert(ByteStr::from_static(key), value);
+        }
+    }
+    if let Some(log_id) = request.log_id {
+        metadata.insert(ByteStr::from_static(brpc_keys::LOG_ID), decimal(log_id));
+    }
+    if let Some(timeout_ms) = request.timeout_ms {
+        metadata.insert(
+            ByteStr::from_static(brpc_keys::TIMEOUT_MS),
+            decimal(timeout_ms.into()),
+        );
+    }
+}
+
+fn add_response_metadata(metadata: &mut Metadata, response: ResponseMetaView) {
+    if response.error_code != 0 {
+        metadata.insert(
+            ByteStr::from_static(brpc_keys::ERROR_CODE),
+            decimal(response.error_code.into()),
+        );
+    }
+    if let Some(text) = response.error_text {
+        metadata.insert(ByteStr::from_static(brpc_keys::ERROR_TEXT), text);
+    }
+}
+
+/// `value` in decimal. Zero, brpc's usual `log_id`, costs no allocation.
+fn decimal(value: i64) -> ByteStr {
+    if value == 0 {
+        return ByteStr::from_static("0");
+    }
+    // i64::MIN has 19 digits and a sign.
+    let mut digits = [0u8; 20];
+    let mut pos = digits.len();
+    let mut rest = value.unsigned_abs();
+    while rest > 0 {
+        pos -= 1;
+        digits[pos] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    if value < 0 {
+        pos -= 1;
+        digits[pos] = b'-';
+    }
+    ByteStr::from_utf8(Bytes::copy_from_slice(&digits[pos..])).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_covers_the_range() {
+        for value in [0, 7, 42, -1, 4_294_967_298, i64::MAX, i64::MIN] {
+            assert_eq!(decimal(value).as_str(), value.to_string());
+        }
+    }
+}

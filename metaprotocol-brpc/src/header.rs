@@ -1,0 +1,179 @@
+//! The 12-byte baidu_std header: `"PRPC"`, body size, meta size (both big-endian u32).
+
+use std::borrow::Cow;
+
+use bytes::{BufMut, BytesMut};
+use metaprotocol_core::CodecError;
+
+/// The header's length; the meta starts right after it.
+pub(crate) const HEADER_LEN: usize = 12;
+/// The magic of baidu_std frames.
+const MAGIC: &[u8; 4] = b"PRPC";
+/// The magic of brpc's streaming RPC data frames, which share a connection with baidu_std.
+const STREAM_MAGIC: &[u8; 4] = b"STRM";
+
+/// The sizes announced by a frame's header, checked against each other and the frame size cap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FrameHeader {
+    /// Meta, payload and attachment.
+    body_size: usize,
+    /// The serialized `RpcMeta`.
+    meta_size: usize,
+}
+
+impl FrameHeader {
+    /// Reads the header at the front of `src`: `Ok(None)` until 12 bytes are there (but an
+    /// impossible magic fails as soon as its first byte arrives).
+    pub(crate) fn parse(src: &[u8], max_frame_bytes: usize) -> Result<Option<Self>, CodecError> {
+        let seen = src.len().min(MAGIC.len());
+        let magic = src.get(..seen).unwrap_or_default();
+        if magic != MAGIC.get(..seen).unwrap_or_default() {
+            return Err(wrong_magic(magic));
+        }
+        let Some(header) = src.first_chunk::<HEADER_LEN>() else {
+            return Ok(None);
+        };
+        let [_, _, _, _, b0, b1, b2, b3, m0, m1, m2, m3] = *header;
+        let body_size = u32::from_be_bytes([b0, b1, b2, b3]) as usize;
+        let meta_size = u32::from_be_bytes([m0, m1, m2, m3]) as usize;
+        let frame_size = HEADER_LEN + body_size;
+        if frame_size > max_frame_bytes {
+            return Err(CodecError::FrameTooLarge {
+                size: frame_size as u64,
+                max: max_frame_bytes,
+            });
+        }
+        if meta_size > body_size {
+            return Err(CodecError::malformed("meta_size is larger than body_size"));
+        }
+        Ok(Some(Self {
+            body_size,
+            meta_size,
+        }))
+    }
+
+    /// The whole frame's length, header included.
+    pub(crate) fn frame_len(self) -> usize {
+        HEADER_LEN + self.body_size
+    }
+
+    /// Where the meta ends and the payload starts, from the start of the frame.
+    pub(crate) fn meta_end(self) -> usize {
+        HEADER_LEN + self.meta_size
+    }
+}
+
+/// The error for bytes that do not start with `"PRPC"`: streaming frames are named as such, other
+/// protocols by their magic.
+fn wrong_magic(magic: &[u8]) -> CodecError {
+    if STREAM_MAGIC.starts_with(magic) {
+        return CodecError::Unsupported(Cow::Borrowed(
+            "bRPC streaming RPC frame (magic \"STRM\"): streaming RPC is not supported",
+        ));
+    }
+    CodecError::Malformed(Cow::Owned(format!(
+        "not baidu_std: magic \"{}\" instead of \"PRPC\"",
+        magic.escape_ascii()
+    )))
+}
+
+/// A frame being written into a buffer: the header goes in first with zero sizes, and
+/// [`FrameWriter::finish`] fills them in once meta and body are written.
+pub(crate) struct FrameWriter {
+    start: usize,
+}
+
+impl FrameWriter {
+    /// Appends a header with placeholder sizes to `dst`.
+    pub(crate) fn begin(dst: &mut BytesMut, capacity: usize) -> Self {
+        dst.reserve(capacity);
+        let start = dst.len();
+        dst.put_slice(MAGIC);
+        dst.put_u64(0);
+        Self { start }
+    }
+
+    /// The number of bytes written after the header so far.
+    pub(crate) fn written(&self, dst: &BytesMut) -> usize {
+        dst.len().saturating_sub(self.start + HEADER_LEN)
+    }
+
+    /// Patches body and meta sizes into the header; fails, removing the frame, if they do not fit
+    /// the header's 32-bit fields.
+    pub(crate) fn finish(self, dst: &mut BytesMut, meta_size: usize) -> Result<(), CodecError> {
+        let body_size = u32::try_from(self.written(dst));
+        let meta_size = u32::try_from(meta_size);
+        let (Ok(body_size), Ok(meta_size)) = (body_size, meta_size) else {
+            self.abandon(dst);
+            return Err(CodecError::Encode(Cow::Borrowed(
+                "frame larger than the 4 GiB baidu_std allows",
+            )));
+        };
+        let mut sizes = [0u8; 8];
+        sizes[..4].copy_from_slice(&body_size.to_be_bytes());
+        sizes[4..].copy_from_slice(&meta_size.to_be_bytes());
+        if let Some(slot) = dst.get_mut(self.start + 4..self.start + HEADER_LEN) {
+            slot.copy_from_slice(&sizes);
+        }
+        Ok(())
+    }
+
+    /// Removes everything written since [`FrameWriter::begin`].
+    pub(crate) fn abandon(self, dst: &mut BytesMut) {
+        dst.truncate(self.start);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_for_a_whole_header_and_checks_sizes() {
+        let ok = b"PRPC\0\0\0\x10\0\0\0\x08";
+        for n in 0..HEADER_LEN {
+            assert_eq!(FrameHeader::parse(&ok[..n], 1024), Ok(None));
+        }
+        let header = FrameHeader::parse(ok, 1024).ok().flatten();
+        assert_eq!(header.map(FrameHeader::frame_len), Some(28));
+        assert_eq!(header.map(FrameHeader::meta_end), Some(20));
+        assert_eq!(
+            FrameHeader::parse(ok, 27),
+            Err(CodecError::FrameTooLarge { size: 28, max: 27 })
+        );
+        assert!(matches!(
+            FrameHeader::parse(b"PRPC\0\0\0\x08\0\0\0\x09", 1024),
+            Err(CodecError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn names_other_magics() {
+        assert!(matches!(
+            FrameHeader::parse(b"ST", 64),
+            Err(CodecError::Unsupported(_))
+        ));
+        let err = FrameHeader::parse(b"HULU\0\0\0\0\0\0\0\0", 64);
+        assert_eq!(
+            err,
+            Err(CodecError::Malformed(
+                "not baidu_std: magic \"HULU\" instead of \"PRPC\"".into()
+            ))
+        );
+        assert!(matches!(
+            FrameHeader::parse(b"G", 64),
+            Err(CodecError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn writer_patches_sizes() {
+        let mut dst = BytesMut::from(&b"xx"[..]);
+        let frame = FrameWriter::begin(&mut dst, 32);
+        dst.put_slice(b"meta");
+        let meta = frame.written(&dst);
+        dst.put_slice(b"body");
+        assert_eq!(frame.finish(&mut dst, meta), Ok(()));
+        assert_eq!(&dst[..], b"xxPRPC\0\0\0\x08\0\0\0\x04metabody");
+    }
+}

@@ -1,0 +1,236 @@
+//! A zero-copy reading of `RpcMeta`: every field brpc defines, with strings sliced from the frame.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use metaprotocol_core::{ByteStr, CodecError, Metadata};
+
+use crate::wire::{Field, FieldReader, WireValue};
+
+/// `RpcMeta` field numbers (see [`crate::proto::RpcMeta`]).
+pub(crate) mod field {
+    pub(crate) const REQUEST: u32 = 1;
+    pub(crate) const RESPONSE: u32 = 2;
+    pub(crate) const COMPRESS_TYPE: u32 = 3;
+    pub(crate) const CORRELATION_ID: u32 = 4;
+    pub(crate) const ATTACHMENT_SIZE: u32 = 5;
+    pub(crate) const CHUNK_INFO: u32 = 6;
+    pub(crate) const AUTHENTICATION_DATA: u32 = 7;
+    pub(crate) const STREAM_SETTINGS: u32 = 8;
+    pub(crate) const USER_FIELDS: u32 = 9;
+    pub(crate) const CONTENT_TYPE: u32 = 10;
+    pub(crate) const CHECKSUM_TYPE: u32 = 11;
+    pub(crate) const CHECKSUM_VALUE: u32 = 12;
+    pub(crate) const CHECKSUM_WITH_ATTACHMENT: u32 = 13;
+    /// Key and value of a map entry (`user_fields`).
+    pub(crate) const MAP_KEY: u32 = 1;
+    pub(crate) const MAP_VALUE: u32 = 2;
+}
+
+/// `RpcRequestMeta` field numbers.
+mod request_field {
+    pub(super) const SERVICE_NAME: u32 = 1;
+    pub(super) const METHOD_NAME: u32 = 2;
+    pub(super) const LOG_ID: u32 = 3;
+    pub(super) const TRACE_ID: u32 = 4;
+    pub(super) const SPAN_ID: u32 = 5;
+    pub(super) const PARENT_SPAN_ID: u32 = 6;
+    pub(super) const REQUEST_ID: u32 = 7;
+    pub(super) const TIMEOUT_MS: u32 = 8;
+}
+
+/// `RpcResponseMeta` field numbers.
+mod response_field {
+    pub(super) const ERROR_CODE: u32 = 1;
+    pub(super) const ERROR_TEXT: u32 = 2;
+}
+
+/// The fields of an `RpcRequestMeta`. Strings that are not UTF-8 read as absent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestMetaView {
+    /// `service_name` (1).
+    pub service_name: Option<ByteStr>,
+    /// `method_name` (2).
+    pub method_name: Option<ByteStr>,
+    /// `log_id` (3).
+    pub log_id: Option<i64>,
+    /// `trace_id` (4).
+    pub trace_id: Option<i64>,
+    /// `span_id` (5).
+    pub span_id: Option<i64>,
+    /// `parent_span_id` (6).
+    pub parent_span_id: Option<i64>,
+    /// `request_id` (7).
+    pub request_id: Option<ByteStr>,
+    /// `timeout_ms` (8).
+    pub timeout_ms: Option<i32>,
+}
+
+/// The fields of an `RpcResponseMeta`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResponseMetaView {
+    /// `error_code` (1); 0 when absent.
+    pub error_code: i32,
+    /// `error_text` (2).
+    pub error_text: Option<ByteStr>,
+}
+
+/// Every field of one `RpcMeta`, read without copying: strings and bytes are slices of the meta.
+///
+/// Repeated occurrences of a field follow protobuf rules (the last scalar wins, messages merge),
+/// and a field whose wire type does not match its definition is treated as unknown, as brpc's
+/// generated parser does.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RpcMetaView {
+    /// `request` (1), present on requests.
+    pub request: Option<RequestMetaView>,
+    /// `response` (2), present on responses.
+    pub response: Option<ResponseMetaView>,
+    /// `compress_type` (3); 0 when absent.
+    pub compress_type: i32,
+    /// `correlation_id` (4), as the unsigned 64-bit pattern on the wire.
+    pub correlation_id: Option<u64>,
+    /// `attachment_size` (5); 0 when absent.
+    pub attachment_size: u32,
+    /// True if `chunk_info` (6) is present.
+    pub has_chunk_info: bool,
+    /// `authentication_data` (7).
+    pub authentication_data: Option<Bytes>,
+    /// True if `stream_settings` (8) is present: the call opens a streaming RPC.
+    pub has_stream_settings: bool,
+    /// `user_fields` (9) whose key and value are UTF-8, in wire order (a repeated key keeps its
+    /// last value, as a protobuf map does).
+    pub user_fields: Metadata,
+    /// `content_type` (10); 0 (protobuf) when absent.
+    pub content_type: i32,
+    /// `checksum_type` (11); 0 (none) when absent.
+    pub checksum_type: i32,
+    /// `checksum_value` (12).
+    pub checksum_value: Option<Bytes>,
+    /// `checksum_with_attachment` (13).
+    pub checksum_with_attachment: bool,
+    /// Where the last `correlation_id` field sits in the meta: the whole field and its value.
+    pub(crate) correlation_id_span: Option<(Range<usize>, usize)>,
+}
+
+impl RpcMetaView {
+    /// Reads the serialized `RpcMeta` in `meta`.
+    pub fn parse(meta: &Bytes) -> Result<Self, CodecError> {
+        let mut view = Self::default();
+        for field in FieldReader::new(meta) {
+            view.read_field(meta, field?)?;
+        }
+        Ok(view)
+    }
+
+    fn read_field(&mut self, meta: &Bytes, field: Field) -> Result<(), CodecError> {
+        match (field.number, field.value) {
+            (field::REQUEST, WireValue::Bytes(range)) => {
+                let request = self.request.get_or_insert_with(RequestMetaView::default);
+                request.merge(&meta.slice(range))?;
+            }
+            (field::RESPONSE, WireValue::Bytes(range)) => {
+                let response = self.response.get_or_insert_with(ResponseMetaView::default);
+                response.merge(&meta.slice(range))?;
+            }
+            (field::COMPRESS_TYPE, WireValue::Varint(v)) => self.compress_type = v as i32,
+            (field::CORRELATION_ID, WireValue::Varint(v)) => {
+                self.correlation_id = Some(v);
+                self.correlation_id_span = Some((field.span, field.value_start));
+            }
+            (field::ATTACHMENT_SIZE, WireValue::Varint(v)) => {
+                self.attachment_size = u32::try_from(v as i32)
+                    .map_err(|_| CodecError::malformed("negative attachment_size"))?;
+            }
+            (field::CHUNK_INFO, WireValue::Bytes(_)) => self.has_chunk_info = true,
+            (field::AUTHENTICATION_DATA, WireValue::Bytes(range)) => {
+                self.authentication_data = Some(meta.slice(range));
+            }
+            (field::STREAM_SETTINGS, WireValue::Bytes(_)) => self.has_stream_settings = true,
+            (field::USER_FIELDS, WireValue::Bytes(range)) => {
+                let entry = meta.slice(range);
+                let (key, value) = map_entry(&entry)?;
+                if let (Some(key), Some(value)) = (utf8(&entry, key), utf8(&entry, value)) {
+                    self.user_fields.insert(key, value);
+                }
+            }
+            (field::CONTENT_TYPE, WireValue::Varint(v)) => self.content_type = v as i32,
+            (field::CHECKSUM_TYPE, WireValue::Varint(v)) => self.checksum_type = v as i32,
+            (field::CHECKSUM_VALUE, WireValue::Bytes(range)) => {
+                self.checksum_value = Some(meta.slice(range));
+            }
+            (field::CHECKSUM_WITH_ATTACHMENT, WireValue::Varint(v)) => {
+                self.checksum_with_attachment = v != 0;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl RequestMetaView {
+    fn merge(&mut self, meta: &Bytes) -> Result<(), CodecError> {
+        for field in FieldReader::new(meta) {
+            match field?.into_parts() {
+                (request_field::SERVICE_NAME, WireValue::Bytes(r)) => {
+                    self.service_name = utf8(meta, r);
+                }
+                (request_field::METHOD_NAME, WireValue::Bytes(r)) => {
+                    self.method_name = utf8(meta, r);
+                }
+                (request_field::LOG_ID, WireValue::Varint(v)) => self.log_id = Some(v as i64),
+                (request_field::TRACE_ID, WireValue::Varint(v)) => self.trace_id = Some(v as i64),
+                (request_field::SPAN_ID, WireValue::Varint(v)) => self.span_id = Some(v as i64),
+                (request_field::PARENT_SPAN_ID, WireValue::Varint(v)) => {
+                    self.parent_span_id = Some(v as i64);
+                }
+                (request_field::REQUEST_ID, WireValue::Bytes(r)) => self.request_id = utf8(meta, r),
+                (request_field::TIMEOUT_MS, WireValue::Varint(v)) => {
+                    self.timeout_ms = Some(v as i32);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ResponseMetaView {
+    fn merge(&mut self, meta: &Bytes) -> Result<(), CodecError> {
+        for field in FieldReader::new(meta) {
+            match field?.into_parts() {
+                (response_field::ERROR_CODE, WireValue::Varint(v)) => self.error_code = v as i32,
+                (response_field::ERROR_TEXT, WireValue::Bytes(r)) => {
+                    self.error_text = utf8(meta, r)
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Field {
+    fn into_parts(self) -> (u32, WireValue) {
+        (self.number, self.value)
+    }
+}
+
+/// Where the key and value of one map entry (`user_fields`) sit within `entry`; a missing key or
+/// value is an empty range, as protobuf reads it.
+pub(crate) fn map_entry(entry: &[u8]) -> Result<(Range<usize>, Range<usize>), CodecError> {
+    let mut key = 0..0;
+    let mut value = 0..0;
+    for field in FieldReader::new(entry) {
+        match field?.into_parts() {
+            (field::MAP_KEY, WireValue::Bytes(r)) => key = r,
+            (field::MAP_VALUE, WireValue::Bytes(r)) => value = r,
+            _ => {}
+        }
+    }
+    Ok((key, value))
+}
+
+fn utf8(meta: &Bytes, range: Range<usize>) -> Option<ByteStr> {
+    ByteStr::from_utf8(meta.slice(range)).ok()
+}

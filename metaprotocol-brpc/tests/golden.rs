@@ -1,0 +1,328 @@
+//! Golden frames captured from apache/brpc 1.17: decode, passthrough, id rewrite and mutation.
+
+mod common;
+
+use bytes::BytesMut;
+use common::{TestResult, decode_one, golden, golden_names, parse, side_of};
+use metaprotocol_brpc::{BrpcCodec, RpcMetaView};
+use metaprotocol_core::{
+    ByteStr, Codec, EncodeParams, Message, MessageKind, Mutation, ResponseStatus, Side, WireVariant,
+};
+
+/// brpc 1.17 correlation ids are versioned bthread ids, not small counters.
+const GOLDEN_ID: u64 = 4_294_967_298;
+
+struct Expected {
+    file: &'static str,
+    status: Option<ResponseStatus>,
+    metadata: &'static [(&'static str, &'static str)],
+    attachment_size: u32,
+}
+
+const ECHO: [(&str, &str); 3] = [
+    ("service", "example.EchoService"),
+    ("method", "Echo"),
+    ("log_id", "42"),
+];
+
+const EXPECTED: &[Expected] = &[
+    Expected {
+        file: "lab-attachment.req.hex",
+        status: None,
+        metadata: &ECHO,
+        attachment_size: 23,
+    },
+    Expected {
+        file: "lab-attachment.resp.hex",
+        status: Some(ResponseStatus::Ok),
+        metadata: &[("server", "brpc-lab")],
+        attachment_size: 23,
+    },
+    Expected {
+        file: "lab-error.req.hex",
+        status: None,
+        metadata: &ECHO,
+        attachment_size: 0,
+    },
+    Expected {
+        file: "lab-error.resp.hex",
+        status: Some(ResponseStatus::ServerError),
+        metadata: &[
+            ("server", "brpc-lab"),
+            ("error_code", "2001"),
+            ("error_text", "[127.0.0.1:18200][E2001]bad name"),
+        ],
+        attachment_size: 0,
+    },
+    Expected {
+        file: "lab-hello-userfields.req.hex",
+        status: None,
+        metadata: &[
+            ("service", "example.EchoService"),
+            ("method", "Echo"),
+            ("log_id", "42"),
+            ("request_id", "req-7"),
+            ("tenant", "t1"),
+            ("x-trace-id", "abc123"),
+        ],
+        attachment_size: 0,
+    },
+    Expected {
+        file: "lab-hello-userfields.resp.hex",
+        status: Some(ResponseStatus::Ok),
+        metadata: &[
+            ("echo-x-trace-id", "abc123"),
+            ("server", "brpc-lab"),
+            ("echo-tenant", "t1"),
+        ],
+        attachment_size: 0,
+    },
+    Expected {
+        file: "lab-hello.req.hex",
+        status: None,
+        metadata: &ECHO,
+        attachment_size: 0,
+    },
+    Expected {
+        file: "lab-hello.resp.hex",
+        status: Some(ResponseStatus::Ok),
+        metadata: &[("server", "brpc-lab")],
+        attachment_size: 0,
+    },
+    Expected {
+        file: "lab-nomethod.req.hex",
+        status: None,
+        metadata: &[
+            ("service", "example.MissingService"),
+            ("method", "Nope"),
+            ("log_id", "42"),
+        ],
+        attachment_size: 0,
+    },
+    Expected {
+        file: "lab-nomethod.resp.hex",
+        status: Some(ResponseStatus::ServerError),
+        metadata: &[
+            ("error_code", "1002"),
+            (
+                "error_text",
+                "[127.0.0.1:18200][E1002]Fail to find method=example.MissingService/Nope",
+            ),
+        ],
+        attachment_size: 0,
+    },
+    Expected {
+        file: "stock-echo-attachment.req.hex",
+        status: None,
+        metadata: &[
+            ("service", "example.EchoService"),
+            ("method", "Echo"),
+            ("log_id", "0"),
+        ],
+        attachment_size: 3,
+    },
+    Expected {
+        file: "stock-echo-attachment.resp.hex",
+        status: Some(ResponseStatus::Ok),
+        metadata: &[],
+        attachment_size: 3,
+    },
+    Expected {
+        file: "stock-echo.req.hex",
+        status: None,
+        metadata: &[
+            ("service", "example.EchoService"),
+            ("method", "Echo"),
+            ("log_id", "0"),
+        ],
+        attachment_size: 0,
+    },
+    Expected {
+        file: "stock-echo.resp.hex",
+        status: Some(ResponseStatus::Ok),
+        metadata: &[],
+        attachment_size: 0,
+    },
+];
+
+fn encode(
+    message: &Message,
+    id: u64,
+    mutation: &Mutation,
+) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    let mut codec = BrpcCodec::new(Side::Downstream, 1 << 20);
+    let mut out = BytesMut::from(&b"prefix"[..]);
+    let params = EncodeParams {
+        request_id: id,
+        variant: WireVariant::DEFAULT,
+        mutation,
+    };
+    codec.encode(message, &params, &mut out)?;
+    if !out.starts_with(b"prefix") {
+        return Err("encode touched bytes before its frame".into());
+    }
+    Ok(out.split_off(6).to_vec())
+}
+
+#[test]
+fn every_golden_file_is_covered() -> TestResult {
+    let expected: Vec<&str> = EXPECTED.iter().map(|e| e.file).collect();
+    assert_eq!(golden_names()?, expected);
+    Ok(())
+}
+
+#[test]
+fn golden_frames_decode_with_expected_metadata() -> TestResult {
+    for expected in EXPECTED {
+        let bytes = golden(expected.file)?;
+        let message = decode_one(side_of(expected.file), &bytes)?;
+        let file = expected.file;
+        assert_eq!(message.request_id, GOLDEN_ID, "{file}");
+        assert_eq!(message.reject_reason, None, "{file}");
+        match expected.status {
+            None => assert_eq!(message.kind, MessageKind::Request, "{file}"),
+            Some(status) => {
+                assert_eq!(message.kind, MessageKind::Response, "{file}");
+                assert_eq!(message.status, status, "{file}");
+            }
+        }
+        let actual: Vec<(&str, &str)> = message
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let mut actual_sorted = actual.clone();
+        actual_sorted.sort_unstable();
+        let mut wanted = expected.metadata.to_vec();
+        wanted.sort_unstable();
+        assert_eq!(actual_sorted, wanted, "{file}");
+
+        let view = RpcMetaView::parse(&message.frame.slice(12..message.layout.0[0] as usize))?;
+        assert_eq!(view.attachment_size, expected.attachment_size, "{file}");
+        assert_eq!(view.correlation_id, Some(GOLDEN_ID), "{file}");
+        assert_eq!(
+            (view.compress_type, view.content_type, view.checksum_type),
+            (0, 0, 0),
+            "{file}"
+        );
+        assert_eq!(view.checksum_value.as_deref(), Some(&b""[..]), "{file}");
+        assert!(!view.has_stream_settings && !view.has_chunk_info, "{file}");
+        assert_eq!(view.request.is_some(), expected.status.is_none(), "{file}");
+    }
+    Ok(())
+}
+
+#[test]
+fn golden_frames_pass_through_byte_identical() -> TestResult {
+    for expected in EXPECTED {
+        let bytes = golden(expected.file)?;
+        let message = decode_one(side_of(expected.file), &bytes)?;
+        assert_eq!(
+            encode(&message, GOLDEN_ID, &Mutation::new())?,
+            bytes,
+            "{}",
+            expected.file
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn id_rewrite_keeps_everything_else() -> TestResult {
+    // Same varint length (patched in place), shorter, longer.
+    for new_id in [GOLDEN_ID + 77, 7, 300, i64::MAX as u64] {
+        for expected in EXPECTED {
+            let file = expected.file;
+            let bytes = golden(file)?;
+            let message = decode_one(side_of(file), &bytes)?;
+            let out = encode(&message, new_id, &Mutation::new())?;
+
+            let (mut original, body) = parse(&bytes)?;
+            let (rewritten, new_body) = parse(&out)?;
+            assert_eq!(new_body, body, "{file}: payload and attachment unchanged");
+            assert_eq!(rewritten.correlation_id, Some(new_id as i64), "{file}");
+            original.correlation_id = Some(new_id as i64);
+            assert_eq!(rewritten, original, "{file}");
+
+            let again = decode_one(side_of(file), &out)?;
+            assert_eq!(again.request_id, new_id, "{file}");
+            assert_eq!(again.metadata, message.metadata, "{file}");
+            if new_id == GOLDEN_ID + 77 {
+                let changed = bytes.iter().zip(&out).filter(|(a, b)| a != b).count();
+                assert!(
+                    out.len() == bytes.len() && changed == 1,
+                    "{file}: patched in place"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn mutation(sets: &[(&'static str, &'static str)], removals: &[&'static str]) -> Mutation {
+    let mut m = Mutation::new();
+    for key in removals {
+        m.remove(ByteStr::from_static(key));
+    }
+    for (k, v) in sets {
+        m.set(ByteStr::from_static(k), ByteStr::from_static(v));
+    }
+    m
+}
+
+#[test]
+fn mutation_rewrites_user_fields_only() -> TestResult {
+    let m = mutation(
+        &[("x-routed-by", "canary"), ("tenant", "t2")],
+        &["server", "x-trace-id", "absent"],
+    );
+    for expected in EXPECTED {
+        let file = expected.file;
+        let bytes = golden(file)?;
+        let message = decode_one(side_of(file), &bytes)?;
+        for new_id in [GOLDEN_ID, 9] {
+            let out = encode(&message, new_id, &m)?;
+            let (mut original, body) = parse(&bytes)?;
+            let (mutated, new_body) = parse(&out)?;
+            assert_eq!(new_body, body, "{file}: payload and attachment unchanged");
+            original.user_fields.remove("server");
+            original.user_fields.remove("x-trace-id");
+            original
+                .user_fields
+                .insert("x-routed-by".into(), "canary".into());
+            original.user_fields.insert("tenant".into(), "t2".into());
+            original.correlation_id = Some(new_id as i64);
+            assert_eq!(mutated, original, "{file}");
+
+            let again = decode_one(side_of(file), &out)?;
+            let mut metadata = message.metadata.clone();
+            m.apply_to(&mut metadata);
+            for (k, v) in metadata.iter() {
+                assert_eq!(again.metadata.get(k.as_str()), Some(v), "{file}: {k}");
+            }
+            assert_eq!(again.metadata.len(), metadata.len(), "{file}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn mutation_keeps_unknown_fields_verbatim() -> TestResult {
+    // lab-hello.req plus an unknown field 99 (varint 5) and an unknown string field 100.
+    let mut bytes = golden("lab-hello.req.hex")?;
+    let unknown = [0x98, 0x06, 0x05, 0xa2, 0x06, 0x02, b'h', b'i'];
+    let meta_end = 12 + 45;
+    bytes.splice(meta_end..meta_end, unknown);
+    bytes[7] += unknown.len() as u8;
+    bytes[11] += unknown.len() as u8;
+    let message = decode_one(side_of(".req."), &bytes)?;
+    let out = encode(&message, 5, &mutation(&[("k", "v")], &[]))?;
+    assert!(
+        out.windows(unknown.len()).any(|w| w == unknown),
+        "unknown fields copied verbatim"
+    );
+    let (meta, _) = parse(&out)?;
+    assert_eq!(meta.user_fields.get("k").map(String::as_str), Some("v"));
+    assert_eq!(meta.correlation_id, Some(5));
+    Ok(())
+}
