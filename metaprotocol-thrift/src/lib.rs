@@ -1,1 +1,80 @@
-//! The thrift codec for metaprotocol-rs (under construction).
+//! The Apache Thrift codec for metaprotocol-rs.
+//!
+//! Speaks every combination of the binary (strict and lax) and compact protocols with the
+//! framed, unframed (buffered) and THeader transports, detected per connection unless the
+//! options fix them (`codec: { transport: auto|framed|unframed|header, protocol:
+//! auto|binary|compact }`).
+//!
+//! - **Decode** reads only the message header (and the THeader block): metadata `method`,
+//!   `service` (from a `TMultiplexedProtocol` name `Service:method`) and every THeader info
+//!   header, all sliced from the frame; the seqid is the request id. `CALL` is a request,
+//!   `ONEWAY` a one-way request (forwarded), `REPLY` a response whose status is
+//!   [`ResponseStatus::ApplicationError`](metaprotocol_core::ResponseStatus) when the result
+//!   struct's first field is not field 0 (a declared exception; the value is never decoded),
+//!   and `EXCEPTION` a response with
+//!   [`ResponseStatus::ServerError`](metaprotocol_core::ResponseStatus).
+//! - **Encode** without translation or mutation copies the frame and patches the seqid in
+//!   place (binary always; compact when the new varint has the old length, otherwise only the
+//!   message header is rebuilt). A mutation rewrites the THeader info headers; frames without
+//!   headers cannot carry one, so they are forwarded unchanged and counted in
+//!   [`stats::mutations_not_applied`] (logged once).
+//! - **Translation** to another [`WireVariant`](metaprotocol_core::WireVariant) re-wraps the
+//!   same message for a transport change (THeader headers dropped and counted when the target
+//!   has none) and transcodes the struct, streaming and depth-limited, for binary <-> compact.
+//! - **Local replies** are `TApplicationException`s in the request's transport and protocol:
+//!   [`UNKNOWN_METHOD`] for `route_not_found`, [`INTERNAL_ERROR`] otherwise.
+//! - THeader transforms (zlib, snappy ...) and the JSON protocol are refused with
+//!   [`CodecError::Unsupported`](metaprotocol_core::CodecError); over-long frames with
+//!   `FrameTooLarge` as soon as the length (or, unframed, the scanned bytes) passes the cap.
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use metaprotocol_core::{CodecOptions, EncodeParams, MessageKind, Mutation, Side, WireVariant};
+//! use metaprotocol_thrift::ThriftCodecFactory;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let factory = ThriftCodecFactory::from_options(&CodecOptions::default())?;
+//! let mut codec = factory.new_codec(Side::Downstream, WireVariant::DEFAULT);
+//! // A framed strict-binary CALL of `ping` with seqid 7 and an empty argument struct.
+//! let mut src = BytesMut::from(
+//!     &[0, 0, 0, 17, 0x80, 1, 0, 1, 0, 0, 0, 4, b'p', b'i', b'n', b'g', 0, 0, 0, 7, 0][..],
+//! );
+//! let message = codec.decode(&mut src)?.ok_or("incomplete")?;
+//! assert_eq!(message.kind, MessageKind::Request);
+//! assert_eq!(message.request_id, 7);
+//! assert_eq!(message.metadata.get("method").map(|m| m.as_str()), Some("ping"));
+//!
+//! let mut out = BytesMut::new();
+//! let params = EncodeParams { request_id: 9, variant: message.variant, mutation: &Mutation::new() };
+//! codec.encode(&message, &params, &mut out)?;
+//! assert_eq!(&out[16..20], &[0, 0, 0, 9]);
+//! # Ok(())
+//! # }
+//! ```
+
+mod codec;
+mod decode;
+mod encode;
+mod format;
+mod layout;
+mod options;
+mod protocol;
+mod reply;
+pub mod stats;
+mod theader;
+mod wire;
+
+use metaprotocol_core::CodecRegistry;
+
+pub use codec::{ThriftCodec, ThriftCodecFactory};
+pub use format::{FormatChoice, Protocol, ThriftFormat, Transport};
+pub use options::{PROTOCOL_OPTION, TRANSPORT, ThriftOptions};
+pub use reply::{ApplicationException, INTERNAL_ERROR, UNKNOWN_METHOD};
+
+/// The name this codec is registered under.
+pub const PROTOCOL: &str = "thrift";
+
+/// Registers the thrift codec under [`PROTOCOL`].
+pub fn register(registry: &mut CodecRegistry) {
+    registry.register(PROTOCOL, ThriftCodecFactory::from_options);
+}

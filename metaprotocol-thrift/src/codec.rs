@@ -1,0 +1,137 @@
+//! [`ThriftCodec`]: one connection's decoder and encoder, and [`ThriftCodecFactory`].
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use metaprotocol_core::{
+    Codec, CodecError, CodecFactory, CodecOptions, EncodeParams, LocalReply, Message, OptionsError,
+    Side, WireVariant,
+};
+
+use crate::decode;
+use crate::encode;
+use crate::format::{FormatChoice, ThriftFormat};
+use crate::options::ThriftOptions;
+use crate::reply;
+
+/// The thrift codec of one connection and direction.
+///
+/// The first frame fixes the connection's format (the parts the options leave open are
+/// detected); a later frame in another format is malformed, since a Thrift peer never switches
+/// encodings on a connection.
+#[derive(Clone, Debug)]
+pub struct ThriftCodec {
+    expected: FormatChoice,
+    max_frame_bytes: usize,
+}
+
+impl ThriftCodec {
+    /// A codec accepting `expected` (open parts detected), with a frame size cap.
+    pub fn new(expected: FormatChoice, max_frame_bytes: usize) -> Self {
+        Self {
+            expected,
+            max_frame_bytes,
+        }
+    }
+}
+
+impl Codec for ThriftCodec {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, CodecError> {
+        let transport = match self.expected.transport {
+            Some(transport) => transport,
+            None => match decode::detect_transport(src) {
+                Some(transport) => transport,
+                None => return Ok(None),
+            },
+        };
+        let Some((message, format)) = decode::decode(src, transport, self.max_frame_bytes)? else {
+            return Ok(None);
+        };
+        if let Some(expected) = self.expected.protocol {
+            if expected != format.protocol {
+                return Err(CodecError::Malformed(Cow::Owned(format!(
+                    "{} frame on a connection speaking {}",
+                    format.protocol.name(),
+                    expected.name()
+                ))));
+            }
+        }
+        self.expected = format.into();
+        Ok(Some(message))
+    }
+
+    fn encode(
+        &mut self,
+        message: &Message,
+        params: &EncodeParams<'_>,
+        dst: &mut BytesMut,
+    ) -> Result<(), CodecError> {
+        encode::encode(message, params, dst)
+    }
+
+    fn encode_local_reply(
+        &mut self,
+        request: &Message,
+        reply: &LocalReply,
+        dst: &mut BytesMut,
+    ) -> Result<(), CodecError> {
+        reply::encode_local_reply(request, reply, dst)
+    }
+
+    /// Thrift has no heartbeat: nothing is ever decoded as one, so there is nothing to answer.
+    fn encode_heartbeat_reply(
+        &mut self,
+        _heartbeat: &Message,
+        _dst: &mut BytesMut,
+    ) -> Result<(), CodecError> {
+        Ok(())
+    }
+}
+
+/// The configured thrift protocol: builds [`ThriftCodec`]s and picks upstream encodings.
+#[derive(Clone, Debug, Default)]
+pub struct ThriftCodecFactory {
+    options: ThriftOptions,
+}
+
+impl ThriftCodecFactory {
+    /// A factory with `options`.
+    pub fn new(options: ThriftOptions) -> Self {
+        Self { options }
+    }
+
+    /// The constructor registered in a [`metaprotocol_core::CodecRegistry`].
+    pub fn from_options(options: &CodecOptions) -> Result<Arc<dyn CodecFactory>, OptionsError> {
+        Ok(Arc::new(Self::new(ThriftOptions::parse(options)?)))
+    }
+}
+
+impl CodecFactory for ThriftCodecFactory {
+    fn protocol(&self) -> &'static str {
+        crate::PROTOCOL
+    }
+
+    /// Downstream codecs accept the listener's configured format, detecting open parts.
+    /// Upstream codecs expect answers in the format their connection speaks (`variant`).
+    fn new_codec(&self, side: Side, variant: WireVariant) -> Box<dyn Codec> {
+        let expected = match (side, ThriftFormat::from_variant(variant)) {
+            (Side::Upstream, Some(format)) => format.into(),
+            _ => self.options.format,
+        };
+        Box::new(ThriftCodec::new(expected, self.options.max_frame_bytes))
+    }
+
+    /// The request's own format, with the parts this (cluster's) configuration fixes replaced.
+    fn upstream_variant(&self, request: &Message) -> WireVariant {
+        match ThriftFormat::from_variant(request.variant) {
+            Some(format) => self.options.format.resolve(format).to_variant(),
+            None => request.variant,
+        }
+    }
+
+    /// Seqids are `i32`; upstream ids stay positive.
+    fn max_request_id(&self) -> u64 {
+        i32::MAX as u64
+    }
+}

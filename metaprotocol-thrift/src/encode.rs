@@ -1,0 +1,264 @@
+//! Writing a decoded message back out: passthrough with a seqid patch, header rebuilds,
+//! THeader mutations and translation between formats.
+//!
+//! The fast path (same format, no header edits) is one copy of the frame plus an in-place
+//! patch of the seqid (and of the THeader `seq` when it mirrors the seqid). Everything else
+//! goes through [`write_frame`]: a transport wrapper around the message, which is copied with
+//! a new seqid when the protocol stays, or transcoded when it changes.
+
+use std::borrow::Cow;
+
+use bytes::{BufMut, BytesMut};
+use metaprotocol_core::{CodecError, EncodeParams, Message, Mutation, WireVariant};
+
+use crate::format::{Protocol, ThriftFormat, Transport};
+use crate::layout::Layout;
+use crate::protocol;
+use crate::stats;
+use crate::theader::{self, InfoSource, Prelude};
+use crate::wire::{Cursor, ReadError, varint_u32_bytes};
+
+static NO_MUTATION: Mutation = Mutation::new();
+
+/// Appends `message` to `dst` as `params` asks; nothing is appended on error.
+pub(crate) fn encode(
+    message: &Message,
+    params: &EncodeParams<'_>,
+    dst: &mut BytesMut,
+) -> Result<(), CodecError> {
+    let source = format_of(message)?;
+    let target = if params.variant == WireVariant::DEFAULT {
+        source
+    } else {
+        ThriftFormat::from_variant(params.variant).ok_or(CodecError::Encode(Cow::Borrowed(
+            "unknown thrift wire variant",
+        )))?
+    };
+    let seqid = seqid_of(params.request_id)?;
+    let layout = Layout::of(message)?;
+    let mutation = if target.transport == Transport::Header {
+        params.mutation
+    } else {
+        if !params.mutation.is_empty() {
+            stats::note_mutation_not_applied();
+        }
+        &NO_MUTATION
+    };
+    let start = dst.len();
+    let result = if source == target
+        && mutation.is_empty()
+        && patch_copy(message, source, &layout, seqid, dst)?
+    {
+        Ok(())
+    } else {
+        translate(message, &layout, source, target, seqid, mutation, dst)
+    };
+    if result.is_err() {
+        dst.truncate(start);
+    }
+    result
+}
+
+/// The format a decoded message is in.
+pub(crate) fn format_of(message: &Message) -> Result<ThriftFormat, CodecError> {
+    ThriftFormat::from_variant(message.variant).ok_or(CodecError::Encode(Cow::Borrowed(
+        "message has no thrift wire variant (not decoded by the thrift codec?)",
+    )))
+}
+
+/// A request id as a Thrift seqid (an `i32`; ids above `i32::MAX` are clients' own negative
+/// seqids, as read).
+pub(crate) fn seqid_of(request_id: u64) -> Result<i32, CodecError> {
+    u32::try_from(request_id)
+        .map(|id| id as i32)
+        .map_err(|_| CodecError::Encode(Cow::Borrowed("request id does not fit a thrift seqid")))
+}
+
+/// The fast path: copies the frame and patches the seqid in place. Returns `false` (having
+/// written nothing) when the new seqid does not fit the old one's bytes (compact varints).
+fn patch_copy(
+    message: &Message,
+    format: ThriftFormat,
+    layout: &Layout,
+    seqid: i32,
+    dst: &mut BytesMut,
+) -> Result<bool, CodecError> {
+    let (encoded, len) = encode_seqid(format.protocol, seqid);
+    if len != layout.seqid.len() {
+        return Ok(false);
+    }
+    let old_seqid = if format.transport == Transport::Header {
+        Some(old_seqid(message, format.protocol, layout)?)
+    } else {
+        None
+    };
+    let start = dst.len();
+    dst.extend_from_slice(&message.frame);
+    let at = start + layout.seqid.start;
+    if let (Some(slot), Some(new)) = (dst.get_mut(at..at + len), encoded.get(..len)) {
+        slot.copy_from_slice(new);
+    }
+    let seq_at = start + theader::SEQ_AT;
+    if let (Some(old), Some(seq)) = (old_seqid, dst.get_mut(seq_at..seq_at + 4)) {
+        if *seq == old.to_be_bytes() {
+            seq.copy_from_slice(&seqid.to_be_bytes());
+        }
+    }
+    Ok(true)
+}
+
+/// `seqid` as `protocol` writes it, in a stack buffer, and its length.
+fn encode_seqid(protocol: Protocol, seqid: i32) -> ([u8; 5], usize) {
+    match protocol {
+        Protocol::Binary => {
+            let [a, b, c, d] = seqid.to_be_bytes();
+            ([a, b, c, d, 0], 4)
+        }
+        Protocol::Compact => varint_u32_bytes(seqid as u32),
+    }
+}
+
+/// The seqid as written in the frame.
+fn old_seqid(message: &Message, protocol: Protocol, layout: &Layout) -> Result<i32, CodecError> {
+    let mut cursor = Cursor::new(&message.frame, layout.seqid.start, layout.seqid.end);
+    match protocol {
+        Protocol::Binary => cursor.i32_be(),
+        Protocol::Compact => cursor.varint_u32().map(|v| v as i32),
+    }
+    .map_err(ReadError::in_complete_frame)
+}
+
+/// The general path: a new transport wrapper, header block and seqid; the message copied or
+/// transcoded.
+fn translate(
+    message: &Message,
+    layout: &Layout,
+    source: ThriftFormat,
+    target: ThriftFormat,
+    seqid: i32,
+    mutation: &Mutation,
+    dst: &mut BytesMut,
+) -> Result<(), CodecError> {
+    let frame = &message.frame[..];
+    let block = match source.transport {
+        Transport::Header => Some(theader::parse(frame)?),
+        Transport::Framed | Transport::Unframed => None,
+    };
+    let header = match (&block, target.transport) {
+        (_, Transport::Framed | Transport::Unframed) => {
+            if block.as_ref().is_some_and(|b| has_info(frame, b)) {
+                stats::note_headers_dropped();
+            }
+            None
+        }
+        (Some(block), Transport::Header) => {
+            let old = old_seqid(message, source.protocol, layout)?;
+            let prelude = Prelude {
+                flags: block.flags,
+                seq: if block.seq == old as u32 {
+                    seqid as u32
+                } else {
+                    block.seq
+                },
+                protocol: target.protocol,
+            };
+            let info = if mutation.is_empty() {
+                InfoSource::Raw(frame.get(block.info.clone()).unwrap_or_default())
+            } else {
+                InfoSource::Edited {
+                    frame,
+                    info: block.info.clone(),
+                    mutation,
+                }
+            };
+            Some((prelude, info))
+        }
+        (None, Transport::Header) => {
+            let prelude = Prelude {
+                flags: 0,
+                seq: seqid as u32,
+                protocol: target.protocol,
+            };
+            let info = if mutation.is_empty() {
+                InfoSource::None
+            } else {
+                InfoSource::Edited {
+                    frame,
+                    info: 0..0,
+                    mutation,
+                }
+            };
+            Some((prelude, info))
+        }
+    };
+    write_frame(dst, target.transport, header, |dst| {
+        write_message(dst, frame, layout, source.protocol, target.protocol, seqid)
+    })
+}
+
+fn has_info(frame: &[u8], block: &theader::HeaderBlock) -> bool {
+    theader::InfoHeaders::new(frame, block.info.clone())
+        .next()
+        .is_some()
+}
+
+/// Appends one message in `transport`: unframed as is, framed behind its length, THeader behind
+/// its length and header block (`header`, required for THeader).
+pub(crate) fn write_frame(
+    dst: &mut BytesMut,
+    transport: Transport,
+    header: Option<(Prelude, InfoSource<'_>)>,
+    message: impl FnOnce(&mut BytesMut) -> Result<(), CodecError>,
+) -> Result<(), CodecError> {
+    if transport == Transport::Unframed {
+        return message(dst);
+    }
+    let length_at = dst.len();
+    dst.put_u32(0);
+    if let (Transport::Header, Some((prelude, info))) = (transport, header) {
+        theader::write_prelude(dst, prelude, info)?;
+    }
+    message(dst)?;
+    let len = u32::try_from(dst.len() - length_at - 4)
+        .map_err(|_| CodecError::Encode(Cow::Borrowed("frame over 4 GiB")))?;
+    if let Some(slot) = dst.get_mut(length_at..length_at + 4) {
+        slot.copy_from_slice(&len.to_be_bytes());
+    }
+    Ok(())
+}
+
+/// Appends the message of `frame` with `seqid`, in protocol `to`.
+fn write_message(
+    dst: &mut BytesMut,
+    frame: &[u8],
+    layout: &Layout,
+    from: Protocol,
+    to: Protocol,
+    seqid: i32,
+) -> Result<(), CodecError> {
+    let slice = |range: std::ops::Range<usize>| {
+        frame
+            .get(range)
+            .ok_or(CodecError::malformed("layout outside the frame"))
+    };
+    match (from, to) {
+        (Protocol::Binary, Protocol::Binary) | (Protocol::Compact, Protocol::Compact) => {
+            // Copied around a fresh seqid: a compact varint may change length.
+            dst.extend_from_slice(slice(layout.payload_start..layout.seqid.start)?);
+            let (encoded, len) = encode_seqid(from, seqid);
+            dst.extend_from_slice(encoded.get(..len).unwrap_or_default());
+            dst.extend_from_slice(slice(layout.seqid.end..frame.len())?);
+        }
+        _ => {
+            let mut cursor = Cursor::new(frame, layout.payload_start, frame.len());
+            let header = protocol::read_message_header(from, &mut cursor)
+                .map_err(ReadError::in_complete_frame)?;
+            let name = slice(header.name.clone())?;
+            protocol::write_message_header(to, dst, name, header.message_type, seqid);
+            let body = Cursor::new(frame, header.body_start, frame.len());
+            protocol::transcode_struct(from, to, body, dst)
+                .map_err(ReadError::in_complete_frame)?;
+        }
+    }
+    Ok(())
+}

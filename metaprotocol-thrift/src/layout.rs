@@ -1,0 +1,49 @@
+//! The codec-private offsets kept in [`FrameLayout`].
+//!
+//! Slot 0: where the message starts in the frame (0 unframed, 4 framed, after the header block
+//! for THeader). Slots 1 and 2: the start and end of the encoded seqid, so that encode patches
+//! it without parsing. Other slots are unused.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use metaprotocol_core::{CodecError, FrameLayout, Message};
+
+/// The offsets encode needs, checked against the frame they describe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Layout {
+    pub(crate) payload_start: usize,
+    pub(crate) seqid: Range<usize>,
+}
+
+impl From<Layout> for FrameLayout {
+    fn from(layout: Layout) -> Self {
+        // Frames are capped at max_frame_bytes, far below 4 GiB, so offsets fit a u32.
+        FrameLayout([
+            layout.payload_start as u32,
+            layout.seqid.start as u32,
+            layout.seqid.end as u32,
+            0,
+            0,
+            0,
+        ])
+    }
+}
+
+impl Layout {
+    /// The layout of `message`, refused if it does not fit its frame (a message this codec did
+    /// not decode).
+    pub(crate) fn of(message: &Message) -> Result<Self, CodecError> {
+        let [payload_start, start, end, ..] = message.layout.0.map(|v| v as usize);
+        if payload_start <= start && start < end && end <= message.frame.len() {
+            Ok(Self {
+                payload_start,
+                seqid: start..end,
+            })
+        } else {
+            Err(CodecError::Encode(Cow::Borrowed(
+                "message layout does not match its frame (not decoded by the thrift codec?)",
+            )))
+        }
+    }
+}

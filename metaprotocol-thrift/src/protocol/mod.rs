@@ -1,0 +1,212 @@
+//! The two Thrift serializations, binary and compact, behind one small reader/writer interface.
+//!
+//! Each protocol module parses and writes the message header (name, type, seqid) and provides a
+//! [`ValueReader`] and a [`ValueWriter`]. Everything that walks a struct (skipping an unframed
+//! message, transcoding binary <-> compact, reading a `TApplicationException`) is written once in
+//! [`walk`] over those traits.
+
+pub(crate) mod binary;
+pub(crate) mod compact;
+pub(crate) mod walk;
+
+use std::ops::Range;
+
+use bytes::BytesMut;
+
+use crate::format::Protocol;
+use crate::wire::{Cursor, ReadError};
+
+/// Nesting deeper than this is refused: it bounds the recursion of every struct walk.
+pub(crate) const MAX_DEPTH: u32 = 64;
+
+/// The value types of the Thrift IDL, whatever number a protocol gives them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ValueType {
+    Bool,
+    Byte,
+    I16,
+    I32,
+    I64,
+    Double,
+    Binary,
+    Struct,
+    Map,
+    Set,
+    List,
+    Uuid,
+}
+
+/// One non-container value, borrowed from the frame it was read from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Scalar<'a> {
+    Bool(bool),
+    Byte(u8),
+    I16(i16),
+    I32(i32),
+    I64(i64),
+    /// The IEEE 754 bits; each protocol has its own byte order.
+    Double(u64),
+    Binary(&'a [u8]),
+    Uuid(&'a [u8]),
+}
+
+/// The kind of a message, as numbered on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MessageType {
+    Call = 1,
+    Reply = 2,
+    Exception = 3,
+    Oneway = 4,
+}
+
+impl MessageType {
+    pub(crate) fn from_wire(value: u8) -> Result<Self, ReadError> {
+        match value {
+            1 => Ok(Self::Call),
+            2 => Ok(Self::Reply),
+            3 => Ok(Self::Exception),
+            4 => Ok(Self::Oneway),
+            _ => Err(ReadError::malformed("unknown message type")),
+        }
+    }
+}
+
+/// A parsed message header; ranges are offsets into the buffer it was read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct MessageHeader {
+    pub(crate) message_type: MessageType,
+    pub(crate) name: Range<usize>,
+    pub(crate) seqid: i32,
+    /// Where the seqid is encoded (4 bytes in binary, a varint in compact).
+    pub(crate) seqid_at: Range<usize>,
+    /// Where the argument or result struct starts.
+    pub(crate) body_start: usize,
+}
+
+/// Reads a struct's fields and values, one protocol's way.
+pub(crate) trait ValueReader<'a> {
+    /// Enters a struct; returns state to hand back to [`ValueReader::struct_end`].
+    fn struct_begin(&mut self) -> i16;
+    /// Leaves a struct.
+    fn struct_end(&mut self, saved: i16);
+    /// The next field's type and id, or `None` at the struct's stop byte.
+    fn field_begin(&mut self) -> Result<Option<(ValueType, i16)>, ReadError>;
+    /// A list or set header: element type and count.
+    fn list_begin(&mut self) -> Result<(ValueType, u32), ReadError>;
+    /// A map header: key and value types (absent for an empty compact map) and count.
+    fn map_begin(&mut self) -> Result<(Option<(ValueType, ValueType)>, u32), ReadError>;
+    /// A non-container value of type `ty`.
+    fn scalar(&mut self, ty: ValueType) -> Result<Scalar<'a>, ReadError>;
+}
+
+/// Writes a struct's fields and values, one protocol's way. Writing cannot fail: it appends to
+/// a growable buffer.
+pub(crate) trait ValueWriter {
+    /// Enters a struct; returns state to hand back to [`ValueWriter::struct_end`].
+    fn struct_begin(&mut self) -> i16;
+    /// Leaves a struct (after [`ValueWriter::field_stop`]).
+    fn struct_end(&mut self, saved: i16);
+    /// Starts field `id` of type `ty`; its value follows.
+    fn field_begin(&mut self, ty: ValueType, id: i16);
+    /// Ends the struct's field list.
+    fn field_stop(&mut self);
+    /// A list or set header.
+    fn list_begin(&mut self, element: ValueType, len: u32);
+    /// A map header.
+    fn map_begin(&mut self, types: Option<(ValueType, ValueType)>, len: u32);
+    /// A non-container value.
+    fn scalar(&mut self, value: Scalar<'_>);
+}
+
+/// Reads the message header at the cursor.
+pub(crate) fn read_message_header(
+    protocol: Protocol,
+    cursor: &mut Cursor<'_>,
+) -> Result<MessageHeader, ReadError> {
+    match protocol {
+        Protocol::Binary => binary::read_message_header(cursor),
+        Protocol::Compact => compact::read_message_header(cursor),
+    }
+}
+
+/// Appends a message header.
+pub(crate) fn write_message_header(
+    protocol: Protocol,
+    dst: &mut BytesMut,
+    name: &[u8],
+    message_type: MessageType,
+    seqid: i32,
+) {
+    match protocol {
+        Protocol::Binary => binary::write_message_header(dst, name, message_type, seqid),
+        Protocol::Compact => compact::write_message_header(dst, name, message_type, seqid),
+    }
+}
+
+/// Skips the struct at `cursor` without allocating; the cursor ends after its stop byte.
+pub(crate) fn skip_struct(protocol: Protocol, cursor: Cursor<'_>) -> Result<usize, ReadError> {
+    match protocol {
+        Protocol::Binary => {
+            let mut reader = binary::BinaryReader::new(cursor);
+            walk::transfer_struct(&mut reader, &mut walk::Discard, MAX_DEPTH)?;
+            Ok(reader.position())
+        }
+        Protocol::Compact => {
+            let mut reader = compact::CompactReader::new(cursor);
+            walk::transfer_struct(&mut reader, &mut walk::Discard, MAX_DEPTH)?;
+            Ok(reader.position())
+        }
+    }
+}
+
+/// The id of the first field of the struct at `cursor`, or `None` if it is empty. Reads only
+/// the field header, never the value.
+pub(crate) fn first_field_id(
+    protocol: Protocol,
+    cursor: Cursor<'_>,
+) -> Result<Option<i16>, ReadError> {
+    let field = match protocol {
+        Protocol::Binary => binary::BinaryReader::new(cursor).field_begin()?,
+        Protocol::Compact => compact::CompactReader::new(cursor).field_begin()?,
+    };
+    Ok(field.map(|(_, id)| id))
+}
+
+/// Re-serializes the struct at `cursor` from `from` into `to`, appending to `dst`. Translation
+/// is the uncommon path, so one dynamically dispatched walk serves every pair.
+pub(crate) fn transcode_struct(
+    from: Protocol,
+    to: Protocol,
+    cursor: Cursor<'_>,
+    dst: &mut BytesMut,
+) -> Result<(), ReadError> {
+    with_reader(from, cursor, |reader| {
+        with_writer(to, dst, |writer| {
+            walk::transfer_struct(reader, writer, MAX_DEPTH)
+        })
+    })
+}
+
+/// Calls `f` with a writer of `protocol` over `dst`.
+pub(crate) fn with_writer<T>(
+    protocol: Protocol,
+    dst: &mut BytesMut,
+    f: impl FnOnce(&mut dyn ValueWriter) -> T,
+) -> T {
+    match protocol {
+        Protocol::Binary => f(&mut binary::BinaryWriter::new(dst)),
+        Protocol::Compact => f(&mut compact::CompactWriter::new(dst)),
+    }
+}
+
+/// Calls `f` with a reader of `protocol` at `cursor`.
+pub(crate) fn with_reader<'a, T>(
+    protocol: Protocol,
+    cursor: Cursor<'a>,
+    f: impl FnOnce(&mut dyn ValueReader<'a>) -> T,
+) -> T {
+    match protocol {
+        Protocol::Binary => f(&mut binary::BinaryReader::new(cursor)),
+        Protocol::Compact => f(&mut compact::CompactReader::new(cursor)),
+    }
+}

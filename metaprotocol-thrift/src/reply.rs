@@ -1,0 +1,131 @@
+//! `TApplicationException`: the local replies this codec writes, and a reader for the ones
+//! servers send.
+//!
+//! A local reply is an `EXCEPTION` message with the request's method name (without a
+//! multiplexing prefix, as Apache Thrift servers answer) and seqid, in the request's own
+//! transport and protocol, carrying `TApplicationException { 1: string message, 2: i32 type }`.
+
+use bytes::BytesMut;
+use metaprotocol_core::{CodecError, LocalReply, LocalReplyKind, Message, MessageKind};
+
+use crate::encode::{format_of, seqid_of, write_frame};
+use crate::format::Transport;
+use crate::layout::Layout;
+use crate::protocol::{self, MAX_DEPTH, MessageType, Scalar, ValueType, walk};
+use crate::theader::{self, InfoSource, Prelude};
+use crate::wire::{Cursor, ReadError};
+
+/// `TApplicationException` type for a method the server does not know; used for
+/// [`LocalReplyKind::RouteNotFound`].
+pub const UNKNOWN_METHOD: i32 = 1;
+/// `TApplicationException` type for a failure inside the server; used for every other
+/// [`LocalReplyKind`].
+pub const INTERNAL_ERROR: i32 = 6;
+
+const FIELD_MESSAGE: i16 = 1;
+const FIELD_TYPE: i16 = 2;
+
+/// A `TApplicationException` read from an `EXCEPTION` message.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplicationException {
+    /// The exception type ([`UNKNOWN_METHOD`], [`INTERNAL_ERROR`] ...); 0 (`UNKNOWN`) if absent.
+    pub kind: i32,
+    /// The text, if any (lossily decoded as UTF-8).
+    pub message: String,
+}
+
+impl ApplicationException {
+    /// Reads the `TApplicationException` of an `EXCEPTION` message decoded by this codec (a
+    /// server's answer, or a local reply). Allocates: for logs and tests, not the hot path.
+    pub fn from_message(message: &Message) -> Result<Self, CodecError> {
+        let format = format_of(message)?;
+        let layout = Layout::of(message)?;
+        let frame = &message.frame[..];
+        let mut cursor = Cursor::new(frame, layout.payload_start, frame.len());
+        let header = protocol::read_message_header(format.protocol, &mut cursor)
+            .map_err(ReadError::in_complete_frame)?;
+        if header.message_type != MessageType::Exception {
+            return Err(CodecError::malformed("not an EXCEPTION message"));
+        }
+        let body = Cursor::new(frame, header.body_start, frame.len());
+        protocol::with_reader(format.protocol, body, |reader| {
+            let mut exception = Self::default();
+            let saved = reader.struct_begin();
+            while let Some((ty, id)) = reader.field_begin()? {
+                match (id, ty) {
+                    (FIELD_MESSAGE, ValueType::Binary) | (FIELD_TYPE, ValueType::I32) => {
+                        match reader.scalar(ty)? {
+                            Scalar::Binary(text) => {
+                                exception.message = String::from_utf8_lossy(text).into_owned();
+                            }
+                            Scalar::I32(kind) => exception.kind = kind,
+                            _ => {}
+                        }
+                    }
+                    _ => walk::transfer_value(reader, &mut walk::Discard, ty, MAX_DEPTH)?,
+                }
+            }
+            reader.struct_end(saved);
+            Ok(exception)
+        })
+        .map_err(ReadError::in_complete_frame)
+    }
+}
+
+/// Appends the `TApplicationException` answering `request` (nothing for one-way requests).
+pub(crate) fn encode_local_reply(
+    request: &Message,
+    reply: &LocalReply,
+    dst: &mut BytesMut,
+) -> Result<(), CodecError> {
+    if request.kind == MessageKind::Oneway {
+        return Ok(());
+    }
+    let format = format_of(request)?;
+    let layout = Layout::of(request)?;
+    let seqid = seqid_of(request.request_id)?;
+    let frame = &request.frame[..];
+    let mut cursor = Cursor::new(frame, layout.payload_start, frame.len());
+    let header = protocol::read_message_header(format.protocol, &mut cursor)
+        .map_err(ReadError::in_complete_frame)?;
+    let name = frame.get(header.name).unwrap_or_default();
+    let method = match name.iter().position(|&b| b == b':') {
+        Some(colon) => name.get(colon + 1..).unwrap_or_default(),
+        None => name,
+    };
+    let kind = match reply.kind {
+        LocalReplyKind::RouteNotFound => UNKNOWN_METHOD,
+        _ => INTERNAL_ERROR,
+    };
+    let text = reply.to_string();
+    let theader = match format.transport {
+        Transport::Header => {
+            let flags = theader::parse(frame).map(|block| block.flags).unwrap_or(0);
+            let prelude = Prelude {
+                flags,
+                seq: seqid as u32,
+                protocol: format.protocol,
+            };
+            Some((prelude, InfoSource::None))
+        }
+        Transport::Framed | Transport::Unframed => None,
+    };
+    let start = dst.len();
+    let result = write_frame(dst, format.transport, theader, |dst| {
+        protocol::write_message_header(format.protocol, dst, method, MessageType::Exception, seqid);
+        protocol::with_writer(format.protocol, dst, |writer| {
+            let saved = writer.struct_begin();
+            writer.field_begin(ValueType::Binary, FIELD_MESSAGE);
+            writer.scalar(Scalar::Binary(text.as_bytes()));
+            writer.field_begin(ValueType::I32, FIELD_TYPE);
+            writer.scalar(Scalar::I32(kind));
+            writer.field_stop();
+            writer.struct_end(saved);
+        });
+        Ok(())
+    });
+    if result.is_err() {
+        dst.truncate(start);
+    }
+    result
+}

@@ -1,0 +1,302 @@
+//! `THeaderTransport` framing: the header block after the length prefix.
+//!
+//! ```text
+//! u32 length | u16 0x0FFF | u16 flags | u32 seq | u16 header words | header block | message
+//! header block: varint protocol id, varint transform count, transform ids,
+//!               info headers (varint info id, varint count, count x (key, value)), zero padding
+//! ```
+//! Strings in the block are a varint length and bytes. Info id 1 is `KEYVALUE`, 2 the
+//! persistent `PKEYVALUE`; a `0` starts the padding; other ids end the parse, as Apache
+//! Thrift's own reader does.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use bytes::{BufMut, BytesMut};
+use metaprotocol_core::{CodecError, Mutation};
+
+use crate::format::Protocol;
+use crate::wire::{Cursor, ReadError, put_varint};
+
+/// The two bytes after the length prefix of a THeader frame.
+pub(crate) const MAGIC: [u8; 2] = [0x0f, 0xff];
+/// The offset of the header block within the frame (length prefix included).
+pub(crate) const BLOCK_START: usize = 14;
+/// The offset of the `seq` field within the frame.
+pub(crate) const SEQ_AT: usize = 8;
+
+const PROTOCOL_BINARY: u32 = 0;
+const PROTOCOL_JSON: u32 = 1;
+const PROTOCOL_COMPACT: u32 = 2;
+
+/// Info header group ids.
+pub(crate) const INFO_KEYVALUE: u8 = 1;
+pub(crate) const INFO_PKEYVALUE: u8 = 2;
+
+/// What the fixed fields and the header block of one THeader frame say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct HeaderBlock {
+    pub(crate) flags: u16,
+    pub(crate) seq: u32,
+    pub(crate) protocol: Protocol,
+    /// Where the info headers are (offsets in the frame).
+    pub(crate) info: Range<usize>,
+    /// Where the message starts.
+    pub(crate) payload_start: usize,
+}
+
+/// Parses the THeader fields of `frame` (a whole frame, length prefix included) and checks its
+/// info headers; the transforms this codec cannot undo are [`CodecError::Unsupported`].
+pub(crate) fn parse(frame: &[u8]) -> Result<HeaderBlock, CodecError> {
+    parse_block(frame).map_err(ReadError::in_complete_frame)
+}
+
+fn parse_block(frame: &[u8]) -> Result<HeaderBlock, ReadError> {
+    let mut cursor = Cursor::new(frame, 4, frame.len());
+    if cursor.array()? != MAGIC {
+        return Err(ReadError::malformed("missing THeader magic"));
+    }
+    let flags = cursor.u16_be()?;
+    let seq = cursor.u32_be()?;
+    let block_len = usize::from(cursor.u16_be()?) * 4;
+    let payload_start = BLOCK_START + block_len;
+    let block = frame.get(..payload_start).ok_or(ReadError::malformed(
+        "THeader header block longer than the frame",
+    ))?;
+    let mut cursor = Cursor::new(block, BLOCK_START, block.len());
+    let protocol = match cursor.varint_u32()? {
+        PROTOCOL_BINARY => Protocol::Binary,
+        PROTOCOL_COMPACT => Protocol::Compact,
+        PROTOCOL_JSON => {
+            return Err(CodecError::Unsupported(Cow::Borrowed(
+                "THeader protocol json (1) is not supported",
+            ))
+            .into());
+        }
+        _ => return Err(ReadError::malformed("unknown THeader protocol id")),
+    };
+    let transforms = cursor.varint_u32()?;
+    if transforms > 0 {
+        return Err(unsupported_transform(cursor.varint_u32()?).into());
+    }
+    let info = cursor.position()..payload_start;
+    for header in InfoHeaders::new(block, info.clone()) {
+        header?;
+    }
+    Ok(HeaderBlock {
+        flags,
+        seq,
+        protocol,
+        info,
+        payload_start,
+    })
+}
+
+fn unsupported_transform(id: u32) -> CodecError {
+    let name = match id {
+        1 => "zlib",
+        2 => "hmac",
+        3 => "snappy",
+        4 => "qlz",
+        5 => "zstd",
+        _ => "unknown",
+    };
+    CodecError::Unsupported(Cow::Owned(format!(
+        "THeader transform {name} ({id}) is not supported"
+    )))
+}
+
+/// The THeader protocol id of `protocol`.
+fn protocol_id(protocol: Protocol) -> u32 {
+    match protocol {
+        Protocol::Binary => PROTOCOL_BINARY,
+        Protocol::Compact => PROTOCOL_COMPACT,
+    }
+}
+
+/// One info header: its group and where its key and value are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct InfoHeader {
+    pub(crate) group: u8,
+    pub(crate) key: Range<usize>,
+    pub(crate) value: Range<usize>,
+}
+
+/// The info headers of a header block, in order.
+pub(crate) struct InfoHeaders<'a> {
+    cursor: Cursor<'a>,
+    end: usize,
+    group: u8,
+    left_in_group: u32,
+    failed: bool,
+}
+
+impl<'a> InfoHeaders<'a> {
+    /// The headers in `frame[info]` (see [`HeaderBlock::info`]).
+    pub(crate) fn new(frame: &'a [u8], info: Range<usize>) -> Self {
+        let block = frame.get(..info.end).unwrap_or_default();
+        Self {
+            cursor: Cursor::new(block, info.start, block.len()),
+            end: info.end,
+            group: 0,
+            left_in_group: 0,
+            failed: false,
+        }
+    }
+
+    fn string(&mut self) -> Result<Range<usize>, ReadError> {
+        let len = self.cursor.length_varint()?;
+        let start = self.cursor.position();
+        self.cursor.bytes(len)?;
+        Ok(start..self.cursor.position())
+    }
+
+    fn next_header(&mut self) -> Result<Option<InfoHeader>, ReadError> {
+        while self.left_in_group == 0 {
+            if self.cursor.position() >= self.end {
+                return Ok(None);
+            }
+            match self.cursor.varint_u32()? {
+                id @ (1 | 2) => {
+                    self.group = id as u8;
+                    self.left_in_group = self.cursor.varint_u32()?;
+                }
+                _ => return Ok(None),
+            }
+        }
+        self.left_in_group -= 1;
+        let key = self.string()?;
+        let value = self.string()?;
+        Ok(Some(InfoHeader {
+            group: self.group,
+            key,
+            value,
+        }))
+    }
+}
+
+impl Iterator for InfoHeaders<'_> {
+    type Item = Result<InfoHeader, CodecError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        match self.next_header() {
+            Ok(header) => header.map(Ok),
+            Err(error) => {
+                self.failed = true;
+                Some(Err(error.in_complete_frame()))
+            }
+        }
+    }
+}
+
+/// The fixed fields of a THeader frame being written.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Prelude {
+    pub(crate) flags: u16,
+    pub(crate) seq: u32,
+    pub(crate) protocol: Protocol,
+}
+
+/// Where the info headers of a frame being written come from.
+pub(crate) enum InfoSource<'a> {
+    /// No headers.
+    None,
+    /// The original header block bytes, copied as they are (no mutation, same protocol).
+    Raw(&'a [u8]),
+    /// The headers of `frame[info]` edited by `mutation`.
+    Edited {
+        frame: &'a [u8],
+        info: Range<usize>,
+        mutation: &'a Mutation,
+    },
+}
+
+/// Appends the THeader fields after the length prefix: magic, flags, seq, header length, and
+/// the header block, padded to whole words.
+pub(crate) fn write_prelude(
+    dst: &mut BytesMut,
+    prelude: Prelude,
+    info: InfoSource<'_>,
+) -> Result<(), CodecError> {
+    dst.extend_from_slice(&MAGIC);
+    dst.put_u16(prelude.flags);
+    dst.put_u32(prelude.seq);
+    let words_at = dst.len();
+    dst.put_u16(0);
+    let block_start = dst.len();
+    put_varint(dst, u64::from(protocol_id(prelude.protocol)));
+    put_varint(dst, 0);
+    match info {
+        InfoSource::None => {}
+        InfoSource::Raw(bytes) => dst.extend_from_slice(bytes),
+        InfoSource::Edited {
+            frame,
+            info,
+            mutation,
+        } => write_edited(dst, frame, info, mutation)?,
+    }
+    let padding = (4 - (dst.len() - block_start) % 4) % 4;
+    dst.put_bytes(0, padding);
+    let words = u16::try_from((dst.len() - block_start) / 4)
+        .map_err(|_| CodecError::Encode(Cow::Borrowed("THeader header block over 256 KiB")))?;
+    if let Some(slot) = dst.get_mut(words_at..words_at + 2) {
+        slot.copy_from_slice(&words.to_be_bytes());
+    }
+    Ok(())
+}
+
+/// Writes the original headers minus those the mutation overrides, in their groups, then the
+/// mutation's sets as `KEYVALUE` headers.
+fn write_edited(
+    dst: &mut BytesMut,
+    frame: &[u8],
+    info: Range<usize>,
+    mutation: &Mutation,
+) -> Result<(), CodecError> {
+    let kept = |group: u8| {
+        InfoHeaders::new(frame, info.clone()).filter(move |header| match header {
+            Ok(h) => {
+                h.group == group
+                    && !mutation.overrides(frame.get(h.key.clone()).unwrap_or_default())
+            }
+            Err(_) => true,
+        })
+    };
+    for group in [INFO_KEYVALUE, INFO_PKEYVALUE] {
+        let extra = if group == INFO_KEYVALUE {
+            mutation.sets().len()
+        } else {
+            0
+        };
+        let mut count = extra;
+        for header in kept(group) {
+            header?;
+            count += 1;
+        }
+        if count == 0 {
+            continue;
+        }
+        put_varint(dst, u64::from(group));
+        put_varint(dst, count as u64);
+        for header in kept(group) {
+            let header = header?;
+            put_string(dst, frame.get(header.key).unwrap_or_default());
+            put_string(dst, frame.get(header.value).unwrap_or_default());
+        }
+        if group == INFO_KEYVALUE {
+            for (key, value) in mutation.sets() {
+                put_string(dst, key.as_bytes());
+                put_string(dst, value.as_bytes());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn put_string(dst: &mut BytesMut, bytes: &[u8]) {
+    put_varint(dst, bytes.len() as u64);
+    dst.extend_from_slice(bytes);
+}

@@ -1,0 +1,234 @@
+//! Bounds-checked reading and the integer encodings (varint, zigzag) shared by the formats.
+//!
+//! Every read goes through [`Cursor`], which never indexes out of bounds: running out of bytes is
+//! [`ReadError::Incomplete`] (more may arrive on an unframed stream), or
+//! [`CodecError::FrameTooLarge`] once the bytes a read needs pass the frame size cap.
+
+use bytes::{BufMut, BytesMut};
+use metaprotocol_core::CodecError;
+
+/// Why a read stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ReadError {
+    /// The buffer ends before the value does.
+    Incomplete,
+    /// The bytes are wrong, or too many.
+    Codec(CodecError),
+}
+
+impl From<CodecError> for ReadError {
+    fn from(error: CodecError) -> Self {
+        Self::Codec(error)
+    }
+}
+
+impl ReadError {
+    /// A [`CodecError::Malformed`] read error.
+    pub(crate) const fn malformed(reason: &'static str) -> Self {
+        Self::Codec(CodecError::malformed(reason))
+    }
+
+    /// The error for a buffer that holds a whole frame: running out of bytes inside it means the
+    /// frame lies about its own contents.
+    pub(crate) fn in_complete_frame(self) -> CodecError {
+        match self {
+            Self::Incomplete => CodecError::malformed("frame ends inside the message"),
+            Self::Codec(error) => error,
+        }
+    }
+}
+
+/// A read position over a byte slice that may hold only the start of a message.
+#[derive(Debug, Clone)]
+pub(crate) struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    /// The frame size cap: needing bytes past it is an error, not a reason to wait.
+    max: usize,
+}
+
+impl<'a> Cursor<'a> {
+    /// A cursor at `pos` in `buf`, with `max` as the largest frame it may read into.
+    pub(crate) fn new(buf: &'a [u8], pos: usize, max: usize) -> Self {
+        Self { buf, pos, max }
+    }
+
+    /// The current offset in the buffer.
+    pub(crate) fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Takes the next `n` bytes.
+    pub(crate) fn bytes(&mut self, n: usize) -> Result<&'a [u8], ReadError> {
+        let end = self.pos.saturating_add(n);
+        match self.buf.get(self.pos..end) {
+            Some(slice) => {
+                self.pos = end;
+                Ok(slice)
+            }
+            None if end > self.max => Err(CodecError::FrameTooLarge {
+                size: end as u64,
+                max: self.max,
+            }
+            .into()),
+            None => Err(ReadError::Incomplete),
+        }
+    }
+
+    /// Takes the next `N` bytes as an array.
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], ReadError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.bytes(N)?);
+        Ok(out)
+    }
+
+    /// One byte.
+    pub(crate) fn u8(&mut self) -> Result<u8, ReadError> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    /// A big-endian `u16`.
+    pub(crate) fn u16_be(&mut self) -> Result<u16, ReadError> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+
+    /// A big-endian `i16`.
+    pub(crate) fn i16_be(&mut self) -> Result<i16, ReadError> {
+        Ok(i16::from_be_bytes(self.array()?))
+    }
+
+    /// A big-endian `u32`.
+    pub(crate) fn u32_be(&mut self) -> Result<u32, ReadError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+
+    /// A big-endian `i32`.
+    pub(crate) fn i32_be(&mut self) -> Result<i32, ReadError> {
+        Ok(i32::from_be_bytes(self.array()?))
+    }
+
+    /// A length that must not be negative (binary protocol strings and containers).
+    pub(crate) fn length_i32(&mut self) -> Result<usize, ReadError> {
+        usize::try_from(self.i32_be()?).map_err(|_| ReadError::malformed("negative length"))
+    }
+
+    /// An unsigned LEB128 varint of at most `max_bytes` bytes (5 for 32-bit values, 10 for 64).
+    fn varint(&mut self, max_bytes: u32) -> Result<u64, ReadError> {
+        let mut value = 0u64;
+        for i in 0..max_bytes {
+            let byte = self.u8()?;
+            value |= u64::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(ReadError::malformed("varint too long"))
+    }
+
+    /// A 32-bit varint; bits past 32 are dropped, as Apache Thrift's readers do.
+    pub(crate) fn varint_u32(&mut self) -> Result<u32, ReadError> {
+        Ok(self.varint(5)? as u32)
+    }
+
+    /// A 64-bit varint.
+    pub(crate) fn varint_u64(&mut self) -> Result<u64, ReadError> {
+        self.varint(10)
+    }
+
+    /// A varint length (compact strings, THeader strings and counts).
+    pub(crate) fn length_varint(&mut self) -> Result<usize, ReadError> {
+        let n = self.varint_u32()?;
+        if n > i32::MAX as u32 {
+            return Err(ReadError::malformed("negative length"));
+        }
+        Ok(n as usize)
+    }
+}
+
+/// Appends `value` as an unsigned LEB128 varint.
+pub(crate) fn put_varint(dst: &mut BytesMut, mut value: u64) {
+    while value >= 0x80 {
+        dst.put_u8((value as u8) | 0x80);
+        value >>= 7;
+    }
+    dst.put_u8(value as u8);
+}
+
+/// `value` as a varint in a stack buffer, and how many bytes it takes.
+pub(crate) fn varint_u32_bytes(mut value: u32) -> ([u8; 5], usize) {
+    let mut out = [0u8; 5];
+    let mut len = 0;
+    for slot in &mut out {
+        len += 1;
+        if value < 0x80 {
+            *slot = value as u8;
+            break;
+        }
+        *slot = (value as u8) | 0x80;
+        value >>= 7;
+    }
+    (out, len)
+}
+
+/// Zigzag-encodes a signed 64-bit value (compact protocol integers).
+pub(crate) fn zigzag_encode(value: i64) -> u64 {
+    ((value << 1) ^ (value >> 63)) as u64
+}
+
+/// Zigzag-decodes a 64-bit value.
+pub(crate) fn zigzag_decode(value: u64) -> i64 {
+    ((value >> 1) as i64) ^ -((value & 1) as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_round_trip() {
+        for value in [
+            0u32,
+            1,
+            127,
+            128,
+            300,
+            16_383,
+            16_384,
+            i32::MAX as u32,
+            u32::MAX,
+        ] {
+            let (bytes, len) = varint_u32_bytes(value);
+            let mut dst = BytesMut::new();
+            put_varint(&mut dst, u64::from(value));
+            assert_eq!(&dst[..], &bytes[..len]);
+            let mut cursor = Cursor::new(&dst, 0, usize::MAX);
+            assert_eq!(cursor.varint_u32(), Ok(value));
+        }
+        for value in [0i64, -1, 1, i64::MIN, i64::MAX, -300] {
+            assert_eq!(zigzag_decode(zigzag_encode(value)), value);
+        }
+        assert_eq!(zigzag_encode(-1), 1);
+        assert_eq!(zigzag_encode(1), 2);
+    }
+
+    #[test]
+    fn reads_stop_at_the_end_and_at_the_cap() {
+        let buf = [0x80u8, 0x80];
+        assert_eq!(
+            Cursor::new(&buf, 0, 100).varint_u32(),
+            Err(ReadError::Incomplete)
+        );
+        assert!(matches!(
+            Cursor::new(&buf, 0, 1).bytes(4),
+            Err(ReadError::Codec(CodecError::FrameTooLarge {
+                size: 4,
+                max: 1
+            }))
+        ));
+        let long = [0xffu8; 6];
+        assert!(matches!(
+            Cursor::new(&long, 0, 100).varint_u32(),
+            Err(ReadError::Codec(CodecError::Malformed(_)))
+        ));
+    }
+}
