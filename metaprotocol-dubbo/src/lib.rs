@@ -1,1 +1,138 @@
-//! The dubbo codec for metaprotocol-rs (under construction).
+//! The Dubbo2 codec for metaprotocol-rs: the `dubbo://` wire protocol with Hessian2 bodies.
+//!
+//! [`DubboCodec`] implements [`metaprotocol_core::Codec`]; [`register`] adds the protocol to a
+//! [`CodecRegistry`] as `dubbo` (its only option is `max_frame_bytes`).
+//!
+//! # Frames
+//!
+//! A 16-byte header (magic `0xdabb`, flag, status, 64-bit request id, body length) and a body.
+//! The flag says request (`0x80`), two-way (`0x40`), event (`0x20`) and holds the
+//! serialization id in its low 5 bits.
+//!
+//! | flag bits | [`MessageKind`](metaprotocol_core::MessageKind) |
+//! |---|---|
+//! | request + two-way | `Request` |
+//! | request | `Oneway`: forwarded, complete once written |
+//! | request + event | `Heartbeat`, two-way or one-way |
+//! | event | `HeartbeatReply` |
+//! | none | `Response`: status 20 with result flag 1, 2, 4, 5 is `Ok`, result flag 0 or 3 (an exception) is `ApplicationError`, any other status is `ServerError` |
+//!
+//! A length over `max_frame_bytes` fails with `FrameTooLarge` as soon as the header arrives; a
+//! wrong magic number, an unreadable Hessian2 body or a value nested more than 64 deep fails
+//! with `Malformed`. Decoding never panics and never allocates in proportion to a length read
+//! from the wire.
+//!
+//! # Bodies
+//!
+//! Requests in Hessian2 (serialization id 2) are read up to the attachments: the call fields
+//! (dubbo version, service path, service version, method, parameter descriptor), then the
+//! arguments, skipped without being built (the skipper walks the whole Hessian2 grammar), then
+//! the attachments map, which some clients omit or send as null. The number of arguments comes
+//! from the parameter descriptor: JVM descriptors (`Ljava/lang/String;`, `[I`, `J` ...) count
+//! one argument per type, and any other byte (dubbo-py sends `S` for a String) counts as one.
+//! Responses with status 20 are read up to their result flag, and when the flag announces
+//! attachments (3, 4, 5), past the result to them.
+//!
+//! Calls in another serialization (Java, fastjson, protobuf ...) are decoded from the header
+//! only: kind and id, no metadata, and a
+//! [`reject_reason`](metaprotocol_core::Message::reject_reason) naming the serialization id,
+//! so the engine answers them with a `BadRequest` reply (status 40). Their heartbeats and
+//! responses pass through.
+//!
+//! # Metadata
+//!
+//! | key | value |
+//! |---|---|
+//! | `interface`, `service` | the service path from the call fields (both keys, so protocol-neutral policies written against `service` work) |
+//! | `method` | the method name |
+//! | `version` | the service version: the `version` attachment when present and non-empty, else the call field |
+//! | `group` | the `group` attachment |
+//! | any other key | every attachment whose key and value are strings (other values, such as dubbo2.js's int `timeout`, are skipped) |
+//!
+//! `interface`, `service` and `method` attachments never override the call fields: the
+//! provider dispatches on the call fields, so routing must see the same values. Values are
+//! slices of the frame, not copies, except for strings split into chunks or holding characters
+//! outside the BMP in Java's surrogate encoding. Responses carry their string attachments.
+//!
+//! # Mutations
+//!
+//! A [`Mutation`](metaprotocol_core::Mutation) rewrites the attachments map and nothing else:
+//! the arguments (or result) are copied as they came, the map is rebuilt (original entries
+//! minus the overridden keys, then the sets, as Hessian2 strings) and the body length patched.
+//! A response without attachments gains them by switching its result flag (value 1 to 4, null
+//! 2 to 5, exception 0 to 3). Only Hessian2 bodies can be rewritten: a non-empty mutation of
+//! another call is an `Encode` error, while responses that cannot carry attachments (status
+//! other than 20, events, other serializations) travel unchanged rather than fail the client's
+//! call. An empty mutation writes the original frame with only the request id patched.
+//!
+//! # Local replies and heartbeats
+//!
+//! A local reply is a Dubbo response with the request's id, a status chosen by kind, and, as
+//! Java Dubbo writes for every status other than 20, a body of one Hessian2 string:
+//! `"<kind>: <message>"` (e.g. `unauthorized: denied by rbac policy`). It is always written in
+//! Hessian2, the serialization every Dubbo client reads, so a client of another serialization
+//! still reads the message.
+//!
+//! | [`LocalReplyKind`](metaprotocol_core::LocalReplyKind) | status | why |
+//! |---|---|---|
+//! | `RouteNotFound` | 60 `SERVICE_NOT_FOUND` | no provider exports the service |
+//! | `OverLimit`, `Unavailable` | 100 `SERVER_THREADPOOL_EXHAUSTED` | Dubbo's "the server takes no more work now": clients fail over |
+//! | `Timeout` | 31 `SERVER_TIMEOUT` | clients raise their timeout exception |
+//! | `BadRequest` | 40 `BAD_REQUEST` | |
+//! | `Unauthorized` | 40 `BAD_REQUEST` | Dubbo has no permission status; the request is refused, and the message says `unauthorized` |
+//! | `NoHealthyUpstream`, `UpstreamReset`, `FaultAbort`, `Internal` | 80 `SERVER_ERROR` | a failure of the serving side, not of the service's code (70) |
+//!
+//! Two-way heartbeats are answered with an event response (flag `0x20` | serialization id),
+//! status 20 and a null body, byte for byte what providers send; one-way heartbeats get no
+//! answer. Heartbeat replies with status 0 (dubbo-py's) count as healthy, and so do responses
+//! to one-way requests, which some providers send: they are decoded like any response.
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use metaprotocol_core::{Codec, MessageKind, DEFAULT_MAX_FRAME_BYTES};
+//! use metaprotocol_dubbo::DubboCodec;
+//!
+//! let body: &[u8] = b"\x052.0.2\x0cdemo.Greeter\x051.0.0\x08sayHello\x12Ljava/lang/String;\
+//!                     \x02w1H\x06tenant\x02t1Z";
+//! let mut stream = BytesMut::from(&[0xda, 0xbb, 0xc2, 20, 0, 0, 0, 0, 0, 0, 0, 7][..]);
+//! stream.extend_from_slice(&u32::try_from(body.len())?.to_be_bytes());
+//! stream.extend_from_slice(body);
+//!
+//! let mut codec = DubboCodec::new(DEFAULT_MAX_FRAME_BYTES);
+//! let message = codec.decode(&mut stream)?.ok_or("incomplete frame")?;
+//! assert_eq!(message.kind, MessageKind::Request);
+//! assert_eq!(message.request_id, 7);
+//! let text = |key| message.metadata.get(key).map(|v| v.as_str());
+//! assert_eq!(text("interface"), Some("demo.Greeter"));
+//! assert_eq!(text("method"), Some("sayHello"));
+//! assert_eq!(text("tenant"), Some("t1"));
+//! assert!(stream.is_empty());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod attachments;
+mod codec;
+mod factory;
+mod header;
+mod hessian;
+mod layout;
+mod reply;
+mod request;
+mod response;
+mod serialization;
+pub mod status;
+
+use metaprotocol_core::CodecRegistry;
+
+pub use codec::DubboCodec;
+pub use factory::DubboCodecFactory;
+
+/// The protocol's registered name.
+pub const PROTOCOL: &str = "dubbo";
+
+/// Registers the Dubbo codec under [`PROTOCOL`].
+pub fn register(registry: &mut CodecRegistry) {
+    registry.register(PROTOCOL, DubboCodecFactory::from_options);
+}

@@ -1,0 +1,180 @@
+//! [`DubboCodec`]: framing, decode dispatch by message kind, and encode.
+
+use bytes::{BufMut, BytesMut};
+use metaprotocol_core::{
+    Codec, CodecError, EncodeParams, LocalReply, Message, MessageKind, ResponseStatus,
+};
+
+use crate::attachments::{self, slice};
+use crate::header::{HEADER_LEN, Header, patch_body_len, patch_request_id};
+use crate::hessian::compact_int;
+use crate::hessian::reader::Reader;
+use crate::hessian::skip::Skipper;
+use crate::layout::{AttachmentsLayout, Body};
+use crate::response::ResultFlag;
+use crate::serialization::{HESSIAN2, unsupported_reason};
+use crate::{reply, request, response, status};
+
+/// The Dubbo2 codec for one connection and direction.
+///
+/// It decodes whatever arrives (requests, responses, heartbeats in both directions: Dubbo
+/// providers send heartbeats to consumers too), so the same type serves both sides.
+#[derive(Debug, Clone)]
+pub struct DubboCodec {
+    max_frame_bytes: usize,
+}
+
+impl DubboCodec {
+    /// A codec that accepts frames (header and body) of at most `max_frame_bytes`.
+    pub fn new(max_frame_bytes: usize) -> Self {
+        Self { max_frame_bytes }
+    }
+}
+
+impl Codec for DubboCodec {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, CodecError> {
+        let Some(header) = Header::peek(src)? else {
+            return Ok(None);
+        };
+        let frame_len = HEADER_LEN as u64 + u64::from(header.body_len);
+        let frame_len = usize::try_from(frame_len)
+            .ok()
+            .filter(|len| *len <= self.max_frame_bytes)
+            .ok_or(CodecError::FrameTooLarge {
+                size: frame_len,
+                max: self.max_frame_bytes,
+            })?;
+        if src.len() < frame_len {
+            src.reserve(frame_len - src.len());
+            return Ok(None);
+        }
+        let frame = src.split_to(frame_len).freeze();
+        let kind = header.kind();
+        let mut message = Message::new(kind, header.request_id, frame);
+        match kind {
+            MessageKind::Heartbeat => {}
+            // dubbo-py answers heartbeats with status 0; Java and Node with 20.
+            MessageKind::HeartbeatReply if matches!(header.status, 0 | status::OK) => {}
+            MessageKind::HeartbeatReply => message.status = ResponseStatus::ServerError,
+            MessageKind::Request | MessageKind::Oneway if header.serialization() == HESSIAN2 => {
+                let (metadata, layout) = request::decode(&message.frame)?;
+                message.metadata = metadata;
+                message.layout = layout.into();
+            }
+            MessageKind::Request | MessageKind::Oneway => {
+                message.reject_reason = Some(unsupported_reason(header.serialization()));
+            }
+            MessageKind::Response if header.status != status::OK => {
+                message.status = ResponseStatus::ServerError;
+            }
+            MessageKind::Response if header.serialization() == HESSIAN2 => {
+                let (response_status, metadata, layout) = response::decode(&message.frame)?;
+                message.status = response_status;
+                message.metadata = metadata;
+                message.layout = layout.into();
+            }
+            // Status 20 in another serialization: the result flag is unreadable, the status is
+            // what the header says.
+            MessageKind::Response => {}
+        }
+        Ok(Some(message))
+    }
+
+    fn encode(
+        &mut self,
+        message: &Message,
+        params: &EncodeParams<'_>,
+        dst: &mut BytesMut,
+    ) -> Result<(), CodecError> {
+        if params.variant != message.variant {
+            return Err(CodecError::Unsupported(
+                "Dubbo has a single wire variant".into(),
+            ));
+        }
+        let frame = &message.frame[..];
+        if !matches!(Header::peek(frame), Ok(Some(_))) {
+            return Err(CodecError::Encode("not a Dubbo frame".into()));
+        }
+        let layout = AttachmentsLayout::from(message.layout);
+        if params.mutation.is_empty() || (layout.body == Body::Opaque && !message.kind.is_call()) {
+            // Responses that cannot carry attachments (errors, events, other serializations)
+            // travel unchanged: dropping a response mutation beats failing the client's call.
+            let start = dst.len();
+            dst.extend_from_slice(frame);
+            patch_request_id(dst, start, params.request_id);
+            return Ok(());
+        }
+        if layout.body == Body::Opaque {
+            return Err(CodecError::Encode(
+                "attachments can only be rewritten in Hessian2 (serialization id 2) calls".into(),
+            ));
+        }
+        let start = dst.len();
+        let result = self.write_mutated(frame, layout, params, dst);
+        if result.is_err() {
+            dst.truncate(start);
+        }
+        result
+    }
+
+    fn encode_local_reply(
+        &mut self,
+        request: &Message,
+        reply: &LocalReply,
+        dst: &mut BytesMut,
+    ) -> Result<(), CodecError> {
+        reply::write_local_reply(request, reply, self.max_frame_bytes, dst)
+    }
+
+    fn encode_heartbeat_reply(
+        &mut self,
+        heartbeat: &Message,
+        dst: &mut BytesMut,
+    ) -> Result<(), CodecError> {
+        reply::write_heartbeat_reply(heartbeat, self.max_frame_bytes, dst)
+    }
+}
+
+impl DubboCodec {
+    /// Appends `frame` with its attachments map rebuilt: the bytes before the map (arguments
+    /// or result) are copied as they came.
+    fn write_mutated(
+        &self,
+        frame: &[u8],
+        layout: AttachmentsLayout,
+        params: &EncodeParams<'_>,
+        dst: &mut BytesMut,
+    ) -> Result<(), CodecError> {
+        // The map's entries may be objects of classes defined before it: then walk from the
+        // start of the body to learn them. Usually there are none and the map stands alone.
+        let (reader, skipper) = match layout.body {
+            _ if layout.class_defs == 0 => (Reader::new(frame, layout.map.start), Skipper::new()),
+            Body::Request => request::reader_at_attachments(frame)?,
+            _ => response::reader_at_attachments(frame)?,
+        };
+        let start = dst.len();
+        dst.reserve(frame.len() + mutation_size(params));
+        if layout.body == Body::Response {
+            // The result flag must announce the attachments: value 1 becomes 4, null 2
+            // becomes 5, exception 0 becomes 3.
+            let flag = ResultFlag::read(&mut Reader::new(frame, HEADER_LEN))?;
+            dst.put_slice(slice(frame, 0..HEADER_LEN)?);
+            dst.put_u8(compact_int(flag.with_attachments().value()));
+            dst.put_slice(slice(frame, layout.flag_end..layout.map.start)?);
+        } else {
+            dst.put_slice(slice(frame, 0..layout.map.start)?);
+        }
+        attachments::write_mutated(frame, layout.map, reader, skipper, params.mutation, dst)?;
+        dst.put_slice(slice(frame, layout.map.end..frame.len())?);
+        patch_request_id(dst, start, params.request_id);
+        patch_body_len(dst, start, self.max_frame_bytes)
+    }
+}
+
+/// About the bytes a mutation's sets add (string data plus tags), to reserve once.
+fn mutation_size(params: &EncodeParams<'_>) -> usize {
+    let sets = params.mutation.sets().iter();
+    sets.map(|(key, value)| 6 + key.len() + value.len())
+        .sum::<usize>()
+        + 1
+}

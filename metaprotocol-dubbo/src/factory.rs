@@ -1,0 +1,69 @@
+//! [`DubboCodecFactory`]: the configured protocol.
+
+use std::sync::Arc;
+
+use metaprotocol_core::{Codec, CodecFactory, CodecOptions, OptionsError, Side, WireVariant};
+
+use crate::header::HEADER_LEN;
+use crate::{DubboCodec, PROTOCOL};
+
+/// Creates [`DubboCodec`]s. Dubbo requests carry 64-bit ids and responses may come in any
+/// order, so upstream connections are multiplexed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DubboCodecFactory {
+    max_frame_bytes: usize,
+}
+
+impl DubboCodecFactory {
+    /// A factory whose codecs accept frames of at most `max_frame_bytes`.
+    pub fn new(max_frame_bytes: usize) -> Self {
+        Self { max_frame_bytes }
+    }
+
+    /// Builds a factory from a listener's or cluster's codec options. Dubbo takes only
+    /// `max_frame_bytes`, which must leave room for the 16-byte header.
+    pub fn from_options(options: &CodecOptions) -> Result<Arc<dyn CodecFactory>, OptionsError> {
+        options.allow_only(&[])?;
+        if options.max_frame_bytes <= HEADER_LEN {
+            return Err(OptionsError::new(
+                "max_frame_bytes",
+                "must be larger than the 16-byte Dubbo header",
+            ));
+        }
+        Ok(Arc::new(Self::new(options.max_frame_bytes)))
+    }
+}
+
+impl CodecFactory for DubboCodecFactory {
+    fn protocol(&self) -> &'static str {
+        PROTOCOL
+    }
+
+    fn new_codec(&self, _side: Side, _variant: WireVariant) -> Box<dyn Codec> {
+        Box::new(DubboCodec::new(self.max_frame_bytes))
+    }
+
+    /// Java clients and servers hold request ids in a signed `long`.
+    fn max_request_id(&self) -> u64 {
+        i64::MAX.unsigned_abs()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validates_options() {
+        let factory = DubboCodecFactory::from_options(&CodecOptions::default());
+        assert_eq!(factory.as_ref().map(|f| f.protocol()).ok(), Some("dubbo"));
+        assert_eq!(
+            factory.as_ref().map(|f| f.max_request_id()).ok(),
+            Some(0x7fff_ffff_ffff_ffff)
+        );
+        let mut unknown = CodecOptions::default();
+        unknown.insert("serialization", "json");
+        assert!(DubboCodecFactory::from_options(&unknown).is_err());
+        assert!(DubboCodecFactory::from_options(&CodecOptions::with_max_frame_bytes(16)).is_err());
+    }
+}

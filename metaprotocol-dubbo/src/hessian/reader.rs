@@ -1,0 +1,245 @@
+//! A bounds-checked cursor over a frame, reading Hessian2 ints and strings.
+//!
+//! Positions are absolute offsets into the frame, so that ranges read here can be sliced out of
+//! the frame's `Bytes` (metadata without copies) and recorded in the frame layout.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use metaprotocol_core::{ByteStr, CodecError};
+
+use super::{NULL, text};
+
+const TRUNCATED: CodecError = CodecError::malformed("truncated Hessian2 value");
+
+/// A Hessian2 string as found in the frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StringData {
+    /// A single chunk: its bytes are this range of the frame.
+    Contiguous(Range<usize>),
+    /// Several chunks, joined (a copy; large strings only).
+    Joined(Vec<u8>),
+}
+
+impl StringData {
+    /// The string's raw bytes (UTF-8, possibly with CESU-8 surrogate pairs).
+    pub(crate) fn raw<'f>(&'f self, frame: &'f [u8]) -> &'f [u8] {
+        match self {
+            Self::Contiguous(range) => frame.get(range.clone()).unwrap_or_default(),
+            Self::Joined(bytes) => bytes,
+        }
+    }
+
+    /// The string as metadata, sliced from `frame` when possible; `None` if it cannot be
+    /// represented in UTF-8.
+    pub(crate) fn to_byte_str(&self, frame: &Bytes) -> Option<ByteStr> {
+        match self {
+            Self::Contiguous(range) if range.end <= frame.len() => {
+                text::to_byte_str(frame.slice(range.clone()))
+            }
+            Self::Contiguous(_) => None,
+            Self::Joined(bytes) => text::to_byte_str(Bytes::copy_from_slice(bytes)),
+        }
+    }
+}
+
+/// True for the tags that start a string chunk.
+pub(crate) fn is_string_tag(tag: u8) -> bool {
+    matches!(tag, 0x00..=0x1f | 0x30..=0x33 | b'S' | b'R')
+}
+
+/// A cursor over `buf`, starting at an absolute offset.
+#[derive(Debug, Clone)]
+pub(crate) struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    /// A cursor over `buf` positioned at `pos`.
+    pub(crate) fn new(buf: &'a [u8], pos: usize) -> Self {
+        Self { buf, pos }
+    }
+
+    /// The current offset.
+    pub(crate) fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// The next byte, if any, without consuming it.
+    pub(crate) fn peek(&self) -> Option<u8> {
+        self.buf.get(self.pos).copied()
+    }
+
+    /// Consumes one byte.
+    pub(crate) fn byte(&mut self) -> Result<u8, CodecError> {
+        let byte = self.peek().ok_or(TRUNCATED)?;
+        self.pos += 1;
+        Ok(byte)
+    }
+
+    /// Consumes `n` bytes.
+    pub(crate) fn advance(&mut self, n: usize) -> Result<(), CodecError> {
+        if n > self.remaining() {
+            return Err(TRUNCATED);
+        }
+        self.pos += n;
+        Ok(())
+    }
+
+    /// Consumes a Hessian2 int (any of its four encodings).
+    pub(crate) fn int(&mut self) -> Result<i32, CodecError> {
+        let tag = self.byte()?;
+        let tag_value = i32::from(tag);
+        match tag {
+            0x80..=0xbf => Ok(tag_value - 0x90),
+            0xc0..=0xcf => Ok(((tag_value - 0xc8) << 8) | i32::from(self.byte()?)),
+            0xd0..=0xd7 => {
+                let low = u16::from_be_bytes(self.array()?);
+                Ok(((tag_value - 0xd4) << 16) | i32::from(low))
+            }
+            b'I' => Ok(i32::from_be_bytes(self.array()?)),
+            _ => Err(CodecError::malformed("expected a Hessian2 int")),
+        }
+    }
+
+    /// Consumes a Hessian2 int used as a count of the values that follow. Every value takes at
+    /// least one byte, so a count beyond the remaining bytes is malformed: checking it here
+    /// keeps loops over counts bounded by the frame.
+    pub(crate) fn count(&mut self) -> Result<usize, CodecError> {
+        let count = usize::try_from(self.int()?)
+            .map_err(|_| CodecError::malformed("negative Hessian2 length"))?;
+        if count > self.remaining() {
+            return Err(CodecError::malformed("Hessian2 length exceeds the frame"));
+        }
+        Ok(count)
+    }
+
+    /// Consumes a string or null (`N`, which Dubbo writes for absent header fields).
+    pub(crate) fn string(&mut self) -> Result<Option<StringData>, CodecError> {
+        let tag = self.byte()?;
+        if tag == NULL {
+            return Ok(None);
+        }
+        let (first, mut last) = self.string_chunk(tag)?;
+        if last {
+            return Ok(Some(StringData::Contiguous(first)));
+        }
+        let mut joined = self.buf.get(first).unwrap_or_default().to_vec();
+        while !last {
+            let tag = self.byte()?;
+            let (chunk, is_last) = self.string_chunk(tag)?;
+            joined.extend_from_slice(self.buf.get(chunk).unwrap_or_default());
+            last = is_last;
+        }
+        Ok(Some(StringData::Joined(joined)))
+    }
+
+    /// Consumes the rest of a string whose first tag was `tag`.
+    pub(crate) fn skip_string(&mut self, mut tag: u8) -> Result<(), CodecError> {
+        while !self.string_chunk(tag)?.1 {
+            tag = self.byte()?;
+        }
+        Ok(())
+    }
+
+    /// Consumes the rest of a binary whose first tag was `tag`.
+    pub(crate) fn skip_binary(&mut self, mut tag: u8) -> Result<(), CodecError> {
+        loop {
+            let (len, last) = match tag {
+                0x20..=0x2f => (usize::from(tag - 0x20), true),
+                0x34..=0x37 => (
+                    (usize::from(tag - 0x34) << 8) | usize::from(self.byte()?),
+                    true,
+                ),
+                b'B' | b'A' => (usize::from(u16::from_be_bytes(self.array()?)), tag == b'B'),
+                _ => return Err(CodecError::malformed("expected a Hessian2 binary chunk")),
+            };
+            self.advance(len)?;
+            if last {
+                return Ok(());
+            }
+            tag = self.byte()?;
+        }
+    }
+
+    /// Consumes one string chunk whose tag was `tag`: its data range and whether it is the
+    /// final chunk.
+    fn string_chunk(&mut self, tag: u8) -> Result<(Range<usize>, bool), CodecError> {
+        let (units, last) = match tag {
+            0x00..=0x1f => (usize::from(tag), true),
+            0x30..=0x33 => (
+                (usize::from(tag - 0x30) << 8) | usize::from(self.byte()?),
+                true,
+            ),
+            b'S' | b'R' => (usize::from(u16::from_be_bytes(self.array()?)), tag == b'S'),
+            _ => return Err(CodecError::malformed("expected a Hessian2 string")),
+        };
+        let start = self.pos;
+        let len = text::byte_len(self.buf.get(start..).unwrap_or_default(), units)?;
+        self.advance(len)?;
+        Ok((start..self.pos, last))
+    }
+
+    fn remaining(&self) -> usize {
+        self.buf.len().saturating_sub(self.pos)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], CodecError> {
+        let bytes = self
+            .buf
+            .get(self.pos..)
+            .and_then(<[u8]>::first_chunk::<N>)
+            .ok_or(TRUNCATED)?;
+        self.pos += N;
+        Ok(*bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn int(bytes: &[u8]) -> Result<i32, CodecError> {
+        Reader::new(bytes, 0).int()
+    }
+
+    #[test]
+    fn reads_every_int_encoding() {
+        assert_eq!(int(&[0x90]), Ok(0));
+        assert_eq!(int(&[0x80]), Ok(-16));
+        assert_eq!(int(&[0xbf]), Ok(47));
+        assert_eq!(int(&[0xc8, 0x30]), Ok(48));
+        assert_eq!(int(&[0xc0, 0x00]), Ok(-2048));
+        assert_eq!(int(&[0xcf, 0xff]), Ok(2047));
+        assert_eq!(int(&[0xd4, 0x08, 0x00]), Ok(2048));
+        assert_eq!(int(&[0xd0, 0x00, 0x00]), Ok(-262_144));
+        assert_eq!(int(&[0xd7, 0xff, 0xff]), Ok(262_143));
+        assert_eq!(int(&[b'I', 0x80, 0, 0, 0]), Ok(i32::MIN));
+        assert!(int(&[b'I', 0, 0]).is_err());
+        assert!(int(&[b'S']).is_err());
+    }
+
+    #[test]
+    fn reads_short_medium_and_chunked_strings() {
+        let frame = Bytes::from_static(b"\x02hi\x30\x03abcR\x00\x02xyS\x00\x01zN");
+        let mut reader = Reader::new(&frame, 0);
+        let short = reader.string().ok().flatten();
+        assert_eq!(short, Some(StringData::Contiguous(1..3)));
+        let medium = reader.string().ok().flatten();
+        assert_eq!(medium, Some(StringData::Contiguous(5..8)));
+        let joined = reader.string().ok().flatten();
+        assert_eq!(joined, Some(StringData::Joined(b"xyz".to_vec())));
+        assert_eq!(reader.string(), Ok(None));
+        let text = joined.and_then(|s| s.to_byte_str(&frame));
+        assert_eq!(text.as_ref().map(ByteStr::as_str), Some("xyz"));
+    }
+
+    #[test]
+    fn rejects_truncated_strings_and_negative_counts() {
+        assert!(Reader::new(b"\x05ab", 0).string().is_err());
+        assert!(Reader::new(b"R\x00\x01a", 0).string().is_err());
+        assert!(Reader::new(&[0x8f], 0).count().is_err());
+        assert!(Reader::new(&[0xa0], 0).count().is_err());
+    }
+}

@@ -1,0 +1,308 @@
+//! Steps over any Hessian2 value without building it.
+//!
+//! Arguments and return values are opaque to the proxy; it only needs to know where they end.
+//! The skipper walks the whole grammar, remembering just what later bytes depend on: the field
+//! count of every class definition (objects name their class by index, and their field values
+//! are not otherwise delimited) and how many values entered the reference table (so that
+//! rewriting attachments can tell whether removing an entry would renumber references).
+
+use metaprotocol_core::CodecError;
+
+use super::reader::{Reader, is_string_tag};
+use super::{CLASS_DEF, END, TYPED_MAP, UNTYPED_MAP};
+
+/// How deeply lists, maps and objects may nest. Real payloads stay far below; a deeper value is
+/// an attack on the stack, not data.
+pub(crate) const MAX_DEPTH: usize = 64;
+
+/// How many class definitions one frame may hold (each costs four bytes of memory here).
+pub(crate) const MAX_CLASS_DEFS: usize = 4096;
+
+/// The state that skipping one frame's body accumulates.
+#[derive(Debug, Default)]
+pub(crate) struct Skipper {
+    class_fields: Vec<u32>,
+    shared_values: u32,
+}
+
+/// What a value added to the frame's shared tables; see [`Skipper::shared_state`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SharedState {
+    class_defs: usize,
+    shared_values: u32,
+}
+
+impl Skipper {
+    /// A skipper for a new frame body (empty class and reference tables; does not allocate).
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// Consumes one value, with any class definitions that precede it.
+    pub(crate) fn skip_value(&mut self, reader: &mut Reader<'_>) -> Result<(), CodecError> {
+        self.skip(reader, 0)
+    }
+
+    /// The number of class definitions seen so far.
+    pub(crate) fn class_defs(&self) -> usize {
+        self.class_fields.len()
+    }
+
+    /// The sizes of the class and reference tables. A value that leaves them unchanged can be
+    /// removed without renumbering the references of the values after it.
+    pub(crate) fn shared_state(&self) -> SharedState {
+        SharedState {
+            class_defs: self.class_fields.len(),
+            shared_values: self.shared_values,
+        }
+    }
+
+    /// Consumes a class definition after its `C` tag: `name field-count field-name*`.
+    pub(crate) fn define_class(&mut self, reader: &mut Reader<'_>) -> Result<(), CodecError> {
+        if self.class_fields.len() >= MAX_CLASS_DEFS {
+            return Err(CodecError::malformed("too many Hessian2 class definitions"));
+        }
+        let name = reader.byte()?;
+        reader.skip_string(name)?;
+        let fields = reader.count()?;
+        for _ in 0..fields {
+            let field = reader.byte()?;
+            reader.skip_string(field)?;
+        }
+        // `count` bounds `fields` by the frame length, which fits in a Hessian int.
+        self.class_fields
+            .push(u32::try_from(fields).unwrap_or(u32::MAX));
+        Ok(())
+    }
+
+    /// Consumes a list or map type: a type name string or an int reference to an earlier one.
+    pub(crate) fn skip_type(&mut self, reader: &mut Reader<'_>) -> Result<(), CodecError> {
+        match reader.peek() {
+            Some(tag) if is_string_tag(tag) => {
+                reader.byte()?;
+                reader.skip_string(tag)
+            }
+            _ => reader.int().map(drop),
+        }
+    }
+
+    fn skip(&mut self, reader: &mut Reader<'_>, depth: usize) -> Result<(), CodecError> {
+        if depth > MAX_DEPTH {
+            return Err(CodecError::malformed("Hessian2 value nests too deeply"));
+        }
+        loop {
+            let tag = reader.byte()?;
+            match tag {
+                // A class definition prefixes the value that uses it.
+                CLASS_DEF => {
+                    self.define_class(reader)?;
+                    continue;
+                }
+                // null, booleans, one-byte ints and longs, doubles 0.0 and 1.0
+                b'N' | b'T' | b'F' | 0x80..=0xbf | 0xd8..=0xef | 0x5b | 0x5c => {}
+                // two-byte ints and longs, byte double
+                0xc0..=0xcf | 0xf0..=0xff | 0x5d => reader.advance(1)?,
+                // three-byte ints and longs, short double
+                0xd0..=0xd7 | 0x38..=0x3f | 0x5e => reader.advance(2)?,
+                // int, long as int, float double, date in minutes
+                b'I' | 0x59 | 0x5f | 0x4b => reader.advance(4)?,
+                // long, double, date in milliseconds
+                b'L' | b'D' | 0x4a => reader.advance(8)?,
+                0x00..=0x1f | 0x30..=0x33 | b'S' | b'R' => reader.skip_string(tag)?,
+                0x20..=0x2f | 0x34..=0x37 | b'B' | b'A' => reader.skip_binary(tag)?,
+                // reference to an earlier list, map or object
+                0x51 => reader.int().map(drop)?,
+                // variable-length typed list
+                0x55 => {
+                    self.skip_type(reader)?;
+                    self.skip_until_end(reader, depth, 1)?;
+                }
+                // fixed-length typed list
+                b'V' => {
+                    self.skip_type(reader)?;
+                    let len = reader.count()?;
+                    self.skip_items(reader, len, depth)?;
+                }
+                // variable-length untyped list
+                0x57 => self.skip_until_end(reader, depth, 1)?,
+                // fixed-length untyped list
+                0x58 => {
+                    let len = reader.count()?;
+                    self.skip_items(reader, len, depth)?;
+                }
+                // typed list of length 0..=7
+                0x70..=0x77 => {
+                    self.skip_type(reader)?;
+                    self.skip_items(reader, usize::from(tag - 0x70), depth)?;
+                }
+                // untyped list of length 0..=7
+                0x78..=0x7f => self.skip_items(reader, usize::from(tag - 0x78), depth)?,
+                UNTYPED_MAP => self.skip_until_end(reader, depth, 2)?,
+                TYPED_MAP => {
+                    self.skip_type(reader)?;
+                    self.skip_until_end(reader, depth, 2)?;
+                }
+                b'O' => {
+                    let class = reader.count()?;
+                    self.skip_object(reader, class, depth)?;
+                }
+                0x60..=0x6f => self.skip_object(reader, usize::from(tag - 0x60), depth)?,
+                _ => return Err(CodecError::malformed("unexpected Hessian2 tag")),
+            }
+            return Ok(());
+        }
+    }
+
+    /// Consumes `len` values of a list, which entered the reference table.
+    fn skip_items(
+        &mut self,
+        reader: &mut Reader<'_>,
+        len: usize,
+        depth: usize,
+    ) -> Result<(), CodecError> {
+        self.shared_values = self.shared_values.saturating_add(1);
+        for _ in 0..len {
+            self.skip(reader, depth + 1)?;
+        }
+        Ok(())
+    }
+
+    /// Consumes groups of `group` values up to the `Z` terminator of a list (1) or map (2).
+    fn skip_until_end(
+        &mut self,
+        reader: &mut Reader<'_>,
+        depth: usize,
+        group: usize,
+    ) -> Result<(), CodecError> {
+        self.shared_values = self.shared_values.saturating_add(1);
+        while reader.peek() != Some(END) {
+            for _ in 0..group {
+                self.skip(reader, depth + 1)?;
+            }
+        }
+        reader.byte().map(drop)
+    }
+
+    fn skip_object(
+        &mut self,
+        reader: &mut Reader<'_>,
+        class: usize,
+        depth: usize,
+    ) -> Result<(), CodecError> {
+        let fields = *self.class_fields.get(class).ok_or(CodecError::malformed(
+            "Hessian2 object of an undefined class",
+        ))?;
+        self.shared_values = self.shared_values.saturating_add(1);
+        for _ in 0..fields {
+            self.skip(reader, depth + 1)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Skips one value of `bytes` and returns where it ended.
+    fn end_of(bytes: &[u8]) -> Result<usize, CodecError> {
+        let mut reader = Reader::new(bytes, 0);
+        Skipper::new().skip_value(&mut reader)?;
+        Ok(reader.position())
+    }
+
+    #[test]
+    fn skips_scalars_to_their_end() {
+        let cases: &[&[u8]] = &[
+            b"N",
+            b"T",
+            &[0x90],
+            &[0xc8, 0x01],
+            &[0xd4, 0x00, 0x01],
+            b"I\x00\x00\x00\x01",
+            &[0xe0],
+            &[0xf8, 0x01],
+            &[0x3c, 0x00, 0x01],
+            &[0x59, 0, 0, 0, 1],
+            b"L\x00\x00\x00\x00\x00\x00\x00\x01",
+            &[0x5b],
+            &[0x5d, 0x01],
+            &[0x5e, 0x00, 0x01],
+            &[0x5f, 0, 0, 0, 1],
+            b"D\x00\x00\x00\x00\x00\x00\x00\x01",
+            &[0x4a, 0, 0, 0, 0, 0, 0, 0, 1],
+            &[0x4b, 0, 0, 0, 1],
+            &[0x23, 1, 2, 3],
+            &[0x34, 0x02, 1, 2],
+            b"A\x00\x01xB\x00\x01y",
+            b"\x03abc",
+            b"R\x00\x01aS\x00\x01b",
+            b"R\x00\x01a\x01b",
+        ];
+        for case in cases {
+            assert_eq!(end_of(case), Ok(case.len()), "{case:02x?}");
+        }
+    }
+
+    #[test]
+    fn skips_containers_objects_and_references() {
+        let cases: &[&[u8]] = &[
+            // [int 1, int 2] in each list form
+            b"\x55\x04[int\x91\x92Z",
+            b"V\x04[int\x92\x91\x92",
+            b"\x57\x91\x92Z",
+            b"\x58\x92\x91\x92",
+            b"\x72\x04[int\x91\x92",
+            b"\x7a\x91\x92",
+            // type by reference
+            b"\x72\x90\x91\x92",
+            b"H\x01a\x91Z",
+            b"M\x08java.Map\x01a\x91Z",
+            // class with two fields, two instances, a back reference
+            b"\x57C\x05Point\x92\x01x\x01y\x60\x91\x92O\x90\x93\x94\x51\x91Z",
+        ];
+        for case in cases {
+            assert_eq!(end_of(case), Ok(case.len()), "{case:02x?}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        assert!(end_of(b"").is_err());
+        assert!(end_of(b"Z").is_err());
+        assert!(end_of(&[0x40]).is_err());
+        assert!(end_of(b"\x57\x91").is_err());
+        assert!(end_of(&[0x60]).is_err());
+        assert!(end_of(b"C\x01P\x94\x01x").is_err());
+        assert!(end_of(b"\x58\xbf\x91").is_err());
+        let bomb = vec![0x57; MAX_DEPTH + 2];
+        assert_eq!(
+            end_of(&bomb),
+            Err(CodecError::malformed("Hessian2 value nests too deeply"))
+        );
+    }
+
+    #[test]
+    fn caps_class_definitions() {
+        let mut bytes = Vec::new();
+        for _ in 0..=MAX_CLASS_DEFS {
+            bytes.extend_from_slice(b"C\x01P\x90");
+        }
+        bytes.push(0x60);
+        assert_eq!(
+            end_of(&bytes),
+            Err(CodecError::malformed("too many Hessian2 class definitions"))
+        );
+    }
+
+    #[test]
+    fn tracks_shared_values() {
+        let mut skipper = Skipper::new();
+        let before = skipper.shared_state();
+        let mut reader = Reader::new(b"\x05hello\x7a\x91\x92", 0);
+        assert!(skipper.skip_value(&mut reader).is_ok());
+        assert_eq!(skipper.shared_state(), before);
+        assert!(skipper.skip_value(&mut reader).is_ok());
+        assert_ne!(skipper.shared_state(), before);
+    }
+}

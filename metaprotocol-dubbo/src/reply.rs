@@ -1,0 +1,72 @@
+//! Responses the proxy writes itself: local replies and heartbeat replies.
+
+use bytes::{BufMut, BytesMut};
+use metaprotocol_core::{CodecError, LocalReply, Message, MessageKind};
+
+use crate::header::{FLAG_EVENT, HEADER_LEN, Header, patch_body_len};
+use crate::hessian::NULL;
+use crate::hessian::writer::write_string;
+use crate::serialization::HESSIAN2;
+use crate::status;
+
+/// Appends the error response for `reply` to `request`: the status from
+/// [`status::for_local_reply`] and, as Java Dubbo does for any status other than 20, a body of
+/// one Hessian2 string, `"<kind>: <message>"`.
+///
+/// The response is always Hessian2 (serialization id 2), even for a request in another
+/// serialization: it is the one serialization this codec writes and every Dubbo client reads,
+/// so the client gets a readable error rather than a body it cannot decode.
+pub(crate) fn write_local_reply(
+    request: &Message,
+    reply: &LocalReply,
+    max_frame_bytes: usize,
+    dst: &mut BytesMut,
+) -> Result<(), CodecError> {
+    let start = dst.len();
+    let status = status::for_local_reply(reply.kind);
+    Header::put(dst, HESSIAN2, status, request.request_id);
+    if reply.message.is_empty() {
+        write_string(dst, &[reply.kind.name()]);
+    } else {
+        write_string(dst, &[reply.kind.name(), ": ", &reply.message]);
+    }
+    finish(dst, start, max_frame_bytes)
+}
+
+/// Appends the answer to a two-way heartbeat: an event response with status 20 and a null
+/// body, in the heartbeat's own serialization (for serializations other than Hessian2 the
+/// heartbeat's body, which is that serialization's null, is echoed). One-way heartbeats
+/// (dubbo-py's) get nothing.
+pub(crate) fn write_heartbeat_reply(
+    heartbeat: &Message,
+    max_frame_bytes: usize,
+    dst: &mut BytesMut,
+) -> Result<(), CodecError> {
+    let frame = &heartbeat.frame[..];
+    if heartbeat.kind != MessageKind::Heartbeat || !Header::is_two_way(frame) {
+        return Ok(());
+    }
+    let start = dst.len();
+    let serialization = Header::serialization_of(frame);
+    Header::put(
+        dst,
+        FLAG_EVENT | serialization,
+        status::OK,
+        heartbeat.request_id,
+    );
+    if serialization == HESSIAN2 {
+        dst.put_u8(NULL);
+    } else {
+        dst.put_slice(frame.get(HEADER_LEN..).unwrap_or_default());
+    }
+    finish(dst, start, max_frame_bytes)
+}
+
+/// Patches the body length, undoing the write if the frame is too large.
+fn finish(dst: &mut BytesMut, start: usize, max_frame_bytes: usize) -> Result<(), CodecError> {
+    let result = patch_body_len(dst, start, max_frame_bytes);
+    if result.is_err() {
+        dst.truncate(start);
+    }
+    result
+}

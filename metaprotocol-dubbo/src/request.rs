@@ -1,0 +1,152 @@
+//! Request bodies (Hessian2): the call header fields, the arguments, the attachments.
+//!
+//! ```text
+//! dubbo-version  service-path  service-version  method  parameter-descriptor
+//! argument*      attachments-map?
+//! ```
+//!
+//! The number of arguments comes from the parameter descriptor (see [`argument_count`]); the
+//! arguments are skipped, never built.
+
+use bytes::Bytes;
+use metaprotocol_core::{ByteStr, CodecError, Metadata, keys};
+
+use crate::attachments;
+use crate::header::HEADER_LEN;
+use crate::hessian::reader::{Reader, StringData};
+use crate::hessian::skip::Skipper;
+use crate::layout::{AttachmentsLayout, Body};
+
+/// Decodes the metadata and layout of a Hessian2 request frame.
+pub(crate) fn decode(frame: &Bytes) -> Result<(Metadata, AttachmentsLayout), CodecError> {
+    let (fields, mut reader, mut skipper) = read_call(frame)?;
+    let mut metadata = Metadata::new();
+    let text = |data: &Option<StringData>| data.as_ref().and_then(|d| d.to_byte_str(frame));
+    if let Some(path) = text(&fields.path) {
+        metadata.insert(ByteStr::from_static(keys::INTERFACE), path.clone());
+        metadata.insert(ByteStr::from_static(keys::SERVICE), path);
+    }
+    if let Some(method) = text(&fields.method) {
+        metadata.insert(ByteStr::from_static(keys::METHOD), method);
+    }
+    if let Some(version) = text(&fields.version) {
+        metadata.insert(ByteStr::from_static(keys::VERSION), version);
+    }
+    let map = attachments::visit(&mut reader, &mut skipper, |entry| {
+        if let Some((key, value)) = entry.text(frame) {
+            insert_attachment(key, value, &mut metadata);
+        }
+        Ok(())
+    })?;
+    let layout = AttachmentsLayout {
+        body: Body::Request,
+        flag_end: 0,
+        map,
+        class_defs: skipper.class_defs(),
+    };
+    Ok((metadata, layout))
+}
+
+/// A reader at the attachments map of a request `frame`, with the class definitions of the
+/// arguments, for rewriting a map whose entries may use them.
+pub(crate) fn reader_at_attachments(frame: &[u8]) -> Result<(Reader<'_>, Skipper), CodecError> {
+    read_call(frame).map(|(_, reader, skipper)| (reader, skipper))
+}
+
+/// Reads the call fields and skips the arguments of a request `frame`.
+fn read_call(frame: &[u8]) -> Result<(CallFields, Reader<'_>, Skipper), CodecError> {
+    let mut reader = Reader::new(frame, HEADER_LEN);
+    let fields = CallFields::read(&mut reader)?;
+    let mut skipper = Skipper::new();
+    fields.skip_arguments(frame, &mut reader, &mut skipper)?;
+    Ok((fields, reader, skipper))
+}
+
+/// The header fields of a call (each may be null).
+struct CallFields {
+    path: Option<StringData>,
+    version: Option<StringData>,
+    method: Option<StringData>,
+    descriptor: Option<StringData>,
+}
+
+impl CallFields {
+    fn read(reader: &mut Reader<'_>) -> Result<Self, CodecError> {
+        let _dubbo_version = reader.string()?;
+        Ok(Self {
+            path: reader.string()?,
+            version: reader.string()?,
+            method: reader.string()?,
+            descriptor: reader.string()?,
+        })
+    }
+
+    fn skip_arguments(
+        &self,
+        frame: &[u8],
+        reader: &mut Reader<'_>,
+        skipper: &mut Skipper,
+    ) -> Result<(), CodecError> {
+        let descriptor = self.descriptor.as_ref().map_or(&[][..], |d| d.raw(frame));
+        for _ in 0..argument_count(descriptor) {
+            skipper.skip_value(reader)?;
+        }
+        Ok(())
+    }
+}
+
+/// Adds a string attachment to the metadata. The frame header is authoritative for the
+/// interface and method (the provider dispatches on it, so an attachment must not be able to
+/// route a call elsewhere); a non-empty `version` attachment overrides the header's version, as
+/// Dubbo providers let it.
+fn insert_attachment(key: ByteStr, value: ByteStr, metadata: &mut Metadata) {
+    let reserved = [keys::INTERFACE, keys::SERVICE, keys::METHOD].contains(&key.as_str());
+    if reserved || (key == keys::VERSION && value.is_empty()) {
+        return;
+    }
+    metadata.insert(key, value);
+}
+
+/// The number of arguments a parameter descriptor declares.
+///
+/// Java clients send JVM descriptors: `Ljava/lang/String;` (a class, up to `;`), `[I` (arrays,
+/// any number of `[` before one element type), `J` (a primitive letter). Some clients send
+/// their own letters (dubbo-py sends `S` for a String): every other byte counts as one
+/// argument, and an unterminated class name as one.
+pub(crate) fn argument_count(descriptor: &[u8]) -> usize {
+    let mut count = 0;
+    let mut rest = descriptor;
+    while !rest.is_empty() {
+        let element = rest.iter().position(|&b| b != b'[').unwrap_or(rest.len());
+        let after = match rest.get(element) {
+            Some(b'L') => rest
+                .iter()
+                .skip(element)
+                .position(|&b| b == b';')
+                .map_or(rest.len(), |semicolon| element + semicolon + 1),
+            _ => element + 1,
+        };
+        rest = rest.get(after..).unwrap_or_default();
+        count += 1;
+    }
+    count
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_descriptor_arguments() {
+        assert_eq!(argument_count(b""), 0);
+        assert_eq!(argument_count(b"Ljava/lang/String;"), 1);
+        assert_eq!(argument_count(b"S"), 1);
+        assert_eq!(
+            argument_count(b"IJLjava/util/Map;[I[[Ljava/lang/Object;Z"),
+            6
+        );
+        assert_eq!(argument_count(b"SS"), 2);
+        assert_eq!(argument_count(b"Ljava/lang/String"), 1);
+        assert_eq!(argument_count(b"[["), 1);
+    }
+}

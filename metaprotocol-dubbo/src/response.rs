@@ -1,0 +1,122 @@
+//! Response bodies (Hessian2, status 20): a result flag, the result, optional attachments.
+//!
+//! | flag | body after the flag |
+//! |---|---|
+//! | 0 | exception |
+//! | 1 | value |
+//! | 2 | nothing (null result) |
+//! | 3 | exception, attachments |
+//! | 4 | value, attachments |
+//! | 5 | attachments (null result) |
+//!
+//! Responses with another status carry an error message string instead, and no attachments.
+
+use bytes::Bytes;
+use metaprotocol_core::{CodecError, Metadata, ResponseStatus};
+
+use crate::attachments;
+use crate::header::HEADER_LEN;
+use crate::hessian::reader::Reader;
+use crate::hessian::skip::Skipper;
+use crate::layout::{AttachmentsLayout, Body};
+
+/// A Dubbo result flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ResultFlag(u8);
+
+impl ResultFlag {
+    const EXCEPTION: u8 = 0;
+    const NULL_VALUE: u8 = 2;
+    const EXCEPTION_WITH_ATTACHMENTS: u8 = 3;
+    const NULL_VALUE_WITH_ATTACHMENTS: u8 = 5;
+    /// Adding this to a flag without attachments gives the flag with attachments.
+    const WITH_ATTACHMENTS: u8 = 3;
+
+    /// Reads the flag at the start of a response body.
+    pub(crate) fn read(reader: &mut Reader<'_>) -> Result<Self, CodecError> {
+        match u8::try_from(reader.int()?) {
+            Ok(flag @ 0..=5) => Ok(Self(flag)),
+            _ => Err(CodecError::malformed("unknown Dubbo result flag")),
+        }
+    }
+
+    /// The flag's value.
+    pub(crate) fn value(self) -> u8 {
+        self.0
+    }
+
+    /// True if the result is an exception.
+    fn is_exception(self) -> bool {
+        matches!(self.0, Self::EXCEPTION | Self::EXCEPTION_WITH_ATTACHMENTS)
+    }
+
+    /// True if attachments follow the result.
+    fn has_attachments(self) -> bool {
+        self.0 >= Self::WITH_ATTACHMENTS
+    }
+
+    /// True if a value or exception follows the flag.
+    fn has_result(self) -> bool {
+        !matches!(self.0, Self::NULL_VALUE | Self::NULL_VALUE_WITH_ATTACHMENTS)
+    }
+
+    /// The same outcome, announcing attachments.
+    pub(crate) fn with_attachments(self) -> Self {
+        if self.has_attachments() {
+            self
+        } else {
+            Self(self.0 + Self::WITH_ATTACHMENTS)
+        }
+    }
+}
+
+/// Decodes the status, metadata (string attachments) and layout of a Hessian2 response with
+/// status 20.
+pub(crate) fn decode(
+    frame: &Bytes,
+) -> Result<(ResponseStatus, Metadata, AttachmentsLayout), CodecError> {
+    let mut reader = Reader::new(frame, HEADER_LEN);
+    let flag = ResultFlag::read(&mut reader)?;
+    let status = if flag.is_exception() {
+        ResponseStatus::ApplicationError
+    } else {
+        ResponseStatus::Ok
+    };
+    let mut metadata = Metadata::new();
+    let mut layout = AttachmentsLayout {
+        body: Body::Response,
+        flag_end: reader.position(),
+        // Without attachments the result runs to the end of the body; it is not walked.
+        map: attachments::MapBounds::absent(frame.len()),
+        class_defs: 0,
+    };
+    if flag.has_attachments() {
+        let mut skipper = skip_result(flag, &mut reader)?;
+        layout.map = attachments::visit(&mut reader, &mut skipper, |entry| {
+            if let Some((key, value)) = entry.text(frame) {
+                metadata.insert(key, value);
+            }
+            Ok(())
+        })?;
+        layout.class_defs = skipper.class_defs();
+    }
+    Ok((status, metadata, layout))
+}
+
+/// A reader at the attachments map of a response `frame`, with the class definitions of the
+/// result, for rewriting a map whose entries may use them.
+pub(crate) fn reader_at_attachments(frame: &[u8]) -> Result<(Reader<'_>, Skipper), CodecError> {
+    let mut reader = Reader::new(frame, HEADER_LEN);
+    let flag = ResultFlag::read(&mut reader)?;
+    let skipper = skip_result(flag, &mut reader)?;
+    Ok((reader, skipper))
+}
+
+/// Skips the value or exception after `flag`, if there is one.
+fn skip_result(flag: ResultFlag, reader: &mut Reader<'_>) -> Result<Skipper, CodecError> {
+    let mut skipper = Skipper::new();
+    if flag.has_result() {
+        skipper.skip_value(reader)?;
+    }
+    Ok(skipper)
+}
