@@ -58,8 +58,9 @@
 //!   (set replaces an entry of the same key, remove drops it); only the meta is rebuilt, and
 //!   body and meta sizes are recomputed.
 //! - **Local replies**: a response meta with brpc's error code ([`error_code`] lists the
-//!   mapping), an `error_text` such as `[metaprotocol-proxy] route_not_found: no route
-//!   (example.EchoService/Echo)`, and the request's `correlation_id`; no payload.
+//!   mapping), an `error_text` such as `[metaprotocol-proxy][E1002] route_not_found: no route
+//!   for service example.EchoService method Echo`, and the request's `correlation_id`; no
+//!   payload.
 //! - **Not supported**: streaming RPC. A call carrying `stream_settings` (or `chunk_info`) is
 //!   answered with `EREQUEST` "bRPC streaming RPC is not supported" (the connection stays
 //!   open); a `"STRM"` stream frame is a [`CodecError::Unsupported`](metaprotocol_core::CodecError)

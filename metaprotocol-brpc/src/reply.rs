@@ -1,7 +1,5 @@
 //! Local replies: the proxy's own errors as brpc error responses, with brpc's error codes.
 
-use std::fmt::Write as _;
-
 use bytes::BytesMut;
 use metaprotocol_core::{CodecError, LocalReply, LocalReplyKind, Message, keys};
 
@@ -59,24 +57,24 @@ pub fn error_code(kind: LocalReplyKind) -> i32 {
 }
 
 /// Appends the error response to `request` for `reply`: a response meta with the brpc error
-/// code, a readable `error_text` naming the proxy, the kind, the message and the called method,
-/// and the request's `correlation_id`; no payload.
+/// code, a readable `error_text` naming the proxy, the code, the kind and the message, and the
+/// request's `correlation_id`; no payload.
 pub(crate) fn encode_local_reply(
     request: &Message,
     reply: &LocalReply,
     dst: &mut BytesMut,
 ) -> Result<(), CodecError> {
-    let mut text = format!("[metaprotocol-proxy] {}: {}", reply.kind, reply.message);
-    if let (Some(service), Some(method)) = (
-        request.metadata.get(keys::SERVICE),
-        request.metadata.get(keys::METHOD),
-    ) {
-        // Writing into a String cannot fail.
-        let _ = write!(text, " ({service}/{method})");
-    }
+    let code = error_code(reply.kind);
+    // brpc's own texts read "[server address][E<code>]text"; the engine's messages already
+    // name the proxy, which the bracket now does.
+    let message = reply
+        .message
+        .strip_prefix("metaprotocol-proxy: ")
+        .unwrap_or(&reply.message);
+    let text = format!("[metaprotocol-proxy][E{code}] {}: {message}", reply.kind);
     let meta = proto::RpcMeta {
         response: Some(proto::RpcResponseMeta {
-            error_code: Some(error_code(reply.kind)),
+            error_code: Some(code),
             error_text: Some(text),
         }),
         compress_type: Some(0),

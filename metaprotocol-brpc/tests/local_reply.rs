@@ -34,7 +34,7 @@ fn local_reply_answers_the_request_with_code_text_and_id() -> TestResult {
     for kind in LocalReplyKind::ALL {
         let mut codec = BrpcCodec::new(Side::Downstream, 1 << 20);
         let mut out = BytesMut::new();
-        let reply = LocalReply::new(kind, "no route matched");
+        let reply = LocalReply::new(kind, "metaprotocol-proxy: it failed");
         codec.encode_local_reply(&request, &reply, &mut out)?;
 
         let (meta, body) = parse(&out)?;
@@ -48,8 +48,11 @@ fn local_reply_answers_the_request_with_code_text_and_id() -> TestResult {
         assert_eq!(
             response.error_text.as_deref(),
             Some(
-                format!("[metaprotocol-proxy] {kind}: no route matched (example.EchoService/Echo)")
-                    .as_str()
+                format!(
+                    "[metaprotocol-proxy][E{}] {kind}: it failed",
+                    error_code(kind)
+                )
+                .as_str()
             ),
         );
 
@@ -63,7 +66,7 @@ fn local_reply_answers_the_request_with_code_text_and_id() -> TestResult {
 }
 
 #[test]
-fn local_reply_without_service_omits_the_method() -> TestResult {
+fn local_reply_to_a_request_without_request_meta() -> TestResult {
     let mut meta = echo_request(-3);
     meta.request = None;
     let request = decode_one(Side::Downstream, &frame(&meta, b"")?)?;
@@ -87,7 +90,7 @@ fn local_reply_without_service_omits_the_method() -> TestResult {
     assert_eq!(response.error_code, Some(errno::EREQUEST));
     assert_eq!(
         response.error_text.as_deref(),
-        Some("[metaprotocol-proxy] bad_request: RpcMeta carries no request meta")
+        Some("[metaprotocol-proxy][E1003] bad_request: RpcMeta carries no request meta")
     );
     Ok(())
 }
