@@ -1,1 +1,25 @@
-//! Shared pieces of the examples (under construction).
+//! The pieces behind the `metaprotocol-proxy` binary and the examples: a registry with every
+//! codec of the project, the in-process Dubbo sample providers and client used by `demo`, and
+//! the demo itself.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = metaprotocol_router::Config::from_file("proxy.yaml".as_ref())?;
+//! let proxy = metaprotocol_router::Proxy::start(config, metaprotocol_examples::codec_registry()).await?;
+//! proxy.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod demo;
+pub mod dubbo_demo;
+
+use metaprotocol_core::CodecRegistry;
+
+/// A registry with the Dubbo, Thrift and bRPC codecs.
+pub fn codec_registry() -> CodecRegistry {
+    let mut registry = CodecRegistry::new();
+    metaprotocol_dubbo::register(&mut registry);
+    metaprotocol_thrift::register(&mut registry);
+    metaprotocol_brpc::register(&mut registry);
+    registry
+}

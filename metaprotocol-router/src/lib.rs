@@ -31,6 +31,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admin;
 pub mod cluster;
 pub mod config;
 pub mod filters;

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cluster::Cluster;
-use crate::config::{ClusterSpec, Config, ConfigError, RouteConfigSpec, RouteSpec};
+use crate::config::{Config, ConfigError, RouteConfigSpec, RouteSpec};
 use crate::filters::FilterRegistry;
 use crate::route::RouteTable;
 use crate::server::{self, ListenerContext};
@@ -69,6 +69,11 @@ impl ProxyBuilder {
         self
     }
 
+    /// Checks that the config can be built with these codecs and filters (everything but binding).
+    pub fn check(&self) -> Result<(), ConfigError> {
+        Built::new(&self.config, &self.codecs, &self.filters, &Metrics::new()).map(|_| ())
+    }
+
     /// Builds everything, binds every listener, and starts serving. Nothing is bound unless the
     /// whole config is valid.
     pub async fn start(self) -> Result<Proxy, StartError> {
@@ -89,6 +94,17 @@ impl ProxyBuilder {
             let address = listener.local_addr().unwrap_or(spec.address);
             bound.push((spec.name.clone(), address, listener, context));
         }
+        let admin =
+            match &self.config.admin {
+                Some(spec) => Some(TcpListener::bind(spec.address).await.map_err(|source| {
+                    StartError::Bind {
+                        listener: "admin".to_owned(),
+                        address: spec.address,
+                        source,
+                    }
+                })?),
+                None => None,
+            };
         let mut listeners = Vec::new();
         for (name, address, listener, context) in bound {
             tracing::info!(listener = %name, %address, "listening");
@@ -100,14 +116,28 @@ impl ProxyBuilder {
             ));
             listeners.push((name, address));
         }
+        let state = Arc::new(ProxyState {
+            metrics,
+            config: Mutex::new(self.config),
+            clusters: built.clusters,
+            cluster_protocols: built.cluster_protocols,
+            route_tables: built.route_tables,
+        });
+        let admin = match admin {
+            Some(listener) => {
+                let address = listener.local_addr().ok();
+                tracker.spawn(crate::admin::serve(
+                    listener,
+                    state.clone(),
+                    shutdown.clone(),
+                ));
+                address
+            }
+            None => None,
+        };
         Ok(Proxy {
-            state: Arc::new(ProxyState {
-                metrics,
-                config: Mutex::new(self.config),
-                clusters: built.clusters,
-                cluster_protocols: built.cluster_protocols,
-                route_tables: built.route_tables,
-            }),
+            state,
+            admin,
             listeners,
             shutdown,
             tracker,
@@ -120,13 +150,14 @@ impl ProxyBuilder {
 #[derive(Debug)]
 pub struct Proxy {
     state: Arc<ProxyState>,
+    admin: Option<SocketAddr>,
     listeners: Vec<(String, SocketAddr)>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     drain_timeout: Duration,
 }
 
-struct ProxyState {
+pub(crate) struct ProxyState {
     metrics: Arc<Metrics>,
     /// The running config, updated with every accepted change; also serialises updates.
     config: Mutex<Config>,
@@ -183,10 +214,12 @@ impl Proxy {
 
     /// The running config (with every accepted update applied).
     pub fn config(&self) -> Config {
-        match self.state.config.lock() {
-            Ok(config) => config.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.state.config()
+    }
+
+    /// The admin API's bound address, if the config has one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
     }
 
     /// The live table of route config `name`.
@@ -211,7 +244,53 @@ impl Proxy {
     /// flight (those finish on the table they started with). Returns the new version. On error
     /// the running table is untouched.
     pub fn update_route_config(&self, spec: RouteConfigSpec) -> Result<u64, ConfigError> {
-        let state = &self.state;
+        self.state.update_route_config(spec)
+    }
+
+    /// Stops accepting, lets requests in flight finish (up to the drain timeout), and returns.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(self.drain_timeout, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "drain timeout of {:?} reached; abandoning requests in flight",
+                self.drain_timeout
+            );
+        }
+    }
+}
+
+impl ProxyState {
+    pub(crate) fn config(&self) -> Config {
+        match self.config.lock() {
+            Ok(config) => config.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub(crate) fn route_versions(&self) -> Vec<(String, u64)> {
+        let mut versions: Vec<_> = self
+            .route_tables
+            .iter()
+            .map(|(name, slot)| (name.clone(), slot.table.load().version()))
+            .collect();
+        versions.sort();
+        versions
+    }
+
+    pub(crate) fn clusters(&self) -> &HashMap<String, Arc<Cluster>> {
+        &self.clusters
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub(crate) fn update_route_config(&self, spec: RouteConfigSpec) -> Result<u64, ConfigError> {
+        let state = self;
         let mut config = match state.config.lock() {
             Ok(config) => config,
             Err(poisoned) => poisoned.into_inner(),
@@ -235,21 +314,6 @@ impl Proxy {
             *entry = spec;
         }
         Ok(version)
-    }
-
-    /// Stops accepting, lets requests in flight finish (up to the drain timeout), and returns.
-    pub async fn shutdown(self) {
-        self.shutdown.cancel();
-        self.tracker.close();
-        if tokio::time::timeout(self.drain_timeout, self.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "drain timeout of {:?} reached; abandoning requests in flight",
-                self.drain_timeout
-            );
-        }
     }
 }
 
@@ -488,15 +552,4 @@ fn codec_options(
         options.insert(key.clone(), text);
     }
     Ok(options)
-}
-
-impl ClusterSpec {
-    /// True if some route of `config` sends to this cluster.
-    pub fn is_used(&self, config: &Config) -> bool {
-        config
-            .route_configs
-            .iter()
-            .flat_map(|r| r.routes.iter())
-            .any(|route| route_clusters(route).any(|c| c == self.name))
-    }
 }

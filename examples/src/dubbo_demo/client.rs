@@ -1,0 +1,146 @@
+//! A Dubbo client for the demo service. It is the engine's own [`UpstreamPool`] pointed at one
+//! address: every call shares one connection, multiplexed by request id.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use metaprotocol_core::{
+    CodecFactory, Message, Metadata, Mutation, ResponseStatus, Side, WireVariant,
+};
+use metaprotocol_router::stats::Metrics;
+use metaprotocol_router::upstream::{PoolSettings, UpstreamError, UpstreamPool};
+
+use super::{DEMO_SERVICE, request_frame};
+
+/// What a call got back.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// The Dubbo status byte (20 = OK, 60 = service not found ...).
+    pub dubbo_status: u8,
+    /// The outcome as the engine classifies it.
+    pub status: ResponseStatus,
+    /// The response attachments.
+    pub metadata: Metadata,
+    /// The whole response frame.
+    pub frame: Bytes,
+    /// Round-trip time.
+    pub latency: Duration,
+}
+
+impl Reply {
+    /// The response attachment `key`.
+    pub fn attachment(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).map(|v| v.as_str())
+    }
+
+    /// True if the body contains `text` (Hessian strings are UTF-8 on the wire).
+    pub fn body_contains(&self, text: &str) -> bool {
+        self.frame
+            .windows(text.len().max(1))
+            .any(|w| w == text.as_bytes())
+    }
+}
+
+/// A client of the demo service over one connection.
+pub struct DubboClient {
+    pool: UpstreamPool,
+    codec: Arc<dyn CodecFactory>,
+}
+
+impl DubboClient {
+    /// A client of `address` (connects on first call).
+    pub fn new(address: SocketAddr) -> Self {
+        let codec = Arc::new(metaprotocol_dubbo::DubboCodecFactory::new(
+            metaprotocol_core::DEFAULT_MAX_FRAME_BYTES,
+        ));
+        let settings = PoolSettings {
+            connect_timeout: Duration::from_secs(2),
+            connections: 1,
+        };
+        let stats = Metrics::new().cluster("client");
+        Self {
+            pool: UpstreamPool::new(address, codec.clone(), settings, stats),
+            codec,
+        }
+    }
+
+    /// Calls `method(arg)` of the demo service with `attachments` and waits for the answer.
+    pub async fn call(
+        &self,
+        method: &str,
+        arg: &str,
+        attachments: &[(&str, &str)],
+    ) -> Result<Reply, UpstreamError> {
+        self.call_service(DEMO_SERVICE, method, arg, attachments)
+            .await
+    }
+
+    /// Calls `method(arg)` of `service` with `attachments` and waits for the answer.
+    pub async fn call_service(
+        &self,
+        service: &str,
+        method: &str,
+        arg: &str,
+        attachments: &[(&str, &str)],
+    ) -> Result<Reply, UpstreamError> {
+        let request = self.message(request_frame(0, true, service, method, arg, attachments))?;
+        let started = Instant::now();
+        let response = self
+            .pool
+            .call(
+                Arc::new(request),
+                Arc::new(Mutation::new()),
+                WireVariant::DEFAULT,
+            )
+            .await?;
+        Ok(Reply {
+            dubbo_status: response.frame.get(3).copied().unwrap_or(0),
+            status: response.status,
+            latency: started.elapsed(),
+            metadata: response.metadata,
+            frame: response.frame,
+        })
+    }
+
+    /// Sends a one-way `method(arg)`.
+    pub async fn send_oneway(
+        &self,
+        method: &str,
+        arg: &str,
+        attachments: &[(&str, &str)],
+    ) -> Result<(), UpstreamError> {
+        let request = self.message(request_frame(
+            0,
+            false,
+            DEMO_SERVICE,
+            method,
+            arg,
+            attachments,
+        ))?;
+        self.pool
+            .send_oneway(
+                Arc::new(request),
+                Arc::new(Mutation::new()),
+                WireVariant::DEFAULT,
+            )
+            .await
+    }
+
+    /// Connections open to the server.
+    pub fn open_connections(&self) -> usize {
+        self.pool.open_connections()
+    }
+
+    fn message(&self, frame: Bytes) -> Result<Message, UpstreamError> {
+        let mut decoder = self.codec.new_codec(Side::Downstream, WireVariant::DEFAULT);
+        match decoder.decode(&mut BytesMut::from(&frame[..])) {
+            Ok(Some(message)) => Ok(message),
+            Ok(None) => Err(UpstreamError::Encode(
+                metaprotocol_core::CodecError::malformed("incomplete request frame"),
+            )),
+            Err(err) => Err(UpstreamError::Encode(err)),
+        }
+    }
+}

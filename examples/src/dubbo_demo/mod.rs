@@ -1,0 +1,16 @@
+//! A sample Dubbo world for the demo and the tests: providers of
+//! `org.apache.dubbo.samples.basic.api.DemoService` that say hello and tell who they are, and a
+//! client that calls them (directly or through the proxy) over one multiplexed connection.
+
+mod client;
+mod frames;
+mod provider;
+
+pub use client::{DubboClient, Reply};
+pub use frames::{HessianWriter, request_frame, response_frame};
+pub use provider::{DemoProvider, SeenRequest};
+
+/// The sample service's interface name.
+pub const DEMO_SERVICE: &str = "org.apache.dubbo.samples.basic.api.DemoService";
+/// The sample service's version.
+pub const DEMO_VERSION: &str = "1.0.0";

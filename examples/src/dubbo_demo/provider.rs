@@ -1,0 +1,173 @@
+//! A Dubbo provider of the demo service, built on the Dubbo codec: it answers every call with
+//! `Hello from <name>`, names itself in the response attachment `provider`, echoes request
+//! attachments whose key starts with `x-` as `echo-<key>`, and records what it saw.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use metaprotocol_core::{CodecFactory, Message, MessageKind, Metadata, Side, WireVariant, keys};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use super::response_frame;
+
+/// Calls to this method are answered after the provider's slow delay (for timeout tests).
+pub const SLOW_METHOD: &str = "sayHelloSlowly";
+
+/// A request as the provider received it.
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    /// Two-way, one-way or heartbeat.
+    pub kind: MessageKind,
+    /// The request's metadata (interface, method, attachments).
+    pub metadata: Metadata,
+}
+
+struct State {
+    name: String,
+    slow_delay: Duration,
+    seen: Mutex<Vec<SeenRequest>>,
+    connections: AtomicUsize,
+}
+
+/// A running demo provider on 127.0.0.1; stops when dropped.
+pub struct DemoProvider {
+    address: SocketAddr,
+    state: Arc<State>,
+    task: JoinHandle<()>,
+}
+
+impl DemoProvider {
+    /// Starts a provider named `name` on a free loopback port.
+    pub async fn start(name: &str) -> std::io::Result<Self> {
+        Self::start_with_delay(name, Duration::from_secs(5)).await
+    }
+
+    /// Starts a provider whose `sayHelloSlowly` answers after `slow_delay`.
+    pub async fn start_with_delay(name: &str, slow_delay: Duration) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let state = Arc::new(State {
+            name: name.to_owned(),
+            slow_delay,
+            seen: Mutex::new(Vec::new()),
+            connections: AtomicUsize::new(0),
+        });
+        let codec = Arc::new(metaprotocol_dubbo::DubboCodecFactory::new(
+            metaprotocol_core::DEFAULT_MAX_FRAME_BYTES,
+        ));
+        let task = tokio::spawn(accept_loop(listener, codec, state.clone()));
+        Ok(Self {
+            address,
+            state,
+            task,
+        })
+    }
+
+    /// Where it listens.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.state.name
+    }
+
+    /// Every request it received, in order.
+    pub fn seen(&self) -> Vec<SeenRequest> {
+        self.state
+            .seen
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    /// Connections it accepted.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for DemoProvider {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, codec: Arc<dyn CodecFactory>, state: Arc<State>) {
+    let mut connections = tokio::task::JoinSet::new();
+    while let Ok((stream, _)) = listener.accept().await {
+        state.connections.fetch_add(1, Ordering::Relaxed);
+        let _ = stream.set_nodelay(true);
+        connections.spawn(serve(stream, codec.clone(), state.clone()));
+    }
+}
+
+async fn serve(stream: TcpStream, codec: Arc<dyn CodecFactory>, state: Arc<State>) {
+    let (mut read, write) = stream.into_split();
+    let write = Arc::new(tokio::sync::Mutex::new(write));
+    let mut decoder = codec.new_codec(Side::Downstream, WireVariant::DEFAULT);
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    loop {
+        match read.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        loop {
+            let message = match decoder.decode(&mut buf) {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                Err(_) => return,
+            };
+            if let Ok(mut seen) = state.seen.lock() {
+                seen.push(SeenRequest {
+                    kind: message.kind,
+                    metadata: message.metadata.clone(),
+                });
+            }
+            match message.kind {
+                MessageKind::Request => {
+                    tokio::spawn(answer(message, state.clone(), write.clone()));
+                }
+                MessageKind::Heartbeat => {
+                    let mut reply = BytesMut::new();
+                    let mut encoder = codec.new_codec(Side::Downstream, WireVariant::DEFAULT);
+                    if encoder.encode_heartbeat_reply(&message, &mut reply).is_ok() {
+                        let _ = write.lock().await.write_all(&reply).await;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+async fn answer(
+    request: Message,
+    state: Arc<State>,
+    write: Arc<tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>>,
+) {
+    if request
+        .metadata
+        .get(keys::METHOD)
+        .is_some_and(|m| m == SLOW_METHOD)
+    {
+        tokio::time::sleep(state.slow_delay).await;
+    }
+    let echoes: Vec<(String, String)> = request
+        .metadata
+        .iter()
+        .filter(|(k, _)| k.as_str().starts_with("x-"))
+        .map(|(k, v)| (format!("echo-{k}"), v.to_string()))
+        .collect();
+    let mut attachments = vec![("provider", state.name.as_str())];
+    attachments.extend(echoes.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let value = format!("Hello from {}", state.name);
+    let frame = response_frame(request.request_id, &value, &attachments);
+    let _ = write.lock().await.write_all(&frame).await;
+}

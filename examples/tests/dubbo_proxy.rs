@@ -1,0 +1,453 @@
+//! The engine end to end with Dubbo: real sockets on 127.0.0.1, the demo providers as servers,
+//! the engine as a library (and, in `proxy_binary.rs`, as the binary).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metaprotocol_core::MessageKind;
+use metaprotocol_examples::dubbo_demo::{DEMO_SERVICE, DemoProvider, DubboClient};
+use metaprotocol_router::{Config, Proxy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Three providers (v1/user, v2/user, v2/batchjob) and a proxy configured with `routes` (YAML
+/// list items, indented by 6) over cluster `demo` made of them.
+struct World {
+    providers: Vec<DemoProvider>,
+    proxy: Proxy,
+    client: DubboClient,
+}
+
+impl World {
+    async fn start(routes: &str) -> Result<Self, Box<dyn std::error::Error>> {
+        Self::start_with(routes, "", Duration::from_secs(5)).await
+    }
+
+    async fn start_with(
+        routes: &str,
+        extra_clusters: &str,
+        slow_delay: Duration,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
+        let mut providers = Vec::new();
+        for name in ["v1-user", "v2-user", "v2-batchjob"] {
+            providers.push(DemoProvider::start_with_delay(name, slow_delay).await?);
+        }
+        let labels = [
+            "{ version: v1, group: user }",
+            "{ version: v2, group: user }",
+            "{ version: v2, group: batchjob }",
+        ];
+        let endpoints: String = providers
+            .iter()
+            .zip(labels)
+            .map(|(p, l)| format!("      - {{ address: {}, labels: {l} }}\n", p.address()))
+            .collect();
+        let yaml = format!(
+            "admin: {{ address: 127.0.0.1:0 }}
+listeners:
+  - {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r }}
+route_configs:
+  - name: r
+    routes:
+{routes}
+clusters:
+  - name: demo
+    endpoints:
+{endpoints}{extra_clusters}"
+        );
+        let proxy = Proxy::start(
+            Config::from_yaml(&yaml)?,
+            metaprotocol_examples::codec_registry(),
+        )
+        .await?;
+        let address = proxy.listener_addr("in").ok_or("no listener")?;
+        Ok(Self {
+            providers,
+            proxy,
+            client: DubboClient::new(address),
+        })
+    }
+
+    fn provider(&self, name: &str) -> &DemoProvider {
+        self.providers
+            .iter()
+            .find(|p| p.name() == name)
+            .unwrap_or(&self.providers[0])
+    }
+}
+
+#[tokio::test]
+async fn routes_on_interface_method_and_attachments() -> TestResult {
+    let world = World::start(&format!(
+        "      - match: {{ metadata: [ {{ key: tenant, exact: t1 }}, {{ key: method, prefix: say }} ] }}
+        route: {{ cluster: demo, subset: {{ group: batchjob }} }}
+      - match: {{ metadata: [ {{ key: interface, exact: {DEMO_SERVICE} }}, {{ key: method, exact: sayHello }} ] }}
+        route: {{ cluster: demo, subset: {{ version: v1 }} }}
+      - match: {{ metadata: [ {{ key: method, regex: 'say.*' }} ] }}
+        route: {{ cluster: demo, subset: {{ version: v2, group: user }} }}"
+    ))
+    .await?;
+    let tenant = world
+        .client
+        .call("sayHello", "a", &[("tenant", "t1")])
+        .await?;
+    assert_eq!(tenant.attachment("provider"), Some("v2-batchjob"));
+    let plain = world
+        .client
+        .call("sayHello", "a", &[("tenant", "t2")])
+        .await?;
+    assert_eq!(plain.attachment("provider"), Some("v1-user"));
+    let other = world.client.call("sayGoodbye", "a", &[]).await?;
+    assert_eq!(other.attachment("provider"), Some("v2-user"));
+    world.proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn weighted_split_and_subsets() -> TestResult {
+    let world = World::start(
+        "      - route:
+          weighted_clusters:
+            - { cluster: demo, subset: { version: v1 }, weight: 30 }
+            - { cluster: demo, subset: { version: v2, group: user }, weight: 70 }",
+    )
+    .await?;
+    let mut v1 = 0;
+    let n = 1000;
+    for _ in 0..n {
+        let reply = world.client.call("sayHello", "a", &[]).await?;
+        match reply.attachment("provider") {
+            Some("v1-user") => v1 += 1,
+            Some("v2-user") => {}
+            other => panic!("a call reached {other:?}"),
+        }
+    }
+    let share = 100.0 * f64::from(v1) / f64::from(n);
+    assert!((25.0..=35.0).contains(&share), "v1 got {share}%");
+    assert!(world.provider("v2-batchjob").seen().is_empty());
+    world.proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn mutations_reach_the_server_and_the_client() -> TestResult {
+    let world = World::start(
+        "      - route: { cluster: demo, subset: { version: v1 } }
+        request_mutation: { set: { x-routed-by: proxy, tenant: rewritten }, remove: [debug] }
+        response_mutation: { set: { x-served-by: proxy }, remove: [echo-x-trace-id] }",
+    )
+    .await?;
+    let reply = world
+        .client
+        .call(
+            "sayHello",
+            "a",
+            &[("debug", "1"), ("tenant", "t1"), ("x-trace-id", "abc")],
+        )
+        .await?;
+    let seen = world.provider("v1-user").seen();
+    let request = &seen[0].metadata;
+    assert_eq!(
+        request.get("x-routed-by").map(|v| v.as_str()),
+        Some("proxy")
+    );
+    assert_eq!(request.get("tenant").map(|v| v.as_str()), Some("rewritten"));
+    assert!(!request.contains("debug"));
+    assert_eq!(request.get("x-trace-id").map(|v| v.as_str()), Some("abc"));
+    assert_eq!(reply.attachment("x-served-by"), Some("proxy"));
+    assert_eq!(reply.attachment("echo-x-routed-by"), Some("proxy"));
+    assert_eq!(reply.attachment("echo-x-trace-id"), None);
+    assert!(reply.body_contains("Hello from v1-user"));
+    world.proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_way_reaches_the_server_and_gets_no_answer() -> TestResult {
+    let world = World::start("      - route: { cluster: demo, subset: { version: v1 } }").await?;
+    world
+        .client
+        .send_oneway("notify", "a", &[("x-one", "way")])
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while world.provider("v1-user").seen().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let seen = world.provider("v1-user").seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].kind, MessageKind::Oneway);
+    assert_eq!(
+        seen[0].metadata.get("method").map(|v| v.as_str()),
+        Some("notify")
+    );
+    // The demo provider does not answer one-way calls; a real one might, and its answer must
+    // not disturb the next call on the shared connection.
+    let reply = world.client.call("sayHello", "a", &[]).await?;
+    assert_eq!(reply.dubbo_status, 20);
+    world.proxy.shutdown().await;
+    Ok(())
+}
+
+/// A golden heartbeat from dubbo-ssl-python (two-way, event flag).
+const HEARTBEAT: &str = "dabbe2000000000000000001000000014e";
+
+#[tokio::test]
+async fn heartbeats_are_answered_by_the_proxy() -> TestResult {
+    let world = World::start("      - route: { cluster: demo }").await?;
+    let address = world.proxy.listener_addr("in").ok_or("no listener")?;
+    let mut socket = TcpStream::connect(address).await?;
+    socket.write_all(&hex::decode(HEARTBEAT)?).await?;
+    let mut reply = [0u8; 17];
+    tokio::time::timeout(Duration::from_secs(5), socket.read_exact(&mut reply)).await??;
+    assert_eq!(&reply[..2], &[0xda, 0xbb]);
+    assert_eq!(reply[2] & 0x20, 0x20, "an event (heartbeat) response");
+    assert_eq!(reply[2] & 0x80, 0, "a response");
+    assert_eq!(reply[3], 20);
+    assert_eq!(&reply[4..12], &1u64.to_be_bytes());
+    assert!(world.providers.iter().all(|p| p.seen().is_empty()));
+    world.proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn no_route_is_a_service_not_found_reply() -> TestResult {
+    let world = World::start(&format!(
+        "      - match: {{ metadata: [ {{ key: interface, exact: {DEMO_SERVICE} }} ] }}
+        route: {{ cluster: demo }}"
+    ))
+    .await?;
+    let started = Instant::now();
+    let reply = world
+        .client
+        .call_service("org.example.Nope", "sayHello", "a", &[])
+        .await?;
+    assert_eq!(reply.dubbo_status, 60);
+    assert!(reply.body_contains("no route for service org.example.Nope method sayHello"));
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(world.proxy.metrics().render().contains(
+        "metaprotocol_local_replies_total{listener=\"in\",reason=\"route_not_found\"} 1"
+    ));
+    world.proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_down_upstream_is_an_error_reply_not_a_hang() -> TestResult {
+    let free = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let dead = free.local_addr()?;
+    drop(free);
+    let world = World::start_with(
+        "      - route: { cluster: dead }
+        timeout: 10s",
+        &format!("  - name: dead\n    endpoints: [ {{ address: {dead} }} ]\n"),
+        Duration::from_secs(5),
+    )
+    .await?;
+    let started = Instant::now();
+    let reply = world.client.call("sayHello", "a", &[]).await?;
+    assert_ne!(reply.dubbo_status, 20);
+    assert!(
+        reply.body_contains(&dead.to_string()),
+        "the reply names the upstream"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    world.proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_route_timeout_is_a_timeout_reply_in_about_the_timeout() -> TestResult {
+    let world = World::start_with(
+        "      - route: { cluster: demo, subset: { version: v1 } }
+        timeout: 300ms",
+        "",
+        Duration::from_secs(3),
+    )
+    .await?;
+    let started = Instant::now();
+    let reply = world.client.call("sayHelloSlowly", "a", &[]).await?;
+    let took = started.elapsed();
+    assert_eq!(reply.dubbo_status, 31, "SERVER_TIMEOUT");
+    assert!(
+        took >= Duration::from_millis(290) && took < Duration::from_millis(1500),
+        "took {took:?}"
+    );
+    // The connection stays usable, and the late answer is dropped, not delivered.
+    let next = world.client.call("sayHello", "a", &[]).await?;
+    assert_eq!(next.dubbo_status, 20);
+    world.proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_share_few_upstream_connections() -> TestResult {
+    let world = World::start("      - route: { cluster: demo, subset: { group: user } }").await?;
+    let address = world.proxy.listener_addr("in").ok_or("no listener")?;
+    let mut clients = tokio::task::JoinSet::new();
+    for c in 0..100 {
+        clients.spawn(async move {
+            let client = Arc::new(DubboClient::new(address));
+            let mut calls = tokio::task::JoinSet::new();
+            for i in 0..100 {
+                let client = client.clone();
+                calls.spawn(async move {
+                    let tag = format!("{c}-{i}");
+                    let reply = client.call("sayHello", &tag, &[("x-caller", &tag)]).await;
+                    (tag, reply)
+                });
+            }
+            let mut ok = 0;
+            while let Some(joined) = calls.join_next().await {
+                let (tag, reply) = joined.map_err(|e| e.to_string())?;
+                let reply = reply.map_err(|e| e.to_string())?;
+                if reply.attachment("echo-x-caller") != Some(tag.as_str()) {
+                    return Err(format!(
+                        "caller {tag} got {:?}",
+                        reply.attachment("echo-x-caller")
+                    ));
+                }
+                ok += 1;
+            }
+            Ok::<_, String>(ok)
+        });
+    }
+    let mut delivered = 0;
+    while let Some(joined) = clients.join_next().await {
+        delivered += joined??;
+    }
+    assert_eq!(delivered, 10_000);
+    let upstream: usize = world.providers.iter().map(DemoProvider::connections).sum();
+    assert!(upstream < 10, "{upstream} upstream connections");
+    world.proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn malformed_input_closes_only_that_connection() -> TestResult {
+    let world = World::start("      - route: { cluster: demo }").await?;
+    let address = world.proxy.listener_addr("in").ok_or("no listener")?;
+    let healthy = world.client.call("sayHello", "a", &[]).await?;
+    assert_eq!(healthy.dubbo_status, 20);
+    let bad_inputs: [&[u8]; 3] = [
+        b"GET / HTTP/1.1\r\n\r\n",
+        // Valid header announcing a 2 GiB body.
+        &[
+            0xda, 0xbb, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0x7f, 0xff, 0xff, 0xff,
+        ],
+        // Valid header, body truncated Hessian (a string that claims 20 bytes and has 2).
+        &[
+            0xda, 0xbb, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 3, 0x14, b'a', b'b',
+        ],
+    ];
+    for bad in bad_inputs {
+        let mut socket = TcpStream::connect(address).await?;
+        socket.write_all(bad).await?;
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut rest)).await;
+        assert!(
+            closed.is_ok(),
+            "the proxy closes a connection that sent {bad:02x?}"
+        );
+    }
+    let still = world.client.call("sayHello", "a", &[]).await?;
+    assert_eq!(still.dubbo_status, 20, "other connections are unharmed");
+    let metrics = world.proxy.metrics().render();
+    let errors: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("metaprotocol_downstream_protocol_errors_total{listener=\"in\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(errors, 3, "{metrics}");
+    world.proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn route_updates_are_hitless() -> TestResult {
+    let world = World::start_with(
+        "      - name: main
+        route: { cluster: demo, subset: { version: v1 } }",
+        "",
+        Duration::from_millis(300),
+    )
+    .await?;
+    let client = Arc::new(DubboClient::new(
+        world.proxy.listener_addr("in").ok_or("no listener")?,
+    ));
+    let before = client.call("sayHello", "a", &[]).await?;
+    assert_eq!(before.attachment("provider"), Some("v1-user"));
+    let in_flight = {
+        let client = client.clone();
+        tokio::spawn(async move { client.call("sayHelloSlowly", "a", &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let admin = world.proxy.admin_addr().ok_or("no admin")?;
+    let body = "name: r\nroutes:\n  - { name: main, route: { cluster: demo, subset: { version: v2, group: user } } }\n";
+    let (status, answer) = http_put(admin, "/route_configs/r", body).await?;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("\"version\":2"), "{answer}");
+    let (status, answer) = http_put(
+        admin,
+        "/route_configs/r",
+        "name: r\nroutes:\n  - route: { cluster: ghost }\n",
+    )
+    .await?;
+    assert_eq!(status, 400);
+    assert!(
+        answer.contains("routes[0].route.cluster") && answer.contains("ghost"),
+        "{answer}"
+    );
+    let slow = in_flight.await??;
+    assert_eq!(
+        slow.attachment("provider"),
+        Some("v1-user"),
+        "in flight: the old table"
+    );
+    let after = client.call("sayHello", "a", &[]).await?;
+    assert_eq!(
+        after.attachment("provider"),
+        Some("v2-user"),
+        "new requests: the new table"
+    );
+    assert_eq!(
+        client.open_connections(),
+        1,
+        "the client connection survived"
+    );
+    world.proxy.shutdown().await;
+    Ok(())
+}
+
+/// A minimal HTTP/1.1 PUT over loopback; returns the status and body.
+async fn http_put(
+    address: std::net::SocketAddr,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String), Box<dyn std::error::Error>> {
+    let mut socket = TcpStream::connect(address).await?;
+    let request = format!(
+        "PUT {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(request.as_bytes()).await?;
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), socket.read_to_string(&mut answer)).await??;
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or("no status")?;
+    let body = answer
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    Ok((status, body))
+}
