@@ -48,14 +48,14 @@ impl Codec for ThriftCodec {
         let Some((message, format)) = decode::decode(src, transport, self.max_frame_bytes)? else {
             return Ok(None);
         };
-        if let Some(expected) = self.expected.protocol {
-            if expected != format.protocol {
-                return Err(CodecError::Malformed(Cow::Owned(format!(
-                    "{} frame on a connection speaking {}",
-                    format.protocol.name(),
-                    expected.name()
-                ))));
-            }
+        if let Some(expected) = self.expected.protocol
+            && expected != format.protocol
+        {
+            return Err(CodecError::Malformed(Cow::Owned(format!(
+                "{} frame on a connection speaking {}",
+                format.protocol.name(),
+                expected.name()
+            ))));
         }
         self.expected = format.into();
         Ok(Some(message))

@@ -67,7 +67,7 @@ pub(crate) fn decode(
                 let first = frame.get(4).ok_or(CodecError::malformed("empty frame"))?;
                 (Protocol::of_message_starting_with(*first), 4, None)
             };
-            let mut cursor = Cursor::new(&frame, payload_start, frame.len());
+            let mut cursor = Cursor::in_frame(&frame, payload_start);
             let header = protocol::read_message_header(protocol, &mut cursor)
                 .map_err(ReadError::in_complete_frame)?;
             let format = ThriftFormat::new(transport, protocol);
@@ -146,7 +146,7 @@ fn describe(
         MessageType::Oneway => (MessageKind::Oneway, ResponseStatus::Ok),
         MessageType::Exception => (MessageKind::Response, ResponseStatus::ServerError),
         MessageType::Reply => {
-            let cursor = Cursor::new(&frame, header.body_start, frame.len());
+            let cursor = Cursor::in_frame(&frame, header.body_start);
             // Field 0 is the return value; any other field is a declared exception.
             let status = match protocol::first_field_id(format.protocol, cursor)
                 .map_err(ReadError::in_complete_frame)?

@@ -99,10 +99,10 @@ fn patch_copy(
         slot.copy_from_slice(new);
     }
     let seq_at = start + theader::SEQ_AT;
-    if let (Some(old), Some(seq)) = (old_seqid, dst.get_mut(seq_at..seq_at + 4)) {
-        if *seq == old.to_be_bytes() {
-            seq.copy_from_slice(&seqid.to_be_bytes());
-        }
+    if let (Some(old), Some(seq)) = (old_seqid, dst.get_mut(seq_at..seq_at + 4))
+        && *seq == old.to_be_bytes()
+    {
+        seq.copy_from_slice(&seqid.to_be_bytes());
     }
     Ok(true)
 }
@@ -120,7 +120,7 @@ fn encode_seqid(protocol: Protocol, seqid: i32) -> ([u8; 5], usize) {
 
 /// The seqid as written in the frame.
 fn old_seqid(message: &Message, protocol: Protocol, layout: &Layout) -> Result<i32, CodecError> {
-    let mut cursor = Cursor::new(&message.frame, layout.seqid.start, layout.seqid.end);
+    let mut cursor = Cursor::in_frame(&message.frame, layout.seqid.start);
     match protocol {
         Protocol::Binary => cursor.i32_be(),
         Protocol::Compact => cursor.varint_u32().map(|v| v as i32),
@@ -250,12 +250,12 @@ fn write_message(
             dst.extend_from_slice(slice(layout.seqid.end..frame.len())?);
         }
         _ => {
-            let mut cursor = Cursor::new(frame, layout.payload_start, frame.len());
+            let mut cursor = Cursor::in_frame(frame, layout.payload_start);
             let header = protocol::read_message_header(from, &mut cursor)
                 .map_err(ReadError::in_complete_frame)?;
             let name = slice(header.name.clone())?;
             protocol::write_message_header(to, dst, name, header.message_type, seqid);
-            let body = Cursor::new(frame, header.body_start, frame.len());
+            let body = Cursor::in_frame(frame, header.body_start);
             protocol::transcode_struct(from, to, body, dst)
                 .map_err(ReadError::in_complete_frame)?;
         }

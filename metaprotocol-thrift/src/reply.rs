@@ -41,13 +41,13 @@ impl ApplicationException {
         let format = format_of(message)?;
         let layout = Layout::of(message)?;
         let frame = &message.frame[..];
-        let mut cursor = Cursor::new(frame, layout.payload_start, frame.len());
+        let mut cursor = Cursor::in_frame(frame, layout.payload_start);
         let header = protocol::read_message_header(format.protocol, &mut cursor)
             .map_err(ReadError::in_complete_frame)?;
         if header.message_type != MessageType::Exception {
             return Err(CodecError::malformed("not an EXCEPTION message"));
         }
-        let body = Cursor::new(frame, header.body_start, frame.len());
+        let body = Cursor::in_frame(frame, header.body_start);
         protocol::with_reader(format.protocol, body, |reader| {
             let mut exception = Self::default();
             let saved = reader.struct_begin();
@@ -85,7 +85,7 @@ pub(crate) fn encode_local_reply(
     let layout = Layout::of(request)?;
     let seqid = seqid_of(request.request_id)?;
     let frame = &request.frame[..];
-    let mut cursor = Cursor::new(frame, layout.payload_start, frame.len());
+    let mut cursor = Cursor::in_frame(frame, layout.payload_start);
     let header = protocol::read_message_header(format.protocol, &mut cursor)
         .map_err(ReadError::in_complete_frame)?;
     let name = frame.get(header.name).unwrap_or_default();

@@ -52,7 +52,7 @@ pub(crate) fn parse(frame: &[u8]) -> Result<HeaderBlock, CodecError> {
 }
 
 fn parse_block(frame: &[u8]) -> Result<HeaderBlock, ReadError> {
-    let mut cursor = Cursor::new(frame, 4, frame.len());
+    let mut cursor = Cursor::in_frame(frame, 4);
     if cursor.array()? != MAGIC {
         return Err(ReadError::malformed("missing THeader magic"));
     }
@@ -63,7 +63,7 @@ fn parse_block(frame: &[u8]) -> Result<HeaderBlock, ReadError> {
     let block = frame.get(..payload_start).ok_or(ReadError::malformed(
         "THeader header block longer than the frame",
     ))?;
-    let mut cursor = Cursor::new(block, BLOCK_START, block.len());
+    let mut cursor = Cursor::in_frame(block, BLOCK_START);
     let protocol = match cursor.varint_u32()? {
         PROTOCOL_BINARY => Protocol::Binary,
         PROTOCOL_COMPACT => Protocol::Compact,
@@ -136,7 +136,7 @@ impl<'a> InfoHeaders<'a> {
     pub(crate) fn new(frame: &'a [u8], info: Range<usize>) -> Self {
         let block = frame.get(..info.end).unwrap_or_default();
         Self {
-            cursor: Cursor::new(block, info.start, block.len()),
+            cursor: Cursor::in_frame(block, info.start),
             end: info.end,
             group: 0,
             left_in_group: 0,

@@ -53,6 +53,13 @@ impl<'a> Cursor<'a> {
         Self { buf, pos, max }
     }
 
+    /// A cursor at `pos` in a buffer that holds a whole frame (already checked against the
+    /// cap): reading past its end is [`ReadError::Incomplete`], which such callers report as
+    /// malformed with [`ReadError::in_complete_frame`].
+    pub(crate) fn in_frame(buf: &'a [u8], pos: usize) -> Self {
+        Self::new(buf, pos, usize::MAX)
+    }
+
     /// The current offset in the buffer.
     pub(crate) fn position(&self) -> usize {
         self.pos

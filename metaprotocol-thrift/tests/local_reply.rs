@@ -1,0 +1,75 @@
+//! Local replies are TApplicationExceptions in the request's own encoding.
+
+mod common;
+
+use bytes::BytesMut;
+use common::{TestResult, all_formats, auto_codec, decode_one, goldens};
+use metaprotocol_core::{
+    ByteStr, EncodeParams, LocalReply, LocalReplyKind, MessageKind, Mutation, ResponseStatus,
+};
+use metaprotocol_thrift::{ApplicationException, INTERNAL_ERROR, Transport, UNKNOWN_METHOD};
+
+#[test]
+fn local_replies_answer_in_the_requests_format_with_its_seqid() -> TestResult {
+    let requests = goldens()?
+        .into_iter()
+        .filter(|g| g.is_request && g.scenario != "ping");
+    for golden in requests {
+        let original = decode_one(&golden.bytes)?;
+        for target in all_formats() {
+            // A request as it would arrive in `target`, with a seqid of its own.
+            let mut bytes = BytesMut::new();
+            let params = EncodeParams {
+                request_id: 4242,
+                variant: target.to_variant(),
+                mutation: &Mutation::new(),
+            };
+            auto_codec().encode(&original, &params, &mut bytes)?;
+            let request = decode_one(&bytes)?;
+            for (kind, code) in [
+                (LocalReplyKind::RouteNotFound, UNKNOWN_METHOD),
+                (LocalReplyKind::Timeout, INTERNAL_ERROR),
+                (LocalReplyKind::Internal, INTERNAL_ERROR),
+            ] {
+                let reply = LocalReply::new(kind, "no route for sayHello");
+                let mut out = BytesMut::new();
+                auto_codec().encode_local_reply(&request, &reply, &mut out)?;
+                let answer = decode_one(&out)?;
+                let what = format!("{} as {target}, {kind}", golden.name);
+                assert_eq!(answer.variant, request.variant, "{what}");
+                assert_eq!(answer.kind, MessageKind::Response, "{what}");
+                assert_eq!(answer.status, ResponseStatus::ServerError, "{what}");
+                assert_eq!(answer.request_id, 4242, "{what}");
+                assert_eq!(
+                    answer.metadata.get("method").map(ByteStr::as_str),
+                    Some("sayHello")
+                );
+                // The method name of a multiplexed call comes back without its service.
+                assert_eq!(answer.metadata.get("service"), None, "{what}");
+                let exception = ApplicationException::from_message(&answer)?;
+                assert_eq!(exception.kind, code, "{what}");
+                assert_eq!(
+                    exception.message,
+                    format!("{kind}: no route for sayHello"),
+                    "{what}"
+                );
+                if target.transport == Transport::Header {
+                    assert_eq!(&out[8..12], &4242u32.to_be_bytes(), "{what}: THeader seq");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn one_way_requests_get_no_reply() -> TestResult {
+    for golden in goldens()?.into_iter().filter(|g| g.scenario == "ping") {
+        let request = decode_one(&golden.bytes)?;
+        let mut out = BytesMut::from(&b"kept"[..]);
+        let reply = LocalReply::new(LocalReplyKind::RouteNotFound, "none");
+        auto_codec().encode_local_reply(&request, &reply, &mut out)?;
+        assert_eq!(&out[..], b"kept", "{}", golden.name);
+    }
+    Ok(())
+}

@@ -1,0 +1,246 @@
+//! Malformed, oversized, hostile and unsupported input is an error, never a panic or a hang.
+
+mod common;
+
+use bytes::{BufMut, BytesMut};
+use common::{TestResult, auto_codec, codec_with, decode_all, goldens};
+use metaprotocol_core::{CodecError, CodecOptions};
+use metaprotocol_thrift::{TRANSPORT, Transport};
+use proptest::prelude::*;
+
+fn decode_err(
+    codec_options: &CodecOptions,
+    bytes: &[u8],
+) -> Result<CodecError, Box<dyn std::error::Error>> {
+    let mut codec = codec_with(codec_options)?;
+    match decode_all(codec.as_mut(), bytes) {
+        Err(error) => Ok(error),
+        Ok(messages) => Err(format!("decoded {} messages from bad input", messages.len()).into()),
+    }
+}
+
+fn small(max: usize) -> CodecOptions {
+    CodecOptions::with_max_frame_bytes(max)
+}
+
+/// A strict binary CALL `m` with seqid 1 and `body` as its argument struct.
+fn binary_call(body: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x80, 1, 0, 1, 0, 0, 0, 1, b'm', 0, 0, 0, 1];
+    out.extend_from_slice(body);
+    out
+}
+
+fn framed(payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(payload);
+    out
+}
+
+#[test]
+fn an_oversized_length_fails_before_the_body_arrives() -> TestResult {
+    let mut codec = codec_with(&small(1024))?;
+    let mut src = BytesMut::from(&[0u8, 0, 0x10, 0, 0x80, 1][..]);
+    assert!(matches!(
+        codec.decode(&mut src),
+        Err(CodecError::FrameTooLarge {
+            size: 4096,
+            max: 1024
+        })
+    ));
+    let mut header = BytesMut::from(&[0u8, 0, 0x10, 0, 0x0f, 0xff][..]);
+    assert!(matches!(
+        codec_with(&small(1024))?.decode(&mut header),
+        Err(CodecError::FrameTooLarge { .. })
+    ));
+    Ok(())
+}
+
+#[test]
+fn an_unframed_message_past_the_cap_fails_while_scanning() -> TestResult {
+    // A string field announcing 1 MiB, with only its start present.
+    let mut body = vec![11, 0, 1];
+    body.put_u32(1 << 20);
+    body.extend_from_slice(&[b'x'; 100]);
+    let error = decode_err(&small(4096), &binary_call(&body))?;
+    assert!(matches!(error, CodecError::FrameTooLarge { .. }), "{error}");
+    // Many small fields, more bytes than the cap in total.
+    let mut body = Vec::new();
+    for _ in 0..2000 {
+        body.extend_from_slice(&[3, 0, 1, 7]);
+    }
+    let error = decode_err(&small(4096), &binary_call(&body))?;
+    assert!(matches!(error, CodecError::FrameTooLarge { .. }), "{error}");
+    Ok(())
+}
+
+#[test]
+fn deep_nesting_is_refused() -> TestResult {
+    // 200 nested structs (field 1 of type struct), binary and compact, framed and unframed.
+    let mut binary = [12u8, 0, 1].repeat(200);
+    let mut compact = vec![0x1cu8; 200];
+    binary.extend(std::iter::repeat_n(0, 201));
+    compact.extend(std::iter::repeat_n(0, 201));
+    let compact_call = [&[0x82, 0x21, 1, 1, b'm'][..], &compact].concat();
+    for bytes in [binary_call(&binary), compact_call.clone()] {
+        let error = decode_err(&CodecOptions::default(), &bytes)?;
+        assert!(matches!(error, CodecError::Malformed(_)), "{error}");
+    }
+    // Framed frames are not walked on decode, but translating one walks it: refused too.
+    let message = common::decode_one(&framed(&binary_call(&binary)))?;
+    let mut out = BytesMut::new();
+    let compact_format = metaprotocol_thrift::ThriftFormat::new(
+        Transport::Framed,
+        metaprotocol_thrift::Protocol::Compact,
+    );
+    let params = metaprotocol_core::EncodeParams {
+        request_id: 1,
+        variant: compact_format.to_variant(),
+        mutation: &metaprotocol_core::Mutation::new(),
+    };
+    assert!(auto_codec().encode(&message, &params, &mut out).is_err());
+    assert!(out.is_empty(), "nothing appended on error");
+    Ok(())
+}
+
+#[test]
+fn truncated_frames_are_malformed_and_truncated_streams_wait() -> TestResult {
+    for golden in goldens()? {
+        let bytes = &golden.bytes;
+        for cut in 1..bytes.len() {
+            let mut src = BytesMut::from(&bytes[..cut]);
+            let result = auto_codec().decode(&mut src);
+            assert!(
+                matches!(result, Ok(None)),
+                "{} cut at {cut}: {result:?}",
+                golden.name
+            );
+            assert_eq!(
+                src.len(),
+                cut,
+                "{}: Ok(None) leaves src unchanged",
+                golden.name
+            );
+        }
+        // A frame too short for its message header (bodies are not walked on decode).
+        if golden.format.transport == Transport::Framed {
+            let payload = &bytes[4..9];
+            let error = decode_err(&CodecOptions::default(), &framed(payload))?;
+            assert!(
+                matches!(error, CodecError::Malformed(_)),
+                "{}: {error}",
+                golden.name
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn theader_transforms_and_json_are_unsupported_with_a_clear_error() -> TestResult {
+    // THeader, binary protocol, one transform: zlib (1).
+    let mut frame = vec![0x0f, 0xff, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 1, 0];
+    frame.extend_from_slice(&binary_call(&[0]));
+    let error = decode_err(&CodecOptions::default(), &framed(&frame))?;
+    assert_eq!(
+        error,
+        CodecError::Unsupported("THeader transform zlib (1) is not supported".into())
+    );
+    // Protocol id 1: JSON.
+    let mut frame = vec![0x0f, 0xff, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0];
+    frame.extend_from_slice(&binary_call(&[0]));
+    let error = decode_err(&CodecOptions::default(), &framed(&frame))?;
+    assert!(matches!(error, CodecError::Unsupported(_)), "{error}");
+    // A header block longer than the frame.
+    let frame = [0x0f, 0xff, 0, 0, 0, 0, 0, 0, 0, 200, 0, 0];
+    let error = decode_err(&CodecOptions::default(), &framed(&frame))?;
+    assert!(matches!(error, CodecError::Malformed(_)), "{error}");
+    Ok(())
+}
+
+#[test]
+fn bad_headers_are_malformed() -> TestResult {
+    let cases: [&[u8]; 4] = [
+        &[0x80, 2, 0, 1, 0, 0, 0, 1, b'm', 0, 0, 0, 1, 0], // binary version 2
+        &[0x80, 1, 0, 9, 0, 0, 0, 1, b'm', 0, 0, 0, 1, 0], // message type 9
+        &[0x80, 1, 0, 1, 0, 0, 0, 1, 0xff, 0, 0, 0, 1, 0], // name not UTF-8
+        &[0x82, 0x22, 1, 1, b'm', 0],                      // compact version 2
+    ];
+    for case in cases {
+        for bytes in [case.to_vec(), framed(case)] {
+            let error = decode_err(&CodecOptions::default(), &bytes)?;
+            assert!(
+                matches!(error, CodecError::Malformed(_)),
+                "{case:?}: {error}"
+            );
+        }
+    }
+    // A bad field type: found when an unframed body is walked (framed bodies are not).
+    let error = decode_err(&CodecOptions::default(), &binary_call(&[99, 0, 1]))?;
+    assert!(matches!(error, CodecError::Malformed(_)), "{error}");
+    Ok(())
+}
+
+#[test]
+fn a_forced_transport_refuses_other_framings() -> TestResult {
+    let mut options = CodecOptions::default();
+    options.insert(TRANSPORT, "header");
+    let framed_golden = goldens()?
+        .into_iter()
+        .find(|g| g.format.transport == Transport::Framed)
+        .ok_or("no framed golden")?;
+    let error = decode_err(&options, &framed_golden.bytes)?;
+    assert!(matches!(error, CodecError::Malformed(_)), "{error}");
+    Ok(())
+}
+
+#[test]
+fn a_connection_keeps_its_first_format() -> TestResult {
+    let goldens = goldens()?;
+    let binary = goldens
+        .iter()
+        .find(|g| g.name == "binary-framed-hello.req.hex")
+        .ok_or("missing")?;
+    let compact = goldens
+        .iter()
+        .find(|g| g.name == "compact-framed-hello.req.hex")
+        .ok_or("missing")?;
+    let stream = [binary.bytes.clone(), compact.bytes.clone()].concat();
+    let error = decode_err(&CodecOptions::default(), &stream)?;
+    assert!(matches!(error, CodecError::Malformed(_)), "{error}");
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let mut codec = codec_with(&small(512)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let _ = decode_all(codec.as_mut(), &bytes);
+    }
+
+    #[test]
+    fn mutated_goldens_never_panic(index in 0usize..64, flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6)) {
+        let goldens = goldens().map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let golden = &goldens[index % goldens.len()];
+        let mut bytes = golden.bytes.clone();
+        for (at, value) in flips {
+            let len = bytes.len();
+            bytes[at % len] = value;
+        }
+        let mut codec = auto_codec();
+        if let Ok(messages) = decode_all(codec.as_mut(), &bytes) {
+            for message in messages {
+                for target in common::all_formats() {
+                    let mut out = BytesMut::new();
+                    let params = metaprotocol_core::EncodeParams {
+                        request_id: 1,
+                        variant: target.to_variant(),
+                        mutation: &metaprotocol_core::Mutation::new(),
+                    };
+                    let _ = codec.encode(&message, &params, &mut out);
+                }
+            }
+        }
+    }
+}
