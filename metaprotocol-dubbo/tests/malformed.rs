@@ -1,0 +1,139 @@
+//! Bad input fails with the right error, early, and never panics.
+
+mod common;
+
+use bytes::BytesMut;
+use common::hessian::{Value, Writer, request_body};
+use common::{TestResult, codec, frame, golden};
+use metaprotocol_core::{Codec, CodecError, DEFAULT_MAX_FRAME_BYTES};
+use metaprotocol_dubbo::DubboCodec;
+
+fn decode(bytes: &[u8]) -> Result<Option<metaprotocol_core::Message>, CodecError> {
+    codec().decode(&mut BytesMut::from(bytes))
+}
+
+fn is_malformed(result: Result<Option<metaprotocol_core::Message>, CodecError>) -> bool {
+    matches!(result, Err(CodecError::Malformed(_)))
+}
+
+#[test]
+fn bad_magic_fails_on_the_first_wrong_byte() {
+    assert!(is_malformed(decode(&[0x00])));
+    assert!(is_malformed(decode(&[0xda, 0x00])));
+    assert!(is_malformed(decode(b"GET / HTTP/1.1\r\n\r\n")));
+    assert!(matches!(decode(&[0xda, 0xbb, 0xc2]), Ok(None)));
+}
+
+#[test]
+fn oversize_lengths_fail_before_the_body_arrives() {
+    let mut header = frame(0xc2, 0, 1, &[]);
+    header[12..16].copy_from_slice(&0x0100_0000_u32.to_be_bytes());
+    assert_eq!(
+        decode(&header).err(),
+        Some(CodecError::FrameTooLarge {
+            size: 16 + 0x0100_0000,
+            max: DEFAULT_MAX_FRAME_BYTES
+        })
+    );
+    let mut small = DubboCodec::new(64);
+    let mut src = BytesMut::from(&frame(0xc2, 0, 1, &[0; 49])[..16]);
+    assert!(matches!(
+        small.decode(&mut src),
+        Err(CodecError::FrameTooLarge { size: 65, max: 64 })
+    ));
+    // A negative Java int length.
+    header[12..16].copy_from_slice(&(-1_i32).to_be_bytes());
+    assert!(is_malformed(decode(&header)));
+}
+
+#[test]
+fn incomplete_frames_wait_and_leave_the_buffer_alone() -> TestResult {
+    let whole = golden("node__node__hello.req.hex")?.bytes;
+    for cut in [0, 1, 15, 16, 17, whole.len() - 1] {
+        let mut src = BytesMut::from(&whole[..cut]);
+        assert!(codec().decode(&mut src)?.is_none(), "cut at {cut}");
+        assert_eq!(&src[..], &whole[..cut]);
+    }
+    Ok(())
+}
+
+#[test]
+fn truncated_hessian_is_malformed() -> TestResult {
+    let body = request_body(
+        "demo.Api",
+        "hi",
+        "Ljava/lang/String;",
+        &[Value::Str("w1".into())],
+        Some(&[("k", "v")]),
+    );
+    // The body length matches the bytes, but the Hessian inside stops short.
+    for cut in 1..body.len() - 1 {
+        let result = decode(&frame(0xc2, 0, 1, &body[..cut]));
+        // Cutting exactly after the arguments leaves a valid call without attachments.
+        if result.as_ref().is_ok_and(Option::is_some) {
+            assert_eq!(cut, body.len() - 6, "cut at {cut}");
+            continue;
+        }
+        assert!(is_malformed(result), "cut at {cut}");
+    }
+    Ok(())
+}
+
+#[test]
+fn wrong_types_are_malformed() {
+    // The method name is an int.
+    let mut body = Writer::new();
+    body.string("2.0.2")
+        .string("demo.Api")
+        .string("1.0.0")
+        .raw(&[0x91]);
+    assert!(is_malformed(decode(&frame(0xc2, 0, 1, &body.out))));
+
+    // The attachments are a list.
+    let mut body = Writer::new();
+    body.raw(&request_body("demo.Api", "hi", "", &[], None))
+        .raw(&[0x78]);
+    assert!(is_malformed(decode(&frame(0xc2, 0, 1, &body.out))));
+
+    // A response whose result flag is unknown, or not an int.
+    assert!(is_malformed(decode(&frame(0x02, 20, 1, &[0x99]))));
+    assert!(is_malformed(decode(&frame(0x02, 20, 1, b"\x01x"))));
+    assert!(is_malformed(decode(&frame(0x02, 20, 1, &[]))));
+
+    // Reserved tags and stray terminators inside arguments.
+    for tag in [0x40, 0x45, 0x47, 0x50, b'Z'] {
+        let body = request_body("demo.Api", "hi", "J", &[], None);
+        let mut body = body;
+        body.push(tag);
+        assert!(
+            is_malformed(decode(&frame(0xc2, 0, 1, &body))),
+            "tag {tag:#x}"
+        );
+    }
+}
+
+#[test]
+fn depth_bombs_and_class_floods_are_malformed() {
+    let mut bomb = request_body("demo.Api", "hi", "Ljava/lang/Object;", &[], None);
+    bomb.extend(std::iter::repeat_n(0x57, 10_000));
+    assert!(is_malformed(decode(&frame(0xc2, 0, 1, &bomb))));
+
+    let mut maps = request_body("demo.Api", "hi", "Ljava/lang/Object;", &[], None);
+    maps.extend(std::iter::repeat_n(b'H', 100));
+    assert!(is_malformed(decode(&frame(0xc2, 0, 1, &maps))));
+
+    let mut flood = request_body("demo.Api", "hi", "Ljava/lang/Object;", &[], None);
+    for _ in 0..5000 {
+        flood.extend_from_slice(b"C\x01P\x90");
+    }
+    flood.push(0x60);
+    assert!(is_malformed(decode(&frame(0xc2, 0, 1, &flood))));
+
+    // An object of a class never defined, a list longer than the frame.
+    let mut orphan = request_body("demo.Api", "hi", "Ljava/lang/Object;", &[], None);
+    orphan.push(0x61);
+    assert!(is_malformed(decode(&frame(0xc2, 0, 1, &orphan))));
+    let mut long_list = request_body("demo.Api", "hi", "Ljava/lang/Object;", &[], None);
+    long_list.extend_from_slice(&[0x58, b'I', 0x7f, 0xff, 0xff, 0xff]);
+    assert!(is_malformed(decode(&frame(0xc2, 0, 1, &long_list))));
+}

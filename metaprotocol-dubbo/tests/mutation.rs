@@ -1,0 +1,244 @@
+//! Mutations rewrite the attachments map only: golden requests and responses, and the shapes
+//! real clients do not send but Hessian allows (no map, null map, typed map, object values).
+
+mod common;
+
+use common::hessian::{Value, Writer, request_body};
+use common::{
+    SERVICE, TestResult, body_len, decode_all, decode_one, encode, frame, golden, golden_files,
+    meta, mutation,
+};
+use metaprotocol_core::{CodecError, MessageKind, Mutation, ResponseStatus};
+
+/// The codec-private slot holding where the attachments map starts (see the crate's layout
+/// module).
+fn map_start(message: &metaprotocol_core::Message) -> usize {
+    message.layout.0[2] as usize
+}
+
+#[test]
+fn golden_requests_gain_and_lose_attachments() -> TestResult {
+    let edit = mutation(
+        &[("x-routed-by", "canary"), ("tenant", "t2")],
+        &["x-trace-id"],
+    );
+    let mut requests = 0;
+    for file in golden_files()? {
+        for original in decode_all(&file.bytes)? {
+            if !original.kind.is_call() {
+                continue;
+            }
+            requests += 1;
+            let name = &file.name;
+            let bytes = encode(&original, 42, &edit)?;
+            assert_eq!(body_len(&bytes), Some(bytes.len() - 16), "{name}");
+            let mutated = decode_one(&bytes)?;
+            assert_eq!(mutated.kind, original.kind, "{name}");
+            assert_eq!(mutated.request_id, 42, "{name}");
+            assert_eq!(meta(&mutated, "x-routed-by"), Some("canary"), "{name}");
+            assert_eq!(meta(&mutated, "tenant"), Some("t2"), "{name}");
+            assert_eq!(meta(&mutated, "x-trace-id"), None, "{name}");
+            assert_eq!(meta(&mutated, "interface"), Some(SERVICE), "{name}");
+            assert_eq!(meta(&mutated, "version"), Some("1.0.0"), "{name}");
+            // Everything else the client sent is still there.
+            for (key, value) in original.metadata.iter() {
+                if !["x-trace-id", "tenant"].contains(&key.as_str()) {
+                    assert_eq!(mutated.metadata.get(key.as_str()), Some(value), "{name}");
+                }
+            }
+            // The call fields and arguments are the original bytes.
+            let start = map_start(&original);
+            assert_eq!(bytes[16..start], original.frame[16..start], "{name}");
+            assert_eq!(map_start(&mutated), start, "{name}");
+            // Applying the same edit again changes nothing.
+            assert_eq!(encode(&mutated, 42, &edit)?, bytes, "{name}");
+        }
+    }
+    assert_eq!(requests, 11);
+    Ok(())
+}
+
+#[test]
+fn non_string_attachments_survive_a_rewrite() -> TestResult {
+    // dubbo2.js's int `timeout` is copied as it came, and can be replaced by a string.
+    let original = decode_one(&golden("dubbojs__node__hello.req.hex")?.bytes)?;
+    let kept = decode_one(&encode(&original, 1, &mutation(&[("a", "b")], &[]))?)?;
+    assert_eq!(meta(&kept, "a"), Some("b"));
+    let timeout_int = [0x07, b't', b'i', b'm', b'e', b'o', b'u', b't', 0x93];
+    assert!(kept.frame.windows(9).any(|w| w == timeout_int));
+
+    let replaced = encode(&original, 1, &mutation(&[("timeout", "5000")], &[]))?;
+    assert!(!replaced.windows(9).any(|w| w == timeout_int));
+    assert_eq!(meta(&decode_one(&replaced)?, "timeout"), Some("5000"));
+    Ok(())
+}
+
+#[test]
+fn value_responses_switch_their_result_flag() -> TestResult {
+    let original = decode_one(&golden("dubbojs__node__hello.resp.hex")?.bytes)?;
+    assert_eq!(original.frame[16], 0x91); // value, no attachments
+    let bytes = encode(&original, 1, &mutation(&[("x-served-by", "proxy")], &[]))?;
+    assert_eq!(bytes[16], 0x94); // value with attachments
+    assert_eq!(bytes[17..original.frame.len()], original.frame[17..]);
+    assert_eq!(body_len(&bytes), Some(bytes.len() - 16));
+    let mutated = decode_one(&bytes)?;
+    assert_eq!(mutated.status, ResponseStatus::Ok);
+    assert_eq!(meta(&mutated, "x-served-by"), Some("proxy"));
+
+    // Flag 4 stays 4, the map is rebuilt.
+    let again = encode(&mutated, 1, &mutation(&[("b", "2")], &["x-served-by"]))?;
+    assert_eq!(again[16], 0x94);
+    let again = decode_one(&again)?;
+    assert_eq!(meta(&again, "b"), Some("2"));
+    assert_eq!(meta(&again, "x-served-by"), None);
+    Ok(())
+}
+
+#[test]
+fn exception_responses_keep_their_object_graph() -> TestResult {
+    // A serialized java.lang.Exception: class definitions, objects, typed lists.
+    let original = decode_one(&golden("node__node__error.resp.hex")?.bytes)?;
+    let bytes = encode(&original, 1, &mutation(&[("k", "v")], &[]))?;
+    assert_eq!(bytes[16], 0x93); // exception with attachments
+    let mutated = decode_one(&bytes)?;
+    assert_eq!(mutated.status, ResponseStatus::ApplicationError);
+    assert_eq!(meta(&mutated, "k"), Some("v"));
+    assert!(mutated.layout.0[5] > 0, "class definitions before the map");
+    // Rewriting a map that follows class definitions walks the exception again.
+    let removed = decode_one(&encode(&mutated, 1, &mutation(&[("k2", "v2")], &["k"]))?)?;
+    assert_eq!(meta(&removed, "k"), None);
+    assert_eq!(meta(&removed, "k2"), Some("v2"));
+    assert_eq!(removed.frame[17..map_start(&removed)], original.frame[17..]);
+    Ok(())
+}
+
+#[test]
+fn null_results_gain_attachments() -> TestResult {
+    let null_result = frame(0x02, 20, 5, &[0x92]);
+    let original = decode_one(&null_result)?;
+    let mutated = decode_one(&encode(&original, 5, &mutation(&[("a", "1")], &[]))?)?;
+    assert_eq!(mutated.frame[16], 0x95);
+    assert_eq!(meta(&mutated, "a"), Some("1"));
+    Ok(())
+}
+
+#[test]
+fn frames_that_cannot_carry_attachments() -> TestResult {
+    let edit = mutation(&[("a", "1")], &[]);
+    // An error response travels unchanged rather than failing the client's call.
+    let crash = decode_one(&golden("node__node__crash.resp.hex")?.bytes)?;
+    assert_eq!(encode(&crash, 1, &edit)?, crash.frame.to_vec());
+    let heartbeat = decode_one(&golden("dubbossl__node__heartbeat-2way.resp.hex")?.bytes)?;
+    assert_eq!(encode(&heartbeat, 1, &edit)?, heartbeat.frame.to_vec());
+
+    // A call in another serialization is routed on its header only.
+    let fastjson = frame(0xc6, 0, 3, b"\"2.0.2\"\n\"demo.Api\"\n");
+    let call = decode_one(&fastjson)?;
+    assert_eq!(call.kind, MessageKind::Request);
+    assert!(call.metadata.is_empty());
+    assert_eq!(
+        call.reject_reason,
+        Some("serialization id 6 is not supported; only Hessian2 (2) is")
+    );
+    assert!(matches!(
+        encode(&call, 3, &edit),
+        Err(CodecError::Encode(_))
+    ));
+    assert_eq!(encode(&call, 9, &Mutation::new())?[16..], fastjson[16..]);
+    Ok(())
+}
+
+#[test]
+fn missing_null_and_typed_maps() -> TestResult {
+    let args = [Value::Str("w1".into())];
+    let edit = mutation(&[("tenant", "t9")], &[]);
+
+    // No map at all (the body ends after the arguments).
+    let bare = request_body("demo.Api", "hi", "Ljava/lang/String;", &args, None);
+    let original = decode_one(&frame(0xc2, 0, 1, &bare))?;
+    assert_eq!(meta(&original, "method"), Some("hi"));
+    let mutated = encode(&original, 1, &edit)?;
+    assert_eq!(mutated[16..16 + bare.len()], bare[..]);
+    assert_eq!(meta(&decode_one(&mutated)?, "tenant"), Some("t9"));
+
+    // A null map is replaced.
+    let mut null_map = bare.clone();
+    null_map.push(b'N');
+    let original = decode_one(&frame(0xc2, 0, 1, &null_map))?;
+    let mutated = encode(&original, 1, &edit)?;
+    assert_eq!(mutated[16..16 + bare.len()], bare[..]);
+    assert_eq!(mutated.get(16 + bare.len()), Some(&b'H'));
+    assert_eq!(meta(&decode_one(&mutated)?, "tenant"), Some("t9"));
+
+    // A typed map keeps its type.
+    let mut typed = Writer::new();
+    typed.raw(&bare).value(&Value::Map {
+        type_name: Some("java.util.HashMap".into()),
+        entries: vec![(Value::Str("tenant".into()), Value::Str("t1".into()))],
+    });
+    let original = decode_one(&frame(0xc2, 0, 1, &typed.out))?;
+    assert_eq!(meta(&original, "tenant"), Some("t1"));
+    let mutated = decode_one(&encode(&original, 1, &edit)?)?;
+    assert_eq!(meta(&mutated, "tenant"), Some("t9"));
+    assert!(mutated.frame.windows(17).any(|w| w == b"java.util.HashMap"));
+    Ok(())
+}
+
+#[test]
+fn attachments_holding_object_graphs() -> TestResult {
+    // An attachment whose value is a list: kept on rewrite, but removing it would renumber
+    // later references, so that is refused (and nothing is written).
+    let mut body = Writer::new();
+    body.raw(&request_body("demo.Api", "hi", "", &[], None))
+        .raw(b"H")
+        .string("list")
+        .value(&Value::List {
+            type_name: None,
+            fixed: false,
+            items: vec![Value::Int(1)],
+        })
+        .string("tenant")
+        .string("t1")
+        .raw(b"Z");
+    let original = decode_one(&frame(0xc2, 0, 1, &body.out))?;
+    assert_eq!(meta(&original, "tenant"), Some("t1"));
+    assert_eq!(meta(&original, "list"), None);
+    let kept = decode_one(&encode(&original, 1, &mutation(&[("tenant", "t2")], &[]))?)?;
+    assert_eq!(meta(&kept, "tenant"), Some("t2"));
+    assert!(matches!(
+        encode(&original, 1, &mutation(&[], &["list"])),
+        Err(CodecError::Encode(_))
+    ));
+    Ok(())
+}
+
+#[test]
+fn unicode_values_round_trip() -> TestResult {
+    let original = decode_one(&golden("node__node__hello.req.hex")?.bytes)?;
+    let mut edit = Mutation::new();
+    edit.set("x-note".into(), "héllo wörld 😀".to_owned().into());
+    let mutated = decode_one(&encode(&original, 1, &edit)?)?;
+    assert_eq!(meta(&mutated, "x-note"), Some("héllo wörld 😀"));
+    Ok(())
+}
+
+#[test]
+fn a_mutation_past_the_frame_cap_fails_cleanly() -> TestResult {
+    let original = decode_one(&golden("node__node__hello.req.hex")?.bytes)?;
+    let mut edit = Mutation::new();
+    edit.set("big".into(), "x".repeat(400).into());
+    let mut dst = bytes::BytesMut::from(&b"prefix"[..]);
+    let params = metaprotocol_core::EncodeParams {
+        request_id: 1,
+        variant: metaprotocol_core::WireVariant::DEFAULT,
+        mutation: &edit,
+    };
+    let mut small = metaprotocol_dubbo::DubboCodec::new(400);
+    use metaprotocol_core::Codec;
+    assert!(matches!(
+        small.encode(&original, &params, &mut dst),
+        Err(CodecError::Encode(_))
+    ));
+    assert_eq!(&dst[..], b"prefix");
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! Local replies and heartbeat replies: what a client receives when the proxy answers itself.
+
+mod common;
+
+use bytes::BytesMut;
+use common::{TestResult, body_string, codec, decode_one, frame, golden};
+use metaprotocol_core::{Codec, LocalReply, LocalReplyKind, Message, MessageKind, ResponseStatus};
+
+fn local_reply(
+    request: &Message,
+    reply: &LocalReply,
+) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    let mut dst = BytesMut::new();
+    codec().encode_local_reply(request, reply, &mut dst)?;
+    Ok(dst.to_vec())
+}
+
+fn heartbeat_reply(heartbeat: &Message) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    let mut dst = BytesMut::new();
+    codec().encode_heartbeat_reply(heartbeat, &mut dst)?;
+    Ok(dst.to_vec())
+}
+
+#[test]
+fn every_local_reply_is_a_readable_dubbo_error() -> TestResult {
+    let expected_status = [
+        (LocalReplyKind::RouteNotFound, 60),
+        (LocalReplyKind::NoHealthyUpstream, 80),
+        (LocalReplyKind::Unavailable, 100),
+        (LocalReplyKind::OverLimit, 100),
+        (LocalReplyKind::Unauthorized, 40),
+        (LocalReplyKind::Timeout, 31),
+        (LocalReplyKind::UpstreamReset, 80),
+        (LocalReplyKind::FaultAbort, 80),
+        (LocalReplyKind::BadRequest, 40),
+        (LocalReplyKind::Internal, 80),
+    ];
+    assert_eq!(expected_status.len(), LocalReplyKind::ALL.len());
+    let request = decode_one(&golden("node__node__hello.req.hex")?.bytes)?;
+    for (kind, status) in expected_status {
+        let reply = LocalReply::new(kind, "no route for DemoService.sayHello");
+        let bytes = local_reply(&request, &reply)?;
+        let response = decode_one(&bytes)?;
+        assert_eq!(response.kind, MessageKind::Response, "{kind}");
+        assert_eq!(response.status, ResponseStatus::ServerError, "{kind}");
+        assert_eq!(response.request_id, request.request_id, "{kind}");
+        assert_eq!(bytes[2], 0x02, "{kind}: response flag, Hessian2");
+        assert_eq!(bytes[3], status, "{kind}");
+        let text = body_string(&bytes).ok_or("body is not a string")?;
+        assert_eq!(
+            text,
+            format!("{}: no route for DemoService.sayHello", kind.name())
+        );
+    }
+    let denied = local_reply(
+        &request,
+        &LocalReply::new(LocalReplyKind::Unauthorized, "rbac"),
+    )?;
+    assert!(body_string(&denied).is_some_and(|t| t.contains("unauthorized")));
+    Ok(())
+}
+
+#[test]
+fn local_replies_look_like_a_real_provider_error() -> TestResult {
+    // sofa-rpc-node's answer to a thrown error: status 80 and the message string.
+    let golden_crash = golden("node__node__crash.resp.hex")?.bytes;
+    let request = decode_one(&golden("node__node__crash.req.hex")?.bytes)?;
+    let ours = local_reply(&request, &LocalReply::new(LocalReplyKind::Internal, ""))?;
+    assert_eq!(ours[..4], golden_crash[..4]);
+    assert_eq!(ours[4..12], golden_crash[4..12]);
+    assert_eq!(body_string(&golden_crash).as_deref(), Some("boom"));
+    assert_eq!(body_string(&ours).as_deref(), Some("internal"));
+    Ok(())
+}
+
+#[test]
+fn long_and_unicode_messages_stay_readable() -> TestResult {
+    let request = decode_one(&golden("node__node__hello.req.hex")?.bytes)?;
+    let long = "x".repeat(3000);
+    let bytes = local_reply(
+        &request,
+        &LocalReply::new(LocalReplyKind::Timeout, long.clone()),
+    )?;
+    assert_eq!(bytes[16], b'S');
+    assert_eq!(body_string(&bytes), Some(format!("timeout: {long}")));
+    let bytes = local_reply(
+        &request,
+        &LocalReply::new(LocalReplyKind::BadRequest, "bad ünïcode"),
+    )?;
+    assert_eq!(
+        body_string(&bytes).as_deref(),
+        Some("bad_request: bad ünïcode")
+    );
+    Ok(())
+}
+
+#[test]
+fn non_hessian_calls_get_a_hessian_error() -> TestResult {
+    let request = decode_one(&frame(0xc6, 0, 77, b"{}"))?;
+    let reason = request.reject_reason.ok_or("not rejected")?;
+    let bytes = local_reply(
+        &request,
+        &LocalReply::new(LocalReplyKind::BadRequest, reason),
+    )?;
+    assert_eq!(bytes[2], 0x02);
+    assert_eq!(bytes[3], 40);
+    assert_eq!(decode_one(&bytes)?.request_id, 77);
+    assert!(body_string(&bytes).is_some_and(|t| t.contains("serialization id 6")));
+    Ok(())
+}
+
+#[test]
+fn two_way_heartbeats_get_the_providers_answer() -> TestResult {
+    let heartbeat = decode_one(&golden("dubbossl__node__heartbeat-2way.req.hex")?.bytes)?;
+    assert_eq!(heartbeat.kind, MessageKind::Heartbeat);
+    let provider = golden("dubbossl__node__heartbeat-2way.resp.hex")?.bytes;
+    assert_eq!(heartbeat_reply(&heartbeat)?, provider);
+    Ok(())
+}
+
+#[test]
+fn one_way_heartbeats_get_nothing() -> TestResult {
+    let heartbeat = decode_one(&golden("dubbopy__py__heartbeat.req.hex")?.bytes)?;
+    assert_eq!(heartbeat.kind, MessageKind::Heartbeat);
+    assert!(heartbeat_reply(&heartbeat)?.is_empty());
+    // Not a heartbeat at all: nothing either.
+    let request = decode_one(&golden("node__node__hello.req.hex")?.bytes)?;
+    assert!(heartbeat_reply(&request)?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn heartbeats_in_other_serializations_are_answered_in_kind() -> TestResult {
+    // fastjson (6) writes null as `null\n`: the reply echoes it, with flag 0x26.
+    let heartbeat = decode_one(&frame(0xe6, 0, 12, b"null\n"))?;
+    assert_eq!(heartbeat.kind, MessageKind::Heartbeat);
+    assert_eq!(heartbeat.reject_reason, None);
+    let reply = heartbeat_reply(&heartbeat)?;
+    assert_eq!(reply, frame(0x26, 20, 12, b"null\n"));
+    let decoded = decode_one(&reply)?;
+    assert_eq!(decoded.kind, MessageKind::HeartbeatReply);
+    assert_eq!(decoded.status, ResponseStatus::Ok);
+    Ok(())
+}
