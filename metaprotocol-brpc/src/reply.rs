@@ -1,7 +1,7 @@
 //! Local replies: the proxy's own errors as brpc error responses, with brpc's error codes.
 
 use bytes::BytesMut;
-use metaprotocol_core::{CodecError, LocalReply, LocalReplyKind, Message, keys};
+use metaprotocol_core::{CodecError, LocalReply, LocalReplyKind, Message};
 
 use crate::frame::encode_frame;
 use crate::proto;

@@ -1,0 +1,323 @@
+//! End-to-end bRPC (baidu_std) through the proxy: a client and servers built from the wire
+//! format (`brpc_support`), the engine in process, everything on 127.0.0.1.
+//!
+//! Two servers, `alpha` and `beta`, sit behind the proxy. The tests route on service/method and
+//! on a `user_fields` entry, check that request mutations reach the server and response mutations
+//! the client, that the proxy's own errors arrive as brpc error codes, and that 100 concurrent
+//! callers, all using brpc's first correlation id, share a few upstream connections.
+
+mod brpc_support;
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use brpc_support::{BoxError, BrpcClient, BrpcServer, Call, SLEEP};
+use metaprotocol_brpc::errno;
+use metaprotocol_router::{Config, Proxy};
+
+type TestResult = Result<(), BoxError>;
+
+const ECHO_SERVICE: &str = "example.EchoService";
+
+/// Every test finishes within this time or fails.
+const TEST_DEADLINE: Duration = Duration::from_secs(60);
+
+async fn bounded(test: impl Future<Output = TestResult>) -> TestResult {
+    tokio::time::timeout(TEST_DEADLINE, test).await?
+}
+
+/// A port nothing listens on (bound to 127.0.0.1:0, then released).
+fn closed_port() -> Result<SocketAddr, BoxError> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// The proxy config: listener `brpc-in`, clusters `alpha`, `beta` and `down` (nothing listens).
+/// Route `slow` (user field `slow: true`) times out after 300ms, route `echo` after 5s.
+fn config(alpha: SocketAddr, beta: SocketAddr, down: SocketAddr) -> String {
+    format!(
+        r#"
+listeners:
+  - name: brpc-in
+    address: 127.0.0.1:0
+    protocol: brpc
+    codec: {{ max_frame_bytes: 1048576 }}
+    route_config: brpc-routes
+route_configs:
+  - name: brpc-routes
+    routes:
+      - name: tenant-beta
+        match:
+          metadata:
+            - {{ key: tenant, exact: beta }}
+        route: {{ cluster: beta }}
+        request_mutation: {{ set: {{ x-routed-by: tenant-beta }} }}
+      - name: stats
+        match:
+          metadata:
+            - {{ key: service, exact: example.AdminService }}
+            - {{ key: method, prefix: Get }}
+        route: {{ cluster: beta }}
+      - name: down
+        match:
+          metadata:
+            - {{ key: service, exact: example.DownService }}
+        route: {{ cluster: down }}
+      - name: slow
+        match:
+          metadata:
+            - {{ key: service, exact: {ECHO_SERVICE} }}
+            - {{ key: slow, exact: "true" }}
+        route: {{ cluster: alpha }}
+        timeout: 300ms
+      - name: echo
+        match:
+          metadata:
+            - {{ key: service, exact: {ECHO_SERVICE} }}
+        route: {{ cluster: alpha }}
+        timeout: 5s
+        request_mutation: {{ set: {{ x-routed-by: echo }}, remove: [debug] }}
+        response_mutation: {{ set: {{ x-served-via: metaprotocol }} }}
+clusters:
+  - name: alpha
+    connect_timeout: 1s
+    endpoints:
+      - {{ address: "{alpha}" }}
+  - name: beta
+    connect_timeout: 1s
+    endpoints:
+      - {{ address: "{beta}" }}
+  - name: down
+    connect_timeout: 1s
+    endpoints:
+      - {{ address: "{down}" }}
+"#
+    )
+}
+
+/// Two servers and a proxy in front of them.
+struct Setup {
+    alpha: BrpcServer,
+    beta: BrpcServer,
+    proxy: Proxy,
+    addr: SocketAddr,
+}
+
+impl Setup {
+    async fn start() -> Result<Self, BoxError> {
+        let alpha = BrpcServer::start("alpha").await?;
+        let beta = BrpcServer::start("beta").await?;
+        let yaml = config(alpha.addr(), beta.addr(), closed_port()?);
+        let proxy = Proxy::start(
+            Config::from_yaml(&yaml)?,
+            metaprotocol_examples::codec_registry(),
+        )
+        .await?;
+        let addr = proxy
+            .listener_addr("brpc-in")
+            .ok_or("listener brpc-in is not bound")?;
+        Ok(Self {
+            alpha,
+            beta,
+            proxy,
+            addr,
+        })
+    }
+
+    async fn client(&self) -> Result<BrpcClient, BoxError> {
+        BrpcClient::connect(self.addr).await
+    }
+}
+
+#[tokio::test]
+async fn routes_on_service_method_and_user_fields() -> TestResult {
+    bounded(async {
+        let setup = Setup::start().await?;
+        let mut client = setup.client().await?;
+
+        let echo = Call::new(ECHO_SERVICE, "Echo", "w1")
+            .field("tenant", "t1")
+            .field("debug", "1");
+        let reply = client.call(&echo).await?;
+        assert_eq!(reply.error_code(), 0, "{}", reply.error_text());
+        assert_eq!(reply.body, echo.payload);
+        assert_eq!(reply.field("server"), Some("alpha"));
+        // The request mutation reached the server: set added, `debug` removed, the rest kept.
+        assert_eq!(reply.field("echo-x-routed-by"), Some("echo"));
+        assert_eq!(reply.field("echo-tenant"), Some("t1"));
+        assert_eq!(reply.field("echo-debug"), None);
+        // The response mutation reached the client.
+        assert_eq!(reply.field("x-served-via"), Some("metaprotocol"));
+
+        let reply = client
+            .call(&Call::new(ECHO_SERVICE, "Echo", "w2").field("tenant", "beta"))
+            .await?;
+        assert_eq!(
+            reply.field("server"),
+            Some("beta"),
+            "routed on a user field"
+        );
+        assert_eq!(reply.field("echo-x-routed-by"), Some("tenant-beta"));
+
+        let reply = client
+            .call(&Call::new("example.AdminService", "GetStats", "s"))
+            .await?;
+        assert_eq!(
+            reply.field("server"),
+            Some("beta"),
+            "routed on service and method prefix"
+        );
+
+        // A server's own error passes through untouched.
+        let reply = client.call(&Call::new(ECHO_SERVICE, "Fail", "x")).await?;
+        assert_eq!(reply.error_code(), errno::EINTERNAL);
+        assert_eq!(reply.error_text(), "[alpha][E2001]bad name");
+        assert_eq!(reply.field("server"), Some("alpha"));
+
+        assert_eq!((setup.alpha.requests(), setup.beta.requests()), (2, 2));
+        setup.proxy.shutdown().await;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn local_replies_carry_brpc_error_codes() -> TestResult {
+    bounded(async {
+        let setup = Setup::start().await?;
+        let mut client = setup.client().await?;
+
+        let reply = client
+            .call(&Call::new("example.MissingService", "Nope", "x"))
+            .await?;
+        assert_eq!(
+            reply.error_code(),
+            errno::ENOMETHOD,
+            "{}",
+            reply.error_text()
+        );
+        assert!(
+            reply
+                .error_text()
+                .starts_with("[metaprotocol-proxy][E1002] route_not_found")
+        );
+        assert!(
+            reply.error_text().contains("example.MissingService"),
+            "{}",
+            reply.error_text()
+        );
+        assert!(reply.body.is_empty());
+
+        let reply = client
+            .call(&Call::new("example.DownService", "Echo", "x"))
+            .await?;
+        assert_eq!(
+            reply.error_code(),
+            errno::EFAILEDSOCKET,
+            "{}",
+            reply.error_text()
+        );
+
+        let started = Instant::now();
+        let slow = Call::new(ECHO_SERVICE, "Sleep", "x").field("slow", "true");
+        let reply = client.call(&slow).await?;
+        assert_eq!(
+            reply.error_code(),
+            errno::ERPCTIMEDOUT,
+            "{}",
+            reply.error_text()
+        );
+        assert!(started.elapsed() < SLEEP, "the route's 300ms timeout fired");
+
+        let mut streaming = Call::new(ECHO_SERVICE, "Echo", "x");
+        streaming.streaming = true;
+        let reply = client.call(&streaming).await?;
+        assert_eq!(
+            reply.error_code(),
+            errno::EREQUEST,
+            "{}",
+            reply.error_text()
+        );
+        assert!(
+            reply
+                .error_text()
+                .contains("streaming RPC is not supported")
+        );
+
+        // The connection survived every local reply.
+        let reply = client
+            .call(&Call::new(ECHO_SERVICE, "Echo", "after"))
+            .await?;
+        assert_eq!(reply.error_code(), 0);
+        setup.proxy.shutdown().await;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn caller_timeout_ms_caps_the_route_timeout() -> TestResult {
+    bounded(async {
+        let setup = Setup::start().await?;
+        let mut client = setup.client().await?;
+        // Route `echo` allows 5s; the caller allows 200ms; the server takes 2s.
+        let mut call = Call::new(ECHO_SERVICE, "Sleep", "x");
+        call.timeout_ms = Some(200);
+        let started = Instant::now();
+        let reply = client.call(&call).await?;
+        assert_eq!(
+            reply.error_code(),
+            errno::ERPCTIMEDOUT,
+            "{}",
+            reply.error_text()
+        );
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(190) && elapsed < SLEEP,
+            "{elapsed:?}"
+        );
+        setup.proxy.shutdown().await;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn hundred_concurrent_callers_share_upstream_connections() -> TestResult {
+    bounded(async {
+        let setup = Setup::start().await?;
+        let mut callers = tokio::task::JoinSet::new();
+        for caller in 0..100 {
+            let addr = setup.addr;
+            callers.spawn(async move {
+                let mut client = BrpcClient::connect(addr).await?;
+                for round in 0..3 {
+                    let message = format!("caller-{caller}-round-{round}");
+                    let call = Call::new(ECHO_SERVICE, "Echo", &message)
+                        .field("caller", &caller.to_string());
+                    // Every client starts at the same brpc correlation id: the proxy must
+                    // rewrite ids on the shared connections and restore each client's own.
+                    let reply = client.call(&call).await?;
+                    if reply.body != call.payload
+                        || reply.field("echo-caller") != Some(caller.to_string().as_str())
+                    {
+                        return Err(format!("caller {caller} got another caller's answer").into());
+                    }
+                }
+                Ok::<(), BoxError>(())
+            });
+        }
+        while let Some(result) = callers.join_next().await {
+            result??;
+        }
+        assert_eq!(setup.alpha.requests(), 300);
+        let upstream = setup.alpha.connections();
+        assert!(
+            (1..=8).contains(&upstream),
+            "{upstream} upstream connections for 100 callers"
+        );
+        setup.proxy.shutdown().await;
+        Ok(())
+    })
+    .await
+}
