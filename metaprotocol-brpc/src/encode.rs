@@ -8,7 +8,7 @@
 use bytes::{BufMut, BytesMut};
 use metaprotocol_core::{CodecError, Message, Mutation};
 
-use crate::header::{FrameWriter, HEADER_LEN};
+use crate::header::{HEADER_LEN, write_frame};
 use crate::layout::BrpcLayout;
 use crate::meta::{field, map_entry};
 use crate::wire::{
@@ -66,13 +66,12 @@ fn splice_id(
     ) else {
         return Err(CodecError::malformed("frame shorter than its layout"));
     };
-    let out = FrameWriter::begin(dst, frame.len() + 1 + MAX_VARINT_BYTES);
-    dst.put_slice(before);
-    put_varint_field(dst, field::CORRELATION_ID, id);
-    dst.put_slice(meta_rest);
-    let meta_size = out.written(dst);
-    dst.put_slice(body);
-    out.finish(dst, meta_size)
+    write_frame(dst, frame.len() + 1 + MAX_VARINT_BYTES, body, |dst| {
+        dst.put_slice(before);
+        put_varint_field(dst, field::CORRELATION_ID, id);
+        dst.put_slice(meta_rest);
+        Ok(())
+    })
 }
 
 /// Rewrites the meta field by field: the id replaced, overridden `user_fields` entries dropped,
@@ -95,20 +94,17 @@ fn rebuild(
         .iter()
         .map(|(k, v)| user_field_size(k.len(), v.len()))
         .sum();
-    let out = FrameWriter::begin(dst, frame.len() + added + 1 + MAX_VARINT_BYTES);
-    if let Err(e) = copy_meta_fields(meta, layout, id, mutation, dst) {
-        out.abandon(dst);
-        return Err(e);
-    }
-    if !layout.has_id() {
-        put_varint_field(dst, field::CORRELATION_ID, id);
-    }
-    for (key, value) in mutation.sets() {
-        put_user_field(dst, key.as_bytes(), value.as_bytes());
-    }
-    let meta_size = out.written(dst);
-    dst.put_slice(body);
-    out.finish(dst, meta_size)
+    let capacity = frame.len() + added + 1 + MAX_VARINT_BYTES;
+    write_frame(dst, capacity, body, |dst| {
+        copy_meta_fields(meta, layout, id, mutation, dst)?;
+        if !layout.has_id() {
+            put_varint_field(dst, field::CORRELATION_ID, id);
+        }
+        for (key, value) in mutation.sets() {
+            put_user_field(dst, key.as_bytes(), value.as_bytes());
+        }
+        Ok(())
+    })
 }
 
 fn copy_meta_fields(

@@ -7,7 +7,7 @@ use bytes::BytesMut;
 use metaprotocol_core::CodecError;
 use prost::Message as _;
 
-use crate::header::{FrameHeader, FrameWriter, HEADER_LEN};
+use crate::header::{FrameHeader, HEADER_LEN, write_frame};
 use crate::proto;
 
 /// Appends a baidu_std frame with `meta` followed by `body` (payload, then attachment; set
@@ -17,14 +17,11 @@ pub fn encode_frame(
     body: &[u8],
     dst: &mut BytesMut,
 ) -> Result<(), CodecError> {
-    let meta_size = meta.encoded_len();
-    let out = FrameWriter::begin(dst, HEADER_LEN + meta_size + body.len());
-    if let Err(e) = meta.encode(dst) {
-        out.abandon(dst);
-        return Err(CodecError::Encode(Cow::Owned(format!("RpcMeta: {e}"))));
-    }
-    dst.extend_from_slice(body);
-    out.finish(dst, meta_size)
+    let capacity = HEADER_LEN + meta.encoded_len() + body.len();
+    write_frame(dst, capacity, body, |dst| {
+        meta.encode(dst)
+            .map_err(|e| CodecError::Encode(Cow::Owned(format!("RpcMeta: {e}"))))
+    })
 }
 
 /// Reads the complete frame `frame` (exactly one, nothing after it) by the protobuf definition:

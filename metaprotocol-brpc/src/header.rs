@@ -52,6 +52,18 @@ impl FrameHeader {
         }))
     }
 
+    /// Reads the header of `frame`, which must be exactly one whole frame.
+    pub(crate) fn of_whole_frame(frame: &[u8]) -> Result<Self, CodecError> {
+        let header = Self::parse(frame, usize::MAX)?
+            .ok_or(CodecError::malformed("shorter than the baidu_std header"))?;
+        if header.frame_len() != frame.len() {
+            return Err(CodecError::malformed(
+                "body_size does not match the frame's length",
+            ));
+        }
+        Ok(header)
+    }
+
     /// The whole frame's length, header included.
     pub(crate) fn frame_len(self) -> usize {
         HEADER_LEN + self.body_size
@@ -77,51 +89,38 @@ fn wrong_magic(magic: &[u8]) -> CodecError {
     )))
 }
 
-/// A frame being written into a buffer: the header goes in first with zero sizes, and
-/// [`FrameWriter::finish`] fills them in once meta and body are written.
-pub(crate) struct FrameWriter {
-    start: usize,
-}
-
-impl FrameWriter {
-    /// Appends a header with placeholder sizes to `dst`.
-    pub(crate) fn begin(dst: &mut BytesMut, capacity: usize) -> Self {
-        dst.reserve(capacity);
-        let start = dst.len();
-        dst.put_slice(MAGIC);
-        dst.put_u64(0);
-        Self { start }
+/// Appends a whole frame: the header, the meta that `write_meta` appends, then `body`. The
+/// header's sizes are filled in once both are written; on error nothing is appended.
+pub(crate) fn write_frame(
+    dst: &mut BytesMut,
+    capacity: usize,
+    body: &[u8],
+    write_meta: impl FnOnce(&mut BytesMut) -> Result<(), CodecError>,
+) -> Result<(), CodecError> {
+    dst.reserve(capacity);
+    let start = dst.len();
+    dst.put_slice(MAGIC);
+    dst.put_u64(0);
+    if let Err(e) = write_meta(dst) {
+        dst.truncate(start);
+        return Err(e);
     }
-
-    /// The number of bytes written after the header so far.
-    pub(crate) fn written(&self, dst: &BytesMut) -> usize {
-        dst.len().saturating_sub(self.start + HEADER_LEN)
+    let meta_size = u32::try_from(dst.len() - start - HEADER_LEN);
+    dst.put_slice(body);
+    let body_size = u32::try_from(dst.len() - start - HEADER_LEN);
+    let (Ok(body_size), Ok(meta_size)) = (body_size, meta_size) else {
+        dst.truncate(start);
+        return Err(CodecError::Encode(Cow::Borrowed(
+            "frame larger than the 4 GiB baidu_std allows",
+        )));
+    };
+    let mut sizes = [0u8; 8];
+    sizes[..4].copy_from_slice(&body_size.to_be_bytes());
+    sizes[4..].copy_from_slice(&meta_size.to_be_bytes());
+    if let Some(slot) = dst.get_mut(start + 4..start + HEADER_LEN) {
+        slot.copy_from_slice(&sizes);
     }
-
-    /// Patches body and meta sizes into the header; fails, removing the frame, if they do not fit
-    /// the header's 32-bit fields.
-    pub(crate) fn finish(self, dst: &mut BytesMut, meta_size: usize) -> Result<(), CodecError> {
-        let body_size = u32::try_from(self.written(dst));
-        let meta_size = u32::try_from(meta_size);
-        let (Ok(body_size), Ok(meta_size)) = (body_size, meta_size) else {
-            self.abandon(dst);
-            return Err(CodecError::Encode(Cow::Borrowed(
-                "frame larger than the 4 GiB baidu_std allows",
-            )));
-        };
-        let mut sizes = [0u8; 8];
-        sizes[..4].copy_from_slice(&body_size.to_be_bytes());
-        sizes[4..].copy_from_slice(&meta_size.to_be_bytes());
-        if let Some(slot) = dst.get_mut(self.start + 4..self.start + HEADER_LEN) {
-            slot.copy_from_slice(&sizes);
-        }
-        Ok(())
-    }
-
-    /// Removes everything written since [`FrameWriter::begin`].
-    pub(crate) fn abandon(self, dst: &mut BytesMut) {
-        dst.truncate(self.start);
-    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -167,13 +166,16 @@ mod tests {
     }
 
     #[test]
-    fn writer_patches_sizes() {
+    fn write_frame_patches_sizes_or_appends_nothing() {
         let mut dst = BytesMut::from(&b"xx"[..]);
-        let frame = FrameWriter::begin(&mut dst, 32);
-        dst.put_slice(b"meta");
-        let meta = frame.written(&dst);
-        dst.put_slice(b"body");
-        assert_eq!(frame.finish(&mut dst, meta), Ok(()));
+        let written = write_frame(&mut dst, 32, b"body", |dst| {
+            dst.put_slice(b"meta");
+            Ok(())
+        });
+        assert_eq!(written, Ok(()));
         assert_eq!(&dst[..], b"xxPRPC\0\0\0\x08\0\0\0\x04metabody");
+        let failed = write_frame(&mut dst, 32, b"body", |_| Err(CodecError::malformed("no")));
+        assert!(failed.is_err());
+        assert_eq!(dst.len(), 2 + 20);
     }
 }

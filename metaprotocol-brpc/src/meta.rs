@@ -5,6 +5,7 @@ use std::ops::Range;
 use bytes::Bytes;
 use metaprotocol_core::{ByteStr, CodecError, Metadata};
 
+use crate::header::{FrameHeader, HEADER_LEN};
 use crate::wire::{Field, FieldReader, WireValue};
 
 /// `RpcMeta` field numbers (see [`crate::proto::RpcMeta`]).
@@ -114,6 +115,13 @@ pub struct RpcMetaView {
 }
 
 impl RpcMetaView {
+    /// Reads the `RpcMeta` of `frame`, exactly one whole frame (such as the
+    /// [`Message::frame`](metaprotocol_core::Message::frame) of a message this codec decoded).
+    pub fn from_frame(frame: &Bytes) -> Result<Self, CodecError> {
+        let header = FrameHeader::of_whole_frame(frame)?;
+        Self::parse(&frame.slice(HEADER_LEN..header.meta_end()))
+    }
+
     /// Reads the serialized `RpcMeta` in `meta`.
     pub fn parse(meta: &Bytes) -> Result<Self, CodecError> {
         let mut view = Self::default();

@@ -197,7 +197,7 @@ fn golden_frames_decode_with_expected_metadata() -> TestResult {
         wanted.sort_unstable();
         assert_eq!(actual_sorted, wanted, "{file}");
 
-        let view = RpcMetaView::parse(&message.frame.slice(12..message.layout.0[0] as usize))?;
+        let view = RpcMetaView::from_frame(&message.frame)?;
         assert_eq!(view.attachment_size, expected.attachment_size, "{file}");
         assert_eq!(view.correlation_id, Some(GOLDEN_ID), "{file}");
         assert_eq!(
