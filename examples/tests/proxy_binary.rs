@@ -182,3 +182,99 @@ fn demo_routes_as_advertised() -> TestResult {
     assert!(!report.contains("FAIL"), "{report}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_reloads_route_configs_from_its_file_and_keeps_a_bad_file_out() -> TestResult {
+    let v1 = DemoProvider::start("v1").await?;
+    let v2 = DemoProvider::start("v2").await?;
+    let (port, admin_port) = (free_port()?, free_port()?);
+    let config_for = |subset: &str| {
+        format!(
+            "admin: {{ address: 127.0.0.1:{admin_port} }}
+listeners: [ {{ name: in, address: 127.0.0.1:{port}, protocol: dubbo, route_config: r }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c, subset: {{ v: {subset} }} }} }} ] }} ]
+clusters:
+  - name: c
+    endpoints: [ {{ address: {}, labels: {{ v: one }} }}, {{ address: {}, labels: {{ v: two }} }} ]
+",
+            v1.address(),
+            v2.address()
+        )
+    };
+    let path = write_config("reload", &config_for("one"))?;
+    let _child = Child(
+        Command::new(BINARY)
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(address).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the proxy did not start listening"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client = DubboClient::new(address);
+    assert_eq!(
+        client
+            .call("sayHello", "a", &[])
+            .await?
+            .attachment("provider"),
+        Some("v1")
+    );
+
+    std::fs::write(&path, config_for("two"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = client.call("sayHello", "a", &[]).await?;
+        assert_eq!(reply.dubbo_status, 20, "no call fails during the reload");
+        if reply.attachment("provider") == Some("v2") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new route config was not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        client.open_connections(),
+        1,
+        "the client connection survived the reload"
+    );
+
+    std::fs::write(
+        &path,
+        config_for("two").replace("route_configs", "route_config"),
+    )?;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        client
+            .call("sayHello", "a", &[])
+            .await?
+            .attachment("provider"),
+        Some("v2")
+    );
+    let mut admin = tokio::net::TcpStream::connect(("127.0.0.1", admin_port)).await?;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    admin
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut metrics = String::new();
+    admin.read_to_string(&mut metrics).await?;
+    assert!(
+        metrics.contains("metaprotocol_config_reloads_total{outcome=\"applied\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("metaprotocol_config_reloads_total{outcome=\"rejected\"} 1"),
+        "{metrics}"
+    );
+    let _ = std::fs::remove_file(path);
+    Ok(())
+}

@@ -247,6 +247,26 @@ impl Proxy {
         self.state.update_route_config(spec)
     }
 
+    /// Applies a whole new config: every route config that changed is swapped in, hitlessly,
+    /// and the changed names with their new versions are returned. Changes to listeners,
+    /// clusters or admin are rejected (they take effect on restart). All or nothing: on error the
+    /// running config is untouched.
+    pub fn reload(&self, config: Config) -> Result<Vec<(String, u64)>, ConfigError> {
+        self.state.reload(config)
+    }
+
+    /// [`Proxy::reload`] from the text of a config file; a file that does not parse is rejected
+    /// (and counted) like any other invalid config.
+    pub fn reload_yaml(&self, text: &str) -> Result<Vec<(String, u64)>, ConfigError> {
+        match Config::from_yaml(text) {
+            Ok(config) => self.reload(config),
+            Err(err) => {
+                self.state.metrics.config_reload(false);
+                Err(err)
+            }
+        }
+    }
+
     /// Stops accepting, lets requests in flight finish (up to the drain timeout), and returns.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
@@ -265,10 +285,7 @@ impl Proxy {
 
 impl ProxyState {
     pub(crate) fn config(&self) -> Config {
-        match self.config.lock() {
-            Ok(config) => config.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.lock_config().clone()
     }
 
     pub(crate) fn route_versions(&self) -> Vec<(String, u64)> {
@@ -290,22 +307,94 @@ impl ProxyState {
     }
 
     pub(crate) fn update_route_config(&self, spec: RouteConfigSpec) -> Result<u64, ConfigError> {
-        let state = self;
-        let mut config = match state.config.lock() {
+        let mut config = self.lock_config();
+        let result = self
+            .prepare(&config, &spec)
+            .map(|table| self.commit(&mut config, spec, table));
+        self.metrics.config_reload(result.is_ok());
+        result
+    }
+
+    /// Applies every route config change of `new`; see [`Proxy::reload`].
+    pub(crate) fn reload(&self, new: Config) -> Result<Vec<(String, u64)>, ConfigError> {
+        let result = self.try_reload(new);
+        self.metrics.config_reload(result.is_ok());
+        result
+    }
+
+    fn try_reload(&self, new: Config) -> Result<Vec<(String, u64)>, ConfigError> {
+        new.validate()?;
+        let mut config = self.lock_config();
+        let restart_needed = |field: &str| {
+            ConfigError::new(
+                field,
+                "changed; listeners, clusters and admin take effect on restart (only route configs reload)",
+            )
+        };
+        if new.listeners != config.listeners {
+            return Err(restart_needed("listeners"));
+        }
+        if new.clusters != config.clusters {
+            return Err(restart_needed("clusters"));
+        }
+        if new.admin != config.admin {
+            return Err(restart_needed("admin"));
+        }
+        let names = |c: &Config| {
+            c.route_configs
+                .iter()
+                .map(|r| r.name.clone())
+                .collect::<BTreeSet<_>>()
+        };
+        if names(&new) != names(&config) {
+            return Err(restart_needed("route_configs"));
+        }
+        let mut prepared = Vec::new();
+        for (i, spec) in new.route_configs.into_iter().enumerate() {
+            if config.route_config(&spec.name) == Some(&spec) {
+                continue;
+            }
+            let table = self
+                .prepare(&config, &spec)
+                .map_err(|e| e.within(&format!("route_configs[{i}]")))?;
+            prepared.push((spec, table));
+        }
+        Ok(prepared
+            .into_iter()
+            .map(|(spec, table)| {
+                let name = spec.name.clone();
+                (name, self.commit(&mut config, spec, table))
+            })
+            .collect())
+    }
+
+    fn lock_config(&self) -> std::sync::MutexGuard<'_, Config> {
+        match self.config.lock() {
             Ok(config) => config,
             Err(poisoned) => poisoned.into_inner(),
-        };
-        let slot = state.route_tables.get(&spec.name).ok_or_else(|| {
+        }
+    }
+
+    /// Checks `spec` against the running clusters and compiles it, changing nothing.
+    fn prepare(&self, config: &Config, spec: &RouteConfigSpec) -> Result<RouteTable, ConfigError> {
+        let slot = self.route_tables.get(&spec.name).ok_or_else(|| {
             ConfigError::new("name", format!("no route config named `{}`", spec.name))
         })?;
         spec.validate(&|name| config.cluster(name))?;
         for (i, route) in spec.routes.iter().enumerate() {
-            check_protocols(route, &slot.listener_protocols, &state.cluster_protocols)
+            check_protocols(route, &slot.listener_protocols, &self.cluster_protocols)
                 .map_err(|e| e.within(&format!("routes[{i}]")))?;
         }
         let version = slot.table.load().version() + 1;
-        let table = RouteTable::build(&spec, version, &state.clusters, &state.metrics)?;
-        slot.table.store(Arc::new(table));
+        RouteTable::build(spec, version, &self.clusters, &self.metrics)
+    }
+
+    /// Publishes a prepared table; returns its version.
+    fn commit(&self, config: &mut Config, spec: RouteConfigSpec, table: RouteTable) -> u64 {
+        let version = table.version();
+        if let Some(slot) = self.route_tables.get(&spec.name) {
+            slot.table.store(Arc::new(table));
+        }
         if let Some(entry) = config
             .route_configs
             .iter_mut()
@@ -313,7 +402,7 @@ impl ProxyState {
         {
             *entry = spec;
         }
-        Ok(version)
+        version
     }
 }
 

@@ -94,10 +94,44 @@ async fn run(path: PathBuf) -> ExitCode {
     for (name, address) in proxy.listeners() {
         eprintln!("listener {name} on {address}");
     }
-    wait_for_signal().await;
+    tokio::select! {
+        _ = wait_for_signal() => {}
+        _ = watch_config(&path, &proxy) => {}
+    }
     eprintln!("draining");
     proxy.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// How often `run` looks at its config file. Polling (rather than inotify) also sees files
+/// replaced by rename, as editors and Kubernetes ConfigMaps do.
+const CONFIG_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reloads the config file whenever its contents change; never returns.
+async fn watch_config(path: &std::path::Path, proxy: &Proxy) {
+    let mut applied = std::fs::read(path).ok();
+    loop {
+        tokio::time::sleep(CONFIG_POLL).await;
+        let Ok(current) = std::fs::read(path) else {
+            continue;
+        };
+        if applied.as_ref() == Some(&current) {
+            continue;
+        }
+        applied = Some(current.clone());
+        let outcome = proxy.reload_yaml(&String::from_utf8_lossy(&current));
+        match outcome {
+            Ok(changed) => {
+                for (name, version) in changed {
+                    eprintln!(
+                        "{}: route config {name} is now version {version}",
+                        path.display()
+                    );
+                }
+            }
+            Err(err) => eprintln!("{}: rejected, running config kept: {err}", path.display()),
+        }
+    }
 }
 
 async fn wait_for_signal() {

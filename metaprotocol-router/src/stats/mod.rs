@@ -66,6 +66,13 @@ pub struct Metrics {
     upstream_cx_connect_fail: Family<ClusterLabels, Counter>,
     upstream_cx_protocol_errors: Family<ClusterLabels, Counter>,
     upstream_unmatched_responses: Family<ClusterLabels, Counter>,
+    config_reloads: Family<OutcomeLabels, Counter>,
+}
+
+/// Labels of config reloads.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
 }
 
 impl Default for Metrics {
@@ -110,6 +117,7 @@ impl Metrics {
             upstream_cx_connect_fail: Family::default(),
             upstream_cx_protocol_errors: Family::default(),
             upstream_unmatched_responses: Family::default(),
+            config_reloads: Family::default(),
         };
         let r = &mut registry;
         r.register(
@@ -207,6 +215,11 @@ impl Metrics {
             "Upstream responses whose id matched no request in flight (dropped)",
             m.upstream_unmatched_responses.clone(),
         );
+        r.register(
+            "config_reloads",
+            "Config updates (file reloads and admin route config updates), by outcome",
+            m.config_reloads.clone(),
+        );
         if let Ok(mut slot) = m.registry.lock() {
             *slot = registry;
         }
@@ -282,6 +295,16 @@ impl Metrics {
                 .get_or_create(&labels)
                 .clone(),
         }
+    }
+
+    /// Counts a config update that was applied or rejected.
+    pub fn config_reload(&self, applied: bool) {
+        let outcome = if applied { "applied" } else { "rejected" };
+        self.config_reloads
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 
     /// The request counter of route `route` in route config `route_config`.
