@@ -49,12 +49,17 @@ function clientArgs(argv, booleans = []) {
   };
 }
 
+// Attachments as sorted `k=v` joined by commas (common.py writes the same).
+function attachmentPairs(attachments) {
+  return Object.keys(attachments || {}).sort()
+    .map(k => `${k}=${attachments[k]}`)
+    .join(',');
+}
+
 // The provider's answer names the provider and every attachment it received,
-// sorted, as `k=v` joined by commas, so a test can check routing and mutation.
+// so a test can check routing and mutation.
 function providerReply(name, provider, attachments) {
-  const pairs = Object.keys(attachments || {}).sort()
-    .map(k => `${k}=${attachments[k]}`);
-  return `Hello, ${name} from ${provider} attachments=${pairs.join(',')}`;
+  return `Hello, ${name} from ${provider} attachments=${attachmentPairs(attachments)}`;
 }
 
 function emit(obj) {
@@ -84,5 +89,5 @@ async function runCalls(client, opts, callOnce) {
 
 module.exports = {
   DEMO_INTERFACE, DEMO_VERSION, DUBBO_VERSION,
-  parseArgs, clientArgs, providerReply, emit, runCalls,
+  parseArgs, clientArgs, attachmentPairs, providerReply, emit, runCalls,
 };

@@ -15,7 +15,7 @@ const net = require('net');
 const { RpcServer } = require('sofa-rpc-node').server;
 const dubboRemoting = require('dubbo-remoting');
 const DubboRequest = require('dubbo-remoting/lib/protocol/request');
-const { DEMO_INTERFACE, DEMO_VERSION, parseArgs, providerReply } = require('./common');
+const { DEMO_INTERFACE, DEMO_VERSION, parseArgs, attachmentPairs, providerReply } = require('./common');
 
 // dubbo-remoting drops the two-way bit when it decodes a request; keep it so the
 // provider can tell a one-way call apart (it still answers both, as the library does).
@@ -51,8 +51,8 @@ const quiet = { info() {}, warn() {}, error() {}, debug() {} };
 
 function record(twoWay, name, attachments) {
   if (!args.record) return;
-  const pairs = Object.keys(attachments).sort().map(k => `${k}=${attachments[k]}`).join(',');
-  fs.appendFileSync(args.record, `${provider}\t${twoWay ? 'twoway' : 'oneway'}\t${name}\t${pairs}\n`);
+  const line = [ provider, twoWay ? 'twoway' : 'oneway', name, attachmentPairs(attachments) ];
+  fs.appendFileSync(args.record, line.join('\t') + '\n');
 }
 
 const server = new InteropServer({

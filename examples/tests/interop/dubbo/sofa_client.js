@@ -6,13 +6,14 @@
 //        [--attach k=v ...] [--timeout-ms 3000] [--interface I] [--version V] [--method M]
 //
 // Prints one JSON line per call: {"client":"sofa","call":0,"ok":true,"reply":...}
+// (plus "response_attachments":"k=v,..." when the reply carried any)
 // or {"ok":false,"status":60,"message":...} (status null when no reply came),
 // then {"client":"sofa","done":true,"failures":N}.
 
 const { RpcClient } = require('sofa-rpc-node').client;
 const dubboRemoting = require('dubbo-remoting');
 const DubboResponse = require('dubbo-remoting/lib/protocol/response');
-const { DUBBO_VERSION, clientArgs, runCalls } = require('./common');
+const { DUBBO_VERSION, clientArgs, attachmentPairs, runCalls } = require('./common');
 
 // dubbo-remoting turns a non-OK status into a bare Error; keep the status so
 // the test can check which Dubbo status the proxy answered.
@@ -47,7 +48,9 @@ async function callOnce() {
       requestProps: Object.assign({ dubbo: DUBBO_VERSION, group: '' }, opts.attachments),
       responseTimeout: opts.timeoutMs,
     });
-    return { ok: true, reply, response_attachments: lastResponseProps };
+    const result = { ok: true, reply };
+    if (lastResponseProps) result.response_attachments = attachmentPairs(lastResponseProps);
+    return result;
   } catch (err) {
     const status = err.dubboStatus === undefined ? null : err.dubboStatus;
     return { ok: false, status, message: err.message, error: err.name };
