@@ -85,7 +85,13 @@ fn patch_copy(
 ) -> Result<bool, CodecError> {
     let (encoded, len) = encode_seqid(format.protocol, seqid);
     if len != layout.seqid.len() {
-        return Ok(false);
+        // A longer or shorter varint needs a rebuild, unless the id is unchanged (a sender's
+        // non-minimal varint is then kept as it came).
+        if old_seqid(message, format.protocol, layout)? != seqid {
+            return Ok(false);
+        }
+        dst.extend_from_slice(&message.frame);
+        return Ok(true);
     }
     let old_seqid = if format.transport == Transport::Header {
         Some(old_seqid(message, format.protocol, layout)?)

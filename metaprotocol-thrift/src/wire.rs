@@ -119,27 +119,34 @@ impl<'a> Cursor<'a> {
         usize::try_from(self.i32_be()?).map_err(|_| ReadError::malformed("negative length"))
     }
 
-    /// An unsigned LEB128 varint of at most `max_bytes` bytes (5 for 32-bit values, 10 for 64).
-    fn varint(&mut self, max_bytes: u32) -> Result<u64, ReadError> {
+    /// An unsigned LEB128 varint of at most `bits` bits. Bits beyond are refused rather than
+    /// dropped, so that every value has one encoding of a given length and a seqid patched in
+    /// place cannot change bytes it did not mean to.
+    fn varint(&mut self, bits: u32) -> Result<u64, ReadError> {
         let mut value = 0u64;
-        for i in 0..max_bytes {
+        let mut shift = 0;
+        loop {
             let byte = self.u8()?;
-            value |= u64::from(byte & 0x7f) << (7 * i);
+            let payload = u64::from(byte & 0x7f);
+            if shift >= bits || (bits - shift < 7 && payload >> (bits - shift) != 0) {
+                return Err(ReadError::malformed("varint too long"));
+            }
+            value |= payload << shift;
             if byte & 0x80 == 0 {
                 return Ok(value);
             }
+            shift += 7;
         }
-        Err(ReadError::malformed("varint too long"))
     }
 
-    /// A 32-bit varint; bits past 32 are dropped, as Apache Thrift's readers do.
+    /// A 32-bit varint.
     pub(crate) fn varint_u32(&mut self) -> Result<u32, ReadError> {
-        Ok(self.varint(5)? as u32)
+        Ok(self.varint(32)? as u32)
     }
 
     /// A 64-bit varint.
     pub(crate) fn varint_u64(&mut self) -> Result<u64, ReadError> {
-        self.varint(10)
+        self.varint(64)
     }
 
     /// A varint length (compact strings, THeader strings and counts).
@@ -232,10 +239,15 @@ mod tests {
                 max: 1
             }))
         ));
-        let long = [0xffu8; 6];
-        assert!(matches!(
-            Cursor::new(&long, 0, 100).varint_u32(),
-            Err(ReadError::Codec(CodecError::Malformed(_)))
-        ));
+        for bad in [&[0xffu8; 6][..], &[0xff, 0xff, 0xff, 0xff, 0x10]] {
+            assert!(matches!(
+                Cursor::new(bad, 0, 100).varint_u32(),
+                Err(ReadError::Codec(CodecError::Malformed(_)))
+            ));
+        }
+        let max64 = [0xffu8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        assert_eq!(Cursor::new(&max64, 0, 100).varint_u64(), Ok(u64::MAX));
+        let over64 = [0xffu8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02];
+        assert!(Cursor::new(&over64, 0, 100).varint_u64().is_err());
     }
 }

@@ -1,0 +1,164 @@
+"""A Greeter client (Apache Thrift's Python library) for the proxy's end-to-end tests.
+
+Usage: client.py PORT TRANSPORT PROTOCOL SCENARIO [ARG]
+Prints one JSON object with the results. Scenarios:
+  basic          sayHello("w1"), the declared exception, the TApplicationException, three
+                 one-way pings and the server's ping count (polled until it reaches 3)
+  hello NAME     sayHello(NAME), with THeader headers from env THRIFT_HEADERS ("k=v,k2=v2")
+  echo KEY       echoHeader(KEY), with the same THeader headers
+  unknown        a call to a method the proxy has no route for; reports the exception
+  concurrent N   N clients on N connections at once, each calling sayHello("c<i>") 5 times
+                 (the Python client always sends seqid 0); reports how many replies were right
+"""
+
+import json
+import os
+import sys
+import threading
+import time
+
+import common
+from greeter import Greeter
+from greeter.ttypes import GreetError
+from thrift.protocol.THeaderProtocol import THeaderProtocol
+from thrift.Thrift import TApplicationException, TMessageType
+from thrift.transport import TSocket
+
+TIMEOUT_MS = 10000
+
+
+class Connection:
+    def __init__(self, port, transport, protocol):
+        socket = TSocket.TSocket("127.0.0.1", port)
+        socket.setTimeout(TIMEOUT_MS)
+        self.trans, self.proto = common.client_protocol(socket, transport, protocol)
+        self.client = Greeter.Client(self.proto)
+        self.trans.open()
+
+    def set_headers(self):
+        """THeader headers are written once per message: set them before every call."""
+        if not isinstance(self.proto, THeaderProtocol):
+            return
+        spec = os.environ.get("THRIFT_HEADERS", "")
+        for pair in filter(None, spec.split(",")):
+            key, _, value = pair.partition("=")
+            self.proto.set_header(key.encode(), value.encode())
+
+    def close(self):
+        self.trans.close()
+
+
+def app_exception(e):
+    return {"type": e.type, "message": e.message}
+
+
+def basic(conn):
+    out = {}
+    conn.set_headers()
+    out["hello"] = conn.client.sayHello("w1")
+    try:
+        conn.set_headers()
+        conn.client.sayHello("error")
+        out["error"] = None
+    except GreetError as e:
+        out["error"] = {"code": e.code, "message": e.message}
+    try:
+        conn.set_headers()
+        conn.client.sayHello("crash")
+        out["crash"] = None
+    except TApplicationException as e:
+        out["crash"] = app_exception(e)
+    for _ in range(3):
+        conn.set_headers()
+        conn.client.ping()
+    deadline = time.time() + 5
+    while True:
+        conn.set_headers()
+        out["pings"] = conn.client.pingCount()
+        if out["pings"] >= 3 or time.time() > deadline:
+            break
+        time.sleep(0.05)
+    # The connection still works after all of that.
+    conn.set_headers()
+    out["hello_again"] = conn.client.sayHello("w2")
+    return out
+
+
+def unknown(conn):
+    """Writes a call to `missingMethod` by hand and reads the answer."""
+    proto = conn.proto
+    conn.set_headers()
+    proto.writeMessageBegin("missingMethod", TMessageType.CALL, 0)
+    proto.writeStructBegin("missingMethod_args")
+    proto.writeFieldStop()
+    proto.writeStructEnd()
+    proto.writeMessageEnd()
+    proto.trans.flush()
+    name, mtype, seqid = proto.readMessageBegin()
+    out = {"name": name, "mtype": mtype, "seqid": seqid}
+    if mtype == TMessageType.EXCEPTION:
+        e = TApplicationException()
+        e.read(proto)
+        out["exception"] = app_exception(e)
+    proto.readMessageEnd()
+    return out
+
+
+def concurrent(port, transport, protocol, count):
+    results = [None] * count
+    start = threading.Barrier(count)
+
+    def run(i):
+        try:
+            conn = Connection(port, transport, protocol)
+            start.wait(timeout=TIMEOUT_MS / 1000)
+            good = 0
+            for _ in range(5):
+                conn.set_headers()
+                reply = conn.client.sayHello("c%d" % i)
+                if reply.startswith("Hello, c%d from " % i):
+                    good += 1
+            conn.close()
+            results[i] = good
+        except Exception as e:  # reported, not raised: the test prints every failure
+            results[i] = "%s: %s" % (type(e).__name__, e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    errors = [r for r in results if not isinstance(r, int)]
+    return {"clients": count, "good": sum(r for r in results if isinstance(r, int)), "errors": errors[:5]}
+
+
+def main():
+    if len(sys.argv) < 5:
+        raise SystemExit(__doc__)
+    port, transport, protocol, scenario = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    arg = sys.argv[5] if len(sys.argv) > 5 else None
+    common.check_args(transport, protocol)
+    if scenario == "concurrent":
+        print(json.dumps(concurrent(port, transport, protocol, int(arg or 50))))
+        return
+    conn = Connection(port, transport, protocol)
+    try:
+        if scenario == "basic":
+            out = basic(conn)
+        elif scenario == "hello":
+            conn.set_headers()
+            out = {"hello": conn.client.sayHello(arg)}
+        elif scenario == "echo":
+            conn.set_headers()
+            out = {"echo": conn.client.echoHeader(arg)}
+        elif scenario == "unknown":
+            out = unknown(conn)
+        else:
+            raise SystemExit("unknown scenario " + scenario)
+    finally:
+        conn.close()
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
