@@ -1,0 +1,136 @@
+//! Child processes that cannot outlive their test, scratch files, free ports, bounded waits.
+
+use std::fs::{self, File};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::{TestResult, interop_dir};
+
+/// A port that was free a moment ago (bound to 127.0.0.1:0, then released).
+pub fn free_port() -> TestResult<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A scratch directory for configs, logs and provider call records, removed on drop.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    /// A fresh directory named after the test (and this process, as tests run in parallel).
+    pub fn new(test: &str) -> TestResult<Self> {
+        let dir = std::env::temp_dir().join(format!("metaprotocol-{test}-{}", std::process::id()));
+        fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+
+    /// A file in the directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process run in the interop folder, killed and reaped when dropped; its stdout and
+/// stderr go to files in the scratch directory.
+pub struct ChildGuard {
+    child: Child,
+    what: String,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl ChildGuard {
+    /// Starts `command`; `what` names it in logs and failure messages.
+    pub fn spawn(mut command: Command, what: &str, scratch: &Scratch) -> TestResult<Self> {
+        let stdout = scratch.path(&format!("{what}.out"));
+        let stderr = scratch.path(&format!("{what}.err"));
+        let child = command
+            .current_dir(interop_dir())
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout)?)
+            .stderr(File::create(&stderr)?)
+            .spawn()
+            .map_err(|e| format!("cannot start {what}: {e}"))?;
+        Ok(Self {
+            child,
+            what: what.to_owned(),
+            stdout,
+            stderr,
+        })
+    }
+
+    /// Everything the process printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    /// The end of what the process said on stderr, for failure messages.
+    pub fn stderr_tail(&self) -> String {
+        let text = fs::read_to_string(&self.stderr).unwrap_or_default();
+        let start = text.len().saturating_sub(2000);
+        text.get(start..).unwrap_or_default().to_owned()
+    }
+
+    /// Fails if the process has already exited.
+    pub fn check_running(&mut self) -> TestResult {
+        match self.child.try_wait()? {
+            None => Ok(()),
+            Some(status) => Err(format!(
+                "{} exited early ({status}): {}",
+                self.what,
+                self.stderr_tail()
+            )
+            .into()),
+        }
+    }
+
+    /// Waits for the process to exit on its own, killing it at the deadline.
+    pub fn wait(&mut self, within: Duration) -> TestResult {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let (out, err) = (self.stdout(), self.stderr_tail());
+        Err(format!(
+            "{} still running after {within:?}; stdout: {out} stderr: {err}",
+            self.what
+        )
+        .into())
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `ready` every 20 ms until it holds or `within` passes.
+pub fn wait_until(
+    within: Duration,
+    what: &str,
+    mut ready: impl FnMut() -> TestResult<bool>,
+) -> TestResult {
+    let deadline = Instant::now() + within;
+    loop {
+        if ready()? {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("timed out after {within:?} waiting for {what}").into());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
