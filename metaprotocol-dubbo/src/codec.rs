@@ -5,7 +5,7 @@ use metaprotocol_core::{
     Codec, CodecError, EncodeParams, LocalReply, Message, MessageKind, ResponseStatus,
 };
 
-use crate::attachments::{self, slice};
+use crate::attachments::{self, MapBounds, slice};
 use crate::header::{HEADER_LEN, Header, patch_body_len, patch_request_id};
 use crate::hessian::compact_int;
 use crate::hessian::reader::Reader;
@@ -145,29 +145,60 @@ impl DubboCodec {
         params: &EncodeParams<'_>,
         dst: &mut BytesMut,
     ) -> Result<(), CodecError> {
-        // The map's entries may be objects of classes defined before it: then walk from the
-        // start of the body to learn them. Usually there are none and the map stands alone.
-        let (reader, skipper) = match layout.body {
-            _ if layout.class_defs == 0 => (Reader::new(frame, layout.map.start), Skipper::new()),
-            Body::Request => request::reader_at_attachments(frame)?,
-            _ => response::reader_at_attachments(frame)?,
+        let flag = match layout.body {
+            Body::Response => Some(ResultFlag::read(&mut Reader::new(frame, HEADER_LEN))?),
+            _ => None,
         };
+        let (reader, skipper, map) = map_cursor(frame, layout, flag)?;
         let start = dst.len();
         dst.reserve(frame.len() + mutation_size(params));
-        if layout.body == Body::Response {
+        if let Some(flag) = flag {
             // The result flag must announce the attachments: value 1 becomes 4, null 2
             // becomes 5, exception 0 becomes 3.
-            let flag = ResultFlag::read(&mut Reader::new(frame, HEADER_LEN))?;
             dst.put_slice(slice(frame, 0..HEADER_LEN)?);
             dst.put_u8(compact_int(flag.with_attachments().value()));
-            dst.put_slice(slice(frame, layout.flag_end..layout.map.start)?);
+            dst.put_slice(slice(frame, layout.flag_end..map.start)?);
         } else {
-            dst.put_slice(slice(frame, 0..layout.map.start)?);
+            dst.put_slice(slice(frame, 0..map.start)?);
         }
-        attachments::write_mutated(frame, layout.map, reader, skipper, params.mutation, dst)?;
-        dst.put_slice(slice(frame, layout.map.end..frame.len())?);
+        attachments::write_mutated(frame, map, reader, skipper, params.mutation, dst)?;
+        dst.put_slice(slice(frame, map.end..frame.len())?);
         patch_request_id(dst, start, params.request_id);
         patch_body_len(dst, start, self.max_frame_bytes)
+    }
+}
+
+/// A reader at the attachments map of `frame`, a skipper that knows the class definitions the
+/// map's entries may use, and where the map lies. `flag` is the result flag of a response.
+fn map_cursor(
+    frame: &[u8],
+    layout: AttachmentsLayout,
+    flag: Option<ResultFlag>,
+) -> Result<(Reader<'_>, Skipper, MapBounds), CodecError> {
+    match (layout.body, flag) {
+        // Decode does not walk the result of a response without attachments. Walk it now: the
+        // new map goes right after it, and a broken result must not gain a map that a client
+        // would then fail to find.
+        (Body::Response, Some(flag)) if !flag.has_attachments() => {
+            let (reader, skipper) = response::reader_at_attachments(frame).map_err(|_| {
+                CodecError::Encode(
+                    "the response result is not valid Hessian2; attachments cannot be added".into(),
+                )
+            })?;
+            let map = MapBounds::absent(reader.position());
+            Ok((reader, skipper, map))
+        }
+        // Usually no class definitions come before the map, which can then be walked alone.
+        _ if layout.class_defs == 0 => Ok((
+            Reader::new(frame, layout.map.start),
+            Skipper::new(),
+            layout.map,
+        )),
+        // Otherwise walk from the start of the body to learn them.
+        (Body::Request, _) => {
+            request::reader_at_attachments(frame).map(|(r, s)| (r, s, layout.map))
+        }
+        _ => response::reader_at_attachments(frame).map(|(r, s)| (r, s, layout.map)),
     }
 }
 

@@ -100,7 +100,9 @@ impl CallFields {
 /// route a call elsewhere); a non-empty `version` attachment overrides the header's version, as
 /// Dubbo providers let it.
 fn insert_attachment(key: ByteStr, value: ByteStr, metadata: &mut Metadata) {
-    let reserved = [keys::INTERFACE, keys::SERVICE, keys::METHOD].contains(&key.as_str());
+    let reserved = [keys::INTERFACE, keys::SERVICE, keys::METHOD]
+        .iter()
+        .any(|name| name.as_bytes() == key.as_bytes());
     if reserved || (key == keys::VERSION && value.is_empty()) {
         return;
     }

@@ -51,7 +51,7 @@ impl ResultFlag {
     }
 
     /// True if attachments follow the result.
-    fn has_attachments(self) -> bool {
+    pub(crate) fn has_attachments(self) -> bool {
         self.0 >= Self::WITH_ATTACHMENTS
     }
 

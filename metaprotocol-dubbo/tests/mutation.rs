@@ -242,3 +242,27 @@ fn a_mutation_past_the_frame_cap_fails_cleanly() -> TestResult {
     assert_eq!(&dst[..], b"prefix");
     Ok(())
 }
+
+#[test]
+fn results_are_walked_before_they_gain_attachments() -> TestResult {
+    let edit = mutation(&[("a", "1")], &[]);
+    // Found by fuzzing: the golden exception with one string tag turned into a binary tag.
+    // Decode does not walk the result of a response without attachments, so this decodes;
+    // adding attachments walks it, finds it broken, and refuses.
+    let mut broken = golden("node__node__error.resp.hex")?.bytes;
+    broken[360] = 0x35;
+    let original = decode_one(&broken)?;
+    assert_eq!(original.status, ResponseStatus::ApplicationError);
+    assert!(matches!(
+        encode(&original, 1, &edit),
+        Err(CodecError::Encode(_))
+    ));
+
+    // A value followed by stray bytes: the map goes right after the value.
+    let stray = decode_one(&frame(0x02, 20, 1, &[0x91, 0x02, b'o', b'k', 0xff]))?;
+    let bytes = encode(&stray, 1, &edit)?;
+    assert_eq!(bytes[16..21], [0x94, 0x02, b'o', b'k', b'H']);
+    assert_eq!(bytes.last(), Some(&0xff));
+    assert_eq!(meta(&decode_one(&bytes)?, "a"), Some("1"));
+    Ok(())
+}

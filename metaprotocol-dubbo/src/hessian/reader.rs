@@ -217,7 +217,7 @@ mod tests {
         assert_eq!(int(&[0xd7, 0xff, 0xff]), Ok(262_143));
         assert_eq!(int(&[b'I', 0x80, 0, 0, 0]), Ok(i32::MIN));
         assert!(int(&[b'I', 0, 0]).is_err());
-        assert!(int(&[b'S']).is_err());
+        assert!(int(b"S").is_err());
     }
 
     #[test]

@@ -16,6 +16,9 @@ use metaprotocol_dubbo::DubboCodec;
 
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 
+/// Per golden file, per frame, the body values as hessian.js decoded them.
+type DecodedValues = BTreeMap<String, Vec<Vec<serde_json::Value>>>;
+
 /// The service every golden call targets.
 pub const SERVICE: &str = "org.apache.dubbo.samples.basic.api.DemoService";
 
@@ -124,10 +127,8 @@ fn parse_frames(
     Ok(frames)
 }
 
-fn parse_values(
-    text: &str,
-) -> Result<BTreeMap<String, Vec<Vec<serde_json::Value>>>, Box<dyn std::error::Error>> {
-    let mut values: BTreeMap<String, Vec<Vec<serde_json::Value>>> = BTreeMap::new();
+fn parse_values(text: &str) -> Result<DecodedValues, Box<dyn std::error::Error>> {
+    let mut values = DecodedValues::new();
     let mut current: Option<&mut Vec<serde_json::Value>> = None;
     for line in text.lines() {
         if let Some(value) = line.strip_prefix("    ") {
