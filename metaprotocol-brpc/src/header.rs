@@ -36,7 +36,7 @@ impl FrameHeader {
         let [_, _, _, _, b0, b1, b2, b3, m0, m1, m2, m3] = *header;
         let body_size = u32::from_be_bytes([b0, b1, b2, b3]) as usize;
         let meta_size = u32::from_be_bytes([m0, m1, m2, m3]) as usize;
-        let frame_size = HEADER_LEN + body_size;
+        let frame_size = HEADER_LEN.saturating_add(body_size);
         if frame_size > max_frame_bytes {
             return Err(CodecError::FrameTooLarge {
                 size: frame_size as u64,
@@ -66,12 +66,12 @@ impl FrameHeader {
 
     /// The whole frame's length, header included.
     pub(crate) fn frame_len(self) -> usize {
-        HEADER_LEN + self.body_size
+        HEADER_LEN.saturating_add(self.body_size)
     }
 
     /// Where the meta ends and the payload starts, from the start of the frame.
     pub(crate) fn meta_end(self) -> usize {
-        HEADER_LEN + self.meta_size
+        HEADER_LEN.saturating_add(self.meta_size)
     }
 }
 
