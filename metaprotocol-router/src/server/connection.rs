@@ -11,13 +11,16 @@ use metaprotocol_core::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{ListenerContext, request};
 
 /// Answers queued per connection before request tasks wait.
 const REPLY_QUEUE: usize = 1024;
+/// Requests in flight per client connection; past this the proxy stops reading from that client
+/// until some complete, so a client that pipelines without bound cannot grow memory without bound.
+const MAX_IN_FLIGHT: usize = 4096;
 const WRITE_BATCH: usize = 64;
 const BUFFER_SIZE: usize = 16 * 1024;
 const BUFFER_KEEP_LIMIT: usize = 1024 * 1024;
@@ -64,6 +67,7 @@ pub(crate) async fn serve_connection(
         ctx.clone(),
     ));
     let mut codec = ctx.codec.new_codec(Side::Downstream, WireVariant::DEFAULT);
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut buf = BytesMut::with_capacity(BUFFER_SIZE);
     'read: loop {
         if buf.capacity() - buf.len() < BUFFER_SIZE / 4 {
@@ -78,7 +82,9 @@ pub(crate) async fn serve_connection(
         }
         loop {
             match codec.decode(&mut buf) {
-                Ok(Some(message)) => dispatch(message, &ctx, &connection, &replies).await,
+                Ok(Some(message)) => {
+                    dispatch(message, &ctx, &connection, &replies, &in_flight).await;
+                }
                 Ok(None) => break,
                 Err(err) => {
                     tracing::debug!(listener = %ctx.name, %peer, error = %err, "closing client connection: bad frame");
@@ -121,6 +127,7 @@ async fn dispatch(
     ctx: &Arc<ListenerContext>,
     connection: &Arc<ConnectionInfo>,
     replies: &mpsc::Sender<Reply>,
+    in_flight: &Arc<Semaphore>,
 ) {
     match message.kind {
         MessageKind::Heartbeat => {
@@ -141,12 +148,15 @@ async fn dispatch(
                 }
                 return;
             }
-            tokio::spawn(request::handle(
-                ctx.clone(),
-                connection.clone(),
-                message,
-                replies.clone(),
-            ));
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                return;
+            };
+            let handling =
+                request::handle(ctx.clone(), connection.clone(), message, replies.clone());
+            tokio::spawn(async move {
+                handling.await;
+                drop(permit);
+            });
         }
         // Clients do not answer the proxy; stray answers are ignored.
         MessageKind::Response | MessageKind::HeartbeatReply => {}
