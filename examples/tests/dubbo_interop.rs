@@ -343,6 +343,45 @@ fn one_way_requests_reach_the_provider() -> TestResult {
     Ok(())
 }
 
+/// A `response_mutation` reaches sofa-rpc-node as response attachments (result flag 4), and
+/// dubbo2.js, which reads flag 4 too, still gets its reply. (dubbo-py and dubbo-ssl-python know
+/// only flags 0-2: they cannot take response attachments from any peer.)
+#[test]
+fn response_mutation_reaches_the_client() -> TestResult {
+    if !tools_ready()? {
+        return Ok(());
+    }
+    let scratch = Scratch::new("dubbo-response-mutation")?;
+    let (v1, _v2) = start_providers(&scratch)?;
+    let proxy = InProcessProxy::start(&format!(
+        r#"
+listeners:
+  - {{ name: dubbo-in, address: 127.0.0.1:0, protocol: dubbo, route_config: served }}
+route_configs:
+  - name: served
+    routes:
+      - route: {{ cluster: v1 }}
+        response_mutation: {{ set: {{ x-served-by: v1 }} }}
+clusters:
+  - name: v1
+    endpoints: [ {{ address: "{}" }} ]
+"#,
+        v1.addr()
+    ))?;
+    let addr = proxy.addr();
+    let lines = Run::hello(Client::Sofa, &addr).run(&scratch)?;
+    assert_eq!(single_reply(&lines)?.provider, "v1");
+    let line = single_call(&lines)?;
+    assert_eq!(
+        line.str("response_attachments"),
+        Some("x-served-by=v1"),
+        "{line:?}"
+    );
+    let reply = single_reply(&Run::hello(Client::DubboJs, &addr).run(&scratch)?)?;
+    assert_eq!(reply.greeting, "Hello, w1", "{reply:?}");
+    Ok(())
+}
+
 /// dubbo-ssl-python's Java-style two-way idle heartbeat (flag 0xe2) is answered by the proxy
 /// itself, with status 20 (dubbo-ssl-python rejects any other). The client opens its connection
 /// with a call, which fails as nothing listens upstream, then idles for a second.
