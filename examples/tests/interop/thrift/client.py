@@ -139,7 +139,7 @@ def main():
     arg = sys.argv[5] if len(sys.argv) > 5 else None
     common.check_args(transport, protocol)
     if scenario == "concurrent":
-        print(json.dumps(concurrent(port, transport, protocol, int(arg or 50))))
+        print(json.dumps(concurrent(port, transport, protocol, int(arg or 50)), sort_keys=True))
         return
     conn = Connection(port, transport, protocol)
     try:
@@ -157,7 +157,7 @@ def main():
             raise SystemExit("unknown scenario " + scenario)
     finally:
         conn.close()
-    print(json.dumps(out))
+    print(json.dumps(out, sort_keys=True))
 
 
 if __name__ == "__main__":

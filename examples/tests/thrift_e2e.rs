@@ -1,0 +1,528 @@
+//! End-to-end Thrift through the proxy with Apache Thrift's own Python library on both ends.
+//!
+//! `tests/interop/thrift/server.py` is a real `TThreadedServer` (one transport and protocol per
+//! process, replies naming the server, one-way pings recorded, THeader headers echoed on
+//! request) and `client.py` a real generated `Greeter.Client` printing one JSON object per run.
+//! The engine runs in process. Covered: the six {binary, compact} x {framed, unframed, THeader}
+//! combinations (calls, one-way calls, declared exceptions, `TApplicationException`, a route
+//! miss answered with a readable `TApplicationException`), routing on the method and on a
+//! THeader header, a `request_mutation` header seen by the server, a framed-binary listener
+//! speaking THeader compact upstream, and 60 concurrent clients that all send seqid 0 sharing
+//! a couple of upstream connections.
+//!
+//! The Python library is installed by `tests/interop/thrift/setup.sh` (a venv next to it; a
+//! `python3` that can `import thrift` also works). Without it each test prints `skipped: ...`
+//! and passes, unless `METAPROTOCOL_REQUIRE_INTEROP=1` makes it fail. Children are killed when
+//! their guards drop, every wait has a deadline, everything stays on 127.0.0.1.
+
+use std::error::Error;
+use std::fs::{self, File};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
+
+const TRANSPORTS: [&str; 3] = ["framed", "unframed", "header"];
+const PROTOCOLS: [&str; 2] = ["binary", "compact"];
+/// The most any one client run or server start may take.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn interop_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/thrift"))
+}
+
+/// The venv's interpreter when `setup.sh` made one, else `python3` from the path.
+fn python() -> PathBuf {
+    let venv = interop_dir().join(".venv/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
+/// `Ok(true)` when Python can import thrift; `Ok(false)` (test skipped) when it cannot and
+/// `METAPROTOCOL_REQUIRE_INTEROP` is unset; an error when it is required.
+fn tools_ready() -> TestResult<bool> {
+    let imported = Command::new(python())
+        .args(["-c", "import thrift.transport.THeaderTransport"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if imported {
+        return Ok(true);
+    }
+    let why = "Apache Thrift's Python library is not importable: run examples/tests/interop/thrift/setup.sh";
+    if std::env::var("METAPROTOCOL_REQUIRE_INTEROP").is_ok_and(|v| v == "1") {
+        return Err(format!("METAPROTOCOL_REQUIRE_INTEROP=1 but {why}").into());
+    }
+    println!("skipped: {why}");
+    Ok(false)
+}
+
+/// A port that was free a moment ago (bound to 127.0.0.1:0, then released).
+fn free_port() -> TestResult<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A scratch directory for the children's output, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(test: &str) -> TestResult<Self> {
+        let dir =
+            std::env::temp_dir().join(format!("metaprotocol-thrift-{test}-{}", std::process::id()));
+        fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process with its output in files, killed and reaped when dropped.
+struct ChildGuard {
+    child: Child,
+    what: String,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl ChildGuard {
+    fn spawn(
+        args: &[&str],
+        env: &[(&str, &str)],
+        what: &str,
+        scratch: &Scratch,
+    ) -> TestResult<Self> {
+        let stdout = scratch.0.join(format!("{what}.out"));
+        let stderr = scratch.0.join(format!("{what}.err"));
+        let child = Command::new(python())
+            .args(args)
+            .envs(env.iter().copied())
+            .current_dir(interop_dir())
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout)?)
+            .stderr(File::create(&stderr)?)
+            .spawn()
+            .map_err(|e| format!("cannot start {what}: {e}"))?;
+        Ok(Self {
+            child,
+            what: what.to_owned(),
+            stdout,
+            stderr,
+        })
+    }
+
+    fn stdout(&self) -> String {
+        fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    fn stderr_tail(&self) -> String {
+        let text = fs::read_to_string(&self.stderr).unwrap_or_default();
+        let start = text.len().saturating_sub(2000);
+        text.get(start..).unwrap_or_default().to_owned()
+    }
+
+    /// Waits for the process to exit, killing it at the deadline; fails unless it succeeded.
+    fn finish(mut self) -> TestResult<String> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                if status.success() {
+                    return Ok(self.stdout());
+                }
+                return Err(
+                    format!("{} failed ({status}): {}", self.what, self.stderr_tail()).into(),
+                );
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{} still running after {DEADLINE:?}: {}",
+                    self.what,
+                    self.stderr_tail()
+                )
+                .into());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Python Greeter server speaking one transport and protocol.
+struct Server {
+    port: u16,
+    process: ChildGuard,
+}
+
+impl Server {
+    fn start(transport: &str, protocol: &str, name: &str, scratch: &Scratch) -> TestResult<Self> {
+        let port = free_port()?;
+        let what = format!("server-{name}-{transport}-{protocol}");
+        let port_arg = port.to_string();
+        let mut process = ChildGuard::spawn(
+            &["server.py", &port_arg, transport, protocol, name],
+            &[],
+            &what,
+            scratch,
+        )?;
+        let deadline = Instant::now() + DEADLINE;
+        while !process.stdout().contains("listening") {
+            if let Some(status) = process.child.try_wait()? {
+                return Err(format!("{what} exited ({status}): {}", process.stderr_tail()).into());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("{what} did not start: {}", process.stderr_tail()).into());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self { port, process })
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// How many connections the server has accepted.
+    fn connections(&self) -> usize {
+        self.process
+            .stdout()
+            .lines()
+            .filter(|l| *l == "connection")
+            .count()
+    }
+}
+
+/// Runs `client.py` against `port` and returns its JSON line. `headers` ("k=v,k2=v2") are sent
+/// as THeader info headers on every call when the transport is THeader.
+fn client(
+    port: u16,
+    transport: &str,
+    protocol: &str,
+    scenario: &[&str],
+    headers: &str,
+    scratch: &Scratch,
+) -> TestResult<String> {
+    let port_arg = port.to_string();
+    let mut args = vec!["client.py", &port_arg, transport, protocol];
+    args.extend_from_slice(scenario);
+    let what = format!(
+        "client-{transport}-{protocol}-{}-{}",
+        scenario.join("-"),
+        free_port()?
+    );
+    let out = ChildGuard::spawn(&args, &[("THRIFT_HEADERS", headers)], &what, scratch)?.finish()?;
+    Ok(out.trim().to_owned())
+}
+
+/// The engine in this process, on a runtime of its own so that the blocking client runs of the
+/// test thread never stall it.
+struct InProcessProxy {
+    runtime: tokio::runtime::Runtime,
+    proxy: Option<metaprotocol_router::Proxy>,
+}
+
+impl InProcessProxy {
+    fn start(yaml: &str) -> TestResult<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let config = metaprotocol_router::Config::from_yaml(yaml)?;
+        let proxy = runtime.block_on(metaprotocol_router::Proxy::start(
+            config,
+            metaprotocol_examples::codec_registry(),
+        ))?;
+        Ok(Self {
+            runtime,
+            proxy: Some(proxy),
+        })
+    }
+
+    fn port(&self, listener: &str) -> TestResult<u16> {
+        let addr = self.proxy.as_ref().and_then(|p| p.listener_addr(listener));
+        Ok(addr
+            .ok_or(format!("listener {listener} is not bound"))?
+            .port())
+    }
+}
+
+impl Drop for InProcessProxy {
+    fn drop(&mut self) {
+        if let Some(proxy) = self.proxy.take() {
+            let drained =
+                async { tokio::time::timeout(Duration::from_secs(5), proxy.shutdown()).await };
+            let _ = self.runtime.block_on(drained);
+        }
+    }
+}
+
+/// The routes every test uses for the Greeter methods, sending them to `cluster`.
+fn greeter_routes(cluster: &str) -> String {
+    format!(
+        r#"
+      - name: greeter
+        match:
+          metadata:
+            - {{ key: method, regex: "^(sayHello|ping|pingCount|echoHeader)$" }}
+        route: {{ cluster: {cluster} }}
+        timeout: 10s"#
+    )
+}
+
+/// The exact JSON of a `basic` client run served by `server`.
+fn basic_result(server: &str) -> String {
+    format!(
+        r#"{{"crash": {{"message": "Internal error", "type": 6}}, "error": {{"code": 42, "message": "bad name"}}, "hello": "Hello, w1 from {server}", "hello_again": "Hello, w2 from {server}", "pings": 3}}"#
+    )
+}
+
+#[test]
+fn six_formats_through_the_proxy() -> TestResult {
+    if !tools_ready()? {
+        return Ok(());
+    }
+    let scratch = Scratch::new("six")?;
+    let mut servers = Vec::new();
+    let (mut listeners, mut routes, mut clusters) = (String::new(), String::new(), String::new());
+    for transport in TRANSPORTS {
+        for protocol in PROTOCOLS {
+            let name = format!("{transport}-{protocol}");
+            let server = Server::start(transport, protocol, &name, &scratch)?;
+            listeners += &format!(
+                "\n  - {{ name: {name}, address: 127.0.0.1:0, protocol: thrift, route_config: {name} }}"
+            );
+            routes += &format!("\n  - name: {name}\n    routes:{}", greeter_routes(&name));
+            clusters += &format!(
+                "\n  - name: {name}\n    endpoints: [ {{ address: \"{}\" }} ]",
+                server.address()
+            );
+            servers.push((transport, protocol, name, server));
+        }
+    }
+    let yaml = format!("listeners:{listeners}\nroute_configs:{routes}\nclusters:{clusters}\n");
+    let proxy = InProcessProxy::start(&yaml)?;
+    for (transport, protocol, name, _server) in &servers {
+        let port = proxy.port(name)?;
+        let basic = client(
+            port,
+            transport,
+            protocol,
+            &["basic"],
+            "x-trace-id=abc123",
+            &scratch,
+        )?;
+        assert_eq!(basic, basic_result(name), "{name}");
+        // No route for the method: a TApplicationException UNKNOWN_METHOD the client can read.
+        let unknown = client(port, transport, protocol, &["unknown"], "", &scratch)?;
+        let expected_start = r#"{"exception": {"message": "route_not_found: "#;
+        let expected_end = r#"", "type": 1}, "mtype": 3, "name": "missingMethod", "seqid": 0}"#;
+        assert!(
+            unknown.starts_with(expected_start) && unknown.ends_with(expected_end),
+            "{name}: {unknown}"
+        );
+        assert!(
+            unknown.len() > expected_start.len() + expected_end.len(),
+            "{name}: an empty reason: {unknown}"
+        );
+        println!("{name}: {basic}\n{name}: {unknown}");
+    }
+    Ok(())
+}
+
+#[test]
+fn routes_on_method_and_theader_header_and_mutates_headers() -> TestResult {
+    if !tools_ready()? {
+        return Ok(());
+    }
+    let scratch = Scratch::new("routing")?;
+    let mut checked = 0;
+    for protocol in PROTOCOLS {
+        let alpha = Server::start("header", protocol, "alpha", &scratch)?;
+        let beta = Server::start("header", protocol, "beta", &scratch)?;
+        let yaml = format!(
+            r#"
+listeners:
+  - {{ name: in, address: 127.0.0.1:0, protocol: thrift, route_config: routes }}
+route_configs:
+  - name: routes
+    routes:
+      - name: tenant-beta
+        match:
+          metadata:
+            - {{ key: tenant, exact: beta }}
+        route: {{ cluster: beta }}
+      - name: echo
+        match:
+          metadata:
+            - {{ key: method, exact: echoHeader }}
+        route: {{ cluster: beta }}
+        request_mutation: {{ set: {{ x-routed-by: echo-route }}, remove: [debug] }}{greeter}
+clusters:
+  - {{ name: alpha, endpoints: [ {{ address: "{alpha}" }} ] }}
+  - {{ name: beta, endpoints: [ {{ address: "{beta}" }} ] }}
+"#,
+            greeter = greeter_routes("alpha"),
+            alpha = alpha.address(),
+            beta = beta.address(),
+        );
+        let proxy = InProcessProxy::start(&yaml)?;
+        let port = proxy.port("in")?;
+        let hello = |headers: &str| {
+            client(
+                port,
+                "header",
+                protocol,
+                &["hello", "w1"],
+                headers,
+                &scratch,
+            )
+        };
+        assert_eq!(
+            hello("")?,
+            r#"{"hello": "Hello, w1 from alpha"}"#,
+            "{protocol}: by method"
+        );
+        assert_eq!(
+            hello("tenant=beta")?,
+            r#"{"hello": "Hello, w1 from beta"}"#,
+            "{protocol}: by header"
+        );
+        assert_eq!(
+            hello("tenant=gamma")?,
+            r#"{"hello": "Hello, w1 from alpha"}"#,
+            "{protocol}: header mismatch"
+        );
+        let echo = |key: &str, headers: &str| {
+            client(port, "header", protocol, &["echo", key], headers, &scratch)
+        };
+        // The mutation's header reaches the server; the removed one does not; others pass.
+        assert_eq!(
+            echo("x-routed-by", "")?,
+            r#"{"echo": "echo-route"}"#,
+            "{protocol}"
+        );
+        assert_eq!(echo("debug", "debug=1")?, r#"{"echo": ""}"#, "{protocol}");
+        assert_eq!(
+            echo("x-trace-id", "x-trace-id=abc123")?,
+            r#"{"echo": "abc123"}"#,
+            "{protocol}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 2);
+    Ok(())
+}
+
+#[test]
+fn framed_binary_listener_speaks_theader_compact_upstream() -> TestResult {
+    if !tools_ready()? {
+        return Ok(());
+    }
+    let scratch = Scratch::new("translate")?;
+    let server = Server::start("header", "compact", "upstream", &scratch)?;
+    let yaml = format!(
+        r#"
+listeners:
+  - name: in
+    address: 127.0.0.1:0
+    protocol: thrift
+    codec: {{ transport: framed, protocol: binary }}
+    route_config: routes
+route_configs:
+  - name: routes
+    routes:
+      - name: echo
+        match:
+          metadata:
+            - {{ key: method, exact: echoHeader }}
+        route: {{ cluster: upstream }}
+        request_mutation: {{ set: {{ x-routed-by: translated }} }}{greeter}
+clusters:
+  - name: upstream
+    codec: {{ transport: header, protocol: compact }}
+    endpoints: [ {{ address: "{address}" }} ]
+"#,
+        greeter = greeter_routes("upstream"),
+        address = server.address(),
+    );
+    let proxy = InProcessProxy::start(&yaml)?;
+    let port = proxy.port("in")?;
+    let basic = client(port, "framed", "binary", &["basic"], "", &scratch)?;
+    assert_eq!(basic, basic_result("upstream"));
+    // The client's frames carry no headers; the THeader hop upstream carries the mutation.
+    let echo = client(
+        port,
+        "framed",
+        "binary",
+        &["echo", "x-routed-by"],
+        "",
+        &scratch,
+    )?;
+    assert_eq!(echo, r#"{"echo": "translated"}"#);
+    Ok(())
+}
+
+#[test]
+fn concurrent_clients_with_colliding_seqids_share_upstream_connections() -> TestResult {
+    if !tools_ready()? {
+        return Ok(());
+    }
+    let scratch = Scratch::new("concurrent")?;
+    for (transport, protocol) in [
+        ("framed", "binary"),
+        ("header", "compact"),
+        ("unframed", "compact"),
+    ] {
+        let server = Server::start(transport, protocol, "shared", &scratch)?;
+        let yaml = format!(
+            r#"
+listeners:
+  - {{ name: in, address: 127.0.0.1:0, protocol: thrift, route_config: routes }}
+route_configs:
+  - name: routes
+    routes:{greeter}
+clusters:
+  - {{ name: shared, connections_per_endpoint: 2, endpoints: [ {{ address: "{address}" }} ] }}
+"#,
+            greeter = greeter_routes("shared"),
+            address = server.address(),
+        );
+        let proxy = InProcessProxy::start(&yaml)?;
+        let out = client(
+            proxy.port("in")?,
+            transport,
+            protocol,
+            &["concurrent", "60"],
+            "",
+            &scratch,
+        )?;
+        assert_eq!(
+            out, r#"{"clients": 60, "errors": [], "good": 300}"#,
+            "{transport} {protocol}"
+        );
+        let connections = server.connections();
+        assert!(
+            (1..=2).contains(&connections),
+            "{transport} {protocol}: {connections} upstream connections for 60 clients"
+        );
+        println!(
+            "{transport} {protocol}: 60 clients, 300 calls, {connections} upstream connections"
+        );
+    }
+    Ok(())
+}
