@@ -17,7 +17,6 @@ import queue
 import sys
 import time
 
-import dubbo  # noqa: F401  (installs the `long`/`double` builtins the codec needs)
 import dubbo.client
 from dubbo.codec.hessian2 import DubboHeartBeatResponse
 

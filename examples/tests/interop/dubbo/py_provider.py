@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 
-import dubbo  # noqa: F401  (installs the `long`/`double` builtins dubbo.server needs)
 import dubbo.server
 from dubbo.codec.hessian2 import DubboRequest
 
