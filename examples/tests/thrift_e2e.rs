@@ -64,6 +64,15 @@ fn tools_ready() -> TestResult<bool> {
     Ok(false)
 }
 
+/// The scratch directory of test `name`, or `None` when the test is skipped.
+fn prepare(name: &str) -> TestResult<Option<Scratch>> {
+    if tools_ready()? {
+        Ok(Some(Scratch::new(name)?))
+    } else {
+        Ok(None)
+    }
+}
+
 /// A port that was free a moment ago (bound to 127.0.0.1:0, then released).
 fn free_port() -> TestResult<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -293,10 +302,9 @@ fn basic_result(server: &str) -> String {
 
 #[test]
 fn six_formats_through_the_proxy() -> TestResult {
-    if !tools_ready()? {
+    let Some(scratch) = prepare("six")? else {
         return Ok(());
-    }
-    let scratch = Scratch::new("six")?;
+    };
     let mut servers = Vec::new();
     let (mut listeners, mut routes, mut clusters) = (String::new(), String::new(), String::new());
     for transport in TRANSPORTS {
@@ -346,10 +354,9 @@ fn six_formats_through_the_proxy() -> TestResult {
 
 #[test]
 fn routes_on_method_and_theader_header_and_mutates_headers() -> TestResult {
-    if !tools_ready()? {
+    let Some(scratch) = prepare("routing")? else {
         return Ok(());
-    }
-    let scratch = Scratch::new("routing")?;
+    };
     let mut checked = 0;
     for protocol in PROTOCOLS {
         let alpha = Server::start("header", protocol, "alpha", &scratch)?;
@@ -430,10 +437,9 @@ clusters:
 
 #[test]
 fn framed_binary_listener_speaks_theader_compact_upstream() -> TestResult {
-    if !tools_ready()? {
+    let Some(scratch) = prepare("translate")? else {
         return Ok(());
-    }
-    let scratch = Scratch::new("translate")?;
+    };
     let server = Server::start("header", "compact", "upstream", &scratch)?;
     let yaml = format!(
         r#"
@@ -479,10 +485,9 @@ clusters:
 
 #[test]
 fn concurrent_clients_with_colliding_seqids_share_upstream_connections() -> TestResult {
-    if !tools_ready()? {
+    let Some(scratch) = prepare("concurrent")? else {
         return Ok(());
-    }
-    let scratch = Scratch::new("concurrent")?;
+    };
     for (transport, protocol) in [
         ("framed", "binary"),
         ("header", "compact"),

@@ -16,7 +16,7 @@ use crate::layout::Layout;
 use crate::protocol;
 use crate::stats;
 use crate::theader::{self, InfoSource, Prelude};
-use crate::wire::{Cursor, ReadError, varint_u32_bytes};
+use crate::wire::{Cursor, ReadError, patch, varint_u32_bytes};
 
 static NO_MUTATION: Mutation = Mutation::new();
 
@@ -100,10 +100,11 @@ fn patch_copy(
     };
     let start = dst.len();
     dst.extend_from_slice(&message.frame);
-    let at = start + layout.seqid.start;
-    if let (Some(slot), Some(new)) = (dst.get_mut(at..at + len), encoded.get(..len)) {
-        slot.copy_from_slice(new);
-    }
+    patch(
+        dst,
+        start + layout.seqid.start,
+        encoded.get(..len).unwrap_or_default(),
+    );
     let seq_at = start + theader::SEQ_AT;
     if let (Some(old), Some(seq)) = (old_seqid, dst.get_mut(seq_at..seq_at + 4))
         && *seq == old.to_be_bytes()
@@ -227,9 +228,7 @@ pub(crate) fn write_frame(
     message(dst)?;
     let len = u32::try_from(dst.len() - length_at - 4)
         .map_err(|_| CodecError::Encode(Cow::Borrowed("frame over 4 GiB")))?;
-    if let Some(slot) = dst.get_mut(length_at..length_at + 4) {
-        slot.copy_from_slice(&len.to_be_bytes());
-    }
+    patch(dst, length_at, &len.to_be_bytes());
     Ok(())
 }
 

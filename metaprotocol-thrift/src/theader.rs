@@ -13,10 +13,10 @@ use std::borrow::Cow;
 use std::ops::Range;
 
 use bytes::{BufMut, BytesMut};
-use metaprotocol_core::{CodecError, Mutation};
+use metaprotocol_core::{ByteStr, CodecError, Mutation};
 
 use crate::format::Protocol;
-use crate::wire::{Cursor, ReadError, put_varint};
+use crate::wire::{Cursor, ReadError, patch, put_varint};
 
 /// The two bytes after the length prefix of a THeader frame.
 pub(crate) const MAGIC: [u8; 2] = [0x0f, 0xff];
@@ -242,9 +242,7 @@ pub(crate) fn write_prelude(
     dst.put_bytes(0, padding);
     let words = u16::try_from((dst.len() - block_start) / 4)
         .map_err(|_| CodecError::Encode(Cow::Borrowed("THeader header block over 256 KiB")))?;
-    if let Some(slot) = dst.get_mut(words_at..words_at + 2) {
-        slot.copy_from_slice(&words.to_be_bytes());
-    }
+    patch(dst, words_at, &words.to_be_bytes());
     Ok(())
 }
 
@@ -256,23 +254,20 @@ fn write_edited(
     info: Range<usize>,
     mutation: &Mutation,
 ) -> Result<(), CodecError> {
-    let kept = |group: u8| {
-        InfoHeaders::new(frame, info.clone()).filter(move |header| match header {
-            Ok(h) => {
-                h.group == group
-                    && !mutation.overrides(frame.get(h.key.clone()).unwrap_or_default())
-            }
-            Err(_) => true,
-        })
-    };
-    for group in [INFO_KEYVALUE, INFO_PKEYVALUE] {
-        let extra = if group == INFO_KEYVALUE {
-            mutation.sets().len()
-        } else {
-            0
+    // The mutation's sets join the plain key/value group; persistent headers keep theirs.
+    let groups: [(u8, &[(ByteStr, ByteStr)]); 2] =
+        [(INFO_KEYVALUE, mutation.sets()), (INFO_PKEYVALUE, &[])];
+    for (group, sets) in groups {
+        let kept = || {
+            InfoHeaders::new(frame, info.clone()).filter(move |header| {
+                header.as_ref().map_or(true, |h| {
+                    h.group == group
+                        && !mutation.overrides(frame.get(h.key.clone()).unwrap_or_default())
+                })
+            })
         };
-        let mut count = extra;
-        for header in kept(group) {
+        let mut count = sets.len();
+        for header in kept() {
             header?;
             count += 1;
         }
@@ -281,16 +276,14 @@ fn write_edited(
         }
         put_varint(dst, u64::from(group));
         put_varint(dst, count as u64);
-        for header in kept(group) {
+        for header in kept() {
             let header = header?;
             put_string(dst, frame.get(header.key).unwrap_or_default());
             put_string(dst, frame.get(header.value).unwrap_or_default());
         }
-        if group == INFO_KEYVALUE {
-            for (key, value) in mutation.sets() {
-                put_string(dst, key.as_bytes());
-                put_string(dst, value.as_bytes());
-            }
+        for (key, value) in sets {
+            put_string(dst, key.as_bytes());
+            put_string(dst, value.as_bytes());
         }
     }
     Ok(())

@@ -168,6 +168,14 @@ pub(crate) fn put_varint(dst: &mut BytesMut, mut value: u64) {
     dst.put_u8(value as u8);
 }
 
+/// Overwrites the bytes at `at` in `dst` with `bytes` (a length or id written after the fact);
+/// a range outside `dst` is left alone, as callers only patch what they wrote.
+pub(crate) fn patch(dst: &mut BytesMut, at: usize, bytes: &[u8]) {
+    if let Some(slot) = dst.get_mut(at..at + bytes.len()) {
+        slot.copy_from_slice(bytes);
+    }
+}
+
 /// `value` as a varint in a stack buffer, and how many bytes it takes.
 pub(crate) fn varint_u32_bytes(mut value: u32) -> ([u8; 5], usize) {
     let mut out = [0u8; 5];

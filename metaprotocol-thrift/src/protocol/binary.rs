@@ -16,35 +16,26 @@ const VERSION_MASK: u32 = 0xffff_0000;
 /// Reads a strict or lax message header.
 pub(crate) fn read_message_header(cursor: &mut Cursor<'_>) -> Result<MessageHeader, ReadError> {
     let first = cursor.u32_be()?;
-    if first & 0x8000_0000 != 0 {
+    let (message_type, name) = if first & 0x8000_0000 != 0 {
         if first & VERSION_MASK != VERSION_1 {
             return Err(ReadError::malformed("bad binary protocol version"));
         }
         let message_type = MessageType::from_wire(first as u8)?;
         let len = cursor.length_i32()?;
-        let name = name(cursor, len)?;
-        let seqid_start = cursor.position();
-        let seqid = cursor.i32_be()?;
-        Ok(MessageHeader {
-            message_type,
-            name,
-            seqid,
-            seqid_at: seqid_start..cursor.position(),
-            body_start: cursor.position(),
-        })
+        (message_type, name(cursor, len)?)
     } else {
         let name = name(cursor, first as usize)?;
-        let message_type = MessageType::from_wire(cursor.u8()?)?;
-        let seqid_start = cursor.position();
-        let seqid = cursor.i32_be()?;
-        Ok(MessageHeader {
-            message_type,
-            name,
-            seqid,
-            seqid_at: seqid_start..cursor.position(),
-            body_start: cursor.position(),
-        })
-    }
+        (MessageType::from_wire(cursor.u8()?)?, name)
+    };
+    let seqid_start = cursor.position();
+    let seqid = cursor.i32_be()?;
+    Ok(MessageHeader {
+        message_type,
+        name,
+        seqid,
+        seqid_at: seqid_start..cursor.position(),
+        body_start: cursor.position(),
+    })
 }
 
 fn name(cursor: &mut Cursor<'_>, len: usize) -> Result<std::ops::Range<usize>, ReadError> {

@@ -1,0 +1,91 @@
+//! THeader details: the `seq` field's two conventions and persistent (`PKEYVALUE`) headers.
+
+mod common;
+
+use bytes::{BufMut, BytesMut};
+use common::{TestResult, auto_codec, decode_one, goldens};
+use metaprotocol_core::{ByteStr, EncodeParams, Message, Mutation, WireVariant};
+
+fn encode(
+    message: &Message,
+    request_id: u64,
+    mutation: &Mutation,
+) -> Result<BytesMut, Box<dyn std::error::Error>> {
+    let mut out = BytesMut::new();
+    let params = EncodeParams {
+        request_id,
+        variant: WireVariant::DEFAULT,
+        mutation,
+    };
+    auto_codec().encode(message, &params, &mut out)?;
+    Ok(out)
+}
+
+fn header(message: &Message, key: &str) -> Option<String> {
+    message.metadata.get(key).map(ByteStr::to_string)
+}
+
+#[test]
+fn seq_follows_the_seqid_only_when_it_mirrored_it() -> TestResult {
+    let golden = goldens()?
+        .into_iter()
+        .find(|g| g.name == "binary-header-hello.req.hex")
+        .ok_or("missing")?;
+    let python_style = decode_one(&encode(&decode_one(&golden.bytes)?, 5, &Mutation::new())?)?;
+    assert_eq!(&python_style.frame[8..12], &5u32.to_be_bytes());
+    let rewritten = encode(&python_style, 9, &Mutation::new())?;
+    assert_eq!(
+        &rewritten[8..12],
+        &9u32.to_be_bytes(),
+        "seq mirrored the seqid: follows it"
+    );
+
+    // Node's client leaves seq at 0 while its seqids count up: the rewrite leaves it alone.
+    let mut node_style = python_style.frame.to_vec();
+    node_style[8..12].copy_from_slice(&[0, 0, 0, 0]);
+    let node_style = decode_one(&node_style)?;
+    assert_eq!(node_style.request_id, 5);
+    for mutation in [Mutation::new(), {
+        let mut m = Mutation::new();
+        m.set("x".into(), "1".into());
+        m
+    }] {
+        let rewritten = encode(&node_style, 9, &mutation)?;
+        assert_eq!(&rewritten[8..12], &[0, 0, 0, 0]);
+        assert_eq!(decode_one(&rewritten)?.request_id, 9);
+    }
+    Ok(())
+}
+
+#[test]
+fn persistent_headers_are_read_and_kept_in_their_group() -> TestResult {
+    // Header block: binary, no transforms, PKEYVALUE {p: 1}, KEYVALUE {k: v}, padding.
+    let block = [0u8, 0, 2, 1, 1, b'p', 1, b'1', 1, 1, 1, b'k', 1, b'v', 0, 0];
+    let call = [0x80u8, 1, 0, 1, 0, 0, 0, 1, b'm', 0, 0, 0, 3, 0];
+    let mut frame = BytesMut::new();
+    frame.put_u32((10 + block.len() + call.len()) as u32);
+    frame.extend_from_slice(&[0x0f, 0xff, 0, 0, 0, 0, 0, 3]);
+    frame.put_u16((block.len() / 4) as u16);
+    frame.extend_from_slice(&block);
+    frame.extend_from_slice(&call);
+    let message = decode_one(&frame)?;
+    assert_eq!(header(&message, "p").as_deref(), Some("1"));
+    assert_eq!(header(&message, "k").as_deref(), Some("v"));
+    assert_eq!(header(&message, "method").as_deref(), Some("m"));
+
+    let mut mutation = Mutation::new();
+    mutation.remove("k".into());
+    mutation.set("x".into(), "y".into());
+    let out = encode(&message, 3, &mutation)?;
+    let mutated = decode_one(&out)?;
+    assert_eq!(header(&mutated, "p").as_deref(), Some("1"));
+    assert_eq!(header(&mutated, "x").as_deref(), Some("y"));
+    assert_eq!(header(&mutated, "k"), None);
+    let persistent_group = [2u8, 1, 1, b'p', 1, b'1'];
+    assert!(
+        out.windows(persistent_group.len())
+            .any(|w| w == persistent_group),
+        "{out:?}"
+    );
+    Ok(())
+}
