@@ -6,9 +6,9 @@
 //! The engine runs in process. Covered: the six {binary, compact} x {framed, unframed, THeader}
 //! combinations (calls, one-way calls, declared exceptions, `TApplicationException`, a route
 //! miss answered with a readable `TApplicationException`), routing on the method and on a
-//! THeader header, a `request_mutation` header seen by the server, a framed-binary listener
-//! speaking THeader compact upstream, and 60 concurrent clients that all send seqid 0 sharing
-//! a couple of upstream connections.
+//! THeader header, a `request_mutation` header seen by the server and a `response_mutation`
+//! header seen by the client, a framed-binary listener speaking THeader compact upstream, and
+//! 60 concurrent clients that all send seqid 0 sharing a couple of upstream connections.
 //!
 //! The Python library is installed by `tests/interop/thrift/setup.sh` (a venv next to it; a
 //! `python3` that can `import thrift` also works). Without it each test prints `skipped: ...`
@@ -373,6 +373,7 @@ route_configs:
           metadata:
             - {{ key: tenant, exact: beta }}
         route: {{ cluster: beta }}
+        response_mutation: {{ set: {{ x-served-via: beta-route }} }}
       - name: echo
         match:
           metadata:
@@ -401,17 +402,17 @@ clusters:
         };
         assert_eq!(
             hello("")?,
-            r#"{"hello": "Hello, w1 from alpha"}"#,
+            r#"{"hello": "Hello, w1 from alpha", "response_headers": {}}"#,
             "{protocol}: by method"
         );
         assert_eq!(
             hello("tenant=beta")?,
-            r#"{"hello": "Hello, w1 from beta"}"#,
+            r#"{"hello": "Hello, w1 from beta", "response_headers": {"x-served-via": "beta-route"}}"#,
             "{protocol}: by header"
         );
         assert_eq!(
             hello("tenant=gamma")?,
-            r#"{"hello": "Hello, w1 from alpha"}"#,
+            r#"{"hello": "Hello, w1 from alpha", "response_headers": {}}"#,
             "{protocol}: header mismatch"
         );
         let echo = |key: &str, headers: &str| {

@@ -4,7 +4,8 @@ Usage: client.py PORT TRANSPORT PROTOCOL SCENARIO [ARG]
 Prints one JSON object with the results. Scenarios:
   basic          sayHello("w1"), the declared exception, the TApplicationException, three
                  one-way pings and the server's ping count (polled until it reaches 3)
-  hello NAME     sayHello(NAME), with THeader headers from env THRIFT_HEADERS ("k=v,k2=v2")
+  hello NAME     sayHello(NAME), with THeader headers from env THRIFT_HEADERS ("k=v,k2=v2");
+                 over THeader, also the headers of the reply
   echo KEY       echoHeader(KEY), with the same THeader headers
   unknown        a call to a method the proxy has no route for; reports the exception
   concurrent N   N clients on N connections at once, each calling sayHello("c<i>") 5 times
@@ -148,6 +149,9 @@ def main():
         elif scenario == "hello":
             conn.set_headers()
             out = {"hello": conn.client.sayHello(arg)}
+            if isinstance(conn.proto, THeaderProtocol):
+                received = conn.proto.get_headers()
+                out["response_headers"] = {k.decode(): v.decode() for k, v in received.items()}
         elif scenario == "echo":
             conn.set_headers()
             out = {"echo": conn.client.echoHeader(arg)}
