@@ -4,7 +4,7 @@
 //
 //   node node_provider.js --port 20881 --name v1 [--record calls.log]
 //
-// Prints `ready <port>` once listening. Names with a meaning:
+// Prints `ready <port>` once listening, and exits when its stdin closes. Names with a meaning:
 //   crash       -> the handler throws: sofa answers status 80 SERVER_ERROR "boom"
 //   sleep-<ms>  -> the reply is delayed by <ms> milliseconds
 // Every call that arrives is appended to --record as one tab-separated line:
@@ -83,5 +83,8 @@ server.start().then(() => {
   process.exit(2);
 });
 
+// The test holds stdin open; when it goes, so does the provider.
+process.stdin.on('end', () => process.exit(0));
+process.stdin.resume();
 process.on('SIGTERM', () => process.exit(0));
 process.on('SIGINT', () => process.exit(0));

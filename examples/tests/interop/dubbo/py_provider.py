@@ -3,7 +3,7 @@ DemoService:1.0.0 sayHello(String) on 127.0.0.1 without zookeeper.
 
     python py_provider.py --port 20882 --name v2 [--record calls.log]
 
-Prints `ready <port>` once listening. Names with a meaning:
+Prints `ready <port>` once listening, and exits when its stdin closes. Names with a meaning:
     crash       -> the handler raises: dubbo-py answers status 90 with "boom"
     sleep-<ms>  -> the reply is delayed by <ms> milliseconds
 Every call that arrives is appended to --record as one tab-separated line:
@@ -75,6 +75,13 @@ def main():
     print(f"ready {args.port}", flush=True)
 
     stop = threading.Event()
+
+    def stop_when_stdin_closes():
+        # The test holds stdin open; when it goes, so does the provider.
+        sys.stdin.read()
+        stop.set()
+
+    threading.Thread(target=stop_when_stdin_closes, daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()

@@ -3,7 +3,7 @@
 use std::fs::{self, File};
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -38,9 +38,12 @@ impl Drop for Scratch {
 }
 
 /// A child process run in the interop folder, killed and reaped when dropped; its stdout and
-/// stderr go to files in the scratch directory.
+/// stderr go to files in the scratch directory. Its stdin is a pipe held open until the drop:
+/// the providers exit when it closes, so they go with the test process even if that is
+/// killed before it can drop anything.
 pub struct ChildGuard {
     child: Child,
+    _stdin: Option<ChildStdin>,
     what: String,
     stdout: PathBuf,
     stderr: PathBuf,
@@ -51,15 +54,17 @@ impl ChildGuard {
     pub fn spawn(mut command: Command, what: &str, scratch: &Scratch) -> TestResult<Self> {
         let stdout = scratch.path(&format!("{what}.out"));
         let stderr = scratch.path(&format!("{what}.err"));
-        let child = command
+        let mut child = command
             .current_dir(interop_dir())
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(File::create(&stdout)?)
             .stderr(File::create(&stderr)?)
             .spawn()
             .map_err(|e| format!("cannot start {what}: {e}"))?;
+        let stdin = child.stdin.take();
         Ok(Self {
             child,
+            _stdin: stdin,
             what: what.to_owned(),
             stdout,
             stderr,
