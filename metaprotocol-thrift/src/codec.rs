@@ -27,11 +27,12 @@ pub struct ThriftCodec {
 }
 
 impl ThriftCodec {
-    /// A codec accepting `expected` (open parts detected), with a frame size cap.
+    /// A codec accepting `expected` (open parts detected), with a frame size cap (at most
+    /// `i32::MAX`, the largest length Thrift can express).
     pub fn new(expected: FormatChoice, max_frame_bytes: usize) -> Self {
         Self {
             expected,
-            max_frame_bytes,
+            max_frame_bytes: max_frame_bytes.min(i32::MAX as usize),
         }
     }
 }

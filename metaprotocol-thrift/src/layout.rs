@@ -18,7 +18,7 @@ pub(crate) struct Layout {
 
 impl From<Layout> for FrameLayout {
     fn from(layout: Layout) -> Self {
-        // Frames are capped at max_frame_bytes, far below 4 GiB, so offsets fit a u32.
+        // Frames are capped at max_frame_bytes <= i32::MAX (see ThriftCodec::new): offsets fit.
         FrameLayout([
             layout.payload_start as u32,
             layout.seqid.start as u32,

@@ -32,8 +32,12 @@ impl ThriftOptions {
     /// Reads the options, rejecting unknown ones and unknown values with the field's name.
     pub fn parse(options: &CodecOptions) -> Result<Self, OptionsError> {
         options.allow_only(&[TRANSPORT, PROTOCOL_OPTION])?;
-        if options.max_frame_bytes == 0 {
-            return Err(OptionsError::new("max_frame_bytes", "must be at least 1"));
+        // Thrift lengths are i32 and the codec keeps frame offsets in u32s.
+        if options.max_frame_bytes == 0 || options.max_frame_bytes > i32::MAX as usize {
+            return Err(OptionsError::new(
+                "max_frame_bytes",
+                "must be between 1 and 2147483647 (Thrift lengths are i32)",
+            ));
         }
         let transport = match options.get(TRANSPORT) {
             None | Some("auto") => None,
@@ -99,6 +103,12 @@ mod tests {
         assert_eq!(
             ThriftOptions::parse(&options).map_err(|e| e.field),
             Err(TRANSPORT.to_owned())
+        );
+
+        let too_big = CodecOptions::with_max_frame_bytes(usize::MAX);
+        assert_eq!(
+            ThriftOptions::parse(&too_big).map_err(|e| e.field),
+            Err("max_frame_bytes".to_owned())
         );
 
         let mut options = CodecOptions::default();
