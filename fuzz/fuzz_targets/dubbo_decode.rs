@@ -21,7 +21,10 @@ fn decode_again(bytes: &[u8]) -> Message {
     let mut buf = BytesMut::from(bytes);
     match codec(Side::Upstream).decode(&mut buf) {
         Ok(Some(message)) if buf.is_empty() => message,
-        other => panic!("re-encoded frame does not decode: {other:?} ({} left)", buf.len()),
+        other => panic!(
+            "re-encoded frame does not decode: {other:?} ({} left)",
+            buf.len()
+        ),
     }
 }
 
@@ -63,7 +66,10 @@ fn check(message: &Message) {
             assert_eq!(again.metadata.get("x-fuzz").map(ByteStr::as_str), Some("1"));
             assert!(again.metadata.get("tenant").is_none());
             assert_eq!(again.metadata.get("method"), message.metadata.get("method"));
-            assert_eq!(again.metadata.get("interface"), message.metadata.get("interface"));
+            assert_eq!(
+                again.metadata.get("interface"),
+                message.metadata.get("interface")
+            );
         }
     }
 

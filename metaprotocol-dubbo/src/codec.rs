@@ -49,34 +49,8 @@ impl Codec for DubboCodec {
             return Ok(None);
         }
         let frame = src.split_to(frame_len).freeze();
-        let kind = header.kind();
-        let mut message = Message::new(kind, header.request_id, frame);
-        match kind {
-            MessageKind::Heartbeat => {}
-            // dubbo-py answers heartbeats with status 0; Java and Node with 20.
-            MessageKind::HeartbeatReply if matches!(header.status, 0 | status::OK) => {}
-            MessageKind::HeartbeatReply => message.status = ResponseStatus::ServerError,
-            MessageKind::Request | MessageKind::Oneway if header.serialization() == HESSIAN2 => {
-                let (metadata, layout) = request::decode(&message.frame)?;
-                message.metadata = metadata;
-                message.layout = layout.into();
-            }
-            MessageKind::Request | MessageKind::Oneway => {
-                message.reject_reason = Some(unsupported_reason(header.serialization()));
-            }
-            MessageKind::Response if header.status != status::OK => {
-                message.status = ResponseStatus::ServerError;
-            }
-            MessageKind::Response if header.serialization() == HESSIAN2 => {
-                let (response_status, metadata, layout) = response::decode(&message.frame)?;
-                message.status = response_status;
-                message.metadata = metadata;
-                message.layout = layout.into();
-            }
-            // Status 20 in another serialization: the result flag is unreadable, the status is
-            // what the header says.
-            MessageKind::Response => {}
-        }
+        let mut message = Message::new(header.kind(), header.request_id, frame);
+        read_body(&header, &mut message)?;
         Ok(Some(message))
     }
 
@@ -200,6 +174,39 @@ fn map_cursor(
         }
         _ => response::reader_at_attachments(frame).map(|(r, s)| (r, s, layout.map)),
     }
+}
+
+/// Fills in what the body of `message` says, by kind: metadata and layout of Hessian2 calls
+/// and responses, the outcome of responses, the reject reason of calls in other
+/// serializations. Heartbeat bodies are not read.
+fn read_body(header: &Header, message: &mut Message) -> Result<(), CodecError> {
+    match message.kind {
+        MessageKind::Heartbeat => {}
+        // dubbo-py answers heartbeats with status 0; Java and Node with 20.
+        MessageKind::HeartbeatReply if matches!(header.status, 0 | status::OK) => {}
+        MessageKind::HeartbeatReply => message.status = ResponseStatus::ServerError,
+        MessageKind::Request | MessageKind::Oneway if header.serialization() == HESSIAN2 => {
+            let (metadata, layout) = request::decode(&message.frame)?;
+            message.metadata = metadata;
+            message.layout = layout.into();
+        }
+        MessageKind::Request | MessageKind::Oneway => {
+            message.reject_reason = Some(unsupported_reason(header.serialization()));
+        }
+        MessageKind::Response if header.status != status::OK => {
+            message.status = ResponseStatus::ServerError;
+        }
+        MessageKind::Response if header.serialization() == HESSIAN2 => {
+            let (status, metadata, layout) = response::decode(&message.frame)?;
+            message.status = status;
+            message.metadata = metadata;
+            message.layout = layout.into();
+        }
+        // Status 20 in another serialization: the result flag is unreadable, the status is
+        // what the header says.
+        MessageKind::Response => {}
+    }
+    Ok(())
 }
 
 /// About the bytes a mutation's sets add (string data plus tags), to reserve once.
