@@ -280,6 +280,13 @@ impl Drop for InProcessProxy {
     }
 }
 
+/// The start of a config with one auto-detecting listener, `in`, and its routes (to follow).
+const ONE_LISTENER: &str = "listeners:
+  - { name: in, address: 127.0.0.1:0, protocol: thrift, route_config: routes }
+route_configs:
+  - name: routes
+    routes:";
+
 /// The routes every test uses for the Greeter methods, sending them to `cluster`.
 fn greeter_routes(cluster: &str) -> String {
     format!(
@@ -363,11 +370,7 @@ fn routes_on_method_and_theader_header_and_mutates_headers() -> TestResult {
         let beta = Server::start("header", protocol, "beta", &scratch)?;
         let yaml = format!(
             r#"
-listeners:
-  - {{ name: in, address: 127.0.0.1:0, protocol: thrift, route_config: routes }}
-route_configs:
-  - name: routes
-    routes:
+{ONE_LISTENER}
       - name: tenant-beta
         match:
           metadata:
@@ -497,11 +500,7 @@ fn concurrent_clients_with_colliding_seqids_share_upstream_connections() -> Test
         let server = Server::start(transport, protocol, "shared", &scratch)?;
         let yaml = format!(
             r#"
-listeners:
-  - {{ name: in, address: 127.0.0.1:0, protocol: thrift, route_config: routes }}
-route_configs:
-  - name: routes
-    routes:{greeter}
+{ONE_LISTENER}{greeter}
 clusters:
   - {{ name: shared, connections_per_endpoint: 2, endpoints: [ {{ address: "{address}" }} ] }}
 "#,
