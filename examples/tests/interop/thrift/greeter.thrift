@@ -1,5 +1,5 @@
 // The service the end-to-end tests call through the proxy.
-// Python code generated with: thrift --gen py:package_prefix=gen_py. -out gen_py greeter.thrift
+// Python code generated with: thrift --gen py -out gen_py greeter.thrift
 // (Debian thrift-compiler 0.17.0); see setup.sh.
 namespace py greeter
 
