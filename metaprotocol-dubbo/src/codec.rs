@@ -2,7 +2,7 @@
 
 use bytes::{BufMut, BytesMut};
 use metaprotocol_core::{
-    Codec, CodecError, EncodeParams, LocalReply, Message, MessageKind, ResponseStatus,
+    Codec, CodecError, EncodeParams, LocalReply, Message, MessageKind, ResponseStatus, WireVariant,
 };
 
 use crate::attachments::{self, MapBounds, slice};
@@ -13,6 +13,12 @@ use crate::hessian::skip::Skipper;
 use crate::layout::{AttachmentsLayout, Body};
 use crate::response::ResultFlag;
 use crate::serialization::{HESSIAN2, unsupported_reason};
+
+/// The variant of requests whose client reads response attachments (Dubbo protocol versions
+/// 2.0.2 to 2.0.99). A response encoded for any other variant never gains attachments: the
+/// clients that send older or framework version numbers (dubbo-py sends 2.5.3) cannot decode
+/// result flags 3 to 5. Upstream connections do not depend on it.
+pub const READS_RESPONSE_ATTACHMENTS: WireVariant = WireVariant(1);
 use crate::{reply, request, response, status};
 
 /// The Dubbo2 codec for one connection and direction.
@@ -60,19 +66,19 @@ impl Codec for DubboCodec {
         params: &EncodeParams<'_>,
         dst: &mut BytesMut,
     ) -> Result<(), CodecError> {
-        if params.variant != message.variant {
-            return Err(CodecError::Unsupported(
-                "Dubbo has a single wire variant".into(),
-            ));
-        }
         let frame = &message.frame[..];
         if !matches!(Header::peek(frame), Ok(Some(_))) {
             return Err(CodecError::Encode("not a Dubbo frame".into()));
         }
         let layout = AttachmentsLayout::from(message.layout);
-        if params.mutation.is_empty() || (layout.body == Body::Opaque && !message.kind.is_call()) {
-            // Responses that cannot carry attachments (errors, events, other serializations)
-            // travel unchanged: dropping a response mutation beats failing the client's call.
+        let client_reads_attachments = params.variant == READS_RESPONSE_ATTACHMENTS;
+        if params.mutation.is_empty()
+            || (!message.kind.is_call()
+                && (layout.body == Body::Opaque || !client_reads_attachments))
+        {
+            // Responses that cannot carry attachments (errors, events, other serializations, or
+            // a client too old to read them) travel unchanged: dropping a response mutation
+            // beats failing the client's call.
             let start = dst.len();
             dst.extend_from_slice(frame);
             patch_request_id(dst, start, params.request_id);
@@ -186,9 +192,12 @@ fn read_body(header: &Header, message: &mut Message) -> Result<(), CodecError> {
         MessageKind::HeartbeatReply if matches!(header.status, 0 | status::OK) => {}
         MessageKind::HeartbeatReply => message.status = ResponseStatus::ServerError,
         MessageKind::Request | MessageKind::Oneway if header.serialization() == HESSIAN2 => {
-            let (metadata, layout) = request::decode(&message.frame)?;
-            message.metadata = metadata;
-            message.layout = layout.into();
+            let request = request::decode(&message.frame)?;
+            message.metadata = request.metadata;
+            message.layout = request.layout.into();
+            if request.reads_response_attachments {
+                message.variant = READS_RESPONSE_ATTACHMENTS;
+            }
         }
         MessageKind::Request | MessageKind::Oneway => {
             message.reject_reason = Some(unsupported_reason(header.serialization()));

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use metaprotocol_core::{Codec, CodecFactory, CodecOptions, OptionsError, Side, WireVariant};
+use metaprotocol_core::{
+    Codec, CodecFactory, CodecOptions, Message, OptionsError, Side, WireVariant,
+};
 
 use crate::header::HEADER_LEN;
 use crate::{DubboCodec, PROTOCOL};
@@ -41,6 +43,11 @@ impl CodecFactory for DubboCodecFactory {
 
     fn new_codec(&self, _side: Side, _variant: WireVariant) -> Box<dyn Codec> {
         Box::new(DubboCodec::new(self.max_frame_bytes))
+    }
+
+    /// Upstream requests carry no client-specific encoding, so all clients share connections.
+    fn upstream_variant(&self, _request: &Message) -> WireVariant {
+        WireVariant::DEFAULT
     }
 
     /// Java clients and servers hold request ids in a signed `long`.

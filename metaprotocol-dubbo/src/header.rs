@@ -87,11 +87,6 @@ impl Header {
         frame.get(2).map_or(0, |flag| flag & SERIALIZATION_MASK)
     }
 
-    /// True if the flag byte of `frame` asks for a response.
-    pub(crate) fn is_two_way(frame: &[u8]) -> bool {
-        frame.get(2).is_some_and(|flag| flag & FLAG_TWO_WAY != 0)
-    }
-
     /// Appends a header; the body length is patched by [`patch_body_len`] once the body is
     /// written.
     pub(crate) fn put(dst: &mut BytesMut, flag: u8, status: u8, request_id: u64) {

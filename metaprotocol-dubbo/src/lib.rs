@@ -126,8 +126,9 @@ pub mod status;
 
 use metaprotocol_core::CodecRegistry;
 
-pub use codec::DubboCodec;
+pub use codec::{DubboCodec, READS_RESPONSE_ATTACHMENTS};
 pub use factory::DubboCodecFactory;
+pub use request::reads_response_attachments;
 
 /// The protocol's registered name.
 pub const PROTOCOL: &str = "dubbo";

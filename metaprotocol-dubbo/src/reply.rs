@@ -33,17 +33,17 @@ pub(crate) fn write_local_reply(
     finish(dst, start, max_frame_bytes)
 }
 
-/// Appends the answer to a two-way heartbeat: an event response with status 20 and a null
-/// body, in the heartbeat's own serialization (for serializations other than Hessian2 the
-/// heartbeat's body, which is that serialization's null, is echoed). One-way heartbeats
-/// (dubbo-py's) get nothing.
+/// Appends the answer to a heartbeat: an event response with status 20 and a null body, in the
+/// heartbeat's own serialization (for serializations other than Hessian2 the heartbeat's body,
+/// which is that serialization's null, is echoed). One-way heartbeats (dubbo-py's) are answered
+/// too, as every real provider does: dubbo-py waits for that answer.
 pub(crate) fn write_heartbeat_reply(
     heartbeat: &Message,
     max_frame_bytes: usize,
     dst: &mut BytesMut,
 ) -> Result<(), CodecError> {
     let frame = &heartbeat.frame[..];
-    if heartbeat.kind != MessageKind::Heartbeat || !Header::is_two_way(frame) {
+    if heartbeat.kind != MessageKind::Heartbeat {
         return Ok(());
     }
     let start = dst.len();

@@ -17,8 +17,16 @@ use crate::hessian::reader::{Reader, StringData};
 use crate::hessian::skip::Skipper;
 use crate::layout::{AttachmentsLayout, Body};
 
+/// What a request's decoding yields: its metadata, its layout, and whether its client reads
+/// response attachments.
+pub(crate) struct DecodedRequest {
+    pub metadata: Metadata,
+    pub layout: AttachmentsLayout,
+    pub reads_response_attachments: bool,
+}
+
 /// Decodes the metadata and layout of a Hessian2 request frame.
-pub(crate) fn decode(frame: &Bytes) -> Result<(Metadata, AttachmentsLayout), CodecError> {
+pub(crate) fn decode(frame: &Bytes) -> Result<DecodedRequest, CodecError> {
     let (fields, mut reader, mut skipper) = read_call(frame)?;
     let mut metadata = Metadata::new();
     let text = |data: &Option<StringData>| data.as_ref().and_then(|d| d.to_byte_str(frame));
@@ -44,7 +52,42 @@ pub(crate) fn decode(frame: &Bytes) -> Result<(Metadata, AttachmentsLayout), Cod
         map,
         class_defs: skipper.class_defs(),
     };
-    Ok((metadata, layout))
+    let reads_response_attachments = fields
+        .dubbo_version
+        .as_ref()
+        .is_some_and(|v| reads_response_attachments(v.raw(frame)));
+    Ok(DecodedRequest {
+        metadata,
+        layout,
+        reads_response_attachments,
+    })
+}
+
+/// True if a client speaking Dubbo protocol `version` understands result flags 3-5 (a result
+/// followed by attachments). Like Java Dubbo's `Version.isSupportResponseAttachment`: protocol
+/// versions 2.0.2 to 2.0.99. Clients outside the range (dubbo-py's default 2.5.3, a framework
+/// version number) fail on such responses, so they get none.
+pub fn reads_response_attachments(version: &[u8]) -> bool {
+    let Ok(version) = std::str::from_utf8(version) else {
+        return false;
+    };
+    let mut number = 0u64;
+    let mut parts = 0;
+    for part in version.split('.') {
+        let Ok(value) = part.parse::<u64>() else {
+            return false;
+        };
+        // Java's Version.getIntVersion: two decimal digits per part, four parts.
+        number = number * 100 + value.min(99);
+        parts += 1;
+    }
+    if parts == 0 || parts > 4 {
+        return false;
+    }
+    for _ in parts..4 {
+        number *= 100;
+    }
+    (2_000_200..=2_009_900).contains(&number)
 }
 
 /// A reader at the attachments map of a request `frame`, with the class definitions of the
@@ -64,6 +107,7 @@ fn read_call(frame: &[u8]) -> Result<(CallFields, Reader<'_>, Skipper), CodecErr
 
 /// The header fields of a call (each may be null).
 struct CallFields {
+    dubbo_version: Option<StringData>,
     path: Option<StringData>,
     version: Option<StringData>,
     method: Option<StringData>,
@@ -72,8 +116,8 @@ struct CallFields {
 
 impl CallFields {
     fn read(reader: &mut Reader<'_>) -> Result<Self, CodecError> {
-        let _dubbo_version = reader.string()?;
         Ok(Self {
+            dubbo_version: reader.string()?,
             path: reader.string()?,
             version: reader.string()?,
             method: reader.string()?,

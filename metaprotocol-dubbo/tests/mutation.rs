@@ -5,9 +5,10 @@ mod common;
 
 use common::hessian::{Value, Writer, request_body};
 use common::{
-    SERVICE, TestResult, body_len, decode_all, decode_one, encode, frame, golden, golden_files,
-    meta, mutation,
+    SERVICE, TestResult, body_len, decode_all, decode_one, encode, encode_for, frame, golden,
+    golden_files, meta, mutation,
 };
+use metaprotocol_core::WireVariant;
 use metaprotocol_core::{CodecError, MessageKind, Mutation, ResponseStatus};
 
 /// The codec-private slot holding where the attachments map starts (see the crate's layout
@@ -71,6 +72,56 @@ fn non_string_attachments_survive_a_rewrite() -> TestResult {
     assert!(!replaced.windows(9).any(|w| w == timeout_int));
     assert_eq!(meta(&decode_one(&replaced)?, "timeout"), Some("5000"));
     Ok(())
+}
+
+#[test]
+fn clients_that_cannot_read_response_attachments_get_the_response_unchanged() -> TestResult {
+    // dubbo-py's default protocol version is 2.5.3, and it fails on result flags 3 to 5 (the
+    // capture was made with 2.0.2; same-length patch to the default).
+    let mut old = golden("dubbopy__py__hello.req.hex")?.bytes.to_vec();
+    let at = old
+        .windows(5)
+        .position(|w| w == b"2.0.2")
+        .ok_or("no version")?;
+    old[at..at + 5].copy_from_slice(b"2.5.3");
+    let dubbo_py = decode_one(&old)?;
+    assert_eq!(dubbo_py.variant, WireVariant::DEFAULT);
+    let dubbo_js = decode_one(&golden("dubbojs__node__hello.req.hex")?.bytes)?;
+    assert_eq!(
+        dubbo_js.variant,
+        metaprotocol_dubbo::READS_RESPONSE_ATTACHMENTS
+    );
+    let response = decode_one(&golden("dubbopy__py__hello.resp.hex")?.bytes)?;
+    let edit = mutation(&[("x-served-by", "proxy")], &[]);
+    let bytes = encode_for(&response, 7, &edit, dubbo_py.variant)?;
+    assert_eq!(bytes[..4], response.frame[..4]);
+    assert_eq!(bytes[4..12], 7u64.to_be_bytes());
+    assert_eq!(bytes[12..], response.frame[12..]);
+    let bytes = encode_for(&response, 7, &edit, dubbo_js.variant)?;
+    assert_eq!(meta(&decode_one(&bytes)?, "x-served-by"), Some("proxy"));
+    Ok(())
+}
+
+#[test]
+fn the_protocol_version_rule_follows_java() {
+    use metaprotocol_dubbo::reads_response_attachments as reads;
+    for yes in ["2.0.2", "2.0.3", "2.0.10", "2.0.99"] {
+        assert!(reads(yes.as_bytes()), "{yes}");
+    }
+    for no in [
+        "",
+        "2.0.1",
+        "2.1.0",
+        "2.5.3",
+        "2.6.2",
+        "2.7.0",
+        "3.0.0",
+        "x",
+        "2..0",
+        "1.2.3.4.5",
+    ] {
+        assert!(!reads(no.as_bytes()), "{no}");
+    }
 }
 
 #[test]

@@ -119,10 +119,12 @@ fn two_way_heartbeats_get_the_providers_answer() -> TestResult {
 }
 
 #[test]
-fn one_way_heartbeats_get_nothing() -> TestResult {
-    let heartbeat = decode_one(&golden("dubbopy__py__heartbeat.req.hex")?.bytes)?;
+fn one_way_heartbeats_get_the_providers_answer_too() -> TestResult {
+    // dubbo-py's heartbeat is one-way, yet it waits for an answer, and real providers send one.
+    let heartbeat = decode_one(&golden("dubbopy__node__heartbeat.req.hex")?.bytes)?;
     assert_eq!(heartbeat.kind, MessageKind::Heartbeat);
-    assert!(heartbeat_reply(&heartbeat)?.is_empty());
+    let provider = golden("dubbopy__node__heartbeat.resp.hex")?.bytes;
+    assert_eq!(heartbeat_reply(&heartbeat)?, provider);
     // Not a heartbeat at all: nothing either.
     let request = decode_one(&golden("node__node__hello.req.hex")?.bytes)?;
     assert!(heartbeat_reply(&request)?.is_empty());

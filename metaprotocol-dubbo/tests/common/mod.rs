@@ -182,10 +182,26 @@ pub fn encode(
     id: u64,
     mutation: &Mutation,
 ) -> Result<Vec<u8>, metaprotocol_core::CodecError> {
+    encode_for(
+        message,
+        id,
+        mutation,
+        metaprotocol_dubbo::READS_RESPONSE_ATTACHMENTS,
+    )
+}
+
+/// Encodes `message` for a client of `variant` (responses gain attachments only for clients
+/// that read them).
+pub fn encode_for(
+    message: &Message,
+    id: u64,
+    mutation: &Mutation,
+    variant: WireVariant,
+) -> Result<Vec<u8>, metaprotocol_core::CodecError> {
     let mut dst = BytesMut::new();
     let params = EncodeParams {
         request_id: id,
-        variant: WireVariant::DEFAULT,
+        variant,
         mutation,
     };
     codec().encode(message, &params, &mut dst)?;
