@@ -230,6 +230,20 @@ mod tests {
         )
     }
 
+    async fn run_request(
+        chain: &FilterChain,
+        request: &Message,
+        mutation: &mut Mutation,
+    ) -> Result<(), LocalReply> {
+        let conn = connection();
+        let mut ctx = RequestContext {
+            request,
+            mutation,
+            connection: &conn,
+        };
+        chain.on_request(&mut ctx).await
+    }
+
     #[tokio::test]
     async fn requests_in_order_responses_in_reverse_and_waits_resolve() {
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -237,12 +251,7 @@ mod tests {
         let request = Message::new(MessageKind::Request, 1, Bytes::new());
         let conn = connection();
         let mut mutation = Mutation::new();
-        let mut ctx = RequestContext {
-            request: &request,
-            mutation: &mut mutation,
-            connection: &conn,
-        };
-        assert_eq!(chain.on_request(&mut ctx).await, Ok(()));
+        assert_eq!(run_request(&chain, &request, &mut mutation).await, Ok(()));
         assert_eq!(mutation.sets()[0].1, "b");
         let mut ctx = ResponseContext {
             request: &request,
@@ -260,14 +269,7 @@ mod tests {
         let log = Arc::new(Mutex::new(Vec::new()));
         let chain = chain(&log, &[("deny", true, false), ("never", false, false)]);
         let request = Message::new(MessageKind::Request, 1, Bytes::new());
-        let conn = connection();
-        let mut mutation = Mutation::new();
-        let mut ctx = RequestContext {
-            request: &request,
-            mutation: &mut mutation,
-            connection: &conn,
-        };
-        let reply = chain.on_request(&mut ctx).await;
+        let reply = run_request(&chain, &request, &mut Mutation::new()).await;
         assert_eq!(reply.map_err(|r| r.kind), Err(LocalReplyKind::Unauthorized));
         assert_eq!(log.lock().map(|l| l.len()).unwrap_or_default(), 1);
     }

@@ -178,14 +178,7 @@ impl Connection {
             shared: &self.shared,
             id: request_id,
         };
-        self.outbound
-            .send(Outbound::Request {
-                message,
-                request_id,
-                mutation,
-            })
-            .await
-            .map_err(|_| UpstreamError::Reset)?;
+        self.enqueue(message, request_id, mutation).await?;
         response.await.map_err(|_| UpstreamError::Reset)?
     }
 
@@ -197,6 +190,16 @@ impl Connection {
         mutation: Arc<Mutation>,
     ) -> Result<(), UpstreamError> {
         let request_id = self.shared.register(None)?;
+        self.enqueue(message, request_id, mutation).await
+    }
+
+    /// Hands a request to the writer task, waiting while its queue is full.
+    async fn enqueue(
+        &self,
+        message: Arc<Message>,
+        request_id: u64,
+        mutation: Arc<Mutation>,
+    ) -> Result<(), UpstreamError> {
         self.outbound
             .send(Outbound::Request {
                 message,
