@@ -113,6 +113,7 @@
 //! ```
 
 mod attachments;
+pub mod build;
 mod codec;
 mod factory;
 mod header;

@@ -12,7 +12,9 @@ use metaprotocol_core::{
 use metaprotocol_router::stats::Metrics;
 use metaprotocol_router::upstream::{PoolSettings, UpstreamError, UpstreamPool};
 
-use super::{DEMO_SERVICE, request_frame};
+use metaprotocol_dubbo::build::{Call, request};
+
+use super::{DEMO_SERVICE, DEMO_VERSION};
 
 /// What a call got back.
 #[derive(Debug, Clone)]
@@ -85,7 +87,11 @@ impl DubboClient {
         arg: &str,
         attachments: &[(&str, &str)],
     ) -> Result<Reply, UpstreamError> {
-        let request = self.message(request_frame(0, true, service, method, arg, attachments))?;
+        let request = self.message(request(
+            0,
+            true,
+            &call(service, method, &[arg], attachments),
+        ))?;
         let started = Instant::now();
         let response = self
             .pool
@@ -111,13 +117,10 @@ impl DubboClient {
         arg: &str,
         attachments: &[(&str, &str)],
     ) -> Result<(), UpstreamError> {
-        let request = self.message(request_frame(
+        let request = self.message(request(
             0,
             false,
-            DEMO_SERVICE,
-            method,
-            arg,
-            attachments,
+            &call(DEMO_SERVICE, method, &[arg], attachments),
         ))?;
         self.pool
             .send_oneway(
@@ -142,5 +145,21 @@ impl DubboClient {
             )),
             Err(err) => Err(UpstreamError::Encode(err)),
         }
+    }
+}
+
+/// A call of the demo service's version.
+fn call<'a>(
+    service: &'a str,
+    method: &'a str,
+    string_args: &'a [&'a str],
+    attachments: &'a [(&'a str, &'a str)],
+) -> Call<'a> {
+    Call {
+        service,
+        version: DEMO_VERSION,
+        method,
+        string_args,
+        attachments,
     }
 }

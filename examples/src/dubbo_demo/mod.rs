@@ -3,11 +3,10 @@
 //! client that calls them (directly or through the proxy) over one multiplexed connection.
 
 mod client;
-mod frames;
 mod provider;
 
 pub use client::{DubboClient, Reply};
-pub use frames::{HessianWriter, request_frame, response_frame};
+
 pub use provider::{DemoProvider, SeenRequest};
 
 /// The sample service's interface name.

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use super::response_frame;
+use metaprotocol_dubbo::build::value_response;
 
 /// Calls to this method are answered after the provider's slow delay (for timeout tests).
 pub const SLOW_METHOD: &str = "sayHelloSlowly";
@@ -168,6 +168,6 @@ async fn answer(
     let mut attachments = vec![("provider", state.name.as_str())];
     attachments.extend(echoes.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let value = format!("Hello from {}", state.name);
-    let frame = response_frame(request.request_id, &value, &attachments);
+    let frame = value_response(request.request_id, &value, &attachments);
     let _ = write.lock().await.write_all(&frame).await;
 }
