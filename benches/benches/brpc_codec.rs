@@ -94,14 +94,22 @@ fn bench_encode(c: &mut Criterion, name: &str, id: u64, mutation: &Mutation) {
 
 fn bench_passthrough(c: &mut Criterion) {
     // Same varint length as the client's id: the frame is copied and the id patched in place.
-    bench_encode(c, "brpc/passthrough", CLIENT_ID as u64 + 1, &Mutation::new());
+    bench_encode(
+        c,
+        "brpc/passthrough",
+        CLIENT_ID as u64 + 1,
+        &Mutation::new(),
+    );
     // A small upstream id: the meta is spliced around a shorter correlation_id field.
     bench_encode(c, "brpc/passthrough_id_splice", 7, &Mutation::new());
 }
 
 fn bench_mutate(c: &mut Criterion) {
     let mut mutation = Mutation::new();
-    mutation.set(ByteStr::from_static("x-routed-by"), ByteStr::from_static("canary"));
+    mutation.set(
+        ByteStr::from_static("x-routed-by"),
+        ByteStr::from_static("canary"),
+    );
     mutation.set(ByteStr::from_static("tenant"), ByteStr::from_static("t2"));
     mutation.remove(ByteStr::from_static("x-trace-id"));
     bench_encode(c, "brpc/mutate_encode", 7, &mutation);
