@@ -103,6 +103,19 @@ pub trait Codec: Send {
     ) -> Result<(), CodecError>;
 }
 
+/// A running count a codec keeps of something worth watching that is not an error (a mutation
+/// the frame's encoding could not carry, headers lost in translation ...). The engine exports
+/// each as `metaprotocol_codec_<name>_total{protocol="..."}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CodecCounter {
+    /// A `snake_case` metric name, unique within the protocol.
+    pub name: &'static str,
+    /// What it counts, for the metric's help text.
+    pub help: &'static str,
+    /// The count so far.
+    pub value: u64,
+}
+
 /// A configured protocol: creates [`Codec`]s and declares how connections may be shared.
 ///
 /// Built once per listener or cluster by the constructor registered in a [`CodecRegistry`].
@@ -130,6 +143,11 @@ pub trait CodecFactory: Send + Sync + 'static {
     /// `1..=max_request_id()`.
     fn max_request_id(&self) -> u64 {
         u64::MAX
+    }
+
+    /// The protocol's counters, read at every metrics scrape. The default has none.
+    fn counters(&self) -> Vec<CodecCounter> {
+        Vec::new()
     }
 }
 

@@ -42,8 +42,8 @@ mod reply;
 
 pub use bytestr::ByteStr;
 pub use codec::{
-    Codec, CodecConstructor, CodecFactory, CodecOptions, CodecRegistry, DEFAULT_MAX_FRAME_BYTES,
-    EncodeParams, PoolMode, Side, WireVariant,
+    Codec, CodecConstructor, CodecCounter, CodecFactory, CodecOptions, CodecRegistry,
+    DEFAULT_MAX_FRAME_BYTES, EncodeParams, PoolMode, Side, WireVariant,
 };
 pub use error::{CodecError, OptionsError};
 pub use filter::{

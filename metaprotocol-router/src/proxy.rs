@@ -471,6 +471,7 @@ impl Built {
             let at = format!("listeners[{i}]");
             let codec = build_codec(codecs, &spec.protocol, spec.codec.as_ref())
                 .map_err(|e| e.within(&at))?;
+            metrics.watch_codec(&codec);
             let chain = spec
                 .filters
                 .iter()

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use metaprotocol_core::{
-    Codec, CodecError, CodecFactory, CodecOptions, EncodeParams, LocalReply, Message, OptionsError,
-    Side, WireVariant,
+    Codec, CodecCounter, CodecError, CodecFactory, CodecOptions, EncodeParams, LocalReply, Message,
+    OptionsError, Side, WireVariant,
 };
 
 use crate::decode;
@@ -134,5 +134,21 @@ impl CodecFactory for ThriftCodecFactory {
     /// Seqids are `i32`; upstream ids stay positive.
     fn max_request_id(&self) -> u64 {
         i32::MAX as u64
+    }
+
+    /// The process-wide counts of [`crate::stats`].
+    fn counters(&self) -> Vec<CodecCounter> {
+        vec![
+            CodecCounter {
+                name: "mutations_not_applied",
+                help: "Frames whose header mutation could not be written (no THeader), forwarded unchanged",
+                value: crate::stats::mutations_not_applied(),
+            },
+            CodecCounter {
+                name: "headers_dropped",
+                help: "THeader frames whose info headers were dropped in translation to a transport without headers",
+                value: crate::stats::headers_dropped(),
+            },
+        ]
     }
 }

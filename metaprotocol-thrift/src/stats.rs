@@ -4,7 +4,9 @@
 //! framed or unframed are forwarded unchanged instead, and THeader headers are dropped when a
 //! frame is translated to a transport without headers. Both are counted here, for every thrift
 //! codec in the process, and logged once (at `warn`) the first time they happen, so that a
-//! misconfiguration is visible without flooding the log.
+//! misconfiguration is visible without flooding the log. The engine exports them through
+//! `CodecFactory::counters` as `metaprotocol_codec_mutations_not_applied_total` and
+//! `metaprotocol_codec_headers_dropped_total`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -28,7 +30,7 @@ pub(crate) fn note_mutation_not_applied() {
         tracing::warn!(
             "thrift: header mutation on a framed or unframed frame cannot be applied (only \
              THeader carries headers); forwarding such frames unchanged, counted in \
-             metaprotocol_thrift::stats::mutations_not_applied"
+             metaprotocol_codec_mutations_not_applied_total"
         );
     }
 }
@@ -37,7 +39,7 @@ pub(crate) fn note_headers_dropped() {
     if HEADERS_DROPPED.fetch_add(1, Ordering::Relaxed) == 0 {
         tracing::warn!(
             "thrift: THeader info headers dropped when translating to a transport without \
-             headers; counted in metaprotocol_thrift::stats::headers_dropped"
+             headers; counted in metaprotocol_codec_headers_dropped_total"
         );
     }
 }

@@ -1,10 +1,14 @@
 //! Metrics: Prometheus counters, gauges and histograms, with handles resolved once per listener,
 //! cluster and route so that the request path only touches atomics.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use metaprotocol_core::LocalReplyKind;
+use metaprotocol_core::{CodecFactory, LocalReplyKind};
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -44,9 +48,41 @@ struct ClusterOutcomeLabels {
     outcome: String,
 }
 
+/// The codecs whose own counters ([`CodecFactory::counters`]) are exported, one per protocol.
+#[derive(Default)]
+struct CodecCounters {
+    factories: Mutex<Vec<Arc<dyn CodecFactory>>>,
+}
+
+impl std::fmt::Debug for CodecCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CodecCounters")
+    }
+}
+
+impl Collector for CodecCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let factories = match self.factories.lock() {
+            Ok(factories) => factories.clone(),
+            Err(_) => return Ok(()),
+        };
+        for factory in factories {
+            for counter in factory.counters() {
+                let name = format!("codec_{}", counter.name);
+                let mut metric =
+                    encoder.encode_descriptor(&name, counter.help, None, MetricType::Counter)?;
+                let labels = [("protocol", factory.protocol())];
+                ConstCounter::new(counter.value).encode(metric.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Every metric family of one proxy, and the registry that exposes them.
 pub struct Metrics {
     registry: Mutex<Registry>,
+    codec_counters: Arc<CodecCounters>,
     downstream_cx_total: Family<ListenerLabels, Counter>,
     downstream_cx_active: Family<ListenerLabels, Gauge>,
     downstream_rq_total: Family<ListenerLabels, Counter>,
@@ -98,6 +134,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("metaprotocol");
         let m = Self {
             registry: Mutex::new(Registry::default()),
+            codec_counters: Arc::default(),
             downstream_cx_total: Family::default(),
             downstream_cx_active: Family::default(),
             downstream_rq_total: Family::default(),
@@ -220,6 +257,7 @@ impl Metrics {
             "Config updates (file reloads and admin route config updates), by outcome",
             m.config_reloads.clone(),
         );
+        r.register_collector(Box::new(m.codec_counters.clone()));
         if let Ok(mut slot) = m.registry.lock() {
             *slot = registry;
         }
@@ -294,6 +332,15 @@ impl Metrics {
                 .upstream_unmatched_responses
                 .get_or_create(&labels)
                 .clone(),
+        }
+    }
+
+    /// Exports the counters of `codec`'s protocol (once per protocol).
+    pub fn watch_codec(&self, codec: &Arc<dyn CodecFactory>) {
+        if let Ok(mut factories) = self.codec_counters.factories.lock()
+            && !factories.iter().any(|f| f.protocol() == codec.protocol())
+        {
+            factories.push(codec.clone());
         }
     }
 
@@ -392,7 +439,44 @@ pub struct ClusterStats {
 
 #[cfg(test)]
 mod tests {
+    use metaprotocol_core::{Codec, CodecCounter, Side, WireVariant};
+
     use super::*;
+
+    /// A protocol that only counts.
+    struct Counting;
+
+    impl CodecFactory for Counting {
+        fn protocol(&self) -> &'static str {
+            "counting"
+        }
+
+        fn new_codec(&self, _: Side, _: WireVariant) -> Box<dyn Codec> {
+            unimplemented!("never called: only counters are read")
+        }
+
+        fn counters(&self) -> Vec<CodecCounter> {
+            vec![CodecCounter {
+                name: "widgets",
+                help: "Widgets seen",
+                value: 3,
+            }]
+        }
+    }
+
+    #[test]
+    fn codec_counters_are_exported_once_per_protocol() {
+        let metrics = Metrics::new();
+        let codec: Arc<dyn CodecFactory> = Arc::new(Counting);
+        metrics.watch_codec(&codec);
+        metrics.watch_codec(&codec);
+        let text = metrics.render();
+        assert!(
+            text.contains("metaprotocol_codec_widgets_total{protocol=\"counting\"} 3"),
+            "{text}"
+        );
+        assert_eq!(text.matches("# HELP metaprotocol_codec_widgets").count(), 1);
+    }
 
     #[test]
     fn handles_feed_the_exposition() {
