@@ -6,17 +6,21 @@
 //! the client, that the proxy's own errors arrive as brpc error codes, and that 100 concurrent
 //! callers, all using brpc's first correlation id, share a few upstream connections.
 
+// Each test file uses its own part of the shared support.
+#[allow(dead_code)]
+mod support;
+
 mod brpc_support;
 
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use brpc_support::{BoxError, BrpcClient, BrpcServer, Call, SLEEP};
+use brpc_support::{BrpcClient, BrpcServer, Call, SLEEP};
 use metaprotocol_brpc::errno;
-use metaprotocol_router::{Config, Proxy};
-
-type TestResult = Result<(), BoxError>;
+use metaprotocol_router::Proxy;
+use support::proxy::{listener_addr, start_engine};
+use support::{TestResult, free_addr};
 
 const ECHO_SERVICE: &str = "example.EchoService";
 
@@ -25,11 +29,6 @@ const TEST_DEADLINE: Duration = Duration::from_secs(60);
 
 async fn bounded(test: impl Future<Output = TestResult>) -> TestResult {
     tokio::time::timeout(TEST_DEADLINE, test).await?
-}
-
-/// A port nothing listens on (bound to 127.0.0.1:0, then released).
-fn closed_port() -> Result<SocketAddr, BoxError> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 /// The proxy config: listener `brpc-in`, clusters `alpha`, `beta` and `down` (nothing listens).
@@ -104,18 +103,12 @@ struct Setup {
 }
 
 impl Setup {
-    async fn start() -> Result<Self, BoxError> {
+    async fn start() -> TestResult<Self> {
         let alpha = BrpcServer::start("alpha").await?;
         let beta = BrpcServer::start("beta").await?;
-        let yaml = config(alpha.addr(), beta.addr(), closed_port()?);
-        let proxy = Proxy::start(
-            Config::from_yaml(&yaml)?,
-            metaprotocol_examples::codec_registry(),
-        )
-        .await?;
-        let addr = proxy
-            .listener_addr("brpc-in")
-            .ok_or("listener brpc-in is not bound")?;
+        let yaml = config(alpha.addr(), beta.addr(), free_addr()?);
+        let proxy = start_engine(&yaml).await?;
+        let addr = listener_addr(&proxy, "brpc-in")?;
         Ok(Self {
             alpha,
             beta,
@@ -124,7 +117,7 @@ impl Setup {
         })
     }
 
-    async fn client(&self) -> Result<BrpcClient, BoxError> {
+    async fn client(&self) -> TestResult<BrpcClient> {
         BrpcClient::connect(self.addr).await
     }
 }
@@ -304,7 +297,7 @@ async fn hundred_concurrent_callers_share_upstream_connections() -> TestResult {
                         return Err(format!("caller {caller} got another caller's answer").into());
                     }
                 }
-                Ok::<(), BoxError>(())
+                TestResult::Ok(())
             });
         }
         while let Some(result) = callers.join_next().await {

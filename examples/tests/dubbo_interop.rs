@@ -9,16 +9,25 @@
 //! The tools are installed by `examples/tests/interop/dubbo/setup.sh`. Without them each test
 //! prints `skipped: ...` and passes, unless `METAPROTOCOL_REQUIRE_INTEROP=1` (CI) makes it fail.
 
+// Each test file uses its own part of the shared support.
+#[allow(dead_code)]
+mod support;
+
 #[path = "interop/dubbo/harness/mod.rs"]
 mod harness;
 
 use std::time::Duration;
 
 use harness::{
-    ALL_CLIENTS, BinaryProxy, CLIENT_TIMEOUT_MS, Client, INTERFACE, InProcessProxy, Line, Provider,
-    Reply, Run, Scratch, TENANT, TRACE, TestResult, calls, free_port, heartbeat_line, single_call,
-    single_reply, start_providers, tools_ready, wait_until,
+    ALL_CLIENTS, CLIENT_TIMEOUT_MS, Client, INTERFACE, Line, Provider, Reply, Run, TENANT, TRACE,
+    calls, heartbeat_line, single_call, single_reply, start_providers, tools_ready,
 };
+use support::process::{Scratch, wait_until};
+use support::proxy::{BinaryProxy, InProcessProxy};
+use support::{TestResult, free_addr};
+
+/// The listener every proxy config of these tests names.
+const LISTENER: &str = "dubbo-in";
 
 /// `batchJob=true` goes to the batchjob provider (v2), the rest of DemoService to the user
 /// provider (v1); each route marks the request with `x-routed-by`, and the batch route drops the
@@ -63,7 +72,7 @@ clusters:
 
 /// A proxy whose only upstream is a closed port: whatever answers a client is the proxy itself.
 fn proxy_before_a_closed_port() -> TestResult<InProcessProxy> {
-    let closed = format!("127.0.0.1:{}", free_port()?);
+    let closed = free_addr()?;
     InProcessProxy::start(&format!(
         r#"
 listeners:
@@ -86,7 +95,9 @@ struct Fixture {
     scratch: Scratch,
     v1: Provider,
     v2: Provider,
-    proxy: InProcessProxy,
+    _proxy: InProcessProxy,
+    /// Where the proxy listens.
+    addr: String,
 }
 
 impl Fixture {
@@ -98,11 +109,13 @@ impl Fixture {
         let (v1, v2) = start_providers(&scratch)?;
         let yaml = routing_config("127.0.0.1:0", &v1, &v2, route_timeout);
         let proxy = InProcessProxy::start(&yaml)?;
+        let addr = proxy.addr(LISTENER)?.to_string();
         Ok(Some(Self {
             scratch,
             v1,
             v2,
-            proxy,
+            _proxy: proxy,
+            addr,
         }))
     }
 }
@@ -195,10 +208,15 @@ fn binary_routes_real_clients_by_attachment() -> TestResult {
     }
     let scratch = Scratch::new("dubbo-binary")?;
     let (v1, v2) = start_providers(&scratch)?;
-    let listen = format!("127.0.0.1:{}", free_port()?);
-    let mut proxy =
-        BinaryProxy::start(&routing_config(&listen, &v1, &v2, "3s"), &listen, &scratch)?;
-    check_routing(&listen, &scratch)?;
+    let listen = free_addr()?;
+    let addr = listen.to_string();
+    let mut proxy = BinaryProxy::start(
+        &routing_config(&addr, &v1, &v2, "3s"),
+        &[],
+        listen,
+        &scratch,
+    )?;
+    check_routing(&addr, &scratch)?;
     proxy.check_running()
 }
 
@@ -209,7 +227,7 @@ fn in_process_routes_real_clients_by_attachment() -> TestResult {
     let Some(fx) = Fixture::start("dubbo-routing", "3s")? else {
         return Ok(());
     };
-    check_routing(&fx.proxy.addr(), &fx.scratch)?;
+    check_routing(&fx.addr, &fx.scratch)?;
     let seen = fx.v2.calls();
     assert_eq!(seen.len(), ALL_CLIENTS.len(), "{seen:?}");
     assert!(
@@ -228,11 +246,11 @@ fn no_route_is_answered_with_status_60() -> TestResult {
     let Some(fx) = Fixture::start("dubbo-noroute", "3s")? else {
         return Ok(());
     };
-    let addr = fx.proxy.addr();
+    let addr = &fx.addr;
     for client in ALL_CLIENTS {
         let run = Run {
             interface: Some("org.example.NoSuchService"),
-            ..Run::hello(client, &addr)
+            ..Run::hello(client, addr)
         };
         let lines = run.run(&fx.scratch)?;
         let line = single_call(&lines)?;
@@ -257,12 +275,12 @@ fn provider_errors_pass_through() -> TestResult {
     let Some(fx) = Fixture::start("dubbo-errors", "3s")? else {
         return Ok(());
     };
-    let addr = fx.proxy.addr();
+    let addr = &fx.addr;
     for client in ALL_CLIENTS {
         for (batch, provider_status) in [(false, 80.0), (true, 90.0)] {
             let run = Run {
                 name: "crash",
-                ..Run::hello(client, &addr)
+                ..Run::hello(client, addr)
             }
             .batch(batch);
             let lines = run.run(&fx.scratch)?;
@@ -282,12 +300,12 @@ fn route_timeout_answers_before_the_client_gives_up() -> TestResult {
     let Some(fx) = Fixture::start("dubbo-timeout", "500ms")? else {
         return Ok(());
     };
-    let addr = fx.proxy.addr();
+    let addr = &fx.addr;
     for client in ALL_CLIENTS {
         let lines = Run {
             name: "sleep-2000",
             count: 2,
-            ..Run::hello(client, &addr)
+            ..Run::hello(client, addr)
         }
         .run(&fx.scratch)?;
         let results = calls(&lines);
@@ -309,13 +327,13 @@ fn one_way_requests_reach_the_provider() -> TestResult {
     let Some(fx) = Fixture::start("dubbo-oneway", "3s")? else {
         return Ok(());
     };
-    let addr = fx.proxy.addr();
+    let addr = &fx.addr;
     for (provider, batch) in [(&fx.v1, false), (&fx.v2, true)] {
         let run = Run {
             name: "ow",
             count: 3,
             extra: vec!["--oneway"],
-            ..Run::hello(Client::DubboPy, &addr)
+            ..Run::hello(Client::DubboPy, addr)
         };
         let lines = run.batch(batch).run(&fx.scratch)?;
         let done = lines
@@ -370,7 +388,7 @@ clusters:
 "#,
         v1.addr()
     ))?;
-    let addr = proxy.addr();
+    let addr = proxy.addr(LISTENER)?.to_string();
     let lines = Run::hello(Client::Sofa, &addr).run(&scratch)?;
     assert_eq!(single_reply(&lines)?.provider, "v1");
     let line = single_call(&lines)?;
@@ -394,7 +412,7 @@ fn two_way_idle_heartbeat_is_answered_by_the_proxy() -> TestResult {
     }
     let scratch = Scratch::new("dubbo-heartbeat-2way")?;
     let proxy = proxy_before_a_closed_port()?;
-    let addr = proxy.addr();
+    let addr = proxy.addr(LISTENER)?.to_string();
     let run = Run {
         extra: vec!["--heartbeat-idle-secs", "1"],
         ..Run::hello(Client::DubboSsl, &addr)
@@ -422,7 +440,7 @@ fn one_way_heartbeat_is_answered_by_the_proxy() -> TestResult {
     }
     let scratch = Scratch::new("dubbo-heartbeat-1way")?;
     let proxy = proxy_before_a_closed_port()?;
-    let addr = proxy.addr();
+    let addr = proxy.addr(LISTENER)?.to_string();
     let run = Run {
         count: 0,
         extra: vec!["--heartbeat"],

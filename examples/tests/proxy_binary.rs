@@ -1,39 +1,41 @@
 //! The `metaprotocol-proxy` binary: `validate`, `run` with a graceful drain on SIGTERM, `demo`.
 
-use std::process::{Command, Stdio};
+// Each test file uses its own part of the shared support.
+#[allow(dead_code)]
+mod support;
+
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use metaprotocol_examples::dubbo_demo::{DemoProvider, DubboClient};
-
-type TestResult = Result<(), Box<dyn std::error::Error>>;
+use support::process::Scratch;
+use support::proxy::BinaryProxy;
+use support::{TestResult, free_addr, free_port};
+use tokio::task::block_in_place;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_metaprotocol-proxy");
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn write_config(dir: &str, yaml: &str) -> std::io::Result<std::path::PathBuf> {
-    let path = std::env::temp_dir().join(format!("metaprotocol-{dir}-{}.yaml", std::process::id()));
+/// Runs `metaprotocol-proxy validate` on `yaml`, written to `name` in `scratch`.
+fn validate(scratch: &Scratch, name: &str, yaml: &str) -> TestResult<Output> {
+    let path = scratch.path(name);
     std::fs::write(&path, yaml)?;
-    Ok(path)
+    Ok(Command::new(BINARY)
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()?)
 }
 
 #[test]
 fn validate_accepts_a_good_config_and_names_the_bad_field() -> TestResult {
-    let good = write_config(
-        "good",
+    let scratch = Scratch::new("proxy-binary-validate")?;
+    let out = validate(
+        &scratch,
+        "good.yaml",
         "listeners: [ { name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r } ]
 route_configs: [ { name: r, routes: [ { route: { cluster: c } } ] } ]
 clusters: [ { name: c, endpoints: [ { address: 127.0.0.1:1 } ] } ]
 ",
     )?;
-    let out = Command::new(BINARY)
-        .args(["validate", "--config"])
-        .arg(&good)
-        .output()?;
     assert!(
         out.status.success(),
         "{}",
@@ -47,17 +49,14 @@ clusters: [ { name: c, endpoints: [ { address: 127.0.0.1:1 } ] } ]
     );
     assert_eq!(summary.lines().count(), 1);
 
-    let bad = write_config(
-        "bad",
+    let out = validate(
+        &scratch,
+        "bad.yaml",
         "listeners: [ { name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r } ]
 route_configs: [ { name: r, routes: [ { route: { cluster: c }, timeout: fast } ] } ]
 clusters: [ { name: c, endpoints: [ { address: 127.0.0.1:1 } ] } ]
 ",
     )?;
-    let out = Command::new(BINARY)
-        .args(["validate", "--config"])
-        .arg(&bad)
-        .output()?;
     assert_eq!(out.status.code(), Some(1));
     let reason = String::from_utf8(out.stderr)?;
     assert!(
@@ -65,69 +64,37 @@ clusters: [ { name: c, endpoints: [ { address: 127.0.0.1:1 } ] } ]
         "{reason}"
     );
 
-    let unknown = write_config(
-        "unknown",
+    let out = validate(
+        &scratch,
+        "unknown.yaml",
         "listeners: [ { name: in, address: 127.0.0.1:0, protocol: smtp, route_config: r } ]
 route_configs: [ { name: r } ]
 ",
     )?;
-    let out = Command::new(BINARY)
-        .args(["validate", "--config"])
-        .arg(&unknown)
-        .output()?;
     assert_eq!(out.status.code(), Some(1));
     let reason = String::from_utf8(out.stderr)?;
     assert!(
         reason.contains("listeners[0].protocol") && reason.contains("smtp"),
         "{reason}"
     );
-    for path in [good, bad, unknown] {
-        let _ = std::fs::remove_file(path);
-    }
     Ok(())
-}
-
-/// Kills the child if the test fails before it exits.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_serves_and_drains_on_sigterm() -> TestResult {
     let provider = DemoProvider::start_with_delay("v1", Duration::from_millis(500)).await?;
-    let port = free_port()?;
-    let config = write_config(
-        "run",
-        &format!(
-            "listeners: [ {{ name: in, address: 127.0.0.1:{port}, protocol: dubbo, route_config: r }} ]
+    let scratch = Scratch::new("proxy-binary-run")?;
+    let address = free_addr()?;
+    let config = format!(
+        "listeners: [ {{ name: in, address: {address}, protocol: dubbo, route_config: r }} ]
 route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
 clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
 ",
-            provider.address()
-        ),
-    )?;
-    let mut child = Child(
-        Command::new(BINARY)
-            .args(["run", "--workers", "2", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
+        provider.address()
     );
-    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(address).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the proxy did not start listening"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // `BinaryProxy` waits with blocking polls: `block_in_place` keeps the provider's tasks running.
+    let mut proxy =
+        block_in_place(|| BinaryProxy::start(&config, &["--workers", "2"], address, &scratch))?;
     let client = std::sync::Arc::new(DubboClient::new(address));
     assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, 20);
 
@@ -137,7 +104,7 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
         tokio::spawn(async move { client.call("sayHelloSlowly", "a", &[]).await })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let pid = child.0.id().to_string();
+    let pid = proxy.pid().to_string();
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])
@@ -149,19 +116,9 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
         reply.dubbo_status, 20,
         "the in-flight call was drained, not dropped"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.0.try_wait()? {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the proxy did not exit after draining"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = block_in_place(|| proxy.wait(Duration::from_secs(10)))
+        .map_err(|e| format!("the proxy did not exit after draining: {e}"))?;
     assert!(status.success(), "exit status {status}");
-    let _ = std::fs::remove_file(config);
     Ok(())
 }
 
@@ -187,11 +144,11 @@ fn demo_routes_as_advertised() -> TestResult {
 async fn run_reloads_route_configs_from_its_file_and_keeps_a_bad_file_out() -> TestResult {
     let v1 = DemoProvider::start("v1").await?;
     let v2 = DemoProvider::start("v2").await?;
-    let (port, admin_port) = (free_port()?, free_port()?);
+    let (address, admin_port) = (free_addr()?, free_port()?);
     let config_for = |subset: &str| {
         format!(
             "admin: {{ address: 127.0.0.1:{admin_port} }}
-listeners: [ {{ name: in, address: 127.0.0.1:{port}, protocol: dubbo, route_config: r }} ]
+listeners: [ {{ name: in, address: {address}, protocol: dubbo, route_config: r }} ]
 route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c, subset: {{ v: {subset} }} }} }} ] }} ]
 clusters:
   - name: c
@@ -201,24 +158,9 @@ clusters:
             v2.address()
         )
     };
-    let path = write_config("reload", &config_for("one"))?;
-    let _child = Child(
-        Command::new(BINARY)
-            .args(["run", "--config"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(address).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the proxy did not start listening"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let scratch = Scratch::new("proxy-binary-reload")?;
+    let proxy = block_in_place(|| BinaryProxy::start(&config_for("one"), &[], address, &scratch))?;
+    let path = proxy.config();
     let client = DubboClient::new(address);
     assert_eq!(
         client
@@ -228,7 +170,7 @@ clusters:
         Some("v1")
     );
 
-    std::fs::write(&path, config_for("two"))?;
+    std::fs::write(path, config_for("two"))?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let reply = client.call("sayHello", "a", &[]).await?;
@@ -249,7 +191,7 @@ clusters:
     );
 
     std::fs::write(
-        &path,
+        path,
         config_for("two").replace("route_configs", "route_config"),
     )?;
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -275,6 +217,5 @@ clusters:
         metrics.contains("metaprotocol_config_reloads_total{outcome=\"rejected\"} 1"),
         "{metrics}"
     );
-    let _ = std::fs::remove_file(path);
     Ok(())
 }

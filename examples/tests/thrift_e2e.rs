@@ -15,161 +15,59 @@
 //! and passes, unless `METAPROTOCOL_REQUIRE_INTEROP=1` makes it fail. Children are killed when
 //! their guards drop, every wait has a deadline, everything stays on 127.0.0.1.
 
-use std::error::Error;
-use std::fs::{self, File};
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+// Each test file uses its own part of the shared support.
+#[allow(dead_code)]
+mod support;
 
-type TestResult<T = ()> = Result<T, Box<dyn Error + Send + Sync>>;
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::interop::Suite;
+use support::process::{ChildGuard, Scratch};
+use support::proxy::InProcessProxy;
+use support::{TestResult, free_port};
 
 const TRANSPORTS: [&str; 3] = ["framed", "unframed", "header"];
 const PROTOCOLS: [&str; 2] = ["binary", "compact"];
 /// The most any one client run or server start may take.
 const DEADLINE: Duration = Duration::from_secs(60);
 
-fn interop_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/thrift"))
-}
-
-/// The venv's interpreter when `setup.sh` made one, else `python3` from the path.
-fn python() -> PathBuf {
-    let venv = interop_dir().join(".venv/bin/python");
-    if venv.exists() {
-        venv
-    } else {
-        PathBuf::from("python3")
-    }
-}
+/// The scripts, the generated code and the venv `setup.sh` makes.
+const SUITE: Suite = Suite::new("thrift");
 
 /// `Ok(true)` when Python can import thrift; `Ok(false)` (test skipped) when it cannot and
 /// `METAPROTOCOL_REQUIRE_INTEROP` is unset; an error when it is required.
 fn tools_ready() -> TestResult<bool> {
-    let imported = Command::new(python())
+    let imported = SUITE
+        .command(SUITE.python())
         .args(["-c", "import thrift.transport.THeaderTransport"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if imported {
-        return Ok(true);
-    }
-    let why = "Apache Thrift's Python library is not importable: run examples/tests/interop/thrift/setup.sh";
-    if std::env::var("METAPROTOCOL_REQUIRE_INTEROP").is_ok_and(|v| v == "1") {
-        return Err(format!("METAPROTOCOL_REQUIRE_INTEROP=1 but {why}").into());
-    }
-    println!("skipped: {why}");
-    Ok(false)
+    SUITE.ready((!imported).then(|| "Apache Thrift's Python library is not importable".to_owned()))
 }
 
 /// The scratch directory of test `name`, or `None` when the test is skipped.
 fn prepare(name: &str) -> TestResult<Option<Scratch>> {
     if tools_ready()? {
-        Ok(Some(Scratch::new(name)?))
+        Ok(Some(Scratch::new(&format!("thrift-{name}"))?))
     } else {
         Ok(None)
     }
 }
 
-/// A port that was free a moment ago (bound to 127.0.0.1:0, then released).
-fn free_port() -> TestResult<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// A scratch directory for the children's output, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(test: &str) -> TestResult<Self> {
-        let dir =
-            std::env::temp_dir().join(format!("metaprotocol-thrift-{test}-{}", std::process::id()));
-        fs::create_dir_all(&dir)?;
-        Ok(Self(dir))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A child process with its output in files, killed and reaped when dropped.
-struct ChildGuard {
-    child: Child,
-    what: String,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl ChildGuard {
-    fn spawn(
-        args: &[&str],
-        env: &[(&str, &str)],
-        what: &str,
-        scratch: &Scratch,
-    ) -> TestResult<Self> {
-        let stdout = scratch.0.join(format!("{what}.out"));
-        let stderr = scratch.0.join(format!("{what}.err"));
-        let child = Command::new(python())
-            .args(args)
-            .envs(env.iter().copied())
-            .current_dir(interop_dir())
-            .stdin(Stdio::null())
-            .stdout(File::create(&stdout)?)
-            .stderr(File::create(&stderr)?)
-            .spawn()
-            .map_err(|e| format!("cannot start {what}: {e}"))?;
-        Ok(Self {
-            child,
-            what: what.to_owned(),
-            stdout,
-            stderr,
-        })
-    }
-
-    fn stdout(&self) -> String {
-        fs::read_to_string(&self.stdout).unwrap_or_default()
-    }
-
-    fn stderr_tail(&self) -> String {
-        let text = fs::read_to_string(&self.stderr).unwrap_or_default();
-        let start = text.len().saturating_sub(2000);
-        text.get(start..).unwrap_or_default().to_owned()
-    }
-
-    /// Waits for the process to exit, killing it at the deadline; fails unless it succeeded.
-    fn finish(mut self) -> TestResult<String> {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                if status.success() {
-                    return Ok(self.stdout());
-                }
-                return Err(
-                    format!("{} failed ({status}): {}", self.what, self.stderr_tail()).into(),
-                );
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "{} still running after {DEADLINE:?}: {}",
-                    self.what,
-                    self.stderr_tail()
-                )
-                .into());
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `script` with `args` under the suite's Python; `what` names it in logs and errors.
+fn spawn_script(
+    script: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    what: &str,
+    scratch: &Scratch,
+) -> TestResult<ChildGuard> {
+    let mut command = SUITE.command(SUITE.python());
+    command.arg(script).args(args).envs(env.iter().copied());
+    ChildGuard::spawn(command, what, scratch)
 }
 
 /// A Python Greeter server speaking one transport and protocol.
@@ -183,22 +81,14 @@ impl Server {
         let port = free_port()?;
         let what = format!("server-{name}-{transport}-{protocol}");
         let port_arg = port.to_string();
-        let mut process = ChildGuard::spawn(
-            &["server.py", &port_arg, transport, protocol, name],
+        let mut process = spawn_script(
+            "server.py",
+            &[&port_arg, transport, protocol, name],
             &[],
             &what,
             scratch,
         )?;
-        let deadline = Instant::now() + DEADLINE;
-        while !process.stdout().contains("listening") {
-            if let Some(status) = process.child.try_wait()? {
-                return Err(format!("{what} exited ({status}): {}", process.stderr_tail()).into());
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("{what} did not start: {}", process.stderr_tail()).into());
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        process.wait_for_stdout("listening", DEADLINE)?;
         Ok(Self { port, process })
     }
 
@@ -227,57 +117,25 @@ fn client(
     scratch: &Scratch,
 ) -> TestResult<String> {
     let port_arg = port.to_string();
-    let mut args = vec!["client.py", &port_arg, transport, protocol];
+    let mut args = vec![port_arg.as_str(), transport, protocol];
     args.extend_from_slice(scenario);
     let what = format!(
         "client-{transport}-{protocol}-{}-{}",
         scenario.join("-"),
         free_port()?
     );
-    let out = ChildGuard::spawn(&args, &[("THRIFT_HEADERS", headers)], &what, scratch)?.finish()?;
-    Ok(out.trim().to_owned())
-}
-
-/// The engine in this process, on a runtime of its own so that the blocking client runs of the
-/// test thread never stall it.
-struct InProcessProxy {
-    runtime: tokio::runtime::Runtime,
-    proxy: Option<metaprotocol_router::Proxy>,
-}
-
-impl InProcessProxy {
-    fn start(yaml: &str) -> TestResult<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
-        let config = metaprotocol_router::Config::from_yaml(yaml)?;
-        let proxy = runtime.block_on(metaprotocol_router::Proxy::start(
-            config,
-            metaprotocol_examples::codec_registry(),
-        ))?;
-        Ok(Self {
-            runtime,
-            proxy: Some(proxy),
-        })
+    let mut process = spawn_script(
+        "client.py",
+        &args,
+        &[("THRIFT_HEADERS", headers)],
+        &what,
+        scratch,
+    )?;
+    let status = process.wait(DEADLINE)?;
+    if !status.success() {
+        return Err(format!("{what} failed ({status}): {}", process.stderr_tail()).into());
     }
-
-    fn port(&self, listener: &str) -> TestResult<u16> {
-        let addr = self.proxy.as_ref().and_then(|p| p.listener_addr(listener));
-        Ok(addr
-            .ok_or(format!("listener {listener} is not bound"))?
-            .port())
-    }
-}
-
-impl Drop for InProcessProxy {
-    fn drop(&mut self) {
-        if let Some(proxy) = self.proxy.take() {
-            let drained =
-                async { tokio::time::timeout(Duration::from_secs(5), proxy.shutdown()).await };
-            let _ = self.runtime.block_on(drained);
-        }
-    }
+    Ok(process.stdout().trim().to_owned())
 }
 
 /// The start of a config with one auto-detecting listener, `in`, and its routes (to follow).
@@ -332,7 +190,7 @@ fn six_formats_through_the_proxy() -> TestResult {
     let yaml = format!("listeners:{listeners}\nroute_configs:{routes}\nclusters:{clusters}\n");
     let proxy = InProcessProxy::start(&yaml)?;
     for (transport, protocol, name, _server) in &servers {
-        let port = proxy.port(name)?;
+        let port = proxy.addr(name)?.port();
         let basic = client(
             port,
             transport,
@@ -392,7 +250,7 @@ clusters:
             beta = beta.address(),
         );
         let proxy = InProcessProxy::start(&yaml)?;
-        let port = proxy.port("in")?;
+        let port = proxy.addr("in")?.port();
         let hello = |headers: &str| {
             client(
                 port,
@@ -471,7 +329,7 @@ clusters:
         address = server.address(),
     );
     let proxy = InProcessProxy::start(&yaml)?;
-    let port = proxy.port("in")?;
+    let port = proxy.addr("in")?.port();
     let basic = client(port, "framed", "binary", &["basic"], "", &scratch)?;
     assert_eq!(basic, basic_result("upstream"));
     // The client's frames carry no headers; the THeader hop upstream carries the mutation.
@@ -509,7 +367,7 @@ clusters:
         );
         let proxy = InProcessProxy::start(&yaml)?;
         let out = client(
-            proxy.port("in")?,
+            proxy.addr("in")?.port(),
             transport,
             protocol,
             &["concurrent", "60"],

@@ -7,7 +7,6 @@
 //! `server` = the server's name and `echo-<key>` for each user field it received, so a test sees
 //! routing and request mutation from the far end.
 
-use std::error::Error;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,8 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
-/// Errors of the test helpers.
-pub type BoxError = Box<dyn Error + Send + Sync>;
+use crate::support::TestResult;
 
 /// The brpc 1.17 correlation id of a client's first call (a versioned bthread id): every test
 /// client uses it, so ids collide across clients and the proxy must rewrite them.
@@ -45,7 +43,7 @@ pub struct BrpcServer {
 
 impl BrpcServer {
     /// Starts a server named `name` on 127.0.0.1 (a free port).
-    pub async fn start(name: &'static str) -> Result<Self, BoxError> {
+    pub async fn start(name: &'static str) -> TestResult<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let connections = Arc::new(AtomicUsize::new(0));
@@ -237,7 +235,7 @@ pub struct BrpcClient {
 
 impl BrpcClient {
     /// Connects to `addr`.
-    pub async fn connect(addr: SocketAddr) -> Result<Self, BoxError> {
+    pub async fn connect(addr: SocketAddr) -> TestResult<Self> {
         Ok(Self {
             stream: TcpStream::connect(addr).await?,
             codec: BrpcCodec::new(Side::Upstream, 1 << 20),
@@ -247,7 +245,7 @@ impl BrpcClient {
     }
 
     /// Makes `call` and waits for its answer, checking that it carries the call's id.
-    pub async fn call(&mut self, call: &Call) -> Result<Reply, BoxError> {
+    pub async fn call(&mut self, call: &Call) -> TestResult<Reply> {
         let id = self.next_id;
         // bthread ids keep their slot in the low 32 bits and bump the version above them.
         self.next_id += 1 << 32;
@@ -285,7 +283,7 @@ impl BrpcClient {
         Ok(reply)
     }
 
-    async fn read_reply(&mut self) -> Result<Reply, BoxError> {
+    async fn read_reply(&mut self) -> TestResult<Reply> {
         loop {
             if let Some(message) = self.codec.decode(&mut self.buf)? {
                 let (meta, body) = decode_frame(&message.frame)?;

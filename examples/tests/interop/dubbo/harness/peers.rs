@@ -4,14 +4,12 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use super::{
-    CLIENT_TIMEOUT_MS, ChildGuard, Line, Scratch, TENANT, TRACE, TestResult, free_port, python,
-    wait_until,
-};
+use super::{CLIENT_TIMEOUT_MS, Line, SUITE, TENANT, TRACE};
+use crate::support::process::{ChildGuard, Scratch};
+use crate::support::{TestResult, free_port};
 
 /// A running provider process and the file it records arriving calls in.
 pub struct Provider {
@@ -43,7 +41,7 @@ impl Provider {
     ) -> TestResult<Self> {
         let port = free_port()?;
         let record = scratch.path(&format!("{name}.calls"));
-        let mut command = Command::new(program);
+        let mut command = SUITE.command(program);
         command
             .arg(script)
             .arg("--port")
@@ -52,14 +50,7 @@ impl Provider {
             .arg(name);
         command.arg("--record").arg(&record);
         let mut process = ChildGuard::spawn(command, &format!("provider-{name}"), scratch)?;
-        wait_until(
-            Duration::from_secs(20),
-            &format!("provider {name} to listen"),
-            || {
-                process.check_running()?;
-                Ok(process.stdout().contains("ready"))
-            },
-        )?;
+        process.wait_for_stdout("ready", Duration::from_secs(20))?;
         Ok(Self {
             name,
             port,
@@ -98,7 +89,7 @@ impl Provider {
 pub fn start_providers(scratch: &Scratch) -> TestResult<(Provider, Provider)> {
     Ok((
         Provider::start(PathBuf::from("node"), "node_provider.js", "v1", scratch)?,
-        Provider::start(python(), "py_provider.py", "v2", scratch)?,
+        Provider::start(SUITE.python(), "py_provider.py", "v2", scratch)?,
     ))
 }
 
@@ -163,14 +154,14 @@ pub const ALL_CLIENTS: [Client; 4] = [
 ];
 
 impl Client {
-    fn command(self) -> Command {
+    fn command(self) -> std::process::Command {
         let (program, script) = match self {
             Client::DubboJs => (PathBuf::from("node"), "dubbojs_client.js"),
             Client::Sofa => (PathBuf::from("node"), "sofa_client.js"),
-            Client::DubboPy => (python(), "dubbopy_client.py"),
-            Client::DubboSsl => (python(), "dubbossl_client.py"),
+            Client::DubboPy => (SUITE.python(), "dubbopy_client.py"),
+            Client::DubboSsl => (SUITE.python(), "dubbossl_client.py"),
         };
-        let mut command = Command::new(program);
+        let mut command = SUITE.command(program);
         command.arg(script);
         command
     }

@@ -1,0 +1,32 @@
+//! What the end-to-end tests of this package share: child processes that cannot outlive their
+//! test ([`process`]), the proxy under test in or out of process ([`proxy`]), and the
+//! skip-or-fail rule of the interop suites that need external tools ([`interop`]).
+//!
+//! Each test file is a crate of its own and includes this module with `mod support;`; a test
+//! that uses only part of it allows `dead_code` at that include.
+
+pub mod interop;
+pub mod process;
+pub mod proxy;
+
+use std::error::Error;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+
+/// Any error of a test or helper; `Send` so that helpers can run on other threads and tasks.
+pub type BoxError = Box<dyn Error + Send + Sync>;
+
+/// What tests and helpers return.
+pub type TestResult<T = ()> = Result<T, BoxError>;
+
+/// A port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).
+pub fn free_port() -> TestResult<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+/// An address on 127.0.0.1 nothing listened on a moment ago: for a listener to bind, or an
+/// upstream that refuses connections.
+pub fn free_addr() -> TestResult<SocketAddr> {
+    Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?)))
+}
