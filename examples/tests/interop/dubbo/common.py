@@ -32,7 +32,17 @@ def client_parser(description):
     parser.add_argument("--interface", default=DEMO_INTERFACE)
     parser.add_argument("--version", default=DEMO_VERSION)
     parser.add_argument("--method", default="sayHello")
+    parser.add_argument(
+        "--dubbo-version",
+        default=DUBBO_VERSION,
+        help="the Dubbo protocol version the client sends; 'library' keeps the library's default",
+    )
     return parser
+
+
+def dubbo_version_kwargs(args):
+    """The `dubbo_version` keyword for a client library, or none to keep its default."""
+    return {} if args.dubbo_version == "library" else {"dubbo_version": args.dubbo_version}
 
 
 def split_addr(addr):

@@ -20,7 +20,7 @@ import time
 import dubbo.client
 from dubbo.codec.hessian2 import DubboHeartBeatResponse
 
-from common import DUBBO_VERSION, client_parser, emit, run_calls, split_addr, start_watchdog
+from common import client_parser, dubbo_version_kwargs, emit, run_calls, split_addr, start_watchdog
 
 HEARTBEAT_ID = 1000001
 
@@ -67,7 +67,7 @@ def main():
 
     host, port = split_addr(args.addr)
     try:
-        client = dubbo.client.DubboClient(host, port, dubbo_version=DUBBO_VERSION)
+        client = dubbo.client.DubboClient(host, port, **dubbo_version_kwargs(args))
     except OSError as err:
         emit({"client": "dubbopy", "done": False, "error": f"connect: {err}"})
         return 2

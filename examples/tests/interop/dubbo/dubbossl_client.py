@@ -23,7 +23,7 @@ from dubbo_ssl.client import DubboClient
 from dubbo_ssl.common.exceptions import DubboRequestTimeoutException
 from dubbo_ssl.connection import connections
 
-from common import DUBBO_VERSION, client_parser, emit, run_calls, start_watchdog
+from common import client_parser, dubbo_version_kwargs, emit, run_calls, start_watchdog
 
 FLAG_REQUEST = 0x80
 FLAG_EVENT = 0x20
@@ -80,7 +80,7 @@ def main():
     if idle is not None:
         connections.TIMEOUT_IDLE = idle
 
-    client = DubboClient(args.interface, group="", version=args.version, dubbo_version=DUBBO_VERSION, host=args.addr)
+    client = DubboClient(args.interface, group="", version=args.version, host=args.addr, **dubbo_version_kwargs(args))
 
     def call_once(_call):
         _RememberedRequest.last.invoke_id = None

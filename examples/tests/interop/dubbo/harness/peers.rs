@@ -184,7 +184,8 @@ pub struct Run<'a> {
     pub attachments: Vec<(&'a str, &'a str)>,
     /// Another interface than the demo service's.
     pub interface: Option<&'a str>,
-    /// Script-specific flags (`--oneway`, `--heartbeat`, `--heartbeat-idle-secs S`).
+    /// Script-specific flags (`--oneway`, `--heartbeat`, `--heartbeat-idle-secs S`,
+    /// `--dubbo-version V`).
     pub extra: Vec<&'a str>,
 }
 
