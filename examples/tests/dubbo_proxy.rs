@@ -451,3 +451,137 @@ async fn http_put(
         .to_owned();
     Ok((status, body))
 }
+
+#[tokio::test]
+async fn connect_failures_are_retried_on_another_endpoint() -> TestResult {
+    let free = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let dead = free.local_addr()?;
+    drop(free);
+    let live = DemoProvider::start("live").await?;
+    let world = World::start_with(
+        "      - route: { cluster: flaky }
+        retry_policy: { num_retries: 1, retry_on: [connect_failure] }",
+        &format!(
+            "  - name: flaky\n    endpoints: [ {{ address: {dead} }}, {{ address: {} }} ]\n",
+            live.address()
+        ),
+        Duration::from_secs(5),
+    )
+    .await?;
+    for _ in 0..10 {
+        let reply = world.client.call("sayHello", "a", &[]).await?;
+        assert_eq!(reply.dubbo_status, 20);
+        assert_eq!(reply.attachment("provider"), Some("live"));
+    }
+    // Which first attempts hit the dead endpoint depends on the balancer's turn; each of them
+    // was retried, and every call still succeeded.
+    let metrics = world.proxy.metrics().render();
+    let retries: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("metaprotocol_upstream_rq_retry_total{cluster=\"flaky\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .ok_or("no retry counter")?;
+    assert!((1..=10).contains(&retries), "{retries} retries");
+    assert!(
+        metrics.contains(
+            "metaprotocol_upstream_rq_responses_total{cluster=\"flaky\",outcome=\"ok\"} 10"
+        )
+    );
+    world.proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn idle_client_connections_are_closed() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let yaml = format!(
+        "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r, idle_timeout: 200ms }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
+clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
+",
+        provider.address()
+    );
+    let proxy = Proxy::start(
+        Config::from_yaml(&yaml)?,
+        metaprotocol_examples::codec_registry(),
+    )
+    .await?;
+    let mut socket = TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut rest)).await??;
+    let idle = started.elapsed();
+    assert!(
+        idle >= Duration::from_millis(190) && idle < Duration::from_secs(2),
+        "closed after {idle:?}"
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn other_serializations_get_a_bad_request_reply_and_keep_the_connection() -> TestResult {
+    let world = World::start("      - route: { cluster: demo }").await?;
+    let address = world.proxy.listener_addr("in").ok_or("no listener")?;
+    let mut socket = TcpStream::connect(address).await?;
+    // A two-way request in Java native serialization (id 3), body opaque to the proxy.
+    let mut frame = vec![0xda, 0xbb, 0xc3, 0, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 4];
+    frame.extend_from_slice(b"java");
+    socket.write_all(&frame).await?;
+    let mut header = [0u8; 16];
+    tokio::time::timeout(Duration::from_secs(5), socket.read_exact(&mut header)).await??;
+    assert_eq!(header[3], 40, "BAD_REQUEST");
+    assert_eq!(&header[4..12], &5u64.to_be_bytes());
+    let len = u32::from_be_bytes([header[12], header[13], header[14], header[15]]) as usize;
+    let mut body = vec![0u8; len];
+    socket.read_exact(&mut body).await?;
+    assert!(String::from_utf8_lossy(&body).contains("serialization id 3 is not supported"));
+    // The connection is still served.
+    socket.write_all(&hex::decode(HEARTBEAT)?).await?;
+    let mut reply = [0u8; 17];
+    tokio::time::timeout(Duration::from_secs(5), socket.read_exact(&mut reply)).await??;
+    assert_eq!(reply[3], 20);
+    assert!(world.providers.iter().all(|p| p.seen().is_empty()));
+    world.proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn features_not_available_yet_are_rejected_not_ignored() -> TestResult {
+    let cases = [
+        ("lb_policy: maglev", "clusters[0].lb_policy"),
+        (
+            "circuit_breakers: { max_requests: 1 }",
+            "clusters[0].circuit_breakers",
+        ),
+        (
+            "outlier_detection: { consecutive_errors: 1 }",
+            "clusters[0].outlier_detection",
+        ),
+    ];
+    for (field, path) in cases {
+        let yaml = format!(
+            "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
+clusters: [ {{ name: c, {field}, endpoints: [ {{ address: 127.0.0.1:1 }} ] }} ]
+"
+        );
+        let err = match Proxy::start(
+            Config::from_yaml(&yaml)?,
+            metaprotocol_examples::codec_registry(),
+        )
+        .await
+        {
+            Ok(proxy) => {
+                proxy.shutdown().await;
+                return Err(format!("{field} was accepted").into());
+            }
+            Err(err) => err.to_string(),
+        };
+        assert!(
+            err.contains(path) && err.contains("not available yet"),
+            "{err}"
+        );
+    }
+    Ok(())
+}
