@@ -585,3 +585,69 @@ clusters: [ {{ name: c, {field}, endpoints: [ {{ address: 127.0.0.1:1 }} ] }} ]
     }
     Ok(())
 }
+
+/// A filter that panics on every request.
+struct Panics;
+
+impl metaprotocol_core::L7Filter for Panics {
+    fn name(&self) -> &str {
+        "panics"
+    }
+
+    fn on_request(
+        &self,
+        _: &mut metaprotocol_core::RequestContext<'_>,
+    ) -> metaprotocol_core::FilterDecision {
+        panic!("a buggy filter")
+    }
+}
+
+#[tokio::test]
+async fn a_request_whose_handling_panics_still_gets_an_error_reply() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let yaml = format!(
+        "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r, filters: [ {{ name: panics }} ] }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
+clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
+",
+        provider.address()
+    );
+    let mut filters = metaprotocol_router::FilterRegistry::with_builtins();
+    filters.register("panics", |_| {
+        Ok(Arc::new(Panics) as Arc<dyn metaprotocol_core::L7Filter>)
+    });
+    let proxy = Proxy::builder(Config::from_yaml(&yaml)?)
+        .codecs(metaprotocol_examples::codec_registry())
+        .filters(filters)
+        .start()
+        .await?;
+    let client = DubboClient::new(proxy.listener_addr("in").ok_or("no listener")?);
+    let reply =
+        tokio::time::timeout(Duration::from_secs(5), client.call("sayHello", "a", &[])).await??;
+    assert_eq!(reply.dubbo_status, 80);
+    assert!(reply.body_contains("failed inside the proxy"));
+    assert!(provider.seen().is_empty());
+    assert!(
+        proxy
+            .metrics()
+            .render()
+            .contains("metaprotocol_downstream_rq_active{listener=\"in\"} 0")
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_enormous_route_timeout_means_no_timeout() -> TestResult {
+    let world = World::start(
+        "      - route: { cluster: demo, subset: { version: v1 } }
+        timeout: 500000000000years
+        retry_policy: { num_retries: 1, per_try_timeout: 500000000000years }",
+    )
+    .await?;
+    let call = world.client.call("sayHello", "a", &[]);
+    let reply = tokio::time::timeout(Duration::from_secs(5), call).await??;
+    assert_eq!(reply.dubbo_status, 20);
+    world.proxy.shutdown().await;
+    Ok(())
+}

@@ -25,14 +25,58 @@ pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 /// the route timeout.
 pub const TIMEOUT_MS_KEY: &str = "timeout_ms";
 
+/// Makes sure a two-way request is answered even when its handling is abandoned (a panic in a
+/// filter, a task cancelled at runtime shutdown): dropped unanswered, it queues an `Internal`
+/// local reply. It also keeps the in-flight gauge right on every path.
+struct AnswerGuard {
+    ctx: Arc<ListenerContext>,
+    request: Arc<Message>,
+    replies: mpsc::Sender<Reply>,
+    answered: bool,
+}
+
+impl AnswerGuard {
+    fn new(
+        ctx: &Arc<ListenerContext>,
+        request: &Arc<Message>,
+        replies: &mpsc::Sender<Reply>,
+    ) -> Self {
+        ctx.stats.rq_active.inc();
+        Self {
+            ctx: ctx.clone(),
+            request: request.clone(),
+            replies: replies.clone(),
+            answered: false,
+        }
+    }
+}
+
+impl Drop for AnswerGuard {
+    fn drop(&mut self) {
+        self.ctx.stats.rq_active.dec();
+        if self.answered || self.request.kind != MessageKind::Request {
+            return;
+        }
+        self.ctx.stats.local_reply(LocalReplyKind::Internal).inc();
+        let reply = LocalReply::new(
+            LocalReplyKind::Internal,
+            "metaprotocol-proxy: the request failed inside the proxy",
+        );
+        let _ = self.replies.try_send(Reply::Local {
+            request: self.request.clone(),
+            reply,
+        });
+    }
+}
+
 pub(crate) async fn handle(
     ctx: Arc<ListenerContext>,
     connection: Arc<ConnectionInfo>,
     request: Message,
     replies: mpsc::Sender<Reply>,
 ) {
-    ctx.stats.rq_active.inc();
     let request = Arc::new(request);
+    let mut guard = AnswerGuard::new(&ctx, &request, &replies);
     let answer = match forward(&ctx, &connection, &request).await {
         Ok(None) => None,
         Ok(Some((response, mutation))) => Some(Reply::Response {
@@ -49,7 +93,14 @@ pub(crate) async fn handle(
     if let Some(answer) = answer {
         let _ = replies.send(answer).await;
     }
-    ctx.stats.rq_active.dec();
+    guard.answered = true;
+}
+
+/// `now + after`, saturating: a route timeout of centuries means "never", not a panic.
+fn deadline_after(after: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(after)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 /// Runs the request through filters, routing and upstream; `Ok(None)` for one-way requests.
@@ -82,7 +133,7 @@ async fn forward(
         return Ok(None);
     }
 
-    let deadline = Instant::now() + timeout_of(route, request);
+    let deadline = deadline_after(timeout_of(route, request));
     let response = call_with_retries(route, target, request, mutation, deadline).await?;
 
     let mut filter_mutation = Mutation::new();
@@ -193,7 +244,7 @@ async fn call_with_retries(
     loop {
         let endpoint = pick(target, previous.as_deref())?.clone();
         let attempt_deadline = match route.retry.as_ref().and_then(|r| r.per_try_timeout) {
-            Some(per_try) => deadline.min(Instant::now() + per_try),
+            Some(per_try) => deadline.min(deadline_after(per_try)),
             None => deadline,
         };
         let _active = endpoint.track();

@@ -60,6 +60,10 @@ impl Shared {
         if pending.closed {
             return Err(UpstreamError::Reset);
         }
+        // Every id in use (only possible with a tiny id space): refuse rather than spin.
+        if u64::try_from(pending.waiters.len()).unwrap_or(u64::MAX) >= self.max_id {
+            return Err(UpstreamError::Reset);
+        }
         loop {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed) % self.max_id + 1;
             if pending.waiters.contains_key(&id) {
@@ -274,7 +278,7 @@ async fn read_loop(
         loop {
             match codec.decode(&mut buf) {
                 Ok(Some(message)) => {
-                    handle_inbound(message, &mut *codec, &shared, &outbound, &stats).await;
+                    handle_inbound(message, &mut *codec, &shared, &outbound, &stats);
                 }
                 Ok(None) => break,
                 Err(err) => {
@@ -289,7 +293,7 @@ async fn read_loop(
     stats.cx_active.dec();
 }
 
-async fn handle_inbound(
+fn handle_inbound(
     message: Message,
     codec: &mut dyn Codec,
     shared: &Shared,
@@ -308,11 +312,14 @@ async fn handle_inbound(
         },
         MessageKind::Heartbeat => {
             let mut reply = BytesMut::new();
+            // try_send: a reader that waited on a full writer queue would stop reading
+            // responses, and an upstream waiting for us to read would never drain that queue.
+            // A heartbeat answer dropped under such pressure costs nothing.
             if codec.encode_heartbeat_reply(&message, &mut reply).is_ok()
                 && !reply.is_empty()
                 && let Some(sender) = outbound.upgrade()
             {
-                let _ = sender.send(Outbound::Raw(reply.freeze())).await;
+                let _ = sender.try_send(Outbound::Raw(reply.freeze()));
             }
         }
         // Upstreams do not call the proxy; answers to heartbeats we never sent are dropped.
