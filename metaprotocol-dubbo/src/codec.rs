@@ -206,10 +206,18 @@ fn read_body(header: &Header, message: &mut Message) -> Result<(), CodecError> {
             message.status = ResponseStatus::ServerError;
         }
         MessageKind::Response if header.serialization() == HESSIAN2 => {
-            let (status, metadata, layout) = response::decode(&message.frame)?;
-            message.status = status;
-            message.metadata = metadata;
-            message.layout = layout.into();
+            match response::decode(&message.frame) {
+                Ok((status, metadata, layout)) => {
+                    message.status = status;
+                    message.metadata = metadata;
+                    message.layout = layout.into();
+                }
+                // The frame is delimited, so the stream is still sound: rather than reset a
+                // connection that other clients' calls share, forward this body as it came
+                // (opaque, never mutated; the client's library judges it) and count the call
+                // as failed.
+                Err(_) => message.status = ResponseStatus::ServerError,
+            }
         }
         // Status 20 in another serialization: the result flag is unreadable, the status is
         // what the header says.

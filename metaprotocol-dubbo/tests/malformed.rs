@@ -95,11 +95,6 @@ fn wrong_types_are_malformed() {
         .raw(&[0x78]);
     assert!(is_malformed(decode(&frame(0xc2, 0, 1, &body.out))));
 
-    // A response whose result flag is unknown, or not an int.
-    assert!(is_malformed(decode(&frame(0x02, 20, 1, &[0x99]))));
-    assert!(is_malformed(decode(&frame(0x02, 20, 1, b"\x01x"))));
-    assert!(is_malformed(decode(&frame(0x02, 20, 1, &[]))));
-
     // Reserved tags and stray terminators inside arguments.
     for tag in [0x40, 0x45, 0x47, 0x50, b'Z'] {
         let body = request_body("demo.Api", "hi", "J", &[], None);
@@ -136,4 +131,32 @@ fn depth_bombs_and_class_floods_are_malformed() {
     let mut long_list = request_body("demo.Api", "hi", "Ljava/lang/Object;", &[], None);
     long_list.extend_from_slice(&[0x58, b'I', 0x7f, 0xff, 0xff, 0xff]);
     assert!(is_malformed(decode(&frame(0xc2, 0, 1, &long_list))));
+}
+
+/// A response whose result cannot be read is still a whole frame: it is forwarded as it came
+/// (never mutated) and counted as a failed call, so one bad answer does not reset an upstream
+/// connection that other clients share.
+#[test]
+fn unreadable_results_pass_through_as_server_errors() -> Result<(), Box<dyn std::error::Error>> {
+    use metaprotocol_core::{Codec, EncodeParams, MessageKind, Mutation, ResponseStatus};
+    let mut edit = Mutation::new();
+    edit.set("x-served-by".into(), "proxy".into());
+    for body in [&[0x99][..], b"\x01x", &[]] {
+        let bytes = frame(0x02, 20, 1, body);
+        let mut codec = metaprotocol_dubbo::DubboCodec::new(1 << 20);
+        let message = codec
+            .decode(&mut bytes::BytesMut::from(&bytes[..]))?
+            .ok_or("incomplete")?;
+        assert_eq!(message.kind, MessageKind::Response);
+        assert_eq!(message.status, ResponseStatus::ServerError);
+        let mut out = bytes::BytesMut::new();
+        let params = EncodeParams {
+            request_id: 1,
+            variant: metaprotocol_dubbo::READS_RESPONSE_ATTACHMENTS,
+            mutation: &edit,
+        };
+        codec.encode(&message, &params, &mut out)?;
+        assert_eq!(&out[..], &bytes[..]);
+    }
+    Ok(())
 }

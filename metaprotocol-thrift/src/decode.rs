@@ -147,12 +147,14 @@ fn describe(
         MessageType::Exception => (MessageKind::Response, ResponseStatus::ServerError),
         MessageType::Reply => {
             let cursor = Cursor::in_frame(&frame, header.body_start);
-            // Field 0 is the return value; any other field is a declared exception.
-            let status = match protocol::first_field_id(format.protocol, cursor)
-                .map_err(ReadError::in_complete_frame)?
-            {
-                Some(id) if id != 0 => ResponseStatus::ApplicationError,
-                _ => ResponseStatus::Ok,
+            // Field 0 is the return value; any other field is a declared exception. A result
+            // that cannot be read in a frame whose end is known is the client's to judge: it
+            // is forwarded and counted as failed, not a reason to reset a connection that other
+            // clients' calls share.
+            let status = match protocol::first_field_id(format.protocol, cursor) {
+                Ok(Some(id)) if id != 0 => ResponseStatus::ApplicationError,
+                Ok(_) => ResponseStatus::Ok,
+                Err(_) => ResponseStatus::ServerError,
             };
             (MessageKind::Response, status)
         }
