@@ -2,14 +2,11 @@
 //! place, and id spliced when its varint length changes) and encode with a `user_fields`
 //! mutation, for 128 B, 1 KiB and 16 KiB payloads.
 
-use std::hint::black_box;
-
 use bytes::BytesMut;
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group, criterion_main};
+use metaprotocol_benches::bench_encode;
 use metaprotocol_brpc::{BrpcCodec, encode_frame, proto};
-use metaprotocol_core::{ByteStr, Codec, EncodeParams, Message, Mutation, Side, WireVariant};
-
-const PAYLOAD_SIZES: [(usize, &str); 3] = [(128, "128B"), (1024, "1KiB"), (16 * 1024, "16KiB")];
+use metaprotocol_core::{ByteStr, Codec, Mutation, Side};
 
 /// A brpc 1.17-like correlation id (a versioned bthread id: a 5-byte varint).
 const CLIENT_ID: i64 = 4_294_967_298;
@@ -44,64 +41,35 @@ fn request_frame(len: usize) -> BytesMut {
     out
 }
 
-fn decoded(frame: &BytesMut) -> Option<Message> {
-    BrpcCodec::new(Side::Downstream, 1 << 20)
-        .decode(&mut frame.clone())
-        .ok()
-        .flatten()
+fn codec() -> Box<dyn Codec> {
+    Box::new(BrpcCodec::new(Side::Downstream, 1 << 20))
 }
 
 fn bench_decode(c: &mut Criterion) {
-    let mut group = c.benchmark_group("brpc/decode");
-    for (len, label) in PAYLOAD_SIZES {
-        let frame = request_frame(len);
-        group.throughput(Throughput::Elements(1));
-        let mut codec = BrpcCodec::new(Side::Downstream, 1 << 20);
-        group.bench_function(label, |b| {
-            b.iter_batched_ref(
-                || frame.clone(),
-                |buf| black_box(codec.decode(buf)),
-                BatchSize::SmallInput,
-            )
-        });
-    }
-    group.finish();
-}
-
-fn bench_encode(c: &mut Criterion, name: &str, id: u64, mutation: &Mutation) {
-    let mut group = c.benchmark_group(name);
-    for (len, label) in PAYLOAD_SIZES {
-        let Some(message) = decoded(&request_frame(len)) else {
-            continue;
-        };
-        let mut codec = BrpcCodec::new(Side::Upstream, 1 << 20);
-        let mut dst = BytesMut::with_capacity(len + 256);
-        let params = EncodeParams {
-            request_id: id,
-            variant: WireVariant::DEFAULT,
-            mutation,
-        };
-        group.throughput(Throughput::Elements(1));
-        group.bench_function(label, |b| {
-            b.iter(|| {
-                dst.clear();
-                black_box(codec.encode(black_box(&message), &params, &mut dst))
-            })
-        });
-    }
-    group.finish();
+    metaprotocol_benches::bench_decode(c, "brpc/decode", codec, request_frame);
 }
 
 fn bench_passthrough(c: &mut Criterion) {
+    let mutation = Mutation::new();
     // Same varint length as the client's id: the frame is copied and the id patched in place.
+    let same_length = CLIENT_ID as u64 + 1;
     bench_encode(
         c,
         "brpc/passthrough",
-        CLIENT_ID as u64 + 1,
-        &Mutation::new(),
+        codec,
+        request_frame,
+        same_length,
+        &mutation,
     );
     // A small upstream id: the meta is spliced around a shorter correlation_id field.
-    bench_encode(c, "brpc/passthrough_id_splice", 7, &Mutation::new());
+    bench_encode(
+        c,
+        "brpc/passthrough_id_splice",
+        codec,
+        request_frame,
+        7,
+        &mutation,
+    );
 }
 
 fn bench_mutate(c: &mut Criterion) {
@@ -112,7 +80,7 @@ fn bench_mutate(c: &mut Criterion) {
     );
     mutation.set(ByteStr::from_static("tenant"), ByteStr::from_static("t2"));
     mutation.remove(ByteStr::from_static("x-trace-id"));
-    bench_encode(c, "brpc/mutate_encode", 7, &mutation);
+    bench_encode(c, "brpc/mutate_encode", codec, request_frame, 7, &mutation);
 }
 
 criterion_group!(benches, bench_decode, bench_passthrough, bench_mutate);

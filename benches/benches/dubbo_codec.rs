@@ -3,16 +3,11 @@
 //! with an attachments mutation, for requests whose String argument is 128 B, 1 KiB and
 //! 16 KiB, carrying the attachments the golden clients send.
 
-use std::hint::black_box;
-
 use bytes::BytesMut;
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use metaprotocol_core::{
-    ByteStr, Codec, DEFAULT_MAX_FRAME_BYTES, EncodeParams, Message, Mutation, WireVariant,
-};
+use criterion::{Criterion, criterion_group, criterion_main};
+use metaprotocol_benches::bench_encode;
+use metaprotocol_core::{ByteStr, Codec, DEFAULT_MAX_FRAME_BYTES, Mutation};
 use metaprotocol_dubbo::DubboCodec;
-
-const ARGUMENT_SIZES: [(usize, &str); 3] = [(128, "128B"), (1024, "1KiB"), (16 * 1024, "16KiB")];
 
 const SERVICE: &str = "org.apache.dubbo.samples.basic.api.DemoService";
 
@@ -61,59 +56,24 @@ fn request_frame(len: usize) -> BytesMut {
     frame
 }
 
-fn codec() -> DubboCodec {
-    DubboCodec::new(DEFAULT_MAX_FRAME_BYTES)
-}
-
-/// The decoded request; a bench that cannot decode its own frame has nothing to measure.
-fn decoded(frame: &BytesMut) -> Message {
-    match codec().decode(&mut frame.clone()) {
-        Ok(Some(message)) => message,
-        other => panic!("the bench frame does not decode: {other:?}"),
-    }
+fn codec() -> Box<dyn Codec> {
+    Box::new(DubboCodec::new(DEFAULT_MAX_FRAME_BYTES))
 }
 
 fn bench_decode(c: &mut Criterion) {
-    let mut group = c.benchmark_group("dubbo/decode");
-    group.throughput(Throughput::Elements(1));
-    for (len, label) in ARGUMENT_SIZES {
-        let frame = request_frame(len);
-        let mut codec = codec();
-        group.bench_function(label, |b| {
-            b.iter_batched_ref(
-                || frame.clone(),
-                |src| black_box(codec.decode(src)),
-                BatchSize::SmallInput,
-            );
-        });
-    }
-    group.finish();
-}
-
-fn bench_encode(c: &mut Criterion, name: &str, mutation: &Mutation) {
-    let mut group = c.benchmark_group(name);
-    group.throughput(Throughput::Elements(1));
-    for (len, label) in ARGUMENT_SIZES {
-        let message = decoded(&request_frame(len));
-        let params = EncodeParams {
-            request_id: 0x1234_5678,
-            variant: WireVariant::DEFAULT,
-            mutation,
-        };
-        let mut codec = codec();
-        let mut dst = BytesMut::with_capacity(message.frame.len() * 2);
-        group.bench_function(label, |b| {
-            b.iter(|| {
-                dst.clear();
-                black_box(codec.encode(&message, &params, &mut dst))
-            });
-        });
-    }
-    group.finish();
+    metaprotocol_benches::bench_decode(c, "dubbo/decode", codec, request_frame);
 }
 
 fn bench_passthrough(c: &mut Criterion) {
-    bench_encode(c, "dubbo/encode_passthrough", &Mutation::new());
+    let mutation = Mutation::new();
+    bench_encode(
+        c,
+        "dubbo/encode_passthrough",
+        codec,
+        request_frame,
+        0x1234_5678,
+        &mutation,
+    );
 }
 
 fn bench_mutate(c: &mut Criterion) {
@@ -124,7 +84,14 @@ fn bench_mutate(c: &mut Criterion) {
     );
     mutation.set(ByteStr::from_static("tenant"), ByteStr::from_static("t2"));
     mutation.remove(ByteStr::from_static("x-trace-id"));
-    bench_encode(c, "dubbo/encode_mutated", &mutation);
+    bench_encode(
+        c,
+        "dubbo/encode_mutated",
+        codec,
+        request_frame,
+        0x1234_5678,
+        &mutation,
+    );
 }
 
 criterion_group!(benches, bench_decode, bench_passthrough, bench_mutate);

@@ -3,16 +3,11 @@
 //! with a THeader header mutation, for `sayHello` calls with 128 B, 1 KiB and 16 KiB string
 //! arguments.
 
-use std::hint::black_box;
-
 use bytes::{BufMut, BytesMut};
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use metaprotocol_core::{
-    ByteStr, Codec, CodecFactory, EncodeParams, Message, Mutation, Side, WireVariant,
-};
+use criterion::{Criterion, criterion_group, criterion_main};
+use metaprotocol_benches::bench_encode;
+use metaprotocol_core::{ByteStr, Codec, CodecFactory, EncodeParams, Mutation, Side, WireVariant};
 use metaprotocol_thrift::{Protocol, ThriftCodecFactory, ThriftFormat, Transport};
-
-const ARG_SIZES: [(usize, &str); 3] = [(128, "128B"), (1024, "1KiB"), (16 * 1024, "16KiB")];
 
 fn codec() -> Box<dyn Codec> {
     ThriftCodecFactory::default().new_codec(Side::Downstream, WireVariant::DEFAULT)
@@ -36,10 +31,6 @@ fn framed_call(len: usize) -> BytesMut {
     frame
 }
 
-fn decode(bytes: &BytesMut) -> Option<Message> {
-    codec().decode(&mut bytes.clone()).ok().flatten()
-}
-
 /// The call in `format`, with THeader info headers `x-trace-id` and `tenant` when THeader.
 fn call_in(format: ThriftFormat, len: usize) -> BytesMut {
     let mut headers = Mutation::new();
@@ -49,81 +40,38 @@ fn call_in(format: ThriftFormat, len: usize) -> BytesMut {
     );
     headers.set(ByteStr::from_static("tenant"), ByteStr::from_static("t1"));
     let mut out = BytesMut::new();
-    if let Some(message) = decode(&framed_call(len)) {
-        let params = EncodeParams {
-            request_id: 1,
-            variant: format.to_variant(),
-            mutation: &headers,
-        };
-        // A failure leaves `out` empty, and the benches then fail loudly on decode.
-        let _ = codec().encode(&message, &params, &mut out);
-    }
+    let message = metaprotocol_benches::decoded(&mut *codec(), &framed_call(len));
+    let params = EncodeParams {
+        request_id: 1,
+        variant: format.to_variant(),
+        mutation: &headers,
+    };
+    // A failure leaves `out` empty, and the benches then fail loudly on decode.
+    let _ = codec().encode(&message, &params, &mut out);
     out
 }
 
 fn bench_decode(c: &mut Criterion) {
-    let formats = [
-        (
-            "framed",
-            ThriftFormat::new(Transport::Framed, Protocol::Binary),
-        ),
-        (
-            "unframed",
-            ThriftFormat::new(Transport::Unframed, Protocol::Binary),
-        ),
-        (
-            "header",
-            ThriftFormat::new(Transport::Header, Protocol::Binary),
-        ),
-    ];
-    for (name, format) in formats {
-        let mut group = c.benchmark_group(format!("thrift/decode/{name}"));
-        group.throughput(Throughput::Elements(1));
-        for (len, label) in ARG_SIZES {
-            let bytes = call_in(format, len);
-            assert!(decode(&bytes).is_some(), "bench input does not decode");
-            group.bench_function(label, |b| {
-                b.iter_batched_ref(
-                    || (codec(), bytes.clone()),
-                    |(codec, src)| black_box(codec.decode(src)),
-                    BatchSize::SmallInput,
-                );
-            });
-        }
-        group.finish();
+    for (name, transport) in [
+        ("framed", Transport::Framed),
+        ("unframed", Transport::Unframed),
+        ("header", Transport::Header),
+    ] {
+        let format = ThriftFormat::new(transport, Protocol::Binary);
+        let group = format!("thrift/decode/{name}");
+        metaprotocol_benches::bench_decode(c, &group, codec, |len| call_in(format, len));
     }
-}
-
-fn bench_encode(c: &mut Criterion, group_name: &str, format: ThriftFormat, mutation: &Mutation) {
-    let mut group = c.benchmark_group(group_name);
-    group.throughput(Throughput::Elements(1));
-    for (len, label) in ARG_SIZES {
-        let Some(message) = decode(&call_in(format, len)) else {
-            panic!("bench input does not decode");
-        };
-        let mut codec = codec();
-        let mut dst = BytesMut::with_capacity(2 * len + 256);
-        group.bench_function(label, |b| {
-            b.iter(|| {
-                dst.clear();
-                let params = EncodeParams {
-                    request_id: 77,
-                    variant: message.variant,
-                    mutation,
-                };
-                black_box(codec.encode(&message, &params, &mut dst))
-            });
-        });
-    }
-    group.finish();
 }
 
 fn bench_passthrough(c: &mut Criterion) {
     let framed = ThriftFormat::new(Transport::Framed, Protocol::Binary);
+    let frame = |len| call_in(framed, len);
     bench_encode(
         c,
         "thrift/passthrough_encode/framed",
-        framed,
+        codec,
+        frame,
+        77,
         &Mutation::new(),
     );
 }
@@ -136,7 +84,15 @@ fn bench_mutate(c: &mut Criterion) {
     );
     mutation.remove(ByteStr::from_static("tenant"));
     let header = ThriftFormat::new(Transport::Header, Protocol::Binary);
-    bench_encode(c, "thrift/mutate_encode/header", header, &mutation);
+    let frame = |len| call_in(header, len);
+    bench_encode(
+        c,
+        "thrift/mutate_encode/header",
+        codec,
+        frame,
+        77,
+        &mutation,
+    );
 }
 
 criterion_group!(benches, bench_decode, bench_passthrough, bench_mutate);
