@@ -6,7 +6,7 @@ use bytes::BytesMut;
 use criterion::{Criterion, criterion_group, criterion_main};
 use metaprotocol_benches::bench_encode;
 use metaprotocol_brpc::{BrpcCodec, encode_frame, proto};
-use metaprotocol_core::{ByteStr, Codec, Mutation, Side};
+use metaprotocol_core::{Codec, Mutation, Side};
 
 /// A brpc 1.17-like correlation id (a versioned bthread id: a 5-byte varint).
 const CLIENT_ID: i64 = 4_294_967_298;
@@ -73,13 +73,7 @@ fn bench_passthrough(c: &mut Criterion) {
 }
 
 fn bench_mutate(c: &mut Criterion) {
-    let mut mutation = Mutation::new();
-    mutation.set(
-        ByteStr::from_static("x-routed-by"),
-        ByteStr::from_static("canary"),
-    );
-    mutation.set(ByteStr::from_static("tenant"), ByteStr::from_static("t2"));
-    mutation.remove(ByteStr::from_static("x-trace-id"));
+    let mutation = metaprotocol_benches::routing_mutation();
     bench_encode(c, "brpc/mutate_encode", codec, request_frame, 7, &mutation);
 }
 

@@ -6,7 +6,7 @@
 use bytes::BytesMut;
 use criterion::{Criterion, criterion_group, criterion_main};
 use metaprotocol_benches::bench_encode;
-use metaprotocol_core::{ByteStr, Codec, DEFAULT_MAX_FRAME_BYTES, Mutation};
+use metaprotocol_core::{Codec, DEFAULT_MAX_FRAME_BYTES, Mutation};
 use metaprotocol_dubbo::DubboCodec;
 
 const SERVICE: &str = "org.apache.dubbo.samples.basic.api.DemoService";
@@ -77,13 +77,7 @@ fn bench_passthrough(c: &mut Criterion) {
 }
 
 fn bench_mutate(c: &mut Criterion) {
-    let mut mutation = Mutation::new();
-    mutation.set(
-        ByteStr::from_static("x-routed-by"),
-        ByteStr::from_static("canary"),
-    );
-    mutation.set(ByteStr::from_static("tenant"), ByteStr::from_static("t2"));
-    mutation.remove(ByteStr::from_static("x-trace-id"));
+    let mutation = metaprotocol_benches::routing_mutation();
     bench_encode(
         c,
         "dubbo/encode_mutated",

@@ -77,12 +77,7 @@ fn bench_passthrough(c: &mut Criterion) {
 }
 
 fn bench_mutate(c: &mut Criterion) {
-    let mut mutation = Mutation::new();
-    mutation.set(
-        ByteStr::from_static("x-routed-by"),
-        ByteStr::from_static("canary"),
-    );
-    mutation.remove(ByteStr::from_static("tenant"));
+    let mutation = metaprotocol_benches::routing_mutation();
     let header = ThriftFormat::new(Transport::Header, Protocol::Binary);
     let frame = |len| call_in(header, len);
     bench_encode(

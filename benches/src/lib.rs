@@ -6,10 +6,23 @@ use std::hint::black_box;
 
 use bytes::BytesMut;
 use criterion::{BatchSize, Criterion, Throughput};
-use metaprotocol_core::{Codec, EncodeParams, Message, Mutation};
+use metaprotocol_core::{ByteStr, Codec, EncodeParams, Message, Mutation};
 
 /// The body sizes every codec is measured at, with their labels.
 pub const BODY_SIZES: [(usize, &str); 3] = [(128, "128B"), (1024, "1KiB"), (16 * 1024, "16KiB")];
+
+/// The mutation every mutate-and-encode bench applies, a typical route's: two headers set
+/// (one new, one replacing the frame's `tenant`) and one removed (`x-trace-id`).
+pub fn routing_mutation() -> Mutation {
+    let mut mutation = Mutation::new();
+    mutation.set(
+        ByteStr::from_static("x-routed-by"),
+        ByteStr::from_static("canary"),
+    );
+    mutation.set(ByteStr::from_static("tenant"), ByteStr::from_static("t2"));
+    mutation.remove(ByteStr::from_static("x-trace-id"));
+    mutation
+}
 
 /// The message `codec` decodes from `frame`; a bench that cannot decode its own input has nothing
 /// to measure, so this panics.
