@@ -651,3 +651,37 @@ async fn an_enormous_route_timeout_means_no_timeout() -> TestResult {
     world.proxy.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn route_metrics_follow_the_published_table() -> TestResult {
+    let world = World::start("      - { name: old, route: { cluster: demo } }").await?;
+    let series = |route: &str| {
+        format!("metaprotocol_route_rq_total{{route_config=\"r\",route=\"{route}\"}}")
+    };
+    assert!(world.proxy.metrics().render().contains(&series("old")));
+
+    let rejected = metaprotocol_router::config::RouteConfigSpec::from_yaml(
+        "name: r\nroutes:\n  - { name: fine, route: { cluster: demo } }\n  - { name: broken, route: { cluster: demo }, mirror: { cluster: demo } }\n",
+    )?;
+    assert!(world.proxy.update_route_config(rejected).is_err());
+    let metrics = world.proxy.metrics().render();
+    assert!(
+        !metrics.contains(&series("fine")) && !metrics.contains(&series("broken")),
+        "{metrics}"
+    );
+    assert!(metrics.contains(&series("old")));
+
+    let renamed = metaprotocol_router::config::RouteConfigSpec::from_yaml(
+        "name: r\nroutes:\n  - { name: new, route: { cluster: demo } }\n",
+    )?;
+    world.proxy.update_route_config(renamed)?;
+    world.client.call("sayHello", "a", &[]).await?;
+    let metrics = world.proxy.metrics().render();
+    assert!(
+        metrics.contains(&format!("{} 1", series("new"))),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(&series("old")), "{metrics}");
+    world.proxy.shutdown().await;
+    Ok(())
+}

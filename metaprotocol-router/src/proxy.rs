@@ -354,10 +354,15 @@ impl ProxyState {
             if config.route_config(&spec.name) == Some(&spec) {
                 continue;
             }
-            let table = self
-                .prepare(&config, &spec)
-                .map_err(|e| e.within(&format!("route_configs[{i}]")))?;
-            prepared.push((spec, table));
+            match self.prepare(&config, &spec) {
+                Ok(table) => prepared.push((spec, table)),
+                Err(err) => {
+                    for (spec, table) in &prepared {
+                        self.discard(&spec.name, table);
+                    }
+                    return Err(err.within(&format!("route_configs[{i}]")));
+                }
+            }
         }
         Ok(prepared
             .into_iter()
@@ -389,10 +394,18 @@ impl ProxyState {
         RouteTable::build(spec, version, &self.clusters, &self.metrics)
     }
 
+    /// Forgets a prepared table that will not be published (its metric series included).
+    fn discard(&self, name: &str, table: &RouteTable) {
+        if let Some(slot) = self.route_tables.get(name) {
+            table.retire_metrics(&slot.table.load(), &self.metrics);
+        }
+    }
+
     /// Publishes a prepared table; returns its version.
     fn commit(&self, config: &mut Config, spec: RouteConfigSpec, table: RouteTable) -> u64 {
         let version = table.version();
         if let Some(slot) = self.route_tables.get(&spec.name) {
+            slot.table.load().retire_metrics(&table, &self.metrics);
             slot.table.store(Arc::new(table));
         }
         if let Some(entry) = config

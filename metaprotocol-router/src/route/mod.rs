@@ -136,21 +136,35 @@ impl RouteTable {
         clusters: &HashMap<String, Arc<Cluster>>,
         metrics: &Metrics,
     ) -> Result<Self, ConfigError> {
-        let routes = spec
+        let mut routes: Vec<Route> = spec
             .routes
             .iter()
             .enumerate()
             .map(|(i, route)| {
-                build_route(route, i, &spec.name, clusters, metrics)
-                    .map_err(|e| e.within(&format!("routes[{i}]")))
+                build_route(route, i, clusters).map_err(|e| e.within(&format!("routes[{i}]")))
             })
             .collect::<Result<_, _>>()?;
+        // Metric series only for a table that compiled: a rejected config leaves none behind.
+        // Routes keep their series across updates by keeping their names.
+        for route in &mut routes {
+            route.requests = metrics.route(&spec.name, &route.name);
+        }
         Ok(Self {
             name: spec.name.as_str().into(),
             version,
             routes,
             spec: spec.clone(),
         })
+    }
+
+    /// Drops the metric series of `self`'s routes that `successor` (the table replacing it, or
+    /// the table that stays when `self` is discarded) does not have.
+    pub fn retire_metrics(&self, successor: &RouteTable, metrics: &Metrics) {
+        for route in &self.routes {
+            if !successor.routes.iter().any(|r| r.name == route.name) {
+                metrics.forget_route(&self.name, &route.name);
+            }
+        }
     }
 
     /// The first route that matches `metadata`.
@@ -177,9 +191,7 @@ impl RouteTable {
 fn build_route(
     spec: &RouteSpec,
     index: usize,
-    route_config: &str,
     clusters: &HashMap<String, Arc<Cluster>>,
-    metrics: &Metrics,
 ) -> Result<Route, ConfigError> {
     if spec.mirror.is_some() {
         return Err(ConfigError::new(
@@ -251,7 +263,7 @@ fn build_route(
         None => format!("#{index}").into(),
     };
     Ok(Route {
-        requests: metrics.route(route_config, &name),
+        requests: Counter::default(),
         name,
         matchers,
         action,

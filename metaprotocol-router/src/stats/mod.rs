@@ -354,6 +354,14 @@ impl Metrics {
             .inc();
     }
 
+    /// Removes the series of a route that no table has any more.
+    pub fn forget_route(&self, route_config: &str, route: &str) {
+        self.route_rq_total.remove(&RouteLabels {
+            route_config: route_config.to_owned(),
+            route: route.to_owned(),
+        });
+    }
+
     /// The request counter of route `route` in route config `route_config`.
     pub fn route(&self, route_config: &str, route: &str) -> Counter {
         self.route_rq_total
