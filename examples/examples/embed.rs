@@ -38,7 +38,7 @@ impl L7Filter for RequireTenant {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let provider = DemoProvider::start("provider").await?;
     let mut filters = FilterRegistry::with_builtins();
-    filters.register("require_tenant", |config| {
+    filters.register("require_tenant", |config, _context| {
         let gateway = config
             .get("gateway")
             .and_then(|g| g.as_str())

@@ -151,12 +151,8 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoSummary> {
     summary.no_route_status = lost.as_ref().ok().map(|r| r.dubbo_status);
     summary.upstream_connections = proxy
         .clusters()
-        .flat_map(|(_, c)| {
-            c.endpoints()
-                .endpoints()
-                .iter()
-                .map(|e| e.pool().open_connections())
-        })
+        .iter()
+        .flat_map(|c| c.endpoints.iter().map(|e| e.open_connections))
         .sum();
     (summary.report, summary.passed) =
         report(&summary, &options, batch_sent, elapsed, address, &lost);
@@ -167,7 +163,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoSummary> {
 fn tally(
     summary: &mut DemoSummary,
     batch: bool,
-    reply: Result<Reply, metaprotocol_router::upstream::UpstreamError>,
+    reply: Result<Reply, metaprotocol_router::UpstreamError>,
 ) {
     let route = if batch { "batch-jobs" } else { "canary" };
     match reply {
@@ -204,7 +200,7 @@ fn report(
     batch_sent: usize,
     elapsed: Duration,
     address: std::net::SocketAddr,
-    lost: &Result<Reply, metaprotocol_router::upstream::UpstreamError>,
+    lost: &Result<Reply, metaprotocol_router::UpstreamError>,
 ) -> (String, bool) {
     let mut out = String::new();
     let total = options.calls + options.batch_calls;

@@ -169,8 +169,7 @@ async fn one_way_reaches_the_server_and_gets_no_answer() -> TestResult {
     let world = World::start("      - route: { cluster: demo, subset: { version: v1 } }").await?;
     world
         .client
-        .send_oneway("notify", "a", &[("x-one", "way")])
-        .await?;
+        .send_oneway("notify", "a", &[("x-one", "way")])?;
     let deadline = Instant::now() + Duration::from_secs(5);
     while world.provider("v1-user").seen().is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -613,7 +612,7 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
         provider.address()
     );
     let mut filters = metaprotocol_router::FilterRegistry::with_builtins();
-    filters.register("panics", |_| {
+    filters.register("panics", |_, _| {
         Ok(Arc::new(Panics) as Arc<dyn metaprotocol_core::L7Filter>)
     });
     let proxy = Proxy::builder(Config::from_yaml(&yaml)?)
@@ -663,7 +662,7 @@ async fn route_metrics_follow_the_published_table() -> TestResult {
     let rejected = metaprotocol_router::config::RouteConfigSpec::from_yaml(
         "name: r\nroutes:\n  - { name: fine, route: { cluster: demo } }\n  - { name: broken, route: { cluster: demo }, mirror: { cluster: demo } }\n",
     )?;
-    assert!(world.proxy.update_route_config(rejected).is_err());
+    assert!(world.proxy.update_route_config(rejected).await.is_err());
     let metrics = world.proxy.metrics().render();
     assert!(
         !metrics.contains(&series("fine")) && !metrics.contains(&series("broken")),
@@ -674,7 +673,7 @@ async fn route_metrics_follow_the_published_table() -> TestResult {
     let renamed = metaprotocol_router::config::RouteConfigSpec::from_yaml(
         "name: r\nroutes:\n  - { name: new, route: { cluster: demo } }\n",
     )?;
-    world.proxy.update_route_config(renamed)?;
+    world.proxy.update_route_config(renamed).await?;
     world.client.call("sayHello", "a", &[]).await?;
     let metrics = world.proxy.metrics().render();
     assert!(

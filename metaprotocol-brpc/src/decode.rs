@@ -51,6 +51,11 @@ pub(crate) fn message_from_frame(
         }
         (Some(request), _, Side::Downstream) => {
             message.reject_reason = request_reject_reason(&view, &request);
+            message.timeout = request
+                .timeout_ms
+                .and_then(|ms| u64::try_from(ms).ok())
+                .filter(|ms| *ms > 0)
+                .map(std::time::Duration::from_millis);
             add_request_metadata(&mut message.metadata, request);
         }
         (None, None, Side::Downstream) => message.reject_reason = Some(reject::NO_REQUEST_META),

@@ -48,8 +48,9 @@
 //!   0), `error_text` and their `user_fields`. Every other `RpcMeta` field (`compress_type`,
 //!   `content_type`, checksums, `authentication_data`, trace ids ...) is readable through
 //!   [`RpcMetaView`].
-//! - **Timeouts**: `timeout_ms` is the caller's own deadline for the call; the engine reads the
-//!   `timeout_ms` metadata key and caps the route's timeout with it.
+//! - **Timeouts**: `timeout_ms` is the caller's own deadline for the call; the codec reports it
+//!   as [`metaprotocol_core::Message::timeout`] (and as the `timeout_ms` metadata key, for
+//!   routing), and the engine caps the route's timeout with it.
 //! - **Forwarding**: without mutation the frame is written verbatim, the `correlation_id` varint
 //!   patched in place when the new id has the same length, else spliced in (the meta's other
 //!   bytes, unknown fields included, unchanged). Compressed payloads and checksums pass through:

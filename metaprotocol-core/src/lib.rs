@@ -12,8 +12,11 @@
 //! - [`Mutation`]: header set/remove operations that a codec applies when it encodes a frame.
 //! - [`LocalReply`]: an error the proxy answers itself; the codec turns it into the protocol's own
 //!   error response (Dubbo status, Thrift `TApplicationException`, bRPC `error_code`).
-//! - [`L7Filter`] and [`FilterChain`]: request and response hooks that continue, answer locally, or
-//!   wait on asynchronous work.
+//! - [`L7Filter`] and [`FilterChain`]: request, response and completion hooks that continue,
+//!   answer locally, or wait on asynchronous work.
+//! - [`RequestRecord`]: what happened to one request (route, cluster, endpoint, attempts,
+//!   timings, outcome with [`ResponseFlags`], bytes, the peer's identity), seen by every hook,
+//!   with a typed per-request state slot ([`Extensions`]).
 //!
 //! This crate opens no sockets and spawns no tasks.
 //!
@@ -38,6 +41,7 @@ mod filter;
 mod message;
 mod metadata;
 mod mutation;
+mod record;
 mod reply;
 
 pub use bytestr::ByteStr;
@@ -47,10 +51,14 @@ pub use codec::{
 };
 pub use error::{CodecError, OptionsError};
 pub use filter::{
-    ConnectionInfo, FilterChain, FilterDecision, FilterFuture, L7Filter, RequestContext,
-    ResponseContext,
+    ChainStep, CompleteContext, FilterChain, FilterDecision, FilterFuture, L7Filter,
+    RequestContext, ResponseContext, Resume,
 };
 pub use message::{FrameLayout, Message, MessageKind, ResponseStatus};
 pub use metadata::{Metadata, keys};
 pub use mutation::Mutation;
+pub use record::{
+    ConnectionInfo, Extensions, Outcome, PeerIdentity, RequestRecord, ResponseFlags, RoutingKeys,
+    RoutingView, Timings,
+};
 pub use reply::{LocalReply, LocalReplyKind, UnknownReplyKind};

@@ -1,11 +1,15 @@
 //! One decoded frame.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 
 use crate::{Metadata, WireVariant};
 
-/// What a frame is, as far as the engine is concerned.
+/// What a frame is, as far as the engine is concerned. More kinds (streams) may come, so
+/// matches need a wildcard arm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum MessageKind {
     /// A call that expects a response.
     Request,
@@ -74,6 +78,9 @@ pub struct Message {
     /// unsupported serialization, say): the engine answers it with a `BadRequest` local reply
     /// carrying this reason, and the connection stays open.
     pub reject_reason: Option<&'static str>,
+    /// The caller's own deadline for the call, when the protocol carries one (bRPC
+    /// `timeout_ms`): the engine never waits longer than this, whatever the route allows.
+    pub timeout: Option<Duration>,
 }
 
 impl Message {
@@ -88,6 +95,7 @@ impl Message {
             variant: WireVariant::DEFAULT,
             layout: FrameLayout::default(),
             reject_reason: None,
+            timeout: None,
         }
     }
 }

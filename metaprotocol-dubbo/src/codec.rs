@@ -220,8 +220,8 @@ fn read_body(header: &Header, message: &mut Message) -> Result<(), CodecError> {
             }
         }
         // Status 20 in another serialization: the result flag is unreadable, the status is
-        // what the header says.
-        MessageKind::Response => {}
+        // what the header says. The header names no other kind.
+        _ => {}
     }
     Ok(())
 }

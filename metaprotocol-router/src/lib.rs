@@ -1,14 +1,24 @@
 //! The metaprotocol-rs engine: layer-7 traffic management for any request/response RPC protocol.
 //!
-//! Given a [`Config`] (listeners, route configs, clusters; see the project's CONFIG.md) and a
-//! [`metaprotocol_core::CodecRegistry`] of protocols, [`Proxy::start`] binds the listeners and
-//! serves: each request is decoded by its listener's codec, run through the listener's filters,
-//! matched against the listener's route table, sent to an endpoint of the chosen cluster over a
-//! connection shared by all clients (request ids rewritten and restored), and answered, with a
-//! protocol-correct local reply whenever the proxy itself has to say no.
+//! Given a [`Config`] (listeners, route configs, clusters; see the repository's
+//! `docs/config.md`) and a [`metaprotocol_core::CodecRegistry`] of protocols, [`Proxy::start`]
+//! binds the listeners and serves: each request is decoded by its listener's codec, run through
+//! the listener's filters, matched against the listener's route table, sent to an endpoint of
+//! the chosen cluster over a connection shared by all clients (request ids rewritten and
+//! restored), and answered, with a protocol-correct local reply whenever the proxy itself has to
+//! say no.
 //!
-//! Route tables are immutable snapshots swapped atomically ([`Proxy::update_route_config`]):
-//! in-flight requests finish on the table they started with, and no connection is closed.
+//! Route tables and clusters are immutable snapshots swapped atomically
+//! ([`Proxy::update_route_config`], [`Proxy::update_cluster`], [`Proxy::reload`]): requests in
+//! flight finish on the snapshot they started with, endpoints that stay keep their connections,
+//! and no client connection is closed. Listeners are added and removed at run time, each with
+//! its own drain.
+//!
+//! The engine is built to be extended: protocols implement [`metaprotocol_core::Codec`],
+//! filters implement [`metaprotocol_core::L7Filter`] and are registered in a
+//! [`FilterRegistry`]; every filter hook sees the request's
+//! [`metaprotocol_core::RequestRecord`]. Metrics are exposed by [`Metrics::render`] or joined to
+//! an embedder's own `prometheus_client` registry with [`Metrics::collector`].
 //!
 //! ```no_run
 //! # async fn run(codecs: metaprotocol_core::CodecRegistry) -> Result<(), Box<dyn std::error::Error>> {
@@ -32,17 +42,29 @@
 //! ```
 
 mod admin;
-pub mod cluster;
+mod client;
+mod cluster;
 pub mod config;
-pub mod filters;
-pub mod lb;
+mod filters;
+mod lb;
 mod proxy;
-pub mod route;
+mod route;
+mod router;
 mod server;
-pub mod stats;
-pub mod upstream;
+mod stats;
+mod transport;
+mod upstream;
 
+#[cfg(test)]
+mod testing;
+
+pub use client::{Client, ClientOptions};
+pub use cluster::{ClusterStatus, EndpointStatus, HealthState};
 pub use config::{Config, ConfigError};
-pub use filters::FilterRegistry;
-pub use proxy::{DEFAULT_DRAIN_TIMEOUT, Proxy, ProxyBuilder, StartError};
-pub use server::{DEFAULT_ROUTE_TIMEOUT, TIMEOUT_MS_KEY};
+pub use filters::{FilterContext, FilterFactory, FilterRegistry, SharedClients};
+pub use proxy::{
+    DEFAULT_DRAIN_TIMEOUT, Proxy, ProxyBuilder, ReloadSummary, StartError, UpdateError,
+};
+pub use route::DEFAULT_ROUTE_TIMEOUT;
+pub use stats::{Labels, Metrics, MetricsCollector, MetricsScope};
+pub use upstream::UpstreamError;

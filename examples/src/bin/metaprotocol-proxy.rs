@@ -119,17 +119,24 @@ async fn watch_config(path: &std::path::Path, proxy: &Proxy) {
             continue;
         }
         applied = Some(current.clone());
-        let outcome = proxy.reload_yaml(&String::from_utf8_lossy(&current));
+        let outcome = proxy.reload_yaml(&String::from_utf8_lossy(&current)).await;
+        let file = path.display();
         match outcome {
-            Ok(changed) => {
-                for (name, version) in changed {
-                    eprintln!(
-                        "{}: route config {name} is now version {version}",
-                        path.display()
-                    );
+            Ok(summary) => {
+                for (name, version) in &summary.route_configs {
+                    eprintln!("{file}: route config {name} is now version {version}");
+                }
+                for (name, version) in &summary.clusters {
+                    eprintln!("{file}: cluster {name} is now version {version}");
+                }
+                for (name, address) in &summary.listeners {
+                    eprintln!("{file}: listener {name} serves on {address}");
+                }
+                for removed in &summary.removed {
+                    eprintln!("{file}: removed {removed}");
                 }
             }
-            Err(err) => eprintln!("{}: rejected, running config kept: {err}", path.display()),
+            Err(err) => eprintln!("{file}: rejected, running config kept: {err}"),
         }
     }
 }

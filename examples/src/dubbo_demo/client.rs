@@ -1,4 +1,4 @@
-//! A Dubbo client for the demo service. It is the engine's own [`UpstreamPool`] pointed at one
+//! A Dubbo client for the demo service. It is the engine's own [`Client`] pointed at one
 //! address: every call shares one connection, multiplexed by request id.
 
 use std::net::SocketAddr;
@@ -6,11 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use metaprotocol_core::{
-    CodecFactory, Message, Metadata, Mutation, ResponseStatus, Side, WireVariant,
-};
-use metaprotocol_router::stats::Metrics;
-use metaprotocol_router::upstream::{PoolSettings, UpstreamError, UpstreamPool};
+use metaprotocol_core::{CodecFactory, Message, Metadata, ResponseStatus, Side, WireVariant};
+use metaprotocol_router::{Client, ClientOptions, UpstreamError};
 
 use metaprotocol_dubbo::build::{Call, request};
 
@@ -45,9 +42,12 @@ impl Reply {
     }
 }
 
+/// How long a call waits for its answer.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A client of the demo service over one connection.
 pub struct DubboClient {
-    pool: UpstreamPool,
+    client: Client,
     codec: Arc<dyn CodecFactory>,
 }
 
@@ -57,13 +57,8 @@ impl DubboClient {
         let codec = Arc::new(metaprotocol_dubbo::DubboCodecFactory::new(
             metaprotocol_core::DEFAULT_MAX_FRAME_BYTES,
         ));
-        let settings = PoolSettings {
-            connect_timeout: Duration::from_secs(2),
-            connections: 1,
-        };
-        let stats = Metrics::new().cluster("client");
         Self {
-            pool: UpstreamPool::new(address, codec.clone(), settings, stats),
+            client: Client::new(address, codec.clone(), ClientOptions::default()),
             codec,
         }
     }
@@ -93,14 +88,7 @@ impl DubboClient {
             &call(service, method, &[arg], attachments),
         ))?;
         let started = Instant::now();
-        let response = self
-            .pool
-            .call(
-                Arc::new(request),
-                Arc::new(Mutation::new()),
-                WireVariant::DEFAULT,
-            )
-            .await?;
+        let response = self.client.call(request, CALL_TIMEOUT).await?;
         Ok(Reply {
             dubbo_status: response.frame.get(3).copied().unwrap_or(0),
             status: response.status,
@@ -111,7 +99,7 @@ impl DubboClient {
     }
 
     /// Sends a one-way `method(arg)`.
-    pub async fn send_oneway(
+    pub fn send_oneway(
         &self,
         method: &str,
         arg: &str,
@@ -122,18 +110,12 @@ impl DubboClient {
             false,
             &call(DEMO_SERVICE, method, &[arg], attachments),
         ))?;
-        self.pool
-            .send_oneway(
-                Arc::new(request),
-                Arc::new(Mutation::new()),
-                WireVariant::DEFAULT,
-            )
-            .await
+        self.client.send_oneway(request)
     }
 
     /// Connections open to the server.
     pub fn open_connections(&self) -> usize {
-        self.pool.open_connections()
+        self.client.open_connections()
     }
 
     fn message(&self, frame: Bytes) -> Result<Message, UpstreamError> {

@@ -1,5 +1,6 @@
-//! The admin HTTP API: readiness, metrics, the running config, cluster state, and route config
-//! updates (see the project's CONFIG.md for the contract).
+//! The admin HTTP API: readiness, metrics, the running config, cluster state, and updates of
+//! route configs and clusters (see docs/config.md for the contract). Answers are JSON, errors
+//! included (`{"error": ..., "field": ...}`).
 
 use std::sync::Arc;
 
@@ -12,33 +13,34 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::RouteConfigSpec;
-use crate::proxy::ProxyState;
+use crate::config::{ClusterSpec, ConfigError, RouteConfigSpec};
+use crate::proxy::{ProxyState, UpdateError};
 
-/// Serves the admin API on `listener` until `shutdown`.
-pub(crate) async fn serve(
-    listener: TcpListener,
-    state: Arc<ProxyState>,
-    shutdown: CancellationToken,
-) {
+/// Serves the admin API on `listener` until `stop`.
+pub(crate) async fn serve(listener: TcpListener, state: Arc<ProxyState>, stop: CancellationToken) {
     let app = Router::new()
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/config_dump", get(config_dump))
         .route("/clusters", get(clusters))
         .route("/route_configs/{name}", put(put_route_config))
+        .route("/clusters/{name}", put(put_cluster).delete(delete_cluster))
         .with_state(state);
     let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .with_graceful_shutdown(async move { stop.cancelled().await })
         .await;
     if let Err(err) = served {
         tracing::warn!(error = %err, "admin server stopped");
     }
 }
 
-/// Listeners are bound and the config loaded before the admin API starts, so serving means ready.
-async fn ready() -> &'static str {
-    "ready\n"
+/// 200 while serving; 503 before the config is loaded and from the moment shutdown begins.
+async fn ready(State(state): State<Arc<ProxyState>>) -> Response {
+    if state.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    }
 }
 
 async fn metrics(State(state): State<Arc<ProxyState>>) -> Response {
@@ -59,39 +61,53 @@ async fn config_dump(State(state): State<Arc<ProxyState>>) -> Json<serde_json::V
         .map(|(name, version)| (name, json!(version)))
         .collect();
     Json(json!({
-        "config": state.config(),
+        "config": *state.config(),
         "route_config_versions": versions,
     }))
 }
 
 async fn clusters(State(state): State<Arc<ProxyState>>) -> Json<serde_json::Value> {
-    let mut names: Vec<_> = state.clusters().keys().cloned().collect();
-    names.sort();
-    let clusters: Vec<serde_json::Value> = names
-        .iter()
-        .filter_map(|name| state.clusters().get(name))
-        .map(|cluster| {
-            let endpoints: Vec<serde_json::Value> = cluster
-                .endpoints()
-                .endpoints()
-                .iter()
-                .map(|e| {
-                    json!({
-                        "address": e.address().to_string(),
-                        "weight": e.weight(),
-                        "labels": e.labels(),
-                        "health": "healthy",
-                        "ejected": false,
-                        "active_requests": e.active_requests(),
-                        "total_requests": e.total_requests(),
-                        "open_connections": e.pool().open_connections(),
-                    })
-                })
-                .collect();
-            json!({ "name": &**cluster.name(), "endpoints": endpoints })
-        })
-        .collect();
-    Json(json!({ "clusters": clusters }))
+    Json(json!({ "clusters": state.cluster_statuses() }))
+}
+
+/// An error answer: status, message, and the offending field when there is one.
+fn error(status: StatusCode, err: &UpdateError) -> Response {
+    let field = match err {
+        UpdateError::Invalid(ConfigError { field, .. }) if !field.is_empty() => json!(field),
+        _ => serde_json::Value::Null,
+    };
+    let message = match err {
+        UpdateError::Invalid(err) => err.reason.clone(),
+        other => other.to_string(),
+    };
+    (status, Json(json!({ "error": message, "field": field }))).into_response()
+}
+
+fn update_error(err: &UpdateError) -> Response {
+    let status = match err {
+        UpdateError::NotFound { .. } => StatusCode::NOT_FOUND,
+        UpdateError::InUse { .. } => StatusCode::CONFLICT,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    error(status, err)
+}
+
+/// Parses a body and checks that its `name` is the path's.
+fn parse<T>(
+    body: &str,
+    name: &str,
+    parse: impl FnOnce(&str) -> Result<T, ConfigError>,
+    name_of: impl Fn(&T) -> &str,
+) -> Result<T, UpdateError> {
+    let spec = parse(body)?;
+    if name_of(&spec) != name {
+        return Err(ConfigError::new(
+            "name",
+            format!("`{}` does not match the path's `{name}`", name_of(&spec)),
+        )
+        .into());
+    }
+    Ok(spec)
 }
 
 async fn put_route_config(
@@ -99,19 +115,43 @@ async fn put_route_config(
     Path(name): Path<String>,
     body: String,
 ) -> Response {
-    let spec = match RouteConfigSpec::from_yaml(&body) {
+    let spec = match parse(&body, &name, RouteConfigSpec::from_yaml, |s| &s.name) {
         Ok(spec) => spec,
-        Err(err) => return (StatusCode::BAD_REQUEST, format!("{err}\n")).into_response(),
+        Err(err) => {
+            state.count_update(false);
+            return update_error(&err);
+        }
     };
-    if spec.name != name {
-        return (
-            StatusCode::BAD_REQUEST,
-            format!("name: `{}` does not match the path's `{name}`\n", spec.name),
-        )
-            .into_response();
-    }
-    match state.update_route_config(spec) {
+    match state.update_route_config(spec).await {
         Ok(version) => Json(json!({ "name": name, "version": version })).into_response(),
-        Err(err) => (StatusCode::BAD_REQUEST, format!("{err}\n")).into_response(),
+        Err(err) => update_error(&err),
+    }
+}
+
+async fn put_cluster(
+    State(state): State<Arc<ProxyState>>,
+    Path(name): Path<String>,
+    body: String,
+) -> Response {
+    let spec = match parse(&body, &name, ClusterSpec::from_yaml, |s| &s.name) {
+        Ok(spec) => spec,
+        Err(err) => {
+            state.count_update(false);
+            return update_error(&err);
+        }
+    };
+    match state.update_cluster(spec).await {
+        Ok(version) => Json(json!({ "name": name, "version": version })).into_response(),
+        Err(err) => update_error(&err),
+    }
+}
+
+async fn delete_cluster(
+    State(state): State<Arc<ProxyState>>,
+    Path(name): Path<String>,
+) -> Response {
+    match state.remove_cluster(&name).await {
+        Ok(()) => Json(json!({ "name": name, "removed": true })).into_response(),
+        Err(err) => update_error(&err),
     }
 }

@@ -1,241 +1,314 @@
-//! Clusters and endpoints: where requests can go, and the subsets routes select.
+//! Clusters: named groups of endpoints, each published as a swappable snapshot.
+//!
+//! A [`ClusterHandle`] lives as long as its cluster is configured; routes hold it and a
+//! [`SubsetId`]. Every change (membership, weights, labels, health, a new subset selector)
+//! builds a new [`ClusterSnapshot`] and swaps it in: requests in flight keep the snapshot they
+//! loaded, new requests see the new one. Endpoints are kept by address across snapshots, so
+//! their upstream connections survive updates. The [`ClusterManager`] holds the handles by name.
 
-use std::collections::BTreeMap;
+mod endpoint;
+mod snapshot;
+mod status;
+
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
+use arc_swap::{ArcSwap, Guard};
 use metaprotocol_core::CodecFactory;
 
-use crate::config::{ClusterSpec, ConfigError, LocalitySpec};
-use crate::lb::{self, LoadBalancer, PickContext};
-use crate::stats::ClusterStats;
+pub use endpoint::HealthState;
+pub(crate) use endpoint::{ActiveRequest, Endpoint, HealthFlags};
+pub(crate) use snapshot::{ClusterSnapshot, Host, SubsetId};
+pub use status::{ClusterStatus, EndpointStatus};
+
+use crate::config::{ClusterSpec, ConfigError};
+use crate::stats::{ClusterStats, MetricsScope};
+use crate::transport::Connector;
 use crate::upstream::{PoolSettings, UpstreamPool};
 
-/// One upstream endpoint, its labels and its connection pool.
-#[derive(Debug)]
-pub struct Endpoint {
-    address: SocketAddr,
-    weight: u32,
-    labels: BTreeMap<String, String>,
-    locality: Option<LocalitySpec>,
-    pool: UpstreamPool,
-    active: AtomicU64,
-    total: AtomicU64,
-}
-
-impl Endpoint {
-    /// The endpoint's address.
-    pub fn address(&self) -> SocketAddr {
-        self.address
-    }
-
-    /// Its weight.
-    pub fn weight(&self) -> u32 {
-        self.weight
-    }
-
-    /// Its labels.
-    pub fn labels(&self) -> &BTreeMap<String, String> {
-        &self.labels
-    }
-
-    /// Its locality, if configured.
-    pub fn locality(&self) -> Option<&LocalitySpec> {
-        self.locality.as_ref()
-    }
-
-    /// Its connection pool.
-    pub fn pool(&self) -> &UpstreamPool {
-        &self.pool
-    }
-
-    /// Requests in flight to it.
-    pub fn active_requests(&self) -> u64 {
-        self.active.load(Ordering::Relaxed)
-    }
-
-    /// Requests sent to it so far.
-    pub fn total_requests(&self) -> u64 {
-        self.total.load(Ordering::Relaxed)
-    }
-
-    /// Marks a request in flight until the guard drops.
-    pub fn track(self: &Arc<Self>) -> ActiveRequest {
-        self.active.fetch_add(1, Ordering::Relaxed);
-        self.total.fetch_add(1, Ordering::Relaxed);
-        ActiveRequest(self.clone())
-    }
-
-    fn has_labels(&self, wanted: &BTreeMap<String, String>) -> bool {
-        wanted.iter().all(|(k, v)| self.labels.get(k) == Some(v))
-    }
-}
-
-/// A request in flight to an endpoint; dropping it ends the request.
-#[derive(Debug)]
-pub struct ActiveRequest(Arc<Endpoint>);
-
-impl Drop for ActiveRequest {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// The endpoints a route may send to (a whole cluster, or a subset of it) with their balancer.
-#[derive(Debug)]
-pub struct EndpointSet {
-    endpoints: Vec<Arc<Endpoint>>,
-    cumulative_weights: Vec<u64>,
-    balancer: Box<dyn LoadBalancer>,
-}
-
-impl EndpointSet {
-    fn new(endpoints: Vec<Arc<Endpoint>>, balancer: Box<dyn LoadBalancer>) -> Self {
-        let cumulative_weights = endpoints
-            .iter()
-            .scan(0u64, |sum, e| {
-                *sum += u64::from(e.weight.max(1));
-                Some(*sum)
-            })
-            .collect();
-        Self {
-            endpoints,
-            cumulative_weights,
-            balancer,
-        }
-    }
-
-    /// The endpoints.
-    pub fn endpoints(&self) -> &[Arc<Endpoint>] {
-        &self.endpoints
-    }
-
-    /// Picks an endpoint; `None` if the set is empty.
-    pub fn pick(&self, ctx: &PickContext<'_>) -> Option<&Arc<Endpoint>> {
-        if self.endpoints.is_empty() {
-            return None;
-        }
-        let index = self
-            .balancer
-            .pick(&self.endpoints, &self.cumulative_weights, ctx);
-        self.endpoints.get(index)
-    }
-}
-
-/// A named group of endpoints serving one service, with the codec to reach them.
-#[derive(Debug)]
-pub struct Cluster {
-    name: Arc<str>,
+/// What a cluster was last built from; changed only by config updates, under its lock.
+struct ClusterState {
     spec: ClusterSpec,
+    protocol: String,
     codec: Arc<dyn CodecFactory>,
-    all: Arc<EndpointSet>,
-    stats: ClusterStats,
+    endpoints: HashMap<SocketAddr, Arc<Endpoint>>,
+    /// Subset selectors by [`SubsetId`]; the first (empty) selects the whole cluster.
+    selectors: Vec<BTreeMap<String, String>>,
+    /// Endpoints removed by an update while requests to them may still be in flight.
+    retired: Vec<Weak<Endpoint>>,
+    version: u64,
 }
 
-impl Cluster {
-    /// Builds a cluster from a validated spec, reaching its endpoints with `codec`.
+/// A configured cluster: its live snapshot and what it is rebuilt from.
+pub(crate) struct ClusterHandle {
+    name: Arc<str>,
+    stats: ClusterStats,
+    scope: MetricsScope,
+    snapshot: ArcSwap<ClusterSnapshot>,
+    state: Mutex<ClusterState>,
+}
+
+impl std::fmt::Debug for ClusterHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterHandle")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Rejects features whose issues have not landed, in the config's own words.
+fn check_supported(spec: &ClusterSpec) -> Result<(), ConfigError> {
+    let unavailable = |field: &str, what: &str| {
+        Err(ConfigError::new(
+            field,
+            format!("{what} is not available yet"),
+        ))
+    };
+    if spec.locality_aware {
+        return unavailable("locality_aware", "locality_aware: true");
+    }
+    if spec.circuit_breakers.is_some() {
+        return unavailable("circuit_breakers", "circuit_breakers");
+    }
+    if spec.outlier_detection.is_some() {
+        return unavailable("outlier_detection", "outlier_detection");
+    }
+    Ok(())
+}
+
+fn pool_settings(spec: &ClusterSpec) -> PoolSettings {
+    PoolSettings {
+        connect_timeout: spec.connect_timeout,
+        connections: spec.connections_per_endpoint as usize,
+    }
+}
+
+impl ClusterHandle {
+    /// Builds cluster `spec`, whose endpoints speak `protocol` through `codec`, with its series
+    /// in `scope`.
     pub fn new(
         spec: &ClusterSpec,
+        protocol: String,
         codec: Arc<dyn CodecFactory>,
-        stats: ClusterStats,
-    ) -> Result<Self, ConfigError> {
-        if spec.locality_aware {
-            return Err(ConfigError::new(
-                "locality_aware",
-                "locality-aware load balancing is not available yet",
-            ));
-        }
-        if spec.circuit_breakers.is_some() {
-            return Err(ConfigError::new(
-                "circuit_breakers",
-                "circuit breakers are not available yet",
-            ));
-        }
-        if spec.outlier_detection.is_some() {
-            return Err(ConfigError::new(
-                "outlier_detection",
-                "outlier detection is not available yet",
-            ));
-        }
-        let settings = PoolSettings {
-            connect_timeout: spec.connect_timeout,
-            connections: spec.connections_per_endpoint as usize,
-        };
-        let endpoints = spec
-            .endpoints
-            .iter()
-            .map(|e| {
-                Arc::new(Endpoint {
-                    address: e.address,
-                    weight: e.weight,
-                    labels: e.labels.clone(),
-                    locality: e.locality.clone(),
-                    pool: UpstreamPool::new(e.address, codec.clone(), settings, stats.clone()),
-                    active: AtomicU64::new(0),
-                    total: AtomicU64::new(0),
-                })
-            })
-            .collect();
-        Ok(Self {
-            name: spec.name.as_str().into(),
+        scope: MetricsScope,
+    ) -> Result<Arc<Self>, ConfigError> {
+        check_supported(spec)?;
+        let stats = ClusterStats::new(&scope);
+        let mut state = ClusterState {
             spec: spec.clone(),
-            all: Arc::new(EndpointSet::new(endpoints, lb::for_policy(spec.lb_policy)?)),
+            protocol,
             codec,
+            endpoints: HashMap::new(),
+            selectors: vec![BTreeMap::new()],
+            retired: Vec::new(),
+            version: 0,
+        };
+        let snapshot = rebuild(&mut state, &stats)?;
+        Ok(Arc::new(Self {
+            name: spec.name.as_str().into(),
             stats,
-        })
+            scope,
+            snapshot: ArcSwap::from_pointee(snapshot),
+            state: Mutex::new(state),
+        }))
     }
 
-    /// The cluster's name.
     pub fn name(&self) -> &Arc<str> {
         &self.name
     }
 
-    /// The spec it was built from.
-    pub fn spec(&self) -> &ClusterSpec {
-        &self.spec
-    }
-
-    /// The codec its endpoints speak.
-    pub fn codec(&self) -> &Arc<dyn CodecFactory> {
-        &self.codec
-    }
-
-    /// Every endpoint.
-    pub fn endpoints(&self) -> &Arc<EndpointSet> {
-        &self.all
-    }
-
-    /// Its metric handles.
     pub fn stats(&self) -> &ClusterStats {
         &self.stats
     }
 
-    /// The time allowed to connect.
-    pub fn connect_timeout(&self) -> Duration {
-        self.spec.connect_timeout
+    /// The protocol its endpoints speak.
+    pub fn protocol(&self) -> String {
+        self.lock().protocol.clone()
     }
 
-    /// The endpoints whose labels contain all of `labels`, with a balancer of their own; the
-    /// whole cluster when `labels` is empty.
-    pub fn subset(
-        &self,
-        labels: &BTreeMap<String, String>,
-    ) -> Result<Arc<EndpointSet>, ConfigError> {
-        if labels.is_empty() {
-            return Ok(self.all.clone());
+    /// The spec it was last built from.
+    pub fn spec(&self) -> ClusterSpec {
+        self.lock().spec.clone()
+    }
+
+    /// The current snapshot (a wait-free load).
+    pub fn snapshot(&self) -> Guard<Arc<ClusterSnapshot>> {
+        self.snapshot.load()
+    }
+
+    /// The id of the subset whose endpoints carry all of `labels`, registering it (and
+    /// publishing a snapshot that has it) the first time.
+    pub fn subset(&self, labels: &BTreeMap<String, String>) -> Result<SubsetId, ConfigError> {
+        let mut state = self.lock();
+        if let Some(index) = state.selectors.iter().position(|s| s == labels) {
+            return Ok(SubsetId(index));
         }
-        let endpoints = self
-            .all
-            .endpoints
+        state.selectors.push(labels.clone());
+        let snapshot = rebuild(&mut state, &self.stats)?;
+        self.snapshot.store(Arc::new(snapshot));
+        Ok(SubsetId(state.selectors.len() - 1))
+    }
+
+    /// Checks that `spec` can replace this cluster's config, changing nothing.
+    pub fn check_update(&self, spec: &ClusterSpec) -> Result<(), ConfigError> {
+        check_supported(spec)?;
+        crate::lb::build(spec.lb_policy, &[]).map(|_| ())
+    }
+
+    /// Rebuilds from `spec` (with `codec`, when the protocol or codec options changed) and
+    /// publishes the new snapshot; returns its version. Endpoints that stay keep their pools.
+    pub fn update(
+        &self,
+        spec: &ClusterSpec,
+        codec: Option<(String, Arc<dyn CodecFactory>)>,
+    ) -> Result<u64, ConfigError> {
+        self.check_update(spec)?;
+        let mut state = self.lock();
+        let mut next = ClusterState {
+            spec: spec.clone(),
+            protocol: state.protocol.clone(),
+            codec: state.codec.clone(),
+            endpoints: std::mem::take(&mut state.endpoints),
+            selectors: state.selectors.clone(),
+            retired: std::mem::take(&mut state.retired),
+            version: state.version,
+        };
+        if let Some((protocol, codec)) = codec {
+            next.protocol = protocol;
+            next.codec = codec;
+        }
+        match rebuild(&mut next, &self.stats) {
+            Ok(snapshot) => {
+                *state = next;
+                self.snapshot.store(Arc::new(snapshot));
+                Ok(state.version)
+            }
+            Err(err) => {
+                state.endpoints = next.endpoints;
+                state.retired = next.retired;
+                Err(err)
+            }
+        }
+    }
+
+    /// What `/clusters` shows.
+    pub fn status(&self) -> ClusterStatus {
+        let mut state = self.lock();
+        state.retired.retain(|e| e.strong_count() > 0);
+        let snapshot = self.snapshot.load();
+        let members = snapshot
+            .hosts
             .iter()
-            .filter(|e| e.has_labels(labels))
-            .cloned()
-            .collect();
-        Ok(Arc::new(EndpointSet::new(
-            endpoints,
-            lb::for_policy(self.spec.lb_policy)?,
-        )))
+            .map(|h| EndpointStatus::of(&h.endpoint, h.weight, &h.labels));
+        let draining = state
+            .retired
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|e| EndpointStatus::of(&e, 0, &BTreeMap::new()));
+        ClusterStatus {
+            name: self.name.to_string(),
+            protocol: state.protocol.clone(),
+            version: snapshot.version,
+            endpoints: members.chain(draining).collect(),
+        }
+    }
+
+    /// Removes the cluster's series (the cluster is gone).
+    pub fn retire(&self) {
+        self.scope.retire();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ClusterState> {
+        match self.state.lock() {
+            Ok(state) => state,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+/// Builds the next snapshot of `state`: endpoints of the spec, reusing those whose address,
+/// codec and pool settings are unchanged; endpoints that left are marked draining.
+fn rebuild(state: &mut ClusterState, stats: &ClusterStats) -> Result<ClusterSnapshot, ConfigError> {
+    let settings = pool_settings(&state.spec);
+    let mut endpoints = HashMap::with_capacity(state.spec.endpoints.len());
+    let mut hosts = Vec::with_capacity(state.spec.endpoints.len());
+    for spec in &state.spec.endpoints {
+        let reusable = state.endpoints.get(&spec.address).filter(|e| {
+            Arc::ptr_eq(e.pool().codec(), &state.codec) && e.pool().settings() == settings
+        });
+        let endpoint = match reusable {
+            Some(endpoint) => endpoint.clone(),
+            None => Arc::new(Endpoint::new(
+                spec.address,
+                UpstreamPool::new(
+                    spec.address,
+                    state.codec.clone(),
+                    settings,
+                    Connector::Plain,
+                    stats.clone(),
+                ),
+            )),
+        };
+        endpoints.insert(spec.address, endpoint.clone());
+        hosts.push(Arc::new(Host {
+            endpoint,
+            weight: spec.weight,
+            labels: spec.labels.clone(),
+        }));
+    }
+    let snapshot = ClusterSnapshot::build(
+        state.version + 1,
+        state.codec.clone(),
+        hosts,
+        &state.selectors,
+        state.spec.lb_policy,
+    )?;
+    for (address, old) in state.endpoints.drain() {
+        let kept = endpoints
+            .get(&address)
+            .is_some_and(|e| Arc::ptr_eq(e, &old));
+        if !kept {
+            old.health().set(HealthFlags::DRAINING, true);
+            state.retired.push(Arc::downgrade(&old));
+        }
+    }
+    state.endpoints = endpoints;
+    state.version += 1;
+    Ok(snapshot)
+}
+
+/// Every configured cluster, by name. Routes hold handles directly; the manager is for
+/// configuration and the admin API.
+#[derive(Debug, Default)]
+pub(crate) struct ClusterManager {
+    clusters: ArcSwap<BTreeMap<String, Arc<ClusterHandle>>>,
+}
+
+impl ClusterManager {
+    pub fn get(&self, name: &str) -> Option<Arc<ClusterHandle>> {
+        self.clusters.load().get(name).cloned()
+    }
+
+    pub fn all(&self) -> Arc<BTreeMap<String, Arc<ClusterHandle>>> {
+        self.clusters.load_full()
+    }
+
+    pub fn insert(&self, handle: Arc<ClusterHandle>) {
+        self.clusters.rcu(|clusters| {
+            let mut next = BTreeMap::clone(clusters);
+            next.insert(handle.name().to_string(), handle.clone());
+            next
+        });
+    }
+
+    pub fn remove(&self, name: &str) -> Option<Arc<ClusterHandle>> {
+        let removed = self.get(name);
+        self.clusters.rcu(|clusters| {
+            let mut next = BTreeMap::clone(clusters);
+            next.remove(name);
+            next
+        });
+        removed
     }
 }

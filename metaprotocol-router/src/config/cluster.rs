@@ -56,6 +56,12 @@ fn default_connections_per_endpoint() -> u32 {
 }
 
 impl ClusterSpec {
+    /// Parses one cluster from YAML or JSON (for `PUT /clusters/{name}`); it is validated when
+    /// applied.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        super::from_value(super::parse_document(text)?)
+    }
+
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.connect_timeout.is_zero() {
             return Err(ConfigError::new(
@@ -103,6 +109,19 @@ pub enum LbPolicy {
     RingHash,
     /// Consistent hashing on the route's `hash_policy` keys (Maglev table).
     Maglev,
+}
+
+impl LbPolicy {
+    /// The policy's name in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::RoundRobin => "round_robin",
+            Self::Random => "random",
+            Self::LeastRequest => "least_request",
+            Self::RingHash => "ring_hash",
+            Self::Maglev => "maglev",
+        }
+    }
 }
 
 /// One upstream endpoint.

@@ -12,6 +12,7 @@ mod route;
 mod scalar;
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -28,12 +29,16 @@ pub use route::{
 pub(crate) use error::{from_value, parse_document};
 
 /// A whole configuration file.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The admin HTTP endpoint, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<AdminSpec>,
+    /// How long connections keep serving once shutdown begins (or their listener is removed)
+    /// before what is still in flight is answered with an error and they close.
+    #[serde(default = "default_drain_time", with = "humantime_serde")]
+    pub drain_time: Duration,
     /// Where the proxy accepts clients.
     #[serde(default)]
     pub listeners: Vec<ListenerSpec>,
@@ -43,6 +48,22 @@ pub struct Config {
     /// Upstream clusters, referenced by routes.
     #[serde(default)]
     pub clusters: Vec<ClusterSpec>,
+}
+
+fn default_drain_time() -> Duration {
+    crate::DEFAULT_DRAIN_TIMEOUT
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            admin: None,
+            drain_time: default_drain_time(),
+            listeners: Vec::new(),
+            route_configs: Vec::new(),
+            clusters: Vec::new(),
+        }
+    }
 }
 
 impl Config {

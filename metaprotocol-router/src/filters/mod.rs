@@ -1,19 +1,102 @@
 //! Filter factories: how a listener's `filters: [{ name, config }]` become [`L7Filter`]s.
 //!
 //! Embedders register their own factories in a [`FilterRegistry`]; built-in filters register
-//! themselves in [`FilterRegistry::with_builtins`].
+//! themselves in [`FilterRegistry::with_builtins`]. A factory runs once per listener per config,
+//! never per request, and gets a [`FilterContext`]: the listener's name, a metrics scope for
+//! the filter's own series, the runtime, and clients shared by every filter of the proxy.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use metaprotocol_core::L7Filter;
 
 use crate::config::ConfigError;
+use crate::stats::MetricsScope;
 
-/// Builds a filter instance from its config. Called once per listener per config, never per
-/// request.
-pub type FilterFactory =
-    Arc<dyn Fn(&serde_json::Value) -> Result<Arc<dyn L7Filter>, ConfigError> + Send + Sync>;
+/// Clients that filters share across listeners and config updates (a Redis connection, an
+/// authorization service channel ...), by name.
+#[derive(Clone, Default)]
+pub struct SharedClients {
+    clients: Arc<Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>>,
+}
+
+impl std::fmt::Debug for SharedClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedClients")
+    }
+}
+
+impl SharedClients {
+    /// The client stored under `key`, made by `make` the first time. A client of another type
+    /// under the same key is replaced.
+    pub fn get_or_insert_with<T: Any + Send + Sync>(
+        &self,
+        key: &str,
+        make: impl FnOnce() -> T,
+    ) -> Arc<T> {
+        let mut clients = match self.clients.lock() {
+            Ok(clients) => clients,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(existing) = clients.get(key).cloned()
+            && let Ok(client) = existing.downcast::<T>()
+        {
+            return client;
+        }
+        let client = Arc::new(make());
+        clients.insert(key.to_owned(), client.clone());
+        client
+    }
+}
+
+/// What a filter factory gets besides the filter's config.
+#[derive(Clone, Debug)]
+pub struct FilterContext {
+    listener: Arc<str>,
+    metrics: MetricsScope,
+    runtime: Option<tokio::runtime::Handle>,
+    shared: SharedClients,
+}
+
+impl FilterContext {
+    pub(crate) fn new(listener: Arc<str>, metrics: MetricsScope, shared: SharedClients) -> Self {
+        Self {
+            listener,
+            metrics,
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            shared,
+        }
+    }
+
+    /// The listener whose chain the filter joins.
+    pub fn listener(&self) -> &str {
+        &self.listener
+    }
+
+    /// Where the filter registers its own series (labelled with the listener and the filter).
+    pub fn metrics(&self) -> &MetricsScope {
+        &self.metrics
+    }
+
+    /// The runtime the proxy runs on, for background work; `None` when the config is only
+    /// being checked outside a runtime.
+    pub fn runtime(&self) -> Option<&tokio::runtime::Handle> {
+        self.runtime.as_ref()
+    }
+
+    /// Clients shared by every filter of the proxy.
+    pub fn shared(&self) -> &SharedClients {
+        &self.shared
+    }
+}
+
+/// Builds a filter instance from its config.
+pub type FilterFactory = Arc<
+    dyn Fn(&serde_json::Value, &FilterContext) -> Result<Arc<dyn L7Filter>, ConfigError>
+        + Send
+        + Sync,
+>;
 
 /// The filters a proxy can build, by name.
 #[derive(Clone, Default)]
@@ -36,7 +119,10 @@ impl FilterRegistry {
     /// Registers `factory` under `name`, replacing an earlier one.
     pub fn register<F>(&mut self, name: impl Into<String>, factory: F) -> &mut Self
     where
-        F: Fn(&serde_json::Value) -> Result<Arc<dyn L7Filter>, ConfigError> + Send + Sync + 'static,
+        F: Fn(&serde_json::Value, &FilterContext) -> Result<Arc<dyn L7Filter>, ConfigError>
+            + Send
+            + Sync
+            + 'static,
     {
         self.factories.insert(name.into(), Arc::new(factory));
         self
@@ -47,9 +133,10 @@ impl FilterRegistry {
         &self,
         name: &str,
         config: &serde_json::Value,
+        context: &FilterContext,
     ) -> Result<Arc<dyn L7Filter>, ConfigError> {
         match self.factories.get(name) {
-            Some(factory) => factory(config).map_err(|e| e.within("config")),
+            Some(factory) => factory(config, context).map_err(|e| e.within("config")),
             None => Err(ConfigError::new(
                 "name",
                 format!(
@@ -58,5 +145,20 @@ impl FilterRegistry {
                 ),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_clients_are_made_once() {
+        let shared = SharedClients::default();
+        let a = shared.get_or_insert_with("redis", || 1u32);
+        let b = shared.get_or_insert_with("redis", || 2u32);
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = shared.get_or_insert_with("redis", || "other type");
+        assert_eq!(*c, "other type");
     }
 }

@@ -1,6 +1,6 @@
 //! Conditions on metadata.
 
-use metaprotocol_core::Metadata;
+use metaprotocol_core::RoutingView;
 use regex::bytes::Regex;
 
 use crate::config::{ConfigError, MetadataMatcherSpec};
@@ -18,7 +18,7 @@ enum ValueTest {
 
 /// One compiled condition on a metadata key. Matching reads the value in place: no allocation.
 #[derive(Debug, Clone)]
-pub struct MetadataMatcher {
+pub(crate) struct MetadataMatcher {
     key: Box<str>,
     test: ValueTest,
     invert: bool,
@@ -58,9 +58,10 @@ impl MetadataMatcher {
         })
     }
 
-    /// True if `metadata` satisfies this condition.
-    pub fn matches(&self, metadata: &Metadata) -> bool {
-        let value = metadata.get(&self.key);
+    /// True if the request (its metadata, overridden by filters' routing keys) satisfies this
+    /// condition.
+    pub fn matches(&self, request: &RoutingView<'_>) -> bool {
+        let value = request.get(&self.key);
         let hit = match (&self.test, value) {
             (ValueTest::Present(want), value) => value.is_some() == *want,
             (_, None) => false,
@@ -80,7 +81,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use metaprotocol_core::ByteStr;
+    use metaprotocol_core::{ByteStr, Metadata, RoutingKeys};
 
     use super::*;
 
@@ -203,9 +204,14 @@ mod tests {
                 true,
             ),
         ];
+        let keys = RoutingKeys::new();
+        let view = RoutingView {
+            metadata: &md,
+            keys: &keys,
+        };
         for (spec, expected) in cases {
             assert_eq!(
-                MetadataMatcher::new(&spec)?.matches(&md),
+                MetadataMatcher::new(&spec)?.matches(&view),
                 expected,
                 "{spec:?}"
             );

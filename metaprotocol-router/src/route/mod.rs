@@ -1,42 +1,42 @@
-//! Route tables: compiled, immutable snapshots of a route config, each route's targets resolved
-//! to clusters and endpoint subsets at build time so that routing a request is a scan of
-//! matchers and a pointer chase.
+//! Route tables: compiled, immutable snapshots of a route config. Each route's targets are
+//! resolved to cluster handles and subset ids when the table is built, so routing a request is
+//! a scan of matchers and a pointer chase.
+//!
+//! A listener reads its table through a [`RouteSlot`], swapped atomically on update: requests in
+//! flight keep the table they started with.
 
 mod matcher;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use metaprotocol_core::{ByteStr, Metadata, Mutation};
-use prometheus_client::metrics::counter::Counter;
+use arc_swap::ArcSwap;
+use metaprotocol_core::{ByteStr, Mutation, RoutingView};
 
-pub use self::matcher::MetadataMatcher;
-use crate::cluster::{Cluster, EndpointSet};
-use crate::config::{
-    ConfigError, MutationSpec, RetryOn, RetryPolicySpec, RouteConfigSpec, RouteSpec,
-};
-use crate::stats::Metrics;
+pub(crate) use self::matcher::MetadataMatcher;
+use crate::cluster::{ClusterHandle, ClusterManager, SubsetId};
+use crate::config::{ConfigError, MutationSpec, RouteConfigSpec, RouteSpec};
+use crate::router::RetryPolicy;
+use crate::stats::{MetricsScope, RouteStats};
+
+/// The deadline of routes that set no timeout: a client must never wait forever.
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A cluster, or a label subset of it, that a route sends to.
 #[derive(Debug, Clone)]
-pub struct Target {
-    /// The cluster.
-    pub cluster: Arc<Cluster>,
-    /// The endpoints of the cluster the route may use.
-    pub endpoints: Arc<EndpointSet>,
+pub(crate) struct Target {
+    pub cluster: Arc<ClusterHandle>,
+    pub subset: SubsetId,
 }
 
 /// Where a route sends requests.
 #[derive(Debug)]
-pub enum RouteAction {
+pub(crate) enum RouteAction {
     /// One target.
     Single(Target),
-    /// A weighted split; `cumulative` holds running sums of the weights.
+    /// A weighted split; `cumulative` holds running sums of the weights (the last is the total).
     Weighted {
-        /// The targets.
         targets: Vec<Target>,
-        /// Running sums of the weights; the last is the total.
         cumulative: Vec<u64>,
     },
 }
@@ -61,96 +61,67 @@ impl RouteAction {
     }
 }
 
-/// A compiled retry policy.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    /// Retries after the first attempt.
-    pub num_retries: u32,
-    /// Retry attempts that could not connect.
-    pub on_connect_failure: bool,
-    /// Retry attempts whose connection failed in flight.
-    pub on_reset: bool,
-    /// Retry attempts answered with a server error.
-    pub on_unavailable: bool,
-    /// Retry attempts that exceeded `per_try_timeout`.
-    pub on_timeout: bool,
-    /// The timeout of each attempt.
-    pub per_try_timeout: Option<Duration>,
-}
-
-impl RetryPolicy {
-    fn new(spec: &RetryPolicySpec) -> Self {
-        let on = |r: RetryOn| spec.retry_on.contains(&r);
-        Self {
-            num_retries: spec.num_retries,
-            on_connect_failure: on(RetryOn::ConnectFailure),
-            on_reset: on(RetryOn::Reset),
-            on_unavailable: on(RetryOn::Unavailable),
-            on_timeout: on(RetryOn::Timeout),
-            per_try_timeout: spec.per_try_timeout,
-        }
-    }
-}
-
 /// One compiled route.
 #[derive(Debug)]
-pub struct Route {
+pub(crate) struct Route {
     /// The route's name (its config name, or `#index`).
     pub name: Arc<str>,
     matchers: Vec<MetadataMatcher>,
-    /// Where it sends requests.
     pub action: RouteAction,
-    /// The whole request's deadline.
+    /// The whole request's deadline; `None` means no timeout (`timeout: 0s`).
     pub timeout: Option<Duration>,
-    /// Retries, if any.
     pub retry: Option<RetryPolicy>,
     /// Header edits on the upstream request.
     pub request_mutation: Arc<Mutation>,
     /// Header edits on the downstream response.
     pub response_mutation: Arc<Mutation>,
-    /// Requests matched.
-    pub requests: Counter,
+    pub stats: RouteStats,
+    /// Where `stats` live; attached once the whole table compiled.
+    scope: Option<MetricsScope>,
 }
 
 impl Route {
-    /// True if every condition holds for `metadata`.
-    pub fn matches(&self, metadata: &Metadata) -> bool {
-        self.matchers.iter().all(|m| m.matches(metadata))
+    /// True if every condition holds for the request.
+    pub fn matches(&self, request: &RoutingView<'_>) -> bool {
+        self.matchers.iter().all(|m| m.matches(request))
     }
 }
 
 /// A compiled route config: its routes in order, and its version.
 #[derive(Debug)]
-pub struct RouteTable {
-    name: Arc<str>,
+pub(crate) struct RouteTable {
     version: u64,
     routes: Vec<Route>,
     spec: RouteConfigSpec,
 }
 
 impl RouteTable {
-    /// Compiles `spec`, resolving cluster names through `clusters`.
+    /// Compiles `spec`, resolving cluster names through `clusters`; each route's series live in
+    /// a scope of `metrics`.
     pub fn build(
         spec: &RouteConfigSpec,
         version: u64,
-        clusters: &HashMap<String, Arc<Cluster>>,
-        metrics: &Metrics,
+        clusters: &ClusterManager,
+        metrics: &MetricsScope,
     ) -> Result<Self, ConfigError> {
-        let mut routes: Vec<Route> = spec
+        let mut routes = spec
             .routes
             .iter()
             .enumerate()
             .map(|(i, route)| {
                 build_route(route, i, clusters).map_err(|e| e.within(&format!("routes[{i}]")))
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
         // Metric series only for a table that compiled: a rejected config leaves none behind.
         // Routes keep their series across updates by keeping their names.
         for route in &mut routes {
-            route.requests = metrics.route(&spec.name, &route.name);
+            let scope = metrics
+                .detached("route_config", &spec.name)
+                .with_label("route", &route.name);
+            route.stats = RouteStats::new(&scope);
+            route.scope = Some(scope);
         }
         Ok(Self {
-            name: spec.name.as_str().into(),
             version,
             routes,
             spec: spec.clone(),
@@ -159,50 +130,53 @@ impl RouteTable {
 
     /// Drops the metric series of `self`'s routes that `successor` (the table replacing it, or
     /// the table that stays when `self` is discarded) does not have.
-    pub fn retire_metrics(&self, successor: &RouteTable, metrics: &Metrics) {
+    pub fn retire_metrics(&self, successor: Option<&RouteTable>) {
         for route in &self.routes {
-            if !successor.routes.iter().any(|r| r.name == route.name) {
-                metrics.forget_route(&self.name, &route.name);
+            if !successor.is_some_and(|s| s.routes.iter().any(|r| r.name == route.name))
+                && let Some(scope) = &route.scope
+            {
+                scope.retire();
             }
         }
     }
 
-    /// The first route that matches `metadata`.
-    pub fn route(&self, metadata: &Metadata) -> Option<&Route> {
-        self.routes.iter().find(|r| r.matches(metadata))
+    /// The route at `index` (a request keeps the index of its route).
+    pub fn get(&self, index: usize) -> Option<&Route> {
+        self.routes.get(index)
     }
 
-    /// The route config's name.
-    pub fn name(&self) -> &Arc<str> {
-        &self.name
+    /// The index and route of the first match.
+    pub fn route_index(&self, request: &RoutingView<'_>) -> Option<usize> {
+        self.routes.iter().position(|r| r.matches(request))
     }
 
-    /// Its version: 1 for the first config, incremented by every accepted update.
     pub fn version(&self) -> u64 {
         self.version
     }
 
-    /// The spec it was compiled from.
     pub fn spec(&self) -> &RouteConfigSpec {
         &self.spec
     }
 }
 
+/// A route config's live table.
+#[derive(Debug)]
+pub(crate) struct RouteSlot {
+    pub table: ArcSwap<RouteTable>,
+}
+
 fn build_route(
     spec: &RouteSpec,
     index: usize,
-    clusters: &HashMap<String, Arc<Cluster>>,
+    clusters: &ClusterManager,
 ) -> Result<Route, ConfigError> {
     if spec.mirror.is_some() {
-        return Err(ConfigError::new(
-            "mirror",
-            "request mirroring is not available yet",
-        ));
+        return Err(ConfigError::new("mirror", "mirror is not available yet"));
     }
     if !spec.hash_policy.is_empty() {
         return Err(ConfigError::new(
             "hash_policy",
-            "hash policies need ring_hash or maglev, which are not available yet",
+            "hash_policy is not available yet (it needs lb_policy: ring_hash or maglev)",
         ));
     }
     let target = |cluster: &str,
@@ -211,13 +185,13 @@ fn build_route(
         let cluster = clusters
             .get(cluster)
             .ok_or_else(|| ConfigError::new(field, format!("no cluster named `{cluster}`")))?;
-        let endpoints = cluster
-            .subset(&subset.clone().unwrap_or_default())
-            .map_err(|e| e.within(field))?;
-        Ok::<_, ConfigError>(Target {
-            cluster: cluster.clone(),
-            endpoints,
-        })
+        let subset = match subset {
+            Some(labels) if !labels.is_empty() => {
+                cluster.subset(labels).map_err(|e| e.within(field))?
+            }
+            _ => SubsetId::ALL,
+        };
+        Ok::<_, ConfigError>(Target { cluster, subset })
     };
     let action = match &spec.route.cluster {
         Some(cluster) => RouteAction::Single(target(cluster, &spec.route.subset, "route.cluster")?),
@@ -257,25 +231,34 @@ fn build_route(
         .map(|(i, m)| {
             MetadataMatcher::new(m).map_err(|e| e.within(&format!("match.metadata[{i}]")))
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     let name: Arc<str> = match &spec.name {
         Some(name) => name.as_str().into(),
         None => format!("#{index}").into(),
     };
+    let timeout = match spec.timeout {
+        None => Some(DEFAULT_ROUTE_TIMEOUT),
+        Some(Duration::ZERO) => None,
+        Some(timeout) => Some(timeout),
+    };
+    let retry = spec.retry_policy.as_ref().map(RetryPolicy::new);
+    let request_mutation = Arc::new(mutation(spec.request_mutation.as_ref()));
+    let response_mutation = Arc::new(mutation(spec.response_mutation.as_ref()));
     Ok(Route {
-        requests: Counter::default(),
+        stats: RouteStats::default(),
+        scope: None,
         name,
         matchers,
         action,
-        timeout: spec.timeout,
-        retry: spec.retry_policy.as_ref().map(RetryPolicy::new),
-        request_mutation: Arc::new(mutation(spec.request_mutation.as_ref())),
-        response_mutation: Arc::new(mutation(spec.response_mutation.as_ref())),
+        timeout,
+        retry,
+        request_mutation,
+        response_mutation,
     })
 }
 
 /// Compiles a mutation spec.
-pub fn mutation(spec: Option<&MutationSpec>) -> Mutation {
+pub(crate) fn mutation(spec: Option<&MutationSpec>) -> Mutation {
     let mut mutation = Mutation::new();
     if let Some(spec) = spec {
         for key in &spec.remove {

@@ -1,229 +1,268 @@
-//! One client connection.
+//! One client connection: a single task that reads and decodes frames, hands them to its
+//! [`Requests`], and writes every answer that is ready in one write.
+//!
+//! Reading stops while the connection has too much in flight or too much unsent (a client that
+//! does not read its answers cannot grow memory without bound). The connection closes when the
+//! client closes and its requests are answered, when it sends a stream that cannot be trusted
+//! (after answering what is in flight), when it is idle past the listener's idle timeout, or at
+//! the end of a drain.
 
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use metaprotocol_core::{
-    Codec, ConnectionInfo, EncodeParams, LocalReply, LocalReplyKind, Message, MessageKind,
-    Mutation, Side, WireVariant,
+    Codec, ConnectionInfo, LocalReply, LocalReplyKind, ResponseFlags, Side, WireVariant,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::{Semaphore, mpsc};
-use tokio_util::sync::CancellationToken;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::{ListenerContext, request};
+use super::ListenerContext;
+use super::request::Requests;
+use crate::transport::{Accepted, Transport};
 
-/// Answers queued per connection before request tasks wait.
-const REPLY_QUEUE: usize = 1024;
 /// Requests in flight per client connection; past this the proxy stops reading from that client
-/// until some complete, so a client that pipelines without bound cannot grow memory without bound.
+/// until some complete.
 const MAX_IN_FLIGHT: usize = 4096;
-const WRITE_BATCH: usize = 64;
+/// Unsent answers per connection past which the proxy stops reading from that client.
+const WRITE_BUDGET: usize = 1024 * 1024;
+/// Read and write buffers start at this size ...
 const BUFFER_SIZE: usize = 16 * 1024;
+/// ... and go back to it when a large frame made them grow past this.
 const BUFFER_KEEP_LIMIT: usize = 1024 * 1024;
+/// While draining, a connection with nothing in flight that has been quiet this long closes.
+const DRAIN_QUIET: Duration = Duration::from_secs(1);
 
-/// An answer for the connection's writer to encode.
-pub(crate) enum Reply {
-    /// An upstream response to `request`, sent with the client's own id and encoding.
-    Response {
-        request: Arc<Message>,
-        response: Message,
-        mutation: Arc<Mutation>,
-    },
-    /// An error answered by the proxy.
-    Local {
-        request: Arc<Message>,
-        reply: LocalReply,
-    },
-    /// A heartbeat to answer.
-    Heartbeat(Message),
+/// Whether the connection still reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reading {
+    Open,
+    /// The client closed its side, or the connection is closing: answer what is in flight.
+    Done,
 }
 
-pub(crate) async fn serve_connection(
-    stream: TcpStream,
+/// Serves one accepted client connection until it ends.
+pub(crate) async fn serve<S: Transport>(
+    io: S,
+    accepted: Accepted,
     peer: SocketAddr,
+    local: SocketAddr,
     ctx: Arc<ListenerContext>,
-    shutdown: CancellationToken,
+    drain: CancellationToken,
 ) {
     ctx.stats.cx_total.inc();
     ctx.stats.cx_active.inc();
-    let _ = stream.set_nodelay(true);
-    let local = stream.local_addr().unwrap_or(peer);
     let connection = Arc::new(ConnectionInfo {
-        listener: ctx.name.clone(),
-        peer_addr: peer,
-        local_addr: local,
-        peer_identity: None,
+        sni: accepted.sni,
+        peer_identity: accepted.peer_identity,
+        ..ConnectionInfo::new(ctx.name.clone(), peer, local)
     });
-    let (mut read, write) = stream.into_split();
-    let (replies, queue) = mpsc::channel(REPLY_QUEUE);
-    let writer = tokio::spawn(write_loop(
-        write,
-        queue,
-        ctx.codec.new_codec(Side::Downstream, WireVariant::DEFAULT),
-        ctx.clone(),
-    ));
-    let mut codec = ctx.codec.new_codec(Side::Downstream, WireVariant::DEFAULT);
-    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let mut buf = BytesMut::with_capacity(BUFFER_SIZE);
-    'read: loop {
-        if buf.capacity() - buf.len() < BUFFER_SIZE / 4 {
-            buf.reserve(BUFFER_SIZE);
+    let stats = ctx.stats.clone();
+    Connection::new(io, connection, ctx, drain).await;
+    stats.cx_active.dec();
+}
+
+struct Connection<S> {
+    io: S,
+    ctx: Arc<ListenerContext>,
+    decoder: Box<dyn Codec>,
+    requests: Requests,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+    reading: Reading,
+    drain: Pin<Box<WaitForCancellationFutureOwned>>,
+    draining_until: Option<Instant>,
+    last_activity: Instant,
+    lifecycle: Pin<Box<Sleep>>,
+}
+
+impl<S: Transport> Connection<S> {
+    fn new(
+        io: S,
+        connection: Arc<ConnectionInfo>,
+        ctx: Arc<ListenerContext>,
+        drain: CancellationToken,
+    ) -> Self {
+        let decoder = ctx.codec.new_codec(Side::Downstream, WireVariant::DEFAULT);
+        let encoder = ctx.codec.new_codec(Side::Downstream, WireVariant::DEFAULT);
+        let now = Instant::now();
+        Self {
+            io,
+            requests: Requests::new(ctx.clone(), connection, encoder),
+            ctx,
+            decoder,
+            read_buf: BytesMut::with_capacity(BUFFER_SIZE),
+            write_buf: BytesMut::with_capacity(BUFFER_SIZE),
+            reading: Reading::Open,
+            drain: Box::pin(drain.cancelled_owned()),
+            draining_until: None,
+            last_activity: now,
+            lifecycle: Box::pin(tokio::time::sleep_until(now)),
         }
-        let read_result = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = read_with_idle_timeout(&mut read, &mut buf, &ctx, &replies) => r,
-        };
-        if !read_result {
-            break;
+    }
+
+    /// Reads and dispatches every frame that arrived. True if anything happened.
+    fn poll_read_frames(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
+        if self.reading != Reading::Open
+            || self.requests.len() >= MAX_IN_FLIGHT
+            || self.write_buf.len() >= WRITE_BUDGET
+        {
+            return false;
+        }
+        if self.read_buf.capacity() - self.read_buf.len() < BUFFER_SIZE / 4 {
+            if self.read_buf.is_empty() && self.read_buf.capacity() > BUFFER_KEEP_LIMIT {
+                self.read_buf = BytesMut::with_capacity(BUFFER_SIZE);
+            } else {
+                self.read_buf.reserve(BUFFER_SIZE);
+            }
+        }
+        let read = tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read_buf);
+        match read {
+            Poll::Pending => return false,
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                self.reading = Reading::Done;
+                return true;
+            }
+            Poll::Ready(Ok(_)) => {}
         }
         loop {
-            match codec.decode(&mut buf) {
+            match self.decoder.decode(&mut self.read_buf) {
                 Ok(Some(message)) => {
-                    dispatch(message, &ctx, &connection, &replies, &in_flight).await;
+                    self.last_activity = now;
+                    self.requests.receive(message, &mut self.write_buf, now);
                 }
-                Ok(None) => break,
+                Ok(None) => return true,
                 Err(err) => {
-                    tracing::debug!(listener = %ctx.name, %peer, error = %err, "closing client connection: bad frame");
-                    ctx.stats.protocol_error(&err).inc();
-                    break 'read;
+                    tracing::debug!(listener = %self.ctx.name, error = %err, "closing client connection: bad frame");
+                    self.ctx.stats.protocol_error(&err).inc();
+                    self.reading = Reading::Done;
+                    return true;
                 }
             }
         }
     }
-    // Requests in flight hold clones of `replies`; the writer finishes once they have answered.
-    drop(replies);
-    let _ = writer.await;
-    ctx.stats.cx_active.dec();
-}
 
-/// Reads more bytes; false on end of stream, error, or an idle timeout with nothing in flight.
-async fn read_with_idle_timeout(
-    read: &mut tokio::net::tcp::OwnedReadHalf,
-    buf: &mut BytesMut,
-    ctx: &ListenerContext,
-    replies: &mpsc::Sender<Reply>,
-) -> bool {
-    loop {
-        let outcome = match ctx.idle_timeout {
-            None => Some(read.read_buf(buf).await),
-            Some(idle) => tokio::time::timeout(idle, read.read_buf(buf)).await.ok(),
-        };
-        match outcome {
-            Some(Ok(n)) => return n > 0,
-            Some(Err(_)) => return false,
-            // Our own handle is the only sender left: nothing is in flight.
-            None if replies.strong_count() <= 1 => return false,
-            None => continue,
+    /// Writes what is buffered; `Ready(Err)` when the client is gone.
+    fn poll_write_buf(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        let mut wrote = false;
+        while !self.write_buf.is_empty() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.write_buf))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.write_buf.advance(n);
+            wrote = true;
+        }
+        ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+        if self.write_buf.capacity() > BUFFER_KEEP_LIMIT {
+            self.write_buf = BytesMut::with_capacity(BUFFER_SIZE);
+        }
+        Poll::Ready(Ok(wrote))
+    }
+
+    /// Applies the drain signal and the idle and drain deadlines. True if anything changed.
+    fn poll_lifecycle(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
+        let mut changed = false;
+        if self.draining_until.is_none() && self.drain.as_mut().poll(cx).is_ready() {
+            self.draining_until = Some(now + self.ctx.drain_time);
+            changed = true;
+        }
+        if let Some(until) = self.draining_until
+            && now >= until
+            && !self.requests.is_empty()
+        {
+            let reply = LocalReply::new(
+                LocalReplyKind::Unavailable,
+                "metaprotocol-proxy: the proxy is shutting down",
+            );
+            self.requests
+                .answer_all(&reply, ResponseFlags::DRAINING, &mut self.write_buf);
+            self.reading = Reading::Done;
+            changed = true;
+        }
+        if self.reading == Reading::Open
+            && self.requests.is_empty()
+            && let Some(close_at) = self.idle_close_at()
+            && now >= close_at
+        {
+            self.reading = Reading::Done;
+            changed = true;
+        }
+        if let Some(at) = self.next_lifecycle_deadline().filter(|at| *at > now) {
+            if self.lifecycle.deadline() != at {
+                self.lifecycle.as_mut().reset(at);
+            }
+            // Fired: the deadline is due; the next round acts on it.
+            if self.lifecycle.as_mut().poll(cx).is_ready() {
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// When an idle connection (nothing in flight) closes: after the listener's idle timeout,
+    /// or, while draining, after a short quiet spell or at the drain deadline.
+    fn idle_close_at(&self) -> Option<Instant> {
+        let idle = self.ctx.idle_timeout.map(|t| self.last_activity + t);
+        let drained = self.draining_until.map(|until| {
+            let quiet = DRAIN_QUIET.min(self.ctx.drain_time);
+            until.min(self.last_activity + quiet)
+        });
+        match (idle, drained) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The next moment [`Connection::poll_lifecycle`] has something to do.
+    fn next_lifecycle_deadline(&self) -> Option<Instant> {
+        let drain_end = self.draining_until.filter(|_| !self.requests.is_empty());
+        let idle = self
+            .idle_close_at()
+            .filter(|_| self.reading == Reading::Open && self.requests.is_empty());
+        match (drain_end, idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 }
 
-async fn dispatch(
-    message: Message,
-    ctx: &Arc<ListenerContext>,
-    connection: &Arc<ConnectionInfo>,
-    replies: &mpsc::Sender<Reply>,
-    in_flight: &Arc<Semaphore>,
-) {
-    match message.kind {
-        MessageKind::Heartbeat => {
-            ctx.stats.heartbeats.inc();
-            let _ = replies.send(Reply::Heartbeat(message)).await;
-        }
-        MessageKind::Request | MessageKind::Oneway => {
-            ctx.stats.rq_total.inc();
-            if message.kind == MessageKind::Oneway {
-                ctx.stats.rq_oneway.inc();
-            }
-            if let Some(reason) = message.reject_reason {
-                let request = Arc::new(message);
-                if request.kind == MessageKind::Request {
-                    ctx.stats.local_reply(LocalReplyKind::BadRequest).inc();
-                    let reply = LocalReply::new(LocalReplyKind::BadRequest, reason);
-                    let _ = replies.send(Reply::Local { request, reply }).await;
+impl<S: Transport> Future for Connection<S> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            let now = Instant::now();
+            let mut progress = this.requests.poll(cx, &mut this.write_buf, now);
+            progress |= this.poll_lifecycle(cx, now);
+            progress |= this.poll_read_frames(cx, now);
+            match this.poll_write_buf(cx) {
+                Poll::Ready(Ok(wrote)) => {
+                    if wrote {
+                        this.last_activity = now;
+                    }
                 }
-                return;
+                Poll::Ready(Err(_)) => {
+                    this.requests.abandon_all();
+                    return Poll::Ready(());
+                }
+                Poll::Pending => {}
             }
-            let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                return;
-            };
-            let handling =
-                request::handle(ctx.clone(), connection.clone(), message, replies.clone());
-            tokio::spawn(async move {
-                handling.await;
-                drop(permit);
-            });
-        }
-        // Clients do not answer the proxy; stray answers are ignored.
-        MessageKind::Response | MessageKind::HeartbeatReply => {}
-    }
-}
-
-async fn write_loop(
-    mut socket: OwnedWriteHalf,
-    mut queue: mpsc::Receiver<Reply>,
-    mut codec: Box<dyn Codec>,
-    ctx: Arc<ListenerContext>,
-) {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
-    let mut buf = BytesMut::with_capacity(BUFFER_SIZE);
-    while queue.recv_many(&mut batch, WRITE_BATCH).await > 0 {
-        for reply in batch.drain(..) {
-            encode_reply(&mut *codec, reply, &mut buf, &ctx);
-        }
-        if socket.write_all(&buf).await.is_err() {
-            return;
-        }
-        buf.clear();
-        if buf.capacity() > BUFFER_KEEP_LIMIT {
-            buf = BytesMut::with_capacity(BUFFER_SIZE);
-        }
-    }
-    let _ = socket.shutdown().await;
-}
-
-fn encode_reply(codec: &mut dyn Codec, reply: Reply, buf: &mut BytesMut, ctx: &ListenerContext) {
-    match reply {
-        Reply::Response {
-            request,
-            response,
-            mutation,
-        } => {
-            let params = EncodeParams {
-                request_id: request.request_id,
-                variant: request.variant,
-                mutation: &mutation,
-            };
-            if let Err(err) = codec.encode(&response, &params, buf) {
-                tracing::warn!(listener = %ctx.name, error = %err, "cannot encode a response for the client");
-                let reply = LocalReply::new(
-                    LocalReplyKind::Internal,
-                    format!("the proxy could not forward the response: {err}"),
-                );
-                local_reply(codec, &request, &reply, buf, ctx);
+            if this.reading == Reading::Done
+                && this.requests.is_empty()
+                && this.write_buf.is_empty()
+            {
+                return Poll::Ready(());
+            }
+            if !progress {
+                return Poll::Pending;
             }
         }
-        Reply::Local { request, reply } => local_reply(codec, &request, &reply, buf, ctx),
-        Reply::Heartbeat(heartbeat) => {
-            if let Err(err) = codec.encode_heartbeat_reply(&heartbeat, buf) {
-                tracing::warn!(listener = %ctx.name, error = %err, "cannot answer a heartbeat");
-            }
-        }
-    }
-}
-
-fn local_reply(
-    codec: &mut dyn Codec,
-    request: &Message,
-    reply: &LocalReply,
-    buf: &mut BytesMut,
-    ctx: &ListenerContext,
-) {
-    if let Err(err) = codec.encode_local_reply(request, reply, buf) {
-        tracing::warn!(listener = %ctx.name, error = %err, "cannot encode a local reply");
     }
 }

@@ -1,10 +1,8 @@
-//! The downstream server: accepts client connections on a listener and serves each with a
-//! reader (decode, dispatch) and a writer (encode answers in batches).
+//! The downstream server: accepts client connections on a listener and serves each on one task
+//! ([`connection`]) that owns the requests in flight on it ([`request`]).
 
 mod connection;
 mod request;
-
-pub use request::{DEFAULT_ROUTE_TIMEOUT, TIMEOUT_MS_KEY};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,43 +13,73 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::route::RouteTable;
-use crate::stats::ListenerStats;
+use crate::route::RouteSlot;
+use crate::stats::{ListenerStats, MetricsScope};
+use crate::transport::Acceptor;
 
-/// What every connection of one listener shares.
+/// What every connection of one listener shares. A listener update publishes a new context;
+/// connections keep the one they were accepted with.
 pub(crate) struct ListenerContext {
     pub name: Arc<str>,
     pub codec: Arc<dyn CodecFactory>,
-    pub routes: Arc<ArcSwap<RouteTable>>,
+    pub routes: Arc<RouteSlot>,
     pub filters: FilterChain,
     pub stats: ListenerStats,
+    /// Where `stats` (and the filters' series) live.
+    pub scope: MetricsScope,
     pub idle_timeout: Option<Duration>,
+    pub drain_time: Duration,
+    pub acceptor: Acceptor,
 }
 
-/// Accepts connections until `shutdown`, serving each on its own task tracked by `tracker`.
+/// Where a listener's connection tasks are tracked: by the listener (whose removal waits for
+/// them) and by the proxy (whose shutdown waits for all).
+#[derive(Clone, Debug)]
+pub(crate) struct Trackers {
+    pub listener: TaskTracker,
+    pub proxy: TaskTracker,
+}
+
+impl Trackers {
+    fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, task: F) {
+        tokio::spawn(self.proxy.track_future(self.listener.track_future(task)));
+    }
+}
+
+/// Accepts connections until `stop` (shutdown, or the listener's removal), serving each on its
+/// own task; `stop` also starts their drain.
 pub(crate) async fn serve(
     listener: TcpListener,
-    ctx: Arc<ListenerContext>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
+    ctx: Arc<ArcSwap<ListenerContext>>,
+    stop: CancellationToken,
+    trackers: Trackers,
 ) {
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
             Ok((stream, peer)) => {
-                tracker.spawn(connection::serve_connection(
-                    stream,
-                    peer,
-                    ctx.clone(),
-                    shutdown.clone(),
-                ));
+                let ctx = ctx.load_full();
+                let local = stream.local_addr().unwrap_or(peer);
+                match &ctx.acceptor {
+                    Acceptor::Plain => {
+                        let accepted = ctx.acceptor.plain(&stream);
+                        trackers.spawn(connection::serve(
+                            stream,
+                            accepted,
+                            peer,
+                            local,
+                            ctx,
+                            stop.clone(),
+                        ));
+                    }
+                }
             }
             Err(err) => {
                 // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(listener = %ctx.name, error = %err, "accept failed");
+                tracing::warn!(listener = %ctx.load().name, error = %err, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }

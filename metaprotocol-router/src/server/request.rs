@@ -1,311 +1,693 @@
-//! One request's walk: filters, route, upstream attempts (with timeout and retries), response
-//! filters, answer.
+//! The requests in flight on one client connection, and every step of their walk: request
+//! filters, the router, attempts and their answers, response filters, the answer written into
+//! the connection's buffer, and the completion hooks.
+//!
+//! Everything here runs on the connection's own task, driven by what arrives: a decoded frame
+//! ([`Requests::receive`]), an upstream answer, a timer, a filter's asynchronous work
+//! ([`Requests::poll`]). Nothing waits and nothing is spawned per request; a request whose
+//! filters never wait costs one allocation (its shared `Arc<Message>`).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use bytes::BytesMut;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use metaprotocol_core::{
-    ConnectionInfo, LocalReply, LocalReplyKind, Message, MessageKind, Mutation, RequestContext,
-    ResponseContext, ResponseStatus, keys,
+    ChainStep, Codec, CompleteContext, ConnectionInfo, EncodeParams, FilterFuture, LocalReply,
+    LocalReplyKind, Message, MessageKind, Mutation, RequestContext, RequestRecord, ResponseContext,
+    ResponseFlags, Resume,
 };
+use slab::Slab;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::time::DelayQueue;
+use tokio_util::time::delay_queue;
 
 use super::ListenerContext;
-use super::connection::Reply;
-use crate::cluster::Endpoint;
-use crate::lb::PickContext;
-use crate::route::{Route, Target};
-use crate::upstream::UpstreamError;
+use crate::route::DEFAULT_ROUTE_TIMEOUT;
+use crate::router::{self, Next, Routed};
+use crate::upstream::{Inbox, ReplyTo, RequestKey, UpstreamError, UpstreamEvent};
 
-/// The deadline of routes that set no timeout: a client must never wait forever.
-pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Upstream answers handled per poll before the connection reads and writes again.
+const EVENT_BATCH: usize = 256;
 
-/// Metadata key some codecs set from the request's own deadline (bRPC `timeout_ms`); it caps
-/// the route timeout.
-pub const TIMEOUT_MS_KEY: &str = "timeout_ms";
+/// The furthest a timer is armed ahead.
+const TIMER_HORIZON: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// Makes sure a two-way request is answered even when its handling is abandoned (a panic in a
-/// filter, a task cancelled at runtime shutdown): dropped unanswered, it queues an `Internal`
-/// local reply. It also keeps the in-flight gauge right on every path.
-struct AnswerGuard {
-    ctx: Arc<ListenerContext>,
+/// What a timer is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TimerKind {
+    /// The request's deadline (before routing: how long its filters may wait).
+    Deadline,
+    /// The per-try deadline of attempt `n`.
+    Attempt(u32),
+    /// The end of the pause before the attempt after attempt `n`.
+    Retry(u32),
+}
+
+/// Where a request is in its walk.
+enum Stage {
+    /// Request filters are running or waiting.
+    Filtering,
+    /// Routed: an attempt is in flight, or a retry is pending.
+    Routed(Routed),
+    /// The response is back; response filters are waiting.
+    Responding {
+        routed: Routed,
+        response: Box<Message>,
+    },
+}
+
+/// One request in flight.
+struct InFlight {
+    seq: u32,
     request: Arc<Message>,
-    replies: mpsc::Sender<Reply>,
-    answered: bool,
+    record: RequestRecord,
+    /// What filters add: to the upstream request while filtering, to the client response after.
+    mutation: Mutation,
+    stage: Stage,
+    deadline_timer: Option<delay_queue::Key>,
+    step_timer: Option<delay_queue::Key>,
 }
 
-impl AnswerGuard {
-    fn new(
-        ctx: &Arc<ListenerContext>,
-        request: &Arc<Message>,
-        replies: &mpsc::Sender<Reply>,
-    ) -> Self {
-        ctx.stats.rq_active.inc();
-        Self {
-            ctx: ctx.clone(),
-            request: request.clone(),
-            replies: replies.clone(),
-            answered: false,
-        }
+/// How a request ends. Short-lived, on one stack: boxing the response would cost an
+/// allocation per call.
+#[allow(clippy::large_enum_variant)]
+enum Answer {
+    /// Forward the upstream response with this mutation.
+    Response(Message, Arc<Mutation>),
+    /// Answer with a local reply (one-way requests get none).
+    Local(LocalReply),
+    /// Nothing to send: a one-way request, or a client gone.
+    Nothing,
+}
+
+/// Which direction of filters a wait belongs to.
+#[derive(Clone, Copy, Debug)]
+enum Direction {
+    Request,
+    Response,
+}
+
+/// A filter's asynchronous work, tagged with the request and the chain step it resumes.
+struct FilterWait {
+    key: RequestKey,
+    step: usize,
+    direction: Direction,
+    future: FilterFuture,
+}
+
+impl Future for FilterWait {
+    type Output = (RequestKey, usize, Direction, Resume);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let resume = ready!(self.future.as_mut().poll(cx));
+        Poll::Ready((self.key, self.step, self.direction, resume))
     }
 }
 
-impl Drop for AnswerGuard {
-    fn drop(&mut self) {
-        self.ctx.stats.rq_active.dec();
-        if self.answered || self.request.kind != MessageKind::Request {
-            return;
-        }
-        self.ctx.stats.local_reply(LocalReplyKind::Internal).inc();
-        let reply = LocalReply::new(
-            LocalReplyKind::Internal,
-            "metaprotocol-proxy: the request failed inside the proxy",
-        );
-        let _ = self.replies.try_send(Reply::Local {
-            request: self.request.clone(),
-            reply,
-        });
-    }
-}
-
-pub(crate) async fn handle(
+/// The requests in flight on one connection.
+pub(crate) struct Requests {
     ctx: Arc<ListenerContext>,
     connection: Arc<ConnectionInfo>,
-    request: Message,
-    replies: mpsc::Sender<Reply>,
-) {
-    let request = Arc::new(request);
-    let mut guard = AnswerGuard::new(&ctx, &request, &replies);
-    let answer = match forward(&ctx, &connection, &request).await {
-        Ok(None) => None,
-        Ok(Some((response, mutation))) => Some(Reply::Response {
-            request,
-            response,
-            mutation,
-        }),
-        Err(reply) => {
-            ctx.stats.local_reply(reply.kind).inc();
-            // One-way callers expect nothing, so they are told nothing.
-            (request.kind == MessageKind::Request).then_some(Reply::Local { request, reply })
-        }
-    };
-    if let Some(answer) = answer {
-        let _ = replies.send(answer).await;
-    }
-    guard.answered = true;
+    encoder: Box<dyn Codec>,
+    slab: Slab<InFlight>,
+    next_seq: u32,
+    inbox: Inbox,
+    events: mpsc::UnboundedReceiver<UpstreamEvent>,
+    timers: DelayQueue<(RequestKey, TimerKind)>,
+    waits: FuturesUnordered<FilterWait>,
 }
 
-/// `now + after`, saturating: a route timeout of centuries means "never", not a panic.
-fn deadline_after(after: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(after)
-        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
-}
-
-/// Runs the request through filters, routing and upstream; `Ok(None)` for one-way requests.
-async fn forward(
-    ctx: &ListenerContext,
-    connection: &ConnectionInfo,
-    request: &Arc<Message>,
-) -> Result<Option<(Message, Arc<Mutation>)>, LocalReply> {
-    let mut filter_mutation = Mutation::new();
-    ctx.filters
-        .on_request(&mut RequestContext {
-            request,
-            mutation: &mut filter_mutation,
+impl Requests {
+    pub fn new(
+        ctx: Arc<ListenerContext>,
+        connection: Arc<ConnectionInfo>,
+        encoder: Box<dyn Codec>,
+    ) -> Self {
+        let (inbox, events) = mpsc::unbounded_channel();
+        Self {
+            ctx,
             connection,
-        })
-        .await?;
-
-    let table = ctx.routes.load_full();
-    let route = table
-        .route(&request.metadata)
-        .ok_or_else(|| no_route(request))?;
-    route.requests.inc();
-    let target = route.action.pick().ok_or_else(|| {
-        LocalReply::new(LocalReplyKind::NoHealthyUpstream, "the route has no target")
-    })?;
-    let mutation = merged(&route.request_mutation, filter_mutation);
-
-    if request.kind == MessageKind::Oneway {
-        send_oneway(target, request, mutation).await?;
-        return Ok(None);
-    }
-
-    let deadline = deadline_after(timeout_of(route, request));
-    let response = call_with_retries(route, target, request, mutation, deadline).await?;
-
-    let mut filter_mutation = Mutation::new();
-    ctx.filters
-        .on_response(&mut ResponseContext {
-            request,
-            response: &response,
-            mutation: &mut filter_mutation,
-            connection,
-        })
-        .await?;
-    Ok(Some((
-        response,
-        merged(&route.response_mutation, filter_mutation),
-    )))
-}
-
-/// The route's mutation, plus what filters added (allocating only when they added something).
-fn merged(route: &Arc<Mutation>, filters: Mutation) -> Arc<Mutation> {
-    if filters.is_empty() {
-        return route.clone();
-    }
-    let mut all = Mutation::clone(route);
-    all.extend(&filters);
-    Arc::new(all)
-}
-
-/// The route timeout, capped by the request's own deadline when the codec reports one.
-fn timeout_of(route: &Route, request: &Message) -> Duration {
-    let route_timeout = route.timeout.unwrap_or(DEFAULT_ROUTE_TIMEOUT);
-    let requested = request
-        .metadata
-        .get(TIMEOUT_MS_KEY)
-        .and_then(|v| v.as_str().parse::<u64>().ok())
-        .filter(|ms| *ms > 0)
-        .map(Duration::from_millis);
-    match requested {
-        Some(requested) => route_timeout.min(requested),
-        None => route_timeout,
-    }
-}
-
-fn no_route(request: &Message) -> LocalReply {
-    let md = &request.metadata;
-    let service = md
-        .get(keys::INTERFACE)
-        .or_else(|| md.get(keys::SERVICE))
-        .map(|s| s.as_str())
-        .unwrap_or("-");
-    let method = md.get(keys::METHOD).map(|s| s.as_str()).unwrap_or("-");
-    LocalReply::new(
-        LocalReplyKind::RouteNotFound,
-        format!("metaprotocol-proxy: no route for service {service} method {method}"),
-    )
-}
-
-fn pick<'a>(target: &'a Target, avoid: Option<&Endpoint>) -> Result<&'a Arc<Endpoint>, LocalReply> {
-    target
-        .endpoints
-        .pick(&PickContext { avoid })
-        .ok_or_else(|| {
-            LocalReply::new(
-                LocalReplyKind::NoHealthyUpstream,
-                format!(
-                    "metaprotocol-proxy: cluster {} has no endpoint for this route",
-                    target.cluster.name()
-                ),
-            )
-        })
-}
-
-async fn send_oneway(
-    target: &Target,
-    request: &Arc<Message>,
-    mutation: Arc<Mutation>,
-) -> Result<(), LocalReply> {
-    let endpoint = pick(target, None)?;
-    let cluster = &target.cluster;
-    cluster.stats().rq_total.inc();
-    let variant = cluster.codec().upstream_variant(request);
-    endpoint
-        .pool()
-        .send_oneway(request.clone(), mutation, variant)
-        .await
-        .map_err(|err| upstream_failure(endpoint, &err))
-}
-
-/// How one attempt ended. Short-lived on one stack, so the large variant is not boxed.
-#[allow(clippy::large_enum_variant)]
-enum Attempt {
-    Answered(Message),
-    Failed(UpstreamError),
-    TimedOut,
-}
-
-async fn call_with_retries(
-    route: &Route,
-    target: &Target,
-    request: &Arc<Message>,
-    mutation: Arc<Mutation>,
-    deadline: Instant,
-) -> Result<Message, LocalReply> {
-    let cluster = &target.cluster;
-    let stats = cluster.stats();
-    let variant = cluster.codec().upstream_variant(request);
-    let mut retries_left = route.retry.as_ref().map_or(0, |r| r.num_retries);
-    let mut previous: Option<Arc<Endpoint>> = None;
-    loop {
-        let endpoint = pick(target, previous.as_deref())?.clone();
-        let attempt_deadline = match route.retry.as_ref().and_then(|r| r.per_try_timeout) {
-            Some(per_try) => deadline.min(deadline_after(per_try)),
-            None => deadline,
-        };
-        let _active = endpoint.track();
-        stats.rq_total.inc();
-        let started = Instant::now();
-        let call = endpoint
-            .pool()
-            .call(request.clone(), mutation.clone(), variant);
-        let attempt = match tokio::time::timeout_at(attempt_deadline, call).await {
-            Ok(Ok(response)) => Attempt::Answered(response),
-            Ok(Err(err)) => Attempt::Failed(err),
-            Err(_) => {
-                stats.rq_timeout.inc();
-                Attempt::TimedOut
-            }
-        };
-        if let Attempt::Answered(response) = &attempt {
-            stats.rq_time.observe(started.elapsed().as_secs_f64());
-            match response.status {
-                ResponseStatus::Ok => stats.rq_ok.inc(),
-                ResponseStatus::ApplicationError => stats.rq_application_error.inc(),
-                ResponseStatus::ServerError => stats.rq_server_error.inc(),
-            };
+            encoder,
+            slab: Slab::new(),
+            next_seq: 0,
+            inbox,
+            events,
+            timers: DelayQueue::new(),
+            waits: FuturesUnordered::new(),
         }
-        let retry = route.retry.as_ref().is_some_and(|policy| {
-            retries_left > 0
-                && Instant::now() < deadline
-                && match &attempt {
-                    Attempt::Answered(r) => {
-                        policy.on_unavailable && r.status == ResponseStatus::ServerError
-                    }
-                    Attempt::Failed(e) if e.is_connect_failure() => policy.on_connect_failure,
-                    Attempt::Failed(UpstreamError::Reset) => policy.on_reset,
-                    Attempt::Failed(_) => false,
-                    Attempt::TimedOut => policy.on_timeout,
+    }
+
+    /// Requests in flight.
+    pub fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slab.is_empty()
+    }
+
+    /// Handles a frame decoded from the client.
+    pub fn receive(&mut self, message: Message, out: &mut BytesMut, now: Instant) {
+        match message.kind {
+            MessageKind::Heartbeat => {
+                self.ctx.stats.heartbeats.inc();
+                if let Err(err) = self.encoder.encode_heartbeat_reply(&message, out) {
+                    tracing::warn!(listener = %self.ctx.name, error = %err, "cannot answer a heartbeat");
                 }
-        });
-        if retry {
-            retries_left -= 1;
-            stats.rq_retry.inc();
-            previous = Some(endpoint);
-            continue;
+            }
+            MessageKind::Request | MessageKind::Oneway => self.start(message, out, now),
+            // Clients do not answer the proxy; stray answers are ignored.
+            _ => {}
         }
-        return match attempt {
-            Attempt::Answered(response) => Ok(response),
-            Attempt::Failed(err) => Err(upstream_failure(&endpoint, &err)),
-            Attempt::TimedOut => Err(LocalReply::new(
-                LocalReplyKind::Timeout,
-                format!(
-                    "metaprotocol-proxy: upstream {} did not answer in time (route {})",
-                    endpoint.address(),
-                    route.name
-                ),
-            )),
-        };
     }
-}
 
-fn upstream_failure(endpoint: &Endpoint, err: &UpstreamError) -> LocalReply {
-    LocalReply::new(
-        err.reply_kind(),
-        format!("metaprotocol-proxy: upstream {}: {err}", endpoint.address()),
-    )
+    /// Handles whatever is ready: upstream answers, filters' work, timers. True if anything
+    /// was.
+    pub fn poll(&mut self, cx: &mut Context<'_>, out: &mut BytesMut, now: Instant) -> bool {
+        let mut progress = false;
+        for _ in 0..EVENT_BATCH {
+            match self.events.poll_recv(cx) {
+                Poll::Ready(Some(event)) => {
+                    self.answered(event.key, event.attempt, event.result, out, now);
+                    progress = true;
+                }
+                _ => break,
+            }
+        }
+        while let Poll::Ready(Some((key, step, direction, resume))) = self.waits.poll_next_unpin(cx)
+        {
+            self.resumed(key, step, direction, resume, out, now);
+            progress = true;
+        }
+        while let Poll::Ready(Some(expired)) = self.timers.poll_expired(cx) {
+            let key = expired.key();
+            let (request, kind) = expired.into_inner();
+            self.timer(request, kind, &key, out, Instant::now());
+            progress = true;
+        }
+        progress
+    }
+
+    /// Answers every two-way request still in flight with `reply` and ends them: the
+    /// connection is about to close (the drain deadline passed).
+    pub fn answer_all(&mut self, reply: &LocalReply, flags: ResponseFlags, out: &mut BytesMut) {
+        let now = Instant::now();
+        let keys: Vec<RequestKey> = self.keys();
+        for key in keys {
+            if let Some(inflight) = self.slab.get_mut(key.index as usize) {
+                inflight.record.set_local_reply(reply.kind, flags);
+            }
+            self.finish(key, Answer::Local(reply.clone()), out, now);
+        }
+    }
+
+    /// Ends every request without an answer: the client is gone.
+    pub fn abandon_all(&mut self) {
+        let now = Instant::now();
+        let mut sink = BytesMut::new();
+        for key in self.keys() {
+            if let Some(inflight) = self.slab.get_mut(key.index as usize) {
+                inflight
+                    .record
+                    .outcome
+                    .flags
+                    .insert(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+            }
+            self.finish(key, Answer::Nothing, &mut sink, now);
+        }
+    }
+
+    fn keys(&self) -> Vec<RequestKey> {
+        self.slab
+            .iter()
+            .map(|(index, inflight)| RequestKey {
+                index: index as u32,
+                seq: inflight.seq,
+            })
+            .collect()
+    }
+
+    /// Arms a timer. The timer wheel reaches about two years; a later deadline ("no timeout")
+    /// is armed at the horizon, where it fires early and is checked against the real one.
+    fn set_timer(
+        &mut self,
+        key: RequestKey,
+        kind: TimerKind,
+        at: Instant,
+        now: Instant,
+    ) -> delay_queue::Key {
+        self.timers.insert_at(
+            (key, kind),
+            at.min(router::deadline_after(now, TIMER_HORIZON)),
+        )
+    }
+
+    fn get(&mut self, key: RequestKey) -> Option<&mut InFlight> {
+        self.slab
+            .get_mut(key.index as usize)
+            .filter(|inflight| inflight.seq == key.seq)
+    }
+
+    fn start(&mut self, message: Message, out: &mut BytesMut, now: Instant) {
+        let stats = &self.ctx.stats;
+        stats.rq_total.inc();
+        stats.rq_active.inc();
+        if message.kind == MessageKind::Oneway {
+            stats.rq_oneway.inc();
+        }
+        let record = RequestRecord::received_at(
+            self.connection.clone(),
+            message.frame.len() as u64,
+            now.into_std(),
+        );
+        let reject_reason = message.reject_reason;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        let seq = self.next_seq;
+        let index = self.slab.insert(InFlight {
+            seq,
+            request: Arc::new(message),
+            record,
+            mutation: Mutation::new(),
+            stage: Stage::Filtering,
+            deadline_timer: None,
+            step_timer: None,
+        });
+        let key = RequestKey {
+            index: index as u32,
+            seq,
+        };
+        if let Some(reason) = reject_reason {
+            if let Some(inflight) = self.get(key) {
+                inflight
+                    .record
+                    .set_local_reply(LocalReplyKind::BadRequest, ResponseFlags::BAD_REQUEST);
+            }
+            let reply = LocalReply::new(LocalReplyKind::BadRequest, reason);
+            self.finish(key, Answer::Local(reply), out, now);
+            return;
+        }
+        self.run_request_filters(key, 0, out, now);
+    }
+
+    fn run_request_filters(
+        &mut self,
+        key: RequestKey,
+        from: usize,
+        out: &mut BytesMut,
+        now: Instant,
+    ) {
+        let filters = self.ctx.filters.clone();
+        let Some(inflight) = self.get(key) else {
+            return;
+        };
+        let step = filters.run_request(
+            from,
+            &mut RequestContext {
+                request: &inflight.request,
+                mutation: &mut inflight.mutation,
+                record: &mut inflight.record,
+            },
+        );
+        self.after_request_filters(key, step, out, now);
+    }
+
+    fn after_request_filters(
+        &mut self,
+        key: RequestKey,
+        step: ChainStep,
+        out: &mut BytesMut,
+        now: Instant,
+    ) {
+        match step {
+            ChainStep::Done => self.route(key, out, now),
+            ChainStep::Reply(reply) => self.refused(key, reply, out, now),
+            ChainStep::Wait { step, future } => {
+                self.waits.push(FilterWait {
+                    key,
+                    step,
+                    direction: Direction::Request,
+                    future,
+                });
+                let needs_deadline = self.get(key).is_some_and(|f| f.deadline_timer.is_none());
+                if needs_deadline {
+                    let at = router::deadline_after(now, DEFAULT_ROUTE_TIMEOUT);
+                    let timer = self.set_timer(key, TimerKind::Deadline, at, now);
+                    if let Some(inflight) = self.get(key) {
+                        inflight.deadline_timer = Some(timer);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A filter answered the request itself.
+    fn refused(&mut self, key: RequestKey, reply: LocalReply, out: &mut BytesMut, now: Instant) {
+        let flags = match reply.kind {
+            LocalReplyKind::Unauthorized => ResponseFlags::UNAUTHORIZED,
+            LocalReplyKind::OverLimit => ResponseFlags::RATE_LIMITED,
+            LocalReplyKind::FaultAbort => ResponseFlags::FAULT_INJECTED,
+            _ => ResponseFlags::NONE,
+        };
+        if let Some(inflight) = self.get(key) {
+            inflight.record.set_local_reply(reply.kind, flags);
+        }
+        self.finish(key, Answer::Local(reply), out, now);
+    }
+
+    fn route(&mut self, key: RequestKey, out: &mut BytesMut, now: Instant) {
+        let table = self.ctx.routes.table.load_full();
+        let Some(inflight) = self.get(key) else {
+            return;
+        };
+        let routed = router::route(
+            table,
+            &inflight.request,
+            &inflight.mutation,
+            &mut inflight.record,
+            now,
+        );
+        inflight.mutation = Mutation::new();
+        let mut routed = match routed {
+            Ok(routed) => routed,
+            Err(reply) => return self.finish(key, Answer::Local(reply), out, now),
+        };
+        if inflight.request.kind == MessageKind::Oneway {
+            let sent = routed.send_oneway(&inflight.request, &mut inflight.record);
+            let answer = match sent {
+                Ok(()) => Answer::Nothing,
+                Err(reply) => Answer::Local(reply),
+            };
+            return self.finish(key, answer, out, now);
+        }
+        let deadline = routed.deadline();
+        inflight.stage = Stage::Routed(routed);
+        let previous = inflight.deadline_timer.take();
+        if let Some(previous) = previous {
+            self.timers.try_remove(&previous);
+        }
+        let timer = self.set_timer(key, TimerKind::Deadline, deadline, now);
+        if let Some(inflight) = self.get(key) {
+            inflight.deadline_timer = Some(timer);
+        }
+        self.attempt(key, out, now);
+    }
+
+    fn attempt(&mut self, key: RequestKey, out: &mut BytesMut, now: Instant) {
+        let inbox = self.inbox.clone();
+        let Some(inflight) = self.get(key) else {
+            return;
+        };
+        let Stage::Routed(routed) = &mut inflight.stage else {
+            return;
+        };
+        let next = routed.attempt(
+            &inflight.request,
+            |number| ReplyTo::inbox(inbox, key, number),
+            &mut inflight.record,
+            now,
+        );
+        self.follow(key, next, out, now);
+    }
+
+    /// Does what the router says comes next.
+    fn follow(&mut self, key: RequestKey, next: Next, out: &mut BytesMut, now: Instant) {
+        let Some(inflight) = self.get(key) else {
+            return;
+        };
+        let attempts = match &inflight.stage {
+            Stage::Routed(routed) => routed.attempts(),
+            _ => 0,
+        };
+        let previous = inflight.step_timer.take();
+        if let Some(previous) = previous {
+            self.timers.try_remove(&previous);
+        }
+        let timer = match next {
+            Next::Answer { per_try: None } => None,
+            Next::Answer { per_try: Some(at) } => {
+                Some(self.set_timer(key, TimerKind::Attempt(attempts), at, now))
+            }
+            Next::Retry { at } => Some(self.set_timer(key, TimerKind::Retry(attempts), at, now)),
+            Next::Respond(response) => return self.respond(key, response, out, now),
+            Next::Fail(reply) => return self.finish(key, Answer::Local(reply), out, now),
+        };
+        if let Some(inflight) = self.get(key) {
+            inflight.step_timer = timer;
+        }
+    }
+
+    fn answered(
+        &mut self,
+        key: RequestKey,
+        attempt: u32,
+        result: Result<Message, UpstreamError>,
+        out: &mut BytesMut,
+        now: Instant,
+    ) {
+        let Some(inflight) = self.get(key) else {
+            return;
+        };
+        let Stage::Routed(routed) = &mut inflight.stage else {
+            return;
+        };
+        if let Some(next) = routed.answered(attempt, result, &mut inflight.record, now) {
+            self.follow(key, next, out, now);
+        }
+    }
+
+    fn timer(
+        &mut self,
+        key: RequestKey,
+        kind: TimerKind,
+        timer: &delay_queue::Key,
+        out: &mut BytesMut,
+        now: Instant,
+    ) {
+        let Some(inflight) = self.get(key) else {
+            return;
+        };
+        // The timer is gone from the queue: forget its key so that it is never removed again.
+        if inflight.deadline_timer.as_ref() == Some(timer) {
+            inflight.deadline_timer = None;
+        }
+        if inflight.step_timer.as_ref() == Some(timer) {
+            inflight.step_timer = None;
+        }
+        match kind {
+            TimerKind::Deadline => {
+                let reply = match &mut inflight.stage {
+                    Stage::Filtering => {
+                        inflight
+                            .record
+                            .set_local_reply(LocalReplyKind::Timeout, ResponseFlags::NONE);
+                        LocalReply::new(
+                            LocalReplyKind::Timeout,
+                            "metaprotocol-proxy: the request's filters did not finish in time",
+                        )
+                    }
+                    Stage::Routed(routed) | Stage::Responding { routed, .. } => {
+                        if now < routed.deadline() {
+                            return;
+                        }
+                        routed.timed_out(&mut inflight.record)
+                    }
+                };
+                self.finish(key, Answer::Local(reply), out, now);
+            }
+            TimerKind::Attempt(number) => {
+                self.answered(key, number, Err(UpstreamError::Expired), out, now);
+            }
+            TimerKind::Retry(number) => {
+                let due = matches!(&inflight.stage, Stage::Routed(r) if r.attempts() == number);
+                if due {
+                    self.attempt(key, out, now);
+                }
+            }
+        }
+    }
+
+    fn respond(&mut self, key: RequestKey, response: Message, out: &mut BytesMut, now: Instant) {
+        let filters = self.ctx.filters.clone();
+        let Some(inflight) = self.get(key) else {
+            return;
+        };
+        let step = filters.run_response(
+            0,
+            &mut ResponseContext {
+                request: &inflight.request,
+                response: &response,
+                mutation: &mut inflight.mutation,
+                record: &mut inflight.record,
+            },
+        );
+        self.after_response_filters(key, response, step, out, now);
+    }
+
+    fn after_response_filters(
+        &mut self,
+        key: RequestKey,
+        response: Message,
+        step: ChainStep,
+        out: &mut BytesMut,
+        now: Instant,
+    ) {
+        match step {
+            ChainStep::Done => self.forward(key, response, out, now),
+            ChainStep::Reply(reply) => self.refused(key, reply, out, now),
+            ChainStep::Wait { step, future } => {
+                let Some(inflight) = self.get(key) else {
+                    return;
+                };
+                let stage = std::mem::replace(&mut inflight.stage, Stage::Filtering);
+                let Stage::Routed(routed) = stage else {
+                    inflight.stage = stage;
+                    return;
+                };
+                inflight.stage = Stage::Responding {
+                    routed,
+                    response: Box::new(response),
+                };
+                self.waits.push(FilterWait {
+                    key,
+                    step,
+                    direction: Direction::Response,
+                    future,
+                });
+            }
+        }
+    }
+
+    fn resumed(
+        &mut self,
+        key: RequestKey,
+        step: usize,
+        direction: Direction,
+        resume: Resume,
+        out: &mut BytesMut,
+        now: Instant,
+    ) {
+        let filters = self.ctx.filters.clone();
+        let Some(inflight) = self.get(key) else {
+            return;
+        };
+        match (direction, &mut inflight.stage) {
+            (Direction::Request, Stage::Filtering) => {
+                let next = filters.resume_request(
+                    step,
+                    resume,
+                    &mut RequestContext {
+                        request: &inflight.request,
+                        mutation: &mut inflight.mutation,
+                        record: &mut inflight.record,
+                    },
+                );
+                self.after_request_filters(key, next, out, now);
+            }
+            (Direction::Response, Stage::Responding { .. }) => {
+                let stage = std::mem::replace(&mut inflight.stage, Stage::Filtering);
+                let Stage::Responding { routed, response } = stage else {
+                    return;
+                };
+                let next = filters.resume_response(
+                    step,
+                    resume,
+                    &mut ResponseContext {
+                        request: &inflight.request,
+                        response: &response,
+                        mutation: &mut inflight.mutation,
+                        record: &mut inflight.record,
+                    },
+                );
+                inflight.stage = Stage::Routed(routed);
+                self.after_response_filters(key, *response, next, out, now);
+            }
+            // The request ended (timed out) while the filter worked.
+            _ => {}
+        }
+    }
+
+    /// Forwards the upstream response with the route's and filters' mutation.
+    fn forward(&mut self, key: RequestKey, response: Message, out: &mut BytesMut, now: Instant) {
+        let Some(inflight) = self.get(key) else {
+            return;
+        };
+        let mutation = match &inflight.stage {
+            Stage::Routed(routed) | Stage::Responding { routed, .. } => {
+                routed.response_mutation(&inflight.mutation)
+            }
+            Stage::Filtering => Arc::new(std::mem::take(&mut inflight.mutation)),
+        };
+        inflight.record.outcome.status = Some(response.status);
+        self.finish(key, Answer::Response(response, mutation), out, now);
+    }
+
+    /// Ends a request: writes its answer, records, counts, and runs the completion hooks.
+    fn finish(&mut self, key: RequestKey, answer: Answer, out: &mut BytesMut, now: Instant) {
+        if self.get(key).is_none() {
+            return;
+        }
+        let mut inflight = self.slab.remove(key.index as usize);
+        for timer in [inflight.deadline_timer.take(), inflight.step_timer.take()]
+            .into_iter()
+            .flatten()
+        {
+            self.timers.try_remove(&timer);
+        }
+        let before = out.len();
+        let request = &inflight.request;
+        let response = match answer {
+            Answer::Response(response, mutation) => {
+                let params = EncodeParams {
+                    request_id: request.request_id,
+                    variant: request.variant,
+                    mutation: &mutation,
+                };
+                if let Err(err) = self.encoder.encode(&response, &params, out) {
+                    tracing::warn!(listener = %self.ctx.name, error = %err, "cannot encode a response for the client");
+                    let reply = LocalReply::new(
+                        LocalReplyKind::Internal,
+                        format!(
+                            "metaprotocol-proxy: the proxy could not forward the response: {err}"
+                        ),
+                    );
+                    inflight
+                        .record
+                        .set_local_reply(LocalReplyKind::Internal, ResponseFlags::NONE);
+                    self.local_reply(request, &reply, out);
+                }
+                Some(response)
+            }
+            Answer::Local(reply) => {
+                self.local_reply(request, &reply, out);
+                None
+            }
+            Answer::Nothing => None,
+        };
+        let record = &mut inflight.record;
+        record.bytes_sent = (out.len() - before) as u64;
+        record.timings.answered = Some(now.into_std());
+        self.ctx.stats.rq_active.dec();
+        self.ctx.filters.complete(&CompleteContext {
+            request: &inflight.request,
+            response: response.as_ref(),
+            record: &inflight.record,
+        });
+    }
+
+    /// Counts a local reply and, for a two-way request, writes it.
+    fn local_reply(&mut self, request: &Message, reply: &LocalReply, out: &mut BytesMut) {
+        self.ctx.stats.local_reply(reply.kind).inc();
+        if request.kind != MessageKind::Request {
+            return;
+        }
+        if let Err(err) = self.encoder.encode_local_reply(request, reply, out) {
+            tracing::warn!(listener = %self.ctx.name, error = %err, "cannot encode a local reply");
+        }
+    }
 }

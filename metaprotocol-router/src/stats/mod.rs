@@ -1,120 +1,91 @@
-//! Metrics: Prometheus counters, gauges and histograms, with handles resolved once per listener,
-//! cluster and route so that the request path only touches atomics.
+//! Metrics: Prometheus counters, gauges and histograms, registered by each component in its own
+//! [`MetricsScope`] and exposed together.
+//!
+//! A scope is a set of labels (`listener="in"`, `cluster="backend"` ...); a component asks its
+//! scope for handles once, when it is built, so that the request path only touches atomics.
+//! When a component goes away (a route removed, a cluster deleted) its scope is retired and its
+//! series disappear from the exposition. [`Metrics::render`] produces the text exposition the
+//! admin API serves; [`Metrics::collector`] lets an embedder expose the same series through a
+//! `prometheus_client::registry::Registry` of its own.
 
-use std::sync::{Arc, Mutex};
+mod components;
 
-use metaprotocol_core::{CodecFactory, LocalReplyKind};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use metaprotocol_core::CodecFactory;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-/// Labels of listener metrics.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ListenerLabels {
-    listener: String,
-}
+pub(crate) use components::{ClusterStats, ListenerStats, RouteStats};
 
-/// Labels of listener metrics split by a reason.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ListenerReasonLabels {
-    listener: String,
-    reason: String,
-}
+/// The prefix of every series name.
+const PREFIX: &str = "metaprotocol";
 
-/// Labels of cluster metrics.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ClusterLabels {
-    cluster: String,
-}
+/// A series' labels, in the order they are printed.
+pub type Labels = Vec<(String, String)>;
 
-/// Labels of route metrics.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RouteLabels {
-    route_config: String,
-    route: String,
-}
+/// Builds histograms with one family's buckets.
+#[derive(Clone, Debug)]
+struct Buckets(Arc<[f64]>);
 
-/// Labels of upstream responses by outcome.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ClusterOutcomeLabels {
-    cluster: String,
-    outcome: String,
-}
-
-/// The codecs whose own counters ([`CodecFactory::counters`]) are exported, one per protocol.
-#[derive(Default)]
-struct CodecCounters {
-    factories: Mutex<Vec<Arc<dyn CodecFactory>>>,
-}
-
-impl std::fmt::Debug for CodecCounters {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CodecCounters")
+impl MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(self.0.iter().copied())
     }
 }
 
-impl Collector for CodecCounters {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let factories = match self.factories.lock() {
-            Ok(factories) => factories.clone(),
-            Err(_) => return Ok(()),
+/// One metric family of any type.
+#[derive(Clone, Debug)]
+enum AnyFamily {
+    Counter(Family<Labels, Counter>),
+    Gauge(Family<Labels, Gauge>),
+    Histogram(Family<Labels, Histogram, Buckets>),
+}
+
+impl AnyFamily {
+    fn remove(&self, labels: &Labels) {
+        match self {
+            Self::Counter(f) => f.remove(labels),
+            Self::Gauge(f) => f.remove(labels),
+            Self::Histogram(f) => f.remove(labels),
         };
-        for factory in factories {
-            for counter in factory.counters() {
-                let name = format!("codec_{}", counter.name);
-                let mut metric =
-                    encoder.encode_descriptor(&name, counter.help, None, MetricType::Counter)?;
-                let labels = [("protocol", factory.protocol())];
-                ConstCounter::new(counter.value).encode(metric.encode_family(&labels)?)?;
-            }
+    }
+
+    fn metric_type(&self) -> MetricType {
+        match self {
+            Self::Counter(_) => MetricType::Counter,
+            Self::Gauge(_) => MetricType::Gauge,
+            Self::Histogram(_) => MetricType::Histogram,
         }
-        Ok(())
     }
 }
 
-/// Every metric family of one proxy, and the registry that exposes them.
+#[derive(Debug)]
+struct Registered {
+    help: String,
+    family: AnyFamily,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Families by name (without the prefix); locked only when components are built, retired
+    /// or scraped, never on the request path.
+    families: Mutex<BTreeMap<String, Registered>>,
+    /// The codecs whose own counters ([`CodecFactory::counters`]) are exported, one per protocol.
+    codecs: Mutex<Vec<Arc<dyn CodecFactory>>>,
+}
+
+/// Every metric of one proxy. Cheap to clone; clones share the series.
+#[derive(Clone, Default)]
 pub struct Metrics {
-    registry: Mutex<Registry>,
-    codec_counters: Arc<CodecCounters>,
-    downstream_cx_total: Family<ListenerLabels, Counter>,
-    downstream_cx_active: Family<ListenerLabels, Gauge>,
-    downstream_rq_total: Family<ListenerLabels, Counter>,
-    downstream_rq_active: Family<ListenerLabels, Gauge>,
-    downstream_rq_oneway: Family<ListenerLabels, Counter>,
-    downstream_heartbeats: Family<ListenerLabels, Counter>,
-    downstream_protocol_errors: Family<ListenerReasonLabels, Counter>,
-    local_replies: Family<ListenerReasonLabels, Counter>,
-    route_rq_total: Family<RouteLabels, Counter>,
-    upstream_rq_total: Family<ClusterLabels, Counter>,
-    upstream_rq_responses: Family<ClusterOutcomeLabels, Counter>,
-    upstream_rq_retry: Family<ClusterLabels, Counter>,
-    upstream_rq_timeout: Family<ClusterLabels, Counter>,
-    upstream_rq_time: Family<ClusterLabels, Histogram>,
-    upstream_cx_total: Family<ClusterLabels, Counter>,
-    upstream_cx_active: Family<ClusterLabels, Gauge>,
-    upstream_cx_connect_fail: Family<ClusterLabels, Counter>,
-    upstream_cx_protocol_errors: Family<ClusterLabels, Counter>,
-    upstream_unmatched_responses: Family<ClusterLabels, Counter>,
-    config_reloads: Family<OutcomeLabels, Counter>,
-}
-
-/// Labels of config reloads.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabels {
-    outcome: String,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
+    inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -123,327 +94,219 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-fn latency_histogram() -> Histogram {
-    // 50 µs .. ~26 s in doublings: loopback hops to slow backends.
-    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
 }
 
 impl Metrics {
-    /// Registers every metric family under the `metaprotocol` prefix.
+    /// An empty set of metrics.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("metaprotocol");
-        let m = Self {
-            registry: Mutex::new(Registry::default()),
-            codec_counters: Arc::default(),
-            downstream_cx_total: Family::default(),
-            downstream_cx_active: Family::default(),
-            downstream_rq_total: Family::default(),
-            downstream_rq_active: Family::default(),
-            downstream_rq_oneway: Family::default(),
-            downstream_heartbeats: Family::default(),
-            downstream_protocol_errors: Family::default(),
-            local_replies: Family::default(),
-            route_rq_total: Family::default(),
-            upstream_rq_total: Family::default(),
-            upstream_rq_responses: Family::default(),
-            upstream_rq_retry: Family::default(),
-            upstream_rq_timeout: Family::default(),
-            upstream_rq_time: Family::new_with_constructor(latency_histogram),
-            upstream_cx_total: Family::default(),
-            upstream_cx_active: Family::default(),
-            upstream_cx_connect_fail: Family::default(),
-            upstream_cx_protocol_errors: Family::default(),
-            upstream_unmatched_responses: Family::default(),
-            config_reloads: Family::default(),
-        };
-        let r = &mut registry;
-        r.register(
-            "downstream_cx",
-            "Client connections accepted",
-            m.downstream_cx_total.clone(),
-        );
-        r.register(
-            "downstream_cx_active",
-            "Client connections open",
-            m.downstream_cx_active.clone(),
-        );
-        r.register(
-            "downstream_rq",
-            "Requests received (two-way and one-way)",
-            m.downstream_rq_total.clone(),
-        );
-        r.register(
-            "downstream_rq_active",
-            "Requests in flight",
-            m.downstream_rq_active.clone(),
-        );
-        r.register(
-            "downstream_rq_oneway",
-            "One-way requests received",
-            m.downstream_rq_oneway.clone(),
-        );
-        r.register(
-            "downstream_heartbeats",
-            "Heartbeats answered locally",
-            m.downstream_heartbeats.clone(),
-        );
-        r.register(
-            "downstream_protocol_errors",
-            "Client connections closed for malformed input, by reason",
-            m.downstream_protocol_errors.clone(),
-        );
-        r.register(
-            "local_replies",
-            "Requests answered by the proxy itself, by reason",
-            m.local_replies.clone(),
-        );
-        r.register(
-            "route_rq",
-            "Requests matched, by route",
-            m.route_rq_total.clone(),
-        );
-        r.register(
-            "upstream_rq",
-            "Requests sent upstream (attempts)",
-            m.upstream_rq_total.clone(),
-        );
-        r.register(
-            "upstream_rq_responses",
-            "Upstream responses by outcome (ok, application_error, server_error)",
-            m.upstream_rq_responses.clone(),
-        );
-        r.register(
-            "upstream_rq_retry",
-            "Retried attempts",
-            m.upstream_rq_retry.clone(),
-        );
-        r.register(
-            "upstream_rq_timeout",
-            "Attempts that timed out",
-            m.upstream_rq_timeout.clone(),
-        );
-        r.register(
-            "upstream_rq_time_seconds",
-            "Upstream round-trip time",
-            m.upstream_rq_time.clone(),
-        );
-        r.register(
-            "upstream_cx",
-            "Upstream connections opened",
-            m.upstream_cx_total.clone(),
-        );
-        r.register(
-            "upstream_cx_active",
-            "Upstream connections open",
-            m.upstream_cx_active.clone(),
-        );
-        r.register(
-            "upstream_cx_connect_fail",
-            "Upstream connection failures",
-            m.upstream_cx_connect_fail.clone(),
-        );
-        r.register(
-            "upstream_cx_protocol_errors",
-            "Upstream connections closed for malformed input",
-            m.upstream_cx_protocol_errors.clone(),
-        );
-        r.register(
-            "upstream_unmatched_responses",
-            "Upstream responses whose id matched no request in flight (dropped)",
-            m.upstream_unmatched_responses.clone(),
-        );
-        r.register(
-            "config_reloads",
-            "Config updates (file reloads and admin route config updates), by outcome",
-            m.config_reloads.clone(),
-        );
-        r.register_collector(Box::new(m.codec_counters.clone()));
-        if let Ok(mut slot) = m.registry.lock() {
-            *slot = registry;
-        }
-        m
+        Self::default()
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        if let Ok(registry) = self.registry.lock() {
-            // Writing into a String cannot fail.
-            let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    /// The scope with no labels, for proxy-wide series.
+    pub fn root(&self) -> MetricsScope {
+        MetricsScope {
+            metrics: self.clone(),
+            labels: Arc::new(Vec::new()),
+            owned: Arc::default(),
         }
+    }
+
+    /// The OpenMetrics text exposition of every series.
+    pub fn render(&self) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self.collector()));
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
     }
 
-    /// The handles of listener `name`.
-    pub fn listener(&self, name: &str) -> ListenerStats {
-        let labels = ListenerLabels {
-            listener: name.to_owned(),
-        };
-        let reason = |family: &Family<ListenerReasonLabels, Counter>, reason: &str| {
-            family
-                .get_or_create(&ListenerReasonLabels {
-                    listener: name.to_owned(),
-                    reason: reason.to_owned(),
-                })
-                .clone()
-        };
-        ListenerStats {
-            cx_total: self.downstream_cx_total.get_or_create(&labels).clone(),
-            cx_active: self.downstream_cx_active.get_or_create(&labels).clone(),
-            rq_total: self.downstream_rq_total.get_or_create(&labels).clone(),
-            rq_active: self.downstream_rq_active.get_or_create(&labels).clone(),
-            rq_oneway: self.downstream_rq_oneway.get_or_create(&labels).clone(),
-            heartbeats: self.downstream_heartbeats.get_or_create(&labels).clone(),
-            protocol_errors: ["frame_too_large", "malformed", "unsupported", "encode"]
-                .map(|r| reason(&self.downstream_protocol_errors, r)),
-            local_replies: LocalReplyKind::ALL.map(|k| reason(&self.local_replies, k.name())),
-        }
-    }
-
-    /// The handles of cluster `name`.
-    pub fn cluster(&self, name: &str) -> ClusterStats {
-        let labels = ClusterLabels {
-            cluster: name.to_owned(),
-        };
-        let outcome = |o: &str| {
-            self.upstream_rq_responses
-                .get_or_create(&ClusterOutcomeLabels {
-                    cluster: name.to_owned(),
-                    outcome: o.to_owned(),
-                })
-                .clone()
-        };
-        ClusterStats {
-            rq_total: self.upstream_rq_total.get_or_create(&labels).clone(),
-            rq_ok: outcome("ok"),
-            rq_application_error: outcome("application_error"),
-            rq_server_error: outcome("server_error"),
-            rq_retry: self.upstream_rq_retry.get_or_create(&labels).clone(),
-            rq_timeout: self.upstream_rq_timeout.get_or_create(&labels).clone(),
-            rq_time: self.upstream_rq_time.get_or_create(&labels).clone(),
-            cx_total: self.upstream_cx_total.get_or_create(&labels).clone(),
-            cx_active: self.upstream_cx_active.get_or_create(&labels).clone(),
-            cx_connect_fail: self.upstream_cx_connect_fail.get_or_create(&labels).clone(),
-            cx_protocol_errors: self
-                .upstream_cx_protocol_errors
-                .get_or_create(&labels)
-                .clone(),
-            unmatched_responses: self
-                .upstream_unmatched_responses
-                .get_or_create(&labels)
-                .clone(),
+    /// A collector of every series, for an embedder's own registry:
+    /// `registry.register_collector(Box::new(proxy.metrics().collector()))`.
+    pub fn collector(&self) -> MetricsCollector {
+        MetricsCollector {
+            metrics: self.clone(),
         }
     }
 
     /// Exports the counters of `codec`'s protocol (once per protocol).
     pub fn watch_codec(&self, codec: &Arc<dyn CodecFactory>) {
-        if let Ok(mut factories) = self.codec_counters.factories.lock()
-            && !factories.iter().any(|f| f.protocol() == codec.protocol())
-        {
-            factories.push(codec.clone());
+        let mut codecs = lock(&self.inner.codecs);
+        if !codecs.iter().any(|c| c.protocol() == codec.protocol()) {
+            codecs.push(codec.clone());
         }
     }
 
-    /// Counts a config update that was applied or rejected.
-    pub fn config_reload(&self, applied: bool) {
-        let outcome = if applied { "applied" } else { "rejected" };
-        self.config_reloads
-            .get_or_create(&OutcomeLabels {
-                outcome: outcome.to_owned(),
+    fn family(&self, name: &str, help: &str, make: impl FnOnce() -> AnyFamily) -> AnyFamily {
+        let mut families = lock(&self.inner.families);
+        families
+            .entry(name.to_owned())
+            .or_insert_with(|| Registered {
+                help: help.to_owned(),
+                family: make(),
             })
-            .inc();
-    }
-
-    /// Removes the series of a route that no table has any more.
-    pub fn forget_route(&self, route_config: &str, route: &str) {
-        self.route_rq_total.remove(&RouteLabels {
-            route_config: route_config.to_owned(),
-            route: route.to_owned(),
-        });
-    }
-
-    /// The request counter of route `route` in route config `route_config`.
-    pub fn route(&self, route_config: &str, route: &str) -> Counter {
-        self.route_rq_total
-            .get_or_create(&RouteLabels {
-                route_config: route_config.to_owned(),
-                route: route.to_owned(),
-            })
+            .family
             .clone()
     }
-}
 
-/// Resolved metric handles of one listener.
-#[derive(Clone, Debug)]
-pub struct ListenerStats {
-    /// Connections accepted.
-    pub cx_total: Counter,
-    /// Connections open.
-    pub cx_active: Gauge,
-    /// Requests received.
-    pub rq_total: Counter,
-    /// Requests in flight.
-    pub rq_active: Gauge,
-    /// One-way requests received.
-    pub rq_oneway: Counter,
-    /// Heartbeats answered.
-    pub heartbeats: Counter,
-    /// Connections closed for bad input, indexed like [`ListenerStats::protocol_error`].
-    protocol_errors: [Counter; 4],
-    /// Local replies, indexed by [`LocalReplyKind::ALL`] order.
-    local_replies: [Counter; LocalReplyKind::ALL.len()],
-}
-
-impl ListenerStats {
-    /// The counter of connections closed for `error`.
-    pub fn protocol_error(&self, error: &metaprotocol_core::CodecError) -> &Counter {
-        let index = match error.counter_name() {
-            "frame_too_large" => 0,
-            "malformed" => 1,
-            "unsupported" => 2,
-            _ => 3,
-        };
-        &self.protocol_errors[index]
+    fn remove_series(&self, owned: &[(String, Labels)]) {
+        let families = lock(&self.inner.families);
+        for (name, labels) in owned {
+            if let Some(registered) = families.get(name) {
+                registered.family.remove(labels);
+            }
+        }
     }
+}
 
-    /// The counter of local replies of `kind`.
-    pub fn local_reply(&self, kind: LocalReplyKind) -> &Counter {
-        let index = LocalReplyKind::ALL
+/// A [`Collector`] of a proxy's series (see [`Metrics::collector`]).
+#[derive(Debug)]
+pub struct MetricsCollector {
+    metrics: Metrics,
+}
+
+impl Collector for MetricsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let families: Vec<(String, String, AnyFamily)> = lock(&self.metrics.inner.families)
             .iter()
-            .position(|k| *k == kind)
-            .unwrap_or(LocalReplyKind::ALL.len() - 1);
-        &self.local_replies[index]
+            .map(|(name, r)| (name.clone(), r.help.clone(), r.family.clone()))
+            .collect();
+        for (name, help, family) in families {
+            let name = format!("{PREFIX}_{name}");
+            let metric = encoder.encode_descriptor(&name, &help, None, family.metric_type())?;
+            match &family {
+                AnyFamily::Counter(f) => f.encode(metric)?,
+                AnyFamily::Gauge(f) => f.encode(metric)?,
+                AnyFamily::Histogram(f) => f.encode(metric)?,
+            }
+        }
+        let codecs = lock(&self.metrics.inner.codecs).clone();
+        for codec in codecs {
+            for counter in codec.counters() {
+                let name = format!("{PREFIX}_codec_{}", counter.name);
+                let mut metric =
+                    encoder.encode_descriptor(&name, counter.help, None, MetricType::Counter)?;
+                let labels = [("protocol", codec.protocol())];
+                ConstCounter::new(counter.value).encode(metric.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
     }
 }
 
-/// Resolved metric handles of one cluster.
-#[derive(Clone, Debug)]
-pub struct ClusterStats {
-    /// Attempts sent.
-    pub rq_total: Counter,
-    /// Responses that succeeded.
-    pub rq_ok: Counter,
-    /// Responses carrying a declared application exception.
-    pub rq_application_error: Counter,
-    /// Responses reporting a server failure.
-    pub rq_server_error: Counter,
-    /// Retried attempts.
-    pub rq_retry: Counter,
-    /// Attempts that timed out.
-    pub rq_timeout: Counter,
-    /// Round-trip time of answered attempts, in seconds.
-    pub rq_time: Histogram,
-    /// Connections opened.
-    pub cx_total: Counter,
-    /// Connections open.
-    pub cx_active: Gauge,
-    /// Failed connection attempts.
-    pub cx_connect_fail: Counter,
-    /// Connections closed for malformed upstream input.
-    pub cx_protocol_errors: Counter,
-    /// Responses matching no request in flight.
-    pub unmatched_responses: Counter,
+/// Where a component registers its series: a set of labels every series of the component
+/// carries. Handles are created once, when the component is built.
+#[derive(Clone)]
+pub struct MetricsScope {
+    metrics: Metrics,
+    labels: Arc<Labels>,
+    /// Every series created through this scope and its children, for [`MetricsScope::retire`].
+    owned: Arc<Mutex<Vec<(String, Labels)>>>,
 }
+
+impl std::fmt::Debug for MetricsScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsScope")
+            .field("labels", &self.labels)
+            .finish()
+    }
+}
+
+impl MetricsScope {
+    /// The scope's labels.
+    pub fn labels(&self) -> &[(String, String)] {
+        &self.labels
+    }
+
+    /// A child scope with one more label; the child's series are retired with this scope's.
+    pub fn with_label(&self, key: &str, value: &str) -> MetricsScope {
+        let mut labels = Labels::clone(&self.labels);
+        labels.push((key.to_owned(), value.to_owned()));
+        MetricsScope {
+            metrics: self.metrics.clone(),
+            labels: Arc::new(labels),
+            owned: self.owned.clone(),
+        }
+    }
+
+    /// A new, independently retired scope with this scope's labels plus `key="value"`.
+    pub fn detached(&self, key: &str, value: &str) -> MetricsScope {
+        MetricsScope {
+            owned: Arc::default(),
+            ..self.with_label(key, value)
+        }
+    }
+
+    /// The counter `name` (exposed as `metaprotocol_<name>_total`) with this scope's labels.
+    pub fn counter(&self, name: &str, help: &str) -> Counter {
+        self.counter_with(name, help, &[])
+    }
+
+    /// The counter `name` with this scope's labels plus `extra` (a reason, an outcome ...).
+    pub fn counter_with(&self, name: &str, help: &str, extra: &[(&str, &str)]) -> Counter {
+        let labels = self.series(name, extra);
+        match self
+            .metrics
+            .family(name, help, || AnyFamily::Counter(Family::default()))
+        {
+            AnyFamily::Counter(family) => family.get_or_create_owned(&labels),
+            _ => Counter::default(),
+        }
+    }
+
+    /// The gauge `name` with this scope's labels.
+    pub fn gauge(&self, name: &str, help: &str) -> Gauge {
+        let labels = self.series(name, &[]);
+        match self
+            .metrics
+            .family(name, help, || AnyFamily::Gauge(Family::default()))
+        {
+            AnyFamily::Gauge(family) => family.get_or_create_owned(&labels),
+            _ => Gauge::default(),
+        }
+    }
+
+    /// The histogram `name` with this scope's labels; `buckets` are used when the family is
+    /// first registered (every series of a family shares them).
+    pub fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+        let labels = self.series(name, &[]);
+        let constructor = Buckets(buckets.into());
+        match self.metrics.family(name, help, || {
+            AnyFamily::Histogram(Family::new_with_constructor(constructor.clone()))
+        }) {
+            AnyFamily::Histogram(family) => family.get_or_create_owned(&labels),
+            _ => constructor.new_metric(),
+        }
+    }
+
+    /// Removes every series created through this scope and its children.
+    pub fn retire(&self) {
+        let owned = std::mem::take(&mut *lock(&self.owned));
+        self.metrics.remove_series(&owned);
+    }
+
+    /// The full label set of a series, remembered for retirement.
+    fn series(&self, name: &str, extra: &[(&str, &str)]) -> Labels {
+        let mut labels = Labels::clone(&self.labels);
+        labels.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        lock(&self.owned).push((name.to_owned(), labels.clone()));
+        labels
+    }
+}
+
+/// Latency buckets at round values from 0.5 ms to 10 s, in seconds: readable as SLOs.
+pub(crate) const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 #[cfg(test)]
 mod tests {
@@ -487,21 +350,42 @@ mod tests {
     }
 
     #[test]
-    fn handles_feed_the_exposition() {
+    fn scopes_label_their_series_and_retire_them() {
         let metrics = Metrics::new();
-        let listener = metrics.listener("in");
-        listener.local_reply(LocalReplyKind::RouteNotFound).inc();
+        let listener = metrics.root().detached("listener", "in");
         listener
-            .protocol_error(&metaprotocol_core::CodecError::malformed("x"))
+            .counter_with("local_replies", "Local replies", &[("reason", "timeout")])
             .inc();
-        metrics.cluster("backend").rq_total.inc();
+        listener.gauge("downstream_cx_active", "Open").inc();
+        let other = metrics.root().detached("listener", "other");
+        other.counter("downstream_rq", "Requests").inc_by(2);
         let text = metrics.render();
-        assert!(text.contains(
-            "metaprotocol_local_replies_total{listener=\"in\",reason=\"route_not_found\"} 1"
-        ));
-        assert!(text.contains(
-            "metaprotocol_downstream_protocol_errors_total{listener=\"in\",reason=\"malformed\"} 1"
-        ));
-        assert!(text.contains("metaprotocol_upstream_rq_total{cluster=\"backend\"} 1"));
+        assert!(
+            text.contains("metaprotocol_local_replies_total{listener=\"in\",reason=\"timeout\"} 1")
+        );
+        assert!(text.contains("metaprotocol_downstream_cx_active{listener=\"in\"} 1"));
+        assert!(text.contains("metaprotocol_downstream_rq_total{listener=\"other\"} 2"));
+        listener.retire();
+        let text = metrics.render();
+        assert!(!text.contains("listener=\"in\""), "{text}");
+        assert!(text.contains("listener=\"other\""));
+    }
+
+    #[test]
+    fn an_embedder_registry_exposes_the_same_series() {
+        let metrics = Metrics::new();
+        metrics
+            .root()
+            .detached("cluster", "backend")
+            .counter("upstream_rq", "Attempts")
+            .inc();
+        let mut registry = Registry::with_prefix("app");
+        registry.register_collector(Box::new(metrics.collector()));
+        let mut text = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+        assert!(
+            text.contains("app_metaprotocol_upstream_rq_total{cluster=\"backend\"} 1"),
+            "{text}"
+        );
     }
 }

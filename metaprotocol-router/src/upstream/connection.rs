@@ -1,330 +1,472 @@
-//! One multiplexed upstream connection: a writer task that encodes and batches requests, a reader
-//! task that decodes responses and hands each to the caller waiting on its id.
+//! One upstream connection: a single task that owns the socket, the queue of requests to write
+//! and the map of requests waiting for their answer, so that nothing on the request path takes
+//! a lock.
+//!
+//! The task connects, then loops: it encodes every queued request into one buffer (one write
+//! for many frames), writes, reads, decodes every response in the read and hands each to its
+//! waiter. When the connection fails, every request in flight is answered with a reset that says
+//! whether any of its bytes were written (what decides if a retry is safe), and every request
+//! still queued with a reset that says they were not.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use metaprotocol_core::{
-    Codec, CodecFactory, EncodeParams, Message, MessageKind, Mutation, Side, WireVariant,
+    Codec, CodecFactory, EncodeParams, Message, MessageKind, Side, WireVariant,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
 
-use super::UpstreamError;
+use super::backoff::ConnectBackoff;
+use super::outbound::Outbound;
+use super::{ReplyTo, UpstreamError};
 use crate::stats::ClusterStats;
+use crate::transport::{Connector, Transport};
 
-/// Requests queued per connection before callers wait: backpressure, not unbounded memory.
-const OUTBOUND_QUEUE: usize = 1024;
-/// Frames encoded into one write.
-const WRITE_BATCH: usize = 64;
-/// Read and write buffers start at this size and are reset to it after a large frame.
+/// Requests queued on one connection before new ones are refused (overflow), so that an upstream
+/// that stops reading cannot make the proxy hold unbounded memory.
+const QUEUE_LIMIT: usize = 16 * 1024;
+/// Encoded bytes waiting for the socket before the task stops taking more requests.
+const WRITE_HIGH_WATER: usize = 256 * 1024;
+/// Read and write buffers start at this size ...
 const BUFFER_SIZE: usize = 16 * 1024;
+/// ... and go back to it when a large frame made them grow past this.
 const BUFFER_KEEP_LIMIT: usize = 1024 * 1024;
+/// How often requests whose callers gave up are forgotten.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
-type Waiter = oneshot::Sender<Result<Message, UpstreamError>>;
-
-/// A frame for the writer task.
-enum Outbound {
-    /// A request to encode with this upstream id.
-    Request {
-        message: Arc<Message>,
-        request_id: u64,
-        mutation: Arc<Mutation>,
-    },
-    /// Bytes already encoded (a heartbeat answer).
-    Raw(bytes::Bytes),
+/// What a connection needs to know to open and serve.
+#[derive(Clone)]
+pub(crate) struct ConnectParams {
+    pub address: SocketAddr,
+    pub codec: Arc<dyn CodecFactory>,
+    pub variant: WireVariant,
+    pub connect_timeout: Duration,
+    pub connector: Connector,
+    pub backoff: Arc<ConnectBackoff>,
+    pub stats: ClusterStats,
 }
 
-/// The state the caller, reader and writer share: who waits for which id.
+/// State the task shares with the handles that feed it.
+#[derive(Debug, Default)]
 struct Shared {
-    pending: Mutex<Pending>,
-    next_id: AtomicU64,
-    max_id: u64,
+    /// Set once the connection can take no more requests.
+    closed: AtomicBool,
+    /// Set once the socket is connected (for counting open connections).
+    connected: AtomicBool,
+    /// Requests queued and not yet taken by the task.
+    queued: AtomicUsize,
 }
 
-#[derive(Default)]
-struct Pending {
-    waiters: HashMap<u64, Waiter>,
-    closed: bool,
-}
-
-impl Shared {
-    /// Allocates an id no request in flight uses and, for two-way requests, registers `waiter`.
-    fn register(&self, waiter: Option<Waiter>) -> Result<u64, UpstreamError> {
-        let mut pending = self.pending.lock().map_err(|_| UpstreamError::Reset)?;
-        if pending.closed {
-            return Err(UpstreamError::Reset);
-        }
-        // Every id in use (only possible with a tiny id space): refuse rather than spin.
-        if u64::try_from(pending.waiters.len()).unwrap_or(u64::MAX) >= self.max_id {
-            return Err(UpstreamError::Reset);
-        }
-        loop {
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed) % self.max_id + 1;
-            if pending.waiters.contains_key(&id) {
-                continue;
-            }
-            if let Some(waiter) = waiter {
-                pending.waiters.insert(id, waiter);
-            }
-            return Ok(id);
-        }
-    }
-
-    /// Removes the waiter of `id`, if still there.
-    fn take(&self, id: u64) -> Option<Waiter> {
-        self.pending.lock().ok()?.waiters.remove(&id)
-    }
-
-    /// Marks the connection closed and fails every request in flight.
-    fn close(&self) {
-        let waiters = match self.pending.lock() {
-            Ok(mut pending) => {
-                pending.closed = true;
-                std::mem::take(&mut pending.waiters)
-            }
-            Err(_) => return,
-        };
-        for (_, waiter) in waiters {
-            let _ = waiter.send(Err(UpstreamError::Reset));
-        }
-    }
-
-    fn is_closed(&self) -> bool {
-        self.pending.lock().map(|p| p.closed).unwrap_or(true)
-    }
-}
-
-/// Removes a waiter whose caller gave up (timeout, cancellation).
-struct WaiterGuard<'a> {
-    shared: &'a Shared,
-    id: u64,
-}
-
-impl Drop for WaiterGuard<'_> {
-    fn drop(&mut self) {
-        self.shared.take(self.id);
-    }
-}
-
-/// A live upstream connection. Dropping the last handle closes it once its requests are written.
-pub(crate) struct Connection {
-    outbound: mpsc::Sender<Outbound>,
+/// The sending side of a connection task. Cheap to clone; the task ends when every handle is
+/// gone and its requests are answered.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnectionHandle {
+    queue: mpsc::UnboundedSender<Outbound>,
     shared: Arc<Shared>,
 }
 
-impl Connection {
-    /// Connects to `address` and starts the reader and writer tasks.
-    pub(crate) async fn open(
-        address: SocketAddr,
-        codec: &Arc<dyn CodecFactory>,
-        variant: WireVariant,
-        connect_timeout: std::time::Duration,
-        stats: &ClusterStats,
-    ) -> Result<Arc<Self>, UpstreamError> {
-        let failed = |reason: String| {
-            stats.cx_connect_fail.inc();
-            UpstreamError::ConnectFailed { address, reason }
-        };
-        let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(address)).await
-        {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(err)) => return Err(failed(err.to_string())),
-            Err(_) => return Err(failed(format!("timed out after {connect_timeout:?}"))),
-        };
-        // Small RPC frames: latency matters more than packet count.
-        let _ = stream.set_nodelay(true);
-        stats.cx_total.inc();
-        let (read, write) = stream.into_split();
-        let (outbound, queue) = mpsc::channel(OUTBOUND_QUEUE);
-        let shared = Arc::new(Shared {
-            pending: Mutex::new(Pending::default()),
-            next_id: AtomicU64::new(0),
-            max_id: codec.max_request_id().max(1),
-        });
-        tokio::spawn(write_loop(
-            write,
-            queue,
-            codec.new_codec(Side::Upstream, variant),
-            variant,
-            shared.clone(),
-        ));
-        tokio::spawn(read_loop(
-            read,
-            codec.new_codec(Side::Upstream, variant),
-            shared.clone(),
-            outbound.downgrade(),
-            stats.clone(),
-        ));
-        Ok(Arc::new(Self { outbound, shared }))
+impl ConnectionHandle {
+    /// True while the connection takes requests (connecting or connected).
+    pub fn is_open(&self) -> bool {
+        !self.shared.closed.load(Ordering::Acquire)
     }
 
-    /// True once the connection can take no more requests.
-    pub(crate) fn is_closed(&self) -> bool {
-        self.outbound.is_closed() || self.shared.is_closed()
+    /// True once connected and still open.
+    pub fn is_connected(&self) -> bool {
+        self.is_open() && self.shared.connected.load(Ordering::Acquire)
     }
 
-    /// Sends a two-way request and waits for its response. Cancel-safe: dropping the future
-    /// forgets the request, and a late response is counted as unmatched.
-    pub(crate) async fn call(
-        &self,
-        message: Arc<Message>,
-        mutation: Arc<Mutation>,
-    ) -> Result<Message, UpstreamError> {
-        let (waiter, response) = oneshot::channel();
-        let request_id = self.shared.register(Some(waiter))?;
-        let _guard = WaiterGuard {
-            shared: &self.shared,
-            id: request_id,
-        };
-        self.enqueue(message, request_id, mutation).await?;
-        response.await.map_err(|_| UpstreamError::Reset)?
-    }
-
-    /// Queues a one-way request. It still gets a fresh id: some servers answer one-way calls,
-    /// and such an answer must not be mistaken for another request's.
-    pub(crate) async fn send_oneway(
-        &self,
-        message: Arc<Message>,
-        mutation: Arc<Mutation>,
-    ) -> Result<(), UpstreamError> {
-        let request_id = self.shared.register(None)?;
-        self.enqueue(message, request_id, mutation).await
-    }
-
-    /// Hands a request to the writer task, waiting while its queue is full.
-    async fn enqueue(
-        &self,
-        message: Arc<Message>,
-        request_id: u64,
-        mutation: Arc<Mutation>,
-    ) -> Result<(), UpstreamError> {
-        self.outbound
-            .send(Outbound::Request {
-                message,
-                request_id,
-                mutation,
-            })
-            .await
-            .map_err(|_| UpstreamError::Reset)
+    /// Queues `outbound`; on refusal it comes back with the reason (the request was not sent).
+    pub fn send(&self, outbound: Outbound) -> Result<(), (Outbound, UpstreamError)> {
+        if self.shared.queued.load(Ordering::Relaxed) >= QUEUE_LIMIT {
+            return Err((outbound, UpstreamError::Overflow));
+        }
+        self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        self.queue.send(outbound).map_err(|refused| {
+            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            (refused.0, UpstreamError::Reset { sent: false })
+        })
     }
 }
 
-async fn write_loop(
-    mut socket: OwnedWriteHalf,
-    mut queue: mpsc::Receiver<Outbound>,
-    mut codec: Box<dyn Codec>,
-    variant: WireVariant,
+/// A connection not started yet: its handle, and the task to spawn if the handle is kept.
+pub(crate) struct Prepared {
+    pub handle: ConnectionHandle,
+    pub task: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+/// Prepares a connection to `params.address`; nothing happens until the task is spawned.
+pub(crate) fn prepare(params: ConnectParams) -> Prepared {
+    let (queue, requests) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared::default());
+    let task = Box::pin(run(params, requests, shared.clone()));
+    Prepared {
+        handle: ConnectionHandle { queue, shared },
+        task,
+    }
+}
+
+async fn run(
+    params: ConnectParams,
+    requests: mpsc::UnboundedReceiver<Outbound>,
     shared: Arc<Shared>,
 ) {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
-    let mut buf = BytesMut::with_capacity(BUFFER_SIZE);
-    while queue.recv_many(&mut batch, WRITE_BATCH).await > 0 {
-        for item in batch.drain(..) {
-            match item {
-                Outbound::Request {
-                    message,
-                    request_id,
-                    mutation,
-                } => {
-                    let params = EncodeParams {
-                        request_id,
-                        variant,
-                        mutation: &mutation,
-                    };
-                    if let Err(err) = codec.encode(&message, &params, &mut buf)
-                        && let Some(waiter) = shared.take(request_id)
-                    {
-                        let _ = waiter.send(Err(UpstreamError::Encode(err)));
-                    }
-                }
-                Outbound::Raw(bytes) => buf.extend_from_slice(&bytes),
-            }
-        }
-        if socket.write_all(&buf).await.is_err() {
-            break;
-        }
-        buf.clear();
-        if buf.capacity() > BUFFER_KEEP_LIMIT {
-            buf = BytesMut::with_capacity(BUFFER_SIZE);
+    match &params.connector {
+        Connector::Plain => {
+            let connected = Connector::connect_plain(params.address, params.connect_timeout).await;
+            serve(connected, params, requests, shared).await;
         }
     }
-    shared.close();
-    let _ = socket.shutdown().await;
 }
 
-async fn read_loop(
-    mut socket: OwnedReadHalf,
-    mut codec: Box<dyn Codec>,
+async fn serve<S: Transport>(
+    connected: io::Result<S>,
+    params: ConnectParams,
+    requests: mpsc::UnboundedReceiver<Outbound>,
     shared: Arc<Shared>,
-    outbound: mpsc::WeakSender<Outbound>,
-    stats: ClusterStats,
 ) {
-    stats.cx_active.inc();
-    let mut buf = BytesMut::with_capacity(BUFFER_SIZE);
-    'read: loop {
-        if buf.capacity() - buf.len() < BUFFER_SIZE / 4 {
-            buf.reserve(BUFFER_SIZE);
+    let stream = match connected {
+        Ok(stream) => stream,
+        Err(err) => {
+            tracing::debug!(address = %params.address, error = %err, "upstream connect failed");
+            params.stats.cx_connect_fail.inc();
+            params.backoff.failed();
+            let error = UpstreamError::ConnectFailed {
+                address: params.address,
+                reason: err.to_string().into(),
+            };
+            let mut requests = requests;
+            refuse_all(&mut requests, &shared, &params.stats, &error);
+            return;
         }
-        match socket.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        loop {
-            match codec.decode(&mut buf) {
-                Ok(Some(message)) => {
-                    handle_inbound(message, &mut *codec, &shared, &outbound, &stats);
-                }
-                Ok(None) => break,
-                Err(err) => {
-                    tracing::warn!(error = %err, "closing upstream connection: bad response stream");
-                    stats.cx_protocol_errors.inc();
-                    break 'read;
-                }
-            }
-        }
-    }
-    shared.close();
+    };
+    params.backoff.succeeded();
+    params.stats.cx_total.inc();
+    params.stats.cx_active.inc();
+    shared.connected.store(true, Ordering::Release);
+    let stats = params.stats.clone();
+    Multiplexer::new(stream, params, requests, shared).await;
     stats.cx_active.dec();
 }
 
-fn handle_inbound(
-    message: Message,
-    codec: &mut dyn Codec,
+/// Closes the queue and answers everything in it with `error`.
+fn refuse_all(
+    requests: &mut mpsc::UnboundedReceiver<Outbound>,
     shared: &Shared,
-    outbound: &mpsc::WeakSender<Outbound>,
     stats: &ClusterStats,
+    error: &UpstreamError,
 ) {
-    match message.kind {
-        MessageKind::Response => match shared.take(message.request_id) {
-            Some(waiter) => {
-                let _ = waiter.send(Ok(message));
+    shared.closed.store(true, Ordering::Release);
+    requests.close();
+    while let Ok(outbound) = requests.try_recv() {
+        shared.queued.fetch_sub(1, Ordering::Relaxed);
+        if !outbound.reply.expects_answer() {
+            stats.rq_dropped.inc();
+        }
+        outbound.reply.answer(Err(error.clone()));
+    }
+}
+
+/// Upstream ids are sequential: a multiplicative hash spreads them over the map's buckets at a
+/// fraction of SipHash's cost.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A request written (or being written) and waiting for its answer.
+struct Waiting {
+    reply: ReplyTo,
+    deadline: Instant,
+    /// Stream offset of the request's first byte: below the bytes written so far, the upstream
+    /// may have seen it.
+    starts_at: u64,
+}
+
+/// The connected task.
+struct Multiplexer<S> {
+    io: S,
+    encoder: Box<dyn Codec>,
+    decoder: Box<dyn Codec>,
+    variant: WireVariant,
+    exclusive: bool,
+    requests: mpsc::UnboundedReceiver<Outbound>,
+    requests_closed: bool,
+    shared: Arc<Shared>,
+    waiting: HashMap<u64, Waiting, BuildHasherDefault<IdHasher>>,
+    next_id: u64,
+    max_id: u64,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+    /// Bytes written to the socket since it opened.
+    flushed: u64,
+    sweep: Pin<Box<Sleep>>,
+    stats: ClusterStats,
+    address: SocketAddr,
+}
+
+impl<S: Transport> Multiplexer<S> {
+    fn new(
+        io: S,
+        params: ConnectParams,
+        requests: mpsc::UnboundedReceiver<Outbound>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Self {
+            io,
+            encoder: params.codec.new_codec(Side::Upstream, params.variant),
+            decoder: params.codec.new_codec(Side::Upstream, params.variant),
+            variant: params.variant,
+            exclusive: params.codec.pool_mode() == metaprotocol_core::PoolMode::Exclusive,
+            requests,
+            requests_closed: false,
+            shared,
+            waiting: HashMap::default(),
+            next_id: 0,
+            max_id: params.codec.max_request_id().max(1),
+            read_buf: BytesMut::with_capacity(BUFFER_SIZE),
+            write_buf: BytesMut::with_capacity(BUFFER_SIZE),
+            flushed: 0,
+            sweep: Box::pin(tokio::time::sleep(SWEEP_INTERVAL)),
+            stats: params.stats,
+            address: params.address,
+        }
+    }
+
+    /// Takes queued requests into the write buffer while it has room.
+    fn take_requests(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut took = false;
+        while !self.requests_closed && self.write_buf.len() < WRITE_HIGH_WATER {
+            if self.exclusive && !self.waiting.is_empty() {
+                break;
             }
-            // Late (the caller timed out), an answer to a one-way call, or a stray id.
-            None => {
-                stats.unmatched_responses.inc();
-            }
-        },
-        MessageKind::Heartbeat => {
-            let mut reply = BytesMut::new();
-            // try_send: a reader that waited on a full writer queue would stop reading
-            // responses, and an upstream waiting for us to read would never drain that queue.
-            // A heartbeat answer dropped under such pressure costs nothing.
-            if codec.encode_heartbeat_reply(&message, &mut reply).is_ok()
-                && !reply.is_empty()
-                && let Some(sender) = outbound.upgrade()
-            {
-                let _ = sender.try_send(Outbound::Raw(reply.freeze()));
+            match self.requests.poll_recv(cx) {
+                Poll::Ready(Some(outbound)) => {
+                    self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                    self.encode(outbound);
+                    took = true;
+                }
+                Poll::Ready(None) => self.requests_closed = true,
+                Poll::Pending => break,
             }
         }
-        // Upstreams do not call the proxy; answers to heartbeats we never sent are dropped.
-        MessageKind::HeartbeatReply | MessageKind::Request | MessageKind::Oneway => {
-            stats.unmatched_responses.inc();
+        took
+    }
+
+    fn encode(&mut self, outbound: Outbound) {
+        let Outbound {
+            message,
+            mutation,
+            deadline,
+            reply,
+        } = outbound;
+        let expects_answer = reply.expects_answer();
+        if Instant::now() >= deadline || reply.is_abandoned() {
+            self.stats.rq_dropped.inc();
+            reply.answer(Err(UpstreamError::Expired));
+            return;
+        }
+        let Some(request_id) = self.allocate_id() else {
+            reply.answer(Err(UpstreamError::Overflow));
+            return;
+        };
+        let starts_at = self.flushed + self.write_buf.len() as u64;
+        let params = EncodeParams {
+            request_id,
+            variant: self.variant,
+            mutation: &mutation,
+        };
+        match self.encoder.encode(&message, &params, &mut self.write_buf) {
+            Ok(()) if expects_answer => {
+                self.waiting.insert(
+                    request_id,
+                    Waiting {
+                        reply,
+                        deadline,
+                        starts_at,
+                    },
+                );
+            }
+            Ok(()) => {}
+            Err(err) => reply.answer(Err(UpstreamError::Encode(err))),
+        }
+    }
+
+    /// An id no request in flight uses; `None` when the protocol's id space is exhausted.
+    fn allocate_id(&mut self) -> Option<u64> {
+        if u64::try_from(self.waiting.len()).unwrap_or(u64::MAX) >= self.max_id {
+            return None;
+        }
+        loop {
+            self.next_id = self.next_id % self.max_id + 1;
+            if !self.waiting.contains_key(&self.next_id) {
+                return Some(self.next_id);
+            }
+        }
+    }
+
+    /// Writes what is buffered; `Ready(Err)` when the socket failed.
+    fn poll_write_buf(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        let mut wrote = false;
+        while !self.write_buf.is_empty() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.write_buf))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.write_buf.advance(n);
+            self.flushed += n as u64;
+            wrote = true;
+        }
+        ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+        if self.write_buf.capacity() > BUFFER_KEEP_LIMIT {
+            self.write_buf = BytesMut::with_capacity(BUFFER_SIZE);
+        }
+        Poll::Ready(Ok(wrote))
+    }
+
+    /// Reads and handles every frame that arrived; `Ready(false)` when the connection is done
+    /// (closed, failed, or sent a stream that cannot be trusted).
+    fn poll_read_frames(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        if self.read_buf.capacity() - self.read_buf.len() < BUFFER_SIZE / 4 {
+            if self.read_buf.is_empty() && self.read_buf.capacity() > BUFFER_KEEP_LIMIT {
+                self.read_buf = BytesMut::with_capacity(BUFFER_SIZE);
+            } else {
+                self.read_buf.reserve(BUFFER_SIZE);
+            }
+        }
+        match ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.read_buf
+        )) {
+            Ok(0) | Err(_) => return Poll::Ready(false),
+            Ok(_) => {}
+        }
+        loop {
+            match self.decoder.decode(&mut self.read_buf) {
+                Ok(Some(message)) => self.inbound(message),
+                Ok(None) => return Poll::Ready(true),
+                Err(err) => {
+                    tracing::warn!(address = %self.address, error = %err, "closing upstream connection: bad response stream");
+                    self.stats.cx_protocol_errors.inc();
+                    return Poll::Ready(false);
+                }
+            }
+        }
+    }
+
+    fn inbound(&mut self, message: Message) {
+        match message.kind {
+            MessageKind::Response => match self.waiting.remove(&message.request_id) {
+                Some(waiting) => waiting.reply.answer(Ok(message)),
+                // Late (the caller gave up and it was swept), or a stray id.
+                None => {
+                    self.stats.unmatched_responses.inc();
+                }
+            },
+            MessageKind::Heartbeat => {
+                if let Err(err) = self
+                    .encoder
+                    .encode_heartbeat_reply(&message, &mut self.write_buf)
+                {
+                    tracing::debug!(address = %self.address, error = %err, "cannot answer an upstream heartbeat");
+                }
+            }
+            // Upstreams do not call the proxy; answers to heartbeats we never sent are dropped.
+            _ => {
+                self.stats.unmatched_responses.inc();
+            }
+        }
+    }
+
+    /// Forgets requests whose callers gave up; their answers, if they come, are unmatched.
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        self.waiting.retain(|_, waiting| {
+            let keep = waiting.deadline > now && !waiting.reply.is_abandoned();
+            if !keep {
+                waiting.reply.disarm();
+            }
+            keep
+        });
+    }
+
+    /// Answers everything in flight and queued: the connection is gone.
+    fn fail_all(&mut self) {
+        let flushed = self.flushed;
+        for (_, waiting) in self.waiting.drain() {
+            let sent = waiting.starts_at < flushed;
+            waiting.reply.answer(Err(UpstreamError::Reset { sent }));
+        }
+        refuse_all(
+            &mut self.requests,
+            &self.shared,
+            &self.stats,
+            &UpstreamError::Reset { sent: false },
+        );
+    }
+}
+
+impl<S: Transport> Future for Multiplexer<S> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            let mut progressed = this.take_requests(cx);
+            match this.poll_write_buf(cx) {
+                Poll::Ready(Ok(wrote)) => progressed |= wrote,
+                Poll::Ready(Err(_)) => {
+                    this.fail_all();
+                    return Poll::Ready(());
+                }
+                Poll::Pending => {}
+            }
+            match this.poll_read_frames(cx) {
+                Poll::Ready(true) => progressed = true,
+                Poll::Ready(false) => {
+                    this.fail_all();
+                    return Poll::Ready(());
+                }
+                Poll::Pending => {}
+            }
+            if this.sweep.as_mut().poll(cx).is_ready() {
+                this.sweep();
+                let next = Instant::now() + SWEEP_INTERVAL;
+                this.sweep.as_mut().reset(next);
+                progressed = true;
+            }
+            if this.requests_closed && this.waiting.is_empty() && this.write_buf.is_empty() {
+                this.shared.closed.store(true, Ordering::Release);
+                return Poll::Ready(());
+            }
+            if !progressed {
+                return Poll::Pending;
+            }
         }
     }
 }

@@ -1,62 +1,65 @@
 //! Upstream connection pools: per endpoint, connections shared by every client.
 //!
-//! In [`PoolMode::Multiplex`] (the default) each endpoint keeps a few connections per wire
-//! variant and requests from all downstream connections are spread over them, each with a fresh
-//! upstream request id that the reader maps back to its caller. In [`PoolMode::Exclusive`] a
-//! connection carries one request at a time.
+//! In `PoolMode::Multiplex` (the default) each endpoint keeps a few connections per wire
+//! variant, and requests from all downstream connections are spread over them, each with a fresh
+//! upstream request id. In `PoolMode::Exclusive` a connection carries one request at a time.
+//! Sending never waits: a request is queued on a connection task (which connects first if it has
+//! to) and its answer comes back through its [`ReplyTo`]. After connect failures the endpoint
+//! backs off, and requests for it fail at once instead of each trying to connect.
 
+mod backoff;
 mod connection;
 mod error;
+mod outbound;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
-use metaprotocol_core::{CodecFactory, Message, Mutation, PoolMode, WireVariant};
-use tokio::sync::Semaphore;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use metaprotocol_core::{CodecFactory, WireVariant};
 
-use self::connection::Connection;
+use self::backoff::ConnectBackoff;
+use self::connection::{ConnectParams, ConnectionHandle};
 pub use self::error::UpstreamError;
+pub(crate) use self::outbound::{Inbox, Outbound, ReplyTo, RequestKey, UpstreamEvent};
 use crate::stats::ClusterStats;
+use crate::transport::Connector;
 
 /// How an endpoint's pool connects and how many connections it keeps.
-#[derive(Debug, Clone, Copy)]
-pub struct PoolSettings {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PoolSettings {
     /// The time allowed to open a connection.
     pub connect_timeout: Duration,
     /// Connections per wire variant.
     pub connections: usize,
 }
 
-/// One connection slot: the live connection, if any, and the lock that makes only one caller
-/// connect at a time.
-struct Slot {
-    current: ArcSwapOption<Connection>,
-    connecting: tokio::sync::Mutex<()>,
-    /// Bumped after every failed connect, so callers that queued behind a failing attempt fail
-    /// with it instead of each waiting out their own attempt.
-    failures: AtomicU64,
-    last_failure: Mutex<Option<UpstreamError>>,
-    /// One permit in exclusive mode.
-    exclusive: Semaphore,
-}
-
-/// The slots of one wire variant.
+/// The connection slots of one wire variant.
 struct Partition {
     variant: WireVariant,
-    slots: Box<[Slot]>,
+    slots: Box<[ArcSwapOption<ConnectionHandle>]>,
     next: AtomicUsize,
 }
 
+/// A request the pool could not queue, handed back with the reason (it was not sent).
+pub(crate) struct Rejected {
+    pub outbound: Outbound,
+    pub error: UpstreamError,
+}
+
 /// The connections to one endpoint.
-pub struct UpstreamPool {
+pub(crate) struct UpstreamPool {
     address: SocketAddr,
     codec: Arc<dyn CodecFactory>,
     settings: PoolSettings,
+    connector: Connector,
     stats: ClusterStats,
-    partitions: Mutex<Vec<Arc<Partition>>>,
+    backoff: Arc<ConnectBackoff>,
+    /// Grows by one partition per variant seen (rarely more than one); copied on write so that
+    /// every send reads it without a lock.
+    partitions: ArcSwap<Vec<Arc<Partition>>>,
 }
 
 impl std::fmt::Debug for UpstreamPool {
@@ -74,151 +77,151 @@ impl UpstreamPool {
         address: SocketAddr,
         codec: Arc<dyn CodecFactory>,
         settings: PoolSettings,
+        connector: Connector,
         stats: ClusterStats,
     ) -> Self {
         Self {
             address,
             codec,
             settings,
+            connector,
             stats,
-            partitions: Mutex::new(Vec::new()),
+            backoff: Arc::new(ConnectBackoff::new()),
+            partitions: ArcSwap::from_pointee(Vec::new()),
         }
     }
 
-    /// Sends a two-way request in `variant` and waits for its response. The caller bounds the
-    /// wait (connect included) with its own timeout; dropping the future abandons the request.
-    pub async fn call(
-        &self,
-        message: Arc<Message>,
-        mutation: Arc<Mutation>,
-        variant: WireVariant,
-    ) -> Result<Message, UpstreamError> {
-        let partition = self.partition(variant);
-        let (slot, _permit) = self.checkout(&partition).await;
-        let connection = self.connection(slot, variant).await?;
-        connection.call(message, mutation).await
+    /// The codec its connections speak.
+    pub fn codec(&self) -> &Arc<dyn CodecFactory> {
+        &self.codec
     }
 
-    /// Sends a one-way request in `variant`; done once queued on a connection.
-    pub async fn send_oneway(
-        &self,
-        message: Arc<Message>,
-        mutation: Arc<Mutation>,
-        variant: WireVariant,
-    ) -> Result<(), UpstreamError> {
-        let partition = self.partition(variant);
-        let (slot, _permit) = self.checkout(&partition).await;
-        let connection = self.connection(slot, variant).await?;
-        connection.send_oneway(message, mutation).await
+    /// Its settings.
+    pub fn settings(&self) -> PoolSettings {
+        self.settings
     }
 
-    /// Upstream connections currently open.
-    pub fn open_connections(&self) -> usize {
-        let partitions = match self.partitions.lock() {
-            Ok(p) => p.clone(),
-            Err(_) => return 0,
+    /// Queues `outbound` on a connection speaking `variant`, opening one if needed. Never waits;
+    /// a refusal (the endpoint is backing off after connect failures, the connection is
+    /// overloaded) hands the request back.
+    pub fn send(&self, variant: WireVariant, outbound: Outbound) -> Result<(), Rejected> {
+        let partition = self.partition(variant);
+        let slot = self.slot(&partition);
+        let live = slot.load();
+        let result = match live.as_ref().filter(|handle| handle.is_open()) {
+            Some(handle) => handle.send(outbound),
+            None => {
+                if self.backoff.active() {
+                    return Err(Rejected {
+                        outbound,
+                        error: self.backing_off(),
+                    });
+                }
+                self.connect(slot, variant).send(outbound)
+            }
         };
-        partitions
+        result.map_err(|(outbound, error)| Rejected { outbound, error })
+    }
+
+    /// The error of a request refused because the endpoint is backing off.
+    fn backing_off(&self) -> UpstreamError {
+        UpstreamError::ConnectFailed {
+            address: self.address,
+            reason: format!(
+                "backing off after {} failed connect attempts",
+                self.backoff.failures()
+            )
+            .into(),
+        }
+    }
+
+    /// True while connect failures keep the endpoint out of use.
+    pub fn in_backoff(&self) -> bool {
+        self.backoff.active()
+    }
+
+    /// Consecutive connect failures.
+    pub fn connect_failures(&self) -> u32 {
+        self.backoff.failures()
+    }
+
+    /// Upstream connections currently connected.
+    pub fn open_connections(&self) -> usize {
+        self.partitions
+            .load()
             .iter()
             .flat_map(|p| p.slots.iter())
-            .filter(|s| s.current.load().as_ref().is_some_and(|c| !c.is_closed()))
+            .filter(|s| s.load().as_ref().is_some_and(|c| c.is_connected()))
             .count()
     }
 
     fn partition(&self, variant: WireVariant) -> Arc<Partition> {
-        let mut partitions = match self.partitions.lock() {
-            Ok(p) => p,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if let Some(p) = partitions.iter().find(|p| p.variant == variant) {
+        if let Some(p) = self.partitions.load().iter().find(|p| p.variant == variant) {
             return p.clone();
         }
-        let permits = match self.codec.pool_mode() {
-            PoolMode::Multiplex => Semaphore::MAX_PERMITS,
-            PoolMode::Exclusive => 1,
-        };
-        let slots = (0..self.settings.connections.max(1))
-            .map(|_| Slot {
-                current: ArcSwapOption::empty(),
-                connecting: tokio::sync::Mutex::new(()),
-                failures: AtomicU64::new(0),
-                last_failure: Mutex::new(None),
-                exclusive: Semaphore::new(permits),
-            })
-            .collect();
-        let partition = Arc::new(Partition {
-            variant,
-            slots,
-            next: AtomicUsize::new(0),
+        let mut created = None;
+        self.partitions.rcu(|partitions| {
+            let mut next = Vec::clone(partitions);
+            if !next.iter().any(|p| p.variant == variant) {
+                let partition = created.get_or_insert_with(|| self.new_partition(variant));
+                next.push(partition.clone());
+            }
+            next
         });
-        partitions.push(partition.clone());
-        partition
+        match self.partitions.load().iter().find(|p| p.variant == variant) {
+            Some(p) => p.clone(),
+            None => created.unwrap_or_else(|| self.new_partition(variant)),
+        }
     }
 
-    /// Picks a slot round-robin; in exclusive mode, the first free one (or waits for one).
-    async fn checkout<'p>(
-        &self,
-        partition: &'p Partition,
-    ) -> (&'p Slot, Option<tokio::sync::SemaphorePermit<'p>>) {
+    fn new_partition(&self, variant: WireVariant) -> Arc<Partition> {
+        Arc::new(Partition {
+            variant,
+            slots: (0..self.settings.connections.max(1))
+                .map(|_| ArcSwapOption::empty())
+                .collect(),
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// The slot for the next request: round-robin over the partition's connections.
+    fn slot<'p>(&self, partition: &'p Partition) -> &'p ArcSwapOption<ConnectionHandle> {
         let start = partition.next.fetch_add(1, Ordering::Relaxed);
         let n = partition.slots.len();
-        let slot_at = |i: usize| &partition.slots[(start + i) % n];
-        if self.codec.pool_mode() == PoolMode::Multiplex {
-            return (slot_at(0), None);
-        }
-        for i in 0..n {
-            if let Ok(permit) = slot_at(i).exclusive.try_acquire() {
-                return (slot_at(i), Some(permit));
-            }
-        }
-        let slot = slot_at(0);
-        (slot, slot.exclusive.acquire().await.ok())
+        &partition.slots[start % n]
     }
 
-    /// The slot's live connection, connecting if there is none.
-    async fn connection(
+    /// Opens a connection in `slot`, or takes the one another request just opened there.
+    fn connect(
         &self,
-        slot: &Slot,
+        slot: &ArcSwapOption<ConnectionHandle>,
         variant: WireVariant,
-    ) -> Result<Arc<Connection>, UpstreamError> {
-        if let Some(connection) = live(slot) {
-            return Ok(connection);
-        }
-        let failures_before = slot.failures.load(Ordering::Acquire);
-        let _connecting = slot.connecting.lock().await;
-        if let Some(connection) = live(slot) {
-            return Ok(connection);
-        }
-        if slot.failures.load(Ordering::Acquire) != failures_before {
-            let last = slot.last_failure.lock().ok().and_then(|f| f.clone());
-            if let Some(err) = last {
-                return Err(err);
+    ) -> Arc<ConnectionHandle> {
+        loop {
+            let current = slot.load_full();
+            if let Some(handle) = current.as_ref().filter(|h| h.is_open()) {
+                return handle.clone();
             }
-        }
-        match Connection::open(
-            self.address,
-            &self.codec,
-            variant,
-            self.settings.connect_timeout,
-            &self.stats,
-        )
-        .await
-        {
-            Ok(connection) => {
-                slot.current.store(Some(connection.clone()));
-                Ok(connection)
-            }
-            Err(err) => {
-                if let Ok(mut last) = slot.last_failure.lock() {
-                    *last = Some(err.clone());
-                }
-                slot.failures.fetch_add(1, Ordering::Release);
-                Err(err)
+            let prepared = connection::prepare(ConnectParams {
+                address: self.address,
+                codec: self.codec.clone(),
+                variant,
+                connect_timeout: self.settings.connect_timeout,
+                connector: self.connector.clone(),
+                backoff: self.backoff.clone(),
+                stats: self.stats.clone(),
+            });
+            let handle = Arc::new(prepared.handle);
+            let previous = slot.compare_and_swap(&current, Some(handle.clone()));
+            let won = match (previous.as_ref(), current.as_ref()) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if won {
+                tokio::spawn(prepared.task);
+                return handle;
             }
         }
     }
-}
-
-fn live(slot: &Slot) -> Option<Arc<Connection>> {
-    slot.current.load_full().filter(|c| !c.is_closed())
 }

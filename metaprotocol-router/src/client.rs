@@ -1,0 +1,99 @@
+//! A client of one upstream address, over the engine's own multiplexed connections: for tests,
+//! tools and embedders that call a service directly with messages built by a codec crate.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metaprotocol_core::{CodecFactory, Message, Mutation};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::stats::{ClusterStats, Metrics};
+use crate::transport::Connector;
+use crate::upstream::{Outbound, PoolSettings, ReplyTo, UpstreamError, UpstreamPool};
+
+/// How a [`Client`] connects.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientOptions {
+    /// The time allowed to open a connection.
+    pub connect_timeout: Duration,
+    /// Connections that calls are spread over.
+    pub connections: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(2),
+            connections: 1,
+        }
+    }
+}
+
+/// A client of one address speaking one protocol. Calls from any number of tasks share its
+/// connections, each with its own request id; connections open on first use and reopen after
+/// a failure.
+#[derive(Debug)]
+pub struct Client {
+    pool: UpstreamPool,
+}
+
+impl Client {
+    /// A client of `address` speaking `codec`'s protocol.
+    pub fn new(address: SocketAddr, codec: Arc<dyn CodecFactory>, options: ClientOptions) -> Self {
+        let stats = ClusterStats::new(&Metrics::new().root());
+        let settings = PoolSettings {
+            connect_timeout: options.connect_timeout,
+            connections: options.connections.max(1),
+        };
+        Self {
+            pool: UpstreamPool::new(address, codec, settings, Connector::Plain, stats),
+        }
+    }
+
+    /// Sends `request` (a two-way request decoded or built with the protocol's codec) and waits
+    /// up to `timeout` for its response.
+    pub async fn call(
+        &self,
+        request: Message,
+        timeout: Duration,
+    ) -> Result<Message, UpstreamError> {
+        let (sender, answer) = oneshot::channel();
+        self.send(request, timeout, ReplyTo::oneshot(sender))?;
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(UpstreamError::Reset { sent: true }),
+            Err(_) => Err(UpstreamError::TimedOut),
+        }
+    }
+
+    /// Sends a one-way `request`; done once queued on a connection.
+    pub fn send_oneway(&self, request: Message) -> Result<(), UpstreamError> {
+        self.send(request, Duration::from_secs(30), ReplyTo::none())
+    }
+
+    /// Connections open to the server.
+    pub fn open_connections(&self) -> usize {
+        self.pool.open_connections()
+    }
+
+    fn send(
+        &self,
+        request: Message,
+        timeout: Duration,
+        reply: ReplyTo,
+    ) -> Result<(), UpstreamError> {
+        let variant = self.pool.codec().upstream_variant(&request);
+        let outbound = Outbound {
+            message: Arc::new(request),
+            mutation: Arc::new(Mutation::new()),
+            deadline: crate::router::deadline_after(Instant::now(), timeout),
+            reply,
+        };
+        self.pool.send(variant, outbound).map_err(|mut rejected| {
+            rejected.outbound.reply.disarm();
+            rejected.error
+        })
+    }
+}

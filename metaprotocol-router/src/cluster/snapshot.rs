@@ -1,0 +1,125 @@
+//! An immutable view of a cluster at one moment: its members, and the endpoint sets (the whole
+//! cluster and each subset routes select) with their load balancers.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use metaprotocol_core::CodecFactory;
+
+use super::Endpoint;
+use crate::config::{ConfigError, LbPolicy};
+use crate::lb::{self, LoadBalancer, PickContext};
+
+/// A cluster member: an endpoint with the weight and labels this snapshot gives it.
+#[derive(Debug)]
+pub(crate) struct Host {
+    pub endpoint: Arc<Endpoint>,
+    pub weight: u32,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Host {
+    fn has_labels(&self, wanted: &BTreeMap<String, String>) -> bool {
+        wanted.iter().all(|(k, v)| self.labels.get(k) == Some(v))
+    }
+}
+
+/// A subset selector's identity within its cluster. Routes keep it; it stays valid across the
+/// cluster's snapshots. [`SubsetId::ALL`] is the whole cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SubsetId(pub(super) usize);
+
+impl SubsetId {
+    /// The whole cluster.
+    pub const ALL: Self = Self(0);
+}
+
+/// The endpoints a route may use, with their balancer.
+#[derive(Debug)]
+pub(crate) struct EndpointSet {
+    hosts: Vec<Arc<Host>>,
+    balancer: Box<dyn LoadBalancer>,
+}
+
+impl EndpointSet {
+    /// The routable members of `members`; all of them when none is routable (panic mode: with
+    /// every endpoint marked bad, spreading the load beats refusing it).
+    fn new(members: Vec<Arc<Host>>, policy: LbPolicy) -> Result<Self, ConfigError> {
+        let routable: Vec<Arc<Host>> = members
+            .iter()
+            .filter(|h| h.endpoint.health().routable())
+            .cloned()
+            .collect();
+        let hosts = if routable.is_empty() {
+            members
+        } else {
+            routable
+        };
+        Ok(Self {
+            balancer: lb::build(policy, &hosts)?,
+            hosts,
+        })
+    }
+
+    /// Picks a host, skipping those already `tried` by this request and those backing off
+    /// after connect failures when another is available; `None` when the set is empty.
+    pub fn pick(&self, tried: &[SocketAddr]) -> Option<&Arc<Host>> {
+        let avoid = |i: usize| {
+            self.hosts.get(i).is_some_and(|host| {
+                let endpoint = &host.endpoint;
+                endpoint.pool().in_backoff() || tried.contains(&endpoint.address())
+            })
+        };
+        let index = self.balancer.pick(&PickContext { avoid: &avoid })?;
+        self.hosts.get(index)
+    }
+}
+
+/// A cluster at one moment.
+#[derive(Debug)]
+pub(crate) struct ClusterSnapshot {
+    /// 1 for the first, incremented by each rebuild.
+    pub version: u64,
+    /// The codec the endpoints speak.
+    pub codec: Arc<dyn CodecFactory>,
+    /// Every member.
+    pub hosts: Vec<Arc<Host>>,
+    /// One set per subset selector, indexed by [`SubsetId`].
+    sets: Vec<EndpointSet>,
+}
+
+impl ClusterSnapshot {
+    /// Builds the sets of `selectors` over `hosts`.
+    pub(super) fn build(
+        version: u64,
+        codec: Arc<dyn CodecFactory>,
+        hosts: Vec<Arc<Host>>,
+        selectors: &[BTreeMap<String, String>],
+        policy: LbPolicy,
+    ) -> Result<Self, ConfigError> {
+        let sets = selectors
+            .iter()
+            .map(|wanted| {
+                let members = hosts
+                    .iter()
+                    .filter(|h| h.has_labels(wanted))
+                    .cloned()
+                    .collect();
+                EndpointSet::new(members, policy)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            version,
+            codec,
+            hosts,
+            sets,
+        })
+    }
+
+    /// The set of subset `id`; an empty set for an id this snapshot does not know (a route
+    /// built against a newer snapshot than the one a request loaded).
+    pub fn set(&self, id: SubsetId) -> Option<&EndpointSet> {
+        self.sets.get(id.0)
+    }
+}

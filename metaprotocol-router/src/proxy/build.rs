@@ -1,0 +1,241 @@
+//! Turning config entries into running parts: codecs, clusters, route tables, listener
+//! contexts. Nothing here binds a socket or publishes anything.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use metaprotocol_core::{CodecFactory, CodecOptions, CodecRegistry, FilterChain};
+
+use crate::cluster::{ClusterHandle, ClusterManager};
+use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec, RouteConfigSpec, RouteSpec};
+use crate::filters::{FilterContext, FilterRegistry, SharedClients};
+use crate::route::{RouteSlot, RouteTable};
+use crate::server::ListenerContext;
+use crate::stats::{ListenerStats, Metrics};
+use crate::transport::Acceptor;
+
+/// What building needs from the proxy.
+pub(crate) struct Builder<'a> {
+    pub codecs: &'a CodecRegistry,
+    pub filters: &'a FilterRegistry,
+    pub metrics: &'a Metrics,
+    pub shared: &'a SharedClients,
+}
+
+impl Builder<'_> {
+    /// Builds the codec factory `protocol` with the options of a listener or cluster.
+    pub fn codec(
+        &self,
+        protocol: &str,
+        options: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<Arc<dyn CodecFactory>, ConfigError> {
+        let options = codec_options(options)?;
+        match self.codecs.build(protocol, &options) {
+            Some(Ok(factory)) => {
+                self.metrics.watch_codec(&factory);
+                Ok(factory)
+            }
+            Some(Err(err)) => Err(ConfigError::new(format!("codec.{}", err.field), err.reason)),
+            None => Err(ConfigError::new(
+                "protocol",
+                format!(
+                    "unknown protocol `{protocol}`; registered: {:?}",
+                    self.codecs.names().collect::<Vec<_>>()
+                ),
+            )),
+        }
+    }
+
+    /// Builds cluster `spec`, speaking `protocol`.
+    pub fn cluster(
+        &self,
+        spec: &ClusterSpec,
+        protocol: &str,
+    ) -> Result<Arc<ClusterHandle>, ConfigError> {
+        let codec = self.codec(protocol, spec.codec.as_ref())?;
+        let scope = self.metrics.root().detached("cluster", &spec.name);
+        ClusterHandle::new(spec, protocol.to_owned(), codec, scope)
+    }
+
+    /// Compiles route config `spec` as version `version` against `clusters`.
+    pub fn route_table(
+        &self,
+        spec: &RouteConfigSpec,
+        version: u64,
+        clusters: &ClusterManager,
+    ) -> Result<RouteTable, ConfigError> {
+        RouteTable::build(spec, version, clusters, &self.metrics.root())
+    }
+
+    /// Builds the context every connection of listener `spec` shares.
+    pub fn listener(
+        &self,
+        spec: &ListenerSpec,
+        routes: Arc<RouteSlot>,
+        drain_time: std::time::Duration,
+    ) -> Result<ListenerContext, ConfigError> {
+        let codec = self.codec(&spec.protocol, spec.codec.as_ref())?;
+        let name: Arc<str> = spec.name.as_str().into();
+        let scope = self.metrics.root().detached("listener", &spec.name);
+        let chain = spec
+            .filters
+            .iter()
+            .enumerate()
+            .map(|(f, filter)| {
+                let context = FilterContext::new(
+                    name.clone(),
+                    scope.with_label("filter", &filter.name),
+                    self.shared.clone(),
+                );
+                self.filters
+                    .build(&filter.name, &filter.config, &context)
+                    .map_err(|e| e.within(&format!("filters[{f}]")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ListenerContext {
+            name,
+            codec,
+            routes,
+            filters: FilterChain::new(chain),
+            stats: ListenerStats::new(&scope),
+            scope,
+            idle_timeout: spec.idle_timeout,
+            drain_time,
+            acceptor: Acceptor::Plain,
+        })
+    }
+}
+
+fn codec_options(
+    map: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> Result<CodecOptions, ConfigError> {
+    let mut options = CodecOptions::default();
+    for (key, value) in map.into_iter().flatten() {
+        if key == "max_frame_bytes" {
+            options.max_frame_bytes = value
+                .as_u64()
+                .filter(|n| *n > 0)
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| {
+                    ConfigError::new("codec.max_frame_bytes", "must be a positive integer")
+                })?;
+            continue;
+        }
+        let text = match value {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Bool(b) => b.to_string(),
+            serde_json::Value::Number(n) => n.to_string(),
+            _ => {
+                return Err(ConfigError::new(
+                    format!("codec.{key}"),
+                    "must be a string, number or boolean",
+                ));
+            }
+        };
+        options.insert(key.clone(), text);
+    }
+    Ok(options)
+}
+
+/// The protocols of the listeners that use each route config.
+pub(crate) fn route_config_protocols(config: &Config) -> BTreeMap<&str, BTreeSet<&str>> {
+    let mut protocols: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for listener in &config.listeners {
+        protocols
+            .entry(listener.route_config.as_str())
+            .or_default()
+            .insert(listener.protocol.as_str());
+    }
+    protocols
+}
+
+/// The protocol each cluster speaks: its own `protocol`, else that of the listeners routing to
+/// it, else the only protocol in the config. Clusters with none of these are left out (routes
+/// cannot use them until they name a protocol).
+pub(crate) fn cluster_protocols(config: &Config) -> Result<BTreeMap<String, String>, ConfigError> {
+    let route_protocols = route_config_protocols(config);
+    let mut users: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for routes in &config.route_configs {
+        let protocols = route_protocols.get(routes.name.as_str());
+        for route in &routes.routes {
+            for cluster in route_clusters(route) {
+                users
+                    .entry(cluster)
+                    .or_default()
+                    .extend(protocols.into_iter().flatten());
+            }
+        }
+    }
+    let all: BTreeSet<&str> = config
+        .listeners
+        .iter()
+        .map(|l| l.protocol.as_str())
+        .collect();
+    let mut resolved = BTreeMap::new();
+    for (i, cluster) in config.clusters.iter().enumerate() {
+        let used_by = users.get(cluster.name.as_str());
+        let protocol = match (&cluster.protocol, used_by) {
+            (Some(own), _) => Some(own.clone()),
+            (None, Some(set)) if set.len() == 1 => set.iter().next().map(|p| (*p).to_owned()),
+            (None, Some(set)) if set.len() > 1 => {
+                return Err(ConfigError::new(
+                    format!("clusters[{i}].protocol"),
+                    format!(
+                        "listeners of several protocols {set:?} route here; name the cluster's own protocol"
+                    ),
+                ));
+            }
+            _ if all.len() == 1 => all.iter().next().map(|p| (*p).to_owned()),
+            _ => None,
+        };
+        if let Some(protocol) = protocol {
+            resolved.insert(cluster.name.clone(), protocol);
+        }
+    }
+    Ok(resolved)
+}
+
+/// The clusters a route may send to.
+pub(crate) fn route_clusters(route: &RouteSpec) -> impl Iterator<Item = &str> {
+    route
+        .route
+        .cluster
+        .iter()
+        .map(String::as_str)
+        .chain(
+            route
+                .route
+                .weighted_clusters
+                .iter()
+                .map(|w| w.cluster.as_str()),
+        )
+        .chain(route.mirror.iter().map(|m| m.cluster.as_str()))
+}
+
+/// Rejects a route config that would send one protocol's frames to a cluster speaking another.
+pub(crate) fn check_protocols(
+    spec: &RouteConfigSpec,
+    listener_protocols: &BTreeSet<&str>,
+    cluster_protocol: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    for (i, route) in spec.routes.iter().enumerate() {
+        for cluster in route_clusters(route) {
+            let at = format!("routes[{i}].route");
+            let speaks = cluster_protocol(cluster).ok_or_else(|| {
+                ConfigError::new(
+                    &at,
+                    format!("cluster `{cluster}` has no protocol; set its `protocol`"),
+                )
+            })?;
+            if let Some(other) = listener_protocols.iter().find(|p| **p != speaks) {
+                return Err(ConfigError::new(
+                    &at,
+                    format!(
+                        "cluster `{cluster}` speaks {speaks} but a {other} listener routes to it"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! The running listeners: bound sockets, their accept loops and connections, each with its own
+//! drain, added, updated and removed without touching the others.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::UpdateError;
+use crate::config::ListenerSpec;
+use crate::server::{self, ListenerContext, Trackers};
+
+/// One running listener.
+struct Running {
+    address: SocketAddr,
+    context: Arc<ArcSwap<ListenerContext>>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// Every running listener, by name.
+pub(crate) struct ListenerManager {
+    listeners: Mutex<BTreeMap<String, Running>>,
+    /// Cancelled at shutdown; every listener's stop token is its child.
+    shutdown: CancellationToken,
+    /// Tracks every accept loop and connection, for shutdown to wait on.
+    proxy: TaskTracker,
+}
+
+impl std::fmt::Debug for ListenerManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.lock().keys()).finish()
+    }
+}
+
+/// Binds `spec`'s address.
+pub(crate) async fn bind(spec: &ListenerSpec) -> Result<TcpListener, UpdateError> {
+    TcpListener::bind(spec.address)
+        .await
+        .map_err(|source| UpdateError::Bind {
+            listener: spec.name.clone(),
+            address: spec.address,
+            source: Arc::new(source),
+        })
+}
+
+impl ListenerManager {
+    pub fn new(shutdown: CancellationToken, proxy: TaskTracker) -> Self {
+        Self {
+            listeners: Mutex::new(BTreeMap::new()),
+            shutdown,
+            proxy,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Running>> {
+        match self.listeners.lock() {
+            Ok(listeners) => listeners,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Starts serving `context` on the bound `listener`; returns its address.
+    pub fn start(&self, listener: TcpListener, context: ListenerContext) -> SocketAddr {
+        let name = context.name.to_string();
+        let address = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let stop = self.shutdown.child_token();
+        let tracker = TaskTracker::new();
+        let context = Arc::new(ArcSwap::from_pointee(context));
+        tracing::info!(listener = %name, %address, "listening");
+        let trackers = Trackers {
+            listener: tracker.clone(),
+            proxy: self.proxy.clone(),
+        };
+        trackers.proxy.spawn(server::serve(
+            listener,
+            context.clone(),
+            stop.clone(),
+            trackers.clone(),
+        ));
+        self.lock().insert(
+            name,
+            Running {
+                address,
+                context,
+                stop,
+                tracker,
+            },
+        );
+        address
+    }
+
+    /// Publishes a new context for listener `name`: new connections use it, open ones keep
+    /// theirs.
+    pub fn update(&self, context: ListenerContext) {
+        if let Some(running) = self.lock().get(&*context.name) {
+            running.context.store(Arc::new(context));
+        }
+    }
+
+    /// Stops listener `name`: it stops accepting, its connections drain, and once they are gone
+    /// its series are retired. True if it was running.
+    pub fn remove(&self, name: &str) -> bool {
+        let Some(running) = self.lock().remove(name) else {
+            return false;
+        };
+        tracing::info!(listener = %name, "stopping; draining its connections");
+        running.stop.cancel();
+        running.tracker.close();
+        let context = running.context;
+        self.proxy.spawn(async move {
+            running.tracker.wait().await;
+            context.load().scope.retire();
+        });
+        true
+    }
+
+    /// The bound address of listener `name`.
+    pub fn address(&self, name: &str) -> Option<SocketAddr> {
+        self.lock().get(name).map(|r| r.address)
+    }
+
+    /// Every listener's name and bound address.
+    pub fn addresses(&self) -> Vec<(String, SocketAddr)> {
+        self.lock()
+            .iter()
+            .map(|(name, running)| (name.clone(), running.address))
+            .collect()
+    }
+}

@@ -1,0 +1,539 @@
+//! The running engine: builds everything a config describes, binds the listeners, applies
+//! updates (route configs, clusters, listeners) without closing connections, and drains on
+//! shutdown.
+
+mod build;
+mod listeners;
+mod update;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use metaprotocol_core::CodecRegistry;
+use prometheus_client::metrics::counter::Counter;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use self::build::Builder;
+use self::listeners::ListenerManager;
+use self::update::Source;
+use crate::cluster::{ClusterManager, ClusterStatus};
+use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec, RouteConfigSpec};
+use crate::filters::{FilterRegistry, SharedClients};
+use crate::route::RouteSlot;
+use crate::stats::Metrics;
+
+/// How long shutdown lets connections keep serving before it answers what is still in flight
+/// with an error and closes them (the config's `drain_time` sets it).
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a proxy did not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The config is invalid.
+    #[error("invalid config: {0}")]
+    Config(#[from] ConfigError),
+    /// A listener's or the admin API's address could not be bound.
+    #[error("listener {listener}: cannot bind {address}: {source}")]
+    Bind {
+        /// The listener (`admin` for the admin API).
+        listener: String,
+        /// Its address.
+        address: SocketAddr,
+        /// The system's reason.
+        source: Arc<std::io::Error>,
+    },
+}
+
+/// Why an update of a running proxy was refused. The running config is untouched.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpdateError {
+    /// The new config is invalid.
+    #[error("{0}")]
+    Invalid(#[from] ConfigError),
+    /// The update names a resource that does not exist.
+    #[error("no {kind} named `{name}`")]
+    NotFound {
+        /// `route config`, `cluster`, `listener`.
+        kind: &'static str,
+        /// The name asked for.
+        name: String,
+    },
+    /// The resource cannot be removed while others use it.
+    #[error("{kind} `{name}` is in use by {users}")]
+    InUse {
+        /// `cluster`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// Who uses it.
+        users: String,
+    },
+    /// A new listener's address could not be bound.
+    #[error("listener {listener}: cannot bind {address}: {source}")]
+    Bind {
+        /// The listener.
+        listener: String,
+        /// Its address.
+        address: SocketAddr,
+        /// The system's reason.
+        source: Arc<std::io::Error>,
+    },
+}
+
+impl From<UpdateError> for StartError {
+    fn from(err: UpdateError) -> Self {
+        match err {
+            UpdateError::Bind {
+                listener,
+                address,
+                source,
+            } => StartError::Bind {
+                listener,
+                address,
+                source,
+            },
+            UpdateError::Invalid(err) => StartError::Config(err),
+            other => StartError::Config(ConfigError::new("", other.to_string())),
+        }
+    }
+}
+
+/// What an update changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReloadSummary {
+    /// Route configs added or replaced, with their new versions.
+    pub route_configs: Vec<(String, u64)>,
+    /// Clusters added or changed, with their new snapshot versions.
+    pub clusters: Vec<(String, u64)>,
+    /// Listeners added or changed, with their addresses.
+    pub listeners: Vec<(String, SocketAddr)>,
+    /// What was removed (`listener x`, `route config y`, `cluster z`).
+    pub removed: Vec<String>,
+}
+
+impl ReloadSummary {
+    /// True if the update changed nothing.
+    pub fn is_empty(&self) -> bool {
+        self.route_configs.is_empty()
+            && self.clusters.is_empty()
+            && self.listeners.is_empty()
+            && self.removed.is_empty()
+    }
+}
+
+/// Options for starting a [`Proxy`].
+#[derive(Debug)]
+pub struct ProxyBuilder {
+    config: Config,
+    codecs: CodecRegistry,
+    filters: FilterRegistry,
+}
+
+impl ProxyBuilder {
+    /// The protocols listeners and clusters may name.
+    pub fn codecs(mut self, codecs: CodecRegistry) -> Self {
+        self.codecs = codecs;
+        self
+    }
+
+    /// The filters listeners may name (defaults to the built-in ones).
+    pub fn filters(mut self, filters: FilterRegistry) -> Self {
+        self.filters = filters;
+        self
+    }
+
+    /// Checks that the config can be built with these codecs and filters (everything but
+    /// binding). Call it within a Tokio runtime when filters need one.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        ProxyState::new(Config::default(), self.codecs.clone(), self.filters.clone())
+            .check(&self.config)
+    }
+
+    /// Builds everything, binds every listener and the admin API, and starts serving. Nothing
+    /// is bound unless the whole config is valid.
+    pub async fn start(self) -> Result<Proxy, StartError> {
+        self.config.validate()?;
+        let admin =
+            match &self.config.admin {
+                Some(spec) => Some(TcpListener::bind(spec.address).await.map_err(|source| {
+                    StartError::Bind {
+                        listener: "admin".to_owned(),
+                        address: spec.address,
+                        source: Arc::new(source),
+                    }
+                })?),
+                None => None,
+            };
+        let initial = Config {
+            admin: self.config.admin.clone(),
+            ..Config::default()
+        };
+        let state = Arc::new(ProxyState::new(initial, self.codecs, self.filters));
+        state.apply_uncounted(self.config, Source::File).await?;
+        let admin = admin.map(|listener| {
+            let address = listener.local_addr().ok();
+            let task = tokio::spawn(crate::admin::serve(
+                listener,
+                state.clone(),
+                state.admin_stop.clone(),
+            ));
+            *lock(&state.admin_task) = Some(task);
+            address
+        });
+        state.ready.store(true, Ordering::Release);
+        Ok(Proxy {
+            state,
+            admin: admin.flatten(),
+        })
+    }
+}
+
+/// A running proxy. Cheap to clone: clones are handles to the same proxy. Dropping the handles
+/// does not stop it; call [`Proxy::shutdown`].
+#[derive(Clone, Debug)]
+pub struct Proxy {
+    state: Arc<ProxyState>,
+    admin: Option<SocketAddr>,
+}
+
+pub(crate) struct ProxyState {
+    /// The running config, republished with every accepted update.
+    config: ArcSwap<Config>,
+    /// Serialises updates.
+    updates: tokio::sync::Mutex<()>,
+    codecs: CodecRegistry,
+    filters: FilterRegistry,
+    shared: SharedClients,
+    metrics: Metrics,
+    clusters: ClusterManager,
+    routes: Mutex<BTreeMap<String, Arc<RouteSlot>>>,
+    listeners: ListenerManager,
+    /// Route configs and clusters last changed through the API (a file reload warns before
+    /// replacing them).
+    api_touched: Mutex<BTreeSet<String>>,
+    /// False until started and again from the moment shutdown begins.
+    ready: AtomicBool,
+    shutdown: CancellationToken,
+    admin_stop: CancellationToken,
+    admin_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    tracker: TaskTracker,
+    updates_applied: Counter,
+    updates_rejected: Counter,
+}
+
+impl std::fmt::Debug for ProxyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyState").finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+impl ProxyState {
+    fn new(config: Config, codecs: CodecRegistry, filters: FilterRegistry) -> Self {
+        let metrics = Metrics::new();
+        let reloads = |outcome: &str| {
+            metrics.root().counter_with(
+                "config_reloads",
+                "Config updates (file reloads, admin and embedding API changes), by outcome",
+                &[("outcome", outcome)],
+            )
+        };
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        Self {
+            updates_applied: reloads("applied"),
+            updates_rejected: reloads("rejected"),
+            config: ArcSwap::from_pointee(config),
+            updates: tokio::sync::Mutex::new(()),
+            codecs,
+            filters,
+            shared: SharedClients::default(),
+            metrics,
+            clusters: ClusterManager::default(),
+            routes: Mutex::new(BTreeMap::new()),
+            listeners: ListenerManager::new(shutdown.clone(), tracker.clone()),
+            api_touched: Mutex::new(BTreeSet::new()),
+            ready: AtomicBool::new(false),
+            shutdown,
+            admin_stop: CancellationToken::new(),
+            admin_task: Mutex::new(None),
+            tracker,
+        }
+    }
+
+    fn builder(&self) -> Builder<'_> {
+        Builder {
+            codecs: &self.codecs,
+            filters: &self.filters,
+            metrics: &self.metrics,
+            shared: &self.shared,
+        }
+    }
+
+    fn lock_routes(&self) -> MutexGuard<'_, BTreeMap<String, Arc<RouteSlot>>> {
+        lock(&self.routes)
+    }
+
+    fn lock_api_touched(&self) -> MutexGuard<'_, BTreeSet<String>> {
+        lock(&self.api_touched)
+    }
+
+    /// Counts an update that was applied or rejected.
+    pub(crate) fn count_update(&self, applied: bool) {
+        if applied {
+            self.updates_applied.inc();
+        } else {
+            self.updates_rejected.inc();
+        }
+    }
+
+    pub(crate) fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Every route config's version.
+    pub(crate) fn route_versions(&self) -> Vec<(String, u64)> {
+        self.lock_routes()
+            .iter()
+            .map(|(name, slot)| (name.clone(), slot.table.load().version()))
+            .collect()
+    }
+
+    pub(crate) fn cluster_statuses(&self) -> Vec<ClusterStatus> {
+        self.clusters.all().values().map(|c| c.status()).collect()
+    }
+
+    pub(crate) async fn update_route_config(
+        &self,
+        spec: RouteConfigSpec,
+    ) -> Result<u64, UpdateError> {
+        let name = spec.name.clone();
+        if !self.lock_routes().contains_key(&name) {
+            self.count_update(false);
+            return Err(UpdateError::NotFound {
+                kind: "route config",
+                name,
+            });
+        }
+        let new = self.edited(|config| {
+            if let Some(entry) = config
+                .route_configs
+                .iter_mut()
+                .find(|r| r.name == spec.name)
+            {
+                *entry = spec;
+            }
+        });
+        self.apply(new, Source::Api).await?;
+        Ok(self
+            .lock_routes()
+            .get(&name)
+            .map_or(0, |slot| slot.table.load().version()))
+    }
+
+    pub(crate) async fn update_cluster(&self, spec: ClusterSpec) -> Result<u64, UpdateError> {
+        let name = spec.name.clone();
+        let new =
+            self.edited(
+                |config| match config.clusters.iter_mut().find(|c| c.name == spec.name) {
+                    Some(entry) => *entry = spec,
+                    None => config.clusters.push(spec),
+                },
+            );
+        self.apply(new, Source::Api).await?;
+        Ok(self
+            .clusters
+            .get(&name)
+            .map_or(0, |handle| handle.snapshot().version))
+    }
+
+    pub(crate) async fn remove_cluster(&self, name: &str) -> Result<(), UpdateError> {
+        let refused = if self.config.load().cluster(name).is_none() {
+            Some(UpdateError::NotFound {
+                kind: "cluster",
+                name: name.to_owned(),
+            })
+        } else {
+            let users = self.cluster_users(name);
+            (!users.is_empty()).then(|| UpdateError::InUse {
+                kind: "cluster",
+                name: name.to_owned(),
+                users: format!("route configs {users:?}"),
+            })
+        };
+        if let Some(err) = refused {
+            self.count_update(false);
+            return Err(err);
+        }
+        let new = self.edited(|config| config.clusters.retain(|c| c.name != name));
+        self.apply(new, Source::Api).await.map(|_| ())
+    }
+}
+
+impl Proxy {
+    /// Starts a proxy with `codecs` and the built-in filters; see [`ProxyBuilder::start`].
+    pub async fn start(config: Config, codecs: CodecRegistry) -> Result<Self, StartError> {
+        Self::builder(config).codecs(codecs).start().await
+    }
+
+    /// A builder for more options.
+    pub fn builder(config: Config) -> ProxyBuilder {
+        ProxyBuilder {
+            config,
+            codecs: CodecRegistry::new(),
+            filters: FilterRegistry::with_builtins(),
+        }
+    }
+
+    /// The bound address of listener `name` (useful with port 0).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.state.listeners.address(name)
+    }
+
+    /// Every listener's name and bound address.
+    pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        self.state.listeners.addresses()
+    }
+
+    /// The admin API's bound address, if the config has one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// The proxy's metrics: render them, or register them into your own registry with
+    /// [`Metrics::collector`].
+    pub fn metrics(&self) -> &Metrics {
+        &self.state.metrics
+    }
+
+    /// The running config (with every accepted update applied).
+    pub fn config(&self) -> Config {
+        Config::clone(&self.state.config())
+    }
+
+    /// Every cluster's endpoints and their health, as `/clusters` shows them.
+    pub fn clusters(&self) -> Vec<ClusterStatus> {
+        self.state.cluster_statuses()
+    }
+
+    /// Replaces route config `spec.name` without closing a connection or failing a request in
+    /// flight (those finish on the table they started with). Returns the new version. On error
+    /// the running table is untouched.
+    pub async fn update_route_config(&self, spec: RouteConfigSpec) -> Result<u64, UpdateError> {
+        self.state.update_route_config(spec).await
+    }
+
+    /// Adds cluster `spec.name`, or replaces its config: endpoints that stay keep their
+    /// connections, requests in flight finish on the snapshot they started with. Returns the
+    /// cluster's new snapshot version.
+    pub async fn update_cluster(&self, spec: ClusterSpec) -> Result<u64, UpdateError> {
+        self.state.update_cluster(spec).await
+    }
+
+    /// Removes cluster `name`; refused while a route config sends to it.
+    pub async fn remove_cluster(&self, name: &str) -> Result<(), UpdateError> {
+        self.state.remove_cluster(name).await
+    }
+
+    /// Adds listener `spec` (its route config must exist) and returns its bound address; a
+    /// listener of the same name is replaced (its connections drain if the address changed).
+    pub async fn add_listener(&self, spec: ListenerSpec) -> Result<SocketAddr, UpdateError> {
+        let name = spec.name.clone();
+        let new = self.state.edited(|config| {
+            match config.listeners.iter_mut().find(|l| l.name == spec.name) {
+                Some(entry) => *entry = spec,
+                None => config.listeners.push(spec),
+            }
+        });
+        self.state.apply(new, Source::Api).await?;
+        self.state
+            .listener_address(&name)
+            .ok_or(UpdateError::NotFound {
+                kind: "listener",
+                name,
+            })
+    }
+
+    /// Removes listener `name`: it stops accepting and its connections drain, without touching
+    /// other listeners.
+    pub async fn remove_listener(&self, name: &str) -> Result<(), UpdateError> {
+        if self.listener_addr(name).is_none() {
+            self.state.count_update(false);
+            return Err(UpdateError::NotFound {
+                kind: "listener",
+                name: name.to_owned(),
+            });
+        }
+        let new = self
+            .state
+            .edited(|config| config.listeners.retain(|l| l.name != name));
+        self.state.apply(new, Source::Api).await.map(|_| ())
+    }
+
+    /// Applies a whole new config: clusters, route configs and listeners that changed are
+    /// added, replaced or removed, hitlessly. All or nothing: on error the running config is
+    /// untouched. Only the admin address needs a restart.
+    pub async fn reload(&self, config: Config) -> Result<ReloadSummary, UpdateError> {
+        self.state.apply(config, Source::File).await
+    }
+
+    /// [`Proxy::reload`] from the text of a config file; a file that does not parse is rejected
+    /// (and counted) like any other invalid config.
+    pub async fn reload_yaml(&self, text: &str) -> Result<ReloadSummary, UpdateError> {
+        match Config::from_yaml(text) {
+            Ok(config) => self.reload(config).await,
+            Err(err) => {
+                self.state.count_update(false);
+                Err(err.into())
+            }
+        }
+    }
+
+    /// Drains and stops: `/ready` answers 503 at once, listeners stop accepting, open
+    /// connections keep serving for the drain time, then answer what is still in flight with
+    /// the protocol's error and close. The admin API stays up until the end. Any handle may
+    /// call it; the others see a stopped proxy.
+    pub async fn shutdown(&self) {
+        let state = &self.state;
+        state.ready.store(false, Ordering::Release);
+        state.shutdown.cancel();
+        state.tracker.close();
+        let drain_time = state.config().drain_time;
+        // Connections end themselves at the drain deadline; the grace covers their last writes.
+        let grace = drain_time + Duration::from_secs(2);
+        if tokio::time::timeout(grace, state.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain time of {drain_time:?} passed; abandoning what is left");
+        }
+        state.admin_stop.cancel();
+        let admin = lock(&state.admin_task).take();
+        if let Some(admin) = admin {
+            let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! Applying a new config to a running proxy: every change is prepared first (clusters built,
+//! route tables compiled, listener sockets bound), and only when everything is ready is it
+//! published, so a rejected update changes nothing. Published changes never close a connection
+//! or fail a request in flight: clusters and route tables are swapped snapshots, listeners are
+//! added, updated and removed one by one, each removed one draining on its own.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use metaprotocol_core::CodecFactory;
+use tokio::net::TcpListener;
+
+use super::build::{check_protocols, cluster_protocols, route_config_protocols};
+use super::listeners::bind;
+use super::{ProxyState, ReloadSummary, UpdateError};
+use crate::cluster::{ClusterHandle, ClusterManager};
+use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec};
+use crate::route::{RouteSlot, RouteTable};
+use crate::server::ListenerContext;
+
+/// Who asked for an update.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The config file (a reload replaces everything).
+    File,
+    /// The admin or embedding API (one resource at a time).
+    Api,
+}
+
+/// A cluster whose config changed: its new spec, and its new protocol and codec when those
+/// changed too.
+struct ClusterChange {
+    handle: Arc<ClusterHandle>,
+    spec: ClusterSpec,
+    codec: Option<(String, Arc<dyn CodecFactory>)>,
+}
+
+/// Everything a new config needs, built but not yet published.
+#[derive(Default)]
+struct Plan {
+    new_clusters: Vec<Arc<ClusterHandle>>,
+    changed_clusters: Vec<ClusterChange>,
+    removed_clusters: Vec<String>,
+    tables: Vec<(String, RouteTable)>,
+    new_slots: BTreeMap<String, Arc<RouteSlot>>,
+    removed_route_configs: Vec<String>,
+    /// New listeners (and listeners moved to a new address), bound by [`Plan::bind`].
+    new_listeners: Vec<(ListenerSpec, ListenerContext, Option<TcpListener>)>,
+    changed_listeners: Vec<ListenerContext>,
+    removed_listeners: Vec<String>,
+}
+
+impl Plan {
+    /// Binds the sockets of new listeners.
+    async fn bind(&mut self) -> Result<(), UpdateError> {
+        for (spec, _, socket) in &mut self.new_listeners {
+            *socket = Some(bind(spec).await?);
+        }
+        Ok(())
+    }
+
+    /// Forgets what a rejected plan registered (metric series of parts never published).
+    fn discard(self, state: &ProxyState) {
+        for handle in &self.new_clusters {
+            handle.retire();
+        }
+        let slots = state.lock_routes();
+        for (name, table) in &self.tables {
+            let live = slots.get(name).map(|slot| slot.table.load_full());
+            table.retire_metrics(live.as_deref());
+        }
+        for slot in self.new_slots.values() {
+            slot.table.load().retire_metrics(None);
+        }
+        for (_, context, _) in &self.new_listeners {
+            context.scope.retire();
+        }
+    }
+}
+
+impl ProxyState {
+    /// Applies `new` (see the module docs) and counts the update; returns what changed.
+    pub(crate) async fn apply(
+        &self,
+        new: Config,
+        source: Source,
+    ) -> Result<ReloadSummary, UpdateError> {
+        let result = self.apply_uncounted(new, source).await;
+        self.count_update(result.is_ok());
+        result
+    }
+
+    /// Applies `new` without counting it (the config a proxy starts with).
+    pub(crate) async fn apply_uncounted(
+        &self,
+        new: Config,
+        source: Source,
+    ) -> Result<ReloadSummary, UpdateError> {
+        let _serial = self.updates.lock().await;
+        self.try_apply(new, source).await
+    }
+
+    async fn try_apply(&self, new: Config, source: Source) -> Result<ReloadSummary, UpdateError> {
+        new.validate()?;
+        let current = self.config.load_full();
+        if new.admin != current.admin {
+            return Err(ConfigError::new(
+                "admin",
+                "changed; the admin address takes effect on restart",
+            )
+            .into());
+        }
+        let mut plan = Plan::default();
+        let prepared = match self.prepare(&current, &new, &mut plan) {
+            Ok(()) => plan.bind().await,
+            Err(err) => Err(err.into()),
+        };
+        if let Err(err) = prepared {
+            plan.discard(self);
+            return Err(err);
+        }
+        if source == Source::File {
+            self.warn_replacing_api_changes(&current, &new);
+        } else {
+            self.remember_api_changes(&current, &new);
+        }
+        let summary = self.commit(plan);
+        self.config.store(Arc::new(new));
+        Ok(summary)
+    }
+
+    /// Checks that `new` can be built, building it and publishing nothing.
+    pub(crate) fn check(&self, new: &Config) -> Result<(), ConfigError> {
+        new.validate()?;
+        let mut plan = Plan::default();
+        let checked = self.prepare(&self.config.load(), new, &mut plan);
+        plan.discard(self);
+        checked
+    }
+
+    /// Builds what `new` needs beyond `current` (everything but binding sockets).
+    fn prepare(&self, current: &Config, new: &Config, plan: &mut Plan) -> Result<(), ConfigError> {
+        let builder = self.builder();
+        let protocols = cluster_protocols(new)?;
+
+        // Clusters: build new ones, check changed ones; the prospective view routes compile
+        // against.
+        let live = self.clusters.all();
+        let prospective = ClusterManager::default();
+        for (i, spec) in new.clusters.iter().enumerate() {
+            let at = format!("clusters[{i}]");
+            let Some(protocol) = protocols.get(&spec.name) else {
+                continue;
+            };
+            match live.get(&spec.name) {
+                None => {
+                    let handle = builder.cluster(spec, protocol).map_err(|e| e.within(&at))?;
+                    prospective.insert(handle.clone());
+                    plan.new_clusters.push(handle);
+                }
+                Some(handle) => {
+                    prospective.insert(handle.clone());
+                    let old = handle.spec();
+                    if old == *spec && handle.protocol() == *protocol {
+                        continue;
+                    }
+                    handle.check_update(spec).map_err(|e| e.within(&at))?;
+                    let codec = if handle.protocol() != *protocol || old.codec != spec.codec {
+                        let codec = builder
+                            .codec(protocol, spec.codec.as_ref())
+                            .map_err(|e| e.within(&at))?;
+                        Some((protocol.clone(), codec))
+                    } else {
+                        None
+                    };
+                    plan.changed_clusters.push(ClusterChange {
+                        handle: handle.clone(),
+                        spec: spec.clone(),
+                        codec,
+                    });
+                }
+            }
+        }
+        plan.removed_clusters = live
+            .keys()
+            .filter(|name| prospective.get(name).is_none())
+            .cloned()
+            .collect();
+
+        // Route configs: compile what changed.
+        let listener_protocols = route_config_protocols(new);
+        let slots = self.lock_routes().clone();
+        for (i, spec) in new.route_configs.iter().enumerate() {
+            let at = format!("route_configs[{i}]");
+            let users = listener_protocols
+                .get(spec.name.as_str())
+                .cloned()
+                .unwrap_or_default();
+            check_protocols(spec, &users, &|c| protocols.get(c).cloned())
+                .map_err(|e| e.within(&at))?;
+            match slots.get(&spec.name) {
+                Some(slot) => {
+                    let live = slot.table.load();
+                    if live.spec() == spec {
+                        continue;
+                    }
+                    let table = builder
+                        .route_table(spec, live.version() + 1, &prospective)
+                        .map_err(|e| e.within(&at))?;
+                    plan.tables.push((spec.name.clone(), table));
+                }
+                None => {
+                    let table = builder
+                        .route_table(spec, 1, &prospective)
+                        .map_err(|e| e.within(&at))?;
+                    plan.new_slots.insert(
+                        spec.name.clone(),
+                        Arc::new(RouteSlot {
+                            table: ArcSwap::from_pointee(table),
+                        }),
+                    );
+                }
+            }
+        }
+        plan.removed_route_configs = slots
+            .keys()
+            .filter(|name| new.route_config(name).is_none())
+            .cloned()
+            .collect();
+
+        // Listeners: contexts for new and changed ones, sockets for new ones.
+        let drain_time = new.drain_time;
+        for (i, spec) in new.listeners.iter().enumerate() {
+            let at = format!("listeners[{i}]");
+            let old = current.listeners.iter().find(|l| l.name == spec.name);
+            if old == Some(spec) && current.drain_time == drain_time {
+                continue;
+            }
+            let slot = plan
+                .new_slots
+                .get(&spec.route_config)
+                .or_else(|| slots.get(&spec.route_config))
+                .cloned()
+                .ok_or_else(|| {
+                    ConfigError::new(format!("{at}.route_config"), "no such route config")
+                })?;
+            let context = builder
+                .listener(spec, slot, drain_time)
+                .map_err(|e| e.within(&at))?;
+            match old {
+                Some(old) if old.address == spec.address => plan.changed_listeners.push(context),
+                Some(old) => {
+                    // A new address: the old socket drains, a new one opens.
+                    plan.removed_listeners.push(old.name.clone());
+                    plan.new_listeners.push((spec.clone(), context, None));
+                }
+                None => plan.new_listeners.push((spec.clone(), context, None)),
+            }
+        }
+        plan.removed_listeners.extend(
+            current
+                .listeners
+                .iter()
+                .filter(|l| !new.listeners.iter().any(|n| n.name == l.name))
+                .map(|l| l.name.clone()),
+        );
+        Ok(())
+    }
+
+    /// Publishes a prepared plan.
+    fn commit(&self, plan: Plan) -> ReloadSummary {
+        let mut summary = ReloadSummary::default();
+        for handle in plan.new_clusters {
+            summary.clusters.push((handle.name().to_string(), 1));
+            self.clusters.insert(handle);
+        }
+        for ClusterChange {
+            handle,
+            spec,
+            codec,
+        } in plan.changed_clusters
+        {
+            match handle.update(&spec, codec) {
+                Ok(version) => summary.clusters.push((spec.name.clone(), version)),
+                Err(err) => {
+                    tracing::error!(cluster = %spec.name, error = %err, "cluster update failed after its checks passed")
+                }
+            }
+        }
+        {
+            let mut slots = self.lock_routes();
+            for (name, table) in plan.tables {
+                if let Some(slot) = slots.get(&name) {
+                    summary.route_configs.push((name.clone(), table.version()));
+                    let old = slot.table.swap(Arc::new(table));
+                    old.retire_metrics(Some(&slot.table.load()));
+                }
+            }
+            for (name, slot) in plan.new_slots {
+                summary.route_configs.push((name.clone(), 1));
+                slots.insert(name, slot);
+            }
+        }
+        for name in &plan.removed_listeners {
+            self.listeners.remove(name);
+        }
+        for (_, context, socket) in plan.new_listeners {
+            let Some(socket) = socket else { continue };
+            let name = context.name.to_string();
+            let address = self.listeners.start(socket, context);
+            summary.listeners.push((name, address));
+        }
+        for context in plan.changed_listeners {
+            if let Some(address) = self.listeners.address(&context.name) {
+                summary.listeners.push((context.name.to_string(), address));
+            }
+            self.listeners.update(context);
+        }
+        {
+            let mut slots = self.lock_routes();
+            for name in &plan.removed_route_configs {
+                if let Some(slot) = slots.remove(name) {
+                    slot.table.load().retire_metrics(None);
+                }
+            }
+        }
+        for name in &plan.removed_clusters {
+            if let Some(handle) = self.clusters.remove(name) {
+                handle.retire();
+            }
+        }
+        summary.removed = plan
+            .removed_listeners
+            .into_iter()
+            .map(|n| format!("listener {n}"))
+            .chain(
+                plan.removed_route_configs
+                    .into_iter()
+                    .map(|n| format!("route config {n}")),
+            )
+            .chain(
+                plan.removed_clusters
+                    .into_iter()
+                    .map(|n| format!("cluster {n}")),
+            )
+            .collect();
+        summary
+    }
+
+    /// Logs the route configs and clusters a file reload replaces that were last set through
+    /// the API: the file wins, but silently undoing an operator's change is a trap.
+    fn warn_replacing_api_changes(&self, current: &Config, new: &Config) {
+        let mut touched = self.lock_api_touched();
+        for name in std::mem::take(&mut *touched) {
+            let route_changed = current.route_config(&name) != new.route_config(&name);
+            let cluster_changed = current.cluster(&name) != new.cluster(&name);
+            if route_changed || cluster_changed {
+                tracing::warn!(resource = %name, "the config file replaces a change made through the admin or embedding API");
+            }
+        }
+    }
+
+    fn remember_api_changes(&self, current: &Config, new: &Config) {
+        let mut touched = self.lock_api_touched();
+        let route_names: BTreeSet<&String> = new.route_configs.iter().map(|r| &r.name).collect();
+        for name in route_names {
+            if current.route_config(name) != new.route_config(name) {
+                touched.insert(name.clone());
+            }
+        }
+        for cluster in &new.clusters {
+            if current.cluster(&cluster.name) != Some(cluster) {
+                touched.insert(cluster.name.clone());
+            }
+        }
+    }
+
+    /// A copy of the running config with `change` applied, for single-resource updates.
+    pub(crate) fn edited(&self, change: impl FnOnce(&mut Config)) -> Config {
+        let mut config = Config::clone(&self.config.load());
+        change(&mut config);
+        config
+    }
+
+    /// The route configs whose routes send to cluster `name`.
+    pub(crate) fn cluster_users(&self, name: &str) -> Vec<String> {
+        self.config
+            .load()
+            .route_configs
+            .iter()
+            .filter(|r| {
+                r.routes
+                    .iter()
+                    .any(|route| super::build::route_clusters(route).any(|c| c == name))
+            })
+            .map(|r| r.name.clone())
+            .collect()
+    }
+
+    /// The bound address of a listener that was just added.
+    pub(crate) fn listener_address(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.address(name)
+    }
+}

@@ -1,0 +1,79 @@
+//! One try of a request on one endpoint: pick, track, queue.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use metaprotocol_core::{Message, Mutation};
+use tokio::time::Instant;
+
+use crate::cluster::ActiveRequest;
+use crate::route::Target;
+use crate::upstream::{Outbound, ReplyTo, UpstreamError};
+
+/// An attempt in flight.
+#[derive(Debug)]
+pub(crate) struct Attempt {
+    /// 1 for the first attempt.
+    pub number: u32,
+    pub started: Instant,
+    /// Keeps the endpoint's and cluster's in-flight counts until the attempt ends.
+    active: ActiveRequest,
+}
+
+impl Attempt {
+    pub fn endpoint(&self) -> SocketAddr {
+        self.active.endpoint().address()
+    }
+}
+
+/// How starting an attempt went.
+pub(crate) enum Started {
+    /// Queued on an endpoint; the answer comes through the reply.
+    Sent(Attempt),
+    /// The endpoint refused it at once (backing off, overloaded); it was not sent.
+    Refused {
+        endpoint: SocketAddr,
+        error: UpstreamError,
+    },
+    /// The target has no endpoint.
+    NoEndpoint,
+}
+
+/// Picks an endpoint of `target` (avoiding those `tried`) and queues `request` on it.
+pub(crate) fn start(
+    target: &Target,
+    request: &Arc<Message>,
+    mutation: &Arc<Mutation>,
+    tried: &[SocketAddr],
+    number: u32,
+    deadline: Instant,
+    reply: ReplyTo,
+) -> Started {
+    let snapshot = target.cluster.snapshot();
+    let Some(host) = snapshot.set(target.subset).and_then(|set| set.pick(tried)) else {
+        return Started::NoEndpoint;
+    };
+    let endpoint = &host.endpoint;
+    let active = endpoint.track(target.cluster.stats());
+    let variant = snapshot.codec.upstream_variant(request);
+    let outbound = Outbound {
+        message: request.clone(),
+        mutation: mutation.clone(),
+        deadline,
+        reply,
+    };
+    match endpoint.pool().send(variant, outbound) {
+        Ok(()) => Started::Sent(Attempt {
+            number,
+            started: Instant::now(),
+            active,
+        }),
+        Err(mut rejected) => {
+            rejected.outbound.reply.disarm();
+            Started::Refused {
+                endpoint: endpoint.address(),
+                error: rejected.error,
+            }
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! The router: the terminal stage of a request, after its filters. It matches the route, picks
+//! the target, and runs attempts ([`attempt`]) under the route's deadline ([`timeout`]),
+//! retrying by the route's policy ([`retry`]); every attempt's end is classified once
+//! ([`outcome`]) and that classification drives stats, retries, the local reply and the
+//! request's record.
+//!
+//! The router never waits: it starts an attempt and says what the connection should wait for
+//! (the answer, a per-try deadline, a retry pause). The downstream connection task owns the
+//! waiting and calls back in with what happened.
+
+mod attempt;
+mod outcome;
+mod retry;
+mod timeout;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use metaprotocol_core::{
+    LocalReply, LocalReplyKind, Message, MessageKind, Mutation, RequestRecord, ResponseFlags,
+    RoutingView, keys,
+};
+use smallvec::SmallVec;
+use tokio::time::Instant;
+
+use self::attempt::{Attempt, Started};
+use self::outcome::AttemptOutcome;
+pub(crate) use self::outcome::FAILURES;
+pub(crate) use self::retry::RetryPolicy;
+pub(crate) use self::timeout::after as deadline_after;
+use crate::route::{Route, RouteTable, Target};
+use crate::upstream::{ReplyTo, UpstreamError};
+
+/// What the connection waits for next. Short-lived, on one stack: boxing the response would
+/// cost an allocation per call.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Next {
+    /// The attempt's answer; `per_try` is its own deadline, when the route sets one.
+    Answer { per_try: Option<Instant> },
+    /// A pause, then another attempt ([`Routed::attempt`]).
+    Retry { at: Instant },
+    /// Nothing: forward this response.
+    Respond(Message),
+    /// Nothing: answer with this error (already recorded).
+    Fail(LocalReply),
+}
+
+/// A request that matched a route: its table (kept for the request's life, so that a route
+/// update never changes a request in flight), target, deadline and attempts.
+#[derive(Debug)]
+pub(crate) struct Routed {
+    table: Arc<RouteTable>,
+    route: usize,
+    target: Target,
+    mutation: Arc<Mutation>,
+    deadline: Instant,
+    attempts: u32,
+    retries_left: u32,
+    tried: SmallVec<[SocketAddr; 2]>,
+    current: Option<Attempt>,
+}
+
+/// The route's mutation, plus what filters added (allocating only when they added something).
+fn merged(route: &Arc<Mutation>, filters: &Mutation) -> Arc<Mutation> {
+    if filters.is_empty() {
+        return route.clone();
+    }
+    let mut all = Mutation::clone(route);
+    all.extend(filters);
+    Arc::new(all)
+}
+
+/// Answers a request no route matched.
+fn no_route(request: &Message) -> LocalReply {
+    let md = &request.metadata;
+    let service = md
+        .get(keys::INTERFACE)
+        .or_else(|| md.get(keys::SERVICE))
+        .map(|s| s.as_str())
+        .unwrap_or("-");
+    let method = md.get(keys::METHOD).map(|s| s.as_str()).unwrap_or("-");
+    LocalReply::new(
+        LocalReplyKind::RouteNotFound,
+        format!("metaprotocol-proxy: no route for service {service} method {method}"),
+    )
+}
+
+fn no_endpoint(target: &Target) -> LocalReply {
+    LocalReply::new(
+        LocalReplyKind::NoHealthyUpstream,
+        format!(
+            "metaprotocol-proxy: cluster {} has no endpoint for this route",
+            target.cluster.name()
+        ),
+    )
+}
+
+/// Routes `request` with `table`: the first matching route, then its target. `filter_mutation`
+/// is what request filters added. On failure the error is recorded and returned.
+pub(crate) fn route(
+    table: Arc<RouteTable>,
+    request: &Message,
+    filter_mutation: &Mutation,
+    record: &mut RequestRecord,
+    now: Instant,
+) -> Result<Routed, LocalReply> {
+    let view = RoutingView {
+        metadata: &request.metadata,
+        keys: record.routing_keys(),
+    };
+    let Some(index) = table.route_index(&view) else {
+        record.set_local_reply(LocalReplyKind::RouteNotFound, ResponseFlags::NO_ROUTE);
+        return Err(no_route(request));
+    };
+    let Some(route) = table.get(index) else {
+        record.set_local_reply(LocalReplyKind::RouteNotFound, ResponseFlags::NO_ROUTE);
+        return Err(no_route(request));
+    };
+    route.stats.requests.inc();
+    record.route = Some(route.name.clone());
+    record.timings.routed = Some(now.into_std());
+    let Some(target) = route.action.pick().cloned() else {
+        record.set_local_reply(
+            LocalReplyKind::NoHealthyUpstream,
+            ResponseFlags::NO_HEALTHY_UPSTREAM,
+        );
+        return Err(LocalReply::new(
+            LocalReplyKind::NoHealthyUpstream,
+            "metaprotocol-proxy: the route has no target",
+        ));
+    };
+    record.cluster = Some(target.cluster.name().clone());
+    let deadline = timeout::request_deadline(now, route.timeout, request.timeout);
+    let retries_left = route.retry.as_ref().map_or(0, |r| r.num_retries);
+    let mutation = merged(&route.request_mutation, filter_mutation);
+    Ok(Routed {
+        table,
+        route: index,
+        target,
+        mutation,
+        deadline,
+        attempts: 0,
+        retries_left,
+        tried: SmallVec::new(),
+        current: None,
+    })
+}
+
+impl Routed {
+    /// The matched route.
+    pub fn route(&self) -> Option<&Route> {
+        self.table.get(self.route)
+    }
+
+    /// The request's deadline.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// The number of the attempt in flight or last made (1 for the first).
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// Sends a one-way request: done once queued. On failure the error is recorded.
+    pub fn send_oneway(
+        &mut self,
+        request: &Arc<Message>,
+        record: &mut RequestRecord,
+    ) -> Result<(), LocalReply> {
+        debug_assert_eq!(request.kind, MessageKind::Oneway);
+        self.attempts = 1;
+        record.attempts = 1;
+        record.timings.upstream_sent = Some(std::time::Instant::now());
+        match attempt::start(
+            &self.target,
+            request,
+            &self.mutation,
+            &[],
+            1,
+            self.deadline,
+            ReplyTo::none(),
+        ) {
+            Started::Sent(attempt) => {
+                record.endpoint = Some(attempt.endpoint());
+                Ok(())
+            }
+            Started::Refused { endpoint, error } => {
+                record.endpoint = Some(endpoint);
+                Err(self.fail(
+                    AttemptOutcome::of(&Err(error.clone())),
+                    Some(&error),
+                    endpoint,
+                    record,
+                ))
+            }
+            Started::NoEndpoint => Err(self.no_endpoint(record)),
+        }
+    }
+
+    /// Starts the next attempt; its answer is delivered with `reply`, made for its number.
+    pub fn attempt(
+        &mut self,
+        request: &Arc<Message>,
+        reply: impl FnOnce(u32) -> ReplyTo,
+        record: &mut RequestRecord,
+        now: Instant,
+    ) -> Next {
+        self.attempts += 1;
+        record.attempts = self.attempts;
+        record.timings.upstream_sent = Some(now.into_std());
+        let per_try = self
+            .route()
+            .and_then(|r| r.retry.as_ref())
+            .and_then(|r| r.per_try_timeout);
+        let deadline = timeout::attempt_deadline(now, per_try, self.deadline);
+        match attempt::start(
+            &self.target,
+            request,
+            &self.mutation,
+            &self.tried,
+            self.attempts,
+            deadline,
+            reply(self.attempts),
+        ) {
+            Started::Sent(attempt) => {
+                record.endpoint = Some(attempt.endpoint());
+                self.current = Some(attempt);
+                Next::Answer {
+                    per_try: per_try.map(|_| deadline),
+                }
+            }
+            Started::Refused { endpoint, error } => {
+                record.endpoint = Some(endpoint);
+                self.conclude(endpoint, None, Err(error), record, now)
+            }
+            Started::NoEndpoint => Next::Fail(self.no_endpoint(record)),
+        }
+    }
+
+    /// The answer of attempt `number` arrived (an error when it failed or its per-try deadline
+    /// passed). Answers of attempts already concluded are ignored (`None`).
+    pub fn answered(
+        &mut self,
+        number: u32,
+        result: Result<Message, UpstreamError>,
+        record: &mut RequestRecord,
+        now: Instant,
+    ) -> Option<Next> {
+        let attempt = self.current.take_if(|a| a.number == number)?;
+        let endpoint = attempt.endpoint();
+        Some(self.conclude(endpoint, Some(attempt), result, record, now))
+    }
+
+    /// The whole request's deadline passed: ends the attempt in flight and records the timeout.
+    pub fn timed_out(&mut self, record: &mut RequestRecord) -> LocalReply {
+        let endpoint = self.current.take().map(|a| a.endpoint());
+        self.target.cluster.stats().rq_timeout.inc();
+        record.set_local_reply(LocalReplyKind::Timeout, ResponseFlags::UPSTREAM_TIMEOUT);
+        let route = self.route().map_or("-", |r| &r.name);
+        let message = match endpoint.or_else(|| self.tried.last().copied()) {
+            Some(endpoint) => format!(
+                "metaprotocol-proxy: upstream {endpoint} did not answer in time (route {route})"
+            ),
+            None => format!("metaprotocol-proxy: no upstream answered in time (route {route})"),
+        };
+        LocalReply::new(LocalReplyKind::Timeout, message)
+    }
+
+    /// Ends an attempt: counts it, then retries, forwards or fails.
+    fn conclude(
+        &mut self,
+        endpoint: SocketAddr,
+        attempt: Option<Attempt>,
+        result: Result<Message, UpstreamError>,
+        record: &mut RequestRecord,
+        now: Instant,
+    ) -> Next {
+        let outcome = AttemptOutcome::of(&result);
+        let stats = self.target.cluster.stats();
+        match &outcome {
+            AttemptOutcome::Answered(status) => {
+                if let Some(attempt) = &attempt {
+                    stats
+                        .rq_time
+                        .observe(now.saturating_duration_since(attempt.started).as_secs_f64());
+                }
+                stats.response(*status).inc();
+            }
+            AttemptOutcome::Timeout => {
+                stats.rq_timeout.inc();
+            }
+            _ => {}
+        }
+        if let Some(failure) = outcome.failure() {
+            stats.failure(failure).inc();
+        }
+        drop(attempt);
+        let retryable = self
+            .route()
+            .and_then(|r| r.retry.as_ref())
+            .is_some_and(|policy| policy.retries(&outcome));
+        if retryable && self.retries_left > 0 && now < self.deadline {
+            self.retries_left -= 1;
+            self.tried.push(endpoint);
+            stats.rq_retry.inc();
+            let pause = RetryPolicy::backoff(self.attempts);
+            return Next::Retry {
+                at: timeout::after(now, pause).min(self.deadline),
+            };
+        }
+        match result {
+            Ok(response) => Next::Respond(response),
+            Err(error) => {
+                let mut reply = self.fail(outcome, Some(&error), endpoint, record);
+                if retryable {
+                    record
+                        .outcome
+                        .flags
+                        .insert(ResponseFlags::RETRY_LIMIT_EXCEEDED);
+                    reply.message =
+                        format!("{} (after {} attempts)", reply.message, self.attempts).into();
+                }
+                Next::Fail(reply)
+            }
+        }
+    }
+
+    fn fail(
+        &self,
+        outcome: AttemptOutcome,
+        error: Option<&UpstreamError>,
+        endpoint: SocketAddr,
+        record: &mut RequestRecord,
+    ) -> LocalReply {
+        let route = self.route().map_or("-", |r| &r.name);
+        let reply = outcome
+            .local_reply(error, endpoint, route)
+            .unwrap_or_else(|| {
+                LocalReply::new(LocalReplyKind::Internal, "metaprotocol-proxy: no answer")
+            });
+        record.set_local_reply(reply.kind, outcome.flags());
+        reply
+    }
+
+    fn no_endpoint(&self, record: &mut RequestRecord) -> LocalReply {
+        record.set_local_reply(
+            LocalReplyKind::NoHealthyUpstream,
+            ResponseFlags::NO_HEALTHY_UPSTREAM,
+        );
+        no_endpoint(&self.target)
+    }
+
+    /// The response mutation: the route's, plus what response filters added.
+    pub fn response_mutation(&self, filters: &Mutation) -> Arc<Mutation> {
+        match self.route() {
+            Some(route) => merged(&route.response_mutation, filters),
+            None => Arc::new(filters.clone()),
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! One classification of how an upstream attempt ended, read by retries, stats, local replies
+//! and the request record alike (and, later, outlier detection and access logs).
+
+use std::net::SocketAddr;
+
+use metaprotocol_core::{LocalReply, LocalReplyKind, Message, ResponseFlags, ResponseStatus};
+
+use crate::upstream::UpstreamError;
+
+/// Where a failure came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// The proxy's side: the connection could not be made, a queue was full, a deadline passed.
+    Local,
+    /// The upstream: it answered, closed the connection, or stayed silent.
+    Upstream,
+}
+
+/// How one attempt ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum AttemptOutcome {
+    /// The upstream answered with this status.
+    Answered(ResponseStatus),
+    /// No connection could be opened; the request was not sent.
+    ConnectFailure,
+    /// The connection failed before the answer; `sent` if request bytes may have reached it.
+    Reset { sent: bool },
+    /// The attempt's deadline passed without an answer.
+    Timeout,
+    /// A queue was full; the request was not sent.
+    Overflow,
+    /// The request could not be encoded for the upstream.
+    EncodeFailure,
+}
+
+impl Origin {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Upstream => "upstream",
+        }
+    }
+}
+
+/// Every kind of failed attempt, with its origin: the `upstream_rq_failures` series.
+pub(crate) const FAILURES: [(Origin, &str); 6] = [
+    (Origin::Local, "connect_failure"),
+    (Origin::Local, "overflow"),
+    (Origin::Local, "encode"),
+    (Origin::Upstream, "reset_before_send"),
+    (Origin::Upstream, "reset_after_send"),
+    (Origin::Upstream, "timeout"),
+];
+
+impl AttemptOutcome {
+    /// Classifies an attempt's result.
+    pub fn of(result: &Result<Message, UpstreamError>) -> Self {
+        match result {
+            Ok(response) => Self::Answered(response.status),
+            Err(UpstreamError::ConnectFailed { .. }) => Self::ConnectFailure,
+            Err(UpstreamError::Reset { sent }) => Self::Reset { sent: *sent },
+            Err(UpstreamError::Overflow) => Self::Overflow,
+            Err(UpstreamError::Expired | UpstreamError::TimedOut) => Self::Timeout,
+            Err(UpstreamError::Encode(_)) => Self::EncodeFailure,
+        }
+    }
+
+    /// Where it came from.
+    pub fn origin(&self) -> Origin {
+        match self {
+            Self::ConnectFailure | Self::Overflow | Self::EncodeFailure => Origin::Local,
+            Self::Answered(_) | Self::Reset { .. } | Self::Timeout => Origin::Upstream,
+        }
+    }
+
+    /// True if the upstream certainly did not process the request: retrying cannot run it twice.
+    pub fn never_sent(&self) -> bool {
+        matches!(
+            self,
+            Self::ConnectFailure | Self::Overflow | Self::Reset { sent: false }
+        )
+    }
+
+    /// The index of this failure in [`FAILURES`]; `None` when the upstream answered.
+    pub fn failure(&self) -> Option<usize> {
+        let reason = match self {
+            Self::Answered(_) => return None,
+            Self::ConnectFailure => "connect_failure",
+            Self::Overflow => "overflow",
+            Self::EncodeFailure => "encode",
+            Self::Reset { sent: false } => "reset_before_send",
+            Self::Reset { sent: true } => "reset_after_send",
+            Self::Timeout => "timeout",
+        };
+        FAILURES
+            .iter()
+            .position(|(origin, r)| *r == reason && *origin == self.origin())
+    }
+
+    /// The response flags the outcome adds to the request's record.
+    pub fn flags(&self) -> ResponseFlags {
+        match self {
+            Self::Answered(_) | Self::EncodeFailure => ResponseFlags::NONE,
+            Self::ConnectFailure => ResponseFlags::UPSTREAM_CONNECT_FAILURE,
+            Self::Reset { .. } => ResponseFlags::UPSTREAM_RESET,
+            Self::Timeout => ResponseFlags::UPSTREAM_TIMEOUT,
+            Self::Overflow => ResponseFlags::UPSTREAM_OVERFLOW,
+        }
+    }
+
+    /// The local reply that reports a failed attempt to the client (`None` when it answered).
+    pub fn local_reply(
+        &self,
+        error: Option<&UpstreamError>,
+        endpoint: SocketAddr,
+        route: &str,
+    ) -> Option<LocalReply> {
+        let (kind, message) = match self {
+            Self::Answered(_) => return None,
+            Self::Timeout => (
+                LocalReplyKind::Timeout,
+                format!(
+                    "metaprotocol-proxy: upstream {endpoint} did not answer in time (route {route})"
+                ),
+            ),
+            Self::Overflow => (
+                LocalReplyKind::OverLimit,
+                format!("metaprotocol-proxy: upstream {endpoint} is overloaded"),
+            ),
+            Self::EncodeFailure => (
+                LocalReplyKind::BadRequest,
+                describe(error, endpoint, "cannot encode the request"),
+            ),
+            Self::ConnectFailure | Self::Reset { .. } => (
+                LocalReplyKind::UpstreamReset,
+                describe(error, endpoint, "upstream connection reset"),
+            ),
+        };
+        Some(LocalReply::new(kind, message))
+    }
+}
+
+fn describe(error: Option<&UpstreamError>, endpoint: SocketAddr, fallback: &str) -> String {
+    match error {
+        Some(error) => format!("metaprotocol-proxy: upstream {endpoint}: {error}"),
+        None => format!("metaprotocol-proxy: upstream {endpoint}: {fallback}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_requests_that_never_left_are_safe_to_resend() {
+        let refused: Result<Message, UpstreamError> = Err(UpstreamError::ConnectFailed {
+            address: SocketAddr::from(([127, 0, 0, 1], 1)),
+            reason: "refused".into(),
+        });
+        let outcome = AttemptOutcome::of(&refused);
+        assert_eq!(outcome, AttemptOutcome::ConnectFailure);
+        assert!(outcome.never_sent());
+        assert_eq!(outcome.origin(), Origin::Local);
+        assert!(
+            outcome
+                .flags()
+                .contains(ResponseFlags::UPSTREAM_CONNECT_FAILURE)
+        );
+        assert_eq!(outcome.failure(), Some(0));
+        assert_eq!(
+            AttemptOutcome::Reset { sent: true }
+                .failure()
+                .map(|i| FAILURES[i].1),
+            Some("reset_after_send")
+        );
+        assert_eq!(
+            AttemptOutcome::Answered(metaprotocol_core::ResponseStatus::Ok).failure(),
+            None
+        );
+        assert!(AttemptOutcome::Reset { sent: false }.never_sent());
+        assert!(!AttemptOutcome::Reset { sent: true }.never_sent());
+        assert!(!AttemptOutcome::Timeout.never_sent());
+        let reply =
+            AttemptOutcome::Timeout.local_reply(None, SocketAddr::from(([127, 0, 0, 1], 2)), "r");
+        assert!(reply.is_some_and(|r| r.kind == LocalReplyKind::Timeout && r.message.contains("route r")));
+    }
+}

@@ -1,0 +1,66 @@
+//! Deadlines: the route's timeout, capped by the caller's own, and each attempt's.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How far "no timeout" is: far enough to never fire, near enough not to overflow.
+const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `now + after`, saturating: a timeout of centuries means "never", not a panic.
+pub(crate) fn after(now: Instant, after: Duration) -> Instant {
+    now.checked_add(after).unwrap_or_else(|| now + NEVER)
+}
+
+/// The deadline of a request routed at `now`: the route's timeout (`None`: no timeout), capped
+/// by the request's own deadline when its protocol carries one.
+pub(crate) fn request_deadline(
+    now: Instant,
+    route_timeout: Option<Duration>,
+    requested: Option<Duration>,
+) -> Instant {
+    let timeout = match (route_timeout, requested) {
+        (Some(route), Some(requested)) => route.min(requested),
+        (Some(one), None) | (None, Some(one)) => one,
+        (None, None) => NEVER,
+    };
+    after(now, timeout)
+}
+
+/// The deadline of an attempt started at `now`: its per-try timeout, within the request's.
+pub(crate) fn attempt_deadline(
+    now: Instant,
+    per_try: Option<Duration>,
+    request_deadline: Instant,
+) -> Instant {
+    match per_try {
+        Some(per_try) => request_deadline.min(after(now, per_try)),
+        None => request_deadline,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_callers_deadline_caps_the_route_and_nothing_overflows() {
+        let now = Instant::now();
+        let secs = Duration::from_secs;
+        assert_eq!(
+            request_deadline(now, Some(secs(5)), Some(secs(1))),
+            now + secs(1)
+        );
+        assert_eq!(request_deadline(now, Some(secs(5)), None), now + secs(5));
+        assert_eq!(request_deadline(now, None, Some(secs(2))), now + secs(2));
+        assert!(request_deadline(now, None, None) > now + secs(365 * 24 * 3600));
+        assert!(request_deadline(now, Some(Duration::MAX), None) > now);
+        let deadline = now + secs(10);
+        assert_eq!(
+            attempt_deadline(now, Some(secs(1)), deadline),
+            now + secs(1)
+        );
+        assert_eq!(attempt_deadline(now, Some(secs(20)), deadline), deadline);
+        assert_eq!(attempt_deadline(now, None, deadline), deadline);
+    }
+}

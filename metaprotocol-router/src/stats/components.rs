@@ -1,0 +1,167 @@
+//! The resolved metric handles of the engine's own components: listeners, routes, clusters.
+
+use metaprotocol_core::{CodecError, LocalReplyKind, ResponseStatus};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+
+use super::{LATENCY_BUCKETS, MetricsScope};
+use crate::router::FAILURES;
+
+/// Why a client connection was closed for bad input; the `reason` label values.
+const PROTOCOL_ERRORS: [&str; 4] = ["frame_too_large", "malformed", "unsupported", "encode"];
+
+/// Metric handles of one listener.
+#[derive(Clone, Debug)]
+pub(crate) struct ListenerStats {
+    pub cx_total: Counter,
+    pub cx_active: Gauge,
+    pub rq_total: Counter,
+    pub rq_active: Gauge,
+    pub rq_oneway: Counter,
+    pub heartbeats: Counter,
+    protocol_errors: [Counter; PROTOCOL_ERRORS.len()],
+    local_replies: [Counter; LocalReplyKind::ALL.len()],
+}
+
+impl ListenerStats {
+    pub fn new(scope: &MetricsScope) -> Self {
+        Self {
+            cx_total: scope.counter("downstream_cx", "Client connections accepted"),
+            cx_active: scope.gauge("downstream_cx_active", "Client connections open"),
+            rq_total: scope.counter("downstream_rq", "Requests received (two-way and one-way)"),
+            rq_active: scope.gauge("downstream_rq_active", "Requests in flight"),
+            rq_oneway: scope.counter("downstream_rq_oneway", "One-way requests received"),
+            heartbeats: scope.counter("downstream_heartbeats", "Heartbeats answered locally"),
+            protocol_errors: PROTOCOL_ERRORS.map(|reason| {
+                scope.counter_with(
+                    "downstream_protocol_errors",
+                    "Client connections closed for malformed input, by reason",
+                    &[("reason", reason)],
+                )
+            }),
+            local_replies: LocalReplyKind::ALL.map(|kind| {
+                scope.counter_with(
+                    "local_replies",
+                    "Requests answered by the proxy itself, by reason",
+                    &[("reason", kind.name())],
+                )
+            }),
+        }
+    }
+
+    /// The counter of connections closed for `error`.
+    pub fn protocol_error(&self, error: &CodecError) -> &Counter {
+        let index = PROTOCOL_ERRORS
+            .iter()
+            .position(|r| *r == error.counter_name())
+            .unwrap_or(PROTOCOL_ERRORS.len() - 1);
+        &self.protocol_errors[index]
+    }
+
+    /// The counter of local replies of `kind`.
+    pub fn local_reply(&self, kind: LocalReplyKind) -> &Counter {
+        let index = LocalReplyKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(LocalReplyKind::ALL.len() - 1);
+        &self.local_replies[index]
+    }
+}
+
+/// Metric handles of one route (unregistered until the route's table is published).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RouteStats {
+    pub requests: Counter,
+}
+
+impl RouteStats {
+    pub fn new(scope: &MetricsScope) -> Self {
+        Self {
+            requests: scope.counter("route_rq", "Requests matched, by route"),
+        }
+    }
+}
+
+/// Metric handles of one cluster. The gauges double as the cluster's live resource counts
+/// (what circuit breakers compare with their limits).
+#[derive(Clone, Debug)]
+pub(crate) struct ClusterStats {
+    pub rq_total: Counter,
+    pub rq_active: Gauge,
+    responses: [Counter; 3],
+    pub rq_retry: Counter,
+    pub rq_timeout: Counter,
+    pub rq_time: Histogram,
+    pub cx_total: Counter,
+    pub cx_active: Gauge,
+    pub cx_connect_fail: Counter,
+    pub cx_protocol_errors: Counter,
+    pub unmatched_responses: Counter,
+    pub rq_dropped: Counter,
+    failures: [Counter; FAILURES.len()],
+}
+
+impl ClusterStats {
+    pub fn new(scope: &MetricsScope) -> Self {
+        let outcome = |o: &str| {
+            scope.counter_with(
+                "upstream_rq_responses",
+                "Upstream responses by outcome (ok, application_error, server_error)",
+                &[("outcome", o)],
+            )
+        };
+        Self {
+            rq_total: scope.counter("upstream_rq", "Requests sent upstream (attempts)"),
+            rq_active: scope.gauge("upstream_rq_active", "Attempts in flight"),
+            responses: [
+                outcome("ok"),
+                outcome("application_error"),
+                outcome("server_error"),
+            ],
+            rq_retry: scope.counter("upstream_rq_retry", "Retried attempts"),
+            rq_timeout: scope.counter("upstream_rq_timeout", "Attempts that timed out"),
+            rq_time: scope.histogram(
+                "upstream_rq_time_seconds",
+                "Upstream round-trip time of answered attempts",
+                &LATENCY_BUCKETS,
+            ),
+            cx_total: scope.counter("upstream_cx", "Upstream connections opened"),
+            cx_active: scope.gauge("upstream_cx_active", "Upstream connections open"),
+            cx_connect_fail: scope.counter("upstream_cx_connect_fail", "Upstream connection failures"),
+            cx_protocol_errors: scope.counter(
+                "upstream_cx_protocol_errors",
+                "Upstream connections closed for malformed input",
+            ),
+            unmatched_responses: scope.counter(
+                "upstream_unmatched_responses",
+                "Upstream responses whose id matched no request in flight (dropped)",
+            ),
+            failures: FAILURES.map(|(origin, reason)| {
+                scope.counter_with(
+                    "upstream_rq_failures",
+                    "Failed attempts by origin (local: the proxy's side; upstream) and reason",
+                    &[("origin", origin.name()), ("reason", reason)],
+                )
+            }),
+            rq_dropped: scope.counter(
+                "upstream_rq_dropped",
+                "Requests dropped before they could be written upstream (deadline passed, queue full)",
+            ),
+        }
+    }
+
+    /// The counter of failed attempts of kind `index` (into [`FAILURES`]).
+    pub fn failure(&self, index: usize) -> &Counter {
+        &self.failures[index.min(FAILURES.len() - 1)]
+    }
+
+    /// The response counter of `status`.
+    pub fn response(&self, status: ResponseStatus) -> &Counter {
+        match status {
+            ResponseStatus::Ok => &self.responses[0],
+            ResponseStatus::ApplicationError => &self.responses[1],
+            ResponseStatus::ServerError => &self.responses[2],
+        }
+    }
+}

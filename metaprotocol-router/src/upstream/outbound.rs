@@ -1,0 +1,133 @@
+//! What travels to an upstream connection (a request and who waits for its answer) and what
+//! comes back.
+
+use std::sync::Arc;
+
+use metaprotocol_core::{Message, Mutation};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::UpstreamError;
+
+/// A request in flight on a downstream connection: its slot and the sequence number that tells
+/// a reused slot's new request from the old one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct RequestKey {
+    pub index: u32,
+    pub seq: u32,
+}
+
+/// The answer to one attempt, delivered to the downstream connection that made it.
+#[derive(Debug)]
+pub(crate) struct UpstreamEvent {
+    pub key: RequestKey,
+    pub attempt: u32,
+    pub result: Result<Message, UpstreamError>,
+}
+
+/// A downstream connection's queue of attempt answers.
+pub(crate) type Inbox = mpsc::UnboundedSender<UpstreamEvent>;
+
+/// Who waits for an answer.
+#[derive(Debug)]
+enum Waiter {
+    /// A downstream connection, for one attempt of one of its requests.
+    Inbox {
+        inbox: Inbox,
+        key: RequestKey,
+        attempt: u32,
+    },
+    /// A caller of the client API.
+    Oneshot(oneshot::Sender<Result<Message, UpstreamError>>),
+}
+
+/// Where the answer to a request goes: nowhere for one-way requests. Every two-way request is
+/// answered exactly once: dropped unanswered (a connection task that ended abnormally), it
+/// answers "reset, possibly sent" itself.
+#[derive(Debug)]
+pub(crate) struct ReplyTo(Option<Waiter>);
+
+impl ReplyTo {
+    /// One-way: no answer expected.
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// Attempt `attempt` of the downstream request `key`, answered into `inbox`.
+    pub fn inbox(inbox: Inbox, key: RequestKey, attempt: u32) -> Self {
+        Self(Some(Waiter::Inbox {
+            inbox,
+            key,
+            attempt,
+        }))
+    }
+
+    /// A client call, answered through `sender`.
+    pub fn oneshot(sender: oneshot::Sender<Result<Message, UpstreamError>>) -> Self {
+        Self(Some(Waiter::Oneshot(sender)))
+    }
+
+    /// True for two-way requests.
+    pub fn expects_answer(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// True if nobody waits any more (a client call whose caller gave up).
+    pub fn is_abandoned(&self) -> bool {
+        match &self.0 {
+            Some(Waiter::Oneshot(sender)) => sender.is_closed(),
+            Some(Waiter::Inbox { inbox, .. }) => inbox.is_closed(),
+            None => false,
+        }
+    }
+
+    /// Forgets the waiter without answering: for a caller that handles the failure itself, or
+    /// one known to have given up.
+    pub fn disarm(&mut self) {
+        self.0 = None;
+    }
+
+    /// Delivers the answer; waiters that went away are ignored.
+    pub fn answer(mut self, result: Result<Message, UpstreamError>) {
+        if let Some(waiter) = self.0.take() {
+            deliver(waiter, result);
+        }
+    }
+}
+
+impl Drop for ReplyTo {
+    fn drop(&mut self) {
+        if let Some(waiter) = self.0.take() {
+            deliver(waiter, Err(UpstreamError::Reset { sent: true }));
+        }
+    }
+}
+
+fn deliver(waiter: Waiter, result: Result<Message, UpstreamError>) {
+    match waiter {
+        Waiter::Inbox {
+            inbox,
+            key,
+            attempt,
+        } => {
+            let _ = inbox.send(UpstreamEvent {
+                key,
+                attempt,
+                result,
+            });
+        }
+        Waiter::Oneshot(sender) => {
+            let _ = sender.send(result);
+        }
+    }
+}
+
+/// A request for an upstream connection to write.
+#[derive(Debug)]
+pub(crate) struct Outbound {
+    pub message: Arc<Message>,
+    pub mutation: Arc<Mutation>,
+    /// After this the request is not worth writing any more: its caller has given up.
+    pub deadline: Instant,
+    pub reply: ReplyTo,
+}
