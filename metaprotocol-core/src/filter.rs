@@ -190,14 +190,7 @@ impl FilterChain {
 
     /// Runs the request hooks from step `from` (0 for a new request) in order.
     pub fn run_request(&self, from: usize, ctx: &mut RequestContext<'_>) -> ChainStep {
-        for (step, filter) in self.filters.iter().enumerate().skip(from) {
-            let decision = guarded(filter, || filter.on_request(ctx));
-            match settle(step, decision) {
-                Some(stop) => return stop,
-                None => continue,
-            }
-        }
-        ChainStep::Done
+        run(self.filters.iter(), from, |filter| filter.on_request(ctx))
     }
 
     /// Applies the output of the request filter that waited at `step`, then runs the rest.
@@ -219,14 +212,9 @@ impl FilterChain {
     /// Runs the response hooks in reverse order, from step `from` (0 for a new response; step
     /// `k` is the `k`-th filter from the end).
     pub fn run_response(&self, from: usize, ctx: &mut ResponseContext<'_>) -> ChainStep {
-        for (step, filter) in self.filters.iter().rev().enumerate().skip(from) {
-            let decision = guarded(filter, || filter.on_response(ctx));
-            match settle(step, decision) {
-                Some(stop) => return stop,
-                None => continue,
-            }
-        }
-        ChainStep::Done
+        run(self.filters.iter().rev(), from, |filter| {
+            filter.on_response(ctx)
+        })
     }
 
     /// Applies the output of the response filter that waited at `step`, then runs the rest.
@@ -254,32 +242,14 @@ impl FilterChain {
     /// Runs every request hook to the end, awaiting waits: a convenience for embedders and tests
     /// that own the request; the engine drives the steps itself.
     pub async fn on_request(&self, ctx: &mut RequestContext<'_>) -> Result<(), LocalReply> {
-        let mut step = self.run_request(0, ctx);
-        loop {
-            match step {
-                ChainStep::Done => return Ok(()),
-                ChainStep::Reply(reply) => return Err(reply),
-                ChainStep::Wait { step: at, future } => {
-                    let resume = future.await;
-                    step = self.resume_request(at, resume, ctx);
-                }
-            }
-        }
+        let first = self.run_request(0, ctx);
+        drive(first, |at, resume| self.resume_request(at, resume, ctx)).await
     }
 
     /// [`FilterChain::on_request`] for responses.
     pub async fn on_response(&self, ctx: &mut ResponseContext<'_>) -> Result<(), LocalReply> {
-        let mut step = self.run_response(0, ctx);
-        loop {
-            match step {
-                ChainStep::Done => return Ok(()),
-                ChainStep::Reply(reply) => return Err(reply),
-                ChainStep::Wait { step: at, future } => {
-                    let resume = future.await;
-                    step = self.resume_response(at, resume, ctx);
-                }
-            }
-        }
+        let first = self.run_response(0, ctx);
+        drive(first, |at, resume| self.resume_response(at, resume, ctx)).await
     }
 }
 
@@ -288,6 +258,35 @@ impl fmt::Debug for FilterChain {
         f.debug_list()
             .entries(self.filters.iter().map(|filter| filter.name()))
             .finish()
+    }
+}
+
+/// Runs `hook` on `filters` (in the direction's order) from step `from` until one stops.
+fn run<'f>(
+    filters: impl Iterator<Item = &'f Arc<dyn L7Filter>>,
+    from: usize,
+    mut hook: impl FnMut(&Arc<dyn L7Filter>) -> FilterDecision,
+) -> ChainStep {
+    for (step, filter) in filters.enumerate().skip(from) {
+        let decision = guarded(filter, || hook(filter));
+        if let Some(stop) = settle(step, decision) {
+            return stop;
+        }
+    }
+    ChainStep::Done
+}
+
+/// Awaits a chain's waits, resuming it with each one's output, until it is done.
+async fn drive(
+    mut step: ChainStep,
+    mut resume: impl FnMut(usize, Resume) -> ChainStep,
+) -> Result<(), LocalReply> {
+    loop {
+        match step {
+            ChainStep::Done => return Ok(()),
+            ChainStep::Reply(reply) => return Err(reply),
+            ChainStep::Wait { step: at, future } => step = resume(at, future.await),
+        }
     }
 }
 

@@ -92,22 +92,35 @@ fn update_error(err: &UpdateError) -> Response {
     error(status, err)
 }
 
-/// Parses a body and checks that its `name` is the path's.
-fn parse<T>(
+/// Replaces (or adds) the resource `name` from a YAML or JSON body whose `name` must be the
+/// path's: 200 with its new version, or the error.
+async fn replace<T>(
+    state: &ProxyState,
+    name: String,
     body: &str,
-    name: &str,
-    parse: impl FnOnce(&str) -> Result<T, ConfigError>,
-    name_of: impl Fn(&T) -> &str,
-) -> Result<T, UpdateError> {
-    let spec = parse(body)?;
-    if name_of(&spec) != name {
-        return Err(ConfigError::new(
-            "name",
-            format!("`{}` does not match the path's `{name}`", name_of(&spec)),
-        )
-        .into());
+    parse: fn(&str) -> Result<T, ConfigError>,
+    name_of: fn(&T) -> &str,
+    apply: impl AsyncFnOnce(T) -> Result<u64, UpdateError>,
+) -> Response {
+    let spec = match parse(body) {
+        Ok(spec) if name_of(&spec) == name => spec,
+        Ok(spec) => {
+            state.count_update(false);
+            let err = ConfigError::new(
+                "name",
+                format!("`{}` does not match the path's `{name}`", name_of(&spec)),
+            );
+            return update_error(&err.into());
+        }
+        Err(err) => {
+            state.count_update(false);
+            return update_error(&err.into());
+        }
+    };
+    match apply(spec).await {
+        Ok(version) => Json(json!({ "name": name, "version": version })).into_response(),
+        Err(err) => update_error(&err),
     }
-    Ok(spec)
 }
 
 async fn put_route_config(
@@ -115,17 +128,16 @@ async fn put_route_config(
     Path(name): Path<String>,
     body: String,
 ) -> Response {
-    let spec = match parse(&body, &name, RouteConfigSpec::from_yaml, |s| &s.name) {
-        Ok(spec) => spec,
-        Err(err) => {
-            state.count_update(false);
-            return update_error(&err);
-        }
-    };
-    match state.update_route_config(spec).await {
-        Ok(version) => Json(json!({ "name": name, "version": version })).into_response(),
-        Err(err) => update_error(&err),
-    }
+    let parse = RouteConfigSpec::from_yaml;
+    replace(
+        &state,
+        name,
+        &body,
+        parse,
+        |s| &s.name,
+        async |spec| state.update_route_config(spec).await,
+    )
+    .await
 }
 
 async fn put_cluster(
@@ -133,17 +145,16 @@ async fn put_cluster(
     Path(name): Path<String>,
     body: String,
 ) -> Response {
-    let spec = match parse(&body, &name, ClusterSpec::from_yaml, |s| &s.name) {
-        Ok(spec) => spec,
-        Err(err) => {
-            state.count_update(false);
-            return update_error(&err);
-        }
-    };
-    match state.update_cluster(spec).await {
-        Ok(version) => Json(json!({ "name": name, "version": version })).into_response(),
-        Err(err) => update_error(&err),
-    }
+    let parse = ClusterSpec::from_yaml;
+    replace(
+        &state,
+        name,
+        &body,
+        parse,
+        |s| &s.name,
+        async |spec| state.update_cluster(spec).await,
+    )
+    .await
 }
 
 async fn delete_cluster(

@@ -8,14 +8,13 @@
 //! the end of a drain.
 
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use metaprotocol_core::{
     Codec, ConnectionInfo, LocalReply, LocalReplyKind, ResponseFlags, Side, WireVariant,
 };
@@ -24,17 +23,13 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::ListenerContext;
 use super::request::Requests;
-use crate::transport::{Accepted, Transport};
+use crate::transport::{Accepted, Transport, buffers};
 
 /// Requests in flight per client connection; past this the proxy stops reading from that client
 /// until some complete.
 const MAX_IN_FLIGHT: usize = 4096;
 /// Unsent answers per connection past which the proxy stops reading from that client.
 const WRITE_BUDGET: usize = 1024 * 1024;
-/// Read and write buffers start at this size ...
-const BUFFER_SIZE: usize = 16 * 1024;
-/// ... and go back to it when a large frame made them grow past this.
-const BUFFER_KEEP_LIMIT: usize = 1024 * 1024;
 /// While draining, a connection with nothing in flight that has been quiet this long closes.
 const DRAIN_QUIET: Duration = Duration::from_secs(1);
 
@@ -44,6 +39,8 @@ enum Reading {
     Open,
     /// The client closed its side, or the connection is closing: answer what is in flight.
     Done,
+    /// The connection failed (reset by the client): nothing can be answered any more.
+    Failed,
 }
 
 /// Serves one accepted client connection until it ends.
@@ -74,6 +71,8 @@ struct Connection<S> {
     requests: Requests,
     read_buf: BytesMut,
     write_buf: BytesMut,
+    /// Bytes written to the client so far.
+    written: u64,
     reading: Reading,
     drain: Pin<Box<WaitForCancellationFutureOwned>>,
     draining_until: Option<Instant>,
@@ -96,8 +95,9 @@ impl<S: Transport> Connection<S> {
             requests: Requests::new(ctx.clone(), connection, encoder),
             ctx,
             decoder,
-            read_buf: BytesMut::with_capacity(BUFFER_SIZE),
-            write_buf: BytesMut::with_capacity(BUFFER_SIZE),
+            read_buf: buffers::buffer(),
+            write_buf: buffers::buffer(),
+            written: 0,
             reading: Reading::Open,
             drain: Box::pin(drain.cancelled_owned()),
             draining_until: None,
@@ -114,18 +114,14 @@ impl<S: Transport> Connection<S> {
         {
             return false;
         }
-        if self.read_buf.capacity() - self.read_buf.len() < BUFFER_SIZE / 4 {
-            if self.read_buf.is_empty() && self.read_buf.capacity() > BUFFER_KEEP_LIMIT {
-                self.read_buf = BytesMut::with_capacity(BUFFER_SIZE);
-            } else {
-                self.read_buf.reserve(BUFFER_SIZE);
-            }
-        }
-        let read = tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read_buf);
-        match read {
+        match buffers::poll_read(&mut self.io, cx, &mut self.read_buf) {
             Poll::Pending => return false,
-            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+            Poll::Ready(Ok(0)) => {
                 self.reading = Reading::Done;
+                return true;
+            }
+            Poll::Ready(Err(_)) => {
+                self.reading = Reading::Failed;
                 return true;
             }
             Poll::Ready(Ok(_)) => {}
@@ -145,24 +141,6 @@ impl<S: Transport> Connection<S> {
                 }
             }
         }
-    }
-
-    /// Writes what is buffered; `Ready(Err)` when the client is gone.
-    fn poll_write_buf(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
-        let mut wrote = false;
-        while !self.write_buf.is_empty() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.write_buf))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.write_buf.advance(n);
-            wrote = true;
-        }
-        ready!(Pin::new(&mut self.io).poll_flush(cx))?;
-        if self.write_buf.capacity() > BUFFER_KEEP_LIMIT {
-            self.write_buf = BytesMut::with_capacity(BUFFER_SIZE);
-        }
-        Poll::Ready(Ok(wrote))
     }
 
     /// Applies the drain signal and the idle and drain deadlines. True if anything changed.
@@ -242,19 +220,18 @@ impl<S: Transport> Future for Connection<S> {
             let mut progress = this.requests.poll(cx, &mut this.write_buf, now);
             progress |= this.poll_lifecycle(cx, now);
             progress |= this.poll_read_frames(cx, now);
-            match this.poll_write_buf(cx) {
-                Poll::Ready(Ok(wrote)) => {
-                    if wrote {
-                        this.last_activity = now;
-                    }
-                }
-                Poll::Ready(Err(_)) => {
-                    this.requests.abandon_all();
-                    return Poll::Ready(());
-                }
-                Poll::Pending => {}
+            let before = this.written;
+            let wrote =
+                buffers::poll_write(&mut this.io, cx, &mut this.write_buf, &mut this.written);
+            if this.reading == Reading::Failed || matches!(wrote, Poll::Ready(Err(_))) {
+                // The client is gone: its requests end unanswered.
+                this.requests.abandon_all();
+                return Poll::Ready(());
             }
-            if this.reading == Reading::Done
+            if this.written != before {
+                this.last_activity = now;
+            }
+            if this.reading != Reading::Open
                 && this.requests.is_empty()
                 && this.write_buf.is_empty()
             {

@@ -5,6 +5,8 @@
 //! stream plus what the handshake revealed ([`Accepted`]); a cluster's [`Connector`] opens the
 //! stream to an endpoint. TLS plugs in as one more variant of each.
 
+pub(crate) mod buffers;
+
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;

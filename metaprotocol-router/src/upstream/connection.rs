@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use metaprotocol_core::{
     Codec, CodecFactory, EncodeParams, Message, MessageKind, Side, WireVariant,
 };
@@ -30,17 +30,13 @@ use super::backoff::ConnectBackoff;
 use super::outbound::Outbound;
 use super::{ReplyTo, UpstreamError};
 use crate::stats::ClusterStats;
-use crate::transport::{Connector, Transport};
+use crate::transport::{Connector, Transport, buffers};
 
 /// Requests queued on one connection before new ones are refused (overflow), so that an upstream
 /// that stops reading cannot make the proxy hold unbounded memory.
 const QUEUE_LIMIT: usize = 16 * 1024;
 /// Encoded bytes waiting for the socket before the task stops taking more requests.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
-/// Read and write buffers start at this size ...
-const BUFFER_SIZE: usize = 16 * 1024;
-/// ... and go back to it when a large frame made them grow past this.
-const BUFFER_KEEP_LIMIT: usize = 1024 * 1024;
 /// How often requests whose callers gave up are forgotten.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -248,8 +244,8 @@ impl<S: Transport> Multiplexer<S> {
             waiting: HashMap::default(),
             next_id: 0,
             max_id: params.codec.max_request_id().max(1),
-            read_buf: BytesMut::with_capacity(BUFFER_SIZE),
-            write_buf: BytesMut::with_capacity(BUFFER_SIZE),
+            read_buf: buffers::buffer(),
+            write_buf: buffers::buffer(),
             flushed: 0,
             sweep: Box::pin(tokio::time::sleep(SWEEP_INTERVAL)),
             stats: params.stats,
@@ -329,40 +325,10 @@ impl<S: Transport> Multiplexer<S> {
         }
     }
 
-    /// Writes what is buffered; `Ready(Err)` when the socket failed.
-    fn poll_write_buf(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
-        let mut wrote = false;
-        while !self.write_buf.is_empty() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.write_buf))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.write_buf.advance(n);
-            self.flushed += n as u64;
-            wrote = true;
-        }
-        ready!(Pin::new(&mut self.io).poll_flush(cx))?;
-        if self.write_buf.capacity() > BUFFER_KEEP_LIMIT {
-            self.write_buf = BytesMut::with_capacity(BUFFER_SIZE);
-        }
-        Poll::Ready(Ok(wrote))
-    }
-
     /// Reads and handles every frame that arrived; `Ready(false)` when the connection is done
     /// (closed, failed, or sent a stream that cannot be trusted).
     fn poll_read_frames(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
-        if self.read_buf.capacity() - self.read_buf.len() < BUFFER_SIZE / 4 {
-            if self.read_buf.is_empty() && self.read_buf.capacity() > BUFFER_KEEP_LIMIT {
-                self.read_buf = BytesMut::with_capacity(BUFFER_SIZE);
-            } else {
-                self.read_buf.reserve(BUFFER_SIZE);
-            }
-        }
-        match ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut self.io),
-            cx,
-            &mut self.read_buf
-        )) {
+        match ready!(buffers::poll_read(&mut self.io, cx, &mut self.read_buf)) {
             Ok(0) | Err(_) => return Poll::Ready(false),
             Ok(_) => {}
         }
@@ -438,13 +404,11 @@ impl<S: Transport> Future for Multiplexer<S> {
         let this = self.get_mut();
         loop {
             let mut progressed = this.take_requests(cx);
-            match this.poll_write_buf(cx) {
-                Poll::Ready(Ok(wrote)) => progressed |= wrote,
-                Poll::Ready(Err(_)) => {
-                    this.fail_all();
-                    return Poll::Ready(());
-                }
-                Poll::Pending => {}
+            let written =
+                buffers::poll_write(&mut this.io, cx, &mut this.write_buf, &mut this.flushed);
+            if let Poll::Ready(Err(_)) = written {
+                this.fail_all();
+                return Poll::Ready(());
             }
             match this.poll_read_frames(cx) {
                 Poll::Ready(true) => progressed = true,
