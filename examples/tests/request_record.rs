@@ -361,7 +361,7 @@ async fn a_client_gone_mid_call_completes_with_downstream_termination() -> TestR
     while world.v1.seen().is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    socket.set_linger(Some(Duration::ZERO))?;
+    socket.set_zero_linger()?;
     drop(socket);
     let done = world.completed(1).await?;
     assert_eq!(done.len(), 1, "{done:?}");
