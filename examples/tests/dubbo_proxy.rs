@@ -10,7 +10,11 @@ use metaprotocol_router::{Config, Proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-type TestResult = Result<(), Box<dyn std::error::Error>>;
+#[allow(dead_code)]
+mod support;
+
+use support::TestResult;
+use support::admin::http;
 
 /// Three providers (v1/user, v2/user, v2/batchjob) and a proxy configured with `routes` (YAML
 /// list items, indented by 6) over cluster `demo` made of them.
@@ -21,7 +25,7 @@ struct World {
 }
 
 impl World {
-    async fn start(routes: &str) -> Result<Self, Box<dyn std::error::Error>> {
+    async fn start(routes: &str) -> TestResult<Self> {
         Self::start_with(routes, "", Duration::from_secs(5)).await
     }
 
@@ -29,7 +33,7 @@ impl World {
         routes: &str,
         extra_clusters: &str,
         slow_delay: Duration,
-    ) -> Result<Self, Box<dyn std::error::Error>> {
+    ) -> TestResult<Self> {
         let mut providers = Vec::new();
         for name in ["v1-user", "v2-user", "v2-batchjob"] {
             providers.push(DemoProvider::start_with_delay(name, slow_delay).await?);
@@ -389,11 +393,12 @@ async fn route_updates_are_hitless() -> TestResult {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let admin = world.proxy.admin_addr().ok_or("no admin")?;
     let body = "name: r\nroutes:\n  - { name: main, route: { cluster: demo, subset: { version: v2, group: user } } }\n";
-    let (status, answer) = http_put(admin, "/route_configs/r", body).await?;
+    let (status, answer) = http(admin, "PUT", "/route_configs/r", body).await?;
     assert_eq!(status, 200, "{answer}");
     assert!(answer.contains("\"version\":2"), "{answer}");
-    let (status, answer) = http_put(
+    let (status, answer) = http(
         admin,
+        "PUT",
         "/route_configs/r",
         "name: r\nroutes:\n  - route: { cluster: ghost }\n",
     )
@@ -422,33 +427,6 @@ async fn route_updates_are_hitless() -> TestResult {
     );
     world.proxy.shutdown().await;
     Ok(())
-}
-
-/// A minimal HTTP/1.1 PUT over loopback; returns the status and body.
-async fn http_put(
-    address: std::net::SocketAddr,
-    path: &str,
-    body: &str,
-) -> Result<(u16, String), Box<dyn std::error::Error>> {
-    let mut socket = TcpStream::connect(address).await?;
-    let request = format!(
-        "PUT {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    socket.write_all(request.as_bytes()).await?;
-    let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(5), socket.read_to_string(&mut answer)).await??;
-    let status = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or("no status")?;
-    let body = answer
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned();
-    Ok((status, body))
 }
 
 #[tokio::test]

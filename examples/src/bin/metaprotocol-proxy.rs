@@ -45,8 +45,9 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,metaprotocol_router=info")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -96,50 +97,15 @@ async fn run(path: PathBuf) -> ExitCode {
     }
     tokio::select! {
         _ = wait_for_signal() => {}
-        _ = watch_config(&path, &proxy) => {}
+        _ = proxy.watch_file(&path, CONFIG_POLL) => {}
     }
     eprintln!("draining");
     proxy.shutdown().await;
     ExitCode::SUCCESS
 }
 
-/// How often `run` looks at its config file. Polling (rather than inotify) also sees files
-/// replaced by rename, as editors and Kubernetes ConfigMaps do.
+/// How often `run` looks at its config file.
 const CONFIG_POLL: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Reloads the config file whenever its contents change; never returns.
-async fn watch_config(path: &std::path::Path, proxy: &Proxy) {
-    let mut applied = std::fs::read(path).ok();
-    loop {
-        tokio::time::sleep(CONFIG_POLL).await;
-        let Ok(current) = std::fs::read(path) else {
-            continue;
-        };
-        if applied.as_ref() == Some(&current) {
-            continue;
-        }
-        applied = Some(current.clone());
-        let outcome = proxy.reload_yaml(&String::from_utf8_lossy(&current)).await;
-        let file = path.display();
-        match outcome {
-            Ok(summary) => {
-                for (name, version) in &summary.route_configs {
-                    eprintln!("{file}: route config {name} is now version {version}");
-                }
-                for (name, version) in &summary.clusters {
-                    eprintln!("{file}: cluster {name} is now version {version}");
-                }
-                for (name, address) in &summary.listeners {
-                    eprintln!("{file}: listener {name} serves on {address}");
-                }
-                for removed in &summary.removed {
-                    eprintln!("{file}: removed {removed}");
-                }
-            }
-            Err(err) => eprintln!("{file}: rejected, running config kept: {err}"),
-        }
-    }
-}
 
 async fn wait_for_signal() {
     #[cfg(unix)]

@@ -8,6 +8,7 @@ mod update;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -508,6 +509,51 @@ impl Proxy {
             Err(err) => {
                 self.state.count_update(false);
                 Err(err.into())
+            }
+        }
+    }
+
+    /// Re-reads the config file at `path` every `poll` and applies it whenever its contents
+    /// change (see [`Proxy::reload`]), logging what changed or why it was rejected; returns when
+    /// the proxy shuts down. Polling, rather than file events, also sees files replaced by
+    /// rename, as editors and Kubernetes ConfigMaps do.
+    pub async fn watch_file(&self, path: &Path, poll: Duration) {
+        let mut applied = tokio::fs::read(path).await.ok();
+        loop {
+            tokio::select! {
+                _ = self.state.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(poll) => {}
+            }
+            let Ok(current) = tokio::fs::read(path).await else {
+                continue;
+            };
+            if applied.as_ref() == Some(&current) {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&current).into_owned();
+            applied = Some(current);
+            let file = path.display();
+            match self.reload_yaml(&text).await {
+                Ok(summary) if summary.is_empty() => {
+                    tracing::info!(%file, "config file reloaded: nothing changed");
+                }
+                Ok(summary) => {
+                    for (name, version) in &summary.route_configs {
+                        tracing::info!(%file, route_config = %name, version, "route config updated");
+                    }
+                    for (name, version) in &summary.clusters {
+                        tracing::info!(%file, cluster = %name, version, "cluster updated");
+                    }
+                    for (name, address) in &summary.listeners {
+                        tracing::info!(%file, listener = %name, %address, "listener updated");
+                    }
+                    for removed in &summary.removed {
+                        tracing::info!(%file, %removed, "removed");
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(%file, error = %err, "config file rejected; the running config is kept");
+                }
             }
         }
     }

@@ -1,0 +1,37 @@
+//! The admin API as a test talks to it: one HTTP/1.1 request per connection over loopback.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::TestResult;
+
+/// Sends `method path` with `body` and returns the status and the answer's body.
+pub async fn http(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> TestResult<(u16, String)> {
+    let mut socket = TcpStream::connect(address).await?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(request.as_bytes()).await?;
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), socket.read_to_string(&mut answer)).await??;
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or("no status")?;
+    let body = answer
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    Ok((status, body))
+}
