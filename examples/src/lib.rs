@@ -11,6 +11,12 @@
 //! ```
 
 pub mod demo;
+
+/// The README's code, compiled by `cargo test --doc` so that it cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 pub mod dubbo_demo;
 
 use metaprotocol_core::CodecRegistry;

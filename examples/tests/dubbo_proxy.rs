@@ -662,3 +662,88 @@ async fn route_metrics_follow_the_published_table() -> TestResult {
     world.proxy.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn clusters_shows_health_counters_and_draining_endpoints() -> TestResult {
+    let free = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let dead = free.local_addr()?;
+    drop(free);
+    let live = DemoProvider::start_with_delay("live", Duration::from_millis(500)).await?;
+    let world = World::start_with(
+        "      - route: { cluster: mixed }
+        retry_policy: { num_retries: 1, retry_on: [connect_failure] }",
+        &format!(
+            "  - name: mixed\n    endpoints: [ {{ address: {dead} }}, {{ address: {} }} ]\n",
+            live.address()
+        ),
+        Duration::from_secs(5),
+    )
+    .await?;
+    for _ in 0..10 {
+        assert_eq!(
+            world.client.call("sayHello", "a", &[]).await?.dubbo_status,
+            20
+        );
+    }
+    let admin = world.proxy.admin_addr().ok_or("no admin")?;
+    let endpoint = |clusters: &serde_json::Value, address: std::net::SocketAddr| {
+        clusters["clusters"]
+            .as_array()
+            .and_then(|all| all.iter().find(|c| c["name"] == "mixed"))
+            .and_then(|c| c["endpoints"].as_array())
+            .and_then(|e| {
+                e.iter()
+                    .find(|e| e["address"] == address.to_string())
+                    .cloned()
+            })
+            .unwrap_or_default()
+    };
+    let (status, body) = http(admin, "GET", "/clusters", "").await?;
+    assert_eq!(status, 200);
+    let clusters: serde_json::Value = serde_json::from_str(&body)?;
+    let down = endpoint(&clusters, dead);
+    assert!(
+        down["connect_failures"].as_u64().unwrap_or(0) >= 1,
+        "{down}"
+    );
+    assert_eq!(down["health"], "healthy", "{down}");
+    let up = endpoint(&clusters, live.address());
+    assert_eq!(up["health"], "healthy");
+    assert_eq!(up["connect_failures"], 0);
+    assert!(up["total_requests"].as_u64().unwrap_or(0) >= 10, "{up}");
+    assert!(up["open_connections"].as_u64().unwrap_or(0) >= 1, "{up}");
+
+    let client = Arc::new(DubboClient::new(
+        world.proxy.listener_addr("in").ok_or("no listener")?,
+    ));
+    let in_flight = {
+        let client = client.clone();
+        tokio::spawn(async move { client.call("sayHelloSlowly", "a", &[]).await })
+    };
+    while live.seen().iter().all(|r| {
+        r.metadata
+            .get("method")
+            .is_none_or(|m| *m != "sayHelloSlowly")
+    }) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let only_dead =
+        format!("{{ \"name\": \"mixed\", \"endpoints\": [ {{ \"address\": \"{dead}\" }} ] }}");
+    let (status, answer) = http(admin, "PUT", "/clusters/mixed", &only_dead).await?;
+    assert_eq!(status, 200, "{answer}");
+    let (_, body) = http(admin, "GET", "/clusters", "").await?;
+    let draining = endpoint(&serde_json::from_str(&body)?, live.address());
+    assert_eq!(draining["health"], "draining", "{body}");
+    assert_eq!(draining["active_requests"], 1, "{body}");
+    let slow = in_flight.await??;
+    assert_eq!(
+        slow.dubbo_status, 20,
+        "the request in flight finished on its snapshot"
+    );
+    let (status, answer) = http(admin, "DELETE", "/clusters/mixed", "").await?;
+    assert_eq!(status, 409, "a route still uses it: {answer}");
+    let (status, _) = http(admin, "DELETE", "/clusters/nope", "").await?;
+    assert_eq!(status, 404);
+    world.proxy.shutdown().await;
+    Ok(())
+}

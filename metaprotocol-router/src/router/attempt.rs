@@ -54,7 +54,7 @@ pub(crate) fn start(
         return Started::NoEndpoint;
     };
     let endpoint = &host.endpoint;
-    let active = endpoint.track(target.cluster.stats());
+    let active = endpoint.track(target.cluster.stats(), number > 1);
     let variant = snapshot.codec.upstream_variant(request);
     let outbound = Outbound {
         message: request.clone(),

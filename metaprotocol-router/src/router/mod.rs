@@ -284,7 +284,7 @@ impl Routed {
                 if let Some(attempt) = &attempt {
                     stats
                         .rq_time
-                        .observe(now.saturating_duration_since(attempt.started).as_secs_f64());
+                        .observe(now.saturating_duration_since(attempt.started));
                 }
                 stats.response(*status).inc();
             }

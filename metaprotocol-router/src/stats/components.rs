@@ -3,9 +3,8 @@
 use metaprotocol_core::{CodecError, LocalReplyKind, ResponseStatus};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 
-use super::{LATENCY_BUCKETS, MetricsScope};
+use super::{DurationHistogram, LATENCY_BUCKETS, MetricsScope};
 use crate::router::FAILURES;
 
 /// Why a client connection was closed for bad input; the `reason` label values.
@@ -89,10 +88,12 @@ impl RouteStats {
 pub(crate) struct ClusterStats {
     pub rq_total: Counter,
     pub rq_active: Gauge,
+    pub rq_pending: Gauge,
+    pub rq_retries_active: Gauge,
     responses: [Counter; 3],
     pub rq_retry: Counter,
     pub rq_timeout: Counter,
-    pub rq_time: Histogram,
+    pub rq_time: DurationHistogram,
     pub cx_total: Counter,
     pub cx_active: Gauge,
     pub cx_connect_fail: Counter,
@@ -114,6 +115,11 @@ impl ClusterStats {
         Self {
             rq_total: scope.counter("upstream_rq", "Requests sent upstream (attempts)"),
             rq_active: scope.gauge("upstream_rq_active", "Attempts in flight"),
+            rq_pending: scope.gauge(
+                "upstream_rq_pending",
+                "Requests queued on upstream connections, not yet written",
+            ),
+            rq_retries_active: scope.gauge("upstream_rq_retries_active", "Retry attempts in flight"),
             responses: [
                 outcome("ok"),
                 outcome("application_error"),

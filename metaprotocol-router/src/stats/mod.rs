@@ -9,6 +9,7 @@
 //! `prometheus_client::registry::Registry` of its own.
 
 mod components;
+mod histogram;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,10 +21,10 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 pub(crate) use components::{ClusterStats, ListenerStats, RouteStats};
+pub use histogram::DurationHistogram;
 
 /// The prefix of every series name.
 const PREFIX: &str = "metaprotocol";
@@ -35,9 +36,9 @@ pub type Labels = Vec<(String, String)>;
 #[derive(Clone, Debug)]
 struct Buckets(Arc<[f64]>);
 
-impl MetricConstructor<Histogram> for Buckets {
-    fn new_metric(&self) -> Histogram {
-        Histogram::new(self.0.iter().copied())
+impl MetricConstructor<DurationHistogram> for Buckets {
+    fn new_metric(&self) -> DurationHistogram {
+        DurationHistogram::new(&self.0)
     }
 }
 
@@ -46,7 +47,7 @@ impl MetricConstructor<Histogram> for Buckets {
 enum AnyFamily {
     Counter(Family<Labels, Counter>),
     Gauge(Family<Labels, Gauge>),
-    Histogram(Family<Labels, Histogram, Buckets>),
+    Histogram(Family<Labels, DurationHistogram, Buckets>),
 }
 
 impl AnyFamily {
@@ -271,9 +272,10 @@ impl MetricsScope {
         }
     }
 
-    /// The histogram `name` with this scope's labels; `buckets` are used when the family is
-    /// first registered (every series of a family shares them).
-    pub fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    /// The duration histogram `name` (in seconds) with this scope's labels; `buckets` (upper
+    /// bounds in seconds) are used when the family is first registered (every series of a
+    /// family shares them).
+    pub fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> DurationHistogram {
         let labels = self.series(name, &[]);
         let constructor = Buckets(buckets.into());
         match self.metrics.family(name, help, || {

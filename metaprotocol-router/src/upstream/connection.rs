@@ -23,6 +23,7 @@ use bytes::BytesMut;
 use metaprotocol_core::{
     Codec, CodecFactory, EncodeParams, Message, MessageKind, Side, WireVariant,
 };
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 
@@ -53,7 +54,7 @@ pub(crate) struct ConnectParams {
 }
 
 /// State the task shares with the handles that feed it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     /// Set once the connection can take no more requests.
     closed: AtomicBool,
@@ -61,6 +62,16 @@ struct Shared {
     connected: AtomicBool,
     /// Requests queued and not yet taken by the task.
     queued: AtomicUsize,
+    /// The cluster's count of queued requests.
+    pending: Gauge,
+}
+
+impl Shared {
+    /// A request left the queue.
+    fn dequeued(&self) {
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        self.pending.dec();
+    }
 }
 
 /// The sending side of a connection task. Cheap to clone; the task ends when every handle is
@@ -88,8 +99,9 @@ impl ConnectionHandle {
             return Err((outbound, UpstreamError::Overflow));
         }
         self.shared.queued.fetch_add(1, Ordering::Relaxed);
+        self.shared.pending.inc();
         self.queue.send(outbound).map_err(|refused| {
-            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+            self.shared.dequeued();
             (refused.0, UpstreamError::Reset { sent: false })
         })
     }
@@ -104,7 +116,12 @@ pub(crate) struct Prepared {
 /// Prepares a connection to `params.address`; nothing happens until the task is spawned.
 pub(crate) fn prepare(params: ConnectParams) -> Prepared {
     let (queue, requests) = mpsc::unbounded_channel();
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared {
+        closed: AtomicBool::new(false),
+        connected: AtomicBool::new(false),
+        queued: AtomicUsize::new(0),
+        pending: params.stats.rq_pending.clone(),
+    });
     let task = Box::pin(run(params, requests, shared.clone()));
     Prepared {
         handle: ConnectionHandle { queue, shared },
@@ -165,7 +182,7 @@ fn refuse_all(
     shared.closed.store(true, Ordering::Release);
     requests.close();
     while let Ok(outbound) = requests.try_recv() {
-        shared.queued.fetch_sub(1, Ordering::Relaxed);
+        shared.dequeued();
         if !outbound.reply.expects_answer() {
             stats.rq_dropped.inc();
         }
@@ -262,7 +279,7 @@ impl<S: Transport> Multiplexer<S> {
             }
             match self.requests.poll_recv(cx) {
                 Poll::Ready(Some(outbound)) => {
-                    self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                    self.shared.dequeued();
                     self.encode(outbound);
                     took = true;
                 }
