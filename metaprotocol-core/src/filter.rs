@@ -416,6 +416,21 @@ mod tests {
         )
     }
 
+    /// Runs `chain`'s request hooks on a fresh request.
+    fn run_on_request(chain: &FilterChain) -> (ChainStep, RequestRecord, Message) {
+        let request = Message::new(MessageKind::Request, 1, Bytes::new());
+        let mut record = record();
+        let step = chain.run_request(
+            0,
+            &mut RequestContext {
+                request: &request,
+                mutation: &mut Mutation::new(),
+                record: &mut record,
+            },
+        );
+        (step, record, request)
+    }
+
     fn logged(log: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
         log.lock().map(|l| l.clone()).unwrap_or_default()
     }
@@ -463,17 +478,7 @@ mod tests {
     fn a_reply_stops_the_chain() {
         let log = Arc::new(Mutex::new(Vec::new()));
         let chain = chain(&log, &[("deny", true, false), ("never", false, false)]);
-        let request = Message::new(MessageKind::Request, 1, Bytes::new());
-        let mut record = record();
-        let mut mutation = Mutation::new();
-        let step = chain.run_request(
-            0,
-            &mut RequestContext {
-                request: &request,
-                mutation: &mut mutation,
-                record: &mut record,
-            },
-        );
+        let (step, _, _) = run_on_request(&chain);
         assert!(matches!(step, ChainStep::Reply(r) if r.kind == LocalReplyKind::Unauthorized));
         assert_eq!(logged(&log), ["req:deny"]);
     }
@@ -481,17 +486,7 @@ mod tests {
     #[test]
     fn a_panicking_filter_answers_internal_and_completion_panics_are_contained() {
         let chain = FilterChain::new(vec![Arc::new(Panics)]);
-        let request = Message::new(MessageKind::Request, 1, Bytes::new());
-        let mut record = record();
-        let mut mutation = Mutation::new();
-        let step = chain.run_request(
-            0,
-            &mut RequestContext {
-                request: &request,
-                mutation: &mut mutation,
-                record: &mut record,
-            },
-        );
+        let (step, record, request) = run_on_request(&chain);
         assert!(
             matches!(step, ChainStep::Reply(r) if r.kind == LocalReplyKind::Internal && r.message.contains("panics"))
         );

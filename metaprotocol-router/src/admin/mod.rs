@@ -2,6 +2,7 @@
 //! route configs and clusters (see docs/config.md for the contract). Answers are JSON, errors
 //! included (`{"error": ..., "field": ...}`).
 
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
@@ -23,8 +24,14 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<ProxyState>, stop: C
         .route("/metrics", get(metrics))
         .route("/config_dump", get(config_dump))
         .route("/clusters", get(clusters))
-        .route("/route_configs/{name}", put(put_route_config))
-        .route("/clusters/{name}", put(put_cluster).delete(delete_cluster))
+        .route(
+            "/route_configs/{name}",
+            put(put_resource::<RouteConfigSpec>),
+        )
+        .route(
+            "/clusters/{name}",
+            put(put_resource::<ClusterSpec>).delete(delete_cluster),
+        )
         .with_state(state);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -92,23 +99,57 @@ fn update_error(err: &UpdateError) -> Response {
     error(status, err)
 }
 
-/// Replaces (or adds) the resource `name` from a YAML or JSON body whose `name` must be the
-/// path's: 200 with its new version, or the error.
-async fn replace<T>(
-    state: &ProxyState,
-    name: String,
-    body: &str,
-    parse: fn(&str) -> Result<T, ConfigError>,
-    name_of: fn(&T) -> &str,
-    apply: impl AsyncFnOnce(T) -> Result<u64, UpdateError>,
+/// A resource the API replaces by name.
+trait Resource: Sized + Send + 'static {
+    /// Parses a YAML or JSON body.
+    fn parse(text: &str) -> Result<Self, ConfigError>;
+    /// Its name (the body's must be the path's).
+    fn name(&self) -> &str;
+    /// Applies it; its new version.
+    fn apply(self, state: &ProxyState) -> impl Future<Output = Result<u64, UpdateError>> + Send;
+}
+
+impl Resource for RouteConfigSpec {
+    fn parse(text: &str) -> Result<Self, ConfigError> {
+        Self::from_yaml(text)
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn apply(self, state: &ProxyState) -> impl Future<Output = Result<u64, UpdateError>> + Send {
+        state.update_route_config(self)
+    }
+}
+
+impl Resource for ClusterSpec {
+    fn parse(text: &str) -> Result<Self, ConfigError> {
+        Self::from_yaml(text)
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn apply(self, state: &ProxyState) -> impl Future<Output = Result<u64, UpdateError>> + Send {
+        state.update_cluster(self)
+    }
+}
+
+/// `PUT` of a resource: 200 with its new version, or the error.
+async fn put_resource<T: Resource>(
+    State(state): State<Arc<ProxyState>>,
+    Path(name): Path<String>,
+    body: String,
 ) -> Response {
-    let spec = match parse(body) {
-        Ok(spec) if name_of(&spec) == name => spec,
+    let spec = match T::parse(&body) {
+        Ok(spec) if spec.name() == name => spec,
         Ok(spec) => {
             state.count_update(false);
             let err = ConfigError::new(
                 "name",
-                format!("`{}` does not match the path's `{name}`", name_of(&spec)),
+                format!("`{}` does not match the path's `{name}`", spec.name()),
             );
             return update_error(&err.into());
         }
@@ -117,44 +158,10 @@ async fn replace<T>(
             return update_error(&err.into());
         }
     };
-    match apply(spec).await {
+    match spec.apply(&state).await {
         Ok(version) => Json(json!({ "name": name, "version": version })).into_response(),
         Err(err) => update_error(&err),
     }
-}
-
-async fn put_route_config(
-    State(state): State<Arc<ProxyState>>,
-    Path(name): Path<String>,
-    body: String,
-) -> Response {
-    let parse = RouteConfigSpec::from_yaml;
-    replace(
-        &state,
-        name,
-        &body,
-        parse,
-        |s| &s.name,
-        async |spec| state.update_route_config(spec).await,
-    )
-    .await
-}
-
-async fn put_cluster(
-    State(state): State<Arc<ProxyState>>,
-    Path(name): Path<String>,
-    body: String,
-) -> Response {
-    let parse = ClusterSpec::from_yaml;
-    replace(
-        &state,
-        name,
-        &body,
-        parse,
-        |s| &s.name,
-        async |spec| state.update_cluster(spec).await,
-    )
-    .await
 }
 
 async fn delete_cluster(
