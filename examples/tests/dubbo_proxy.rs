@@ -747,3 +747,109 @@ async fn clusters_shows_health_counters_and_draining_endpoints() -> TestResult {
     world.proxy.shutdown().await;
     Ok(())
 }
+
+/// A proxy in front of `provider` that drains for `drain_time`.
+async fn draining_proxy(provider: &DemoProvider, drain_time: &str) -> TestResult<Proxy> {
+    let yaml = format!(
+        "admin: {{ address: 127.0.0.1:0 }}
+drain_time: {drain_time}
+listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
+clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
+",
+        provider.address()
+    );
+    Ok(Proxy::start(
+        Config::from_yaml(&yaml)?,
+        metaprotocol_examples::codec_registry(),
+    )
+    .await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_under_load_fails_no_call_of_clients_that_stop_within_the_drain() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let proxy = draining_proxy(&provider, "3s").await?;
+    let admin = proxy.admin_addr().ok_or("no admin")?;
+    let address = proxy.listener_addr("in").ok_or("no listener")?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut callers = Vec::new();
+    for _ in 0..2 {
+        let client = Arc::new(DubboClient::new(address));
+        for _ in 0..8 {
+            let (client, stop) = (client.clone(), stop.clone());
+            callers.push(tokio::spawn(async move {
+                let (mut calls, mut failed) = (0usize, 0usize);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match client.call("sayHello", "drain", &[]).await {
+                        Ok(reply) if reply.dubbo_status == 20 => {}
+                        _ => failed += 1,
+                    }
+                    calls += 1;
+                }
+                (calls, failed)
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let shutdown = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            proxy.shutdown().await;
+            started.elapsed()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (status, _) = http(admin, "GET", "/ready", "").await?;
+    assert_eq!(status, 503, "not ready from the moment shutdown begins");
+    assert!(
+        tokio::net::TcpStream::connect(address).await.is_err(),
+        "no new connections while draining"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut calls, mut failed) = (0, 0);
+    for caller in callers {
+        let (c, f) = caller.await?;
+        calls += c;
+        failed += f;
+    }
+    assert_eq!(
+        failed, 0,
+        "{failed} of {calls} calls failed during the drain"
+    );
+    assert!(calls > 100, "{calls}");
+    let took = shutdown.await?;
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn at_the_drain_deadline_calls_still_open_get_an_error_reply() -> TestResult {
+    let provider = DemoProvider::start_with_delay("p", Duration::from_secs(10)).await?;
+    let proxy = draining_proxy(&provider, "300ms").await?;
+    let client = Arc::new(DubboClient::new(
+        proxy.listener_addr("in").ok_or("no listener")?,
+    ));
+    let slow = {
+        let client = client.clone();
+        tokio::spawn(async move { client.call("sayHelloSlowly", "a", &[]).await })
+    };
+    while provider.seen().is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let started = Instant::now();
+    proxy.shutdown().await;
+    let reply = tokio::time::timeout(Duration::from_secs(2), slow).await???;
+    assert_eq!(reply.dubbo_status, 100, "answered, not dropped: {reply:?}");
+    assert!(reply.body_contains("shutting down"));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(
+        proxy
+            .metrics()
+            .render()
+            .contains("metaprotocol_local_replies_total{listener=\"in\",reason=\"unavailable\"} 1")
+    );
+    Ok(())
+}

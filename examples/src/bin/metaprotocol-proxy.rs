@@ -1,8 +1,13 @@
 //! `metaprotocol-proxy`: the engine as a standalone proxy.
 //!
-//! - `run --config FILE [--workers N]`: serve until SIGINT/SIGTERM, then drain and exit 0.
+//! - `run --config FILE [--workers N] [--drain-time D]`: serve until SIGINT/SIGTERM, then drain
+//!   and exit 0.
 //! - `validate --config FILE`: exit 0 with a one-line summary, or 1 naming the bad field.
 //! - `demo`: sample Dubbo providers, traffic through the engine, and a summary.
+//!
+//! Every command takes `--log-level` (a level or `RUST_LOG`-style directives; `RUST_LOG` is
+//! used when the flag is absent) and `--log-format text|json`. Text logs carry colour codes only
+//! when stderr is a terminal.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,6 +24,22 @@ use metaprotocol_router::{Config, Proxy};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log level or directives (`info`, `warn,metaprotocol_router=debug`); default: RUST_LOG,
+    /// else `warn,metaprotocol_router=info`.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How log lines look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -31,6 +52,10 @@ enum Command {
         /// Worker threads (default: one per core).
         #[arg(long)]
         workers: Option<usize>,
+        /// How long connections keep serving after SIGTERM before what is left is answered
+        /// with an error (overrides the config's `drain_time`), e.g. `5s`.
+        #[arg(long)]
+        drain_time: Option<humantime::Duration>,
     },
     /// Check a config file without serving it.
     Validate {
@@ -42,16 +67,33 @@ enum Command {
     Demo,
 }
 
+/// Sets up logging to stderr as the flags say.
+fn init_logging(level: Option<&str>, format: LogFormat) -> Result<(), String> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(directives) => {
+            EnvFilter::try_new(directives).map_err(|err| format!("--log-level: {err}"))?
+        }
+        None => EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("warn,metaprotocol_router=info")),
+    };
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("warn,metaprotocol_router=info")
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    if let Err(err) = init_logging(cli.log_level.as_deref(), cli.log_format) {
+        eprintln!("{err}");
+        return ExitCode::FAILURE;
+    }
     let workers = match &cli.command {
         Command::Run { workers, .. } => *workers,
         _ => None,
@@ -70,14 +112,16 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         match cli.command {
-            Command::Run { config, .. } => run(config).await,
+            Command::Run {
+                config, drain_time, ..
+            } => run(config, drain_time.map(Into::into)).await,
             Command::Validate { config } => validate(config),
             Command::Demo => demo().await,
         }
     })
 }
 
-async fn run(path: PathBuf) -> ExitCode {
+async fn run(path: PathBuf, drain_time: Option<std::time::Duration>) -> ExitCode {
     let config = match Config::from_file(&path) {
         Ok(config) => config,
         Err(err) => {
@@ -85,7 +129,11 @@ async fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let proxy = match Proxy::start(config, metaprotocol_examples::codec_registry()).await {
+    let mut builder = Proxy::builder(config).codecs(metaprotocol_examples::codec_registry());
+    if let Some(drain_time) = drain_time {
+        builder = builder.drain_time(drain_time);
+    }
+    let proxy = match builder.start().await {
         Ok(proxy) => proxy,
         Err(err) => {
             eprintln!("{}: {err}", path.display());

@@ -137,6 +137,7 @@ pub struct ProxyBuilder {
     config: Config,
     codecs: CodecRegistry,
     filters: FilterRegistry,
+    drain_time: Option<Duration>,
 }
 
 impl ProxyBuilder {
@@ -149,6 +150,13 @@ impl ProxyBuilder {
     /// The filters listeners may name (defaults to the built-in ones).
     pub fn filters(mut self, filters: FilterRegistry) -> Self {
         self.filters = filters;
+        self
+    }
+
+    /// How long connections keep serving once shutdown begins, whatever the config (and later
+    /// reloads of it) say in `drain_time`.
+    pub fn drain_time(mut self, drain_time: Duration) -> Self {
+        self.drain_time = Some(drain_time);
         self
     }
 
@@ -178,7 +186,9 @@ impl ProxyBuilder {
             admin: self.config.admin.clone(),
             ..Config::default()
         };
-        let state = Arc::new(ProxyState::new(initial, self.codecs, self.filters));
+        let mut state = ProxyState::new(initial, self.codecs, self.filters);
+        state.drain_override = self.drain_time;
+        let state = Arc::new(state);
         state.apply_uncounted(self.config, Source::File).await?;
         let admin = admin.map(|listener| {
             let address = listener.local_addr().ok();
@@ -221,6 +231,8 @@ pub(crate) struct ProxyState {
     /// Route configs and clusters last changed through the API (a file reload warns before
     /// replacing them).
     api_touched: Mutex<BTreeSet<String>>,
+    /// The drain time set by the embedder, over the config's.
+    drain_override: Option<Duration>,
     /// False until started and again from the moment shutdown begins.
     ready: AtomicBool,
     shutdown: CancellationToken,
@@ -269,6 +281,7 @@ impl ProxyState {
             routes: Mutex::new(BTreeMap::new()),
             listeners: ListenerManager::new(shutdown.clone(), tracker.clone()),
             api_touched: Mutex::new(BTreeSet::new()),
+            drain_override: None,
             ready: AtomicBool::new(false),
             shutdown,
             admin_stop: CancellationToken::new(),
@@ -301,6 +314,11 @@ impl ProxyState {
         } else {
             self.updates_rejected.inc();
         }
+    }
+
+    /// How long connections keep serving once shutdown begins.
+    pub(crate) fn drain_time(&self, config: &Config) -> Duration {
+        self.drain_override.unwrap_or(config.drain_time)
     }
 
     pub(crate) fn config(&self) -> Arc<Config> {
@@ -406,6 +424,7 @@ impl Proxy {
             config,
             codecs: CodecRegistry::new(),
             filters: FilterRegistry::with_builtins(),
+            drain_time: None,
         }
     }
 
@@ -567,7 +586,7 @@ impl Proxy {
         state.ready.store(false, Ordering::Release);
         state.shutdown.cancel();
         state.tracker.close();
-        let drain_time = state.config().drain_time;
+        let drain_time = state.drain_time(&state.config());
         // Connections end themselves at the drain deadline; the grace covers their last writes.
         let grace = drain_time + Duration::from_secs(2);
         if tokio::time::timeout(grace, state.tracker.wait())

@@ -231,11 +231,11 @@ impl ProxyState {
             .collect();
 
         // Listeners: contexts for new and changed ones, sockets for new ones.
-        let drain_time = new.drain_time;
+        let drain_time = self.drain_time(new);
         for (i, spec) in new.listeners.iter().enumerate() {
             let at = format!("listeners[{i}]");
             let old = current.listeners.iter().find(|l| l.name == spec.name);
-            if old == Some(spec) && current.drain_time == drain_time {
+            if old == Some(spec) && self.drain_time(current) == drain_time {
                 continue;
             }
             let slot = plan

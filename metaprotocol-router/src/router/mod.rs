@@ -57,6 +57,9 @@ pub(crate) struct Routed {
     deadline: Instant,
     attempts: u32,
     retries_left: u32,
+    /// Whether the one transparent retry (of a request a failed connection never wrote) is
+    /// spent.
+    resent: bool,
     tried: SmallVec<[SocketAddr; 2]>,
     current: Option<Attempt>,
 }
@@ -142,6 +145,7 @@ pub(crate) fn route(
         deadline,
         attempts: 0,
         retries_left,
+        resent: false,
         tried: SmallVec::new(),
         current: None,
     })
@@ -301,6 +305,14 @@ impl Routed {
             .route()
             .and_then(|r| r.retry.as_ref())
             .is_some_and(|policy| policy.retries(&outcome));
+        // A connection that failed before writing the request lost nothing but time: resend it
+        // once on another connection, whatever the route's policy (the upstream never saw it).
+        let resend = outcome == AttemptOutcome::Reset { sent: false } && !self.resent;
+        if resend && now < self.deadline {
+            self.resent = true;
+            stats.rq_retry.inc();
+            return Next::Retry { at: now };
+        }
         if retryable && self.retries_left > 0 && now < self.deadline {
             self.retries_left -= 1;
             self.tried.push(endpoint);
