@@ -66,5 +66,6 @@ pub use proxy::{
     DEFAULT_DRAIN_TIMEOUT, Proxy, ProxyBuilder, ReloadSummary, StartError, UpdateError,
 };
 pub use route::DEFAULT_ROUTE_TIMEOUT;
+pub use server::DEFAULT_IDLE_TIMEOUT;
 pub use stats::{Labels, Metrics, MetricsCollector, MetricsScope};
 pub use upstream::UpstreamError;

@@ -99,7 +99,9 @@ impl Builder<'_> {
             filters: FilterChain::new(chain),
             stats: ListenerStats::new(&scope),
             scope,
-            idle_timeout: spec.idle_timeout,
+            idle_timeout: spec
+                .idle_timeout
+                .unwrap_or(crate::server::DEFAULT_IDLE_TIMEOUT),
             drain_time,
             acceptor: Acceptor::Plain,
         })

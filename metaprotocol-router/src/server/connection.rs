@@ -4,8 +4,12 @@
 //! Reading stops while the connection has too much in flight or too much unsent (a client that
 //! does not read its answers cannot grow memory without bound). The connection closes when the
 //! client closes and its requests are answered, when it sends a stream that cannot be trusted
-//! (after answering what is in flight), when it is idle past the listener's idle timeout, or at
-//! the end of a drain.
+//! (after answering what is in flight), when a frame takes too long to arrive, when it is idle
+//! past the listener's idle timeout, or at the end of a drain.
+//!
+//! An idle connection holds no buffers: it waits for readability without one, and a connection
+//! quiet for a moment gives back its buffers and per-request machinery, so that ten thousand
+//! idle clients cost little more than their sockets.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,6 +36,11 @@ const MAX_IN_FLIGHT: usize = 4096;
 const WRITE_BUDGET: usize = 1024 * 1024;
 /// While draining, a connection with nothing in flight that has been quiet this long closes.
 const DRAIN_QUIET: Duration = Duration::from_secs(1);
+/// A connection with nothing in flight gives back its buffers after being quiet this long.
+const TRIM_AFTER: Duration = Duration::from_secs(2);
+/// The longest a frame may take to arrive once its first bytes did (slow clients that trickle a
+/// frame, on purpose or not, cannot hold a connection and its buffer forever).
+pub(crate) const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Whether the connection still reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,11 +73,46 @@ pub(crate) async fn serve<S: Transport>(
     stats.cx_active.dec();
 }
 
+/// A timer that is only ever moved earlier, and re-armed once it fired: deadlines that keep
+/// moving later (the idle deadline moves with every request) cost a comparison, not a timer
+/// update.
+struct Alarm {
+    sleep: Pin<Box<Sleep>>,
+    armed: Option<Instant>,
+}
+
+impl Alarm {
+    fn new() -> Self {
+        Self {
+            sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            armed: None,
+        }
+    }
+
+    /// Makes sure the alarm rings no later than `at`.
+    fn arm(&mut self, at: Instant) {
+        if self.armed.is_none_or(|armed| at < armed) {
+            self.sleep.as_mut().reset(at);
+            self.armed = Some(at);
+        }
+    }
+
+    /// True once the armed time came (and disarms it).
+    fn poll(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.armed.is_some() && self.sleep.as_mut().poll(cx).is_ready() {
+            self.armed = None;
+            return true;
+        }
+        false
+    }
+}
+
 struct Connection<S> {
     io: S,
     ctx: Arc<ListenerContext>,
     decoder: Box<dyn Codec>,
     requests: Requests,
+    /// Empty (no allocation) until bytes arrive, and again once trimmed.
     read_buf: BytesMut,
     write_buf: BytesMut,
     /// Bytes written to the client so far.
@@ -76,8 +120,11 @@ struct Connection<S> {
     reading: Reading,
     drain: Pin<Box<WaitForCancellationFutureOwned>>,
     draining_until: Option<Instant>,
+    /// The last complete frame received or answer written.
     last_activity: Instant,
-    lifecycle: Pin<Box<Sleep>>,
+    /// When the frame now arriving started to (since the last complete one), if one is.
+    partial_since: Option<Instant>,
+    alarm: Alarm,
 }
 
 impl<S: Transport> Connection<S> {
@@ -89,20 +136,20 @@ impl<S: Transport> Connection<S> {
     ) -> Self {
         let decoder = ctx.codec.new_codec(Side::Downstream, WireVariant::DEFAULT);
         let encoder = ctx.codec.new_codec(Side::Downstream, WireVariant::DEFAULT);
-        let now = Instant::now();
         Self {
             io,
             requests: Requests::new(ctx.clone(), connection, encoder),
             ctx,
             decoder,
-            read_buf: buffers::buffer(),
-            write_buf: buffers::buffer(),
+            read_buf: BytesMut::new(),
+            write_buf: BytesMut::new(),
             written: 0,
             reading: Reading::Open,
             drain: Box::pin(drain.cancelled_owned()),
             draining_until: None,
-            last_activity: now,
-            lifecycle: Box::pin(tokio::time::sleep_until(now)),
+            last_activity: Instant::now(),
+            partial_since: None,
+            alarm: Alarm::new(),
         }
     }
 
@@ -130,12 +177,18 @@ impl<S: Transport> Connection<S> {
             match self.decoder.decode(&mut self.read_buf) {
                 Ok(Some(message)) => {
                     self.last_activity = now;
+                    self.partial_since = None;
                     self.requests.receive(message, &mut self.write_buf, now);
                 }
-                Ok(None) => return true,
+                Ok(None) => {
+                    if !self.read_buf.is_empty() {
+                        self.partial_since.get_or_insert(now);
+                    }
+                    return true;
+                }
                 Err(err) => {
                     tracing::debug!(listener = %self.ctx.name, error = %err, "closing client connection: bad frame");
-                    self.ctx.stats.protocol_error(&err).inc();
+                    self.ctx.stats.protocol_error(err.counter_name()).inc();
                     self.reading = Reading::Done;
                     return true;
                 }
@@ -143,7 +196,7 @@ impl<S: Transport> Connection<S> {
         }
     }
 
-    /// Applies the drain signal and the idle and drain deadlines. True if anything changed.
+    /// Applies the drain signal and the connection's deadlines. True if anything changed.
     fn poll_lifecycle(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
         let mut changed = false;
         if self.draining_until.is_none() && self.drain.as_mut().poll(cx).is_ready() {
@@ -163,50 +216,61 @@ impl<S: Transport> Connection<S> {
             self.reading = Reading::Done;
             changed = true;
         }
-        if self.reading == Reading::Open
-            && self.requests.is_empty()
-            && let Some(close_at) = self.idle_close_at()
-            && now >= close_at
+        if let Some(since) = self.partial_since
+            && self.reading == Reading::Open
+            && now >= since + FRAME_TIMEOUT
+        {
+            tracing::debug!(listener = %self.ctx.name, "closing client connection: a frame took too long to arrive");
+            self.ctx.stats.protocol_error("frame_timeout").inc();
+            self.reading = Reading::Done;
+            changed = true;
+        }
+        if self.reading == Reading::Open && self.requests.is_empty() && now >= self.idle_close_at()
         {
             self.reading = Reading::Done;
             changed = true;
         }
-        if let Some(at) = self.next_lifecycle_deadline().filter(|at| *at > now) {
-            if self.lifecycle.deadline() != at {
-                self.lifecycle.as_mut().reset(at);
-            }
-            // Fired: the deadline is due; the next round acts on it.
-            if self.lifecycle.as_mut().poll(cx).is_ready() {
-                changed = true;
-            }
+        if self.requests.is_empty()
+            && self.read_buf.is_empty()
+            && self.write_buf.is_empty()
+            && now >= self.last_activity + TRIM_AFTER
+        {
+            self.read_buf = BytesMut::new();
+            self.write_buf = BytesMut::new();
+            self.requests.trim();
         }
-        changed
+        if let Some(at) = self.next_deadline() {
+            self.alarm.arm(at);
+        }
+        changed | self.alarm.poll(cx)
     }
 
     /// When an idle connection (nothing in flight) closes: after the listener's idle timeout,
     /// or, while draining, after a short quiet spell or at the drain deadline.
-    fn idle_close_at(&self) -> Option<Instant> {
-        let idle = self.ctx.idle_timeout.map(|t| self.last_activity + t);
-        let drained = self.draining_until.map(|until| {
-            let quiet = DRAIN_QUIET.min(self.ctx.drain_time);
-            until.min(self.last_activity + quiet)
-        });
-        match (idle, drained) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+    fn idle_close_at(&self) -> Instant {
+        let idle = self.last_activity + self.ctx.idle_timeout;
+        match self.draining_until {
+            Some(until) => {
+                let quiet = DRAIN_QUIET.min(self.ctx.drain_time);
+                idle.min(until).min(self.last_activity + quiet)
+            }
+            None => idle,
         }
     }
 
-    /// The next moment [`Connection::poll_lifecycle`] has something to do.
-    fn next_lifecycle_deadline(&self) -> Option<Instant> {
-        let drain_end = self.draining_until.filter(|_| !self.requests.is_empty());
-        let idle = self
-            .idle_close_at()
-            .filter(|_| self.reading == Reading::Open && self.requests.is_empty());
-        match (drain_end, idle) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+    /// The next moment [`Connection::poll_lifecycle`] may have something to do.
+    fn next_deadline(&self) -> Option<Instant> {
+        let idle = self.requests.is_empty() && self.reading == Reading::Open;
+        let holds_buffers = self.read_buf.capacity() > 0 || self.write_buf.capacity() > 0;
+        [
+            self.draining_until.filter(|_| !self.requests.is_empty()),
+            self.partial_since.map(|since| since + FRAME_TIMEOUT),
+            idle.then(|| self.idle_close_at()),
+            (self.requests.is_empty() && holds_buffers).then(|| self.last_activity + TRIM_AFTER),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }
 
@@ -218,7 +282,6 @@ impl<S: Transport> Future for Connection<S> {
         loop {
             let now = Instant::now();
             let mut progress = this.requests.poll(cx, &mut this.write_buf, now);
-            progress |= this.poll_lifecycle(cx, now);
             progress |= this.poll_read_frames(cx, now);
             let before = this.written;
             let wrote =
@@ -231,6 +294,7 @@ impl<S: Transport> Future for Connection<S> {
             if this.written != before {
                 this.last_activity = now;
             }
+            progress |= this.poll_lifecycle(cx, now);
             if this.reading != Reading::Open
                 && this.requests.is_empty()
                 && this.write_buf.is_empty()

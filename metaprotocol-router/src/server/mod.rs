@@ -17,6 +17,10 @@ use crate::route::RouteSlot;
 use crate::stats::{ListenerStats, MetricsScope};
 use crate::transport::Acceptor;
 
+/// How long a client connection may be idle when its listener sets no `idle_timeout`: idle
+/// connections cannot pile up forever.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// What every connection of one listener shares. A listener update publishes a new context;
 /// connections keep the one they were accepted with.
 pub(crate) struct ListenerContext {
@@ -27,7 +31,8 @@ pub(crate) struct ListenerContext {
     pub stats: ListenerStats,
     /// Where `stats` (and the filters' series) live.
     pub scope: MetricsScope,
-    pub idle_timeout: Option<Duration>,
+    /// Nothing in flight and no frame for this long closes a connection.
+    pub idle_timeout: Duration,
     pub drain_time: Duration,
     pub acceptor: Acceptor,
 }

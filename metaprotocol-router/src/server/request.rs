@@ -117,10 +117,12 @@ pub(crate) struct Requests {
     encoder: Box<dyn Codec>,
     slab: Slab<InFlight>,
     next_seq: u32,
-    inbox: Inbox,
-    events: mpsc::UnboundedReceiver<UpstreamEvent>,
-    timers: DelayQueue<(RequestKey, TimerKind)>,
-    waits: FuturesUnordered<FilterWait>,
+    /// Where upstream answers arrive; made on the first attempt, dropped when trimmed.
+    channel: Option<(Inbox, mpsc::UnboundedReceiver<UpstreamEvent>)>,
+    /// Made on the first timer, dropped when trimmed.
+    timers: Option<DelayQueue<(RequestKey, TimerKind)>>,
+    /// Made on the first filter that waits, dropped when trimmed.
+    waits: Option<FuturesUnordered<FilterWait>>,
 }
 
 impl Requests {
@@ -129,17 +131,45 @@ impl Requests {
         connection: Arc<ConnectionInfo>,
         encoder: Box<dyn Codec>,
     ) -> Self {
-        let (inbox, events) = mpsc::unbounded_channel();
         Self {
             ctx,
             connection,
             encoder,
             slab: Slab::new(),
             next_seq: 0,
-            inbox,
-            events,
-            timers: DelayQueue::new(),
-            waits: FuturesUnordered::new(),
+            channel: None,
+            timers: None,
+            waits: None,
+        }
+    }
+
+    /// Gives back what an idle connection does not need (its request slots, timer wheel,
+    /// answer queue); they are made again on demand.
+    pub fn trim(&mut self) {
+        if self.slab.is_empty() {
+            self.slab = Slab::new();
+            self.channel = None;
+            self.timers = None;
+            self.waits = None;
+        }
+    }
+
+    fn inbox(&mut self) -> Inbox {
+        self.channel
+            .get_or_insert_with(mpsc::unbounded_channel)
+            .0
+            .clone()
+    }
+
+    fn wait(&mut self, wait: FilterWait) {
+        self.waits
+            .get_or_insert_with(FuturesUnordered::new)
+            .push(wait);
+    }
+
+    fn cancel_timer(&mut self, timer: &delay_queue::Key) {
+        if let Some(timers) = &mut self.timers {
+            timers.try_remove(timer);
         }
     }
 
@@ -172,7 +202,10 @@ impl Requests {
     pub fn poll(&mut self, cx: &mut Context<'_>, out: &mut BytesMut, now: Instant) -> bool {
         let mut progress = false;
         for _ in 0..EVENT_BATCH {
-            match self.events.poll_recv(cx) {
+            let Some((_, events)) = &mut self.channel else {
+                break;
+            };
+            match events.poll_recv(cx) {
                 Poll::Ready(Some(event)) => {
                     self.answered(event.key, event.attempt, event.result, out, now);
                     progress = true;
@@ -180,12 +213,15 @@ impl Requests {
                 _ => break,
             }
         }
-        while let Poll::Ready(Some((key, step, direction, resume))) = self.waits.poll_next_unpin(cx)
+        while let Some(waits) = &mut self.waits
+            && let Poll::Ready(Some((key, step, direction, resume))) = waits.poll_next_unpin(cx)
         {
             self.resumed(key, step, direction, resume, out, now);
             progress = true;
         }
-        while let Poll::Ready(Some(expired)) = self.timers.poll_expired(cx) {
+        while let Some(timers) = &mut self.timers
+            && let Poll::Ready(Some(expired)) = timers.poll_expired(cx)
+        {
             let key = expired.key();
             let (request, kind) = expired.into_inner();
             self.timer(request, kind, &key, out, Instant::now());
@@ -242,7 +278,7 @@ impl Requests {
         at: Instant,
         now: Instant,
     ) -> delay_queue::Key {
-        self.timers.insert_at(
+        self.timers.get_or_insert_with(DelayQueue::new).insert_at(
             (key, kind),
             at.min(router::deadline_after(now, TIMER_HORIZON)),
         )
@@ -328,7 +364,7 @@ impl Requests {
             ChainStep::Done => self.route(key, out, now),
             ChainStep::Reply(reply) => self.refused(key, reply, out, now),
             ChainStep::Wait { step, future } => {
-                self.waits.push(FilterWait {
+                self.wait(FilterWait {
                     key,
                     step,
                     direction: Direction::Request,
@@ -389,7 +425,7 @@ impl Requests {
         inflight.stage = Stage::Routed(routed);
         let previous = inflight.deadline_timer.take();
         if let Some(previous) = previous {
-            self.timers.try_remove(&previous);
+            self.cancel_timer(&previous);
         }
         let timer = self.set_timer(key, TimerKind::Deadline, deadline, now);
         if let Some(inflight) = self.get(key) {
@@ -399,7 +435,7 @@ impl Requests {
     }
 
     fn attempt(&mut self, key: RequestKey, out: &mut BytesMut, now: Instant) {
-        let inbox = self.inbox.clone();
+        let inbox = self.inbox();
         let Some(inflight) = self.get(key) else {
             return;
         };
@@ -426,7 +462,7 @@ impl Requests {
         };
         let previous = inflight.step_timer.take();
         if let Some(previous) = previous {
-            self.timers.try_remove(&previous);
+            self.cancel_timer(&previous);
         }
         let timer = match next {
             Next::Answer { per_try: None } => None,
@@ -553,7 +589,7 @@ impl Requests {
                     routed,
                     response: Box::new(response),
                 };
-                self.waits.push(FilterWait {
+                self.wait(FilterWait {
                     key,
                     step,
                     direction: Direction::Response,
@@ -637,7 +673,7 @@ impl Requests {
             .into_iter()
             .flatten()
         {
-            self.timers.try_remove(&timer);
+            self.cancel_timer(&timer);
         }
         let before = out.len();
         let request = &inflight.request;

@@ -1,14 +1,21 @@
 //! The resolved metric handles of the engine's own components: listeners, routes, clusters.
 
-use metaprotocol_core::{CodecError, LocalReplyKind, ResponseStatus};
+use metaprotocol_core::{LocalReplyKind, ResponseStatus};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::{DurationHistogram, LATENCY_BUCKETS, MetricsScope};
 use crate::router::FAILURES;
 
-/// Why a client connection was closed for bad input; the `reason` label values.
-const PROTOCOL_ERRORS: [&str; 4] = ["frame_too_large", "malformed", "unsupported", "encode"];
+/// Why a client connection was closed for bad input; the `reason` label values (a codec
+/// error's [`CodecError::counter_name`], or a frame that took too long to arrive).
+const PROTOCOL_ERRORS: [&str; 5] = [
+    "frame_too_large",
+    "malformed",
+    "unsupported",
+    "encode",
+    "frame_timeout",
+];
 
 /// Metric handles of one listener.
 #[derive(Clone, Debug)]
@@ -49,12 +56,13 @@ impl ListenerStats {
         }
     }
 
-    /// The counter of connections closed for `error`.
-    pub fn protocol_error(&self, error: &CodecError) -> &Counter {
+    /// The counter of connections closed for `reason` (one of the reasons above; an unknown
+    /// one counts as `malformed`).
+    pub fn protocol_error(&self, reason: &str) -> &Counter {
         let index = PROTOCOL_ERRORS
             .iter()
-            .position(|r| *r == error.counter_name())
-            .unwrap_or(PROTOCOL_ERRORS.len() - 1);
+            .position(|r| *r == reason)
+            .unwrap_or(1);
         &self.protocol_errors[index]
     }
 
