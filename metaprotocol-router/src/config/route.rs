@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ClusterSpec, ConfigError, source, unique_names};
+use super::{ClusterSpec, ConfigError, not_available, source, unique_names};
 
 /// The most retries a route may ask for: each retry is another request to the upstream, so a
 /// large count multiplies the load a failing upstream receives.
@@ -74,7 +74,12 @@ pub struct RouteSpec {
     #[serde(default, rename = "match")]
     pub match_: MatchSpec,
     /// Where matching requests go.
+    #[serde(default)]
     pub route: RouteActionSpec,
+    /// A reply the proxy makes itself instead of routing. Not available yet: rejected by
+    /// validation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_response: Option<serde_json::Value>,
     /// How long to wait for the upstream's answer before answering with a timeout error;
     /// `0s` means no timeout, unset means [`DEFAULT_ROUTE_TIMEOUT`](crate::DEFAULT_ROUTE_TIMEOUT).
     #[serde(
@@ -102,6 +107,9 @@ pub struct RouteSpec {
 
 impl RouteSpec {
     fn validate(&self, known: &dyn Fn(&str) -> bool) -> Result<(), ConfigError> {
+        if self.direct_response.is_some() {
+            return Err(not_available("direct_response"));
+        }
         for (i, matcher) in self.match_.metadata.iter().enumerate() {
             matcher
                 .validate()
@@ -220,10 +228,17 @@ pub struct RouteActionSpec {
     /// A weighted split between clusters (or subsets).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub weighted_clusters: Vec<WeightedClusterSpec>,
+    /// With `weighted_clusters`: a metadata key whose value picks the split's side, so that one
+    /// caller always lands on one side. Not available yet: rejected by validation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<serde_json::Value>,
 }
 
 impl RouteActionSpec {
     fn validate(&self, known: &dyn Fn(&str) -> bool) -> Result<(), ConfigError> {
+        if self.hash_on.is_some() {
+            return Err(not_available("hash_on"));
+        }
         let exists = |name: &str, field: &str| -> Result<(), ConfigError> {
             if known(name) {
                 Ok(())

@@ -356,6 +356,27 @@ fn planned_fields_parse_and_are_not_available_yet() {
             format!("dynamic: {{ xds: {{ address: 127.0.0.1:15010 }} }}\n{FULL}"),
             "dynamic",
         ),
+        (
+            FULL.replace(
+                "      - name: canary\n        route:\n",
+                "      - name: canary\n        direct_response: { kind: unavailable }\n        route:\n",
+            ),
+            "route_configs[0].routes[1].direct_response",
+        ),
+        (
+            FULL.replace(
+                "      - name: canary\n        route:\n",
+                "      - name: retired\n        direct_response: { kind: unavailable, message: gone }\n      - name: canary\n        route:\n",
+            ),
+            "route_configs[0].routes[1].direct_response",
+        ),
+        (
+            FULL.replace(
+                "          weighted_clusters:\n",
+                "          hash_on: user\n          weighted_clusters:\n",
+            ),
+            "route_configs[0].routes[1].route.hash_on",
+        ),
     ];
     for (yaml, field) in cases {
         let err = error_of(&yaml);
