@@ -549,3 +549,36 @@ fn configs_that_serve_nothing_warn() -> Result<(), ConfigError> {
     assert!(idle[0].contains("no listeners"), "{idle:?}");
     Ok(())
 }
+
+/// The reference's examples are configs that load: the complete one, and the sections shown one
+/// by one (`admin:`, `listeners:` ...), taken together.
+#[test]
+fn the_reference_examples_load() -> Result<(), ConfigError> {
+    let reference = include_str!("../../../docs/config.md");
+    let blocks: Vec<&str> = reference
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next())
+        .collect();
+    let complete = blocks.first().copied().unwrap_or_default();
+    assert!(!Config::from_yaml(complete)?.listeners.is_empty());
+    let sections: String = blocks[1..]
+        .iter()
+        .filter(|block| {
+            ["admin:", "listeners:", "route_configs:", "clusters:"]
+                .iter()
+                .any(|key| block.starts_with(key))
+        })
+        .copied()
+        .collect();
+    let config = Config::from_yaml(&sections)?;
+    assert_eq!(
+        (
+            config.listeners.len(),
+            config.route_configs.len(),
+            config.clusters.len()
+        ),
+        (1, 1, 1)
+    );
+    Ok(())
+}
