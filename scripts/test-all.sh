@@ -17,3 +17,21 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+
+# The repository must stand alone: a fresh clone, with nothing beside it, passes the codec tests
+# (they read their golden captures from testdata/). This checks what is committed (HEAD), not
+# uncommitted edits. The clone builds into this checkout's target directory (only the workspace's
+# own crates are compiled again) from a fixed temporary place in it, so that its artifacts keep
+# their names from one run to the next and replace, rather than pile up beside, the last run's.
+echo "== codec tests in a fresh clone"
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+clone_parent="$target_dir/standalone-clone"
+rm -rf "$clone_parent"
+mkdir -p "$clone_parent"
+trap 'rm -rf "$clone_parent"' EXIT
+git clone --quiet "$PWD" "$clone_parent/metaprotocol-rs"
+(
+  cd "$clone_parent/metaprotocol-rs"
+  CARGO_TARGET_DIR="$target_dir" cargo test --locked \
+    -p metaprotocol-dubbo -p metaprotocol-thrift -p metaprotocol-brpc
+)

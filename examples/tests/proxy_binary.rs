@@ -219,3 +219,57 @@ clusters:
     );
     Ok(())
 }
+
+#[test]
+fn validate_places_errors_at_their_line_and_column_and_prints_warnings() -> TestResult {
+    let scratch = Scratch::new("proxy-binary-validate-positions")?;
+    let out = validate(
+        &scratch,
+        "unquoted.yaml",
+        "listeners: [ { name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r } ]
+route_configs:
+  - name: r
+    routes:
+      - match: { metadata: [ { key: version, exact: 1.10 } ] }
+        route: { cluster: c }
+clusters: [ { name: c, endpoints: [ { address: 127.0.0.1:1 } ] } ]
+",
+    )?;
+    assert_eq!(out.status.code(), Some(1));
+    let reason = String::from_utf8(out.stderr)?;
+    assert!(
+        reason.contains(
+            "route_configs[0].routes[0].match.metadata[0].exact (line 5, column 53): expected a string"
+        ) && reason.contains("quote it"),
+        "{reason}"
+    );
+
+    // Found while building the proxy, not while parsing: still placed in the file.
+    let out = validate(
+        &scratch,
+        "ring.yaml",
+        "listeners: [ { name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r } ]
+route_configs: [ { name: r, routes: [ { route: { cluster: c } } ] } ]
+clusters:
+  - name: c
+    lb_policy: ring_hash
+    endpoints: [ { address: 127.0.0.1:1 } ]
+",
+    )?;
+    assert_eq!(out.status.code(), Some(1));
+    let reason = String::from_utf8(out.stderr)?;
+    assert!(
+        reason
+            .contains("clusters[0].lb_policy (line 5, column 16): ring_hash is not available yet"),
+        "{reason}"
+    );
+
+    let out = validate(&scratch, "empty.yaml", "# nothing yet\n")?;
+    assert!(out.status.success());
+    let warnings = String::from_utf8(out.stderr)?;
+    assert!(
+        warnings.contains("warning: the config is empty"),
+        "{warnings}"
+    );
+    Ok(())
+}

@@ -171,14 +171,27 @@ async fn wait_for_signal() {
 }
 
 fn validate(path: PathBuf) -> ExitCode {
-    let checked = Config::from_file(&path).and_then(|config| {
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(err) => {
+            eprintln!("{}: invalid: cannot read: {err}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    // Errors found while building (unknown protocol, unavailable policy ...) are placed in the
+    // file too.
+    let checked = Config::from_yaml(&text).and_then(|config| {
         Proxy::builder(config.clone())
             .codecs(metaprotocol_examples::codec_registry())
             .check()
             .map(|()| config)
+            .map_err(|err| err.located_in(&text))
     });
     match checked {
         Ok(config) => {
+            for warning in config.warnings() {
+                eprintln!("{}: warning: {warning}", path.display());
+            }
             let routes: usize = config.route_configs.iter().map(|r| r.routes.len()).sum();
             let endpoints: usize = config.clusters.iter().map(|c| c.endpoints.len()).sum();
             println!(

@@ -10,15 +10,12 @@ use metaprotocol_core::{Codec, Message, Side};
 /// Test results: any error fails the test with its message.
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-/// The golden brpc folder (`METAPROTOCOL_GOLDEN_DIR` overrides the workspace's `shared/golden`).
+/// The golden brpc folder: `testdata/golden/brpc` in the repository.
 pub fn golden_dir() -> PathBuf {
-    match std::env::var_os("METAPROTOCOL_GOLDEN_DIR") {
-        Some(dir) => PathBuf::from(dir).join("brpc"),
-        None => PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/golden/brpc"
-        )),
-    }
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../testdata/golden/brpc"
+    ))
 }
 
 /// The bytes of golden file `name` (hex on disk).

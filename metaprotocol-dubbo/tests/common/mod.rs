@@ -22,16 +22,12 @@ type DecodedValues = BTreeMap<String, Vec<Vec<serde_json::Value>>>;
 /// The service every golden call targets.
 pub const SERVICE: &str = "org.apache.dubbo.samples.basic.api.DemoService";
 
-/// The golden Dubbo folder: `$METAPROTOCOL_GOLDEN_DIR/dubbo`, or the shared folder beside the
-/// workspace.
+/// The golden Dubbo folder: `testdata/golden/dubbo` in the repository.
 pub fn golden_dir() -> PathBuf {
-    match std::env::var_os("METAPROTOCOL_GOLDEN_DIR") {
-        Some(dir) => PathBuf::from(dir).join("dubbo"),
-        None => PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/golden/dubbo"
-        )),
-    }
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../testdata/golden/dubbo"
+    ))
 }
 
 /// One captured stream.

@@ -6,10 +6,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, scalar};
+use super::{ConfigError, not_available};
 
 /// The default time allowed to open an upstream connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The default number of connections per endpoint that requests are multiplexed over.
+pub const DEFAULT_CONNECTIONS_PER_ENDPOINT: u32 = 2;
 
 /// A named set of upstream endpoints that serve the same service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,6 +48,12 @@ pub struct ClusterSpec {
     /// Ejection of endpoints that keep failing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetectionSpec>,
+    /// Active health checks of the endpoints. Not available yet: rejected by validation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<serde_json::Value>,
+    /// TLS to the endpoints. Not available yet: rejected by validation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<serde_json::Value>,
 }
 
 fn default_connect_timeout() -> Duration {
@@ -52,17 +61,25 @@ fn default_connect_timeout() -> Duration {
 }
 
 fn default_connections_per_endpoint() -> u32 {
-    2
+    DEFAULT_CONNECTIONS_PER_ENDPOINT
 }
 
 impl ClusterSpec {
-    /// Parses one cluster from YAML or JSON (for `PUT /clusters/{name}`); it is validated when
-    /// applied.
+    /// Parses one cluster from YAML or JSON (for `PUT /clusters/{name}`) and validates it.
+    /// Errors carry the line and column of the offending field.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        super::from_value(super::parse_document(text)?)
+        let spec: Self = super::source::parse(text)?;
+        spec.validate().map_err(|e| e.located_in(text))?;
+        Ok(spec)
     }
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if self.health_check.is_some() {
+            return Err(not_available("health_check"));
+        }
+        if self.tls.is_some() {
+            return Err(not_available("tls"));
+        }
         if self.connect_timeout.is_zero() {
             return Err(ConfigError::new(
                 "connect_timeout",
@@ -134,11 +151,7 @@ pub struct EndpointSpec {
     #[serde(default = "one")]
     pub weight: u32,
     /// Labels for subset routing (`version: v1` ...).
-    #[serde(
-        default,
-        deserialize_with = "scalar::string_map",
-        skip_serializing_if = "BTreeMap::is_empty"
-    )]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     /// Where it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]

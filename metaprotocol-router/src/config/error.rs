@@ -1,22 +1,46 @@
-//! Config errors that name the field and the reason.
+//! Config errors that name the field, the reason and, where the document is known, the line and
+//! column.
 
 use std::fmt;
 
-/// An invalid configuration: where (a field path such as `listeners[0].route_config`) and why.
+/// A place in a config document: 1-based line and column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// The line, from 1.
+    pub line: usize,
+    /// The column (in characters), from 1.
+    pub column: usize,
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}, column {}", self.line, self.column)
+    }
+}
+
+/// An invalid configuration: where (a field path such as `listeners[0].route_config`, and the
+/// line and column when the error came from a document) and why.
+///
+/// Displayed as `listeners[0].route_config (line 7, column 19): no route config named `x``.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub struct ConfigError {
     /// The path of the offending field, `""` for the document itself.
     pub field: String,
     /// Why the value was rejected.
     pub reason: String,
+    /// Where the field is in the document; `None` when the error was not found in (or did not
+    /// come from) a document, see [`ConfigError::located_in`].
+    pub position: Option<Position>,
 }
 
 impl ConfigError {
-    /// An error about `field`.
+    /// An error about `field`, with no position yet.
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             reason: reason.into(),
+            position: None,
         }
     }
 
@@ -30,35 +54,30 @@ impl ConfigError {
         };
         Self { field, ..self }
     }
+
+    /// The same error with the position of its field in `document`, the YAML or JSON text the
+    /// config was read from (the nearest enclosing node's when the field itself is not written
+    /// there, e.g. a defaulted one). An error that already has a position keeps it.
+    ///
+    /// [`Config::from_yaml`](super::Config::from_yaml) does this for its own errors; use it for
+    /// errors found later, such as those of
+    /// [`ProxyBuilder::check`](crate::ProxyBuilder::check).
+    pub fn located_in(self, document: &str) -> Self {
+        if self.position.is_some() {
+            return self;
+        }
+        let position = super::source::position_of(document, &self.field);
+        Self { position, ..self }
+    }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
-            write!(f, "{}", self.reason)
-        } else {
-            write!(f, "{}: {}", self.field, self.reason)
+        match (self.field.is_empty(), &self.position) {
+            (true, None) => write!(f, "{}", self.reason),
+            (true, Some(position)) => write!(f, "{position}: {}", self.reason),
+            (false, None) => write!(f, "{}: {}", self.field, self.reason),
+            (false, Some(position)) => write!(f, "{} ({position}): {}", self.field, self.reason),
         }
     }
-}
-
-/// Deserializes `value` as `T`, naming the failing field on error.
-pub(crate) fn from_value<T: serde::de::DeserializeOwned>(
-    value: serde_json::Value,
-) -> Result<T, ConfigError> {
-    serde_path_to_error::deserialize(value).map_err(|err| {
-        let path = err.path().to_string();
-        let field = if path == "." { String::new() } else { path };
-        ConfigError::new(field, err.into_inner().to_string())
-    })
-}
-
-/// Parses a YAML (or JSON) document into a generic value.
-pub(crate) fn parse_document(text: &str) -> Result<serde_json::Value, ConfigError> {
-    let value: serde_json::Value = serde_saphyr::from_str(text)
-        .map_err(|err| ConfigError::new("", format!("not valid YAML: {err}")))?;
-    Ok(match value {
-        serde_json::Value::Null => serde_json::Value::Object(Default::default()),
-        other => other,
-    })
 }

@@ -1,18 +1,36 @@
 //! Listeners and the admin endpoint.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::ConfigError;
+use super::{ConfigError, not_available};
 
-/// Where the admin HTTP API listens.
+/// Where the admin HTTP API listens, and who may change the running config through it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSpec {
     /// The socket address, e.g. `127.0.0.1:15000`.
     pub address: SocketAddr,
+    /// A file holding the bearer token that write endpoints require
+    /// (`Authorization: Bearer <token>`); without it, they are open to anyone who can connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl AdminSpec {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if self
+            .token_file
+            .as_ref()
+            .is_some_and(|path| path.as_os_str().is_empty())
+        {
+            return Err(ConfigError::new("token_file", "must not be empty"));
+        }
+        Ok(())
+    }
 }
 
 /// One listener: an address, the protocol its clients speak, its filters and its routes.
@@ -40,6 +58,15 @@ pub struct ListenerSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub idle_timeout: Option<Duration>,
+    /// TLS for clients. Not available yet: rejected by validation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<serde_json::Value>,
+    /// An access log of every request. Not available yet: rejected by validation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<serde_json::Value>,
+    /// Tracing spans exported over OTLP. Not available yet: rejected by validation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<serde_json::Value>,
 }
 
 impl ListenerSpec {
@@ -49,6 +76,14 @@ impl ListenerSpec {
         }
         if self.idle_timeout == Some(Duration::ZERO) {
             return Err(ConfigError::new("idle_timeout", "must be greater than 0"));
+        }
+        let planned = [
+            ("tls", &self.tls),
+            ("access_log", &self.access_log),
+            ("tracing", &self.tracing),
+        ];
+        if let Some((field, _)) = planned.iter().find(|(_, value)| value.is_some()) {
+            return Err(not_available(field));
         }
         for (i, filter) in self.filters.iter().enumerate() {
             if filter.name.is_empty() {

@@ -1,32 +1,35 @@
-//! The configuration model: what a YAML file (see the project's CONFIG.md) says, parsed and
-//! checked before anything runs.
+//! The configuration model: what a YAML file (documented in the repository's `docs/config.md`)
+//! says, parsed and checked before anything runs.
 //!
-//! [`Config::from_yaml`] parses and validates a whole file; [`RouteConfigSpec::from_yaml`] parses
-//! one route config (for `PUT /route_configs/{name}`). Every rejection names the field and the
-//! reason. Building the running engine from a valid config happens in [`crate::Proxy`].
+//! [`Config::from_yaml`] parses and validates a whole file; [`RouteConfigSpec::from_yaml`] and
+//! [`ClusterSpec::from_yaml`] parse one route config or cluster (for the admin API's `PUT`s).
+//! Every rejection names the field, the line and column, and the reason. Strings are strings: where a string is expected, a plain YAML
+//! scalar that reads as a number or boolean (`1.10`, `yes`) is an error that says to quote it,
+//! never a silent conversion. Building the running engine from a valid config happens in
+//! [`crate::Proxy`].
 
 mod cluster;
 mod error;
 mod listener;
 mod route;
-mod scalar;
+mod source;
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 pub use cluster::{
-    CircuitBreakersSpec, ClusterSpec, EndpointSpec, LbPolicy, LocalitySpec, OutlierDetectionSpec,
+    CircuitBreakersSpec, ClusterSpec, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTIONS_PER_ENDPOINT,
+    EndpointSpec, LbPolicy, LocalitySpec, OutlierDetectionSpec,
 };
-pub use error::ConfigError;
+pub use error::{ConfigError, Position};
 pub use listener::{AdminSpec, FilterSpec, ListenerSpec};
 pub use route::{
-    MatchSpec, MetadataMatcherSpec, MirrorSpec, MutationSpec, RetryOn, RetryPolicySpec,
-    RouteActionSpec, RouteConfigSpec, RouteSpec, WeightedClusterSpec,
+    MAX_NUM_RETRIES, MatchSpec, MetadataMatcherSpec, MirrorSpec, MutationSpec, RetryOn,
+    RetryPolicySpec, RouteActionSpec, RouteConfigSpec, RouteSpec, WeightedClusterSpec,
 };
-
-pub(crate) use error::{from_value, parse_document};
 
 /// A whole configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +42,9 @@ pub struct Config {
     /// before what is still in flight is answered with an error and they close.
     #[serde(default = "default_drain_time", with = "humantime_serde")]
     pub drain_time: Duration,
+    /// Resources from a control plane (xDS). Not available yet: rejected by validation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic: Option<serde_json::Value>,
     /// Where the proxy accepts clients.
     #[serde(default)]
     pub listeners: Vec<ListenerSpec>,
@@ -59,6 +65,7 @@ impl Default for Config {
         Self {
             admin: None,
             drain_time: default_drain_time(),
+            dynamic: None,
             listeners: Vec::new(),
             route_configs: Vec::new(),
             clusters: Vec::new(),
@@ -67,10 +74,11 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Parses and validates a YAML (or JSON) document.
+    /// Parses and validates a YAML (or JSON) document. Errors carry the line and column of the
+    /// offending field.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = from_value(parse_document(text)?)?;
-        config.validate()?;
+        let config: Config = source::parse(text)?;
+        config.validate().map_err(|e| e.located_in(text))?;
         Ok(config)
     }
 
@@ -84,12 +92,24 @@ impl Config {
 
     /// Checks cross references and values that the types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let clusters = unique_names(self.clusters.iter().map(|c| c.name.as_str()), "clusters")?;
+        if self.dynamic.is_some() {
+            return Err(not_available("dynamic"));
+        }
+        if let Some(admin) = &self.admin {
+            admin.validate().map_err(|e| e.within("admin"))?;
+        }
+        unique_names(
+            self.clusters.iter().map(|c| Some(c.name.as_str())),
+            "clusters",
+        )?;
         let route_configs = unique_names(
-            self.route_configs.iter().map(|r| r.name.as_str()),
+            self.route_configs.iter().map(|r| Some(r.name.as_str())),
             "route_configs",
         )?;
-        unique_names(self.listeners.iter().map(|l| l.name.as_str()), "listeners")?;
+        unique_names(
+            self.listeners.iter().map(|l| Some(l.name.as_str())),
+            "listeners",
+        )?;
         for (i, cluster) in self.clusters.iter().enumerate() {
             cluster
                 .validate()
@@ -97,7 +117,7 @@ impl Config {
         }
         for (i, routes) in self.route_configs.iter().enumerate() {
             routes
-                .validate(&|name| self.clusters.iter().find(|c| c.name == name))
+                .validate(&|name| self.cluster(name))
                 .map_err(|e| e.within(&format!("route_configs[{i}]")))?;
         }
         for (i, listener) in self.listeners.iter().enumerate() {
@@ -110,8 +130,56 @@ impl Config {
                 ));
             }
         }
-        let _ = clusters;
+        self.check_addresses()
+    }
+
+    /// Rejects two sockets on one address, which could not both be bound.
+    fn check_addresses(&self) -> Result<(), ConfigError> {
+        let sockets = self
+            .admin
+            .iter()
+            .map(|admin| {
+                (
+                    "admin".to_owned(),
+                    "the admin API".to_owned(),
+                    admin.address,
+                )
+            })
+            .chain(self.listeners.iter().enumerate().map(|(i, listener)| {
+                (
+                    format!("listeners[{i}]"),
+                    format!("listener `{}`", listener.name),
+                    listener.address,
+                )
+            }));
+        let mut bound: Vec<(String, SocketAddr)> = Vec::new();
+        for (at, owner, address) in sockets {
+            if let Some((other, _)) = bound.iter().find(|(_, a)| same_socket(*a, address)) {
+                return Err(ConfigError::new(
+                    format!("{at}.address"),
+                    format!("{address} is already taken by {other}"),
+                ));
+            }
+            bound.push((owner, address));
+        }
         Ok(())
+    }
+
+    /// Things that are valid but probably not what the author meant, one sentence each: an
+    /// empty config, or one without listeners (it serves nothing). `metaprotocol-proxy validate`
+    /// prints them; a proxy starts regardless.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let empty = self.admin.is_none()
+            && self.listeners.is_empty()
+            && self.route_configs.is_empty()
+            && self.clusters.is_empty();
+        if empty {
+            warnings.push("the config is empty: the proxy would serve nothing".to_owned());
+        } else if self.listeners.is_empty() {
+            warnings.push("no listeners: the proxy would serve nothing".to_owned());
+        }
+        warnings
     }
 
     /// The route config named `name`.
@@ -125,13 +193,29 @@ impl Config {
     }
 }
 
-/// Rejects empty and duplicate names in a list.
+/// True if binding `b` would fail while `a` is bound: the same port (0 picks a free one, so never
+/// clashes) and the same address, or a wildcard address of the same family.
+fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// The error for a field the config contract has but this version does not implement: it is
+/// rejected rather than silently ignored.
+pub(crate) fn not_available(field: &str) -> ConfigError {
+    ConfigError::new(field, format!("{field} is not available yet"))
+}
+
+/// Rejects empty and duplicate names in a list; unnamed entries (`None`) are skipped.
 fn unique_names<'a>(
-    names: impl Iterator<Item = &'a str>,
+    names: impl Iterator<Item = Option<&'a str>>,
     list: &str,
 ) -> Result<BTreeSet<&'a str>, ConfigError> {
     let mut seen = BTreeSet::new();
     for (i, name) in names.enumerate() {
+        let Some(name) = name else { continue };
         if name.is_empty() {
             return Err(ConfigError::new(
                 format!("{list}[{i}].name"),

@@ -5,7 +5,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ClusterSpec, ConfigError, from_value, parse_document, scalar};
+use super::{ClusterSpec, ConfigError, not_available, source, unique_names};
+
+/// The most retries a route may ask for: each retry is another request to the upstream, so a
+/// large count multiplies the load a failing upstream receives.
+pub const MAX_NUM_RETRIES: u32 = 10;
 
 /// A named, ordered route table; the first matching route wins.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -19,10 +23,13 @@ pub struct RouteConfigSpec {
 }
 
 impl RouteConfigSpec {
-    /// Parses one route config from YAML or JSON (without validating cluster references,
-    /// which need the running clusters).
+    /// Parses one route config from YAML or JSON and validates it, except for cluster
+    /// references, which need the running clusters ([`RouteConfigSpec::validate`]). Errors carry
+    /// the line and column of the offending field.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        from_value(parse_document(text)?)
+        let spec: Self = source::parse(text)?;
+        spec.check(&|_| true).map_err(|e| e.located_in(text))?;
+        Ok(spec)
     }
 
     /// Checks every route; `cluster` looks up a cluster by name.
@@ -30,12 +37,25 @@ impl RouteConfigSpec {
         &self,
         cluster: &dyn Fn(&str) -> Option<&'a ClusterSpec>,
     ) -> Result<(), ConfigError> {
+        self.check(&|name| cluster(name).is_some())
+    }
+
+    /// [`RouteConfigSpec::validate`], with `known` saying whether a cluster name exists.
+    fn check(&self, known: &dyn Fn(&str) -> bool) -> Result<(), ConfigError> {
         if self.name.is_empty() {
             return Err(ConfigError::new("name", "must not be empty"));
         }
+        // Route names key the per-route metric series: two routes of one name would share them.
+        unique_names(self.routes.iter().map(|r| r.name.as_deref()), "routes")?;
         for (i, route) in self.routes.iter().enumerate() {
+            if route.name.as_deref().is_some_and(|n| n.starts_with('#')) {
+                return Err(ConfigError::new(
+                    format!("routes[{i}].name"),
+                    "names starting with `#` are kept for unnamed routes (`#0`, `#1` ...)",
+                ));
+            }
             route
-                .validate(cluster)
+                .validate(known)
                 .map_err(|e| e.within(&format!("routes[{i}]")))?;
         }
         Ok(())
@@ -46,15 +66,22 @@ impl RouteConfigSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSpec {
-    /// A name for logs and metrics; defaults to the route's position.
+    /// A name for logs and metrics, unique in its route config; defaults to the route's position
+    /// (`#0`, `#1` ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// The conditions; an empty match matches every request.
     #[serde(default, rename = "match")]
     pub match_: MatchSpec,
     /// Where matching requests go.
+    #[serde(default)]
     pub route: RouteActionSpec,
-    /// How long to wait for the upstream's answer before answering with a timeout error.
+    /// A reply the proxy makes itself instead of routing. Not available yet: rejected by
+    /// validation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_response: Option<serde_json::Value>,
+    /// How long to wait for the upstream's answer before answering with a timeout error;
+    /// `0s` means no timeout, unset means [`DEFAULT_ROUTE_TIMEOUT`](crate::DEFAULT_ROUTE_TIMEOUT).
     #[serde(
         default,
         with = "humantime_serde",
@@ -79,23 +106,30 @@ pub struct RouteSpec {
 }
 
 impl RouteSpec {
-    fn validate<'a>(
-        &self,
-        cluster: &dyn Fn(&str) -> Option<&'a ClusterSpec>,
-    ) -> Result<(), ConfigError> {
+    fn validate(&self, known: &dyn Fn(&str) -> bool) -> Result<(), ConfigError> {
+        if self.direct_response.is_some() {
+            return Err(not_available("direct_response"));
+        }
         for (i, matcher) in self.match_.metadata.iter().enumerate() {
             matcher
                 .validate()
                 .map_err(|e| e.within(&format!("match.metadata[{i}]")))?;
         }
-        self.route
-            .validate(cluster)
-            .map_err(|e| e.within("route"))?;
-        if self.timeout == Some(Duration::ZERO) {
-            return Err(ConfigError::new("timeout", "must be greater than 0"));
+        self.route.validate(known).map_err(|e| e.within("route"))?;
+        if let Some(retry) = &self.retry_policy {
+            retry.validate().map_err(|e| e.within("retry_policy"))?;
+        }
+        let mutations = [
+            ("request_mutation", &self.request_mutation),
+            ("response_mutation", &self.response_mutation),
+        ];
+        for (field, mutation) in mutations {
+            if let Some(mutation) = mutation {
+                mutation.validate().map_err(|e| e.within(field))?;
+            }
         }
         if let Some(mirror) = &self.mirror {
-            if cluster(&mirror.cluster).is_none() {
+            if !known(&mirror.cluster) {
                 return Err(ConfigError::new(
                     "mirror.cluster",
                     format!("no cluster named `{}`", mirror.cluster),
@@ -123,32 +157,16 @@ pub struct MetadataMatcherSpec {
     /// The metadata key (a codec's key: `interface`, `method`, an attachment name ...).
     pub key: String,
     /// The value equals this.
-    #[serde(
-        default,
-        deserialize_with = "scalar::opt_string",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exact: Option<String>,
     /// The value starts with this.
-    #[serde(
-        default,
-        deserialize_with = "scalar::opt_string",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
     /// The value ends with this.
-    #[serde(
-        default,
-        deserialize_with = "scalar::opt_string",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suffix: Option<String>,
     /// The value contains this.
-    #[serde(
-        default,
-        deserialize_with = "scalar::opt_string",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contains: Option<String>,
     /// The whole value matches this regular expression.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -205,39 +223,34 @@ pub struct RouteActionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
     /// With `cluster`: only endpoints whose labels contain all of these.
-    #[serde(
-        default,
-        deserialize_with = "opt_string_map",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subset: Option<BTreeMap<String, String>>,
     /// A weighted split between clusters (or subsets).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub weighted_clusters: Vec<WeightedClusterSpec>,
-}
-
-fn opt_string_map<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<BTreeMap<String, String>>, D::Error> {
-    scalar::string_map(d).map(Some)
+    /// With `weighted_clusters`: a metadata key whose value picks the split's side, so that one
+    /// caller always lands on one side. Not available yet: rejected by validation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<serde_json::Value>,
 }
 
 impl RouteActionSpec {
-    fn validate<'a>(
-        &self,
-        cluster: &dyn Fn(&str) -> Option<&'a ClusterSpec>,
-    ) -> Result<(), ConfigError> {
-        let known = |name: &str, field: &str| -> Result<(), ConfigError> {
-            match cluster(name) {
-                Some(_) => Ok(()),
-                None => Err(ConfigError::new(
+    fn validate(&self, known: &dyn Fn(&str) -> bool) -> Result<(), ConfigError> {
+        if self.hash_on.is_some() {
+            return Err(not_available("hash_on"));
+        }
+        let exists = |name: &str, field: &str| -> Result<(), ConfigError> {
+            if known(name) {
+                Ok(())
+            } else {
+                Err(ConfigError::new(
                     field,
                     format!("no cluster named `{name}`"),
-                )),
+                ))
             }
         };
         match (&self.cluster, self.weighted_clusters.is_empty()) {
-            (Some(name), true) => known(name, "cluster"),
+            (Some(name), true) => exists(name, "cluster"),
             (None, false) => {
                 if self.subset.is_some() {
                     return Err(ConfigError::new(
@@ -247,7 +260,7 @@ impl RouteActionSpec {
                 }
                 let mut total = 0u64;
                 for (i, weighted) in self.weighted_clusters.iter().enumerate() {
-                    known(
+                    exists(
                         &weighted.cluster,
                         &format!("weighted_clusters[{i}].cluster"),
                     )?;
@@ -280,11 +293,7 @@ pub struct WeightedClusterSpec {
     /// The cluster.
     pub cluster: String,
     /// Only endpoints whose labels contain all of these.
-    #[serde(
-        default,
-        deserialize_with = "opt_string_map",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subset: Option<BTreeMap<String, String>>,
     /// The share of requests, relative to the other entries' weights.
     pub weight: u32,
@@ -295,22 +304,34 @@ pub struct WeightedClusterSpec {
 #[serde(deny_unknown_fields)]
 pub struct MutationSpec {
     /// Headers to set.
-    #[serde(
-        default,
-        deserialize_with = "scalar::string_map",
-        skip_serializing_if = "BTreeMap::is_empty"
-    )]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub set: BTreeMap<String, String>,
     /// Headers to remove.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remove: Vec<String>,
 }
 
+impl MutationSpec {
+    /// Rejects empty keys: a codec cannot write a header without a name.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.set.contains_key("") {
+            return Err(ConfigError::new("set", "a key must not be empty"));
+        }
+        if let Some(i) = self.remove.iter().position(String::is_empty) {
+            return Err(ConfigError::new(
+                format!("remove[{i}]"),
+                "must not be empty",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// When a failed request is tried again, on another endpoint where there is one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicySpec {
-    /// Retries after the first attempt.
+    /// Retries after the first attempt, at most [`MAX_NUM_RETRIES`].
     pub num_retries: u32,
     /// The failures that are retried.
     #[serde(default = "RetryOn::defaults")]
@@ -322,6 +343,27 @@ pub struct RetryPolicySpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub per_try_timeout: Option<Duration>,
+}
+
+impl RetryPolicySpec {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.num_retries > MAX_NUM_RETRIES {
+            return Err(ConfigError::new(
+                "num_retries",
+                format!(
+                    "{} is more than the {MAX_NUM_RETRIES} retries a route may make",
+                    self.num_retries
+                ),
+            ));
+        }
+        if self.per_try_timeout == Some(Duration::ZERO) {
+            return Err(ConfigError::new(
+                "per_try_timeout",
+                "must be greater than 0 (leave it out to bound attempts by the route timeout only)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A retryable failure.

@@ -61,59 +61,524 @@ fn error_of(yaml: &str) -> ConfigError {
     }
 }
 
+/// Asserts that each `(yaml, field, reason)` is rejected, naming `field`, for a reason that
+/// contains `reason`.
+fn assert_rejected(cases: &[(String, &str, &str)]) {
+    for (yaml, field, reason) in cases {
+        let err = error_of(yaml);
+        assert_eq!(err.field, *field, "{err}");
+        assert!(
+            !err.reason.is_empty() && err.reason.contains(reason),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn errors_name_the_field() {
     let cases = [
         (
             FULL.replace("route_config: demo-routes", "route_config: nope"),
             "listeners[0].route_config",
+            "no route config named `nope`",
         ),
         (
             FULL.replace("cluster: demo-provider\n", "cluster: ghost\n"),
             "route_configs[0].routes[0].route.cluster",
+            "no cluster named `ghost`",
         ),
         (
             FULL.replace("timeout: 2s", "timeout: soon"),
             "route_configs[0].routes[0].timeout",
+            "expected a duration",
         ),
         (
             FULL.replace("lb_policy: round_robin", "lb_policy: fastest"),
             "clusters[0].lb_policy",
+            "unknown variant `fastest`",
         ),
         (
             FULL.replace("idle_timeout: 60s", "idle_timout: 60s"),
             "listeners[0].idle_timout",
+            "unknown field `idle_timout`",
         ),
         (
             FULL.replace("{ key: batchJob, exact: \"true\" }", "{ key: batchJob }"),
             "route_configs[0].routes[0].match.metadata[1]",
+            "needs one of exact",
         ),
         (
             FULL.replace("exact: \"true\" }", "regex: \"(\" }"),
             "route_configs[0].routes[0].match.metadata[1].regex",
+            "invalid regex",
         ),
         (
             FULL.replace("address: 127.0.0.1:20882", "address: 127.0.0.1:20881"),
             "clusters[0].endpoints[1].address",
+            "duplicate endpoint",
+        ),
+    ];
+    assert_rejected(&cases);
+}
+
+#[test]
+fn unknown_fields_and_bad_yaml_are_rejected() {
+    let err = error_of("listeners: [ { name: a } ]");
+    assert!(err.field.starts_with("listeners[0]"), "{err}");
+    let err = error_of("listeners: [\n");
+    assert!(err.reason.contains("not valid YAML"), "{err}");
+    assert!(err.position.is_some(), "{err}");
+    assert!(
+        Config::from_yaml("").is_ok(),
+        "an empty file is an empty config"
+    );
+}
+
+/// The line and column of the first occurrence of `needle` in `text`, 1-based.
+fn position_of(text: &str, needle: &str) -> Position {
+    let offset = text.find(needle).unwrap_or(usize::MAX);
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |n| n + 1) + 1;
+    Position { line, column }
+}
+
+#[test]
+fn unquoted_numbers_and_booleans_are_not_strings() {
+    let cases = [
+        (
+            "exact: \"true\" }",
+            "exact: 1.10 }",
+            "1.10 }",
+            "route_configs[0].routes[0].match.metadata[1].exact",
+        ),
+        (
+            "exact: \"true\" }",
+            "exact: yes }",
+            "yes }",
+            "route_configs[0].routes[0].match.metadata[1].exact",
+        ),
+        (
+            "exact: \"true\" }",
+            "exact: 0123 }",
+            "0123 }",
+            "route_configs[0].routes[0].match.metadata[1].exact",
+        ),
+        (
+            "exact: \"true\" }",
+            "prefix: 2 }",
+            "2 }",
+            "route_configs[0].routes[0].match.metadata[1].prefix",
+        ),
+        (
+            "labels: { version: v1, service_group: user }",
+            "labels: { version: 1.10, service_group: user }",
+            "1.10, service_group",
+            "clusters[0].endpoints[0].labels.version",
+        ),
+        (
+            "subset: { service_group: batchjob }",
+            "subset: { service_group: on }",
+            "on }",
+            "route_configs[0].routes[0].route.subset.service_group",
+        ),
+        (
+            "set: { x-routed-by: batch }",
+            "set: { x-routed-by: false }",
+            "false }",
+            "route_configs[0].routes[0].request_mutation.set.x-routed-by",
+        ),
+        (
+            "remove: [debug]",
+            "remove: [12]",
+            "12]",
+            "route_configs[0].routes[0].request_mutation.remove[0]",
+        ),
+        (
+            "- name: canary",
+            "- name: 7",
+            "7\n",
+            "route_configs[0].routes[1].name",
+        ),
+    ];
+    for (from, to, at, field) in cases {
+        let yaml = FULL.replacen(from, to, 1);
+        let err = error_of(&yaml);
+        assert_eq!(err.field, field, "{err}");
+        assert!(err.reason.contains("quote it"), "{err}");
+        assert_eq!(err.position, Some(position_of(&yaml, at)), "{err}");
+    }
+}
+
+#[test]
+fn quoted_numbers_and_booleans_are_strings() -> Result<(), ConfigError> {
+    let yaml = FULL
+        .replace("exact: \"true\" }", "exact: \"1.10\" }")
+        .replace(
+            "version: v1, service_group: user",
+            "version: '1.10', service_group: user",
+        );
+    let config = Config::from_yaml(&yaml)?;
+    let route = &config.route_configs[0].routes[0];
+    assert_eq!(route.match_.metadata[1].exact.as_deref(), Some("1.10"));
+    assert_eq!(
+        config.clusters[0].endpoints[0].labels.get("version"),
+        Some(&"1.10".to_owned())
+    );
+    Ok(())
+}
+
+const JSON: &str = r#"{
+  "listeners": [
+    { "name": "in", "address": "127.0.0.1:0", "protocol": "dubbo", "route_config": "r" }
+  ],
+  "route_configs": [
+    { "name": "r", "routes": [
+      { "match": { "metadata": [ { "key": "version", "exact": "1.1" } ] },
+        "route": { "cluster": "c" } }
+    ] }
+  ],
+  "clusters": [ { "name": "c", "endpoints": [ { "address": "127.0.0.1:1", "weight": 2 } ] } ]
+}"#;
+
+#[test]
+fn json_is_read_as_strictly() -> Result<(), ConfigError> {
+    let config = Config::from_yaml(JSON)?;
+    assert_eq!(config.clusters[0].endpoints[0].weight, 2);
+
+    let json = JSON.replace(r#""exact": "1.1""#, r#""exact": 1.1"#);
+    let err = error_of(&json);
+    assert_eq!(
+        err.field,
+        "route_configs[0].routes[0].match.metadata[0].exact"
+    );
+    assert!(err.reason.contains("quote it"), "{err}");
+    assert_eq!(err.position, Some(position_of(&json, "1.1 }")), "{err}");
+
+    let json = JSON.replace(r#""cluster": "c" }"#, r#""cluster": "x" }"#);
+    let err = error_of(&json);
+    assert_eq!(err.field, "route_configs[0].routes[0].route.cluster");
+    assert_eq!(err.position, Some(position_of(&json, r#""x" }"#)), "{err}");
+    Ok(())
+}
+
+#[test]
+fn semantic_errors_carry_line_and_column() {
+    let yaml = FULL.replace("cluster: demo-provider\n", "cluster: ghost\n");
+    let err = error_of(&yaml);
+    assert_eq!(err.field, "route_configs[0].routes[0].route.cluster");
+    let at = position_of(&yaml, "ghost");
+    assert_eq!(err.position, Some(at));
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "route_configs[0].routes[0].route.cluster (line {}, column {}): no cluster named `ghost`",
+            at.line, at.column
+        )
+    );
+
+    // A field the document does not write is placed at its nearest written parent.
+    let yaml = FULL.replace("{ key: batchJob, exact: \"true\" }", "{ key: batchJob }");
+    let err = error_of(&yaml);
+    assert_eq!(err.field, "route_configs[0].routes[0].match.metadata[1]");
+    assert_eq!(err.position, Some(position_of(&yaml, "{ key: batchJob }")));
+
+    // Errors found later (when building the proxy) are placed with `located_in`.
+    let err = ConfigError::new("clusters[0].lb_policy", "no").located_in(FULL);
+    assert_eq!(err.position, Some(position_of(FULL, "round_robin")));
+    assert_eq!(ConfigError::new("", "no").located_in(FULL).position, None);
+}
+
+#[test]
+fn a_route_config_from_the_admin_api_carries_positions() {
+    let body = "name: r\nroutes:\n  - name: a\n    route: { cluster: c }\n  - name: a\n    route: { cluster: d }\n";
+    let err = match RouteConfigSpec::from_yaml(body) {
+        Ok(_) => ConfigError::new("<none>", "accepted"),
+        Err(err) => err,
+    };
+    assert_eq!(err.field, "routes[1].name");
+    assert_eq!(
+        err.position,
+        Some(Position {
+            line: 5,
+            column: 11
+        })
+    );
+
+    let body = r#"{"name": "r", "routes": [{"route": {"cluster": "c"}, "timeout": 5}]}"#;
+    let err = match RouteConfigSpec::from_yaml(body) {
+        Ok(_) => ConfigError::new("<none>", "accepted"),
+        Err(err) => err,
+    };
+    assert_eq!(err.field, "routes[0].timeout");
+    assert!(err.position.is_some(), "{err}");
+}
+
+#[test]
+fn planned_fields_parse_and_are_not_available_yet() {
+    let cases = [
+        (
+            FULL.replace(
+                "    idle_timeout: 60s",
+                "    idle_timeout: 60s\n    tls: { cert_file: c.pem }",
+            ),
+            "listeners[0].tls",
+        ),
+        (
+            FULL.replace(
+                "    idle_timeout: 60s",
+                "    idle_timeout: 60s\n    access_log: { path: /dev/stdout, format: json }",
+            ),
+            "listeners[0].access_log",
+        ),
+        (
+            FULL.replace(
+                "    idle_timeout: 60s",
+                "    idle_timeout: 60s\n    tracing: { otlp_endpoint: \"http://127.0.0.1:4317\" }",
+            ),
+            "listeners[0].tracing",
+        ),
+        (
+            FULL.replace(
+                "    lb_policy: round_robin",
+                "    lb_policy: round_robin\n    health_check: { interval: 5s, probe: heartbeat }",
+            ),
+            "clusters[0].health_check",
+        ),
+        (
+            FULL.replace(
+                "    lb_policy: round_robin",
+                "    lb_policy: round_robin\n    tls: { server_name: x }",
+            ),
+            "clusters[0].tls",
+        ),
+        (
+            format!("dynamic: {{ xds: {{ address: 127.0.0.1:15010 }} }}\n{FULL}"),
+            "dynamic",
+        ),
+        (
+            FULL.replace(
+                "      - name: canary\n        route:\n",
+                "      - name: canary\n        direct_response: { kind: unavailable }\n        route:\n",
+            ),
+            "route_configs[0].routes[1].direct_response",
+        ),
+        (
+            FULL.replace(
+                "      - name: canary\n        route:\n",
+                "      - name: retired\n        direct_response: { kind: unavailable, message: gone }\n      - name: canary\n        route:\n",
+            ),
+            "route_configs[0].routes[1].direct_response",
+        ),
+        (
+            FULL.replace(
+                "          weighted_clusters:\n",
+                "          hash_on: user\n          weighted_clusters:\n",
+            ),
+            "route_configs[0].routes[1].route.hash_on",
         ),
     ];
     for (yaml, field) in cases {
         let err = error_of(&yaml);
         assert_eq!(err.field, field, "{err}");
-        assert!(!err.reason.is_empty());
+        let name = field.rsplit('.').next().unwrap_or_default();
+        assert_eq!(err.reason, format!("{name} is not available yet"));
+        assert!(err.position.is_some(), "{err}");
     }
 }
 
 #[test]
-fn scalars_are_lenient_and_unknown_yaml_is_rejected() {
-    let err = error_of("listeners: [ { name: a } ]");
-    assert!(err.field.starts_with("listeners[0]"), "{err}");
-    assert!(
-        error_of(": : :").reason.contains("YAML"),
-        "syntax errors say so"
+fn lb_policy_names_are_the_configs_words() {
+    for name in [
+        "round_robin",
+        "random",
+        "least_request",
+        "ring_hash",
+        "maglev",
+    ] {
+        let policy: Result<LbPolicy, _> = serde_json::from_value(serde_json::json!(name));
+        assert_eq!(policy.map(LbPolicy::name).ok(), Some(name));
+    }
+}
+
+#[test]
+fn an_unknown_listener_protocol_is_the_listeners_error() {
+    let config = Config::from_yaml(&FULL.replace("protocol: dubbo", "protocol: dubbbo"));
+    let err = match config.map(|c| crate::Proxy::builder(c).check()) {
+        Ok(Ok(())) => ConfigError::new("<none>", "accepted"),
+        Ok(Err(err)) | Err(err) => err,
+    };
+    assert_eq!(err.field, "listeners[0].protocol", "{err}");
+    assert!(err.reason.contains("dubbbo"), "{err}");
+}
+
+/// Route names key per-route metric series; mutation keys name the headers a codec writes.
+#[test]
+fn route_names_are_unique_and_mutation_keys_not_empty() {
+    let route = "route_configs[0].routes[1].name";
+    let mutation = "route_configs[0].routes[0].request_mutation";
+    assert_rejected(&[
+        (
+            FULL.replace("- name: canary", "- name: batch-jobs"),
+            route,
+            "duplicate name `batch-jobs`",
+        ),
+        (
+            FULL.replace("- name: canary", "- name: \"\""),
+            route,
+            "must not be empty",
+        ),
+        (
+            FULL.replace("- name: canary", "- name: \"#1\""),
+            route,
+            "unnamed routes",
+        ),
+        (
+            FULL.replace("set: { x-routed-by: batch }", "set: { \"\": batch }"),
+            &format!("{mutation}.set"),
+            "must not be empty",
+        ),
+        (
+            FULL.replace("remove: [debug]", "remove: [debug, \"\"]"),
+            &format!("{mutation}.remove[1]"),
+            "must not be empty",
+        ),
+        (
+            FULL.replace("set: { x-served-by: batch }", "set: { \"\": batch }"),
+            "route_configs[0].routes[0].response_mutation.set",
+            "must not be empty",
+        ),
+    ]);
+}
+
+#[test]
+fn two_sockets_on_one_address_are_rejected() -> Result<(), ConfigError> {
+    let second = "  - { name: again, address: 127.0.0.1:20880, protocol: dubbo, route_config: demo-routes }\nroute_configs:";
+    let yaml = FULL.replacen("route_configs:", second, 1);
+    let err = error_of(&yaml);
+    assert_eq!(err.field, "listeners[1].address");
+    assert!(err.reason.contains("listener `dubbo-in`"), "{err}");
+
+    let wildcard = yaml.replace(
+        "address: 127.0.0.1:20880, protocol",
+        "address: 0.0.0.0:20880, protocol",
     );
-    assert!(
-        Config::from_yaml("").is_ok(),
-        "an empty file is an empty config"
+    assert_eq!(error_of(&wildcard).field, "listeners[1].address");
+
+    let admin = FULL.replace("address: 127.0.0.1:15000", "address: 127.0.0.1:20880");
+    let err = error_of(&admin);
+    assert_eq!(err.field, "listeners[0].address");
+    assert!(err.reason.contains("the admin API"), "{err}");
+
+    // Port 0 picks a free port for each.
+    let any_port = yaml
+        .replace("address: 127.0.0.1:20880", "address: 127.0.0.1:0")
+        .replace("127.0.0.1:20880, protocol", "127.0.0.1:0, protocol");
+    Config::from_yaml(&any_port)?;
+    Ok(())
+}
+
+#[test]
+fn retries_are_bounded_and_attempts_need_time() -> Result<(), ConfigError> {
+    let retries = |n: u32| FULL.replace("num_retries: 2", &format!("num_retries: {n}"));
+    Config::from_yaml(&retries(MAX_NUM_RETRIES))?;
+    let err = error_of(&retries(MAX_NUM_RETRIES + 1));
+    assert_eq!(
+        err.field,
+        "route_configs[0].routes[0].retry_policy.num_retries"
     );
+    assert!(err.reason.contains("10 retries"), "{err}");
+    let err = error_of(&retries(1_000_000_000));
+    assert_eq!(
+        err.field,
+        "route_configs[0].routes[0].retry_policy.num_retries"
+    );
+
+    let err = error_of(&FULL.replace("num_retries: 2,", "num_retries: 2, per_try_timeout: 0s,"));
+    assert_eq!(
+        err.field,
+        "route_configs[0].routes[0].retry_policy.per_try_timeout"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_zero_route_timeout_means_none() -> Result<(), ConfigError> {
+    let config = Config::from_yaml(&FULL.replace("timeout: 2s", "timeout: 0s"))?;
+    assert_eq!(
+        config.route_configs[0].routes[0].timeout,
+        Some(std::time::Duration::ZERO)
+    );
+    Ok(())
+}
+
+#[test]
+fn drain_time_and_admin_token_file() -> Result<(), ConfigError> {
+    let config = Config::from_yaml(FULL)?;
+    assert_eq!(config.drain_time, crate::DEFAULT_DRAIN_TIMEOUT);
+    assert_eq!(
+        config.admin.as_ref().and_then(|a| a.token_file.as_ref()),
+        None
+    );
+    let yaml = FULL.replace(
+        "  address: 127.0.0.1:15000",
+        "  address: 127.0.0.1:15000\n  token_file: /etc/metaprotocol/admin-token\ndrain_time: 3s",
+    );
+    let config = Config::from_yaml(&yaml)?;
+    assert_eq!(config.drain_time, std::time::Duration::from_secs(3));
+    assert_eq!(
+        config.admin.and_then(|a| a.token_file),
+        Some("/etc/metaprotocol/admin-token".into())
+    );
+    let err = error_of(&FULL.replace(
+        "  address: 127.0.0.1:15000",
+        "  address: 127.0.0.1:15000\n  token_file: \"\"",
+    ));
+    assert_eq!(err.field, "admin.token_file");
+    Ok(())
+}
+
+#[test]
+fn configs_that_serve_nothing_warn() -> Result<(), ConfigError> {
+    assert!(Config::from_yaml(FULL)?.warnings().is_empty());
+    let empty = Config::from_yaml("")?.warnings();
+    assert_eq!(empty.len(), 1);
+    assert!(empty[0].contains("empty"), "{empty:?}");
+    let idle = Config::from_yaml("clusters: [ { name: c } ]")?.warnings();
+    assert_eq!(idle.len(), 1);
+    assert!(idle[0].contains("no listeners"), "{idle:?}");
+    Ok(())
+}
+
+/// The reference's examples are configs that load: the complete one, and the sections shown one
+/// by one (`admin:`, `listeners:` ...), taken together.
+#[test]
+fn the_reference_examples_load() -> Result<(), ConfigError> {
+    let reference = include_str!("../../../docs/config.md");
+    let blocks: Vec<&str> = reference
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next())
+        .collect();
+    let complete = blocks.first().copied().unwrap_or_default();
+    assert!(!Config::from_yaml(complete)?.listeners.is_empty());
+    let sections: String = blocks[1..]
+        .iter()
+        .filter(|block| {
+            ["admin:", "listeners:", "route_configs:", "clusters:"]
+                .iter()
+                .any(|key| block.starts_with(key))
+        })
+        .copied()
+        .collect();
+    let config = Config::from_yaml(&sections)?;
+    assert_eq!(
+        (
+            config.listeners.len(),
+            config.route_configs.len(),
+            config.clusters.len()
+        ),
+        (1, 1, 1)
+    );
+    Ok(())
 }

@@ -44,7 +44,7 @@ pub(crate) fn build(
         LbPolicy::RingHash | LbPolicy::Maglev => Err(ConfigError::new(
             "lb_policy",
             format!(
-                "lb_policy: {} is not available yet; use round_robin, random or least_request",
+                "{} is not available yet; use round_robin, random or least_request",
                 policy.name()
             ),
         )),
@@ -194,6 +194,6 @@ pub(crate) mod tests {
     #[test]
     fn consistent_hashing_is_not_available_yet() {
         let err = build(LbPolicy::RingHash, &hosts(&[1])).err();
-        assert!(err.is_some_and(|e| e.reason.contains("lb_policy: ring_hash")));
+        assert!(err.is_some_and(|e| e.reason.starts_with("ring_hash is not available yet")));
     }
 }

@@ -36,14 +36,19 @@ impl Builder<'_> {
                 Ok(factory)
             }
             Some(Err(err)) => Err(ConfigError::new(format!("codec.{}", err.field), err.reason)),
-            None => Err(ConfigError::new(
-                "protocol",
-                format!(
-                    "unknown protocol `{protocol}`; registered: {:?}",
-                    self.codecs.names().collect::<Vec<_>>()
-                ),
-            )),
+            None => Err(self.unknown_protocol(protocol)),
         }
+    }
+
+    /// The error for a `protocol` no codec is registered as.
+    pub fn unknown_protocol(&self, protocol: &str) -> ConfigError {
+        ConfigError::new(
+            "protocol",
+            format!(
+                "unknown protocol `{protocol}`; registered: {:?}",
+                self.codecs.names().collect::<Vec<_>>()
+            ),
+        )
     }
 
     /// Builds cluster `spec`, speaking `protocol`.

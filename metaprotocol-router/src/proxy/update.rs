@@ -143,6 +143,15 @@ impl ProxyState {
     /// Builds what `new` needs beyond `current` (everything but binding sockets).
     fn prepare(&self, current: &Config, new: &Config, plan: &mut Plan) -> Result<(), ConfigError> {
         let builder = self.builder();
+        // Listeners' protocols first: clusters inherit them and are built before listeners, but
+        // an unknown one is the listener's mistake.
+        for (i, spec) in new.listeners.iter().enumerate() {
+            if !self.codecs.names().any(|name| name == spec.protocol) {
+                return Err(builder
+                    .unknown_protocol(&spec.protocol)
+                    .within(&format!("listeners[{i}]")));
+            }
+        }
         let protocols = cluster_protocols(new)?;
 
         // Clusters: build new ones, check changed ones; the prospective view routes compile

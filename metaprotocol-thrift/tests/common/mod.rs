@@ -11,15 +11,12 @@ use metaprotocol_thrift::{Protocol, ThriftCodecFactory, ThriftFormat, Transport}
 
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-/// The golden thrift folder: `METAPROTOCOL_GOLDEN_DIR/thrift`, or the workspace's shared copy.
+/// The golden thrift folder: `testdata/golden/thrift` in the repository.
 pub fn golden_dir() -> PathBuf {
-    match std::env::var_os("METAPROTOCOL_GOLDEN_DIR") {
-        Some(dir) => PathBuf::from(dir).join("thrift"),
-        None => PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/golden/thrift"
-        )),
-    }
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../testdata/golden/thrift"
+    ))
 }
 
 /// One captured stream and what its name says about it.
