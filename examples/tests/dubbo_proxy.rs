@@ -853,3 +853,101 @@ async fn at_the_drain_deadline_calls_still_open_get_an_error_reply() -> TestResu
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_frame_trickled_slower_than_the_frame_timeout_closes_its_connection() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let yaml = format!(
+        "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r, frame_timeout: 300ms }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
+clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
+",
+        provider.address()
+    );
+    let proxy = Proxy::start(
+        Config::from_yaml(&yaml)?,
+        metaprotocol_examples::codec_registry(),
+    )
+    .await?;
+    let address = proxy.listener_addr("in").ok_or("no listener")?;
+    let mut slow = TcpStream::connect(address).await?;
+    // Half of a Dubbo header, then nothing more.
+    slow.write_all(&[0xda, 0xbb, 0xc2, 0x00, 0, 0, 0, 0])
+        .await?;
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "closed by the proxy: {closed:?}"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    let healthy = DubboClient::new(address);
+    assert_eq!(healthy.call("sayHello", "a", &[]).await?.dubbo_status, 20);
+    assert!(proxy.metrics().render().contains(
+        "metaprotocol_downstream_protocol_errors_total{listener=\"in\",reason=\"frame_timeout\"} 1"
+    ));
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn admin_writes_need_the_bearer_token_and_slow_admin_clients_are_cut_off() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let scratch = support::process::Scratch::new("admin-token")?;
+    let token_file = scratch.path("token");
+    std::fs::write(&token_file, "s3cret\n")?;
+    let yaml = format!(
+        "admin: {{ address: 127.0.0.1:0, token_file: '{}' }}
+listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
+clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
+",
+        token_file.display(),
+        provider.address()
+    );
+    let proxy = Proxy::start(
+        Config::from_yaml(&yaml)?,
+        metaprotocol_examples::codec_registry(),
+    )
+    .await?;
+    let admin = proxy.admin_addr().ok_or("no admin")?;
+    let routes = "name: r\nroutes: [ { route: { cluster: c } } ]\n";
+    let put = async |auth: Option<&'static str>| {
+        let headers = auth
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        support::admin::http_with(admin, "PUT", "/route_configs/r", &headers, routes).await
+    };
+    assert_eq!(put(None).await?.0, 401, "no token");
+    assert_eq!(put(Some("Bearer wrong")).await?.0, 403, "wrong token");
+    let (status, answer) = put(Some("Bearer s3cret")).await?;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        http(admin, "GET", "/ready", "").await?.0,
+        200,
+        "reads need no token"
+    );
+    std::fs::write(&token_file, "rotated")?;
+    assert_eq!(
+        put(Some("Bearer s3cret")).await?.0,
+        403,
+        "a rotated token takes effect"
+    );
+
+    // A client that never finishes its headers is cut off.
+    let mut slow = TcpStream::connect(admin).await?;
+    slow.write_all(b"GET /ready HTTP/1.1\r\nHost: a").await?;
+    let mut rest = Vec::new();
+    let cut = tokio::time::timeout(Duration::from_secs(15), slow.read_to_end(&mut rest)).await;
+    assert!(
+        cut.is_ok(),
+        "the admin server closes a connection whose headers never end"
+    );
+    proxy.shutdown().await;
+    Ok(())
+}

@@ -15,9 +15,20 @@ pub async fn http(
     path: &str,
     body: &str,
 ) -> TestResult<(u16, String)> {
+    http_with(address, method, path, "", body).await
+}
+
+/// [`http`] with extra header lines (each ending in `\r\n`).
+pub async fn http_with(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> TestResult<(u16, String)> {
     let mut socket = TcpStream::connect(address).await?;
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     socket.write_all(request.as_bytes()).await?;

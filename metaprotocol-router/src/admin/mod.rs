@@ -1,12 +1,17 @@
 //! The admin HTTP API: readiness, metrics, the running config, cluster state, and updates of
 //! route configs and clusters (see docs/config.md for the contract). Answers are JSON, errors
-//! included (`{"error": ..., "field": ...}`).
+//! included (`{"error": ..., "field": ..., "line": ..., "column": ...}`). Write endpoints ask
+//! for the bearer token of `admin.token_file` when one is configured ([`auth`]); the server
+//! itself bounds slow and idle clients ([`server`]).
+
+mod auth;
+mod server;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
@@ -19,6 +24,7 @@ use crate::proxy::{ProxyState, UpdateError};
 
 /// Serves the admin API on `listener` until `stop`.
 pub(crate) async fn serve(listener: TcpListener, state: Arc<ProxyState>, stop: CancellationToken) {
+    auth::warn_if_exposed(&state.config());
     let app = Router::new()
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -33,12 +39,7 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<ProxyState>, stop: C
             put(put_resource::<ClusterSpec>).delete(delete_cluster),
         )
         .with_state(state);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await;
-    if let Err(err) = served {
-        tracing::warn!(error = %err, "admin server stopped");
-    }
+    server::serve(listener, app, stop).await;
 }
 
 /// 200 while serving; 503 before the config is loaded and from the moment shutdown begins.
@@ -77,17 +78,23 @@ async fn clusters(State(state): State<Arc<ProxyState>>) -> Json<serde_json::Valu
     Json(json!({ "clusters": state.cluster_statuses() }))
 }
 
-/// An error answer: status, message, and the offending field when there is one.
+/// An error answer: status, message, and the offending field and its position when known.
 fn error(status: StatusCode, err: &UpdateError) -> Response {
-    let field = match err {
-        UpdateError::Invalid(ConfigError { field, .. }) if !field.is_empty() => json!(field),
-        _ => serde_json::Value::Null,
+    let (message, field, position) = match err {
+        UpdateError::Invalid(err) => (
+            err.reason.clone(),
+            Some(err.field.as_str()).filter(|f| !f.is_empty()),
+            err.position,
+        ),
+        other => (other.to_string(), None, None),
     };
-    let message = match err {
-        UpdateError::Invalid(err) => err.reason.clone(),
-        other => other.to_string(),
-    };
-    (status, Json(json!({ "error": message, "field": field }))).into_response()
+    let body = json!({
+        "error": message,
+        "field": field,
+        "line": position.map(|p| p.line),
+        "column": position.map(|p| p.column),
+    });
+    (status, Json(body)).into_response()
 }
 
 fn update_error(err: &UpdateError) -> Response {
@@ -141,8 +148,12 @@ impl Resource for ClusterSpec {
 async fn put_resource<T: Resource>(
     State(state): State<Arc<ProxyState>>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: String,
 ) -> Response {
+    if let Err(refused) = auth::authorize(&state.config(), &headers).await {
+        return refused;
+    }
     let spec = match T::parse(&body) {
         Ok(spec) if spec.name() == name => spec,
         Ok(spec) => {
@@ -167,7 +178,11 @@ async fn put_resource<T: Resource>(
 async fn delete_cluster(
     State(state): State<Arc<ProxyState>>,
     Path(name): Path<String>,
+    headers: HeaderMap,
 ) -> Response {
+    if let Err(refused) = auth::authorize(&state.config(), &headers).await {
+        return refused;
+    }
     match state.remove_cluster(&name).await {
         Ok(()) => Json(json!({ "name": name, "removed": true })).into_response(),
         Err(err) => update_error(&err),

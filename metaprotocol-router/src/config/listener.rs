@@ -58,6 +58,10 @@ pub struct ListenerSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub idle_timeout: Option<Duration>,
+    /// The longest a request frame may take to arrive once its first bytes did; a client that
+    /// trickles a frame slower than this is disconnected.
+    #[serde(default = "default_frame_timeout", with = "humantime_serde")]
+    pub frame_timeout: Duration,
     /// TLS for clients. Not available yet: rejected by validation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<serde_json::Value>,
@@ -69,6 +73,13 @@ pub struct ListenerSpec {
     pub tracing: Option<serde_json::Value>,
 }
 
+/// The default `frame_timeout`.
+pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn default_frame_timeout() -> Duration {
+    DEFAULT_FRAME_TIMEOUT
+}
+
 impl ListenerSpec {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.name.is_empty() {
@@ -76,6 +87,9 @@ impl ListenerSpec {
         }
         if self.idle_timeout == Some(Duration::ZERO) {
             return Err(ConfigError::new("idle_timeout", "must be greater than 0"));
+        }
+        if self.frame_timeout.is_zero() {
+            return Err(ConfigError::new("frame_timeout", "must be greater than 0"));
         }
         let planned = [
             ("tls", &self.tls),

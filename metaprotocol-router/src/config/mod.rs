@@ -25,7 +25,7 @@ pub use cluster::{
     EndpointSpec, LbPolicy, LocalitySpec, OutlierDetectionSpec,
 };
 pub use error::{ConfigError, Position};
-pub use listener::{AdminSpec, FilterSpec, ListenerSpec};
+pub use listener::{AdminSpec, DEFAULT_FRAME_TIMEOUT, FilterSpec, ListenerSpec};
 pub use route::{
     MAX_NUM_RETRIES, MatchSpec, MetadataMatcherSpec, MirrorSpec, MutationSpec, RetryOn,
     RetryPolicySpec, RouteActionSpec, RouteConfigSpec, RouteSpec, WeightedClusterSpec,

@@ -107,6 +107,7 @@ impl Builder<'_> {
             idle_timeout: spec
                 .idle_timeout
                 .unwrap_or(crate::server::DEFAULT_IDLE_TIMEOUT),
+            frame_timeout: spec.frame_timeout,
             drain_time,
             acceptor: Acceptor::Plain,
         })

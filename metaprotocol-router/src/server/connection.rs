@@ -38,9 +38,6 @@ const WRITE_BUDGET: usize = 1024 * 1024;
 const DRAIN_QUIET: Duration = Duration::from_secs(1);
 /// A connection with nothing in flight gives back its buffers after being quiet this long.
 const TRIM_AFTER: Duration = Duration::from_secs(2);
-/// The longest a frame may take to arrive once its first bytes did (slow clients that trickle a
-/// frame, on purpose or not, cannot hold a connection and its buffer forever).
-pub(crate) const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Whether the connection still reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -218,7 +215,7 @@ impl<S: Transport> Connection<S> {
         }
         if let Some(since) = self.partial_since
             && self.reading == Reading::Open
-            && now >= since + FRAME_TIMEOUT
+            && now >= since + self.ctx.frame_timeout
         {
             tracing::debug!(listener = %self.ctx.name, "closing client connection: a frame took too long to arrive");
             self.ctx.stats.protocol_error("frame_timeout").inc();
@@ -264,7 +261,8 @@ impl<S: Transport> Connection<S> {
         let holds_buffers = self.read_buf.capacity() > 0 || self.write_buf.capacity() > 0;
         [
             self.draining_until.filter(|_| !self.requests.is_empty()),
-            self.partial_since.map(|since| since + FRAME_TIMEOUT),
+            self.partial_since
+                .map(|since| since + self.ctx.frame_timeout),
             idle.then(|| self.idle_close_at()),
             (self.requests.is_empty() && holds_buffers).then(|| self.last_activity + TRIM_AFTER),
         ]

@@ -33,6 +33,8 @@ pub(crate) struct ListenerContext {
     pub scope: MetricsScope,
     /// Nothing in flight and no frame for this long closes a connection.
     pub idle_timeout: Duration,
+    /// A frame that takes longer than this to arrive closes its connection.
+    pub frame_timeout: Duration,
     pub drain_time: Duration,
     pub acceptor: Acceptor,
 }

@@ -1,0 +1,84 @@
+//! Who may change the running config: with `admin.token_file` set, write endpoints require
+//! `Authorization: Bearer <token>` (the file is read on each write, so a rotated token takes
+//! effect at once); without it they are open to anyone who can connect, which is only sane on
+//! loopback, so the proxy says so loudly otherwise.
+
+use axum::Json;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::config::Config;
+
+/// Warns when the admin API listens beyond loopback with no token to guard its write endpoints.
+pub(super) fn warn_if_exposed(config: &Config) {
+    if let Some(admin) = &config.admin
+        && !admin.address.ip().is_loopback()
+        && admin.token_file.is_none()
+    {
+        tracing::warn!(
+            address = %admin.address,
+            "the admin API listens beyond loopback and admin.token_file is not set: anyone who can connect may change the running config"
+        );
+    }
+}
+
+/// `Ok` when the request may write: no token is configured, or it carries the right one.
+pub(super) async fn authorize(config: &Config, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(path) = config.admin.as_ref().and_then(|a| a.token_file.clone()) else {
+        return Ok(());
+    };
+    let token = match tokio::fs::read_to_string(&path).await {
+        Ok(token) => token.trim().to_owned(),
+        Err(err) => {
+            tracing::error!(file = %path.display(), error = %err, "cannot read the admin token file; refusing writes");
+            return Err(refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the admin token file cannot be read",
+            ));
+        }
+    };
+    let offered = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match offered {
+        Some(offered) if !token.is_empty() && same(offered.as_bytes(), token.as_bytes()) => Ok(()),
+        Some(_) => Err(refusal(StatusCode::FORBIDDEN, "wrong bearer token")),
+        None => Err(refusal(
+            StatusCode::UNAUTHORIZED,
+            "this endpoint requires Authorization: Bearer <token>",
+        )),
+    }
+}
+
+fn refusal(status: StatusCode, message: &str) -> Response {
+    let body = json!({ "error": message, "field": null, "line": null, "column": null });
+    let mut response = (status, Json(body)).into_response();
+    if status == StatusCode::UNAUTHORIZED
+        && let Ok(value) = "Bearer".parse()
+    {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+/// Compares in time that does not depend on where the bytes differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comparison_needs_every_byte() {
+        assert!(same(b"secret", b"secret"));
+        assert!(!same(b"secret", b"secreT"));
+        assert!(!same(b"secret", b"secret!"));
+    }
+}
