@@ -951,3 +951,138 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
     proxy.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn past_the_proxy_wide_request_limit_new_calls_get_an_over_limit_reply() -> TestResult {
+    let provider = DemoProvider::start_with_delay("p", Duration::from_millis(500)).await?;
+    let yaml = format!(
+        "limits: {{ max_requests: 5 }}
+listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
+clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
+",
+        provider.address()
+    );
+    let proxy = Proxy::start(
+        Config::from_yaml(&yaml)?,
+        metaprotocol_examples::codec_registry(),
+    )
+    .await?;
+    let address = proxy.listener_addr("in").ok_or("no listener")?;
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..12 {
+        let client = DubboClient::new(address);
+        calls.spawn(async move {
+            let started = Instant::now();
+            let reply = client.call("sayHelloSlowly", "a", &[]).await;
+            (reply, started.elapsed())
+        });
+    }
+    let (mut served, mut refused) = (0, 0);
+    while let Some(joined) = calls.join_next().await {
+        let (reply, took) = joined?;
+        match reply?.dubbo_status {
+            20 => served += 1,
+            100 => {
+                assert!(
+                    took < Duration::from_millis(400),
+                    "refused at once: {took:?}"
+                );
+                refused += 1;
+            }
+            other => return Err(format!("unexpected status {other}").into()),
+        }
+    }
+    assert_eq!((served, refused), (5, 7));
+    let metrics = proxy.metrics().render();
+    assert!(
+        metrics
+            .contains("metaprotocol_local_replies_total{listener=\"in\",reason=\"over_limit\"} 7")
+    );
+    assert!(
+        metrics.contains("metaprotocol_requests_in_flight 0"),
+        "{metrics}"
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_holds_bounded_memory_and_hurts_no_one() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let yaml = format!(
+        "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
+clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
+",
+        provider.address()
+    );
+    let proxy = Proxy::start(
+        Config::from_yaml(&yaml)?,
+        metaprotocol_examples::codec_registry(),
+    )
+    .await?;
+    let address = proxy.listener_addr("in").ok_or("no listener")?;
+    // Each call carries a 64 KiB attachment the provider echoes back: answers of 64 KiB that
+    // these clients never read.
+    let big = "x".repeat(64 * 1024);
+    let call = metaprotocol_dubbo::build::Call {
+        service: metaprotocol_examples::dubbo_demo::DEMO_SERVICE,
+        version: metaprotocol_examples::dubbo_demo::DEMO_VERSION,
+        method: "sayHello",
+        string_args: &["a"],
+        attachments: &[("x-big", &big)],
+    };
+    let frame = metaprotocol_dubbo::build::request(1, true, &call);
+    let mut greedy = Vec::new();
+    for _ in 0..4 {
+        let mut socket = TcpStream::connect(address).await?;
+        let frame = frame.clone();
+        greedy.push(tokio::spawn(async move {
+            for _ in 0..1000 {
+                if socket.write_all(&frame).await.is_err() {
+                    break;
+                }
+            }
+            socket
+        }));
+    }
+    let buffered = |metrics: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("metaprotocol_buffered_bytes ")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    let mut peak = 0;
+    for _ in 0..40 {
+        peak = peak.max(buffered(&proxy.metrics().render()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(peak > 0, "the greedy clients' answers were held");
+    assert!(
+        peak <= 4 * 17 * 1024 * 1024,
+        "bounded per connection: {peak}"
+    );
+    let polite = DubboClient::new(address);
+    let reply =
+        tokio::time::timeout(Duration::from_secs(5), polite.call("sayHello", "a", &[])).await??;
+    assert_eq!(reply.dubbo_status, 20, "the others are still served");
+    for task in greedy {
+        task.abort();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while buffered(&proxy.metrics().render()) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "memory given back when the greedy clients left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.shutdown().await;
+    Ok(())
+}

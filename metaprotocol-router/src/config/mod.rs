@@ -10,6 +10,7 @@
 
 mod cluster;
 mod error;
+mod limits;
 mod listener;
 mod route;
 mod source;
@@ -25,6 +26,7 @@ pub use cluster::{
     EndpointSpec, LbPolicy, LocalitySpec, OutlierDetectionSpec,
 };
 pub use error::{ConfigError, Position};
+pub use limits::{DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_REQUESTS, LimitsSpec};
 pub use listener::{AdminSpec, DEFAULT_FRAME_TIMEOUT, FilterSpec, ListenerSpec};
 pub use route::{
     MAX_NUM_RETRIES, MatchSpec, MetadataMatcherSpec, MirrorSpec, MutationSpec, RetryOn,
@@ -42,6 +44,9 @@ pub struct Config {
     /// before what is still in flight is answered with an error and they close.
     #[serde(default = "default_drain_time", with = "humantime_serde")]
     pub drain_time: Duration,
+    /// What all clients together may make the proxy hold.
+    #[serde(default)]
+    pub limits: LimitsSpec,
     /// Resources from a control plane (xDS). Not available yet: rejected by validation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dynamic: Option<serde_json::Value>,
@@ -65,6 +70,7 @@ impl Default for Config {
         Self {
             admin: None,
             drain_time: default_drain_time(),
+            limits: LimitsSpec::default(),
             dynamic: None,
             listeners: Vec::new(),
             route_configs: Vec::new(),
@@ -98,6 +104,7 @@ impl Config {
         if let Some(admin) = &self.admin {
             admin.validate().map_err(|e| e.within("admin"))?;
         }
+        self.limits.validate().map_err(|e| e.within("limits"))?;
         unique_names(
             self.clusters.iter().map(|c| Some(c.name.as_str())),
             "clusters",

@@ -10,7 +10,7 @@ use crate::cluster::{ClusterHandle, ClusterManager};
 use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec, RouteConfigSpec, RouteSpec};
 use crate::filters::{FilterContext, FilterRegistry, SharedClients};
 use crate::route::{RouteSlot, RouteTable};
-use crate::server::ListenerContext;
+use crate::server::{ListenerContext, Load};
 use crate::stats::{ListenerStats, Metrics};
 use crate::transport::Acceptor;
 
@@ -20,6 +20,7 @@ pub(crate) struct Builder<'a> {
     pub filters: &'a FilterRegistry,
     pub metrics: &'a Metrics,
     pub shared: &'a SharedClients,
+    pub load: &'a Arc<Load>,
 }
 
 impl Builder<'_> {
@@ -110,6 +111,7 @@ impl Builder<'_> {
             frame_timeout: spec.frame_timeout,
             drain_time,
             acceptor: Acceptor::Plain,
+            load: self.load.clone(),
         })
     }
 }

@@ -27,6 +27,7 @@ use crate::cluster::{ClusterManager, ClusterStatus};
 use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec, RouteConfigSpec};
 use crate::filters::{FilterRegistry, SharedClients};
 use crate::route::RouteSlot;
+use crate::server::Load;
 use crate::stats::Metrics;
 
 /// How long shutdown lets connections keep serving before it answers what is still in flight
@@ -226,6 +227,8 @@ pub(crate) struct ProxyState {
     shared: SharedClients,
     metrics: Metrics,
     clusters: ClusterManager,
+    /// Requests in flight and answers waiting, across every connection.
+    load: Arc<Load>,
     routes: Mutex<BTreeMap<String, Arc<RouteSlot>>>,
     listeners: ListenerManager,
     /// Route configs and clusters last changed through the API (a file reload warns before
@@ -268,6 +271,7 @@ impl ProxyState {
         };
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let load = Arc::new(Load::new(&metrics.root(), &config.limits));
         Self {
             updates_applied: reloads("applied"),
             updates_rejected: reloads("rejected"),
@@ -278,6 +282,7 @@ impl ProxyState {
             shared: SharedClients::default(),
             metrics,
             clusters: ClusterManager::default(),
+            load,
             routes: Mutex::new(BTreeMap::new()),
             listeners: ListenerManager::new(shutdown.clone(), tracker.clone()),
             api_touched: Mutex::new(BTreeSet::new()),
@@ -296,6 +301,7 @@ impl ProxyState {
             filters: &self.filters,
             metrics: &self.metrics,
             shared: &self.shared,
+            load: &self.load,
         }
     }
 

@@ -127,6 +127,7 @@ impl ProxyState {
             self.remember_api_changes(&current, &new);
         }
         let summary = self.commit(plan);
+        self.load.set_limits(&new.limits);
         self.config.store(Arc::new(new));
         Ok(summary)
     }

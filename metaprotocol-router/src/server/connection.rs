@@ -34,6 +34,9 @@ use crate::transport::{Accepted, Transport, buffers};
 const MAX_IN_FLIGHT: usize = 4096;
 /// Unsent answers per connection past which the proxy stops reading from that client.
 const WRITE_BUDGET: usize = 1024 * 1024;
+/// Unsent answers per connection past which the client is deemed gone: answers of requests that
+/// were already in flight when reading stopped can still land, but not without bound.
+const WRITE_LIMIT: usize = 16 * 1024 * 1024;
 /// While draining, a connection with nothing in flight that has been quiet this long closes.
 const DRAIN_QUIET: Duration = Duration::from_secs(1);
 /// A connection with nothing in flight gives back its buffers after being quiet this long.
@@ -114,6 +117,8 @@ struct Connection<S> {
     write_buf: BytesMut,
     /// Bytes written to the client so far.
     written: u64,
+    /// The unsent bytes this connection counts in the proxy-wide load.
+    buffered: usize,
     reading: Reading,
     drain: Pin<Box<WaitForCancellationFutureOwned>>,
     draining_until: Option<Instant>,
@@ -141,6 +146,7 @@ impl<S: Transport> Connection<S> {
             read_buf: BytesMut::new(),
             write_buf: BytesMut::new(),
             written: 0,
+            buffered: 0,
             reading: Reading::Open,
             drain: Box::pin(drain.cancelled_owned()),
             draining_until: None,
@@ -272,6 +278,12 @@ impl<S: Transport> Connection<S> {
     }
 }
 
+impl<S> Drop for Connection<S> {
+    fn drop(&mut self) {
+        self.ctx.load.buffered(self.buffered, 0);
+    }
+}
+
 impl<S: Transport> Future for Connection<S> {
     type Output = ();
 
@@ -284,7 +296,16 @@ impl<S: Transport> Future for Connection<S> {
             let before = this.written;
             let wrote =
                 buffers::poll_write(&mut this.io, cx, &mut this.write_buf, &mut this.written);
-            if this.reading == Reading::Failed || matches!(wrote, Poll::Ready(Err(_))) {
+            let overflowing = this.write_buf.len() > WRITE_LIMIT;
+            if overflowing {
+                this.ctx.stats.cx_overflow.inc();
+            }
+            this.ctx.load.buffered(this.buffered, this.write_buf.len());
+            this.buffered = this.write_buf.len();
+            if overflowing
+                || this.reading == Reading::Failed
+                || matches!(wrote, Poll::Ready(Err(_)))
+            {
                 // The client is gone: its requests end unanswered.
                 this.requests.abandon_all();
                 return Poll::Ready(());

@@ -2,7 +2,10 @@
 //! ([`connection`]) that owns the requests in flight on it ([`request`]).
 
 mod connection;
+mod load;
 mod request;
+
+pub(crate) use load::Load;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +40,8 @@ pub(crate) struct ListenerContext {
     pub frame_timeout: Duration,
     pub drain_time: Duration,
     pub acceptor: Acceptor,
+    /// The proxy-wide load this listener's connections add to.
+    pub load: Arc<Load>,
 }
 
 /// Where a listener's connection tasks are tracked: by the listener (whose removal waits for

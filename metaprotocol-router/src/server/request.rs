@@ -303,6 +303,8 @@ impl Requests {
             now.into_std(),
         );
         let reject_reason = message.reject_reason;
+        let admitted = self.ctx.load.admits();
+        self.ctx.load.request_started();
         self.next_seq = self.next_seq.wrapping_add(1);
         let seq = self.next_seq;
         let index = self.slab.insert(InFlight {
@@ -318,6 +320,19 @@ impl Requests {
             index: index as u32,
             seq,
         };
+        if !admitted {
+            if let Some(inflight) = self.get(key) {
+                inflight
+                    .record
+                    .set_local_reply(LocalReplyKind::OverLimit, ResponseFlags::OVERLOADED);
+            }
+            let reply = LocalReply::new(
+                LocalReplyKind::OverLimit,
+                "metaprotocol-proxy: the proxy is overloaded",
+            );
+            self.finish(key, Answer::Local(reply), out, now);
+            return;
+        }
         if let Some(reason) = reject_reason {
             if let Some(inflight) = self.get(key) {
                 inflight
@@ -709,6 +724,7 @@ impl Requests {
         record.bytes_sent = (out.len() - before) as u64;
         record.timings.answered = Some(now.into_std());
         self.ctx.stats.rq_active.dec();
+        self.ctx.load.request_ended();
         self.ctx.filters.complete(&CompleteContext {
             request: &inflight.request,
             response: response.as_ref(),

@@ -26,6 +26,7 @@ pub(crate) struct ListenerStats {
     pub rq_active: Gauge,
     pub rq_oneway: Counter,
     pub heartbeats: Counter,
+    pub cx_overflow: Counter,
     protocol_errors: [Counter; PROTOCOL_ERRORS.len()],
     local_replies: [Counter; LocalReplyKind::ALL.len()],
 }
@@ -39,6 +40,10 @@ impl ListenerStats {
             rq_active: scope.gauge("downstream_rq_active", "Requests in flight"),
             rq_oneway: scope.counter("downstream_rq_oneway", "One-way requests received"),
             heartbeats: scope.counter("downstream_heartbeats", "Heartbeats answered locally"),
+            cx_overflow: scope.counter(
+                "downstream_cx_overflow",
+                "Client connections closed because the answers they did not read passed the limit",
+            ),
             protocol_errors: PROTOCOL_ERRORS.map(|reason| {
                 scope.counter_with(
                     "downstream_protocol_errors",

@@ -48,6 +48,8 @@ enum AnyFamily {
     Counter(Family<Labels, Counter>),
     Gauge(Family<Labels, Gauge>),
     Histogram(Family<Labels, DurationHistogram, Buckets>),
+    /// A gauge without labels (proxy-wide), printed without an empty `{}`.
+    UnlabeledGauge(Gauge),
 }
 
 impl AnyFamily {
@@ -56,13 +58,14 @@ impl AnyFamily {
             Self::Counter(f) => f.remove(labels),
             Self::Gauge(f) => f.remove(labels),
             Self::Histogram(f) => f.remove(labels),
+            Self::UnlabeledGauge(_) => false,
         };
     }
 
     fn metric_type(&self) -> MetricType {
         match self {
             Self::Counter(_) => MetricType::Counter,
-            Self::Gauge(_) => MetricType::Gauge,
+            Self::Gauge(_) | Self::UnlabeledGauge(_) => MetricType::Gauge,
             Self::Histogram(_) => MetricType::Histogram,
         }
     }
@@ -184,6 +187,7 @@ impl Collector for MetricsCollector {
                 AnyFamily::Counter(f) => f.encode(metric)?,
                 AnyFamily::Gauge(f) => f.encode(metric)?,
                 AnyFamily::Histogram(f) => f.encode(metric)?,
+                AnyFamily::UnlabeledGauge(g) => g.encode(metric)?,
             }
         }
         let codecs = lock(&self.metrics.inner.codecs).clone();
@@ -262,6 +266,15 @@ impl MetricsScope {
 
     /// The gauge `name` with this scope's labels.
     pub fn gauge(&self, name: &str, help: &str) -> Gauge {
+        if self.labels.is_empty() {
+            return match self
+                .metrics
+                .family(name, help, || AnyFamily::UnlabeledGauge(Gauge::default()))
+            {
+                AnyFamily::UnlabeledGauge(gauge) => gauge,
+                _ => Gauge::default(),
+            };
+        }
         let labels = self.series(name, &[]);
         match self
             .metrics
