@@ -1086,3 +1086,93 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
     proxy.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn one_way_calls_to_a_stuck_upstream_never_stall_the_client() -> TestResult {
+    // An upstream that accepts and never reads: writes to it stall once its buffers fill.
+    let stuck = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let stuck_address = stuck.local_addr()?;
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = stuck.accept().await {
+            sockets.push(socket);
+        }
+    });
+    let yaml = format!(
+        "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }}, timeout: 300ms }} ] }} ]
+clusters: [ {{ name: c, endpoints: [ {{ address: {stuck_address} }} ] }} ]
+"
+    );
+    let proxy = Proxy::start(
+        Config::from_yaml(&yaml)?,
+        metaprotocol_examples::codec_registry(),
+    )
+    .await?;
+    let address = proxy.listener_addr("in").ok_or("no listener")?;
+    let payload = "p".repeat(4096);
+    let call = |two_way| {
+        metaprotocol_dubbo::build::request(
+            7,
+            two_way,
+            &metaprotocol_dubbo::build::Call {
+                service: DEMO_SERVICE,
+                version: metaprotocol_examples::dubbo_demo::DEMO_VERSION,
+                method: "notify",
+                string_args: &[&payload],
+                attachments: &[],
+            },
+        )
+    };
+    let mut socket = TcpStream::connect(address).await?;
+    let one_way = call(false);
+    let sent = async {
+        for _ in 0..4096 {
+            socket.write_all(&one_way).await?;
+        }
+        socket.write_all(&call(true)).await?;
+        socket.write_all(&hex::decode(HEARTBEAT)?).await?;
+        TestResult::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(10), sent)
+        .await
+        .map_err(|_| "the proxy stopped reading the client")??;
+    // The heartbeat's answer and the two-way call's timeout reply both arrive.
+    let mut statuses = Vec::new();
+    let read = async {
+        for _ in 0..2 {
+            let mut header = [0u8; 16];
+            socket.read_exact(&mut header).await?;
+            let len = u32::from_be_bytes([header[12], header[13], header[14], header[15]]) as usize;
+            let mut body = vec![0u8; len];
+            socket.read_exact(&mut body).await?;
+            statuses.push((header[2] & 0x20 != 0, header[3]));
+        }
+        TestResult::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(5), read).await??;
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [(false, 31), (true, 20)],
+        "a timeout reply and a heartbeat answer"
+    );
+    drop(socket);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = proxy.metrics().render();
+        if metrics.contains("metaprotocol_downstream_rq_active{listener=\"in\"} 0")
+            && metrics.contains("metaprotocol_downstream_cx_active{listener=\"in\"} 0")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "requests or connections stayed active: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    held.abort();
+    proxy.shutdown().await;
+    Ok(())
+}

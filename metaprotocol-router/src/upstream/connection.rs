@@ -40,6 +40,9 @@ const QUEUE_LIMIT: usize = 16 * 1024;
 const WRITE_HIGH_WATER: usize = 256 * 1024;
 /// How often requests whose callers gave up are forgotten.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// An upstream that takes none of the bytes waiting for it this long is stuck (it stopped
+/// reading): the connection is closed rather than holding its queue forever.
+const WRITE_STALL_LIMIT: Duration = Duration::from_secs(30);
 
 /// What a connection needs to know to open and serve.
 #[derive(Clone)]
@@ -237,6 +240,9 @@ struct Multiplexer<S> {
     write_buf: BytesMut,
     /// Bytes written to the socket since it opened.
     flushed: u64,
+    /// `flushed` at the last sweep, and whether bytes were waiting then: no progress over a
+    /// whole stall limit means a stuck upstream.
+    stalled_since: Option<(Instant, u64)>,
     sweep: Pin<Box<Sleep>>,
     stats: ClusterStats,
     address: SocketAddr,
@@ -264,6 +270,7 @@ impl<S: Transport> Multiplexer<S> {
             read_buf: buffers::buffer(),
             write_buf: buffers::buffer(),
             flushed: 0,
+            stalled_since: None,
             sweep: Box::pin(tokio::time::sleep(SWEEP_INTERVAL)),
             stats: params.stats,
             address: params.address,
@@ -398,6 +405,24 @@ impl<S: Transport> Multiplexer<S> {
         });
     }
 
+    /// True when bytes have waited for the upstream, with none taken, for the stall limit.
+    fn stuck(&mut self) -> bool {
+        if self.write_buf.is_empty() {
+            self.stalled_since = None;
+            return false;
+        }
+        let now = Instant::now();
+        match self.stalled_since {
+            Some((since, flushed)) if flushed == self.flushed => {
+                now.saturating_duration_since(since) >= WRITE_STALL_LIMIT
+            }
+            _ => {
+                self.stalled_since = Some((now, self.flushed));
+                false
+            }
+        }
+    }
+
     /// Answers everything in flight and queued: the connection is gone.
     fn fail_all(&mut self) {
         let flushed = self.flushed;
@@ -436,6 +461,11 @@ impl<S: Transport> Future for Multiplexer<S> {
                 Poll::Pending => {}
             }
             if this.sweep.as_mut().poll(cx).is_ready() {
+                if this.stuck() {
+                    tracing::warn!(address = %this.address, "closing upstream connection: it has taken no bytes for {WRITE_STALL_LIMIT:?}");
+                    this.fail_all();
+                    return Poll::Ready(());
+                }
                 this.sweep();
                 let next = Instant::now() + SWEEP_INTERVAL;
                 this.sweep.as_mut().reset(next);
