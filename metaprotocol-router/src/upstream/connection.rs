@@ -356,9 +356,10 @@ impl<S: Transport> Multiplexer<S> {
             Ok(0) | Err(_) => return Poll::Ready(false),
             Ok(_) => {}
         }
+        let now = Instant::now();
         loop {
             match self.decoder.decode(&mut self.read_buf) {
-                Ok(Some(message)) => self.inbound(message),
+                Ok(Some(message)) => self.inbound(message, now),
                 Ok(None) => return Poll::Ready(true),
                 Err(err) => {
                     tracing::warn!(address = %self.address, error = %err, "closing upstream connection: bad response stream");
@@ -369,10 +370,15 @@ impl<S: Transport> Multiplexer<S> {
         }
     }
 
-    fn inbound(&mut self, message: Message) {
+    fn inbound(&mut self, message: Message, now: Instant) {
         match message.kind {
             MessageKind::Response => match self.waiting.remove(&message.request_id) {
-                Some(waiting) => waiting.reply.answer(Ok(message)),
+                Some(waiting) if waiting.deadline > now => waiting.reply.answer(Ok(message)),
+                // Too late: its caller has given up.
+                Some(mut waiting) => {
+                    waiting.reply.disarm();
+                    self.stats.unmatched_responses.inc();
+                }
                 // Late (the caller gave up and it was swept), or a stray id.
                 None => {
                     self.stats.unmatched_responses.inc();
