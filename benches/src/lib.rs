@@ -1,5 +1,42 @@
-//! The project's performance instruments.
+//! The project's performance instruments (see `benches/README.md` for how to run them):
 //!
 //! - [`codec_bench`]: what the per-codec criterion benches share.
+//! - [`wire`]: the Dubbo, Thrift (framed binary) and bRPC calls and answers the tools exchange.
+//! - [`load`]: the load generator (`--bin loadgen`): pipelined connections, closed or open loop,
+//!   every answer checked, latency in HdrHistograms; [`report`]: its one-line JSON report.
+//! - [`echo`]: the echo server (`--bin echo`).
 
 pub mod codec_bench;
+pub mod echo;
+pub mod load;
+pub mod report;
+pub mod wire;
+
+use std::net::SocketAddr;
+
+/// Parses an address the tools may use: one on loopback, as everything they do stays on this
+/// machine.
+pub fn loopback_addr(text: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not an IP address and port"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!("{addr} is not a loopback address"));
+    }
+    Ok(addr)
+}
+
+/// A tokio runtime with `threads` worker threads; with one, everything runs on the calling
+/// thread (no hand-offs between threads, the cheapest for a tool sharing a core).
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+}
