@@ -5,10 +5,16 @@
 //! - [`load`]: the load generator (`--bin loadgen`): pipelined connections, closed or open loop,
 //!   every answer checked, latency in HdrHistograms; [`report`]: its one-line JSON report.
 //! - [`echo`]: the echo server (`--bin echo`).
+//! - [`proxy_config`]: the engine configuration every benchmark measures.
+//! - [`in_process`]: engine, echo server and client in one process, for the request-path bench
+//!   (`benches/request_path.rs`) and [`alloc`]'s allocation count (`--bin alloc_count`).
 
+pub mod alloc;
 pub mod codec_bench;
 pub mod echo;
+pub mod in_process;
 pub mod load;
+pub mod proxy_config;
 pub mod report;
 pub mod wire;
 
