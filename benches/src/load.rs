@@ -19,8 +19,11 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::report::{Latency, ProcessUse, Report, Watched};
+use crate::report::{Latency, Readings, Report, Watched};
 use crate::wire::{Answer, Caller, Protocol, WireError};
+
+/// The load generator's own name among the processes of its report.
+pub const LOADGEN_PROCESS: &str = "loadgen";
 
 /// Bytes the read buffer keeps free for one read.
 const READ_CHUNK: usize = 64 * 1024;
@@ -497,23 +500,21 @@ pub async fn generate(load: &Load) -> anyhow::Result<Report> {
             })
         })
         .collect();
+    let mut watched = load.watch.clone();
+    watched.push(Watched {
+        name: LOADGEN_PROCESS.to_owned(),
+        pid: std::process::id(),
+    });
     tokio::time::sleep_until(window.from).await;
-    let before: Vec<_> = load.watch.iter().map(Watched::sample).collect();
+    let before = Readings::take(&watched);
     tokio::time::sleep_until(window.until).await;
-    let after: Vec<_> = load.watch.iter().map(Watched::sample).collect();
+    let after = Readings::take(&watched);
     let mut tally = Tally::new()?;
     for task in tasks {
         tally.add(&task.await?)?;
     }
     let calls = tally.calls();
-    let processes = load
-        .watch
-        .iter()
-        .zip(before.iter().zip(&after))
-        .map(|(watched, (before, after))| {
-            ProcessUse::between(watched, *before, *after, calls, load.duration)
-        })
-        .collect();
+    let (processes, others_cpu_percent) = after.since(&before, &watched, calls, load.duration);
     Ok(Report {
         labels: load.labels.clone(),
         protocol: load.protocol,
@@ -530,6 +531,7 @@ pub async fn generate(load: &Load) -> anyhow::Result<Report> {
         failure: tally.failure,
         latency_us: Latency::of(&tally.latency),
         processes,
+        others_cpu_percent,
     })
 }
 

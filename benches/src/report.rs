@@ -1,6 +1,8 @@
-//! The load generator's report, printed as one JSON line per run, and the readings of other
-//! processes in it: CPU time (user + system, every thread) from `/proc/PID/stat` at both ends of
-//! the measured window, and peak resident memory (`VmHWM`) from `/proc/PID/status` at its end.
+//! The load generator's report, printed as one JSON line per run, and the readings of processes
+//! in it: CPU time (user + system, every thread) from `/proc/PID/stat` at both ends of the
+//! measured window, and peak resident memory (`VmHWM`) from `/proc/PID/status` at its end. The
+//! whole machine's busy time (`/proc/stat`) is read too: what neither the load generator nor the
+//! watched processes used was someone else's, and says how noisy the run was.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -46,8 +48,11 @@ pub struct Report {
     pub failure: Option<String>,
     /// Latency of the calls answered correctly within the window.
     pub latency_us: Latency,
-    /// The watched processes.
+    /// The watched processes, and the load generator itself (`loadgen`).
     pub processes: Vec<ProcessUse>,
+    /// CPU used during the window by everything else on the machine, in percent of one core:
+    /// other work sharing the cores, which makes the run noisy.
+    pub others_cpu_percent: Option<f64>,
 }
 
 /// Latency percentiles, in microseconds.
@@ -114,10 +119,7 @@ impl Watched {
         // Fields from 3 on; utime and stime are fields 14 and 15.
         let mut fields = after_name.split_whitespace().skip(11);
         let mut ticks = || fields.next()?.parse::<u64>().ok();
-        let total = ticks()? + ticks()?;
-        Some(Duration::from_micros(
-            total * 1_000_000 / CLOCK_TICKS_PER_SECOND,
-        ))
+        Some(from_ticks(ticks()? + ticks()?))
     }
 
     /// The process's peak resident memory so far, in KiB.
@@ -128,6 +130,79 @@ impl Watched {
             .find_map(|line| line.strip_prefix("VmHWM:"))?;
         line.trim().trim_end_matches("kB").trim().parse().ok()
     }
+}
+
+/// CPU time readings of the machine and of watched processes, at one instant.
+#[derive(Debug, Clone)]
+pub struct Readings {
+    machine: Option<Duration>,
+    processes: Vec<Option<Duration>>,
+}
+
+impl Readings {
+    /// Reads the machine and every process of `watched`.
+    pub fn take(watched: &[Watched]) -> Self {
+        Self {
+            machine: machine_busy(),
+            processes: watched.iter().map(Watched::sample).collect(),
+        }
+    }
+
+    /// What each of `watched` (the processes these readings were taken of) used since
+    /// `before`, `window` ago, during which `calls` calls were answered; and what everything
+    /// else on the machine used, in percent of one core.
+    pub fn since(
+        &self,
+        before: &Readings,
+        watched: &[Watched],
+        calls: u64,
+        window: Duration,
+    ) -> (Vec<ProcessUse>, Option<f64>) {
+        let used: Vec<Option<Duration>> = before
+            .processes
+            .iter()
+            .zip(&self.processes)
+            .map(|(before, after)| Some(after.as_ref()?.saturating_sub(*before.as_ref()?)))
+            .collect();
+        let processes = watched
+            .iter()
+            .zip(&used)
+            .map(|(watched, used)| ProcessUse::of(watched, *used, calls, window))
+            .collect();
+        let others = self
+            .machine
+            .zip(before.machine)
+            .and_then(|(after, before)| {
+                let ours = used.iter().copied().sum::<Option<Duration>>()?;
+                Some(percent_of(
+                    after.saturating_sub(before).saturating_sub(ours),
+                    window,
+                ))
+            });
+        (processes, others)
+    }
+}
+
+/// CPU time of every core outside idle and I/O wait so far (`/proc/stat`), stolen time
+/// excluded: that is the hypervisor's, not this machine's.
+fn machine_busy() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let all = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<u64> = all
+        .split_whitespace()
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy = ticks.first()? + ticks.get(1)? + ticks.get(2)? + ticks.get(5)? + ticks.get(6)?;
+    Some(from_ticks(busy))
+}
+
+fn from_ticks(ticks: u64) -> Duration {
+    Duration::from_micros(ticks * 1_000_000 / CLOCK_TICKS_PER_SECOND)
+}
+
+fn percent_of(used: Duration, window: Duration) -> f64 {
+    100.0 * used.as_secs_f64() / window.as_secs_f64()
 }
 
 /// What a watched process used during the measured window.
@@ -146,25 +221,14 @@ pub struct ProcessUse {
 }
 
 impl ProcessUse {
-    /// The use between two [`Watched::sample`]s taken `window` apart, during which `calls` calls
-    /// were answered.
-    pub fn between(
-        watched: &Watched,
-        before: Option<Duration>,
-        after: Option<Duration>,
-        calls: u64,
-        window: Duration,
-    ) -> Self {
-        let used = before
-            .zip(after)
-            .map(|(before, after)| after.saturating_sub(before));
+    fn of(watched: &Watched, used: Option<Duration>, calls: u64, window: Duration) -> Self {
         Self {
             name: watched.name.clone(),
             pid: watched.pid,
             cpu_us_per_call: used
                 .filter(|_| calls > 0)
                 .map(|used| used.as_secs_f64() * 1e6 / calls as f64),
-            cpu_percent: used.map(|used| 100.0 * used.as_secs_f64() / window.as_secs_f64()),
+            cpu_percent: used.map(|used| percent_of(used, window)),
             peak_rss_kib: watched.peak_rss_kib(),
         }
     }
@@ -175,11 +239,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_this_process() {
+    fn reads_this_process_and_the_machine() {
         let me = Watched::parse(&format!("me={}", std::process::id()));
         let me = me.unwrap_or_else(|err| panic!("{err}"));
-        assert!(me.sample().is_some());
         assert!(me.peak_rss_kib().is_some_and(|kib| kib > 0));
         assert!(Watched::parse("nopid").is_err());
+        let watched = [me];
+        let before = Readings::take(&watched);
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < Duration::from_millis(30) {}
+        let (processes, others) =
+            Readings::take(&watched).since(&before, &watched, 10, Duration::from_millis(30));
+        assert_eq!(processes[0].name, "me");
+        assert!(processes[0].cpu_us_per_call.is_some());
+        assert!(others.is_some());
     }
 }
