@@ -8,9 +8,11 @@
 //! - [`proxy_config`]: the engine configuration every benchmark measures.
 //! - [`in_process`]: engine, echo server and client in one process, for the request-path bench
 //!   (`benches/request_path.rs`) and [`alloc`]'s allocation count (`--bin alloc_count`).
+//! - [`compare`]: the table of `benches/compare.sh` (`--bin compare`).
 
 pub mod alloc;
 pub mod codec_bench;
+pub mod compare;
 pub mod echo;
 pub mod in_process;
 pub mod load;
