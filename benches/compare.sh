@@ -17,6 +17,8 @@ usage: benches/compare.sh [--quick] [options]
   --cases "..."      CONNECTIONSxOUTSTANDING:PAYLOAD_BYTES (default: 8x64:32 8x64:1024 1x1:32 1x1:1024)
   --layouts "..."    a: everything on core 0; b: load and echo on core 0, the proxy on core 1
                      (default: a b)
+  --calls-per-write N  the load generator writes after every N calls, as clients that flush
+                     each call do (default: every call that may go in one write)
   --port N           first of the four loopback ports used (default 27300)
   --out DIR          where results go (default: target/compare)
 EOF
@@ -28,6 +30,7 @@ cases="8x64:32 8x64:1024 1x1:32 1x1:1024"
 layouts="a b"
 port=27300
 out_dir=""
+per_write=()
 # --quick sets defaults that the other options may then override, wherever it stands.
 for arg in "$@"; do
   if [ "$arg" = --quick ]; then cases="8x64:32" duration=1 warmup=0.5; fi
@@ -41,6 +44,7 @@ while [ $# -gt 0 ]; do
     --protocols) protocols=$2; shift ;;
     --cases) cases=$2; shift ;;
     --layouts) layouts=$2; shift ;;
+    --calls-per-write) per_write=(--calls-per-write "$2"); shift ;;
     --port) port=$2; shift ;;
     --out) out_dir=$2; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -159,7 +163,7 @@ EOF
           taskset -c 0 "$bin/loadgen" --protocol "$protocol" --target "127.0.0.1:$target_port" \
             --connections "$connections" --outstanding "$outstanding" --payload "$payload" \
             --warmup "$warmup_ms"ms --duration "$duration_ms"ms \
-            --watch "echo=$echo_pid" "${watch[@]}" \
+            --watch "echo=$echo_pid" "${watch[@]}" "${per_write[@]}" \
             --label "layout=$layout" --label "target=$target" --label "round=$round" >>"$results"
         done
       done

@@ -5,6 +5,7 @@
 //! machine during the runs says how far to trust the row.
 
 use std::fmt::Write as _;
+use std::num::NonZeroU64;
 
 use crate::report::{ProcessUse, Report};
 use crate::wire::Protocol;
@@ -24,6 +25,7 @@ struct Case {
     connections: usize,
     outstanding: usize,
     payload: usize,
+    calls_per_write: Option<NonZeroU64>,
 }
 
 impl Case {
@@ -34,6 +36,7 @@ impl Case {
             connections: report.connections,
             outstanding: report.outstanding,
             payload: report.payload,
+            calls_per_write: report.calls_per_write,
         }
     }
 }
@@ -84,9 +87,12 @@ pub fn table(reports: &[Report]) -> String {
             .filter(|r| Case::of(r) == *case)
             .map(|r| r.errors)
             .sum();
+        let per_write = case
+            .calls_per_write
+            .map_or(String::new(), |n| format!(", {n} per write"));
         let _ = writeln!(
             out,
-            "| {} | {} | {} x {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {errors} |",
+            "| {} | {} | {} x {}{per_write} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {errors} |",
             case.layout,
             case.protocol,
             case.connections,
@@ -188,6 +194,7 @@ mod tests {
             outstanding: 64,
             rate: None,
             payload: 32,
+            calls_per_write: None,
             seconds: 1.0,
             calls: rps as u64,
             rps,

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
+use std::num::NonZeroU64;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -73,6 +74,9 @@ pub struct Plan {
     pub deadline: Instant,
     /// Calls sent longer ago than this and still unanswered at the end count as errors.
     pub patience: Duration,
+    /// Write after this many calls rather than all that may go, as clients that flush every
+    /// call do (`None`: one write for all; a socket that takes no more still gathers them).
+    pub calls_per_write: Option<NonZeroU64>,
 }
 
 impl Plan {
@@ -89,6 +93,7 @@ impl Plan {
             calls: Some(calls),
             deadline,
             patience: Duration::ZERO,
+            calls_per_write: None,
         }
     }
 }
@@ -326,6 +331,9 @@ impl Connection {
                     .write(id, &mut self.write_buf)
                     .map_err(Stop::Wire)?;
                 self.sent += 1;
+                if plan.calls_per_write.is_some_and(|n| self.sent % n == 0) {
+                    self.flush().map_err(Stop::Io)?;
+                }
             }
             if let Some(due) = next_due.filter(|due| *due != pacer.deadline()) {
                 pacer.as_mut().reset(due);
@@ -447,6 +455,8 @@ pub struct Load {
     pub duration: Duration,
     /// Unanswered for longer than this at the end is an error.
     pub patience: Duration,
+    /// See [`Plan::calls_per_write`].
+    pub calls_per_write: Option<NonZeroU64>,
     /// Processes whose CPU and peak memory go in the report.
     pub watch: Vec<Watched>,
     /// Copied into the report as they are.
@@ -493,6 +503,7 @@ pub async fn generate(load: &Load) -> anyhow::Result<Report> {
                 calls: None,
                 deadline: window.until,
                 patience: load.patience,
+                calls_per_write: load.calls_per_write,
             };
             tokio::spawn(async move {
                 connection.run(&plan).await;
@@ -522,6 +533,7 @@ pub async fn generate(load: &Load) -> anyhow::Result<Report> {
         outstanding: load.outstanding,
         rate: load.rate,
         payload: load.payload,
+        calls_per_write: load.calls_per_write,
         seconds: load.duration.as_secs_f64(),
         calls,
         rps: calls as f64 / load.duration.as_secs_f64(),

@@ -5,6 +5,7 @@
 //! watched processes used was someone else's, and says how noisy the run was.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU64;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -32,6 +33,8 @@ pub struct Report {
     pub rate: Option<f64>,
     /// Payload bytes per call.
     pub payload: usize,
+    /// Calls per write at most, or none (every call that may go in one write).
+    pub calls_per_write: Option<NonZeroU64>,
     /// The measured window's length.
     pub seconds: f64,
     /// Calls answered correctly within the window.

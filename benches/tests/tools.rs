@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::num::NonZeroU64;
 use std::time::Duration;
 
 use metaprotocol_benches::echo;
@@ -24,6 +25,8 @@ async fn echo_server(protocol: Protocol) -> std::io::Result<SocketAddr> {
 }
 
 fn load(protocol: Protocol, target: SocketAddr, rate: Option<f64>) -> Load {
+    // One call per write exercises the flushing path; the echo server answers either way.
+    let calls_per_write = rate.and(NonZeroU64::new(1));
     Load {
         protocol,
         target,
@@ -34,6 +37,7 @@ fn load(protocol: Protocol, target: SocketAddr, rate: Option<f64>) -> Load {
         warmup: Duration::from_millis(50),
         duration: Duration::from_millis(250),
         patience: Duration::from_secs(1),
+        calls_per_write,
         watch: vec![Watched {
             name: "me".to_owned(),
             pid: std::process::id(),

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::num::NonZeroU64;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -53,6 +54,10 @@ struct Args {
     /// Calls unanswered for longer than this at the end are errors.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     patience: Duration,
+    /// Write after every N calls, as clients that flush each call do (default: every call that
+    /// may go in one write).
+    #[arg(long)]
+    calls_per_write: Option<NonZeroU64>,
     /// Runtime threads (1: everything on the main thread).
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -82,6 +87,7 @@ fn main() -> ExitCode {
         warmup: args.warmup,
         duration: args.duration,
         patience: args.patience,
+        calls_per_write: args.calls_per_write,
         watch: args.watch,
         labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
     };
