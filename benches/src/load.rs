@@ -297,7 +297,9 @@ impl Connection {
             self.tally.failure.get_or_insert_with(|| stop.to_string());
         }
         let end = Instant::now().min(plan.deadline);
-        self.tally.errors.unanswered += self.in_flight.older_than(end - plan.patience);
+        if let Some(sent_before) = end.checked_sub(plan.patience) {
+            self.tally.errors.unanswered += self.in_flight.older_than(sent_before);
+        }
         if let Pacing::Every { first, interval } = plan.pacing
             && end >= first
         {
