@@ -66,12 +66,14 @@ fi
 cargo build --release -q -p metaprotocol-benches --bin loadgen --bin echo --bin compare
 cargo build --release -q -p metaprotocol-examples --bin metaprotocol-proxy
 
-# The `timeout` wrappers of the servers this script started; killing one stops its server.
-children=()
+# The servers this script started, and their `timeout` wrappers.
+servers=() children=()
 stop_all() {
+  # SIGKILL: the measurements are taken, and a proxy's graceful drain would only add seconds.
+  for pid in "${servers[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
   for pid in "${children[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${children[@]}"; do wait "$pid" 2>/dev/null || true; done
-  children=()
+  servers=() children=()
 }
 trap stop_all EXIT
 trap 'exit 130' INT TERM
@@ -91,6 +93,7 @@ start() {
     sleep 0.02
   done
   [ -n "$server" ] || { echo "cannot start $*; see $log" >&2; exit 1; }
+  servers+=("$server")
   printf -v "$var" %s "$server"
 }
 

@@ -19,9 +19,6 @@ use crate::wire::Protocol;
 /// The most one batch of calls may take before its stragglers count as unanswered.
 const BATCH_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long the engine waits for calls in flight when the bench ends.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
-
 /// Where a client's calls go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
@@ -37,11 +34,10 @@ pub struct InProcess {
     protocol: Protocol,
     /// The clients' and the echo server's runtime, driven by the caller's thread.
     runtime: Runtime,
-    /// Taken on drop, to shut it down.
-    proxy: Option<Proxy>,
     proxy_addr: SocketAddr,
     echo_addr: SocketAddr,
-    proxy_runtime: Runtime,
+    /// The engine and its runtime, taken on drop to stop them.
+    engine: Option<(Proxy, Runtime)>,
 }
 
 impl InProcess {
@@ -61,20 +57,16 @@ impl InProcess {
             .enable_all()
             .build()?;
         let config = Config::from_yaml(&proxy_config(protocol, loopback, echo_addr, loopback))?;
-        let proxy = Proxy::builder(config)
-            .codecs(codecs())
-            .drain_timeout(DRAIN_TIMEOUT);
-        let proxy = proxy_runtime.block_on(proxy.start())?;
+        let proxy = proxy_runtime.block_on(Proxy::start(config, codecs()))?;
         let proxy_addr = proxy
             .listener_addr(LISTENER)
             .ok_or_else(|| anyhow::anyhow!("the proxy has no listener {LISTENER}"))?;
         Ok(Self {
             protocol,
             runtime,
-            proxy: Some(proxy),
             proxy_addr,
             echo_addr,
-            proxy_runtime,
+            engine: Some((proxy, proxy_runtime)),
         })
     }
 
@@ -105,8 +97,9 @@ impl InProcess {
 
 impl Drop for InProcess {
     fn drop(&mut self) {
-        if let Some(proxy) = self.proxy.take() {
-            self.proxy_runtime.block_on(proxy.shutdown());
+        // No drain: nothing is in flight when a bench ends, and the process is about to exit.
+        if let Some((_proxy, runtime)) = self.engine.take() {
+            runtime.shutdown_background();
         }
     }
 }
