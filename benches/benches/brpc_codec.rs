@@ -4,7 +4,7 @@
 
 use bytes::BytesMut;
 use criterion::{Criterion, criterion_group, criterion_main};
-use metaprotocol_benches::bench_encode;
+use metaprotocol_benches::codec_bench::{self, bench_encode};
 use metaprotocol_brpc::{BrpcCodec, encode_frame, proto};
 use metaprotocol_core::{Codec, Mutation, Side};
 
@@ -46,7 +46,7 @@ fn codec() -> Box<dyn Codec> {
 }
 
 fn bench_decode(c: &mut Criterion) {
-    metaprotocol_benches::bench_decode(c, "brpc/decode", codec, request_frame);
+    codec_bench::bench_decode(c, "brpc/decode", codec, request_frame);
 }
 
 fn bench_passthrough(c: &mut Criterion) {
@@ -73,7 +73,7 @@ fn bench_passthrough(c: &mut Criterion) {
 }
 
 fn bench_mutate(c: &mut Criterion) {
-    let mutation = metaprotocol_benches::routing_mutation();
+    let mutation = codec_bench::routing_mutation();
     bench_encode(c, "brpc/mutate_encode", codec, request_frame, 7, &mutation);
 }
 

@@ -5,7 +5,7 @@
 
 use bytes::BytesMut;
 use criterion::{Criterion, criterion_group, criterion_main};
-use metaprotocol_benches::bench_encode;
+use metaprotocol_benches::codec_bench::{self, bench_encode};
 use metaprotocol_core::{Codec, DEFAULT_MAX_FRAME_BYTES, Mutation};
 use metaprotocol_dubbo::DubboCodec;
 
@@ -61,7 +61,7 @@ fn codec() -> Box<dyn Codec> {
 }
 
 fn bench_decode(c: &mut Criterion) {
-    metaprotocol_benches::bench_decode(c, "dubbo/decode", codec, request_frame);
+    codec_bench::bench_decode(c, "dubbo/decode", codec, request_frame);
 }
 
 fn bench_passthrough(c: &mut Criterion) {
@@ -77,7 +77,7 @@ fn bench_passthrough(c: &mut Criterion) {
 }
 
 fn bench_mutate(c: &mut Criterion) {
-    let mutation = metaprotocol_benches::routing_mutation();
+    let mutation = codec_bench::routing_mutation();
     bench_encode(
         c,
         "dubbo/encode_mutated",

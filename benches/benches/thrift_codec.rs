@@ -5,7 +5,7 @@
 
 use bytes::{BufMut, BytesMut};
 use criterion::{Criterion, criterion_group, criterion_main};
-use metaprotocol_benches::bench_encode;
+use metaprotocol_benches::codec_bench::{self, bench_encode};
 use metaprotocol_core::{ByteStr, Codec, CodecFactory, EncodeParams, Mutation, Side, WireVariant};
 use metaprotocol_thrift::{Protocol, ThriftCodecFactory, ThriftFormat, Transport};
 
@@ -40,7 +40,7 @@ fn call_in(format: ThriftFormat, len: usize) -> BytesMut {
     );
     headers.set(ByteStr::from_static("tenant"), ByteStr::from_static("t1"));
     let mut out = BytesMut::new();
-    let message = metaprotocol_benches::decoded(&mut *codec(), &framed_call(len));
+    let message = codec_bench::decoded(&mut *codec(), &framed_call(len));
     let params = EncodeParams {
         request_id: 1,
         variant: format.to_variant(),
@@ -59,7 +59,7 @@ fn bench_decode(c: &mut Criterion) {
     ] {
         let format = ThriftFormat::new(transport, Protocol::Binary);
         let group = format!("thrift/decode/{name}");
-        metaprotocol_benches::bench_decode(c, &group, codec, |len| call_in(format, len));
+        codec_bench::bench_decode(c, &group, codec, |len| call_in(format, len));
     }
 }
 
@@ -77,7 +77,7 @@ fn bench_passthrough(c: &mut Criterion) {
 }
 
 fn bench_mutate(c: &mut Criterion) {
-    let mutation = metaprotocol_benches::routing_mutation();
+    let mutation = codec_bench::routing_mutation();
     let header = ThriftFormat::new(Transport::Header, Protocol::Binary);
     let frame = |len| call_in(header, len);
     bench_encode(

@@ -1,89 +1,50 @@
-//! What every codec bench shares: the body sizes, and the decode and encode measurements. The
-//! benches themselves (`benches/`, `cargo bench -p metaprotocol-benches`) only say how to build a
-//! frame of their protocol and which codec to use.
+//! The project's performance instruments (see `benches/README.md` for how to run them):
+//!
+//! - [`codec_bench`]: what the per-codec criterion benches share.
+//! - [`wire`]: the Dubbo, Thrift (framed binary) and bRPC calls and answers the tools exchange.
+//! - [`load`]: the load generator (`--bin loadgen`): pipelined connections, closed or open loop,
+//!   every answer checked, latency in HdrHistograms; [`report`]: its one-line JSON report.
+//! - [`echo`]: the echo server (`--bin echo`).
+//! - [`proxy_config`]: the engine configuration every benchmark measures.
+//! - [`in_process`]: engine, echo server and client in one process, for the request-path bench
+//!   (`benches/request_path.rs`) and [`alloc`]'s allocation count (`--bin alloc_count`).
+//! - [`compare`]: the table of `benches/compare.sh` (`--bin compare`).
 
-use std::hint::black_box;
+pub mod alloc;
+pub mod codec_bench;
+pub mod compare;
+pub mod echo;
+pub mod in_process;
+pub mod load;
+pub mod proxy_config;
+pub mod report;
+pub mod wire;
 
-use bytes::BytesMut;
-use criterion::{BatchSize, Criterion, Throughput};
-use metaprotocol_core::{ByteStr, Codec, EncodeParams, Message, Mutation};
+use std::net::SocketAddr;
 
-/// The body sizes every codec is measured at, with their labels.
-pub const BODY_SIZES: [(usize, &str); 3] = [(128, "128B"), (1024, "1KiB"), (16 * 1024, "16KiB")];
-
-/// The mutation every mutate-and-encode bench applies, a typical route's: two headers set
-/// (one new, one replacing the frame's `tenant`) and one removed (`x-trace-id`).
-pub fn routing_mutation() -> Mutation {
-    let mut mutation = Mutation::new();
-    mutation.set(
-        ByteStr::from_static("x-routed-by"),
-        ByteStr::from_static("canary"),
-    );
-    mutation.set(ByteStr::from_static("tenant"), ByteStr::from_static("t2"));
-    mutation.remove(ByteStr::from_static("x-trace-id"));
-    mutation
+/// Parses an address the tools may use: one on loopback, as everything they do stays on this
+/// machine.
+pub fn loopback_addr(text: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not an IP address and port"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!("{addr} is not a loopback address"));
+    }
+    Ok(addr)
 }
 
-/// The message `codec` decodes from `frame`; a bench that cannot decode its own input has nothing
-/// to measure, so this panics.
-pub fn decoded(codec: &mut dyn Codec, frame: &BytesMut) -> Message {
-    match codec.decode(&mut frame.clone()) {
-        Ok(Some(message)) => message,
-        other => panic!("the bench frame does not decode: {other:?}"),
+/// A tokio runtime with `threads` worker threads; with one, everything runs on the calling
+/// thread (no hand-offs between threads, the cheapest for a tool sharing a core).
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
     }
-}
-
-/// Measures decoding one `frame(size)` for every body size, each with a fresh codec from
-/// `codec` (codecs may remember a connection's detected encoding), built outside the timing.
-pub fn bench_decode(
-    c: &mut Criterion,
-    group: &str,
-    codec: impl Fn() -> Box<dyn Codec>,
-    frame: impl Fn(usize) -> BytesMut,
-) {
-    let mut group = c.benchmark_group(group);
-    group.throughput(Throughput::Elements(1));
-    for (len, label) in BODY_SIZES {
-        let bytes = frame(len);
-        decoded(&mut *codec(), &bytes);
-        group.bench_function(label, |b| {
-            b.iter_batched_ref(
-                || (codec(), bytes.clone()),
-                |(codec, src)| black_box(codec.decode(src)),
-                BatchSize::SmallInput,
-            );
-        });
-    }
-    group.finish();
-}
-
-/// Measures encoding the message decoded from `frame(size)` for every body size, in its own
-/// encoding, with upstream id `request_id` and `mutation`.
-pub fn bench_encode(
-    c: &mut Criterion,
-    group: &str,
-    codec: impl Fn() -> Box<dyn Codec>,
-    frame: impl Fn(usize) -> BytesMut,
-    request_id: u64,
-    mutation: &Mutation,
-) {
-    let mut group = c.benchmark_group(group);
-    group.throughput(Throughput::Elements(1));
-    for (len, label) in BODY_SIZES {
-        let mut codec = codec();
-        let message = decoded(&mut *codec, &frame(len));
-        let params = EncodeParams {
-            request_id,
-            variant: message.variant,
-            mutation,
-        };
-        let mut dst = BytesMut::with_capacity(2 * message.frame.len() + 256);
-        group.bench_function(label, |b| {
-            b.iter(|| {
-                dst.clear();
-                black_box(codec.encode(black_box(&message), &params, &mut dst))
-            });
-        });
-    }
-    group.finish();
 }

@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# Direct vs haproxy (TCP mode, one thread) vs metaprotocol-proxy (one worker), interleaved
+# round by round, in two CPU layouts, for each protocol and load case; prints one markdown table
+# of medians. Everything stays on 127.0.0.1; every process it starts is stopped on exit.
+# See benches/README.md.
+set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+usage: benches/compare.sh [--quick] [options]
+
+  --quick            one case (8x64:32), 1 s rounds after 0.5 s warm-up (~2 minutes)
+  --rounds N         rounds per target and case (default 3)
+  --duration S       measured seconds per run (default 2)
+  --warmup S         warm-up seconds per run (default 1)
+  --protocols "..."  among dubbo thrift brpc (default: all three)
+  --cases "..."      CONNECTIONSxOUTSTANDING:PAYLOAD_BYTES (default: 8x64:32 8x64:1024 1x1:32 1x1:1024)
+  --layouts "..."    a: everything on core 0; b: load and echo on core 0, the proxy on core 1
+                     (default: a b)
+  --calls-per-write N  the load generator writes after every N calls, as clients that flush
+                     each call do (default: every call that may go in one write)
+  --port N           first of the four loopback ports used (default 27300)
+  --out DIR          where results go (default: target/compare)
+EOF
+}
+
+rounds=3 duration=2 warmup=1
+protocols="dubbo thrift brpc"
+cases="8x64:32 8x64:1024 1x1:32 1x1:1024"
+layouts="a b"
+port=27300
+out_dir=""
+per_write=()
+# --quick sets defaults that the other options may then override, wherever it stands.
+for arg in "$@"; do
+  if [ "$arg" = --quick ]; then cases="8x64:32" duration=1 warmup=0.5; fi
+done
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) ;;
+    --rounds) rounds=$2; shift ;;
+    --duration) duration=$2; shift ;;
+    --warmup) warmup=$2; shift ;;
+    --protocols) protocols=$2; shift ;;
+    --cases) cases=$2; shift ;;
+    --layouts) layouts=$2; shift ;;
+    --calls-per-write) per_write=(--calls-per-write "$2"); shift ;;
+    --port) port=$2; shift ;;
+    --out) out_dir=$2; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage >&2; exit 2 ;;
+  esac
+  shift
+done
+
+cd "$(dirname "$0")/.."
+target_dir=${CARGO_TARGET_DIR:-target}
+out_dir=${out_dir:-$target_dir/compare}
+bin=$target_dir/release
+echo_port=$port haproxy_port=$((port + 1)) proxy_port=$((port + 2)) admin_port=$((port + 3))
+
+if ! command -v haproxy >/dev/null; then
+  apt-get update -qq
+  apt-get install -y -qq haproxy >/dev/null
+fi
+cargo build --release -q -p metaprotocol-benches --bin loadgen --bin echo --bin compare
+cargo build --release -q -p metaprotocol-examples --bin metaprotocol-proxy
+
+# The servers this script started, and their `timeout` wrappers.
+servers=() children=()
+stop_all() {
+  # SIGKILL: the measurements are taken, and a proxy's graceful drain would only add seconds.
+  for pid in "${servers[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  for pid in "${children[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${children[@]}"; do wait "$pid" 2>/dev/null || true; done
+  servers=() children=()
+}
+trap stop_all EXIT
+trap 'exit 130' INT TERM
+
+# start VAR CPU LOG COMMAND...: runs COMMAND pinned to CPU, bounded in time even if this script
+# is killed outright, and sets VAR to the server's own pid (whose CPU and memory are read).
+group_limit=0
+start() {
+  local var=$1 cpu=$2 log=$3 wrapper server=""
+  shift 3
+  timeout --kill-after=5 "$group_limit" taskset -c "$cpu" "$@" >"$log" 2>&1 &
+  wrapper=$!
+  children+=("$wrapper")
+  for _ in $(seq 100); do
+    server=$(pgrep -P "$wrapper" || true)
+    [ -n "$server" ] && break
+    sleep 0.02
+  done
+  [ -n "$server" ] || { echo "cannot start $*; see $log" >&2; exit 1; }
+  servers+=("$server")
+  printf -v "$var" %s "$server"
+}
+
+wait_port() {
+  for _ in $(seq 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "nothing listens on 127.0.0.1:$1" >&2
+  exit 1
+}
+
+mkdir -p "$out_dir"
+stamp=$(date +%Y%m%d-%H%M%S)
+results=$out_dir/results-$stamp.jsonl
+logs=$out_dir/logs-$stamp
+mkdir -p "$logs"
+targets="direct haproxy metaprotocol"
+runs=$(( $(wc -w <<<"$layouts") * $(wc -w <<<"$protocols") * $(wc -w <<<"$cases") * rounds * 3 ))
+group_limit=$(awk -v r="$rounds" -v d="$duration" -v w="$warmup" 'BEGIN { print int(r * 3 * (d + w + 2) + 60) }')
+# The tools take durations like 500ms; the options are seconds, fractions allowed.
+warmup_ms=$(awk -v s="$warmup" 'BEGIN { print int(s * 1000) }')
+duration_ms=$(awk -v s="$duration" 'BEGIN { print int(s * 1000) }')
+started=$SECONDS
+run=0
+
+for layout in $layouts; do
+  case $layout in
+    a) proxy_cpu=0 ;;
+    b) proxy_cpu=1 ;;
+    *) echo "unknown layout $layout" >&2; exit 2 ;;
+  esac
+  for protocol in $protocols; do
+    for case in $cases; do
+      connections=${case%%x*} rest=${case#*x}
+      outstanding=${rest%%:*} payload=${case##*:}
+      name=$layout-$protocol-$connections-$outstanding-$payload
+
+      start echo_pid 0 "$logs/$name-echo.log" "$bin/echo" --protocol "$protocol" \
+        --listen "127.0.0.1:$echo_port" --duration "${group_limit}s"
+      cat >"$logs/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode tcp
+    timeout connect 1s
+    timeout client 1m
+    timeout server 1m
+listen bench
+    bind 127.0.0.1:$haproxy_port
+    server echo 127.0.0.1:$echo_port
+EOF
+      start haproxy_pid "$proxy_cpu" "$logs/$name-haproxy.log" haproxy -db -f "$logs/haproxy.cfg"
+      "$bin/compare" proxy-config --protocol "$protocol" --listen "127.0.0.1:$proxy_port" \
+        --upstream "127.0.0.1:$echo_port" --admin "127.0.0.1:$admin_port" >"$logs/proxy.yaml"
+      start proxy_pid "$proxy_cpu" "$logs/$name-proxy.log" "$bin/metaprotocol-proxy" run \
+        --config "$logs/proxy.yaml" --workers 1
+      for p in "$echo_port" "$haproxy_port" "$proxy_port" "$admin_port"; do wait_port "$p"; done
+
+      for round in $(seq "$rounds"); do
+        for target in $targets; do
+          case $target in
+            direct) target_port=$echo_port watch=() ;;
+            haproxy) target_port=$haproxy_port watch=(--watch "proxy=$haproxy_pid") ;;
+            metaprotocol) target_port=$proxy_port watch=(--watch "proxy=$proxy_pid") ;;
+          esac
+          run=$((run + 1))
+          echo "[$run/$runs] layout $layout, $protocol, $connections x $outstanding, ${payload} B, round $round: $target" >&2
+          taskset -c 0 "$bin/loadgen" --protocol "$protocol" --target "127.0.0.1:$target_port" \
+            --connections "$connections" --outstanding "$outstanding" --payload "$payload" \
+            --warmup "$warmup_ms"ms --duration "$duration_ms"ms \
+            --watch "echo=$echo_pid" "${watch[@]}" "${per_write[@]}" \
+            --label "layout=$layout" --label "target=$target" --label "round=$round" >>"$results"
+        done
+      done
+      stop_all
+    done
+  done
+done
+
+table=$out_dir/table-$stamp.md
+{
+  echo "Medians of $rounds rounds of ${duration} s (after ${warmup} s warm-up) per target, interleaved;"
+  echo "layout a: everything on core 0; b: load generator and echo server on core 0, the proxy alone on core 1."
+  echo
+  "$bin/compare" table "$results"
+} | tee "$table"
+echo >&2
+echo "$runs runs in $((SECONDS - started)) s; reports: $results; table: $table" >&2

@@ -1,0 +1,241 @@
+//! The comparison table of `benches/compare.sh`: load-generator reports, labelled with `layout`,
+//! `target` and `round`, turned into one markdown row per case (layout, protocol, load,
+//! payload), each cell listing the targets in the order they first appear, with the medians over
+//! the rounds (peak memory: the largest; errors: the sum). The CPU that others used on the
+//! machine during the runs says how far to trust the row.
+
+use std::fmt::Write as _;
+use std::num::NonZeroU64;
+
+use crate::report::{ProcessUse, Report};
+use crate::wire::Protocol;
+
+/// The target the others are compared with.
+pub const REFERENCE: &str = "haproxy";
+/// The watched process that is the proxy under test.
+pub const PROXY_PROCESS: &str = "proxy";
+/// The watched process that is the echo server.
+pub const ECHO_PROCESS: &str = "echo";
+
+/// What identifies a row.
+#[derive(Debug, Clone, PartialEq)]
+struct Case {
+    layout: String,
+    protocol: Protocol,
+    connections: usize,
+    outstanding: usize,
+    payload: usize,
+    calls_per_write: Option<NonZeroU64>,
+}
+
+impl Case {
+    fn of(report: &Report) -> Self {
+        Self {
+            layout: label(report, "layout").to_owned(),
+            protocol: report.protocol,
+            connections: report.connections,
+            outstanding: report.outstanding,
+            payload: report.payload,
+            calls_per_write: report.calls_per_write,
+        }
+    }
+}
+
+fn label<'a>(report: &'a Report, key: &str) -> &'a str {
+    report.labels.get(key).map_or("-", String::as_str)
+}
+
+/// The markdown table of `reports`.
+pub fn table(reports: &[Report]) -> String {
+    let mut cases: Vec<Case> = Vec::new();
+    let mut targets: Vec<&str> = Vec::new();
+    for report in reports {
+        let case = Case::of(report);
+        if !cases.contains(&case) {
+            cases.push(case);
+        }
+        let target = label(report, "target");
+        if !targets.contains(&target) {
+            targets.push(target);
+        }
+    }
+    let names = targets.join(" / ");
+    let mut out = format!(
+        "| layout | protocol | conns x outstanding | payload B | rps: {names} | rps / {REFERENCE}: {names} \
+         | p50 us: {names} | p99 us: {names} | proxy CPU us/call: {names} \
+         | echo CPU us/call: {names} | proxy peak RSS MiB: {names} | others' CPU %: {names} \
+         | errors |\n"
+    );
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for case in &cases {
+        let runs = |target: &str| -> Vec<&Report> {
+            reports
+                .iter()
+                .filter(|r| Case::of(r) == *case && label(r, "target") == target)
+                .collect()
+        };
+        let per_target = |value: &dyn Fn(&[&Report]) -> Option<f64>, digits: usize| {
+            targets
+                .iter()
+                .map(|target| cell(value(&runs(target)), digits))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        let reference_rps = median(runs(REFERENCE).iter().map(|r| r.rps));
+        let errors: u64 = reports
+            .iter()
+            .filter(|r| Case::of(r) == *case)
+            .map(|r| r.errors)
+            .sum();
+        let per_write = case
+            .calls_per_write
+            .map_or(String::new(), |n| format!(", {n} per write"));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} x {}{per_write} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {errors} |",
+            case.layout,
+            case.protocol,
+            case.connections,
+            case.outstanding,
+            case.payload,
+            per_target(&|runs| median(runs.iter().map(|r| r.rps)), 0),
+            per_target(
+                &|runs| {
+                    let rps = median(runs.iter().map(|r| r.rps))?;
+                    reference_rps
+                        .filter(|&reference| reference > 0.0)
+                        .map(|reference| rps / reference)
+                },
+                2
+            ),
+            per_target(&|runs| median(runs.iter().map(|r| r.latency_us.p50)), 0),
+            per_target(&|runs| median(runs.iter().map(|r| r.latency_us.p99)), 0),
+            per_target(
+                &|runs| median(process(runs, PROXY_PROCESS, |p| p.cpu_us_per_call)),
+                1
+            ),
+            per_target(
+                &|runs| median(process(runs, ECHO_PROCESS, |p| p.cpu_us_per_call)),
+                1
+            ),
+            per_target(
+                &|runs| {
+                    process(runs, PROXY_PROCESS, |p| {
+                        p.peak_rss_kib.map(|kib| kib as f64 / 1024.0)
+                    })
+                    .reduce(f64::max)
+                },
+                1
+            ),
+            per_target(
+                &|runs| median(runs.iter().filter_map(|r| r.others_cpu_percent)),
+                0
+            ),
+        );
+    }
+    out
+}
+
+/// One value of the watched process `name` in each run that has it.
+fn process<'a>(
+    runs: &'a [&Report],
+    name: &'a str,
+    value: impl Fn(&ProcessUse) -> Option<f64> + 'a,
+) -> impl Iterator<Item = f64> + 'a {
+    runs.iter()
+        .flat_map(|r| &r.processes)
+        .filter(move |p| p.name == name)
+        .filter_map(value)
+}
+
+/// The median, the mean of the middle two for an even count.
+fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    match values.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(values[mid]),
+        _ => Some((values[mid - 1] + values[mid]) / 2.0),
+    }
+}
+
+fn cell(value: Option<f64>, digits: usize) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::load::Errors;
+    use crate::report::Latency;
+
+    fn report(target: &str, rps: f64, proxy_cpu: Option<f64>) -> Report {
+        let labels: BTreeMap<String, String> = [("layout", "b"), ("target", target)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let processes = proxy_cpu
+            .map(|cpu| ProcessUse {
+                name: PROXY_PROCESS.to_owned(),
+                pid: 1,
+                cpu_us_per_call: Some(cpu),
+                cpu_percent: None,
+                peak_rss_kib: Some(2048),
+            })
+            .into_iter()
+            .collect();
+        Report {
+            labels,
+            protocol: Protocol::Thrift,
+            connections: 8,
+            outstanding: 64,
+            rate: None,
+            payload: 32,
+            calls_per_write: None,
+            seconds: 1.0,
+            calls: rps as u64,
+            rps,
+            errors: 0,
+            error_kinds: Errors::default(),
+            behind: 0,
+            failure: None,
+            latency_us: Latency::default(),
+            processes,
+            others_cpu_percent: Some(3.0),
+        }
+    }
+
+    #[test]
+    fn one_row_per_case_with_medians_and_ratios() {
+        let reports = [
+            report("direct", 100.0, None),
+            report("haproxy", 80.0, Some(9.0)),
+            report("metaprotocol", 40.0, Some(20.0)),
+            report("haproxy", 100.0, Some(7.0)),
+            report("metaprotocol", 50.0, Some(22.0)),
+            report("haproxy", 90.0, Some(8.0)),
+            report("metaprotocol", 45.0, Some(24.0)),
+        ];
+        let table = table(&reports);
+        let rows: Vec<&str> = table.lines().collect();
+        assert_eq!(rows.len(), 3, "{table}");
+        assert!(rows[0].contains("rps: direct / haproxy / metaprotocol"));
+        let row = rows[2];
+        assert!(
+            row.starts_with("| b | thrift | 8 x 64 | 32 | 100 / 90 / 45 | 1.11 / 1.00 / 0.50 |"),
+            "{row}"
+        );
+        assert!(row.contains("| - / 8.0 / 22.0 |"), "{row}");
+        assert!(row.contains("| - / 2.0 / 2.0 | 3 / 3 / 3 | 0 |"), "{row}");
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), Some(2.0));
+        assert_eq!(median([4.0, 1.0].into_iter()), Some(2.5));
+        assert_eq!(median(std::iter::empty()), None);
+    }
+}

@@ -1,0 +1,118 @@
+//! The whole request path in one process: the engine on a runtime of its own (one worker
+//! thread), an echo server upstream and the clients on another (the caller's thread), talking
+//! over loopback. The engine's threads are the only ones that run engine code, which is what lets
+//! [`crate::alloc`] count its allocations apart.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use metaprotocol_core::CodecRegistry;
+use metaprotocol_router::{Config, Proxy};
+use tokio::net::TcpListener;
+use tokio::runtime::{Builder, Runtime};
+
+use crate::echo;
+use crate::load::{Connection, Plan};
+use crate::proxy_config::{LISTENER, proxy_config};
+use crate::wire::Protocol;
+
+/// The most one batch of calls may take before its stragglers count as unanswered.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where a client's calls go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// Through the engine.
+    Proxy,
+    /// Straight to the echo server: the clients' and the server's own share.
+    Direct,
+}
+
+/// A running engine with an echo server behind it.
+#[derive(Debug)]
+pub struct InProcess {
+    protocol: Protocol,
+    /// The clients' and the echo server's runtime, driven by the caller's thread.
+    runtime: Runtime,
+    proxy_addr: SocketAddr,
+    echo_addr: SocketAddr,
+    /// The engine and its runtime, taken on drop to stop them.
+    engine: Option<(Proxy, Runtime)>,
+}
+
+impl InProcess {
+    /// Starts the echo server and the engine for `protocol`; `on_proxy_thread` runs first on
+    /// every thread the engine's runtime starts.
+    pub fn start(protocol: Protocol, on_proxy_thread: fn()) -> anyhow::Result<Self> {
+        let runtime = Builder::new_current_thread().enable_all().build()?;
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let echo_listener = runtime.block_on(TcpListener::bind(loopback))?;
+        let echo_addr = echo_listener.local_addr()?;
+        runtime.spawn(echo::serve(echo_listener, protocol));
+
+        let proxy_runtime = Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("proxy")
+            .on_thread_start(on_proxy_thread)
+            .enable_all()
+            .build()?;
+        let config = Config::from_yaml(&proxy_config(protocol, loopback, echo_addr, loopback))?;
+        let proxy = proxy_runtime.block_on(Proxy::start(config, codecs()))?;
+        let proxy_addr = proxy
+            .listener_addr(LISTENER)
+            .ok_or_else(|| anyhow::anyhow!("the proxy has no listener {LISTENER}"))?;
+        Ok(Self {
+            protocol,
+            runtime,
+            proxy_addr,
+            echo_addr,
+            engine: Some((proxy, proxy_runtime)),
+        })
+    }
+
+    /// A client connection with `payload_len`-byte payloads and `depth` calls in flight.
+    pub fn connect(
+        &self,
+        via: Via,
+        payload_len: usize,
+        depth: usize,
+    ) -> anyhow::Result<Connection> {
+        let target = match via {
+            Via::Proxy => self.proxy_addr,
+            Via::Direct => self.echo_addr,
+        };
+        self.runtime
+            .block_on(Connection::open(self.protocol, target, payload_len, depth))
+    }
+
+    /// Makes `calls` calls on `client`, keeping its depth in flight, and returns how long they
+    /// took; failures are counted in the client's tally.
+    pub fn calls(&self, client: &mut Connection, calls: u64) -> Duration {
+        let plan = Plan::calls(calls, BATCH_TIMEOUT);
+        let start = std::time::Instant::now();
+        self.runtime.block_on(client.run(&plan));
+        start.elapsed()
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        // No drain: nothing is in flight when a bench ends, and the process is about to exit.
+        if let Some((_proxy, runtime)) = self.engine.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// The registry of the three codecs.
+fn codecs() -> CodecRegistry {
+    let mut registry = CodecRegistry::new();
+    for register in [
+        metaprotocol_dubbo::register,
+        metaprotocol_thrift::register,
+        metaprotocol_brpc::register,
+    ] {
+        register(&mut registry);
+    }
+    registry
+}

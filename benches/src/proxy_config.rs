@@ -1,0 +1,58 @@
+//! The proxy configuration every benchmark measures: one listener, one route that matches the
+//! calls on two metadata keys ([`Protocol::route_keys`]), one cluster with the echo server, and
+//! the admin listener (metrics are recorded whether or not it is scraped; it is on, as in a
+//! deployment).
+
+use std::net::SocketAddr;
+
+use crate::wire::Protocol;
+
+/// The listener's name.
+pub const LISTENER: &str = "bench-in";
+
+/// The YAML config of a `protocol` proxy listening on `listen`, routing to `upstream`, with its
+/// admin API on `admin`.
+pub fn proxy_config(
+    protocol: Protocol,
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    admin: SocketAddr,
+) -> String {
+    let [(key1, value1), (key2, value2)] = protocol.route_keys();
+    format!(
+        "\
+admin: {{ address: \"{admin}\" }}
+listeners:
+  - {{ name: {LISTENER}, address: \"{listen}\", protocol: {protocol}, route_config: bench-routes }}
+route_configs:
+  - name: bench-routes
+    routes:
+      - name: echo
+        match:
+          metadata:
+            - {{ key: {key1}, exact: \"{value1}\" }}
+            - {{ key: {key2}, exact: \"{value2}\" }}
+        route: {{ cluster: echo }}
+clusters:
+  - name: echo
+    endpoints: [ {{ address: \"{upstream}\" }} ]
+"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_is_valid_for_every_protocol() -> Result<(), Box<dyn std::error::Error>> {
+        let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        for protocol in Protocol::ALL {
+            let text = proxy_config(protocol, at(1), at(2), at(3));
+            let config = metaprotocol_router::Config::from_yaml(&text)?;
+            assert_eq!(config.listeners[0].protocol, protocol.name());
+            assert_eq!(config.route_configs[0].routes.len(), 1);
+        }
+        Ok(())
+    }
+}

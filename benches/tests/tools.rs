@@ -1,0 +1,97 @@
+//! The instruments against each other on loopback, briefly: the load generator and the echo
+//! server agree on every protocol, closed and open loop; calls through the engine match its
+//! route and come back whole; a peer speaking something else is counted as errors, not a panic.
+//! Nothing here asserts a speed.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::num::NonZeroU64;
+use std::time::Duration;
+
+use metaprotocol_benches::echo;
+use metaprotocol_benches::in_process::{InProcess, Via};
+use metaprotocol_benches::load::{Load, generate};
+use metaprotocol_benches::report::Watched;
+use metaprotocol_benches::wire::Protocol;
+use tokio::net::TcpListener;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+async fn echo_server(protocol: Protocol) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(echo::serve(listener, protocol));
+    Ok(addr)
+}
+
+fn load(protocol: Protocol, target: SocketAddr, rate: Option<f64>) -> Load {
+    // One call per write exercises the flushing path; the echo server answers either way.
+    let calls_per_write = rate.and(NonZeroU64::new(1));
+    Load {
+        protocol,
+        target,
+        connections: 2,
+        outstanding: 8,
+        rate,
+        payload: 100,
+        warmup: Duration::from_millis(50),
+        duration: Duration::from_millis(250),
+        patience: Duration::from_secs(1),
+        calls_per_write,
+        watch: vec![Watched {
+            name: "me".to_owned(),
+            pid: std::process::id(),
+        }],
+        labels: BTreeMap::from([("round".to_owned(), "1".to_owned())]),
+    }
+}
+
+#[tokio::test]
+async fn every_call_is_answered_closed_and_open_loop() -> TestResult {
+    for protocol in Protocol::ALL {
+        let target = echo_server(protocol).await?;
+        for rate in [None, Some(2000.0)] {
+            let report = generate(&load(protocol, target, rate)).await?;
+            assert!(report.calls > 0, "{protocol} {rate:?}: no calls");
+            assert_eq!(
+                report.errors, 0,
+                "{protocol} {rate:?}: {:?}",
+                report.error_kinds
+            );
+            assert!(report.latency_us.p50 > 0.0 && report.latency_us.p50 <= report.latency_us.max);
+            assert_eq!(report.labels["round"], "1");
+            let me = &report.processes[0];
+            assert!(me.cpu_us_per_call.is_some() && me.peak_rss_kib.is_some());
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn another_protocol_is_counted_as_errors() -> TestResult {
+    let target = echo_server(Protocol::Thrift).await?;
+    let report = generate(&load(Protocol::Dubbo, target, None)).await?;
+    assert_eq!(report.calls, 0);
+    assert!(report.errors > 0);
+    assert!(report.failure.is_some());
+    Ok(())
+}
+
+#[test]
+fn calls_through_the_engine_match_the_route_and_come_back_whole() -> TestResult {
+    for protocol in Protocol::ALL {
+        let bench = InProcess::start(protocol, || {})?;
+        for (via, depth) in [(Via::Proxy, 16), (Via::Proxy, 1), (Via::Direct, 16)] {
+            let mut client = bench.connect(via, 64, depth)?;
+            bench.calls(&mut client, 300);
+            assert_eq!(
+                client.tally.errors.total(),
+                0,
+                "{protocol} {via:?}: {:?}",
+                client.tally.errors
+            );
+            assert_eq!(client.tally.calls(), 300, "{protocol} {via:?}");
+        }
+    }
+    Ok(())
+}
