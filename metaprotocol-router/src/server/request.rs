@@ -38,6 +38,22 @@ const EVENT_BATCH: usize = 256;
 /// The furthest a timer is armed ahead.
 const TIMER_HORIZON: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// A timer wheel holding a sentinel that never fires (it sits at the horizon): the wheel
+/// allocates its alarm whenever it goes from empty to armed, and a connection with one call at a
+/// time would otherwise pay that allocation on every call.
+fn new_timer_wheel() -> DelayQueue<(RequestKey, TimerKind)> {
+    let mut wheel = DelayQueue::new();
+    let sentinel = RequestKey {
+        index: u32::MAX,
+        seq: 0,
+    };
+    wheel.insert_at(
+        (sentinel, TimerKind::Deadline),
+        router::deadline_after(Instant::now(), TIMER_HORIZON),
+    );
+    wheel
+}
+
 /// What a timer is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TimerKind {
@@ -278,7 +294,7 @@ impl Requests {
         at: Instant,
         now: Instant,
     ) -> delay_queue::Key {
-        self.timers.get_or_insert_with(DelayQueue::new).insert_at(
+        self.timers.get_or_insert_with(new_timer_wheel).insert_at(
             (key, kind),
             at.min(router::deadline_after(now, TIMER_HORIZON)),
         )
