@@ -1176,3 +1176,57 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {stuck_address} }} ] }} ]
     proxy.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_dead_endpoint_is_backed_off_and_avoided_not_hammered() -> TestResult {
+    let free = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let dead = free.local_addr()?;
+    drop(free);
+    let live = DemoProvider::start("live").await?;
+    let world = World::start_with(
+        "      - route: { cluster: half_dead }",
+        &format!(
+            "  - name: half_dead\n    endpoints: [ {{ address: {dead} }}, {{ address: {} }} ]\n",
+            live.address()
+        ),
+        Duration::from_secs(5),
+    )
+    .await?;
+    let started = Instant::now();
+    let (mut calls, mut failed) = (0, 0);
+    while started.elapsed() < Duration::from_secs(2) {
+        let reply = world.client.call("sayHello", "a", &[]).await?;
+        calls += 1;
+        if reply.dubbo_status != 20 {
+            failed += 1;
+            assert!(
+                reply.body_contains("connect to"),
+                "reported as a connect failure"
+            );
+        }
+    }
+    let metrics = world.proxy.metrics().render();
+    let attempts = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("metaprotocol_upstream_cx_connect_fail_total{cluster=\"half_dead\"} ")?
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or(0);
+    assert!(calls > 200, "{calls} calls");
+    assert!(
+        attempts >= 1 && attempts <= 15,
+        "{attempts} connect attempts in 2 s"
+    );
+    assert!(
+        failed <= attempts as usize,
+        "{failed} of {calls} calls failed"
+    );
+    assert!(
+        metrics.contains("metaprotocol_upstream_rq_failures_total{cluster=\"half_dead\",origin=\"local\",reason=\"connect_failure\"}"),
+        "{metrics}"
+    );
+    world.proxy.shutdown().await;
+    Ok(())
+}

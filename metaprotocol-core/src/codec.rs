@@ -94,6 +94,15 @@ pub trait Codec: Send {
         dst: &mut BytesMut,
     ) -> Result<(), CodecError>;
 
+    /// Appends the protocol's "going away" notice, which the engine sends once on each client
+    /// connection when it starts draining it, so that well-behaved clients send new calls
+    /// elsewhere before the connection closes (Dubbo's READONLY event). Protocols without one
+    /// append nothing, the default.
+    fn encode_goaway(&mut self, dst: &mut BytesMut) -> Result<(), CodecError> {
+        let _ = dst;
+        Ok(())
+    }
+
     /// Appends the answer to a [`crate::MessageKind::Heartbeat`]. Heartbeats that expect no
     /// answer (one-way heartbeats) append nothing.
     fn encode_heartbeat_reply(

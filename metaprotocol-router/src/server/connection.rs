@@ -204,6 +204,7 @@ impl<S: Transport> Connection<S> {
         let mut changed = false;
         if self.draining_until.is_none() && self.drain.as_mut().poll(cx).is_ready() {
             self.draining_until = Some(now + self.ctx.drain_time);
+            self.requests.goaway(&mut self.write_buf);
             changed = true;
         }
         if let Some(until) = self.draining_until

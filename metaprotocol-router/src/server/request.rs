@@ -198,6 +198,13 @@ impl Requests {
         self.slab.is_empty()
     }
 
+    /// Writes the protocol's "going away" notice: the connection starts draining.
+    pub fn goaway(&mut self, out: &mut BytesMut) {
+        if let Err(err) = self.encoder.encode_goaway(out) {
+            tracing::debug!(listener = %self.ctx.name, error = %err, "cannot encode a going-away notice");
+        }
+    }
+
     /// Handles a frame decoded from the client.
     pub fn receive(&mut self, message: Message, out: &mut BytesMut, now: Instant) {
         match message.kind {
