@@ -9,7 +9,7 @@ use metaprotocol_core::{
     OptionsError, Side, WireVariant,
 };
 
-use crate::decode;
+use crate::decode::{self, Decoder};
 use crate::encode;
 use crate::format::{FormatChoice, ThriftFormat};
 use crate::options::ThriftOptions;
@@ -20,10 +20,13 @@ use crate::reply;
 /// The first frame fixes the connection's format (the parts the options leave open are
 /// detected); a later frame in another format is malformed, since a Thrift peer never switches
 /// encodings on a connection.
+///
+/// An instance decodes one byte stream: after `Ok(None)` the next call must see the same bytes
+/// with more appended (an unframed message's walk continues where it stopped).
 #[derive(Clone, Debug)]
 pub struct ThriftCodec {
     expected: FormatChoice,
-    max_frame_bytes: usize,
+    decoder: Decoder,
 }
 
 impl ThriftCodec {
@@ -32,8 +35,16 @@ impl ThriftCodec {
     pub fn new(expected: FormatChoice, max_frame_bytes: usize) -> Self {
         Self {
             expected,
-            max_frame_bytes: max_frame_bytes.min(i32::MAX as usize),
+            decoder: Decoder::new(max_frame_bytes.min(i32::MAX as usize)),
         }
+    }
+
+    /// How many bytes the walks through unframed messages have read on this codec, a message
+    /// that arrives in pieces included: each byte is walked once (plus, per read, the start of
+    /// a value cut by the end of the buffer), so this stays close to the bytes received
+    /// however they are split. For tests and diagnostics.
+    pub fn unframed_bytes_walked(&self) -> u64 {
+        self.decoder.walked()
     }
 }
 
@@ -46,7 +57,7 @@ impl Codec for ThriftCodec {
                 None => return Ok(None),
             },
         };
-        let Some((message, format)) = decode::decode(src, transport, self.max_frame_bytes)? else {
+        let Some((message, format)) = self.decoder.decode(src, transport)? else {
             return Ok(None);
         };
         if let Some(expected) = self.expected.protocol

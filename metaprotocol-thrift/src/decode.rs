@@ -2,8 +2,9 @@
 //!
 //! Framed and THeader frames are delimited by their length prefix, checked against the frame
 //! size cap before any body byte is awaited. Unframed messages have no prefix: their end is
-//! found by skipping the argument or result struct (no allocation, depth-limited), restarting
-//! from the first byte on each call until the whole message is there.
+//! found by walking the argument or result struct (no allocation, depth-limited); a walk that
+//! reaches the end of the buffer is kept and continued when more bytes arrive, so finding the
+//! end of a message costs time linear in its size however it is split.
 //!
 //! Only the message header is decoded (and the THeader block); the result struct of a reply is
 //! read as far as its first field header, to tell a declared exception from a success.
@@ -15,7 +16,8 @@ use metaprotocol_core::{
 
 use crate::format::{Protocol, ThriftFormat, Transport};
 use crate::layout::Layout;
-use crate::protocol::{self, MessageHeader, MessageType};
+use crate::protocol::walk::Walk;
+use crate::protocol::{self, Checkpoint, MessageHeader, MessageType, ValueType};
 use crate::theader::{self, InfoHeaders};
 use crate::wire::{Cursor, ReadError};
 
@@ -47,48 +49,133 @@ pub(crate) fn detect_transport(src: &[u8]) -> Option<Transport> {
     }
 }
 
-/// Decodes one message of `transport` from the front of `src`: `Ok(None)` (with `src`
-/// unchanged) until it is complete.
-pub(crate) fn decode(
-    src: &mut BytesMut,
-    transport: Transport,
+/// Finds messages in one connection's byte stream and describes them.
+///
+/// Keeps the walk through an unframed message that has not fully arrived, so that each read
+/// continues it instead of walking the message again from its first byte.
+#[derive(Clone, Debug)]
+pub(crate) struct Decoder {
     max_frame_bytes: usize,
-) -> Result<Option<(Message, ThriftFormat)>, CodecError> {
-    match transport {
-        Transport::Framed | Transport::Header => {
-            let Some(total) = length_prefixed_size(src, max_frame_bytes)? else {
-                return Ok(None);
-            };
-            let frame = src.split_to(total).freeze();
-            let (protocol, payload_start, block) = if transport == Transport::Header {
-                let block = theader::parse(&frame)?;
-                (block.protocol, block.payload_start, Some(block))
-            } else {
-                let first = frame.get(4).ok_or(CodecError::malformed("empty frame"))?;
-                (Protocol::of_message_starting_with(*first), 4, None)
-            };
-            let mut cursor = Cursor::in_frame(&frame, payload_start);
-            let header = protocol::read_message_header(protocol, &mut cursor)
-                .map_err(ReadError::in_complete_frame)?;
-            let format = ThriftFormat::new(transport, protocol);
-            let message = describe(frame, format, payload_start, header, block.as_ref())?;
-            Ok(Some((message, format)))
-        }
-        Transport::Unframed => {
-            let Some(&first) = src.first() else {
-                return Ok(None);
-            };
-            let protocol = Protocol::of_message_starting_with(first);
-            let (header, end) = match scan_unframed(src, protocol, max_frame_bytes) {
-                Ok(found) => found,
-                Err(ReadError::Incomplete) => return Ok(None),
-                Err(ReadError::Codec(error)) => return Err(error),
-            };
-            let frame = src.split_to(end).freeze();
-            let format = ThriftFormat::new(transport, protocol);
-            Ok(Some((describe(frame, format, 0, header, None)?, format)))
+    /// Boxed and kept once used: only connections whose messages span reads need one.
+    unfinished: Option<Box<Unfinished>>,
+    walked: u64,
+}
+
+/// An unframed message whose struct walk stopped at the end of the buffer.
+#[derive(Clone, Debug, Default)]
+struct Unfinished {
+    /// The message's protocol and header; `None` when no message is in progress.
+    message: Option<(Protocol, MessageHeader)>,
+    walk: Walk,
+    at: Checkpoint,
+}
+
+impl Decoder {
+    /// A decoder refusing messages larger than `max_frame_bytes`.
+    pub(crate) fn new(max_frame_bytes: usize) -> Self {
+        Self {
+            max_frame_bytes,
+            unfinished: None,
+            walked: 0,
         }
     }
+
+    /// How many bytes of unframed messages the struct walks have read so far.
+    pub(crate) fn walked(&self) -> u64 {
+        self.walked
+    }
+
+    /// Decodes one message of `transport` from the front of `src`: `Ok(None)` (with `src`
+    /// unchanged) until it is complete.
+    pub(crate) fn decode(
+        &mut self,
+        src: &mut BytesMut,
+        transport: Transport,
+    ) -> Result<Option<(Message, ThriftFormat)>, CodecError> {
+        match transport {
+            Transport::Framed | Transport::Header => {
+                let Some(total) = length_prefixed_size(src, self.max_frame_bytes)? else {
+                    return Ok(None);
+                };
+                delimited(src.split_to(total).freeze(), transport).map(Some)
+            }
+            Transport::Unframed => self.unframed(src),
+        }
+    }
+
+    /// Finds the end of the unframed message at the front of `src` by walking its struct,
+    /// continuing the walk where the previous call stopped.
+    fn unframed(
+        &mut self,
+        src: &mut BytesMut,
+    ) -> Result<Option<(Message, ThriftFormat)>, CodecError> {
+        let resumed = self.unfinished.as_deref_mut().and_then(|unfinished| {
+            // A buffer shorter than the walk's position is not the stream it walked.
+            let message = unfinished.message.take()?;
+            (unfinished.at.position <= src.len()).then(|| {
+                let walk = std::mem::take(&mut unfinished.walk);
+                (message, walk, unfinished.at)
+            })
+        });
+        let ((protocol, header), mut walk, mut at) = match resumed {
+            Some(resumed) => resumed,
+            None => {
+                let Some(&first) = src.first() else {
+                    return Ok(None);
+                };
+                let protocol = Protocol::of_message_starting_with(first);
+                let mut cursor = Cursor::new(src, 0, self.max_frame_bytes);
+                let header = match protocol::read_message_header(protocol, &mut cursor) {
+                    Ok(header) => header,
+                    Err(ReadError::Incomplete) => return Ok(None),
+                    Err(ReadError::Codec(error)) => return Err(error),
+                };
+                let at = Checkpoint::at(header.body_start);
+                ((protocol, header), Walk::of(ValueType::Struct), at)
+            }
+        };
+        let from = at.position;
+        let walked = protocol::skip(protocol, &mut walk, src, self.max_frame_bytes, &mut at);
+        self.walked += at.position.saturating_sub(from) as u64;
+        match walked {
+            Ok(()) => {}
+            Err(ReadError::Incomplete) => {
+                let unfinished = self.unfinished.get_or_insert_with(Box::default);
+                unfinished.message = Some((protocol, header));
+                unfinished.walk = walk;
+                unfinished.at = at;
+                return Ok(None);
+            }
+            Err(ReadError::Codec(error)) => return Err(error),
+        }
+        let end = at.position;
+        if end > self.max_frame_bytes {
+            return Err(CodecError::FrameTooLarge {
+                size: end as u64,
+                max: self.max_frame_bytes,
+            });
+        }
+        let frame = src.split_to(end).freeze();
+        let format = ThriftFormat::new(Transport::Unframed, protocol);
+        Ok(Some((describe(frame, format, 0, header, None)?, format)))
+    }
+}
+
+/// Describes one whole length-prefixed frame of `transport`.
+fn delimited(frame: Bytes, transport: Transport) -> Result<(Message, ThriftFormat), CodecError> {
+    let (protocol, payload_start, block) = if transport == Transport::Header {
+        let block = theader::parse(&frame)?;
+        (block.protocol, block.payload_start, Some(block))
+    } else {
+        let first = frame.get(4).ok_or(CodecError::malformed("empty frame"))?;
+        (Protocol::of_message_starting_with(*first), 4, None)
+    };
+    let mut cursor = Cursor::in_frame(&frame, payload_start);
+    let header = protocol::read_message_header(protocol, &mut cursor)
+        .map_err(ReadError::in_complete_frame)?;
+    let format = ThriftFormat::new(transport, protocol);
+    let message = describe(frame, format, payload_start, header, block.as_ref())?;
+    Ok((message, format))
 }
 
 /// The size of the length-prefixed frame at the front of `src` once it is all there.
@@ -112,25 +199,6 @@ fn length_prefixed_size(
         return Ok(None);
     }
     Ok(Some(total))
-}
-
-/// Reads the message header and skips the struct of an unframed message: its header and end.
-fn scan_unframed(
-    src: &[u8],
-    protocol: Protocol,
-    max_frame_bytes: usize,
-) -> Result<(MessageHeader, usize), ReadError> {
-    let mut cursor = Cursor::new(src, 0, max_frame_bytes);
-    let header = protocol::read_message_header(protocol, &mut cursor)?;
-    let end = protocol::skip_struct(protocol, cursor)?;
-    if end > max_frame_bytes {
-        return Err(CodecError::FrameTooLarge {
-            size: end as u64,
-            max: max_frame_bytes,
-        }
-        .into());
-    }
-    Ok((header, end))
 }
 
 /// Builds the [`Message`] for one whole frame.

@@ -11,7 +11,7 @@ use metaprotocol_core::{CodecError, LocalReply, LocalReplyKind, Message, Message
 use crate::encode::{format_of, seqid_of, write_frame};
 use crate::format::Transport;
 use crate::layout::Layout;
-use crate::protocol::{self, MAX_DEPTH, MessageType, Scalar, ValueType, walk};
+use crate::protocol::{self, MessageType, Scalar, ValueType, walk};
 use crate::theader::{self, InfoSource, Prelude};
 use crate::wire::{Cursor, ReadError};
 
@@ -62,7 +62,7 @@ impl ApplicationException {
                             _ => {}
                         }
                     }
-                    _ => walk::transfer_value(reader, &mut walk::Discard, ty, MAX_DEPTH)?,
+                    _ => walk::skip_value(reader, ty)?,
                 }
             }
             reader.struct_end(saved);

@@ -65,6 +65,11 @@ impl<'a> Cursor<'a> {
         self.pos
     }
 
+    /// Moves to offset `pos` (reads past the buffer's end then wait or fail as usual).
+    pub(crate) fn set_position(&mut self, pos: usize) {
+        self.pos = pos;
+    }
+
     /// Takes the next `n` bytes.
     pub(crate) fn bytes(&mut self, n: usize) -> Result<&'a [u8], ReadError> {
         let end = self.pos.saturating_add(n);

@@ -6,7 +6,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::{MessageHeader, MessageType, Scalar, ValueReader, ValueType, ValueWriter};
+use super::{Checkpoint, MessageHeader, MessageType, Scalar, ValueReader, ValueType, ValueWriter};
 use crate::wire::{Cursor, ReadError};
 
 /// The high half of a strict message header's first word.
@@ -110,13 +110,17 @@ impl<'a> BinaryReader<'a> {
     pub(crate) fn new(cursor: Cursor<'a>) -> Self {
         Self { cursor }
     }
-
-    pub(crate) fn position(&self) -> usize {
-        self.cursor.position()
-    }
 }
 
 impl<'a> ValueReader<'a> for BinaryReader<'a> {
+    fn checkpoint(&self) -> Checkpoint {
+        Checkpoint::at(self.cursor.position())
+    }
+
+    fn restore(&mut self, at: Checkpoint) {
+        self.cursor.set_position(at.position);
+    }
+
     fn struct_begin(&mut self) -> i16 {
         0
     }

@@ -6,7 +6,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::{MessageHeader, MessageType, Scalar, ValueReader, ValueType, ValueWriter};
+use super::{Checkpoint, MessageHeader, MessageType, Scalar, ValueReader, ValueType, ValueWriter};
 use crate::wire::{Cursor, ReadError, put_varint, zigzag_decode, zigzag_encode};
 
 /// The first byte of every compact message.
@@ -107,16 +107,25 @@ impl<'a> CompactReader<'a> {
         }
     }
 
-    pub(crate) fn position(&self) -> usize {
-        self.cursor.position()
-    }
-
     fn varint_i32(&mut self) -> Result<i32, ReadError> {
         Ok(zigzag_decode(u64::from(self.cursor.varint_u32()?)) as i32)
     }
 }
 
 impl<'a> ValueReader<'a> for CompactReader<'a> {
+    fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            position: self.cursor.position(),
+            last_field_id: self.last_field_id,
+        }
+    }
+
+    fn restore(&mut self, at: Checkpoint) {
+        self.cursor.set_position(at.position);
+        self.last_field_id = at.last_field_id;
+        self.pending_bool = None;
+    }
+
     fn struct_begin(&mut self) -> i16 {
         std::mem::replace(&mut self.last_field_id, 0)
     }

@@ -1,9 +1,9 @@
 //! The two Thrift serializations, binary and compact, behind one small reader/writer interface.
 //!
 //! Each protocol module parses and writes the message header (name, type, seqid) and provides a
-//! [`ValueReader`] and a [`ValueWriter`]. Everything that walks a struct (skipping an unframed
-//! message, transcoding binary <-> compact, reading a `TApplicationException`) is written once in
-//! [`walk`] over those traits.
+//! [`ValueReader`] and a [`ValueWriter`]. Everything that walks a struct (finding the end of an
+//! unframed message, checking a call's arguments, transcoding binary <-> compact, reading a
+//! `TApplicationException`) is written once in [`walk`] over those traits.
 
 pub(crate) mod binary;
 pub(crate) mod compact;
@@ -15,9 +15,10 @@ use bytes::BytesMut;
 
 use crate::format::Protocol;
 use crate::wire::{Cursor, ReadError};
+use walk::{Discard, Walk};
 
 /// Nesting deeper than this is refused: it bounds the recursion of every struct walk.
-pub(crate) const MAX_DEPTH: u32 = 64;
+pub(crate) const MAX_DEPTH: usize = 64;
 
 /// The value types of the Thrift IDL, whatever number a protocol gives them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,8 +84,32 @@ pub(crate) struct MessageHeader {
     pub(crate) body_start: usize,
 }
 
+/// Where a reader stands between two values: enough to rebuild it over a longer buffer, or to
+/// rewind it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Checkpoint {
+    /// The offset in the buffer.
+    pub(crate) position: usize,
+    /// The compact protocol's last field id (its field ids are deltas); 0 for binary.
+    last_field_id: i16,
+}
+
+impl Checkpoint {
+    /// The start of a struct at `position`.
+    pub(crate) const fn at(position: usize) -> Self {
+        Self {
+            position,
+            last_field_id: 0,
+        }
+    }
+}
+
 /// Reads a struct's fields and values, one protocol's way.
 pub(crate) trait ValueReader<'a> {
+    /// Where the reader stands; only meaningful between two values.
+    fn checkpoint(&self) -> Checkpoint;
+    /// Moves the reader back (or on) to `at`.
+    fn restore(&mut self, at: Checkpoint);
     /// Enters a struct; returns state to hand back to [`ValueReader::struct_end`].
     fn struct_begin(&mut self) -> i16;
     /// Leaves a struct.
@@ -143,20 +168,32 @@ pub(crate) fn write_message_header(
     }
 }
 
-/// Skips the struct at `cursor` without allocating; the cursor ends after its stop byte.
-pub(crate) fn skip_struct(protocol: Protocol, cursor: Cursor<'_>) -> Result<usize, ReadError> {
+/// Continues `walk` with a `protocol` reader over `buffer` from `at`, discarding what it reads
+/// (no allocation); `at` ends where the walk stopped: after its value, or, when the buffer or
+/// the frame size cap `max` ends first, at the start of the value that was cut.
+pub(crate) fn skip(
+    protocol: Protocol,
+    walk: &mut Walk,
+    buffer: &[u8],
+    max: usize,
+    at: &mut Checkpoint,
+) -> Result<(), ReadError> {
+    let cursor = Cursor::new(buffer, at.position, max);
     match protocol {
-        Protocol::Binary => {
-            let mut reader = binary::BinaryReader::new(cursor);
-            walk::transfer_struct(&mut reader, &mut walk::Discard, MAX_DEPTH)?;
-            Ok(reader.position())
-        }
-        Protocol::Compact => {
-            let mut reader = compact::CompactReader::new(cursor);
-            walk::transfer_struct(&mut reader, &mut walk::Discard, MAX_DEPTH)?;
-            Ok(reader.position())
-        }
+        Protocol::Binary => resume(&mut binary::BinaryReader::new(cursor), walk, at),
+        Protocol::Compact => resume(&mut compact::CompactReader::new(cursor), walk, at),
     }
+}
+
+fn resume<'a, R: ValueReader<'a>>(
+    reader: &mut R,
+    walk: &mut Walk,
+    at: &mut Checkpoint,
+) -> Result<(), ReadError> {
+    reader.restore(*at);
+    let result = walk.run(reader, &mut Discard);
+    *at = reader.checkpoint();
+    result
 }
 
 /// The id of the first field of the struct at `cursor`, or `None` if it is empty. Reads only
@@ -182,7 +219,7 @@ pub(crate) fn transcode_struct(
 ) -> Result<(), ReadError> {
     with_reader(from, cursor, |reader| {
         with_writer(to, dst, |writer| {
-            walk::transfer_struct(reader, writer, MAX_DEPTH)
+            Walk::of(ValueType::Struct).run(reader, writer)
         })
     })
 }
@@ -271,6 +308,18 @@ mod tests {
         b
     }
 
+    fn end_of_struct(protocol: Protocol, bytes: &[u8]) -> Result<usize, ReadError> {
+        let mut at = Checkpoint::at(0);
+        skip(
+            protocol,
+            &mut Walk::of(ValueType::Struct),
+            bytes,
+            usize::MAX,
+            &mut at,
+        )?;
+        Ok(at.position)
+    }
+
     #[test]
     fn transcoding_every_type_round_trips() -> Result<(), ReadError> {
         let binary = every_type_binary();
@@ -281,14 +330,8 @@ mod tests {
             Cursor::in_frame(&binary, 0),
             &mut compact,
         )?;
-        assert_eq!(
-            skip_struct(Protocol::Compact, Cursor::in_frame(&compact, 0))?,
-            compact.len()
-        );
-        assert_eq!(
-            skip_struct(Protocol::Binary, Cursor::in_frame(&binary, 0))?,
-            binary.len()
-        );
+        assert_eq!(end_of_struct(Protocol::Compact, &compact)?, compact.len());
+        assert_eq!(end_of_struct(Protocol::Binary, &binary)?, binary.len());
         let mut back = BytesMut::new();
         transcode_struct(
             Protocol::Compact,

@@ -1,11 +1,17 @@
-//! Depth-limited struct walks over any [`ValueReader`] and [`ValueWriter`].
+//! Iterative, resumable walks over any [`ValueReader`] and [`ValueWriter`].
 //!
-//! One walk serves three purposes: with [`Discard`] as the writer it skips a struct without
-//! allocating (finding the end of an unframed message); with the other protocol's writer it
-//! transcodes; with the same protocol's writer it normalizes. Every element of every container
-//! consumes at least one input byte, so a lying element count cannot spin longer than the input.
+//! One walk serves every purpose: with [`Discard`] as the writer it checks and skips a value
+//! without allocating (finding the end of an unframed message, checking a call's arguments);
+//! with the other protocol's writer it transcodes. The open structs and containers live in a
+//! fixed array of [`MAX_DEPTH`] levels rather than on the call stack, which bounds nesting and
+//! lets a walk that runs out of input keep its place: the reader is rewound to the start of the
+//! value that was cut, and [`Walk::run`] continues from there once the buffer holds more bytes,
+//! so every byte of a message that arrives in many pieces is walked once.
+//!
+//! Every element of every container consumes at least one input byte, so a lying element count
+//! cannot spin longer than the input.
 
-use super::{Scalar, ValueReader, ValueType, ValueWriter};
+use super::{MAX_DEPTH, Scalar, ValueReader, ValueType, ValueWriter};
 use crate::wire::ReadError;
 
 /// A writer that drops everything: the walk then only validates and skips.
@@ -30,77 +36,253 @@ impl ValueWriter for Discard {
     fn scalar(&mut self, _value: Scalar<'_>) {}
 }
 
-/// Copies one struct from `reader` to `writer`, refusing nesting deeper than `depth`.
-pub(crate) fn transfer_struct<'a, R, W>(
-    reader: &mut R,
-    writer: &mut W,
-    depth: u32,
-) -> Result<(), ReadError>
-where
-    R: ValueReader<'a> + ?Sized,
-    W: ValueWriter + ?Sized,
-{
-    let depth = depth
-        .checked_sub(1)
-        .ok_or(ReadError::malformed("structs nested too deeply"))?;
-    let read_state = reader.struct_begin();
-    let write_state = writer.struct_begin();
-    while let Some((ty, id)) = reader.field_begin()? {
-        writer.field_begin(ty, id);
-        transfer_value(reader, writer, ty, depth)?;
-    }
-    writer.field_stop();
-    reader.struct_end(read_state);
-    writer.struct_end(write_state);
-    Ok(())
+/// One open struct or container, and what it still holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Level {
+    /// Fields until the stop byte; the reader's and writer's state to restore at its end.
+    Struct {
+        reader_saved: i16,
+        writer_saved: i16,
+    },
+    /// `left` more values of type `element` (a list or set, or the value a walk started with).
+    Values { element: ValueType, left: u32 },
+    /// `pairs_left` more entries; `value_next` once an entry's key has been read.
+    Map {
+        key: ValueType,
+        value: ValueType,
+        pairs_left: u32,
+        value_next: bool,
+    },
 }
 
-/// Copies one value of type `ty`, refusing nesting deeper than `depth`.
-pub(crate) fn transfer_value<'a, R, W>(
-    reader: &mut R,
-    writer: &mut W,
-    ty: ValueType,
-    depth: u32,
-) -> Result<(), ReadError>
-where
-    R: ValueReader<'a> + ?Sized,
-    W: ValueWriter + ?Sized,
-{
-    match ty {
-        ValueType::Struct => transfer_struct(reader, writer, depth),
-        ValueType::List | ValueType::Set => {
-            let depth = nested(depth)?;
-            let (element, len) = reader.list_begin()?;
-            writer.list_begin(element, len);
-            for _ in 0..len {
-                transfer_value(reader, writer, element, depth)?;
-            }
-            Ok(())
+/// The opening of one value: a scalar read whole, or the header of a struct or container.
+enum Opened<'a> {
+    Scalar(Scalar<'a>),
+    Struct,
+    List(ValueType, u32),
+    Map(Option<(ValueType, ValueType)>, u32),
+}
+
+/// Where a walk stands: the open structs and containers, innermost last.
+///
+/// The first level is the value the walk started with; [`MAX_DEPTH`] more may open inside it.
+#[derive(Clone, Debug)]
+pub(crate) struct Walk {
+    levels: [Level; MAX_DEPTH + 1],
+    depth: usize,
+}
+
+impl Default for Walk {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Walk {
+    /// A walk with nothing to do.
+    pub(crate) const fn new() -> Self {
+        Self {
+            levels: [Level::Values {
+                element: ValueType::Bool,
+                left: 0,
+            }; MAX_DEPTH + 1],
+            depth: 0,
         }
-        ValueType::Map => {
-            let depth = nested(depth)?;
-            let (types, len) = reader.map_begin()?;
-            writer.map_begin(types, len);
-            if len == 0 {
+    }
+
+    /// A walk over one value of type `ty`, from the reader's position.
+    pub(crate) const fn of(ty: ValueType) -> Self {
+        let mut walk = Self::new();
+        walk.levels[0] = Level::Values {
+            element: ty,
+            left: 1,
+        };
+        walk.depth = 1;
+        walk
+    }
+
+    /// Reads from `reader` and writes to `writer` until the walk's value ends.
+    ///
+    /// On any error the reader is rewound to the start of the value it was reading and the
+    /// walk keeps its place: after [`ReadError::Incomplete`], the same walk over a reader at
+    /// that position in a longer buffer carries on where this one stopped. Nothing is written
+    /// for a value that could not be read whole.
+    pub(crate) fn run<'a, R, W>(&mut self, reader: &mut R, writer: &mut W) -> Result<(), ReadError>
+    where
+        R: ValueReader<'a> + ?Sized,
+        W: ValueWriter + ?Sized,
+    {
+        while let Some(top) = self.depth.checked_sub(1) {
+            let mark = reader.checkpoint();
+            if let Err(error) = self.step(top, reader, writer) {
+                reader.restore(mark);
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the next value (or the end) of the level at `top`: all its reads come first, so
+    /// that a failed step changes nothing but the reader, which the caller rewinds.
+    fn step<'a, R, W>(
+        &mut self,
+        top: usize,
+        reader: &mut R,
+        writer: &mut W,
+    ) -> Result<(), ReadError>
+    where
+        R: ValueReader<'a> + ?Sized,
+        W: ValueWriter + ?Sized,
+    {
+        let Some(level) = self.levels.get(top).copied() else {
+            return Err(ReadError::malformed("walk state out of range"));
+        };
+        match level {
+            Level::Struct {
+                reader_saved,
+                writer_saved,
+            } => match reader.field_begin()? {
+                None => {
+                    reader.struct_end(reader_saved);
+                    writer.field_stop();
+                    writer.struct_end(writer_saved);
+                    self.depth = top;
+                    Ok(())
+                }
+                Some((ty, id)) => {
+                    let opened = open(reader, ty)?;
+                    writer.field_begin(ty, id);
+                    self.enter(opened, reader, writer)
+                }
+            },
+            Level::Values { left: 0, .. } | Level::Map { pairs_left: 0, .. } => {
+                self.depth = top;
+                Ok(())
+            }
+            Level::Values { element, left } => {
+                let opened = open(reader, element)?;
+                self.set(
+                    top,
+                    Level::Values {
+                        element,
+                        left: left - 1,
+                    },
+                );
+                self.enter(opened, reader, writer)
+            }
+            Level::Map {
+                key,
+                value,
+                pairs_left,
+                value_next,
+            } => {
+                let opened = open(reader, if value_next { value } else { key })?;
+                self.set(
+                    top,
+                    Level::Map {
+                        key,
+                        value,
+                        pairs_left: if value_next {
+                            pairs_left - 1
+                        } else {
+                            pairs_left
+                        },
+                        value_next: !value_next,
+                    },
+                );
+                self.enter(opened, reader, writer)
+            }
+        }
+    }
+
+    /// Writes a value that was opened, and opens a level for a struct or container.
+    fn enter<'a, R, W>(
+        &mut self,
+        opened: Opened<'_>,
+        reader: &mut R,
+        writer: &mut W,
+    ) -> Result<(), ReadError>
+    where
+        R: ValueReader<'a> + ?Sized,
+        W: ValueWriter + ?Sized,
+    {
+        let level = match opened {
+            Opened::Scalar(value) => {
+                writer.scalar(value);
                 return Ok(());
             }
-            let (key, value) = types.ok_or(ReadError::malformed("map without element types"))?;
-            for _ in 0..len {
-                transfer_value(reader, writer, key, depth)?;
-                transfer_value(reader, writer, value, depth)?;
+            Opened::Struct => {
+                self.check_room()?;
+                Level::Struct {
+                    reader_saved: reader.struct_begin(),
+                    writer_saved: writer.struct_begin(),
+                }
             }
-            Ok(())
+            Opened::List(element, len) => {
+                self.check_room()?;
+                writer.list_begin(element, len);
+                Level::Values { element, left: len }
+            }
+            Opened::Map(types, len) => {
+                self.check_room()?;
+                writer.map_begin(types, len);
+                if len == 0 {
+                    return Ok(());
+                }
+                let (key, value) =
+                    types.ok_or(ReadError::malformed("map without element types"))?;
+                Level::Map {
+                    key,
+                    value,
+                    pairs_left: len,
+                    value_next: false,
+                }
+            }
+        };
+        self.set(self.depth, level);
+        self.depth += 1;
+        Ok(())
+    }
+
+    fn check_room(&self) -> Result<(), ReadError> {
+        if self.depth >= self.levels.len() {
+            return Err(ReadError::malformed(
+                "structs or containers nested too deeply",
+            ));
         }
-        _ => {
-            let value = reader.scalar(ty)?;
-            writer.scalar(value);
-            Ok(())
+        Ok(())
+    }
+
+    fn set(&mut self, index: usize, level: Level) {
+        if let Some(slot) = self.levels.get_mut(index) {
+            *slot = level;
         }
     }
 }
 
-fn nested(depth: u32) -> Result<u32, ReadError> {
-    depth
-        .checked_sub(1)
-        .ok_or(ReadError::malformed("containers nested too deeply"))
+/// Reads the start of a value of type `ty`: a whole scalar, or a container's header.
+fn open<'a, R>(reader: &mut R, ty: ValueType) -> Result<Opened<'a>, ReadError>
+where
+    R: ValueReader<'a> + ?Sized,
+{
+    Ok(match ty {
+        ValueType::Struct => Opened::Struct,
+        ValueType::List | ValueType::Set => {
+            let (element, len) = reader.list_begin()?;
+            Opened::List(element, len)
+        }
+        ValueType::Map => {
+            let (types, len) = reader.map_begin()?;
+            Opened::Map(types, len)
+        }
+        _ => Opened::Scalar(reader.scalar(ty)?),
+    })
+}
+
+/// Skips one value of type `ty` at the reader's position.
+pub(crate) fn skip_value<'a, R>(reader: &mut R, ty: ValueType) -> Result<(), ReadError>
+where
+    R: ValueReader<'a> + ?Sized,
+{
+    Walk::of(ty).run(reader, &mut Discard)
 }
