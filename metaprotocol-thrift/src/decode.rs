@@ -6,8 +6,13 @@
 //! reaches the end of the buffer is kept and continued when more bytes arrive, so finding the
 //! end of a message costs time linear in its size however it is split.
 //!
-//! Only the message header is decoded (and the THeader block); the result struct of a reply is
-//! read as far as its first field header, to tell a declared exception from a success.
+//! Only the message header is decoded (and the THeader block). The argument struct of a framed
+//! or THeader call is walked to check it, and a malformed one marks the message with a
+//! `reject_reason` (unframed, a malformed struct leaves the end of the message unknown: a
+//! decode error). The result struct of a reply is read as far as its first field header, to
+//! tell a declared exception from a success.
+
+use std::borrow::Cow;
 
 use bytes::{Bytes, BytesMut};
 use metaprotocol_core::{
@@ -161,7 +166,7 @@ impl Decoder {
     }
 }
 
-/// Describes one whole length-prefixed frame of `transport`.
+/// Describes one whole length-prefixed frame of `transport`, checking a call's arguments.
 fn delimited(frame: Bytes, transport: Transport) -> Result<(Message, ThriftFormat), CodecError> {
     let (protocol, payload_start, block) = if transport == Transport::Header {
         let block = theader::parse(&frame)?;
@@ -174,8 +179,36 @@ fn delimited(frame: Bytes, transport: Transport) -> Result<(Message, ThriftForma
     let header = protocol::read_message_header(protocol, &mut cursor)
         .map_err(ReadError::in_complete_frame)?;
     let format = ThriftFormat::new(transport, protocol);
-    let message = describe(frame, format, payload_start, header, block.as_ref())?;
+    let is_call = matches!(header.message_type, MessageType::Call | MessageType::Oneway);
+    let body_start = header.body_start;
+    let mut message = describe(frame, format, payload_start, header, block.as_ref())?;
+    if is_call {
+        message.reject_reason = check_arguments(protocol, &message.frame, body_start).err();
+    }
     Ok((message, format))
+}
+
+/// Checks that the argument struct of a call starting at `body_start` is well-formed and ends
+/// exactly where its frame does; otherwise, why not.
+///
+/// The frame is delimited, so a bad struct is this client's problem alone: it gets a
+/// `BadRequest` reply rather than a forwarded body that the server may answer by closing a
+/// connection that other clients' calls share (or, for bytes after the struct, read as the
+/// start of the next message).
+fn check_arguments(
+    protocol: Protocol,
+    frame: &[u8],
+    body_start: usize,
+) -> Result<(), &'static str> {
+    let mut at = Checkpoint::at(body_start);
+    let walk = &mut Walk::of(ValueType::Struct);
+    match protocol::skip(protocol, walk, frame, usize::MAX, &mut at) {
+        Ok(()) if at.position == frame.len() => Ok(()),
+        Ok(()) => Err("the frame holds bytes after the argument struct"),
+        Err(ReadError::Incomplete) => Err("the argument struct runs past the end of the frame"),
+        Err(ReadError::Codec(CodecError::Malformed(Cow::Borrowed(reason)))) => Err(reason),
+        Err(ReadError::Codec(_)) => Err("the argument struct is malformed"),
+    }
 }
 
 /// The size of the length-prefixed frame at the front of `src` once it is all there.

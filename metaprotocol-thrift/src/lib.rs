@@ -12,7 +12,16 @@
 //!   [`ResponseStatus::ApplicationError`](metaprotocol_core::ResponseStatus) when the result
 //!   struct's first field is not field 0 (a declared exception; the value is never decoded),
 //!   and `EXCEPTION` a response with
-//!   [`ResponseStatus::ServerError`](metaprotocol_core::ResponseStatus).
+//!   [`ResponseStatus::ServerError`](metaprotocol_core::ResponseStatus). A reply whose result
+//!   cannot be read is forwarded as a `ServerError`.
+//! - **Bodies**: the argument struct of every call is walked (no allocation, no value built,
+//!   64 levels of nesting at most). Unframed, the walk is how the end of the message is found:
+//!   a malformed struct is a decode error (the stream cannot be followed), and a message that
+//!   arrives in pieces is walked once, each read continuing where the last one stopped. Framed
+//!   and THeader, a call whose struct is malformed, runs past its frame or leaves bytes after
+//!   it is decoded with a [`reject_reason`](metaprotocol_core::Message::reject_reason): the
+//!   engine answers it with a [`PROTOCOL_ERROR`] and keeps the connection, and the body never
+//!   reaches a server connection that other clients share.
 //! - **Encode** without translation or mutation copies the frame and patches the seqid in
 //!   place (binary always; compact when the new varint has the old length, otherwise only the
 //!   message header is rebuilt). A mutation rewrites the THeader info headers; frames without
@@ -22,7 +31,8 @@
 //!   same message for a transport change (THeader headers dropped and counted when the target
 //!   has none) and transcodes the struct, streaming and depth-limited, for binary <-> compact.
 //! - **Local replies** are `TApplicationException`s in the request's transport and protocol:
-//!   [`UNKNOWN_METHOD`] for `route_not_found`, [`INTERNAL_ERROR`] otherwise.
+//!   [`UNKNOWN_METHOD`] for `route_not_found`, [`PROTOCOL_ERROR`] for `bad_request`,
+//!   [`INTERNAL_ERROR`] otherwise.
 //! - THeader transforms (zlib, snappy ...) and the JSON protocol are refused with
 //!   [`CodecError::Unsupported`](metaprotocol_core::CodecError); over-long frames with
 //!   `FrameTooLarge` as soon as the length (or, unframed, the scanned bytes) passes the cap.
@@ -69,7 +79,7 @@ use metaprotocol_core::CodecRegistry;
 pub use codec::{ThriftCodec, ThriftCodecFactory};
 pub use format::{FormatChoice, Protocol, ThriftFormat, Transport};
 pub use options::{PROTOCOL_OPTION, TRANSPORT, ThriftOptions};
-pub use reply::{ApplicationException, INTERNAL_ERROR, UNKNOWN_METHOD};
+pub use reply::{ApplicationException, INTERNAL_ERROR, PROTOCOL_ERROR, UNKNOWN_METHOD};
 
 /// The name this codec is registered under.
 pub const PROTOCOL: &str = "thrift";

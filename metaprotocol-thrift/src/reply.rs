@@ -4,6 +4,8 @@
 //! A local reply is an `EXCEPTION` message with the request's method name (without a
 //! multiplexing prefix, as Apache Thrift servers answer) and seqid, in the request's own
 //! transport and protocol, carrying `TApplicationException { 1: string message, 2: i32 type }`.
+//! It reads only the request's message header, so a request rejected for its arguments is
+//! answered too.
 
 use bytes::BytesMut;
 use metaprotocol_core::{CodecError, LocalReply, LocalReplyKind, Message, MessageKind};
@@ -21,6 +23,10 @@ pub const UNKNOWN_METHOD: i32 = 1;
 /// `TApplicationException` type for a failure inside the server; used for every other
 /// [`LocalReplyKind`].
 pub const INTERNAL_ERROR: i32 = 6;
+/// `TApplicationException` type for a message the server cannot read, what Apache Thrift's
+/// Java server answers to arguments it fails to parse; used for
+/// [`LocalReplyKind::BadRequest`].
+pub const PROTOCOL_ERROR: i32 = 7;
 
 const FIELD_MESSAGE: i16 = 1;
 const FIELD_TYPE: i16 = 2;
@@ -95,6 +101,7 @@ pub(crate) fn encode_local_reply(
     };
     let kind = match reply.kind {
         LocalReplyKind::RouteNotFound => UNKNOWN_METHOD,
+        LocalReplyKind::BadRequest => PROTOCOL_ERROR,
         _ => INTERNAL_ERROR,
     };
     let text = reply.to_string();

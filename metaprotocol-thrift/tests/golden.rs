@@ -93,6 +93,7 @@ fn every_golden_stream_decodes_as_named_and_passes_through_byte_identical() -> T
         let mut passthrough = BytesMut::new();
         for message in &messages {
             check(&golden, message, 0, &expected_headers(&golden))?;
+            assert_eq!(message.reject_reason, None, "{}", golden.name);
             passthrough.extend_from_slice(&encode(
                 message,
                 message.request_id,

@@ -7,7 +7,9 @@ use common::{TestResult, all_formats, auto_codec, decode_one, goldens};
 use metaprotocol_core::{
     ByteStr, EncodeParams, LocalReply, LocalReplyKind, MessageKind, Mutation, ResponseStatus,
 };
-use metaprotocol_thrift::{ApplicationException, INTERNAL_ERROR, Transport, UNKNOWN_METHOD};
+use metaprotocol_thrift::{
+    ApplicationException, INTERNAL_ERROR, PROTOCOL_ERROR, Transport, UNKNOWN_METHOD,
+};
 
 #[test]
 fn local_replies_answer_in_the_requests_format_with_its_seqid() -> TestResult {
@@ -29,6 +31,7 @@ fn local_replies_answer_in_the_requests_format_with_its_seqid() -> TestResult {
             for (kind, code) in [
                 (LocalReplyKind::RouteNotFound, UNKNOWN_METHOD),
                 (LocalReplyKind::Timeout, INTERNAL_ERROR),
+                (LocalReplyKind::BadRequest, PROTOCOL_ERROR),
                 (LocalReplyKind::Internal, INTERNAL_ERROR),
             ] {
                 let reply = LocalReply::new(kind, "no route for sayHello");

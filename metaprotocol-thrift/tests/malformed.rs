@@ -4,8 +4,13 @@ mod common;
 
 use bytes::{BufMut, BytesMut};
 use common::{TestResult, auto_codec, codec_with, decode_all, goldens};
-use metaprotocol_core::{CodecError, CodecOptions};
-use metaprotocol_thrift::{TRANSPORT, Transport};
+use metaprotocol_core::{
+    CodecError, CodecOptions, EncodeParams, LocalReply, LocalReplyKind, MessageKind, Mutation,
+    ResponseStatus,
+};
+use metaprotocol_thrift::{
+    ApplicationException, PROTOCOL_ERROR, Protocol, TRANSPORT, ThriftFormat, Transport,
+};
 use proptest::prelude::*;
 
 fn decode_err(
@@ -85,8 +90,9 @@ fn deep_nesting_is_refused() -> TestResult {
         let error = decode_err(&CodecOptions::default(), &bytes)?;
         assert!(matches!(error, CodecError::Malformed(_)), "{error}");
     }
-    // Framed frames are not walked on decode, but translating one walks it: refused too.
+    // Framed, the call is rejected (see below) and translating it is refused too.
     let message = common::decode_one(&framed(&binary_call(&binary)))?;
+    assert!(message.reject_reason.is_some());
     let mut out = BytesMut::new();
     let compact_format = metaprotocol_thrift::ThriftFormat::new(
         Transport::Framed,
@@ -121,7 +127,7 @@ fn truncated_frames_are_malformed_and_truncated_streams_wait() -> TestResult {
                 golden.name
             );
         }
-        // A frame too short for its message header (bodies are not walked on decode).
+        // A frame too short for its message header.
         if golden.format.transport == Transport::Framed {
             let payload = &bytes[4..9];
             let error = decode_err(&CodecOptions::default(), &framed(payload))?;
@@ -132,6 +138,150 @@ fn truncated_frames_are_malformed_and_truncated_streams_wait() -> TestResult {
             );
         }
     }
+    Ok(())
+}
+
+/// A compact CALL `m` with seqid 1 and `body` as its argument struct.
+fn compact_call(body: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x82, 0x21, 1, 1, b'm'];
+    out.extend_from_slice(body);
+    out
+}
+
+/// Argument structs that cannot be read, in each protocol, with the reason they are refused.
+fn bad_arguments(protocol: Protocol) -> Vec<(Vec<u8>, &'static str)> {
+    let deep = |open: &[u8], stop: u8| {
+        let mut body = open.repeat(100);
+        body.extend(std::iter::repeat_n(stop, 101));
+        body
+    };
+    match protocol {
+        Protocol::Binary => vec![
+            (vec![99, 0, 1, 0], "unknown binary field type"),
+            // A string field announcing 100 bytes, with 2.
+            (
+                vec![11, 0, 1, 0, 0, 0, 100, b'h', b'i'],
+                "the argument struct runs past the end of the frame",
+            ),
+            (
+                vec![0, 0xff],
+                "the frame holds bytes after the argument struct",
+            ),
+            (
+                vec![15, 0, 1, 8, 0xff, 0xff, 0xff, 0xff, 0],
+                "negative container size",
+            ),
+            (
+                deep(&[12, 0, 1], 0),
+                "structs or containers nested too deeply",
+            ),
+        ],
+        Protocol::Compact => vec![
+            (vec![0x1e, 0], "unknown compact field type"),
+            (
+                vec![0x18, 100, b'h', b'i'],
+                "the argument struct runs past the end of the frame",
+            ),
+            (
+                vec![0, 0],
+                "the frame holds bytes after the argument struct",
+            ),
+            (
+                vec![0x15, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0],
+                "varint too long",
+            ),
+            (deep(&[0x1c], 0), "structs or containers nested too deeply"),
+        ],
+    }
+}
+
+/// A call with `body` in `format`: a framed message wrapped in THeader by the codec.
+fn call_in(format: ThriftFormat, body: &[u8]) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    let message = match format.protocol {
+        Protocol::Binary => binary_call(body),
+        Protocol::Compact => compact_call(body),
+    };
+    let message = common::decode_one(&framed(&message))?;
+    let mut out = BytesMut::new();
+    let params = EncodeParams {
+        request_id: 1,
+        variant: format.to_variant(),
+        mutation: &Mutation::new(),
+    };
+    // Same protocol: the body is copied as it came, broken or not.
+    auto_codec().encode(&message, &params, &mut out)?;
+    Ok(out.to_vec())
+}
+
+#[test]
+fn a_malformed_argument_struct_in_a_frame_is_rejected_and_the_stream_goes_on() -> TestResult {
+    let goldens = goldens()?;
+    for transport in [Transport::Framed, Transport::Header] {
+        for protocol in [Protocol::Binary, Protocol::Compact] {
+            let format = ThriftFormat::new(transport, protocol);
+            let next = goldens
+                .iter()
+                .find(|g| g.format == format && g.is_request && g.scenario == "hello")
+                .ok_or("no golden")?;
+            for (body, reason) in bad_arguments(protocol) {
+                let what = format!("{format} {body:02x?}");
+                let stream = [call_in(format, &body)?, next.bytes.clone()].concat();
+                let mut codec = auto_codec();
+                let messages = decode_all(codec.as_mut(), &stream)?;
+                assert_eq!(messages.len(), 2, "{what}");
+                let rejected = &messages[0];
+                assert_eq!(rejected.kind, MessageKind::Request, "{what}");
+                assert_eq!(rejected.reject_reason, Some(reason), "{what}");
+                assert_eq!(
+                    rejected.metadata.get("method").map(|m| m.as_str()),
+                    Some("m")
+                );
+                assert_eq!(messages[1].reject_reason, None, "{what}");
+                assert_eq!(
+                    messages[1].metadata.get("method").map(|m| m.as_str()),
+                    Some("sayHello"),
+                    "{what}"
+                );
+
+                // The engine's answer: a PROTOCOL_ERROR in the call's own format.
+                let mut out = BytesMut::new();
+                let reply = LocalReply::new(LocalReplyKind::BadRequest, reason);
+                codec.encode_local_reply(rejected, &reply, &mut out)?;
+                let answer = common::decode_one(&out)?;
+                assert_eq!(answer.variant, format.to_variant(), "{what}");
+                assert_eq!(answer.request_id, 1, "{what}");
+                assert_eq!(answer.status, ResponseStatus::ServerError, "{what}");
+                let exception = ApplicationException::from_message(&answer)?;
+                assert_eq!(exception.kind, PROTOCOL_ERROR, "{what}");
+                assert_eq!(exception.message, format!("bad_request: {reason}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn malformed_one_way_calls_are_rejected_and_unframed_ones_still_fail() -> TestResult {
+    let mut oneway = binary_call(&[99, 0, 1, 0]);
+    oneway[3] = 4;
+    let message = common::decode_one(&framed(&oneway))?;
+    assert_eq!(message.kind, MessageKind::Oneway);
+    assert_eq!(message.reject_reason, Some("unknown binary field type"));
+    // Unframed, the end of a malformed struct is unknown: the stream cannot go on.
+    let error = decode_err(&CodecOptions::default(), &oneway)?;
+    assert!(matches!(error, CodecError::Malformed(_)), "{error}");
+    Ok(())
+}
+
+#[test]
+fn replies_are_not_walked_but_marked_failed_when_unreadable() -> TestResult {
+    // A REPLY whose result struct cannot be read is forwarded as a server error.
+    let mut reply = binary_call(&[99, 0, 1, 0]);
+    reply[3] = 2;
+    let message = common::decode_one(&framed(&reply))?;
+    assert_eq!(message.kind, MessageKind::Response);
+    assert_eq!(message.status, ResponseStatus::ServerError);
+    assert_eq!(message.reject_reason, None);
     Ok(())
 }
 
@@ -174,7 +324,7 @@ fn bad_headers_are_malformed() -> TestResult {
             );
         }
     }
-    // A bad field type: found when an unframed body is walked (framed bodies are not).
+    // A bad field type: an unframed message whose end cannot be found.
     let error = decode_err(&CodecOptions::default(), &binary_call(&[99, 0, 1]))?;
     assert!(matches!(error, CodecError::Malformed(_)), "{error}");
     Ok(())
