@@ -1,5 +1,7 @@
 //! [`DubboCodec`]: framing, decode dispatch by message kind, and encode.
 
+use std::borrow::Cow;
+
 use bytes::{BufMut, BytesMut};
 use metaprotocol_core::{
     Codec, CodecError, EncodeParams, LocalReply, Message, MessageKind, ResponseStatus, WireVariant,
@@ -56,7 +58,7 @@ impl Codec for DubboCodec {
         }
         let frame = src.split_to(frame_len).freeze();
         let mut message = Message::new(header.kind(), header.request_id, frame);
-        read_body(&header, &mut message)?;
+        read_body(&header, &mut message);
         Ok(Some(message))
     }
 
@@ -184,19 +186,28 @@ fn map_cursor(
 
 /// Fills in what the body of `message` says, by kind: metadata and layout of Hessian2 calls
 /// and responses, the outcome of responses, the reject reason of calls in other
-/// serializations. Heartbeat bodies are not read.
-fn read_body(header: &Header, message: &mut Message) -> Result<(), CodecError> {
+/// serializations or with a malformed body. Heartbeat bodies are not read.
+///
+/// The frame is delimited, so nothing in its body makes the stream untrustworthy: a bad call
+/// is rejected (its sender alone gets status 40, as from a Java provider) and a bad response is
+/// forwarded as a failure, rather than closing a connection, or, upstream, sending a body the
+/// provider may answer by closing a connection that other clients' calls share.
+fn read_body(header: &Header, message: &mut Message) {
     match message.kind {
         MessageKind::Heartbeat => {}
         // dubbo-py answers heartbeats with status 0; Java and Node with 20.
         MessageKind::HeartbeatReply if matches!(header.status, 0 | status::OK) => {}
         MessageKind::HeartbeatReply => message.status = ResponseStatus::ServerError,
         MessageKind::Request | MessageKind::Oneway if header.serialization() == HESSIAN2 => {
-            let request = request::decode(&message.frame)?;
-            message.metadata = request.metadata;
-            message.layout = request.layout.into();
-            if request.reads_response_attachments {
-                message.variant = READS_RESPONSE_ATTACHMENTS;
+            match request::decode(&message.frame) {
+                Ok(request) => {
+                    message.metadata = request.metadata;
+                    message.layout = request.layout.into();
+                    if request.reads_response_attachments {
+                        message.variant = READS_RESPONSE_ATTACHMENTS;
+                    }
+                }
+                Err(error) => message.reject_reason = Some(malformed_body_reason(&error)),
             }
         }
         MessageKind::Request | MessageKind::Oneway => {
@@ -212,10 +223,8 @@ fn read_body(header: &Header, message: &mut Message) -> Result<(), CodecError> {
                     message.metadata = metadata;
                     message.layout = layout.into();
                 }
-                // The frame is delimited, so the stream is still sound: rather than reset a
-                // connection that other clients' calls share, forward this body as it came
-                // (opaque, never mutated; the client's library judges it) and count the call
-                // as failed.
+                // Forwarded as it came (opaque, never mutated; the client's library judges it)
+                // and counted as failed.
                 Err(_) => message.status = ResponseStatus::ServerError,
             }
         }
@@ -223,7 +232,14 @@ fn read_body(header: &Header, message: &mut Message) -> Result<(), CodecError> {
         // what the header says. The header names no other kind.
         _ => {}
     }
-    Ok(())
+}
+
+/// The reject reason of a call whose Hessian2 body cannot be read: the reader's own words.
+fn malformed_body_reason(error: &CodecError) -> &'static str {
+    match error {
+        CodecError::Malformed(Cow::Borrowed(reason)) => reason,
+        _ => "the Hessian2 request body is malformed",
+    }
 }
 
 /// About the bytes a mutation's sets add (string data plus tags), to reserve once.

@@ -17,10 +17,16 @@
 //! | event | `HeartbeatReply` |
 //! | none | `Response`: status 20 with result flag 1, 2, 4, 5 is `Ok`, result flag 0 or 3 (an exception) is `ApplicationError`, any other status is `ServerError` |
 //!
-//! A length over `max_frame_bytes` fails with `FrameTooLarge` as soon as the header arrives; a
-//! wrong magic number, an unreadable Hessian2 body or a value nested more than 64 deep fails
-//! with `Malformed`. Decoding never panics and never allocates in proportion to a length read
-//! from the wire.
+//! A length over `max_frame_bytes` fails with `FrameTooLarge` as soon as the header arrives,
+//! and a wrong magic number or a negative length with `Malformed`: the stream can no longer be
+//! followed, and the engine closes the connection. Whatever the body holds, the frame is
+//! delimited, so a body never closes a connection: a call whose Hessian2 body cannot be read
+//! (truncated, a wrong type, an unknown tag, a value nested more than 64 deep ...) is decoded
+//! with a [`reject_reason`](metaprotocol_core::Message::reject_reason) saying why, which the
+//! engine answers with status 40 as a Java provider does, and a response whose result cannot be
+//! read is forwarded as a `ServerError`. A malformed body therefore never travels on an
+//! upstream connection that other clients share. Decoding never panics and never allocates in
+//! proportion to a length read from the wire.
 //!
 //! # Bodies
 //!

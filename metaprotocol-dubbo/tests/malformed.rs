@@ -1,11 +1,14 @@
-//! Bad input fails with the right error, early, and never panics.
+//! Bad input fails with the right error, early, and never panics; a bad body in a whole frame
+//! is rejected, never a reason to close the connection.
 
 mod common;
 
 use bytes::BytesMut;
 use common::hessian::{Value, Writer, request_body};
-use common::{TestResult, codec, frame, golden};
-use metaprotocol_core::{Codec, CodecError, DEFAULT_MAX_FRAME_BYTES};
+use common::{TestResult, body_string, codec, decode_one, frame, golden, meta};
+use metaprotocol_core::{
+    Codec, CodecError, DEFAULT_MAX_FRAME_BYTES, LocalReply, LocalReplyKind, MessageKind,
+};
 use metaprotocol_dubbo::DubboCodec;
 
 fn decode(bytes: &[u8]) -> Result<Option<metaprotocol_core::Message>, CodecError> {
@@ -57,8 +60,34 @@ fn incomplete_frames_wait_and_leave_the_buffer_alone() -> TestResult {
     Ok(())
 }
 
+/// Decodes a call with `body` followed by a golden call on one connection: the first must be
+/// rejected (its reason returned) and the second must decode as usual.
+fn rejected(body: &[u8]) -> Result<&'static str, Box<dyn std::error::Error>> {
+    let next = golden("node__node__hello.req.hex")?.bytes;
+    let stream = [frame(0xc2, 0, 1, body), next].concat();
+    let mut codec = codec();
+    let mut src = BytesMut::from(&stream[..]);
+    let bad = codec.decode(&mut src)?.ok_or("incomplete")?;
+    let good = codec.decode(&mut src)?.ok_or("incomplete")?;
+    assert!(src.is_empty());
+    assert_eq!(bad.kind, MessageKind::Request);
+    assert_eq!(bad.request_id, 1);
+    assert!(bad.metadata.is_empty(), "{:?}", bad.metadata);
+    assert_eq!(good.reject_reason, None);
+    assert_eq!(meta(&good, "method"), Some("sayHello"));
+    // The engine answers the sender alone, with status 40 and the reason.
+    let reason = bad.reject_reason.ok_or("not rejected")?;
+    let mut reply = BytesMut::new();
+    let local = LocalReply::new(LocalReplyKind::BadRequest, reason);
+    codec.encode_local_reply(&bad, &local, &mut reply)?;
+    assert_eq!(reply[3], metaprotocol_dubbo::status::BAD_REQUEST);
+    assert_eq!(reply[4..12], 1u64.to_be_bytes());
+    assert_eq!(body_string(&reply), Some(format!("bad_request: {reason}")));
+    Ok(reason)
+}
+
 #[test]
-fn truncated_hessian_is_malformed() -> TestResult {
+fn truncated_hessian_is_rejected() -> TestResult {
     let body = request_body(
         "demo.Api",
         "hi",
@@ -68,69 +97,78 @@ fn truncated_hessian_is_malformed() -> TestResult {
     );
     // The body length matches the bytes, but the Hessian inside stops short.
     for cut in 1..body.len() - 1 {
-        let result = decode(&frame(0xc2, 0, 1, &body[..cut]));
+        let message = decode_one(&frame(0xc2, 0, 1, &body[..cut]))?;
         // Cutting exactly after the arguments leaves a valid call without attachments.
-        if result.as_ref().is_ok_and(Option::is_some) {
+        if message.reject_reason.is_none() {
             assert_eq!(cut, body.len() - 6, "cut at {cut}");
             continue;
         }
-        assert!(is_malformed(result), "cut at {cut}");
+        assert!(rejected(&body[..cut]).is_ok(), "cut at {cut}");
     }
+    assert_eq!(rejected(&body[..4])?, "truncated Hessian2 string");
     Ok(())
 }
 
 #[test]
-fn wrong_types_are_malformed() {
+fn wrong_types_are_rejected() -> TestResult {
     // The method name is an int.
     let mut body = Writer::new();
     body.string("2.0.2")
         .string("demo.Api")
         .string("1.0.0")
         .raw(&[0x91]);
-    assert!(is_malformed(decode(&frame(0xc2, 0, 1, &body.out))));
+    assert_eq!(rejected(&body.out)?, "expected a Hessian2 string");
 
     // The attachments are a list.
     let mut body = Writer::new();
     body.raw(&request_body("demo.Api", "hi", "", &[], None))
         .raw(&[0x78]);
-    assert!(is_malformed(decode(&frame(0xc2, 0, 1, &body.out))));
+    assert_eq!(rejected(&body.out)?, "expected the Dubbo attachments map");
 
     // Reserved tags and stray terminators inside arguments.
     for tag in [0x40, 0x45, 0x47, 0x50, b'Z'] {
-        let body = request_body("demo.Api", "hi", "J", &[], None);
-        let mut body = body;
+        let mut body = request_body("demo.Api", "hi", "J", &[], None);
         body.push(tag);
-        assert!(
-            is_malformed(decode(&frame(0xc2, 0, 1, &body))),
-            "tag {tag:#x}"
-        );
+        assert_eq!(rejected(&body)?, "unexpected Hessian2 tag", "tag {tag:#x}");
     }
+    Ok(())
 }
 
 #[test]
-fn depth_bombs_and_class_floods_are_malformed() {
+fn depth_bombs_and_class_floods_are_rejected() -> TestResult {
     let mut bomb = request_body("demo.Api", "hi", "Ljava/lang/Object;", &[], None);
     bomb.extend(std::iter::repeat_n(0x57, 10_000));
-    assert!(is_malformed(decode(&frame(0xc2, 0, 1, &bomb))));
+    assert_eq!(rejected(&bomb)?, "Hessian2 value nests too deeply");
 
     let mut maps = request_body("demo.Api", "hi", "Ljava/lang/Object;", &[], None);
     maps.extend(std::iter::repeat_n(b'H', 100));
-    assert!(is_malformed(decode(&frame(0xc2, 0, 1, &maps))));
+    assert_eq!(rejected(&maps)?, "Hessian2 value nests too deeply");
 
     let mut flood = request_body("demo.Api", "hi", "Ljava/lang/Object;", &[], None);
     for _ in 0..5000 {
         flood.extend_from_slice(b"C\x01P\x90");
     }
     flood.push(0x60);
-    assert!(is_malformed(decode(&frame(0xc2, 0, 1, &flood))));
+    assert_eq!(rejected(&flood)?, "too many Hessian2 class definitions");
 
     // An object of a class never defined, a list longer than the frame.
     let mut orphan = request_body("demo.Api", "hi", "Ljava/lang/Object;", &[], None);
     orphan.push(0x61);
-    assert!(is_malformed(decode(&frame(0xc2, 0, 1, &orphan))));
+    assert_eq!(rejected(&orphan)?, "Hessian2 object of an undefined class");
     let mut long_list = request_body("demo.Api", "hi", "Ljava/lang/Object;", &[], None);
     long_list.extend_from_slice(&[0x58, b'I', 0x7f, 0xff, 0xff, 0xff]);
-    assert!(is_malformed(decode(&frame(0xc2, 0, 1, &long_list))));
+    assert_eq!(rejected(&long_list)?, "Hessian2 length exceeds the frame");
+    Ok(())
+}
+
+#[test]
+fn malformed_one_way_calls_are_rejected_too() -> TestResult {
+    let mut body = request_body("demo.Api", "hi", "J", &[], None);
+    body.push(0x40);
+    let message = decode_one(&frame(0x82, 0, 3, &body))?;
+    assert_eq!(message.kind, MessageKind::Oneway);
+    assert_eq!(message.reject_reason, Some("unexpected Hessian2 tag"));
+    Ok(())
 }
 
 /// A response whose result cannot be read is still a whole frame: it is forwarded as it came
