@@ -7,6 +7,7 @@
 //! rewriting attachments can tell whether removing an entry would renumber references).
 
 use metaprotocol_core::CodecError;
+use smallvec::SmallVec;
 
 use super::reader::{Reader, is_string_tag};
 use super::{CLASS_DEF, END, TYPED_MAP, UNTYPED_MAP};
@@ -18,10 +19,13 @@ pub(crate) const MAX_DEPTH: usize = 64;
 /// How many class definitions one frame may hold (each costs four bytes of memory here).
 pub(crate) const MAX_CLASS_DEFS: usize = 4096;
 
+/// Class definitions kept without allocating: a call's arguments rarely define more classes.
+const INLINE_CLASS_DEFS: usize = 16;
+
 /// The state that skipping one frame's body accumulates.
 #[derive(Debug, Default)]
 pub(crate) struct Skipper {
-    class_fields: Vec<u32>,
+    class_fields: SmallVec<[u32; INLINE_CLASS_DEFS]>,
     shared_values: u32,
 }
 
@@ -33,7 +37,8 @@ pub(crate) struct SharedState {
 }
 
 impl Skipper {
-    /// A skipper for a new frame body (empty class and reference tables; does not allocate).
+    /// A skipper for a new frame body (empty class and reference tables; does not allocate, nor
+    /// does skipping a body with up to 16 class definitions).
     pub(crate) fn new() -> Self {
         Self::default()
     }
