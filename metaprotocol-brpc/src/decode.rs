@@ -1,5 +1,8 @@
 //! Turning one complete baidu_std frame into a [`Message`].
 
+use std::borrow::Cow;
+use std::ops::Range;
+
 use bytes::Bytes;
 use metaprotocol_core::{
     ByteStr, CodecError, Message, MessageKind, Metadata, ResponseStatus, Side, keys,
@@ -9,19 +12,29 @@ use crate::header::{FrameHeader, HEADER_LEN};
 use crate::keys as brpc_keys;
 use crate::layout::BrpcLayout;
 use crate::meta::{RequestMetaView, ResponseMetaView, RpcMetaView};
+use crate::wire::check_message;
 
-/// Why a well-formed request cannot be proxied.
+/// Why a request cannot be proxied.
 mod reject {
     pub(super) const NO_REQUEST_META: &str = "RpcMeta carries no request meta";
     pub(super) const NO_SERVICE_OR_METHOD: &str =
         "RpcRequestMeta lacks a UTF-8 service_name or method_name";
     pub(super) const STREAMING: &str = "bRPC streaming RPC is not supported";
     pub(super) const CHUNKED: &str = "bRPC chunk_info is not supported";
+    pub(super) const ATTACHMENT_SIZE: &str =
+        "attachment_size is negative or larger than the body after the meta";
+    pub(super) const PAYLOAD: &str = "the request payload is not well-formed protobuf";
 }
+
+/// `ContentType` of a protobuf payload (brpc's `options.proto`).
+const CONTENT_TYPE_PB: i32 = 0;
+/// `CompressType` of an uncompressed payload.
+const COMPRESS_TYPE_NONE: i32 = 0;
 
 /// Decodes `frame`, whose header is `header`, read by a codec on `side`.
 ///
-/// The meta is read field by field; payload and attachment are neither read nor copied.
+/// The meta is read field by field; payload and attachment are never copied. A request's
+/// payload is checked (see [`payload_reject_reason`]); a response's is forwarded unread.
 pub(crate) fn message_from_frame(
     frame: Bytes,
     header: FrameHeader,
@@ -29,12 +42,8 @@ pub(crate) fn message_from_frame(
 ) -> Result<Message, CodecError> {
     let meta_end = header.meta_end();
     let mut view = RpcMetaView::parse(&frame.slice(HEADER_LEN..meta_end))?;
-    if view.attachment_size as usize > frame.len() - meta_end {
-        return Err(CodecError::malformed(
-            "attachment_size is larger than the body after the meta",
-        ));
-    }
     let layout = BrpcLayout::new(meta_end, view.correlation_id_span.as_ref());
+    let payload = payload_range(frame.len(), meta_end, view.attachment_size);
     let mut message = Message::new(
         MessageKind::Request,
         view.correlation_id.unwrap_or(0),
@@ -46,11 +55,10 @@ pub(crate) fn message_from_frame(
         (Some(_), _, Side::Upstream) => {
             return Err(CodecError::malformed("a brpc server sent a request frame"));
         }
-        (None, Some(_), Side::Downstream) => {
-            return Err(CodecError::malformed("a brpc client sent a response frame"));
-        }
         (Some(request), _, Side::Downstream) => {
-            message.reject_reason = request_reject_reason(&view, &request);
+            let payload = payload.and_then(|range| message.frame.get(range));
+            message.reject_reason = request_reject_reason(&view, &request)
+                .or_else(|| payload_reject_reason(&view, payload));
             message.timeout = request
                 .timeout_ms
                 .and_then(|ms| u64::try_from(ms).ok())
@@ -58,18 +66,31 @@ pub(crate) fn message_from_frame(
                 .map(std::time::Duration::from_millis);
             add_request_metadata(&mut message.metadata, request);
         }
+        (None, Some(_), Side::Downstream) => {
+            return Err(CodecError::malformed("a brpc client sent a response frame"));
+        }
         (None, None, Side::Downstream) => message.reject_reason = Some(reject::NO_REQUEST_META),
-        // brpc clients read a missing response meta as success.
+        // brpc clients read a missing response meta as success. A response whose sizes do not
+        // add up is forwarded as it came, as a failure: its frame is delimited, so the
+        // connection, which other clients' calls share, stays up.
         (None, response, Side::Upstream) => {
             message.kind = MessageKind::Response;
             let response = response.unwrap_or_default();
-            if response.error_code != 0 {
+            if response.error_code != 0 || payload.is_none() {
                 message.status = ResponseStatus::ServerError;
             }
             add_response_metadata(&mut message.metadata, response);
         }
     }
     Ok(message)
+}
+
+/// Where the payload of a frame of `frame_len` bytes lies: between the meta and the
+/// attachment, if `attachment_size` fits in what follows the meta.
+fn payload_range(frame_len: usize, meta_end: usize, attachment_size: i32) -> Option<Range<usize>> {
+    let attachment = usize::try_from(attachment_size).ok()?;
+    let payload_end = frame_len.checked_sub(attachment)?;
+    (meta_end <= payload_end).then_some(meta_end..payload_end)
 }
 
 fn request_reject_reason(view: &RpcMetaView, request: &RequestMetaView) -> Option<&'static str> {
@@ -81,6 +102,27 @@ fn request_reject_reason(view: &RpcMetaView, request: &RequestMetaView) -> Optio
         Some(reject::CHUNKED)
     } else {
         None
+    }
+}
+
+/// Why a request's body must not be forwarded: an attachment that does not fit, or an
+/// uncompressed protobuf payload whose wire format is malformed.
+///
+/// The frame is delimited, so such a request is its sender's problem alone: brpc servers
+/// answer it with `EREQUEST` and so does the proxy, rather than send it on a connection that
+/// other clients share to a server that might close it. Compressed and non-protobuf (JSON ...)
+/// payloads are not read.
+fn payload_reject_reason(view: &RpcMetaView, payload: Option<&[u8]>) -> Option<&'static str> {
+    let Some(payload) = payload else {
+        return Some(reject::ATTACHMENT_SIZE);
+    };
+    if view.compress_type != COMPRESS_TYPE_NONE || view.content_type != CONTENT_TYPE_PB {
+        return None;
+    }
+    match check_message(payload) {
+        Ok(()) => None,
+        Err(CodecError::Malformed(Cow::Borrowed(reason))) => Some(reason),
+        Err(_) => Some(reject::PAYLOAD),
     }
 }
 

@@ -3,8 +3,8 @@
 //! A baidu_std frame is a 12-byte header (`"PRPC"`, body size, meta size, big-endian), a
 //! protobuf `RpcMeta`, the payload (a protobuf message, possibly compressed) and an attachment
 //! (the last `attachment_size` bytes). The codec reads the meta with a bounds-checked protobuf
-//! field walker, slicing strings out of the frame; payload and attachment are never read or
-//! copied apart from the frame.
+//! field walker, slicing strings out of the frame; a request's payload is checked in place,
+//! and payload and attachment are never copied apart from the frame.
 //!
 //! ```
 //! use bytes::BytesMut;
@@ -39,8 +39,18 @@
 //! - **Frames**: baidu_std (`"PRPC"`) requests and responses over one connection, many in
 //!   flight, paired by `correlation_id` (the full 64-bit value is the message's request id).
 //!   Frames larger than `max_frame_bytes` (header included; default 8 MiB) are refused as soon
-//!   as the header arrives; `meta_size` must fit in `body_size`, `attachment_size` in what
-//!   follows the meta.
+//!   as the header arrives, and a `meta_size` larger than `body_size` or a meta that is not
+//!   well-formed protobuf is a decode error (the connection closes), and so is a frame in the
+//!   wrong direction.
+//! - **Bodies**: what follows the meta is delimited, so it never closes a connection. A
+//!   request whose `attachment_size` is negative or larger than what follows the meta, or
+//!   whose uncompressed protobuf payload (`compress_type` 0, `content_type` 0) is not
+//!   well-formed at the wire level (tags, wire types, varints, lengths, groups nested at most
+//!   64 deep; checked without the schema and without allocating) is decoded with a
+//!   [`reject_reason`](metaprotocol_core::Message::reject_reason), which the engine answers
+//!   with `EREQUEST`, as brpc servers do: such a body never reaches a server connection that
+//!   other clients share. Compressed and JSON payloads are not read. A response whose
+//!   `attachment_size` does not fit is forwarded as it came, as a `ServerError`.
 //! - **Metadata** ([`keys`]): `service` (`service_name`), `method` (`method_name`), `log_id`,
 //!   `request_id` (brpc's `x-request-id` string; the *message's* request id is
 //!   `correlation_id`), `timeout_ms`, and every `user_fields` entry under its own key (the meta's

@@ -91,8 +91,9 @@ pub struct RpcMetaView {
     pub compress_type: i32,
     /// `correlation_id` (4), as the unsigned 64-bit pattern on the wire.
     pub correlation_id: Option<u64>,
-    /// `attachment_size` (5); 0 when absent.
-    pub attachment_size: u32,
+    /// `attachment_size` (5), an `int32`; 0 when absent. A negative size, or one larger than
+    /// what follows the meta, is malformed.
+    pub attachment_size: i32,
     /// True if `chunk_info` (6) is present.
     pub has_chunk_info: bool,
     /// `authentication_data` (7).
@@ -146,10 +147,7 @@ impl RpcMetaView {
                 self.correlation_id = Some(v);
                 self.correlation_id_span = Some((field.span, field.value_start));
             }
-            (field::ATTACHMENT_SIZE, WireValue::Varint(v)) => {
-                self.attachment_size = u32::try_from(v as i32)
-                    .map_err(|_| CodecError::malformed("negative attachment_size"))?;
-            }
+            (field::ATTACHMENT_SIZE, WireValue::Varint(v)) => self.attachment_size = v as i32,
             (field::CHUNK_INFO, WireValue::Bytes(_)) => self.has_chunk_info = true,
             (field::AUTHENTICATION_DATA, WireValue::Bytes(range)) => {
                 self.authentication_data = Some(meta.slice(range));

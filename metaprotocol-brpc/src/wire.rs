@@ -1,9 +1,10 @@
-//! Protobuf wire-format primitives: varints and a bounds-checked walker over one message's
-//! top-level fields.
+//! Protobuf wire-format primitives: varints, a bounds-checked walker over one message's
+//! top-level fields, and a check of a whole message's wire format.
 //!
 //! The codec reads `RpcMeta` with this walker instead of a generated parser so that it can slice
 //! strings out of the frame, note where each field sits, and copy fields it does not know
-//! verbatim when it rebuilds the meta.
+//! verbatim when it rebuilds the meta. A request's payload, whose schema the proxy does not
+//! know, is checked with [`check_message`] before it is forwarded.
 
 use std::ops::Range;
 
@@ -19,8 +20,16 @@ const WIRE_VARINT: u8 = 0;
 const WIRE_FIXED64: u8 = 1;
 /// Protobuf wire type of length-delimited fields (strings, bytes, messages, packed repeats).
 const WIRE_LEN: u8 = 2;
+/// Protobuf wire type of the (deprecated) start of a group.
+const WIRE_START_GROUP: u8 = 3;
+/// Protobuf wire type of the end of a group.
+const WIRE_END_GROUP: u8 = 4;
 /// Protobuf wire type of 32-bit fixed fields.
 const WIRE_FIXED32: u8 = 5;
+
+/// How deeply groups may nest in a checked message: deeper is an attack on the checker, not
+/// data (protobuf's own parsers stop at 100 levels of any nesting).
+const MAX_GROUP_DEPTH: usize = 64;
 
 /// The largest field number protobuf allows.
 const MAX_FIELD_NUMBER: u64 = (1 << 29) - 1;
@@ -34,6 +43,10 @@ pub(crate) enum WireValue {
     Bytes(Range<usize>),
     /// A fixed 32- or 64-bit value (never used by `RpcMeta`; skipped).
     Fixed,
+    /// The start of a group: its fields follow, up to the matching [`WireValue::EndGroup`].
+    StartGroup,
+    /// The end of the group of the same field number.
+    EndGroup,
 }
 
 /// One field of a message: its number, value, and where it sits.
@@ -64,58 +77,6 @@ impl<'a> FieldReader<'a> {
     pub(crate) fn new(buf: &'a [u8]) -> Self {
         Self { buf, pos: 0 }
     }
-
-    fn read_field(&mut self) -> Result<Field, CodecError> {
-        let start = self.pos;
-        let tag = read_varint(self.buf, &mut self.pos)?;
-        let number = tag >> 3;
-        if number == 0 || number > MAX_FIELD_NUMBER {
-            return Err(CodecError::malformed("protobuf field number out of range"));
-        }
-        let value_start = self.pos;
-        let value = match (tag & 7) as u8 {
-            WIRE_VARINT => WireValue::Varint(read_varint(self.buf, &mut self.pos)?),
-            WIRE_LEN => {
-                let len = read_varint(self.buf, &mut self.pos)?;
-                let end = usize::try_from(len)
-                    .ok()
-                    .and_then(|len| self.pos.checked_add(len))
-                    .filter(|&end| end <= self.buf.len())
-                    .ok_or(CodecError::malformed("protobuf length runs past the meta"))?;
-                let range = self.pos..end;
-                self.pos = end;
-                WireValue::Bytes(range)
-            }
-            WIRE_FIXED64 => {
-                self.skip(8)?;
-                WireValue::Fixed
-            }
-            WIRE_FIXED32 => {
-                self.skip(4)?;
-                WireValue::Fixed
-            }
-            _ => return Err(CodecError::malformed("unsupported protobuf wire type")),
-        };
-        Ok(Field {
-            // MAX_FIELD_NUMBER fits in u32.
-            number: number as u32,
-            value,
-            span: start..self.pos,
-            value_start,
-        })
-    }
-
-    fn skip(&mut self, n: usize) -> Result<(), CodecError> {
-        match self.pos.checked_add(n) {
-            Some(end) if end <= self.buf.len() => {
-                self.pos = end;
-                Ok(())
-            }
-            _ => Err(CodecError::malformed(
-                "protobuf fixed field runs past the meta",
-            )),
-        }
-    }
 }
 
 impl Iterator for FieldReader<'_> {
@@ -125,12 +86,114 @@ impl Iterator for FieldReader<'_> {
         if self.pos >= self.buf.len() {
             return None;
         }
-        let field = self.read_field();
+        let field = read_field(self.buf, &mut self.pos).and_then(|field| match field.value {
+            WireValue::StartGroup | WireValue::EndGroup => {
+                Err(CodecError::malformed("unsupported protobuf wire type"))
+            }
+            _ => Ok(field),
+        });
         if field.is_err() {
             self.pos = self.buf.len();
         }
         Some(field)
     }
+}
+
+/// Reads the field at `*pos` in `buf`, advancing `pos` past it. A group is reported by its start
+/// and end tags; its fields are read as fields of their own.
+fn read_field(buf: &[u8], pos: &mut usize) -> Result<Field, CodecError> {
+    let start = *pos;
+    let tag = read_varint(buf, pos)?;
+    let number = tag >> 3;
+    if number == 0 || number > MAX_FIELD_NUMBER {
+        return Err(CodecError::malformed("protobuf field number out of range"));
+    }
+    let value_start = *pos;
+    let value = match (tag & 7) as u8 {
+        WIRE_VARINT => WireValue::Varint(read_varint(buf, pos)?),
+        WIRE_LEN => {
+            let len = read_varint(buf, pos)?;
+            let end = usize::try_from(len)
+                .ok()
+                .and_then(|len| pos.checked_add(len))
+                .filter(|&end| end <= buf.len())
+                .ok_or(CodecError::malformed(
+                    "protobuf length runs past the message",
+                ))?;
+            let range = *pos..end;
+            *pos = end;
+            WireValue::Bytes(range)
+        }
+        WIRE_FIXED64 => {
+            skip(buf, pos, 8)?;
+            WireValue::Fixed
+        }
+        WIRE_FIXED32 => {
+            skip(buf, pos, 4)?;
+            WireValue::Fixed
+        }
+        WIRE_START_GROUP => WireValue::StartGroup,
+        WIRE_END_GROUP => WireValue::EndGroup,
+        _ => return Err(CodecError::malformed("unknown protobuf wire type")),
+    };
+    Ok(Field {
+        // MAX_FIELD_NUMBER fits in u32.
+        number: number as u32,
+        value,
+        span: start..*pos,
+        value_start,
+    })
+}
+
+fn skip(buf: &[u8], pos: &mut usize, n: usize) -> Result<(), CodecError> {
+    match pos.checked_add(n) {
+        Some(end) if end <= buf.len() => {
+            *pos = end;
+            Ok(())
+        }
+        _ => Err(CodecError::malformed(
+            "protobuf fixed field runs past the message",
+        )),
+    }
+}
+
+/// Checks that `buf` is one protobuf message in well-formed wire format, without knowing its
+/// schema and without allocating: every tag has a field number and a wire type protobuf
+/// defines, every varint ends within 10 bytes, every length and fixed value fits in the
+/// message, and groups close in order, nested at most 64 deep.
+///
+/// Length-delimited values are not entered: without the schema, a nested message cannot be told
+/// from a string. What the schema alone can refuse (a missing required field, a wrong type) is
+/// left to the server.
+pub(crate) fn check_message(buf: &[u8]) -> Result<(), CodecError> {
+    let mut open_groups = [0u32; MAX_GROUP_DEPTH];
+    let mut depth = 0;
+    let mut pos = 0;
+    while pos < buf.len() {
+        let field = read_field(buf, &mut pos)?;
+        match field.value {
+            WireValue::StartGroup => {
+                let slot = open_groups
+                    .get_mut(depth)
+                    .ok_or(CodecError::malformed("protobuf groups nested too deeply"))?;
+                *slot = field.number;
+                depth += 1;
+            }
+            WireValue::EndGroup => {
+                depth = depth
+                    .checked_sub(1)
+                    .filter(|&inner| open_groups.get(inner) == Some(&field.number))
+                    .ok_or(CodecError::malformed(
+                        "protobuf end-group tag without its start",
+                    ))?;
+            }
+            _ => {}
+        }
+    }
+    if depth > 0 {
+        return Err(CodecError::malformed("protobuf group not closed"));
+    }
+    Ok(())
 }
 
 /// Reads one varint at `*pos`, advancing `pos` past it.
@@ -246,6 +309,46 @@ mod tests {
         assert_eq!(fields[1].value, WireValue::Bytes(5..7));
         assert_eq!(fields[1].value_start, 4);
         assert_eq!(fields[2].span, 7..12);
+    }
+
+    #[test]
+    fn checks_whole_messages_groups_included() {
+        let well_formed: [&[u8]; 5] = [
+            &[],
+            &[0x08, 0x96, 0x01, 0x12, 0x02, b'h', b'i', 0x1d, 1, 2, 3, 4],
+            // field 1 fixed64, then group 2 { field 1 varint, group 3 {} }.
+            &[
+                0x09, 1, 2, 3, 4, 5, 6, 7, 8, 0x13, 0x08, 1, 0x1b, 0x1c, 0x14,
+            ],
+            // A string that is not a message: length-delimited values are not entered.
+            &[0x0a, 0x03, 0xff, 0xff, 0xff],
+            &[
+                0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+            ],
+        ];
+        for buf in well_formed {
+            assert_eq!(check_message(buf), Ok(()), "{buf:02x?}");
+        }
+        let deep: Vec<u8> = [vec![0x0b; 65], vec![0x0c; 65]].concat();
+        assert_eq!(check_message(&deep[1..deep.len() - 1]), Ok(()));
+        let malformed: [(&[u8], &str); 9] = [
+            (&[0x12, 0x05, b'a'], "protobuf length runs past the message"),
+            (&[0x1d, 1, 2], "protobuf fixed field runs past the message"),
+            (&[0x00, 0x01], "protobuf field number out of range"),
+            (&[0x0e], "unknown protobuf wire type"),
+            (&[0x08, 0x80], "truncated protobuf varint"),
+            (&[0x0b], "protobuf group not closed"),
+            (&[0x0c], "protobuf end-group tag without its start"),
+            (&[0x0b, 0x14], "protobuf end-group tag without its start"),
+            (&deep, "protobuf groups nested too deeply"),
+        ];
+        for (buf, reason) in malformed {
+            assert_eq!(
+                check_message(buf),
+                Err(CodecError::malformed(reason)),
+                "{buf:02x?}"
+            );
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ struct Expected {
     file: &'static str,
     status: Option<ResponseStatus>,
     metadata: &'static [(&'static str, &'static str)],
-    attachment_size: u32,
+    attachment_size: i32,
 }
 
 const ECHO: [(&str, &str); 3] = [

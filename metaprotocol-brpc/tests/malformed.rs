@@ -1,11 +1,15 @@
-//! Frames the codec refuses or rejects, and frames that are valid but cannot be proxied.
+//! Frames the codec refuses (the stream cannot be followed) or rejects (the frame is delimited:
+//! its sender alone gets an error and the connection stays), and frames that are valid but
+//! cannot be proxied.
 
 mod common;
 
 use bytes::BytesMut;
-use common::{TestResult, decode_one, echo_request, frame, golden};
-use metaprotocol_brpc::{BrpcCodec, BrpcCodecFactory, proto};
-use metaprotocol_core::{Codec, CodecError, CodecOptions, Side};
+use common::{TestResult, decode_one, echo_request, frame, golden, parse};
+use metaprotocol_brpc::{BrpcCodec, BrpcCodecFactory, errno, proto};
+use metaprotocol_core::{
+    Codec, CodecError, CodecOptions, LocalReply, LocalReplyKind, MessageKind, ResponseStatus, Side,
+};
 
 fn decode_err(side: Side, max: usize, bytes: &[u8]) -> Option<CodecError> {
     BrpcCodec::new(side, max)
@@ -87,30 +91,111 @@ fn streaming_frames_are_unsupported() -> TestResult {
     Ok(())
 }
 
+/// Decodes `bytes` and then a golden request on one downstream connection: the first must be
+/// rejected (its reason returned, the connection kept) and the second must decode as usual.
+fn rejected(bytes: &[u8]) -> Result<&'static str, Box<dyn std::error::Error>> {
+    let stream = [bytes, &golden("lab-hello.req.hex")?].concat();
+    let mut codec = BrpcCodec::new(Side::Downstream, 1 << 20);
+    let mut buf = BytesMut::from(&stream[..]);
+    let bad = codec.decode(&mut buf)?.ok_or("incomplete")?;
+    let good = codec.decode(&mut buf)?.ok_or("incomplete")?;
+    assert!(buf.is_empty());
+    assert_eq!(good.reject_reason, None);
+    assert_eq!(bad.kind, MessageKind::Request);
+    assert_eq!(
+        bad.metadata.get("method").map(|v| v.as_str()),
+        Some("Echo"),
+        "a rejected request keeps its metadata, for logs"
+    );
+    let reason = bad.reject_reason.ok_or("not rejected")?;
+    // The engine's answer: EREQUEST, as brpc servers give, to that request's id.
+    let mut out = BytesMut::new();
+    let reply = LocalReply::new(LocalReplyKind::BadRequest, reason);
+    codec.encode_local_reply(&bad, &reply, &mut out)?;
+    let (meta, body) = parse(&out)?;
+    assert!(body.is_empty());
+    assert_eq!(
+        meta.correlation_id.map(|id| id as u64),
+        Some(bad.request_id)
+    );
+    let response = meta.response.ok_or("no response meta")?;
+    assert_eq!(response.error_code, Some(errno::EREQUEST));
+    Ok(reason)
+}
+
 #[test]
 fn sizes_must_nest() -> TestResult {
-    // meta_size > body_size.
+    // meta_size > body_size: the stream cannot be followed.
     assert!(is_malformed(decode_err(
         Side::Downstream,
         1024,
         b"PRPC\0\0\0\x01\0\0\0\x02"
     )));
 
-    // attachment_size larger than what follows the meta.
+    // attachment_size larger than what follows the meta, or negative: the frame is delimited,
+    // so the request is rejected and the connection kept.
     let mut meta = echo_request(1);
     meta.attachment_size = Some(5);
-    assert!(is_malformed(decode_err(
-        Side::Downstream,
-        1024,
-        &frame(&meta, b"abcd")?
-    )));
-    assert!(decode_one(Side::Downstream, &frame(&meta, b"abcde")?).is_ok());
+    let reason = "attachment_size is negative or larger than the body after the meta";
+    assert_eq!(rejected(&frame(&meta, b"abcd")?)?, reason);
     meta.attachment_size = Some(-1);
-    assert!(is_malformed(decode_err(
-        Side::Downstream,
-        1024,
-        &frame(&meta, b"abcde")?
-    )));
+    assert_eq!(rejected(&frame(&meta, b"abcde")?)?, reason);
+    meta.attachment_size = Some(5);
+    assert_eq!(
+        decode_one(Side::Downstream, &frame(&meta, b"abcde")?)?.reject_reason,
+        None
+    );
+
+    // A response whose sizes do not add up is forwarded as a failure.
+    let mut meta = common::echo_response(1);
+    meta.attachment_size = Some(5);
+    let response = decode_one(Side::Upstream, &frame(&meta, b"abcd")?)?;
+    assert_eq!(response.kind, MessageKind::Response);
+    assert_eq!(response.status, ResponseStatus::ServerError);
+    Ok(())
+}
+
+#[test]
+fn malformed_payloads_are_rejected_and_the_stream_goes_on() -> TestResult {
+    let cases: [(&[u8], &str); 5] = [
+        (b"\x0a\x05ab", "protobuf length runs past the message"),
+        (b"\x08", "truncated protobuf varint"),
+        (b"\x00\x01", "protobuf field number out of range"),
+        (b"\x0f", "unknown protobuf wire type"),
+        (b"\x0b\x08\x01", "protobuf group not closed"),
+    ];
+    for (payload, reason) in cases {
+        assert_eq!(rejected(&frame(&echo_request(7), payload)?)?, reason);
+        // The attachment is not part of the payload: a well-formed payload before any
+        // attachment passes, a malformed one before a well-formed attachment does not.
+        let mut meta = echo_request(7);
+        meta.attachment_size = Some(i32::try_from(payload.len())?);
+        let body = [b"\x0a\x02w1", payload].concat();
+        assert_eq!(
+            decode_one(Side::Downstream, &frame(&meta, &body)?)?.reject_reason,
+            None
+        );
+        meta.attachment_size = Some(4);
+        let body = [payload, b"\x0a\x02w1"].concat();
+        assert_eq!(rejected(&frame(&meta, &body)?)?, reason);
+    }
+    // Groups, fixed values and strings that are not messages are well-formed protobuf.
+    let fine = b"\x0b\x08\x01\x0c\x11\x01\x02\x03\x04\x05\x06\x07\x08\x1a\x01\xff";
+    let request = decode_one(Side::Downstream, &frame(&echo_request(7), fine)?)?;
+    assert_eq!(request.reject_reason, None);
+    Ok(())
+}
+
+#[test]
+fn compressed_and_non_protobuf_payloads_are_not_read() -> TestResult {
+    let mut compressed = echo_request(7);
+    compressed.compress_type = Some(1);
+    let mut json = echo_request(7);
+    json.content_type = Some(1);
+    for meta in [compressed, json] {
+        let request = decode_one(Side::Downstream, &frame(&meta, b"{\"m\": 1}")?)?;
+        assert_eq!(request.reject_reason, None);
+    }
     Ok(())
 }
 

@@ -84,3 +84,16 @@ pub fn echo_request(id: i64) -> proto::RpcMeta {
         ..Default::default()
     }
 }
+
+/// A successful response meta with correlation id `id`.
+pub fn echo_response(id: i64) -> proto::RpcMeta {
+    proto::RpcMeta {
+        response: Some(proto::RpcResponseMeta {
+            error_code: Some(0),
+            error_text: None,
+        }),
+        compress_type: Some(0),
+        correlation_id: Some(id),
+        ..Default::default()
+    }
+}
