@@ -21,8 +21,9 @@ const MAX_FRAME_CAP: usize = u32::MAX as usize;
 
 /// A baidu_std codec for one connection and direction.
 ///
-/// A [`Side::Downstream`] codec decodes requests (a response frame is malformed there), an
-/// [`Side::Upstream`] codec decodes responses. See the crate docs for what is supported.
+/// A [`Side::Downstream`] codec decodes requests (and a client's stray response as a
+/// response, for the engine to ignore), an [`Side::Upstream`] codec decodes responses (a
+/// request frame is malformed there). See the crate docs for what is supported.
 #[derive(Clone, Debug)]
 pub struct BrpcCodec {
     side: Side,

@@ -66,14 +66,12 @@ pub(crate) fn message_from_frame(
                 .map(std::time::Duration::from_millis);
             add_request_metadata(&mut message.metadata, request);
         }
-        (None, Some(_), Side::Downstream) => {
-            return Err(CodecError::malformed("a brpc client sent a response frame"));
-        }
         (None, None, Side::Downstream) => message.reject_reason = Some(reject::NO_REQUEST_META),
-        // brpc clients read a missing response meta as success. A response whose sizes do not
-        // add up is forwarded as it came, as a failure: its frame is delimited, so the
-        // connection, which other clients' calls share, stays up.
-        (None, response, Side::Upstream) => {
+        // A response, from the server or (to be ignored by the engine) from a client; brpc
+        // clients read a missing response meta as success. One whose sizes do not add up is
+        // forwarded as it came, as a failure: its frame is delimited, so the connection, which
+        // other clients' calls may share, stays up.
+        (None, response, _) => {
             message.kind = MessageKind::Response;
             let response = response.unwrap_or_default();
             if response.error_code != 0 || payload.is_none() {

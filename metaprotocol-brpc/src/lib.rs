@@ -40,8 +40,9 @@
 //!   flight, paired by `correlation_id` (the full 64-bit value is the message's request id).
 //!   Frames larger than `max_frame_bytes` (header included; default 8 MiB) are refused as soon
 //!   as the header arrives, and a `meta_size` larger than `body_size` or a meta that is not
-//!   well-formed protobuf is a decode error (the connection closes), and so is a frame in the
-//!   wrong direction.
+//!   well-formed protobuf is a decode error (the connection closes). A response frame from a
+//!   client decodes as a response, which the engine ignores; a request frame from a server is
+//!   a decode error.
 //! - **Bodies**: what follows the meta is delimited, so it never closes a connection. A
 //!   request whose `attachment_size` is negative or larger than what follows the meta, or
 //!   whose uncompressed protobuf payload (`compress_type` 0, `content_type` 0) is not

@@ -221,11 +221,31 @@ fn truncated_or_garbled_metas_are_malformed() -> TestResult {
 }
 
 #[test]
-fn direction_mismatches_are_malformed() -> TestResult {
+fn a_server_sending_a_request_is_malformed() -> TestResult {
     let request = golden("lab-hello.req.hex")?;
-    let response = golden("lab-hello.resp.hex")?;
     assert!(is_malformed(decode_err(Side::Upstream, 1024, &request)));
-    assert!(is_malformed(decode_err(Side::Downstream, 1024, &response)));
+    Ok(())
+}
+
+/// As with Dubbo and Thrift, a response frame from a client decodes as a response, which the
+/// engine drops; the connection and the client's next request are unharmed.
+#[test]
+fn a_stray_response_from_a_client_is_a_response() -> TestResult {
+    for (file, status) in [
+        ("lab-hello.resp.hex", ResponseStatus::Ok),
+        ("lab-error.resp.hex", ResponseStatus::ServerError),
+    ] {
+        let stream = [golden(file)?, golden("lab-hello.req.hex")?].concat();
+        let mut codec = BrpcCodec::new(Side::Downstream, 1 << 20);
+        let mut buf = BytesMut::from(&stream[..]);
+        let stray = codec.decode(&mut buf)?.ok_or("incomplete")?;
+        assert_eq!(stray.kind, MessageKind::Response, "{file}");
+        assert_eq!(stray.status, status, "{file}");
+        assert_eq!(stray.reject_reason, None, "{file}");
+        let request = codec.decode(&mut buf)?.ok_or("incomplete")?;
+        assert_eq!(request.kind, MessageKind::Request, "{file}");
+        assert!(buf.is_empty());
+    }
     Ok(())
 }
 
