@@ -114,56 +114,70 @@ impl Decoder {
         &mut self,
         src: &mut BytesMut,
     ) -> Result<Option<(Message, ThriftFormat)>, CodecError> {
-        let resumed = self.unfinished.as_deref_mut().and_then(|unfinished| {
-            // A buffer shorter than the walk's position is not the stream it walked.
-            let message = unfinished.message.take()?;
-            (unfinished.at.position <= src.len()).then(|| {
-                let walk = std::mem::take(&mut unfinished.walk);
-                (message, walk, unfinished.at)
-            })
-        });
-        let ((protocol, header), mut walk, mut at) = match resumed {
-            Some(resumed) => resumed,
-            None => {
-                let Some(&first) = src.first() else {
-                    return Ok(None);
-                };
-                let protocol = Protocol::of_message_starting_with(first);
-                let mut cursor = Cursor::new(src, 0, self.max_frame_bytes);
-                let header = match protocol::read_message_header(protocol, &mut cursor) {
-                    Ok(header) => header,
-                    Err(ReadError::Incomplete) => return Ok(None),
-                    Err(ReadError::Codec(error)) => return Err(error),
-                };
-                let at = Checkpoint::at(header.body_start);
-                ((protocol, header), Walk::of(ValueType::Struct), at)
-            }
+        let max = self.max_frame_bytes;
+        if let Some(unfinished) = self.unfinished.as_deref_mut()
+            && let Some((protocol, header)) = unfinished.message.take()
+            // A buffer shorter than the walk's position is not the stream it walked: start over.
+            && unfinished.at.position <= src.len()
+        {
+            let from = unfinished.at.position;
+            let walked =
+                protocol::skip(protocol, &mut unfinished.walk, src, max, &mut unfinished.at);
+            self.walked += unfinished.at.position.saturating_sub(from) as u64;
+            return match walked {
+                Ok(()) => finish(src, protocol, header, unfinished.at.position, max),
+                Err(ReadError::Incomplete) => {
+                    unfinished.message = Some((protocol, header));
+                    Ok(None)
+                }
+                Err(ReadError::Codec(error)) => Err(error),
+            };
+        }
+        let Some(&first) = src.first() else {
+            return Ok(None);
         };
-        let from = at.position;
-        let walked = protocol::skip(protocol, &mut walk, src, self.max_frame_bytes, &mut at);
-        self.walked += at.position.saturating_sub(from) as u64;
+        let protocol = Protocol::of_message_starting_with(first);
+        let mut cursor = Cursor::new(src, 0, max);
+        let header = match protocol::read_message_header(protocol, &mut cursor) {
+            Ok(header) => header,
+            Err(ReadError::Incomplete) => return Ok(None),
+            Err(ReadError::Codec(error)) => return Err(error),
+        };
+        let mut walk = Walk::of(ValueType::Struct);
+        let mut at = Checkpoint::at(header.body_start);
+        let walked = protocol::skip(protocol, &mut walk, src, max, &mut at);
+        self.walked += at.position.saturating_sub(header.body_start) as u64;
         match walked {
-            Ok(()) => {}
+            Ok(()) => finish(src, protocol, header, at.position, max),
             Err(ReadError::Incomplete) => {
                 let unfinished = self.unfinished.get_or_insert_with(Box::default);
                 unfinished.message = Some((protocol, header));
                 unfinished.walk = walk;
                 unfinished.at = at;
-                return Ok(None);
+                Ok(None)
             }
-            Err(ReadError::Codec(error)) => return Err(error),
+            Err(ReadError::Codec(error)) => Err(error),
         }
-        let end = at.position;
-        if end > self.max_frame_bytes {
-            return Err(CodecError::FrameTooLarge {
-                size: end as u64,
-                max: self.max_frame_bytes,
-            });
-        }
-        let frame = src.split_to(end).freeze();
-        let format = ThriftFormat::new(Transport::Unframed, protocol);
-        Ok(Some((describe(frame, format, 0, header, None)?, format)))
     }
+}
+
+/// Splits the unframed message of `protocol` that ends at `end` off `src` and describes it.
+fn finish(
+    src: &mut BytesMut,
+    protocol: Protocol,
+    header: MessageHeader,
+    end: usize,
+    max_frame_bytes: usize,
+) -> Result<Option<(Message, ThriftFormat)>, CodecError> {
+    if end > max_frame_bytes {
+        return Err(CodecError::FrameTooLarge {
+            size: end as u64,
+            max: max_frame_bytes,
+        });
+    }
+    let frame = src.split_to(end).freeze();
+    let format = ThriftFormat::new(Transport::Unframed, protocol);
+    Ok(Some((describe(frame, format, 0, header, None)?, format)))
 }
 
 /// Describes one whole length-prefixed frame of `transport`, checking a call's arguments.
