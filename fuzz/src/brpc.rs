@@ -1,0 +1,137 @@
+//! The bRPC (baidu_std) checks.
+
+use bytes::BytesMut;
+use metaprotocol_brpc::{BrpcCodec, BrpcCodecFactory};
+use metaprotocol_core::{
+    ByteStr, Codec, CodecFactory, EncodeParams, LocalReply, LocalReplyKind, Message, MessageKind,
+    Mutation, ResponseStatus, Side, WireVariant,
+};
+
+use crate::{HeaderKeys, MAX_FRAME, RoundTrip, assert_mutation_applied, slice};
+
+/// The baidu_std header's length; the meta follows.
+const HEADER_LEN: usize = 12;
+
+/// A request's service and method come from its request meta whatever the `user_fields` say;
+/// the meta's other fields win over a user field only when the meta has them.
+const REQUEST_KEYS: HeaderKeys<'static> = HeaderKeys {
+    fixed: &["service", "method"],
+    unchecked: &["log_id", "request_id", "timeout_ms"],
+};
+
+/// A response's error code and text win over user fields only when the meta has them.
+const RESPONSE_KEYS: HeaderKeys<'static> = HeaderKeys {
+    fixed: &[],
+    unchecked: &["error_code", "error_text"],
+};
+
+fn decode_again(side: Side, bytes: &[u8]) -> Message {
+    crate::decode_exactly_one(&mut BrpcCodec::new(side, usize::MAX), bytes)
+}
+
+fn encode(message: &Message, id: u64, mutation: &Mutation) -> BytesMut {
+    let mut out = BytesMut::new();
+    let params = EncodeParams {
+        request_id: id,
+        variant: WireVariant::DEFAULT,
+        mutation,
+    };
+    if let Err(e) = BrpcCodec::new(Side::Upstream, MAX_FRAME).encode(message, &params, &mut out) {
+        panic!("encode failed: {e}");
+    }
+    out
+}
+
+/// Arbitrary bytes through a downstream and an upstream codec; every message decoded is
+/// re-encoded and answered.
+pub fn decode(data: &[u8]) {
+    for side in [Side::Downstream, Side::Upstream] {
+        for message in crate::decode_stream(&mut BrpcCodec::new(side, MAX_FRAME), data) {
+            check(side, &message);
+        }
+    }
+}
+
+fn check(side: Side, message: &Message) {
+    assert_eq!(
+        encode(message, message.request_id, &Mutation::new())[..],
+        message.frame[..]
+    );
+    for id in [1, 300, message.request_id ^ 1, i64::MAX as u64] {
+        let rewritten = decode_again(side, &encode(message, id, &Mutation::new()));
+        assert_eq!(rewritten.request_id, id);
+        assert_eq!(rewritten.metadata, message.metadata);
+        assert_eq!(rewritten.reject_reason, message.reject_reason);
+    }
+    let mut mutation = Mutation::new();
+    mutation.set(
+        ByteStr::from_static("x-routed-by"),
+        ByteStr::from_static("fuzz"),
+    );
+    mutation.remove(ByteStr::from_static("tenant"));
+    let mutated = decode_again(side, &encode(message, 5, &mutation));
+    assert_eq!(mutated.request_id, 5);
+    assert_eq!(
+        mutated.metadata.get("x-routed-by").map(ByteStr::as_str),
+        Some("fuzz")
+    );
+    answer(message);
+}
+
+/// A local reply to a request decodes, upstream, as a failed response with the request's id.
+fn answer(message: &Message) {
+    if message.kind != MessageKind::Request {
+        return;
+    }
+    let mut reply = BytesMut::new();
+    let reason = message.reject_reason.unwrap_or("fuzz");
+    let local = LocalReply::new(LocalReplyKind::BadRequest, reason);
+    if let Err(e) =
+        BrpcCodec::new(Side::Downstream, MAX_FRAME).encode_local_reply(message, &local, &mut reply)
+    {
+        panic!("local reply failed: {e}");
+    }
+    let answer = decode_again(Side::Upstream, &reply);
+    assert_eq!(answer.kind, MessageKind::Response);
+    assert_eq!(answer.status, ResponseStatus::ServerError);
+    assert_eq!(answer.request_id, message.request_id);
+}
+
+/// Every message of the stream (requests read downstream, responses upstream), forwarded with
+/// the edit's correlation id and `user_fields` mutation.
+pub fn round_trip(input: &RoundTrip<'_>) {
+    let id = input
+        .edit
+        .request_id(BrpcCodecFactory::new(MAX_FRAME).max_request_id());
+    let mutation = input.edit.mutation();
+    for side in [Side::Downstream, Side::Upstream] {
+        for message in crate::decode_stream(&mut BrpcCodec::new(side, MAX_FRAME), input.stream) {
+            if message.reject_reason.is_some() {
+                // Never forwarded: the engine answers it.
+                answer(&message);
+                continue;
+            }
+            let again = decode_again(side, &encode(&message, id, &mutation));
+            assert_eq!(again.request_id, id);
+            assert_eq!((again.kind, again.status), (message.kind, message.status));
+            assert_eq!(again.reject_reason, None);
+            let keys = match message.kind {
+                MessageKind::Request => &REQUEST_KEYS,
+                _ => &RESPONSE_KEYS,
+            };
+            assert_mutation_applied(&message.metadata, &again.metadata, &mutation, keys);
+            assert_eq!(body(&again), body(&message));
+        }
+    }
+}
+
+/// What follows the meta: the payload and the attachment.
+fn body(message: &Message) -> &[u8] {
+    let meta_size = slice(&message.frame, 8..HEADER_LEN, "meta_size");
+    let meta_size = u32::from_be_bytes([meta_size[0], meta_size[1], meta_size[2], meta_size[3]]);
+    slice(
+        &message.frame,
+        HEADER_LEN + meta_size as usize..message.frame.len(),
+        "body",
+    )
+}

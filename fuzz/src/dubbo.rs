@@ -1,0 +1,204 @@
+//! The Dubbo2 checks.
+
+use bytes::BytesMut;
+use metaprotocol_core::{
+    ByteStr, Codec, CodecFactory, EncodeParams, LocalReply, LocalReplyKind, Message, MessageKind,
+    Mutation, ResponseStatus, Side, WireVariant,
+};
+use metaprotocol_dubbo::{DubboCodecFactory, READS_RESPONSE_ATTACHMENTS};
+
+use crate::{HeaderKeys, MAX_FRAME, RoundTrip, assert_mutation_applied, slice};
+
+/// The Dubbo header's length; the body follows.
+const HEADER_LEN: usize = 16;
+
+/// A call's interface and method come from its call fields whatever the attachments say; a
+/// `version` attachment overrides the call field only when it is not empty.
+const CALL_KEYS: HeaderKeys<'static> = HeaderKeys {
+    fixed: &["interface", "service", "method"],
+    unchecked: &["version"],
+};
+
+/// A response's metadata is its attachments.
+const RESPONSE_KEYS: HeaderKeys<'static> = HeaderKeys {
+    fixed: &[],
+    unchecked: &[],
+};
+
+fn keys(message: &Message) -> &'static HeaderKeys<'static> {
+    if message.kind.is_call() {
+        &CALL_KEYS
+    } else {
+        &RESPONSE_KEYS
+    }
+}
+
+fn codec(side: Side) -> Box<dyn Codec> {
+    DubboCodecFactory::new(MAX_FRAME).new_codec(side, WireVariant::DEFAULT)
+}
+
+fn decode_again(bytes: &[u8]) -> Message {
+    crate::decode_exactly_one(codec(Side::Upstream).as_mut(), bytes)
+}
+
+fn encode(
+    message: &Message,
+    id: u64,
+    variant: WireVariant,
+    mutation: &Mutation,
+) -> Option<BytesMut> {
+    let mut out = BytesMut::new();
+    let params = EncodeParams {
+        request_id: id,
+        variant,
+        mutation,
+    };
+    match codec(Side::Downstream).encode(message, &params, &mut out) {
+        Ok(()) => Some(out),
+        Err(_) => {
+            assert!(out.is_empty(), "a failed encode appended bytes");
+            None
+        }
+    }
+}
+
+/// Arbitrary bytes, fed in two pieces (the first byte says where to cut), through a downstream
+/// and an upstream codec; every message decoded is re-encoded and answered.
+pub fn decode(data: &[u8]) {
+    let split = data.first().map_or(0, |b| usize::from(*b)).min(data.len());
+    for side in [Side::Downstream, Side::Upstream] {
+        let mut codec = codec(side);
+        let mut buf = BytesMut::from(&data[..split]);
+        let mut fed_rest = false;
+        loop {
+            match codec.decode(&mut buf) {
+                Ok(Some(message)) => check(&message),
+                Ok(None) if !fed_rest => {
+                    buf.extend_from_slice(&data[split..]);
+                    fed_rest = true;
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+}
+
+fn check(message: &Message) {
+    let none = Mutation::new();
+    let passthrough = encode(message, message.request_id, WireVariant::DEFAULT, &none);
+    assert_eq!(passthrough.as_deref(), Some(&message.frame[..]));
+
+    let moved = encode(message, 7, WireVariant::DEFAULT, &none).map(|out| decode_again(&out));
+    let moved = moved.expect("a passthrough never fails");
+    assert_eq!(moved.request_id, 7);
+    assert_eq!(moved.kind, message.kind);
+    assert_eq!(moved.metadata, message.metadata);
+    assert_eq!(moved.reject_reason, message.reject_reason);
+
+    let mut edit = Mutation::new();
+    edit.set(ByteStr::from_static("x-fuzz"), ByteStr::from_static("1"));
+    edit.remove(ByteStr::from_static("tenant"));
+    if let Some(out) = encode(message, 9, READS_RESPONSE_ATTACHMENTS, &edit) {
+        let again = decode_again(&out);
+        assert_eq!(again.request_id, 9);
+        assert_eq!(again.kind, message.kind);
+        if out[HEADER_LEN..] != message.frame[HEADER_LEN..] {
+            assert_mutation_applied(&message.metadata, &again.metadata, &edit, keys(message));
+        }
+    }
+    answer(message);
+}
+
+/// Local replies and heartbeat replies decode as the answers they are.
+fn answer(message: &Message) {
+    let mut reply = BytesMut::new();
+    match message.kind {
+        MessageKind::Request | MessageKind::Oneway => {
+            let reason = message.reject_reason.unwrap_or("fuzz");
+            let local = LocalReply::new(LocalReplyKind::BadRequest, reason);
+            let written = codec(Side::Downstream).encode_local_reply(message, &local, &mut reply);
+            if written.is_ok() {
+                let answer = decode_again(&reply);
+                assert_eq!(answer.kind, MessageKind::Response);
+                assert_eq!(answer.status, ResponseStatus::ServerError);
+                assert_eq!(answer.request_id, message.request_id);
+            }
+        }
+        MessageKind::Heartbeat => {
+            let written = codec(Side::Downstream).encode_heartbeat_reply(message, &mut reply);
+            if written.is_ok() && !reply.is_empty() {
+                let answer = decode_again(&reply);
+                assert_eq!(answer.kind, MessageKind::HeartbeatReply);
+                assert_eq!(answer.request_id, message.request_id);
+            }
+        }
+        // Answers are not answered.
+        _ => {}
+    }
+}
+
+/// Every call and response of the stream, forwarded with the edit's id and mutation to a
+/// client that reads response attachments or not (the edit's variant).
+pub fn round_trip(input: &RoundTrip<'_>) {
+    let factory = DubboCodecFactory::new(MAX_FRAME);
+    let id = input.edit.request_id(factory.max_request_id());
+    let mutation = input.edit.mutation();
+    let variant = if input.edit.variant.is_multiple_of(2) {
+        READS_RESPONSE_ATTACHMENTS
+    } else {
+        WireVariant::DEFAULT
+    };
+    for message in crate::decode_stream(codec(Side::Downstream).as_mut(), input.stream) {
+        if message.reject_reason.is_some() {
+            // Never forwarded: the engine answers it.
+            answer(&message);
+            continue;
+        }
+        if !matches!(
+            message.kind,
+            MessageKind::Request | MessageKind::Oneway | MessageKind::Response
+        ) {
+            continue;
+        }
+        // A mutation may be refused (an attachment holding an object graph, a frame grown past
+        // the cap, a result that cannot gain attachments); an id rewrite never is.
+        let Some(out) = encode(&message, id, variant, &mutation) else {
+            assert!(!mutation.is_empty(), "id rewrite of {message:?} failed");
+            continue;
+        };
+        let again = decode_again(&out);
+        assert_eq!(again.request_id, id);
+        assert_eq!((again.kind, again.status), (message.kind, message.status));
+        assert_eq!(again.reject_reason, None);
+        // A Hessian2 call always carries the mutation; a response only when it can (status 20,
+        // a readable result, a client that reads response attachments).
+        if message.kind.is_call() || out[HEADER_LEN..] != message.frame[HEADER_LEN..] {
+            assert_mutation_applied(
+                &message.metadata,
+                &again.metadata,
+                &mutation,
+                keys(&message),
+            );
+            same_arguments_or_result(&message, &again);
+        } else {
+            assert_eq!(again.metadata, message.metadata);
+        }
+    }
+}
+
+/// The arguments (or the result) are copied as they came, and so is anything after the
+/// attachments map: the body without its map is unchanged.
+fn same_arguments_or_result(original: &Message, again: &Message) {
+    assert_eq!(without_attachments(again), without_attachments(original));
+}
+
+/// The body of a frame with the result flag and the attachments map cut out. The frame layout
+/// slots are the codec's own (`metaprotocol-dubbo/src/layout.rs`): slot 1 ends a response's
+/// result flag, slots 2 and 4 start and end the attachments map.
+fn without_attachments(message: &Message) -> Vec<u8> {
+    let [_, flag_end, map_start, _, map_end, _] = message.layout.0.map(|slot| slot as usize);
+    let frame = &message.frame[..];
+    let before = slice(frame, flag_end.max(HEADER_LEN)..map_start, "before the map");
+    let after = slice(frame, map_end..frame.len(), "after the map");
+    [before, after].concat()
+}

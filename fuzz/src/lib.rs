@@ -1,0 +1,105 @@
+//! The checks behind the fuzz targets, one module per codec, so that the targets
+//! (`fuzz_targets/`, run by cargo-fuzz) and the corpus replay (`tests/corpus.rs`, a plain
+//! `cargo test`) exercise the same code.
+//!
+//! Each codec has two checks:
+//!
+//! - `decode`: arbitrary bytes through the decoder; whatever decodes is re-encoded (the
+//!   passthrough must be byte-identical, id rewrites and mutations must decode again) and
+//!   answered with local replies that must decode as responses.
+//! - `round_trip`: a [`RoundTrip`] (a stream, usually seeded from a golden capture, and an
+//!   arbitrary [`Edit`]): every message decoded from the stream is encoded as the proxy would
+//!   forward it (new id, mutation, and for Thrift another encoding) and decoded again, which
+//!   must give the new id, the same kind and status, the same body bytes and the metadata the
+//!   mutation asked for.
+//!
+//! A check panics on a broken invariant, which is what the fuzzer reports.
+
+pub mod brpc;
+pub mod dubbo;
+mod edit;
+pub mod thrift;
+
+use bytes::BytesMut;
+use metaprotocol_core::{Codec, Message, Metadata, Mutation};
+
+pub use edit::{Edit, RoundTrip};
+
+/// The frame size cap of the codecs under test: large enough for any input the fuzzer makes.
+pub const MAX_FRAME: usize = 64 * 1024;
+
+/// Every message `codec` decodes from the front of `bytes`, until it needs more or fails.
+pub fn decode_stream(codec: &mut dyn Codec, bytes: &[u8]) -> Vec<Message> {
+    let mut buf = BytesMut::from(bytes);
+    let mut messages = Vec::new();
+    while let Ok(Some(message)) = codec.decode(&mut buf) {
+        messages.push(message);
+    }
+    messages
+}
+
+/// Decodes exactly one whole frame from `bytes` (a frame the codecs wrote), or panics.
+pub fn decode_exactly_one(codec: &mut dyn Codec, bytes: &[u8]) -> Message {
+    let mut buf = BytesMut::from(bytes);
+    match codec.decode(&mut buf) {
+        Ok(Some(message)) if buf.is_empty() => message,
+        other => panic!(
+            "a frame the codec wrote does not decode: {other:?} ({} bytes left)",
+            buf.len()
+        ),
+    }
+}
+
+/// How a codec's metadata relates to the headers a mutation writes.
+pub struct HeaderKeys<'a> {
+    /// Keys the codec takes from the frame's own fields, which headers never override: their
+    /// values must survive any mutation.
+    pub fixed: &'a [&'a str],
+    /// Keys that headers may or may not override, depending on the frame: not checked.
+    pub unchecked: &'a [&'a str],
+}
+
+/// Checks that `again`, decoded from a frame encoded with `mutation`, carries the metadata of
+/// `original` with the mutation applied: every header set has its value, every header dropped
+/// is gone, every other original key is still there, the fixed keys keep their values, and no
+/// key comes from nowhere.
+pub fn assert_mutation_applied(
+    original: &Metadata,
+    again: &Metadata,
+    mutation: &Mutation,
+    keys: &HeaderKeys<'_>,
+) {
+    let checked = |key: &[u8]| !keys.unchecked.iter().any(|k| k.as_bytes() == key);
+    let fixed = |key: &[u8]| keys.fixed.iter().any(|k| k.as_bytes() == key);
+    for (key, value) in mutation.sets() {
+        if checked(key) && !fixed(key) {
+            assert_eq!(again.get_bytes(key), Some(value), "set {key:?}");
+        }
+    }
+    for key in mutation.removals() {
+        if mutation.drops(key) && checked(key) && !fixed(key) {
+            assert_eq!(again.get_bytes(key), None, "removed {key:?}");
+        }
+    }
+    for key in keys.fixed {
+        assert_eq!(again.get(key), original.get(key), "fixed key {key}");
+    }
+    for (key, _) in original.iter() {
+        if checked(key) && !mutation.drops(key) {
+            assert!(again.get_bytes(key).is_some(), "kept {key:?}");
+        }
+    }
+    for (key, _) in again.iter() {
+        let known =
+            original.get_bytes(key).is_some() || mutation.sets().iter().any(|(k, _)| k == key);
+        assert!(known || !checked(key), "{key:?} comes from nowhere");
+    }
+}
+
+/// `bytes[range]`, or a panic naming what was sliced.
+pub fn slice<'b>(bytes: &'b [u8], range: std::ops::Range<usize>, what: &str) -> &'b [u8] {
+    match bytes.get(range.clone()) {
+        Some(slice) => slice,
+        None => panic!("{what}: {range:?} outside {} bytes", bytes.len()),
+    }
+}

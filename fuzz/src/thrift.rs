@@ -1,0 +1,243 @@
+//! The Thrift checks.
+
+use bytes::BytesMut;
+use metaprotocol_core::{
+    ByteStr, Codec, CodecFactory, EncodeParams, LocalReply, LocalReplyKind, Message, MessageKind,
+    Mutation, Side, WireVariant,
+};
+use metaprotocol_thrift::{
+    Protocol, ThriftCodec, ThriftCodecFactory, ThriftFormat, ThriftOptions, Transport,
+};
+
+use crate::{HeaderKeys, MAX_FRAME, RoundTrip, assert_mutation_applied, slice};
+
+/// The method comes from the message name whatever the headers say; `service` does too for a
+/// multiplexed name, and otherwise from a header of that name.
+const KEYS: HeaderKeys<'static> = HeaderKeys {
+    fixed: &["method"],
+    unchecked: &["service"],
+};
+
+/// Every encoding, in the order an edit's variant picks them.
+const FORMATS: [ThriftFormat; 6] = [
+    ThriftFormat::new(Transport::Framed, Protocol::Binary),
+    ThriftFormat::new(Transport::Framed, Protocol::Compact),
+    ThriftFormat::new(Transport::Unframed, Protocol::Binary),
+    ThriftFormat::new(Transport::Unframed, Protocol::Compact),
+    ThriftFormat::new(Transport::Header, Protocol::Binary),
+    ThriftFormat::new(Transport::Header, Protocol::Compact),
+];
+
+fn codec() -> Box<dyn Codec> {
+    ThriftCodecFactory::default().new_codec(Side::Downstream, WireVariant::DEFAULT)
+}
+
+/// An auto-detecting codec with the fuzzing frame cap.
+fn detecting_codec() -> Box<dyn Codec> {
+    ThriftCodecFactory::new(ThriftOptions {
+        max_frame_bytes: MAX_FRAME,
+        ..Default::default()
+    })
+    .new_codec(Side::Downstream, WireVariant::DEFAULT)
+}
+
+fn format_of(message: &Message) -> ThriftFormat {
+    match ThriftFormat::from_variant(message.variant) {
+        Some(format) => format,
+        None => panic!("decoded message without a thrift variant"),
+    }
+}
+
+/// Decodes `bytes` as the peer would: on a connection that speaks `format` (auto-detection on a
+/// lone degenerate lax-binary message can take its name for a frame length).
+fn decode_again(format: ThriftFormat, bytes: &[u8]) -> Message {
+    crate::decode_exactly_one(&mut ThriftCodec::new(format.into(), usize::MAX), bytes)
+}
+
+fn encode(
+    message: &Message,
+    id: u64,
+    variant: WireVariant,
+    mutation: &Mutation,
+) -> Option<BytesMut> {
+    let mut out = BytesMut::new();
+    let params = EncodeParams {
+        request_id: id,
+        variant,
+        mutation,
+    };
+    match codec().encode(message, &params, &mut out) {
+        Ok(()) => Some(out),
+        Err(_) => {
+            assert!(out.is_empty(), "a failed encode appended bytes");
+            None
+        }
+    }
+}
+
+fn same_call(a: &Message, b: &Message) {
+    assert_eq!(a.kind, b.kind);
+    assert_eq!(a.status, b.status);
+    assert_eq!(a.metadata.get("method"), b.metadata.get("method"));
+    assert_eq!(a.metadata.get("service"), b.metadata.get("service"));
+}
+
+/// Arbitrary bytes through an auto-detecting codec, whole and in pieces (which must give the
+/// same messages: an unframed message's walk continues across reads); every message decoded is
+/// re-encoded in each length-delimited encoding and answered.
+pub fn decode(data: &[u8]) {
+    let whole = crate::decode_stream(detecting_codec().as_mut(), data);
+    let piece = 1 + data.first().map_or(0, |b| usize::from(b % 64));
+    let mut codec = detecting_codec();
+    let mut buf = BytesMut::new();
+    let mut pieces = Vec::new();
+    'feed: for chunk in data.chunks(piece) {
+        buf.extend_from_slice(chunk);
+        loop {
+            match codec.decode(&mut buf) {
+                Ok(Some(message)) => pieces.push(message.frame),
+                Ok(None) => break,
+                Err(_) => break 'feed,
+            }
+        }
+    }
+    let frames: Vec<_> = whole.iter().map(|m| m.frame.clone()).collect();
+    assert_eq!(pieces, frames, "in pieces of {piece}");
+    for message in &whole {
+        check(message);
+    }
+}
+
+fn check(message: &Message) {
+    let none = Mutation::new();
+    let passthrough = encode(message, message.request_id, message.variant, &none);
+    assert_eq!(passthrough.as_deref(), Some(&message.frame[..]));
+    let source = format_of(message);
+    for id in [1, 300, i32::MAX as u64] {
+        let Some(out) = encode(message, id, message.variant, &none) else {
+            panic!("seqid rewrite failed");
+        };
+        let again = decode_again(source, &out);
+        assert_eq!(again.request_id, id);
+        assert_eq!(again.metadata, message.metadata);
+        same_call(&again, message);
+    }
+    let mut mutation = Mutation::new();
+    mutation.set(
+        ByteStr::from_static("x-routed-by"),
+        ByteStr::from_static("fuzz"),
+    );
+    for transport in [Transport::Framed, Transport::Header] {
+        for protocol in [Protocol::Binary, Protocol::Compact] {
+            let target = ThriftFormat::new(transport, protocol);
+            let out = encode(message, 7, target.to_variant(), &mutation);
+            let Some(out) = out else {
+                // Changing protocol walks the body, which only a call's decode checked.
+                assert!(
+                    protocol != source.protocol && !translates(message),
+                    "{source} -> {target} failed"
+                );
+                continue;
+            };
+            let again = decode_again(target, &out);
+            assert_eq!(again.request_id, 7);
+            assert_eq!(again.variant, target.to_variant());
+            same_call(&again, message);
+            if transport == Transport::Header {
+                assert_eq!(
+                    again.metadata.get("x-routed-by").map(ByteStr::as_str),
+                    Some("fuzz")
+                );
+            }
+        }
+    }
+    answer(message);
+}
+
+/// True for messages whose body was walked on decode, so that any translation must succeed:
+/// calls that were not rejected.
+fn translates(message: &Message) -> bool {
+    message.kind.is_call() && message.reject_reason.is_none()
+}
+
+/// A local reply to a two-way call decodes as a response with its id, in its encoding.
+fn answer(message: &Message) {
+    if message.kind != MessageKind::Request {
+        return;
+    }
+    let mut reply = BytesMut::new();
+    let reason = message.reject_reason.unwrap_or("fuzz");
+    let local = LocalReply::new(LocalReplyKind::BadRequest, reason);
+    if let Err(e) = codec().encode_local_reply(message, &local, &mut reply) {
+        panic!("local reply failed: {e}");
+    }
+    let answer = decode_again(format_of(message), &reply);
+    assert_eq!(answer.kind, MessageKind::Response);
+    assert_eq!(answer.request_id, message.request_id);
+    assert_eq!(answer.variant, message.variant);
+}
+
+/// Every message of the stream, forwarded with the edit's seqid and mutation in the encoding
+/// the edit picks.
+pub fn round_trip(input: &RoundTrip<'_>) {
+    let factory = ThriftCodecFactory::default();
+    let id = input.edit.request_id(factory.max_request_id());
+    let mutation = input.edit.mutation();
+    let target = FORMATS
+        .get(usize::from(input.edit.variant) % FORMATS.len())
+        .copied()
+        .unwrap_or(FORMATS[0]);
+    for message in crate::decode_stream(detecting_codec().as_mut(), input.stream) {
+        if message.reject_reason.is_some() {
+            // Never forwarded: the engine answers it.
+            answer(&message);
+            continue;
+        }
+        forward(&message, id, target, &mutation);
+    }
+}
+
+fn forward(message: &Message, id: u64, target: ThriftFormat, mutation: &Mutation) {
+    let source = format_of(message);
+    let Some(out) = encode(message, id, target.to_variant(), mutation) else {
+        assert!(
+            source.protocol != target.protocol && !translates(message),
+            "{source} -> {target} of {message:?} failed"
+        );
+        return;
+    };
+    // Unframed, the end of a message is found by walking its body, which only a call's decode
+    // checked.
+    if target.transport == Transport::Unframed && !translates(message) {
+        return;
+    }
+    let again = decode_again(target, &out);
+    assert_eq!(again.request_id, id);
+    assert_eq!(again.variant, target.to_variant());
+    assert_eq!((again.kind, again.status), (message.kind, message.status));
+    assert_eq!(again.reject_reason, None);
+    if target.transport == Transport::Header {
+        assert_mutation_applied(&message.metadata, &again.metadata, mutation, &KEYS);
+    } else {
+        // No headers to carry a mutation, nor the source's own headers.
+        for (key, value) in again.metadata.iter() {
+            assert!(key == "method" || key == "service", "header {key:?} kept");
+            assert_eq!(message.metadata.get(key.as_str()), Some(value));
+        }
+    }
+    if source.protocol == target.protocol {
+        assert_eq!(after_seqid(&again), after_seqid(message));
+    }
+}
+
+/// The message after its seqid: a compact message's name and every message's body. The frame
+/// layout slot is the codec's own (`metaprotocol-thrift/src/layout.rs`): slot 2 ends the
+/// seqid.
+fn after_seqid(message: &Message) -> &[u8] {
+    let seqid_end = message.layout.0[2] as usize;
+    slice(
+        &message.frame,
+        seqid_end..message.frame.len(),
+        "after the seqid",
+    )
+}

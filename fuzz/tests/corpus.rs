@@ -1,0 +1,126 @@
+//! Replays the golden captures and the fuzz corpus through every fuzz check, as a plain test on
+//! stable Rust without libFuzzer: the cheap mode for CI (`cargo test --no-default-features`).
+//!
+//! Golden captures come from `testdata/golden/{dubbo,thrift,brpc}/*.hex` (or
+//! `$METAPROTOCOL_GOLDEN_DIR`); each feeds its codec's decode check as it is, and its
+//! round-trip check with a set of edits covering every encoding and a mutation that sets,
+//! replaces and removes headers. Whatever `fuzz/corpus/<target>/` holds (after a fuzzing run, or
+//! `seed-corpus.sh`) is replayed through its target's check too.
+
+use std::path::{Path, PathBuf};
+
+use metaprotocol_fuzz::{Edit, RoundTrip};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// A codec's checks: its name in the golden folder and the targets' names.
+struct Checks {
+    protocol: &'static str,
+    decode: fn(&[u8]),
+    round_trip: fn(&RoundTrip<'_>),
+}
+
+const CHECKS: [Checks; 3] = [
+    Checks {
+        protocol: "dubbo",
+        decode: metaprotocol_fuzz::dubbo::decode,
+        round_trip: metaprotocol_fuzz::dubbo::round_trip,
+    },
+    Checks {
+        protocol: "thrift",
+        decode: metaprotocol_fuzz::thrift::decode,
+        round_trip: metaprotocol_fuzz::thrift::round_trip,
+    },
+    Checks {
+        protocol: "brpc",
+        decode: metaprotocol_fuzz::brpc::decode,
+        round_trip: metaprotocol_fuzz::brpc::round_trip,
+    },
+];
+
+fn golden_dir() -> PathBuf {
+    match std::env::var_os("METAPROTOCOL_GOLDEN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/golden"),
+    }
+}
+
+/// The files of `dir` (none if it does not exist), sorted.
+fn files(dir: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The edits every golden stream is forwarded with.
+fn edits() -> Vec<Edit> {
+    let mut edits = Vec::new();
+    for variant in 0..6 {
+        edits.push(Edit::new(variant.into(), variant, &[], &[]));
+        edits.push(Edit::new(
+            u64::MAX - u64::from(variant),
+            variant,
+            &[
+                ("x-routed-by", "canary"),
+                ("tenant", "t2"),
+                ("method", "nope"),
+            ],
+            &["x-trace-id", "interface"],
+        ));
+    }
+    edits
+}
+
+#[test]
+fn golden_captures_pass_every_check() -> TestResult {
+    for checks in &CHECKS {
+        let dir = golden_dir().join(checks.protocol);
+        let captures: Vec<PathBuf> = files(&dir)?
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "hex"))
+            .collect();
+        assert!(
+            !captures.is_empty(),
+            "no golden captures in {}",
+            dir.display()
+        );
+        for path in captures {
+            let stream = hex::decode(std::fs::read_to_string(&path)?.trim())?;
+            println!("{}", path.display());
+            (checks.decode)(&stream);
+            for edit in edits() {
+                (checks.round_trip)(&RoundTrip {
+                    stream: &stream,
+                    edit,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_corpus_passes_its_targets_checks() -> TestResult {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+    for checks in &CHECKS {
+        for path in files(&corpus.join(format!("{}_decode", checks.protocol)))? {
+            (checks.decode)(&std::fs::read(&path)?);
+        }
+        for path in files(&corpus.join(format!("{}_round_trip", checks.protocol)))? {
+            let data = std::fs::read(&path)?;
+            if let Ok(input) = RoundTrip::from_bytes(&data) {
+                (checks.round_trip)(&input);
+            }
+        }
+    }
+    Ok(())
+}
