@@ -102,7 +102,7 @@ impl Decoder {
                 let Some(total) = length_prefixed_size(src, self.max_frame_bytes)? else {
                     return Ok(None);
                 };
-                delimited(src.split_to(total).freeze(), transport).map(Some)
+                delimited(src.split_to(total).freeze(), transport)
             }
             Transport::Unframed => self.unframed(src),
         }
@@ -181,7 +181,10 @@ fn finish(
 }
 
 /// Describes one whole length-prefixed frame of `transport`, checking a call's arguments.
-fn delimited(frame: Bytes, transport: Transport) -> Result<(Message, ThriftFormat), CodecError> {
+fn delimited(
+    frame: Bytes,
+    transport: Transport,
+) -> Result<Option<(Message, ThriftFormat)>, CodecError> {
     let (protocol, payload_start, block) = if transport == Transport::Header {
         let block = theader::parse(&frame)?;
         (block.protocol, block.payload_start, Some(block))
@@ -192,14 +195,16 @@ fn delimited(frame: Bytes, transport: Transport) -> Result<(Message, ThriftForma
     let mut cursor = Cursor::in_frame(&frame, payload_start);
     let header = protocol::read_message_header(protocol, &mut cursor)
         .map_err(ReadError::in_complete_frame)?;
+    let reject_reason = match header.message_type {
+        MessageType::Call | MessageType::Oneway => {
+            check_arguments(protocol, &frame, header.body_start).err()
+        }
+        MessageType::Reply | MessageType::Exception => None,
+    };
     let format = ThriftFormat::new(transport, protocol);
-    let is_call = matches!(header.message_type, MessageType::Call | MessageType::Oneway);
-    let body_start = header.body_start;
     let mut message = describe(frame, format, payload_start, header, block.as_ref())?;
-    if is_call {
-        message.reject_reason = check_arguments(protocol, &message.frame, body_start).err();
-    }
-    Ok((message, format))
+    message.reject_reason = reject_reason;
+    Ok(Some((message, format)))
 }
 
 /// Checks that the argument struct of a call starting at `body_start` is well-formed and ends

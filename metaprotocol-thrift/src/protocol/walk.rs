@@ -2,14 +2,16 @@
 //!
 //! One walk serves every purpose: with [`Discard`] as the writer it checks and skips a value
 //! without allocating (finding the end of an unframed message, checking a call's arguments);
-//! with the other protocol's writer it transcodes. The open structs and containers live in a
-//! fixed array of [`MAX_DEPTH`] levels rather than on the call stack, which bounds nesting and
+//! with the other protocol's writer it transcodes. The open structs and containers live in an
+//! inline array of [`MAX_DEPTH`] levels rather than on the call stack, which bounds nesting and
 //! lets a walk that runs out of input keep its place: the reader is rewound to the start of the
 //! value that was cut, and [`Walk::run`] continues from there once the buffer holds more bytes,
 //! so every byte of a message that arrives in many pieces is walked once.
 //!
 //! Every element of every container consumes at least one input byte, so a lying element count
 //! cannot spin longer than the input.
+
+use smallvec::SmallVec;
 
 use super::{MAX_DEPTH, Scalar, ValueReader, ValueType, ValueWriter};
 use crate::wire::ReadError;
@@ -65,40 +67,22 @@ enum Opened<'a> {
 
 /// Where a walk stands: the open structs and containers, innermost last.
 ///
-/// The first level is the value the walk started with; [`MAX_DEPTH`] more may open inside it.
-#[derive(Clone, Debug)]
+/// The first level is the value the walk started with; [`MAX_DEPTH`] more may open inside it,
+/// all held inline (a walk never allocates).
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Walk {
-    levels: [Level; MAX_DEPTH + 1],
-    depth: usize,
-}
-
-impl Default for Walk {
-    fn default() -> Self {
-        Self::new()
-    }
+    levels: SmallVec<[Level; MAX_DEPTH + 1]>,
 }
 
 impl Walk {
-    /// A walk with nothing to do.
-    pub(crate) const fn new() -> Self {
-        Self {
-            levels: [Level::Values {
-                element: ValueType::Bool,
-                left: 0,
-            }; MAX_DEPTH + 1],
-            depth: 0,
-        }
-    }
-
     /// A walk over one value of type `ty`, from the reader's position.
-    pub(crate) const fn of(ty: ValueType) -> Self {
-        let mut walk = Self::new();
-        walk.levels[0] = Level::Values {
+    pub(crate) fn of(ty: ValueType) -> Self {
+        let mut levels = SmallVec::new();
+        levels.push(Level::Values {
             element: ty,
             left: 1,
-        };
-        walk.depth = 1;
-        walk
+        });
+        Self { levels }
     }
 
     /// Reads from `reader` and writes to `writer` until the walk's value ends.
@@ -112,9 +96,9 @@ impl Walk {
         R: ValueReader<'a> + ?Sized,
         W: ValueWriter + ?Sized,
     {
-        while let Some(top) = self.depth.checked_sub(1) {
+        while let Some(&level) = self.levels.last() {
             let mark = reader.checkpoint();
-            if let Err(error) = self.step(top, reader, writer) {
+            if let Err(error) = self.step(level, reader, writer) {
                 reader.restore(mark);
                 return Err(error);
             }
@@ -122,11 +106,12 @@ impl Walk {
         Ok(())
     }
 
-    /// Reads the next value (or the end) of the level at `top`: all its reads come first, so
-    /// that a failed step changes nothing but the reader, which the caller rewinds.
+    /// Reads the next value (or the end) of the innermost `level`: all its reads come first,
+    /// so that a failed step changes nothing but the reader, which the caller rewinds.
+    #[inline]
     fn step<'a, R, W>(
         &mut self,
-        top: usize,
+        level: Level,
         reader: &mut R,
         writer: &mut W,
     ) -> Result<(), ReadError>
@@ -134,9 +119,6 @@ impl Walk {
         R: ValueReader<'a> + ?Sized,
         W: ValueWriter + ?Sized,
     {
-        let Some(level) = self.levels.get(top).copied() else {
-            return Err(ReadError::malformed("walk state out of range"));
-        };
         match level {
             Level::Struct {
                 reader_saved,
@@ -146,7 +128,7 @@ impl Walk {
                     reader.struct_end(reader_saved);
                     writer.field_stop();
                     writer.struct_end(writer_saved);
-                    self.depth = top;
+                    self.levels.pop();
                     Ok(())
                 }
                 Some((ty, id)) => {
@@ -156,18 +138,15 @@ impl Walk {
                 }
             },
             Level::Values { left: 0, .. } | Level::Map { pairs_left: 0, .. } => {
-                self.depth = top;
+                self.levels.pop();
                 Ok(())
             }
             Level::Values { element, left } => {
                 let opened = open(reader, element)?;
-                self.set(
-                    top,
-                    Level::Values {
-                        element,
-                        left: left - 1,
-                    },
-                );
+                self.replace_innermost(Level::Values {
+                    element,
+                    left: left - 1,
+                });
                 self.enter(opened, reader, writer)
             }
             Level::Map {
@@ -177,25 +156,23 @@ impl Walk {
                 value_next,
             } => {
                 let opened = open(reader, if value_next { value } else { key })?;
-                self.set(
-                    top,
-                    Level::Map {
-                        key,
-                        value,
-                        pairs_left: if value_next {
-                            pairs_left - 1
-                        } else {
-                            pairs_left
-                        },
-                        value_next: !value_next,
+                self.replace_innermost(Level::Map {
+                    key,
+                    value,
+                    pairs_left: if value_next {
+                        pairs_left - 1
+                    } else {
+                        pairs_left
                     },
-                );
+                    value_next: !value_next,
+                });
                 self.enter(opened, reader, writer)
             }
         }
     }
 
     /// Writes a value that was opened, and opens a level for a struct or container.
+    #[inline]
     fn enter<'a, R, W>(
         &mut self,
         opened: Opened<'_>,
@@ -239,13 +216,13 @@ impl Walk {
                 }
             }
         };
-        self.set(self.depth, level);
-        self.depth += 1;
+        self.levels.push(level);
         Ok(())
     }
 
+    /// Refuses a level beyond the inline capacity: the nesting limit.
     fn check_room(&self) -> Result<(), ReadError> {
-        if self.depth >= self.levels.len() {
+        if self.levels.len() >= self.levels.inline_size() {
             return Err(ReadError::malformed(
                 "structs or containers nested too deeply",
             ));
@@ -253,14 +230,15 @@ impl Walk {
         Ok(())
     }
 
-    fn set(&mut self, index: usize, level: Level) {
-        if let Some(slot) = self.levels.get_mut(index) {
-            *slot = level;
+    fn replace_innermost(&mut self, level: Level) {
+        if let Some(innermost) = self.levels.last_mut() {
+            *innermost = level;
         }
     }
 }
 
 /// Reads the start of a value of type `ty`: a whole scalar, or a container's header.
+#[inline]
 fn open<'a, R>(reader: &mut R, ty: ValueType) -> Result<Opened<'a>, ReadError>
 where
     R: ValueReader<'a> + ?Sized,
