@@ -66,94 +66,107 @@ pub(crate) struct Field {
 ///
 /// Nested messages are not entered; their bytes are reported as [`WireValue::Bytes`] for the
 /// caller to walk if it wants to, so the walker needs no recursion. Groups (deprecated wire types
-/// 3 and 4) are rejected: `RpcMeta` never uses them. After the first error the iterator ends.
+/// 3 and 4) are rejected, as `RpcMeta` never uses them, unless the walker reports them (see
+/// [`check_message`]). After the first error the iterator ends.
 pub(crate) struct FieldReader<'a> {
     buf: &'a [u8],
     pos: usize,
+    groups: bool,
 }
 
 impl<'a> FieldReader<'a> {
-    /// A walker over `buf`, which must hold exactly one message.
+    /// A walker over `buf`, which must hold exactly one message without groups.
     pub(crate) fn new(buf: &'a [u8]) -> Self {
-        Self { buf, pos: 0 }
+        Self {
+            buf,
+            pos: 0,
+            groups: false,
+        }
+    }
+
+    /// A walker over `buf` that reports the start and end tags of groups as fields.
+    fn with_groups(buf: &'a [u8]) -> Self {
+        Self {
+            buf,
+            pos: 0,
+            groups: true,
+        }
+    }
+
+    fn read_field(&mut self) -> Result<Field, CodecError> {
+        let start = self.pos;
+        let tag = read_varint(self.buf, &mut self.pos)?;
+        let number = tag >> 3;
+        if number == 0 || number > MAX_FIELD_NUMBER {
+            return Err(CodecError::malformed("protobuf field number out of range"));
+        }
+        let value_start = self.pos;
+        let value = match (tag & 7) as u8 {
+            WIRE_VARINT => WireValue::Varint(read_varint(self.buf, &mut self.pos)?),
+            WIRE_LEN => {
+                let len = read_varint(self.buf, &mut self.pos)?;
+                let end = match usize::try_from(len)
+                    .ok()
+                    .and_then(|n| self.pos.checked_add(n))
+                {
+                    Some(end) if end <= self.buf.len() => end,
+                    _ => {
+                        return Err(CodecError::malformed(
+                            "protobuf length runs past the message",
+                        ));
+                    }
+                };
+                let range = self.pos..end;
+                self.pos = end;
+                WireValue::Bytes(range)
+            }
+            WIRE_FIXED64 => {
+                self.skip(8)?;
+                WireValue::Fixed
+            }
+            WIRE_FIXED32 => {
+                self.skip(4)?;
+                WireValue::Fixed
+            }
+            WIRE_START_GROUP if self.groups => WireValue::StartGroup,
+            WIRE_END_GROUP if self.groups => WireValue::EndGroup,
+            _ => return Err(CodecError::malformed("unsupported protobuf wire type")),
+        };
+        Ok(Field {
+            // MAX_FIELD_NUMBER fits in u32.
+            number: number as u32,
+            value,
+            span: start..self.pos,
+            value_start,
+        })
+    }
+
+    fn skip(&mut self, n: usize) -> Result<(), CodecError> {
+        match self.pos.checked_add(n) {
+            Some(end) if end <= self.buf.len() => {
+                self.pos = end;
+                Ok(())
+            }
+            _ => Err(CodecError::malformed(
+                "protobuf fixed field runs past the message",
+            )),
+        }
     }
 }
 
 impl Iterator for FieldReader<'_> {
     type Item = Result<Field, CodecError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.pos >= self.buf.len() {
             return None;
         }
-        let field = read_field(self.buf, &mut self.pos).and_then(|field| match field.value {
-            WireValue::StartGroup | WireValue::EndGroup => {
-                Err(CodecError::malformed("unsupported protobuf wire type"))
-            }
-            _ => Ok(field),
-        });
+        let field = self.read_field();
         if field.is_err() {
             self.pos = self.buf.len();
         }
         Some(field)
-    }
-}
-
-/// Reads the field at `*pos` in `buf`, advancing `pos` past it. A group is reported by its start
-/// and end tags; its fields are read as fields of their own.
-fn read_field(buf: &[u8], pos: &mut usize) -> Result<Field, CodecError> {
-    let start = *pos;
-    let tag = read_varint(buf, pos)?;
-    let number = tag >> 3;
-    if number == 0 || number > MAX_FIELD_NUMBER {
-        return Err(CodecError::malformed("protobuf field number out of range"));
-    }
-    let value_start = *pos;
-    let value = match (tag & 7) as u8 {
-        WIRE_VARINT => WireValue::Varint(read_varint(buf, pos)?),
-        WIRE_LEN => {
-            let len = read_varint(buf, pos)?;
-            let end = usize::try_from(len)
-                .ok()
-                .and_then(|len| pos.checked_add(len))
-                .filter(|&end| end <= buf.len())
-                .ok_or(CodecError::malformed(
-                    "protobuf length runs past the message",
-                ))?;
-            let range = *pos..end;
-            *pos = end;
-            WireValue::Bytes(range)
-        }
-        WIRE_FIXED64 => {
-            skip(buf, pos, 8)?;
-            WireValue::Fixed
-        }
-        WIRE_FIXED32 => {
-            skip(buf, pos, 4)?;
-            WireValue::Fixed
-        }
-        WIRE_START_GROUP => WireValue::StartGroup,
-        WIRE_END_GROUP => WireValue::EndGroup,
-        _ => return Err(CodecError::malformed("unknown protobuf wire type")),
-    };
-    Ok(Field {
-        // MAX_FIELD_NUMBER fits in u32.
-        number: number as u32,
-        value,
-        span: start..*pos,
-        value_start,
-    })
-}
-
-fn skip(buf: &[u8], pos: &mut usize, n: usize) -> Result<(), CodecError> {
-    match pos.checked_add(n) {
-        Some(end) if end <= buf.len() => {
-            *pos = end;
-            Ok(())
-        }
-        _ => Err(CodecError::malformed(
-            "protobuf fixed field runs past the message",
-        )),
     }
 }
 
@@ -168,9 +181,8 @@ fn skip(buf: &[u8], pos: &mut usize, n: usize) -> Result<(), CodecError> {
 pub(crate) fn check_message(buf: &[u8]) -> Result<(), CodecError> {
     let mut open_groups = [0u32; MAX_GROUP_DEPTH];
     let mut depth = 0;
-    let mut pos = 0;
-    while pos < buf.len() {
-        let field = read_field(buf, &mut pos)?;
+    for field in FieldReader::with_groups(buf) {
+        let field = field?;
         match field.value {
             WireValue::StartGroup => {
                 let slot = open_groups
@@ -197,7 +209,19 @@ pub(crate) fn check_message(buf: &[u8]) -> Result<(), CodecError> {
 }
 
 /// Reads one varint at `*pos`, advancing `pos` past it.
+#[inline]
 pub(crate) fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, CodecError> {
+    // Tags, lengths and small values take one byte: most varints of a meta or a payload.
+    match buf.get(*pos) {
+        Some(&byte) if byte < 0x80 => {
+            *pos += 1;
+            Ok(u64::from(byte))
+        }
+        _ => read_long_varint(buf, pos),
+    }
+}
+
+fn read_long_varint(buf: &[u8], pos: &mut usize) -> Result<u64, CodecError> {
     let mut value = 0u64;
     for i in 0..MAX_VARINT_BYTES {
         let byte = *buf
@@ -335,7 +359,7 @@ mod tests {
             (&[0x12, 0x05, b'a'], "protobuf length runs past the message"),
             (&[0x1d, 1, 2], "protobuf fixed field runs past the message"),
             (&[0x00, 0x01], "protobuf field number out of range"),
-            (&[0x0e], "unknown protobuf wire type"),
+            (&[0x0e], "unsupported protobuf wire type"),
             (&[0x08, 0x80], "truncated protobuf varint"),
             (&[0x0b], "protobuf group not closed"),
             (&[0x0c], "protobuf end-group tag without its start"),

@@ -161,7 +161,7 @@ fn malformed_payloads_are_rejected_and_the_stream_goes_on() -> TestResult {
         (b"\x0a\x05ab", "protobuf length runs past the message"),
         (b"\x08", "truncated protobuf varint"),
         (b"\x00\x01", "protobuf field number out of range"),
-        (b"\x0f", "unknown protobuf wire type"),
+        (b"\x0f", "unsupported protobuf wire type"),
         (b"\x0b\x08\x01", "protobuf group not closed"),
     ];
     for (payload, reason) in cases {
