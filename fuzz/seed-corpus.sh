@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Seeds every fuzz target's corpus (fuzz/corpus/<target>/) from the golden captures in
 # testdata/golden/{dubbo,thrift,brpc}/*.hex (one connection's byte stream per file, one hex
-# line; see testdata/golden/README.md), or from $METAPROTOCOL_GOLDEN_DIR.
+# line; see testdata/golden/README.md).
 #
 # A decode target gets each stream as it is. A round-trip target gets it behind its two-byte
 # big-endian length (the RoundTrip input format, see src/edit.rs), leaving the edit to the
@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-golden="${METAPROTOCOL_GOLDEN_DIR:-../testdata/golden}"
+golden=../testdata/golden
 if [[ ! -d "$golden" ]]; then
   echo "no golden captures at $golden" >&2
   exit 1

@@ -1,8 +1,8 @@
 //! Replays the golden captures and the fuzz corpus through every fuzz check, as a plain test on
 //! stable Rust without libFuzzer: the cheap mode for CI (`cargo test --no-default-features`).
 //!
-//! Golden captures come from `testdata/golden/{dubbo,thrift,brpc}/*.hex` (or
-//! `$METAPROTOCOL_GOLDEN_DIR`); each feeds its codec's decode check as it is, and its
+//! Golden captures come from the repository's `testdata/golden/{dubbo,thrift,brpc}/*.hex`; each
+//! feeds its codec's decode check as it is, and its
 //! round-trip check with a set of edits covering every encoding and a mutation that sets,
 //! replaces and removes headers. Whatever `fuzz/corpus/<target>/` holds (after a fuzzing run, or
 //! `seed-corpus.sh`) is replayed through its target's check too.
@@ -39,10 +39,7 @@ const CHECKS: [Checks; 3] = [
 ];
 
 fn golden_dir() -> PathBuf {
-    match std::env::var_os("METAPROTOCOL_GOLDEN_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/golden"),
-    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/golden")
 }
 
 /// The files of `dir` (none if it does not exist), sorted.
