@@ -13,7 +13,7 @@
 
 use smallvec::SmallVec;
 
-use super::{MAX_DEPTH, Scalar, ValueReader, ValueType, ValueWriter};
+use super::{Checkpoint, MAX_DEPTH, Scalar, ValueReader, ValueType, ValueWriter};
 use crate::wire::ReadError;
 
 /// A writer that drops everything: the walk then only validates and skips.
@@ -97,8 +97,8 @@ impl Walk {
         W: ValueWriter + ?Sized,
     {
         while let Some(&level) = self.levels.last() {
-            let mark = reader.checkpoint();
-            if let Err(error) = self.step(level, reader, writer) {
+            let mut mark = reader.checkpoint();
+            if let Err(error) = self.step(level, reader, writer, &mut mark) {
                 reader.restore(mark);
                 return Err(error);
             }
@@ -106,14 +106,18 @@ impl Walk {
         Ok(())
     }
 
-    /// Reads the next value (or the end) of the innermost `level`: all its reads come first,
-    /// so that a failed step changes nothing but the reader, which the caller rewinds.
+    /// Reads on in the innermost `level`: the scalars that follow in a row (in a loop, the
+    /// common case), up to the end of the level or the opening of a nested one. A value's reads
+    /// all come before any change to the walk, and `mark` follows the start of the next value,
+    /// so that after a failure the caller rewinds the reader there and the walk is where it
+    /// was.
     #[inline]
     fn step<'a, R, W>(
         &mut self,
         level: Level,
         reader: &mut R,
         writer: &mut W,
+        mark: &mut Checkpoint,
     ) -> Result<(), ReadError>
     where
         R: ValueReader<'a> + ?Sized,
@@ -123,31 +127,38 @@ impl Walk {
             Level::Struct {
                 reader_saved,
                 writer_saved,
-            } => match reader.field_begin()? {
-                None => {
+            } => loop {
+                let Some((ty, id)) = reader.field_begin()? else {
                     reader.struct_end(reader_saved);
                     writer.field_stop();
                     writer.struct_end(writer_saved);
                     self.levels.pop();
-                    Ok(())
-                }
-                Some((ty, id)) => {
-                    let opened = open(reader, ty)?;
-                    writer.field_begin(ty, id);
-                    self.enter(opened, reader, writer)
-                }
+                    return Ok(());
+                };
+                let opened = open(reader, ty)?;
+                writer.field_begin(ty, id);
+                let Opened::Scalar(value) = opened else {
+                    return self.enter(opened, reader, writer);
+                };
+                writer.scalar(value);
+                *mark = reader.checkpoint();
             },
-            Level::Values { left: 0, .. } | Level::Map { pairs_left: 0, .. } => {
+            Level::Values { element, left } => {
+                for left in (0..left).rev() {
+                    let opened = open(reader, element)?;
+                    self.replace_innermost(Level::Values { element, left });
+                    let Opened::Scalar(value) = opened else {
+                        return self.enter(opened, reader, writer);
+                    };
+                    writer.scalar(value);
+                    *mark = reader.checkpoint();
+                }
                 self.levels.pop();
                 Ok(())
             }
-            Level::Values { element, left } => {
-                let opened = open(reader, element)?;
-                self.replace_innermost(Level::Values {
-                    element,
-                    left: left - 1,
-                });
-                self.enter(opened, reader, writer)
+            Level::Map { pairs_left: 0, .. } => {
+                self.levels.pop();
+                Ok(())
             }
             Level::Map {
                 key,
