@@ -17,7 +17,7 @@ use crate::format::Protocol;
 use crate::wire::{Cursor, ReadError};
 use walk::{Discard, Walk};
 
-/// Nesting deeper than this is refused: it bounds the recursion of every struct walk.
+/// Nesting deeper than this is refused: it bounds the levels a struct walk keeps.
 pub(crate) const MAX_DEPTH: usize = 64;
 
 /// The value types of the Thrift IDL, whatever number a protocol gives them.
@@ -318,6 +318,33 @@ mod tests {
             &mut at,
         )?;
         Ok(at.position)
+    }
+
+    /// A walk fed one more byte at a time stops at the start of each value it cannot finish,
+    /// and ends exactly where a walk over the whole struct does.
+    #[test]
+    fn walks_resume_anywhere() -> Result<(), ReadError> {
+        let binary = every_type_binary();
+        let mut compact = BytesMut::new();
+        transcode_struct(
+            Protocol::Binary,
+            Protocol::Compact,
+            Cursor::in_frame(&binary, 0),
+            &mut compact,
+        )?;
+        for (protocol, bytes) in [(Protocol::Binary, binary), (Protocol::Compact, compact)] {
+            let mut walk = Walk::of(ValueType::Struct);
+            let mut at = Checkpoint::at(0);
+            for len in 0..bytes.len() {
+                let before = at;
+                let result = skip(protocol, &mut walk, &bytes[..len], usize::MAX, &mut at);
+                assert_eq!(result, Err(ReadError::Incomplete), "{protocol:?} at {len}");
+                assert!(before.position <= at.position && at.position <= len);
+            }
+            skip(protocol, &mut walk, &bytes, usize::MAX, &mut at)?;
+            assert_eq!(at.position, bytes.len(), "{protocol:?}");
+        }
+        Ok(())
     }
 
     #[test]
