@@ -18,6 +18,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
 
+# The fuzz targets' checks, run on every golden capture (fuzz/ is a crate of its own, outside the
+# workspace; fuzz/run-all.sh fuzzes for real).
+echo "== fuzz target checks"
+(cd fuzz && cargo test --locked --no-default-features)
+
 # The repository must stand alone: a fresh clone, with nothing beside it, passes the codec tests
 # (they read their golden captures from testdata/). This checks what is committed (HEAD), not
 # uncommitted edits. The clone builds into this checkout's target directory (only the workspace's

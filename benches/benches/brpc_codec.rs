@@ -35,10 +35,25 @@ fn request_frame(len: usize) -> BytesMut {
     };
     let mut out = BytesMut::new();
     // A failure here is a bug in the bench itself; an empty frame makes every bench fail loudly.
-    if encode_frame(&meta, &vec![0x5a; len], &mut out).is_err() {
+    if encode_frame(&meta, &echo_request(len), &mut out).is_err() {
         out.clear();
     }
     out
+}
+
+/// A protobuf `EchoRequest { message: string = 1 }` of about `len` bytes: the payload a real
+/// client sends, which the codec's payload check walks.
+fn echo_request(len: usize) -> Vec<u8> {
+    let text = len.saturating_sub(4);
+    let mut payload = vec![0x0a];
+    let mut n = text;
+    while n >= 0x80 {
+        payload.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    payload.push(n as u8);
+    payload.resize(payload.len() + text, b'x');
+    payload
 }
 
 fn codec() -> Box<dyn Codec> {
