@@ -383,7 +383,11 @@ async fn a_malformed_body_behind_a_sound_header_gets_status_40_and_keeps_the_con
     let mut header = [0u8; 16];
     tokio::time::timeout(Duration::from_secs(5), socket.read_exact(&mut header)).await??;
     assert_eq!(header[3], 40, "bad request");
-    assert_eq!(&header[4..12], &9u64.to_be_bytes(), "answered to its own id");
+    assert_eq!(
+        &header[4..12],
+        &9u64.to_be_bytes(),
+        "answered to its own id"
+    );
     let len = u32::from_be_bytes([header[12], header[13], header[14], header[15]]);
     let mut body = vec![0u8; len as usize];
     socket.read_exact(&mut body).await?;
@@ -391,7 +395,10 @@ async fn a_malformed_body_behind_a_sound_header_gets_status_40_and_keeps_the_con
     let mut reply = [0u8; 17];
     tokio::time::timeout(Duration::from_secs(5), socket.read_exact(&mut reply)).await??;
     assert_eq!(reply[3], 20, "the connection still serves");
-    assert!(world.providers.iter().all(|p| p.seen().is_empty()), "never forwarded");
+    assert!(
+        world.providers.iter().all(|p| p.seen().is_empty()),
+        "never forwarded"
+    );
     world.proxy.shutdown().await;
     Ok(())
 }
@@ -863,9 +870,23 @@ async fn at_the_drain_deadline_calls_still_open_get_an_error_reply() -> TestResu
     while provider.seen().is_empty() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let mut watcher = TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
     let started = Instant::now();
-    proxy.shutdown().await;
+    let shutdown = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move { proxy.shutdown().await })
+    };
+    let mut notice = [0u8; 18];
+    tokio::time::timeout(Duration::from_secs(2), watcher.read_exact(&mut notice)).await??;
+    assert_eq!(&notice[..3], &[0xda, 0xbb, 0xa2], "a one-way event request");
+    assert_eq!(
+        &notice[16..],
+        &[0x01, b'R'],
+        "Dubbo's READONLY event: going away"
+    );
     let reply = tokio::time::timeout(Duration::from_secs(2), slow).await???;
+    shutdown.await?;
     assert_eq!(reply.dubbo_status, 100, "answered, not dropped: {reply:?}");
     assert!(reply.body_contains("shutting down"));
     assert!(started.elapsed() < Duration::from_secs(3));

@@ -40,7 +40,7 @@ pub mod errno {
 /// | `unavailable`, `over_limit` | `ELIMIT` 2004 |
 /// | `unauthorized` | `ERPCAUTH` 1004 |
 /// | `timeout` | `ERPCTIMEDOUT` 1008 |
-/// | `upstream_reset` | `EFAILEDSOCKET` 1009 |
+/// | `upstream_reset`, `upstream_connect_failure` | `EFAILEDSOCKET` 1009 |
 /// | `bad_request` | `EREQUEST` 1003 |
 /// | `fault_abort`, `internal`, others | `EINTERNAL` 2001 |
 pub fn error_code(kind: LocalReplyKind) -> i32 {
@@ -50,7 +50,9 @@ pub fn error_code(kind: LocalReplyKind) -> i32 {
         LocalReplyKind::Unavailable | LocalReplyKind::OverLimit => errno::ELIMIT,
         LocalReplyKind::Unauthorized => errno::ERPCAUTH,
         LocalReplyKind::Timeout => errno::ERPCTIMEDOUT,
-        LocalReplyKind::UpstreamReset => errno::EFAILEDSOCKET,
+        LocalReplyKind::UpstreamReset | LocalReplyKind::UpstreamConnectFailure => {
+            errno::EFAILEDSOCKET
+        }
         LocalReplyKind::BadRequest => errno::EREQUEST,
         _ => errno::EINTERNAL,
     }

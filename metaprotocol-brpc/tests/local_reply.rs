@@ -17,6 +17,7 @@ fn every_kind_maps_to_its_brpc_code() {
         (LocalReplyKind::Unauthorized, 1004),
         (LocalReplyKind::Timeout, 1008),
         (LocalReplyKind::UpstreamReset, 1009),
+        (LocalReplyKind::UpstreamConnectFailure, 1009),
         (LocalReplyKind::FaultAbort, 2001),
         (LocalReplyKind::BadRequest, 1003),
         (LocalReplyKind::Internal, 2001),

@@ -21,6 +21,9 @@ pub enum MessageKind {
     Heartbeat,
     /// An answer to a heartbeat; consumed by whoever sent the heartbeat, never routed.
     HeartbeatReply,
+    /// The peer is going away (Dubbo's READONLY event): send it no new requests on this
+    /// connection; those in flight still get their answers. Never routed.
+    GoAway,
 }
 
 impl MessageKind {

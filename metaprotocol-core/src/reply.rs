@@ -25,6 +25,9 @@ pub enum LocalReplyKind {
     Timeout,
     /// The upstream connection failed or was reset before the answer arrived.
     UpstreamReset,
+    /// No connection to an upstream could be opened (or its endpoints are backing off after
+    /// failed attempts); the request was not sent.
+    UpstreamConnectFailure,
     /// Fault injection aborted the request.
     FaultAbort,
     /// The request cannot be proxied (unsupported encoding, invalid content).
@@ -35,7 +38,7 @@ pub enum LocalReplyKind {
 
 impl LocalReplyKind {
     /// Every kind, in declaration order.
-    pub const ALL: [LocalReplyKind; 10] = [
+    pub const ALL: [LocalReplyKind; 11] = [
         Self::RouteNotFound,
         Self::NoHealthyUpstream,
         Self::Unavailable,
@@ -43,6 +46,7 @@ impl LocalReplyKind {
         Self::Unauthorized,
         Self::Timeout,
         Self::UpstreamReset,
+        Self::UpstreamConnectFailure,
         Self::FaultAbort,
         Self::BadRequest,
         Self::Internal,
@@ -58,6 +62,7 @@ impl LocalReplyKind {
             Self::Unauthorized => "unauthorized",
             Self::Timeout => "timeout",
             Self::UpstreamReset => "upstream_reset",
+            Self::UpstreamConnectFailure => "upstream_connect_failure",
             Self::FaultAbort => "fault_abort",
             Self::BadRequest => "bad_request",
             Self::Internal => "internal",
@@ -74,7 +79,7 @@ impl fmt::Display for LocalReplyKind {
 /// A name that is not a [`LocalReplyKind`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown local reply kind `{0}`; expected one of route_not_found, no_healthy_upstream, unavailable, over_limit, unauthorized, timeout, upstream_reset, fault_abort, bad_request, internal"
+    "unknown local reply kind `{0}`; expected one of route_not_found, no_healthy_upstream, unavailable, over_limit, unauthorized, timeout, upstream_reset, upstream_connect_failure, fault_abort, bad_request, internal"
 )]
 pub struct UnknownReplyKind(pub String);
 

@@ -115,6 +115,10 @@ impl Codec for DubboCodec {
     ) -> Result<(), CodecError> {
         reply::write_heartbeat_reply(heartbeat, self.max_frame_bytes, dst)
     }
+
+    fn encode_goaway(&mut self, dst: &mut BytesMut) -> Result<(), CodecError> {
+        reply::write_readonly_event(self.max_frame_bytes, dst)
+    }
 }
 
 impl DubboCodec {
@@ -194,6 +198,9 @@ fn map_cursor(
 /// provider may answer by closing a connection that other clients' calls share.
 fn read_body(header: &Header, message: &mut Message) {
     match message.kind {
+        MessageKind::Heartbeat if reply::is_readonly_event(&message.frame) => {
+            message.kind = MessageKind::GoAway;
+        }
         MessageKind::Heartbeat => {}
         // dubbo-py answers heartbeats with status 0; Java and Node with 20.
         MessageKind::HeartbeatReply if matches!(header.status, 0 | status::OK) => {}

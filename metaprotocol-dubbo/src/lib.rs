@@ -86,7 +86,7 @@
 //! | `Timeout` | 31 `SERVER_TIMEOUT` | clients raise their timeout exception |
 //! | `BadRequest` | 40 `BAD_REQUEST` | |
 //! | `Unauthorized` | 40 `BAD_REQUEST` | Dubbo has no permission status; the request is refused, and the message says `unauthorized` |
-//! | `NoHealthyUpstream`, `UpstreamReset`, `FaultAbort`, `Internal` | 80 `SERVER_ERROR` | a failure of the serving side, not of the service's code (70) |
+//! | `NoHealthyUpstream`, `UpstreamReset`, `UpstreamConnectFailure`, `FaultAbort`, `Internal` | 80 `SERVER_ERROR` | a failure of the serving side, not of the service's code (70) |
 //!
 //! Two-way heartbeats are answered with an event response (flag `0x20` | serialization id),
 //! status 20 and a null body, byte for byte what providers send; one-way heartbeats get no

@@ -3,7 +3,7 @@
 use bytes::{BufMut, BytesMut};
 use metaprotocol_core::{CodecError, LocalReply, Message, MessageKind};
 
-use crate::header::{FLAG_EVENT, HEADER_LEN, Header, patch_body_len};
+use crate::header::{FLAG_EVENT, FLAG_REQUEST, HEADER_LEN, Header, patch_body_len};
 use crate::hessian::NULL;
 use crate::hessian::writer::write_string;
 use crate::serialization::HESSIAN2;
@@ -60,6 +60,30 @@ pub(crate) fn write_heartbeat_reply(
         dst.put_slice(frame.get(HEADER_LEN..).unwrap_or_default());
     }
     finish(dst, start, max_frame_bytes)
+}
+
+/// The event data Dubbo servers send when they go away: clients stop sending new calls on a
+/// channel that is read-only (Java Dubbo's `Request.READONLY_EVENT`).
+const READONLY_EVENT: &str = "R";
+
+/// Appends Dubbo's "read-only" event, what a provider that shuts down tells its clients: a
+/// one-way event request whose body is the Hessian2 string `"R"`. Clients move new calls to
+/// other providers and let calls in flight finish.
+pub(crate) fn write_readonly_event(
+    max_frame_bytes: usize,
+    dst: &mut BytesMut,
+) -> Result<(), CodecError> {
+    let start = dst.len();
+    Header::put(dst, FLAG_REQUEST | FLAG_EVENT | HESSIAN2, 0, 0);
+    write_string(dst, &[READONLY_EVENT]);
+    finish(dst, start, max_frame_bytes)
+}
+
+/// True if `frame` (an event request) is a read-only event: its body is the Hessian2 string
+/// `"R"`.
+pub(crate) fn is_readonly_event(frame: &[u8]) -> bool {
+    Header::serialization_of(frame) == HESSIAN2
+        && frame.get(HEADER_LEN..) == Some(&[0x01, READONLY_EVENT.as_bytes()[0]][..])
 }
 
 /// Patches the body length, undoing the write if the frame is too large.

@@ -31,6 +31,7 @@ fn every_local_reply_is_a_readable_dubbo_error() -> TestResult {
         (LocalReplyKind::Unauthorized, 40),
         (LocalReplyKind::Timeout, 31),
         (LocalReplyKind::UpstreamReset, 80),
+        (LocalReplyKind::UpstreamConnectFailure, 80),
         (LocalReplyKind::FaultAbort, 80),
         (LocalReplyKind::BadRequest, 40),
         (LocalReplyKind::Internal, 80),
@@ -142,5 +143,23 @@ fn heartbeats_in_other_serializations_are_answered_in_kind() -> TestResult {
     let decoded = decode_one(&reply)?;
     assert_eq!(decoded.kind, MessageKind::HeartbeatReply);
     assert_eq!(decoded.status, ResponseStatus::Ok);
+    Ok(())
+}
+
+#[test]
+fn the_going_away_notice_is_a_readonly_event_that_decodes_as_go_away() -> TestResult {
+    let mut out = BytesMut::new();
+    codec().encode_goaway(&mut out)?;
+    // Java Dubbo's READONLY event: a one-way event request whose body is the string "R".
+    assert_eq!(&out[..4], &[0xda, 0xbb, 0xa2, 0]);
+    assert_eq!(&out[16..], &[0x01, b'R']);
+    let notice = decode_one(&out)?;
+    assert_eq!(notice.kind, MessageKind::GoAway);
+    let heartbeat = decode_one(&golden("dubbossl__node__heartbeat-2way.req.hex")?.bytes)?;
+    assert_eq!(
+        heartbeat.kind,
+        MessageKind::Heartbeat,
+        "a plain heartbeat stays one"
+    );
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! bRPC `baidu_std` as the tools speak it: calls of `example.EchoService.Echo` written with
 //! `metaprotocol_brpc::encode_frame`, metas read zero-copy with `RpcMetaView`, answered with the
-//! payload echoed under the call's `correlation_id` and `error_code` 0.
+//! payload echoed under the call's `correlation_id` and `error_code` 0. The payload is a
+//! protobuf `EchoRequest { string message = 1; }` carrying the call's bytes, as a real client
+//! sends (the proxy checks that payloads are well-formed protobuf).
 
 use std::ops::Range;
 
@@ -17,6 +19,8 @@ const METHOD: &str = "Echo";
 pub(super) const ROUTE_KEYS: [(&str, &str); 2] = [(keys::SERVICE, SERVICE), (keys::METHOD, METHOD)];
 
 const HEADER_LEN: usize = 12;
+/// Field 1, length-delimited: `EchoRequest.message`.
+const MESSAGE_TAG: u8 = 0x0a;
 const MAGIC: &[u8; 4] = b"PRPC";
 
 /// A connection's request meta; only the correlation id changes from call to call.
@@ -24,6 +28,8 @@ const MAGIC: &[u8; 4] = b"PRPC";
 pub(super) struct Caller {
     /// Boxed: a meta is large, and a caller of another protocol does not pay for it.
     meta: Box<proto::RpcMeta>,
+    /// The protobuf message being written, kept to reuse its allocation.
+    message: Vec<u8>,
 }
 
 impl Caller {
@@ -36,7 +42,10 @@ impl Caller {
             }),
             ..Default::default()
         });
-        Self { meta }
+        Self {
+            meta,
+            message: Vec::new(),
+        }
     }
 
     pub(super) fn write(
@@ -46,7 +55,17 @@ impl Caller {
         out: &mut BytesMut,
     ) -> Result<(), WireError> {
         self.meta.correlation_id = Some(id as i64);
-        encode_frame(&self.meta, payload, out).map_err(|err| WireError::Encode(err.to_string()))
+        self.message.clear();
+        self.message.push(MESSAGE_TAG);
+        let mut len = payload.len();
+        while len >= 0x80 {
+            self.message.push((len as u8) | 0x80);
+            len >>= 7;
+        }
+        self.message.push(len as u8);
+        self.message.extend_from_slice(payload);
+        encode_frame(&self.meta, &self.message, out)
+            .map_err(|err| WireError::Encode(err.to_string()))
     }
 }
 
@@ -67,7 +86,7 @@ pub(super) fn read_response(frame: &Bytes) -> Result<Response, WireError> {
         return Err(WireError::Malformed("not a response"));
     };
     let answer = if response.error_code == 0 {
-        Answer::Payload(payload(frame, &meta)?)
+        Answer::Payload(message(frame, payload(frame, &meta)?)?)
     } else {
         Answer::Refused
     };
@@ -99,6 +118,35 @@ fn read_meta(frame: &Bytes) -> Result<(RpcMetaView, u64), WireError> {
         .correlation_id
         .ok_or(WireError::Malformed("no correlation_id"))?;
     Ok((meta, id))
+}
+
+/// Where the `message` string sits inside the protobuf payload at `payload`.
+fn message(frame: &[u8], payload: Range<usize>) -> Result<Range<usize>, WireError> {
+    let bytes = &frame[payload.clone()];
+    if bytes.first() != Some(&MESSAGE_TAG) {
+        return Err(WireError::Malformed("the payload is not an EchoRequest"));
+    }
+    let (mut len, mut shift, mut at) = (0usize, 0, 1);
+    loop {
+        let byte = *bytes
+            .get(at)
+            .ok_or(WireError::Malformed("truncated EchoRequest"))?;
+        len |= usize::from(byte & 0x7f) << shift;
+        at += 1;
+        if byte & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+        if shift > 28 {
+            return Err(WireError::Malformed("EchoRequest length overflows"));
+        }
+    }
+    let start = payload.start + at;
+    (start + len == payload.end)
+        .then_some(start..payload.end)
+        .ok_or(WireError::Malformed(
+            "EchoRequest length disagrees with the payload",
+        ))
 }
 
 /// Where the payload sits: after the meta, before the attachment.

@@ -131,7 +131,11 @@ impl AttemptOutcome {
                 LocalReplyKind::BadRequest,
                 describe(error, endpoint, "cannot encode the request"),
             ),
-            Self::ConnectFailure | Self::Reset { .. } => (
+            Self::ConnectFailure => (
+                LocalReplyKind::UpstreamConnectFailure,
+                describe(error, endpoint, "cannot connect"),
+            ),
+            Self::Reset { .. } => (
                 LocalReplyKind::UpstreamReset,
                 describe(error, endpoint, "upstream connection reset"),
             ),

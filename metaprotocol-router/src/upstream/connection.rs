@@ -45,7 +45,6 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 const WRITE_STALL_LIMIT: Duration = Duration::from_secs(30);
 
 /// What a connection needs to know to open and serve.
-#[derive(Clone)]
 pub(crate) struct ConnectParams {
     pub address: SocketAddr,
     pub codec: Arc<dyn CodecFactory>,
@@ -54,6 +53,8 @@ pub(crate) struct ConnectParams {
     pub connector: Connector,
     pub backoff: Arc<ConnectBackoff>,
     pub stats: ClusterStats,
+    /// Told once the connection is up (a replacement waits for it before taking over).
+    pub connected: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// State the task shares with the handles that feed it.
@@ -63,6 +64,11 @@ struct Shared {
     closed: AtomicBool,
     /// Set once the socket is connected (for counting open connections).
     connected: AtomicBool,
+    /// Set when the upstream said it is going away: new requests should go elsewhere once a
+    /// replacement is up.
+    going_away: AtomicBool,
+    /// Set once a replacement has been asked for.
+    replacing: AtomicBool,
     /// Requests queued and not yet taken by the task.
     queued: AtomicUsize,
     /// The cluster's count of queued requests.
@@ -96,6 +102,16 @@ impl ConnectionHandle {
         self.is_open() && self.shared.connected.load(Ordering::Acquire)
     }
 
+    /// True if the upstream announced it is going away.
+    pub fn is_going_away(&self) -> bool {
+        self.shared.going_away.load(Ordering::Acquire)
+    }
+
+    /// True for the one caller that gets to start this connection's replacement.
+    pub fn claim_replacement(&self) -> bool {
+        !self.shared.replacing.swap(true, Ordering::AcqRel)
+    }
+
     /// Queues `outbound`; on refusal it comes back with the reason (the request was not sent).
     pub fn send(&self, outbound: Outbound) -> Result<(), (Outbound, UpstreamError)> {
         if self.shared.queued.load(Ordering::Relaxed) >= QUEUE_LIMIT {
@@ -122,6 +138,8 @@ pub(crate) fn prepare(params: ConnectParams) -> Prepared {
     let shared = Arc::new(Shared {
         closed: AtomicBool::new(false),
         connected: AtomicBool::new(false),
+        going_away: AtomicBool::new(false),
+        replacing: AtomicBool::new(false),
         queued: AtomicUsize::new(0),
         pending: params.stats.rq_pending.clone(),
     });
@@ -147,7 +165,7 @@ async fn run(
 
 async fn serve<S: Transport>(
     connected: io::Result<S>,
-    params: ConnectParams,
+    mut params: ConnectParams,
     requests: mpsc::UnboundedReceiver<Outbound>,
     shared: Arc<Shared>,
 ) {
@@ -170,6 +188,9 @@ async fn serve<S: Transport>(
     params.stats.cx_total.inc();
     params.stats.cx_active.inc();
     shared.connected.store(true, Ordering::Release);
+    if let Some(connected) = params.connected.take() {
+        let _ = connected.send(());
+    }
     let stats = params.stats.clone();
     Multiplexer::new(stream, params, requests, shared).await;
     stats.cx_active.dec();
@@ -384,6 +405,9 @@ impl<S: Transport> Multiplexer<S> {
                     self.stats.unmatched_responses.inc();
                 }
             },
+            // New requests move to a new connection once it is up; those in flight here
+            // finish here.
+            MessageKind::GoAway => self.shared.going_away.store(true, Ordering::Release),
             MessageKind::Heartbeat => {
                 if let Err(err) = self
                     .encoder

@@ -106,10 +106,16 @@ impl UpstreamPool {
     /// overloaded) hands the request back.
     pub fn send(&self, variant: WireVariant, outbound: Outbound) -> Result<(), Rejected> {
         let partition = self.partition(variant);
-        let slot = self.slot(&partition);
+        let index = self.slot(&partition);
+        let slot = &partition.slots[index];
         let live = slot.load();
         let result = match live.as_ref().filter(|handle| handle.is_open()) {
-            Some(handle) => handle.send(outbound),
+            Some(handle) => {
+                if handle.is_going_away() && handle.claim_replacement() {
+                    self.replace(&partition, index, handle.clone(), variant);
+                }
+                handle.send(outbound)
+            }
             None => {
                 if self.backoff.active() {
                     return Err(Rejected {
@@ -185,10 +191,46 @@ impl UpstreamPool {
     }
 
     /// The slot for the next request: round-robin over the partition's connections.
-    fn slot<'p>(&self, partition: &'p Partition) -> &'p ArcSwapOption<ConnectionHandle> {
-        let start = partition.next.fetch_add(1, Ordering::Relaxed);
-        let n = partition.slots.len();
-        &partition.slots[start % n]
+    fn slot(&self, partition: &Partition) -> usize {
+        partition.next.fetch_add(1, Ordering::Relaxed) % partition.slots.len()
+    }
+
+    fn connect_params(&self, variant: WireVariant) -> ConnectParams {
+        ConnectParams {
+            address: self.address,
+            codec: self.codec.clone(),
+            variant,
+            connect_timeout: self.settings.connect_timeout,
+            connector: self.connector.clone(),
+            backoff: self.backoff.clone(),
+            stats: self.stats.clone(),
+            connected: None,
+        }
+    }
+
+    /// Opens a connection to take over from `old`, whose upstream is going away; `old` keeps
+    /// serving until the new one is up (or for good, if it cannot be opened).
+    fn replace(
+        &self,
+        partition: &Arc<Partition>,
+        index: usize,
+        old: Arc<ConnectionHandle>,
+        variant: WireVariant,
+    ) {
+        let (connected, up) = tokio::sync::oneshot::channel();
+        let prepared = connection::prepare(ConnectParams {
+            connected: Some(connected),
+            ..self.connect_params(variant)
+        });
+        let new = Arc::new(prepared.handle);
+        tokio::spawn(prepared.task);
+        let partition = partition.clone();
+        tokio::spawn(async move {
+            if up.await.is_ok() {
+                let old = Some(old);
+                partition.slots[index].compare_and_swap(&old, Some(new));
+            }
+        });
     }
 
     /// Opens a connection in `slot`, or takes the one another request just opened there.
@@ -202,15 +244,7 @@ impl UpstreamPool {
             if let Some(handle) = current.as_ref().filter(|h| h.is_open()) {
                 return handle.clone();
             }
-            let prepared = connection::prepare(ConnectParams {
-                address: self.address,
-                codec: self.codec.clone(),
-                variant,
-                connect_timeout: self.settings.connect_timeout,
-                connector: self.connector.clone(),
-                backoff: self.backoff.clone(),
-                stats: self.stats.clone(),
-            });
+            let prepared = connection::prepare(self.connect_params(variant));
             let handle = Arc::new(prepared.handle);
             let previous = slot.compare_and_swap(&current, Some(handle.clone()));
             let won = match (previous.as_ref(), current.as_ref()) {
