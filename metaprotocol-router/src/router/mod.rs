@@ -310,6 +310,7 @@ impl Routed {
         let resend = outcome == AttemptOutcome::Reset { sent: false } && !self.resent;
         if resend && now < self.deadline {
             self.resent = true;
+            self.tried.push(endpoint);
             stats.rq_retry.inc();
             return Next::Retry { at: now };
         }
