@@ -23,7 +23,7 @@ use metaprotocol_core::{CodecFactory, WireVariant};
 use self::backoff::ConnectBackoff;
 use self::connection::{ConnectParams, ConnectionHandle};
 pub use self::error::UpstreamError;
-pub(crate) use self::outbound::{Inbox, Outbound, ReplyTo, RequestKey, UpstreamEvent};
+pub(crate) use self::outbound::{Discard, Inbox, Outbound, ReplyTo, RequestKey, UpstreamEvent};
 use crate::stats::ClusterStats;
 use crate::transport::Connector;
 
