@@ -109,24 +109,28 @@ route_configs:
 /// One call: when it started and which server answered.
 type Call = (u128, String);
 
-/// Checks that every call started at least [`FOLLOW_WITHIN`] after a switch was asked for (an
-/// admin request sent, a file written), and before the next, went to the version switched to.
-/// Returns the violations and the longest time after a switch that a call still went to the
-/// old version.
-fn check(calls: &[Call], switches: &[(u128, &'static str)]) -> (Vec<String>, Duration) {
+/// An update of a route config: when it was asked for (an admin request sent, the file
+/// written), when it was applied (the admin API answered, the proxy runs the file's config),
+/// and the version it switched to.
+type Switch = (u128, u128, &'static str);
+
+/// Checks that every call started at least [`FOLLOW_WITHIN`] after an update was applied, and
+/// before the next was asked for, went to the version switched to. Returns the violations and
+/// the longest time after an update was applied that a call still went to the old version.
+fn check(calls: &[Call], switches: &[Switch]) -> (Vec<String>, Duration) {
     let within = FOLLOW_WITHIN.as_nanos();
     let mut violations = Vec::new();
     let mut lag = 0u128;
     for (start, server) in calls {
-        // The last switch asked for before the call started.
-        let at = switches.partition_point(|(t, _)| t <= start);
-        let Some(&(switched, version)) = at.checked_sub(1).and_then(|i| switches.get(i)) else {
+        // The last update asked for before the call started.
+        let at = switches.partition_point(|(asked, _, _)| asked <= start);
+        let Some(&(_, applied, version)) = at.checked_sub(1).and_then(|i| switches.get(i)) else {
             continue;
         };
         if server.starts_with(version) {
             continue;
         }
-        let since = start - switched;
+        let since = start.saturating_sub(applied);
         lag = lag.max(since);
         if since >= within {
             violations.push(format!(
@@ -249,8 +253,10 @@ async fn route_and_cluster_updates_at_scale_fail_no_call_and_close_no_connection
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // The updates: admin, admin, file, file, ... each switching the version.
-    let mut switches: BTreeMap<&str, Vec<(u128, &'static str)>> =
-        PROTOCOLS.iter().map(|p| (*p, vec![(0, "v1")])).collect();
+    let mut switches: BTreeMap<&str, Vec<Switch>> =
+        PROTOCOLS.iter().map(|p| (*p, vec![(0, 0, "v1")])).collect();
+    // The longest an update took from being asked for to being applied, by channel.
+    let mut pick_up: BTreeMap<&str, Duration> = BTreeMap::new();
     let started = std::time::Instant::now();
     for update in 1..=UPDATES {
         let shape = Shape::after(update);
@@ -272,9 +278,13 @@ async fn route_and_cluster_updates_at_scale_fail_no_call_and_close_no_connection
                 let asked = now_ns();
                 let (status, answer) = http(admin, "PUT", &path, &body).await?;
                 assert_eq!(status, 200, "{answer}");
+                let applied = now_ns();
                 if let Some(list) = switches.get_mut(protocol) {
-                    list.push((asked, shape.version));
+                    list.push((asked, applied, shape.version));
                 }
+                let took = Duration::from_nanos((applied - asked) as u64);
+                let longest = pick_up.entry("admin").or_default();
+                *longest = took.max(*longest);
             }
         } else {
             let yaml = backends.yaml(&shape);
@@ -284,18 +294,22 @@ async fn route_and_cluster_updates_at_scale_fail_no_call_and_close_no_connection
             std::fs::write(&next, &yaml)?;
             let written = now_ns();
             std::fs::rename(&next, &file)?;
-            for protocol in PROTOCOLS {
-                if let Some(list) = switches.get_mut(protocol) {
-                    list.push((written, shape.version));
-                }
-            }
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             while proxy.config() != expected {
                 if tokio::time::Instant::now() > deadline {
                     return Err(format!("update {update}: the config file was not applied").into());
                 }
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
+            let applied = now_ns();
+            for protocol in PROTOCOLS {
+                if let Some(list) = switches.get_mut(protocol) {
+                    list.push((written, applied, shape.version));
+                }
+            }
+            let took = Duration::from_nanos((applied - written) as u64);
+            let longest = pick_up.entry("file").or_default();
+            *longest = took.max(*longest);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -362,7 +376,7 @@ async fn route_and_cluster_updates_at_scale_fail_no_call_and_close_no_connection
         0
     );
     println!(
-        "{UPDATES} updates in {updating:?} under 2 x {CONNECTIONS_PER_PROTOCOL} connections; {}",
+        "{UPDATES} updates in {updating:?} under 2 x {CONNECTIONS_PER_PROTOCOL} connections; {}; longest from asked to applied: {pick_up:?}",
         report.join("; ")
     );
     proxy.shutdown().await;
