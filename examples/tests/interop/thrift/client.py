@@ -13,7 +13,7 @@ Prints one JSON object with the results. Scenarios:
   load N STOP OUT
                  N connections, each calling sayHello in a loop as fast as it can, from when it
                  prints "running" until the file STOP exists; writes one line per call to OUT
-                 ("<connection> <start time, ns since the epoch> <server>") and reports the
+                 ("<connection> <start> <end> <server>", times in ns since the epoch) and reports the
                  number of calls and the first errors (an error ends its connection's loop)
 """
 
@@ -155,7 +155,7 @@ def load(port, transport, protocol, count, stop_path, out_path):
             while not stop.is_set():
                 start = time.time_ns()
                 reply = conn.client.sayHello("l%d" % i)
-                calls.append((start, reply.rsplit(" from ", 1)[-1]))
+                calls.append((start, time.time_ns(), reply.rsplit(" from ", 1)[-1]))
         except Exception as e:  # reported, not raised: the test prints every failure
             errors.append("%d: %s: %s" % (i, type(e).__name__, e))
         finally:
@@ -170,7 +170,7 @@ def load(port, transport, protocol, count, stop_path, out_path):
         t.join()
     with open(out_path, "w") as out:
         for i, calls in enumerate(records):
-            out.writelines("%d %d %s\n" % (i, start, server) for start, server in calls)
+            out.writelines("%d %d %d %s\n" % (i, start, end, server) for start, end, server in calls)
     return {"calls": sum(len(c) for c in records), "errors": errors[:5]}
 
 
