@@ -377,7 +377,7 @@ async fn route_and_cluster_updates_at_scale_fail_no_call_and_close_no_connection
         ));
         let versions: std::collections::BTreeSet<&str> = calls
             .iter()
-            .map(|(_, s)| s.get(..2).unwrap_or_default())
+            .map(|(_, _, s)| s.get(..2).unwrap_or_default())
             .collect();
         assert_eq!(versions.len(), 2, "{protocol}: both versions served");
         assert_eq!(
