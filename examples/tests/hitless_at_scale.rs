@@ -58,7 +58,7 @@ impl Shape {
     fn after(update: usize) -> Self {
         const SETS: [&[usize]; 3] = [&[0], &[0, 1], &[1]];
         Self {
-            version: if update % 2 == 0 { "v1" } else { "v2" },
+            version: if update.is_multiple_of(2) { "v1" } else { "v2" },
             v1: SETS[update % 3],
             v2: SETS[(update + 1) % 3],
         }
@@ -277,7 +277,7 @@ async fn route_and_cluster_updates_at_scale_fail_no_call_and_close_no_connection
     let started = std::time::Instant::now();
     for update in 1..=UPDATES {
         let shape = Shape::after(update);
-        if (update - 1) / 2 % 2 == 0 {
+        if ((update - 1) / 2).is_multiple_of(2) {
             for protocol in PROTOCOLS {
                 for version in ["v1", "v2"] {
                     let spec =

@@ -51,6 +51,8 @@ pub(crate) fn pick(target: &Target, tried: &[SocketAddr]) -> Option<ActiveReques
 
 /// Queues `request` on `endpoint`, to be answered through `reply`; a refusal hands the request
 /// back (it was not sent).
+// The refused request comes back whole, without an allocation (see `UpstreamPool::send`).
+#[allow(clippy::result_large_err)]
 pub(crate) fn send(
     endpoint: &Endpoint,
     request: &Arc<Message>,
