@@ -264,6 +264,32 @@ clusters:
         "{reason}"
     );
 
+    // Every error of the file, each with its place: two that stop parsing, one that does not.
+    let out = validate(
+        &scratch,
+        "several.yaml",
+        "listeners: [ { name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r, idle_timeout: 0s } ]
+route_configs:
+  - name: r
+    routes:
+      - route: { cluster: c }
+        timeout: fast
+clusters:
+  - { name: c, lb_policy: fastest, endpoints: [ { address: 127.0.0.1:1 } ] }
+",
+    )?;
+    assert_eq!(out.status.code(), Some(1));
+    let reasons = String::from_utf8(out.stderr)?;
+    let lines: Vec<&str> = reasons.lines().collect();
+    assert_eq!(lines.len(), 3, "{reasons}");
+    for (line, expected) in lines.iter().zip([
+        "listeners[0].idle_timeout (line 1, column ",
+        "route_configs[0].routes[0].timeout (line 6, column 9)",
+        "clusters[0].lb_policy (line 8, column 27)",
+    ]) {
+        assert!(line.contains(expected), "{reasons}");
+    }
+
     let out = validate(&scratch, "empty.yaml", "# nothing yet\n")?;
     assert!(out.status.success());
     let warnings = String::from_utf8(out.stderr)?;
