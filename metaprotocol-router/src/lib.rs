@@ -63,7 +63,8 @@ pub use cluster::{ClusterStatus, EndpointStatus, HealthState};
 pub use config::{Config, ConfigError};
 pub use filters::{FilterContext, FilterFactory, FilterRegistry, SharedClients};
 pub use proxy::{
-    DEFAULT_DRAIN_TIMEOUT, Proxy, ProxyBuilder, ReloadSummary, StartError, UpdateError,
+    DEFAULT_DRAIN_TIMEOUT, DynamicSource, DynamicUpdate, Proxy, ProxyBuilder, ReloadSummary,
+    ResourceId, ResourceKind, ResourceState, ResourceStatus, StartError, UpdateError,
 };
 pub use route::DEFAULT_ROUTE_TIMEOUT;
 pub use server::DEFAULT_IDLE_TIMEOUT;
