@@ -129,7 +129,9 @@ async fn run(path: PathBuf, drain_time: Option<std::time::Duration>) -> ExitCode
             return ExitCode::FAILURE;
         }
     };
-    let mut builder = Proxy::builder(config).codecs(metaprotocol_examples::codec_registry());
+    let mut builder = Proxy::builder(config)
+        .codecs(metaprotocol_examples::codec_registry())
+        .dynamic_source(metaprotocol_xds::XdsSource::default());
     if let Some(drain_time) = drain_time {
         builder = builder.drain_time(drain_time);
     }
@@ -183,6 +185,7 @@ fn validate(path: PathBuf) -> ExitCode {
     let checked = Config::check_yaml(&text).and_then(|config| {
         Proxy::builder(config.clone())
             .codecs(metaprotocol_examples::codec_registry())
+            .dynamic_source(metaprotocol_xds::XdsSource::default())
             .check()
             .map(|()| config)
             .map_err(|err| vec![err.located_in(&text)])
