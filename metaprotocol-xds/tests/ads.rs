@@ -26,12 +26,12 @@ use metaprotocol_examples::dubbo_demo::{DemoProvider, DubboClient};
 use metaprotocol_router::{Config, Proxy, ResourceKind, ResourceState};
 use metaprotocol_xds::XdsSource;
 use prost::Name;
-use support::TestResult;
 use support::fixtures::{
     assignment, cluster_name, eds_cluster, meta_route, meta_route_config, route_config_name, split,
     to_cluster,
 };
 use support::management_server::{ManagementServer, resource};
+use support::{TestResult, config_dump};
 
 const NODE: &str = "proxy-1";
 const CONNECTIONS: usize = 20;
@@ -60,7 +60,8 @@ fn rds(server: &ManagementServer, version: &str, config: &RouteConfiguration) {
 /// the management server at `xds`.
 fn proxy_config(xds: SocketAddr) -> TestResult<Config> {
     Ok(Config::from_yaml(&format!(
-        "dynamic:
+        "admin: {{ address: 127.0.0.1:0 }}
+dynamic:
   xds:
     address: {xds}
     node_id: {NODE}
@@ -331,6 +332,29 @@ async fn a_control_plane_drives_dubbo_traffic_hitlessly() -> TestResult {
             .is_some_and(|e| e.contains("range_match"))
     );
     assert_eq!(status.state, ResourceState::Active);
+    let dump = config_dump(proxy.admin_addr().ok_or("no admin API")?).await?;
+    let routes = dump["dynamic_resources"]
+        .as_array()
+        .and_then(|all| all.iter().find(|r| r["kind"] == "route_config"))
+        .ok_or("no route config in /config_dump")?;
+    assert_eq!(routes["version"], "r3");
+    assert_eq!(routes["state"], "active");
+    assert_eq!(routes["rejected_version"], "r4-invalid");
+    assert!(routes["last_updated"].is_string());
+    assert!(
+        routes["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("range_match"))
+    );
+    let rds_state = &dump["dynamic_sources"]["xds"]["types"]["RDS"];
+    assert_eq!(rds_state["version"], "r3");
+    assert_eq!(rds_state["nonce"], nack.response_nonce);
+    assert!(
+        rds_state["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("range_match"))
+    );
+    assert_eq!(dump["dynamic_sources"]["xds"]["connected"], true);
 
     // So is an invalid cluster; the running clusters keep serving.
     let mut provided = eds_cluster(&c1);
