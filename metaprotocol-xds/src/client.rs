@@ -7,21 +7,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use metaprotocol_router::Proxy;
-use metaprotocol_router::config::{ReconnectSpec, XdsSpec};
+use metaprotocol_router::config::{ReconnectSpec, XdsApiType, XdsSpec};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::state::Subscription;
+use crate::delta::DeltaResources;
+use crate::state::{Rejected, Subscription};
 use crate::status::SourceStatus;
 
 /// The largest response the client accepts: bounds what a server can make the proxy hold
 /// (a thousand routes take a few hundred KiB).
 pub(crate) const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
-/// Requests queued for the stream: a response yields at most an ACK and an EDS request.
+/// Requests queued for the stream: a response yields at most an ACK and an EDS request, and a
+/// stream opens with one request per type.
 const REQUEST_QUEUE: usize = 8;
 
 /// Runs the client until the proxy shuts down.
@@ -34,9 +36,18 @@ pub(crate) async fn run(
     let stopping = proxy.stopping();
     let sessions = async {
         let mut backoff = Backoff::new(spec.reconnect);
+        let mut held = DeltaResources::default();
         loop {
             status.connecting();
-            let error = session(&proxy, &spec, &mut subscription, &status, &mut backoff).await;
+            let error = session(
+                &proxy,
+                &spec,
+                &mut subscription,
+                &mut held,
+                &status,
+                &mut backoff,
+            )
+            .await;
             tracing::warn!(server = %spec.address, %error, "xDS stream ended; connecting again");
             status.disconnected(&error, &subscription);
             tokio::time::sleep(backoff.next_pause()).await;
@@ -64,6 +75,7 @@ async fn session(
     proxy: &Proxy,
     spec: &XdsSpec,
     subscription: &mut Subscription,
+    held: &mut DeltaResources,
     status: &SourceStatus,
     backoff: &mut Backoff,
 ) -> SessionError {
@@ -76,58 +88,132 @@ async fn session(
         Ok(channel) => channel,
         Err(err) => return err.into(),
     };
-    let mut client = AggregatedDiscoveryServiceClient::new(channel)
+    let client = AggregatedDiscoveryServiceClient::new(channel)
         .max_decoding_message_size(MAX_RESPONSE_BYTES);
-    let (requests, queue) = mpsc::channel::<DiscoveryRequest>(REQUEST_QUEUE);
-    for request in subscription.initial_requests() {
-        // The queue is empty and larger than the initial requests: this cannot wait.
-        if requests.try_send(request).is_err() {
+    let stream = Stream {
+        proxy,
+        subscription,
+        status,
+        backoff,
+    };
+    match spec.api_type {
+        XdsApiType::Grpc => stream.state_of_the_world(client).await,
+        XdsApiType::DeltaGrpc => stream.delta(client, held).await,
+    }
+}
+
+/// What a stream works with.
+struct Stream<'a> {
+    proxy: &'a Proxy,
+    subscription: &'a mut Subscription,
+    status: &'a SourceStatus,
+    backoff: &'a mut Backoff,
+}
+
+impl Stream<'_> {
+    async fn state_of_the_world(self, mut client: AdsClient) -> SessionError {
+        let (requests, queue) = mpsc::channel(REQUEST_QUEUE);
+        if !queue_all(&requests, self.subscription.initial_requests()) {
             return SessionError::Closed;
         }
-    }
-    let mut responses = match client
-        .stream_aggregated_resources(ReceiverStream::new(queue))
-        .await
-    {
-        Ok(response) => response.into_inner(),
-        Err(status) => return status.into(),
-    };
-    status.connected(subscription);
-    loop {
-        let response = match responses.message().await {
-            Ok(Some(response)) => response,
-            Ok(None) => return SessionError::Closed,
+        let mut responses = match client
+            .stream_aggregated_resources(ReceiverStream::new(queue))
+            .await
+        {
+            Ok(response) => response.into_inner(),
             Err(status) => return status.into(),
         };
-        backoff.reset();
-        let answers = match subscription.prepare(&response) {
-            Ok(prepared) => match proxy.apply_dynamic(prepared.update.clone()).await {
-                Ok(_) => subscription.accept(prepared),
-                Err(err) => {
-                    let rejected = crate::state::Rejected {
-                        kind: prepared.kind,
-                        version: prepared.version,
-                        resource: None,
-                        message: err.to_string(),
-                    };
-                    vec![subscription.reject(&rejected)]
+        self.status.connected(self.subscription);
+        loop {
+            let response = match responses.message().await {
+                Ok(Some(response)) => response,
+                Ok(None) => return SessionError::Closed,
+                Err(status) => return status.into(),
+            };
+            self.backoff.reset();
+            let (answers, _) = handle(self.proxy, self.subscription, &response, false).await;
+            self.status.updated(self.subscription);
+            for answer in answers {
+                if requests.send(answer).await.is_err() {
+                    return SessionError::Closed;
                 }
-            },
-            Err(rejected) => {
-                if let Some(id) = &rejected.resource {
-                    proxy.reject_dynamic(id, Some(&rejected.version), &rejected.message);
-                }
-                tracing::warn!(error = %rejected.message, "xDS response rejected");
-                vec![subscription.reject(&rejected)]
-            }
-        };
-        status.updated(subscription);
-        for answer in answers {
-            if requests.send(answer).await.is_err() {
-                return SessionError::Closed;
             }
         }
     }
+
+    async fn delta(self, mut client: AdsClient, held: &mut DeltaResources) -> SessionError {
+        let (requests, queue) = mpsc::channel(REQUEST_QUEUE);
+        let initial = held.initial_requests(self.subscription.initial_requests());
+        if !queue_all(&requests, initial) {
+            return SessionError::Closed;
+        }
+        let mut responses = match client
+            .delta_aggregated_resources(ReceiverStream::new(queue))
+            .await
+        {
+            Ok(response) => response.into_inner(),
+            Err(status) => return status.into(),
+        };
+        self.status.connected(self.subscription);
+        loop {
+            let response = match responses.message().await {
+                Ok(Some(response)) => response,
+                Ok(None) => return SessionError::Closed,
+                Err(status) => return status.into(),
+            };
+            self.backoff.reset();
+            let subscribed = self.subscription.subscribed();
+            let (complete, merged) = held.merge(&response);
+            let (answers, accepted) = handle(self.proxy, self.subscription, &complete, true).await;
+            if let (true, Some(merged)) = (accepted, merged) {
+                held.accept(merged);
+            }
+            self.status.updated(self.subscription);
+            for answer in DeltaResources::answers(answers, &response.type_url, &subscribed) {
+                if requests.send(answer).await.is_err() {
+                    return SessionError::Closed;
+                }
+            }
+        }
+    }
+}
+
+/// The ADS client over a channel.
+type AdsClient = AggregatedDiscoveryServiceClient<tonic::transport::Channel>;
+
+/// Queues a stream's first requests; false if they do not fit (they always do: the queue is
+/// empty and larger than one request per type).
+fn queue_all<T>(queue: &mpsc::Sender<T>, requests: Vec<T>) -> bool {
+    requests.into_iter().all(|r| queue.try_send(r).is_ok())
+}
+
+/// Applies a (complete, for delta) response and returns the answers to send, and whether it
+/// was accepted.
+async fn handle(
+    proxy: &Proxy,
+    subscription: &mut Subscription,
+    response: &DiscoveryResponse,
+    complete: bool,
+) -> (Vec<DiscoveryRequest>, bool) {
+    let rejected = match subscription.prepare(response, complete) {
+        Ok(prepared) => match proxy.apply_dynamic(prepared.update.clone()).await {
+            Ok(_) => return (subscription.accept(prepared), true),
+            Err(err) => Rejected {
+                kind: prepared.kind,
+                version: prepared.version,
+                resource: None,
+                message: err.to_string(),
+            },
+        },
+        Err(rejected) => {
+            if let Some(id) = &rejected.resource {
+                proxy.reject_dynamic(id, Some(&rejected.version), &rejected.message);
+            }
+            *rejected
+        }
+    };
+    tracing::warn!(error = %rejected.message, "xDS response rejected");
+    (vec![subscription.reject(&rejected)], false)
 }
 
 /// Exponential back-off with full jitter: each pause is random below a ceiling that doubles

@@ -29,10 +29,11 @@
 //! # }
 //! ```
 //!
-//! Only state-of-the-world ADS over plaintext gRPC is available: `api_type: delta_grpc` and
-//! `tls` are refused when the proxy starts.
+//! Both ADS flavours are spoken: state of the world (`api_type: grpc`) and incremental
+//! (`delta_grpc`). Only plaintext gRPC is available: `tls` is refused when the proxy starts.
 
 mod client;
+mod delta;
 mod resource;
 mod state;
 mod status;
@@ -43,7 +44,7 @@ use std::sync::{Arc, OnceLock};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
-use metaprotocol_router::config::{DynamicSpec, XDS, XdsApiType, XdsSpec};
+use metaprotocol_router::config::{DynamicSpec, XDS, XdsSpec};
 use metaprotocol_router::{ConfigError, DynamicSource, Proxy};
 
 pub use resource::ResourceType;
@@ -67,12 +68,6 @@ impl DynamicSource for XdsSource {
         let Some(xds) = &spec.xds else {
             return Ok(());
         };
-        if xds.api_type == XdsApiType::DeltaGrpc {
-            return Err(ConfigError::new(
-                "xds.api_type",
-                "delta_grpc is not available yet; use grpc (state of the world)",
-            ));
-        }
         if xds.tls.is_some() {
             return Err(ConfigError::new("xds.tls", "tls is not available yet"));
         }

@@ -143,6 +143,14 @@ impl Subscription {
             .collect()
     }
 
+    /// The names each type asks for (empty: every one), by type URL.
+    pub fn subscribed(&self) -> BTreeMap<String, Vec<String>> {
+        self.types
+            .iter()
+            .map(|(kind, state)| (kind.type_url(), state.subscribed.clone()))
+            .collect()
+    }
+
     /// EDS clusters held back until their endpoints arrive.
     pub fn warming_clusters(&self) -> Vec<String> {
         self.accepted_clusters
@@ -196,8 +204,14 @@ impl Subscription {
         names.into_iter().cloned().collect()
     }
 
-    /// Translates `response` into what to apply, or the reason to reject it.
-    pub fn prepare(&mut self, response: &DiscoveryResponse) -> Result<Prepared, Box<Rejected>> {
+    /// Translates `response` into what to apply, or the reason to reject it. `complete` says
+    /// that the response lists every resource the client holds of its type (as a delta
+    /// response merged into what the client holds does), so that one left out is removed.
+    pub fn prepare(
+        &mut self,
+        response: &DiscoveryResponse,
+        complete: bool,
+    ) -> Result<Prepared, Box<Rejected>> {
         let kind = ResourceType::from_type_url(&response.type_url).ok_or_else(|| {
             Box::new(Rejected {
                 kind: ResourceType::Cluster,
@@ -282,7 +296,7 @@ impl Subscription {
                 })
                 .map_err(|(id, message)| reject(id, message))?;
                 let names: BTreeSet<String> = configs.keys().cloned().collect();
-                if self.route_configs.as_ref().is_some_and(Names::is_wildcard) {
+                if complete || self.route_configs.as_ref().is_some_and(Names::is_wildcard) {
                     update.removed = self
                         .applied_route_configs
                         .difference(&names)

@@ -1,5 +1,6 @@
 //! A small ADS management server, for tests and local use (a test tool, not a product): a
-//! snapshot cache keyed by node id, served over state-of-the-world ADS on a real gRPC socket.
+//! snapshot cache keyed by node id, served over state-of-the-world and delta ADS on a real gRPC
+//! socket.
 //!
 //! Each node's snapshot holds, per resource type, a version and the resources. A stream sends
 //! a type's resources when the client first asks for it (or asks for other names), and again
@@ -16,7 +17,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
 use envoy_types::pb::google::protobuf::Any;
 use tokio::sync::{mpsc, watch};
@@ -46,6 +47,8 @@ pub struct Received {
     /// The node id of the stream it came on.
     pub node: String,
     pub type_url: String,
+    /// The version the client runs: a state-of-the-world request's `version_info`, or the
+    /// distinct `initial_resource_versions` of a delta stream's first request, joined by `,`.
     pub version_info: String,
     pub response_nonce: String,
     pub resource_names: Vec<String>,
@@ -78,6 +81,18 @@ impl Shared {
             Ok(cache) => cache,
             Err(poisoned) => poisoned.into_inner(),
         }
+    }
+
+    /// Counts a new stream; returns its number.
+    fn new_stream(&self) -> u64 {
+        let mut cache = self.lock();
+        cache.streams += 1;
+        cache.streams
+    }
+
+    /// `node`'s snapshot of `type_url`, if it has one.
+    fn snapshot(&self, node: &str, type_url: &str) -> Option<TypeSnapshot> {
+        self.lock().snapshots.get(node)?.get(type_url).cloned()
     }
 }
 
@@ -209,11 +224,7 @@ impl AggregatedDiscoveryService for ManagementServer {
         let incoming = request.into_inner();
         let (responses, stream) = mpsc::channel(16);
         let shared = Arc::clone(&self.shared);
-        let id = {
-            let mut cache = shared.lock();
-            cache.streams += 1;
-            cache.streams
-        };
+        let id = shared.new_stream();
         tokio::spawn(serve_stream(shared, id, incoming, responses));
         Ok(Response::new(ReceiverStream::new(stream)))
     }
@@ -222,11 +233,14 @@ impl AggregatedDiscoveryService for ManagementServer {
 
     async fn delta_aggregated_resources(
         &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented(
-            "this test server speaks state-of-the-world ADS",
-        ))
+        let incoming = request.into_inner();
+        let (responses, stream) = mpsc::channel(16);
+        let shared = Arc::clone(&self.shared);
+        let id = shared.new_stream();
+        tokio::spawn(serve_delta_stream(shared, id, incoming, responses));
+        Ok(Response::new(ReceiverStream::new(stream)))
     }
 }
 
@@ -302,6 +316,117 @@ async fn serve_stream(
                 type_url,
                 nonce: nonce.to_string(),
                 ..DiscoveryResponse::default()
+            };
+            if responses.send(Ok(response)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// What one delta stream subscribes to of one type, and the versions it holds.
+#[derive(Debug, Default)]
+struct DeltaSubscription {
+    wildcard: bool,
+    names: std::collections::BTreeSet<String>,
+    held: BTreeMap<String, String>,
+}
+
+/// Serves one delta stream until the client goes away: resources whose version the client
+/// does not hold are sent, and those it holds that the snapshot no longer has are removed.
+async fn serve_delta_stream(
+    shared: Arc<Shared>,
+    id: u64,
+    mut incoming: Streaming<DeltaDiscoveryRequest>,
+    responses: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+) {
+    let mut changes = shared.changes.subscribe();
+    let mut stops = shared.stops.subscribe();
+    let mut node = String::new();
+    let mut subscriptions: BTreeMap<String, DeltaSubscription> = BTreeMap::new();
+    let mut nonce = 0u64;
+    loop {
+        tokio::select! {
+            request = incoming.message() => {
+                let Ok(Some(request)) = request else { return };
+                if let Some(n) = &request.node {
+                    node.clone_from(&n.id);
+                }
+                let held: std::collections::BTreeSet<&String> =
+                    request.initial_resource_versions.values().collect();
+                shared.lock().received.push(Received {
+                    node: node.clone(),
+                    type_url: request.type_url.clone(),
+                    version_info: held.into_iter().cloned().collect::<Vec<_>>().join(","),
+                    response_nonce: request.response_nonce.clone(),
+                    resource_names: request.resource_names_subscribe.clone(),
+                    error: request.error_detail.as_ref().map(|s| s.message.clone()),
+                    stream: id,
+                });
+                let entry = subscriptions.entry(request.type_url.clone()).or_default();
+                for name in &request.resource_names_subscribe {
+                    if name == "*" {
+                        entry.wildcard = true;
+                    } else {
+                        entry.names.insert(name.clone());
+                    }
+                }
+                for name in &request.resource_names_unsubscribe {
+                    entry.names.remove(name);
+                    entry.held.remove(name);
+                }
+                if request.response_nonce.is_empty() {
+                    entry.held.extend(request.initial_resource_versions.clone());
+                }
+            }
+            changed = changes.changed() => {
+                if changed.is_err() { return }
+            }
+            _ = stops.changed() => return,
+        }
+        for (type_url, subscription) in &mut subscriptions {
+            let Some(snapshot) = shared.snapshot(&node, type_url) else {
+                continue;
+            };
+            let wanted = |name: &String| subscription.wildcard || subscription.names.contains(name);
+            let resources: Vec<Resource> = snapshot
+                .resources
+                .iter()
+                .filter(|(name, _)| {
+                    wanted(name) && subscription.held.get(name) != Some(&snapshot.version)
+                })
+                .map(|(name, any)| Resource {
+                    name: name.clone(),
+                    version: snapshot.version.clone(),
+                    resource: Some(any.clone()),
+                    ..Resource::default()
+                })
+                .collect();
+            let removed: Vec<String> = subscription
+                .held
+                .keys()
+                .filter(|name| !snapshot.resources.iter().any(|(n, _)| n == *name))
+                .cloned()
+                .collect();
+            if resources.is_empty() && removed.is_empty() {
+                continue;
+            }
+            for resource in &resources {
+                subscription
+                    .held
+                    .insert(resource.name.clone(), resource.version.clone());
+            }
+            for name in &removed {
+                subscription.held.remove(name);
+            }
+            nonce += 1;
+            let response = DeltaDiscoveryResponse {
+                system_version_info: snapshot.version.clone(),
+                resources,
+                type_url: type_url.clone(),
+                removed_resources: removed,
+                nonce: nonce.to_string(),
+                ..DeltaDiscoveryResponse::default()
             };
             if responses.send(Ok(response)).await.is_err() {
                 return;
