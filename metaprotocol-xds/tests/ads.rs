@@ -11,7 +11,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,70 +22,17 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
 use envoy_types::pb::envoy::r#type::v3::Int64Range;
 use metaprotocol_examples::dubbo_demo::{DemoProvider, DubboClient};
-use metaprotocol_router::{Config, Proxy, ResourceKind, ResourceState};
+use metaprotocol_router::{Proxy, ResourceKind, ResourceState};
 use metaprotocol_xds::XdsSource;
 use prost::Name;
 use support::fixtures::{
     assignment, cluster_name, eds_cluster, meta_route, meta_route_config, route_config_name, split,
     to_cluster,
 };
-use support::management_server::{ManagementServer, resource};
-use support::{TestResult, config_dump};
+use support::management_server::ManagementServer;
+use support::{NODE, TestResult, WITHIN, cds, config_dump, eds, eventually, proxy_config, rds};
 
-const NODE: &str = "proxy-1";
 const CONNECTIONS: usize = 20;
-/// How long a change may take to show: generous, as the machine may be loaded.
-const WITHIN: Duration = Duration::from_secs(20);
-
-fn cds(server: &ManagementServer, version: &str, clusters: &[Cluster]) {
-    let resources = clusters.iter().map(|c| resource(&c.name, c)).collect();
-    server.set(NODE, &Cluster::type_url(), version, resources);
-}
-
-fn eds(server: &ManagementServer, version: &str, assignments: &[ClusterLoadAssignment]) {
-    let resources = assignments
-        .iter()
-        .map(|a| resource(&a.cluster_name, a))
-        .collect();
-    server.set(NODE, &ClusterLoadAssignment::type_url(), version, resources);
-}
-
-fn rds(server: &ManagementServer, version: &str, config: &RouteConfiguration) {
-    let resources = vec![resource(&config.name, config)];
-    server.set(NODE, &RouteConfiguration::type_url(), version, resources);
-}
-
-/// The proxy's config: one Dubbo listener whose routes, clusters and endpoints all come from
-/// the management server at `xds`.
-fn proxy_config(xds: SocketAddr, api_type: &str) -> TestResult<Config> {
-    Ok(Config::from_yaml(&format!(
-        "admin: {{ address: 127.0.0.1:0 }}
-dynamic:
-  xds:
-    address: {xds}
-    node_id: {NODE}
-    api_type: {api_type}
-    route_configs: ['*']
-    clusters: ['*']
-    reconnect: {{ base_interval: 50ms, max_interval: 500ms }}
-listeners:
-  - {{ name: dubbo-in, address: 127.0.0.1:0, protocol: dubbo, route_config: {} }}
-",
-        route_config_name()
-    ))?)
-}
-
-/// Polls `test` every 10 ms until it holds, for up to [`WITHIN`].
-async fn eventually(what: &str, mut test: impl FnMut() -> bool) -> TestResult {
-    let deadline = Instant::now() + WITHIN;
-    while !test() {
-        if Instant::now() > deadline {
-            return Err(format!("{what}: not within {WITHIN:?}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok(())
-}
 
 /// Calls made under load: when each was sent, and which provider answered.
 #[derive(Default)]
