@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
 use metaprotocol_router::Proxy;
 use metaprotocol_router::config::{ReconnectSpec, XdsApiType, XdsSpec};
 use tokio::sync::mpsc;
@@ -97,8 +99,8 @@ async fn session(
         backoff,
     };
     match spec.api_type {
-        XdsApiType::Grpc => stream.state_of_the_world(client).await,
-        XdsApiType::DeltaGrpc => stream.delta(client, held).await,
+        XdsApiType::Grpc => stream.exchange(client, StateOfTheWorld).await,
+        XdsApiType::DeltaGrpc => stream.exchange(client, Delta(held)).await,
     }
 }
 
@@ -111,15 +113,16 @@ struct Stream<'a> {
 }
 
 impl Stream<'_> {
-    async fn state_of_the_world(self, mut client: AdsClient) -> SessionError {
+    /// Opens the stream with the subscription's first requests, then answers every response,
+    /// until the stream ends.
+    async fn exchange<F: Flavour>(self, mut client: AdsClient, mut flavour: F) -> SessionError {
         let (requests, queue) = mpsc::channel(REQUEST_QUEUE);
-        if !queue_all(&requests, self.subscription.initial_requests()) {
+        let initial = flavour.initial(self.subscription.initial_requests());
+        if !initial.into_iter().all(|r| requests.try_send(r).is_ok()) {
+            // Cannot happen: the queue is empty and holds more than one request per type.
             return SessionError::Closed;
         }
-        let mut responses = match client
-            .stream_aggregated_resources(ReceiverStream::new(queue))
-            .await
-        {
+        let mut responses = match F::open(&mut client, ReceiverStream::new(queue)).await {
             Ok(response) => response.into_inner(),
             Err(status) => return status.into(),
         };
@@ -131,7 +134,9 @@ impl Stream<'_> {
                 Err(status) => return status.into(),
             };
             self.backoff.reset();
-            let (answers, _) = handle(self.proxy, self.subscription, &response, false).await;
+            let answers = flavour
+                .respond(self.proxy, self.subscription, response)
+                .await;
             self.status.updated(self.subscription);
             for answer in answers {
                 if requests.send(answer).await.is_err() {
@@ -140,52 +145,95 @@ impl Stream<'_> {
             }
         }
     }
+}
 
-    async fn delta(self, mut client: AdsClient, held: &mut DeltaResources) -> SessionError {
-        let (requests, queue) = mpsc::channel(REQUEST_QUEUE);
-        let initial = held.initial_requests(self.subscription.initial_requests());
-        if !queue_all(&requests, initial) {
-            return SessionError::Closed;
+/// A flavour of ADS: its messages, and how its responses are answered.
+trait Flavour {
+    type Request: Send + 'static;
+    type Response: prost::Message + Default + 'static;
+
+    /// The flavour's form of a stream's first requests.
+    fn initial(&self, requests: Vec<DiscoveryRequest>) -> Vec<Self::Request>;
+
+    /// Opens the stream.
+    async fn open(
+        client: &mut AdsClient,
+        requests: ReceiverStream<Self::Request>,
+    ) -> Result<tonic::Response<tonic::Streaming<Self::Response>>, tonic::Status>;
+
+    /// Applies `response` and returns the answers to send.
+    async fn respond(
+        &mut self,
+        proxy: &Proxy,
+        subscription: &mut Subscription,
+        response: Self::Response,
+    ) -> Vec<Self::Request>;
+}
+
+/// State-of-the-world ADS.
+struct StateOfTheWorld;
+
+impl Flavour for StateOfTheWorld {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+
+    fn initial(&self, requests: Vec<DiscoveryRequest>) -> Vec<DiscoveryRequest> {
+        requests
+    }
+
+    async fn open(
+        client: &mut AdsClient,
+        requests: ReceiverStream<DiscoveryRequest>,
+    ) -> Result<tonic::Response<tonic::Streaming<DiscoveryResponse>>, tonic::Status> {
+        client.stream_aggregated_resources(requests).await
+    }
+
+    async fn respond(
+        &mut self,
+        proxy: &Proxy,
+        subscription: &mut Subscription,
+        response: DiscoveryResponse,
+    ) -> Vec<DiscoveryRequest> {
+        handle(proxy, subscription, &response, false).await.0
+    }
+}
+
+/// Incremental ADS, over the resources held across streams.
+struct Delta<'a>(&'a mut DeltaResources);
+
+impl Flavour for Delta<'_> {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+
+    fn initial(&self, requests: Vec<DiscoveryRequest>) -> Vec<DeltaDiscoveryRequest> {
+        self.0.initial_requests(requests)
+    }
+
+    async fn open(
+        client: &mut AdsClient,
+        requests: ReceiverStream<DeltaDiscoveryRequest>,
+    ) -> Result<tonic::Response<tonic::Streaming<DeltaDiscoveryResponse>>, tonic::Status> {
+        client.delta_aggregated_resources(requests).await
+    }
+
+    async fn respond(
+        &mut self,
+        proxy: &Proxy,
+        subscription: &mut Subscription,
+        response: DeltaDiscoveryResponse,
+    ) -> Vec<DeltaDiscoveryRequest> {
+        let subscribed = subscription.subscribed();
+        let (complete, merged) = self.0.merge(&response);
+        let (answers, accepted) = handle(proxy, subscription, &complete, true).await;
+        if let (true, Some(merged)) = (accepted, merged) {
+            self.0.accept(merged);
         }
-        let mut responses = match client
-            .delta_aggregated_resources(ReceiverStream::new(queue))
-            .await
-        {
-            Ok(response) => response.into_inner(),
-            Err(status) => return status.into(),
-        };
-        self.status.connected(self.subscription);
-        loop {
-            let response = match responses.message().await {
-                Ok(Some(response)) => response,
-                Ok(None) => return SessionError::Closed,
-                Err(status) => return status.into(),
-            };
-            self.backoff.reset();
-            let subscribed = self.subscription.subscribed();
-            let (complete, merged) = held.merge(&response);
-            let (answers, accepted) = handle(self.proxy, self.subscription, &complete, true).await;
-            if let (true, Some(merged)) = (accepted, merged) {
-                held.accept(merged);
-            }
-            self.status.updated(self.subscription);
-            for answer in DeltaResources::answers(answers, &response.type_url, &subscribed) {
-                if requests.send(answer).await.is_err() {
-                    return SessionError::Closed;
-                }
-            }
-        }
+        DeltaResources::answers(answers, &response.type_url, &subscribed)
     }
 }
 
 /// The ADS client over a channel.
 type AdsClient = AggregatedDiscoveryServiceClient<tonic::transport::Channel>;
-
-/// Queues a stream's first requests; false if they do not fit (they always do: the queue is
-/// empty and larger than one request per type).
-fn queue_all<T>(queue: &mpsc::Sender<T>, requests: Vec<T>) -> bool {
-    requests.into_iter().all(|r| queue.try_send(r).is_ok())
-}
 
 /// Applies a (complete, for delta) response and returns the answers to send, and whether it
 /// was accepted.

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
@@ -42,7 +43,7 @@ struct TypeSnapshot {
 }
 
 /// A request the server received.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Received {
     /// The node id of the stream it came on.
     pub node: String,
@@ -206,6 +207,52 @@ impl ManagementServer {
     }
 }
 
+/// What a stream reacts to: the client's requests and changes of the snapshots.
+struct Events<T> {
+    shared: Arc<Shared>,
+    id: u64,
+    /// The stream's node id, from its first request.
+    node: String,
+    incoming: Streaming<T>,
+    changes: watch::Receiver<u64>,
+    stops: watch::Receiver<u64>,
+}
+
+impl<T> Events<T> {
+    fn new(shared: Arc<Shared>, id: u64, incoming: Streaming<T>) -> Self {
+        Self {
+            changes: shared.changes.subscribe(),
+            stops: shared.stops.subscribe(),
+            shared,
+            id,
+            node: String::new(),
+            incoming,
+        }
+    }
+
+    /// A request (`Some(Some(_))`), a snapshot change (`Some(None)`), or the stream's end
+    /// (`None`: the client went away or the socket stopped serving).
+    async fn next(&mut self) -> Option<Option<T>> {
+        tokio::select! {
+            request = self.incoming.message() => request.ok().flatten().map(Some),
+            changed = self.changes.changed() => changed.ok().map(|()| None),
+            _ = self.stops.changed() => None,
+        }
+    }
+
+    /// Records a request of the stream, learning the node id from the first.
+    fn record(&mut self, node: Option<&Node>, received: Received) {
+        if let Some(node) = node {
+            self.node.clone_from(&node.id);
+        }
+        self.shared.lock().received.push(Received {
+            node: self.node.clone(),
+            stream: self.id,
+            ..received
+        });
+    }
+}
+
 /// What one stream has sent of one type.
 #[derive(Debug, Default)]
 struct Sent {
@@ -248,46 +295,36 @@ impl AggregatedDiscoveryService for ManagementServer {
 async fn serve_stream(
     shared: Arc<Shared>,
     id: u64,
-    mut incoming: Streaming<DiscoveryRequest>,
+    incoming: Streaming<DiscoveryRequest>,
     responses: mpsc::Sender<Result<DiscoveryResponse, Status>>,
 ) {
-    let mut changes = shared.changes.subscribe();
-    let mut stops = shared.stops.subscribe();
-    let mut node = String::new();
+    let mut events = Events::new(Arc::clone(&shared), id, incoming);
     let mut sent: BTreeMap<String, Sent> = BTreeMap::new();
     let mut nonce = 0u64;
-    loop {
-        tokio::select! {
-            request = incoming.message() => {
-                let Ok(Some(request)) = request else { return };
-                if let Some(n) = &request.node {
-                    node.clone_from(&n.id);
-                }
-                shared.lock().received.push(Received {
-                    node: node.clone(),
+    while let Some(event) = events.next().await {
+        if let Some(request) = event {
+            events.record(
+                request.node.as_ref(),
+                Received {
                     type_url: request.type_url.clone(),
                     version_info: request.version_info.clone(),
                     response_nonce: request.response_nonce.clone(),
                     resource_names: request.resource_names.clone(),
                     error: request.error_detail.as_ref().map(|s| s.message.clone()),
-                    stream: id,
-                });
-                let entry = sent.entry(request.type_url.clone()).or_default();
-                // A first request, or one asking for other names, is answered; an ACK or NACK
-                // of what was sent is not.
-                if request.response_nonce.is_empty() || entry.names != request.resource_names {
-                    entry.names = request.resource_names.clone();
-                    entry.version = None;
-                }
+                    ..Received::default()
+                },
+            );
+            let entry = sent.entry(request.type_url.clone()).or_default();
+            // A first request, or one asking for other names, is answered; an ACK or NACK of
+            // what was sent is not.
+            if request.response_nonce.is_empty() || entry.names != request.resource_names {
+                entry.names = request.resource_names.clone();
+                entry.version = None;
             }
-            changed = changes.changed() => {
-                if changed.is_err() { return }
-            }
-            _ = stops.changed() => return,
         }
         let due: Vec<(String, TypeSnapshot)> = {
             let cache = shared.lock();
-            let Some(types) = cache.snapshots.get(&node) else {
+            let Some(types) = cache.snapshots.get(&events.node) else {
                 continue;
             };
             sent.iter()
@@ -337,55 +374,45 @@ struct DeltaSubscription {
 async fn serve_delta_stream(
     shared: Arc<Shared>,
     id: u64,
-    mut incoming: Streaming<DeltaDiscoveryRequest>,
+    incoming: Streaming<DeltaDiscoveryRequest>,
     responses: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
 ) {
-    let mut changes = shared.changes.subscribe();
-    let mut stops = shared.stops.subscribe();
-    let mut node = String::new();
+    let mut events = Events::new(Arc::clone(&shared), id, incoming);
     let mut subscriptions: BTreeMap<String, DeltaSubscription> = BTreeMap::new();
     let mut nonce = 0u64;
-    loop {
-        tokio::select! {
-            request = incoming.message() => {
-                let Ok(Some(request)) = request else { return };
-                if let Some(n) = &request.node {
-                    node.clone_from(&n.id);
-                }
-                let held: std::collections::BTreeSet<&String> =
-                    request.initial_resource_versions.values().collect();
-                shared.lock().received.push(Received {
-                    node: node.clone(),
+    while let Some(event) = events.next().await {
+        if let Some(request) = event {
+            let held: std::collections::BTreeSet<&String> =
+                request.initial_resource_versions.values().collect();
+            events.record(
+                request.node.as_ref(),
+                Received {
                     type_url: request.type_url.clone(),
                     version_info: held.into_iter().cloned().collect::<Vec<_>>().join(","),
                     response_nonce: request.response_nonce.clone(),
                     resource_names: request.resource_names_subscribe.clone(),
                     error: request.error_detail.as_ref().map(|s| s.message.clone()),
-                    stream: id,
-                });
-                let entry = subscriptions.entry(request.type_url.clone()).or_default();
-                for name in &request.resource_names_subscribe {
-                    if name == "*" {
-                        entry.wildcard = true;
-                    } else {
-                        entry.names.insert(name.clone());
-                    }
-                }
-                for name in &request.resource_names_unsubscribe {
-                    entry.names.remove(name);
-                    entry.held.remove(name);
-                }
-                if request.response_nonce.is_empty() {
-                    entry.held.extend(request.initial_resource_versions.clone());
+                    ..Received::default()
+                },
+            );
+            let entry = subscriptions.entry(request.type_url.clone()).or_default();
+            for name in &request.resource_names_subscribe {
+                if name == "*" {
+                    entry.wildcard = true;
+                } else {
+                    entry.names.insert(name.clone());
                 }
             }
-            changed = changes.changed() => {
-                if changed.is_err() { return }
+            for name in &request.resource_names_unsubscribe {
+                entry.names.remove(name);
+                entry.held.remove(name);
             }
-            _ = stops.changed() => return,
+            if request.response_nonce.is_empty() {
+                entry.held.extend(request.initial_resource_versions.clone());
+            }
         }
         for (type_url, subscription) in &mut subscriptions {
-            let Some(snapshot) = shared.snapshot(&node, type_url) else {
+            let Some(snapshot) = shared.snapshot(&events.node, type_url) else {
                 continue;
             };
             let wanted = |name: &String| subscription.wildcard || subscription.names.contains(name);
