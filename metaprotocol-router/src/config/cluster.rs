@@ -14,6 +14,13 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The default number of connections per endpoint that requests are multiplexed over.
 pub const DEFAULT_CONNECTIONS_PER_ENDPOINT: u32 = 2;
 
+/// The default time an upstream connection may carry nothing before it is closed.
+pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The default share of a locality's endpoints, in percent, that must be healthy for it to keep
+/// all of its traffic (Envoy's overprovisioning factor of 1.4, as a threshold).
+pub const DEFAULT_LOCALITY_FAILOVER_THRESHOLD: f64 = 70.0;
+
 /// A named set of upstream endpoints that serve the same service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,12 +40,24 @@ pub struct ClusterSpec {
     /// How an endpoint is picked.
     #[serde(default)]
     pub lb_policy: LbPolicy,
-    /// Prefer endpoints in the proxy's own zone, then region.
+    /// Prefer endpoints in the proxy's own zone (`node.locality`), then region.
     #[serde(default)]
     pub locality_aware: bool,
+    /// With `locality_aware`: the share of a locality's endpoints, in percent, that must be
+    /// healthy for it to keep all of its traffic; below, it keeps a proportional part and the
+    /// rest fails over to the next locality.
+    #[serde(default = "default_locality_failover_threshold")]
+    pub locality_failover_threshold: f64,
     /// Connections per endpoint that requests are multiplexed over.
     #[serde(default = "default_connections_per_endpoint")]
     pub connections_per_endpoint: u32,
+    /// Close an upstream connection after this long with nothing in flight.
+    #[serde(default = "default_upstream_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Replace an upstream connection once it has carried this many requests (a new one is
+    /// opened first); none: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<u32>,
     /// The endpoints.
     #[serde(default)]
     pub endpoints: Vec<EndpointSpec>,
@@ -48,9 +67,9 @@ pub struct ClusterSpec {
     /// Ejection of endpoints that keep failing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetectionSpec>,
-    /// Active health checks of the endpoints. Not available yet: rejected by validation.
+    /// Active health checks of the endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health_check: Option<serde_json::Value>,
+    pub health_check: Option<HealthCheckSpec>,
     /// TLS to the endpoints. Not available yet: rejected by validation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<serde_json::Value>,
@@ -64,6 +83,14 @@ fn default_connections_per_endpoint() -> u32 {
     DEFAULT_CONNECTIONS_PER_ENDPOINT
 }
 
+fn default_upstream_idle_timeout() -> Duration {
+    DEFAULT_UPSTREAM_IDLE_TIMEOUT
+}
+
+fn default_locality_failover_threshold() -> f64 {
+    DEFAULT_LOCALITY_FAILOVER_THRESHOLD
+}
+
 impl ClusterSpec {
     /// Parses one cluster from YAML or JSON (for `PUT /clusters/{name}`) and validates it.
     /// Errors carry the line and column of the offending field.
@@ -74,9 +101,6 @@ impl ClusterSpec {
     }
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        if self.health_check.is_some() {
-            return Err(not_available("health_check"));
-        }
         if self.tls.is_some() {
             return Err(not_available("tls"));
         }
@@ -91,6 +115,37 @@ impl ClusterSpec {
                 "connections_per_endpoint",
                 "must be at least 1",
             ));
+        }
+        if self.idle_timeout.is_zero() {
+            return Err(ConfigError::new("idle_timeout", "must be greater than 0"));
+        }
+        if self.max_requests_per_connection == Some(0) {
+            return Err(ConfigError::new(
+                "max_requests_per_connection",
+                "must be at least 1",
+            ));
+        }
+        if !(self.locality_failover_threshold > 0.0 && self.locality_failover_threshold <= 100.0) {
+            return Err(ConfigError::new(
+                "locality_failover_threshold",
+                format!(
+                    "{} is not a percentage above 0 and at most 100",
+                    self.locality_failover_threshold
+                ),
+            ));
+        }
+        if let Some(breakers) = &self.circuit_breakers {
+            breakers
+                .validate()
+                .map_err(|e| e.within("circuit_breakers"))?;
+        }
+        if let Some(outlier) = &self.outlier_detection {
+            outlier
+                .validate()
+                .map_err(|e| e.within("outlier_detection"))?;
+        }
+        if let Some(check) = &self.health_check {
+            check.validate().map_err(|e| e.within("health_check"))?;
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, endpoint) in self.endpoints.iter().enumerate() {
@@ -122,6 +177,9 @@ pub enum LbPolicy {
     Random,
     /// The fewer of two random endpoints' active requests.
     LeastRequest,
+    /// The cheaper of two random endpoints, by peak-sensitive moving average of their latency
+    /// times their requests in flight (linkerd's "peak EWMA").
+    PeakEwma,
     /// Consistent hashing on the route's `hash_policy` keys (Ketama ring).
     RingHash,
     /// Consistent hashing on the route's `hash_policy` keys (Maglev table).
@@ -135,6 +193,7 @@ impl LbPolicy {
             Self::RoundRobin => "round_robin",
             Self::Random => "random",
             Self::LeastRequest => "least_request",
+            Self::PeakEwma => "peak_ewma",
             Self::RingHash => "ring_hash",
             Self::Maglev => "maglev",
         }
@@ -174,7 +233,8 @@ pub struct LocalitySpec {
     pub zone: String,
 }
 
-/// Limits on what a cluster may have in flight.
+/// Limits on what a cluster may have in flight: past one, a request is answered at once with
+/// the protocol's over-limit error instead of being queued.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreakersSpec {
@@ -192,6 +252,20 @@ pub struct CircuitBreakersSpec {
     pub max_retries: u32,
 }
 
+impl CircuitBreakersSpec {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let limits = [
+            ("max_connections", self.max_connections),
+            ("max_pending_requests", self.max_pending_requests),
+            ("max_requests", self.max_requests),
+        ];
+        match limits.iter().find(|(_, limit)| *limit == 0) {
+            Some((field, _)) => Err(ConfigError::new(*field, "must be at least 1")),
+            None => Ok(()),
+        }
+    }
+}
+
 fn big() -> u32 {
     1024
 }
@@ -204,9 +278,13 @@ fn three() -> u32 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutlierDetectionSpec {
-    /// Consecutive failures that eject an endpoint.
+    /// Consecutive failures of the upstream (server error responses, resets, timeouts) that
+    /// eject an endpoint; 0 turns this check off.
     #[serde(default = "five")]
     pub consecutive_errors: u32,
+    /// Consecutive failures to connect to it that eject an endpoint; 0 turns this check off.
+    #[serde(default = "five")]
+    pub consecutive_local_origin_failures: u32,
     /// How often ejections are re-evaluated.
     #[serde(default = "second", with = "humantime_serde")]
     pub interval: Duration,
@@ -216,6 +294,112 @@ pub struct OutlierDetectionSpec {
     /// The most endpoints ejected at once, in percent.
     #[serde(default = "fifty")]
     pub max_ejection_percent: f64,
+    /// The longest an ejection lasts, however often the endpoint was ejected.
+    #[serde(default = "five_minutes", with = "humantime_serde")]
+    pub max_ejection_time: Duration,
+}
+
+impl OutlierDetectionSpec {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let durations = [
+            ("interval", self.interval),
+            ("base_ejection_time", self.base_ejection_time),
+            ("max_ejection_time", self.max_ejection_time),
+        ];
+        if let Some((field, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
+            return Err(ConfigError::new(*field, "must be greater than 0"));
+        }
+        if self.max_ejection_time < self.base_ejection_time {
+            return Err(ConfigError::new(
+                "max_ejection_time",
+                "must be at least base_ejection_time",
+            ));
+        }
+        super::route::check_percentage(self.max_ejection_percent)
+            .map_err(|e| ConfigError::new("max_ejection_percent", e.reason))
+    }
+}
+
+fn five_minutes() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// Periodic checks of every endpoint: those failing `unhealthy_threshold` checks in a row leave
+/// rotation until `healthy_threshold` checks in a row pass.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSpec {
+    /// The time between two checks of an endpoint.
+    #[serde(default = "five_seconds", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Up to this share of `interval`, in percent, is added at random to each wait, so that
+    /// checks of many endpoints (and proxies) spread out.
+    #[serde(default = "ten")]
+    pub interval_jitter_percent: f64,
+    /// The time a check may take.
+    #[serde(default = "second", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Failed checks in a row that take an endpoint out of rotation.
+    #[serde(default = "three")]
+    pub unhealthy_threshold: u32,
+    /// Passed checks in a row that bring it back.
+    #[serde(default = "two")]
+    pub healthy_threshold: u32,
+    /// What a check does.
+    #[serde(default)]
+    pub probe: ProbeSpec,
+}
+
+impl HealthCheckSpec {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.interval.is_zero() {
+            return Err(ConfigError::new("interval", "must be greater than 0"));
+        }
+        if self.timeout.is_zero() {
+            return Err(ConfigError::new("timeout", "must be greater than 0"));
+        }
+        for (field, threshold) in [
+            ("unhealthy_threshold", self.unhealthy_threshold),
+            ("healthy_threshold", self.healthy_threshold),
+        ] {
+            if threshold == 0 {
+                return Err(ConfigError::new(field, "must be at least 1"));
+            }
+        }
+        if let ProbeSpec::Method(method) = &self.probe
+            && method.is_empty()
+        {
+            return Err(ConfigError::new("probe.method", "must not be empty"));
+        }
+        super::route::check_percentage(self.interval_jitter_percent)
+            .map_err(|e| ConfigError::new("interval_jitter_percent", e.reason))
+    }
+}
+
+/// What an active health check does to an endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeSpec {
+    /// Opens a connection and closes it.
+    #[default]
+    Tcp,
+    /// Sends the protocol's heartbeat (Dubbo) and waits for its answer.
+    Heartbeat,
+    /// `{ method: name }`: calls `name` without arguments (Thrift, bRPC `service.method`) and
+    /// waits for any well-formed answer, an error included.
+    Method(String),
+}
+
+fn five_seconds() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn ten() -> f64 {
+    10.0
+}
+
+fn two() -> u32 {
+    2
 }
 
 fn five() -> u32 {

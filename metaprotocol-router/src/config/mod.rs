@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 
 pub use cluster::{
     CircuitBreakersSpec, ClusterSpec, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTIONS_PER_ENDPOINT,
-    EndpointSpec, LbPolicy, LocalitySpec, OutlierDetectionSpec,
+    DEFAULT_LOCALITY_FAILOVER_THRESHOLD, DEFAULT_UPSTREAM_IDLE_TIMEOUT, EndpointSpec,
+    HealthCheckSpec, LbPolicy, LocalitySpec, OutlierDetectionSpec, ProbeSpec,
 };
 pub use error::{ConfigError, Position};
 pub use limits::{DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_REQUESTS, LimitsSpec};
@@ -47,6 +48,9 @@ pub struct Config {
     /// What all clients together may make the proxy hold.
     #[serde(default)]
     pub limits: LimitsSpec,
+    /// The proxy itself: where it runs (for locality-aware load balancing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeSpec>,
     /// Resources from a control plane (xDS). Not available yet: rejected by validation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dynamic: Option<serde_json::Value>,
@@ -61,6 +65,15 @@ pub struct Config {
     pub clusters: Vec<ClusterSpec>,
 }
 
+/// The proxy itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    /// Where the proxy runs: locality-aware clusters prefer endpoints in this zone, then this
+    /// region.
+    pub locality: LocalitySpec,
+}
+
 fn default_drain_time() -> Duration {
     crate::DEFAULT_DRAIN_TIMEOUT
 }
@@ -71,6 +84,7 @@ impl Default for Config {
             admin: None,
             drain_time: default_drain_time(),
             limits: LimitsSpec::default(),
+            node: None,
             dynamic: None,
             listeners: Vec::new(),
             route_configs: Vec::new(),
@@ -121,6 +135,12 @@ impl Config {
             cluster
                 .validate()
                 .map_err(|e| e.within(&format!("clusters[{i}]")))?;
+            if cluster.locality_aware && self.node.is_none() {
+                return Err(ConfigError::new(
+                    format!("clusters[{i}].locality_aware"),
+                    "needs the proxy's own locality: set `node: { locality: { region, zone } }`",
+                ));
+            }
         }
         for (i, routes) in self.route_configs.iter().enumerate() {
             routes

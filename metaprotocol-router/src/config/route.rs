@@ -100,7 +100,8 @@ pub struct RouteSpec {
     /// A shadow copy of matching requests, sent to another cluster; its answers are dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<MirrorSpec>,
-    /// Metadata keys hashed for `ring_hash` and `maglev` load balancing.
+    /// Metadata keys hashed for `ring_hash` and `maglev` load balancing (in any order: the
+    /// key does not depend on it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hash_policy: Vec<String>,
 }
@@ -127,6 +128,12 @@ impl RouteSpec {
             if let Some(mutation) = mutation {
                 mutation.validate().map_err(|e| e.within(field))?;
             }
+        }
+        if let Some(i) = self.hash_policy.iter().position(String::is_empty) {
+            return Err(ConfigError::new(
+                format!("hash_policy[{i}]"),
+                "must not be empty",
+            ));
         }
         if let Some(mirror) = &self.mirror {
             if !known(&mirror.cluster) {

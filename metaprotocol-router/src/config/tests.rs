@@ -341,13 +341,6 @@ fn planned_fields_parse_and_are_not_available_yet() {
         (
             FULL.replace(
                 "    lb_policy: round_robin",
-                "    lb_policy: round_robin\n    health_check: { interval: 5s, probe: heartbeat }",
-            ),
-            "clusters[0].health_check",
-        ),
-        (
-            FULL.replace(
-                "    lb_policy: round_robin",
                 "    lb_policy: round_robin\n    tls: { server_name: x }",
             ),
             "clusters[0].tls",

@@ -16,7 +16,7 @@ use super::build::{check_protocols, cluster_protocols, route_config_protocols};
 use super::listeners::bind;
 use super::{ProxyState, ReloadSummary, UpdateError};
 use crate::cluster::{ClusterHandle, ClusterManager};
-use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec};
+use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec, LocalitySpec};
 use crate::route::{RouteSlot, RouteTable};
 use crate::server::ListenerContext;
 
@@ -29,12 +29,13 @@ pub(crate) enum Source {
     Api,
 }
 
-/// A cluster whose config changed: its new spec, and its new protocol and codec when those
-/// changed too.
+/// A cluster whose config changed: its new spec, its new protocol and codec when those
+/// changed too, and the proxy's locality.
 struct ClusterChange {
     handle: Arc<ClusterHandle>,
     spec: ClusterSpec,
     codec: Option<(String, Arc<dyn CodecFactory>)>,
+    local: Option<LocalitySpec>,
 }
 
 /// Everything a new config needs, built but not yet published.
@@ -154,6 +155,7 @@ impl ProxyState {
             }
         }
         let protocols = cluster_protocols(new)?;
+        let local = new.node.as_ref().map(|node| &node.locality);
 
         // Clusters: build new ones, check changed ones; the prospective view routes compile
         // against.
@@ -166,17 +168,21 @@ impl ProxyState {
             };
             match live.get(&spec.name) {
                 None => {
-                    let handle = builder.cluster(spec, protocol).map_err(|e| e.within(&at))?;
+                    let handle = builder
+                        .cluster(spec, protocol, local)
+                        .map_err(|e| e.within(&at))?;
                     prospective.insert(handle.clone());
                     plan.new_clusters.push(handle);
                 }
                 Some(handle) => {
                     prospective.insert(handle.clone());
                     let old = handle.spec();
-                    if old == *spec && handle.protocol() == *protocol {
+                    if old == *spec
+                        && handle.protocol() == *protocol
+                        && handle.local().as_ref() == local
+                    {
                         continue;
                     }
-                    handle.check_update(spec).map_err(|e| e.within(&at))?;
                     let codec = if handle.protocol() != *protocol || old.codec != spec.codec {
                         let codec = builder
                             .codec(protocol, spec.codec.as_ref())
@@ -185,10 +191,14 @@ impl ProxyState {
                     } else {
                         None
                     };
+                    handle
+                        .check_update(spec, codec.as_ref().map(|(_, c)| c))
+                        .map_err(|e| e.within(&at))?;
                     plan.changed_clusters.push(ClusterChange {
                         handle: handle.clone(),
                         spec: spec.clone(),
                         codec,
+                        local: local.cloned(),
                     });
                 }
             }
@@ -284,15 +294,17 @@ impl ProxyState {
         let mut summary = ReloadSummary::default();
         for handle in plan.new_clusters {
             summary.clusters.push((handle.name().to_string(), 1));
+            handle.start_health();
             self.clusters.insert(handle);
         }
         for ClusterChange {
             handle,
             spec,
             codec,
+            local,
         } in plan.changed_clusters
         {
-            match handle.update(&spec, codec) {
+            match handle.update(&spec, codec, local) {
                 Ok(version) => summary.clusters.push((spec.name.clone(), version)),
                 Err(err) => {
                     tracing::error!(cluster = %spec.name, error = %err, "cluster update failed after its checks passed")

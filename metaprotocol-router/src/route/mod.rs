@@ -5,6 +5,7 @@
 //! A listener reads its table through a [`RouteSlot`], swapped atomically on update: requests in
 //! flight keep the table they started with.
 
+mod hash_policy;
 mod matcher;
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use metaprotocol_core::{ByteStr, Mutation, RoutingView};
 
+pub(crate) use self::hash_policy::HashPolicy;
 pub(crate) use self::matcher::MetadataMatcher;
 use crate::cluster::{ClusterHandle, ClusterManager, SubsetId};
 use crate::config::{ConfigError, MutationSpec, RouteConfigSpec, RouteSpec};
@@ -75,6 +77,8 @@ pub(crate) struct Route {
     pub request_mutation: Arc<Mutation>,
     /// Header edits on the downstream response.
     pub response_mutation: Arc<Mutation>,
+    /// The keys of the request's consistent-hashing key.
+    pub hash_policy: HashPolicy,
     pub stats: RouteStats,
     /// Where `stats` live; attached once the whole table compiled.
     scope: Option<MetricsScope>,
@@ -173,12 +177,6 @@ fn build_route(
     if spec.mirror.is_some() {
         return Err(ConfigError::new("mirror", "mirror is not available yet"));
     }
-    if !spec.hash_policy.is_empty() {
-        return Err(ConfigError::new(
-            "hash_policy",
-            "hash_policy is not available yet (it needs lb_policy: ring_hash or maglev)",
-        ));
-    }
     let target = |cluster: &str,
                   subset: &Option<std::collections::BTreeMap<String, String>>,
                   field: &str| {
@@ -254,6 +252,7 @@ fn build_route(
         retry,
         request_mutation,
         response_mutation,
+        hash_policy: HashPolicy::new(&spec.hash_policy),
     })
 }
 

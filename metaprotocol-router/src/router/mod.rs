@@ -1,8 +1,9 @@
 //! The router: the terminal stage of a request, after its filters. It matches the route, picks
-//! the target, and runs attempts ([`attempt`]) under the route's deadline ([`timeout`]),
-//! retrying by the route's policy ([`retry`]); every attempt's end is classified once
-//! ([`outcome`]) and that classification drives stats, retries, the local reply and the
-//! request's record.
+//! the target, computes the request's consistent-hashing key, and runs attempts ([`attempt`])
+//! under the route's deadline ([`timeout`]) and the cluster's circuit breakers, retrying by the
+//! route's policy ([`retry`]); every attempt's end is classified once ([`outcome`]) and that
+//! classification drives stats, retries, the local reply, the request's record, and what the
+//! cluster learns about the endpoint (its latency, its failure streaks).
 //!
 //! The router never waits: it starts an attempt and says what the connection should wait for
 //! (the answer, a per-try deadline, a retry pause). The downstream connection task owns the
@@ -23,11 +24,11 @@ use metaprotocol_core::{
 use smallvec::SmallVec;
 use tokio::time::Instant;
 
-use self::attempt::{Attempt, Started};
-use self::outcome::AttemptOutcome;
-pub(crate) use self::outcome::FAILURES;
+use self::attempt::{Attempt, AttemptSpec, Started};
+pub(crate) use self::outcome::{AttemptOutcome, FAILURES};
 pub(crate) use self::retry::RetryPolicy;
 pub(crate) use self::timeout::after as deadline_after;
+use crate::cluster::Breaker;
 use crate::route::{Route, RouteTable, Target};
 use crate::upstream::{ReplyTo, UpstreamError};
 
@@ -54,6 +55,8 @@ pub(crate) struct Routed {
     route: usize,
     target: Target,
     mutation: Arc<Mutation>,
+    /// The request's consistent-hashing key, by the route's `hash_policy`.
+    hash: Option<u64>,
     deadline: Instant,
     attempts: u32,
     retries_left: u32,
@@ -89,6 +92,17 @@ fn no_route(request: &Message) -> LocalReply {
     )
 }
 
+fn overflow(target: &Target, breaker: Breaker) -> LocalReply {
+    LocalReply::new(
+        LocalReplyKind::OverLimit,
+        format!(
+            "metaprotocol-proxy: cluster {} is at its {} circuit breaker",
+            target.cluster.name(),
+            breaker.name()
+        ),
+    )
+}
+
 fn no_endpoint(target: &Target) -> LocalReply {
     LocalReply::new(
         LocalReplyKind::NoHealthyUpstream,
@@ -120,6 +134,7 @@ pub(crate) fn route(
         record.set_local_reply(LocalReplyKind::RouteNotFound, ResponseFlags::NO_ROUTE);
         return Err(no_route(request));
     };
+    let hash = route.hash_policy.hash(&view);
     route.stats.requests.inc();
     record.route = Some(route.name.clone());
     record.timings.routed = Some(now.into_std());
@@ -142,6 +157,7 @@ pub(crate) fn route(
         route: index,
         target,
         mutation,
+        hash,
         deadline,
         attempts: 0,
         retries_left,
@@ -177,15 +193,13 @@ impl Routed {
         self.attempts = 1;
         record.attempts = 1;
         record.timings.upstream_sent = Some(std::time::Instant::now());
-        match attempt::start(
-            &self.target,
-            request,
-            &self.mutation,
-            &[],
-            1,
-            self.deadline,
-            ReplyTo::none(),
-        ) {
+        let spec = AttemptSpec {
+            number: 1,
+            tried: &[],
+            hash: self.hash,
+            deadline: self.deadline,
+        };
+        match attempt::start(&self.target, request, &self.mutation, spec, ReplyTo::none()) {
             Started::Sent(attempt) => {
                 record.endpoint = Some(attempt.endpoint());
                 Ok(())
@@ -200,6 +214,7 @@ impl Routed {
                 ))
             }
             Started::NoEndpoint => Err(self.no_endpoint(record)),
+            Started::Overflow(breaker) => Err(self.overflow(breaker, record)),
         }
     }
 
@@ -219,13 +234,17 @@ impl Routed {
             .and_then(|r| r.retry.as_ref())
             .and_then(|r| r.per_try_timeout);
         let deadline = timeout::attempt_deadline(now, per_try, self.deadline);
+        let spec = AttemptSpec {
+            number: self.attempts,
+            tried: &self.tried,
+            hash: self.hash,
+            deadline,
+        };
         match attempt::start(
             &self.target,
             request,
             &self.mutation,
-            &self.tried,
-            self.attempts,
-            deadline,
+            spec,
             reply(self.attempts),
         ) {
             Started::Sent(attempt) => {
@@ -240,6 +259,7 @@ impl Routed {
                 self.conclude(endpoint, None, Err(error), record, now)
             }
             Started::NoEndpoint => Next::Fail(self.no_endpoint(record)),
+            Started::Overflow(breaker) => Next::Fail(self.overflow(breaker, record)),
         }
     }
 
@@ -300,7 +320,12 @@ impl Routed {
         if let Some(failure) = outcome.failure() {
             stats.failure(failure).inc();
         }
-        drop(attempt);
+        if let Some(attempt) = attempt {
+            let elapsed = now.saturating_duration_since(attempt.started);
+            self.target
+                .cluster
+                .attempt_ended(attempt.target(), &outcome, elapsed, now);
+        }
         let retryable = self
             .route()
             .and_then(|r| r.retry.as_ref())
@@ -313,7 +338,15 @@ impl Routed {
             stats.rq_retry.inc();
             return Next::Retry { at: now };
         }
-        if retryable && self.retries_left > 0 && now < self.deadline {
+        if retryable
+            && self.retries_left > 0
+            && now < self.deadline
+            && self
+                .target
+                .cluster
+                .breakers()
+                .admits(Breaker::Retries, stats)
+        {
             self.retries_left -= 1;
             self.tried.push(endpoint);
             stats.rq_retry.inc();
@@ -354,6 +387,11 @@ impl Routed {
             });
         record.set_local_reply(reply.kind, outcome.flags());
         reply
+    }
+
+    fn overflow(&self, breaker: Breaker, record: &mut RequestRecord) -> LocalReply {
+        record.set_local_reply(LocalReplyKind::OverLimit, ResponseFlags::UPSTREAM_OVERFLOW);
+        overflow(&self.target, breaker)
     }
 
     fn no_endpoint(&self, record: &mut RequestRecord) -> LocalReply {

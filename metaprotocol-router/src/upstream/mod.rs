@@ -6,11 +6,19 @@
 //! Sending never waits: a request is queued on a connection task (which connects first if it has
 //! to) and its answer comes back through its [`ReplyTo`]. After connect failures the endpoint
 //! backs off, and requests for it fail at once instead of each trying to connect.
+//!
+//! A connection that carried nothing for the cluster's idle timeout closes; one that reached
+//! `max_requests_per_connection`, or whose upstream said it is going away, is replaced: a new
+//! connection opens while the old one keeps serving, and takes over once it is up. With a
+//! `max_connections` circuit breaker, a slot that would open a connection past the limit shares
+//! another open connection of the endpoint instead, or the request is refused (overflow).
+//! Health checks probe over a [`ProbeConnection`] of their own.
 
 mod backoff;
 mod connection;
 mod error;
 mod outbound;
+mod probe;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,16 +32,22 @@ use self::backoff::ConnectBackoff;
 use self::connection::{ConnectParams, ConnectionHandle};
 pub use self::error::UpstreamError;
 pub(crate) use self::outbound::{Inbox, Outbound, ReplyTo, RequestKey, UpstreamEvent};
+pub(crate) use self::probe::ProbeConnection;
+use crate::cluster::{Breaker, CircuitBreakers};
 use crate::stats::ClusterStats;
 use crate::transport::Connector;
 
-/// How an endpoint's pool connects and how many connections it keeps.
+/// How an endpoint's pool connects, how many connections it keeps and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PoolSettings {
     /// The time allowed to open a connection.
     pub connect_timeout: Duration,
     /// Connections per wire variant.
     pub connections: usize,
+    /// A connection with nothing in flight for this long closes.
+    pub idle_timeout: Duration,
+    /// A connection that carried this many requests is replaced.
+    pub max_requests_per_connection: Option<u32>,
 }
 
 /// The connection slots of one wire variant.
@@ -56,6 +70,8 @@ pub(crate) struct UpstreamPool {
     settings: PoolSettings,
     connector: Connector,
     stats: ClusterStats,
+    /// The cluster's breakers (`max_connections` applies here).
+    breakers: Option<Arc<CircuitBreakers>>,
     backoff: Arc<ConnectBackoff>,
     /// Grows by one partition per variant seen (rarely more than one); copied on write so that
     /// every send reads it without a lock.
@@ -72,13 +88,14 @@ impl std::fmt::Debug for UpstreamPool {
 }
 
 impl UpstreamPool {
-    /// An empty pool; connections open on first use.
+    /// An empty pool; connections open on first use, within `breakers` when given.
     pub fn new(
         address: SocketAddr,
         codec: Arc<dyn CodecFactory>,
         settings: PoolSettings,
         connector: Connector,
         stats: ClusterStats,
+        breakers: Option<Arc<CircuitBreakers>>,
     ) -> Self {
         Self {
             address,
@@ -86,6 +103,7 @@ impl UpstreamPool {
             settings,
             connector,
             stats,
+            breakers,
             backoff: Arc::new(ConnectBackoff::new()),
             partitions: ArcSwap::from_pointee(Vec::new()),
         }
@@ -111,7 +129,7 @@ impl UpstreamPool {
         let live = slot.load();
         let result = match live.as_ref().filter(|handle| handle.is_open()) {
             Some(handle) => {
-                if handle.is_going_away() && handle.claim_replacement() {
+                if handle.is_going_away() && self.may_connect() && handle.claim_replacement() {
                     self.replace(&partition, index, handle.clone(), variant);
                 }
                 handle.send(outbound)
@@ -123,10 +141,29 @@ impl UpstreamPool {
                         error: self.backing_off(),
                     });
                 }
+                if !self.may_connect() {
+                    // At the cluster's connection limit: share an open connection, if any.
+                    return match partition
+                        .slots
+                        .iter()
+                        .find_map(|s| s.load_full().filter(|h| h.is_open()))
+                    {
+                        Some(open) => open.send(outbound),
+                        None => Err((outbound, UpstreamError::Overflow)),
+                    }
+                    .map_err(|(outbound, error)| Rejected { outbound, error });
+                }
                 self.connect(slot, variant).send(outbound)
             }
         };
         result.map_err(|(outbound, error)| Rejected { outbound, error })
+    }
+
+    /// True if the cluster's `max_connections` breaker lets one more connection open.
+    fn may_connect(&self) -> bool {
+        self.breakers
+            .as_ref()
+            .is_none_or(|b| b.admits(Breaker::Connections, &self.stats))
     }
 
     /// The error of a request refused because the endpoint is backing off.
@@ -200,7 +237,7 @@ impl UpstreamPool {
             address: self.address,
             codec: self.codec.clone(),
             variant,
-            connect_timeout: self.settings.connect_timeout,
+            settings: self.settings,
             connector: self.connector.clone(),
             backoff: self.backoff.clone(),
             stats: self.stats.clone(),
