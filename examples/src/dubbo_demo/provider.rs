@@ -49,7 +49,17 @@ impl DemoProvider {
 
     /// Starts a provider whose `sayHelloSlowly` answers after `slow_delay`.
     pub async fn start_with_delay(name: &str, slow_delay: Duration) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_at(name, SocketAddr::from(([127, 0, 0, 1], 0)), slow_delay).await
+    }
+
+    /// Starts a provider on `address` (to bring back one that was stopped, say) whose
+    /// `sayHelloSlowly` answers after `slow_delay`.
+    pub async fn start_at(
+        name: &str,
+        address: SocketAddr,
+        slow_delay: Duration,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(address).await?;
         let address = listener.local_addr()?;
         let state = Arc::new(State {
             name: name.to_owned(),

@@ -461,3 +461,70 @@ impl ClusterManager {
         removed
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::stats::Metrics;
+
+    /// Cluster `c` built from `yaml` (a cluster entry) on a codec that is never used.
+    pub(crate) fn cluster(yaml: &str) -> Result<Arc<ClusterHandle>, ConfigError> {
+        let spec = ClusterSpec::from_yaml(yaml)?;
+        let codec = Arc::new(crate::testing::NullCodec) as Arc<dyn CodecFactory>;
+        let scope = Metrics::new().root().detached("cluster", &spec.name);
+        ClusterHandle::new(&spec, "null".into(), codec, scope, None)
+    }
+
+    /// The addresses 100 picks of the whole cluster go to.
+    pub(crate) fn picked(cluster: &ClusterHandle) -> std::collections::BTreeSet<SocketAddr> {
+        let snapshot = cluster.snapshot();
+        (0..100)
+            .filter_map(|_| snapshot.set(SubsetId::ALL)?.pick(&[], None))
+            .map(|h| h.endpoint.address())
+            .collect()
+    }
+
+    pub(crate) const THREE: &str = "name: c
+endpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.0.0.1:3 } ]";
+
+    pub(crate) fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn a_health_flag_republishes_the_snapshot_and_all_flagged_is_panic_mode()
+    -> Result<(), ConfigError> {
+        let c = cluster(THREE)?;
+        assert_eq!(picked(&c).len(), 3);
+        let version = c.snapshot().version;
+        assert!(c.set_health(addr(1), HealthFlags::EJECTED, true));
+        assert!(!c.set_health(addr(1), HealthFlags::EJECTED, true), "no change");
+        assert_eq!(c.snapshot().version, version + 1);
+        assert_eq!(picked(&c), [addr(2), addr(3)].into());
+        assert!(c.set_health(addr(2), HealthFlags::FAILED_ACTIVE_CHECK, true));
+        assert_eq!(picked(&c), [addr(3)].into());
+        assert!(c.set_health(addr(3), HealthFlags::EJECTED, true));
+        assert_eq!(picked(&c).len(), 3, "every endpoint flagged: spread over all");
+        let status = c.status();
+        assert!(status.endpoints[0].ejected && !status.endpoints[0].failing_active_checks);
+        assert_eq!(status.endpoints[1].health, HealthState::FailingActiveChecks);
+        assert!(!c.set_health(addr(9), HealthFlags::EJECTED, true), "not a member");
+        Ok(())
+    }
+
+    #[test]
+    fn an_update_that_removes_a_flags_source_clears_its_flags() -> Result<(), ConfigError> {
+        let with = format!(
+            "{THREE}\noutlier_detection: {{ consecutive_errors: 2 }}\nhealth_check: {{ interval: 1s }}"
+        );
+        let c = cluster(&with)?;
+        c.set_health(addr(1), HealthFlags::EJECTED, true);
+        c.set_health(addr(2), HealthFlags::FAILED_ACTIVE_CHECK, true);
+        let no_checks = format!("{THREE}\noutlier_detection: {{ consecutive_errors: 2 }}");
+        c.update(&ClusterSpec::from_yaml(&no_checks)?, None, None)?;
+        assert_eq!(picked(&c), [addr(2), addr(3)].into(), "still ejected");
+        c.update(&ClusterSpec::from_yaml(THREE)?, None, None)?;
+        assert_eq!(picked(&c).len(), 3);
+        Ok(())
+    }
+}

@@ -170,7 +170,46 @@ fn jittered(spec: &HealthCheckSpec) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::tests::cluster;
     use crate::config::ProbeSpec;
+
+    /// Polls `cluster`'s status until endpoint `index` fails its checks (`failing`) or passes
+    /// them, for at most 10 s.
+    async fn until_failing(cluster: &ClusterHandle, index: usize, failing: bool) -> bool {
+        for _ in 0..500 {
+            let status = cluster.status();
+            if status.endpoints[index].failing_active_checks == failing {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// A stopped endpoint leaves rotation after its failed checks, and returns once it listens
+    /// again; the live one is never touched.
+    #[tokio::test]
+    async fn tcp_checks_take_a_dead_endpoint_out_and_bring_it_back()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let dead_addr = dead.local_addr()?;
+        drop(dead);
+        let c = cluster(&format!(
+            "name: c
+endpoints: [ {{ address: \"{}\" }}, {{ address: \"{dead_addr}\" }} ]
+health_check: {{ interval: 50ms, timeout: 200ms, unhealthy_threshold: 2, healthy_threshold: 2 }}",
+            live.local_addr()?
+        ))?;
+        c.start_health();
+        assert!(until_failing(&c, 1, true).await, "{:?}", c.status());
+        assert!(!c.status().endpoints[0].failing_active_checks);
+        let back = tokio::net::TcpListener::bind(dead_addr).await?;
+        assert!(until_failing(&c, 1, false).await, "{:?}", c.status());
+        c.stop_health();
+        drop(back);
+        Ok(())
+    }
 
     #[test]
     fn the_jitter_stays_within_its_share() {

@@ -315,6 +315,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::cluster::tests::{addr, cluster, picked};
 
     fn policy() -> OutlierDetectionSpec {
         OutlierDetectionSpec {
@@ -356,5 +357,56 @@ mod tests {
             counters.over(&policy()),
             Some(Reason::ConsecutiveLocalOriginFailures)
         );
+    }
+
+    /// Fails the endpoint at `port` `n` times in a row, as the router records it.
+    fn fail(cluster: &ClusterHandle, port: u16, n: u32) {
+        let snapshot = cluster.snapshot();
+        let Some(host) = snapshot.hosts.iter().find(|h| h.endpoint.address() == addr(port)) else {
+            return;
+        };
+        let error = AttemptOutcome::Answered(ResponseStatus::ServerError);
+        for _ in 0..n {
+            cluster.attempt_ended(&host.endpoint, &error, Duration::ZERO, Instant::now());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejections_are_capped_grow_and_end() -> Result<(), Box<dyn std::error::Error>> {
+        let c = cluster(
+            "name: c
+endpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.0.0.1:3 }, { address: 127.0.0.1:4 } ]
+outlier_detection: { consecutive_errors: 3, base_ejection_time: 10s, max_ejection_time: 25s, max_ejection_percent: 50 }",
+        )?;
+        let mut detector = Detector {
+            policy: c.spec().outlier_detection.ok_or("no policy")?,
+            ejected: HashMap::new(),
+            stats: Stats::new(&c),
+        };
+        fail(&c, 1, 2);
+        detector.tick(&c, Instant::now());
+        assert_eq!(picked(&c).len(), 4, "two errors are not three");
+        for port in [1, 2, 3] {
+            fail(&c, port, 3);
+        }
+        detector.tick(&c, Instant::now());
+        let out: Vec<bool> = c.status().endpoints.iter().map(|e| e.ejected).collect();
+        assert_eq!(out, [true, true, false, false], "at most half of four");
+        assert_eq!(detector.stats.overflow.get(), 1);
+        assert_eq!(detector.stats.active.get(), 2);
+
+        tokio::time::advance(Duration::from_secs(10)).await;
+        detector.tick(&c, Instant::now());
+        assert_eq!(picked(&c).len(), 4, "back after the base ejection time");
+        fail(&c, 1, 3);
+        detector.tick(&c, Instant::now());
+        tokio::time::advance(Duration::from_secs(19)).await;
+        detector.tick(&c, Instant::now());
+        assert!(c.status().endpoints[0].ejected, "the second ejection lasts twice as long");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        detector.tick(&c, Instant::now());
+        assert!(!c.status().endpoints[0].ejected);
+        assert_eq!(c.status().endpoints[0].ejections, 2);
+        Ok(())
     }
 }

@@ -60,8 +60,8 @@ pub(crate) struct Routed {
     deadline: Instant,
     attempts: u32,
     retries_left: u32,
-    /// Whether the one transparent retry (of a request a failed connection never wrote) is
-    /// spent.
+    /// Whether the one transparent retry (of a request a failed or unopened connection never
+    /// wrote) is spent.
     resent: bool,
     tried: SmallVec<[SocketAddr; 2]>,
     current: Option<Attempt>,
@@ -330,11 +330,19 @@ impl Routed {
             .route()
             .and_then(|r| r.retry.as_ref())
             .is_some_and(|policy| policy.retries(&outcome));
-        // A connection that failed before writing the request lost nothing but time: resend it
-        // once on another connection, whatever the route's policy (the upstream never saw it).
-        let resend = outcome == AttemptOutcome::Reset { sent: false } && !self.resent;
+        // A request that never left (its connection failed before writing it, or could not be
+        // opened) lost nothing but time: resend it once, whatever the route's policy (the
+        // upstream never saw it); after a failed connect, to another endpoint when there is one,
+        // so that a dead endpoint costs its callers no failure.
+        let resend = matches!(
+            outcome,
+            AttemptOutcome::Reset { sent: false } | AttemptOutcome::ConnectFailure
+        ) && !self.resent;
         if resend && now < self.deadline {
             self.resent = true;
+            if outcome == AttemptOutcome::ConnectFailure {
+                self.tried.push(endpoint);
+            }
             stats.rq_retry.inc();
             return Next::Retry { at: now };
         }
