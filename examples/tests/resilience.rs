@@ -55,7 +55,10 @@ fn endpoints(providers: &[&DemoProvider], extra: &[&str]) -> String {
     let mut lines = "    endpoints:\n".to_owned();
     for (i, p) in providers.iter().enumerate() {
         let more = extra.get(i).map_or(String::new(), |e| format!(", {e}"));
-        lines.push_str(&format!("      - {{ address: \"{}\"{more} }}\n", p.address()));
+        lines.push_str(&format!(
+            "      - {{ address: \"{}\"{more} }}\n",
+            p.address()
+        ));
     }
     lines
 }
@@ -177,13 +180,19 @@ async fn a_killed_provider_is_detected_avoided_and_used_again_when_back() -> Tes
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let after = sent_to(&proxy, b_address);
     let clean = between(&log, detected, Some(Instant::now()));
-    assert_eq!(before, after, "the dead endpoint got requests after detection");
+    assert_eq!(
+        before, after,
+        "the dead endpoint got requests after detection"
+    );
     assert!(clean.len() > 100, "{} calls after detection", clean.len());
     let failed: Vec<&Outcome> = clean
         .iter()
         .filter(|o| !matches!(o, Outcome::Reply(20, _)))
         .collect();
-    assert!(failed.is_empty(), "calls failed after detection: {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "calls failed after detection: {failed:?}"
+    );
 
     let b = DemoProvider::start_at("b-again", b_address, Duration::from_secs(5)).await?;
     wait_for("b to serve again", Duration::from_secs(10), || {
@@ -204,7 +213,10 @@ async fn a_killed_provider_is_detected_avoided_and_used_again_when_back() -> Tes
         };
         *tally.entry(key).or_default() += 1;
     }
-    println!("fault test: {tally:?}, detection window {:?}", detected - killed);
+    println!(
+        "fault test: {tally:?}, detection window {:?}",
+        detected - killed
+    );
     assert!(
         all.iter().all(|o| matches!(o, Outcome::Reply(..))),
         "every call gets a reply: {tally:?}"
@@ -266,18 +278,33 @@ async fn past_max_requests_a_call_gets_an_immediate_over_limit_reply() -> TestRe
     assert_eq!(refused.dubbo_status, OVER_LIMIT);
     assert!(refused.body_contains("max_requests"), "{refused:?}");
     assert!(took < Duration::from_secs(1), "the refusal took {took:?}");
-    assert_eq!(slow.seen().len(), 4, "the fifth call never reached the provider");
+    assert_eq!(
+        slow.seen().len(),
+        4,
+        "the fifth call never reached the provider"
+    );
 
     let (_, metrics) = http(admin, "GET", "/metrics", "").await?;
-    assert!(metrics.contains(
-        "metaprotocol_upstream_overflow_total{cluster=\"c\",breaker=\"max_requests\"} 1"
-    ), "{metrics}");
-    assert!(metrics.contains(
-        "metaprotocol_upstream_circuit_breaker_open{cluster=\"c\",breaker=\"max_requests\"} 1"
-    ), "{metrics}");
+    assert!(
+        metrics.contains(
+            "metaprotocol_upstream_overflow_total{cluster=\"c\",breaker=\"max_requests\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "metaprotocol_upstream_circuit_breaker_open{cluster=\"c\",breaker=\"max_requests\"} 1"
+        ),
+        "{metrics}"
+    );
     let breaker = max_requests_breaker(admin).await?;
     assert_eq!(
-        (&breaker["limit"], &breaker["current"], &breaker["open"], &breaker["overflows"]),
+        (
+            &breaker["limit"],
+            &breaker["current"],
+            &breaker["open"],
+            &breaker["overflows"]
+        ),
         (&4.into(), &4.into(), &true.into(), &1.into()),
         "{breaker}"
     );
@@ -296,8 +323,14 @@ async fn past_max_requests_a_call_gets_an_immediate_over_limit_reply() -> TestRe
 /// fails but those in flight at the kill (at most one per client connection).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locality_aware_traffic_stays_local_and_fails_over() -> TestResult {
-    let near = [DemoProvider::start("near-1").await?, DemoProvider::start("near-2").await?];
-    let far = [DemoProvider::start("far-1").await?, DemoProvider::start("far-2").await?];
+    let near = [
+        DemoProvider::start("near-1").await?,
+        DemoProvider::start("near-2").await?,
+    ];
+    let far = [
+        DemoProvider::start("far-1").await?,
+        DemoProvider::start("far-2").await?,
+    ];
     let (local, remote) = (
         "locality: { region: r1, zone: z1 }",
         "locality: { region: r2, zone: z9 }",
@@ -320,7 +353,10 @@ async fn locality_aware_traffic_stays_local_and_fails_over() -> TestResult {
     let stop = Arc::new(AtomicBool::new(false));
     let (log, tasks) = load(address, clients, &stop);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(far.iter().all(|p| p.seen().is_empty()), "remote traffic while local is fine");
+    assert!(
+        far.iter().all(|p| p.seen().is_empty()),
+        "remote traffic while local is fine"
+    );
     assert!(near.iter().all(|p| !p.seen().is_empty()));
 
     let killed = Instant::now();
@@ -340,9 +376,18 @@ async fn locality_aware_traffic_stays_local_and_fails_over() -> TestResult {
         failed <= clients,
         "{failed} calls failed; {clients} were in flight at most"
     );
-    assert!(after.iter().all(|o| matches!(o, Outcome::Reply(..))), "{after:?}");
-    assert!(far.iter().all(|p| !p.seen().is_empty()), "both remote providers serve");
-    println!("locality failover: {failed} of {} calls failed after the kill", after.len());
+    assert!(
+        after.iter().all(|o| matches!(o, Outcome::Reply(..))),
+        "{after:?}"
+    );
+    assert!(
+        far.iter().all(|p| !p.seen().is_empty()),
+        "both remote providers serve"
+    );
+    println!(
+        "locality failover: {failed} of {} calls failed after the kill",
+        after.len()
+    );
     proxy.shutdown().await;
     Ok(())
 }
@@ -366,7 +411,10 @@ async fn a_hash_policy_pins_each_key_to_one_provider_in_every_proxy() -> TestRes
         );
         let (first, first_address) = start(&yaml).await?;
         let (second, second_address) = start(&yaml).await?;
-        let clients = [DubboClient::new(first_address), DubboClient::new(second_address)];
+        let clients = [
+            DubboClient::new(first_address),
+            DubboClient::new(second_address),
+        ];
         let mut owners = BTreeMap::new();
         for user in 0..30 {
             let user = format!("u{user}");
@@ -374,8 +422,13 @@ async fn a_hash_policy_pins_each_key_to_one_provider_in_every_proxy() -> TestRes
                 let reply = clients[round % 2]
                     .call("sayHello", "a", &[("user", &user)])
                     .await?;
-                let provider = reply.attachment("provider").ok_or("no provider")?.to_owned();
-                let owner = owners.entry(user.clone()).or_insert_with(|| provider.clone());
+                let provider = reply
+                    .attachment("provider")
+                    .ok_or("no provider")?
+                    .to_owned();
+                let owner = owners
+                    .entry(user.clone())
+                    .or_insert_with(|| provider.clone());
                 assert_eq!(*owner, provider, "{policy}: {user} moved");
             }
         }
@@ -397,8 +450,7 @@ async fn a_hash_policy_pins_each_key_to_one_provider_in_every_proxy() -> TestRes
 /// another), and one that carried `max_requests_per_connection` requests is replaced; no call
 /// fails either way.
 #[tokio::test]
-async fn upstream_connections_close_when_idle_and_are_replaced_after_max_requests() -> TestResult
-{
+async fn upstream_connections_close_when_idle_and_are_replaced_after_max_requests() -> TestResult {
     let provider = DemoProvider::start("p").await?;
     let (proxy, address) = start(&config(
         "",
@@ -413,13 +465,22 @@ async fn upstream_connections_close_when_idle_and_are_replaced_after_max_request
         assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, 20);
     }
     let replaced = provider.connections();
-    assert!(replaced >= 2, "{replaced} connections for 12 requests at 5 each");
-    wait_for("the idle connection to close", Duration::from_secs(5), || {
-        proxy.clusters()[0].endpoints[0].open_connections == 0
-    })
+    assert!(
+        replaced >= 2,
+        "{replaced} connections for 12 requests at 5 each"
+    );
+    wait_for(
+        "the idle connection to close",
+        Duration::from_secs(5),
+        || proxy.clusters()[0].endpoints[0].open_connections == 0,
+    )
     .await?;
     assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, 20);
-    assert_eq!(provider.connections(), replaced + 1, "a new connection after the idle close");
+    assert_eq!(
+        provider.connections(),
+        replaced + 1,
+        "a new connection after the idle close"
+    );
     proxy.shutdown().await;
     Ok(())
 }
@@ -428,17 +489,18 @@ async fn upstream_connections_close_when_idle_and_are_replaced_after_max_request
 #[tokio::test]
 async fn a_listener_closes_connections_past_max_connections() -> TestResult {
     let provider = DemoProvider::start("p").await?;
-    let yaml = config("", &endpoints(&[&provider], &[])).replace(
-        "route_config: r }",
-        "route_config: r, max_connections: 2 }",
-    );
+    let yaml = config("", &endpoints(&[&provider], &[]))
+        .replace("route_config: r }", "route_config: r, max_connections: 2 }");
     let (proxy, address) = start(&yaml).await?;
     let clients = [DubboClient::new(address), DubboClient::new(address)];
     for client in &clients {
         assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, 20);
     }
     let third = DubboClient::new(address);
-    assert!(third.call("sayHello", "a", &[]).await.is_err(), "the third connection is closed");
+    assert!(
+        third.call("sayHello", "a", &[]).await.is_err(),
+        "the third connection is closed"
+    );
     let metrics = proxy.metrics().render();
     assert!(
         metrics.contains("metaprotocol_downstream_cx_refused_total{listener=\"in\"} "),
@@ -446,7 +508,10 @@ async fn a_listener_closes_connections_past_max_connections() -> TestResult {
     );
     drop(clients);
     wait_for("a slot to free up", Duration::from_secs(5), || {
-        proxy.metrics().render().contains("metaprotocol_downstream_cx_active{listener=\"in\"} 0")
+        proxy
+            .metrics()
+            .render()
+            .contains("metaprotocol_downstream_cx_active{listener=\"in\"} 0")
     })
     .await?;
     assert_eq!(third.call("sayHello", "a", &[]).await?.dubbo_status, 20);

@@ -7,8 +7,9 @@
 //! combinations (calls, one-way calls, declared exceptions, `TApplicationException`, a route
 //! miss answered with a readable `TApplicationException`), routing on the method and on a
 //! THeader header, a `request_mutation` header seen by the server and a `response_mutation`
-//! header seen by the client, a framed-binary listener speaking THeader compact upstream, and
-//! 60 concurrent clients that all send seqid 0 sharing a couple of upstream connections.
+//! header seen by the client, a framed-binary listener speaking THeader compact upstream,
+//! 60 concurrent clients that all send seqid 0 sharing a couple of upstream connections, and
+//! active health checks that call a method of the server.
 //!
 //! The Python library is installed by `tests/interop/thrift/setup.sh` (a venv next to it; a
 //! `python3` that can `import thrift` also works). Without it each test prints `skipped: ...`
@@ -20,10 +21,10 @@
 mod support;
 
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::interop::Suite;
-use support::process::{ChildGuard, Scratch};
+use support::process::{ChildGuard, Scratch, wait_until};
 use support::proxy::InProcessProxy;
 use support::{TestResult, free_port};
 
@@ -78,7 +79,17 @@ struct Server {
 
 impl Server {
     fn start(transport: &str, protocol: &str, name: &str, scratch: &Scratch) -> TestResult<Self> {
-        let port = free_port()?;
+        Self::start_on(free_port()?, transport, protocol, name, scratch)
+    }
+
+    /// A server on `port` (to bring back one that was stopped).
+    fn start_on(
+        port: u16,
+        transport: &str,
+        protocol: &str,
+        name: &str,
+        scratch: &Scratch,
+    ) -> TestResult<Self> {
         let what = format!("server-{name}-{transport}-{protocol}");
         let port_arg = port.to_string();
         let mut process = spawn_script(
@@ -387,5 +398,99 @@ clusters:
             "{transport} {protocol}: 60 clients, 300 calls, {connections} upstream connections"
         );
     }
+    Ok(())
+}
+
+/// The active health checks of cluster `greeter` that ended with `outcome` so far.
+fn checks(proxy: &InProcessProxy, outcome: &str) -> u64 {
+    let series =
+        format!("metaprotocol_health_checks_total{{cluster=\"greeter\",outcome=\"{outcome}\"}} ");
+    proxy
+        .metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(series.as_str())?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// True while endpoint `address` of cluster `greeter` fails its health checks.
+fn failing(proxy: &InProcessProxy, address: &str) -> bool {
+    proxy
+        .clusters()
+        .iter()
+        .flat_map(|c| c.endpoints.iter())
+        .any(|e| e.address.to_string() == address && e.failing_active_checks)
+}
+
+/// Active health checks calling `pingCount` on the real Thrift servers: the probes pass (a
+/// call of the method, answered); a stopped server leaves rotation within interval x
+/// unhealthy_threshold and the calls go to the other; started again on its port, it returns.
+#[test]
+fn method_probes_take_a_stopped_server_out_of_rotation_and_back() -> TestResult {
+    let Some(scratch) = prepare("health")? else {
+        return Ok(());
+    };
+    let interval = Duration::from_millis(500);
+    let threshold = 2;
+    let a = Server::start("framed", "binary", "a", &scratch)?;
+    let b = Server::start("framed", "binary", "b", &scratch)?;
+    let yaml = format!(
+        "{ONE_LISTENER}{}
+clusters:
+  - name: greeter
+    codec: {{ transport: framed, protocol: binary }}
+    endpoints: [ {{ address: \"{}\" }}, {{ address: \"{}\" }} ]
+    health_check: {{ interval: {}ms, timeout: 400ms, unhealthy_threshold: {threshold}, healthy_threshold: 2, probe: {{ method: pingCount }} }}
+",
+        greeter_routes("greeter"),
+        a.address(),
+        b.address(),
+        interval.as_millis(),
+    );
+    let proxy = InProcessProxy::start(&yaml)?;
+    let port = proxy.addr("in")?.port();
+    wait_until(DEADLINE, "six passed checks", || {
+        Ok(checks(&proxy, "success") >= 6)
+    })?;
+    assert_eq!(
+        checks(&proxy, "failure"),
+        0,
+        "both servers answer the probe"
+    );
+
+    let (b_port, b_address) = (b.port, b.address());
+    let stopped = Instant::now();
+    drop(b);
+    wait_until(DEADLINE, "b to leave rotation", || {
+        Ok(failing(&proxy, &b_address))
+    })?;
+    let took = stopped.elapsed();
+    println!("thrift health check: the stopped server left rotation after {took:?}");
+    assert!(
+        took < interval * threshold * 11 / 10 + Duration::from_secs(1),
+        "{took:?} for checks every {interval:?}, {threshold} in a row"
+    );
+    for _ in 0..4 {
+        let answer = client(port, "framed", "binary", &["hello", "w1"], "", &scratch)?;
+        assert_eq!(answer, r#"{"hello": "Hello, w1 from a"}"#);
+    }
+
+    let b = Server::start_on(b_port, "framed", "binary", "b", &scratch)?;
+    wait_until(DEADLINE, "b to return", || Ok(!failing(&proxy, &b_address)))?;
+    let mut served = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        served.insert(client(
+            port,
+            "framed",
+            "binary",
+            &["hello", "w1"],
+            "",
+            &scratch,
+        )?);
+    }
+    assert!(
+        served.contains(r#"{"hello": "Hello, w1 from b"}"#),
+        "{served:?}"
+    );
+    drop(b);
     Ok(())
 }

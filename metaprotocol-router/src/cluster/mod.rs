@@ -498,17 +498,27 @@ endpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.
         assert_eq!(picked(&c).len(), 3);
         let version = c.snapshot().version;
         assert!(c.set_health(addr(1), HealthFlags::EJECTED, true));
-        assert!(!c.set_health(addr(1), HealthFlags::EJECTED, true), "no change");
+        assert!(
+            !c.set_health(addr(1), HealthFlags::EJECTED, true),
+            "no change"
+        );
         assert_eq!(c.snapshot().version, version + 1);
         assert_eq!(picked(&c), [addr(2), addr(3)].into());
         assert!(c.set_health(addr(2), HealthFlags::FAILED_ACTIVE_CHECK, true));
         assert_eq!(picked(&c), [addr(3)].into());
         assert!(c.set_health(addr(3), HealthFlags::EJECTED, true));
-        assert_eq!(picked(&c).len(), 3, "every endpoint flagged: spread over all");
+        assert_eq!(
+            picked(&c).len(),
+            3,
+            "every endpoint flagged: spread over all"
+        );
         let status = c.status();
         assert!(status.endpoints[0].ejected && !status.endpoints[0].failing_active_checks);
         assert_eq!(status.endpoints[1].health, HealthState::FailingActiveChecks);
-        assert!(!c.set_health(addr(9), HealthFlags::EJECTED, true), "not a member");
+        assert!(
+            !c.set_health(addr(9), HealthFlags::EJECTED, true),
+            "not a member"
+        );
         Ok(())
     }
 

@@ -406,14 +406,26 @@ fn resilience_fields_parse_and_are_checked() -> Result<(), ConfigError> {
     assert_eq!(cluster.locality_failover_threshold, 70.0);
     assert_eq!(cluster.max_requests_per_connection, Some(1000));
     let breakers = cluster.circuit_breakers.as_ref();
-    assert_eq!(breakers.map(|b| (b.max_requests, b.max_retries)), Some((10, 3)));
+    assert_eq!(
+        breakers.map(|b| (b.max_requests, b.max_retries)),
+        Some((10, 3))
+    );
     let outlier = cluster.outlier_detection.as_ref();
-    assert_eq!(outlier.map(|o| o.consecutive_local_origin_failures), Some(5));
+    assert_eq!(
+        outlier.map(|o| o.consecutive_local_origin_failures),
+        Some(5)
+    );
     let check = cluster.health_check.as_ref();
-    assert_eq!(check.map(|c| &c.probe), Some(&ProbeSpec::Method("ping".into())));
+    assert_eq!(
+        check.map(|c| &c.probe),
+        Some(&ProbeSpec::Method("ping".into()))
+    );
     for (probe, expected) in [("heartbeat", ProbeSpec::Heartbeat), ("tcp", ProbeSpec::Tcp)] {
         let config = Config::from_yaml(&with(&format!("    health_check: {{ probe: {probe} }}")))?;
-        let parsed = config.clusters[0].health_check.as_ref().map(|c| c.probe.clone());
+        let parsed = config.clusters[0]
+            .health_check
+            .as_ref()
+            .map(|c| c.probe.clone());
         assert_eq!(parsed, Some(expected));
     }
     assert_rejected(&[
@@ -463,7 +475,10 @@ fn resilience_fields_parse_and_are_checked() -> Result<(), ConfigError> {
             "at least 1",
         ),
         (
-            FULL.replace("    idle_timeout: 60s", "    idle_timeout: 60s\n    max_connections: 0"),
+            FULL.replace(
+                "    idle_timeout: 60s",
+                "    idle_timeout: 60s\n    max_connections: 0",
+            ),
             "listeners[0].max_connections",
             "at least 1",
         ),

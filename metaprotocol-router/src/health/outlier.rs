@@ -362,7 +362,11 @@ mod tests {
     /// Fails the endpoint at `port` `n` times in a row, as the router records it.
     fn fail(cluster: &ClusterHandle, port: u16, n: u32) {
         let snapshot = cluster.snapshot();
-        let Some(host) = snapshot.hosts.iter().find(|h| h.endpoint.address() == addr(port)) else {
+        let Some(host) = snapshot
+            .hosts
+            .iter()
+            .find(|h| h.endpoint.address() == addr(port))
+        else {
             return;
         };
         let error = AttemptOutcome::Answered(ResponseStatus::ServerError);
@@ -402,7 +406,10 @@ outlier_detection: { consecutive_errors: 3, base_ejection_time: 10s, max_ejectio
         detector.tick(&c, Instant::now());
         tokio::time::advance(Duration::from_secs(19)).await;
         detector.tick(&c, Instant::now());
-        assert!(c.status().endpoints[0].ejected, "the second ejection lasts twice as long");
+        assert!(
+            c.status().endpoints[0].ejected,
+            "the second ejection lasts twice as long"
+        );
         tokio::time::advance(Duration::from_secs(1)).await;
         detector.tick(&c, Instant::now());
         assert!(!c.status().endpoints[0].ejected);
