@@ -318,6 +318,142 @@ async fn past_max_requests_a_call_gets_an_immediate_over_limit_reply() -> TestRe
     Ok(())
 }
 
+/// With `max_connections: 1`, an endpoint of `connections_per_endpoint: 4` gets one connection
+/// that every call shares; with `max_retries: 0`, a failure a route would retry is returned as
+/// it is, and the refused retry counted.
+#[tokio::test]
+async fn max_connections_shares_one_connection_and_max_retries_refuses_retries() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let (proxy, address) = start(&config(
+        "",
+        &format!(
+            "    connections_per_endpoint: 4\n    circuit_breakers: {{ max_connections: 1 }}\n{}",
+            endpoints(&[&provider], &[])
+        ),
+    ))
+    .await?;
+    let client = Arc::new(DubboClient::new(address));
+    let calls: Vec<_> = (0..20)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.call("sayHello", "a", &[]).await })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await??.dubbo_status, 20);
+    }
+    assert_eq!(provider.connections(), 1, "one connection at most");
+    let metrics = proxy.metrics().render();
+    assert!(
+        !metrics.contains(
+            "metaprotocol_upstream_overflow_total{cluster=\"c\",breaker=\"max_connections\"} 0"
+        ),
+        "the slots that could not connect are counted: {metrics}"
+    );
+    proxy.shutdown().await;
+
+    // An upstream that reads a request and closes the connection: a reset after sending.
+    let resetter = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let reset_address = resetter.local_addr()?;
+    let resets = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = resetter.accept().await {
+            let mut buf = [0u8; 64];
+            let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut buf).await;
+        }
+    });
+    for (max_retries, status) in [(0, 80), (3, 20)] {
+        let (proxy, address) = start(&config(
+            ", retry_policy: { num_retries: 1, retry_on: [reset] }",
+            &format!(
+                "    lb_policy: random\n    circuit_breakers: {{ max_retries: {max_retries} }}
+    endpoints: [ {{ address: \"{reset_address}\" }}, {{ address: \"{}\" }} ]\n",
+                provider.address()
+            ),
+        ))
+        .await?;
+        let client = DubboClient::new(address);
+        let mut statuses = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            statuses.insert(client.call("sayHello", "a", &[]).await?.dubbo_status);
+        }
+        assert!(
+            statuses.contains(&status),
+            "max_retries {max_retries}: {statuses:?}"
+        );
+        let overflow = format!(
+            "metaprotocol_upstream_overflow_total{{cluster=\"c\",breaker=\"max_retries\"}} 0"
+        );
+        assert_eq!(
+            proxy.metrics().render().contains(&overflow),
+            max_retries > 0,
+            "max_retries {max_retries}"
+        );
+        if max_retries > 0 {
+            assert_eq!(statuses, [20].into(), "every reset was retried");
+        }
+        proxy.shutdown().await;
+    }
+    resets.abort();
+    Ok(())
+}
+
+/// With `max_pending_requests: 2`, once two requests wait for a connection that is slow to
+/// open, a third call is answered at once with the over-limit error instead of joining them.
+#[tokio::test]
+async fn past_max_pending_requests_a_call_is_refused_instead_of_queued() -> TestResult {
+    // A listener whose accept queue is full: the kernel leaves new connections unanswered.
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let full = socket.listen(1)?;
+    let slow_address = full.local_addr()?;
+    let mut queued = Vec::new();
+    for _ in 0..8 {
+        let connect = tokio::net::TcpStream::connect(slow_address);
+        if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_millis(200), connect).await {
+            queued.push(stream);
+        }
+    }
+    let (proxy, address) = start(&config(
+        ", timeout: 20s",
+        &format!(
+            "    connect_timeout: 10s\n    connections_per_endpoint: 1
+    circuit_breakers: {{ max_pending_requests: 2 }}
+    endpoints: [ {{ address: \"{slow_address}\" }} ]\n"
+        ),
+    ))
+    .await?;
+    let client = Arc::new(DubboClient::new(address));
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.call("sayHello", "a", &[]).await })
+        })
+        .collect();
+    wait_for(
+        "two requests to wait for the connection",
+        Duration::from_secs(5),
+        || {
+            proxy
+                .metrics()
+                .render()
+                .contains("metaprotocol_upstream_rq_pending{cluster=\"c\"} 2")
+        },
+    )
+    .await?;
+    let started = Instant::now();
+    let refused = client.call("sayHello", "b", &[]).await?;
+    let took = started.elapsed();
+    assert_eq!(refused.dubbo_status, OVER_LIMIT, "{refused:?}");
+    assert!(refused.body_contains("max_pending_requests"), "{refused:?}");
+    assert!(took < Duration::from_secs(1), "the refusal took {took:?}");
+    for call in waiting {
+        call.abort();
+    }
+    drop((queued, full));
+    proxy.shutdown().await;
+    Ok(())
+}
+
 /// Two providers in the proxy's zone, two in another region: all traffic stays in the zone;
 /// with both zone providers killed, it fails over to the other region at once, and no call
 /// fails but those in flight at the kill (at most one per client connection).

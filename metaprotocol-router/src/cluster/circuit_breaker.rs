@@ -4,6 +4,7 @@
 //! the failure it had). Each breaker counts its overflows and shows whether it is open (its
 //! last check refused) in the cluster's metrics and in `/clusters`.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use prometheus_client::metrics::counter::Counter;
@@ -43,16 +44,6 @@ impl Breaker {
             Self::Retries => "max_retries",
         }
     }
-
-    /// What it limits now.
-    fn current(self, stats: &ClusterStats) -> i64 {
-        match self {
-            Self::Connections => stats.cx_active.get(),
-            Self::PendingRequests => stats.rq_pending.get(),
-            Self::Requests => stats.rq_active.get(),
-            Self::Retries => stats.rq_retries_active.get(),
-        }
-    }
 }
 
 /// A cluster's breakers. Limits change with the cluster's config; the cluster's pools and the
@@ -63,6 +54,18 @@ pub(crate) struct CircuitBreakers {
     limits: [AtomicI64; 4],
     open: [Gauge; 4],
     overflows: [Counter; 4],
+    /// Connections of the cluster's pools, opening or open.
+    connections: Arc<AtomicI64>,
+}
+
+/// One connection counted against `max_connections`, from before it opens until it is gone.
+#[derive(Debug)]
+pub(crate) struct ConnectionPermit(Arc<AtomicI64>);
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl CircuitBreakers {
@@ -84,6 +87,7 @@ impl CircuitBreakers {
                     &[("breaker", b.name())],
                 )
             }),
+            connections: Arc::default(),
         };
         breakers.set_limits(spec);
         breakers
@@ -109,20 +113,44 @@ impl CircuitBreakers {
     /// True if one more of what `breaker` limits fits under its limit; otherwise counts an
     /// overflow. Either way the breaker's open gauge follows.
     pub fn admits(&self, breaker: Breaker, stats: &ClusterStats) -> bool {
-        let i = breaker as usize;
-        let limit = self.limits[i].load(Ordering::Relaxed);
-        if limit == i64::MAX {
-            return true;
+        let limit = self.limits[breaker as usize].load(Ordering::Relaxed);
+        limit == i64::MAX || self.judge(breaker, self.current(breaker, stats) < limit)
+    }
+
+    /// A connection's place under `max_connections`, reserved; `None` (an overflow, counted)
+    /// when the cluster has as many as it may.
+    pub fn reserve_connection(&self) -> Option<ConnectionPermit> {
+        let limit = self.limits[Breaker::Connections as usize].load(Ordering::Relaxed);
+        let before = self.connections.fetch_add(1, Ordering::Relaxed);
+        let permit = ConnectionPermit(self.connections.clone());
+        if limit == i64::MAX || self.judge(Breaker::Connections, before < limit) {
+            Some(permit)
+        } else {
+            None
         }
-        let open = breaker.current(stats) >= limit;
-        if open {
+    }
+
+    /// Counts a refusal and keeps the open gauge in step; returns `fits`.
+    fn judge(&self, breaker: Breaker, fits: bool) -> bool {
+        let i = breaker as usize;
+        if !fits {
             self.overflows[i].inc();
         }
         // Written only when it changes: the gauge is shared by every connection's task.
-        if (self.open[i].get() != 0) != open {
-            self.open[i].set(i64::from(open));
+        if (self.open[i].get() != 0) == fits {
+            self.open[i].set(i64::from(!fits));
         }
-        !open
+        fits
+    }
+
+    /// What `breaker` limits, now.
+    fn current(&self, breaker: Breaker, stats: &ClusterStats) -> i64 {
+        match breaker {
+            Breaker::Connections => self.connections.load(Ordering::Relaxed),
+            Breaker::PendingRequests => stats.rq_pending.get(),
+            Breaker::Requests => stats.rq_active.get(),
+            Breaker::Retries => stats.rq_retries_active.get(),
+        }
     }
 
     /// What `/clusters` shows: each configured breaker's limit, current count, state and
@@ -136,7 +164,7 @@ impl CircuitBreakers {
                 (limit != i64::MAX).then(|| BreakerStatus {
                     breaker: b.name(),
                     limit,
-                    current: b.current(stats),
+                    current: self.current(b, stats),
                     open: self.open[i].get() != 0,
                     overflows: self.overflows[i].get(),
                 })
@@ -202,6 +230,24 @@ mod tests {
                 .iter()
                 .all(|s| s.breaker != "max_requests" || !s.open)
         );
+        let first = breakers.reserve_connection();
+        let second = breakers.reserve_connection();
+        assert!(first.is_some() && second.is_some(), "no limit yet");
+        breakers.set_limits(Some(&CircuitBreakersSpec {
+            max_connections: 1,
+            ..spec
+        }));
+        assert!(
+            breakers.reserve_connection().is_none(),
+            "two held, one allowed"
+        );
+        drop(first);
+        assert!(
+            breakers.reserve_connection().is_none(),
+            "one held, one allowed"
+        );
+        drop(second);
+        assert!(breakers.reserve_connection().is_some(), "none held");
         breakers.set_limits(None);
         stats.rq_active.inc();
         stats.rq_active.inc();

@@ -28,7 +28,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 pub use circuit_breaker::BreakerStatus;
-pub(crate) use circuit_breaker::{Breaker, CircuitBreakers};
+pub(crate) use circuit_breaker::{Breaker, CircuitBreakers, ConnectionPermit};
 pub use endpoint::HealthState;
 pub(crate) use endpoint::{ActiveRequest, Endpoint, HealthFlags};
 pub(crate) use snapshot::{ClusterSnapshot, Host, SubsetId};

@@ -30,6 +30,7 @@ use tokio::time::{Instant, Sleep};
 use super::backoff::ConnectBackoff;
 use super::outbound::Outbound;
 use super::{PoolSettings, ReplyTo, UpstreamError};
+use crate::cluster::ConnectionPermit;
 use crate::stats::ClusterStats;
 use crate::transport::{Connector, Transport, buffers};
 
@@ -56,6 +57,8 @@ pub(crate) struct ConnectParams {
     pub stats: ClusterStats,
     /// Told once the connection is up (a replacement waits for it before taking over).
     pub connected: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Its place under the cluster's `max_connections`, held until the task ends.
+    pub permit: Option<ConnectionPermit>,
 }
 
 /// State the task shares with the handles that feed it.
@@ -111,6 +114,11 @@ impl ConnectionHandle {
     /// True for the one caller that gets to start this connection's replacement.
     pub fn claim_replacement(&self) -> bool {
         !self.shared.replacing.swap(true, Ordering::AcqRel)
+    }
+
+    /// Gives the claim back: the replacement could not be started.
+    pub fn release_replacement(&self) {
+        self.shared.replacing.store(false, Ordering::Release);
     }
 
     /// Queues `outbound`; on refusal it comes back with the reason (the request was not sent).
@@ -276,6 +284,8 @@ struct Multiplexer<S> {
     /// Requests written; at `max_requests` the connection asks to be replaced.
     served: u64,
     max_requests: Option<u64>,
+    /// Held while the connection lives.
+    _permit: Option<ConnectionPermit>,
     stats: ClusterStats,
     address: SocketAddr,
 }
@@ -309,6 +319,7 @@ impl<S: Transport> Multiplexer<S> {
             last_busy: Instant::now(),
             served: 0,
             max_requests: params.settings.max_requests_per_connection.map(u64::from),
+            _permit: params.permit,
             stats: params.stats,
             address: params.address,
         }

@@ -33,7 +33,7 @@ use self::connection::{ConnectParams, ConnectionHandle};
 pub use self::error::UpstreamError;
 pub(crate) use self::outbound::{Inbox, Outbound, ReplyTo, RequestKey, UpstreamEvent};
 pub(crate) use self::probe::ProbeConnection;
-use crate::cluster::{Breaker, CircuitBreakers};
+use crate::cluster::{CircuitBreakers, ConnectionPermit};
 use crate::stats::ClusterStats;
 use crate::transport::Connector;
 
@@ -129,7 +129,7 @@ impl UpstreamPool {
         let live = slot.load();
         let result = match live.as_ref().filter(|handle| handle.is_open()) {
             Some(handle) => {
-                if handle.is_going_away() && self.may_connect() && handle.claim_replacement() {
+                if handle.is_going_away() && handle.claim_replacement() {
                     self.replace(&partition, index, handle.clone(), variant);
                 }
                 handle.send(outbound)
@@ -141,29 +141,30 @@ impl UpstreamPool {
                         error: self.backing_off(),
                     });
                 }
-                if !self.may_connect() {
+                match self.connect(slot, variant) {
+                    Some(handle) => handle.send(outbound),
                     // At the cluster's connection limit: share an open connection, if any.
-                    return match partition
+                    None => match partition
                         .slots
                         .iter()
                         .find_map(|s| s.load_full().filter(|h| h.is_open()))
                     {
                         Some(open) => open.send(outbound),
                         None => Err((outbound, UpstreamError::Overflow)),
-                    }
-                    .map_err(|(outbound, error)| Rejected { outbound, error });
+                    },
                 }
-                self.connect(slot, variant).send(outbound)
             }
         };
         result.map_err(|(outbound, error)| Rejected { outbound, error })
     }
 
-    /// True if the cluster's `max_connections` breaker lets one more connection open.
-    fn may_connect(&self) -> bool {
-        self.breakers
-            .as_ref()
-            .is_none_or(|b| b.admits(Breaker::Connections, &self.stats))
+    /// A connection's place under the cluster's `max_connections`: `Some(None)` when the
+    /// cluster has no limit, `None` when it is at its limit.
+    fn permit(&self) -> Option<Option<ConnectionPermit>> {
+        match &self.breakers {
+            Some(breakers) => breakers.reserve_connection().map(Some),
+            None => Some(None),
+        }
     }
 
     /// The error of a request refused because the endpoint is backing off.
@@ -232,7 +233,11 @@ impl UpstreamPool {
         partition.next.fetch_add(1, Ordering::Relaxed) % partition.slots.len()
     }
 
-    fn connect_params(&self, variant: WireVariant) -> ConnectParams {
+    fn connect_params(
+        &self,
+        variant: WireVariant,
+        permit: Option<ConnectionPermit>,
+    ) -> ConnectParams {
         ConnectParams {
             address: self.address,
             codec: self.codec.clone(),
@@ -242,11 +247,14 @@ impl UpstreamPool {
             backoff: self.backoff.clone(),
             stats: self.stats.clone(),
             connected: None,
+            permit,
         }
     }
 
-    /// Opens a connection to take over from `old`, whose upstream is going away; `old` keeps
-    /// serving until the new one is up (or for good, if it cannot be opened).
+    /// Opens a connection to take over from `old`, whose upstream is going away (or which
+    /// carried its share of requests); `old` keeps serving until the new one is up (or for
+    /// good, if it cannot be opened; a later request tries again when the connection limit
+    /// stopped this one).
     fn replace(
         &self,
         partition: &Arc<Partition>,
@@ -254,10 +262,14 @@ impl UpstreamPool {
         old: Arc<ConnectionHandle>,
         variant: WireVariant,
     ) {
+        let Some(permit) = self.permit() else {
+            old.release_replacement();
+            return;
+        };
         let (connected, up) = tokio::sync::oneshot::channel();
         let prepared = connection::prepare(ConnectParams {
             connected: Some(connected),
-            ..self.connect_params(variant)
+            ..self.connect_params(variant, permit)
         });
         let new = Arc::new(prepared.handle);
         tokio::spawn(prepared.task);
@@ -270,18 +282,19 @@ impl UpstreamPool {
         });
     }
 
-    /// Opens a connection in `slot`, or takes the one another request just opened there.
+    /// Opens a connection in `slot`, or takes the one another request just opened there;
+    /// `None` when the cluster is at its connection limit.
     fn connect(
         &self,
         slot: &ArcSwapOption<ConnectionHandle>,
         variant: WireVariant,
-    ) -> Arc<ConnectionHandle> {
+    ) -> Option<Arc<ConnectionHandle>> {
         loop {
             let current = slot.load_full();
             if let Some(handle) = current.as_ref().filter(|h| h.is_open()) {
-                return handle.clone();
+                return Some(handle.clone());
             }
-            let prepared = connection::prepare(self.connect_params(variant));
+            let prepared = connection::prepare(self.connect_params(variant, self.permit()?));
             let handle = Arc::new(prepared.handle);
             let previous = slot.compare_and_swap(&current, Some(handle.clone()));
             let won = match (previous.as_ref(), current.as_ref()) {
@@ -291,7 +304,7 @@ impl UpstreamPool {
             };
             if won {
                 tokio::spawn(prepared.task);
-                return handle;
+                return Some(handle);
             }
         }
     }

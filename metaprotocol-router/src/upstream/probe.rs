@@ -98,6 +98,7 @@ impl ProbeConnection {
             backoff: Arc::new(ConnectBackoff::new()),
             stats: self.stats.clone(),
             connected: None,
+            permit: None,
         });
         tokio::spawn(prepared.task);
         *handle = Some(prepared.handle.clone());

@@ -13,8 +13,8 @@ use crate::support::interop::Suite;
 
 pub use json_line::Line;
 pub use peers::{
-    ALL_CLIENTS, Client, Provider, Reply, Run, Stopped, calls, heartbeat_line, single_call,
-    single_reply, start_providers,
+    ALL_CLIENTS, Client, Provider, Reply, Run, calls, heartbeat_line, single_call, single_reply,
+    start_providers,
 };
 
 /// This folder: the scripts, `node_modules/` and `.venv/` that `setup.sh` installs.
