@@ -673,9 +673,15 @@ fn the_reference_examples_load() -> Result<(), ConfigError> {
     let sections: String = blocks[1..]
         .iter()
         .filter(|block| {
-            ["admin:", "listeners:", "route_configs:", "clusters:"]
-                .iter()
-                .any(|key| block.starts_with(key))
+            [
+                "admin:",
+                "node:",
+                "listeners:",
+                "route_configs:",
+                "clusters:",
+            ]
+            .iter()
+            .any(|key| block.starts_with(key))
         })
         .copied()
         .collect();
