@@ -465,27 +465,6 @@ fn one_way_heartbeat_is_answered_by_the_proxy() -> TestResult {
     Ok(())
 }
 
-/// The active health checks of cluster `demo-provider` that ended with `outcome` so far.
-fn checks(proxy: &InProcessProxy, outcome: &str) -> u64 {
-    let series = format!(
-        "metaprotocol_health_checks_total{{cluster=\"demo-provider\",outcome=\"{outcome}\"}} "
-    );
-    proxy
-        .metrics()
-        .lines()
-        .find_map(|l| l.strip_prefix(series.as_str())?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// True while endpoint `address` fails its health checks.
-fn failing(proxy: &InProcessProxy, address: &str) -> bool {
-    proxy
-        .clusters()
-        .iter()
-        .flat_map(|c| c.endpoints.iter())
-        .any(|e| e.address.to_string() == address && e.failing_active_checks)
-}
-
 /// Active health checks with Dubbo's heartbeat probe against the real providers: sofa-rpc-node
 /// and dubbo-py both answer the proxy's heartbeats; each, stopped in turn, leaves rotation
 /// within interval x unhealthy_threshold while calls go to the other, and returns once it runs
@@ -517,10 +496,10 @@ clusters:
     let proxy = InProcessProxy::start(&yaml)?;
     let addr = proxy.addr(LISTENER)?.to_string();
     wait_until(Duration::from_secs(10), "six passed checks", || {
-        Ok(checks(&proxy, "success") >= 6)
+        Ok(proxy.health_checks("demo-provider", "success") >= 6)
     })?;
     assert_eq!(
-        checks(&proxy, "failure"),
+        proxy.health_checks("demo-provider", "failure"),
         0,
         "both providers answer heartbeats"
     );
@@ -534,7 +513,7 @@ clusters:
         wait_until(
             Duration::from_secs(10),
             "the stopped provider to leave rotation",
-            || Ok(failing(&proxy, &address)),
+            || Ok(proxy.failing_checks(&address)),
         )?;
         let took = stopped_at.elapsed();
         println!("dubbo health check: {name} left rotation after {took:?}");
@@ -555,7 +534,7 @@ clusters:
         }
         running.push(stopped.restart(&scratch)?);
         wait_until(Duration::from_secs(10), "the provider to return", || {
-            Ok(!failing(&proxy, &address))
+            Ok(!proxy.failing_checks(&address))
         })?;
     }
     Ok(())

@@ -50,6 +50,11 @@ clusters:
     )
 }
 
+/// [`config`] of a cluster of `provider` alone, with `fields` (YAML lines indented by 4).
+fn single(provider: &DemoProvider, fields: &str) -> String {
+    config("", &format!("{fields}{}", endpoints(&[provider], &[])))
+}
+
 /// `endpoints:` lines for `providers`, each with `extra` fields.
 fn endpoints(providers: &[&DemoProvider], extra: &[&str]) -> String {
     let mut lines = "    endpoints:\n".to_owned();
@@ -252,12 +257,9 @@ async fn max_requests_breaker(admin: SocketAddr) -> TestResult<serde_json::Value
 #[tokio::test]
 async fn past_max_requests_a_call_gets_an_immediate_over_limit_reply() -> TestResult {
     let slow = DemoProvider::start_with_delay("slow", Duration::from_secs(2)).await?;
-    let (proxy, address) = start(&config(
-        "",
-        &format!(
-            "    circuit_breakers: {{ max_requests: 4 }}\n{}",
-            endpoints(&[&slow], &[])
-        ),
+    let (proxy, address) = start(&single(
+        &slow,
+        "    circuit_breakers: { max_requests: 4 }\n",
     ))
     .await?;
     let admin = proxy.admin_addr().ok_or("no admin")?;
@@ -324,14 +326,8 @@ async fn past_max_requests_a_call_gets_an_immediate_over_limit_reply() -> TestRe
 #[tokio::test]
 async fn max_connections_shares_one_connection_and_max_retries_refuses_retries() -> TestResult {
     let provider = DemoProvider::start("p").await?;
-    let (proxy, address) = start(&config(
-        "",
-        &format!(
-            "    connections_per_endpoint: 4\n    circuit_breakers: {{ max_connections: 1 }}\n{}",
-            endpoints(&[&provider], &[])
-        ),
-    ))
-    .await?;
+    let fields = "    connections_per_endpoint: 4\n    circuit_breakers: { max_connections: 1 }\n";
+    let (proxy, address) = start(&single(&provider, fields)).await?;
     let client = Arc::new(DubboClient::new(address));
     let calls: Vec<_> = (0..20)
         .map(|_| {
@@ -588,14 +584,8 @@ async fn a_hash_policy_pins_each_key_to_one_provider_in_every_proxy() -> TestRes
 #[tokio::test]
 async fn upstream_connections_close_when_idle_and_are_replaced_after_max_requests() -> TestResult {
     let provider = DemoProvider::start("p").await?;
-    let (proxy, address) = start(&config(
-        "",
-        &format!(
-            "    connections_per_endpoint: 1\n    idle_timeout: 1s\n    max_requests_per_connection: 5\n{}",
-            endpoints(&[&provider], &[])
-        ),
-    ))
-    .await?;
+    let fields = "    connections_per_endpoint: 1\n    idle_timeout: 1s\n    max_requests_per_connection: 5\n";
+    let (proxy, address) = start(&single(&provider, fields)).await?;
     let client = DubboClient::new(address);
     for _ in 0..12 {
         assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, 20);
@@ -625,8 +615,8 @@ async fn upstream_connections_close_when_idle_and_are_replaced_after_max_request
 #[tokio::test]
 async fn a_listener_closes_connections_past_max_connections() -> TestResult {
     let provider = DemoProvider::start("p").await?;
-    let yaml = config("", &endpoints(&[&provider], &[]))
-        .replace("route_config: r }", "route_config: r, max_connections: 2 }");
+    let yaml =
+        single(&provider, "").replace("route_config: r }", "route_config: r, max_connections: 2 }");
     let (proxy, address) = start(&yaml).await?;
     let clients = [DubboClient::new(address), DubboClient::new(address)];
     for client in &clients {

@@ -401,26 +401,6 @@ clusters:
     Ok(())
 }
 
-/// The active health checks of cluster `greeter` that ended with `outcome` so far.
-fn checks(proxy: &InProcessProxy, outcome: &str) -> u64 {
-    let series =
-        format!("metaprotocol_health_checks_total{{cluster=\"greeter\",outcome=\"{outcome}\"}} ");
-    proxy
-        .metrics()
-        .lines()
-        .find_map(|l| l.strip_prefix(series.as_str())?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// True while endpoint `address` of cluster `greeter` fails its health checks.
-fn failing(proxy: &InProcessProxy, address: &str) -> bool {
-    proxy
-        .clusters()
-        .iter()
-        .flat_map(|c| c.endpoints.iter())
-        .any(|e| e.address.to_string() == address && e.failing_active_checks)
-}
-
 /// Active health checks calling `pingCount` on the real Thrift servers: the probes pass (a
 /// call of the method, answered); a stopped server leaves rotation within interval x
 /// unhealthy_threshold and the calls go to the other; started again on its port, it returns.
@@ -449,10 +429,10 @@ clusters:
     let proxy = InProcessProxy::start(&yaml)?;
     let port = proxy.addr("in")?.port();
     wait_until(DEADLINE, "six passed checks", || {
-        Ok(checks(&proxy, "success") >= 6)
+        Ok(proxy.health_checks("greeter", "success") >= 6)
     })?;
     assert_eq!(
-        checks(&proxy, "failure"),
+        proxy.health_checks("greeter", "failure"),
         0,
         "both servers answer the probe"
     );
@@ -461,7 +441,7 @@ clusters:
     let stopped = Instant::now();
     drop(b);
     wait_until(DEADLINE, "b to leave rotation", || {
-        Ok(failing(&proxy, &b_address))
+        Ok(proxy.failing_checks(&b_address))
     })?;
     let took = stopped.elapsed();
     println!("thrift health check: the stopped server left rotation after {took:?}");
@@ -475,7 +455,9 @@ clusters:
     }
 
     let b = Server::start_on(b_port, "framed", "binary", "b", &scratch)?;
-    wait_until(DEADLINE, "b to return", || Ok(!failing(&proxy, &b_address)))?;
+    wait_until(DEADLINE, "b to return", || {
+        Ok(!proxy.failing_checks(&b_address))
+    })?;
     let mut served = std::collections::BTreeSet::new();
     for _ in 0..6 {
         served.insert(client(

@@ -70,6 +70,26 @@ impl InProcessProxy {
             .map(|p| p.metrics().render())
             .unwrap_or_default()
     }
+
+    /// The active health checks of `cluster` that ended with `outcome` (`success`, `failure`)
+    /// so far.
+    pub fn health_checks(&self, cluster: &str, outcome: &str) -> u64 {
+        let series = format!(
+            "metaprotocol_health_checks_total{{cluster=\"{cluster}\",outcome=\"{outcome}\"}} "
+        );
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str())?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// True while the endpoint at `address` fails its active health checks.
+    pub fn failing_checks(&self, address: &str) -> bool {
+        self.clusters()
+            .iter()
+            .flat_map(|c| c.endpoints.iter())
+            .any(|e| e.address.to_string() == address && e.failing_active_checks)
+    }
 }
 
 impl Drop for InProcessProxy {

@@ -254,15 +254,33 @@ pub struct CircuitBreakersSpec {
 
 impl CircuitBreakersSpec {
     fn validate(&self) -> Result<(), ConfigError> {
-        let limits = [
+        at_least_one(&[
             ("max_connections", self.max_connections),
             ("max_pending_requests", self.max_pending_requests),
             ("max_requests", self.max_requests),
-        ];
-        match limits.iter().find(|(_, limit)| *limit == 0) {
-            Some((field, _)) => Err(ConfigError::new(*field, "must be at least 1")),
-            None => Ok(()),
-        }
+        ])
+    }
+}
+
+/// Rejects the first of `fields` that is 0.
+fn at_least_one(fields: &[(&str, u32)]) -> Result<(), ConfigError> {
+    reject_first(fields, |v| v == 0, "must be at least 1")
+}
+
+/// Rejects the first of `fields` that is zero.
+fn positive(fields: &[(&str, Duration)]) -> Result<(), ConfigError> {
+    reject_first(fields, |v| v.is_zero(), "must be greater than 0")
+}
+
+/// Rejects the first of `fields` whose value is `bad`, for `reason`.
+fn reject_first<T: Copy>(
+    fields: &[(&str, T)],
+    bad: impl Fn(T) -> bool,
+    reason: &str,
+) -> Result<(), ConfigError> {
+    match fields.iter().find(|(_, value)| bad(*value)) {
+        Some((field, _)) => Err(ConfigError::new(*field, reason)),
+        None => Ok(()),
     }
 }
 
@@ -301,14 +319,11 @@ pub struct OutlierDetectionSpec {
 
 impl OutlierDetectionSpec {
     fn validate(&self) -> Result<(), ConfigError> {
-        let durations = [
+        positive(&[
             ("interval", self.interval),
             ("base_ejection_time", self.base_ejection_time),
             ("max_ejection_time", self.max_ejection_time),
-        ];
-        if let Some((field, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
-            return Err(ConfigError::new(*field, "must be greater than 0"));
-        }
+        ])?;
         if self.max_ejection_time < self.base_ejection_time {
             return Err(ConfigError::new(
                 "max_ejection_time",
@@ -352,20 +367,11 @@ pub struct HealthCheckSpec {
 
 impl HealthCheckSpec {
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.interval.is_zero() {
-            return Err(ConfigError::new("interval", "must be greater than 0"));
-        }
-        if self.timeout.is_zero() {
-            return Err(ConfigError::new("timeout", "must be greater than 0"));
-        }
-        for (field, threshold) in [
+        positive(&[("interval", self.interval), ("timeout", self.timeout)])?;
+        at_least_one(&[
             ("unhealthy_threshold", self.unhealthy_threshold),
             ("healthy_threshold", self.healthy_threshold),
-        ] {
-            if threshold == 0 {
-                return Err(ConfigError::new(field, "must be at least 1"));
-            }
-        }
+        ])?;
         if let ProbeSpec::Method(method) = &self.probe
             && method.is_empty()
         {

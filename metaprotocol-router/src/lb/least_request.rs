@@ -1,40 +1,21 @@
 //! The less loaded of two weighted-random endpoints ("power of two choices").
 
-use std::sync::Arc;
-
-use super::{LoadBalancer, PickContext, Weights, power_of_two};
-use crate::cluster::{Endpoint, Host};
+use super::{LoadBalancer, LoadedSet, PickContext};
 
 /// Power of two choices over requests in flight per unit of weight: an endpoint of weight 2
 /// is as loaded with two requests in flight as one of weight 1 with one, so a busy set still
 /// spreads its load by weight.
 #[derive(Debug)]
-pub(crate) struct LeastRequest {
-    weights: Weights,
-    endpoints: Box<[Arc<Endpoint>]>,
-}
-
-impl LeastRequest {
-    pub fn new(weights: Weights, hosts: &[Arc<Host>]) -> Self {
-        Self {
-            weights,
-            endpoints: hosts.iter().map(|h| h.endpoint.clone()).collect(),
-        }
-    }
-
-    fn active(&self, index: usize) -> u64 {
-        self.endpoints
-            .get(index)
-            .map_or(u64::MAX, |e| e.active_requests())
-    }
-}
+pub(crate) struct LeastRequest(pub(super) LoadedSet);
 
 impl LoadBalancer for LeastRequest {
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
+        let set = &self.0;
+        let active = |i: usize| set.endpoint(i).map_or(u64::MAX, |e| e.active_requests());
         // `a` is less loaded than `b` when active(a) / weight(a) < active(b) / weight(b).
-        power_of_two(&self.weights, ctx, |a, b| {
-            u128::from(self.active(a)) * u128::from(self.weights.weight(b))
-                < u128::from(self.active(b)) * u128::from(self.weights.weight(a))
+        set.power_of_two(ctx, |a, b| {
+            u128::from(active(a)) * u128::from(set.weights.weight(b))
+                < u128::from(active(b)) * u128::from(set.weights.weight(a))
         })
     }
 }
@@ -42,6 +23,7 @@ impl LoadBalancer for LeastRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lb::Weights;
     use crate::lb::tests::{histogram, hosts};
 
     /// With one endpoint slow (its requests pile up in flight), the idle ones get the traffic.
@@ -52,7 +34,7 @@ mod tests {
         let stuck: Vec<_> = (0..20)
             .map(|_| set[0].endpoint.track(&stats, false))
             .collect();
-        let lb = LeastRequest::new(Weights::new(&set), &set);
+        let lb = LeastRequest(LoadedSet::new(Weights::new(&set), &set));
         let counts = histogram(&lb, 3, 10_000, false);
         // The slow endpoint wins only when both candidates are it: 1/9 of picks.
         assert!(counts[0] < 1_300, "{counts:?}");

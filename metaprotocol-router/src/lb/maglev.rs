@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use xxhash_rust::xxh64::xxh64;
 
-use super::{LoadBalancer, PickContext, Weights, first_allowed, host_key};
+use super::{LoadBalancer, PickContext, Weights, first_owner_allowed, host_key, random_allowed};
 use crate::cluster::Host;
 
 /// Slots in the table: a prime, Envoy's default. Far more slots than endpoints keeps the
@@ -103,19 +103,12 @@ impl Maglev {
 impl LoadBalancer for Maglev {
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
         let Some(hash) = ctx.hash else {
-            let index = self.weights.random()?;
-            return Some(first_allowed(index, self.weights.len(), ctx));
+            return random_allowed(&self.weights, ctx);
         };
-        let len = self.table.len();
-        if len == 0 {
-            return None;
-        }
-        let start = (hash % len as u64) as usize;
-        let owner = |step: usize| self.table.get((start + step) % len).map(|i| *i as usize);
-        (0..len)
-            .filter_map(owner)
-            .find(|&index| !(ctx.avoid)(index))
-            .or_else(|| owner(0))
+        let start = (hash % TABLE_SIZE) as usize;
+        let (wrapped, onward) = self.table.split_at(start.min(self.table.len()));
+        let owners = onward.iter().chain(wrapped).map(|index| *index as usize);
+        first_owner_allowed(owners, ctx)
     }
 }
 

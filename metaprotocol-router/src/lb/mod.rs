@@ -32,7 +32,7 @@ mod round_robin;
 
 use std::sync::Arc;
 
-use crate::cluster::Host;
+use crate::cluster::{Endpoint, Host};
 use crate::config::{LbPolicy, LocalitySpec};
 
 pub(crate) use peak_ewma::RttEstimate;
@@ -94,8 +94,10 @@ fn build_policy(policy: LbPolicy, hosts: &[Arc<Host>]) -> Box<dyn LoadBalancer> 
     match policy {
         LbPolicy::RoundRobin => Box::new(round_robin::RoundRobin::new(&weights)),
         LbPolicy::Random => Box::new(random::WeightedRandom::new(weights)),
-        LbPolicy::LeastRequest => Box::new(least_request::LeastRequest::new(weights, hosts)),
-        LbPolicy::PeakEwma => Box::new(peak_ewma::PeakEwma::new(weights, hosts)),
+        LbPolicy::LeastRequest => {
+            Box::new(least_request::LeastRequest(LoadedSet::new(weights, hosts)))
+        }
+        LbPolicy::PeakEwma => Box::new(peak_ewma::PeakEwma(LoadedSet::new(weights, hosts))),
         LbPolicy::RingHash => Box::new(ring_hash::RingHash::new(weights, hosts)),
         LbPolicy::Maglev => Box::new(maglev::Maglev::new(weights, hosts)),
     }
@@ -162,17 +164,57 @@ fn first_allowed(index: usize, len: usize, ctx: &PickContext<'_>) -> usize {
         .unwrap_or(index)
 }
 
-/// Of two weighted random candidates, the one `cheaper` says is (ties: the first, so that an
-/// idle set is picked exactly by weight); each candidate skips avoided endpoints.
-fn power_of_two(
-    weights: &Weights,
+/// The first owner of `owners` (a hashing balancer's ring or table, walked on from where the
+/// request's hash landed) that is not avoided; the first owner when all are (`None` when there
+/// are none).
+fn first_owner_allowed(
+    mut owners: impl Iterator<Item = usize>,
     ctx: &PickContext<'_>,
-    cheaper: impl Fn(usize, usize) -> bool,
 ) -> Option<usize> {
-    let len = weights.len();
-    let a = first_allowed(weights.random()?, len, ctx);
-    let b = first_allowed(weights.random()?, len, ctx);
-    Some(if cheaper(b, a) { b } else { a })
+    let first = owners.next()?;
+    if !(ctx.avoid)(first) {
+        return Some(first);
+    }
+    owners.find(|&index| !(ctx.avoid)(index)).or(Some(first))
+}
+
+/// A weighted random pick, for a hashing balancer's requests without a hash key.
+fn random_allowed(weights: &Weights, ctx: &PickContext<'_>) -> Option<usize> {
+    Some(first_allowed(weights.random()?, weights.len(), ctx))
+}
+
+/// A set's endpoints and weights, for the balancers that compare live load: power of two
+/// choices.
+#[derive(Debug)]
+struct LoadedSet {
+    weights: Weights,
+    endpoints: Box<[Arc<Endpoint>]>,
+}
+
+impl LoadedSet {
+    fn new(weights: Weights, hosts: &[Arc<Host>]) -> Self {
+        Self {
+            weights,
+            endpoints: hosts.iter().map(|h| h.endpoint.clone()).collect(),
+        }
+    }
+
+    fn endpoint(&self, index: usize) -> Option<&Endpoint> {
+        self.endpoints.get(index).map(|e| &**e)
+    }
+
+    /// Of two weighted random candidates, the one `cheaper` says is (ties: the first, so that
+    /// an idle set is picked exactly by weight); each candidate skips avoided endpoints.
+    fn power_of_two(
+        &self,
+        ctx: &PickContext<'_>,
+        cheaper: impl Fn(usize, usize) -> bool,
+    ) -> Option<usize> {
+        let len = self.weights.len();
+        let a = first_allowed(self.weights.random()?, len, ctx);
+        let b = first_allowed(self.weights.random()?, len, ctx);
+        Some(if cheaper(b, a) { b } else { a })
+    }
 }
 
 /// The greatest common divisor of two weights (of a set's weights, folded from 0).
@@ -193,7 +235,6 @@ pub(crate) mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::cluster::{Endpoint, Host};
     use crate::stats::{ClusterStats, Metrics};
     use crate::transport::Connector;
     use crate::upstream::{PoolSettings, UpstreamPool};

@@ -10,14 +10,12 @@
 //! tried at once rather than starved. The router records a sample where it concludes an
 //! attempt.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{LoadBalancer, PickContext, Weights, power_of_two};
-use crate::cluster::{Endpoint, Host};
+use super::{LoadBalancer, LoadedSet, PickContext};
 
 /// How fast an estimate forgets: the weight of a sample `DECAY` old has fallen to 1/e.
 const DECAY: Duration = Duration::from_secs(10);
@@ -83,40 +81,25 @@ fn decay(elapsed_ns: u64) -> f64 {
 
 /// Power of two choices by latency estimate times load.
 #[derive(Debug)]
-pub(crate) struct PeakEwma {
-    weights: Weights,
-    endpoints: Box<[Arc<Endpoint>]>,
-}
-
-impl PeakEwma {
-    pub fn new(weights: Weights, hosts: &[Arc<Host>]) -> Self {
-        Self {
-            weights,
-            endpoints: hosts.iter().map(|h| h.endpoint.clone()).collect(),
-        }
-    }
-
-    /// What sending to `index` now is expected to cost.
-    fn cost(&self, index: usize, now: Instant) -> f64 {
-        let Some(endpoint) = self.endpoints.get(index) else {
-            return f64::INFINITY;
-        };
-        endpoint.rtt().estimate(now) * (endpoint.active_requests() as f64 + 1.0)
-    }
-}
+pub(crate) struct PeakEwma(pub(super) LoadedSet);
 
 impl LoadBalancer for PeakEwma {
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
         let now = Instant::now();
-        power_of_two(&self.weights, ctx, |a, b| {
-            self.cost(a, now) < self.cost(b, now)
-        })
+        // What sending to an endpoint now is expected to cost.
+        let cost = |index: usize| {
+            self.0.endpoint(index).map_or(f64::INFINITY, |e| {
+                e.rtt().estimate(now) * (e.active_requests() as f64 + 1.0)
+            })
+        };
+        self.0.power_of_two(ctx, |a, b| cost(a) < cost(b))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lb::Weights;
     use crate::lb::tests::{histogram, hosts};
 
     #[tokio::test(start_paused = true)]
@@ -142,7 +125,7 @@ mod tests {
         let now = Instant::now();
         set[0].endpoint.rtt().record(Duration::from_millis(1), now);
         set[1].endpoint.rtt().record(Duration::from_millis(40), now);
-        let lb = PeakEwma::new(Weights::new(&set), &set);
+        let lb = PeakEwma(LoadedSet::new(Weights::new(&set), &set));
         let counts = histogram(&lb, 2, 10_000, false);
         assert!(counts[0] > 7_000, "{counts:?}");
         assert!(

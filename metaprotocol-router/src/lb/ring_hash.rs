@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use xxhash_rust::xxh64::xxh64;
 
-use super::{LoadBalancer, PickContext, Weights, first_allowed, gcd, host_key};
+use super::{
+    LoadBalancer, PickContext, Weights, first_owner_allowed, gcd, host_key, random_allowed,
+};
 use crate::cluster::Host;
 
 /// Points per unit of weight (after the weights are divided by their greatest common divisor):
@@ -59,19 +61,15 @@ impl RingHash {
 impl LoadBalancer for RingHash {
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
         let Some(hash) = ctx.hash else {
-            let index = self.weights.random()?;
-            return Some(first_allowed(index, self.weights.len(), ctx));
+            return random_allowed(&self.weights, ctx);
         };
-        let len = self.ring.len();
-        if len == 0 {
-            return None;
-        }
-        let start = self.ring.partition_point(|(point, _)| *point < hash) % len;
-        let owner = |step: usize| self.ring.get((start + step) % len).map(|e| e.1 as usize);
-        (0..len)
-            .filter_map(owner)
-            .find(|&index| !(ctx.avoid)(index))
-            .or_else(|| owner(0))
+        let start = self.ring.partition_point(|(point, _)| *point < hash);
+        let (wrapped, onward) = self.ring.split_at(start.min(self.ring.len()));
+        let owners = onward
+            .iter()
+            .chain(wrapped)
+            .map(|(_, index)| *index as usize);
+        first_owner_allowed(owners, ctx)
     }
 }
 
