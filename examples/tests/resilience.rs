@@ -376,11 +376,10 @@ async fn max_connections_shares_one_connection_and_max_retries_refuses_retries()
             statuses.contains(&status),
             "max_retries {max_retries}: {statuses:?}"
         );
-        let overflow = format!(
-            "metaprotocol_upstream_overflow_total{{cluster=\"c\",breaker=\"max_retries\"}} 0"
-        );
+        let overflow =
+            "metaprotocol_upstream_overflow_total{cluster=\"c\",breaker=\"max_retries\"} 0";
         assert_eq!(
-            proxy.metrics().render().contains(&overflow),
+            proxy.metrics().render().contains(overflow),
             max_retries > 0,
             "max_retries {max_retries}"
         );
