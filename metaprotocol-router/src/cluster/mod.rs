@@ -10,8 +10,13 @@
 //! pools), the thresholds at which the router wakes its outlier detector, and, once published,
 //! the [`HealthMonitor`] whose tasks write its endpoints' health flags through
 //! [`ClusterHandle::set_health`].
+//!
+//! Endpoints named by a host name are resolved before a cluster is built or updated and again
+//! every `dns_refresh_rate` ([`dns`]); a new set of addresses rebuilds the snapshot as an
+//! update would, and a failed resolution keeps the addresses last resolved.
 
 mod circuit_breaker;
+pub(crate) mod dns;
 mod endpoint;
 mod snapshot;
 mod status;
@@ -41,6 +46,7 @@ use crate::router::AttemptOutcome;
 use crate::stats::{ClusterStats, MetricsScope};
 use crate::transport::Connector;
 use crate::upstream::{PoolSettings, UpstreamPool};
+pub(crate) use dns::Resolved;
 
 /// What a cluster was last built from; changed only by config updates and health changes,
 /// under its lock.
@@ -53,6 +59,8 @@ struct ClusterState {
     selectors: Vec<BTreeMap<String, String>>,
     /// Endpoints removed by an update while requests to them may still be in flight.
     retired: Vec<Weak<Endpoint>>,
+    /// The addresses the spec's host names resolved to last.
+    resolved: Resolved,
     version: u64,
     /// The proxy's own locality (`node.locality`), which locality-aware sets prefer.
     local: Option<LocalitySpec>,
@@ -75,6 +83,8 @@ pub(crate) struct ClusterHandle {
     outlier_wake: Arc<Notify>,
     /// Set for `peak_ewma`: concluded attempts record their latency on their endpoint.
     records_latency: AtomicBool,
+    /// Set once the cluster is removed from the config.
+    retired: AtomicBool,
 }
 
 impl std::fmt::Debug for ClusterHandle {
@@ -109,13 +119,15 @@ fn lb_settings(spec: &ClusterSpec, local: Option<&LocalitySpec>) -> LbSettings {
 
 impl ClusterHandle {
     /// Builds cluster `spec`, whose endpoints speak `protocol` through `codec`, with its series
-    /// in `scope`, for a proxy at `local`. Nothing runs until [`ClusterHandle::start_health`].
+    /// in `scope`, for a proxy at `local`; `resolved` has the addresses of its host names.
+    /// Nothing runs until [`ClusterHandle::start_health`].
     pub fn new(
         spec: &ClusterSpec,
         protocol: String,
         codec: Arc<dyn CodecFactory>,
         scope: MetricsScope,
         local: Option<LocalitySpec>,
+        resolved: &Resolved,
     ) -> Result<Arc<Self>, ConfigError> {
         let probe = health::probe_request(spec.health_check.as_ref(), &codec)?;
         let stats = ClusterStats::new(&scope);
@@ -129,6 +141,7 @@ impl ClusterHandle {
             endpoints: HashMap::new(),
             selectors: vec![BTreeMap::new()],
             retired: Vec::new(),
+            resolved: dns::kept(spec, resolved),
             version: 0,
             local,
             probe,
@@ -145,6 +158,7 @@ impl ClusterHandle {
             outlier_thresholds,
             outlier_wake: Arc::new(Notify::new()),
             records_latency: AtomicBool::new(spec.lb_policy == LbPolicy::PeakEwma),
+            retired: AtomicBool::new(false),
         }))
     }
 
@@ -274,6 +288,7 @@ impl ClusterHandle {
         spec: &ClusterSpec,
         codec: Option<(String, Arc<dyn CodecFactory>)>,
         local: Option<LocalitySpec>,
+        resolved: &Resolved,
     ) -> Result<u64, ConfigError> {
         let new_codec = codec.as_ref().map(|(_, c)| c.clone());
         let probe_codec = new_codec.clone().unwrap_or_else(|| self.codec());
@@ -287,6 +302,7 @@ impl ClusterHandle {
             endpoints: std::mem::take(&mut state.endpoints),
             selectors: state.selectors.clone(),
             retired: std::mem::take(&mut state.retired),
+            resolved: dns::kept(spec, resolved),
             version: state.version,
             local,
             probe,
@@ -331,6 +347,25 @@ impl ClusterHandle {
         Ok(state.version)
     }
 
+    /// The addresses its host names resolved to last.
+    pub fn resolved(&self) -> Resolved {
+        self.lock().resolved.clone()
+    }
+
+    /// Takes a new resolution of its host names: when the addresses changed, rebuilds the
+    /// snapshot (as an update of the same spec would) and returns its version.
+    pub fn resolve(&self, resolved: &Resolved) -> Option<u64> {
+        let mut state = self.lock();
+        let kept = dns::kept(&state.spec, resolved);
+        if kept == state.resolved {
+            return None;
+        }
+        state.resolved = kept;
+        let snapshot = rebuild(&mut state, &self.stats, &self.breakers);
+        self.snapshot.store(Arc::new(snapshot));
+        Some(state.version)
+    }
+
     /// What `/clusters` shows.
     pub fn status(&self) -> ClusterStatus {
         let mut state = self.lock();
@@ -354,7 +389,13 @@ impl ClusterHandle {
     /// Stops its health work and removes its series (the cluster is gone).
     pub fn retire(&self) {
         self.stop_health();
+        self.retired.store(true, Ordering::Release);
         self.scope.retire();
+    }
+
+    /// True once the cluster is gone from the config.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
     }
 
     /// Stops its health work (the cluster is gone, or the proxy stops).
@@ -381,37 +422,43 @@ fn rebuild(
     let mut endpoints = HashMap::with_capacity(state.spec.endpoints.len());
     let mut hosts = Vec::with_capacity(state.spec.endpoints.len());
     for spec in &state.spec.endpoints {
-        let reusable = state.endpoints.get(&spec.address).filter(|e| {
-            Arc::ptr_eq(e.pool().codec(), &state.codec) && e.pool().settings() == settings
-        });
-        let endpoint = match reusable {
-            Some(endpoint) => endpoint.clone(),
-            None => Arc::new(Endpoint::new(
-                spec.address,
-                UpstreamPool::new(
-                    spec.address,
-                    state.codec.clone(),
-                    settings,
-                    Connector::Plain,
-                    stats.clone(),
-                    Some(breakers.clone()),
-                ),
-            )),
-        };
-        endpoints.insert(spec.address, endpoint.clone());
-        hosts.push(Arc::new(Host {
-            endpoint,
-            weight: spec.weight,
-            labels: spec.labels.clone(),
-            locality: spec.locality.clone().unwrap_or_default(),
-        }));
+        for address in dns::addresses(&spec.address, &state.resolved) {
+            // Two names of one address (`localhost:1` and `127.0.0.1:1`): the first wins.
+            if endpoints.contains_key(&address) {
+                continue;
+            }
+            let reusable = state.endpoints.get(&address).filter(|e| {
+                Arc::ptr_eq(e.pool().codec(), &state.codec) && e.pool().settings() == settings
+            });
+            let endpoint = match reusable {
+                Some(endpoint) => endpoint.clone(),
+                None => Arc::new(Endpoint::new(
+                    address,
+                    UpstreamPool::new(
+                        address,
+                        state.codec.clone(),
+                        settings,
+                        Connector::Plain,
+                        stats.clone(),
+                        Some(breakers.clone()),
+                    ),
+                )),
+            };
+            endpoints.insert(address, endpoint.clone());
+            hosts.push(Arc::new(Host {
+                endpoint,
+                weight: spec.weight,
+                labels: spec.labels.clone(),
+                locality: spec.locality.clone().unwrap_or_default(),
+            }));
+        }
     }
     let snapshot = ClusterSnapshot::build(
         state.version + 1,
-        state.codec.clone(),
         hosts,
         &state.selectors,
         &lb_settings(&state.spec, state.local.as_ref()),
+        state.spec.retry_budget,
     );
     for (address, old) in state.endpoints.drain() {
         let kept = endpoints
@@ -472,7 +519,7 @@ pub(crate) mod tests {
         let spec = ClusterSpec::from_yaml(yaml)?;
         let codec = Arc::new(crate::testing::NullCodec) as Arc<dyn CodecFactory>;
         let scope = Metrics::new().root().detached("cluster", &spec.name);
-        ClusterHandle::new(&spec, "null".into(), codec, scope, None)
+        ClusterHandle::new(&spec, "null".into(), codec, scope, None, &Resolved::new())
     }
 
     /// The addresses 100 picks of the whole cluster go to.
@@ -531,9 +578,19 @@ endpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.
         c.set_health(addr(1), HealthFlags::EJECTED, true);
         c.set_health(addr(2), HealthFlags::FAILED_ACTIVE_CHECK, true);
         let no_checks = format!("{THREE}\noutlier_detection: {{ consecutive_errors: 2 }}");
-        c.update(&ClusterSpec::from_yaml(&no_checks)?, None, None)?;
+        c.update(
+            &ClusterSpec::from_yaml(&no_checks)?,
+            None,
+            None,
+            &Resolved::new(),
+        )?;
         assert_eq!(picked(&c), [addr(2), addr(3)].into(), "still ejected");
-        c.update(&ClusterSpec::from_yaml(THREE)?, None, None)?;
+        c.update(
+            &ClusterSpec::from_yaml(THREE)?,
+            None,
+            None,
+            &Resolved::new(),
+        )?;
         assert_eq!(picked(&c).len(), 3);
         Ok(())
     }

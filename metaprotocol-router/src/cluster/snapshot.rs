@@ -5,10 +5,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use metaprotocol_core::CodecFactory;
-
 use super::Endpoint;
-use crate::config::LocalitySpec;
+use crate::config::{LocalitySpec, RetryBudgetSpec};
 use crate::lb::{self, LbSettings, LoadBalancer, PickContext};
 
 /// A cluster member: an endpoint with the weight, labels and locality this snapshot gives it.
@@ -86,22 +84,22 @@ impl EndpointSet {
 pub(crate) struct ClusterSnapshot {
     /// 1 for the first, incremented by each rebuild.
     pub version: u64,
-    /// The codec the endpoints speak.
-    pub codec: Arc<dyn CodecFactory>,
     /// Every member.
     pub hosts: Vec<Arc<Host>>,
     /// One set per subset selector, indexed by [`SubsetId`].
     sets: Vec<EndpointSet>,
+    /// How many retries the cluster takes in flight.
+    pub retry_budget: RetryBudgetSpec,
 }
 
 impl ClusterSnapshot {
     /// Builds the sets of `selectors` over `hosts`.
     pub(super) fn build(
         version: u64,
-        codec: Arc<dyn CodecFactory>,
         hosts: Vec<Arc<Host>>,
         selectors: &[BTreeMap<String, String>],
         settings: &LbSettings,
+        retry_budget: RetryBudgetSpec,
     ) -> Self {
         let sets = selectors
             .iter()
@@ -116,9 +114,9 @@ impl ClusterSnapshot {
             .collect();
         Self {
             version,
-            codec,
             hosts,
             sets,
+            retry_budget,
         }
     }
 

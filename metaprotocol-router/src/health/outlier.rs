@@ -82,7 +82,9 @@ impl OutlierCounters {
             threshold != 0 && streak.fetch_add(1, Ordering::Relaxed).saturating_add(1) == threshold
         };
         match outcome {
+            // An answer refusing the call unrun (overloaded) is an error the upstream reported.
             AttemptOutcome::Answered(ResponseStatus::ServerError)
+            | AttemptOutcome::NotProcessed
             | AttemptOutcome::Reset { sent: true }
             | AttemptOutcome::Timeout => lengthen(&self.upstream, upstream),
             AttemptOutcome::ConnectFailure => lengthen(&self.local, local),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use metaprotocol_core::{CodecFactory, CodecOptions, CodecRegistry, FilterChain};
 
-use crate::cluster::{ClusterHandle, ClusterManager};
+use crate::cluster::{ClusterHandle, ClusterManager, Resolved};
 use crate::config::{
     ClusterSpec, Config, ConfigError, ListenerSpec, LocalitySpec, RouteConfigSpec, RouteSpec,
 };
@@ -54,16 +54,25 @@ impl Builder<'_> {
         )
     }
 
-    /// Builds cluster `spec`, speaking `protocol`, for a proxy at `local`.
+    /// Builds cluster `spec`, speaking `protocol`, for a proxy at `local`, whose host names
+    /// resolved to `resolved`.
     pub fn cluster(
         &self,
         spec: &ClusterSpec,
         protocol: &str,
         local: Option<&LocalitySpec>,
+        resolved: &Resolved,
     ) -> Result<Arc<ClusterHandle>, ConfigError> {
         let codec = self.codec(protocol, spec.codec.as_ref())?;
         let scope = self.metrics.root().detached("cluster", &spec.name);
-        ClusterHandle::new(spec, protocol.to_owned(), codec, scope, local.cloned())
+        ClusterHandle::new(
+            spec,
+            protocol.to_owned(),
+            codec,
+            scope,
+            local.cloned(),
+            resolved,
+        )
     }
 
     /// Compiles route config `spec` as version `version` against `clusters`.
