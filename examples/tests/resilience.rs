@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use metaprotocol_examples::dubbo_demo::{DemoProvider, DubboClient, SLOW_METHOD};
-use metaprotocol_router::{Config, Proxy};
+use metaprotocol_router::{Config, EndpointStatus, HealthState, Proxy};
 
 #[allow(dead_code)]
 mod support;
@@ -128,15 +128,26 @@ fn between(log: &Log, from: Instant, to: Option<Instant>) -> Vec<Outcome> {
         .unwrap_or_default()
 }
 
-/// Requests the proxy sent to `endpoint` of cluster `c` so far.
-fn sent_to(proxy: &Proxy, endpoint: SocketAddr) -> u64 {
+/// `endpoint` of cluster `c` as `/clusters` shows it.
+fn endpoint_status(proxy: &Proxy, endpoint: SocketAddr) -> Option<EndpointStatus> {
     proxy
         .clusters()
-        .iter()
+        .into_iter()
         .filter(|c| c.name == "c")
-        .flat_map(|c| c.endpoints.iter())
+        .flat_map(|c| c.endpoints)
         .find(|e| e.address == endpoint)
-        .map_or(0, |e| e.total_requests)
+}
+
+/// Requests the proxy sent to `endpoint` of cluster `c` so far.
+fn sent_to(proxy: &Proxy, endpoint: SocketAddr) -> u64 {
+    endpoint_status(proxy, endpoint).map_or(0, |e| e.total_requests)
+}
+
+/// True while picks skip `endpoint` of cluster `c`: ejected, failing its checks, or backing off
+/// after failed connects.
+fn out_of_rotation(proxy: &Proxy, endpoint: SocketAddr) -> bool {
+    endpoint_status(proxy, endpoint)
+        .is_some_and(|e| e.health != HealthState::Healthy || e.backing_off)
 }
 
 async fn wait_for(what: &str, within: Duration, ready: impl Fn() -> bool) -> TestResult {
@@ -179,7 +190,12 @@ async fn a_killed_provider_is_detected_avoided_and_used_again_when_back() -> Tes
     let killed = Instant::now();
     drop(b);
     // Detection: two failed checks 200 ms apart (and outlier ejection, from the traffic).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_for("b to leave rotation", Duration::from_millis(1500), || {
+        out_of_rotation(&proxy, b_address)
+    })
+    .await?;
+    let left_rotation = killed.elapsed();
+    tokio::time::sleep(Duration::from_millis(1500).saturating_sub(left_rotation)).await;
     let detected = Instant::now();
     let before = sent_to(&proxy, b_address);
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -200,10 +216,12 @@ async fn a_killed_provider_is_detected_avoided_and_used_again_when_back() -> Tes
     );
 
     let b = DemoProvider::start_at("b-again", b_address, Duration::from_secs(5)).await?;
+    let restarted = Instant::now();
     wait_for("b to serve again", Duration::from_secs(10), || {
         !b.seen().is_empty()
     })
     .await?;
+    let back_in_rotation = restarted.elapsed();
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await?;
@@ -219,8 +237,8 @@ async fn a_killed_provider_is_detected_avoided_and_used_again_when_back() -> Tes
         *tally.entry(key).or_default() += 1;
     }
     println!(
-        "fault test: {tally:?}, detection window {:?}",
-        detected - killed
+        "fault test: {tally:?}; out of rotation {left_rotation:?} after the kill, serving \
+         again {back_in_rotation:?} after the restart"
     );
     assert!(
         all.iter().all(|o| matches!(o, Outcome::Reply(..))),
@@ -321,8 +339,8 @@ async fn past_max_requests_a_call_gets_an_immediate_over_limit_reply() -> TestRe
 }
 
 /// With `max_connections: 1`, an endpoint of `connections_per_endpoint: 4` gets one connection
-/// that every call shares; with `max_retries: 0`, a failure a route would retry is returned as
-/// it is, and the refused retry counted.
+/// that every call shares; with `max_retries: 0`, a failure a route would retry (a reset of an
+/// idempotent call) is returned as it is, and the refused retry counted.
 #[tokio::test]
 async fn max_connections_shares_one_connection_and_max_retries_refuses_retries() -> TestResult {
     let provider = DemoProvider::start("p").await?;
@@ -359,7 +377,7 @@ async fn max_connections_shares_one_connection_and_max_retries_refuses_retries()
     });
     for (max_retries, status) in [(0, 80), (3, 20)] {
         let (proxy, address) = start(&config(
-            ", retry_policy: { num_retries: 1, retry_on: [reset] }",
+            ", retry_policy: { num_retries: 1, retry_on: [reset], idempotent_methods: [sayHello] }",
             &format!(
                 "    lb_policy: random\n    circuit_breakers: {{ max_retries: {max_retries} }}
     endpoints: [ {{ address: \"{reset_address}\" }}, {{ address: \"{}\" }} ]\n",

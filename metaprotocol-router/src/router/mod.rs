@@ -363,54 +363,40 @@ impl Routed {
         let route = table.get(self.route);
         let policy = route.and_then(|r| r.retry.as_ref());
         let retryable = policy.is_some_and(|policy| policy.retries(&outcome, self.idempotent));
-        // A request that never left (its connection failed before writing it, or could not be
-        // opened) lost nothing but time: resend it once to another endpoint when there is one,
-        // whatever the route's policy and outside its retry budget (the upstream never saw it),
-        // so that a dead endpoint costs its callers no failure. It is one per request: a second
-        // such failure is the policy's to retry, within the budget.
-        let resend = matches!(
-            outcome,
-            AttemptOutcome::Reset { sent: false } | AttemptOutcome::ConnectFailure
-        ) && !self.resent;
-        if resend && now < self.deadline {
+        // A request that never left lost nothing but time: it is resent once without spending
+        // the route's `num_retries`. One its connection failed before writing is resent at once,
+        // whatever the route's policy and outside the retry budget: the requests queued on a
+        // broken connection are a bounded batch. One whose connection could not be opened goes
+        // to another endpoint, so that a dead endpoint costs its callers no failure, when the
+        // route's policy does not retry it already (no attempt beyond `num_retries`), and like
+        // any retry within the cluster's retry budget and `max_retries`: a cluster whose
+        // endpoints all refuse connections must not get every request twice.
+        if outcome == (AttemptOutcome::Reset { sent: false }) && !self.resent && now < self.deadline
+        {
             self.resent = true;
-            self.tried.push(endpoint);
-            stats.rq_retry.inc();
-            if let Some(route) = route {
-                route.stats.retries.inc();
-            }
+            self.count_retry(endpoint, route);
             return Next::Retry { at: now };
         }
-        if let Some(policy) = policy.filter(|_| retryable)
-            && self.retries_left > 0
+        let connect_resend =
+            outcome == AttemptOutcome::ConnectFailure && !self.resent && !retryable;
+        let by_policy = policy.filter(|_| retryable && self.retries_left > 0);
+        if (connect_resend || by_policy.is_some())
             && now < self.deadline
-            && self
-                .target
-                .cluster
-                .breakers()
-                .admits(Breaker::Retries, stats)
+            && let Some(grant) = self.grant_retry(route)
         {
-            let budget = self.target.cluster.snapshot().retry_budget;
-            match RetryGrant::ask(&budget, stats) {
-                Some(grant) => {
-                    self.grant = Some(grant);
-                    self.retries_left -= 1;
-                    self.tried.push(endpoint);
-                    stats.rq_retry.inc();
-                    if let Some(route) = route {
-                        route.stats.retries.inc();
-                    }
-                    let pause = policy.backoff(self.attempts);
-                    return Next::Retry {
-                        at: timeout::after(now, pause).min(self.deadline),
-                    };
-                }
-                None => {
-                    if let Some(route) = route {
-                        route.stats.retry_budget_exhausted.inc();
-                    }
-                }
+            self.grant = Some(grant);
+            self.count_retry(endpoint, route);
+            if connect_resend {
+                self.resent = true;
+                return Next::Retry { at: now };
             }
+            self.retries_left -= 1;
+            let pause = by_policy
+                .map(|p| p.backoff(self.attempts))
+                .unwrap_or_default();
+            return Next::Retry {
+                at: timeout::after(now, pause).min(self.deadline),
+            };
         }
         match result {
             Ok(response) => Next::Respond(response),
@@ -427,6 +413,32 @@ impl Routed {
                 Next::Fail(reply)
             }
         }
+    }
+
+    /// Counts a retry of the attempt that failed on `endpoint`, which the next one avoids.
+    fn count_retry(&mut self, endpoint: SocketAddr, route: Option<&Route>) {
+        self.tried.push(endpoint);
+        self.target.cluster.stats().rq_retry.inc();
+        if let Some(route) = route {
+            route.stats.retries.inc();
+        }
+    }
+
+    /// Room for one more retry in the cluster: under its `max_retries` breaker and within its
+    /// retry budget; a refusal is counted (by the breaker, or as the route's budget exhausted).
+    fn grant_retry(&self, route: Option<&Route>) -> Option<RetryGrant> {
+        let cluster = &self.target.cluster;
+        let stats = cluster.stats();
+        if !cluster.breakers().admits(Breaker::Retries, stats) {
+            return None;
+        }
+        let grant = RetryGrant::ask(&cluster.snapshot().retry_budget, stats);
+        if grant.is_none()
+            && let Some(route) = route
+        {
+            route.stats.retry_budget_exhausted.inc();
+        }
+        grant
     }
 
     fn fail(
