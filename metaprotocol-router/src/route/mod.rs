@@ -5,6 +5,7 @@
 //! A listener reads its table through a [`RouteSlot`], swapped atomically on update: requests in
 //! flight keep the table they started with.
 
+mod check;
 mod matcher;
 mod template;
 
@@ -14,6 +15,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use metaprotocol_core::{LocalReply, RoutingView};
 
+pub use self::check::{RouteCheck, RouteDestination, RouteMatch, UnknownListener};
 pub(crate) use self::matcher::MetadataMatcher;
 pub(crate) use self::template::{Context as TemplateContext, RouteMutation, Template};
 use crate::cluster::{ClusterHandle, ClusterManager, SubsetId};
