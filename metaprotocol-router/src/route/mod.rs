@@ -5,6 +5,7 @@
 //! A listener reads its table through a [`RouteSlot`], swapped atomically on update: requests in
 //! flight keep the table they started with.
 
+mod check;
 mod hash_policy;
 mod matcher;
 mod template;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use metaprotocol_core::{LocalReply, RoutingView};
 
+pub use self::check::{RouteCheck, RouteDestination, RouteMatch, UnknownListener};
 pub(crate) use self::hash_policy::HashPolicy;
 pub(crate) use self::matcher::MetadataMatcher;
 pub(crate) use self::template::{Context as TemplateContext, RouteMutation, Template};
