@@ -46,6 +46,7 @@ mod client;
 mod cluster;
 pub mod config;
 mod filters;
+mod health;
 mod lb;
 mod proxy;
 mod route;
@@ -59,14 +60,14 @@ mod upstream;
 mod testing;
 
 pub use client::{Client, ClientOptions};
-pub use cluster::{ClusterStatus, EndpointStatus, HealthState};
+pub use cluster::{BreakerStatus, ClusterStatus, EndpointStatus, HealthState};
 pub use config::{Config, ConfigError};
 pub use filters::{FilterContext, FilterFactory, FilterRegistry, SharedClients};
 pub use proxy::{
     DEFAULT_DRAIN_TIMEOUT, DynamicSource, DynamicUpdate, Proxy, ProxyBuilder, ReloadSummary,
     ResourceId, ResourceKind, ResourceState, ResourceStatus, StartError, UpdateError,
 };
-pub use route::DEFAULT_ROUTE_TIMEOUT;
+pub use route::{DEFAULT_ROUTE_TIMEOUT, RouteCheck, RouteDestination, RouteMatch, UnknownListener};
 pub use server::DEFAULT_IDLE_TIMEOUT;
 pub use stats::{Labels, Metrics, MetricsCollector, MetricsScope};
 pub use upstream::UpstreamError;

@@ -34,7 +34,7 @@ use self::update::Source;
 use crate::cluster::{ClusterManager, ClusterStatus};
 use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec, RouteConfigSpec};
 use crate::filters::{FilterRegistry, SharedClients};
-use crate::route::RouteSlot;
+use crate::route::{RouteCheck, RouteSlot};
 use crate::server::Load;
 use crate::stats::Metrics;
 
@@ -182,6 +182,12 @@ impl ProxyBuilder {
     /// (everything but binding). Call it within a Tokio runtime when filters need one.
     pub fn check(&self) -> Result<(), ConfigError> {
         self.state(Config::default()).check(&self.config)
+    }
+
+    /// Compiles the config's route tables as [`check`](Self::check) does and keeps them, to ask
+    /// which route a request would take on each listener (see [`RouteCheck`]).
+    pub fn route_check(&self) -> Result<RouteCheck, ConfigError> {
+        self.state(Config::default()).route_check(&self.config)
     }
 
     fn state(&self, initial: Config) -> ProxyState {
@@ -754,6 +760,9 @@ impl Proxy {
             .is_err()
         {
             tracing::warn!("drain time of {drain_time:?} passed; abandoning what is left");
+        }
+        for cluster in state.clusters.all().values() {
+            cluster.stop_health();
         }
         state.admin_stop.cancel();
         let admin = lock(&state.admin_task).take();

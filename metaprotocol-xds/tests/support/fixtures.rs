@@ -8,10 +8,11 @@
 
 use std::net::SocketAddr;
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, EdsClusterConfig,
 };
+use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, Cluster};
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
@@ -54,8 +55,7 @@ pub fn cluster_name(subset: &str) -> String {
     format!("outbound|{PORT}|{subset}|{HOST}")
 }
 
-/// An EDS cluster over ADS, as istiod sends one (without the circuit breakers istiod adds: the
-/// engine refuses them until they land, and the client NACKs such a cluster meanwhile).
+/// An EDS cluster over ADS, as istiod sends one (its circuit breakers at istiod's defaults).
 pub fn eds_cluster(name: &str) -> Cluster {
     Cluster {
         name: name.to_owned(),
@@ -72,6 +72,17 @@ pub fn eds_cluster(name: &str) -> Cluster {
         connect_timeout: Some(Duration {
             seconds: 1,
             nanos: 0,
+        }),
+        circuit_breakers: Some(CircuitBreakers {
+            thresholds: vec![Thresholds {
+                max_connections: Some(UInt32Value { value: u32::MAX }),
+                max_pending_requests: Some(UInt32Value { value: u32::MAX }),
+                max_requests: Some(UInt32Value { value: u32::MAX }),
+                max_retries: Some(UInt32Value { value: u32::MAX }),
+                track_remaining: true,
+                ..Thresholds::default()
+            }],
+            ..CircuitBreakers::default()
         }),
         ..Cluster::default()
     }
