@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use metaprotocol_core::{ByteStr, Metadata, RoutingKeys, RoutingView};
-use metaprotocol_router::{Config, Proxy, RouteDestination};
+use metaprotocol_router::{Config, Proxy, ProxyBuilder, RouteDestination};
 
 #[derive(Parser)]
 #[command(
@@ -141,6 +141,13 @@ fn main() -> ExitCode {
     })
 }
 
+/// A proxy of `config` with the bundled codecs and the xDS client serving `dynamic.xds`.
+fn builder(config: Config) -> ProxyBuilder {
+    Proxy::builder(config)
+        .codecs(metaprotocol_examples::codec_registry())
+        .dynamic_source(metaprotocol_xds::XdsSource::default())
+}
+
 async fn run(path: PathBuf, drain_time: Option<std::time::Duration>) -> ExitCode {
     let config = match Config::from_file(&path) {
         Ok(config) => config,
@@ -149,9 +156,7 @@ async fn run(path: PathBuf, drain_time: Option<std::time::Duration>) -> ExitCode
             return ExitCode::FAILURE;
         }
     };
-    let mut builder = Proxy::builder(config)
-        .codecs(metaprotocol_examples::codec_registry())
-        .dynamic_source(metaprotocol_xds::XdsSource::default());
+    let mut builder = builder(config);
     if let Some(drain_time) = drain_time {
         builder = builder.drain_time(drain_time);
     }
@@ -203,9 +208,7 @@ fn validate(path: PathBuf) -> ExitCode {
     // Every error of the file at once; then errors found while building (unknown protocol,
     // unavailable policy ...), placed in the file too.
     let checked = Config::check_yaml(&text).and_then(|config| {
-        Proxy::builder(config.clone())
-            .codecs(metaprotocol_examples::codec_registry())
-            .dynamic_source(metaprotocol_xds::XdsSource::default())
+        builder(config.clone())
             .check()
             .map(|()| config)
             .map_err(|err| vec![err.located_in(&text)])
@@ -248,8 +251,7 @@ fn route(path: PathBuf, listener: &str, metadata: Vec<(String, String)>) -> Exit
         .map_err(|err| format!("cannot read: {err}"))
         .and_then(|text| {
             let config = Config::from_yaml(&text).map_err(|err| err.to_string())?;
-            Proxy::builder(config)
-                .codecs(metaprotocol_examples::codec_registry())
+            builder(config)
                 .route_check()
                 .map_err(|err| err.located_in(&text).to_string())
         });
