@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::delta::DeltaResources;
+use crate::resource::ResourceType;
 use crate::state::{Rejected, Subscription};
 use crate::status::SourceStatus;
 
@@ -243,7 +244,11 @@ async fn handle(
     response: &DiscoveryResponse,
     complete: bool,
 ) -> (Vec<DiscoveryRequest>, bool) {
-    let rejected = match subscription.prepare(response, complete) {
+    let Some(kind) = ResourceType::from_type_url(&response.type_url) else {
+        tracing::warn!(type_url = %response.type_url, "an xDS response of a type not asked for is ignored");
+        return (Vec::new(), false);
+    };
+    let rejected = match subscription.prepare(kind, response, complete) {
         Ok(prepared) => match proxy.apply_dynamic(prepared.update.clone()).await {
             Ok(_) => return (subscription.accept(prepared), true),
             Err(err) => Rejected {

@@ -47,8 +47,6 @@ use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use metaprotocol_router::config::{DynamicSpec, XDS, XdsSpec};
 use metaprotocol_router::{ConfigError, DynamicSource, Proxy};
 
-pub use resource::ResourceType;
-
 use self::state::Subscription;
 use self::status::SourceStatus;
 

@@ -90,7 +90,11 @@ pub(crate) struct Prepared {
 #[derive(Debug)]
 enum Accepted {
     Clusters(BTreeMap<String, ClusterResource>),
-    Endpoints(BTreeMap<String, Vec<EndpointSpec>>),
+    Endpoints {
+        assignments: BTreeMap<String, Vec<EndpointSpec>>,
+        /// The assignments are all there are (those left out were removed).
+        complete: bool,
+    },
     RouteConfigs(BTreeSet<String>),
 }
 
@@ -204,22 +208,16 @@ impl Subscription {
         names.into_iter().cloned().collect()
     }
 
-    /// Translates `response` into what to apply, or the reason to reject it. `complete` says
+    /// Translates `response`, of resources of `kind`, into what to apply, or the reason to
+    /// reject it. `complete` says
     /// that the response lists every resource the client holds of its type (as a delta
     /// response merged into what the client holds does), so that one left out is removed.
     pub fn prepare(
         &mut self,
+        kind: ResourceType,
         response: &DiscoveryResponse,
         complete: bool,
     ) -> Result<Prepared, Box<Rejected>> {
-        let kind = ResourceType::from_type_url(&response.type_url).ok_or_else(|| {
-            Box::new(Rejected {
-                kind: ResourceType::Cluster,
-                version: response.version_info.clone(),
-                resource: None,
-                message: format!("type_url: `{}` was not asked for", response.type_url),
-            })
-        })?;
         let state = self.types.entry(kind).or_default();
         state.nonce.clone_from(&response.nonce);
         let reject = |resource: Option<ResourceId>, message: String| {
@@ -267,12 +265,15 @@ impl Subscription {
                     })
                     .map_err(|(id, message)| reject(id, message))?;
                 for (name, cluster) in &self.accepted_clusters {
-                    let Some(endpoints) = cluster
-                        .eds_service
-                        .as_ref()
-                        .and_then(|s| assignments.get(s))
-                    else {
+                    let Some(service) = cluster.eds_service.as_ref() else {
                         continue;
+                    };
+                    let endpoints = match assignments.get(service) {
+                        Some(endpoints) => endpoints.as_slice(),
+                        // A complete response without the assignment removed it: the cluster
+                        // has no endpoints left (as in Envoy).
+                        None if complete && self.assignments.contains_key(service) => &[],
+                        None => continue,
                     };
                     update.clusters.push(cluster.with_endpoints(endpoints));
                     update.versions.insert(
@@ -288,7 +289,10 @@ impl Subscription {
                         );
                     }
                 }
-                Accepted::Endpoints(assignments)
+                Accepted::Endpoints {
+                    assignments,
+                    complete,
+                }
             }
             ResourceType::RouteConfig => {
                 let configs = decode_all(&response.resources, kind, |r: &RouteConfiguration| {
@@ -333,8 +337,15 @@ impl Subscription {
                 self.applied_clusters
                     .extend(prepared.update.clusters.iter().map(|c| c.name.clone()));
             }
-            Accepted::Endpoints(assignments) => {
-                self.assignments.extend(assignments);
+            Accepted::Endpoints {
+                assignments,
+                complete,
+            } => {
+                if complete {
+                    self.assignments = assignments;
+                } else {
+                    self.assignments.extend(assignments);
+                }
                 self.applied_clusters
                     .extend(prepared.update.clusters.iter().map(|c| c.name.clone()));
             }
@@ -440,4 +451,154 @@ fn resource_id(kind: ResourceType, name: &str) -> Option<ResourceId> {
         ResourceType::RouteConfig => ResourceKind::RouteConfig,
     };
     (!name.is_empty()).then(|| ResourceId::new(kind, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+        ClusterDiscoveryType, DiscoveryType,
+    };
+    use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+    use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+    use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress};
+    use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+    use envoy_types::pb::envoy::config::endpoint::v3::{Endpoint, LbEndpoint, LocalityLbEndpoints};
+    use prost::{Message, Name};
+
+    use super::*;
+
+    fn any<M: Message + Name>(message: &M) -> Any {
+        Any {
+            type_url: M::type_url(),
+            value: message.encode_to_vec(),
+        }
+    }
+
+    fn response(kind: ResourceType, version: &str, resources: Vec<Any>) -> DiscoveryResponse {
+        DiscoveryResponse {
+            version_info: version.to_owned(),
+            resources,
+            type_url: kind.type_url(),
+            nonce: version.to_owned(),
+            ..DiscoveryResponse::default()
+        }
+    }
+
+    fn subscription() -> Subscription {
+        let spec: Result<XdsSpec, _> = serde_json::from_value(serde_json::json!({
+            "address": "127.0.0.1:1", "node_id": "n", "clusters": ["*"]
+        }));
+        match spec {
+            Ok(spec) => Subscription::new(&spec, Node::default()),
+            Err(err) => panic!("{err}"),
+        }
+    }
+
+    fn assignment(name: &str) -> ClusterLoadAssignment {
+        let endpoint = LbEndpoint {
+            host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                address: Some(Address {
+                    address: Some(AddressKind::SocketAddress(SocketAddress {
+                        address: "127.0.0.1".to_owned(),
+                        port_specifier: Some(PortSpecifier::PortValue(9)),
+                        ..SocketAddress::default()
+                    })),
+                }),
+                ..Endpoint::default()
+            })),
+            ..LbEndpoint::default()
+        };
+        ClusterLoadAssignment {
+            cluster_name: name.to_owned(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![endpoint],
+                ..LocalityLbEndpoints::default()
+            }],
+            ..ClusterLoadAssignment::default()
+        }
+    }
+
+    /// Applies `response` as the client would once the proxy accepted it.
+    fn apply(
+        subscription: &mut Subscription,
+        kind: ResourceType,
+        response: &DiscoveryResponse,
+        complete: bool,
+    ) -> DynamicUpdate {
+        match subscription.prepare(kind, response, complete) {
+            Ok(prepared) => {
+                let update = prepared.update.clone();
+                subscription.accept(prepared);
+                update
+            }
+            Err(rejected) => panic!("{}", rejected.message),
+        }
+    }
+
+    #[test]
+    fn an_eds_cluster_warms_until_its_endpoints_arrive_and_loses_them_when_removed() {
+        let mut subscription = subscription();
+        let cluster = Cluster {
+            name: "c".to_owned(),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+            ..Cluster::default()
+        };
+        let cds = response(ResourceType::Cluster, "c1", vec![any(&cluster)]);
+        let update = apply(&mut subscription, ResourceType::Cluster, &cds, false);
+        assert!(
+            update.clusters.is_empty(),
+            "held back until its endpoints arrive"
+        );
+        assert_eq!(subscription.warming_clusters(), ["c"]);
+
+        let eds = response(ResourceType::Endpoints, "e1", vec![any(&assignment("c"))]);
+        let update = apply(&mut subscription, ResourceType::Endpoints, &eds, false);
+        assert_eq!(update.clusters.len(), 1);
+        assert_eq!(update.clusters[0].endpoints.len(), 1);
+        assert_eq!(
+            update
+                .versions
+                .get(&ResourceId::new(ResourceKind::Cluster, "c")),
+            Some(&"c1".to_owned()),
+            "the cluster's own version starts serving with its endpoints"
+        );
+        assert!(subscription.warming_clusters().is_empty());
+
+        // A state-of-the-world response without the assignment changes nothing; a complete one
+        // (a delta that removed it) leaves the cluster without endpoints.
+        let without = response(ResourceType::Endpoints, "e2", Vec::new());
+        let update = apply(&mut subscription, ResourceType::Endpoints, &without, false);
+        assert!(update.clusters.is_empty());
+        let update = apply(&mut subscription, ResourceType::Endpoints, &without, true);
+        assert_eq!(update.clusters.len(), 1);
+        assert!(update.clusters[0].endpoints.is_empty());
+    }
+
+    #[test]
+    fn a_response_that_does_not_translate_is_rejected_naming_the_resource_and_field() {
+        let mut subscription = subscription();
+        let cluster = Cluster {
+            name: "c".to_owned(),
+            lb_policy: 6,
+            ..Cluster::default()
+        };
+        let cds = response(ResourceType::Cluster, "c1", vec![any(&cluster)]);
+        let rejected = match subscription.prepare(ResourceType::Cluster, &cds, false) {
+            Ok(_) => panic!("accepted"),
+            Err(rejected) => rejected,
+        };
+        assert_eq!(
+            rejected.resource,
+            Some(ResourceId::new(ResourceKind::Cluster, "c"))
+        );
+        assert!(
+            rejected.message.contains("`c`: lb_policy"),
+            "{}",
+            rejected.message
+        );
+        let nack = subscription.reject(&rejected);
+        assert_eq!(nack.version_info, "", "nothing accepted yet");
+        assert_eq!(nack.response_nonce, "c1");
+        assert_eq!(nack.error_detail.map(|s| s.code), Some(INVALID_ARGUMENT));
+    }
 }

@@ -103,10 +103,15 @@ async fn push_to_traffic_following_with_1000_routes_and_100_clusters() -> TestRe
     }
     lags.sort();
     println!(
-        "{ROUTES} routes, {CLUSTERS} clusters: ready {warmed:?} after start; push to traffic following over {PUSHES} pushes: p50 {:?}, p99 {:?}, max {:?} (debug build)",
+        "{ROUTES} routes, {CLUSTERS} clusters: ready {warmed:?} after start; push to traffic following over {PUSHES} pushes: p50 {:?}, p99 {:?}, max {:?} ({} build)",
         quantile(&lags, 0.5),
         quantile(&lags, 0.99),
-        lags[lags.len() - 1]
+        lags[lags.len() - 1],
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
     );
     proxy.shutdown().await;
     Ok(())
