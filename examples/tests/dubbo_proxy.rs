@@ -1105,8 +1105,11 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
         "bounded per connection: {peak}"
     );
     let polite = DubboClient::new(address);
+    // The polite call shares the upstream connection with the greedy clients' calls already
+    // sent, and waits its turn behind them (64 KiB echoes, a debug build, a busy test machine):
+    // what must hold is that it is answered, not how fast.
     let reply =
-        tokio::time::timeout(Duration::from_secs(5), polite.call("sayHello", "a", &[])).await??;
+        tokio::time::timeout(Duration::from_secs(30), polite.call("sayHello", "a", &[])).await??;
     assert_eq!(reply.dubbo_status, 20, "the others are still served");
     for task in greedy {
         task.abort();
