@@ -24,7 +24,7 @@ pub use status::{ClusterStatus, EndpointStatus};
 
 use crate::config::{ClusterSpec, ConfigError};
 use crate::stats::{ClusterStats, MetricsScope};
-use crate::transport::Connector;
+use crate::transport::{Connector, TlsConnector};
 use crate::upstream::{PoolSettings, UpstreamPool};
 
 /// What a cluster was last built from; changed only by config updates, under its lock.
@@ -32,6 +32,8 @@ struct ClusterState {
     spec: ClusterSpec,
     protocol: String,
     codec: Arc<dyn CodecFactory>,
+    /// How the endpoints are connected to (TLS or not); kept while `spec.tls` is unchanged.
+    connector: Connector,
     endpoints: HashMap<SocketAddr, Arc<Endpoint>>,
     /// Subset selectors by [`SubsetId`]; the first (empty) selects the whole cluster.
     selectors: Vec<BTreeMap<String, String>>,
@@ -77,6 +79,16 @@ fn check_supported(spec: &ClusterSpec) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// How cluster `spec`'s endpoints are connected to; TLS series live in `scope`.
+fn connector(spec: &ClusterSpec, scope: &MetricsScope) -> Result<Connector, ConfigError> {
+    match &spec.tls {
+        None => Ok(Connector::Plain),
+        Some(tls) => TlsConnector::new(tls, &spec.name, scope)
+            .map(|tls| Connector::Tls(Arc::new(tls)))
+            .map_err(|e| e.within("tls")),
+    }
+}
+
 fn pool_settings(spec: &ClusterSpec) -> PoolSettings {
     PoolSettings {
         connect_timeout: spec.connect_timeout,
@@ -99,6 +111,7 @@ impl ClusterHandle {
             spec: spec.clone(),
             protocol,
             codec,
+            connector: connector(spec, &scope)?,
             endpoints: HashMap::new(),
             selectors: vec![BTreeMap::new()],
             retired: Vec::new(),
@@ -152,8 +165,25 @@ impl ClusterHandle {
 
     /// Checks that `spec` can replace this cluster's config, changing nothing.
     pub fn check_update(&self, spec: &ClusterSpec) -> Result<(), ConfigError> {
+        self.checked_connector(spec).map(|_| ())
+    }
+
+    /// Checks `spec` as [`ClusterHandle::check_update`] does, returning the connector it needs.
+    fn checked_connector(&self, spec: &ClusterSpec) -> Result<Connector, ConfigError> {
         check_supported(spec)?;
-        crate::lb::build(spec.lb_policy, &[]).map(|_| ())
+        crate::lb::build(spec.lb_policy, &[])?;
+        self.next_connector(spec)
+    }
+
+    /// The connector for `spec`: the current one while its TLS settings stay, so that the
+    /// endpoints keep their connections.
+    fn next_connector(&self, spec: &ClusterSpec) -> Result<Connector, ConfigError> {
+        let state = self.lock();
+        if state.spec.tls == spec.tls {
+            return Ok(state.connector.clone());
+        }
+        drop(state);
+        connector(spec, &self.scope)
     }
 
     /// Rebuilds from `spec` (with `codec`, when the protocol or codec options changed) and
@@ -163,12 +193,13 @@ impl ClusterHandle {
         spec: &ClusterSpec,
         codec: Option<(String, Arc<dyn CodecFactory>)>,
     ) -> Result<u64, ConfigError> {
-        self.check_update(spec)?;
+        let connector = self.checked_connector(spec)?;
         let mut state = self.lock();
         let mut next = ClusterState {
             spec: spec.clone(),
             protocol: state.protocol.clone(),
             codec: state.codec.clone(),
+            connector,
             endpoints: std::mem::take(&mut state.endpoints),
             selectors: state.selectors.clone(),
             retired: std::mem::take(&mut state.retired),
@@ -235,7 +266,9 @@ fn rebuild(state: &mut ClusterState, stats: &ClusterStats) -> Result<ClusterSnap
     let mut hosts = Vec::with_capacity(state.spec.endpoints.len());
     for spec in &state.spec.endpoints {
         let reusable = state.endpoints.get(&spec.address).filter(|e| {
-            Arc::ptr_eq(e.pool().codec(), &state.codec) && e.pool().settings() == settings
+            Arc::ptr_eq(e.pool().codec(), &state.codec)
+                && e.pool().settings() == settings
+                && e.pool().connector().same(&state.connector)
         });
         let endpoint = match reusable {
             Some(endpoint) => endpoint.clone(),
@@ -245,7 +278,7 @@ fn rebuild(state: &mut ClusterState, stats: &ClusterStats) -> Result<ClusterSnap
                     spec.address,
                     state.codec.clone(),
                     settings,
-                    Connector::Plain,
+                    state.connector.clone(),
                     stats.clone(),
                 ),
             )),

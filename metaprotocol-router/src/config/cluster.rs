@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, not_available};
+use super::{ClusterTlsSpec, ConfigError, not_available};
 
 /// The default time allowed to open an upstream connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -51,9 +51,9 @@ pub struct ClusterSpec {
     /// Active health checks of the endpoints. Not available yet: rejected by validation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<serde_json::Value>,
-    /// TLS to the endpoints. Not available yet: rejected by validation.
+    /// TLS to the endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<serde_json::Value>,
+    pub tls: Option<ClusterTlsSpec>,
 }
 
 fn default_connect_timeout() -> Duration {
@@ -77,8 +77,8 @@ impl ClusterSpec {
         if self.health_check.is_some() {
             return Err(not_available("health_check"));
         }
-        if self.tls.is_some() {
-            return Err(not_available("tls"));
+        if let Some(tls) = &self.tls {
+            tls.validate().map_err(|e| e.within("tls"))?;
         }
         if self.connect_timeout.is_zero() {
             return Err(ConfigError::new(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, not_available};
+use super::{ConfigError, ListenerTlsSpec, not_available};
 
 /// Where the admin HTTP API listens, and who may change the running config through it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,9 +62,9 @@ pub struct ListenerSpec {
     /// trickles a frame slower than this is disconnected.
     #[serde(default = "default_frame_timeout", with = "humantime_serde")]
     pub frame_timeout: Duration,
-    /// TLS for clients. Not available yet: rejected by validation.
+    /// TLS for clients (mutual TLS with `require_client_cert`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<serde_json::Value>,
+    pub tls: Option<ListenerTlsSpec>,
     /// An access log of every request. Not available yet: rejected by validation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<serde_json::Value>,
@@ -91,11 +91,10 @@ impl ListenerSpec {
         if self.frame_timeout.is_zero() {
             return Err(ConfigError::new("frame_timeout", "must be greater than 0"));
         }
-        let planned = [
-            ("tls", &self.tls),
-            ("access_log", &self.access_log),
-            ("tracing", &self.tracing),
-        ];
+        if let Some(tls) = &self.tls {
+            tls.validate().map_err(|e| e.within("tls"))?;
+        }
+        let planned = [("access_log", &self.access_log), ("tracing", &self.tracing)];
         if let Some((field, _)) = planned.iter().find(|(_, value)| value.is_some()) {
             return Err(not_available(field));
         }

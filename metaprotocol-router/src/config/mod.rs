@@ -14,6 +14,7 @@ mod limits;
 mod listener;
 mod route;
 mod source;
+mod tls;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -32,6 +33,8 @@ pub use route::{
     MAX_NUM_RETRIES, MatchSpec, MetadataMatcherSpec, MirrorSpec, MutationSpec, RetryOn,
     RetryPolicySpec, RouteActionSpec, RouteConfigSpec, RouteSpec, WeightedClusterSpec,
 };
+pub(crate) use source::from_value;
+pub use tls::{ClusterTlsSpec, ListenerTlsSpec};
 
 /// A whole configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

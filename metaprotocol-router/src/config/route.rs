@@ -110,11 +110,7 @@ impl RouteSpec {
         if self.direct_response.is_some() {
             return Err(not_available("direct_response"));
         }
-        for (i, matcher) in self.match_.metadata.iter().enumerate() {
-            matcher
-                .validate()
-                .map_err(|e| e.within(&format!("match.metadata[{i}]")))?;
-        }
+        self.match_.validate().map_err(|e| e.within("match"))?;
         self.route.validate(known).map_err(|e| e.within("route"))?;
         if let Some(retry) = &self.retry_policy {
             retry.validate().map_err(|e| e.within("retry_policy"))?;
@@ -141,13 +137,40 @@ impl RouteSpec {
     }
 }
 
-/// The conditions of a route, all of which must hold.
+/// The conditions of a route (or of a filter's rule), all of which must hold.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MatchSpec {
     /// Conditions on metadata keys, ANDed.
     #[serde(default)]
     pub metadata: Vec<MetadataMatcherSpec>,
+    /// The client's verified TLS identity: one of its names (URI SANs such as SPIFFE ids, DNS
+    /// SANs, the subject) equals this, or matches it as `prefix*`, `*suffix` or `*` (any
+    /// identity). Clients without a certificate never match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+    /// The client's address is in one of these ranges (`10.0.0.0/8`, `::1/128`, `127.0.0.1`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_ips: Vec<String>,
+}
+
+impl MatchSpec {
+    /// Checks every condition.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        for (i, matcher) in self.metadata.iter().enumerate() {
+            matcher
+                .validate()
+                .map_err(|e| e.within(&format!("metadata[{i}]")))?;
+        }
+        if self.principal.as_deref() == Some("") {
+            return Err(ConfigError::new("principal", "must not be empty"));
+        }
+        for (i, range) in self.source_ips.iter().enumerate() {
+            crate::route::IpRange::parse(range)
+                .map_err(|e| e.within(&format!("source_ips[{i}]")))?;
+        }
+        Ok(())
+    }
 }
 
 /// One condition on a metadata key: exactly one of the value tests.
@@ -180,7 +203,7 @@ pub struct MetadataMatcherSpec {
 }
 
 impl MetadataMatcherSpec {
-    fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.key.is_empty() {
             return Err(ConfigError::new("key", "must not be empty"));
         }

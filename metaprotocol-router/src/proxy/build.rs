@@ -12,7 +12,7 @@ use crate::filters::{FilterContext, FilterRegistry, SharedClients};
 use crate::route::{RouteSlot, RouteTable};
 use crate::server::{ListenerContext, Load};
 use crate::stats::{ListenerStats, Metrics};
-use crate::transport::Acceptor;
+use crate::transport::{Acceptor, TlsAcceptor};
 
 /// What building needs from the proxy.
 pub(crate) struct Builder<'a> {
@@ -98,6 +98,12 @@ impl Builder<'_> {
                     .map_err(|e| e.within(&format!("filters[{f}]")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let acceptor = match &spec.tls {
+            None => Acceptor::Plain,
+            Some(tls) => TlsAcceptor::new(tls, &spec.name, &scope)
+                .map(|tls| Acceptor::Tls(Arc::new(tls)))
+                .map_err(|e| e.within("tls"))?,
+        };
         Ok(ListenerContext {
             name,
             codec,
@@ -110,7 +116,7 @@ impl Builder<'_> {
                 .unwrap_or(crate::server::DEFAULT_IDLE_TIMEOUT),
             frame_timeout: spec.frame_timeout,
             drain_time,
-            acceptor: Acceptor::Plain,
+            acceptor,
             load: self.load.clone(),
         })
     }

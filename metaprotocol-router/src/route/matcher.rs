@@ -1,9 +1,59 @@
-//! Conditions on metadata.
+//! Conditions on a request: its metadata ([`MetadataMatcher`]) and, through
+//! [`RequestMatcher`], who sent it.
 
-use metaprotocol_core::RoutingView;
+use metaprotocol_core::{ConnectionInfo, RoutingView};
 use regex::bytes::Regex;
 
-use crate::config::{ConfigError, MetadataMatcherSpec};
+use super::peer::{IpRange, PrincipalMatcher};
+use crate::config::{ConfigError, MatchSpec, MetadataMatcherSpec};
+
+/// A compiled [`MatchSpec`]: conditions on metadata, on the client's TLS identity and on its
+/// address, all of which must hold. Routes and filters' rules use it; matching allocates
+/// nothing.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RequestMatcher {
+    metadata: Vec<MetadataMatcher>,
+    principal: Option<PrincipalMatcher>,
+    source_ips: Vec<IpRange>,
+}
+
+impl RequestMatcher {
+    /// Compiles a validated spec.
+    pub fn new(spec: &MatchSpec) -> Result<Self, ConfigError> {
+        let metadata = spec
+            .metadata
+            .iter()
+            .enumerate()
+            .map(|(i, m)| MetadataMatcher::new(m).map_err(|e| e.within(&format!("metadata[{i}]"))))
+            .collect::<Result<_, _>>()?;
+        let source_ips = spec
+            .source_ips
+            .iter()
+            .enumerate()
+            .map(|(i, r)| IpRange::parse(r).map_err(|e| e.within(&format!("source_ips[{i}]"))))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            metadata,
+            principal: spec.principal.as_deref().map(PrincipalMatcher::new),
+            source_ips,
+        })
+    }
+
+    /// True if every condition holds for the request seen through `view`, arrived on
+    /// `connection`.
+    pub fn matches(&self, view: &RoutingView<'_>, connection: &ConnectionInfo) -> bool {
+        self.metadata.iter().all(|m| m.matches(view))
+            && self
+                .principal
+                .as_ref()
+                .is_none_or(|p| p.matches(connection.peer_identity.as_deref()))
+            && (self.source_ips.is_empty()
+                || self
+                    .source_ips
+                    .iter()
+                    .any(|r| r.contains(connection.peer_addr.ip())))
+    }
+}
 
 /// The test a [`MetadataMatcher`] applies to a key's value.
 #[derive(Debug, Clone)]

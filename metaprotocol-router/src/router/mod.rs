@@ -112,7 +112,7 @@ pub(crate) fn route(
         metadata: &request.metadata,
         keys: record.routing_keys(),
     };
-    let Some(index) = table.route_index(&view) else {
+    let Some(index) = table.route_index(&view, &record.connection) else {
         record.set_local_reply(LocalReplyKind::RouteNotFound, ResponseFlags::NO_ROUTE);
         return Err(no_route(request));
     };

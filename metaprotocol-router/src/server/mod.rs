@@ -75,9 +75,9 @@ pub(crate) async fn serve(
             Ok((stream, peer)) => {
                 let ctx = ctx.load_full();
                 let local = stream.local_addr().unwrap_or(peer);
-                match &ctx.acceptor {
+                let accepted = Acceptor::plain(&stream);
+                match ctx.acceptor.clone() {
                     Acceptor::Plain => {
-                        let accepted = ctx.acceptor.plain(&stream);
                         trackers.spawn(connection::serve(
                             stream,
                             accepted,
@@ -86,6 +86,22 @@ pub(crate) async fn serve(
                             ctx,
                             stop.clone(),
                         ));
+                    }
+                    Acceptor::Tls(tls) => {
+                        // The handshake runs on the connection's task, never in this loop; a
+                        // client slow to finish it is bounded like a slow frame.
+                        let stop = stop.clone();
+                        trackers.spawn(async move {
+                            match tls.accept(stream, ctx.frame_timeout).await {
+                                Ok((stream, accepted)) => {
+                                    connection::serve(stream, accepted, peer, local, ctx, stop)
+                                        .await;
+                                }
+                                Err(err) => {
+                                    tracing::debug!(listener = %ctx.name, %peer, error = %err, "TLS handshake failed");
+                                }
+                            }
+                        });
                     }
                 }
             }

@@ -160,6 +160,10 @@ async fn run(
             let connected = Connector::connect_plain(params.address, params.connect_timeout).await;
             serve(connected, params, requests, shared).await;
         }
+        Connector::Tls(tls) => {
+            let connected = tls.connect(params.address, params.connect_timeout).await;
+            serve(connected, params, requests, shared).await;
+        }
     }
 }
 
