@@ -104,3 +104,79 @@ fn not_empty(field: &str, path: &Path) -> Result<(), ConfigError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError};
+
+    const BASE: &str = "listeners:
+  - name: in
+    address: 127.0.0.1:0
+    protocol: dubbo
+    route_config: r
+    LISTENER_TLS
+route_configs:
+  - { name: r, routes: [ { route: { cluster: c } } ] }
+clusters:
+  - name: c
+    endpoints: [ { address: 127.0.0.1:1 } ]
+    CLUSTER_TLS
+";
+
+    fn error_of(listener: &str, cluster: &str) -> ConfigError {
+        let yaml = BASE
+            .replace("LISTENER_TLS", listener)
+            .replace("CLUSTER_TLS", cluster);
+        match Config::from_yaml(&yaml) {
+            Ok(_) => ConfigError::new("<none>", "accepted"),
+            Err(err) => err,
+        }
+    }
+
+    #[test]
+    fn tls_settings_parse_and_are_checked() {
+        let cases = [
+            (
+                "tls: { cert_file: c.pem, key_file: k.pem, require_client_cert: true }",
+                "",
+                "listeners[0].tls.require_client_cert",
+                "needs `client_ca_file`",
+            ),
+            (
+                "tls: { cert_file: c.pem }",
+                "",
+                "listeners[0].tls",
+                "missing field `key_file`",
+            ),
+            (
+                "",
+                "tls: { ca_file: ca.pem, cert_file: c.pem }",
+                "clusters[0].tls.key_file",
+                "needed with `cert_file`",
+            ),
+            (
+                "",
+                "tls: { ca_file: ca.pem, server_name: \"a b\" }",
+                "clusters[0].tls.server_name",
+                "not a DNS name",
+            ),
+            (
+                "",
+                "tls: { ca_file: ca.pem, subject_alt_names: [ \"\" ] }",
+                "clusters[0].tls.subject_alt_names[0]",
+                "must not be empty",
+            ),
+        ];
+        for (listener, cluster, field, reason) in cases {
+            let err = error_of(listener, cluster);
+            assert_eq!(err.field, field, "{err}");
+            assert!(err.reason.contains(reason), "{err}");
+            assert!(err.position.is_some(), "{err}");
+        }
+        let accepted = error_of(
+            "tls: { cert_file: c.pem, key_file: k.pem, client_ca_file: ca.pem, require_client_cert: true }",
+            "tls: { ca_file: ca.pem, cert_file: c.pem, key_file: k.pem, server_name: provider.default.svc }",
+        );
+        assert_eq!(accepted.reason, "accepted");
+    }
+}

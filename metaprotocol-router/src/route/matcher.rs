@@ -150,6 +150,47 @@ mod tests {
     }
 
     #[test]
+    fn requests_match_on_principal_and_source_ranges() -> Result<(), ConfigError> {
+        use std::sync::Arc;
+
+        use metaprotocol_core::{ConnectionInfo, PeerIdentity};
+
+        let md = metadata();
+        let keys = RoutingKeys::new();
+        let view = RoutingView {
+            metadata: &md,
+            keys: &keys,
+        };
+        let spec = MatchSpec {
+            metadata: vec![MetadataMatcherSpec {
+                exact: Some("sayHello".into()),
+                ..spec("method")
+            }],
+            principal: Some("spiffe://cluster.local/ns/default/*".into()),
+            source_ips: vec!["10.0.0.0/8".into(), "192.168.0.1".into()],
+        };
+        let matcher = RequestMatcher::new(&spec)?;
+        let connection = |ip: [u8; 4], spiffe: Option<&str>| ConnectionInfo {
+            peer_identity: spiffe.map(|id| {
+                Arc::new(PeerIdentity {
+                    uri_sans: vec![id.to_owned()],
+                    ..PeerIdentity::default()
+                })
+            }),
+            ..ConnectionInfo::new("in".into(), (ip, 1).into(), (ip, 2).into())
+        };
+        let reader = Some("spiffe://cluster.local/ns/default/sa/reader");
+        assert!(matcher.matches(&view, &connection([10, 1, 2, 3], reader)));
+        assert!(matcher.matches(&view, &connection([192, 168, 0, 1], reader)));
+        assert!(!matcher.matches(&view, &connection([192, 168, 0, 2], reader)));
+        assert!(!matcher.matches(&view, &connection([10, 1, 2, 3], None)));
+        let other = Some("spiffe://cluster.local/ns/other/sa/reader");
+        assert!(!matcher.matches(&view, &connection([10, 1, 2, 3], other)));
+        assert!(RequestMatcher::default().matches(&view, &connection([8, 8, 8, 8], None)));
+        Ok(())
+    }
+
+    #[test]
     fn every_test_and_inversion() -> Result<(), ConfigError> {
         let md = metadata();
         let cases: Vec<(MetadataMatcherSpec, bool)> = vec![
