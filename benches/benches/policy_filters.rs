@@ -34,7 +34,10 @@ fn filter(name: &str, config: serde_json::Value) -> Arc<dyn L7Filter> {
     let metrics = Metrics::new();
     let context = FilterContext::new(
         "in".into(),
-        metrics.root().detached("listener", "in").with_label("filter", name),
+        metrics
+            .root()
+            .detached("listener", "in")
+            .with_label("filter", name),
         SharedClients::default(),
     );
     FilterRegistry::with_builtins()
@@ -46,7 +49,10 @@ fn filter(name: &str, config: serde_json::Value) -> Arc<dyn L7Filter> {
 fn request(method: &str) -> (Message, RequestRecord) {
     let mut message = Message::new(MessageKind::Request, 1, Bytes::new());
     for (key, value) in [
-        ("interface", "org.apache.dubbo.samples.basic.api.DemoService"),
+        (
+            "interface",
+            "org.apache.dubbo.samples.basic.api.DemoService",
+        ),
         ("method", method),
         ("version", "1.0.0"),
         ("tenant", "t1"),
@@ -131,9 +137,20 @@ struct Redis(Child, SocketAddr);
 
 impl Redis {
     fn start() -> Option<Self> {
-        let port = TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -18,7 +18,7 @@ mod support;
 use support::TestResult;
 use support::mesh::{MeshCa, Workload, spiffe_id, yaml};
 use support::process::{Scratch, wait_until};
-use support::proxy::{listener_addr, start_engine};
+use support::proxy::{listener_addr, metric, start_engine};
 
 const OK: u8 = 20;
 const UNAUTHORIZED: u8 = 40;
@@ -40,7 +40,13 @@ impl Mesh {
     async fn start(test: &str) -> TestResult<Self> {
         let scratch = Scratch::new(test)?;
         let ca = MeshCa::new(&scratch, "mesh")?;
-        let gateway = ca.workload(&scratch, "gateway", "default", "gateway", &["edge.default.svc"])?;
+        let gateway = ca.workload(
+            &scratch,
+            "gateway",
+            "default",
+            "gateway",
+            &["edge.default.svc"],
+        )?;
         let provider_id = ca.workload(&scratch, "provider", "default", "provider", &[])?;
         let reader = ca.workload(&scratch, "reader", "default", "reader", &[])?;
         let writer = ca.workload(&scratch, "writer", "default", "writer", &[])?;
@@ -119,16 +125,14 @@ clusters:
     /// A client of the edge presenting `workload`'s certificate (none: no certificate).
     fn edge_client(&self, workload: Option<&Workload>) -> TestResult<DubboClient> {
         let tls = self.ca.client_tls(workload, &self.gateway.spiffe_id);
-        Ok(DubboClient::with_tls(listener_addr(&self.proxy, "edge")?, &tls)?)
+        Ok(DubboClient::with_tls(
+            listener_addr(&self.proxy, "edge")?,
+            &tls,
+        )?)
     }
 
     fn metric(&self, series: &str) -> f64 {
-        self.proxy
-            .metrics()
-            .render()
-            .lines()
-            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or(0.0)
+        metric(&self.proxy, series)
     }
 }
 
@@ -260,7 +264,9 @@ async fn rotated_certificates_are_served_without_dropping_connections() -> TestR
     assert!(served, "the new certificate was never served");
     assert_eq!(before.call("sayHello", "a", &[]).await?.dubbo_status, OK);
     assert_eq!(
-        mesh.metric("metaprotocol_tls_certificate_reloads_total{listener=\"edge\",outcome=\"applied\"}"),
+        mesh.metric(
+            "metaprotocol_tls_certificate_reloads_total{listener=\"edge\",outcome=\"applied\"}"
+        ),
         1.0
     );
     mesh.proxy.shutdown().await;

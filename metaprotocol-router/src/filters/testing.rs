@@ -32,11 +32,25 @@ pub(crate) fn build(
     FilterRegistry::with_builtins().build(name, &config, &context)
 }
 
-/// The reason a config is rejected with.
+/// The error a config is rejected with.
 pub(crate) fn rejection(name: &str, config: serde_json::Value) -> ConfigError {
     match build(name, config, &Metrics::new()) {
         Ok(_) => ConfigError::new("<none>", "accepted"),
         Err(err) => err,
+    }
+}
+
+/// Asserts that filter `name` rejects each `(config, field, reason)`, naming `field` (within
+/// `config`) for a reason that contains `reason`.
+pub(crate) fn assert_rejected(name: &str, cases: Vec<(serde_json::Value, &str, &str)>) {
+    for (config, field, reason) in cases {
+        let err = rejection(name, config);
+        let expected = match field {
+            "" => "config".to_owned(),
+            field => format!("config.{field}"),
+        };
+        assert_eq!(err.field, expected, "{err}");
+        assert!(err.reason.contains(reason), "{err}");
     }
 }
 

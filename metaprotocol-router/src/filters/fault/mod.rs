@@ -192,7 +192,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::filters::testing::{TestRequest, build as build_filter, rejection, value};
+    use crate::filters::testing::{TestRequest, assert_rejected, build as build_filter, value};
     use crate::stats::Metrics;
 
     #[test]
@@ -271,7 +271,7 @@ mod tests {
 
     #[test]
     fn bad_configs_name_the_field() {
-        let cases = [
+        let cases = vec![
             (json!({}), "", "needs `delay`, `abort` or both"),
             (
                 json!({ "abort": { "kind": "teapot" } }),
@@ -294,15 +294,6 @@ mod tests {
                 "soon",
             ),
         ];
-        for (config, field, reason) in cases {
-            let err = rejection(NAME, config);
-            let expected = if field.is_empty() {
-                "config".to_owned()
-            } else {
-                format!("config.{field}")
-            };
-            assert_eq!(err.field, expected, "{err}");
-            assert!(err.reason.contains(reason), "{err}");
-        }
+        assert_rejected(NAME, cases);
     }
 }

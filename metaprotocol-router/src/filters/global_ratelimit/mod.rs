@@ -22,6 +22,7 @@
 mod client;
 
 use std::borrow::Cow;
+use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -212,8 +213,8 @@ impl GlobalRateLimit {
 }
 
 fn push_part(key: &mut Vec<u8>, part: &[u8]) {
-    key.extend_from_slice(part.len().to_string().as_bytes());
-    key.push(b':');
+    // Writing into a Vec cannot fail.
+    let _ = write!(key, "{}:", part.len());
     key.extend_from_slice(part);
 }
 
@@ -275,7 +276,9 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::filters::testing::{TestRequest, build as build_filter, rejection, value};
+    use crate::filters::testing::{
+        TestRequest, assert_rejected, build as build_filter, rejection, value,
+    };
     use crate::stats::Metrics;
 
     fn config(address: &str, deny: bool) -> serde_json::Value {
@@ -380,7 +383,7 @@ mod tests {
             edit(&mut config);
             config
         };
-        let cases = [
+        let cases = vec![
             (
                 with(&|c| c["limit"]["requests"] = json!(0)),
                 "limit.requests",
@@ -417,11 +420,7 @@ mod tests {
                 "not a Redis address",
             ),
         ];
-        for (config, field, reason) in cases {
-            let err = rejection(NAME, config);
-            assert_eq!(err.field, format!("config.{field}"), "{err}");
-            assert!(err.reason.contains(reason), "{err}");
-        }
+        assert_rejected(NAME, cases);
         base["limit"] = json!({ "requests": 1 });
         let err = rejection(NAME, base);
         assert!(err.reason.contains("missing field `per`"), "{err}");

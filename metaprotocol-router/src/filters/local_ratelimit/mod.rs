@@ -177,7 +177,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::filters::testing::{TestRequest, build as build_filter, rejection, value};
+    use crate::filters::testing::{TestRequest, assert_rejected, build as build_filter, value};
     use crate::stats::Metrics;
 
     fn limited(decision: &FilterDecision) -> bool {
@@ -237,7 +237,7 @@ mod tests {
 
     #[test]
     fn bad_configs_name_the_field() {
-        let cases = [
+        let cases = vec![
             (
                 json!({}),
                 "token_bucket",
@@ -270,10 +270,6 @@ mod tests {
                 "needs one of",
             ),
         ];
-        for (config, field, reason) in cases {
-            let err = rejection(NAME, config);
-            assert_eq!(err.field, format!("config.{field}"), "{err}");
-            assert!(err.reason.contains(reason), "{err}");
-        }
+        assert_rejected(NAME, cases);
     }
 }

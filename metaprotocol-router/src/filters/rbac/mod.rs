@@ -143,7 +143,9 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::filters::testing::{TestRequest, build as build_filter, rejection, value};
+    use crate::filters::testing::{
+        TestRequest, assert_rejected, build as build_filter, rejection, value,
+    };
     use crate::stats::Metrics;
 
     const READER: &str = "spiffe://cluster.local/ns/default/sa/reader";
@@ -164,7 +166,7 @@ mod tests {
                   "not_principals": [ "*" ] } ] }),
             &Metrics::new(),
         )?;
-        let cases = [
+        let cases = vec![
             (
                 TestRequest::new(&[("method", "getUser")]).with_principal(READER),
                 false,
@@ -244,7 +246,7 @@ mod tests {
 
     #[test]
     fn bad_configs_name_the_field() {
-        let cases = [
+        let cases = vec![
             (
                 json!({ "action": "allow", "policies": [] }),
                 "policies",
@@ -271,11 +273,7 @@ mod tests {
                 "invalid regex",
             ),
         ];
-        for (config, field, reason) in cases {
-            let err = rejection(NAME, config);
-            assert_eq!(err.field, format!("config.{field}"), "{err}");
-            assert!(err.reason.contains(reason), "{err}");
-        }
+        assert_rejected(NAME, cases);
         let err = rejection(NAME, json!({ "policies": [] }));
         assert_eq!(
             (err.field.as_str(), err.reason.as_str()),
