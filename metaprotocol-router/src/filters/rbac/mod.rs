@@ -166,7 +166,7 @@ mod tests {
                   "not_principals": [ "*" ] } ] }),
             &Metrics::new(),
         )?;
-        let cases = vec![
+        let cases = [
             (
                 TestRequest::new(&[("method", "getUser")]).with_principal(READER),
                 false,
