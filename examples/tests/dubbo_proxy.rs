@@ -1275,3 +1275,28 @@ async fn a_dead_endpoint_is_backed_off_and_avoided_not_hammered() -> TestResult 
     world.proxy.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn config_update_counters_exist_from_the_start_and_zero_timeout_means_none() -> TestResult {
+    let world = World::start_with(
+        "      - route: { cluster: demo, subset: { version: v1 } }
+        timeout: 0s",
+        "",
+        Duration::from_millis(400),
+    )
+    .await?;
+    let metrics = world.proxy.metrics().render();
+    for outcome in ["applied", "rejected"] {
+        assert!(
+            metrics.contains(&format!(
+                "metaprotocol_config_reloads_total{{outcome=\"{outcome}\"}} 0"
+            )),
+            "{metrics}"
+        );
+    }
+    // `timeout: 0s` is no timeout: a call slower than the default would have been is answered.
+    let slow = world.client.call("sayHelloSlowly", "a", &[]).await?;
+    assert_eq!(slow.dubbo_status, 20);
+    world.proxy.shutdown().await;
+    Ok(())
+}
