@@ -245,6 +245,37 @@ mod tests {
         Ok(())
     }
 
+    /// Whether `policy` marks a request without metadata from `ip` idempotent.
+    fn idempotent_from(policy: &RetryPolicy, ip: [u8; 4]) -> bool {
+        let address = std::net::SocketAddr::from((ip, 1));
+        let metadata = Metadata::default();
+        let keys = RoutingKeys::new();
+        let view = RoutingView {
+            metadata: &metadata,
+            keys: &keys,
+        };
+        policy.is_idempotent(&view, &ConnectionInfo::new("in".into(), address, address))
+    }
+
+    #[test]
+    fn idempotent_match_tests_who_sent_the_request_too() -> Result<(), ConfigError> {
+        let mut spec = spec(vec![]);
+        spec.idempotent_match = Some(MatchSpec {
+            source_ips: vec!["10.0.0.0/8".into()],
+            ..Default::default()
+        });
+        let by_source = policy(spec.clone())?;
+        assert!(idempotent_from(&by_source, [10, 1, 2, 3]));
+        assert!(!idempotent_from(&by_source, [127, 0, 0, 1]));
+        spec.idempotent_match = Some(MatchSpec::default());
+        let without_conditions = policy(spec)?;
+        assert!(
+            !idempotent_from(&without_conditions, [10, 1, 2, 3]),
+            "a match without conditions marks no request idempotent"
+        );
+        Ok(())
+    }
+
     #[test]
     fn the_budget_allows_a_share_of_active_requests_and_a_minimum() {
         let stats = ClusterStats::new(&Metrics::new().root());
