@@ -669,7 +669,7 @@ async fn route_metrics_follow_the_published_table() -> TestResult {
     assert!(world.proxy.metrics().render().contains(&series("old")));
 
     let rejected = metaprotocol_router::config::RouteConfigSpec::from_yaml(
-        "name: r\nroutes:\n  - { name: fine, route: { cluster: demo } }\n  - { name: broken, route: { cluster: demo }, mirror: { cluster: demo } }\n",
+        "name: r\nroutes:\n  - { name: fine, route: { cluster: demo } }\n  - { name: broken, route: { cluster: ghost } }\n",
     )?;
     assert!(world.proxy.update_route_config(rejected).await.is_err());
     let metrics = world.proxy.metrics().render();
