@@ -24,7 +24,7 @@ use metaprotocol_core::{
     ByteStr, ConnectionInfo, FilterDecision, L7Filter, Message, MessageKind, Mutation,
     PeerIdentity, RequestContext, RequestRecord,
 };
-use metaprotocol_router::{FilterContext, FilterRegistry, Metrics, SharedClients};
+use metaprotocol_router::{FilterContext, FilterRegistry, Metrics};
 use serde_json::json;
 
 const READER: &str = "spiffe://cluster.local/ns/default/sa/reader";
@@ -32,14 +32,7 @@ const READER: &str = "spiffe://cluster.local/ns/default/sa/reader";
 /// A filter built as the engine builds it.
 fn filter(name: &str, config: serde_json::Value) -> Arc<dyn L7Filter> {
     let metrics = Metrics::new();
-    let context = FilterContext::new(
-        "in".into(),
-        metrics
-            .root()
-            .detached("listener", "in")
-            .with_label("filter", name),
-        SharedClients::default(),
-    );
+    let context = FilterContext::standalone("in", name, &metrics);
     FilterRegistry::with_builtins()
         .build(name, &config, &context)
         .unwrap_or_else(|err| panic!("{name}: {err}"))

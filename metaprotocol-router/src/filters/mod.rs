@@ -25,7 +25,7 @@ use metaprotocol_core::{L7Filter, RequestContext, RoutingView};
 
 use crate::config::{ConfigError, MatchSpec};
 use crate::route::RequestMatcher;
-use crate::stats::MetricsScope;
+use crate::stats::{Metrics, MetricsScope};
 
 /// Clients that filters share across listeners and config updates (a Redis connection, an
 /// authorization service channel ...), by name.
@@ -83,6 +83,16 @@ impl FilterContext {
             runtime: tokio::runtime::Handle::try_current().ok(),
             shared,
         }
+    }
+
+    /// The context of filter `filter` of listener `listener` outside a running proxy (benches,
+    /// tests): its series go to `metrics` with the labels the engine gives them.
+    pub fn standalone(listener: &str, filter: &str, metrics: &Metrics) -> Self {
+        let scope = metrics
+            .root()
+            .detached("listener", listener)
+            .with_label("filter", filter);
+        Self::new(listener.into(), scope, SharedClients::default())
     }
 
     /// The listener whose chain the filter joins.

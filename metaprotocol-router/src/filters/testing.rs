@@ -10,7 +10,7 @@ use metaprotocol_core::{
     MessageKind, Mutation, PeerIdentity, RequestContext, RequestRecord,
 };
 
-use super::{FilterContext, FilterRegistry, SharedClients};
+use super::{FilterContext, FilterRegistry};
 use crate::config::ConfigError;
 use crate::stats::Metrics;
 
@@ -21,14 +21,7 @@ pub(crate) fn build(
     config: serde_json::Value,
     metrics: &Metrics,
 ) -> Result<Arc<dyn L7Filter>, ConfigError> {
-    let context = FilterContext::new(
-        "in".into(),
-        metrics
-            .root()
-            .detached("listener", "in")
-            .with_label("filter", name),
-        SharedClients::default(),
-    );
+    let context = FilterContext::standalone("in", name, metrics);
     FilterRegistry::with_builtins().build(name, &config, &context)
 }
 

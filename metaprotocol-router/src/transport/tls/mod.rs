@@ -73,15 +73,11 @@ impl TlsAcceptor {
             Some(&spec.cert_file),
             Some(&spec.key_file),
             spec.client_ca_file.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        .cloned()
-        .collect();
-        let spec = spec.clone();
+        ];
+        let owned = spec.clone();
         let config = Reloading::start(
             files,
-            Box::new(move || server_config(&spec)),
+            Box::new(move || server_config(&owned)),
             format!("listener {listener}"),
             scope,
         )?;
@@ -189,15 +185,11 @@ impl TlsConnector {
             Some(&spec.ca_file),
             spec.cert_file.as_ref(),
             spec.key_file.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        .cloned()
-        .collect();
-        let spec = spec.clone();
+        ];
+        let owned = spec.clone();
         let config = Reloading::start(
             files,
-            Box::new(move || client_config(&spec)),
+            Box::new(move || client_config(&owned)),
             format!("cluster {cluster}"),
             scope,
         )?;

@@ -32,15 +32,16 @@ pub(crate) struct Reloading<T> {
 }
 
 impl<T: Send + Sync + 'static> Reloading<T> {
-    /// Builds the settings from `files` with `build` (an error is the config's), and, on a
-    /// runtime, watches the files until the returned value is dropped. Reloads are counted in
-    /// `scope`.
-    pub fn start(
-        files: Vec<PathBuf>,
+    /// Builds the settings from `files` (those given) with `build` (an error is the config's),
+    /// and, on a runtime, watches the files until the returned value is dropped. Reloads are
+    /// counted in `scope`.
+    pub fn start<'a>(
+        files: impl IntoIterator<Item = Option<&'a PathBuf>>,
         build: Build<T>,
         owner: String,
         scope: &MetricsScope,
     ) -> Result<Arc<Self>, ConfigError> {
+        let files: Vec<PathBuf> = files.into_iter().flatten().cloned().collect();
         let seen = fingerprint(&files);
         let first = build()?;
         let reloads = |outcome| {
