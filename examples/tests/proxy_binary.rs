@@ -247,20 +247,21 @@ clusters: [ { name: c, endpoints: [ { address: 127.0.0.1:1 } ] } ]
     // Found while building the proxy, not while parsing: still placed in the file.
     let out = validate(
         &scratch,
-        "ring.yaml",
+        "probe.yaml",
         "listeners: [ { name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r } ]
 route_configs: [ { name: r, routes: [ { route: { cluster: c } } ] } ]
 clusters:
   - name: c
-    lb_policy: ring_hash
+    health_check: { probe: { method: ping } }
     endpoints: [ { address: 127.0.0.1:1 } ]
 ",
     )?;
     assert_eq!(out.status.code(), Some(1));
     let reason = String::from_utf8(out.stderr)?;
     assert!(
-        reason
-            .contains("clusters[0].lb_policy (line 5, column 16): ring_hash is not available yet"),
+        reason.contains(
+            "clusters[0].health_check.probe (line 5, column 28): protocol dubbo cannot probe"
+        ),
         "{reason}"
     );
 

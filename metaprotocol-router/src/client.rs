@@ -78,9 +78,11 @@ impl Client {
         let settings = PoolSettings {
             connect_timeout: options.connect_timeout,
             connections: options.connections.max(1),
+            idle_timeout: crate::config::DEFAULT_UPSTREAM_IDLE_TIMEOUT,
+            max_requests_per_connection: None,
         };
         Self {
-            pool: UpstreamPool::new(address, codec, settings, connector, stats),
+            pool: UpstreamPool::new(address, codec, settings, connector, stats, None),
         }
     }
 

@@ -46,6 +46,7 @@ mod client;
 mod cluster;
 pub mod config;
 mod filters;
+mod health;
 mod lb;
 mod proxy;
 mod route;
@@ -59,7 +60,7 @@ mod upstream;
 mod testing;
 
 pub use client::{Client, ClientOptions};
-pub use cluster::{ClusterStatus, EndpointStatus, HealthState};
+pub use cluster::{BreakerStatus, ClusterStatus, EndpointStatus, HealthState};
 pub use config::{Config, ConfigError};
 pub use filters::{FilterContext, FilterFactory, FilterRegistry, SharedClients};
 pub use proxy::{

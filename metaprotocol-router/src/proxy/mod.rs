@@ -601,6 +601,9 @@ impl Proxy {
         {
             tracing::warn!("drain time of {drain_time:?} passed; abandoning what is left");
         }
+        for cluster in state.clusters.all().values() {
+            cluster.stop_health();
+        }
         state.admin_stop.cancel();
         let admin = lock(&state.admin_task).take();
         if let Some(admin) = admin {

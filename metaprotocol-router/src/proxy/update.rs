@@ -17,7 +17,7 @@ use super::listeners::bind;
 use super::{ProxyState, ReloadSummary, UpdateError};
 use crate::cluster::dns::{self, SystemResolver};
 use crate::cluster::{ClusterHandle, ClusterManager, Resolved};
-use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec};
+use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec, LocalitySpec};
 use crate::route::{RouteSlot, RouteTable};
 use crate::server::ListenerContext;
 
@@ -30,12 +30,13 @@ pub(crate) enum Source {
     Api,
 }
 
-/// A cluster whose config changed: its new spec, and its new protocol and codec when those
-/// changed too.
+/// A cluster whose config changed: its new spec, its new protocol and codec when those
+/// changed too, and the proxy's locality.
 struct ClusterChange {
     handle: Arc<ClusterHandle>,
     spec: ClusterSpec,
     codec: Option<(String, Arc<dyn CodecFactory>)>,
+    local: Option<LocalitySpec>,
     resolved: Resolved,
 }
 
@@ -185,6 +186,7 @@ impl ProxyState {
             }
         }
         let protocols = cluster_protocols(new)?;
+        let local = new.node.as_ref().map(|node| &node.locality);
 
         // Clusters: build new ones, check changed ones; the prospective view routes compile
         // against.
@@ -199,7 +201,7 @@ impl ProxyState {
             match live.get(&spec.name) {
                 None => {
                     let handle = builder
-                        .cluster(spec, protocol, &resolved)
+                        .cluster(spec, protocol, local, &resolved)
                         .map_err(|e| e.within(&at))?;
                     prospective.insert(handle.clone());
                     plan.new_clusters.push(handle);
@@ -207,10 +209,12 @@ impl ProxyState {
                 Some(handle) => {
                     prospective.insert(handle.clone());
                     let old = handle.spec();
-                    if old == *spec && handle.protocol() == *protocol {
+                    if old == *spec
+                        && handle.protocol() == *protocol
+                        && handle.local().as_ref() == local
+                    {
                         continue;
                     }
-                    handle.check_update(spec).map_err(|e| e.within(&at))?;
                     let codec = if handle.protocol() != *protocol || old.codec != spec.codec {
                         let codec = builder
                             .codec(protocol, spec.codec.as_ref())
@@ -219,10 +223,14 @@ impl ProxyState {
                     } else {
                         None
                     };
+                    handle
+                        .check_update(spec, codec.as_ref().map(|(_, c)| c))
+                        .map_err(|e| e.within(&at))?;
                     plan.changed_clusters.push(ClusterChange {
                         handle: handle.clone(),
                         spec: spec.clone(),
                         codec,
+                        local: local.cloned(),
                         resolved,
                     });
                 }
@@ -319,6 +327,7 @@ impl ProxyState {
         let mut summary = ReloadSummary::default();
         for handle in plan.new_clusters {
             summary.clusters.push((handle.name().to_string(), 1));
+            handle.start_health();
             tokio::spawn(dns::refresh(
                 Arc::downgrade(&handle),
                 SystemResolver,
@@ -330,10 +339,11 @@ impl ProxyState {
             handle,
             spec,
             codec,
+            local,
             resolved,
         } in plan.changed_clusters
         {
-            match handle.update(&spec, codec, &resolved) {
+            match handle.update(&spec, codec, local, &resolved) {
                 Ok(version) => summary.clusters.push((spec.name.clone(), version)),
                 Err(err) => {
                     tracing::error!(cluster = %spec.name, error = %err, "cluster update failed after its checks passed")
