@@ -174,7 +174,9 @@ async fn run(
             serve(connected, params, requests, shared).await;
         }
         Connector::Tls(tls) => {
-            let connected = tls.connect(params.address, params.settings.connect_timeout).await;
+            let connected = tls
+                .connect(params.address, params.settings.connect_timeout)
+                .await;
             serve(connected, params, requests, shared).await;
         }
     }
