@@ -66,7 +66,7 @@ pub use filters::{FilterContext, FilterFactory, FilterRegistry, SharedClients};
 pub use proxy::{
     DEFAULT_DRAIN_TIMEOUT, Proxy, ProxyBuilder, ReloadSummary, StartError, UpdateError,
 };
-pub use route::DEFAULT_ROUTE_TIMEOUT;
+pub use route::{DEFAULT_ROUTE_TIMEOUT, RouteCheck, RouteDestination, RouteMatch, UnknownListener};
 pub use server::DEFAULT_IDLE_TIMEOUT;
 pub use stats::{Labels, Metrics, MetricsCollector, MetricsScope};
 pub use upstream::UpstreamError;

@@ -18,7 +18,7 @@ use super::{ProxyState, ReloadSummary, UpdateError};
 use crate::cluster::dns::{self, SystemResolver};
 use crate::cluster::{ClusterHandle, ClusterManager, Resolved};
 use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec, LocalitySpec};
-use crate::route::{RouteSlot, RouteTable};
+use crate::route::{RouteCheck, RouteSlot, RouteTable};
 use crate::server::ListenerContext;
 
 /// Who asked for an update.
@@ -141,12 +141,25 @@ impl ProxyState {
 
     /// Checks that `new` can be built, building it and publishing nothing.
     pub(crate) fn check(&self, new: &Config) -> Result<(), ConfigError> {
+        self.route_check(new).map(drop)
+    }
+
+    /// Builds `new` as [`check`](Self::check) does and keeps each listener's route table.
+    pub(crate) fn route_check(&self, new: &Config) -> Result<RouteCheck, ConfigError> {
         new.validate()?;
         let mut plan = Plan::default();
         // Checking resolves no name: endpoints named by host names are left out.
-        let checked = self.prepare(&self.config.load(), new, &Resolutions::new(), &mut plan);
+        let prepared = self.prepare(&self.config.load(), new, &Resolutions::new(), &mut plan);
+        let tables = new
+            .listeners
+            .iter()
+            .filter_map(|listener| {
+                let slot = plan.new_slots.get(&listener.route_config)?;
+                Some((listener.name.clone(), slot.table.load_full()))
+            })
+            .collect();
         plan.discard(self);
-        checked
+        prepared.map(|()| RouteCheck::new(tables))
     }
 
     /// Resolves the host names of the clusters of `new` that are added or changed, each name

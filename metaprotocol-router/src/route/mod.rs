@@ -5,6 +5,7 @@
 //! A listener reads its table through a [`RouteSlot`], swapped atomically on update: requests in
 //! flight keep the table they started with.
 
+mod check;
 mod hash_policy;
 mod matcher;
 mod peer;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use metaprotocol_core::{ConnectionInfo, LocalReply, RoutingView};
 
+pub use self::check::{RouteCheck, RouteDestination, RouteMatch, UnknownListener};
 pub(crate) use self::hash_policy::HashPolicy;
 pub(crate) use self::matcher::{MetadataMatcher, RequestMatcher};
 pub(crate) use self::peer::{IpRange, PrincipalMatcher};
