@@ -556,12 +556,18 @@ async fn other_serializations_get_a_bad_request_reply_and_keep_the_connection() 
 
 #[tokio::test]
 async fn features_not_available_yet_are_rejected_not_ignored() -> TestResult {
-    let cases = [("tls: { server_name: x }", "clusters[0].tls")];
+    let cases = [
+        (
+            "access_log: { path: /dev/stdout }",
+            "listeners[0].access_log",
+        ),
+        ("filters: [ { name: lua } ]", "listeners[0].filters[0]"),
+    ];
     for (field, path) in cases {
         let yaml = format!(
-            "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r }} ]
+            "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r, {field} }} ]
 route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
-clusters: [ {{ name: c, {field}, endpoints: [ {{ address: 127.0.0.1:1 }} ] }} ]
+clusters: [ {{ name: c, endpoints: [ {{ address: 127.0.0.1:1 }} ] }} ]
 "
         );
         let started = match Config::from_yaml(&yaml) {
