@@ -14,7 +14,7 @@ use crate::filters::{FilterContext, FilterRegistry, SharedClients};
 use crate::route::{RouteSlot, RouteTable};
 use crate::server::{ListenerContext, Load};
 use crate::stats::{ListenerStats, Metrics};
-use crate::transport::Acceptor;
+use crate::transport::{Acceptor, TlsAcceptor};
 
 /// What building needs from the proxy.
 pub(crate) struct Builder<'a> {
@@ -110,6 +110,12 @@ impl Builder<'_> {
                     .map_err(|e| e.within(&format!("filters[{f}]")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let acceptor = match &spec.tls {
+            None => Acceptor::Plain,
+            Some(tls) => TlsAcceptor::new(tls, &spec.name, &scope)
+                .map(|tls| Acceptor::Tls(Arc::new(tls)))
+                .map_err(|e| e.within("tls"))?,
+        };
         Ok(ListenerContext {
             name,
             codec,
@@ -123,7 +129,7 @@ impl Builder<'_> {
             frame_timeout: spec.frame_timeout,
             max_connections: spec.max_connections,
             drain_time,
-            acceptor: Acceptor::Plain,
+            acceptor,
             load: self.load.clone(),
         })
     }
