@@ -1052,12 +1052,22 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
 #[tokio::test]
 async fn a_client_that_never_reads_holds_bounded_memory_and_hurts_no_one() -> TestResult {
     let provider = DemoProvider::start("p").await?;
+    // The polite client's provider is its own: what is measured is the proxy's fairness, not
+    // how long one provider takes to work through the greedy clients' backlog.
+    let quiet = DemoProvider::start("q").await?;
     let yaml = format!(
         "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r }} ]
-route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
-clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
+route_configs:
+  - name: r
+    routes:
+      - {{ match: {{ metadata: [ {{ key: x-big, present: true }} ] }}, route: {{ cluster: c }} }}
+      - {{ route: {{ cluster: quiet }} }}
+clusters:
+  - {{ name: c, endpoints: [ {{ address: {} }} ] }}
+  - {{ name: quiet, endpoints: [ {{ address: {} }} ] }}
 ",
-        provider.address()
+        provider.address(),
+        quiet.address()
     );
     let proxy = Proxy::start(
         Config::from_yaml(&yaml)?,
@@ -1111,11 +1121,8 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
         "bounded per connection: {peak}"
     );
     let polite = DubboClient::new(address);
-    // The polite call shares the upstream connection with the greedy clients' calls already
-    // sent, and waits its turn behind them (64 KiB echoes, a debug build, a busy test machine):
-    // what must hold is that it is answered, not how fast.
     let reply =
-        tokio::time::timeout(Duration::from_secs(30), polite.call("sayHello", "a", &[])).await??;
+        tokio::time::timeout(Duration::from_secs(10), polite.call("sayHello", "a", &[])).await??;
     assert_eq!(reply.dubbo_status, 20, "the others are still served");
     for task in greedy {
         task.abort();
