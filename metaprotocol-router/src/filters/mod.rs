@@ -5,6 +5,11 @@
 //! never per request, and gets a [`FilterContext`]: the listener's name, a metrics scope for
 //! the filter's own series, the runtime, and clients shared by every filter of the proxy.
 
+#[cfg(feature = "lua")]
+mod lua;
+#[cfg(any(feature = "lua", feature = "wasm"))]
+mod script;
+
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -113,7 +118,13 @@ impl std::fmt::Debug for FilterRegistry {
 impl FilterRegistry {
     /// A registry with the built-in filters.
     pub fn with_builtins() -> Self {
-        Self::default()
+        #[allow(unused_mut)]
+        let mut registry = Self::default();
+        #[cfg(feature = "lua")]
+        registry.register(lua::NAME, |config, context| {
+            Ok(Arc::new(lua::build(config, context)?) as Arc<dyn L7Filter>)
+        });
+        registry
     }
 
     /// Registers `factory` under `name`, replacing an earlier one.
@@ -160,6 +171,7 @@ const PLANNED_BUILTINS: &[&str] = &[
     "global_ratelimit",
     "fault",
     "rbac",
+    #[cfg(not(feature = "lua"))]
     "lua",
 ];
 
