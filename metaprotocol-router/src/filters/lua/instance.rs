@@ -8,10 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use mlua::{AnyUserData, Function, HookTriggers, Lua, LuaOptions, StdLib, VmState};
-use prometheus_client::metrics::counter::Counter;
 
 use super::message::LuaMessage;
-use crate::filters::script::{Exchange, Failure, Hook};
+use crate::filters::script::{Exchange, Failure, Hook, RunError, ScriptCounters, ScriptInstance};
 
 /// The count hook runs every this many instructions; the budget is counted in these steps.
 pub(super) const INSTRUCTIONS_PER_TICK: u64 = 1000;
@@ -25,14 +24,8 @@ pub(super) struct Limits {
     pub memory: usize,
 }
 
-/// The counters a script may increment with `count(name)`, declared in the config.
-pub(super) type Counters = Arc<[(String, Counter)]>;
-
-/// Why a run failed: the counter's reason and what the script said.
-pub(super) type RunError = (Failure, String);
-
 /// See the [module docs](self).
-pub(super) struct Instance {
+pub(crate) struct Instance {
     lua: Lua,
     msg: AnyUserData,
     hooks: [Option<Function>; 3],
@@ -50,7 +43,11 @@ impl std::fmt::Debug for Instance {
 impl Instance {
     /// A state running `chunk` (the script compiled once, see [`compile`]) under `limits`.
     /// Errors from the script's top level (including a run past the budget) are returned.
-    pub fn new(chunk: &[u8], limits: Limits, counters: &Counters) -> Result<Self, RunError> {
+    pub(super) fn new(
+        chunk: &[u8],
+        limits: Limits,
+        counters: &Arc<ScriptCounters>,
+    ) -> Result<Self, RunError> {
         let setup = |err: mlua::Error| (Failure::Error, describe(&err));
         let lua = Lua::new_with(
             StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::UTF8,
@@ -122,26 +119,6 @@ impl Instance {
         Ok(instance)
     }
 
-    /// True if the script defines `hook`.
-    pub fn defines(&self, hook: Hook) -> bool {
-        self.hooks[hook as usize].is_some()
-    }
-
-    /// Works on the exchange of `msg`.
-    pub fn exchange<R>(&self, f: impl FnOnce(&mut Exchange) -> R) -> Result<R, RunError> {
-        self.msg
-            .borrow_mut_scoped::<LuaMessage, R>(|msg| f(&mut msg.0))
-            .map_err(|err| (Failure::Error, describe(&err)))
-    }
-
-    /// Runs `hook` with `msg` (the caller filled its exchange).
-    pub fn run(&self, hook: Hook) -> Result<(), RunError> {
-        match &self.hooks[hook as usize] {
-            Some(function) => self.run_function(function, &self.msg),
-            None => Ok(()),
-        }
-    }
-
     fn run_function(
         &self,
         function: &Function,
@@ -161,6 +138,25 @@ impl Instance {
     }
 }
 
+impl ScriptInstance for Instance {
+    fn defines(&self, hook: Hook) -> bool {
+        self.hooks[hook as usize].is_some()
+    }
+
+    fn with_exchange<R>(&mut self, f: impl FnOnce(&mut Exchange) -> R) -> Result<R, RunError> {
+        self.msg
+            .borrow_mut_scoped::<LuaMessage, R>(|msg| f(&mut msg.0))
+            .map_err(|err| (Failure::Error, describe(&err)))
+    }
+
+    fn run(&mut self, hook: Hook) -> Result<(), RunError> {
+        match &self.hooks[hook as usize] {
+            Some(function) => self.run_function(function, &self.msg),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The name the script's chunk has in messages (`source:3: ...`, rewritten to `line 3: ...`).
 const CHUNK_NAME: &str = "=source";
 
@@ -177,22 +173,11 @@ pub(super) fn compile(source: &str) -> Result<Vec<u8>, String> {
 }
 
 /// `count(name [, n])`: adds to a counter the config declares.
-fn count_function(lua: &Lua, counters: Counters) -> mlua::Result<Function> {
+fn count_function(lua: &Lua, counters: Arc<ScriptCounters>) -> mlua::Result<Function> {
     lua.create_function(move |_, (name, n): (mlua::LuaString, Option<u64>)| {
-        let name = name.as_bytes();
-        match counters
-            .iter()
-            .find(|(declared, _)| declared.as_bytes() == &*name)
-        {
-            Some((_, counter)) => {
-                counter.inc_by(n.unwrap_or(1));
-                Ok(())
-            }
-            None => Err(mlua::Error::runtime(format!(
-                "unknown counter `{}`; declare it in the filter's `counters`",
-                String::from_utf8_lossy(&name)
-            ))),
-        }
+        counters
+            .add(&name.as_bytes(), n.unwrap_or(1))
+            .map_err(mlua::Error::runtime)
     })
 }
 

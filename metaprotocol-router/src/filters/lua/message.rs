@@ -4,10 +4,10 @@
 //! userdata. Its methods are the script's whole view of the request; each checks that the hook
 //! running allows it.
 
-use metaprotocol_core::{ByteStr, ResponseStatus};
+use metaprotocol_core::ByteStr;
 use mlua::{Lua, UserData, UserDataMethods, Value};
 
-use crate::filters::script::{Exchange, OpError, StateValue};
+use crate::filters::script::{Exchange, OpError, StateValue, status_name};
 
 /// The Rust side of `msg`.
 #[derive(Debug, Default)]
@@ -23,14 +23,6 @@ fn string(lua: &Lua, value: Option<&ByteStr>) -> mlua::Result<Option<mlua::LuaSt
 
 fn text(lua: &Lua, value: Option<&str>) -> mlua::Result<Option<mlua::LuaString>> {
     value.map(|v| lua.create_string(v)).transpose()
-}
-
-fn status_name(status: ResponseStatus) -> &'static str {
-    match status {
-        ResponseStatus::Ok => "ok",
-        ResponseStatus::ApplicationError => "application_error",
-        ResponseStatus::ServerError => "server_error",
-    }
 }
 
 fn state_value(value: Value) -> mlua::Result<Option<StateValue>> {

@@ -28,17 +28,14 @@
 mod instance;
 mod message;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use metaprotocol_core::{
-    CompleteContext, FilterDecision, L7Filter, LocalReply, RequestContext, ResponseContext,
-};
 use serde::Deserialize;
 
-use self::instance::{Counters, Instance, Limits, RunError};
+use self::instance::{Instance, Limits};
 use crate::config::ConfigError;
 use crate::filters::FilterContext;
-use crate::filters::script::{self, Exchange, Hook, ScriptStats};
+use crate::filters::script::{self, ScriptCounters, ScriptFilter, ScriptStats};
 
 /// The filter's registered name.
 pub(crate) const NAME: &str = "lua";
@@ -78,19 +75,11 @@ fn default_max_memory_bytes() -> usize {
     DEFAULT_MAX_MEMORY_BYTES
 }
 
-/// See the [module docs](self).
-pub(crate) struct LuaFilter {
-    instances: Box<[Mutex<Instance>]>,
-    /// Which hooks the script defines (those it does not cost nothing).
-    defines: [bool; 3],
-    stats: ScriptStats,
-}
-
 /// Builds a `lua` filter from its config.
 pub(crate) fn build(
     config: &serde_json::Value,
     context: &FilterContext,
-) -> Result<LuaFilter, ConfigError> {
+) -> Result<ScriptFilter<Instance>, ConfigError> {
     let config: LuaConfig = script::parse_config(config)?;
     if config.max_instructions == 0 {
         return Err(ConfigError::new(
@@ -104,31 +93,11 @@ pub(crate) fn build(
             format!("must be at least {MIN_MEMORY_BYTES}"),
         ));
     }
-    let instances = match config.instances {
-        Some(n) if n == 0 || n > script::MAX_INSTANCES => {
-            return Err(ConfigError::new(
-                "instances",
-                format!("must be from 1 to {}", script::MAX_INSTANCES),
-            ));
-        }
-        Some(n) => n,
-        None => script::default_instances(context),
-    };
+    let instances = script::instance_count(config.instances, context)?;
     let chunk = instance::compile(&config.source).map_err(|reason| {
         ConfigError::new("source", format!("the script does not compile: {reason}"))
     })?;
-    let counters: Counters = config
-        .counters
-        .iter()
-        .map(|name| {
-            let counter = context.metrics().counter_with(
-                "script_counter",
-                "Counts a script made with count(name), by name",
-                &[("counter", name)],
-            );
-            (name.clone(), counter)
-        })
-        .collect();
+    let counters = Arc::new(ScriptCounters::new(context, &config.counters));
     let limits = Limits {
         instructions: config.max_instructions,
         memory: config.max_memory_bytes,
@@ -139,110 +108,12 @@ pub(crate) fn build(
         .map_err(|(_, reason)| {
             ConfigError::new("source", format!("the script fails when loaded: {reason}"))
         })?;
-    let first = instances
-        .first()
-        .and_then(|i| i.lock().ok())
-        .map(|i| [Hook::Request, Hook::Response, Hook::Complete].map(|h| i.defines(h)))
-        .unwrap_or_default();
-    if first == [false; 3] {
-        return Err(ConfigError::new(
+    ScriptFilter::new(NAME, instances, ScriptStats::new(context, NAME)).ok_or_else(|| {
+        ConfigError::new(
             "source",
             "the script defines none of on_request, on_response, on_complete",
-        ));
-    }
-    Ok(LuaFilter {
-        instances,
-        defines: first,
-        stats: ScriptStats::new(context, NAME),
+        )
     })
-}
-
-impl LuaFilter {
-    /// Runs `hook` on a free instance: `begin` fills its exchange from `ctx`, `end` applies
-    /// what the script asked for to `ctx` (always, so that the exchange is emptied).
-    fn run<C, R: Default>(
-        &self,
-        hook: Hook,
-        ctx: &mut C,
-        begin: impl FnOnce(&mut Exchange, &mut C),
-        end: impl FnOnce(&mut Exchange, &mut C) -> R,
-    ) -> (R, Result<(), RunError>) {
-        script::with_slot(&self.instances, |instance| {
-            let result = instance
-                .exchange(|exchange| begin(exchange, ctx))
-                .and_then(|()| instance.run(hook));
-            match instance.exchange(|exchange| end(exchange, ctx)) {
-                Ok(ended) => (ended, result),
-                Err(err) => (R::default(), result.and(Err(err))),
-            }
-        })
-    }
-
-    fn defines(&self, hook: Hook) -> bool {
-        self.defines[hook as usize]
-    }
-
-    fn decide(
-        &self,
-        hook: Hook,
-        reply: Option<LocalReply>,
-        result: Result<(), RunError>,
-    ) -> FilterDecision {
-        match (result, reply) {
-            (Err((failure, detail)), _) => {
-                FilterDecision::Reply(self.stats.failed(hook, failure, &detail))
-            }
-            (Ok(()), Some(reply)) => FilterDecision::Reply(reply),
-            (Ok(()), None) => FilterDecision::Continue,
-        }
-    }
-}
-
-impl L7Filter for LuaFilter {
-    fn name(&self) -> &str {
-        NAME
-    }
-
-    fn on_request(&self, ctx: &mut RequestContext<'_>) -> FilterDecision {
-        if !self.defines(Hook::Request) {
-            return FilterDecision::Continue;
-        }
-        let (reply, result) = self.run(
-            Hook::Request,
-            ctx,
-            |exchange, ctx| exchange.begin_request(ctx),
-            |exchange, ctx| exchange.end_request(ctx),
-        );
-        self.decide(Hook::Request, reply, result)
-    }
-
-    fn on_response(&self, ctx: &mut ResponseContext<'_>) -> FilterDecision {
-        if !self.defines(Hook::Response) {
-            return FilterDecision::Continue;
-        }
-        let (reply, result) = self.run(
-            Hook::Response,
-            ctx,
-            |exchange, ctx| exchange.begin_response(ctx),
-            |exchange, ctx| exchange.end_response(ctx),
-        );
-        self.decide(Hook::Response, reply, result)
-    }
-
-    fn on_complete(&self, ctx: &CompleteContext<'_>) {
-        if !self.defines(Hook::Complete) {
-            return;
-        }
-        let ((), result) = self.run(
-            Hook::Complete,
-            &mut (),
-            |exchange, ()| exchange.begin_complete(ctx),
-            |exchange, ()| exchange.end_complete(),
-        );
-        if let Err((failure, detail)) = result {
-            self.stats.failed(Hook::Complete, failure, &detail);
-        }
-    }
 }
 
 #[cfg(test)]

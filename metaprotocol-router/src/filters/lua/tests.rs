@@ -1,6 +1,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use metaprotocol_core::{
+    CompleteContext, FilterDecision, L7Filter, RequestContext, ResponseContext,
+};
+
 use bytes::Bytes;
 use metaprotocol_core::{
     ByteStr, ConnectionInfo, LocalReplyKind, Message, MessageKind, Mutation, RequestRecord,
@@ -8,6 +12,9 @@ use metaprotocol_core::{
 };
 
 use super::*;
+use crate::filters::script::ScriptFilter;
+
+type LuaFilter = ScriptFilter<instance::Instance>;
 use crate::filters::SharedClients;
 use crate::filters::script::{ScriptState, StateValue};
 use crate::stats::Metrics;

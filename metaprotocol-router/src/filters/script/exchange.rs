@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use metaprotocol_core::{
     ByteStr, CompleteContext, LocalReply, LocalReplyKind, Metadata, Mutation, Outcome,
-    RequestContext, RequestRecord, ResponseContext, RoutingKeys,
+    RequestContext, RequestRecord, ResponseContext, ResponseStatus, RoutingKeys,
 };
 
 use super::{ScriptState, StateValue};
@@ -283,6 +283,15 @@ impl Exchange {
     pub fn facts(&self) -> Result<&Facts, OpError> {
         self.hook()?;
         Ok(&self.facts)
+    }
+}
+
+/// A response status as scripts see it.
+pub(crate) fn status_name(status: ResponseStatus) -> &'static str {
+    match status {
+        ResponseStatus::Ok => "ok",
+        ResponseStatus::ApplicationError => "application_error",
+        ResponseStatus::ServerError => "server_error",
     }
 }
 

@@ -9,9 +9,11 @@
 //! its request an internal-error reply and a counter, never the connection or the proxy.
 
 mod exchange;
+mod filter;
 mod state;
 
-pub(crate) use exchange::{Exchange, Hook, OpError};
+pub(crate) use exchange::{Exchange, Hook, OpError, status_name};
+pub(crate) use filter::{RunError, ScriptFilter, ScriptInstance};
 pub(crate) use state::{ScriptState, StateValue};
 
 use metaprotocol_core::{LocalReply, LocalReplyKind};
@@ -106,19 +108,72 @@ pub(crate) fn parse_config<T: DeserializeOwned>(
     })
 }
 
-/// How many instances of a script a filter keeps (one per worker thread, so that workers never
-/// wait for each other): the runtime's workers, else the machine's cores.
-pub(crate) fn default_instances(context: &FilterContext) -> usize {
-    context
-        .runtime()
-        .map(|runtime| runtime.metrics().num_workers())
-        .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
-        .unwrap_or(1)
-        .clamp(1, MAX_INSTANCES)
+/// How many instances of a script a filter keeps: `requested` (the config's `instances`), by
+/// default one per worker thread so that workers never wait for each other (the runtime's
+/// workers, else the machine's cores).
+pub(crate) fn instance_count(
+    requested: Option<usize>,
+    context: &FilterContext,
+) -> Result<usize, ConfigError> {
+    match requested {
+        Some(n) if n == 0 || n > MAX_INSTANCES => Err(ConfigError::new(
+            "instances",
+            format!("must be from 1 to {MAX_INSTANCES}"),
+        )),
+        Some(n) => Ok(n),
+        None => Ok(context
+            .runtime()
+            .map(|runtime| runtime.metrics().num_workers())
+            .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+            .unwrap_or(1)
+            .clamp(1, MAX_INSTANCES)),
+    }
 }
 
 /// The most instances a filter may keep: each holds a whole script runtime.
-pub(crate) const MAX_INSTANCES: usize = 256;
+const MAX_INSTANCES: usize = 256;
+
+/// The counters a script may add to (`count(name)`), declared in its filter's `counters` and
+/// exposed as `metaprotocol_script_counter_total{counter="<name>"}`.
+#[derive(Debug)]
+pub(crate) struct ScriptCounters(Box<[(String, Counter)]>);
+
+impl ScriptCounters {
+    /// Resolves a counter for each of `names`.
+    pub fn new(context: &FilterContext, names: &[String]) -> Self {
+        Self(
+            names
+                .iter()
+                .map(|name| {
+                    let counter = context.metrics().counter_with(
+                        "script_counter",
+                        "What scripts counted with count(name), by name",
+                        &[("counter", name)],
+                    );
+                    (name.clone(), counter)
+                })
+                .collect(),
+        )
+    }
+
+    /// Adds `n` to counter `name`; an undeclared name is the script's error.
+    pub fn add(&self, name: &[u8], n: u64) -> Result<(), String> {
+        match self
+            .0
+            .iter()
+            .find(|(declared, _)| declared.as_bytes() == name)
+        {
+            Some((_, counter)) => {
+                counter.inc_by(n);
+                Ok(())
+            }
+            None => Err(format!(
+                "unknown counter `{}`; declare it in the filter's `counters`",
+                String::from_utf8_lossy(name)
+            )),
+        }
+    }
+}
 
 /// Runs `f` on one of `slots`, preferring this thread's own slot and then any free one, so that
 /// threads do not contend when there are as many slots as threads. Waits for this thread's slot
