@@ -9,6 +9,8 @@
 mod lua;
 #[cfg(any(feature = "lua", feature = "wasm"))]
 mod script;
+#[cfg(feature = "wasm")]
+mod wasm;
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
@@ -123,6 +125,10 @@ impl FilterRegistry {
         #[cfg(feature = "lua")]
         registry.register(lua::NAME, |config, context| {
             Ok(Arc::new(lua::build(config, context)?) as Arc<dyn L7Filter>)
+        });
+        #[cfg(feature = "wasm")]
+        registry.register(wasm::NAME, |config, context| {
+            Ok(Arc::new(wasm::build(config, context)?) as Arc<dyn L7Filter>)
         });
         registry
     }

@@ -58,8 +58,13 @@ fn bytes(memory: &[u8], ptr: i32, len: i32) -> Result<&[u8], wasmi::Error> {
 }
 
 /// The guest's memory and the host state of a call.
-fn split<'a>(caller: &'a mut Caller<'_, Host>) -> Result<(&'a mut [u8], &'a mut Host), wasmi::Error> {
-    let memory: Memory = caller.data().memory.ok_or_else(|| trap("no memory export"))?;
+fn split<'a>(
+    caller: &'a mut Caller<'_, Host>,
+) -> Result<(&'a mut [u8], &'a mut Host), wasmi::Error> {
+    let memory: Memory = caller
+        .data()
+        .memory
+        .ok_or_else(|| trap("no memory export"))?;
     Ok(memory.data_and_store_mut(caller))
 }
 
@@ -85,7 +90,12 @@ fn record_field(exchange: &Exchange, name: &[u8]) -> Result<Option<String>, OpEr
 }
 
 /// Copies `value` to the guest's buffer when it fits; its length, or -1 for none.
-fn answer(memory: &mut [u8], value: Option<&[u8]>, buf: i32, cap: i32) -> Result<i32, wasmi::Error> {
+fn answer(
+    memory: &mut [u8],
+    value: Option<&[u8]>,
+    buf: i32,
+    cap: i32,
+) -> Result<i32, wasmi::Error> {
     let Some(value) = value else { return Ok(-1) };
     let len = i32::try_from(value.len()).map_err(|_| trap("value too large"))?;
     if len <= cap {
@@ -202,23 +212,35 @@ fn log(caller: Caller<'_, Host>, args: (i32, i32, i32)) -> Result<(), wasmi::Err
 pub(super) fn linker(engine: &wasmi::Engine) -> Result<Linker<Host>, wasmi::Error> {
     let mut linker = Linker::new(engine);
     linker
-        .func_wrap(MODULE, "get", |c: Caller<'_, Host>, a: i32, b: i32, d: i32, e: i32, f: i32| {
-            get(c, (a, b, d, e, f))
-        })?
-        .func_wrap(MODULE, "set", |c: Caller<'_, Host>, a: i32, b: i32, d: i32, e: i32, f: i32| {
-            set(c, (a, b, d, e, f))
-        })?
-        .func_wrap(MODULE, "remove", |c: Caller<'_, Host>, a: i32, b: i32, d: i32| {
-            remove(c, (a, b, d))
-        })?
-        .func_wrap(MODULE, "reply", |c: Caller<'_, Host>, a: i32, b: i32, d: i32, e: i32| {
-            reply(c, (a, b, d, e))
-        })?
-        .func_wrap(MODULE, "count", |c: Caller<'_, Host>, a: i32, b: i32, n: i64| {
-            count(c, (a, b, n))
-        })?
-        .func_wrap(MODULE, "log", |c: Caller<'_, Host>, a: i32, b: i32, d: i32| {
-            log(c, (a, b, d))
-        })?;
+        .func_wrap(
+            MODULE,
+            "get",
+            |c: Caller<'_, Host>, a: i32, b: i32, d: i32, e: i32, f: i32| get(c, (a, b, d, e, f)),
+        )?
+        .func_wrap(
+            MODULE,
+            "set",
+            |c: Caller<'_, Host>, a: i32, b: i32, d: i32, e: i32, f: i32| set(c, (a, b, d, e, f)),
+        )?
+        .func_wrap(
+            MODULE,
+            "remove",
+            |c: Caller<'_, Host>, a: i32, b: i32, d: i32| remove(c, (a, b, d)),
+        )?
+        .func_wrap(
+            MODULE,
+            "reply",
+            |c: Caller<'_, Host>, a: i32, b: i32, d: i32, e: i32| reply(c, (a, b, d, e)),
+        )?
+        .func_wrap(
+            MODULE,
+            "count",
+            |c: Caller<'_, Host>, a: i32, b: i32, n: i64| count(c, (a, b, n)),
+        )?
+        .func_wrap(
+            MODULE,
+            "log",
+            |c: Caller<'_, Host>, a: i32, b: i32, d: i32| log(c, (a, b, d)),
+        )?;
     Ok(linker)
 }
