@@ -9,6 +9,8 @@ for setup in examples/tests/interop/*/setup.sh; do
   echo "== $setup"
   bash "$setup"
 done
+echo "== scripts/build-wasm-filter.sh"
+bash scripts/build-wasm-filter.sh
 
 export METAPROTOCOL_REQUIRE_INTEROP=1
 echo "== cargo fmt --check"
