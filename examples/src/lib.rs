@@ -18,6 +18,7 @@ pub mod demo;
 pub struct ReadmeDoctests;
 
 pub mod dubbo_demo;
+pub mod gateway;
 
 use metaprotocol_core::CodecRegistry;
 

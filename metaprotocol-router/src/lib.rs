@@ -58,7 +58,7 @@ mod upstream;
 #[cfg(test)]
 mod testing;
 
-pub use client::{Client, ClientOptions};
+pub use client::{CallError, Client, ClientOptions, RouterClient, RouterClientBuilder};
 pub use cluster::{ClusterStatus, EndpointStatus, HealthState};
 pub use config::{Config, ConfigError};
 pub use filters::{FilterContext, FilterFactory, FilterRegistry, SharedClients};

@@ -7,7 +7,7 @@ mod provider;
 
 pub use client::{DubboClient, Reply};
 
-pub use provider::{DemoProvider, SeenRequest};
+pub use provider::{DemoProvider, SLOW_METHOD, SeenRequest};
 
 /// The sample service's interface name.
 pub const DEMO_SERVICE: &str = "org.apache.dubbo.samples.basic.api.DemoService";

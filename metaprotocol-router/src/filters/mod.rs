@@ -67,7 +67,10 @@ pub struct FilterContext {
 }
 
 impl FilterContext {
-    pub(crate) fn new(listener: Arc<str>, metrics: MetricsScope, shared: SharedClients) -> Self {
+    /// The context of a filter of `listener`, registering its series in `metrics` (the proxy
+    /// labels it with the listener and the filter) and sharing `shared` clients. The proxy makes
+    /// these; tests and benches of a filter make their own.
+    pub fn new(listener: Arc<str>, metrics: MetricsScope, shared: SharedClients) -> Self {
         Self {
             listener,
             metrics,

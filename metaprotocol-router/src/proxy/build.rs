@@ -7,11 +7,13 @@ use std::sync::Arc;
 use metaprotocol_core::{CodecFactory, CodecOptions, CodecRegistry, FilterChain};
 
 use crate::cluster::{ClusterHandle, ClusterManager};
-use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec, RouteConfigSpec, RouteSpec};
+use crate::config::{
+    ClusterSpec, Config, ConfigError, FilterSpec, ListenerSpec, RouteConfigSpec, RouteSpec,
+};
 use crate::filters::{FilterContext, FilterRegistry, SharedClients};
 use crate::route::{RouteSlot, RouteTable};
 use crate::server::{ListenerContext, Load};
-use crate::stats::{ListenerStats, Metrics};
+use crate::stats::{ListenerStats, Metrics, MetricsScope};
 use crate::transport::Acceptor;
 
 /// What building needs from the proxy.
@@ -83,26 +85,12 @@ impl Builder<'_> {
         let codec = self.codec(&spec.protocol, spec.codec.as_ref())?;
         let name: Arc<str> = spec.name.as_str().into();
         let scope = self.metrics.root().detached("listener", &spec.name);
-        let chain = spec
-            .filters
-            .iter()
-            .enumerate()
-            .map(|(f, filter)| {
-                let context = FilterContext::new(
-                    name.clone(),
-                    scope.with_label("filter", &filter.name),
-                    self.shared.clone(),
-                );
-                self.filters
-                    .build(&filter.name, &filter.config, &context)
-                    .map_err(|e| e.within(&format!("filters[{f}]")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let filters = self.filter_chain(&name, &scope, &spec.filters)?;
         Ok(ListenerContext {
             name,
             codec,
             routes,
-            filters: FilterChain::new(chain),
+            filters,
             stats: ListenerStats::new(&scope),
             scope,
             idle_timeout: spec
@@ -113,6 +101,33 @@ impl Builder<'_> {
             acceptor: Acceptor::Plain,
             load: self.load.clone(),
         })
+    }
+}
+
+impl Builder<'_> {
+    /// Builds the chain of `filters` for `listener` (a listener, or a client's name), each
+    /// filter with its own scope within `scope`. Errors name the filter (`filters[1]`).
+    pub fn filter_chain(
+        &self,
+        listener: &Arc<str>,
+        scope: &MetricsScope,
+        filters: &[FilterSpec],
+    ) -> Result<FilterChain, ConfigError> {
+        let chain = filters
+            .iter()
+            .enumerate()
+            .map(|(f, filter)| {
+                let context = FilterContext::new(
+                    listener.clone(),
+                    scope.with_label("filter", &filter.name),
+                    self.shared.clone(),
+                );
+                self.filters
+                    .build(&filter.name, &filter.config, &context)
+                    .map_err(|e| e.within(&format!("filters[{f}]")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(FilterChain::new(chain))
     }
 }
 
