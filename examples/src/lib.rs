@@ -22,11 +22,12 @@ pub mod gateway;
 
 use metaprotocol_core::CodecRegistry;
 
-/// A registry with the Dubbo, Thrift and bRPC codecs.
+/// A registry with the Dubbo, Thrift, bRPC and JSON-RPC codecs.
 pub fn codec_registry() -> CodecRegistry {
     let mut registry = CodecRegistry::new();
     metaprotocol_dubbo::register(&mut registry);
     metaprotocol_thrift::register(&mut registry);
     metaprotocol_brpc::register(&mut registry);
+    metaprotocol_jsonrpc::register(&mut registry);
     registry
 }
