@@ -109,7 +109,7 @@ fn layout(id: Option<&std::ops::Range<usize>>) -> FrameLayout {
 /// Where `message`'s id sits, if it has one.
 fn id_range(message: &Message) -> Option<std::ops::Range<usize>> {
     let [start, end, has, ..] = message.layout.0;
-    (has == 1).then(|| start as usize..end as usize)
+    (has == 1).then_some(start as usize..end as usize)
 }
 
 /// Appends `frame` with its id (at `range`) replaced by what `write_id` writes.
