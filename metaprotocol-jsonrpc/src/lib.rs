@@ -2,10 +2,9 @@
 //! object on one line, as JSON-RPC over TCP is commonly spoken.
 //!
 //! This crate is the proof that a new protocol is one crate: it is written against the public
-//! API of `metaprotocol-core` only ([`Codec`](metaprotocol_core::Codec),
-//! [`CodecFactory`](metaprotocol_core::CodecFactory), [`Message`](metaprotocol_core::Message),
-//! [`LocalReply`](metaprotocol_core::LocalReply)), and the engine routes, balances, retries
-//! and filters it like any other protocol. [`register`] adds it to a registry as `jsonrpc`.
+//! API of `metaprotocol-core` only ([`Codec`], [`CodecFactory`],
+//! [`Message`](metaprotocol_core::Message), [`LocalReply`](metaprotocol_core::LocalReply)), and
+//! the engine routes, balances, retries and filters it like any other protocol. [`register`] adds it to a registry as `jsonrpc`.
 //!
 //! # What is supported
 //!
