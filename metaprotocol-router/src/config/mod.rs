@@ -240,4 +240,6 @@ fn unique_names<'a>(
 }
 
 #[cfg(test)]
+pub(crate) mod fields;
+#[cfg(test)]
 mod tests;

@@ -43,7 +43,7 @@ pub(crate) const NAME: &str = "lua";
 /// The config of a `lua` filter.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LuaConfig {
+pub(crate) struct LuaConfig {
     /// The script.
     source: String,
     /// Instructions one hook run may execute.

@@ -40,7 +40,7 @@ pub(crate) const NAME: &str = "wasm";
 /// The config of a `wasm` filter.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct WasmConfig {
+pub(crate) struct WasmConfig {
     /// The module file (binary `.wasm`).
     path: PathBuf,
     /// Fuel one hook run may burn.
