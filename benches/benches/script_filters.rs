@@ -7,10 +7,6 @@
 //!
 //! `cargo bench -p metaprotocol-benches --bench script_filters`
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
-
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use metaprotocol_core::{
@@ -18,6 +14,8 @@ use metaprotocol_core::{
     LocalReplyKind, Message, MessageKind, Mutation, RequestContext, RequestRecord, ResponseContext,
 };
 use metaprotocol_router::{FilterContext, FilterRegistry, Metrics, SharedClients};
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// The example filter logic in Rust: what the scripts cost is measured against it.
 struct NativeTenant;
@@ -168,10 +166,7 @@ fn script_filters(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .sample_size(20)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
+    config = metaprotocol_benches::short_criterion();
     targets = script_filters
 }
 criterion_main!(benches);

@@ -119,6 +119,10 @@ fn answer(response: &Message) -> Answer {
         Ok(ResponseBody::Error { message, .. }) => {
             (StatusCode::BAD_GATEWAY, json!({ "error": message }))
         }
+        Ok(other) => (
+            StatusCode::BAD_GATEWAY,
+            json!({ "error": format!("an answer the gateway cannot show: {other:?}") }),
+        ),
         Err(err) => (StatusCode::BAD_GATEWAY, json!({ "error": err.to_string() })),
     };
     body["status"] = json!(status);

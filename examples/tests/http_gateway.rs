@@ -84,10 +84,7 @@ fn json_in_dubbo_through_the_engine_json_out() -> TestResult {
     }
     let scratch = Scratch::new("http-gateway")?;
     let (v1, v2) = harness::start_providers(&scratch)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let runtime = support::runtime()?;
     runtime.block_on(async {
         let client = RouterClient::builder(Config::from_yaml(&config(&v1.addr(), &v2.addr()))?)
             .codecs(metaprotocol_examples::codec_registry())

@@ -146,10 +146,7 @@ fn end_to_end(kind: Kind) -> TestResult {
     }
     let scratch = Scratch::new(&format!("script-filter-{}", kind.name()))?;
     let (v1, v2) = harness::start_providers(&scratch)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let runtime = support::runtime()?;
     runtime.block_on(async {
         let proxy = support::proxy::start_engine(&config(kind, &v1.addr(), &v2.addr())).await?;
         let client = DubboClient::new(support::proxy::listener_addr(&proxy, "dubbo-in")?);

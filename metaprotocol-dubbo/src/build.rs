@@ -100,8 +100,9 @@ pub fn request_message(call: &Call<'_>) -> Result<Message, CodecError> {
 }
 
 /// What a response body says, as far as calls of [`Call`]'s kind (strings in, a string out)
-/// need it.
+/// need it. More kinds of results may come, so matches need a wildcard arm.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ResponseBody {
     /// Status 20 with a string result.
     Value(String),

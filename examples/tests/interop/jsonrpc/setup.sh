@@ -8,22 +8,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
-stamp="$(sha256sum requirements.txt | cut -d' ' -f1)"
-if [[ "$(cat .venv/.interop-stamp 2>/dev/null || true)" != "$stamp" ]]; then
-  rm -rf .venv
-  if ! python3 -m venv .venv 2>/dev/null; then
-    # Debian's python3 ships venv's pip bootstrap separately.
-    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
-      apt-get install -y -qq python3-venv >/dev/null || { apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null; }
-      rm -rf .venv
-      python3 -m venv .venv
-    else
-      echo "setup.sh: python3 -m venv failed; install python3-venv" >&2
-      exit 1
-    fi
-  fi
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-input -r requirements.txt
-  echo "$stamp" > .venv/.interop-stamp
-fi
+# shellcheck source=../venv.sh
+source ../venv.sh
+install_venv
 .venv/bin/python -c "import jsonrpcserver, jsonrpcclient"
 echo "jsonrpc interop tools ready in $(pwd)"

@@ -50,7 +50,7 @@ pub(crate) struct LuaConfig {
     #[serde(default = "default_max_instructions")]
     max_instructions: u64,
     /// Bytes one Lua state may hold.
-    #[serde(default = "default_max_memory_bytes")]
+    #[serde(default = "script::default_max_memory_bytes")]
     max_memory_bytes: usize,
     /// Lua states kept (default: one per worker thread).
     #[serde(default)]
@@ -62,17 +62,11 @@ pub(crate) struct LuaConfig {
 
 /// The default `max_instructions`: a few milliseconds of Lua.
 pub(crate) const DEFAULT_MAX_INSTRUCTIONS: u64 = 1_000_000;
-/// The default `max_memory_bytes`.
-pub(crate) const DEFAULT_MAX_MEMORY_BYTES: usize = 16 << 20;
 /// The least `max_memory_bytes`: an empty Lua state needs about 30 KiB.
 const MIN_MEMORY_BYTES: usize = 256 << 10;
 
 fn default_max_instructions() -> u64 {
     DEFAULT_MAX_INSTRUCTIONS
-}
-
-fn default_max_memory_bytes() -> usize {
-    DEFAULT_MAX_MEMORY_BYTES
 }
 
 /// Builds a `lua` filter from its config.

@@ -1,86 +1,31 @@
-use std::net::SocketAddr;
-use std::sync::Arc;
-
-use metaprotocol_core::{
-    CompleteContext, FilterDecision, L7Filter, RequestContext, ResponseContext,
-};
-
 use bytes::Bytes;
 use metaprotocol_core::{
-    ByteStr, ConnectionInfo, LocalReplyKind, Message, MessageKind, Mutation, RequestRecord,
-    ResponseFlags,
+    ByteStr, CompleteContext, FilterDecision, L7Filter, LocalReplyKind, Message, MessageKind,
+    Mutation, ResponseContext, ResponseFlags,
 };
 
 use super::*;
-use crate::filters::script::ScriptFilter;
-
-type LuaFilter = ScriptFilter<instance::Instance>;
-use crate::filters::SharedClients;
-use crate::filters::script::{ScriptState, StateValue};
+use crate::filters::script::testing::{
+    TestResult, config, context, counted, on_request, record, reply_kind, request,
+};
+use crate::filters::script::{ScriptFilter, ScriptState, StateValue};
 use crate::stats::Metrics;
 
-fn context(metrics: &Metrics) -> FilterContext {
-    FilterContext::new(
-        "in".into(),
-        metrics.root().with_label("filter", "lua"),
-        SharedClients::default(),
-    )
-}
+type LuaFilter = ScriptFilter<instance::Instance>;
 
 fn filter(source: &str, extra: serde_json::Value) -> Result<(LuaFilter, Metrics), ConfigError> {
     let metrics = Metrics::new();
-    let mut config = serde_json::json!({ "source": source, "instances": 2 });
-    if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
-        config.extend(extra.clone());
-    }
-    let filter = build(&config, &context(&metrics))?;
+    let config = config(
+        serde_json::json!({ "source": source, "instances": 2 }),
+        &extra,
+    );
+    let filter = build(&config, &context(&metrics, "lua"))?;
     Ok((filter, metrics))
 }
 
-fn record() -> RequestRecord {
-    let addr = SocketAddr::from(([127, 0, 0, 1], 4000));
-    RequestRecord::new(Arc::new(ConnectionInfo::new("in".into(), addr, addr)), 10)
-}
-
-fn request(pairs: &[(&'static str, &'static str)]) -> Message {
-    let mut message = Message::new(MessageKind::Request, 1, Bytes::new());
-    for (k, v) in pairs {
-        message.metadata.insert((*k).into(), (*v).into());
-    }
-    message
-}
-
-/// Runs `on_request`; the decision, the mutation and the record after it.
-fn on_request(
-    filter: &LuaFilter,
-    message: &Message,
-    record: &mut RequestRecord,
-) -> (FilterDecision, Mutation) {
-    let mut mutation = Mutation::new();
-    let decision = filter.on_request(&mut RequestContext {
-        request: message,
-        mutation: &mut mutation,
-        record,
-    });
-    (decision, mutation)
-}
-
-fn reply_kind(decision: &FilterDecision) -> Option<LocalReplyKind> {
-    match decision {
-        FilterDecision::Reply(reply) => Some(reply.kind),
-        _ => None,
-    }
-}
-
 fn errors(metrics: &Metrics, reason: &str) -> bool {
-    metrics.render().lines().any(|line| {
-        line.starts_with("metaprotocol_script_errors_total")
-            && line.contains(&format!("reason=\"{reason}\""))
-            && line.ends_with(" 1")
-    })
+    counted(metrics, &format!("reason=\"{reason}\""), 1)
 }
-
-type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 #[test]
 fn the_script_reads_edits_routes_and_keeps_state() -> TestResult {
@@ -163,10 +108,7 @@ fn response_and_completion_hooks_see_the_record_and_the_state() -> TestResult {
         record: &record,
     });
     assert!(
-        metrics
-            .render()
-            .lines()
-            .any(|l| l.contains("counter=\"timeouts\"") && l.ends_with(" 1")),
+        counted(&metrics, "counter=\"timeouts\"", 1),
         "{}",
         metrics.render()
     );
@@ -242,12 +184,7 @@ fn operations_a_hook_does_not_allow_are_runtime_errors() -> TestResult {
         response: None,
         record: &record(),
     });
-    assert!(
-        metrics
-            .render()
-            .lines()
-            .any(|l| l.contains("reason=\"error\"") && l.ends_with(" 2"))
-    );
+    assert!(counted(&metrics, "reason=\"error\"", 2));
     Ok(())
 }
 

@@ -302,21 +302,11 @@ fn text(bytes: &[u8]) -> Result<ByteStr, OpError> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
-
-    use metaprotocol_core::{ConnectionInfo, Message, MessageKind};
-
     use super::*;
+    use crate::filters::script::testing::record;
 
-    fn record() -> RequestRecord {
-        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
-        RequestRecord::new(Arc::new(ConnectionInfo::new("in".into(), addr, addr)), 10)
-    }
-
-    fn request() -> Message {
-        let mut message = Message::new(MessageKind::Request, 1, Bytes::new());
-        message.metadata.insert("tenant".into(), "t1".into());
-        message
+    fn request() -> metaprotocol_core::Message {
+        crate::filters::script::testing::request(&[("tenant", "t1")])
     }
 
     #[test]

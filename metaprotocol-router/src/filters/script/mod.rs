@@ -11,6 +11,8 @@
 mod exchange;
 mod filter;
 mod state;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub(crate) use exchange::{Exchange, Hook, OpError, status_name};
 pub(crate) use filter::{RunError, ScriptFilter, ScriptInstance};
@@ -95,6 +97,14 @@ impl ScriptStats {
             ),
         )
     }
+}
+
+/// The default `max_memory_bytes` of a script filter.
+pub(crate) const DEFAULT_MAX_MEMORY_BYTES: usize = 16 << 20;
+
+/// Serde's default of `max_memory_bytes`.
+pub(crate) fn default_max_memory_bytes() -> usize {
+    DEFAULT_MAX_MEMORY_BYTES
 }
 
 /// Reads a filter's `config` value as `T`; errors name the field within it.

@@ -47,7 +47,7 @@ pub(crate) struct WasmConfig {
     #[serde(default = "default_max_fuel")]
     max_fuel: u64,
     /// Bytes the module's memory may grow to.
-    #[serde(default = "default_max_memory_bytes")]
+    #[serde(default = "script::default_max_memory_bytes")]
     max_memory_bytes: usize,
     /// Instances kept (default: one per worker thread).
     #[serde(default)]
@@ -59,15 +59,9 @@ pub(crate) struct WasmConfig {
 
 /// The default `max_fuel`.
 pub(crate) const DEFAULT_MAX_FUEL: u64 = 10_000_000;
-/// The default `max_memory_bytes`.
-pub(crate) const DEFAULT_MAX_MEMORY_BYTES: usize = 16 << 20;
 
 fn default_max_fuel() -> u64 {
     DEFAULT_MAX_FUEL
-}
-
-fn default_max_memory_bytes() -> usize {
-    DEFAULT_MAX_MEMORY_BYTES
 }
 
 /// What the host functions of one instance work on.

@@ -1,14 +1,9 @@
-use std::net::SocketAddr;
-use std::sync::Arc;
-
-use bytes::Bytes;
-use metaprotocol_core::{
-    ByteStr, CompleteContext, ConnectionInfo, FilterDecision, L7Filter, LocalReplyKind, Message,
-    MessageKind, Mutation, RequestContext, RequestRecord,
-};
+use metaprotocol_core::{ByteStr, CompleteContext, FilterDecision, L7Filter, LocalReplyKind};
 
 use super::*;
-use crate::filters::SharedClients;
+use crate::filters::script::testing::{
+    TestResult, config, context, counted, on_request, record, reply_kind, request,
+};
 use crate::filters::script::{ScriptState, StateValue};
 use crate::stats::Metrics;
 
@@ -52,8 +47,6 @@ const FILTER: &str = r#"
       (then (call $count (i32.const 112) (i32.const 4) (i64.const 1))))))
 "#;
 
-type TestResult = Result<(), Box<dyn std::error::Error>>;
-
 /// Writes `wat` compiled to a file and builds the filter on it.
 fn filter(
     wat: &str,
@@ -64,59 +57,10 @@ fn filter(
     let path = dir.join(format!("{:x}.wasm", fastrand::u64(..)));
     std::fs::write(&path, wat::parse_str(wat)?)?;
     let metrics = Metrics::new();
-    let mut config = serde_json::json!({ "path": path, "instances": 2, "counters": ["done"] });
-    if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
-        config.extend(extra.clone());
-    }
-    let context = FilterContext::new(
-        "in".into(),
-        metrics.root().with_label("filter", "wasm"),
-        SharedClients::default(),
-    );
-    let built = build(&config, &context);
+    let base = serde_json::json!({ "path": path, "instances": 2, "counters": ["done"] });
+    let built = build(&config(base, &extra), &context(&metrics, "wasm"));
     std::fs::remove_file(&path)?;
     Ok((built?, metrics))
-}
-
-fn record() -> RequestRecord {
-    let addr = SocketAddr::from(([127, 0, 0, 1], 4000));
-    RequestRecord::new(Arc::new(ConnectionInfo::new("in".into(), addr, addr)), 10)
-}
-
-fn request(pairs: &[(&'static str, &'static str)]) -> Message {
-    let mut message = Message::new(MessageKind::Request, 1, Bytes::new());
-    for (k, v) in pairs {
-        message.metadata.insert((*k).into(), (*v).into());
-    }
-    message
-}
-
-fn on_request(
-    filter: &ScriptFilter<Instance>,
-    message: &Message,
-    record: &mut RequestRecord,
-) -> (FilterDecision, Mutation) {
-    let mut mutation = Mutation::new();
-    let decision = filter.on_request(&mut RequestContext {
-        request: message,
-        mutation: &mut mutation,
-        record,
-    });
-    (decision, mutation)
-}
-
-fn reply_kind(decision: &FilterDecision) -> Option<LocalReplyKind> {
-    match decision {
-        FilterDecision::Reply(reply) => Some(reply.kind),
-        _ => None,
-    }
-}
-
-fn counted(metrics: &Metrics, label: &str) -> bool {
-    metrics
-        .render()
-        .lines()
-        .any(|line| line.contains(label) && line.ends_with(" 1"))
 }
 
 #[test]
@@ -148,7 +92,7 @@ fn the_module_reads_edits_routes_keeps_state_and_replies() -> TestResult {
         record: &record,
     });
     assert!(
-        counted(&metrics, "counter=\"done\""),
+        counted(&metrics, "counter=\"done\"", 1),
         "{}",
         metrics.render()
     );
@@ -172,7 +116,7 @@ fn traps_fuel_and_memory_are_counted_and_answered_with_internal_errors() -> Test
             Some(LocalReplyKind::Internal),
             "{key}"
         );
-        assert!(counted(&metrics, reason), "{key}: {}", metrics.render());
+        assert!(counted(&metrics, reason, 1), "{key}: {}", metrics.render());
     }
     // The instance is sound afterwards, with its whole budget again.
     let (decision, _) = on_request(&filter, &request(&[("tenant", "t")]), &mut record());
