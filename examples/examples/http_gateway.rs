@@ -37,7 +37,8 @@ async fn main() -> anyhow::Result<()> {
     let client = RouterClient::builder(config)
         .codecs(metaprotocol_examples::codec_registry())
         .protocol(metaprotocol_dubbo::PROTOCOL)
-        .build()?;
+        .build()
+        .await?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     println!("gateway listening on http://{}", listener.local_addr()?);
     let timeout: Duration = args.timeout.into();

@@ -88,7 +88,8 @@ fn json_in_dubbo_through_the_engine_json_out() -> TestResult {
     runtime.block_on(async {
         let client = RouterClient::builder(Config::from_yaml(&config(&v1.addr(), &v2.addr()))?)
             .codecs(metaprotocol_examples::codec_registry())
-            .build()?;
+            .build()
+            .await?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let gateway = listener.local_addr()?;
         let app = metaprotocol_examples::gateway::app(client, Duration::from_secs(10));

@@ -95,7 +95,8 @@ async fn world(
         .filter_registry(registry)
         .filters(filters)
         .protocol("dubbo")
-        .build()?;
+        .build()
+        .await?;
     Ok(World { v1, v2, client })
 }
 
@@ -240,5 +241,50 @@ async fn tower_layers_compose_and_abandoned_calls_complete_once() -> TestResult 
             ResponseFlags::NONE
         ]
     );
+    Ok(())
+}
+
+/// The routing parts a proxy has reach the client too: a cluster of host names (resolved when
+/// the client is built), a mirror copying each call to another cluster, a direct response.
+#[tokio::test]
+async fn host_names_mirrors_and_direct_responses_work_through_the_client() -> TestResult {
+    let main = DemoProvider::start("main").await?;
+    let shadow = DemoProvider::start("shadow").await?;
+    let config = Config::from_yaml(&format!(
+        r#"
+route_configs:
+  - name: services
+    routes:
+      - match: {{ metadata: [ {{ key: method, exact: retired }} ] }}
+        direct_response: {{ kind: unavailable, message: "retired is retired" }}
+      - route: {{ cluster: main }}
+        mirror: {{ cluster: shadow }}
+clusters:
+  - name: main
+    endpoints: [ {{ address: "localhost:{main_port}" }} ]
+  - name: shadow
+    endpoints: [ {{ address: "{shadow}" }} ]
+"#,
+        main_port = main.address().port(),
+        shadow = shadow.address(),
+    ))?;
+    let client = RouterClient::builder(config)
+        .codecs(metaprotocol_examples::codec_registry())
+        .protocol("dubbo")
+        .build()
+        .await?;
+    let response = client.call(call("sayHello", &[])).await?;
+    assert_eq!(provider_of(&response), Some("main"));
+    // The copy is fire and forget: it reaches the shadow soon after the call is answered.
+    let mut waited = Duration::ZERO;
+    while shadow.seen().is_empty() && waited < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += Duration::from_millis(20);
+    }
+    assert_eq!(shadow.seen().len(), 1);
+    assert_eq!(main.seen().len(), 1);
+    let err = client.call(call("retired", &[])).await.err();
+    assert_eq!(err.map(|e| e.kind()), Some(LocalReplyKind::Unavailable));
+    assert_eq!(main.seen().len(), 1);
     Ok(())
 }

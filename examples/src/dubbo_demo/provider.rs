@@ -30,6 +30,8 @@ pub struct SeenRequest {
 struct State {
     name: String,
     slow_delay: Duration,
+    /// How long every call waits before its answer.
+    delay: Duration,
     seen: Mutex<Vec<SeenRequest>>,
     connections: AtomicUsize,
 }
@@ -49,11 +51,25 @@ impl DemoProvider {
 
     /// Starts a provider whose `sayHelloSlowly` answers after `slow_delay`.
     pub async fn start_with_delay(name: &str, slow_delay: Duration) -> std::io::Result<Self> {
+        Self::start_with(name, slow_delay, Duration::ZERO).await
+    }
+
+    /// Starts a provider that answers every call after `delay` (a slow service).
+    pub async fn start_slow(name: &str, delay: Duration) -> std::io::Result<Self> {
+        Self::start_with(name, delay, delay).await
+    }
+
+    async fn start_with(
+        name: &str,
+        slow_delay: Duration,
+        delay: Duration,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
         let state = Arc::new(State {
             name: name.to_owned(),
             slow_delay,
+            delay,
             seen: Mutex::new(Vec::new()),
             connections: AtomicUsize::new(0),
         });
@@ -152,12 +168,13 @@ async fn answer(
     state: Arc<State>,
     write: Arc<tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>>,
 ) {
-    if request
+    let slow = request
         .metadata
         .get(keys::METHOD)
-        .is_some_and(|m| m == SLOW_METHOD)
-    {
-        tokio::time::sleep(state.slow_delay).await;
+        .is_some_and(|m| m == SLOW_METHOD);
+    let delay = if slow { state.slow_delay } else { state.delay };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
     let echoes: Vec<(String, String)> = request
         .metadata

@@ -1,7 +1,7 @@
 //! What the end-to-end tests of this package share: child processes that cannot outlive their
 //! test ([`process`]), the proxy under test in or out of process ([`proxy`]), its admin API
-//! ([`admin`]), and the skip-or-fail rule of the interop suites that need external tools
-//! ([`interop`]).
+//! ([`admin`]), the skip-or-fail rule of the interop suites that need external tools
+//! ([`interop`]), and the Thrift suite's Python servers ([`thrift`]).
 //!
 //! Each test file is a crate of its own and includes this module with `mod support;`; a test
 //! that uses only part of it allows `dead_code` at that include.
@@ -10,6 +10,7 @@ pub mod admin;
 pub mod interop;
 pub mod process;
 pub mod proxy;
+pub mod thrift;
 
 use std::error::Error;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};

@@ -146,7 +146,7 @@ pub(super) async fn call(ctx: &CallContext, request: Message) -> Result<Message,
     // The caller gets the response as a proxy's client would: with the route's and the
     // filters' response mutation applied (to its metadata; the frame is the upstream's).
     routed
-        .response_mutation(&filter_mutation)
+        .response_mutation(&request, &call.record, &filter_mutation)
         .apply_to(&mut response.metadata);
     call.record.outcome.status = Some(response.status);
     call.finish(Some(&response));

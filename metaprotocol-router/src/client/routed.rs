@@ -11,8 +11,11 @@ use metaprotocol_core::{CodecRegistry, ConnectionInfo, Message};
 
 use super::CallError;
 use super::call::{self, CallContext};
-use crate::cluster::ClusterManager;
-use crate::config::{Config, ConfigError, FilterSpec};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::cluster::dns::{self, SystemResolver};
+use crate::cluster::{ClusterManager, Resolved};
+use crate::config::{ClusterSpec, Config, ConfigError, FilterSpec, RouteConfigSpec};
 use crate::filters::{FilterRegistry, SharedClients};
 use crate::proxy::build::{Builder, check_protocols, route_clusters};
 use crate::server::Load;
@@ -46,7 +49,7 @@ use crate::stats::{ListenerStats, Metrics};
 /// let mut codecs = metaprotocol_core::CodecRegistry::new();
 /// # let register = |_: &mut metaprotocol_core::CodecRegistry| {};
 /// register(&mut codecs); // e.g. metaprotocol_dubbo::register
-/// let client = RouterClient::builder(config).codecs(codecs).protocol("dubbo").build()?;
+/// let client = RouterClient::builder(config).codecs(codecs).protocol("dubbo").build().await?;
 /// # let request: metaprotocol_core::Message = unimplemented!();
 /// let response = client.call(request).await?;
 /// # Ok(()) }
@@ -60,6 +63,8 @@ pub struct RouterClient {
 struct Inner {
     ctx: CallContext,
     metrics: Metrics,
+    /// Stops the clusters' host-name refresh tasks when the last clone is dropped.
+    _refreshing: DropGuard,
 }
 
 /// Options for building a [`RouterClient`]; see [`RouterClient::builder`].
@@ -158,8 +163,9 @@ impl RouterClientBuilder {
         self
     }
 
-    /// Builds the client: its clusters, route table and filters. Errors name the config field.
-    pub fn build(self) -> Result<RouterClient, ConfigError> {
+    /// Builds the client: its clusters (host names resolved), route table and filters. Errors
+    /// name the config field. Must run within a Tokio runtime.
+    pub async fn build(self) -> Result<RouterClient, ConfigError> {
         let config = &self.config;
         config.validate()?;
         let (index, routes) = match &self.route_config {
@@ -196,6 +202,7 @@ impl RouterClientBuilder {
             load: &load,
         };
         let clusters = ClusterManager::default();
+        let stop = CancellationToken::new();
         let cluster_protocol = |name: &str| {
             config
                 .cluster(name)
@@ -204,23 +211,26 @@ impl RouterClientBuilder {
         let at = format!("route_configs[{index}]");
         check_protocols(routes, &[protocol.as_str()].into(), &cluster_protocol)
             .map_err(|e| e.within(&at))?;
-        for route in &routes.routes {
-            for name in route_clusters(route) {
-                if clusters.get(name).is_some() {
-                    continue;
-                }
-                let (i, spec) = config
-                    .clusters
-                    .iter()
-                    .enumerate()
-                    .find(|(_, c)| c.name == name)
-                    .ok_or_else(|| ConfigError::new(&at, format!("no cluster named `{name}`")))?;
-                let speaks = cluster_protocol(name).unwrap_or_else(|| protocol.clone());
-                let handle = builder
-                    .cluster(spec, &speaks)
-                    .map_err(|e| e.within(&format!("clusters[{i}]")))?;
-                clusters.insert(handle);
+        for (i, spec) in route_cluster_specs(config, routes, &at)? {
+            // Host names are resolved before the cluster is built (as a proxy does), then
+            // again every `dns_refresh_rate` until the client is dropped.
+            let resolved = if spec.has_host_names() {
+                dns::resolve(&SystemResolver, spec, &Resolved::new()).await
+            } else {
+                Resolved::new()
+            };
+            let speaks = cluster_protocol(&spec.name).unwrap_or_else(|| protocol.clone());
+            let handle = builder
+                .cluster(spec, &speaks, &resolved)
+                .map_err(|e| e.within(&format!("clusters[{i}]")))?;
+            if spec.has_host_names() {
+                tokio::spawn(dns::refresh(
+                    Arc::downgrade(&handle),
+                    SystemResolver,
+                    stop.clone(),
+                ));
             }
+            clusters.insert(handle);
         }
         let table = builder
             .route_table(routes, 1, &clusters)
@@ -236,9 +246,35 @@ impl RouterClientBuilder {
             stats: ListenerStats::new(&scope),
         };
         Ok(RouterClient {
-            inner: Arc::new(Inner { ctx, metrics }),
+            inner: Arc::new(Inner {
+                ctx,
+                metrics,
+                _refreshing: stop.drop_guard(),
+            }),
         })
     }
+}
+
+/// The clusters `routes` sends to (mirrors included), each once, with its index in `config`.
+fn route_cluster_specs<'c>(
+    config: &'c Config,
+    routes: &RouteConfigSpec,
+    at: &str,
+) -> Result<Vec<(usize, &'c ClusterSpec)>, ConfigError> {
+    let mut specs: Vec<(usize, &ClusterSpec)> = Vec::new();
+    for name in routes.routes.iter().flat_map(route_clusters) {
+        if specs.iter().any(|(_, spec)| spec.name == name) {
+            continue;
+        }
+        let found = config
+            .clusters
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.name == name)
+            .ok_or_else(|| ConfigError::new(at, format!("no cluster named `{name}`")))?;
+        specs.push(found);
+    }
+    Ok(specs)
 }
 
 /// The one protocol `config` names (its listeners' and clusters'), for a client that did not

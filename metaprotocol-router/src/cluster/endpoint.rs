@@ -107,20 +107,15 @@ impl Endpoint {
         self.total.load(Ordering::Relaxed)
     }
 
-    /// Marks an attempt in flight (on the endpoint and its cluster, and as a retry when it is
-    /// one) until the guard drops.
-    pub fn track(self: &Arc<Self>, stats: &ClusterStats, retry: bool) -> ActiveRequest {
+    /// Marks an attempt in flight (on the endpoint and its cluster) until the guard drops.
+    pub fn track(self: &Arc<Self>, stats: &ClusterStats) -> ActiveRequest {
         self.active.fetch_add(1, Ordering::Relaxed);
         self.total.fetch_add(1, Ordering::Relaxed);
         stats.rq_total.inc();
         stats.rq_active.inc();
-        if retry {
-            stats.rq_retries_active.inc();
-        }
         ActiveRequest {
             endpoint: self.clone(),
             cluster_active: stats.rq_active.clone(),
-            retries_active: retry.then(|| stats.rq_retries_active.clone()),
         }
     }
 }
@@ -130,7 +125,6 @@ impl Endpoint {
 pub(crate) struct ActiveRequest {
     endpoint: Arc<Endpoint>,
     cluster_active: Gauge,
-    retries_active: Option<Gauge>,
 }
 
 impl ActiveRequest {
@@ -143,8 +137,5 @@ impl Drop for ActiveRequest {
     fn drop(&mut self) {
         self.endpoint.active.fetch_sub(1, Ordering::Relaxed);
         self.cluster_active.dec();
-        if let Some(retries) = &self.retries_active {
-            retries.dec();
-        }
     }
 }

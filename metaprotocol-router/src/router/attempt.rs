@@ -6,9 +6,9 @@ use std::sync::Arc;
 use metaprotocol_core::{Message, Mutation};
 use tokio::time::Instant;
 
-use crate::cluster::ActiveRequest;
+use crate::cluster::{ActiveRequest, Endpoint};
 use crate::route::Target;
-use crate::upstream::{Outbound, ReplyTo, UpstreamError};
+use crate::upstream::{Outbound, Rejected, ReplyTo, UpstreamError};
 
 /// An attempt in flight.
 #[derive(Debug)]
@@ -39,6 +39,40 @@ pub(crate) enum Started {
     NoEndpoint,
 }
 
+/// Picks an endpoint of `target`, avoiding those `tried`, and counts an attempt in flight on it
+/// (until the returned guard drops); `None` when the target has no endpoint.
+pub(crate) fn pick(target: &Target, tried: &[SocketAddr]) -> Option<ActiveRequest> {
+    let snapshot = target.cluster.snapshot();
+    let host = snapshot
+        .set(target.subset)
+        .and_then(|set| set.pick(tried))?;
+    Some(host.endpoint.track(target.cluster.stats()))
+}
+
+/// Queues `request` on `endpoint`, to be answered through `reply`; a refusal hands the request
+/// back (it was not sent).
+// The refused request comes back whole, without an allocation (see `UpstreamPool::send`).
+#[allow(clippy::result_large_err)]
+pub(crate) fn send(
+    endpoint: &Endpoint,
+    request: &Arc<Message>,
+    mutation: &Arc<Mutation>,
+    deadline: Instant,
+    reply: ReplyTo,
+) -> Result<(), Rejected> {
+    let pool = endpoint.pool();
+    let variant = pool.codec().upstream_variant(request);
+    pool.send(
+        variant,
+        Outbound {
+            message: request.clone(),
+            mutation: mutation.clone(),
+            deadline,
+            reply,
+        },
+    )
+}
+
 /// Picks an endpoint of `target` (avoiding those `tried`) and queues `request` on it.
 pub(crate) fn start(
     target: &Target,
@@ -49,20 +83,10 @@ pub(crate) fn start(
     deadline: Instant,
     reply: ReplyTo,
 ) -> Started {
-    let snapshot = target.cluster.snapshot();
-    let Some(host) = snapshot.set(target.subset).and_then(|set| set.pick(tried)) else {
+    let Some(active) = pick(target, tried) else {
         return Started::NoEndpoint;
     };
-    let endpoint = &host.endpoint;
-    let active = endpoint.track(target.cluster.stats(), number > 1);
-    let variant = snapshot.codec.upstream_variant(request);
-    let outbound = Outbound {
-        message: request.clone(),
-        mutation: mutation.clone(),
-        deadline,
-        reply,
-    };
-    match endpoint.pool().send(variant, outbound) {
+    match send(active.endpoint(), request, mutation, deadline, reply) {
         Ok(()) => Started::Sent(Attempt {
             number,
             started: Instant::now(),
@@ -71,7 +95,7 @@ pub(crate) fn start(
         Err(mut rejected) => {
             rejected.outbound.reply.disarm();
             Started::Refused {
-                endpoint: endpoint.address(),
+                endpoint: active.endpoint().address(),
                 error: rejected.error,
             }
         }

@@ -689,7 +689,7 @@ impl Requests {
         };
         let mutation = match &inflight.stage {
             Stage::Routed(routed) | Stage::Responding { routed, .. } => {
-                routed.response_mutation(&inflight.mutation)
+                routed.response_mutation(&inflight.request, &inflight.record, &inflight.mutation)
             }
             Stage::Filtering => Arc::new(std::mem::take(&mut inflight.mutation)),
         };
