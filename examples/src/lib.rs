@@ -17,6 +17,14 @@ pub mod demo;
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
 
+/// The guides' code (embedding the engine, writing a codec, writing a filter), compiled by
+/// `cargo test --doc` likewise.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/embedding.md")]
+#[doc = include_str!("../../docs/writing-a-codec.md")]
+#[doc = include_str!("../../docs/writing-a-filter.md")]
+pub struct GuideDoctests;
+
 pub mod dubbo_demo;
 pub mod gateway;
 

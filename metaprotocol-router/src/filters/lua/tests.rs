@@ -6,9 +6,10 @@ use metaprotocol_core::{
 
 use super::*;
 use crate::filters::script::testing::{
-    TestResult, config, context, counted, on_request, record, reply_kind, request,
+    TestResult, assert_fast_lane_and_seen, complete, config, context, counted, on_request, record,
+    reply_kind, request,
 };
-use crate::filters::script::{ScriptFilter, ScriptState, StateValue};
+use crate::filters::script::{ScriptFilter, StateValue};
 use crate::stats::Metrics;
 
 type LuaFilter = ScriptFilter<instance::Instance>;
@@ -53,15 +54,7 @@ fn the_script_reads_edits_routes_and_keeps_state() -> TestResult {
         &[(ByteStr::from("x-lua"), ByteStr::from("t1@in"))]
     );
     assert!(mutation.drops(b"debug"));
-    assert_eq!(
-        record.routing_keys().get("lane").map(ByteStr::as_str),
-        Some("fast")
-    );
-    let state = record.extensions.get::<ScriptState>();
-    assert_eq!(
-        state.and_then(|s| s.get(b"seen")),
-        Some(&StateValue::Int(3))
-    );
+    assert_fast_lane_and_seen(&record, &StateValue::Int(3));
     Ok(())
 }
 
@@ -102,11 +95,7 @@ fn response_and_completion_hooks_see_the_record_and_the_state() -> TestResult {
         .collect();
     assert_eq!(sets, [("x-tenant", "t1"), ("x-answer", "42")]);
     record.set_local_reply(LocalReplyKind::Timeout, ResponseFlags::NONE);
-    filter.on_complete(&CompleteContext {
-        request: &request,
-        response: None,
-        record: &record,
-    });
+    complete(&filter, &request, &record);
     assert!(
         counted(&metrics, "counter=\"timeouts\"", 1),
         "{}",

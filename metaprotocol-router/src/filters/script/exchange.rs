@@ -303,7 +303,7 @@ fn text(bytes: &[u8]) -> Result<ByteStr, OpError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::filters::script::testing::record;
+    use crate::filters::script::testing::{assert_fast_lane_and_seen, record};
 
     fn request() -> metaprotocol_core::Message {
         crate::filters::script::testing::request(&[("tenant", "t1")])
@@ -335,15 +335,7 @@ mod tests {
         let reply = exchange.end_request(&mut ctx);
         assert_eq!(reply.map(|r| r.kind), Some(LocalReplyKind::Unauthorized));
         assert!(mutation.overrides(b"x-a") && mutation.drops(b"debug"));
-        assert_eq!(
-            record.routing_keys().get("lane").map(ByteStr::as_str),
-            Some("fast")
-        );
-        let state = record.extensions.get::<ScriptState>();
-        assert_eq!(
-            state.and_then(|s| s.get(b"seen")),
-            Some(&StateValue::Int(7))
-        );
+        assert_fast_lane_and_seen(&record, &StateValue::Int(7));
         assert_eq!(exchange.get(b"tenant"), Err(OpError::Outside));
         Ok(())
     }

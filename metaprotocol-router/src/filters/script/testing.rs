@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use metaprotocol_core::{
-    ConnectionInfo, FilterDecision, L7Filter, LocalReplyKind, Message, MessageKind, Mutation,
-    RequestContext, RequestRecord,
+    ByteStr, CompleteContext, ConnectionInfo, FilterDecision, L7Filter, LocalReplyKind, Message,
+    MessageKind, Mutation, RequestContext, RequestRecord,
 };
 
+use crate::filters::script::{ScriptState, StateValue};
 use crate::filters::{FilterContext, SharedClients};
 use crate::stats::Metrics;
 
@@ -77,4 +78,24 @@ pub(crate) fn counted(metrics: &Metrics, label: &str, value: u64) -> bool {
         .render()
         .lines()
         .any(|line| line.contains(label) && line.ends_with(&format!(" {value}")))
+}
+
+/// Runs `filter`'s `on_complete` for `request`, which got no response.
+pub(crate) fn complete(filter: &dyn L7Filter, request: &Message, record: &RequestRecord) {
+    filter.on_complete(&CompleteContext {
+        request,
+        response: None,
+        record,
+    });
+}
+
+/// Asserts what the tests' request hooks leave in `record`: the routing key `lane` set to
+/// `fast`, and the state value `seen`.
+pub(crate) fn assert_fast_lane_and_seen(record: &RequestRecord, seen: &StateValue) {
+    assert_eq!(
+        record.routing_keys().get("lane").map(ByteStr::as_str),
+        Some("fast")
+    );
+    let state = record.extensions.get::<ScriptState>();
+    assert_eq!(state.and_then(|s| s.get(b"seen")), Some(seen));
 }

@@ -1,10 +1,11 @@
-use metaprotocol_core::{ByteStr, CompleteContext, FilterDecision, L7Filter, LocalReplyKind};
+use metaprotocol_core::{ByteStr, FilterDecision, LocalReplyKind};
 
 use super::*;
+use crate::filters::script::StateValue;
 use crate::filters::script::testing::{
-    TestResult, config, context, counted, on_request, record, reply_kind, request,
+    TestResult, assert_fast_lane_and_seen, complete, config, context, counted, on_request, record,
+    reply_kind, request,
 };
-use crate::filters::script::{ScriptState, StateValue};
 use crate::stats::Metrics;
 
 /// A filter in the ABI: refuses requests without `tenant`, copies it to `x-wasm`, steers
@@ -77,20 +78,8 @@ fn the_module_reads_edits_routes_keeps_state_and_replies() -> TestResult {
         mutation.sets(),
         &[(ByteStr::from("x-wasm"), ByteStr::from("t1"))]
     );
-    assert_eq!(
-        record.routing_keys().get("lane").map(ByteStr::as_str),
-        Some("fast")
-    );
-    let state = record.extensions.get::<ScriptState>();
-    assert_eq!(
-        state.and_then(|s| s.get(b"seen")),
-        Some(&StateValue::Str("fast".into()))
-    );
-    filter.on_complete(&CompleteContext {
-        request: &request,
-        response: None,
-        record: &record,
-    });
+    assert_fast_lane_and_seen(&record, &StateValue::Str("fast".into()));
+    complete(&filter, &request, &record);
     assert!(
         counted(&metrics, "counter=\"done\"", 1),
         "{}",
