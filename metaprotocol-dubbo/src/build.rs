@@ -28,10 +28,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use metaprotocol_core::{Codec, CodecError, DEFAULT_MAX_FRAME_BYTES, Message};
 
 use crate::DubboCodec;
-use crate::header::{FLAG_REQUEST, FLAG_TWO_WAY, HEADER_LEN, Header, patch_body_len};
+use crate::header::{FLAG_EVENT, FLAG_REQUEST, FLAG_TWO_WAY, HEADER_LEN, Header, patch_body_len};
 use crate::hessian::reader::Reader;
 use crate::hessian::writer::write_string;
-use crate::hessian::{END, UNTYPED_MAP, compact_int};
+use crate::hessian::{END, NULL, UNTYPED_MAP, compact_int};
 use crate::response::ResultFlag;
 use crate::serialization::HESSIAN2;
 use crate::status;
@@ -148,6 +148,20 @@ pub fn response_body(frame: &[u8]) -> Result<ResponseBody, CodecError> {
     }
 }
 
+/// A two-way heartbeat with id `id`: an event request whose body is the Hessian2 null, which
+/// every Dubbo provider answers with an event response of the same id.
+pub fn heartbeat(id: u64) -> Bytes {
+    let mut out = BytesMut::new();
+    Header::put(
+        &mut out,
+        FLAG_REQUEST | FLAG_TWO_WAY | FLAG_EVENT | HESSIAN2,
+        0,
+        id,
+    );
+    out.put_u8(NULL);
+    finish(out)
+}
+
 /// A successful response (status 20) carrying a string `value` and `attachments`.
 pub fn value_response(id: u64, value: &str, attachments: &[(&str, &str)]) -> Bytes {
     let mut out = BytesMut::new();
@@ -222,6 +236,10 @@ mod tests {
                 message: "timeout: too slow".into()
             }
         );
+
+        let mut buf = BytesMut::from(&heartbeat(3)[..]);
+        let ping = codec.decode(&mut buf)?.ok_or("incomplete")?;
+        assert_eq!((ping.kind, ping.request_id), (MessageKind::Heartbeat, 3));
 
         let mut buf = BytesMut::from(&value_response(9, "hi", &[("p", "1")])[..]);
         let response = codec.decode(&mut buf)?.ok_or("incomplete")?;

@@ -64,6 +64,7 @@ mod client;
 mod cluster;
 pub mod config;
 mod filters;
+mod health;
 mod lb;
 mod proxy;
 mod route;
@@ -77,13 +78,13 @@ mod upstream;
 mod testing;
 
 pub use client::{CallError, Client, ClientOptions, RouterClient, RouterClientBuilder};
-pub use cluster::{ClusterStatus, EndpointStatus, HealthState};
+pub use cluster::{BreakerStatus, ClusterStatus, EndpointStatus, HealthState};
 pub use config::{Config, ConfigError};
 pub use filters::{FilterContext, FilterFactory, FilterRegistry, SharedClients};
 pub use proxy::{
     DEFAULT_DRAIN_TIMEOUT, Proxy, ProxyBuilder, ReloadSummary, StartError, UpdateError,
 };
-pub use route::DEFAULT_ROUTE_TIMEOUT;
+pub use route::{DEFAULT_ROUTE_TIMEOUT, RouteCheck, RouteDestination, RouteMatch, UnknownListener};
 pub use server::DEFAULT_IDLE_TIMEOUT;
 pub use stats::{Labels, Metrics, MetricsCollector, MetricsScope};
 pub use upstream::UpstreamError;

@@ -46,9 +46,11 @@ impl Client {
         let settings = PoolSettings {
             connect_timeout: options.connect_timeout,
             connections: options.connections.max(1),
+            idle_timeout: crate::config::DEFAULT_UPSTREAM_IDLE_TIMEOUT,
+            max_requests_per_connection: None,
         };
         Self {
-            pool: UpstreamPool::new(address, codec, settings, Connector::Plain, stats),
+            pool: UpstreamPool::new(address, codec, settings, Connector::Plain, stats, None),
         }
     }
 

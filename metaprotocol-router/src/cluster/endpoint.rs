@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
 
+use crate::health::OutlierCounters;
+use crate::lb::RttEstimate;
 use crate::stats::ClusterStats;
 use crate::upstream::UpstreamPool;
 
@@ -26,7 +28,8 @@ pub enum HealthState {
     Healthy,
 }
 
-/// Health flags, written by health checking, outlier detection and cluster updates only.
+/// Health flags, written by health checking, outlier detection and cluster updates only (see
+/// [`super::ClusterHandle::set_health`]).
 #[derive(Debug, Default)]
 pub(crate) struct HealthFlags(AtomicU8);
 
@@ -43,6 +46,11 @@ impl HealthFlags {
             self.0.fetch_and(!flag, Ordering::AcqRel)
         };
         (before & flag != 0) != on
+    }
+
+    /// True if `flag` is set.
+    pub fn has(&self, flag: u8) -> bool {
+        self.0.load(Ordering::Acquire) & flag != 0
     }
 
     /// True if no flag takes the endpoint out of rotation.
@@ -72,6 +80,10 @@ pub(crate) struct Endpoint {
     health: HealthFlags,
     active: AtomicU64,
     total: AtomicU64,
+    /// Its latency, for `peak_ewma`.
+    rtt: RttEstimate,
+    /// Its failure streaks and ejections, for outlier detection.
+    outliers: OutlierCounters,
 }
 
 impl Endpoint {
@@ -82,6 +94,8 @@ impl Endpoint {
             health: HealthFlags::default(),
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
+            rtt: RttEstimate::default(),
+            outliers: OutlierCounters::default(),
         }
     }
 
@@ -95,6 +109,14 @@ impl Endpoint {
 
     pub fn health(&self) -> &HealthFlags {
         &self.health
+    }
+
+    pub fn rtt(&self) -> &RttEstimate {
+        &self.rtt
+    }
+
+    pub fn outliers(&self) -> &OutlierCounters {
+        &self.outliers
     }
 
     /// Requests in flight to it.

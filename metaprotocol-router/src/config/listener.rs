@@ -58,6 +58,10 @@ pub struct ListenerSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub idle_timeout: Option<Duration>,
+    /// The most client connections open at once; a connection past it is closed as soon as it
+    /// is accepted (counted). None: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
     /// The longest a request frame may take to arrive once its first bytes did; a client that
     /// trickles a frame slower than this is disconnected.
     #[serde(default = "default_frame_timeout", with = "humantime_serde")]
@@ -91,6 +95,9 @@ impl ListenerSpec {
         }
         if self.frame_timeout.is_zero() {
             errors.add(ConfigError::new("frame_timeout", "must be greater than 0"));
+        }
+        if self.max_connections == Some(0) {
+            errors.add(ConfigError::new("max_connections", "must be at least 1"));
         }
         let planned = [
             ("tls", &self.tls),

@@ -23,8 +23,9 @@ use serde::{Deserialize, Serialize};
 
 pub use cluster::{
     CircuitBreakersSpec, ClusterSpec, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTIONS_PER_ENDPOINT,
-    DEFAULT_DNS_REFRESH_RATE, DnsLookupFamily, EndpointAddress, EndpointSpec, LbPolicy,
-    LocalitySpec, OutlierDetectionSpec, RetryBudgetSpec,
+    DEFAULT_DNS_REFRESH_RATE, DEFAULT_LOCALITY_FAILOVER_THRESHOLD, DEFAULT_UPSTREAM_IDLE_TIMEOUT,
+    DnsLookupFamily, EndpointAddress, EndpointSpec, HealthCheckSpec, LbPolicy, LocalitySpec,
+    OutlierDetectionSpec, ProbeSpec, RetryBudgetSpec,
 };
 pub(crate) use error::Errors;
 pub use error::{ConfigError, Position};
@@ -50,6 +51,9 @@ pub struct Config {
     /// What all clients together may make the proxy hold.
     #[serde(default)]
     pub limits: LimitsSpec,
+    /// The proxy itself: where it runs (for locality-aware load balancing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeSpec>,
     /// Resources from a control plane (xDS). Not available yet: rejected by validation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dynamic: Option<serde_json::Value>,
@@ -64,6 +68,15 @@ pub struct Config {
     pub clusters: Vec<ClusterSpec>,
 }
 
+/// The proxy itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    /// Where the proxy runs: locality-aware clusters prefer endpoints in this zone, then this
+    /// region.
+    pub locality: LocalitySpec,
+}
+
 fn default_drain_time() -> Duration {
     crate::DEFAULT_DRAIN_TIMEOUT
 }
@@ -74,6 +87,7 @@ impl Default for Config {
             admin: None,
             drain_time: default_drain_time(),
             limits: LimitsSpec::default(),
+            node: None,
             dynamic: None,
             listeners: Vec::new(),
             route_configs: Vec::new(),
@@ -175,6 +189,12 @@ impl Config {
         }
         for (i, cluster) in self.clusters.iter().enumerate() {
             errors.within(&format!("clusters[{i}]"), |errors| cluster.check(errors));
+            if cluster.locality_aware && self.node.is_none() {
+                errors.add(ConfigError::new(
+                    format!("clusters[{i}].locality_aware"),
+                    "needs the proxy's own locality: set `node: { locality: { region, zone } }`",
+                ));
+            }
         }
         for (i, routes) in self.route_configs.iter().enumerate() {
             errors.within(&format!("route_configs[{i}]"), |errors| {

@@ -104,7 +104,8 @@ pub struct RouteSpec {
     /// A shadow copy of matching requests, sent to another cluster; its answers are dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<MirrorSpec>,
-    /// Metadata keys hashed for `ring_hash` and `maglev` load balancing.
+    /// Metadata keys hashed for `ring_hash` and `maglev` load balancing (in any order: the
+    /// key does not depend on it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hash_policy: Vec<String>,
 }
@@ -131,6 +132,14 @@ impl RouteSpec {
         for (field, mutation) in mutations {
             if let Some(mutation) = mutation {
                 errors.within(field, |errors| mutation.check(errors));
+            }
+        }
+        for (i, key) in self.hash_policy.iter().enumerate() {
+            if key.is_empty() {
+                errors.add(ConfigError::new(
+                    format!("hash_policy[{i}]"),
+                    "must not be empty",
+                ));
             }
         }
         if let Some(mirror) = &self.mirror {

@@ -8,7 +8,8 @@ use metaprotocol_core::{CodecFactory, CodecOptions, CodecRegistry, FilterChain};
 
 use crate::cluster::{ClusterHandle, ClusterManager, Resolved};
 use crate::config::{
-    ClusterSpec, Config, ConfigError, FilterSpec, ListenerSpec, RouteConfigSpec, RouteSpec,
+    ClusterSpec, Config, ConfigError, FilterSpec, ListenerSpec, LocalitySpec, RouteConfigSpec,
+    RouteSpec,
 };
 use crate::filters::{FilterContext, FilterRegistry, SharedClients};
 use crate::route::{RouteSlot, RouteTable};
@@ -54,16 +55,25 @@ impl Builder<'_> {
         )
     }
 
-    /// Builds cluster `spec`, speaking `protocol`, whose host names resolved to `resolved`.
+    /// Builds cluster `spec`, speaking `protocol`, for a proxy at `local`, whose host names
+    /// resolved to `resolved`.
     pub fn cluster(
         &self,
         spec: &ClusterSpec,
         protocol: &str,
+        local: Option<&LocalitySpec>,
         resolved: &Resolved,
     ) -> Result<Arc<ClusterHandle>, ConfigError> {
         let codec = self.codec(protocol, spec.codec.as_ref())?;
         let scope = self.metrics.root().detached("cluster", &spec.name);
-        ClusterHandle::new(spec, protocol.to_owned(), codec, scope, resolved)
+        ClusterHandle::new(
+            spec,
+            protocol.to_owned(),
+            codec,
+            scope,
+            local.cloned(),
+            resolved,
+        )
     }
 
     /// Compiles route config `spec` as version `version` against `clusters`.
@@ -98,6 +108,7 @@ impl Builder<'_> {
                 .idle_timeout
                 .unwrap_or(crate::server::DEFAULT_IDLE_TIMEOUT),
             frame_timeout: spec.frame_timeout,
+            max_connections: spec.max_connections,
             drain_time,
             acceptor: Acceptor::Plain,
             load: self.load.clone(),

@@ -26,7 +26,7 @@ use self::update::Source;
 use crate::cluster::{ClusterManager, ClusterStatus};
 use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec, RouteConfigSpec};
 use crate::filters::{FilterRegistry, SharedClients};
-use crate::route::RouteSlot;
+use crate::route::{RouteCheck, RouteSlot};
 use crate::server::Load;
 use crate::stats::Metrics;
 
@@ -166,6 +166,13 @@ impl ProxyBuilder {
     pub fn check(&self) -> Result<(), ConfigError> {
         ProxyState::new(Config::default(), self.codecs.clone(), self.filters.clone())
             .check(&self.config)
+    }
+
+    /// Compiles the config's route tables as [`check`](Self::check) does and keeps them, to ask
+    /// which route a request would take on each listener (see [`RouteCheck`]).
+    pub fn route_check(&self) -> Result<RouteCheck, ConfigError> {
+        ProxyState::new(Config::default(), self.codecs.clone(), self.filters.clone())
+            .route_check(&self.config)
     }
 
     /// Builds everything, binds every listener and the admin API, and starts serving. Nothing
@@ -600,6 +607,9 @@ impl Proxy {
             .is_err()
         {
             tracing::warn!("drain time of {drain_time:?} passed; abandoning what is left");
+        }
+        for cluster in state.clusters.all().values() {
+            cluster.stop_health();
         }
         state.admin_stop.cancel();
         let admin = lock(&state.admin_task).take();

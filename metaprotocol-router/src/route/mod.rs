@@ -5,6 +5,8 @@
 //! A listener reads its table through a [`RouteSlot`], swapped atomically on update: requests in
 //! flight keep the table they started with.
 
+mod check;
+mod hash_policy;
 mod matcher;
 mod template;
 
@@ -14,6 +16,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use metaprotocol_core::{LocalReply, RoutingView};
 
+pub use self::check::{RouteCheck, RouteDestination, RouteMatch, UnknownListener};
+pub(crate) use self::hash_policy::HashPolicy;
 pub(crate) use self::matcher::MetadataMatcher;
 pub(crate) use self::template::{Context as TemplateContext, RouteMutation, Template};
 use crate::cluster::{ClusterHandle, ClusterManager, SubsetId};
@@ -91,6 +95,8 @@ pub(crate) struct Route {
     pub request_mutation: RouteMutation,
     /// Header edits on the downstream response.
     pub response_mutation: RouteMutation,
+    /// The keys of the request's consistent-hashing key.
+    pub hash_policy: HashPolicy,
     /// A copy of a share of the requests for another cluster.
     pub mirror: Option<MirrorPolicy>,
     pub stats: RouteStats,
@@ -188,12 +194,6 @@ fn build_route(
     index: usize,
     clusters: &ClusterManager,
 ) -> Result<Route, ConfigError> {
-    if !spec.hash_policy.is_empty() {
-        return Err(ConfigError::new(
-            "hash_policy",
-            "hash_policy is not available yet (it needs lb_policy: ring_hash or maglev)",
-        ));
-    }
     let target = |cluster: &str,
                   subset: &Option<std::collections::BTreeMap<String, String>>,
                   field: &str| {
@@ -288,6 +288,7 @@ fn build_route(
         retry,
         request_mutation,
         response_mutation,
+        hash_policy: HashPolicy::new(&spec.hash_policy),
         mirror,
     })
 }
@@ -311,6 +312,7 @@ mod tests {
                 "null".into(),
                 Arc::new(crate::testing::NullCodec),
                 Metrics::new().root(),
+                None,
                 &BTreeMap::new(),
             )?;
             targets.push(Target {

@@ -38,6 +38,8 @@ pub(crate) struct ListenerContext {
     pub idle_timeout: Duration,
     /// A frame that takes longer than this to arrive closes its connection.
     pub frame_timeout: Duration,
+    /// Connections past this many open are closed as soon as they are accepted.
+    pub max_connections: Option<u32>,
     pub drain_time: Duration,
     pub acceptor: Acceptor,
     /// The proxy-wide load this listener's connections add to.
@@ -74,6 +76,14 @@ pub(crate) async fn serve(
         match accepted {
             Ok((stream, peer)) => {
                 let ctx = ctx.load_full();
+                if ctx
+                    .max_connections
+                    .is_some_and(|max| ctx.stats.cx_active.get() >= i64::from(max))
+                {
+                    ctx.stats.cx_refused.inc();
+                    drop(stream);
+                    continue;
+                }
                 let local = stream.local_addr().unwrap_or(peer);
                 match &ctx.acceptor {
                     Acceptor::Plain => {

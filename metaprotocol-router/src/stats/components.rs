@@ -27,6 +27,7 @@ pub(crate) struct ListenerStats {
     pub rq_oneway: Counter,
     pub heartbeats: Counter,
     pub cx_overflow: Counter,
+    pub cx_refused: Counter,
     protocol_errors: [Counter; PROTOCOL_ERRORS.len()],
     local_replies: [Counter; LocalReplyKind::ALL.len()],
 }
@@ -43,6 +44,10 @@ impl ListenerStats {
             cx_overflow: scope.counter(
                 "downstream_cx_overflow",
                 "Client connections closed because the answers they did not read passed the limit",
+            ),
+            cx_refused: scope.counter(
+                "downstream_cx_refused",
+                "Client connections closed as soon as accepted: the listener had max_connections open",
             ),
             protocol_errors: PROTOCOL_ERRORS.map(|reason| {
                 scope.counter_with(

@@ -275,7 +275,12 @@ impl MetricsScope {
                 _ => Gauge::default(),
             };
         }
-        let labels = self.series(name, &[]);
+        self.gauge_with(name, help, &[])
+    }
+
+    /// The gauge `name` with this scope's labels plus `extra`.
+    pub fn gauge_with(&self, name: &str, help: &str, extra: &[(&str, &str)]) -> Gauge {
+        let labels = self.series(name, extra);
         match self
             .metrics
             .family(name, help, || AnyFamily::Gauge(Family::default()))
