@@ -203,6 +203,7 @@ impl RouterClientBuilder {
         };
         let clusters = ClusterManager::default();
         let stop = CancellationToken::new();
+        let local = config.node.as_ref().map(|node| &node.locality);
         let cluster_protocol = |name: &str| {
             config
                 .cluster(name)
@@ -221,7 +222,7 @@ impl RouterClientBuilder {
             };
             let speaks = cluster_protocol(&spec.name).unwrap_or_else(|| protocol.clone());
             let handle = builder
-                .cluster(spec, &speaks, &resolved)
+                .cluster(spec, &speaks, local, &resolved)
                 .map_err(|e| e.within(&format!("clusters[{i}]")))?;
             if spec.has_host_names() {
                 tokio::spawn(dns::refresh(
@@ -230,6 +231,8 @@ impl RouterClientBuilder {
                     stop.clone(),
                 ));
             }
+            // Outlier detection and health checks, as configured; they stop with the cluster.
+            handle.start_health();
             clusters.insert(handle);
         }
         let table = builder
