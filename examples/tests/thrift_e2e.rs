@@ -8,8 +8,9 @@
 //! miss answered with a readable `TApplicationException`), routing on the method and on a
 //! THeader header, a `request_mutation` header seen by the server and a `response_mutation`
 //! header seen by the client, a framed-binary listener speaking THeader compact upstream,
-//! 60 concurrent clients that all send seqid 0 sharing a couple of upstream connections, and
-//! active health checks that call a method of the server.
+//! 60 concurrent clients that all send seqid 0 sharing a couple of upstream connections,
+//! active health checks that call a method of the server, and the policy filters' refusals
+//! (`rbac`, `fault`, `local_ratelimit`) answered as `TApplicationException`s.
 //!
 //! The Python library is installed by `tests/interop/thrift/setup.sh` (a venv next to it; a
 //! `python3` that can `import thrift` also works). Without it each test prints `skipped: ...`
@@ -320,6 +321,77 @@ clusters:
             "{transport} {protocol}: 60 clients, 300 calls, {connections} upstream connections"
         );
     }
+    Ok(())
+}
+
+#[test]
+fn policy_filters_refuse_with_a_readable_application_exception() -> TestResult {
+    let Some(scratch) = prepare("policy")? else {
+        return Ok(());
+    };
+    let server = Server::start("framed", "binary", "alpha", &scratch)?;
+    // `missingMethod` has no route: only a filter's refusal answers it with something other
+    // than route_not_found (type 1). `sayHello` passes every filter, once.
+    let missing = r#"[ { key: method, exact: missingMethod } ]"#;
+    let yaml = format!(
+        r#"
+listeners:
+  - name: rbac
+    address: 127.0.0.1:0
+    protocol: thrift
+    route_config: routes
+    filters:
+      - {{ name: rbac, config: {{ action: deny, policies: [ {{ name: no-missing, metadata: {missing} }} ] }} }}
+  - name: fault
+    address: 127.0.0.1:0
+    protocol: thrift
+    route_config: routes
+    filters:
+      - {{ name: fault, config: {{ match: {{ metadata: {missing} }}, abort: {{ kind: unavailable }} }} }}
+  - name: ratelimit
+    address: 127.0.0.1:0
+    protocol: thrift
+    route_config: routes
+    filters:
+      - {{ name: local_ratelimit, config: {{ token_bucket: {{ max_tokens: 1, fill_interval: 1h }} }} }}
+route_configs:
+  - name: routes
+    routes:{greeter}
+clusters:
+  - {{ name: alpha, endpoints: [ {{ address: "{alpha}" }} ] }}
+"#,
+        greeter = greeter_routes("alpha"),
+        alpha = server.address(),
+    );
+    let proxy = InProcessProxy::start(&yaml)?;
+    let run = |listener: &str, scenario: &[&str]| -> TestResult<String> {
+        let port = proxy.addr(listener)?.port();
+        client(port, "framed", "binary", scenario, "", &scratch)
+    };
+    let refused = |kind: &str| {
+        (
+            format!(r#"{{"exception": {{"message": "{kind}: metaprotocol-proxy: "#),
+            r#"", "type": 6}, "mtype": 3, "name": "missingMethod", "seqid": 0}"#,
+        )
+    };
+    let hello = r#"{"hello": "Hello, w1 from alpha"}"#;
+    for (listener, kind) in [("rbac", "unauthorized"), ("fault", "unavailable")] {
+        assert_eq!(run(listener, &["hello", "w1"])?, hello, "{listener}");
+        let answer = run(listener, &["unknown"])?;
+        let (start, end) = refused(kind);
+        assert!(
+            answer.starts_with(&start) && answer.ends_with(end),
+            "{listener}: {answer}"
+        );
+    }
+    // The bucket's one token goes to the first call; the next is over the limit.
+    assert_eq!(run("ratelimit", &["hello", "w1"])?, hello);
+    let answer = run("ratelimit", &["unknown"])?;
+    let (start, end) = refused("over_limit");
+    assert!(
+        answer.starts_with(&start) && answer.ends_with(end),
+        "{answer}"
+    );
     Ok(())
 }
 

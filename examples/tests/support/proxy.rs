@@ -31,6 +31,17 @@ pub fn listener_addr(proxy: &Proxy, name: &str) -> TestResult<SocketAddr> {
         .ok_or(format!("listener {name} is not bound"))?)
 }
 
+/// The value of the series `series` (`name{labels}`, as exposed) in `proxy`'s metrics; 0 when
+/// it is not there.
+pub fn metric(proxy: &Proxy, series: &str) -> f64 {
+    proxy
+        .metrics()
+        .render()
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// The engine in this process, on a multi-threaded runtime of its own so that the blocking
 /// client runs of the test thread never stall it. Shut down (drained) when dropped.
 pub struct InProcessProxy {

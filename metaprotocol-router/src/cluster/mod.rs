@@ -44,7 +44,7 @@ use crate::health::{self, HealthMonitor, OutlierThresholds};
 use crate::lb::{LbSettings, LocalityPreference};
 use crate::router::AttemptOutcome;
 use crate::stats::{ClusterStats, MetricsScope};
-use crate::transport::Connector;
+use crate::transport::{Connector, TlsConnector};
 use crate::upstream::{PoolSettings, UpstreamPool};
 pub(crate) use dns::Resolved;
 
@@ -54,6 +54,8 @@ struct ClusterState {
     spec: ClusterSpec,
     protocol: String,
     codec: Arc<dyn CodecFactory>,
+    /// How the endpoints are connected to (TLS or not); kept while `spec.tls` is unchanged.
+    connector: Connector,
     endpoints: HashMap<SocketAddr, Arc<Endpoint>>,
     /// Subset selectors by [`SubsetId`]; the first (empty) selects the whole cluster.
     selectors: Vec<BTreeMap<String, String>>,
@@ -92,6 +94,16 @@ impl std::fmt::Debug for ClusterHandle {
         f.debug_struct("ClusterHandle")
             .field("name", &self.name)
             .finish_non_exhaustive()
+    }
+}
+
+/// How cluster `spec`'s endpoints are connected to; TLS series live in `scope`.
+fn connector(spec: &ClusterSpec, scope: &MetricsScope) -> Result<Connector, ConfigError> {
+    match &spec.tls {
+        None => Ok(Connector::Plain),
+        Some(tls) => TlsConnector::new(tls, &spec.name, scope)
+            .map(|tls| Connector::Tls(Arc::new(tls)))
+            .map_err(|e| e.within("tls")),
     }
 }
 
@@ -138,6 +150,7 @@ impl ClusterHandle {
             spec: spec.clone(),
             protocol,
             codec,
+            connector: connector(spec, &scope)?,
             endpoints: HashMap::new(),
             selectors: vec![BTreeMap::new()],
             retired: Vec::new(),
@@ -277,7 +290,19 @@ impl ClusterHandle {
         codec: Option<&Arc<dyn CodecFactory>>,
     ) -> Result<(), ConfigError> {
         let codec = codec.cloned().unwrap_or_else(|| self.codec());
-        health::probe_request(spec.health_check.as_ref(), &codec).map(|_| ())
+        health::probe_request(spec.health_check.as_ref(), &codec)?;
+        self.next_connector(spec).map(|_| ())
+    }
+
+    /// The connector for `spec`: the current one while its TLS settings stay, so that the
+    /// endpoints keep their connections.
+    fn next_connector(&self, spec: &ClusterSpec) -> Result<Connector, ConfigError> {
+        let state = self.lock();
+        if state.spec.tls == spec.tls {
+            return Ok(state.connector.clone());
+        }
+        drop(state);
+        connector(spec, &self.scope)
     }
 
     /// Rebuilds from `spec` (with `codec`, when the protocol or codec options changed) for a
@@ -293,12 +318,14 @@ impl ClusterHandle {
         let new_codec = codec.as_ref().map(|(_, c)| c.clone());
         let probe_codec = new_codec.clone().unwrap_or_else(|| self.codec());
         let probe = health::probe_request(spec.health_check.as_ref(), &probe_codec)?;
+        let connector = self.next_connector(spec)?;
         let mut state = self.lock();
         let old = state.spec.clone();
         let mut next = ClusterState {
             spec: spec.clone(),
             protocol: state.protocol.clone(),
             codec: state.codec.clone(),
+            connector,
             endpoints: std::mem::take(&mut state.endpoints),
             selectors: state.selectors.clone(),
             retired: std::mem::take(&mut state.retired),
@@ -428,7 +455,9 @@ fn rebuild(
                 continue;
             }
             let reusable = state.endpoints.get(&address).filter(|e| {
-                Arc::ptr_eq(e.pool().codec(), &state.codec) && e.pool().settings() == settings
+                Arc::ptr_eq(e.pool().codec(), &state.codec)
+                    && e.pool().settings() == settings
+                    && e.pool().connector().same(&state.connector)
             });
             let endpoint = match reusable {
                 Some(endpoint) => endpoint.clone(),
@@ -438,7 +467,7 @@ fn rebuild(
                         address,
                         state.codec.clone(),
                         settings,
-                        Connector::Plain,
+                        state.connector.clone(),
                         stats.clone(),
                         Some(breakers.clone()),
                     ),

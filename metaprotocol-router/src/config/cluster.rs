@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, Errors, not_available};
+use super::{ClusterTlsSpec, ConfigError, Errors};
 
 /// The default time allowed to open an upstream connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -72,9 +72,9 @@ pub struct ClusterSpec {
     /// Active health checks of the endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckSpec>,
-    /// TLS to the endpoints. Not available yet: rejected by validation.
+    /// TLS to the endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<serde_json::Value>,
+    pub tls: Option<ClusterTlsSpec>,
     /// Retries in flight to this cluster, at most a share of its active requests (Envoy's
     /// retry budget): past it, failed requests are answered instead of retried, so that a
     /// failing cluster does not receive a storm of retries.
@@ -194,8 +194,8 @@ impl ClusterSpec {
 
     /// Records every problem of this cluster.
     pub(crate) fn check(&self, errors: &mut Errors) {
-        if self.tls.is_some() {
-            errors.add(not_available("tls"));
+        if let Some(tls) = &self.tls {
+            errors.check("tls", tls.validate());
         }
         if self.connect_timeout.is_zero() {
             errors.add(ConfigError::new(

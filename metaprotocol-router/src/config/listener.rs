@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, Errors, not_available};
+use super::{ConfigError, Errors, ListenerTlsSpec, not_available};
 
 /// Where the admin HTTP API listens, and who may change the running config through it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,9 +66,9 @@ pub struct ListenerSpec {
     /// trickles a frame slower than this is disconnected.
     #[serde(default = "default_frame_timeout", with = "humantime_serde")]
     pub frame_timeout: Duration,
-    /// TLS for clients. Not available yet: rejected by validation.
+    /// TLS for clients (mutual TLS with `require_client_cert`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<serde_json::Value>,
+    pub tls: Option<ListenerTlsSpec>,
     /// An access log of every request. Not available yet: rejected by validation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<serde_json::Value>,
@@ -99,11 +99,10 @@ impl ListenerSpec {
         if self.max_connections == Some(0) {
             errors.add(ConfigError::new("max_connections", "must be at least 1"));
         }
-        let planned = [
-            ("tls", &self.tls),
-            ("access_log", &self.access_log),
-            ("tracing", &self.tracing),
-        ];
+        if let Some(tls) = &self.tls {
+            errors.check("tls", tls.validate());
+        }
+        let planned = [("access_log", &self.access_log), ("tracing", &self.tracing)];
         for (field, value) in planned {
             if value.is_some() {
                 errors.add(not_available(field));

@@ -14,6 +14,7 @@ mod limits;
 mod listener;
 mod route;
 mod source;
+mod tls;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -31,11 +32,14 @@ pub(crate) use error::Errors;
 pub use error::{ConfigError, Position};
 pub use limits::{DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_REQUESTS, LimitsSpec};
 pub use listener::{AdminSpec, DEFAULT_FRAME_TIMEOUT, FilterSpec, ListenerSpec};
+pub(crate) use route::check_percentage;
 pub use route::{
     DEFAULT_MIRROR_MAX_IN_FLIGHT, DEFAULT_RETRY_BASE_INTERVAL, DirectResponseSpec, MAX_NUM_RETRIES,
     MatchSpec, MetadataMatcherSpec, MirrorSpec, MutationSpec, RetryBackOffSpec, RetryOn,
     RetryPolicySpec, RouteActionSpec, RouteConfigSpec, RouteSpec, WeightedClusterSpec,
 };
+pub(crate) use source::from_value;
+pub use tls::{ClusterTlsSpec, ListenerTlsSpec};
 
 /// A whole configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

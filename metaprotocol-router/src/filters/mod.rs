@@ -4,6 +4,19 @@
 //! themselves in [`FilterRegistry::with_builtins`]. A factory runs once per listener per config,
 //! never per request, and gets a [`FilterContext`]: the listener's name, a metrics scope for
 //! the filter's own series, the runtime, and clients shared by every filter of the proxy.
+//!
+//! The built-in filters, one folder each: [`local_ratelimit`] (token buckets per proxy),
+//! [`global_ratelimit`] (a limit shared by every proxy through Redis), [`fault`] (delays and
+//! aborts) and [`rbac`] (authorization by the client's identity, address and the request's
+//! metadata); with the `lua` and `wasm` features, the script filters `lua` and `wasm`, which
+//! share their per-request plumbing in `script`.
+
+mod fault;
+mod global_ratelimit;
+mod local_ratelimit;
+mod rbac;
+#[cfg(test)]
+mod testing;
 
 #[cfg(feature = "lua")]
 mod lua;
@@ -16,10 +29,11 @@ use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use metaprotocol_core::L7Filter;
+use metaprotocol_core::{L7Filter, RequestContext, RoutingView};
 
-use crate::config::ConfigError;
-use crate::stats::MetricsScope;
+use crate::config::{ConfigError, MatchSpec};
+use crate::route::RequestMatcher;
+use crate::stats::{Metrics, MetricsScope};
 
 /// Clients that filters share across listeners and config updates (a Redis connection, an
 /// authorization service channel ...), by name.
@@ -68,8 +82,8 @@ pub struct FilterContext {
 
 impl FilterContext {
     /// The context of a filter of `listener`, registering its series in `metrics` (the proxy
-    /// labels it with the listener and the filter) and sharing `shared` clients. The proxy makes
-    /// these; tests and benches of a filter make their own.
+    /// labels it with the listener and the filter) and sharing `shared` clients. The engine
+    /// makes one per filter of each listener; benches and embedders' tests make their own.
     pub fn new(listener: Arc<str>, metrics: MetricsScope, shared: SharedClients) -> Self {
         Self {
             listener,
@@ -77,6 +91,16 @@ impl FilterContext {
             runtime: tokio::runtime::Handle::try_current().ok(),
             shared,
         }
+    }
+
+    /// The context of filter `filter` of listener `listener` outside a running proxy (benches,
+    /// tests): its series go to `metrics` with the labels the engine gives them.
+    pub fn standalone(listener: &str, filter: &str, metrics: &Metrics) -> Self {
+        let scope = metrics
+            .root()
+            .detached("listener", listener)
+            .with_label("filter", filter);
+        Self::new(listener.into(), scope, SharedClients::default())
     }
 
     /// The listener whose chain the filter joins.
@@ -123,8 +147,12 @@ impl std::fmt::Debug for FilterRegistry {
 impl FilterRegistry {
     /// A registry with the built-in filters.
     pub fn with_builtins() -> Self {
-        #[allow(unused_mut)]
         let mut registry = Self::default();
+        registry
+            .register(local_ratelimit::NAME, local_ratelimit::build)
+            .register(global_ratelimit::NAME, global_ratelimit::build)
+            .register(fault::NAME, fault::build)
+            .register(rbac::NAME, rbac::build);
         #[cfg(feature = "lua")]
         registry.register(lua::NAME, |config, context| {
             Ok(Arc::new(lua::build(config, context)?) as Arc<dyn L7Filter>)
@@ -176,13 +204,24 @@ impl FilterRegistry {
 /// one is "not available yet", not "unknown" (an embedder may still register its own under the
 /// name).
 const PLANNED_BUILTINS: &[&str] = &[
-    "local_ratelimit",
-    "global_ratelimit",
-    "fault",
-    "rbac",
     #[cfg(not(feature = "lua"))]
     "lua",
 ];
+
+/// Checks and compiles a filter rule's `match` (errors name fields within it).
+pub(crate) fn rule(spec: &MatchSpec) -> Result<RequestMatcher, ConfigError> {
+    spec.validate()?;
+    RequestMatcher::new(spec)
+}
+
+/// What rule conditions see of a request: its metadata with the routing keys earlier filters
+/// set, as the route match sees it.
+pub(crate) fn routing_view<'a>(ctx: &'a RequestContext<'_>) -> RoutingView<'a> {
+    RoutingView {
+        metadata: &ctx.request.metadata,
+        keys: ctx.record.routing_keys(),
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -15,7 +15,7 @@ use crate::filters::{FilterContext, FilterRegistry, SharedClients};
 use crate::route::{RouteSlot, RouteTable};
 use crate::server::{ListenerContext, Load};
 use crate::stats::{ListenerStats, Metrics, MetricsScope};
-use crate::transport::Acceptor;
+use crate::transport::{Acceptor, TlsAcceptor};
 
 /// What building needs from the proxy.
 pub(crate) struct Builder<'a> {
@@ -97,6 +97,12 @@ impl Builder<'_> {
         let name: Arc<str> = spec.name.as_str().into();
         let scope = self.metrics.root().detached("listener", &spec.name);
         let filters = self.filter_chain(&name, &scope, &spec.filters)?;
+        let acceptor = match &spec.tls {
+            None => Acceptor::Plain,
+            Some(tls) => TlsAcceptor::new(tls, &spec.name, &scope)
+                .map(|tls| Acceptor::Tls(Arc::new(tls)))
+                .map_err(|e| e.within("tls"))?,
+        };
         Ok(ListenerContext {
             name,
             codec,
@@ -110,7 +116,7 @@ impl Builder<'_> {
             frame_timeout: spec.frame_timeout,
             max_connections: spec.max_connections,
             drain_time,
-            acceptor: Acceptor::Plain,
+            acceptor,
             load: self.load.clone(),
         })
     }

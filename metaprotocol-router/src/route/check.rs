@@ -5,9 +5,10 @@
 //! fuzzing the route match.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use metaprotocol_core::RoutingView;
+use metaprotocol_core::{ConnectionInfo, RoutingView};
 
 use super::{RouteAction, RouteTable};
 use crate::config::{DirectResponseSpec, RouteSpec, WeightedClusterSpec};
@@ -59,17 +60,32 @@ impl RouteCheck {
 
     /// The route that a request seen through `request` (its metadata, overridden by routing
     /// keys a filter would set) takes on `listener`: `None` when no route matches (the proxy
-    /// answers "no route"), or `Err` naming a listener the config does not have.
+    /// answers "no route"), or `Err` naming a listener the config does not have. The request
+    /// comes from a client without a TLS identity at an unspecified address: routes that
+    /// match a `principal` or `source_ips` are asked with [`RouteCheck::check_from`].
     pub fn check(
         &self,
         listener: &str,
         request: &RoutingView<'_>,
     ) -> Result<Option<RouteMatch>, UnknownListener> {
+        let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));
+        let anonymous = ConnectionInfo::new(listener.into(), nowhere, nowhere);
+        self.check_from(listener, request, &anonymous)
+    }
+
+    /// As [`RouteCheck::check`], for a request arrived on `connection` (the client's address
+    /// and TLS identity, which routes' `principal` and `source_ips` match).
+    pub fn check_from(
+        &self,
+        listener: &str,
+        request: &RoutingView<'_>,
+        connection: &ConnectionInfo,
+    ) -> Result<Option<RouteMatch>, UnknownListener> {
         let table = self
             .tables
             .get(listener)
             .ok_or_else(|| UnknownListener(listener.to_owned()))?;
-        let Some(index) = table.route_index(request) else {
+        let Some(index) = table.route_index(request, connection) else {
             return Ok(None);
         };
         let (Some(route), Some(spec)) = (table.get(index), table.spec().routes.get(index)) else {
@@ -287,6 +303,34 @@ clusters:
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("ghost"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn routes_on_who_sent_the_request_are_asked_with_the_connection() -> Result<(), ConfigError> {
+        let office = CONFIG.replace(
+            "      - name: closed",
+            "      - name: office\n        match: { source_ips: [ 10.0.0.0/8 ] }\n        route: { cluster: c }\n      - name: closed",
+        );
+        let check = route_check(&office)?;
+        let metadata = metadata(&[("method", "admin")]);
+        let view = RoutingView {
+            metadata: &metadata,
+            keys: &RoutingKeys::default(),
+        };
+        let from = |ip: [u8; 4]| {
+            let address = SocketAddr::from((ip, 40000));
+            let connection = ConnectionInfo::new("front".into(), address, address);
+            check
+                .check_from("front", &view, &connection)
+                .ok()
+                .flatten()
+                .map(|m| m.route)
+        };
+        assert_eq!(from([10, 1, 2, 3]), Some("office".to_owned()));
+        assert_eq!(from([192, 168, 0, 1]), Some("closed".to_owned()));
+        let anonymous = check.check("front", &view).ok().flatten().map(|m| m.route);
+        assert_eq!(anonymous, Some("closed".to_owned()));
         Ok(())
     }
 }

@@ -8,17 +8,19 @@
 mod check;
 mod hash_policy;
 mod matcher;
+mod peer;
 mod template;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use metaprotocol_core::{LocalReply, RoutingView};
+use metaprotocol_core::{ConnectionInfo, LocalReply, RoutingView};
 
 pub use self::check::{RouteCheck, RouteDestination, RouteMatch, UnknownListener};
 pub(crate) use self::hash_policy::HashPolicy;
-pub(crate) use self::matcher::MetadataMatcher;
+pub(crate) use self::matcher::{MetadataMatcher, RequestMatcher};
+pub(crate) use self::peer::{IpRange, PrincipalMatcher};
 pub(crate) use self::template::{Context as TemplateContext, RouteMutation, Template};
 use crate::cluster::{ClusterHandle, ClusterManager, SubsetId};
 use crate::config::{ConfigError, RouteConfigSpec, RouteSpec};
@@ -86,7 +88,7 @@ impl RouteAction {
 pub(crate) struct Route {
     /// The route's name (its config name, or `#index`).
     pub name: Arc<str>,
-    matchers: Vec<MetadataMatcher>,
+    matcher: RequestMatcher,
     pub action: RouteAction,
     /// The whole request's deadline; `None` means no timeout (`timeout: 0s`).
     pub timeout: Option<Duration>,
@@ -105,9 +107,9 @@ pub(crate) struct Route {
 }
 
 impl Route {
-    /// True if every condition holds for the request.
-    pub fn matches(&self, request: &RoutingView<'_>) -> bool {
-        self.matchers.iter().all(|m| m.matches(request))
+    /// True if every condition holds for the request, arrived on `connection`.
+    pub fn matches(&self, request: &RoutingView<'_>, connection: &ConnectionInfo) -> bool {
+        self.matcher.matches(request, connection)
     }
 }
 
@@ -169,9 +171,15 @@ impl RouteTable {
         self.routes.get(index)
     }
 
-    /// The index and route of the first match.
-    pub fn route_index(&self, request: &RoutingView<'_>) -> Option<usize> {
-        self.routes.iter().position(|r| r.matches(request))
+    /// The index of the first route matching the request, arrived on `connection`.
+    pub fn route_index(
+        &self,
+        request: &RoutingView<'_>,
+        connection: &ConnectionInfo,
+    ) -> Option<usize> {
+        self.routes
+            .iter()
+            .position(|r| r.matches(request, connection))
     }
 
     pub fn version(&self) -> u64 {
@@ -251,15 +259,7 @@ fn build_route(
         )),
         None => None,
     };
-    let matchers = spec
-        .match_
-        .metadata
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            MetadataMatcher::new(m).map_err(|e| e.within(&format!("match.metadata[{i}]")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let matcher = RequestMatcher::new(&spec.match_).map_err(|e| e.within("match"))?;
     let name: Arc<str> = match &spec.name {
         Some(name) => name.as_str().into(),
         None => format!("#{index}").into(),
@@ -282,7 +282,7 @@ fn build_route(
         stats: RouteStats::default(),
         scope: None,
         name,
-        matchers,
+        matcher,
         action,
         timeout,
         retry,

@@ -137,7 +137,7 @@ pub(crate) fn route(
         keys: record.routing_keys(),
     };
     let Some((index, route)) = table
-        .route_index(&view)
+        .route_index(&view, &record.connection)
         .and_then(|index| Some((index, table.get(index)?)))
     else {
         record.set_local_reply(LocalReplyKind::RouteNotFound, ResponseFlags::NO_ROUTE);
@@ -175,7 +175,7 @@ pub(crate) fn route(
     let idempotent = route
         .retry
         .as_ref()
-        .is_some_and(|policy| policy.is_idempotent(&view));
+        .is_some_and(|policy| policy.is_idempotent(&view, &record.connection));
     let context = TemplateContext {
         request,
         view,

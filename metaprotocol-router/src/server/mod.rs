@@ -85,9 +85,9 @@ pub(crate) async fn serve(
                     continue;
                 }
                 let local = stream.local_addr().unwrap_or(peer);
-                match &ctx.acceptor {
+                let accepted = Acceptor::plain(&stream);
+                match ctx.acceptor.clone() {
                     Acceptor::Plain => {
-                        let accepted = ctx.acceptor.plain(&stream);
                         trackers.spawn(connection::serve(
                             stream,
                             accepted,
@@ -96,6 +96,22 @@ pub(crate) async fn serve(
                             ctx,
                             stop.clone(),
                         ));
+                    }
+                    Acceptor::Tls(tls) => {
+                        // The handshake runs on the connection's task, never in this loop; a
+                        // client slow to finish it is bounded like a slow frame.
+                        let stop = stop.clone();
+                        trackers.spawn(async move {
+                            match tls.accept(stream, ctx.frame_timeout).await {
+                                Ok((stream, accepted)) => {
+                                    connection::serve(stream, accepted, peer, local, ctx, stop)
+                                        .await;
+                                }
+                                Err(err) => {
+                                    tracing::debug!(listener = %ctx.name, %peer, error = %err, "TLS handshake failed");
+                                }
+                            }
+                        });
                     }
                 }
             }

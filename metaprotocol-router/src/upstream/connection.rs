@@ -173,6 +173,12 @@ async fn run(
                 Connector::connect_plain(params.address, params.settings.connect_timeout).await;
             serve(connected, params, requests, shared).await;
         }
+        Connector::Tls(tls) => {
+            let connected = tls
+                .connect(params.address, params.settings.connect_timeout)
+                .await;
+            serve(connected, params, requests, shared).await;
+        }
     }
 }
 

@@ -119,6 +119,11 @@ impl UpstreamPool {
         self.settings
     }
 
+    /// How its connections are opened.
+    pub fn connector(&self) -> &Connector {
+        &self.connector
+    }
+
     /// Queues `outbound` on a connection speaking `variant`, opening one if needed. Never waits;
     /// a refusal (the endpoint is backing off after connect failures, the connection is
     /// overloaded) hands the request back.
