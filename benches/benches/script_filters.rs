@@ -3,7 +3,8 @@
 //! (`examples/filters/tenant.lua`, `examples/wasm-filter`) as Lua, as WebAssembly, and as the
 //! same logic in Rust for reference.
 //!
-//! The WebAssembly filter must be built first: `bash scripts/build-wasm-filter.sh`.
+//! The WebAssembly filter is the committed build of `examples/wasm-filter`
+//! (`scripts/build-wasm-filter.sh` rebuilds it).
 //!
 //! `cargo bench -p metaprotocol-benches --bench script_filters`
 
@@ -109,13 +110,7 @@ fn walk(
 
 fn script_filters(c: &mut Criterion) {
     let wasm = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/wasm-filter/target/wasm32-unknown-unknown/release")
-        .join("metaprotocol_wasm_filter_example.wasm");
-    assert!(
-        wasm.exists(),
-        "{} is missing: run scripts/build-wasm-filter.sh",
-        wasm.display()
-    );
+        .join("../examples/wasm-filter/metaprotocol_wasm_filter_example.wasm");
     let chains = [
         ("native", FilterChain::new(vec![Arc::new(NativeTenant)])),
         (

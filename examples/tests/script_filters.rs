@@ -6,9 +6,9 @@
 //! counter, a runtime error and a runaway script answered with internal errors and counted, and
 //! broken scripts rejected at load.
 //!
-//! Needs the Dubbo interop tools (`examples/tests/interop/dubbo/setup.sh`) and the example
-//! WebAssembly filter (`scripts/build-wasm-filter.sh`); without them the tests are skipped,
-//! unless `METAPROTOCOL_REQUIRE_INTEROP=1` (CI) makes them fail.
+//! Needs the Dubbo interop tools (`examples/tests/interop/dubbo/setup.sh`); without them the
+//! tests are skipped, unless `METAPROTOCOL_REQUIRE_INTEROP=1` (CI) makes them fail. The example
+//! WebAssembly filter is committed built (`scripts/build-wasm-filter.sh` rebuilds it).
 
 #[allow(dead_code)]
 mod support;
@@ -27,11 +27,10 @@ use support::process::Scratch;
 /// The example Lua filter.
 const LUA_FILTER: &str = include_str!("../filters/tenant.lua");
 
-/// The example WebAssembly filter, as `scripts/build-wasm-filter.sh` builds it.
+/// The example WebAssembly filter, committed built (`scripts/build-wasm-filter.sh`).
 fn wasm_filter() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("wasm-filter/target/wasm32-unknown-unknown/release")
-        .join("metaprotocol_wasm_filter_example.wasm")
+        .join("wasm-filter/metaprotocol_wasm_filter_example.wasm")
 }
 
 /// Dubbo statuses the tests expect.
@@ -102,21 +101,6 @@ clusters:
     )
 }
 
-/// True when what `kind` needs is there (else the test is skipped, or fails in CI).
-fn ready(kind: Kind) -> TestResult<bool> {
-    if !harness::tools_ready()? {
-        return Ok(false);
-    }
-    match kind {
-        Kind::Lua => Ok(true),
-        Kind::Wasm => {
-            let path = wasm_filter();
-            let missing = (!path.exists()).then(|| format!("{} is missing", path.display()));
-            support::interop::ready(missing, "scripts/build-wasm-filter.sh")
-        }
-    }
-}
-
 /// The value of the series of `name` whose labels include `label`, 0 if none.
 fn metric(proxy: &Proxy, name: &str, label: &str) -> u64 {
     proxy
@@ -141,7 +125,7 @@ fn expect(reply: &Reply, status: u8, text: &str) -> TestResult {
 }
 
 fn end_to_end(kind: Kind) -> TestResult {
-    if !ready(kind)? {
+    if !harness::tools_ready()? {
         return Ok(());
     }
     let scratch = Scratch::new(&format!("script-filter-{}", kind.name()))?;
