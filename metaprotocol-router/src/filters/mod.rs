@@ -257,4 +257,18 @@ mod tests {
         }
         assert!(reason("rbca").starts_with("unknown filter `rbca`"));
     }
+
+    #[test]
+    fn every_builtin_filter_field_is_in_the_reference() -> Result<(), String> {
+        use crate::config::fields::{assert_documented, fields_of};
+        assert_documented(&fields_of::<local_ratelimit::LocalRateLimitSpec>()?);
+        assert_documented(&fields_of::<global_ratelimit::GlobalRateLimitSpec>()?);
+        assert_documented(&fields_of::<fault::FaultSpec>()?);
+        assert_documented(&fields_of::<rbac::RbacSpec>()?);
+        #[cfg(feature = "lua")]
+        assert_documented(&fields_of::<lua::LuaConfig>()?);
+        #[cfg(feature = "wasm")]
+        assert_documented(&fields_of::<wasm::WasmConfig>()?);
+        Ok(())
+    }
 }

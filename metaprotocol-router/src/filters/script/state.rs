@@ -3,6 +3,9 @@
 use metaprotocol_core::ByteStr;
 
 /// One value a script stored.
+// Only Lua stores numbers and booleans; a WebAssembly filter stores strings and reads the others
+// as text, so an engine built with `wasm` alone never makes them.
+#[cfg_attr(not(feature = "lua"), allow(dead_code))]
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum StateValue {
     /// A string.
