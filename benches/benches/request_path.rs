@@ -6,8 +6,6 @@
 //!
 //! `cargo bench -p metaprotocol-benches --bench request_path`
 
-use std::time::Duration;
-
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use metaprotocol_benches::in_process::{InProcess, Via};
 use metaprotocol_benches::wire::Protocol;
@@ -40,11 +38,7 @@ fn request_path(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    // Short: the machine is small and shared; the figures are compared run against run.
-    config = Criterion::default()
-        .sample_size(20)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
+    config = metaprotocol_benches::short_criterion();
     targets = request_path
 }
 criterion_main!(benches);

@@ -15,13 +15,24 @@
 //! assert_eq!(&frame[..2], &[0xda, 0xbb]);
 //! let answer = value_response(7, "Hello, world", &[("provider", "p1")]);
 //! assert_eq!(answer[3], metaprotocol_dubbo::status::OK);
+//!
+//! // The same call as a `Message`, ready for the engine's clients, and the answer read back.
+//! let message = metaprotocol_dubbo::build::request_message(&call)?;
+//! assert_eq!(message.metadata.get("method").map(|m| m.as_str()), Some("sayHello"));
+//! let body = metaprotocol_dubbo::build::response_body(&answer)?;
+//! assert_eq!(body, metaprotocol_dubbo::build::ResponseBody::Value("Hello, world".into()));
+//! # Ok::<(), metaprotocol_core::CodecError>(())
 //! ```
 
 use bytes::{BufMut, Bytes, BytesMut};
+use metaprotocol_core::{Codec, CodecError, DEFAULT_MAX_FRAME_BYTES, Message};
 
-use crate::header::{FLAG_EVENT, FLAG_REQUEST, FLAG_TWO_WAY, Header, patch_body_len};
+use crate::DubboCodec;
+use crate::header::{FLAG_EVENT, FLAG_REQUEST, FLAG_TWO_WAY, HEADER_LEN, Header, patch_body_len};
+use crate::hessian::reader::Reader;
 use crate::hessian::writer::write_string;
 use crate::hessian::{END, NULL, UNTYPED_MAP, compact_int};
+use crate::response::ResultFlag;
 use crate::serialization::HESSIAN2;
 use crate::status;
 
@@ -75,6 +86,66 @@ pub fn request(id: u64, two_way: bool, call: &Call<'_>) -> Bytes {
     ];
     put_map(&mut out, implicit.iter().chain(call.attachments));
     finish(out)
+}
+
+/// A two-way request `Message` of `call`, as the Dubbo codec decodes it: what the engine's
+/// clients (`metaprotocol_router::RouterClient`, `Client`) send. Its request id is 0; the
+/// engine gives every call a fresh one on the wire.
+pub fn request_message(call: &Call<'_>) -> Result<Message, CodecError> {
+    let frame = request(0, true, call);
+    let mut codec = DubboCodec::new(DEFAULT_MAX_FRAME_BYTES.max(frame.len()));
+    codec
+        .decode(&mut BytesMut::from(&frame[..]))?
+        .ok_or(CodecError::malformed("a built request did not decode"))
+}
+
+/// What a response body says, as far as calls of [`Call`]'s kind (strings in, a string out)
+/// need it. More kinds of results may come, so matches need a wildcard arm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ResponseBody {
+    /// Status 20 with a string result.
+    Value(String),
+    /// Status 20 with a null result.
+    Null,
+    /// Status 20 with an exception the service threw (a Java object, not read further).
+    Exception,
+    /// Another status, with the error message the server sent.
+    Error {
+        /// The Dubbo status (`crate::status`).
+        status: u8,
+        /// The message.
+        message: String,
+    },
+}
+
+/// Reads the body of a response frame: its status and its string result or error message. A
+/// result of another type than a string is `Unsupported`.
+pub fn response_body(frame: &[u8]) -> Result<ResponseBody, CodecError> {
+    let status = *frame
+        .get(3)
+        .ok_or(CodecError::malformed("truncated Dubbo header"))?;
+    let mut reader = Reader::new(frame, HEADER_LEN);
+    let text = |reader: &mut Reader<'_>| -> Result<Option<String>, CodecError> {
+        Ok(reader
+            .string()?
+            .map(|s| String::from_utf8_lossy(s.raw(frame)).into_owned()))
+    };
+    if status != status::OK {
+        let message = text(&mut reader).ok().flatten().unwrap_or_default();
+        return Ok(ResponseBody::Error { status, message });
+    }
+    match ResultFlag::read(&mut reader)?.value() {
+        0 | 3 => Ok(ResponseBody::Exception),
+        2 | 5 => Ok(ResponseBody::Null),
+        _ if reader
+            .peek()
+            .is_some_and(crate::hessian::reader::is_string_tag) =>
+        {
+            Ok(text(&mut reader)?.map_or(ResponseBody::Null, ResponseBody::Value))
+        }
+        _ => Err(CodecError::Unsupported("the result is not a string".into())),
+    }
 }
 
 /// A two-way heartbeat with id `id`: an event request whose body is the Hessian2 null, which
@@ -143,6 +214,28 @@ mod tests {
         assert_eq!(get("method").as_deref(), Some("greet"));
         assert_eq!(get("tenant").as_deref(), Some("t1"));
         assert_eq!(message.variant, crate::READS_RESPONSE_ATTACHMENTS);
+
+        let built = request_message(&call)?;
+        assert_eq!(built.kind, MessageKind::Request);
+        assert_eq!(built.metadata.get("tenant").map(|v| v.as_str()), Some("t1"));
+
+        assert_eq!(
+            response_body(&value_response(9, "hi", &[]))?,
+            ResponseBody::Value("hi".into())
+        );
+        let mut error = BytesMut::new();
+        let reply = metaprotocol_core::LocalReply::new(
+            metaprotocol_core::LocalReplyKind::Timeout,
+            "too slow",
+        );
+        codec.encode_local_reply(&message, &reply, &mut error)?;
+        assert_eq!(
+            response_body(&error)?,
+            ResponseBody::Error {
+                status: status::SERVER_TIMEOUT,
+                message: "timeout: too slow".into()
+            }
+        );
 
         let mut buf = BytesMut::from(&heartbeat(3)[..]);
         let ping = codec.decode(&mut buf)?.ok_or("incomplete")?;

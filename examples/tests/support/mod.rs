@@ -24,6 +24,15 @@ pub type BoxError = Box<dyn Error + Send + Sync>;
 /// What tests and helpers return.
 pub type TestResult<T = ()> = Result<T, BoxError>;
 
+/// A multi-threaded runtime of two workers, for a synchronous test that runs the engine (or a
+/// server) in process while its own thread drives blocking clients.
+pub fn runtime() -> TestResult<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
 /// A port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).
 pub fn free_port() -> TestResult<u16> {
     Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?

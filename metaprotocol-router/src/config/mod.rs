@@ -319,4 +319,6 @@ fn unique_names<'a>(
 }
 
 #[cfg(test)]
+pub(crate) mod fields;
+#[cfg(test)]
 mod tests;

@@ -8,12 +8,13 @@ use metaprotocol_core::{CodecFactory, CodecOptions, CodecRegistry, FilterChain};
 
 use crate::cluster::{ClusterHandle, ClusterManager, Resolved};
 use crate::config::{
-    ClusterSpec, Config, ConfigError, ListenerSpec, LocalitySpec, RouteConfigSpec, RouteSpec,
+    ClusterSpec, Config, ConfigError, FilterSpec, ListenerSpec, LocalitySpec, RouteConfigSpec,
+    RouteSpec,
 };
 use crate::filters::{FilterContext, FilterRegistry, SharedClients};
 use crate::route::{RouteSlot, RouteTable};
 use crate::server::{ListenerContext, Load};
-use crate::stats::{ListenerStats, Metrics};
+use crate::stats::{ListenerStats, Metrics, MetricsScope};
 use crate::transport::{Acceptor, TlsAcceptor};
 
 /// What building needs from the proxy.
@@ -95,21 +96,7 @@ impl Builder<'_> {
         let codec = self.codec(&spec.protocol, spec.codec.as_ref())?;
         let name: Arc<str> = spec.name.as_str().into();
         let scope = self.metrics.root().detached("listener", &spec.name);
-        let chain = spec
-            .filters
-            .iter()
-            .enumerate()
-            .map(|(f, filter)| {
-                let context = FilterContext::new(
-                    name.clone(),
-                    scope.with_label("filter", &filter.name),
-                    self.shared.clone(),
-                );
-                self.filters
-                    .build(&filter.name, &filter.config, &context)
-                    .map_err(|e| e.within(&format!("filters[{f}]")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let filters = self.filter_chain(&name, &scope, &spec.filters)?;
         let acceptor = match &spec.tls {
             None => Acceptor::Plain,
             Some(tls) => TlsAcceptor::new(tls, &spec.name, &scope)
@@ -120,7 +107,7 @@ impl Builder<'_> {
             name,
             codec,
             routes,
-            filters: FilterChain::new(chain),
+            filters,
             stats: ListenerStats::new(&scope),
             scope,
             idle_timeout: spec
@@ -132,6 +119,33 @@ impl Builder<'_> {
             acceptor,
             load: self.load.clone(),
         })
+    }
+}
+
+impl Builder<'_> {
+    /// Builds the chain of `filters` for `listener` (a listener, or a client's name), each
+    /// filter with its own scope within `scope`. Errors name the filter (`filters[1]`).
+    pub fn filter_chain(
+        &self,
+        listener: &Arc<str>,
+        scope: &MetricsScope,
+        filters: &[FilterSpec],
+    ) -> Result<FilterChain, ConfigError> {
+        let chain = filters
+            .iter()
+            .enumerate()
+            .map(|(f, filter)| {
+                let context = FilterContext::new(
+                    listener.clone(),
+                    scope.with_label("filter", &filter.name),
+                    self.shared.clone(),
+                );
+                self.filters
+                    .build(&filter.name, &filter.config, &context)
+                    .map_err(|e| e.within(&format!("filters[{f}]")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(FilterChain::new(chain))
     }
 }
 

@@ -2,7 +2,7 @@
 //! updates (route configs, clusters, listeners) without closing connections, and drains on
 //! shutdown.
 
-mod build;
+pub(crate) mod build;
 mod listeners;
 mod update;
 

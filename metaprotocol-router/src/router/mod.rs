@@ -112,6 +112,16 @@ fn no_endpoint(target: &Target) -> LocalReply {
     )
 }
 
+/// The flags of a request a filter answered itself with a reply of `kind`.
+pub(crate) fn refusal_flags(kind: LocalReplyKind) -> ResponseFlags {
+    match kind {
+        LocalReplyKind::Unauthorized => ResponseFlags::UNAUTHORIZED,
+        LocalReplyKind::OverLimit => ResponseFlags::RATE_LIMITED,
+        LocalReplyKind::FaultAbort => ResponseFlags::FAULT_INJECTED,
+        _ => ResponseFlags::NONE,
+    }
+}
+
 /// Routes `request` with `table`: the first matching route, then its target; copies it to the
 /// route's mirror. `filter_mutation` is what request filters added. On failure (and for a route
 /// that answers itself) the error is recorded and returned.

@@ -422,14 +422,10 @@ impl Requests {
 
     /// A filter answered the request itself.
     fn refused(&mut self, key: RequestKey, reply: LocalReply, out: &mut BytesMut, now: Instant) {
-        let flags = match reply.kind {
-            LocalReplyKind::Unauthorized => ResponseFlags::UNAUTHORIZED,
-            LocalReplyKind::OverLimit => ResponseFlags::RATE_LIMITED,
-            LocalReplyKind::FaultAbort => ResponseFlags::FAULT_INJECTED,
-            _ => ResponseFlags::NONE,
-        };
         if let Some(inflight) = self.get(key) {
-            inflight.record.set_local_reply(reply.kind, flags);
+            inflight
+                .record
+                .set_local_reply(reply.kind, router::refusal_flags(reply.kind));
         }
         self.finish(key, Answer::Local(reply), out, now);
     }
