@@ -41,6 +41,7 @@
 //! # Ok(()) }
 //! ```
 
+mod access_log;
 mod admin;
 mod client;
 mod cluster;
@@ -52,12 +53,14 @@ mod route;
 mod router;
 mod server;
 mod stats;
+mod trace;
 mod transport;
 mod upstream;
 
 #[cfg(test)]
 mod testing;
 
+pub use admin::LogControl;
 pub use client::{Client, ClientOptions};
 pub use cluster::{ClusterStatus, EndpointStatus, HealthState};
 pub use config::{Config, ConfigError};
@@ -67,5 +70,8 @@ pub use proxy::{
 };
 pub use route::DEFAULT_ROUTE_TIMEOUT;
 pub use server::DEFAULT_IDLE_TIMEOUT;
-pub use stats::{Labels, Metrics, MetricsCollector, MetricsScope};
+pub use stats::{
+    DurationHistogram, ExpositionFormat, FamilySnapshot, HistogramSnapshot, Labels, MetricKind,
+    Metrics, MetricsCollector, MetricsScope, SeriesValue,
+};
 pub use upstream::UpstreamError;

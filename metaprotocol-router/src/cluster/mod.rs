@@ -23,7 +23,9 @@ pub(crate) use snapshot::{ClusterSnapshot, Host, SubsetId};
 pub use status::{ClusterStatus, EndpointStatus};
 
 use crate::config::{ClusterSpec, ConfigError};
-use crate::stats::{ClusterStats, MetricsScope};
+use crate::stats::{
+    ClusterStats, EndpointStats, HealthStats, IstioDestination, IstioReporter, MetricsScope,
+};
 use crate::transport::Connector;
 use crate::upstream::{PoolSettings, UpstreamPool};
 
@@ -104,7 +106,7 @@ impl ClusterHandle {
             retired: Vec::new(),
             version: 0,
         };
-        let snapshot = rebuild(&mut state, &stats)?;
+        let snapshot = rebuild(&mut state, &stats, &scope)?;
         Ok(Arc::new(Self {
             name: spec.name.as_str().into(),
             stats,
@@ -145,7 +147,7 @@ impl ClusterHandle {
             return Ok(SubsetId(index));
         }
         state.selectors.push(labels.clone());
-        let snapshot = rebuild(&mut state, &self.stats)?;
+        let snapshot = rebuild(&mut state, &self.stats, &self.scope)?;
         self.snapshot.store(Arc::new(snapshot));
         Ok(SubsetId(state.selectors.len() - 1))
     }
@@ -178,7 +180,7 @@ impl ClusterHandle {
             next.protocol = protocol;
             next.codec = codec;
         }
-        match rebuild(&mut next, &self.stats) {
+        match rebuild(&mut next, &self.stats, &self.scope) {
             Ok(snapshot) => {
                 *state = next;
                 self.snapshot.store(Arc::new(snapshot));
@@ -214,11 +216,6 @@ impl ClusterHandle {
         }
     }
 
-    /// Removes the cluster's series (the cluster is gone).
-    pub fn retire(&self) {
-        self.scope.retire();
-    }
-
     fn lock(&self) -> MutexGuard<'_, ClusterState> {
         match self.state.lock() {
             Ok(state) => state,
@@ -227,9 +224,23 @@ impl ClusterHandle {
     }
 }
 
+impl Drop for ClusterHandle {
+    /// The cluster is gone (no route uses it): its series go too.
+    fn drop(&mut self) {
+        self.scope.retire();
+    }
+}
+
 /// Builds the next snapshot of `state`: endpoints of the spec, reusing those whose address,
-/// codec and pool settings are unchanged; endpoints that left are marked draining.
-fn rebuild(state: &mut ClusterState, stats: &ClusterStats) -> Result<ClusterSnapshot, ConfigError> {
+/// codec and pool settings are unchanged (new ones get their series in `scope`); endpoints that
+/// left are marked draining.
+fn rebuild(
+    state: &mut ClusterState,
+    stats: &ClusterStats,
+    scope: &MetricsScope,
+) -> Result<ClusterSnapshot, ConfigError> {
+    let istio = scope.metrics().settings().istio.clone();
+    let cluster = state.spec.name.as_str();
     let settings = pool_settings(&state.spec);
     let mut endpoints = HashMap::with_capacity(state.spec.endpoints.len());
     let mut hosts = Vec::with_capacity(state.spec.endpoints.len());
@@ -239,31 +250,44 @@ fn rebuild(state: &mut ClusterState, stats: &ClusterStats) -> Result<ClusterSnap
         });
         let endpoint = match reusable {
             Some(endpoint) => endpoint.clone(),
-            None => Arc::new(Endpoint::new(
-                spec.address,
-                UpstreamPool::new(
+            None => {
+                let scope = scope.detached("endpoint", &spec.address.to_string());
+                let states = HealthState::ALL.map(HealthState::name);
+                let health = HealthStats::new(&scope, &states);
+                let pool = UpstreamPool::new(
                     spec.address,
                     state.codec.clone(),
                     settings,
                     Connector::Plain,
                     stats.clone(),
-                ),
-            )),
+                )
+                .with_endpoint_stats(EndpointStats::new(&scope));
+                Arc::new(Endpoint::new(spec.address, pool).with_metrics(scope, health))
+            }
         };
         endpoints.insert(spec.address, endpoint.clone());
+        let istio = istio.as_ref().map(|istio| {
+            let destination = IstioDestination::of_endpoint(istio, cluster, &spec.labels);
+            IstioReporter::new(scope, istio, &state.protocol, destination)
+        });
         hosts.push(Arc::new(Host {
             endpoint,
             weight: spec.weight,
             labels: spec.labels.clone(),
+            istio,
         }));
     }
-    let snapshot = ClusterSnapshot::build(
+    let mut snapshot = ClusterSnapshot::build(
         state.version + 1,
         state.codec.clone(),
         hosts,
         &state.selectors,
         state.spec.lb_policy,
     )?;
+    snapshot.istio = istio.as_ref().map(|istio| {
+        let destination = IstioDestination::of_cluster(istio, cluster);
+        IstioReporter::new(scope, istio, &state.protocol, destination)
+    });
     for (address, old) in state.endpoints.drain() {
         let kept = endpoints
             .get(&address)

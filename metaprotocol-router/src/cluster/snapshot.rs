@@ -10,6 +10,7 @@ use metaprotocol_core::CodecFactory;
 use super::Endpoint;
 use crate::config::{ConfigError, LbPolicy};
 use crate::lb::{self, LoadBalancer, PickContext};
+use crate::stats::IstioReporter;
 
 /// A cluster member: an endpoint with the weight and labels this snapshot gives it.
 #[derive(Debug)]
@@ -17,6 +18,8 @@ pub(crate) struct Host {
     pub endpoint: Arc<Endpoint>,
     pub weight: u32,
     pub labels: BTreeMap<String, String>,
+    /// Counts its requests in the Istio series (labelled from `labels`), when they are on.
+    pub istio: Option<IstioReporter>,
 }
 
 impl Host {
@@ -85,6 +88,9 @@ pub(crate) struct ClusterSnapshot {
     pub codec: Arc<dyn CodecFactory>,
     /// Every member.
     pub hosts: Vec<Arc<Host>>,
+    /// Counts requests that reached the cluster but no endpoint in the Istio series, when they
+    /// are on.
+    pub istio: Option<IstioReporter>,
     /// One set per subset selector, indexed by [`SubsetId`].
     sets: Vec<EndpointSet>,
 }
@@ -113,6 +119,7 @@ impl ClusterSnapshot {
             version,
             codec,
             hosts,
+            istio: None,
             sets,
         })
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, not_available};
+use super::{AccessLogSpec, ConfigError, TracingSpec, not_available};
 
 /// Where the admin HTTP API listens, and who may change the running config through it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,12 +65,12 @@ pub struct ListenerSpec {
     /// TLS for clients. Not available yet: rejected by validation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<serde_json::Value>,
-    /// An access log of every request. Not available yet: rejected by validation.
+    /// An access log of every request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub access_log: Option<serde_json::Value>,
-    /// Tracing spans exported over OTLP. Not available yet: rejected by validation.
+    pub access_log: Option<AccessLogSpec>,
+    /// Tracing spans exported over OTLP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tracing: Option<serde_json::Value>,
+    pub tracing: Option<TracingSpec>,
 }
 
 /// The default `frame_timeout`.
@@ -91,13 +91,14 @@ impl ListenerSpec {
         if self.frame_timeout.is_zero() {
             return Err(ConfigError::new("frame_timeout", "must be greater than 0"));
         }
-        let planned = [
-            ("tls", &self.tls),
-            ("access_log", &self.access_log),
-            ("tracing", &self.tracing),
-        ];
-        if let Some((field, _)) = planned.iter().find(|(_, value)| value.is_some()) {
-            return Err(not_available(field));
+        if self.tls.is_some() {
+            return Err(not_available("tls"));
+        }
+        if let Some(access_log) = &self.access_log {
+            access_log.validate().map_err(|e| e.within("access_log"))?;
+        }
+        if let Some(tracing) = &self.tracing {
+            tracing.validate().map_err(|e| e.within("tracing"))?;
         }
         for (i, filter) in self.filters.iter().enumerate() {
             if filter.name.is_empty() {

@@ -14,6 +14,7 @@ mod limits;
 mod listener;
 mod route;
 mod source;
+mod telemetry;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -32,6 +33,10 @@ pub use route::{
     MAX_NUM_RETRIES, MatchSpec, MetadataMatcherSpec, MirrorSpec, MutationSpec, RetryOn,
     RetryPolicySpec, RouteActionSpec, RouteConfigSpec, RouteSpec, WeightedClusterSpec,
 };
+pub use telemetry::{
+    AccessLogSpec, DEFAULT_ACCESS_LOG_QUEUE, DEFAULT_LATENCY_BUCKETS, DEFAULT_METHOD_LABEL_LIMIT,
+    IstioReporter, IstioSpec, IstioWorkloadSpec, MetricsSpec, Propagation, TracingSpec,
+};
 
 /// A whole configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +52,10 @@ pub struct Config {
     /// What all clients together may make the proxy hold.
     #[serde(default)]
     pub limits: LimitsSpec,
+    /// How metrics are shaped (histogram buckets, label limits, Istio-compatible series); a
+    /// change takes effect on restart.
+    #[serde(default, skip_serializing_if = "MetricsSpec::is_default")]
+    pub metrics: MetricsSpec,
     /// Resources from a control plane (xDS). Not available yet: rejected by validation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dynamic: Option<serde_json::Value>,
@@ -71,6 +80,7 @@ impl Default for Config {
             admin: None,
             drain_time: default_drain_time(),
             limits: LimitsSpec::default(),
+            metrics: MetricsSpec::default(),
             dynamic: None,
             listeners: Vec::new(),
             route_configs: Vec::new(),
@@ -105,6 +115,7 @@ impl Config {
             admin.validate().map_err(|e| e.within("admin"))?;
         }
         self.limits.validate().map_err(|e| e.within("limits"))?;
+        self.metrics.validate().map_err(|e| e.within("metrics"))?;
         unique_names(
             self.clusters.iter().map(|c| Some(c.name.as_str())),
             "clusters",

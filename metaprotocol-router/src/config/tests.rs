@@ -326,20 +326,6 @@ fn planned_fields_parse_and_are_not_available_yet() {
         ),
         (
             FULL.replace(
-                "    idle_timeout: 60s",
-                "    idle_timeout: 60s\n    access_log: { path: /dev/stdout, format: json }",
-            ),
-            "listeners[0].access_log",
-        ),
-        (
-            FULL.replace(
-                "    idle_timeout: 60s",
-                "    idle_timeout: 60s\n    tracing: { otlp_endpoint: \"http://127.0.0.1:4317\" }",
-            ),
-            "listeners[0].tracing",
-        ),
-        (
-            FULL.replace(
                 "    lb_policy: round_robin",
                 "    lb_policy: round_robin\n    health_check: { interval: 5s, probe: heartbeat }",
             ),

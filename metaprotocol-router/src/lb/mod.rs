@@ -137,6 +137,7 @@ pub(crate) mod tests {
                     endpoint: Arc::new(Endpoint::new(address, pool)),
                     weight,
                     labels: BTreeMap::new(),
+                    istio: None,
                 })
             })
             .collect()

@@ -6,12 +6,14 @@ use std::sync::Arc;
 
 use metaprotocol_core::{CodecFactory, CodecOptions, CodecRegistry, FilterChain};
 
+use crate::access_log::{self, AccessLogger};
 use crate::cluster::{ClusterHandle, ClusterManager};
 use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec, RouteConfigSpec, RouteSpec};
 use crate::filters::{FilterContext, FilterRegistry, SharedClients};
 use crate::route::{RouteSlot, RouteTable};
 use crate::server::{ListenerContext, Load};
-use crate::stats::{ListenerStats, Metrics};
+use crate::stats::{IstioDestination, IstioReporter, ListenerStats, Metrics};
+use crate::trace::{self, Tracer};
 use crate::transport::Acceptor;
 
 /// What building needs from the proxy.
@@ -21,6 +23,8 @@ pub(crate) struct Builder<'a> {
     pub metrics: &'a Metrics,
     pub shared: &'a SharedClients,
     pub load: &'a Arc<Load>,
+    pub access_logs: &'a access_log::Sinks,
+    pub span_sinks: &'a trace::SpanSinks,
 }
 
 impl Builder<'_> {
@@ -98,13 +102,33 @@ impl Builder<'_> {
                     .map_err(|e| e.within(&format!("filters[{f}]")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let protocol = codec.protocol();
+        let access_log = spec
+            .access_log
+            .as_ref()
+            .map(|log| AccessLogger::new(log, protocol, &scope, self.access_logs))
+            .transpose()
+            .map_err(|e| e.within("access_log"))?;
+        let tracer = spec
+            .tracing
+            .as_ref()
+            .map(|tracing| Tracer::new(tracing, protocol, &scope, self.span_sinks))
+            .transpose()
+            .map_err(|e| e.within("tracing"))?;
+        let istio = self.metrics.settings().istio.as_ref().map(|istio| {
+            IstioReporter::new(&scope, istio, protocol, IstioDestination::unknown(istio))
+        });
+        let methods = named_methods(routes.table.load().spec());
         Ok(ListenerContext {
             name,
+            stats: ListenerStats::new(&scope, &methods),
             codec,
             routes,
             filters: FilterChain::new(chain),
-            stats: ListenerStats::new(&scope),
             scope,
+            access_log,
+            tracer,
+            istio,
             idle_timeout: spec
                 .idle_timeout
                 .unwrap_or(crate::server::DEFAULT_IDLE_TIMEOUT),
@@ -114,6 +138,20 @@ impl Builder<'_> {
             load: self.load.clone(),
         })
     }
+}
+
+/// The methods `spec`'s routes match exactly: they get their own `method` label value.
+fn named_methods(spec: &RouteConfigSpec) -> Vec<String> {
+    let mut methods: Vec<String> = spec
+        .routes
+        .iter()
+        .flat_map(|route| &route.match_.metadata)
+        .filter(|m| m.key == metaprotocol_core::keys::METHOD && !m.invert)
+        .filter_map(|m| m.exact.clone())
+        .collect();
+    methods.sort();
+    methods.dedup();
+    methods
 }
 
 fn codec_options(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use metaprotocol_core::{Message, Mutation};
 use tokio::time::Instant;
 
-use crate::cluster::ActiveRequest;
+use crate::cluster::{ActiveRequest, Host};
 use crate::route::Target;
 use crate::upstream::{Outbound, ReplyTo, UpstreamError};
 
@@ -16,6 +16,8 @@ pub(crate) struct Attempt {
     /// 1 for the first attempt.
     pub number: u32,
     pub started: Instant,
+    /// Where it went.
+    pub host: Arc<Host>,
     /// Keeps the endpoint's and cluster's in-flight counts until the attempt ends.
     active: ActiveRequest,
 }
@@ -32,18 +34,19 @@ pub(crate) enum Started {
     Sent(Attempt),
     /// The endpoint refused it at once (backing off, overloaded); it was not sent.
     Refused {
-        endpoint: SocketAddr,
+        host: Arc<Host>,
         error: UpstreamError,
     },
     /// The target has no endpoint.
     NoEndpoint,
 }
 
-/// Picks an endpoint of `target` (avoiding those `tried`) and queues `request` on it.
+/// Picks an endpoint of `target` (avoiding those `tried`) and queues `request` on it, with the
+/// mutation `mutation` makes for the endpoint picked.
 pub(crate) fn start(
     target: &Target,
     request: &Arc<Message>,
-    mutation: &Arc<Mutation>,
+    mutation: impl FnOnce(SocketAddr) -> Arc<Mutation>,
     tried: &[SocketAddr],
     number: u32,
     deadline: Instant,
@@ -58,7 +61,7 @@ pub(crate) fn start(
     let variant = snapshot.codec.upstream_variant(request);
     let outbound = Outbound {
         message: request.clone(),
-        mutation: mutation.clone(),
+        mutation: mutation(endpoint.address()),
         deadline,
         reply,
     };
@@ -66,12 +69,13 @@ pub(crate) fn start(
         Ok(()) => Started::Sent(Attempt {
             number,
             started: Instant::now(),
+            host: host.clone(),
             active,
         }),
         Err(mut rejected) => {
             rejected.outbound.reply.disarm();
             Started::Refused {
-                endpoint: endpoint.address(),
+                host: host.clone(),
                 error: rejected.error,
             }
         }

@@ -6,7 +6,9 @@
 //!
 //! The router never waits: it starts an attempt and says what the connection should wait for
 //! (the answer, a per-try deadline, a retry pause). The downstream connection task owns the
-//! waiting and calls back in with what happened.
+//! waiting and calls back in with what happened. An [`AttemptObserver`] the connection passes in
+//! sees every attempt start (and may add to the mutation it is sent with) and end: where the
+//! tracer's per-attempt spans come from.
 
 mod attempt;
 mod outcome;
@@ -24,12 +26,51 @@ use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use self::attempt::{Attempt, Started};
-use self::outcome::AttemptOutcome;
-pub(crate) use self::outcome::FAILURES;
+pub(crate) use self::outcome::{AttemptOutcome, FAILURES};
 pub(crate) use self::retry::RetryPolicy;
 pub(crate) use self::timeout::after as deadline_after;
+use crate::cluster::{ClusterHandle, Host};
 use crate::route::{Route, RouteTable, Target};
 use crate::upstream::{ReplyTo, UpstreamError};
+
+/// Sees each attempt of a request start and end. The connection passes its request's observer
+/// (the tracer's span, when the listener traces) into every call that may start or end one;
+/// `None` observes nothing and allocates nothing.
+pub(crate) trait AttemptObserver {
+    /// Attempt `number` is about to go to `endpoint` with `mutation`; returns the mutation it
+    /// goes with (an observer may add to it, as the tracer adds its context).
+    fn attempt_started(
+        &mut self,
+        number: u32,
+        endpoint: SocketAddr,
+        mutation: &Arc<Mutation>,
+        now: Instant,
+    ) -> Arc<Mutation>;
+
+    /// Attempt `number` ended: as `outcome`, or (`None`) written, for a one-way request.
+    fn attempt_ended(&mut self, number: u32, outcome: Option<&AttemptOutcome>, now: Instant);
+}
+
+impl<T: AttemptObserver> AttemptObserver for Option<T> {
+    fn attempt_started(
+        &mut self,
+        number: u32,
+        endpoint: SocketAddr,
+        mutation: &Arc<Mutation>,
+        now: Instant,
+    ) -> Arc<Mutation> {
+        match self {
+            Some(observer) => observer.attempt_started(number, endpoint, mutation, now),
+            None => mutation.clone(),
+        }
+    }
+
+    fn attempt_ended(&mut self, number: u32, outcome: Option<&AttemptOutcome>, now: Instant) {
+        if let Some(observer) = self {
+            observer.attempt_ended(number, outcome, now);
+        }
+    }
+}
 
 /// What the connection waits for next. Short-lived, on one stack: boxing the response would
 /// cost an allocation per call.
@@ -62,6 +103,8 @@ pub(crate) struct Routed {
     resent: bool,
     tried: SmallVec<[SocketAddr; 2]>,
     current: Option<Attempt>,
+    /// The endpoint of the last attempt that ended.
+    host: Option<Arc<Host>>,
 }
 
 /// The route's mutation, plus what filters added (allocating only when they added something).
@@ -148,6 +191,7 @@ pub(crate) fn route(
         resent: false,
         tried: SmallVec::new(),
         current: None,
+        host: None,
     })
 }
 
@@ -167,37 +211,54 @@ impl Routed {
         self.attempts
     }
 
+    /// The cluster the request was sent to.
+    pub fn cluster(&self) -> &ClusterHandle {
+        &self.target.cluster
+    }
+
+    /// The endpoint of the attempt in flight or, else, of the last one, if one was picked.
+    pub fn host(&self) -> Option<&Arc<Host>> {
+        match &self.current {
+            Some(attempt) => Some(&attempt.host),
+            None => self.host.as_ref(),
+        }
+    }
+
     /// Sends a one-way request: done once queued. On failure the error is recorded.
     pub fn send_oneway(
         &mut self,
         request: &Arc<Message>,
         record: &mut RequestRecord,
+        observer: &mut impl AttemptObserver,
+        now: Instant,
     ) -> Result<(), LocalReply> {
         debug_assert_eq!(request.kind, MessageKind::Oneway);
         self.attempts = 1;
         record.attempts = 1;
-        record.timings.upstream_sent = Some(std::time::Instant::now());
-        match attempt::start(
+        record.timings.upstream_sent = Some(now.into_std());
+        let started = attempt::start(
             &self.target,
             request,
-            &self.mutation,
+            |endpoint| observer.attempt_started(1, endpoint, &self.mutation, now),
             &[],
             1,
             self.deadline,
             ReplyTo::none(),
-        ) {
+        );
+        match started {
             Started::Sent(attempt) => {
                 record.endpoint = Some(attempt.endpoint());
+                observer.attempt_ended(1, None, now);
+                self.host = Some(attempt.host);
                 Ok(())
             }
-            Started::Refused { endpoint, error } => {
+            Started::Refused { host, error } => {
+                let endpoint = host.endpoint.address();
                 record.endpoint = Some(endpoint);
-                Err(self.fail(
-                    AttemptOutcome::of(&Err(error.clone())),
-                    Some(&error),
-                    endpoint,
-                    record,
-                ))
+                self.host = Some(host);
+                let outcome = AttemptOutcome::of(&Err(error.clone()));
+                observer.attempt_ended(1, Some(&outcome), now);
+                Err(self.fail(outcome, Some(&error), endpoint, record))
             }
             Started::NoEndpoint => Err(self.no_endpoint(record)),
         }
@@ -209,25 +270,28 @@ impl Routed {
         request: &Arc<Message>,
         reply: impl FnOnce(u32) -> ReplyTo,
         record: &mut RequestRecord,
+        observer: &mut impl AttemptObserver,
         now: Instant,
     ) -> Next {
         self.attempts += 1;
-        record.attempts = self.attempts;
+        let number = self.attempts;
+        record.attempts = number;
         record.timings.upstream_sent = Some(now.into_std());
         let per_try = self
             .route()
             .and_then(|r| r.retry.as_ref())
             .and_then(|r| r.per_try_timeout);
         let deadline = timeout::attempt_deadline(now, per_try, self.deadline);
-        match attempt::start(
+        let started = attempt::start(
             &self.target,
             request,
-            &self.mutation,
+            |endpoint| observer.attempt_started(number, endpoint, &self.mutation, now),
             &self.tried,
-            self.attempts,
+            number,
             deadline,
-            reply(self.attempts),
-        ) {
+            reply(number),
+        );
+        match started {
             Started::Sent(attempt) => {
                 record.endpoint = Some(attempt.endpoint());
                 self.current = Some(attempt);
@@ -235,9 +299,11 @@ impl Routed {
                     per_try: per_try.map(|_| deadline),
                 }
             }
-            Started::Refused { endpoint, error } => {
+            Started::Refused { host, error } => {
+                let endpoint = host.endpoint.address();
                 record.endpoint = Some(endpoint);
-                self.conclude(endpoint, None, Err(error), record, now)
+                self.host = Some(host);
+                self.conclude(endpoint, None, Err(error), record, observer, now)
             }
             Started::NoEndpoint => Next::Fail(self.no_endpoint(record)),
         }
@@ -250,16 +316,31 @@ impl Routed {
         number: u32,
         result: Result<Message, UpstreamError>,
         record: &mut RequestRecord,
+        observer: &mut impl AttemptObserver,
         now: Instant,
     ) -> Option<Next> {
         let attempt = self.current.take_if(|a| a.number == number)?;
         let endpoint = attempt.endpoint();
-        Some(self.conclude(endpoint, Some(attempt), result, record, now))
+        Some(self.conclude(endpoint, Some(attempt), result, record, observer, now))
     }
 
     /// The whole request's deadline passed: ends the attempt in flight and records the timeout.
-    pub fn timed_out(&mut self, record: &mut RequestRecord) -> LocalReply {
-        let endpoint = self.current.take().map(|a| a.endpoint());
+    pub fn timed_out(
+        &mut self,
+        record: &mut RequestRecord,
+        observer: &mut impl AttemptObserver,
+        now: Instant,
+    ) -> LocalReply {
+        let endpoint = match self.current.take() {
+            Some(attempt) => {
+                self.timed(&attempt, now);
+                observer.attempt_ended(attempt.number, Some(&AttemptOutcome::Timeout), now);
+                let endpoint = attempt.endpoint();
+                self.host = Some(attempt.host);
+                Some(endpoint)
+            }
+            None => None,
+        };
         self.target.cluster.stats().rq_timeout.inc();
         record.set_local_reply(LocalReplyKind::Timeout, ResponseFlags::UPSTREAM_TIMEOUT);
         let route = self.route().map_or("-", |r| &r.name);
@@ -272,6 +353,14 @@ impl Routed {
         LocalReply::new(LocalReplyKind::Timeout, message)
     }
 
+    /// Records how long a sent attempt took (until its answer, failure or timeout), for its
+    /// cluster and its endpoint.
+    fn timed(&self, attempt: &Attempt, now: Instant) {
+        let took = now.saturating_duration_since(attempt.started);
+        self.target.cluster.stats().rq_time.observe(took);
+        attempt.host.endpoint.stats().rq_time.observe(took);
+    }
+
     /// Ends an attempt: counts it, then retries, forwards or fails.
     fn conclude(
         &mut self,
@@ -279,17 +368,13 @@ impl Routed {
         attempt: Option<Attempt>,
         result: Result<Message, UpstreamError>,
         record: &mut RequestRecord,
+        observer: &mut impl AttemptObserver,
         now: Instant,
     ) -> Next {
         let outcome = AttemptOutcome::of(&result);
         let stats = self.target.cluster.stats();
         match &outcome {
             AttemptOutcome::Answered(status) => {
-                if let Some(attempt) = &attempt {
-                    stats
-                        .rq_time
-                        .observe(now.saturating_duration_since(attempt.started));
-                }
                 stats.response(*status).inc();
             }
             AttemptOutcome::Timeout => {
@@ -300,7 +385,15 @@ impl Routed {
         if let Some(failure) = outcome.failure() {
             stats.failure(failure).inc();
         }
-        drop(attempt);
+        if let Some(attempt) = &attempt {
+            self.timed(attempt, now);
+        }
+        let number = attempt.as_ref().map_or(self.attempts, |a| a.number);
+        observer.attempt_ended(number, Some(&outcome), now);
+        if let Some(attempt) = attempt {
+            // The attempt ends here (its in-flight counts drop); its endpoint is remembered.
+            self.host = Some(attempt.host);
+        }
         let retryable = self
             .route()
             .and_then(|r| r.retry.as_ref())

@@ -30,7 +30,7 @@ use tokio::time::{Instant, Sleep};
 use super::backoff::ConnectBackoff;
 use super::outbound::Outbound;
 use super::{ReplyTo, UpstreamError};
-use crate::stats::ClusterStats;
+use crate::stats::{ClusterStats, EndpointStats};
 use crate::transport::{Connector, Transport, buffers};
 
 /// Requests queued on one connection before new ones are refused (overflow), so that an upstream
@@ -53,6 +53,7 @@ pub(crate) struct ConnectParams {
     pub connector: Connector,
     pub backoff: Arc<ConnectBackoff>,
     pub stats: ClusterStats,
+    pub endpoint: EndpointStats,
     /// Told once the connection is up (a replacement waits for it before taking over).
     pub connected: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -174,6 +175,7 @@ async fn serve<S: Transport>(
         Err(err) => {
             tracing::debug!(address = %params.address, error = %err, "upstream connect failed");
             params.stats.cx_connect_fail.inc();
+            params.endpoint.cx_connect_fail.inc();
             params.backoff.failed();
             let error = UpstreamError::ConnectFailed {
                 address: params.address,
@@ -187,13 +189,19 @@ async fn serve<S: Transport>(
     params.backoff.succeeded();
     params.stats.cx_total.inc();
     params.stats.cx_active.inc();
+    params.endpoint.cx_total.inc();
+    params.endpoint.cx_active.inc();
     shared.connected.store(true, Ordering::Release);
     if let Some(connected) = params.connected.take() {
         let _ = connected.send(());
     }
-    let stats = params.stats.clone();
+    let (cluster_cx, endpoint_cx) = (
+        params.stats.cx_active.clone(),
+        params.endpoint.cx_active.clone(),
+    );
     Multiplexer::new(stream, params, requests, shared).await;
-    stats.cx_active.dec();
+    cluster_cx.dec();
+    endpoint_cx.dec();
 }
 
 /// Closes the queue and answers everything in it with `error`.

@@ -24,7 +24,7 @@ use self::backoff::ConnectBackoff;
 use self::connection::{ConnectParams, ConnectionHandle};
 pub use self::error::UpstreamError;
 pub(crate) use self::outbound::{Inbox, Outbound, ReplyTo, RequestKey, UpstreamEvent};
-use crate::stats::ClusterStats;
+use crate::stats::{ClusterStats, EndpointStats};
 use crate::transport::Connector;
 
 /// How an endpoint's pool connects and how many connections it keeps.
@@ -56,6 +56,7 @@ pub(crate) struct UpstreamPool {
     settings: PoolSettings,
     connector: Connector,
     stats: ClusterStats,
+    endpoint: EndpointStats,
     backoff: Arc<ConnectBackoff>,
     /// Grows by one partition per variant seen (rarely more than one); copied on write so that
     /// every send reads it without a lock.
@@ -86,9 +87,22 @@ impl UpstreamPool {
             settings,
             connector,
             stats,
+            endpoint: EndpointStats::default(),
             backoff: Arc::new(ConnectBackoff::new()),
             partitions: ArcSwap::from_pointee(Vec::new()),
         }
+    }
+
+    /// The pool, counting its connections in the endpoint's series too.
+    pub fn with_endpoint_stats(mut self, endpoint: EndpointStats) -> Self {
+        self.endpoint = endpoint;
+        self
+    }
+
+    /// The endpoint's series (unregistered unless set by
+    /// [`UpstreamPool::with_endpoint_stats`]).
+    pub fn endpoint_stats(&self) -> &EndpointStats {
+        &self.endpoint
     }
 
     /// The codec its connections speak.
@@ -204,6 +218,7 @@ impl UpstreamPool {
             connector: self.connector.clone(),
             backoff: self.backoff.clone(),
             stats: self.stats.clone(),
+            endpoint: self.endpoint.clone(),
             connected: None,
         }
     }
