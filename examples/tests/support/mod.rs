@@ -1,13 +1,15 @@
 //! What the end-to-end tests of this package share: child processes that cannot outlive their
 //! test ([`process`]), the proxy under test in or out of process ([`proxy`]), its admin API
-//! ([`admin`]), and the skip-or-fail rule of the interop suites that need external tools
-//! ([`interop`]).
+//! ([`admin`]) and metrics ([`metrics`]), an OTLP receiver for its spans ([`otlp`]), and the
+//! skip-or-fail rule of the interop suites that need external tools ([`interop`]).
 //!
 //! Each test file is a crate of its own and includes this module with `mod support;`; a test
 //! that uses only part of it allows `dead_code` at that include.
 
 pub mod admin;
 pub mod interop;
+pub mod metrics;
+pub mod otlp;
 pub mod process;
 pub mod proxy;
 
