@@ -273,3 +273,100 @@ clusters:
     );
     Ok(())
 }
+
+/// Waits until `path` holds `lines` lines, and returns them.
+fn lines_of(path: &std::path::Path, lines: usize) -> TestResult<Vec<String>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let found: Vec<String> = text.lines().map(str::to_owned).collect();
+        if found.len() >= lines {
+            return Ok(found);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{lines} lines expected in {}: {text:?}", path.display()).into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_changes_log_levels_at_run_time_and_reopens_access_logs_on_sighup() -> TestResult {
+    let provider = DemoProvider::start("v1").await?;
+    let scratch = Scratch::new("proxy-binary-observability")?;
+    let (address, admin_port) = (free_addr()?, free_port()?);
+    let log = scratch.path("access.log");
+    let config = format!(
+        "admin: {{ address: 127.0.0.1:{admin_port} }}
+listeners:
+  - name: in
+    address: {address}
+    protocol: dubbo
+    route_config: r
+    access_log: {{ path: \"{}\", format: \"%REQ(method)% %OUTCOME%\" }}
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
+clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
+",
+        log.display(),
+        provider.address()
+    );
+    let proxy = block_in_place(|| {
+        BinaryProxy::start(&config, &["--log-level", "warn"], address, &scratch)
+    })?;
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let http = support::admin::http;
+    assert_eq!(
+        http(admin, "GET", "/logging", "").await?,
+        (200, "warn\n".into())
+    );
+    let (status, body) = http(
+        admin,
+        "POST",
+        "/logging?level=metaprotocol_router=debug",
+        "",
+    )
+    .await?;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "metaprotocol_router=debug\n")
+    );
+    assert_eq!(
+        http(admin, "GET", "/logging", "").await?.1,
+        "metaprotocol_router=debug\n"
+    );
+    let (status, body) = http(admin, "POST", "/logging?level=nonsense=x=y", "").await?;
+    assert_eq!(status, 400, "{body}");
+    let (status, info) = http(admin, "GET", "/server_info", "").await?;
+    assert_eq!(status, 200);
+    let info: serde_json::Value = serde_json::from_str(&info)?;
+    assert_eq!(
+        info["config_source"],
+        format!("file:{}", proxy.config().display())
+    );
+
+    let client = DubboClient::new(address);
+    client.call("sayHello", "a", &[]).await?;
+    block_in_place(|| lines_of(&log, 1))?;
+    let rotated = scratch.path("access.log.1");
+    std::fs::rename(&log, &rotated)?;
+    let pid = proxy.pid().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()?
+            .success()
+    );
+    // The signal may land after the next line is queued; keep calling until a line reaches
+    // the reopened file.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&log).unwrap_or_default().is_empty() {
+        assert!(Instant::now() < deadline, "the access log was not reopened");
+        client.call("sayHello", "b", &[]).await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let old = block_in_place(|| lines_of(&rotated, 1))?;
+    assert_eq!(old[0], "sayHello success");
+    let new = block_in_place(|| lines_of(&log, 1))?;
+    assert_eq!(new[0], "sayHello success");
+    Ok(())
+}
