@@ -23,9 +23,13 @@ cargo fuzz build --sanitizer none
 failed=()
 for target in $(cargo fuzz list); do
   echo "== $target: ${seconds}s"
+  dict=()
+  if [[ -f "dicts/$target.dict" ]]; then
+    dict=(-dict="dicts/$target.dict")
+  fi
   # shellcheck disable=SC2086 # FUZZ_FLAGS holds several flags
   if ! cargo fuzz run --sanitizer none "$target" -- \
-      -max_total_time="$seconds" -timeout=10 ${FUZZ_FLAGS:-}; then
+      -max_total_time="$seconds" -timeout=10 "${dict[@]}" ${FUZZ_FLAGS:-}; then
     failed+=("$target")
   fi
 done

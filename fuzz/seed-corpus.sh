@@ -39,3 +39,16 @@ for protocol in dubbo thrift brpc; do
   done
   echo "seeded ${protocol}_decode and ${protocol}_round_trip with $count captures"
 done
+
+# The config target gets every YAML example of the config reference and the README.
+config="corpus/config_parse"
+mkdir -p "$config"
+count=0
+for doc in ../docs/config.md ../README.md; do
+  count=$((count + $(awk -v dir="$config" -v name="$(basename "$doc" .md)" '
+    /^```yaml/ { n++; file = sprintf("%s/doc-%s-%d.yaml", dir, name, n); inside = 1; next }
+    /^```/ && inside { inside = 0; close(file); next }
+    inside { print > file }
+    END { print n + 0 }' "$doc")))
+done
+echo "seeded config_parse with $count documented configs"

@@ -669,7 +669,7 @@ async fn route_metrics_follow_the_published_table() -> TestResult {
     assert!(world.proxy.metrics().render().contains(&series("old")));
 
     let rejected = metaprotocol_router::config::RouteConfigSpec::from_yaml(
-        "name: r\nroutes:\n  - { name: fine, route: { cluster: demo } }\n  - { name: broken, route: { cluster: demo }, mirror: { cluster: demo } }\n",
+        "name: r\nroutes:\n  - { name: fine, route: { cluster: demo } }\n  - { name: broken, route: { cluster: ghost } }\n",
     )?;
     assert!(world.proxy.update_route_config(rejected).await.is_err());
     let metrics = world.proxy.metrics().render();
@@ -1272,6 +1272,31 @@ async fn a_dead_endpoint_is_backed_off_and_avoided_not_hammered() -> TestResult 
         metrics.contains("metaprotocol_upstream_rq_failures_total{cluster=\"half_dead\",origin=\"local\",reason=\"connect_failure\"}"),
         "{metrics}"
     );
+    world.proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn config_update_counters_exist_from_the_start_and_zero_timeout_means_none() -> TestResult {
+    let world = World::start_with(
+        "      - route: { cluster: demo, subset: { version: v1 } }
+        timeout: 0s",
+        "",
+        Duration::from_millis(400),
+    )
+    .await?;
+    let metrics = world.proxy.metrics().render();
+    for outcome in ["applied", "rejected"] {
+        assert!(
+            metrics.contains(&format!(
+                "metaprotocol_config_reloads_total{{outcome=\"{outcome}\"}} 0"
+            )),
+            "{metrics}"
+        );
+    }
+    // `timeout: 0s` is no timeout: a call slower than the default would have been is answered.
+    let slow = world.client.call("sayHelloSlowly", "a", &[]).await?;
+    assert_eq!(slow.dubbo_status, 20);
     world.proxy.shutdown().await;
     Ok(())
 }

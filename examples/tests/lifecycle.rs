@@ -305,3 +305,82 @@ async fn a_client_closing_before_during_or_after_its_call_leaves_nothing_in_flig
     world.proxy.shutdown().await;
     Ok(())
 }
+
+/// A server that accepts, never reads, and resets every connection after `after`: requests
+/// queued behind its full buffers were never written when it goes.
+async fn stalling_then_resetting_server(after: Duration) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let _ = socket.set_zero_linger();
+                drop(socket);
+            });
+        }
+    });
+    Ok(address)
+}
+
+#[tokio::test]
+async fn calls_a_failed_connection_never_wrote_are_resent_elsewhere() -> TestResult {
+    let stalling = stalling_then_resetting_server(Duration::from_millis(500)).await?;
+    let good = fault_server().await?;
+    let yaml = format!(
+        "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }}, timeout: 5s }} ] }} ]
+clusters: [ {{ name: c, connections_per_endpoint: 1, endpoints: [ {{ address: {stalling} }}, {{ address: {good} }} ] }} ]
+"
+    );
+    let proxy = Proxy::start(
+        Config::from_yaml(&yaml)?,
+        metaprotocol_examples::codec_registry(),
+    )
+    .await?;
+    let address = proxy.listener_addr("in").ok_or("no listener")?;
+    // 1 MiB calls: the stalled connection's socket buffers fill, and later calls wait in its
+    // queue, never written.
+    let big = "b".repeat(1024 * 1024);
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..30 {
+        let client = DubboClient::new(address);
+        let big = big.clone();
+        calls.spawn(async move { client.call("answer", &big, &[]).await });
+    }
+    let (mut served, mut failed) = (0, 0);
+    while let Some(joined) = calls.join_next().await {
+        match joined??.dubbo_status {
+            20 => served += 1,
+            _ => failed += 1,
+        }
+    }
+    let metrics = proxy.metrics().render();
+    let resent = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("metaprotocol_upstream_rq_retry_total{cluster=\"c\"} ")?
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or(0);
+    assert!(resent > 0, "no call was resent: {metrics}");
+    assert!(
+        served >= resent as usize,
+        "every resent call was served: {served} served, {failed} failed, {resent} resent"
+    );
+    let unsent = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("metaprotocol_upstream_rq_failures_total{cluster=\"c\",origin=\"upstream\",reason=\"reset_before_send\"} ")?
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or(0);
+    assert_eq!(
+        unsent, resent,
+        "the resent calls are those the connection never wrote"
+    );
+    proxy.shutdown().await;
+    Ok(())
+}

@@ -264,6 +264,32 @@ clusters:
         "{reason}"
     );
 
+    // Every error of the file, each with its place: two that stop parsing, one that does not.
+    let out = validate(
+        &scratch,
+        "several.yaml",
+        "listeners: [ { name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r, idle_timeout: 0s } ]
+route_configs:
+  - name: r
+    routes:
+      - route: { cluster: c }
+        timeout: fast
+clusters:
+  - { name: c, lb_policy: fastest, endpoints: [ { address: 127.0.0.1:1 } ] }
+",
+    )?;
+    assert_eq!(out.status.code(), Some(1));
+    let reasons = String::from_utf8(out.stderr)?;
+    let lines: Vec<&str> = reasons.lines().collect();
+    assert_eq!(lines.len(), 3, "{reasons}");
+    for (line, expected) in lines.iter().zip([
+        "listeners[0].idle_timeout (line 1, column ",
+        "route_configs[0].routes[0].timeout (line 6, column 9)",
+        "clusters[0].lb_policy (line 8, column 27)",
+    ]) {
+        assert!(line.contains(expected), "{reasons}");
+    }
+
     let out = validate(&scratch, "empty.yaml", "# nothing yet\n")?;
     assert!(out.status.success());
     let warnings = String::from_utf8(out.stderr)?;
@@ -368,5 +394,79 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
     assert_eq!(old[0], "sayHello success");
     let new = block_in_place(|| lines_of(&log, 1))?;
     assert_eq!(new[0], "sayHello success");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_logs_plainly_and_says_when_its_file_undoes_an_admin_change() -> TestResult {
+    let v1 = DemoProvider::start("v1").await?;
+    let v2 = DemoProvider::start("v2").await?;
+    let (address, admin_port) = (free_addr()?, free_port()?);
+    let config_for = |subset: &str, note: &str| {
+        format!(
+            "# {note}
+admin: {{ address: 127.0.0.1:{admin_port} }}
+listeners: [ {{ name: in, address: {address}, protocol: dubbo, route_config: r }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c, subset: {{ v: {subset} }} }} }} ] }} ]
+clusters:
+  - name: c
+    endpoints: [ {{ address: {}, labels: {{ v: one }} }}, {{ address: {}, labels: {{ v: two }} }} ]
+",
+            v1.address(),
+            v2.address()
+        )
+    };
+    let scratch = Scratch::new("proxy-binary-logs")?;
+    let proxy =
+        block_in_place(|| BinaryProxy::start(&config_for("one", "first"), &[], address, &scratch))?;
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let routes = "name: r\nroutes: [ { route: { cluster: c, subset: { v: two } } } ]\n";
+    let (status, _) = support::admin::http(admin, "PUT", "/route_configs/r", routes).await?;
+    assert_eq!(status, 200);
+    let (status, answer) =
+        support::admin::http(admin, "PUT", "/route_configs/nope", "name: nope\n").await?;
+    assert_eq!(status, 404, "an unknown route config: {answer}");
+    assert!(
+        answer.starts_with('{') && answer.contains("\"error\""),
+        "errors are JSON: {answer}"
+    );
+    let client = DubboClient::new(address);
+    assert_eq!(
+        client
+            .call("sayHello", "a", &[])
+            .await?
+            .attachment("provider"),
+        Some("v2")
+    );
+
+    std::fs::write(proxy.config(), config_for("one", "edited"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !proxy
+        .stderr_tail()
+        .contains("replaces a change made through the admin or embedding API")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no warning: {}",
+            proxy.stderr_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        client
+            .call("sayHello", "a", &[])
+            .await?
+            .attachment("provider"),
+        Some("v1")
+    );
+    let logs = proxy.stderr_tail();
+    assert!(
+        logs.contains("listening") || logs.contains("route config updated"),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains('\u{1b}'),
+        "no colour codes off a terminal: {logs:?}"
+    );
     Ok(())
 }

@@ -19,34 +19,13 @@
 #[allow(dead_code)]
 mod support;
 
-use std::process::Stdio;
-use std::time::Duration;
-
-use support::interop::Suite;
-use support::process::{ChildGuard, Scratch};
+use support::process::Scratch;
 use support::proxy::InProcessProxy;
+use support::thrift::{DEADLINE, Server, spawn_script, tools_ready};
 use support::{TestResult, free_port};
 
 const TRANSPORTS: [&str; 3] = ["framed", "unframed", "header"];
 const PROTOCOLS: [&str; 2] = ["binary", "compact"];
-/// The most any one client run or server start may take.
-const DEADLINE: Duration = Duration::from_secs(60);
-
-/// The scripts, the generated code and the venv `setup.sh` makes.
-const SUITE: Suite = Suite::new("thrift");
-
-/// `Ok(true)` when Python can import thrift; `Ok(false)` (test skipped) when it cannot and
-/// `METAPROTOCOL_REQUIRE_INTEROP` is unset; an error when it is required.
-fn tools_ready() -> TestResult<bool> {
-    let imported = SUITE
-        .command(SUITE.python())
-        .args(["-c", "import thrift.transport.THeaderTransport"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    SUITE.ready((!imported).then(|| "Apache Thrift's Python library is not importable".to_owned()))
-}
 
 /// The scratch directory of test `name`, or `None` when the test is skipped.
 fn prepare(name: &str) -> TestResult<Option<Scratch>> {
@@ -54,55 +33,6 @@ fn prepare(name: &str) -> TestResult<Option<Scratch>> {
         Ok(Some(Scratch::new(&format!("thrift-{name}"))?))
     } else {
         Ok(None)
-    }
-}
-
-/// Starts `script` with `args` under the suite's Python; `what` names it in logs and errors.
-fn spawn_script(
-    script: &str,
-    args: &[&str],
-    env: &[(&str, &str)],
-    what: &str,
-    scratch: &Scratch,
-) -> TestResult<ChildGuard> {
-    let mut command = SUITE.command(SUITE.python());
-    command.arg(script).args(args).envs(env.iter().copied());
-    ChildGuard::spawn(command, what, scratch)
-}
-
-/// A Python Greeter server speaking one transport and protocol.
-struct Server {
-    port: u16,
-    process: ChildGuard,
-}
-
-impl Server {
-    fn start(transport: &str, protocol: &str, name: &str, scratch: &Scratch) -> TestResult<Self> {
-        let port = free_port()?;
-        let what = format!("server-{name}-{transport}-{protocol}");
-        let port_arg = port.to_string();
-        let mut process = spawn_script(
-            "server.py",
-            &[&port_arg, transport, protocol, name],
-            &[],
-            &what,
-            scratch,
-        )?;
-        process.wait_for_stdout("listening", DEADLINE)?;
-        Ok(Self { port, process })
-    }
-
-    fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// How many connections the server has accepted.
-    fn connections(&self) -> usize {
-        self.process
-            .stdout()
-            .lines()
-            .filter(|l| *l == "connection")
-            .count()
     }
 }
 

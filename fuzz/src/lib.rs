@@ -1,4 +1,5 @@
-//! The checks behind the fuzz targets, one module per codec, so that the targets
+//! The checks behind the fuzz targets, one module per codec and one for config parsing
+//! ([`config`]), so that the targets
 //! (`fuzz_targets/`, run by cargo-fuzz) and the corpus replay (`tests/corpus.rs`, a plain
 //! `cargo test`) exercise the same code.
 //!
@@ -16,6 +17,7 @@
 //! A check panics on a broken invariant, which is what the fuzzer reports.
 
 pub mod brpc;
+pub mod config;
 pub mod dubbo;
 mod edit;
 pub mod thrift;

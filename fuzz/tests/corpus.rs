@@ -119,5 +119,48 @@ fn the_corpus_passes_its_targets_checks() -> TestResult {
             }
         }
     }
+    for path in files(&corpus.join("config_parse"))? {
+        metaprotocol_fuzz::config::parse(&std::fs::read(&path)?);
+    }
     Ok(())
+}
+
+/// The YAML examples of the config reference and the README, and each of them cut short at every
+/// line: whole documents that build, and broken ones whose errors must point inside them.
+#[test]
+fn documented_configs_pass_the_config_check() -> TestResult {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut examples = Vec::new();
+    for doc in ["docs/config.md", "README.md"] {
+        examples.extend(yaml_blocks(&std::fs::read_to_string(root.join(doc))?));
+    }
+    assert!(examples.len() >= 5, "only {} YAML examples", examples.len());
+    for example in &examples {
+        metaprotocol_fuzz::config::parse(example.as_bytes());
+        for (cut, _) in example.match_indices('\n') {
+            metaprotocol_fuzz::config::parse(&example.as_bytes()[..cut]);
+        }
+    }
+    Ok(())
+}
+
+/// The contents of the ```yaml blocks of a Markdown text.
+fn yaml_blocks(markdown: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in markdown.lines() {
+        match &mut current {
+            None if line.trim_start().starts_with("```yaml") => current = Some(String::new()),
+            None => {}
+            Some(block) if line.trim_start().starts_with("```") => {
+                blocks.push(std::mem::take(block));
+                current = None;
+            }
+            Some(block) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+        }
+    }
+    blocks
 }

@@ -12,6 +12,7 @@ use crate::header::{FrameHeader, HEADER_LEN};
 use crate::keys as brpc_keys;
 use crate::layout::BrpcLayout;
 use crate::meta::{RequestMetaView, ResponseMetaView, RpcMetaView};
+use crate::reply::errno;
 use crate::wire::check_message;
 
 /// Why a request cannot be proxied.
@@ -76,6 +77,7 @@ pub(crate) fn message_from_frame(
             let response = response.unwrap_or_default();
             if response.error_code != 0 || payload.is_none() {
                 message.status = ResponseStatus::ServerError;
+                message.not_processed = errno::is_not_processed(response.error_code);
             }
             add_response_metadata(&mut message.metadata, response);
         }

@@ -51,7 +51,10 @@
 //!   [`reject_reason`](metaprotocol_core::Message::reject_reason), which the engine answers
 //!   with `EREQUEST`, as brpc servers do: such a body never reaches a server connection that
 //!   other clients share. Compressed and JSON payloads are not read. A response whose
-//!   `attachment_size` does not fit is forwarded as it came, as a `ServerError`.
+//!   `attachment_size` does not fit is forwarded as it came, as a `ServerError`. A response
+//!   with `ELIMIT`, `EOVERCROWDED` or `ELOGOFF` is marked
+//!   [`not_processed`](metaprotocol_core::Message::not_processed): the server refused the call
+//!   without running it, so the engine may retry it elsewhere, as brpc clients do.
 //! - **Metadata** ([`keys`]): `service` (`service_name`), `method` (`method_name`), `log_id`,
 //!   `request_id` (brpc's `x-request-id` string; the *message's* request id is
 //!   `correlation_id`), `timeout_ms`, `trace_id`, `span_id` and `parent_span_id` (brpc's rpcz

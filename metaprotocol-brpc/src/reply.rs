@@ -26,6 +26,16 @@ pub mod errno {
     pub const EINTERNAL: i32 = 2001;
     /// `ELIMIT`: the server reached its limit on resources (brpc clients retry it).
     pub const ELIMIT: i32 = 2004;
+    /// `EOVERCROWDED`: the server is overcrowded (brpc clients retry it).
+    pub const EOVERCROWDED: i32 = 1011;
+    /// `ELOGOFF`: the server is stopping (brpc clients retry it).
+    pub const ELOGOFF: i32 = 2003;
+
+    /// True for the codes by which a server refuses a call without running it (`ELIMIT`,
+    /// `EOVERCROWDED`, `ELOGOFF`): another server may take it, whatever the method does.
+    pub fn is_not_processed(code: i32) -> bool {
+        matches!(code, ELIMIT | EOVERCROWDED | ELOGOFF)
+    }
     /// The Linux `EHOSTDOWN`, which brpc clients report when their load balancer finds no
     /// server ("Host is down") and retry.
     pub const EHOSTDOWN: i32 = 112;

@@ -27,6 +27,17 @@ fn every_kind_maps_to_its_brpc_code() {
         assert_eq!(error_code(kind), code, "{kind}");
     }
     assert_eq!(errno::ERPCTIMEDOUT, 1008);
+    for code in [errno::ELIMIT, errno::EOVERCROWDED, errno::ELOGOFF] {
+        assert!(errno::is_not_processed(code), "{code}");
+    }
+    for code in [
+        errno::EINTERNAL,
+        errno::ERPCTIMEDOUT,
+        errno::EFAILEDSOCKET,
+        0,
+    ] {
+        assert!(!errno::is_not_processed(code), "{code}");
+    }
 }
 
 #[test]
@@ -62,6 +73,12 @@ fn local_reply_answers_the_request_with_code_text_and_id() -> TestResult {
         assert_eq!(decoded.kind, MessageKind::Response);
         assert_eq!(decoded.status, ResponseStatus::ServerError);
         assert_eq!(decoded.request_id, 4_294_967_298);
+        // ELIMIT (a refusal to run the call) may be retried whatever the method does.
+        assert_eq!(
+            decoded.not_processed,
+            error_code(kind) == errno::ELIMIT,
+            "{kind}"
+        );
     }
     Ok(())
 }

@@ -84,6 +84,11 @@ pub struct Message {
     /// The caller's own deadline for the call, when the protocol carries one (bRPC
     /// `timeout_ms`): the engine never waits longer than this, whatever the route allows.
     pub timeout: Option<Duration>,
+    /// Set by the codec on a [`ResponseStatus::ServerError`] response whose status says the
+    /// server refused the call without processing it (Dubbo `SERVER_THREADPOOL_EXHAUSTED`,
+    /// bRPC `ELIMIT`/`EOVERCROWDED`/`ELOGOFF`, fbthrift's `LOADSHEDDING`): another server may
+    /// take the call, and retrying it cannot run it twice.
+    pub not_processed: bool,
 }
 
 impl Message {
@@ -99,6 +104,7 @@ impl Message {
             layout: FrameLayout::default(),
             reject_reason: None,
             timeout: None,
+            not_processed: false,
         }
     }
 }

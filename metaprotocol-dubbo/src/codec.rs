@@ -222,6 +222,7 @@ fn read_body(header: &Header, message: &mut Message) {
         }
         MessageKind::Response if header.status != status::OK => {
             message.status = ResponseStatus::ServerError;
+            message.not_processed = status::is_not_processed(header.status);
         }
         MessageKind::Response if header.serialization() == HESSIAN2 => {
             match response::decode(&message.frame) {

@@ -15,7 +15,7 @@
 //! | request | `Oneway`: forwarded, complete once written |
 //! | request + event | `Heartbeat`, two-way or one-way |
 //! | event | `HeartbeatReply` |
-//! | none | `Response`: status 20 with result flag 1, 2, 4, 5 is `Ok`, result flag 0 or 3 (an exception) is `ApplicationError`, any other status is `ServerError` |
+//! | none | `Response`: status 20 with result flag 1, 2, 4, 5 is `Ok`, result flag 0 or 3 (an exception) is `ApplicationError`, any other status is `ServerError` (`not_processed` for 100, `SERVER_THREADPOOL_EXHAUSTED`: the provider refused the call without running it, so the engine may retry it elsewhere) |
 //!
 //! A length over `max_frame_bytes` fails with `FrameTooLarge` as soon as the header arrives,
 //! and a wrong magic number or a negative length with `Malformed`: the stream can no longer be

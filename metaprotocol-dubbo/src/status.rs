@@ -25,6 +25,12 @@ pub const CLIENT_ERROR: u8 = 90;
 /// The server's thread pool is exhausted: it takes no more work for now.
 pub const SERVER_THREADPOOL_EXHAUSTED: u8 = 100;
 
+/// True for a status by which the server says it refused the call without running it (its
+/// thread pool was exhausted): another provider may take it, whatever the method does.
+pub fn is_not_processed(status: u8) -> bool {
+    status == SERVER_THREADPOOL_EXHAUSTED
+}
+
 /// The status of the response the proxy writes for a local reply of `kind`; see the table in
 /// the crate documentation.
 pub fn for_local_reply(kind: LocalReplyKind) -> u8 {
@@ -49,5 +55,13 @@ mod tests {
         assert_eq!(for_local_reply(LocalReplyKind::RouteNotFound), 60);
         assert_eq!(for_local_reply(LocalReplyKind::NoHealthyUpstream), 80);
         assert_eq!(for_local_reply(LocalReplyKind::Unauthorized), 40);
+    }
+
+    #[test]
+    fn only_an_exhausted_thread_pool_means_not_processed() {
+        assert!(is_not_processed(SERVER_THREADPOOL_EXHAUSTED));
+        for status in [OK, SERVER_TIMEOUT, SERVICE_ERROR, SERVER_ERROR, BAD_REQUEST] {
+            assert!(!is_not_processed(status), "{status}");
+        }
     }
 }

@@ -47,6 +47,8 @@ fn every_local_reply_is_a_readable_dubbo_error() -> TestResult {
         assert_eq!(response.request_id, request.request_id, "{kind}");
         assert_eq!(bytes[2], 0x02, "{kind}: response flag, Hessian2");
         assert_eq!(bytes[3], status, "{kind}");
+        // Only a refusal to run the call (100) may be retried whatever the method does.
+        assert_eq!(response.not_processed, status == 100, "{kind}");
         let text = body_string(&bytes).ok_or("body is not a string")?;
         assert_eq!(
             text,

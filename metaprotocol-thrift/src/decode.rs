@@ -305,8 +305,18 @@ fn describe(
         payload_start,
         seqid: header.seqid_at,
     };
+    // An exception that cannot be read is forwarded as it came; only a readable shed call is
+    // marked as safe to retry.
+    let not_processed = header.message_type == MessageType::Exception
+        && crate::reply::read_exception(
+            format.protocol,
+            Cursor::in_frame(&frame, header.body_start),
+            |_| {},
+        )
+        .is_ok_and(|kind| kind == crate::reply::LOADSHEDDING);
     let mut message = Message::new(kind, u64::from(header.seqid as u32), frame);
     message.status = status;
+    message.not_processed = not_processed;
     message.metadata = metadata;
     message.variant = format.to_variant();
     message.layout = FrameLayout::from(layout);

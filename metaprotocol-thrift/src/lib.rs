@@ -12,7 +12,9 @@
 //!   [`ResponseStatus::ApplicationError`](metaprotocol_core::ResponseStatus) when the result
 //!   struct's first field is not field 0 (a declared exception; the value is never decoded),
 //!   and `EXCEPTION` a response with
-//!   [`ResponseStatus::ServerError`](metaprotocol_core::ResponseStatus). A reply whose result
+//!   [`ResponseStatus::ServerError`](metaprotocol_core::ResponseStatus), marked
+//!   [`not_processed`](metaprotocol_core::Message::not_processed) when its type is fbthrift's
+//!   [`LOADSHEDDING`] (the server shed the call without running it). A reply whose result
 //!   cannot be read is forwarded as a `ServerError`.
 //! - **Bodies**: the argument struct of every call is walked (no allocation, no value built,
 //!   64 levels of nesting at most). Unframed, the walk is how the end of the message is found:
@@ -79,7 +81,9 @@ use metaprotocol_core::CodecRegistry;
 pub use codec::{ThriftCodec, ThriftCodecFactory};
 pub use format::{FormatChoice, Protocol, ThriftFormat, Transport};
 pub use options::{PROTOCOL_OPTION, TRANSPORT, ThriftOptions};
-pub use reply::{ApplicationException, INTERNAL_ERROR, PROTOCOL_ERROR, UNKNOWN_METHOD};
+pub use reply::{
+    ApplicationException, INTERNAL_ERROR, LOADSHEDDING, PROTOCOL_ERROR, UNKNOWN_METHOD,
+};
 
 /// The name this codec is registered under.
 pub const PROTOCOL: &str = "thrift";

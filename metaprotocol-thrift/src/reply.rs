@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use metaprotocol_core::{CodecError, LocalReply, LocalReplyKind, Message, MessageKind};
 
 use crate::encode::{format_of, seqid_of, write_frame};
-use crate::format::Transport;
+use crate::format::{Protocol, Transport};
 use crate::layout::Layout;
 use crate::protocol::{self, MessageType, Scalar, ValueType, walk};
 use crate::theader::{self, InfoSource, Prelude};
@@ -27,6 +27,11 @@ pub const INTERNAL_ERROR: i32 = 6;
 /// Java server answers to arguments it fails to parse; used for
 /// [`LocalReplyKind::BadRequest`].
 pub const PROTOCOL_ERROR: i32 = 7;
+/// `TApplicationException` type by which an fbthrift server says it shed the call under load
+/// without running it: the codec marks such an answer
+/// [`not_processed`](metaprotocol_core::Message::not_processed), so the engine may retry it
+/// elsewhere.
+pub const LOADSHEDDING: i32 = 11;
 
 const FIELD_MESSAGE: i16 = 1;
 const FIELD_TYPE: i16 = 2;
@@ -54,28 +59,43 @@ impl ApplicationException {
             return Err(CodecError::malformed("not an EXCEPTION message"));
         }
         let body = Cursor::in_frame(frame, header.body_start);
-        protocol::with_reader(format.protocol, body, |reader| {
-            let mut exception = Self::default();
-            let saved = reader.struct_begin();
-            while let Some((ty, id)) = reader.field_begin()? {
-                match (id, ty) {
-                    (FIELD_MESSAGE, ValueType::Binary) | (FIELD_TYPE, ValueType::I32) => {
-                        match reader.scalar(ty)? {
-                            Scalar::Binary(text) => {
-                                exception.message = String::from_utf8_lossy(text).into_owned();
-                            }
-                            Scalar::I32(kind) => exception.kind = kind,
-                            _ => {}
-                        }
-                    }
-                    _ => walk::skip_value(reader, ty)?,
-                }
-            }
-            reader.struct_end(saved);
-            Ok(exception)
+        let mut text = String::new();
+        let kind = read_exception(format.protocol, body, |bytes| {
+            text = String::from_utf8_lossy(bytes).into_owned();
         })
-        .map_err(ReadError::in_complete_frame)
+        .map_err(ReadError::in_complete_frame)?;
+        Ok(Self {
+            kind,
+            message: text,
+        })
     }
+}
+
+/// Reads the `TApplicationException` struct at `body`: returns its type (0 if absent) and hands
+/// its message text, if any, to `on_message`. Reads in place, without allocating.
+pub(crate) fn read_exception(
+    protocol: Protocol,
+    body: Cursor<'_>,
+    mut on_message: impl FnMut(&[u8]),
+) -> Result<i32, ReadError> {
+    protocol::with_reader(protocol, body, |reader| {
+        let mut kind = 0;
+        let saved = reader.struct_begin();
+        while let Some((ty, id)) = reader.field_begin()? {
+            match (id, ty) {
+                (FIELD_MESSAGE, ValueType::Binary) | (FIELD_TYPE, ValueType::I32) => {
+                    match reader.scalar(ty)? {
+                        Scalar::Binary(text) => on_message(text),
+                        Scalar::I32(value) => kind = value,
+                        _ => {}
+                    }
+                }
+                _ => walk::skip_value(reader, ty)?,
+            }
+        }
+        reader.struct_end(saved);
+        Ok(kind)
+    })
 }
 
 /// Appends the `TApplicationException` answering `request` (nothing for one-way requests).

@@ -8,7 +8,7 @@ use metaprotocol_core::{
     ByteStr, EncodeParams, LocalReply, LocalReplyKind, MessageKind, Mutation, ResponseStatus,
 };
 use metaprotocol_thrift::{
-    ApplicationException, INTERNAL_ERROR, PROTOCOL_ERROR, Transport, UNKNOWN_METHOD,
+    ApplicationException, INTERNAL_ERROR, LOADSHEDDING, PROTOCOL_ERROR, Transport, UNKNOWN_METHOD,
 };
 
 #[test]
@@ -42,6 +42,10 @@ fn local_replies_answer_in_the_requests_format_with_its_seqid() -> TestResult {
                 assert_eq!(answer.variant, request.variant, "{what}");
                 assert_eq!(answer.kind, MessageKind::Response, "{what}");
                 assert_eq!(answer.status, ResponseStatus::ServerError, "{what}");
+                assert!(
+                    !answer.not_processed,
+                    "{what}: only a shed call is safe to retry"
+                );
                 assert_eq!(answer.request_id, 4242, "{what}");
                 assert_eq!(
                     answer.metadata.get("method").map(ByteStr::as_str),
@@ -73,6 +77,43 @@ fn one_way_requests_get_no_reply() -> TestResult {
         let reply = LocalReply::new(LocalReplyKind::RouteNotFound, "none");
         auto_codec().encode_local_reply(&request, &reply, &mut out)?;
         assert_eq!(&out[..], b"kept", "{}", golden.name);
+    }
+    Ok(())
+}
+
+/// A strict-binary `EXCEPTION` message for `sayHello` carrying a `TApplicationException` of
+/// type `kind`, framed when `framed`.
+fn exception_message(kind: i32, framed: bool) -> Vec<u8> {
+    let mut message = Vec::new();
+    message.extend_from_slice(&0x8001_0003u32.to_be_bytes());
+    message.extend_from_slice(&8u32.to_be_bytes());
+    message.extend_from_slice(b"sayHello");
+    message.extend_from_slice(&7u32.to_be_bytes());
+    // 1: string message
+    message.extend_from_slice(&[11, 0, 1]);
+    message.extend_from_slice(&4u32.to_be_bytes());
+    message.extend_from_slice(b"shed");
+    // 2: i32 type
+    message.extend_from_slice(&[8, 0, 2]);
+    message.extend_from_slice(&kind.to_be_bytes());
+    message.push(0);
+    if !framed {
+        return message;
+    }
+    let mut frame = (message.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&message);
+    frame
+}
+
+#[test]
+fn a_shed_call_is_marked_not_processed() -> TestResult {
+    for framed in [true, false] {
+        let shed = decode_one(&exception_message(LOADSHEDDING, framed))?;
+        assert_eq!(shed.status, ResponseStatus::ServerError);
+        assert!(shed.not_processed, "framed: {framed}");
+        assert_eq!(ApplicationException::from_message(&shed)?.message, "shed");
+        let failed = decode_one(&exception_message(INTERNAL_ERROR, framed))?;
+        assert!(!failed.not_processed, "framed: {framed}");
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //!
 //! - `run --config FILE [--workers N] [--drain-time D]`: serve until SIGINT/SIGTERM, then drain
 //!   and exit 0.
-//! - `validate --config FILE`: exit 0 with a one-line summary, or 1 naming the bad field.
+//! - `validate --config FILE`: exit 0 with a one-line summary, or 1 naming every bad field.
 //! - `demo`: sample Dubbo providers, traffic through the engine, and a summary.
 //!
 //! Every command takes `--log-level` (a level or `RUST_LOG`-style directives; `RUST_LOG` is
@@ -231,14 +231,14 @@ fn validate(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Errors found while building (unknown protocol, unavailable policy ...) are placed in the
-    // file too.
-    let checked = Config::from_yaml(&text).and_then(|config| {
+    // Every error of the file at once; then errors found while building (unknown protocol,
+    // unavailable policy ...), placed in the file too.
+    let checked = Config::check_yaml(&text).and_then(|config| {
         Proxy::builder(config.clone())
             .codecs(metaprotocol_examples::codec_registry())
             .check()
             .map(|()| config)
-            .map_err(|err| err.located_in(&text))
+            .map_err(|err| vec![err.located_in(&text)])
     });
     match checked {
         Ok(config) => {
@@ -256,8 +256,10 @@ fn validate(path: PathBuf) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(err) => {
-            eprintln!("{}: invalid: {err}", path.display());
+        Err(errors) => {
+            for err in errors {
+                eprintln!("{}: invalid: {err}", path.display());
+            }
             ExitCode::FAILURE
         }
     }

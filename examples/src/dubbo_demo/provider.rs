@@ -38,6 +38,8 @@ pub struct SeenRequest {
 struct State {
     name: String,
     slow_delay: Duration,
+    /// How long every call waits before its answer.
+    delay: Duration,
     seen: Mutex<Vec<SeenRequest>>,
     connections: AtomicUsize,
 }
@@ -57,11 +59,25 @@ impl DemoProvider {
 
     /// Starts a provider whose `sayHelloSlowly` answers after `slow_delay`.
     pub async fn start_with_delay(name: &str, slow_delay: Duration) -> std::io::Result<Self> {
+        Self::start_with(name, slow_delay, Duration::ZERO).await
+    }
+
+    /// Starts a provider that answers every call after `delay` (a slow service).
+    pub async fn start_slow(name: &str, delay: Duration) -> std::io::Result<Self> {
+        Self::start_with(name, delay, delay).await
+    }
+
+    async fn start_with(
+        name: &str,
+        slow_delay: Duration,
+        delay: Duration,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
         let state = Arc::new(State {
             name: name.to_owned(),
             slow_delay,
+            delay,
             seen: Mutex::new(Vec::new()),
             connections: AtomicUsize::new(0),
         });
@@ -190,6 +206,7 @@ async fn answer(
             let _ = write.lock().await.shutdown().await;
             return;
         }
+        _ if !state.delay.is_zero() => tokio::time::sleep(state.delay).await,
         _ => {}
     }
     let echoes: Vec<(String, String)> = request

@@ -110,6 +110,11 @@ impl BinaryProxy {
         self.process.pid()
     }
 
+    /// The end of what the binary said on stderr (its logs).
+    pub fn stderr_tail(&self) -> String {
+        self.process.stderr_tail()
+    }
+
     /// Fails if the binary has exited (crashed) since it started.
     pub fn check_running(&mut self) -> TestResult {
         self.process.check_running()

@@ -158,20 +158,15 @@ impl Endpoint {
         self.total.get()
     }
 
-    /// Marks an attempt in flight (on the endpoint and its cluster, and as a retry when it is
-    /// one) until the guard drops.
-    pub fn track(self: &Arc<Self>, stats: &ClusterStats, retry: bool) -> ActiveRequest {
+    /// Marks an attempt in flight (on the endpoint and its cluster) until the guard drops.
+    pub fn track(self: &Arc<Self>, stats: &ClusterStats) -> ActiveRequest {
         self.active.inc();
         self.total.inc();
         stats.rq_total.inc();
         stats.rq_active.inc();
-        if retry {
-            stats.rq_retries_active.inc();
-        }
         ActiveRequest {
             endpoint: self.clone(),
             cluster_active: stats.rq_active.clone(),
-            retries_active: retry.then(|| stats.rq_retries_active.clone()),
         }
     }
 }
@@ -181,7 +176,6 @@ impl Endpoint {
 pub(crate) struct ActiveRequest {
     endpoint: Arc<Endpoint>,
     cluster_active: Gauge,
-    retries_active: Option<Gauge>,
 }
 
 impl ActiveRequest {
@@ -194,9 +188,6 @@ impl Drop for ActiveRequest {
     fn drop(&mut self) {
         self.endpoint.active.dec();
         self.cluster_active.dec();
-        if let Some(retries) = &self.retries_active {
-            retries.dec();
-        }
     }
 }
 

@@ -5,13 +5,19 @@
 //! builds a new [`ClusterSnapshot`] and swaps it in: requests in flight keep the snapshot they
 //! loaded, new requests see the new one. Endpoints are kept by address across snapshots, so
 //! their upstream connections survive updates. The [`ClusterManager`] holds the handles by name.
+//!
+//! Endpoints named by a host name are resolved before a cluster is built or updated and again
+//! every `dns_refresh_rate` ([`dns`]); a new set of addresses rebuilds the snapshot as an
+//! update would, and a failed resolution keeps the addresses last resolved.
 
+pub(crate) mod dns;
 mod endpoint;
 mod snapshot;
 mod status;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use arc_swap::{ArcSwap, Guard};
@@ -28,6 +34,7 @@ use crate::stats::{
 };
 use crate::transport::Connector;
 use crate::upstream::{PoolSettings, UpstreamPool};
+pub(crate) use dns::Resolved;
 
 /// What a cluster was last built from; changed only by config updates, under its lock.
 struct ClusterState {
@@ -39,6 +46,8 @@ struct ClusterState {
     selectors: Vec<BTreeMap<String, String>>,
     /// Endpoints removed by an update while requests to them may still be in flight.
     retired: Vec<Weak<Endpoint>>,
+    /// The addresses the spec's host names resolved to last.
+    resolved: Resolved,
     version: u64,
 }
 
@@ -49,6 +58,8 @@ pub(crate) struct ClusterHandle {
     scope: MetricsScope,
     snapshot: ArcSwap<ClusterSnapshot>,
     state: Mutex<ClusterState>,
+    /// Set once the cluster is removed from the config.
+    retired: AtomicBool,
 }
 
 impl std::fmt::Debug for ClusterHandle {
@@ -88,12 +99,13 @@ fn pool_settings(spec: &ClusterSpec) -> PoolSettings {
 
 impl ClusterHandle {
     /// Builds cluster `spec`, whose endpoints speak `protocol` through `codec`, with its series
-    /// in `scope`.
+    /// in `scope`; `resolved` has the addresses of its host names.
     pub fn new(
         spec: &ClusterSpec,
         protocol: String,
         codec: Arc<dyn CodecFactory>,
         scope: MetricsScope,
+        resolved: &Resolved,
     ) -> Result<Arc<Self>, ConfigError> {
         check_supported(spec)?;
         let stats = ClusterStats::new(&scope);
@@ -104,6 +116,7 @@ impl ClusterHandle {
             endpoints: HashMap::new(),
             selectors: vec![BTreeMap::new()],
             retired: Vec::new(),
+            resolved: dns::kept(spec, resolved),
             version: 0,
         };
         let snapshot = rebuild(&mut state, &stats, &scope)?;
@@ -113,6 +126,7 @@ impl ClusterHandle {
             scope,
             snapshot: ArcSwap::from_pointee(snapshot),
             state: Mutex::new(state),
+            retired: AtomicBool::new(false),
         }))
     }
 
@@ -160,10 +174,12 @@ impl ClusterHandle {
 
     /// Rebuilds from `spec` (with `codec`, when the protocol or codec options changed) and
     /// publishes the new snapshot; returns its version. Endpoints that stay keep their pools.
+    /// `resolved` has the addresses of its host names.
     pub fn update(
         &self,
         spec: &ClusterSpec,
         codec: Option<(String, Arc<dyn CodecFactory>)>,
+        resolved: &Resolved,
     ) -> Result<u64, ConfigError> {
         self.check_update(spec)?;
         let mut state = self.lock();
@@ -174,6 +190,7 @@ impl ClusterHandle {
             endpoints: std::mem::take(&mut state.endpoints),
             selectors: state.selectors.clone(),
             retired: std::mem::take(&mut state.retired),
+            resolved: dns::kept(spec, resolved),
             version: state.version,
         };
         if let Some((protocol, codec)) = codec {
@@ -190,6 +207,33 @@ impl ClusterHandle {
                 state.endpoints = next.endpoints;
                 state.retired = next.retired;
                 Err(err)
+            }
+        }
+    }
+
+    /// The addresses its host names resolved to last.
+    pub fn resolved(&self) -> Resolved {
+        self.lock().resolved.clone()
+    }
+
+    /// Takes a new resolution of its host names: when the addresses changed, rebuilds the
+    /// snapshot (as an update of the same spec would) and returns its version.
+    pub fn resolve(&self, resolved: &Resolved) -> Option<u64> {
+        let mut state = self.lock();
+        let kept = dns::kept(&state.spec, resolved);
+        if kept == state.resolved {
+            return None;
+        }
+        let previous = std::mem::replace(&mut state.resolved, kept);
+        match rebuild(&mut state, &self.stats, &self.scope) {
+            Ok(snapshot) => {
+                self.snapshot.store(Arc::new(snapshot));
+                Some(state.version)
+            }
+            Err(err) => {
+                tracing::warn!(cluster = %self.name, error = %err, "cannot apply new DNS addresses");
+                state.resolved = previous;
+                None
             }
         }
     }
@@ -214,6 +258,17 @@ impl ClusterHandle {
             version: snapshot.version,
             endpoints: members.chain(draining).collect(),
         }
+    }
+
+    /// Marks the cluster removed from the config: its host names are no longer refreshed. Its
+    /// series go when the handle drops (the last route and request using it are gone).
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
+
+    /// True once the cluster is gone from the config.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
     }
 
     fn lock(&self) -> MutexGuard<'_, ClusterState> {
@@ -245,44 +300,50 @@ fn rebuild(
     let mut endpoints = HashMap::with_capacity(state.spec.endpoints.len());
     let mut hosts = Vec::with_capacity(state.spec.endpoints.len());
     for spec in &state.spec.endpoints {
-        let reusable = state.endpoints.get(&spec.address).filter(|e| {
-            Arc::ptr_eq(e.pool().codec(), &state.codec) && e.pool().settings() == settings
-        });
-        let endpoint = match reusable {
-            Some(endpoint) => endpoint.clone(),
-            None => {
-                let scope = scope.detached("endpoint", &spec.address.to_string());
-                let states = HealthState::ALL.map(HealthState::name);
-                let health = HealthStats::new(&scope, &states);
-                let pool = UpstreamPool::new(
-                    spec.address,
-                    state.codec.clone(),
-                    settings,
-                    Connector::Plain,
-                    stats.clone(),
-                )
-                .with_endpoint_stats(EndpointStats::new(&scope));
-                Arc::new(Endpoint::new(spec.address, pool).with_metrics(scope, health))
+        for address in dns::addresses(&spec.address, &state.resolved) {
+            // Two names of one address (`localhost:1` and `127.0.0.1:1`): the first wins.
+            if endpoints.contains_key(&address) {
+                continue;
             }
-        };
-        endpoints.insert(spec.address, endpoint.clone());
-        let istio = istio.as_ref().map(|istio| {
-            let destination = IstioDestination::of_endpoint(istio, cluster, &spec.labels);
-            IstioReporter::new(scope, istio, &state.protocol, destination)
-        });
-        hosts.push(Arc::new(Host {
-            endpoint,
-            weight: spec.weight,
-            labels: spec.labels.clone(),
-            istio,
-        }));
+            let reusable = state.endpoints.get(&address).filter(|e| {
+                Arc::ptr_eq(e.pool().codec(), &state.codec) && e.pool().settings() == settings
+            });
+            let endpoint = match reusable {
+                Some(endpoint) => endpoint.clone(),
+                None => {
+                    let scope = scope.detached("endpoint", &address.to_string());
+                    let states = HealthState::ALL.map(HealthState::name);
+                    let health = HealthStats::new(&scope, &states);
+                    let pool = UpstreamPool::new(
+                        address,
+                        state.codec.clone(),
+                        settings,
+                        Connector::Plain,
+                        stats.clone(),
+                    )
+                    .with_endpoint_stats(EndpointStats::new(&scope));
+                    Arc::new(Endpoint::new(address, pool).with_metrics(scope, health))
+                }
+            };
+            endpoints.insert(address, endpoint.clone());
+            let istio = istio.as_ref().map(|istio| {
+                let destination = IstioDestination::of_endpoint(istio, cluster, &spec.labels);
+                IstioReporter::new(scope, istio, &state.protocol, destination)
+            });
+            hosts.push(Arc::new(Host {
+                endpoint,
+                weight: spec.weight,
+                labels: spec.labels.clone(),
+                istio,
+            }));
+        }
     }
     let mut snapshot = ClusterSnapshot::build(
         state.version + 1,
-        state.codec.clone(),
         hosts,
         &state.selectors,
         state.spec.lb_policy,
+        state.spec.retry_budget,
     )?;
     snapshot.istio = istio.as_ref().map(|istio| {
         let destination = IstioDestination::of_cluster(istio, cluster);

@@ -5,10 +5,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use metaprotocol_core::CodecFactory;
-
 use super::Endpoint;
-use crate::config::{ConfigError, LbPolicy};
+use crate::config::{ConfigError, LbPolicy, RetryBudgetSpec};
 use crate::lb::{self, LoadBalancer, PickContext};
 use crate::stats::IstioReporter;
 
@@ -84,8 +82,6 @@ impl EndpointSet {
 pub(crate) struct ClusterSnapshot {
     /// 1 for the first, incremented by each rebuild.
     pub version: u64,
-    /// The codec the endpoints speak.
-    pub codec: Arc<dyn CodecFactory>,
     /// Every member.
     pub hosts: Vec<Arc<Host>>,
     /// Counts requests that reached the cluster but no endpoint in the Istio series, when they
@@ -93,16 +89,18 @@ pub(crate) struct ClusterSnapshot {
     pub istio: Option<IstioReporter>,
     /// One set per subset selector, indexed by [`SubsetId`].
     sets: Vec<EndpointSet>,
+    /// How many retries the cluster takes in flight.
+    pub retry_budget: RetryBudgetSpec,
 }
 
 impl ClusterSnapshot {
     /// Builds the sets of `selectors` over `hosts`.
     pub(super) fn build(
         version: u64,
-        codec: Arc<dyn CodecFactory>,
         hosts: Vec<Arc<Host>>,
         selectors: &[BTreeMap<String, String>],
         policy: LbPolicy,
+        retry_budget: RetryBudgetSpec,
     ) -> Result<Self, ConfigError> {
         let sets = selectors
             .iter()
@@ -117,10 +115,10 @@ impl ClusterSnapshot {
             .collect::<Result<_, _>>()?;
         Ok(Self {
             version,
-            codec,
             hosts,
             istio: None,
             sets,
+            retry_budget,
         })
     }
 

@@ -1,12 +1,14 @@
 //! Clusters: endpoints, load balancing and protection.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, not_available};
+use super::{ConfigError, Errors, not_available};
 
 /// The default time allowed to open an upstream connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -54,6 +56,89 @@ pub struct ClusterSpec {
     /// TLS to the endpoints. Not available yet: rejected by validation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<serde_json::Value>,
+    /// Retries in flight to this cluster, at most a share of its active requests (Envoy's
+    /// retry budget): past it, failed requests are answered instead of retried, so that a
+    /// failing cluster does not receive a storm of retries.
+    #[serde(default)]
+    pub retry_budget: RetryBudgetSpec,
+    /// How often endpoint host names are resolved again (Envoy's `STRICT_DNS`); a resolution
+    /// that fails keeps the addresses last resolved.
+    #[serde(default = "default_dns_refresh_rate", with = "humantime_serde")]
+    pub dns_refresh_rate: Duration,
+    /// Which addresses of a host name become endpoints.
+    #[serde(default)]
+    pub dns_lookup_family: DnsLookupFamily,
+}
+
+fn default_dns_refresh_rate() -> Duration {
+    DEFAULT_DNS_REFRESH_RATE
+}
+
+/// The default [`ClusterSpec::dns_refresh_rate`], as in Envoy.
+pub const DEFAULT_DNS_REFRESH_RATE: Duration = Duration::from_secs(5);
+
+/// Which addresses of a resolved host name become endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DnsLookupFamily {
+    /// The IPv4 addresses when there are any, else the IPv6 ones (`localhost` is 127.0.0.1).
+    #[default]
+    V4Preferred,
+    /// The IPv6 addresses when there are any, else the IPv4 ones.
+    V6Preferred,
+    /// Only IPv4 addresses.
+    V4Only,
+    /// Only IPv6 addresses.
+    V6Only,
+    /// Every address.
+    All,
+}
+
+impl DnsLookupFamily {
+    /// Keeps the addresses of `resolved` this family takes, in their order.
+    pub fn select(self, resolved: &[SocketAddr]) -> Vec<SocketAddr> {
+        let v4 = || resolved.iter().copied().filter(SocketAddr::is_ipv4);
+        let v6 = || resolved.iter().copied().filter(SocketAddr::is_ipv6);
+        match self {
+            Self::V4Only => v4().collect(),
+            Self::V6Only => v6().collect(),
+            Self::All => resolved.to_vec(),
+            Self::V4Preferred if v4().next().is_some() => v4().collect(),
+            Self::V6Preferred if v6().next().is_some() => v6().collect(),
+            Self::V4Preferred => v6().collect(),
+            Self::V6Preferred => v4().collect(),
+        }
+    }
+}
+
+/// Envoy's retry budget: retries in flight at most `budget_percent` of the cluster's active
+/// requests, and never fewer than `min_retry_concurrency` allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudgetSpec {
+    /// The share of active requests that may be retries, 0 to 100.
+    #[serde(default = "default_budget_percent")]
+    pub budget_percent: f64,
+    /// Retries allowed in flight whatever the share says (so that a quiet cluster can retry).
+    #[serde(default = "default_min_retry_concurrency")]
+    pub min_retry_concurrency: u32,
+}
+
+impl Default for RetryBudgetSpec {
+    fn default() -> Self {
+        Self {
+            budget_percent: default_budget_percent(),
+            min_retry_concurrency: default_min_retry_concurrency(),
+        }
+    }
+}
+
+fn default_budget_percent() -> f64 {
+    20.0
+}
+
+fn default_min_retry_concurrency() -> u32 {
+    3
 }
 
 fn default_connect_timeout() -> Duration {
@@ -73,41 +158,64 @@ impl ClusterSpec {
         Ok(spec)
     }
 
+    /// The first problem of this cluster, if any.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = Errors::default();
+        self.check(&mut errors);
+        errors.first()
+    }
+
+    /// Records every problem of this cluster.
+    pub(crate) fn check(&self, errors: &mut Errors) {
         if self.health_check.is_some() {
-            return Err(not_available("health_check"));
+            errors.add(not_available("health_check"));
         }
         if self.tls.is_some() {
-            return Err(not_available("tls"));
+            errors.add(not_available("tls"));
         }
         if self.connect_timeout.is_zero() {
-            return Err(ConfigError::new(
+            errors.add(ConfigError::new(
                 "connect_timeout",
                 "must be greater than 0",
             ));
         }
         if self.connections_per_endpoint == 0 {
-            return Err(ConfigError::new(
+            errors.add(ConfigError::new(
                 "connections_per_endpoint",
                 "must be at least 1",
             ));
         }
+        if self.dns_refresh_rate.is_zero() {
+            errors.add(ConfigError::new(
+                "dns_refresh_rate",
+                "must be greater than 0",
+            ));
+        }
+        errors.check(
+            "retry_budget",
+            super::route::check_percentage(self.retry_budget.budget_percent)
+                .map_err(|e| ConfigError::new("budget_percent", e.reason)),
+        );
         let mut seen = std::collections::BTreeSet::new();
         for (i, endpoint) in self.endpoints.iter().enumerate() {
-            if !seen.insert(endpoint.address) {
-                return Err(ConfigError::new(
+            if !seen.insert(&endpoint.address) {
+                errors.add(ConfigError::new(
                     format!("endpoints[{i}].address"),
                     format!("duplicate endpoint {}", endpoint.address),
                 ));
             }
             if endpoint.weight == 0 {
-                return Err(ConfigError::new(
+                errors.add(ConfigError::new(
                     format!("endpoints[{i}].weight"),
                     "must be at least 1",
                 ));
             }
         }
-        Ok(())
+    }
+
+    /// True if an endpoint is named by a host name that has to be resolved.
+    pub fn has_host_names(&self) -> bool {
+        self.endpoints.iter().any(|e| e.address.ip().is_none())
     }
 }
 
@@ -145,8 +253,9 @@ impl LbPolicy {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointSpec {
-    /// Its address.
-    pub address: SocketAddr,
+    /// Its address: `ip:port`, or `host:port` with a host name resolved at start and every
+    /// `dns_refresh_rate` after (each address it resolves to is an endpoint).
+    pub address: EndpointAddress,
     /// Its share of traffic relative to the others.
     #[serde(default = "one")]
     pub weight: u32,
@@ -232,4 +341,88 @@ fn thirty_seconds() -> Duration {
 
 fn fifty() -> f64 {
     50.0
+}
+
+/// Where an endpoint is: an IP address or a host name, and a port. Written `ip:port`,
+/// `[ipv6]:port` or `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct EndpointAddress {
+    host: String,
+    port: u16,
+}
+
+impl EndpointAddress {
+    /// The host: an IP address or a name.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The IP address, when the host is one (no resolution needed).
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.host.parse().ok()
+    }
+
+    /// The socket address, when the host is an IP address.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        self.ip().map(|ip| SocketAddr::new(ip, self.port))
+    }
+}
+
+impl From<SocketAddr> for EndpointAddress {
+    fn from(address: SocketAddr) -> Self {
+        Self {
+            host: address.ip().to_string(),
+            port: address.port(),
+        }
+    }
+}
+
+impl FromStr for EndpointAddress {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if let Ok(address) = text.parse::<SocketAddr>() {
+            return Ok(address.into());
+        }
+        let invalid = || format!("`{text}` is not `ip:port` or `host:port`");
+        let (host, port) = text.rsplit_once(':').ok_or_else(invalid)?;
+        let port: u16 = port.parse().map_err(|_| invalid())?;
+        let name_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_';
+        if host.is_empty() || !host.chars().all(name_char) {
+            return Err(invalid());
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl TryFrom<String> for EndpointAddress {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
+impl From<EndpointAddress> for String {
+    fn from(address: EndpointAddress) -> Self {
+        address.to_string()
+    }
+}
+
+impl fmt::Display for EndpointAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.socket_addr() {
+            Some(address) => write!(f, "{address}"),
+            None => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
 }

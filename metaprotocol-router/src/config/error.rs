@@ -81,3 +81,45 @@ impl fmt::Display for ConfigError {
         }
     }
 }
+
+/// Every error found while checking a config, each with its field path: a check goes on past
+/// the first error so that `validate` can report them all at once.
+#[derive(Debug, Default)]
+pub(crate) struct Errors {
+    found: Vec<ConfigError>,
+}
+
+impl Errors {
+    /// Records `error`.
+    pub fn add(&mut self, error: ConfigError) {
+        self.found.push(error);
+    }
+
+    /// Records the error of `result`, if any, under `prefix`.
+    pub fn check(&mut self, prefix: &str, result: Result<(), ConfigError>) {
+        if let Err(error) = result {
+            self.add(error.within(prefix));
+        }
+    }
+
+    /// Runs `check`, recording what it finds under `prefix`.
+    pub fn within(&mut self, prefix: &str, check: impl FnOnce(&mut Errors)) {
+        let mut inner = Errors::default();
+        check(&mut inner);
+        self.found
+            .extend(inner.found.into_iter().map(|e| e.within(prefix)));
+    }
+
+    /// The first error found, if any.
+    pub fn first(self) -> Result<(), ConfigError> {
+        match self.found.into_iter().next() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// Everything found, in the order it was found.
+    pub fn into_vec(self) -> Vec<ConfigError> {
+        self.found
+    }
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AccessLogSpec, ConfigError, TracingSpec, not_available};
+use super::{AccessLogSpec, ConfigError, Errors, TracingSpec, not_available};
 
 /// Where the admin HTTP API listens, and who may change the running config through it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,34 +81,34 @@ fn default_frame_timeout() -> Duration {
 }
 
 impl ListenerSpec {
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+    /// Records every problem of this listener.
+    pub(crate) fn check(&self, errors: &mut Errors) {
         if self.name.is_empty() {
-            return Err(ConfigError::new("name", "must not be empty"));
+            errors.add(ConfigError::new("name", "must not be empty"));
         }
         if self.idle_timeout == Some(Duration::ZERO) {
-            return Err(ConfigError::new("idle_timeout", "must be greater than 0"));
+            errors.add(ConfigError::new("idle_timeout", "must be greater than 0"));
         }
         if self.frame_timeout.is_zero() {
-            return Err(ConfigError::new("frame_timeout", "must be greater than 0"));
+            errors.add(ConfigError::new("frame_timeout", "must be greater than 0"));
         }
         if self.tls.is_some() {
-            return Err(not_available("tls"));
+            errors.add(not_available("tls"));
         }
         if let Some(access_log) = &self.access_log {
-            access_log.validate().map_err(|e| e.within("access_log"))?;
+            errors.check("access_log", access_log.validate());
         }
         if let Some(tracing) = &self.tracing {
-            tracing.validate().map_err(|e| e.within("tracing"))?;
+            errors.check("tracing", tracing.validate());
         }
         for (i, filter) in self.filters.iter().enumerate() {
             if filter.name.is_empty() {
-                return Err(ConfigError::new(
+                errors.add(ConfigError::new(
                     format!("filters[{i}].name"),
                     "must not be empty",
                 ));
             }
         }
-        Ok(())
     }
 }
 

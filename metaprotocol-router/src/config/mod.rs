@@ -24,13 +24,16 @@ use serde::{Deserialize, Serialize};
 
 pub use cluster::{
     CircuitBreakersSpec, ClusterSpec, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTIONS_PER_ENDPOINT,
-    EndpointSpec, LbPolicy, LocalitySpec, OutlierDetectionSpec,
+    DEFAULT_DNS_REFRESH_RATE, DnsLookupFamily, EndpointAddress, EndpointSpec, LbPolicy,
+    LocalitySpec, OutlierDetectionSpec, RetryBudgetSpec,
 };
+pub(crate) use error::Errors;
 pub use error::{ConfigError, Position};
 pub use limits::{DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_REQUESTS, LimitsSpec};
 pub use listener::{AdminSpec, DEFAULT_FRAME_TIMEOUT, FilterSpec, ListenerSpec};
 pub use route::{
-    MAX_NUM_RETRIES, MatchSpec, MetadataMatcherSpec, MirrorSpec, MutationSpec, RetryOn,
+    DEFAULT_MIRROR_MAX_IN_FLIGHT, DEFAULT_RETRY_BASE_INTERVAL, DirectResponseSpec, MAX_NUM_RETRIES,
+    MatchSpec, MetadataMatcherSpec, MirrorSpec, MutationSpec, RetryBackOffSpec, RetryOn,
     RetryPolicySpec, RouteActionSpec, RouteConfigSpec, RouteSpec, WeightedClusterSpec,
 };
 pub use telemetry::{
@@ -91,11 +94,49 @@ impl Default for Config {
 
 impl Config {
     /// Parses and validates a YAML (or JSON) document. Errors carry the line and column of the
-    /// offending field.
+    /// offending field; this one is the first of [`Config::check_yaml`]'s.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = source::parse(text)?;
-        config.validate().map_err(|e| e.located_in(text))?;
-        Ok(config)
+        Self::check_yaml(text).map_err(|errors| {
+            errors
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| ConfigError::new("", "invalid config"))
+        })
+    }
+
+    /// Parses and validates a YAML (or JSON) document, reporting every error in it (never an
+    /// empty list), each with its line and column, in document order. A document that does not
+    /// parse is parsed again entry by entry (each listener, route config and cluster), so that
+    /// every entry's type errors are found, and what parsed is validated too.
+    pub fn check_yaml(text: &str) -> Result<Self, Vec<ConfigError>> {
+        let (config, mut errors, failed) = match source::parse::<Config>(text) {
+            Ok(config) => (config, Vec::new(), Vec::new()),
+            Err(first) => match source::parse_entries(text) {
+                Some((config, errors, failed)) if !errors.is_empty() => (config, errors, failed),
+                _ => return Err(vec![first]),
+            },
+        };
+        // An entry that did not parse stands in with its name only: its parse error says what
+        // is wrong with it.
+        let about_failed = |e: &ConfigError| {
+            failed.iter().any(|path| {
+                e.field
+                    .strip_prefix(path.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+            })
+        };
+        errors.extend(
+            config
+                .errors()
+                .into_iter()
+                .filter(|e| !about_failed(e))
+                .map(|e| e.located_in(text)),
+        );
+        if errors.is_empty() {
+            return Ok(config);
+        }
+        errors.sort_by_key(|e| e.position.map(|p| (p.line, p.column)));
+        Err(errors)
     }
 
     /// Reads, parses and validates a config file.
@@ -106,49 +147,63 @@ impl Config {
         Self::from_yaml(&text)
     }
 
-    /// Checks cross references and values that the types alone cannot.
+    /// Checks cross references and values that the types alone cannot; the first error of
+    /// [`Config::errors`].
     pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.errors().into_iter().next() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// Every error [`Config::validate`] would report, in the order of the document's sections.
+    pub fn errors(&self) -> Vec<ConfigError> {
+        let mut errors = Errors::default();
         if self.dynamic.is_some() {
-            return Err(not_available("dynamic"));
+            errors.add(not_available("dynamic"));
         }
         if let Some(admin) = &self.admin {
-            admin.validate().map_err(|e| e.within("admin"))?;
+            errors.check("admin", admin.validate());
         }
-        self.limits.validate().map_err(|e| e.within("limits"))?;
-        self.metrics.validate().map_err(|e| e.within("metrics"))?;
-        unique_names(
-            self.clusters.iter().map(|c| Some(c.name.as_str())),
-            "clusters",
-        )?;
-        let route_configs = unique_names(
-            self.route_configs.iter().map(|r| Some(r.name.as_str())),
-            "route_configs",
-        )?;
-        unique_names(
-            self.listeners.iter().map(|l| Some(l.name.as_str())),
-            "listeners",
-        )?;
+        errors.check("limits", self.limits.validate());
+        errors.check("metrics", self.metrics.validate());
+        let lists = [
+            unique_names(
+                self.clusters.iter().map(|c| Some(c.name.as_str())),
+                "clusters",
+            ),
+            unique_names(
+                self.route_configs.iter().map(|r| Some(r.name.as_str())),
+                "route_configs",
+            ),
+            unique_names(
+                self.listeners.iter().map(|l| Some(l.name.as_str())),
+                "listeners",
+            ),
+        ];
+        for list in lists {
+            errors.check("", list.map(|_| ()));
+        }
         for (i, cluster) in self.clusters.iter().enumerate() {
-            cluster
-                .validate()
-                .map_err(|e| e.within(&format!("clusters[{i}]")))?;
+            errors.within(&format!("clusters[{i}]"), |errors| cluster.check(errors));
         }
         for (i, routes) in self.route_configs.iter().enumerate() {
-            routes
-                .validate(&|name| self.cluster(name))
-                .map_err(|e| e.within(&format!("route_configs[{i}]")))?;
+            errors.within(&format!("route_configs[{i}]"), |errors| {
+                routes.check(&|name| self.cluster(name).is_some(), errors);
+            });
         }
         for (i, listener) in self.listeners.iter().enumerate() {
             let at = format!("listeners[{i}]");
-            listener.validate().map_err(|e| e.within(&at))?;
-            if !route_configs.contains(listener.route_config.as_str()) {
-                return Err(ConfigError::new(
+            errors.within(&at, |errors| listener.check(errors));
+            if self.route_config(&listener.route_config).is_none() {
+                errors.add(ConfigError::new(
                     format!("{at}.route_config"),
                     format!("no route config named `{}`", listener.route_config),
                 ));
             }
         }
-        self.check_addresses()
+        errors.check("", self.check_addresses());
+        errors.into_vec()
     }
 
     /// Rejects two sockets on one address, which could not both be bound.

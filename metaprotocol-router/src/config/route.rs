@@ -3,9 +3,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use metaprotocol_core::{LocalReply, LocalReplyKind};
 use serde::{Deserialize, Serialize};
 
-use super::{ClusterSpec, ConfigError, not_available, source, unique_names};
+use super::{ClusterSpec, ConfigError, Errors, source, unique_names};
 
 /// The most retries a route may ask for: each retry is another request to the upstream, so a
 /// large count multiplies the load a failing upstream receives.
@@ -28,7 +29,9 @@ impl RouteConfigSpec {
     /// the line and column of the offending field.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
         let spec: Self = source::parse(text)?;
-        spec.check(&|_| true).map_err(|e| e.located_in(text))?;
+        let mut errors = Errors::default();
+        spec.check(&|_| true, &mut errors);
+        errors.first().map_err(|e| e.located_in(text))?;
         Ok(spec)
     }
 
@@ -37,28 +40,30 @@ impl RouteConfigSpec {
         &self,
         cluster: &dyn Fn(&str) -> Option<&'a ClusterSpec>,
     ) -> Result<(), ConfigError> {
-        self.check(&|name| cluster(name).is_some())
+        let mut errors = Errors::default();
+        self.check(&|name| cluster(name).is_some(), &mut errors);
+        errors.first()
     }
 
-    /// [`RouteConfigSpec::validate`], with `known` saying whether a cluster name exists.
-    fn check(&self, known: &dyn Fn(&str) -> bool) -> Result<(), ConfigError> {
+    /// Records every problem of this route config; `known` says whether a cluster name exists.
+    pub(crate) fn check(&self, known: &dyn Fn(&str) -> bool, errors: &mut Errors) {
         if self.name.is_empty() {
-            return Err(ConfigError::new("name", "must not be empty"));
+            errors.add(ConfigError::new("name", "must not be empty"));
         }
         // Route names key the per-route metric series: two routes of one name would share them.
-        unique_names(self.routes.iter().map(|r| r.name.as_deref()), "routes")?;
+        errors.check(
+            "",
+            unique_names(self.routes.iter().map(|r| r.name.as_deref()), "routes").map(|_| ()),
+        );
         for (i, route) in self.routes.iter().enumerate() {
             if route.name.as_deref().is_some_and(|n| n.starts_with('#')) {
-                return Err(ConfigError::new(
+                errors.add(ConfigError::new(
                     format!("routes[{i}].name"),
                     "names starting with `#` are kept for unnamed routes (`#0`, `#1` ...)",
                 ));
             }
-            route
-                .validate(known)
-                .map_err(|e| e.within(&format!("routes[{i}]")))?;
+            errors.within(&format!("routes[{i}]"), |errors| route.check(known, errors));
         }
-        Ok(())
     }
 }
 
@@ -76,10 +81,9 @@ pub struct RouteSpec {
     /// Where matching requests go.
     #[serde(default)]
     pub route: RouteActionSpec,
-    /// A reply the proxy makes itself instead of routing. Not available yet: rejected by
-    /// validation.
+    /// A reply the proxy makes itself instead of routing (maintenance, a retired method).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub direct_response: Option<serde_json::Value>,
+    pub direct_response: Option<DirectResponseSpec>,
     /// How long to wait for the upstream's answer before answering with a timeout error;
     /// `0s` means no timeout, unset means [`DEFAULT_ROUTE_TIMEOUT`](crate::DEFAULT_ROUTE_TIMEOUT).
     #[serde(
@@ -106,18 +110,19 @@ pub struct RouteSpec {
 }
 
 impl RouteSpec {
-    fn validate(&self, known: &dyn Fn(&str) -> bool) -> Result<(), ConfigError> {
-        if self.direct_response.is_some() {
-            return Err(not_available("direct_response"));
-        }
+    fn check(&self, known: &dyn Fn(&str) -> bool, errors: &mut Errors) {
         for (i, matcher) in self.match_.metadata.iter().enumerate() {
-            matcher
-                .validate()
-                .map_err(|e| e.within(&format!("match.metadata[{i}]")))?;
+            errors.check(&format!("match.metadata[{i}]"), matcher.validate());
         }
-        self.route.validate(known).map_err(|e| e.within("route"))?;
+        match &self.direct_response {
+            Some(direct) => {
+                errors.check("direct_response", direct.validate());
+                self.check_direct(errors);
+            }
+            None => errors.within("route", |errors| self.route.check(known, errors)),
+        }
         if let Some(retry) = &self.retry_policy {
-            retry.validate().map_err(|e| e.within("retry_policy"))?;
+            errors.within("retry_policy", |errors| retry.check(errors));
         }
         let mutations = [
             ("request_mutation", &self.request_mutation),
@@ -125,19 +130,77 @@ impl RouteSpec {
         ];
         for (field, mutation) in mutations {
             if let Some(mutation) = mutation {
-                mutation.validate().map_err(|e| e.within(field))?;
+                errors.within(field, |errors| mutation.check(errors));
             }
         }
         if let Some(mirror) = &self.mirror {
             if !known(&mirror.cluster) {
-                return Err(ConfigError::new(
+                errors.add(ConfigError::new(
                     "mirror.cluster",
                     format!("no cluster named `{}`", mirror.cluster),
                 ));
             }
-            check_percentage(mirror.percentage).map_err(|e| e.within("mirror"))?;
+            errors.check("mirror", check_percentage(mirror.percentage));
+            if mirror.max_in_flight == 0 {
+                errors.add(ConfigError::new(
+                    "mirror.max_in_flight",
+                    "must be at least 1",
+                ));
+            }
         }
-        Ok(())
+    }
+
+    /// A route that answers itself sends nothing upstream: fields about upstreams are mistakes.
+    fn check_direct(&self, errors: &mut Errors) {
+        let upstream_fields = [
+            ("route", self.route != RouteActionSpec::default()),
+            ("retry_policy", self.retry_policy.is_some()),
+            ("mirror", self.mirror.is_some()),
+            ("request_mutation", self.request_mutation.is_some()),
+            ("response_mutation", self.response_mutation.is_some()),
+            ("hash_policy", !self.hash_policy.is_empty()),
+        ];
+        for (field, set) in upstream_fields {
+            if set {
+                errors.add(ConfigError::new(
+                    field,
+                    "a route with `direct_response` answers without an upstream; remove this field",
+                ));
+            }
+        }
+    }
+}
+
+/// A route's own answer: a local reply kind, answered in the protocol's terms (a Dubbo status,
+/// a Thrift `TApplicationException`, a bRPC error code), and its text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponseSpec {
+    /// A local reply kind (`unavailable`, `unauthorized`, `route_not_found` ...).
+    pub kind: String,
+    /// The text the client reads; defaults to the kind's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl DirectResponseSpec {
+    /// The local reply this spec answers with.
+    pub fn reply(&self) -> Result<LocalReply, ConfigError> {
+        let kind: LocalReplyKind =
+            self.kind
+                .parse()
+                .map_err(|err: metaprotocol_core::UnknownReplyKind| {
+                    ConfigError::new("kind", err.to_string())
+                })?;
+        let message = self
+            .message
+            .clone()
+            .unwrap_or_else(|| kind.name().to_owned());
+        Ok(LocalReply::new(kind, message))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.reply().map(|_| ())
     }
 }
 
@@ -228,59 +291,65 @@ pub struct RouteActionSpec {
     /// A weighted split between clusters (or subsets).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub weighted_clusters: Vec<WeightedClusterSpec>,
-    /// With `weighted_clusters`: a metadata key whose value picks the split's side, so that one
-    /// caller always lands on one side. Not available yet: rejected by validation.
+    /// With `weighted_clusters`: a metadata key whose value picks the split's side by a stable
+    /// hash, so that one caller (one user, one tenant) always lands on one side. Requests
+    /// without the key are split at random.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hash_on: Option<serde_json::Value>,
+    pub hash_on: Option<String>,
 }
 
 impl RouteActionSpec {
-    fn validate(&self, known: &dyn Fn(&str) -> bool) -> Result<(), ConfigError> {
-        if self.hash_on.is_some() {
-            return Err(not_available("hash_on"));
-        }
-        let exists = |name: &str, field: &str| -> Result<(), ConfigError> {
-            if known(name) {
-                Ok(())
-            } else {
-                Err(ConfigError::new(
+    fn check(&self, known: &dyn Fn(&str) -> bool, errors: &mut Errors) {
+        let mut exists = |name: &str, field: &str| {
+            if !known(name) {
+                errors.add(ConfigError::new(
                     field,
                     format!("no cluster named `{name}`"),
-                ))
+                ));
             }
         };
         match (&self.cluster, self.weighted_clusters.is_empty()) {
-            (Some(name), true) => exists(name, "cluster"),
-            (None, false) => {
-                if self.subset.is_some() {
-                    return Err(ConfigError::new(
-                        "subset",
-                        "goes with `cluster`; give each weighted cluster its own subset",
+            (Some(name), true) => {
+                exists(name, "cluster");
+                if self.hash_on.is_some() {
+                    errors.add(ConfigError::new(
+                        "hash_on",
+                        "goes with `weighted_clusters`: it picks a side of the split",
                     ));
                 }
+            }
+            (None, false) => {
                 let mut total = 0u64;
                 for (i, weighted) in self.weighted_clusters.iter().enumerate() {
                     exists(
                         &weighted.cluster,
                         &format!("weighted_clusters[{i}].cluster"),
-                    )?;
+                    );
                     total += u64::from(weighted.weight);
                 }
+                if self.subset.is_some() {
+                    errors.add(ConfigError::new(
+                        "subset",
+                        "goes with `cluster`; give each weighted cluster its own subset",
+                    ));
+                }
                 if total == 0 {
-                    return Err(ConfigError::new(
+                    errors.add(ConfigError::new(
                         "weighted_clusters",
                         "the weights must not all be 0",
                     ));
                 }
-                Ok(())
+                if self.hash_on.as_deref() == Some("") {
+                    errors.add(ConfigError::new("hash_on", "must not be empty"));
+                }
             }
-            (Some(_), false) => Err(ConfigError::new(
+            (Some(_), false) => errors.add(ConfigError::new(
                 "",
                 "takes either `cluster` or `weighted_clusters`, not both",
             )),
-            (None, true) => Err(ConfigError::new(
+            (None, true) => errors.add(ConfigError::new(
                 "",
-                "needs `cluster` or `weighted_clusters`",
+                "needs `cluster`, `weighted_clusters` or a `direct_response`",
             )),
         }
     }
@@ -312,22 +381,37 @@ pub struct MutationSpec {
 }
 
 impl MutationSpec {
-    /// Rejects empty keys: a codec cannot write a header without a name.
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Rejects empty keys (a codec cannot write a header without a name) and values that are
+    /// not valid templates.
+    fn check(&self, errors: &mut Errors) {
         if self.set.contains_key("") {
-            return Err(ConfigError::new("set", "a key must not be empty"));
+            errors.add(ConfigError::new("set", "a key must not be empty"));
         }
-        if let Some(i) = self.remove.iter().position(String::is_empty) {
-            return Err(ConfigError::new(
-                format!("remove[{i}]"),
-                "must not be empty",
-            ));
+        for (key, value) in &self.set {
+            errors.check(
+                &format!("set.{key}"),
+                crate::route::Template::parse(value).map(|_| ()),
+            );
         }
-        Ok(())
+        for (i, key) in self.remove.iter().enumerate() {
+            if key.is_empty() {
+                errors.add(ConfigError::new(
+                    format!("remove[{i}]"),
+                    "must not be empty",
+                ));
+            }
+        }
     }
 }
 
 /// When a failed request is tried again, on another endpoint where there is one.
+///
+/// A request that may have reached an upstream (its bytes were written, or an answer says the
+/// server ran it) is tried again only when the route marks it idempotent
+/// (`idempotent_methods`, `idempotent_match`): retrying a non-idempotent call could run it twice.
+/// Requests that certainly never reached a server (connect failures, a connection that failed
+/// before writing them, a codec-declared refusal such as Dubbo's thread pool exhausted) are
+/// always safe to retry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicySpec {
@@ -343,12 +427,22 @@ pub struct RetryPolicySpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub per_try_timeout: Option<Duration>,
+    /// Methods (the `method` metadata key) that are safe to run twice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub idempotent_methods: Vec<String>,
+    /// Requests matching these conditions are safe to run twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotent_match: Option<MatchSpec>,
+    /// The pause between attempts: exponential from `base_interval`, capped at `max_interval`,
+    /// with jitter.
+    #[serde(default)]
+    pub retry_back_off: RetryBackOffSpec,
 }
 
 impl RetryPolicySpec {
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn check(&self, errors: &mut Errors) {
         if self.num_retries > MAX_NUM_RETRIES {
-            return Err(ConfigError::new(
+            errors.add(ConfigError::new(
                 "num_retries",
                 format!(
                     "{} is more than the {MAX_NUM_RETRIES} retries a route may make",
@@ -357,13 +451,69 @@ impl RetryPolicySpec {
             ));
         }
         if self.per_try_timeout == Some(Duration::ZERO) {
-            return Err(ConfigError::new(
+            errors.add(ConfigError::new(
                 "per_try_timeout",
                 "must be greater than 0 (leave it out to bound attempts by the route timeout only)",
             ));
         }
-        Ok(())
+        if let Some(i) = self.idempotent_methods.iter().position(String::is_empty) {
+            errors.add(ConfigError::new(
+                format!("idempotent_methods[{i}]"),
+                "must not be empty",
+            ));
+        }
+        if let Some(matcher) = &self.idempotent_match {
+            for (i, m) in matcher.metadata.iter().enumerate() {
+                errors.check(&format!("idempotent_match.metadata[{i}]"), m.validate());
+            }
+        }
+        let back_off = &self.retry_back_off;
+        if back_off.base_interval.is_zero() {
+            errors.add(ConfigError::new(
+                "retry_back_off.base_interval",
+                "must be greater than 0",
+            ));
+        }
+        if back_off.max_interval < back_off.base_interval {
+            errors.add(ConfigError::new(
+                "retry_back_off.max_interval",
+                "must not be less than base_interval",
+            ));
+        }
     }
+}
+
+/// The first pause between attempts, as in Envoy.
+pub const DEFAULT_RETRY_BASE_INTERVAL: Duration = Duration::from_millis(25);
+
+/// The pause between attempts: the ceiling doubles per retry from `base_interval` up to
+/// `max_interval`; each pause is drawn between half the ceiling and the ceiling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBackOffSpec {
+    /// The ceiling of the first pause.
+    #[serde(default = "default_base_interval", with = "humantime_serde")]
+    pub base_interval: Duration,
+    /// The largest ceiling; defaults to ten times `base_interval`.
+    #[serde(default = "default_max_interval", with = "humantime_serde")]
+    pub max_interval: Duration,
+}
+
+impl Default for RetryBackOffSpec {
+    fn default() -> Self {
+        Self {
+            base_interval: DEFAULT_RETRY_BASE_INTERVAL,
+            max_interval: default_max_interval(),
+        }
+    }
+}
+
+fn default_base_interval() -> Duration {
+    DEFAULT_RETRY_BASE_INTERVAL
+}
+
+fn default_max_interval() -> Duration {
+    DEFAULT_RETRY_BASE_INTERVAL * 10
 }
 
 /// A retryable failure.
@@ -372,17 +522,26 @@ impl RetryPolicySpec {
 pub enum RetryOn {
     /// The upstream connection could not be made (always safe: the request was not sent).
     ConnectFailure,
-    /// The upstream connection failed with the request in flight.
+    /// The upstream connection failed with the request in flight (retried when the request
+    /// was not written yet, or is idempotent).
     Reset,
-    /// The upstream answered with a server error (not a declared application exception).
+    /// The upstream answered with a server error (not a declared application exception);
+    /// retried when the answer says the call was not processed, or the request is idempotent.
     Unavailable,
-    /// An attempt exceeded `per_try_timeout`.
+    /// An attempt exceeded `per_try_timeout` (retried when the request is idempotent).
     Timeout,
+    /// The upstream answered that it refused the call without running it (each codec says
+    /// which of its statuses mean that: Dubbo 100, bRPC `ELIMIT` ...): always safe.
+    RetryableStatus,
 }
 
 impl RetryOn {
     fn defaults() -> Vec<RetryOn> {
-        vec![RetryOn::ConnectFailure, RetryOn::Reset]
+        vec![
+            RetryOn::ConnectFailure,
+            RetryOn::Reset,
+            RetryOn::RetryableStatus,
+        ]
     }
 }
 
@@ -392,9 +551,21 @@ impl RetryOn {
 pub struct MirrorSpec {
     /// The shadow cluster.
     pub cluster: String,
-    /// The share of requests mirrored, 0 to 100.
+    /// The share of requests mirrored, 0 to 100; spread evenly (at 100, every request).
     #[serde(default = "hundred")]
     pub percentage: f64,
+    /// Copies in flight to the mirror cluster (from every route mirroring there) above which
+    /// new copies are dropped (and counted), so that a slow mirror cannot make the proxy hold
+    /// unbounded work.
+    #[serde(default = "default_mirror_in_flight")]
+    pub max_in_flight: u32,
+}
+
+/// The default [`MirrorSpec::max_in_flight`].
+pub const DEFAULT_MIRROR_MAX_IN_FLIGHT: u32 = 1024;
+
+fn default_mirror_in_flight() -> u32 {
+    DEFAULT_MIRROR_MAX_IN_FLIGHT
 }
 
 fn hundred() -> f64 {

@@ -14,7 +14,7 @@
 //! error.
 
 use serde::de::DeserializeOwned;
-use serde_saphyr::granit_parser::{Event, Parser};
+use serde_saphyr::granit_parser::{Event, Marker, Parser};
 use serde_saphyr::{ExternalMessageSource, MessageFormatter};
 
 use super::{ConfigError, Position};
@@ -181,4 +181,183 @@ pub(crate) fn position_of(text: &str, field: &str) -> Option<Position> {
         }
     }
     nearest
+}
+
+/// The top-level lists whose entries [`parse_entries`] parses one by one.
+const LISTS: [&str; 3] = ["listeners", "route_configs", "clusters"];
+
+/// One entry of a top-level list: its path (`clusters[2]`) and where its node starts and ends.
+struct Entry {
+    path: String,
+    list: &'static str,
+    start: Marker,
+    end: Marker,
+}
+
+/// The entries of the top-level lists, in document order; `None` for a document that does not
+/// parse as YAML.
+fn entries(text: &str) -> Option<Vec<Entry>> {
+    let mut found = Vec::new();
+    let mut depth = 0usize;
+    // The top-level key whose value is being read, when it is one of LISTS.
+    let mut list: Option<&'static str> = None;
+    let mut top_key_next = false;
+    let mut open: Option<(usize, Marker)> = None;
+    for event in Parser::new_from_str(text) {
+        let (event, span) = event.ok()?;
+        let (starts, ends) = match &event {
+            Event::MappingStart(..) | Event::SequenceStart(..) => (true, false),
+            Event::MappingEnd | Event::SequenceEnd => (false, true),
+            Event::Scalar(..) | Event::Alias(..) => (true, true),
+            _ => continue,
+        };
+        if starts {
+            if depth == 1 {
+                // A top-level key, then its value, in turn.
+                top_key_next = !top_key_next;
+                if top_key_next {
+                    list = match &event {
+                        Event::Scalar(key, ..) => LISTS.into_iter().find(|l| *l == key.as_ref()),
+                        _ => None,
+                    };
+                }
+            } else if depth == 2
+                && let Some(list) = list
+            {
+                let index = found.iter().filter(|e: &&Entry| e.list == list).count();
+                open = Some((index, span.start));
+            }
+        }
+        let closes_entry = ends && depth == if starts { 2 } else { 3 };
+        if closes_entry && let (Some(list), Some((index, start))) = (list, open.take()) {
+            found.push(Entry {
+                path: format!("{list}[{index}]"),
+                list,
+                start,
+                end: span.end,
+            });
+        }
+        match (starts, ends) {
+            (true, false) => depth += 1,
+            (false, true) => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Some(found)
+}
+
+/// The byte offset of the character at `index` in `text`.
+fn byte_offset(text: &str, index: usize) -> usize {
+    text.char_indices()
+        .nth(index)
+        .map_or(text.len(), |(i, _)| i)
+}
+
+/// Parses the node of `entry` alone, as a document of its own whose lines keep their columns;
+/// errors carry the entry's path and positions in `text`.
+fn parse_entry<T: DeserializeOwned>(text: &str, entry: &Entry) -> Result<T, ConfigError> {
+    let node = &text[byte_offset(text, entry.start.index())..byte_offset(text, entry.end.index())];
+    let document = format!("{}{node}", " ".repeat(entry.start.col()));
+    parse::<T>(&document).map_err(|err| {
+        let mut err = err.within(&entry.path);
+        err.position = err.position.map(|p| Position {
+            line: p.line + entry.start.line() - 1,
+            column: p.column,
+        });
+        err
+    })
+}
+
+/// The top level of a config without its lists, to find errors outside them.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopLevel {
+    #[serde(default)]
+    admin: Option<super::AdminSpec>,
+    #[serde(default = "super::default_drain_time", with = "humantime_serde")]
+    drain_time: std::time::Duration,
+    #[serde(default)]
+    limits: super::LimitsSpec,
+    #[serde(default)]
+    dynamic: Option<serde_json::Value>,
+    #[serde(default, rename = "listeners")]
+    _listeners: serde::de::IgnoredAny,
+    #[serde(default, rename = "route_configs")]
+    _route_configs: serde::de::IgnoredAny,
+    #[serde(default, rename = "clusters")]
+    _clusters: serde::de::IgnoredAny,
+}
+
+/// A stand-in for an entry that did not parse, named as it names itself (when it does), so
+/// that what refers to it is not reported missing.
+fn stand_in<T: DeserializeOwned>(text: &str, entry: &Entry) -> Option<T> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        name: Option<serde_json::Value>,
+        route_config: Option<serde_json::Value>,
+    }
+    let named: Named = parse_entry(text, entry).ok()?;
+    let string = |v: Option<serde_json::Value>| v.and_then(|v| v.as_str().map(str::to_owned));
+    let name = string(named.name).unwrap_or_default();
+    let value = serde_json::json!({
+        "name": name,
+        "address": "127.0.0.1:0",
+        "protocol": "",
+        "route_config": string(named.route_config).unwrap_or_default(),
+    });
+    let value = match entry.list {
+        "listeners" => value,
+        _ => serde_json::json!({ "name": name }),
+    };
+    serde_json::from_value(value).ok()
+}
+
+/// Parses a config that failed to parse as a whole entry by entry: every entry's error, the
+/// config of the entries that parsed (with stand-ins for those that did not), and the paths of
+/// the entries that did not, whose semantic errors are not worth reporting. `None` when the
+/// document is not YAML at all.
+pub(crate) fn parse_entries(text: &str) -> Option<(super::Config, Vec<ConfigError>, Vec<String>)> {
+    let entries = entries(text)?;
+    let mut errors = Vec::new();
+    let mut failed = Vec::new();
+    let mut config = super::Config::default();
+    match parse::<TopLevel>(text) {
+        Ok(top) => {
+            config.admin = top.admin;
+            config.drain_time = top.drain_time;
+            config.limits = top.limits;
+            config.dynamic = top.dynamic;
+        }
+        Err(err) => errors.push(err),
+    }
+    for entry in &entries {
+        let parsed = match entry.list {
+            "listeners" => one(text, entry, &mut config.listeners),
+            "route_configs" => one(text, entry, &mut config.route_configs),
+            _ => one(text, entry, &mut config.clusters),
+        };
+        if let Err(err) = parsed {
+            errors.push(err);
+            failed.push(entry.path.clone());
+        }
+    }
+    Some((config, errors, failed))
+}
+
+/// Parses `entry` onto `list` (a stand-in when it does not parse).
+fn one<T: DeserializeOwned>(
+    text: &str,
+    entry: &Entry,
+    list: &mut Vec<T>,
+) -> Result<(), ConfigError> {
+    match parse_entry(text, entry) {
+        Ok(spec) => {
+            list.push(spec);
+            Ok(())
+        }
+        Err(err) => {
+            list.extend(stand_in(text, entry));
+            Err(err)
+        }
+    }
 }

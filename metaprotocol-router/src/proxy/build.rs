@@ -7,7 +7,7 @@ use std::sync::Arc;
 use metaprotocol_core::{CodecFactory, CodecOptions, CodecRegistry, FilterChain};
 
 use crate::access_log::{self, AccessLogger};
-use crate::cluster::{ClusterHandle, ClusterManager};
+use crate::cluster::{ClusterHandle, ClusterManager, Resolved};
 use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec, RouteConfigSpec, RouteSpec};
 use crate::filters::{FilterContext, FilterRegistry, SharedClients};
 use crate::route::{RouteSlot, RouteTable};
@@ -56,15 +56,16 @@ impl Builder<'_> {
         )
     }
 
-    /// Builds cluster `spec`, speaking `protocol`.
+    /// Builds cluster `spec`, speaking `protocol`, whose host names resolved to `resolved`.
     pub fn cluster(
         &self,
         spec: &ClusterSpec,
         protocol: &str,
+        resolved: &Resolved,
     ) -> Result<Arc<ClusterHandle>, ConfigError> {
         let codec = self.codec(protocol, spec.codec.as_ref())?;
         let scope = self.metrics.root().detached("cluster", &spec.name);
-        ClusterHandle::new(spec, protocol.to_owned(), codec, scope)
+        ClusterHandle::new(spec, protocol.to_owned(), codec, scope, resolved)
     }
 
     /// Compiles route config `spec` as version `version` against `clusters`.

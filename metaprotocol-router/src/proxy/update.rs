@@ -15,7 +15,8 @@ use tokio::net::TcpListener;
 use super::build::{check_protocols, cluster_protocols, route_config_protocols};
 use super::listeners::bind;
 use super::{ProxyState, ReloadSummary, UpdateError};
-use crate::cluster::{ClusterHandle, ClusterManager};
+use crate::cluster::dns::{self, SystemResolver};
+use crate::cluster::{ClusterHandle, ClusterManager, Resolved};
 use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec};
 use crate::route::{RouteSlot, RouteTable};
 use crate::server::ListenerContext;
@@ -35,7 +36,11 @@ struct ClusterChange {
     handle: Arc<ClusterHandle>,
     spec: ClusterSpec,
     codec: Option<(String, Arc<dyn CodecFactory>)>,
+    resolved: Resolved,
 }
+
+/// The addresses of the host names of each cluster an update builds or changes, by name.
+type Resolutions = BTreeMap<String, Resolved>;
 
 /// Everything a new config needs, built but not yet published.
 #[derive(Default)]
@@ -101,8 +106,9 @@ impl ProxyState {
             )
             .into());
         }
+        let resolutions = self.resolve(&new).await;
         let mut plan = Plan::default();
-        let prepared = match self.prepare(&current, &new, &mut plan) {
+        let prepared = match self.prepare(&current, &new, &resolutions, &mut plan) {
             Ok(()) => plan.bind().await,
             Err(err) => Err(err.into()),
         };
@@ -123,11 +129,36 @@ impl ProxyState {
     pub(crate) fn check(&self, new: &Config) -> Result<(), ConfigError> {
         new.validate()?;
         let mut plan = Plan::default();
-        self.prepare(&self.config.load(), new, &mut plan)
+        // Checking resolves no name: endpoints named by host names are left out.
+        self.prepare(&self.config.load(), new, &Resolutions::new(), &mut plan)
     }
 
-    /// Builds what `new` needs beyond `current` (everything but binding sockets).
-    fn prepare(&self, current: &Config, new: &Config, plan: &mut Plan) -> Result<(), ConfigError> {
+    /// Resolves the host names of the clusters of `new` that are added or changed, each name
+    /// that cannot be resolved keeping the addresses it has in the running cluster.
+    async fn resolve(&self, new: &Config) -> Resolutions {
+        let live = self.clusters.all();
+        let mut resolutions = Resolutions::new();
+        for spec in new.clusters.iter().filter(|c| c.has_host_names()) {
+            let handle = live.get(&spec.name);
+            if handle.is_some_and(|h| h.spec() == *spec) {
+                continue;
+            }
+            let last = handle.map(|h| h.resolved()).unwrap_or_default();
+            let resolved = dns::resolve(&SystemResolver, spec, &last).await;
+            resolutions.insert(spec.name.clone(), resolved);
+        }
+        resolutions
+    }
+
+    /// Builds what `new` needs beyond `current` (everything but binding sockets), with the
+    /// addresses of host names in `resolutions`.
+    fn prepare(
+        &self,
+        current: &Config,
+        new: &Config,
+        resolutions: &Resolutions,
+        plan: &mut Plan,
+    ) -> Result<(), ConfigError> {
         let builder = self.builder();
         // Listeners' protocols first: clusters inherit them and are built before listeners, but
         // an unknown one is the listener's mistake.
@@ -149,9 +180,12 @@ impl ProxyState {
             let Some(protocol) = protocols.get(&spec.name) else {
                 continue;
             };
+            let resolved = resolutions.get(&spec.name).cloned().unwrap_or_default();
             match live.get(&spec.name) {
                 None => {
-                    let handle = builder.cluster(spec, protocol).map_err(|e| e.within(&at))?;
+                    let handle = builder
+                        .cluster(spec, protocol, &resolved)
+                        .map_err(|e| e.within(&at))?;
                     prospective.insert(handle.clone());
                     plan.new_clusters.push(handle);
                 }
@@ -174,6 +208,7 @@ impl ProxyState {
                         handle: handle.clone(),
                         spec: spec.clone(),
                         codec,
+                        resolved,
                     });
                 }
             }
@@ -269,15 +304,21 @@ impl ProxyState {
         let mut summary = ReloadSummary::default();
         for handle in plan.new_clusters {
             summary.clusters.push((handle.name().to_string(), 1));
+            tokio::spawn(dns::refresh(
+                Arc::downgrade(&handle),
+                SystemResolver,
+                self.shutdown.clone(),
+            ));
             self.clusters.insert(handle);
         }
         for ClusterChange {
             handle,
             spec,
             codec,
+            resolved,
         } in plan.changed_clusters
         {
-            match handle.update(&spec, codec) {
+            match handle.update(&spec, codec, &resolved) {
                 Ok(version) => summary.clusters.push((spec.name.clone(), version)),
                 Err(err) => {
                     tracing::error!(cluster = %spec.name, error = %err, "cluster update failed after its checks passed")
@@ -320,7 +361,9 @@ impl ProxyState {
             }
         }
         for name in &plan.removed_clusters {
-            self.clusters.remove(name);
+            if let Some(handle) = self.clusters.remove(name) {
+                handle.retire();
+            }
         }
         summary.removed = plan
             .removed_listeners

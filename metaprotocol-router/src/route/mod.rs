@@ -6,17 +6,19 @@
 //! flight keep the table they started with.
 
 mod matcher;
+mod template;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use metaprotocol_core::{ByteStr, Mutation, RoutingView};
+use metaprotocol_core::{LocalReply, RoutingView};
 
 pub(crate) use self::matcher::MetadataMatcher;
+pub(crate) use self::template::{Context as TemplateContext, RouteMutation, Template};
 use crate::cluster::{ClusterHandle, ClusterManager, SubsetId};
-use crate::config::{ConfigError, MutationSpec, RouteConfigSpec, RouteSpec};
-use crate::router::RetryPolicy;
+use crate::config::{ConfigError, RouteConfigSpec, RouteSpec};
+use crate::router::{MirrorPolicy, RetryPolicy};
 use crate::stats::{MetricsScope, RouteStats};
 
 /// The deadline of routes that set no timeout: a client must never wait forever.
@@ -35,28 +37,42 @@ pub(crate) enum RouteAction {
     /// One target.
     Single(Target),
     /// A weighted split; `cumulative` holds running sums of the weights (the last is the total).
+    /// With `hash_on`, the value of that key picks the side (a stable hash), so that one caller
+    /// always lands on one side; without it, or without the key, the draw is random.
     Weighted {
         targets: Vec<Target>,
         cumulative: Vec<u64>,
+        hash_on: Option<Box<str>>,
     },
+    /// No target: the route answers with this reply.
+    Direct(LocalReply),
 }
 
 impl RouteAction {
-    /// The target of one request (a weighted draw for splits).
-    pub fn pick(&self) -> Option<&Target> {
+    /// The target of one request (a weighted draw for splits); `None` for a direct response or
+    /// a split whose weights are all 0.
+    pub fn pick(&self, request: &RoutingView<'_>) -> Option<&Target> {
         match self {
             Self::Single(target) => Some(target),
             Self::Weighted {
                 targets,
                 cumulative,
+                hash_on,
             } => {
                 let total = cumulative.last().copied().unwrap_or(0);
                 if total == 0 {
                     return None;
                 }
-                let point = fastrand::u64(..total);
+                let sticky = hash_on.as_deref().and_then(|key| request.get(key));
+                let point = match sticky {
+                    // xxh64 with seed 0 is stable across processes and versions: a key keeps its
+                    // side across restarts.
+                    Some(value) => xxhash_rust::xxh64::xxh64(value.as_bytes(), 0) % total,
+                    None => fastrand::u64(..total),
+                };
                 targets.get(cumulative.partition_point(|&end| end <= point))
             }
+            Self::Direct(_) => None,
         }
     }
 }
@@ -72,9 +88,11 @@ pub(crate) struct Route {
     pub timeout: Option<Duration>,
     pub retry: Option<RetryPolicy>,
     /// Header edits on the upstream request.
-    pub request_mutation: Arc<Mutation>,
+    pub request_mutation: RouteMutation,
     /// Header edits on the downstream response.
-    pub response_mutation: Arc<Mutation>,
+    pub response_mutation: RouteMutation,
+    /// A copy of a share of the requests for another cluster.
+    pub mirror: Option<MirrorPolicy>,
     pub stats: RouteStats,
     /// Where `stats` live.
     scope: MetricsScope,
@@ -164,9 +182,6 @@ fn build_route(
     clusters: &ClusterManager,
     scope: impl FnOnce(&str) -> MetricsScope,
 ) -> Result<Route, ConfigError> {
-    if spec.mirror.is_some() {
-        return Err(ConfigError::new("mirror", "mirror is not available yet"));
-    }
     if !spec.hash_policy.is_empty() {
         return Err(ConfigError::new(
             "hash_policy",
@@ -187,9 +202,14 @@ fn build_route(
         };
         Ok::<_, ConfigError>(Target { cluster, subset })
     };
-    let action = match &spec.route.cluster {
-        Some(cluster) => RouteAction::Single(target(cluster, &spec.route.subset, "route.cluster")?),
-        None => {
+    let action = match (&spec.direct_response, &spec.route.cluster) {
+        (Some(direct), _) => {
+            RouteAction::Direct(direct.reply().map_err(|e| e.within("direct_response"))?)
+        }
+        (None, Some(cluster)) => {
+            RouteAction::Single(target(cluster, &spec.route.subset, "route.cluster")?)
+        }
+        (None, None) => {
             let mut targets = Vec::new();
             let mut cumulative = Vec::new();
             let mut sum = 0u64;
@@ -214,8 +234,16 @@ fn build_route(
             RouteAction::Weighted {
                 targets,
                 cumulative,
+                hash_on: spec.route.hash_on.as_deref().map(Into::into),
             }
         }
+    };
+    let mirror = match &spec.mirror {
+        Some(mirror) => Some(MirrorPolicy::new(
+            mirror,
+            target(&mirror.cluster, &None, "mirror.cluster")?,
+        )),
+        None => None,
     };
     let matchers = spec
         .match_
@@ -235,9 +263,15 @@ fn build_route(
         Some(Duration::ZERO) => None,
         Some(timeout) => Some(timeout),
     };
-    let retry = spec.retry_policy.as_ref().map(RetryPolicy::new);
-    let request_mutation = Arc::new(mutation(spec.request_mutation.as_ref()));
-    let response_mutation = Arc::new(mutation(spec.response_mutation.as_ref()));
+    let retry = spec
+        .retry_policy
+        .as_ref()
+        .map(|r| RetryPolicy::new(r).map_err(|e| e.within("retry_policy")))
+        .transpose()?;
+    let request_mutation = RouteMutation::new(spec.request_mutation.as_ref())
+        .map_err(|e| e.within("request_mutation"))?;
+    let response_mutation = RouteMutation::new(spec.response_mutation.as_ref())
+        .map_err(|e| e.within("response_mutation"))?;
     let scope = scope(&name);
     Ok(Route {
         stats: RouteStats::new(&scope),
@@ -249,19 +283,77 @@ fn build_route(
         retry,
         request_mutation,
         response_mutation,
+        mirror,
     })
 }
 
-/// Compiles a mutation spec.
-pub(crate) fn mutation(spec: Option<&MutationSpec>) -> Mutation {
-    let mut mutation = Mutation::new();
-    if let Some(spec) = spec {
-        for key in &spec.remove {
-            mutation.remove(ByteStr::copy_from_str(key));
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use metaprotocol_core::{ByteStr, Metadata, RoutingKeys};
+
+    use super::*;
+    use crate::config::ClusterSpec;
+    use crate::stats::Metrics;
+
+    fn split(hash_on: Option<&str>) -> Result<RouteAction, ConfigError> {
+        let mut targets = Vec::new();
+        for name in ["a", "b"] {
+            let spec = ClusterSpec::from_yaml(&format!("name: {name}"))?;
+            let cluster = ClusterHandle::new(
+                &spec,
+                "null".into(),
+                Arc::new(crate::testing::NullCodec),
+                Metrics::new().root(),
+                &BTreeMap::new(),
+            )?;
+            targets.push(Target {
+                cluster,
+                subset: SubsetId::ALL,
+            });
         }
-        for (k, v) in &spec.set {
-            mutation.set(ByteStr::copy_from_str(k), ByteStr::copy_from_str(v));
-        }
+        Ok(RouteAction::Weighted {
+            targets,
+            cumulative: vec![30, 100],
+            hash_on: hash_on.map(Into::into),
+        })
     }
-    mutation
+
+    fn side(action: &RouteAction, user: Option<String>) -> Option<String> {
+        let metadata: Metadata = user
+            .map(|u| (ByteStr::from_static("user"), ByteStr::from(u)))
+            .into_iter()
+            .collect();
+        let keys = RoutingKeys::new();
+        let view = RoutingView {
+            metadata: &metadata,
+            keys: &keys,
+        };
+        action.pick(&view).map(|t| t.cluster.name().to_string())
+    }
+
+    #[test]
+    fn a_sticky_split_keeps_each_key_on_one_side_in_proportion() -> Result<(), ConfigError> {
+        let sticky = split(Some("user"))?;
+        let mut first = 0;
+        for i in 0..1000 {
+            let user = || Some(format!("user-{i}"));
+            let chosen = side(&sticky, user());
+            for _ in 0..5 {
+                assert_eq!(side(&sticky, user()), chosen, "user-{i}");
+            }
+            if chosen.as_deref() == Some("a") {
+                first += 1;
+            }
+        }
+        assert!(
+            (270..=330).contains(&first),
+            "{first} of 1000 on the 30% side"
+        );
+        // Without the key, the draw is random: both sides come up.
+        let sides: std::collections::BTreeSet<_> = (0..200).map(|_| side(&sticky, None)).collect();
+        assert_eq!(sides.len(), 2);
+        Ok(())
+    }
 }

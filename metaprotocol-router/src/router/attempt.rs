@@ -6,9 +6,9 @@ use std::sync::Arc;
 use metaprotocol_core::{Message, Mutation};
 use tokio::time::Instant;
 
-use crate::cluster::{ActiveRequest, Host};
+use crate::cluster::{ActiveRequest, Endpoint, Host};
 use crate::route::Target;
-use crate::upstream::{Outbound, ReplyTo, UpstreamError};
+use crate::upstream::{Outbound, Rejected, ReplyTo, UpstreamError};
 
 /// An attempt in flight.
 #[derive(Debug)]
@@ -41,6 +41,41 @@ pub(crate) enum Started {
     NoEndpoint,
 }
 
+/// Picks a host of `target`, avoiding those `tried`, and counts an attempt in flight on its
+/// endpoint (until the returned guard drops); `None` when the target has no endpoint.
+pub(crate) fn pick(target: &Target, tried: &[SocketAddr]) -> Option<(Arc<Host>, ActiveRequest)> {
+    let snapshot = target.cluster.snapshot();
+    let host = snapshot
+        .set(target.subset)
+        .and_then(|set| set.pick(tried))?;
+    let active = host.endpoint.track(target.cluster.stats());
+    Some((host.clone(), active))
+}
+
+/// Queues `request` on `endpoint` with `mutation`, to be answered through `reply`; a refusal
+/// hands the request back (it was not sent).
+// The refused request comes back whole, without an allocation (see `UpstreamPool::send`).
+#[allow(clippy::result_large_err)]
+pub(crate) fn send(
+    endpoint: &Endpoint,
+    request: &Arc<Message>,
+    mutation: Arc<Mutation>,
+    deadline: Instant,
+    reply: ReplyTo,
+) -> Result<(), Rejected> {
+    let pool = endpoint.pool();
+    let variant = pool.codec().upstream_variant(request);
+    pool.send(
+        variant,
+        Outbound {
+            message: request.clone(),
+            mutation,
+            deadline,
+            reply,
+        },
+    )
+}
+
 /// Picks an endpoint of `target` (avoiding those `tried`) and queues `request` on it, with the
 /// mutation `mutation` makes for the endpoint picked.
 pub(crate) fn start(
@@ -52,30 +87,27 @@ pub(crate) fn start(
     deadline: Instant,
     reply: ReplyTo,
 ) -> Started {
-    let snapshot = target.cluster.snapshot();
-    let Some(host) = snapshot.set(target.subset).and_then(|set| set.pick(tried)) else {
+    let Some((host, active)) = pick(target, tried) else {
         return Started::NoEndpoint;
     };
-    let endpoint = &host.endpoint;
-    let active = endpoint.track(target.cluster.stats(), number > 1);
-    let variant = snapshot.codec.upstream_variant(request);
-    let outbound = Outbound {
-        message: request.clone(),
-        mutation: mutation(endpoint.address()),
+    let endpoint = active.endpoint();
+    match send(
+        endpoint,
+        request,
+        mutation(endpoint.address()),
         deadline,
         reply,
-    };
-    match endpoint.pool().send(variant, outbound) {
+    ) {
         Ok(()) => Started::Sent(Attempt {
             number,
             started: Instant::now(),
-            host: host.clone(),
+            host,
             active,
         }),
         Err(mut rejected) => {
             rejected.outbound.reply.disarm();
             Started::Refused {
-                host: host.clone(),
+                host,
                 error: rejected.error,
             }
         }

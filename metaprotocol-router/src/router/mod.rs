@@ -1,8 +1,9 @@
 //! The router: the terminal stage of a request, after its filters. It matches the route, picks
-//! the target, and runs attempts ([`attempt`]) under the route's deadline ([`timeout`]),
-//! retrying by the route's policy ([`retry`]); every attempt's end is classified once
-//! ([`outcome`]) and that classification drives stats, retries, the local reply and the
-//! request's record.
+//! the target (or answers for a route with a direct response), copies the request to the
+//! route's mirror ([`mirror`]), and runs attempts ([`attempt`]) under the route's deadline
+//! ([`timeout`]), retrying by the route's policy within the cluster's budget ([`retry`]); every
+//! attempt's end is classified once ([`outcome`]) and that classification drives stats,
+//! retries, the local reply and the request's record.
 //!
 //! The router never waits: it starts an attempt and says what the connection should wait for
 //! (the answer, a per-try deadline, a retry pause). The downstream connection task owns the
@@ -11,6 +12,7 @@
 //! tracer's per-attempt spans come from.
 
 mod attempt;
+mod mirror;
 mod outcome;
 mod retry;
 mod timeout;
@@ -26,11 +28,13 @@ use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use self::attempt::{Attempt, Started};
+pub(crate) use self::mirror::MirrorPolicy;
 pub(crate) use self::outcome::{AttemptOutcome, FAILURES};
+use self::retry::RetryGrant;
 pub(crate) use self::retry::RetryPolicy;
 pub(crate) use self::timeout::after as deadline_after;
 use crate::cluster::{ClusterHandle, Host};
-use crate::route::{Route, RouteTable, Target};
+use crate::route::{Route, RouteAction, RouteTable, Target, TemplateContext};
 use crate::upstream::{ReplyTo, UpstreamError};
 
 /// Sees each attempt of a request start and end. The connection passes its request's observer
@@ -105,16 +109,33 @@ pub(crate) struct Routed {
     current: Option<Attempt>,
     /// The endpoint of the last attempt that ended.
     host: Option<Arc<Host>>,
+    /// Whether the route's retry policy says the request may run twice.
+    idempotent: bool,
+    /// The retry in flight, counted against the cluster's retry budget until its attempt ends.
+    grant: Option<RetryGrant>,
 }
 
-/// The route's mutation, plus what filters added (allocating only when they added something).
-fn merged(route: &Arc<Mutation>, filters: &Mutation) -> Arc<Mutation> {
-    if filters.is_empty() {
-        return route.clone();
+/// Why a request was not routed: the local reply it gets (already recorded), and the route it
+/// matched, when one did (a direct response, a route without a target), so that the request is
+/// counted as that route's.
+#[derive(Debug)]
+pub(crate) struct Unrouted {
+    pub reply: LocalReply,
+    pub matched: Option<Matched>,
+}
+
+/// A route a request matched, kept (with its table) while the request is answered.
+#[derive(Debug)]
+pub(crate) struct Matched {
+    table: Arc<RouteTable>,
+    route: usize,
+}
+
+impl Matched {
+    /// The matched route.
+    pub fn route(&self) -> Option<&Route> {
+        self.table.get(self.route)
     }
-    let mut all = Mutation::clone(route);
-    all.extend(filters);
-    Arc::new(all)
 }
 
 /// Answers a request no route matched.
@@ -142,47 +163,87 @@ fn no_endpoint(target: &Target) -> LocalReply {
     )
 }
 
-/// Routes `request` with `table`: the first matching route, then its target. `filter_mutation`
-/// is what request filters added. On failure the error is recorded and returned.
+/// Routes `request` with `table`: the first matching route, then its target; copies it to the
+/// route's mirror. `filter_mutation` is what request filters added. On failure (and for a route
+/// that answers itself) the error is recorded and returned.
 pub(crate) fn route(
     table: Arc<RouteTable>,
-    request: &Message,
+    request: &Arc<Message>,
     filter_mutation: &Mutation,
     record: &mut RequestRecord,
     now: Instant,
-) -> Result<Routed, LocalReply> {
+) -> Result<Routed, Unrouted> {
     let view = RoutingView {
         metadata: &request.metadata,
         keys: record.routing_keys(),
     };
-    let Some(index) = table.route_index(&view) else {
+    let Some((index, route)) = table
+        .route_index(&view)
+        .and_then(|index| Some((index, table.get(index)?)))
+    else {
         record.set_local_reply(LocalReplyKind::RouteNotFound, ResponseFlags::NO_ROUTE);
-        return Err(no_route(request));
+        return Err(Unrouted {
+            reply: no_route(request),
+            matched: None,
+        });
     };
-    let Some(route) = table.get(index) else {
-        record.set_local_reply(LocalReplyKind::RouteNotFound, ResponseFlags::NO_ROUTE);
-        return Err(no_route(request));
-    };
+    let target = route.action.pick(&view).cloned();
     route.stats.requests.inc();
     record.route = Some(route.name.clone());
     record.timings.routed = Some(now.into_std());
-    let Some(target) = route.action.pick().cloned() else {
-        record.set_local_reply(
-            LocalReplyKind::NoHealthyUpstream,
-            ResponseFlags::NO_HEALTHY_UPSTREAM,
-        );
-        return Err(LocalReply::new(
-            LocalReplyKind::NoHealthyUpstream,
-            "metaprotocol-proxy: the route has no target",
-        ));
+    let target = match (&route.action, target) {
+        (RouteAction::Direct(reply), _) => {
+            record.set_local_reply(reply.kind, ResponseFlags::NONE);
+            let reply = reply.clone();
+            return Err(Unrouted {
+                reply,
+                matched: Some(Matched {
+                    table,
+                    route: index,
+                }),
+            });
+        }
+        (_, Some(target)) => target,
+        (_, None) => {
+            record.set_local_reply(
+                LocalReplyKind::NoHealthyUpstream,
+                ResponseFlags::NO_HEALTHY_UPSTREAM,
+            );
+            return Err(Unrouted {
+                reply: LocalReply::new(
+                    LocalReplyKind::NoHealthyUpstream,
+                    "metaprotocol-proxy: the route has no target",
+                ),
+                matched: Some(Matched {
+                    table,
+                    route: index,
+                }),
+            });
+        }
     };
     record.cluster = Some(target.cluster.name().clone());
     let deadline = timeout::request_deadline(now, route.timeout, request.timeout);
     let retries_left = route.retry.as_ref().map_or(0, |r| r.num_retries);
-    let mutation = merged(&route.request_mutation, filter_mutation);
+    let view = RoutingView {
+        metadata: &request.metadata,
+        keys: record.routing_keys(),
+    };
+    let idempotent = route
+        .retry
+        .as_ref()
+        .is_some_and(|policy| policy.is_idempotent(&view));
+    let context = TemplateContext {
+        request,
+        view,
+        record,
+    };
+    let mutation = route.request_mutation.resolve(&context, filter_mutation);
+    if let Some(mirror) = &route.mirror {
+        mirror.send(request, &mutation, deadline, &route.stats);
+    }
     Ok(Routed {
-        table,
         route: index,
+        table,
         target,
         mutation,
         deadline,
@@ -192,6 +253,8 @@ pub(crate) fn route(
         tried: SmallVec::new(),
         current: None,
         host: None,
+        idempotent,
+        grant: None,
     })
 }
 
@@ -235,6 +298,9 @@ impl Routed {
         debug_assert_eq!(request.kind, MessageKind::Oneway);
         self.attempts = 1;
         record.attempts = 1;
+        if let Some(route) = self.route() {
+            route.stats.attempts.inc();
+        }
         record.timings.upstream_sent = Some(now.into_std());
         let started = attempt::start(
             &self.target,
@@ -277,8 +343,11 @@ impl Routed {
         let number = self.attempts;
         record.attempts = number;
         record.timings.upstream_sent = Some(now.into_std());
-        let per_try = self
-            .route()
+        let route = self.route();
+        if let Some(route) = route {
+            route.stats.attempts.inc();
+        }
+        let per_try = route
             .and_then(|r| r.retry.as_ref())
             .and_then(|r| r.per_try_timeout);
         let deadline = timeout::attempt_deadline(now, per_try, self.deadline);
@@ -372,15 +441,17 @@ impl Routed {
         now: Instant,
     ) -> Next {
         let outcome = AttemptOutcome::of(&result);
+        // The retry that made this attempt, if one did, is over.
+        self.grant = None;
         let stats = self.target.cluster.stats();
-        match &outcome {
-            AttemptOutcome::Answered(status) => {
-                stats.response(*status).inc();
+        match outcome.answered() {
+            Some(status) => {
+                stats.response(status).inc();
             }
-            AttemptOutcome::Timeout => {
+            None if outcome == AttemptOutcome::Timeout => {
                 stats.rq_timeout.inc();
             }
-            _ => {}
+            None => {}
         }
         if let Some(failure) = outcome.failure() {
             stats.failure(failure).inc();
@@ -394,26 +465,47 @@ impl Routed {
             // The attempt ends here (its in-flight counts drop); its endpoint is remembered.
             self.host = Some(attempt.host);
         }
-        let retryable = self
-            .route()
-            .and_then(|r| r.retry.as_ref())
-            .is_some_and(|policy| policy.retries(&outcome));
+        let table = self.table.clone();
+        let route = table.get(self.route);
+        let policy = route.and_then(|r| r.retry.as_ref());
+        let retryable = policy.is_some_and(|policy| policy.retries(&outcome, self.idempotent));
         // A connection that failed before writing the request lost nothing but time: resend it
         // once on another connection, whatever the route's policy (the upstream never saw it).
         let resend = outcome == AttemptOutcome::Reset { sent: false } && !self.resent;
         if resend && now < self.deadline {
             self.resent = true;
-            stats.rq_retry.inc();
-            return Next::Retry { at: now };
-        }
-        if retryable && self.retries_left > 0 && now < self.deadline {
-            self.retries_left -= 1;
             self.tried.push(endpoint);
             stats.rq_retry.inc();
-            let pause = RetryPolicy::backoff(self.attempts);
-            return Next::Retry {
-                at: timeout::after(now, pause).min(self.deadline),
-            };
+            if let Some(route) = route {
+                route.stats.retries.inc();
+            }
+            return Next::Retry { at: now };
+        }
+        if let Some(policy) = policy.filter(|_| retryable)
+            && self.retries_left > 0
+            && now < self.deadline
+        {
+            let budget = self.target.cluster.snapshot().retry_budget;
+            match RetryGrant::ask(&budget, stats) {
+                Some(grant) => {
+                    self.grant = Some(grant);
+                    self.retries_left -= 1;
+                    self.tried.push(endpoint);
+                    stats.rq_retry.inc();
+                    if let Some(route) = route {
+                        route.stats.retries.inc();
+                    }
+                    let pause = policy.backoff(self.attempts);
+                    return Next::Retry {
+                        at: timeout::after(now, pause).min(self.deadline),
+                    };
+                }
+                None => {
+                    if let Some(route) = route {
+                        route.stats.retry_budget_exhausted.inc();
+                    }
+                }
+            }
         }
         match result {
             Ok(response) => Next::Respond(response),
@@ -457,10 +549,26 @@ impl Routed {
         no_endpoint(&self.target)
     }
 
-    /// The response mutation: the route's, plus what response filters added.
-    pub fn response_mutation(&self, filters: &Mutation) -> Arc<Mutation> {
+    /// The response mutation: the route's (its templates rendered for `request`), plus what
+    /// response filters added.
+    pub fn response_mutation(
+        &self,
+        request: &Message,
+        record: &RequestRecord,
+        filters: &Mutation,
+    ) -> Arc<Mutation> {
         match self.route() {
-            Some(route) => merged(&route.response_mutation, filters),
+            Some(route) => {
+                let context = TemplateContext {
+                    request,
+                    view: RoutingView {
+                        metadata: &request.metadata,
+                        keys: record.routing_keys(),
+                    },
+                    record,
+                };
+                route.response_mutation.resolve(&context, filters)
+            }
             None => Arc::new(filters.clone()),
         }
     }

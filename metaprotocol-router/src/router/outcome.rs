@@ -21,6 +21,9 @@ pub(crate) enum Origin {
 pub(crate) enum AttemptOutcome {
     /// The upstream answered with this status.
     Answered(ResponseStatus),
+    /// The upstream answered with a server error saying it refused the call without running it
+    /// (the codec's [`Message::not_processed`]): safe to retry whatever the method does.
+    NotProcessed,
     /// No connection could be opened; the request was not sent.
     ConnectFailure,
     /// The connection failed before the answer; `sent` if request bytes may have reached it.
@@ -56,6 +59,7 @@ impl AttemptOutcome {
     /// Classifies an attempt's result.
     pub fn of(result: &Result<Message, UpstreamError>) -> Self {
         match result {
+            Ok(response) if response.not_processed => Self::NotProcessed,
             Ok(response) => Self::Answered(response.status),
             Err(UpstreamError::ConnectFailed { .. }) => Self::ConnectFailure,
             Err(UpstreamError::Reset { sent }) => Self::Reset { sent: *sent },
@@ -69,11 +73,22 @@ impl AttemptOutcome {
     pub fn origin(&self) -> Origin {
         match self {
             Self::ConnectFailure | Self::Overflow | Self::EncodeFailure => Origin::Local,
-            Self::Answered(_) | Self::Reset { .. } | Self::Timeout => Origin::Upstream,
+            Self::Answered(_) | Self::NotProcessed | Self::Reset { .. } | Self::Timeout => {
+                Origin::Upstream
+            }
         }
     }
 
-    /// True if the upstream certainly did not process the request: retrying cannot run it twice.
+    /// The status of an answer, `None` when there was none.
+    pub fn answered(&self) -> Option<ResponseStatus> {
+        match self {
+            Self::Answered(status) => Some(*status),
+            Self::NotProcessed => Some(ResponseStatus::ServerError),
+            _ => None,
+        }
+    }
+
+    /// True if no byte of the request reached the upstream: retrying cannot run it twice.
     pub fn never_sent(&self) -> bool {
         matches!(
             self,
@@ -84,7 +99,7 @@ impl AttemptOutcome {
     /// The index of this failure in [`FAILURES`]; `None` when the upstream answered.
     pub fn failure(&self) -> Option<usize> {
         let reason = match self {
-            Self::Answered(_) => return None,
+            Self::Answered(_) | Self::NotProcessed => return None,
             Self::ConnectFailure => "connect_failure",
             Self::Overflow => "overflow",
             Self::EncodeFailure => "encode",
@@ -100,7 +115,7 @@ impl AttemptOutcome {
     /// The response flags the outcome adds to the request's record.
     pub fn flags(&self) -> ResponseFlags {
         match self {
-            Self::Answered(_) | Self::EncodeFailure => ResponseFlags::NONE,
+            Self::Answered(_) | Self::NotProcessed | Self::EncodeFailure => ResponseFlags::NONE,
             Self::ConnectFailure => ResponseFlags::UPSTREAM_CONNECT_FAILURE,
             Self::Reset { .. } => ResponseFlags::UPSTREAM_RESET,
             Self::Timeout => ResponseFlags::UPSTREAM_TIMEOUT,
@@ -116,7 +131,7 @@ impl AttemptOutcome {
         route: &str,
     ) -> Option<LocalReply> {
         let (kind, message) = match self {
-            Self::Answered(_) => return None,
+            Self::Answered(_) | Self::NotProcessed => return None,
             Self::Timeout => (
                 LocalReplyKind::Timeout,
                 format!(

@@ -1,16 +1,20 @@
-//! Retry policy: which attempt outcomes are tried again, how often, and how long to wait.
+//! Retry policy: which attempt outcomes are tried again, how often, how long to wait, and the
+//! cluster's retry budget that stops a retry storm.
+//!
+//! A request that may have been processed (its bytes reached the upstream, or the upstream
+//! answered that it failed while running it) is retried only when the route marks it
+//! idempotent; one that certainly was not (a connect failure, a connection that failed before
+//! writing it, an answer the codec declares "not processed") always may be.
 
 use std::time::Duration;
 
-use metaprotocol_core::ResponseStatus;
+use metaprotocol_core::{ResponseStatus, RoutingView, keys};
+use prometheus_client::metrics::gauge::Gauge;
 
 use super::outcome::AttemptOutcome;
-use crate::config::{RetryOn, RetryPolicySpec};
-
-/// The first pause between attempts; it doubles per retry up to [`MAX_BACKOFF`] (Envoy's
-/// defaults), with jitter, so that a failing upstream is not hammered in lockstep.
-const BASE_BACKOFF: Duration = Duration::from_millis(25);
-const MAX_BACKOFF: Duration = Duration::from_millis(250);
+use crate::config::{ConfigError, RetryBackOffSpec, RetryBudgetSpec, RetryOn, RetryPolicySpec};
+use crate::route::MetadataMatcher;
+use crate::stats::ClusterStats;
 
 /// A compiled retry policy.
 #[derive(Debug, Clone)]
@@ -21,63 +25,245 @@ pub(crate) struct RetryPolicy {
     on_reset: bool,
     on_unavailable: bool,
     on_timeout: bool,
+    on_retryable_status: bool,
     /// The deadline of each attempt (the route timeout still bounds the whole request).
     pub per_try_timeout: Option<Duration>,
+    idempotent_methods: Vec<Box<str>>,
+    /// All must hold; empty means no request is idempotent by this test.
+    idempotent_match: Vec<MetadataMatcher>,
+    back_off: RetryBackOffSpec,
 }
 
 impl RetryPolicy {
-    pub fn new(spec: &RetryPolicySpec) -> Self {
+    pub fn new(spec: &RetryPolicySpec) -> Result<Self, ConfigError> {
         let on = |r: RetryOn| spec.retry_on.contains(&r);
-        Self {
+        let idempotent_match = spec
+            .idempotent_match
+            .iter()
+            .flat_map(|m| m.metadata.iter())
+            .enumerate()
+            .map(|(i, m)| {
+                MetadataMatcher::new(m)
+                    .map_err(|e| e.within(&format!("idempotent_match.metadata[{i}]")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
             num_retries: spec.num_retries,
             on_connect_failure: on(RetryOn::ConnectFailure),
             on_reset: on(RetryOn::Reset),
             on_unavailable: on(RetryOn::Unavailable),
             on_timeout: on(RetryOn::Timeout),
+            on_retryable_status: on(RetryOn::RetryableStatus),
             per_try_timeout: spec.per_try_timeout,
-        }
+            idempotent_methods: spec
+                .idempotent_methods
+                .iter()
+                .map(|m| m.as_str().into())
+                .collect(),
+            idempotent_match,
+            back_off: spec.retry_back_off,
+        })
     }
 
-    /// True if the policy retries an attempt that ended with `outcome`. A request that certainly
-    /// never reached the upstream is retried by either `connect_failure` or `reset`: resending
-    /// it cannot run it twice.
-    pub fn retries(&self, outcome: &AttemptOutcome) -> bool {
+    /// True if the route says the request may safely run twice.
+    pub fn is_idempotent(&self, request: &RoutingView<'_>) -> bool {
+        let method = request.get(keys::METHOD);
+        let by_method = method.is_some_and(|m| {
+            self.idempotent_methods
+                .iter()
+                .any(|name| name.as_bytes() == m.as_bytes())
+        });
+        by_method
+            || (!self.idempotent_match.is_empty()
+                && self.idempotent_match.iter().all(|m| m.matches(request)))
+    }
+
+    /// True if the policy retries an attempt that ended with `outcome`, for a request that is
+    /// `idempotent` or not.
+    pub fn retries(&self, outcome: &AttemptOutcome, idempotent: bool) -> bool {
+        // A request that never reached the upstream cannot run twice.
         if outcome.never_sent() && (self.on_connect_failure || self.on_reset) {
             return true;
         }
         match outcome {
+            AttemptOutcome::NotProcessed => self.on_retryable_status || self.on_unavailable,
             AttemptOutcome::Answered(status) => {
-                self.on_unavailable && *status == ResponseStatus::ServerError
+                self.on_unavailable && idempotent && *status == ResponseStatus::ServerError
             }
             AttemptOutcome::ConnectFailure => self.on_connect_failure,
-            AttemptOutcome::Reset { .. } => self.on_reset,
-            AttemptOutcome::Overflow => false,
-            AttemptOutcome::Timeout => self.on_timeout,
-            AttemptOutcome::EncodeFailure => false,
+            AttemptOutcome::Reset { sent } => self.on_reset && (!sent || idempotent),
+            AttemptOutcome::Timeout => self.on_timeout && idempotent,
+            AttemptOutcome::Overflow | AttemptOutcome::EncodeFailure => false,
         }
     }
 
-    /// The pause before retry number `retry` (1 for the first), with jitter.
-    pub fn backoff(retry: u32) -> Duration {
-        let ceiling = BASE_BACKOFF
-            .saturating_mul(1 << retry.saturating_sub(1).min(8))
-            .min(MAX_BACKOFF);
+    /// The pause before retry number `retry` (1 for the first): a ceiling doubling from the
+    /// base interval up to the maximum, and a pause drawn between half of it and all of it.
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let ceiling = self
+            .back_off
+            .base_interval
+            .saturating_mul(1 << retry.saturating_sub(1).min(16))
+            .min(self.back_off.max_interval);
         let ceiling_us = u64::try_from(ceiling.as_micros()).unwrap_or(u64::MAX);
         Duration::from_micros(fastrand::u64(ceiling_us / 2..=ceiling_us))
     }
 }
 
+/// A retry granted by a cluster's budget: it counts in the cluster's retries in flight from the
+/// moment it is granted (its pause included) until its attempt ends and this is dropped.
+#[derive(Debug)]
+pub(crate) struct RetryGrant {
+    retries_active: Gauge,
+}
+
+impl RetryGrant {
+    /// A retry if `budget` allows one more in the cluster of `stats`: retries in flight at most
+    /// `budget_percent` of the requests in flight, or `min_retry_concurrency`, whichever is
+    /// more. `None` when the budget is spent.
+    pub fn ask(budget: &RetryBudgetSpec, stats: &ClusterStats) -> Option<Self> {
+        let active = stats.rq_active.get().max(0) as f64;
+        let allowed = (active * budget.budget_percent / 100.0)
+            .max(f64::from(budget.min_retry_concurrency)) as i64;
+        let retries_active = stats.rq_retries_active.clone();
+        if retries_active.inc() >= allowed {
+            retries_active.dec();
+            return None;
+        }
+        Some(Self { retries_active })
+    }
+}
+
+impl Drop for RetryGrant {
+    fn drop(&mut self) {
+        self.retries_active.dec();
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use metaprotocol_core::{ByteStr, Metadata, RoutingKeys};
+
     use super::*;
+    use crate::config::{MatchSpec, MetadataMatcherSpec};
+    use crate::stats::Metrics;
+
+    fn policy(spec: RetryPolicySpec) -> Result<RetryPolicy, ConfigError> {
+        RetryPolicy::new(&spec)
+    }
+
+    fn spec(retry_on: Vec<RetryOn>) -> RetryPolicySpec {
+        RetryPolicySpec {
+            num_retries: 2,
+            retry_on,
+            per_try_timeout: None,
+            idempotent_methods: vec!["get".into()],
+            idempotent_match: Some(MatchSpec {
+                metadata: vec![MetadataMatcherSpec {
+                    key: "x-idempotent".into(),
+                    exact: Some("true".into()),
+                    ..Default::default()
+                }],
+            }),
+            retry_back_off: RetryBackOffSpec::default(),
+        }
+    }
 
     #[test]
-    fn backoff_grows_and_is_capped() {
-        for retry in 1..20 {
-            let pause = RetryPolicy::backoff(retry);
-            assert!(pause <= MAX_BACKOFF, "{retry}: {pause:?}");
-            assert!(pause >= BASE_BACKOFF / 2, "{retry}: {pause:?}");
+    fn backoff_grows_and_is_capped() -> Result<(), ConfigError> {
+        let mut spec = spec(vec![]);
+        spec.retry_back_off = RetryBackOffSpec {
+            base_interval: Duration::from_millis(10),
+            max_interval: Duration::from_millis(40),
+        };
+        let policy = policy(spec)?;
+        for retry in 1..40 {
+            let pause = policy.backoff(retry);
+            assert!(pause <= Duration::from_millis(40), "{retry}: {pause:?}");
+            assert!(pause >= Duration::from_millis(5), "{retry}: {pause:?}");
         }
-        assert!(RetryPolicy::backoff(1) <= BASE_BACKOFF);
+        assert!(policy.backoff(1) <= Duration::from_millis(10));
+        assert!(policy.backoff(5) >= Duration::from_millis(20));
+        Ok(())
+    }
+
+    #[test]
+    fn only_requests_that_cannot_run_twice_or_are_idempotent_are_retried() -> Result<(), ConfigError>
+    {
+        let all = policy(spec(vec![
+            RetryOn::ConnectFailure,
+            RetryOn::Reset,
+            RetryOn::Unavailable,
+            RetryOn::Timeout,
+            RetryOn::RetryableStatus,
+        ]))?;
+        let server_error = AttemptOutcome::Answered(ResponseStatus::ServerError);
+        for (outcome, when_not_idempotent) in [
+            (AttemptOutcome::ConnectFailure, true),
+            (AttemptOutcome::Reset { sent: false }, true),
+            (AttemptOutcome::NotProcessed, true),
+            (AttemptOutcome::Reset { sent: true }, false),
+            (AttemptOutcome::Timeout, false),
+            (server_error.clone(), false),
+        ] {
+            assert_eq!(
+                all.retries(&outcome, false),
+                when_not_idempotent,
+                "{outcome:?}"
+            );
+            assert!(all.retries(&outcome, true), "{outcome:?}");
+        }
+        assert!(!all.retries(&AttemptOutcome::Answered(ResponseStatus::Ok), true));
+        assert!(!all.retries(&AttemptOutcome::EncodeFailure, true));
+        let refusals_only = policy(spec(vec![RetryOn::RetryableStatus]))?;
+        assert!(refusals_only.retries(&AttemptOutcome::NotProcessed, false));
+        assert!(!refusals_only.retries(&server_error, true));
+        Ok(())
+    }
+
+    #[test]
+    fn idempotent_by_method_or_by_match() -> Result<(), ConfigError> {
+        let policy = policy(spec(vec![]))?;
+        let view = |pairs: &[(&'static str, &'static str)]| {
+            let metadata: Metadata = pairs
+                .iter()
+                .map(|(k, v)| (ByteStr::from_static(k), ByteStr::from_static(v)))
+                .collect();
+            let keys = RoutingKeys::new();
+            policy.is_idempotent(&RoutingView {
+                metadata: &metadata,
+                keys: &keys,
+            })
+        };
+        assert!(view(&[("method", "get")]));
+        assert!(!view(&[("method", "put")]));
+        assert!(view(&[("method", "put"), ("x-idempotent", "true")]));
+        assert!(!view(&[]));
+        Ok(())
+    }
+
+    #[test]
+    fn the_budget_allows_a_share_of_active_requests_and_a_minimum() {
+        let stats = ClusterStats::new(&Metrics::new().root());
+        let budget = RetryBudgetSpec {
+            budget_percent: 20.0,
+            min_retry_concurrency: 2,
+        };
+        let quiet: Vec<RetryGrant> = (0..5)
+            .filter_map(|_| RetryGrant::ask(&budget, &stats))
+            .collect();
+        assert_eq!(quiet.len(), 2, "the minimum when nothing is active");
+        stats.rq_active.set(50);
+        let busy: Vec<RetryGrant> = (0..20)
+            .filter_map(|_| RetryGrant::ask(&budget, &stats))
+            .collect();
+        assert_eq!(quiet.len() + busy.len(), 10, "20% of 50 in flight");
+        drop(busy);
+        drop(quiet);
+        assert_eq!(
+            stats.rq_retries_active.get(),
+            0,
+            "grants give their slot back"
+        );
     }
 }

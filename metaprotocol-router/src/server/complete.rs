@@ -5,15 +5,18 @@
 use metaprotocol_core::{ByteStr, Message, RequestRecord, keys};
 
 use super::ListenerContext;
+use crate::route::Route;
 use crate::router::Routed;
 use crate::stats::{Completion, IstioReporter, RequestOutcome};
 use crate::trace::RequestSpan;
 
-/// Observes a finished request: `routed` when it was routed, `span` when its listener traces.
+/// Observes a finished request: `route` when it matched one, `routed` when it was routed (sent
+/// or tried upstream), `span` when its listener traces.
 pub(crate) fn complete(
     ctx: &ListenerContext,
     request: &Message,
     record: &RequestRecord,
+    route: Option<&Route>,
     routed: Option<&Routed>,
     span: Option<Box<RequestSpan>>,
 ) {
@@ -26,7 +29,7 @@ pub(crate) fn complete(
     };
     let method = request.metadata.get(keys::METHOD).map(ByteStr::as_str);
     ctx.stats.completed(method, &done);
-    if let Some(route) = routed.and_then(Routed::route) {
+    if let Some(route) = route {
         route.stats.completed(&done);
     }
     if ctx.istio.is_some() {

@@ -29,7 +29,7 @@ use tokio_util::time::delay_queue;
 
 use super::{ListenerContext, complete};
 use crate::route::DEFAULT_ROUTE_TIMEOUT;
-use crate::router::{self, Next, Routed};
+use crate::router::{self, Matched, Next, Routed, Unrouted};
 use crate::trace::RequestSpan;
 use crate::upstream::{Inbox, ReplyTo, RequestKey, UpstreamError, UpstreamEvent};
 
@@ -77,6 +77,9 @@ enum Stage {
         routed: Routed,
         response: Box<Message>,
     },
+    /// The router answered itself for the route the request matched (a direct response, a
+    /// route without a target): the request is being answered.
+    Answered(Matched),
 }
 
 /// One request in flight.
@@ -458,7 +461,12 @@ impl Requests {
         inflight.mutation = Mutation::new();
         let mut routed = match routed {
             Ok(routed) => routed,
-            Err(reply) => return self.finish(key, Answer::Local(reply), out, now),
+            Err(Unrouted { reply, matched }) => {
+                if let Some(matched) = matched {
+                    inflight.stage = Stage::Answered(matched);
+                }
+                return self.finish(key, Answer::Local(reply), out, now);
+            }
         };
         if inflight.request.kind == MessageKind::Oneway {
             let sent = routed.send_oneway(
@@ -594,6 +602,7 @@ impl Requests {
                         }
                         routed.timed_out(&mut inflight.record, &mut inflight.span, now)
                     }
+                    Stage::Answered(_) => return,
                 };
                 self.finish(key, Answer::Local(reply), out, now);
             }
@@ -716,9 +725,11 @@ impl Requests {
         };
         let mutation = match &inflight.stage {
             Stage::Routed(routed) | Stage::Responding { routed, .. } => {
-                routed.response_mutation(&inflight.mutation)
+                routed.response_mutation(&inflight.request, &inflight.record, &inflight.mutation)
             }
-            Stage::Filtering => Arc::new(std::mem::take(&mut inflight.mutation)),
+            Stage::Filtering | Stage::Answered(_) => {
+                Arc::new(std::mem::take(&mut inflight.mutation))
+            }
         };
         inflight.record.outcome.status = Some(response.status);
         self.finish(key, Answer::Response(response, mutation), out, now);
@@ -776,14 +787,18 @@ impl Requests {
             response: response.as_ref(),
             record: &inflight.record,
         });
-        let routed = match &inflight.stage {
-            Stage::Routed(routed) | Stage::Responding { routed, .. } => Some(routed),
-            Stage::Filtering => None,
+        let (route, routed) = match &inflight.stage {
+            Stage::Routed(routed) | Stage::Responding { routed, .. } => {
+                (routed.route(), Some(routed))
+            }
+            Stage::Answered(matched) => (matched.route(), None),
+            Stage::Filtering => (None, None),
         };
         complete::complete(
             &self.ctx,
             &inflight.request,
             &inflight.record,
+            route,
             routed,
             inflight.span.take(),
         );

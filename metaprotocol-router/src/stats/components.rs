@@ -212,34 +212,41 @@ impl ListenerStats {
     }
 }
 
-/// Metric handles of one route (unregistered until the route's table is published).
+/// Metric handles of one route; its series go when the route does.
 #[derive(Debug)]
 pub(crate) struct RouteStats {
     pub requests: Counter,
+    pub attempts: Counter,
+    pub retries: Counter,
+    pub retry_budget_exhausted: Counter,
+    pub mirror_sent: Counter,
+    pub mirror_dropped: Counter,
+    pub mirror_answered: Counter,
+    pub mirror_failed: Counter,
     finished: RequestSeries,
-}
-
-impl Default for RouteStats {
-    /// Handles that count nowhere: a route being compiled.
-    fn default() -> Self {
-        Self {
-            requests: Counter::default(),
-            finished: RequestSeries {
-                scope: crate::stats::Metrics::new().root(),
-                completed_name: String::new(),
-                completed: std::array::from_fn(|_| OnceLock::new()),
-                duration: DurationHistogram::default(),
-                rx_bytes: Counter::default(),
-                tx_bytes: Counter::default(),
-            },
-        }
-    }
 }
 
 impl RouteStats {
     pub fn new(scope: &MetricsScope) -> Self {
+        let mirror = |outcome: &str| {
+            scope.counter_with(
+                "route_mirror_rq",
+                "Mirrored copies by outcome: sent, dropped (over the mirror's in-flight budget or no endpoint), answered, failed (no answer); answers are discarded",
+                &[("outcome", outcome)],
+            )
+        };
         Self {
             requests: scope.counter("route_rq", "Requests matched, by route"),
+            attempts: scope.counter("route_upstream_rq_attempts", "Upstream attempts, by route"),
+            retries: scope.counter("route_upstream_rq_retries", "Retried attempts, by route"),
+            retry_budget_exhausted: scope.counter(
+                "route_upstream_rq_retry_budget_exhausted",
+                "Retries refused by the cluster's retry budget, by route",
+            ),
+            mirror_sent: mirror("sent"),
+            mirror_dropped: mirror("dropped"),
+            mirror_answered: mirror("answered"),
+            mirror_failed: mirror("failed"),
             finished: RequestSeries::new(scope.clone(), "route", "route"),
         }
     }
@@ -285,6 +292,7 @@ pub(crate) struct ClusterStats {
     pub rq_active: Gauge,
     pub rq_pending: Gauge,
     pub rq_retries_active: Gauge,
+    pub rq_mirror_active: Gauge,
     responses: [Counter; 3],
     pub rq_retry: Counter,
     pub rq_timeout: Counter,
@@ -315,7 +323,14 @@ impl ClusterStats {
                 "upstream_rq_pending",
                 "Requests queued on upstream connections, not yet written",
             ),
-            rq_retries_active: scope.gauge("upstream_rq_retries_active", "Retry attempts in flight"),
+            rq_retries_active: scope.gauge(
+                "upstream_rq_retries_active",
+                "Retries in flight (from the decision to retry until that attempt ends)",
+            ),
+            rq_mirror_active: scope.gauge(
+                "upstream_rq_mirror_active",
+                "Mirrored copies in flight to this cluster",
+            ),
             responses: [
                 outcome("ok"),
                 outcome("application_error"),

@@ -114,6 +114,9 @@ impl ConnectionHandle {
     }
 
     /// Queues `outbound`; on refusal it comes back with the reason (the request was not sent).
+    // The refused request comes back whole, without an allocation: refusals are rare, and
+    // boxing would cost every one of them a heap allocation.
+    #[allow(clippy::result_large_err)]
     pub fn send(&self, outbound: Outbound) -> Result<(), (Outbound, UpstreamError)> {
         if self.shared.queued.load(Ordering::Relaxed) >= QUEUE_LIMIT {
             return Err((outbound, UpstreamError::Overflow));

@@ -23,7 +23,7 @@ use metaprotocol_core::{CodecFactory, WireVariant};
 use self::backoff::ConnectBackoff;
 use self::connection::{ConnectParams, ConnectionHandle};
 pub use self::error::UpstreamError;
-pub(crate) use self::outbound::{Inbox, Outbound, ReplyTo, RequestKey, UpstreamEvent};
+pub(crate) use self::outbound::{Discard, Inbox, Outbound, ReplyTo, RequestKey, UpstreamEvent};
 use crate::stats::{ClusterStats, EndpointStats};
 use crate::transport::Connector;
 
@@ -118,6 +118,9 @@ impl UpstreamPool {
     /// Queues `outbound` on a connection speaking `variant`, opening one if needed. Never waits;
     /// a refusal (the endpoint is backing off after connect failures, the connection is
     /// overloaded) hands the request back.
+    // The refused request comes back whole, without an allocation: refusals are rare, and
+    // boxing would cost every one of them a heap allocation.
+    #[allow(clippy::result_large_err)]
     pub fn send(&self, variant: WireVariant, outbound: Outbound) -> Result<(), Rejected> {
         let partition = self.partition(variant);
         let index = self.slot(&partition);

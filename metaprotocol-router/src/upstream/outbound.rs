@@ -4,10 +4,13 @@
 use std::sync::Arc;
 
 use metaprotocol_core::{Message, Mutation};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::UpstreamError;
+use crate::cluster::ActiveRequest;
 
 /// A request in flight on a downstream connection: its slot and the sequence number that tells
 /// a reused slot's new request from the old one.
@@ -39,6 +42,29 @@ enum Waiter {
     },
     /// A caller of the client API.
     Oneshot(oneshot::Sender<Result<Message, UpstreamError>>),
+    /// Nobody: the answer is counted and dropped (a mirrored copy).
+    Discard(Discard),
+}
+
+/// The waiter of a request whose answer nobody reads (a mirrored copy): it counts how the
+/// request ended, once, and releases what it holds when it does: the attempt's in-flight
+/// counts, and its `slot` in a budget of such requests.
+#[derive(Debug)]
+pub(crate) struct Discard {
+    /// Counted when an answer arrives.
+    pub answered: Counter,
+    /// Counted when the request ends without one (reset, refused, too late).
+    pub failed: Counter,
+    /// Decremented when the request ends.
+    pub slot: Gauge,
+    /// The attempt's in-flight counts, held until the request ends.
+    pub _active: ActiveRequest,
+}
+
+impl Drop for Discard {
+    fn drop(&mut self) {
+        self.slot.dec();
+    }
 }
 
 /// Where the answer to a request goes: nowhere for one-way requests. Every two-way request is
@@ -67,6 +93,11 @@ impl ReplyTo {
         Self(Some(Waiter::Oneshot(sender)))
     }
 
+    /// A two-way request whose answer is counted and dropped.
+    pub fn discard(discard: Discard) -> Self {
+        Self(Some(Waiter::Discard(discard)))
+    }
+
     /// True for two-way requests.
     pub fn expects_answer(&self) -> bool {
         self.0.is_some()
@@ -77,14 +108,16 @@ impl ReplyTo {
         match &self.0 {
             Some(Waiter::Oneshot(sender)) => sender.is_closed(),
             Some(Waiter::Inbox { inbox, .. }) => inbox.is_closed(),
-            None => false,
+            Some(Waiter::Discard(_)) | None => false,
         }
     }
 
     /// Forgets the waiter without answering: for a caller that handles the failure itself, or
-    /// one known to have given up.
+    /// one known to have given up. A discarding waiter counts the request as failed.
     pub fn disarm(&mut self) {
-        self.0 = None;
+        if let Some(Waiter::Discard(discard)) = self.0.take() {
+            discard.failed.inc();
+        }
     }
 
     /// Delivers the answer; waiters that went away are ignored.
@@ -118,6 +151,14 @@ fn deliver(waiter: Waiter, result: Result<Message, UpstreamError>) {
         }
         Waiter::Oneshot(sender) => {
             let _ = sender.send(result);
+        }
+        Waiter::Discard(discard) => {
+            let ended = if result.is_ok() {
+                &discard.answered
+            } else {
+                &discard.failed
+            };
+            ended.inc();
         }
     }
 }

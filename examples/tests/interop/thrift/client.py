@@ -10,6 +10,11 @@ Prints one JSON object with the results. Scenarios:
   unknown        a call to a method the proxy has no route for; reports the exception
   concurrent N   N clients on N connections at once, each calling sayHello("c<i>") 5 times
                  (the Python client always sends seqid 0); reports how many replies were right
+  load N STOP OUT
+                 N connections, each calling sayHello in a loop as fast as it can, from when it
+                 prints "running" until the file STOP exists; writes one line per call to OUT
+                 ("<connection> <start> <end> <server>", times in ns since the epoch) and reports the
+                 number of calls and the first errors (an error ends its connection's loop)
 """
 
 import json
@@ -133,12 +138,52 @@ def concurrent(port, transport, protocol, count):
     return {"clients": count, "good": sum(r for r in results if isinstance(r, int)), "errors": errors[:5]}
 
 
+def load(port, transport, protocol, count, stop_path, out_path):
+    conns = [Connection(port, transport, protocol) for _ in range(count)]
+    records = [[] for _ in range(count)]
+    errors = []
+    stop = threading.Event()
+
+    def watch():
+        while not os.path.exists(stop_path):
+            time.sleep(0.01)
+        stop.set()
+
+    def run(i):
+        conn, calls = conns[i], records[i]
+        try:
+            while not stop.is_set():
+                start = time.time_ns()
+                reply = conn.client.sayHello("l%d" % i)
+                calls.append((start, time.time_ns(), reply.rsplit(" from ", 1)[-1]))
+        except Exception as e:  # reported, not raised: the test prints every failure
+            errors.append("%d: %s: %s" % (i, type(e).__name__, e))
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    threading.Thread(target=watch, daemon=True).start()
+    print("running", flush=True)
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with open(out_path, "w") as out:
+        for i, calls in enumerate(records):
+            out.writelines("%d %d %d %s\n" % (i, start, end, server) for start, end, server in calls)
+    return {"calls": sum(len(c) for c in records), "errors": errors[:5]}
+
+
 def main():
     if len(sys.argv) < 5:
         raise SystemExit(__doc__)
     port, transport, protocol, scenario = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
     arg = sys.argv[5] if len(sys.argv) > 5 else None
     common.check_args(transport, protocol)
+    if scenario == "load":
+        count, stop_path, out_path = int(arg), sys.argv[6], sys.argv[7]
+        print(json.dumps(load(port, transport, protocol, count, stop_path, out_path), sort_keys=True))
+        return
     if scenario == "concurrent":
         print(json.dumps(concurrent(port, transport, protocol, int(arg or 50)), sort_keys=True))
         return

@@ -1,0 +1,217 @@
+//! Endpoints named by a host name (Envoy's `STRICT_DNS`): resolved before their cluster is
+//! built or updated, and again every `dns_refresh_rate` while it runs. Each address a name
+//! resolves to (of the cluster's `dns_lookup_family`) is an endpoint with the spec's weight and
+//! labels. A resolution that fails, times out or finds nothing keeps the addresses the name had.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Weak;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::ClusterHandle;
+use crate::config::{ClusterSpec, EndpointAddress};
+
+/// The addresses each host name of a cluster resolved to.
+pub(crate) type Resolved = BTreeMap<EndpointAddress, Vec<SocketAddr>>;
+
+/// The longest one resolution may take before the addresses last known are kept.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Turns a host name and port into addresses.
+pub(crate) trait Resolve: Send + Sync {
+    /// Every address of `host`, with `port`.
+    fn lookup(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> impl Future<Output = io::Result<Vec<SocketAddr>>> + Send;
+}
+
+/// The system's resolver (`getaddrinfo`: `/etc/hosts`, then DNS).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct SystemResolver;
+
+impl Resolve for SystemResolver {
+    async fn lookup(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+        Ok(tokio::net::lookup_host((host, port)).await?.collect())
+    }
+}
+
+/// The addresses of an endpoint: its own, or those its name resolved to.
+pub(crate) fn addresses(address: &EndpointAddress, resolved: &Resolved) -> Vec<SocketAddr> {
+    match address.socket_addr() {
+        Some(address) => vec![address],
+        None => resolved.get(address).cloned().unwrap_or_default(),
+    }
+}
+
+/// The entries of `resolved` that `spec` still names.
+pub(crate) fn kept(spec: &ClusterSpec, resolved: &Resolved) -> Resolved {
+    spec.endpoints
+        .iter()
+        .filter_map(|e| Some((e.address.clone(), resolved.get(&e.address)?.clone())))
+        .collect()
+}
+
+/// Resolves every host name of `spec`; a name that cannot be resolved keeps its addresses in
+/// `last`.
+pub(crate) async fn resolve(
+    resolver: &impl Resolve,
+    spec: &ClusterSpec,
+    last: &Resolved,
+) -> Resolved {
+    let mut resolved = Resolved::new();
+    for endpoint in &spec.endpoints {
+        let name = &endpoint.address;
+        if name.ip().is_some() || resolved.contains_key(name) {
+            continue;
+        }
+        let lookup =
+            tokio::time::timeout(RESOLVE_TIMEOUT, resolver.lookup(name.host(), name.port()));
+        let found = match lookup.await {
+            Ok(Ok(addresses)) => spec.dns_lookup_family.select(&addresses),
+            Ok(Err(err)) => {
+                tracing::warn!(cluster = %spec.name, endpoint = %name, error = %err, "cannot resolve an endpoint; keeping its last addresses");
+                Vec::new()
+            }
+            Err(_) => {
+                tracing::warn!(cluster = %spec.name, endpoint = %name, "resolving an endpoint timed out; keeping its last addresses");
+                Vec::new()
+            }
+        };
+        let addresses = match (found.is_empty(), last.get(name)) {
+            (true, Some(last)) => last.clone(),
+            _ => found,
+        };
+        resolved.insert(name.clone(), addresses);
+    }
+    resolved
+}
+
+/// Resolves the host names of `cluster` every `dns_refresh_rate` until `stop` or the cluster is
+/// gone, publishing a new snapshot whenever the addresses change.
+pub(crate) async fn refresh(
+    cluster: Weak<ClusterHandle>,
+    resolver: impl Resolve,
+    stop: CancellationToken,
+) {
+    loop {
+        let Some(rate) = cluster.upgrade().map(|c| c.spec().dns_refresh_rate) else {
+            return;
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(rate) => {}
+        }
+        let Some(handle) = cluster.upgrade() else {
+            return;
+        };
+        let spec = handle.spec();
+        if !spec.has_host_names() || handle.is_retired() {
+            continue;
+        }
+        let last = handle.resolved();
+        let resolved = resolve(&resolver, &spec, &last).await;
+        if let Some(version) = handle.resolve(&resolved) {
+            tracing::info!(cluster = %spec.name, version, "endpoint addresses changed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::stats::Metrics;
+
+    /// Answers each lookup with the next scripted result (the last one forever after).
+    struct Scripted(Mutex<Vec<io::Result<Vec<SocketAddr>>>>);
+
+    impl Resolve for Scripted {
+        async fn lookup(&self, _: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+            let mut script = self.0.lock().map_err(|_| io::Error::other("poisoned"))?;
+            let next = if script.len() > 1 {
+                script.remove(0)
+            } else {
+                match script.first() {
+                    Some(Ok(addresses)) => Ok(addresses.clone()),
+                    _ => Err(io::Error::other("no answer")),
+                }
+            };
+            next.map(|ips| {
+                ips.into_iter()
+                    .map(|a| SocketAddr::new(a.ip(), port))
+                    .collect()
+            })
+        }
+    }
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    fn endpoints(handle: &ClusterHandle) -> Vec<SocketAddr> {
+        handle
+            .snapshot()
+            .hosts
+            .iter()
+            .map(|h| h.endpoint.address())
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn names_are_resolved_again_and_failures_keep_the_last_addresses()
+    -> Result<(), crate::config::ConfigError> {
+        let spec = ClusterSpec::from_yaml(
+            "name: c\ndns_refresh_rate: 1s\nendpoints: [ { address: \"backend.test:7000\" }, { address: \"127.0.0.1:7001\" } ]",
+        )?;
+        let resolver = Scripted(Mutex::new(vec![
+            Ok(vec![addr("10.0.0.1:0"), addr("[fe80::1]:0")]),
+            Err(io::Error::other("SERVFAIL")),
+            Ok(vec![]),
+            Ok(vec![addr("10.0.0.2:0"), addr("10.0.0.3:0")]),
+        ]));
+        let first = resolve(&resolver, &spec, &Resolved::new()).await;
+        let handle = ClusterHandle::new(
+            &spec,
+            "null".into(),
+            Arc::new(crate::testing::NullCodec),
+            Metrics::new().root(),
+            &first,
+        )?;
+        // IPv4 is preferred: the IPv6 address of the name is left out.
+        assert_eq!(
+            endpoints(&handle),
+            [addr("10.0.0.1:7000"), addr("127.0.0.1:7001")]
+        );
+        let version = handle.snapshot().version;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(refresh(Arc::downgrade(&handle), resolver, stop.clone()));
+        // A failure, then an empty answer: the last addresses stay, no rebuild.
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        assert_eq!(
+            endpoints(&handle),
+            [addr("10.0.0.1:7000"), addr("127.0.0.1:7001")]
+        );
+        assert_eq!(handle.snapshot().version, version);
+        // New addresses: a new snapshot.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            endpoints(&handle),
+            [
+                addr("10.0.0.2:7000"),
+                addr("10.0.0.3:7000"),
+                addr("127.0.0.1:7001")
+            ]
+        );
+        assert_eq!(handle.snapshot().version, version + 1);
+        stop.cancel();
+        let _ = task.await;
+        Ok(())
+    }
+}

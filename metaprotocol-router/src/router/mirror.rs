@@ -1,0 +1,89 @@
+//! Mirroring: a share of a route's requests copied to another cluster, fire and forget.
+//!
+//! The copy carries the same header edits as the request, goes through the same pools and load
+//! balancing as any attempt, and its answer goes to a discarding waiter
+//! ([`crate::upstream::Discard`]) that counts it: the client's request never waits for it and
+//! never sees its failure. Copies in flight to a cluster are bounded; over the bound a copy is
+//! dropped and counted.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use metaprotocol_core::{Message, MessageKind, Mutation};
+use tokio::time::Instant;
+
+use super::attempt;
+use crate::config::MirrorSpec;
+use crate::route::Target;
+use crate::stats::RouteStats;
+use crate::upstream::{Discard, ReplyTo};
+
+/// Shares are kept in parts per million.
+const WHOLE: u128 = 1_000_000;
+
+/// A route's compiled mirror policy.
+#[derive(Debug)]
+pub(crate) struct MirrorPolicy {
+    target: Target,
+    /// The share of requests copied, in parts per million.
+    share: u128,
+    /// Requests seen so far: the share is spread evenly over them, not drawn at random, so that
+    /// a mirror receives exactly its share.
+    seen: AtomicU64,
+    max_in_flight: i64,
+}
+
+impl MirrorPolicy {
+    pub fn new(spec: &MirrorSpec, target: Target) -> Self {
+        Self {
+            target,
+            share: (spec.percentage.clamp(0.0, 100.0) * 10_000.0).round() as u128,
+            seen: AtomicU64::new(0),
+            max_in_flight: i64::from(spec.max_in_flight),
+        }
+    }
+
+    /// True for the requests that fall in the share: request `n` is copied when the running
+    /// total `n * share` crosses a whole.
+    fn chosen(&self) -> bool {
+        let n = u128::from(self.seen.fetch_add(1, Ordering::Relaxed));
+        (n + 1) * self.share / WHOLE > n * self.share / WHOLE
+    }
+
+    /// Copies `request` to the mirror cluster if it falls in the share and the budget allows.
+    pub fn send(
+        &self,
+        request: &Arc<Message>,
+        mutation: &Arc<Mutation>,
+        deadline: Instant,
+        stats: &RouteStats,
+    ) {
+        if !self.chosen() {
+            return;
+        }
+        let Some((_, active)) = attempt::pick(&self.target, &[]) else {
+            stats.mirror_dropped.inc();
+            return;
+        };
+        let endpoint = active.endpoint().clone();
+        let reply = if request.kind == MessageKind::Oneway {
+            ReplyTo::none()
+        } else {
+            let slot = self.target.cluster.stats().rq_mirror_active.clone();
+            if slot.inc() >= self.max_in_flight {
+                slot.dec();
+                stats.mirror_dropped.inc();
+                return;
+            }
+            ReplyTo::discard(Discard {
+                answered: stats.mirror_answered.clone(),
+                failed: stats.mirror_failed.clone(),
+                slot,
+                _active: active,
+            })
+        };
+        stats.mirror_sent.inc();
+        // A refused copy comes back with its waiter, which counts it as failed when dropped.
+        let _ = attempt::send(&endpoint, request, mutation.clone(), deadline, reply);
+    }
+}
