@@ -515,3 +515,126 @@ async fn istio_series_carry_istios_labels() -> TestResult {
     })
     .await?
 }
+
+/// Retries, mirrors and direct responses: each request is still counted once, under its final
+/// outcome and its route, while each attempt and each mirrored copy shows where it went.
+#[tokio::test]
+async fn retries_mirrors_and_direct_responses_count_each_request_once() -> TestResult {
+    tokio::time::timeout(TEST_DEADLINE, async {
+        let provider = DemoProvider::start("p").await?;
+        let shadow = DemoProvider::start("shadow").await?;
+        let yaml = format!(
+            r#"
+admin: {{ address: 127.0.0.1:0 }}
+listeners:
+  - {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: routes }}
+route_configs:
+  - name: routes
+    routes:
+      - name: retired
+        match: {{ metadata: [ {{ key: method, exact: legacyCall }} ] }}
+        direct_response: {{ kind: unavailable, message: "legacyCall is retired" }}
+      - name: retried
+        match: {{ metadata: [ {{ key: method, exact: {FAILING_METHOD} }} ] }}
+        route: {{ cluster: provider }}
+        retry_policy:
+          num_retries: 2
+          retry_on: [ unavailable ]
+          idempotent_methods: [ {FAILING_METHOD} ]
+          retry_back_off: {{ base_interval: 1ms }}
+      - name: mirrored
+        route: {{ cluster: provider }}
+        mirror: {{ cluster: shadow }}
+clusters:
+  - {{ name: provider, endpoints: [ {{ address: "{}" }} ] }}
+  - {{ name: shadow, endpoints: [ {{ address: "{}" }} ] }}
+"#,
+            provider.address(),
+            shadow.address()
+        );
+        let proxy = Proxy::start(
+            Config::from_yaml(&yaml)?,
+            metaprotocol_examples::codec_registry(),
+        )
+        .await?;
+        let client = DubboClient::new(proxy.listener_addr("in").ok_or("no listener")?);
+        for _ in 0..3 {
+            assert_eq!(client.call("legacyCall", "w", &[]).await?.dubbo_status, 100);
+        }
+        for _ in 0..2 {
+            assert_eq!(
+                client.call(FAILING_METHOD, "w", &[]).await?.dubbo_status,
+                70
+            );
+        }
+        for _ in 0..4 {
+            assert_eq!(client.call("sayHello", "w", &[]).await?.dubbo_status, 20);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while shadow.seen().len() < 4 {
+            assert!(
+                Instant::now() < deadline,
+                "the mirror got {:?}",
+                shadow.seen()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let admin = proxy.admin_addr().ok_or("no admin")?;
+        let text = support::admin::http(admin, "GET", "/metrics", "").await?.1;
+
+        let completed = "metaprotocol_downstream_rq_completed_total";
+        assert_eq!(
+            sample(&text, completed, &[]),
+            9.0,
+            "one per request: {text}"
+        );
+        let route = "metaprotocol_route_rq_completed_total";
+        let by_route = |name: &str, outcome: &str| {
+            sample(&text, route, &[("route", name), ("outcome", outcome)])
+        };
+        assert_eq!(by_route("retired", "unavailable"), 3.0, "{text}");
+        assert_eq!(by_route("retried", "server_error"), 2.0, "{text}");
+        assert_eq!(by_route("mirrored", "success"), 4.0, "{text}");
+        assert_eq!(sample(&text, route, &[]), 9.0, "{text}");
+        assert_eq!(
+            sample(&text, "metaprotocol_route_rq_time_seconds_count", &[]),
+            9.0
+        );
+        let attempts = |name: &str| {
+            sample(
+                &text,
+                "metaprotocol_route_upstream_rq_attempts_total",
+                &[("route", name)],
+            )
+        };
+        assert_eq!(
+            (
+                attempts("retired"),
+                attempts("retried"),
+                attempts("mirrored")
+            ),
+            (0.0, 6.0, 4.0),
+            "{text}"
+        );
+        let endpoint = |cluster: &str| {
+            sample(
+                &text,
+                "metaprotocol_endpoint_rq_total",
+                &[("cluster", cluster)],
+            )
+        };
+        assert_eq!(endpoint("provider"), 6.0 + 4.0, "every attempt, once");
+        assert_eq!(endpoint("shadow"), 4.0, "every mirrored copy");
+        assert_eq!(
+            sample(
+                &text,
+                "metaprotocol_route_mirror_rq_total",
+                &[("route", "mirrored"), ("outcome", "sent")]
+            ),
+            4.0
+        );
+        proxy.shutdown().await;
+        Ok(())
+    })
+    .await?
+}
