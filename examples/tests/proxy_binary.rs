@@ -137,6 +137,23 @@ fn demo_routes_as_advertised() -> TestResult {
     );
     assert!(report.contains("[ok  ] canary split"), "{report}");
     assert!(!report.contains("FAIL"), "{report}");
+    // It ends with where to look: each route's calls and latency, from the proxy's histograms.
+    let (_, observed) = report
+        .split_once("where to look")
+        .ok_or(format!("no pointers to the metrics: {report}"))?;
+    for (route, calls) in [("batch-jobs", "200"), ("canary", "1000")] {
+        let line = observed
+            .lines()
+            .find(|l| l.starts_with(route))
+            .ok_or(format!("no latency line for {route}: {observed}"))?;
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(&fields[1..3], [calls, "0"], "{line}");
+        assert!(
+            fields[3..6].iter().all(|f| f.ends_with("ms")),
+            "p50, p90, p99: {line}"
+        );
+    }
+    assert!(observed.contains("metaprotocol-grafana.json"), "{observed}");
     Ok(())
 }
 
