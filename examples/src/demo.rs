@@ -310,8 +310,8 @@ fn observed(proxy: &Proxy) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<12} {:>8} {:>8} {:>9} {:>9} {:>9}   {}",
-        "route", "success", "errors", "p50", "p90", "p99", "from"
+        "{:<12} {:>8} {:>8} {:>9} {:>9} {:>9}   from",
+        "route", "success", "errors", "p50", "p90", "p99"
     );
     let completed = metrics.family("metaprotocol_route_rq_completed");
     let durations = metrics.family("metaprotocol_route_rq_time_seconds");

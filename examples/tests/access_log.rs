@@ -11,12 +11,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use metaprotocol_dubbo::build::{Call, request};
-use metaprotocol_examples::dubbo_demo::{DEMO_SERVICE, DEMO_VERSION, DemoProvider};
-use metaprotocol_router::{Config, Proxy, SeriesValue};
+use metaprotocol_examples::dubbo_demo::{DEMO_SERVICE, DemoProvider};
+use metaprotocol_router::SeriesValue;
 use support::process::Scratch;
-use support::{TestResult, free_addr};
+use support::proxy::start_engine;
+use support::{TestResult, dubbo_request, file_lines, free_addr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -25,20 +24,6 @@ const EVERY_OPERATOR: &str = "%START_TIME%|%DURATION%|%DOWNSTREAM_REMOTE_ADDRESS
 
 /// A caller's W3C context, whose trace the line names.
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-
-fn frame(id: u64, method: &str, attachments: &[(&str, &str)]) -> Bytes {
-    request(
-        id,
-        true,
-        &Call {
-            service: DEMO_SERVICE,
-            version: DEMO_VERSION,
-            method,
-            string_args: &["world"],
-            attachments,
-        },
-    )
-}
 
 /// Sends `frame` on `socket` and reads the whole answer.
 async fn call(socket: &mut TcpStream, frame: &[u8]) -> TestResult<Vec<u8>> {
@@ -49,22 +34,6 @@ async fn call(socket: &mut TcpStream, frame: &[u8]) -> TestResult<Vec<u8>> {
     answer.resize(16 + body, 0);
     socket.read_exact(&mut answer[16..]).await?;
     Ok(answer)
-}
-
-/// Waits until `path` holds `count` lines, and returns them.
-async fn lines(path: &Path, count: usize) -> TestResult<Vec<String>> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-        if lines.len() >= count {
-            return Ok(lines);
-        }
-        if Instant::now() > deadline {
-            return Err(format!("{count} lines expected in {}: {text:?}", path.display()).into());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The listener `name`, logging to `log` as `format` (YAML), routing to the routes below.
@@ -109,26 +78,22 @@ async fn every_field_of_a_line() -> TestResult {
         + &listener("json", &json_log, "format: json");
     let dead = free_addr()?;
     let yaml = config(&listeners, provider.address(), dead);
-    let proxy = Proxy::start(
-        Config::from_yaml(&yaml)?,
-        metaprotocol_examples::codec_registry(),
-    )
-    .await?;
+    let proxy = start_engine(&yaml).await?;
     let text_in = proxy.listener_addr("text").ok_or("no listener")?;
     let mut socket = TcpStream::connect(text_in).await?;
     let traceparent = format!("00-{TRACE_ID}-00f067aa0ba902b7-01");
-    let hello = frame(
+    let hello = dubbo_request(
         77,
         "sayHello",
         &[("tenant", "acme-corp"), ("traceparent", &traceparent)],
     );
     let answer = call(&mut socket, &hello).await?;
-    let failed = frame(78, "sayBye", &[]);
+    let failed = dubbo_request(78, "sayBye", &[]);
     let failure = call(&mut socket, &failed).await?;
     assert_eq!(failure[3], 80, "no connection to the dead cluster");
     let client = socket.local_addr()?;
 
-    let logged = lines(&text_log, 2).await?;
+    let logged = file_lines(&text_log, 2).await?;
     let fields: Vec<&str> = logged[0].split('|').collect();
     let start = fields[0];
     assert!(
@@ -193,8 +158,12 @@ async fn every_field_of_a_line() -> TestResult {
 
     let json_in = proxy.listener_addr("json").ok_or("no listener")?;
     let mut socket = TcpStream::connect(json_in).await?;
-    call(&mut socket, &frame(5, "sayHello", &[("tenant", "t")])).await?;
-    let line = lines(&json_log, 1).await?.remove(0);
+    call(
+        &mut socket,
+        &dubbo_request(5, "sayHello", &[("tenant", "t")]),
+    )
+    .await?;
+    let line = file_lines(&json_log, 1).await?.remove(0);
     let json: serde_json::Value = serde_json::from_str(&line)?;
     assert_eq!(json["listener"], "json");
     assert_eq!(json["protocol"], "dubbo");
@@ -235,20 +204,16 @@ async fn sampling_keeps_a_share_of_each_outcome() -> TestResult {
         "format: \"%OUTCOME%\", sampling: { success: 0, default: 100 }",
     );
     let yaml = config(&listeners, provider.address(), free_addr()?);
-    let proxy = Proxy::start(
-        Config::from_yaml(&yaml)?,
-        metaprotocol_examples::codec_registry(),
-    )
-    .await?;
+    let proxy = start_engine(&yaml).await?;
     let mut socket = TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
     for id in 0..20 {
-        call(&mut socket, &frame(id, "sayHello", &[])).await?;
+        call(&mut socket, &dubbo_request(id, "sayHello", &[])).await?;
     }
-    call(&mut socket, &frame(99, "sayBye", &[])).await?;
-    let logged = lines(&log, 1).await?;
+    call(&mut socket, &dubbo_request(99, "sayBye", &[])).await?;
+    let logged = file_lines(&log, 1).await?;
     // Give stray success lines (there must be none) the time to arrive.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let logged_after = lines(&log, 1).await?;
+    let logged_after = file_lines(&log, 1).await?;
     assert_eq!(logged, ["upstream_connect_failure"]);
     assert_eq!(logged_after, logged);
     proxy.shutdown().await;
@@ -260,7 +225,7 @@ async fn timed_calls(address: SocketAddr, count: u64) -> TestResult<Duration> {
     let mut socket = TcpStream::connect(address).await?;
     let started = Instant::now();
     for id in 0..count {
-        let answer = call(&mut socket, &frame(id, "sayHello", &[])).await?;
+        let answer = call(&mut socket, &dubbo_request(id, "sayHello", &[])).await?;
         assert_eq!(answer[3], 20);
     }
     Ok(started.elapsed())
@@ -281,11 +246,7 @@ async fn a_stuck_writer_never_slows_calls_and_its_lines_are_counted() -> TestRes
         &format!("format: json, queue_size: {QUEUE}"),
     ) + &listener("disk", &file, "format: json");
     let yaml = config(&listeners, provider.address(), free_addr()?);
-    let proxy = Proxy::start(
-        Config::from_yaml(&yaml)?,
-        metaprotocol_examples::codec_registry(),
-    )
-    .await?;
+    let proxy = start_engine(&yaml).await?;
 
     // The writer blocks opening a pipe nobody reads: every line after the queue fills is
     // dropped, none waits. Both listeners warm up (connections, buffers) before they are timed.

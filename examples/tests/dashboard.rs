@@ -9,7 +9,7 @@ mod support;
 use std::collections::BTreeSet;
 
 use metaprotocol_examples::dubbo_demo::{DemoProvider, DubboClient};
-use metaprotocol_router::{Config, Proxy};
+use support::proxy::start_engine;
 use support::{TestResult, free_addr};
 
 const DASHBOARD: &str = include_str!("../dashboards/metaprotocol-grafana.json");
@@ -85,11 +85,7 @@ clusters:
         free_addr()?,
         provider.address()
     );
-    let proxy = Proxy::start(
-        Config::from_yaml(&yaml)?,
-        metaprotocol_examples::codec_registry(),
-    )
-    .await?;
+    let proxy = start_engine(&yaml).await?;
     let client = DubboClient::new(proxy.listener_addr("in").ok_or("no listener")?);
     assert_eq!(client.call("sayHello", "w", &[]).await?.dubbo_status, 20);
     assert_eq!(client.call("noRoute", "w", &[]).await?.dubbo_status, 60);

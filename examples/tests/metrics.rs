@@ -15,16 +15,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use metaprotocol_core::{FilterDecision, L7Filter, LocalReply, LocalReplyKind, RequestContext};
-use metaprotocol_dubbo::build::{Call, request};
 use metaprotocol_examples::dubbo_demo::{
-    DEMO_SERVICE, DEMO_VERSION, DemoProvider, DubboClient, EXCEPTION_METHOD, FAILING_METHOD,
-    HANG_UP_METHOD, SLOW_METHOD,
+    DemoProvider, DubboClient, EXCEPTION_METHOD, FAILING_METHOD, HANG_UP_METHOD, SLOW_METHOD,
 };
 use metaprotocol_router::{Config, FilterRegistry, Proxy};
 use support::metrics::{promtool_problems, sample};
-use support::{TestResult, free_addr};
+use support::proxy::start_engine;
+use support::{TestResult, dubbo_request, free_addr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -176,23 +174,9 @@ impl World {
     }
 }
 
-fn frame(method: &str, attachments: &[(&str, &str)]) -> Bytes {
-    request(
-        1,
-        true,
-        &Call {
-            service: DEMO_SERVICE,
-            version: DEMO_VERSION,
-            method,
-            string_args: &["world"],
-            attachments,
-        },
-    )
-}
-
 /// A call whose body is not Hessian2: the proxy answers status 40 (bad request) itself.
 async fn malformed_call(listener: SocketAddr) -> TestResult<u8> {
-    let mut bytes = frame("sayHello", &[]).to_vec();
+    let mut bytes = dubbo_request(1, "sayHello", &[]).to_vec();
     for b in bytes.iter_mut().skip(16) {
         *b = 0xff;
     }
@@ -207,7 +191,7 @@ async fn malformed_call(listener: SocketAddr) -> TestResult<u8> {
 async fn client_gone(world: &World) -> TestResult {
     let mut socket = TcpStream::connect(world.listener).await?;
     socket
-        .write_all(&frame(SLOW_METHOD, &[("x-route", "gone")]))
+        .write_all(&dubbo_request(1, SLOW_METHOD, &[("x-route", "gone")]))
         .await?;
     let deadline = Instant::now() + Duration::from_secs(5);
     while sample(
@@ -552,11 +536,7 @@ clusters:
             provider.address(),
             shadow.address()
         );
-        let proxy = Proxy::start(
-            Config::from_yaml(&yaml)?,
-            metaprotocol_examples::codec_registry(),
-        )
-        .await?;
+        let proxy = start_engine(&yaml).await?;
         let client = DubboClient::new(proxy.listener_addr("in").ok_or("no listener")?);
         for _ in 0..3 {
             assert_eq!(client.call("legacyCall", "w", &[]).await?.dubbo_status, 100);

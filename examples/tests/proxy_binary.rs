@@ -317,22 +317,6 @@ clusters:
     Ok(())
 }
 
-/// Waits until `path` holds `lines` lines, and returns them.
-fn lines_of(path: &std::path::Path, lines: usize) -> TestResult<Vec<String>> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let found: Vec<String> = text.lines().map(str::to_owned).collect();
-        if found.len() >= lines {
-            return Ok(found);
-        }
-        if Instant::now() > deadline {
-            return Err(format!("{lines} lines expected in {}: {text:?}", path.display()).into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_changes_log_levels_at_run_time_and_reopens_access_logs_on_sighup() -> TestResult {
     let provider = DemoProvider::start("v1").await?;
@@ -389,7 +373,7 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
 
     let client = DubboClient::new(address);
     client.call("sayHello", "a", &[]).await?;
-    block_in_place(|| lines_of(&log, 1))?;
+    support::file_lines(&log, 1).await?;
     let rotated = scratch.path("access.log.1");
     std::fs::rename(&log, &rotated)?;
     let pid = proxy.pid().to_string();
@@ -407,9 +391,9 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
         client.call("sayHello", "b", &[]).await?;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let old = block_in_place(|| lines_of(&rotated, 1))?;
+    let old = support::file_lines(&rotated, 1).await?;
     assert_eq!(old[0], "sayHello success");
-    let new = block_in_place(|| lines_of(&log, 1))?;
+    let new = support::file_lines(&log, 1).await?;
     assert_eq!(new[0], "sayHello success");
     Ok(())
 }

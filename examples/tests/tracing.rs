@@ -96,7 +96,7 @@ async fn a_dubbo_call_and_each_attempt_of_a_retried_one() -> TestResult {
         .metadata
         .get("traceparent")
         .ok_or("no traceparent")?;
-    let spans = receiver.trace_async(TRACE_ID, 2, EXPORT).await?;
+    let spans = receiver.trace(TRACE_ID, 2, EXPORT).await?;
     let (server, attempts) = check_call_spans(&spans, TRACE_ID, CALLER_SPAN, upstream.as_str())?;
     assert_eq!(attempts.len(), 1);
     check_rpc(&server, "apache_dubbo", Some(DEMO_SERVICE), "sayHello");
@@ -115,7 +115,7 @@ async fn a_dubbo_call_and_each_attempt_of_a_retried_one() -> TestResult {
         )
         .await?;
     assert_eq!(answer.dubbo_status, 70);
-    let spans = receiver.trace_async(retried_trace, 3, EXPORT).await?;
+    let spans = receiver.trace(retried_trace, 3, EXPORT).await?;
     let seen = provider.seen();
     let last = seen.last().ok_or("nothing seen")?;
     let upstream = last.metadata.get("traceparent").ok_or("no traceparent")?;
@@ -144,7 +144,7 @@ async fn a_brpc_call_carries_the_context_in_user_fields() -> TestResult {
     let upstream = reply
         .field("echo-traceparent")
         .ok_or("the server saw no traceparent")?;
-    let spans = receiver.trace_async(TRACE_ID, 2, EXPORT).await?;
+    let spans = receiver.trace(TRACE_ID, 2, EXPORT).await?;
     let (span, attempts) = check_call_spans(&spans, TRACE_ID, CALLER_SPAN, upstream)?;
     check_rpc(&span, "brpc", Some(service), "Echo");
     check_rpc(&attempts[0], "brpc", Some(service), "Echo");
@@ -175,7 +175,7 @@ fn a_thrift_theader_call_carries_the_context_in_headers() -> TestResult {
     assert!(status.success(), "{}", client.stderr_tail());
     let answer: serde_json::Value = serde_json::from_str(client.stdout().trim())?;
     let upstream = answer["echo"].as_str().ok_or("no echo")?;
-    let spans = receiver.trace(TRACE_ID, 2, EXPORT)?;
+    let spans = tokio::runtime::Runtime::new()?.block_on(receiver.trace(TRACE_ID, 2, EXPORT))?;
     let (span, attempts) = check_call_spans(&spans, TRACE_ID, CALLER_SPAN, upstream)?;
     check_rpc(&span, "apache_thrift", None, "echoHeader");
     assert_eq!(attempts.len(), 1);

@@ -158,25 +158,8 @@ impl OtlpReceiver {
     }
 
     /// The spans of trace `trace_id` once there are at least `count` of them, waiting up to
-    /// `within` (for sync tests).
-    pub fn trace(
-        &self,
-        trace_id: &str,
-        count: usize,
-        within: Duration,
-    ) -> TestResult<Vec<ReceivedSpan>> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(done) = self.poll(trace_id, count, deadline) {
-                return done;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// [`OtlpReceiver::trace`] for async tests: waits without blocking their runtime (on which
-    /// the proxy's exporter may run).
-    pub async fn trace_async(
+    /// `within` without blocking the caller's runtime (on which the proxy's exporter may run).
+    pub async fn trace(
         &self,
         trace_id: &str,
         count: usize,

@@ -32,21 +32,20 @@ pub(super) struct Change {
     filter: Option<String>,
 }
 
-fn control(state: &ProxyState) -> Result<&Arc<dyn LogControl>, Response> {
-    state.log_control().ok_or_else(|| {
-        (
-            StatusCode::NOT_IMPLEMENTED,
-            "log levels cannot be changed: the program embedding the proxy passed no LogControl\n",
-        )
-            .into_response()
-    })
+/// The answer when the embedder passed no [`LogControl`].
+fn no_control() -> Response {
+    (
+        StatusCode::NOT_IMPLEMENTED,
+        "log levels cannot be changed: the program embedding the proxy passed no LogControl\n",
+    )
+        .into_response()
 }
 
 /// `GET /logging`: the filter in force.
 pub(super) async fn show(State(state): State<Arc<ProxyState>>) -> Response {
-    match control(&state) {
-        Ok(control) => format!("{}\n", control.current()).into_response(),
-        Err(refused) => refused,
+    match state.log_control() {
+        Some(control) => format!("{}\n", control.current()).into_response(),
+        None => no_control(),
     }
 }
 
@@ -59,9 +58,8 @@ pub(super) async fn change(
     if let Err(refused) = auth::authorize(&state.config(), &headers).await {
         return refused;
     }
-    let control = match control(&state) {
-        Ok(control) => control,
-        Err(refused) => return refused,
+    let Some(control) = state.log_control() else {
+        return no_control();
     };
     let directives = match (change.level, change.filter) {
         (Some(level), None) => level,

@@ -51,6 +51,11 @@ impl<K, V> Interned<K, V> {
         if let Some(value) = self.get(key) {
             return Some(value);
         }
+        // Full: every other key goes without (and without the lock, which a stream of new keys
+        // would otherwise take on every request).
+        if self.len.load(Ordering::Acquire) >= self.slots.len() {
+            return None;
+        }
         let _insert = match self.insert.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
@@ -88,5 +93,22 @@ mod tests {
         assert_eq!(made, 2);
         assert_eq!(table.get("b"), Some(&2));
         assert_eq!(table.get("c"), None);
+    }
+
+    #[test]
+    fn a_full_table_answers_new_keys_without_the_insert_lock() {
+        let table: std::sync::Arc<Interned<String, usize>> =
+            std::sync::Arc::new(Interned::with_capacity(1));
+        table.get_or_insert_with("a", || ("a".to_owned(), 1));
+        let held = table.insert.lock();
+        let (done, finished) = std::sync::mpsc::channel();
+        let reader = table.clone();
+        std::thread::spawn(move || {
+            let value = reader.get_or_insert_with("new", || ("new".to_owned(), 2));
+            let _ = done.send(value.copied());
+        });
+        let answer = finished.recv_timeout(std::time::Duration::from_secs(10));
+        drop(held);
+        assert_eq!(answer, Ok(None), "answered while an insert held the lock");
     }
 }

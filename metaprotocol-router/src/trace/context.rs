@@ -72,13 +72,7 @@ fn b3_single(metadata: &Metadata) -> Option<Incoming> {
         Some("0") => false,
         Some(_) => return None,
     };
-    valid(Incoming {
-        trace_id,
-        span_id,
-        sampled,
-        tracestate: None,
-        source: Source::B3,
-    })
+    b3(trace_id, span_id, sampled)
 }
 
 fn b3_multi(metadata: &Metadata) -> Option<Incoming> {
@@ -95,6 +89,11 @@ fn b3_multi(metadata: &Metadata) -> Option<Incoming> {
             None | Some("1" | "true") => true,
             Some(_) => false,
         };
+    b3(trace_id, span_id, sampled)
+}
+
+/// A B3 context (B3 has no `tracestate`), if its ids are valid.
+fn b3(trace_id: u128, span_id: u64, sampled: bool) -> Option<Incoming> {
     valid(Incoming {
         trace_id,
         span_id,
