@@ -6,10 +6,8 @@
 //!
 //! `cargo bench -p metaprotocol-benches --bench observability`
 
-use std::time::Duration;
-
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use metaprotocol_benches::in_process::{InProcess, Via, bench_depths};
+use metaprotocol_benches::in_process::{InProcess, Via, bench_depths, short_runs};
 use metaprotocol_benches::wire::Protocol;
 
 /// Payload bytes per call.
@@ -39,11 +37,7 @@ fn observability(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    // Short: the machine is small and shared; the figures are compared case against case.
-    config = Criterion::default()
-        .sample_size(20)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
+    config = short_runs();
     targets = observability
 }
 criterion_main!(benches);

@@ -6,8 +6,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use criterion::BenchmarkGroup;
 use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion};
 use metaprotocol_core::CodecRegistry;
 use metaprotocol_router::{Config, Proxy};
 use tokio::net::TcpListener;
@@ -106,6 +106,15 @@ impl InProcess {
         self.runtime.block_on(client.run(&plan));
         start.elapsed()
     }
+}
+
+/// Criterion's settings for the in-process benches: short, since the machine is small and shared
+/// and the figures are compared run against run (or case against case).
+pub fn short_runs() -> Criterion {
+    Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
 }
 
 /// Benches calls with `payload_len`-byte payloads through `via` on `bench`, 64 and then 1 in
