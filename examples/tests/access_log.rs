@@ -1,6 +1,7 @@
 //! Access logs end to end with Dubbo: every command operator of a format string, the default
-//! JSON line, sampling by outcome, and a writer stuck on a pipe nobody reads, which must not
-//! slow calls down (its lines are dropped and counted instead).
+//! JSON line (with the client's TLS identity on a mutual-TLS listener), sampling by outcome, and
+//! a writer stuck on a pipe nobody reads, which must not slow calls down (its lines are dropped
+//! and counted instead).
 
 // Each test file uses its own part of the shared support.
 #[allow(dead_code)]
@@ -11,8 +12,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use metaprotocol_examples::dubbo_demo::{DEMO_SERVICE, DemoProvider};
+use metaprotocol_examples::dubbo_demo::{DEMO_SERVICE, DemoProvider, DubboClient};
 use metaprotocol_router::SeriesValue;
+use metaprotocol_router::config::ClusterTlsSpec;
+use support::mesh::{MeshCa, yaml};
 use support::process::Scratch;
 use support::proxy::start_engine;
 use support::{TestResult, dubbo_request, file_lines, free_addr};
@@ -188,6 +191,40 @@ async fn every_field_of_a_line() -> TestResult {
     assert_eq!(
         json["downstream_remote_address"],
         socket.local_addr()?.to_string()
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_mutual_tls_client_is_logged_by_its_certificate() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let scratch = Scratch::new("access-log-mtls")?;
+    let ca = MeshCa::new(&scratch, "mesh")?;
+    let edge = ca.workload(&scratch, "edge", "default", "edge", &["edge.default.svc"])?;
+    let reader = ca.workload(&scratch, "reader", "default", "reader", &["reader.local"])?;
+    let log = scratch.path("tls.log");
+    let listeners = listener("tls", &log, "format: json")
+        + &format!("    tls: {}\n", yaml(&ca.listener_tls(&edge))?);
+    let yaml = config(&listeners, provider.address(), free_addr()?);
+    let proxy = start_engine(&yaml).await?;
+    let tls = ClusterTlsSpec {
+        server_name: Some("edge.default.svc".to_owned()),
+        subject_alt_names: Vec::new(),
+        ..ca.client_tls(Some(&reader), "")
+    };
+    let client = DubboClient::with_tls(proxy.listener_addr("tls").ok_or("no listener")?, &tls)?;
+    assert_eq!(client.call("sayHello", "w", &[]).await?.dubbo_status, 20);
+
+    let line = file_lines(&log, 1).await?.remove(0);
+    let json: serde_json::Value = serde_json::from_str(&line)?;
+    assert_eq!(json["outcome"], "success", "{json}");
+    assert_eq!(json["requested_server_name"], "edge.default.svc");
+    assert_eq!(json["downstream_peer_uri_san"], reader.spiffe_id.as_str());
+    assert_eq!(json["downstream_peer_dns_san"], "reader.local");
+    assert!(
+        json["downstream_peer_subject"].is_null(),
+        "mesh certificates have an empty subject: {json}"
     );
     proxy.shutdown().await;
     Ok(())

@@ -314,3 +314,35 @@ async fn hundred_concurrent_callers_share_upstream_connections() -> TestResult {
     })
     .await
 }
+
+/// Active health checks calling `example.EchoService.Echo` with an empty payload: the server
+/// answers the probes and stays in rotation; an endpoint where nothing listens leaves it.
+#[tokio::test]
+async fn method_probes_keep_a_live_server_and_drop_a_dead_one() -> TestResult {
+    bounded(async {
+        let server = BrpcServer::start("probed").await?;
+        let dead = free_addr()?;
+        let proxy = start_engine(&format!(
+            "listeners: [ {{ name: brpc-in, address: 127.0.0.1:0, protocol: brpc, route_config: r }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
+clusters:
+  - name: c
+    endpoints: [ {{ address: \"{}\" }}, {{ address: \"{dead}\" }} ]
+    health_check: {{ interval: 100ms, unhealthy_threshold: 2, healthy_threshold: 1, probe: {{ method: {ECHO_SERVICE}.Echo }} }}
+",
+            server.addr()
+        ))
+        .await?;
+        let failing = |i: usize| proxy.clusters()[0].endpoints[i].failing_active_checks;
+        while !failing(1) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        while server.requests() < 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!failing(0), "the server answers the probes");
+        proxy.shutdown().await;
+        Ok(())
+    })
+    .await
+}

@@ -1,6 +1,6 @@
 //! The Grafana dashboard in `examples/dashboards/` reads only series the proxy exports: every
 //! metric name its queries use is a family on `/metrics` of a proxy that served traffic with
-//! every part the dashboard shows turned on (routes, an access log, tracing).
+//! every part the dashboard shows turned on (routes, the policy filters, an access log, tracing).
 
 // Each test file uses its own part of the shared support.
 #[allow(dead_code)]
@@ -76,6 +76,10 @@ listeners:
     route_config: routes
     access_log: {{ path: /dev/null }}
     tracing: {{ otlp_endpoint: "http://{}" }}
+    filters:
+      - {{ name: local_ratelimit, config: {{ token_bucket: {{ max_tokens: 1000, fill_interval: 1s }} }} }}
+      - name: rbac
+        config: {{ action: deny, policies: [ {{ name: nobody, principals: [ "spiffe://nobody" ] }} ] }}
 route_configs:
   - name: routes
     routes: [ {{ name: hello, match: {{ metadata: [ {{ key: method, exact: sayHello }} ] }}, route: {{ cluster: provider }} }} ]
@@ -111,6 +115,9 @@ clusters:
         "metaprotocol_upstream_rq_time_seconds_bucket",
         "metaprotocol_endpoint_health",
         "metaprotocol_local_replies_total",
+        "metaprotocol_ratelimit_decisions_total",
+        "metaprotocol_rbac_decisions_total",
+        "metaprotocol_upstream_circuit_breaker_open",
     ] {
         assert!(used.contains(family), "the dashboard shows {family}");
     }

@@ -16,7 +16,7 @@ mod support;
 #[path = "interop/dubbo/harness/mod.rs"]
 mod harness;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use harness::{
     ALL_CLIENTS, CLIENT_TIMEOUT_MS, Client, INTERFACE, Line, Provider, Reply, Run, TENANT, TRACE,
@@ -462,5 +462,80 @@ fn one_way_heartbeat_is_answered_by_the_proxy() -> TestResult {
     let heartbeat = heartbeat_line(&lines)?;
     assert_eq!(heartbeat.bool("ok"), Some(true), "{lines:?}");
     assert_eq!(heartbeat.num("id"), Some(1_000_001.0), "{lines:?}");
+    Ok(())
+}
+
+/// Active health checks with Dubbo's heartbeat probe against the real providers: sofa-rpc-node
+/// and dubbo-py both answer the proxy's heartbeats; each, stopped in turn, leaves rotation
+/// within interval x unhealthy_threshold while calls go to the other, and returns once it runs
+/// again on its port.
+#[test]
+fn heartbeat_probes_take_a_stopped_provider_out_of_rotation_and_back() -> TestResult {
+    if !tools_ready()? {
+        return Ok(());
+    }
+    let scratch = Scratch::new("dubbo-health")?;
+    let interval = Duration::from_millis(500);
+    let threshold = 2;
+    let (v1, v2) = start_providers(&scratch)?;
+    let yaml = format!(
+        r#"
+listeners:
+  - {{ name: {LISTENER}, address: 127.0.0.1:0, protocol: dubbo, route_config: r }}
+route_configs:
+  - {{ name: r, routes: [ {{ route: {{ cluster: demo-provider }} }} ] }}
+clusters:
+  - name: demo-provider
+    endpoints: [ {{ address: "{}" }}, {{ address: "{}" }} ]
+    health_check: {{ interval: {}ms, timeout: 400ms, unhealthy_threshold: {threshold}, healthy_threshold: 2, probe: heartbeat }}
+"#,
+        v1.addr(),
+        v2.addr(),
+        interval.as_millis()
+    );
+    let proxy = InProcessProxy::start(&yaml)?;
+    let addr = proxy.addr(LISTENER)?.to_string();
+    wait_until(Duration::from_secs(10), "six passed checks", || {
+        Ok(proxy.health_checks("demo-provider", "success") >= 6)
+    })?;
+    assert_eq!(
+        proxy.health_checks("demo-provider", "failure"),
+        0,
+        "both providers answer heartbeats"
+    );
+
+    let mut running = vec![v1, v2];
+    for _ in 0..2 {
+        let provider = running.remove(0);
+        let (name, address) = (provider.name, provider.addr());
+        let stopped_at = Instant::now();
+        let stopped = provider.stop();
+        wait_until(
+            Duration::from_secs(10),
+            "the stopped provider to leave rotation",
+            || Ok(proxy.failing_checks(&address)),
+        )?;
+        let took = stopped_at.elapsed();
+        println!("dubbo health check: {name} left rotation after {took:?}");
+        assert!(
+            took < interval * threshold * 11 / 10 + Duration::from_secs(1),
+            "{name}: {took:?} for checks every {interval:?}, {threshold} in a row"
+        );
+        let other = running[0].name;
+        let mut run = Run::hello(Client::DubboPy, &addr);
+        run.count = 4;
+        let lines = run.run(&scratch)?;
+        for line in calls(&lines) {
+            let reply = line.str("reply").unwrap_or_default();
+            assert!(
+                reply.contains(&format!(" from {other} ")),
+                "{name} is out: {line:?}"
+            );
+        }
+        running.push(stopped.restart(&scratch)?);
+        wait_until(Duration::from_secs(10), "the provider to return", || {
+            Ok(!proxy.failing_checks(&address))
+        })?;
+    }
     Ok(())
 }

@@ -556,35 +556,26 @@ async fn other_serializations_get_a_bad_request_reply_and_keep_the_connection() 
 
 #[tokio::test]
 async fn features_not_available_yet_are_rejected_not_ignored() -> TestResult {
-    let cases = [
-        ("lb_policy: maglev", "clusters[0].lb_policy"),
-        (
-            "circuit_breakers: { max_requests: 1 }",
-            "clusters[0].circuit_breakers",
-        ),
-        (
-            "outlier_detection: { consecutive_errors: 1 }",
-            "clusters[0].outlier_detection",
-        ),
-    ];
+    let cases = [("filters: [ { name: lua } ]", "listeners[0].filters[0]")];
     for (field, path) in cases {
         let yaml = format!(
-            "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r }} ]
+            "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r, {field} }} ]
 route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
-clusters: [ {{ name: c, {field}, endpoints: [ {{ address: 127.0.0.1:1 }} ] }} ]
+clusters: [ {{ name: c, endpoints: [ {{ address: 127.0.0.1:1 }} ] }} ]
 "
         );
-        let err = match Proxy::start(
-            Config::from_yaml(&yaml)?,
-            metaprotocol_examples::codec_registry(),
-        )
-        .await
-        {
+        let started = match Config::from_yaml(&yaml) {
+            Ok(config) => Proxy::start(config, metaprotocol_examples::codec_registry())
+                .await
+                .map_err(|e| e.to_string()),
+            Err(err) => Err(err.to_string()),
+        };
+        let err = match started {
             Ok(proxy) => {
                 proxy.shutdown().await;
                 return Err(format!("{field} was accepted").into());
             }
-            Err(err) => err.to_string(),
+            Err(err) => err,
         };
         assert!(
             err.contains(path) && err.contains("not available yet"),
@@ -1114,8 +1105,11 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
         "bounded per connection: {peak}"
     );
     let polite = DubboClient::new(address);
+    // The polite call shares the upstream connection with the greedy clients' calls already
+    // sent, and waits its turn behind them (64 KiB echoes, a debug build, a busy test machine):
+    // what must hold is that it is answered, not how fast.
     let reply =
-        tokio::time::timeout(Duration::from_secs(5), polite.call("sayHello", "a", &[])).await??;
+        tokio::time::timeout(Duration::from_secs(30), polite.call("sayHello", "a", &[])).await??;
     assert_eq!(reply.dubbo_status, 20, "the others are still served");
     for task in greedy {
         task.abort();

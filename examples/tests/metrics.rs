@@ -400,8 +400,8 @@ async fn every_call_is_counted_once_under_its_outcome_and_promtool_accepts_it() 
         assert_eq!(
             sample(
                 &text,
-                "metaprotocol_circuit_breaker_open",
-                &[("cluster", "provider"), ("resource", "requests")]
+                "metaprotocol_upstream_circuit_breaker_open",
+                &[("cluster", "provider"), ("breaker", "max_requests")]
             ),
             0.0
         );

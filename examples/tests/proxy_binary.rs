@@ -1,4 +1,5 @@
-//! The `metaprotocol-proxy` binary: `validate`, `run` with a graceful drain on SIGTERM, `demo`.
+//! The `metaprotocol-proxy` binary: `validate`, `route`, `run` with a graceful drain on SIGTERM,
+//! `demo`.
 
 // Each test file uses its own part of the shared support.
 #[allow(dead_code)]
@@ -23,6 +24,66 @@ fn validate(scratch: &Scratch, name: &str, yaml: &str) -> TestResult<Output> {
         .args(["validate", "--config"])
         .arg(&path)
         .output()?)
+}
+
+#[test]
+fn route_says_which_route_a_request_takes_and_where_it_goes() -> TestResult {
+    let scratch = Scratch::new("proxy-binary-route")?;
+    let path = scratch.path("routes.yaml");
+    std::fs::write(
+        &path,
+        "listeners: [ { name: front, address: 127.0.0.1:0, protocol: dubbo, route_config: r } ]
+route_configs:
+  - name: r
+    routes:
+      - name: canary
+        match: { metadata: [ { key: version, exact: \"v2\" } ] }
+        route: { cluster: c, subset: { version: v2 } }
+      - name: split
+        match: { metadata: [ { key: method, prefix: buy } ] }
+        route: { hash_on: user, weighted_clusters: [ { cluster: c, weight: 90 }, { cluster: d, weight: 10 } ] }
+clusters:
+  - { name: c, endpoints: [ { address: 127.0.0.1:1, labels: { version: v2 } } ] }
+  - { name: d, endpoints: [ { address: 127.0.0.1:2 } ] }
+",
+    )?;
+    let route = |listener: &str, metadata: &[&str]| -> TestResult<(Option<i32>, String, String)> {
+        let out = Command::new(BINARY)
+            .args(["route", "--listener", listener, "--config"])
+            .arg(&path)
+            .args(metadata)
+            .output()?;
+        Ok((
+            out.status.code(),
+            String::from_utf8(out.stdout)?,
+            String::from_utf8(out.stderr)?,
+        ))
+    };
+    let (code, out, _) = route("front", &["version=v2", "method=buyNow"])?;
+    assert_eq!(code, Some(0));
+    assert_eq!(out, "route: canary\ncluster: c (subset version=v2)\n");
+
+    let (_, out, _) = route("front", &["method=buyNow"])?;
+    assert_eq!(
+        out,
+        "route: split\nsplit, drawn per request: c weight 90, d weight 10\n"
+    );
+    // With the split's key, one user always lands on the same side.
+    let (_, sticky, _) = route("front", &["method=buyNow", "user=42"])?;
+    assert!(sticky.starts_with("route: split\ncluster: "), "{sticky}");
+    assert_eq!(route("front", &["method=buyNow", "user=42"])?.1, sticky);
+
+    let (code, out, _) = route("front", &["method=sell"])?;
+    assert_eq!(code, Some(1));
+    assert!(out.starts_with("no route"), "{out}");
+
+    let (code, _, err) = route("back", &[])?;
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("no listener named `back` (the config has: front)"),
+        "{err}"
+    );
+    Ok(())
 }
 
 #[test]
@@ -264,20 +325,21 @@ clusters: [ { name: c, endpoints: [ { address: 127.0.0.1:1 } ] } ]
     // Found while building the proxy, not while parsing: still placed in the file.
     let out = validate(
         &scratch,
-        "ring.yaml",
+        "probe.yaml",
         "listeners: [ { name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r } ]
 route_configs: [ { name: r, routes: [ { route: { cluster: c } } ] } ]
 clusters:
   - name: c
-    lb_policy: ring_hash
+    health_check: { probe: { method: ping } }
     endpoints: [ { address: 127.0.0.1:1 } ]
 ",
     )?;
     assert_eq!(out.status.code(), Some(1));
     let reason = String::from_utf8(out.stderr)?;
     assert!(
-        reason
-            .contains("clusters[0].lb_policy (line 5, column 16): ring_hash is not available yet"),
+        reason.contains(
+            "clusters[0].health_check.probe (line 5, column 28): protocol dubbo cannot probe"
+        ),
         "{reason}"
     );
 

@@ -7,8 +7,10 @@
 //! combinations (calls, one-way calls, declared exceptions, `TApplicationException`, a route
 //! miss answered with a readable `TApplicationException`), routing on the method and on a
 //! THeader header, a `request_mutation` header seen by the server and a `response_mutation`
-//! header seen by the client, a framed-binary listener speaking THeader compact upstream, and
-//! 60 concurrent clients that all send seqid 0 sharing a couple of upstream connections.
+//! header seen by the client, a framed-binary listener speaking THeader compact upstream,
+//! 60 concurrent clients that all send seqid 0 sharing a couple of upstream connections,
+//! active health checks that call a method of the server, and the policy filters' refusals
+//! (`rbac`, `fault`, `local_ratelimit`) answered as `TApplicationException`s.
 //!
 //! The Python library is installed by `tests/interop/thrift/setup.sh` (a venv next to it; a
 //! `python3` that can `import thrift` also works). Without it each test prints `skipped: ...`
@@ -19,7 +21,9 @@
 #[allow(dead_code)]
 mod support;
 
-use support::process::Scratch;
+use std::time::{Duration, Instant};
+
+use support::process::{Scratch, wait_until};
 use support::proxy::InProcessProxy;
 use support::thrift::{DEADLINE, Server, spawn_script, tools_ready};
 use support::{TestResult, free_port};
@@ -317,5 +321,152 @@ clusters:
             "{transport} {protocol}: 60 clients, 300 calls, {connections} upstream connections"
         );
     }
+    Ok(())
+}
+
+#[test]
+fn policy_filters_refuse_with_a_readable_application_exception() -> TestResult {
+    let Some(scratch) = prepare("policy")? else {
+        return Ok(());
+    };
+    let server = Server::start("framed", "binary", "alpha", &scratch)?;
+    // `missingMethod` has no route: only a filter's refusal answers it with something other
+    // than route_not_found (type 1). `sayHello` passes every filter, once.
+    let missing = r#"[ { key: method, exact: missingMethod } ]"#;
+    let yaml = format!(
+        r#"
+listeners:
+  - name: rbac
+    address: 127.0.0.1:0
+    protocol: thrift
+    route_config: routes
+    filters:
+      - {{ name: rbac, config: {{ action: deny, policies: [ {{ name: no-missing, metadata: {missing} }} ] }} }}
+  - name: fault
+    address: 127.0.0.1:0
+    protocol: thrift
+    route_config: routes
+    filters:
+      - {{ name: fault, config: {{ match: {{ metadata: {missing} }}, abort: {{ kind: unavailable }} }} }}
+  - name: ratelimit
+    address: 127.0.0.1:0
+    protocol: thrift
+    route_config: routes
+    filters:
+      - {{ name: local_ratelimit, config: {{ token_bucket: {{ max_tokens: 1, fill_interval: 1h }} }} }}
+route_configs:
+  - name: routes
+    routes:{greeter}
+clusters:
+  - {{ name: alpha, endpoints: [ {{ address: "{alpha}" }} ] }}
+"#,
+        greeter = greeter_routes("alpha"),
+        alpha = server.address(),
+    );
+    let proxy = InProcessProxy::start(&yaml)?;
+    let run = |listener: &str, scenario: &[&str]| -> TestResult<String> {
+        let port = proxy.addr(listener)?.port();
+        client(port, "framed", "binary", scenario, "", &scratch)
+    };
+    let refused = |kind: &str| {
+        (
+            format!(r#"{{"exception": {{"message": "{kind}: metaprotocol-proxy: "#),
+            r#"", "type": 6}, "mtype": 3, "name": "missingMethod", "seqid": 0}"#,
+        )
+    };
+    let hello = r#"{"hello": "Hello, w1 from alpha"}"#;
+    for (listener, kind) in [("rbac", "unauthorized"), ("fault", "unavailable")] {
+        assert_eq!(run(listener, &["hello", "w1"])?, hello, "{listener}");
+        let answer = run(listener, &["unknown"])?;
+        let (start, end) = refused(kind);
+        assert!(
+            answer.starts_with(&start) && answer.ends_with(end),
+            "{listener}: {answer}"
+        );
+    }
+    // The bucket's one token goes to the first call; the next is over the limit.
+    assert_eq!(run("ratelimit", &["hello", "w1"])?, hello);
+    let answer = run("ratelimit", &["unknown"])?;
+    let (start, end) = refused("over_limit");
+    assert!(
+        answer.starts_with(&start) && answer.ends_with(end),
+        "{answer}"
+    );
+    Ok(())
+}
+
+/// Active health checks calling `pingCount` on the real Thrift servers: the probes pass (a
+/// call of the method, answered); a stopped server leaves rotation within interval x
+/// unhealthy_threshold and the calls go to the other; started again on its port, it returns.
+#[test]
+fn method_probes_take_a_stopped_server_out_of_rotation_and_back() -> TestResult {
+    let Some(scratch) = prepare("health")? else {
+        return Ok(());
+    };
+    let interval = Duration::from_millis(500);
+    let threshold = 2;
+    let a = Server::start("framed", "binary", "a", &scratch)?;
+    let b = Server::start("framed", "binary", "b", &scratch)?;
+    let yaml = format!(
+        "{ONE_LISTENER}{}
+clusters:
+  - name: greeter
+    codec: {{ transport: framed, protocol: binary }}
+    endpoints: [ {{ address: \"{}\" }}, {{ address: \"{}\" }} ]
+    health_check: {{ interval: {}ms, timeout: 400ms, unhealthy_threshold: {threshold}, healthy_threshold: 2, probe: {{ method: pingCount }} }}
+",
+        greeter_routes("greeter"),
+        a.address(),
+        b.address(),
+        interval.as_millis(),
+    );
+    let proxy = InProcessProxy::start(&yaml)?;
+    let port = proxy.addr("in")?.port();
+    wait_until(DEADLINE, "six passed checks", || {
+        Ok(proxy.health_checks("greeter", "success") >= 6)
+    })?;
+    assert_eq!(
+        proxy.health_checks("greeter", "failure"),
+        0,
+        "both servers answer the probe"
+    );
+
+    let (b_port, b_address) = (b.port, b.address());
+    let stopped = Instant::now();
+    drop(b);
+    wait_until(DEADLINE, "b to leave rotation", || {
+        Ok(proxy.failing_checks(&b_address))
+    })?;
+    let took = stopped.elapsed();
+    println!("thrift health check: the stopped server left rotation after {took:?}");
+    assert!(
+        took < interval * threshold * 11 / 10 + Duration::from_secs(1),
+        "{took:?} for checks every {interval:?}, {threshold} in a row"
+    );
+    for _ in 0..4 {
+        let answer = client(port, "framed", "binary", &["hello", "w1"], "", &scratch)?;
+        assert_eq!(answer, r#"{"hello": "Hello, w1 from a"}"#);
+    }
+
+    let b = Server::start_on(b_port, "framed", "binary", "b", &scratch)?;
+    wait_until(DEADLINE, "b to return", || {
+        Ok(!proxy.failing_checks(&b_address))
+    })?;
+    let mut served = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        served.insert(client(
+            port,
+            "framed",
+            "binary",
+            &["hello", "w1"],
+            "",
+            &scratch,
+        )?);
+    }
+    assert!(
+        served.contains(r#"{"hello": "Hello, w1 from b"}"#),
+        "{served:?}"
+    );
+    drop(b);
     Ok(())
 }

@@ -88,7 +88,7 @@ fn assert_placed(err: &ConfigError, text: &str) {
 }
 
 /// The bundled protocols, as the proxy binary registers them.
-fn codecs() -> CodecRegistry {
+pub(crate) fn codecs() -> CodecRegistry {
     let mut registry = CodecRegistry::new();
     metaprotocol_dubbo::register(&mut registry);
     metaprotocol_thrift::register(&mut registry);
@@ -97,13 +97,15 @@ fn codecs() -> CodecRegistry {
 }
 
 /// The runtime building runs in (filters may start tasks).
-fn runtime() -> &'static tokio::runtime::Runtime {
+pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => panic!("no runtime: {err}"),
+    RUNTIME.get_or_init(|| {
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(err) => panic!("no runtime: {err}"),
+        }
     })
 }

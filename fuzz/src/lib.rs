@@ -1,5 +1,5 @@
-//! The checks behind the fuzz targets, one module per codec and one for config parsing
-//! ([`config`]), so that the targets
+//! The checks behind the fuzz targets, one module per codec, one for config parsing
+//! ([`config`]) and one for the route match ([`route`]), so that the targets
 //! (`fuzz_targets/`, run by cargo-fuzz) and the corpus replay (`tests/corpus.rs`, a plain
 //! `cargo test`) exercise the same code.
 //!
@@ -20,6 +20,7 @@ pub mod brpc;
 pub mod config;
 pub mod dubbo;
 mod edit;
+pub mod route;
 pub mod thrift;
 
 use bytes::BytesMut;

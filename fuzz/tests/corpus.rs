@@ -9,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
+use metaprotocol_fuzz::route::RouteCase;
 use metaprotocol_fuzz::{Edit, RoundTrip};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -122,6 +123,39 @@ fn the_corpus_passes_its_targets_checks() -> TestResult {
     for path in files(&corpus.join("config_parse"))? {
         metaprotocol_fuzz::config::parse(&std::fs::read(&path)?);
     }
+    for path in files(&corpus.join("route_match"))? {
+        if let Ok(case) = RouteCase::from_bytes(&std::fs::read(&path)?) {
+            metaprotocol_fuzz::route::check(&case);
+        }
+    }
+    Ok(())
+}
+
+/// Route cases from a fixed stream of pseudo-random bytes: without a corpus, the route check
+/// still runs on tables of every kind, and both matches and misses occur.
+#[test]
+fn generated_route_cases_pass_the_route_check() -> TestResult {
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next_byte = || {
+        // xorshift64: any fixed sequence will do; this one is cheap and spreads its bits.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state.to_le_bytes()[0]
+    };
+    let (mut matched, mut missed) = (0, 0);
+    for _ in 0..500 {
+        let data: Vec<u8> = (0..256).map(|_| next_byte()).collect();
+        let case = RouteCase::from_bytes(&data)?;
+        match metaprotocol_fuzz::route::check(&case) {
+            Some(_) => matched += 1,
+            None => missed += 1,
+        }
+    }
+    assert!(
+        matched > 50 && missed > 50,
+        "{matched} matched, {missed} missed"
+    );
     Ok(())
 }
 

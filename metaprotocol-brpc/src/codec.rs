@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use metaprotocol_core::{
     Codec, CodecError, CodecFactory, CodecOptions, EncodeParams, LocalReply, Message, OptionsError,
-    Side, WireVariant,
+    Probe, Side, WireVariant,
 };
 
 use crate::PROTOCOL;
@@ -14,6 +14,7 @@ use crate::decode::message_from_frame;
 use crate::encode::encode_message;
 use crate::header::{FrameHeader, HEADER_LEN};
 use crate::reply::encode_local_reply;
+use crate::{encode_frame, proto};
 
 /// The largest frame the codec accepts whatever the options say: frame offsets are kept in
 /// `u32`, and baidu_std's sizes are `u32` anyway.
@@ -127,5 +128,72 @@ impl CodecFactory for BrpcCodecFactory {
     /// them as they were meant.
     fn max_request_id(&self) -> u64 {
         i64::MAX as u64
+    }
+
+    /// A call of `service.method` (the name split at its last dot) with an empty payload: a
+    /// server answers it, with the method's result or an error such as `ENOMETHOD`, either way
+    /// alive. baidu_std has no heartbeat.
+    fn probe_request(&self, probe: Probe<'_>) -> Option<Message> {
+        let Probe::Method(name) = probe else {
+            return None;
+        };
+        let (service, method) = name.rsplit_once('.')?;
+        if service.is_empty() || method.is_empty() {
+            return None;
+        }
+        let meta = proto::RpcMeta {
+            request: Some(proto::RpcRequestMeta {
+                service_name: service.to_owned(),
+                method_name: method.to_owned(),
+                ..Default::default()
+            }),
+            correlation_id: Some(1),
+            ..Default::default()
+        };
+        let mut frame = BytesMut::new();
+        encode_frame(&meta, &[], &mut frame).ok()?;
+        BrpcCodec::new(Side::Downstream, self.max_frame_bytes)
+            .decode(&mut frame)
+            .ok()
+            .flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use metaprotocol_core::{MessageKind, Mutation};
+
+    use super::*;
+
+    #[test]
+    fn the_probe_calls_service_dot_method() -> Result<(), Box<dyn std::error::Error>> {
+        let factory = BrpcCodecFactory::new(1 << 20);
+        let probe = factory
+            .probe_request(Probe::Method("example.EchoService.Echo"))
+            .ok_or("no probe")?;
+        assert_eq!(probe.kind, MessageKind::Request);
+        let get = |k: &str| probe.metadata.get(k).map(|v| v.to_string());
+        assert_eq!(get("service").as_deref(), Some("example.EchoService"));
+        assert_eq!(get("method").as_deref(), Some("Echo"));
+        let mut upstream = factory.new_codec(Side::Upstream, WireVariant::DEFAULT);
+        let mut wire = BytesMut::new();
+        let mutation = Mutation::new();
+        let params = EncodeParams {
+            request_id: 1 << 40,
+            variant: WireVariant::DEFAULT,
+            mutation: &mutation,
+        };
+        upstream.encode(&probe, &params, &mut wire)?;
+        let (meta, body) = crate::decode_frame(&wire)?;
+        assert_eq!(meta.correlation_id, Some(1 << 40));
+        assert!(body.is_empty());
+        for unusable in ["Echo", ".Echo", "example.", ""] {
+            assert!(
+                factory.probe_request(Probe::Method(unusable)).is_none(),
+                "{unusable}"
+            );
+        }
+        assert!(factory.probe_request(Probe::Heartbeat).is_none());
+        Ok(())
     }
 }

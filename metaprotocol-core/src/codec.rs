@@ -112,6 +112,18 @@ pub trait Codec: Send {
     ) -> Result<(), CodecError>;
 }
 
+/// What an active health check asks of an endpoint, beyond opening a connection to it (a
+/// cluster's `health_check.probe`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Probe<'a> {
+    /// The protocol's own liveness message (Dubbo's heartbeat event).
+    Heartbeat,
+    /// A call of this method with no arguments. How the name reads is the protocol's: a Thrift
+    /// method name (`Service:method` through a multiplexed server), a bRPC `service.method`.
+    Method(&'a str),
+}
+
 /// A running count a codec keeps of something worth watching that is not an error (a mutation
 /// the frame's encoding could not carry, headers lost in translation ...). The engine exports
 /// each as `metaprotocol_codec_<name>_total{protocol="..."}`.
@@ -152,6 +164,20 @@ pub trait CodecFactory: Send + Sync + 'static {
     /// `1..=max_request_id()`.
     fn max_request_id(&self) -> u64 {
         u64::MAX
+    }
+
+    /// The request an active health check sends for `probe`, or `None` when the protocol has no
+    /// such request (the default; the engine then refuses the health check's config).
+    ///
+    /// The request is a two-way [`crate::MessageKind::Request`] or a
+    /// [`crate::MessageKind::Heartbeat`] expecting an answer, shaped as this protocol's codecs
+    /// decode it (so that [`Codec::encode`] writes it with a fresh request id, in the encoding
+    /// [`CodecFactory::upstream_variant`] picks for it). Built once per configured check and
+    /// sent many times. Any answer an upstream codec decodes for it, a response (an error
+    /// response included) or a heartbeat reply, means the endpoint is alive.
+    fn probe_request(&self, probe: Probe<'_>) -> Option<Message> {
+        let _ = probe;
+        None
     }
 
     /// The protocol's counters, read at every metrics scrape. The default has none.

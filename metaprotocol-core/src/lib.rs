@@ -47,7 +47,7 @@ mod reply;
 pub use bytestr::ByteStr;
 pub use codec::{
     Codec, CodecConstructor, CodecCounter, CodecFactory, CodecOptions, CodecRegistry,
-    DEFAULT_MAX_FRAME_BYTES, EncodeParams, PoolMode, Side, WireVariant,
+    DEFAULT_MAX_FRAME_BYTES, EncodeParams, PoolMode, Probe, Side, WireVariant,
 };
 pub use error::{CodecError, OptionsError};
 pub use filter::{

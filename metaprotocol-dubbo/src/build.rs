@@ -22,9 +22,9 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::header::{FLAG_REQUEST, FLAG_TWO_WAY, Header, patch_body_len};
+use crate::header::{FLAG_EVENT, FLAG_REQUEST, FLAG_TWO_WAY, Header, patch_body_len};
 use crate::hessian::writer::write_string;
-use crate::hessian::{CLASS_DEF, END, UNTYPED_MAP, compact_int};
+use crate::hessian::{CLASS_DEF, END, NULL, UNTYPED_MAP, compact_int};
 use crate::serialization::HESSIAN2;
 use crate::status;
 
@@ -81,6 +81,20 @@ pub fn request(id: u64, two_way: bool, call: &Call<'_>) -> Bytes {
         ("version", call.version),
     ];
     put_map(&mut out, implicit.iter().chain(call.attachments));
+    finish(out)
+}
+
+/// A two-way heartbeat with id `id`: an event request whose body is the Hessian2 null, which
+/// every Dubbo provider answers with an event response of the same id.
+pub fn heartbeat(id: u64) -> Bytes {
+    let mut out = BytesMut::new();
+    Header::put(
+        &mut out,
+        FLAG_REQUEST | FLAG_TWO_WAY | FLAG_EVENT | HESSIAN2,
+        0,
+        id,
+    );
+    out.put_u8(NULL);
     finish(out)
 }
 
@@ -166,6 +180,10 @@ mod tests {
         assert_eq!(get("method").as_deref(), Some("greet"));
         assert_eq!(get("tenant").as_deref(), Some("t1"));
         assert_eq!(message.variant, crate::READS_RESPONSE_ATTACHMENTS);
+
+        let mut buf = BytesMut::from(&heartbeat(3)[..]);
+        let ping = codec.decode(&mut buf)?.ok_or("incomplete")?;
+        assert_eq!((ping.kind, ping.request_id), (MessageKind::Heartbeat, 3));
 
         let mut buf = BytesMut::from(&value_response(9, "hi", &[("p", "1")])[..]);
         let response = codec.decode(&mut buf)?.ok_or("incomplete")?;

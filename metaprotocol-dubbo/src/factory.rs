@@ -2,8 +2,9 @@
 
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use metaprotocol_core::{
-    Codec, CodecFactory, CodecOptions, Message, OptionsError, Side, WireVariant,
+    Codec, CodecFactory, CodecOptions, Message, OptionsError, Probe, Side, WireVariant,
 };
 
 use crate::header::HEADER_LEN;
@@ -54,6 +55,21 @@ impl CodecFactory for DubboCodecFactory {
     fn max_request_id(&self) -> u64 {
         i64::MAX.unsigned_abs()
     }
+
+    /// A two-way heartbeat, which every provider answers; Dubbo has no method probe (a call
+    /// needs an interface, a version and argument types the health check cannot know).
+    fn probe_request(&self, probe: Probe<'_>) -> Option<Message> {
+        match probe {
+            Probe::Heartbeat => {
+                let mut frame = BytesMut::from(&crate::build::heartbeat(0)[..]);
+                DubboCodec::new(self.max_frame_bytes)
+                    .decode(&mut frame)
+                    .ok()
+                    .flatten()
+            }
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -72,5 +88,38 @@ mod tests {
         unknown.insert("serialization", "json");
         assert!(DubboCodecFactory::from_options(&unknown).is_err());
         assert!(DubboCodecFactory::from_options(&CodecOptions::with_max_frame_bytes(16)).is_err());
+    }
+
+    #[test]
+    fn the_probe_is_a_two_way_heartbeat() -> Result<(), Box<dyn std::error::Error>> {
+        let factory = DubboCodecFactory::new(1 << 20);
+        let probe = factory
+            .probe_request(Probe::Heartbeat)
+            .ok_or("no heartbeat probe")?;
+        assert_eq!(probe.kind, metaprotocol_core::MessageKind::Heartbeat);
+        assert_eq!(
+            probe.frame[2],
+            0x80 | 0x40 | 0x20 | 2,
+            "request, two-way, event, hessian2"
+        );
+        let mut encoder = factory.new_codec(Side::Upstream, WireVariant::DEFAULT);
+        let mut wire = BytesMut::new();
+        let mutation = metaprotocol_core::Mutation::new();
+        let params = metaprotocol_core::EncodeParams {
+            request_id: 77,
+            variant: WireVariant::DEFAULT,
+            mutation: &mutation,
+        };
+        encoder.encode(&probe, &params, &mut wire)?;
+        let mut provider = factory.new_codec(Side::Downstream, WireVariant::DEFAULT);
+        let seen = provider.decode(&mut wire)?.ok_or("incomplete")?;
+        assert_eq!((seen.kind, seen.request_id), (probe.kind, 77));
+        let mut answer = BytesMut::new();
+        provider.encode_heartbeat_reply(&seen, &mut answer)?;
+        let reply = encoder.decode(&mut answer)?.ok_or("incomplete")?;
+        assert_eq!(reply.kind, metaprotocol_core::MessageKind::HeartbeatReply);
+        assert_eq!(reply.request_id, 77);
+        assert!(factory.probe_request(Probe::Method("ping")).is_none());
+        Ok(())
     }
 }

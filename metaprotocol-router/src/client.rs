@@ -9,8 +9,9 @@ use metaprotocol_core::{CodecFactory, Message, Mutation};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::config::{ClusterTlsSpec, ConfigError};
 use crate::stats::{ClusterStats, Metrics};
-use crate::transport::Connector;
+use crate::transport::{Connector, TlsConnector};
 use crate::upstream::{Outbound, PoolSettings, ReplyTo, UpstreamError, UpstreamPool};
 
 /// How a [`Client`] connects.
@@ -42,13 +43,46 @@ pub struct Client {
 impl Client {
     /// A client of `address` speaking `codec`'s protocol.
     pub fn new(address: SocketAddr, codec: Arc<dyn CodecFactory>, options: ClientOptions) -> Self {
-        let stats = ClusterStats::new(&Metrics::new().root());
+        Self::with_connector(address, codec, options, Connector::Plain, &Metrics::new())
+    }
+
+    /// A client of `address` over TLS, set up as a cluster's `tls` (`ca_file` to verify the
+    /// server, `cert_file` and `key_file` to present a client certificate ...). Fails if a
+    /// file cannot be read.
+    pub fn with_tls(
+        address: SocketAddr,
+        codec: Arc<dyn CodecFactory>,
+        options: ClientOptions,
+        tls: &ClusterTlsSpec,
+    ) -> Result<Self, ConfigError> {
+        tls.validate()?;
+        let metrics = Metrics::new();
+        let connector = TlsConnector::new(tls, &address.to_string(), &metrics.root())?;
+        Ok(Self::with_connector(
+            address,
+            codec,
+            options,
+            Connector::Tls(Arc::new(connector)),
+            &metrics,
+        ))
+    }
+
+    fn with_connector(
+        address: SocketAddr,
+        codec: Arc<dyn CodecFactory>,
+        options: ClientOptions,
+        connector: Connector,
+        metrics: &Metrics,
+    ) -> Self {
+        let stats = ClusterStats::new(&metrics.root());
         let settings = PoolSettings {
             connect_timeout: options.connect_timeout,
             connections: options.connections.max(1),
+            idle_timeout: crate::config::DEFAULT_UPSTREAM_IDLE_TIMEOUT,
+            max_requests_per_connection: None,
         };
         Self {
-            pool: UpstreamPool::new(address, codec, settings, Connector::Plain, stats),
+            pool: UpstreamPool::new(address, codec, settings, connector, stats, None),
         }
     }
 

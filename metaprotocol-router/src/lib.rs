@@ -47,6 +47,7 @@ mod client;
 mod cluster;
 pub mod config;
 mod filters;
+mod health;
 mod lb;
 mod proxy;
 mod route;
@@ -62,13 +63,13 @@ mod testing;
 
 pub use admin::LogControl;
 pub use client::{Client, ClientOptions};
-pub use cluster::{ClusterStatus, EndpointStatus, HealthState};
+pub use cluster::{BreakerStatus, ClusterStatus, EndpointStatus, HealthState};
 pub use config::{Config, ConfigError};
 pub use filters::{FilterContext, FilterFactory, FilterRegistry, SharedClients};
 pub use proxy::{
     DEFAULT_DRAIN_TIMEOUT, Proxy, ProxyBuilder, ReloadSummary, StartError, UpdateError,
 };
-pub use route::DEFAULT_ROUTE_TIMEOUT;
+pub use route::{DEFAULT_ROUTE_TIMEOUT, RouteCheck, RouteDestination, RouteMatch, UnknownListener};
 pub use server::DEFAULT_IDLE_TIMEOUT;
 pub use stats::{
     DurationHistogram, ExpositionFormat, FamilySnapshot, HistogramSnapshot, Labels, MetricKind,

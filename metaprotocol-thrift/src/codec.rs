@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use metaprotocol_core::{
     Codec, CodecCounter, CodecError, CodecFactory, CodecOptions, EncodeParams, LocalReply, Message,
-    OptionsError, Side, WireVariant,
+    OptionsError, Probe, Side, WireVariant,
 };
 
 use crate::decode::{self, Decoder};
@@ -145,6 +145,17 @@ impl CodecFactory for ThriftCodecFactory {
     /// Seqids are `i32`; upstream ids stay positive.
     fn max_request_id(&self) -> u64 {
         i32::MAX as u64
+    }
+
+    /// A call of the method, without arguments, in the encoding the options fix (framed
+    /// binary for the parts left `auto`). Thrift has no heartbeat.
+    fn probe_request(&self, probe: Probe<'_>) -> Option<Message> {
+        match probe {
+            Probe::Method(method) => {
+                crate::probe::call(self.options.format, method, self.options.max_frame_bytes)
+            }
+            _ => None,
+        }
     }
 
     /// The process-wide counts of [`crate::stats`].

@@ -70,6 +70,7 @@ mod encode;
 mod format;
 mod layout;
 mod options;
+mod probe;
 mod protocol;
 mod reply;
 pub mod stats;

@@ -3,6 +3,8 @@
 //! - `run --config FILE [--workers N] [--drain-time D]`: serve until SIGINT/SIGTERM, then drain
 //!   and exit 0.
 //! - `validate --config FILE`: exit 0 with a one-line summary, or 1 naming every bad field.
+//! - `route --config FILE --listener NAME [KEY=VALUE ...]`: which route a request with this
+//!   metadata takes, and where it goes (exit 0), or that none matches (exit 1).
 //! - `demo`: sample Dubbo providers, traffic through the engine, and a summary.
 //!
 //! Every command takes `--log-level` (a level or `RUST_LOG`-style directives; `RUST_LOG` is
@@ -15,7 +17,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use metaprotocol_router::{Config, LogControl, Proxy};
+use metaprotocol_core::{ByteStr, Metadata, RoutingKeys, RoutingView};
+use metaprotocol_router::{Config, LogControl, Proxy, RouteDestination};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
@@ -67,6 +70,18 @@ enum Command {
         /// The YAML config file.
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Say which route a request with this metadata takes on a listener, and where it goes.
+    Route {
+        /// The YAML config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The listener the request arrives on.
+        #[arg(long)]
+        listener: String,
+        /// The request's metadata, as `key=value` (e.g. `method=sayHello version=v2`).
+        #[arg(value_parser = parse_metadata_entry)]
+        metadata: Vec<(String, String)>,
     },
     /// Start sample Dubbo providers in-process, proxy traffic to them, print what happened.
     Demo,
@@ -145,6 +160,11 @@ fn main() -> ExitCode {
                 config, drain_time, ..
             } => run(config, drain_time.map(Into::into), log_control).await,
             Command::Validate { config } => validate(config),
+            Command::Route {
+                config,
+                listener,
+                metadata,
+            } => route(config, &listener, metadata),
             Command::Demo => demo().await,
         }
     })
@@ -262,6 +282,98 @@ fn validate(path: PathBuf) -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A `key=value` argument of `route`.
+fn parse_metadata_entry(entry: &str) -> Result<(String, String), String> {
+    entry
+        .split_once('=')
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("`{entry}` is not key=value"))
+}
+
+fn route(path: PathBuf, listener: &str, metadata: Vec<(String, String)>) -> ExitCode {
+    let checked = std::fs::read_to_string(&path)
+        .map_err(|err| format!("cannot read: {err}"))
+        .and_then(|text| {
+            let config = Config::from_yaml(&text).map_err(|err| err.to_string())?;
+            Proxy::builder(config)
+                .codecs(metaprotocol_examples::codec_registry())
+                .route_check()
+                .map_err(|err| err.located_in(&text).to_string())
+        });
+    let check = match checked {
+        Ok(check) => check,
+        Err(err) => {
+            eprintln!("{}: invalid: {err}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let metadata: Metadata = metadata
+        .into_iter()
+        .map(|(key, value)| (ByteStr::from(key), ByteStr::from(value)))
+        .collect();
+    let keys = RoutingKeys::new();
+    let view = RoutingView {
+        metadata: &metadata,
+        keys: &keys,
+    };
+    match check.check(listener, &view) {
+        Ok(Some(found)) => {
+            println!("route: {}", found.route);
+            println!("{}", describe(&found.destination));
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            println!("no route: the proxy answers with the protocol's \"no route\" error");
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            let known: Vec<&str> = check.listeners().collect();
+            eprintln!("{err} (the config has: {})", known.join(", "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One line saying where a route sends a request.
+fn describe(destination: &RouteDestination) -> String {
+    let labels = |subset: &std::collections::BTreeMap<String, String>| {
+        subset
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    match destination {
+        RouteDestination::Cluster { name, subset } if subset.is_empty() => {
+            format!("cluster: {name}")
+        }
+        RouteDestination::Cluster { name, subset } => {
+            format!("cluster: {name} (subset {})", labels(subset))
+        }
+        RouteDestination::Split(sides) => {
+            let sides: Vec<String> = sides
+                .iter()
+                .map(|side| match &side.subset {
+                    Some(subset) if !subset.is_empty() => {
+                        format!(
+                            "{} (subset {}) weight {}",
+                            side.cluster,
+                            labels(subset),
+                            side.weight
+                        )
+                    }
+                    _ => format!("{} weight {}", side.cluster, side.weight),
+                })
+                .collect();
+            format!("split, drawn per request: {}", sides.join(", "))
+        }
+        RouteDestination::DirectResponse(reply) => {
+            format!("direct response: {}", reply.kind)
+        }
+        other => format!("{other:?}"),
     }
 }
 

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use metaprotocol_core::{CodecFactory, Message, Metadata, ResponseStatus, Side, WireVariant};
-use metaprotocol_router::{Client, ClientOptions, UpstreamError};
+use metaprotocol_router::config::ClusterTlsSpec;
+use metaprotocol_router::{Client, ClientOptions, ConfigError, UpstreamError};
 
 use metaprotocol_dubbo::build::{Call, request};
 
@@ -54,13 +55,21 @@ pub struct DubboClient {
 impl DubboClient {
     /// A client of `address` (connects on first call).
     pub fn new(address: SocketAddr) -> Self {
-        let codec = Arc::new(metaprotocol_dubbo::DubboCodecFactory::new(
-            metaprotocol_core::DEFAULT_MAX_FRAME_BYTES,
-        ));
+        let codec = codec();
         Self {
             client: Client::new(address, codec.clone(), ClientOptions::default()),
             codec,
         }
+    }
+
+    /// A client of `address` over TLS set up by `tls` (the server's CA, the client's
+    /// certificate ...). Fails if a file of `tls` cannot be read.
+    pub fn with_tls(address: SocketAddr, tls: &ClusterTlsSpec) -> Result<Self, ConfigError> {
+        let codec = codec();
+        Ok(Self {
+            client: Client::with_tls(address, codec.clone(), ClientOptions::default(), tls)?,
+            codec,
+        })
     }
 
     /// Calls `method(arg)` of the demo service with `attachments` and waits for the answer.
@@ -128,6 +137,13 @@ impl DubboClient {
             Err(err) => Err(UpstreamError::Encode(err)),
         }
     }
+}
+
+/// The Dubbo codec the client speaks.
+fn codec() -> Arc<dyn CodecFactory> {
+    Arc::new(metaprotocol_dubbo::DubboCodecFactory::new(
+        metaprotocol_core::DEFAULT_MAX_FRAME_BYTES,
+    ))
 }
 
 /// A call of the demo service's version.

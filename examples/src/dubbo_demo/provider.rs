@@ -59,20 +59,31 @@ impl DemoProvider {
 
     /// Starts a provider whose `sayHelloSlowly` answers after `slow_delay`.
     pub async fn start_with_delay(name: &str, slow_delay: Duration) -> std::io::Result<Self> {
-        Self::start_with(name, slow_delay, Duration::ZERO).await
+        Self::start_at(name, SocketAddr::from(([127, 0, 0, 1], 0)), slow_delay).await
+    }
+
+    /// Starts a provider on `address` (to bring back one that was stopped, say) whose
+    /// `sayHelloSlowly` answers after `slow_delay`.
+    pub async fn start_at(
+        name: &str,
+        address: SocketAddr,
+        slow_delay: Duration,
+    ) -> std::io::Result<Self> {
+        Self::start_with(name, address, slow_delay, Duration::ZERO).await
     }
 
     /// Starts a provider that answers every call after `delay` (a slow service).
     pub async fn start_slow(name: &str, delay: Duration) -> std::io::Result<Self> {
-        Self::start_with(name, delay, delay).await
+        Self::start_with(name, SocketAddr::from(([127, 0, 0, 1], 0)), delay, delay).await
     }
 
     async fn start_with(
         name: &str,
+        address: SocketAddr,
         slow_delay: Duration,
         delay: Duration,
     ) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let listener = TcpListener::bind(address).await?;
         let address = listener.local_addr()?;
         let state = Arc::new(State {
             name: name.to_owned(),

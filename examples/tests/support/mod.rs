@@ -1,18 +1,21 @@
 //! What the end-to-end tests of this package share: child processes that cannot outlive their
 //! test ([`process`]), the proxy under test in or out of process ([`proxy`]), its admin API
 //! ([`admin`]) and metrics ([`metrics`]), an OTLP receiver for its spans ([`otlp`]), the
-//! skip-or-fail rule of the interop suites that need external tools ([`interop`]), and the Thrift
-//! suite's Python servers ([`thrift`]).
+//! skip-or-fail rule of the interop suites that need external tools ([`interop`]), the Thrift
+//! suite's Python servers ([`thrift`]), a real redis-server ([`redis`]) and a mesh's TLS
+//! certificates ([`mesh`]).
 //!
 //! Each test file is a crate of its own and includes this module with `mod support;`; a test
 //! that uses only part of it allows `dead_code` at that include.
 
 pub mod admin;
 pub mod interop;
+pub mod mesh;
 pub mod metrics;
 pub mod otlp;
 pub mod process;
 pub mod proxy;
+pub mod redis;
 pub mod thrift;
 
 use std::error::Error;

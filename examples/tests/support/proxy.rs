@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
-use metaprotocol_router::{Config, Proxy};
+use metaprotocol_router::{ClusterStatus, Config, Proxy};
 
 use super::TestResult;
 use super::process::{ChildGuard, Scratch, wait_until};
@@ -29,6 +29,17 @@ pub fn listener_addr(proxy: &Proxy, name: &str) -> TestResult<SocketAddr> {
     Ok(proxy
         .listener_addr(name)
         .ok_or(format!("listener {name} is not bound"))?)
+}
+
+/// The value of the series `series` (`name{labels}`, as exposed) in `proxy`'s metrics; 0 when
+/// it is not there.
+pub fn metric(proxy: &Proxy, series: &str) -> f64 {
+    proxy
+        .metrics()
+        .render()
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// The engine in this process, on a multi-threaded runtime of its own so that the blocking
@@ -56,6 +67,39 @@ impl InProcessProxy {
     pub fn addr(&self, name: &str) -> TestResult<SocketAddr> {
         let proxy = self.proxy.as_ref().ok_or("the proxy is shut down")?;
         listener_addr(proxy, name)
+    }
+
+    /// Every cluster's endpoints and their health, as `/clusters` shows them.
+    pub fn clusters(&self) -> Vec<ClusterStatus> {
+        self.proxy.as_ref().map(Proxy::clusters).unwrap_or_default()
+    }
+
+    /// The metrics exposition, as `/metrics` serves it.
+    pub fn metrics(&self) -> String {
+        self.proxy
+            .as_ref()
+            .map(|p| p.metrics().render())
+            .unwrap_or_default()
+    }
+
+    /// The active health checks of `cluster` that ended with `outcome` (`success`, `failure`)
+    /// so far.
+    pub fn health_checks(&self, cluster: &str, outcome: &str) -> u64 {
+        let series = format!(
+            "metaprotocol_health_checks_total{{cluster=\"{cluster}\",outcome=\"{outcome}\"}} "
+        );
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str())?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// True while the endpoint at `address` fails its active health checks.
+    pub fn failing_checks(&self, address: &str) -> bool {
+        self.clusters()
+            .iter()
+            .flat_map(|c| c.endpoints.iter())
+            .any(|e| e.address.to_string() == address && e.failing_active_checks)
     }
 }
 

@@ -54,7 +54,17 @@ impl Server {
         name: &str,
         scratch: &Scratch,
     ) -> TestResult<Self> {
-        let port = free_port()?;
+        Self::start_on(free_port()?, transport, protocol, name, scratch)
+    }
+
+    /// A server on `port` (to bring back one that was stopped).
+    pub fn start_on(
+        port: u16,
+        transport: &str,
+        protocol: &str,
+        name: &str,
+        scratch: &Scratch,
+    ) -> TestResult<Self> {
         let what = format!("server-{name}-{transport}-{protocol}");
         let port_arg = port.to_string();
         let mut process = spawn_script(

@@ -182,6 +182,7 @@ mod tests {
             "null".into(),
             Arc::new(crate::testing::NullCodec),
             Metrics::new().root(),
+            None,
             &first,
         )?;
         // IPv4 is preferred: the IPv6 address of the name is left out.

@@ -9,6 +9,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
 
+use crate::health::OutlierCounters;
+use crate::lb::RttEstimate;
 use crate::stats::{ClusterStats, EndpointStats, HealthStats, MetricsScope};
 use crate::upstream::UpstreamPool;
 
@@ -47,8 +49,9 @@ impl HealthState {
     }
 }
 
-/// Health flags, written by health checking, outlier detection and cluster updates only. Every
-/// change shows in the endpoint's health series, and each ejection is counted.
+/// Health flags, written by health checking, outlier detection and cluster updates only (see
+/// [`super::ClusterHandle::set_health`]). Every change shows in the endpoint's health series,
+/// and each ejection is counted.
 #[derive(Debug, Default)]
 pub(crate) struct HealthFlags {
     bits: AtomicU8,
@@ -75,6 +78,11 @@ impl HealthFlags {
             }
         }
         changed
+    }
+
+    /// True if `flag` is set.
+    pub fn has(&self, flag: u8) -> bool {
+        self.bits.load(Ordering::Acquire) & flag != 0
     }
 
     /// True if no flag takes the endpoint out of rotation.
@@ -104,6 +112,10 @@ pub(crate) struct Endpoint {
     health: HealthFlags,
     active: Gauge,
     total: Counter,
+    /// Its latency, for `peak_ewma`.
+    rtt: RttEstimate,
+    /// Its failure streaks and ejections, for outlier detection.
+    outliers: OutlierCounters,
     /// Where its series live (its pool's too), released when it goes.
     scope: Option<MetricsScope>,
 }
@@ -118,6 +130,8 @@ impl Endpoint {
             total: stats.rq_total.clone(),
             pool,
             health: HealthFlags::default(),
+            rtt: RttEstimate::default(),
+            outliers: OutlierCounters::default(),
             scope: None,
         }
     }
@@ -146,6 +160,14 @@ impl Endpoint {
 
     pub fn health(&self) -> &HealthFlags {
         &self.health
+    }
+
+    pub fn rtt(&self) -> &RttEstimate {
+        &self.rtt
+    }
+
+    pub fn outliers(&self) -> &OutlierCounters {
+        &self.outliers
     }
 
     /// Requests in flight to it.

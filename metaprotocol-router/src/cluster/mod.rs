@@ -6,10 +6,16 @@
 //! loaded, new requests see the new one. Endpoints are kept by address across snapshots, so
 //! their upstream connections survive updates. The [`ClusterManager`] holds the handles by name.
 //!
+//! A cluster also owns what protects it: its [`CircuitBreakers`] (checked by the router and its
+//! pools), the thresholds at which the router wakes its outlier detector, and, once published,
+//! the [`HealthMonitor`] whose tasks write its endpoints' health flags through
+//! [`ClusterHandle::set_health`].
+//!
 //! Endpoints named by a host name are resolved before a cluster is built or updated and again
 //! every `dns_refresh_rate` ([`dns`]); a new set of addresses rebuilds the snapshot as an
 //! update would, and a failed resolution keeps the addresses last resolved.
 
+mod circuit_breaker;
 pub(crate) mod dns;
 mod endpoint;
 mod snapshot;
@@ -19,28 +25,39 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use arc_swap::{ArcSwap, Guard};
-use metaprotocol_core::CodecFactory;
+use metaprotocol_core::{CodecFactory, Message};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
+pub use circuit_breaker::BreakerStatus;
+pub(crate) use circuit_breaker::{Breaker, CircuitBreakers, ConnectionPermit};
 pub use endpoint::HealthState;
 pub(crate) use endpoint::{ActiveRequest, Endpoint, HealthFlags};
 pub(crate) use snapshot::{ClusterSnapshot, Host, SubsetId};
 pub use status::{ClusterStatus, EndpointStatus};
 
-use crate::config::{ClusterSpec, ConfigError};
+use crate::config::{ClusterSpec, ConfigError, LbPolicy, LocalitySpec};
+use crate::health::{self, HealthMonitor, OutlierThresholds};
+use crate::lb::{LbSettings, LocalityPreference};
+use crate::router::AttemptOutcome;
 use crate::stats::{
     ClusterStats, EndpointStats, HealthStats, IstioDestination, IstioReporter, MetricsScope,
 };
-use crate::transport::Connector;
+use crate::transport::{Connector, TlsConnector};
 use crate::upstream::{PoolSettings, UpstreamPool};
 pub(crate) use dns::Resolved;
 
-/// What a cluster was last built from; changed only by config updates, under its lock.
+/// What a cluster was last built from; changed only by config updates and health changes,
+/// under its lock.
 struct ClusterState {
     spec: ClusterSpec,
     protocol: String,
     codec: Arc<dyn CodecFactory>,
+    /// How the endpoints are connected to (TLS or not); kept while `spec.tls` is unchanged.
+    connector: Connector,
     endpoints: HashMap<SocketAddr, Arc<Endpoint>>,
     /// Subset selectors by [`SubsetId`]; the first (empty) selects the whole cluster.
     selectors: Vec<BTreeMap<String, String>>,
@@ -49,15 +66,27 @@ struct ClusterState {
     /// The addresses the spec's host names resolved to last.
     resolved: Resolved,
     version: u64,
+    /// The proxy's own locality (`node.locality`), which locality-aware sets prefer.
+    local: Option<LocalitySpec>,
+    /// The request active health checks send (`None`: TCP checks, or no checks).
+    probe: Option<Arc<Message>>,
+    /// The running outlier detection and health checks, once the cluster is published.
+    monitor: Option<HealthMonitor>,
 }
 
-/// A configured cluster: its live snapshot and what it is rebuilt from.
+/// A configured cluster: its live snapshot, what it is rebuilt from, what protects it.
 pub(crate) struct ClusterHandle {
     name: Arc<str>,
     stats: ClusterStats,
     scope: MetricsScope,
     snapshot: ArcSwap<ClusterSnapshot>,
     state: Mutex<ClusterState>,
+    breakers: Arc<CircuitBreakers>,
+    outlier_thresholds: OutlierThresholds,
+    /// Wakes the outlier detector when an endpoint's failure streak reaches its threshold.
+    outlier_wake: Arc<Notify>,
+    /// Set for `peak_ewma`: concluded attempts record their latency on their endpoint.
+    records_latency: AtomicBool,
     /// Set once the cluster is removed from the config.
     retired: AtomicBool,
 }
@@ -70,62 +99,80 @@ impl std::fmt::Debug for ClusterHandle {
     }
 }
 
-/// Rejects features whose issues have not landed, in the config's own words.
-fn check_supported(spec: &ClusterSpec) -> Result<(), ConfigError> {
-    let unavailable = |field: &str, what: &str| {
-        Err(ConfigError::new(
-            field,
-            format!("{what} is not available yet"),
-        ))
-    };
-    if spec.locality_aware {
-        return unavailable("locality_aware", "locality_aware: true");
+/// How cluster `spec`'s endpoints are connected to; TLS series live in `scope`.
+fn connector(spec: &ClusterSpec, scope: &MetricsScope) -> Result<Connector, ConfigError> {
+    match &spec.tls {
+        None => Ok(Connector::Plain),
+        Some(tls) => TlsConnector::new(tls, &spec.name, scope)
+            .map(|tls| Connector::Tls(Arc::new(tls)))
+            .map_err(|e| e.within("tls")),
     }
-    if spec.circuit_breakers.is_some() {
-        return unavailable("circuit_breakers", "circuit_breakers");
-    }
-    if spec.outlier_detection.is_some() {
-        return unavailable("outlier_detection", "outlier_detection");
-    }
-    Ok(())
 }
 
 fn pool_settings(spec: &ClusterSpec) -> PoolSettings {
     PoolSettings {
         connect_timeout: spec.connect_timeout,
         connections: spec.connections_per_endpoint as usize,
+        idle_timeout: spec.idle_timeout,
+        max_requests_per_connection: spec.max_requests_per_connection,
+    }
+}
+
+/// How the sets of `spec` are balanced, for a proxy at `local`.
+fn lb_settings(spec: &ClusterSpec, local: Option<&LocalitySpec>) -> LbSettings {
+    LbSettings {
+        policy: spec.lb_policy,
+        locality: local
+            .filter(|_| spec.locality_aware)
+            .map(|local| LocalityPreference {
+                local: local.clone(),
+                failover_threshold: spec.locality_failover_threshold,
+            }),
     }
 }
 
 impl ClusterHandle {
     /// Builds cluster `spec`, whose endpoints speak `protocol` through `codec`, with its series
-    /// in `scope`; `resolved` has the addresses of its host names.
+    /// in `scope`, for a proxy at `local`; `resolved` has the addresses of its host names.
+    /// Nothing runs until [`ClusterHandle::start_health`].
     pub fn new(
         spec: &ClusterSpec,
         protocol: String,
         codec: Arc<dyn CodecFactory>,
         scope: MetricsScope,
+        local: Option<LocalitySpec>,
         resolved: &Resolved,
     ) -> Result<Arc<Self>, ConfigError> {
-        check_supported(spec)?;
+        let probe = health::probe_request(spec.health_check.as_ref(), &codec)?;
         let stats = ClusterStats::new(&scope);
+        let breakers = Arc::new(CircuitBreakers::new(&scope, spec.circuit_breakers.as_ref()));
+        let outlier_thresholds = OutlierThresholds::default();
+        outlier_thresholds.set(spec.outlier_detection.as_ref());
         let mut state = ClusterState {
             spec: spec.clone(),
             protocol,
             codec,
+            connector: connector(spec, &scope)?,
             endpoints: HashMap::new(),
             selectors: vec![BTreeMap::new()],
             retired: Vec::new(),
             resolved: dns::kept(spec, resolved),
             version: 0,
+            local,
+            probe,
+            monitor: None,
         };
-        let snapshot = rebuild(&mut state, &stats, &scope)?;
+        let snapshot = rebuild(&mut state, &stats, &breakers, &scope);
         Ok(Arc::new(Self {
             name: spec.name.as_str().into(),
             stats,
             scope,
             snapshot: ArcSwap::from_pointee(snapshot),
             state: Mutex::new(state),
+            breakers,
+            outlier_thresholds,
+            outlier_wake: Arc::new(Notify::new()),
+            records_latency: AtomicBool::new(spec.lb_policy == LbPolicy::PeakEwma),
             retired: AtomicBool::new(false),
         }))
     }
@@ -138,9 +185,28 @@ impl ClusterHandle {
         &self.stats
     }
 
+    /// Where its series live.
+    pub fn scope(&self) -> &MetricsScope {
+        &self.scope
+    }
+
+    pub fn breakers(&self) -> &CircuitBreakers {
+        &self.breakers
+    }
+
+    /// What the outlier detector waits on besides its interval.
+    pub fn outlier_wake(&self) -> Arc<Notify> {
+        self.outlier_wake.clone()
+    }
+
     /// The protocol its endpoints speak.
     pub fn protocol(&self) -> String {
         self.lock().protocol.clone()
+    }
+
+    /// The codec its endpoints speak.
+    pub fn codec(&self) -> Arc<dyn CodecFactory> {
+        self.lock().codec.clone()
     }
 
     /// The spec it was last built from.
@@ -148,9 +214,61 @@ impl ClusterHandle {
         self.lock().spec.clone()
     }
 
+    /// The proxy locality it was last built for.
+    pub fn local(&self) -> Option<LocalitySpec> {
+        self.lock().local.clone()
+    }
+
     /// The current snapshot (a wait-free load).
     pub fn snapshot(&self) -> Guard<Arc<ClusterSnapshot>> {
         self.snapshot.load()
+    }
+
+    /// Starts its outlier detection and health checks (the cluster is published); updates
+    /// restart them when their config changes, [`ClusterHandle::retire`] stops them.
+    pub fn start_health(self: &Arc<Self>) {
+        let mut state = self.lock();
+        state.monitor = Some(HealthMonitor::start(self, &state.spec, state.probe.clone()));
+    }
+
+    /// Records how an attempt on `endpoint` ended, `elapsed` after it started: its latency
+    /// (for `peak_ewma`) and its outcome (for outlier detection). Atomics only.
+    pub fn attempt_ended(
+        &self,
+        endpoint: &Endpoint,
+        outcome: &AttemptOutcome,
+        elapsed: Duration,
+        now: Instant,
+    ) {
+        if self.records_latency.load(Ordering::Relaxed)
+            && matches!(
+                outcome,
+                AttemptOutcome::Answered(_) | AttemptOutcome::Timeout
+            )
+        {
+            endpoint.rtt().record(elapsed, now);
+        }
+        if endpoint
+            .outliers()
+            .record(outcome, &self.outlier_thresholds)
+        {
+            self.outlier_wake.notify_one();
+        }
+    }
+
+    /// Sets or clears health `flag` of the endpoint at `address`, publishing a new snapshot when
+    /// that changed it; true if it did.
+    pub fn set_health(&self, address: SocketAddr, flag: u8, on: bool) -> bool {
+        let mut state = self.lock();
+        let changed = state
+            .endpoints
+            .get(&address)
+            .is_some_and(|endpoint| endpoint.health().set(flag, on));
+        if changed {
+            let snapshot = rebuild(&mut state, &self.stats, &self.breakers, &self.scope);
+            self.snapshot.store(Arc::new(snapshot));
+        }
+        changed
     }
 
     /// The id of the subset whose endpoints carry all of `labels`, registering it (and
@@ -161,54 +279,101 @@ impl ClusterHandle {
             return Ok(SubsetId(index));
         }
         state.selectors.push(labels.clone());
-        let snapshot = rebuild(&mut state, &self.stats, &self.scope)?;
+        let snapshot = rebuild(&mut state, &self.stats, &self.breakers, &self.scope);
         self.snapshot.store(Arc::new(snapshot));
         Ok(SubsetId(state.selectors.len() - 1))
     }
 
-    /// Checks that `spec` can replace this cluster's config, changing nothing.
-    pub fn check_update(&self, spec: &ClusterSpec) -> Result<(), ConfigError> {
-        check_supported(spec)?;
-        crate::lb::build(spec.lb_policy, &[]).map(|_| ())
-    }
-
-    /// Rebuilds from `spec` (with `codec`, when the protocol or codec options changed) and
-    /// publishes the new snapshot; returns its version. Endpoints that stay keep their pools.
-    /// `resolved` has the addresses of its host names.
-    pub fn update(
+    /// Checks that `spec` can replace this cluster's config (speaking `codec`, when that
+    /// changes too), changing nothing.
+    pub fn check_update(
         &self,
         spec: &ClusterSpec,
+        codec: Option<&Arc<dyn CodecFactory>>,
+    ) -> Result<(), ConfigError> {
+        let codec = codec.cloned().unwrap_or_else(|| self.codec());
+        health::probe_request(spec.health_check.as_ref(), &codec)?;
+        self.next_connector(spec).map(|_| ())
+    }
+
+    /// The connector for `spec`: the current one while its TLS settings stay, so that the
+    /// endpoints keep their connections.
+    fn next_connector(&self, spec: &ClusterSpec) -> Result<Connector, ConfigError> {
+        let state = self.lock();
+        if state.spec.tls == spec.tls {
+            return Ok(state.connector.clone());
+        }
+        drop(state);
+        connector(spec, &self.scope)
+    }
+
+    /// Rebuilds from `spec` (with `codec`, when the protocol or codec options changed) for a
+    /// proxy at `local`, and publishes the new snapshot; returns its version. Endpoints that
+    /// stay keep their pools; health work whose config changed restarts.
+    pub fn update(
+        self: &Arc<Self>,
+        spec: &ClusterSpec,
         codec: Option<(String, Arc<dyn CodecFactory>)>,
+        local: Option<LocalitySpec>,
         resolved: &Resolved,
     ) -> Result<u64, ConfigError> {
-        self.check_update(spec)?;
+        let new_codec = codec.as_ref().map(|(_, c)| c.clone());
+        let probe_codec = new_codec.clone().unwrap_or_else(|| self.codec());
+        let probe = health::probe_request(spec.health_check.as_ref(), &probe_codec)?;
+        let connector = self.next_connector(spec)?;
         let mut state = self.lock();
+        let old = state.spec.clone();
         let mut next = ClusterState {
             spec: spec.clone(),
             protocol: state.protocol.clone(),
             codec: state.codec.clone(),
+            connector,
             endpoints: std::mem::take(&mut state.endpoints),
             selectors: state.selectors.clone(),
             retired: std::mem::take(&mut state.retired),
             resolved: dns::kept(spec, resolved),
             version: state.version,
+            local,
+            probe,
+            monitor: state.monitor.take(),
         };
         if let Some((protocol, codec)) = codec {
             next.protocol = protocol;
             next.codec = codec;
         }
-        match rebuild(&mut next, &self.stats, &self.scope) {
-            Ok(snapshot) => {
-                *state = next;
-                self.snapshot.store(Arc::new(snapshot));
-                Ok(state.version)
-            }
-            Err(err) => {
-                state.endpoints = next.endpoints;
-                state.retired = next.retired;
-                Err(err)
+        // Flags whose source the update removes would never be cleared.
+        let stopped = [
+            (
+                old.outlier_detection.is_some() && spec.outlier_detection.is_none(),
+                HealthFlags::EJECTED,
+            ),
+            (
+                old.health_check.is_some() && spec.health_check.is_none(),
+                HealthFlags::FAILED_ACTIVE_CHECK,
+            ),
+        ];
+        for (removed, flag) in stopped {
+            if removed {
+                for endpoint in next.endpoints.values() {
+                    endpoint.health().set(flag, false);
+                }
             }
         }
+        let snapshot = rebuild(&mut next, &self.stats, &self.breakers, &self.scope);
+        let restart = old.outlier_detection != spec.outlier_detection
+            || old.health_check != spec.health_check
+            || old.connect_timeout != spec.connect_timeout
+            || new_codec.is_some();
+        if restart && next.monitor.is_some() {
+            next.monitor = Some(HealthMonitor::start(self, &next.spec, next.probe.clone()));
+        }
+        *state = next;
+        self.breakers.set_limits(spec.circuit_breakers.as_ref());
+        self.outlier_thresholds.set(spec.outlier_detection.as_ref());
+        self.records_latency
+            .store(spec.lb_policy == LbPolicy::PeakEwma, Ordering::Relaxed);
+        self.snapshot.store(Arc::new(snapshot));
+        Ok(state.version)
     }
 
     /// The addresses its host names resolved to last.
@@ -224,18 +389,10 @@ impl ClusterHandle {
         if kept == state.resolved {
             return None;
         }
-        let previous = std::mem::replace(&mut state.resolved, kept);
-        match rebuild(&mut state, &self.stats, &self.scope) {
-            Ok(snapshot) => {
-                self.snapshot.store(Arc::new(snapshot));
-                Some(state.version)
-            }
-            Err(err) => {
-                tracing::warn!(cluster = %self.name, error = %err, "cannot apply new DNS addresses");
-                state.resolved = previous;
-                None
-            }
-        }
+        state.resolved = kept;
+        let snapshot = rebuild(&mut state, &self.stats, &self.breakers, &self.scope);
+        self.snapshot.store(Arc::new(snapshot));
+        Some(state.version)
     }
 
     /// What `/clusters` shows.
@@ -243,32 +400,37 @@ impl ClusterHandle {
         let mut state = self.lock();
         state.retired.retain(|e| e.strong_count() > 0);
         let snapshot = self.snapshot.load();
-        let members = snapshot
-            .hosts
-            .iter()
-            .map(|h| EndpointStatus::of(&h.endpoint, h.weight, &h.labels));
+        let members = snapshot.hosts.iter().map(|h| EndpointStatus::of(h));
         let draining = state
             .retired
             .iter()
             .filter_map(Weak::upgrade)
-            .map(|e| EndpointStatus::of(&e, 0, &BTreeMap::new()));
+            .map(|e| EndpointStatus::retired(&e));
         ClusterStatus {
             name: self.name.to_string(),
             protocol: state.protocol.clone(),
             version: snapshot.version,
+            circuit_breakers: self.breakers.status(&self.stats),
             endpoints: members.chain(draining).collect(),
         }
     }
 
-    /// Marks the cluster removed from the config: its host names are no longer refreshed. Its
-    /// series go when the handle drops (the last route and request using it are gone).
+    /// Marks the cluster removed from the config: its health work stops and its host names are
+    /// no longer refreshed. Its series go when the handle drops (the last route and request
+    /// using it are gone).
     pub fn retire(&self) {
+        self.stop_health();
         self.retired.store(true, Ordering::Release);
     }
 
     /// True once the cluster is gone from the config.
     pub fn is_retired(&self) -> bool {
         self.retired.load(Ordering::Acquire)
+    }
+
+    /// Stops its health work (the cluster is gone, or the proxy stops).
+    pub fn stop_health(&self) {
+        self.lock().monitor = None;
     }
 
     fn lock(&self) -> MutexGuard<'_, ClusterState> {
@@ -287,13 +449,14 @@ impl Drop for ClusterHandle {
 }
 
 /// Builds the next snapshot of `state`: endpoints of the spec, reusing those whose address,
-/// codec and pool settings are unchanged (new ones get their series in `scope`); endpoints that
-/// left are marked draining.
+/// codec, pool settings and connector are unchanged (new ones get their series in `scope`);
+/// endpoints that left are marked draining.
 fn rebuild(
     state: &mut ClusterState,
     stats: &ClusterStats,
+    breakers: &Arc<CircuitBreakers>,
     scope: &MetricsScope,
-) -> Result<ClusterSnapshot, ConfigError> {
+) -> ClusterSnapshot {
     let istio = scope.metrics().settings().istio.clone();
     let cluster = state.spec.name.as_str();
     let settings = pool_settings(&state.spec);
@@ -306,7 +469,9 @@ fn rebuild(
                 continue;
             }
             let reusable = state.endpoints.get(&address).filter(|e| {
-                Arc::ptr_eq(e.pool().codec(), &state.codec) && e.pool().settings() == settings
+                Arc::ptr_eq(e.pool().codec(), &state.codec)
+                    && e.pool().settings() == settings
+                    && e.pool().connector().same(&state.connector)
             });
             let endpoint = match reusable {
                 Some(endpoint) => endpoint.clone(),
@@ -318,8 +483,9 @@ fn rebuild(
                         address,
                         state.codec.clone(),
                         settings,
-                        Connector::Plain,
+                        state.connector.clone(),
                         stats.clone(),
+                        Some(breakers.clone()),
                     )
                     .with_endpoint_stats(EndpointStats::new(&scope));
                     Arc::new(Endpoint::new(address, pool).with_metrics(scope, health))
@@ -334,6 +500,7 @@ fn rebuild(
                 endpoint,
                 weight: spec.weight,
                 labels: spec.labels.clone(),
+                locality: spec.locality.clone().unwrap_or_default(),
                 istio,
             }));
         }
@@ -342,9 +509,9 @@ fn rebuild(
         state.version + 1,
         hosts,
         &state.selectors,
-        state.spec.lb_policy,
+        &lb_settings(&state.spec, state.local.as_ref()),
         state.spec.retry_budget,
-    )?;
+    );
     snapshot.istio = istio.as_ref().map(|istio| {
         let destination = IstioDestination::of_cluster(istio, cluster);
         IstioReporter::new(scope, istio, &state.protocol, destination)
@@ -360,7 +527,7 @@ fn rebuild(
     }
     state.endpoints = endpoints;
     state.version += 1;
-    Ok(snapshot)
+    snapshot
 }
 
 /// Every configured cluster, by name. Routes hold handles directly; the manager is for
@@ -395,5 +562,92 @@ impl ClusterManager {
             next
         });
         removed
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::stats::Metrics;
+
+    /// Cluster `c` built from `yaml` (a cluster entry) on a codec that is never used.
+    pub(crate) fn cluster(yaml: &str) -> Result<Arc<ClusterHandle>, ConfigError> {
+        let spec = ClusterSpec::from_yaml(yaml)?;
+        let codec = Arc::new(crate::testing::NullCodec) as Arc<dyn CodecFactory>;
+        let scope = Metrics::new().root().detached("cluster", &spec.name);
+        ClusterHandle::new(&spec, "null".into(), codec, scope, None, &Resolved::new())
+    }
+
+    /// The addresses 100 picks of the whole cluster go to.
+    pub(crate) fn picked(cluster: &ClusterHandle) -> std::collections::BTreeSet<SocketAddr> {
+        let snapshot = cluster.snapshot();
+        (0..100)
+            .filter_map(|_| snapshot.set(SubsetId::ALL)?.pick(&[], None))
+            .map(|h| h.endpoint.address())
+            .collect()
+    }
+
+    pub(crate) const THREE: &str = "name: c
+endpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.0.0.1:3 } ]";
+
+    pub(crate) fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn a_health_flag_republishes_the_snapshot_and_all_flagged_is_panic_mode()
+    -> Result<(), ConfigError> {
+        let c = cluster(THREE)?;
+        assert_eq!(picked(&c).len(), 3);
+        let version = c.snapshot().version;
+        assert!(c.set_health(addr(1), HealthFlags::EJECTED, true));
+        assert!(
+            !c.set_health(addr(1), HealthFlags::EJECTED, true),
+            "no change"
+        );
+        assert_eq!(c.snapshot().version, version + 1);
+        assert_eq!(picked(&c), [addr(2), addr(3)].into());
+        assert!(c.set_health(addr(2), HealthFlags::FAILED_ACTIVE_CHECK, true));
+        assert_eq!(picked(&c), [addr(3)].into());
+        assert!(c.set_health(addr(3), HealthFlags::EJECTED, true));
+        assert_eq!(
+            picked(&c).len(),
+            3,
+            "every endpoint flagged: spread over all"
+        );
+        let status = c.status();
+        assert!(status.endpoints[0].ejected && !status.endpoints[0].failing_active_checks);
+        assert_eq!(status.endpoints[1].health, HealthState::FailingActiveChecks);
+        assert!(
+            !c.set_health(addr(9), HealthFlags::EJECTED, true),
+            "not a member"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn an_update_that_removes_a_flags_source_clears_its_flags() -> Result<(), ConfigError> {
+        let with = format!(
+            "{THREE}\noutlier_detection: {{ consecutive_errors: 2 }}\nhealth_check: {{ interval: 1s }}"
+        );
+        let c = cluster(&with)?;
+        c.set_health(addr(1), HealthFlags::EJECTED, true);
+        c.set_health(addr(2), HealthFlags::FAILED_ACTIVE_CHECK, true);
+        let no_checks = format!("{THREE}\noutlier_detection: {{ consecutive_errors: 2 }}");
+        c.update(
+            &ClusterSpec::from_yaml(&no_checks)?,
+            None,
+            None,
+            &Resolved::new(),
+        )?;
+        assert_eq!(picked(&c), [addr(2), addr(3)].into(), "still ejected");
+        c.update(
+            &ClusterSpec::from_yaml(THREE)?,
+            None,
+            None,
+            &Resolved::new(),
+        )?;
+        assert_eq!(picked(&c).len(), 3);
+        Ok(())
     }
 }

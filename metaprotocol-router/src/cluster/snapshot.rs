@@ -6,16 +6,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::Endpoint;
-use crate::config::{ConfigError, LbPolicy, RetryBudgetSpec};
-use crate::lb::{self, LoadBalancer, PickContext};
+use crate::config::{LocalitySpec, RetryBudgetSpec};
+use crate::lb::{self, LbSettings, LoadBalancer, PickContext};
 use crate::stats::IstioReporter;
 
-/// A cluster member: an endpoint with the weight and labels this snapshot gives it.
+/// A cluster member: an endpoint with the weight, labels and locality this snapshot gives it.
 #[derive(Debug)]
 pub(crate) struct Host {
     pub endpoint: Arc<Endpoint>,
     pub weight: u32,
     pub labels: BTreeMap<String, String>,
+    pub locality: LocalitySpec,
     /// Counts its requests in the Istio series (labelled from `labels`), when they are on.
     pub istio: Option<IstioReporter>,
 }
@@ -46,33 +47,37 @@ pub(crate) struct EndpointSet {
 impl EndpointSet {
     /// The routable members of `members`; all of them when none is routable (panic mode: with
     /// every endpoint marked bad, spreading the load beats refusing it).
-    fn new(members: Vec<Arc<Host>>, policy: LbPolicy) -> Result<Self, ConfigError> {
+    fn new(members: Vec<Arc<Host>>, settings: &LbSettings) -> Self {
         let routable: Vec<Arc<Host>> = members
             .iter()
             .filter(|h| h.endpoint.health().routable())
             .cloned()
             .collect();
         let hosts = if routable.is_empty() {
-            members
+            members.clone()
         } else {
             routable
         };
-        Ok(Self {
-            balancer: lb::build(policy, &hosts)?,
+        Self {
+            balancer: lb::build(settings, &hosts, &members),
             hosts,
-        })
+        }
     }
 
-    /// Picks a host, skipping those already `tried` by this request and those backing off
-    /// after connect failures when another is available; `None` when the set is empty.
-    pub fn pick(&self, tried: &[SocketAddr]) -> Option<&Arc<Host>> {
+    /// Picks a host for a request with consistent-hashing key `hash`, skipping those already
+    /// `tried` by this request and those backing off after connect failures when another is
+    /// available; `None` when the set is empty.
+    pub fn pick(&self, tried: &[SocketAddr], hash: Option<u64>) -> Option<&Arc<Host>> {
         let avoid = |i: usize| {
             self.hosts.get(i).is_some_and(|host| {
                 let endpoint = &host.endpoint;
                 endpoint.pool().in_backoff() || tried.contains(&endpoint.address())
             })
         };
-        let index = self.balancer.pick(&PickContext { avoid: &avoid })?;
+        let index = self.balancer.pick(&PickContext {
+            avoid: &avoid,
+            hash,
+        })?;
         self.hosts.get(index)
     }
 }
@@ -99,9 +104,9 @@ impl ClusterSnapshot {
         version: u64,
         hosts: Vec<Arc<Host>>,
         selectors: &[BTreeMap<String, String>],
-        policy: LbPolicy,
+        settings: &LbSettings,
         retry_budget: RetryBudgetSpec,
-    ) -> Result<Self, ConfigError> {
+    ) -> Self {
         let sets = selectors
             .iter()
             .map(|wanted| {
@@ -110,16 +115,16 @@ impl ClusterSnapshot {
                     .filter(|h| h.has_labels(wanted))
                     .cloned()
                     .collect();
-                EndpointSet::new(members, policy)
+                EndpointSet::new(members, settings)
             })
-            .collect::<Result<_, _>>()?;
-        Ok(Self {
+            .collect();
+        Self {
             version,
             hosts,
             istio: None,
             sets,
             retry_budget,
-        })
+        }
     }
 
     /// The set of subset `id`; an empty set for an id this snapshot does not know (a route

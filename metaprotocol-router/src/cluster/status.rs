@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
-use super::{Endpoint, HealthState};
+use super::{BreakerStatus, Endpoint, HealthFlags, HealthState, Host};
+use crate::config::LocalitySpec;
 
 /// One cluster's endpoints and their state.
 #[derive(Clone, Debug, Serialize)]
@@ -17,6 +18,8 @@ pub struct ClusterStatus {
     pub protocol: String,
     /// Its snapshot version: 1 when built, incremented by every update or health change.
     pub version: u64,
+    /// Its configured circuit breakers: limit, current count, open or not, overflows.
+    pub circuit_breakers: Vec<BreakerStatus>,
     /// Its members, then endpoints removed by an update that still finish requests.
     pub endpoints: Vec<EndpointStatus>,
 }
@@ -31,10 +34,16 @@ pub struct EndpointStatus {
     pub weight: u32,
     /// Its labels.
     pub labels: BTreeMap<String, String>,
-    /// Its health.
+    /// Where it runs (empty strings when the config does not say).
+    pub locality: LocalitySpec,
+    /// Its health: the most severe of its flags.
     pub health: HealthState,
     /// True while outlier detection keeps it out of rotation.
     pub ejected: bool,
+    /// True while active health checks keep it out of rotation.
+    pub failing_active_checks: bool,
+    /// Times outlier detection ejected it.
+    pub ejections: u32,
     /// True while connect failures keep it out of rotation.
     pub backing_off: bool,
     /// Consecutive failed connects.
@@ -48,14 +57,28 @@ pub struct EndpointStatus {
 }
 
 impl EndpointStatus {
-    pub(super) fn of(endpoint: &Endpoint, weight: u32, labels: &BTreeMap<String, String>) -> Self {
-        let health = endpoint.health().state();
+    /// A member of the current snapshot.
+    pub(super) fn of(host: &Host) -> Self {
+        Self {
+            weight: host.weight,
+            labels: host.labels.clone(),
+            locality: host.locality.clone(),
+            ..Self::retired(&host.endpoint)
+        }
+    }
+
+    /// An endpoint an update removed, still finishing requests.
+    pub(super) fn retired(endpoint: &Endpoint) -> Self {
+        let flags = endpoint.health();
         Self {
             address: endpoint.address(),
-            weight,
-            labels: labels.clone(),
-            health,
-            ejected: health == HealthState::Ejected,
+            weight: 0,
+            labels: BTreeMap::new(),
+            locality: LocalitySpec::default(),
+            health: flags.state(),
+            ejected: flags.has(HealthFlags::EJECTED),
+            failing_active_checks: flags.has(HealthFlags::FAILED_ACTIVE_CHECK),
+            ejections: endpoint.outliers().ejections(),
             backing_off: endpoint.pool().in_backoff(),
             connect_failures: endpoint.pool().connect_failures(),
             active_requests: endpoint.active_requests(),

@@ -8,13 +8,20 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, Errors, not_available};
+use super::{ClusterTlsSpec, ConfigError, Errors};
 
 /// The default time allowed to open an upstream connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The default number of connections per endpoint that requests are multiplexed over.
 pub const DEFAULT_CONNECTIONS_PER_ENDPOINT: u32 = 2;
+
+/// The default time an upstream connection may carry nothing before it is closed.
+pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The default share of a locality's endpoints, in percent, that must be healthy for it to keep
+/// all of its traffic (Envoy's overprovisioning factor of 1.4, as a threshold).
+pub const DEFAULT_LOCALITY_FAILOVER_THRESHOLD: f64 = 70.0;
 
 /// A named set of upstream endpoints that serve the same service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,12 +42,24 @@ pub struct ClusterSpec {
     /// How an endpoint is picked.
     #[serde(default)]
     pub lb_policy: LbPolicy,
-    /// Prefer endpoints in the proxy's own zone, then region.
+    /// Prefer endpoints in the proxy's own zone (`node.locality`), then region.
     #[serde(default)]
     pub locality_aware: bool,
+    /// With `locality_aware`: the share of a locality's endpoints, in percent, that must be
+    /// healthy for it to keep all of its traffic; below, it keeps a proportional part and the
+    /// rest fails over to the next locality.
+    #[serde(default = "default_locality_failover_threshold")]
+    pub locality_failover_threshold: f64,
     /// Connections per endpoint that requests are multiplexed over.
     #[serde(default = "default_connections_per_endpoint")]
     pub connections_per_endpoint: u32,
+    /// Close an upstream connection after this long with nothing in flight.
+    #[serde(default = "default_upstream_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Replace an upstream connection once it has carried this many requests (a new one is
+    /// opened first); none: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<u32>,
     /// The endpoints.
     #[serde(default)]
     pub endpoints: Vec<EndpointSpec>,
@@ -50,12 +69,12 @@ pub struct ClusterSpec {
     /// Ejection of endpoints that keep failing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetectionSpec>,
-    /// Active health checks of the endpoints. Not available yet: rejected by validation.
+    /// Active health checks of the endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health_check: Option<serde_json::Value>,
-    /// TLS to the endpoints. Not available yet: rejected by validation.
+    pub health_check: Option<HealthCheckSpec>,
+    /// TLS to the endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<serde_json::Value>,
+    pub tls: Option<ClusterTlsSpec>,
     /// Retries in flight to this cluster, at most a share of its active requests (Envoy's
     /// retry budget): past it, failed requests are answered instead of retried, so that a
     /// failing cluster does not receive a storm of retries.
@@ -149,6 +168,14 @@ fn default_connections_per_endpoint() -> u32 {
     DEFAULT_CONNECTIONS_PER_ENDPOINT
 }
 
+fn default_upstream_idle_timeout() -> Duration {
+    DEFAULT_UPSTREAM_IDLE_TIMEOUT
+}
+
+fn default_locality_failover_threshold() -> f64 {
+    DEFAULT_LOCALITY_FAILOVER_THRESHOLD
+}
+
 impl ClusterSpec {
     /// Parses one cluster from YAML or JSON (for `PUT /clusters/{name}`) and validates it.
     /// Errors carry the line and column of the offending field.
@@ -167,11 +194,8 @@ impl ClusterSpec {
 
     /// Records every problem of this cluster.
     pub(crate) fn check(&self, errors: &mut Errors) {
-        if self.health_check.is_some() {
-            errors.add(not_available("health_check"));
-        }
-        if self.tls.is_some() {
-            errors.add(not_available("tls"));
+        if let Some(tls) = &self.tls {
+            errors.check("tls", tls.validate());
         }
         if self.connect_timeout.is_zero() {
             errors.add(ConfigError::new(
@@ -184,6 +208,33 @@ impl ClusterSpec {
                 "connections_per_endpoint",
                 "must be at least 1",
             ));
+        }
+        if self.idle_timeout.is_zero() {
+            errors.add(ConfigError::new("idle_timeout", "must be greater than 0"));
+        }
+        if self.max_requests_per_connection == Some(0) {
+            errors.add(ConfigError::new(
+                "max_requests_per_connection",
+                "must be at least 1",
+            ));
+        }
+        if !(self.locality_failover_threshold > 0.0 && self.locality_failover_threshold <= 100.0) {
+            errors.add(ConfigError::new(
+                "locality_failover_threshold",
+                format!(
+                    "{} is not a percentage above 0 and at most 100",
+                    self.locality_failover_threshold
+                ),
+            ));
+        }
+        if let Some(breakers) = &self.circuit_breakers {
+            errors.check("circuit_breakers", breakers.validate());
+        }
+        if let Some(outlier) = &self.outlier_detection {
+            errors.check("outlier_detection", outlier.validate());
+        }
+        if let Some(check) = &self.health_check {
+            errors.check("health_check", check.validate());
         }
         if self.dns_refresh_rate.is_zero() {
             errors.add(ConfigError::new(
@@ -230,6 +281,9 @@ pub enum LbPolicy {
     Random,
     /// The fewer of two random endpoints' active requests.
     LeastRequest,
+    /// The cheaper of two random endpoints, by peak-sensitive moving average of their latency
+    /// times their requests in flight (linkerd's "peak EWMA").
+    PeakEwma,
     /// Consistent hashing on the route's `hash_policy` keys (Ketama ring).
     RingHash,
     /// Consistent hashing on the route's `hash_policy` keys (Maglev table).
@@ -243,6 +297,7 @@ impl LbPolicy {
             Self::RoundRobin => "round_robin",
             Self::Random => "random",
             Self::LeastRequest => "least_request",
+            Self::PeakEwma => "peak_ewma",
             Self::RingHash => "ring_hash",
             Self::Maglev => "maglev",
         }
@@ -283,7 +338,8 @@ pub struct LocalitySpec {
     pub zone: String,
 }
 
-/// Limits on what a cluster may have in flight.
+/// Limits on what a cluster may have in flight: past one, a request is answered at once with
+/// the protocol's over-limit error instead of being queued.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreakersSpec {
@@ -301,6 +357,38 @@ pub struct CircuitBreakersSpec {
     pub max_retries: u32,
 }
 
+impl CircuitBreakersSpec {
+    fn validate(&self) -> Result<(), ConfigError> {
+        at_least_one(&[
+            ("max_connections", self.max_connections),
+            ("max_pending_requests", self.max_pending_requests),
+            ("max_requests", self.max_requests),
+        ])
+    }
+}
+
+/// Rejects the first of `fields` that is 0.
+fn at_least_one(fields: &[(&str, u32)]) -> Result<(), ConfigError> {
+    reject_first(fields, |v| v == 0, "must be at least 1")
+}
+
+/// Rejects the first of `fields` that is zero.
+fn positive(fields: &[(&str, Duration)]) -> Result<(), ConfigError> {
+    reject_first(fields, |v| v.is_zero(), "must be greater than 0")
+}
+
+/// Rejects the first of `fields` whose value is `bad`, for `reason`.
+fn reject_first<T: Copy>(
+    fields: &[(&str, T)],
+    bad: impl Fn(T) -> bool,
+    reason: &str,
+) -> Result<(), ConfigError> {
+    match fields.iter().find(|(_, value)| bad(*value)) {
+        Some((field, _)) => Err(ConfigError::new(*field, reason)),
+        None => Ok(()),
+    }
+}
+
 fn big() -> u32 {
     1024
 }
@@ -313,9 +401,13 @@ fn three() -> u32 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutlierDetectionSpec {
-    /// Consecutive failures that eject an endpoint.
+    /// Consecutive failures of the upstream (server error responses, resets, timeouts) that
+    /// eject an endpoint; 0 turns this check off.
     #[serde(default = "five")]
     pub consecutive_errors: u32,
+    /// Consecutive failures to connect to it that eject an endpoint; 0 turns this check off.
+    #[serde(default = "five")]
+    pub consecutive_local_origin_failures: u32,
     /// How often ejections are re-evaluated.
     #[serde(default = "second", with = "humantime_serde")]
     pub interval: Duration,
@@ -325,6 +417,100 @@ pub struct OutlierDetectionSpec {
     /// The most endpoints ejected at once, in percent.
     #[serde(default = "fifty")]
     pub max_ejection_percent: f64,
+    /// The longest an ejection lasts, however often the endpoint was ejected.
+    #[serde(default = "five_minutes", with = "humantime_serde")]
+    pub max_ejection_time: Duration,
+}
+
+impl OutlierDetectionSpec {
+    fn validate(&self) -> Result<(), ConfigError> {
+        positive(&[
+            ("interval", self.interval),
+            ("base_ejection_time", self.base_ejection_time),
+            ("max_ejection_time", self.max_ejection_time),
+        ])?;
+        if self.max_ejection_time < self.base_ejection_time {
+            return Err(ConfigError::new(
+                "max_ejection_time",
+                "must be at least base_ejection_time",
+            ));
+        }
+        super::route::check_percentage(self.max_ejection_percent)
+            .map_err(|e| ConfigError::new("max_ejection_percent", e.reason))
+    }
+}
+
+fn five_minutes() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// Periodic checks of every endpoint: those failing `unhealthy_threshold` checks in a row leave
+/// rotation until `healthy_threshold` checks in a row pass.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSpec {
+    /// The time between two checks of an endpoint.
+    #[serde(default = "five_seconds", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Up to this share of `interval`, in percent, is added at random to each wait, so that
+    /// checks of many endpoints (and proxies) spread out.
+    #[serde(default = "ten")]
+    pub interval_jitter_percent: f64,
+    /// The time a check may take.
+    #[serde(default = "second", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Failed checks in a row that take an endpoint out of rotation.
+    #[serde(default = "three")]
+    pub unhealthy_threshold: u32,
+    /// Passed checks in a row that bring it back.
+    #[serde(default = "two")]
+    pub healthy_threshold: u32,
+    /// What a check does.
+    #[serde(default)]
+    pub probe: ProbeSpec,
+}
+
+impl HealthCheckSpec {
+    fn validate(&self) -> Result<(), ConfigError> {
+        positive(&[("interval", self.interval), ("timeout", self.timeout)])?;
+        at_least_one(&[
+            ("unhealthy_threshold", self.unhealthy_threshold),
+            ("healthy_threshold", self.healthy_threshold),
+        ])?;
+        if let ProbeSpec::Method(method) = &self.probe
+            && method.is_empty()
+        {
+            return Err(ConfigError::new("probe.method", "must not be empty"));
+        }
+        super::route::check_percentage(self.interval_jitter_percent)
+            .map_err(|e| ConfigError::new("interval_jitter_percent", e.reason))
+    }
+}
+
+/// What an active health check does to an endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeSpec {
+    /// Opens a connection and closes it.
+    #[default]
+    Tcp,
+    /// Sends the protocol's heartbeat (Dubbo) and waits for its answer.
+    Heartbeat,
+    /// `{ method: name }`: calls `name` without arguments (Thrift, bRPC `service.method`) and
+    /// waits for any well-formed answer, an error included.
+    Method(String),
+}
+
+fn five_seconds() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn ten() -> f64 {
+    10.0
+}
+
+fn two() -> u32 {
+    2
 }
 
 fn five() -> u32 {

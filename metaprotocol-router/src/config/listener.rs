@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AccessLogSpec, ConfigError, Errors, TracingSpec, not_available};
+use super::{AccessLogSpec, ConfigError, Errors, ListenerTlsSpec, TracingSpec};
 
 /// Where the admin HTTP API listens, and who may change the running config through it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,13 +58,17 @@ pub struct ListenerSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub idle_timeout: Option<Duration>,
+    /// The most client connections open at once; a connection past it is closed as soon as it
+    /// is accepted (counted). None: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
     /// The longest a request frame may take to arrive once its first bytes did; a client that
     /// trickles a frame slower than this is disconnected.
     #[serde(default = "default_frame_timeout", with = "humantime_serde")]
     pub frame_timeout: Duration,
-    /// TLS for clients. Not available yet: rejected by validation.
+    /// TLS for clients (mutual TLS with `require_client_cert`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<serde_json::Value>,
+    pub tls: Option<ListenerTlsSpec>,
     /// An access log of every request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLogSpec>,
@@ -92,8 +96,11 @@ impl ListenerSpec {
         if self.frame_timeout.is_zero() {
             errors.add(ConfigError::new("frame_timeout", "must be greater than 0"));
         }
-        if self.tls.is_some() {
-            errors.add(not_available("tls"));
+        if self.max_connections == Some(0) {
+            errors.add(ConfigError::new("max_connections", "must be at least 1"));
+        }
+        if let Some(tls) = &self.tls {
+            errors.check("tls", tls.validate());
         }
         if let Some(access_log) = &self.access_log {
             errors.check("access_log", access_log.validate());

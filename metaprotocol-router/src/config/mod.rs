@@ -15,6 +15,7 @@ mod listener;
 mod route;
 mod source;
 mod telemetry;
+mod tls;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -24,22 +25,26 @@ use serde::{Deserialize, Serialize};
 
 pub use cluster::{
     CircuitBreakersSpec, ClusterSpec, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTIONS_PER_ENDPOINT,
-    DEFAULT_DNS_REFRESH_RATE, DnsLookupFamily, EndpointAddress, EndpointSpec, LbPolicy,
-    LocalitySpec, OutlierDetectionSpec, RetryBudgetSpec,
+    DEFAULT_DNS_REFRESH_RATE, DEFAULT_LOCALITY_FAILOVER_THRESHOLD, DEFAULT_UPSTREAM_IDLE_TIMEOUT,
+    DnsLookupFamily, EndpointAddress, EndpointSpec, HealthCheckSpec, LbPolicy, LocalitySpec,
+    OutlierDetectionSpec, ProbeSpec, RetryBudgetSpec,
 };
 pub(crate) use error::Errors;
 pub use error::{ConfigError, Position};
 pub use limits::{DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_REQUESTS, LimitsSpec};
 pub use listener::{AdminSpec, DEFAULT_FRAME_TIMEOUT, FilterSpec, ListenerSpec};
+pub(crate) use route::check_percentage;
 pub use route::{
     DEFAULT_MIRROR_MAX_IN_FLIGHT, DEFAULT_RETRY_BASE_INTERVAL, DirectResponseSpec, MAX_NUM_RETRIES,
     MatchSpec, MetadataMatcherSpec, MirrorSpec, MutationSpec, RetryBackOffSpec, RetryOn,
     RetryPolicySpec, RouteActionSpec, RouteConfigSpec, RouteSpec, WeightedClusterSpec,
 };
+pub(crate) use source::from_value;
 pub use telemetry::{
     AccessLogSpec, DEFAULT_ACCESS_LOG_QUEUE, DEFAULT_LATENCY_BUCKETS, DEFAULT_METHOD_LABEL_LIMIT,
     IstioReporter, IstioSpec, IstioWorkloadSpec, MetricsSpec, Propagation, TracingSpec,
 };
+pub use tls::{ClusterTlsSpec, ListenerTlsSpec};
 
 /// A whole configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +60,9 @@ pub struct Config {
     /// What all clients together may make the proxy hold.
     #[serde(default)]
     pub limits: LimitsSpec,
+    /// The proxy itself: where it runs (for locality-aware load balancing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeSpec>,
     /// How metrics are shaped (histogram buckets, label limits, Istio-compatible series); a
     /// change takes effect on restart.
     #[serde(default, skip_serializing_if = "MetricsSpec::is_default")]
@@ -73,6 +81,15 @@ pub struct Config {
     pub clusters: Vec<ClusterSpec>,
 }
 
+/// The proxy itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    /// Where the proxy runs: locality-aware clusters prefer endpoints in this zone, then this
+    /// region.
+    pub locality: LocalitySpec,
+}
+
 fn default_drain_time() -> Duration {
     crate::DEFAULT_DRAIN_TIMEOUT
 }
@@ -83,6 +100,7 @@ impl Default for Config {
             admin: None,
             drain_time: default_drain_time(),
             limits: LimitsSpec::default(),
+            node: None,
             metrics: MetricsSpec::default(),
             dynamic: None,
             listeners: Vec::new(),
@@ -186,6 +204,12 @@ impl Config {
         }
         for (i, cluster) in self.clusters.iter().enumerate() {
             errors.within(&format!("clusters[{i}]"), |errors| cluster.check(errors));
+            if cluster.locality_aware && self.node.is_none() {
+                errors.add(ConfigError::new(
+                    format!("clusters[{i}].locality_aware"),
+                    "needs the proxy's own locality: set `node: { locality: { region, zone } }`",
+                ));
+            }
         }
         for (i, routes) in self.route_configs.iter().enumerate() {
             errors.within(&format!("route_configs[{i}]"), |errors| {

@@ -104,16 +104,15 @@ pub struct RouteSpec {
     /// A shadow copy of matching requests, sent to another cluster; its answers are dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<MirrorSpec>,
-    /// Metadata keys hashed for `ring_hash` and `maglev` load balancing.
+    /// Metadata keys hashed for `ring_hash` and `maglev` load balancing (in any order: the
+    /// key does not depend on it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hash_policy: Vec<String>,
 }
 
 impl RouteSpec {
     fn check(&self, known: &dyn Fn(&str) -> bool, errors: &mut Errors) {
-        for (i, matcher) in self.match_.metadata.iter().enumerate() {
-            errors.check(&format!("match.metadata[{i}]"), matcher.validate());
-        }
+        errors.within("match", |errors| self.match_.check(errors));
         match &self.direct_response {
             Some(direct) => {
                 errors.check("direct_response", direct.validate());
@@ -131,6 +130,14 @@ impl RouteSpec {
         for (field, mutation) in mutations {
             if let Some(mutation) = mutation {
                 errors.within(field, |errors| mutation.check(errors));
+            }
+        }
+        for (i, key) in self.hash_policy.iter().enumerate() {
+            if key.is_empty() {
+                errors.add(ConfigError::new(
+                    format!("hash_policy[{i}]"),
+                    "must not be empty",
+                ));
             }
         }
         if let Some(mirror) = &self.mirror {
@@ -204,13 +211,51 @@ impl DirectResponseSpec {
     }
 }
 
-/// The conditions of a route, all of which must hold.
+/// The conditions of a route (or of a filter's rule), all of which must hold.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MatchSpec {
     /// Conditions on metadata keys, ANDed.
     #[serde(default)]
     pub metadata: Vec<MetadataMatcherSpec>,
+    /// The client's verified TLS identity: one of its names (URI SANs such as SPIFFE ids, DNS
+    /// SANs, the subject) equals this, or matches it as `prefix*`, `*suffix` or `*` (any
+    /// identity). Clients without a certificate never match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+    /// The client's address is in one of these ranges (`10.0.0.0/8`, `::1/128`, `127.0.0.1`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_ips: Vec<String>,
+}
+
+impl MatchSpec {
+    /// True if this sets no condition at all.
+    pub fn is_empty(&self) -> bool {
+        self.metadata.is_empty() && self.principal.is_none() && self.source_ips.is_empty()
+    }
+
+    /// Records every problem of these conditions.
+    pub(crate) fn check(&self, errors: &mut Errors) {
+        for (i, matcher) in self.metadata.iter().enumerate() {
+            errors.check(&format!("metadata[{i}]"), matcher.validate());
+        }
+        if self.principal.as_deref() == Some("") {
+            errors.add(ConfigError::new("principal", "must not be empty"));
+        }
+        for (i, range) in self.source_ips.iter().enumerate() {
+            errors.check(
+                &format!("source_ips[{i}]"),
+                crate::route::IpRange::parse(range).map(|_| ()),
+            );
+        }
+    }
+
+    /// The first problem of these conditions, if any.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = Errors::default();
+        self.check(&mut errors);
+        errors.first()
+    }
 }
 
 /// One condition on a metadata key: exactly one of the value tests.
@@ -243,7 +288,7 @@ pub struct MetadataMatcherSpec {
 }
 
 impl MetadataMatcherSpec {
-    fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.key.is_empty() {
             return Err(ConfigError::new("key", "must not be empty"));
         }
@@ -463,9 +508,7 @@ impl RetryPolicySpec {
             ));
         }
         if let Some(matcher) = &self.idempotent_match {
-            for (i, m) in matcher.metadata.iter().enumerate() {
-                errors.check(&format!("idempotent_match.metadata[{i}]"), m.validate());
-            }
+            errors.within("idempotent_match", |errors| matcher.check(errors));
         }
         let back_off = &self.retry_back_off;
         if back_off.base_interval.is_zero() {

@@ -43,6 +43,15 @@ pub(crate) fn parse<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
     })
 }
 
+/// Reads a loosely typed part of a config (a filter's `config`, absent meaning `{}`) into `T`;
+/// errors name the field path inside it (`token_bucket.max_tokens`).
+pub(crate) fn from_value<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, ConfigError> {
+    let empty = serde_json::Value::Object(serde_json::Map::new());
+    let value = if value.is_null() { &empty } else { value };
+    serde_path_to_error::deserialize(value)
+        .map_err(|err| ConfigError::new(field_path(err.path()), err.into_inner().to_string()))
+}
+
 /// The path in the form config errors use (`listeners[0].route_config`), up to the first step
 /// the deserializer could not name (a map key that failed to parse, say).
 fn field_path(path: &serde_path_to_error::Path) -> String {

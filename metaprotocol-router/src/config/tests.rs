@@ -316,33 +316,10 @@ fn a_route_config_from_the_admin_api_carries_positions() {
 
 #[test]
 fn planned_fields_parse_and_are_not_available_yet() {
-    let cases = [
-        (
-            FULL.replace(
-                "    idle_timeout: 60s",
-                "    idle_timeout: 60s\n    tls: { cert_file: c.pem }",
-            ),
-            "listeners[0].tls",
-        ),
-        (
-            FULL.replace(
-                "    lb_policy: round_robin",
-                "    lb_policy: round_robin\n    health_check: { interval: 5s, probe: heartbeat }",
-            ),
-            "clusters[0].health_check",
-        ),
-        (
-            FULL.replace(
-                "    lb_policy: round_robin",
-                "    lb_policy: round_robin\n    tls: { server_name: x }",
-            ),
-            "clusters[0].tls",
-        ),
-        (
-            format!("dynamic: {{ xds: {{ address: 127.0.0.1:15010 }} }}\n{FULL}"),
-            "dynamic",
-        ),
-    ];
+    let cases = [(
+        format!("dynamic: {{ xds: {{ address: 127.0.0.1:15010 }} }}\n{FULL}"),
+        "dynamic",
+    )];
     for (yaml, field) in cases {
         let err = error_of(&yaml);
         assert_eq!(err.field, field, "{err}");
@@ -352,12 +329,127 @@ fn planned_fields_parse_and_are_not_available_yet() {
     }
 }
 
+/// The cluster fields of load balancing and resilience: parsed as documented, rejected with
+/// the field's name when out of range.
+#[test]
+fn resilience_fields_parse_and_are_checked() -> Result<(), ConfigError> {
+    let with = |extra: &str| {
+        FULL.replace(
+            "    lb_policy: round_robin",
+            &format!("    lb_policy: round_robin\n{extra}"),
+        )
+    };
+    let config = Config::from_yaml(&format!(
+        "node: {{ locality: {{ region: r1, zone: z1 }} }}\n{}",
+        with(
+            "    locality_aware: true
+    idle_timeout: 30s
+    max_requests_per_connection: 1000
+    circuit_breakers: { max_requests: 10 }
+    outlier_detection: { consecutive_errors: 3, interval: 500ms }
+    health_check: { interval: 2s, probe: { method: ping } }"
+        )
+    ))?;
+    let cluster = &config.clusters[0];
+    assert_eq!(config.node.map(|n| n.locality.zone).as_deref(), Some("z1"));
+    assert_eq!(cluster.locality_failover_threshold, 70.0);
+    assert_eq!(cluster.max_requests_per_connection, Some(1000));
+    let breakers = cluster.circuit_breakers.as_ref();
+    assert_eq!(
+        breakers.map(|b| (b.max_requests, b.max_retries)),
+        Some((10, 3))
+    );
+    let outlier = cluster.outlier_detection.as_ref();
+    assert_eq!(
+        outlier.map(|o| o.consecutive_local_origin_failures),
+        Some(5)
+    );
+    let check = cluster.health_check.as_ref();
+    assert_eq!(
+        check.map(|c| &c.probe),
+        Some(&ProbeSpec::Method("ping".into()))
+    );
+    for (probe, expected) in [("heartbeat", ProbeSpec::Heartbeat), ("tcp", ProbeSpec::Tcp)] {
+        let config = Config::from_yaml(&with(&format!("    health_check: {{ probe: {probe} }}")))?;
+        let parsed = config.clusters[0]
+            .health_check
+            .as_ref()
+            .map(|c| c.probe.clone());
+        assert_eq!(parsed, Some(expected));
+    }
+    assert_rejected(&[
+        (
+            with("    locality_aware: true"),
+            "clusters[0].locality_aware",
+            "set `node: { locality",
+        ),
+        (
+            with("    locality_failover_threshold: 0"),
+            "clusters[0].locality_failover_threshold",
+            "not a percentage",
+        ),
+        (
+            with("    circuit_breakers: { max_pending_requests: 0 }"),
+            "clusters[0].circuit_breakers.max_pending_requests",
+            "at least 1",
+        ),
+        (
+            with("    outlier_detection: { max_ejection_percent: 150 }"),
+            "clusters[0].outlier_detection.max_ejection_percent",
+            "not between 0 and 100",
+        ),
+        (
+            with("    outlier_detection: { base_ejection_time: 1m, max_ejection_time: 30s }"),
+            "clusters[0].outlier_detection.max_ejection_time",
+            "at least base_ejection_time",
+        ),
+        (
+            with("    health_check: { healthy_threshold: 0 }"),
+            "clusters[0].health_check.healthy_threshold",
+            "at least 1",
+        ),
+        (
+            with("    health_check: { probe: { method: \"\" } }"),
+            "clusters[0].health_check.probe.method",
+            "must not be empty",
+        ),
+        (
+            with("    health_check: { probe: ping }"),
+            "clusters[0].health_check.probe",
+            "unknown variant `ping`",
+        ),
+        (
+            with("    max_requests_per_connection: 0"),
+            "clusters[0].max_requests_per_connection",
+            "at least 1",
+        ),
+        (
+            FULL.replace(
+                "    idle_timeout: 60s",
+                "    idle_timeout: 60s\n    max_connections: 0",
+            ),
+            "listeners[0].max_connections",
+            "at least 1",
+        ),
+        (
+            FULL.replace(
+                "        timeout: 2s",
+                "        timeout: 2s\n        hash_policy: [ user, \"\" ]",
+            ),
+            "route_configs[0].routes[0].hash_policy[1]",
+            "must not be empty",
+        ),
+    ]);
+    Ok(())
+}
+
 #[test]
 fn lb_policy_names_are_the_configs_words() {
     for name in [
         "round_robin",
         "random",
         "least_request",
+        "peak_ewma",
         "ring_hash",
         "maglev",
     ] {
@@ -530,9 +622,15 @@ fn the_reference_examples_load() -> Result<(), ConfigError> {
     let sections: String = blocks[1..]
         .iter()
         .filter(|block| {
-            ["admin:", "listeners:", "route_configs:", "clusters:"]
-                .iter()
-                .any(|key| block.starts_with(key))
+            [
+                "admin:",
+                "node:",
+                "listeners:",
+                "route_configs:",
+                "clusters:",
+            ]
+            .iter()
+            .any(|key| block.starts_with(key))
         })
         .copied()
         .collect();

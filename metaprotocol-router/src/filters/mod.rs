@@ -4,15 +4,28 @@
 //! themselves in [`FilterRegistry::with_builtins`]. A factory runs once per listener per config,
 //! never per request, and gets a [`FilterContext`]: the listener's name, a metrics scope for
 //! the filter's own series, the runtime, and clients shared by every filter of the proxy.
+//!
+//! The built-in filters, one folder each: [`local_ratelimit`] (token buckets per proxy),
+//! [`global_ratelimit`] (a limit shared by every proxy through Redis), [`fault`] (delays and
+//! aborts) and [`rbac`] (authorization by the client's identity, address and the request's
+//! metadata).
+
+mod fault;
+mod global_ratelimit;
+mod local_ratelimit;
+mod rbac;
+#[cfg(test)]
+mod testing;
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use metaprotocol_core::L7Filter;
+use metaprotocol_core::{L7Filter, RequestContext, RoutingView};
 
-use crate::config::ConfigError;
-use crate::stats::MetricsScope;
+use crate::config::{ConfigError, MatchSpec};
+use crate::route::RequestMatcher;
+use crate::stats::{Metrics, MetricsScope};
 
 /// Clients that filters share across listeners and config updates (a Redis connection, an
 /// authorization service channel ...), by name.
@@ -60,13 +73,26 @@ pub struct FilterContext {
 }
 
 impl FilterContext {
-    pub(crate) fn new(listener: Arc<str>, metrics: MetricsScope, shared: SharedClients) -> Self {
+    /// The context of a filter of listener `listener` whose series live in `metrics`; the
+    /// engine makes one per filter of each listener (benches and embedders' tests make their
+    /// own).
+    pub fn new(listener: Arc<str>, metrics: MetricsScope, shared: SharedClients) -> Self {
         Self {
             listener,
             metrics,
             runtime: tokio::runtime::Handle::try_current().ok(),
             shared,
         }
+    }
+
+    /// The context of filter `filter` of listener `listener` outside a running proxy (benches,
+    /// tests): its series go to `metrics` with the labels the engine gives them.
+    pub fn standalone(listener: &str, filter: &str, metrics: &Metrics) -> Self {
+        let scope = metrics
+            .root()
+            .detached("listener", listener)
+            .with_label("filter", filter);
+        Self::new(listener.into(), scope, SharedClients::default())
     }
 
     /// The listener whose chain the filter joins.
@@ -113,7 +139,13 @@ impl std::fmt::Debug for FilterRegistry {
 impl FilterRegistry {
     /// A registry with the built-in filters.
     pub fn with_builtins() -> Self {
-        Self::default()
+        let mut registry = Self::default();
+        registry
+            .register(local_ratelimit::NAME, local_ratelimit::build)
+            .register(global_ratelimit::NAME, global_ratelimit::build)
+            .register(fault::NAME, fault::build)
+            .register(rbac::NAME, rbac::build);
+        registry
     }
 
     /// Registers `factory` under `name`, replacing an earlier one.
@@ -155,13 +187,22 @@ impl FilterRegistry {
 /// The built-in filters the config contract names that this version does not have yet: naming
 /// one is "not available yet", not "unknown" (an embedder may still register its own under the
 /// name).
-const PLANNED_BUILTINS: &[&str] = &[
-    "local_ratelimit",
-    "global_ratelimit",
-    "fault",
-    "rbac",
-    "lua",
-];
+const PLANNED_BUILTINS: &[&str] = &["lua"];
+
+/// Checks and compiles a filter rule's `match` (errors name fields within it).
+pub(crate) fn rule(spec: &MatchSpec) -> Result<RequestMatcher, ConfigError> {
+    spec.validate()?;
+    RequestMatcher::new(spec)
+}
+
+/// What rule conditions see of a request: its metadata with the routing keys earlier filters
+/// set, as the route match sees it.
+pub(crate) fn routing_view<'a>(ctx: &'a RequestContext<'_>) -> RoutingView<'a> {
+    RoutingView {
+        metadata: &ctx.request.metadata,
+        keys: ctx.record.routing_keys(),
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -1,28 +1,49 @@
 //! Load balancers: pick one endpoint of a set for each request.
 //!
-//! A balancer is built from one endpoint set (its weights and, for load-aware policies, its
-//! endpoints' live counts) and rebuilt whenever the set changes. A pick sees a
-//! [`PickContext`]: the endpoints to avoid (those a retry already failed on, those backing off
-//! after connect failures), which a balancer skips when another endpoint is available. Picks
-//! never allocate.
+//! A balancer is built from one endpoint set (its hosts' weights and addresses and, for
+//! load-aware policies, their live counts) and rebuilt whenever the set changes: membership,
+//! weights, health. Every policy is weight-aware:
+//!
+//! | policy | file | a pick |
+//! |---|---|---|
+//! | `round_robin` | [`round_robin`] | the next turn of a precomputed smooth weighted sequence |
+//! | `random` | [`random`] | a weighted random endpoint |
+//! | `least_request` | [`least_request`] | the less loaded (requests in flight per weight) of two weighted random endpoints |
+//! | `peak_ewma` | [`peak_ewma`] | the cheaper (latency estimate times load, per weight) of two weighted random endpoints |
+//! | `ring_hash` | [`ring_hash`] | the first ring entry at or after the request's hash |
+//! | `maglev` | [`maglev`] | the Maglev table entry of the request's hash |
+//!
+//! The hashing policies pick by [`PickContext::hash`] (the route's `hash_policy` over the
+//! request); a request without one gets a weighted random endpoint. With `locality_aware`, a
+//! [`locality::LocalityAware`] balancer splits the set into the proxy's zone, its region and
+//! the rest, and runs the policy within the locality it picks.
+//!
+//! A pick sees a [`PickContext`]: besides the hash, the endpoints to avoid (those a retry
+//! already failed on, those backing off after connect failures), which a balancer skips when
+//! another endpoint is available. Picks never allocate and never lock.
 
 mod least_request;
+mod locality;
+mod maglev;
+mod peak_ewma;
 mod random;
+mod ring_hash;
 mod round_robin;
 
 use std::sync::Arc;
 
-use crate::cluster::Host;
-use crate::config::{ConfigError, LbPolicy};
+use crate::cluster::{Endpoint, Host};
+use crate::config::{LbPolicy, LocalitySpec};
 
-pub(crate) use least_request::LeastRequest;
-pub(crate) use random::WeightedRandom;
-pub(crate) use round_robin::RoundRobin;
+pub(crate) use peak_ewma::RttEstimate;
 
 /// What a pick may depend on besides the endpoints.
 pub(crate) struct PickContext<'a> {
     /// True for endpoint indexes to skip when another is available.
     pub avoid: &'a dyn Fn(usize) -> bool,
+    /// The request's key for consistent hashing (its route's `hash_policy` over its metadata),
+    /// if it has one.
+    pub hash: Option<u64>,
 }
 
 /// Picks an endpoint index of the set it was built from.
@@ -31,27 +52,58 @@ pub(crate) trait LoadBalancer: Send + Sync + std::fmt::Debug {
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize>;
 }
 
-/// Builds the balancer of `policy` over `hosts`.
+/// How a cluster's sets are balanced.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct LbSettings {
+    pub policy: LbPolicy,
+    /// Set for `locality_aware` clusters.
+    pub locality: Option<LocalityPreference>,
+}
+
+/// Where the proxy runs, and when a locality's traffic fails over to the next.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct LocalityPreference {
+    /// The proxy's own region and zone.
+    pub local: LocalitySpec,
+    /// The share of a locality's endpoints, in percent, that must be in rotation for it to
+    /// keep all of its traffic.
+    pub failover_threshold: f64,
+}
+
+/// Builds the balancer over `hosts`, the endpoints in rotation among `members` (the whole set,
+/// whose size tells each locality's healthy share).
 pub(crate) fn build(
-    policy: LbPolicy,
+    settings: &LbSettings,
     hosts: &[Arc<Host>],
-) -> Result<Box<dyn LoadBalancer>, ConfigError> {
-    let weights = Weights::new(hosts);
-    match policy {
-        LbPolicy::RoundRobin => Ok(Box::new(RoundRobin::new(weights))),
-        LbPolicy::Random => Ok(Box::new(WeightedRandom::new(weights))),
-        LbPolicy::LeastRequest => Ok(Box::new(LeastRequest::new(weights, hosts))),
-        LbPolicy::RingHash | LbPolicy::Maglev => Err(ConfigError::new(
-            "lb_policy",
-            format!(
-                "{} is not available yet; use round_robin, random or least_request",
-                policy.name()
-            ),
+    members: &[Arc<Host>],
+) -> Box<dyn LoadBalancer> {
+    match &settings.locality {
+        Some(preference) => Box::new(locality::LocalityAware::new(
+            settings.policy,
+            preference,
+            hosts,
+            members,
         )),
+        None => build_policy(settings.policy, hosts),
     }
 }
 
-/// Cumulative weights of a set: a weighted pick is a binary search.
+/// Builds the balancer of `policy` over `hosts`.
+fn build_policy(policy: LbPolicy, hosts: &[Arc<Host>]) -> Box<dyn LoadBalancer> {
+    let weights = Weights::new(hosts);
+    match policy {
+        LbPolicy::RoundRobin => Box::new(round_robin::RoundRobin::new(&weights)),
+        LbPolicy::Random => Box::new(random::WeightedRandom::new(weights)),
+        LbPolicy::LeastRequest => {
+            Box::new(least_request::LeastRequest(LoadedSet::new(weights, hosts)))
+        }
+        LbPolicy::PeakEwma => Box::new(peak_ewma::PeakEwma(LoadedSet::new(weights, hosts))),
+        LbPolicy::RingHash => Box::new(ring_hash::RingHash::new(weights, hosts)),
+        LbPolicy::Maglev => Box::new(maglev::Maglev::new(weights, hosts)),
+    }
+}
+
+/// A set's weights, cumulated: a weighted random pick is a binary search.
 #[derive(Debug, Clone)]
 pub(crate) struct Weights {
     cumulative: Box<[u64]>,
@@ -75,6 +127,16 @@ impl Weights {
 
     fn total(&self) -> u64 {
         self.cumulative.last().copied().unwrap_or(0)
+    }
+
+    /// The weight of `index` (0 outside the set).
+    fn weight(&self, index: usize) -> u64 {
+        let end = self.cumulative.get(index).copied().unwrap_or(0);
+        let start = match index.checked_sub(1) {
+            Some(before) => self.cumulative.get(before).copied().unwrap_or(0),
+            None => 0,
+        };
+        end.saturating_sub(start)
     }
 
     /// The index whose weight band contains `point` (`0 <= point < total`).
@@ -102,6 +164,70 @@ fn first_allowed(index: usize, len: usize, ctx: &PickContext<'_>) -> usize {
         .unwrap_or(index)
 }
 
+/// The first owner of `owners` (a hashing balancer's ring or table, walked on from where the
+/// request's hash landed) that is not avoided; the first owner when all are (`None` when there
+/// are none).
+fn first_owner_allowed(
+    mut owners: impl Iterator<Item = usize>,
+    ctx: &PickContext<'_>,
+) -> Option<usize> {
+    let first = owners.next()?;
+    if !(ctx.avoid)(first) {
+        return Some(first);
+    }
+    owners.find(|&index| !(ctx.avoid)(index)).or(Some(first))
+}
+
+/// A weighted random pick, for a hashing balancer's requests without a hash key.
+fn random_allowed(weights: &Weights, ctx: &PickContext<'_>) -> Option<usize> {
+    Some(first_allowed(weights.random()?, weights.len(), ctx))
+}
+
+/// A set's endpoints and weights, for the balancers that compare live load: power of two
+/// choices.
+#[derive(Debug)]
+struct LoadedSet {
+    weights: Weights,
+    endpoints: Box<[Arc<Endpoint>]>,
+}
+
+impl LoadedSet {
+    fn new(weights: Weights, hosts: &[Arc<Host>]) -> Self {
+        Self {
+            weights,
+            endpoints: hosts.iter().map(|h| h.endpoint.clone()).collect(),
+        }
+    }
+
+    fn endpoint(&self, index: usize) -> Option<&Endpoint> {
+        self.endpoints.get(index).map(|e| &**e)
+    }
+
+    /// Of two weighted random candidates, the one `cheaper` says is (ties: the first, so that
+    /// an idle set is picked exactly by weight); each candidate skips avoided endpoints.
+    fn power_of_two(
+        &self,
+        ctx: &PickContext<'_>,
+        cheaper: impl Fn(usize, usize) -> bool,
+    ) -> Option<usize> {
+        let len = self.weights.len();
+        let a = first_allowed(self.weights.random()?, len, ctx);
+        let b = first_allowed(self.weights.random()?, len, ctx);
+        Some(if cheaper(b, a) { b } else { a })
+    }
+}
+
+/// The greatest common divisor of two weights (of a set's weights, folded from 0).
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// The stable name a hashing balancer hashes an endpoint by: its address, the same in every
+/// proxy and across restarts.
+fn host_key(host: &Host) -> String {
+    host.endpoint.address().to_string()
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use std::collections::BTreeMap;
@@ -109,45 +235,85 @@ pub(crate) mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::cluster::{Endpoint, Host};
     use crate::stats::{ClusterStats, Metrics};
     use crate::transport::Connector;
     use crate::upstream::{PoolSettings, UpstreamPool};
 
-    /// Hosts on ports 1.. with `weights`, whose pools are never used.
-    pub(crate) fn hosts(weights: &[u32]) -> Vec<Arc<Host>> {
+    /// Every policy.
+    pub(crate) const POLICIES: [LbPolicy; 6] = [
+        LbPolicy::RoundRobin,
+        LbPolicy::Random,
+        LbPolicy::LeastRequest,
+        LbPolicy::PeakEwma,
+        LbPolicy::RingHash,
+        LbPolicy::Maglev,
+    ];
+
+    /// A host on 127.0.0.1:`port` of `weight` in `locality`, whose pool is never used.
+    pub(crate) fn host(port: u16, weight: u32, locality: LocalitySpec) -> Arc<Host> {
         let stats = ClusterStats::new(&Metrics::new().root());
         let codec = Arc::new(crate::testing::NullCodec) as Arc<dyn metaprotocol_core::CodecFactory>;
+        let address = SocketAddr::from(([127, 0, 0, 1], port));
+        let pool = UpstreamPool::new(
+            address,
+            codec,
+            PoolSettings {
+                connect_timeout: Duration::from_secs(1),
+                connections: 1,
+                idle_timeout: Duration::from_secs(3600),
+                max_requests_per_connection: None,
+            },
+            Connector::Plain,
+            stats,
+            None,
+        );
+        Arc::new(Host {
+            endpoint: Arc::new(Endpoint::new(address, pool)),
+            weight,
+            labels: BTreeMap::new(),
+            locality,
+            istio: None,
+        })
+    }
+
+    /// Hosts on ports 1.. with `weights`, whose pools are never used.
+    pub(crate) fn hosts(weights: &[u32]) -> Vec<Arc<Host>> {
         weights
             .iter()
             .enumerate()
             .map(|(i, &weight)| {
-                let address = SocketAddr::from(([127, 0, 0, 1], u16::try_from(i + 1).unwrap_or(1)));
-                let pool = UpstreamPool::new(
-                    address,
-                    codec.clone(),
-                    PoolSettings {
-                        connect_timeout: Duration::from_secs(1),
-                        connections: 1,
-                    },
-                    Connector::Plain,
-                    stats.clone(),
-                );
-                Arc::new(Host {
-                    endpoint: Arc::new(Endpoint::new(address, pool)),
+                host(
+                    u16::try_from(i + 1).unwrap_or(1),
                     weight,
-                    labels: BTreeMap::new(),
-                    istio: None,
-                })
+                    LocalitySpec::default(),
+                )
             })
             .collect()
     }
 
-    /// How often each index is picked in `n` picks.
-    pub(crate) fn histogram(lb: &dyn LoadBalancer, len: usize, n: usize) -> Vec<usize> {
+    /// The balancer of `policy` over `hosts` (all in rotation, no locality).
+    pub(crate) fn balancer(policy: LbPolicy, hosts: &[Arc<Host>]) -> Box<dyn LoadBalancer> {
+        let settings = LbSettings {
+            policy,
+            locality: None,
+        };
+        build(&settings, hosts, hosts)
+    }
+
+    /// How often each index is picked in `n` picks, each with a fresh random hash key when
+    /// `hashed`.
+    pub(crate) fn histogram(
+        lb: &dyn LoadBalancer,
+        len: usize,
+        n: usize,
+        hashed: bool,
+    ) -> Vec<usize> {
         let mut counts = vec![0; len];
-        let ctx = PickContext { avoid: &|_| false };
         for _ in 0..n {
+            let ctx = PickContext {
+                avoid: &|_| false,
+                hash: hashed.then(|| fastrand::u64(..)),
+            };
             if let Some(i) = lb.pick(&ctx) {
                 counts[i] += 1;
             }
@@ -155,46 +321,128 @@ pub(crate) mod tests {
         counts
     }
 
+    /// Asserts that each index got its weight's share of `counts`, within 5 percentage
+    /// points.
+    pub(crate) fn assert_weighted(counts: &[usize], weights: &[u32], what: &str) {
+        let picks: usize = counts.iter().sum();
+        let total: u32 = weights.iter().sum();
+        for (count, weight) in counts.iter().zip(weights) {
+            let share = *count as f64 / picks as f64;
+            let expected = f64::from(*weight) / f64::from(total);
+            assert!(
+                (share - expected).abs() <= 0.05,
+                "{what}: {counts:?} for weights {weights:?}"
+            );
+        }
+    }
+
+    /// The endpoint address each of 10,000 keys goes to through a `policy` balancer of `set`.
+    fn owners(policy: LbPolicy, set: &[Arc<Host>]) -> Vec<SocketAddr> {
+        let lb = balancer(policy, set);
+        (0..10_000u64)
+            .filter_map(|key| {
+                let ctx = PickContext {
+                    avoid: &|_| false,
+                    hash: Some(xxhash_rust::xxh64::xxh64(&key.to_le_bytes(), 0)),
+                };
+                lb.pick(&ctx)
+                    .and_then(|i| set.get(i))
+                    .map(|h| h.endpoint.address())
+            })
+            .collect()
+    }
+
+    /// The consistent hashing property, measured: with one endpoint of ten removed, the keys
+    /// it had (about a tenth) move, and of the others at most `extra` (a fraction of all keys)
+    /// do; with it back, every key returns to where it was.
+    pub(crate) fn assert_minimal_disruption(policy: LbPolicy, extra: f64) {
+        let all = hosts(&[1; 10]);
+        let gone = all[3].endpoint.address();
+        let fewer: Vec<Arc<Host>> = all
+            .iter()
+            .filter(|h| h.endpoint.address() != gone)
+            .cloned()
+            .collect();
+        let before = owners(policy, &all);
+        let after = owners(policy, &fewer);
+        let orphaned = before.iter().filter(|a| **a == gone).count();
+        let moved_needlessly = before
+            .iter()
+            .zip(&after)
+            .filter(|(b, a)| **b != gone && b != a)
+            .count();
+        // The measurement, for reports (`cargo test -- --nocapture`).
+        println!(
+            "{policy:?}, one endpoint of ten removed: {orphaned} of {} keys had it, \
+             {moved_needlessly} others moved",
+            before.len()
+        );
+        assert!(
+            (800..1_200).contains(&orphaned),
+            "{policy:?}: {orphaned} keys on one of ten"
+        );
+        assert!(
+            moved_needlessly as f64 <= extra * before.len() as f64,
+            "{policy:?}: {moved_needlessly} keys of other endpoints moved"
+        );
+        assert_eq!(
+            owners(policy, &all),
+            before,
+            "{policy:?}: stable across rebuilds"
+        );
+    }
+
     #[test]
     fn weighted_bands() {
         let weights = Weights::new(&hosts(&[1, 3, 1]));
         let picks: Vec<usize> = (0..5).map(|p| weights.at(p)).collect();
         assert_eq!(picks, [0, 1, 1, 1, 2]);
+        assert_eq!(
+            (0..3).map(|i| weights.weight(i)).collect::<Vec<_>>(),
+            [1, 3, 1]
+        );
+    }
+
+    /// Every policy spreads 10,000 picks (keyed picks for the hashing ones) by weight, within
+    /// 5% of each endpoint's share.
+    #[test]
+    fn every_policy_respects_weights() {
+        let weights = [1, 2, 3, 4];
+        let set = hosts(&weights);
+        for policy in POLICIES {
+            let hashed = matches!(policy, LbPolicy::RingHash | LbPolicy::Maglev);
+            let counts = histogram(&*balancer(policy, &set), set.len(), 10_000, hashed);
+            assert_weighted(&counts, &weights, policy.name());
+            if hashed {
+                let unkeyed = histogram(&*balancer(policy, &set), set.len(), 10_000, false);
+                assert_weighted(&unkeyed, &weights, "without a key: weighted random");
+            }
+        }
     }
 
     #[test]
-    fn every_policy_respects_weights_and_avoids() -> Result<(), ConfigError> {
+    fn every_policy_avoids_and_handles_the_empty_set() {
         let set = hosts(&[1, 3]);
-        for policy in [
-            LbPolicy::RoundRobin,
-            LbPolicy::Random,
-            LbPolicy::LeastRequest,
-        ] {
-            let lb = build(policy, &set)?;
-            let counts = histogram(&*lb, 2, 10_000);
-            let share = counts[1] as f64 / 10_000.0;
-            assert!((0.70..=0.80).contains(&share), "{policy:?}: {counts:?}");
-            let avoid_second = PickContext { avoid: &|i| i == 1 };
+        for policy in POLICIES {
+            let lb = balancer(policy, &set);
             for _ in 0..100 {
+                let avoid_second = PickContext {
+                    avoid: &|i| i == 1,
+                    hash: Some(fastrand::u64(..)),
+                };
                 assert_eq!(lb.pick(&avoid_second), Some(0), "{policy:?}");
             }
-            let avoid_all = PickContext { avoid: &|_| true };
+            let avoid_all = PickContext {
+                avoid: &|_| true,
+                hash: Some(7),
+            };
             assert!(lb.pick(&avoid_all).is_some(), "{policy:?}");
+            let empty = balancer(policy, &[]);
+            let any = PickContext {
+                avoid: &|_| false,
+                hash: Some(7),
+            };
+            assert!(empty.pick(&any).is_none(), "{policy:?}");
         }
-        for policy in [
-            LbPolicy::RoundRobin,
-            LbPolicy::Random,
-            LbPolicy::LeastRequest,
-        ] {
-            let empty = build(policy, &[])?;
-            assert!(empty.pick(&PickContext { avoid: &|_| false }).is_none());
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn consistent_hashing_is_not_available_yet() {
-        let err = build(LbPolicy::RingHash, &hosts(&[1])).err();
-        assert!(err.is_some_and(|e| e.reason.starts_with("ring_hash is not available yet")));
     }
 }

@@ -8,13 +8,15 @@ use metaprotocol_core::{CodecFactory, CodecOptions, CodecRegistry, FilterChain};
 
 use crate::access_log::{self, AccessLogger};
 use crate::cluster::{ClusterHandle, ClusterManager, Resolved};
-use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec, RouteConfigSpec, RouteSpec};
+use crate::config::{
+    ClusterSpec, Config, ConfigError, ListenerSpec, LocalitySpec, RouteConfigSpec, RouteSpec,
+};
 use crate::filters::{FilterContext, FilterRegistry, SharedClients};
 use crate::route::{RouteSlot, RouteTable};
 use crate::server::{ListenerContext, Load};
 use crate::stats::{IstioDestination, IstioReporter, ListenerStats, Metrics};
 use crate::trace::{self, Tracer};
-use crate::transport::Acceptor;
+use crate::transport::{Acceptor, TlsAcceptor};
 
 /// What building needs from the proxy.
 pub(crate) struct Builder<'a> {
@@ -56,16 +58,25 @@ impl Builder<'_> {
         )
     }
 
-    /// Builds cluster `spec`, speaking `protocol`, whose host names resolved to `resolved`.
+    /// Builds cluster `spec`, speaking `protocol`, for a proxy at `local`, whose host names
+    /// resolved to `resolved`.
     pub fn cluster(
         &self,
         spec: &ClusterSpec,
         protocol: &str,
+        local: Option<&LocalitySpec>,
         resolved: &Resolved,
     ) -> Result<Arc<ClusterHandle>, ConfigError> {
         let codec = self.codec(protocol, spec.codec.as_ref())?;
         let scope = self.metrics.root().detached("cluster", &spec.name);
-        ClusterHandle::new(spec, protocol.to_owned(), codec, scope, resolved)
+        ClusterHandle::new(
+            spec,
+            protocol.to_owned(),
+            codec,
+            scope,
+            local.cloned(),
+            resolved,
+        )
     }
 
     /// Compiles route config `spec` as version `version` against `clusters`.
@@ -120,6 +131,12 @@ impl Builder<'_> {
             IstioReporter::new(&scope, istio, protocol, IstioDestination::unknown(istio))
         });
         let methods = named_methods(routes.table.load().spec());
+        let acceptor = match &spec.tls {
+            None => Acceptor::Plain,
+            Some(tls) => TlsAcceptor::new(tls, &spec.name, &scope)
+                .map(|tls| Acceptor::Tls(Arc::new(tls)))
+                .map_err(|e| e.within("tls"))?,
+        };
         Ok(ListenerContext {
             name,
             stats: ListenerStats::new(&scope, &methods),
@@ -134,8 +151,9 @@ impl Builder<'_> {
                 .idle_timeout
                 .unwrap_or(crate::server::DEFAULT_IDLE_TIMEOUT),
             frame_timeout: spec.frame_timeout,
+            max_connections: spec.max_connections,
             drain_time,
-            acceptor: Acceptor::Plain,
+            acceptor,
             load: self.load.clone(),
         })
     }

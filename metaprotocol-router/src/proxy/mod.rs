@@ -28,7 +28,7 @@ use crate::admin::LogControl;
 use crate::cluster::{ClusterManager, ClusterStatus};
 use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec, RouteConfigSpec};
 use crate::filters::{FilterRegistry, SharedClients};
-use crate::route::RouteSlot;
+use crate::route::{RouteCheck, RouteSlot};
 use crate::server::Load;
 use crate::stats::{Metrics, MetricsSettings};
 use crate::trace;
@@ -225,11 +225,23 @@ impl ProxyBuilder {
     /// Checks that the config can be built with these codecs and filters (everything but
     /// binding). Call it within a Tokio runtime when filters or tracing need one.
     pub fn check(&self) -> Result<(), ConfigError> {
+        self.checking_state().check(&self.config)
+    }
+
+    /// Compiles the config's route tables as [`check`](Self::check) does and keeps them, to ask
+    /// which route a request would take on each listener (see [`RouteCheck`]).
+    pub fn route_check(&self) -> Result<RouteCheck, ConfigError> {
+        self.checking_state().route_check(&self.config)
+    }
+
+    /// An empty proxy state to check the config against, with the config's metrics settings
+    /// (they shape the series its parts register).
+    fn checking_state(&self) -> ProxyState {
         let initial = Config {
             metrics: self.config.metrics.clone(),
             ..Config::default()
         };
-        ProxyState::new(initial, self.codecs.clone(), self.filters.clone()).check(&self.config)
+        ProxyState::new(initial, self.codecs.clone(), self.filters.clone())
     }
 
     /// Builds everything, binds every listener and the admin API, and starts serving. Nothing
@@ -721,6 +733,9 @@ impl Proxy {
             .is_err()
         {
             tracing::warn!("drain time of {drain_time:?} passed; abandoning what is left");
+        }
+        for cluster in state.clusters.all().values() {
+            cluster.stop_health();
         }
         state.span_sinks.flush_all().await;
         state.admin_stop.cancel();

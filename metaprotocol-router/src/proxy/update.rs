@@ -17,8 +17,8 @@ use super::listeners::bind;
 use super::{ProxyState, ReloadSummary, UpdateError};
 use crate::cluster::dns::{self, SystemResolver};
 use crate::cluster::{ClusterHandle, ClusterManager, Resolved};
-use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec};
-use crate::route::{RouteSlot, RouteTable};
+use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec, LocalitySpec};
+use crate::route::{RouteCheck, RouteSlot, RouteTable};
 use crate::server::ListenerContext;
 
 /// Who asked for an update.
@@ -30,12 +30,13 @@ pub(crate) enum Source {
     Api,
 }
 
-/// A cluster whose config changed: its new spec, and its new protocol and codec when those
-/// changed too.
+/// A cluster whose config changed: its new spec, its new protocol and codec when those
+/// changed too, and the proxy's locality.
 struct ClusterChange {
     handle: Arc<ClusterHandle>,
     spec: ClusterSpec,
     codec: Option<(String, Arc<dyn CodecFactory>)>,
+    local: Option<LocalitySpec>,
     resolved: Resolved,
 }
 
@@ -127,10 +128,25 @@ impl ProxyState {
 
     /// Checks that `new` can be built, building it and publishing nothing.
     pub(crate) fn check(&self, new: &Config) -> Result<(), ConfigError> {
+        self.route_check(new).map(drop)
+    }
+
+    /// Builds `new` as [`check`](Self::check) does and keeps each listener's route table.
+    pub(crate) fn route_check(&self, new: &Config) -> Result<RouteCheck, ConfigError> {
         new.validate()?;
         let mut plan = Plan::default();
         // Checking resolves no name: endpoints named by host names are left out.
-        self.prepare(&self.config.load(), new, &Resolutions::new(), &mut plan)
+        let prepared = self.prepare(&self.config.load(), new, &Resolutions::new(), &mut plan);
+        let tables = new
+            .listeners
+            .iter()
+            .filter_map(|listener| {
+                let slot = plan.new_slots.get(&listener.route_config)?;
+                Some((listener.name.clone(), slot.table.load_full()))
+            })
+            .collect();
+        // The plan is dropped: what it built lets go of its metric series.
+        prepared.map(|()| RouteCheck::new(tables))
     }
 
     /// Resolves the host names of the clusters of `new` that are added or changed, each name
@@ -170,6 +186,7 @@ impl ProxyState {
             }
         }
         let protocols = cluster_protocols(new)?;
+        let local = new.node.as_ref().map(|node| &node.locality);
 
         // Clusters: build new ones, check changed ones; the prospective view routes compile
         // against.
@@ -184,7 +201,7 @@ impl ProxyState {
             match live.get(&spec.name) {
                 None => {
                     let handle = builder
-                        .cluster(spec, protocol, &resolved)
+                        .cluster(spec, protocol, local, &resolved)
                         .map_err(|e| e.within(&at))?;
                     prospective.insert(handle.clone());
                     plan.new_clusters.push(handle);
@@ -192,10 +209,12 @@ impl ProxyState {
                 Some(handle) => {
                     prospective.insert(handle.clone());
                     let old = handle.spec();
-                    if old == *spec && handle.protocol() == *protocol {
+                    if old == *spec
+                        && handle.protocol() == *protocol
+                        && handle.local().as_ref() == local
+                    {
                         continue;
                     }
-                    handle.check_update(spec).map_err(|e| e.within(&at))?;
                     let codec = if handle.protocol() != *protocol || old.codec != spec.codec {
                         let codec = builder
                             .codec(protocol, spec.codec.as_ref())
@@ -204,10 +223,14 @@ impl ProxyState {
                     } else {
                         None
                     };
+                    handle
+                        .check_update(spec, codec.as_ref().map(|(_, c)| c))
+                        .map_err(|e| e.within(&at))?;
                     plan.changed_clusters.push(ClusterChange {
                         handle: handle.clone(),
                         spec: spec.clone(),
                         codec,
+                        local: local.cloned(),
                         resolved,
                     });
                 }
@@ -304,6 +327,7 @@ impl ProxyState {
         let mut summary = ReloadSummary::default();
         for handle in plan.new_clusters {
             summary.clusters.push((handle.name().to_string(), 1));
+            handle.start_health();
             tokio::spawn(dns::refresh(
                 Arc::downgrade(&handle),
                 SystemResolver,
@@ -315,10 +339,11 @@ impl ProxyState {
             handle,
             spec,
             codec,
+            local,
             resolved,
         } in plan.changed_clusters
         {
-            match handle.update(&spec, codec, &resolved) {
+            match handle.update(&spec, codec, local, &resolved) {
                 Ok(version) => summary.clusters.push((spec.name.clone(), version)),
                 Err(err) => {
                     tracing::error!(cluster = %spec.name, error = %err, "cluster update failed after its checks passed")

@@ -1,9 +1,59 @@
-//! Conditions on metadata.
+//! Conditions on a request: its metadata ([`MetadataMatcher`]) and, through
+//! [`RequestMatcher`], who sent it.
 
-use metaprotocol_core::RoutingView;
+use metaprotocol_core::{ConnectionInfo, RoutingView};
 use regex::bytes::Regex;
 
-use crate::config::{ConfigError, MetadataMatcherSpec};
+use super::peer::{IpRange, PrincipalMatcher};
+use crate::config::{ConfigError, MatchSpec, MetadataMatcherSpec};
+
+/// A compiled [`MatchSpec`]: conditions on metadata, on the client's TLS identity and on its
+/// address, all of which must hold. Routes and filters' rules use it; matching allocates
+/// nothing.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RequestMatcher {
+    metadata: Vec<MetadataMatcher>,
+    principal: Option<PrincipalMatcher>,
+    source_ips: Vec<IpRange>,
+}
+
+impl RequestMatcher {
+    /// Compiles a validated spec.
+    pub fn new(spec: &MatchSpec) -> Result<Self, ConfigError> {
+        let metadata = spec
+            .metadata
+            .iter()
+            .enumerate()
+            .map(|(i, m)| MetadataMatcher::new(m).map_err(|e| e.within(&format!("metadata[{i}]"))))
+            .collect::<Result<_, _>>()?;
+        let source_ips = spec
+            .source_ips
+            .iter()
+            .enumerate()
+            .map(|(i, r)| IpRange::parse(r).map_err(|e| e.within(&format!("source_ips[{i}]"))))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            metadata,
+            principal: spec.principal.as_deref().map(PrincipalMatcher::new),
+            source_ips,
+        })
+    }
+
+    /// True if every condition holds for the request seen through `view`, arrived on
+    /// `connection`.
+    pub fn matches(&self, view: &RoutingView<'_>, connection: &ConnectionInfo) -> bool {
+        self.metadata.iter().all(|m| m.matches(view))
+            && self
+                .principal
+                .as_ref()
+                .is_none_or(|p| p.matches(connection.peer_identity.as_deref()))
+            && (self.source_ips.is_empty()
+                || self
+                    .source_ips
+                    .iter()
+                    .any(|r| r.contains(connection.peer_addr.ip())))
+    }
+}
 
 /// The test a [`MetadataMatcher`] applies to a key's value.
 #[derive(Debug, Clone)]
@@ -97,6 +147,47 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (ByteStr::from_static(k), ByteStr::from_static(v)))
             .collect()
+    }
+
+    #[test]
+    fn requests_match_on_principal_and_source_ranges() -> Result<(), ConfigError> {
+        use std::sync::Arc;
+
+        use metaprotocol_core::{ConnectionInfo, PeerIdentity};
+
+        let md = metadata();
+        let keys = RoutingKeys::new();
+        let view = RoutingView {
+            metadata: &md,
+            keys: &keys,
+        };
+        let spec = MatchSpec {
+            metadata: vec![MetadataMatcherSpec {
+                exact: Some("sayHello".into()),
+                ..spec("method")
+            }],
+            principal: Some("spiffe://cluster.local/ns/default/*".into()),
+            source_ips: vec!["10.0.0.0/8".into(), "192.168.0.1".into()],
+        };
+        let matcher = RequestMatcher::new(&spec)?;
+        let connection = |ip: [u8; 4], spiffe: Option<&str>| ConnectionInfo {
+            peer_identity: spiffe.map(|id| {
+                Arc::new(PeerIdentity {
+                    uri_sans: vec![id.to_owned()],
+                    ..PeerIdentity::default()
+                })
+            }),
+            ..ConnectionInfo::new("in".into(), (ip, 1).into(), (ip, 2).into())
+        };
+        let reader = Some("spiffe://cluster.local/ns/default/sa/reader");
+        assert!(matcher.matches(&view, &connection([10, 1, 2, 3], reader)));
+        assert!(matcher.matches(&view, &connection([192, 168, 0, 1], reader)));
+        assert!(!matcher.matches(&view, &connection([192, 168, 0, 2], reader)));
+        assert!(!matcher.matches(&view, &connection([10, 1, 2, 3], None)));
+        let other = Some("spiffe://cluster.local/ns/other/sa/reader");
+        assert!(!matcher.matches(&view, &connection([10, 1, 2, 3], other)));
+        assert!(RequestMatcher::default().matches(&view, &connection([8, 8, 8, 8], None)));
+        Ok(())
     }
 
     #[test]

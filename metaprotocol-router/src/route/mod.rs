@@ -5,16 +5,22 @@
 //! A listener reads its table through a [`RouteSlot`], swapped atomically on update: requests in
 //! flight keep the table they started with.
 
+mod check;
+mod hash_policy;
 mod matcher;
+mod peer;
 mod template;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use metaprotocol_core::{LocalReply, RoutingView};
+use metaprotocol_core::{ConnectionInfo, LocalReply, RoutingView};
 
-pub(crate) use self::matcher::MetadataMatcher;
+pub use self::check::{RouteCheck, RouteDestination, RouteMatch, UnknownListener};
+pub(crate) use self::hash_policy::HashPolicy;
+pub(crate) use self::matcher::{MetadataMatcher, RequestMatcher};
+pub(crate) use self::peer::{IpRange, PrincipalMatcher};
 pub(crate) use self::template::{Context as TemplateContext, RouteMutation, Template};
 use crate::cluster::{ClusterHandle, ClusterManager, SubsetId};
 use crate::config::{ConfigError, RouteConfigSpec, RouteSpec};
@@ -82,7 +88,7 @@ impl RouteAction {
 pub(crate) struct Route {
     /// The route's name (its config name, or `#index`).
     pub name: Arc<str>,
-    matchers: Vec<MetadataMatcher>,
+    matcher: RequestMatcher,
     pub action: RouteAction,
     /// The whole request's deadline; `None` means no timeout (`timeout: 0s`).
     pub timeout: Option<Duration>,
@@ -91,6 +97,8 @@ pub(crate) struct Route {
     pub request_mutation: RouteMutation,
     /// Header edits on the downstream response.
     pub response_mutation: RouteMutation,
+    /// The keys of the request's consistent-hashing key.
+    pub hash_policy: HashPolicy,
     /// A copy of a share of the requests for another cluster.
     pub mirror: Option<MirrorPolicy>,
     pub stats: RouteStats,
@@ -105,9 +113,9 @@ impl Drop for Route {
 }
 
 impl Route {
-    /// True if every condition holds for the request.
-    pub fn matches(&self, request: &RoutingView<'_>) -> bool {
-        self.matchers.iter().all(|m| m.matches(request))
+    /// True if every condition holds for the request, arrived on `connection`.
+    pub fn matches(&self, request: &RoutingView<'_>, connection: &ConnectionInfo) -> bool {
+        self.matcher.matches(request, connection)
     }
 }
 
@@ -155,9 +163,15 @@ impl RouteTable {
         self.routes.get(index)
     }
 
-    /// The index and route of the first match.
-    pub fn route_index(&self, request: &RoutingView<'_>) -> Option<usize> {
-        self.routes.iter().position(|r| r.matches(request))
+    /// The index of the first route matching the request, arrived on `connection`.
+    pub fn route_index(
+        &self,
+        request: &RoutingView<'_>,
+        connection: &ConnectionInfo,
+    ) -> Option<usize> {
+        self.routes
+            .iter()
+            .position(|r| r.matches(request, connection))
     }
 
     pub fn version(&self) -> u64 {
@@ -182,12 +196,6 @@ fn build_route(
     clusters: &ClusterManager,
     scope: impl FnOnce(&str) -> MetricsScope,
 ) -> Result<Route, ConfigError> {
-    if !spec.hash_policy.is_empty() {
-        return Err(ConfigError::new(
-            "hash_policy",
-            "hash_policy is not available yet (it needs lb_policy: ring_hash or maglev)",
-        ));
-    }
     let target = |cluster: &str,
                   subset: &Option<std::collections::BTreeMap<String, String>>,
                   field: &str| {
@@ -245,15 +253,7 @@ fn build_route(
         )),
         None => None,
     };
-    let matchers = spec
-        .match_
-        .metadata
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            MetadataMatcher::new(m).map_err(|e| e.within(&format!("match.metadata[{i}]")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let matcher = RequestMatcher::new(&spec.match_).map_err(|e| e.within("match"))?;
     let name: Arc<str> = match &spec.name {
         Some(name) => name.as_str().into(),
         None => format!("#{index}").into(),
@@ -277,12 +277,13 @@ fn build_route(
         stats: RouteStats::new(&scope),
         scope,
         name,
-        matchers,
+        matcher,
         action,
         timeout,
         retry,
         request_mutation,
         response_mutation,
+        hash_policy: HashPolicy::new(&spec.hash_policy),
         mirror,
     })
 }
@@ -306,6 +307,7 @@ mod tests {
                 "null".into(),
                 Arc::new(crate::testing::NullCodec),
                 Metrics::new().root(),
+                None,
                 &BTreeMap::new(),
             )?;
             targets.push(Target {

@@ -1,4 +1,5 @@
-//! One try of a request on one endpoint: pick, track, queue.
+//! One try of a request on one endpoint: check the cluster's circuit breakers, pick, track,
+//! queue.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -6,7 +7,7 @@ use std::sync::Arc;
 use metaprotocol_core::{Message, Mutation};
 use tokio::time::Instant;
 
-use crate::cluster::{ActiveRequest, Endpoint, Host};
+use crate::cluster::{ActiveRequest, Breaker, Endpoint, Host};
 use crate::route::Target;
 use crate::upstream::{Outbound, Rejected, ReplyTo, UpstreamError};
 
@@ -26,6 +27,11 @@ impl Attempt {
     pub fn endpoint(&self) -> SocketAddr {
         self.active.endpoint().address()
     }
+
+    /// The endpoint it went to.
+    pub fn target(&self) -> &Endpoint {
+        self.active.endpoint()
+    }
 }
 
 /// How starting an attempt went.
@@ -39,15 +45,32 @@ pub(crate) enum Started {
     },
     /// The target has no endpoint.
     NoEndpoint,
+    /// A circuit breaker of the cluster refused it; it was not sent.
+    Overflow(Breaker),
 }
 
-/// Picks a host of `target`, avoiding those `tried`, and counts an attempt in flight on its
-/// endpoint (until the returned guard drops); `None` when the target has no endpoint.
-pub(crate) fn pick(target: &Target, tried: &[SocketAddr]) -> Option<(Arc<Host>, ActiveRequest)> {
+/// What an attempt is: its number (1 for the first), what to avoid, how to pick.
+pub(crate) struct AttemptSpec<'a> {
+    pub number: u32,
+    /// Endpoints this request already failed on.
+    pub tried: &'a [SocketAddr],
+    /// The request's consistent-hashing key.
+    pub hash: Option<u64>,
+    pub deadline: Instant,
+}
+
+/// Picks a host of `target`, avoiding those `tried`, by the request's consistent-hashing key
+/// `hash` when its balancer hashes, and counts an attempt in flight on its endpoint (until the
+/// returned guard drops); `None` when the target has no endpoint.
+pub(crate) fn pick(
+    target: &Target,
+    tried: &[SocketAddr],
+    hash: Option<u64>,
+) -> Option<(Arc<Host>, ActiveRequest)> {
     let snapshot = target.cluster.snapshot();
     let host = snapshot
         .set(target.subset)
-        .and_then(|set| set.pick(tried))?;
+        .and_then(|set| set.pick(tried, hash))?;
     let active = host.endpoint.track(target.cluster.stats());
     Some((host.clone(), active))
 }
@@ -76,18 +99,28 @@ pub(crate) fn send(
     )
 }
 
-/// Picks an endpoint of `target` (avoiding those `tried`) and queues `request` on it, with the
-/// mutation `mutation` makes for the endpoint picked.
+/// Checks the cluster's breakers, picks an endpoint of `target` and queues `request` on it,
+/// with the mutation `mutation` makes for the endpoint picked.
 pub(crate) fn start(
     target: &Target,
     request: &Arc<Message>,
     mutation: impl FnOnce(SocketAddr) -> Arc<Mutation>,
-    tried: &[SocketAddr],
-    number: u32,
-    deadline: Instant,
+    spec: AttemptSpec<'_>,
     reply: ReplyTo,
 ) -> Started {
-    let Some((host, active)) = pick(target, tried) else {
+    let cluster = &target.cluster;
+    for breaker in [Breaker::Requests, Breaker::PendingRequests] {
+        if !cluster.breakers().admits(breaker, cluster.stats()) {
+            return Started::Overflow(breaker);
+        }
+    }
+    let AttemptSpec {
+        number,
+        tried,
+        hash,
+        deadline,
+    } = spec;
+    let Some((host, active)) = pick(target, tried, hash) else {
         return Started::NoEndpoint;
     };
     let endpoint = active.endpoint();

@@ -50,18 +50,20 @@ impl MirrorPolicy {
         (n + 1) * self.share / WHOLE > n * self.share / WHOLE
     }
 
-    /// Copies `request` to the mirror cluster if it falls in the share and the budget allows.
+    /// Copies `request` to the mirror cluster if it falls in the share and the budget allows;
+    /// `hash` is its consistent-hashing key, for a mirror cluster that balances by one.
     pub fn send(
         &self,
         request: &Arc<Message>,
         mutation: &Arc<Mutation>,
+        hash: Option<u64>,
         deadline: Instant,
         stats: &RouteStats,
     ) {
         if !self.chosen() {
             return;
         }
-        let Some((_, active)) = attempt::pick(&self.target, &[]) else {
+        let Some((_, active)) = attempt::pick(&self.target, &[], hash) else {
             stats.mirror_dropped.inc();
             return;
         };

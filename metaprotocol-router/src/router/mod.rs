@@ -1,9 +1,11 @@
 //! The router: the terminal stage of a request, after its filters. It matches the route, picks
-//! the target (or answers for a route with a direct response), copies the request to the
-//! route's mirror ([`mirror`]), and runs attempts ([`attempt`]) under the route's deadline
-//! ([`timeout`]), retrying by the route's policy within the cluster's budget ([`retry`]); every
+//! the target (or answers for a route with a direct response), computes the request's
+//! consistent-hashing key, copies the request to the route's mirror ([`mirror`]), and runs
+//! attempts ([`attempt`]) under the route's deadline ([`timeout`]) and the cluster's circuit
+//! breakers, retrying by the route's policy within the cluster's budget ([`retry`]); every
 //! attempt's end is classified once ([`outcome`]) and that classification drives stats,
-//! retries, the local reply and the request's record.
+//! retries, the local reply, the request's record, and what the cluster learns about the
+//! endpoint (its latency, its failure streaks).
 //!
 //! The router never waits: it starts an attempt and says what the connection should wait for
 //! (the answer, a per-try deadline, a retry pause). The downstream connection task owns the
@@ -27,13 +29,13 @@ use metaprotocol_core::{
 use smallvec::SmallVec;
 use tokio::time::Instant;
 
-use self::attempt::{Attempt, Started};
+use self::attempt::{Attempt, AttemptSpec, Started};
 pub(crate) use self::mirror::MirrorPolicy;
 pub(crate) use self::outcome::{AttemptOutcome, FAILURES};
 use self::retry::RetryGrant;
 pub(crate) use self::retry::RetryPolicy;
 pub(crate) use self::timeout::after as deadline_after;
-use crate::cluster::{ClusterHandle, Host};
+use crate::cluster::{Breaker, ClusterHandle, Host};
 use crate::route::{Route, RouteAction, RouteTable, Target, TemplateContext};
 use crate::upstream::{ReplyTo, UpstreamError};
 
@@ -99,11 +101,13 @@ pub(crate) struct Routed {
     route: usize,
     target: Target,
     mutation: Arc<Mutation>,
+    /// The request's consistent-hashing key, by the route's `hash_policy`.
+    hash: Option<u64>,
     deadline: Instant,
     attempts: u32,
     retries_left: u32,
-    /// Whether the one transparent retry (of a request a failed connection never wrote) is
-    /// spent.
+    /// Whether the one transparent retry (of a request a failed or unopened connection never
+    /// wrote) is spent.
     resent: bool,
     tried: SmallVec<[SocketAddr; 2]>,
     current: Option<Attempt>,
@@ -153,6 +157,17 @@ fn no_route(request: &Message) -> LocalReply {
     )
 }
 
+fn overflow(target: &Target, breaker: Breaker) -> LocalReply {
+    LocalReply::new(
+        LocalReplyKind::OverLimit,
+        format!(
+            "metaprotocol-proxy: cluster {} is at its {} circuit breaker",
+            target.cluster.name(),
+            breaker.name()
+        ),
+    )
+}
+
 fn no_endpoint(target: &Target) -> LocalReply {
     LocalReply::new(
         LocalReplyKind::NoHealthyUpstream,
@@ -178,7 +193,7 @@ pub(crate) fn route(
         keys: record.routing_keys(),
     };
     let Some((index, route)) = table
-        .route_index(&view)
+        .route_index(&view, &record.connection)
         .and_then(|index| Some((index, table.get(index)?)))
     else {
         record.set_local_reply(LocalReplyKind::RouteNotFound, ResponseFlags::NO_ROUTE);
@@ -188,6 +203,7 @@ pub(crate) fn route(
         });
     };
     let target = route.action.pick(&view).cloned();
+    let hash = route.hash_policy.hash(&view);
     route.stats.requests.inc();
     record.route = Some(route.name.clone());
     record.timings.routed = Some(now.into_std());
@@ -231,7 +247,7 @@ pub(crate) fn route(
     let idempotent = route
         .retry
         .as_ref()
-        .is_some_and(|policy| policy.is_idempotent(&view));
+        .is_some_and(|policy| policy.is_idempotent(&view, &record.connection));
     let context = TemplateContext {
         request,
         view,
@@ -239,13 +255,14 @@ pub(crate) fn route(
     };
     let mutation = route.request_mutation.resolve(&context, filter_mutation);
     if let Some(mirror) = &route.mirror {
-        mirror.send(request, &mutation, deadline, &route.stats);
+        mirror.send(request, &mutation, hash, deadline, &route.stats);
     }
     Ok(Routed {
         route: index,
         table,
         target,
         mutation,
+        hash,
         deadline,
         attempts: 0,
         retries_left,
@@ -302,13 +319,17 @@ impl Routed {
             route.stats.attempts.inc();
         }
         record.timings.upstream_sent = Some(now.into_std());
+        let spec = AttemptSpec {
+            number: 1,
+            tried: &[],
+            hash: self.hash,
+            deadline: self.deadline,
+        };
         let started = attempt::start(
             &self.target,
             request,
             |endpoint| observer.attempt_started(1, endpoint, &self.mutation, now),
-            &[],
-            1,
-            self.deadline,
+            spec,
             ReplyTo::none(),
         );
         match started {
@@ -327,6 +348,7 @@ impl Routed {
                 Err(self.fail(outcome, Some(&error), endpoint, record))
             }
             Started::NoEndpoint => Err(self.no_endpoint(record)),
+            Started::Overflow(breaker) => Err(self.overflow(breaker, record)),
         }
     }
 
@@ -351,13 +373,17 @@ impl Routed {
             .and_then(|r| r.retry.as_ref())
             .and_then(|r| r.per_try_timeout);
         let deadline = timeout::attempt_deadline(now, per_try, self.deadline);
+        let spec = AttemptSpec {
+            number,
+            tried: &self.tried,
+            hash: self.hash,
+            deadline,
+        };
         let started = attempt::start(
             &self.target,
             request,
             |endpoint| observer.attempt_started(number, endpoint, &self.mutation, now),
-            &self.tried,
-            number,
-            deadline,
+            spec,
             reply(number),
         );
         match started {
@@ -375,6 +401,7 @@ impl Routed {
                 self.conclude(endpoint, None, Err(error), record, observer, now)
             }
             Started::NoEndpoint => Next::Fail(self.no_endpoint(record)),
+            Started::Overflow(breaker) => Next::Fail(self.overflow(breaker, record)),
         }
     }
 
@@ -458,6 +485,10 @@ impl Routed {
         }
         if let Some(attempt) = &attempt {
             self.timed(attempt, now);
+            let elapsed = now.saturating_duration_since(attempt.started);
+            self.target
+                .cluster
+                .attempt_ended(attempt.target(), &outcome, elapsed, now);
         }
         let number = attempt.as_ref().map_or(self.attempts, |a| a.number);
         observer.attempt_ended(number, Some(&outcome), now);
@@ -469,43 +500,40 @@ impl Routed {
         let route = table.get(self.route);
         let policy = route.and_then(|r| r.retry.as_ref());
         let retryable = policy.is_some_and(|policy| policy.retries(&outcome, self.idempotent));
-        // A connection that failed before writing the request lost nothing but time: resend it
-        // once on another connection, whatever the route's policy (the upstream never saw it).
-        let resend = outcome == AttemptOutcome::Reset { sent: false } && !self.resent;
-        if resend && now < self.deadline {
+        // A request that never left lost nothing but time: it is resent once without spending
+        // the route's `num_retries`. One its connection failed before writing is resent at once,
+        // whatever the route's policy and outside the retry budget: the requests queued on a
+        // broken connection are a bounded batch. One whose connection could not be opened goes
+        // to another endpoint, so that a dead endpoint costs its callers no failure, when the
+        // route's policy does not retry it already (no attempt beyond `num_retries`), and like
+        // any retry within the cluster's retry budget and `max_retries`: a cluster whose
+        // endpoints all refuse connections must not get every request twice.
+        if outcome == (AttemptOutcome::Reset { sent: false }) && !self.resent && now < self.deadline
+        {
             self.resent = true;
-            self.tried.push(endpoint);
-            stats.rq_retry.inc();
-            if let Some(route) = route {
-                route.stats.retries.inc();
-            }
+            self.count_retry(endpoint, route);
             return Next::Retry { at: now };
         }
-        if let Some(policy) = policy.filter(|_| retryable)
-            && self.retries_left > 0
+        let connect_resend =
+            outcome == AttemptOutcome::ConnectFailure && !self.resent && !retryable;
+        let by_policy = policy.filter(|_| retryable && self.retries_left > 0);
+        if (connect_resend || by_policy.is_some())
             && now < self.deadline
+            && let Some(grant) = self.grant_retry(route)
         {
-            let budget = self.target.cluster.snapshot().retry_budget;
-            match RetryGrant::ask(&budget, stats) {
-                Some(grant) => {
-                    self.grant = Some(grant);
-                    self.retries_left -= 1;
-                    self.tried.push(endpoint);
-                    stats.rq_retry.inc();
-                    if let Some(route) = route {
-                        route.stats.retries.inc();
-                    }
-                    let pause = policy.backoff(self.attempts);
-                    return Next::Retry {
-                        at: timeout::after(now, pause).min(self.deadline),
-                    };
-                }
-                None => {
-                    if let Some(route) = route {
-                        route.stats.retry_budget_exhausted.inc();
-                    }
-                }
+            self.grant = Some(grant);
+            self.count_retry(endpoint, route);
+            if connect_resend {
+                self.resent = true;
+                return Next::Retry { at: now };
             }
+            self.retries_left -= 1;
+            let pause = by_policy
+                .map(|p| p.backoff(self.attempts))
+                .unwrap_or_default();
+            return Next::Retry {
+                at: timeout::after(now, pause).min(self.deadline),
+            };
         }
         match result {
             Ok(response) => Next::Respond(response),
@@ -524,6 +552,32 @@ impl Routed {
         }
     }
 
+    /// Counts a retry of the attempt that failed on `endpoint`, which the next one avoids.
+    fn count_retry(&mut self, endpoint: SocketAddr, route: Option<&Route>) {
+        self.tried.push(endpoint);
+        self.target.cluster.stats().rq_retry.inc();
+        if let Some(route) = route {
+            route.stats.retries.inc();
+        }
+    }
+
+    /// Room for one more retry in the cluster: under its `max_retries` breaker and within its
+    /// retry budget; a refusal is counted (by the breaker, or as the route's budget exhausted).
+    fn grant_retry(&self, route: Option<&Route>) -> Option<RetryGrant> {
+        let cluster = &self.target.cluster;
+        let stats = cluster.stats();
+        if !cluster.breakers().admits(Breaker::Retries, stats) {
+            return None;
+        }
+        let grant = RetryGrant::ask(&cluster.snapshot().retry_budget, stats);
+        if grant.is_none()
+            && let Some(route) = route
+        {
+            route.stats.retry_budget_exhausted.inc();
+        }
+        grant
+    }
+
     fn fail(
         &self,
         outcome: AttemptOutcome,
@@ -539,6 +593,11 @@ impl Routed {
             });
         record.set_local_reply(reply.kind, outcome.flags());
         reply
+    }
+
+    fn overflow(&self, breaker: Breaker, record: &mut RequestRecord) -> LocalReply {
+        record.set_local_reply(LocalReplyKind::OverLimit, ResponseFlags::UPSTREAM_OVERFLOW);
+        overflow(&self.target, breaker)
     }
 
     fn no_endpoint(&self, record: &mut RequestRecord) -> LocalReply {

@@ -8,12 +8,12 @@
 
 use std::time::Duration;
 
-use metaprotocol_core::{ResponseStatus, RoutingView, keys};
+use metaprotocol_core::{ConnectionInfo, ResponseStatus, RoutingView, keys};
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::outcome::AttemptOutcome;
 use crate::config::{ConfigError, RetryBackOffSpec, RetryBudgetSpec, RetryOn, RetryPolicySpec};
-use crate::route::MetadataMatcher;
+use crate::route::RequestMatcher;
 use crate::stats::ClusterStats;
 
 /// A compiled retry policy.
@@ -29,8 +29,8 @@ pub(crate) struct RetryPolicy {
     /// The deadline of each attempt (the route timeout still bounds the whole request).
     pub per_try_timeout: Option<Duration>,
     idempotent_methods: Vec<Box<str>>,
-    /// All must hold; empty means no request is idempotent by this test.
-    idempotent_match: Vec<MetadataMatcher>,
+    /// Requests it matches are idempotent; `None` (or a match without conditions) marks none.
+    idempotent_match: Option<RequestMatcher>,
     back_off: RetryBackOffSpec,
 }
 
@@ -39,14 +39,10 @@ impl RetryPolicy {
         let on = |r: RetryOn| spec.retry_on.contains(&r);
         let idempotent_match = spec
             .idempotent_match
-            .iter()
-            .flat_map(|m| m.metadata.iter())
-            .enumerate()
-            .map(|(i, m)| {
-                MetadataMatcher::new(m)
-                    .map_err(|e| e.within(&format!("idempotent_match.metadata[{i}]")))
-            })
-            .collect::<Result<_, _>>()?;
+            .as_ref()
+            .filter(|m| !m.is_empty())
+            .map(|m| RequestMatcher::new(m).map_err(|e| e.within("idempotent_match")))
+            .transpose()?;
         Ok(Self {
             num_retries: spec.num_retries,
             on_connect_failure: on(RetryOn::ConnectFailure),
@@ -65,8 +61,9 @@ impl RetryPolicy {
         })
     }
 
-    /// True if the route says the request may safely run twice.
-    pub fn is_idempotent(&self, request: &RoutingView<'_>) -> bool {
+    /// True if the route says the request (seen through `request`, arrived on `connection`)
+    /// may safely run twice.
+    pub fn is_idempotent(&self, request: &RoutingView<'_>, connection: &ConnectionInfo) -> bool {
         let method = request.get(keys::METHOD);
         let by_method = method.is_some_and(|m| {
             self.idempotent_methods
@@ -74,8 +71,10 @@ impl RetryPolicy {
                 .any(|name| name.as_bytes() == m.as_bytes())
         });
         by_method
-            || (!self.idempotent_match.is_empty()
-                && self.idempotent_match.iter().all(|m| m.matches(request)))
+            || self
+                .idempotent_match
+                .as_ref()
+                .is_some_and(|m| m.matches(request, connection))
     }
 
     /// True if the policy retries an attempt that ended with `outcome`, for a request that is
@@ -164,6 +163,7 @@ mod tests {
                     exact: Some("true".into()),
                     ..Default::default()
                 }],
+                ..Default::default()
             }),
             retry_back_off: RetryBackOffSpec::default(),
         }
@@ -224,21 +224,55 @@ mod tests {
     #[test]
     fn idempotent_by_method_or_by_match() -> Result<(), ConfigError> {
         let policy = policy(spec(vec![]))?;
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+        let connection = ConnectionInfo::new("in".into(), address, address);
         let view = |pairs: &[(&'static str, &'static str)]| {
             let metadata: Metadata = pairs
                 .iter()
                 .map(|(k, v)| (ByteStr::from_static(k), ByteStr::from_static(v)))
                 .collect();
             let keys = RoutingKeys::new();
-            policy.is_idempotent(&RoutingView {
+            let view = RoutingView {
                 metadata: &metadata,
                 keys: &keys,
-            })
+            };
+            policy.is_idempotent(&view, &connection)
         };
         assert!(view(&[("method", "get")]));
         assert!(!view(&[("method", "put")]));
         assert!(view(&[("method", "put"), ("x-idempotent", "true")]));
         assert!(!view(&[]));
+        Ok(())
+    }
+
+    /// Whether `policy` marks a request without metadata from `ip` idempotent.
+    fn idempotent_from(policy: &RetryPolicy, ip: [u8; 4]) -> bool {
+        let address = std::net::SocketAddr::from((ip, 1));
+        let metadata = Metadata::default();
+        let keys = RoutingKeys::new();
+        let view = RoutingView {
+            metadata: &metadata,
+            keys: &keys,
+        };
+        policy.is_idempotent(&view, &ConnectionInfo::new("in".into(), address, address))
+    }
+
+    #[test]
+    fn idempotent_match_tests_who_sent_the_request_too() -> Result<(), ConfigError> {
+        let mut spec = spec(vec![]);
+        spec.idempotent_match = Some(MatchSpec {
+            source_ips: vec!["10.0.0.0/8".into()],
+            ..Default::default()
+        });
+        let by_source = policy(spec.clone())?;
+        assert!(idempotent_from(&by_source, [10, 1, 2, 3]));
+        assert!(!idempotent_from(&by_source, [127, 0, 0, 1]));
+        spec.idempotent_match = Some(MatchSpec::default());
+        let without_conditions = policy(spec)?;
+        assert!(
+            !idempotent_from(&without_conditions, [10, 1, 2, 3]),
+            "a match without conditions marks no request idempotent"
+        );
         Ok(())
     }
 

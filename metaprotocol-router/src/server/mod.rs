@@ -48,6 +48,8 @@ pub(crate) struct ListenerContext {
     pub idle_timeout: Duration,
     /// A frame that takes longer than this to arrive closes its connection.
     pub frame_timeout: Duration,
+    /// Connections past this many open are closed as soon as they are accepted.
+    pub max_connections: Option<u32>,
     pub drain_time: Duration,
     pub acceptor: Acceptor,
     /// The proxy-wide load this listener's connections add to.
@@ -92,10 +94,18 @@ pub(crate) async fn serve(
         match accepted {
             Ok((stream, peer)) => {
                 let ctx = ctx.load_full();
+                if ctx
+                    .max_connections
+                    .is_some_and(|max| ctx.stats.cx_active.get() >= i64::from(max))
+                {
+                    ctx.stats.cx_refused.inc();
+                    drop(stream);
+                    continue;
+                }
                 let local = stream.local_addr().unwrap_or(peer);
-                match &ctx.acceptor {
+                let accepted = Acceptor::plain(&stream);
+                match ctx.acceptor.clone() {
                     Acceptor::Plain => {
-                        let accepted = ctx.acceptor.plain(&stream);
                         trackers.spawn(connection::serve(
                             stream,
                             accepted,
@@ -104,6 +114,22 @@ pub(crate) async fn serve(
                             ctx,
                             stop.clone(),
                         ));
+                    }
+                    Acceptor::Tls(tls) => {
+                        // The handshake runs on the connection's task, never in this loop; a
+                        // client slow to finish it is bounded like a slow frame.
+                        let stop = stop.clone();
+                        trackers.spawn(async move {
+                            match tls.accept(stream, ctx.frame_timeout).await {
+                                Ok((stream, accepted)) => {
+                                    connection::serve(stream, accepted, peer, local, ctx, stop)
+                                        .await;
+                                }
+                                Err(err) => {
+                                    tracing::debug!(listener = %ctx.name, %peer, error = %err, "TLS handshake failed");
+                                }
+                            }
+                        });
                     }
                 }
             }

@@ -146,6 +146,7 @@ pub(crate) struct ListenerStats {
     pub rq_oneway: Counter,
     pub heartbeats: Counter,
     pub cx_overflow: Counter,
+    pub cx_refused: Counter,
     protocol_errors: [Counter; PROTOCOL_ERRORS.len()],
     local_replies: [Counter; LocalReplyKind::ALL.len()],
     methods: MethodSeries,
@@ -164,6 +165,10 @@ impl ListenerStats {
             cx_overflow: scope.counter(
                 "downstream_cx_overflow",
                 "Client connections closed because the answers they did not read passed the limit",
+            ),
+            cx_refused: scope.counter(
+                "downstream_cx_refused",
+                "Client connections closed as soon as accepted: the listener had max_connections open",
             ),
             protocol_errors: PROTOCOL_ERRORS.map(|reason| {
                 scope.counter_with(
@@ -257,33 +262,6 @@ impl RouteStats {
     }
 }
 
-/// A resource a circuit breaker limits, the `resource` label of `circuit_breaker_open`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum BreakerResource {
-    Connections,
-    PendingRequests,
-    Requests,
-    Retries,
-}
-
-impl BreakerResource {
-    const ALL: [Self; 4] = [
-        Self::Connections,
-        Self::PendingRequests,
-        Self::Requests,
-        Self::Retries,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Self::Connections => "connections",
-            Self::PendingRequests => "pending_requests",
-            Self::Requests => "requests",
-            Self::Retries => "retries",
-        }
-    }
-}
-
 /// Metric handles of one cluster. The gauges double as the cluster's live resource counts
 /// (what circuit breakers compare with their limits).
 #[derive(Clone, Debug)]
@@ -304,7 +282,6 @@ pub(crate) struct ClusterStats {
     pub unmatched_responses: Counter,
     pub rq_dropped: Counter,
     failures: [Counter; FAILURES.len()],
-    breakers: [Gauge; BreakerResource::ALL.len()],
 }
 
 impl ClusterStats {
@@ -365,13 +342,6 @@ impl ClusterStats {
                 "upstream_rq_dropped",
                 "Requests dropped before they could be written upstream (deadline passed, queue full)",
             ),
-            breakers: BreakerResource::ALL.map(|resource| {
-                scope.gauge_with(
-                    "circuit_breaker_open",
-                    "1 while the cluster's circuit breaker for the resource refuses requests",
-                    &[("resource", resource.name())],
-                )
-            }),
         }
     }
 
@@ -387,17 +357,6 @@ impl ClusterStats {
             ResponseStatus::ApplicationError => &self.responses[1],
             ResponseStatus::ServerError => &self.responses[2],
         }
-    }
-
-    /// The gauge a circuit breaker sets to 1 while it refuses requests for `resource`: where
-    /// circuit breakers (being built) report their state.
-    #[allow(dead_code)]
-    pub fn circuit_breaker_open(&self, resource: BreakerResource) -> &Gauge {
-        let index = BreakerResource::ALL
-            .iter()
-            .position(|r| *r == resource)
-            .unwrap_or(0);
-        &self.breakers[index]
     }
 }
 

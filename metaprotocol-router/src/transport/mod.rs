@@ -3,9 +3,12 @@
 //! Connection tasks are generic over [`Transport`], so the request path never knows whether
 //! it runs over plain TCP or TLS. A listener's [`Acceptor`] turns an accepted socket into a
 //! stream plus what the handshake revealed ([`Accepted`]); a cluster's [`Connector`] opens the
-//! stream to an endpoint. TLS plugs in as one more variant of each.
+//! stream to an endpoint. TLS ([`tls`]) is one more variant of each.
 
 pub(crate) mod buffers;
+mod tls;
+
+pub(crate) use tls::{TlsAcceptor, TlsConnector};
 
 use std::io;
 use std::net::SocketAddr;
@@ -36,12 +39,14 @@ pub(crate) enum Acceptor {
     /// Plain TCP: the socket is the stream.
     #[default]
     Plain,
+    /// TLS terminated by the proxy.
+    Tls(Arc<TlsAcceptor>),
 }
 
 impl Acceptor {
     /// Prepares an accepted socket for serving. Small RPC frames: latency matters more than
     /// packet count, so Nagle is off.
-    pub fn plain(&self, stream: &TcpStream) -> Accepted {
+    pub fn plain(stream: &TcpStream) -> Accepted {
         let _ = stream.set_nodelay(true);
         Accepted::default()
     }
@@ -53,9 +58,20 @@ pub(crate) enum Connector {
     /// Plain TCP.
     #[default]
     Plain,
+    /// TLS originated by the proxy.
+    Tls(Arc<TlsConnector>),
 }
 
 impl Connector {
+    /// True if both open connections the same way (pools made with one serve the other).
+    pub fn same(&self, other: &Connector) -> bool {
+        match (self, other) {
+            (Self::Plain, Self::Plain) => true,
+            (Self::Tls(a), Self::Tls(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
     /// Opens a plain TCP stream to `address` within `timeout`.
     pub async fn connect_plain(address: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
         let stream = tokio::time::timeout(timeout, TcpStream::connect(address))

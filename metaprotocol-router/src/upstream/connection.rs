@@ -29,7 +29,8 @@ use tokio::time::{Instant, Sleep};
 
 use super::backoff::ConnectBackoff;
 use super::outbound::Outbound;
-use super::{ReplyTo, UpstreamError};
+use super::{PoolSettings, ReplyTo, UpstreamError};
+use crate::cluster::ConnectionPermit;
 use crate::stats::{ClusterStats, EndpointStats};
 use crate::transport::{Connector, Transport, buffers};
 
@@ -49,13 +50,16 @@ pub(crate) struct ConnectParams {
     pub address: SocketAddr,
     pub codec: Arc<dyn CodecFactory>,
     pub variant: WireVariant,
-    pub connect_timeout: Duration,
+    /// Its connect timeout, idle timeout and request limit.
+    pub settings: PoolSettings,
     pub connector: Connector,
     pub backoff: Arc<ConnectBackoff>,
     pub stats: ClusterStats,
     pub endpoint: EndpointStats,
     /// Told once the connection is up (a replacement waits for it before taking over).
     pub connected: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Its place under the cluster's `max_connections`, held until the task ends.
+    pub permit: Option<ConnectionPermit>,
 }
 
 /// State the task shares with the handles that feed it.
@@ -113,6 +117,11 @@ impl ConnectionHandle {
         !self.shared.replacing.swap(true, Ordering::AcqRel)
     }
 
+    /// Gives the claim back: the replacement could not be started.
+    pub fn release_replacement(&self) {
+        self.shared.replacing.store(false, Ordering::Release);
+    }
+
     /// Queues `outbound`; on refusal it comes back with the reason (the request was not sent).
     // The refused request comes back whole, without an allocation: refusals are rare, and
     // boxing would cost every one of them a heap allocation.
@@ -161,7 +170,14 @@ async fn run(
 ) {
     match &params.connector {
         Connector::Plain => {
-            let connected = Connector::connect_plain(params.address, params.connect_timeout).await;
+            let connected =
+                Connector::connect_plain(params.address, params.settings.connect_timeout).await;
+            serve(connected, params, requests, shared).await;
+        }
+        Connector::Tls(tls) => {
+            let connected = tls
+                .connect(params.address, params.settings.connect_timeout)
+                .await;
             serve(connected, params, requests, shared).await;
         }
     }
@@ -276,6 +292,17 @@ struct Multiplexer<S> {
     /// whole stall limit means a stuck upstream.
     stalled_since: Option<(Instant, u64)>,
     sweep: Pin<Box<Sleep>>,
+    /// Close after this long with nothing in flight.
+    idle_timeout: Duration,
+    /// Whether a request was taken since the last sweep, and when the connection last carried
+    /// anything (as of a sweep).
+    busy: bool,
+    last_busy: Instant,
+    /// Requests written; at `max_requests` the connection asks to be replaced.
+    served: u64,
+    max_requests: Option<u64>,
+    /// Held while the connection lives.
+    _permit: Option<ConnectionPermit>,
     stats: ClusterStats,
     address: SocketAddr,
 }
@@ -304,6 +331,12 @@ impl<S: Transport> Multiplexer<S> {
             flushed: 0,
             stalled_since: None,
             sweep: Box::pin(tokio::time::sleep(SWEEP_INTERVAL)),
+            idle_timeout: params.settings.idle_timeout,
+            busy: false,
+            last_busy: Instant::now(),
+            served: 0,
+            max_requests: params.settings.max_requests_per_connection.map(u64::from),
+            _permit: params.permit,
             stats: params.stats,
             address: params.address,
         }
@@ -346,6 +379,12 @@ impl<S: Transport> Multiplexer<S> {
             reply.answer(Err(UpstreamError::Overflow));
             return;
         };
+        self.busy = true;
+        self.served += 1;
+        if self.max_requests.is_some_and(|max| self.served >= max) {
+            // Its successor opens before new requests move to it (see the pool's `replace`).
+            self.shared.going_away.store(true, Ordering::Release);
+        }
         let starts_at = self.flushed + self.write_buf.len() as u64;
         let params = EncodeParams {
             request_id,
@@ -404,18 +443,21 @@ impl<S: Transport> Multiplexer<S> {
 
     fn inbound(&mut self, message: Message, now: Instant) {
         match message.kind {
-            MessageKind::Response => match self.waiting.remove(&message.request_id) {
-                Some(waiting) if waiting.deadline > now => waiting.reply.answer(Ok(message)),
-                // Too late: its caller has given up.
-                Some(mut waiting) => {
-                    waiting.reply.disarm();
-                    self.stats.unmatched_responses.inc();
+            // A heartbeat reply answers a health check's probe.
+            MessageKind::Response | MessageKind::HeartbeatReply => {
+                match self.waiting.remove(&message.request_id) {
+                    Some(waiting) if waiting.deadline > now => waiting.reply.answer(Ok(message)),
+                    // Too late: its caller has given up.
+                    Some(mut waiting) => {
+                        waiting.reply.disarm();
+                        self.stats.unmatched_responses.inc();
+                    }
+                    // Late (the caller gave up and it was swept), or a stray id.
+                    None => {
+                        self.stats.unmatched_responses.inc();
+                    }
                 }
-                // Late (the caller gave up and it was swept), or a stray id.
-                None => {
-                    self.stats.unmatched_responses.inc();
-                }
-            },
+            }
             // New requests move to a new connection once it is up; those in flight here
             // finish here.
             MessageKind::GoAway => self.shared.going_away.store(true, Ordering::Release),
@@ -427,7 +469,7 @@ impl<S: Transport> Multiplexer<S> {
                     tracing::debug!(address = %self.address, error = %err, "cannot answer an upstream heartbeat");
                 }
             }
-            // Upstreams do not call the proxy; answers to heartbeats we never sent are dropped.
+            // Upstreams do not call the proxy.
             _ => {
                 self.stats.unmatched_responses.inc();
             }
@@ -444,6 +486,19 @@ impl<S: Transport> Multiplexer<S> {
             }
             keep
         });
+    }
+
+    /// True when the connection has carried nothing for its idle timeout (as of this sweep).
+    fn idle(&mut self, now: Instant) -> bool {
+        let quiet = self.waiting.is_empty()
+            && self.write_buf.is_empty()
+            && self.shared.queued.load(Ordering::Relaxed) == 0;
+        if self.busy || !quiet {
+            self.busy = false;
+            self.last_busy = now;
+            return false;
+        }
+        now.saturating_duration_since(self.last_busy) >= self.idle_timeout
     }
 
     /// True when bytes have waited for the upstream, with none taken, for the stall limit.
@@ -504,6 +559,12 @@ impl<S: Transport> Future for Multiplexer<S> {
             if this.sweep.as_mut().poll(cx).is_ready() {
                 if this.stuck() {
                     tracing::warn!(address = %this.address, "closing upstream connection: it has taken no bytes for {WRITE_STALL_LIMIT:?}");
+                    this.fail_all();
+                    return Poll::Ready(());
+                }
+                if this.idle(Instant::now()) {
+                    tracing::debug!(address = %this.address, "closing an idle upstream connection");
+                    // A request that raced the close is refused unsent, and resent elsewhere.
                     this.fail_all();
                     return Poll::Ready(());
                 }

@@ -6,11 +6,19 @@
 //! Sending never waits: a request is queued on a connection task (which connects first if it has
 //! to) and its answer comes back through its [`ReplyTo`]. After connect failures the endpoint
 //! backs off, and requests for it fail at once instead of each trying to connect.
+//!
+//! A connection that carried nothing for the cluster's idle timeout closes; one that reached
+//! `max_requests_per_connection`, or whose upstream said it is going away, is replaced: a new
+//! connection opens while the old one keeps serving, and takes over once it is up. With a
+//! `max_connections` circuit breaker, a slot that would open a connection past the limit shares
+//! another open connection of the endpoint instead, or the request is refused (overflow).
+//! Health checks probe over a [`ProbeConnection`] of their own.
 
 mod backoff;
 mod connection;
 mod error;
 mod outbound;
+mod probe;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,16 +32,22 @@ use self::backoff::ConnectBackoff;
 use self::connection::{ConnectParams, ConnectionHandle};
 pub use self::error::UpstreamError;
 pub(crate) use self::outbound::{Discard, Inbox, Outbound, ReplyTo, RequestKey, UpstreamEvent};
+pub(crate) use self::probe::ProbeConnection;
+use crate::cluster::{CircuitBreakers, ConnectionPermit};
 use crate::stats::{ClusterStats, EndpointStats};
 use crate::transport::Connector;
 
-/// How an endpoint's pool connects and how many connections it keeps.
+/// How an endpoint's pool connects, how many connections it keeps and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PoolSettings {
     /// The time allowed to open a connection.
     pub connect_timeout: Duration,
     /// Connections per wire variant.
     pub connections: usize,
+    /// A connection with nothing in flight for this long closes.
+    pub idle_timeout: Duration,
+    /// A connection that carried this many requests is replaced.
+    pub max_requests_per_connection: Option<u32>,
 }
 
 /// The connection slots of one wire variant.
@@ -57,6 +71,8 @@ pub(crate) struct UpstreamPool {
     connector: Connector,
     stats: ClusterStats,
     endpoint: EndpointStats,
+    /// The cluster's breakers (`max_connections` applies here).
+    breakers: Option<Arc<CircuitBreakers>>,
     backoff: Arc<ConnectBackoff>,
     /// Grows by one partition per variant seen (rarely more than one); copied on write so that
     /// every send reads it without a lock.
@@ -73,13 +89,14 @@ impl std::fmt::Debug for UpstreamPool {
 }
 
 impl UpstreamPool {
-    /// An empty pool; connections open on first use.
+    /// An empty pool; connections open on first use, within `breakers` when given.
     pub fn new(
         address: SocketAddr,
         codec: Arc<dyn CodecFactory>,
         settings: PoolSettings,
         connector: Connector,
         stats: ClusterStats,
+        breakers: Option<Arc<CircuitBreakers>>,
     ) -> Self {
         Self {
             address,
@@ -88,6 +105,7 @@ impl UpstreamPool {
             connector,
             stats,
             endpoint: EndpointStats::default(),
+            breakers,
             backoff: Arc::new(ConnectBackoff::new()),
             partitions: ArcSwap::from_pointee(Vec::new()),
         }
@@ -115,6 +133,11 @@ impl UpstreamPool {
         self.settings
     }
 
+    /// How its connections are opened.
+    pub fn connector(&self) -> &Connector {
+        &self.connector
+    }
+
     /// Queues `outbound` on a connection speaking `variant`, opening one if needed. Never waits;
     /// a refusal (the endpoint is backing off after connect failures, the connection is
     /// overloaded) hands the request back.
@@ -140,10 +163,30 @@ impl UpstreamPool {
                         error: self.backing_off(),
                     });
                 }
-                self.connect(slot, variant).send(outbound)
+                match self.connect(slot, variant) {
+                    Some(handle) => handle.send(outbound),
+                    // At the cluster's connection limit: share an open connection, if any.
+                    None => match partition
+                        .slots
+                        .iter()
+                        .find_map(|s| s.load_full().filter(|h| h.is_open()))
+                    {
+                        Some(open) => open.send(outbound),
+                        None => Err((outbound, UpstreamError::Overflow)),
+                    },
+                }
             }
         };
         result.map_err(|(outbound, error)| Rejected { outbound, error })
+    }
+
+    /// A connection's place under the cluster's `max_connections`: `Some(None)` when the
+    /// cluster has no limit, `None` when it is at its limit.
+    fn permit(&self) -> Option<Option<ConnectionPermit>> {
+        match &self.breakers {
+            Some(breakers) => breakers.reserve_connection().map(Some),
+            None => Some(None),
+        }
     }
 
     /// The error of a request refused because the endpoint is backing off.
@@ -212,22 +255,29 @@ impl UpstreamPool {
         partition.next.fetch_add(1, Ordering::Relaxed) % partition.slots.len()
     }
 
-    fn connect_params(&self, variant: WireVariant) -> ConnectParams {
+    fn connect_params(
+        &self,
+        variant: WireVariant,
+        permit: Option<ConnectionPermit>,
+    ) -> ConnectParams {
         ConnectParams {
             address: self.address,
             codec: self.codec.clone(),
             variant,
-            connect_timeout: self.settings.connect_timeout,
+            settings: self.settings,
             connector: self.connector.clone(),
             backoff: self.backoff.clone(),
             stats: self.stats.clone(),
             endpoint: self.endpoint.clone(),
             connected: None,
+            permit,
         }
     }
 
-    /// Opens a connection to take over from `old`, whose upstream is going away; `old` keeps
-    /// serving until the new one is up (or for good, if it cannot be opened).
+    /// Opens a connection to take over from `old`, whose upstream is going away (or which
+    /// carried its share of requests); `old` keeps serving until the new one is up (or for
+    /// good, if it cannot be opened; a later request tries again when the connection limit
+    /// stopped this one).
     fn replace(
         &self,
         partition: &Arc<Partition>,
@@ -235,10 +285,14 @@ impl UpstreamPool {
         old: Arc<ConnectionHandle>,
         variant: WireVariant,
     ) {
+        let Some(permit) = self.permit() else {
+            old.release_replacement();
+            return;
+        };
         let (connected, up) = tokio::sync::oneshot::channel();
         let prepared = connection::prepare(ConnectParams {
             connected: Some(connected),
-            ..self.connect_params(variant)
+            ..self.connect_params(variant, permit)
         });
         let new = Arc::new(prepared.handle);
         tokio::spawn(prepared.task);
@@ -251,18 +305,19 @@ impl UpstreamPool {
         });
     }
 
-    /// Opens a connection in `slot`, or takes the one another request just opened there.
+    /// Opens a connection in `slot`, or takes the one another request just opened there;
+    /// `None` when the cluster is at its connection limit.
     fn connect(
         &self,
         slot: &ArcSwapOption<ConnectionHandle>,
         variant: WireVariant,
-    ) -> Arc<ConnectionHandle> {
+    ) -> Option<Arc<ConnectionHandle>> {
         loop {
             let current = slot.load_full();
             if let Some(handle) = current.as_ref().filter(|h| h.is_open()) {
-                return handle.clone();
+                return Some(handle.clone());
             }
-            let prepared = connection::prepare(self.connect_params(variant));
+            let prepared = connection::prepare(self.connect_params(variant, self.permit()?));
             let handle = Arc::new(prepared.handle);
             let previous = slot.compare_and_swap(&current, Some(handle.clone()));
             let won = match (previous.as_ref(), current.as_ref()) {
@@ -272,7 +327,7 @@ impl UpstreamPool {
             };
             if won {
                 tokio::spawn(prepared.task);
-                return handle;
+                return Some(handle);
             }
         }
     }

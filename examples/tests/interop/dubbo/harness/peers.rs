@@ -17,7 +17,29 @@ pub struct Provider {
     pub name: &'static str,
     port: u16,
     record: PathBuf,
+    launch: Launch,
     _process: ChildGuard,
+}
+
+/// How a provider is started: the interpreter and its script.
+#[derive(Clone)]
+struct Launch {
+    program: PathBuf,
+    script: &'static str,
+}
+
+/// A provider that was stopped, ready to start again where it was.
+pub struct Stopped {
+    name: &'static str,
+    port: u16,
+    launch: Launch,
+}
+
+impl Stopped {
+    /// Starts the provider again on its port.
+    pub fn restart(self, scratch: &Scratch) -> TestResult<Provider> {
+        Provider::start_on(self.launch, self.name, self.port, scratch)
+    }
 }
 
 /// A call as the provider recorded it.
@@ -35,15 +57,24 @@ impl Provider {
     /// Starts `script` (run by `program`) on a free port and waits until it listens.
     fn start(
         program: PathBuf,
-        script: &str,
+        script: &'static str,
         name: &'static str,
         scratch: &Scratch,
     ) -> TestResult<Self> {
-        let port = free_port()?;
+        Self::start_on(Launch { program, script }, name, free_port()?, scratch)
+    }
+
+    /// Starts the provider of `launch` on `port` and waits until it listens.
+    fn start_on(
+        launch: Launch,
+        name: &'static str,
+        port: u16,
+        scratch: &Scratch,
+    ) -> TestResult<Self> {
         let record = scratch.path(&format!("{name}.calls"));
-        let mut command = SUITE.command(program);
+        let mut command = SUITE.command(&launch.program);
         command
-            .arg(script)
+            .arg(launch.script)
             .arg("--port")
             .arg(port.to_string())
             .arg("--name")
@@ -55,8 +86,18 @@ impl Provider {
             name,
             port,
             record,
+            launch,
             _process: process,
         })
+    }
+
+    /// Kills the provider; [`Stopped::restart`] brings it back on the same port.
+    pub fn stop(self) -> Stopped {
+        Stopped {
+            name: self.name,
+            port: self.port,
+            launch: self.launch,
+        }
     }
 
     /// Where it listens.

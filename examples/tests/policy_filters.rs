@@ -1,0 +1,439 @@
+//! The policy filters end to end with Dubbo: the demo provider behind the engine, real sockets
+//! on 127.0.0.1, and for the global rate limit a real redis-server (and, for the limit shared
+//! by several proxies, two `metaprotocol-proxy` processes).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metaprotocol_examples::dubbo_demo::{DemoProvider, DubboClient};
+use metaprotocol_router::Proxy;
+
+#[allow(dead_code)]
+mod support;
+
+use support::process::Scratch;
+use support::proxy::{BinaryProxy, listener_addr, metric, start_engine};
+use support::redis::RedisServer;
+use support::{TestResult, free_addr};
+
+/// Dubbo's OK status.
+const OK: u8 = 20;
+/// What a Dubbo client gets for an over-limit (and unavailable) local reply.
+const OVER_LIMIT: u8 = 100;
+/// What a Dubbo client gets for an unauthorized local reply.
+const UNAUTHORIZED: u8 = 40;
+
+/// The requests of `listener` that ended with `outcome`, as the outcome metrics count them.
+fn completed(proxy: &Proxy, listener: &str, outcome: &str) -> f64 {
+    support::metrics::sample(
+        &proxy.metrics().render(),
+        "metaprotocol_downstream_rq_completed_total",
+        &[("listener", listener), ("outcome", outcome)],
+    )
+}
+
+/// The demo provider and a proxy whose listeners (name, filters as a YAML flow list) all route
+/// to it.
+async fn start(listeners: &[(&str, &str)]) -> TestResult<(DemoProvider, Proxy)> {
+    let provider = DemoProvider::start("p").await?;
+    let proxy = start_engine(&config(listeners, provider.address(), |_| {
+        "127.0.0.1:0".to_owned()
+    }))
+    .await?;
+    Ok((provider, proxy))
+}
+
+/// A config of `listeners` (bound where `address` says) routing to `provider`.
+fn config(
+    listeners: &[(&str, &str)],
+    provider: std::net::SocketAddr,
+    address: impl Fn(&str) -> String,
+) -> String {
+    let listeners: String = listeners
+        .iter()
+        .map(|(name, filters)| {
+            format!(
+                "  - {{ name: {name}, address: {}, protocol: dubbo, route_config: r,\n      filters: {filters} }}\n",
+                address(name)
+            )
+        })
+        .collect();
+    format!(
+        "listeners:
+{listeners}route_configs:
+  - {{ name: r, routes: [ {{ route: {{ cluster: p }} }} ] }}
+clusters:
+  - {{ name: p, endpoints: [ {{ address: {provider} }} ] }}
+"
+    )
+}
+
+/// What calls got back.
+#[derive(Debug, Default)]
+struct Tally {
+    ok: u64,
+    over_limit: u64,
+    /// Anything else, described.
+    other: Vec<String>,
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.ok += other.ok;
+        self.over_limit += other.over_limit;
+        self.other.extend(other.other);
+    }
+}
+
+/// Calls `method` on `clients` (round robin over `tasks` tasks) as fast as answers come, for
+/// `duration`.
+async fn hammer(
+    clients: &[Arc<DubboClient>],
+    method: &'static str,
+    tasks: usize,
+    duration: Duration,
+) -> TestResult<Tally> {
+    let deadline = Instant::now() + duration;
+    let mut running = Vec::new();
+    for task in 0..tasks {
+        let client = clients[task % clients.len()].clone();
+        running.push(tokio::spawn(async move {
+            let mut tally = Tally::default();
+            while Instant::now() < deadline {
+                match client.call(method, "a", &[]).await {
+                    Ok(reply) if reply.dubbo_status == OK => tally.ok += 1,
+                    Ok(reply) if reply.dubbo_status == OVER_LIMIT => tally.over_limit += 1,
+                    Ok(reply) => tally.other.push(format!("status {}", reply.dubbo_status)),
+                    Err(err) => tally.other.push(err.to_string()),
+                }
+            }
+            tally
+        }));
+    }
+    let mut total = Tally::default();
+    for task in running {
+        total.add(task.await?);
+    }
+    Ok(total)
+}
+
+/// Calls `method` on `client` until one is refused as over the limit: the limit's burst is
+/// spent, and what is allowed from then on is its rate.
+async fn drain(client: &DubboClient, method: &str) -> TestResult {
+    for _ in 0..10_000 {
+        if client.call(method, "a", &[]).await?.dubbo_status == OVER_LIMIT {
+            return Ok(());
+        }
+    }
+    Err("the limit never refused a call".into())
+}
+
+/// Asserts that `allowed` calls over `seconds` are within 10% of `per_second`.
+fn assert_rate(allowed: u64, per_second: f64, seconds: f64) {
+    let rate = allowed as f64 / seconds;
+    println!("{allowed} calls allowed in {seconds} s: {rate:.1}/s, configured {per_second}/s");
+    assert!(
+        (rate - per_second).abs() <= per_second * 0.1,
+        "{allowed} calls allowed in {seconds} s: {rate:.1}/s, configured {per_second}/s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_ratelimit_allows_the_configured_rate() -> TestResult {
+    // 200 calls per second, in fills of 20 every 100 ms; the bucket holds half a second's worth,
+    // so that a client stalled by a busy machine for less than that loses nothing.
+    let (provider, proxy) = start(&[(
+        "in",
+        "[ { name: local_ratelimit, config: { token_bucket: { max_tokens: 100, tokens_per_fill: 20, fill_interval: 100ms } } } ]",
+    )])
+    .await?;
+    let client = Arc::new(DubboClient::new(listener_addr(&proxy, "in")?));
+    drain(&client, "sayHello").await?;
+    let drained = provider.seen().len() as u64;
+    let tally = hammer(&[client], "sayHello", 8, Duration::from_secs(5)).await?;
+    assert!(tally.other.is_empty(), "{:?}", tally.other);
+    assert!(tally.over_limit > 0, "nothing was limited: {tally:?}");
+    assert_rate(tally.ok, 200.0, 5.0);
+    assert_eq!(provider.seen().len() as u64, drained + tally.ok);
+    let series = "metaprotocol_ratelimit_decisions_total{listener=\"in\",filter=\"local_ratelimit\",decision=";
+    assert_eq!(
+        metric(&proxy, &format!("{series}\"ok\"}}")),
+        (drained + tally.ok) as f64
+    );
+    assert_eq!(
+        metric(&proxy, &format!("{series}\"over_limit\"}}")),
+        (1 + tally.over_limit) as f64
+    );
+    assert_eq!(
+        completed(&proxy, "in", "over_limit"),
+        (1 + tally.over_limit) as f64,
+        "each refusal counts once under its outcome"
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_delays_its_share_and_aborts_with_the_chosen_kind() -> TestResult {
+    let delay = Duration::from_millis(300);
+    let (provider, proxy) = start(&[(
+        "in",
+        "[ { name: fault, config: { match: { metadata: [ { key: method, exact: sayHello } ] },
+                                    delay: { fixed_delay: 300ms, percentage: 50 } } },
+           { name: fault, config: { match: { metadata: [ { key: method, exact: sayGoodbye } ] },
+                                    abort: { kind: unavailable, percentage: 100 } } } ]",
+    )])
+    .await?;
+    let client = Arc::new(DubboClient::new(listener_addr(&proxy, "in")?));
+    // In waves of 20, so that calls that are not delayed are not slowed by a crowd either.
+    let calls = 200;
+    let mut slow = 0;
+    for _ in 0..calls / 20 {
+        let mut wave = Vec::new();
+        for _ in 0..20 {
+            let client = client.clone();
+            wave.push(tokio::spawn(async move {
+                client.call("sayHello", "a", &[]).await
+            }));
+        }
+        for call in wave {
+            let reply = call.await??;
+            assert_eq!(reply.dubbo_status, OK);
+            if reply.latency >= delay {
+                slow += 1;
+            }
+        }
+    }
+    let delayed = metric(
+        &proxy,
+        "metaprotocol_fault_delays_injected_total{listener=\"in\",filter=\"fault\"}",
+    ) as u64;
+    // A fair coin 200 times: 35% to 65% is more than four standard deviations either way.
+    assert!(
+        (70..=130).contains(&delayed),
+        "{delayed} of {calls} delayed"
+    );
+    // Every delayed call took the delay; a call that was not delayed may, rarely, be slow on
+    // a loaded machine.
+    assert!(slow >= delayed, "{slow} slow calls, {delayed} delayed");
+    assert!(
+        slow <= delayed + calls / 20,
+        "{slow} slow calls, {delayed} delayed"
+    );
+    assert_eq!(provider.seen().len(), calls as usize);
+
+    let aborted = client.call("sayGoodbye", "a", &[]).await?;
+    assert_eq!(
+        aborted.dubbo_status, OVER_LIMIT,
+        "unavailable is Dubbo's 100"
+    );
+    assert_eq!(provider.seen().len(), calls as usize);
+    assert_eq!(
+        metric(
+            &proxy,
+            "metaprotocol_fault_aborts_injected_total{listener=\"in\",filter=\"fault\"}"
+        ),
+        1.0
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn rbac_denies_by_method_and_shadow_mode_counts_but_allows() -> TestResult {
+    let rbac = |shadow: bool| {
+        format!(
+            "[ {{ name: rbac, config: {{ action: deny, shadow: {shadow}, policies: [
+                 {{ name: no-goodbyes, metadata: [ {{ key: method, exact: sayGoodbye }} ] }} ] }} }} ]"
+        )
+    };
+    let (provider, proxy) = start(&[("enforced", &rbac(false)), ("shadow", &rbac(true))]).await?;
+    let enforced = DubboClient::new(listener_addr(&proxy, "enforced")?);
+    let shadow = DubboClient::new(listener_addr(&proxy, "shadow")?);
+
+    assert_eq!(enforced.call("sayHello", "a", &[]).await?.dubbo_status, OK);
+    let denied = enforced.call("sayGoodbye", "a", &[]).await?;
+    assert_eq!(denied.dubbo_status, UNAUTHORIZED);
+    assert!(denied.body_contains("rbac"), "{:?}", denied.frame);
+    assert_eq!(provider.seen().len(), 1);
+
+    for _ in 0..3 {
+        assert_eq!(shadow.call("sayGoodbye", "a", &[]).await?.dubbo_status, OK);
+    }
+    assert_eq!(shadow.call("sayHello", "a", &[]).await?.dubbo_status, OK);
+    assert_eq!(provider.seen().len(), 5);
+
+    let series = |listener: &str, decision: &str| {
+        metric(
+            &proxy,
+            &format!(
+                "metaprotocol_rbac_decisions_total{{listener=\"{listener}\",filter=\"rbac\",decision=\"{decision}\"}}"
+            ),
+        )
+    };
+    assert_eq!(series("enforced", "denied"), 1.0);
+    assert_eq!(series("enforced", "allowed"), 1.0);
+    assert_eq!(series("shadow", "shadow_denied"), 3.0);
+    assert_eq!(series("shadow", "shadow_allowed"), 1.0);
+    assert_eq!(series("shadow", "denied"), 0.0);
+    assert_eq!(completed(&proxy, "enforced", "unauthorized"), 1.0);
+    assert_eq!(completed(&proxy, "shadow", "unauthorized"), 0.0);
+    assert_eq!(completed(&proxy, "shadow", "success"), 4.0);
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// A `global_ratelimit` filter list over `redis`.
+fn global_ratelimit(redis: &RedisServer, limit: &str, timeout: &str, deny: bool) -> String {
+    format!(
+        "[ {{ name: global_ratelimit, config: {{ redis: {{ address: \"{}\" }}, domain: test,
+             descriptors: [ interface, method ], limit: {limit}, timeout: {timeout},
+             failure_mode_deny: {deny} }} }} ]",
+        redis.address
+    )
+}
+
+#[tokio::test]
+async fn global_ratelimit_keeps_one_limit_per_descriptor_in_redis() -> TestResult {
+    let scratch = Scratch::new("global-descriptors")?;
+    let Some(redis) = RedisServer::start(&scratch)? else {
+        return Ok(());
+    };
+    let filters = global_ratelimit(&redis, "{ requests: 5, per: 1h }", "1s", false);
+    let (provider, proxy) = start(&[("in", &filters)]).await?;
+    let client = DubboClient::new(listener_addr(&proxy, "in")?);
+    for method in ["sayHello", "sayGoodbye"] {
+        for _ in 0..5 {
+            assert_eq!(client.call(method, "a", &[]).await?.dubbo_status, OK);
+        }
+        let limited = client.call(method, "a", &[]).await?;
+        assert_eq!(limited.dubbo_status, OVER_LIMIT, "{method}");
+    }
+    assert_eq!(provider.seen().len(), 10);
+    // The limit lives in Redis, not in the proxy: a second proxy on the same Redis is limited
+    // at once.
+    let (_, second) = start(&[("in", &filters)]).await?;
+    let other = DubboClient::new(listener_addr(&second, "in")?);
+    assert_eq!(
+        other.call("sayHello", "a", &[]).await?.dubbo_status,
+        OVER_LIMIT
+    );
+    let series = "metaprotocol_ratelimit_decisions_total{listener=\"in\",filter=\"global_ratelimit\",decision=";
+    assert_eq!(metric(&proxy, &format!("{series}\"ok\"}}")), 10.0);
+    assert_eq!(metric(&proxy, &format!("{series}\"over_limit\"}}")), 2.0);
+    second.shutdown().await;
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_proxy_processes_enforce_one_combined_limit() -> TestResult {
+    let scratch = Scratch::new("global-two-proxies")?;
+    let Some(redis) = RedisServer::start(&scratch)? else {
+        return Ok(());
+    };
+    let provider = DemoProvider::start("p").await?;
+    // 100 calls per second in all, in bursts of up to 50 (as in the local limit's test: a
+    // client stalled by a busy machine for less than half a second loses nothing).
+    let filters = global_ratelimit(
+        &redis,
+        "{ requests: 100, per: 1s, burst: 50 }",
+        "500ms",
+        false,
+    );
+    let mut proxies = Vec::new();
+    let mut clients = Vec::new();
+    for name in ["a", "b"] {
+        let listen = free_addr()?;
+        let yaml = config(&[("in", &filters)], provider.address(), |_| {
+            listen.to_string()
+        });
+        let dir = Scratch::new(&format!("global-two-proxies-{name}"))?;
+        proxies.push((BinaryProxy::start(&yaml, &[], listen, &dir)?, dir));
+        clients.push(Arc::new(DubboClient::new(listen)));
+    }
+    drain(&clients[0], "sayHello").await?;
+    let drained = provider.seen().len() as u64;
+    let tally = hammer(&clients, "sayHello", 8, Duration::from_secs(5)).await?;
+    assert!(tally.other.is_empty(), "{:?}", tally.other);
+    assert!(tally.over_limit > 0, "nothing was limited: {tally:?}");
+    assert_rate(tally.ok, 100.0, 5.0);
+    assert_eq!(provider.seen().len() as u64, drained + tally.ok);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_slow_or_down_applies_the_failure_mode_within_the_timeout() -> TestResult {
+    let scratch = Scratch::new("global-failure-mode")?;
+    let Some(redis) = RedisServer::start(&scratch)? else {
+        return Ok(());
+    };
+    let timeout = Duration::from_millis(300);
+    let limit = "{ requests: 1000, per: 1s }";
+    let (provider, proxy) = start(&[
+        ("allow", &global_ratelimit(&redis, limit, "300ms", false)),
+        ("deny", &global_ratelimit(&redis, limit, "300ms", true)),
+    ])
+    .await?;
+    let allow = DubboClient::new(listener_addr(&proxy, "allow")?);
+    let deny = DubboClient::new(listener_addr(&proxy, "deny")?);
+    assert_eq!(allow.call("sayHello", "a", &[]).await?.dubbo_status, OK);
+    assert_eq!(deny.call("sayHello", "a", &[]).await?.dubbo_status, OK);
+
+    // Slow: Redis takes the checks and never answers. Each call waits for the timeout, no more
+    // (a second of slack for a loaded machine), and the calls waiting on one connection do not
+    // wait one after another (ten in a row would take three seconds).
+    redis.pause()?;
+    let started = Instant::now();
+    let calls = (0..10)
+        .map(|_| allow.call("sayHello", "a", &[]))
+        .chain((0..10).map(|_| deny.call("sayHello", "a", &[])));
+    for (i, reply) in futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let reply = reply?;
+        let want = if i < 10 { OK } else { OVER_LIMIT };
+        assert_eq!(reply.dubbo_status, want, "call {i}");
+        assert!(reply.latency >= timeout, "{:?}", reply.latency);
+        assert!(
+            reply.latency < timeout + Duration::from_secs(1),
+            "{:?}",
+            reply.latency
+        );
+    }
+    assert!(started.elapsed() < timeout + Duration::from_secs(1));
+
+    // Down: the server is gone; calls are answered by the failure mode without waiting out the
+    // timeout.
+    drop(redis);
+    for _ in 0..3 {
+        let allowed = allow.call("sayHello", "a", &[]).await?;
+        assert_eq!(allowed.dubbo_status, OK);
+        assert!(
+            allowed.latency < timeout + Duration::from_secs(1),
+            "{:?}",
+            allowed.latency
+        );
+        let denied = deny.call("sayHello", "a", &[]).await?;
+        assert_eq!(denied.dubbo_status, OVER_LIMIT);
+        assert!(denied.body_contains("failure_mode_deny"));
+    }
+    assert_eq!(provider.seen().len(), 2 + 10 + 3);
+    let errors = |listener: &str, reason: &str| {
+        metric(
+            &proxy,
+            &format!(
+                "metaprotocol_ratelimit_backend_errors_total{{listener=\"{listener}\",filter=\"global_ratelimit\",reason=\"{reason}\"}}"
+            ),
+        )
+    };
+    assert!(errors("allow", "timeout") >= 1.0);
+    assert!(errors("deny", "timeout") >= 10.0);
+    assert_eq!(errors("deny", "timeout") + errors("deny", "error"), 13.0);
+    let series = "metaprotocol_ratelimit_decisions_total{listener=\"deny\",filter=\"global_ratelimit\",decision=\"failure_mode_denied\"}";
+    assert_eq!(metric(&proxy, series), 13.0);
+    proxy.shutdown().await;
+    Ok(())
+}

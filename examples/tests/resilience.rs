@@ -1,0 +1,688 @@
+//! Load balancing and resilience end to end, with Dubbo: the engine in process, the demo
+//! providers as real servers on 127.0.0.1, many client connections.
+//!
+//! Covered: a provider killed under load (every call answered, none hung; the dead endpoint
+//! detected and avoided, then used again once it is back), circuit breakers (the call past
+//! `max_requests` answered at once with the over-limit error, state and counts in `/metrics`
+//! and `/clusters`), locality-aware failover, consistent hashing on a route's `hash_policy`,
+//! and the connection limits: upstream idle timeout, requests per upstream connection,
+//! `max_connections` per listener.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use metaprotocol_examples::dubbo_demo::{DemoProvider, DubboClient, SLOW_METHOD};
+use metaprotocol_router::{Config, EndpointStatus, HealthState, Proxy};
+
+#[allow(dead_code)]
+mod support;
+
+use support::TestResult;
+use support::admin::http;
+
+/// The Dubbo status of the proxy's over-limit reply (SERVER_THREADPOOL_EXHAUSTED).
+const OVER_LIMIT: u8 = 100;
+
+async fn start(yaml: &str) -> TestResult<(Proxy, SocketAddr)> {
+    let proxy = Proxy::start(
+        Config::from_yaml(yaml)?,
+        metaprotocol_examples::codec_registry(),
+    )
+    .await?;
+    let address = proxy.listener_addr("in").ok_or("no listener")?;
+    Ok((proxy, address))
+}
+
+/// A proxy with an admin API and listener `in` routing everything by `route` (a YAML flow map's
+/// inner part, after `cluster: c`) to cluster `c`, described by `cluster` (YAML lines indented
+/// by 4, after its name).
+fn config(route: &str, cluster: &str) -> String {
+    format!(
+        "admin: {{ address: 127.0.0.1:0 }}
+listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }}{route} }} ] }} ]
+clusters:
+  - name: c
+{cluster}"
+    )
+}
+
+/// [`config`] of a cluster of `provider` alone, with `fields` (YAML lines indented by 4).
+fn single(provider: &DemoProvider, fields: &str) -> String {
+    config("", &format!("{fields}{}", endpoints(&[provider], &[])))
+}
+
+/// `endpoints:` lines for `providers`, each with `extra` fields.
+fn endpoints(providers: &[&DemoProvider], extra: &[&str]) -> String {
+    let mut lines = "    endpoints:\n".to_owned();
+    for (i, p) in providers.iter().enumerate() {
+        let more = extra.get(i).map_or(String::new(), |e| format!(", {e}"));
+        lines.push_str(&format!(
+            "      - {{ address: \"{}\"{more} }}\n",
+            p.address()
+        ));
+    }
+    lines
+}
+
+/// How one call of the load ended.
+#[derive(Debug, Clone, PartialEq)]
+enum Outcome {
+    /// A reply with this Dubbo status, from this provider (when it answered).
+    Reply(u8, Option<String>),
+    /// The client's connection to the proxy failed.
+    Broken(String),
+    /// No answer within the client's patience.
+    Hung,
+}
+
+/// Calls made by the load, with when each started.
+type Log = Arc<Mutex<Vec<(Instant, Outcome)>>>;
+
+/// `clients` connections to `proxy`, each calling `sayHello` in a loop until `stop` is set;
+/// every call is logged. A call with no answer within 5 s is logged as hung.
+fn load(
+    proxy: SocketAddr,
+    clients: usize,
+    stop: &Arc<AtomicBool>,
+) -> (Log, Vec<tokio::task::JoinHandle<()>>) {
+    let log: Log = Arc::default();
+    let tasks = (0..clients)
+        .map(|_| {
+            let (log, stop) = (log.clone(), stop.clone());
+            tokio::spawn(async move {
+                let client = DubboClient::new(proxy);
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let call = client.call("sayHello", "load", &[]);
+                    let outcome = match tokio::time::timeout(Duration::from_secs(5), call).await {
+                        Ok(Ok(reply)) => Outcome::Reply(
+                            reply.dubbo_status,
+                            reply.attachment("provider").map(str::to_owned),
+                        ),
+                        Ok(Err(err)) => Outcome::Broken(err.to_string()),
+                        Err(_) => Outcome::Hung,
+                    };
+                    if let Ok(mut log) = log.lock() {
+                        log.push((started, outcome));
+                    }
+                }
+            })
+        })
+        .collect();
+    (log, tasks)
+}
+
+/// The calls logged from `from` on (until `to`, when given).
+fn between(log: &Log, from: Instant, to: Option<Instant>) -> Vec<Outcome> {
+    log.lock()
+        .map(|log| {
+            log.iter()
+                .filter(|(at, _)| *at >= from && to.is_none_or(|to| *at < to))
+                .map(|(_, o)| o.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `endpoint` of cluster `c` as `/clusters` shows it.
+fn endpoint_status(proxy: &Proxy, endpoint: SocketAddr) -> Option<EndpointStatus> {
+    proxy
+        .clusters()
+        .into_iter()
+        .filter(|c| c.name == "c")
+        .flat_map(|c| c.endpoints)
+        .find(|e| e.address == endpoint)
+}
+
+/// Requests the proxy sent to `endpoint` of cluster `c` so far.
+fn sent_to(proxy: &Proxy, endpoint: SocketAddr) -> u64 {
+    endpoint_status(proxy, endpoint).map_or(0, |e| e.total_requests)
+}
+
+/// True while picks skip `endpoint` of cluster `c`: ejected, failing its checks, or backing off
+/// after failed connects.
+fn out_of_rotation(proxy: &Proxy, endpoint: SocketAddr) -> bool {
+    endpoint_status(proxy, endpoint)
+        .is_some_and(|e| e.health != HealthState::Healthy || e.backing_off)
+}
+
+async fn wait_for(what: &str, within: Duration, ready: impl Fn() -> bool) -> TestResult {
+    let deadline = Instant::now() + within;
+    while !ready() {
+        if Instant::now() > deadline {
+            return Err(format!("timed out after {within:?} waiting for {what}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// The fault test: three providers under steady load from 24 client connections; one is killed.
+/// Every call gets an answer (a reply or the proxy's error reply), none hangs; once the health
+/// checks have seen it dead the killed endpoint gets nothing and no call fails; when it comes
+/// back it serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_provider_is_detected_avoided_and_used_again_when_back() -> TestResult {
+    let a = DemoProvider::start("a").await?;
+    let b = DemoProvider::start("b").await?;
+    let c = DemoProvider::start("c").await?;
+    let b_address = b.address();
+    let (proxy, address) = start(&config(
+        ", timeout: 2s",
+        &format!(
+            "    connect_timeout: 500ms
+{}    outlier_detection: {{ consecutive_errors: 3, consecutive_local_origin_failures: 3, interval: 200ms, base_ejection_time: 2s }}
+    health_check: {{ interval: 200ms, timeout: 200ms, unhealthy_threshold: 2, healthy_threshold: 2 }}
+",
+            endpoints(&[&a, &b, &c], &[])
+        ),
+    ))
+    .await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (log, tasks) = load(address, 24, &stop);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!b.seen().is_empty(), "b served before the kill");
+
+    let killed = Instant::now();
+    drop(b);
+    // Detection: two failed checks 200 ms apart (and outlier ejection, from the traffic).
+    wait_for("b to leave rotation", Duration::from_millis(1500), || {
+        out_of_rotation(&proxy, b_address)
+    })
+    .await?;
+    let left_rotation = killed.elapsed();
+    tokio::time::sleep(Duration::from_millis(1500).saturating_sub(left_rotation)).await;
+    let detected = Instant::now();
+    let before = sent_to(&proxy, b_address);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = sent_to(&proxy, b_address);
+    let clean = between(&log, detected, Some(Instant::now()));
+    assert_eq!(
+        before, after,
+        "the dead endpoint got requests after detection"
+    );
+    assert!(clean.len() > 100, "{} calls after detection", clean.len());
+    let failed: Vec<&Outcome> = clean
+        .iter()
+        .filter(|o| !matches!(o, Outcome::Reply(20, _)))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "calls failed after detection: {failed:?}"
+    );
+
+    let b = DemoProvider::start_at("b-again", b_address, Duration::from_secs(5)).await?;
+    let restarted = Instant::now();
+    wait_for("b to serve again", Duration::from_secs(10), || {
+        !b.seen().is_empty()
+    })
+    .await?;
+    let back_in_rotation = restarted.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await?;
+    }
+    let all = between(&log, killed - Duration::from_secs(1), None);
+    let mut tally: BTreeMap<String, usize> = BTreeMap::new();
+    for outcome in &all {
+        let key = match outcome {
+            Outcome::Reply(status, _) => format!("status {status}"),
+            Outcome::Broken(_) => "broken".into(),
+            Outcome::Hung => "hung".into(),
+        };
+        *tally.entry(key).or_default() += 1;
+    }
+    println!(
+        "fault test: {tally:?}; out of rotation {left_rotation:?} after the kill, serving \
+         again {back_in_rotation:?} after the restart"
+    );
+    assert!(
+        all.iter().all(|o| matches!(o, Outcome::Reply(..))),
+        "every call gets a reply: {tally:?}"
+    );
+    let status = proxy.clusters();
+    let endpoint = status[0]
+        .endpoints
+        .iter()
+        .find(|e| e.address == b_address)
+        .ok_or("b is gone from /clusters")?;
+    assert!(!endpoint.failing_active_checks, "{endpoint:?}");
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// The `max_requests` breaker of cluster `c` as `/clusters` shows it.
+async fn max_requests_breaker(admin: SocketAddr) -> TestResult<serde_json::Value> {
+    let (_, clusters) = http(admin, "GET", "/clusters", "").await?;
+    let clusters: serde_json::Value = serde_json::from_str(&clusters)?;
+    let breakers = clusters["clusters"][0]["circuit_breakers"]
+        .as_array()
+        .ok_or("no circuit_breakers")?;
+    Ok(breakers
+        .iter()
+        .find(|b| b["breaker"] == "max_requests")
+        .cloned()
+        .ok_or("no max_requests breaker")?)
+}
+
+/// With `max_requests: 4` and a slow provider, the fifth call is answered at once with the
+/// over-limit error; `/metrics` and `/clusters` show the open breaker and its overflow; once the
+/// slow calls are done, calls pass again.
+#[tokio::test]
+async fn past_max_requests_a_call_gets_an_immediate_over_limit_reply() -> TestResult {
+    let slow = DemoProvider::start_with_delay("slow", Duration::from_secs(2)).await?;
+    let (proxy, address) = start(&single(
+        &slow,
+        "    circuit_breakers: { max_requests: 4 }\n",
+    ))
+    .await?;
+    let admin = proxy.admin_addr().ok_or("no admin")?;
+    let client = Arc::new(DubboClient::new(address));
+    let slow_calls: Vec<_> = (0..4)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.call(SLOW_METHOD, "a", &[]).await })
+        })
+        .collect();
+    wait_for("four calls in flight", Duration::from_secs(5), || {
+        slow.seen().len() == 4
+    })
+    .await?;
+    let started = Instant::now();
+    let refused = client.call("sayHello", "fifth", &[]).await?;
+    let took = started.elapsed();
+    assert_eq!(refused.dubbo_status, OVER_LIMIT);
+    assert!(refused.body_contains("max_requests"), "{refused:?}");
+    assert!(took < Duration::from_secs(1), "the refusal took {took:?}");
+    assert_eq!(
+        slow.seen().len(),
+        4,
+        "the fifth call never reached the provider"
+    );
+
+    let (_, metrics) = http(admin, "GET", "/metrics", "").await?;
+    assert!(
+        metrics.contains(
+            "metaprotocol_upstream_overflow_total{cluster=\"c\",breaker=\"max_requests\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "metaprotocol_upstream_circuit_breaker_open{cluster=\"c\",breaker=\"max_requests\"} 1"
+        ),
+        "{metrics}"
+    );
+    let breaker = max_requests_breaker(admin).await?;
+    assert_eq!(
+        (
+            &breaker["limit"],
+            &breaker["current"],
+            &breaker["open"],
+            &breaker["overflows"]
+        ),
+        (&4.into(), &4.into(), &true.into(), &1.into()),
+        "{breaker}"
+    );
+    for call in slow_calls {
+        assert_eq!(call.await??.dubbo_status, 20);
+    }
+    let after = client.call("sayHello", "sixth", &[]).await?;
+    assert_eq!(after.dubbo_status, 20);
+    assert_eq!(max_requests_breaker(admin).await?["open"], false);
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// With `max_connections: 1`, an endpoint of `connections_per_endpoint: 4` gets one connection
+/// that every call shares; with `max_retries: 0`, a failure a route would retry (a reset of an
+/// idempotent call) is returned as it is, and the refused retry counted.
+#[tokio::test]
+async fn max_connections_shares_one_connection_and_max_retries_refuses_retries() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let fields = "    connections_per_endpoint: 4\n    circuit_breakers: { max_connections: 1 }\n";
+    let (proxy, address) = start(&single(&provider, fields)).await?;
+    let client = Arc::new(DubboClient::new(address));
+    let calls: Vec<_> = (0..20)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.call("sayHello", "a", &[]).await })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await??.dubbo_status, 20);
+    }
+    assert_eq!(provider.connections(), 1, "one connection at most");
+    let metrics = proxy.metrics().render();
+    assert!(
+        !metrics.contains(
+            "metaprotocol_upstream_overflow_total{cluster=\"c\",breaker=\"max_connections\"} 0"
+        ),
+        "the slots that could not connect are counted: {metrics}"
+    );
+    proxy.shutdown().await;
+
+    // An upstream that reads a request and closes the connection: a reset after sending.
+    let resetter = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let reset_address = resetter.local_addr()?;
+    let resets = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = resetter.accept().await {
+            let mut buf = [0u8; 64];
+            let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut buf).await;
+        }
+    });
+    for (max_retries, status) in [(0, 80), (3, 20)] {
+        let (proxy, address) = start(&config(
+            ", retry_policy: { num_retries: 1, retry_on: [reset], idempotent_methods: [sayHello] }",
+            &format!(
+                "    lb_policy: random\n    circuit_breakers: {{ max_retries: {max_retries} }}
+    endpoints: [ {{ address: \"{reset_address}\" }}, {{ address: \"{}\" }} ]\n",
+                provider.address()
+            ),
+        ))
+        .await?;
+        let client = DubboClient::new(address);
+        let mut statuses = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            statuses.insert(client.call("sayHello", "a", &[]).await?.dubbo_status);
+        }
+        assert!(
+            statuses.contains(&status),
+            "max_retries {max_retries}: {statuses:?}"
+        );
+        let overflow =
+            "metaprotocol_upstream_overflow_total{cluster=\"c\",breaker=\"max_retries\"} 0";
+        assert_eq!(
+            proxy.metrics().render().contains(overflow),
+            max_retries > 0,
+            "max_retries {max_retries}"
+        );
+        if max_retries > 0 {
+            assert_eq!(statuses, [20].into(), "every reset was retried");
+        }
+        proxy.shutdown().await;
+    }
+    resets.abort();
+    Ok(())
+}
+
+/// With `max_pending_requests: 2`, once two requests wait for a connection that is slow to
+/// open, a third call is answered at once with the over-limit error instead of joining them.
+#[tokio::test]
+async fn past_max_pending_requests_a_call_is_refused_instead_of_queued() -> TestResult {
+    // A listener whose accept queue is full: the kernel leaves new connections unanswered.
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let full = socket.listen(1)?;
+    let slow_address = full.local_addr()?;
+    let mut queued = Vec::new();
+    for _ in 0..8 {
+        let connect = tokio::net::TcpStream::connect(slow_address);
+        if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_millis(200), connect).await {
+            queued.push(stream);
+        }
+    }
+    let (proxy, address) = start(&config(
+        ", timeout: 20s",
+        &format!(
+            "    connect_timeout: 10s\n    connections_per_endpoint: 1
+    circuit_breakers: {{ max_pending_requests: 2 }}
+    endpoints: [ {{ address: \"{slow_address}\" }} ]\n"
+        ),
+    ))
+    .await?;
+    let client = Arc::new(DubboClient::new(address));
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.call("sayHello", "a", &[]).await })
+        })
+        .collect();
+    wait_for(
+        "two requests to wait for the connection",
+        Duration::from_secs(5),
+        || {
+            proxy
+                .metrics()
+                .render()
+                .contains("metaprotocol_upstream_rq_pending{cluster=\"c\"} 2")
+        },
+    )
+    .await?;
+    let started = Instant::now();
+    let refused = client.call("sayHello", "b", &[]).await?;
+    let took = started.elapsed();
+    assert_eq!(refused.dubbo_status, OVER_LIMIT, "{refused:?}");
+    assert!(refused.body_contains("max_pending_requests"), "{refused:?}");
+    assert!(took < Duration::from_secs(1), "the refusal took {took:?}");
+    for call in waiting {
+        call.abort();
+    }
+    drop((queued, full));
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// Two providers in the proxy's zone, two in another region: all traffic stays in the zone;
+/// with both zone providers killed, it fails over to the other region at once, and no call
+/// fails but those in flight at the kill (at most one per client connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locality_aware_traffic_stays_local_and_fails_over() -> TestResult {
+    let near = [
+        DemoProvider::start("near-1").await?,
+        DemoProvider::start("near-2").await?,
+    ];
+    let far = [
+        DemoProvider::start("far-1").await?,
+        DemoProvider::start("far-2").await?,
+    ];
+    let (local, remote) = (
+        "locality: { region: r1, zone: z1 }",
+        "locality: { region: r2, zone: z9 }",
+    );
+    let yaml = format!(
+        "node: {{ locality: {{ region: r1, zone: z1 }} }}\n{}",
+        config(
+            "",
+            &format!(
+                "    locality_aware: true\n{}",
+                endpoints(
+                    &[&near[0], &near[1], &far[0], &far[1]],
+                    &[local, local, remote, remote]
+                )
+            ),
+        )
+    );
+    let (proxy, address) = start(&yaml).await?;
+    let clients = 8;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (log, tasks) = load(address, clients, &stop);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        far.iter().all(|p| p.seen().is_empty()),
+        "remote traffic while local is fine"
+    );
+    assert!(near.iter().all(|p| !p.seen().is_empty()));
+
+    let killed = Instant::now();
+    drop(near);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await?;
+    }
+    let after = between(&log, killed, None);
+    let failed = after
+        .iter()
+        .filter(|o| !matches!(o, Outcome::Reply(20, _)))
+        .count();
+    assert!(after.len() > 100, "{} calls after the kill", after.len());
+    assert!(
+        failed <= clients,
+        "{failed} calls failed; {clients} were in flight at most"
+    );
+    assert!(
+        after.iter().all(|o| matches!(o, Outcome::Reply(..))),
+        "{after:?}"
+    );
+    assert!(
+        far.iter().all(|p| !p.seen().is_empty()),
+        "both remote providers serve"
+    );
+    println!(
+        "locality failover: {failed} of {} calls failed after the kill",
+        after.len()
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// A route's `hash_policy` sends each user to one provider, the same on every proxy; calls
+/// without the key spread.
+#[tokio::test]
+async fn a_hash_policy_pins_each_key_to_one_provider_in_every_proxy() -> TestResult {
+    let providers = [
+        DemoProvider::start("p1").await?,
+        DemoProvider::start("p2").await?,
+        DemoProvider::start("p3").await?,
+    ];
+    for policy in ["ring_hash", "maglev"] {
+        let yaml = config(
+            ", hash_policy: [ user ]",
+            &format!(
+                "    lb_policy: {policy}\n{}",
+                endpoints(&[&providers[0], &providers[1], &providers[2]], &[])
+            ),
+        );
+        let (first, first_address) = start(&yaml).await?;
+        let (second, second_address) = start(&yaml).await?;
+        let clients = [
+            DubboClient::new(first_address),
+            DubboClient::new(second_address),
+        ];
+        let mut owners = BTreeMap::new();
+        for user in 0..30 {
+            let user = format!("u{user}");
+            for round in 0..4 {
+                let reply = clients[round % 2]
+                    .call("sayHello", "a", &[("user", &user)])
+                    .await?;
+                let provider = reply
+                    .attachment("provider")
+                    .ok_or("no provider")?
+                    .to_owned();
+                let owner = owners
+                    .entry(user.clone())
+                    .or_insert_with(|| provider.clone());
+                assert_eq!(*owner, provider, "{policy}: {user} moved");
+            }
+        }
+        let distinct: std::collections::BTreeSet<&String> = owners.values().collect();
+        assert_eq!(distinct.len(), 3, "{policy}: 30 users spread: {owners:?}");
+        let mut unkeyed = std::collections::BTreeSet::new();
+        for _ in 0..60 {
+            let reply = clients[0].call("sayHello", "a", &[]).await?;
+            unkeyed.insert(reply.attachment("provider").map(str::to_owned));
+        }
+        assert_eq!(unkeyed.len(), 3, "{policy}: calls without a key spread");
+        first.shutdown().await;
+        second.shutdown().await;
+    }
+    Ok(())
+}
+
+/// An upstream connection idle for the cluster's `idle_timeout` closes (the next call opens
+/// another), and one that carried `max_requests_per_connection` requests is replaced; no call
+/// fails either way.
+#[tokio::test]
+async fn upstream_connections_close_when_idle_and_are_replaced_after_max_requests() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let fields = "    connections_per_endpoint: 1\n    idle_timeout: 1s\n    max_requests_per_connection: 5\n";
+    let (proxy, address) = start(&single(&provider, fields)).await?;
+    let client = DubboClient::new(address);
+    for _ in 0..12 {
+        assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, 20);
+    }
+    let replaced = provider.connections();
+    assert!(
+        replaced >= 2,
+        "{replaced} connections for 12 requests at 5 each"
+    );
+    wait_for(
+        "the idle connection to close",
+        Duration::from_secs(5),
+        || proxy.clusters()[0].endpoints[0].open_connections == 0,
+    )
+    .await?;
+    assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, 20);
+    assert_eq!(
+        provider.connections(),
+        replaced + 1,
+        "a new connection after the idle close"
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// A listener with `max_connections: 2` closes a third client connection at once and counts it.
+#[tokio::test]
+async fn a_listener_closes_connections_past_max_connections() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let yaml =
+        single(&provider, "").replace("route_config: r }", "route_config: r, max_connections: 2 }");
+    let (proxy, address) = start(&yaml).await?;
+    let clients = [DubboClient::new(address), DubboClient::new(address)];
+    for client in &clients {
+        assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, 20);
+    }
+    let third = DubboClient::new(address);
+    assert!(
+        third.call("sayHello", "a", &[]).await.is_err(),
+        "the third connection is closed"
+    );
+    let metrics = proxy.metrics().render();
+    assert!(
+        metrics.contains("metaprotocol_downstream_cx_refused_total{listener=\"in\"} "),
+        "{metrics}"
+    );
+    drop(clients);
+    wait_for("a slot to free up", Duration::from_secs(5), || {
+        proxy
+            .metrics()
+            .render()
+            .contains("metaprotocol_downstream_cx_active{listener=\"in\"} 0")
+    })
+    .await?;
+    assert_eq!(third.call("sayHello", "a", &[]).await?.dubbo_status, 20);
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// A probe the cluster's protocol does not have is a config error naming the field.
+#[tokio::test]
+async fn a_probe_the_protocol_lacks_is_rejected() -> TestResult {
+    let yaml = "listeners: [ { name: in, address: 127.0.0.1:0, protocol: thrift, route_config: r } ]
+route_configs: [ { name: r, routes: [ { route: { cluster: c } } ] } ]
+clusters: [ { name: c, endpoints: [ { address: 127.0.0.1:1 } ], health_check: { probe: heartbeat } } ]";
+    let err = match Proxy::start(
+        Config::from_yaml(yaml)?,
+        metaprotocol_examples::codec_registry(),
+    )
+    .await
+    {
+        Ok(proxy) => {
+            proxy.shutdown().await;
+            return Err("a heartbeat probe for thrift was accepted".into());
+        }
+        Err(err) => err.to_string(),
+    };
+    assert!(
+        err.contains("clusters[0].health_check.probe") && err.contains("no heartbeat"),
+        "{err}"
+    );
+    Ok(())
+}

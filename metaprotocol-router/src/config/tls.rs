@@ -1,0 +1,182 @@
+//! TLS settings: a listener's (terminating clients' TLS) and a cluster's (originating TLS to
+//! its endpoints). Certificate files are PEM; they are re-read when they change on disk.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::ConfigError;
+
+/// TLS for a listener's clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsSpec {
+    /// The proxy's certificate chain (PEM), leaf first.
+    pub cert_file: PathBuf,
+    /// The private key of the certificate (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// CA certificates (PEM) that client certificates must chain to; with it, a client that
+    /// presents a certificate is verified and its identity is seen by filters and routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
+    /// Refuse clients without a valid certificate (mutual TLS); needs `client_ca_file`.
+    #[serde(default)]
+    pub require_client_cert: bool,
+}
+
+impl ListenerTlsSpec {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        not_empty("cert_file", &self.cert_file)?;
+        not_empty("key_file", &self.key_file)?;
+        if let Some(ca) = &self.client_ca_file {
+            not_empty("client_ca_file", ca)?;
+        } else if self.require_client_cert {
+            return Err(ConfigError::new(
+                "require_client_cert",
+                "needs `client_ca_file` to verify client certificates with",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// TLS to a cluster's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTlsSpec {
+    /// CA certificates (PEM) that endpoints' certificates must chain to.
+    pub ca_file: PathBuf,
+    /// The proxy's client certificate chain (PEM), for endpoints that require one; with
+    /// `key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// The name sent in the handshake (SNI) and, without `subject_alt_names`, required in the
+    /// endpoint's certificate; defaults to the endpoint's IP address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// Names the endpoint's certificate must carry one of, as a URI or DNS SAN (a SPIFFE id such
+    /// as `spiffe://cluster.local/ns/default/sa/provider`); replaces the `server_name` check,
+    /// for mesh certificates that name a workload rather than a host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+}
+
+impl ClusterTlsSpec {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        not_empty("ca_file", &self.ca_file)?;
+        match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => {
+                not_empty("cert_file", cert)?;
+                not_empty("key_file", key)?;
+            }
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(ConfigError::new("key_file", "needed with `cert_file`"));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new("cert_file", "needed with `key_file`"));
+            }
+        }
+        if let Some(name) = &self.server_name
+            && rustls_pki_types::ServerName::try_from(name.as_str()).is_err()
+        {
+            return Err(ConfigError::new(
+                "server_name",
+                format!("`{name}` is not a DNS name or an IP address"),
+            ));
+        }
+        if let Some(i) = self.subject_alt_names.iter().position(String::is_empty) {
+            return Err(ConfigError::new(
+                format!("subject_alt_names[{i}]"),
+                "must not be empty",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn not_empty(field: &str, path: &Path) -> Result<(), ConfigError> {
+    if path.as_os_str().is_empty() {
+        return Err(ConfigError::new(field, "must not be empty"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError};
+
+    const BASE: &str = "listeners:
+  - name: in
+    address: 127.0.0.1:0
+    protocol: dubbo
+    route_config: r
+    LISTENER_TLS
+route_configs:
+  - { name: r, routes: [ { route: { cluster: c } } ] }
+clusters:
+  - name: c
+    endpoints: [ { address: 127.0.0.1:1 } ]
+    CLUSTER_TLS
+";
+
+    fn error_of(listener: &str, cluster: &str) -> ConfigError {
+        let yaml = BASE
+            .replace("LISTENER_TLS", listener)
+            .replace("CLUSTER_TLS", cluster);
+        match Config::from_yaml(&yaml) {
+            Ok(_) => ConfigError::new("<none>", "accepted"),
+            Err(err) => err,
+        }
+    }
+
+    #[test]
+    fn tls_settings_parse_and_are_checked() {
+        let cases = [
+            (
+                "tls: { cert_file: c.pem, key_file: k.pem, require_client_cert: true }",
+                "",
+                "listeners[0].tls.require_client_cert",
+                "needs `client_ca_file`",
+            ),
+            (
+                "tls: { cert_file: c.pem }",
+                "",
+                "listeners[0].tls",
+                "missing field `key_file`",
+            ),
+            (
+                "",
+                "tls: { ca_file: ca.pem, cert_file: c.pem }",
+                "clusters[0].tls.key_file",
+                "needed with `cert_file`",
+            ),
+            (
+                "",
+                "tls: { ca_file: ca.pem, server_name: \"a b\" }",
+                "clusters[0].tls.server_name",
+                "not a DNS name",
+            ),
+            (
+                "",
+                "tls: { ca_file: ca.pem, subject_alt_names: [ \"\" ] }",
+                "clusters[0].tls.subject_alt_names[0]",
+                "must not be empty",
+            ),
+        ];
+        for (listener, cluster, field, reason) in cases {
+            let err = error_of(listener, cluster);
+            assert_eq!(err.field, field, "{err}");
+            assert!(err.reason.contains(reason), "{err}");
+            assert!(err.position.is_some(), "{err}");
+        }
+        let accepted = error_of(
+            "tls: { cert_file: c.pem, key_file: k.pem, client_ca_file: ca.pem, require_client_cert: true }",
+            "tls: { ca_file: ca.pem, cert_file: c.pem, key_file: k.pem, server_name: provider.default.svc }",
+        );
+        assert_eq!(accepted.reason, "accepted");
+    }
+}

@@ -1,0 +1,25 @@
+-- The generic cell rate algorithm (GCRA), atomically in Redis: one key per limit holds the
+-- "theoretical arrival time" (TAT) of the next request, in microseconds of the Redis server's
+-- clock (one clock for every proxy). A request conforms when it arrives no earlier than
+-- TAT - tolerance; a conforming request moves the TAT one emission interval on.
+--
+-- KEYS[1]  the limit's key
+-- ARGV[1]  the emission interval (the period divided by the requests), in microseconds
+-- ARGV[2]  the tolerance ((burst - 1) emission intervals), in microseconds
+-- Returns 1 if the request conforms (and is counted), 0 if it is over the limit.
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local emission = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then
+  tat = now
+end
+if now < tat - tolerance then
+  return 0
+end
+local next_tat = tat + emission
+-- The key expires once its TAT has passed: by then a missing key means the same.
+local ttl_ms = math.ceil((next_tat - now) / 1000) + 1
+redis.call('SET', KEYS[1], string.format('%.0f', next_tat), 'PX', ttl_ms)
+return 1

@@ -1,0 +1,428 @@
+//! `global_ratelimit`: a limit shared by every proxy instance, kept in Redis.
+//!
+//! Each request is counted against a limit named by the filter's `domain` and the values of
+//! its `descriptors` metadata keys (one limit per distinct tuple: per interface and method, per
+//! user ...). The count is one atomic Lua script ([`gcra.lua`](client)) run by Redis: the
+//! generic cell rate algorithm, which allows `requests` per `per` on average and bursts of up to
+//! `burst`. The check is a [`FilterDecision::Wait`]: the request waits for Redis, bounded by
+//! `timeout`, while every other request goes on. When Redis is slow or down the filter lets
+//! requests through, or with `failure_mode_deny` refuses them; either way it counts.
+//!
+//! ```yaml
+//! - name: global_ratelimit
+//!   config:
+//!     redis: { address: 127.0.0.1:6379 }
+//!     domain: demo
+//!     descriptors: [ interface, method ]
+//!     limit: { requests: 200, per: 1s }
+//!     timeout: 20ms
+//!     failure_mode_deny: false
+//! ```
+
+mod client;
+
+use std::borrow::Cow;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metaprotocol_core::{
+    FilterDecision, L7Filter, LocalReply, LocalReplyKind, RequestContext, Resume,
+};
+use prometheus_client::metrics::counter::Counter;
+use serde::Deserialize;
+
+use self::client::RedisLimits;
+use super::{FilterContext, routing_view};
+use crate::config::{ConfigError, from_value};
+
+/// The filter's registered name.
+pub(crate) const NAME: &str = "global_ratelimit";
+
+/// The default `timeout`.
+const DEFAULT_TIMEOUT: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GlobalRateLimitSpec {
+    redis: RedisSpec,
+    domain: String,
+    #[serde(default)]
+    descriptors: Vec<String>,
+    limit: LimitSpec,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    timeout: Duration,
+    #[serde(default)]
+    failure_mode_deny: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedisSpec {
+    address: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitSpec {
+    requests: u64,
+    #[serde(with = "humantime_serde")]
+    per: Duration,
+    #[serde(default)]
+    burst: Option<u64>,
+}
+
+fn default_timeout() -> Duration {
+    DEFAULT_TIMEOUT
+}
+
+/// A limit in the script's terms, in microseconds.
+#[derive(Debug, Clone, Copy)]
+struct Rate {
+    /// The time one request "costs": `per / requests`.
+    emission_us: u64,
+    /// How far ahead of the schedule a request may come: `(burst - 1)` emissions.
+    tolerance_us: u64,
+}
+
+impl LimitSpec {
+    fn rate(&self) -> Result<Rate, ConfigError> {
+        if self.requests == 0 {
+            return Err(ConfigError::new("requests", "must be at least 1"));
+        }
+        let burst = self.burst.unwrap_or(self.requests);
+        if burst == 0 {
+            return Err(ConfigError::new("burst", "must be at least 1"));
+        }
+        let per_us = self.per.as_micros();
+        let emission_us = per_us / u128::from(self.requests);
+        if emission_us == 0 {
+            return Err(ConfigError::new(
+                "requests",
+                format!(
+                    "{} per {:?} is more than one per microsecond, the limit's resolution",
+                    self.requests, self.per
+                ),
+            ));
+        }
+        let tolerance_us = emission_us.saturating_mul(u128::from(burst - 1));
+        let fits = |us: u128| u64::try_from(us).ok().filter(|us| *us < 1 << 50);
+        match (fits(emission_us), fits(tolerance_us)) {
+            (Some(emission_us), Some(tolerance_us)) => Ok(Rate {
+                emission_us,
+                tolerance_us,
+            }),
+            _ => Err(ConfigError::new("per", "is too long")),
+        }
+    }
+}
+
+/// Builds the filter from its config.
+pub(crate) fn build(
+    config: &serde_json::Value,
+    context: &FilterContext,
+) -> Result<Arc<dyn L7Filter>, ConfigError> {
+    let spec: GlobalRateLimitSpec = from_value(config)?;
+    if spec.domain.is_empty() {
+        return Err(ConfigError::new("domain", "must not be empty"));
+    }
+    if let Some(i) = spec.descriptors.iter().position(String::is_empty) {
+        return Err(ConfigError::new(
+            format!("descriptors[{i}]"),
+            "must not be empty",
+        ));
+    }
+    if spec.timeout.is_zero() {
+        return Err(ConfigError::new("timeout", "must be greater than 0"));
+    }
+    let rate = spec.limit.rate().map_err(|e| e.within("limit"))?;
+    let redis = RedisLimits::shared(context.shared(), &spec.redis.address)
+        .map_err(|e| e.within("redis"))?;
+    let metrics = context.metrics();
+    let decisions = |decision| {
+        metrics.counter_with(
+            "ratelimit_decisions",
+            "Requests a rate limit filter let through (ok) or refused (over_limit), and what a global limit did when its backend failed",
+            &[("decision", decision)],
+        )
+    };
+    let errors = |reason| {
+        metrics.counter_with(
+            "ratelimit_backend_errors",
+            "Global rate limit checks that Redis did not answer in time (timeout) or answered with an error (error)",
+            &[("reason", reason)],
+        )
+    };
+    let stats = Stats {
+        ok: decisions("ok"),
+        over_limit: decisions("over_limit"),
+        failure: decisions(if spec.failure_mode_deny {
+            "failure_mode_denied"
+        } else {
+            "failure_mode_allowed"
+        }),
+        timeouts: errors("timeout"),
+        errors: errors("error"),
+    };
+    Ok(Arc::new(GlobalRateLimit {
+        redis,
+        domain: spec.domain,
+        descriptors: spec.descriptors,
+        rate,
+        timeout: spec.timeout,
+        failure_mode_deny: spec.failure_mode_deny,
+        stats: Arc::new(stats),
+    }))
+}
+
+struct Stats {
+    ok: Counter,
+    over_limit: Counter,
+    /// Requests let through (or refused, with `failure_mode_deny`) because Redis failed.
+    failure: Counter,
+    timeouts: Counter,
+    errors: Counter,
+}
+
+/// The running filter.
+struct GlobalRateLimit {
+    redis: Arc<RedisLimits>,
+    domain: String,
+    descriptors: Vec<String>,
+    rate: Rate,
+    timeout: Duration,
+    failure_mode_deny: bool,
+    stats: Arc<Stats>,
+}
+
+impl GlobalRateLimit {
+    /// The Redis key of the request's limit; `None` when the request lacks a descriptor key
+    /// (it is not limited, as in Envoy). Parts are length-prefixed, so that no two tuples of
+    /// values can make the same key.
+    fn key(&self, ctx: &RequestContext<'_>) -> Option<Vec<u8>> {
+        let view = routing_view(ctx);
+        let mut key = Vec::with_capacity(64);
+        key.extend_from_slice(b"metaprotocol:ratelimit:");
+        push_part(&mut key, self.domain.as_bytes());
+        for descriptor in &self.descriptors {
+            push_part(&mut key, descriptor.as_bytes());
+            push_part(&mut key, view.get(descriptor)?.as_bytes());
+        }
+        Some(key)
+    }
+}
+
+fn push_part(key: &mut Vec<u8>, part: &[u8]) {
+    // Writing into a Vec cannot fail.
+    let _ = write!(key, "{}:", part.len());
+    key.extend_from_slice(part);
+}
+
+fn over_limit(message: impl Into<Cow<'static, str>>) -> Resume {
+    Resume::new(FilterDecision::Reply(LocalReply::new(
+        LocalReplyKind::OverLimit,
+        message,
+    )))
+}
+
+impl L7Filter for GlobalRateLimit {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn on_request(&self, ctx: &mut RequestContext<'_>) -> FilterDecision {
+        let Some(key) = self.key(ctx) else {
+            return FilterDecision::Continue;
+        };
+        let redis = self.redis.clone();
+        let stats = self.stats.clone();
+        let (rate, timeout, deny) = (self.rate, self.timeout, self.failure_mode_deny);
+        FilterDecision::Wait(Box::pin(async move {
+            let checked = tokio::time::timeout(
+                timeout,
+                redis.check(&key, rate.emission_us, rate.tolerance_us),
+            )
+            .await;
+            let failed = match checked {
+                Ok(Ok(true)) => {
+                    stats.ok.inc();
+                    return Resume::new(FilterDecision::Continue);
+                }
+                Ok(Ok(false)) => {
+                    stats.over_limit.inc();
+                    return over_limit("metaprotocol-proxy: rate limited (global_ratelimit)");
+                }
+                Ok(Err(err)) => {
+                    tracing::debug!(error = %err, "global rate limit check failed");
+                    &stats.errors
+                }
+                Err(_) => &stats.timeouts,
+            };
+            failed.inc();
+            stats.failure.inc();
+            if deny {
+                over_limit(
+                    "metaprotocol-proxy: the rate limit service is unavailable (global_ratelimit, failure_mode_deny)",
+                )
+            } else {
+                Resume::new(FilterDecision::Continue)
+            }
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::filters::testing::{
+        TestRequest, assert_rejected, build as build_filter, rejection, value,
+    };
+    use crate::stats::Metrics;
+
+    fn config(address: &str, deny: bool) -> serde_json::Value {
+        json!({
+            "redis": { "address": address },
+            "domain": "test",
+            "descriptors": [ "method" ],
+            "limit": { "requests": 10, "per": "1s" },
+            "timeout": "50ms",
+            "failure_mode_deny": deny,
+        })
+    }
+
+    /// An address nothing listens on.
+    fn closed_address() -> String {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "127.0.0.1:1".to_owned())
+    }
+
+    async fn decide(filter: &dyn L7Filter, request: &TestRequest) -> FilterDecision {
+        match request.decide(filter) {
+            FilterDecision::Wait(future) => future.await.decision,
+            other => other,
+        }
+    }
+
+    #[tokio::test]
+    async fn redis_down_applies_the_failure_mode_within_the_timeout() -> Result<(), ConfigError> {
+        let address = closed_address();
+        for deny in [false, true] {
+            let metrics = Metrics::new();
+            let filter = build_filter(NAME, config(&address, deny), &metrics)?;
+            let started = std::time::Instant::now();
+            let decision = decide(&*filter, &TestRequest::new(&[("method", "m")])).await;
+            assert!(started.elapsed() < Duration::from_secs(2));
+            match (deny, decision) {
+                (false, FilterDecision::Continue) => {}
+                (true, FilterDecision::Reply(reply)) => {
+                    assert_eq!(reply.kind, LocalReplyKind::OverLimit);
+                }
+                (_, other) => panic!("deny {deny}: {other:?}"),
+            }
+            let decision = if deny {
+                "failure_mode_denied"
+            } else {
+                "failure_mode_allowed"
+            };
+            let series = format!(
+                "metaprotocol_ratelimit_decisions_total{{listener=\"in\",filter=\"global_ratelimit\",decision=\"{decision}\"}}"
+            );
+            assert_eq!(value(&metrics, &series), Some(1.0));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn requests_without_a_descriptor_key_are_not_limited() -> Result<(), ConfigError> {
+        let filter = build_filter(NAME, config(&closed_address(), true), &Metrics::new())?;
+        let decision = TestRequest::new(&[("service", "s")]).decide(&*filter);
+        assert!(matches!(decision, FilterDecision::Continue), "{decision:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn keys_cannot_collide() {
+        let mut a = Vec::new();
+        push_part(&mut a, b"ab");
+        push_part(&mut a, b"c");
+        let mut b = Vec::new();
+        push_part(&mut b, b"a");
+        push_part(&mut b, b"bc");
+        assert_ne!(a, b);
+        assert_eq!(a, b"2:ab1:c");
+    }
+
+    #[test]
+    fn rates_are_worked_out_in_microseconds() -> Result<(), ConfigError> {
+        let rate = LimitSpec {
+            requests: 200,
+            per: Duration::from_secs(1),
+            burst: None,
+        }
+        .rate()?;
+        assert_eq!((rate.emission_us, rate.tolerance_us), (5000, 199 * 5000));
+        let rate = LimitSpec {
+            requests: 10,
+            per: Duration::from_secs(60),
+            burst: Some(1),
+        }
+        .rate()?;
+        assert_eq!((rate.emission_us, rate.tolerance_us), (6_000_000, 0));
+        Ok(())
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        let mut base = config("127.0.0.1:6379", false);
+        let with = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut config = base.clone();
+            edit(&mut config);
+            config
+        };
+        let cases = vec![
+            (
+                with(&|c| c["limit"]["requests"] = json!(0)),
+                "limit.requests",
+                "at least 1",
+            ),
+            (
+                with(&|c| c["limit"]["requests"] = json!(10_000_000)),
+                "limit.requests",
+                "one per microsecond",
+            ),
+            (
+                with(&|c| c["limit"]["burst"] = json!(0)),
+                "limit.burst",
+                "at least 1",
+            ),
+            (
+                with(&|c| c["timeout"] = json!("0s")),
+                "timeout",
+                "greater than 0",
+            ),
+            (
+                with(&|c| c["domain"] = json!("")),
+                "domain",
+                "must not be empty",
+            ),
+            (
+                with(&|c| c["descriptors"] = json!([""])),
+                "descriptors[0]",
+                "must not be empty",
+            ),
+            (
+                with(&|c| c["redis"]["address"] = json!("a b:x")),
+                "redis.address",
+                "not a Redis address",
+            ),
+        ];
+        assert_rejected(NAME, cases);
+        base["limit"] = json!({ "requests": 1 });
+        let err = rejection(NAME, base);
+        assert!(err.reason.contains("missing field `per`"), "{err}");
+    }
+}

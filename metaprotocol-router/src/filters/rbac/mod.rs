@@ -1,0 +1,283 @@
+//! `rbac`: authorization of each request by who sent it and what it asks for, in the manner of
+//! Istio's AuthorizationPolicy.
+//!
+//! A filter has an action and policies ([`policy`]). With `action: allow`, a request is let
+//! through only if some policy matches it: once an allow filter is in the chain, anything not
+//! allowed is denied. With `action: deny`, a request that some policy matches is refused. A
+//! chain may hold both; a request must pass every filter, so a deny always wins. Refused
+//! requests get the protocol's "unauthorized" error. In `shadow` mode the filter only counts
+//! what it would have decided, and lets every request through: a policy can be tried on live
+//! traffic before it is enforced.
+//!
+//! ```yaml
+//! - name: rbac
+//!   config:
+//!     action: allow
+//!     policies:
+//!       - name: readers
+//!         principals: [ "spiffe://cluster.local/ns/default/sa/reader" ]
+//!         metadata: [ { key: method, prefix: get } ]
+//! ```
+
+mod policy;
+
+use std::sync::Arc;
+
+use metaprotocol_core::{FilterDecision, L7Filter, LocalReply, LocalReplyKind, RequestContext};
+use prometheus_client::metrics::counter::Counter;
+use serde::Deserialize;
+
+use self::policy::{Policy, PolicySpec};
+use super::{FilterContext, routing_view};
+use crate::config::{ConfigError, from_value};
+
+/// The filter's registered name.
+pub(crate) const NAME: &str = "rbac";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RbacSpec {
+    action: Action,
+    #[serde(default)]
+    shadow: bool,
+    policies: Vec<PolicySpec>,
+}
+
+/// What a matching policy means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Action {
+    /// Matching requests are allowed, all others denied.
+    Allow,
+    /// Matching requests are denied, all others allowed.
+    Deny,
+}
+
+/// Builds the filter from its config.
+pub(crate) fn build(
+    config: &serde_json::Value,
+    context: &FilterContext,
+) -> Result<Arc<dyn L7Filter>, ConfigError> {
+    let spec: RbacSpec = from_value(config)?;
+    if spec.policies.is_empty() {
+        return Err(ConfigError::new(
+            "policies",
+            "needs at least one policy (a policy without conditions matches every request)",
+        ));
+    }
+    let policies = spec
+        .policies
+        .iter()
+        .enumerate()
+        .map(|(i, policy)| Policy::new(policy).map_err(|e| e.within(&format!("policies[{i}]"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let decisions = |decision| {
+        context.metrics().counter_with(
+            "rbac_decisions",
+            "Requests an rbac filter allowed or denied (shadow_*: what a shadow filter would have decided)",
+            &[("decision", decision)],
+        )
+    };
+    let (allowed, denied) = if spec.shadow {
+        (decisions("shadow_allowed"), decisions("shadow_denied"))
+    } else {
+        (decisions("allowed"), decisions("denied"))
+    };
+    Ok(Arc::new(Rbac {
+        action: spec.action,
+        shadow: spec.shadow,
+        policies,
+        allowed,
+        denied,
+    }))
+}
+
+/// The running filter.
+struct Rbac {
+    action: Action,
+    shadow: bool,
+    policies: Vec<Policy>,
+    allowed: Counter,
+    denied: Counter,
+}
+
+impl L7Filter for Rbac {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn on_request(&self, ctx: &mut RequestContext<'_>) -> FilterDecision {
+        let view = routing_view(ctx);
+        let matched = self
+            .policies
+            .iter()
+            .find(|policy| policy.matches(&view, &ctx.record.connection));
+        let allowed = match self.action {
+            Action::Allow => matched.is_some(),
+            Action::Deny => matched.is_none(),
+        };
+        if allowed {
+            self.allowed.inc();
+            return FilterDecision::Continue;
+        }
+        self.denied.inc();
+        tracing::debug!(
+            listener = %ctx.record.connection.listener,
+            peer = %ctx.record.connection.peer_addr,
+            policy = matched.map(|p| &*p.name),
+            shadow = self.shadow,
+            "rbac denied a request"
+        );
+        if self.shadow {
+            return FilterDecision::Continue;
+        }
+        FilterDecision::Reply(LocalReply::new(
+            LocalReplyKind::Unauthorized,
+            "metaprotocol-proxy: denied by an authorization policy (rbac)",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::filters::testing::{
+        TestRequest, assert_rejected, build as build_filter, rejection, value,
+    };
+    use crate::stats::Metrics;
+
+    const READER: &str = "spiffe://cluster.local/ns/default/sa/reader";
+    const WRITER: &str = "spiffe://cluster.local/ns/default/sa/writer";
+
+    fn denied(decision: &FilterDecision) -> bool {
+        matches!(decision, FilterDecision::Reply(reply) if reply.kind == LocalReplyKind::Unauthorized)
+    }
+
+    #[test]
+    fn allow_lets_matching_requests_through_and_denies_the_rest() -> Result<(), ConfigError> {
+        let filter = build_filter(
+            NAME,
+            json!({ "action": "allow", "policies": [
+                { "name": "readers", "principals": [ READER ],
+                  "metadata": [ { "key": "method", "prefix": "get" } ] },
+                { "name": "local-admin", "source_ips": [ "10.0.0.0/8" ],
+                  "not_principals": [ "*" ] } ] }),
+            &Metrics::new(),
+        )?;
+        let cases = [
+            (
+                TestRequest::new(&[("method", "getUser")]).with_principal(READER),
+                false,
+            ),
+            (
+                TestRequest::new(&[("method", "setUser")]).with_principal(READER),
+                true,
+            ),
+            (
+                TestRequest::new(&[("method", "getUser")]).with_principal(WRITER),
+                true,
+            ),
+            (TestRequest::new(&[("method", "getUser")]), true),
+            (
+                TestRequest::new(&[("method", "setUser")]).from("10.0.0.7"),
+                false,
+            ),
+            (
+                TestRequest::new(&[("method", "setUser")])
+                    .from("10.0.0.7")
+                    .with_principal(WRITER),
+                true,
+            ),
+        ];
+        for (i, (request, want_denied)) in cases.iter().enumerate() {
+            assert_eq!(denied(&request.decide(&*filter)), *want_denied, "case {i}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn deny_refuses_matching_requests_only() -> Result<(), ConfigError> {
+        let filter = build_filter(
+            NAME,
+            json!({ "action": "deny", "policies": [
+                { "name": "no-writes-from-readers", "principals": [ "*/sa/reader" ],
+                  "metadata": [ { "key": "method", "regex": "set.*|delete.*" } ] } ] }),
+            &Metrics::new(),
+        )?;
+        let write = TestRequest::new(&[("method", "deleteUser")]);
+        assert!(denied(&write.with_principal(READER).decide(&*filter)));
+        let write = TestRequest::new(&[("method", "deleteUser")]);
+        assert!(!denied(&write.with_principal(WRITER).decide(&*filter)));
+        let read = TestRequest::new(&[("method", "getUser")]);
+        assert!(!denied(&read.with_principal(READER).decide(&*filter)));
+        Ok(())
+    }
+
+    #[test]
+    fn shadow_mode_counts_what_it_would_do_and_allows_everything() -> Result<(), ConfigError> {
+        let metrics = Metrics::new();
+        let filter = build_filter(
+            NAME,
+            json!({ "action": "allow", "shadow": true, "policies": [
+                { "name": "readers", "principals": [ READER ] } ] }),
+            &metrics,
+        )?;
+        assert!(!denied(&TestRequest::new(&[]).decide(&*filter)));
+        assert!(!denied(
+            &TestRequest::new(&[])
+                .with_principal(READER)
+                .decide(&*filter)
+        ));
+        assert!(!denied(&TestRequest::new(&[]).decide(&*filter)));
+        let series = "metaprotocol_rbac_decisions_total{listener=\"in\",filter=\"rbac\",decision=";
+        assert_eq!(
+            value(&metrics, &format!("{series}\"shadow_denied\"}}")),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(&metrics, &format!("{series}\"shadow_allowed\"}}")),
+            Some(1.0)
+        );
+        assert_eq!(value(&metrics, &format!("{series}\"denied\"}}")), None);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        let cases = vec![
+            (
+                json!({ "action": "allow", "policies": [] }),
+                "policies",
+                "at least one policy",
+            ),
+            (
+                json!({ "action": "permit", "policies": [] }),
+                "action",
+                "unknown variant `permit`",
+            ),
+            (
+                json!({ "action": "deny", "policies": [ { "name": "p", "source_ips": [ "10.0.0.0/40" ] } ] }),
+                "policies[0].source_ips[0]",
+                "prefix length",
+            ),
+            (
+                json!({ "action": "deny", "policies": [ { "name": "p", "principals": [ "" ] } ] }),
+                "policies[0].principals[0]",
+                "must not be empty",
+            ),
+            (
+                json!({ "action": "deny", "policies": [ { "name": "p", "metadata": [ { "key": "m", "regex": "(" } ] } ] }),
+                "policies[0].metadata[0].regex",
+                "invalid regex",
+            ),
+        ];
+        assert_rejected(NAME, cases);
+        let err = rejection(NAME, json!({ "policies": [] }));
+        assert_eq!(
+            (err.field.as_str(), err.reason.as_str()),
+            ("config", "missing field `action`")
+        );
+    }
+}

@@ -1,0 +1,104 @@
+//! One authorization policy: conditions on the client (its TLS principal, its address) and on
+//! the request's metadata, all of which must hold for the policy to match.
+
+use metaprotocol_core::{ConnectionInfo, RoutingView};
+use serde::Deserialize;
+
+use crate::config::{ConfigError, MetadataMatcherSpec};
+use crate::route::{IpRange, MetadataMatcher, PrincipalMatcher};
+
+/// A policy as configured.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PolicySpec {
+    /// For logs.
+    pub name: String,
+    /// The client's TLS identity is one of these (Istio-style patterns: exact, `prefix*`,
+    /// `*suffix`, `*`).
+    #[serde(default)]
+    principals: Vec<String>,
+    /// ... and none of these.
+    #[serde(default)]
+    not_principals: Vec<String>,
+    /// The client's address is in one of these ranges ...
+    #[serde(default)]
+    source_ips: Vec<String>,
+    /// ... and in none of these.
+    #[serde(default)]
+    not_source_ips: Vec<String>,
+    /// Conditions on the request's metadata, all of which must hold (`invert: true` negates
+    /// one).
+    #[serde(default)]
+    metadata: Vec<MetadataMatcherSpec>,
+}
+
+/// A compiled policy. An empty list is no condition; matching allocates nothing.
+#[derive(Debug)]
+pub(super) struct Policy {
+    pub name: Box<str>,
+    principals: Vec<PrincipalMatcher>,
+    not_principals: Vec<PrincipalMatcher>,
+    source_ips: Vec<IpRange>,
+    not_source_ips: Vec<IpRange>,
+    metadata: Vec<MetadataMatcher>,
+}
+
+impl Policy {
+    pub fn new(spec: &PolicySpec) -> Result<Self, ConfigError> {
+        if spec.name.is_empty() {
+            return Err(ConfigError::new("name", "must not be empty"));
+        }
+        Ok(Self {
+            name: spec.name.as_str().into(),
+            principals: principals("principals", &spec.principals)?,
+            not_principals: principals("not_principals", &spec.not_principals)?,
+            source_ips: ranges("source_ips", &spec.source_ips)?,
+            not_source_ips: ranges("not_source_ips", &spec.not_source_ips)?,
+            metadata: spec
+                .metadata
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    m.validate()
+                        .and_then(|()| MetadataMatcher::new(m))
+                        .map_err(|e| e.within(&format!("metadata[{i}]")))
+                })
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// True if every condition holds for the request seen through `view`, from `connection`.
+    pub fn matches(&self, view: &RoutingView<'_>, connection: &ConnectionInfo) -> bool {
+        let peer = connection.peer_identity.as_deref();
+        let ip = connection.peer_addr.ip();
+        (self.principals.is_empty() || self.principals.iter().any(|p| p.matches(peer)))
+            && !self.not_principals.iter().any(|p| p.matches(peer))
+            && (self.source_ips.is_empty() || self.source_ips.iter().any(|r| r.contains(ip)))
+            && !self.not_source_ips.iter().any(|r| r.contains(ip))
+            && self.metadata.iter().all(|m| m.matches(view))
+    }
+}
+
+fn principals(field: &str, patterns: &[String]) -> Result<Vec<PrincipalMatcher>, ConfigError> {
+    patterns
+        .iter()
+        .enumerate()
+        .map(|(i, pattern)| {
+            if pattern.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{field}[{i}]"),
+                    "must not be empty",
+                ));
+            }
+            Ok(PrincipalMatcher::new(pattern))
+        })
+        .collect()
+}
+
+fn ranges(field: &str, ranges: &[String]) -> Result<Vec<IpRange>, ConfigError> {
+    ranges
+        .iter()
+        .enumerate()
+        .map(|(i, range)| IpRange::parse(range).map_err(|e| e.within(&format!("{field}[{i}]"))))
+        .collect()
+}

@@ -1,0 +1,228 @@
+//! Active health checks: every `interval` (plus up to `interval_jitter_percent` of it, at
+//! random), every endpoint of the cluster is checked at once, each check bounded by `timeout`.
+//!
+//! A TCP check passes when a connection opens. A protocol check sends the codec's probe request
+//! (a Dubbo heartbeat, a Thrift or bRPC method call) on a connection of its own to the
+//! endpoint (never one that traffic uses, and never backing off: a failed connect is simply a
+//! failed check) and passes on any answer the codec decodes for it, an error response
+//! included: the server is alive and speaking the protocol. After `unhealthy_threshold` failed
+//! checks in a row an endpoint gets the `FAILED_ACTIVE_CHECK` flag and leaves rotation; after
+//! `healthy_threshold` passed checks in a row it returns. The first round runs as soon as the
+//! checker starts.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use metaprotocol_core::Message;
+use prometheus_client::metrics::counter::Counter;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::{ClusterHandle, HealthFlags};
+use crate::config::HealthCheckSpec;
+use crate::upstream::ProbeConnection;
+
+/// How one endpoint is checked.
+enum Prober {
+    Tcp(SocketAddr),
+    Request(Box<ProbeConnection>, Arc<Message>),
+}
+
+impl Prober {
+    /// True if the check passed within `timeout`.
+    async fn check(&self, timeout: Duration) -> bool {
+        match self {
+            Self::Tcp(address) => matches!(
+                tokio::time::timeout(timeout, TcpStream::connect(address)).await,
+                Ok(Ok(_))
+            ),
+            Self::Request(connection, probe) => connection.call(probe, timeout).await.is_ok(),
+        }
+    }
+}
+
+/// One endpoint's checks so far.
+struct Checked {
+    prober: Prober,
+    passed: u32,
+    failed: u32,
+}
+
+/// The checker's series.
+struct Stats {
+    passed: Counter,
+    failed: Counter,
+}
+
+/// Runs the checks of `cluster` until `stop` (or the cluster is gone); `probe` is the request a
+/// protocol check sends (`None`: TCP checks).
+pub(super) async fn run(
+    cluster: Weak<ClusterHandle>,
+    spec: HealthCheckSpec,
+    probe: Option<Arc<Message>>,
+    connect_timeout: Duration,
+    stop: CancellationToken,
+) {
+    let Some(handle) = cluster.upgrade() else {
+        return;
+    };
+    let codec = handle.codec();
+    let scope = handle.scope();
+    let outcome = |o: &str| {
+        scope.counter_with(
+            "health_checks",
+            "Active health checks, by outcome (success, failure)",
+            &[("outcome", o)],
+        )
+    };
+    let stats = Stats {
+        passed: outcome("success"),
+        failed: outcome("failure"),
+    };
+    drop(handle);
+    let mut endpoints: HashMap<SocketAddr, Checked> = HashMap::new();
+    let mut wait = Duration::ZERO;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = jittered(&spec);
+        let Some(handle) = cluster.upgrade() else {
+            return;
+        };
+        let members: Vec<SocketAddr> = handle
+            .snapshot()
+            .hosts
+            .iter()
+            .map(|h| h.endpoint.address())
+            .collect();
+        drop(handle);
+        endpoints.retain(|address, _| members.contains(address));
+        for &address in &members {
+            endpoints.entry(address).or_insert_with(|| Checked {
+                prober: match &probe {
+                    Some(request) => Prober::Request(
+                        Box::new(ProbeConnection::new(
+                            address,
+                            codec.clone(),
+                            request,
+                            connect_timeout,
+                        )),
+                        request.clone(),
+                    ),
+                    None => Prober::Tcp(address),
+                },
+                passed: 0,
+                failed: 0,
+            });
+        }
+        let results = futures::future::join_all(endpoints.iter().map(|(address, checked)| async {
+            (*address, checked.prober.check(spec.timeout).await)
+        }))
+        .await;
+        let Some(handle) = cluster.upgrade() else {
+            return;
+        };
+        for (address, passed) in results {
+            let Some(checked) = endpoints.get_mut(&address) else {
+                continue;
+            };
+            if passed {
+                stats.passed.inc();
+                checked.passed = checked.passed.saturating_add(1);
+                checked.failed = 0;
+            } else {
+                stats.failed.inc();
+                checked.failed = checked.failed.saturating_add(1);
+                checked.passed = 0;
+            }
+            judge(&handle, address, checked, &spec);
+        }
+    }
+}
+
+/// Takes the endpoint out of rotation, or brings it back, when its checks in a row say so
+/// (again after every check: an endpoint rebuilt by a cluster update starts without flags).
+fn judge(cluster: &ClusterHandle, address: SocketAddr, checked: &Checked, spec: &HealthCheckSpec) {
+    if checked.failed >= spec.unhealthy_threshold
+        && cluster.set_health(address, HealthFlags::FAILED_ACTIVE_CHECK, true)
+    {
+        tracing::warn!(cluster = %cluster.name(), endpoint = %address, failed = checked.failed, "health check: endpoint leaves rotation");
+    }
+    if checked.passed >= spec.healthy_threshold
+        && cluster.set_health(address, HealthFlags::FAILED_ACTIVE_CHECK, false)
+    {
+        tracing::info!(cluster = %cluster.name(), endpoint = %address, "health check: endpoint returns to rotation");
+    }
+}
+
+/// The wait before the next round: the interval plus its random jitter.
+fn jittered(spec: &HealthCheckSpec) -> Duration {
+    let jitter = spec
+        .interval
+        .mul_f64(spec.interval_jitter_percent / 100.0 * fastrand::f64());
+    spec.interval + jitter
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::tests::cluster;
+    use crate::config::ProbeSpec;
+
+    /// Polls `cluster`'s status until endpoint `index` fails its checks (`failing`) or passes
+    /// them, for at most 10 s.
+    async fn until_failing(cluster: &ClusterHandle, index: usize, failing: bool) -> bool {
+        for _ in 0..500 {
+            let status = cluster.status();
+            if status.endpoints[index].failing_active_checks == failing {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// A stopped endpoint leaves rotation after its failed checks, and returns once it listens
+    /// again; the live one is never touched.
+    #[tokio::test]
+    async fn tcp_checks_take_a_dead_endpoint_out_and_bring_it_back()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let dead_addr = dead.local_addr()?;
+        drop(dead);
+        let c = cluster(&format!(
+            "name: c
+endpoints: [ {{ address: \"{}\" }}, {{ address: \"{dead_addr}\" }} ]
+health_check: {{ interval: 50ms, timeout: 200ms, unhealthy_threshold: 2, healthy_threshold: 2 }}",
+            live.local_addr()?
+        ))?;
+        c.start_health();
+        assert!(until_failing(&c, 1, true).await, "{:?}", c.status());
+        assert!(!c.status().endpoints[0].failing_active_checks);
+        let back = tokio::net::TcpListener::bind(dead_addr).await?;
+        assert!(until_failing(&c, 1, false).await, "{:?}", c.status());
+        c.stop_health();
+        drop(back);
+        Ok(())
+    }
+
+    #[test]
+    fn the_jitter_stays_within_its_share() {
+        let spec = HealthCheckSpec {
+            interval: Duration::from_secs(1),
+            interval_jitter_percent: 10.0,
+            timeout: Duration::from_secs(1),
+            unhealthy_threshold: 1,
+            healthy_threshold: 1,
+            probe: ProbeSpec::Tcp,
+        };
+        let waits: Vec<Duration> = (0..100).map(|_| jittered(&spec)).collect();
+        assert!(waits.iter().all(|w| (1000..=1100).contains(&w.as_millis())));
+        assert!(waits.iter().any(|w| *w != waits[0]), "{waits:?}");
+    }
+}

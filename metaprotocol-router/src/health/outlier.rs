@@ -1,0 +1,421 @@
+//! Outlier detection: ejecting endpoints whose real traffic keeps failing.
+//!
+//! Every concluded attempt is recorded on its endpoint ([`OutlierCounters::record`], by the
+//! router): a failure of the upstream (a server error response, a connection reset with the
+//! request sent, a timeout) lengthens its upstream streak, a failed connect its local-origin
+//! streak, and an answer ends both. When a streak reaches its threshold the detector task is
+//! woken; it ejects the endpoint (the `EJECTED` health flag) for `base_ejection_time` times the
+//! number of times it was ejected recently, at most `max_ejection_time`, unless that would put
+//! more than `max_ejection_percent` of the cluster's endpoints out at once. Every `interval` it
+//! returns endpoints whose time is up (with fresh streaks), and an endpoint back in rotation for
+//! a whole `base_ejection_time` sheds one step of its growing ejection time.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Weak;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use metaprotocol_core::ResponseStatus;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::{ClusterHandle, HealthFlags};
+use crate::config::OutlierDetectionSpec;
+use crate::router::AttemptOutcome;
+
+/// Why an endpoint was ejected: the `reason` label of the ejection counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reason {
+    ConsecutiveErrors,
+    ConsecutiveLocalOriginFailures,
+}
+
+impl Reason {
+    fn name(self) -> &'static str {
+        match self {
+            Self::ConsecutiveErrors => "consecutive_errors",
+            Self::ConsecutiveLocalOriginFailures => "consecutive_local_origin_failures",
+        }
+    }
+}
+
+/// The streak lengths that eject, read by the router on every concluded attempt; 0 turns a
+/// check off (both 0: detection is off and nothing is recorded).
+#[derive(Debug, Default)]
+pub(crate) struct OutlierThresholds {
+    upstream: AtomicU32,
+    local: AtomicU32,
+}
+
+impl OutlierThresholds {
+    /// Applies a cluster config's policy (none: detection off).
+    pub fn set(&self, policy: Option<&OutlierDetectionSpec>) {
+        let (upstream, local) = policy.map_or((0, 0), |p| {
+            (p.consecutive_errors, p.consecutive_local_origin_failures)
+        });
+        self.upstream.store(upstream, Ordering::Relaxed);
+        self.local.store(local, Ordering::Relaxed);
+    }
+}
+
+/// An endpoint's failure streaks and how often it was ejected. Lock-free: written by every
+/// connection task that concludes an attempt on the endpoint.
+#[derive(Debug, Default)]
+pub(crate) struct OutlierCounters {
+    upstream: AtomicU32,
+    local: AtomicU32,
+    ejections: AtomicU32,
+}
+
+impl OutlierCounters {
+    /// Records how an attempt on the endpoint ended; true when it made a streak reach its
+    /// threshold (the detector should look now).
+    pub fn record(&self, outcome: &AttemptOutcome, thresholds: &OutlierThresholds) -> bool {
+        let upstream = thresholds.upstream.load(Ordering::Relaxed);
+        let local = thresholds.local.load(Ordering::Relaxed);
+        if upstream == 0 && local == 0 {
+            return false;
+        }
+        let lengthen = |streak: &AtomicU32, threshold: u32| {
+            threshold != 0 && streak.fetch_add(1, Ordering::Relaxed).saturating_add(1) == threshold
+        };
+        match outcome {
+            // An answer refusing the call unrun (overloaded) is an error the upstream reported.
+            AttemptOutcome::Answered(ResponseStatus::ServerError)
+            | AttemptOutcome::NotProcessed
+            | AttemptOutcome::Reset { sent: true }
+            | AttemptOutcome::Timeout => lengthen(&self.upstream, upstream),
+            AttemptOutcome::ConnectFailure => lengthen(&self.local, local),
+            AttemptOutcome::Answered(_) => {
+                // Reads first: the common case writes nothing to a line other cores share.
+                for streak in [&self.upstream, &self.local] {
+                    if streak.load(Ordering::Relaxed) != 0 {
+                        streak.store(0, Ordering::Relaxed);
+                    }
+                }
+                false
+            }
+            // The proxy's own refusals say nothing about the endpoint; a connection that failed
+            // before writing is resent.
+            AttemptOutcome::Overflow
+            | AttemptOutcome::EncodeFailure
+            | AttemptOutcome::Reset { sent: false } => false,
+        }
+    }
+
+    /// The streak that reached its threshold in `policy`, if one did.
+    fn over(&self, policy: &OutlierDetectionSpec) -> Option<Reason> {
+        let reached = |streak: &AtomicU32, threshold: u32| {
+            threshold != 0 && streak.load(Ordering::Relaxed) >= threshold
+        };
+        if reached(&self.upstream, policy.consecutive_errors) {
+            Some(Reason::ConsecutiveErrors)
+        } else if reached(&self.local, policy.consecutive_local_origin_failures) {
+            Some(Reason::ConsecutiveLocalOriginFailures)
+        } else {
+            None
+        }
+    }
+
+    fn reset(&self) {
+        self.upstream.store(0, Ordering::Relaxed);
+        self.local.store(0, Ordering::Relaxed);
+    }
+
+    /// Times the endpoint was ejected.
+    pub fn ejections(&self) -> u32 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+}
+
+/// The detector's series.
+struct Stats {
+    ejections: [Counter; 2],
+    active: Gauge,
+    overflow: Counter,
+}
+
+impl Stats {
+    fn new(cluster: &ClusterHandle) -> Self {
+        let scope = cluster.scope();
+        let reason = |r: Reason| {
+            scope.counter_with(
+                "outlier_ejections",
+                "Endpoints ejected by outlier detection, by reason",
+                &[("reason", r.name())],
+            )
+        };
+        Self {
+            ejections: [
+                reason(Reason::ConsecutiveErrors),
+                reason(Reason::ConsecutiveLocalOriginFailures),
+            ],
+            active: scope.gauge(
+                "outlier_ejections_active",
+                "Endpoints ejected by outlier detection now",
+            ),
+            overflow: scope.counter(
+                "outlier_ejections_overflow",
+                "Ejections not made because max_ejection_percent of the endpoints were out",
+            ),
+        }
+    }
+}
+
+/// What the detector remembers of an endpoint it ejected.
+#[derive(Debug)]
+struct Ejection {
+    /// Ejections not yet forgiven: the next ejection lasts one more base ejection time.
+    steps: u32,
+    /// While ejected: when it returns.
+    until: Option<Instant>,
+    /// When `steps` last changed or the endpoint returned.
+    since: Instant,
+}
+
+/// Ejects and returns the endpoints of one cluster.
+struct Detector {
+    policy: OutlierDetectionSpec,
+    ejected: HashMap<SocketAddr, Ejection>,
+    stats: Stats,
+}
+
+/// Runs the detector of `cluster` until `stop` (or the cluster is gone).
+pub(super) async fn run(
+    cluster: Weak<ClusterHandle>,
+    policy: OutlierDetectionSpec,
+    stop: CancellationToken,
+) {
+    let Some(handle) = cluster.upgrade() else {
+        return;
+    };
+    let wake = handle.outlier_wake();
+    let mut detector = Detector {
+        policy,
+        ejected: HashMap::new(),
+        stats: Stats::new(&handle),
+    };
+    detector.adopt(&handle, Instant::now());
+    drop(handle);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(detector.policy.interval) => {}
+            _ = wake.notified() => {}
+        }
+        let Some(handle) = cluster.upgrade() else {
+            return;
+        };
+        detector.tick(&handle, Instant::now());
+    }
+}
+
+impl Detector {
+    /// Takes over endpoints an earlier detector of the cluster left ejected: they serve a base
+    /// ejection time from now.
+    fn adopt(&mut self, cluster: &ClusterHandle, now: Instant) {
+        for host in &cluster.snapshot().hosts {
+            if host.endpoint.health().has(HealthFlags::EJECTED) {
+                self.ejected.insert(
+                    host.endpoint.address(),
+                    Ejection {
+                        steps: 1,
+                        until: Some(now + self.policy.base_ejection_time),
+                        since: now,
+                    },
+                );
+                self.stats.active.inc();
+            }
+        }
+    }
+
+    /// Returns endpoints whose time is up, forgives old ejections, ejects endpoints over a
+    /// threshold.
+    fn tick(&mut self, cluster: &ClusterHandle, now: Instant) {
+        let snapshot = cluster.snapshot();
+        let hosts = &snapshot.hosts;
+        let present = |address: &SocketAddr| hosts.iter().any(|h| h.endpoint.address() == *address);
+        let stats = &self.stats;
+        self.ejected.retain(|address, ejection| {
+            let keep = present(address);
+            if !keep && ejection.until.is_some() {
+                stats.active.dec();
+            }
+            keep
+        });
+        let base = self.policy.base_ejection_time;
+        for host in hosts.iter() {
+            let endpoint = &host.endpoint;
+            let Some(ejection) = self.ejected.get_mut(&endpoint.address()) else {
+                continue;
+            };
+            match ejection.until {
+                Some(until) if until <= now => {
+                    ejection.until = None;
+                    ejection.since = now;
+                    endpoint.outliers().reset();
+                    self.stats.active.dec();
+                    cluster.set_health(endpoint.address(), HealthFlags::EJECTED, false);
+                    tracing::info!(cluster = %cluster.name(), endpoint = %endpoint.address(), "outlier detection: endpoint returns to rotation");
+                }
+                None if ejection.steps > 0
+                    && now.saturating_duration_since(ejection.since) >= base =>
+                {
+                    ejection.steps -= 1;
+                    ejection.since = now;
+                }
+                _ => {}
+            }
+        }
+        let mut out = self.ejected.values().filter(|e| e.until.is_some()).count();
+        for host in hosts.iter() {
+            let endpoint = &host.endpoint;
+            let ejected_now = self
+                .ejected
+                .get(&endpoint.address())
+                .is_some_and(|e| e.until.is_some());
+            if ejected_now {
+                continue;
+            }
+            let Some(reason) = endpoint.outliers().over(&self.policy) else {
+                continue;
+            };
+            endpoint.outliers().reset();
+            // At most max_ejection_percent of the endpoints out at once (rounded down).
+            if (out + 1) as f64 * 100.0 > self.policy.max_ejection_percent * hosts.len() as f64 {
+                self.stats.overflow.inc();
+                continue;
+            }
+            out += 1;
+            let ejection = self.ejected.entry(endpoint.address()).or_insert(Ejection {
+                steps: 0,
+                until: None,
+                since: now,
+            });
+            ejection.steps = ejection.steps.saturating_add(1);
+            let time = base
+                .saturating_mul(ejection.steps)
+                .min(self.policy.max_ejection_time);
+            ejection.until = Some(now + time);
+            ejection.since = now;
+            endpoint
+                .outliers()
+                .ejections
+                .fetch_add(1, Ordering::Relaxed);
+            self.stats.ejections[reason as usize].inc();
+            self.stats.active.inc();
+            cluster.set_health(endpoint.address(), HealthFlags::EJECTED, true);
+            tracing::warn!(cluster = %cluster.name(), endpoint = %endpoint.address(), reason = reason.name(), ejected_for = ?time, "outlier detection: endpoint ejected");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::cluster::tests::{addr, cluster, picked};
+
+    fn policy() -> OutlierDetectionSpec {
+        OutlierDetectionSpec {
+            consecutive_errors: 3,
+            consecutive_local_origin_failures: 2,
+            interval: Duration::from_secs(1),
+            base_ejection_time: Duration::from_secs(10),
+            max_ejection_percent: 50.0,
+            max_ejection_time: Duration::from_secs(25),
+        }
+    }
+
+    #[test]
+    fn streaks_count_by_origin_and_end_with_an_answer() {
+        let thresholds = OutlierThresholds::default();
+        let counters = OutlierCounters::default();
+        let error = AttemptOutcome::Answered(ResponseStatus::ServerError);
+        assert!(!counters.record(&error, &thresholds), "detection off");
+        thresholds.set(Some(&policy()));
+        assert!(!counters.record(&error, &thresholds));
+        assert!(!counters.record(&AttemptOutcome::Timeout, &thresholds));
+        assert!(!counters.record(&AttemptOutcome::Reset { sent: false }, &thresholds));
+        assert!(!counters.record(&AttemptOutcome::ConnectFailure, &thresholds));
+        assert!(
+            counters.record(&AttemptOutcome::Reset { sent: true }, &thresholds),
+            "the third upstream failure reaches the threshold"
+        );
+        assert_eq!(counters.over(&policy()), Some(Reason::ConsecutiveErrors));
+        let ok = AttemptOutcome::Answered(ResponseStatus::ApplicationError);
+        assert!(!counters.record(&ok, &thresholds));
+        assert_eq!(
+            counters.over(&policy()),
+            None,
+            "an answer ends both streaks"
+        );
+        assert!(!counters.record(&AttemptOutcome::ConnectFailure, &thresholds));
+        assert!(counters.record(&AttemptOutcome::ConnectFailure, &thresholds));
+        assert_eq!(
+            counters.over(&policy()),
+            Some(Reason::ConsecutiveLocalOriginFailures)
+        );
+    }
+
+    /// Fails the endpoint at `port` `n` times in a row, as the router records it.
+    fn fail(cluster: &ClusterHandle, port: u16, n: u32) {
+        let snapshot = cluster.snapshot();
+        let Some(host) = snapshot
+            .hosts
+            .iter()
+            .find(|h| h.endpoint.address() == addr(port))
+        else {
+            return;
+        };
+        let error = AttemptOutcome::Answered(ResponseStatus::ServerError);
+        for _ in 0..n {
+            cluster.attempt_ended(&host.endpoint, &error, Duration::ZERO, Instant::now());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejections_are_capped_grow_and_end() -> Result<(), Box<dyn std::error::Error>> {
+        let c = cluster(
+            "name: c
+endpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.0.0.1:3 }, { address: 127.0.0.1:4 } ]
+outlier_detection: { consecutive_errors: 3, base_ejection_time: 10s, max_ejection_time: 25s, max_ejection_percent: 50 }",
+        )?;
+        let mut detector = Detector {
+            policy: c.spec().outlier_detection.ok_or("no policy")?,
+            ejected: HashMap::new(),
+            stats: Stats::new(&c),
+        };
+        fail(&c, 1, 2);
+        detector.tick(&c, Instant::now());
+        assert_eq!(picked(&c).len(), 4, "two errors are not three");
+        for port in [1, 2, 3] {
+            fail(&c, port, 3);
+        }
+        detector.tick(&c, Instant::now());
+        let out: Vec<bool> = c.status().endpoints.iter().map(|e| e.ejected).collect();
+        assert_eq!(out, [true, true, false, false], "at most half of four");
+        assert_eq!(detector.stats.overflow.get(), 1);
+        assert_eq!(detector.stats.active.get(), 2);
+
+        tokio::time::advance(Duration::from_secs(10)).await;
+        detector.tick(&c, Instant::now());
+        assert_eq!(picked(&c).len(), 4, "back after the base ejection time");
+        fail(&c, 1, 3);
+        detector.tick(&c, Instant::now());
+        tokio::time::advance(Duration::from_secs(19)).await;
+        detector.tick(&c, Instant::now());
+        assert!(
+            c.status().endpoints[0].ejected,
+            "the second ejection lasts twice as long"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        detector.tick(&c, Instant::now());
+        assert!(!c.status().endpoints[0].ejected);
+        assert_eq!(c.status().endpoints[0].ejections, 2);
+        Ok(())
+    }
+}

@@ -1,0 +1,178 @@
+//! Conditions on who the client is: its verified TLS identity ([`PrincipalMatcher`]) and its
+//! address ([`IpRange`]). Routes and the `rbac` filter share them.
+
+use std::net::IpAddr;
+
+use metaprotocol_core::PeerIdentity;
+
+use crate::config::ConfigError;
+
+/// A range of client addresses in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`), or a single
+/// address (`127.0.0.1`, a /32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IpRange {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    /// Parses `a.b.c.d/n`, `x::y/n` or a bare address.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let (address, prefix) = match text.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text, None),
+        };
+        let network: IpAddr = address.parse().map_err(|_| {
+            ConfigError::new(
+                "",
+                format!("`{text}` is not an IP address or a CIDR range (10.0.0.0/8, ::1/128)"),
+            )
+        })?;
+        let bits = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => bits,
+            Some(prefix) => prefix
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= bits)
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "",
+                        format!("`{text}`: the prefix length must be 0 to {bits}"),
+                    )
+                })?,
+        };
+        Ok(Self { network, prefix })
+    }
+
+    /// True if `address` is in the range. An IPv4 client seen on an IPv6 socket
+    /// (`::ffff:10.1.2.3`) counts as its IPv4 address.
+    pub fn contains(&self, address: IpAddr) -> bool {
+        let (network, address, bits) = match (self.network, address.to_canonical()) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                (u128::from(n.to_bits()), u128::from(a.to_bits()), 32)
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => (n.to_bits(), a.to_bits(), 128),
+            _ => return false,
+        };
+        // The bits past the prefix are shifted out; a /0 shifts out everything.
+        (network ^ address)
+            .checked_shr(bits - u32::from(self.prefix))
+            .unwrap_or(0)
+            == 0
+    }
+}
+
+/// A test on a client's verified TLS identity, Istio style: `spiffe://td/ns/a/sa/b` (exact),
+/// `spiffe://td/ns/a/*` (prefix), `*/sa/b` (suffix), `*` (any identity). It holds when any of
+/// the peer's names (URI SANs, DNS SANs, subject) passes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PrincipalMatcher {
+    Any,
+    Exact(Box<str>),
+    Prefix(Box<str>),
+    Suffix(Box<str>),
+}
+
+impl PrincipalMatcher {
+    /// Compiles a pattern (not empty: validated with the config).
+    pub fn new(pattern: &str) -> Self {
+        if pattern == "*" {
+            Self::Any
+        } else if let Some(prefix) = pattern.strip_suffix('*') {
+            Self::Prefix(prefix.into())
+        } else if let Some(suffix) = pattern.strip_prefix('*') {
+            Self::Suffix(suffix.into())
+        } else {
+            Self::Exact(pattern.into())
+        }
+    }
+
+    /// True if `peer` (none for a client without a verified certificate) passes.
+    pub fn matches(&self, peer: Option<&PeerIdentity>) -> bool {
+        let Some(peer) = peer else {
+            return false;
+        };
+        let mut names = peer.names();
+        match self {
+            Self::Any => true,
+            Self::Exact(want) => names.any(|name| name == &**want),
+            Self::Prefix(prefix) => names.any(|name| name.starts_with(&**prefix)),
+            Self::Suffix(suffix) => names.any(|name| name.ends_with(&**suffix)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(text: &str) -> IpRange {
+        match IpRange::parse(text) {
+            Ok(range) => range,
+            Err(err) => panic!("{text}: {err}"),
+        }
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))
+    }
+
+    #[test]
+    fn ranges_contain_their_addresses_only() {
+        assert!(range("10.0.0.0/8").contains(ip("10.200.1.2")));
+        assert!(!range("10.0.0.0/8").contains(ip("11.0.0.1")));
+        assert!(range("127.0.0.1").contains(ip("127.0.0.1")));
+        assert!(!range("127.0.0.1").contains(ip("127.0.0.2")));
+        assert!(range("0.0.0.0/0").contains(ip("8.8.8.8")));
+        assert!(!range("0.0.0.0/0").contains(ip("::1")));
+        assert!(range("10.0.0.0/8").contains(ip("::ffff:10.1.2.3")));
+        assert!(range("2001:db8::/32").contains(ip("2001:db8:1::1")));
+        assert!(!range("2001:db8::/32").contains(ip("2001:db9::1")));
+        assert!(range("::/0").contains(ip("::1")));
+        assert!(range("192.168.1.128/25").contains(ip("192.168.1.200")));
+        assert!(!range("192.168.1.128/25").contains(ip("192.168.1.100")));
+    }
+
+    #[test]
+    fn bad_ranges_are_rejected_with_the_reason() {
+        for (text, reason) in [
+            ("10.0.0.0/33", "the prefix length must be 0 to 32"),
+            ("10.0.0/8", "is not an IP address"),
+            ("::1/129", "the prefix length must be 0 to 128"),
+            ("10.0.0.0/x", "the prefix length"),
+        ] {
+            match IpRange::parse(text) {
+                Ok(range) => panic!("{text} parsed as {range:?}"),
+                Err(err) => assert!(err.reason.contains(reason), "{text}: {err}"),
+            }
+        }
+    }
+
+    #[test]
+    fn principals_match_any_name_of_the_peer() {
+        let peer = PeerIdentity {
+            uri_sans: vec!["spiffe://cluster.local/ns/default/sa/reader".into()],
+            dns_sans: vec!["reader.default.svc".into()],
+            subject: Some("CN=reader,O=example".into()),
+        };
+        let cases = [
+            ("spiffe://cluster.local/ns/default/sa/reader", true),
+            ("spiffe://cluster.local/ns/default/sa/writer", false),
+            ("spiffe://cluster.local/ns/default/*", true),
+            ("spiffe://cluster.local/ns/other/*", false),
+            ("*/sa/reader", true),
+            ("*.default.svc", true),
+            ("CN=reader,O=example", true),
+            ("*", true),
+        ];
+        for (pattern, expected) in cases {
+            assert_eq!(
+                PrincipalMatcher::new(pattern).matches(Some(&peer)),
+                expected,
+                "{pattern}"
+            );
+            assert!(!PrincipalMatcher::new(pattern).matches(None), "{pattern}");
+        }
+    }
+}

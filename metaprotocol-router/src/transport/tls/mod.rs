@@ -1,0 +1,260 @@
+//! TLS on both sides of the proxy, with rustls and its `ring` provider only.
+//!
+//! A listener's [`TlsAcceptor`] terminates clients' TLS, verifying client certificates against
+//! the listener's CA when it has one (and requiring them with `require_client_cert`); what the
+//! handshake reveals (SNI, the client's URI and DNS SANs and subject) becomes the connection's
+//! [`Accepted`]. A cluster's [`TlsConnector`] originates TLS to endpoints, verifying their
+//! certificates (by host name or IP, or by the SANs a mesh certificate carries) and presenting
+//! the proxy's client certificate when configured. Both re-read their files when they change
+//! ([`reload`]).
+
+mod identity;
+mod pem;
+mod reload;
+mod verify;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, ServerConfig};
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+
+use self::reload::Reloading;
+use self::verify::SubjectAltNameVerifier;
+use super::{Accepted, Connector};
+use crate::config::{ClusterTlsSpec, ConfigError, ListenerTlsSpec};
+use crate::stats::MetricsScope;
+
+/// The one crypto provider: a build with two providers compiled in would make rustls pick
+/// neither at run time.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// rustls' error as the config's.
+fn tls_error(field: &str, err: rustls::Error) -> ConfigError {
+    ConfigError::new(field, err.to_string())
+}
+
+/// The error of a handshake that did not finish in time.
+fn handshake_timeout(timeout: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("TLS handshake timed out after {timeout:?}"),
+    )
+}
+
+/// Terminates clients' TLS on one listener.
+pub(crate) struct TlsAcceptor {
+    config: Arc<Reloading<ServerConfig>>,
+    handshake_errors: Counter,
+}
+
+impl std::fmt::Debug for TlsAcceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsAcceptor")
+    }
+}
+
+impl TlsAcceptor {
+    /// The acceptor of listener `listener` with `spec`; its series live in `scope`.
+    pub fn new(
+        spec: &ListenerTlsSpec,
+        listener: &str,
+        scope: &MetricsScope,
+    ) -> Result<Self, ConfigError> {
+        let files = [
+            Some(&spec.cert_file),
+            Some(&spec.key_file),
+            spec.client_ca_file.as_ref(),
+        ];
+        let owned = spec.clone();
+        let config = Reloading::start(
+            files,
+            Box::new(move || server_config(&owned)),
+            format!("listener {listener}"),
+            scope,
+        )?;
+        Ok(Self {
+            config,
+            handshake_errors: scope.counter(
+                "downstream_tls_handshake_errors",
+                "Client connections closed because their TLS handshake failed or timed out",
+            ),
+        })
+    }
+
+    /// Runs the server side of the handshake on `stream` within `timeout`; a failure is
+    /// counted.
+    pub async fn accept(
+        &self,
+        stream: TcpStream,
+        timeout: Duration,
+    ) -> io::Result<(tokio_rustls::server::TlsStream<TcpStream>, Accepted)> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.config.current());
+        let handshake = tokio::time::timeout(timeout, acceptor.accept(stream)).await;
+        let stream = match handshake {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => {
+                self.handshake_errors.inc();
+                return Err(err);
+            }
+            Err(_) => {
+                self.handshake_errors.inc();
+                return Err(handshake_timeout(timeout));
+            }
+        };
+        let (_, session) = stream.get_ref();
+        let accepted = Accepted {
+            sni: session.server_name().map(Arc::from),
+            peer_identity: session
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| identity::peer_identity(leaf))
+                .map(Arc::new),
+        };
+        Ok((stream, accepted))
+    }
+}
+
+fn server_config(spec: &ListenerTlsSpec) -> Result<ServerConfig, ConfigError> {
+    let provider = provider();
+    let certs = pem::certificates("cert_file", &spec.cert_file)?;
+    let key = pem::private_key("key_file", &spec.key_file)?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|err| tls_error("", err))?;
+    let builder = match &spec.client_ca_file {
+        Some(ca) => {
+            let roots = pem::roots("client_ca_file", ca)?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = if spec.require_client_cert {
+                verifier.build()
+            } else {
+                verifier.allow_unauthenticated().build()
+            };
+            let verifier =
+                verifier.map_err(|err| ConfigError::new("client_ca_file", err.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    builder
+        .with_single_cert(certs, key)
+        .map_err(|err| tls_error("key_file", err))
+}
+
+/// Originates TLS to the endpoints of one cluster (or one [`crate::Client`]).
+pub(crate) struct TlsConnector {
+    config: Arc<Reloading<ClientConfig>>,
+    server_name: Option<ServerName<'static>>,
+    handshake_errors: Counter,
+}
+
+impl std::fmt::Debug for TlsConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConnector")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsConnector {
+    /// The connector of cluster `cluster` with `spec`; its series live in `scope`.
+    pub fn new(
+        spec: &ClusterTlsSpec,
+        cluster: &str,
+        scope: &MetricsScope,
+    ) -> Result<Self, ConfigError> {
+        let server_name = match &spec.server_name {
+            Some(name) => Some(ServerName::try_from(name.clone()).map_err(|_| {
+                ConfigError::new(
+                    "server_name",
+                    format!("`{name}` is not a DNS name or an IP address"),
+                )
+            })?),
+            None => None,
+        };
+        let files = [
+            Some(&spec.ca_file),
+            spec.cert_file.as_ref(),
+            spec.key_file.as_ref(),
+        ];
+        let owned = spec.clone();
+        let config = Reloading::start(
+            files,
+            Box::new(move || client_config(&owned)),
+            format!("cluster {cluster}"),
+            scope,
+        )?;
+        Ok(Self {
+            config,
+            server_name,
+            handshake_errors: scope.counter(
+                "upstream_tls_handshake_errors",
+                "Upstream connections whose TLS handshake failed or timed out",
+            ),
+        })
+    }
+
+    /// Opens a TCP connection to `address` and runs the client side of the handshake, both
+    /// within `timeout`. The server name is the configured one, else the endpoint's IP address.
+    pub async fn connect(
+        &self,
+        address: SocketAddr,
+        timeout: Duration,
+    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let stream = Connector::connect_plain(address, timeout).await?;
+        let name = self
+            .server_name
+            .clone()
+            .unwrap_or_else(|| ServerName::IpAddress(address.ip().into()));
+        let connector = tokio_rustls::TlsConnector::from(self.config.current());
+        match tokio::time::timeout_at(deadline, connector.connect(name, stream)).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(err)) => {
+                self.handshake_errors.inc();
+                Err(err)
+            }
+            Err(_) => {
+                self.handshake_errors.inc();
+                Err(handshake_timeout(timeout))
+            }
+        }
+    }
+}
+
+fn client_config(spec: &ClusterTlsSpec) -> Result<ClientConfig, ConfigError> {
+    let provider = provider();
+    let roots = pem::roots("ca_file", &spec.ca_file)?;
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|err| tls_error("", err))?;
+    let builder = if spec.subject_alt_names.is_empty() {
+        builder.with_root_certificates(roots)
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(SubjectAltNameVerifier::new(
+                roots,
+                spec.subject_alt_names.clone(),
+                provider,
+            )))
+    };
+    match (&spec.cert_file, &spec.key_file) {
+        (Some(cert), Some(key)) => builder
+            .with_client_auth_cert(
+                pem::certificates("cert_file", cert)?,
+                pem::private_key("key_file", key)?,
+            )
+            .map_err(|err| tls_error("key_file", err)),
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}

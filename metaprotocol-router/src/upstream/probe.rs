@@ -1,0 +1,108 @@
+//! A connection of its own to one endpoint, for a health checker's probe requests: probes never
+//! share (or disturb) the connections traffic uses, and never back off, since a failed connect
+//! is the probe's answer. It opens on the first probe and again on the first probe after it
+//! closed.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use metaprotocol_core::{CodecFactory, Message, Mutation, WireVariant};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::backoff::ConnectBackoff;
+use super::connection::{self, ConnectParams, ConnectionHandle};
+use super::outbound::{Outbound, ReplyTo};
+use super::{PoolSettings, UpstreamError};
+use crate::stats::{ClusterStats, EndpointStats, Metrics};
+use crate::transport::Connector;
+
+/// A probing connection to one endpoint.
+pub(crate) struct ProbeConnection {
+    address: SocketAddr,
+    codec: Arc<dyn CodecFactory>,
+    variant: WireVariant,
+    connect_timeout: Duration,
+    /// Its own series, apart from the cluster's: probes are not traffic.
+    stats: ClusterStats,
+    mutation: Arc<Mutation>,
+    handle: Mutex<Option<ConnectionHandle>>,
+}
+
+impl ProbeConnection {
+    /// A connection to `address` for sending `probe`, built by `codec`.
+    pub fn new(
+        address: SocketAddr,
+        codec: Arc<dyn CodecFactory>,
+        probe: &Message,
+        connect_timeout: Duration,
+    ) -> Self {
+        Self {
+            address,
+            variant: codec.upstream_variant(probe),
+            codec,
+            connect_timeout,
+            stats: ClusterStats::new(&Metrics::new().root()),
+            mutation: Arc::new(Mutation::new()),
+            handle: Mutex::new(None),
+        }
+    }
+
+    /// Sends `probe` and waits up to `timeout` for the answer the codec decodes for it.
+    pub async fn call(
+        &self,
+        probe: &Arc<Message>,
+        timeout: Duration,
+    ) -> Result<Message, UpstreamError> {
+        let (sender, answer) = oneshot::channel();
+        let outbound = Outbound {
+            message: probe.clone(),
+            mutation: self.mutation.clone(),
+            deadline: crate::router::deadline_after(Instant::now(), timeout),
+            reply: ReplyTo::oneshot(sender),
+        };
+        self.connection()
+            .send(outbound)
+            .map_err(|(mut refused, error)| {
+                refused.reply.disarm();
+                error
+            })?;
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(UpstreamError::Reset { sent: true }),
+            Err(_) => Err(UpstreamError::TimedOut),
+        }
+    }
+
+    /// The open connection, or a new one.
+    fn connection(&self) -> ConnectionHandle {
+        let mut handle = match self.handle.lock() {
+            Ok(handle) => handle,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(open) = handle.as_ref().filter(|h| h.is_open()) {
+            return open.clone();
+        }
+        let prepared = connection::prepare(ConnectParams {
+            address: self.address,
+            codec: self.codec.clone(),
+            variant: self.variant,
+            settings: PoolSettings {
+                connect_timeout: self.connect_timeout,
+                connections: 1,
+                idle_timeout: Duration::MAX,
+                max_requests_per_connection: None,
+            },
+            connector: Connector::Plain,
+            backoff: Arc::new(ConnectBackoff::new()),
+            stats: self.stats.clone(),
+            endpoint: EndpointStats::default(),
+            connected: None,
+            permit: None,
+        });
+        tokio::spawn(prepared.task);
+        *handle = Some(prepared.handle.clone());
+        prepared.handle
+    }
+}
