@@ -554,43 +554,6 @@ async fn other_serializations_get_a_bad_request_reply_and_keep_the_connection() 
     Ok(())
 }
 
-#[tokio::test]
-async fn features_not_available_yet_are_rejected_not_ignored() -> TestResult {
-    let cases = [
-        (
-            "access_log: { path: /dev/stdout }",
-            "listeners[0].access_log",
-        ),
-        ("filters: [ { name: lua } ]", "listeners[0].filters[0]"),
-    ];
-    for (field, path) in cases {
-        let yaml = format!(
-            "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r, {field} }} ]
-route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
-clusters: [ {{ name: c, endpoints: [ {{ address: 127.0.0.1:1 }} ] }} ]
-"
-        );
-        let started = match Config::from_yaml(&yaml) {
-            Ok(config) => Proxy::start(config, metaprotocol_examples::codec_registry())
-                .await
-                .map_err(|e| e.to_string()),
-            Err(err) => Err(err.to_string()),
-        };
-        let err = match started {
-            Ok(proxy) => {
-                proxy.shutdown().await;
-                return Err(format!("{field} was accepted").into());
-            }
-            Err(err) => err,
-        };
-        assert!(
-            err.contains(path) && err.contains("not available yet"),
-            "{err}"
-        );
-    }
-    Ok(())
-}
-
 /// A filter that panics on every request.
 struct Panics;
 

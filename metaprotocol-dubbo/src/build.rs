@@ -23,6 +23,9 @@
 //! assert_eq!(body, metaprotocol_dubbo::build::ResponseBody::Value("Hello, world".into()));
 //! # Ok::<(), metaprotocol_core::CodecError>(())
 //! ```
+//!
+//! Failures come in two kinds: [`exception_response`] (status 20 carrying an exception, a
+//! declared business-level failure) and [`error_response`] (another status, the framework's).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use metaprotocol_core::{Codec, CodecError, DEFAULT_MAX_FRAME_BYTES, Message};
@@ -31,7 +34,7 @@ use crate::DubboCodec;
 use crate::header::{FLAG_EVENT, FLAG_REQUEST, FLAG_TWO_WAY, HEADER_LEN, Header, patch_body_len};
 use crate::hessian::reader::Reader;
 use crate::hessian::writer::write_string;
-use crate::hessian::{END, NULL, UNTYPED_MAP, compact_int};
+use crate::hessian::{CLASS_DEF, END, NULL, UNTYPED_MAP, compact_int};
 use crate::response::ResultFlag;
 use crate::serialization::HESSIAN2;
 use crate::status;
@@ -41,6 +44,10 @@ use crate::status;
 pub const DUBBO_PROTOCOL_VERSION: &str = "2.0.2";
 /// Result flag of a value followed by attachments.
 const VALUE_WITH_ATTACHMENTS: u8 = 4;
+/// Result flag of an exception followed by attachments.
+const EXCEPTION_WITH_ATTACHMENTS: u8 = 3;
+/// An object of the first class definition (`0x60 + definition`, for definitions 0..=15).
+const OBJECT_OF_FIRST_DEFINITION: u8 = 0x60;
 
 /// A call of a method whose parameters are all `java.lang.String`.
 #[derive(Debug, Clone, Copy)]
@@ -172,6 +179,36 @@ pub fn value_response(id: u64, value: &str, attachments: &[(&str, &str)]) -> Byt
     finish(out)
 }
 
+/// A response (status 20) whose result is an exception of Java class `class` with `message`
+/// (its `detailMessage`), then `attachments`: what a service's declared exception looks like.
+pub fn exception_response(
+    id: u64,
+    class: &str,
+    message: &str,
+    attachments: &[(&str, &str)],
+) -> Bytes {
+    let mut out = BytesMut::new();
+    Header::put(&mut out, HESSIAN2, status::OK, id);
+    out.put_u8(compact_int(EXCEPTION_WITH_ATTACHMENTS));
+    out.put_u8(CLASS_DEF);
+    write_string(&mut out, &[class]);
+    out.put_u8(compact_int(1));
+    write_string(&mut out, &["detailMessage"]);
+    out.put_u8(OBJECT_OF_FIRST_DEFINITION);
+    write_string(&mut out, &[message]);
+    put_map(&mut out, attachments.iter());
+    finish(out)
+}
+
+/// A response with `status` (not [`status::OK`]) and its error `message`: the server or its
+/// framework failed the call.
+pub fn error_response(id: u64, status: u8, message: &str) -> Bytes {
+    let mut out = BytesMut::new();
+    Header::put(&mut out, HESSIAN2, status, id);
+    write_string(&mut out, &[message]);
+    finish(out)
+}
+
 fn put_map<'a>(out: &mut BytesMut, entries: impl Iterator<Item = &'a (&'a str, &'a str)>) {
     out.put_u8(UNTYPED_MAP);
     for (key, value) in entries {
@@ -190,7 +227,7 @@ fn finish(mut out: BytesMut) -> Bytes {
 #[cfg(test)]
 mod tests {
     use bytes::BytesMut;
-    use metaprotocol_core::{Codec, MessageKind};
+    use metaprotocol_core::{Codec, MessageKind, ResponseStatus};
 
     use super::*;
     use crate::DubboCodec;
@@ -248,6 +285,18 @@ mod tests {
             response.metadata.get("p").map(|v| v.to_string()).as_deref(),
             Some("1")
         );
+
+        let exception = exception_response(9, "demo.GreetError", "bad name", &[("p", "2")]);
+        let mut buf = BytesMut::from(&exception[..]);
+        let response = codec.decode(&mut buf)?.ok_or("incomplete")?;
+        assert_eq!(response.status, ResponseStatus::ApplicationError);
+        assert_eq!(
+            response.metadata.get("p").map(|v| v.to_string()).as_deref(),
+            Some("2")
+        );
+        let mut buf = BytesMut::from(&error_response(9, status::SERVICE_ERROR, "boom")[..]);
+        let response = codec.decode(&mut buf)?.ok_or("incomplete")?;
+        assert_eq!(response.status, ResponseStatus::ServerError);
         Ok(())
     }
 }

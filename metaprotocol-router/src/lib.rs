@@ -59,6 +59,7 @@
 //! and filters, as a `tower_service::Service`. The script filters `lua` and `wasm` are cargo
 //! features of the same names.
 
+mod access_log;
 mod admin;
 mod client;
 mod cluster;
@@ -71,12 +72,14 @@ mod route;
 mod router;
 mod server;
 mod stats;
+mod trace;
 mod transport;
 mod upstream;
 
 #[cfg(test)]
 mod testing;
 
+pub use admin::LogControl;
 pub use client::{CallError, Client, ClientOptions, RouterClient, RouterClientBuilder};
 pub use cluster::{BreakerStatus, ClusterStatus, EndpointStatus, HealthState};
 pub use config::{Config, ConfigError};
@@ -86,5 +89,8 @@ pub use proxy::{
 };
 pub use route::{DEFAULT_ROUTE_TIMEOUT, RouteCheck, RouteDestination, RouteMatch, UnknownListener};
 pub use server::DEFAULT_IDLE_TIMEOUT;
-pub use stats::{Labels, Metrics, MetricsCollector, MetricsScope};
+pub use stats::{
+    DurationHistogram, ExpositionFormat, FamilySnapshot, HistogramSnapshot, Labels, MetricKind,
+    Metrics, MetricsCollector, MetricsScope, SeriesValue,
+};
 pub use upstream::UpstreamError;

@@ -123,7 +123,7 @@ pub(super) async fn call(ctx: &CallContext, request: Message) -> Result<Message,
     );
     let mut routed = match routed {
         Ok(routed) => routed,
-        Err(reply) => return Err(call.failed(reply)),
+        Err(unrouted) => return Err(call.failed(unrouted.reply)),
     };
     let mut response = match attempts(&mut routed, &request, &mut call.record).await {
         Ok(response) => response,
@@ -168,7 +168,7 @@ async fn attempts(
             Next::Retry { at } => {
                 tokio::time::sleep_until(at.min(deadline)).await;
                 if Instant::now() >= deadline {
-                    return Err(routed.timed_out(record));
+                    return Err(routed.timed_out(record, &mut (), Instant::now()));
                 }
                 (answer, next) = attempt(routed, request, record);
             }
@@ -181,14 +181,14 @@ async fn attempts(
                     }
                     () = tokio::time::sleep_until(until) => {
                         if Instant::now() >= deadline {
-                            return Err(routed.timed_out(record));
+                            return Err(routed.timed_out(record, &mut (), Instant::now()));
                         }
                         Err(UpstreamError::Expired)
                     }
                 };
-                next = match routed.answered(number, result, record, Instant::now()) {
+                next = match routed.answered(number, result, record, &mut (), Instant::now()) {
                     Some(next) => next,
-                    None => return Err(routed.timed_out(record)),
+                    None => return Err(routed.timed_out(record, &mut (), Instant::now())),
                 };
             }
         }
@@ -208,6 +208,7 @@ fn attempt(
         request,
         |_| ReplyTo::oneshot(sender),
         record,
+        &mut (),
         Instant::now(),
     );
     (answer, next)

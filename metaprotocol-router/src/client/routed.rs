@@ -194,12 +194,17 @@ impl RouterClientBuilder {
         let metrics = Metrics::new();
         let shared = SharedClients::default();
         let load = Arc::new(Load::new(&metrics.root(), &config.limits));
+        // A client writes no access log and no spans: the sinks stay empty.
+        let access_logs = crate::access_log::Sinks::default();
+        let span_sinks = crate::trace::SpanSinks::default();
         let builder = Builder {
             codecs: &self.codecs,
             filters: &self.filter_registry,
             metrics: &metrics,
             shared: &shared,
             load: &load,
+            access_logs: &access_logs,
+            span_sinks: &span_sinks,
         };
         let clusters = ClusterManager::default();
         let stop = CancellationToken::new();
@@ -246,7 +251,7 @@ impl RouterClientBuilder {
             connection: Arc::new(ConnectionInfo::new(name, nowhere, nowhere)),
             table: Arc::new(table),
             filters,
-            stats: ListenerStats::new(&scope),
+            stats: ListenerStats::new(&scope, &crate::proxy::build::named_methods(routes)),
         };
         Ok(RouterClient {
             inner: Arc::new(Inner {

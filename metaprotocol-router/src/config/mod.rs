@@ -14,6 +14,7 @@ mod limits;
 mod listener;
 mod route;
 mod source;
+mod telemetry;
 mod tls;
 
 use std::collections::BTreeSet;
@@ -39,6 +40,10 @@ pub use route::{
     RetryPolicySpec, RouteActionSpec, RouteConfigSpec, RouteSpec, WeightedClusterSpec,
 };
 pub(crate) use source::from_value;
+pub use telemetry::{
+    AccessLogSpec, DEFAULT_ACCESS_LOG_QUEUE, DEFAULT_LATENCY_BUCKETS, DEFAULT_METHOD_LABEL_LIMIT,
+    IstioReporter, IstioSpec, IstioWorkloadSpec, MetricsSpec, Propagation, TracingSpec,
+};
 pub use tls::{ClusterTlsSpec, ListenerTlsSpec};
 
 /// A whole configuration file.
@@ -58,6 +63,10 @@ pub struct Config {
     /// The proxy itself: where it runs (for locality-aware load balancing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<NodeSpec>,
+    /// How metrics are shaped (histogram buckets, label limits, Istio-compatible series); a
+    /// change takes effect on restart.
+    #[serde(default, skip_serializing_if = "MetricsSpec::is_default")]
+    pub metrics: MetricsSpec,
     /// Resources from a control plane (xDS). Not available yet: rejected by validation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dynamic: Option<serde_json::Value>,
@@ -92,6 +101,7 @@ impl Default for Config {
             drain_time: default_drain_time(),
             limits: LimitsSpec::default(),
             node: None,
+            metrics: MetricsSpec::default(),
             dynamic: None,
             listeners: Vec::new(),
             route_configs: Vec::new(),
@@ -174,6 +184,7 @@ impl Config {
             errors.check("admin", admin.validate());
         }
         errors.check("limits", self.limits.validate());
+        errors.check("metrics", self.metrics.validate());
         let lists = [
             unique_names(
                 self.clusters.iter().map(|c| Some(c.name.as_str())),

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use metaprotocol_core::CodecRegistry;
@@ -23,12 +23,15 @@ use tokio_util::task::TaskTracker;
 use self::build::Builder;
 use self::listeners::ListenerManager;
 use self::update::Source;
+use crate::access_log;
+use crate::admin::LogControl;
 use crate::cluster::{ClusterManager, ClusterStatus};
 use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec, RouteConfigSpec};
 use crate::filters::{FilterRegistry, SharedClients};
 use crate::route::{RouteCheck, RouteSlot};
 use crate::server::Load;
-use crate::stats::Metrics;
+use crate::stats::{Metrics, MetricsSettings};
+use crate::trace;
 
 /// How long shutdown lets connections keep serving before it answers what is still in flight
 /// with an error and closes them (the config's `drain_time` sets it).
@@ -132,13 +135,57 @@ impl ReloadSummary {
     }
 }
 
+/// Whether a proxy serves (what `/ready` and `/server_info` say).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Readiness {
+    Live,
+    /// The config is not applied yet.
+    Starting,
+    /// Shutdown began.
+    Draining,
+    /// `/healthcheck/fail` was called.
+    FailingHealthChecks,
+}
+
+impl Readiness {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Starting => "starting",
+            Self::Draining => "draining",
+            Self::FailingHealthChecks => "failing_health_checks",
+        }
+    }
+
+    /// Why the proxy is not ready.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Live => "it is",
+            Self::Starting => "starting: the config is not applied yet",
+            Self::Draining => "draining: the proxy is shutting down",
+            Self::FailingHealthChecks => {
+                "failing health checks on request (POST /healthcheck/ok to undo)"
+            }
+        }
+    }
+}
+
 /// Options for starting a [`Proxy`].
-#[derive(Debug)]
 pub struct ProxyBuilder {
     config: Config,
     codecs: CodecRegistry,
     filters: FilterRegistry,
     drain_time: Option<Duration>,
+    config_source: String,
+    log_control: Option<Arc<dyn LogControl>>,
+}
+
+impl std::fmt::Debug for ProxyBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyBuilder")
+            .field("config_source", &self.config_source)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ProxyBuilder {
@@ -161,18 +208,40 @@ impl ProxyBuilder {
         self
     }
 
+    /// Where the config came from, as `/server_info` shows it (`file:/etc/proxy.yaml`;
+    /// `embedded` by default).
+    pub fn config_source(mut self, source: impl Into<String>) -> Self {
+        self.config_source = source.into();
+        self
+    }
+
+    /// What `/logging` reads and changes the log levels through (without it, `/logging` answers
+    /// 501).
+    pub fn log_control(mut self, control: Arc<dyn LogControl>) -> Self {
+        self.log_control = Some(control);
+        self
+    }
+
     /// Checks that the config can be built with these codecs and filters (everything but
-    /// binding). Call it within a Tokio runtime when filters need one.
+    /// binding). Call it within a Tokio runtime when filters or tracing need one.
     pub fn check(&self) -> Result<(), ConfigError> {
-        ProxyState::new(Config::default(), self.codecs.clone(), self.filters.clone())
-            .check(&self.config)
+        self.checking_state().check(&self.config)
     }
 
     /// Compiles the config's route tables as [`check`](Self::check) does and keeps them, to ask
     /// which route a request would take on each listener (see [`RouteCheck`]).
     pub fn route_check(&self) -> Result<RouteCheck, ConfigError> {
-        ProxyState::new(Config::default(), self.codecs.clone(), self.filters.clone())
-            .route_check(&self.config)
+        self.checking_state().route_check(&self.config)
+    }
+
+    /// An empty proxy state to check the config against, with the config's metrics settings
+    /// (they shape the series its parts register).
+    fn checking_state(&self) -> ProxyState {
+        let initial = Config {
+            metrics: self.config.metrics.clone(),
+            ..Config::default()
+        };
+        ProxyState::new(initial, self.codecs.clone(), self.filters.clone())
     }
 
     /// Builds everything, binds every listener and the admin API, and starts serving. Nothing
@@ -192,10 +261,13 @@ impl ProxyBuilder {
             };
         let initial = Config {
             admin: self.config.admin.clone(),
+            metrics: self.config.metrics.clone(),
             ..Config::default()
         };
         let mut state = ProxyState::new(initial, self.codecs, self.filters);
         state.drain_override = self.drain_time;
+        state.config_source = self.config_source;
+        state.log_control = self.log_control;
         let state = Arc::new(state);
         state.apply_uncounted(self.config, Source::File).await?;
         let admin = admin.map(|listener| {
@@ -245,6 +317,16 @@ pub(crate) struct ProxyState {
     drain_override: Option<Duration>,
     /// False until started and again from the moment shutdown begins.
     ready: AtomicBool,
+    /// Set by `/healthcheck/fail`, cleared by `/healthcheck/ok`: `/ready` answers 503 while set
+    /// (Envoy's manual drain switch, for load balancers that poll readiness).
+    health_check_failed: AtomicBool,
+    /// When the proxy was made, for `/server_info`.
+    started: (SystemTime, Instant),
+    /// Where the config came from, for `/server_info`.
+    config_source: String,
+    log_control: Option<Arc<dyn LogControl>>,
+    access_logs: access_log::Sinks,
+    span_sinks: trace::SpanSinks,
     shutdown: CancellationToken,
     admin_stop: CancellationToken,
     admin_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -268,7 +350,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl ProxyState {
     fn new(config: Config, codecs: CodecRegistry, filters: FilterRegistry) -> Self {
-        let metrics = Metrics::new();
+        let metrics = Metrics::with_settings(MetricsSettings::from(&config.metrics));
         let reloads = |outcome: &str| {
             metrics.root().counter_with(
                 "config_reloads",
@@ -295,6 +377,12 @@ impl ProxyState {
             api_touched: Mutex::new(BTreeSet::new()),
             drain_override: None,
             ready: AtomicBool::new(false),
+            health_check_failed: AtomicBool::new(false),
+            started: (SystemTime::now(), Instant::now()),
+            config_source: "embedded".to_owned(),
+            log_control: None,
+            access_logs: access_log::Sinks::default(),
+            span_sinks: trace::SpanSinks::default(),
             shutdown,
             admin_stop: CancellationToken::new(),
             admin_task: Mutex::new(None),
@@ -309,6 +397,8 @@ impl ProxyState {
             metrics: &self.metrics,
             shared: &self.shared,
             load: &self.load,
+            access_logs: &self.access_logs,
+            span_sinks: &self.span_sinks,
         }
     }
 
@@ -342,8 +432,36 @@ impl ProxyState {
         &self.metrics
     }
 
-    pub(crate) fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+    /// Whether the proxy serves, and if not why.
+    pub(crate) fn readiness(&self) -> Readiness {
+        if self.shutdown.is_cancelled() {
+            Readiness::Draining
+        } else if !self.ready.load(Ordering::Acquire) {
+            Readiness::Starting
+        } else if self.health_check_failed.load(Ordering::Acquire) {
+            Readiness::FailingHealthChecks
+        } else {
+            Readiness::Live
+        }
+    }
+
+    /// Fails (`true`) or passes `/ready` on request.
+    pub(crate) fn fail_health_checks(&self, fail: bool) {
+        self.health_check_failed.store(fail, Ordering::Release);
+    }
+
+    /// When the proxy was made: wall-clock, and how long ago.
+    pub(crate) fn started(&self) -> (SystemTime, Duration) {
+        (self.started.0, self.started.1.elapsed())
+    }
+
+    /// Where the config came from.
+    pub(crate) fn config_source(&self) -> &str {
+        &self.config_source
+    }
+
+    pub(crate) fn log_control(&self) -> Option<&Arc<dyn LogControl>> {
+        self.log_control.as_ref()
     }
 
     /// Every route config's version.
@@ -438,6 +556,8 @@ impl Proxy {
             codecs: CodecRegistry::new(),
             filters: FilterRegistry::with_builtins(),
             drain_time: None,
+            config_source: "embedded".to_owned(),
+            log_control: None,
         }
     }
 
@@ -470,6 +590,12 @@ impl Proxy {
     /// Every cluster's endpoints and their health, as `/clusters` shows them.
     pub fn clusters(&self) -> Vec<ClusterStatus> {
         self.state.cluster_statuses()
+    }
+
+    /// Makes every access log writer close and reopen its file before its next line: call it
+    /// after logrotate moved the files (the `metaprotocol-proxy` binary does on SIGHUP).
+    pub fn reopen_access_logs(&self) {
+        self.state.access_logs.reopen_all();
     }
 
     /// Replaces route config `spec.name` without closing a connection or failing a request in
@@ -611,6 +737,7 @@ impl Proxy {
         for cluster in state.clusters.all().values() {
             cluster.stop_health();
         }
+        state.span_sinks.flush_all().await;
         state.admin_stop.cancel();
         let admin = lock(&state.admin_task).take();
         if let Some(admin) = admin {

@@ -66,24 +66,6 @@ impl Plan {
         }
         Ok(())
     }
-
-    /// Forgets what a rejected plan registered (metric series of parts never published).
-    fn discard(self, state: &ProxyState) {
-        for handle in &self.new_clusters {
-            handle.retire();
-        }
-        let slots = state.lock_routes();
-        for (name, table) in &self.tables {
-            let live = slots.get(name).map(|slot| slot.table.load_full());
-            table.retire_metrics(live.as_deref());
-        }
-        for slot in self.new_slots.values() {
-            slot.table.load().retire_metrics(None);
-        }
-        for (_, context, _) in &self.new_listeners {
-            context.scope.retire();
-        }
-    }
 }
 
 impl ProxyState {
@@ -118,16 +100,21 @@ impl ProxyState {
             )
             .into());
         }
+        if new.metrics != current.metrics {
+            return Err(ConfigError::new(
+                "metrics",
+                "changed; metrics settings take effect on restart",
+            )
+            .into());
+        }
         let resolutions = self.resolve(&new).await;
         let mut plan = Plan::default();
         let prepared = match self.prepare(&current, &new, &resolutions, &mut plan) {
             Ok(()) => plan.bind().await,
             Err(err) => Err(err.into()),
         };
-        if let Err(err) = prepared {
-            plan.discard(self);
-            return Err(err);
-        }
+        // A rejected plan is dropped: what it built lets go of its metric series.
+        prepared?;
         if source == Source::File {
             self.warn_replacing_api_changes(&current, &new);
         } else {
@@ -158,7 +145,7 @@ impl ProxyState {
                 Some((listener.name.clone(), slot.table.load_full()))
             })
             .collect();
-        plan.discard(self);
+        // The plan is dropped: what it built lets go of its metric series.
         prepared.map(|()| RouteCheck::new(tables))
     }
 
@@ -368,8 +355,8 @@ impl ProxyState {
             for (name, table) in plan.tables {
                 if let Some(slot) = slots.get(&name) {
                     summary.route_configs.push((name.clone(), table.version()));
-                    let old = slot.table.swap(Arc::new(table));
-                    old.retire_metrics(Some(&slot.table.load()));
+                    // The old table's series go when the last request using it does.
+                    slot.table.swap(Arc::new(table));
                 }
             }
             for (name, slot) in plan.new_slots {
@@ -395,9 +382,7 @@ impl ProxyState {
         {
             let mut slots = self.lock_routes();
             for name in &plan.removed_route_configs {
-                if let Some(slot) = slots.remove(name) {
-                    slot.table.load().retire_metrics(None);
-                }
+                slots.remove(name);
             }
         }
         for name in &plan.removed_clusters {
