@@ -9,14 +9,24 @@ for setup in examples/tests/interop/*/setup.sh; do
   echo "== $setup"
   bash "$setup"
 done
+# The example WebAssembly filter the tests load is committed built; this checks it is the build
+# of its committed source (rebuilding it where the wasm32 target can be installed).
+echo "== scripts/build-wasm-filter.sh --check"
+bash scripts/build-wasm-filter.sh --check
 
 export METAPROTOCOL_REQUIRE_INTEROP=1
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== scripts/check-msrv.sh"
+bash scripts/check-msrv.sh
 echo "== cargo test"
-cargo test --workspace --locked
+cargo test --workspace --locked --lib --bins --tests --examples
+echo "== cargo test --doc"
+cargo test --workspace --locked --doc
+echo "== cargo doc (warnings denied)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
 # The fuzz targets' checks, run on every golden capture (fuzz/ is a crate of its own, outside the
 # workspace; fuzz/run-all.sh fuzzes for real).
@@ -28,7 +38,7 @@ echo "== fuzz target checks"
 # uncommitted edits. The clone builds into this checkout's target directory (only the workspace's
 # own crates are compiled again) from a fixed temporary place in it, so that its artifacts keep
 # their names from one run to the next and replace, rather than pile up beside, the last run's.
-echo "== codec tests in a fresh clone"
+echo "== codec tests (and packaging) in a fresh clone"
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 clone_parent="$target_dir/standalone-clone"
 rm -rf "$clone_parent"
@@ -38,5 +48,10 @@ git clone --quiet "$PWD" "$clone_parent/metaprotocol-rs"
 (
   cd "$clone_parent/metaprotocol-rs"
   CARGO_TARGET_DIR="$target_dir" cargo test --locked \
-    -p metaprotocol-dubbo -p metaprotocol-thrift -p metaprotocol-brpc
+    -p metaprotocol-dubbo -p metaprotocol-thrift -p metaprotocol-brpc -p metaprotocol-jsonrpc
+  # Every library crate as it would be published: complete metadata, its README and license
+  # packaged, and the packaged sources building on their own.
+  echo "== cargo package / cargo publish --dry-run, in the fresh clone"
+  CARGO_TARGET_DIR="$target_dir" cargo package --workspace --locked --no-verify
+  CARGO_TARGET_DIR="$target_dir" cargo publish --workspace --locked --dry-run
 )

@@ -6,10 +6,8 @@
 //!
 //! `cargo bench -p metaprotocol-benches --bench request_path`
 
-use std::time::Duration;
-
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use metaprotocol_benches::in_process::{InProcess, Via};
+use metaprotocol_benches::in_process::{InProcess, Via, bench_depths};
 use metaprotocol_benches::wire::Protocol;
 
 /// Payload bytes per call.
@@ -22,17 +20,7 @@ fn request_path(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("request_path/{protocol}"));
         group.throughput(Throughput::Elements(1));
         for (via, name) in [(Via::Proxy, "proxy"), (Via::Direct, "direct")] {
-            for depth in [64, 1] {
-                let mut client = bench
-                    .connect(via, PAYLOAD, depth)
-                    .unwrap_or_else(|err| panic!("cannot connect: {err:#}"));
-                group.bench_function(format!("{name}/{depth}_in_flight"), |b| {
-                    b.iter_custom(|calls| bench.calls(&mut client, calls));
-                });
-                // Timings of calls that failed measure nothing.
-                let errors = client.tally.errors;
-                assert_eq!(errors.total(), 0, "{protocol} {name}: {errors:?}");
-            }
+            bench_depths(&mut group, &bench, via, name, PAYLOAD);
         }
         group.finish();
     }
@@ -40,11 +28,7 @@ fn request_path(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    // Short: the machine is small and shared; the figures are compared run against run.
-    config = Criterion::default()
-        .sample_size(20)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
+    config = metaprotocol_benches::short_criterion();
     targets = request_path
 }
 criterion_main!(benches);

@@ -6,6 +6,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use criterion::BenchmarkGroup;
+use criterion::measurement::WallTime;
 use metaprotocol_core::CodecRegistry;
 use metaprotocol_router::{Config, Proxy};
 use tokio::net::TcpListener;
@@ -13,7 +15,7 @@ use tokio::runtime::{Builder, Runtime};
 
 use crate::echo;
 use crate::load::{Connection, Plan};
-use crate::proxy_config::{LISTENER, proxy_config};
+use crate::proxy_config::{LISTENER, proxy_config_with};
 use crate::wire::Protocol;
 
 /// The most one batch of calls may take before its stragglers count as unanswered.
@@ -44,6 +46,16 @@ impl InProcess {
     /// Starts the echo server and the engine for `protocol`; `on_proxy_thread` runs first on
     /// every thread the engine's runtime starts.
     pub fn start(protocol: Protocol, on_proxy_thread: fn()) -> anyhow::Result<Self> {
+        Self::start_with(protocol, on_proxy_thread, "")
+    }
+
+    /// [`InProcess::start`] with more fields on the engine's listener (see
+    /// [`crate::proxy_config::proxy_config_with`]).
+    pub fn start_with(
+        protocol: Protocol,
+        on_proxy_thread: fn(),
+        listener_fields: &str,
+    ) -> anyhow::Result<Self> {
         let runtime = Builder::new_current_thread().enable_all().build()?;
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         let echo_listener = runtime.block_on(TcpListener::bind(loopback))?;
@@ -56,7 +68,8 @@ impl InProcess {
             .on_thread_start(on_proxy_thread)
             .enable_all()
             .build()?;
-        let config = Config::from_yaml(&proxy_config(protocol, loopback, echo_addr, loopback))?;
+        let yaml = proxy_config_with(protocol, loopback, echo_addr, loopback, listener_fields);
+        let config = Config::from_yaml(&yaml)?;
         let proxy = proxy_runtime.block_on(Proxy::start(config, codecs()))?;
         let proxy_addr = proxy
             .listener_addr(LISTENER)
@@ -92,6 +105,28 @@ impl InProcess {
         let start = std::time::Instant::now();
         self.runtime.block_on(client.run(&plan));
         start.elapsed()
+    }
+}
+
+/// Benches calls with `payload_len`-byte payloads through `via` on `bench`, 64 and then 1 in
+/// flight, as `{name}/{depth}_in_flight` in `group`; panics if a call failed (its timing would
+/// measure nothing).
+pub fn bench_depths(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    bench: &InProcess,
+    via: Via,
+    name: &str,
+    payload_len: usize,
+) {
+    for depth in [64, 1] {
+        let mut client = bench
+            .connect(via, payload_len, depth)
+            .unwrap_or_else(|err| panic!("cannot connect: {err:#}"));
+        group.bench_function(format!("{name}/{depth}_in_flight"), |b| {
+            b.iter_custom(|calls| bench.calls(&mut client, calls));
+        });
+        let errors = client.tally.errors;
+        assert_eq!(errors.total(), 0, "{name}, {depth} in flight: {errors:?}");
     }
 }
 

@@ -48,3 +48,13 @@ pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
             .build()
     }
 }
+
+/// Criterion settings for the in-process benches: short (20 samples, 1 s of warm-up, 3 s of
+/// measurement), since the machine is small and shared and the figures are compared run against
+/// run rather than read to the nanosecond.
+pub fn short_criterion() -> criterion::Criterion {
+    criterion::Criterion::default()
+        .sample_size(20)
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(3))
+}

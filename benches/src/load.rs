@@ -2,7 +2,7 @@
 //!
 //! A [`Connection`] is one socket driven by one task: it writes every call that may go now in
 //! one write, reads whatever has arrived in one read, and matches each answer to its call by id
-//! ([`InFlight`]). Closed loop, a new call goes out as soon as an answer frees a place; open loop
+//! (`InFlight`). Closed loop, a new call goes out as soon as an answer frees a place; open loop
 //! ([`Pacing::Every`]), calls go out on a fixed schedule and latency runs from each call's
 //! *intended* time, so a stall that delays sending is measured rather than hidden (coordinated
 //! omission). [`generate`] runs many connections for a duration and makes the [`Report`].

@@ -18,12 +18,29 @@ pub fn proxy_config(
     upstream: SocketAddr,
     admin: SocketAddr,
 ) -> String {
+    proxy_config_with(protocol, listen, upstream, admin, "")
+}
+
+/// [`proxy_config`] with more listener fields: `listener_fields` (`access_log: {...}`, ...)
+/// goes inside the listener's flow map.
+pub fn proxy_config_with(
+    protocol: Protocol,
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    admin: SocketAddr,
+    listener_fields: &str,
+) -> String {
     let [(key1, value1), (key2, value2)] = protocol.route_keys();
+    let more = if listener_fields.is_empty() {
+        String::new()
+    } else {
+        format!(", {listener_fields}")
+    };
     format!(
         "\
 admin: {{ address: \"{admin}\" }}
 listeners:
-  - {{ name: {LISTENER}, address: \"{listen}\", protocol: {protocol}, route_config: bench-routes }}
+  - {{ name: {LISTENER}, address: \"{listen}\", protocol: {protocol}, route_config: bench-routes{more} }}
 route_configs:
   - name: bench-routes
     routes:

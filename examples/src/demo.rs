@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metaprotocol_router::{Config, Proxy};
+use metaprotocol_router::{Config, Proxy, SeriesValue};
 use tokio::sync::Semaphore;
 
 use crate::dubbo_demo::{DEMO_SERVICE, DemoProvider, DubboClient, Reply};
@@ -48,6 +48,8 @@ pub struct DemoSummary {
     pub upstream_connections: usize,
     /// The readable report.
     pub report: String,
+    /// Where to look next: `/metrics` highlights and the per-route latency the proxy measured.
+    pub observed: String,
     /// True if every check held.
     pub passed: bool,
 }
@@ -156,6 +158,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<DemoSummary> {
         .sum();
     (summary.report, summary.passed) =
         report(&summary, &options, batch_sent, elapsed, address, &lost);
+    summary.observed = observed(&proxy);
     proxy.shutdown().await;
     Ok(summary)
 }
@@ -296,9 +299,82 @@ fn report(
     (out, passed)
 }
 
+/// What the proxy itself measured, as an operator would read it from `/metrics`: each route's
+/// requests by outcome and its latency percentiles computed from its duration histogram, and
+/// where to find the rest.
+fn observed(proxy: &Proxy) -> String {
+    let metrics = proxy.metrics();
+    let mut out = String::from(
+        "\nwhere to look: the proxy's own view (GET /metrics on the admin address; /stats for \
+         percentiles)\n",
+    );
+    let _ = writeln!(
+        out,
+        "{:<12} {:>8} {:>8} {:>9} {:>9} {:>9}   from",
+        "route", "success", "errors", "p50", "p90", "p99"
+    );
+    let completed = metrics.family("metaprotocol_route_rq_completed");
+    let durations = metrics.family("metaprotocol_route_rq_time_seconds");
+    for route in ["batch-jobs", "canary"] {
+        // Requests of the route that succeeded (`true`) or not.
+        let count = |success: bool| -> u64 {
+            let Some(family) = &completed else { return 0 };
+            let label = |labels: &[(String, String)], key: &str| {
+                labels
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, v)| v.clone())
+            };
+            family
+                .series
+                .iter()
+                .filter(|(labels, _)| label(labels, "route").as_deref() == Some(route))
+                .filter(|(labels, _)| {
+                    (label(labels, "outcome").as_deref() == Some("success")) == success
+                })
+                .map(|(_, value)| match value {
+                    SeriesValue::Counter(n) => *n,
+                    _ => 0,
+                })
+                .sum()
+        };
+        let histogram = durations.as_ref().and_then(|family| {
+            family
+                .find(&[("route", route)])
+                .find_map(|value| match value {
+                    SeriesValue::Histogram(h) => Some(h.clone()),
+                    _ => None,
+                })
+        });
+        let quantile = |q: f64| {
+            histogram
+                .as_ref()
+                .and_then(|h| h.quantile(q))
+                .map_or("-".to_owned(), |s| format!("{:.2}ms", s * 1000.0))
+        };
+        let _ = writeln!(
+            out,
+            "{route:<12} {:>8} {:>8} {:>9} {:>9} {:>9}   metaprotocol_route_rq_time_seconds{{route=\"{route}\"}}",
+            count(true),
+            count(false),
+            quantile(0.5),
+            quantile(0.9),
+            quantile(0.99),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "highlights: metaprotocol_route_rq_completed_total (requests by route and outcome), \
+         metaprotocol_downstream_rq_completed_total (by method), \
+         metaprotocol_endpoint_rq_total (per provider), metaprotocol_local_replies_total; \
+         a Grafana dashboard: examples/dashboards/metaprotocol-grafana.json"
+    );
+    out
+}
+
 /// Runs the demo with default options and prints the report; true if every check held.
 pub async fn run_and_print() -> anyhow::Result<bool> {
     let summary = run(DemoOptions::default()).await?;
-    print!("{}", summary.report);
+    print!("{}{}", summary.report, summary.observed);
     Ok(summary.passed)
 }

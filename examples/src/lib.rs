@@ -17,15 +17,25 @@ pub mod demo;
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
 
+/// The guides' code (embedding the engine, writing a codec, writing a filter), compiled by
+/// `cargo test --doc` likewise.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/embedding.md")]
+#[doc = include_str!("../../docs/writing-a-codec.md")]
+#[doc = include_str!("../../docs/writing-a-filter.md")]
+pub struct GuideDoctests;
+
 pub mod dubbo_demo;
+pub mod gateway;
 
 use metaprotocol_core::CodecRegistry;
 
-/// A registry with the Dubbo, Thrift and bRPC codecs.
+/// A registry with the Dubbo, Thrift, bRPC and JSON-RPC codecs.
 pub fn codec_registry() -> CodecRegistry {
     let mut registry = CodecRegistry::new();
     metaprotocol_dubbo::register(&mut registry);
     metaprotocol_thrift::register(&mut registry);
     metaprotocol_brpc::register(&mut registry);
+    metaprotocol_jsonrpc::register(&mut registry);
     registry
 }

@@ -554,43 +554,6 @@ async fn other_serializations_get_a_bad_request_reply_and_keep_the_connection() 
     Ok(())
 }
 
-#[tokio::test]
-async fn features_not_available_yet_are_rejected_not_ignored() -> TestResult {
-    let cases = [
-        (
-            "access_log: { path: /dev/stdout }",
-            "listeners[0].access_log",
-        ),
-        ("filters: [ { name: lua } ]", "listeners[0].filters[0]"),
-    ];
-    for (field, path) in cases {
-        let yaml = format!(
-            "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r, {field} }} ]
-route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
-clusters: [ {{ name: c, endpoints: [ {{ address: 127.0.0.1:1 }} ] }} ]
-"
-        );
-        let started = match Config::from_yaml(&yaml) {
-            Ok(config) => Proxy::start(config, metaprotocol_examples::codec_registry())
-                .await
-                .map_err(|e| e.to_string()),
-            Err(err) => Err(err.to_string()),
-        };
-        let err = match started {
-            Ok(proxy) => {
-                proxy.shutdown().await;
-                return Err(format!("{field} was accepted").into());
-            }
-            Err(err) => err,
-        };
-        assert!(
-            err.contains(path) && err.contains("not available yet"),
-            "{err}"
-        );
-    }
-    Ok(())
-}
-
 /// A filter that panics on every request.
 struct Panics;
 
@@ -1052,12 +1015,22 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
 #[tokio::test]
 async fn a_client_that_never_reads_holds_bounded_memory_and_hurts_no_one() -> TestResult {
     let provider = DemoProvider::start("p").await?;
+    // The polite client's provider is its own: what is measured is the proxy's fairness, not
+    // how long one provider takes to work through the greedy clients' backlog.
+    let quiet = DemoProvider::start("q").await?;
     let yaml = format!(
         "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r }} ]
-route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
-clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
+route_configs:
+  - name: r
+    routes:
+      - {{ match: {{ metadata: [ {{ key: x-big, present: true }} ] }}, route: {{ cluster: c }} }}
+      - {{ route: {{ cluster: quiet }} }}
+clusters:
+  - {{ name: c, endpoints: [ {{ address: {} }} ] }}
+  - {{ name: quiet, endpoints: [ {{ address: {} }} ] }}
 ",
-        provider.address()
+        provider.address(),
+        quiet.address()
     );
     let proxy = Proxy::start(
         Config::from_yaml(&yaml)?,
@@ -1111,11 +1084,8 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
         "bounded per connection: {peak}"
     );
     let polite = DubboClient::new(address);
-    // The polite call shares the upstream connection with the greedy clients' calls already
-    // sent, and waits its turn behind them (64 KiB echoes, a debug build, a busy test machine):
-    // what must hold is that it is answered, not how fast.
     let reply =
-        tokio::time::timeout(Duration::from_secs(30), polite.call("sayHello", "a", &[])).await??;
+        tokio::time::timeout(Duration::from_secs(10), polite.call("sayHello", "a", &[])).await??;
     assert_eq!(reply.dubbo_status, 20, "the others are still served");
     for task in greedy {
         task.abort();

@@ -8,9 +8,12 @@
 
 use std::time::Duration;
 
-use metaprotocol_examples::dubbo_demo::{DemoProvider, DubboClient};
-use metaprotocol_router::Proxy;
+use std::net::SocketAddr;
+
+use metaprotocol_dubbo::build::{Call, ResponseBody, request_message, response_body};
+use metaprotocol_examples::dubbo_demo::{DEMO_SERVICE, DEMO_VERSION, DemoProvider, DubboClient};
 use metaprotocol_router::config::ClusterTlsSpec;
+use metaprotocol_router::{Config, Proxy, RouterClient};
 
 #[allow(dead_code)]
 mod support;
@@ -229,6 +232,76 @@ async fn clients_without_a_certificate_or_the_right_server_are_refused() -> Test
         .call("sayHello", "a", &[])
         .await?;
     assert_eq!(reply.dubbo_status, OK);
+    mesh.proxy.shutdown().await;
+    Ok(())
+}
+
+/// The engine as a client, calling the mesh's sidecar over a cluster with `tls`.
+async fn sidecar_client(sidecar: SocketAddr, tls: &ClusterTlsSpec) -> TestResult<RouterClient> {
+    let config = Config::from_yaml(&format!(
+        "route_configs: [ {{ name: to-sidecar, routes: [ {{ route: {{ cluster: sidecar }} }} ] }} ]
+clusters:
+  - name: sidecar
+    endpoints: [ {{ address: \"{sidecar}\" }} ]
+    tls: {tls}
+",
+        tls = yaml(tls)?,
+    ))?;
+    Ok(RouterClient::builder(config)
+        .codecs(metaprotocol_examples::codec_registry())
+        .protocol("dubbo")
+        .build()
+        .await?)
+}
+
+/// `RouterClient` connects to a TLS cluster as the proxy does: it presents the cluster's
+/// certificate and verifies the server's SPIFFE id.
+#[tokio::test]
+async fn router_client_calls_tls_clusters_with_their_identity() -> TestResult {
+    let mesh = Mesh::start("mtls-router-client").await?;
+    let sidecar = listener_addr(&mesh.proxy, "sidecar")?;
+    let provider_id = spiffe_id("default", "provider");
+    let hello = || {
+        request_message(&Call {
+            service: DEMO_SERVICE,
+            version: DEMO_VERSION,
+            method: "sayHello",
+            string_args: &["a"],
+            attachments: &[],
+        })
+    };
+
+    // As the gateway, the one identity the sidecar lets in.
+    let gateway = sidecar_client(
+        sidecar,
+        &mesh.ca.client_tls(Some(&mesh.gateway), &provider_id),
+    )
+    .await?;
+    let response = gateway.call(hello()?).await?;
+    assert_eq!(
+        response_body(&response.frame)?,
+        ResponseBody::Value("Hello from p".into())
+    );
+    assert_eq!(mesh.provider.seen().len(), 1);
+
+    // As a reader: the sidecar sees that identity, and denies it.
+    let reader = sidecar_client(
+        sidecar,
+        &mesh.ca.client_tls(Some(&mesh.reader), &provider_id),
+    )
+    .await?;
+    reader.call(hello()?).await?;
+    let denied = "metaprotocol_rbac_decisions_total{listener=\"sidecar\",filter=\"rbac\",decision=\"denied\"}";
+    assert_eq!(mesh.metric(denied), 1.0);
+    assert_eq!(mesh.provider.seen().len(), 1);
+
+    // Expecting another server, the client does not talk to this one.
+    let impostor = spiffe_id("default", "impostor");
+    let wrong_server =
+        sidecar_client(sidecar, &mesh.ca.client_tls(Some(&mesh.gateway), &impostor)).await?;
+    let refused = wrong_server.call(hello()?).await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(mesh.provider.seen().len(), 1);
     mesh.proxy.shutdown().await;
     Ok(())
 }

@@ -23,6 +23,15 @@ const OVER_LIMIT: u8 = 100;
 /// What a Dubbo client gets for an unauthorized local reply.
 const UNAUTHORIZED: u8 = 40;
 
+/// The requests of `listener` that ended with `outcome`, as the outcome metrics count them.
+fn completed(proxy: &Proxy, listener: &str, outcome: &str) -> f64 {
+    support::metrics::sample(
+        &proxy.metrics().render(),
+        "metaprotocol_downstream_rq_completed_total",
+        &[("listener", listener), ("outcome", outcome)],
+    )
+}
+
 /// The demo provider and a proxy whose listeners (name, filters as a YAML flow list) all route
 /// to it.
 async fn start(listeners: &[(&str, &str)]) -> TestResult<(DemoProvider, Proxy)> {
@@ -155,6 +164,11 @@ async fn local_ratelimit_allows_the_configured_rate() -> TestResult {
         metric(&proxy, &format!("{series}\"over_limit\"}}")),
         (1 + tally.over_limit) as f64
     );
+    assert_eq!(
+        completed(&proxy, "in", "over_limit"),
+        (1 + tally.over_limit) as f64,
+        "each refusal counts once under its outcome"
+    );
     proxy.shutdown().await;
     Ok(())
 }
@@ -262,6 +276,9 @@ async fn rbac_denies_by_method_and_shadow_mode_counts_but_allows() -> TestResult
     assert_eq!(series("shadow", "shadow_denied"), 3.0);
     assert_eq!(series("shadow", "shadow_allowed"), 1.0);
     assert_eq!(series("shadow", "denied"), 0.0);
+    assert_eq!(completed(&proxy, "enforced", "unauthorized"), 1.0);
+    assert_eq!(completed(&proxy, "shadow", "unauthorized"), 0.0);
+    assert_eq!(completed(&proxy, "shadow", "success"), 4.0);
     proxy.shutdown().await;
     Ok(())
 }

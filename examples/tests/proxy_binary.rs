@@ -198,6 +198,23 @@ fn demo_routes_as_advertised() -> TestResult {
     );
     assert!(report.contains("[ok  ] canary split"), "{report}");
     assert!(!report.contains("FAIL"), "{report}");
+    // It ends with where to look: each route's calls and latency, from the proxy's histograms.
+    let (_, observed) = report
+        .split_once("where to look")
+        .ok_or(format!("no pointers to the metrics: {report}"))?;
+    for (route, calls) in [("batch-jobs", "200"), ("canary", "1000")] {
+        let line = observed
+            .lines()
+            .find(|l| l.starts_with(route))
+            .ok_or(format!("no latency line for {route}: {observed}"))?;
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(&fields[1..3], [calls, "0"], "{line}");
+        assert!(
+            fields[3..6].iter().all(|f| f.ends_with("ms")),
+            "p50, p90, p99: {line}"
+        );
+    }
+    assert!(observed.contains("metaprotocol-grafana.json"), "{observed}");
     Ok(())
 }
 
@@ -359,6 +376,87 @@ clusters:
         warnings.contains("warning: the config is empty"),
         "{warnings}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_changes_log_levels_at_run_time_and_reopens_access_logs_on_sighup() -> TestResult {
+    let provider = DemoProvider::start("v1").await?;
+    let scratch = Scratch::new("proxy-binary-observability")?;
+    let (address, admin_port) = (free_addr()?, free_port()?);
+    let log = scratch.path("access.log");
+    let config = format!(
+        "admin: {{ address: 127.0.0.1:{admin_port} }}
+listeners:
+  - name: in
+    address: {address}
+    protocol: dubbo
+    route_config: r
+    access_log: {{ path: \"{}\", format: \"%REQ(method)% %OUTCOME%\" }}
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
+clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
+",
+        log.display(),
+        provider.address()
+    );
+    let proxy = block_in_place(|| {
+        BinaryProxy::start(&config, &["--log-level", "warn"], address, &scratch)
+    })?;
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let http = support::admin::http;
+    assert_eq!(
+        http(admin, "GET", "/logging", "").await?,
+        (200, "warn\n".into())
+    );
+    let (status, body) = http(
+        admin,
+        "POST",
+        "/logging?level=metaprotocol_router=debug",
+        "",
+    )
+    .await?;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "metaprotocol_router=debug\n")
+    );
+    assert_eq!(
+        http(admin, "GET", "/logging", "").await?.1,
+        "metaprotocol_router=debug\n"
+    );
+    let (status, body) = http(admin, "POST", "/logging?level=nonsense=x=y", "").await?;
+    assert_eq!(status, 400, "{body}");
+    let (status, info) = http(admin, "GET", "/server_info", "").await?;
+    assert_eq!(status, 200);
+    let info: serde_json::Value = serde_json::from_str(&info)?;
+    assert_eq!(
+        info["config_source"],
+        format!("file:{}", proxy.config().display())
+    );
+
+    let client = DubboClient::new(address);
+    client.call("sayHello", "a", &[]).await?;
+    support::file_lines(&log, 1).await?;
+    let rotated = scratch.path("access.log.1");
+    std::fs::rename(&log, &rotated)?;
+    let pid = proxy.pid().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()?
+            .success()
+    );
+    // The signal may land after the next line is queued; keep calling until a line reaches
+    // the reopened file.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&log).unwrap_or_default().is_empty() {
+        assert!(Instant::now() < deadline, "the access log was not reopened");
+        client.call("sayHello", "b", &[]).await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let old = support::file_lines(&rotated, 1).await?;
+    assert_eq!(old[0], "sayHello success");
+    let new = support::file_lines(&log, 1).await?;
+    assert_eq!(new[0], "sayHello success");
     Ok(())
 }
 

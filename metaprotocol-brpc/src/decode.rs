@@ -138,8 +138,16 @@ fn add_request_metadata(metadata: &mut Metadata, request: RequestMetaView) {
             metadata.insert(ByteStr::from_static(key), value);
         }
     }
-    if let Some(log_id) = request.log_id {
-        metadata.insert(ByteStr::from_static(brpc_keys::LOG_ID), decimal(log_id));
+    let numbers = [
+        (brpc_keys::LOG_ID, request.log_id),
+        (brpc_keys::TRACE_ID, request.trace_id),
+        (brpc_keys::SPAN_ID, request.span_id),
+        (brpc_keys::PARENT_SPAN_ID, request.parent_span_id),
+    ];
+    for (key, value) in numbers {
+        if let Some(value) = value {
+            metadata.insert(ByteStr::from_static(key), decimal(value));
+        }
     }
     if let Some(timeout_ms) = request.timeout_ms {
         metadata.insert(
@@ -185,6 +193,34 @@ fn decimal(value: i64) -> ByteStr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rpcz_ids_are_metadata() -> Result<(), CodecError> {
+        use metaprotocol_core::Codec;
+        let meta = crate::proto::RpcMeta {
+            request: Some(crate::proto::RpcRequestMeta {
+                service_name: "example.EchoService".into(),
+                method_name: "Echo".into(),
+                trace_id: Some(-7),
+                span_id: Some(8),
+                parent_span_id: Some(9),
+                ..Default::default()
+            }),
+            correlation_id: Some(1),
+            ..Default::default()
+        };
+        let mut wire = bytes::BytesMut::new();
+        crate::encode_frame(&meta, b"", &mut wire)?;
+        let mut codec = crate::BrpcCodec::new(Side::Downstream, 1 << 20);
+        let request = codec
+            .decode(&mut wire)?
+            .ok_or(CodecError::malformed("incomplete"))?;
+        let get = |key: &str| request.metadata.get(key).map(ByteStr::as_str);
+        assert_eq!(get(brpc_keys::TRACE_ID), Some("-7"));
+        assert_eq!(get(brpc_keys::SPAN_ID), Some("8"));
+        assert_eq!(get(brpc_keys::PARENT_SPAN_ID), Some("9"));
+        Ok(())
+    }
 
     #[test]
     fn decimal_covers_the_range() {

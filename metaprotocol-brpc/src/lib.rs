@@ -57,7 +57,8 @@
 //!   without running it, so the engine may retry it elsewhere, as brpc clients do.
 //! - **Metadata** ([`keys`]): `service` (`service_name`), `method` (`method_name`), `log_id`,
 //!   `request_id` (brpc's `x-request-id` string; the *message's* request id is
-//!   `correlation_id`), `timeout_ms`, and every `user_fields` entry under its own key (the meta's
+//!   `correlation_id`), `timeout_ms`, `trace_id`, `span_id` and `parent_span_id` (brpc's rpcz
+//!   ids, in decimal, when set), and every `user_fields` entry under its own key (the meta's
 //!   own fields win over a user field of the same name). Responses carry `error_code` (when not
 //!   0), `error_text` and their `user_fields`. Every other `RpcMeta` field (`compress_type`,
 //!   `content_type`, checksums, `authentication_data`, trace ids ...) is readable through
@@ -111,6 +112,13 @@ pub const PROTOCOL: &str = "brpc";
 pub mod keys {
     /// `RpcRequestMeta.log_id`, in decimal.
     pub const LOG_ID: &str = "log_id";
+    /// `RpcRequestMeta.trace_id` (brpc's rpcz tracing), in decimal: the engine's tracer
+    /// continues this trace when the request carries no W3C or B3 context.
+    pub const TRACE_ID: &str = "trace_id";
+    /// `RpcRequestMeta.span_id`, in decimal: the caller's span.
+    pub const SPAN_ID: &str = "span_id";
+    /// `RpcRequestMeta.parent_span_id`, in decimal.
+    pub const PARENT_SPAN_ID: &str = "parent_span_id";
     /// `RpcRequestMeta.request_id`, the caller's `x-request-id`.
     pub const REQUEST_ID: &str = "request_id";
     /// `RpcRequestMeta.timeout_ms`, in decimal: the caller's deadline, which caps the route

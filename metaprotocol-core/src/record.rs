@@ -375,7 +375,14 @@ impl<'a> RoutingView<'a> {
     }
 }
 
-/// Everything known about one request: see the [module docs](self).
+/// Everything known about one request, as every filter hook, the access log, the stats and the
+/// tracer see it.
+///
+/// The engine creates one when a request is decoded and fills it in as the request travels:
+/// the route, cluster and endpoint chosen, each attempt, timings, the outcome with its
+/// [`ResponseFlags`], byte counts. Filters read it in every hook, keep their own per-request
+/// state in its [`Extensions`], and may steer routing through
+/// [`RequestRecord::set_routing_key`]. It is modelled on Envoy's `StreamInfo`.
 #[derive(Debug)]
 pub struct RequestRecord {
     /// The downstream connection.

@@ -40,7 +40,26 @@
 //! proxy.shutdown().await;
 //! # Ok(()) }
 //! ```
+//!
+//! Configs are checked before anything runs; a rejection names the field, its line and column:
+//!
+//! ```
+//! let err = metaprotocol_router::Config::from_yaml(
+//!     "listeners:\n  - { name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: nope }\n",
+//! )
+//! .err()
+//! .map(|e| e.to_string());
+//! assert_eq!(
+//!     err.as_deref(),
+//!     Some("listeners[0].route_config (line 2, column 70): no route config named `nope`")
+//! );
+//! ```
+//!
+//! The engine is also a client ([`RouterClient`]): calls go through the same routes, clusters
+//! and filters, as a `tower_service::Service`. The script filters `lua` and `wasm` are cargo
+//! features of the same names.
 
+mod access_log;
 mod admin;
 mod client;
 mod cluster;
@@ -53,13 +72,15 @@ mod route;
 mod router;
 mod server;
 mod stats;
+mod trace;
 mod transport;
 mod upstream;
 
 #[cfg(test)]
 mod testing;
 
-pub use client::{Client, ClientOptions};
+pub use admin::LogControl;
+pub use client::{CallError, Client, ClientOptions, RouterClient, RouterClientBuilder};
 pub use cluster::{BreakerStatus, ClusterStatus, EndpointStatus, HealthState};
 pub use config::{Config, ConfigError};
 pub use filters::{FilterContext, FilterFactory, FilterRegistry, SharedClients};
@@ -69,5 +90,8 @@ pub use proxy::{
 };
 pub use route::{DEFAULT_ROUTE_TIMEOUT, RouteCheck, RouteDestination, RouteMatch, UnknownListener};
 pub use server::DEFAULT_IDLE_TIMEOUT;
-pub use stats::{Labels, Metrics, MetricsCollector, MetricsScope};
+pub use stats::{
+    DurationHistogram, ExpositionFormat, FamilySnapshot, HistogramSnapshot, Labels, MetricKind,
+    Metrics, MetricsCollector, MetricsScope, SeriesValue,
+};
 pub use upstream::UpstreamError;

@@ -98,6 +98,20 @@ fn counter(proxy: &Proxy, name: &str) -> Option<u64> {
         .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
 }
 
+/// The counter of family `family` whose labels include `label` (`key="value"`).
+fn labelled_counter(proxy: &Proxy, family: &str, label: &str) -> Option<u64> {
+    proxy.metrics().render().lines().find_map(|line| {
+        let (labels, value) = line
+            .strip_prefix(family)?
+            .strip_prefix('{')?
+            .split_once("} ")?;
+        labels
+            .split(',')
+            .any(|l| l == label)
+            .then(|| value.trim().parse().ok())?
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_control_plane_drives_dubbo_traffic_hitlessly_over_state_of_the_world_ads() -> TestResult
 {
@@ -388,6 +402,21 @@ async fn drives_dubbo_traffic_hitlessly(api_type: &str) -> TestResult {
         Some((CONNECTIONS + 1) as u64),
         "no client connection was closed and reopened"
     );
+    // Dynamic routes and clusters have their series, as the file's do.
+    for (family, label) in [
+        ("metaprotocol_route_rq_total", "route=\"all\"".to_owned()),
+        (
+            "metaprotocol_upstream_rq_total",
+            format!("cluster=\"{c1}\""),
+        ),
+        (
+            "metaprotocol_upstream_rq_total",
+            format!("cluster=\"{c2}\""),
+        ),
+    ] {
+        let count = labelled_counter(&proxy, family, &label).unwrap_or_default();
+        assert!(count > 0, "{family}{{{label}}}: {count}");
+    }
     println!(
         "{total} calls under {CONNECTIONS} connections; from push to traffic following: routes {route_lag:?}, endpoints {endpoint_lag:?}"
     );

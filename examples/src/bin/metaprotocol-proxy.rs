@@ -9,14 +9,19 @@
 //!
 //! Every command takes `--log-level` (a level or `RUST_LOG`-style directives; `RUST_LOG` is
 //! used when the flag is absent) and `--log-format text|json`. Text logs carry colour codes only
-//! when stderr is a terminal.
+//! when stderr is a terminal. The admin API's `/logging` changes the filter at run time; SIGHUP
+//! reopens the access log files (for logrotate).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use metaprotocol_core::{ByteStr, Metadata, RoutingKeys, RoutingView};
-use metaprotocol_router::{Config, Proxy, ProxyBuilder, RouteDestination};
+use metaprotocol_router::{Config, LogControl, Proxy, ProxyBuilder, RouteDestination};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
 
 #[derive(Parser)]
 #[command(
@@ -82,10 +87,27 @@ enum Command {
     Demo,
 }
 
-/// Sets up logging to stderr as the flags say.
-fn init_logging(level: Option<&str>, format: LogFormat) -> Result<(), String> {
+/// The log filter, changed at run time through the admin API's `/logging`.
+struct ReloadableFilter {
+    handle: reload::Handle<EnvFilter, Registry>,
+}
+
+impl LogControl for ReloadableFilter {
+    fn current(&self) -> String {
+        self.handle
+            .with_current(|filter| filter.to_string())
+            .unwrap_or_default()
+    }
+
+    fn set(&self, directives: &str) -> Result<(), String> {
+        let filter = EnvFilter::try_new(directives).map_err(|err| err.to_string())?;
+        self.handle.reload(filter).map_err(|err| err.to_string())
+    }
+}
+
+/// Sets up logging to stderr as the flags say; returns the handle that changes the filter.
+fn init_logging(level: Option<&str>, format: LogFormat) -> Result<ReloadableFilter, String> {
     use std::io::IsTerminal;
-    use tracing_subscriber::EnvFilter;
     let filter = match level {
         Some(directives) => {
             EnvFilter::try_new(directives).map_err(|err| format!("--log-level: {err}"))?
@@ -93,22 +115,29 @@ fn init_logging(level: Option<&str>, format: LogFormat) -> Result<(), String> {
         None => EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| EnvFilter::new("warn,metaprotocol_router=info")),
     };
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => logs.json().init(),
-        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
-    }
-    Ok(())
+    let (filter, handle) = reload::Layer::new(filter);
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let lines = match format {
+        LogFormat::Json => lines.json().boxed(),
+        LogFormat::Text => lines.with_ansi(std::io::stderr().is_terminal()).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(lines)
+        .try_init()
+        .map_err(|err| format!("cannot set up logging: {err}"))?;
+    Ok(ReloadableFilter { handle })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(err) = init_logging(cli.log_level.as_deref(), cli.log_format) {
-        eprintln!("{err}");
-        return ExitCode::FAILURE;
-    }
+    let log_control = match init_logging(cli.log_level.as_deref(), cli.log_format) {
+        Ok(control) => Arc::new(control),
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::FAILURE;
+        }
+    };
     let workers = match &cli.command {
         Command::Run { workers, .. } => *workers,
         _ => None,
@@ -129,7 +158,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run {
                 config, drain_time, ..
-            } => run(config, drain_time.map(Into::into)).await,
+            } => run(config, drain_time.map(Into::into), log_control).await,
             Command::Validate { config } => validate(config),
             Command::Route {
                 config,
@@ -148,7 +177,11 @@ fn builder(config: Config) -> ProxyBuilder {
         .dynamic_source(metaprotocol_xds::XdsSource::default())
 }
 
-async fn run(path: PathBuf, drain_time: Option<std::time::Duration>) -> ExitCode {
+async fn run(
+    path: PathBuf,
+    drain_time: Option<std::time::Duration>,
+    log_control: Arc<ReloadableFilter>,
+) -> ExitCode {
     let config = match Config::from_file(&path) {
         Ok(config) => config,
         Err(err) => {
@@ -156,7 +189,9 @@ async fn run(path: PathBuf, drain_time: Option<std::time::Duration>) -> ExitCode
             return ExitCode::FAILURE;
         }
     };
-    let mut builder = builder(config);
+    let mut builder = builder(config)
+        .config_source(format!("file:{}", path.display()))
+        .log_control(log_control);
     if let Some(drain_time) = drain_time {
         builder = builder.drain_time(drain_time);
     }
@@ -173,6 +208,7 @@ async fn run(path: PathBuf, drain_time: Option<std::time::Duration>) -> ExitCode
     tokio::select! {
         _ = wait_for_signal() => {}
         _ = proxy.watch_file(&path, CONFIG_POLL) => {}
+        _ = reopen_logs_on_hangup(&proxy) => {}
     }
     eprintln!("draining");
     proxy.shutdown().await;
@@ -195,6 +231,22 @@ async fn wait_for_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Reopens the access log files on every SIGHUP (logrotate's `postrotate`); never returns
+/// where there is no SIGHUP.
+async fn reopen_logs_on_hangup(proxy: &Proxy) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut hangup) = signal(SignalKind::hangup()) {
+            while hangup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reopening the access logs");
+                proxy.reopen_access_logs();
+            }
+        }
+    }
+    std::future::pending::<()>().await;
 }
 
 fn validate(path: PathBuf) -> ExitCode {

@@ -7,7 +7,9 @@ mod provider;
 
 pub use client::{DubboClient, Reply};
 
-pub use provider::{DemoProvider, SLOW_METHOD, SeenRequest};
+pub use provider::{
+    DemoProvider, EXCEPTION_METHOD, FAILING_METHOD, HANG_UP_METHOD, SLOW_METHOD, SeenRequest,
+};
 
 /// The sample service's interface name.
 pub const DEMO_SERVICE: &str = "org.apache.dubbo.samples.basic.api.DemoService";

@@ -1,6 +1,8 @@
 //! A Dubbo provider of the demo service, built on the Dubbo codec: it answers every call with
 //! `Hello from <name>`, names itself in the response attachment `provider`, echoes request
-//! attachments whose key starts with `x-` as `echo-<key>`, and records what it saw.
+//! attachments whose key starts with `x-` as `echo-<key>`, and records what it saw. A few
+//! methods misbehave on purpose, for tests: [`SLOW_METHOD`], [`EXCEPTION_METHOD`],
+//! [`FAILING_METHOD`], [`HANG_UP_METHOD`].
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,10 +15,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use metaprotocol_dubbo::build::value_response;
+use metaprotocol_dubbo::build::{error_response, exception_response, value_response};
 
 /// Calls to this method are answered after the provider's slow delay (for timeout tests).
 pub const SLOW_METHOD: &str = "sayHelloSlowly";
+/// Calls to this method are answered with a declared exception (an application error).
+pub const EXCEPTION_METHOD: &str = "sayHelloWithException";
+/// Calls to this method are answered with status 70, SERVICE_ERROR (a server error).
+pub const FAILING_METHOD: &str = "sayHelloFailing";
+/// Calls to this method make the provider close the connection without answering.
+pub const HANG_UP_METHOD: &str = "sayHelloAndHangUp";
 
 /// A request as the provider received it.
 #[derive(Debug, Clone)]
@@ -179,13 +187,38 @@ async fn answer(
     state: Arc<State>,
     write: Arc<tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>>,
 ) {
-    let slow = request
+    let method = request
         .metadata
         .get(keys::METHOD)
-        .is_some_and(|m| m == SLOW_METHOD);
-    let delay = if slow { state.slow_delay } else { state.delay };
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
+        .map(|m| m.as_str())
+        .unwrap_or_default();
+    match method {
+        SLOW_METHOD => tokio::time::sleep(state.slow_delay).await,
+        EXCEPTION_METHOD => {
+            let frame = exception_response(
+                request.request_id,
+                "org.apache.dubbo.samples.basic.api.GreetingException",
+                "no greeting today",
+                &[("provider", state.name.as_str())],
+            );
+            let _ = write.lock().await.write_all(&frame).await;
+            return;
+        }
+        FAILING_METHOD => {
+            let frame = error_response(
+                request.request_id,
+                metaprotocol_dubbo::status::SERVICE_ERROR,
+                "the greeting service failed",
+            );
+            let _ = write.lock().await.write_all(&frame).await;
+            return;
+        }
+        HANG_UP_METHOD => {
+            let _ = write.lock().await.shutdown().await;
+            return;
+        }
+        _ if !state.delay.is_zero() => tokio::time::sleep(state.delay).await,
+        _ => {}
     }
     let echoes: Vec<(String, String)> = request
         .metadata

@@ -49,14 +49,22 @@ impl Suite {
     /// `Ok(true)` when nothing is `missing`; otherwise `Ok(false)` (the caller skips its test,
     /// saying so) or, when `METAPROTOCOL_REQUIRE_INTEROP` is `1`, an error.
     pub fn ready(&self, missing: Option<String>) -> TestResult<bool> {
-        let Some(missing) = missing else {
-            return Ok(true);
-        };
-        let why = format!("{missing}: run examples/tests/interop/{}/setup.sh", self.0);
-        if std::env::var("METAPROTOCOL_REQUIRE_INTEROP").is_ok_and(|v| v == "1") {
-            return Err(format!("METAPROTOCOL_REQUIRE_INTEROP=1 but {why}").into());
-        }
-        println!("skipped: {why}");
-        Ok(false)
+        let setup = format!("examples/tests/interop/{}/setup.sh", self.0);
+        ready(missing, &setup)
     }
+}
+
+/// `Ok(true)` when nothing is `missing`; otherwise `Ok(false)` (the caller skips its test, saying
+/// that `setup` installs what is missing) or, when `METAPROTOCOL_REQUIRE_INTEROP` is `1`, an
+/// error.
+pub fn ready(missing: Option<String>, setup: &str) -> TestResult<bool> {
+    let Some(missing) = missing else {
+        return Ok(true);
+    };
+    let why = format!("{missing}: run {setup}");
+    if std::env::var("METAPROTOCOL_REQUIRE_INTEROP").is_ok_and(|v| v == "1") {
+        return Err(format!("METAPROTOCOL_REQUIRE_INTEROP=1 but {why}").into());
+    }
+    println!("skipped: {why}");
+    Ok(false)
 }

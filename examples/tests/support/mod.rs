@@ -1,8 +1,9 @@
 //! What the end-to-end tests of this package share: child processes that cannot outlive their
 //! test ([`process`]), the proxy under test in or out of process ([`proxy`]), its admin API
-//! ([`admin`]), the skip-or-fail rule of the interop suites that need external tools
-//! ([`interop`]), the Thrift suite's Python servers ([`thrift`]), a real redis-server
-//! ([`redis`]) and a mesh's TLS certificates ([`mesh`]).
+//! ([`admin`]) and metrics ([`metrics`]), an OTLP receiver for its spans ([`otlp`]), the
+//! skip-or-fail rule of the interop suites that need external tools ([`interop`]), the Thrift
+//! suite's Python servers ([`thrift`]), a real redis-server ([`redis`]) and a mesh's TLS
+//! certificates ([`mesh`]).
 //!
 //! Each test file is a crate of its own and includes this module with `mod support;`; a test
 //! that uses only part of it allows `dead_code` at that include.
@@ -10,6 +11,8 @@
 pub mod admin;
 pub mod interop;
 pub mod mesh;
+pub mod metrics;
+pub mod otlp;
 pub mod process;
 pub mod proxy;
 pub mod redis;
@@ -17,12 +20,27 @@ pub mod thrift;
 
 use std::error::Error;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use metaprotocol_dubbo::build::{Call, request};
+use metaprotocol_examples::dubbo_demo::{DEMO_SERVICE, DEMO_VERSION};
 
 /// Any error of a test or helper; `Send` so that helpers can run on other threads and tasks.
 pub type BoxError = Box<dyn Error + Send + Sync>;
 
 /// What tests and helpers return.
 pub type TestResult<T = ()> = Result<T, BoxError>;
+
+/// A multi-threaded runtime of two workers, for a synchronous test that runs the engine (or a
+/// server) in process while its own thread drives blocking clients.
+pub fn runtime() -> TestResult<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
 
 /// A port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).
 pub fn free_port() -> TestResult<u16> {
@@ -35,4 +53,36 @@ pub fn free_port() -> TestResult<u16> {
 /// upstream that refuses connections.
 pub fn free_addr() -> TestResult<SocketAddr> {
     Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?)))
+}
+
+/// A two-way Dubbo call of the demo service's `method` (with the argument `world`), request id
+/// `id`, carrying `attachments`.
+pub fn dubbo_request(id: u64, method: &str, attachments: &[(&str, &str)]) -> Bytes {
+    request(
+        id,
+        true,
+        &Call {
+            service: DEMO_SERVICE,
+            version: DEMO_VERSION,
+            method,
+            string_args: &["world"],
+            attachments,
+        },
+    )
+}
+
+/// Waits (up to 10 s) until the file at `path` holds `count` lines, and returns them.
+pub async fn file_lines(path: &Path, count: usize) -> TestResult<Vec<String>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        if lines.len() >= count {
+            return Ok(lines);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{count} lines expected in {}: {text:?}", path.display()).into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -52,10 +52,7 @@ pub struct InProcessProxy {
 impl InProcessProxy {
     /// Starts the engine on `yaml`.
     pub fn start(yaml: &str) -> TestResult<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
+        let runtime = super::runtime()?;
         let proxy = runtime.block_on(start_engine(yaml))?;
         Ok(Self {
             runtime,

@@ -1,11 +1,17 @@
-//! The admin HTTP API: readiness, metrics, the running config, cluster state, and updates of
-//! route configs and clusters (see docs/config.md for the contract). Answers are JSON, errors
-//! included (`{"error": ..., "field": ..., "line": ..., "column": ...}`). Write endpoints ask
-//! for the bearer token of `admin.token_file` when one is configured ([`auth`]); the server
-//! itself bounds slow and idle clients ([`server`]).
+//! The admin HTTP API: readiness (with a manual drain switch), metrics (Prometheus text or
+//! OpenMetrics, and a human-readable `/stats`), the running config, cluster state, log levels
+//! ([`logging`]), server info, and updates of route configs and clusters (see docs/config.md for
+//! the contract; `/help` lists it all). Answers are JSON, errors included (`{"error": ...,
+//! "field": ..., "line": ..., "column": ...}`), except the plain-text ones meant for people and
+//! scrapers. Write endpoints ask for the bearer token of `admin.token_file` when one is
+//! configured ([`auth`]); the server itself bounds slow and idle clients ([`server`]).
 
 mod auth;
+mod logging;
 mod server;
+mod stats;
+
+pub use logging::LogControl;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,21 +19,96 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ClusterSpec, ConfigError, RouteConfigSpec};
-use crate::proxy::{ProxyState, UpdateError};
+use crate::proxy::{ProxyState, Readiness, UpdateError};
+use crate::stats::ExpositionFormat;
+
+/// Every endpoint, for `/help`: method, path, what it does.
+const ENDPOINTS: [(&str, &str, &str); 16] = [
+    ("GET", "/help", "this list"),
+    (
+        "GET",
+        "/ready",
+        "200 while serving; else 503 and why (starting, draining, failing health checks)",
+    ),
+    (
+        "POST",
+        "/healthcheck/fail",
+        "make /ready answer 503 (drain this proxy from load balancers)",
+    ),
+    ("POST", "/healthcheck/ok", "undo /healthcheck/fail"),
+    (
+        "GET",
+        "/server_info",
+        "version, build, uptime, state, where the config came from",
+    ),
+    (
+        "GET",
+        "/metrics",
+        "every series: Prometheus text, or OpenMetrics when the Accept header asks",
+    ),
+    (
+        "GET",
+        "/stats",
+        "every series, one per line, histograms as percentiles; ?filter=<regex>",
+    ),
+    ("GET", "/logging", "the log filter in force"),
+    (
+        "POST",
+        "/logging",
+        "change the log filter: ?level=<level> or ?filter=<directives>",
+    ),
+    (
+        "GET",
+        "/config_dump",
+        "the running config and each route config's version",
+    ),
+    (
+        "GET",
+        "/clusters",
+        "per cluster and endpoint: health, ejections, requests, connections",
+    ),
+    (
+        "PUT",
+        "/route_configs/{name}",
+        "replace (or add) a route config (YAML or JSON body)",
+    ),
+    (
+        "PUT",
+        "/clusters/{name}",
+        "replace (or add) a cluster (YAML or JSON body)",
+    ),
+    (
+        "DELETE",
+        "/clusters/{name}",
+        "remove a cluster no route uses",
+    ),
+    ("", "", ""),
+    (
+        "",
+        "",
+        "POST, PUT and DELETE need `Authorization: Bearer <token>` when admin.token_file is set",
+    ),
+];
 
 /// Serves the admin API on `listener` until `stop`.
 pub(crate) async fn serve(listener: TcpListener, state: Arc<ProxyState>, stop: CancellationToken) {
     auth::warn_if_exposed(&state.config());
     let app = Router::new()
+        .route("/help", get(help))
         .route("/ready", get(ready))
+        .route("/healthcheck/fail", post(health_check_fail))
+        .route("/healthcheck/ok", post(health_check_ok))
+        .route("/server_info", get(server_info))
         .route("/metrics", get(metrics))
+        .route("/stats", get(stats::stats))
+        .route("/logging", get(logging::show).post(logging::change))
         .route("/config_dump", get(config_dump))
         .route("/clusters", get(clusters))
         .route(
@@ -42,22 +123,77 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<ProxyState>, stop: C
     server::serve(listener, app, stop).await;
 }
 
-/// 200 while serving; 503 before the config is loaded and from the moment shutdown begins.
+async fn help() -> String {
+    let mut text = String::from("metaprotocol-proxy admin API\n\n");
+    for (method, path, what) in ENDPOINTS {
+        text.push_str(&format!("  {method:<6} {path:<22} {what}\n"));
+    }
+    text
+}
+
+/// 200 while serving; 503, saying why, before the config is applied, from the moment shutdown
+/// begins, and while health checks are failed on request.
 async fn ready(State(state): State<Arc<ProxyState>>) -> Response {
-    if state.is_ready() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    match state.readiness() {
+        Readiness::Live => (StatusCode::OK, "ready\n").into_response(),
+        not => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", not.reason()),
+        )
+            .into_response(),
     }
 }
 
-async fn metrics(State(state): State<Arc<ProxyState>>) -> Response {
+async fn health_check_fail(State(state): State<Arc<ProxyState>>, headers: HeaderMap) -> Response {
+    set_health_check(&state, &headers, true).await
+}
+
+async fn health_check_ok(State(state): State<Arc<ProxyState>>, headers: HeaderMap) -> Response {
+    set_health_check(&state, &headers, false).await
+}
+
+async fn set_health_check(state: &ProxyState, headers: &HeaderMap, fail: bool) -> Response {
+    if let Err(refused) = auth::authorize(&state.config(), headers).await {
+        return refused;
+    }
+    state.fail_health_checks(fail);
+    tracing::info!(
+        failing = fail,
+        "health checks switched through the admin API"
+    );
+    let answer = if fail {
+        "failing health checks\n"
+    } else {
+        "passing health checks\n"
+    };
+    answer.into_response()
+}
+
+async fn server_info(State(state): State<Arc<ProxyState>>) -> Json<serde_json::Value> {
+    let (started, uptime) = state.started();
+    let build: serde_json::Map<String, serde_json::Value> = crate::stats::build_labels()
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), json!(value)))
+        .collect();
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "build": build,
+        "state": state.readiness().name(),
+        "start_time": crate::access_log::rfc3339(started),
+        "uptime_seconds": uptime.as_secs(),
+        "config_source": state.config_source(),
+    }))
+}
+
+async fn metrics(State(state): State<Arc<ProxyState>>, headers: HeaderMap) -> Response {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let format = ExpositionFormat::from_accept(accept);
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics().render(),
+        [(header::CONTENT_TYPE, format.content_type())],
+        state.metrics().encode(format),
     )
         .into_response()
 }

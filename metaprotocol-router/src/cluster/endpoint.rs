@@ -3,14 +3,15 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
 
 use crate::health::OutlierCounters;
 use crate::lb::RttEstimate;
-use crate::stats::ClusterStats;
+use crate::stats::{ClusterStats, EndpointStats, HealthStats, MetricsScope};
 use crate::upstream::UpstreamPool;
 
 /// An endpoint's health as `/clusters` reports it, most severe first.
@@ -28,10 +29,34 @@ pub enum HealthState {
     Healthy,
 }
 
+impl HealthState {
+    /// Every state, most severe first.
+    pub const ALL: [HealthState; 4] = [
+        Self::Draining,
+        Self::FailingActiveChecks,
+        Self::Ejected,
+        Self::Healthy,
+    ];
+
+    /// Its name in `/clusters` and the `state` label of `metaprotocol_endpoint_health`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Draining => "draining",
+            Self::FailingActiveChecks => "failing_active_checks",
+            Self::Ejected => "ejected",
+            Self::Healthy => "healthy",
+        }
+    }
+}
+
 /// Health flags, written by health checking, outlier detection and cluster updates only (see
-/// [`super::ClusterHandle::set_health`]).
+/// [`super::ClusterHandle::set_health`]). Every change shows in the endpoint's health series,
+/// and each ejection is counted.
 #[derive(Debug, Default)]
-pub(crate) struct HealthFlags(AtomicU8);
+pub(crate) struct HealthFlags {
+    bits: AtomicU8,
+    stats: Option<HealthStats>,
+}
 
 impl HealthFlags {
     pub const DRAINING: u8 = 1;
@@ -41,25 +66,32 @@ impl HealthFlags {
     /// Sets or clears `flag`; true if that changed anything.
     pub fn set(&self, flag: u8, on: bool) -> bool {
         let before = if on {
-            self.0.fetch_or(flag, Ordering::AcqRel)
+            self.bits.fetch_or(flag, Ordering::AcqRel)
         } else {
-            self.0.fetch_and(!flag, Ordering::AcqRel)
+            self.bits.fetch_and(!flag, Ordering::AcqRel)
         };
-        (before & flag != 0) != on
+        let changed = (before & flag != 0) != on;
+        if changed && let Some(stats) = &self.stats {
+            stats.show(self.state().name());
+            if flag == Self::EJECTED && on {
+                stats.ejections.inc();
+            }
+        }
+        changed
     }
 
     /// True if `flag` is set.
     pub fn has(&self, flag: u8) -> bool {
-        self.0.load(Ordering::Acquire) & flag != 0
+        self.bits.load(Ordering::Acquire) & flag != 0
     }
 
     /// True if no flag takes the endpoint out of rotation.
     pub fn routable(&self) -> bool {
-        self.0.load(Ordering::Acquire) & (Self::FAILED_ACTIVE_CHECK | Self::EJECTED) == 0
+        self.bits.load(Ordering::Acquire) & (Self::FAILED_ACTIVE_CHECK | Self::EJECTED) == 0
     }
 
     pub fn state(&self) -> HealthState {
-        let flags = self.0.load(Ordering::Acquire);
+        let flags = self.bits.load(Ordering::Acquire);
         if flags & Self::DRAINING != 0 {
             HealthState::Draining
         } else if flags & Self::FAILED_ACTIVE_CHECK != 0 {
@@ -78,25 +110,44 @@ pub(crate) struct Endpoint {
     address: SocketAddr,
     pool: UpstreamPool,
     health: HealthFlags,
-    active: AtomicU64,
-    total: AtomicU64,
+    active: Gauge,
+    total: Counter,
     /// Its latency, for `peak_ewma`.
     rtt: RttEstimate,
     /// Its failure streaks and ejections, for outlier detection.
     outliers: OutlierCounters,
+    /// Where its series live (its pool's too), released when it goes.
+    scope: Option<MetricsScope>,
 }
 
 impl Endpoint {
+    /// The endpoint at `address`, counting in its pool's endpoint series.
     pub fn new(address: SocketAddr, pool: UpstreamPool) -> Self {
+        let stats = pool.endpoint_stats();
         Self {
             address,
+            active: stats.rq_active.clone(),
+            total: stats.rq_total.clone(),
             pool,
             health: HealthFlags::default(),
-            active: AtomicU64::new(0),
-            total: AtomicU64::new(0),
             rtt: RttEstimate::default(),
             outliers: OutlierCounters::default(),
+            scope: None,
         }
+    }
+
+    /// The endpoint with its series: `scope` (where its pool's endpoint series live too, held
+    /// until the endpoint goes) and its health series.
+    pub fn with_metrics(mut self, scope: MetricsScope, health: HealthStats) -> Self {
+        health.show(self.health.state().name());
+        self.health.stats = Some(health);
+        self.scope = Some(scope);
+        self
+    }
+
+    /// Its series.
+    pub fn stats(&self) -> &EndpointStats {
+        self.pool.endpoint_stats()
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -121,18 +172,18 @@ impl Endpoint {
 
     /// Requests in flight to it.
     pub fn active_requests(&self) -> u64 {
-        self.active.load(Ordering::Relaxed)
+        u64::try_from(self.active.get()).unwrap_or(0)
     }
 
     /// Requests sent to it so far.
     pub fn total_requests(&self) -> u64 {
-        self.total.load(Ordering::Relaxed)
+        self.total.get()
     }
 
     /// Marks an attempt in flight (on the endpoint and its cluster) until the guard drops.
     pub fn track(self: &Arc<Self>, stats: &ClusterStats) -> ActiveRequest {
-        self.active.fetch_add(1, Ordering::Relaxed);
-        self.total.fetch_add(1, Ordering::Relaxed);
+        self.active.inc();
+        self.total.inc();
         stats.rq_total.inc();
         stats.rq_active.inc();
         ActiveRequest {
@@ -157,7 +208,15 @@ impl ActiveRequest {
 
 impl Drop for ActiveRequest {
     fn drop(&mut self) {
-        self.endpoint.active.fetch_sub(1, Ordering::Relaxed);
+        self.endpoint.active.dec();
         self.cluster_active.dec();
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        if let Some(scope) = &self.scope {
+            scope.retire();
+        }
     }
 }

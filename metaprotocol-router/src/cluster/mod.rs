@@ -43,7 +43,9 @@ use crate::config::{ClusterSpec, ConfigError, LbPolicy, LocalitySpec};
 use crate::health::{self, HealthMonitor, OutlierThresholds};
 use crate::lb::{LbSettings, LocalityPreference};
 use crate::router::AttemptOutcome;
-use crate::stats::{ClusterStats, MetricsScope};
+use crate::stats::{
+    ClusterStats, EndpointStats, HealthStats, IstioDestination, IstioReporter, MetricsScope,
+};
 use crate::transport::{Connector, TlsConnector};
 use crate::upstream::{PoolSettings, UpstreamPool};
 pub(crate) use dns::Resolved;
@@ -160,7 +162,7 @@ impl ClusterHandle {
             probe,
             monitor: None,
         };
-        let snapshot = rebuild(&mut state, &stats, &breakers);
+        let snapshot = rebuild(&mut state, &stats, &breakers, &scope);
         Ok(Arc::new(Self {
             name: spec.name.as_str().into(),
             stats,
@@ -263,7 +265,7 @@ impl ClusterHandle {
             .get(&address)
             .is_some_and(|endpoint| endpoint.health().set(flag, on));
         if changed {
-            let snapshot = rebuild(&mut state, &self.stats, &self.breakers);
+            let snapshot = rebuild(&mut state, &self.stats, &self.breakers, &self.scope);
             self.snapshot.store(Arc::new(snapshot));
         }
         changed
@@ -277,7 +279,7 @@ impl ClusterHandle {
             return Ok(SubsetId(index));
         }
         state.selectors.push(labels.clone());
-        let snapshot = rebuild(&mut state, &self.stats, &self.breakers);
+        let snapshot = rebuild(&mut state, &self.stats, &self.breakers, &self.scope);
         self.snapshot.store(Arc::new(snapshot));
         Ok(SubsetId(state.selectors.len() - 1))
     }
@@ -357,7 +359,7 @@ impl ClusterHandle {
                 }
             }
         }
-        let snapshot = rebuild(&mut next, &self.stats, &self.breakers);
+        let snapshot = rebuild(&mut next, &self.stats, &self.breakers, &self.scope);
         let restart = old.outlier_detection != spec.outlier_detection
             || old.health_check != spec.health_check
             || old.connect_timeout != spec.connect_timeout
@@ -388,7 +390,7 @@ impl ClusterHandle {
             return None;
         }
         state.resolved = kept;
-        let snapshot = rebuild(&mut state, &self.stats, &self.breakers);
+        let snapshot = rebuild(&mut state, &self.stats, &self.breakers, &self.scope);
         self.snapshot.store(Arc::new(snapshot));
         Some(state.version)
     }
@@ -413,11 +415,12 @@ impl ClusterHandle {
         }
     }
 
-    /// Stops its health work and removes its series (the cluster is gone).
+    /// Marks the cluster removed from the config: its health work stops and its host names are
+    /// no longer refreshed. Its series go when the handle drops (the last route and request
+    /// using it are gone).
     pub fn retire(&self) {
         self.stop_health();
         self.retired.store(true, Ordering::Release);
-        self.scope.retire();
     }
 
     /// True once the cluster is gone from the config.
@@ -438,13 +441,24 @@ impl ClusterHandle {
     }
 }
 
+impl Drop for ClusterHandle {
+    /// The cluster is gone (no route uses it): its series go too.
+    fn drop(&mut self) {
+        self.scope.retire();
+    }
+}
+
 /// Builds the next snapshot of `state`: endpoints of the spec, reusing those whose address,
-/// codec and pool settings are unchanged; endpoints that left are marked draining.
+/// codec, pool settings and connector are unchanged (new ones get their series in `scope`);
+/// endpoints that left are marked draining.
 fn rebuild(
     state: &mut ClusterState,
     stats: &ClusterStats,
     breakers: &Arc<CircuitBreakers>,
+    scope: &MetricsScope,
 ) -> ClusterSnapshot {
+    let istio = scope.metrics().settings().istio.clone();
+    let cluster = state.spec.name.as_str();
     let settings = pool_settings(&state.spec);
     let mut endpoints = HashMap::with_capacity(state.spec.endpoints.len());
     let mut hosts = Vec::with_capacity(state.spec.endpoints.len());
@@ -461,34 +475,47 @@ fn rebuild(
             });
             let endpoint = match reusable {
                 Some(endpoint) => endpoint.clone(),
-                None => Arc::new(Endpoint::new(
-                    address,
-                    UpstreamPool::new(
+                None => {
+                    let scope = scope.detached("endpoint", &address.to_string());
+                    let states = HealthState::ALL.map(HealthState::name);
+                    let health = HealthStats::new(&scope, &states);
+                    let pool = UpstreamPool::new(
                         address,
                         state.codec.clone(),
                         settings,
                         state.connector.clone(),
                         stats.clone(),
                         Some(breakers.clone()),
-                    ),
-                )),
+                    )
+                    .with_endpoint_stats(EndpointStats::new(&scope));
+                    Arc::new(Endpoint::new(address, pool).with_metrics(scope, health))
+                }
             };
             endpoints.insert(address, endpoint.clone());
+            let istio = istio.as_ref().map(|istio| {
+                let destination = IstioDestination::of_endpoint(istio, cluster, &spec.labels);
+                IstioReporter::new(scope, istio, &state.protocol, destination)
+            });
             hosts.push(Arc::new(Host {
                 endpoint,
                 weight: spec.weight,
                 labels: spec.labels.clone(),
                 locality: spec.locality.clone().unwrap_or_default(),
+                istio,
             }));
         }
     }
-    let snapshot = ClusterSnapshot::build(
+    let mut snapshot = ClusterSnapshot::build(
         state.version + 1,
         hosts,
         &state.selectors,
         &lb_settings(&state.spec, state.local.as_ref()),
         state.spec.retry_budget,
     );
+    snapshot.istio = istio.as_ref().map(|istio| {
+        let destination = IstioDestination::of_cluster(istio, cluster);
+        IstioReporter::new(scope, istio, &state.protocol, destination)
+    });
     for (address, old) in state.endpoints.drain() {
         let kept = endpoints
             .get(&address)

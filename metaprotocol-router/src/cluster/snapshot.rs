@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::Endpoint;
 use crate::config::{LocalitySpec, RetryBudgetSpec};
 use crate::lb::{self, LbSettings, LoadBalancer, PickContext};
+use crate::stats::IstioReporter;
 
 /// A cluster member: an endpoint with the weight, labels and locality this snapshot gives it.
 #[derive(Debug)]
@@ -16,6 +17,8 @@ pub(crate) struct Host {
     pub weight: u32,
     pub labels: BTreeMap<String, String>,
     pub locality: LocalitySpec,
+    /// Counts its requests in the Istio series (labelled from `labels`), when they are on.
+    pub istio: Option<IstioReporter>,
 }
 
 impl Host {
@@ -86,6 +89,9 @@ pub(crate) struct ClusterSnapshot {
     pub version: u64,
     /// Every member.
     pub hosts: Vec<Arc<Host>>,
+    /// Counts requests that reached the cluster but no endpoint in the Istio series, when they
+    /// are on.
+    pub istio: Option<IstioReporter>,
     /// One set per subset selector, indexed by [`SubsetId`].
     sets: Vec<EndpointSet>,
     /// How many retries the cluster takes in flight.
@@ -115,6 +121,7 @@ impl ClusterSnapshot {
         Self {
             version,
             hosts,
+            istio: None,
             sets,
             retry_budget,
         }

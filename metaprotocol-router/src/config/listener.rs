@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, Errors, ListenerTlsSpec, not_available};
+use super::{AccessLogSpec, ConfigError, Errors, ListenerTlsSpec, TracingSpec};
 
 /// Where the admin HTTP API listens, and who may change the running config through it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,12 +69,12 @@ pub struct ListenerSpec {
     /// TLS for clients (mutual TLS with `require_client_cert`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenerTlsSpec>,
-    /// An access log of every request. Not available yet: rejected by validation.
+    /// An access log of every request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub access_log: Option<serde_json::Value>,
-    /// Tracing spans exported over OTLP. Not available yet: rejected by validation.
+    pub access_log: Option<AccessLogSpec>,
+    /// Tracing spans exported over OTLP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tracing: Option<serde_json::Value>,
+    pub tracing: Option<TracingSpec>,
 }
 
 /// The default `frame_timeout`.
@@ -102,11 +102,11 @@ impl ListenerSpec {
         if let Some(tls) = &self.tls {
             errors.check("tls", tls.validate());
         }
-        let planned = [("access_log", &self.access_log), ("tracing", &self.tracing)];
-        for (field, value) in planned {
-            if value.is_some() {
-                errors.add(not_available(field));
-            }
+        if let Some(access_log) = &self.access_log {
+            errors.check("access_log", access_log.validate());
+        }
+        if let Some(tracing) = &self.tracing {
+            errors.check("tracing", tracing.validate());
         }
         for (i, filter) in self.filters.iter().enumerate() {
             if filter.name.is_empty() {

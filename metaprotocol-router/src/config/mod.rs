@@ -15,6 +15,7 @@ mod limits;
 mod listener;
 mod route;
 mod source;
+mod telemetry;
 mod tls;
 
 use std::collections::BTreeSet;
@@ -41,6 +42,10 @@ pub use route::{
     RetryPolicySpec, RouteActionSpec, RouteConfigSpec, RouteSpec, WeightedClusterSpec,
 };
 pub(crate) use source::from_value;
+pub use telemetry::{
+    AccessLogSpec, DEFAULT_ACCESS_LOG_QUEUE, DEFAULT_LATENCY_BUCKETS, DEFAULT_METHOD_LABEL_LIMIT,
+    IstioReporter, IstioSpec, IstioWorkloadSpec, MetricsSpec, Propagation, TracingSpec,
+};
 pub use tls::{ClusterTlsSpec, ListenerTlsSpec};
 
 /// A whole configuration file.
@@ -60,6 +65,10 @@ pub struct Config {
     /// The proxy itself: where it runs (for locality-aware load balancing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<NodeSpec>,
+    /// How metrics are shaped (histogram buckets, label limits, Istio-compatible series); a
+    /// change takes effect on restart.
+    #[serde(default, skip_serializing_if = "MetricsSpec::is_default")]
+    pub metrics: MetricsSpec,
     /// Resources from a control plane (xDS), served by a registered
     /// [`DynamicSource`](crate::DynamicSource).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -95,6 +104,7 @@ impl Default for Config {
             drain_time: default_drain_time(),
             limits: LimitsSpec::default(),
             node: None,
+            metrics: MetricsSpec::default(),
             dynamic: None,
             listeners: Vec::new(),
             route_configs: Vec::new(),
@@ -177,6 +187,7 @@ impl Config {
             errors.check("admin", admin.validate());
         }
         errors.check("limits", self.limits.validate());
+        errors.check("metrics", self.metrics.validate());
         let lists = [
             unique_names(
                 self.clusters.iter().map(|c| Some(c.name.as_str())),
@@ -309,12 +320,6 @@ fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
-/// The error for a field the config contract has but this version does not implement: it is
-/// rejected rather than silently ignored.
-pub(crate) fn not_available(field: &str) -> ConfigError {
-    ConfigError::new(field, format!("{field} is not available yet"))
-}
-
 /// Rejects empty and duplicate names in a list; unnamed entries (`None`) are skipped.
 fn unique_names<'a>(
     names: impl Iterator<Item = Option<&'a str>>,
@@ -339,5 +344,7 @@ fn unique_names<'a>(
     Ok(seen)
 }
 
+#[cfg(test)]
+pub(crate) mod fields;
 #[cfg(test)]
 mod tests;

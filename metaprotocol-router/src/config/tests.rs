@@ -314,33 +314,6 @@ fn a_route_config_from_the_admin_api_carries_positions() {
     assert!(err.position.is_some(), "{err}");
 }
 
-#[test]
-fn planned_fields_parse_and_are_not_available_yet() {
-    let cases = [
-        (
-            FULL.replace(
-                "    idle_timeout: 60s",
-                "    idle_timeout: 60s\n    access_log: { path: /dev/stdout, format: json }",
-            ),
-            "listeners[0].access_log",
-        ),
-        (
-            FULL.replace(
-                "    idle_timeout: 60s",
-                "    idle_timeout: 60s\n    tracing: { otlp_endpoint: \"http://127.0.0.1:4317\" }",
-            ),
-            "listeners[0].tracing",
-        ),
-    ];
-    for (yaml, field) in cases {
-        let err = error_of(&yaml);
-        assert_eq!(err.field, field, "{err}");
-        let name = field.rsplit('.').next().unwrap_or_default();
-        assert_eq!(err.reason, format!("{name} is not available yet"));
-        assert!(err.position.is_some(), "{err}");
-    }
-}
-
 /// The cluster fields of load balancing and resilience: parsed as documented, rejected with
 /// the field's name when out of range.
 #[test]

@@ -8,7 +8,8 @@
 //! The built-in filters, one folder each: [`local_ratelimit`] (token buckets per proxy),
 //! [`global_ratelimit`] (a limit shared by every proxy through Redis), [`fault`] (delays and
 //! aborts) and [`rbac`] (authorization by the client's identity, address and the request's
-//! metadata).
+//! metadata); with the `lua` and `wasm` features, the script filters `lua` and `wasm`, which
+//! share their per-request plumbing in `script`.
 
 mod fault;
 mod global_ratelimit;
@@ -16,6 +17,13 @@ mod local_ratelimit;
 mod rbac;
 #[cfg(test)]
 mod testing;
+
+#[cfg(feature = "lua")]
+mod lua;
+#[cfg(any(feature = "lua", feature = "wasm"))]
+mod script;
+#[cfg(feature = "wasm")]
+mod wasm;
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
@@ -73,9 +81,9 @@ pub struct FilterContext {
 }
 
 impl FilterContext {
-    /// The context of a filter of listener `listener` whose series live in `metrics`; the
-    /// engine makes one per filter of each listener (benches and embedders' tests make their
-    /// own).
+    /// The context of a filter of `listener`, registering its series in `metrics` (the proxy
+    /// labels it with the listener and the filter) and sharing `shared` clients. The engine
+    /// makes one per filter of each listener; benches and embedders' tests make their own.
     pub fn new(listener: Arc<str>, metrics: MetricsScope, shared: SharedClients) -> Self {
         Self {
             listener,
@@ -145,6 +153,14 @@ impl FilterRegistry {
             .register(global_ratelimit::NAME, global_ratelimit::build)
             .register(fault::NAME, fault::build)
             .register(rbac::NAME, rbac::build);
+        #[cfg(feature = "lua")]
+        registry.register(lua::NAME, |config, context| {
+            Ok(Arc::new(lua::build(config, context)?) as Arc<dyn L7Filter>)
+        });
+        #[cfg(feature = "wasm")]
+        registry.register(wasm::NAME, |config, context| {
+            Ok(Arc::new(wasm::build(config, context)?) as Arc<dyn L7Filter>)
+        });
         registry
     }
 
@@ -187,7 +203,10 @@ impl FilterRegistry {
 /// The built-in filters the config contract names that this version does not have yet: naming
 /// one is "not available yet", not "unknown" (an embedder may still register its own under the
 /// name).
-const PLANNED_BUILTINS: &[&str] = &["lua"];
+const PLANNED_BUILTINS: &[&str] = &[
+    #[cfg(not(feature = "lua"))]
+    "lua",
+];
 
 /// Checks and compiles a filter rule's `match` (errors name fields within it).
 pub(crate) fn rule(spec: &MatchSpec) -> Result<RequestMatcher, ConfigError> {
@@ -237,5 +256,19 @@ mod tests {
             );
         }
         assert!(reason("rbca").starts_with("unknown filter `rbca`"));
+    }
+
+    #[test]
+    fn every_builtin_filter_field_is_in_the_reference() -> Result<(), String> {
+        use crate::config::fields::{assert_documented, fields_of};
+        assert_documented(&fields_of::<local_ratelimit::LocalRateLimitSpec>()?);
+        assert_documented(&fields_of::<global_ratelimit::GlobalRateLimitSpec>()?);
+        assert_documented(&fields_of::<fault::FaultSpec>()?);
+        assert_documented(&fields_of::<rbac::RbacSpec>()?);
+        #[cfg(feature = "lua")]
+        assert_documented(&fields_of::<lua::LuaConfig>()?);
+        #[cfg(feature = "wasm")]
+        assert_documented(&fields_of::<wasm::WasmConfig>()?);
+        Ok(())
     }
 }

@@ -272,6 +272,7 @@ pub(crate) mod tests {
             weight,
             labels: BTreeMap::new(),
             locality,
+            istio: None,
         })
     }
 

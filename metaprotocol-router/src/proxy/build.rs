@@ -6,14 +6,17 @@ use std::sync::Arc;
 
 use metaprotocol_core::{CodecFactory, CodecOptions, CodecRegistry, FilterChain};
 
+use crate::access_log::{self, AccessLogger};
 use crate::cluster::{ClusterHandle, ClusterManager, Resolved};
 use crate::config::{
-    ClusterSpec, Config, ConfigError, ListenerSpec, LocalitySpec, RouteConfigSpec, RouteSpec,
+    ClusterSpec, Config, ConfigError, FilterSpec, ListenerSpec, LocalitySpec, RouteConfigSpec,
+    RouteSpec,
 };
 use crate::filters::{FilterContext, FilterRegistry, SharedClients};
 use crate::route::{RouteSlot, RouteTable};
 use crate::server::{ListenerContext, Load};
-use crate::stats::{ListenerStats, Metrics};
+use crate::stats::{IstioDestination, IstioReporter, ListenerStats, Metrics, MetricsScope};
+use crate::trace::{self, Tracer};
 use crate::transport::{Acceptor, TlsAcceptor};
 
 /// What building needs from the proxy.
@@ -23,6 +26,8 @@ pub(crate) struct Builder<'a> {
     pub metrics: &'a Metrics,
     pub shared: &'a SharedClients,
     pub load: &'a Arc<Load>,
+    pub access_logs: &'a access_log::Sinks,
+    pub span_sinks: &'a trace::SpanSinks,
 }
 
 impl Builder<'_> {
@@ -95,21 +100,24 @@ impl Builder<'_> {
         let codec = self.codec(&spec.protocol, spec.codec.as_ref())?;
         let name: Arc<str> = spec.name.as_str().into();
         let scope = self.metrics.root().detached("listener", &spec.name);
-        let chain = spec
-            .filters
-            .iter()
-            .enumerate()
-            .map(|(f, filter)| {
-                let context = FilterContext::new(
-                    name.clone(),
-                    scope.with_label("filter", &filter.name),
-                    self.shared.clone(),
-                );
-                self.filters
-                    .build(&filter.name, &filter.config, &context)
-                    .map_err(|e| e.within(&format!("filters[{f}]")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let filters = self.filter_chain(&name, &scope, &spec.filters)?;
+        let protocol = codec.protocol();
+        let access_log = spec
+            .access_log
+            .as_ref()
+            .map(|log| AccessLogger::new(log, protocol, &scope, self.access_logs))
+            .transpose()
+            .map_err(|e| e.within("access_log"))?;
+        let tracer = spec
+            .tracing
+            .as_ref()
+            .map(|tracing| Tracer::new(tracing, protocol, &scope, self.span_sinks))
+            .transpose()
+            .map_err(|e| e.within("tracing"))?;
+        let istio = self.metrics.settings().istio.as_ref().map(|istio| {
+            IstioReporter::new(&scope, istio, protocol, IstioDestination::unknown(istio))
+        });
+        let methods = named_methods(routes.table.load().spec());
         let acceptor = match &spec.tls {
             None => Acceptor::Plain,
             Some(tls) => TlsAcceptor::new(tls, &spec.name, &scope)
@@ -118,11 +126,14 @@ impl Builder<'_> {
         };
         Ok(ListenerContext {
             name,
+            stats: ListenerStats::new(&scope, &methods),
             codec,
             routes,
-            filters: FilterChain::new(chain),
-            stats: ListenerStats::new(&scope),
+            filters,
             scope,
+            access_log,
+            tracer,
+            istio,
             idle_timeout: spec
                 .idle_timeout
                 .unwrap_or(crate::server::DEFAULT_IDLE_TIMEOUT),
@@ -133,6 +144,47 @@ impl Builder<'_> {
             load: self.load.clone(),
         })
     }
+}
+
+impl Builder<'_> {
+    /// Builds the chain of `filters` for `listener` (a listener, or a client's name), each
+    /// filter with its own scope within `scope`. Errors name the filter (`filters[1]`).
+    pub fn filter_chain(
+        &self,
+        listener: &Arc<str>,
+        scope: &MetricsScope,
+        filters: &[FilterSpec],
+    ) -> Result<FilterChain, ConfigError> {
+        let chain = filters
+            .iter()
+            .enumerate()
+            .map(|(f, filter)| {
+                let context = FilterContext::new(
+                    listener.clone(),
+                    scope.with_label("filter", &filter.name),
+                    self.shared.clone(),
+                );
+                self.filters
+                    .build(&filter.name, &filter.config, &context)
+                    .map_err(|e| e.within(&format!("filters[{f}]")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(FilterChain::new(chain))
+    }
+}
+
+/// The methods `spec`'s routes match exactly: they get their own `method` label value.
+pub(crate) fn named_methods(spec: &RouteConfigSpec) -> Vec<String> {
+    let mut methods: Vec<String> = spec
+        .routes
+        .iter()
+        .flat_map(|route| &route.match_.metadata)
+        .filter(|m| m.key == metaprotocol_core::keys::METHOD && !m.invert)
+        .filter_map(|m| m.exact.clone())
+        .collect();
+    methods.sort();
+    methods.dedup();
+    methods
 }
 
 fn codec_options(

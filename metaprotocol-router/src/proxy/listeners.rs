@@ -105,7 +105,7 @@ impl ListenerManager {
     }
 
     /// Stops listener `name`: it stops accepting, its connections drain, and once they are gone
-    /// its series are retired. True if it was running.
+    /// (with them, its context) its series are retired. True if it was running.
     pub fn remove(&self, name: &str) -> bool {
         let Some(running) = self.lock().remove(name) else {
             return false;
@@ -113,11 +113,6 @@ impl ListenerManager {
         tracing::info!(listener = %name, "stopping; draining its connections");
         running.stop.cancel();
         running.tracker.close();
-        let context = running.context;
-        self.proxy.spawn(async move {
-            running.tracker.wait().await;
-            context.load().scope.retire();
-        });
         true
     }
 

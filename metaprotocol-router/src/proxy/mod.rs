@@ -2,7 +2,7 @@
 //! updates (route configs, clusters, listeners) without closing connections, and drains on
 //! shutdown.
 
-mod build;
+pub(crate) mod build;
 mod dynamic;
 mod layers;
 mod listeners;
@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use metaprotocol_core::CodecRegistry;
@@ -31,12 +31,15 @@ use self::listeners::ListenerManager;
 use self::status::StatusRegistry;
 pub use self::status::{ResourceId, ResourceKind, ResourceState, ResourceStatus};
 use self::update::Source;
+use crate::access_log;
+use crate::admin::LogControl;
 use crate::cluster::{ClusterManager, ClusterStatus};
 use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec, RouteConfigSpec};
 use crate::filters::{FilterRegistry, SharedClients};
 use crate::route::{RouteCheck, RouteSlot};
 use crate::server::Load;
-use crate::stats::Metrics;
+use crate::stats::{Metrics, MetricsSettings};
+use crate::trace;
 
 /// How long shutdown lets connections keep serving before it answers what is still in flight
 /// with an error and closes them (the config's `drain_time` sets it).
@@ -140,14 +143,62 @@ impl ReloadSummary {
     }
 }
 
+/// Whether a proxy serves (what `/ready` and `/server_info` say).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Readiness {
+    Live,
+    /// The config is not applied yet.
+    Starting,
+    /// Shutdown began.
+    Draining,
+    /// Listeners wait for their route configs or clusters from a dynamic source.
+    Warming,
+    /// `/healthcheck/fail` was called.
+    FailingHealthChecks,
+}
+
+impl Readiness {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Starting => "starting",
+            Self::Draining => "draining",
+            Self::Warming => "warming",
+            Self::FailingHealthChecks => "failing_health_checks",
+        }
+    }
+
+    /// Why the proxy is not ready.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Live => "it is",
+            Self::Starting => "starting: the config is not applied yet",
+            Self::Draining => "draining: the proxy is shutting down",
+            Self::Warming => "warming: listeners wait for dynamic route configs or clusters",
+            Self::FailingHealthChecks => {
+                "failing health checks on request (POST /healthcheck/ok to undo)"
+            }
+        }
+    }
+}
+
 /// Options for starting a [`Proxy`].
-#[derive(Debug)]
 pub struct ProxyBuilder {
     config: Config,
     codecs: CodecRegistry,
     filters: FilterRegistry,
     drain_time: Option<Duration>,
     sources: DynamicSources,
+    config_source: String,
+    log_control: Option<Arc<dyn LogControl>>,
+}
+
+impl std::fmt::Debug for ProxyBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyBuilder")
+            .field("config_source", &self.config_source)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ProxyBuilder {
@@ -170,6 +221,20 @@ impl ProxyBuilder {
         self
     }
 
+    /// Where the config came from, as `/server_info` shows it (`file:/etc/proxy.yaml`;
+    /// `embedded` by default).
+    pub fn config_source(mut self, source: impl Into<String>) -> Self {
+        self.config_source = source.into();
+        self
+    }
+
+    /// What `/logging` reads and changes the log levels through (without it, `/logging` answers
+    /// 501).
+    pub fn log_control(mut self, control: Arc<dyn LogControl>) -> Self {
+        self.log_control = Some(control);
+        self
+    }
+
     /// A source of dynamic resources, serving the part of the config's `dynamic` section named
     /// [`DynamicSource::name`] (the `metaprotocol-xds` crate's client serves `xds`). A config
     /// naming a source that is not registered is rejected.
@@ -179,21 +244,34 @@ impl ProxyBuilder {
     }
 
     /// Checks that the config can be built with these codecs, filters and dynamic sources
-    /// (everything but binding). Call it within a Tokio runtime when filters need one.
+    /// (everything but binding). Call it within a Tokio runtime when filters or tracing need
+    /// one.
     pub fn check(&self) -> Result<(), ConfigError> {
-        self.state(Config::default()).check(&self.config)
+        self.checking_state().check(&self.config)
     }
 
     /// Compiles the config's route tables as [`check`](Self::check) does and keeps them, to ask
     /// which route a request would take on each listener (see [`RouteCheck`]).
     pub fn route_check(&self) -> Result<RouteCheck, ConfigError> {
-        self.state(Config::default()).route_check(&self.config)
+        self.checking_state().route_check(&self.config)
+    }
+
+    /// An empty proxy state to check the config against, with the config's metrics settings
+    /// (they shape the series its parts register).
+    fn checking_state(&self) -> ProxyState {
+        let initial = Config {
+            metrics: self.config.metrics.clone(),
+            ..Config::default()
+        };
+        self.state(initial)
     }
 
     fn state(&self, initial: Config) -> ProxyState {
         let mut state = ProxyState::new(initial, self.codecs.clone(), self.filters.clone());
         state.sources = self.sources.clone();
         state.drain_override = self.drain_time;
+        state.config_source = self.config_source.clone();
+        state.log_control = self.log_control.clone();
         state
     }
 
@@ -218,6 +296,7 @@ impl ProxyBuilder {
         let initial = Config {
             admin: self.config.admin.clone(),
             dynamic: self.config.dynamic.clone(),
+            metrics: self.config.metrics.clone(),
             ..Config::default()
         };
         let state = Arc::new(self.state(initial));
@@ -284,6 +363,16 @@ pub(crate) struct ProxyState {
     drain_override: Option<Duration>,
     /// False until started and again from the moment shutdown begins.
     ready: AtomicBool,
+    /// Set by `/healthcheck/fail`, cleared by `/healthcheck/ok`: `/ready` answers 503 while set
+    /// (Envoy's manual drain switch, for load balancers that poll readiness).
+    health_check_failed: AtomicBool,
+    /// When the proxy was made, for `/server_info`.
+    started: (SystemTime, Instant),
+    /// Where the config came from, for `/server_info`.
+    config_source: String,
+    log_control: Option<Arc<dyn LogControl>>,
+    access_logs: access_log::Sinks,
+    span_sinks: trace::SpanSinks,
     shutdown: CancellationToken,
     admin_stop: CancellationToken,
     admin_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -307,7 +396,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl ProxyState {
     fn new(config: Config, codecs: CodecRegistry, filters: FilterRegistry) -> Self {
-        let metrics = Metrics::new();
+        let metrics = Metrics::with_settings(MetricsSettings::from(&config.metrics));
         let reloads = |outcome: &str| {
             metrics.root().counter_with(
                 "config_reloads",
@@ -340,6 +429,12 @@ impl ProxyState {
             api_touched: Mutex::new(BTreeSet::new()),
             drain_override: None,
             ready: AtomicBool::new(false),
+            health_check_failed: AtomicBool::new(false),
+            started: (SystemTime::now(), Instant::now()),
+            config_source: "embedded".to_owned(),
+            log_control: None,
+            access_logs: access_log::Sinks::default(),
+            span_sinks: trace::SpanSinks::default(),
             shutdown,
             admin_stop: CancellationToken::new(),
             admin_task: Mutex::new(None),
@@ -354,6 +449,8 @@ impl ProxyState {
             metrics: &self.metrics,
             shared: &self.shared,
             load: &self.load,
+            access_logs: &self.access_logs,
+            span_sinks: &self.span_sinks,
         }
     }
 
@@ -387,11 +484,6 @@ impl ProxyState {
         &self.metrics
     }
 
-    /// True once the config is loaded and every listener is bound, until shutdown begins.
-    pub(crate) fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.listeners_waiting.load(Ordering::Acquire)
-    }
-
     /// Every dynamic resource's status, and every resource of the file that waits for one.
     pub(crate) fn dynamic_statuses(&self) -> Vec<ResourceStatus> {
         self.statuses.all()
@@ -400,6 +492,40 @@ impl ProxyState {
     /// Every dynamic source's own state, by name.
     pub(crate) fn source_statuses(&self) -> serde_json::Map<String, serde_json::Value> {
         self.sources.status()
+    }
+
+    /// Whether the proxy serves, and if not why.
+    pub(crate) fn readiness(&self) -> Readiness {
+        if self.shutdown.is_cancelled() {
+            Readiness::Draining
+        } else if !self.ready.load(Ordering::Acquire) {
+            Readiness::Starting
+        } else if self.listeners_waiting.load(Ordering::Acquire) {
+            Readiness::Warming
+        } else if self.health_check_failed.load(Ordering::Acquire) {
+            Readiness::FailingHealthChecks
+        } else {
+            Readiness::Live
+        }
+    }
+
+    /// Fails (`true`) or passes `/ready` on request.
+    pub(crate) fn fail_health_checks(&self, fail: bool) {
+        self.health_check_failed.store(fail, Ordering::Release);
+    }
+
+    /// When the proxy was made: wall-clock, and how long ago.
+    pub(crate) fn started(&self) -> (SystemTime, Duration) {
+        (self.started.0, self.started.1.elapsed())
+    }
+
+    /// Where the config came from.
+    pub(crate) fn config_source(&self) -> &str {
+        &self.config_source
+    }
+
+    pub(crate) fn log_control(&self) -> Option<&Arc<dyn LogControl>> {
+        self.log_control.as_ref()
     }
 
     /// Every route config's version.
@@ -526,6 +652,8 @@ impl Proxy {
             filters: FilterRegistry::with_builtins(),
             drain_time: None,
             sources: DynamicSources::default(),
+            config_source: "embedded".to_owned(),
+            log_control: None,
         }
     }
 
@@ -558,6 +686,12 @@ impl Proxy {
     /// Every cluster's endpoints and their health, as `/clusters` shows them.
     pub fn clusters(&self) -> Vec<ClusterStatus> {
         self.state.cluster_statuses()
+    }
+
+    /// Makes every access log writer close and reopen its file before its next line: call it
+    /// after logrotate moved the files (the `metaprotocol-proxy` binary does on SIGHUP).
+    pub fn reopen_access_logs(&self) {
+        self.state.access_logs.reopen_all();
     }
 
     /// Replaces route config `spec.name` without closing a connection or failing a request in
@@ -764,6 +898,7 @@ impl Proxy {
         for cluster in state.clusters.all().values() {
             cluster.stop_health();
         }
+        state.span_sinks.flush_all().await;
         state.admin_stop.cancel();
         let admin = lock(&state.admin_task).take();
         if let Some(admin) = admin {

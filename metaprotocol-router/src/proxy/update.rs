@@ -88,24 +88,6 @@ impl Plan {
         }
         Ok(())
     }
-
-    /// Forgets what a rejected plan registered (metric series of parts never published).
-    fn discard(self, state: &ProxyState) {
-        for handle in &self.new_clusters {
-            handle.retire();
-        }
-        let slots = state.lock_routes();
-        for (name, table) in &self.tables {
-            let live = slots.get(name).map(|slot| slot.table.load_full());
-            table.retire_metrics(live.as_deref());
-        }
-        for slot in self.new_slots.values() {
-            slot.table.load().retire_metrics(None);
-        }
-        for (_, context, _) in &self.new_listeners {
-            context.scope.retire();
-        }
-    }
 }
 
 impl ProxyState {
@@ -201,16 +183,20 @@ impl ProxyState {
                 )));
             }
         }
+        if new.metrics != current.metrics {
+            return Err(unlocated(ConfigError::new(
+                "metrics",
+                "changed; metrics settings take effect on restart",
+            )));
+        }
         let resolutions = self.resolve(new).await;
         let mut plan = Plan::default();
         let prepared = match self.prepare(current, new, &resolutions, &mut plan) {
             Ok(()) => plan.bind().await.map_err(|err| (err, None)),
             Err(err) => Err(located(err)),
         };
-        if let Err(err) = prepared {
-            plan.discard(self);
-            return Err(err);
-        }
+        // A rejected plan is dropped: what it built lets go of its metric series.
+        prepared?;
         match source {
             Source::File => self.warn_replacing_api_changes(current, new),
             Source::Api => self.remember_api_changes(current, new),
@@ -266,7 +252,7 @@ impl ProxyState {
                 Some((listener.name.clone(), slot.table.load_full()))
             })
             .collect();
-        plan.discard(self);
+        // The plan is dropped: what it built lets go of its metric series.
         prepared.map(|()| RouteCheck::new(tables))
     }
 
@@ -476,8 +462,8 @@ impl ProxyState {
             for (name, table) in plan.tables {
                 if let Some(slot) = slots.get(&name) {
                     summary.route_configs.push((name.clone(), table.version()));
-                    let old = slot.table.swap(Arc::new(table));
-                    old.retire_metrics(Some(&slot.table.load()));
+                    // The old table's series go when the last request using it does.
+                    slot.table.swap(Arc::new(table));
                 }
             }
             for (name, slot) in plan.new_slots {
@@ -503,9 +489,7 @@ impl ProxyState {
         {
             let mut slots = self.lock_routes();
             for name in &plan.removed_route_configs {
-                if let Some(slot) = slots.remove(name) {
-                    slot.table.load().retire_metrics(None);
-                }
+                slots.remove(name);
             }
         }
         for name in &plan.removed_clusters {

@@ -13,8 +13,8 @@ use metaprotocol_core::{ConnectionInfo, RoutingView};
 use super::{RouteAction, RouteTable};
 use crate::config::{DirectResponseSpec, RouteSpec, WeightedClusterSpec};
 
-/// The compiled route tables of a config, by listener: see the [module docs](self). Built by
-/// [`ProxyBuilder::route_check`](crate::ProxyBuilder::route_check).
+/// The compiled route tables of a config, by listener, that say which route a request takes.
+/// Built by [`ProxyBuilder::route_check`](crate::ProxyBuilder::route_check).
 #[derive(Debug)]
 pub struct RouteCheck {
     tables: BTreeMap<String, Arc<RouteTable>>,

@@ -102,8 +102,14 @@ pub(crate) struct Route {
     /// A copy of a share of the requests for another cluster.
     pub mirror: Option<MirrorPolicy>,
     pub stats: RouteStats,
-    /// Where `stats` live; attached once the whole table compiled.
-    scope: Option<MetricsScope>,
+    /// Where `stats` live.
+    scope: MetricsScope,
+}
+
+impl Drop for Route {
+    fn drop(&mut self) {
+        self.scope.retire();
+    }
 }
 
 impl Route {
@@ -123,47 +129,33 @@ pub(crate) struct RouteTable {
 
 impl RouteTable {
     /// Compiles `spec`, resolving cluster names through `clusters`; each route's series live in
-    /// a scope of `metrics`.
+    /// a scope of `metrics`, held while the route is (a table that fails to compile, or is
+    /// replaced and no request uses any more, lets go of its series).
     pub fn build(
         spec: &RouteConfigSpec,
         version: u64,
         clusters: &ClusterManager,
         metrics: &MetricsScope,
     ) -> Result<Self, ConfigError> {
-        let mut routes = spec
+        let routes = spec
             .routes
             .iter()
             .enumerate()
             .map(|(i, route)| {
-                build_route(route, i, clusters).map_err(|e| e.within(&format!("routes[{i}]")))
+                let scope = |name: &str| {
+                    metrics
+                        .detached("route_config", &spec.name)
+                        .with_label("route", name)
+                };
+                build_route(route, i, clusters, scope)
+                    .map_err(|e| e.within(&format!("routes[{i}]")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        // Metric series only for a table that compiled: a rejected config leaves none behind.
-        // Routes keep their series across updates by keeping their names.
-        for route in &mut routes {
-            let scope = metrics
-                .detached("route_config", &spec.name)
-                .with_label("route", &route.name);
-            route.stats = RouteStats::new(&scope);
-            route.scope = Some(scope);
-        }
         Ok(Self {
             version,
             routes,
             spec: spec.clone(),
         })
-    }
-
-    /// Drops the metric series of `self`'s routes that `successor` (the table replacing it, or
-    /// the table that stays when `self` is discarded) does not have.
-    pub fn retire_metrics(&self, successor: Option<&RouteTable>) {
-        for route in &self.routes {
-            if !successor.is_some_and(|s| s.routes.iter().any(|r| r.name == route.name))
-                && let Some(scope) = &route.scope
-            {
-                scope.retire();
-            }
-        }
     }
 
     /// The route at `index` (a request keeps the index of its route).
@@ -197,10 +189,12 @@ pub(crate) struct RouteSlot {
     pub table: ArcSwap<RouteTable>,
 }
 
+/// Compiles one route; its series live in the scope `scope` makes for its name.
 fn build_route(
     spec: &RouteSpec,
     index: usize,
     clusters: &ClusterManager,
+    scope: impl FnOnce(&str) -> MetricsScope,
 ) -> Result<Route, ConfigError> {
     let target = |cluster: &str,
                   subset: &Option<std::collections::BTreeMap<String, String>>,
@@ -278,9 +272,10 @@ fn build_route(
         .map_err(|e| e.within("request_mutation"))?;
     let response_mutation = RouteMutation::new(spec.response_mutation.as_ref())
         .map_err(|e| e.within("response_mutation"))?;
+    let scope = scope(&name);
     Ok(Route {
-        stats: RouteStats::default(),
-        scope: None,
+        stats: RouteStats::new(&scope),
+        scope,
         name,
         matcher,
         action,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use metaprotocol_core::{Message, Mutation};
 use tokio::time::Instant;
 
-use crate::cluster::{ActiveRequest, Breaker, Endpoint};
+use crate::cluster::{ActiveRequest, Breaker, Endpoint, Host};
 use crate::route::Target;
 use crate::upstream::{Outbound, Rejected, ReplyTo, UpstreamError};
 
@@ -17,6 +17,8 @@ pub(crate) struct Attempt {
     /// 1 for the first attempt.
     pub number: u32,
     pub started: Instant,
+    /// Where it went.
+    pub host: Arc<Host>,
     /// Keeps the endpoint's and cluster's in-flight counts until the attempt ends.
     active: ActiveRequest,
 }
@@ -38,7 +40,7 @@ pub(crate) enum Started {
     Sent(Attempt),
     /// The endpoint refused it at once (backing off, overloaded); it was not sent.
     Refused {
-        endpoint: SocketAddr,
+        host: Arc<Host>,
         error: UpstreamError,
     },
     /// The target has no endpoint.
@@ -57,29 +59,30 @@ pub(crate) struct AttemptSpec<'a> {
     pub deadline: Instant,
 }
 
-/// Picks an endpoint of `target`, avoiding those `tried`, by the request's consistent-hashing
-/// key `hash` when its balancer hashes, and counts an attempt in flight on it (until the
+/// Picks a host of `target`, avoiding those `tried`, by the request's consistent-hashing key
+/// `hash` when its balancer hashes, and counts an attempt in flight on its endpoint (until the
 /// returned guard drops); `None` when the target has no endpoint.
 pub(crate) fn pick(
     target: &Target,
     tried: &[SocketAddr],
     hash: Option<u64>,
-) -> Option<ActiveRequest> {
+) -> Option<(Arc<Host>, ActiveRequest)> {
     let snapshot = target.cluster.snapshot();
     let host = snapshot
         .set(target.subset)
         .and_then(|set| set.pick(tried, hash))?;
-    Some(host.endpoint.track(target.cluster.stats()))
+    let active = host.endpoint.track(target.cluster.stats());
+    Some((host.clone(), active))
 }
 
-/// Queues `request` on `endpoint`, to be answered through `reply`; a refusal hands the request
-/// back (it was not sent).
+/// Queues `request` on `endpoint` with `mutation`, to be answered through `reply`; a refusal
+/// hands the request back (it was not sent).
 // The refused request comes back whole, without an allocation (see `UpstreamPool::send`).
 #[allow(clippy::result_large_err)]
 pub(crate) fn send(
     endpoint: &Endpoint,
     request: &Arc<Message>,
-    mutation: &Arc<Mutation>,
+    mutation: Arc<Mutation>,
     deadline: Instant,
     reply: ReplyTo,
 ) -> Result<(), Rejected> {
@@ -89,18 +92,19 @@ pub(crate) fn send(
         variant,
         Outbound {
             message: request.clone(),
-            mutation: mutation.clone(),
+            mutation,
             deadline,
             reply,
         },
     )
 }
 
-/// Checks the cluster's breakers, picks an endpoint of `target` and queues `request` on it.
+/// Checks the cluster's breakers, picks an endpoint of `target` and queues `request` on it,
+/// with the mutation `mutation` makes for the endpoint picked.
 pub(crate) fn start(
     target: &Target,
     request: &Arc<Message>,
-    mutation: &Arc<Mutation>,
+    mutation: impl FnOnce(SocketAddr) -> Arc<Mutation>,
     spec: AttemptSpec<'_>,
     reply: ReplyTo,
 ) -> Started {
@@ -116,19 +120,27 @@ pub(crate) fn start(
         hash,
         deadline,
     } = spec;
-    let Some(active) = pick(target, tried, hash) else {
+    let Some((host, active)) = pick(target, tried, hash) else {
         return Started::NoEndpoint;
     };
-    match send(active.endpoint(), request, mutation, deadline, reply) {
+    let endpoint = active.endpoint();
+    match send(
+        endpoint,
+        request,
+        mutation(endpoint.address()),
+        deadline,
+        reply,
+    ) {
         Ok(()) => Started::Sent(Attempt {
             number,
             started: Instant::now(),
+            host,
             active,
         }),
         Err(mut rejected) => {
             rejected.outbound.reply.disarm();
             Started::Refused {
-                endpoint: active.endpoint().address(),
+                host,
                 error: rejected.error,
             }
         }

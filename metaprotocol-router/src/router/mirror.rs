@@ -63,7 +63,7 @@ impl MirrorPolicy {
         if !self.chosen() {
             return;
         }
-        let Some(active) = attempt::pick(&self.target, &[], hash) else {
+        let Some((_, active)) = attempt::pick(&self.target, &[], hash) else {
             stats.mirror_dropped.inc();
             return;
         };
@@ -86,6 +86,6 @@ impl MirrorPolicy {
         };
         stats.mirror_sent.inc();
         // A refused copy comes back with its waiter, which counts it as failed when dropped.
-        let _ = attempt::send(&endpoint, request, mutation, deadline, reply);
+        let _ = attempt::send(&endpoint, request, mutation.clone(), deadline, reply);
     }
 }

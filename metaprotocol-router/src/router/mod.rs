@@ -9,7 +9,9 @@
 //!
 //! The router never waits: it starts an attempt and says what the connection should wait for
 //! (the answer, a per-try deadline, a retry pause). The downstream connection task owns the
-//! waiting and calls back in with what happened.
+//! waiting and calls back in with what happened. An [`AttemptObserver`] the connection passes in
+//! sees every attempt start (and may add to the mutation it is sent with) and end: where the
+//! tracer's per-attempt spans come from.
 
 mod attempt;
 mod mirror;
@@ -33,9 +35,63 @@ pub(crate) use self::outcome::{AttemptOutcome, FAILURES};
 use self::retry::RetryGrant;
 pub(crate) use self::retry::RetryPolicy;
 pub(crate) use self::timeout::after as deadline_after;
-use crate::cluster::Breaker;
+use crate::cluster::{Breaker, ClusterHandle, Host};
 use crate::route::{Route, RouteAction, RouteTable, Target, TemplateContext};
 use crate::upstream::{ReplyTo, UpstreamError};
+
+/// Sees each attempt of a request start and end. The connection passes its request's observer
+/// (the tracer's span, when the listener traces) into every call that may start or end one;
+/// `None` observes nothing and allocates nothing.
+pub(crate) trait AttemptObserver {
+    /// Attempt `number` is about to go to `endpoint` with `mutation`; returns the mutation it
+    /// goes with (an observer may add to it, as the tracer adds its context).
+    fn attempt_started(
+        &mut self,
+        number: u32,
+        endpoint: SocketAddr,
+        mutation: &Arc<Mutation>,
+        now: Instant,
+    ) -> Arc<Mutation>;
+
+    /// Attempt `number` ended: as `outcome`, or (`None`) written, for a one-way request.
+    fn attempt_ended(&mut self, number: u32, outcome: Option<&AttemptOutcome>, now: Instant);
+}
+
+impl<T: AttemptObserver> AttemptObserver for Option<T> {
+    fn attempt_started(
+        &mut self,
+        number: u32,
+        endpoint: SocketAddr,
+        mutation: &Arc<Mutation>,
+        now: Instant,
+    ) -> Arc<Mutation> {
+        match self {
+            Some(observer) => observer.attempt_started(number, endpoint, mutation, now),
+            None => mutation.clone(),
+        }
+    }
+
+    fn attempt_ended(&mut self, number: u32, outcome: Option<&AttemptOutcome>, now: Instant) {
+        if let Some(observer) = self {
+            observer.attempt_ended(number, outcome, now);
+        }
+    }
+}
+
+/// No observer (the engine as a client): attempts go with the route's mutation as it is.
+impl AttemptObserver for () {
+    fn attempt_started(
+        &mut self,
+        _: u32,
+        _: SocketAddr,
+        mutation: &Arc<Mutation>,
+        _: Instant,
+    ) -> Arc<Mutation> {
+        mutation.clone()
+    }
+
+    fn attempt_ended(&mut self, _: u32, _: Option<&AttemptOutcome>, _: Instant) {}
+}
 
 /// What the connection waits for next. Short-lived, on one stack: boxing the response would
 /// cost an allocation per call.
@@ -70,10 +126,35 @@ pub(crate) struct Routed {
     resent: bool,
     tried: SmallVec<[SocketAddr; 2]>,
     current: Option<Attempt>,
+    /// The endpoint of the last attempt that ended.
+    host: Option<Arc<Host>>,
     /// Whether the route's retry policy says the request may run twice.
     idempotent: bool,
     /// The retry in flight, counted against the cluster's retry budget until its attempt ends.
     grant: Option<RetryGrant>,
+}
+
+/// Why a request was not routed: the local reply it gets (already recorded), and the route it
+/// matched, when one did (a direct response, a route without a target), so that the request is
+/// counted as that route's.
+#[derive(Debug)]
+pub(crate) struct Unrouted {
+    pub reply: LocalReply,
+    pub matched: Option<Matched>,
+}
+
+/// A route a request matched, kept (with its table) while the request is answered.
+#[derive(Debug)]
+pub(crate) struct Matched {
+    table: Arc<RouteTable>,
+    route: usize,
+}
+
+impl Matched {
+    /// The matched route.
+    pub fn route(&self) -> Option<&Route> {
+        self.table.get(self.route)
+    }
 }
 
 /// Answers a request no route matched.
@@ -112,6 +193,16 @@ fn no_endpoint(target: &Target) -> LocalReply {
     )
 }
 
+/// The flags of a request a filter answered itself with a reply of `kind`.
+pub(crate) fn refusal_flags(kind: LocalReplyKind) -> ResponseFlags {
+    match kind {
+        LocalReplyKind::Unauthorized => ResponseFlags::UNAUTHORIZED,
+        LocalReplyKind::OverLimit => ResponseFlags::RATE_LIMITED,
+        LocalReplyKind::FaultAbort => ResponseFlags::FAULT_INJECTED,
+        _ => ResponseFlags::NONE,
+    }
+}
+
 /// Routes `request` with `table`: the first matching route, then its target; copies it to the
 /// route's mirror. `filter_mutation` is what request filters added. On failure (and for a route
 /// that answers itself) the error is recorded and returned.
@@ -121,7 +212,7 @@ pub(crate) fn route(
     filter_mutation: &Mutation,
     record: &mut RequestRecord,
     now: Instant,
-) -> Result<Routed, LocalReply> {
+) -> Result<Routed, Unrouted> {
     let view = RoutingView {
         metadata: &request.metadata,
         keys: record.routing_keys(),
@@ -131,7 +222,10 @@ pub(crate) fn route(
         .and_then(|index| Some((index, table.get(index)?)))
     else {
         record.set_local_reply(LocalReplyKind::RouteNotFound, ResponseFlags::NO_ROUTE);
-        return Err(no_route(request));
+        return Err(Unrouted {
+            reply: no_route(request),
+            matched: None,
+        });
     };
     let target = route.action.pick(&view).cloned();
     let hash = route.hash_policy.hash(&view);
@@ -141,7 +235,14 @@ pub(crate) fn route(
     let target = match (&route.action, target) {
         (RouteAction::Direct(reply), _) => {
             record.set_local_reply(reply.kind, ResponseFlags::NONE);
-            return Err(reply.clone());
+            let reply = reply.clone();
+            return Err(Unrouted {
+                reply,
+                matched: Some(Matched {
+                    table,
+                    route: index,
+                }),
+            });
         }
         (_, Some(target)) => target,
         (_, None) => {
@@ -149,10 +250,16 @@ pub(crate) fn route(
                 LocalReplyKind::NoHealthyUpstream,
                 ResponseFlags::NO_HEALTHY_UPSTREAM,
             );
-            return Err(LocalReply::new(
-                LocalReplyKind::NoHealthyUpstream,
-                "metaprotocol-proxy: the route has no target",
-            ));
+            return Err(Unrouted {
+                reply: LocalReply::new(
+                    LocalReplyKind::NoHealthyUpstream,
+                    "metaprotocol-proxy: the route has no target",
+                ),
+                matched: Some(Matched {
+                    table,
+                    route: index,
+                }),
+            });
         }
     };
     record.cluster = Some(target.cluster.name().clone());
@@ -187,6 +294,7 @@ pub(crate) fn route(
         resent: false,
         tried: SmallVec::new(),
         current: None,
+        host: None,
         idempotent,
         grant: None,
     })
@@ -208,11 +316,26 @@ impl Routed {
         self.attempts
     }
 
+    /// The cluster the request was sent to.
+    pub fn cluster(&self) -> &ClusterHandle {
+        &self.target.cluster
+    }
+
+    /// The endpoint of the attempt in flight or, else, of the last one, if one was picked.
+    pub fn host(&self) -> Option<&Arc<Host>> {
+        match &self.current {
+            Some(attempt) => Some(&attempt.host),
+            None => self.host.as_ref(),
+        }
+    }
+
     /// Sends a one-way request: done once queued. On failure the error is recorded.
     pub fn send_oneway(
         &mut self,
         request: &Arc<Message>,
         record: &mut RequestRecord,
+        observer: &mut impl AttemptObserver,
+        now: Instant,
     ) -> Result<(), LocalReply> {
         debug_assert_eq!(request.kind, MessageKind::Oneway);
         self.attempts = 1;
@@ -220,26 +343,34 @@ impl Routed {
         if let Some(route) = self.route() {
             route.stats.attempts.inc();
         }
-        record.timings.upstream_sent = Some(std::time::Instant::now());
+        record.timings.upstream_sent = Some(now.into_std());
         let spec = AttemptSpec {
             number: 1,
             tried: &[],
             hash: self.hash,
             deadline: self.deadline,
         };
-        match attempt::start(&self.target, request, &self.mutation, spec, ReplyTo::none()) {
+        let started = attempt::start(
+            &self.target,
+            request,
+            |endpoint| observer.attempt_started(1, endpoint, &self.mutation, now),
+            spec,
+            ReplyTo::none(),
+        );
+        match started {
             Started::Sent(attempt) => {
                 record.endpoint = Some(attempt.endpoint());
+                observer.attempt_ended(1, None, now);
+                self.host = Some(attempt.host);
                 Ok(())
             }
-            Started::Refused { endpoint, error } => {
+            Started::Refused { host, error } => {
+                let endpoint = host.endpoint.address();
                 record.endpoint = Some(endpoint);
-                Err(self.fail(
-                    AttemptOutcome::of(&Err(error.clone())),
-                    Some(&error),
-                    endpoint,
-                    record,
-                ))
+                self.host = Some(host);
+                let outcome = AttemptOutcome::of(&Err(error.clone()));
+                observer.attempt_ended(1, Some(&outcome), now);
+                Err(self.fail(outcome, Some(&error), endpoint, record))
             }
             Started::NoEndpoint => Err(self.no_endpoint(record)),
             Started::Overflow(breaker) => Err(self.overflow(breaker, record)),
@@ -252,10 +383,12 @@ impl Routed {
         request: &Arc<Message>,
         reply: impl FnOnce(u32) -> ReplyTo,
         record: &mut RequestRecord,
+        observer: &mut impl AttemptObserver,
         now: Instant,
     ) -> Next {
         self.attempts += 1;
-        record.attempts = self.attempts;
+        let number = self.attempts;
+        record.attempts = number;
         record.timings.upstream_sent = Some(now.into_std());
         let route = self.route();
         if let Some(route) = route {
@@ -266,18 +399,19 @@ impl Routed {
             .and_then(|r| r.per_try_timeout);
         let deadline = timeout::attempt_deadline(now, per_try, self.deadline);
         let spec = AttemptSpec {
-            number: self.attempts,
+            number,
             tried: &self.tried,
             hash: self.hash,
             deadline,
         };
-        match attempt::start(
+        let started = attempt::start(
             &self.target,
             request,
-            &self.mutation,
+            |endpoint| observer.attempt_started(number, endpoint, &self.mutation, now),
             spec,
-            reply(self.attempts),
-        ) {
+            reply(number),
+        );
+        match started {
             Started::Sent(attempt) => {
                 record.endpoint = Some(attempt.endpoint());
                 self.current = Some(attempt);
@@ -285,9 +419,11 @@ impl Routed {
                     per_try: per_try.map(|_| deadline),
                 }
             }
-            Started::Refused { endpoint, error } => {
+            Started::Refused { host, error } => {
+                let endpoint = host.endpoint.address();
                 record.endpoint = Some(endpoint);
-                self.conclude(endpoint, None, Err(error), record, now)
+                self.host = Some(host);
+                self.conclude(endpoint, None, Err(error), record, observer, now)
             }
             Started::NoEndpoint => Next::Fail(self.no_endpoint(record)),
             Started::Overflow(breaker) => Next::Fail(self.overflow(breaker, record)),
@@ -301,16 +437,31 @@ impl Routed {
         number: u32,
         result: Result<Message, UpstreamError>,
         record: &mut RequestRecord,
+        observer: &mut impl AttemptObserver,
         now: Instant,
     ) -> Option<Next> {
         let attempt = self.current.take_if(|a| a.number == number)?;
         let endpoint = attempt.endpoint();
-        Some(self.conclude(endpoint, Some(attempt), result, record, now))
+        Some(self.conclude(endpoint, Some(attempt), result, record, observer, now))
     }
 
     /// The whole request's deadline passed: ends the attempt in flight and records the timeout.
-    pub fn timed_out(&mut self, record: &mut RequestRecord) -> LocalReply {
-        let endpoint = self.current.take().map(|a| a.endpoint());
+    pub fn timed_out(
+        &mut self,
+        record: &mut RequestRecord,
+        observer: &mut impl AttemptObserver,
+        now: Instant,
+    ) -> LocalReply {
+        let endpoint = match self.current.take() {
+            Some(attempt) => {
+                self.timed(&attempt, now);
+                observer.attempt_ended(attempt.number, Some(&AttemptOutcome::Timeout), now);
+                let endpoint = attempt.endpoint();
+                self.host = Some(attempt.host);
+                Some(endpoint)
+            }
+            None => None,
+        };
         self.target.cluster.stats().rq_timeout.inc();
         record.set_local_reply(LocalReplyKind::Timeout, ResponseFlags::UPSTREAM_TIMEOUT);
         let route = self.route().map_or("-", |r| &r.name);
@@ -323,6 +474,14 @@ impl Routed {
         LocalReply::new(LocalReplyKind::Timeout, message)
     }
 
+    /// Records how long a sent attempt took (until its answer, failure or timeout), for its
+    /// cluster and its endpoint.
+    fn timed(&self, attempt: &Attempt, now: Instant) {
+        let took = now.saturating_duration_since(attempt.started);
+        self.target.cluster.stats().rq_time.observe(took);
+        attempt.host.endpoint.stats().rq_time.observe(took);
+    }
+
     /// Ends an attempt: counts it, then retries, forwards or fails.
     fn conclude(
         &mut self,
@@ -330,6 +489,7 @@ impl Routed {
         attempt: Option<Attempt>,
         result: Result<Message, UpstreamError>,
         record: &mut RequestRecord,
+        observer: &mut impl AttemptObserver,
         now: Instant,
     ) -> Next {
         let outcome = AttemptOutcome::of(&result);
@@ -338,11 +498,6 @@ impl Routed {
         let stats = self.target.cluster.stats();
         match outcome.answered() {
             Some(status) => {
-                if let Some(attempt) = &attempt {
-                    stats
-                        .rq_time
-                        .observe(now.saturating_duration_since(attempt.started));
-                }
                 stats.response(status).inc();
             }
             None if outcome == AttemptOutcome::Timeout => {
@@ -353,11 +508,18 @@ impl Routed {
         if let Some(failure) = outcome.failure() {
             stats.failure(failure).inc();
         }
-        if let Some(attempt) = attempt {
+        if let Some(attempt) = &attempt {
+            self.timed(attempt, now);
             let elapsed = now.saturating_duration_since(attempt.started);
             self.target
                 .cluster
                 .attempt_ended(attempt.target(), &outcome, elapsed, now);
+        }
+        let number = attempt.as_ref().map_or(self.attempts, |a| a.number);
+        observer.attempt_ended(number, Some(&outcome), now);
+        if let Some(attempt) = attempt {
+            // The attempt ends here (its in-flight counts drop); its endpoint is remembered.
+            self.host = Some(attempt.host);
         }
         let table = self.table.clone();
         let route = table.get(self.route);

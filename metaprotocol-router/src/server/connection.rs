@@ -68,9 +68,9 @@ pub(crate) async fn serve<S: Transport>(
         peer_identity: accepted.peer_identity,
         ..ConnectionInfo::new(ctx.name.clone(), peer, local)
     });
-    let stats = ctx.stats.clone();
+    let cx_active = ctx.stats.cx_active.clone();
     Connection::new(io, connection, ctx, drain).await;
-    stats.cx_active.dec();
+    cx_active.dec();
 }
 
 /// A timer that is only ever moved earlier, and re-armed once it fired: deadlines that keep

@@ -1,6 +1,8 @@
 //! The downstream server: accepts client connections on a listener and serves each on one task
-//! ([`connection`]) that owns the requests in flight on it ([`request`]).
+//! ([`connection`]) that owns the requests in flight on it ([`request`]); every request ends in
+//! the completion stage ([`complete`]).
 
+mod complete;
 mod connection;
 mod load;
 mod request;
@@ -16,8 +18,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access_log::AccessLogger;
 use crate::route::RouteSlot;
-use crate::stats::{ListenerStats, MetricsScope};
+use crate::stats::{IstioReporter, ListenerStats, MetricsScope};
+use crate::trace::Tracer;
 use crate::transport::Acceptor;
 
 /// How long a client connection may be idle when its listener sets no `idle_timeout`: idle
@@ -32,8 +36,14 @@ pub(crate) struct ListenerContext {
     pub routes: Arc<RouteSlot>,
     pub filters: FilterChain,
     pub stats: ListenerStats,
-    /// Where `stats` (and the filters' series) live.
+    /// Where `stats` (and the filters' series) live, held while the context is.
     pub scope: MetricsScope,
+    /// Its access log, if it has one.
+    pub access_log: Option<AccessLogger>,
+    /// Its tracer, if it traces.
+    pub tracer: Option<Tracer>,
+    /// Counts its requests that reached no cluster in the Istio series, when they are on.
+    pub istio: Option<IstioReporter>,
     /// Nothing in flight and no frame for this long closes a connection.
     pub idle_timeout: Duration,
     /// A frame that takes longer than this to arrive closes its connection.
@@ -44,6 +54,14 @@ pub(crate) struct ListenerContext {
     pub acceptor: Acceptor,
     /// The proxy-wide load this listener's connections add to.
     pub load: Arc<Load>,
+}
+
+impl Drop for ListenerContext {
+    /// The context is gone (replaced or removed, and its last connection closed): its series
+    /// go with it, unless a newer context of the listener holds them.
+    fn drop(&mut self) {
+        self.scope.retire();
+    }
 }
 
 /// Where a listener's connection tasks are tracked: by the listener (whose removal waits for

@@ -27,9 +27,10 @@ use tokio::time::Instant;
 use tokio_util::time::DelayQueue;
 use tokio_util::time::delay_queue;
 
-use super::ListenerContext;
+use super::{ListenerContext, complete};
 use crate::route::DEFAULT_ROUTE_TIMEOUT;
-use crate::router::{self, Next, Routed};
+use crate::router::{self, Matched, Next, Routed, Unrouted};
+use crate::trace::RequestSpan;
 use crate::upstream::{Inbox, ReplyTo, RequestKey, UpstreamError, UpstreamEvent};
 
 /// Upstream answers handled per poll before the connection reads and writes again.
@@ -76,6 +77,9 @@ enum Stage {
         routed: Routed,
         response: Box<Message>,
     },
+    /// The router answered itself for the route the request matched (a direct response, a
+    /// route without a target): the request is being answered.
+    Answered(Matched),
 }
 
 /// One request in flight.
@@ -88,6 +92,8 @@ struct InFlight {
     stage: Stage,
     deadline_timer: Option<delay_queue::Key>,
     step_timer: Option<delay_queue::Key>,
+    /// Its trace, on listeners that trace; it sees every attempt.
+    span: Option<Box<RequestSpan>>,
 }
 
 /// How a request ends. Short-lived, on one stack: boxing the response would cost an
@@ -326,6 +332,11 @@ impl Requests {
             now.into_std(),
         );
         let reject_reason = message.reject_reason;
+        let span = self
+            .ctx
+            .tracer
+            .as_ref()
+            .map(|tracer| tracer.start(&message));
         let admitted = self.ctx.load.admits();
         self.ctx.load.request_started();
         self.next_seq = self.next_seq.wrapping_add(1);
@@ -338,6 +349,7 @@ impl Requests {
             stage: Stage::Filtering,
             deadline_timer: None,
             step_timer: None,
+            span,
         });
         let key = RequestKey {
             index: index as u32,
@@ -422,14 +434,10 @@ impl Requests {
 
     /// A filter answered the request itself.
     fn refused(&mut self, key: RequestKey, reply: LocalReply, out: &mut BytesMut, now: Instant) {
-        let flags = match reply.kind {
-            LocalReplyKind::Unauthorized => ResponseFlags::UNAUTHORIZED,
-            LocalReplyKind::OverLimit => ResponseFlags::RATE_LIMITED,
-            LocalReplyKind::FaultAbort => ResponseFlags::FAULT_INJECTED,
-            _ => ResponseFlags::NONE,
-        };
         if let Some(inflight) = self.get(key) {
-            inflight.record.set_local_reply(reply.kind, flags);
+            inflight
+                .record
+                .set_local_reply(reply.kind, router::refusal_flags(reply.kind));
         }
         self.finish(key, Answer::Local(reply), out, now);
     }
@@ -449,10 +457,21 @@ impl Requests {
         inflight.mutation = Mutation::new();
         let mut routed = match routed {
             Ok(routed) => routed,
-            Err(reply) => return self.finish(key, Answer::Local(reply), out, now),
+            Err(Unrouted { reply, matched }) => {
+                if let Some(matched) = matched {
+                    inflight.stage = Stage::Answered(matched);
+                }
+                return self.finish(key, Answer::Local(reply), out, now);
+            }
         };
         if inflight.request.kind == MessageKind::Oneway {
-            let sent = routed.send_oneway(&inflight.request, &mut inflight.record);
+            let sent = routed.send_oneway(
+                &inflight.request,
+                &mut inflight.record,
+                &mut inflight.span,
+                now,
+            );
+            inflight.stage = Stage::Routed(routed);
             let answer = match sent {
                 Ok(()) => Answer::Nothing,
                 Err(reply) => Answer::Local(reply),
@@ -484,6 +503,7 @@ impl Requests {
             &inflight.request,
             |number| ReplyTo::inbox(inbox, key, number),
             &mut inflight.record,
+            &mut inflight.span,
             now,
         );
         self.follow(key, next, out, now);
@@ -530,7 +550,14 @@ impl Requests {
         let Stage::Routed(routed) = &mut inflight.stage else {
             return;
         };
-        if let Some(next) = routed.answered(attempt, result, &mut inflight.record, now) {
+        let answered = routed.answered(
+            attempt,
+            result,
+            &mut inflight.record,
+            &mut inflight.span,
+            now,
+        );
+        if let Some(next) = answered {
             self.follow(key, next, out, now);
         }
     }
@@ -569,8 +596,9 @@ impl Requests {
                         if now < routed.deadline() {
                             return;
                         }
-                        routed.timed_out(&mut inflight.record)
+                        routed.timed_out(&mut inflight.record, &mut inflight.span, now)
                     }
+                    Stage::Answered(_) => return,
                 };
                 self.finish(key, Answer::Local(reply), out, now);
             }
@@ -695,7 +723,9 @@ impl Requests {
             Stage::Routed(routed) | Stage::Responding { routed, .. } => {
                 routed.response_mutation(&inflight.request, &inflight.record, &inflight.mutation)
             }
-            Stage::Filtering => Arc::new(std::mem::take(&mut inflight.mutation)),
+            Stage::Filtering | Stage::Answered(_) => {
+                Arc::new(std::mem::take(&mut inflight.mutation))
+            }
         };
         inflight.record.outcome.status = Some(response.status);
         self.finish(key, Answer::Response(response, mutation), out, now);
@@ -753,6 +783,21 @@ impl Requests {
             response: response.as_ref(),
             record: &inflight.record,
         });
+        let (route, routed) = match &inflight.stage {
+            Stage::Routed(routed) | Stage::Responding { routed, .. } => {
+                (routed.route(), Some(routed))
+            }
+            Stage::Answered(matched) => (matched.route(), None),
+            Stage::Filtering => (None, None),
+        };
+        complete::complete(
+            &self.ctx,
+            &inflight.request,
+            &inflight.record,
+            route,
+            routed,
+            inflight.span.take(),
+        );
     }
 
     /// Counts a local reply and, for a two-way request, writes it.

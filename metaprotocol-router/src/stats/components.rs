@@ -1,10 +1,15 @@
-//! The resolved metric handles of the engine's own components: listeners, routes, clusters.
+//! The resolved metric handles of the engine's own components: listeners (by method), routes,
+//! clusters and endpoints.
+
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use metaprotocol_core::{LocalReplyKind, ResponseStatus};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
-use super::{DurationHistogram, LATENCY_BUCKETS, MetricsScope};
+use super::interned::Interned;
+use super::{DurationHistogram, MetricsScope, OUTCOMES, RequestOutcome};
 use crate::router::FAILURES;
 
 /// Why a client connection was closed for bad input; the `reason` label values (a codec
@@ -17,8 +22,122 @@ const PROTOCOL_ERRORS: [&str; 5] = [
     "frame_timeout",
 ];
 
+/// The `method` label value of requests whose method has no value of its own.
+const OTHER_METHOD: &str = "other";
+/// Longer method names count as [`OTHER_METHOD`]: a label value is kept for every scrape.
+const MAX_METHOD_LABEL: usize = 128;
+
+/// A finished request, as the series count it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Completion {
+    pub outcome: RequestOutcome,
+    /// From receipt to answer.
+    pub duration: Duration,
+    /// The request frame's size.
+    pub rx_bytes: u64,
+    /// The answer's size.
+    pub tx_bytes: u64,
+}
+
+/// The series of the requests one component finished: by outcome (each outcome's series made
+/// the first time it happens), their duration and their bytes.
+#[derive(Debug)]
+struct RequestSeries {
+    scope: MetricsScope,
+    completed_name: String,
+    completed: [OnceLock<Counter>; OUTCOMES.len()],
+    duration: DurationHistogram,
+    rx_bytes: Counter,
+    tx_bytes: Counter,
+}
+
+impl RequestSeries {
+    /// The series `<prefix>_rq_*` in `scope`.
+    fn new(scope: MetricsScope, prefix: &str, what: &str) -> Self {
+        Self {
+            completed_name: format!("{prefix}_rq_completed"),
+            completed: std::array::from_fn(|_| OnceLock::new()),
+            duration: scope.latency_histogram(
+                &format!("{prefix}_rq_time_seconds"),
+                &format!(
+                    "Time from receipt to answer of requests, by {what}, every outcome included"
+                ),
+                &[],
+            ),
+            rx_bytes: scope.counter(
+                &format!("{prefix}_rq_rx_bytes"),
+                &format!("Bytes of requests received, by {what}"),
+            ),
+            tx_bytes: scope.counter(
+                &format!("{prefix}_rq_tx_bytes"),
+                &format!("Bytes of answers sent, by {what}"),
+            ),
+            scope,
+        }
+    }
+
+    fn record(&self, done: &Completion) {
+        let outcome = done.outcome;
+        self.completed[outcome.index()]
+            .get_or_init(|| {
+                self.scope.counter_with(
+                    &self.completed_name,
+                    "Requests finished, by outcome (success, application_error, server_error, client_gone, or the proxy's own answer)",
+                    &[("outcome", outcome.name())],
+                )
+            })
+            .inc();
+        self.duration.observe(done.duration);
+        self.rx_bytes.inc_by(done.rx_bytes);
+        self.tx_bytes.inc_by(done.tx_bytes);
+    }
+}
+
+/// The per-method series of a listener: methods named by routes, then the first
+/// `method_label_limit` others seen, each get their own `method` label value; the rest share
+/// `other`.
+#[derive(Debug)]
+struct MethodSeries {
+    scope: MetricsScope,
+    table: Interned<String, RequestSeries>,
+    other: RequestSeries,
+}
+
+impl MethodSeries {
+    fn new(scope: &MetricsScope, named: &[String]) -> Self {
+        let limit = scope.metrics().settings().method_label_limit;
+        let make = |method: &str| {
+            RequestSeries::new(scope.with_label("method", method), "downstream", "method")
+        };
+        let methods = Self {
+            table: Interned::with_capacity(named.len() + limit),
+            other: make(OTHER_METHOD),
+            scope: scope.clone(),
+        };
+        for method in named {
+            methods.series(method);
+        }
+        methods
+    }
+
+    fn series(&self, method: &str) -> &RequestSeries {
+        if method.len() > MAX_METHOD_LABEL || method == OTHER_METHOD {
+            return &self.other;
+        }
+        self.table
+            .get_or_insert_with(method, || {
+                let scope = self.scope.with_label("method", method);
+                (
+                    method.to_owned(),
+                    RequestSeries::new(scope, "downstream", "method"),
+                )
+            })
+            .unwrap_or(&self.other)
+    }
+}
+
 /// Metric handles of one listener.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(crate) struct ListenerStats {
     pub cx_total: Counter,
     pub cx_active: Gauge,
@@ -30,10 +149,12 @@ pub(crate) struct ListenerStats {
     pub cx_refused: Counter,
     protocol_errors: [Counter; PROTOCOL_ERRORS.len()],
     local_replies: [Counter; LocalReplyKind::ALL.len()],
+    methods: MethodSeries,
 }
 
 impl ListenerStats {
-    pub fn new(scope: &MetricsScope) -> Self {
+    /// The listener's series in `scope`; `methods` are the methods its routes name.
+    pub fn new(scope: &MetricsScope, methods: &[String]) -> Self {
         Self {
             cx_total: scope.counter("downstream_cx", "Client connections accepted"),
             cx_active: scope.gauge("downstream_cx_active", "Client connections open"),
@@ -63,6 +184,7 @@ impl ListenerStats {
                     &[("reason", kind.name())],
                 )
             }),
+            methods: MethodSeries::new(scope, methods),
         }
     }
 
@@ -84,10 +206,19 @@ impl ListenerStats {
             .unwrap_or(LocalReplyKind::ALL.len() - 1);
         &self.local_replies[index]
     }
+
+    /// Counts a finished request of `method`.
+    pub fn completed(&self, method: Option<&str>, done: &Completion) {
+        let series = match method {
+            Some(method) => self.methods.series(method),
+            None => &self.methods.other,
+        };
+        series.record(done);
+    }
 }
 
-/// Metric handles of one route (unregistered until the route's table is published).
-#[derive(Clone, Debug, Default)]
+/// Metric handles of one route; its series go when the route does.
+#[derive(Debug)]
 pub(crate) struct RouteStats {
     pub requests: Counter,
     pub attempts: Counter,
@@ -97,6 +228,7 @@ pub(crate) struct RouteStats {
     pub mirror_dropped: Counter,
     pub mirror_answered: Counter,
     pub mirror_failed: Counter,
+    finished: RequestSeries,
 }
 
 impl RouteStats {
@@ -120,7 +252,13 @@ impl RouteStats {
             mirror_dropped: mirror("dropped"),
             mirror_answered: mirror("answered"),
             mirror_failed: mirror("failed"),
+            finished: RequestSeries::new(scope.clone(), "route", "route"),
         }
+    }
+
+    /// Counts a finished request that matched the route.
+    pub fn completed(&self, done: &Completion) {
+        self.finished.record(done);
     }
 }
 
@@ -177,10 +315,10 @@ impl ClusterStats {
             ],
             rq_retry: scope.counter("upstream_rq_retry", "Retried attempts"),
             rq_timeout: scope.counter("upstream_rq_timeout", "Attempts that timed out"),
-            rq_time: scope.histogram(
+            rq_time: scope.latency_histogram(
                 "upstream_rq_time_seconds",
-                "Upstream round-trip time of answered attempts",
-                &LATENCY_BUCKETS,
+                "Time of attempts sent upstream, until their answer, failure or timeout",
+                &[],
             ),
             cx_total: scope.counter("upstream_cx", "Upstream connections opened"),
             cx_active: scope.gauge("upstream_cx_active", "Upstream connections open"),
@@ -219,5 +357,152 @@ impl ClusterStats {
             ResponseStatus::ApplicationError => &self.responses[1],
             ResponseStatus::ServerError => &self.responses[2],
         }
+    }
+}
+
+/// Metric handles of one endpoint, labelled with its cluster and address (the default counts
+/// nowhere: an endpoint outside a cluster).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct EndpointStats {
+    pub rq_total: Counter,
+    pub rq_active: Gauge,
+    pub rq_time: DurationHistogram,
+    pub cx_total: Counter,
+    pub cx_active: Gauge,
+    pub cx_connect_fail: Counter,
+}
+
+impl EndpointStats {
+    pub fn new(scope: &MetricsScope) -> Self {
+        Self {
+            rq_total: scope.counter("endpoint_rq", "Requests sent to the endpoint (attempts)"),
+            rq_active: scope.gauge("endpoint_rq_active", "Attempts in flight to the endpoint"),
+            rq_time: scope.latency_histogram(
+                "endpoint_rq_time_seconds",
+                "Time of attempts sent to the endpoint, until their answer, failure or timeout",
+                &[],
+            ),
+            cx_total: scope.counter("endpoint_cx", "Connections opened to the endpoint"),
+            cx_active: scope.gauge("endpoint_cx_active", "Connections open to the endpoint"),
+            cx_connect_fail: scope.counter(
+                "endpoint_cx_connect_fail",
+                "Failed connection attempts to the endpoint",
+            ),
+        }
+    }
+}
+
+/// The health series of one endpoint: one gauge per state (1 for the current one), and the
+/// ejections by outlier detection.
+#[derive(Debug)]
+pub(crate) struct HealthStats {
+    states: Vec<(&'static str, Gauge)>,
+    pub ejections: Counter,
+}
+
+impl HealthStats {
+    /// The series of an endpoint in `scope` whose health may be any of `states` (names).
+    pub fn new(scope: &MetricsScope, states: &[&'static str]) -> Self {
+        Self {
+            states: states
+                .iter()
+                .map(|state| {
+                    let gauge = scope.gauge_with(
+                        "endpoint_health",
+                        "1 for the endpoint's health state (healthy, ejected, failing_active_checks, draining)",
+                        &[("state", state)],
+                    );
+                    (*state, gauge)
+                })
+                .collect(),
+            ejections: scope.counter(
+                "endpoint_ejections",
+                "Times outlier detection ejected the endpoint",
+            ),
+        }
+    }
+
+    /// Shows `current` as the endpoint's state.
+    pub fn show(&self, current: &str) {
+        for (state, gauge) in &self.states {
+            gauge.set(i64::from(*state == current));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::{Metrics, MetricsSettings, SeriesValue};
+
+    fn completion(outcome: RequestOutcome) -> Completion {
+        Completion {
+            outcome,
+            duration: Duration::from_millis(3),
+            rx_bytes: 10,
+            tx_bytes: 20,
+        }
+    }
+
+    #[test]
+    fn methods_named_by_routes_and_the_first_others_get_their_own_label() {
+        let metrics = Metrics::with_settings(MetricsSettings {
+            method_label_limit: 1,
+            ..MetricsSettings::default()
+        });
+        let scope = metrics.root().detached("listener", "in");
+        let stats = ListenerStats::new(&scope, &["named".to_owned()]);
+        for method in ["named", "first", "second", "third", "named"] {
+            stats.completed(Some(method), &completion(RequestOutcome::SUCCESS));
+        }
+        stats.completed(
+            None,
+            &completion(RequestOutcome::local(LocalReplyKind::Timeout)),
+        );
+        let family = metrics.family("metaprotocol_downstream_rq_completed");
+        let count = |method: &str, outcome: &str| {
+            family.as_ref().and_then(|f| {
+                f.find(&[("method", method), ("outcome", outcome)])
+                    .next()
+                    .cloned()
+            })
+        };
+        assert_eq!(count("named", "success"), Some(SeriesValue::Counter(2)));
+        assert_eq!(count("first", "success"), Some(SeriesValue::Counter(1)));
+        assert_eq!(count("other", "success"), Some(SeriesValue::Counter(2)));
+        assert_eq!(count("other", "timeout"), Some(SeriesValue::Counter(1)));
+        assert_eq!(count("second", "success"), None);
+        assert_eq!(
+            count("named", "timeout"),
+            None,
+            "outcomes appear when they happen"
+        );
+        let bytes = metrics.family("metaprotocol_downstream_rq_tx_bytes");
+        let sent = bytes
+            .as_ref()
+            .and_then(|f| f.find(&[("method", "named")]).next().cloned());
+        assert_eq!(sent, Some(SeriesValue::Counter(40)));
+        scope.retire();
+        assert!(
+            metrics
+                .family("metaprotocol_downstream_rq_completed")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn health_shows_one_state_and_counts_ejections() {
+        let metrics = Metrics::new();
+        let health = HealthStats::new(&metrics.root(), &["healthy", "ejected"]);
+        health.show("ejected");
+        health.ejections.inc();
+        let family = metrics.family("metaprotocol_endpoint_health");
+        let state = |s: &str| {
+            family
+                .as_ref()
+                .and_then(|f| f.find(&[("state", s)]).next().cloned())
+        };
+        assert_eq!(state("ejected"), Some(SeriesValue::Gauge(1)));
+        assert_eq!(state("healthy"), Some(SeriesValue::Gauge(0)));
     }
 }

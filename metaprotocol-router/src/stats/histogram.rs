@@ -5,13 +5,31 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
-use prometheus_client::metrics::{MetricType, TypedMetric};
+/// The unit a histogram's bounds and sum are exposed in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Unit {
+    /// Prometheus' base unit, used by every `metaprotocol_*` histogram.
+    Seconds,
+    /// Istio's `istio_request_duration_milliseconds`.
+    Milliseconds,
+}
+
+impl Unit {
+    fn nanos(self) -> f64 {
+        match self {
+            Self::Seconds => 1e9,
+            Self::Milliseconds => 1e6,
+        }
+    }
+}
 
 #[derive(Debug)]
 struct Inner {
-    /// Upper bounds in seconds, ascending.
+    /// Upper bounds in the exposed unit, ascending.
     bounds: Box<[f64]>,
+    /// The same bounds in nanoseconds, for an integer comparison per observation.
+    bounds_nanos: Box<[u64]>,
+    unit: Unit,
     /// One count per bound, then the `+Inf` bucket (not cumulative).
     counts: Box<[AtomicU64]>,
     count: AtomicU64,
@@ -25,12 +43,29 @@ pub struct DurationHistogram {
     inner: Arc<Inner>,
 }
 
+impl Default for DurationHistogram {
+    /// A histogram with only the `+Inf` bucket.
+    fn default() -> Self {
+        Self::new(&[])
+    }
+}
+
 impl DurationHistogram {
     /// A histogram with `bounds` (seconds, ascending) plus `+Inf`.
     pub fn new(bounds: &[f64]) -> Self {
+        Self::with_unit(bounds, Unit::Seconds)
+    }
+
+    /// A histogram with `bounds` (in `unit`, ascending) plus `+Inf`.
+    pub(crate) fn with_unit(bounds: &[f64], unit: Unit) -> Self {
         Self {
             inner: Arc::new(Inner {
                 bounds: bounds.into(),
+                bounds_nanos: bounds
+                    .iter()
+                    .map(|b| (b * unit.nanos()).round() as u64)
+                    .collect(),
+                unit,
                 counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
                 count: AtomicU64::new(0),
                 sum_nanos: AtomicU64::new(0),
@@ -40,14 +75,13 @@ impl DurationHistogram {
 
     /// Records one duration.
     pub fn observe(&self, duration: Duration) {
-        let seconds = duration.as_secs_f64();
         let inner = &*self.inner;
-        let bucket = inner.bounds.partition_point(|&bound| bound < seconds);
+        let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = inner.bounds_nanos.partition_point(|&bound| bound < nanos);
         if let Some(count) = inner.counts.get(bucket) {
             count.fetch_add(1, Ordering::Relaxed);
         }
         inner.count.fetch_add(1, Ordering::Relaxed);
-        let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
         inner.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
@@ -55,28 +89,68 @@ impl DurationHistogram {
     pub fn count(&self) -> u64 {
         self.inner.count.load(Ordering::Relaxed)
     }
-}
 
-impl TypedMetric for DurationHistogram {
-    const TYPE: MetricType = MetricType::Histogram;
-}
-
-impl EncodeMetric for DurationHistogram {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+    /// The counts so far.
+    pub fn snapshot(&self) -> HistogramSnapshot {
         let inner = &*self.inner;
-        let buckets: Vec<(f64, u64)> = inner
+        let mut cumulative = 0;
+        let buckets = inner
             .bounds
             .iter()
             .copied()
             .chain(std::iter::once(f64::INFINITY))
-            .zip(inner.counts.iter().map(|c| c.load(Ordering::Relaxed)))
+            .zip(inner.counts.iter())
+            .map(|(bound, count)| {
+                cumulative += count.load(Ordering::Relaxed);
+                (bound, cumulative)
+            })
             .collect();
-        let sum = inner.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        encoder.encode_histogram::<NoLabelSet>(sum, self.count(), &buckets, None)
+        HistogramSnapshot {
+            buckets,
+            count: cumulative,
+            sum: inner.sum_nanos.load(Ordering::Relaxed) as f64 / inner.unit.nanos(),
+        }
+    }
+}
+
+/// A histogram's counts at one moment, as Prometheus exposes them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistogramSnapshot {
+    /// Upper bounds (in the histogram's unit; the last is `+Inf`) with the number of
+    /// observations at or below each (cumulative).
+    pub buckets: Vec<(f64, u64)>,
+    /// Observations.
+    pub count: u64,
+    /// Sum of the observations, in the histogram's unit.
+    pub sum: f64,
+}
+
+impl HistogramSnapshot {
+    /// The `q`-quantile (0 to 1) estimated as Prometheus' `histogram_quantile` does: linear
+    /// within the bucket it falls in, the highest finite bound when it falls in `+Inf`. `None`
+    /// without observations.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * self.count as f64;
+        let mut lower = (0.0, 0u64);
+        for &(bound, cumulative) in &self.buckets {
+            if cumulative as f64 >= rank && cumulative > lower.1 {
+                if bound.is_infinite() {
+                    return Some(lower.0);
+                }
+                let within = (rank - lower.1 as f64) / (cumulative - lower.1) as f64;
+                return Some(lower.0 + (bound - lower.0) * within);
+            }
+            lower = (bound, cumulative);
+        }
+        Some(lower.0)
     }
 
-    fn metric_type(&self) -> MetricType {
-        Self::TYPE
+    /// The mean observation.
+    pub fn mean(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.sum / self.count as f64)
     }
 }
 
@@ -91,14 +165,52 @@ mod tests {
         h.observe(Duration::from_millis(1));
         h.observe(Duration::from_millis(5));
         h.observe(Duration::from_secs(3));
-        let counts: Vec<u64> = h
-            .inner
-            .counts
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect();
-        assert_eq!(counts, [2, 1, 1], "le is inclusive, the rest is +Inf");
+        let snapshot = h.snapshot();
+        assert_eq!(
+            snapshot.buckets,
+            [(0.001, 2), (0.01, 3), (f64::INFINITY, 4)],
+            "le is inclusive, the rest is +Inf"
+        );
         assert_eq!(h.count(), 4);
-        assert_eq!(h.inner.sum_nanos.load(Ordering::Relaxed), 3_006_500_000);
+        assert!((snapshot.sum - 3.0065).abs() < 1e-9);
+    }
+
+    #[test]
+    fn milliseconds_histograms_expose_milliseconds() {
+        let h = DurationHistogram::with_unit(&[0.5, 1.0, 5.0], Unit::Milliseconds);
+        h.observe(Duration::from_micros(700));
+        h.observe(Duration::from_millis(3));
+        let snapshot = h.snapshot();
+        assert_eq!(
+            snapshot.buckets,
+            [(0.5, 0), (1.0, 1), (5.0, 2), (f64::INFINITY, 2)]
+        );
+        assert!((snapshot.sum - 3.7).abs() < 1e-9);
+    }
+
+    #[test]
+    fn quantiles_interpolate_within_buckets() {
+        let h = DurationHistogram::new(&[0.01, 0.1, 1.0]);
+        for _ in 0..50 {
+            h.observe(Duration::from_millis(5));
+        }
+        for _ in 0..50 {
+            h.observe(Duration::from_millis(50));
+        }
+        let snapshot = h.snapshot();
+        let p50 = snapshot.quantile(0.5).unwrap_or_default();
+        assert!((p50 - 0.01).abs() < 1e-9, "{p50}");
+        let p90 = snapshot.quantile(0.9).unwrap_or_default();
+        assert!((p90 - (0.01 + 0.09 * 0.8)).abs() < 1e-9, "{p90}");
+        h.observe(Duration::from_secs(30));
+        let p100 = h.snapshot().quantile(1.0).unwrap_or_default();
+        assert!(
+            (p100 - 1.0).abs() < 1e-9,
+            "+Inf reports the highest bound: {p100}"
+        );
+        assert_eq!(
+            DurationHistogram::new(&[1.0]).snapshot().quantile(0.5),
+            None
+        );
     }
 }

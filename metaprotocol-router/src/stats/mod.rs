@@ -3,93 +3,212 @@
 //!
 //! A scope is a set of labels (`listener="in"`, `cluster="backend"` ...); a component asks its
 //! scope for handles once, when it is built, so that the request path only touches atomics.
-//! When a component goes away (a route removed, a cluster deleted) its scope is retired and its
-//! series disappear from the exposition. [`Metrics::render`] produces the text exposition the
-//! admin API serves; [`Metrics::collector`] lets an embedder expose the same series through a
-//! `prometheus_client::registry::Registry` of its own.
+//! Series whose label values are only known at run time (a method, an outcome) are resolved the
+//! first time each value is seen, in small bounded tables ([`interned`]). Registrations are
+//! counted per series: when the component that registered a series goes away its scope is
+//! retired, and a series nobody holds any more disappears from the exposition.
+//!
+//! [`Metrics::encode`] writes the Prometheus text format or OpenMetrics (the admin API picks by
+//! `Accept`), process metrics included; [`Metrics::collector`] lets an embedder expose the
+//! engine's series through a `prometheus_client::registry::Registry` of its own;
+//! [`Metrics::snapshot`] reads every series as values (the demo's latency table, `/stats`).
 
 mod components;
+mod exposition;
 mod histogram;
+pub(crate) mod interned;
+mod istio;
+mod outcome;
+mod process;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use metaprotocol_core::CodecFactory;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-pub(crate) use components::{ClusterStats, ListenerStats, RouteStats};
-pub use histogram::DurationHistogram;
+pub(crate) use components::{
+    ClusterStats, Completion, EndpointStats, HealthStats, ListenerStats, RouteStats,
+};
+pub use exposition::ExpositionFormat;
+pub(crate) use histogram::Unit;
+pub use histogram::{DurationHistogram, HistogramSnapshot};
+pub(crate) use istio::{IstioDestination, IstioReporter};
+pub(crate) use outcome::{OUTCOMES, RequestOutcome};
+use process::ProcessStats;
 
-/// The prefix of every series name.
+use crate::config::{IstioSpec, MetricsSpec};
+
+/// The prefix of every series name but Istio's and the process'.
 const PREFIX: &str = "metaprotocol";
 
 /// A series' labels, in the order they are printed.
 pub type Labels = Vec<(String, String)>;
 
-/// Builds histograms with one family's buckets.
-#[derive(Clone, Debug)]
-struct Buckets(Arc<[f64]>);
+/// What a family's series are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MetricKind {
+    /// Only goes up.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// Counts of observations per bucket.
+    Histogram,
+}
 
-impl MetricConstructor<DurationHistogram> for Buckets {
-    fn new_metric(&self) -> DurationHistogram {
-        DurationHistogram::new(&self.0)
+/// One series' value at the moment of a [`Metrics::snapshot`].
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum SeriesValue {
+    /// A counter's value.
+    Counter(u64),
+    /// A gauge's value.
+    Gauge(i64),
+    /// A histogram's counts.
+    Histogram(HistogramSnapshot),
+}
+
+/// A family of series (one name, one help text, one kind) at one moment.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct FamilySnapshot {
+    /// The exposed name (`metaprotocol_route_rq_time_seconds`), without the `_total` of
+    /// counters' samples.
+    pub name: String,
+    /// What it measures.
+    pub help: String,
+    /// What its series are.
+    pub kind: MetricKind,
+    /// Every series: its labels and value, ordered by labels.
+    pub series: Vec<(Labels, SeriesValue)>,
+}
+
+impl FamilySnapshot {
+    /// The value of the series whose labels include every pair of `labels`.
+    pub fn find(&self, labels: &[(&str, &str)]) -> impl Iterator<Item = &SeriesValue> {
+        self.series
+            .iter()
+            .filter(move |(have, _)| {
+                labels
+                    .iter()
+                    .all(|(k, v)| have.iter().any(|(hk, hv)| hk == k && hv == v))
+            })
+            .map(|(_, value)| value)
     }
 }
 
-/// One metric family of any type.
+/// Proxy-wide settings of the series, from the config's `metrics`.
 #[derive(Clone, Debug)]
-enum AnyFamily {
-    Counter(Family<Labels, Counter>),
-    Gauge(Family<Labels, Gauge>),
-    Histogram(Family<Labels, DurationHistogram, Buckets>),
-    /// A gauge without labels (proxy-wide), printed without an empty `{}`.
-    UnlabeledGauge(Gauge),
+pub(crate) struct MetricsSettings {
+    /// Upper bounds of latency histograms, in seconds.
+    pub latency_buckets: Arc<[f64]>,
+    /// Methods beyond those routes name that get a `method` label value of their own.
+    pub method_label_limit: usize,
+    /// The Istio-compatible series, when on.
+    pub istio: Option<Arc<IstioSpec>>,
 }
 
-impl AnyFamily {
-    fn remove(&self, labels: &Labels) {
-        match self {
-            Self::Counter(f) => f.remove(labels),
-            Self::Gauge(f) => f.remove(labels),
-            Self::Histogram(f) => f.remove(labels),
-            Self::UnlabeledGauge(_) => false,
-        };
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self::from(&MetricsSpec::default())
     }
+}
 
-    fn metric_type(&self) -> MetricType {
-        match self {
-            Self::Counter(_) => MetricType::Counter,
-            Self::Gauge(_) | Self::UnlabeledGauge(_) => MetricType::Gauge,
-            Self::Histogram(_) => MetricType::Histogram,
+impl From<&MetricsSpec> for MetricsSettings {
+    fn from(spec: &MetricsSpec) -> Self {
+        Self {
+            latency_buckets: spec.buckets().map(|d| d.as_secs_f64()).collect(),
+            method_label_limit: spec.method_label_limit,
+            istio: spec.istio.clone().map(Arc::new),
         }
     }
 }
 
+/// A family's kind, with what its series are built from.
+#[derive(Clone, Debug)]
+enum FamilyKind {
+    Counter,
+    Gauge,
+    Histogram { bounds: Arc<[f64]>, unit: Unit },
+}
+
+impl FamilyKind {
+    fn new_metric(&self) -> Metric {
+        match self {
+            Self::Counter => Metric::Counter(Counter::default()),
+            Self::Gauge => Metric::Gauge(Gauge::default()),
+            Self::Histogram { bounds, unit } => {
+                Metric::Histogram(DurationHistogram::with_unit(bounds, *unit))
+            }
+        }
+    }
+
+    fn kind(&self) -> MetricKind {
+        match self {
+            Self::Counter => MetricKind::Counter,
+            Self::Gauge => MetricKind::Gauge,
+            Self::Histogram { .. } => MetricKind::Histogram,
+        }
+    }
+}
+
+/// A live series' handle.
+#[derive(Clone, Debug)]
+enum Metric {
+    Counter(Counter),
+    Gauge(Gauge),
+    Histogram(DurationHistogram),
+}
+
+impl Metric {
+    fn value(&self) -> SeriesValue {
+        match self {
+            Self::Counter(c) => SeriesValue::Counter(c.get()),
+            Self::Gauge(g) => SeriesValue::Gauge(g.get()),
+            Self::Histogram(h) => SeriesValue::Histogram(h.snapshot()),
+        }
+    }
+}
+
+/// A series and how many registrations hold it.
 #[derive(Debug)]
-struct Registered {
+struct Series {
+    metric: Metric,
+    refs: usize,
+}
+
+#[derive(Debug)]
+struct Family {
     help: String,
-    family: AnyFamily,
+    kind: FamilyKind,
+    series: BTreeMap<Labels, Series>,
 }
 
 #[derive(Default)]
 struct Inner {
-    /// Families by name (without the prefix); locked only when components are built, retired
-    /// or scraped, never on the request path.
-    families: Mutex<BTreeMap<String, Registered>>,
+    /// Families by exposed name; locked only when series are registered, retired or scraped,
+    /// never on the request path.
+    families: Mutex<BTreeMap<String, Family>>,
     /// The codecs whose own counters ([`CodecFactory::counters`]) are exported, one per protocol.
     codecs: Mutex<Vec<Arc<dyn CodecFactory>>>,
+    settings: MetricsSettings,
 }
 
 /// Every metric of one proxy. Cheap to clone; clones share the series.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Metrics {
     inner: Arc<Inner>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::with_settings(MetricsSettings::default())
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -106,9 +225,34 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Metrics {
-    /// An empty set of metrics.
+    /// An empty set of metrics (with `metaprotocol_build_info`).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Metrics shaped by `settings`.
+    pub(crate) fn with_settings(settings: MetricsSettings) -> Self {
+        let metrics = Self {
+            inner: Arc::new(Inner {
+                settings,
+                ..Inner::default()
+            }),
+        };
+        let build = build_labels();
+        let labels: Vec<(&str, &str)> = build.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        metrics
+            .root()
+            .gauge_with(
+                "build_info",
+                "The engine's version and build, as labels; always 1",
+                &labels,
+            )
+            .set(1);
+        metrics
+    }
+
+    pub(crate) fn settings(&self) -> &MetricsSettings {
+        &self.inner.settings
     }
 
     /// The scope with no labels, for proxy-wide series.
@@ -120,22 +264,82 @@ impl Metrics {
         }
     }
 
-    /// The OpenMetrics text exposition of every series.
+    /// The OpenMetrics text exposition of every series, process metrics included.
     pub fn render(&self) -> String {
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(self.collector()));
+        self.encode(ExpositionFormat::OpenMetrics)
+    }
+
+    /// The text exposition of every series in `format`, process metrics included.
+    pub fn encode(&self, format: ExpositionFormat) -> String {
+        let families = self.snapshot();
+        let process = ProcessStats::read()
+            .map(|p| p.samples())
+            .unwrap_or_default();
         let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        match format {
+            ExpositionFormat::Prometheus => {
+                exposition::write_prometheus(&mut out, &families, &process)
+            }
+            ExpositionFormat::OpenMetrics => {
+                let mut registry = Registry::default();
+                registry.register_collector(Box::new(Snapshot { families, process }));
+                // Writing into a String cannot fail.
+                let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+            }
+        }
         out
     }
 
-    /// A collector of every series, for an embedder's own registry:
-    /// `registry.register_collector(Box::new(proxy.metrics().collector()))`.
+    /// A collector of the engine's series (process metrics left to the embedder's own), for an
+    /// embedder's registry: `registry.register_collector(Box::new(proxy.metrics().collector()))`.
     pub fn collector(&self) -> MetricsCollector {
         MetricsCollector {
             metrics: self.clone(),
         }
+    }
+
+    /// Every series (but the process metrics) and its value now, families ordered by name.
+    pub fn snapshot(&self) -> Vec<FamilySnapshot> {
+        let mut families: Vec<FamilySnapshot> = lock(&self.inner.families)
+            .iter()
+            .map(|(name, family)| FamilySnapshot {
+                name: name.clone(),
+                help: family.help.clone(),
+                kind: family.kind.kind(),
+                series: family
+                    .series
+                    .iter()
+                    .map(|(labels, series)| (labels.clone(), series.metric.value()))
+                    .collect(),
+            })
+            .collect();
+        let mut codec_counters: BTreeMap<String, FamilySnapshot> = BTreeMap::new();
+        for codec in lock(&self.inner.codecs).iter() {
+            for counter in codec.counters() {
+                let name = format!("{PREFIX}_codec_{}", counter.name);
+                codec_counters
+                    .entry(name.clone())
+                    .or_insert_with(|| FamilySnapshot {
+                        name,
+                        help: counter.help.to_owned(),
+                        kind: MetricKind::Counter,
+                        series: Vec::new(),
+                    })
+                    .series
+                    .push((
+                        vec![("protocol".to_owned(), codec.protocol().to_owned())],
+                        SeriesValue::Counter(counter.value),
+                    ));
+            }
+        }
+        families.extend(codec_counters.into_values());
+        families.sort_by(|a, b| a.name.cmp(&b.name));
+        families
+    }
+
+    /// The family named `name` (its exposed name, e.g. `metaprotocol_route_rq_time_seconds`).
+    pub fn family(&self, name: &str) -> Option<FamilySnapshot> {
+        self.snapshot().into_iter().find(|f| f.name == name)
     }
 
     /// Exports the counters of `codec`'s protocol (once per protocol).
@@ -146,25 +350,64 @@ impl Metrics {
         }
     }
 
-    fn family(&self, name: &str, help: &str, make: impl FnOnce() -> AnyFamily) -> AnyFamily {
+    /// The series `name` with `labels` (one more registration of it), created if need be; a
+    /// fresh unregistered metric if the name belongs to a family of another kind.
+    fn register(&self, name: &str, help: &str, kind: FamilyKind, labels: &Labels) -> Metric {
         let mut families = lock(&self.inner.families);
-        families
-            .entry(name.to_owned())
-            .or_insert_with(|| Registered {
-                help: help.to_owned(),
-                family: make(),
-            })
-            .family
-            .clone()
+        let family = families.entry(name.to_owned()).or_insert_with(|| Family {
+            help: help.to_owned(),
+            kind: kind.clone(),
+            series: BTreeMap::new(),
+        });
+        if family.kind.kind() != kind.kind() {
+            tracing::warn!(
+                series = name,
+                "a series of this name has another type; not exported"
+            );
+            return kind.new_metric();
+        }
+        let series = family
+            .series
+            .entry(labels.clone())
+            .or_insert_with(|| Series {
+                metric: family.kind.new_metric(),
+                refs: 0,
+            });
+        series.refs += 1;
+        series.metric.clone()
     }
 
-    fn remove_series(&self, owned: &[(String, Labels)]) {
-        let families = lock(&self.inner.families);
+    /// Drops one registration of each series; a series with none left is removed.
+    fn release(&self, owned: &[(String, Labels)]) {
+        let mut families = lock(&self.inner.families);
         for (name, labels) in owned {
-            if let Some(registered) = families.get(name) {
-                registered.family.remove(labels);
+            let Some(family) = families.get_mut(name) else {
+                continue;
+            };
+            if let Some(series) = family.series.get_mut(labels) {
+                series.refs = series.refs.saturating_sub(1);
+                if series.refs == 0 {
+                    family.series.remove(labels);
+                }
+            }
+            if family.series.is_empty() {
+                families.remove(name);
             }
         }
+    }
+}
+
+/// Series and process samples taken for one OpenMetrics encoding.
+#[derive(Debug)]
+struct Snapshot {
+    families: Vec<FamilySnapshot>,
+    process: Vec<process::ProcessSample>,
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        exposition::encode_families(&mut encoder, &self.families)?;
+        exposition::encode_process(&mut encoder, &self.process)
     }
 }
 
@@ -176,41 +419,19 @@ pub struct MetricsCollector {
 
 impl Collector for MetricsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let families: Vec<(String, String, AnyFamily)> = lock(&self.metrics.inner.families)
-            .iter()
-            .map(|(name, r)| (name.clone(), r.help.clone(), r.family.clone()))
-            .collect();
-        for (name, help, family) in families {
-            let name = format!("{PREFIX}_{name}");
-            let metric = encoder.encode_descriptor(&name, &help, None, family.metric_type())?;
-            match &family {
-                AnyFamily::Counter(f) => f.encode(metric)?,
-                AnyFamily::Gauge(f) => f.encode(metric)?,
-                AnyFamily::Histogram(f) => f.encode(metric)?,
-                AnyFamily::UnlabeledGauge(g) => g.encode(metric)?,
-            }
-        }
-        let codecs = lock(&self.metrics.inner.codecs).clone();
-        for codec in codecs {
-            for counter in codec.counters() {
-                let name = format!("{PREFIX}_codec_{}", counter.name);
-                let mut metric =
-                    encoder.encode_descriptor(&name, counter.help, None, MetricType::Counter)?;
-                let labels = [("protocol", codec.protocol())];
-                ConstCounter::new(counter.value).encode(metric.encode_family(&labels)?)?;
-            }
-        }
-        Ok(())
+        exposition::encode_families(&mut encoder, &self.metrics.snapshot())
     }
 }
 
 /// Where a component registers its series: a set of labels every series of the component
-/// carries. Handles are created once, when the component is built.
+/// carries. Handles are created once, when the component is built (or when a run-time label
+/// value is first seen).
 #[derive(Clone)]
 pub struct MetricsScope {
     metrics: Metrics,
     labels: Arc<Labels>,
-    /// Every series created through this scope and its children, for [`MetricsScope::retire`].
+    /// Every registration made through this scope and its children, for
+    /// [`MetricsScope::retire`].
     owned: Arc<Mutex<Vec<(String, Labels)>>>,
 }
 
@@ -226,6 +447,11 @@ impl MetricsScope {
     /// The scope's labels.
     pub fn labels(&self) -> &[(String, String)] {
         &self.labels
+    }
+
+    /// The proxy's metrics.
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// A child scope with one more label; the child's series are retired with this scope's.
@@ -254,38 +480,21 @@ impl MetricsScope {
 
     /// The counter `name` with this scope's labels plus `extra` (a reason, an outcome ...).
     pub fn counter_with(&self, name: &str, help: &str, extra: &[(&str, &str)]) -> Counter {
-        let labels = self.series(name, extra);
-        match self
-            .metrics
-            .family(name, help, || AnyFamily::Counter(Family::default()))
-        {
-            AnyFamily::Counter(family) => family.get_or_create_owned(&labels),
+        match self.register(&prefixed(name), help, FamilyKind::Counter, extra) {
+            Metric::Counter(counter) => counter,
             _ => Counter::default(),
         }
     }
 
     /// The gauge `name` with this scope's labels.
     pub fn gauge(&self, name: &str, help: &str) -> Gauge {
-        if self.labels.is_empty() {
-            return match self
-                .metrics
-                .family(name, help, || AnyFamily::UnlabeledGauge(Gauge::default()))
-            {
-                AnyFamily::UnlabeledGauge(gauge) => gauge,
-                _ => Gauge::default(),
-            };
-        }
         self.gauge_with(name, help, &[])
     }
 
     /// The gauge `name` with this scope's labels plus `extra`.
     pub fn gauge_with(&self, name: &str, help: &str, extra: &[(&str, &str)]) -> Gauge {
-        let labels = self.series(name, extra);
-        match self
-            .metrics
-            .family(name, help, || AnyFamily::Gauge(Family::default()))
-        {
-            AnyFamily::Gauge(family) => family.get_or_create_owned(&labels),
+        match self.register(&prefixed(name), help, FamilyKind::Gauge, extra) {
+            Metric::Gauge(gauge) => gauge,
             _ => Gauge::default(),
         }
     }
@@ -294,39 +503,113 @@ impl MetricsScope {
     /// bounds in seconds) are used when the family is first registered (every series of a
     /// family shares them).
     pub fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> DurationHistogram {
-        let labels = self.series(name, &[]);
-        let constructor = Buckets(buckets.into());
-        match self.metrics.family(name, help, || {
-            AnyFamily::Histogram(Family::new_with_constructor(constructor.clone()))
-        }) {
-            AnyFamily::Histogram(family) => family.get_or_create_owned(&labels),
-            _ => constructor.new_metric(),
+        let kind = FamilyKind::Histogram {
+            bounds: buckets.into(),
+            unit: Unit::Seconds,
+        };
+        self.histogram_of(&prefixed(name), help, kind, &[])
+    }
+
+    /// The duration histogram `name` with this scope's labels plus `extra`, with the proxy's
+    /// latency buckets (`metrics.latency_buckets`).
+    pub fn latency_histogram(
+        &self,
+        name: &str,
+        help: &str,
+        extra: &[(&str, &str)],
+    ) -> DurationHistogram {
+        let kind = FamilyKind::Histogram {
+            bounds: self.metrics.settings().latency_buckets.clone(),
+            unit: Unit::Seconds,
+        };
+        self.histogram_of(&prefixed(name), help, kind, extra)
+    }
+
+    /// The counter named exactly `name` (no prefix), with this scope's labels plus `extra`.
+    pub(crate) fn foreign_counter(
+        &self,
+        name: &str,
+        help: &str,
+        extra: &[(&str, &str)],
+    ) -> Counter {
+        match self.register(name, help, FamilyKind::Counter, extra) {
+            Metric::Counter(counter) => counter,
+            _ => Counter::default(),
         }
     }
 
-    /// Removes every series created through this scope and its children.
-    pub fn retire(&self) {
-        let owned = std::mem::take(&mut *lock(&self.owned));
-        self.metrics.remove_series(&owned);
+    /// The histogram named exactly `name` (no prefix), in `unit` with `bounds`, with this
+    /// scope's labels plus `extra`.
+    pub(crate) fn foreign_histogram(
+        &self,
+        name: &str,
+        help: &str,
+        (bounds, unit): (&[f64], Unit),
+        extra: &[(&str, &str)],
+    ) -> DurationHistogram {
+        let kind = FamilyKind::Histogram {
+            bounds: bounds.into(),
+            unit,
+        };
+        self.histogram_of(name, help, kind, extra)
     }
 
-    /// The full label set of a series, remembered for retirement.
-    fn series(&self, name: &str, extra: &[(&str, &str)]) -> Labels {
+    fn histogram_of(
+        &self,
+        name: &str,
+        help: &str,
+        kind: FamilyKind,
+        extra: &[(&str, &str)],
+    ) -> DurationHistogram {
+        match self.register(name, help, kind, extra) {
+            Metric::Histogram(histogram) => histogram,
+            _ => DurationHistogram::default(),
+        }
+    }
+
+    /// Removes this scope's (and its children's) hold on their series; series nobody else
+    /// holds disappear. Idempotent.
+    pub fn retire(&self) {
+        let owned = std::mem::take(&mut *lock(&self.owned));
+        self.metrics.release(&owned);
+    }
+
+    /// Registers the series `name` with this scope's labels plus `extra`.
+    fn register(&self, name: &str, help: &str, kind: FamilyKind, extra: &[(&str, &str)]) -> Metric {
         let mut labels = Labels::clone(&self.labels);
         labels.extend(
             extra
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
         );
-        lock(&self.owned).push((name.to_owned(), labels.clone()));
-        labels
+        let metric = self.metrics.register(name, help, kind, &labels);
+        lock(&self.owned).push((name.to_owned(), labels));
+        metric
     }
 }
 
-/// Latency buckets at round values from 0.5 ms to 10 s, in seconds: readable as SLOs.
-pub(crate) const LATENCY_BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+/// The engine's version and build: `metaprotocol_build_info`'s labels, `/server_info`'s `build`.
+pub(crate) fn build_labels() -> [(&'static str, String); 4] {
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    [
+        ("version", env!("CARGO_PKG_VERSION").to_owned()),
+        ("rust_version", env!("CARGO_PKG_RUST_VERSION").to_owned()),
+        ("profile", profile.to_owned()),
+        (
+            "target",
+            format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
+        ),
+    ]
+}
+
+/// `metaprotocol_<name>`.
+fn prefixed(name: &str) -> String {
+    format!("{PREFIX}_{name}")
+}
 
 #[cfg(test)]
 mod tests {
@@ -335,11 +618,11 @@ mod tests {
     use super::*;
 
     /// A protocol that only counts.
-    struct Counting;
+    struct Counting(&'static str);
 
     impl CodecFactory for Counting {
         fn protocol(&self) -> &'static str {
-            "counting"
+            self.0
         }
 
         fn new_codec(&self, _: Side, _: WireVariant) -> Box<dyn Codec> {
@@ -356,16 +639,18 @@ mod tests {
     }
 
     #[test]
-    fn codec_counters_are_exported_once_per_protocol() {
+    fn codec_counters_are_exported_once_per_protocol_in_one_family() {
         let metrics = Metrics::new();
-        let codec: Arc<dyn CodecFactory> = Arc::new(Counting);
+        let codec: Arc<dyn CodecFactory> = Arc::new(Counting("counting"));
         metrics.watch_codec(&codec);
         metrics.watch_codec(&codec);
+        metrics.watch_codec(&(Arc::new(Counting("other")) as Arc<dyn CodecFactory>));
         let text = metrics.render();
         assert!(
             text.contains("metaprotocol_codec_widgets_total{protocol=\"counting\"} 3"),
             "{text}"
         );
+        assert!(text.contains("metaprotocol_codec_widgets_total{protocol=\"other\"} 3"));
         assert_eq!(text.matches("# HELP metaprotocol_codec_widgets").count(), 1);
     }
 
@@ -386,9 +671,33 @@ mod tests {
         assert!(text.contains("metaprotocol_downstream_cx_active{listener=\"in\"} 1"));
         assert!(text.contains("metaprotocol_downstream_rq_total{listener=\"other\"} 2"));
         listener.retire();
+        listener.retire();
         let text = metrics.render();
         assert!(!text.contains("listener=\"in\""), "{text}");
+        assert!(
+            !text.contains("local_replies"),
+            "an empty family is gone: {text}"
+        );
         assert!(text.contains("listener=\"other\""));
+    }
+
+    #[test]
+    fn a_series_stays_while_any_registration_holds_it() {
+        let metrics = Metrics::new();
+        let old = metrics.root().detached("endpoint", "a");
+        let new = metrics.root().detached("endpoint", "a");
+        old.counter("upstream_rq", "Attempts").inc();
+        let counter = new.counter("upstream_rq", "Attempts");
+        counter.inc();
+        old.retire();
+        counter.inc();
+        assert!(
+            metrics
+                .render()
+                .contains("metaprotocol_upstream_rq_total{endpoint=\"a\"} 3")
+        );
+        new.retire();
+        assert!(!metrics.render().contains("upstream_rq"));
     }
 
     #[test]
@@ -407,5 +716,53 @@ mod tests {
             text.contains("app_metaprotocol_upstream_rq_total{cluster=\"backend\"} 1"),
             "{text}"
         );
+        assert!(
+            !text.contains("process_"),
+            "process metrics are the embedder's: {text}"
+        );
+    }
+
+    #[test]
+    fn both_formats_carry_build_info_histograms_and_process_metrics() {
+        let metrics = Metrics::new();
+        let histogram =
+            metrics
+                .root()
+                .latency_histogram("rq_time_seconds", "Time", &[("route", "r")]);
+        histogram.observe(std::time::Duration::from_millis(3));
+        let prometheus = metrics.encode(ExpositionFormat::Prometheus);
+        let open = metrics.encode(ExpositionFormat::OpenMetrics);
+        for text in [&prometheus, &open] {
+            assert!(
+                text.contains("metaprotocol_build_info{version=\""),
+                "{text}"
+            );
+            let bucket = text.lines().find(|l| {
+                l.starts_with("metaprotocol_rq_time_seconds_bucket{")
+                    && l.contains("le=\"0.005\"")
+                    && l.contains("route=\"r\"")
+            });
+            assert!(bucket.is_some_and(|l| l.ends_with("} 1")), "{text}");
+            #[cfg(target_os = "linux")]
+            assert!(text.contains("process_cpu_seconds_total"), "{text}");
+        }
+        assert!(open.ends_with("# EOF\n"));
+        assert!(!prometheus.contains("# EOF"));
+        assert!(prometheus.contains("# TYPE metaprotocol_build_info gauge"));
+    }
+
+    #[test]
+    fn snapshots_find_series_by_labels() {
+        let metrics = Metrics::new();
+        let scope = metrics.root().detached("route", "r");
+        scope
+            .counter_with("route_rq_completed", "Done", &[("outcome", "success")])
+            .inc_by(4);
+        let family = metrics.family("metaprotocol_route_rq_completed");
+        let values: Vec<&SeriesValue> = family
+            .as_ref()
+            .map(|f| f.find(&[("route", "r"), ("outcome", "success")]).collect())
+            .unwrap_or_default();
+        assert_eq!(values, [&SeriesValue::Counter(4)]);
     }
 }

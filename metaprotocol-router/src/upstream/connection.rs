@@ -31,7 +31,7 @@ use super::backoff::ConnectBackoff;
 use super::outbound::Outbound;
 use super::{PoolSettings, ReplyTo, UpstreamError};
 use crate::cluster::ConnectionPermit;
-use crate::stats::ClusterStats;
+use crate::stats::{ClusterStats, EndpointStats};
 use crate::transport::{Connector, Transport, buffers};
 
 /// Requests queued on one connection before new ones are refused (overflow), so that an upstream
@@ -55,6 +55,7 @@ pub(crate) struct ConnectParams {
     pub connector: Connector,
     pub backoff: Arc<ConnectBackoff>,
     pub stats: ClusterStats,
+    pub endpoint: EndpointStats,
     /// Told once the connection is up (a replacement waits for it before taking over).
     pub connected: Option<tokio::sync::oneshot::Sender<()>>,
     /// Its place under the cluster's `max_connections`, held until the task ends.
@@ -193,6 +194,7 @@ async fn serve<S: Transport>(
         Err(err) => {
             tracing::debug!(address = %params.address, error = %err, "upstream connect failed");
             params.stats.cx_connect_fail.inc();
+            params.endpoint.cx_connect_fail.inc();
             params.backoff.failed();
             let error = UpstreamError::ConnectFailed {
                 address: params.address,
@@ -206,13 +208,19 @@ async fn serve<S: Transport>(
     params.backoff.succeeded();
     params.stats.cx_total.inc();
     params.stats.cx_active.inc();
+    params.endpoint.cx_total.inc();
+    params.endpoint.cx_active.inc();
     shared.connected.store(true, Ordering::Release);
     if let Some(connected) = params.connected.take() {
         let _ = connected.send(());
     }
-    let stats = params.stats.clone();
+    let (cluster_cx, endpoint_cx) = (
+        params.stats.cx_active.clone(),
+        params.endpoint.cx_active.clone(),
+    );
     Multiplexer::new(stream, params, requests, shared).await;
-    stats.cx_active.dec();
+    cluster_cx.dec();
+    endpoint_cx.dec();
 }
 
 /// Closes the queue and answers everything in it with `error`.

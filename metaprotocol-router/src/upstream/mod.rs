@@ -34,7 +34,7 @@ pub use self::error::UpstreamError;
 pub(crate) use self::outbound::{Discard, Inbox, Outbound, ReplyTo, RequestKey, UpstreamEvent};
 pub(crate) use self::probe::ProbeConnection;
 use crate::cluster::{CircuitBreakers, ConnectionPermit};
-use crate::stats::ClusterStats;
+use crate::stats::{ClusterStats, EndpointStats};
 use crate::transport::Connector;
 
 /// How an endpoint's pool connects, how many connections it keeps and for how long.
@@ -70,6 +70,7 @@ pub(crate) struct UpstreamPool {
     settings: PoolSettings,
     connector: Connector,
     stats: ClusterStats,
+    endpoint: EndpointStats,
     /// The cluster's breakers (`max_connections` applies here).
     breakers: Option<Arc<CircuitBreakers>>,
     backoff: Arc<ConnectBackoff>,
@@ -103,10 +104,23 @@ impl UpstreamPool {
             settings,
             connector,
             stats,
+            endpoint: EndpointStats::default(),
             breakers,
             backoff: Arc::new(ConnectBackoff::new()),
             partitions: ArcSwap::from_pointee(Vec::new()),
         }
+    }
+
+    /// The pool, counting its connections in the endpoint's series too.
+    pub fn with_endpoint_stats(mut self, endpoint: EndpointStats) -> Self {
+        self.endpoint = endpoint;
+        self
+    }
+
+    /// The endpoint's series (unregistered unless set by
+    /// [`UpstreamPool::with_endpoint_stats`]).
+    pub fn endpoint_stats(&self) -> &EndpointStats {
+        &self.endpoint
     }
 
     /// The codec its connections speak.
@@ -254,6 +268,7 @@ impl UpstreamPool {
             connector: self.connector.clone(),
             backoff: self.backoff.clone(),
             stats: self.stats.clone(),
+            endpoint: self.endpoint.clone(),
             connected: None,
             permit,
         }

@@ -15,7 +15,7 @@ use super::backoff::ConnectBackoff;
 use super::connection::{self, ConnectParams, ConnectionHandle};
 use super::outbound::{Outbound, ReplyTo};
 use super::{PoolSettings, UpstreamError};
-use crate::stats::{ClusterStats, Metrics};
+use crate::stats::{ClusterStats, EndpointStats, Metrics};
 use crate::transport::Connector;
 
 /// A probing connection to one endpoint.
@@ -97,6 +97,7 @@ impl ProbeConnection {
             connector: Connector::Plain,
             backoff: Arc::new(ConnectBackoff::new()),
             stats: self.stats.clone(),
+            endpoint: EndpointStats::default(),
             connected: None,
             permit: None,
         });

@@ -17,23 +17,9 @@ if [[ "$(cat node_modules/.interop-stamp 2>/dev/null || true)" != "$lock_stamp" 
   echo "$lock_stamp" > node_modules/.interop-stamp
 fi
 
-req_stamp="$(stamp_of requirements.txt)"
-if [[ "$(cat .venv/.interop-stamp 2>/dev/null || true)" != "$req_stamp" ]]; then
-  rm -rf .venv
-  if ! python3 -m venv .venv 2>/dev/null; then
-    # Debian's python3 ships venv's pip bootstrap separately.
-    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
-      apt-get install -y -qq python3-venv >/dev/null || { apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null; }
-      rm -rf .venv
-      python3 -m venv .venv
-    else
-      echo "setup.sh: python3 -m venv failed; install python3-venv" >&2
-      exit 1
-    fi
-  fi
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-input -r requirements.txt
-  echo "$req_stamp" > .venv/.interop-stamp
-fi
+# shellcheck source=../venv.sh
+source ../venv.sh
+install_venv
 
 node -e "require('dubbo2.js'); require('sofa-rpc-node'); require('dubbo-remoting')"
 .venv/bin/python -c "import dubbo.client, dubbo.server, dubbo_ssl.client"

@@ -35,7 +35,7 @@ const ABORT_MESSAGE: &str = "metaprotocol-proxy: fault injected (fault filter)";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FaultSpec {
+pub(crate) struct FaultSpec {
     /// Only matching requests are faulted; every request when absent.
     #[serde(default, rename = "match")]
     match_: MatchSpec,

@@ -44,7 +44,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct GlobalRateLimitSpec {
+pub(crate) struct GlobalRateLimitSpec {
     redis: RedisSpec,
     domain: String,
     #[serde(default)]

@@ -34,7 +34,7 @@ pub(crate) const NAME: &str = "local_ratelimit";
 /// The filter's config.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LocalRateLimitSpec {
+pub(crate) struct LocalRateLimitSpec {
     /// The bucket of requests no condition matches; without it they are not limited.
     #[serde(default)]
     token_bucket: Option<TokenBucketSpec>,

@@ -36,7 +36,7 @@ pub(crate) const NAME: &str = "rbac";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RbacSpec {
+pub(crate) struct RbacSpec {
     action: Action,
     #[serde(default)]
     shadow: bool,

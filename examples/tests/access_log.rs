@@ -1,0 +1,334 @@
+//! Access logs end to end with Dubbo: every command operator of a format string, the default
+//! JSON line (with the client's TLS identity on a mutual-TLS listener), sampling by outcome, and
+//! a writer stuck on a pipe nobody reads, which must not slow calls down (its lines are dropped
+//! and counted instead).
+
+// Each test file uses its own part of the shared support.
+#[allow(dead_code)]
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use metaprotocol_examples::dubbo_demo::{DEMO_SERVICE, DemoProvider, DubboClient};
+use metaprotocol_router::SeriesValue;
+use metaprotocol_router::config::ClusterTlsSpec;
+use support::mesh::{MeshCa, yaml};
+use support::process::Scratch;
+use support::proxy::start_engine;
+use support::{TestResult, dubbo_request, file_lines, free_addr};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Every operator, separated by `|`.
+const EVERY_OPERATOR: &str = "%START_TIME%|%DURATION%|%DOWNSTREAM_REMOTE_ADDRESS%|%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%|%DOWNSTREAM_LOCAL_ADDRESS%|%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%|%REQUESTED_SERVER_NAME%|%DOWNSTREAM_PEER_URI_SAN%|%DOWNSTREAM_PEER_DNS_SAN%|%DOWNSTREAM_PEER_SUBJECT%|%LISTENER_NAME%|%PROTOCOL%|%ROUTE_NAME%|%UPSTREAM_CLUSTER%|%UPSTREAM_HOST%|%OUTCOME%|%RESPONSE_FLAGS%|%REQUEST_ID%|%TRACE_ID%|%UPSTREAM_REQUEST_ATTEMPT_COUNT%|%BYTES_RECEIVED%|%BYTES_SENT%|%REQ(tenant)%|%REQ(tenant):3%|%METADATA(method)%|%REQ(absent)%|100%%";
+
+/// A caller's W3C context, whose trace the line names.
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+/// Sends `frame` on `socket` and reads the whole answer.
+async fn call(socket: &mut TcpStream, frame: &[u8]) -> TestResult<Vec<u8>> {
+    socket.write_all(frame).await?;
+    let mut answer = vec![0u8; 16];
+    socket.read_exact(&mut answer).await?;
+    let body = u32::from_be_bytes([answer[12], answer[13], answer[14], answer[15]]) as usize;
+    answer.resize(16 + body, 0);
+    socket.read_exact(&mut answer[16..]).await?;
+    Ok(answer)
+}
+
+/// The listener `name`, logging to `log` as `format` (YAML), routing to the routes below.
+fn listener(name: &str, log: &Path, format: &str) -> String {
+    format!(
+        "  - name: {name}\n    address: 127.0.0.1:0\n    protocol: dubbo\n    route_config: routes\n    access_log: {{ path: \"{}\", {format} }}\n",
+        log.display()
+    )
+}
+
+fn config(listeners: &str, provider: SocketAddr, dead: SocketAddr) -> String {
+    format!(
+        "listeners:\n{listeners}route_configs:
+  - name: routes
+    routes:
+      - name: hello
+        match: {{ metadata: [ {{ key: method, exact: sayHello }} ] }}
+        route: {{ cluster: provider }}
+      - name: dead
+        route: {{ cluster: dead }}
+        retry_policy: {{ num_retries: 1 }}
+clusters:
+  - {{ name: provider, endpoints: [ {{ address: \"{provider}\" }} ] }}
+  - {{ name: dead, connect_timeout: 200ms, endpoints: [ {{ address: \"{dead}\" }} ] }}
+"
+    )
+}
+
+#[tokio::test]
+async fn every_field_of_a_line() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let scratch = Scratch::new("access-log-fields")?;
+    let (text_log, json_log) = (scratch.path("text.log"), scratch.path("json.log"));
+    // The text listener traces, to a collector that is not there: the line still names the
+    // trace.
+    let tracing = format!(
+        "    tracing: {{ otlp_endpoint: \"http://{}\" }}\n",
+        free_addr()?
+    );
+    let listeners = listener("text", &text_log, &format!("format: \"{EVERY_OPERATOR}\""))
+        + &tracing
+        + &listener("json", &json_log, "format: json");
+    let dead = free_addr()?;
+    let yaml = config(&listeners, provider.address(), dead);
+    let proxy = start_engine(&yaml).await?;
+    let text_in = proxy.listener_addr("text").ok_or("no listener")?;
+    let mut socket = TcpStream::connect(text_in).await?;
+    let traceparent = format!("00-{TRACE_ID}-00f067aa0ba902b7-01");
+    let hello = dubbo_request(
+        77,
+        "sayHello",
+        &[("tenant", "acme-corp"), ("traceparent", &traceparent)],
+    );
+    let answer = call(&mut socket, &hello).await?;
+    let failed = dubbo_request(78, "sayBye", &[]);
+    let failure = call(&mut socket, &failed).await?;
+    assert_eq!(failure[3], 80, "no connection to the dead cluster");
+    let client = socket.local_addr()?;
+
+    let logged = file_lines(&text_log, 2).await?;
+    let fields: Vec<&str> = logged[0].split('|').collect();
+    let start = fields[0];
+    assert!(
+        start.len() == 24 && start.ends_with('Z') && start.as_bytes()[10] == b'T',
+        "RFC 3339 with milliseconds: {start}"
+    );
+    assert!(
+        fields[1].parse::<u64>().is_ok(),
+        "duration in ms: {}",
+        fields[1]
+    );
+    let expected = [
+        (2, client.to_string()),
+        (3, client.ip().to_string()),
+        (4, text_in.to_string()),
+        (5, text_in.ip().to_string()),
+        (6, "-".into()),
+        (7, "-".into()),
+        (8, "-".into()),
+        (9, "-".into()),
+        (10, "text".into()),
+        (11, "dubbo".into()),
+        (12, "hello".into()),
+        (13, "provider".into()),
+        (14, provider.address().to_string()),
+        (15, "success".into()),
+        (16, "-".into()),
+        (17, "77".into()),
+        (18, TRACE_ID.into()),
+        (19, "1".into()),
+        (20, hello.len().to_string()),
+        (21, answer.len().to_string()),
+        (22, "acme-corp".into()),
+        (23, "acm".into()),
+        (24, "sayHello".into()),
+        (25, "-".into()),
+        (26, "100%".into()),
+    ];
+    for (i, value) in &expected {
+        assert_eq!(fields[*i], value, "field {i} of {}", logged[0]);
+    }
+    assert_eq!(fields.len(), 27, "{}", logged[0]);
+
+    let fields: Vec<&str> = logged[1].split('|').collect();
+    let failed_fields = [
+        (12, "dead".to_owned()),
+        (13, "dead".into()),
+        (14, dead.to_string()),
+        (15, "upstream_connect_failure".into()),
+        (16, "UF,URX,LR".into()),
+        (17, "78".into()),
+        (19, "2".into()),
+        (20, failed.len().to_string()),
+        (21, failure.len().to_string()),
+        (22, "-".into()),
+    ];
+    for (i, value) in &failed_fields {
+        assert_eq!(fields[*i], value, "field {i} of {}", logged[1]);
+    }
+    assert_ne!(fields[18], TRACE_ID, "a new trace");
+    assert_eq!(fields[18].len(), 32);
+
+    let json_in = proxy.listener_addr("json").ok_or("no listener")?;
+    let mut socket = TcpStream::connect(json_in).await?;
+    call(
+        &mut socket,
+        &dubbo_request(5, "sayHello", &[("tenant", "t")]),
+    )
+    .await?;
+    let line = file_lines(&json_log, 1).await?.remove(0);
+    let json: serde_json::Value = serde_json::from_str(&line)?;
+    assert_eq!(json["listener"], "json");
+    assert_eq!(json["protocol"], "dubbo");
+    assert_eq!(json["service"], DEMO_SERVICE);
+    assert_eq!(json["method"], "sayHello");
+    assert_eq!(json["route_name"], "hello");
+    assert_eq!(json["upstream_cluster"], "provider");
+    assert_eq!(json["upstream_host"], provider.address().to_string());
+    assert_eq!(json["outcome"], "success");
+    assert_eq!(json["response_flags"], "-");
+    assert_eq!(json["request_id"], 5);
+    assert_eq!(json["attempts"], 1);
+    assert!(
+        json["duration_ms"].is_u64() && json["bytes_sent"].as_u64() > Some(0),
+        "{json}"
+    );
+    assert!(
+        json["trace_id"].is_null(),
+        "this listener does not trace: {json}"
+    );
+    assert!(json["requested_server_name"].is_null() && json["downstream_peer_uri_san"].is_null());
+    assert_eq!(
+        json["downstream_remote_address"],
+        socket.local_addr()?.to_string()
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_mutual_tls_client_is_logged_by_its_certificate() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let scratch = Scratch::new("access-log-mtls")?;
+    let ca = MeshCa::new(&scratch, "mesh")?;
+    let edge = ca.workload(&scratch, "edge", "default", "edge", &["edge.default.svc"])?;
+    let reader = ca.workload(&scratch, "reader", "default", "reader", &["reader.local"])?;
+    let log = scratch.path("tls.log");
+    let listeners = listener("tls", &log, "format: json")
+        + &format!("    tls: {}\n", yaml(&ca.listener_tls(&edge))?);
+    let yaml = config(&listeners, provider.address(), free_addr()?);
+    let proxy = start_engine(&yaml).await?;
+    let tls = ClusterTlsSpec {
+        server_name: Some("edge.default.svc".to_owned()),
+        subject_alt_names: Vec::new(),
+        ..ca.client_tls(Some(&reader), "")
+    };
+    let client = DubboClient::with_tls(proxy.listener_addr("tls").ok_or("no listener")?, &tls)?;
+    assert_eq!(client.call("sayHello", "w", &[]).await?.dubbo_status, 20);
+
+    let line = file_lines(&log, 1).await?.remove(0);
+    let json: serde_json::Value = serde_json::from_str(&line)?;
+    assert_eq!(json["outcome"], "success", "{json}");
+    assert_eq!(json["requested_server_name"], "edge.default.svc");
+    assert_eq!(json["downstream_peer_uri_san"], reader.spiffe_id.as_str());
+    assert_eq!(json["downstream_peer_dns_san"], "reader.local");
+    assert!(
+        json["downstream_peer_subject"].is_null(),
+        "mesh certificates have an empty subject: {json}"
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn sampling_keeps_a_share_of_each_outcome() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let scratch = Scratch::new("access-log-sampling")?;
+    let log = scratch.path("errors.log");
+    let listeners = listener(
+        "in",
+        &log,
+        "format: \"%OUTCOME%\", sampling: { success: 0, default: 100 }",
+    );
+    let yaml = config(&listeners, provider.address(), free_addr()?);
+    let proxy = start_engine(&yaml).await?;
+    let mut socket = TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
+    for id in 0..20 {
+        call(&mut socket, &dubbo_request(id, "sayHello", &[])).await?;
+    }
+    call(&mut socket, &dubbo_request(99, "sayBye", &[])).await?;
+    let logged = file_lines(&log, 1).await?;
+    // Give stray success lines (there must be none) the time to arrive.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logged_after = file_lines(&log, 1).await?;
+    assert_eq!(logged, ["upstream_connect_failure"]);
+    assert_eq!(logged_after, logged);
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// Makes `count` calls one after another on one connection; how long they took.
+async fn timed_calls(address: SocketAddr, count: u64) -> TestResult<Duration> {
+    let mut socket = TcpStream::connect(address).await?;
+    let started = Instant::now();
+    for id in 0..count {
+        let answer = call(&mut socket, &dubbo_request(id, "sayHello", &[])).await?;
+        assert_eq!(answer[3], 20);
+    }
+    Ok(started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_writer_never_slows_calls_and_its_lines_are_counted() -> TestResult {
+    const CALLS: u64 = 2000;
+    const WARM_UP: u64 = 100;
+    const QUEUE: u64 = 16;
+    let provider = DemoProvider::start("p").await?;
+    let scratch = Scratch::new("access-log-stuck")?;
+    let (fifo, file) = (scratch.path("nobody-reads.fifo"), scratch.path("disk.log"));
+    assert!(Command::new("mkfifo").arg(&fifo).status()?.success());
+    let listeners = listener(
+        "stuck",
+        &fifo,
+        &format!("format: json, queue_size: {QUEUE}"),
+    ) + &listener("disk", &file, "format: json");
+    let yaml = config(&listeners, provider.address(), free_addr()?);
+    let proxy = start_engine(&yaml).await?;
+
+    // The writer blocks opening a pipe nobody reads: every line after the queue fills is
+    // dropped, none waits. Both listeners warm up (connections, buffers) before they are timed.
+    let (stuck_in, disk_in) = (
+        proxy.listener_addr("stuck").ok_or("no listener")?,
+        proxy.listener_addr("disk").ok_or("no listener")?,
+    );
+    timed_calls(disk_in, WARM_UP).await?;
+    timed_calls(stuck_in, WARM_UP).await?;
+    let on_disk = timed_calls(disk_in, CALLS).await?;
+    let stuck = timed_calls(stuck_in, CALLS).await?;
+    println!("{CALLS} calls: {on_disk:?} logging to a file, {stuck:?} logging to a stuck pipe");
+    assert!(
+        stuck < on_disk * 3 + Duration::from_secs(2),
+        "a stuck writer slowed the calls: {stuck:?} against {on_disk:?}"
+    );
+    let counter = |name: &str| {
+        proxy
+            .metrics()
+            .family(name)
+            .and_then(|f| {
+                f.find(&[("listener", "stuck")]).find_map(|v| match v {
+                    SeriesValue::Counter(n) => Some(*n),
+                    _ => None,
+                })
+            })
+            .unwrap_or(0)
+    };
+    let (queued, dropped) = (
+        counter("metaprotocol_access_log_lines"),
+        counter("metaprotocol_access_log_dropped"),
+    );
+    assert_eq!(queued + dropped, CALLS + WARM_UP);
+    assert!(
+        queued <= QUEUE + 1,
+        "at most a queue's worth waits: {queued}"
+    );
+
+    // A reader lets the writer go, with what was queued.
+    let reader = std::thread::spawn(move || std::fs::read_to_string(fifo));
+    proxy.shutdown().await;
+    drop(proxy);
+    let written = tokio::task::spawn_blocking(move || reader.join())
+        .await?
+        .map_err(|_| "the reader panicked")??;
+    assert_eq!(written.lines().count() as u64, queued);
+    Ok(())
+}

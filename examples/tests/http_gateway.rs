@@ -1,0 +1,143 @@
+//! The HTTP gateway example end to end: JSON over HTTP in, Dubbo calls built with
+//! `metaprotocol_dubbo::build` routed by the engine's `RouterClient` to the real Dubbo providers
+//! of the interop suite (sofa-rpc-node as `v1`, dubbo-py as `v2`), JSON out: answers, routing,
+//! the engine's own errors (no route, timeout) and the service's (status 80) as HTTP statuses.
+//!
+//! Needs the Dubbo interop tools (`examples/tests/interop/dubbo/setup.sh`); without them the
+//! test is skipped, unless `METAPROTOCOL_REQUIRE_INTEROP=1` (CI) makes it fail.
+
+#[allow(dead_code)]
+mod support;
+
+#[path = "interop/dubbo/harness/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod harness;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use metaprotocol_router::{Config, RouterClient};
+use serde_json::{Value, json};
+use support::TestResult;
+use support::process::Scratch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+fn config(v1: &str, v2: &str) -> String {
+    format!(
+        r#"
+route_configs:
+  - name: gateway
+    routes:
+      - name: batch-jobs
+        match:
+          metadata:
+            - {{ key: interface, exact: {interface} }}
+            - {{ key: batchJob, exact: "true" }}
+        route: {{ cluster: demo, subset: {{ version: v2 }} }}
+      - name: users
+        match: {{ metadata: [ {{ key: interface, exact: {interface} }} ] }}
+        route: {{ cluster: demo, subset: {{ version: v1 }} }}
+        timeout: 1s
+        request_mutation: {{ set: {{ x-via: gateway }} }}
+clusters:
+  - name: demo
+    protocol: dubbo
+    endpoints:
+      - {{ address: "{v1}", labels: {{ version: v1 }} }}
+      - {{ address: "{v2}", labels: {{ version: v2 }} }}
+"#,
+        interface = harness::INTERFACE,
+    )
+}
+
+/// `POST path` with `body`; the status and the JSON answer.
+async fn post(gateway: SocketAddr, path: &str, body: &str) -> TestResult<(u16, Value)> {
+    let mut stream = TcpStream::connect(gateway).await?;
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer)).await??;
+    let answer = String::from_utf8(answer)?;
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("not an HTTP answer: {answer}"))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("no status in {head}"))?;
+    Ok((status, serde_json::from_str(body)?))
+}
+
+fn demo(method: &str) -> String {
+    format!("/dubbo/{}/{method}", harness::INTERFACE)
+}
+
+#[test]
+fn json_in_dubbo_through_the_engine_json_out() -> TestResult {
+    if !harness::tools_ready()? {
+        return Ok(());
+    }
+    let scratch = Scratch::new("http-gateway")?;
+    let (v1, v2) = harness::start_providers(&scratch)?;
+    let runtime = support::runtime()?;
+    runtime.block_on(async {
+        let client = RouterClient::builder(Config::from_yaml(&config(&v1.addr(), &v2.addr()))?)
+            .codecs(metaprotocol_examples::codec_registry())
+            .build()
+            .await?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let gateway = listener.local_addr()?;
+        let app = metaprotocol_examples::gateway::app(client, Duration::from_secs(10));
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let call = json!({ "args": ["ada"], "attachments": { "tenant": "t1" } }).to_string();
+        let (status, answer) = post(gateway, &demo("sayHello"), &call).await?;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["status"], 20, "{answer}");
+        let result = answer["result"].as_str().unwrap_or_default();
+        assert!(result.starts_with("Hello, ada from v1"), "{answer}");
+        let seen = v1.calls();
+        let attachments = &seen.last().ok_or("v1 saw no call")?.attachments;
+        assert_eq!(attachments.get("tenant").map(String::as_str), Some("t1"));
+        assert_eq!(
+            attachments.get("x-via").map(String::as_str),
+            Some("gateway")
+        );
+
+        let batch = json!({ "args": ["bo"], "attachments": { "batchJob": "true" } }).to_string();
+        let (status, answer) = post(gateway, &demo("sayHello"), &batch).await?;
+        assert_eq!(status, 200, "{answer}");
+        let result = answer["result"].as_str().unwrap_or_default();
+        assert!(result.starts_with("Hello, bo from v2"), "{answer}");
+
+        let (status, answer) = post(gateway, "/dubbo/org.example.Nope/x", "{}").await?;
+        assert_eq!(
+            (status, &answer["kind"]),
+            (404, &json!("route_not_found")),
+            "{answer}"
+        );
+
+        let slow = json!({ "args": ["sleep-3000"] }).to_string();
+        let (status, answer) = post(gateway, &demo("sayHello"), &slow).await?;
+        assert_eq!(
+            (status, &answer["kind"]),
+            (504, &json!("timeout")),
+            "{answer}"
+        );
+
+        let crash = json!({ "args": ["crash"] }).to_string();
+        let (status, answer) = post(gateway, &demo("sayHello"), &crash).await?;
+        assert_eq!((status, &answer["status"]), (502, &json!(80)), "{answer}");
+
+        let (status, answer) = post(gateway, &demo("sayHello"), "{\"args\": 1}").await?;
+        assert_eq!(status, 400, "{answer}");
+
+        server.abort();
+        Ok(())
+    })
+}

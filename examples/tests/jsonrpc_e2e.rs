@@ -1,0 +1,165 @@
+//! The fourth protocol, `metaprotocol-jsonrpc`, through the proxy with a real JSON-RPC 2.0
+//! library from PyPI at both ends: two jsonrpcserver servers behind the proxy, a jsonrpcclient
+//! client in front (`tests/interop/jsonrpc/`). Calls are routed by method and balanced, ids of
+//! either type come back as sent while answers arrive out of order, the service's errors pass
+//! through, and the proxy's own (no route, timeout, a line that is not JSON) are JSON-RPC errors.
+//!
+//! The library is installed by `examples/tests/interop/jsonrpc/setup.sh`; without it the test is
+//! skipped, unless `METAPROTOCOL_REQUIRE_INTEROP=1` (CI) makes it fail.
+
+#[allow(dead_code)]
+mod support;
+
+#[path = "interop/dubbo/harness/json_line.rs"]
+mod json_line;
+
+use std::time::Duration;
+
+use json_line::Line;
+use support::interop::Suite;
+use support::process::{ChildGuard, Scratch};
+use support::proxy::InProcessProxy;
+use support::{TestResult, free_port};
+
+const SUITE: Suite = Suite::new("jsonrpc");
+
+/// A server of the suite, and the file its notifications go to.
+struct Server {
+    port: u16,
+    _process: ChildGuard,
+}
+
+fn server(name: &str, record: &std::path::Path, scratch: &Scratch) -> TestResult<Server> {
+    let port = free_port()?;
+    let mut command = SUITE.command(SUITE.python());
+    command
+        .arg("server.py")
+        .args(["--port", &port.to_string(), "--name", name])
+        .arg("--record")
+        .arg(record);
+    let mut process = ChildGuard::spawn(command, &format!("jsonrpc-{name}"), scratch)?;
+    process.wait_for_stdout("ready", Duration::from_secs(20))?;
+    Ok(Server {
+        port,
+        _process: process,
+    })
+}
+
+/// Runs the client with `args`; its JSON lines.
+fn client(addr: &str, args: &[&str], scratch: &Scratch) -> TestResult<Vec<Line>> {
+    let mut command = SUITE.command(SUITE.python());
+    command.arg("client.py").args(["--addr", addr]).args(args);
+    let mut process = ChildGuard::spawn(command, "jsonrpc-client", scratch)?;
+    process.wait(Duration::from_secs(30))?;
+    let stdout = process.stdout();
+    let lines = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(Line::parse)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("bad client output {stdout}: {e}"))?;
+    if !lines.iter().any(|l| l.bool("done") == Some(true)) {
+        return Err(format!(
+            "the client did not finish: {stdout} / {}",
+            process.stderr_tail()
+        )
+        .into());
+    }
+    Ok(lines)
+}
+
+fn config(s1: u16, s2: u16) -> String {
+    format!(
+        r#"
+listeners:
+  - {{ name: rpc-in, address: 127.0.0.1:0, protocol: jsonrpc, route_config: rpc }}
+route_configs:
+  - name: rpc
+    routes:
+      - name: slow
+        match: {{ metadata: [ {{ key: method, exact: sleep }} ] }}
+        route: {{ cluster: servers }}
+        timeout: 300ms
+      - name: service
+        match: {{ metadata: [ {{ key: method, regex: "add|whoami|fail|note" }} ] }}
+        route: {{ cluster: servers }}
+clusters:
+  - name: servers
+    lb_policy: round_robin
+    endpoints: [ {{ address: "127.0.0.1:{s1}" }}, {{ address: "127.0.0.1:{s2}" }} ]
+"#
+    )
+}
+
+#[test]
+fn json_rpc_through_the_proxy_with_a_real_library() -> TestResult {
+    let missing =
+        (!SUITE.venv_python().exists()).then(|| "the suite's .venv is missing".to_owned());
+    if !SUITE.ready(missing)? {
+        return Ok(());
+    }
+    let scratch = Scratch::new("jsonrpc-e2e")?;
+    let notes = scratch.path("notes.log");
+    let s1 = server("s1", &notes, &scratch)?;
+    let s2 = server("s2", &notes, &scratch)?;
+    let proxy = InProcessProxy::start(&config(s1.port, s2.port))?;
+    let addr = proxy.addr("rpc-in")?.to_string();
+
+    let calls = r#"[["add", [1, 2]], ["add", [40, 2]], ["whoami", []], ["whoami", []],
+                    ["fail", []], ["nope", []], ["sleep", [2000]], ["add", [5, 5]]]"#;
+    let lines = client(&addr, &["--calls", calls, "--notify", "hello"], &scratch)?;
+    let calls: Vec<&Line> = lines.iter().filter(|l| l.num("call").is_some()).collect();
+    assert_eq!(calls.len(), 8, "{lines:?}");
+    assert!(
+        calls.iter().all(|l| l.bool("id_ok") == Some(true)),
+        "{lines:?}"
+    );
+    assert_eq!(calls[0].num("result"), Some(3.0));
+    assert_eq!(calls[1].num("result"), Some(42.0));
+    let mut served_by = [calls[2].str("result"), calls[3].str("result")];
+    served_by.sort();
+    assert_eq!(
+        served_by,
+        [Some("s1"), Some("s2")],
+        "round robin: {lines:?}"
+    );
+    assert_eq!(
+        (calls[4].num("code"), calls[4].str("message")),
+        (Some(7.0), Some("failed on purpose"))
+    );
+    assert_eq!(calls[5].num("code"), Some(-32601.0), "no route: {lines:?}");
+    assert!(
+        calls[5]
+            .str("message")
+            .is_some_and(|m| m.starts_with("route_not_found"))
+    );
+    assert_eq!(calls[6].num("code"), Some(-32001.0), "timeout: {lines:?}");
+    assert_eq!(calls[7].num("result"), Some(10.0));
+    let noted = std::fs::read_to_string(&notes)?;
+    assert_eq!(
+        noted.lines().filter(|l| l.ends_with("\thello")).count(),
+        1,
+        "{noted}"
+    );
+
+    let raw = client(
+        &addr,
+        &[
+            "--raw",
+            "{this is not json",
+            "--calls",
+            r#"[["add", [2, 2]]]"#,
+        ],
+        &scratch,
+    )?;
+    let parse_error = raw
+        .iter()
+        .find_map(|l| l.str("raw"))
+        .ok_or("no raw answer")?;
+    let parse_error: serde_json::Value = serde_json::from_str(parse_error)?;
+    assert_eq!(parse_error["error"]["code"], -32700, "{parse_error}");
+    assert_eq!(parse_error["id"], serde_json::Value::Null);
+    // The connection goes on after it.
+    assert!(raw.iter().any(|l| l.num("result") == Some(4.0)), "{raw:?}");
+    Ok(())
+}

@@ -1,0 +1,290 @@
+//! The engine as a client (`RouterClient`), against the demo Dubbo providers over loopback:
+//! calls built with `metaprotocol_dubbo::build` are routed by the route config, balanced over
+//! the cluster, retried past a dead endpoint, bounded by the route's timeout, filtered by the
+//! client's filter chain, and composed with tower layers; completion hooks run exactly once,
+//! also for calls the caller gives up on.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use metaprotocol_core::{
+    CompleteContext, FilterDecision, L7Filter, LocalReplyKind, Message, RequestContext,
+    ResponseFlags,
+};
+use metaprotocol_dubbo::build::{Call, ResponseBody, request_message, response_body};
+use metaprotocol_examples::dubbo_demo::{DEMO_SERVICE, DEMO_VERSION, DemoProvider, SLOW_METHOD};
+use metaprotocol_router::config::FilterSpec;
+use metaprotocol_router::{Config, FilterRegistry, RouterClient};
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// A call of `method` of the demo service, built as a gateway would.
+fn call(method: &str, attachments: &[(&str, &str)]) -> Message {
+    call_service(DEMO_SERVICE, method, attachments)
+}
+
+fn call_service(service: &str, method: &str, attachments: &[(&str, &str)]) -> Message {
+    request_message(&Call {
+        service,
+        version: DEMO_VERSION,
+        method,
+        string_args: &["ada"],
+        attachments,
+    })
+    .unwrap_or_else(|err| panic!("cannot build a call: {err}"))
+}
+
+/// An address nothing listens on.
+fn closed_port() -> std::io::Result<SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+fn config(
+    v1: SocketAddr,
+    v2: SocketAddr,
+    dead: SocketAddr,
+) -> Result<Config, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(Config::from_yaml(&format!(
+        r#"
+route_configs:
+  - name: services
+    routes:
+      - name: batch
+        match: {{ metadata: [ {{ key: batchJob, exact: "true" }} ] }}
+        route: {{ cluster: demo, subset: {{ version: v2 }} }}
+        response_mutation: {{ set: {{ x-route: batch }} }}
+      - name: slow
+        match: {{ metadata: [ {{ key: method, exact: {slow} }} ] }}
+        route: {{ cluster: demo, subset: {{ version: v1 }} }}
+        timeout: 200ms
+        retry_policy: {{ num_retries: 2, retry_on: [connect_failure] }}
+      - name: users
+        match: {{ metadata: [ {{ key: interface, exact: {DEMO_SERVICE} }} ] }}
+        route: {{ cluster: demo, subset: {{ version: v1 }} }}
+        retry_policy: {{ num_retries: 2, retry_on: [connect_failure] }}
+        response_mutation: {{ set: {{ x-route: users }} }}
+clusters:
+  - name: demo
+    connect_timeout: 500ms
+    endpoints:
+      - {{ address: "{dead}", labels: {{ version: v1 }} }}
+      - {{ address: "{v1}", labels: {{ version: v1 }} }}
+      - {{ address: "{v2}", labels: {{ version: v2 }} }}
+"#,
+        slow = SLOW_METHOD,
+    ))?)
+}
+
+/// Two providers, a dead endpoint in the v1 subset, and a client over them.
+struct World {
+    v1: DemoProvider,
+    v2: DemoProvider,
+    client: RouterClient,
+}
+
+async fn world(
+    filters: Vec<FilterSpec>,
+    registry: FilterRegistry,
+) -> Result<World, Box<dyn std::error::Error + Send + Sync>> {
+    let v1 = DemoProvider::start_with_delay("v1", Duration::from_secs(5)).await?;
+    let v2 = DemoProvider::start("v2").await?;
+    let client = RouterClient::builder(config(v1.address(), v2.address(), closed_port()?)?)
+        .codecs(metaprotocol_examples::codec_registry())
+        .filter_registry(registry)
+        .filters(filters)
+        .protocol("dubbo")
+        .build()
+        .await?;
+    Ok(World { v1, v2, client })
+}
+
+fn provider_of(response: &Message) -> Option<&str> {
+    response.metadata.get("provider").map(|p| p.as_str())
+}
+
+#[tokio::test]
+async fn calls_are_routed_retried_and_answered() -> TestResult {
+    let world = world(Vec::new(), FilterRegistry::with_builtins()).await?;
+    // Half the v1 subset refuses connections: every call still gets there, by retrying.
+    for _ in 0..6 {
+        let response = world.client.call(call("sayHello", &[])).await?;
+        assert_eq!(provider_of(&response), Some("v1"));
+        assert_eq!(
+            response.metadata.get("x-route").map(|v| v.as_str()),
+            Some("users")
+        );
+        assert_eq!(
+            response_body(&response.frame)?,
+            ResponseBody::Value("Hello from v1".into())
+        );
+    }
+    let batch = world
+        .client
+        .call(call("sayHello", &[("batchJob", "true")]))
+        .await?;
+    assert_eq!(provider_of(&batch), Some("v2"));
+    assert_eq!(world.v2.seen().len(), 1);
+    assert_eq!(world.v1.seen().len(), 6);
+    let metrics = world.client.metrics().render();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("metaprotocol_upstream_rq_retry_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn no_route_and_timeouts_are_call_errors() -> TestResult {
+    let world = world(Vec::new(), FilterRegistry::with_builtins()).await?;
+    let err = world
+        .client
+        .call(call_service("org.example.Unknown", "x", &[]))
+        .await
+        .err()
+        .map(|e| e.kind());
+    assert_eq!(err, Some(LocalReplyKind::RouteNotFound));
+    let err = world
+        .client
+        .call(call(SLOW_METHOD, &[]))
+        .await
+        .err()
+        .map(|e| e.kind());
+    assert_eq!(err, Some(LocalReplyKind::Timeout));
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_filter_chain_runs_on_every_call() -> TestResult {
+    let filters = vec![FilterSpec {
+        name: "lua".into(),
+        config: serde_json::json!({ "source": include_str!("../filters/tenant.lua"), "counters": ["fast_lane"] }),
+    }];
+    let world = world(filters, FilterRegistry::with_builtins()).await?;
+    let refused = world.client.call(call("sayHello", &[])).await.err();
+    assert_eq!(
+        refused.map(|e| e.kind()),
+        Some(LocalReplyKind::Unauthorized)
+    );
+    let served = world
+        .client
+        .call(call("sayHello", &[("tenant", "t1")]))
+        .await?;
+    assert_eq!(
+        served.metadata.get("x-tenant-echo").map(|v| v.as_str()),
+        Some("t1")
+    );
+    let seen = world.v1.seen();
+    let tag = seen
+        .last()
+        .and_then(|r| r.metadata.get("x-filtered-by").cloned());
+    assert_eq!(tag.as_ref().map(|t| t.as_str()), Some("lua:t1"));
+    Ok(())
+}
+
+/// Records the flags of every completed call.
+struct Completions(Arc<Mutex<Vec<ResponseFlags>>>);
+
+impl L7Filter for Completions {
+    fn name(&self) -> &str {
+        "completions"
+    }
+
+    fn on_request(&self, _ctx: &mut RequestContext<'_>) -> FilterDecision {
+        FilterDecision::Continue
+    }
+
+    fn on_complete(&self, ctx: &CompleteContext<'_>) {
+        if let Ok(mut seen) = self.0.lock() {
+            seen.push(ctx.record.outcome.flags);
+        }
+    }
+}
+
+#[tokio::test]
+async fn tower_layers_compose_and_abandoned_calls_complete_once() -> TestResult {
+    let completed = Arc::new(Mutex::new(Vec::new()));
+    let mut registry = FilterRegistry::with_builtins();
+    let log = completed.clone();
+    registry.register("completions", move |_, _| {
+        Ok(Arc::new(Completions(log.clone())) as Arc<dyn L7Filter>)
+    });
+    let filters = vec![FilterSpec {
+        name: "completions".into(),
+        config: serde_json::Value::Null,
+    }];
+    let world = world(filters, registry).await?;
+    let mut service = ServiceBuilder::new()
+        .concurrency_limit(4)
+        .timeout(Duration::from_millis(50))
+        .service(world.client.clone());
+    // The slow provider takes 5 s; the route allows 200 ms; the tower layer, 50 ms: the layer
+    // wins, and the engine sees a caller that went away.
+    let err = service
+        .ready()
+        .await?
+        .call(call(SLOW_METHOD, &[]))
+        .await
+        .err()
+        .ok_or("the slow call succeeded")?;
+    assert!(err.is::<tower::timeout::error::Elapsed>(), "{err}");
+    let answered = service.ready().await?.call(call("sayHello", &[])).await?;
+    assert_eq!(provider_of(&answered), Some("v1"));
+    let completed = completed.lock().map(|c| c.clone()).unwrap_or_default();
+    assert_eq!(
+        completed,
+        vec![
+            ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
+            ResponseFlags::NONE
+        ]
+    );
+    Ok(())
+}
+
+/// The routing parts a proxy has reach the client too: a cluster of host names (resolved when
+/// the client is built), a mirror copying each call to another cluster, a direct response.
+#[tokio::test]
+async fn host_names_mirrors_and_direct_responses_work_through_the_client() -> TestResult {
+    let main = DemoProvider::start("main").await?;
+    let shadow = DemoProvider::start("shadow").await?;
+    let config = Config::from_yaml(&format!(
+        r#"
+route_configs:
+  - name: services
+    routes:
+      - match: {{ metadata: [ {{ key: method, exact: retired }} ] }}
+        direct_response: {{ kind: unavailable, message: "retired is retired" }}
+      - route: {{ cluster: main }}
+        mirror: {{ cluster: shadow }}
+clusters:
+  - name: main
+    endpoints: [ {{ address: "localhost:{main_port}" }} ]
+  - name: shadow
+    endpoints: [ {{ address: "{shadow}" }} ]
+"#,
+        main_port = main.address().port(),
+        shadow = shadow.address(),
+    ))?;
+    let client = RouterClient::builder(config)
+        .codecs(metaprotocol_examples::codec_registry())
+        .protocol("dubbo")
+        .build()
+        .await?;
+    let response = client.call(call("sayHello", &[])).await?;
+    assert_eq!(provider_of(&response), Some("main"));
+    // The copy is fire and forget: it reaches the shadow soon after the call is answered.
+    let mut waited = Duration::ZERO;
+    while shadow.seen().is_empty() && waited < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += Duration::from_millis(20);
+    }
+    assert_eq!(shadow.seen().len(), 1);
+    assert_eq!(main.seen().len(), 1);
+    let err = client.call(call("retired", &[])).await.err();
+    assert_eq!(err.map(|e| e.kind()), Some(LocalReplyKind::Unavailable));
+    assert_eq!(main.seen().len(), 1);
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! Distributed tracing end to end: an OTLP/gRPC receiver in the test (opentelemetry-proto's
+//! types on tonic) gets, for a Dubbo call, a Thrift THeader call and a bRPC call through the
+//! proxy, a server span that is the caller's child and a client span per upstream attempt that
+//! is the server span's child; the real servers see the `traceparent` naming their attempt's
+//! span (a Dubbo attachment, a THeader header, a bRPC user field). A retried Dubbo call has a
+//! span per attempt. The Thrift case needs Apache Thrift's Python library (skipped without it
+//! unless `METAPROTOCOL_REQUIRE_INTEROP=1`).
+
+// Each test file uses its own part of the shared support.
+#[allow(dead_code)]
+mod brpc_support;
+#[allow(dead_code)]
+mod support;
+
+use std::time::Duration;
+
+use brpc_support::{BrpcClient, BrpcServer, Call};
+use metaprotocol_examples::dubbo_demo::{DEMO_SERVICE, DemoProvider, DubboClient, FAILING_METHOD};
+use support::otlp::{OtlpReceiver, ReceivedSpan, check_call_spans};
+use support::process::Scratch;
+use support::proxy::{InProcessProxy, listener_addr, start_engine};
+use support::thrift::{Server, spawn_script, tools_ready};
+use support::{TestResult, free_port};
+
+/// How long spans may take to reach the receiver.
+const EXPORT: Duration = Duration::from_secs(10);
+
+/// The caller's trace and span, as its `traceparent` names them (sampled).
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+fn traceparent(trace_id: &str) -> String {
+    format!("00-{trace_id}-{CALLER_SPAN}-01")
+}
+
+/// A listener `in` speaking `protocol`, tracing to `receiver`, routing everything to cluster
+/// `backend` at `backend`; `routes` go before the catch-all route.
+fn config(protocol: &str, receiver: &OtlpReceiver, backend: &str, routes: &str) -> String {
+    format!(
+        r#"
+listeners:
+  - name: in
+    address: 127.0.0.1:0
+    protocol: {protocol}
+    route_config: routes
+    tracing: {{ otlp_endpoint: "{}", service_name: edge-proxy, export_interval: 50ms }}
+route_configs:
+  - name: routes
+    routes:{routes}
+      - {{ name: all, route: {{ cluster: backend }} }}
+clusters:
+  - {{ name: backend, endpoints: [ {{ address: "{backend}" }} ] }}
+"#,
+        receiver.endpoint()
+    )
+}
+
+/// Checks the RPC attributes both kinds of span carry.
+/// (`service` is `None` for plain Thrift, whose messages name no service).
+fn check_rpc(span: &ReceivedSpan, system: &str, service: Option<&str>, method: &str) {
+    assert_eq!(span.service, "edge-proxy", "{span:#?}");
+    assert_eq!(span.attribute("rpc.system"), Some(system), "{span:#?}");
+    assert_eq!(span.attribute("rpc.service"), service, "{span:#?}");
+    assert_eq!(span.attribute("rpc.method"), Some(method), "{span:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dubbo_call_and_each_attempt_of_a_retried_one() -> TestResult {
+    let receiver = OtlpReceiver::start()?;
+    let provider = DemoProvider::start("p").await?;
+    let retried = format!(
+        r#"
+      - name: retried
+        match: {{ metadata: [ {{ key: method, exact: {FAILING_METHOD} }} ] }}
+        route: {{ cluster: backend }}
+        retry_policy:
+          num_retries: 1
+          retry_on: [ unavailable ]
+          idempotent_methods: [ {FAILING_METHOD} ]
+          retry_back_off: {{ base_interval: 1ms }}"#
+    );
+    let yaml = config(
+        "dubbo",
+        &receiver,
+        &provider.address().to_string(),
+        &retried,
+    );
+    let proxy = start_engine(&yaml).await?;
+    let client = DubboClient::new(listener_addr(&proxy, "in")?);
+    let parent = traceparent(TRACE_ID);
+    client
+        .call("sayHello", "w", &[("traceparent", &parent)])
+        .await?;
+    let seen = provider.seen();
+    let upstream = seen[0]
+        .metadata
+        .get("traceparent")
+        .ok_or("no traceparent")?;
+    let spans = receiver.trace(TRACE_ID, 2, EXPORT).await?;
+    let (server, attempts) = check_call_spans(&spans, TRACE_ID, CALLER_SPAN, upstream.as_str())?;
+    assert_eq!(attempts.len(), 1);
+    check_rpc(&server, "apache_dubbo", Some(DEMO_SERVICE), "sayHello");
+    check_rpc(&attempts[0], "apache_dubbo", Some(DEMO_SERVICE), "sayHello");
+    assert_eq!(
+        attempts[0].attribute("server.port"),
+        Some(provider.address().port().to_string().as_str())
+    );
+
+    let retried_trace = "0af7651916cd43dd8448eb211c80319c";
+    let answer = client
+        .call(
+            FAILING_METHOD,
+            "w",
+            &[("traceparent", &traceparent(retried_trace))],
+        )
+        .await?;
+    assert_eq!(answer.dubbo_status, 70);
+    let spans = receiver.trace(retried_trace, 3, EXPORT).await?;
+    let seen = provider.seen();
+    let last = seen.last().ok_or("nothing seen")?;
+    let upstream = last.metadata.get("traceparent").ok_or("no traceparent")?;
+    let (server, attempts) =
+        check_call_spans(&spans, retried_trace, CALLER_SPAN, upstream.as_str())?;
+    assert_eq!(attempts.len(), 2, "a span per attempt: {spans:#?}");
+    assert_eq!(server.status, 2, "the call failed: {server:#?}");
+    let first = seen[seen.len() - 2].metadata.get("traceparent");
+    assert_ne!(first, Some(upstream), "each attempt names its own span");
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_brpc_call_carries_the_context_in_user_fields() -> TestResult {
+    let receiver = OtlpReceiver::start()?;
+    let server = BrpcServer::start("b1").await?;
+    let yaml = config("brpc", &receiver, &server.addr().to_string(), "");
+    let proxy = start_engine(&yaml).await?;
+    let mut client = BrpcClient::connect(listener_addr(&proxy, "in")?).await?;
+    let service = "example.EchoService";
+    let reply = client
+        .call(&Call::new(service, "Echo", "w").field("traceparent", &traceparent(TRACE_ID)))
+        .await?;
+    assert_eq!(reply.error_code(), 0);
+    let upstream = reply
+        .field("echo-traceparent")
+        .ok_or("the server saw no traceparent")?;
+    let spans = receiver.trace(TRACE_ID, 2, EXPORT).await?;
+    let (span, attempts) = check_call_spans(&spans, TRACE_ID, CALLER_SPAN, upstream)?;
+    check_rpc(&span, "brpc", Some(service), "Echo");
+    check_rpc(&attempts[0], "brpc", Some(service), "Echo");
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[test]
+fn a_thrift_theader_call_carries_the_context_in_headers() -> TestResult {
+    if !tools_ready()? {
+        return Ok(());
+    }
+    let scratch = Scratch::new("tracing-thrift")?;
+    let receiver = OtlpReceiver::start()?;
+    let server = Server::start("header", "binary", "alpha", &scratch)?;
+    let yaml = config("thrift", &receiver, &server.address(), "");
+    let proxy = InProcessProxy::start(&yaml)?;
+    let port = proxy.addr("in")?.port().to_string();
+    let headers = format!("traceparent={}", traceparent(TRACE_ID));
+    let mut client = spawn_script(
+        "client.py",
+        &[&port, "header", "binary", "echo", "traceparent"],
+        &[("THRIFT_HEADERS", &headers)],
+        &format!("tracing-client-{}", free_port()?),
+        &scratch,
+    )?;
+    let status = client.wait(Duration::from_secs(30))?;
+    assert!(status.success(), "{}", client.stderr_tail());
+    let answer: serde_json::Value = serde_json::from_str(client.stdout().trim())?;
+    let upstream = answer["echo"].as_str().ok_or("no echo")?;
+    let spans = tokio::runtime::Runtime::new()?.block_on(receiver.trace(TRACE_ID, 2, EXPORT))?;
+    let (span, attempts) = check_call_spans(&spans, TRACE_ID, CALLER_SPAN, upstream)?;
+    check_rpc(&span, "apache_thrift", None, "echoHeader");
+    assert_eq!(attempts.len(), 1);
+    Ok(())
+}

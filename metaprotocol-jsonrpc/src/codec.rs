@@ -1,0 +1,289 @@
+//! [`JsonRpcCodec`]: lines in, [`Message`]s out, and back.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use metaprotocol_core::{
+    ByteStr, Codec, CodecError, EncodeParams, FrameLayout, LocalReply, LocalReplyKind, Message,
+    MessageKind, ResponseStatus, Side, keys,
+};
+
+use crate::line::{self, Invalid, Line, Text};
+
+/// The id a reply to a line without a readable id carries.
+const NULL_ID: &[u8] = b"null";
+
+/// The codec of one connection and direction. It keeps no state between frames.
+///
+/// A call travels upstream with an id of the proxy's own that carries the client's: the
+/// string `"<n>:<hex>"`, where `n` is the engine's request id and `hex` the client's id as it
+/// wrote it (a number, a string, or `null`), hex-encoded. Servers echo ids, so the answer brings
+/// the client's id back, and the client gets it exactly as it sent it.
+#[derive(Debug)]
+pub struct JsonRpcCodec {
+    side: Side,
+    max_line: usize,
+    mutations_ignored: Arc<AtomicU64>,
+}
+
+impl JsonRpcCodec {
+    /// A codec for `side` accepting lines of up to `max_line` bytes, counting mutations it
+    /// cannot apply in `mutations_ignored`.
+    pub fn new(side: Side, max_line: usize, mutations_ignored: Arc<AtomicU64>) -> Self {
+        Self {
+            side,
+            max_line,
+            mutations_ignored,
+        }
+    }
+
+    fn message(&self, frame: Bytes, len: usize) -> Result<Message, CodecError> {
+        let content = frame.get(..len).unwrap_or_default();
+        match (line::read(content), self.side) {
+            (Line::Request { id, method }, Side::Downstream) => {
+                let kind = if id.is_some() {
+                    MessageKind::Request
+                } else {
+                    MessageKind::Oneway
+                };
+                let method = match method {
+                    Text::At(range) => ByteStr::from_utf8(frame.slice(range)).ok(),
+                    Text::Owned(text) => Some(ByteStr::from(text)),
+                };
+                // The engine never reads a client's request id back but to pass it to `encode`;
+                // the client's own id stays in the frame.
+                let mut message = Message::new(kind, 0, frame);
+                message.layout = layout(id.as_ref());
+                if let Some(method) = method {
+                    message
+                        .metadata
+                        .insert(ByteStr::from_static(keys::METHOD), method);
+                }
+                Ok(message)
+            }
+            (Line::Response { id, error }, Side::Upstream) => {
+                let request_id =
+                    upstream_id(content, &id)
+                        .map(|(n, _)| n)
+                        .ok_or(CodecError::malformed(
+                            "a JSON-RPC response whose id is not one the proxy sent",
+                        ))?;
+                let mut message = Message::new(MessageKind::Response, request_id, frame);
+                message.layout = layout(Some(&id));
+                message.status = match error {
+                    None => ResponseStatus::Ok,
+                    // The codes JSON-RPC reserves for itself and for servers' own failures.
+                    Some(-32768..=-32000) => ResponseStatus::ServerError,
+                    Some(_) => ResponseStatus::ApplicationError,
+                };
+                Ok(message)
+            }
+            (Line::Invalid(why), Side::Downstream) => {
+                let mut message = Message::new(MessageKind::Request, 0, frame);
+                message.reject_reason = Some(why.reason());
+                Ok(message)
+            }
+            (Line::Invalid(why), Side::Upstream) => Err(CodecError::malformed(why.reason())),
+            (Line::Response { .. }, Side::Downstream) => Err(CodecError::Unsupported(
+                "a client sent a JSON-RPC response; server-to-client calls are not proxied".into(),
+            )),
+            (Line::Request { .. }, Side::Upstream) => Err(CodecError::Unsupported(
+                "a server sent a JSON-RPC request; server-to-client calls are not proxied".into(),
+            )),
+        }
+    }
+}
+
+/// The id's place in the frame: `[start, end, 1]`, or all zeros for no id.
+fn layout(id: Option<&std::ops::Range<usize>>) -> FrameLayout {
+    let mut slots = [0u32; 6];
+    if let Some(range) = id
+        && let (Ok(start), Ok(end)) = (u32::try_from(range.start), u32::try_from(range.end))
+    {
+        slots = [start, end, 1, 0, 0, 0];
+    }
+    FrameLayout(slots)
+}
+
+/// Where `message`'s id sits, if it has one.
+fn id_range(message: &Message) -> Option<std::ops::Range<usize>> {
+    let [start, end, has, ..] = message.layout.0;
+    (has == 1).then_some(start as usize..end as usize)
+}
+
+/// Appends `frame` with its id (at `range`) replaced by what `write_id` writes.
+fn write_with_id(
+    frame: &[u8],
+    range: std::ops::Range<usize>,
+    dst: &mut BytesMut,
+    write_id: impl FnOnce(&mut BytesMut),
+) -> Result<(), CodecError> {
+    let (Some(before), Some(after)) = (frame.get(..range.start), frame.get(range.end..)) else {
+        return Err(CodecError::Encode("the frame's id is out of place".into()));
+    };
+    dst.reserve(frame.len() + 2 * range.len() + 24);
+    dst.put_slice(before);
+    write_id(dst);
+    dst.put_slice(after);
+    Ok(())
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Writes the upstream id of call `n` whose client id is `client_id`: `"<n>:<hex>"`.
+fn put_upstream_id(dst: &mut BytesMut, n: u64, client_id: &[u8]) {
+    let mut digits = [0u8; 20];
+    dst.put_u8(b'"');
+    dst.put_slice(format_id(&mut digits, n));
+    dst.put_u8(b':');
+    for byte in client_id {
+        dst.put_u8(HEX[usize::from(byte >> 4)]);
+        dst.put_u8(HEX[usize::from(byte & 0xf)]);
+    }
+    dst.put_u8(b'"');
+}
+
+/// The engine's request id and the client's id (still hex-encoded) in the upstream id at
+/// `range` of `line`.
+fn upstream_id<'l>(line: &'l [u8], range: &std::ops::Range<usize>) -> Option<(u64, &'l [u8])> {
+    let token = line
+        .get(range.clone())?
+        .strip_prefix(b"\"")?
+        .strip_suffix(b"\"")?;
+    let colon = token.iter().position(|b| *b == b':')?;
+    let n = std::str::from_utf8(&token[..colon]).ok()?.parse().ok()?;
+    let hex = &token[colon + 1..];
+    (hex.len() % 2 == 0 && hex.iter().all(u8::is_ascii_hexdigit)).then_some((n, hex))
+}
+
+fn unhex(digit: u8) -> u8 {
+    match digit {
+        b'0'..=b'9' => digit - b'0',
+        b'a'..=b'f' => digit - b'a' + 10,
+        _ => digit.wrapping_sub(b'A').wrapping_add(10) & 0xf,
+    }
+}
+
+/// JSON-RPC's error code for a local reply.
+fn error_code(request: &Message, kind: LocalReplyKind) -> i64 {
+    match kind {
+        LocalReplyKind::RouteNotFound => -32601,
+        LocalReplyKind::BadRequest if request.reject_reason == Some(Invalid::Parse.reason()) => {
+            -32700
+        }
+        LocalReplyKind::BadRequest => -32600,
+        LocalReplyKind::Timeout => -32001,
+        LocalReplyKind::Unavailable | LocalReplyKind::NoHealthyUpstream => -32002,
+        LocalReplyKind::OverLimit => -32003,
+        LocalReplyKind::Unauthorized => -32004,
+        _ => -32000,
+    }
+}
+
+impl Codec for JsonRpcCodec {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, CodecError> {
+        loop {
+            let Some(newline) = src.iter().position(|b| *b == b'\n') else {
+                if src.len() > self.max_line {
+                    return Err(CodecError::FrameTooLarge {
+                        size: src.len() as u64,
+                        max: self.max_line,
+                    });
+                }
+                return Ok(None);
+            };
+            if newline > self.max_line {
+                return Err(CodecError::FrameTooLarge {
+                    size: newline as u64,
+                    max: self.max_line,
+                });
+            }
+            let frame = src.split_to(newline + 1).freeze();
+            if frame.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            return self.message(frame, newline).map(Some);
+        }
+    }
+
+    fn encode(
+        &mut self,
+        message: &Message,
+        params: &EncodeParams<'_>,
+        dst: &mut BytesMut,
+    ) -> Result<(), CodecError> {
+        if !params.mutation.is_empty() {
+            // JSON-RPC has no headers to edit: the frame goes as it came, and that is counted.
+            self.mutations_ignored.fetch_add(1, Ordering::Relaxed);
+        }
+        let frame = &message.frame;
+        match (self.side, message.kind, id_range(message)) {
+            (Side::Upstream, MessageKind::Request, Some(range)) => {
+                let client_id = frame.get(range.clone()).unwrap_or_default();
+                write_with_id(frame, range.clone(), dst, |dst| {
+                    put_upstream_id(dst, params.request_id, client_id);
+                })
+            }
+            (Side::Downstream, MessageKind::Response, Some(range)) => {
+                let (_, hex) = upstream_id(frame, &range).ok_or(CodecError::Encode(
+                    "the answer's id is not the proxy's".into(),
+                ))?;
+                write_with_id(frame, range, dst, |dst| {
+                    for pair in hex.chunks_exact(2) {
+                        dst.put_u8(unhex(pair[0]) << 4 | unhex(pair[1]));
+                    }
+                })
+            }
+            (_, MessageKind::Oneway, None) => {
+                dst.put_slice(frame);
+                Ok(())
+            }
+            _ => Err(CodecError::Encode(
+                "this JSON-RPC message cannot be written on this side".into(),
+            )),
+        }
+    }
+
+    fn encode_local_reply(
+        &mut self,
+        request: &Message,
+        reply: &LocalReply,
+        dst: &mut BytesMut,
+    ) -> Result<(), CodecError> {
+        let id = id_range(request)
+            .and_then(|range| request.frame.get(range))
+            .unwrap_or(NULL_ID);
+        let text = serde_json::to_string(&format!("{}: {}", reply.kind, reply.message))
+            .map_err(|e| CodecError::Encode(e.to_string().into()))?;
+        let code = error_code(request, reply.kind);
+        let head = format!(r#"{{"jsonrpc":"2.0","error":{{"code":{code},"message":{text}}},"id":"#);
+        dst.put_slice(head.as_bytes());
+        dst.put_slice(id);
+        dst.put_slice(b"}\n");
+        Ok(())
+    }
+
+    fn encode_heartbeat_reply(
+        &mut self,
+        _heartbeat: &Message,
+        _dst: &mut BytesMut,
+    ) -> Result<(), CodecError> {
+        // JSON-RPC has no heartbeats; the codec never decodes one.
+        Ok(())
+    }
+}
+
+/// `n` in decimal, in `buf`.
+fn format_id(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[at..]
+}

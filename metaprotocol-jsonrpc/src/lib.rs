@@ -1,0 +1,127 @@
+//! Line-delimited JSON-RPC 2.0 for metaprotocol-rs: every request and response is one JSON
+//! object on one line, as JSON-RPC over TCP is commonly spoken.
+//!
+//! This crate is the proof that a new protocol is one crate: it is written against the public
+//! API of `metaprotocol-core` only ([`Codec`], [`CodecFactory`],
+//! [`Message`](metaprotocol_core::Message), [`LocalReply`](metaprotocol_core::LocalReply)), and
+//! the engine routes, balances, retries and filters it like any other protocol. [`register`] adds it to a registry as `jsonrpc`.
+//!
+//! # What is supported
+//!
+//! | JSON-RPC | the proxy |
+//! |---|---|
+//! | a request (`method`, `params`, `id`) | a two-way call; `method` is its metadata, for routes to match |
+//! | a notification (no `id`) | a one-way call |
+//! | ids: numbers, strings, `null` | kept as written: the client's answer carries its own id, byte for byte. Upstream, a call's id is the proxy's own string `"<n>:<hex>"`: the engine's request id and the client's id, hex-encoded, which the server echoes back, so the codec keeps no state |
+//! | a response with `result` | status `Ok` |
+//! | a response with `error` | `ServerError` for the codes JSON-RPC reserves (-32768 to -32000), `ApplicationError` for the service's own |
+//! | a batch (an array) | answered with error -32600, not proxied |
+//! | a line that is not JSON | answered with error -32700 (id `null`); the connection stays open |
+//! | a line longer than `max_frame_bytes` | the connection closes |
+//! | header mutations | JSON-RPC has no headers: the frame is forwarded unchanged and counted in `metaprotocol_codec_mutations_not_applied_total{protocol="jsonrpc"}` |
+//!
+//! Local replies are JSON-RPC errors: `route_not_found` is -32601 (method not found),
+//! `bad_request` -32600 (or -32700 for a parse error), `timeout` -32001, `unavailable` and
+//! `no_healthy_upstream` -32002, `over_limit` -32003, `unauthorized` -32004, anything else
+//! -32000; the message is `"<kind>: <text>"`.
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use metaprotocol_core::{Codec, CodecOptions, CodecRegistry, EncodeParams, MessageKind, Mutation, Side, WireVariant};
+//!
+//! let mut registry = CodecRegistry::new();
+//! metaprotocol_jsonrpc::register(&mut registry);
+//! let factory = registry.build("jsonrpc", &CodecOptions::default()).ok_or("not registered")??;
+//!
+//! // A client's call, as the proxy reads it ...
+//! let mut downstream = factory.new_codec(Side::Downstream, WireVariant::DEFAULT);
+//! let mut read = BytesMut::from(&b"{\"jsonrpc\":\"2.0\",\"method\":\"add\",\"params\":[1,2],\"id\":\"a-1\"}\n"[..]);
+//! let call = downstream.decode(&mut read)?.ok_or("incomplete")?;
+//! assert_eq!(call.kind, MessageKind::Request);
+//! assert_eq!(call.metadata.get("method").map(|m| m.as_str()), Some("add"));
+//!
+//! // ... and as it sends it upstream, with its own id.
+//! let mut upstream = factory.new_codec(Side::Upstream, WireVariant::DEFAULT);
+//! let mut wire = BytesMut::new();
+//! let params = EncodeParams { request_id: 7, variant: WireVariant::DEFAULT, mutation: &Mutation::new() };
+//! upstream.encode(&call, &params, &mut wire)?;
+//! assert_eq!(&wire[..], &b"{\"jsonrpc\":\"2.0\",\"method\":\"add\",\"params\":[1,2],\"id\":\"7:22612d3122\"}\n"[..]);
+//!
+//! // The server's answer goes back to the client with the client's id.
+//! let mut answer = BytesMut::from(&b"{\"jsonrpc\":\"2.0\",\"result\":3,\"id\":\"7:22612d3122\"}\n"[..]);
+//! let response = upstream.decode(&mut answer)?.ok_or("incomplete")?;
+//! let mut back = BytesMut::new();
+//! let params = EncodeParams { request_id: call.request_id, ..params };
+//! downstream.encode(&response, &params, &mut back)?;
+//! assert_eq!(&back[..], &b"{\"jsonrpc\":\"2.0\",\"result\":3,\"id\":\"a-1\"}\n"[..]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod codec;
+mod line;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use metaprotocol_core::{
+    Codec, CodecCounter, CodecFactory, CodecOptions, CodecRegistry, OptionsError, Side, WireVariant,
+};
+
+pub use codec::JsonRpcCodec;
+
+/// The protocol's registered name.
+pub const PROTOCOL: &str = "jsonrpc";
+
+/// Registers the codec under [`PROTOCOL`]; its only option is `max_frame_bytes` (the longest
+/// line).
+pub fn register(registry: &mut CodecRegistry) {
+    registry.register(PROTOCOL, |options| {
+        JsonRpcCodecFactory::from_options(options)
+            .map(|factory| Arc::new(factory) as Arc<dyn CodecFactory>)
+    });
+}
+
+/// The configured protocol: makes a [`JsonRpcCodec`] per connection and direction.
+#[derive(Debug)]
+pub struct JsonRpcCodecFactory {
+    max_line: usize,
+    mutations_ignored: Arc<AtomicU64>,
+}
+
+impl JsonRpcCodecFactory {
+    /// A factory accepting lines of up to `max_line` bytes.
+    pub fn new(max_line: usize) -> Self {
+        Self {
+            max_line,
+            mutations_ignored: Arc::default(),
+        }
+    }
+
+    /// A factory from a listener's or cluster's codec options.
+    pub fn from_options(options: &CodecOptions) -> Result<Self, OptionsError> {
+        options.allow_only(&[])?;
+        Ok(Self::new(options.max_frame_bytes))
+    }
+}
+
+impl CodecFactory for JsonRpcCodecFactory {
+    fn protocol(&self) -> &'static str {
+        PROTOCOL
+    }
+
+    fn new_codec(&self, side: Side, _variant: WireVariant) -> Box<dyn Codec> {
+        Box::new(JsonRpcCodec::new(
+            side,
+            self.max_line,
+            self.mutations_ignored.clone(),
+        ))
+    }
+
+    fn counters(&self) -> Vec<CodecCounter> {
+        vec![CodecCounter {
+            name: "mutations_not_applied",
+            help: "Frames forwarded without the header edits asked for (JSON-RPC has no headers)",
+            value: self.mutations_ignored.load(Ordering::Relaxed),
+        }]
+    }
+}

@@ -1,0 +1,195 @@
+//! One line of JSON-RPC 2.0, read without building its values: what it is, its `id` (where it
+//! sits in the line, so it can be rewritten in place), its `method`, its error code.
+
+use std::ops::Range;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// The members of a request or response object the codec needs; the rest (`params`, the
+/// result's value) are skipped without being built.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    jsonrpc: Option<&'a RawValue>,
+    /// `Some` whenever the member is there, `null` included: a call with a `null` id is a
+    /// request, only one without `id` is a notification.
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    method: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    result: Option<&'a RawValue>,
+    #[serde(default)]
+    error: Option<ErrorObject>,
+}
+
+/// A member that is there, whatever its value.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+struct ErrorObject {
+    code: i64,
+}
+
+/// What a line holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Line {
+    /// A call: `id` is where its id sits (`None`: a notification, which gets no answer).
+    Request {
+        id: Option<Range<usize>>,
+        method: Text,
+    },
+    /// An answer: where its id sits, and its error code if it is an error.
+    Response {
+        id: Range<usize>,
+        error: Option<i64>,
+    },
+    /// A line the codec cannot proxy, and why: still one whole line, so the connection goes on.
+    Invalid(Invalid),
+}
+
+/// A string member: where it sits in the line, or its unescaped text when it had escapes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Text {
+    /// The bytes at this range of the line, as written.
+    At(Range<usize>),
+    /// Unescaped.
+    Owned(String),
+}
+
+/// Why a line cannot be proxied, as JSON-RPC's own errors say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Invalid {
+    /// Not JSON (-32700).
+    Parse,
+    /// JSON, but not a JSON-RPC 2.0 request or response object (-32600).
+    NotRpc,
+    /// A batch (an array): not supported (-32600).
+    Batch,
+}
+
+impl Invalid {
+    /// The reason a client is told.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Invalid::Parse => "the line is not valid JSON",
+            Invalid::NotRpc => "the line is not a JSON-RPC 2.0 request",
+            Invalid::Batch => "JSON-RPC batches are not supported by this proxy",
+        }
+    }
+}
+
+/// Reads `line` (without its newline).
+pub(crate) fn read(line: &[u8]) -> Line {
+    if line.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Line::Invalid(Invalid::Batch);
+    }
+    let envelope: Envelope<'_> = match serde_json::from_slice(line) {
+        Ok(envelope) => envelope,
+        Err(err) if err.is_data() => return Line::Invalid(Invalid::NotRpc),
+        Err(_) => return Line::Invalid(Invalid::Parse),
+    };
+    if envelope.jsonrpc.map(RawValue::get) != Some("\"2.0\"") {
+        return Line::Invalid(Invalid::NotRpc);
+    }
+    let id = envelope.id.map(|raw| span(line, raw.get()));
+    match (envelope.method, id) {
+        (Some(method), id) => match text(line, method) {
+            Some(method) => Line::Request { id, method },
+            None => Line::Invalid(Invalid::NotRpc),
+        },
+        (None, Some(id)) if envelope.result.is_some() || envelope.error.is_some() => {
+            Line::Response {
+                id,
+                error: envelope.error.map(|e| e.code),
+            }
+        }
+        _ => Line::Invalid(Invalid::NotRpc),
+    }
+}
+
+/// The string `raw` (a value in `line`): where its text sits when it has no escapes, else its
+/// unescaped text; `None` if it is not a string.
+fn text(line: &[u8], raw: &RawValue) -> Option<Text> {
+    let json = raw.get();
+    let inner = json.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.contains('\\') {
+        serde_json::from_str(json).ok().map(Text::Owned)
+    } else {
+        Some(Text::At(span(line, inner)))
+    }
+}
+
+/// Where `part`, a slice of `whole`, sits in it.
+fn span(whole: &[u8], part: &str) -> Range<usize> {
+    let start = (part.as_ptr() as usize).saturating_sub(whole.as_ptr() as usize);
+    start..start + part.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id_text<'l>(line: &'l str, range: &Range<usize>) -> &'l str {
+        &line[range.clone()]
+    }
+
+    #[test]
+    fn requests_notifications_and_responses_are_told_apart() {
+        let call = r#"{"jsonrpc": "2.0", "method": "add", "params": [1, {"id": 9}], "id": "abc"}"#;
+        let Line::Request {
+            id: Some(id),
+            method: Text::At(method),
+        } = read(call.as_bytes())
+        else {
+            panic!("not a request");
+        };
+        assert_eq!(
+            (id_text(call, &id), id_text(call, &method)),
+            ("\"abc\"", "add")
+        );
+        let note = r#"{"jsonrpc":"2.0","method":"note\u0041"}"#;
+        assert_eq!(
+            read(note.as_bytes()),
+            Line::Request {
+                id: None,
+                method: Text::Owned("noteA".into())
+            }
+        );
+        let ok = r#"{"jsonrpc":"2.0","result":{"id":1},"id":17}"#;
+        let Line::Response { id, error: None } = read(ok.as_bytes()) else {
+            panic!("not a response");
+        };
+        assert_eq!(id_text(ok, &id), "17");
+        let err = r#"{"jsonrpc":"2.0","error":{"code":-32601,"message":"no"},"id":"x"}"#;
+        assert!(matches!(
+            read(err.as_bytes()),
+            Line::Response {
+                error: Some(-32601),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn what_cannot_be_proxied_says_why() {
+        assert_eq!(read(b"{not json"), Line::Invalid(Invalid::Parse));
+        assert_eq!(read(b" [{}]"), Line::Invalid(Invalid::Batch));
+        assert_eq!(read(b"42"), Line::Invalid(Invalid::NotRpc));
+        assert_eq!(
+            read(br#"{"jsonrpc":"1.0","method":"a","id":1}"#),
+            Line::Invalid(Invalid::NotRpc)
+        );
+        assert_eq!(
+            read(br#"{"jsonrpc":"2.0","method":7,"id":1}"#),
+            Line::Invalid(Invalid::NotRpc)
+        );
+        assert_eq!(
+            read(br#"{"jsonrpc":"2.0","id":1}"#),
+            Line::Invalid(Invalid::NotRpc)
+        );
+    }
+}

@@ -1,0 +1,174 @@
+//! The codec's contract, through the public API only: framing, ids kept as written, local
+//! replies as JSON-RPC errors, and what it refuses.
+
+use bytes::BytesMut;
+use metaprotocol_core::{
+    Codec, CodecError, CodecFactory, EncodeParams, LocalReply, LocalReplyKind, Message,
+    MessageKind, Mutation, ResponseStatus, Side, WireVariant,
+};
+use metaprotocol_jsonrpc::JsonRpcCodecFactory;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn codec(side: Side) -> Box<dyn Codec> {
+    JsonRpcCodecFactory::new(256).new_codec(side, WireVariant::DEFAULT)
+}
+
+fn decode_all(codec: &mut Box<dyn Codec>, bytes: &[u8]) -> Result<Vec<Message>, CodecError> {
+    let mut src = BytesMut::from(bytes);
+    let mut out = Vec::new();
+    while let Some(message) = codec.decode(&mut src)? {
+        out.push(message);
+    }
+    Ok(out)
+}
+
+fn reply(
+    codec: &mut Box<dyn Codec>,
+    request: &Message,
+    kind: LocalReplyKind,
+) -> Result<String, CodecError> {
+    let mut dst = BytesMut::new();
+    codec.encode_local_reply(request, &LocalReply::new(kind, "why"), &mut dst)?;
+    Ok(String::from_utf8_lossy(&dst).into_owned())
+}
+
+#[test]
+fn lines_split_anywhere_decode_once_whole() -> TestResult {
+    let text = b"{\"jsonrpc\":\"2.0\",\"method\":\"a\",\"id\":1}\n\n  \n{\"jsonrpc\":\"2.0\",\"method\":\"b\"}\n";
+    for cut in 0..text.len() {
+        let mut codec = codec(Side::Downstream);
+        let mut src = BytesMut::from(&text[..cut]);
+        let mut got = Vec::new();
+        while let Some(m) = codec.decode(&mut src)? {
+            got.push(m);
+        }
+        src.extend_from_slice(&text[cut..]);
+        while let Some(m) = codec.decode(&mut src)? {
+            got.push(m);
+        }
+        let kinds: Vec<_> = got.iter().map(|m| m.kind).collect();
+        assert_eq!(
+            kinds,
+            [MessageKind::Request, MessageKind::Oneway],
+            "cut at {cut}"
+        );
+        assert!(src.is_empty());
+    }
+    Ok(())
+}
+
+#[test]
+fn a_line_longer_than_the_limit_closes_the_connection() {
+    let mut long = vec![b' '; 300];
+    long.push(b'\n');
+    let err = decode_all(&mut codec(Side::Downstream), &long).err();
+    assert!(
+        matches!(err, Some(CodecError::FrameTooLarge { .. })),
+        "{err:?}"
+    );
+    let err = decode_all(&mut codec(Side::Downstream), &[b'{'; 300]).err();
+    assert!(
+        matches!(err, Some(CodecError::FrameTooLarge { .. })),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn ids_come_back_as_the_client_wrote_them() -> TestResult {
+    for id in ["\"x-1\"", "18446744073709551615", "null", "-3", "1.5"] {
+        let mut downstream = codec(Side::Downstream);
+        let mut upstream = codec(Side::Upstream);
+        let line = format!("{{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"id\":{id}}}\n");
+        let call = decode_all(&mut downstream, line.as_bytes())?.remove(0);
+        let mut wire = BytesMut::new();
+        let none = Mutation::new();
+        let params = EncodeParams {
+            request_id: 42,
+            variant: WireVariant::DEFAULT,
+            mutation: &none,
+        };
+        upstream.encode(&call, &params, &mut wire)?;
+        let hex: String = id.bytes().map(|b| format!("{b:02x}")).collect();
+        let sent = format!("{{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"id\":\"42:{hex}\"}}\n");
+        assert_eq!(wire, sent.as_bytes());
+        let echoed = format!("{{\"jsonrpc\":\"2.0\",\"result\":[1],\"id\":\"42:{hex}\"}}\n");
+        let answer = decode_all(&mut upstream, echoed.as_bytes())?.remove(0);
+        assert_eq!((answer.request_id, answer.status), (42, ResponseStatus::Ok));
+        let mut back = BytesMut::new();
+        let params = EncodeParams {
+            request_id: call.request_id,
+            ..params
+        };
+        downstream.encode(&answer, &params, &mut back)?;
+        assert_eq!(
+            back,
+            format!("{{\"jsonrpc\":\"2.0\",\"result\":[1],\"id\":{id}}}\n").as_bytes()
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn errors_are_classified_by_their_code() -> TestResult {
+    let mut upstream = codec(Side::Upstream);
+    let lines =
+        b"{\"jsonrpc\":\"2.0\",\"error\":{\"code\":-32601,\"message\":\"x\"},\"id\":\"1:31\"}\n\
+                  {\"jsonrpc\":\"2.0\",\"error\":{\"code\":7,\"message\":\"x\"},\"id\":\"2:31\"}\n";
+    let statuses: Vec<_> = decode_all(&mut upstream, lines)?
+        .iter()
+        .map(|m| m.status)
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ResponseStatus::ServerError,
+            ResponseStatus::ApplicationError
+        ]
+    );
+    for foreign in ["\"s\"", "7", "\"1:3\"", "\"x:31\"", "null"] {
+        let line = format!("{{\"jsonrpc\":\"2.0\",\"result\":1,\"id\":{foreign}}}\n");
+        let err = decode_all(&mut codec(Side::Upstream), line.as_bytes()).err();
+        assert!(
+            matches!(err, Some(CodecError::Malformed(_))),
+            "{foreign}: {err:?}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn local_replies_are_json_rpc_errors_with_the_clients_id() -> TestResult {
+    let mut downstream = codec(Side::Downstream);
+    let call = decode_all(
+        &mut downstream,
+        b"{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"id\":\"c\\\"1\"}\n",
+    )?
+    .remove(0);
+    assert_eq!(
+        reply(&mut downstream, &call, LocalReplyKind::RouteNotFound)?,
+        "{\"jsonrpc\":\"2.0\",\"error\":{\"code\":-32601,\"message\":\"route_not_found: why\"},\"id\":\"c\\\"1\"}\n"
+    );
+    for (line, code) in [
+        (&b"{oops\n"[..], -32700),
+        (b"[{\"jsonrpc\":\"2.0\"}]\n", -32600),
+        (b"{\"a\":1}\n", -32600),
+    ] {
+        let bad = decode_all(&mut downstream, line)?.remove(0);
+        assert_eq!(bad.kind, MessageKind::Request);
+        assert!(bad.reject_reason.is_some());
+        let answer = reply(&mut downstream, &bad, LocalReplyKind::BadRequest)?;
+        let answer: serde_json::Value = serde_json::from_str(&answer)?;
+        assert_eq!(answer["error"]["code"], code, "{answer}");
+        assert_eq!(answer["id"], serde_json::Value::Null);
+    }
+    Ok(())
+}
+
+#[test]
+fn the_wrong_direction_is_refused() {
+    let response = b"{\"jsonrpc\":\"2.0\",\"result\":1,\"id\":1}\n";
+    assert!(decode_all(&mut codec(Side::Downstream), response).is_err());
+    let request = b"{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"id\":1}\n";
+    assert!(decode_all(&mut codec(Side::Upstream), request).is_err());
+}

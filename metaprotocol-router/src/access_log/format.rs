@@ -1,0 +1,473 @@
+//! Access log formats: format strings of Envoy-style command operators (`%START_TIME%`,
+//! `%REQ(method)%` ...), and JSON objects whose values are format strings.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::LogEntry;
+
+/// One command operator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Operator {
+    StartTime,
+    Duration,
+    DownstreamRemoteAddress,
+    DownstreamRemoteAddressWithoutPort,
+    DownstreamLocalAddress,
+    DownstreamLocalAddressWithoutPort,
+    RequestedServerName,
+    DownstreamPeerUriSan,
+    DownstreamPeerDnsSan,
+    DownstreamPeerSubject,
+    ListenerName,
+    Protocol,
+    RouteName,
+    UpstreamCluster,
+    UpstreamHost,
+    Outcome,
+    ResponseFlags,
+    RequestId,
+    TraceId,
+    AttemptCount,
+    BytesReceived,
+    BytesSent,
+    /// A request metadata key (the index of its value in [`LogEntry::metadata`]), cut to a
+    /// length when one is given.
+    Metadata {
+        index: usize,
+        max: Option<usize>,
+    },
+}
+
+/// The operators without an argument, by name.
+const OPERATORS: [(&str, Operator); 22] = [
+    ("START_TIME", Operator::StartTime),
+    ("DURATION", Operator::Duration),
+    (
+        "DOWNSTREAM_REMOTE_ADDRESS",
+        Operator::DownstreamRemoteAddress,
+    ),
+    (
+        "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT",
+        Operator::DownstreamRemoteAddressWithoutPort,
+    ),
+    ("DOWNSTREAM_LOCAL_ADDRESS", Operator::DownstreamLocalAddress),
+    (
+        "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT",
+        Operator::DownstreamLocalAddressWithoutPort,
+    ),
+    ("REQUESTED_SERVER_NAME", Operator::RequestedServerName),
+    ("DOWNSTREAM_PEER_URI_SAN", Operator::DownstreamPeerUriSan),
+    ("DOWNSTREAM_PEER_DNS_SAN", Operator::DownstreamPeerDnsSan),
+    ("DOWNSTREAM_PEER_SUBJECT", Operator::DownstreamPeerSubject),
+    ("LISTENER_NAME", Operator::ListenerName),
+    ("PROTOCOL", Operator::Protocol),
+    ("ROUTE_NAME", Operator::RouteName),
+    ("UPSTREAM_CLUSTER", Operator::UpstreamCluster),
+    ("UPSTREAM_HOST", Operator::UpstreamHost),
+    ("OUTCOME", Operator::Outcome),
+    ("RESPONSE_FLAGS", Operator::ResponseFlags),
+    ("REQUEST_ID", Operator::RequestId),
+    ("TRACE_ID", Operator::TraceId),
+    ("UPSTREAM_REQUEST_ATTEMPT_COUNT", Operator::AttemptCount),
+    ("BYTES_RECEIVED", Operator::BytesReceived),
+    ("BYTES_SENT", Operator::BytesSent),
+];
+
+/// The line `format: text` writes.
+pub(super) const TEXT: &str = "[%START_TIME%] \"%REQ(service)% %REQ(method)% %PROTOCOL%\" %OUTCOME% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %UPSTREAM_REQUEST_ATTEMPT_COUNT% \"%DOWNSTREAM_REMOTE_ADDRESS%\" \"%LISTENER_NAME%\" \"%ROUTE_NAME%\" \"%UPSTREAM_CLUSTER%\" \"%UPSTREAM_HOST%\" %REQUEST_ID% %TRACE_ID%";
+
+/// The fields `format: json` writes.
+pub(super) const JSON: [(&str, &str); 22] = [
+    ("start_time", "%START_TIME%"),
+    ("duration_ms", "%DURATION%"),
+    ("listener", "%LISTENER_NAME%"),
+    ("protocol", "%PROTOCOL%"),
+    ("service", "%REQ(service)%"),
+    ("method", "%REQ(method)%"),
+    ("downstream_remote_address", "%DOWNSTREAM_REMOTE_ADDRESS%"),
+    ("downstream_local_address", "%DOWNSTREAM_LOCAL_ADDRESS%"),
+    ("requested_server_name", "%REQUESTED_SERVER_NAME%"),
+    ("downstream_peer_uri_san", "%DOWNSTREAM_PEER_URI_SAN%"),
+    ("downstream_peer_dns_san", "%DOWNSTREAM_PEER_DNS_SAN%"),
+    ("downstream_peer_subject", "%DOWNSTREAM_PEER_SUBJECT%"),
+    ("route_name", "%ROUTE_NAME%"),
+    ("upstream_cluster", "%UPSTREAM_CLUSTER%"),
+    ("upstream_host", "%UPSTREAM_HOST%"),
+    ("outcome", "%OUTCOME%"),
+    ("response_flags", "%RESPONSE_FLAGS%"),
+    ("request_id", "%REQUEST_ID%"),
+    ("trace_id", "%TRACE_ID%"),
+    ("attempts", "%UPSTREAM_REQUEST_ATTEMPT_COUNT%"),
+    ("bytes_received", "%BYTES_RECEIVED%"),
+    ("bytes_sent", "%BYTES_SENT%"),
+];
+
+/// A piece of a format string.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    Operator(Operator),
+}
+
+/// A parsed format string.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Template(Vec<Piece>);
+
+/// What one line looks like.
+#[derive(Debug)]
+pub(crate) struct LogFormat {
+    layout: Layout,
+    /// The metadata keys the format reads, in [`LogEntry::metadata`] order.
+    keys: Vec<String>,
+}
+
+#[derive(Debug)]
+enum Layout {
+    Text(Template),
+    Json(Vec<(String, Template)>),
+}
+
+/// A value an operator produced.
+enum Value<'a> {
+    /// Nothing to show: `-` in text, `null` in JSON.
+    None,
+    Text(std::borrow::Cow<'a, str>),
+    Number(u64),
+}
+
+/// Checks a format string; the reason when it is wrong.
+pub(crate) fn check(format: &str) -> Result<(), String> {
+    Template::parse(format, &mut Vec::new()).map(|_| ())
+}
+
+impl Template {
+    /// Parses `text`, adding the metadata keys it reads to `keys`.
+    fn parse(text: &str, keys: &mut Vec<String>) -> Result<Self, String> {
+        let mut pieces = Vec::new();
+        let mut literal = String::new();
+        let mut rest = text;
+        while let Some(start) = rest.find('%') {
+            literal.push_str(&rest[..start]);
+            let after = &rest[start + 1..];
+            if let Some(tail) = after.strip_prefix('%') {
+                literal.push('%');
+                rest = tail;
+                continue;
+            }
+            let end = after
+                .find('%')
+                .ok_or_else(|| format!("`%` at byte {start} opens an operator that is not closed (write `%%` for a percent sign)"))?;
+            if !literal.is_empty() {
+                pieces.push(Piece::Text(std::mem::take(&mut literal)));
+            }
+            pieces.push(Piece::Operator(operator(&after[..end], keys)?));
+            rest = &after[end + 1..];
+        }
+        literal.push_str(rest);
+        if !literal.is_empty() {
+            pieces.push(Piece::Text(literal));
+        }
+        Ok(Self(pieces))
+    }
+}
+
+/// The operator `spec` names (what is between the `%`s).
+fn operator(spec: &str, keys: &mut Vec<String>) -> Result<Operator, String> {
+    if let Some((key, max)) = metadata_operator(spec)? {
+        let index = match keys.iter().position(|k| *k == key) {
+            Some(index) => index,
+            None => {
+                keys.push(key.to_owned());
+                keys.len() - 1
+            }
+        };
+        return Ok(Operator::Metadata { index, max });
+    }
+    OPERATORS
+        .iter()
+        .find(|(name, _)| *name == spec)
+        .map(|(_, op)| op.clone())
+        .ok_or_else(|| {
+            let names: Vec<&str> = OPERATORS.iter().map(|(name, _)| *name).collect();
+            format!(
+                "unknown command operator %{spec}%; use REQ(key) or one of {}",
+                names.join(", ")
+            )
+        })
+}
+
+/// `REQ(key)` or `METADATA(key)`, optionally followed by `:N`.
+fn metadata_operator(spec: &str) -> Result<Option<(&str, Option<usize>)>, String> {
+    let Some(inner) = spec
+        .strip_prefix("REQ(")
+        .or_else(|| spec.strip_prefix("METADATA("))
+    else {
+        return Ok(None);
+    };
+    let (key, after) = inner
+        .split_once(')')
+        .ok_or_else(|| format!("%{spec}%: the key's `(` is not closed"))?;
+    if key.is_empty() {
+        return Err(format!("%{spec}%: the key is empty"));
+    }
+    let max = match after {
+        "" => None,
+        _ => Some(
+            after
+                .strip_prefix(':')
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| format!("%{spec}%: after the key only `:LENGTH` may follow"))?,
+        ),
+    };
+    Ok(Some((key, max)))
+}
+
+impl LogFormat {
+    /// A format string line.
+    pub fn text(format: &str) -> Result<Self, String> {
+        let mut keys = Vec::new();
+        let template = Template::parse(format, &mut keys)?;
+        Ok(Self {
+            layout: Layout::Text(template),
+            keys,
+        })
+    }
+
+    /// A JSON object per line, `fields` naming each field's format string.
+    pub fn json<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, String> {
+        let mut keys = Vec::new();
+        let fields = fields
+            .into_iter()
+            .map(|(name, format)| {
+                Template::parse(format, &mut keys)
+                    .map(|t| (name.to_owned(), t))
+                    .map_err(|e| format!("{name}: {e}"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            layout: Layout::Json(fields),
+            keys,
+        })
+    }
+
+    /// The metadata keys the format reads, whose values an entry captures.
+    pub fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
+    /// Appends `entry`'s line (with its newline) to `out`.
+    pub fn write(&self, entry: &LogEntry, out: &mut String) {
+        match &self.layout {
+            Layout::Text(template) => {
+                for piece in &template.0 {
+                    match piece {
+                        Piece::Text(text) => out.push_str(text),
+                        Piece::Operator(op) => match value(op, entry) {
+                            Value::None => out.push('-'),
+                            Value::Text(text) => out.push_str(&text),
+                            Value::Number(n) => {
+                                let _ = write!(out, "{n}");
+                            }
+                        },
+                    }
+                }
+            }
+            Layout::Json(fields) => {
+                out.push('{');
+                for (i, (name, template)) in fields.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    json_string(out, name);
+                    out.push(':');
+                    json_value(out, template, entry);
+                }
+                out.push('}');
+            }
+        }
+        out.push('\n');
+    }
+}
+
+/// A JSON field's value: a lone operator keeps its type (number, string or null); anything else
+/// is a string.
+fn json_value(out: &mut String, template: &Template, entry: &LogEntry) {
+    if let [Piece::Operator(op)] = template.0.as_slice() {
+        match value(op, entry) {
+            Value::None => out.push_str("null"),
+            Value::Number(n) => {
+                let _ = write!(out, "{n}");
+            }
+            Value::Text(text) => json_string(out, &text),
+        }
+        return;
+    }
+    let mut text = String::new();
+    for piece in &template.0 {
+        match piece {
+            Piece::Text(t) => text.push_str(t),
+            Piece::Operator(op) => match value(op, entry) {
+                Value::None => text.push('-'),
+                Value::Text(t) => text.push_str(&t),
+                Value::Number(n) => {
+                    let _ = write!(text, "{n}");
+                }
+            },
+        }
+    }
+    json_string(out, &text);
+}
+
+fn json_string(out: &mut String, text: &str) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn value<'a>(op: &Operator, entry: &'a LogEntry) -> Value<'a> {
+    use std::borrow::Cow::{Borrowed, Owned};
+    let connection = &entry.connection;
+    let peer = connection.peer_identity.as_deref();
+    let text = |s: Option<&'a str>| s.map_or(Value::None, |s| Value::Text(Borrowed(s)));
+    let address = |a: SocketAddr| Value::Text(Owned(a.to_string()));
+    let ip = |a: SocketAddr| Value::Text(Owned(a.ip().to_string()));
+    match op {
+        Operator::StartTime => Value::Text(Owned(rfc3339(entry.start_time))),
+        Operator::Duration => entry
+            .duration
+            .map_or(Value::None, |d| Value::Number(d.as_millis() as u64)),
+        Operator::DownstreamRemoteAddress => address(connection.peer_addr),
+        Operator::DownstreamRemoteAddressWithoutPort => ip(connection.peer_addr),
+        Operator::DownstreamLocalAddress => address(connection.local_addr),
+        Operator::DownstreamLocalAddressWithoutPort => ip(connection.local_addr),
+        Operator::RequestedServerName => text(connection.sni.as_deref()),
+        Operator::DownstreamPeerUriSan => match peer {
+            Some(p) if !p.uri_sans.is_empty() => Value::Text(Owned(p.uri_sans.join(","))),
+            _ => Value::None,
+        },
+        Operator::DownstreamPeerDnsSan => match peer {
+            Some(p) if !p.dns_sans.is_empty() => Value::Text(Owned(p.dns_sans.join(","))),
+            _ => Value::None,
+        },
+        Operator::DownstreamPeerSubject => text(peer.and_then(|p| p.subject.as_deref())),
+        Operator::ListenerName => Value::Text(Borrowed(&connection.listener)),
+        Operator::Protocol => Value::Text(Borrowed(entry.protocol)),
+        Operator::RouteName => text(entry.route.as_deref()),
+        Operator::UpstreamCluster => text(entry.cluster.as_deref()),
+        Operator::UpstreamHost => entry.endpoint.map_or(Value::None, address),
+        Operator::Outcome => Value::Text(Borrowed(entry.outcome.name())),
+        Operator::ResponseFlags => Value::Text(Owned(entry.flags.to_string())),
+        Operator::RequestId => Value::Number(entry.request_id),
+        Operator::TraceId => entry
+            .trace_id
+            .map_or(Value::None, |id| Value::Text(Owned(format!("{id:032x}")))),
+        Operator::AttemptCount => Value::Number(u64::from(entry.attempts)),
+        Operator::BytesReceived => Value::Number(entry.bytes_received),
+        Operator::BytesSent => Value::Number(entry.bytes_sent),
+        Operator::Metadata { index, max } => {
+            match entry.metadata.get(*index).and_then(Option::as_ref) {
+                None => Value::None,
+                Some(value) => {
+                    let value = value.as_str();
+                    let cut = match max {
+                        Some(max) if value.len() > *max => {
+                            let mut end = *max;
+                            while !value.is_char_boundary(end) {
+                                end -= 1;
+                            }
+                            &value[..end]
+                        }
+                        _ => value,
+                    };
+                    Value::Text(Borrowed(cut))
+                }
+            }
+        }
+    }
+}
+
+/// `time` as RFC 3339 in UTC with milliseconds (`2026-11-05T09:30:12.345Z`), Envoy's
+/// `%START_TIME%` default.
+pub(crate) fn rfc3339(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+/// The Gregorian date `days` after 1970-01-01 (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_strings_parse_into_text_and_operators() {
+        let mut keys = Vec::new();
+        let template = Template::parse("%%a %REQ(method):3% b %DURATION%", &mut keys);
+        assert_eq!(
+            template,
+            Ok(Template(vec![
+                Piece::Text("%a ".into()),
+                Piece::Operator(Operator::Metadata {
+                    index: 0,
+                    max: Some(3)
+                }),
+                Piece::Text(" b ".into()),
+                Piece::Operator(Operator::Duration),
+            ]))
+        );
+        assert_eq!(keys, ["method"]);
+        for (bad, reason) in [
+            ("%NOPE%", "unknown command operator %NOPE%"),
+            ("50% off", "not closed"),
+            ("%REQ()%", "the key is empty"),
+            ("%REQ(a):x%", ":LENGTH"),
+        ] {
+            let err = check(bad).err().unwrap_or_default();
+            assert!(err.contains(reason), "{bad}: {err}");
+        }
+        assert!(check(TEXT).is_ok());
+        assert!(JSON.iter().all(|(_, f)| check(f).is_ok()));
+    }
+
+    #[test]
+    fn times_are_rfc3339_in_utc() {
+        let time = UNIX_EPOCH + std::time::Duration::from_millis(1_709_251_199_123);
+        assert_eq!(rfc3339(time), "2024-02-29T23:59:59.123Z");
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+    }
+}

@@ -1,0 +1,138 @@
+//! Access logs: one line per request, written when the request completes (after the filters'
+//! `on_complete`), as JSON or a format string of Envoy-style command operators.
+//!
+//! The request path only captures the line's facts ([`LogEntry`]: a few copies and reference
+//! counts) and queues them; a writer thread per path formats and writes ([`sink`]). A full
+//! queue drops the line and counts it, so a slow disk never slows a request. Files are reopened
+//! on [`crate::Proxy::reopen_access_logs`] (the binary calls it on SIGHUP, for logrotate).
+//! Sampling keeps a share of the requests of each outcome.
+
+mod format;
+mod sink;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use metaprotocol_core::{ByteStr, ConnectionInfo, Message, RequestRecord, ResponseFlags};
+use prometheus_client::metrics::counter::Counter;
+use smallvec::SmallVec;
+
+use self::format::LogFormat;
+pub(crate) use self::format::{check as check_format, rfc3339};
+use self::sink::Sink;
+pub(crate) use self::sink::Sinks;
+use crate::config::{AccessLogSpec, ConfigError};
+use crate::stats::{MetricsScope, OUTCOMES, RequestOutcome};
+
+/// The facts of one line, captured when the request completes.
+#[derive(Debug)]
+pub(crate) struct LogEntry {
+    start_time: SystemTime,
+    duration: Option<Duration>,
+    connection: Arc<ConnectionInfo>,
+    protocol: &'static str,
+    route: Option<Arc<str>>,
+    cluster: Option<Arc<str>>,
+    endpoint: Option<SocketAddr>,
+    outcome: RequestOutcome,
+    flags: ResponseFlags,
+    request_id: u64,
+    trace_id: Option<u128>,
+    attempts: u32,
+    bytes_received: u64,
+    bytes_sent: u64,
+    /// The values of the metadata keys the format reads ([`LogFormat::keys`]).
+    metadata: SmallVec<[Option<ByteStr>; 4]>,
+}
+
+/// A listener's access log.
+#[derive(Debug)]
+pub(crate) struct AccessLogger {
+    format: Arc<LogFormat>,
+    sink: Arc<Sink>,
+    /// The share of each outcome logged, 0 to 1.
+    sampling: [f64; OUTCOMES.len()],
+    protocol: &'static str,
+    lines: Counter,
+    dropped: Counter,
+}
+
+impl AccessLogger {
+    /// The access log of a listener of `protocol` as `spec` describes it, its counters in
+    /// `scope`, its writer from `sinks`.
+    pub fn new(
+        spec: &AccessLogSpec,
+        protocol: &'static str,
+        scope: &MetricsScope,
+        sinks: &Sinks,
+    ) -> Result<Self, ConfigError> {
+        let format = match (&spec.format, &spec.json_format) {
+            (_, Some(fields)) => {
+                LogFormat::json(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            }
+            (Some(text), None) if text == "text" => LogFormat::text(format::TEXT),
+            (Some(format), None) if format != "json" => LogFormat::text(format),
+            _ => LogFormat::json(format::JSON),
+        }
+        .map_err(|reason| ConfigError::new("format", reason))?;
+        let default = spec.sampling.get("default").copied().unwrap_or(100.0);
+        let sampling =
+            OUTCOMES.map(|outcome| spec.sampling.get(outcome).copied().unwrap_or(default) / 100.0);
+        let sink = sinks
+            .get(&spec.path, spec.queue_size, scope.metrics())
+            .map_err(|reason| ConfigError::new("path", reason))?;
+        Ok(Self {
+            format: Arc::new(format),
+            sink,
+            sampling,
+            protocol,
+            lines: scope.counter("access_log_lines", "Access log lines queued for writing"),
+            dropped: scope.counter(
+                "access_log_dropped",
+                "Access log lines dropped because the writer fell behind",
+            ),
+        })
+    }
+
+    /// Logs a finished request (when its outcome is sampled).
+    pub fn log(
+        &self,
+        request: &Message,
+        record: &RequestRecord,
+        outcome: RequestOutcome,
+        trace_id: Option<u128>,
+    ) {
+        let share = self.sampling[outcome.index()];
+        if share < 1.0 && fastrand::f64() >= share {
+            return;
+        }
+        let entry = LogEntry {
+            start_time: record.start_time,
+            duration: record.timings.duration(),
+            connection: record.connection.clone(),
+            protocol: self.protocol,
+            route: record.route.clone(),
+            cluster: record.cluster.clone(),
+            endpoint: record.endpoint,
+            outcome,
+            flags: record.outcome.flags,
+            request_id: request.request_id,
+            trace_id,
+            attempts: record.attempts,
+            bytes_received: record.bytes_received,
+            bytes_sent: record.bytes_sent,
+            metadata: self
+                .format
+                .keys()
+                .iter()
+                .map(|key| request.metadata.get(key).cloned())
+                .collect(),
+        };
+        if self.sink.send(&self.format, entry) {
+            self.lines.inc();
+        } else {
+            self.dropped.inc();
+        }
+    }
+}

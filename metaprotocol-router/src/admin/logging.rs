@@ -1,0 +1,82 @@
+//! `/logging`: the log levels of the running process, seen and changed at run time through a
+//! [`LogControl`] the embedder hands the proxy (the engine logs through `tracing` but does not
+//! install the subscriber; whoever does holds its reload handle).
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::auth;
+use crate::proxy::ProxyState;
+
+/// Reads and changes the process' log filter, for `/logging`.
+///
+/// The `metaprotocol-proxy` binary implements it over `tracing-subscriber`'s reload handle; an
+/// embedder passes its own to [`ProxyBuilder::log_control`](crate::ProxyBuilder::log_control).
+pub trait LogControl: Send + Sync + 'static {
+    /// The filter in force, as directives (`warn,metaprotocol_router=info`).
+    fn current(&self) -> String;
+
+    /// Replaces the filter with `directives` (a level, or `RUST_LOG`-style directives); the
+    /// reason when they are not valid (the filter in force stays).
+    fn set(&self, directives: &str) -> Result<(), String>;
+}
+
+/// `?level=` (a level for everything) or `?filter=` (directives).
+#[derive(Debug, Deserialize)]
+pub(super) struct Change {
+    level: Option<String>,
+    filter: Option<String>,
+}
+
+/// The answer when the embedder passed no [`LogControl`].
+fn no_control() -> Response {
+    (
+        StatusCode::NOT_IMPLEMENTED,
+        "log levels cannot be changed: the program embedding the proxy passed no LogControl\n",
+    )
+        .into_response()
+}
+
+/// `GET /logging`: the filter in force.
+pub(super) async fn show(State(state): State<Arc<ProxyState>>) -> Response {
+    match state.log_control() {
+        Some(control) => format!("{}\n", control.current()).into_response(),
+        None => no_control(),
+    }
+}
+
+/// `POST /logging?level=debug` or `?filter=warn,metaprotocol_router=debug`: changes the filter.
+pub(super) async fn change(
+    State(state): State<Arc<ProxyState>>,
+    headers: HeaderMap,
+    Query(change): Query<Change>,
+) -> Response {
+    if let Err(refused) = auth::authorize(&state.config(), &headers).await {
+        return refused;
+    }
+    let Some(control) = state.log_control() else {
+        return no_control();
+    };
+    let directives = match (change.level, change.filter) {
+        (Some(level), None) => level,
+        (None, Some(filter)) => filter,
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "give one of ?level=<level> or ?filter=<directives>\n",
+            )
+                .into_response();
+        }
+    };
+    match control.set(&directives) {
+        Ok(()) => {
+            tracing::info!(filter = %directives, "log filter changed through the admin API");
+            format!("{}\n", control.current()).into_response()
+        }
+        Err(reason) => (StatusCode::BAD_REQUEST, format!("{reason}\n")).into_response(),
+    }
+}

@@ -1,0 +1,119 @@
+//! `/stats`: every series as one readable line (`name{labels}: value`), histograms as their
+//! count, mean and percentiles, optionally only those whose name and labels match `?filter=`.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use crate::proxy::ProxyState;
+use crate::stats::{FamilySnapshot, HistogramSnapshot, MetricKind, SeriesValue};
+
+/// The percentiles a histogram line shows.
+const PERCENTILES: [(f64, &str); 4] = [(0.5, "p50"), (0.9, "p90"), (0.99, "p99"), (0.999, "p999")];
+
+/// `?filter=<regex>`.
+#[derive(Debug, Deserialize)]
+pub(super) struct Filter {
+    filter: Option<String>,
+}
+
+pub(super) async fn stats(
+    State(state): State<Arc<ProxyState>>,
+    Query(filter): Query<Filter>,
+) -> Response {
+    let filter = match filter.filter.as_deref().map(regex::Regex::new).transpose() {
+        Ok(filter) => filter,
+        Err(err) => {
+            return (StatusCode::BAD_REQUEST, format!("invalid filter: {err}\n")).into_response();
+        }
+    };
+    render(&state.metrics().snapshot(), filter.as_ref()).into_response()
+}
+
+/// The lines of `families` whose `name{labels}` matches `filter`.
+fn render(families: &[FamilySnapshot], filter: Option<&regex::Regex>) -> String {
+    let mut out = String::new();
+    for family in families {
+        let name = match family.kind {
+            MetricKind::Counter => format!("{}_total", family.name),
+            _ => family.name.clone(),
+        };
+        for (labels, value) in &family.series {
+            let mut series = name.clone();
+            if !labels.is_empty() {
+                let pairs: Vec<String> =
+                    labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+                let _ = write!(series, "{{{}}}", pairs.join(","));
+            }
+            if filter.is_some_and(|f| !f.is_match(&series)) {
+                continue;
+            }
+            let _ = match value {
+                SeriesValue::Counter(v) => writeln!(out, "{series}: {v}"),
+                SeriesValue::Gauge(v) => writeln!(out, "{series}: {v}"),
+                SeriesValue::Histogram(h) => writeln!(out, "{series}: {}", summary(&name, h)),
+            };
+        }
+    }
+    out
+}
+
+/// `count=N mean=.. p50=.. p90=.. p99=.. p999=..`, durations in milliseconds.
+fn summary(name: &str, histogram: &HistogramSnapshot) -> String {
+    let to_ms = if name.ends_with("_milliseconds") {
+        1.0
+    } else {
+        1000.0
+    };
+    let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{:.3}ms", v * to_ms));
+    let mut text = format!("count={} mean={}", histogram.count, ms(histogram.mean()));
+    for (q, label) in PERCENTILES {
+        let _ = write!(text, " {label}={}", ms(histogram.quantile(q)));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_print_one_per_line_filtered() {
+        let families = vec![
+            FamilySnapshot {
+                name: "metaprotocol_route_rq".into(),
+                help: String::new(),
+                kind: MetricKind::Counter,
+                series: vec![(vec![("route".into(), "a".into())], SeriesValue::Counter(7))],
+            },
+            FamilySnapshot {
+                name: "metaprotocol_route_rq_time_seconds".into(),
+                help: String::new(),
+                kind: MetricKind::Histogram,
+                series: vec![(
+                    vec![("route".into(), "a".into())],
+                    SeriesValue::Histogram(HistogramSnapshot {
+                        buckets: vec![(0.001, 0), (0.01, 4), (f64::INFINITY, 4)],
+                        count: 4,
+                        sum: 0.02,
+                    }),
+                )],
+            },
+        ];
+        let all = render(&families, None);
+        assert_eq!(
+            all,
+            "metaprotocol_route_rq_total{route=\"a\"}: 7\n\
+             metaprotocol_route_rq_time_seconds{route=\"a\"}: count=4 mean=5.000ms p50=5.500ms p90=9.100ms p99=9.910ms p999=9.991ms\n"
+        );
+        let filter = regex::Regex::new("_total").ok();
+        assert_eq!(
+            render(&families, filter.as_ref()),
+            "metaprotocol_route_rq_total{route=\"a\"}: 7\n"
+        );
+    }
+}

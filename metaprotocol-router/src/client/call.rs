@@ -1,0 +1,215 @@
+//! One call of a [`RouterClient`](super::RouterClient): the request's walk of a proxy (filters,
+//! route, attempts under the deadline with retries, response filters, completion), driven by
+//! awaiting rather than by a connection's event loop. The stages are the router's own
+//! ([`crate::router`]); only the waiting is here.
+
+use std::sync::Arc;
+
+use metaprotocol_core::{
+    CompleteContext, ConnectionInfo, FilterChain, LocalReply, LocalReplyKind, Message, MessageKind,
+    Mutation, RequestContext, RequestRecord, ResponseContext, ResponseFlags,
+};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::CallError;
+use crate::route::RouteTable;
+use crate::router::{self, Next, Routed};
+use crate::stats::ListenerStats;
+use crate::upstream::{ReplyTo, UpstreamError};
+
+/// What every call of one client shares.
+#[derive(Debug)]
+pub(super) struct CallContext {
+    pub connection: Arc<ConnectionInfo>,
+    pub table: Arc<RouteTable>,
+    pub filters: FilterChain,
+    pub stats: ListenerStats,
+}
+
+/// A call in progress. Its completion hooks run exactly once: when it ends, or when the
+/// caller drops it (then flagged `DC`, as a client that went away).
+struct InFlight<'c> {
+    ctx: &'c CallContext,
+    request: Arc<Message>,
+    record: RequestRecord,
+    done: bool,
+}
+
+impl InFlight<'_> {
+    /// Ends the call: counts, records, and runs the completion hooks.
+    fn finish(&mut self, response: Option<&Message>) {
+        self.done = true;
+        self.ctx.stats.rq_active.dec();
+        if let Some(kind) = self.record.outcome.local_reply {
+            self.ctx.stats.local_reply(kind).inc();
+        }
+        self.record.timings.answered = Some(std::time::Instant::now());
+        self.ctx.filters.complete(&CompleteContext {
+            request: &self.request,
+            response,
+            record: &self.record,
+        });
+    }
+
+    /// Ends the call with a local reply recorded with `flags`.
+    fn fail(&mut self, reply: LocalReply, flags: ResponseFlags) -> CallError {
+        self.record.set_local_reply(reply.kind, flags);
+        self.finish(None);
+        CallError::new(reply)
+    }
+
+    /// Ends the call with a local reply the router already recorded.
+    fn failed(&mut self, reply: LocalReply) -> CallError {
+        self.finish(None);
+        CallError::new(reply)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.record
+                .outcome
+                .flags
+                .insert(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+            self.finish(None);
+        }
+    }
+}
+
+/// Calls `request` through `ctx`.
+pub(super) async fn call(ctx: &CallContext, request: Message) -> Result<Message, CallError> {
+    ctx.stats.rq_total.inc();
+    ctx.stats.rq_active.inc();
+    let record = RequestRecord::new(ctx.connection.clone(), request.frame.len() as u64);
+    let mut call = InFlight {
+        ctx,
+        request: Arc::new(request),
+        record,
+        done: false,
+    };
+    if call.request.kind != MessageKind::Request {
+        let reply = LocalReply::new(
+            LocalReplyKind::BadRequest,
+            "metaprotocol-client: only two-way requests can be called",
+        );
+        return Err(call.fail(reply, ResponseFlags::BAD_REQUEST));
+    }
+    if let Some(reason) = call.request.reject_reason {
+        let reply = LocalReply::new(LocalReplyKind::BadRequest, reason);
+        return Err(call.fail(reply, ResponseFlags::BAD_REQUEST));
+    }
+    let mut mutation = Mutation::new();
+    let request = call.request.clone();
+    let filtered = ctx
+        .filters
+        .on_request(&mut RequestContext {
+            request: &request,
+            mutation: &mut mutation,
+            record: &mut call.record,
+        })
+        .await;
+    if let Err(reply) = filtered {
+        let flags = router::refusal_flags(reply.kind);
+        return Err(call.fail(reply, flags));
+    }
+    let routed = router::route(
+        ctx.table.clone(),
+        &request,
+        &mutation,
+        &mut call.record,
+        Instant::now(),
+    );
+    let mut routed = match routed {
+        Ok(routed) => routed,
+        Err(unrouted) => return Err(call.failed(unrouted.reply)),
+    };
+    let mut response = match attempts(&mut routed, &request, &mut call.record).await {
+        Ok(response) => response,
+        Err(reply) => return Err(call.failed(reply)),
+    };
+    let mut filter_mutation = Mutation::new();
+    let filtered = ctx
+        .filters
+        .on_response(&mut ResponseContext {
+            request: &request,
+            response: &response,
+            mutation: &mut filter_mutation,
+            record: &mut call.record,
+        })
+        .await;
+    if let Err(reply) = filtered {
+        let flags = router::refusal_flags(reply.kind);
+        return Err(call.fail(reply, flags));
+    }
+    // The caller gets the response as a proxy's client would: with the route's and the
+    // filters' response mutation applied (to its metadata; the frame is the upstream's).
+    routed
+        .response_mutation(&request, &call.record, &filter_mutation)
+        .apply_to(&mut response.metadata);
+    call.record.outcome.status = Some(response.status);
+    call.finish(Some(&response));
+    Ok(response)
+}
+
+/// Runs attempts until one answers or the router gives up.
+async fn attempts(
+    routed: &mut Routed,
+    request: &Arc<Message>,
+    record: &mut RequestRecord,
+) -> Result<Message, LocalReply> {
+    let deadline = routed.deadline();
+    let (mut answer, mut next) = attempt(routed, request, record);
+    loop {
+        match next {
+            Next::Respond(response) => return Ok(response),
+            Next::Fail(reply) => return Err(reply),
+            Next::Retry { at } => {
+                tokio::time::sleep_until(at.min(deadline)).await;
+                if Instant::now() >= deadline {
+                    return Err(routed.timed_out(record, &mut (), Instant::now()));
+                }
+                (answer, next) = attempt(routed, request, record);
+            }
+            Next::Answer { per_try } => {
+                let number = routed.attempts();
+                let until = per_try.map_or(deadline, |at| at.min(deadline));
+                let result = tokio::select! {
+                    answered = &mut answer => {
+                        answered.unwrap_or(Err(UpstreamError::Reset { sent: true }))
+                    }
+                    () = tokio::time::sleep_until(until) => {
+                        if Instant::now() >= deadline {
+                            return Err(routed.timed_out(record, &mut (), Instant::now()));
+                        }
+                        Err(UpstreamError::Expired)
+                    }
+                };
+                next = match routed.answered(number, result, record, &mut (), Instant::now()) {
+                    Some(next) => next,
+                    None => return Err(routed.timed_out(record, &mut (), Instant::now())),
+                };
+            }
+        }
+    }
+}
+
+type Answer = oneshot::Receiver<Result<Message, UpstreamError>>;
+
+/// Starts the next attempt; where its answer will arrive and what to wait for.
+fn attempt(
+    routed: &mut Routed,
+    request: &Arc<Message>,
+    record: &mut RequestRecord,
+) -> (Answer, Next) {
+    let (sender, answer) = oneshot::channel();
+    let next = routed.attempt(
+        request,
+        |_| ReplyTo::oneshot(sender),
+        record,
+        &mut (),
+        Instant::now(),
+    );
+    (answer, next)
+}

@@ -1,0 +1,224 @@
+use bytes::Bytes;
+use metaprotocol_core::{
+    ByteStr, CompleteContext, FilterDecision, L7Filter, LocalReplyKind, Message, MessageKind,
+    Mutation, ResponseContext, ResponseFlags,
+};
+
+use super::*;
+use crate::filters::script::testing::{
+    TestResult, assert_fast_lane_and_seen, complete, config, context, counted, on_request, record,
+    reply_kind, request,
+};
+use crate::filters::script::{ScriptFilter, StateValue};
+use crate::stats::Metrics;
+
+type LuaFilter = ScriptFilter<instance::Instance>;
+
+fn filter(source: &str, extra: serde_json::Value) -> Result<(LuaFilter, Metrics), ConfigError> {
+    let metrics = Metrics::new();
+    let config = config(
+        serde_json::json!({ "source": source, "instances": 2 }),
+        &extra,
+    );
+    let filter = build(&config, &context(&metrics, "lua"))?;
+    Ok((filter, metrics))
+}
+
+fn errors(metrics: &Metrics, reason: &str) -> bool {
+    counted(metrics, &format!("reason=\"{reason}\""), 1)
+}
+
+#[test]
+fn the_script_reads_edits_routes_and_keeps_state() -> TestResult {
+    let (filter, _) = filter(
+        r#"
+        function on_request(msg)
+          if msg:get("tenant") == nil then return msg:reply("unauthorized", "no tenant") end
+          msg:set("x-lua", msg:get("tenant") .. "@" .. msg:listener())
+          msg:remove("debug")
+          msg:set_routing_key("lane", "fast")
+          msg:set_state("seen", 3)
+        end
+        "#,
+        serde_json::json!({}),
+    )?;
+    let mut record = record();
+    let (decision, _) = on_request(&filter, &request(&[]), &mut record);
+    assert_eq!(reply_kind(&decision), Some(LocalReplyKind::Unauthorized));
+
+    let mut record = self::record();
+    let (decision, mutation) = on_request(&filter, &request(&[("tenant", "t1")]), &mut record);
+    assert!(matches!(decision, FilterDecision::Continue));
+    assert_eq!(
+        mutation.sets(),
+        &[(ByteStr::from("x-lua"), ByteStr::from("t1@in"))]
+    );
+    assert!(mutation.drops(b"debug"));
+    assert_fast_lane_and_seen(&record, &StateValue::Int(3));
+    Ok(())
+}
+
+#[test]
+fn response_and_completion_hooks_see_the_record_and_the_state() -> TestResult {
+    let (filter, metrics) = filter(
+        r#"
+        function on_request(msg) msg:set_state("t", msg:get("tenant")) end
+        function on_response(msg)
+          msg:set("x-tenant", msg:state("t"))
+          msg:set("x-answer", msg:get("answer") or "none")
+        end
+        function on_complete(msg)
+          if msg:flags() == "LR" and msg:local_reply() == "timeout" and msg:state("t") == "t1" then
+            count("timeouts")
+          end
+        end
+        "#,
+        serde_json::json!({ "counters": ["timeouts"] }),
+    )?;
+    let request = request(&[("tenant", "t1")]);
+    let mut record = record();
+    on_request(&filter, &request, &mut record);
+    let mut response = Message::new(MessageKind::Response, 1, Bytes::new());
+    response.metadata.insert("answer".into(), "42".into());
+    let mut mutation = Mutation::new();
+    let decision = filter.on_response(&mut ResponseContext {
+        request: &request,
+        response: &response,
+        mutation: &mut mutation,
+        record: &mut record,
+    });
+    assert!(matches!(decision, FilterDecision::Continue));
+    let sets: Vec<_> = mutation
+        .sets()
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(sets, [("x-tenant", "t1"), ("x-answer", "42")]);
+    record.set_local_reply(LocalReplyKind::Timeout, ResponseFlags::NONE);
+    complete(&filter, &request, &record);
+    assert!(
+        counted(&metrics, "counter=\"timeouts\"", 1),
+        "{}",
+        metrics.render()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_script_that_does_not_compile_is_a_config_error_naming_its_line() {
+    let err = filter(
+        "function on_request(msg)\n  local x = \nend\n",
+        serde_json::json!({}),
+    )
+    .err();
+    let err = err.map(|e| (e.field, e.reason));
+    let (field, reason) = err.unwrap_or_default();
+    assert_eq!(field, "source");
+    assert!(
+        reason.starts_with("the script does not compile: line 3:"),
+        "{reason}"
+    );
+
+    let err = filter("local t = nil\nt.x = 1\n", serde_json::json!({})).err();
+    let reason = err.map(|e| e.reason).unwrap_or_default();
+    assert!(
+        reason.starts_with("the script fails when loaded: line 2:"),
+        "{reason}"
+    );
+
+    let err = filter("x = 1", serde_json::json!({})).err();
+    assert!(err.is_some_and(|e| e.reason.contains("defines none of")));
+    let err = filter("on_request = 1", serde_json::json!({})).err();
+    assert!(err.is_some_and(|e| e.reason.contains("on_request must be a function")));
+    let err = filter(
+        "function on_request() end",
+        serde_json::json!({ "max_memory_bytes": 1 }),
+    )
+    .err();
+    assert!(err.is_some_and(|e| e.field == "max_memory_bytes"));
+    let err = filter(
+        "function on_request() end",
+        serde_json::json!({ "sauce": 1 }),
+    )
+    .err();
+    assert!(err.is_some_and(|e| e.reason.contains("unknown field `sauce`")));
+}
+
+#[test]
+fn a_runtime_error_is_counted_and_answered_with_an_internal_error() -> TestResult {
+    let (filter, metrics) = filter(
+        "function on_request(msg)\n  local t = nil\n  return t.field\nend\n",
+        serde_json::json!({}),
+    )?;
+    let (decision, _) = on_request(&filter, &request(&[]), &mut record());
+    assert_eq!(reply_kind(&decision), Some(LocalReplyKind::Internal));
+    assert!(errors(&metrics, "error"), "{}", metrics.render());
+    // The state is sound afterwards: the next request fails the same way, not worse.
+    let (decision, _) = on_request(&filter, &request(&[]), &mut record());
+    assert_eq!(reply_kind(&decision), Some(LocalReplyKind::Internal));
+    Ok(())
+}
+
+#[test]
+fn operations_a_hook_does_not_allow_are_runtime_errors() -> TestResult {
+    let (filter, metrics) = filter(
+        "function on_complete(msg) msg:set('k', 'v') end\n\
+         function on_request(msg) msg:reply('no_such_kind', 'x') end",
+        serde_json::json!({}),
+    )?;
+    let (decision, _) = on_request(&filter, &request(&[]), &mut record());
+    assert_eq!(reply_kind(&decision), Some(LocalReplyKind::Internal));
+    filter.on_complete(&CompleteContext {
+        request: &request(&[]),
+        response: None,
+        record: &record(),
+    });
+    assert!(counted(&metrics, "reason=\"error\"", 2));
+    Ok(())
+}
+
+#[test]
+fn a_runaway_script_is_stopped_by_its_budget() -> TestResult {
+    let (filter, metrics) = filter(
+        "function on_request(msg)\n  if msg:get('spin') then while true do pcall(function() end) end end\nend",
+        serde_json::json!({ "max_instructions": 100000 }),
+    )?;
+    let (decision, _) = on_request(&filter, &request(&[("spin", "1")]), &mut record());
+    assert_eq!(reply_kind(&decision), Some(LocalReplyKind::Internal));
+    assert!(
+        errors(&metrics, "instruction_budget"),
+        "{}",
+        metrics.render()
+    );
+    // A well-behaved request after it gets the whole budget again.
+    let (decision, _) = on_request(&filter, &request(&[]), &mut record());
+    assert!(matches!(decision, FilterDecision::Continue));
+    Ok(())
+}
+
+#[test]
+fn a_script_that_hoards_memory_is_stopped_by_its_limit() -> TestResult {
+    let (filter, metrics) = filter(
+        "function on_request(msg) local s = string.rep('x', 64 * 1024 * 1024) end",
+        serde_json::json!({ "max_memory_bytes": 1048576 }),
+    )?;
+    let (decision, _) = on_request(&filter, &request(&[]), &mut record());
+    assert_eq!(reply_kind(&decision), Some(LocalReplyKind::Internal));
+    assert!(errors(&metrics, "memory"), "{}", metrics.render());
+    Ok(())
+}
+
+#[test]
+fn the_sandbox_has_no_files_processes_or_loaders() -> TestResult {
+    let (filter, _) = filter(
+        "function on_request(msg)\n\
+           for _, name in ipairs({'io', 'os', 'require', 'load', 'dofile', 'loadfile', 'package', 'debug'}) do\n\
+             if _G[name] ~= nil then return msg:reply('internal', name) end\n\
+           end\n\
+         end",
+        serde_json::json!({}),
+    )?;
+    let (decision, _) = on_request(&filter, &request(&[]), &mut record());
+    assert!(matches!(decision, FilterDecision::Continue), "{decision:?}");
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! The `wasm` filter: a WebAssembly module exporting `on_request`, `on_response` and
+//! `on_complete` (each `() -> ()`), with the operations of [`abi`] as imports. The runtime is
+//! wasmi, an interpreter (see `docs/writing-a-filter.md` for why, and for the ABI).
+//!
+//! ```yaml
+//! - name: wasm
+//!   config:
+//!     path: /etc/metaprotocol/filter.wasm
+//!     max_fuel: 10000000           # per hook run (about one unit per instruction)
+//!     max_memory_bytes: 16777216   # the module's linear memory
+//!     counters: [ tenants_seen ]   # what `count` may add to
+//! ```
+//!
+//! The module is compiled once per config; one instance per worker thread runs it (as for
+//! `lua`). A module that does not validate, lacks an import or a `memory` export, exports a hook
+//! of the wrong type, or traps in its start function is a config error. A hook that traps, runs
+//! out of fuel or memory is answered with an internal-error reply and counted in
+//! `metaprotocol_script_errors_total{reason}`.
+
+mod abi;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use serde::Deserialize;
+use wasmi::{
+    Engine, Instance as WasmInstance, Linker, Memory, Module, Store, StoreLimits, TypedFunc,
+};
+
+use crate::config::ConfigError;
+use crate::filters::FilterContext;
+use crate::filters::script::{
+    self, Exchange, Failure, Hook, RunError, ScriptCounters, ScriptFilter, ScriptInstance,
+    ScriptStats,
+};
+
+/// The filter's registered name.
+pub(crate) const NAME: &str = "wasm";
+
+/// The config of a `wasm` filter.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WasmConfig {
+    /// The module file (binary `.wasm`).
+    path: PathBuf,
+    /// Fuel one hook run may burn.
+    #[serde(default = "default_max_fuel")]
+    max_fuel: u64,
+    /// Bytes the module's memory may grow to.
+    #[serde(default = "script::default_max_memory_bytes")]
+    max_memory_bytes: usize,
+    /// Instances kept (default: one per worker thread).
+    #[serde(default)]
+    instances: Option<usize>,
+    /// Counters the module may add to with `count`.
+    #[serde(default)]
+    counters: Vec<String>,
+}
+
+/// The default `max_fuel`.
+pub(crate) const DEFAULT_MAX_FUEL: u64 = 10_000_000;
+
+fn default_max_fuel() -> u64 {
+    DEFAULT_MAX_FUEL
+}
+
+/// What the host functions of one instance work on.
+pub(crate) struct Host {
+    exchange: Exchange,
+    counters: Arc<ScriptCounters>,
+    limits: StoreLimits,
+    /// The module's memory, found once at instantiation.
+    memory: Option<Memory>,
+}
+
+/// One instance of the module with its store.
+pub(crate) struct Instance {
+    store: Store<Host>,
+    hooks: [Option<TypedFunc<(), ()>>; 3],
+    fuel: u64,
+}
+
+/// Builds a `wasm` filter from its config.
+pub(crate) fn build(
+    config: &serde_json::Value,
+    context: &FilterContext,
+) -> Result<ScriptFilter<Instance>, ConfigError> {
+    let config: WasmConfig = script::parse_config(config)?;
+    if config.max_fuel == 0 {
+        return Err(ConfigError::new("max_fuel", "must be greater than 0"));
+    }
+    let instances = script::instance_count(config.instances, context)?;
+    let bytes = std::fs::read(&config.path).map_err(|err| {
+        ConfigError::new(
+            "path",
+            format!("cannot read {}: {err}", config.path.display()),
+        )
+    })?;
+    let counters = Arc::new(ScriptCounters::new(context, &config.counters));
+    let module = Compiled::new(&bytes)
+        .map_err(|err| ConfigError::new("path", format!("not a usable filter module: {err}")))?;
+    let instances = (0..instances)
+        .map(|_| {
+            module
+                .instantiate(&counters, config.max_fuel, config.max_memory_bytes)
+                .map(Mutex::new)
+        })
+        .collect::<Result<Box<[_]>, _>>()
+        .map_err(|reason| {
+            ConfigError::new("path", format!("the module fails when loaded: {reason}"))
+        })?;
+    ScriptFilter::new(NAME, instances, ScriptStats::new(context, NAME)).ok_or_else(|| {
+        ConfigError::new(
+            "path",
+            "the module exports none of on_request, on_response, on_complete",
+        )
+    })
+}
+
+/// A module compiled once, and the linker of the ABI its instances share.
+pub(crate) struct Compiled {
+    engine: Engine,
+    module: Module,
+    linker: Linker<Host>,
+}
+
+impl Compiled {
+    /// Validates and compiles `bytes`.
+    pub fn new(bytes: &[u8]) -> Result<Self, wasmi::Error> {
+        let mut config = wasmi::Config::default();
+        config.consume_fuel(true);
+        let engine = Engine::new(&config);
+        let module = Module::new(&engine, bytes)?;
+        let linker = abi::linker(&engine)?;
+        Ok(Self {
+            engine,
+            module,
+            linker,
+        })
+    }
+
+    /// A new instance with its own memory, `fuel` per run and at most `memory` bytes.
+    pub fn instantiate(
+        &self,
+        counters: &Arc<ScriptCounters>,
+        fuel: u64,
+        memory: usize,
+    ) -> Result<Instance, String> {
+        let limits = wasmi::StoreLimitsBuilder::new()
+            .memory_size(memory)
+            .trap_on_grow_failure(true)
+            .build();
+        let host = Host {
+            exchange: Exchange::default(),
+            counters: counters.clone(),
+            limits,
+            memory: None,
+        };
+        let mut store = Store::new(&self.engine, host);
+        store.limiter(|host| &mut host.limits);
+        store.set_fuel(fuel).map_err(|e| e.to_string())?;
+        let instance: WasmInstance = self
+            .linker
+            .instantiate_and_start(&mut store, &self.module)
+            .map_err(|e| e.to_string())?;
+        let exported = instance
+            .get_memory(&store, "memory")
+            .ok_or("the module exports no `memory`")?;
+        store.data_mut().memory = Some(exported);
+        let mut hooks = [None, None, None];
+        for hook in [Hook::Request, Hook::Response, Hook::Complete] {
+            if instance.get_export(&store, hook.name()).is_some() {
+                let function = instance
+                    .get_typed_func::<(), ()>(&store, hook.name())
+                    .map_err(|_| format!("{} must be a function of type () -> ()", hook.name()))?;
+                hooks[hook as usize] = Some(function);
+            }
+        }
+        Ok(Instance { store, hooks, fuel })
+    }
+}
+
+impl ScriptInstance for Instance {
+    fn defines(&self, hook: Hook) -> bool {
+        self.hooks[hook as usize].is_some()
+    }
+
+    fn with_exchange<R>(&mut self, f: impl FnOnce(&mut Exchange) -> R) -> Result<R, RunError> {
+        Ok(f(&mut self.store.data_mut().exchange))
+    }
+
+    fn run(&mut self, hook: Hook) -> Result<(), RunError> {
+        let Some(function) = &self.hooks[hook as usize] else {
+            return Ok(());
+        };
+        self.store
+            .set_fuel(self.fuel)
+            .map_err(|e| (Failure::Error, e.to_string()))?;
+        function.call(&mut self.store, ()).map_err(|err| {
+            let failure = match err.kind() {
+                _ if err.as_trap_code() == Some(wasmi::TrapCode::OutOfFuel) => Failure::Budget,
+                wasmi::errors::ErrorKind::Memory(_) => Failure::Memory,
+                _ if err.as_trap_code() == Some(wasmi::TrapCode::GrowthOperationLimited) => {
+                    Failure::Memory
+                }
+                _ => Failure::Error,
+            };
+            (failure, err.to_string())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
