@@ -46,6 +46,18 @@ pub fn rds(server: &ManagementServer, version: &str, config: &RouteConfiguration
 /// The proxy's config: one Dubbo listener whose routes, clusters and endpoints all come from
 /// the management server at `xds` over `api_type` ADS.
 pub fn proxy_config(xds: SocketAddr, api_type: &str) -> TestResult<Config> {
+    listener_config(xds, api_type, "dubbo", &route_config_name())
+}
+
+/// The proxy's config: one listener, `<protocol>-in`, whose route config `route_config` and
+/// its clusters and endpoints all come from the management server at `xds` over `api_type`
+/// ADS.
+pub fn listener_config(
+    xds: SocketAddr,
+    api_type: &str,
+    protocol: &str,
+    route_config: &str,
+) -> TestResult<Config> {
     Ok(Config::from_yaml(&format!(
         "admin: {{ address: 127.0.0.1:0 }}
 dynamic:
@@ -57,9 +69,8 @@ dynamic:
     clusters: ['*']
     reconnect: {{ base_interval: 50ms, max_interval: 500ms }}
 listeners:
-  - {{ name: dubbo-in, address: 127.0.0.1:0, protocol: dubbo, route_config: {} }}
-",
-        route_config_name()
+  - {{ name: {protocol}-in, address: 127.0.0.1:0, protocol: {protocol}, route_config: {route_config} }}
+"
     ))?)
 }
 
