@@ -94,4 +94,5 @@ pub use stats::{
     DurationHistogram, ExpositionFormat, FamilySnapshot, HistogramSnapshot, Labels, MetricKind,
     Metrics, MetricsCollector, MetricsScope, SeriesValue,
 };
+pub use transport::TlsConnector;
 pub use upstream::UpstreamError;

@@ -20,6 +20,7 @@ use crate::delta::DeltaResources;
 use crate::resource::ResourceType;
 use crate::state::{Rejected, Subscription};
 use crate::status::SourceStatus;
+use crate::tls::ServerTls;
 
 /// The largest response the client accepts: bounds what a server can make the proxy hold
 /// (a thousand routes take a few hundred KiB).
@@ -33,6 +34,7 @@ const REQUEST_QUEUE: usize = 8;
 pub(crate) async fn run(
     proxy: Proxy,
     spec: XdsSpec,
+    tls: Option<ServerTls>,
     mut subscription: Subscription,
     status: Arc<SourceStatus>,
 ) {
@@ -45,6 +47,7 @@ pub(crate) async fn run(
             let error = session(
                 &proxy,
                 &spec,
+                tls.as_ref(),
                 &mut subscription,
                 &mut held,
                 &status,
@@ -65,31 +68,57 @@ pub(crate) async fn run(
 /// Why a stream ended.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SessionError {
+    /// The connection failed; the message holds the error's causes (tonic's own says only
+    /// "transport error").
     #[error("cannot connect: {0}")]
-    Connect(#[from] tonic::transport::Error),
+    Connect(String),
     #[error("stream failed: {0}")]
     Stream(#[from] tonic::Status),
     #[error("the server closed the stream")]
     Closed,
 }
 
+impl SessionError {
+    /// A failed connection, with every cause of `err`.
+    fn connect(err: &tonic::transport::Error) -> Self {
+        let mut message = err.to_string();
+        let mut source = std::error::Error::source(err);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !message.ends_with(&cause_text) {
+                message.push_str(": ");
+                message.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        Self::Connect(message)
+    }
+}
+
 /// One stream, from connecting to its end.
 async fn session(
     proxy: &Proxy,
     spec: &XdsSpec,
+    tls: Option<&ServerTls>,
     subscription: &mut Subscription,
     held: &mut DeltaResources,
     status: &SourceStatus,
     backoff: &mut Backoff,
 ) -> SessionError {
+    // `http` also with TLS: the TLS connector does the TLS, and tonic refuses `https` without
+    // its own.
     let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{}", spec.address))
     {
         Ok(endpoint) => endpoint.connect_timeout(spec.connect_timeout),
-        Err(err) => return err.into(),
+        Err(err) => return SessionError::connect(&err),
     };
-    let channel = match endpoint.connect().await {
+    let connected = match tls {
+        Some(tls) => endpoint.connect_with_connector(tls.clone()).await,
+        None => endpoint.connect().await,
+    };
+    let channel = match connected {
         Ok(channel) => channel,
-        Err(err) => return err.into(),
+        Err(err) => return SessionError::connect(&err),
     };
     let client = AggregatedDiscoveryServiceClient::new(channel)
         .max_decoding_message_size(MAX_RESPONSE_BYTES);

@@ -30,13 +30,16 @@
 //! ```
 //!
 //! Both ADS flavours are spoken: state of the world (`api_type: grpc`) and incremental
-//! (`delta_grpc`). Only plaintext gRPC is available: `tls` is refused when the proxy starts.
+//! (`delta_grpc`), over plaintext gRPC or, with `tls`, over TLS (the settings of a cluster's
+//! `tls`: the server's CA, a client certificate for mutual TLS, the server name, which defaults
+//! to the host of `address`).
 
 mod client;
 mod delta;
 mod resource;
 mod state;
 mod status;
+mod tls;
 pub mod translate;
 
 use std::sync::{Arc, OnceLock};
@@ -45,10 +48,11 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use metaprotocol_router::config::{DynamicSpec, XDS, XdsSpec};
-use metaprotocol_router::{ConfigError, DynamicSource, Proxy};
+use metaprotocol_router::{ConfigError, DynamicSource, Metrics, Proxy};
 
 use self::state::Subscription;
 use self::status::SourceStatus;
+use self::tls::ServerTls;
 
 /// The xDS client, serving the config's `dynamic.xds` section (see the crate docs).
 #[derive(Debug, Default)]
@@ -66,10 +70,7 @@ impl DynamicSource for XdsSource {
         let Some(xds) = &spec.xds else {
             return Ok(());
         };
-        if xds.tls.is_some() {
-            return Err(ConfigError::new("xds.tls", "tls is not available yet"));
-        }
-        Ok(())
+        ServerTls::new(xds, &Metrics::new().root()).map(drop)
     }
 
     fn start(&self, proxy: Proxy, spec: &DynamicSpec) {
@@ -84,8 +85,21 @@ impl DynamicSource for XdsSource {
             tracing::warn!("the xDS source was started twice; the second start is ignored");
             return;
         }
+        let scope = proxy
+            .metrics()
+            .root()
+            .with_label("xds_server", &xds.address.to_string());
+        let tls = match ServerTls::new(&xds, &scope) {
+            Ok(tls) => tls,
+            Err(err) => {
+                // Checked when the proxy started; the files changed since.
+                tracing::error!(%err, "the xDS client cannot start");
+                status.failed(&err);
+                return;
+            }
+        };
         let subscription = Subscription::new(&xds, node(&xds));
-        tokio::spawn(client::run(proxy, xds, subscription, status));
+        tokio::spawn(client::run(proxy, xds, tls, subscription, status));
     }
 
     fn status(&self) -> serde_json::Value {

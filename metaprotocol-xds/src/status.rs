@@ -62,13 +62,18 @@ impl SourceStatus {
     }
 
     pub fn disconnected(&self, error: &SessionError, subscription: &Subscription) {
+        self.failed(error);
+        self.updated(subscription);
+    }
+
+    /// The client has no stream, because of `error`.
+    pub fn failed(&self, error: &dyn std::fmt::Display) {
         self.edit(|s| {
             s.connected = false;
             s.last_stream_error = Some(error.to_string());
             s.last_stream_error_at =
                 Some(humantime::format_rfc3339_millis(SystemTime::now()).to_string());
         });
-        self.updated(subscription);
     }
 
     pub fn updated(&self, subscription: &Subscription) {

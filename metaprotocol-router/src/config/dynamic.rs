@@ -7,12 +7,11 @@
 //! they arrive.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, EndpointAddress, Errors};
+use super::{ClusterTlsSpec, ConfigError, EndpointAddress, Errors};
 
 /// Where dynamic resources come from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,9 +82,10 @@ pub struct XdsSpec {
     /// `grpc`: state-of-the-world ADS; `delta_grpc`: incremental ADS.
     #[serde(default)]
     pub api_type: XdsApiType,
-    /// TLS to the server.
+    /// TLS to the server, as to a cluster's endpoints; the server name defaults to the host of
+    /// `address`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<XdsTlsSpec>,
+    pub tls: Option<ClusterTlsSpec>,
     /// The time allowed to connect to the server.
     #[serde(default = "default_xds_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -127,7 +127,7 @@ impl XdsSpec {
             ));
         }
         if let Some(tls) = &self.tls {
-            errors.within("tls", |errors| tls.check(errors));
+            errors.check("tls", tls.validate());
         }
         errors.within("reconnect", |errors| self.reconnect.check(errors));
     }
@@ -142,53 +142,6 @@ pub enum XdsApiType {
     Grpc,
     /// Incremental: responses carry what changed and what was removed.
     DeltaGrpc,
-}
-
-/// TLS to the xDS server: the CA that signs its certificate, and the proxy's own certificate
-/// when the server asks for one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct XdsTlsSpec {
-    /// PEM file of the CA certificates the server's certificate must chain to.
-    pub ca_file: PathBuf,
-    /// PEM file of the proxy's certificate (with `key_file`), for servers that verify clients.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cert_file: Option<PathBuf>,
-    /// PEM file of the key of `cert_file`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_file: Option<PathBuf>,
-    /// The name the server's certificate must carry; defaults to the host of `address`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub server_name: Option<String>,
-}
-
-impl XdsTlsSpec {
-    fn check(&self, errors: &mut Errors) {
-        let empty =
-            |path: &Option<PathBuf>| path.as_ref().is_some_and(|p| p.as_os_str().is_empty());
-        if self.ca_file.as_os_str().is_empty() {
-            errors.add(ConfigError::new("ca_file", "must not be empty"));
-        }
-        for (field, path) in [("cert_file", &self.cert_file), ("key_file", &self.key_file)] {
-            if empty(path) {
-                errors.add(ConfigError::new(field, "must not be empty"));
-            }
-        }
-        match (&self.cert_file, &self.key_file) {
-            (Some(_), None) => errors.add(ConfigError::new(
-                "key_file",
-                "goes with `cert_file`: the key of the proxy's certificate",
-            )),
-            (None, Some(_)) => errors.add(ConfigError::new(
-                "cert_file",
-                "goes with `key_file`: the proxy's certificate",
-            )),
-            _ => {}
-        }
-        if self.server_name.as_deref() == Some("") {
-            errors.add(ConfigError::new("server_name", "must not be empty"));
-        }
-    }
 }
 
 /// Exponential back-off between connection attempts, with jitter.

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use envoy_types::pb::google::protobuf::Any;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
 /// A resource for a snapshot: its name and the encoded message.
@@ -142,11 +144,38 @@ impl ManagementServer {
 
     /// Serves on `address` (port 0 picks one).
     pub async fn serve(&self, address: SocketAddr) -> std::io::Result<Serving> {
+        self.serve_with(address, tonic::transport::Server::builder())
+            .await
+    }
+
+    /// Serves over TLS on `address` with the certificate and key in `cert_file` and `key_file`
+    /// (PEM); with `client_ca_file`, clients must present a certificate it signs (mutual TLS).
+    pub async fn serve_tls(
+        &self,
+        address: SocketAddr,
+        cert_file: &Path,
+        key_file: &Path,
+        client_ca_file: Option<&Path>,
+    ) -> Result<Serving, Box<dyn std::error::Error + Send + Sync>> {
+        let identity = Identity::from_pem(std::fs::read(cert_file)?, std::fs::read(key_file)?);
+        let mut tls = ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = client_ca_file {
+            tls = tls.client_ca_root(Certificate::from_pem(std::fs::read(ca)?));
+        }
+        let builder = tonic::transport::Server::builder().tls_config(tls)?;
+        Ok(self.serve_with(address, builder).await?)
+    }
+
+    async fn serve_with(
+        &self,
+        address: SocketAddr,
+        mut builder: tonic::transport::Server,
+    ) -> std::io::Result<Serving> {
         let listener = tokio::net::TcpListener::bind(address).await?;
         let address = listener.local_addr()?;
         let service = AggregatedDiscoveryServiceServer::new(self.clone());
         let task = tokio::spawn(async move {
-            let served = tonic::transport::Server::builder()
+            let served = builder
                 .add_service(service)
                 .serve_with_incoming(TcpListenerStream::new(listener))
                 .await;
