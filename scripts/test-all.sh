@@ -5,6 +5,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# CI machines have little disk to spare: one build of everything with full debug info, plus the
+# fuzz crate's and the fresh clone's builds, once filled one. This run builds each thing once, so
+# incremental caches are waste; line tables keep test backtraces readable at a fraction of the
+# size. The fuzz crate and the fresh clone share the one target directory, so what they have in
+# common with the workspace is built once.
+export CARGO_INCREMENTAL=0
+export CARGO_PROFILE_DEV_DEBUG=line-tables-only
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+disk_report() {
+  echo "-- disk: $(du -sh "$target_dir" 2>/dev/null | cut -f1) in $target_dir;" \
+    "$(df -h --output=avail "$target_dir" 2>/dev/null | tail -1 | tr -d ' ') free"
+}
+
 for setup in examples/tests/interop/*/setup.sh; do
   echo "== $setup"
   bash "$setup"
@@ -31,7 +44,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 # The fuzz targets' checks, run on every golden capture (fuzz/ is a crate of its own, outside the
 # workspace; fuzz/run-all.sh fuzzes for real).
 echo "== fuzz target checks"
-(cd fuzz && cargo test --locked --no-default-features)
+disk_report
+(cd fuzz && CARGO_TARGET_DIR="$target_dir" cargo test --locked --no-default-features)
+disk_report
 
 # The repository must stand alone: a fresh clone, with nothing beside it, passes the codec tests
 # (they read their golden captures from testdata/). This checks what is committed (HEAD), not
@@ -39,7 +54,6 @@ echo "== fuzz target checks"
 # own crates are compiled again) from a fixed temporary place in it, so that its artifacts keep
 # their names from one run to the next and replace, rather than pile up beside, the last run's.
 echo "== codec tests (and packaging) in a fresh clone"
-target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 clone_parent="$target_dir/standalone-clone"
 rm -rf "$clone_parent"
 mkdir -p "$clone_parent"
@@ -55,3 +69,4 @@ git clone --quiet "$PWD" "$clone_parent/metaprotocol-rs"
   CARGO_TARGET_DIR="$target_dir" cargo package --workspace --locked --no-verify
   CARGO_TARGET_DIR="$target_dir" cargo publish --workspace --locked --dry-run
 )
+disk_report

@@ -15,6 +15,7 @@ mod support;
 
 use support::TestResult;
 use support::admin::http;
+use support::proxy::start_engine;
 
 /// Three providers (v1/user, v2/user, v2/batchjob) and a proxy configured with `routes` (YAML
 /// list items, indented by 6) over cluster `demo` made of them.
@@ -502,18 +503,7 @@ async fn connect_failures_are_retried_on_another_endpoint() -> TestResult {
 #[tokio::test]
 async fn idle_client_connections_are_closed() -> TestResult {
     let provider = DemoProvider::start("p").await?;
-    let yaml = format!(
-        "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r, idle_timeout: 200ms }} ]
-route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
-clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
-",
-        provider.address()
-    );
-    let proxy = Proxy::start(
-        Config::from_yaml(&yaml)?,
-        metaprotocol_examples::codec_registry(),
-    )
-    .await?;
+    let proxy = proxy_in_front_of(&provider, "", ", idle_timeout: 200ms").await?;
     let mut socket = TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
     let started = Instant::now();
     let mut rest = Vec::new();
@@ -741,20 +731,8 @@ async fn clusters_shows_health_counters_and_draining_endpoints() -> TestResult {
 
 /// A proxy in front of `provider` that drains for `drain_time`.
 async fn draining_proxy(provider: &DemoProvider, drain_time: &str) -> TestResult<Proxy> {
-    let yaml = format!(
-        "admin: {{ address: 127.0.0.1:0 }}
-drain_time: {drain_time}
-listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r }} ]
-route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
-clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
-",
-        provider.address()
-    );
-    Ok(Proxy::start(
-        Config::from_yaml(&yaml)?,
-        metaprotocol_examples::codec_registry(),
-    )
-    .await?)
+    let top_level = format!("admin: {{ address: 127.0.0.1:0 }}\ndrain_time: {drain_time}");
+    proxy_in_front_of(provider, &top_level, "").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -862,18 +840,7 @@ async fn at_the_drain_deadline_calls_still_open_get_an_error_reply() -> TestResu
 #[tokio::test]
 async fn a_frame_trickled_slower_than_the_frame_timeout_closes_its_connection() -> TestResult {
     let provider = DemoProvider::start("p").await?;
-    let yaml = format!(
-        "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r, frame_timeout: 300ms }} ]
-route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
-clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
-",
-        provider.address()
-    );
-    let proxy = Proxy::start(
-        Config::from_yaml(&yaml)?,
-        metaprotocol_examples::codec_registry(),
-    )
-    .await?;
+    let proxy = proxy_in_front_of(&provider, "", ", frame_timeout: 300ms").await?;
     let address = proxy.listener_addr("in").ok_or("no listener")?;
     let mut slow = TcpStream::connect(address).await?;
     // Half of a Dubbo header, then nothing more.
@@ -906,18 +873,13 @@ async fn admin_writes_need_the_bearer_token_and_slow_admin_clients_are_cut_off()
     let scratch = support::process::Scratch::new("admin-token")?;
     let token_file = scratch.path("token");
     std::fs::write(&token_file, "s3cret\n")?;
-    let yaml = format!(
-        "admin: {{ address: 127.0.0.1:0, token_file: '{}' }}
-listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r }} ]
-route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
-clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
-",
-        token_file.display(),
-        provider.address()
-    );
-    let proxy = Proxy::start(
-        Config::from_yaml(&yaml)?,
-        metaprotocol_examples::codec_registry(),
+    let proxy = proxy_in_front_of(
+        &provider,
+        &format!(
+            "admin: {{ address: 127.0.0.1:0, token_file: '{}' }}",
+            token_file.display()
+        ),
+        "",
     )
     .await?;
     let admin = proxy.admin_addr().ok_or("no admin")?;
@@ -960,19 +922,7 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
 #[tokio::test]
 async fn past_the_proxy_wide_request_limit_new_calls_get_an_over_limit_reply() -> TestResult {
     let provider = DemoProvider::start_with_delay("p", Duration::from_millis(500)).await?;
-    let yaml = format!(
-        "limits: {{ max_requests: 5 }}
-listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r }} ]
-route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
-clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
-",
-        provider.address()
-    );
-    let proxy = Proxy::start(
-        Config::from_yaml(&yaml)?,
-        metaprotocol_examples::codec_registry(),
-    )
-    .await?;
+    let proxy = proxy_in_front_of(&provider, "limits: { max_requests: 5 }", "").await?;
     let address = proxy.listener_addr("in").ok_or("no listener")?;
     let mut calls = tokio::task::JoinSet::new();
     for _ in 0..12 {
@@ -1269,4 +1219,23 @@ async fn config_update_counters_exist_from_the_start_and_zero_timeout_means_none
     assert_eq!(slow.dubbo_status, 20);
     world.proxy.shutdown().await;
     Ok(())
+}
+
+/// A proxy whose Dubbo listener `in` (its fields and `listener_fields`, such as
+/// `", idle_timeout: 200ms"`) sends every call to `provider`; `top_level` holds top-level fields
+/// (admin, limits, drain time), one per line.
+async fn proxy_in_front_of(
+    provider: &DemoProvider,
+    top_level: &str,
+    listener_fields: &str,
+) -> TestResult<Proxy> {
+    start_engine(&format!(
+        "{top_level}
+listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r{listener_fields} }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
+clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
+",
+        provider.address()
+    ))
+    .await
 }

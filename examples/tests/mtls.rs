@@ -41,6 +41,13 @@ struct Mesh {
 
 impl Mesh {
     async fn start(test: &str) -> TestResult<Self> {
+        Self::start_with(test, false).await
+    }
+
+    /// The mesh; with `checked`, two more clusters to the sidecar with active health checks:
+    /// `checked-heartbeat` (the edge's TLS settings, Dubbo heartbeats) and `checked-wrong-id`
+    /// (TCP checks over TLS expecting an identity the sidecar does not have).
+    async fn start_with(test: &str, checked: bool) -> TestResult<Self> {
         let scratch = Scratch::new(test)?;
         let ca = MeshCa::new(&scratch, "mesh")?;
         let gateway = ca.workload(
@@ -104,13 +111,37 @@ clusters:
     tls: {cluster_tls}
   - name: local-provider
     endpoints: [ {{ address: {provider_addr} }} ]
-",
+{checked_clusters}",
             edge_tls = yaml(&ca.listener_tls(&gateway))?,
             sidecar_tls = yaml(&ca.listener_tls(&provider_id))?,
             cluster_tls = yaml(&to_sidecar)?,
             reader = reader.spiffe_id,
             gateway_id = gateway.spiffe_id,
             provider_addr = provider.address(),
+            checked_clusters = if checked {
+                let wrong_id = ClusterTlsSpec {
+                    cert_file: Some(gateway.cert_file.clone()),
+                    key_file: Some(gateway.key_file.clone()),
+                    ..ca.client_tls(None, &spiffe_id("default", "someone-else"))
+                };
+                let check =
+                    "{ interval: 100ms, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1";
+                format!(
+                    "  - name: checked-heartbeat
+    endpoints: [ {{ address: {sidecar_addr} }} ]
+    tls: {cluster_tls}
+    health_check: {check}, probe: heartbeat }}
+  - name: checked-wrong-id
+    endpoints: [ {{ address: {sidecar_addr} }} ]
+    tls: {wrong_tls}
+    health_check: {check}, probe: tcp }}
+",
+                    cluster_tls = yaml(&to_sidecar)?,
+                    wrong_tls = yaml(&wrong_id)?,
+                )
+            } else {
+                String::new()
+            },
         );
         let proxy = start_engine(&config).await?;
         Ok(Self {
@@ -190,6 +221,32 @@ async fn mtls_end_to_end_with_rbac_by_principal_and_method() -> TestResult {
     assert_eq!(series("edge", "denied"), 2.0);
     assert_eq!(series("sidecar", "allowed"), 2.0);
     assert_eq!(series("sidecar", "denied"), 1.0);
+    mesh.proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn health_checks_of_tls_clusters_speak_tls_and_verify_the_endpoint() -> TestResult {
+    let mesh = Mesh::start_with("mtls-health", true).await?;
+    let checks = |cluster: &str, outcome: &str| {
+        mesh.metric(&format!(
+            "metaprotocol_health_checks_total{{cluster=\"{cluster}\",outcome=\"{outcome}\"}}"
+        ))
+    };
+    // Heartbeats reach the sidecar over TLS with the edge's certificate, and are answered; TCP
+    // checks of an endpoint whose certificate names someone else fail at the handshake.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while checks("checked-heartbeat", "success") < 3.0
+        || checks("checked-wrong-id", "failure") < 3.0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "health checks did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(checks("checked-heartbeat", "failure"), 0.0);
+    assert_eq!(checks("checked-wrong-id", "success"), 0.0);
     mesh.proxy.shutdown().await;
     Ok(())
 }

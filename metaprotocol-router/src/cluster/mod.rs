@@ -228,7 +228,12 @@ impl ClusterHandle {
     /// restart them when their config changes, [`ClusterHandle::retire`] stops them.
     pub fn start_health(self: &Arc<Self>) {
         let mut state = self.lock();
-        state.monitor = Some(HealthMonitor::start(self, &state.spec, state.probe.clone()));
+        state.monitor = Some(HealthMonitor::start(
+            self,
+            &state.spec,
+            state.probe.clone(),
+            state.connector.clone(),
+        ));
     }
 
     /// Records how an attempt on `endpoint` ended, `elapsed` after it started: its latency
@@ -363,9 +368,15 @@ impl ClusterHandle {
         let restart = old.outlier_detection != spec.outlier_detection
             || old.health_check != spec.health_check
             || old.connect_timeout != spec.connect_timeout
+            || old.tls != spec.tls
             || new_codec.is_some();
         if restart && next.monitor.is_some() {
-            next.monitor = Some(HealthMonitor::start(self, &next.spec, next.probe.clone()));
+            next.monitor = Some(HealthMonitor::start(
+                self,
+                &next.spec,
+                next.probe.clone(),
+                next.connector.clone(),
+            ));
         }
         *state = next;
         self.breakers.set_limits(spec.circuit_breakers.as_ref());

@@ -1,7 +1,9 @@
 //! Active health checks: every `interval` (plus up to `interval_jitter_percent` of it, at
 //! random), every endpoint of the cluster is checked at once, each check bounded by `timeout`.
 //!
-//! A TCP check passes when a connection opens. A protocol check sends the codec's probe request
+//! Checks open connections the way the cluster's traffic does (with TLS, handshake and
+//! certificate verification included). A TCP check passes when a connection opens. A protocol
+//! check sends the codec's probe request
 //! (a Dubbo heartbeat, a Thrift or bRPC method call) on a connection of its own to the
 //! endpoint (never one that traffic uses, and never backing off: a failed connect is simply a
 //! failed check) and passes on any answer the codec decodes for it, an error response
@@ -17,16 +19,16 @@ use std::time::Duration;
 
 use metaprotocol_core::Message;
 use prometheus_client::metrics::counter::Counter;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{ClusterHandle, HealthFlags};
 use crate::config::HealthCheckSpec;
+use crate::transport::Connector;
 use crate::upstream::ProbeConnection;
 
 /// How one endpoint is checked.
 enum Prober {
-    Tcp(SocketAddr),
+    Tcp(SocketAddr, Connector),
     Request(Box<ProbeConnection>, Arc<Message>),
 }
 
@@ -34,10 +36,7 @@ impl Prober {
     /// True if the check passed within `timeout`.
     async fn check(&self, timeout: Duration) -> bool {
         match self {
-            Self::Tcp(address) => matches!(
-                tokio::time::timeout(timeout, TcpStream::connect(address)).await,
-                Ok(Ok(_))
-            ),
+            Self::Tcp(address, connector) => connector.reachable(*address, timeout).await,
             Self::Request(connection, probe) => connection.call(probe, timeout).await.is_ok(),
         }
     }
@@ -57,11 +56,12 @@ struct Stats {
 }
 
 /// Runs the checks of `cluster` until `stop` (or the cluster is gone); `probe` is the request a
-/// protocol check sends (`None`: TCP checks).
+/// protocol check sends (`None`: TCP checks), over connections `connector` opens.
 pub(super) async fn run(
     cluster: Weak<ClusterHandle>,
     spec: HealthCheckSpec,
     probe: Option<Arc<Message>>,
+    connector: Connector,
     connect_timeout: Duration,
     stop: CancellationToken,
 ) {
@@ -109,11 +109,12 @@ pub(super) async fn run(
                             address,
                             codec.clone(),
                             request,
+                            connector.clone(),
                             connect_timeout,
                         )),
                         request.clone(),
                     ),
-                    None => Prober::Tcp(address),
+                    None => Prober::Tcp(address, connector.clone()),
                 },
                 passed: 0,
                 failed: 0,

@@ -28,6 +28,7 @@ pub(crate) use outlier::{OutlierCounters, OutlierThresholds};
 
 use crate::cluster::ClusterHandle;
 use crate::config::{ClusterSpec, ConfigError, HealthCheckSpec, ProbeSpec};
+use crate::transport::Connector;
 
 /// The request `check`'s probe sends, built by `codec`: `None` for a TCP check; an error naming
 /// the field when the protocol has no such probe.
@@ -66,11 +67,12 @@ pub(crate) struct HealthMonitor {
 
 impl HealthMonitor {
     /// Starts what `spec` asks for on `cluster`: outlier detection, active checks sending
-    /// `probe` (a TCP connect when `None`).
+    /// `probe` (a TCP connect when `None`) over connections `connector` opens.
     pub fn start(
         cluster: &Arc<ClusterHandle>,
         spec: &ClusterSpec,
         probe: Option<Arc<Message>>,
+        connector: Connector,
     ) -> Self {
         let stop = CancellationToken::new();
         if let Some(policy) = &spec.outlier_detection {
@@ -85,6 +87,7 @@ impl HealthMonitor {
                 Arc::downgrade(cluster),
                 check.clone(),
                 probe,
+                connector,
                 spec.connect_timeout,
                 stop.clone(),
             ));

@@ -73,6 +73,16 @@ impl Connector {
         }
     }
 
+    /// True if a stream to `address` opens within `timeout` the way this connector opens them
+    /// (for TLS, the handshake included: an endpoint whose certificate fails verification is
+    /// not reachable).
+    pub async fn reachable(&self, address: SocketAddr, timeout: Duration) -> bool {
+        match self {
+            Self::Plain => Self::connect_plain(address, timeout).await.is_ok(),
+            Self::Tls(tls) => tls.connect(address, timeout).await.is_ok(),
+        }
+    }
+
     /// Opens a plain TCP stream to `address` within `timeout`.
     pub async fn connect_plain(address: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
         let stream = tokio::time::timeout(timeout, TcpStream::connect(address))

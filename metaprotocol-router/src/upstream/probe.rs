@@ -23,6 +23,8 @@ pub(crate) struct ProbeConnection {
     address: SocketAddr,
     codec: Arc<dyn CodecFactory>,
     variant: WireVariant,
+    /// The cluster's: probes open connections the way traffic does (TLS included).
+    connector: Connector,
     connect_timeout: Duration,
     /// Its own series, apart from the cluster's: probes are not traffic.
     stats: ClusterStats,
@@ -31,17 +33,20 @@ pub(crate) struct ProbeConnection {
 }
 
 impl ProbeConnection {
-    /// A connection to `address` for sending `probe`, built by `codec`.
+    /// A connection to `address`, opened by `connector`, for sending `probe`, built by
+    /// `codec`.
     pub fn new(
         address: SocketAddr,
         codec: Arc<dyn CodecFactory>,
         probe: &Message,
+        connector: Connector,
         connect_timeout: Duration,
     ) -> Self {
         Self {
             address,
             variant: codec.upstream_variant(probe),
             codec,
+            connector,
             connect_timeout,
             stats: ClusterStats::new(&Metrics::new().root()),
             mutation: Arc::new(Mutation::new()),
@@ -94,7 +99,7 @@ impl ProbeConnection {
                 idle_timeout: Duration::MAX,
                 max_requests_per_connection: None,
             },
-            connector: Connector::Plain,
+            connector: self.connector.clone(),
             backoff: Arc::new(ConnectBackoff::new()),
             stats: self.stats.clone(),
             endpoint: EndpointStats::default(),

@@ -53,14 +53,20 @@ fn filter(
     wat: &str,
     extra: serde_json::Value,
 ) -> Result<(ScriptFilter<Instance>, Metrics), Box<dyn std::error::Error>> {
-    let dir = std::env::temp_dir().join(format!("mp-wasm-test-{}", std::process::id()));
+    // A directory of this call's own, removed whole, so tests running side by side never
+    // share (or leave behind) one.
+    let dir = std::env::temp_dir().join(format!(
+        "mp-wasm-test-{}-{:x}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
     std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("{:x}.wasm", fastrand::u64(..)));
+    let path = dir.join("filter.wasm");
     std::fs::write(&path, wat::parse_str(wat)?)?;
     let metrics = Metrics::new();
     let base = serde_json::json!({ "path": path, "instances": 2, "counters": ["done"] });
     let built = build(&config(base, &extra), &context(&metrics, "wasm"));
-    std::fs::remove_file(&path)?;
+    std::fs::remove_dir_all(&dir)?;
     Ok((built?, metrics))
 }
 
