@@ -21,10 +21,10 @@ use metaprotocol_router::Config;
 use metaprotocol_router::config::{ClusterSpec, RouteConfigSpec};
 use support::TestResult;
 use support::admin::http;
-use support::follow::{Call, Switch, check, now_ns, read_calls};
+use support::follow::{Call, Switch, check, now_ns};
 use support::process::Scratch;
 use support::proxy::listener_addr;
-use support::thrift::{DEADLINE, Server, spawn_script, tools_ready};
+use support::thrift::{LoadClient, Server, tools_ready};
 use tokio::task::block_in_place;
 
 const CONNECTIONS_PER_PROTOCOL: usize = 25;
@@ -145,30 +145,15 @@ async fn route_and_cluster_updates_at_scale_fail_no_call_and_close_no_connection
     let admin = proxy.admin_addr().ok_or("no admin")?;
 
     // 25 Thrift connections from Apache Thrift's Python client.
-    let stop_file = scratch.path("stop");
-    let calls_file = scratch.path("thrift-calls");
-    let thrift_port = listener_addr(&proxy, "thrift-in")?.port().to_string();
-    let connections = CONNECTIONS_PER_PROTOCOL.to_string();
-    let (stop_arg, calls_arg) = (
-        stop_file.display().to_string(),
-        calls_file.display().to_string(),
-    );
-    let mut thrift_client = spawn_script(
-        "client.py",
-        &[
-            &thrift_port,
-            "framed",
-            "binary",
-            "load",
-            &connections,
-            &stop_arg,
-            &calls_arg,
-        ],
-        &[],
-        "thrift-load",
-        &scratch,
-    )?;
-    block_in_place(|| thrift_client.wait_for_stdout("running", DEADLINE))?;
+    let thrift_port = listener_addr(&proxy, "thrift-in")?.port();
+    let thrift_client = block_in_place(|| {
+        LoadClient::start(
+            thrift_port,
+            CONNECTIONS_PER_PROTOCOL,
+            "thrift-load",
+            &scratch,
+        )
+    })?;
 
     // 25 Dubbo connections.
     let dubbo_in = listener_addr(&proxy, "dubbo-in")?;
@@ -278,14 +263,9 @@ async fn route_and_cluster_updates_at_scale_fail_no_call_and_close_no_connection
     for task in tasks {
         task.await?;
     }
-    std::fs::write(&stop_file, "")?;
-    let status = block_in_place(|| thrift_client.wait(DEADLINE))?;
-    assert!(status.success(), "{}", thrift_client.stderr_tail());
+    let thrift_calls = block_in_place(|| thrift_client.finish())?;
     watcher.abort();
 
-    let summary = thrift_client.stdout();
-    assert!(summary.contains("\"errors\": []"), "{summary}");
-    let thrift_calls = read_calls(&calls_file)?;
     let dubbo_calls = std::mem::take(&mut *dubbo_calls.lock().map_err(|_| "poisoned")?);
     let metrics = proxy.metrics().render();
     let series = |name: &str| -> u64 {

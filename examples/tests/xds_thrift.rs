@@ -17,16 +17,15 @@ mod xds;
 use std::time::Duration;
 
 use metaprotocol_router::{Proxy, ResourceKind};
-use metaprotocol_xds::XdsSource;
 use support::TestResult;
-use support::follow::{Switch, check, now_ns, read_calls};
+use support::follow::{Switch, check, now_ns};
 use support::process::Scratch;
 use support::proxy::{listener_addr, metric};
-use support::thrift::{DEADLINE, Server, spawn_script, tools_ready};
+use support::thrift::{LoadClient, Server, tools_ready};
 use tokio::task::block_in_place;
 use xds::fixtures::{assignment, eds_cluster, meta_route, meta_route_config, to_cluster};
 use xds::management_server::ManagementServer;
-use xds::{cds, eds, eventually, listener_config, rds};
+use xds::{cds, eds, eventually, listener_config, rds, start_proxy};
 
 const CONNECTIONS: usize = 20;
 /// How soon after the proxy runs a push new calls must follow it.
@@ -100,46 +99,16 @@ async fn drives_thrift_traffic_hitlessly(api_type: &str) -> TestResult {
         ],
     );
     rds(&server, "r1", &greeter_to(&a));
-    let proxy = Proxy::builder(listener_config(
-        serving.address(),
-        api_type,
-        "thrift",
-        ROUTE_CONFIG,
-    )?)
-    .codecs(metaprotocol_examples::codec_registry())
-    .dynamic_source(XdsSource::default())
-    .start()
-    .await?;
+    let config = listener_config(serving.address(), api_type, "thrift", ROUTE_CONFIG)?;
+    let proxy = start_proxy(config).await?;
     eventually("the listener serves", || {
         proxy.listener_addr("thrift-in").is_some()
     })
     .await?;
-    let port = listener_addr(&proxy, "thrift-in")?.port().to_string();
+    let port = listener_addr(&proxy, "thrift-in")?.port();
 
     // 20 connections from Apache Thrift's Python client, calling without pause.
-    let stop_file = scratch.path("stop");
-    let calls_file = scratch.path("calls");
-    let (stop_arg, calls_arg) = (
-        stop_file.display().to_string(),
-        calls_file.display().to_string(),
-    );
-    let connections = CONNECTIONS.to_string();
-    let mut client = spawn_script(
-        "client.py",
-        &[
-            &port,
-            "framed",
-            "binary",
-            "load",
-            &connections,
-            &stop_arg,
-            &calls_arg,
-        ],
-        &[],
-        "thrift-load",
-        &scratch,
-    )?;
-    block_in_place(|| client.wait_for_stdout("running", DEADLINE))?;
+    let client = block_in_place(|| LoadClient::start(port, CONNECTIONS, "thrift-load", &scratch))?;
     let mut switches: Vec<Switch> = vec![(0, 0, "a1")];
     tokio::time::sleep(PHASE).await;
 
@@ -168,15 +137,7 @@ async fn drives_thrift_traffic_hitlessly(api_type: &str) -> TestResult {
     switches.push((asked, now_ns(), "b3"));
     tokio::time::sleep(PHASE).await;
 
-    std::fs::write(&stop_file, "")?;
-    let status = block_in_place(|| client.wait(DEADLINE))?;
-    assert!(status.success(), "{}", client.stderr_tail());
-    let summary = client.stdout();
-    assert!(
-        summary.contains("\"errors\": []"),
-        "no call failed: {summary}"
-    );
-    let calls = read_calls(&calls_file)?;
+    let calls = block_in_place(|| client.finish())?;
     let (violations, lag) = check(&calls, &switches, FOLLOW_WITHIN);
     assert!(
         violations.is_empty(),

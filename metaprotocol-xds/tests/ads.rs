@@ -23,14 +23,15 @@ use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecif
 use envoy_types::pb::envoy::r#type::v3::Int64Range;
 use metaprotocol_examples::dubbo_demo::{DemoProvider, DubboClient};
 use metaprotocol_router::{Proxy, ResourceKind, ResourceState};
-use metaprotocol_xds::XdsSource;
 use prost::Name;
 use support::fixtures::{
     assignment, cluster_name, eds_cluster, meta_route, meta_route_config, route_config_name, split,
     to_cluster,
 };
 use support::management_server::ManagementServer;
-use support::{NODE, TestResult, WITHIN, cds, config_dump, eds, eventually, proxy_config, rds};
+use support::{
+    NODE, TestResult, WITHIN, cds, config_dump, eds, eventually, proxy_config, rds, start_proxy,
+};
 
 const CONNECTIONS: usize = 20;
 
@@ -150,11 +151,7 @@ async fn drives_dubbo_traffic_hitlessly(api_type: &str) -> TestResult {
     ]);
     rds(&server, "r1", &by_method);
 
-    let proxy = Proxy::builder(proxy_config(xds, api_type)?)
-        .codecs(metaprotocol_examples::codec_registry())
-        .dynamic_source(XdsSource::default())
-        .start()
-        .await?;
+    let proxy = start_proxy(proxy_config(xds, api_type)?).await?;
     // The listener warms: it is bound once its routes and their clusters have arrived.
     if let Err(err) = eventually("the listener serves", || {
         proxy.listener_addr("dubbo-in").is_some()

@@ -11,13 +11,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use metaprotocol_examples::dubbo_demo::{DemoProvider, DubboClient};
-use metaprotocol_router::Proxy;
-use metaprotocol_xds::XdsSource;
 use support::fixtures::{
     assignment, cluster_name, eds_cluster, meta_route, meta_route_config, to_cluster,
 };
 use support::management_server::ManagementServer;
-use support::{TestResult, WITHIN, cds, eds, eventually, proxy_config, rds};
+use support::{TestResult, WITHIN, cds, eds, eventually, proxy_config, rds, start_proxy};
 
 const ROUTES: usize = 1_000;
 const CLUSTERS: usize = 100;
@@ -69,11 +67,7 @@ async fn push_to_traffic_following_with_1000_routes_and_100_clusters() -> TestRe
     rds(&server, "0", &routes(0));
 
     let started = Instant::now();
-    let proxy = Proxy::builder(proxy_config(serving.address(), "grpc")?)
-        .codecs(metaprotocol_examples::codec_registry())
-        .dynamic_source(XdsSource::default())
-        .start()
-        .await?;
+    let proxy = start_proxy(proxy_config(serving.address(), "grpc")?).await?;
     eventually("the listener serves", || {
         proxy.listener_addr("dubbo-in").is_some()
     })

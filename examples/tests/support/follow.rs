@@ -2,10 +2,7 @@
 //! which server answered it (from the engine's own clients, or from the Python Thrift client's
 //! `load` scenario), checked against when each update was asked for and applied.
 
-use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use super::TestResult;
 
 /// Nanoseconds since the epoch, the clock the Python client stamps its calls with too, counted
 /// on the monotonic clock from the first reading so that this process's stamps never jump.
@@ -65,20 +62,4 @@ pub fn check(calls: &[Call], switches: &[Switch], within: Duration) -> (Vec<Stri
         }
     }
     (violations, Duration::from_nanos(lag as u64))
-}
-
-/// The calls the Python Thrift client's `load` scenario wrote to `path`, one per line
-/// (`<connection> <start> <end> <server>`).
-pub fn read_calls(path: &Path) -> TestResult<Vec<Call>> {
-    Ok(std::fs::read_to_string(path)?
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split(' ').skip(1);
-            Some((
-                fields.next()?.parse().ok()?,
-                fields.next()?.parse().ok()?,
-                fields.next()?.to_owned(),
-            ))
-        })
-        .collect())
 }

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-use metaprotocol_router::Config;
+use metaprotocol_router::{Config, Proxy, StartError};
+use metaprotocol_xds::XdsSource;
 use prost::Name;
 
 use self::fixtures::route_config_name;
@@ -72,6 +73,15 @@ listeners:
   - {{ name: {protocol}-in, address: 127.0.0.1:0, protocol: {protocol}, route_config: {route_config} }}
 "
     ))?)
+}
+
+/// Starts a proxy of `config` with the bundled codecs and the xDS client.
+pub async fn start_proxy(config: Config) -> Result<Proxy, StartError> {
+    Proxy::builder(config)
+        .codecs(metaprotocol_examples::codec_registry())
+        .dynamic_source(XdsSource::default())
+        .start()
+        .await
 }
 
 /// Polls `test` every 10 ms until it holds, for up to [`WITHIN`].
