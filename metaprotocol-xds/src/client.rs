@@ -16,9 +16,9 @@ use metaprotocol_router::config::{ReconnectSpec, XdsApiType, XdsSpec};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::delta::DeltaResources;
+use crate::delta::{DeltaResources, Merged};
 use crate::resource::ResourceType;
-use crate::state::{Rejected, Subscription};
+use crate::state::{Listing, Rejected, Subscription};
 use crate::status::SourceStatus;
 use crate::tls::ServerTls;
 
@@ -224,7 +224,9 @@ impl Flavour for StateOfTheWorld {
         subscription: &mut Subscription,
         response: DiscoveryResponse,
     ) -> Vec<DiscoveryRequest> {
-        handle(proxy, subscription, &response, false).await.0
+        handle(proxy, subscription, &response, Listing::StateOfTheWorld)
+            .await
+            .0
     }
 }
 
@@ -254,7 +256,9 @@ impl Flavour for Delta<'_> {
     ) -> Vec<DeltaDiscoveryRequest> {
         let subscribed = subscription.subscribed();
         let (complete, merged) = self.0.merge(&response);
-        let (answers, accepted) = handle(proxy, subscription, &complete, true).await;
+        let versions = merged.as_ref().map(Merged::versions).unwrap_or_default();
+        let (answers, accepted) =
+            handle(proxy, subscription, &complete, Listing::Delta(&versions)).await;
         if let (true, Some(merged)) = (accepted, merged) {
             self.0.accept(merged);
         }
@@ -265,19 +269,19 @@ impl Flavour for Delta<'_> {
 /// The ADS client over a channel.
 type AdsClient = AggregatedDiscoveryServiceClient<tonic::transport::Channel>;
 
-/// Applies a (complete, for delta) response and returns the answers to send, and whether it
+/// Applies a response (for delta, merged into what the client holds) and returns the answers to send, and whether it
 /// was accepted.
 async fn handle(
     proxy: &Proxy,
     subscription: &mut Subscription,
     response: &DiscoveryResponse,
-    complete: bool,
+    listing: Listing<'_>,
 ) -> (Vec<DiscoveryRequest>, bool) {
     let Some(kind) = ResourceType::from_type_url(&response.type_url) else {
         tracing::warn!(type_url = %response.type_url, "an xDS response of a type not asked for is ignored");
         return (Vec::new(), false);
     };
-    let rejected = match subscription.prepare(kind, response, complete) {
+    let rejected = match subscription.prepare(kind, response, listing) {
         Ok(prepared) => match proxy.apply_dynamic(prepared.update.clone()).await {
             Ok(_) => return (subscription.accept(prepared), true),
             Err(err) => Rejected {

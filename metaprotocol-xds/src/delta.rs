@@ -29,6 +29,16 @@ pub(crate) struct Merged {
     resources: BTreeMap<String, Held>,
 }
 
+impl Merged {
+    /// Each resource's own version, by name.
+    pub fn versions(&self) -> BTreeMap<String, String> {
+        self.resources
+            .iter()
+            .map(|(name, held)| (name.clone(), held.version.clone()))
+            .collect()
+    }
+}
+
 /// The resources the client holds, per type.
 #[derive(Debug, Default)]
 pub(crate) struct DeltaResources {

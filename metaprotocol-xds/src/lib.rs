@@ -12,9 +12,9 @@
 //! [`Proxy::apply_dynamic`]: all of a response or none of it, hitlessly. Each response is
 //! ACKed, or NACKed with an error detail naming the resource and field at fault while the
 //! running config keeps serving. A failed stream is opened again after a jittered,
-//! exponential pause. `/config_dump` shows every dynamic resource's version, last update and
-//! last error, and the client's stream and per-type versions and nonces under
-//! `dynamic_sources.xds`.
+//! exponential pause. `/config_dump` shows every dynamic resource's version (over delta ADS,
+//! the resource's own), last update and last error, and the client's stream and per-type
+//! versions and nonces under `dynamic_sources.xds`.
 //!
 //! ```no_run
 //! # async fn run(config: metaprotocol_router::Config, codecs: metaprotocol_core::CodecRegistry)

@@ -77,6 +77,16 @@ pub(crate) struct TypeState {
     pub subscribed: Vec<String>,
 }
 
+/// How a response lists the resources of its type.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Listing<'a> {
+    /// State of the world: the response's version versions every resource it carries.
+    StateOfTheWorld,
+    /// A delta response merged into what the client holds: every resource of the type, each
+    /// with its own version (by name; the response's version for one without).
+    Delta(&'a BTreeMap<String, String>),
+}
+
 /// A response the client reacts to: what to apply, and how to answer if it applies.
 #[derive(Debug)]
 pub(crate) struct Prepared {
@@ -209,15 +219,15 @@ impl Subscription {
     }
 
     /// Translates `response`, of resources of `kind`, into what to apply, or the reason to
-    /// reject it. `complete` says
-    /// that the response lists every resource the client holds of its type (as a delta
-    /// response merged into what the client holds does), so that one left out is removed.
+    /// reject it. A delta response merged into what the client holds lists every resource of
+    /// its type, so that one left out is removed, and versions each resource apart.
     pub fn prepare(
         &mut self,
         kind: ResourceType,
         response: &DiscoveryResponse,
-        complete: bool,
+        listing: Listing<'_>,
     ) -> Result<Prepared, Box<Rejected>> {
+        let complete = matches!(listing, Listing::Delta(_));
         let state = self.types.entry(kind).or_default();
         state.nonce.clone_from(&response.nonce);
         let reject = |resource: Option<ResourceId>, message: String| {
@@ -229,6 +239,11 @@ impl Subscription {
             })
         };
         let version = &response.version_info;
+        // What `/config_dump` shows as the version of resource `name`.
+        let version_of = |name: &str| match listing {
+            Listing::Delta(versions) => versions.get(name).unwrap_or(version).clone(),
+            Listing::StateOfTheWorld => version.clone(),
+        };
         let mut update = DynamicUpdate::default();
         let accepted = match kind {
             ResourceType::Cluster => {
@@ -247,7 +262,7 @@ impl Subscription {
                     update.clusters.push(cluster.with_endpoints(endpoints));
                     update.versions.insert(
                         ResourceId::new(ResourceKind::Cluster, name),
-                        version.clone(),
+                        version_of(name),
                     );
                 }
                 update.removed = self
@@ -278,7 +293,7 @@ impl Subscription {
                     update.clusters.push(cluster.with_endpoints(endpoints));
                     update.versions.insert(
                         ResourceId::new(ResourceKind::Endpoints, name),
-                        version.clone(),
+                        version_of(service),
                     );
                     if !self.applied_clusters.contains(name) {
                         // The cluster warmed until now: its CDS version starts serving too.
@@ -310,7 +325,7 @@ impl Subscription {
                 for (name, spec) in configs {
                     update.versions.insert(
                         ResourceId::new(ResourceKind::RouteConfig, &name),
-                        version.clone(),
+                        version_of(&name),
                     );
                     update.route_configs.push(spec);
                 }
@@ -523,9 +538,9 @@ mod tests {
         subscription: &mut Subscription,
         kind: ResourceType,
         response: &DiscoveryResponse,
-        complete: bool,
+        listing: Listing<'_>,
     ) -> DynamicUpdate {
-        match subscription.prepare(kind, response, complete) {
+        match subscription.prepare(kind, response, listing) {
             Ok(prepared) => {
                 let update = prepared.update.clone();
                 subscription.accept(prepared);
@@ -544,7 +559,12 @@ mod tests {
             ..Cluster::default()
         };
         let cds = response(ResourceType::Cluster, "c1", vec![any(&cluster)]);
-        let update = apply(&mut subscription, ResourceType::Cluster, &cds, false);
+        let update = apply(
+            &mut subscription,
+            ResourceType::Cluster,
+            &cds,
+            Listing::StateOfTheWorld,
+        );
         assert!(
             update.clusters.is_empty(),
             "held back until its endpoints arrive"
@@ -552,7 +572,12 @@ mod tests {
         assert_eq!(subscription.warming_clusters(), ["c"]);
 
         let eds = response(ResourceType::Endpoints, "e1", vec![any(&assignment("c"))]);
-        let update = apply(&mut subscription, ResourceType::Endpoints, &eds, false);
+        let update = apply(
+            &mut subscription,
+            ResourceType::Endpoints,
+            &eds,
+            Listing::StateOfTheWorld,
+        );
         assert_eq!(update.clusters.len(), 1);
         assert_eq!(update.clusters[0].endpoints.len(), 1);
         assert_eq!(
@@ -567,11 +592,54 @@ mod tests {
         // A state-of-the-world response without the assignment changes nothing; a complete one
         // (a delta that removed it) leaves the cluster without endpoints.
         let without = response(ResourceType::Endpoints, "e2", Vec::new());
-        let update = apply(&mut subscription, ResourceType::Endpoints, &without, false);
+        let update = apply(
+            &mut subscription,
+            ResourceType::Endpoints,
+            &without,
+            Listing::StateOfTheWorld,
+        );
         assert!(update.clusters.is_empty());
-        let update = apply(&mut subscription, ResourceType::Endpoints, &without, true);
+        let update = apply(
+            &mut subscription,
+            ResourceType::Endpoints,
+            &without,
+            Listing::Delta(&BTreeMap::new()),
+        );
         assert_eq!(update.clusters.len(), 1);
         assert!(update.clusters[0].endpoints.is_empty());
+    }
+
+    #[test]
+    fn delta_resources_keep_their_own_versions() {
+        let mut subscription = subscription();
+        let cluster = |name: &str| Cluster {
+            name: name.to_owned(),
+            ..Cluster::default()
+        };
+        let cds = response(
+            ResourceType::Cluster,
+            "n3",
+            vec![any(&cluster("a")), any(&cluster("b"))],
+        );
+        let versions = BTreeMap::from([("a".to_owned(), "a7".to_owned())]);
+        let update = apply(
+            &mut subscription,
+            ResourceType::Cluster,
+            &cds,
+            Listing::Delta(&versions),
+        );
+        let version = |name: &str| {
+            update
+                .versions
+                .get(&ResourceId::new(ResourceKind::Cluster, name))
+                .cloned()
+        };
+        assert_eq!(version("a").as_deref(), Some("a7"));
+        assert_eq!(
+            version("b").as_deref(),
+            Some("n3"),
+            "a resource without a version of its own takes the response's"
+        );
     }
 
     #[test]
@@ -583,10 +651,11 @@ mod tests {
             ..Cluster::default()
         };
         let cds = response(ResourceType::Cluster, "c1", vec![any(&cluster)]);
-        let rejected = match subscription.prepare(ResourceType::Cluster, &cds, false) {
-            Ok(_) => panic!("accepted"),
-            Err(rejected) => rejected,
-        };
+        let rejected =
+            match subscription.prepare(ResourceType::Cluster, &cds, Listing::StateOfTheWorld) {
+                Ok(_) => panic!("accepted"),
+                Err(rejected) => rejected,
+            };
         assert_eq!(
             rejected.resource,
             Some(ResourceId::new(ResourceKind::Cluster, "c"))
