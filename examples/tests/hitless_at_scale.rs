@@ -14,16 +14,17 @@ mod support;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use metaprotocol_examples::dubbo_demo::{DemoProvider, DubboClient};
 use metaprotocol_router::Config;
 use metaprotocol_router::config::{ClusterSpec, RouteConfigSpec};
 use support::TestResult;
 use support::admin::http;
+use support::follow::{Call, Switch, check, now_ns};
 use support::process::Scratch;
 use support::proxy::listener_addr;
-use support::thrift::{DEADLINE, Server, spawn_script, tools_ready};
+use support::thrift::{LoadClient, Server, tools_ready};
 use tokio::task::block_in_place;
 
 const CONNECTIONS_PER_PROTOCOL: usize = 25;
@@ -31,19 +32,6 @@ const UPDATES: usize = 1_000;
 /// How soon after an update new calls must follow it.
 const FOLLOW_WITHIN: Duration = Duration::from_millis(100);
 const PROTOCOLS: [&str; 2] = ["dubbo", "thrift"];
-
-/// Nanoseconds since the epoch, the clock the Python client stamps its calls with too, counted
-/// on the monotonic clock from the first reading so that this process's stamps never jump.
-fn now_ns() -> u128 {
-    static BASE: std::sync::OnceLock<(std::time::Instant, u128)> = std::sync::OnceLock::new();
-    let (instant, epoch) = BASE.get_or_init(|| {
-        let epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        (std::time::Instant::now(), epoch)
-    });
-    epoch + instant.elapsed().as_nanos()
-}
 
 /// What the config says after update `update` (0: the start).
 struct Shape {
@@ -112,52 +100,6 @@ route_configs:
     }
 }
 
-/// One call: when it started and ended, and which server answered.
-type Call = (u128, u128, String);
-
-/// An update of a route config: when it was asked for (an admin request sent, the file
-/// written), when it was applied (the admin API answered, the proxy runs the file's config),
-/// and the version it switched to.
-type Switch = (u128, u128, &'static str);
-
-/// Checks that every call started at least [`FOLLOW_WITHIN`] after an update was applied went
-/// to the version switched to, or to a later one (a call may be routed after the next update
-/// when it is slow to arrive). Returns the violations and the longest time after an update was
-/// applied that a call still went to the old version.
-fn check(calls: &[Call], switches: &[Switch]) -> (Vec<String>, Duration) {
-    let within = FOLLOW_WITHIN.as_nanos();
-    let mut violations = Vec::new();
-    let mut lag = 0u128;
-    for (start, end, server) in calls {
-        // The last update asked for before the call started, and those asked for before it
-        // ended: the call may follow any of them.
-        let first = switches
-            .partition_point(|(asked, _, _)| asked <= start)
-            .saturating_sub(1);
-        let last = switches.partition_point(|(asked, _, _)| asked <= end);
-        let Some(&(_, applied, version)) = switches.get(first) else {
-            continue;
-        };
-        let followed = switches
-            .get(first..last)
-            .unwrap_or_default()
-            .iter()
-            .any(|(_, _, v)| server.starts_with(v));
-        if followed {
-            continue;
-        }
-        let since = start.saturating_sub(applied);
-        lag = lag.max(since);
-        if since >= within {
-            violations.push(format!(
-                "a call {} ms after the switch to {version} went to {server}",
-                since / 1_000_000
-            ));
-        }
-    }
-    (violations, Duration::from_nanos(lag as u64))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_and_cluster_updates_at_scale_fail_no_call_and_close_no_connection() -> TestResult {
     if !tools_ready()? {
@@ -203,30 +145,15 @@ async fn route_and_cluster_updates_at_scale_fail_no_call_and_close_no_connection
     let admin = proxy.admin_addr().ok_or("no admin")?;
 
     // 25 Thrift connections from Apache Thrift's Python client.
-    let stop_file = scratch.path("stop");
-    let calls_file = scratch.path("thrift-calls");
-    let thrift_port = listener_addr(&proxy, "thrift-in")?.port().to_string();
-    let connections = CONNECTIONS_PER_PROTOCOL.to_string();
-    let (stop_arg, calls_arg) = (
-        stop_file.display().to_string(),
-        calls_file.display().to_string(),
-    );
-    let mut thrift_client = spawn_script(
-        "client.py",
-        &[
-            &thrift_port,
-            "framed",
-            "binary",
-            "load",
-            &connections,
-            &stop_arg,
-            &calls_arg,
-        ],
-        &[],
-        "thrift-load",
-        &scratch,
-    )?;
-    block_in_place(|| thrift_client.wait_for_stdout("running", DEADLINE))?;
+    let thrift_port = listener_addr(&proxy, "thrift-in")?.port();
+    let thrift_client = block_in_place(|| {
+        LoadClient::start(
+            thrift_port,
+            CONNECTIONS_PER_PROTOCOL,
+            "thrift-load",
+            &scratch,
+        )
+    })?;
 
     // 25 Dubbo connections.
     let dubbo_in = listener_addr(&proxy, "dubbo-in")?;
@@ -336,24 +263,9 @@ async fn route_and_cluster_updates_at_scale_fail_no_call_and_close_no_connection
     for task in tasks {
         task.await?;
     }
-    std::fs::write(&stop_file, "")?;
-    let status = block_in_place(|| thrift_client.wait(DEADLINE))?;
-    assert!(status.success(), "{}", thrift_client.stderr_tail());
+    let thrift_calls = block_in_place(|| thrift_client.finish())?;
     watcher.abort();
 
-    let summary = thrift_client.stdout();
-    assert!(summary.contains("\"errors\": []"), "{summary}");
-    let thrift_calls: Vec<Call> = std::fs::read_to_string(&calls_file)?
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split(' ').skip(1);
-            Some((
-                fields.next()?.parse().ok()?,
-                fields.next()?.parse().ok()?,
-                fields.next()?.to_owned(),
-            ))
-        })
-        .collect();
     let dubbo_calls = std::mem::take(&mut *dubbo_calls.lock().map_err(|_| "poisoned")?);
     let metrics = proxy.metrics().render();
     let series = |name: &str| -> u64 {
@@ -364,7 +276,7 @@ async fn route_and_cluster_updates_at_scale_fail_no_call_and_close_no_connection
     };
     let mut report = Vec::new();
     for (protocol, calls) in [("dubbo", &dubbo_calls), ("thrift", &thrift_calls)] {
-        let (violations, lag) = check(calls, &switches[protocol]);
+        let (violations, lag) = check(calls, &switches[protocol], FOLLOW_WITHIN);
         assert!(
             violations.is_empty(),
             "{protocol}: {} calls did not follow an update within {FOLLOW_WITHIN:?}: {:?}",

@@ -85,7 +85,8 @@ pub use cluster::{BreakerStatus, ClusterStatus, EndpointStatus, HealthState};
 pub use config::{Config, ConfigError};
 pub use filters::{FilterContext, FilterFactory, FilterRegistry, SharedClients};
 pub use proxy::{
-    DEFAULT_DRAIN_TIMEOUT, Proxy, ProxyBuilder, ReloadSummary, StartError, UpdateError,
+    DEFAULT_DRAIN_TIMEOUT, DynamicSource, DynamicUpdate, Proxy, ProxyBuilder, ReloadSummary,
+    ResourceId, ResourceKind, ResourceState, ResourceStatus, StartError, UpdateError,
 };
 pub use route::{DEFAULT_ROUTE_TIMEOUT, RouteCheck, RouteDestination, RouteMatch, UnknownListener};
 pub use server::DEFAULT_IDLE_TIMEOUT;
@@ -93,4 +94,5 @@ pub use stats::{
     DurationHistogram, ExpositionFormat, FamilySnapshot, HistogramSnapshot, Labels, MetricKind,
     Metrics, MetricsCollector, MetricsScope, SeriesValue,
 };
+pub use transport::TlsConnector;
 pub use upstream::UpstreamError;

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use metaprotocol_core::{ByteStr, Metadata, RoutingKeys, RoutingView};
-use metaprotocol_router::{Config, LogControl, Proxy, RouteDestination};
+use metaprotocol_router::{Config, LogControl, Proxy, ProxyBuilder, RouteDestination};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
@@ -170,6 +170,13 @@ fn main() -> ExitCode {
     })
 }
 
+/// A proxy of `config` with the bundled codecs and the xDS client serving `dynamic.xds`.
+fn builder(config: Config) -> ProxyBuilder {
+    Proxy::builder(config)
+        .codecs(metaprotocol_examples::codec_registry())
+        .dynamic_source(metaprotocol_xds::XdsSource::default())
+}
+
 async fn run(
     path: PathBuf,
     drain_time: Option<std::time::Duration>,
@@ -182,8 +189,7 @@ async fn run(
             return ExitCode::FAILURE;
         }
     };
-    let mut builder = Proxy::builder(config)
-        .codecs(metaprotocol_examples::codec_registry())
+    let mut builder = builder(config)
         .config_source(format!("file:{}", path.display()))
         .log_control(log_control);
     if let Some(drain_time) = drain_time {
@@ -254,8 +260,7 @@ fn validate(path: PathBuf) -> ExitCode {
     // Every error of the file at once; then errors found while building (unknown protocol,
     // unavailable policy ...), placed in the file too.
     let checked = Config::check_yaml(&text).and_then(|config| {
-        Proxy::builder(config.clone())
-            .codecs(metaprotocol_examples::codec_registry())
+        builder(config.clone())
             .check()
             .map(|()| config)
             .map_err(|err| vec![err.located_in(&text)])
@@ -298,8 +303,7 @@ fn route(path: PathBuf, listener: &str, metadata: Vec<(String, String)>) -> Exit
         .map_err(|err| format!("cannot read: {err}"))
         .and_then(|text| {
             let config = Config::from_yaml(&text).map_err(|err| err.to_string())?;
-            Proxy::builder(config)
-                .codecs(metaprotocol_examples::codec_registry())
+            builder(config)
                 .route_check()
                 .map_err(|err| err.located_in(&text).to_string())
         });

@@ -1,9 +1,11 @@
 //! The Thrift interop suite (`tests/interop/thrift/`): Apache Thrift's Python library running a
 //! Greeter server (`server.py`) and clients (`client.py`).
 
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use super::follow::Call;
 use super::interop::Suite;
 use super::process::{ChildGuard, Scratch};
 use super::{TestResult, free_port};
@@ -89,5 +91,67 @@ impl Server {
             .lines()
             .filter(|l| *l == "connection")
             .count()
+    }
+}
+
+/// The Python client's `load` scenario: connections calling `sayHello` through a framed binary
+/// listener without pause, each call logged with its start, end and server.
+pub struct LoadClient {
+    process: ChildGuard,
+    stop_file: PathBuf,
+    calls_file: PathBuf,
+}
+
+impl LoadClient {
+    /// Starts `connections` connections to `port` (files named after `name` in `scratch`) and
+    /// returns once they call. Blocks: call it within `block_in_place` on a runtime.
+    pub fn start(port: u16, connections: usize, name: &str, scratch: &Scratch) -> TestResult<Self> {
+        let stop_file = scratch.path(&format!("{name}-stop"));
+        let calls_file = scratch.path(&format!("{name}-calls"));
+        let mut process = spawn_script(
+            "client.py",
+            &[
+                &port.to_string(),
+                "framed",
+                "binary",
+                "load",
+                &connections.to_string(),
+                &stop_file.display().to_string(),
+                &calls_file.display().to_string(),
+            ],
+            &[],
+            name,
+            scratch,
+        )?;
+        process.wait_for_stdout("running", DEADLINE)?;
+        Ok(Self {
+            process,
+            stop_file,
+            calls_file,
+        })
+    }
+
+    /// Stops the calls and returns them; an error if any call failed. Blocks, as `start`.
+    pub fn finish(mut self) -> TestResult<Vec<Call>> {
+        std::fs::write(&self.stop_file, "")?;
+        let status = self.process.wait(DEADLINE)?;
+        if !status.success() {
+            return Err(format!("the load client failed: {}", self.process.stderr_tail()).into());
+        }
+        let summary = self.process.stdout();
+        if !summary.contains("\"errors\": []") {
+            return Err(format!("calls failed: {summary}").into());
+        }
+        Ok(std::fs::read_to_string(&self.calls_file)?
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.split(' ').skip(1);
+                Some((
+                    fields.next()?.parse().ok()?,
+                    fields.next()?.parse().ok()?,
+                    fields.next()?.to_owned(),
+                ))
+            })
+            .collect())
     }
 }

@@ -207,6 +207,8 @@ async fn config_dump(State(state): State<Arc<ProxyState>>) -> Json<serde_json::V
     Json(json!({
         "config": *state.config(),
         "route_config_versions": versions,
+        "dynamic_resources": state.dynamic_statuses(),
+        "dynamic_sources": state.source_statuses(),
     }))
 }
 

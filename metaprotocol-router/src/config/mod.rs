@@ -9,6 +9,7 @@
 //! [`crate::Proxy`].
 
 mod cluster;
+mod dynamic;
 mod error;
 mod limits;
 mod listener;
@@ -29,6 +30,7 @@ pub use cluster::{
     DnsLookupFamily, EndpointAddress, EndpointSpec, HealthCheckSpec, LbPolicy, LocalitySpec,
     OutlierDetectionSpec, ProbeSpec, RetryBudgetSpec,
 };
+pub use dynamic::{DynamicSpec, ReconnectSpec, XDS, XdsApiType, XdsSpec};
 pub(crate) use error::Errors;
 pub use error::{ConfigError, Position};
 pub use limits::{DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_REQUESTS, LimitsSpec};
@@ -67,9 +69,10 @@ pub struct Config {
     /// change takes effect on restart.
     #[serde(default, skip_serializing_if = "MetricsSpec::is_default")]
     pub metrics: MetricsSpec,
-    /// Resources from a control plane (xDS). Not available yet: rejected by validation.
+    /// Resources from a control plane (xDS), served by a registered
+    /// [`DynamicSource`](crate::DynamicSource).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dynamic: Option<serde_json::Value>,
+    pub dynamic: Option<DynamicSpec>,
     /// Where the proxy accepts clients.
     #[serde(default)]
     pub listeners: Vec<ListenerSpec>,
@@ -177,8 +180,8 @@ impl Config {
     /// Every error [`Config::validate`] would report, in the order of the document's sections.
     pub fn errors(&self) -> Vec<ConfigError> {
         let mut errors = Errors::default();
-        if self.dynamic.is_some() {
-            errors.add(not_available("dynamic"));
+        if let Some(dynamic) = &self.dynamic {
+            errors.within("dynamic", |errors| dynamic.check(errors));
         }
         if let Some(admin) = &self.admin {
             errors.check("admin", admin.validate());
@@ -213,13 +216,13 @@ impl Config {
         }
         for (i, routes) in self.route_configs.iter().enumerate() {
             errors.within(&format!("route_configs[{i}]"), |errors| {
-                routes.check(&|name| self.cluster(name).is_some(), errors);
+                routes.check(&|name| self.has_cluster(name), errors);
             });
         }
         for (i, listener) in self.listeners.iter().enumerate() {
             let at = format!("listeners[{i}]");
             errors.within(&at, |errors| listener.check(errors));
-            if self.route_config(&listener.route_config).is_none() {
+            if !self.has_route_config(&listener.route_config) {
                 errors.add(ConfigError::new(
                     format!("{at}.route_config"),
                     format!("no route config named `{}`", listener.route_config),
@@ -288,6 +291,24 @@ impl Config {
     pub fn cluster(&self, name: &str) -> Option<&ClusterSpec> {
         self.clusters.iter().find(|c| c.name == name)
     }
+
+    /// True if the route config `name` is in the config, or may come from its dynamic source.
+    pub fn has_route_config(&self, name: &str) -> bool {
+        self.route_config(name).is_some()
+            || self
+                .dynamic
+                .as_ref()
+                .is_some_and(|d| d.provides_route_config(name))
+    }
+
+    /// True if the cluster `name` is in the config, or may come from its dynamic source.
+    pub fn has_cluster(&self, name: &str) -> bool {
+        self.cluster(name).is_some()
+            || self
+                .dynamic
+                .as_ref()
+                .is_some_and(|d| d.provides_cluster(name))
+    }
 }
 
 /// True if binding `b` would fail while `a` is bound: the same port (0 picks a free one, so never
@@ -297,12 +318,6 @@ fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
         && a.port() == b.port()
         && a.is_ipv4() == b.is_ipv4()
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
-}
-
-/// The error for a field the config contract has but this version does not implement: it is
-/// rejected rather than silently ignored.
-pub(crate) fn not_available(field: &str) -> ConfigError {
-    ConfigError::new(field, format!("{field} is not available yet"))
 }
 
 /// Rejects empty and duplicate names in a list; unnamed entries (`None`) are skipped.

@@ -288,7 +288,7 @@ struct TopLevel {
     #[serde(default)]
     limits: super::LimitsSpec,
     #[serde(default)]
-    dynamic: Option<serde_json::Value>,
+    dynamic: Option<super::DynamicSpec>,
     #[serde(default, rename = "listeners")]
     _listeners: serde::de::IgnoredAny,
     #[serde(default, rename = "route_configs")]

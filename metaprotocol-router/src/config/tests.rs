@@ -314,21 +314,6 @@ fn a_route_config_from_the_admin_api_carries_positions() {
     assert!(err.position.is_some(), "{err}");
 }
 
-#[test]
-fn planned_fields_parse_and_are_not_available_yet() {
-    let cases = [(
-        format!("dynamic: {{ xds: {{ address: 127.0.0.1:15010 }} }}\n{FULL}"),
-        "dynamic",
-    )];
-    for (yaml, field) in cases {
-        let err = error_of(&yaml);
-        assert_eq!(err.field, field, "{err}");
-        let name = field.rsplit('.').next().unwrap_or_default();
-        assert_eq!(err.reason, format!("{name} is not available yet"));
-        assert!(err.position.is_some(), "{err}");
-    }
-}
-
 /// The cluster fields of load balancing and resilience: parsed as documented, rejected with
 /// the field's name when out of range.
 #[test]
@@ -778,4 +763,50 @@ fn every_error_in_a_file_is_reported_with_its_position() {
     assert!(errors.iter().all(|e| !e.reason.contains("no route config")));
     // from_yaml reports the first.
     assert_eq!(error_of(&mixed).field, "listeners[0].idle_timeout");
+}
+
+/// The `dynamic` section: the file may name route configs and clusters its source provides,
+/// and the section's own mistakes name their field.
+#[test]
+fn the_dynamic_section_lets_the_file_refer_to_what_its_source_provides() {
+    let dynamic = "dynamic:\n  xds: { address: 127.0.0.1:15010, node_id: proxy-1, route_configs: [from-xds], clusters: ['*'] }\n";
+    let yaml = format!(
+        "{dynamic}listeners:\n  - {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: from-xds }}\n"
+    );
+    let config = Config::from_yaml(&yaml);
+    assert!(config.is_ok(), "{:?}", config.err());
+    let config = config.ok().unwrap_or_default();
+    assert!(config.has_route_config("from-xds"));
+    assert!(config.has_cluster("outbound|20880||demo"));
+    assert!(!config.has_route_config("other"));
+
+    let base = format!("{dynamic}{FULL}");
+    assert_rejected(&[
+        (
+            base.replace("node_id: proxy-1", "node_id: ''"),
+            "dynamic.xds.node_id",
+            "must not be empty",
+        ),
+        (
+            base.replace("route_config: demo-routes", "route_config: elsewhere"),
+            "listeners[0].route_config",
+            "no route config named `elsewhere`",
+        ),
+        (
+            base.replace(
+                "clusters: ['*'] }",
+                "clusters: ['*'], reconnect: { base_interval: 2s, max_interval: 1s } }",
+            ),
+            "dynamic.xds.reconnect.max_interval",
+            "must not be less than base_interval",
+        ),
+        (
+            base.replace(
+                "route_configs: [from-xds], clusters: ['*']",
+                "api_type: grpc",
+            ),
+            "dynamic.xds",
+            "asks for nothing",
+        ),
+    ]);
 }

@@ -40,7 +40,7 @@ impl ListenerTlsSpec {
     }
 }
 
-/// TLS to a cluster's endpoints.
+/// TLS to a cluster's endpoints, or to the xDS server (`dynamic.xds.tls`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterTlsSpec {

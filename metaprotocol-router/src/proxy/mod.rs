@@ -3,7 +3,10 @@
 //! shutdown.
 
 pub(crate) mod build;
+mod dynamic;
+mod layers;
 mod listeners;
+mod status;
 mod update;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,7 +24,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::build::Builder;
+use self::dynamic::DynamicSources;
+pub use self::dynamic::{DynamicSource, DynamicUpdate};
+use self::layers::Layers;
 use self::listeners::ListenerManager;
+use self::status::StatusRegistry;
+pub use self::status::{ResourceId, ResourceKind, ResourceState, ResourceStatus};
 use self::update::Source;
 use crate::access_log;
 use crate::admin::LogControl;
@@ -143,6 +151,8 @@ pub(crate) enum Readiness {
     Starting,
     /// Shutdown began.
     Draining,
+    /// Listeners wait for their route configs or clusters from a dynamic source.
+    Warming,
     /// `/healthcheck/fail` was called.
     FailingHealthChecks,
 }
@@ -153,6 +163,7 @@ impl Readiness {
             Self::Live => "live",
             Self::Starting => "starting",
             Self::Draining => "draining",
+            Self::Warming => "warming",
             Self::FailingHealthChecks => "failing_health_checks",
         }
     }
@@ -163,6 +174,7 @@ impl Readiness {
             Self::Live => "it is",
             Self::Starting => "starting: the config is not applied yet",
             Self::Draining => "draining: the proxy is shutting down",
+            Self::Warming => "warming: listeners wait for dynamic route configs or clusters",
             Self::FailingHealthChecks => {
                 "failing health checks on request (POST /healthcheck/ok to undo)"
             }
@@ -176,6 +188,7 @@ pub struct ProxyBuilder {
     codecs: CodecRegistry,
     filters: FilterRegistry,
     drain_time: Option<Duration>,
+    sources: DynamicSources,
     config_source: String,
     log_control: Option<Arc<dyn LogControl>>,
 }
@@ -222,8 +235,17 @@ impl ProxyBuilder {
         self
     }
 
-    /// Checks that the config can be built with these codecs and filters (everything but
-    /// binding). Call it within a Tokio runtime when filters or tracing need one.
+    /// A source of dynamic resources, serving the part of the config's `dynamic` section named
+    /// [`DynamicSource::name`] (the `metaprotocol-xds` crate's client serves `xds`). A config
+    /// naming a source that is not registered is rejected.
+    pub fn dynamic_source(mut self, source: impl DynamicSource) -> Self {
+        self.sources.insert(Arc::new(source));
+        self
+    }
+
+    /// Checks that the config can be built with these codecs, filters and dynamic sources
+    /// (everything but binding). Call it within a Tokio runtime when filters or tracing need
+    /// one.
     pub fn check(&self) -> Result<(), ConfigError> {
         self.checking_state().check(&self.config)
     }
@@ -241,13 +263,25 @@ impl ProxyBuilder {
             metrics: self.config.metrics.clone(),
             ..Config::default()
         };
-        ProxyState::new(initial, self.codecs.clone(), self.filters.clone())
+        self.state(initial)
     }
 
-    /// Builds everything, binds every listener and the admin API, and starts serving. Nothing
-    /// is bound unless the whole config is valid.
+    fn state(&self, initial: Config) -> ProxyState {
+        let mut state = ProxyState::new(initial, self.codecs.clone(), self.filters.clone());
+        state.sources = self.sources.clone();
+        state.drain_override = self.drain_time;
+        state.config_source = self.config_source.clone();
+        state.log_control = self.log_control.clone();
+        state
+    }
+
+    /// Builds everything, binds every listener and the admin API, and starts serving, then
+    /// starts the dynamic sources. Nothing is bound unless the whole config is valid. Listeners
+    /// whose route config (or its clusters) come from a dynamic source are bound when those
+    /// arrive.
     pub async fn start(self) -> Result<Proxy, StartError> {
         self.config.validate()?;
+        self.sources.check(self.config.dynamic.as_ref())?;
         let admin =
             match &self.config.admin {
                 Some(spec) => Some(TcpListener::bind(spec.address).await.map_err(|source| {
@@ -261,15 +295,18 @@ impl ProxyBuilder {
             };
         let initial = Config {
             admin: self.config.admin.clone(),
+            dynamic: self.config.dynamic.clone(),
             metrics: self.config.metrics.clone(),
             ..Config::default()
         };
-        let mut state = ProxyState::new(initial, self.codecs, self.filters);
-        state.drain_override = self.drain_time;
-        state.config_source = self.config_source;
-        state.log_control = self.log_control;
-        let state = Arc::new(state);
-        state.apply_uncounted(self.config, Source::File).await?;
+        let state = Arc::new(self.state(initial));
+        let dynamic = self.config.dynamic.clone();
+        state
+            .apply_uncounted(Source::File, |layers, _| {
+                layers.base = self.config;
+                Ok(())
+            })
+            .await?;
         let admin = admin.map(|listener| {
             let address = listener.local_addr().ok();
             let task = tokio::spawn(crate::admin::serve(
@@ -281,10 +318,12 @@ impl ProxyBuilder {
             address
         });
         state.ready.store(true, Ordering::Release);
-        Ok(Proxy {
+        let proxy = Proxy {
             state,
             admin: admin.flatten(),
-        })
+        };
+        proxy.state.sources.start(&proxy, dynamic.as_ref());
+        Ok(proxy)
     }
 }
 
@@ -299,8 +338,15 @@ pub struct Proxy {
 pub(crate) struct ProxyState {
     /// The running config, republished with every accepted update.
     config: ArcSwap<Config>,
-    /// Serialises updates.
-    updates: tokio::sync::Mutex<()>,
+    /// The layers the running config is composed of; locked for the whole of an update, which
+    /// serialises updates.
+    updates: tokio::sync::Mutex<Layers>,
+    /// The state of dynamic resources and of what waits for them.
+    statuses: StatusRegistry,
+    /// The dynamic sources the embedder registered.
+    sources: DynamicSources,
+    /// True while a listener of the config waits for dynamic resources (it is not bound).
+    listeners_waiting: AtomicBool,
     codecs: CodecRegistry,
     filters: FilterRegistry,
     shared: SharedClients,
@@ -364,8 +410,14 @@ impl ProxyState {
         Self {
             updates_applied: reloads("applied"),
             updates_rejected: reloads("rejected"),
+            updates: tokio::sync::Mutex::new(Layers {
+                base: config.clone(),
+                ..Layers::default()
+            }),
             config: ArcSwap::from_pointee(config),
-            updates: tokio::sync::Mutex::new(()),
+            statuses: StatusRegistry::default(),
+            sources: DynamicSources::default(),
+            listeners_waiting: AtomicBool::new(false),
             codecs,
             filters,
             shared: SharedClients::default(),
@@ -432,12 +484,24 @@ impl ProxyState {
         &self.metrics
     }
 
+    /// Every dynamic resource's status, and every resource of the file that waits for one.
+    pub(crate) fn dynamic_statuses(&self) -> Vec<ResourceStatus> {
+        self.statuses.all()
+    }
+
+    /// Every dynamic source's own state, by name.
+    pub(crate) fn source_statuses(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.sources.status()
+    }
+
     /// Whether the proxy serves, and if not why.
     pub(crate) fn readiness(&self) -> Readiness {
         if self.shutdown.is_cancelled() {
             Readiness::Draining
         } else if !self.ready.load(Ordering::Acquire) {
             Readiness::Starting
+        } else if self.listeners_waiting.load(Ordering::Acquire) {
+            Readiness::Warming
         } else if self.health_check_failed.load(Ordering::Acquire) {
             Readiness::FailingHealthChecks
         } else {
@@ -481,23 +545,21 @@ impl ProxyState {
         spec: RouteConfigSpec,
     ) -> Result<u64, UpdateError> {
         let name = spec.name.clone();
-        if !self.lock_routes().contains_key(&name) {
-            self.count_update(false);
-            return Err(UpdateError::NotFound {
-                kind: "route config",
-                name,
-            });
-        }
-        let new = self.edited(|config| {
-            if let Some(entry) = config
+        self.apply(Source::Api, |layers, _| {
+            refuse_dynamic(layers, ResourceKind::RouteConfig, &spec.name)?;
+            let entry = layers
+                .base
                 .route_configs
                 .iter_mut()
                 .find(|r| r.name == spec.name)
-            {
-                *entry = spec;
-            }
-        });
-        self.apply(new, Source::Api).await?;
+                .ok_or_else(|| UpdateError::NotFound {
+                    kind: "route config",
+                    name: spec.name.clone(),
+                })?;
+            *entry = spec;
+            Ok(())
+        })
+        .await?;
         Ok(self
             .lock_routes()
             .get(&name)
@@ -506,14 +568,16 @@ impl ProxyState {
 
     pub(crate) async fn update_cluster(&self, spec: ClusterSpec) -> Result<u64, UpdateError> {
         let name = spec.name.clone();
-        let new =
-            self.edited(
-                |config| match config.clusters.iter_mut().find(|c| c.name == spec.name) {
-                    Some(entry) => *entry = spec,
-                    None => config.clusters.push(spec),
-                },
-            );
-        self.apply(new, Source::Api).await?;
+        self.apply(Source::Api, |layers, _| {
+            refuse_dynamic(layers, ResourceKind::Cluster, &spec.name)?;
+            let clusters = &mut layers.base.clusters;
+            match clusters.iter_mut().find(|c| c.name == spec.name) {
+                Some(entry) => *entry = spec,
+                None => clusters.push(spec),
+            }
+            Ok(())
+        })
+        .await?;
         Ok(self
             .clusters
             .get(&name)
@@ -521,26 +585,57 @@ impl ProxyState {
     }
 
     pub(crate) async fn remove_cluster(&self, name: &str) -> Result<(), UpdateError> {
-        let refused = if self.config.load().cluster(name).is_none() {
-            Some(UpdateError::NotFound {
-                kind: "cluster",
-                name: name.to_owned(),
-            })
-        } else {
-            let users = self.cluster_users(name);
-            (!users.is_empty()).then(|| UpdateError::InUse {
-                kind: "cluster",
-                name: name.to_owned(),
-                users: format!("route configs {users:?}"),
-            })
-        };
-        if let Some(err) = refused {
-            self.count_update(false);
-            return Err(err);
-        }
-        let new = self.edited(|config| config.clusters.retain(|c| c.name != name));
-        self.apply(new, Source::Api).await.map(|_| ())
+        self.apply(Source::Api, |layers, running| {
+            refuse_dynamic(layers, ResourceKind::Cluster, name)?;
+            if layers.base.cluster(name).is_none() {
+                return Err(UpdateError::NotFound {
+                    kind: "cluster",
+                    name: name.to_owned(),
+                });
+            }
+            let users = cluster_users(running, name);
+            if !users.is_empty() {
+                return Err(UpdateError::InUse {
+                    kind: "cluster",
+                    name: name.to_owned(),
+                    users: format!("route configs {users:?}"),
+                });
+            }
+            layers.base.clusters.retain(|c| c.name != name);
+            Ok(())
+        })
+        .await
+        .map(|_| ())
     }
+}
+
+/// Refuses an API change of a resource a dynamic source provides: the source would undo it.
+fn refuse_dynamic(layers: &Layers, kind: ResourceKind, name: &str) -> Result<(), UpdateError> {
+    if layers.dynamic.provides(kind, name) {
+        return Err(ConfigError::new(
+            "name",
+            format!(
+                "{} `{name}` comes from the dynamic source; change it there",
+                kind.name()
+            ),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The route configs of `config` whose routes send to cluster `name`.
+fn cluster_users(config: &Config, name: &str) -> Vec<String> {
+    config
+        .route_configs
+        .iter()
+        .filter(|r| {
+            r.routes
+                .iter()
+                .any(|route| build::route_clusters(route).any(|c| c == name))
+        })
+        .map(|r| r.name.clone())
+        .collect()
 }
 
 impl Proxy {
@@ -556,6 +651,7 @@ impl Proxy {
             codecs: CodecRegistry::new(),
             filters: FilterRegistry::with_builtins(),
             drain_time: None,
+            sources: DynamicSources::default(),
             config_source: "embedded".to_owned(),
             log_control: None,
         }
@@ -621,13 +717,16 @@ impl Proxy {
     /// listener of the same name is replaced (its connections drain if the address changed).
     pub async fn add_listener(&self, spec: ListenerSpec) -> Result<SocketAddr, UpdateError> {
         let name = spec.name.clone();
-        let new = self.state.edited(|config| {
-            match config.listeners.iter_mut().find(|l| l.name == spec.name) {
-                Some(entry) => *entry = spec,
-                None => config.listeners.push(spec),
-            }
-        });
-        self.state.apply(new, Source::Api).await?;
+        self.state
+            .apply(Source::Api, |layers, _| {
+                let listeners = &mut layers.base.listeners;
+                match listeners.iter_mut().find(|l| l.name == spec.name) {
+                    Some(entry) => *entry = spec,
+                    None => listeners.push(spec),
+                }
+                Ok(())
+            })
+            .await?;
         self.state
             .listener_address(&name)
             .ok_or(UpdateError::NotFound {
@@ -639,24 +738,86 @@ impl Proxy {
     /// Removes listener `name`: it stops accepting and its connections drain, without touching
     /// other listeners.
     pub async fn remove_listener(&self, name: &str) -> Result<(), UpdateError> {
-        if self.listener_addr(name).is_none() {
-            self.state.count_update(false);
-            return Err(UpdateError::NotFound {
-                kind: "listener",
-                name: name.to_owned(),
-            });
-        }
-        let new = self
-            .state
-            .edited(|config| config.listeners.retain(|l| l.name != name));
-        self.state.apply(new, Source::Api).await.map(|_| ())
+        self.state
+            .apply(Source::Api, |layers, _| {
+                let listeners = &mut layers.base.listeners;
+                if !listeners.iter().any(|l| l.name == name) {
+                    return Err(UpdateError::NotFound {
+                        kind: "listener",
+                        name: name.to_owned(),
+                    });
+                }
+                listeners.retain(|l| l.name != name);
+                Ok(())
+            })
+            .await
+            .map(|_| ())
     }
 
     /// Applies a whole new config: clusters, route configs and listeners that changed are
     /// added, replaced or removed, hitlessly. All or nothing: on error the running config is
     /// untouched. Only the admin address needs a restart.
     pub async fn reload(&self, config: Config) -> Result<ReloadSummary, UpdateError> {
-        self.state.apply(config, Source::File).await
+        self.state
+            .apply(Source::File, |layers, _| {
+                layers.base = config;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Applies an update from a dynamic source: its clusters and route configs are added,
+    /// replaced or removed, all or nothing, without closing a connection or failing a request
+    /// in flight. They form a layer of their own over the file's config (a reload of the file
+    /// keeps them); a name may not be in both. A route config serves once its clusters exist
+    /// (a listener once its route config does), the running version of one serving meanwhile;
+    /// a removed resource still in use is kept until nothing uses it. Errors name the resource
+    /// (`clusters[<name>].lb_policy`); `/config_dump` shows each resource's version, last update
+    /// and last error.
+    pub async fn apply_dynamic(&self, update: DynamicUpdate) -> Result<ReloadSummary, UpdateError> {
+        self.state
+            .apply(Source::Dynamic(&update), |layers, _| {
+                let dynamic = &mut layers.dynamic;
+                for id in &update.removed {
+                    match id.kind {
+                        ResourceKind::Cluster => {
+                            dynamic.clusters.remove(&id.name);
+                        }
+                        ResourceKind::RouteConfig => {
+                            dynamic.route_configs.remove(&id.name);
+                        }
+                        _ => {}
+                    }
+                }
+                for spec in &update.clusters {
+                    dynamic.clusters.insert(spec.name.clone(), spec.clone());
+                }
+                for spec in &update.route_configs {
+                    dynamic
+                        .route_configs
+                        .insert(spec.name.clone(), spec.clone());
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Records that a dynamic source rejected `version` of resource `id` before applying it
+    /// (it could not be translated, say), for `/config_dump`; counted as a rejected update.
+    pub fn reject_dynamic(&self, id: &ResourceId, version: Option<&str>, error: &str) {
+        self.state.statuses.rejected(id, version, error.to_owned());
+        self.state.count_update(false);
+    }
+
+    /// Every dynamic resource's status (version, last update, last error, whether it serves),
+    /// and every resource of the file that waits for one, as `/config_dump` shows them.
+    pub fn dynamic_resources(&self) -> Vec<ResourceStatus> {
+        self.state.dynamic_statuses()
+    }
+
+    /// Resolves once shutdown begins: dynamic sources stop then.
+    pub fn stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.state.shutdown.clone().cancelled_owned()
     }
 
     /// [`Proxy::reload`] from the text of a config file; a file that does not parse is rejected

@@ -7,13 +7,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use metaprotocol_core::CodecFactory;
 use tokio::net::TcpListener;
 
 use super::build::{check_protocols, cluster_protocols, route_config_protocols};
+use super::dynamic::DynamicUpdate;
+use super::layers::{Changed, Layers, compose};
 use super::listeners::bind;
+use super::status::{ResourceId, ResourceKind};
 use super::{ProxyState, ReloadSummary, UpdateError};
 use crate::cluster::dns::{self, SystemResolver};
 use crate::cluster::{ClusterHandle, ClusterManager, Resolved};
@@ -22,12 +26,30 @@ use crate::route::{RouteCheck, RouteSlot, RouteTable};
 use crate::server::ListenerContext;
 
 /// Who asked for an update.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Source {
-    /// The config file (a reload replaces everything).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Source<'a> {
+    /// The config file (a reload replaces the base layer).
     File,
-    /// The admin or embedding API (one resource at a time).
+    /// The admin or embedding API (one resource of the base layer at a time).
     Api,
+    /// A dynamic source, with its update.
+    Dynamic(&'a DynamicUpdate),
+}
+
+/// The dynamic resource of `update` an error of [`compose`] names (`clusters[<name>]...`).
+fn dynamic_resource_of(err: &ConfigError, update: &DynamicUpdate) -> Option<ResourceId> {
+    update
+        .versions
+        .keys()
+        .find(|id| {
+            let list = match id.kind {
+                ResourceKind::Cluster => "clusters",
+                ResourceKind::RouteConfig => "route_configs",
+                _ => return false,
+            };
+            err.field.starts_with(&format!("{list}[{}]", id.name))
+        })
+        .cloned()
 }
 
 /// A cluster whose config changed: its new spec, its new protocol and codec when those
@@ -69,64 +91,140 @@ impl Plan {
 }
 
 impl ProxyState {
-    /// Applies `new` (see the module docs) and counts the update; returns what changed.
+    /// Applies `change` to the running config's layers (see the module docs) and counts the
+    /// update; returns what changed. `change` sees the layers and the config running now, and
+    /// refuses by returning an error.
     pub(crate) async fn apply(
         &self,
-        new: Config,
-        source: Source,
+        source: Source<'_>,
+        change: impl FnOnce(&mut Layers, &Config) -> Result<(), UpdateError>,
     ) -> Result<ReloadSummary, UpdateError> {
-        let result = self.apply_uncounted(new, source).await;
+        let result = self.apply_uncounted(source, change).await;
         self.count_update(result.is_ok());
         result
     }
 
-    /// Applies `new` without counting it (the config a proxy starts with).
+    /// [`ProxyState::apply`] without counting (the config a proxy starts with).
     pub(crate) async fn apply_uncounted(
         &self,
-        new: Config,
-        source: Source,
+        source: Source<'_>,
+        change: impl FnOnce(&mut Layers, &Config) -> Result<(), UpdateError>,
     ) -> Result<ReloadSummary, UpdateError> {
-        let _serial = self.updates.lock().await;
-        self.try_apply(new, source).await
+        let mut layers = self.updates.lock().await;
+        let current = self.config.load_full();
+        let mut new = layers.clone();
+        change(&mut new, &current)?;
+        match self.try_apply(&new, &current, source).await {
+            Ok(summary) => {
+                *layers = new;
+                Ok(summary)
+            }
+            Err((error, resource)) => {
+                if let Source::Dynamic(update) = source {
+                    self.record_rejection(update, &error, resource);
+                }
+                Err(error)
+            }
+        }
     }
 
-    async fn try_apply(&self, new: Config, source: Source) -> Result<ReloadSummary, UpdateError> {
-        new.validate()?;
-        let current = self.config.load_full();
-        if new.admin != current.admin {
-            return Err(ConfigError::new(
-                "admin",
-                "changed; the admin address takes effect on restart",
-            )
-            .into());
+    /// Records why a dynamic update was rejected: against the resource the error is about, or
+    /// every resource of the update when it is about none of them.
+    fn record_rejection(
+        &self,
+        update: &DynamicUpdate,
+        error: &UpdateError,
+        resource: Option<ResourceId>,
+    ) {
+        let reason = error.to_string();
+        let ids: Vec<ResourceId> = match resource {
+            Some(id) => vec![id],
+            None => update.versions.keys().cloned().collect(),
+        };
+        for id in &ids {
+            let version = update.versions.get(id).map(String::as_str);
+            self.statuses.rejected(id, version, reason.clone());
+        }
+    }
+
+    async fn try_apply(
+        &self,
+        layers: &Layers,
+        current: &Config,
+        source: Source<'_>,
+    ) -> Result<ReloadSummary, (UpdateError, Option<ResourceId>)> {
+        let unlocated = |err: ConfigError| (UpdateError::from(err), None);
+        layers.base.validate().map_err(unlocated)?;
+        let changed = match source {
+            Source::Dynamic(_) => Changed::Dynamic,
+            Source::File | Source::Api => Changed::Base,
+        };
+        let composed = compose(layers, current, changed).map_err(|err| {
+            let resource = match source {
+                Source::Dynamic(update) => dynamic_resource_of(&err, update),
+                _ => None,
+            };
+            (UpdateError::from(err), resource)
+        })?;
+        let located = |err: ConfigError| {
+            let (err, resource) = composed.locate(err);
+            (UpdateError::from(err), resource)
+        };
+        let new = &composed.effective;
+        new.validate().map_err(located)?;
+        for (field, changed) in [
+            ("admin", new.admin != current.admin),
+            ("dynamic", new.dynamic != current.dynamic),
+        ] {
+            if changed {
+                return Err(unlocated(ConfigError::new(
+                    field,
+                    format!("changed; the {field} section takes effect on restart"),
+                )));
+            }
         }
         if new.metrics != current.metrics {
-            return Err(ConfigError::new(
+            return Err(unlocated(ConfigError::new(
                 "metrics",
                 "changed; metrics settings take effect on restart",
-            )
-            .into());
+            )));
         }
-        let resolutions = self.resolve(&new).await;
+        let resolutions = self.resolve(new).await;
         let mut plan = Plan::default();
-        let prepared = match self.prepare(&current, &new, &resolutions, &mut plan) {
-            Ok(()) => plan.bind().await,
-            Err(err) => Err(err.into()),
+        let prepared = match self.prepare(current, new, &resolutions, &mut plan) {
+            Ok(()) => plan.bind().await.map_err(|err| (err, None)),
+            Err(err) => Err(located(err)),
         };
         // A rejected plan is dropped: what it built lets go of its metric series.
         prepared?;
-        if source == Source::File {
-            self.warn_replacing_api_changes(&current, &new);
-        } else {
-            self.remember_api_changes(&current, &new);
+        match source {
+            Source::File => self.warn_replacing_api_changes(current, new),
+            Source::Api => self.remember_api_changes(current, new),
+            Source::Dynamic(_) => {}
         }
         let summary = self.commit(plan);
         self.load.set_limits(&new.limits);
-        self.config.store(Arc::new(new));
+        if let Source::Dynamic(update) = source {
+            self.statuses.applied(&update.versions, SystemTime::now());
+            let gone: Vec<ResourceId> = update
+                .removed
+                .iter()
+                .filter(|id| !composed.states.iter().any(|(listed, _)| listed == *id))
+                .cloned()
+                .collect();
+            self.statuses.removed(&gone);
+        }
+        self.statuses.set_states(&composed.states);
+        self.listeners_waiting.store(
+            new.listeners.len() < layers.base.listeners.len(),
+            std::sync::atomic::Ordering::Release,
+        );
+        self.config.store(Arc::new(composed.effective));
         Ok(summary)
     }
 
-    /// Checks that `new` can be built, building it and publishing nothing.
+    /// Checks that `new` can be built, building it and publishing nothing. Its listeners that
+    /// wait for dynamic resources are left out, as they would be when it runs.
     pub(crate) fn check(&self, new: &Config) -> Result<(), ConfigError> {
         self.route_check(new).map(drop)
     }
@@ -134,9 +232,18 @@ impl ProxyState {
     /// Builds `new` as [`check`](Self::check) does and keeps each listener's route table.
     pub(crate) fn route_check(&self, new: &Config) -> Result<RouteCheck, ConfigError> {
         new.validate()?;
+        self.sources.check(new.dynamic.as_ref())?;
+        let layers = Layers {
+            base: new.clone(),
+            ..Layers::default()
+        };
+        let composed = compose(&layers, &Config::default(), Changed::Base)?;
         let mut plan = Plan::default();
         // Checking resolves no name: endpoints named by host names are left out.
-        let prepared = self.prepare(&self.config.load(), new, &Resolutions::new(), &mut plan);
+        let new = &composed.effective;
+        let prepared = self
+            .prepare(&self.config.load(), new, &Resolutions::new(), &mut plan)
+            .map_err(|err| composed.locate(err).0);
         let tables = new
             .listeners
             .iter()
@@ -434,28 +541,6 @@ impl ProxyState {
                 touched.insert(cluster.name.clone());
             }
         }
-    }
-
-    /// A copy of the running config with `change` applied, for single-resource updates.
-    pub(crate) fn edited(&self, change: impl FnOnce(&mut Config)) -> Config {
-        let mut config = Config::clone(&self.config.load());
-        change(&mut config);
-        config
-    }
-
-    /// The route configs whose routes send to cluster `name`.
-    pub(crate) fn cluster_users(&self, name: &str) -> Vec<String> {
-        self.config
-            .load()
-            .route_configs
-            .iter()
-            .filter(|r| {
-                r.routes
-                    .iter()
-                    .any(|route| super::build::route_clusters(route).any(|c| c == name))
-            })
-            .map(|r| r.name.clone())
-            .collect()
     }
 
     /// The bound address of a listener that was just added.

@@ -8,7 +8,8 @@
 pub(crate) mod buffers;
 mod tls;
 
-pub(crate) use tls::{TlsAcceptor, TlsConnector};
+pub(crate) use tls::TlsAcceptor;
+pub use tls::TlsConnector;
 
 use std::io;
 use std::net::SocketAddr;

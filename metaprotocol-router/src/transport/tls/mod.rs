@@ -150,8 +150,11 @@ fn server_config(spec: &ListenerTlsSpec) -> Result<ServerConfig, ConfigError> {
         .map_err(|err| tls_error("key_file", err))
 }
 
-/// Originates TLS to the endpoints of one cluster (or one [`crate::Client`]).
-pub(crate) struct TlsConnector {
+/// Originates TLS to the endpoints of one cluster (or one [`crate::Client`]), or to a server
+/// the proxy itself talks to (the xDS management server, see [`TlsConnector::grpc`]): verifies
+/// the server's certificate, presents the client certificate when configured, and re-reads its
+/// files when they change.
+pub struct TlsConnector {
     config: Arc<Reloading<ClientConfig>>,
     server_name: Option<ServerName<'static>>,
     handshake_errors: Counter,
@@ -167,9 +170,30 @@ impl std::fmt::Debug for TlsConnector {
 
 impl TlsConnector {
     /// The connector of cluster `cluster` with `spec`; its series live in `scope`.
-    pub fn new(
+    pub(crate) fn new(
         spec: &ClusterTlsSpec,
         cluster: &str,
+        scope: &MetricsScope,
+    ) -> Result<Self, ConfigError> {
+        Self::build(spec, format!("cluster {cluster}"), Vec::new(), scope)
+    }
+
+    /// A connector to a gRPC server (it offers ALPN `h2`, which gRPC servers may require),
+    /// named `owner` in logs; its series (handshake errors, certificate reloads) live in
+    /// `scope`. Errors name the field of `spec` at fault (a file that cannot be read, a key
+    /// that does not match its certificate).
+    pub fn grpc(
+        spec: &ClusterTlsSpec,
+        owner: &str,
+        scope: &MetricsScope,
+    ) -> Result<Self, ConfigError> {
+        Self::build(spec, owner.to_owned(), vec![b"h2".to_vec()], scope)
+    }
+
+    fn build(
+        spec: &ClusterTlsSpec,
+        owner: String,
+        alpn: Vec<Vec<u8>>,
         scope: &MetricsScope,
     ) -> Result<Self, ConfigError> {
         let server_name = match &spec.server_name {
@@ -189,8 +213,12 @@ impl TlsConnector {
         let owned = spec.clone();
         let config = Reloading::start(
             files,
-            Box::new(move || client_config(&owned)),
-            format!("cluster {cluster}"),
+            Box::new(move || {
+                let mut config = client_config(&owned)?;
+                config.alpn_protocols.clone_from(&alpn);
+                Ok(config)
+            }),
+            owner,
             scope,
         )?;
         Ok(Self {

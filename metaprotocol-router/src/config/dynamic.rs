@@ -1,0 +1,188 @@
+//! The `dynamic` section: resources a control plane provides instead of the file.
+//!
+//! The engine itself speaks no control-plane protocol: a [`DynamicSource`](crate::DynamicSource)
+//! registered with [`ProxyBuilder::dynamic_source`](crate::ProxyBuilder::dynamic_source) (the
+//! `metaprotocol-xds` crate's xDS client) serves this section. What the engine reads here is which
+//! route configs and clusters may come from the source, so that the file may refer to them before
+//! they arrive.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ClusterTlsSpec, ConfigError, EndpointAddress, Errors};
+
+/// Where dynamic resources come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynamicSpec {
+    /// An xDS management server (Istio's istiod, Aeraki, your own), over ADS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xds: Option<XdsSpec>,
+}
+
+impl DynamicSpec {
+    /// True if the source may provide the route config `name`.
+    pub fn provides_route_config(&self, name: &str) -> bool {
+        self.xds
+            .as_ref()
+            .is_some_and(|xds| covers(&xds.route_configs, name))
+    }
+
+    /// True if the source may provide the cluster `name`.
+    pub fn provides_cluster(&self, name: &str) -> bool {
+        self.xds
+            .as_ref()
+            .is_some_and(|xds| covers(&xds.clusters, name))
+    }
+
+    /// The names of the sources this section configures (`xds`).
+    pub fn sources(&self) -> impl Iterator<Item = &'static str> {
+        self.xds.iter().map(|_| XDS)
+    }
+
+    pub(crate) fn check(&self, errors: &mut Errors) {
+        match &self.xds {
+            Some(xds) => errors.within(XDS, |errors| xds.check(errors)),
+            None => errors.add(ConfigError::new("", "needs a source: `xds`")),
+        }
+    }
+}
+
+/// The name of the xDS source in the `dynamic` section.
+pub const XDS: &str = "xds";
+
+/// True if `patterns` (names, or `*` for every name) include `name`.
+fn covers(patterns: &[String], name: &str) -> bool {
+    patterns.iter().any(|p| p == "*" || p == name)
+}
+
+/// An xDS management server and what to ask it for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdsSpec {
+    /// The server's `host:port` (gRPC over HTTP/2; TLS with `tls`).
+    pub address: EndpointAddress,
+    /// The proxy's node id, by which the server knows what to send it.
+    pub node_id: String,
+    /// The proxy's node cluster (the service it belongs to, for the server).
+    #[serde(default)]
+    pub cluster: String,
+    /// Node metadata sent to the server (istiod, for one, reads some).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_metadata: BTreeMap<String, String>,
+    /// Route configs from the server: names, or `*` for every one it has (RDS).
+    #[serde(default)]
+    pub route_configs: Vec<String>,
+    /// Clusters from the server: names, or `*` for every one it has (CDS, and EDS for their
+    /// endpoints).
+    #[serde(default)]
+    pub clusters: Vec<String>,
+    /// `grpc`: state-of-the-world ADS; `delta_grpc`: incremental ADS.
+    #[serde(default)]
+    pub api_type: XdsApiType,
+    /// TLS to the server, as to a cluster's endpoints; the server name defaults to the host of
+    /// `address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClusterTlsSpec>,
+    /// The time allowed to connect to the server.
+    #[serde(default = "default_xds_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// The pause before connecting again after the stream failed.
+    #[serde(default)]
+    pub reconnect: ReconnectSpec,
+}
+
+fn default_xds_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl XdsSpec {
+    fn check(&self, errors: &mut Errors) {
+        if self.node_id.is_empty() {
+            errors.add(ConfigError::new("node_id", "must not be empty"));
+        }
+        for (field, names) in [
+            ("route_configs", &self.route_configs),
+            ("clusters", &self.clusters),
+        ] {
+            if let Some(i) = names.iter().position(String::is_empty) {
+                errors.add(ConfigError::new(
+                    format!("{field}[{i}]"),
+                    "must not be empty (a name, or `*` for every one)",
+                ));
+            }
+        }
+        if self.route_configs.is_empty() && self.clusters.is_empty() {
+            errors.add(ConfigError::new(
+                "",
+                "asks for nothing: list the `route_configs` and `clusters` to take from the server (`*` for every one)",
+            ));
+        }
+        if self.connect_timeout.is_zero() {
+            errors.add(ConfigError::new(
+                "connect_timeout",
+                "must be greater than 0",
+            ));
+        }
+        if let Some(tls) = &self.tls {
+            errors.check("tls", tls.validate());
+        }
+        errors.within("reconnect", |errors| self.reconnect.check(errors));
+    }
+}
+
+/// The flavour of ADS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum XdsApiType {
+    /// State of the world: every response carries whole sets of resources.
+    #[default]
+    Grpc,
+    /// Incremental: responses carry what changed and what was removed.
+    DeltaGrpc,
+}
+
+/// Exponential back-off between connection attempts, with jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconnectSpec {
+    /// The ceiling of the first pause.
+    #[serde(default = "default_reconnect_base", with = "humantime_serde")]
+    pub base_interval: Duration,
+    /// The largest ceiling.
+    #[serde(default = "default_reconnect_max", with = "humantime_serde")]
+    pub max_interval: Duration,
+}
+
+impl Default for ReconnectSpec {
+    fn default() -> Self {
+        Self {
+            base_interval: default_reconnect_base(),
+            max_interval: default_reconnect_max(),
+        }
+    }
+}
+
+fn default_reconnect_base() -> Duration {
+    Duration::from_millis(500)
+}
+
+fn default_reconnect_max() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl ReconnectSpec {
+    fn check(&self, errors: &mut Errors) {
+        if self.base_interval.is_zero() {
+            errors.add(ConfigError::new("base_interval", "must be greater than 0"));
+        }
+        if self.max_interval < self.base_interval {
+            errors.add(ConfigError::new(
+                "max_interval",
+                "must not be less than base_interval",
+            ));
+        }
+    }
+}

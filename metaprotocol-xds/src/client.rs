@@ -1,0 +1,357 @@
+//! The ADS client: one gRPC stream to the management server at a time, over which it asks for
+//! clusters, endpoints and route configs, applies what arrives through
+//! [`Proxy::apply_dynamic`], and answers every response with an ACK or a NACK. When the
+//! stream fails it connects again after an exponential, jittered pause; the running config
+//! keeps serving meanwhile, and the new stream asks with the versions already accepted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use metaprotocol_router::Proxy;
+use metaprotocol_router::config::{ReconnectSpec, XdsApiType, XdsSpec};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::delta::{DeltaResources, Merged};
+use crate::resource::ResourceType;
+use crate::state::{Listing, Rejected, Subscription};
+use crate::status::SourceStatus;
+use crate::tls::ServerTls;
+
+/// The largest response the client accepts: bounds what a server can make the proxy hold
+/// (a thousand routes take a few hundred KiB).
+pub(crate) const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Requests queued for the stream: a response yields at most an ACK and an EDS request, and a
+/// stream opens with one request per type.
+const REQUEST_QUEUE: usize = 8;
+
+/// Runs the client until the proxy shuts down.
+pub(crate) async fn run(
+    proxy: Proxy,
+    spec: XdsSpec,
+    tls: Option<ServerTls>,
+    mut subscription: Subscription,
+    status: Arc<SourceStatus>,
+) {
+    let stopping = proxy.stopping();
+    let sessions = async {
+        let mut backoff = Backoff::new(spec.reconnect);
+        let mut held = DeltaResources::default();
+        loop {
+            status.connecting();
+            let error = session(
+                &proxy,
+                &spec,
+                tls.as_ref(),
+                &mut subscription,
+                &mut held,
+                &status,
+                &mut backoff,
+            )
+            .await;
+            tracing::warn!(server = %spec.address, %error, "xDS stream ended; connecting again");
+            status.disconnected(&error, &subscription);
+            tokio::time::sleep(backoff.next_pause()).await;
+        }
+    };
+    tokio::select! {
+        () = stopping => {}
+        () = sessions => {}
+    }
+}
+
+/// Why a stream ended.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SessionError {
+    /// The connection failed; the message holds the error's causes (tonic's own says only
+    /// "transport error").
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("stream failed: {0}")]
+    Stream(#[from] tonic::Status),
+    #[error("the server closed the stream")]
+    Closed,
+}
+
+impl SessionError {
+    /// A failed connection, with every cause of `err`.
+    fn connect(err: &tonic::transport::Error) -> Self {
+        let mut message = err.to_string();
+        let mut source = std::error::Error::source(err);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !message.ends_with(&cause_text) {
+                message.push_str(": ");
+                message.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        Self::Connect(message)
+    }
+}
+
+/// One stream, from connecting to its end.
+async fn session(
+    proxy: &Proxy,
+    spec: &XdsSpec,
+    tls: Option<&ServerTls>,
+    subscription: &mut Subscription,
+    held: &mut DeltaResources,
+    status: &SourceStatus,
+    backoff: &mut Backoff,
+) -> SessionError {
+    // `http` also with TLS: the TLS connector does the TLS, and tonic refuses `https` without
+    // its own.
+    let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{}", spec.address))
+    {
+        Ok(endpoint) => endpoint.connect_timeout(spec.connect_timeout),
+        Err(err) => return SessionError::connect(&err),
+    };
+    let connected = match tls {
+        Some(tls) => endpoint.connect_with_connector(tls.clone()).await,
+        None => endpoint.connect().await,
+    };
+    let channel = match connected {
+        Ok(channel) => channel,
+        Err(err) => return SessionError::connect(&err),
+    };
+    let client = AggregatedDiscoveryServiceClient::new(channel)
+        .max_decoding_message_size(MAX_RESPONSE_BYTES);
+    let stream = Stream {
+        proxy,
+        subscription,
+        status,
+        backoff,
+    };
+    match spec.api_type {
+        XdsApiType::Grpc => stream.exchange(client, StateOfTheWorld).await,
+        XdsApiType::DeltaGrpc => stream.exchange(client, Delta(held)).await,
+    }
+}
+
+/// What a stream works with.
+struct Stream<'a> {
+    proxy: &'a Proxy,
+    subscription: &'a mut Subscription,
+    status: &'a SourceStatus,
+    backoff: &'a mut Backoff,
+}
+
+impl Stream<'_> {
+    /// Opens the stream with the subscription's first requests, then answers every response,
+    /// until the stream ends.
+    async fn exchange<F: Flavour>(self, mut client: AdsClient, mut flavour: F) -> SessionError {
+        let (requests, queue) = mpsc::channel(REQUEST_QUEUE);
+        let initial = flavour.initial(self.subscription.initial_requests());
+        if !initial.into_iter().all(|r| requests.try_send(r).is_ok()) {
+            // Cannot happen: the queue is empty and holds more than one request per type.
+            return SessionError::Closed;
+        }
+        let mut responses = match F::open(&mut client, ReceiverStream::new(queue)).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return status.into(),
+        };
+        self.status.connected(self.subscription);
+        loop {
+            let response = match responses.message().await {
+                Ok(Some(response)) => response,
+                Ok(None) => return SessionError::Closed,
+                Err(status) => return status.into(),
+            };
+            self.backoff.reset();
+            let answers = flavour
+                .respond(self.proxy, self.subscription, response)
+                .await;
+            self.status.updated(self.subscription);
+            for answer in answers {
+                if requests.send(answer).await.is_err() {
+                    return SessionError::Closed;
+                }
+            }
+        }
+    }
+}
+
+/// A flavour of ADS: its messages, and how its responses are answered.
+trait Flavour {
+    type Request: Send + 'static;
+    type Response: prost::Message + Default + 'static;
+
+    /// The flavour's form of a stream's first requests.
+    fn initial(&self, requests: Vec<DiscoveryRequest>) -> Vec<Self::Request>;
+
+    /// Opens the stream.
+    async fn open(
+        client: &mut AdsClient,
+        requests: ReceiverStream<Self::Request>,
+    ) -> Result<tonic::Response<tonic::Streaming<Self::Response>>, tonic::Status>;
+
+    /// Applies `response` and returns the answers to send.
+    async fn respond(
+        &mut self,
+        proxy: &Proxy,
+        subscription: &mut Subscription,
+        response: Self::Response,
+    ) -> Vec<Self::Request>;
+}
+
+/// State-of-the-world ADS.
+struct StateOfTheWorld;
+
+impl Flavour for StateOfTheWorld {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+
+    fn initial(&self, requests: Vec<DiscoveryRequest>) -> Vec<DiscoveryRequest> {
+        requests
+    }
+
+    async fn open(
+        client: &mut AdsClient,
+        requests: ReceiverStream<DiscoveryRequest>,
+    ) -> Result<tonic::Response<tonic::Streaming<DiscoveryResponse>>, tonic::Status> {
+        client.stream_aggregated_resources(requests).await
+    }
+
+    async fn respond(
+        &mut self,
+        proxy: &Proxy,
+        subscription: &mut Subscription,
+        response: DiscoveryResponse,
+    ) -> Vec<DiscoveryRequest> {
+        handle(proxy, subscription, &response, Listing::StateOfTheWorld)
+            .await
+            .0
+    }
+}
+
+/// Incremental ADS, over the resources held across streams.
+struct Delta<'a>(&'a mut DeltaResources);
+
+impl Flavour for Delta<'_> {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+
+    fn initial(&self, requests: Vec<DiscoveryRequest>) -> Vec<DeltaDiscoveryRequest> {
+        self.0.initial_requests(requests)
+    }
+
+    async fn open(
+        client: &mut AdsClient,
+        requests: ReceiverStream<DeltaDiscoveryRequest>,
+    ) -> Result<tonic::Response<tonic::Streaming<DeltaDiscoveryResponse>>, tonic::Status> {
+        client.delta_aggregated_resources(requests).await
+    }
+
+    async fn respond(
+        &mut self,
+        proxy: &Proxy,
+        subscription: &mut Subscription,
+        response: DeltaDiscoveryResponse,
+    ) -> Vec<DeltaDiscoveryRequest> {
+        let subscribed = subscription.subscribed();
+        let (complete, merged) = self.0.merge(&response);
+        let versions = merged.as_ref().map(Merged::versions).unwrap_or_default();
+        let (answers, accepted) =
+            handle(proxy, subscription, &complete, Listing::Delta(&versions)).await;
+        if let (true, Some(merged)) = (accepted, merged) {
+            self.0.accept(merged);
+        }
+        DeltaResources::answers(answers, &response.type_url, &subscribed)
+    }
+}
+
+/// The ADS client over a channel.
+type AdsClient = AggregatedDiscoveryServiceClient<tonic::transport::Channel>;
+
+/// Applies a response (for delta, merged into what the client holds) and returns the answers to send, and whether it
+/// was accepted.
+async fn handle(
+    proxy: &Proxy,
+    subscription: &mut Subscription,
+    response: &DiscoveryResponse,
+    listing: Listing<'_>,
+) -> (Vec<DiscoveryRequest>, bool) {
+    let Some(kind) = ResourceType::from_type_url(&response.type_url) else {
+        tracing::warn!(type_url = %response.type_url, "an xDS response of a type not asked for is ignored");
+        return (Vec::new(), false);
+    };
+    let rejected = match subscription.prepare(kind, response, listing) {
+        Ok(prepared) => match proxy.apply_dynamic(prepared.update.clone()).await {
+            Ok(_) => return (subscription.accept(prepared), true),
+            Err(err) => Rejected {
+                kind: prepared.kind,
+                version: prepared.version,
+                resource: None,
+                message: err.to_string(),
+            },
+        },
+        Err(rejected) => {
+            if let Some(id) = &rejected.resource {
+                proxy.reject_dynamic(id, Some(&rejected.version), &rejected.message);
+            }
+            *rejected
+        }
+    };
+    tracing::warn!(error = %rejected.message, "xDS response rejected");
+    (vec![subscription.reject(&rejected)], false)
+}
+
+/// Exponential back-off with full jitter: each pause is random below a ceiling that doubles
+/// from `base_interval` up to `max_interval`, and drops back once a response arrives.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    spec: ReconnectSpec,
+    ceiling: Duration,
+}
+
+impl Backoff {
+    pub fn new(spec: ReconnectSpec) -> Self {
+        Self {
+            spec,
+            ceiling: spec.base_interval,
+        }
+    }
+
+    /// The pause before the next attempt.
+    pub fn next_pause(&mut self) -> Duration {
+        let pause = self.ceiling.mul_f64(fastrand::f64());
+        self.ceiling = (self.ceiling * 2).min(self.spec.max_interval);
+        pause.max(Duration::from_millis(1))
+    }
+
+    /// A stream worked: the next failure starts from the base again.
+    pub fn reset(&mut self) {
+        self.ceiling = self.spec.base_interval;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pauses_grow_to_the_ceiling_and_drop_back_after_a_response() {
+        let spec = ReconnectSpec {
+            base_interval: Duration::from_millis(100),
+            max_interval: Duration::from_millis(400),
+        };
+        let mut backoff = Backoff::new(spec);
+        let ceilings: Vec<Duration> = (0..4)
+            .map(|_| {
+                let ceiling = backoff.ceiling;
+                assert!(backoff.next_pause() <= ceiling);
+                ceiling
+            })
+            .collect();
+        let ms = Duration::from_millis;
+        assert_eq!(ceilings, [ms(100), ms(200), ms(400), ms(400)]);
+        backoff.reset();
+        assert_eq!(backoff.ceiling, ms(100));
+    }
+}

@@ -1,0 +1,272 @@
+//! Incremental (delta) ADS over the state-of-the-world logic: the client keeps every resource
+//! it holds, merges each delta response into them (added or changed resources replace theirs,
+//! `removed_resources` go), and treats the result as a complete state-of-the-world response, so
+//! that translation, warming, ACK and NACK work the same on both flavours. Only the wire form
+//! differs: a stream opens by subscribing with the versions already held
+//! (`initial_resource_versions`), an ACK or NACK names the nonce alone, and a change of the EDS
+//! names is a subscribe/unsubscribe request.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::protobuf::Any;
+
+use crate::resource::ResourceType;
+
+/// A held resource: its version and its encoded message.
+#[derive(Debug, Clone, PartialEq)]
+struct Held {
+    version: String,
+    resource: Any,
+}
+
+/// What a delta response leaves the client holding of its type, once accepted.
+#[derive(Debug)]
+pub(crate) struct Merged {
+    kind: ResourceType,
+    resources: BTreeMap<String, Held>,
+}
+
+impl Merged {
+    /// Each resource's own version, by name.
+    pub fn versions(&self) -> BTreeMap<String, String> {
+        self.resources
+            .iter()
+            .map(|(name, held)| (name.clone(), held.version.clone()))
+            .collect()
+    }
+}
+
+/// The resources the client holds, per type.
+#[derive(Debug, Default)]
+pub(crate) struct DeltaResources {
+    held: BTreeMap<ResourceType, BTreeMap<String, Held>>,
+}
+
+impl DeltaResources {
+    /// The delta form of a stream's first requests: subscriptions (`*` for a wildcard) with the
+    /// versions held.
+    pub fn initial_requests(&self, sotw: Vec<DiscoveryRequest>) -> Vec<DeltaDiscoveryRequest> {
+        sotw.into_iter()
+            .map(|request| {
+                let versions = ResourceType::from_type_url(&request.type_url)
+                    .and_then(|kind| self.held.get(&kind))
+                    .map(|held| {
+                        held.iter()
+                            .map(|(name, h)| (name.clone(), h.version.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let subscribe = if request.resource_names.is_empty() {
+                    vec!["*".to_owned()]
+                } else {
+                    request.resource_names
+                };
+                DeltaDiscoveryRequest {
+                    node: request.node,
+                    type_url: request.type_url,
+                    resource_names_subscribe: subscribe,
+                    initial_resource_versions: versions,
+                    ..DeltaDiscoveryRequest::default()
+                }
+            })
+            .collect()
+    }
+
+    /// `response` merged into what is held, as a complete state-of-the-world response (its
+    /// version the system version, or the nonce when the server sends none), and what to hold
+    /// once it is accepted.
+    pub fn merge(&self, response: &DeltaDiscoveryResponse) -> (DiscoveryResponse, Option<Merged>) {
+        let kind = ResourceType::from_type_url(&response.type_url);
+        let mut resources = kind
+            .and_then(|kind| self.held.get(&kind))
+            .cloned()
+            .unwrap_or_default();
+        for name in &response.removed_resources {
+            resources.remove(name);
+        }
+        let mut unnamed = Vec::new();
+        for resource in &response.resources {
+            let Some(any) = resource.resource.clone() else {
+                continue;
+            };
+            let held = Held {
+                version: resource.version.clone(),
+                resource: any,
+            };
+            if resource.name.is_empty() {
+                unnamed.push(held.resource);
+            } else {
+                resources.insert(resource.name.clone(), held);
+            }
+        }
+        let version = if response.system_version_info.is_empty() {
+            response.nonce.clone()
+        } else {
+            response.system_version_info.clone()
+        };
+        let sotw = DiscoveryResponse {
+            version_info: version,
+            // A resource without a name is passed on, for translation to refuse it.
+            resources: resources
+                .values()
+                .map(|h| h.resource.clone())
+                .chain(unnamed)
+                .collect(),
+            type_url: response.type_url.clone(),
+            nonce: response.nonce.clone(),
+            ..DiscoveryResponse::default()
+        };
+        (sotw, kind.map(|kind| Merged { kind, resources }))
+    }
+
+    /// Holds what an accepted response left.
+    pub fn accept(&mut self, merged: Merged) {
+        self.held.insert(merged.kind, merged.resources);
+    }
+
+    /// The delta form of the answers to a response of `answered`: its ACK or NACK names the
+    /// nonce; any other request changes a subscription from `subscribed` (what its type asked
+    /// for before).
+    pub fn answers(
+        sotw: Vec<DiscoveryRequest>,
+        answered: &str,
+        subscribed: &BTreeMap<String, Vec<String>>,
+    ) -> Vec<DeltaDiscoveryRequest> {
+        sotw.into_iter()
+            .map(|request| {
+                if request.type_url == answered {
+                    return DeltaDiscoveryRequest {
+                        type_url: request.type_url,
+                        response_nonce: request.response_nonce,
+                        error_detail: request.error_detail,
+                        ..DeltaDiscoveryRequest::default()
+                    };
+                }
+                let before: BTreeSet<&String> = subscribed
+                    .get(&request.type_url)
+                    .map(|names| names.iter().collect())
+                    .unwrap_or_default();
+                let after: BTreeSet<&String> = request.resource_names.iter().collect();
+                DeltaDiscoveryRequest {
+                    resource_names_subscribe: after
+                        .difference(&before)
+                        .map(|n| (*n).clone())
+                        .collect(),
+                    resource_names_unsubscribe: before
+                        .difference(&after)
+                        .map(|n| (*n).clone())
+                        .collect(),
+                    type_url: request.type_url,
+                    ..DeltaDiscoveryRequest::default()
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::service::discovery::v3::Resource;
+
+    use super::*;
+
+    fn resource(name: &str, version: &str) -> Resource {
+        Resource {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            resource: Some(Any {
+                type_url: ResourceType::RouteConfig.type_url(),
+                value: version.as_bytes().to_vec(),
+            }),
+            ..Resource::default()
+        }
+    }
+
+    fn response(resources: Vec<Resource>, removed: &[&str], nonce: &str) -> DeltaDiscoveryResponse {
+        DeltaDiscoveryResponse {
+            resources,
+            removed_resources: removed.iter().map(|n| (*n).to_owned()).collect(),
+            type_url: ResourceType::RouteConfig.type_url(),
+            nonce: nonce.to_owned(),
+            ..DeltaDiscoveryResponse::default()
+        }
+    }
+
+    /// The values of a merged response's resources, which the tests set to their versions.
+    fn versions(sotw: &DiscoveryResponse) -> Vec<String> {
+        sotw.resources
+            .iter()
+            .map(|any| String::from_utf8_lossy(&any.value).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn deltas_merge_into_the_held_state_once_accepted() {
+        let mut held = DeltaResources::default();
+        let (sotw, merged) = held.merge(&response(
+            vec![resource("a", "1"), resource("b", "1")],
+            &[],
+            "n1",
+        ));
+        assert_eq!(versions(&sotw), ["1", "1"]);
+        assert_eq!(
+            sotw.version_info, "n1",
+            "without a system version, the nonce versions it"
+        );
+        held.accept(
+            merged
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| panic!("a known type")),
+        );
+
+        // A change of `a` and the removal of `b`: the complete state is `a` alone.
+        let (sotw, merged) = held.merge(&response(vec![resource("a", "2")], &["b"], "n2"));
+        assert_eq!(versions(&sotw), ["2"]);
+        // Not accepted (NACKed): the held state stays, and a reconnect asks with it.
+        drop(merged);
+        let initial = held.initial_requests(vec![DiscoveryRequest {
+            type_url: ResourceType::RouteConfig.type_url(),
+            ..DiscoveryRequest::default()
+        }]);
+        assert_eq!(initial[0].resource_names_subscribe, ["*"]);
+        assert_eq!(
+            initial[0].initial_resource_versions,
+            [
+                ("a".to_owned(), "1".to_owned()),
+                ("b".to_owned(), "1".to_owned())
+            ]
+            .into()
+        );
+    }
+
+    #[test]
+    fn subscription_changes_are_sent_as_subscribe_and_unsubscribe() {
+        let eds = ResourceType::Endpoints.type_url();
+        let before = BTreeMap::from([(eds.clone(), vec!["a".to_owned(), "b".to_owned()])]);
+        let answers = DeltaResources::answers(
+            vec![
+                DiscoveryRequest {
+                    type_url: ResourceType::Cluster.type_url(),
+                    response_nonce: "7".to_owned(),
+                    version_info: "c2".to_owned(),
+                    ..DiscoveryRequest::default()
+                },
+                DiscoveryRequest {
+                    type_url: eds,
+                    resource_names: vec!["b".to_owned(), "c".to_owned()],
+                    ..DiscoveryRequest::default()
+                },
+            ],
+            &ResourceType::Cluster.type_url(),
+            &before,
+        );
+        assert_eq!(answers[0].response_nonce, "7");
+        assert!(answers[0].resource_names_subscribe.is_empty());
+        assert_eq!(answers[1].resource_names_subscribe, ["c"]);
+        assert_eq!(answers[1].resource_names_unsubscribe, ["a"]);
+    }
+}

@@ -1,0 +1,673 @@
+//! What the client has accepted from the server and what it asks for: per resource type the
+//! accepted version, the last nonce and the last rejection, and the resources themselves, from
+//! which each response's [`DynamicUpdate`] is derived.
+//!
+//! State-of-the-world semantics, as Envoy has them: a CDS response (and an RDS response to a
+//! wildcard subscription) carries every resource, so a resource it leaves out is removed; an
+//! EDS response (and an RDS response to named resources) carries those it names. A response
+//! whose resources do not all translate is rejected whole (NACKed), and so is one the proxy
+//! refuses; the running config is kept either way. An EDS cluster warms (is held back) until
+//! its endpoints arrive; route configs using it warm in the engine meanwhile.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::rpc::Status;
+use metaprotocol_router::config::{EndpointSpec, XdsSpec};
+use metaprotocol_router::{DynamicUpdate, ResourceId, ResourceKind};
+use serde::Serialize;
+
+use crate::resource::ResourceType;
+use crate::translate::{self, ClusterResource, InvalidResource};
+
+/// The gRPC status code of a NACK's detail: the resource was invalid.
+const INVALID_ARGUMENT: i32 = 3;
+
+/// Which resources of a type are asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Names {
+    /// Every one the server has (`*`).
+    Wildcard,
+    /// These.
+    Named(BTreeSet<String>),
+}
+
+impl Names {
+    fn from_patterns(patterns: &[String]) -> Option<Self> {
+        if patterns.is_empty() {
+            None
+        } else if patterns.iter().any(|p| p == "*") {
+            Some(Self::Wildcard)
+        } else {
+            Some(Self::Named(patterns.iter().cloned().collect()))
+        }
+    }
+
+    /// The names a request carries (none for a wildcard subscription).
+    fn request_names(&self) -> Vec<String> {
+        match self {
+            Self::Wildcard => Vec::new(),
+            Self::Named(names) => names.iter().cloned().collect(),
+        }
+    }
+
+    fn is_wildcard(&self) -> bool {
+        *self == Self::Wildcard
+    }
+}
+
+/// What the client knows of one resource type, as `/config_dump` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct TypeState {
+    /// The last version accepted (ACKed); empty before the first.
+    pub version: String,
+    /// The nonce of the last response received.
+    pub nonce: String,
+    /// The version last rejected (NACKed), and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The resources asked for (empty: every one).
+    pub subscribed: Vec<String>,
+}
+
+/// How a response lists the resources of its type.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Listing<'a> {
+    /// State of the world: the response's version versions every resource it carries.
+    StateOfTheWorld,
+    /// A delta response merged into what the client holds: every resource of the type, each
+    /// with its own version (by name; the response's version for one without).
+    Delta(&'a BTreeMap<String, String>),
+}
+
+/// A response the client reacts to: what to apply, and how to answer if it applies.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub kind: ResourceType,
+    pub version: String,
+    pub update: DynamicUpdate,
+    accepted: Accepted,
+}
+
+/// The resources a response leaves the client with, once applied.
+#[derive(Debug)]
+enum Accepted {
+    Clusters(BTreeMap<String, ClusterResource>),
+    Endpoints {
+        assignments: BTreeMap<String, Vec<EndpointSpec>>,
+        /// The assignments are all there are (those left out were removed).
+        complete: bool,
+    },
+    RouteConfigs(BTreeSet<String>),
+}
+
+/// Why a response is rejected, and which resource (if one) is at fault.
+#[derive(Debug)]
+pub(crate) struct Rejected {
+    pub kind: ResourceType,
+    pub version: String,
+    pub resource: Option<ResourceId>,
+    pub message: String,
+}
+
+/// The subscription's state.
+#[derive(Debug)]
+pub(crate) struct Subscription {
+    node: Node,
+    clusters: Option<Names>,
+    route_configs: Option<Names>,
+    types: BTreeMap<ResourceType, TypeState>,
+    /// The clusters of the last accepted CDS response.
+    accepted_clusters: BTreeMap<String, ClusterResource>,
+    /// The endpoints of each accepted `ClusterLoadAssignment`, by its name.
+    assignments: BTreeMap<String, Vec<EndpointSpec>>,
+    /// The clusters the proxy runs from this source.
+    applied_clusters: BTreeSet<String>,
+    /// The route configs the proxy runs from this source.
+    applied_route_configs: BTreeSet<String>,
+}
+
+impl Subscription {
+    /// The subscription `spec` describes, for `node`.
+    pub fn new(spec: &XdsSpec, node: Node) -> Self {
+        Self {
+            node,
+            clusters: Names::from_patterns(&spec.clusters),
+            route_configs: Names::from_patterns(&spec.route_configs),
+            types: BTreeMap::new(),
+            accepted_clusters: BTreeMap::new(),
+            assignments: BTreeMap::new(),
+            applied_clusters: BTreeSet::new(),
+            applied_route_configs: BTreeSet::new(),
+        }
+    }
+
+    /// The state of each type asked for, by its short name.
+    pub fn type_states(&self) -> BTreeMap<&'static str, TypeState> {
+        self.types
+            .iter()
+            .map(|(kind, state)| (kind.short_name(), state.clone()))
+            .collect()
+    }
+
+    /// The names each type asks for (empty: every one), by type URL.
+    pub fn subscribed(&self) -> BTreeMap<String, Vec<String>> {
+        self.types
+            .iter()
+            .map(|(kind, state)| (kind.type_url(), state.subscribed.clone()))
+            .collect()
+    }
+
+    /// EDS clusters held back until their endpoints arrive.
+    pub fn warming_clusters(&self) -> Vec<String> {
+        self.accepted_clusters
+            .iter()
+            .filter(|(_, c)| {
+                c.eds_service
+                    .as_ref()
+                    .is_some_and(|s| !self.assignments.contains_key(s))
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// The requests that open a stream: every type asked for, with the versions accepted so
+    /// far (a server that restarted then knows what the client runs). The first carries the
+    /// node.
+    pub fn initial_requests(&mut self) -> Vec<DiscoveryRequest> {
+        let mut requests = Vec::new();
+        for kind in ResourceType::ALL {
+            let names = match kind {
+                ResourceType::Cluster => self.clusters.as_ref().map(Names::request_names),
+                ResourceType::Endpoints => {
+                    let names = self.eds_names();
+                    (!names.is_empty()).then_some(names)
+                }
+                ResourceType::RouteConfig => self.route_configs.as_ref().map(Names::request_names),
+            };
+            if let Some(names) = names {
+                let state = self.types.entry(kind).or_default();
+                state.subscribed = names.clone();
+                state.nonce.clear();
+                requests.push(DiscoveryRequest {
+                    version_info: state.version.clone(),
+                    node: requests.is_empty().then(|| self.node.clone()),
+                    resource_names: names,
+                    type_url: kind.type_url(),
+                    ..DiscoveryRequest::default()
+                });
+            }
+        }
+        requests
+    }
+
+    /// The names of the `ClusterLoadAssignment`s the accepted clusters take endpoints from.
+    fn eds_names(&self) -> Vec<String> {
+        let names: BTreeSet<&String> = self
+            .accepted_clusters
+            .values()
+            .filter_map(|c| c.eds_service.as_ref())
+            .collect();
+        names.into_iter().cloned().collect()
+    }
+
+    /// Translates `response`, of resources of `kind`, into what to apply, or the reason to
+    /// reject it. A delta response merged into what the client holds lists every resource of
+    /// its type, so that one left out is removed, and versions each resource apart.
+    pub fn prepare(
+        &mut self,
+        kind: ResourceType,
+        response: &DiscoveryResponse,
+        listing: Listing<'_>,
+    ) -> Result<Prepared, Box<Rejected>> {
+        let complete = matches!(listing, Listing::Delta(_));
+        let state = self.types.entry(kind).or_default();
+        state.nonce.clone_from(&response.nonce);
+        let reject = |resource: Option<ResourceId>, message: String| {
+            Box::new(Rejected {
+                kind,
+                version: response.version_info.clone(),
+                resource,
+                message,
+            })
+        };
+        let version = &response.version_info;
+        // What `/config_dump` shows as the version of resource `name`.
+        let version_of = |name: &str| match listing {
+            Listing::Delta(versions) => versions.get(name).unwrap_or(version).clone(),
+            Listing::StateOfTheWorld => version.clone(),
+        };
+        let mut update = DynamicUpdate::default();
+        let accepted = match kind {
+            ResourceType::Cluster => {
+                let clusters = decode_all(&response.resources, kind, |c: &Cluster| {
+                    (c.name.clone(), translate::cluster(c))
+                })
+                .map_err(|(id, message)| reject(id, message))?;
+                for (name, cluster) in &clusters {
+                    let endpoints = match &cluster.eds_service {
+                        Some(service) => match self.assignments.get(service) {
+                            Some(endpoints) => endpoints.as_slice(),
+                            None => continue,
+                        },
+                        None => &[],
+                    };
+                    update.clusters.push(cluster.with_endpoints(endpoints));
+                    update.versions.insert(
+                        ResourceId::new(ResourceKind::Cluster, name),
+                        version_of(name),
+                    );
+                }
+                update.removed = self
+                    .applied_clusters
+                    .iter()
+                    .filter(|name| !clusters.contains_key(*name))
+                    .map(|name| ResourceId::new(ResourceKind::Cluster, name))
+                    .collect();
+                Accepted::Clusters(clusters)
+            }
+            ResourceType::Endpoints => {
+                let assignments =
+                    decode_all(&response.resources, kind, |a: &ClusterLoadAssignment| {
+                        (a.cluster_name.clone(), translate::endpoints(a))
+                    })
+                    .map_err(|(id, message)| reject(id, message))?;
+                for (name, cluster) in &self.accepted_clusters {
+                    let Some(service) = cluster.eds_service.as_ref() else {
+                        continue;
+                    };
+                    let endpoints = match assignments.get(service) {
+                        Some(endpoints) => endpoints.as_slice(),
+                        // A complete response without the assignment removed it: the cluster
+                        // has no endpoints left (as in Envoy).
+                        None if complete && self.assignments.contains_key(service) => &[],
+                        None => continue,
+                    };
+                    update.clusters.push(cluster.with_endpoints(endpoints));
+                    update.versions.insert(
+                        ResourceId::new(ResourceKind::Endpoints, name),
+                        version_of(service),
+                    );
+                    if !self.applied_clusters.contains(name) {
+                        // The cluster warmed until now: its CDS version starts serving too.
+                        let cds = self.types.get(&ResourceType::Cluster);
+                        update.versions.insert(
+                            ResourceId::new(ResourceKind::Cluster, name),
+                            cds.map(|s| s.version.clone()).unwrap_or_default(),
+                        );
+                    }
+                }
+                Accepted::Endpoints {
+                    assignments,
+                    complete,
+                }
+            }
+            ResourceType::RouteConfig => {
+                let configs = decode_all(&response.resources, kind, |r: &RouteConfiguration| {
+                    (r.name.clone(), translate::route_config(r))
+                })
+                .map_err(|(id, message)| reject(id, message))?;
+                let names: BTreeSet<String> = configs.keys().cloned().collect();
+                if complete || self.route_configs.as_ref().is_some_and(Names::is_wildcard) {
+                    update.removed = self
+                        .applied_route_configs
+                        .difference(&names)
+                        .map(|name| ResourceId::new(ResourceKind::RouteConfig, name))
+                        .collect();
+                }
+                for (name, spec) in configs {
+                    update.versions.insert(
+                        ResourceId::new(ResourceKind::RouteConfig, &name),
+                        version_of(&name),
+                    );
+                    update.route_configs.push(spec);
+                }
+                Accepted::RouteConfigs(names)
+            }
+        };
+        Ok(Prepared {
+            kind,
+            version: version.clone(),
+            update,
+            accepted,
+        })
+    }
+
+    /// Records that `prepared` was applied; returns the ACK, and the EDS request that follows
+    /// when the clusters' endpoint names changed.
+    pub fn accept(&mut self, prepared: Prepared) -> Vec<DiscoveryRequest> {
+        let kind = prepared.kind;
+        match prepared.accepted {
+            Accepted::Clusters(clusters) => {
+                self.accepted_clusters = clusters;
+                self.applied_clusters
+                    .retain(|name| !prepared.update.removed.iter().any(|id| id.name == *name));
+                self.applied_clusters
+                    .extend(prepared.update.clusters.iter().map(|c| c.name.clone()));
+            }
+            Accepted::Endpoints {
+                assignments,
+                complete,
+            } => {
+                if complete {
+                    self.assignments = assignments;
+                } else {
+                    self.assignments.extend(assignments);
+                }
+                self.applied_clusters
+                    .extend(prepared.update.clusters.iter().map(|c| c.name.clone()));
+            }
+            Accepted::RouteConfigs(names) => {
+                for id in &prepared.update.removed {
+                    self.applied_route_configs.remove(&id.name);
+                }
+                self.applied_route_configs.extend(names);
+            }
+        }
+        let state = self.types.entry(kind).or_default();
+        state.version = prepared.version;
+        state.rejected_version = None;
+        state.last_error = None;
+        let mut requests = vec![self.request(kind, None)];
+        if kind == ResourceType::Cluster {
+            let names = self.eds_names();
+            let state = self.types.entry(ResourceType::Endpoints).or_default();
+            if names != state.subscribed {
+                state.subscribed = names;
+                requests.push(self.request(ResourceType::Endpoints, None));
+            }
+        }
+        requests
+    }
+
+    /// Records that a response was rejected; returns the NACK.
+    pub fn reject(&mut self, rejected: &Rejected) -> DiscoveryRequest {
+        let state = self.types.entry(rejected.kind).or_default();
+        state.rejected_version = Some(rejected.version.clone());
+        state.last_error = Some(rejected.message.clone());
+        self.request(
+            rejected.kind,
+            Some(Status {
+                code: INVALID_ARGUMENT,
+                message: rejected.message.clone(),
+                details: Vec::new(),
+            }),
+        )
+    }
+
+    /// The request for `kind` with what the client has accepted (an ACK, or with `error` a
+    /// NACK).
+    fn request(&mut self, kind: ResourceType, error: Option<Status>) -> DiscoveryRequest {
+        let state = self.types.entry(kind).or_default();
+        DiscoveryRequest {
+            version_info: state.version.clone(),
+            node: None,
+            resource_names: state.subscribed.clone(),
+            type_url: kind.type_url(),
+            response_nonce: state.nonce.clone(),
+            error_detail: error,
+            ..DiscoveryRequest::default()
+        }
+    }
+}
+
+/// Decodes and translates every resource of a response, keyed by name; the first failure is
+/// the response's error, naming the resource and the field.
+fn decode_all<M, T>(
+    resources: &[Any],
+    kind: ResourceType,
+    translate: impl Fn(&M) -> (String, Result<T, InvalidResource>),
+) -> Result<BTreeMap<String, T>, (Option<ResourceId>, String)>
+where
+    M: prost::Message + prost::Name + Default,
+{
+    let type_url = kind.type_url();
+    let mut translated = BTreeMap::new();
+    for (i, any) in resources.iter().enumerate() {
+        if any.type_url != type_url {
+            return Err((
+                None,
+                format!(
+                    "resources[{i}]: a `{}` in a {} response",
+                    any.type_url,
+                    kind.short_name()
+                ),
+            ));
+        }
+        let message = M::decode(any.value.as_slice()).map_err(|err| {
+            (
+                None,
+                format!("resources[{i}]: not a valid {}: {err}", M::full_name()),
+            )
+        })?;
+        let (name, result) = translate(&message);
+        let id = resource_id(kind, &name);
+        let value =
+            result.map_err(|err| (id.clone(), format!("{} `{name}`: {err}", M::full_name())))?;
+        if translated.insert(name.clone(), value).is_some() {
+            return Err((id, format!("{} `{name}` is sent twice", M::full_name())));
+        }
+    }
+    Ok(translated)
+}
+
+/// The engine's name for resource `name` of `kind`.
+fn resource_id(kind: ResourceType, name: &str) -> Option<ResourceId> {
+    let kind = match kind {
+        ResourceType::Cluster => ResourceKind::Cluster,
+        ResourceType::Endpoints => ResourceKind::Endpoints,
+        ResourceType::RouteConfig => ResourceKind::RouteConfig,
+    };
+    (!name.is_empty()).then(|| ResourceId::new(kind, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+        ClusterDiscoveryType, DiscoveryType,
+    };
+    use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+    use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+    use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress};
+    use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+    use envoy_types::pb::envoy::config::endpoint::v3::{Endpoint, LbEndpoint, LocalityLbEndpoints};
+    use prost::{Message, Name};
+
+    use super::*;
+
+    fn any<M: Message + Name>(message: &M) -> Any {
+        Any {
+            type_url: M::type_url(),
+            value: message.encode_to_vec(),
+        }
+    }
+
+    fn response(kind: ResourceType, version: &str, resources: Vec<Any>) -> DiscoveryResponse {
+        DiscoveryResponse {
+            version_info: version.to_owned(),
+            resources,
+            type_url: kind.type_url(),
+            nonce: version.to_owned(),
+            ..DiscoveryResponse::default()
+        }
+    }
+
+    fn subscription() -> Subscription {
+        let spec: Result<XdsSpec, _> = serde_json::from_value(serde_json::json!({
+            "address": "127.0.0.1:1", "node_id": "n", "clusters": ["*"]
+        }));
+        match spec {
+            Ok(spec) => Subscription::new(&spec, Node::default()),
+            Err(err) => panic!("{err}"),
+        }
+    }
+
+    fn assignment(name: &str) -> ClusterLoadAssignment {
+        let endpoint = LbEndpoint {
+            host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                address: Some(Address {
+                    address: Some(AddressKind::SocketAddress(SocketAddress {
+                        address: "127.0.0.1".to_owned(),
+                        port_specifier: Some(PortSpecifier::PortValue(9)),
+                        ..SocketAddress::default()
+                    })),
+                }),
+                ..Endpoint::default()
+            })),
+            ..LbEndpoint::default()
+        };
+        ClusterLoadAssignment {
+            cluster_name: name.to_owned(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![endpoint],
+                ..LocalityLbEndpoints::default()
+            }],
+            ..ClusterLoadAssignment::default()
+        }
+    }
+
+    /// Applies `response` as the client would once the proxy accepted it.
+    fn apply(
+        subscription: &mut Subscription,
+        kind: ResourceType,
+        response: &DiscoveryResponse,
+        listing: Listing<'_>,
+    ) -> DynamicUpdate {
+        match subscription.prepare(kind, response, listing) {
+            Ok(prepared) => {
+                let update = prepared.update.clone();
+                subscription.accept(prepared);
+                update
+            }
+            Err(rejected) => panic!("{}", rejected.message),
+        }
+    }
+
+    #[test]
+    fn an_eds_cluster_warms_until_its_endpoints_arrive_and_loses_them_when_removed() {
+        let mut subscription = subscription();
+        let cluster = Cluster {
+            name: "c".to_owned(),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+            ..Cluster::default()
+        };
+        let cds = response(ResourceType::Cluster, "c1", vec![any(&cluster)]);
+        let update = apply(
+            &mut subscription,
+            ResourceType::Cluster,
+            &cds,
+            Listing::StateOfTheWorld,
+        );
+        assert!(
+            update.clusters.is_empty(),
+            "held back until its endpoints arrive"
+        );
+        assert_eq!(subscription.warming_clusters(), ["c"]);
+
+        let eds = response(ResourceType::Endpoints, "e1", vec![any(&assignment("c"))]);
+        let update = apply(
+            &mut subscription,
+            ResourceType::Endpoints,
+            &eds,
+            Listing::StateOfTheWorld,
+        );
+        assert_eq!(update.clusters.len(), 1);
+        assert_eq!(update.clusters[0].endpoints.len(), 1);
+        assert_eq!(
+            update
+                .versions
+                .get(&ResourceId::new(ResourceKind::Cluster, "c")),
+            Some(&"c1".to_owned()),
+            "the cluster's own version starts serving with its endpoints"
+        );
+        assert!(subscription.warming_clusters().is_empty());
+
+        // A state-of-the-world response without the assignment changes nothing; a complete one
+        // (a delta that removed it) leaves the cluster without endpoints.
+        let without = response(ResourceType::Endpoints, "e2", Vec::new());
+        let update = apply(
+            &mut subscription,
+            ResourceType::Endpoints,
+            &without,
+            Listing::StateOfTheWorld,
+        );
+        assert!(update.clusters.is_empty());
+        let update = apply(
+            &mut subscription,
+            ResourceType::Endpoints,
+            &without,
+            Listing::Delta(&BTreeMap::new()),
+        );
+        assert_eq!(update.clusters.len(), 1);
+        assert!(update.clusters[0].endpoints.is_empty());
+    }
+
+    #[test]
+    fn delta_resources_keep_their_own_versions() {
+        let mut subscription = subscription();
+        let cluster = |name: &str| Cluster {
+            name: name.to_owned(),
+            ..Cluster::default()
+        };
+        let cds = response(
+            ResourceType::Cluster,
+            "n3",
+            vec![any(&cluster("a")), any(&cluster("b"))],
+        );
+        let versions = BTreeMap::from([("a".to_owned(), "a7".to_owned())]);
+        let update = apply(
+            &mut subscription,
+            ResourceType::Cluster,
+            &cds,
+            Listing::Delta(&versions),
+        );
+        let version = |name: &str| {
+            update
+                .versions
+                .get(&ResourceId::new(ResourceKind::Cluster, name))
+                .cloned()
+        };
+        assert_eq!(version("a").as_deref(), Some("a7"));
+        assert_eq!(
+            version("b").as_deref(),
+            Some("n3"),
+            "a resource without a version of its own takes the response's"
+        );
+    }
+
+    #[test]
+    fn a_response_that_does_not_translate_is_rejected_naming_the_resource_and_field() {
+        let mut subscription = subscription();
+        let cluster = Cluster {
+            name: "c".to_owned(),
+            lb_policy: 6,
+            ..Cluster::default()
+        };
+        let cds = response(ResourceType::Cluster, "c1", vec![any(&cluster)]);
+        let rejected =
+            match subscription.prepare(ResourceType::Cluster, &cds, Listing::StateOfTheWorld) {
+                Ok(_) => panic!("accepted"),
+                Err(rejected) => rejected,
+            };
+        assert_eq!(
+            rejected.resource,
+            Some(ResourceId::new(ResourceKind::Cluster, "c"))
+        );
+        assert!(
+            rejected.message.contains("`c`: lb_policy"),
+            "{}",
+            rejected.message
+        );
+        let nack = subscription.reject(&rejected);
+        assert_eq!(nack.version_info, "", "nothing accepted yet");
+        assert_eq!(nack.response_nonce, "c1");
+        assert_eq!(nack.error_detail.map(|s| s.code), Some(INVALID_ARGUMENT));
+    }
+}

@@ -1,0 +1,96 @@
+//! The client's own state for `/config_dump` (under `dynamic_sources.xds`): the server, whether
+//! the stream is up, and per resource type the accepted version, the last nonce and the last
+//! rejection.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::client::SessionError;
+use crate::state::{Subscription, TypeState};
+
+/// What `/config_dump` shows of the client.
+#[derive(Debug, Default, Clone, Serialize)]
+struct Snapshot {
+    server: String,
+    node_id: String,
+    connected: bool,
+    /// Streams opened since the start.
+    streams: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_stream_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_stream_error_at: Option<String>,
+    types: BTreeMap<&'static str, TypeState>,
+    /// EDS clusters held back until their endpoints arrive.
+    warming_clusters: Vec<String>,
+}
+
+/// The client's state, shared between its task and the admin API.
+#[derive(Debug, Default)]
+pub(crate) struct SourceStatus(Mutex<Snapshot>);
+
+impl SourceStatus {
+    pub fn new(server: String, node_id: String) -> Self {
+        Self(Mutex::new(Snapshot {
+            server,
+            node_id,
+            ..Snapshot::default()
+        }))
+    }
+
+    fn edit(&self, change: impl FnOnce(&mut Snapshot)) {
+        let mut snapshot = match self.0.lock() {
+            Ok(snapshot) => snapshot,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        change(&mut snapshot);
+    }
+
+    pub fn connecting(&self) {
+        self.edit(|s| s.connected = false);
+    }
+
+    pub fn connected(&self, subscription: &Subscription) {
+        self.edit(|s| {
+            s.connected = true;
+            s.streams += 1;
+        });
+        self.updated(subscription);
+    }
+
+    pub fn disconnected(&self, error: &SessionError, subscription: &Subscription) {
+        self.failed(error);
+        self.updated(subscription);
+    }
+
+    /// The client has no stream, because of `error`.
+    pub fn failed(&self, error: &dyn std::fmt::Display) {
+        self.edit(|s| {
+            s.connected = false;
+            s.last_stream_error = Some(error.to_string());
+            s.last_stream_error_at =
+                Some(humantime::format_rfc3339_millis(SystemTime::now()).to_string());
+        });
+    }
+
+    pub fn updated(&self, subscription: &Subscription) {
+        let types = subscription.type_states();
+        let warming = subscription.warming_clusters();
+        self.edit(|s| {
+            s.types = types;
+            s.warming_clusters = warming;
+        });
+    }
+
+    /// The state as JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        let snapshot = match self.0.lock() {
+            Ok(snapshot) => snapshot.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        serde_json::to_value(snapshot).unwrap_or_default()
+    }
+}

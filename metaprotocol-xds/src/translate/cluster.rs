@@ -1,0 +1,237 @@
+//! CDS: an Envoy `Cluster` as a [`ClusterSpec`].
+//!
+//! Mapped: `name`; `type` `STATIC`, `STRICT_DNS` and `LOGICAL_DNS` (endpoints from
+//! `load_assignment`, host names resolved as the engine resolves them) and `EDS` (endpoints
+//! from the `ClusterLoadAssignment` named by `eds_cluster_config.service_name`, or the
+//! cluster's name); `connect_timeout`; `lb_policy` (`ROUND_ROBIN`, `LEAST_REQUEST`, `RANDOM`,
+//! `RING_HASH`, `MAGLEV`); the `DEFAULT` priority's `circuit_breakers` thresholds;
+//! `outlier_detection` (`consecutive_5xx`, `interval`, `base_ejection_time`,
+//! `max_ejection_percent`); a `common_lb_config` locality setting (zone-aware or
+//! locality-weighted) as `locality_aware`.
+//!
+//! Refused (NACKed, naming the field): TLS (`transport_socket*`), `health_checks`,
+//! `load_balancing_policy`, network `filters`, `upstream_config`, custom DNS resolvers and
+//! cluster types, `ORIGINAL_DST`, non-`DEFAULT` circuit-breaker priorities, per-host
+//! thresholds, and the outlier detectors the engine does not have. Accepted and ignored, as
+//! they do not change where calls go: `metadata`, `alt_stat_name`, stats and buffer tuning,
+//! `eds_cluster_config.eds_config` (the client asks its one ADS server), the `lb_config`
+//! tuning of an algorithm (ring sizes, choice counts), `lb_subset_config` (routes pick subsets
+//! by label), DNS refresh tuning (the engine's own refresh applies), HTTP protocol options.
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType, DiscoveryType, LbPolicy as EnvoyLbPolicy,
+};
+use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, OutlierDetection};
+use envoy_types::pb::envoy::config::core::v3::RoutingPriority;
+use envoy_types::pb::google::protobuf::UInt32Value;
+use metaprotocol_router::config::{
+    CircuitBreakersSpec, ClusterSpec, EndpointSpec, LbPolicy, OutlierDetectionSpec,
+};
+
+use super::{InvalidResource, duration, endpoints, refuse_set};
+
+/// A translated cluster: its spec, and where its endpoints come from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterResource {
+    /// The cluster, with its endpoints when they came inline.
+    pub spec: ClusterSpec,
+    /// For an EDS cluster, the name of the `ClusterLoadAssignment` that holds its endpoints.
+    pub eds_service: Option<String>,
+}
+
+impl ClusterResource {
+    /// The spec to run, with `endpoints` when its endpoints come from EDS.
+    pub fn with_endpoints(&self, endpoints: &[EndpointSpec]) -> ClusterSpec {
+        let mut spec = self.spec.clone();
+        if self.eds_service.is_some() {
+            spec.endpoints = endpoints.to_vec();
+        }
+        spec
+    }
+}
+
+/// Translates a CDS `Cluster`.
+pub fn cluster(cluster: &Cluster) -> Result<ClusterResource, InvalidResource> {
+    if cluster.name.is_empty() {
+        return Err(InvalidResource::new("name", "must not be empty"));
+    }
+    refuse_set!(
+        "",
+        cluster,
+        [
+            transport_socket,
+            transport_socket_matches,
+            transport_socket_matcher,
+            health_checks,
+            load_balancing_policy,
+            upstream_bind_config,
+            lrs_server,
+            filters,
+            upstream_connection_options,
+            track_timeout_budgets,
+            preconnect_policy,
+            upstream_config,
+            dns_resolvers,
+            typed_dns_resolver_config,
+        ]
+    );
+    let mut spec = default_spec(&cluster.name)?;
+    if let Some(timeout) = &cluster.connect_timeout {
+        spec.connect_timeout = duration(timeout, "connect_timeout")?;
+    }
+    spec.lb_policy = lb_policy(cluster.lb_policy)?;
+    if let Some(common) = &cluster.common_lb_config {
+        refuse_set!(
+            "common_lb_config",
+            common,
+            [consistent_hashing_lb_config, override_host_status,]
+        );
+        spec.locality_aware = common.locality_config_specifier.is_some();
+    }
+    if let Some(breakers) = &cluster.circuit_breakers {
+        spec.circuit_breakers = Some(circuit_breakers(breakers)?);
+    }
+    if let Some(outlier) = &cluster.outlier_detection {
+        spec.outlier_detection = Some(outlier_detection(outlier)?);
+    }
+    let kind = match &cluster.cluster_discovery_type {
+        None => DiscoveryType::Static,
+        Some(ClusterDiscoveryType::Type(kind)) => DiscoveryType::try_from(*kind)
+            .map_err(|_| InvalidResource::new("type", format!("unknown type {kind}")))?,
+        Some(ClusterDiscoveryType::ClusterType(_)) => {
+            return Err(InvalidResource::unsupported("cluster_type"));
+        }
+    };
+    let eds_service = match kind {
+        DiscoveryType::Eds => {
+            let service = cluster
+                .eds_cluster_config
+                .as_ref()
+                .map(|eds| eds.service_name.as_str())
+                .filter(|name| !name.is_empty())
+                .unwrap_or(&cluster.name);
+            if cluster.load_assignment.is_some() {
+                return Err(InvalidResource::new(
+                    "load_assignment",
+                    "an EDS cluster takes its endpoints from EDS",
+                ));
+            }
+            Some(service.to_owned())
+        }
+        DiscoveryType::Static | DiscoveryType::StrictDns | DiscoveryType::LogicalDns => {
+            if let Some(assignment) = &cluster.load_assignment {
+                spec.endpoints = endpoints(assignment).map_err(|e| e.within("load_assignment"))?;
+            }
+            None
+        }
+        DiscoveryType::OriginalDst => {
+            return Err(InvalidResource::new(
+                "type",
+                "ORIGINAL_DST is not supported by metaprotocol-rs",
+            ));
+        }
+    };
+    Ok(ClusterResource { spec, eds_service })
+}
+
+/// A cluster of the engine's defaults named `name` (built through the config model, so that
+/// fields the engine adds later take their defaults here too).
+fn default_spec(name: &str) -> Result<ClusterSpec, InvalidResource> {
+    serde_json::from_value(serde_json::json!({ "name": name }))
+        .map_err(|err| InvalidResource::new("name", err.to_string()))
+}
+
+fn lb_policy(policy: i32) -> Result<LbPolicy, InvalidResource> {
+    match EnvoyLbPolicy::try_from(policy) {
+        Ok(EnvoyLbPolicy::RoundRobin) => Ok(LbPolicy::RoundRobin),
+        Ok(EnvoyLbPolicy::LeastRequest) => Ok(LbPolicy::LeastRequest),
+        Ok(EnvoyLbPolicy::Random) => Ok(LbPolicy::Random),
+        Ok(EnvoyLbPolicy::RingHash) => Ok(LbPolicy::RingHash),
+        Ok(EnvoyLbPolicy::Maglev) => Ok(LbPolicy::Maglev),
+        Ok(other) => Err(InvalidResource::new(
+            "lb_policy",
+            format!(
+                "{} is not supported by metaprotocol-rs",
+                other.as_str_name()
+            ),
+        )),
+        Err(_) => Err(InvalidResource::new(
+            "lb_policy",
+            format!("unknown policy {policy}"),
+        )),
+    }
+}
+
+/// The `DEFAULT` priority's thresholds; other priorities have no meaning here and are refused.
+fn circuit_breakers(breakers: &CircuitBreakers) -> Result<CircuitBreakersSpec, InvalidResource> {
+    refuse_set!("circuit_breakers", breakers, [per_host_thresholds]);
+    let mut spec: CircuitBreakersSpec = serde_json::from_value(serde_json::json!({}))
+        .map_err(|err| InvalidResource::new("circuit_breakers", err.to_string()))?;
+    for (i, thresholds) in breakers.thresholds.iter().enumerate() {
+        let at = format!("circuit_breakers.thresholds[{i}]");
+        if thresholds.priority != RoutingPriority::Default as i32 {
+            return Err(InvalidResource::new(
+                format!("{at}.priority"),
+                "only the DEFAULT priority is supported by metaprotocol-rs",
+            ));
+        }
+        refuse_set!(&at, thresholds, [retry_budget, max_connection_pools]);
+        let limits = [
+            (&thresholds.max_connections, &mut spec.max_connections),
+            (
+                &thresholds.max_pending_requests,
+                &mut spec.max_pending_requests,
+            ),
+            (&thresholds.max_requests, &mut spec.max_requests),
+            (&thresholds.max_retries, &mut spec.max_retries),
+        ];
+        for (value, limit) in limits {
+            if let Some(value) = value {
+                *limit = value.value;
+            }
+        }
+    }
+    Ok(spec)
+}
+
+/// Consecutive failures, the sweep interval, the ejection time and the most ejected. Enforced
+/// gateway-failure and failure-percentage detection is refused; success-rate detection (on by
+/// default in Envoy, so nearly always "set") and the ejection time's cap are ignored.
+fn outlier_detection(outlier: &OutlierDetection) -> Result<OutlierDetectionSpec, InvalidResource> {
+    let at = "outlier_detection";
+    refuse_set!(at, outlier, [split_external_local_origin_errors, monitors]);
+    let enforced = |value: &Option<UInt32Value>| value.as_ref().is_some_and(|v| v.value > 0);
+    for (field, on) in [
+        (
+            "enforcing_consecutive_gateway_failure",
+            enforced(&outlier.enforcing_consecutive_gateway_failure),
+        ),
+        (
+            "enforcing_failure_percentage",
+            enforced(&outlier.enforcing_failure_percentage),
+        ),
+    ] {
+        if on {
+            return Err(InvalidResource::new(
+                format!("{at}.{field}"),
+                "only consecutive failures eject endpoints in metaprotocol-rs",
+            ));
+        }
+    }
+    let mut spec: OutlierDetectionSpec = serde_json::from_value(serde_json::json!({}))
+        .map_err(|err| InvalidResource::new(at, err.to_string()))?;
+    if let Some(errors) = &outlier.consecutive_5xx {
+        spec.consecutive_errors = errors.value;
+    }
+    if let Some(interval) = &outlier.interval {
+        spec.interval = duration(interval, "outlier_detection.interval")?;
+    }
+    if let Some(time) = &outlier.base_ejection_time {
+        spec.base_ejection_time = duration(time, "outlier_detection.base_ejection_time")?;
+    }
+    if let Some(percent) = &outlier.max_ejection_percent {
+        spec.max_ejection_percent = f64::from(percent.value);
+    }
+    Ok(spec)
+}

@@ -1,0 +1,150 @@
+//! EDS: a `ClusterLoadAssignment` as the endpoints of a cluster.
+//!
+//! Each `lb_endpoints` entry with a socket address becomes an endpoint: its
+//! `load_balancing_weight` (default 1) is its weight, its locality's region and zone are its
+//! locality, and the string values of its `filter_metadata["envoy.lb"]` (where Envoy's subset
+//! load balancer reads them) are its labels for subset routes. Endpoints whose
+//! `health_status` is `UNHEALTHY`, `DRAINING` or `TIMEOUT` are left out, as Envoy sends them no
+//! calls. Refused: priorities other than 0, named ports, pipes, internal addresses, endpoint
+//! names, `named_endpoints` and drop overloads. Accepted and ignored: locality weights,
+//! `overprovisioning_factor` and the endpoints' health-check settings.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Metadata};
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LbEndpoint};
+use envoy_types::pb::google::protobuf::value::Kind;
+use metaprotocol_router::config::{EndpointSpec, LocalitySpec};
+
+use super::{InvalidResource, refuse_set};
+
+/// The metadata namespace holding endpoint labels for subset load balancing.
+const LB_METADATA: &str = "envoy.lb";
+
+/// The endpoints of `assignment` (see the module docs).
+pub fn endpoints(assignment: &ClusterLoadAssignment) -> Result<Vec<EndpointSpec>, InvalidResource> {
+    refuse_set!("", assignment, [named_endpoints]);
+    if let Some(policy) = &assignment.policy {
+        refuse_set!("policy", policy, [drop_overloads]);
+    }
+    let mut endpoints = Vec::new();
+    for (i, group) in assignment.endpoints.iter().enumerate() {
+        let at = format!("endpoints[{i}]");
+        if group.priority != 0 {
+            return Err(InvalidResource::new(
+                format!("{at}.priority"),
+                "only priority 0 is supported by metaprotocol-rs",
+            ));
+        }
+        refuse_set!(&at, group, [lb_config]);
+        let locality = group.locality.as_ref().map(|l| LocalitySpec {
+            region: l.region.clone(),
+            zone: l.zone.clone(),
+        });
+        for (j, endpoint) in group.lb_endpoints.iter().enumerate() {
+            let at = format!("{at}.lb_endpoints[{j}]");
+            if let Some(spec) = endpoint_spec(endpoint, locality.as_ref(), &at)? {
+                endpoints.push(spec);
+            }
+        }
+    }
+    Ok(endpoints)
+}
+
+/// One endpoint, or `None` when its health status says it takes no calls.
+fn endpoint_spec(
+    endpoint: &LbEndpoint,
+    locality: Option<&LocalitySpec>,
+    at: &str,
+) -> Result<Option<EndpointSpec>, InvalidResource> {
+    let serves = !matches!(
+        HealthStatus::try_from(endpoint.health_status),
+        Ok(HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout)
+    );
+    let host = match &endpoint.host_identifier {
+        Some(HostIdentifier::Endpoint(host)) => host,
+        Some(HostIdentifier::EndpointName(_)) => {
+            return Err(InvalidResource::unsupported(format!("{at}.endpoint_name")));
+        }
+        None => {
+            return Err(InvalidResource::new(
+                format!("{at}.endpoint"),
+                "is required",
+            ));
+        }
+    };
+    refuse_set!(&format!("{at}.endpoint"), host, [additional_addresses]);
+    let field = format!("{at}.endpoint.address");
+    let socket = match host.address.as_ref().and_then(|a| a.address.as_ref()) {
+        Some(AddressKind::SocketAddress(socket)) => socket,
+        Some(_) => {
+            return Err(InvalidResource::new(
+                field,
+                "only socket addresses are supported by metaprotocol-rs",
+            ));
+        }
+        None => return Err(InvalidResource::new(field, "is required")),
+    };
+    let port = match socket.port_specifier {
+        Some(PortSpecifier::PortValue(port)) => u16::try_from(port).map_err(|_| {
+            InvalidResource::new(format!("{field}.port_value"), "must be 0 to 65535")
+        })?,
+        Some(PortSpecifier::NamedPort(_)) => {
+            return Err(InvalidResource::unsupported(format!("{field}.named_port")));
+        }
+        None => {
+            return Err(InvalidResource::new(
+                format!("{field}.port_value"),
+                "is required",
+            ));
+        }
+    };
+    let host = if socket.address.contains(':') {
+        format!("[{}]:{port}", socket.address)
+    } else {
+        format!("{}:{port}", socket.address)
+    };
+    if !serves {
+        return Ok(None);
+    }
+    let weight = endpoint
+        .load_balancing_weight
+        .as_ref()
+        .map_or(1, |w| w.value);
+    if weight == 0 {
+        return Err(InvalidResource::new(
+            format!("{at}.load_balancing_weight"),
+            "must be at least 1",
+        ));
+    }
+    // Built through the config model, so that fields the engine adds later take their defaults.
+    let mut spec: EndpointSpec = serde_json::from_value(serde_json::json!({ "address": host }))
+        .map_err(|err| InvalidResource::new(format!("{field}.address"), err.to_string()))?;
+    spec.weight = weight;
+    spec.labels = labels(endpoint.metadata.as_ref());
+    spec.locality = locality.cloned();
+    Ok(Some(spec))
+}
+
+/// The string values (and numbers and booleans, written out) of `filter_metadata["envoy.lb"]`.
+fn labels(metadata: Option<&Metadata>) -> BTreeMap<String, String> {
+    let Some(fields) = metadata.and_then(|m| m.filter_metadata.get(LB_METADATA)) else {
+        return BTreeMap::new();
+    };
+    fields
+        .fields
+        .iter()
+        .filter_map(|(key, value)| {
+            let value = match value.kind.as_ref()? {
+                Kind::StringValue(s) => s.clone(),
+                Kind::NumberValue(n) => n.to_string(),
+                Kind::BoolValue(b) => b.to_string(),
+                _ => return None,
+            };
+            Some((key.clone(), value))
+        })
+        .collect()
+}

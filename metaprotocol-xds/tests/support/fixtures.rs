@@ -1,0 +1,230 @@
+//! Resources shaped as a control plane sends them: clusters and endpoints as istiod sends them
+//! for Aeraki's services (`outbound|port|subset|host`, EDS over ADS), and MetaProtocol routes in
+//! the encoding of Aeraki's MetaRDS server (an Envoy `RouteConfiguration` whose one virtual host,
+//! `dummy` for domains `*`, holds routes with a `prefix: "/"` match and `headers` matchers), as
+//! Aeraki derives them from its own test fixtures (`test/e2e/metaprotocol/testdata`): a
+//! `MetaRouter` matching the `method` attribute exactly, a traffic split, a mirror at 50 %,
+//! a request mutation, and a `DestinationRule`'s consistent hash on `method`.
+
+use std::net::SocketAddr;
+
+use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType, DiscoveryType, EdsClusterConfig,
+};
+use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, Cluster};
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, AggregatedConfigSource, ConfigSource, HeaderValue, HeaderValueOption,
+    RuntimeFractionalPercent, SocketAddress,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::{
+    Header, PolicySpecifier,
+};
+use envoy_types::pb::envoy::config::route::v3::route_action::{
+    ClusterSpecifier, HashPolicy, RequestMirrorPolicy,
+};
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::weighted_cluster::ClusterWeight;
+use envoy_types::pb::envoy::config::route::v3::{
+    HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster,
+};
+use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
+use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
+use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
+
+/// The service of Aeraki's Dubbo fixtures, and its port.
+pub const HOST: &str = "org.apache.dubbo.samples.basic.api.demoservice";
+pub const PORT: u16 = 20880;
+
+/// The MetaRDS route config name Aeraki gives the service's port (`<host>_<port>`).
+pub fn route_config_name() -> String {
+    format!("{HOST}_{PORT}")
+}
+
+/// Istio's outbound cluster name of a subset of the service.
+pub fn cluster_name(subset: &str) -> String {
+    format!("outbound|{PORT}|{subset}|{HOST}")
+}
+
+/// An EDS cluster over ADS, as istiod sends one (its circuit breakers at istiod's defaults).
+pub fn eds_cluster(name: &str) -> Cluster {
+    Cluster {
+        name: name.to_owned(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(EdsClusterConfig {
+            eds_config: Some(ConfigSource {
+                config_source_specifier: Some(ConfigSourceSpecifier::Ads(
+                    AggregatedConfigSource::default(),
+                )),
+                ..ConfigSource::default()
+            }),
+            service_name: name.to_owned(),
+        }),
+        connect_timeout: Some(Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        circuit_breakers: Some(CircuitBreakers {
+            thresholds: vec![Thresholds {
+                max_connections: Some(UInt32Value { value: u32::MAX }),
+                max_pending_requests: Some(UInt32Value { value: u32::MAX }),
+                max_requests: Some(UInt32Value { value: u32::MAX }),
+                max_retries: Some(UInt32Value { value: u32::MAX }),
+                track_remaining: true,
+                ..Thresholds::default()
+            }],
+            ..CircuitBreakers::default()
+        }),
+        ..Cluster::default()
+    }
+}
+
+/// The endpoints of cluster `name`: `addresses`, each of weight 1.
+pub fn assignment(name: &str, addresses: &[SocketAddr]) -> ClusterLoadAssignment {
+    let lb_endpoints = addresses
+        .iter()
+        .map(|address| LbEndpoint {
+            host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                address: Some(Address {
+                    address: Some(AddressKind::SocketAddress(SocketAddress {
+                        address: address.ip().to_string(),
+                        port_specifier: Some(PortSpecifier::PortValue(u32::from(address.port()))),
+                        ..SocketAddress::default()
+                    })),
+                }),
+                ..Endpoint::default()
+            })),
+            load_balancing_weight: Some(UInt32Value { value: 1 }),
+            ..LbEndpoint::default()
+        })
+        .collect();
+    ClusterLoadAssignment {
+        cluster_name: name.to_owned(),
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints,
+            ..LocalityLbEndpoints::default()
+        }],
+        ..ClusterLoadAssignment::default()
+    }
+}
+
+/// A MetaRDS route config of `routes`, as Aeraki wraps them.
+pub fn meta_route_config(routes: Vec<Route>) -> RouteConfiguration {
+    RouteConfiguration {
+        name: route_config_name(),
+        virtual_hosts: vec![VirtualHost {
+            name: "dummy".to_owned(),
+            domains: vec!["*".to_owned()],
+            routes,
+            ..VirtualHost::default()
+        }],
+        ..RouteConfiguration::default()
+    }
+}
+
+/// A MetaRDS route: Aeraki's `prefix: "/"` match plus `headers` matching attributes exactly.
+pub fn meta_route(name: &str, attributes: &[(&str, &str)], action: RouteAction) -> Route {
+    #[allow(deprecated, reason = "Aeraki sends exact_match")]
+    let headers = attributes
+        .iter()
+        .map(|(key, value)| HeaderMatcher {
+            name: (*key).to_owned(),
+            header_match_specifier: Some(HeaderMatchSpecifier::ExactMatch((*value).to_owned())),
+            ..HeaderMatcher::default()
+        })
+        .collect();
+    Route {
+        name: name.to_owned(),
+        r#match: Some(RouteMatch {
+            path_specifier: Some(PathSpecifier::Prefix("/".to_owned())),
+            headers,
+            ..RouteMatch::default()
+        }),
+        action: Some(Action::Route(action)),
+        ..Route::default()
+    }
+}
+
+/// Aeraki's action for one destination.
+pub fn to_cluster(cluster: &str) -> RouteAction {
+    RouteAction {
+        cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.to_owned())),
+        ..RouteAction::default()
+    }
+}
+
+/// Aeraki's action for a traffic split: weighted clusters with their total.
+#[allow(deprecated, reason = "Aeraki sends the total weight")]
+pub fn split(sides: &[(&str, u32)]) -> RouteAction {
+    let total_weight = Some(UInt32Value {
+        value: sides.iter().map(|(_, w)| w).sum(),
+    });
+    RouteAction {
+        cluster_specifier: Some(ClusterSpecifier::WeightedClusters(WeightedCluster {
+            total_weight,
+            clusters: sides
+                .iter()
+                .map(|(name, weight)| ClusterWeight {
+                    name: (*name).to_owned(),
+                    weight: Some(UInt32Value { value: *weight }),
+                    ..ClusterWeight::default()
+                })
+                .collect(),
+            ..WeightedCluster::default()
+        })),
+        ..RouteAction::default()
+    }
+}
+
+/// Adds a mirror at `percent` (Aeraki's fraction of a million) to `action`.
+pub fn mirrored(mut action: RouteAction, cluster: &str, percent: f64) -> RouteAction {
+    action.request_mirror_policies = vec![RequestMirrorPolicy {
+        cluster: cluster.to_owned(),
+        runtime_fraction: Some(RuntimeFractionalPercent {
+            default_value: Some(FractionalPercent {
+                numerator: (percent * 10_000.0) as u32,
+                denominator: DenominatorType::Million as i32,
+            }),
+            ..RuntimeFractionalPercent::default()
+        }),
+        ..RequestMirrorPolicy::default()
+    }];
+    action
+}
+
+/// Adds a `DestinationRule` consistent hash on header `name` to `action`.
+pub fn hashed_on(mut action: RouteAction, name: &str) -> RouteAction {
+    action.hash_policy = vec![HashPolicy {
+        policy_specifier: Some(PolicySpecifier::Header(Header {
+            header_name: name.to_owned(),
+            ..Header::default()
+        })),
+        ..HashPolicy::default()
+    }];
+    action
+}
+
+/// Adds Aeraki's request mutation (`key: value` pairs, as `request_headers_to_add`) to `route`.
+pub fn with_request_mutation(mut route: Route, pairs: &[(&str, &str)]) -> Route {
+    route.request_headers_to_add = pairs
+        .iter()
+        .map(|(key, value)| HeaderValueOption {
+            header: Some(HeaderValue {
+                key: (*key).to_owned(),
+                value: (*value).to_owned(),
+                ..HeaderValue::default()
+            }),
+            ..HeaderValueOption::default()
+        })
+        .collect();
+    route
+}
