@@ -10,6 +10,30 @@ use crate::wire::Protocol;
 /// The listener's name.
 pub const LISTENER: &str = "bench-in";
 
+/// The observability cases the benches compare, as listener fields for [`proxy_config_with`]:
+/// metrics (always on), then an access log (JSON to `/dev/null`: the capture, the queue, the
+/// formatting and the write, not a disk), tracing (every call sampled, exported to `collector`,
+/// e.g. a [`crate::collector::NullCollector`]) and both. `queue` sets the access log's and the
+/// span exporter's queue sizes (default: the config's defaults).
+pub fn observability_cases(collector: &str, queue: Option<usize>) -> [(&'static str, String); 4] {
+    let (log_queue, span_queue) = match queue {
+        Some(queue) => (
+            format!(", queue_size: {queue}"),
+            format!(", max_queue_size: {queue}"),
+        ),
+        None => (String::new(), String::new()),
+    };
+    let access_log = format!("access_log: {{ path: /dev/null, format: json{log_queue} }}");
+    let tracing =
+        format!("tracing: {{ otlp_endpoint: \"{collector}\", sampling: 100{span_queue} }}");
+    [
+        ("metrics", String::new()),
+        ("access_log", access_log.clone()),
+        ("tracing", tracing.clone()),
+        ("access_log_and_tracing", format!("{access_log}, {tracing}")),
+    ]
+}
+
 /// The YAML config of a `protocol` proxy listening on `listen`, routing to `upstream`, with its
 /// admin API on `admin`.
 pub fn proxy_config(
