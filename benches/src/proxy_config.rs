@@ -96,4 +96,22 @@ mod tests {
         }
         Ok(())
     }
+
+    #[test]
+    fn every_observability_case_is_valid() -> Result<(), Box<dyn std::error::Error>> {
+        let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        for queue in [None, Some(100_000)] {
+            for (name, fields) in observability_cases("http://127.0.0.1:4317", queue) {
+                let text = proxy_config_with(Protocol::Dubbo, at(1), at(2), at(3), &fields);
+                let config = metaprotocol_router::Config::from_yaml(&text)?;
+                let listener = &config.listeners[0];
+                assert_eq!(listener.access_log.is_some(), name.contains("access_log"));
+                assert_eq!(listener.tracing.is_some(), name.contains("tracing"));
+                if let (Some(queue), Some(log)) = (queue, &listener.access_log) {
+                    assert_eq!(log.queue_size, queue);
+                }
+            }
+        }
+        Ok(())
+    }
 }
