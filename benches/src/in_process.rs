@@ -83,6 +83,14 @@ impl InProcess {
         })
     }
 
+    /// The engine's metrics, as `/metrics` shows them.
+    pub fn metrics(&self) -> String {
+        self.engine
+            .as_ref()
+            .map(|(proxy, _)| proxy.metrics().render())
+            .unwrap_or_default()
+    }
+
     /// A client connection with `payload_len`-byte payloads and `depth` calls in flight.
     pub fn connect(
         &self,

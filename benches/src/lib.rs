@@ -5,13 +5,15 @@
 //! - [`load`]: the load generator (`--bin loadgen`): pipelined connections, closed or open loop,
 //!   every answer checked, latency in HdrHistograms; [`report`]: its one-line JSON report.
 //! - [`echo`]: the echo server (`--bin echo`).
-//! - [`proxy_config`]: the engine configuration every benchmark measures.
+//! - [`proxy_config`]: the engine configuration every benchmark measures, and the observability
+//!   cases; [`collector`]: the OTLP collector the tracing cases export to.
 //! - [`in_process`]: engine, echo server and client in one process, for the request-path bench
 //!   (`benches/request_path.rs`) and [`alloc`]'s allocation count (`--bin alloc_count`).
 //! - [`compare`]: the table of `benches/compare.sh` (`--bin compare`).
 
 pub mod alloc;
 pub mod codec_bench;
+pub mod collector;
 pub mod compare;
 pub mod echo;
 pub mod in_process;

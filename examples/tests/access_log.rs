@@ -296,6 +296,9 @@ async fn a_stuck_writer_never_slows_calls_and_its_lines_are_counted() -> TestRes
     let on_disk = timed_calls(disk_in, CALLS).await?;
     let stuck = timed_calls(stuck_in, CALLS).await?;
     println!("{CALLS} calls: {on_disk:?} logging to a file, {stuck:?} logging to a stuck pipe");
+    // A bound that only a call waiting on the writer would break (it would wait for good): what
+    // the stuck writer costs a request (a load and a counter) is measured in benches/README.md,
+    // not here, on a shared machine.
     assert!(
         stuck < on_disk * 3 + Duration::from_secs(2),
         "a stuck writer slowed the calls: {stuck:?} against {on_disk:?}"

@@ -3,8 +3,9 @@
 //! proxy, a server span that is the caller's child and a client span per upstream attempt that
 //! is the server span's child; the real servers see the `traceparent` naming their attempt's
 //! span (a Dubbo attachment, a THeader header, a bRPC user field). A retried Dubbo call has a
-//! span per attempt. The Thrift case needs Apache Thrift's Python library (skipped without it
-//! unless `METAPROTOCOL_REQUIRE_INTEROP=1`).
+//! span per attempt. Spans a full export queue refuses are dropped and counted. The Thrift case
+//! needs Apache Thrift's Python library (skipped without it unless
+//! `METAPROTOCOL_REQUIRE_INTEROP=1`).
 
 // Each test file uses its own part of the shared support.
 #[allow(dead_code)]
@@ -18,7 +19,7 @@ use brpc_support::{BrpcClient, BrpcServer, Call};
 use metaprotocol_examples::dubbo_demo::{DEMO_SERVICE, DemoProvider, DubboClient, FAILING_METHOD};
 use support::otlp::{OtlpReceiver, ReceivedSpan, check_call_spans};
 use support::process::Scratch;
-use support::proxy::{InProcessProxy, listener_addr, start_engine};
+use support::proxy::{InProcessProxy, listener_addr, metric, start_engine};
 use support::thrift::{Server, spawn_script, tools_ready};
 use support::{TestResult, free_port};
 
@@ -148,6 +149,57 @@ async fn a_brpc_call_carries_the_context_in_user_fields() -> TestResult {
     let (span, attempts) = check_call_spans(&spans, TRACE_ID, CALLER_SPAN, upstream)?;
     check_rpc(&span, "brpc", Some(service), "Echo");
     check_rpc(&attempts[0], "brpc", Some(service), "Echo");
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_the_full_export_queue_refuses_are_dropped_and_counted() -> TestResult {
+    const CALLS: u64 = 20;
+    const QUEUE: u64 = 4;
+    const BATCH: u64 = 2;
+    // A collector that never answers (connections wait in its backlog, never accepted): the
+    // first export waits for its timeout and the queue fills behind it.
+    let black_hole = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let collector = format!("http://{}", black_hole.local_addr()?);
+    let provider = DemoProvider::start("p").await?;
+    let yaml = format!(
+        r#"
+listeners:
+  - name: in
+    address: 127.0.0.1:0
+    protocol: dubbo
+    route_config: routes
+    tracing: {{ otlp_endpoint: "{collector}", max_queue_size: {QUEUE}, max_export_batch_size: {BATCH}, export_timeout: 60s }}
+route_configs:
+  - {{ name: routes, routes: [ {{ name: all, route: {{ cluster: backend }} }} ] }}
+clusters:
+  - {{ name: backend, endpoints: [ {{ address: "{}" }} ] }}
+"#,
+        provider.address()
+    );
+    let proxy = start_engine(&yaml).await?;
+    let client = DubboClient::new(listener_addr(&proxy, "in")?);
+    for _ in 0..CALLS {
+        client.call("sayHello", "w", &[]).await?;
+    }
+
+    // Each call ends a server span and a client span; all but a queue's worth and the batch
+    // being exported are dropped, and counted apart from the spans the collector accepted.
+    let series = |name: &str, labels: &str| metric(&proxy, &format!("{name}{{{labels}}}")) as u64;
+    let of_collector = format!("collector=\"{collector}\"");
+    let spans = series("metaprotocol_tracing_spans_total", "listener=\"in\"");
+    let dropped = series("metaprotocol_tracing_spans_dropped_total", &of_collector);
+    let exported = series("metaprotocol_tracing_spans_exported_total", &of_collector);
+    assert_eq!(spans, 2 * CALLS);
+    assert_eq!(exported, 0);
+    assert!(
+        (spans - QUEUE - BATCH..=spans - QUEUE).contains(&dropped),
+        "{dropped} of {spans} spans dropped"
+    );
+
+    // The collector goes away: the export waiting on it fails, and the proxy stops at once.
+    drop(black_hole);
     proxy.shutdown().await;
     Ok(())
 }

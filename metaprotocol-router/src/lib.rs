@@ -61,6 +61,7 @@
 
 mod access_log;
 mod admin;
+mod backlog;
 mod client;
 mod cluster;
 pub mod config;

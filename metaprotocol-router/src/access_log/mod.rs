@@ -3,7 +3,8 @@
 //!
 //! The request path only captures the line's facts ([`LogEntry`]: a few copies and reference
 //! counts) and queues them; a writer thread per path formats and writes ([`sink`]). A full
-//! queue drops the line and counts it, so a slow disk never slows a request. Files are reopened
+//! queue drops the line and counts it before anything is captured, so a slow or stuck disk
+//! never slows a request. Files are reopened
 //! on [`crate::Proxy::reopen_access_logs`] (the binary calls it on SIGHUP, for logrotate).
 //! Sampling keeps a share of the requests of each outcome.
 
@@ -107,7 +108,7 @@ impl AccessLogger {
         if share < 1.0 && fastrand::f64() >= share {
             return;
         }
-        let entry = LogEntry {
+        let entry = || LogEntry {
             start_time: record.start_time,
             duration: record.timings.duration(),
             connection: record.connection.clone(),

@@ -1,6 +1,8 @@
 //! Where access log lines go: one writer thread per path, fed through a bounded queue, so that a
 //! slow or stuck disk (or a pipe nobody reads) never slows a request: when the queue is full,
-//! lines are dropped and counted. Listeners logging to one path share its writer.
+//! lines are dropped and counted, and a request finds that out before capturing its line (one
+//! atomic load: no lock, no system call, no wakeup of the writer). Listeners logging to one path
+//! share its writer.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -13,6 +15,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::LogEntry;
 use super::format::LogFormat;
+use crate::backlog::Backlog;
 use crate::stats::{Metrics, MetricsScope};
 
 /// Bytes of lines gathered before one write.
@@ -28,6 +31,8 @@ struct Line {
 #[derive(Debug)]
 pub(crate) struct Sink {
     sender: SyncSender<Line>,
+    /// The queue's places, taken before a line is captured, given back by the writer.
+    backlog: Arc<Backlog>,
     reopen: Arc<AtomicBool>,
     scope: MetricsScope,
 }
@@ -39,16 +44,22 @@ impl std::fmt::Debug for Line {
 }
 
 impl Sink {
-    /// Queues `entry`, to be written in `format`; false (nothing queued) when the queue is full
-    /// or the writer is gone.
-    pub fn send(&self, format: &Arc<LogFormat>, entry: LogEntry) -> bool {
+    /// Queues the line `entry` captures, to be written in `format`; false (nothing captured or
+    /// queued) when the queue is full or the writer is gone.
+    pub fn send(&self, format: &Arc<LogFormat>, entry: impl FnOnce() -> LogEntry) -> bool {
+        if !self.backlog.take(1) {
+            return false;
+        }
         let line = Line {
             format: format.clone(),
-            entry,
+            entry: entry(),
         };
         match self.sender.try_send(line) {
             Ok(()) => true,
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.backlog.give_back(1);
+                false
+            }
         }
     }
 
@@ -89,11 +100,13 @@ impl Sinks {
             "Access log writes (or file opens) that failed, by path",
         );
         let (sender, lines) = sync_channel(queue);
+        let backlog = Arc::new(Backlog::new(queue));
         let reopen = Arc::new(AtomicBool::new(false));
         let writer = Writer {
             path: path.to_owned(),
             destination,
             open: None,
+            backlog: backlog.clone(),
             reopen: reopen.clone(),
             errors,
         };
@@ -103,6 +116,7 @@ impl Sinks {
             .map_err(|err| format!("cannot start the access log writer: {err}"))?;
         let sink = Arc::new(Sink {
             sender,
+            backlog,
             reopen,
             scope,
         });
@@ -158,6 +172,7 @@ struct Writer {
     /// The open file; opened on the first line (opening may block: a pipe waits for its
     /// reader), again after a reopen or a failed write.
     open: Option<File>,
+    backlog: Arc<Backlog>,
     reopen: Arc<AtomicBool>,
     errors: Counter,
 }
@@ -167,10 +182,12 @@ impl Writer {
     fn run(mut self, lines: Receiver<Line>) {
         let mut batch = String::new();
         while let Ok(line) = lines.recv() {
+            self.backlog.give_back(1);
             line.format.write(&line.entry, &mut batch);
             while batch.len() < WRITE_BATCH
                 && let Ok(line) = lines.try_recv()
             {
+                self.backlog.give_back(1);
                 line.format.write(&line.entry, &mut batch);
             }
             self.write(batch.as_bytes());
@@ -215,5 +232,74 @@ impl Writer {
         if self.errors.inc() == 0 {
             tracing::error!(path = %self.path, error = %err, "cannot write the access log");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::SystemTime;
+
+    use metaprotocol_core::{ConnectionInfo, ResponseFlags};
+    use smallvec::SmallVec;
+
+    use super::*;
+    use crate::stats::RequestOutcome;
+
+    fn entry() -> LogEntry {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        LogEntry {
+            start_time: SystemTime::now(),
+            duration: None,
+            connection: Arc::new(ConnectionInfo::new("test".into(), addr, addr)),
+            protocol: "dubbo",
+            route: None,
+            cluster: None,
+            endpoint: None,
+            outcome: RequestOutcome::SUCCESS,
+            flags: ResponseFlags::default(),
+            request_id: 1,
+            trace_id: None,
+            attempts: 1,
+            bytes_received: 0,
+            bytes_sent: 0,
+            metadata: SmallVec::new(),
+        }
+    }
+
+    #[test]
+    fn a_full_queue_refuses_lines_before_they_are_captured() -> Result<(), String> {
+        const QUEUE: usize = 4;
+        let dir = std::env::temp_dir().join(format!("access-log-sink-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let fifo = dir.join("nobody-reads.fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|status| status.success()), "mkfifo");
+        let path = fifo.to_string_lossy().into_owned();
+        let sink = Sinks::default().get(&path, QUEUE, &Metrics::new())?;
+        let format = Arc::new(LogFormat::json(super::super::format::JSON)?);
+
+        // The writer takes the first line and blocks opening the pipe; the queue then fills.
+        let mut captured = 0;
+        let queued = (0..100)
+            .filter(|_| {
+                sink.send(&format, || {
+                    captured += 1;
+                    entry()
+                })
+            })
+            .count();
+        assert!(
+            (QUEUE..=QUEUE + 1).contains(&queued),
+            "a queue's worth (and the line the writer holds): {queued}"
+        );
+        assert_eq!(captured, queued, "refused lines are never captured");
+
+        // A reader lets the writer go, with what was queued.
+        let reader = std::thread::spawn(move || std::fs::read_to_string(&fifo));
+        drop(sink);
+        let written = reader.join().map_err(|_| "the reader panicked")?;
+        assert_eq!(written.map_err(|e| e.to_string())?.lines().count(), queued);
+        std::fs::remove_dir_all(&dir).map_err(|e| e.to_string())
     }
 }

@@ -1,5 +1,8 @@
 //! Exporting finished spans over OTLP/gRPC: the OpenTelemetry SDK's batch processor (a bounded
-//! queue that drops when full, a thread that exports in batches) in front of the OTLP exporter.
+//! queue, a thread that exports in batches) in front of the OTLP exporter. The processor drops
+//! what its full queue refuses without telling, so the queue's places are counted here too
+//! ([`Backlog`]): a request takes places for its spans before building them, the exporter gives
+//! them back as batches leave, and spans that find no place are dropped unbuilt and counted.
 //! Listeners with the same collector settings share one exporter, across config updates too.
 
 use std::borrow::Cow;
@@ -16,6 +19,7 @@ use opentelemetry_sdk::trace::{
 };
 use prometheus_client::metrics::counter::Counter;
 
+use crate::backlog::Backlog;
 use crate::config::TracingSpec;
 use crate::stats::{Metrics, MetricsScope};
 
@@ -47,13 +51,27 @@ impl From<&TracingSpec> for ExporterKey {
 #[derive(Debug)]
 pub(crate) struct SpanSink {
     processor: BatchSpanProcessor,
+    /// The processor's queue's places.
+    backlog: Arc<Backlog>,
+    /// Spans dropped because the queue was full.
+    dropped: Counter,
     /// The scope every span is reported under: the engine.
     instrumentation: InstrumentationScope,
     scope: MetricsScope,
 }
 
 impl SpanSink {
-    /// Queues `span` for export (dropped if the queue is full).
+    /// Takes places for `spans` spans in the export queue, all or none: false (the spans are
+    /// counted as dropped) when the queue has no room for them.
+    pub fn reserve(&self, spans: usize) -> bool {
+        let room = self.backlog.take(spans);
+        if !room {
+            self.dropped.inc_by(spans as u64);
+        }
+        room
+    }
+
+    /// Queues `span` for export, in a place [`SpanSink::reserve`] took.
     pub fn export(&self, span: SpanData) {
         self.processor.on_end(span);
     }
@@ -103,8 +121,10 @@ impl SpanSinks {
             .build()
             .map_err(|err| format!("cannot build the OTLP exporter: {err}"))?;
         let scope = metrics.root().detached("collector", &key.endpoint);
+        let backlog = Arc::new(Backlog::new(key.max_queue_size));
         let counted = CountedExporter {
             inner: exporter,
+            backlog: backlog.clone(),
             exported: scope.counter(
                 "tracing_spans_exported",
                 "Spans the collector accepted, by collector",
@@ -130,6 +150,11 @@ impl SpanSinks {
         );
         let sink = Arc::new(SpanSink {
             processor,
+            backlog,
+            dropped: scope.counter(
+                "tracing_spans_dropped",
+                "Spans dropped because the export queue was full, by collector",
+            ),
             instrumentation: InstrumentationScope::builder("metaprotocol-router")
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
@@ -159,6 +184,8 @@ impl SpanSinks {
 #[derive(Debug)]
 struct CountedExporter {
     inner: opentelemetry_otlp::SpanExporter,
+    /// The queue the batches come from: their places are free once they leave it.
+    backlog: Arc<Backlog>,
     exported: Counter,
     failed: Counter,
     endpoint: String,
@@ -166,6 +193,7 @@ struct CountedExporter {
 
 impl SpanExporter for CountedExporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        self.backlog.give_back(batch.len());
         let spans = batch.len() as u64;
         let result = self.inner.export(batch).await;
         match &result {

@@ -8,7 +8,7 @@
 //! carries as attachments, THeader as headers and bRPC as `user_fields` (plain Thrift has no
 //! place for it). When the request completes, its spans, with OpenTelemetry's RPC attributes,
 //! go to the exporter ([`export`]), which batches them on a thread of its own behind a bounded
-//! queue. The per-request state lives in the request's slot only on listeners that trace.
+//! queue; when the queue is full, they are dropped (and counted) before they are built. The per-request state lives in the request's slot only on listeners that trace.
 
 mod context;
 mod export;
@@ -68,7 +68,10 @@ impl Tracer {
             parent_based: spec.parent_based,
             inject_b3: spec.propagation.contains(&Propagation::B3),
             system: rpc_system(protocol),
-            spans: scope.counter("tracing_spans", "Spans handed to the exporter"),
+            spans: scope.counter(
+                "tracing_spans",
+                "Spans of sampled requests, queued for export or dropped",
+            ),
         })
     }
 
@@ -104,6 +107,13 @@ impl Tracer {
         outcome: RequestOutcome,
     ) {
         if !span.sampled {
+            return;
+        }
+        // The request's spans are queued or dropped together (no attempt without its server
+        // span), and dropped before they are built.
+        let spans = 1 + span.attempts.len();
+        self.spans.inc_by(spans as u64);
+        if !self.sink.reserve(spans) {
             return;
         }
         let clock = Clock::of(record);
@@ -223,7 +233,6 @@ impl Tracer {
             status: parts.status,
             instrumentation_scope: self.sink.instrumentation().clone(),
         });
-        self.spans.inc();
     }
 }
 
