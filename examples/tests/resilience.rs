@@ -468,8 +468,11 @@ async fn past_max_pending_requests_a_call_is_refused_instead_of_queued() -> Test
 }
 
 /// Two providers in the proxy's zone, two in another region: all traffic stays in the zone;
-/// with both zone providers killed, it fails over to the other region at once, and no call
-/// fails but those in flight at the kill (at most one per client connection).
+/// with both zone providers killed, it fails over to the other region at once. The only calls
+/// that fail are those in flight at the kill (one per client connection), and those written to
+/// a zone connection in the moment before the proxy read that it closed (not retried: the
+/// provider may have received them). That moment is short, so each client loses at most one
+/// more call to it. A broken failover would fail every call after the kill (hundreds).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locality_aware_traffic_stays_local_and_fails_over() -> TestResult {
     let near = [
@@ -522,8 +525,9 @@ async fn locality_aware_traffic_stays_local_and_fails_over() -> TestResult {
         .count();
     assert!(after.len() > 100, "{} calls after the kill", after.len());
     assert!(
-        failed <= clients,
-        "{failed} calls failed; {clients} were in flight at most"
+        failed <= 2 * clients,
+        "{failed} calls failed; {clients} were in flight at most, and as many more may have met \
+         a closed connection before the proxy read its close"
     );
     assert!(
         after.iter().all(|o| matches!(o, Outcome::Reply(..))),
