@@ -175,16 +175,20 @@ async fn attempts(
             Next::Answer { per_try } => {
                 let number = routed.attempts();
                 let until = per_try.map_or(deadline, |at| at.min(deadline));
-                let result = tokio::select! {
-                    answered = &mut answer => {
-                        answered.unwrap_or(Err(UpstreamError::Reset { sent: true }))
+                let answered = tokio::select! {
+                    answered = &mut answer => answered.ok(),
+                    () = tokio::time::sleep_until(until) => None,
+                };
+                let result = match answered {
+                    Some(result) => result,
+                    // Closed unanswered before the time was up: the connection was lost.
+                    None if Instant::now() < until => Err(UpstreamError::Reset { sent: true }),
+                    // The time is up. The connection forgets requests past their deadline, so
+                    // their channel may close just before this timer fires: a timeout either way.
+                    None if Instant::now() >= deadline => {
+                        return Err(routed.timed_out(record, &mut (), Instant::now()));
                     }
-                    () = tokio::time::sleep_until(until) => {
-                        if Instant::now() >= deadline {
-                            return Err(routed.timed_out(record, &mut (), Instant::now()));
-                        }
-                        Err(UpstreamError::Expired)
-                    }
+                    None => Err(UpstreamError::Expired),
                 };
                 next = match routed.answered(number, result, record, &mut (), Instant::now()) {
                     Some(next) => next,

@@ -94,9 +94,13 @@ impl Client {
         timeout: Duration,
     ) -> Result<Message, UpstreamError> {
         let (sender, answer) = oneshot::channel();
-        self.send(request, timeout, ReplyTo::oneshot(sender))?;
-        match tokio::time::timeout(timeout, answer).await {
+        let deadline = crate::router::deadline_after(Instant::now(), timeout);
+        self.send(request, deadline, ReplyTo::oneshot(sender))?;
+        match tokio::time::timeout_at(deadline, answer).await {
             Ok(Ok(result)) => result,
+            // The connection forgets requests past their deadline, so the channel may close
+            // just before the timer fires: a timeout, not a lost connection.
+            Ok(Err(_)) if Instant::now() >= deadline => Err(UpstreamError::TimedOut),
             Ok(Err(_)) => Err(UpstreamError::Reset { sent: true }),
             Err(_) => Err(UpstreamError::TimedOut),
         }
@@ -104,7 +108,8 @@ impl Client {
 
     /// Sends a one-way `request`; done once queued on a connection.
     pub fn send_oneway(&self, request: Message) -> Result<(), UpstreamError> {
-        self.send(request, Duration::from_secs(30), ReplyTo::none())
+        let deadline = crate::router::deadline_after(Instant::now(), Duration::from_secs(30));
+        self.send(request, deadline, ReplyTo::none())
     }
 
     /// Connections open to the server.
@@ -115,14 +120,14 @@ impl Client {
     fn send(
         &self,
         request: Message,
-        timeout: Duration,
+        deadline: Instant,
         reply: ReplyTo,
     ) -> Result<(), UpstreamError> {
         let variant = self.pool.codec().upstream_variant(&request);
         let outbound = Outbound {
             message: Arc::new(request),
             mutation: Arc::new(Mutation::new()),
-            deadline: crate::router::deadline_after(Instant::now(), timeout),
+            deadline,
             reply,
         };
         self.pool.send(variant, outbound).map_err(|mut rejected| {
