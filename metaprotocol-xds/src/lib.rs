@@ -8,7 +8,7 @@
 //! (`envoy.config.cluster.v3.Cluster`), EDS (`ClusterLoadAssignment`, for EDS clusters) and
 //! RDS (`RouteConfiguration`, MetaProtocol routes in the encoding Aeraki's MetaRDS server
 //! sends: one virtual host whose routes carry `headers` matchers), translates each response
-//! strictly (see [`translate`](crate::translate)) and applies it through
+//! strictly (see [`translate`]) and applies it through
 //! [`Proxy::apply_dynamic`]: all of a response or none of it, hitlessly. Each response is
 //! ACKed, or NACKed with an error detail naming the resource and field at fault while the
 //! running config keeps serving. A failed stream is opened again after a jittered,
