@@ -6,6 +6,7 @@ mod complete;
 mod connection;
 mod load;
 mod request;
+mod timers;
 
 pub(crate) use load::Load;
 

@@ -24,9 +24,8 @@ use metaprotocol_core::{
 use slab::Slab;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::time::DelayQueue;
-use tokio_util::time::delay_queue;
 
+use super::timers::{TimerId, Timers};
 use super::{ListenerContext, complete};
 use crate::route::DEFAULT_ROUTE_TIMEOUT;
 use crate::router::{self, Matched, Next, Routed, Unrouted};
@@ -38,22 +37,6 @@ const EVENT_BATCH: usize = 256;
 
 /// The furthest a timer is armed ahead.
 const TIMER_HORIZON: Duration = Duration::from_secs(365 * 24 * 3600);
-
-/// A timer wheel holding a sentinel that never fires (it sits at the horizon): the wheel
-/// allocates its alarm whenever it goes from empty to armed, and a connection with one call at a
-/// time would otherwise pay that allocation on every call.
-fn new_timer_wheel() -> DelayQueue<(RequestKey, TimerKind)> {
-    let mut wheel = DelayQueue::new();
-    let sentinel = RequestKey {
-        index: u32::MAX,
-        seq: 0,
-    };
-    wheel.insert_at(
-        (sentinel, TimerKind::Deadline),
-        router::deadline_after(Instant::now(), TIMER_HORIZON),
-    );
-    wheel
-}
 
 /// What a timer is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,8 +73,8 @@ struct InFlight {
     /// What filters add: to the upstream request while filtering, to the client response after.
     mutation: Mutation,
     stage: Stage,
-    deadline_timer: Option<delay_queue::Key>,
-    step_timer: Option<delay_queue::Key>,
+    deadline_timer: Option<TimerId>,
+    step_timer: Option<TimerId>,
     /// Its trace, on listeners that trace; it sees every attempt.
     span: Option<Box<RequestSpan>>,
 }
@@ -142,7 +125,7 @@ pub(crate) struct Requests {
     /// Where upstream answers arrive; made on the first attempt, dropped when trimmed.
     channel: Option<(Inbox, mpsc::UnboundedReceiver<UpstreamEvent>)>,
     /// Made on the first timer, dropped when trimmed.
-    timers: Option<DelayQueue<(RequestKey, TimerKind)>>,
+    timers: Option<Timers<(RequestKey, TimerKind)>>,
     /// Made on the first filter that waits, dropped when trimmed.
     waits: Option<FuturesUnordered<FilterWait>>,
 }
@@ -165,7 +148,7 @@ impl Requests {
         }
     }
 
-    /// Gives back what an idle connection does not need (its request slots, timer wheel,
+    /// Gives back what an idle connection does not need (its request slots, timers,
     /// answer queue); they are made again on demand.
     pub fn trim(&mut self) {
         if self.slab.is_empty() {
@@ -189,9 +172,20 @@ impl Requests {
             .push(wait);
     }
 
-    fn cancel_timer(&mut self, timer: &delay_queue::Key) {
-        if let Some(timers) = &mut self.timers {
-            timers.try_remove(timer);
+    /// Forgets a timer: it fires unheeded (see [`Requests::timer`]) unless a compaction
+    /// drops it first.
+    fn cancel_timer(&mut self) {
+        let Some(timers) = &mut self.timers else {
+            return;
+        };
+        if timers.cancel() {
+            let slab = &self.slab;
+            timers.compact(|id, (key, _)| {
+                slab.get(key.index as usize).is_some_and(|inflight| {
+                    inflight.seq == key.seq
+                        && (inflight.deadline_timer == Some(id) || inflight.step_timer == Some(id))
+                })
+            });
         }
     }
 
@@ -249,11 +243,10 @@ impl Requests {
             progress = true;
         }
         while let Some(timers) = &mut self.timers
-            && let Poll::Ready(Some(expired)) = timers.poll_expired(cx)
+            && let Poll::Ready(expired) = timers.poll_expired(cx)
         {
-            let key = expired.key();
-            let (request, kind) = expired.into_inner();
-            self.timer(request, kind, &key, out, Instant::now());
+            let (request, kind) = expired.what;
+            self.timer(request, kind, expired.id, out, Instant::now());
             progress = true;
         }
         progress
@@ -298,7 +291,7 @@ impl Requests {
             .collect()
     }
 
-    /// Arms a timer. The timer wheel reaches about two years; a later deadline ("no timeout")
+    /// Arms a timer. Tokio's timers reach about two years; a later deadline ("no timeout")
     /// is armed at the horizon, where it fires early and is checked against the real one.
     fn set_timer(
         &mut self,
@@ -306,8 +299,8 @@ impl Requests {
         kind: TimerKind,
         at: Instant,
         now: Instant,
-    ) -> delay_queue::Key {
-        self.timers.get_or_insert_with(new_timer_wheel).insert_at(
+    ) -> TimerId {
+        self.timers.get_or_insert_with(Timers::new).insert(
             (key, kind),
             at.min(router::deadline_after(now, TIMER_HORIZON)),
         )
@@ -480,9 +473,8 @@ impl Requests {
         }
         let deadline = routed.deadline();
         inflight.stage = Stage::Routed(routed);
-        let previous = inflight.deadline_timer.take();
-        if let Some(previous) = previous {
-            self.cancel_timer(&previous);
+        if inflight.deadline_timer.take().is_some() {
+            self.cancel_timer();
         }
         let timer = self.set_timer(key, TimerKind::Deadline, deadline, now);
         if let Some(inflight) = self.get(key) {
@@ -518,9 +510,8 @@ impl Requests {
             Stage::Routed(routed) => routed.attempts(),
             _ => 0,
         };
-        let previous = inflight.step_timer.take();
-        if let Some(previous) = previous {
-            self.cancel_timer(&previous);
+        if inflight.step_timer.take().is_some() {
+            self.cancel_timer();
         }
         let timer = match next {
             Next::Answer { per_try: None } => None,
@@ -566,19 +557,20 @@ impl Requests {
         &mut self,
         key: RequestKey,
         kind: TimerKind,
-        timer: &delay_queue::Key,
+        timer: TimerId,
         out: &mut BytesMut,
         now: Instant,
     ) {
         let Some(inflight) = self.get(key) else {
             return;
         };
-        // The timer is gone from the queue: forget its key so that it is never removed again.
-        if inflight.deadline_timer.as_ref() == Some(timer) {
+        // A timer the request no longer holds was cancelled: it fires unheeded.
+        if inflight.deadline_timer == Some(timer) {
             inflight.deadline_timer = None;
-        }
-        if inflight.step_timer.as_ref() == Some(timer) {
+        } else if inflight.step_timer == Some(timer) {
             inflight.step_timer = None;
+        } else {
+            return;
         }
         match kind {
             TimerKind::Deadline => {
@@ -737,11 +729,10 @@ impl Requests {
             return;
         }
         let mut inflight = self.slab.remove(key.index as usize);
-        for timer in [inflight.deadline_timer.take(), inflight.step_timer.take()]
-            .into_iter()
-            .flatten()
-        {
-            self.cancel_timer(&timer);
+        for timer in [inflight.deadline_timer.take(), inflight.step_timer.take()] {
+            if timer.is_some() {
+                self.cancel_timer();
+            }
         }
         let before = out.len();
         let request = &inflight.request;

@@ -345,6 +345,9 @@ impl<S: Transport> Multiplexer<S> {
     /// Takes queued requests into the write buffer while it has room.
     fn take_requests(&mut self, cx: &mut Context<'_>) -> bool {
         let mut took = false;
+        // One clock read for the batch, on its first request: requests taken together are
+        // written together.
+        let mut now = None;
         while !self.requests_closed && self.write_buf.len() < WRITE_HIGH_WATER {
             if self.exclusive && !self.waiting.is_empty() {
                 break;
@@ -352,7 +355,8 @@ impl<S: Transport> Multiplexer<S> {
             match self.requests.poll_recv(cx) {
                 Poll::Ready(Some(outbound)) => {
                     self.shared.dequeued();
-                    self.encode(outbound);
+                    let now = *now.get_or_insert_with(Instant::now);
+                    self.encode(outbound, now);
                     took = true;
                 }
                 Poll::Ready(None) => self.requests_closed = true,
@@ -362,7 +366,7 @@ impl<S: Transport> Multiplexer<S> {
         took
     }
 
-    fn encode(&mut self, outbound: Outbound) {
+    fn encode(&mut self, outbound: Outbound, now: Instant) {
         let Outbound {
             message,
             mutation,
@@ -370,7 +374,7 @@ impl<S: Transport> Multiplexer<S> {
             reply,
         } = outbound;
         let expects_answer = reply.expects_answer();
-        if Instant::now() >= deadline || reply.is_abandoned() {
+        if now >= deadline || reply.is_abandoned() {
             self.stats.rq_dropped.inc();
             reply.answer(Err(UpstreamError::Expired));
             return;
