@@ -163,7 +163,14 @@ async fn attempts(
     let (mut answer, mut next) = attempt(routed, request, record);
     loop {
         match next {
-            Next::Respond(response) => return Ok(response),
+            // Responses are taken where they arrive, below; the router says `Respond` only
+            // for one.
+            Next::Respond => {
+                return Err(LocalReply::new(
+                    LocalReplyKind::Internal,
+                    "metaprotocol-proxy: no response to forward",
+                ));
+            }
             Next::Fail(reply) => return Err(reply),
             Next::Retry { at } => {
                 tokio::time::sleep_until(at.min(deadline)).await;
@@ -190,9 +197,13 @@ async fn attempts(
                     }
                     None => Err(UpstreamError::Expired),
                 };
-                next = match routed.answered(number, result, record, &mut (), Instant::now()) {
-                    Some(next) => next,
-                    None => return Err(routed.timed_out(record, &mut (), Instant::now())),
+                next = match (
+                    routed.answered(number, &result, record, &mut (), Instant::now()),
+                    result,
+                ) {
+                    (Some(Next::Respond), Ok(response)) => return Ok(response),
+                    (Some(next), _) => next,
+                    (None, _) => return Err(routed.timed_out(record, &mut (), Instant::now())),
                 };
             }
         }

@@ -93,17 +93,16 @@ impl AttemptObserver for () {
     fn attempt_ended(&mut self, _: u32, _: Option<&AttemptOutcome>, _: Instant) {}
 }
 
-/// What the connection waits for next. Short-lived, on one stack: boxing the response would
-/// cost an allocation per call.
+/// What the connection waits for next.
 #[derive(Debug)]
-#[allow(clippy::large_enum_variant)]
 pub(crate) enum Next {
     /// The attempt's answer; `per_try` is its own deadline, when the route sets one.
     Answer { per_try: Option<Instant> },
     /// A pause, then another attempt ([`Routed::attempt`]).
     Retry { at: Instant },
-    /// Nothing: forward this response.
-    Respond(Message),
+    /// Nothing: forward the response the attempt answered with (said only for one). The
+    /// caller keeps the response: a `Message` is large, and each move of it is a copy.
+    Respond,
     /// Nothing: answer with this error (already recorded).
     Fail(LocalReply),
 }
@@ -423,7 +422,7 @@ impl Routed {
                 let endpoint = host.endpoint.address();
                 record.endpoint = Some(endpoint);
                 self.host = Some(host);
-                self.conclude(endpoint, None, Err(error), record, observer, now)
+                self.conclude(endpoint, None, &Err(error), record, observer, now)
             }
             Started::NoEndpoint => Next::Fail(self.no_endpoint(record)),
             Started::Overflow(breaker) => Next::Fail(self.overflow(breaker, record)),
@@ -435,7 +434,7 @@ impl Routed {
     pub fn answered(
         &mut self,
         number: u32,
-        result: Result<Message, UpstreamError>,
+        result: &Result<Message, UpstreamError>,
         record: &mut RequestRecord,
         observer: &mut impl AttemptObserver,
         now: Instant,
@@ -487,12 +486,12 @@ impl Routed {
         &mut self,
         endpoint: SocketAddr,
         attempt: Option<Attempt>,
-        result: Result<Message, UpstreamError>,
+        result: &Result<Message, UpstreamError>,
         record: &mut RequestRecord,
         observer: &mut impl AttemptObserver,
         now: Instant,
     ) -> Next {
-        let outcome = AttemptOutcome::of(&result);
+        let outcome = AttemptOutcome::of(result);
         // The retry that made this attempt, if one did, is over.
         self.grant = None;
         let stats = self.target.cluster.stats();
@@ -561,9 +560,9 @@ impl Routed {
             };
         }
         match result {
-            Ok(response) => Next::Respond(response),
+            Ok(_) => Next::Respond,
             Err(error) => {
-                let mut reply = self.fail(outcome, Some(&error), endpoint, record);
+                let mut reply = self.fail(outcome, Some(error), endpoint, record);
                 if retryable {
                     record
                         .outcome

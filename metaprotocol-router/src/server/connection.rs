@@ -79,6 +79,9 @@ pub(crate) async fn serve<S: Transport>(
 struct Alarm {
     sleep: Pin<Box<Sleep>>,
     armed: Option<Instant>,
+    /// Polled pending since the task woke and since it was last moved: the timer holds the
+    /// task's waker, and polling it again before the next wake-up could not say more.
+    waiting: bool,
 }
 
 impl Alarm {
@@ -86,6 +89,7 @@ impl Alarm {
         Self {
             sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
             armed: None,
+            waiting: false,
         }
     }
 
@@ -94,15 +98,25 @@ impl Alarm {
         if self.armed.is_none_or(|armed| at < armed) {
             self.sleep.as_mut().reset(at);
             self.armed = Some(at);
+            self.waiting = false;
         }
+    }
+
+    /// The task woke up: the next [`Alarm::poll`] looks at the timer again.
+    fn woke(&mut self) {
+        self.waiting = false;
     }
 
     /// True once the armed time came (and disarms it).
     fn poll(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.armed.is_some() && self.sleep.as_mut().poll(cx).is_ready() {
+        if self.armed.is_none() || self.waiting {
+            return false;
+        }
+        if self.sleep.as_mut().poll(cx).is_ready() {
             self.armed = None;
             return true;
         }
+        self.waiting = true;
         false
     }
 }
@@ -199,10 +213,11 @@ impl<S: Transport> Connection<S> {
         }
     }
 
-    /// Applies the drain signal and the connection's deadlines. True if anything changed.
-    fn poll_lifecycle(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
+    /// Applies the drain signal and the connection's deadlines. True if anything changed. The
+    /// drain signal is looked at once per wake-up (`woke`): it holds the task's waker.
+    fn poll_lifecycle(&mut self, cx: &mut Context<'_>, now: Instant, woke: bool) -> bool {
         let mut changed = false;
-        if self.draining_until.is_none() && self.drain.as_mut().poll(cx).is_ready() {
+        if self.draining_until.is_none() && woke && self.drain.as_mut().poll(cx).is_ready() {
             self.draining_until = Some(now + self.ctx.drain_time);
             self.requests.goaway(&mut self.write_buf);
             changed = true;
@@ -290,6 +305,8 @@ impl<S: Transport> Future for Connection<S> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
+        this.alarm.woke();
+        let mut woke = true;
         loop {
             let now = Instant::now();
             let mut progress = this.requests.poll(cx, &mut this.write_buf, now);
@@ -314,7 +331,8 @@ impl<S: Transport> Future for Connection<S> {
             if this.written != before {
                 this.last_activity = now;
             }
-            progress |= this.poll_lifecycle(cx, now);
+            progress |= this.poll_lifecycle(cx, now, woke);
+            woke = false;
             if this.reading != Reading::Open
                 && this.requests.is_empty()
                 && this.write_buf.is_empty()

@@ -79,12 +79,11 @@ struct InFlight {
     span: Option<Box<RequestSpan>>,
 }
 
-/// How a request ends. Short-lived, on one stack: boxing the response would cost an
-/// allocation per call.
-#[allow(clippy::large_enum_variant)]
-enum Answer {
-    /// Forward the upstream response with this mutation.
-    Response(Message, Arc<Mutation>),
+/// How a request ends.
+enum Answer<'a> {
+    /// Forward the upstream response with this mutation. Borrowed: a `Message` is large, and
+    /// each move of it is a copy.
+    Response(&'a Message, Arc<Mutation>),
     /// Answer with a local reply (one-way requests get none).
     Local(LocalReply),
     /// Nothing to send: a one-way request, or a client gone.
@@ -519,7 +518,14 @@ impl Requests {
                 Some(self.set_timer(key, TimerKind::Attempt(attempts), at, now))
             }
             Next::Retry { at } => Some(self.set_timer(key, TimerKind::Retry(attempts), at, now)),
-            Next::Respond(response) => return self.respond(key, response, out, now),
+            // `answered` forwards responses itself; the router says `Respond` only for one.
+            Next::Respond => {
+                let reply = LocalReply::new(
+                    LocalReplyKind::Internal,
+                    "metaprotocol-proxy: no response to forward",
+                );
+                return self.finish(key, Answer::Local(reply), out, now);
+            }
             Next::Fail(reply) => return self.finish(key, Answer::Local(reply), out, now),
         };
         if let Some(inflight) = self.get(key) {
@@ -543,13 +549,22 @@ impl Requests {
         };
         let answered = routed.answered(
             attempt,
-            result,
+            &result,
             &mut inflight.record,
             &mut inflight.span,
             now,
         );
-        if let Some(next) = answered {
-            self.follow(key, next, out, now);
+        match (answered, result) {
+            (None, _) => {}
+            (Some(Next::Respond), Ok(response)) => {
+                if let Some(inflight) = self.get(key)
+                    && inflight.step_timer.take().is_some()
+                {
+                    self.cancel_timer();
+                }
+                self.respond(key, &response, out, now);
+            }
+            (Some(next), _) => self.follow(key, next, out, now),
         }
     }
 
@@ -606,7 +621,7 @@ impl Requests {
         }
     }
 
-    fn respond(&mut self, key: RequestKey, response: Message, out: &mut BytesMut, now: Instant) {
+    fn respond(&mut self, key: RequestKey, response: &Message, out: &mut BytesMut, now: Instant) {
         let filters = self.ctx.filters.clone();
         let Some(inflight) = self.get(key) else {
             return;
@@ -615,7 +630,7 @@ impl Requests {
             0,
             &mut ResponseContext {
                 request: &inflight.request,
-                response: &response,
+                response,
                 mutation: &mut inflight.mutation,
                 record: &mut inflight.record,
             },
@@ -626,7 +641,7 @@ impl Requests {
     fn after_response_filters(
         &mut self,
         key: RequestKey,
-        response: Message,
+        response: &Message,
         step: ChainStep,
         out: &mut BytesMut,
         now: Instant,
@@ -643,9 +658,11 @@ impl Requests {
                     inflight.stage = stage;
                     return;
                 };
+                // Kept until the filter resumes: the one copy of a response, on the rare path
+                // of a response filter that waits.
                 inflight.stage = Stage::Responding {
                     routed,
-                    response: Box::new(response),
+                    response: Box::new(response.clone()),
                 };
                 self.wait(FilterWait {
                     key,
@@ -699,7 +716,7 @@ impl Requests {
                     },
                 );
                 inflight.stage = Stage::Routed(routed);
-                self.after_response_filters(key, *response, next, out, now);
+                self.after_response_filters(key, &response, next, out, now);
             }
             // The request ended (timed out) while the filter worked.
             _ => {}
@@ -707,7 +724,7 @@ impl Requests {
     }
 
     /// Forwards the upstream response with the route's and filters' mutation.
-    fn forward(&mut self, key: RequestKey, response: Message, out: &mut BytesMut, now: Instant) {
+    fn forward(&mut self, key: RequestKey, response: &Message, out: &mut BytesMut, now: Instant) {
         let Some(inflight) = self.get(key) else {
             return;
         };
@@ -743,7 +760,7 @@ impl Requests {
                     variant: request.variant,
                     mutation: &mutation,
                 };
-                if let Err(err) = self.encoder.encode(&response, &params, out) {
+                if let Err(err) = self.encoder.encode(response, &params, out) {
                     tracing::warn!(listener = %self.ctx.name, error = %err, "cannot encode a response for the client");
                     let reply = LocalReply::new(
                         LocalReplyKind::Internal,
@@ -771,7 +788,7 @@ impl Requests {
         self.ctx.load.request_ended();
         self.ctx.filters.complete(&CompleteContext {
             request: &inflight.request,
-            response: response.as_ref(),
+            response,
             record: &inflight.record,
         });
         let (route, routed) = match &inflight.stage {
