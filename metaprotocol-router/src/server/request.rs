@@ -213,7 +213,8 @@ impl Requests {
                     tracing::warn!(listener = %self.ctx.name, error = %err, "cannot answer a heartbeat");
                 }
             }
-            MessageKind::Request | MessageKind::Oneway => self.start(message, out, now),
+            // Shared at once: moving a `Message` is a 900-byte copy.
+            MessageKind::Request | MessageKind::Oneway => self.start(Arc::new(message), out, now),
             // Clients do not answer the proxy; stray answers are ignored.
             _ => {}
         }
@@ -229,7 +230,7 @@ impl Requests {
             };
             match events.poll_recv(cx) {
                 Poll::Ready(Some(event)) => {
-                    self.answered(event.key, event.attempt, event.result, out, now);
+                    self.answered(event.key, event.attempt, &event.result, out, now);
                     progress = true;
                 }
                 _ => break,
@@ -311,7 +312,7 @@ impl Requests {
             .filter(|inflight| inflight.seq == key.seq)
     }
 
-    fn start(&mut self, message: Message, out: &mut BytesMut, now: Instant) {
+    fn start(&mut self, message: Arc<Message>, out: &mut BytesMut, now: Instant) {
         let stats = &self.ctx.stats;
         stats.rq_total.inc();
         stats.rq_active.inc();
@@ -335,7 +336,7 @@ impl Requests {
         let seq = self.next_seq;
         let index = self.slab.insert(InFlight {
             seq,
-            request: Arc::new(message),
+            request: message,
             record,
             mutation: Mutation::new(),
             stage: Stage::Filtering,
@@ -537,7 +538,7 @@ impl Requests {
         &mut self,
         key: RequestKey,
         attempt: u32,
-        result: Result<Message, UpstreamError>,
+        result: &Result<Message, UpstreamError>,
         out: &mut BytesMut,
         now: Instant,
     ) {
@@ -549,7 +550,7 @@ impl Requests {
         };
         let answered = routed.answered(
             attempt,
-            &result,
+            result,
             &mut inflight.record,
             &mut inflight.span,
             now,
@@ -562,7 +563,7 @@ impl Requests {
                 {
                     self.cancel_timer();
                 }
-                self.respond(key, &response, out, now);
+                self.respond(key, response, out, now);
             }
             (Some(next), _) => self.follow(key, next, out, now),
         }
@@ -610,7 +611,7 @@ impl Requests {
                 self.finish(key, Answer::Local(reply), out, now);
             }
             TimerKind::Attempt(number) => {
-                self.answered(key, number, Err(UpstreamError::Expired), out, now);
+                self.answered(key, number, &Err(UpstreamError::Expired), out, now);
             }
             TimerKind::Retry(number) => {
                 let due = matches!(&inflight.stage, Stage::Routed(r) if r.attempts() == number);
