@@ -544,6 +544,9 @@ impl<S: Transport> Future for Multiplexer<S> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
+        // The sweep timer is polled once per wake-up, and again after it is moved: pending, it
+        // holds the task's waker, and polling it on every pass could not say more.
+        let mut poll_sweep = true;
         loop {
             let mut progressed = this.take_requests(cx);
             let written =
@@ -560,7 +563,7 @@ impl<S: Transport> Future for Multiplexer<S> {
                 }
                 Poll::Pending => {}
             }
-            if this.sweep.as_mut().poll(cx).is_ready() {
+            if std::mem::take(&mut poll_sweep) && this.sweep.as_mut().poll(cx).is_ready() {
                 if this.stuck() {
                     tracing::warn!(address = %this.address, "closing upstream connection: it has taken no bytes for {WRITE_STALL_LIMIT:?}");
                     this.fail_all();
@@ -575,6 +578,7 @@ impl<S: Transport> Future for Multiplexer<S> {
                 this.sweep();
                 let next = Instant::now() + SWEEP_INTERVAL;
                 this.sweep.as_mut().reset(next);
+                poll_sweep = true;
                 progressed = true;
             }
             if this.requests_closed && this.waiting.is_empty() && this.write_buf.is_empty() {
