@@ -28,6 +28,19 @@ impl ByteStr {
         }
     }
 
+    /// The part of `buf` that `text` is, shared without a copy and without validating it
+    /// again (the check that made `text` an [`Ascii`] proved it UTF-8); `None` if `text` does
+    /// not lie inside `buf`.
+    pub fn slice_ascii(buf: &Bytes, text: Ascii<'_>) -> Option<Self> {
+        if text.0.is_empty() {
+            return Some(Self::default());
+        }
+        // Addresses only locate `text` in `buf`; nothing is read through them.
+        let start = (text.0.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)?;
+        let end = start.checked_add(text.0.len())?;
+        (end <= buf.len()).then(|| Self(buf.slice(start..end)))
+    }
+
     /// Copies `s` into a new `ByteStr`.
     pub fn copy_from_str(s: &str) -> Self {
         Self(Bytes::copy_from_slice(s.as_bytes()))
@@ -57,6 +70,23 @@ impl ByteStr {
     /// True for the empty string.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+}
+
+/// Bytes checked once to be ASCII, hence UTF-8: a decoder that checks a string while finding
+/// its end keeps the proof, and [`ByteStr::slice_ascii`] then needs no second pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ascii<'a>(&'a [u8]);
+
+impl<'a> Ascii<'a> {
+    /// `bytes`, if they are all ASCII.
+    pub fn new(bytes: &'a [u8]) -> Option<Self> {
+        bytes.is_ascii().then_some(Self(bytes))
+    }
+
+    /// The bytes.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.0
     }
 }
 
@@ -112,5 +142,16 @@ mod tests {
         assert!(ByteStr::from_utf8(Bytes::from_static(&[0xff, 0xfe])).is_err());
         let ok = ByteStr::from_utf8(Bytes::from_static("héllo".as_bytes())).ok();
         assert_eq!(ok.as_ref().map(ByteStr::as_str), Some("héllo"));
+    }
+
+    #[test]
+    fn slices_ascii_only_from_its_own_buffer() {
+        let buf = Bytes::from_static(b"key=value");
+        let value = Ascii::new(&buf[4..]).map(|text| ByteStr::slice_ascii(&buf, text));
+        assert_eq!(value.flatten().as_ref().map(ByteStr::as_str), Some("value"));
+        let other = Bytes::copy_from_slice(b"value");
+        let elsewhere = Ascii::new(&buf[4..]).map(|text| ByteStr::slice_ascii(&other, text));
+        assert_eq!(elsewhere, Some(None));
+        assert!(Ascii::new("é".as_bytes()).is_none());
     }
 }

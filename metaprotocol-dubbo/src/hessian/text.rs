@@ -7,16 +7,20 @@
 //! readers reject 4-byte sequences.
 
 use bytes::Bytes;
-use metaprotocol_core::{ByteStr, CodecError};
+use metaprotocol_core::{Ascii, ByteStr, CodecError};
 
-/// The number of bytes that hold the first `units` UTF-16 code units of `data`.
+/// The number of bytes that hold the first `units` UTF-16 code units of `data`, and those
+/// bytes as [`Ascii`] if they are all ASCII (then they are also UTF-8, and one byte per unit).
 ///
-/// Continuation bytes are not validated here (skipping does not need them);
+/// Otherwise continuation bytes are not validated here (skipping does not need them);
 /// [`to_byte_str`] validates the strings that become metadata.
-pub(crate) fn byte_len(data: &[u8], units: usize) -> Result<usize, CodecError> {
+pub(crate) fn byte_len(
+    data: &[u8],
+    units: usize,
+) -> Result<(usize, Option<Ascii<'_>>), CodecError> {
     // Most routing strings are ASCII: one byte per unit, checked in bulk.
-    if data.get(..units).is_some_and(<[u8]>::is_ascii) {
-        return Ok(units);
+    if let Some(text) = data.get(..units).and_then(Ascii::new) {
+        return Ok((units, Some(text)));
     }
     let mut pos = 0;
     let mut left = units;
@@ -44,7 +48,7 @@ pub(crate) fn byte_len(data: &[u8], units: usize) -> Result<usize, CodecError> {
     if pos > data.len() {
         return Err(TRUNCATED);
     }
-    Ok(pos)
+    Ok((pos, None))
 }
 
 /// String data as metadata: the bytes themselves when they are UTF-8 (no copy), a decoded copy
@@ -143,11 +147,12 @@ mod tests {
     fn counts_units_across_widths() {
         let text = "aé€😀b";
         assert_eq!(utf16_len(text), 6);
-        assert_eq!(byte_len(text.as_bytes(), 6), Ok(text.len()));
+        assert_eq!(byte_len(text.as_bytes(), 6), Ok((text.len(), None)));
         let java = cesu8(text);
         assert_eq!(java.len(), 1 + 2 + 3 + 6 + 1);
-        assert_eq!(byte_len(&java, 6), Ok(java.len()));
-        assert_eq!(byte_len(&java, 3), Ok(6));
+        assert_eq!(byte_len(&java, 6), Ok((java.len(), None)));
+        assert_eq!(byte_len(&java, 3), Ok((6, None)));
+        assert_eq!(byte_len(b"abc", 2), Ok((2, Ascii::new(b"ab"))));
     }
 
     #[test]
