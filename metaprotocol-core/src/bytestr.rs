@@ -31,6 +31,7 @@ impl ByteStr {
     /// The part of `buf` that `text` is, shared without a copy and without validating it
     /// again (the check that made `text` an [`Ascii`] proved it UTF-8); `None` if `text` does
     /// not lie inside `buf`.
+    #[inline]
     pub fn slice_ascii(buf: &Bytes, text: Ascii<'_>) -> Option<Self> {
         if text.0.is_empty() {
             return Some(Self::default());
@@ -80,14 +81,35 @@ pub struct Ascii<'a>(&'a [u8]);
 
 impl<'a> Ascii<'a> {
     /// `bytes`, if they are all ASCII.
+    #[inline]
     pub fn new(bytes: &'a [u8]) -> Option<Self> {
-        bytes.is_ascii().then_some(Self(bytes))
+        is_ascii(bytes).then_some(Self(bytes))
     }
 
     /// The bytes.
+    #[inline]
     pub fn as_bytes(&self) -> &'a [u8] {
         self.0
     }
+}
+
+/// `<[u8]>::is_ascii` for the short strings of metadata: the high bits of whole words, the
+/// last (partial) word read overlapping the one before rather than byte by byte.
+#[inline]
+fn is_ascii(bytes: &[u8]) -> bool {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let word = |chunk: &[u8; 8]| u64::from_ne_bytes(*chunk);
+    let half = |chunk: &[u8; 4]| u64::from(u32::from_ne_bytes(*chunk));
+    let seen = if let Some(last) = bytes.last_chunk::<8>() {
+        bytes.chunks_exact(8).fold(word(last), |seen, chunk| {
+            seen | chunk.first_chunk().map_or(0, word)
+        })
+    } else if let (Some(first), Some(last)) = (bytes.first_chunk(), bytes.last_chunk()) {
+        half(first) | half(last)
+    } else {
+        bytes.iter().fold(0, |seen, &byte| seen | u64::from(byte))
+    };
+    seen & HIGH == 0
 }
 
 impl Deref for ByteStr {
@@ -153,5 +175,18 @@ mod tests {
         let elsewhere = Ascii::new(&buf[4..]).map(|text| ByteStr::slice_ascii(&other, text));
         assert_eq!(elsewhere, Some(None));
         assert!(Ascii::new("é".as_bytes()).is_none());
+    }
+
+    #[test]
+    fn finds_a_non_ascii_byte_anywhere_in_any_length() {
+        for len in 0..40 {
+            let ascii = vec![b'a'; len];
+            assert!(Ascii::new(&ascii).is_some(), "{len}");
+            for at in 0..len {
+                let mut bytes = ascii.clone();
+                bytes[at] = 0x80;
+                assert!(Ascii::new(&bytes).is_none(), "{len} {at}");
+            }
+        }
     }
 }

@@ -228,15 +228,17 @@ fn read_body(header: &Header, message: &mut Message) {
             message.not_processed = status::is_not_processed(header.status);
         }
         MessageKind::Response if header.serialization() == HESSIAN2 => {
-            match response::decode(&message.frame) {
-                Ok((status, metadata, layout)) => {
+            match response::decode(&message.frame, &mut message.metadata) {
+                Ok((status, layout)) => {
                     message.status = status;
-                    message.metadata = metadata;
                     message.layout = layout.into();
                 }
                 // Forwarded as it came (opaque, never mutated; the client's library judges it)
                 // and counted as failed.
-                Err(_) => message.status = ResponseStatus::ServerError,
+                Err(_) => {
+                    message.metadata = Metadata::new();
+                    message.status = ResponseStatus::ServerError;
+                }
             }
         }
         // Status 20 in another serialization: the result flag is unreadable, the status is

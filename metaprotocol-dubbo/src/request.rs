@@ -11,7 +11,8 @@
 use bytes::Bytes;
 use metaprotocol_core::{ByteStr, CodecError, Metadata, keys};
 
-use crate::attachments;
+use crate::attachments::{self, Entry};
+use crate::build::DUBBO_PROTOCOL_VERSION;
 use crate::header::HEADER_LEN;
 use crate::hessian::reader::{Reader, StringData};
 use crate::hessian::skip::Skipper;
@@ -41,8 +42,10 @@ pub(crate) fn decode(frame: &Bytes, metadata: &mut Metadata) -> Result<DecodedRe
         metadata.insert(ByteStr::from_static(keys::VERSION), version);
     }
     let map = attachments::visit(&mut reader, &mut skipper, |entry| {
-        if let Some((key, value)) = entry.text(frame) {
-            insert_attachment(key, value, metadata);
+        if routes(&entry, frame)
+            && let Some((key, value)) = entry.text(frame)
+        {
+            metadata.insert(key, value);
         }
         Ok(())
     })?;
@@ -67,6 +70,10 @@ pub(crate) fn decode(frame: &Bytes, metadata: &mut Metadata) -> Result<DecodedRe
 /// versions 2.0.2 to 2.0.99. Clients outside the range (dubbo-py's default 2.5.3, a framework
 /// version number) fail on such responses, so they get none.
 pub fn reads_response_attachments(version: &[u8]) -> bool {
+    // What nearly every client sends, and this crate's calls: decided without parsing.
+    if version == DUBBO_PROTOCOL_VERSION.as_bytes() {
+        return true;
+    }
     let mut number = 0u64;
     let mut parts = 0;
     for part in version.split(|&byte| byte == b'.') {
@@ -107,6 +114,7 @@ pub(crate) fn reader_at_attachments(frame: &[u8]) -> Result<(Reader<'_>, Skipper
 }
 
 /// Reads the call fields and skips the arguments of a request `frame`.
+#[inline]
 fn read_call(frame: &[u8]) -> Result<(CallFields<'_>, Reader<'_>, Skipper), CodecError> {
     let mut reader = Reader::new(frame, HEADER_LEN);
     let fields = CallFields::read(&mut reader)?;
@@ -149,16 +157,19 @@ impl<'a> CallFields<'a> {
     }
 }
 
-/// Adds a string attachment to the metadata. The frame header is authoritative for the
-/// interface and method (the provider dispatches on it, so an attachment must not be able to
-/// route a call elsewhere); a non-empty `version` attachment overrides the header's version, as
-/// Dubbo providers let it.
-fn insert_attachment(key: ByteStr, value: ByteStr, metadata: &mut Metadata) {
-    let reserved = is_reserved(key.as_bytes());
-    if reserved || (key == keys::VERSION && value.is_empty()) {
-        return;
-    }
-    metadata.insert(key, value);
+/// True if an attachment may become metadata, judged on its raw bytes before any is built.
+/// The frame header is authoritative for the interface and method (the provider dispatches on
+/// it, so an attachment must not be able to route a call elsewhere); a non-empty `version`
+/// attachment overrides the header's version, as Dubbo providers let it.
+fn routes(entry: &Entry<'_>, frame: &[u8]) -> bool {
+    let Some(key) = entry.key.as_ref().map(|key| key.raw(frame)) else {
+        return false;
+    };
+    let empty_value = entry
+        .value
+        .as_ref()
+        .is_some_and(|value| value.raw(frame).is_empty());
+    !is_reserved(key) && !(key == keys::VERSION.as_bytes() && empty_value)
 }
 
 /// True for the keys only the frame header sets: the interface and the method.

@@ -130,19 +130,30 @@ impl<'a> Reader<'a> {
     }
 
     /// Consumes a string or null (`N`, which Dubbo writes for absent header fields).
+    #[inline]
     pub(crate) fn string(&mut self) -> Result<Option<StringData<'a>>, CodecError> {
         let tag = self.byte()?;
         if tag == NULL {
             return Ok(None);
         }
         let first = self.string_chunk(tag)?;
-        if first.last {
-            return Ok(Some(match first.ascii {
-                Some(text) => StringData::Ascii(text),
-                None => StringData::Contiguous(first.range),
-            }));
-        }
-        let mut joined = self.buf.get(first.range).unwrap_or_default().to_vec();
+        Ok(Some(match first {
+            Chunk {
+                last: true,
+                ascii: Some(text),
+                ..
+            } => StringData::Ascii(text),
+            Chunk {
+                last: true, range, ..
+            } => StringData::Contiguous(range),
+            Chunk { range, .. } => self.join_chunks(range)?,
+        }))
+    }
+
+    /// Consumes the chunks after the `first` of a string, joining them to it.
+    #[cold]
+    fn join_chunks(&mut self, first: Range<usize>) -> Result<StringData<'a>, CodecError> {
+        let mut joined = self.buf.get(first).unwrap_or_default().to_vec();
         let mut last = false;
         while !last {
             let tag = self.byte()?;
@@ -150,7 +161,7 @@ impl<'a> Reader<'a> {
             joined.extend_from_slice(self.buf.get(chunk.range).unwrap_or_default());
             last = chunk.last;
         }
-        Ok(Some(StringData::Joined(joined)))
+        Ok(StringData::Joined(joined))
     }
 
     /// Consumes the rest of a string whose first tag was `tag`.
@@ -182,6 +193,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Consumes one string chunk whose tag was `tag`.
+    #[inline]
     fn string_chunk(&mut self, tag: u8) -> Result<Chunk<'a>, CodecError> {
         let (units, last) = match tag {
             0x00..=0x1f => (usize::from(tag), true),

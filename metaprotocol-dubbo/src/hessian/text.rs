@@ -14,14 +14,21 @@ use metaprotocol_core::{Ascii, ByteStr, CodecError};
 ///
 /// Otherwise continuation bytes are not validated here (skipping does not need them);
 /// [`to_byte_str`] validates the strings that become metadata.
+#[inline]
 pub(crate) fn byte_len(
     data: &[u8],
     units: usize,
 ) -> Result<(usize, Option<Ascii<'_>>), CodecError> {
-    // Most routing strings are ASCII: one byte per unit, checked in bulk.
-    if let Some(text) = data.get(..units).and_then(Ascii::new) {
-        return Ok((units, Some(text)));
+    // Most routing strings are ASCII: one byte per unit, checked in bulk, inlined into the
+    // string reader; the walk over wider characters stays out of line.
+    match data.get(..units).and_then(Ascii::new) {
+        Some(text) => Ok((units, Some(text))),
+        None => walk_units(data, units).map(|len| (len, None)),
     }
+}
+
+/// The number of bytes that hold the first `units` UTF-16 code units of `data`, by lead bytes.
+fn walk_units(data: &[u8], units: usize) -> Result<usize, CodecError> {
     let mut pos = 0;
     let mut left = units;
     while left > 0 {
@@ -48,7 +55,7 @@ pub(crate) fn byte_len(
     if pos > data.len() {
         return Err(TRUNCATED);
     }
-    Ok((pos, None))
+    Ok(pos)
 }
 
 /// String data as metadata: the bytes themselves when they are UTF-8 (no copy), a decoded copy
