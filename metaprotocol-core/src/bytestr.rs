@@ -30,7 +30,7 @@ impl ByteStr {
 
     /// The part of `buf` that `text` is, shared without a copy and without validating it
     /// again (the check that made `text` an [`Ascii`] proved it UTF-8); `None` if `text` does
-    /// not lie inside `buf`.
+    /// not lie inside `buf`. An empty `text` is the empty string, wherever it points.
     #[inline]
     pub fn slice_ascii(buf: &Bytes, text: Ascii<'_>) -> Option<Self> {
         if text.0.is_empty() {
@@ -101,9 +101,10 @@ fn is_ascii(bytes: &[u8]) -> bool {
     let word = |chunk: &[u8; 8]| u64::from_ne_bytes(*chunk);
     let half = |chunk: &[u8; 4]| u64::from(u32::from_ne_bytes(*chunk));
     let seen = if let Some(last) = bytes.last_chunk::<8>() {
-        bytes.chunks_exact(8).fold(word(last), |seen, chunk| {
-            seen | chunk.first_chunk().map_or(0, word)
-        })
+        let (words, _) = bytes.as_chunks::<8>();
+        words
+            .iter()
+            .fold(word(last), |seen, chunk| seen | word(chunk))
     } else if let (Some(first), Some(last)) = (bytes.first_chunk(), bytes.last_chunk()) {
         half(first) | half(last)
     } else {

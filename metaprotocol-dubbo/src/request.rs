@@ -93,8 +93,8 @@ pub fn reads_response_attachments(version: &[u8]) -> bool {
     (2_000_200..=2_009_900).contains(&number)
 }
 
-/// A part of a version number read as Java's `Integer.parseInt` and Rust's `u64` parsing read
-/// it: an optional `+`, then at least one decimal digit; `None` for anything else (non-UTF-8
+/// A part of a version number read as `str::parse::<u64>` reads it, without a UTF-8 check
+/// first: an optional `+`, then at least one ASCII digit; `None` for anything else (non-UTF-8
 /// bytes included) or a number beyond `u64`.
 fn decimal(part: &[u8]) -> Option<u64> {
     let digits = part.strip_prefix(b"+").unwrap_or(part);
