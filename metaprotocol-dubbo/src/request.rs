@@ -169,7 +169,8 @@ fn routes(entry: &Entry<'_>, frame: &[u8]) -> bool {
         .value
         .as_ref()
         .is_some_and(|value| value.raw(frame).is_empty());
-    !is_reserved(key) && !(key == keys::VERSION.as_bytes() && empty_value)
+    let empty_version = key == keys::VERSION.as_bytes() && empty_value;
+    !(is_reserved(key) || empty_version)
 }
 
 /// True for the keys only the frame header sets: the interface and the method.

@@ -233,7 +233,16 @@ fn attachments_not_representable_in_utf8_are_left_out() -> TestResult {
     let keys: Vec<&str> = message.metadata.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(
         keys,
-        ["interface", "service", "method", "version", "plain", "accent", "emoji", "after"]
+        [
+            "interface",
+            "service",
+            "method",
+            "version",
+            "plain",
+            "accent",
+            "emoji",
+            "after"
+        ]
     );
     Ok(())
 }
