@@ -148,7 +148,7 @@ impl Drop for InProcess {
 }
 
 /// The registry of the three codecs.
-fn codecs() -> CodecRegistry {
+pub fn codecs() -> CodecRegistry {
     let mut registry = CodecRegistry::new();
     for register in [
         metaprotocol_dubbo::register,

@@ -28,6 +28,20 @@ impl ByteStr {
         }
     }
 
+    /// The part of `buf` that `text` is, shared without a copy and without validating it
+    /// again (the check that made `text` an [`Ascii`] proved it UTF-8); `None` if `text` does
+    /// not lie inside `buf`. An empty `text` is the empty string, wherever it points.
+    #[inline]
+    pub fn slice_ascii(buf: &Bytes, text: Ascii<'_>) -> Option<Self> {
+        if text.0.is_empty() {
+            return Some(Self::default());
+        }
+        // Addresses only locate `text` in `buf`; nothing is read through them.
+        let start = (text.0.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)?;
+        let end = start.checked_add(text.0.len())?;
+        (end <= buf.len()).then(|| Self(buf.slice(start..end)))
+    }
+
     /// Copies `s` into a new `ByteStr`.
     pub fn copy_from_str(s: &str) -> Self {
         Self(Bytes::copy_from_slice(s.as_bytes()))
@@ -58,6 +72,45 @@ impl ByteStr {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+}
+
+/// Bytes checked once to be ASCII, hence UTF-8: a decoder that checks a string while finding
+/// its end keeps the proof, and [`ByteStr::slice_ascii`] then needs no second pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ascii<'a>(&'a [u8]);
+
+impl<'a> Ascii<'a> {
+    /// `bytes`, if they are all ASCII.
+    #[inline]
+    pub fn new(bytes: &'a [u8]) -> Option<Self> {
+        is_ascii(bytes).then_some(Self(bytes))
+    }
+
+    /// The bytes.
+    #[inline]
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.0
+    }
+}
+
+/// `<[u8]>::is_ascii` for the short strings of metadata: the high bits of whole words, the
+/// last (partial) word read overlapping the one before rather than byte by byte.
+#[inline]
+fn is_ascii(bytes: &[u8]) -> bool {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let word = |chunk: &[u8; 8]| u64::from_ne_bytes(*chunk);
+    let half = |chunk: &[u8; 4]| u64::from(u32::from_ne_bytes(*chunk));
+    let seen = if let Some(last) = bytes.last_chunk::<8>() {
+        let (words, _) = bytes.as_chunks::<8>();
+        words
+            .iter()
+            .fold(word(last), |seen, chunk| seen | word(chunk))
+    } else if let (Some(first), Some(last)) = (bytes.first_chunk(), bytes.last_chunk()) {
+        half(first) | half(last)
+    } else {
+        bytes.iter().fold(0, |seen, &byte| seen | u64::from(byte))
+    };
+    seen & HIGH == 0
 }
 
 impl Deref for ByteStr {
@@ -112,5 +165,29 @@ mod tests {
         assert!(ByteStr::from_utf8(Bytes::from_static(&[0xff, 0xfe])).is_err());
         let ok = ByteStr::from_utf8(Bytes::from_static("héllo".as_bytes())).ok();
         assert_eq!(ok.as_ref().map(ByteStr::as_str), Some("héllo"));
+    }
+
+    #[test]
+    fn slices_ascii_only_from_its_own_buffer() {
+        let buf = Bytes::from_static(b"key=value");
+        let value = Ascii::new(&buf[4..]).map(|text| ByteStr::slice_ascii(&buf, text));
+        assert_eq!(value.flatten().as_ref().map(ByteStr::as_str), Some("value"));
+        let other = Bytes::copy_from_slice(b"value");
+        let elsewhere = Ascii::new(&buf[4..]).map(|text| ByteStr::slice_ascii(&other, text));
+        assert_eq!(elsewhere, Some(None));
+        assert!(Ascii::new("é".as_bytes()).is_none());
+    }
+
+    #[test]
+    fn finds_a_non_ascii_byte_anywhere_in_any_length() {
+        for len in 0..40 {
+            let ascii = vec![b'a'; len];
+            assert!(Ascii::new(&ascii).is_some(), "{len}");
+            for at in 0..len {
+                let mut bytes = ascii.clone();
+                bytes[at] = 0x80;
+                assert!(Ascii::new(&bytes).is_none(), "{len} {at}");
+            }
+        }
     }
 }

@@ -44,7 +44,7 @@ mod mutation;
 mod record;
 mod reply;
 
-pub use bytestr::ByteStr;
+pub use bytestr::{Ascii, ByteStr};
 pub use codec::{
     Codec, CodecConstructor, CodecCounter, CodecFactory, CodecOptions, CodecRegistry,
     DEFAULT_MAX_FRAME_BYTES, EncodeParams, PoolMode, Probe, Side, WireVariant,

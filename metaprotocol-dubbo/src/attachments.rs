@@ -45,19 +45,19 @@ impl MapBounds {
 
 /// One entry of the map.
 #[derive(Debug)]
-pub(crate) struct Entry {
+pub(crate) struct Entry<'a> {
     /// The entry's bytes (key and value).
     pub(crate) raw: Range<usize>,
     /// The key, if it is a string.
-    pub(crate) key: Option<StringData>,
+    pub(crate) key: Option<StringData<'a>>,
     /// The value, if it is a string.
-    pub(crate) value: Option<StringData>,
+    pub(crate) value: Option<StringData<'a>>,
     /// True if the entry added class definitions or referenceable values: removing it would
     /// renumber what later entries refer to.
     pub(crate) shares_state: bool,
 }
 
-impl Entry {
+impl Entry<'_> {
     /// The entry as metadata, if its key and value are strings representable in UTF-8.
     pub(crate) fn text(&self, frame: &Bytes) -> Option<(ByteStr, ByteStr)> {
         let key = self.key.as_ref()?.to_byte_str(frame)?;
@@ -67,10 +67,10 @@ impl Entry {
 }
 
 /// Reads the attachments map at the reader's position, calling `each` for every entry.
-pub(crate) fn visit(
-    reader: &mut Reader<'_>,
+pub(crate) fn visit<'a>(
+    reader: &mut Reader<'a>,
     skipper: &mut Skipper,
-    mut each: impl FnMut(Entry) -> Result<(), CodecError>,
+    mut each: impl FnMut(Entry<'a>) -> Result<(), CodecError>,
 ) -> Result<MapBounds, CodecError> {
     // Hessian lets a class definition precede any value, this map included.
     while reader.peek() == Some(CLASS_DEF) {
@@ -162,10 +162,10 @@ pub(crate) fn slice(frame: &[u8], range: Range<usize>) -> Result<&[u8], CodecErr
 }
 
 /// Reads a string, or skips any other value.
-fn string_or_skip(
-    reader: &mut Reader<'_>,
+fn string_or_skip<'a>(
+    reader: &mut Reader<'a>,
     skipper: &mut Skipper,
-) -> Result<Option<StringData>, CodecError> {
+) -> Result<Option<StringData<'a>>, CodecError> {
     match reader.peek() {
         Some(tag) if is_string_tag(tag) => reader.string(),
         _ => skipper.skip_value(reader).map(|()| None),

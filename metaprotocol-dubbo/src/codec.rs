@@ -4,7 +4,8 @@ use std::borrow::Cow;
 
 use bytes::{BufMut, BytesMut};
 use metaprotocol_core::{
-    Codec, CodecError, EncodeParams, LocalReply, Message, MessageKind, ResponseStatus, WireVariant,
+    Codec, CodecError, EncodeParams, LocalReply, Message, MessageKind, Metadata, ResponseStatus,
+    WireVariant,
 };
 
 use crate::attachments::{self, MapBounds, slice};
@@ -206,15 +207,17 @@ fn read_body(header: &Header, message: &mut Message) {
         MessageKind::HeartbeatReply if matches!(header.status, 0 | status::OK) => {}
         MessageKind::HeartbeatReply => message.status = ResponseStatus::ServerError,
         MessageKind::Request | MessageKind::Oneway if header.serialization() == HESSIAN2 => {
-            match request::decode(&message.frame) {
+            match request::decode(&message.frame, &mut message.metadata) {
                 Ok(request) => {
-                    message.metadata = request.metadata;
                     message.layout = request.layout.into();
                     if request.reads_response_attachments {
                         message.variant = READS_RESPONSE_ATTACHMENTS;
                     }
                 }
-                Err(error) => message.reject_reason = Some(malformed_body_reason(&error)),
+                Err(error) => {
+                    message.metadata = Metadata::new();
+                    message.reject_reason = Some(malformed_body_reason(&error));
+                }
             }
         }
         MessageKind::Request | MessageKind::Oneway => {
@@ -225,15 +228,17 @@ fn read_body(header: &Header, message: &mut Message) {
             message.not_processed = status::is_not_processed(header.status);
         }
         MessageKind::Response if header.serialization() == HESSIAN2 => {
-            match response::decode(&message.frame) {
-                Ok((status, metadata, layout)) => {
+            match response::decode(&message.frame, &mut message.metadata) {
+                Ok((status, layout)) => {
                     message.status = status;
-                    message.metadata = metadata;
                     message.layout = layout.into();
                 }
                 // Forwarded as it came (opaque, never mutated; the client's library judges it)
                 // and counted as failed.
-                Err(_) => message.status = ResponseStatus::ServerError,
+                Err(_) => {
+                    message.metadata = Metadata::new();
+                    message.status = ResponseStatus::ServerError;
+                }
             }
         }
         // Status 20 in another serialization: the result flag is unreadable, the status is

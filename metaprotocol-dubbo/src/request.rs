@@ -11,24 +11,25 @@
 use bytes::Bytes;
 use metaprotocol_core::{ByteStr, CodecError, Metadata, keys};
 
-use crate::attachments;
+use crate::attachments::{self, Entry};
+use crate::build::DUBBO_PROTOCOL_VERSION;
 use crate::header::HEADER_LEN;
 use crate::hessian::reader::{Reader, StringData};
 use crate::hessian::skip::Skipper;
 use crate::layout::{AttachmentsLayout, Body};
 
-/// What a request's decoding yields: its metadata, its layout, and whether its client reads
-/// response attachments.
+/// What a request's decoding yields besides its metadata: its layout, and whether its client
+/// reads response attachments.
 pub(crate) struct DecodedRequest {
-    pub metadata: Metadata,
     pub layout: AttachmentsLayout,
     pub reads_response_attachments: bool,
 }
 
-/// Decodes the metadata and layout of a Hessian2 request frame.
-pub(crate) fn decode(frame: &Bytes) -> Result<DecodedRequest, CodecError> {
+/// Decodes the metadata (into `metadata`, which starts empty) and layout of a Hessian2 request
+/// frame. Filling the message's own metadata in place spares moving it; on an error it holds
+/// what was read before, and the caller empties it.
+pub(crate) fn decode(frame: &Bytes, metadata: &mut Metadata) -> Result<DecodedRequest, CodecError> {
     let (fields, mut reader, mut skipper) = read_call(frame)?;
-    let mut metadata = Metadata::new();
     let text = |data: &Option<StringData>| data.as_ref().and_then(|d| d.to_byte_str(frame));
     if let Some(path) = text(&fields.path) {
         metadata.insert(ByteStr::from_static(keys::INTERFACE), path.clone());
@@ -41,8 +42,10 @@ pub(crate) fn decode(frame: &Bytes) -> Result<DecodedRequest, CodecError> {
         metadata.insert(ByteStr::from_static(keys::VERSION), version);
     }
     let map = attachments::visit(&mut reader, &mut skipper, |entry| {
-        if let Some((key, value)) = entry.text(frame) {
-            insert_attachment(key, value, &mut metadata);
+        if routes(&entry, frame)
+            && let Some((key, value)) = entry.text(frame)
+        {
+            metadata.insert(key, value);
         }
         Ok(())
     })?;
@@ -57,7 +60,6 @@ pub(crate) fn decode(frame: &Bytes) -> Result<DecodedRequest, CodecError> {
         .as_ref()
         .is_some_and(|v| reads_response_attachments(v.raw(frame)));
     Ok(DecodedRequest {
-        metadata,
         layout,
         reads_response_attachments,
     })
@@ -68,26 +70,41 @@ pub(crate) fn decode(frame: &Bytes) -> Result<DecodedRequest, CodecError> {
 /// versions 2.0.2 to 2.0.99. Clients outside the range (dubbo-py's default 2.5.3, a framework
 /// version number) fail on such responses, so they get none.
 pub fn reads_response_attachments(version: &[u8]) -> bool {
-    let Ok(version) = std::str::from_utf8(version) else {
-        return false;
-    };
+    // What nearly every client sends, and this crate's calls: decided without parsing.
+    if version == DUBBO_PROTOCOL_VERSION.as_bytes() {
+        return true;
+    }
     let mut number = 0u64;
     let mut parts = 0;
-    for part in version.split('.') {
-        let Ok(value) = part.parse::<u64>() else {
+    for part in version.split(|&byte| byte == b'.') {
+        let Some(value) = decimal(part) else {
             return false;
         };
+        parts += 1;
+        if parts > 4 {
+            return false;
+        }
         // Java's Version.getIntVersion: two decimal digits per part, four parts.
         number = number * 100 + value.min(99);
-        parts += 1;
-    }
-    if parts == 0 || parts > 4 {
-        return false;
     }
     for _ in parts..4 {
         number *= 100;
     }
     (2_000_200..=2_009_900).contains(&number)
+}
+
+/// A part of a version number read as `str::parse::<u64>` reads it, without a UTF-8 check
+/// first: an optional `+`, then at least one ASCII digit; `None` for anything else (non-UTF-8
+/// bytes included) or a number beyond `u64`.
+fn decimal(part: &[u8]) -> Option<u64> {
+    let digits = part.strip_prefix(b"+").unwrap_or(part);
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |number, &byte| {
+        let digit = char::from(byte).to_digit(10)?;
+        number.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 /// A reader at the attachments map of a request `frame`, with the class definitions of the
@@ -97,7 +114,8 @@ pub(crate) fn reader_at_attachments(frame: &[u8]) -> Result<(Reader<'_>, Skipper
 }
 
 /// Reads the call fields and skips the arguments of a request `frame`.
-fn read_call(frame: &[u8]) -> Result<(CallFields, Reader<'_>, Skipper), CodecError> {
+#[inline]
+fn read_call(frame: &[u8]) -> Result<(CallFields<'_>, Reader<'_>, Skipper), CodecError> {
     let mut reader = Reader::new(frame, HEADER_LEN);
     let fields = CallFields::read(&mut reader)?;
     let mut skipper = Skipper::new();
@@ -106,16 +124,16 @@ fn read_call(frame: &[u8]) -> Result<(CallFields, Reader<'_>, Skipper), CodecErr
 }
 
 /// The header fields of a call (each may be null).
-struct CallFields {
-    dubbo_version: Option<StringData>,
-    path: Option<StringData>,
-    version: Option<StringData>,
-    method: Option<StringData>,
-    descriptor: Option<StringData>,
+struct CallFields<'a> {
+    dubbo_version: Option<StringData<'a>>,
+    path: Option<StringData<'a>>,
+    version: Option<StringData<'a>>,
+    method: Option<StringData<'a>>,
+    descriptor: Option<StringData<'a>>,
 }
 
-impl CallFields {
-    fn read(reader: &mut Reader<'_>) -> Result<Self, CodecError> {
+impl<'a> CallFields<'a> {
+    fn read(reader: &mut Reader<'a>) -> Result<Self, CodecError> {
         Ok(Self {
             dubbo_version: reader.string()?,
             path: reader.string()?,
@@ -139,18 +157,28 @@ impl CallFields {
     }
 }
 
-/// Adds a string attachment to the metadata. The frame header is authoritative for the
-/// interface and method (the provider dispatches on it, so an attachment must not be able to
-/// route a call elsewhere); a non-empty `version` attachment overrides the header's version, as
-/// Dubbo providers let it.
-fn insert_attachment(key: ByteStr, value: ByteStr, metadata: &mut Metadata) {
-    let reserved = [keys::INTERFACE, keys::SERVICE, keys::METHOD]
-        .iter()
-        .any(|name| name.as_bytes() == key.as_bytes());
-    if reserved || (key == keys::VERSION && value.is_empty()) {
-        return;
-    }
-    metadata.insert(key, value);
+/// True if an attachment may become metadata, judged on its raw bytes before any is built.
+/// The frame header is authoritative for the interface and method (the provider dispatches on
+/// it, so an attachment must not be able to route a call elsewhere); a non-empty `version`
+/// attachment overrides the header's version, as Dubbo providers let it.
+fn routes(entry: &Entry<'_>, frame: &[u8]) -> bool {
+    let Some(key) = entry.key.as_ref().map(|key| key.raw(frame)) else {
+        return false;
+    };
+    let empty_value = entry
+        .value
+        .as_ref()
+        .is_some_and(|value| value.raw(frame).is_empty());
+    let empty_version = key == keys::VERSION.as_bytes() && empty_value;
+    !(is_reserved(key) || empty_version)
+}
+
+/// True for the keys only the frame header sets: the interface and the method.
+fn is_reserved(key: &[u8]) -> bool {
+    const INTERFACE: &[u8] = keys::INTERFACE.as_bytes();
+    const SERVICE: &[u8] = keys::SERVICE.as_bytes();
+    const METHOD: &[u8] = keys::METHOD.as_bytes();
+    matches!(key, INTERFACE | SERVICE | METHOD)
 }
 
 /// The number of arguments a parameter descriptor declares.
@@ -194,5 +222,66 @@ mod tests {
         assert_eq!(argument_count(b"SS"), 2);
         assert_eq!(argument_count(b"Ljava/lang/String"), 1);
         assert_eq!(argument_count(b"[["), 1);
+    }
+
+    /// The rule as first written, over `str`: the byte reading must agree with it.
+    fn reads_via_str(version: &[u8]) -> bool {
+        let Ok(version) = std::str::from_utf8(version) else {
+            return false;
+        };
+        let mut number = 0u64;
+        let mut parts = 0;
+        for part in version.split('.') {
+            let Ok(value) = part.parse::<u64>() else {
+                return false;
+            };
+            number = number.wrapping_mul(100).wrapping_add(value.min(99));
+            parts += 1;
+        }
+        if parts == 0 || parts > 4 {
+            return false;
+        }
+        for _ in parts..4 {
+            number *= 100;
+        }
+        (2_000_200..=2_009_900).contains(&number)
+    }
+
+    #[test]
+    fn version_bytes_read_as_the_str_rule_reads_them() {
+        let versions: [&[u8]; 24] = [
+            b"2.0.2",
+            b"+2.0.+2",
+            b"2.0.-2",
+            b"2.0.+",
+            b"2.0.2.0",
+            b"2.0.2.0.0",
+            b"1.1.1.1.1.1.1.1.1.1.1.1",
+            b"2.0.002",
+            b"2.0.99",
+            b"2.0.100",
+            b"2.0.18446744073709551615",
+            b"2.0.18446744073709551616",
+            b"2.0.2 ",
+            b" 2.0.2",
+            b"2.0.2.",
+            b".2.0.2",
+            b"2",
+            b"",
+            b".",
+            b"2.0.\xff",
+            b"2.0.\xd9\xa2",
+            b"\xef\xbc\x92.0.2",
+            b"2.0.\x00",
+            b"2.0.1",
+        ];
+        for version in versions {
+            assert_eq!(
+                reads_response_attachments(version),
+                reads_via_str(version),
+                "{}",
+                version.escape_ascii()
+            );
+        }
     }
 }

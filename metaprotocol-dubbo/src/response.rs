@@ -70,11 +70,13 @@ impl ResultFlag {
     }
 }
 
-/// Decodes the status, metadata (string attachments) and layout of a Hessian2 response with
-/// status 20.
+/// Decodes the status, metadata (string attachments, into `metadata`, which starts empty) and
+/// layout of a Hessian2 response with status 20. Filling the message's own metadata in place
+/// spares moving it; on an error it holds what was read before, and the caller empties it.
 pub(crate) fn decode(
     frame: &Bytes,
-) -> Result<(ResponseStatus, Metadata, AttachmentsLayout), CodecError> {
+    metadata: &mut Metadata,
+) -> Result<(ResponseStatus, AttachmentsLayout), CodecError> {
     let mut reader = Reader::new(frame, HEADER_LEN);
     let flag = ResultFlag::read(&mut reader)?;
     let status = if flag.is_exception() {
@@ -82,7 +84,6 @@ pub(crate) fn decode(
     } else {
         ResponseStatus::Ok
     };
-    let mut metadata = Metadata::new();
     let mut layout = AttachmentsLayout {
         body: Body::Response,
         flag_end: reader.position(),
@@ -100,7 +101,7 @@ pub(crate) fn decode(
         })?;
         layout.class_defs = skipper.class_defs();
     }
-    Ok((status, metadata, layout))
+    Ok((status, layout))
 }
 
 /// A reader at the attachments map of a response `frame`, with the class definitions of the

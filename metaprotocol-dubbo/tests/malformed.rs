@@ -179,7 +179,9 @@ fn unreadable_results_pass_through_as_server_errors() -> Result<(), Box<dyn std:
     use metaprotocol_core::{Codec, EncodeParams, MessageKind, Mutation, ResponseStatus};
     let mut edit = Mutation::new();
     edit.set("x-served-by".into(), "proxy".into());
-    for body in [&[0x99][..], b"\x01x", &[]] {
+    // The last: a value with attachments whose first entry reads well and whose map never
+    // ends; what was read before the failure is not kept as metadata.
+    for body in [&[0x99][..], b"\x01x", &[], b"\x94\x01xH\x01k\x01v"] {
         let bytes = frame(0x02, 20, 1, body);
         let mut codec = metaprotocol_dubbo::DubboCodec::new(1 << 20);
         let message = codec
@@ -187,6 +189,7 @@ fn unreadable_results_pass_through_as_server_errors() -> Result<(), Box<dyn std:
             .ok_or("incomplete")?;
         assert_eq!(message.kind, MessageKind::Response);
         assert_eq!(message.status, ResponseStatus::ServerError);
+        assert!(message.metadata.is_empty(), "{:?}", message.metadata);
         let mut out = bytes::BytesMut::new();
         let params = EncodeParams {
             request_id: 1,
@@ -196,5 +199,50 @@ fn unreadable_results_pass_through_as_server_errors() -> Result<(), Box<dyn std:
         codec.encode(&message, &params, &mut out)?;
         assert_eq!(&out[..], &bytes[..]);
     }
+    Ok(())
+}
+
+/// Attachments whose strings are ASCII, UTF-8 or CESU-8 become metadata; a key or value that
+/// is not representable in UTF-8 (a bad continuation byte, a lone surrogate) leaves its entry
+/// out, and the call is still served.
+#[test]
+fn attachments_not_representable_in_utf8_are_left_out() -> TestResult {
+    let mut body = Writer::new();
+    body.raw(&request_body("demo.Api", "hi", "", &[], None))
+        .raw(b"H")
+        .string("plain")
+        .string("v1")
+        .string("accent")
+        .string("héllo")
+        .string("emoji")
+        .string("x😀y")
+        .string("bad-value")
+        .raw(&[0x01, 0xc3, 0x28])
+        .raw(&[0x01, 0xed, 0xa0, 0x80])
+        .string("lone-surrogate-key")
+        .string("after")
+        .string("v2")
+        .raw(b"Z");
+    let message = decode_one(&frame(0xc2, 0, 1, &body.out))?;
+    assert_eq!(message.reject_reason, None);
+    assert_eq!(meta(&message, "plain"), Some("v1"));
+    assert_eq!(meta(&message, "accent"), Some("héllo"));
+    assert_eq!(meta(&message, "emoji"), Some("x😀y"));
+    assert_eq!(meta(&message, "bad-value"), None);
+    assert_eq!(meta(&message, "after"), Some("v2"));
+    let keys: Vec<&str> = message.metadata.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "interface",
+            "service",
+            "method",
+            "version",
+            "plain",
+            "accent",
+            "emoji",
+            "after"
+        ]
+    );
     Ok(())
 }

@@ -6,7 +6,7 @@
 use std::ops::Range;
 
 use bytes::Bytes;
-use metaprotocol_core::{ByteStr, CodecError};
+use metaprotocol_core::{Ascii, ByteStr, CodecError};
 
 use super::{NULL, text};
 
@@ -14,17 +14,20 @@ const TRUNCATED: CodecError = CodecError::malformed("truncated Hessian2 value");
 
 /// A Hessian2 string as found in the frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum StringData {
-    /// A single chunk: its bytes are this range of the frame.
+pub(crate) enum StringData<'a> {
+    /// A single chunk of ASCII, proven so while its end was found (no second check needed).
+    Ascii(Ascii<'a>),
+    /// A single chunk with other bytes (not validated yet): this range of the frame.
     Contiguous(Range<usize>),
     /// Several chunks, joined (a copy; large strings only).
     Joined(Vec<u8>),
 }
 
-impl StringData {
+impl StringData<'_> {
     /// The string's raw bytes (UTF-8, possibly with CESU-8 surrogate pairs).
     pub(crate) fn raw<'f>(&'f self, frame: &'f [u8]) -> &'f [u8] {
         match self {
+            Self::Ascii(text) => text.as_bytes(),
             Self::Contiguous(range) => frame.get(range.clone()).unwrap_or_default(),
             Self::Joined(bytes) => bytes,
         }
@@ -34,6 +37,7 @@ impl StringData {
     /// represented in UTF-8.
     pub(crate) fn to_byte_str(&self, frame: &Bytes) -> Option<ByteStr> {
         match self {
+            Self::Ascii(text) => ByteStr::slice_ascii(frame, *text),
             Self::Contiguous(range) if range.end <= frame.len() => {
                 text::to_byte_str(frame.slice(range.clone()))
             }
@@ -41,6 +45,16 @@ impl StringData {
             Self::Joined(bytes) => text::to_byte_str(Bytes::copy_from_slice(bytes)),
         }
     }
+}
+
+/// One chunk of a string.
+struct Chunk<'a> {
+    /// Its data.
+    range: Range<usize>,
+    /// Its data, if the scan for its end found it all ASCII.
+    ascii: Option<Ascii<'a>>,
+    /// True for the final chunk.
+    last: bool,
 }
 
 /// True for the tags that start a string chunk.
@@ -116,28 +130,43 @@ impl<'a> Reader<'a> {
     }
 
     /// Consumes a string or null (`N`, which Dubbo writes for absent header fields).
-    pub(crate) fn string(&mut self) -> Result<Option<StringData>, CodecError> {
+    #[inline]
+    pub(crate) fn string(&mut self) -> Result<Option<StringData<'a>>, CodecError> {
         let tag = self.byte()?;
         if tag == NULL {
             return Ok(None);
         }
-        let (first, mut last) = self.string_chunk(tag)?;
-        if last {
-            return Ok(Some(StringData::Contiguous(first)));
-        }
+        let first = self.string_chunk(tag)?;
+        Ok(Some(match first {
+            Chunk {
+                last: true,
+                ascii: Some(text),
+                ..
+            } => StringData::Ascii(text),
+            Chunk {
+                last: true, range, ..
+            } => StringData::Contiguous(range),
+            Chunk { range, .. } => self.join_chunks(range)?,
+        }))
+    }
+
+    /// Consumes the chunks after the `first` of a string, joining them to it.
+    #[cold]
+    fn join_chunks(&mut self, first: Range<usize>) -> Result<StringData<'a>, CodecError> {
         let mut joined = self.buf.get(first).unwrap_or_default().to_vec();
+        let mut last = false;
         while !last {
             let tag = self.byte()?;
-            let (chunk, is_last) = self.string_chunk(tag)?;
-            joined.extend_from_slice(self.buf.get(chunk).unwrap_or_default());
-            last = is_last;
+            let chunk = self.string_chunk(tag)?;
+            joined.extend_from_slice(self.buf.get(chunk.range).unwrap_or_default());
+            last = chunk.last;
         }
-        Ok(Some(StringData::Joined(joined)))
+        Ok(StringData::Joined(joined))
     }
 
     /// Consumes the rest of a string whose first tag was `tag`.
     pub(crate) fn skip_string(&mut self, mut tag: u8) -> Result<(), CodecError> {
-        while !self.string_chunk(tag)?.1 {
+        while !self.string_chunk(tag)?.last {
             tag = self.byte()?;
         }
         Ok(())
@@ -163,9 +192,9 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Consumes one string chunk whose tag was `tag`: its data range and whether it is the
-    /// final chunk.
-    fn string_chunk(&mut self, tag: u8) -> Result<(Range<usize>, bool), CodecError> {
+    /// Consumes one string chunk whose tag was `tag`.
+    #[inline]
+    fn string_chunk(&mut self, tag: u8) -> Result<Chunk<'a>, CodecError> {
         let (units, last) = match tag {
             0x00..=0x1f => (usize::from(tag), true),
             0x30..=0x33 => (
@@ -176,9 +205,13 @@ impl<'a> Reader<'a> {
             _ => return Err(CodecError::malformed("expected a Hessian2 string")),
         };
         let start = self.pos;
-        let len = text::byte_len(self.buf.get(start..).unwrap_or_default(), units)?;
+        let (len, ascii) = text::byte_len(self.buf.get(start..).unwrap_or_default(), units)?;
         self.advance(len)?;
-        Ok((start..self.pos, last))
+        Ok(Chunk {
+            range: start..self.pos,
+            ascii,
+            last,
+        })
     }
 
     fn remaining(&self) -> usize {
@@ -225,9 +258,9 @@ mod tests {
         let frame = Bytes::from_static(b"\x02hi\x30\x03abcR\x00\x02xyS\x00\x01zN");
         let mut reader = Reader::new(&frame, 0);
         let short = reader.string().ok().flatten();
-        assert_eq!(short, Some(StringData::Contiguous(1..3)));
+        assert_eq!(short, Ascii::new(b"hi").map(StringData::Ascii));
         let medium = reader.string().ok().flatten();
-        assert_eq!(medium, Some(StringData::Contiguous(5..8)));
+        assert_eq!(medium, Ascii::new(b"abc").map(StringData::Ascii));
         let joined = reader.string().ok().flatten();
         assert_eq!(joined, Some(StringData::Joined(b"xyz".to_vec())));
         assert_eq!(reader.string(), Ok(None));

@@ -7,17 +7,28 @@
 //! readers reject 4-byte sequences.
 
 use bytes::Bytes;
-use metaprotocol_core::{ByteStr, CodecError};
+use metaprotocol_core::{Ascii, ByteStr, CodecError};
 
-/// The number of bytes that hold the first `units` UTF-16 code units of `data`.
+/// The number of bytes that hold the first `units` UTF-16 code units of `data`, and those
+/// bytes as [`Ascii`] if they are all ASCII (then they are also UTF-8, and one byte per unit).
 ///
-/// Continuation bytes are not validated here (skipping does not need them);
+/// Otherwise continuation bytes are not validated here (skipping does not need them);
 /// [`to_byte_str`] validates the strings that become metadata.
-pub(crate) fn byte_len(data: &[u8], units: usize) -> Result<usize, CodecError> {
-    // Most routing strings are ASCII: one byte per unit, checked in bulk.
-    if data.get(..units).is_some_and(<[u8]>::is_ascii) {
-        return Ok(units);
+#[inline]
+pub(crate) fn byte_len(
+    data: &[u8],
+    units: usize,
+) -> Result<(usize, Option<Ascii<'_>>), CodecError> {
+    // Most routing strings are ASCII: one byte per unit, checked in bulk, inlined into the
+    // string reader; the walk over wider characters stays out of line.
+    match data.get(..units).and_then(Ascii::new) {
+        Some(text) => Ok((units, Some(text))),
+        None => walk_units(data, units).map(|len| (len, None)),
     }
+}
+
+/// The number of bytes that hold the first `units` UTF-16 code units of `data`, by lead bytes.
+fn walk_units(data: &[u8], units: usize) -> Result<usize, CodecError> {
     let mut pos = 0;
     let mut left = units;
     while left > 0 {
@@ -143,11 +154,12 @@ mod tests {
     fn counts_units_across_widths() {
         let text = "aé€😀b";
         assert_eq!(utf16_len(text), 6);
-        assert_eq!(byte_len(text.as_bytes(), 6), Ok(text.len()));
+        assert_eq!(byte_len(text.as_bytes(), 6), Ok((text.len(), None)));
         let java = cesu8(text);
         assert_eq!(java.len(), 1 + 2 + 3 + 6 + 1);
-        assert_eq!(byte_len(&java, 6), Ok(java.len()));
-        assert_eq!(byte_len(&java, 3), Ok(6));
+        assert_eq!(byte_len(&java, 6), Ok((java.len(), None)));
+        assert_eq!(byte_len(&java, 3), Ok((6, None)));
+        assert_eq!(byte_len(b"abc", 2), Ok((2, Ascii::new(b"ab"))));
     }
 
     #[test]
