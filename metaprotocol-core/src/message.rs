@@ -93,6 +93,8 @@ pub struct Message {
 
 impl Message {
     /// A message of `kind` over `frame`, with empty metadata and default layout.
+    // Inlined into codecs (another crate): built in place, not copied (it is large).
+    #[inline]
     pub fn new(kind: MessageKind, request_id: u64, frame: Bytes) -> Self {
         Self {
             kind,
