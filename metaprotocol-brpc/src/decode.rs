@@ -42,16 +42,14 @@ pub(crate) fn message_from_frame(
     side: Side,
 ) -> Result<Message, CodecError> {
     let meta_end = header.meta_end();
-    let mut view = RpcMetaView::parse(&frame.slice(HEADER_LEN..meta_end))?;
-    let layout = BrpcLayout::new(meta_end, view.correlation_id_span.as_ref());
-    let payload = payload_range(frame.len(), meta_end, view.attachment_size);
-    let mut message = Message::new(
-        MessageKind::Request,
-        view.correlation_id.unwrap_or(0),
-        frame,
-    );
-    message.layout = layout.to_frame_layout();
-    message.metadata = std::mem::take(&mut view.user_fields);
+    let frame_len = frame.len();
+    let mut message = Message::new(MessageKind::Request, 0, frame);
+    // User fields go straight into the message's metadata.
+    let mut view = RpcMetaView::default();
+    view.read(&message.frame, HEADER_LEN..meta_end, &mut message.metadata)?;
+    message.request_id = view.correlation_id.unwrap_or(0);
+    message.layout = BrpcLayout::new(meta_end, view.correlation_id_span.as_ref()).to_frame_layout();
+    let payload = payload_range(frame_len, meta_end, view.attachment_size);
     match (view.request.take(), view.response.take(), side) {
         (Some(_), _, Side::Upstream) => {
             return Err(CodecError::malformed("a brpc server sent a request frame"));

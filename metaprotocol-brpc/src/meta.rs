@@ -120,27 +120,55 @@ impl RpcMetaView {
     /// [`Message::frame`](metaprotocol_core::Message::frame) of a message this codec decoded).
     pub fn from_frame(frame: &Bytes) -> Result<Self, CodecError> {
         let header = FrameHeader::of_whole_frame(frame)?;
-        Self::parse(&frame.slice(HEADER_LEN..header.meta_end()))
+        Self::with_user_fields(frame, HEADER_LEN..header.meta_end())
     }
 
     /// Reads the serialized `RpcMeta` in `meta`.
     pub fn parse(meta: &Bytes) -> Result<Self, CodecError> {
+        Self::with_user_fields(meta, 0..meta.len())
+    }
+
+    /// Reads the meta at `meta` in `buf`, its user fields included.
+    fn with_user_fields(buf: &Bytes, meta: Range<usize>) -> Result<Self, CodecError> {
         let mut view = Self::default();
-        for field in FieldReader::new(meta) {
-            view.read_field(meta, field?)?;
-        }
+        let mut user_fields = Metadata::new();
+        view.read(buf, meta, &mut user_fields)?;
+        view.user_fields = user_fields;
         Ok(view)
     }
 
-    fn read_field(&mut self, meta: &Bytes, field: Field) -> Result<(), CodecError> {
+    /// Merges the serialized `RpcMeta` at `meta` within `buf` (an out-of-range `meta` reads as
+    /// empty) into this view, inserting its `user_fields` into `user_fields` rather than the
+    /// view's own: the decoder fills the message's metadata in place. Strings are slices of
+    /// `buf`; the spans in `correlation_id_span` are offsets from the meta's start. The view is
+    /// filled in place rather than returned, as it is large (its own, unused, `Metadata`).
+    pub(crate) fn read(
+        &mut self,
+        buf: &Bytes,
+        meta: Range<usize>,
+        user_fields: &mut Metadata,
+    ) -> Result<(), CodecError> {
+        let meta = Within::new(buf, meta);
+        for field in FieldReader::new(meta.bytes()) {
+            self.read_field(meta, field?, user_fields)?;
+        }
+        Ok(())
+    }
+
+    fn read_field(
+        &mut self,
+        meta: Within<'_>,
+        field: Field,
+        user_fields: &mut Metadata,
+    ) -> Result<(), CodecError> {
         match (field.number, field.value) {
             (field::REQUEST, WireValue::Bytes(range)) => {
                 let request = self.request.get_or_insert_with(RequestMetaView::default);
-                request.merge(&meta.slice(range))?;
+                request.merge(meta.nested(range))?;
             }
             (field::RESPONSE, WireValue::Bytes(range)) => {
                 let response = self.response.get_or_insert_with(ResponseMetaView::default);
-                response.merge(&meta.slice(range))?;
+                response.merge(meta.nested(range))?;
             }
             (field::COMPRESS_TYPE, WireValue::Varint(v)) => self.compress_type = v as i32,
             (field::CORRELATION_ID, WireValue::Varint(v)) => {
@@ -154,10 +182,10 @@ impl RpcMetaView {
             }
             (field::STREAM_SETTINGS, WireValue::Bytes(_)) => self.has_stream_settings = true,
             (field::USER_FIELDS, WireValue::Bytes(range)) => {
-                let entry = meta.slice(range);
-                let (key, value) = map_entry(&entry)?;
-                if let (Some(key), Some(value)) = (utf8(&entry, key), utf8(&entry, value)) {
-                    self.user_fields.insert(key, value);
+                let entry = meta.nested(range);
+                let (key, value) = map_entry(entry.bytes())?;
+                if let (Some(key), Some(value)) = (entry.utf8(key), entry.utf8(value)) {
+                    user_fields.insert(key, value);
                 }
             }
             (field::CONTENT_TYPE, WireValue::Varint(v)) => self.content_type = v as i32,
@@ -175,14 +203,14 @@ impl RpcMetaView {
 }
 
 impl RequestMetaView {
-    fn merge(&mut self, meta: &Bytes) -> Result<(), CodecError> {
-        for field in FieldReader::new(meta) {
+    fn merge(&mut self, meta: Within<'_>) -> Result<(), CodecError> {
+        for field in FieldReader::new(meta.bytes()) {
             match field?.into_parts() {
                 (request_field::SERVICE_NAME, WireValue::Bytes(r)) => {
-                    self.service_name = utf8(meta, r);
+                    self.service_name = meta.utf8(r);
                 }
                 (request_field::METHOD_NAME, WireValue::Bytes(r)) => {
-                    self.method_name = utf8(meta, r);
+                    self.method_name = meta.utf8(r);
                 }
                 (request_field::LOG_ID, WireValue::Varint(v)) => self.log_id = Some(v as i64),
                 (request_field::TRACE_ID, WireValue::Varint(v)) => self.trace_id = Some(v as i64),
@@ -190,7 +218,7 @@ impl RequestMetaView {
                 (request_field::PARENT_SPAN_ID, WireValue::Varint(v)) => {
                     self.parent_span_id = Some(v as i64);
                 }
-                (request_field::REQUEST_ID, WireValue::Bytes(r)) => self.request_id = utf8(meta, r),
+                (request_field::REQUEST_ID, WireValue::Bytes(r)) => self.request_id = meta.utf8(r),
                 (request_field::TIMEOUT_MS, WireValue::Varint(v)) => {
                     self.timeout_ms = Some(v as i32);
                 }
@@ -202,17 +230,56 @@ impl RequestMetaView {
 }
 
 impl ResponseMetaView {
-    fn merge(&mut self, meta: &Bytes) -> Result<(), CodecError> {
-        for field in FieldReader::new(meta) {
+    fn merge(&mut self, meta: Within<'_>) -> Result<(), CodecError> {
+        for field in FieldReader::new(meta.bytes()) {
             match field?.into_parts() {
                 (response_field::ERROR_CODE, WireValue::Varint(v)) => self.error_code = v as i32,
-                (response_field::ERROR_TEXT, WireValue::Bytes(r)) => {
-                    self.error_text = utf8(meta, r)
-                }
+                (response_field::ERROR_TEXT, WireValue::Bytes(r)) => self.error_text = meta.utf8(r),
                 _ => {}
             }
         }
         Ok(())
+    }
+}
+
+/// A message being walked: the buffer it lies in and where. The walker's offsets, relative to
+/// the message, slice values straight out of the buffer, with no `Bytes` per nested message.
+#[derive(Clone, Copy)]
+struct Within<'a> {
+    buf: &'a Bytes,
+    start: usize,
+    end: usize,
+}
+
+impl<'a> Within<'a> {
+    fn new(buf: &'a Bytes, range: Range<usize>) -> Self {
+        Self {
+            buf,
+            start: range.start,
+            end: range.end,
+        }
+    }
+
+    /// The message's bytes; none if it does not lie within the buffer.
+    fn bytes(self) -> &'a [u8] {
+        self.buf.get(self.start..self.end).unwrap_or_default()
+    }
+
+    /// The message nested at `range` of this one (as the walker of [`Within::bytes`] reports
+    /// it, so within the buffer).
+    fn nested(self, range: Range<usize>) -> Self {
+        Self::new(self.buf, self.start + range.start..self.start + range.end)
+    }
+
+    /// The bytes at `range` of this message.
+    fn slice(self, range: Range<usize>) -> Bytes {
+        self.buf
+            .slice(self.start + range.start..self.start + range.end)
+    }
+
+    /// The string at `range` of this message; `None` if it is not UTF-8.
+    fn utf8(self, range: Range<usize>) -> Option<ByteStr> {
+        ByteStr::from_utf8(self.slice(range)).ok()
     }
 }
 
@@ -235,8 +302,4 @@ pub(crate) fn map_entry(entry: &[u8]) -> Result<(Range<usize>, Range<usize>), Co
         }
     }
     Ok((key, value))
-}
-
-fn utf8(meta: &Bytes, range: Range<usize>) -> Option<ByteStr> {
-    ByteStr::from_utf8(meta.slice(range)).ok()
 }

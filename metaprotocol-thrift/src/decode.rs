@@ -13,6 +13,7 @@
 //! tell a declared exception from a success.
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
 use metaprotocol_core::{
@@ -279,28 +280,6 @@ fn describe(
             (MessageKind::Response, status)
         }
     };
-    let mut metadata = Metadata::new();
-    if let Some(block) = block {
-        for info in InfoHeaders::new(&frame, block.info.clone()) {
-            let info = info?;
-            // Headers that are not UTF-8 stay in the frame but cannot be routed on.
-            if let (Ok(key), Ok(value)) = (
-                ByteStr::from_utf8(frame.slice(info.key)),
-                ByteStr::from_utf8(frame.slice(info.value)),
-            ) {
-                metadata.insert(key, value);
-            }
-        }
-    }
-    let name = ByteStr::from_utf8(frame.slice(header.name.clone()))
-        .map_err(|_| CodecError::malformed("method name is not UTF-8"))?;
-    match split_service(&name) {
-        Some((service, method)) => {
-            metadata.insert(ByteStr::from_static(keys::SERVICE), service);
-            metadata.insert(ByteStr::from_static(keys::METHOD), method);
-        }
-        None => metadata.insert(ByteStr::from_static(keys::METHOD), name),
-    }
     let layout = Layout {
         payload_start,
         seqid: header.seqid_at,
@@ -317,25 +296,81 @@ fn describe(
     let mut message = Message::new(kind, u64::from(header.seqid as u32), frame);
     message.status = status;
     message.not_processed = not_processed;
-    message.metadata = metadata;
     message.variant = format.to_variant();
     message.layout = FrameLayout::from(layout);
+    // The metadata is filled in place, its strings sliced from the message's own frame.
+    let (frame, metadata) = (&message.frame, &mut message.metadata);
+    if let Some(block) = block {
+        for info in InfoHeaders::new(frame, block.info.clone()) {
+            let info = info?;
+            // Headers that are not UTF-8 stay in the frame but cannot be routed on.
+            if let (Ok(key), Ok(value)) = (
+                ByteStr::from_utf8(frame.slice(info.key)),
+                ByteStr::from_utf8(frame.slice(info.value)),
+            ) {
+                metadata.insert(key, value);
+            }
+        }
+    }
+    add_name(metadata, frame, header.name)?;
     Ok(message)
 }
 
-/// `Service:method` (TMultiplexedProtocol) split at the first colon.
-pub(crate) fn split_service(name: &ByteStr) -> Option<(ByteStr, ByteStr)> {
-    let colon = name.as_bytes().iter().position(|&b| b == b':')?;
-    let bytes = name.clone().into_bytes();
-    // Splitting UTF-8 at an ASCII byte leaves two valid UTF-8 strings.
-    let service = ByteStr::from_utf8(bytes.slice(..colon)).ok()?;
-    let method = ByteStr::from_utf8(bytes.slice(colon + 1..)).ok()?;
-    Some((service, method))
+/// Adds the method name at `name` in `frame` as `method`, and a `Service:method` name
+/// (TMultiplexedProtocol), split at the first colon, as `service` and `method`.
+///
+/// Each byte is validated as UTF-8 once: a string split at an ASCII byte is UTF-8 exactly when
+/// both sides are, so checking the sides checks the whole name.
+fn add_name(metadata: &mut Metadata, frame: &Bytes, name: Range<usize>) -> Result<(), CodecError> {
+    let utf8 = |range: Range<usize>| {
+        ByteStr::from_utf8(frame.slice(range))
+            .map_err(|_| CodecError::malformed("method name is not UTF-8"))
+    };
+    let colon = frame
+        .get(name.clone())
+        .and_then(|bytes| bytes.iter().position(|&b| b == b':'));
+    match colon {
+        Some(colon) => {
+            let service = utf8(name.start..name.start + colon)?;
+            let method = utf8(name.start + colon + 1..name.end)?;
+            metadata.insert(ByteStr::from_static(keys::SERVICE), service);
+            metadata.insert(ByteStr::from_static(keys::METHOD), method);
+        }
+        None => metadata.insert(ByteStr::from_static(keys::METHOD), utf8(name)?),
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A multiplexed name is split at its first colon, and a name with bytes that are not
+    /// UTF-8 on either side of it is refused, as a whole name that is not UTF-8 is.
+    #[test]
+    fn names_split_at_the_first_colon_and_must_be_utf8() {
+        // A name, and the service and method it reads as (`None`: refused).
+        type Case = (&'static [u8], Option<(Option<&'static str>, &'static str)>);
+        let cases: [Case; 6] = [
+            (b"echo", Some((None, "echo"))),
+            (b"Svc:echo", Some((Some("Svc"), "echo"))),
+            (b"Svc:a:b", Some((Some("Svc"), "a:b"))),
+            (b"\xffSvc:echo", None),
+            (b"Svc:\xff", None),
+            (b"\xc3\xa9", Some((None, "\u{e9}"))),
+        ];
+        for (name, expected) in cases {
+            let frame = Bytes::copy_from_slice(name);
+            let mut metadata = Metadata::new();
+            let added = add_name(&mut metadata, &frame, 0..name.len());
+            let got = added.ok().map(|()| {
+                let get = |key: &str| metadata.get(key).map(ByteStr::to_string);
+                (get(keys::SERVICE), get(keys::METHOD).unwrap_or_default())
+            });
+            let expected = expected.map(|(s, m)| (s.map(str::to_owned), m.to_owned()));
+            assert_eq!(got, expected, "{name:?}");
+        }
+    }
 
     #[test]
     fn detects_each_transport_from_the_first_bytes() {
