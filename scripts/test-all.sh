@@ -67,6 +67,10 @@ git clone --quiet "$PWD" "$clone_parent/metaprotocol-rs"
   # packaged, and the packaged sources building on their own.
   echo "== cargo package / cargo publish --dry-run, in the fresh clone"
   CARGO_TARGET_DIR="$target_dir" cargo package --workspace --locked --no-verify
+  # The dry run serves the packaged crates from a local registry and unpacks them under
+  # CARGO_HOME once per version: a copy unpacked by an earlier run (same version, older
+  # sources) would be built instead of this one.
+  rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/{src,cache}/-*/metaprotocol-*
   CARGO_TARGET_DIR="$target_dir" cargo publish --workspace --locked --dry-run
 )
 disk_report

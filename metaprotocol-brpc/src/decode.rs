@@ -46,7 +46,11 @@ pub(crate) fn message_from_frame(
     let mut message = Message::new(MessageKind::Request, 0, frame);
     // User fields go straight into the message's metadata.
     let mut view = RpcMetaView::default();
-    view.read(&message.frame, HEADER_LEN..meta_end, &mut message.metadata)?;
+    view.read(
+        &message.frame,
+        HEADER_LEN..meta_end,
+        Some(&mut message.metadata),
+    )?;
     message.request_id = view.correlation_id.unwrap_or(0);
     message.layout = BrpcLayout::new(meta_end, view.correlation_id_span.as_ref()).to_frame_layout();
     let payload = payload_range(frame_len, meta_end, view.attachment_size);

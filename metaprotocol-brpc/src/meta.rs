@@ -128,29 +128,27 @@ impl RpcMetaView {
         Self::with_user_fields(meta, 0..meta.len())
     }
 
-    /// Reads the meta at `meta` in `buf`, its user fields included.
+    /// Reads the meta at `meta` in `buf`, its user fields included (into the view's own).
     fn with_user_fields(buf: &Bytes, meta: Range<usize>) -> Result<Self, CodecError> {
         let mut view = Self::default();
-        let mut user_fields = Metadata::new();
-        view.read(buf, meta, &mut user_fields)?;
-        view.user_fields = user_fields;
+        view.read(buf, meta, None)?;
         Ok(view)
     }
 
     /// Merges the serialized `RpcMeta` at `meta` within `buf` (an out-of-range `meta` reads as
-    /// empty) into this view, inserting its `user_fields` into `user_fields` rather than the
-    /// view's own: the decoder fills the message's metadata in place. Strings are slices of
+    /// empty) into this view, inserting its `user_fields` into `user_fields` when given rather
+    /// than the view's own: the decoder fills the message's metadata in place. Strings are slices of
     /// `buf`; the spans in `correlation_id_span` are offsets from the meta's start. The view is
     /// filled in place rather than returned, as it is large (its own, unused, `Metadata`).
     pub(crate) fn read(
         &mut self,
         buf: &Bytes,
         meta: Range<usize>,
-        user_fields: &mut Metadata,
+        mut user_fields: Option<&mut Metadata>,
     ) -> Result<(), CodecError> {
         let meta = Within::new(buf, meta);
         for field in FieldReader::new(meta.bytes()) {
-            self.read_field(meta, field?, user_fields)?;
+            self.read_field(meta, field?, user_fields.as_deref_mut())?;
         }
         Ok(())
     }
@@ -159,7 +157,7 @@ impl RpcMetaView {
         &mut self,
         meta: Within<'_>,
         field: Field,
-        user_fields: &mut Metadata,
+        user_fields: Option<&mut Metadata>,
     ) -> Result<(), CodecError> {
         match (field.number, field.value) {
             (field::REQUEST, WireValue::Bytes(range)) => {
@@ -185,7 +183,9 @@ impl RpcMetaView {
                 let entry = meta.nested(range);
                 let (key, value) = map_entry(entry.bytes())?;
                 if let (Some(key), Some(value)) = (entry.utf8(key), entry.utf8(value)) {
-                    user_fields.insert(key, value);
+                    user_fields
+                        .unwrap_or(&mut self.user_fields)
+                        .insert(key, value);
                 }
             }
             (field::CONTENT_TYPE, WireValue::Varint(v)) => self.content_type = v as i32,
