@@ -66,11 +66,11 @@ git clone --quiet "$PWD" "$clone_parent/metaprotocol-rs"
   # Every library crate as it would be published: complete metadata, its README and license
   # packaged, and the packaged sources building on their own.
   echo "== cargo package / cargo publish --dry-run, in the fresh clone"
+  # The dry run builds the packaged crates as registry crates, and cargo never rechecks a
+  # registry crate's sources: an earlier run's build of the same version (older sources) would
+  # be used. Our crates are rebuilt from scratch here.
+  rm -rf "$target_dir/package" "$target_dir"/debug/.fingerprint/metaprotocol-*
   CARGO_TARGET_DIR="$target_dir" cargo package --workspace --locked --no-verify
-  # The dry run serves the packaged crates from a local registry and unpacks them under
-  # CARGO_HOME once per version: a copy unpacked by an earlier run (same version, older
-  # sources) would be built instead of this one.
-  rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/{src,cache}/-*/metaprotocol-*
   CARGO_TARGET_DIR="$target_dir" cargo publish --workspace --locked --dry-run
 )
 disk_report
