@@ -171,10 +171,10 @@ impl Requests {
             .push(wait);
     }
 
-    /// Forgets a timer: it fires unheeded (see [`Requests::timer`]) unless a compaction
-    /// drops it first.
-    fn cancel_timer(&mut self) {
-        let Some(timers) = &mut self.timers else {
+    /// Forgets a timer the request has let go of (`None`: it held none): it fires unheeded
+    /// (see [`Requests::timer`]) unless a compaction drops it first.
+    fn cancel_timer(&mut self, timer: Option<TimerId>) {
+        let (Some(_), Some(timers)) = (timer, &mut self.timers) else {
             return;
         };
         if timers.cancel() {
@@ -473,9 +473,8 @@ impl Requests {
         }
         let deadline = routed.deadline();
         inflight.stage = Stage::Routed(routed);
-        if inflight.deadline_timer.take().is_some() {
-            self.cancel_timer();
-        }
+        let previous = inflight.deadline_timer.take();
+        self.cancel_timer(previous);
         let timer = self.set_timer(key, TimerKind::Deadline, deadline, now);
         if let Some(inflight) = self.get(key) {
             inflight.deadline_timer = Some(timer);
@@ -510,9 +509,8 @@ impl Requests {
             Stage::Routed(routed) => routed.attempts(),
             _ => 0,
         };
-        if inflight.step_timer.take().is_some() {
-            self.cancel_timer();
-        }
+        let previous = inflight.step_timer.take();
+        self.cancel_timer(previous);
         let timer = match next {
             Next::Answer { per_try: None } => None,
             Next::Answer { per_try: Some(at) } => {
@@ -558,11 +556,10 @@ impl Requests {
         match (answered, result) {
             (None, _) => {}
             (Some(Next::Respond), Ok(response)) => {
-                if let Some(inflight) = self.get(key)
-                    && inflight.step_timer.take().is_some()
-                {
-                    self.cancel_timer();
-                }
+                let step_timer = self
+                    .get(key)
+                    .and_then(|inflight| inflight.step_timer.take());
+                self.cancel_timer(step_timer);
                 self.respond(key, response, out, now);
             }
             (Some(next), _) => self.follow(key, next, out, now),
@@ -747,11 +744,8 @@ impl Requests {
             return;
         }
         let mut inflight = self.slab.remove(key.index as usize);
-        for timer in [inflight.deadline_timer.take(), inflight.step_timer.take()] {
-            if timer.is_some() {
-                self.cancel_timer();
-            }
-        }
+        self.cancel_timer(inflight.deadline_timer.take());
+        self.cancel_timer(inflight.step_timer.take());
         let before = out.len();
         let request = &inflight.request;
         let response = match answer {
