@@ -15,11 +15,15 @@ usage: benches/compare.sh [--quick] [options]
   --warmup S         warm-up seconds per run (default 1)
   --protocols "..."  among dubbo thrift brpc (default: all three)
   --cases "..."      CONNECTIONSxOUTSTANDING:PAYLOAD_BYTES (default: 8x64:32 8x64:1024 1x1:32 1x1:1024)
-  --layouts "..."    a: everything on core 0; b: load and echo on core 0, the proxy on core 1
-                     (default: a b)
+  --layouts "..."    a: everything on core 0; b: load and echo on core 0, the proxy on core 1;
+                     c: nothing pinned, every process may use both cores (default: a b)
+  --workers "..."    the proxy's worker threads, one target per count: metaprotocol (1 worker),
+                     metaprotocol-Nw (N workers); pair with layout c to see how the proxy scales
+                     (default: 1)
   --calls-per-write N  the load generator writes after every N calls, as clients that flush
                      each call do (default: every call that may go in one write)
-  --port N           first of the four loopback ports used (default 27300)
+  --port N           first of the loopback ports used: four, and two more per extra worker
+                     count (default 27300)
   --out DIR          where results go (default: target/compare)
 EOF
 }
@@ -28,6 +32,7 @@ rounds=3 duration=2 warmup=1
 protocols="dubbo thrift brpc"
 cases="8x64:32 8x64:1024 1x1:32 1x1:1024"
 layouts="a b"
+workers="1"
 port=27300
 out_dir=""
 per_write=()
@@ -44,6 +49,7 @@ while [ $# -gt 0 ]; do
     --protocols) protocols=$2; shift ;;
     --cases) cases=$2; shift ;;
     --layouts) layouts=$2; shift ;;
+    --workers) workers=$2; shift ;;
     --calls-per-write) per_write=(--calls-per-write "$2"); shift ;;
     --port) port=$2; shift ;;
     --out) out_dir=$2; shift ;;
@@ -111,9 +117,13 @@ stamp=$(date +%Y%m%d-%H%M%S)
 results=$out_dir/results-$stamp.jsonl
 logs=$out_dir/logs-$stamp
 mkdir -p "$logs"
-targets="direct haproxy metaprotocol"
-runs=$(( $(wc -w <<<"$layouts") * $(wc -w <<<"$protocols") * $(wc -w <<<"$cases") * rounds * 3 ))
-group_limit=$(awk -v r="$rounds" -v d="$duration" -v w="$warmup" 'BEGIN { print int(r * 3 * (d + w + 2) + 60) }')
+# One proxy under test per worker count, each on its own pair of ports (listener, admin).
+proxy_target() { if [ "$1" = 1 ]; then echo metaprotocol; else echo "metaprotocol-${1}w"; fi; }
+targets="direct haproxy"
+for n in $workers; do targets+=" $(proxy_target "$n")"; done
+per_round=$(wc -w <<<"$targets")
+runs=$(( $(wc -w <<<"$layouts") * $(wc -w <<<"$protocols") * $(wc -w <<<"$cases") * rounds * per_round ))
+group_limit=$(awk -v r="$rounds" -v n="$per_round" -v d="$duration" -v w="$warmup" 'BEGIN { print int(r * n * (d + w + 2) + 60) }')
 # The tools take durations like 500ms; the options are seconds, fractions allowed.
 warmup_ms=$(awk -v s="$warmup" 'BEGIN { print int(s * 1000) }')
 duration_ms=$(awk -v s="$duration" 'BEGIN { print int(s * 1000) }')
@@ -122,8 +132,9 @@ run=0
 
 for layout in $layouts; do
   case $layout in
-    a) proxy_cpu=0 ;;
-    b) proxy_cpu=1 ;;
+    a) proxy_cpu=0 load_cpu=0 ;;
+    b) proxy_cpu=1 load_cpu=0 ;;
+    c) proxy_cpu=0,1 load_cpu=0,1 ;;
     *) echo "unknown layout $layout" >&2; exit 2 ;;
   esac
   for protocol in $protocols; do
@@ -132,7 +143,7 @@ for layout in $layouts; do
       outstanding=${rest%%:*} payload=${case##*:}
       name=$layout-$protocol-$connections-$outstanding-$payload
 
-      start echo_pid 0 "$logs/$name-echo.log" "$bin/echo" --protocol "$protocol" \
+      start echo_pid "$load_cpu" "$logs/$name-echo.log" "$bin/echo" --protocol "$protocol" \
         --listen "127.0.0.1:$echo_port" --duration "${group_limit}s"
       cat >"$logs/haproxy.cfg" <<EOF
 global
@@ -148,22 +159,32 @@ listen bench
     server echo 127.0.0.1:$echo_port
 EOF
       start haproxy_pid "$proxy_cpu" "$logs/$name-haproxy.log" haproxy -db -f "$logs/haproxy.cfg"
-      "$bin/compare" proxy-config --protocol "$protocol" --listen "127.0.0.1:$proxy_port" \
-        --upstream "127.0.0.1:$echo_port" --admin "127.0.0.1:$admin_port" >"$logs/proxy.yaml"
-      start proxy_pid "$proxy_cpu" "$logs/$name-proxy.log" "$bin/metaprotocol-proxy" run \
-        --config "$logs/proxy.yaml" --workers 1
-      for p in "$echo_port" "$haproxy_port" "$proxy_port" "$admin_port"; do wait_port "$p"; done
+      ports=("$echo_port" "$haproxy_port")
+      declare -A proxy_pids=() proxy_ports=()
+      offset=0
+      for n in $workers; do
+        listen=$((proxy_port + offset)) admin=$((admin_port + offset))
+        offset=$((offset + 2))
+        "$bin/compare" proxy-config --protocol "$protocol" --listen "127.0.0.1:$listen" \
+          --upstream "127.0.0.1:$echo_port" --admin "127.0.0.1:$admin" >"$logs/proxy-$n.yaml"
+        start proxy_pid "$proxy_cpu" "$logs/$name-proxy-$n.log" "$bin/metaprotocol-proxy" run \
+          --config "$logs/proxy-$n.yaml" --workers "$n"
+        target=$(proxy_target "$n")
+        proxy_pids[$target]=$proxy_pid proxy_ports[$target]=$listen
+        ports+=("$listen" "$admin")
+      done
+      for p in "${ports[@]}"; do wait_port "$p"; done
 
       for round in $(seq "$rounds"); do
         for target in $targets; do
           case $target in
             direct) target_port=$echo_port watch=() ;;
             haproxy) target_port=$haproxy_port watch=(--watch "proxy=$haproxy_pid") ;;
-            metaprotocol) target_port=$proxy_port watch=(--watch "proxy=$proxy_pid") ;;
+            *) target_port=${proxy_ports[$target]} watch=(--watch "proxy=${proxy_pids[$target]}") ;;
           esac
           run=$((run + 1))
           echo "[$run/$runs] layout $layout, $protocol, $connections x $outstanding, ${payload} B, round $round: $target" >&2
-          taskset -c 0 "$bin/loadgen" --protocol "$protocol" --target "127.0.0.1:$target_port" \
+          taskset -c "$load_cpu" "$bin/loadgen" --protocol "$protocol" --target "127.0.0.1:$target_port" \
             --connections "$connections" --outstanding "$outstanding" --payload "$payload" \
             --warmup "$warmup_ms"ms --duration "$duration_ms"ms \
             --watch "echo=$echo_pid" "${watch[@]}" "${per_write[@]}" \
@@ -178,7 +199,8 @@ done
 table=$out_dir/table-$stamp.md
 {
   echo "Medians of $rounds rounds of ${duration} s (after ${warmup} s warm-up) per target, interleaved;"
-  echo "layout a: everything on core 0; b: load generator and echo server on core 0, the proxy alone on core 1."
+  echo "layout a: everything on core 0; b: load generator and echo server on core 0, the proxy alone on core 1;"
+  echo "c: nothing pinned. metaprotocol-Nw: the proxy with N worker threads (metaprotocol: one)."
   echo
   "$bin/compare" table "$results"
 } | tee "$table"
