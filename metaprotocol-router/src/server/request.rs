@@ -79,6 +79,12 @@ struct InFlight {
     span: Option<Box<RequestSpan>>,
 }
 
+/// The request in flight under `key`, if it is still the one the key was made for.
+fn in_flight(slab: &mut Slab<InFlight>, key: RequestKey) -> Option<&mut InFlight> {
+    slab.get_mut(key.index as usize)
+        .filter(|inflight| inflight.seq == key.seq)
+}
+
 /// How a request ends.
 enum Answer<'a> {
     /// Forward the upstream response with this mutation. Borrowed: a `Message` is large, and
@@ -307,9 +313,7 @@ impl Requests {
     }
 
     fn get(&mut self, key: RequestKey) -> Option<&mut InFlight> {
-        self.slab
-            .get_mut(key.index as usize)
-            .filter(|inflight| inflight.seq == key.seq)
+        in_flight(&mut self.slab, key)
     }
 
     fn start(&mut self, message: Arc<Message>, out: &mut BytesMut, now: Instant) {
@@ -381,8 +385,10 @@ impl Requests {
         out: &mut BytesMut,
         now: Instant,
     ) {
-        let filters = self.ctx.filters.clone();
-        let Some(inflight) = self.get(key) else {
+        // Borrowed beside the request (no clone of the shared chain, whose reference count
+        // every worker would write).
+        let filters = &self.ctx.filters;
+        let Some(inflight) = in_flight(&mut self.slab, key) else {
             return;
         };
         let step = filters.run_request(
@@ -620,8 +626,8 @@ impl Requests {
     }
 
     fn respond(&mut self, key: RequestKey, response: &Message, out: &mut BytesMut, now: Instant) {
-        let filters = self.ctx.filters.clone();
-        let Some(inflight) = self.get(key) else {
+        let filters = &self.ctx.filters;
+        let Some(inflight) = in_flight(&mut self.slab, key) else {
             return;
         };
         let step = filters.run_response(
