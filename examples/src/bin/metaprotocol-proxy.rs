@@ -57,7 +57,8 @@ enum Command {
         /// The YAML config file.
         #[arg(long)]
         config: PathBuf,
-        /// Worker threads (default: one per core).
+        /// Worker threads serving client connections, each with its own event loop (default:
+        /// one per core).
         #[arg(long)]
         workers: Option<usize>,
         /// How long connections keep serving after SIGTERM before what is left is answered
@@ -142,6 +143,9 @@ fn main() -> ExitCode {
         Command::Run { workers, .. } => *workers,
         _ => None,
     };
+    // This runtime runs the accept loops, the admin API, health checks and updates; client
+    // connections run on the proxy's own workers (`ProxyBuilder::workers`). It is sized like
+    // them: script filters keep one instance per thread of it by default.
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if let Some(workers) = workers.filter(|w| *w > 0) {
@@ -158,7 +162,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run {
                 config, drain_time, ..
-            } => run(config, drain_time.map(Into::into), log_control).await,
+            } => run(config, drain_time.map(Into::into), workers, log_control).await,
             Command::Validate { config } => validate(config),
             Command::Route {
                 config,
@@ -180,6 +184,7 @@ fn builder(config: Config) -> ProxyBuilder {
 async fn run(
     path: PathBuf,
     drain_time: Option<std::time::Duration>,
+    workers: Option<usize>,
     log_control: Arc<ReloadableFilter>,
 ) -> ExitCode {
     let config = match Config::from_file(&path) {
@@ -189,9 +194,14 @@ async fn run(
             return ExitCode::FAILURE;
         }
     };
+    let workers = workers
+        .filter(|w| *w > 0)
+        .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+        .unwrap_or(1);
     let mut builder = builder(config)
         .config_source(format!("file:{}", path.display()))
-        .log_control(log_control);
+        .log_control(log_control)
+        .workers(workers);
     if let Some(drain_time) = drain_time {
         builder = builder.drain_time(drain_time);
     }

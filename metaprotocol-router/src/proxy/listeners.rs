@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use super::UpdateError;
 use crate::config::ListenerSpec;
-use crate::server::{self, ListenerContext, Trackers};
+use crate::server::{self, ListenerContext, Trackers, Workers};
 
 /// One running listener.
 struct Running {
@@ -29,6 +29,8 @@ pub(crate) struct ListenerManager {
     shutdown: CancellationToken,
     /// Tracks every accept loop and connection, for shutdown to wait on.
     proxy: TaskTracker,
+    /// Where connections are served, if not on the accept loops' runtime.
+    pub(super) workers: Option<Workers>,
 }
 
 impl std::fmt::Debug for ListenerManager {
@@ -54,6 +56,7 @@ impl ListenerManager {
             listeners: Mutex::new(BTreeMap::new()),
             shutdown,
             proxy,
+            workers: None,
         }
     }
 
@@ -77,6 +80,7 @@ impl ListenerManager {
         let trackers = Trackers {
             listener: tracker.clone(),
             proxy: self.proxy.clone(),
+            workers: self.workers.clone(),
         };
         trackers.proxy.spawn(server::serve(
             listener,

@@ -37,7 +37,7 @@ use crate::cluster::{ClusterManager, ClusterStatus};
 use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec, RouteConfigSpec};
 use crate::filters::{FilterRegistry, SharedClients};
 use crate::route::{RouteCheck, RouteSlot};
-use crate::server::Load;
+use crate::server::{Load, Workers};
 use crate::stats::{Metrics, MetricsSettings};
 use crate::trace;
 
@@ -62,6 +62,9 @@ pub enum StartError {
         /// The system's reason.
         source: Arc<std::io::Error>,
     },
+    /// The worker threads (see [`ProxyBuilder::workers`]) could not be started.
+    #[error("cannot start the worker threads: {0}")]
+    Workers(Arc<std::io::Error>),
 }
 
 /// Why an update of a running proxy was refused. The running config is untouched.
@@ -191,6 +194,7 @@ pub struct ProxyBuilder {
     sources: DynamicSources,
     config_source: String,
     log_control: Option<Arc<dyn LogControl>>,
+    workers: Option<usize>,
 }
 
 impl std::fmt::Debug for ProxyBuilder {
@@ -232,6 +236,17 @@ impl ProxyBuilder {
     /// 501).
     pub fn log_control(mut self, control: Arc<dyn LogControl>) -> Self {
         self.log_control = Some(control);
+        self
+    }
+
+    /// Serves client connections on `count` threads of the proxy's own (at least one), each
+    /// running a single-threaded runtime that keeps a connection, the upstream connections its
+    /// requests use and their timers on one core: the proxy then scales with its workers, where
+    /// on a work-stealing runtime threads keep waking each other. Without it, connections are
+    /// served on the runtime that starts the proxy. The accept loops, the admin API, health
+    /// checks and updates run there either way.
+    pub fn workers(mut self, count: usize) -> Self {
+        self.workers = Some(count);
         self
     }
 
@@ -299,7 +314,13 @@ impl ProxyBuilder {
             metrics: self.config.metrics.clone(),
             ..Config::default()
         };
-        let state = Arc::new(self.state(initial));
+        let mut state = self.state(initial);
+        if let Some(count) = self.workers {
+            let workers =
+                Workers::start(count).map_err(|err| StartError::Workers(Arc::new(err)))?;
+            state.listeners.workers = Some(workers);
+        }
+        let state = Arc::new(state);
         let dynamic = self.config.dynamic.clone();
         state
             .apply_uncounted(Source::File, |layers, _| {
@@ -654,6 +675,7 @@ impl Proxy {
             sources: DynamicSources::default(),
             config_source: "embedded".to_owned(),
             log_control: None,
+            workers: None,
         }
     }
 

@@ -7,17 +7,21 @@ mod connection;
 mod load;
 mod request;
 mod timers;
+pub(crate) mod workers;
 
 pub(crate) use load::Load;
+pub(crate) use workers::Workers;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use metaprotocol_core::{CodecFactory, FilterChain};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TrackedFuture;
 
 use crate::access_log::AccessLogger;
 use crate::route::RouteSlot;
@@ -65,17 +69,78 @@ impl Drop for ListenerContext {
     }
 }
 
-/// Where a listener's connection tasks are tracked: by the listener (whose removal waits for
+/// Where a listener's connection tasks run (on the proxy's [`Workers`], if it has them, else
+/// on the runtime of the accept loop) and are tracked: by the listener (whose removal waits for
 /// them) and by the proxy (whose shutdown waits for all).
 #[derive(Clone, Debug)]
 pub(crate) struct Trackers {
     pub listener: TaskTracker,
     pub proxy: TaskTracker,
+    pub workers: Option<Workers>,
 }
 
 impl Trackers {
-    fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, task: F) {
-        tokio::spawn(self.proxy.track_future(self.listener.track_future(task)));
+    /// Serves `stream` on a task of its own.
+    fn serve(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        ctx: Arc<ListenerContext>,
+        stop: CancellationToken,
+    ) {
+        let Some(workers) = &self.workers else {
+            tokio::spawn(self.track(serve_accepted(stream, peer, ctx, stop)));
+            return;
+        };
+        // The socket moves to the worker's own event loop.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::debug!(listener = %ctx.name, %peer, error = %err, "cannot hand a connection to a worker");
+                return;
+            }
+        };
+        workers.spawn(self.track(async move {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => serve_accepted(stream, peer, ctx, stop).await,
+                Err(err) => {
+                    tracing::debug!(listener = %ctx.name, %peer, error = %err, "a worker cannot take a connection");
+                }
+            }
+        }));
+    }
+
+    fn track<F: std::future::Future<Output = ()>>(
+        &self,
+        task: F,
+    ) -> TrackedFuture<TrackedFuture<F>> {
+        self.proxy.track_future(self.listener.track_future(task))
+    }
+}
+
+/// Serves one accepted connection: its TLS handshake, if the listener has TLS, then its frames.
+async fn serve_accepted(
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<ListenerContext>,
+    stop: CancellationToken,
+) {
+    let local = stream.local_addr().unwrap_or(peer);
+    let accepted = Acceptor::plain(&stream);
+    match ctx.acceptor.clone() {
+        Acceptor::Plain => {
+            connection::serve(stream, accepted, peer, local, ctx, stop).await;
+        }
+        // The handshake runs on the connection's task, never in the accept loop; a client slow
+        // to finish it is bounded like a slow frame.
+        Acceptor::Tls(tls) => match tls.accept(stream, ctx.frame_timeout).await {
+            Ok((stream, accepted)) => {
+                connection::serve(stream, accepted, peer, local, ctx, stop).await;
+            }
+            Err(err) => {
+                tracing::debug!(listener = %ctx.name, %peer, error = %err, "TLS handshake failed");
+            }
+        },
     }
 }
 
@@ -103,36 +168,7 @@ pub(crate) async fn serve(
                     drop(stream);
                     continue;
                 }
-                let local = stream.local_addr().unwrap_or(peer);
-                let accepted = Acceptor::plain(&stream);
-                match ctx.acceptor.clone() {
-                    Acceptor::Plain => {
-                        trackers.spawn(connection::serve(
-                            stream,
-                            accepted,
-                            peer,
-                            local,
-                            ctx,
-                            stop.clone(),
-                        ));
-                    }
-                    Acceptor::Tls(tls) => {
-                        // The handshake runs on the connection's task, never in this loop; a
-                        // client slow to finish it is bounded like a slow frame.
-                        let stop = stop.clone();
-                        trackers.spawn(async move {
-                            match tls.accept(stream, ctx.frame_timeout).await {
-                                Ok((stream, accepted)) => {
-                                    connection::serve(stream, accepted, peer, local, ctx, stop)
-                                        .await;
-                                }
-                                Err(err) => {
-                                    tracing::debug!(listener = %ctx.name, %peer, error = %err, "TLS handshake failed");
-                                }
-                            }
-                        });
-                    }
-                }
+                trackers.serve(stream, peer, ctx, stop.clone());
             }
             Err(err) => {
                 // Out of file descriptors and the like: back off instead of spinning.

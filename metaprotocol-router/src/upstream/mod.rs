@@ -1,8 +1,9 @@
 //! Upstream connection pools: per endpoint, connections shared by every client.
 //!
 //! In `PoolMode::Multiplex` (the default) each endpoint keeps a few connections per wire
-//! variant, and requests from all downstream connections are spread over them, each with a fresh
-//! upstream request id. In `PoolMode::Exclusive` a connection carries one request at a time.
+//! variant (and per worker thread, on a proxy with [`Workers`](crate::server::Workers)), and
+//! requests from all downstream connections are spread over them, each with a fresh upstream
+//! request id. In `PoolMode::Exclusive` a connection carries one request at a time.
 //! Sending never waits: a request is queued on a connection task (which connects first if it has
 //! to) and its answer comes back through its [`ReplyTo`]. After connect failures the endpoint
 //! backs off, and requests for it fail at once instead of each trying to connect.
@@ -34,6 +35,7 @@ pub use self::error::UpstreamError;
 pub(crate) use self::outbound::{Discard, Inbox, Outbound, ReplyTo, RequestKey, UpstreamEvent};
 pub(crate) use self::probe::ProbeConnection;
 use crate::cluster::{CircuitBreakers, ConnectionPermit};
+use crate::server::workers;
 use crate::stats::{ClusterStats, EndpointStats};
 use crate::transport::Connector;
 
@@ -50,9 +52,12 @@ pub(crate) struct PoolSettings {
     pub max_requests_per_connection: Option<u32>,
 }
 
-/// The connection slots of one wire variant.
+/// The connection slots of one wire variant, for one worker thread.
 struct Partition {
     variant: WireVariant,
+    /// The worker whose client connections use these slots (see [`crate::server::workers`]),
+    /// so that an upstream connection's task runs on the thread of the clients it serves.
+    worker: Option<usize>,
     slots: Box<[ArcSwapOption<ConnectionHandle>]>,
     next: AtomicUsize,
 }
@@ -74,8 +79,8 @@ pub(crate) struct UpstreamPool {
     /// The cluster's breakers (`max_connections` applies here).
     breakers: Option<Arc<CircuitBreakers>>,
     backoff: Arc<ConnectBackoff>,
-    /// Grows by one partition per variant seen (rarely more than one); copied on write so that
-    /// every send reads it without a lock.
+    /// Grows by one partition per variant seen (rarely more than one) and worker thread that
+    /// sends; copied on write so that every send reads it without a lock.
     partitions: ArcSwap<Vec<Arc<Partition>>>,
 }
 
@@ -145,7 +150,7 @@ impl UpstreamPool {
     // boxing would cost every one of them a heap allocation.
     #[allow(clippy::result_large_err)]
     pub fn send(&self, variant: WireVariant, outbound: Outbound) -> Result<(), Rejected> {
-        let partition = self.partition(variant);
+        let partition = self.partition(variant, workers::current());
         let index = self.slot(&partition);
         let slot = &partition.slots[index];
         let live = slot.load();
@@ -165,12 +170,15 @@ impl UpstreamPool {
                 }
                 match self.connect(slot, variant) {
                     Some(handle) => handle.send(outbound),
-                    // At the cluster's connection limit: share an open connection, if any.
-                    None => match partition
-                        .slots
-                        .iter()
-                        .find_map(|s| s.load_full().filter(|h| h.is_open()))
-                    {
+                    // At the cluster's connection limit: share an open connection, if any (another
+                    // worker's if need be).
+                    None => match self.open_connection(&partition).or_else(|| {
+                        self.partitions
+                            .load()
+                            .iter()
+                            .filter(|p| p.variant == variant)
+                            .find_map(|p| self.open_connection(p))
+                    }) {
                         Some(open) => open.send(outbound),
                         None => Err((outbound, UpstreamError::Overflow)),
                     },
@@ -221,28 +229,43 @@ impl UpstreamPool {
             .count()
     }
 
-    fn partition(&self, variant: WireVariant) -> Arc<Partition> {
-        if let Some(p) = self.partitions.load().iter().find(|p| p.variant == variant) {
-            return p.clone();
+    /// An open connection of `partition`, if it has one.
+    fn open_connection(&self, partition: &Partition) -> Option<Arc<ConnectionHandle>> {
+        partition
+            .slots
+            .iter()
+            .find_map(|s| s.load_full().filter(|h| h.is_open()))
+    }
+
+    fn partition(&self, variant: WireVariant, worker: Option<usize>) -> Arc<Partition> {
+        let find = |partitions: &[Arc<Partition>]| {
+            partitions
+                .iter()
+                .find(|p| p.variant == variant && p.worker == worker)
+                .cloned()
+        };
+        if let Some(p) = find(&self.partitions.load()) {
+            return p;
         }
         let mut created = None;
         self.partitions.rcu(|partitions| {
             let mut next = Vec::clone(partitions);
-            if !next.iter().any(|p| p.variant == variant) {
-                let partition = created.get_or_insert_with(|| self.new_partition(variant));
+            if find(&next).is_none() {
+                let partition = created.get_or_insert_with(|| self.new_partition(variant, worker));
                 next.push(partition.clone());
             }
             next
         });
-        match self.partitions.load().iter().find(|p| p.variant == variant) {
-            Some(p) => p.clone(),
-            None => created.unwrap_or_else(|| self.new_partition(variant)),
+        match find(&self.partitions.load()) {
+            Some(p) => p,
+            None => created.unwrap_or_else(|| self.new_partition(variant, worker)),
         }
     }
 
-    fn new_partition(&self, variant: WireVariant) -> Arc<Partition> {
+    fn new_partition(&self, variant: WireVariant, worker: Option<usize>) -> Arc<Partition> {
         Arc::new(Partition {
             variant,
+            worker,
             slots: (0..self.settings.connections.max(1))
                 .map(|_| ArcSwapOption::empty())
                 .collect(),

@@ -1,0 +1,142 @@
+//! Worker threads for client connections: each runs a single-threaded runtime of its own, and
+//! every connection lives on one of them from accept to close.
+//!
+//! A work-stealing runtime moves tasks between threads: a worker that runs out of work is woken
+//! to steal some, and a request's data crosses cores on its way from the client's task to the
+//! upstream connection's. On a busy proxy those wake-ups and cache misses cost more than the
+//! second core gives. Here a connection, the upstream connections its requests use (see
+//! [`current`] and the upstream pool) and their timers all stay on one thread, so workers share
+//! only the proxy's state (routes, clusters, counters) and scale with the cores.
+//!
+//! The accept loops, the admin API, health checks and config updates keep running on the
+//! embedder's runtime.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+thread_local! {
+    /// The index of the worker this thread is, if it is one.
+    static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// The worker the calling thread is, if it is one of a [`Workers`]' threads.
+pub(crate) fn current() -> Option<usize> {
+    WORKER.with(Cell::get)
+}
+
+/// A set of worker threads. Cheap to clone; the threads stop once the last clone is dropped
+/// (tasks still on them are dropped with their runtime).
+#[derive(Clone, Debug)]
+pub(crate) struct Workers {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    handles: Box<[Handle]>,
+    /// The worker the next connection goes to.
+    next: AtomicUsize,
+    stop: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Workers {
+    /// Starts `count` worker threads (at least one).
+    pub fn start(count: usize) -> io::Result<Self> {
+        let stop = CancellationToken::new();
+        let mut handles = Vec::with_capacity(count.max(1));
+        for index in 0..count.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            handles.push(runtime.handle().clone());
+            let stopped = stop.clone();
+            let started = std::thread::Builder::new()
+                .name(format!("metaprotocol-worker-{index}"))
+                .spawn(move || {
+                    WORKER.with(|worker| worker.set(Some(index)));
+                    runtime.block_on(stopped.cancelled());
+                });
+            if let Err(err) = started {
+                stop.cancel();
+                return Err(err);
+            }
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                handles: handles.into(),
+                next: AtomicUsize::new(0),
+                stop,
+            }),
+        })
+    }
+
+    /// Runs `task` on the next worker, in turn.
+    pub fn spawn<F: Future<Output = ()> + Send + 'static>(&self, task: F) {
+        let handles = &self.inner.handles;
+        let index = self.inner.next.fetch_add(1, Ordering::Relaxed) % handles.len();
+        handles[index].spawn(task);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    #[tokio::test]
+    async fn tasks_go_to_each_worker_in_turn_and_know_where_they_run() -> TestResult {
+        let workers = Workers::start(2)?;
+        assert_eq!(current(), None, "the test's own thread is no worker");
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            workers.spawn(async move {
+                // A task spawned from a worker stays on it.
+                let inner = tokio::spawn(async { current() }).await.ok().flatten();
+                let _ = tx.send((current(), inner));
+            });
+            seen.push(rx.await?);
+        }
+        assert_eq!(
+            seen,
+            [
+                (Some(0), Some(0)),
+                (Some(1), Some(1)),
+                (Some(0), Some(0)),
+                (Some(1), Some(1))
+            ]
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn dropping_the_last_handle_stops_the_threads() -> TestResult {
+        let workers = Workers::start(1)?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        workers.spawn(async move {
+            // Never completes on its own: it holds `tx` until its runtime drops it.
+            std::future::pending::<()>().await;
+            drop(tx);
+        });
+        drop(workers);
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), rx).await;
+        assert!(
+            matches!(ended, Ok(Err(_))),
+            "the worker's runtime stopped and dropped its task"
+        );
+        Ok(())
+    }
+}
