@@ -80,7 +80,9 @@ pub(crate) struct Trackers {
 }
 
 impl Trackers {
-    /// Serves `stream` on a task of its own.
+    /// Serves `stream` on a task of its own: a plain connection's task holds only what a plain
+    /// connection needs (an idle client costs its task's size), a TLS one's also its handshake
+    /// and session.
     fn serve(
         &self,
         stream: TcpStream,
@@ -88,23 +90,50 @@ impl Trackers {
         ctx: Arc<ListenerContext>,
         stop: CancellationToken,
     ) {
+        let local = stream.local_addr().unwrap_or(peer);
+        let accepted = Acceptor::plain(&stream);
+        match ctx.acceptor.clone() {
+            Acceptor::Plain => self.spawn(stream, peer, move |stream| {
+                connection::serve(stream, accepted, peer, local, ctx, stop)
+            }),
+            // The handshake runs on the connection's task, never in the accept loop; a client
+            // slow to finish it is bounded like a slow frame.
+            Acceptor::Tls(tls) => self.spawn(stream, peer, move |stream| async move {
+                match tls.accept(stream, ctx.frame_timeout).await {
+                    Ok((stream, accepted)) => {
+                        connection::serve(stream, accepted, peer, local, ctx, stop).await;
+                    }
+                    Err(err) => {
+                        tracing::debug!(listener = %ctx.name, %peer, error = %err, "TLS handshake failed");
+                    }
+                }
+            }),
+        }
+    }
+
+    /// Runs `serve(stream)` on the next worker, the socket moved to the worker's own event
+    /// loop; without workers, on this runtime.
+    fn spawn<F, S>(&self, stream: TcpStream, peer: SocketAddr, serve: S)
+    where
+        S: FnOnce(TcpStream) -> F + Send + 'static,
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
         let Some(workers) = &self.workers else {
-            tokio::spawn(self.track(serve_accepted(stream, peer, ctx, stop)));
+            tokio::spawn(self.track(serve(stream)));
             return;
         };
-        // The socket moves to the worker's own event loop.
         let stream = match stream.into_std() {
             Ok(stream) => stream,
             Err(err) => {
-                tracing::debug!(listener = %ctx.name, %peer, error = %err, "cannot hand a connection to a worker");
+                tracing::debug!(%peer, error = %err, "cannot hand a connection to a worker");
                 return;
             }
         };
         workers.spawn(self.track(async move {
             match TcpStream::from_std(stream) {
-                Ok(stream) => serve_accepted(stream, peer, ctx, stop).await,
+                Ok(stream) => serve(stream).await,
                 Err(err) => {
-                    tracing::debug!(listener = %ctx.name, %peer, error = %err, "a worker cannot take a connection");
+                    tracing::debug!(%peer, error = %err, "a worker cannot take a connection");
                 }
             }
         }));
@@ -115,32 +144,6 @@ impl Trackers {
         task: F,
     ) -> TrackedFuture<TrackedFuture<F>> {
         self.proxy.track_future(self.listener.track_future(task))
-    }
-}
-
-/// Serves one accepted connection: its TLS handshake, if the listener has TLS, then its frames.
-async fn serve_accepted(
-    stream: TcpStream,
-    peer: SocketAddr,
-    ctx: Arc<ListenerContext>,
-    stop: CancellationToken,
-) {
-    let local = stream.local_addr().unwrap_or(peer);
-    let accepted = Acceptor::plain(&stream);
-    match ctx.acceptor.clone() {
-        Acceptor::Plain => {
-            connection::serve(stream, accepted, peer, local, ctx, stop).await;
-        }
-        // The handshake runs on the connection's task, never in the accept loop; a client slow
-        // to finish it is bounded like a slow frame.
-        Acceptor::Tls(tls) => match tls.accept(stream, ctx.frame_timeout).await {
-            Ok((stream, accepted)) => {
-                connection::serve(stream, accepted, peer, local, ctx, stop).await;
-            }
-            Err(err) => {
-                tracing::debug!(listener = %ctx.name, %peer, error = %err, "TLS handshake failed");
-            }
-        },
     }
 }
 
