@@ -22,12 +22,7 @@ use tokio::net::TcpListener;
 
 /// The value of `series` (a metric name with its labels) in `proxy`'s metrics.
 fn metric(proxy: &Proxy, series: &str) -> u64 {
-    proxy
-        .metrics()
-        .render()
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0)
+    support::proxy::metric(proxy, series) as u64
 }
 
 /// The provider that answered.

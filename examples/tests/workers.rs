@@ -11,6 +11,7 @@ use metaprotocol_router::{Config, Proxy};
 mod support;
 
 use support::TestResult;
+use support::proxy::metric;
 
 /// A proxy with two workers in front of `provider`, over cluster `demo` with one connection
 /// per endpoint and `breakers` (YAML flow map items, or empty).
@@ -54,15 +55,6 @@ async fn call_through(proxy: &Proxy, clients: usize) -> TestResult {
     Ok(())
 }
 
-fn metric(proxy: &Proxy, series: &str) -> u64 {
-    proxy
-        .metrics()
-        .render()
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn each_worker_serves_its_clients_over_upstream_connections_of_its_own() -> TestResult {
     let provider = DemoProvider::start("p").await?;
@@ -70,12 +62,12 @@ async fn each_worker_serves_its_clients_over_upstream_connections_of_its_own() -
     call_through(&proxy, 4).await?;
     assert_eq!(
         metric(&proxy, "metaprotocol_downstream_cx_total{listener=\"in\"}"),
-        4
+        4.0
     );
     // Four clients, two on each worker: one upstream connection per worker.
     assert_eq!(
         metric(&proxy, "metaprotocol_upstream_cx_total{cluster=\"demo\"}"),
-        2
+        2.0
     );
     tokio::time::timeout(Duration::from_secs(20), proxy.shutdown()).await?;
     Ok(())
@@ -88,7 +80,7 @@ async fn a_worker_at_the_connection_limit_shares_another_workers_connection() ->
     call_through(&proxy, 2).await?;
     assert_eq!(
         metric(&proxy, "metaprotocol_upstream_cx_total{cluster=\"demo\"}"),
-        1
+        1.0
     );
     tokio::time::timeout(Duration::from_secs(20), proxy.shutdown()).await?;
     Ok(())
