@@ -57,20 +57,27 @@ impl Workers {
         let stop = CancellationToken::new();
         let mut handles = Vec::with_capacity(count.max(1));
         for index in 0..count.max(1) {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            handles.push(runtime.handle().clone());
             let stopped = stop.clone();
-            let started = std::thread::Builder::new()
-                .name(format!("metaprotocol-worker-{index}"))
-                .spawn(move || {
-                    WORKER.with(|worker| worker.set(Some(index)));
-                    runtime.block_on(stopped.cancelled());
+            let started = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .and_then(|runtime| {
+                    let handle = runtime.handle().clone();
+                    std::thread::Builder::new()
+                        .name(format!("metaprotocol-worker-{index}"))
+                        .spawn(move || {
+                            WORKER.with(|worker| worker.set(Some(index)));
+                            runtime.block_on(stopped.cancelled());
+                        })?;
+                    Ok(handle)
                 });
-            if let Err(err) = started {
-                stop.cancel();
-                return Err(err);
+            match started {
+                Ok(handle) => handles.push(handle),
+                Err(err) => {
+                    // The workers already started stop too.
+                    stop.cancel();
+                    return Err(err);
+                }
             }
         }
         Ok(Self {
