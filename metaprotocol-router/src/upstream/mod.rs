@@ -62,6 +62,15 @@ struct Partition {
     next: AtomicUsize,
 }
 
+impl Partition {
+    /// One of its open connections, if it has one.
+    fn open_connection(&self) -> Option<Arc<ConnectionHandle>> {
+        self.slots
+            .iter()
+            .find_map(|s| s.load_full().filter(|h| h.is_open()))
+    }
+}
+
 /// A request the pool could not queue, handed back with the reason (it was not sent).
 pub(crate) struct Rejected {
     pub outbound: Outbound,
@@ -172,12 +181,12 @@ impl UpstreamPool {
                     Some(handle) => handle.send(outbound),
                     // At the cluster's connection limit: share an open connection, if any (another
                     // worker's if need be).
-                    None => match self.open_connection(&partition).or_else(|| {
+                    None => match partition.open_connection().or_else(|| {
                         self.partitions
                             .load()
                             .iter()
                             .filter(|p| p.variant == variant)
-                            .find_map(|p| self.open_connection(p))
+                            .find_map(|p| p.open_connection())
                     }) {
                         Some(open) => open.send(outbound),
                         None => Err((outbound, UpstreamError::Overflow)),
@@ -227,14 +236,6 @@ impl UpstreamPool {
             .flat_map(|p| p.slots.iter())
             .filter(|s| s.load().as_ref().is_some_and(|c| c.is_connected()))
             .count()
-    }
-
-    /// An open connection of `partition`, if it has one.
-    fn open_connection(&self, partition: &Partition) -> Option<Arc<ConnectionHandle>> {
-        partition
-            .slots
-            .iter()
-            .find_map(|s| s.load_full().filter(|h| h.is_open()))
     }
 
     fn partition(&self, variant: WireVariant, worker: Option<usize>) -> Arc<Partition> {
