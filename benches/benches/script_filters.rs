@@ -30,7 +30,7 @@ impl L7Filter for NativeTenant {
     }
 
     fn on_request(&self, ctx: &mut RequestContext<'_>) -> FilterDecision {
-        let Some(tenant) = ctx.request.metadata.get("tenant").cloned() else {
+        let Some(tenant) = ctx.request.metadata.get_shared("tenant") else {
             return FilterDecision::Reply(LocalReply::new(
                 LocalReplyKind::Unauthorized,
                 "a tenant is required",
@@ -40,9 +40,9 @@ impl L7Filter for NativeTenant {
             ByteStr::from_static("x-filtered-by"),
             format!("native:{tenant}").into(),
         );
-        if let Some(lane) = ctx.request.metadata.get("x-lane") {
+        if let Some(lane) = ctx.request.metadata.get_shared("x-lane") {
             ctx.record
-                .set_routing_key(ByteStr::from_static("lane"), lane.clone());
+                .set_routing_key(ByteStr::from_static("lane"), lane);
         }
         ctx.record.extensions.insert(Tenant(tenant));
         FilterDecision::Continue

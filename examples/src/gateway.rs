@@ -103,11 +103,7 @@ async fn call(
 
 /// The service's answer as JSON.
 fn answer(response: &Message) -> Answer {
-    let attachments: BTreeMap<&str, &str> = response
-        .metadata
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let attachments: BTreeMap<&str, &str> = response.metadata.iter().collect();
     let status = response.frame.get(3).copied().unwrap_or_default();
     let (code, mut body) = match response_body(&response.frame) {
         Ok(ResponseBody::Value(result)) => (StatusCode::OK, json!({ "result": result })),

@@ -46,7 +46,7 @@ impl L7Filter for Replier {
             .request
             .metadata
             .get("x-reply")
-            .and_then(|kind| kind.as_str().parse::<LocalReplyKind>().ok())
+            .and_then(|kind| kind.parse::<LocalReplyKind>().ok())
         {
             Some(kind) => FilterDecision::Reply(LocalReply::new(kind, "asked for")),
             None => FilterDecision::Continue,

@@ -52,15 +52,15 @@ impl L7Filter for Probe {
 
     fn on_request(&self, ctx: &mut RequestContext<'_>) -> FilterDecision {
         let metadata = &ctx.request.metadata;
-        if metadata.get("tenant").is_some_and(|t| *t == "deny") {
+        if metadata.get("tenant") == Some("deny") {
             return FilterDecision::Reply(LocalReply::new(
                 LocalReplyKind::Unauthorized,
                 "tenant deny is not welcome",
             ));
         }
-        if let Some(lane) = metadata.get("x-lane") {
+        if let Some(lane) = metadata.get_shared("x-lane") {
             ctx.record
-                .set_routing_key(ByteStr::from_static("lane"), lane.clone());
+                .set_routing_key(ByteStr::from_static("lane"), lane);
         }
         ctx.record.extensions.insert(Ticket("kept"));
         if metadata.contains("x-wait") {
@@ -390,10 +390,7 @@ async fn a_waiting_filter_adds_a_mutation_the_upstream_sees() -> TestResult {
     assert_eq!(reply.dubbo_status, 20);
     let seen = world.v1.seen();
     assert_eq!(seen.len(), 1);
-    assert_eq!(
-        seen[0].metadata.get("x-waited").map(|v| v.as_str()),
-        Some("yes")
-    );
+    assert_eq!(seen[0].metadata.get("x-waited"), Some("yes"));
     assert_eq!(reply.attachment("x-ticket"), Some("kept"));
     let done = world.completed(1).await?;
     assert_eq!(done.len(), 1);

@@ -98,7 +98,7 @@ async fn a_dubbo_call_and_each_attempt_of_a_retried_one() -> TestResult {
         .get("traceparent")
         .ok_or("no traceparent")?;
     let spans = receiver.trace(TRACE_ID, 2, EXPORT).await?;
-    let (server, attempts) = check_call_spans(&spans, TRACE_ID, CALLER_SPAN, upstream.as_str())?;
+    let (server, attempts) = check_call_spans(&spans, TRACE_ID, CALLER_SPAN, upstream)?;
     assert_eq!(attempts.len(), 1);
     check_rpc(&server, "apache_dubbo", Some(DEMO_SERVICE), "sayHello");
     check_rpc(&attempts[0], "apache_dubbo", Some(DEMO_SERVICE), "sayHello");
@@ -120,8 +120,7 @@ async fn a_dubbo_call_and_each_attempt_of_a_retried_one() -> TestResult {
     let seen = provider.seen();
     let last = seen.last().ok_or("nothing seen")?;
     let upstream = last.metadata.get("traceparent").ok_or("no traceparent")?;
-    let (server, attempts) =
-        check_call_spans(&spans, retried_trace, CALLER_SPAN, upstream.as_str())?;
+    let (server, attempts) = check_call_spans(&spans, retried_trace, CALLER_SPAN, upstream)?;
     assert_eq!(attempts.len(), 2, "a span per attempt: {spans:#?}");
     assert_eq!(server.status, 2, "the call failed: {server:#?}");
     let first = seen[seen.len() - 2].metadata.get("traceparent");

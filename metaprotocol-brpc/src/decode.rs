@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 use metaprotocol_core::{
-    ByteStr, CodecError, Message, MessageKind, Metadata, ResponseStatus, Side, keys,
+    ByteStr, CodecError, Message, MessageKind, Metadata, MetadataStr, ResponseStatus, Side, keys,
 };
 
 use crate::header::{FrameHeader, HEADER_LEN};
@@ -137,7 +137,7 @@ fn add_request_metadata(metadata: &mut Metadata, request: RequestMetaView) {
     ];
     for (key, value) in strings {
         if let Some(value) = value {
-            metadata.insert(ByteStr::from_static(key), value);
+            metadata.insert(key, value);
         }
     }
     let numbers = [
@@ -148,33 +148,27 @@ fn add_request_metadata(metadata: &mut Metadata, request: RequestMetaView) {
     ];
     for (key, value) in numbers {
         if let Some(value) = value {
-            metadata.insert(ByteStr::from_static(key), decimal(value));
+            metadata.insert(key, decimal(value));
         }
     }
     if let Some(timeout_ms) = request.timeout_ms {
-        metadata.insert(
-            ByteStr::from_static(brpc_keys::TIMEOUT_MS),
-            decimal(timeout_ms.into()),
-        );
+        metadata.insert(brpc_keys::TIMEOUT_MS, decimal(timeout_ms.into()));
     }
 }
 
 fn add_response_metadata(metadata: &mut Metadata, response: ResponseMetaView) {
     if response.error_code != 0 {
-        metadata.insert(
-            ByteStr::from_static(brpc_keys::ERROR_CODE),
-            decimal(response.error_code.into()),
-        );
+        metadata.insert(brpc_keys::ERROR_CODE, decimal(response.error_code.into()));
     }
     if let Some(text) = response.error_text {
-        metadata.insert(ByteStr::from_static(brpc_keys::ERROR_TEXT), text);
+        metadata.insert(brpc_keys::ERROR_TEXT, text);
     }
 }
 
 /// `value` in decimal. Zero, brpc's usual `log_id`, costs no allocation.
-fn decimal(value: i64) -> ByteStr {
+fn decimal(value: i64) -> MetadataStr {
     if value == 0 {
-        return ByteStr::from_static("0");
+        return MetadataStr::Static("0");
     }
     // i64::MIN has 19 digits and a sign.
     let mut digits = [0u8; 20];
@@ -189,7 +183,9 @@ fn decimal(value: i64) -> ByteStr {
         pos -= 1;
         digits[pos] = b'-';
     }
-    ByteStr::from_utf8(Bytes::copy_from_slice(&digits[pos..])).unwrap_or_default()
+    MetadataStr::Shared(
+        ByteStr::from_utf8(Bytes::copy_from_slice(&digits[pos..])).unwrap_or_default(),
+    )
 }
 
 #[cfg(test)]
@@ -217,7 +213,7 @@ mod tests {
         let request = codec
             .decode(&mut wire)?
             .ok_or(CodecError::malformed("incomplete"))?;
-        let get = |key: &str| request.metadata.get(key).map(ByteStr::as_str);
+        let get = |key: &str| request.metadata.get(key);
         assert_eq!(get(brpc_keys::TRACE_ID), Some("-7"));
         assert_eq!(get(brpc_keys::SPAN_ID), Some("8"));
         assert_eq!(get(brpc_keys::PARENT_SPAN_ID), Some("9"));

@@ -29,8 +29,8 @@
 //! let request = codec.decode(&mut wire)?.ok_or("incomplete")?;
 //! assert_eq!(request.kind, MessageKind::Request);
 //! assert_eq!(request.request_id, 4_294_967_298);
-//! assert_eq!(request.metadata.get("service").map(|v| v.as_str()), Some("example.EchoService"));
-//! assert_eq!(request.metadata.get("tenant").map(|v| v.as_str()), Some("t1"));
+//! assert_eq!(request.metadata.get("service"), Some("example.EchoService"));
+//! assert_eq!(request.metadata.get("tenant"), Some("t1"));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!

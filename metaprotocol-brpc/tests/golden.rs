@@ -186,11 +186,7 @@ fn golden_frames_decode_with_expected_metadata() -> TestResult {
                 assert_eq!(message.status, status, "{file}");
             }
         }
-        let actual: Vec<(&str, &str)> = message
-            .metadata
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let actual: Vec<(&str, &str)> = message.metadata.iter().collect();
         let mut actual_sorted = actual.clone();
         actual_sorted.sort_unstable();
         let mut wanted = expected.metadata.to_vec();
@@ -298,7 +294,7 @@ fn mutation_rewrites_user_fields_only() -> TestResult {
             let mut metadata = message.metadata.clone();
             m.apply_to(&mut metadata);
             for (k, v) in metadata.iter() {
-                assert_eq!(again.metadata.get(k.as_str()), Some(v), "{file}: {k}");
+                assert_eq!(again.metadata.get(k), Some(v), "{file}: {k}");
             }
             assert_eq!(again.metadata.len(), metadata.len(), "{file}");
         }

@@ -73,10 +73,7 @@ fn streaming_frames_are_unsupported() -> TestResult {
         request.reject_reason,
         Some("bRPC streaming RPC is not supported")
     );
-    assert_eq!(
-        request.metadata.get("method").map(|v| v.as_str()),
-        Some("Echo")
-    );
+    assert_eq!(request.metadata.get("method"), Some("Echo"));
 
     let mut meta = echo_request(1);
     meta.chunk_info = Some(proto::ChunkInfo {
@@ -103,7 +100,7 @@ fn rejected(bytes: &[u8]) -> Result<&'static str, Box<dyn std::error::Error>> {
     assert_eq!(good.reject_reason, None);
     assert_eq!(bad.kind, MessageKind::Request);
     assert_eq!(
-        bad.metadata.get("method").map(|v| v.as_str()),
+        bad.metadata.get("method"),
         Some("Echo"),
         "a rejected request keeps its metadata, for logs"
     );

@@ -92,7 +92,8 @@ pub struct Message {
 }
 
 impl Message {
-    /// A message of `kind` over `frame`, with empty metadata and default layout.
+    /// A message of `kind` over `frame`, with empty metadata (over the frame: strings the codec
+    /// slices from it are kept as spans) and default layout.
     // Inlined into codecs (another crate): built in place, not copied (it is large).
     #[inline]
     pub fn new(kind: MessageKind, request_id: u64, frame: Bytes) -> Self {
@@ -100,7 +101,7 @@ impl Message {
             kind,
             status: ResponseStatus::Ok,
             request_id,
-            metadata: Metadata::new(),
+            metadata: Metadata::over(frame.clone()),
             frame,
             variant: WireVariant::DEFAULT,
             layout: FrameLayout::default(),

@@ -370,8 +370,11 @@ pub struct RoutingView<'a> {
 
 impl<'a> RoutingView<'a> {
     /// The value the route match sees for `key`.
-    pub fn get(&self, key: &str) -> Option<&'a ByteStr> {
-        self.keys.get(key).or_else(|| self.metadata.get(key))
+    pub fn get(&self, key: &str) -> Option<&'a str> {
+        match self.keys.get(key) {
+            Some(value) => Some(value.as_str()),
+            None => self.metadata.get(key),
+        }
     }
 }
 
@@ -504,16 +507,16 @@ mod tests {
     #[test]
     fn routing_keys_override_metadata() {
         let mut metadata = Metadata::new();
-        metadata.insert("method".into(), "a".into());
-        metadata.insert("tenant".into(), "t1".into());
+        metadata.insert("method", "a");
+        metadata.insert("tenant", "t1");
         let mut keys = RoutingKeys::new();
         keys.set("method".into(), "b".into());
         let view = RoutingView {
             metadata: &metadata,
             keys: &keys,
         };
-        assert_eq!(view.get("method").map(ByteStr::as_str), Some("b"));
-        assert_eq!(view.get("tenant").map(ByteStr::as_str), Some("t1"));
+        assert_eq!(view.get("method"), Some("b"));
+        assert_eq!(view.get("tenant"), Some("t1"));
         assert!(view.get("absent").is_none());
     }
 

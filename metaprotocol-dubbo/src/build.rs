@@ -18,7 +18,7 @@
 //!
 //! // The same call as a `Message`, ready for the engine's clients, and the answer read back.
 //! let message = metaprotocol_dubbo::build::request_message(&call)?;
-//! assert_eq!(message.metadata.get("method").map(|m| m.as_str()), Some("sayHello"));
+//! assert_eq!(message.metadata.get("method"), Some("sayHello"));
 //! let body = metaprotocol_dubbo::build::response_body(&answer)?;
 //! assert_eq!(body, metaprotocol_dubbo::build::ResponseBody::Value("Hello, world".into()));
 //! # Ok::<(), metaprotocol_core::CodecError>(())
@@ -254,7 +254,7 @@ mod tests {
 
         let built = request_message(&call)?;
         assert_eq!(built.kind, MessageKind::Request);
-        assert_eq!(built.metadata.get("tenant").map(|v| v.as_str()), Some("t1"));
+        assert_eq!(built.metadata.get("tenant"), Some("t1"));
 
         assert_eq!(
             response_body(&value_response(9, "hi", &[]))?,

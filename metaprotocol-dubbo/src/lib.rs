@@ -110,7 +110,7 @@
 //! let message = codec.decode(&mut stream)?.ok_or("incomplete frame")?;
 //! assert_eq!(message.kind, MessageKind::Request);
 //! assert_eq!(message.request_id, 7);
-//! let text = |key| message.metadata.get(key).map(|v| v.as_str());
+//! let text = |key| message.metadata.get(key);
 //! assert_eq!(text("interface"), Some("demo.Greeter"));
 //! assert_eq!(text("method"), Some("sayHello"));
 //! assert_eq!(text("tenant"), Some("t1"));

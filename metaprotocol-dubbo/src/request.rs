@@ -9,7 +9,7 @@
 //! arguments are skipped, never built.
 
 use bytes::Bytes;
-use metaprotocol_core::{ByteStr, CodecError, Metadata, keys};
+use metaprotocol_core::{CodecError, Metadata, keys};
 
 use crate::attachments::{self, Entry};
 use crate::build::DUBBO_PROTOCOL_VERSION;
@@ -32,14 +32,14 @@ pub(crate) fn decode(frame: &Bytes, metadata: &mut Metadata) -> Result<DecodedRe
     let (fields, mut reader, mut skipper) = read_call(frame)?;
     let text = |data: &Option<StringData>| data.as_ref().and_then(|d| d.to_byte_str(frame));
     if let Some(path) = text(&fields.path) {
-        metadata.insert(ByteStr::from_static(keys::INTERFACE), path.clone());
-        metadata.insert(ByteStr::from_static(keys::SERVICE), path);
+        metadata.insert(keys::INTERFACE, path.clone());
+        metadata.insert(keys::SERVICE, path);
     }
     if let Some(method) = text(&fields.method) {
-        metadata.insert(ByteStr::from_static(keys::METHOD), method);
+        metadata.insert(keys::METHOD, method);
     }
     if let Some(version) = text(&fields.version) {
-        metadata.insert(ByteStr::from_static(keys::VERSION), version);
+        metadata.insert(keys::VERSION, version);
     }
     let map = attachments::visit(&mut reader, &mut skipper, |entry| {
         if routes(&entry, frame)

@@ -230,7 +230,7 @@ fn attachments_not_representable_in_utf8_are_left_out() -> TestResult {
     assert_eq!(meta(&message, "emoji"), Some("x😀y"));
     assert_eq!(meta(&message, "bad-value"), None);
     assert_eq!(meta(&message, "after"), Some("v2"));
-    let keys: Vec<&str> = message.metadata.iter().map(|(k, _)| k.as_str()).collect();
+    let keys: Vec<&str> = message.metadata.iter().map(|(k, _)| k).collect();
     assert_eq!(
         keys,
         [

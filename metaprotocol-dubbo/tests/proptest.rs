@@ -203,10 +203,10 @@ proptest! {
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         // The call fields win over attachments of the same name, as in decode.
         for (key, value) in expected.iter() {
-            let reserved = ["interface", "service", "method"].contains(&key.as_str())
+            let reserved = ["interface", "service", "method"].contains(&key)
                 || (key == "version" && value.is_empty());
             if !reserved {
-                prop_assert_eq!(mutated.metadata.get(key.as_str()), Some(value), "{}", key);
+                prop_assert_eq!(mutated.metadata.get(key), Some(value), "{}", key);
             }
         }
         for key in mutation.removals() {

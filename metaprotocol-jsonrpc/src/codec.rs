@@ -56,9 +56,7 @@ impl JsonRpcCodec {
                 let mut message = Message::new(kind, 0, frame);
                 message.layout = layout(id.as_ref());
                 if let Some(method) = method {
-                    message
-                        .metadata
-                        .insert(ByteStr::from_static(keys::METHOD), method);
+                    message.metadata.insert(keys::METHOD, method);
                 }
                 Ok(message)
             }

@@ -38,7 +38,7 @@
 //! let mut read = BytesMut::from(&b"{\"jsonrpc\":\"2.0\",\"method\":\"add\",\"params\":[1,2],\"id\":\"a-1\"}\n"[..]);
 //! let call = downstream.decode(&mut read)?.ok_or("incomplete")?;
 //! assert_eq!(call.kind, MessageKind::Request);
-//! assert_eq!(call.metadata.get("method").map(|m| m.as_str()), Some("add"));
+//! assert_eq!(call.metadata.get("method"), Some("add"));
 //!
 //! // ... and as it sends it upstream, with its own id.
 //! let mut upstream = factory.new_codec(Side::Upstream, WireVariant::DEFAULT);

@@ -333,10 +333,10 @@ fn add_name(metadata: &mut Metadata, frame: &Bytes, name: Range<usize>) -> Resul
         Some(colon) => {
             let service = utf8(name.start..name.start + colon)?;
             let method = utf8(name.start + colon + 1..name.end)?;
-            metadata.insert(ByteStr::from_static(keys::SERVICE), service);
-            metadata.insert(ByteStr::from_static(keys::METHOD), method);
+            metadata.insert(keys::SERVICE, service);
+            metadata.insert(keys::METHOD, method);
         }
-        None => metadata.insert(ByteStr::from_static(keys::METHOD), utf8(name)?),
+        None => metadata.insert(keys::METHOD, utf8(name)?),
     }
     Ok(())
 }
@@ -364,7 +364,7 @@ mod tests {
             let mut metadata = Metadata::new();
             let added = add_name(&mut metadata, &frame, 0..name.len());
             let got = added.ok().map(|()| {
-                let get = |key: &str| metadata.get(key).map(ByteStr::to_string);
+                let get = |key: &str| metadata.get(key).map(str::to_owned);
                 (get(keys::SERVICE), get(keys::METHOD).unwrap_or_default())
             });
             let expected = expected.map(|(s, m)| (s.map(str::to_owned), m.to_owned()));

@@ -54,7 +54,7 @@
 //! let message = codec.decode(&mut src)?.ok_or("incomplete")?;
 //! assert_eq!(message.kind, MessageKind::Request);
 //! assert_eq!(message.request_id, 7);
-//! assert_eq!(message.metadata.get("method").map(|m| m.as_str()), Some("ping"));
+//! assert_eq!(message.metadata.get("method"), Some("ping"));
 //!
 //! let mut out = BytesMut::new();
 //! let params = EncodeParams { request_id: 9, variant: message.variant, mutation: &Mutation::new() };

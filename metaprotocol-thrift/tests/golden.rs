@@ -5,12 +5,12 @@ mod common;
 use bytes::BytesMut;
 use common::{Golden, TestResult, all_formats, auto_codec, decode_all, decode_one, goldens};
 use metaprotocol_core::{
-    ByteStr, EncodeParams, Message, MessageKind, Mutation, ResponseStatus, WireVariant,
+    EncodeParams, Message, MessageKind, Mutation, ResponseStatus, WireVariant,
 };
 use metaprotocol_thrift::{ApplicationException, INTERNAL_ERROR, ThriftFormat, Transport, stats};
 
 fn get<'a>(message: &'a Message, key: &str) -> Option<&'a str> {
-    message.metadata.get(key).map(ByteStr::as_str)
+    message.metadata.get(key)
 }
 
 fn encode(

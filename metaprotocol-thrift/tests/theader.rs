@@ -4,7 +4,7 @@ mod common;
 
 use bytes::{BufMut, BytesMut};
 use common::{TestResult, auto_codec, decode_one, goldens};
-use metaprotocol_core::{ByteStr, EncodeParams, Message, Mutation, WireVariant};
+use metaprotocol_core::{EncodeParams, Message, Mutation, WireVariant};
 
 fn encode(
     message: &Message,
@@ -22,7 +22,7 @@ fn encode(
 }
 
 fn header(message: &Message, key: &str) -> Option<String> {
-    message.metadata.get(key).map(ByteStr::to_string)
+    message.metadata.get(key).map(str::to_owned)
 }
 
 #[test]

@@ -32,7 +32,7 @@ pub struct Reply {
 impl Reply {
     /// The response attachment `key`.
     pub fn attachment(&self, key: &str) -> Option<&str> {
-        self.metadata.get(key).map(|v| v.as_str())
+        self.metadata.get(key)
     }
 
     /// True if the body contains `text` (Hessian strings are UTF-8 on the wire).

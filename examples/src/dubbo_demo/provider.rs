@@ -187,11 +187,7 @@ async fn answer(
     state: Arc<State>,
     write: Arc<tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>>,
 ) {
-    let method = request
-        .metadata
-        .get(keys::METHOD)
-        .map(|m| m.as_str())
-        .unwrap_or_default();
+    let method = request.metadata.get(keys::METHOD).unwrap_or_default();
     match method {
         SLOW_METHOD => tokio::time::sleep(state.slow_delay).await,
         EXCEPTION_METHOD => {
@@ -223,7 +219,7 @@ async fn answer(
     let echoes: Vec<(String, String)> = request
         .metadata
         .iter()
-        .filter(|(k, _)| k.as_str().starts_with("x-"))
+        .filter(|(k, _)| k.starts_with("x-"))
         .map(|(k, v)| (format!("echo-{k}"), v.to_string()))
         .collect();
     let mut attachments = vec![("provider", state.name.as_str())];

@@ -218,7 +218,7 @@ pub fn mutation(sets: &[(&'static str, &'static str)], removals: &[&'static str]
 
 /// The metadata value of `key`, as a string.
 pub fn meta<'m>(message: &'m Message, key: &str) -> Option<&'m str> {
-    message.metadata.get(key).map(ByteStr::as_str)
+    message.metadata.get(key)
 }
 
 /// A frame: header with `flag`, `status`, `id`, then `body`.

@@ -127,7 +127,7 @@ impl AccessLogger {
                 .format
                 .keys()
                 .iter()
-                .map(|key| request.metadata.get(key).cloned())
+                .map(|key| request.metadata.get_shared(key))
                 .collect(),
         };
         if self.sink.send(&self.format, entry) {

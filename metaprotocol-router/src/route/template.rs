@@ -108,7 +108,7 @@ impl Template {
             // Writing into a String cannot fail.
             let _ = match part {
                 Part::Text(text) => out.write_str(text),
-                Part::Metadata(key) => out.write_str(ctx.view.get(key).map_or("", |v| v.as_str())),
+                Part::Metadata(key) => out.write_str(ctx.view.get(key).unwrap_or_default()),
                 Part::DownstreamPeerAddress => write!(out, "{}", ctx.record.connection.peer_addr),
                 Part::PeerIdentity => {
                     let identity = ctx.record.connection.peer_identity.as_deref();
@@ -243,7 +243,7 @@ mod tests {
         record.route = Some("canary".into());
         record.cluster = Some("v2".into());
         let mut request = Message::new(MessageKind::Request, 42, Bytes::new());
-        request.metadata = Metadata::from_iter([("user".into(), "alice".into())]);
+        request.metadata = Metadata::from_iter([("user", "alice")]);
         let cases = [
             ("u=%metadata(user)%!", "u=alice!"),
             ("%metadata(absent)%", ""),

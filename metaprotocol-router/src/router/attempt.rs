@@ -57,6 +57,8 @@ pub(crate) struct AttemptSpec<'a> {
     /// The request's consistent-hashing key.
     pub hash: Option<u64>,
     pub deadline: Instant,
+    /// When the attempt starts: the clock its caller read for the whole batch of work.
+    pub now: Instant,
 }
 
 /// Picks a host of `target`, avoiding those `tried`, by the request's consistent-hashing key
@@ -119,6 +121,7 @@ pub(crate) fn start(
         tried,
         hash,
         deadline,
+        now,
     } = spec;
     let Some((host, active)) = pick(target, tried, hash) else {
         return Started::NoEndpoint;
@@ -133,7 +136,7 @@ pub(crate) fn start(
     ) {
         Ok(()) => Started::Sent(Attempt {
             number,
-            started: Instant::now(),
+            started: now,
             host,
             active,
         }),

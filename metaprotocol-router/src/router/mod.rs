@@ -162,9 +162,8 @@ fn no_route(request: &Message) -> LocalReply {
     let service = md
         .get(keys::INTERFACE)
         .or_else(|| md.get(keys::SERVICE))
-        .map(|s| s.as_str())
         .unwrap_or("-");
-    let method = md.get(keys::METHOD).map(|s| s.as_str()).unwrap_or("-");
+    let method = md.get(keys::METHOD).unwrap_or("-");
     LocalReply::new(
         LocalReplyKind::RouteNotFound,
         format!("metaprotocol-proxy: no route for service {service} method {method}"),
@@ -348,6 +347,7 @@ impl Routed {
             tried: &[],
             hash: self.hash,
             deadline: self.deadline,
+            now,
         };
         let started = attempt::start(
             &self.target,
@@ -402,6 +402,7 @@ impl Routed {
             tried: &self.tried,
             hash: self.hash,
             deadline,
+            now,
         };
         let started = attempt::start(
             &self.target,

@@ -2,7 +2,7 @@
 //! `on_complete`: the request's final record, classified once ([`RequestOutcome`]), is counted
 //! (per listener and method, per route, in the Istio series), logged, and its spans exported.
 
-use metaprotocol_core::{ByteStr, Message, RequestRecord, keys};
+use metaprotocol_core::{Message, RequestRecord, keys};
 
 use super::ListenerContext;
 use crate::route::Route;
@@ -27,7 +27,7 @@ pub(crate) fn complete(
         rx_bytes: record.bytes_received,
         tx_bytes: record.bytes_sent,
     };
-    let method = request.metadata.get(keys::METHOD).map(ByteStr::as_str);
+    let method = request.metadata.get(keys::METHOD);
     ctx.stats.completed(method, &done);
     if let Some(route) = route {
         route.stats.completed(&done);

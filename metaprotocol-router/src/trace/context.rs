@@ -38,7 +38,7 @@ pub(crate) fn extract(metadata: &Metadata) -> Option<Incoming> {
 }
 
 fn w3c(metadata: &Metadata) -> Option<Incoming> {
-    let header = metadata.get("traceparent")?.as_str();
+    let header = metadata.get("traceparent")?;
     let mut parts = header.splitn(5, '-');
     let version = parts.next().filter(|v| v.len() == 2 && *v != "ff")?;
     let trace_id = hex_u128(parts.next().filter(|t| t.len() == 32)?)?;
@@ -52,7 +52,7 @@ fn w3c(metadata: &Metadata) -> Option<Incoming> {
     let tracestate = metadata
         .get("tracestate")
         .filter(|s| !s.is_empty() && s.len() <= MAX_TRACESTATE)
-        .cloned();
+        .and_then(|_| metadata.get_shared("tracestate"));
     valid(Incoming {
         trace_id,
         span_id,
@@ -64,7 +64,7 @@ fn w3c(metadata: &Metadata) -> Option<Incoming> {
 
 /// `b3: {trace}-{span}[-{sampled}[-{parent}]]`.
 fn b3_single(metadata: &Metadata) -> Option<Incoming> {
-    let mut parts = metadata.get("b3")?.as_str().split('-');
+    let mut parts = metadata.get("b3")?.split('-');
     let trace_id = b3_trace_id(parts.next()?)?;
     let span_id = hex_u64(parts.next().filter(|s| s.len() == 16)?)?;
     let sampled = match parts.next() {
@@ -76,16 +76,11 @@ fn b3_single(metadata: &Metadata) -> Option<Incoming> {
 }
 
 fn b3_multi(metadata: &Metadata) -> Option<Incoming> {
-    let trace_id = b3_trace_id(metadata.get("x-b3-traceid")?.as_str())?;
-    let span_id = hex_u64(
-        metadata
-            .get("x-b3-spanid")
-            .map(ByteStr::as_str)
-            .filter(|s| s.len() == 16)?,
-    )?;
-    let debug = metadata.get("x-b3-flags").is_some_and(|f| *f == "1");
+    let trace_id = b3_trace_id(metadata.get("x-b3-traceid")?)?;
+    let span_id = hex_u64(metadata.get("x-b3-spanid").filter(|s| s.len() == 16)?)?;
+    let debug = metadata.get("x-b3-flags") == Some("1");
     let sampled = debug
-        || match metadata.get("x-b3-sampled").map(ByteStr::as_str) {
+        || match metadata.get("x-b3-sampled") {
             None | Some("1" | "true") => true,
             Some(_) => false,
         };
@@ -106,7 +101,7 @@ fn b3(trace_id: u128, span_id: u64, sampled: bool) -> Option<Incoming> {
 /// bRPC's `RpcRequestMeta.trace_id` and `span_id` (64-bit, in decimal).
 fn brpc(metadata: &Metadata) -> Option<Incoming> {
     let number = |key: &str| -> Option<u64> {
-        let value: i64 = metadata.get(key)?.as_str().parse().ok()?;
+        let value: i64 = metadata.get(key)?.parse().ok()?;
         Some(value as u64)
     };
     valid(Incoming {
@@ -298,7 +293,7 @@ mod tests {
         .inject(&mut mutation);
         let mut md = metadata(&[("b3", "stale"), ("traceparent", "stale")]);
         mutation.apply_to(&mut md);
-        let get = |k: &str| md.get(k).map(ByteStr::to_string);
+        let get = |k: &str| md.get(k).map(str::to_owned);
         assert_eq!(
             get("traceparent").as_deref(),
             Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00000000000000b7-01")

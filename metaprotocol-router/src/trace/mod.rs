@@ -119,11 +119,8 @@ impl Tracer {
         let clock = Clock::of(record);
         let ended = clock.at(record.timings.answered.unwrap_or(record.timings.received));
         let md = &request.metadata;
-        let service = md
-            .get(keys::SERVICE)
-            .or_else(|| md.get(keys::INTERFACE))
-            .map(ByteStr::as_str);
-        let method = md.get(keys::METHOD).map(ByteStr::as_str);
+        let service = md.get(keys::SERVICE).or_else(|| md.get(keys::INTERFACE));
+        let method = md.get(keys::METHOD);
         let name = span_name(service, method);
         let mut rpc = vec![KeyValue::new("rpc.system", self.system)];
         if let Some(service) = service {

@@ -17,10 +17,6 @@ fn op<T>(result: Result<T, OpError>) -> mlua::Result<T> {
     result.map_err(mlua::Error::external)
 }
 
-fn string(lua: &Lua, value: Option<&ByteStr>) -> mlua::Result<Option<mlua::LuaString>> {
-    value.map(|v| lua.create_string(v.as_bytes())).transpose()
-}
-
 fn text(lua: &Lua, value: Option<&str>) -> mlua::Result<Option<mlua::LuaString>> {
     value.map(|v| lua.create_string(v)).transpose()
 }
@@ -57,10 +53,10 @@ fn lua_value(lua: &Lua, value: Option<&StateValue>) -> mlua::Result<Value> {
 impl UserData for LuaMessage {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         methods.add_method("get", |lua, this, key: mlua::LuaString| {
-            string(lua, op(this.0.get(&key.as_bytes()))?)
+            text(lua, op(this.0.get(&key.as_bytes()))?)
         });
         methods.add_method("request", |lua, this, key: mlua::LuaString| {
-            string(lua, op(this.0.request_get(&key.as_bytes()))?)
+            text(lua, op(this.0.request_get(&key.as_bytes()))?)
         });
         methods.add_method_mut(
             "set",

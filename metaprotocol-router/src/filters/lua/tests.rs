@@ -79,7 +79,7 @@ fn response_and_completion_hooks_see_the_record_and_the_state() -> TestResult {
     let mut record = record();
     on_request(&filter, &request, &mut record);
     let mut response = Message::new(MessageKind::Response, 1, Bytes::new());
-    response.metadata.insert("answer".into(), "42".into());
+    response.metadata.insert("answer", "42");
     let mut mutation = Mutation::new();
     let decision = filter.on_response(&mut ResponseContext {
         request: &request,

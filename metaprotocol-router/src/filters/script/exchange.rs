@@ -216,13 +216,13 @@ impl Exchange {
 
     /// The value of `key` in the hook's message (the response in `on_response`, else the
     /// request).
-    pub fn get(&self, key: &[u8]) -> Result<Option<&ByteStr>, OpError> {
+    pub fn get(&self, key: &[u8]) -> Result<Option<&str>, OpError> {
         self.hook()?;
         Ok(self.metadata.get_bytes(key))
     }
 
     /// The value of `key` in the request.
-    pub fn request_get(&self, key: &[u8]) -> Result<Option<&ByteStr>, OpError> {
+    pub fn request_get(&self, key: &[u8]) -> Result<Option<&str>, OpError> {
         let metadata = match self.hook()? {
             Hook::Response => &self.request,
             Hook::Request | Hook::Complete => &self.metadata,
@@ -321,7 +321,7 @@ mod tests {
         };
         let mut exchange = Exchange::default();
         exchange.begin_request(&mut ctx);
-        assert_eq!(exchange.get(b"tenant")?.map(ByteStr::as_str), Some("t1"));
+        assert_eq!(exchange.get(b"tenant")?, Some("t1"));
         assert_eq!(exchange.facts()?.listener.as_deref(), Some("in"));
         exchange.set(b"x-a", b"1")?;
         exchange.remove(b"debug")?;
@@ -359,14 +359,7 @@ mod tests {
         );
         assert!(exchange.set_routing_key(b"k", b"v").is_err());
         assert!(exchange.reply(b"internal", b"x").is_err());
-        assert_eq!(
-            exchange
-                .request_get(b"tenant")
-                .ok()
-                .flatten()
-                .map(ByteStr::as_str),
-            Some("t1")
-        );
+        assert_eq!(exchange.request_get(b"tenant").ok().flatten(), Some("t1"));
         exchange.end_complete();
         assert!(exchange.facts().is_err());
     }

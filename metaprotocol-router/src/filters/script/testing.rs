@@ -44,7 +44,7 @@ pub(crate) fn record() -> RequestRecord {
 pub(crate) fn request(pairs: &[(&'static str, &'static str)]) -> Message {
     let mut message = Message::new(MessageKind::Request, 1, Bytes::new());
     for (k, v) in pairs {
-        message.metadata.insert((*k).into(), (*v).into());
+        message.metadata.insert(*k, *v);
     }
     message
 }

@@ -116,8 +116,8 @@ fn get(caller: Caller<'_, Host>, args: (i32, i32, i32, i32, i32)) -> Result<i32,
     let exchange = &host.exchange;
     let owned;
     let value: Option<&[u8]> = match map {
-        MESSAGE => op(exchange.get(key))?.map(ByteStr::as_bytes),
-        REQUEST => op(exchange.request_get(key))?.map(ByteStr::as_bytes),
+        MESSAGE => op(exchange.get(key))?.map(str::as_bytes),
+        REQUEST => op(exchange.request_get(key))?.map(str::as_bytes),
         STATE => match op(exchange.state(key))? {
             None => None,
             Some(StateValue::Str(s)) => Some(s.as_bytes()),
