@@ -156,12 +156,7 @@ impl Metadata {
     pub fn insert(&mut self, key: impl Into<MetadataStr>, value: impl Into<MetadataStr>) {
         let key = self.store(key.into());
         let value = self.store(value.into());
-        let key_bytes = self.bytes(key);
-        match self
-            .entries
-            .iter()
-            .position(|(k, _)| self.bytes(*k) == key_bytes)
-        {
+        match self.find(self.bytes(key)) {
             Some(index) => self.entries[index].1 = value,
             None => self.entries.push((key, value)),
         }
@@ -171,7 +166,12 @@ impl Metadata {
     fn store(&mut self, text: MetadataStr) -> Span {
         match text {
             MetadataStr::Static(s) => {
-                let index = match self.statics.iter().position(|known| *known == s) {
+                // The same constant is the same reference: no bytes compared.
+                let index = match self
+                    .statics
+                    .iter()
+                    .position(|known| std::ptr::eq(*known, s))
+                {
                     Some(index) => index,
                     None => {
                         self.statics.push(s);
@@ -235,8 +235,16 @@ impl Metadata {
         }
     }
 
+    /// The entry whose key is `key`. Most keys differ in length, which a span of the source
+    /// knows without looking at bytes.
     fn find(&self, key: &[u8]) -> Option<usize> {
-        self.entries.iter().position(|(k, _)| self.bytes(*k) == key)
+        self.entries.iter().position(|(k, _)| {
+            let known_len = match k.place() {
+                Place::Source(range) => range.len(),
+                Place::Static(_) | Place::Shared(_) => key.len(),
+            };
+            known_len == key.len() && self.bytes(*k) == key
+        })
     }
 
     /// The value of `key`, if present.
@@ -248,6 +256,13 @@ impl Metadata {
     pub fn get_bytes(&self, key: &[u8]) -> Option<&str> {
         let index = self.find(key)?;
         Some(self.text(self.entries[index].1))
+    }
+
+    /// The bytes of the value of `key` (UTF-8, not checked again), if present: what matching
+    /// and hashing read.
+    pub fn value_bytes(&self, key: &str) -> Option<&[u8]> {
+        let index = self.find(key.as_bytes())?;
+        Some(self.bytes(self.entries[index].1))
     }
 
     /// The value of `key` as a [`ByteStr`] sharing the frame's storage (no copy), if present.

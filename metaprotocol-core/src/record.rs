@@ -369,7 +369,15 @@ pub struct RoutingView<'a> {
 }
 
 impl<'a> RoutingView<'a> {
-    /// The value the route match sees for `key`.
+    /// The bytes of the value the route match sees for `key`.
+    pub fn get_bytes(&self, key: &str) -> Option<&'a [u8]> {
+        match self.keys.get(key) {
+            Some(value) => Some(value.as_bytes()),
+            None => self.metadata.value_bytes(key),
+        }
+    }
+
+    /// The value the route match sees for `key`, as a string.
     pub fn get(&self, key: &str) -> Option<&'a str> {
         match self.keys.get(key) {
             Some(value) => Some(value.as_str()),

@@ -33,13 +33,13 @@ impl HashPolicy {
         let mut hasher = Xxh64::new(0);
         let mut found = false;
         for key in &*self.keys {
-            if let Some(value) = request.get(key) {
+            if let Some(value) = request.get_bytes(key) {
                 found = true;
                 // Lengths keep ("ab", "c") and ("a", "bc") apart.
                 hasher.update(&(key.len() as u64).to_le_bytes());
                 hasher.update(key.as_bytes());
                 hasher.update(&(value.len() as u64).to_le_bytes());
-                hasher.update(value.as_bytes());
+                hasher.update(value);
             }
         }
         found.then(|| hasher.digest())

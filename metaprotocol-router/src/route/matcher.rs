@@ -111,15 +111,15 @@ impl MetadataMatcher {
     /// True if the request (its metadata, overridden by filters' routing keys) satisfies this
     /// condition.
     pub fn matches(&self, request: &RoutingView<'_>) -> bool {
-        let value = request.get(&self.key);
+        let value = request.get_bytes(&self.key);
         let hit = match (&self.test, value) {
             (ValueTest::Present(want), value) => value.is_some() == *want,
             (_, None) => false,
-            (ValueTest::Exact(v), Some(value)) => value.as_bytes() == &**v,
-            (ValueTest::Prefix(v), Some(value)) => value.as_bytes().starts_with(v),
-            (ValueTest::Suffix(v), Some(value)) => value.as_bytes().ends_with(v),
-            (ValueTest::Contains(v), Some(value)) => contains(value.as_bytes(), v),
-            (ValueTest::Regex(re), Some(value)) => re.is_match(value.as_bytes()),
+            (ValueTest::Exact(v), Some(value)) => value == &**v,
+            (ValueTest::Prefix(v), Some(value)) => value.starts_with(v),
+            (ValueTest::Suffix(v), Some(value)) => value.ends_with(v),
+            (ValueTest::Contains(v), Some(value)) => contains(value, v),
+            (ValueTest::Regex(re), Some(value)) => re.is_match(value),
         };
         hit != self.invert
     }

@@ -27,7 +27,7 @@ pub(crate) fn complete(
         rx_bytes: record.bytes_received,
         tx_bytes: record.bytes_sent,
     };
-    let method = request.metadata.get(keys::METHOD);
+    let method = request.metadata.value_bytes(keys::METHOD);
     ctx.stats.completed(method, &done);
     if let Some(route) = route {
         route.stats.completed(&done);

@@ -99,7 +99,8 @@ impl RequestSeries {
 #[derive(Debug)]
 struct MethodSeries {
     scope: MetricsScope,
-    table: Interned<String, RequestSeries>,
+    /// Keyed by the method's bytes: a request's method is looked up without a UTF-8 check.
+    table: Interned<Box<[u8]>, RequestSeries>,
     other: RequestSeries,
 }
 
@@ -115,20 +116,27 @@ impl MethodSeries {
             scope: scope.clone(),
         };
         for method in named {
-            methods.series(method);
+            methods.series(method.as_bytes());
         }
         methods
     }
 
-    fn series(&self, method: &str) -> &RequestSeries {
-        if method.len() > MAX_METHOD_LABEL || method == OTHER_METHOD {
+    fn series(&self, method: &[u8]) -> &RequestSeries {
+        if method.len() > MAX_METHOD_LABEL || method == OTHER_METHOD.as_bytes() {
             return &self.other;
         }
+        if let Some(series) = self.table.get(method) {
+            return series;
+        }
+        // Metadata is UTF-8: a method that is not cannot be a label, and counts as `other`.
+        let Ok(label) = std::str::from_utf8(method) else {
+            return &self.other;
+        };
         self.table
             .get_or_insert_with(method, || {
-                let scope = self.scope.with_label("method", method);
+                let scope = self.scope.with_label("method", label);
                 (
-                    method.to_owned(),
+                    method.into(),
                     RequestSeries::new(scope, "downstream", "method"),
                 )
             })
@@ -208,7 +216,7 @@ impl ListenerStats {
     }
 
     /// Counts a finished request of `method`.
-    pub fn completed(&self, method: Option<&str>, done: &Completion) {
+    pub fn completed(&self, method: Option<&[u8]>, done: &Completion) {
         let series = match method {
             Some(method) => self.methods.series(method),
             None => &self.methods.other,
@@ -453,7 +461,10 @@ mod tests {
         let scope = metrics.root().detached("listener", "in");
         let stats = ListenerStats::new(&scope, &["named".to_owned()]);
         for method in ["named", "first", "second", "third", "named"] {
-            stats.completed(Some(method), &completion(RequestOutcome::SUCCESS));
+            stats.completed(
+                Some(method.as_bytes()),
+                &completion(RequestOutcome::SUCCESS),
+            );
         }
         stats.completed(
             None,
