@@ -223,7 +223,9 @@ mod tests {
     #[test]
     fn decimal_covers_the_range() {
         for value in [0, 7, 42, -1, 4_294_967_298, i64::MAX, i64::MIN] {
-            assert_eq!(decimal(value).as_str(), value.to_string());
+            let mut metadata = Metadata::new();
+            metadata.insert("n", decimal(value));
+            assert_eq!(metadata.get("n"), Some(value.to_string().as_str()));
         }
     }
 }

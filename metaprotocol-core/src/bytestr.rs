@@ -36,10 +36,7 @@ impl ByteStr {
         if text.0.is_empty() {
             return Some(Self::default());
         }
-        // Addresses only locate `text` in `buf`; nothing is read through them.
-        let start = (text.0.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)?;
-        let end = start.checked_add(text.0.len())?;
-        (end <= buf.len()).then(|| Self(buf.slice(start..end)))
+        text.range_in(buf).map(|range| Self(buf.slice(range)))
     }
 
     /// Copies `s` into a new `ByteStr`.
@@ -90,6 +87,15 @@ impl<'a> Ascii<'a> {
     #[inline]
     pub fn as_bytes(&self) -> &'a [u8] {
         self.0
+    }
+
+    /// Where these bytes lie in `buf`, if they are a part of it.
+    #[inline]
+    pub fn range_in(&self, buf: &[u8]) -> Option<std::ops::Range<usize>> {
+        // Addresses only locate the text in `buf`; nothing is read through them.
+        let start = (self.0.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)?;
+        let end = start.checked_add(self.0.len())?;
+        (end <= buf.len()).then_some(start..end)
     }
 }
 

@@ -12,7 +12,7 @@ use std::ops::Range;
 use bytes::Bytes;
 use smallvec::SmallVec;
 
-use crate::ByteStr;
+use crate::{Ascii, ByteStr};
 
 /// Well-known metadata keys. Codecs use these names so that routes, rate limits and RBAC
 /// policies read the same way across protocols.
@@ -44,16 +44,10 @@ pub enum MetadataStr {
     /// A shared string. One that is a slice of the metadata's source (see
     /// [`Metadata::over`]) is kept as a span of it; any other is kept as it is.
     Shared(ByteStr),
-}
-
-impl MetadataStr {
-    /// The string.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::Static(s) => s,
-            Self::Shared(s) => s.as_str(),
-        }
-    }
+    /// The text at this range of the metadata's source: what a codec that knows where a string
+    /// lies in its frame hands over, without taking a reference to the frame for it. Checked
+    /// to be UTF-8 when inserted.
+    Source(Range<usize>),
 }
 
 impl From<&'static str> for MetadataStr {
@@ -152,17 +146,35 @@ impl Metadata {
         }
     }
 
-    /// Sets `key` to `value`, replacing an earlier value of the same key.
-    pub fn insert(&mut self, key: impl Into<MetadataStr>, value: impl Into<MetadataStr>) {
-        let key = self.store(key.into());
-        let value = self.store(value.into());
+    /// Sets `key` to `value`, replacing an earlier value of the same key. False, and nothing
+    /// set, when either is a [`MetadataStr::Source`] range that is not UTF-8 text of the source.
+    pub fn insert(&mut self, key: impl Into<MetadataStr>, value: impl Into<MetadataStr>) -> bool {
+        let (key, value) = (key.into(), value.into());
+        if !(self.is_text(&key) && self.is_text(&value)) {
+            return false;
+        }
+        let (key, value) = (self.store(key), self.store(value));
         match self.find(self.bytes(key)) {
             Some(index) => self.entries[index].1 = value,
             None => self.entries.push((key, value)),
         }
+        true
     }
 
-    /// Keeps `text` where it takes least: as a span of the source when it is a slice of it.
+    /// False for a source range that is not UTF-8 text of the source.
+    fn is_text(&self, text: &MetadataStr) -> bool {
+        match text {
+            // Metadata is nearly always ASCII, which a word at a time proves far faster than
+            // the general check.
+            MetadataStr::Source(range) => self.source.get(range.clone()).is_some_and(|bytes| {
+                Ascii::new(bytes).is_some() || std::str::from_utf8(bytes).is_ok()
+            }),
+            MetadataStr::Static(_) | MetadataStr::Shared(_) => true,
+        }
+    }
+
+    /// Keeps `text` (checked by [`Metadata::is_text`]) where it takes least: as a span of the
+    /// source when it lies in it.
     fn store(&mut self, text: MetadataStr) -> Span {
         match text {
             MetadataStr::Static(s) => {
@@ -182,12 +194,22 @@ impl Metadata {
             }
             MetadataStr::Shared(s) => match self.source_range(&s).and_then(Span::source) {
                 Some(span) => span,
+                None => self.share(s),
+            },
+            MetadataStr::Source(range) => match Span::source(range.clone()) {
+                Some(span) => span,
+                // Too long for a span: kept as a shared slice instead.
                 None => {
-                    self.shared.push(s);
-                    Span::indexed(SHARED, self.shared.len() - 1)
+                    let text = ByteStr::from_utf8(self.source.slice(range)).unwrap_or_default();
+                    self.share(text)
                 }
             },
         }
+    }
+
+    fn share(&mut self, text: ByteStr) -> Span {
+        self.shared.push(text);
+        Span::indexed(SHARED, self.shared.len() - 1)
     }
 
     /// Where `s` lies in the source, if it is a slice of it.
@@ -345,11 +367,16 @@ mod tests {
 
     #[test]
     fn slices_of_the_source_are_spans_and_others_are_kept() {
-        let frame = Bytes::from_static(b"\x00\x01tenant=t1;method=echo");
+        let frame = Bytes::from_static(b"\xff\xfetenant=t1;method=echo");
         let slice =
             |range: Range<usize>| ByteStr::from_utf8(frame.slice(range)).unwrap_or_default();
         let mut m = Metadata::over(frame.clone());
-        m.insert(slice(2..8), slice(9..11));
+        assert!(m.insert(MetadataStr::Source(2..8), slice(9..11)));
+        assert!(!m.insert("bad", MetadataStr::Source(0..8)), "not UTF-8");
+        assert!(
+            !m.insert("far", MetadataStr::Source(20..40)),
+            "beyond the source"
+        );
         m.insert(keys::METHOD, slice(19..23));
         m.insert("lane", ByteStr::from("blue".to_owned()));
         assert!(m.shared.len() == 1 && m.statics.len() == 2);

@@ -9,7 +9,7 @@
 use std::ops::Range;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use metaprotocol_core::{ByteStr, CodecError, Mutation};
+use metaprotocol_core::{CodecError, MetadataStr, Mutation};
 
 use crate::hessian::reader::{Reader, StringData, is_string_tag};
 use crate::hessian::skip::Skipper;
@@ -59,9 +59,9 @@ pub(crate) struct Entry<'a> {
 
 impl Entry<'_> {
     /// The entry as metadata, if its key and value are strings representable in UTF-8.
-    pub(crate) fn text(&self, frame: &Bytes) -> Option<(ByteStr, ByteStr)> {
-        let key = self.key.as_ref()?.to_byte_str(frame)?;
-        let value = self.value.as_ref()?.to_byte_str(frame)?;
+    pub(crate) fn text(&self, frame: &Bytes) -> Option<(MetadataStr, MetadataStr)> {
+        let key = self.key.as_ref()?.to_metadata(frame)?;
+        let value = self.value.as_ref()?.to_metadata(frame)?;
         Some((key, value))
     }
 }

@@ -30,7 +30,7 @@ pub(crate) struct DecodedRequest {
 /// what was read before, and the caller empties it.
 pub(crate) fn decode(frame: &Bytes, metadata: &mut Metadata) -> Result<DecodedRequest, CodecError> {
     let (fields, mut reader, mut skipper) = read_call(frame)?;
-    let text = |data: &Option<StringData>| data.as_ref().and_then(|d| d.to_byte_str(frame));
+    let text = |data: &Option<StringData>| data.as_ref().and_then(|d| d.to_metadata(frame));
     if let Some(path) = text(&fields.path) {
         metadata.insert(keys::INTERFACE, path.clone());
         metadata.insert(keys::SERVICE, path);

@@ -17,7 +17,7 @@ use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
 use metaprotocol_core::{
-    ByteStr, CodecError, FrameLayout, Message, MessageKind, Metadata, ResponseStatus, keys,
+    CodecError, FrameLayout, Message, MessageKind, Metadata, MetadataStr, ResponseStatus, keys,
 };
 
 use crate::format::{Protocol, ThriftFormat, Transport};
@@ -303,13 +303,12 @@ fn describe(
     if let Some(block) = block {
         for info in InfoHeaders::new(frame, block.info.clone()) {
             let info = info?;
-            // Headers that are not UTF-8 stay in the frame but cannot be routed on.
-            if let (Ok(key), Ok(value)) = (
-                ByteStr::from_utf8(frame.slice(info.key)),
-                ByteStr::from_utf8(frame.slice(info.value)),
-            ) {
-                metadata.insert(key, value);
-            }
+            // Headers that are not UTF-8 stay in the frame but cannot be routed on: the
+            // metadata refuses them.
+            metadata.insert(
+                MetadataStr::Source(info.key),
+                MetadataStr::Source(info.value),
+            );
         }
     }
     add_name(metadata, frame, header.name)?;
@@ -317,28 +316,32 @@ fn describe(
 }
 
 /// Adds the method name at `name` in `frame` as `method`, and a `Service:method` name
-/// (TMultiplexedProtocol), split at the first colon, as `service` and `method`.
+/// (TMultiplexedProtocol), split at the first colon, as `service` and `method`. `metadata` lies
+/// over `frame` (see `Metadata::over`).
 ///
 /// Each byte is validated as UTF-8 once: a string split at an ASCII byte is UTF-8 exactly when
 /// both sides are, so checking the sides checks the whole name.
 fn add_name(metadata: &mut Metadata, frame: &Bytes, name: Range<usize>) -> Result<(), CodecError> {
-    let utf8 = |range: Range<usize>| {
-        ByteStr::from_utf8(frame.slice(range))
-            .map_err(|_| CodecError::malformed("method name is not UTF-8"))
-    };
     let colon = frame
         .get(name.clone())
         .and_then(|bytes| bytes.iter().position(|&b| b == b':'));
-    match colon {
-        Some(colon) => {
-            let service = utf8(name.start..name.start + colon)?;
-            let method = utf8(name.start + colon + 1..name.end)?;
-            metadata.insert(keys::SERVICE, service);
-            metadata.insert(keys::METHOD, method);
-        }
-        None => metadata.insert(keys::METHOD, utf8(name)?),
+    let (service, method) = match colon {
+        Some(colon) => (
+            Some(name.start..name.start + colon),
+            name.start + colon + 1..name.end,
+        ),
+        None => (None, name),
+    };
+    let mut add = |key: &'static str, range: Range<usize>| {
+        metadata
+            .insert(key, MetadataStr::Source(range))
+            .then_some(())
+            .ok_or(CodecError::malformed("method name is not UTF-8"))
+    };
+    if let Some(service) = service {
+        add(keys::SERVICE, service)?;
     }
-    Ok(())
+    add(keys::METHOD, method)
 }
 
 #[cfg(test)]
@@ -361,7 +364,7 @@ mod tests {
         ];
         for (name, expected) in cases {
             let frame = Bytes::copy_from_slice(name);
-            let mut metadata = Metadata::new();
+            let mut metadata = Metadata::over(frame.clone());
             let added = add_name(&mut metadata, &frame, 0..name.len());
             let got = added.ok().map(|()| {
                 let get = |key: &str| metadata.get(key).map(str::to_owned);

@@ -6,7 +6,7 @@
 use std::ops::Range;
 
 use bytes::Bytes;
-use metaprotocol_core::{Ascii, ByteStr, CodecError};
+use metaprotocol_core::{Ascii, ByteStr, CodecError, MetadataStr};
 
 use super::{NULL, text};
 
@@ -30,6 +30,18 @@ impl StringData<'_> {
             Self::Ascii(text) => text.as_bytes(),
             Self::Contiguous(range) => frame.get(range.clone()).unwrap_or_default(),
             Self::Joined(bytes) => bytes,
+        }
+    }
+
+    /// The string as metadata: where it lies in `frame` when it is ASCII there (no reference
+    /// to the frame taken), else as [`StringData::to_byte_str`] makes it.
+    pub(crate) fn to_metadata(&self, frame: &Bytes) -> Option<MetadataStr> {
+        match self {
+            Self::Ascii(text) if text.as_bytes().is_empty() => Some(MetadataStr::Static("")),
+            Self::Ascii(text) => text.range_in(frame).map(MetadataStr::Source),
+            Self::Contiguous(_) | Self::Joined(_) => {
+                self.to_byte_str(frame).map(MetadataStr::Shared)
+            }
         }
     }
 
