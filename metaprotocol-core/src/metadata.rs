@@ -69,8 +69,8 @@ impl From<String> for MetadataStr {
 }
 
 /// Where a key or value lies, in eight bytes: `source[start..start + len]`, or entry `start` of
-/// the static or shared strings. The place is kept in the two high bits of `len` (a span of the
-/// source is shorter than 1 GiB; a longer string is kept shared instead).
+/// the static or shared strings, `len` bytes long. The place is kept in the two high bits of
+/// `len` (a span of the source is shorter than 1 GiB; a longer string is kept shared instead).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Span {
     start: u32,
@@ -96,11 +96,24 @@ impl Span {
         Some(Self { start, len })
     }
 
-    fn indexed(place: u32, index: usize) -> Self {
+    /// Entry `index` of a table (`place`), whose string is `len` bytes long: kept, so that a
+    /// lookup passes over keys of another length without fetching them (saturated, for a string
+    /// of a gigabyte or more, to mean "look").
+    fn indexed(place: u32, index: usize, len: usize) -> Self {
         // The tables hold at most one string per insert; four billion inserts do not fit in
         // memory first.
         let start = u32::try_from(index).unwrap_or(u32::MAX);
-        Self { start, len: place }
+        let len = u32::try_from(len).map_or(LEN, |len| len.min(LEN));
+        Self {
+            start,
+            len: place | len,
+        }
+    }
+
+    /// True if the string here may be `len` bytes long.
+    fn may_be_len(self, len: usize) -> bool {
+        let known = self.len & LEN;
+        known as usize == len || known == LEN
     }
 
     fn place(self) -> Place {
@@ -110,7 +123,7 @@ impl Span {
         } else if self.len & SHARED != 0 {
             Place::Shared(start)
         } else {
-            Place::Source(start..start + self.len as usize)
+            Place::Source(start..start + (self.len & LEN) as usize)
         }
     }
 }
@@ -190,7 +203,7 @@ impl Metadata {
                         self.statics.len() - 1
                     }
                 };
-                Span::indexed(STATIC, index)
+                Span::indexed(STATIC, index, s.len())
             }
             MetadataStr::Shared(s) => match self.source_range(&s).and_then(Span::source) {
                 Some(span) => span,
@@ -208,8 +221,9 @@ impl Metadata {
     }
 
     fn share(&mut self, text: ByteStr) -> Span {
+        let len = text.len();
         self.shared.push(text);
-        Span::indexed(SHARED, self.shared.len() - 1)
+        Span::indexed(SHARED, self.shared.len() - 1, len)
     }
 
     /// Where `s` lies in the source, if it is a slice of it.
@@ -257,16 +271,12 @@ impl Metadata {
         }
     }
 
-    /// The entry whose key is `key`. Most keys differ in length, which a span of the source
-    /// knows without looking at bytes.
+    /// The entry whose key is `key`. Most keys differ in length, which a span knows without
+    /// looking at bytes.
     fn find(&self, key: &[u8]) -> Option<usize> {
-        self.entries.iter().position(|(k, _)| {
-            let known_len = match k.place() {
-                Place::Source(range) => range.len(),
-                Place::Static(_) | Place::Shared(_) => key.len(),
-            };
-            known_len == key.len() && self.bytes(*k) == key
-        })
+        self.entries
+            .iter()
+            .position(|(k, _)| k.may_be_len(key.len()) && self.bytes(*k) == key)
     }
 
     /// The value of `key`, if present.
