@@ -424,19 +424,26 @@ pub struct RequestRecord {
 impl RequestRecord {
     /// The record of a request of `bytes_received` bytes received now on `connection`.
     pub fn new(connection: Arc<ConnectionInfo>, bytes_received: u64) -> Self {
-        Self::received_at(connection, bytes_received, Instant::now())
+        Self::received_at(
+            connection,
+            bytes_received,
+            Instant::now(),
+            SystemTime::now(),
+        )
     }
 
-    /// [`RequestRecord::new`] with an explicit receipt time (requests decoded from one read
-    /// share it).
+    /// [`RequestRecord::new`] with an explicit receipt time, on the monotonic clock and the
+    /// wall clock (requests decoded from one read share both: two clock reads per read, not
+    /// per request).
     pub fn received_at(
         connection: Arc<ConnectionInfo>,
         bytes_received: u64,
         received: Instant,
+        start_time: SystemTime,
     ) -> Self {
         Self {
             connection,
-            start_time: SystemTime::now(),
+            start_time,
             timings: Timings::new(received),
             route: None,
             cluster: None,

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use metaprotocol_core::{
@@ -190,12 +190,16 @@ impl<S: Transport> Connection<S> {
             }
             Poll::Ready(Ok(_)) => {}
         }
+        // The wall clock, read for the first frame: the frames of one read share it.
+        let mut wall = None;
         loop {
             match self.decoder.decode(&mut self.read_buf) {
                 Ok(Some(message)) => {
                     self.last_activity = now;
                     self.partial_since = None;
-                    self.requests.receive(message, &mut self.write_buf, now);
+                    let received = (now, *wall.get_or_insert_with(SystemTime::now));
+                    self.requests
+                        .receive(message, &mut self.write_buf, received);
                 }
                 Ok(None) => {
                     if !self.read_buf.is_empty() {

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use futures::StreamExt;
@@ -210,8 +210,14 @@ impl Requests {
         }
     }
 
-    /// Handles a frame decoded from the client.
-    pub fn receive(&mut self, message: Message, out: &mut BytesMut, now: Instant) {
+    /// Handles a frame decoded from the client, received at `received` (the monotonic and the
+    /// wall clock).
+    pub fn receive(
+        &mut self,
+        message: Message,
+        out: &mut BytesMut,
+        received: (Instant, SystemTime),
+    ) {
         match message.kind {
             MessageKind::Heartbeat => {
                 self.ctx.stats.heartbeats.inc();
@@ -220,7 +226,9 @@ impl Requests {
                 }
             }
             // Shared at once: moving a `Message` is a 900-byte copy.
-            MessageKind::Request | MessageKind::Oneway => self.start(Arc::new(message), out, now),
+            MessageKind::Request | MessageKind::Oneway => {
+                self.start(Arc::new(message), out, received);
+            }
             // Clients do not answer the proxy; stray answers are ignored.
             _ => {}
         }
@@ -316,7 +324,12 @@ impl Requests {
         in_flight(&mut self.slab, key)
     }
 
-    fn start(&mut self, message: Arc<Message>, out: &mut BytesMut, now: Instant) {
+    fn start(
+        &mut self,
+        message: Arc<Message>,
+        out: &mut BytesMut,
+        (now, wall): (Instant, SystemTime),
+    ) {
         let stats = &self.ctx.stats;
         stats.rq_total.inc();
         stats.rq_active.inc();
@@ -327,6 +340,7 @@ impl Requests {
             self.connection.clone(),
             message.frame.len() as u64,
             now.into_std(),
+            wall,
         );
         let reject_reason = message.reject_reason;
         let span = self
