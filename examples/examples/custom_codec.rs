@@ -49,10 +49,11 @@ impl Codec for LineCodec {
             message.status = ResponseStatus::ServerError;
         }
         if kind == MessageKind::Request {
-            // Metadata values are slices of the frame: no copies.
+            // Metadata values are slices of the frame, kept as spans of it: no copies. Keys
+            // known in advance are `'static` strings.
             let method = frame.slice_ref(second.as_bytes());
             message.metadata.insert(
-                ByteStr::from_static("method"),
+                "method",
                 ByteStr::from_utf8(method).map_err(|_| CodecError::malformed("method"))?,
             );
             for pair in words {
