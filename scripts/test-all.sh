@@ -68,8 +68,11 @@ git clone --quiet "$PWD" "$clone_parent/metaprotocol-rs"
   echo "== cargo package / cargo publish --dry-run, in the fresh clone"
   # The dry run builds the packaged crates as registry crates, and cargo never rechecks a
   # registry crate's sources: an earlier run's build of the same version (older sources) would
-  # be used. Our crates are rebuilt from scratch here.
+  # be used. Our crates are rebuilt from scratch here, from sources extracted anew: cargo also
+  # keeps the sources it extracted from an earlier run's packages (in the cargo home, under the
+  # local overlay's `-<hash>` folder) and does not extract the same version again.
   rm -rf "$target_dir/package" "$target_dir"/debug/.fingerprint/metaprotocol-*
+  rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/metaprotocol-*
   CARGO_TARGET_DIR="$target_dir" cargo package --workspace --locked --no-verify
   CARGO_TARGET_DIR="$target_dir" cargo publish --workspace --locked --dry-run
 )
