@@ -1,7 +1,7 @@
 //! A UTF-8 string that shares its storage with the frame it was read from.
 
 use std::fmt;
-use std::ops::Deref;
+use std::ops::{Deref, Range};
 
 use bytes::Bytes;
 
@@ -91,12 +91,17 @@ impl<'a> Ascii<'a> {
 
     /// Where these bytes lie in `buf`, if they are a part of it.
     #[inline]
-    pub fn range_in(&self, buf: &[u8]) -> Option<std::ops::Range<usize>> {
-        // Addresses only locate the text in `buf`; nothing is read through them.
-        let start = (self.0.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)?;
-        let end = start.checked_add(self.0.len())?;
-        (end <= buf.len()).then_some(start..end)
+    pub fn range_in(&self, buf: &[u8]) -> Option<Range<usize>> {
+        locate(self.0, buf)
     }
+}
+
+/// Where `part` lies in `buf`, if it is a part of it.
+pub(crate) fn locate(part: &[u8], buf: &[u8]) -> Option<Range<usize>> {
+    // Addresses only locate `part` in `buf`; nothing is read through them.
+    let start = (part.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    (end <= buf.len()).then_some(start..end)
 }
 
 /// `<[u8]>::is_ascii` for the short strings of metadata: the high bits of whole words, the

@@ -12,7 +12,8 @@ use std::ops::Range;
 use bytes::Bytes;
 use smallvec::SmallVec;
 
-use crate::{Ascii, ByteStr};
+use crate::ByteStr;
+use crate::bytestr::{self, Ascii};
 
 /// Well-known metadata keys. Codecs use these names so that routes, rate limits and RBAC
 /// policies read the same way across protocols.
@@ -231,10 +232,7 @@ impl Metadata {
         if s.is_empty() {
             return None;
         }
-        // Addresses only locate `s` in the source; nothing is read through them.
-        let start = (s.as_ptr() as usize).checked_sub(self.source.as_ptr() as usize)?;
-        let end = start.checked_add(s.len())?;
-        (end <= self.source.len()).then_some(start..end)
+        bytestr::locate(s, &self.source)
     }
 
     /// The bytes `span` points at (valid UTF-8: only strings are stored).
