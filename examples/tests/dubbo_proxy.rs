@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metaprotocol_core::MessageKind;
+use metaprotocol_core::{CodecFactory, MessageKind, Side, WireVariant};
 use metaprotocol_examples::dubbo_demo::{DEMO_SERVICE, DemoProvider, DubboClient};
 use metaprotocol_router::{Config, Proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -323,6 +323,61 @@ async fn many_clients_share_few_upstream_connections() -> TestResult {
     let upstream: usize = world.providers.iter().map(DemoProvider::connections).sum();
     assert!(upstream < 10, "{upstream} upstream connections");
     world.proxy.shutdown().await;
+    Ok(())
+}
+
+/// Requests that arrive together leave together: they join one upstream connection's batch
+/// (one write) instead of being dealt out over the endpoint's connections one by one, and the
+/// next batch goes to the next connection.
+#[tokio::test]
+async fn requests_read_together_go_out_together_on_one_connection() -> TestResult {
+    const BATCH: u64 = 8;
+    let provider = DemoProvider::start("v1").await?;
+    let yaml = format!(
+        "listeners:
+  - {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r }}
+route_configs:
+  - {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }}
+clusters:
+  - {{ name: c, connections_per_endpoint: 2, endpoints: [ {{ address: {} }} ] }}
+",
+        provider.address()
+    );
+    let proxy = start_engine(&yaml).await?;
+    let mut client = TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
+    for batch in 0..4 {
+        // One write: the proxy reads and routes the whole batch before any upstream task runs.
+        let requests: Vec<u8> = (0..BATCH)
+            .flat_map(|i| support::dubbo_request(batch * BATCH + i, "sayHello", &[]))
+            .collect();
+        client.write_all(&requests).await?;
+        let mut answered = 0;
+        let mut decoder = metaprotocol_dubbo::DubboCodecFactory::new(1 << 20)
+            .new_codec(Side::Upstream, WireVariant::DEFAULT);
+        let mut buf = bytes::BytesMut::new();
+        while answered < BATCH {
+            tokio::time::timeout(Duration::from_secs(5), client.read_buf(&mut buf)).await??;
+            while decoder.decode(&mut buf)?.is_some() {
+                answered += 1;
+            }
+        }
+    }
+    drop(client);
+    let seen = provider.seen();
+    assert_eq!(seen.len(), 4 * BATCH as usize);
+    let connections: Vec<usize> = seen.iter().map(|request| request.connection).collect();
+    for (batch, requests) in connections.chunks(BATCH as usize).enumerate() {
+        assert!(
+            requests.iter().all(|&c| c == requests[0]),
+            "batch {batch} was split over connections: {connections:?}"
+        );
+    }
+    assert_eq!(provider.connections(), 2, "{connections:?}");
+    assert!(
+        connections.contains(&0) && connections.contains(&1),
+        "{connections:?}"
+    );
+    proxy.shutdown().await;
     Ok(())
 }
 

@@ -347,14 +347,17 @@ async fn max_connections_shares_one_connection_and_max_retries_refuses_retries()
     let fields = "    connections_per_endpoint: 4\n    circuit_breakers: { max_connections: 1 }\n";
     let (proxy, address) = start(&single(&provider, fields)).await?;
     let client = Arc::new(DubboClient::new(address));
-    let calls: Vec<_> = (0..20)
-        .map(|_| {
-            let client = client.clone();
-            tokio::spawn(async move { client.call("sayHello", "a", &[]).await })
-        })
-        .collect();
-    for call in calls {
-        assert_eq!(call.await??.dubbo_status, 20);
+    // Rounds of concurrent calls: each round is a batch that takes the next slot in turn.
+    for _ in 0..5 {
+        let calls: Vec<_> = (0..4)
+            .map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move { client.call("sayHello", "a", &[]).await })
+            })
+            .collect();
+        for call in calls {
+            assert_eq!(call.await??.dubbo_status, 20);
+        }
     }
     assert_eq!(provider.connections(), 1, "one connection at most");
     let metrics = proxy.metrics().render();

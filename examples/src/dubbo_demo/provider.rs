@@ -33,6 +33,8 @@ pub struct SeenRequest {
     pub kind: MessageKind,
     /// The request's metadata (interface, method, attachments).
     pub metadata: Metadata,
+    /// The connection it came on: 0 for the provider's first connection, 1 for the next ...
+    pub connection: usize,
 }
 
 struct State {
@@ -137,13 +139,18 @@ impl Drop for DemoProvider {
 async fn accept_loop(listener: TcpListener, codec: Arc<dyn CodecFactory>, state: Arc<State>) {
     let mut connections = tokio::task::JoinSet::new();
     while let Ok((stream, _)) = listener.accept().await {
-        state.connections.fetch_add(1, Ordering::Relaxed);
+        let connection = state.connections.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
-        connections.spawn(serve(stream, codec.clone(), state.clone()));
+        connections.spawn(serve(stream, connection, codec.clone(), state.clone()));
     }
 }
 
-async fn serve(stream: TcpStream, codec: Arc<dyn CodecFactory>, state: Arc<State>) {
+async fn serve(
+    stream: TcpStream,
+    connection: usize,
+    codec: Arc<dyn CodecFactory>,
+    state: Arc<State>,
+) {
     let (mut read, write) = stream.into_split();
     let write = Arc::new(tokio::sync::Mutex::new(write));
     let mut decoder = codec.new_codec(Side::Downstream, WireVariant::DEFAULT);
@@ -163,6 +170,7 @@ async fn serve(stream: TcpStream, codec: Arc<dyn CodecFactory>, state: Arc<State
                 seen.push(SeenRequest {
                     kind: message.kind,
                     metadata: message.metadata.clone(),
+                    connection,
                 });
             }
             match message.kind {

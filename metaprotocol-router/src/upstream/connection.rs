@@ -102,6 +102,11 @@ impl ConnectionHandle {
         !self.shared.closed.load(Ordering::Acquire)
     }
 
+    /// Requests queued and not yet taken by the connection's task.
+    pub fn queued(&self) -> usize {
+        self.shared.queued.load(Ordering::Relaxed)
+    }
+
     /// True once connected and still open.
     pub fn is_connected(&self) -> bool {
         self.is_open() && self.shared.connected.load(Ordering::Acquire)

@@ -3,7 +3,8 @@
 //! In `PoolMode::Multiplex` (the default) each endpoint keeps a few connections per wire
 //! variant (and per worker thread, on a proxy with [`Workers`](crate::server::Workers)), and
 //! requests from all downstream connections are spread over them, each with a fresh upstream
-//! request id. In `PoolMode::Exclusive` a connection carries one request at a time.
+//! request id. They are spread a batch at a time: requests routed while a connection's task has
+//! not yet taken the last ones join them, so that they leave in one write. In `PoolMode::Exclusive` a connection carries one request at a time.
 //! Sending never waits: a request is queued on a connection task (which connects first if it has
 //! to) and its answer comes back through its [`ReplyTo`]. After connect failures the endpoint
 //! backs off, and requests for it fail at once instead of each trying to connect.
@@ -26,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use metaprotocol_core::{CodecFactory, WireVariant};
 
 use self::backoff::ConnectBackoff;
@@ -38,6 +39,10 @@ use crate::cluster::{CircuitBreakers, ConnectionPermit};
 use crate::server::workers;
 use crate::stats::{ClusterStats, EndpointStats};
 use crate::transport::Connector;
+
+/// Requests waiting for one connection's task past which new requests go to the next connection
+/// instead of joining them (see [`UpstreamPool::send`]'s choice of connection).
+const BATCH_LIMIT: usize = 128;
 
 /// How an endpoint's pool connects, how many connections it keeps and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,9 +165,8 @@ impl UpstreamPool {
     #[allow(clippy::result_large_err)]
     pub fn send(&self, variant: WireVariant, outbound: Outbound) -> Result<(), Rejected> {
         let partition = self.partition(variant, workers::current());
-        let index = self.slot(&partition);
+        let (index, live) = self.slot(&partition);
         let slot = &partition.slots[index];
-        let live = slot.load();
         let result = match live.as_ref().filter(|handle| handle.is_open()) {
             Some(handle) => {
                 if handle.is_going_away() && handle.claim_replacement() {
@@ -274,9 +278,28 @@ impl UpstreamPool {
         })
     }
 
-    /// The slot for the next request: round-robin over the partition's connections.
-    fn slot(&self, partition: &Partition) -> usize {
-        partition.next.fetch_add(1, Ordering::Relaxed) % partition.slots.len()
+    /// The slot for the next request, and what it holds. Requests go round-robin over the
+    /// partition's connections a batch at a time: while the connection picked last still has
+    /// requests its task has not taken, the next request joins them and they leave in one write
+    /// (a write costs the proxy far more than the bytes in it); once its task took them, the next
+    /// request moves on to the next connection. A connection whose task has [`BATCH_LIMIT`]
+    /// requests waiting is not keeping up, and is moved past.
+    fn slot(&self, partition: &Partition) -> (usize, Guard<Option<Arc<ConnectionHandle>>>) {
+        let slots = partition.slots.len();
+        let current = partition.next.load(Ordering::Relaxed) % slots;
+        let live = partition.slots[current].load();
+        let joins = live
+            .as_ref()
+            .is_some_and(|handle| (1..BATCH_LIMIT).contains(&handle.queued()));
+        if joins || slots == 1 {
+            return (current, live);
+        }
+        let next = partition
+            .next
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1)
+            % slots;
+        (next, partition.slots[next].load())
     }
 
     fn connect_params(
