@@ -164,10 +164,14 @@ impl Metadata {
     /// set, when either is a [`MetadataStr::Source`] range that is not UTF-8 text of the source.
     pub fn insert(&mut self, key: impl Into<MetadataStr>, value: impl Into<MetadataStr>) -> bool {
         let (key, value) = (key.into(), value.into());
-        if !(self.is_text(&key) && self.is_text(&value)) {
+        // The value first: it is the one that may be refused (a range that is not text), and a
+        // refusal after the key was kept would leave the key in its table for nothing.
+        let Some(value) = self.store(value) else {
             return false;
-        }
-        let (key, value) = (self.store(key), self.store(value));
+        };
+        let Some(key) = self.store(key) else {
+            return false;
+        };
         match self.find(self.bytes(key)) {
             Some(index) => self.entries[index].1 = value,
             None => self.entries.push((key, value)),
@@ -175,21 +179,9 @@ impl Metadata {
         true
     }
 
-    /// False for a source range that is not UTF-8 text of the source.
-    fn is_text(&self, text: &MetadataStr) -> bool {
-        match text {
-            // Metadata is nearly always ASCII, which a word at a time proves far faster than
-            // the general check.
-            MetadataStr::Source(range) => self.source.get(range.clone()).is_some_and(|bytes| {
-                Ascii::new(bytes).is_some() || std::str::from_utf8(bytes).is_ok()
-            }),
-            MetadataStr::Static(_) | MetadataStr::Shared(_) => true,
-        }
-    }
-
-    /// Keeps `text` (checked by [`Metadata::is_text`]) where it takes least: as a span of the
-    /// source when it lies in it.
-    fn store(&mut self, text: MetadataStr) -> Span {
+    /// Keeps `text` where it takes least (as a span of the source when it lies in it) and
+    /// returns where it is; `None` for a source range that is not UTF-8 text of the source.
+    fn store(&mut self, text: MetadataStr) -> Option<Span> {
         match text {
             MetadataStr::Static(s) => {
                 // The same constant is the same reference: no bytes compared.
@@ -204,20 +196,28 @@ impl Metadata {
                         self.statics.len() - 1
                     }
                 };
-                Span::indexed(STATIC, index, s.len())
+                Some(Span::indexed(STATIC, index, s.len()))
             }
-            MetadataStr::Shared(s) => match self.source_range(&s).and_then(Span::source) {
+            MetadataStr::Shared(s) => Some(match self.source_range(&s).and_then(Span::source) {
                 Some(span) => span,
                 None => self.share(s),
-            },
-            MetadataStr::Source(range) => match Span::source(range.clone()) {
-                Some(span) => span,
-                // Too long for a span: kept as a shared slice instead.
-                None => {
-                    let text = ByteStr::from_utf8(self.source.slice(range)).unwrap_or_default();
-                    self.share(text)
+            }),
+            MetadataStr::Source(range) => {
+                let bytes = self.source.get(range.clone())?;
+                // Metadata is nearly always ASCII, which a word at a time proves far faster
+                // than the general check.
+                if Ascii::new(bytes).is_none() && std::str::from_utf8(bytes).is_err() {
+                    return None;
                 }
-            },
+                Some(match Span::source(range.clone()) {
+                    Some(span) => span,
+                    // Too long for a span: kept as a shared slice instead.
+                    None => {
+                        let text = ByteStr::from_utf8(self.source.slice(range)).unwrap_or_default();
+                        self.share(text)
+                    }
+                })
+            }
         }
     }
 
