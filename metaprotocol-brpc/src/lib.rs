@@ -101,7 +101,7 @@ use metaprotocol_core::CodecRegistry;
 
 pub use codec::{BrpcCodec, BrpcCodecFactory};
 pub use frame::{decode_frame, encode_frame};
-pub use meta::{RequestMetaView, ResponseMetaView, RpcMetaView};
+pub use meta::{MetaText, RequestMetaView, ResponseMetaView, RpcMetaView};
 pub use reply::{errno, error_code};
 
 /// The protocol's registered name.

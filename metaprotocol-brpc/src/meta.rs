@@ -1,9 +1,9 @@
-//! A zero-copy reading of `RpcMeta`: every field brpc defines, with strings sliced from the frame.
+//! A zero-copy reading of `RpcMeta`: every field brpc defines, strings as places in the frame.
 
 use std::ops::Range;
 
 use bytes::Bytes;
-use metaprotocol_core::{ByteStr, CodecError, Metadata};
+use metaprotocol_core::{CodecError, Metadata, MetadataStr};
 
 use crate::header::{FrameHeader, HEADER_LEN};
 use crate::wire::{Field, FieldReader, WireValue};
@@ -46,13 +46,39 @@ mod response_field {
     pub(super) const ERROR_TEXT: u32 = 2;
 }
 
+/// A string of a meta, checked to be UTF-8: where it lies in the buffer the view was read
+/// from (the frame, for [`RpcMetaView::from_frame`]). A place rather than a string, so that
+/// reading a meta takes no reference to the buffer per string; the codec hands it to the
+/// message's metadata, which lies over the same frame, as it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetaText(Range<usize>);
+
+impl MetaText {
+    /// Where the text lies in the buffer the view was read from.
+    pub fn range(&self) -> Range<usize> {
+        self.0.clone()
+    }
+
+    /// The text in `buf`, the buffer the view was read from; `None` if `buf` holds no text
+    /// there (it is another buffer).
+    pub fn text_in<'a>(&self, buf: &'a [u8]) -> Option<&'a str> {
+        std::str::from_utf8(buf.get(self.range())?).ok()
+    }
+}
+
+impl From<MetaText> for MetadataStr {
+    fn from(text: MetaText) -> Self {
+        MetadataStr::Source(text.0)
+    }
+}
+
 /// The fields of an `RpcRequestMeta`. Strings that are not UTF-8 read as absent.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RequestMetaView {
     /// `service_name` (1).
-    pub service_name: Option<ByteStr>,
+    pub service_name: Option<MetaText>,
     /// `method_name` (2).
-    pub method_name: Option<ByteStr>,
+    pub method_name: Option<MetaText>,
     /// `log_id` (3).
     pub log_id: Option<i64>,
     /// `trace_id` (4).
@@ -62,7 +88,7 @@ pub struct RequestMetaView {
     /// `parent_span_id` (6).
     pub parent_span_id: Option<i64>,
     /// `request_id` (7).
-    pub request_id: Option<ByteStr>,
+    pub request_id: Option<MetaText>,
     /// `timeout_ms` (8).
     pub timeout_ms: Option<i32>,
 }
@@ -73,10 +99,11 @@ pub struct ResponseMetaView {
     /// `error_code` (1); 0 when absent.
     pub error_code: i32,
     /// `error_text` (2).
-    pub error_text: Option<ByteStr>,
+    pub error_text: Option<MetaText>,
 }
 
-/// Every field of one `RpcMeta`, read without copying: strings and bytes are slices of the meta.
+/// Every field of one `RpcMeta`, read without copying: strings are places in the buffer read
+/// ([`MetaText`]), bytes are slices of it.
 ///
 /// Repeated occurrences of a field follow protobuf rules (the last scalar wins, messages merge),
 /// and a field whose wire type does not match its definition is treated as unknown, as brpc's
@@ -101,7 +128,7 @@ pub struct RpcMetaView {
     /// True if `stream_settings` (8) is present: the call opens a streaming RPC.
     pub has_stream_settings: bool,
     /// `user_fields` (9) whose key and value are UTF-8, in wire order (a repeated key keeps its
-    /// last value, as a protobuf map does).
+    /// last value, as a protobuf map does): metadata over the buffer read.
     pub user_fields: Metadata,
     /// `content_type` (10); 0 (protobuf) when absent.
     pub content_type: i32,
@@ -130,16 +157,20 @@ impl RpcMetaView {
 
     /// Reads the meta at `meta` in `buf`, its user fields included (into the view's own).
     fn with_user_fields(buf: &Bytes, meta: Range<usize>) -> Result<Self, CodecError> {
-        let mut view = Self::default();
+        let mut view = Self {
+            user_fields: Metadata::over(buf.clone()),
+            ..Self::default()
+        };
         view.read(buf, meta, None)?;
         Ok(view)
     }
 
     /// Merges the serialized `RpcMeta` at `meta` within `buf` (an out-of-range `meta` reads as
     /// empty) into this view, inserting its `user_fields` into `user_fields` when given rather
-    /// than the view's own: the decoder fills the message's metadata in place. Strings are slices of
-    /// `buf`; the spans in `correlation_id_span` are offsets from the meta's start. The view is
-    /// filled in place rather than returned, as it is large (its own, unused, `Metadata`).
+    /// than the view's own: the decoder fills the message's metadata in place. Either must be
+    /// metadata over `buf`: the fields go in as places in it. Strings are places in `buf`; the
+    /// spans in `correlation_id_span` are offsets from the meta's start. The view is filled in
+    /// place rather than returned, as it is large (its own, unused, `Metadata`).
     pub(crate) fn read(
         &mut self,
         buf: &Bytes,
@@ -182,11 +213,11 @@ impl RpcMetaView {
             (field::USER_FIELDS, WireValue::Bytes(range)) => {
                 let entry = meta.nested(range);
                 let (key, value) = map_entry(entry.bytes())?;
-                if let (Some(key), Some(value)) = (entry.utf8(key), entry.utf8(value)) {
-                    user_fields
-                        .unwrap_or(&mut self.user_fields)
-                        .insert(key, value);
-                }
+                // Inserting checks that both are UTF-8 text; an entry that is not is skipped.
+                user_fields.unwrap_or(&mut self.user_fields).insert(
+                    MetadataStr::Source(entry.absolute(key)),
+                    MetadataStr::Source(entry.absolute(value)),
+                );
             }
             (field::CONTENT_TYPE, WireValue::Varint(v)) => self.content_type = v as i32,
             (field::CHECKSUM_TYPE, WireValue::Varint(v)) => self.checksum_type = v as i32,
@@ -268,18 +299,25 @@ impl<'a> Within<'a> {
     /// The message nested at `range` of this one (as the walker of [`Within::bytes`] reports
     /// it, so within the buffer).
     fn nested(self, range: Range<usize>) -> Self {
-        Self::new(self.buf, self.start + range.start..self.start + range.end)
+        Self::new(self.buf, self.absolute(range))
     }
 
     /// The bytes at `range` of this message.
     fn slice(self, range: Range<usize>) -> Bytes {
-        self.buf
-            .slice(self.start + range.start..self.start + range.end)
+        self.buf.slice(self.absolute(range))
     }
 
-    /// The string at `range` of this message; `None` if it is not UTF-8.
-    fn utf8(self, range: Range<usize>) -> Option<ByteStr> {
-        ByteStr::from_utf8(self.slice(range)).ok()
+    /// Where `range` of this message lies in the buffer.
+    fn absolute(self, range: Range<usize>) -> Range<usize> {
+        self.start + range.start..self.start + range.end
+    }
+
+    /// The text at `range` of this message; `None` if it is not UTF-8.
+    fn utf8(self, range: Range<usize>) -> Option<MetaText> {
+        let at = self.absolute(range);
+        let bytes = self.buf.get(at.clone())?;
+        // Metadata is nearly always ASCII, which is far faster to prove than UTF-8.
+        (bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()).then_some(MetaText(at))
     }
 }
 

@@ -204,6 +204,28 @@ fn golden_frames_decode_with_expected_metadata() -> TestResult {
         assert_eq!(view.checksum_value.as_deref(), Some(&b""[..]), "{file}");
         assert!(!view.has_stream_settings && !view.has_chunk_info, "{file}");
         assert_eq!(view.request.is_some(), expected.status.is_none(), "{file}");
+        // The view's strings are places in the frame, read back from it.
+        let wanted = |key: &str| message.metadata.get(key);
+        let frame = &message.frame[..];
+        if let Some(request) = &view.request {
+            let service = request.service_name.as_ref().and_then(|t| t.text_in(frame));
+            let method = request.method_name.as_ref().and_then(|t| t.text_in(frame));
+            assert_eq!(
+                (service, method),
+                (wanted("service"), wanted("method")),
+                "{file}"
+            );
+        }
+        if let Some(response) = &view.response {
+            let text = response.error_text.as_ref().and_then(|t| t.text_in(frame));
+            assert_eq!(text, wanted("error_text"), "{file}");
+        }
+        if let Some(server) = wanted("server") {
+            assert_eq!(view.user_fields.get("server"), Some(server), "{file}");
+        }
+        for (key, value) in view.user_fields.iter() {
+            assert_eq!(Some(value), wanted(key), "{file}: user field {key}");
+        }
     }
     Ok(())
 }
