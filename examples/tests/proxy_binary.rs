@@ -26,6 +26,20 @@ fn validate(scratch: &Scratch, name: &str, yaml: &str) -> TestResult<Output> {
         .output()?)
 }
 
+/// Lines of the configs `validate` is tried on: one listener, one route to cluster `c`, and `c`.
+const LISTENER: &str =
+    "listeners: [ { name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r } ]\n";
+const ROUTE_CONFIG: &str =
+    "route_configs: [ { name: r, routes: [ { route: { cluster: c } } ] } ]\n";
+const CLUSTER: &str = "clusters: [ { name: c, endpoints: [ { address: 127.0.0.1:1 } ] } ]\n";
+
+/// What `validate` prints on its error output for `yaml`, which it must reject (exit code 1).
+fn rejection(scratch: &Scratch, name: &str, yaml: &str) -> TestResult<String> {
+    let out = validate(scratch, name, yaml)?;
+    assert_eq!(out.status.code(), Some(1), "{name} was not rejected");
+    Ok(String::from_utf8(out.stderr)?)
+}
+
 #[test]
 fn route_says_which_route_a_request_takes_and_where_it_goes() -> TestResult {
     let scratch = Scratch::new("proxy-binary-route")?;
@@ -92,10 +106,7 @@ fn validate_accepts_a_good_config_and_names_the_bad_field() -> TestResult {
     let out = validate(
         &scratch,
         "good.yaml",
-        "listeners: [ { name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r } ]
-route_configs: [ { name: r, routes: [ { route: { cluster: c } } ] } ]
-clusters: [ { name: c, endpoints: [ { address: 127.0.0.1:1 } ] } ]
-",
+        &format!("{LISTENER}{ROUTE_CONFIG}{CLUSTER}"),
     )?;
     assert!(
         out.status.success(),
@@ -110,30 +121,25 @@ clusters: [ { name: c, endpoints: [ { address: 127.0.0.1:1 } ] } ]
     );
     assert_eq!(summary.lines().count(), 1);
 
-    let out = validate(
+    let reason = rejection(
         &scratch,
         "bad.yaml",
-        "listeners: [ { name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r } ]
-route_configs: [ { name: r, routes: [ { route: { cluster: c }, timeout: fast } ] } ]
-clusters: [ { name: c, endpoints: [ { address: 127.0.0.1:1 } ] } ]
-",
+        &format!(
+            "{LISTENER}route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }}, timeout: fast }} ] }} ]\n{CLUSTER}"
+        ),
     )?;
-    assert_eq!(out.status.code(), Some(1));
-    let reason = String::from_utf8(out.stderr)?;
     assert!(
         reason.contains("route_configs[0].routes[0].timeout"),
         "{reason}"
     );
 
-    let out = validate(
+    let reason = rejection(
         &scratch,
         "unknown.yaml",
         "listeners: [ { name: in, address: 127.0.0.1:0, protocol: smtp, route_config: r } ]
 route_configs: [ { name: r } ]
 ",
     )?;
-    assert_eq!(out.status.code(), Some(1));
-    let reason = String::from_utf8(out.stderr)?;
     assert!(
         reason.contains("listeners[0].protocol") && reason.contains("smtp"),
         "{reason}"
@@ -301,20 +307,18 @@ clusters:
 #[test]
 fn validate_places_errors_at_their_line_and_column_and_prints_warnings() -> TestResult {
     let scratch = Scratch::new("proxy-binary-validate-positions")?;
-    let out = validate(
+    let reason = rejection(
         &scratch,
         "unquoted.yaml",
-        "listeners: [ { name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r } ]
-route_configs:
+        &format!(
+            "{LISTENER}route_configs:
   - name: r
     routes:
-      - match: { metadata: [ { key: version, exact: 1.10 } ] }
-        route: { cluster: c }
-clusters: [ { name: c, endpoints: [ { address: 127.0.0.1:1 } ] } ]
-",
+      - match: {{ metadata: [ {{ key: version, exact: 1.10 }} ] }}
+        route: {{ cluster: c }}
+{CLUSTER}"
+        ),
     )?;
-    assert_eq!(out.status.code(), Some(1));
-    let reason = String::from_utf8(out.stderr)?;
     assert!(
         reason.contains(
             "route_configs[0].routes[0].match.metadata[0].exact (line 5, column 53): expected a string"
@@ -323,19 +327,17 @@ clusters: [ { name: c, endpoints: [ { address: 127.0.0.1:1 } ] } ]
     );
 
     // Found while building the proxy, not while parsing: still placed in the file.
-    let out = validate(
+    let reason = rejection(
         &scratch,
         "probe.yaml",
-        "listeners: [ { name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r } ]
-route_configs: [ { name: r, routes: [ { route: { cluster: c } } ] } ]
-clusters:
+        &format!(
+            "{LISTENER}{ROUTE_CONFIG}clusters:
   - name: c
-    health_check: { probe: { method: ping } }
-    endpoints: [ { address: 127.0.0.1:1 } ]
-",
+    health_check: {{ probe: {{ method: ping }} }}
+    endpoints: [ {{ address: 127.0.0.1:1 }} ]
+"
+        ),
     )?;
-    assert_eq!(out.status.code(), Some(1));
-    let reason = String::from_utf8(out.stderr)?;
     assert!(
         reason.contains(
             "clusters[0].health_check.probe (line 5, column 28): protocol dubbo cannot probe"
@@ -344,7 +346,7 @@ clusters:
     );
 
     // Every error of the file, each with its place: two that stop parsing, one that does not.
-    let out = validate(
+    let reasons = rejection(
         &scratch,
         "several.yaml",
         "listeners: [ { name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r, idle_timeout: 0s } ]
@@ -357,8 +359,6 @@ clusters:
   - { name: c, lb_policy: fastest, endpoints: [ { address: 127.0.0.1:1 } ] }
 ",
     )?;
-    assert_eq!(out.status.code(), Some(1));
-    let reasons = String::from_utf8(out.stderr)?;
     let lines: Vec<&str> = reasons.lines().collect();
     assert_eq!(lines.len(), 3, "{reasons}");
     for (line, expected) in lines.iter().zip([
