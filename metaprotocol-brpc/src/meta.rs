@@ -315,9 +315,7 @@ impl<'a> Within<'a> {
     /// The text at `range` of this message; `None` if it is not UTF-8.
     fn utf8(self, range: Range<usize>) -> Option<MetaText> {
         let at = self.absolute(range);
-        let bytes = self.buf.get(at.clone())?;
-        // Metadata is nearly always ASCII, which is far faster to prove than UTF-8.
-        (bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()).then_some(MetaText(at))
+        metaprotocol_core::is_text(self.buf.get(at.clone())?).then_some(MetaText(at))
     }
 }
 

@@ -21,7 +21,7 @@ impl ByteStr {
 
     /// Wraps `bytes` if they are valid UTF-8, returning them unchanged otherwise.
     pub fn from_utf8(bytes: Bytes) -> Result<Self, Bytes> {
-        if std::str::from_utf8(&bytes).is_ok() {
+        if is_text(&bytes) {
             Ok(Self(bytes))
         } else {
             Err(bytes)
@@ -102,6 +102,12 @@ pub(crate) fn locate(part: &[u8], buf: &[u8]) -> Option<Range<usize>> {
     let start = (part.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)?;
     let end = start.checked_add(part.len())?;
     (end <= buf.len()).then_some(start..end)
+}
+
+/// True if `bytes` are UTF-8 text. Metadata is nearly always ASCII, which a word at a time
+/// proves far faster than the general check, so that is tried first.
+pub fn is_text(bytes: &[u8]) -> bool {
+    is_ascii(bytes) || std::str::from_utf8(bytes).is_ok()
 }
 
 /// `<[u8]>::is_ascii` for the short strings of metadata: the high bits of whole words, the

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use smallvec::SmallVec;
 
 use crate::ByteStr;
-use crate::bytestr::{self, Ascii};
+use crate::bytestr;
 
 /// Well-known metadata keys. Codecs use these names so that routes, rate limits and RBAC
 /// policies read the same way across protocols.
@@ -203,10 +203,7 @@ impl Metadata {
                 None => self.share(s),
             }),
             MetadataStr::Source(range) => {
-                let bytes = self.source.get(range.clone())?;
-                // Metadata is nearly always ASCII, which a word at a time proves far faster
-                // than the general check.
-                if Ascii::new(bytes).is_none() && std::str::from_utf8(bytes).is_err() {
+                if !self.source.get(range.clone()).is_some_and(bytestr::is_text) {
                     return None;
                 }
                 Some(match Span::source(range.clone()) {

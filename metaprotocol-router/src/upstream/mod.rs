@@ -4,7 +4,8 @@
 //! variant (and per worker thread, on a proxy with [`Workers`](crate::server::Workers)), and
 //! requests from all downstream connections are spread over them, each with a fresh upstream
 //! request id. They are spread a batch at a time: requests routed while a connection's task has
-//! not yet taken the last ones join them, so that they leave in one write. In `PoolMode::Exclusive` a connection carries one request at a time.
+//! not yet taken the last ones join them, so that they leave in one write. In
+//! `PoolMode::Exclusive` a connection carries one request at a time.
 //! Sending never waits: a request is queued on a connection task (which connects first if it has
 //! to) and its answer comes back through its [`ReplyTo`]. After connect failures the endpoint
 //! backs off, and requests for it fail at once instead of each trying to connect.
