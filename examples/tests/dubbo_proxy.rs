@@ -326,6 +326,40 @@ async fn many_clients_share_few_upstream_connections() -> TestResult {
     Ok(())
 }
 
+/// Writes `count` calls (ids from `first`) in one write and reads their answers.
+async fn call_in_one_write(client: &mut TcpStream, first: u64, count: u64) -> TestResult {
+    let requests: Vec<u8> = (first..first + count)
+        .flat_map(|id| support::dubbo_request(id, "sayHello", &[]))
+        .collect();
+    client.write_all(&requests).await?;
+    let mut decoder = metaprotocol_dubbo::DubboCodecFactory::new(1 << 20)
+        .new_codec(Side::Upstream, WireVariant::DEFAULT);
+    let mut buf = bytes::BytesMut::new();
+    let mut answered = 0;
+    while answered < count {
+        tokio::time::timeout(Duration::from_secs(5), client.read_buf(&mut buf)).await??;
+        while decoder.decode(&mut buf)?.is_some() {
+            answered += 1;
+        }
+    }
+    Ok(())
+}
+
+/// A proxy in front of `provider`, whose cluster has `fields` (YAML flow entries, may be empty).
+async fn proxy_for(provider: &DemoProvider, fields: &str) -> TestResult<Proxy> {
+    let yaml = format!(
+        "listeners:
+  - {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r }}
+route_configs:
+  - {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }}
+clusters:
+  - {{ name: c, {fields}endpoints: [ {{ address: {} }} ] }}
+",
+        provider.address()
+    );
+    start_engine(&yaml).await
+}
+
 /// Requests that arrive together leave together: they join one upstream connection's batch
 /// (one write) instead of being dealt out over the endpoint's connections one by one, and the
 /// next batch goes to the next connection.
@@ -333,34 +367,11 @@ async fn many_clients_share_few_upstream_connections() -> TestResult {
 async fn requests_read_together_go_out_together_on_one_connection() -> TestResult {
     const BATCH: u64 = 8;
     let provider = DemoProvider::start("v1").await?;
-    let yaml = format!(
-        "listeners:
-  - {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r }}
-route_configs:
-  - {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }}
-clusters:
-  - {{ name: c, connections_per_endpoint: 2, endpoints: [ {{ address: {} }} ] }}
-",
-        provider.address()
-    );
-    let proxy = start_engine(&yaml).await?;
+    let proxy = proxy_for(&provider, "connections_per_endpoint: 2, ").await?;
     let mut client = TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
     for batch in 0..4 {
         // One write: the proxy reads and routes the whole batch before any upstream task runs.
-        let requests: Vec<u8> = (0..BATCH)
-            .flat_map(|i| support::dubbo_request(batch * BATCH + i, "sayHello", &[]))
-            .collect();
-        client.write_all(&requests).await?;
-        let mut answered = 0;
-        let mut decoder = metaprotocol_dubbo::DubboCodecFactory::new(1 << 20)
-            .new_codec(Side::Upstream, WireVariant::DEFAULT);
-        let mut buf = bytes::BytesMut::new();
-        while answered < BATCH {
-            tokio::time::timeout(Duration::from_secs(5), client.read_buf(&mut buf)).await??;
-            while decoder.decode(&mut buf)?.is_some() {
-                answered += 1;
-            }
-        }
+        call_in_one_write(&mut client, batch * BATCH, BATCH).await?;
     }
     drop(client);
     let seen = provider.seen();
@@ -377,6 +388,32 @@ clusters:
         connections.contains(&0) && connections.contains(&1),
         "{connections:?}"
     );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// By default every client's requests share one connection to the endpoint.
+#[tokio::test]
+async fn clients_share_one_upstream_connection_by_default() -> TestResult {
+    let provider = DemoProvider::start("v1").await?;
+    let proxy = proxy_for(&provider, "").await?;
+    let address = proxy.listener_addr("in").ok_or("no listener")?;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(TcpStream::connect(address).await?);
+    }
+    for round in 0..3 {
+        let calls = clients
+            .iter_mut()
+            .enumerate()
+            .map(|(i, client)| call_in_one_write(client, (round * 3 + i as u64) * 4, 4));
+        for called in futures::future::join_all(calls).await {
+            called?;
+        }
+    }
+    drop(clients);
+    assert_eq!(provider.seen().len(), 36);
+    assert_eq!(provider.connections(), 1);
     proxy.shutdown().await;
     Ok(())
 }

@@ -14,7 +14,13 @@ use super::{ClusterTlsSpec, ConfigError, Errors};
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The default number of connections per endpoint that requests are multiplexed over.
-pub const DEFAULT_CONNECTIONS_PER_ENDPOINT: u32 = 2;
+///
+/// One, as Dubbo's own consumers and bRPC's default `single` connection type share one
+/// connection per server: every write and every read costs the proxy the same kernel work
+/// (waking the peer, acknowledging) whatever it carries, so the requests that one connection
+/// gathers into a batch cost least. Servers that handle one request per connection at a time
+/// need more.
+pub const DEFAULT_CONNECTIONS_PER_ENDPOINT: u32 = 1;
 
 /// The default time an upstream connection may carry nothing before it is closed.
 pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);

@@ -1,9 +1,9 @@
 //! Upstream connection pools: per endpoint, connections shared by every client.
 //!
-//! In `PoolMode::Multiplex` (the default) each endpoint keeps a few connections per wire
-//! variant (and per worker thread, on a proxy with [`Workers`](crate::server::Workers)), and
-//! requests from all downstream connections are spread over them, each with a fresh upstream
-//! request id. They are spread a batch at a time: requests routed while a connection's task has
+//! In `PoolMode::Multiplex` (the default) each endpoint keeps `connections_per_endpoint` (one
+//! unless configured) connections per wire variant (and per worker thread, on a proxy with
+//! [`Workers`](crate::server::Workers)), and requests from all downstream connections are
+//! spread over them, each with a fresh upstream request id. They are spread a batch at a time: requests routed while a connection's task has
 //! not yet taken the last ones join them, so that they leave in one write. In
 //! `PoolMode::Exclusive` a connection carries one request at a time.
 //! Sending never waits: a request is queued on a connection task (which connects first if it has
