@@ -39,6 +39,14 @@ use crate::transport::{Connector, Transport, buffers};
 const QUEUE_LIMIT: usize = 16 * 1024;
 /// Encoded bytes waiting for the socket before the task stops taking more requests.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
+/// With this many requests awaiting answers on the connection, new requests are written after
+/// the worker's next look at its sockets rather than at once: requests that the client
+/// connections read meanwhile go out in the same write. A busy connection's answers are a round
+/// trip away, so the turn of the event loop adds little to it, while every write saved spares
+/// the kernel a loopback delivery and a wake-up of the upstream (measured behind one connection
+/// at 8 x 64: about a third fewer writes and 2-7% less proxy CPU per call). A connection with
+/// fewer in flight (a lone caller waiting for its answer) writes at once.
+const DEFER_WRITE_AT: usize = 8;
 /// How often requests whose callers gave up are forgotten.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// An upstream that takes none of the bytes waiting for it this long is stuck (it stopped
@@ -310,6 +318,9 @@ struct Multiplexer<S> {
     _permit: Option<ConnectionPermit>,
     stats: ClusterStats,
     address: SocketAddr,
+    /// A write was put off to the worker's next look at its sockets (see [`DEFER_WRITE_AT`]);
+    /// the next poll writes whatever is buffered then.
+    write_deferred: bool,
 }
 
 impl<S: Transport> Multiplexer<S> {
@@ -344,6 +355,7 @@ impl<S: Transport> Multiplexer<S> {
             _permit: params.permit,
             stats: params.stats,
             address: params.address,
+            write_deferred: false,
         }
     }
 
@@ -552,10 +564,22 @@ impl<S: Transport> Future for Multiplexer<S> {
         // The sweep timer is polled once per wake-up, and again after it is moved: pending, it
         // holds the task's waker, and polling it on every pass could not say more.
         let mut poll_sweep = true;
+        // At most one write in a row is put off: the poll after a deferral writes.
+        let mut may_defer = !std::mem::take(&mut this.write_deferred);
         loop {
             let mut progressed = this.take_requests(cx);
-            let written =
-                buffers::poll_write(&mut this.io, cx, &mut this.write_buf, &mut this.flushed);
+            if may_defer && !this.write_buf.is_empty() && this.waiting.len() >= DEFER_WRITE_AT {
+                may_defer = false;
+                this.write_deferred = true;
+                // Wakes this task again once the worker has looked at its sockets (and run the
+                // client connections that became readable), not at once.
+                let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
+            }
+            let written = if this.write_deferred {
+                Poll::Pending
+            } else {
+                buffers::poll_write(&mut this.io, cx, &mut this.write_buf, &mut this.flushed)
+            };
             if let Poll::Ready(Err(_)) = written {
                 this.fail_all();
                 return Poll::Ready(());
