@@ -527,10 +527,11 @@ async fn locality_aware_traffic_stays_local_and_fails_over() -> TestResult {
         .filter(|o| !matches!(o, Outcome::Reply(20, _)))
         .count();
     assert!(after.len() > 100, "{} calls after the kill", after.len());
+    // Calls that reached no server (queued on a connection that then broke, or on one to a
+    // dead provider that could not be opened) go to another provider.
     assert!(
-        failed <= 2 * clients,
-        "{failed} calls failed; {clients} were in flight at most, and as many more may have met \
-         a closed connection before the proxy read its close"
+        failed <= clients,
+        "{failed} calls failed; only the {clients} in flight when the providers died may"
     );
     assert!(
         after.iter().all(|o| matches!(o, Outcome::Reply(..))),

@@ -39,6 +39,13 @@ use crate::cluster::{Breaker, ClusterHandle, Host};
 use crate::route::{Route, RouteAction, RouteTable, Target, TemplateContext};
 use crate::upstream::{ReplyTo, UpstreamError};
 
+/// How many times a request that never reached a server is sent again without spending its
+/// route's `num_retries`: enough for a few endpoints failing together (a host or a rack that
+/// goes down takes several with it, and the first requests meet them before their connections'
+/// failure is known), few enough that a request does not go round a cluster whose endpoints
+/// all fail.
+const RESENDS: u8 = 3;
+
 /// Sees each attempt of a request start and end. The connection passes its request's observer
 /// (the tracer's span, when the listener traces) into every call that may start or end one;
 /// `None` observes nothing and allocates nothing.
@@ -120,9 +127,9 @@ pub(crate) struct Routed {
     deadline: Instant,
     attempts: u32,
     retries_left: u32,
-    /// Whether the one transparent retry (of a request a failed or unopened connection never
-    /// wrote) is spent.
-    resent: bool,
+    /// Transparent resends spent (of a request a failed or unopened connection never wrote);
+    /// at most [`RESENDS`].
+    resends: u8,
     tried: SmallVec<[SocketAddr; 2]>,
     current: Option<Attempt>,
     /// The endpoint of the last attempt that ended.
@@ -289,7 +296,7 @@ pub(crate) fn route(
         deadline,
         attempts: 0,
         retries_left,
-        resent: false,
+        resends: 0,
         tried: SmallVec::new(),
         current: None,
         host: None,
@@ -525,37 +532,32 @@ impl Routed {
         let route = table.get(self.route);
         let policy = route.and_then(|r| r.retry.as_ref());
         let retryable = policy.is_some_and(|policy| policy.retries(&outcome, self.idempotent));
-        // A request that never left lost nothing but time: it is resent once without spending
-        // the route's `num_retries`. One its connection failed before writing is resent at once,
-        // whatever the route's policy and outside the retry budget: the requests queued on a
-        // broken connection are a bounded batch. One whose connection could not be opened goes
-        // to another endpoint, so that a dead endpoint costs its callers no failure, when the
-        // route's policy does not retry it already (no attempt beyond `num_retries`), and like
-        // any retry within the cluster's retry budget and `max_retries`: a cluster whose
-        // endpoints all refuse connections must not get every request twice.
-        if outcome == (AttemptOutcome::Reset { sent: false }) && !self.resent && now < self.deadline
-        {
-            self.resent = true;
+        // A request that never left lost nothing but time: it is resent at once, up to
+        // `RESENDS` times and each time to an endpoint it has not tried when one is left,
+        // without spending the route's `num_retries` and outside the retry budget, so that dead
+        // endpoints cost their callers no failure: the requests queued on a connection that
+        // broke before writing them, or that could not be opened, are a bounded batch (not so
+        // those refused for overload, which the retry policy and budget govern), and
+        // resending them adds no connect attempts (an endpoint backing off after failed
+        // connects refuses requests without connecting). The route's retry policy (its
+        // `num_retries`, backoff and budget) applies once these are spent.
+        let unsent = matches!(
+            outcome,
+            AttemptOutcome::ConnectFailure | AttemptOutcome::Reset { sent: false }
+        );
+        if unsent && self.resends < RESENDS && now < self.deadline {
+            self.resends += 1;
             self.count_retry(endpoint, route);
             return Next::Retry { at: now };
         }
-        let connect_resend =
-            outcome == AttemptOutcome::ConnectFailure && !self.resent && !retryable;
-        let by_policy = policy.filter(|_| retryable && self.retries_left > 0);
-        if (connect_resend || by_policy.is_some())
+        if let Some(policy) = policy.filter(|_| retryable && self.retries_left > 0)
             && now < self.deadline
             && let Some(grant) = self.grant_retry(route)
         {
             self.grant = Some(grant);
             self.count_retry(endpoint, route);
-            if connect_resend {
-                self.resent = true;
-                return Next::Retry { at: now };
-            }
             self.retries_left -= 1;
-            let pause = by_policy
-                .map(|p| p.backoff(self.attempts))
-                .unwrap_or_default();
+            let pause = policy.backoff(self.attempts);
             return Next::Retry {
                 at: timeout::after(now, pause).min(self.deadline),
             };
