@@ -64,6 +64,15 @@ impl EndpointSet {
         }
     }
 
+    /// True if an endpoint outside `tried` is in use (not backing off after failed connects):
+    /// one a request that failed on all of `tried` may still go to.
+    pub fn offers_other_than(&self, tried: &[SocketAddr]) -> bool {
+        self.hosts.iter().any(|host| {
+            let endpoint = &host.endpoint;
+            !endpoint.pool().in_backoff() && !tried.contains(&endpoint.address())
+        })
+    }
+
     /// Picks a host for a request with consistent-hashing key `hash`, skipping those already
     /// `tried` by this request and those backing off after connect failures when another is
     /// available; `None` when the set is empty.

@@ -40,10 +40,9 @@ use crate::route::{Route, RouteAction, RouteTable, Target, TemplateContext};
 use crate::upstream::{ReplyTo, UpstreamError};
 
 /// How many times a request that never reached a server is sent again without spending its
-/// route's `num_retries`: enough for a few endpoints failing together (a host or a rack that
-/// goes down takes several with it, and the first requests meet them before their connections'
-/// failure is known), few enough that a request does not go round a cluster whose endpoints
-/// all fail.
+/// route's `num_retries` (`Routed::may_resend` says when): enough for a few endpoints failing together (a host or a rack that goes down takes several
+/// with it, and the first requests meet them before their connections' failure is known), few
+/// enough that a request does not go round a cluster whose endpoints all fail.
 const RESENDS: u8 = 3;
 
 /// Sees each attempt of a request start and end. The connection passes its request's observer
@@ -532,20 +531,18 @@ impl Routed {
         let route = table.get(self.route);
         let policy = route.and_then(|r| r.retry.as_ref());
         let retryable = policy.is_some_and(|policy| policy.retries(&outcome, self.idempotent));
-        // A request that never left lost nothing but time: it is resent at once, up to
-        // `RESENDS` times and each time to an endpoint it has not tried when one is left,
-        // without spending the route's `num_retries` and outside the retry budget, so that dead
-        // endpoints cost their callers no failure: the requests queued on a connection that
-        // broke before writing them, or that could not be opened, are a bounded batch (not so
-        // those refused for overload, which the retry policy and budget govern), and
-        // resending them adds no connect attempts (an endpoint backing off after failed
-        // connects refuses requests without connecting). The route's retry policy (its
-        // `num_retries`, backoff and budget) applies once these are spent.
-        let unsent = matches!(
-            outcome,
-            AttemptOutcome::ConnectFailure | AttemptOutcome::Reset { sent: false }
-        );
-        if unsent && self.resends < RESENDS && now < self.deadline {
+        // A request that never left lost nothing but time: it is resent at once without
+        // spending the route's `num_retries` and outside the retry budget, so that dead
+        // endpoints cost their callers no failure (`may_resend` says where to). The requests
+        // queued on a connection that broke before writing them, or that could not be opened,
+        // are a bounded batch (not so those refused for overload, which the retry policy and
+        // budget govern), and resending them adds no connect attempts (an endpoint backing off
+        // after failed connects refuses requests without connecting). The route's retry policy
+        // (its `num_retries`, backoff and budget) applies once these are spent, and alone to
+        // connect failures it retries itself: no attempt beyond its `num_retries` then.
+        let unsent = outcome == (AttemptOutcome::Reset { sent: false })
+            || (outcome == AttemptOutcome::ConnectFailure && !retryable);
+        if unsent && now < self.deadline && self.may_resend(&outcome, endpoint) {
             self.resends += 1;
             self.count_retry(endpoint, route);
             return Next::Retry { at: now };
@@ -577,6 +574,25 @@ impl Routed {
                 Next::Fail(reply)
             }
         }
+    }
+
+    /// Whether a request that reached no server, last on `failed` with `outcome`, is resent
+    /// (see [`RESENDS`]): the first time its connection broke before writing it, whatever
+    /// endpoint is left (a lone endpoint's connection is opened again); otherwise while an
+    /// endpoint it has not tried is in use.
+    fn may_resend(&self, outcome: &AttemptOutcome, failed: SocketAddr) -> bool {
+        if self.resends >= RESENDS {
+            return false;
+        }
+        if self.resends == 0 && *outcome == (AttemptOutcome::Reset { sent: false }) {
+            return true;
+        }
+        let mut tried: SmallVec<[SocketAddr; 4]> = self.tried.iter().copied().collect();
+        tried.push(failed);
+        let snapshot = self.target.cluster.snapshot();
+        snapshot
+            .set(self.target.subset)
+            .is_some_and(|set| set.offers_other_than(&tried))
     }
 
     /// Counts a retry of the attempt that failed on `endpoint`, which the next one avoids.
