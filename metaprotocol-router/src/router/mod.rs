@@ -40,9 +40,10 @@ use crate::route::{Route, RouteAction, RouteTable, Target, TemplateContext};
 use crate::upstream::{ReplyTo, UpstreamError};
 
 /// How many times a request that never reached a server is sent again without spending its
-/// route's `num_retries` (`Routed::may_resend` says when): enough for a few endpoints failing together (a host or a rack that goes down takes several
-/// with it, and the first requests meet them before their connections' failure is known), few
-/// enough that a request does not go round a cluster whose endpoints all fail.
+/// route's `num_retries` (`Routed::may_resend` says when): enough for a few endpoints failing
+/// together (a host or a rack that goes down takes several with it, and the first requests meet
+/// them before their connections' failure is known), few enough that a request does not go
+/// round a cluster whose endpoints all fail.
 const RESENDS: u8 = 3;
 
 /// Sees each attempt of a request start and end. The connection passes its request's observer
