@@ -63,10 +63,10 @@ pub fn table(reports: &[Report]) -> String {
     let mut out = format!(
         "| layout | protocol | conns x outstanding | payload B | rps: {names} | rps / {REFERENCE}: {names} \
          | p50 us: {names} | p99 us: {names} | proxy CPU us/call: {names} \
-         | echo CPU us/call: {names} | proxy peak RSS MiB: {names} | others' CPU %: {names} \
-         | errors |\n"
+         | proxy CPU / {REFERENCE}: {names} | echo CPU us/call: {names} \
+         | proxy peak RSS MiB: {names} | others' CPU %: {names} | errors |\n"
     );
-    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for case in &cases {
         let runs = |target: &str| -> Vec<&Report> {
             reports
@@ -81,7 +81,14 @@ pub fn table(reports: &[Report]) -> String {
                 .collect::<Vec<_>>()
                 .join(" / ")
         };
-        let reference_rps = median(runs(REFERENCE).iter().map(|r| r.rps));
+        let rps = |runs: &[&Report]| median(runs.iter().map(|r| r.rps));
+        let proxy_cpu =
+            |runs: &[&Report]| median(process(runs, PROXY_PROCESS, |p| p.cpu_us_per_call));
+        // Each target's `value` over the reference's.
+        let to_reference = |value: &dyn Fn(&[&Report]) -> Option<f64>| {
+            let reference = value(&runs(REFERENCE)).filter(|&reference| reference > 0.0);
+            per_target(&|runs| Some(value(runs)? / reference?), 2)
+        };
         let errors: u64 = reports
             .iter()
             .filter(|r| Case::of(r) == *case)
@@ -92,28 +99,18 @@ pub fn table(reports: &[Report]) -> String {
             .map_or(String::new(), |n| format!(", {n} per write"));
         let _ = writeln!(
             out,
-            "| {} | {} | {} x {}{per_write} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {errors} |",
+            "| {} | {} | {} x {}{per_write} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {errors} |",
             case.layout,
             case.protocol,
             case.connections,
             case.outstanding,
             case.payload,
-            per_target(&|runs| median(runs.iter().map(|r| r.rps)), 0),
-            per_target(
-                &|runs| {
-                    let rps = median(runs.iter().map(|r| r.rps))?;
-                    reference_rps
-                        .filter(|&reference| reference > 0.0)
-                        .map(|reference| rps / reference)
-                },
-                2
-            ),
+            per_target(&rps, 0),
+            to_reference(&rps),
             per_target(&|runs| median(runs.iter().map(|r| r.latency_us.p50)), 0),
             per_target(&|runs| median(runs.iter().map(|r| r.latency_us.p99)), 0),
-            per_target(
-                &|runs| median(process(runs, PROXY_PROCESS, |p| p.cpu_us_per_call)),
-                1
-            ),
+            per_target(&proxy_cpu, 1),
+            to_reference(&proxy_cpu),
             per_target(
                 &|runs| median(process(runs, ECHO_PROCESS, |p| p.cpu_us_per_call)),
                 1
@@ -228,7 +225,10 @@ mod tests {
             row.starts_with("| b | thrift | 8 x 64 | 32 | 100 / 90 / 45 | 1.11 / 1.00 / 0.50 |"),
             "{row}"
         );
-        assert!(row.contains("| - / 8.0 / 22.0 |"), "{row}");
+        assert!(
+            row.contains("| - / 8.0 / 22.0 | - / 1.00 / 2.75 |"),
+            "{row}"
+        );
         assert!(row.contains("| - / 2.0 / 2.0 | 3 / 3 / 3 | 0 |"), "{row}");
     }
 
