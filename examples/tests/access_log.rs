@@ -320,9 +320,11 @@ async fn a_stuck_writer_never_slows_calls_and_its_lines_are_counted() -> TestRes
         counter("metaprotocol_access_log_dropped"),
     );
     assert_eq!(queued + dropped, CALLS + WARM_UP);
+    // The writer takes the first line, and what was queued by then, into its first write
+    // before it blocks opening the pipe (so at most a queue's worth); then the queue fills.
     assert!(
-        queued <= QUEUE + 1,
-        "at most a queue's worth waits: {queued}"
+        queued <= 2 * QUEUE,
+        "at most the writer's first batch and a queue's worth wait: {queued}"
     );
 
     // A reader lets the writer go, with what was queued.

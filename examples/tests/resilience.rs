@@ -4,9 +4,9 @@
 //! Covered: a provider killed under load (every call answered, none hung; the dead endpoint
 //! detected and avoided, then used again once it is back), circuit breakers (the call past
 //! `max_requests` answered at once with the over-limit error, state and counts in `/metrics`
-//! and `/clusters`), locality-aware failover, consistent hashing on a route's `hash_policy`,
-//! and the connection limits: upstream idle timeout, requests per upstream connection,
-//! `max_connections` per listener.
+//! and `/clusters`), locality-aware failover, requests that meet dead endpoints resent to a
+//! live one, consistent hashing on a route's `hash_policy`, and the connection limits: upstream
+//! idle timeout, requests per upstream connection, `max_connections` per listener.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -545,6 +545,41 @@ async fn locality_aware_traffic_stays_local_and_fails_over() -> TestResult {
         "locality failover: {failed} of {} calls failed after the kill",
         after.len()
     );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// Calls that meet endpoints refusing connections, before the proxy knows them dead, go to the
+/// live one: a request that reached no server is resent at once to endpoints it has not tried,
+/// whatever the retry budget (three retries in flight), so not one of many calls at once fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_that_meet_dead_endpoints_go_to_a_live_one() -> TestResult {
+    const CALLS: usize = 24;
+    let live = DemoProvider::start("live").await?;
+    let mut cluster = "    endpoints:\n".to_owned();
+    for _ in 0..3 {
+        cluster.push_str(&format!(
+            "      - {{ address: \"{}\" }}\n",
+            support::free_addr()?
+        ));
+    }
+    cluster.push_str(&format!("      - {{ address: \"{}\" }}\n", live.address()));
+    let (proxy, address) = start(&config("", &cluster)).await?;
+    let calls: Vec<_> = (0..CALLS)
+        .map(|_| {
+            tokio::spawn(async move {
+                let client = DubboClient::new(address);
+                tokio::time::timeout(Duration::from_secs(10), client.call("sayHello", "x", &[]))
+                    .await
+            })
+        })
+        .collect();
+    for call in calls {
+        let reply = call.await???;
+        assert_eq!(reply.dubbo_status, 20, "{reply:?}");
+        assert_eq!(reply.attachment("provider"), Some("live"));
+    }
+    assert_eq!(live.seen().len(), CALLS);
     proxy.shutdown().await;
     Ok(())
 }
