@@ -64,12 +64,12 @@ impl EndpointSet {
         }
     }
 
-    /// True if an endpoint outside `tried` is in use (not backing off after failed connects):
-    /// one a request that failed on all of `tried` may still go to.
-    pub fn offers_other_than(&self, tried: &[SocketAddr]) -> bool {
+    /// True if an endpoint that is not `tried` is in use (not backing off after failed
+    /// connects): one a request that failed on all those `tried` may still go to.
+    pub fn offers_untried(&self, tried: impl Fn(SocketAddr) -> bool) -> bool {
         self.hosts.iter().any(|host| {
             let endpoint = &host.endpoint;
-            !endpoint.pool().in_backoff() && !tried.contains(&endpoint.address())
+            !endpoint.pool().in_backoff() && !tried(endpoint.address())
         })
     }
 

@@ -588,12 +588,10 @@ impl Routed {
         if self.resends == 0 && *outcome == (AttemptOutcome::Reset { sent: false }) {
             return true;
         }
-        let mut tried: SmallVec<[SocketAddr; 4]> = self.tried.iter().copied().collect();
-        tried.push(failed);
         let snapshot = self.target.cluster.snapshot();
-        snapshot
-            .set(self.target.subset)
-            .is_some_and(|set| set.offers_other_than(&tried))
+        snapshot.set(self.target.subset).is_some_and(|set| {
+            set.offers_untried(|address| address == failed || self.tried.contains(&address))
+        })
     }
 
     /// Counts a retry of the attempt that failed on `endpoint`, which the next one avoids.
