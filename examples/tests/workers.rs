@@ -1,11 +1,13 @@
 //! A proxy with worker threads of its own (`ProxyBuilder::workers`): client connections are
 //! spread over the workers, each worker opens its own upstream connections, and a worker that
-//! cannot open one under the cluster's connection limit shares another worker's.
+//! cannot open one under the cluster's connection limit shares another worker's. Workers linger
+//! before polling only while their clients pipeline (`ProxyBuilder::linger`).
 
 use std::time::Duration;
 
+use futures::future::try_join_all;
 use metaprotocol_examples::dubbo_demo::{DemoProvider, DubboClient};
-use metaprotocol_router::{Config, Proxy};
+use metaprotocol_router::{Config, Proxy, ProxyBuilder};
 
 #[allow(dead_code)]
 mod support;
@@ -16,6 +18,11 @@ use support::proxy::metric;
 /// A proxy with two workers in front of `provider`, over cluster `demo` with one connection
 /// per endpoint and `breakers` (YAML flow map items, or empty).
 async fn proxy(provider: &DemoProvider, breakers: &str) -> TestResult<Proxy> {
+    Ok(builder(provider, breakers)?.workers(2).start().await?)
+}
+
+/// A proxy of `provider` as [`proxy`] makes it, to be given its workers.
+fn builder(provider: &DemoProvider, breakers: &str) -> TestResult<ProxyBuilder> {
     let yaml = format!(
         "listeners:
   - {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r }}
@@ -33,11 +40,7 @@ clusters:
 ",
         provider.address()
     );
-    Ok(Proxy::builder(Config::from_yaml(&yaml)?)
-        .codecs(metaprotocol_examples::codec_registry())
-        .workers(2)
-        .start()
-        .await?)
+    Ok(Proxy::builder(Config::from_yaml(&yaml)?).codecs(metaprotocol_examples::codec_registry()))
 }
 
 /// Makes `clients` clients of the proxy, each on its own connection, and has each call twice.
@@ -82,6 +85,68 @@ async fn a_worker_at_the_connection_limit_shares_another_workers_connection() ->
         metric(&proxy, "metaprotocol_upstream_cx_total{cluster=\"demo\"}"),
         1.0
     );
+    tokio::time::timeout(Duration::from_secs(20), proxy.shutdown()).await?;
+    Ok(())
+}
+
+/// A proxy with one worker that lingers `linger`.
+async fn lingering_proxy(provider: &DemoProvider, linger: Duration) -> TestResult<Proxy> {
+    Ok(builder(provider, "")?
+        .workers(1)
+        .linger(linger)
+        .start()
+        .await?)
+}
+
+/// Makes `rounds` rounds of `calls` calls at once on one client connection, all of which must
+/// be answered by the provider.
+async fn pipelined_calls(proxy: &Proxy, rounds: usize, calls: usize) -> TestResult {
+    let address = proxy.listener_addr("in").ok_or("no listener")?;
+    let client = DubboClient::new(address);
+    for round in 0..rounds {
+        let args: Vec<String> = (0..calls).map(|n| format!("r{round}-{n}")).collect();
+        let replies =
+            try_join_all(args.iter().map(|arg| client.call("sayHello", arg, &[]))).await?;
+        for (n, reply) in replies.iter().enumerate() {
+            assert_eq!(reply.dubbo_status, 20, "round {round}, call {n}");
+        }
+    }
+    Ok(())
+}
+
+const LINGERS: &str = "metaprotocol_worker_lingers_total";
+
+#[tokio::test]
+async fn a_worker_whose_clients_pipeline_lingers_and_answers_every_call() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    // A long linger: a millisecond makes the worker wait as soon as a request a millisecond
+    // arrives, whatever this machine's speed.
+    let proxy = lingering_proxy(&provider, Duration::from_millis(1)).await?;
+    pipelined_calls(&proxy, 50, 64).await?;
+    assert!(metric(&proxy, LINGERS) > 0.0, "the worker never lingered");
+    tokio::time::timeout(Duration::from_secs(20), proxy.shutdown()).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn clients_that_wait_for_each_answer_are_never_delayed() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let proxy = lingering_proxy(&provider, Duration::from_millis(1)).await?;
+    // Four clients on their own connections, one call at a time each: reads carry one request.
+    for _ in 0..50 {
+        call_through(&proxy, 4).await?;
+    }
+    assert_eq!(metric(&proxy, LINGERS), 0.0);
+    tokio::time::timeout(Duration::from_secs(20), proxy.shutdown()).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_zero_linger_never_waits() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let proxy = lingering_proxy(&provider, Duration::ZERO).await?;
+    pipelined_calls(&proxy, 50, 64).await?;
+    assert_eq!(metric(&proxy, LINGERS), 0.0);
     tokio::time::timeout(Duration::from_secs(20), proxy.shutdown()).await?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `metaprotocol-proxy`: the engine as a standalone proxy.
 //!
-//! - `run --config FILE [--workers N] [--drain-time D]`: serve until SIGINT/SIGTERM, then drain
-//!   and exit 0.
+//! - `run --config FILE [--workers N] [--linger D] [--drain-time D]`: serve until SIGINT/SIGTERM,
+//!   then drain and exit 0.
 //! - `validate --config FILE`: exit 0 with a one-line summary, or 1 naming every bad field.
 //! - `route --config FILE --listener NAME [KEY=VALUE ...]`: which route a request with this
 //!   metadata takes, and where it goes (exit 0), or that none matches (exit 1).
@@ -61,6 +61,11 @@ enum Command {
         /// one per core).
         #[arg(long)]
         workers: Option<usize>,
+        /// How long a worker whose clients pipeline requests waits before polling its sockets,
+        /// to gather more requests and answers per system call (default 25us; `0s` never
+        /// waits). Clients that wait for each answer before the next request are never delayed.
+        #[arg(long)]
+        linger: Option<humantime::Duration>,
         /// How long connections keep serving after SIGTERM before what is left is answered
         /// with an error (overrides the config's `drain_time`), e.g. `5s`.
         #[arg(long)]
@@ -161,8 +166,20 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         match cli.command {
             Command::Run {
-                config, drain_time, ..
-            } => run(config, drain_time.map(Into::into), workers, log_control).await,
+                config,
+                drain_time,
+                linger,
+                ..
+            } => {
+                run(
+                    config,
+                    drain_time.map(Into::into),
+                    workers,
+                    linger.map(Into::into),
+                    log_control,
+                )
+                .await
+            }
             Command::Validate { config } => validate(config),
             Command::Route {
                 config,
@@ -185,6 +202,7 @@ async fn run(
     path: PathBuf,
     drain_time: Option<std::time::Duration>,
     workers: Option<usize>,
+    linger: Option<std::time::Duration>,
     log_control: Arc<ReloadableFilter>,
 ) -> ExitCode {
     let config = match Config::from_file(&path) {
@@ -204,6 +222,9 @@ async fn run(
         .workers(workers);
     if let Some(drain_time) = drain_time {
         builder = builder.drain_time(drain_time);
+    }
+    if let Some(linger) = linger {
+        builder = builder.linger(linger);
     }
     let proxy = match builder.start().await {
         Ok(proxy) => proxy,

@@ -37,7 +37,7 @@ use crate::cluster::{ClusterManager, ClusterStatus};
 use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec, RouteConfigSpec};
 use crate::filters::{FilterRegistry, SharedClients};
 use crate::route::{RouteCheck, RouteSlot};
-use crate::server::{Load, Workers};
+use crate::server::{DEFAULT_LINGER, Linger, Load, Workers};
 use crate::stats::{Metrics, MetricsSettings};
 use crate::trace;
 
@@ -195,6 +195,7 @@ pub struct ProxyBuilder {
     config_source: String,
     log_control: Option<Arc<dyn LogControl>>,
     workers: Option<usize>,
+    linger: Duration,
 }
 
 impl std::fmt::Debug for ProxyBuilder {
@@ -247,6 +248,16 @@ impl ProxyBuilder {
     /// checks and updates run there either way.
     pub fn workers(mut self, count: usize) -> Self {
         self.workers = Some(count);
+        self
+    }
+
+    /// How long a worker whose clients pipeline requests waits before it next polls its
+    /// sockets, to gather more requests and answers per system call (default
+    /// [`DEFAULT_LINGER`]; zero never waits). A worker waits only while its clients' reads carry
+    /// two requests or more on average and a request or more arrives per wait: a client that
+    /// waits for each answer before it sends the next request is never delayed.
+    pub fn linger(mut self, delay: Duration) -> Self {
+        self.linger = delay;
         self
     }
 
@@ -316,8 +327,12 @@ impl ProxyBuilder {
         };
         let mut state = self.state(initial);
         if let Some(count) = self.workers {
-            let workers =
-                Workers::start(count).map_err(|err| StartError::Workers(Arc::new(err)))?;
+            let lingered = state.metrics.root().counter(
+                "worker_lingers",
+                "Times a worker whose clients pipeline waited before polling its sockets",
+            );
+            let workers = Workers::start(count, &Linger::new(self.linger, lingered))
+                .map_err(|err| StartError::Workers(Arc::new(err)))?;
             state.listeners.workers = Some(workers);
         }
         let state = Arc::new(state);
@@ -676,6 +691,7 @@ impl Proxy {
             config_source: "embedded".to_owned(),
             log_control: None,
             workers: None,
+            linger: DEFAULT_LINGER,
         }
     }
 

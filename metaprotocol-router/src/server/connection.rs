@@ -25,8 +25,8 @@ use metaprotocol_core::{
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::ListenerContext;
 use super::request::Requests;
+use super::{ListenerContext, linger};
 use crate::transport::{Accepted, Transport, buffers};
 
 /// Requests in flight per client connection; past this the proxy stops reading from that client
@@ -192,11 +192,13 @@ impl<S: Transport> Connection<S> {
         }
         // The wall clock, read for the first frame: the frames of one read share it.
         let mut wall = None;
+        let mut frames = 0;
         loop {
             match self.decoder.decode(&mut self.read_buf) {
                 Ok(Some(message)) => {
                     self.last_activity = now;
                     self.partial_since = None;
+                    frames += 1;
                     let received = (now, *wall.get_or_insert_with(SystemTime::now));
                     self.requests
                         .receive(message, &mut self.write_buf, received);
@@ -205,16 +207,18 @@ impl<S: Transport> Connection<S> {
                     if !self.read_buf.is_empty() {
                         self.partial_since.get_or_insert(now);
                     }
-                    return true;
+                    break;
                 }
                 Err(err) => {
                     tracing::debug!(listener = %self.ctx.name, error = %err, "closing client connection: bad frame");
                     self.ctx.stats.protocol_error(err.counter_name()).inc();
                     self.reading = Reading::Done;
-                    return true;
+                    break;
                 }
             }
         }
+        linger::client_read(frames);
+        true
     }
 
     /// Applies the drain signal and the connection's deadlines. True if anything changed. The

@@ -4,11 +4,14 @@
 
 mod complete;
 mod connection;
+pub(crate) mod linger;
 mod load;
 mod request;
 mod timers;
 pub(crate) mod workers;
 
+pub use linger::DEFAULT_LINGER;
+pub(crate) use linger::Linger;
 pub(crate) use load::Load;
 pub(crate) use workers::Workers;
 

@@ -20,6 +20,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
+use super::Linger;
+
 thread_local! {
     /// The index of the worker this thread is, if it is one.
     static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
@@ -52,14 +54,16 @@ impl Drop for Inner {
 }
 
 impl Workers {
-    /// Starts `count` worker threads (at least one).
-    pub fn start(count: usize) -> io::Result<Self> {
+    /// Starts `count` worker threads (at least one) that [linger](super::linger) as `linger` says.
+    pub fn start(count: usize, linger: &Linger) -> io::Result<Self> {
         let stop = CancellationToken::new();
         let mut handles = Vec::with_capacity(count.max(1));
         for index in 0..count.max(1) {
             let stopped = stop.clone();
+            let (parking, thread_linger) = (linger.clone(), linger.clone());
             let started = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                .on_thread_park(move || parking.before_park())
                 .build()
                 .and_then(|runtime| {
                     let handle = runtime.handle().clone();
@@ -67,6 +71,7 @@ impl Workers {
                         .name(format!("metaprotocol-worker-{index}"))
                         .spawn(move || {
                             WORKER.with(|worker| worker.set(Some(index)));
+                            thread_linger.prepare_thread();
                             runtime.block_on(stopped.cancelled());
                         })?;
                     Ok(handle)
@@ -105,7 +110,7 @@ mod tests {
 
     #[tokio::test]
     async fn tasks_go_to_each_worker_in_turn_and_know_where_they_run() -> TestResult {
-        let workers = Workers::start(2)?;
+        let workers = Workers::start(2, &Linger::default())?;
         assert_eq!(current(), None, "the test's own thread is no worker");
         let mut seen = Vec::new();
         for _ in 0..4 {
@@ -131,7 +136,7 @@ mod tests {
 
     #[tokio::test]
     async fn dropping_the_last_handle_stops_the_threads() -> TestResult {
-        let workers = Workers::start(1)?;
+        let workers = Workers::start(1, &Linger::default())?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         workers.spawn(async move {
             // Never completes on its own: it holds `tx` until its runtime drops it.

@@ -1,0 +1,239 @@
+//! Lingering: a worker whose clients pipeline requests waits a moment before it next polls its
+//! sockets, so that each poll finds many requests and answers ready instead of two or three.
+//!
+//! Every `epoll_wait`, read and write costs the kernel about the same whatever it carries: on
+//! TCP a read that empties a socket also sends an ACK, and a write wakes the peer. A worker with
+//! hundreds of calls in flight that polls as soon as it runs out of work finds a few calls' bytes
+//! per socket and pays those costs for each few. Waiting before the next poll gathers many more
+//! per system call, the way a network card coalesces interrupts, and the bigger batches it
+//! forwards make the servers and clients cheaper too.
+//!
+//! A worker lingers only while its clients' reads carry [`REQUESTS_PER_READ`] requests or more on
+//! average (clients pipeline, so requests already queue behind each other) and at least
+//! [`REQUESTS_PER_DELAY`] requests arrive per delay. A client that waits for each answer before
+//! it sends the next request is never delayed: its reads carry one request each.
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+
+/// How long a worker whose clients pipeline waits before polling its sockets, unless the proxy is
+/// told otherwise ([`ProxyBuilder::linger`](crate::ProxyBuilder::linger)).
+pub const DEFAULT_LINGER: Duration = Duration::from_micros(25);
+
+/// A worker lingers only while its clients' reads carry at least this many requests on average.
+pub(crate) const REQUESTS_PER_READ: u64 = 2;
+
+/// A worker lingers only while at least this many requests arrive per delay: with fewer a wait
+/// gathers too little to pay for itself.
+pub(crate) const REQUESTS_PER_DELAY: u64 = 1;
+
+/// The reads within at least this long decide the worker's next lingers.
+const WINDOW: Duration = Duration::from_millis(1);
+
+/// How late the kernel may end a linger. Its default, 50 us, would stretch each wait by that
+/// much.
+#[cfg(target_os = "linux")]
+const TIMER_SLACK_NS: u64 = 1_000;
+
+thread_local! {
+    static READS: Reads = const {
+        Reads {
+            total: Cell::new(Counts { reads: 0, requests: 0 }),
+            window: Cell::new(None),
+            last_window: Cell::new(Window {
+                counts: Counts { reads: 0, requests: 0 },
+                over: Duration::ZERO,
+            }),
+        }
+    };
+}
+
+/// The reads of the thread's client connections.
+struct Reads {
+    total: Cell<Counts>,
+    /// When the current window began, and `total` then.
+    window: Cell<Option<(Instant, Counts)>>,
+    last_window: Cell<Window>,
+}
+
+/// Reads that brought requests, and the requests they brought.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Counts {
+    reads: u64,
+    requests: u64,
+}
+
+/// The reads of a stretch of time.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    counts: Counts,
+    over: Duration,
+}
+
+/// Counts a read of one of the thread's client connections that brought `requests` requests.
+pub(crate) fn client_read(requests: u64) {
+    if requests > 0 {
+        READS.with(|reads| {
+            let total = reads.total.get();
+            reads.total.set(Counts {
+                reads: total.reads + 1,
+                requests: total.requests + requests,
+            });
+        });
+    }
+}
+
+/// How long workers whose clients pipeline wait before polling their sockets, and the count of
+/// the waits.
+#[derive(Clone, Debug)]
+pub(crate) struct Linger {
+    delay: Duration,
+    lingered: Counter,
+}
+
+impl Default for Linger {
+    fn default() -> Self {
+        Self::new(DEFAULT_LINGER, Counter::default())
+    }
+}
+
+impl Linger {
+    /// Lingers of `delay` (zero: never), counted in `lingered`.
+    pub fn new(delay: Duration, lingered: Counter) -> Self {
+        Self { delay, lingered }
+    }
+
+    /// Readies the calling thread (a worker's) to linger precisely.
+    pub fn prepare_thread(&self) {
+        #[cfg(target_os = "linux")]
+        if !self.delay.is_zero() {
+            // Without it each wait is longer than asked; the worker works on regardless.
+            let _ =
+                rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(TIMER_SLACK_NS));
+        }
+    }
+
+    /// Called by a worker about to wait for its sockets: lingers first if its clients pipeline
+    /// (see the module docs).
+    pub fn before_park(&self) {
+        if self.delay.is_zero() {
+            return;
+        }
+        let window = last_window(Instant::now());
+        if worth_lingering(self.delay, window) {
+            self.lingered.inc();
+            std::thread::sleep(self.delay);
+        }
+    }
+}
+
+/// The reads of the last whole window as of `now` (a window ends at the first park after it is
+/// [`WINDOW`] long).
+fn last_window(now: Instant) -> Window {
+    READS.with(|reads| {
+        let total = reads.total.get();
+        match reads.window.get() {
+            Some((start, _)) if now - start < WINDOW => {}
+            Some((start, then)) => {
+                reads.last_window.set(Window {
+                    counts: Counts {
+                        reads: total.reads - then.reads,
+                        requests: total.requests - then.requests,
+                    },
+                    over: now - start,
+                });
+                reads.window.set(Some((now, total)));
+            }
+            None => reads.window.set(Some((now, total))),
+        }
+        reads.last_window.get()
+    })
+}
+
+/// True if a worker whose client reads went as `window` says should wait `delay` before polling.
+fn worth_lingering(delay: Duration, window: Window) -> bool {
+    let Counts { reads, requests } = window.counts;
+    let (reads, requests) = (u128::from(reads), u128::from(requests));
+    // Requests per read, `requests / reads`, and per delay, `requests * delay / over`,
+    // compared without dividing.
+    reads > 0
+        && requests >= u128::from(REQUESTS_PER_READ) * reads
+        && requests * delay.as_nanos() >= u128::from(REQUESTS_PER_DELAY) * window.over.as_nanos()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DELAY: Duration = Duration::from_micros(25);
+
+    fn window(reads: u64, requests: u64) -> Window {
+        Window {
+            counts: Counts { reads, requests },
+            over: Duration::from_millis(1),
+        }
+    }
+
+    #[test]
+    fn a_worker_lingers_while_reads_carry_several_requests_and_many_arrive() {
+        // 8 pipelining clients, 150 requests a millisecond, 3 a read.
+        assert!(worth_lingering(DELAY, window(50, 150)));
+        // As many requests, from clients that wait for each answer: one a read.
+        assert!(!worth_lingering(DELAY, window(150, 150)));
+        // Pipelined, but 30 requests a millisecond: under one per delay.
+        assert!(!worth_lingering(DELAY, window(10, 30)));
+        // The thresholds themselves: 2 requests a read, 1 a delay (40 a millisecond).
+        assert!(worth_lingering(DELAY, window(20, 40)));
+        assert!(!worth_lingering(DELAY, window(20, 39)));
+        assert!(!worth_lingering(DELAY, window(19, 39)));
+    }
+
+    #[test]
+    fn no_delay_or_no_reads_never_lingers() {
+        assert!(!worth_lingering(Duration::ZERO, window(50, 150)));
+        assert!(!worth_lingering(DELAY, window(0, 0)));
+    }
+
+    #[test]
+    fn each_window_counts_the_reads_made_in_it() {
+        let start = Instant::now();
+        client_read(0);
+        client_read(1);
+        assert_eq!(
+            last_window(start).counts,
+            Counts::default(),
+            "no window ended yet"
+        );
+        for _ in 0..50 {
+            client_read(3);
+        }
+        let early = last_window(start + WINDOW / 2);
+        assert_eq!(
+            early.counts,
+            Counts::default(),
+            "the first window is still open"
+        );
+        let first = last_window(start + WINDOW * 2);
+        assert_eq!(
+            first.counts,
+            Counts {
+                reads: 50,
+                requests: 150
+            }
+        );
+        assert_eq!(first.over, WINDOW * 2);
+        assert!(worth_lingering(DELAY, first));
+        client_read(1);
+        let second = last_window(start + WINDOW * 3);
+        assert_eq!(
+            second.counts,
+            Counts {
+                reads: 1,
+                requests: 1
+            }
+        );
+        assert!(!worth_lingering(DELAY, second));
+    }
+}
