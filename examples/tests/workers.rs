@@ -122,7 +122,7 @@ async fn a_worker_whose_clients_pipeline_lingers_and_answers_every_call() -> Tes
     // A long linger: a millisecond makes the worker wait as soon as a request a millisecond
     // arrives, whatever this machine's speed.
     let proxy = lingering_proxy(&provider, Duration::from_millis(1)).await?;
-    pipelined_calls(&proxy, 50, 64).await?;
+    pipelined_calls(&proxy, 100, 16).await?;
     assert!(metric(&proxy, LINGERS) > 0.0, "the worker never lingered");
     tokio::time::timeout(Duration::from_secs(20), proxy.shutdown()).await?;
     Ok(())
@@ -145,7 +145,7 @@ async fn clients_that_wait_for_each_answer_are_never_delayed() -> TestResult {
 async fn a_zero_linger_never_waits() -> TestResult {
     let provider = DemoProvider::start("p").await?;
     let proxy = lingering_proxy(&provider, Duration::ZERO).await?;
-    pipelined_calls(&proxy, 50, 64).await?;
+    pipelined_calls(&proxy, 100, 16).await?;
     assert_eq!(metric(&proxy, LINGERS), 0.0);
     tokio::time::timeout(Duration::from_secs(20), proxy.shutdown()).await?;
     Ok(())

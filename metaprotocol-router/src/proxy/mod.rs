@@ -254,8 +254,8 @@ impl ProxyBuilder {
     /// How long a worker whose clients pipeline requests waits before it next polls its
     /// sockets, to gather more requests and answers per system call (default
     /// [`DEFAULT_LINGER`]; zero never waits). A worker waits only while its clients' reads carry
-    /// two requests or more on average and a request or more arrives per wait: a client that
-    /// waits for each answer before it sends the next request is never delayed.
+    /// two to 31 requests on average and a request or more arrives per wait: a client that waits
+    /// for each answer before it sends the next request is never delayed.
     pub fn linger(mut self, delay: Duration) -> Self {
         self.linger = delay;
         self

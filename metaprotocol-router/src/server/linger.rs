@@ -11,7 +11,9 @@
 //! A worker lingers only while its clients' reads carry [`REQUESTS_PER_READ`] requests or more on
 //! average (clients pipeline, so requests already queue behind each other) and at least
 //! [`REQUESTS_PER_DELAY`] requests arrive per delay. A client that waits for each answer before
-//! it sends the next request is never delayed: its reads carry one request each.
+//! it sends the next request is never delayed: its reads carry one request each. Nor does a
+//! worker linger once reads carry [`ENOUGH_PER_READ`] requests or more (clients that batch their
+//! writes): each read's cost is spread thin already, and a wait would add a sleep for little.
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
@@ -24,6 +26,9 @@ pub const DEFAULT_LINGER: Duration = Duration::from_micros(25);
 
 /// A worker lingers only while its clients' reads carry at least this many requests on average.
 pub(crate) const REQUESTS_PER_READ: u64 = 2;
+
+/// A worker lingers only while its clients' reads carry fewer than this many requests on average.
+pub(crate) const ENOUGH_PER_READ: u64 = 32;
 
 /// A worker lingers only while at least this many requests arrive per delay: with fewer a wait
 /// gathers too little to pay for itself.
@@ -160,6 +165,7 @@ fn worth_lingering(delay: Duration, window: Window) -> bool {
     // compared without dividing.
     reads > 0
         && requests >= u128::from(REQUESTS_PER_READ) * reads
+        && requests < u128::from(ENOUGH_PER_READ) * reads
         && requests * delay.as_nanos() >= u128::from(REQUESTS_PER_DELAY) * window.over.as_nanos()
 }
 
@@ -184,10 +190,14 @@ mod tests {
         assert!(!worth_lingering(DELAY, window(150, 150)));
         // Pipelined, but 30 requests a millisecond: under one per delay.
         assert!(!worth_lingering(DELAY, window(10, 30)));
-        // The thresholds themselves: 2 requests a read, 1 a delay (40 a millisecond).
+        // Clients that batch their writes: 64 requests a read.
+        assert!(!worth_lingering(DELAY, window(10, 640)));
+        // The thresholds themselves: 2 to 31 requests a read, 1 a delay (40 a millisecond).
         assert!(worth_lingering(DELAY, window(20, 40)));
         assert!(!worth_lingering(DELAY, window(20, 39)));
         assert!(!worth_lingering(DELAY, window(19, 39)));
+        assert!(worth_lingering(DELAY, window(10, 319)));
+        assert!(!worth_lingering(DELAY, window(10, 320)));
     }
 
     #[test]
