@@ -37,6 +37,10 @@ pub(crate) const REQUESTS_PER_DELAY: u64 = 1;
 /// The reads within at least this long decide the worker's next lingers.
 const WINDOW: Duration = Duration::from_millis(1);
 
+/// A worker reads the clock to see whether its window ended once in this many parks, not at
+/// each: a lone caller's call parks twice.
+const PARKS_PER_LOOK: u32 = 8;
+
 /// How late the kernel may end a linger. Its default, 50 us, would stretch each wait by that
 /// much.
 #[cfg(target_os = "linux")]
@@ -51,6 +55,8 @@ thread_local! {
                 counts: Counts { reads: 0, requests: 0 },
                 over: Duration::ZERO,
             }),
+            parks: Cell::new(0),
+            lingering: Cell::new(false),
         }
     };
 }
@@ -61,6 +67,9 @@ struct Reads {
     /// When the current window began, and `total` then.
     window: Cell<Option<(Instant, Counts)>>,
     last_window: Cell<Window>,
+    parks: Cell<u32>,
+    /// What the last look at the clock decided.
+    lingering: Cell<bool>,
 }
 
 /// Reads that brought requests, and the requests they brought.
@@ -126,8 +135,19 @@ impl Linger {
         if self.delay.is_zero() {
             return;
         }
-        let window = last_window(Instant::now());
-        if worth_lingering(self.delay, window) {
+        let look = READS.with(|reads| {
+            let parks = reads.parks.get().wrapping_add(1);
+            reads.parks.set(parks);
+            parks % PARKS_PER_LOOK == 0
+        });
+        let lingering = if look {
+            let lingering = worth_lingering(self.delay, last_window(Instant::now()));
+            READS.with(|reads| reads.lingering.set(lingering));
+            lingering
+        } else {
+            READS.with(|reads| reads.lingering.get())
+        };
+        if lingering {
             self.lingered.inc();
             std::thread::sleep(self.delay);
         }
