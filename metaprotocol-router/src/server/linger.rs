@@ -25,14 +25,14 @@ use prometheus_client::metrics::counter::Counter;
 pub const DEFAULT_LINGER: Duration = Duration::from_micros(25);
 
 /// A worker lingers only while its clients' reads carry at least this many requests on average.
-pub(crate) const REQUESTS_PER_READ: u64 = 2;
+const REQUESTS_PER_READ: u64 = 2;
 
 /// A worker lingers only while its clients' reads carry fewer than this many requests on average.
-pub(crate) const ENOUGH_PER_READ: u64 = 32;
+const ENOUGH_PER_READ: u64 = 32;
 
 /// A worker lingers only while at least this many requests arrive per delay: with fewer a wait
 /// gathers too little to pay for itself.
-pub(crate) const REQUESTS_PER_DELAY: u64 = 1;
+const REQUESTS_PER_DELAY: u64 = 1;
 
 /// The reads within at least this long decide the worker's next lingers.
 const WINDOW: Duration = Duration::from_millis(1);
@@ -51,10 +51,6 @@ thread_local! {
         Reads {
             total: Cell::new(Counts { reads: 0, requests: 0 }),
             window: Cell::new(None),
-            last_window: Cell::new(Window {
-                counts: Counts { reads: 0, requests: 0 },
-                over: Duration::ZERO,
-            }),
             parks: Cell::new(0),
             lingering: Cell::new(false),
         }
@@ -66,9 +62,8 @@ struct Reads {
     total: Cell<Counts>,
     /// When the current window began, and `total` then.
     window: Cell<Option<(Instant, Counts)>>,
-    last_window: Cell<Window>,
     parks: Cell<u32>,
-    /// What the last look at the clock decided.
+    /// What the last window decided.
     lingering: Cell<bool>,
 }
 
@@ -107,12 +102,6 @@ pub(crate) struct Linger {
     lingered: Counter,
 }
 
-impl Default for Linger {
-    fn default() -> Self {
-        Self::new(DEFAULT_LINGER, Counter::default())
-    }
-}
-
 impl Linger {
     /// Lingers of `delay` (zero: never), counted in `lingered`.
     pub fn new(delay: Duration, lingered: Counter) -> Self {
@@ -140,40 +129,35 @@ impl Linger {
             reads.parks.set(parks);
             parks % PARKS_PER_LOOK == 0
         });
-        let lingering = if look {
-            let lingering = worth_lingering(self.delay, last_window(Instant::now()));
+        if look && let Some(window) = close_window(Instant::now()) {
+            let lingering = worth_lingering(self.delay, window);
             READS.with(|reads| reads.lingering.set(lingering));
-            lingering
-        } else {
-            READS.with(|reads| reads.lingering.get())
-        };
-        if lingering {
+        }
+        if READS.with(|reads| reads.lingering.get()) {
             self.lingered.inc();
             std::thread::sleep(self.delay);
         }
     }
 }
 
-/// The reads of the last whole window as of `now` (a window ends at the first park after it is
-/// [`WINDOW`] long).
-fn last_window(now: Instant) -> Window {
+/// Ends the current window at `now` if it is [`WINDOW`] long or more, and starts the next:
+/// the reads of the window that ended, if one did.
+fn close_window(now: Instant) -> Option<Window> {
     READS.with(|reads| {
         let total = reads.total.get();
-        match reads.window.get() {
-            Some((start, _)) if now - start < WINDOW => {}
-            Some((start, then)) => {
-                reads.last_window.set(Window {
-                    counts: Counts {
-                        reads: total.reads - then.reads,
-                        requests: total.requests - then.requests,
-                    },
-                    over: now - start,
-                });
-                reads.window.set(Some((now, total)));
-            }
-            None => reads.window.set(Some((now, total))),
-        }
-        reads.last_window.get()
+        let ended = match reads.window.get() {
+            Some((start, _)) if now - start < WINDOW => return None,
+            Some((start, then)) => Some(Window {
+                counts: Counts {
+                    reads: total.reads - then.reads,
+                    requests: total.requests - then.requests,
+                },
+                over: now - start,
+            }),
+            None => None,
+        };
+        reads.window.set(Some((now, total)));
+        ended
     })
 }
 
@@ -227,25 +211,19 @@ mod tests {
     }
 
     #[test]
-    fn each_window_counts_the_reads_made_in_it() {
+    fn each_window_counts_the_reads_made_in_it() -> Result<(), &'static str> {
         let start = Instant::now();
         client_read(0);
         client_read(1);
-        assert_eq!(
-            last_window(start).counts,
-            Counts::default(),
-            "no window ended yet"
-        );
+        assert!(close_window(start).is_none(), "no window began before");
         for _ in 0..50 {
             client_read(3);
         }
-        let early = last_window(start + WINDOW / 2);
-        assert_eq!(
-            early.counts,
-            Counts::default(),
+        assert!(
+            close_window(start + WINDOW / 2).is_none(),
             "the first window is still open"
         );
-        let first = last_window(start + WINDOW * 2);
+        let first = close_window(start + WINDOW * 2).ok_or("the first window ended")?;
         assert_eq!(
             first.counts,
             Counts {
@@ -256,7 +234,7 @@ mod tests {
         assert_eq!(first.over, WINDOW * 2);
         assert!(worth_lingering(DELAY, first));
         client_read(1);
-        let second = last_window(start + WINDOW * 3);
+        let second = close_window(start + WINDOW * 3).ok_or("the second window ended")?;
         assert_eq!(
             second.counts,
             Counts {
@@ -264,6 +242,8 @@ mod tests {
                 requests: 1
             }
         );
+        assert_eq!(second.over, WINDOW);
         assert!(!worth_lingering(DELAY, second));
+        Ok(())
     }
 }

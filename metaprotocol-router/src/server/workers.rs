@@ -110,7 +110,7 @@ mod tests {
 
     #[tokio::test]
     async fn tasks_go_to_each_worker_in_turn_and_know_where_they_run() -> TestResult {
-        let workers = Workers::start(2, &Linger::default())?;
+        let workers = Workers::start(2, &Linger::new(crate::DEFAULT_LINGER, Default::default()))?;
         assert_eq!(current(), None, "the test's own thread is no worker");
         let mut seen = Vec::new();
         for _ in 0..4 {
@@ -136,7 +136,7 @@ mod tests {
 
     #[tokio::test]
     async fn dropping_the_last_handle_stops_the_threads() -> TestResult {
-        let workers = Workers::start(1, &Linger::default())?;
+        let workers = Workers::start(1, &Linger::new(crate::DEFAULT_LINGER, Default::default()))?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         workers.spawn(async move {
             // Never completes on its own: it holds `tx` until its runtime drops it.
