@@ -1,7 +1,8 @@
 //! A proxy with worker threads of its own (`ProxyBuilder::workers`): client connections are
 //! spread over the workers, each worker opens its own upstream connections, and a worker that
 //! cannot open one under the cluster's connection limit shares another worker's. Workers linger
-//! before polling only while their clients pipeline (`ProxyBuilder::linger`).
+//! before polling only while their clients pipeline (`ProxyBuilder::linger`), and otherwise look
+//! at their sockets before they sleep while that pays (`ProxyBuilder::busy_poll`).
 
 use std::time::Duration;
 
@@ -147,6 +148,47 @@ async fn a_zero_linger_never_waits() -> TestResult {
     let proxy = lingering_proxy(&provider, Duration::ZERO).await?;
     pipelined_calls(&proxy, 100, 16).await?;
     assert_eq!(metric(&proxy, LINGERS), 0.0);
+    tokio::time::timeout(Duration::from_secs(20), proxy.shutdown()).await?;
+    Ok(())
+}
+
+/// A proxy with one worker that busy polls for up to `budget`.
+async fn busy_polling_proxy(provider: &DemoProvider, budget: Duration) -> TestResult<Proxy> {
+    Ok(builder(provider, "")?
+        .workers(1)
+        .busy_poll(budget)
+        .start()
+        .await?)
+}
+
+const BUSY_POLLS: &str = "metaprotocol_worker_busy_polls_total";
+const BUSY_POLL_MISSES: &str = "metaprotocol_worker_busy_poll_misses_total";
+
+#[tokio::test]
+async fn a_busy_polling_worker_finds_its_answers_without_sleeping() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    // A long budget, so that a look outlasts the provider's answer on any machine.
+    let proxy = busy_polling_proxy(&provider, Duration::from_millis(20)).await?;
+    for _ in 0..50 {
+        call_through(&proxy, 1).await?;
+    }
+    let (looks, misses) = (metric(&proxy, BUSY_POLLS), metric(&proxy, BUSY_POLL_MISSES));
+    assert!(looks > 0.0, "the worker never looked");
+    assert!(misses < looks, "{misses} of {looks} looks found nothing");
+    // A worker that lingers waits instead of looking; these clients never pipeline.
+    assert_eq!(metric(&proxy, LINGERS), 0.0);
+    tokio::time::timeout(Duration::from_secs(20), proxy.shutdown()).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_zero_busy_poll_never_looks() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let proxy = busy_polling_proxy(&provider, Duration::ZERO).await?;
+    for _ in 0..20 {
+        call_through(&proxy, 2).await?;
+    }
+    assert_eq!(metric(&proxy, BUSY_POLLS), 0.0);
     tokio::time::timeout(Duration::from_secs(20), proxy.shutdown()).await?;
     Ok(())
 }

@@ -119,10 +119,10 @@ impl Linger {
     }
 
     /// Called by a worker about to wait for its sockets: lingers first if its clients pipeline
-    /// (see the module docs).
-    pub fn before_park(&self) {
+    /// (see the module docs); whether it lingered.
+    pub fn before_park(&self) -> bool {
         if self.delay.is_zero() {
-            return;
+            return false;
         }
         let look = READS.with(|reads| {
             let parks = reads.parks.get().wrapping_add(1);
@@ -133,10 +133,12 @@ impl Linger {
             let lingering = worth_lingering(self.delay, window);
             READS.with(|reads| reads.lingering.set(lingering));
         }
-        if READS.with(|reads| reads.lingering.get()) {
+        let lingering = READS.with(|reads| reads.lingering.get());
+        if lingering {
             self.lingered.inc();
             std::thread::sleep(self.delay);
         }
+        lingering
     }
 }
 

@@ -2,6 +2,7 @@
 //! ([`connection`]) that owns the requests in flight on it ([`request`]); every request ends in
 //! the completion stage ([`complete`]).
 
+pub(crate) mod busy_poll;
 mod complete;
 mod connection;
 pub(crate) mod linger;
@@ -10,10 +11,12 @@ mod request;
 mod timers;
 pub(crate) mod workers;
 
+pub(crate) use busy_poll::BusyPoll;
+pub use busy_poll::DEFAULT_BUSY_POLL;
 pub use linger::DEFAULT_LINGER;
 pub(crate) use linger::Linger;
 pub(crate) use load::Load;
-pub(crate) use workers::Workers;
+pub(crate) use workers::{Parking, Workers};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -134,7 +137,10 @@ impl Trackers {
         };
         workers.spawn(self.track(async move {
             match TcpStream::from_std(stream) {
-                Ok(stream) => serve(stream).await,
+                Ok(stream) => {
+                    busy_poll::watch(&stream);
+                    serve(stream).await;
+                }
                 Err(err) => {
                     tracing::debug!(%peer, error = %err, "a worker cannot take a connection");
                 }

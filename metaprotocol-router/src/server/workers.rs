@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
-use super::Linger;
+use super::{BusyPoll, Linger};
 
 thread_local! {
     /// The index of the worker this thread is, if it is one.
@@ -53,17 +53,39 @@ impl Drop for Inner {
     }
 }
 
+/// What a worker does when it runs out of work, before it sleeps until its sockets have news.
+#[derive(Clone, Debug)]
+pub(crate) struct Parking {
+    /// Waits first while its clients pipeline (see [`linger`](super::linger)).
+    pub linger: Linger,
+    /// Otherwise looks at its sockets first while that pays (see [`busy_poll`](super::busy_poll)).
+    pub busy_poll: BusyPoll,
+}
+
+impl Parking {
+    fn prepare_thread(&self) {
+        self.linger.prepare_thread();
+        self.busy_poll.prepare_thread();
+    }
+
+    fn before_park(&self) {
+        if !self.linger.before_park() {
+            self.busy_poll.before_park();
+        }
+    }
+}
+
 impl Workers {
-    /// Starts `count` worker threads (at least one) that [linger](super::linger) as `linger` says.
-    pub fn start(count: usize, linger: &Linger) -> io::Result<Self> {
+    /// Starts `count` worker threads (at least one) that park as `parking` says.
+    pub fn start(count: usize, parking: &Parking) -> io::Result<Self> {
         let stop = CancellationToken::new();
         let mut handles = Vec::with_capacity(count.max(1));
         for index in 0..count.max(1) {
             let stopped = stop.clone();
-            let (parking, thread_linger) = (linger.clone(), linger.clone());
+            let (parks, thread_parking) = (parking.clone(), parking.clone());
             let started = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
-                .on_thread_park(move || parking.before_park())
+                .on_thread_park(move || parks.before_park())
                 .build()
                 .and_then(|runtime| {
                     let handle = runtime.handle().clone();
@@ -71,7 +93,7 @@ impl Workers {
                         .name(format!("metaprotocol-worker-{index}"))
                         .spawn(move || {
                             WORKER.with(|worker| worker.set(Some(index)));
-                            thread_linger.prepare_thread();
+                            thread_parking.prepare_thread();
                             runtime.block_on(stopped.cancelled());
                         })?;
                     Ok(handle)
@@ -104,13 +126,26 @@ impl Workers {
 
 #[cfg(test)]
 mod tests {
+    use prometheus_client::metrics::counter::Counter;
+
     use super::*;
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
+    fn parking() -> Parking {
+        Parking {
+            linger: Linger::new(crate::DEFAULT_LINGER, Counter::default()),
+            busy_poll: BusyPoll::new(
+                crate::DEFAULT_BUSY_POLL,
+                Counter::default(),
+                Counter::default(),
+            ),
+        }
+    }
+
     #[tokio::test]
     async fn tasks_go_to_each_worker_in_turn_and_know_where_they_run() -> TestResult {
-        let workers = Workers::start(2, &Linger::new(crate::DEFAULT_LINGER, Default::default()))?;
+        let workers = Workers::start(2, &parking())?;
         assert_eq!(current(), None, "the test's own thread is no worker");
         let mut seen = Vec::new();
         for _ in 0..4 {
@@ -136,7 +171,7 @@ mod tests {
 
     #[tokio::test]
     async fn dropping_the_last_handle_stops_the_threads() -> TestResult {
-        let workers = Workers::start(1, &Linger::new(crate::DEFAULT_LINGER, Default::default()))?;
+        let workers = Workers::start(1, &parking())?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         workers.spawn(async move {
             // Never completes on its own: it holds `tx` until its runtime drops it.
