@@ -189,6 +189,7 @@ mod os {
         }
 
         pub fn open(&self) {
+            // Without one (out of file descriptors) the worker sleeps as if told never to look.
             if let Ok(epoll) = epoll::create(epoll::CreateFlags::CLOEXEC) {
                 let _ = self.0.set(epoll);
             }
