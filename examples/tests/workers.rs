@@ -90,13 +90,17 @@ async fn a_worker_at_the_connection_limit_shares_another_workers_connection() ->
     Ok(())
 }
 
+/// A proxy with one worker in front of `provider`, tuned by `tune`.
+async fn one_worker_proxy(
+    provider: &DemoProvider,
+    tune: impl FnOnce(ProxyBuilder) -> ProxyBuilder,
+) -> TestResult<Proxy> {
+    Ok(tune(builder(provider, "")?.workers(1)).start().await?)
+}
+
 /// A proxy with one worker that lingers `linger`.
 async fn lingering_proxy(provider: &DemoProvider, linger: Duration) -> TestResult<Proxy> {
-    Ok(builder(provider, "")?
-        .workers(1)
-        .linger(linger)
-        .start()
-        .await?)
+    one_worker_proxy(provider, |builder| builder.linger(linger)).await
 }
 
 /// Makes `rounds` rounds of `calls` calls at once on one client connection, all of which must
@@ -154,11 +158,7 @@ async fn a_zero_linger_never_waits() -> TestResult {
 
 /// A proxy with one worker that busy polls for up to `budget`.
 async fn busy_polling_proxy(provider: &DemoProvider, budget: Duration) -> TestResult<Proxy> {
-    Ok(builder(provider, "")?
-        .workers(1)
-        .busy_poll(budget)
-        .start()
-        .await?)
+    one_worker_proxy(provider, |builder| builder.busy_poll(budget)).await
 }
 
 const BUSY_POLLS: &str = "metaprotocol_worker_busy_polls_total";

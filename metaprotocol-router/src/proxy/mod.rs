@@ -263,8 +263,8 @@ impl ProxyBuilder {
     }
 
     /// How long a worker about to sleep until its sockets have news first looks at them without
-    /// sleeping, yielding its core between looks (default [`DEFAULT_BUSY_POLL`]; zero never
-    /// looks). A wake-up from sleep costs a call tens of microseconds on an idle core; a worker
+    /// sleeping, glancing at them again and again and yielding its core in between (default
+    /// [`DEFAULT_BUSY_POLL`]; zero never looks). A wake-up from sleep costs a call tens of microseconds on an idle core; a worker
     /// keeps looking only while looks find news at least eight times as often as they use up
     /// the whole budget, so it stops looking when its clients think between calls or its
     /// upstreams are far. A worker that lingers does not also look.
