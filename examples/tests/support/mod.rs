@@ -44,11 +44,38 @@ pub fn runtime() -> TestResult<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// A port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).
+/// A port on 127.0.0.1 that was free a moment ago (bound, then released). It is picked at random
+/// below the kernel's range for the local ports of outgoing connections: a port from that range
+/// could become the local port of another test's client before its user binds it.
 pub fn free_port() -> TestResult<u16> {
+    let first_outgoing = first_outgoing_port();
+    if first_outgoing > 2048 {
+        let low = first_outgoing / 2;
+        for _ in 0..100 {
+            let port = low + random_below(first_outgoing - low);
+            if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
         .local_addr()?
         .port())
+}
+
+/// The first local port the kernel gives outgoing connections (Linux's default where unknown).
+fn first_outgoing_port() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
+}
+
+/// A random number below `bound` (not zero), from the standard library's randomly keyed hasher.
+fn random_below(bound: u16) -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::hash::RandomState::new().build_hasher().finish();
+    u16::try_from(random % u64::from(bound)).unwrap_or(0)
 }
 
 /// An address on 127.0.0.1 nothing listened on a moment ago: for a listener to bind, or an
