@@ -12,24 +12,28 @@
 //! So a worker about to park first looks at its sockets: it glances at them again and again for
 //! up to its budget, yielding its core between glances to anything else that wants it (on a
 //! shared core the client or server it waits for runs then). A glance that finds news ends the
-//! look at once, and the runtime's own poll then returns without sleeping. A look that finds
-//! nothing costs the whole budget, so a worker keeps looking only while its looks find news at
-//! least [`MISS_COST`] times as often as they miss; otherwise it leaves out more and more parks
-//! between tries (twice as many after each failed try, up to [`MAX_BACKOFF`] doublings), and a
-//! worker whose clients think between calls, or whose upstreams are far, soon stops looking.
+//! look, and the tasks it woke run at once. A look that finds nothing costs the whole budget, so
+//! a worker keeps looking only while its looks find news at least [`MISS_COST`] times as often
+//! as they miss; otherwise it leaves out more and more parks between tries (twice as many after
+//! each failed try, up to [`MAX_BACKOFF`] doublings), and a worker whose clients think between
+//! calls, or whose upstreams are far, soon stops looking.
 //!
-//! The runtime's own epoll instance is out of reach, so each worker watches its client and
-//! upstream sockets through an epoll instance of its own, level-triggered: when a worker parks,
-//! its tasks have read all they want from their sockets, so a readable one has news (or is held
-//! back by a full queue, which ends the look at once and costs nothing). The kernel drops a
-//! socket from it when the socket closes. Wakes from other threads (a connection handed to the
-//! worker, a call from another worker's client) do not end a look: they wait for its end.
+//! A glance is the runtime's own poll of its sockets, without a wait: the look wakes a task of
+//! its own that does nothing ([`Glancer`]), and a runtime that has a task to run when it was
+//! about to park polls its sockets without sleeping (tokio 1.52.4 and later). So a glance costs
+//! one `epoll_wait` and finds what the runtime would have found, and when news is already there
+//! at the first glance the look costs no more than the sleep it replaces. The tasks that serve
+//! sockets say when they run ([`served`]): a glance after which one ran found news. A wake from
+//! another thread (a connection handed to the worker, an answer through another worker's
+//! upstream connection) ends a look the same way.
 
-use std::cell::Cell;
-use std::time::Duration;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
-use tokio::net::TcpStream;
 
 /// How long a worker looks at its sockets before it sleeps, unless the proxy is told otherwise
 /// ([`ProxyBuilder::busy_poll`](crate::ProxyBuilder::busy_poll)).
@@ -49,22 +53,60 @@ const MAX_BACKOFF: u32 = 10;
 thread_local! {
     static WATCH: Watch = const {
         Watch {
-            sockets: os::Sockets::new(),
+            glancer: RefCell::new(None),
+            served: Cell::new(0),
+            look: Cell::new(None),
             record: Cell::new(Record::new()),
         }
     };
 }
 
-/// The calling worker thread's watched sockets and what its looks found.
+/// The calling worker thread's looks.
 struct Watch {
-    sockets: os::Sockets,
+    /// Wakes the thread's [`Glancer`]; none on a thread that does not busy poll.
+    glancer: RefCell<Option<Waker>>,
+    /// How many times a task serving sockets ran on the thread (wrapping).
+    served: Cell<u64>,
+    /// The look under way, if one is.
+    look: Cell<Option<Look>>,
     record: Cell<Record>,
 }
 
-/// Lets the calling thread's busy polls see `socket`'s news; does nothing on a thread that does
-/// not busy poll.
-pub(crate) fn watch(socket: &TcpStream) {
-    WATCH.with(|watch| watch.sockets.add(socket));
+/// A look under way.
+#[derive(Clone, Copy, Debug)]
+struct Look {
+    /// [`Watch::served`] at its last glance: a change is news.
+    served: u64,
+    /// When its first glance missed (the clock is read only then).
+    since: Option<Instant>,
+}
+
+/// Tells the calling thread's busy polls that a task serving sockets runs: the glance that let
+/// it run found news. Costs an increment; does nothing useful on a thread that does not look.
+pub(crate) fn served() {
+    WATCH.with(|watch| watch.served.set(watch.served.get().wrapping_add(1)));
+}
+
+/// A task that does nothing but give a look something to wake: a runtime with a task to run
+/// polls its sockets without sleeping. One runs on each worker that busy polls, for as long as
+/// the worker's runtime does.
+pub(crate) struct Glancer;
+
+impl Future for Glancer {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        WATCH.with(|watch| {
+            let mut glancer = watch.glancer.borrow_mut();
+            if !glancer
+                .as_ref()
+                .is_some_and(|waker| waker.will_wake(cx.waker()))
+            {
+                *glancer = Some(cx.waker().clone());
+            }
+        });
+        Poll::Pending
+    }
 }
 
 /// How long workers look at their sockets before they sleep, and the counts of their looks.
@@ -86,32 +128,66 @@ impl BusyPoll {
         }
     }
 
-    /// Readies the calling thread (a worker's) to busy poll.
-    pub fn prepare_thread(&self) {
-        if !self.budget.is_zero() {
-            WATCH.with(|watch| watch.sockets.open());
-        }
+    /// The task a worker runs to busy poll, if it does (see [`Glancer`]).
+    pub fn glancer(&self) -> Option<Glancer> {
+        (!self.budget.is_zero()).then_some(Glancer)
     }
 
-    /// Called by a worker about to wait for its sockets: looks at them first while that has paid
-    /// (see the module docs).
-    pub fn before_park(&self) {
+    /// Called by a worker about to wait for its sockets, first: goes on with the look under way,
+    /// if one is and its glances found nothing yet. True if this park is taken care of: the look
+    /// glances again, or it used up its budget and the worker sleeps. False if no look is under
+    /// way, or the last glance found news (the worker has done what it brought): the park is a
+    /// new wait.
+    pub fn go_on(&self) -> bool {
         WATCH.with(|watch| {
-            if !watch.sockets.opened() {
-                return;
-            }
+            let Some(mut look) = watch.look.take() else {
+                return false;
+            };
             let mut record = watch.record.get();
-            if record.tries() {
+            if look.served != watch.served.get() {
+                record.hit();
+                watch.record.set(record);
+                return false;
+            }
+            let since = *look.since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= self.budget {
+                self.misses.inc();
+                record.miss();
+                watch.record.set(record);
+                // The runtime sleeps until news comes.
+                return true;
+            }
+            // Anything else that wants the core runs before the next glance.
+            std::thread::yield_now();
+            watch.look.set(Some(look));
+            glance(watch);
+            true
+        })
+    }
+
+    /// Called by a worker about to wait for its sockets, when it neither goes on with a look nor
+    /// lingers: starts a look while looks have paid (see the module docs).
+    pub fn start(&self) {
+        WATCH.with(|watch| {
+            let mut record = watch.record.get();
+            if watch.glancer.borrow().is_some() && record.tries() {
                 self.looks.inc();
-                if watch.sockets.news_within(self.budget) {
-                    record.hit();
-                } else {
-                    self.misses.inc();
-                    record.miss();
-                }
+                watch.look.set(Some(Look {
+                    served: watch.served.get(),
+                    since: None,
+                }));
+                glance(watch);
             }
             watch.record.set(record);
         });
+    }
+}
+
+/// Glances: wakes the thread's [`Glancer`], so that the runtime polls its sockets instead of
+/// sleeping.
+fn glance(watch: &Watch) {
+    if let Some(glancer) = watch.glancer.borrow().as_ref() {
+        glancer.wake_by_ref();
     }
 }
 
@@ -160,107 +236,6 @@ impl Record {
                 self.backoff = (self.backoff + 1).min(MAX_BACKOFF);
                 self.skip = 1 << self.backoff;
             }
-        }
-    }
-}
-
-#[cfg(target_os = "linux")]
-mod os {
-    use std::cell::OnceCell;
-    use std::mem::MaybeUninit;
-    use std::os::fd::OwnedFd;
-    use std::time::{Duration, Instant};
-
-    use rustix::event::{Timespec, epoll};
-    use tokio::net::TcpStream;
-
-    /// Don't wait: a glance.
-    const NOW: Timespec = Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-
-    /// A thread's epoll instance of watched sockets, once it busy polls.
-    pub(super) struct Sockets(OnceCell<OwnedFd>);
-
-    impl Sockets {
-        pub const fn new() -> Self {
-            Self(OnceCell::new())
-        }
-
-        pub fn open(&self) {
-            // Without one (out of file descriptors) the worker sleeps as if told never to look.
-            if let Ok(epoll) = epoll::create(epoll::CreateFlags::CLOEXEC) {
-                let _ = self.0.set(epoll);
-            }
-        }
-
-        pub fn opened(&self) -> bool {
-            self.0.get().is_some()
-        }
-
-        pub fn add(&self, socket: &TcpStream) {
-            if let Some(epoll) = self.0.get() {
-                // A socket left out only never ends a look early; the runtime still serves it.
-                let _ = epoll::add(
-                    epoll,
-                    socket,
-                    epoll::EventData::new_u64(0),
-                    epoll::EventFlags::IN,
-                );
-            }
-        }
-
-        /// Glances at the sockets until one has news or `budget` has passed, yielding the core
-        /// between glances: whether news came.
-        pub fn news_within(&self, budget: Duration) -> bool {
-            let Some(epoll) = self.0.get() else {
-                return false;
-            };
-            let mut events = [MaybeUninit::<epoll::Event>::uninit(); 1];
-            // The clock is read only once the first glance missed: on a core shared with the
-            // clients and servers, half the first glances find news already there.
-            let mut start = None;
-            loop {
-                match epoll::wait(epoll, &mut events, Some(&NOW)) {
-                    Ok((ready, _)) if !ready.is_empty() => return true,
-                    Ok(_) => {}
-                    // Only a signal interrupts a glance, and a signal is news for the runtime.
-                    Err(_) => return true,
-                }
-                if start.get_or_insert_with(Instant::now).elapsed() >= budget {
-                    return false;
-                }
-                rustix::thread::sched_yield();
-            }
-        }
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-mod os {
-    use std::time::Duration;
-
-    use tokio::net::TcpStream;
-
-    /// Busy polling is for Linux only: elsewhere a thread never opens its watch.
-    pub(super) struct Sockets;
-
-    impl Sockets {
-        pub const fn new() -> Self {
-            Self
-        }
-
-        pub fn open(&self) {}
-
-        pub fn opened(&self) -> bool {
-            false
-        }
-
-        pub fn add(&self, _socket: &TcpStream) {}
-
-        pub fn news_within(&self, _budget: Duration) -> bool {
-            false
         }
     }
 }
@@ -325,32 +300,107 @@ mod tests {
         assert!(looked > 8_900, "{looked} tries in 10,000 parks");
     }
 
+    /// Looks on a worker thread, over real sockets (the tests read the thread's context switches
+    /// from procfs).
     #[cfg(target_os = "linux")]
-    #[tokio::test]
-    async fn a_look_ends_when_a_watched_socket_has_news() -> Result<(), Box<dyn std::error::Error>>
-    {
-        use tokio::io::AsyncWriteExt;
+    mod on_a_worker {
+        use std::io::Write;
+        use std::net::{SocketAddr, TcpListener};
+        use std::sync::mpsc;
 
-        let sockets = os::Sockets::new();
-        sockets.open();
-        assert!(sockets.opened());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let mut client = TcpStream::connect(listener.local_addr()?).await?;
-        let (server, _) = listener.accept().await?;
-        sockets.add(&server);
-        assert!(
-            !sockets.news_within(Duration::from_millis(1)),
-            "nothing was sent"
-        );
-        client.write_all(b"request").await?;
-        client.flush().await?;
-        // Loopback delivers at once: the look ends at its first glance.
-        assert!(sockets.news_within(Duration::from_secs(10)));
-        drop(server);
-        assert!(
-            !sockets.news_within(Duration::from_millis(1)),
-            "a closed socket leaves the watch"
-        );
-        Ok(())
+        use tokio::io::AsyncReadExt;
+
+        use super::*;
+        use crate::server::Linger;
+        use crate::server::workers::{Parking, Workers};
+
+        /// A worker that busy polls for up to `budget`, as the proxy starts one, with its look
+        /// counters.
+        fn worker(budget: Duration) -> std::io::Result<(Workers, Counter, Counter)> {
+            let (looks, misses) = (Counter::default(), Counter::default());
+            let parking = Parking {
+                linger: Linger::new(Duration::ZERO, Counter::default()),
+                busy_poll: BusyPoll::new(budget, looks.clone(), misses.clone()),
+            };
+            Ok((Workers::start(1, &parking)?, looks, misses))
+        }
+
+        /// How many times the calling thread slept (its voluntary context switches): a yield is
+        /// not one.
+        fn sleeps() -> Option<u64> {
+            let status = std::fs::read_to_string("/proc/thread-self/status").ok()?;
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))?
+                .trim()
+                .parse()
+                .ok()
+        }
+
+        /// What [`read_a_byte`]'s task read, and how many times its worker slept while it waited.
+        type Read = (Option<u8>, Option<u64>);
+
+        /// Runs on `workers` a task serving a socket: it connects to `address` and reads a byte.
+        fn read_a_byte(workers: &Workers, address: SocketAddr) -> mpsc::Receiver<Read> {
+            let (done, read) = mpsc::channel();
+            let mut task = Box::pin(async move {
+                let mut byte = [0u8; 1];
+                let Ok(mut stream) = tokio::net::TcpStream::connect(address).await else {
+                    let _ = done.send((None, None));
+                    return;
+                };
+                let before = sleeps();
+                let read = stream.read_exact(&mut byte).await.ok().map(|_| byte[0]);
+                let slept = before.zip(sleeps()).map(|(before, after)| after - before);
+                let _ = done.send((read, slept));
+            });
+            workers.spawn(std::future::poll_fn(move |cx| {
+                served();
+                task.as_mut().poll(cx)
+            }));
+            read
+        }
+
+        #[test]
+        fn a_look_ends_when_the_runtime_finds_news() -> Result<(), Box<dyn std::error::Error>> {
+            let (workers, looks, misses) = worker(Duration::from_secs(60))?;
+            let listener = TcpListener::bind("127.0.0.1:0")?;
+            let read = read_a_byte(&workers, listener.local_addr()?);
+            let (mut client, _) = listener.accept()?;
+            // The worker looks meanwhile, glance after glance.
+            std::thread::sleep(Duration::from_millis(50));
+            client.write_all(b"x")?;
+            let (byte, slept) = read.recv_timeout(Duration::from_secs(30))?;
+            assert_eq!(byte, Some(b'x'));
+            assert_eq!(slept, Some(0), "the worker glanced without sleeping");
+            assert!(looks.get() >= 1, "the worker looked");
+            assert_eq!(
+                misses.get(),
+                0,
+                "the look found the byte long before its budget ran out"
+            );
+            Ok(())
+        }
+
+        #[test]
+        fn a_look_that_finds_nothing_sleeps_after_its_budget()
+        -> Result<(), Box<dyn std::error::Error>> {
+            let (workers, looks, misses) = worker(Duration::from_millis(1))?;
+            let listener = TcpListener::bind("127.0.0.1:0")?;
+            let read = read_a_byte(&workers, listener.local_addr()?);
+            let (mut client, _) = listener.accept()?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while misses.get() == 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(misses.get() >= 1, "a look ran out of budget");
+            assert!(misses.get() <= looks.get());
+            // The sleeping worker still wakes for the byte.
+            client.write_all(b"y")?;
+            let (byte, slept) = read.recv_timeout(Duration::from_secs(30))?;
+            assert_eq!(byte, Some(b'y'));
+            assert!(slept >= Some(1), "the worker slept");
+            Ok(())
+        }
     }
 }

@@ -26,7 +26,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::request::Requests;
-use super::{ListenerContext, linger};
+use super::{ListenerContext, busy_poll, linger};
 use crate::transport::{Accepted, Transport, buffers};
 
 /// Requests in flight per client connection; past this the proxy stops reading from that client
@@ -313,6 +313,7 @@ impl<S: Transport> Future for Connection<S> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
+        busy_poll::served();
         this.alarm.woke();
         let mut woke = true;
         loop {

@@ -137,10 +137,7 @@ impl Trackers {
         };
         workers.spawn(self.track(async move {
             match TcpStream::from_std(stream) {
-                Ok(stream) => {
-                    busy_poll::watch(&stream);
-                    serve(stream).await;
-                }
+                Ok(stream) => serve(stream).await,
                 Err(err) => {
                     tracing::debug!(%peer, error = %err, "a worker cannot take a connection");
                 }

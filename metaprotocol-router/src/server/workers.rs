@@ -17,7 +17,7 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::runtime::Handle;
+use tokio::runtime::{Handle, Runtime};
 use tokio_util::sync::CancellationToken;
 
 use super::{BusyPoll, Linger};
@@ -63,14 +63,18 @@ pub(crate) struct Parking {
 }
 
 impl Parking {
-    fn prepare_thread(&self) {
+    /// Readies the calling thread, a worker running `runtime`.
+    fn prepare_thread(&self, runtime: &Runtime) {
         self.linger.prepare_thread();
-        self.busy_poll.prepare_thread();
+        if let Some(glancer) = self.busy_poll.glancer() {
+            runtime.spawn(glancer);
+        }
     }
 
     fn before_park(&self) {
-        if !self.linger.before_park() {
-            self.busy_poll.before_park();
+        // A look under way goes on; a new wait lingers if clients pipeline, or else looks.
+        if !self.busy_poll.go_on() && !self.linger.before_park() {
+            self.busy_poll.start();
         }
     }
 }
@@ -93,7 +97,7 @@ impl Workers {
                         .name(format!("metaprotocol-worker-{index}"))
                         .spawn(move || {
                             WORKER.with(|worker| worker.set(Some(index)));
-                            thread_parking.prepare_thread();
+                            thread_parking.prepare_thread(&runtime);
                             runtime.block_on(stopped.cancelled());
                         })?;
                     Ok(handle)

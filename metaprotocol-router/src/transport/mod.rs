@@ -94,8 +94,6 @@ impl Connector {
                 )
             })??;
         let _ = stream.set_nodelay(true);
-        // Opened by a worker, for an upstream connection: the worker's busy polls watch it.
-        crate::server::busy_poll::watch(&stream);
         Ok(stream)
     }
 }

@@ -561,6 +561,7 @@ impl<S: Transport> Future for Multiplexer<S> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
+        crate::server::busy_poll::served();
         // The sweep timer is polled once per wake-up, and again after it is moved: pending, it
         // holds the task's waker, and polling it on every pass could not say more.
         let mut poll_sweep = true;
