@@ -20,12 +20,12 @@
 //!
 //! A glance is the runtime's own poll of its sockets, without a wait: the look wakes a task of
 //! its own that does nothing ([`Glancer`]), and a runtime that has a task to run when it was
-//! about to park polls its sockets without sleeping (tokio 1.52.4 and later). So a glance costs
-//! one `epoll_wait` and finds what the runtime would have found, and when news is already there
-//! at the first glance the look costs no more than the sleep it replaces. The tasks that serve
-//! sockets say when they run ([`served`]): a glance after which one ran found news. A wake from
-//! another thread (a connection handed to the worker, an answer through another worker's
-//! upstream connection) ends a look the same way.
+//! about to park polls its sockets without sleeping (as tokio does since 1.52.4; this crate
+//! requires 1.54). So a glance costs one `epoll_wait` and finds what the runtime would have
+//! found, and when news is already there at the first glance the look costs no more than the
+//! sleep it replaces. The tasks that serve sockets say when they run ([`served`]): a glance
+//! after which one ran found news. A wake from another thread (a connection handed to the
+//! worker, an answer through another worker's upstream connection) ends a look the same way.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
