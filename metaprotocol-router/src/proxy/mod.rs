@@ -264,10 +264,11 @@ impl ProxyBuilder {
 
     /// How long a worker about to sleep until its sockets have news first looks at them without
     /// sleeping, glancing at them again and again and yielding its core in between (default
-    /// [`DEFAULT_BUSY_POLL`]; zero never looks). A wake-up from sleep costs a call tens of microseconds on an idle core; a worker
-    /// keeps looking only while looks find news at least eight times as often as they use up
-    /// the whole budget, so it stops looking when its clients think between calls or its
-    /// upstreams are far. A worker that lingers does not also look.
+    /// [`DEFAULT_BUSY_POLL`]; zero never looks). A glance is the worker's own poll of its
+    /// sockets without a wait. A wake-up from sleep costs a call tens of microseconds on an idle
+    /// core; a worker keeps looking only while looks find news at least eight times as often as
+    /// they use up the whole budget, so it stops looking when its clients think between calls
+    /// or its upstreams are far. A worker that lingers does not also look.
     pub fn busy_poll(mut self, budget: Duration) -> Self {
         self.busy_poll = budget;
         self
