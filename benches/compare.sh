@@ -20,10 +20,12 @@ usage: benches/compare.sh [--quick] [options]
   --workers "..."    the proxy's worker threads, one target per count: metaprotocol (1 worker),
                      metaprotocol-Nw (N workers); pair with layout c to see how the proxy scales
                      (default: 1)
+  --relays           also measure the floor relay (src/relay.rs), sleeping and spinning: the
+                     cheapest third process a call can pass through on this machine
   --calls-per-write N  the load generator writes after every N calls, as clients that flush
                      each call do (default: every call that may go in one write)
-  --port N           first of the loopback ports used: four, and two more per extra worker
-                     count (default 27300)
+  --port N           first of the loopback ports used: four, two more per extra worker count
+                     and two for the relays (default 27300)
   --out DIR          where results go (default: target/compare)
 EOF
 }
@@ -33,6 +35,7 @@ protocols="dubbo thrift brpc"
 cases="8x64:32 8x64:1024 1x1:32 1x1:1024"
 layouts="a b"
 workers="1"
+relays=""
 port=27300
 out_dir=""
 per_write=()
@@ -50,6 +53,7 @@ while [ $# -gt 0 ]; do
     --cases) cases=$2; shift ;;
     --layouts) layouts=$2; shift ;;
     --workers) workers=$2; shift ;;
+    --relays) relays="sleep spin" ;;
     --calls-per-write) per_write=(--calls-per-write "$2"); shift ;;
     --port) port=$2; shift ;;
     --out) out_dir=$2; shift ;;
@@ -69,7 +73,7 @@ if ! command -v haproxy >/dev/null; then
   apt-get update -qq
   apt-get install -y -qq haproxy >/dev/null
 fi
-cargo build --release -q -p metaprotocol-benches --bin loadgen --bin echo --bin compare
+cargo build --release -q -p metaprotocol-benches --bin loadgen --bin echo --bin compare --bin relay
 cargo build --release -q -p metaprotocol-examples --bin metaprotocol-proxy
 
 # The servers this script started, and their `timeout` wrappers.
@@ -120,6 +124,7 @@ mkdir -p "$logs"
 # One proxy under test per worker count, each on its own pair of ports (listener, admin).
 proxy_target() { if [ "$1" = 1 ]; then echo metaprotocol; else echo "metaprotocol-${1}w"; fi; }
 targets="direct haproxy"
+for waiting in $relays; do targets+=" relay-$waiting"; done
 for n in $workers; do targets+=" $(proxy_target "$n")"; done
 per_round=$(wc -w <<<"$targets")
 runs=$(( $(wc -w <<<"$layouts") * $(wc -w <<<"$protocols") * $(wc -w <<<"$cases") * rounds * per_round ))
@@ -173,6 +178,16 @@ EOF
         proxy_pids[$target]=$proxy_pid proxy_ports[$target]=$listen
         ports+=("$listen" "$admin")
       done
+      declare -A relay_pids=() relay_ports=()
+      for waiting in $relays; do
+        listen=$((proxy_port + offset))
+        offset=$((offset + 1))
+        start relay_pid "$proxy_cpu" "$logs/$name-relay-$waiting.log" "$bin/relay" \
+          --listen "127.0.0.1:$listen" --upstream "127.0.0.1:$echo_port" --waiting "$waiting" \
+          --duration "${group_limit}s"
+        relay_pids[relay-$waiting]=$relay_pid relay_ports[relay-$waiting]=$listen
+        ports+=("$listen")
+      done
       for p in "${ports[@]}"; do wait_port "$p"; done
 
       for round in $(seq "$rounds"); do
@@ -180,6 +195,7 @@ EOF
           case $target in
             direct) target_port=$echo_port watch=() ;;
             haproxy) target_port=$haproxy_port watch=(--watch "proxy=$haproxy_pid") ;;
+            relay-*) target_port=${relay_ports[$target]} watch=(--watch "proxy=${relay_pids[$target]}") ;;
             *) target_port=${proxy_ports[$target]} watch=(--watch "proxy=${proxy_pids[$target]}") ;;
           esac
           run=$((run + 1))
@@ -201,6 +217,9 @@ table=$out_dir/table-$stamp.md
   echo "Medians of $rounds rounds of ${duration} s (after ${warmup} s warm-up) per target, interleaved;"
   echo "layout a: everything on core 0; b: load generator and echo server on core 0, the proxy alone on core 1;"
   echo "c: nothing pinned. metaprotocol-Nw: the proxy with N worker threads (metaprotocol: one)."
+  if [ -n "$relays" ]; then
+    echo "relay-sleep, relay-spin: the floor relay (bytes copied, nothing parsed) blocking in read, or spinning."
+  fi
   echo
   "$bin/compare" table "$results"
 } | tee "$table"

@@ -5,6 +5,8 @@
 //! - [`load`]: the load generator (`--bin loadgen`): pipelined connections, closed or open loop,
 //!   every answer checked, latency in HdrHistograms; [`report`]: its one-line JSON report.
 //! - [`echo`]: the echo server (`--bin echo`).
+//! - [`relay`]: the floor relay (`--bin relay`), the cheapest third process a call can pass
+//!   through, to read a proxy's CPU per call against.
 //! - [`proxy_config`]: the engine configuration every benchmark measures, and the observability
 //!   cases; [`collector`]: the OTLP collector the tracing cases export to.
 //! - [`in_process`]: engine, echo server and client in one process, for the request-path bench
@@ -19,6 +21,7 @@ pub mod echo;
 pub mod in_process;
 pub mod load;
 pub mod proxy_config;
+pub mod relay;
 pub mod report;
 pub mod wire;
 

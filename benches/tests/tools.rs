@@ -1,6 +1,7 @@
 //! The instruments against each other on loopback, briefly: the load generator and the echo
 //! server agree on every protocol, closed and open loop; calls through the engine match its
-//! route and come back whole; a peer speaking something else is counted as errors, not a panic.
+//! route and come back whole; the floor relay carries them both ways it waits; a peer speaking
+//! something else is counted as errors, not a panic.
 //! Nothing here asserts a speed.
 
 use std::collections::BTreeMap;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use metaprotocol_benches::echo;
 use metaprotocol_benches::in_process::{InProcess, Via};
 use metaprotocol_benches::load::{Load, generate};
+use metaprotocol_benches::relay::{self, Waiting};
 use metaprotocol_benches::report::Watched;
 use metaprotocol_benches::wire::Protocol;
 use tokio::net::TcpListener;
@@ -63,6 +65,20 @@ async fn every_call_is_answered_closed_and_open_loop() -> TestResult {
             let me = &report.processes[0];
             assert!(me.cpu_us_per_call.is_some() && me.peak_rss_kib.is_some());
         }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_floor_relay_carries_every_call_sleeping_or_spinning() -> TestResult {
+    let target = echo_server(Protocol::Brpc).await?;
+    for waiting in [Waiting::Sleep, Waiting::Spin] {
+        let listener = std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let relayed = listener.local_addr()?;
+        std::thread::spawn(move || relay::serve(listener, target, waiting));
+        let report = generate(&load(Protocol::Brpc, relayed, None)).await?;
+        assert!(report.calls > 0, "{waiting:?}: no calls");
+        assert_eq!(report.errors, 0, "{waiting:?}: {:?}", report.error_kinds);
     }
     Ok(())
 }
