@@ -4,8 +4,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metaprotocol_core::{CodecFactory, MessageKind, Side, WireVariant};
-use metaprotocol_examples::dubbo_demo::{DEMO_SERVICE, DemoProvider, DubboClient};
+use metaprotocol_core::{
+    CodecFactory, MAX_METADATA_ENTRIES, METADATA_OVERFLOW_REASON, MessageKind, ResponseStatus,
+    Side, WireVariant,
+};
+use metaprotocol_examples::dubbo_demo::{DEMO_SERVICE, DemoProvider, DubboClient, SLOW_METHOD};
 use metaprotocol_router::{Config, Proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -332,17 +335,29 @@ async fn call_in_one_write(client: &mut TcpStream, first: u64, count: u64) -> Te
         .flat_map(|id| support::dubbo_request(id, "sayHello", &[]))
         .collect();
     client.write_all(&requests).await?;
+    read_answers(client, count).await?;
+    Ok(())
+}
+
+/// Reads `count` answers (waiting at most 5 s for each read).
+async fn read_answers(
+    client: &mut TcpStream,
+    count: u64,
+) -> TestResult<Vec<metaprotocol_core::Message>> {
     let mut decoder = metaprotocol_dubbo::DubboCodecFactory::new(1 << 20)
         .new_codec(Side::Upstream, WireVariant::DEFAULT);
     let mut buf = bytes::BytesMut::new();
-    let mut answered = 0;
-    while answered < count {
-        tokio::time::timeout(Duration::from_secs(5), client.read_buf(&mut buf)).await??;
-        while decoder.decode(&mut buf)?.is_some() {
-            answered += 1;
+    let mut answers = Vec::new();
+    while (answers.len() as u64) < count {
+        let read = tokio::time::timeout(Duration::from_secs(5), client.read_buf(&mut buf));
+        if read.await?? == 0 {
+            return Err(format!("closed after {} answers", answers.len()).into());
+        }
+        while let Some(answer) = decoder.decode(&mut buf)? {
+            answers.push(answer);
         }
     }
-    Ok(())
+    Ok(answers)
 }
 
 /// A proxy in front of `provider`, whose cluster has `fields` (YAML flow entries, may be empty).
@@ -587,6 +602,74 @@ async fn connect_failures_are_retried_on_another_endpoint() -> TestResult {
 }
 
 #[tokio::test]
+async fn timeouts_of_centuries_mean_never_not_a_panic() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let forever = "18446744073709551615s";
+    let proxy = proxy_in_front_of(
+        &provider,
+        &format!("drain_time: {forever}"),
+        &format!(", idle_timeout: {forever}, frame_timeout: {forever}"),
+    )
+    .await?;
+    let mut socket = TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
+    // A call in two parts (the frame's deadline is set by its first part), then a whole one.
+    let call = support::dubbo_request(1, "sayHello", &[]);
+    socket.write_all(&call[..10]).await?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    socket.write_all(&call[10..]).await?;
+    let (header, _) = read_frame(&mut socket).await?;
+    assert_eq!((header[3], &header[4..12]), (20, &1u64.to_be_bytes()[..]));
+    call_in_one_write(&mut socket, 2, 1).await?;
+    // A drain whose time is centuries away still ends: the idle connection closes after its
+    // quiet second.
+    tokio::time::timeout(Duration::from_secs(10), proxy.shutdown()).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_that_takes_none_of_its_answers_is_disconnected() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let admin = "admin: { address: 127.0.0.1:0 }";
+    let proxy = proxy_in_front_of(&provider, admin, ", idle_timeout: 1s").await?;
+    let socket = TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
+    let (mut reader, mut writer) = socket.into_split();
+    // Calls whose answers echo 60 kB each: 300 of them fill the sockets' buffers on both sides
+    // and the 1 MiB past which the proxy stops reading, while the client reads nothing.
+    let big = "x".repeat(60_000);
+    let calls: Vec<u8> = (1..=300)
+        .flat_map(|id| support::dubbo_request(id, "sayHello", &[("x-big", big.as_str())]))
+        .collect();
+    // The proxy stops reading these part-way: the write waits (and then fails) on its own.
+    let writing = tokio::spawn(async move { writer.write_all(&calls).await });
+    // Past the stall limit (the idle timeout, 1 s here), the connection is closed while the
+    // client still reads nothing, and its unsent answers are given back.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let admin = proxy.admin_addr().ok_or("no admin")?;
+    let (_, metrics) = http(admin, "GET", "/metrics", "").await?;
+    for line in [
+        "metaprotocol_downstream_cx_overflow_total{listener=\"in\"} 1",
+        "metaprotocol_downstream_cx_active{listener=\"in\"} 0",
+        "metaprotocol_buffered_bytes 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in {metrics}"
+        );
+    }
+    // The client sees the end, after what the kernel held for it (or a reset).
+    let mut answers = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut answers));
+    assert!(
+        read.await.is_ok(),
+        "still open after {} bytes",
+        answers.len()
+    );
+    writing.abort();
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn idle_client_connections_are_closed() -> TestResult {
     let provider = DemoProvider::start("p").await?;
     let proxy = proxy_in_front_of(&provider, "", ", idle_timeout: 200ms").await?;
@@ -612,13 +695,9 @@ async fn other_serializations_get_a_bad_request_reply_and_keep_the_connection() 
     let mut frame = vec![0xda, 0xbb, 0xc3, 0, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 4];
     frame.extend_from_slice(b"java");
     socket.write_all(&frame).await?;
-    let mut header = [0u8; 16];
-    tokio::time::timeout(Duration::from_secs(5), socket.read_exact(&mut header)).await??;
+    let (header, body) = read_frame(&mut socket).await?;
     assert_eq!(header[3], 40, "BAD_REQUEST");
     assert_eq!(&header[4..12], &5u64.to_be_bytes());
-    let len = u32::from_be_bytes([header[12], header[13], header[14], header[15]]) as usize;
-    let mut body = vec![0u8; len];
-    socket.read_exact(&mut body).await?;
     assert!(String::from_utf8_lossy(&body).contains("serialization id 3 is not supported"));
     // The connection is still served.
     socket.write_all(&hex::decode(HEARTBEAT)?).await?;
@@ -628,6 +707,43 @@ async fn other_serializations_get_a_bad_request_reply_and_keep_the_connection() 
     assert!(world.providers.iter().all(|p| p.seen().is_empty()));
     world.proxy.shutdown().await;
     Ok(())
+}
+
+#[tokio::test]
+async fn a_call_with_more_attachments_than_metadata_keeps_gets_a_bad_request_reply() -> TestResult {
+    let world = World::start("      - route: { cluster: demo }").await?;
+    let address = world.proxy.listener_addr("in").ok_or("no listener")?;
+    let mut socket = TcpStream::connect(address).await?;
+    // More attachments than the metadata keeps, besides the entries of the call itself.
+    let keys: Vec<String> = (0..MAX_METADATA_ENTRIES).map(|n| format!("a{n}")).collect();
+    let attachments: Vec<(&str, &str)> = keys.iter().map(|key| (key.as_str(), "v")).collect();
+    socket
+        .write_all(&support::dubbo_request(7, "sayHello", &attachments))
+        .await?;
+    let (header, body) = read_frame(&mut socket).await?;
+    assert_eq!(header[3], 40, "BAD_REQUEST");
+    assert_eq!(&header[4..12], &7u64.to_be_bytes());
+    assert!(String::from_utf8_lossy(&body).contains(METADATA_OVERFLOW_REASON));
+    assert!(world.providers.iter().all(|p| p.seen().is_empty()));
+    // The connection is still served, and a call with fewer attachments goes through.
+    let fewer = &attachments[..MAX_METADATA_ENTRIES / 2];
+    socket
+        .write_all(&support::dubbo_request(8, "sayHello", fewer))
+        .await?;
+    let (header, _) = read_frame(&mut socket).await?;
+    assert_eq!((header[3], &header[4..12]), (20, &8u64.to_be_bytes()[..]));
+    world.proxy.shutdown().await;
+    Ok(())
+}
+
+/// Reads one Dubbo frame: its header and body.
+async fn read_frame(socket: &mut TcpStream) -> TestResult<([u8; 16], Vec<u8>)> {
+    let mut header = [0u8; 16];
+    tokio::time::timeout(Duration::from_secs(5), socket.read_exact(&mut header)).await??;
+    let len = u32::from_be_bytes([header[12], header[13], header[14], header[15]]) as usize;
+    let mut body = vec![0u8; len];
+    tokio::time::timeout(Duration::from_secs(5), socket.read_exact(&mut body)).await??;
+    Ok((header, body))
 }
 
 /// A filter that panics on every request.
@@ -920,6 +1036,38 @@ async fn at_the_drain_deadline_calls_still_open_get_an_error_reply() -> TestResu
             .render()
             .contains("metaprotocol_local_replies_total{listener=\"in\",reason=\"unavailable\"} 1")
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_frame_cut_where_the_proxy_stopped_reading_waits_until_it_reads_again() -> TestResult {
+    let provider = DemoProvider::start_with_delay("p", Duration::from_secs(2)).await?;
+    let proxy = proxy_in_front_of(&provider, "", ", frame_timeout: 500ms").await?;
+    let mut socket = TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
+    let slow = |id| support::dubbo_request(id, SLOW_METHOD, &[]);
+    // 4,095 slow calls, which the proxy reads; then the 4,096th, past which it stops reading
+    // (that many in flight), and the start of one more call, in one write.
+    let calls: Vec<u8> = (1..4096).flat_map(slow).collect();
+    socket.write_all(&calls).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let last = support::dubbo_request(4097, "sayHello", &[]);
+    socket
+        .write_all(&[&slow(4096)[..], &last[..10]].concat())
+        .await?;
+    // The slow answers come after 2 s, four frame timeouts, while the proxy did not read: the
+    // cut frame's time starts when it reads again.
+    let answers = read_answers(&mut socket, 4096).await?;
+    assert!(answers.iter().all(|a| a.status == ResponseStatus::Ok));
+    socket.write_all(&last[10..]).await?;
+    let answer = read_answers(&mut socket, 1)
+        .await?
+        .pop()
+        .ok_or("no answer")?;
+    assert_eq!(
+        (answer.request_id, answer.status),
+        (4097, ResponseStatus::Ok)
+    );
+    proxy.shutdown().await;
     Ok(())
 }
 

@@ -33,6 +33,16 @@ pub mod keys {
 
 /// Inline capacity: a typical Dubbo request has 4 header fields and up to 8 attachments.
 const INLINE_ENTRIES: usize = 12;
+
+/// The most entries a [`Metadata`] holds: past them it refuses new keys
+/// ([`Metadata::overflowed`]), and the engine answers a request whose metadata overflowed with
+/// a `BadRequest` local reply. Lookups are linear, so without a bound a frame carrying a
+/// million small attachments would cost its decoder a million searches of a growing table.
+/// Real messages carry a few dozen at most.
+pub const MAX_METADATA_ENTRIES: usize = 256;
+
+/// The reason of the `BadRequest` local reply to a request whose metadata overflowed.
+pub const METADATA_OVERFLOW_REASON: &str = "more than 256 metadata entries";
 /// Inline capacity of the static strings: the well-known keys a codec sets.
 const INLINE_STATICS: usize = 4;
 
@@ -134,8 +144,9 @@ impl Span {
 /// Strings that are slices of the frame are kept as spans of it: a codec makes the metadata
 /// [`Metadata::over`] its frame, then inserts [`ByteStr`] slices of that frame and `'static`
 /// keys; building the metadata of an ordinary request does not allocate. Lookups are linear:
-/// real messages carry a handful of keys, where a scan beats hashing. Inserting a key that is
-/// already present replaces its value, so the last writer wins.
+/// real messages carry a handful of keys, where a scan beats hashing, and a metadata holds at
+/// most [`MAX_METADATA_ENTRIES`]. Inserting a key that is already present replaces its value,
+/// so the last writer wins.
 #[derive(Clone, Default)]
 pub struct Metadata {
     /// The frame that spans point into.
@@ -143,6 +154,8 @@ pub struct Metadata {
     entries: SmallVec<[(Span, Span); INLINE_ENTRIES]>,
     statics: SmallVec<[&'static str; INLINE_STATICS]>,
     shared: Vec<ByteStr>,
+    /// Set once an insert was refused for lack of room; from then on every insert is.
+    overflowed: bool,
 }
 
 impl Metadata {
@@ -161,8 +174,15 @@ impl Metadata {
     }
 
     /// Sets `key` to `value`, replacing an earlier value of the same key. False, and nothing
-    /// set, when either is a [`MetadataStr::Source`] range that is not UTF-8 text of the source.
+    /// set, when either is a [`MetadataStr::Source`] range that is not UTF-8 text of the source,
+    /// or when the metadata has [`overflowed`](Metadata::overflowed): `key` is new and it
+    /// already holds [`MAX_METADATA_ENTRIES`], or an earlier insert was refused for that reason.
+    /// Refusing every insert after the first refusal keeps a decoder that meets a flood of
+    /// entries linear: it costs each of them a check, not a search.
     pub fn insert(&mut self, key: impl Into<MetadataStr>, value: impl Into<MetadataStr>) -> bool {
+        if self.overflowed {
+            return false;
+        }
         let (key, value) = (key.into(), value.into());
         // The value first: it is the one that may be refused (a range that is not text), and a
         // refusal after the key was kept would leave the key in its table for nothing.
@@ -174,9 +194,19 @@ impl Metadata {
         };
         match self.find(self.bytes(key)) {
             Some(index) => self.entries[index].1 = value,
+            None if self.entries.len() >= MAX_METADATA_ENTRIES => {
+                self.overflowed = true;
+                return false;
+            }
             None => self.entries.push((key, value)),
         }
         true
+    }
+
+    /// True once an insert was refused because the metadata was full
+    /// ([`MAX_METADATA_ENTRIES`]): the message carries entries its metadata does not show.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed
     }
 
     /// Keeps `text` where it takes least (as a span of the source when it lies in it) and
@@ -368,6 +398,27 @@ mod tests {
         assert!(!m.contains("a"));
         assert_eq!(m.get_shared("b").as_ref().map(ByteStr::as_str), Some("2"));
         assert_eq!(m.iter().collect::<Vec<_>>(), [("b", "2")]);
+    }
+
+    #[test]
+    fn a_full_metadata_refuses_new_keys_and_then_everything() {
+        let mut m = Metadata::new();
+        for n in 0..MAX_METADATA_ENTRIES {
+            assert!(m.insert(format!("k{n}"), "v"), "entry {n}");
+        }
+        // Full, but not overflowed: an existing key still takes a new value.
+        assert!(!m.overflowed());
+        assert!(m.insert("k0", "w"));
+        assert!(!m.insert("one-more", "v"));
+        assert!(m.overflowed());
+        assert!(
+            !m.insert("k1", "w"),
+            "after a refusal, replacements are refused too"
+        );
+        assert_eq!(m.len(), MAX_METADATA_ENTRIES);
+        assert_eq!((m.get("k0"), m.get("k1")), (Some("w"), Some("v")));
+        assert!(!m.contains("one-more"));
+        assert!(METADATA_OVERFLOW_REASON.contains(&MAX_METADATA_ENTRIES.to_string()));
     }
 
     #[test]

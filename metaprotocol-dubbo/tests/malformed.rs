@@ -7,7 +7,8 @@ use bytes::BytesMut;
 use common::hessian::{Value, Writer, request_body};
 use common::{TestResult, body_string, codec, decode_one, frame, golden, meta};
 use metaprotocol_core::{
-    Codec, CodecError, DEFAULT_MAX_FRAME_BYTES, LocalReply, LocalReplyKind, MessageKind,
+    Codec, CodecError, DEFAULT_MAX_FRAME_BYTES, LocalReply, LocalReplyKind, MAX_METADATA_ENTRIES,
+    MessageKind,
 };
 use metaprotocol_dubbo::DubboCodec;
 
@@ -131,6 +132,21 @@ fn wrong_types_are_rejected() -> TestResult {
         body.push(tag);
         assert_eq!(rejected(&body)?, "unexpected Hessian2 tag", "tag {tag:#x}");
     }
+    Ok(())
+}
+
+#[test]
+fn an_attachment_flood_fills_the_metadata_and_no_more() -> TestResult {
+    let keys: Vec<String> = (0..100_000).map(|n| format!("k{n:05}")).collect();
+    let attachments: Vec<(&str, &str)> = keys.iter().map(|key| (key.as_str(), "")).collect();
+    let body = request_body("demo.Api", "hi", "", &[], Some(&attachments));
+    let message = decode_one(&frame(0xc2, 0, 1, &body))?;
+    // The frame is whole and forwarded as it came; the engine refuses the call, seeing the
+    // metadata overflowed.
+    assert_eq!(message.reject_reason, None);
+    assert!(message.metadata.overflowed());
+    assert_eq!(message.metadata.len(), MAX_METADATA_ENTRIES);
+    assert_eq!(meta(&message, "method"), Some("hi"));
     Ok(())
 }
 

@@ -27,15 +27,18 @@ use crate::reply;
 pub struct ThriftCodec {
     expected: FormatChoice,
     decoder: Decoder,
+    max_frame_bytes: usize,
 }
 
 impl ThriftCodec {
     /// A codec accepting `expected` (open parts detected), with a frame size cap (at most
     /// `i32::MAX`, the largest length Thrift can express).
     pub fn new(expected: FormatChoice, max_frame_bytes: usize) -> Self {
+        let max_frame_bytes = max_frame_bytes.min(i32::MAX as usize);
         Self {
             expected,
-            decoder: Decoder::new(max_frame_bytes.min(i32::MAX as usize)),
+            decoder: Decoder::new(max_frame_bytes),
+            max_frame_bytes,
         }
     }
 
@@ -79,7 +82,7 @@ impl Codec for ThriftCodec {
         params: &EncodeParams<'_>,
         dst: &mut BytesMut,
     ) -> Result<(), CodecError> {
-        encode::encode(message, params, dst)
+        encode::encode(message, params, self.max_frame_bytes, dst)
     }
 
     fn encode_local_reply(

@@ -20,10 +20,15 @@ use crate::wire::{Cursor, ReadError, patch, varint_u32_bytes};
 
 static NO_MUTATION: Mutation = Mutation::new();
 
-/// Appends `message` to `dst` as `params` asks; nothing is appended on error.
+/// Appends `message` to `dst` as `params` asks, in at most `max_frame_bytes`; nothing is
+/// appended on error. A message may grow on its way to another protocol (a compact `i64` of 0
+/// takes one byte, a binary one eight), so a frame within the limit as it came may not be once
+/// translated: it is refused rather than sent to an upstream that would refuse it, or close the
+/// connection every client shares.
 pub(crate) fn encode(
     message: &Message,
     params: &EncodeParams<'_>,
+    max_frame_bytes: usize,
     dst: &mut BytesMut,
 ) -> Result<(), CodecError> {
     let source = format_of(message)?;
@@ -53,6 +58,18 @@ pub(crate) fn encode(
     } else {
         translate(message, &layout, source, target, seqid, mutation, dst)
     };
+    // Measured as the decoder measures: a frame's length field, an unframed message whole.
+    let prefix = if target.transport == Transport::Unframed {
+        0
+    } else {
+        4
+    };
+    let result = result.and_then(|()| match (dst.len() - start).saturating_sub(prefix) {
+        size if size > max_frame_bytes => Err(CodecError::Encode(Cow::Owned(format!(
+            "the message takes {size} bytes in the upstream's encoding, over the frame limit of {max_frame_bytes}"
+        )))),
+        _ => Ok(()),
+    });
     if result.is_err() {
         dst.truncate(start);
     }

@@ -109,6 +109,40 @@ fn deep_nesting_is_refused() -> TestResult {
 }
 
 #[test]
+fn a_call_that_outgrows_the_frame_limit_in_translation_is_refused() -> TestResult {
+    // A compact call whose argument is a list of 1,000 i64 zeros: a byte each in compact,
+    // eight in binary. Within a 4 KiB limit as it came, 8 KiB once translated.
+    let mut body = vec![0x19, 0xf6, 0xe8, 0x07];
+    body.extend(std::iter::repeat_n(0, 1000));
+    body.push(0);
+    let call = framed(&[&[0x82, 0x21, 1, 1, b'm'][..], &body].concat());
+    let mut codec = codec_with(&small(4096))?;
+    let message = decode_all(codec.as_mut(), &call)?
+        .pop()
+        .ok_or("no message")?;
+    let mut encode_as = |protocol| {
+        let mut out = BytesMut::from(&b"before"[..]);
+        let params = EncodeParams {
+            request_id: 1,
+            variant: ThriftFormat::new(Transport::Framed, protocol).to_variant(),
+            mutation: &Mutation::new(),
+        };
+        let result = codec.encode(&message, &params, &mut out);
+        (result, out)
+    };
+    let (result, out) = encode_as(Protocol::Binary);
+    assert!(
+        matches!(&result, Err(CodecError::Encode(why)) if why.contains("over the frame limit of 4096")),
+        "{result:?}"
+    );
+    assert_eq!(&out[..], b"before", "nothing appended on error");
+    let (result, out) = encode_as(Protocol::Compact);
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(&out[6..], &call[..]);
+    Ok(())
+}
+
+#[test]
 fn truncated_frames_are_malformed_and_truncated_streams_wait() -> TestResult {
     for golden in goldens()? {
         let bytes = &golden.bytes;

@@ -148,7 +148,10 @@ impl Skipper {
                     self.skip_until_end(reader, depth, 2)?;
                 }
                 b'O' => {
-                    let class = reader.count()?;
+                    // An index into the class definitions, not a count of what follows: it is
+                    // checked against the definitions, not against the bytes left.
+                    let class = usize::try_from(reader.int()?)
+                        .map_err(|_| CodecError::malformed("negative Hessian2 class index"))?;
                     self.skip_object(reader, class, depth)?;
                 }
                 0x60..=0x6f => self.skip_object(reader, usize::from(tag - 0x60), depth)?,
@@ -284,6 +287,25 @@ mod tests {
         assert_eq!(
             end_of(&bomb),
             Err(CodecError::malformed("Hessian2 value nests too deeply"))
+        );
+    }
+
+    #[test]
+    fn an_object_near_the_end_may_name_any_defined_class() {
+        // Twenty classes without fields, then an object of the last one: its index is larger
+        // than the bytes left, which is fine for an index.
+        let mut bytes = b"\x57".to_vec();
+        for _ in 0..20 {
+            bytes.extend_from_slice(b"C\x01P\x90");
+        }
+        bytes.extend_from_slice(b"O\xa3Z");
+        assert_eq!(end_of(&bytes), Ok(bytes.len()));
+        let undefined = [&bytes[..bytes.len() - 3], b"O\xb4Z"].concat();
+        assert!(end_of(&undefined).is_err(), "class 36 was never defined");
+        let negative = [&bytes[..bytes.len() - 3], b"O\x8fZ"].concat();
+        assert_eq!(
+            end_of(&negative),
+            Err(CodecError::malformed("negative Hessian2 class index"))
         );
     }
 

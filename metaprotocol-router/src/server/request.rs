@@ -19,8 +19,8 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use metaprotocol_core::{
     ChainStep, Codec, CompleteContext, ConnectionInfo, EncodeParams, FilterFuture, LocalReply,
-    LocalReplyKind, Message, MessageKind, Mutation, RequestContext, RequestRecord, ResponseContext,
-    ResponseFlags, Resume,
+    LocalReplyKind, METADATA_OVERFLOW_REASON, Message, MessageKind, Mutation, RequestContext,
+    RequestRecord, ResponseContext, ResponseFlags, Resume,
 };
 use slab::Slab;
 use tokio::sync::mpsc;
@@ -379,7 +379,14 @@ impl Requests {
             now.into_std(),
             wall,
         );
-        let reject_reason = message.reject_reason;
+        // A request whose metadata overflowed would be routed and filtered without some of its
+        // entries: it is refused rather than judged on part of what it carries.
+        let reject_reason = message.reject_reason.or_else(|| {
+            message
+                .metadata
+                .overflowed()
+                .then_some(METADATA_OVERFLOW_REASON)
+        });
         let span = self
             .ctx
             .tracer
