@@ -321,7 +321,7 @@ impl Backoff {
     /// The pause before the next attempt.
     pub fn next_pause(&mut self) -> Duration {
         let pause = self.ceiling.mul_f64(fastrand::f64());
-        self.ceiling = (self.ceiling * 2).min(self.spec.max_interval);
+        self.ceiling = self.ceiling.saturating_mul(2).min(self.spec.max_interval);
         pause.max(Duration::from_millis(1))
     }
 
@@ -353,5 +353,13 @@ mod tests {
         assert_eq!(ceilings, [ms(100), ms(200), ms(400), ms(400)]);
         backoff.reset();
         assert_eq!(backoff.ceiling, ms(100));
+        // Intervals of centuries (the config has no upper bound) saturate.
+        let huge = Duration::from_secs(u64::MAX / 2 + 1);
+        let mut backoff = Backoff::new(ReconnectSpec {
+            base_interval: huge,
+            max_interval: huge,
+        });
+        assert!(backoff.next_pause() <= huge);
+        assert!(backoff.next_pause() <= huge);
     }
 }

@@ -238,6 +238,18 @@ impl Subscription {
                 message,
             })
         };
+        // A delta stream's resources add up over many responses, each under the size a message
+        // may have: what the client holds of a type is bounded by that size too.
+        let bytes: usize = response.resources.iter().map(|any| any.value.len()).sum();
+        if bytes > crate::client::MAX_RESPONSE_BYTES {
+            return Err(reject(
+                None,
+                format!(
+                    "the resources would take {bytes} bytes, over the {} a response may have",
+                    crate::client::MAX_RESPONSE_BYTES
+                ),
+            ));
+        }
         let version = &response.version_info;
         // What `/config_dump` shows as the version of resource `name`.
         let version_of = |name: &str| match listing {
@@ -347,6 +359,9 @@ impl Subscription {
         match prepared.accepted {
             Accepted::Clusters(clusters) => {
                 self.accepted_clusters = clusters;
+                // The endpoints of clusters gone: a cluster that comes back waits for fresh ones.
+                let wanted: BTreeSet<String> = self.eds_names().into_iter().collect();
+                self.assignments.retain(|name, _| wanted.contains(name));
                 self.applied_clusters
                     .retain(|name| !prepared.update.removed.iter().any(|id| id.name == *name));
                 self.applied_clusters
@@ -356,8 +371,14 @@ impl Subscription {
                 assignments,
                 complete,
             } => {
+                // Only those of the clusters held: a control plane sending assignments for other
+                // names cannot grow this map without bound.
+                let wanted: BTreeSet<String> = self.eds_names().into_iter().collect();
+                let assignments = assignments
+                    .into_iter()
+                    .filter(|(name, _)| wanted.contains(name));
                 if complete {
-                    self.assignments = assignments;
+                    self.assignments = assignments.collect();
                 } else {
                     self.assignments.extend(assignments);
                 }
@@ -607,6 +628,59 @@ mod tests {
         );
         assert_eq!(update.clusters.len(), 1);
         assert!(update.clusters[0].endpoints.is_empty());
+
+        // Assignments for clusters not held are not kept; a cluster removed forgets its
+        // endpoints, and when it comes back it waits for fresh ones.
+        let eds = response(
+            ResourceType::Endpoints,
+            "e3",
+            vec![any(&assignment("c")), any(&assignment("ghost"))],
+        );
+        apply(
+            &mut subscription,
+            ResourceType::Endpoints,
+            &eds,
+            Listing::StateOfTheWorld,
+        );
+        assert_eq!(subscription.assignments.keys().collect::<Vec<_>>(), ["c"]);
+        let none = response(ResourceType::Cluster, "c2", Vec::new());
+        apply(
+            &mut subscription,
+            ResourceType::Cluster,
+            &none,
+            Listing::StateOfTheWorld,
+        );
+        assert!(subscription.assignments.is_empty());
+        let update = apply(
+            &mut subscription,
+            ResourceType::Cluster,
+            &response(ResourceType::Cluster, "c3", vec![any(&cluster)]),
+            Listing::StateOfTheWorld,
+        );
+        assert!(update.clusters.is_empty(), "warming again");
+        assert_eq!(subscription.warming_clusters(), ["c"]);
+    }
+
+    #[test]
+    fn what_a_delta_stream_adds_up_to_is_bounded_like_one_response() {
+        let mut subscription = subscription();
+        let half = Any {
+            type_url: Cluster::type_url(),
+            value: vec![0; crate::client::MAX_RESPONSE_BYTES / 2 + 1],
+        };
+        let response = response(ResourceType::Cluster, "c1", vec![half.clone(), half]);
+        let rejected = subscription
+            .prepare(
+                ResourceType::Cluster,
+                &response,
+                Listing::Delta(&BTreeMap::new()),
+            )
+            .err()
+            .map(|rejected| rejected.message);
+        assert!(
+            rejected.as_deref().is_some_and(|m| m.contains("over the")),
+            "{rejected:?}"
+        );
     }
 
     #[test]
