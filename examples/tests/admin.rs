@@ -62,6 +62,19 @@ clusters: [ {{ name: c, endpoints: [ {{ address: \"{}\" }} ] }} ]
     Ok((proxy, admin))
 }
 
+/// [`start`] with the admin token `s3cret`, kept in a scratch directory named after `test`
+/// (returned: the file lives as long as it does).
+async fn start_with_token(
+    provider: &DemoProvider,
+    test: &str,
+) -> TestResult<(Proxy, SocketAddr, Scratch)> {
+    let scratch = Scratch::new(test)?;
+    let token = scratch.path("token");
+    std::fs::write(&token, "s3cret\n")?;
+    let (proxy, admin) = start(provider, Some(&token), None).await?;
+    Ok((proxy, admin, scratch))
+}
+
 #[tokio::test]
 async fn help_lists_every_endpoint_and_each_answers() -> TestResult {
     let provider = DemoProvider::start("p").await?;
@@ -104,10 +117,7 @@ async fn help_lists_every_endpoint_and_each_answers() -> TestResult {
 #[tokio::test]
 async fn server_info_and_the_manual_drain_switch() -> TestResult {
     let provider = DemoProvider::start("p").await?;
-    let scratch = Scratch::new("admin-token")?;
-    let token = scratch.path("token");
-    std::fs::write(&token, "s3cret\n")?;
-    let (proxy, admin) = start(&provider, Some(&token), None).await?;
+    let (proxy, admin, _scratch) = start_with_token(&provider, "admin-token").await?;
     let (status, info) = http(admin, "GET", "/server_info", "").await?;
     assert_eq!(status, 200);
     let info: serde_json::Value = serde_json::from_str(&info)?;
@@ -231,6 +241,50 @@ async fn logging_goes_through_the_embedders_control() -> TestResult {
         "a level or a filter"
     );
     assert_eq!(levels.current(), "warn,metaprotocol_router=debug");
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// The admin server serves 64 connections at once; others wait in the listen queue until one
+/// ends, so a client opening thousands holds no more than that.
+#[tokio::test]
+async fn admin_connections_past_the_cap_wait_for_a_place() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let (proxy, admin) = start(&provider, None, None).await?;
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        idle.push(tokio::net::TcpStream::connect(admin).await?);
+    }
+    // Let the server take them all before the next comes.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let waiting = tokio::spawn(async move { http(admin, "GET", "/ready", "").await });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "answered past the cap");
+    drop(idle);
+    let (status, _) = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await???;
+    assert_eq!(status, 200);
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// A write without the token is refused before its body is read: announcing a megabyte and
+/// sending a few bytes gets the 401 at once, not after the body would have arrived.
+#[tokio::test]
+async fn a_write_without_the_token_is_refused_before_its_body() -> TestResult {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let provider = DemoProvider::start("p").await?;
+    let (proxy, admin, _scratch) = start_with_token(&provider, "admin-token-first").await?;
+    let mut socket = tokio::net::TcpStream::connect(admin).await?;
+    socket
+        .write_all(
+            b"PUT /clusters/c HTTP/1.1\r\nHost: admin\r\nContent-Length: 1000000\r\n\r\nname: c\n",
+        )
+        .await?;
+    let mut answer = vec![0; 64];
+    let read =
+        tokio::time::timeout(std::time::Duration::from_secs(3), socket.read(&mut answer)).await??;
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
     proxy.shutdown().await;
     Ok(())
 }

@@ -596,3 +596,62 @@ clusters: [ {{ name: c, endpoints: [ {{ address: 127.0.0.1:1 }} ] }} ]
     drop(clients);
     Ok(())
 }
+
+/// The CPU time process `pid` has used, in clock ticks (utime + stime).
+fn cpu_ticks(pid: u32) -> TestResult<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .ok_or("no command name")?
+        .1
+        .split_whitespace()
+        .collect();
+    let field = |n: usize| -> TestResult<u64> {
+        Ok(fields.get(n).ok_or("short stat line")?.parse::<u64>()?)
+    };
+    // utime and stime are the 14th and 15th fields of the line, the 12th and 13th here.
+    Ok(field(11)? + field(12)?)
+}
+
+/// A client that stops in the middle of a frame costs nothing while the proxy waits for the
+/// rest (until `frame_timeout`): its connection keeps its buffer, so it is not trimmed, and the
+/// trim's deadline must not ring again and again meanwhile (it did: the worker spun at a full
+/// core from two seconds after the first bytes until the frame timed out).
+#[test]
+fn a_client_stopped_mid_frame_costs_no_cpu_while_the_proxy_waits() -> TestResult {
+    let scratch = Scratch::new("proxy-binary-mid-frame")?;
+    let address = free_addr()?;
+    let config = format!(
+        "listeners: [ {{ name: in, address: {address}, protocol: dubbo, route_config: r, frame_timeout: 60s }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
+clusters: [ {{ name: c, endpoints: [ {{ address: 127.0.0.1:1 }} ] }} ]
+"
+    );
+    let args = ["--workers", "1", "--busy-poll", "0s"];
+    let mut proxy = BinaryProxy::start(&config, &args, address, &scratch)?;
+    let mut client = std::net::TcpStream::connect(address)?;
+    std::io::Write::write_all(&mut client, &[0xda, 0xbb, 0xc2, 0, 0])?;
+    // Past the two seconds after which a quiet connection gives its buffers back.
+    std::thread::sleep(Duration::from_millis(2500));
+    let before = cpu_ticks(proxy.pid())?;
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(proxy.pid())? - before;
+    proxy.check_running()?;
+    // A tick is 10 ms: a spinning worker uses about 100 in that second, a waiting one none.
+    assert!(used < 30, "{used} ticks of CPU in one second of waiting");
+    drop(client);
+    Ok(())
+}
+
+#[test]
+fn a_worker_count_past_the_ceiling_is_refused_before_anything_starts() -> TestResult {
+    let out = Command::new(BINARY)
+        .args(["run", "--config", "/nonexistent.yaml", "--workers"])
+        .arg("18446744073709551615")
+        .output()?;
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("at most 1024"), "{stderr}");
+    Ok(())
+}

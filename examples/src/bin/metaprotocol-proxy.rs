@@ -58,8 +58,8 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
         /// Worker threads serving client connections, each with its own event loop (default:
-        /// one per core).
-        #[arg(long)]
+        /// one per core; at most 1024).
+        #[arg(long, value_parser = worker_count)]
         workers: Option<usize>,
         /// How long a worker whose clients pipeline requests waits before polling its sockets,
         /// to gather more requests and answers per system call (default 25us; `0s` never
@@ -138,6 +138,19 @@ fn init_logging(level: Option<&str>, format: LogFormat) -> Result<ReloadableFilt
         .try_init()
         .map_err(|err| format!("cannot set up logging: {err}"))?;
     Ok(ReloadableFilter { handle })
+}
+
+/// The most worker threads `run` starts: far more than any machine has cores, and few enough
+/// that a mistyped count is an error rather than a runtime that cannot be built.
+const MAX_WORKERS: usize = 1024;
+
+/// Parses `--workers`: a count up to [`MAX_WORKERS`].
+fn worker_count(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(count) if count <= MAX_WORKERS => Ok(count),
+        Ok(_) => Err(format!("at most {MAX_WORKERS}")),
+        Err(err) => Err(err.to_string()),
+    }
 }
 
 fn main() -> ExitCode {

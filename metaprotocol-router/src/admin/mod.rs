@@ -16,8 +16,9 @@ pub use logging::LogControl;
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -77,7 +78,7 @@ const ENDPOINTS: [(&str, &str, &str); 16] = [
     (
         "PUT",
         "/route_configs/{name}",
-        "replace (or add) a route config (YAML or JSON body)",
+        "replace a route config (YAML or JSON body; 404 if there is none of that name)",
     ),
     (
         "PUT",
@@ -119,8 +120,27 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<ProxyState>, stop: C
             "/clusters/{name}",
             put(put_resource::<ClusterSpec>).delete(delete_cluster),
         )
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            writes_need_the_token,
+        ))
         .with_state(state);
     server::serve(listener, app, stop).await;
+}
+
+/// Writes (every method but GET and HEAD) need the admin token when one is set. Checked before
+/// anything else, a request's body included, is read.
+async fn writes_need_the_token(
+    State(state): State<Arc<ProxyState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !matches!(*request.method(), Method::GET | Method::HEAD)
+        && let Err(refused) = auth::authorize(&state.config(), request.headers()).await
+    {
+        return refused;
+    }
+    next.run(request).await
 }
 
 async fn help() -> String {
@@ -144,18 +164,15 @@ async fn ready(State(state): State<Arc<ProxyState>>) -> Response {
     }
 }
 
-async fn health_check_fail(State(state): State<Arc<ProxyState>>, headers: HeaderMap) -> Response {
-    set_health_check(&state, &headers, true).await
+async fn health_check_fail(State(state): State<Arc<ProxyState>>) -> Response {
+    set_health_check(&state, true)
 }
 
-async fn health_check_ok(State(state): State<Arc<ProxyState>>, headers: HeaderMap) -> Response {
-    set_health_check(&state, &headers, false).await
+async fn health_check_ok(State(state): State<Arc<ProxyState>>) -> Response {
+    set_health_check(&state, false)
 }
 
-async fn set_health_check(state: &ProxyState, headers: &HeaderMap, fail: bool) -> Response {
-    if let Err(refused) = auth::authorize(&state.config(), headers).await {
-        return refused;
-    }
+fn set_health_check(state: &ProxyState, fail: bool) -> Response {
     state.fail_health_checks(fail);
     tracing::info!(
         failing = fail,
@@ -286,12 +303,8 @@ impl Resource for ClusterSpec {
 async fn put_resource<T: Resource>(
     State(state): State<Arc<ProxyState>>,
     Path(name): Path<String>,
-    headers: HeaderMap,
     body: String,
 ) -> Response {
-    if let Err(refused) = auth::authorize(&state.config(), &headers).await {
-        return refused;
-    }
     let spec = match T::parse(&body) {
         Ok(spec) if spec.name() == name => spec,
         Ok(spec) => {
@@ -316,11 +329,7 @@ async fn put_resource<T: Resource>(
 async fn delete_cluster(
     State(state): State<Arc<ProxyState>>,
     Path(name): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = auth::authorize(&state.config(), &headers).await {
-        return refused;
-    }
     match state.remove_cluster(&name).await {
         Ok(()) => Json(json!({ "name": name, "removed": true })).into_response(),
         Err(err) => update_error(&err),

@@ -1,9 +1,16 @@
-//! The admin HTTP server: one task per connection, with a deadline on every request's headers
-//! (a client that trickles them, or leaves a connection idle, is cut off) and a graceful stop.
+//! The admin HTTP server: one task per connection, at most [`MAX_CONNECTIONS`] at once, with a
+//! deadline on every request's headers (a client that trickles them, or leaves a connection
+//! idle, is cut off) and on the rest of the request (its body and its handling), and a graceful
+//! stop.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -13,13 +20,25 @@ use tokio_util::task::TaskTracker;
 /// How long a client has to send a request's headers, and how long an idle keep-alive
 /// connection stays open.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request may take once its headers are in: reading its body and answering it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long requests in progress may finish once the server stops.
 const STOP_GRACE: Duration = Duration::from_secs(1);
+/// Admin connections served at once; more wait in the listen queue until one ends.
+const MAX_CONNECTIONS: usize = 64;
 
 /// Serves `app` on `listener` until `stop`.
 pub(super) async fn serve(listener: TcpListener, app: Router, stop: CancellationToken) {
+    let app = app.layer(middleware::from_fn(within_deadline));
     let connections = TaskTracker::new();
+    let room = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => break,
+            permit = room.clone().acquire_owned() => permit,
+        };
+        // The semaphore is never closed.
+        let Ok(permit) = permit else { break };
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
@@ -35,6 +54,7 @@ pub(super) async fn serve(listener: TcpListener, app: Router, stop: Cancellation
         let service = TowerToHyperService::new(app.clone());
         let stop = stop.clone();
         connections.spawn(async move {
+            let _permit = permit;
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT);
@@ -51,4 +71,13 @@ pub(super) async fn serve(listener: TcpListener, app: Router, stop: Cancellation
     }
     connections.close();
     let _ = tokio::time::timeout(STOP_GRACE, connections.wait()).await;
+}
+
+/// Answers 408 to a request whose body or handling takes longer than [`REQUEST_TIMEOUT`] (a
+/// client that announces a body and stops sending it holds nothing for long).
+async fn within_deadline(request: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => (StatusCode::REQUEST_TIMEOUT, "the request took too long\n").into_response(),
+    }
 }

@@ -80,6 +80,14 @@ impl HealthFlags {
         changed
     }
 
+    /// Shows the current state in the health series again: an endpoint rebuilt in place shares
+    /// its series with the one it replaces, which may have written over them since.
+    pub fn show_again(&self) {
+        if let Some(stats) = &self.stats {
+            stats.show(self.state().name());
+        }
+    }
+
     /// True if `flag` is set.
     pub fn has(&self, flag: u8) -> bool {
         self.bits.load(Ordering::Acquire) & flag != 0

@@ -265,6 +265,16 @@ impl ClusterHandle {
     /// that changed it; true if it did.
     pub fn set_health(&self, address: SocketAddr, flag: u8, on: bool) -> bool {
         let mut state = self.lock();
+        // A check or a detector that was already running when an update removed it finishes
+        // its round: what it finds no longer takes endpoints out of rotation.
+        let source_gone = match flag {
+            HealthFlags::FAILED_ACTIVE_CHECK => state.spec.health_check.is_none(),
+            HealthFlags::EJECTED => state.spec.outlier_detection.is_none(),
+            _ => false,
+        };
+        if on && source_gone {
+            return false;
+        }
         let changed = state
             .endpoints
             .get(&address)
@@ -527,6 +537,9 @@ fn rebuild(
         let destination = IstioDestination::of_cluster(istio, cluster);
         IstioReporter::new(scope, istio, &state.protocol, destination)
     });
+    // Endpoints retired earlier and gone since: forgotten here as well as when the admin API
+    // lists them, so that a cluster whose addresses keep changing (DNS) holds no growing list.
+    state.retired.retain(|e| e.strong_count() > 0);
     for (address, old) in state.endpoints.drain() {
         let kept = endpoints
             .get(&address)
@@ -534,6 +547,11 @@ fn rebuild(
         if !kept {
             old.health().set(HealthFlags::DRAINING, true);
             state.retired.push(Arc::downgrade(&old));
+            // Rebuilt in place (new pool settings, say): the same series, now showing the old
+            // one draining.
+            if let Some(rebuilt) = endpoints.get(&address) {
+                rebuilt.health().show_again();
+            }
         }
     }
     state.endpoints = endpoints;
@@ -608,7 +626,9 @@ endpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.
     #[test]
     fn a_health_flag_republishes_the_snapshot_and_all_flagged_is_panic_mode()
     -> Result<(), ConfigError> {
-        let c = cluster(THREE)?;
+        let c = cluster(&format!(
+            "{THREE}\noutlier_detection: {{ consecutive_errors: 2 }}\nhealth_check: {{ interval: 1s }}"
+        ))?;
         assert_eq!(picked(&c).len(), 3);
         let version = c.snapshot().version;
         assert!(c.set_health(addr(1), HealthFlags::EJECTED, true));
@@ -637,6 +657,54 @@ endpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.
     }
 
     #[test]
+    fn an_endpoint_rebuilt_in_place_shows_its_own_health() -> Result<(), ConfigError> {
+        let metrics = Metrics::new();
+        let spec = |timeout: &str| {
+            ClusterSpec::from_yaml(&format!(
+                "name: c\nconnect_timeout: {timeout}\nendpoints: [ {{ address: 127.0.0.1:1 }} ]"
+            ))
+        };
+        let codec = Arc::new(crate::testing::NullCodec) as Arc<dyn CodecFactory>;
+        let scope = metrics.root().detached("cluster", "c");
+        let c = ClusterHandle::new(
+            &spec("1s")?,
+            "null".into(),
+            codec,
+            scope,
+            None,
+            &Resolved::new(),
+        )?;
+        // New pool settings: the endpoint is rebuilt, and the old one drains.
+        c.update(&spec("2s")?, None, None, &Resolved::new())?;
+        let text = metrics.render();
+        let shows = |state: &str| {
+            text.lines().any(|line| {
+                line.starts_with("metaprotocol_endpoint_health{")
+                    && line.contains(&format!("state=\"{state}\""))
+                    && line.ends_with(" 1")
+            })
+        };
+        assert!(shows("healthy") && !shows("draining"), "{text}");
+        Ok(())
+    }
+
+    #[test]
+    fn endpoints_that_keep_changing_leave_no_growing_list() -> Result<(), ConfigError> {
+        let spec = |port: u16| {
+            ClusterSpec::from_yaml(&format!(
+                "name: c\nendpoints: [ {{ address: 127.0.0.1:{port} }} ]"
+            ))
+        };
+        let c = cluster("name: c\nendpoints: [ { address: 127.0.0.1:999 } ]")?;
+        for port in 1000..1100 {
+            c.update(&spec(port)?, None, None, &Resolved::new())?;
+        }
+        // The last one retired may still be held by the snapshot being replaced.
+        assert!(c.lock().retired.len() <= 2, "{}", c.lock().retired.len());
+        Ok(())
+    }
+
+    #[test]
     fn an_update_that_removes_a_flags_source_clears_its_flags() -> Result<(), ConfigError> {
         let with = format!(
             "{THREE}\noutlier_detection: {{ consecutive_errors: 2 }}\nhealth_check: {{ interval: 1s }}"
@@ -652,6 +720,9 @@ endpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.
             &Resolved::new(),
         )?;
         assert_eq!(picked(&c), [addr(2), addr(3)].into(), "still ejected");
+        // A check that was under way when health checking was removed ends its round late.
+        assert!(!c.set_health(addr(2), HealthFlags::FAILED_ACTIVE_CHECK, true));
+        assert_eq!(picked(&c), [addr(2), addr(3)].into());
         c.update(
             &ClusterSpec::from_yaml(THREE)?,
             None,

@@ -532,31 +532,48 @@ pub const DEFAULT_RETRY_BASE_INTERVAL: Duration = Duration::from_millis(25);
 /// The pause between attempts: the ceiling doubles per retry from `base_interval` up to
 /// `max_interval`; each pause is drawn between half the ceiling and the ceiling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "BackOffFields")]
 pub struct RetryBackOffSpec {
     /// The ceiling of the first pause.
-    #[serde(default = "default_base_interval", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub base_interval: Duration,
     /// The largest ceiling; defaults to ten times `base_interval`.
-    #[serde(default = "default_max_interval", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub max_interval: Duration,
+}
+
+/// [`RetryBackOffSpec`] as written: `max_interval`'s default depends on `base_interval`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackOffFields {
+    #[serde(default = "default_base_interval", with = "humantime_serde")]
+    base_interval: Duration,
+    #[serde(default, with = "humantime_serde")]
+    max_interval: Option<Duration>,
+}
+
+impl From<BackOffFields> for RetryBackOffSpec {
+    fn from(fields: BackOffFields) -> Self {
+        Self {
+            base_interval: fields.base_interval,
+            max_interval: fields
+                .max_interval
+                .unwrap_or_else(|| fields.base_interval.saturating_mul(10)),
+        }
+    }
 }
 
 impl Default for RetryBackOffSpec {
     fn default() -> Self {
-        Self {
+        Self::from(BackOffFields {
             base_interval: DEFAULT_RETRY_BASE_INTERVAL,
-            max_interval: default_max_interval(),
-        }
+            max_interval: None,
+        })
     }
 }
 
 fn default_base_interval() -> Duration {
     DEFAULT_RETRY_BASE_INTERVAL
-}
-
-fn default_max_interval() -> Duration {
-    DEFAULT_RETRY_BASE_INTERVAL * 10
 }
 
 /// A retryable failure.

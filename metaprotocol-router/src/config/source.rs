@@ -288,6 +288,10 @@ struct TopLevel {
     #[serde(default)]
     limits: super::LimitsSpec,
     #[serde(default)]
+    node: Option<super::NodeSpec>,
+    #[serde(default)]
+    metrics: super::MetricsSpec,
+    #[serde(default)]
     dynamic: Option<super::DynamicSpec>,
     #[serde(default, rename = "listeners")]
     _listeners: serde::de::IgnoredAny,
@@ -335,6 +339,8 @@ pub(crate) fn parse_entries(text: &str) -> Option<(super::Config, Vec<ConfigErro
             config.admin = top.admin;
             config.drain_time = top.drain_time;
             config.limits = top.limits;
+            config.node = top.node;
+            config.metrics = top.metrics;
             config.dynamic = top.dynamic;
         }
         Err(err) => errors.push(err),

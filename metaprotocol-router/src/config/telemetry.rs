@@ -208,6 +208,10 @@ pub struct AccessLogSpec {
 /// The default `queue_size` of an access log.
 pub const DEFAULT_ACCESS_LOG_QUEUE: usize = 8192;
 
+/// The largest access log `queue_size` and tracing `max_queue_size`: both queues take their
+/// whole room up front, so a mistyped size would abort the proxy for want of memory.
+pub const MAX_QUEUE_SIZE: usize = 1 << 20;
+
 fn default_queue_size() -> usize {
     DEFAULT_ACCESS_LOG_QUEUE
 }
@@ -249,8 +253,11 @@ impl AccessLogSpec {
             }
             percentage(&format!("sampling.{outcome}"), *share)?;
         }
-        if self.queue_size == 0 {
-            return Err(ConfigError::new("queue_size", "must be at least 1"));
+        if self.queue_size == 0 || self.queue_size > MAX_QUEUE_SIZE {
+            return Err(ConfigError::new(
+                "queue_size",
+                format!("must be at least 1 and at most {MAX_QUEUE_SIZE}"),
+            ));
         }
         Ok(())
     }
@@ -356,8 +363,11 @@ impl TracingSpec {
         if self.service_name.is_empty() {
             return Err(ConfigError::new("service_name", "must not be empty"));
         }
-        if self.max_queue_size == 0 {
-            return Err(ConfigError::new("max_queue_size", "must be at least 1"));
+        if self.max_queue_size == 0 || self.max_queue_size > MAX_QUEUE_SIZE {
+            return Err(ConfigError::new(
+                "max_queue_size",
+                format!("must be at least 1 and at most {MAX_QUEUE_SIZE}"),
+            ));
         }
         if self.max_export_batch_size == 0 || self.max_export_batch_size > self.max_queue_size {
             return Err(ConfigError::new(

@@ -541,6 +541,28 @@ fn retries_are_bounded_and_attempts_need_time() -> Result<(), ConfigError> {
         err.field,
         "route_configs[0].routes[0].retry_policy.per_try_timeout"
     );
+
+    // The back-off's ceiling defaults to ten times its base, whatever the base.
+    let back_off = |fields: &str| {
+        FULL.replace(
+            "num_retries: 2,",
+            &format!("num_retries: 2, retry_back_off: {{ {fields} }},"),
+        )
+    };
+    let config = Config::from_yaml(&back_off("base_interval: 1s"))?;
+    let policy = config.route_configs[0].routes[0].retry_policy.as_ref();
+    let spec = policy.map(|p| p.retry_back_off);
+    assert_eq!(
+        spec.map(|s| (s.base_interval, s.max_interval)),
+        Some((Duration::from_secs(1), Duration::from_secs(10)))
+    );
+    let err = error_of(&back_off("base_interval: 1s, max_interval: 500ms"));
+    assert_eq!(
+        err.field,
+        "route_configs[0].routes[0].retry_policy.retry_back_off.max_interval"
+    );
+    let err = error_of(&back_off("base_interval: 1s, ceiling: 2s"));
+    assert!(err.reason.contains("unknown field"), "{err}");
     Ok(())
 }
 
@@ -761,6 +783,11 @@ fn every_error_in_a_file_is_reported_with_its_position() {
     );
     // The route config that did not parse stands in by name: the listener naming it is fine.
     assert!(errors.iter().all(|e| !e.reason.contains("no route config")));
+    // The top level's other sections are read too when entries fail: none is "unknown".
+    let with_node = format!("node: {{ locality: {{ region: r1, zone: z1 }} }}\n{mixed}");
+    let errors = Config::check_yaml(&with_node).err().unwrap_or_default();
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert!(errors.iter().all(|e| !e.reason.contains("unknown field")));
     // from_yaml reports the first.
     assert_eq!(error_of(&mixed).field, "listeners[0].idle_timeout");
 }
@@ -809,4 +836,34 @@ fn the_dynamic_section_lets_the_file_refer_to_what_its_source_provides() {
             "asks for nothing",
         ),
     ]);
+}
+
+#[test]
+fn queues_that_take_their_room_up_front_have_a_ceiling() {
+    let with = |telemetry: &str| {
+        FULL.replace(
+            "    idle_timeout: 60s\n",
+            &format!("    idle_timeout: 60s\n    {telemetry}\n"),
+        )
+    };
+    assert_rejected(&[
+        (
+            with("access_log: { path: /dev/null, queue_size: 1000000000000 }"),
+            "listeners[0].access_log.queue_size",
+            "at most 1048576",
+        ),
+        (
+            with(
+                "tracing: { otlp_endpoint: \"http://127.0.0.1:4317\", max_queue_size: 1000000000000 }",
+            ),
+            "listeners[0].tracing.max_queue_size",
+            "at most 1048576",
+        ),
+    ]);
+    assert!(
+        Config::from_yaml(&with(
+            "access_log: { path: /dev/null, queue_size: 1048576 }"
+        ))
+        .is_ok()
+    );
 }

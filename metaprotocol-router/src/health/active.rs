@@ -165,7 +165,7 @@ fn jittered(spec: &HealthCheckSpec) -> Duration {
     let jitter = spec
         .interval
         .mul_f64(spec.interval_jitter_percent / 100.0 * fastrand::f64());
-    spec.interval + jitter
+    spec.interval.saturating_add(jitter)
 }
 
 #[cfg(test)]
@@ -225,5 +225,11 @@ health_check: {{ interval: 50ms, timeout: 200ms, unhealthy_threshold: 2, healthy
         let waits: Vec<Duration> = (0..100).map(|_| jittered(&spec)).collect();
         assert!(waits.iter().all(|w| (1000..=1100).contains(&w.as_millis())));
         assert!(waits.iter().any(|w| *w != waits[0]), "{waits:?}");
+        // An interval of centuries (the config has no upper bound) saturates, not panics.
+        let forever = HealthCheckSpec {
+            interval: Duration::MAX,
+            ..spec
+        };
+        assert_eq!(jittered(&forever), Duration::MAX);
     }
 }

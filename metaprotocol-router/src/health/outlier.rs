@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::{ClusterHandle, HealthFlags};
 use crate::config::OutlierDetectionSpec;
 use crate::router::AttemptOutcome;
+use crate::router::deadline_after;
 
 /// Why an endpoint was ejected: the `reason` label of the ejection counter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,6 +183,18 @@ struct Detector {
     stats: Stats,
 }
 
+impl Drop for Detector {
+    /// A detector replaced (its cluster's settings changed) or stopped takes its ejections out
+    /// of the shared gauge: its successor counts those it adopts.
+    fn drop(&mut self) {
+        for ejection in self.ejected.values() {
+            if ejection.until.is_some() {
+                self.stats.active.dec();
+            }
+        }
+    }
+}
+
 /// Runs the detector of `cluster` until `stop` (or the cluster is gone).
 pub(super) async fn run(
     cluster: Weak<ClusterHandle>,
@@ -222,7 +235,7 @@ impl Detector {
                     host.endpoint.address(),
                     Ejection {
                         steps: 1,
-                        until: Some(now + self.policy.base_ejection_time),
+                        until: Some(deadline_after(now, self.policy.base_ejection_time)),
                         since: now,
                     },
                 );
@@ -298,7 +311,7 @@ impl Detector {
             let time = base
                 .saturating_mul(ejection.steps)
                 .min(self.policy.max_ejection_time);
-            ejection.until = Some(now + time);
+            ejection.until = Some(deadline_after(now, time));
             ejection.since = now;
             endpoint
                 .outliers()
@@ -377,6 +390,15 @@ mod tests {
         }
     }
 
+    /// A detector of `c` with nothing ejected yet.
+    fn fresh_detector(c: &ClusterHandle) -> Result<Detector, &'static str> {
+        Ok(Detector {
+            policy: c.spec().outlier_detection.ok_or("no policy")?,
+            ejected: HashMap::new(),
+            stats: Stats::new(c),
+        })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn ejections_are_capped_grow_and_end() -> Result<(), Box<dyn std::error::Error>> {
         let c = cluster(
@@ -384,11 +406,7 @@ mod tests {
 endpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.0.0.1:3 }, { address: 127.0.0.1:4 } ]
 outlier_detection: { consecutive_errors: 3, base_ejection_time: 10s, max_ejection_time: 25s, max_ejection_percent: 50 }",
         )?;
-        let mut detector = Detector {
-            policy: c.spec().outlier_detection.ok_or("no policy")?,
-            ejected: HashMap::new(),
-            stats: Stats::new(&c),
-        };
+        let mut detector = fresh_detector(&c)?;
         fail(&c, 1, 2);
         detector.tick(&c, Instant::now());
         assert_eq!(picked(&c).len(), 4, "two errors are not three");
@@ -416,6 +434,36 @@ outlier_detection: { consecutive_errors: 3, base_ejection_time: 10s, max_ejectio
         detector.tick(&c, Instant::now());
         assert!(!c.status().endpoints[0].ejected);
         assert_eq!(c.status().endpoints[0].ejections, 2);
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejections_of_centuries_last_and_a_successor_counts_them_once()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let c = cluster(
+            "name: c
+endpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 } ]
+outlier_detection: { consecutive_errors: 3, base_ejection_time: 10000000000000000000s, max_ejection_time: 10000000000000000000s, max_ejection_percent: 50 }",
+        )?;
+        let mut detector = fresh_detector(&c)?;
+        fail(&c, 1, 3);
+        detector.tick(&c, Instant::now());
+        assert!(c.status().endpoints[0].ejected);
+        // A detector that takes over (the cluster's settings changed) adopts the ejection, and
+        // the one it replaces takes its count out of the shared gauge.
+        let active = detector.stats.active.clone();
+        let mut successor = fresh_detector(&c)?;
+        successor.adopt(&c, Instant::now());
+        drop(detector);
+        assert_eq!(active.get(), 1);
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        successor.tick(&c, Instant::now());
+        assert!(
+            c.status().endpoints[0].ejected,
+            "still ejected an hour later"
+        );
+        drop(successor);
+        assert_eq!(active.get(), 0, "no detector, nothing counted");
         Ok(())
     }
 }

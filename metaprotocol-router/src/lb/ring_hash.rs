@@ -41,9 +41,22 @@ impl RingHash {
             .max(1);
         let units = weights.total() / divisor;
         let per_unit = POINTS_PER_WEIGHT.min(MAX_RING_SIZE / units.max(1)).max(1);
-        let mut ring = Vec::with_capacity(usize::try_from(units * per_unit).unwrap_or(0));
+        let points_of = |index: usize| -> u64 {
+            let own = weights.weight(index) / divisor;
+            if units <= MAX_RING_SIZE {
+                own * per_unit
+            } else {
+                // Weights too far apart for a point per unit (1 and 4e9, say): each endpoint
+                // gets its share of the cap.
+                let share = u128::from(own) * u128::from(MAX_RING_SIZE) / u128::from(units);
+                u64::try_from(share).unwrap_or(MAX_RING_SIZE)
+            }
+            .max(1)
+        };
+        let size: u64 = (0..hosts.len()).map(points_of).sum();
+        let mut ring = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
         for (index, host) in hosts.iter().enumerate() {
-            let points = (weights.weight(index) / divisor * per_unit).max(1);
+            let points = points_of(index);
             let key = host_key(host);
             for n in 0..points {
                 let point = xxh64(format!("{key}_{n}").as_bytes(), 0);
@@ -85,6 +98,19 @@ mod tests {
     #[test]
     fn a_membership_change_moves_only_the_keys_it_must() {
         crate::lb::tests::assert_minimal_disruption(LbPolicy::RingHash, 0.0);
+    }
+
+    #[test]
+    fn weights_far_apart_keep_the_ring_under_its_cap() {
+        let hosts = hosts(&[1, u32::MAX, 3]);
+        let ring = RingHash::new(Weights::new(&hosts), &hosts).ring;
+        // Each endpoint has at least one point, and the heaviest nearly all of them.
+        assert!(ring.len() as u64 <= MAX_RING_SIZE + 2, "{}", ring.len());
+        for index in 0..3 {
+            assert!(ring.iter().any(|(_, owner)| *owner == index));
+        }
+        let heaviest = ring.iter().filter(|(_, owner)| *owner == 1).count() as u64;
+        assert!(heaviest >= MAX_RING_SIZE - 2, "{heaviest}");
     }
 
     #[test]

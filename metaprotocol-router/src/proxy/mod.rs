@@ -953,7 +953,7 @@ impl Proxy {
         state.tracker.close();
         let drain_time = state.drain_time(&state.config());
         // Connections end themselves at the drain deadline; the grace covers their last writes.
-        let grace = drain_time + Duration::from_secs(2);
+        let grace = drain_time.saturating_add(Duration::from_secs(2));
         if tokio::time::timeout(grace, state.tracker.wait())
             .await
             .is_err()

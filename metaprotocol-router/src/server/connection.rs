@@ -27,6 +27,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::request::Requests;
 use super::{ListenerContext, busy_poll, linger};
+use crate::router::deadline_after;
 use crate::transport::{Accepted, Transport, buffers};
 
 /// Requests in flight per client connection; past this the proxy stops reading from that client
@@ -37,6 +38,10 @@ const WRITE_BUDGET: usize = 1024 * 1024;
 /// Unsent answers per connection past which the client is deemed gone: answers of requests that
 /// were already in flight when reading stopped can still land, but not without bound.
 const WRITE_LIMIT: usize = 16 * 1024 * 1024;
+/// A client that takes none of its waiting answers and sends no frame for this long (or for the
+/// listener's idle timeout, if shorter) is deemed gone: its connection closes and gives back the
+/// buffer, which would otherwise count against the proxy-wide `max_buffered_bytes` for ever.
+const WRITE_STALL_LIMIT: Duration = Duration::from_secs(30);
 /// While draining, a connection with nothing in flight that has been quiet this long closes.
 const DRAIN_QUIET: Duration = Duration::from_secs(1);
 /// A connection with nothing in flight gives back its buffers after being quiet this long.
@@ -48,7 +53,8 @@ enum Reading {
     Open,
     /// The client closed its side, or the connection is closing: answer what is in flight.
     Done,
-    /// The connection failed (reset by the client): nothing can be answered any more.
+    /// The connection failed (reset by the client, or it takes none of its answers): nothing can
+    /// be answered any more.
     Failed,
 }
 
@@ -61,16 +67,12 @@ pub(crate) async fn serve<S: Transport>(
     ctx: Arc<ListenerContext>,
     drain: CancellationToken,
 ) {
-    ctx.stats.cx_total.inc();
-    ctx.stats.cx_active.inc();
     let connection = Arc::new(ConnectionInfo {
         sni: accepted.sni,
         peer_identity: accepted.peer_identity,
         ..ConnectionInfo::new(ctx.name.clone(), peer, local)
     });
-    let cx_active = ctx.stats.cx_active.clone();
     Connection::new(io, connection, ctx, drain).await;
-    cx_active.dec();
 }
 
 /// A timer that is only ever moved earlier, and re-armed once it fired: deadlines that keep
@@ -150,6 +152,9 @@ impl<S: Transport> Connection<S> {
         ctx: Arc<ListenerContext>,
         drain: CancellationToken,
     ) -> Self {
+        ctx.stats.cx_total.inc();
+        // Counted down when the connection is dropped, however its task ends.
+        ctx.stats.cx_active.inc();
         let decoder = ctx.codec.new_codec(Side::Downstream, WireVariant::DEFAULT);
         let encoder = ctx.codec.new_codec(Side::Downstream, WireVariant::DEFAULT);
         Self {
@@ -172,10 +177,7 @@ impl<S: Transport> Connection<S> {
 
     /// Reads and dispatches every frame that arrived. True if anything happened.
     fn poll_read_frames(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
-        if self.reading != Reading::Open
-            || self.requests.len() >= MAX_IN_FLIGHT
-            || self.write_buf.len() >= WRITE_BUDGET
-        {
+        if self.reading != Reading::Open || self.reading_paused() {
             return false;
         }
         match buffers::poll_read(&mut self.io, cx, &mut self.read_buf) {
@@ -221,12 +223,17 @@ impl<S: Transport> Connection<S> {
         true
     }
 
+    /// True while the proxy does not read from the client: too much in flight or unsent.
+    fn reading_paused(&self) -> bool {
+        self.requests.len() >= MAX_IN_FLIGHT || self.write_buf.len() >= WRITE_BUDGET
+    }
+
     /// Applies the drain signal and the connection's deadlines. True if anything changed. The
     /// drain signal is looked at once per wake-up (`woke`): it holds the task's waker.
     fn poll_lifecycle(&mut self, cx: &mut Context<'_>, now: Instant, woke: bool) -> bool {
         let mut changed = false;
         if self.draining_until.is_none() && woke && self.drain.as_mut().poll(cx).is_ready() {
-            self.draining_until = Some(now + self.ctx.drain_time);
+            self.draining_until = Some(deadline_after(now, self.ctx.drain_time));
             self.requests.goaway(&mut self.write_buf);
             changed = true;
         }
@@ -243,13 +250,26 @@ impl<S: Transport> Connection<S> {
             self.reading = Reading::Done;
             changed = true;
         }
+        if self.reading_paused()
+            && let Some(since) = self.partial_since.as_mut()
+        {
+            // The rest of the frame may be waiting in the socket: the proxy is the one not
+            // reading, and the client's time starts again when it reads.
+            *since = now;
+        }
         if let Some(since) = self.partial_since
             && self.reading == Reading::Open
-            && now >= since + self.ctx.frame_timeout
+            && now >= deadline_after(since, self.ctx.frame_timeout)
         {
             tracing::debug!(listener = %self.ctx.name, "closing client connection: a frame took too long to arrive");
             self.ctx.stats.protocol_error("frame_timeout").inc();
             self.reading = Reading::Done;
+            changed = true;
+        }
+        if !self.write_buf.is_empty() && now >= self.stall_close_at() {
+            tracing::debug!(listener = %self.ctx.name, "closing client connection: it takes none of its answers");
+            self.ctx.stats.cx_overflow.inc();
+            self.reading = Reading::Failed;
             changed = true;
         }
         if self.reading == Reading::Open && self.requests.is_empty() && now >= self.idle_close_at()
@@ -275,7 +295,7 @@ impl<S: Transport> Connection<S> {
     /// When an idle connection (nothing in flight) closes: after the listener's idle timeout,
     /// or, while draining, after a short quiet spell or at the drain deadline.
     fn idle_close_at(&self) -> Instant {
-        let idle = self.last_activity + self.ctx.idle_timeout;
+        let idle = deadline_after(self.last_activity, self.ctx.idle_timeout);
         match self.draining_until {
             Some(until) => {
                 let quiet = DRAIN_QUIET.min(self.ctx.drain_time);
@@ -285,6 +305,15 @@ impl<S: Transport> Connection<S> {
         }
     }
 
+    /// When a connection whose answers wait unsent closes: the stall limit after the last frame
+    /// received or bytes written (each moves `last_activity`).
+    fn stall_close_at(&self) -> Instant {
+        deadline_after(
+            self.last_activity,
+            WRITE_STALL_LIMIT.min(self.ctx.idle_timeout),
+        )
+    }
+
     /// The next moment [`Connection::poll_lifecycle`] may have something to do.
     fn next_deadline(&self) -> Option<Instant> {
         let idle = self.requests.is_empty() && self.reading == Reading::Open;
@@ -292,9 +321,16 @@ impl<S: Transport> Connection<S> {
         [
             self.draining_until.filter(|_| !self.requests.is_empty()),
             self.partial_since
-                .map(|since| since + self.ctx.frame_timeout),
+                .map(|since| deadline_after(since, self.ctx.frame_timeout)),
             idle.then(|| self.idle_close_at()),
-            (self.requests.is_empty() && holds_buffers).then(|| self.last_activity + TRIM_AFTER),
+            (!self.write_buf.is_empty()).then(|| self.stall_close_at()),
+            // The same condition as the trim's in `poll_lifecycle`: a deadline the trim would
+            // not act on would ring again at once, and keep the task spinning.
+            (self.requests.is_empty()
+                && self.read_buf.is_empty()
+                && self.write_buf.is_empty()
+                && holds_buffers)
+                .then(|| self.last_activity + TRIM_AFTER),
         ]
         .into_iter()
         .flatten()
@@ -305,6 +341,7 @@ impl<S: Transport> Connection<S> {
 impl<S> Drop for Connection<S> {
     fn drop(&mut self) {
         self.ctx.load.buffered(self.buffered, 0);
+        self.ctx.stats.cx_active.dec();
     }
 }
 
@@ -339,6 +376,9 @@ impl<S: Transport> Future for Connection<S> {
             }
             if this.written != before {
                 this.last_activity = now;
+                // The buffer may now be under the budget past which reading stopped, and no read
+                // waker is registered meanwhile: read again before waiting.
+                progress = true;
             }
             progress |= this.poll_lifecycle(cx, now, woke);
             woke = false;

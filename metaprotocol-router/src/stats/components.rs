@@ -172,7 +172,7 @@ impl ListenerStats {
             heartbeats: scope.counter("downstream_heartbeats", "Heartbeats answered locally"),
             cx_overflow: scope.counter(
                 "downstream_cx_overflow",
-                "Client connections closed because the answers they did not read passed the limit",
+                "Client connections closed because they did not read their answers (past the limit, or none for the stall limit)",
             ),
             cx_refused: scope.counter(
                 "downstream_cx_refused",

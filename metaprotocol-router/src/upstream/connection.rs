@@ -576,6 +576,7 @@ impl<S: Transport> Future for Multiplexer<S> {
                 // client connections that became readable), not at once.
                 let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
             }
+            let flushed = this.flushed;
             let written = if this.write_deferred {
                 Poll::Pending
             } else {
@@ -585,6 +586,9 @@ impl<S: Transport> Future for Multiplexer<S> {
                 this.fail_all();
                 return Poll::Ready(());
             }
+            // Bytes that left may have taken the buffer under the high-water mark, below which
+            // queued requests are taken again; the queue holds no waker meanwhile.
+            progressed |= this.flushed != flushed;
             match this.poll_read_frames(cx) {
                 Poll::Ready(true) => progressed = true,
                 Poll::Ready(false) => {

@@ -46,7 +46,10 @@ impl TokenBucket {
         Self {
             max_tokens,
             tokens_per_fill,
-            fill_interval_nanos: fill_interval.as_nanos().max(1) as u64,
+            // An interval past u64 nanoseconds (584 years) is "never", not a wrapped one.
+            fill_interval_nanos: u64::try_from(fill_interval.as_nanos())
+                .unwrap_or(u64::MAX)
+                .max(1),
             origin: now,
             state: AtomicU64::new(pack(0, max_tokens)),
         }
@@ -108,6 +111,16 @@ mod tests {
         // Three intervals later: 12 tokens, capped at 10.
         assert_eq!(takes(&bucket, t0 + 400 * MS, 20), 10);
         assert_eq!(takes(&bucket, t0 + 450 * MS, 20), 0);
+    }
+
+    #[test]
+    fn an_interval_of_centuries_never_refills_and_never_panics() {
+        let t0 = Instant::now();
+        // 2^64 ns: its low 64 bits are 0.
+        let forever = Duration::new(18_446_744_073, 709_551_616);
+        let bucket = TokenBucket::new(1, 1, forever, t0);
+        assert_eq!(takes(&bucket, t0, 2), 1);
+        assert_eq!(takes(&bucket, t0 + Duration::from_secs(3600), 1), 0);
     }
 
     #[test]

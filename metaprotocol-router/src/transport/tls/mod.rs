@@ -238,7 +238,7 @@ impl TlsConnector {
         address: SocketAddr,
         timeout: Duration,
     ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = crate::router::deadline_after(tokio::time::Instant::now(), timeout);
         let stream = Connector::connect_plain(address, timeout).await?;
         let name = self
             .server_name
