@@ -1,5 +1,5 @@
-//! Reading config documents: typed parsing in which strings are strings, and the line and column
-//! of any field path.
+//! Reading config documents: typed parsing in which strings are strings, numbers are numbers,
+//! and the line and column of any field path.
 //!
 //! YAML reads a plain `1.10` as the number 1.1 and `yes` as true; a config that meant the string
 //! would then match the wrong requests. Whether a scalar was quoted is known only while the YAML
@@ -9,12 +9,20 @@
 //! rejected the same way. Fields whose type is loose (`serde_json::Value`: codec and filter
 //! options) keep YAML's usual reading; their consumers check them.
 //!
+//! The other way round, serde-saphyr reads a quoted `"8080"` as a number where a number is
+//! wanted. A quoted scalar is a string, so a document holding quoted scalars that read as numbers
+//! or booleans is parsed a second time with each of them made unreadable as one
+//! ([`refuse_quoted_literals`]): where a string is wanted it still parses, where a number or
+//! boolean is wanted it fails, and the failure's field path names the scalar.
+//!
 //! Positions of semantic errors, found after parsing, are recovered from the field path by
 //! walking the document's parse events ([`position_of`]); that second pass only runs for an
 //! error.
 
+use std::ops::ControlFlow;
+
 use serde::de::DeserializeOwned;
-use serde_saphyr::granit_parser::{Event, Marker, Parser};
+use serde_saphyr::granit_parser::{Event, Marker, Parser, ScalarStyle, Span};
 use serde_saphyr::{ExternalMessageSource, MessageFormatter};
 
 use super::{ConfigError, Position};
@@ -22,6 +30,13 @@ use super::{ConfigError, Position};
 /// Parses a YAML (or JSON) document into `T`; errors name the field, the reason, and the line
 /// and column.
 pub(crate) fn parse<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+    let parsed = parse_typed(text)?;
+    refuse_quoted_literals::<T>(text)?;
+    Ok(parsed)
+}
+
+/// Parses `text` into `T` as serde-saphyr reads it, strings held to be written as strings.
+fn parse_typed<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
     let mut options = serde_saphyr::Options::default();
     options.no_schema = true;
     options.with_snippet = false;
@@ -41,6 +56,120 @@ pub(crate) fn parse<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
         error.position = position;
         error
     })
+}
+
+/// A character no number or boolean contains, put at the start of quoted literals so that only
+/// a field that wants a string can still read them.
+const NOT_A_LITERAL: char = '\u{E000}';
+
+/// Refuses a quoted scalar that reads as a number or boolean in a field that wants a number or
+/// boolean (`port: "8080"`): the config is strict, and a string is not coerced.
+fn refuse_quoted_literals<T: DeserializeOwned>(text: &str) -> Result<(), ConfigError> {
+    let literals = quoted_literals(text);
+    if literals.is_empty() {
+        return Ok(());
+    }
+    let mut marked = String::with_capacity(text.len() + literals.len() * NOT_A_LITERAL.len_utf8());
+    let mut copied = 0;
+    for literal in &literals {
+        marked.push_str(&text[copied..literal.content]);
+        marked.push(NOT_A_LITERAL);
+        copied = literal.content;
+    }
+    marked.push_str(&text[copied..]);
+    let Err(err) = parse_typed::<T>(&marked) else {
+        return Ok(());
+    };
+    // A failure elsewhere is not about quoting (a field whose string is checked, which the
+    // mark fails, say): the first parse found nothing wrong there.
+    match literals
+        .into_iter()
+        .find(|literal| literal.path == err.field)
+    {
+        None => Ok(()),
+        Some(literal) => {
+            let mut error = ConfigError::new(
+                literal.path,
+                format!(
+                    "expected a number or boolean, found the string \"{0}\"; write it without \
+                     quotes: {0}",
+                    literal.value
+                ),
+            );
+            error.position = position(literal.start.line(), literal.start.col() + 1);
+            Err(error)
+        }
+    }
+}
+
+/// A quoted scalar that YAML would read as a number or boolean were it plain.
+struct QuotedLiteral {
+    /// Its field path.
+    path: String,
+    /// Its text.
+    value: String,
+    /// Where it starts (its opening quote).
+    start: Marker,
+    /// The byte offset of its first character, past the opening quote.
+    content: usize,
+}
+
+/// The quoted literals in value position (not mapping keys) in `text`, in document order.
+fn quoted_literals(text: &str) -> Vec<QuotedLiteral> {
+    let mut found = Vec::new();
+    walk_fields(text, |path, event, span| {
+        if let Event::Scalar(value, ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted, _, None) =
+            event
+            && reads_as_literal(value)
+            && let Some(content) = opening_quote(text, span).map(|quote| quote + 1)
+        {
+            found.push(QuotedLiteral {
+                path: path.to_owned(),
+                value: value.to_string(),
+                start: span.start,
+                content,
+            });
+        }
+        ControlFlow::Continue(())
+    });
+    found
+}
+
+/// The byte offset of the opening quote of the quoted scalar at `span`.
+fn opening_quote(text: &str, span: &Span) -> Option<usize> {
+    let start = span
+        .start
+        .byte_offset()
+        .unwrap_or_else(|| byte_offset(text, span.start.index()));
+    text.get(start..)?
+        .find(['"', '\''])
+        .map(|quote| start + quote)
+}
+
+/// True if YAML (1.1 or 1.2, as serde-saphyr reads numbers and booleans) would read `text`,
+/// written plain, as a number or boolean.
+fn reads_as_literal(text: &str) -> bool {
+    const BOOLEANS: [&str; 8] = ["true", "false", "yes", "no", "on", "off", "y", "n"];
+    let text = text.trim();
+    if BOOLEANS.iter().any(|b| b.eq_ignore_ascii_case(text)) {
+        return true;
+    }
+    let unsigned = text.strip_prefix(['+', '-']).unwrap_or(text);
+    let digits = unsigned.replace('_', "");
+    let radix = |prefix: [&str; 2], radix: u32| {
+        prefix
+            .iter()
+            .find_map(|p| digits.strip_prefix(p))
+            .is_some_and(|rest| !rest.is_empty() && rest.chars().all(|c| c.is_digit(radix)))
+    };
+    [".inf", ".nan"]
+        .iter()
+        .any(|w| w.eq_ignore_ascii_case(unsigned))
+        || radix(["0x", "0X"], 16)
+        || radix(["0o", "0O"], 8)
+        || radix(["0b", "0B"], 2)
+        || (digits.starts_with(|c: char| c.is_ascii_digit() || c == '.')
+            && digits.parse::<f64>().is_ok())
 }
 
 /// Reads a loosely typed part of a config (a filter's `config`, absent meaning `{}`) into `T`;
@@ -127,11 +256,31 @@ pub(crate) fn position_of(text: &str, field: &str) -> Option<Position> {
     if field.is_empty() {
         return None;
     }
-    let mut open: Vec<Open> = Vec::new();
     let mut nearest = None;
+    walk_fields(text, |path, _, span| {
+        let at = position(span.start.line(), span.start.col() + 1);
+        if path == field {
+            nearest = at;
+            return ControlFlow::Break(());
+        }
+        if field
+            .strip_prefix(path)
+            .is_some_and(|rest| path.is_empty() || rest.starts_with(['.', '[']))
+        {
+            nearest = at;
+        }
+        ControlFlow::Continue(())
+    });
+    nearest
+}
+
+/// Calls `visit` with the field path, event and span of every node of `text` that a field path
+/// names (the document, and every node in value position outside complex mapping keys), in
+/// document order, until it breaks. A syntax error ends the walk.
+fn walk_fields(text: &str, mut visit: impl FnMut(&str, &Event<'_>, &Span) -> ControlFlow<()>) {
+    let mut open: Vec<Open> = Vec::new();
     for event in Parser::new_from_str(text) {
-        // A syntax error ends the walk; what was found before it still places the field.
-        let Ok((event, span)) = event else { break };
+        let Ok((event, span)) = event else { return };
         let opens = match &event {
             Event::MappingStart(..) => Some(Next::Key),
             Event::SequenceStart(..) => Some(Next::Item(0)),
@@ -140,7 +289,7 @@ pub(crate) fn position_of(text: &str, field: &str) -> Option<Position> {
                 open.pop();
                 continue;
             }
-            Event::DocumentEnd => break,
+            Event::DocumentEnd => return,
             _ => continue,
         };
         let path = match open.last_mut() {
@@ -173,23 +322,15 @@ pub(crate) fn position_of(text: &str, field: &str) -> Option<Position> {
                 }
             },
         };
-        if let Some(path) = &path {
-            let at = position(span.start.line(), span.start.col() + 1);
-            if path == field {
-                return at;
-            }
-            if field
-                .strip_prefix(path.as_str())
-                .is_some_and(|rest| path.is_empty() || rest.starts_with(['.', '[']))
-            {
-                nearest = at;
-            }
+        if let Some(path) = &path
+            && visit(path, &event, &span).is_break()
+        {
+            return;
         }
         if let Some(next) = opens {
             open.push(Open { path, next });
         }
     }
-    nearest
 }
 
 /// The top-level lists whose entries [`parse_entries`] parses one by one.

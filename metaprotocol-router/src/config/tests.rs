@@ -228,6 +228,62 @@ fn quoted_numbers_and_booleans_are_strings() -> Result<(), ConfigError> {
     Ok(())
 }
 
+#[test]
+fn quoted_numbers_and_booleans_are_not_numbers() {
+    let cases = [
+        (
+            "weight: 1, labels",
+            "weight: \"1\", labels",
+            "\"1\", labels",
+            "clusters[0].endpoints[0].weight",
+        ),
+        (
+            "num_retries: 2,",
+            "num_retries: '2',",
+            "'2',",
+            "route_configs[0].routes[0].retry_policy.num_retries",
+        ),
+        (
+            "weight: 70 }",
+            "weight: \"0x46\" }",
+            "\"0x46\" }",
+            "route_configs[0].routes[1].route.weighted_clusters[1].weight",
+        ),
+        (
+            "lb_policy: round_robin",
+            "lb_policy: round_robin\n    locality_aware: \"yes\"",
+            "\"yes\"",
+            "clusters[0].locality_aware",
+        ),
+    ];
+    for (from, to, at, field) in cases {
+        let yaml = FULL.replacen(from, to, 1);
+        assert_ne!(yaml, FULL, "{from}");
+        let err = error_of(&yaml);
+        assert_eq!(err.field, field, "{err}");
+        assert!(err.reason.contains("write it without quotes"), "{err}");
+        assert_eq!(err.position, Some(position_of(&yaml, at)), "{err}");
+    }
+
+    // Two on one line: the second is named, at its own column.
+    let yaml = FULL.replacen(
+        "{ cluster: demo-provider, subset: { version: v1 }, weight: 30 }",
+        "{ cluster: demo-provider, subset: { version: '2' }, weight: '30' }",
+        1,
+    );
+    let err = error_of(&yaml);
+    assert_eq!(
+        err.field,
+        "route_configs[0].routes[1].route.weighted_clusters[0].weight"
+    );
+    assert_eq!(err.position, Some(position_of(&yaml, "'30' }")), "{err}");
+
+    let json = JSON.replace(r#""weight": 2"#, r#""weight": "2""#);
+    let err = error_of(&json);
+    assert_eq!(err.field, "clusters[0].endpoints[0].weight", "{err}");
+    assert_eq!(err.position, Some(position_of(&json, r#""2" }"#)), "{err}");
+}
+
 const JSON: &str = r#"{
   "listeners": [
     { "name": "in", "address": "127.0.0.1:0", "protocol": "dubbo", "route_config": "r" }
