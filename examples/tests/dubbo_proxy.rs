@@ -341,7 +341,7 @@ async fn call_in_one_write(client: &mut TcpStream, first: u64, count: u64) -> Te
 
 /// Reads `count` answers (waiting at most 5 s for each read).
 async fn read_answers(
-    client: &mut TcpStream,
+    client: &mut (impl tokio::io::AsyncRead + Unpin),
     count: u64,
 ) -> TestResult<Vec<metaprotocol_core::Message>> {
     let mut decoder = metaprotocol_dubbo::DubboCodecFactory::new(1 << 20)
@@ -1067,6 +1067,35 @@ async fn a_frame_cut_where_the_proxy_stopped_reading_waits_until_it_reads_again(
         (answer.request_id, answer.status),
         (4097, ResponseStatus::Ok)
     );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_that_reads_its_answers_late_gets_them_all() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let proxy = proxy_in_front_of(&provider, "", "").await?;
+    let mut socket = TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
+    // Each answer echoes a 16 KiB attachment: 600 of them are far more than the socket buffers
+    // and the 1 MiB of unsent answers past which the proxy stops reading from this client.
+    let pad = "p".repeat(16 * 1024);
+    let calls: Vec<u8> = (1..=600)
+        .flat_map(|id| support::dubbo_request(id, "sayHello", &[("x-pad", &pad)]))
+        .collect();
+    let (mut reader, mut writer) = socket.split();
+    let write = writer.write_all(&calls);
+    let read = async {
+        // Nothing is read until the proxy has stopped reading: it must start again once the
+        // client takes its answers, although no new answer comes to wake it.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        read_answers(&mut reader, 600).await
+    };
+    let (written, answers) = tokio::join!(write, read);
+    written?;
+    let answers = answers?;
+    assert!(answers.iter().all(|a| a.status == ResponseStatus::Ok));
+    let ids: Vec<u64> = answers.iter().map(|a| a.request_id).collect();
+    assert_eq!(ids, (1..=600).collect::<Vec<u64>>());
     proxy.shutdown().await;
     Ok(())
 }
