@@ -143,6 +143,19 @@ fn position_of(text: &str, needle: &str) -> Position {
     Position { line, column }
 }
 
+/// Asserts that [`FULL`] with each `(from, to, at, field)` edit (`from` replaced by `to`) is
+/// rejected, naming `field`, placed where `at` starts, for a reason that contains `reason`.
+fn assert_edits_rejected_at(cases: &[(&str, &str, &str, &str)], reason: &str) {
+    for (from, to, at, field) in cases {
+        let yaml = FULL.replacen(from, to, 1);
+        assert_ne!(yaml, FULL, "{from}");
+        let err = error_of(&yaml);
+        assert_eq!(err.field, *field, "{err}");
+        assert!(err.reason.contains(reason), "{err}");
+        assert_eq!(err.position, Some(position_of(&yaml, at)), "{err}");
+    }
+}
+
 #[test]
 fn unquoted_numbers_and_booleans_are_not_strings() {
     let cases = [
@@ -201,13 +214,7 @@ fn unquoted_numbers_and_booleans_are_not_strings() {
             "route_configs[0].routes[1].name",
         ),
     ];
-    for (from, to, at, field) in cases {
-        let yaml = FULL.replacen(from, to, 1);
-        let err = error_of(&yaml);
-        assert_eq!(err.field, field, "{err}");
-        assert!(err.reason.contains("quote it"), "{err}");
-        assert_eq!(err.position, Some(position_of(&yaml, at)), "{err}");
-    }
+    assert_edits_rejected_at(&cases, "quote it");
 }
 
 #[test]
@@ -256,14 +263,7 @@ fn quoted_numbers_and_booleans_are_not_numbers() {
             "clusters[0].locality_aware",
         ),
     ];
-    for (from, to, at, field) in cases {
-        let yaml = FULL.replacen(from, to, 1);
-        assert_ne!(yaml, FULL, "{from}");
-        let err = error_of(&yaml);
-        assert_eq!(err.field, field, "{err}");
-        assert!(err.reason.contains("write it without quotes"), "{err}");
-        assert_eq!(err.position, Some(position_of(&yaml, at)), "{err}");
-    }
+    assert_edits_rejected_at(&cases, "write it without quotes");
 
     // Two on one line: the second is named, at its own column.
     let yaml = FULL.replacen(
