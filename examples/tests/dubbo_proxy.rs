@@ -1076,12 +1076,10 @@ async fn a_client_that_reads_its_answers_late_gets_them_all() -> TestResult {
     let provider = DemoProvider::start("p").await?;
     let proxy = proxy_in_front_of(&provider, "", "").await?;
     let mut socket = TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
-    // Each answer echoes a 16 KiB attachment: 600 of them are far more than the socket buffers
-    // and the 1 MiB of unsent answers past which the proxy stops reading from this client.
-    let pad = "p".repeat(16 * 1024);
-    let calls: Vec<u8> = (1..=600)
-        .flat_map(|id| support::dubbo_request(id, "sayHello", &[("x-pad", &pad)]))
-        .collect();
+    // Each answer echoes the call's 16 KiB attachment: 600 of them are far more than the socket
+    // buffers and the 1 MiB of unsent answers past which the proxy stops reading from this
+    // client.
+    let calls = padded_calls(600);
     let (mut reader, mut writer) = socket.split();
     let write = writer.write_all(&calls);
     let read = async {
@@ -1096,6 +1094,66 @@ async fn a_client_that_reads_its_answers_late_gets_them_all() -> TestResult {
     assert!(answers.iter().all(|a| a.status == ResponseStatus::Ok));
     let ids: Vec<u64> = answers.iter().map(|a| a.request_id).collect();
     assert_eq!(ids, (1..=600).collect::<Vec<u64>>());
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// `count` calls (ids from 1) that each carry a 16 KiB attachment, in one buffer.
+fn padded_calls(count: u64) -> Vec<u8> {
+    let pad = "p".repeat(16 * 1024);
+    (1..=count)
+        .flat_map(|id| support::dubbo_request(id, "sayHello", &[("x-pad", &pad)]))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_upstream_that_reads_its_requests_late_gets_them_all() -> TestResult {
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let proxy = start_engine(&format!(
+        "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
+clusters: [ {{ name: c, connections_per_endpoint: 1, endpoints: [ {{ address: {} }} ] }} ]
+",
+        upstream.local_addr()?
+    ))
+    .await?;
+    // An upstream that reads nothing for a while, then answers once it has read every request.
+    // Past 256 KiB of unsent requests the proxy queues the rest: it must take them again once
+    // the upstream reads, although no answer comes to wake it.
+    let server = tokio::spawn(async move {
+        let (mut socket, _) = upstream.accept().await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut decoder = metaprotocol_dubbo::DubboCodecFactory::new(1 << 20)
+            .new_codec(Side::Downstream, WireVariant::DEFAULT);
+        let mut buf = bytes::BytesMut::new();
+        let mut ids = Vec::new();
+        while ids.len() < 600 {
+            let read = tokio::time::timeout(Duration::from_secs(5), socket.read_buf(&mut buf));
+            if read.await?? == 0 {
+                return Err(format!("closed after {} requests", ids.len()).into());
+            }
+            while let Some(request) = decoder.decode(&mut buf)? {
+                ids.push(request.request_id);
+            }
+        }
+        let answers: Vec<u8> = ids
+            .iter()
+            .flat_map(|id| metaprotocol_dubbo::build::value_response(*id, "ok", &[]))
+            .collect();
+        socket.write_all(&answers).await?;
+        support::TestResult::Ok(socket)
+    });
+    let mut socket = TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
+    let calls = padded_calls(600);
+    let (mut reader, mut writer) = socket.split();
+    let (written, answers) = tokio::join!(writer.write_all(&calls), read_answers(&mut reader, 600));
+    written?;
+    let answers = answers?;
+    assert!(answers.iter().all(|a| a.status == ResponseStatus::Ok));
+    let mut ids: Vec<u64> = answers.iter().map(|a| a.request_id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=600).collect::<Vec<u64>>());
+    server.await??;
     proxy.shutdown().await;
     Ok(())
 }
