@@ -528,8 +528,9 @@ impl Routed {
             // The attempt ends here (its in-flight counts drop); its endpoint is remembered.
             self.host = Some(attempt.host);
         }
-        let table = self.table.clone();
-        let route = table.get(self.route);
+        // Borrowed from `self.table` (a clone of the `Arc` would cost two atomic operations a
+        // call): `count_retry` finds the route again rather than taking it.
+        let route = self.table.get(self.route);
         let policy = route.and_then(|r| r.retry.as_ref());
         let retryable = policy.is_some_and(|policy| policy.retries(&outcome, self.idempotent));
         // A request that never left lost nothing but time: it is resent at once without
@@ -545,7 +546,7 @@ impl Routed {
             || (outcome == AttemptOutcome::ConnectFailure && !retryable);
         if unsent && now < self.deadline && self.may_resend(&outcome, endpoint) {
             self.resends += 1;
-            self.count_retry(endpoint, route);
+            self.count_retry(endpoint);
             return Next::Retry { at: now };
         }
         if let Some(policy) = policy.filter(|_| retryable && self.retries_left > 0)
@@ -553,9 +554,9 @@ impl Routed {
             && let Some(grant) = self.grant_retry(route)
         {
             self.grant = Some(grant);
-            self.count_retry(endpoint, route);
-            self.retries_left -= 1;
             let pause = policy.backoff(self.attempts);
+            self.count_retry(endpoint);
+            self.retries_left -= 1;
             return Next::Retry {
                 at: timeout::after(now, pause).min(self.deadline),
             };
@@ -595,10 +596,10 @@ impl Routed {
     }
 
     /// Counts a retry of the attempt that failed on `endpoint`, which the next one avoids.
-    fn count_retry(&mut self, endpoint: SocketAddr, route: Option<&Route>) {
+    fn count_retry(&mut self, endpoint: SocketAddr) {
         self.tried.push(endpoint);
         self.target.cluster.stats().rq_retry.inc();
-        if let Some(route) = route {
+        if let Some(route) = self.table.get(self.route) {
             route.stats.retries.inc();
         }
     }

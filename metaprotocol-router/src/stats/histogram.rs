@@ -30,9 +30,9 @@ struct Inner {
     /// The same bounds in nanoseconds, for an integer comparison per observation.
     bounds_nanos: Box<[u64]>,
     unit: Unit,
-    /// One count per bound, then the `+Inf` bucket (not cumulative).
+    /// One count per bound, then the `+Inf` bucket (not cumulative). Their sum is the number
+    /// of observations, which has no counter of its own: one atomic addition fewer each.
     counts: Box<[AtomicU64]>,
-    count: AtomicU64,
     /// Sum of observations in nanoseconds: integer addition, exact and lock-free.
     sum_nanos: AtomicU64,
 }
@@ -67,7 +67,6 @@ impl DurationHistogram {
                     .collect(),
                 unit,
                 counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-                count: AtomicU64::new(0),
                 sum_nanos: AtomicU64::new(0),
             }),
         }
@@ -81,13 +80,13 @@ impl DurationHistogram {
         if let Some(count) = inner.counts.get(bucket) {
             count.fetch_add(1, Ordering::Relaxed);
         }
-        inner.count.fetch_add(1, Ordering::Relaxed);
         inner.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
     /// Observations so far.
     pub fn count(&self) -> u64 {
-        self.inner.count.load(Ordering::Relaxed)
+        let counts = self.inner.counts.iter();
+        counts.map(|count| count.load(Ordering::Relaxed)).sum()
     }
 
     /// The counts so far.
