@@ -62,12 +62,19 @@ impl Codec for BrpcCodec {
         params: &EncodeParams<'_>,
         dst: &mut BytesMut,
     ) -> Result<(), CodecError> {
-        if params.variant != WireVariant::DEFAULT || message.variant != WireVariant::DEFAULT {
-            return Err(CodecError::Unsupported(Cow::Borrowed(
-                "baidu_std has a single wire variant",
-            )));
-        }
-        encode_message(message, params.request_id, params.mutation, dst)
+        self.encode_sharing_if(message, params, false, dst)
+            .map(drop)
+    }
+
+    /// A frame passing through changes up to its correlation id alone: the rest is left to
+    /// follow it.
+    fn encode_sharing(
+        &mut self,
+        message: &Message,
+        params: &EncodeParams<'_>,
+        dst: &mut BytesMut,
+    ) -> Result<usize, CodecError> {
+        self.encode_sharing_if(message, params, true, dst)
     }
 
     fn encode_local_reply(
@@ -86,6 +93,24 @@ impl Codec for BrpcCodec {
         _dst: &mut BytesMut,
     ) -> Result<(), CodecError> {
         Ok(())
+    }
+}
+
+impl BrpcCodec {
+    /// [`Codec::encode`], or with `share` [`Codec::encode_sharing`].
+    fn encode_sharing_if(
+        &self,
+        message: &Message,
+        params: &EncodeParams<'_>,
+        share: bool,
+        dst: &mut BytesMut,
+    ) -> Result<usize, CodecError> {
+        if params.variant != WireVariant::DEFAULT || message.variant != WireVariant::DEFAULT {
+            return Err(CodecError::Unsupported(Cow::Borrowed(
+                "baidu_std has a single wire variant",
+            )));
+        }
+        encode_message(message, params.request_id, params.mutation, share, dst)
     }
 }
 

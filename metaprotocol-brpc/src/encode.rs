@@ -6,7 +6,7 @@
 //! replaced. Payload and attachment are copied as they came, so payload checksums stay valid.
 
 use bytes::{BufMut, BytesMut};
-use metaprotocol_core::{CodecError, Message, Mutation};
+use metaprotocol_core::{CodecError, Message, Mutation, append_frame};
 
 use crate::header::{HEADER_LEN, write_frame};
 use crate::layout::BrpcLayout;
@@ -16,40 +16,39 @@ use crate::wire::{
     put_varint_field, varint_len,
 };
 
-/// Appends `message` with correlation id `id` and `mutation` applied to `dst`.
+/// Appends `message` with correlation id `id` and `mutation` applied to `dst`. With `share`, a
+/// frame passing through is appended up to the end of its correlation id, and the length of
+/// the rest, which is to follow unchanged, is returned (see
+/// [`metaprotocol_core::Codec::encode_sharing`]); otherwise the result is 0.
 pub(crate) fn encode_message(
     message: &Message,
     id: u64,
     mutation: &Mutation,
+    share: bool,
     dst: &mut BytesMut,
-) -> Result<(), CodecError> {
+) -> Result<usize, CodecError> {
     let layout = BrpcLayout::of(message)?;
     let frame = &message.frame[..];
     if !mutation.is_empty() {
-        return rebuild(frame, &layout, id, mutation, dst);
+        return rebuild(frame, &layout, id, mutation, dst).map(|()| 0);
     }
     if id == message.request_id {
-        dst.extend_from_slice(frame);
-        return Ok(());
+        return Ok(append_frame(frame, 0, share, dst));
     }
     let old_len = layout.id_field.end - layout.id_value_start;
     if layout.has_id() && varint_len(id) == old_len {
-        patch_id_in_place(frame, &layout, id, dst);
-        return Ok(());
+        // The common passthrough: the new id takes as many bytes as the old one.
+        let start = dst.len();
+        let shared = append_frame(frame, layout.id_field.end, share, dst);
+        let mut varint = [0u8; MAX_VARINT_BYTES];
+        let n = encode_varint(id, &mut varint);
+        let value = start + layout.id_value_start..start + layout.id_field.end;
+        if let (Some(slot), Some(new)) = (dst.get_mut(value), varint.get(..n)) {
+            slot.copy_from_slice(new);
+        }
+        return Ok(shared);
     }
-    splice_id(frame, &layout, id, dst)
-}
-
-/// The common passthrough: the new id takes as many bytes as the old one.
-fn patch_id_in_place(frame: &[u8], layout: &BrpcLayout, id: u64, dst: &mut BytesMut) {
-    let start = dst.len();
-    dst.extend_from_slice(frame);
-    let mut varint = [0u8; MAX_VARINT_BYTES];
-    let n = encode_varint(id, &mut varint);
-    let value = start + layout.id_value_start..start + layout.id_field.end;
-    if let (Some(slot), Some(new)) = (dst.get_mut(value), varint.get(..n)) {
-        slot.copy_from_slice(new);
-    }
+    splice_id(frame, &layout, id, dst).map(|()| 0)
 }
 
 /// Replaces the `correlation_id` field (or appends one) with three copies around it.

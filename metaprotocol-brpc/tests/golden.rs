@@ -161,7 +161,11 @@ fn encode(
     if !out.starts_with(b"prefix") {
         return Err("encode touched bytes before its frame".into());
     }
-    Ok(out.split_off(6).to_vec())
+    let encoded = out.split_off(6).to_vec();
+    // Every encode here checks that the write sharing the frame's end agrees.
+    let shared = metaprotocol_core::encode_sharing_whole(&mut codec, message, &params)?;
+    assert_eq!(shared, encoded, "encode_sharing disagrees with encode");
+    Ok(encoded)
 }
 
 #[test]

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use bytes::BytesMut;
 use common::frame;
 use metaprotocol_brpc::{BrpcCodec, decode_frame, proto};
-use metaprotocol_core::{ByteStr, Codec, EncodeParams, Message, Mutation, Side, WireVariant};
+use metaprotocol_core::{
+    ByteStr, Codec, EncodeParams, Message, Mutation, Side, WireVariant, encode_sharing_whole,
+};
 use proptest::prelude::*;
 
 fn name() -> impl Strategy<Value = String> {
@@ -136,9 +138,10 @@ proptest! {
         }
         let mut out = BytesMut::new();
         let params = EncodeParams { request_id: new_id, variant: WireVariant::DEFAULT, mutation: &mutation };
-        BrpcCodec::new(Side::Upstream, 1 << 16)
-            .encode(&message, &params, &mut out)
-            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let mut codec = BrpcCodec::new(Side::Upstream, 1 << 16);
+        codec.encode(&message, &params, &mut out).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let shared = encode_sharing_whole(&mut codec, &message, &params).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(&shared[..], &out[..], "encode_sharing disagrees with encode");
 
         let (decoded, new_body) = decode_frame(&out).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(new_body, &body[..]);

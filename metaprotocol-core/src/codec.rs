@@ -85,6 +85,23 @@ pub trait Codec: Send {
         dst: &mut BytesMut,
     ) -> Result<(), CodecError>;
 
+    /// [`Codec::encode`], except that the end of `message.frame` that goes out unchanged may be
+    /// left out of `dst`: returns how many of the frame's last bytes are to follow what was
+    /// appended, for the engine to write from where they were read, without copying them (a
+    /// vectored write). 0 means `dst` got the whole encoded message, as from `encode`.
+    ///
+    /// The engine calls this for large frames only. The default appends everything; a codec
+    /// whose passthrough patches only a frame's head (an id in a fixed header) overrides it to
+    /// append that head alone. On error nothing is appended.
+    fn encode_sharing(
+        &mut self,
+        message: &Message,
+        params: &EncodeParams<'_>,
+        dst: &mut BytesMut,
+    ) -> Result<usize, CodecError> {
+        self.encode(message, params, dst).map(|()| 0)
+    }
+
     /// Appends the protocol's error response to `request`, in the request's own encoding and with
     /// its id, describing `reply` in the protocol's terms. Never called for one-way requests.
     fn encode_local_reply(
@@ -110,6 +127,40 @@ pub trait Codec: Send {
         heartbeat: &Message,
         dst: &mut BytesMut,
     ) -> Result<(), CodecError>;
+}
+
+/// For codecs that implement [`Codec::encode_sharing`] beside [`Codec::encode`] on one path:
+/// appends `frame` up to `head` when `share` is true (the rest is to follow unchanged), or all
+/// of it when not, and returns the length of what was left out.
+pub fn append_frame(frame: &[u8], head: usize, share: bool, dst: &mut BytesMut) -> usize {
+    let head = if share {
+        head.min(frame.len())
+    } else {
+        frame.len()
+    };
+    dst.extend_from_slice(frame.get(..head).unwrap_or_default());
+    frame.len() - head
+}
+
+/// What [`Codec::encode_sharing`] writes, made whole: the bytes it appends, then the end of
+/// the frame it leaves out. For a codec whose `encode_sharing` is right this is exactly what
+/// [`Codec::encode`] appends, which is what codec tests compare it with.
+pub fn encode_sharing_whole(
+    codec: &mut dyn Codec,
+    message: &Message,
+    params: &EncodeParams<'_>,
+) -> Result<Vec<u8>, CodecError> {
+    let mut head = BytesMut::new();
+    let shared = codec.encode_sharing(message, params, &mut head)?;
+    let tail = message
+        .frame
+        .len()
+        .checked_sub(shared)
+        .and_then(|at| message.frame.get(at..))
+        .ok_or(CodecError::Encode(
+            "encode_sharing left out more bytes than the frame holds".into(),
+        ))?;
+    Ok([&head[..], tail].concat())
 }
 
 /// What an active health check asks of an endpoint, beyond opening a connection to it (a

@@ -47,7 +47,8 @@ mod reply;
 pub use bytestr::{Ascii, ByteStr, is_text};
 pub use codec::{
     Codec, CodecConstructor, CodecCounter, CodecFactory, CodecOptions, CodecRegistry,
-    DEFAULT_MAX_FRAME_BYTES, EncodeParams, PoolMode, Probe, Side, WireVariant,
+    DEFAULT_MAX_FRAME_BYTES, EncodeParams, PoolMode, Probe, Side, WireVariant, append_frame,
+    encode_sharing_whole,
 };
 pub use error::{CodecError, OptionsError};
 pub use filter::{

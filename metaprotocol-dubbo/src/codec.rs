@@ -69,35 +69,36 @@ impl Codec for DubboCodec {
         params: &EncodeParams<'_>,
         dst: &mut BytesMut,
     ) -> Result<(), CodecError> {
-        let frame = &message.frame[..];
-        if !matches!(Header::peek(frame), Ok(Some(_))) {
-            return Err(CodecError::Encode("not a Dubbo frame".into()));
-        }
-        let layout = AttachmentsLayout::from(message.layout);
-        let client_reads_attachments = params.variant == READS_RESPONSE_ATTACHMENTS;
-        if params.mutation.is_empty()
-            || (!message.kind.is_call()
-                && (layout.body == Body::Opaque || !client_reads_attachments))
-        {
-            // Responses that cannot carry attachments (errors, events, other serializations, or
-            // a client too old to read them) travel unchanged: dropping a response mutation
-            // beats failing the client's call.
-            let start = dst.len();
-            dst.extend_from_slice(frame);
-            patch_request_id(dst, start, params.request_id);
-            return Ok(());
-        }
-        if layout.body == Body::Opaque {
-            return Err(CodecError::Encode(
-                "attachments can only be rewritten in Hessian2 (serialization id 2) calls".into(),
-            ));
+        if !passes_through(message, params)? {
+            return self.encode_mutated(message, params, dst);
         }
         let start = dst.len();
-        let result = self.write_mutated(frame, layout, params, dst);
-        if result.is_err() {
-            dst.truncate(start);
+        dst.extend_from_slice(&message.frame);
+        patch_request_id(dst, start, params.request_id);
+        Ok(())
+    }
+
+    /// A frame passing through changes in its header alone (the request id): the body is
+    /// left to follow it as it came.
+    fn encode_sharing(
+        &mut self,
+        message: &Message,
+        params: &EncodeParams<'_>,
+        dst: &mut BytesMut,
+    ) -> Result<usize, CodecError> {
+        if !passes_through(message, params)? {
+            return self.encode_mutated(message, params, dst).map(|()| 0);
         }
-        result
+        let (Some(head), Some(body)) = (
+            message.frame.get(..HEADER_LEN),
+            message.frame.get(HEADER_LEN..),
+        ) else {
+            return Err(CodecError::Encode("not a Dubbo frame".into()));
+        };
+        let start = dst.len();
+        dst.extend_from_slice(head);
+        patch_request_id(dst, start, params.request_id);
+        Ok(body.len())
     }
 
     fn encode_local_reply(
@@ -122,7 +123,43 @@ impl Codec for DubboCodec {
     }
 }
 
+/// True if `message` goes out as it came but for its request id; an error if it is not a
+/// Dubbo frame.
+fn passes_through(message: &Message, params: &EncodeParams<'_>) -> Result<bool, CodecError> {
+    if !matches!(Header::peek(&message.frame), Ok(Some(_))) {
+        return Err(CodecError::Encode("not a Dubbo frame".into()));
+    }
+    let layout = AttachmentsLayout::from(message.layout);
+    let client_reads_attachments = params.variant == READS_RESPONSE_ATTACHMENTS;
+    // Responses that cannot carry attachments (errors, events, other serializations, or a
+    // client too old to read them) travel unchanged: dropping a response mutation beats
+    // failing the client's call.
+    Ok(params.mutation.is_empty()
+        || (!message.kind.is_call() && (layout.body == Body::Opaque || !client_reads_attachments)))
+}
+
 impl DubboCodec {
+    /// Appends `message` with `params.mutation` applied to its attachments.
+    fn encode_mutated(
+        &self,
+        message: &Message,
+        params: &EncodeParams<'_>,
+        dst: &mut BytesMut,
+    ) -> Result<(), CodecError> {
+        let layout = AttachmentsLayout::from(message.layout);
+        if layout.body == Body::Opaque {
+            return Err(CodecError::Encode(
+                "attachments can only be rewritten in Hessian2 (serialization id 2) calls".into(),
+            ));
+        }
+        let start = dst.len();
+        let result = self.write_mutated(&message.frame, layout, params, dst);
+        if result.is_err() {
+            dst.truncate(start);
+        }
+        result
+    }
+
     /// Appends `frame` with its attachments map rebuilt: the bytes before the map (arguments
     /// or result) are copied as they came.
     fn write_mutated(

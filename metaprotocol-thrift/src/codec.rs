@@ -82,7 +82,17 @@ impl Codec for ThriftCodec {
         params: &EncodeParams<'_>,
         dst: &mut BytesMut,
     ) -> Result<(), CodecError> {
-        encode::encode(message, params, self.max_frame_bytes, dst)
+        encode::encode(message, params, self.max_frame_bytes, false, dst).map(drop)
+    }
+
+    /// A frame passing through changes up to its seqid alone: the rest is left to follow it.
+    fn encode_sharing(
+        &mut self,
+        message: &Message,
+        params: &EncodeParams<'_>,
+        dst: &mut BytesMut,
+    ) -> Result<usize, CodecError> {
+        encode::encode(message, params, self.max_frame_bytes, true, dst)
     }
 
     fn encode_local_reply(

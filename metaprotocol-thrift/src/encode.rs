@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 
 use bytes::{BufMut, BytesMut};
-use metaprotocol_core::{CodecError, EncodeParams, Message, Mutation, WireVariant};
+use metaprotocol_core::{CodecError, EncodeParams, Message, Mutation, WireVariant, append_frame};
 
 use crate::format::{Protocol, ThriftFormat, Transport};
 use crate::layout::Layout;
@@ -25,12 +25,17 @@ static NO_MUTATION: Mutation = Mutation::new();
 /// takes one byte, a binary one eight), so a frame within the limit as it came may not be once
 /// translated: it is refused rather than sent to an upstream that would refuse it, or close the
 /// connection every client shares.
+///
+/// With `share`, a frame passing through is appended up to the end of what changes in it (its
+/// seqid), and the length of the rest, which is to follow unchanged, is returned (see
+/// [`metaprotocol_core::Codec::encode_sharing`]); otherwise the result is 0.
 pub(crate) fn encode(
     message: &Message,
     params: &EncodeParams<'_>,
     max_frame_bytes: usize,
+    share: bool,
     dst: &mut BytesMut,
-) -> Result<(), CodecError> {
+) -> Result<usize, CodecError> {
     let source = format_of(message)?;
     let target = if params.variant == WireVariant::DEFAULT {
         source
@@ -50,13 +55,14 @@ pub(crate) fn encode(
         &NO_MUTATION
     };
     let start = dst.len();
-    let result = if source == target
-        && mutation.is_empty()
-        && patch_copy(message, source, &layout, seqid, dst)?
-    {
-        Ok(())
+    let passthrough = if source == target && mutation.is_empty() {
+        patch_copy(message, source, &layout, seqid, share, dst)?
     } else {
-        translate(message, &layout, source, target, seqid, mutation, dst)
+        None
+    };
+    let result = match passthrough {
+        Some(shared) => Ok(shared),
+        None => translate(message, &layout, source, target, seqid, mutation, dst).map(|()| 0),
     };
     // Measured as the decoder measures: a frame's length field, an unframed message whole.
     let prefix = if target.transport == Transport::Unframed {
@@ -64,11 +70,11 @@ pub(crate) fn encode(
     } else {
         4
     };
-    let result = result.and_then(|()| match (dst.len() - start).saturating_sub(prefix) {
+    let result = result.and_then(|shared| match (dst.len() - start + shared).saturating_sub(prefix) {
         size if size > max_frame_bytes => Err(CodecError::Encode(Cow::Owned(format!(
             "the message takes {size} bytes in the upstream's encoding, over the frame limit of {max_frame_bytes}"
         )))),
-        _ => Ok(()),
+        _ => Ok(shared),
     });
     if result.is_err() {
         dst.truncate(start);
@@ -91,24 +97,26 @@ pub(crate) fn seqid_of(request_id: u64) -> Result<i32, CodecError> {
         .map_err(|_| CodecError::Encode(Cow::Borrowed("request id does not fit a thrift seqid")))
 }
 
-/// The fast path: copies the frame and patches the seqid in place. Returns `false` (having
+/// The fast path: copies the frame and patches the seqid in place. Returns `None` (having
 /// written nothing) when the new seqid does not fit the old one's bytes (compact varints).
+/// With `share`, copies only the frame's head up to the last byte patched, and returns the
+/// length of the rest (`Some(0)` without).
 fn patch_copy(
     message: &Message,
     format: ThriftFormat,
     layout: &Layout,
     seqid: i32,
+    share: bool,
     dst: &mut BytesMut,
-) -> Result<bool, CodecError> {
+) -> Result<Option<usize>, CodecError> {
     let (encoded, len) = encode_seqid(format.protocol, seqid);
     if len != layout.seqid.len() {
         // A longer or shorter varint needs a rebuild, unless the id is unchanged (a sender's
         // non-minimal varint is then kept as it came).
         if old_seqid(message, format.protocol, layout)? != seqid {
-            return Ok(false);
+            return Ok(None);
         }
-        dst.extend_from_slice(&message.frame);
-        return Ok(true);
+        return Ok(Some(append_frame(&message.frame, 0, share, dst)));
     }
     let old_seqid = if format.transport == Transport::Header {
         Some(old_seqid(message, format.protocol, layout)?)
@@ -116,7 +124,11 @@ fn patch_copy(
         None
     };
     let start = dst.len();
-    dst.extend_from_slice(&message.frame);
+    let patched_to = match old_seqid {
+        Some(_) => layout.seqid.end.max(theader::SEQ_AT + 4),
+        None => layout.seqid.end,
+    };
+    let shared = append_frame(&message.frame, patched_to, share, dst);
     patch(
         dst,
         start + layout.seqid.start,
@@ -128,7 +140,7 @@ fn patch_copy(
     {
         seq.copy_from_slice(&seqid.to_be_bytes());
     }
-    Ok(true)
+    Ok(Some(shared))
 }
 
 /// `seqid` as `protocol` writes it, in a stack buffer, and its length.

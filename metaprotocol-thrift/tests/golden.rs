@@ -3,7 +3,9 @@
 mod common;
 
 use bytes::BytesMut;
-use common::{Golden, TestResult, all_formats, auto_codec, decode_all, decode_one, goldens};
+use common::{
+    Golden, TestResult, all_formats, auto_codec, decode_all, decode_one, encode_checked, goldens,
+};
 use metaprotocol_core::{
     EncodeParams, Message, MessageKind, Mutation, ResponseStatus, WireVariant,
 };
@@ -19,14 +21,12 @@ fn encode(
     variant: WireVariant,
     mutation: &Mutation,
 ) -> Result<BytesMut, Box<dyn std::error::Error>> {
-    let mut out = BytesMut::new();
     let params = EncodeParams {
         request_id,
         variant,
         mutation,
     };
-    auto_codec().encode(message, &params, &mut out)?;
-    Ok(out)
+    Ok(encode_checked(message, &params)?)
 }
 
 /// The THeader headers the capture carries, as its README lists them.

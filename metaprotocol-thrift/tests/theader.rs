@@ -3,7 +3,7 @@
 mod common;
 
 use bytes::{BufMut, BytesMut};
-use common::{TestResult, auto_codec, decode_one, goldens};
+use common::{TestResult, decode_one, encode_checked, goldens};
 use metaprotocol_core::{EncodeParams, Message, Mutation, WireVariant};
 
 fn encode(
@@ -11,14 +11,12 @@ fn encode(
     request_id: u64,
     mutation: &Mutation,
 ) -> Result<BytesMut, Box<dyn std::error::Error>> {
-    let mut out = BytesMut::new();
     let params = EncodeParams {
         request_id,
         variant: WireVariant::DEFAULT,
         mutation,
     };
-    auto_codec().encode(message, &params, &mut out)?;
-    Ok(out)
+    Ok(encode_checked(message, &params)?)
 }
 
 fn header(message: &Message, key: &str) -> Option<String> {

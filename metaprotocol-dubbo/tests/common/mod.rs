@@ -201,6 +201,9 @@ pub fn encode_for(
         mutation,
     };
     codec().encode(message, &params, &mut dst)?;
+    // Every encode in the tests checks that the write sharing the frame's end agrees.
+    let shared = metaprotocol_core::encode_sharing_whole(&mut codec(), message, &params)?;
+    assert_eq!(shared, dst, "encode_sharing disagrees with encode");
     Ok(dst.to_vec())
 }
 

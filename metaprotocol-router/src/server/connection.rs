@@ -28,6 +28,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use super::request::Requests;
 use super::{ListenerContext, busy_poll, linger};
 use crate::router::deadline_after;
+use crate::transport::outbox::Outbox;
 use crate::transport::{Accepted, Transport, buffers};
 
 /// Requests in flight per client connection; past this the proxy stops reading from that client
@@ -130,7 +131,7 @@ struct Connection<S> {
     requests: Requests,
     /// Empty (no allocation) until bytes arrive, and again once trimmed.
     read_buf: BytesMut,
-    write_buf: BytesMut,
+    write_buf: Outbox,
     /// Bytes written to the client so far.
     written: u64,
     /// The unsent bytes this connection counts in the proxy-wide load.
@@ -157,13 +158,14 @@ impl<S: Transport> Connection<S> {
         ctx.stats.cx_active.inc();
         let decoder = ctx.codec.new_codec(Side::Downstream, WireVariant::DEFAULT);
         let encoder = ctx.codec.new_codec(Side::Downstream, WireVariant::DEFAULT);
+        let write_buf = Outbox::new(io.is_write_vectored());
         Self {
             io,
             requests: Requests::new(ctx.clone(), connection, encoder),
             ctx,
             decoder,
             read_buf: BytesMut::new(),
-            write_buf: BytesMut::new(),
+            write_buf,
             written: 0,
             buffered: 0,
             reading: Reading::Open,
@@ -283,7 +285,7 @@ impl<S: Transport> Connection<S> {
             && now >= self.last_activity + TRIM_AFTER
         {
             self.read_buf = BytesMut::new();
-            self.write_buf = BytesMut::new();
+            self.write_buf.trim();
             self.requests.trim();
         }
         if let Some(at) = self.next_deadline() {
@@ -317,7 +319,7 @@ impl<S: Transport> Connection<S> {
     /// The next moment [`Connection::poll_lifecycle`] may have something to do.
     fn next_deadline(&self) -> Option<Instant> {
         let idle = self.requests.is_empty() && self.reading == Reading::Open;
-        let holds_buffers = self.read_buf.capacity() > 0 || self.write_buf.capacity() > 0;
+        let holds_buffers = self.read_buf.capacity() > 0 || self.write_buf.holds_memory();
         [
             self.draining_until.filter(|_| !self.requests.is_empty()),
             self.partial_since
@@ -358,8 +360,9 @@ impl<S: Transport> Future for Connection<S> {
             let mut progress = this.requests.poll(cx, &mut this.write_buf, now);
             progress |= this.poll_read_frames(cx, now);
             let before = this.written;
-            let wrote =
-                buffers::poll_write(&mut this.io, cx, &mut this.write_buf, &mut this.written);
+            let wrote = this
+                .write_buf
+                .poll_write(&mut this.io, cx, &mut this.written);
             let overflowing = this.write_buf.len() > WRITE_LIMIT;
             if overflowing {
                 this.ctx.stats.cx_overflow.inc();

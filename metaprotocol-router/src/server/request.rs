@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use metaprotocol_core::{
@@ -31,6 +31,7 @@ use super::{ListenerContext, complete};
 use crate::route::DEFAULT_ROUTE_TIMEOUT;
 use crate::router::{self, Matched, Next, Routed, Unrouted};
 use crate::trace::RequestSpan;
+use crate::transport::outbox::Outbox;
 use crate::upstream::{Inbox, ReplyTo, RequestKey, UpstreamError, UpstreamEvent};
 
 /// Upstream answers handled per poll before the connection reads and writes again.
@@ -240,24 +241,19 @@ impl Requests {
     }
 
     /// Writes the protocol's "going away" notice: the connection starts draining.
-    pub fn goaway(&mut self, out: &mut BytesMut) {
-        if let Err(err) = self.encoder.encode_goaway(out) {
+    pub fn goaway(&mut self, out: &mut Outbox) {
+        if let Err(err) = self.encoder.encode_goaway(out.buf()) {
             tracing::debug!(listener = %self.ctx.name, error = %err, "cannot encode a going-away notice");
         }
     }
 
     /// Handles a frame decoded from the client, received at `received` (the monotonic and the
     /// wall clock).
-    pub fn receive(
-        &mut self,
-        message: Message,
-        out: &mut BytesMut,
-        received: (Instant, SystemTime),
-    ) {
+    pub fn receive(&mut self, message: Message, out: &mut Outbox, received: (Instant, SystemTime)) {
         match message.kind {
             MessageKind::Heartbeat => {
                 self.ctx.stats.heartbeats.inc();
-                if let Err(err) = self.encoder.encode_heartbeat_reply(&message, out) {
+                if let Err(err) = self.encoder.encode_heartbeat_reply(&message, out.buf()) {
                     tracing::warn!(listener = %self.ctx.name, error = %err, "cannot answer a heartbeat");
                 }
             }
@@ -273,7 +269,7 @@ impl Requests {
 
     /// Handles whatever is ready: upstream answers, filters' work, timers. True if anything
     /// was.
-    pub fn poll(&mut self, cx: &mut Context<'_>, out: &mut BytesMut, now: Instant) -> bool {
+    pub fn poll(&mut self, cx: &mut Context<'_>, out: &mut Outbox, now: Instant) -> bool {
         let mut progress = false;
         for _ in 0..EVENT_BATCH {
             let Some((_, events)) = &mut self.channel else {
@@ -305,7 +301,7 @@ impl Requests {
 
     /// Answers every two-way request still in flight with `reply` and ends them: the
     /// connection is about to close (the drain deadline passed).
-    pub fn answer_all(&mut self, reply: &LocalReply, flags: ResponseFlags, out: &mut BytesMut) {
+    pub fn answer_all(&mut self, reply: &LocalReply, flags: ResponseFlags, out: &mut Outbox) {
         let now = Instant::now();
         let keys: Vec<RequestKey> = self.keys();
         for key in keys {
@@ -319,7 +315,7 @@ impl Requests {
     /// Ends every request without an answer: the client is gone.
     pub fn abandon_all(&mut self) {
         let now = Instant::now();
-        let mut sink = BytesMut::new();
+        let mut sink = Outbox::new(false);
         for key in self.keys() {
             if let Some(inflight) = self.slab.get_mut(key.index as usize) {
                 inflight
@@ -364,7 +360,7 @@ impl Requests {
     fn start(
         &mut self,
         message: Arc<Message>,
-        out: &mut BytesMut,
+        out: &mut Outbox,
         (now, wall): (Instant, SystemTime),
     ) {
         let stats = &self.ctx.stats;
@@ -440,7 +436,7 @@ impl Requests {
         &mut self,
         key: RequestKey,
         from: usize,
-        out: &mut BytesMut,
+        out: &mut Outbox,
         now: Instant,
     ) {
         // Borrowed beside the request (no clone of the shared chain, whose reference count
@@ -464,7 +460,7 @@ impl Requests {
         &mut self,
         key: RequestKey,
         step: ChainStep,
-        out: &mut BytesMut,
+        out: &mut Outbox,
         now: Instant,
     ) {
         match step {
@@ -490,7 +486,7 @@ impl Requests {
     }
 
     /// A filter answered the request itself.
-    fn refused(&mut self, key: RequestKey, reply: LocalReply, out: &mut BytesMut, now: Instant) {
+    fn refused(&mut self, key: RequestKey, reply: LocalReply, out: &mut Outbox, now: Instant) {
         if let Some(inflight) = self.get(key) {
             inflight
                 .record
@@ -499,7 +495,7 @@ impl Requests {
         self.finish(key, Answer::Local(reply), out, now);
     }
 
-    fn route(&mut self, key: RequestKey, out: &mut BytesMut, now: Instant) {
+    fn route(&mut self, key: RequestKey, out: &mut Outbox, now: Instant) {
         let table = self.ctx.routes.table.load_full();
         let Some(inflight) = self.get(key) else {
             return;
@@ -546,7 +542,7 @@ impl Requests {
         self.attempt(key, out, now);
     }
 
-    fn attempt(&mut self, key: RequestKey, out: &mut BytesMut, now: Instant) {
+    fn attempt(&mut self, key: RequestKey, out: &mut Outbox, now: Instant) {
         let inbox = self.inbox();
         let Some(inflight) = self.get(key) else {
             return;
@@ -565,7 +561,7 @@ impl Requests {
     }
 
     /// Does what the router says comes next.
-    fn follow(&mut self, key: RequestKey, next: Next, out: &mut BytesMut, now: Instant) {
+    fn follow(&mut self, key: RequestKey, next: Next, out: &mut Outbox, now: Instant) {
         let Some(inflight) = self.get(key) else {
             return;
         };
@@ -601,7 +597,7 @@ impl Requests {
         key: RequestKey,
         attempt: u32,
         result: &Result<Message, UpstreamError>,
-        out: &mut BytesMut,
+        out: &mut Outbox,
         now: Instant,
     ) {
         let Some(inflight) = self.get(key) else {
@@ -635,7 +631,7 @@ impl Requests {
         key: RequestKey,
         kind: TimerKind,
         timer: TimerId,
-        out: &mut BytesMut,
+        out: &mut Outbox,
         now: Instant,
     ) {
         let Some(inflight) = self.get(key) else {
@@ -683,7 +679,7 @@ impl Requests {
         }
     }
 
-    fn respond(&mut self, key: RequestKey, response: &Message, out: &mut BytesMut, now: Instant) {
+    fn respond(&mut self, key: RequestKey, response: &Message, out: &mut Outbox, now: Instant) {
         let filters = &self.ctx.filters;
         let Some(inflight) = in_flight(&mut self.slab, key) else {
             return;
@@ -705,7 +701,7 @@ impl Requests {
         key: RequestKey,
         response: &Message,
         step: ChainStep,
-        out: &mut BytesMut,
+        out: &mut Outbox,
         now: Instant,
     ) {
         match step {
@@ -742,7 +738,7 @@ impl Requests {
         step: usize,
         direction: Direction,
         resume: Resume,
-        out: &mut BytesMut,
+        out: &mut Outbox,
         now: Instant,
     ) {
         let filters = self.ctx.filters.clone();
@@ -786,7 +782,7 @@ impl Requests {
     }
 
     /// Forwards the upstream response with the route's and filters' mutation.
-    fn forward(&mut self, key: RequestKey, response: &Message, out: &mut BytesMut, now: Instant) {
+    fn forward(&mut self, key: RequestKey, response: &Message, out: &mut Outbox, now: Instant) {
         let Some(inflight) = self.get(key) else {
             return;
         };
@@ -803,7 +799,7 @@ impl Requests {
     }
 
     /// Ends a request: writes its answer, records, counts, and runs the completion hooks.
-    fn finish(&mut self, key: RequestKey, answer: Answer, out: &mut BytesMut, now: Instant) {
+    fn finish(&mut self, key: RequestKey, answer: Answer, out: &mut Outbox, now: Instant) {
         if self.get(key).is_none() {
             return;
         }
@@ -819,7 +815,7 @@ impl Requests {
                     variant: request.variant,
                     mutation: &mutation,
                 };
-                if let Err(err) = self.encoder.encode(response, &params, out) {
+                if let Err(err) = out.encode(self.encoder.as_mut(), response, &params) {
                     tracing::warn!(listener = %self.ctx.name, error = %err, "cannot encode a response for the client");
                     let reply = LocalReply::new(
                         LocalReplyKind::Internal,
@@ -869,12 +865,12 @@ impl Requests {
     }
 
     /// Counts a local reply and, for a two-way request, writes it.
-    fn local_reply(&mut self, request: &Message, reply: &LocalReply, out: &mut BytesMut) {
+    fn local_reply(&mut self, request: &Message, reply: &LocalReply, out: &mut Outbox) {
         self.ctx.stats.local_reply(reply.kind).inc();
         if request.kind != MessageKind::Request {
             return;
         }
-        if let Err(err) = self.encoder.encode_local_reply(request, reply, out) {
+        if let Err(err) = self.encoder.encode_local_reply(request, reply, out.buf()) {
             tracing::warn!(listener = %self.ctx.name, error = %err, "cannot encode a local reply");
         }
     }

@@ -1,12 +1,12 @@
 //! Read and write buffers of a connection task over a [`Transport`]: reads that take a buffer
-//! only once bytes arrive and reserve room as they do, writes that send everything buffered (many frames, one write), and buffers
-//! that shrink back after a large frame.
+//! only once bytes arrive and reserve room as they do, and buffers that shrink back after a
+//! large frame. Writes go through an [`Outbox`](super::outbox::Outbox).
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use tokio::io::ReadBuf;
 
 use super::Transport;
@@ -14,7 +14,7 @@ use super::Transport;
 /// Buffers start at this size ...
 const BUFFER_SIZE: usize = 16 * 1024;
 /// ... and go back to it when a large frame made them grow past this.
-const BUFFER_KEEP_LIMIT: usize = 1024 * 1024;
+pub(crate) const BUFFER_KEEP_LIMIT: usize = 1024 * 1024;
 
 /// A new read or write buffer.
 pub(crate) fn buffer() -> BytesMut {
@@ -51,27 +51,4 @@ pub(crate) fn poll_read<S: Transport>(
         }
     }
     tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
-}
-
-/// Writes everything in `buf` and flushes, adding what was written to `written` (also when
-/// the stream stops taking bytes half-way and this returns `Pending`).
-pub(crate) fn poll_write<S: Transport>(
-    io: &mut S,
-    cx: &mut Context<'_>,
-    buf: &mut BytesMut,
-    written: &mut u64,
-) -> Poll<io::Result<()>> {
-    while !buf.is_empty() {
-        let n = ready!(Pin::new(&mut *io).poll_write(cx, buf))?;
-        if n == 0 {
-            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-        }
-        buf.advance(n);
-        *written += n as u64;
-    }
-    ready!(Pin::new(&mut *io).poll_flush(cx))?;
-    if buf.capacity() > BUFFER_KEEP_LIMIT {
-        *buf = buffer();
-    }
-    Poll::Ready(Ok(()))
 }

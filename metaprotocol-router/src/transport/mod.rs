@@ -6,6 +6,7 @@
 //! stream to an endpoint. TLS ([`tls`]) is one more variant of each.
 
 pub(crate) mod buffers;
+pub(crate) mod outbox;
 mod tls;
 
 pub(crate) use tls::TlsAcceptor;

@@ -32,6 +32,7 @@ use super::outbound::Outbound;
 use super::{PoolSettings, ReplyTo, UpstreamError};
 use crate::cluster::ConnectionPermit;
 use crate::stats::{ClusterStats, EndpointStats};
+use crate::transport::outbox::Outbox;
 use crate::transport::{Connector, Transport, buffers};
 
 /// Requests queued on one connection before new ones are refused (overflow), so that an upstream
@@ -298,7 +299,7 @@ struct Multiplexer<S> {
     next_id: u64,
     max_id: u64,
     read_buf: BytesMut,
-    write_buf: BytesMut,
+    write_buf: Outbox,
     /// Bytes written to the socket since it opened.
     flushed: u64,
     /// `flushed` at the last sweep, and whether bytes were waiting then: no progress over a
@@ -330,6 +331,7 @@ impl<S: Transport> Multiplexer<S> {
         requests: mpsc::UnboundedReceiver<Outbound>,
         shared: Arc<Shared>,
     ) -> Self {
+        let write_buf = Outbox::with_buffer(io.is_write_vectored());
         Self {
             io,
             encoder: params.codec.new_codec(Side::Upstream, params.variant),
@@ -343,7 +345,7 @@ impl<S: Transport> Multiplexer<S> {
             next_id: 0,
             max_id: params.codec.max_request_id().max(1),
             read_buf: buffers::buffer(),
-            write_buf: buffers::buffer(),
+            write_buf,
             flushed: 0,
             stalled_since: None,
             sweep: Box::pin(tokio::time::sleep(SWEEP_INTERVAL)),
@@ -412,7 +414,10 @@ impl<S: Transport> Multiplexer<S> {
             variant: self.variant,
             mutation: &mutation,
         };
-        match self.encoder.encode(&message, &params, &mut self.write_buf) {
+        match self
+            .write_buf
+            .encode(self.encoder.as_mut(), &message, &params)
+        {
             Ok(()) if expects_answer => {
                 self.waiting.insert(
                     request_id,
@@ -485,7 +490,7 @@ impl<S: Transport> Multiplexer<S> {
             MessageKind::Heartbeat => {
                 if let Err(err) = self
                     .encoder
-                    .encode_heartbeat_reply(&message, &mut self.write_buf)
+                    .encode_heartbeat_reply(&message, self.write_buf.buf())
                 {
                     tracing::debug!(address = %self.address, error = %err, "cannot answer an upstream heartbeat");
                 }
@@ -580,7 +585,8 @@ impl<S: Transport> Future for Multiplexer<S> {
             let written = if this.write_deferred {
                 Poll::Pending
             } else {
-                buffers::poll_write(&mut this.io, cx, &mut this.write_buf, &mut this.flushed)
+                this.write_buf
+                    .poll_write(&mut this.io, cx, &mut this.flushed)
             };
             if let Poll::Ready(Err(_)) = written {
                 this.fail_all();

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use bytes::BytesMut;
 use metaprotocol_core::{
-    Codec, CodecError, CodecFactory, CodecOptions, Message, Side, WireVariant,
+    Codec, CodecError, CodecFactory, CodecOptions, EncodeParams, Message, Side, WireVariant,
 };
 use metaprotocol_thrift::{Protocol, ThriftCodecFactory, ThriftFormat, Transport};
 
@@ -92,6 +92,19 @@ pub fn goldens() -> Result<Vec<Golden>, Box<dyn std::error::Error>> {
 /// A downstream codec with default (auto-detecting) options.
 pub fn auto_codec() -> Box<dyn Codec> {
     ThriftCodecFactory::default().new_codec(Side::Downstream, WireVariant::DEFAULT)
+}
+
+/// What [`auto_codec`] appends for `message` with `params`, checked to be what the write that
+/// shares the frame's end sends too.
+pub fn encode_checked(
+    message: &Message,
+    params: &EncodeParams<'_>,
+) -> Result<BytesMut, CodecError> {
+    let mut out = BytesMut::new();
+    auto_codec().encode(message, params, &mut out)?;
+    let shared = metaprotocol_core::encode_sharing_whole(auto_codec().as_mut(), message, params)?;
+    assert_eq!(shared, out, "encode_sharing disagrees with encode");
+    Ok(out)
 }
 
 /// A downstream codec with the given options.

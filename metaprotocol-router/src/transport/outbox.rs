@@ -1,0 +1,394 @@
+//! What a connection task has yet to write: the bytes it built (headers, rebuilt frames, local
+//! replies, small frames copied whole) and, between them, the unchanged ends of large frames it
+//! forwards, written from the buffer they were read into.
+//!
+//! Forwarding a frame used to copy it into the write buffer, then the kernel copied it again
+//! into the socket. A codec whose passthrough patches only a frame's head (an id in a fixed
+//! header) lets the rest go out as a slice of the frame ([`Codec::encode_sharing`]): the kernel
+//! reads it where it lies, through a vectored write of every part ready, still one system call
+//! for many frames. Smaller frames are copied as before: below [`SHARE_AT`] bytes a copy costs
+//! less than keeping a slice apart (its reference counts, its own I/O slice). In the load
+//! benchmark (Dubbo, 8 x 32 calls in flight, everything on one core) sharing took the proxy
+//! from 7.8 to 7.1 us of CPU a call with 4 KiB payloads and from 23.8 to 20.2 with 16 KiB, was
+//! even at 2 KiB, and cost 10% more at 1 KiB.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use metaprotocol_core::{Codec, CodecError, EncodeParams, Message};
+
+use super::Transport;
+use super::buffers::{BUFFER_KEEP_LIMIT, buffer};
+
+/// Frames at least this long leave their unchanged end out of the write buffer.
+const SHARE_AT: usize = 4096;
+
+/// The most parts handed to one vectored write (the rest go in the next): two a shared frame,
+/// so at least 256 KiB.
+const MAX_SLICES: usize = 128;
+
+/// The unsent bytes of a connection, in order: `parts`, then `buf`.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    /// What was built before the last shared frame end, and shared frame ends, in order.
+    parts: VecDeque<Bytes>,
+    /// The bytes in `parts`.
+    parts_len: usize,
+    /// Where codecs append; written after `parts`.
+    buf: BytesMut,
+    /// True if the stream takes vectored writes; frames are copied whole into `buf` otherwise.
+    vectored: bool,
+}
+
+impl Outbox {
+    /// An outbox over a stream that does (`vectored`) or does not take vectored writes, with
+    /// no buffer yet: one is allocated when bytes are first appended.
+    pub fn new(vectored: bool) -> Self {
+        Self {
+            parts: VecDeque::new(),
+            parts_len: 0,
+            buf: BytesMut::new(),
+            vectored,
+        }
+    }
+
+    /// [`Outbox::new`] with a buffer allocated at once.
+    pub fn with_buffer(vectored: bool) -> Self {
+        Self {
+            buf: buffer(),
+            ..Self::new(vectored)
+        }
+    }
+
+    /// The bytes not yet written.
+    pub fn len(&self) -> usize {
+        self.parts_len + self.buf.len()
+    }
+
+    /// True when everything was written.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// True while the outbox holds memory (a buffer, or frames not yet written).
+    pub fn holds_memory(&self) -> bool {
+        self.buf.capacity() > 0 || !self.parts.is_empty()
+    }
+
+    /// Gives back the buffer of an outbox with nothing left to write.
+    pub fn trim(&mut self) {
+        if self.is_empty() {
+            *self = Self::new(self.vectored);
+        }
+    }
+
+    /// Where codecs append what they build: written after everything already in the outbox.
+    pub fn buf(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    /// Appends `message` encoded by `codec` with `params`: the end of a large frame that goes
+    /// out unchanged is kept as a slice of the frame, not copied. Nothing is appended on error.
+    pub fn encode(
+        &mut self,
+        codec: &mut dyn Codec,
+        message: &Message,
+        params: &EncodeParams<'_>,
+    ) -> Result<(), CodecError> {
+        let frame = &message.frame;
+        if !self.vectored || frame.len() < SHARE_AT {
+            return codec.encode(message, params, &mut self.buf);
+        }
+        let start = self.buf.len();
+        let shared = codec.encode_sharing(message, params, &mut self.buf)?;
+        if shared == 0 {
+            return Ok(());
+        }
+        let Some(at) = frame.len().checked_sub(shared) else {
+            self.buf.truncate(start);
+            return Err(CodecError::Encode(
+                "the codec shared more bytes than its frame holds".into(),
+            ));
+        };
+        self.share(frame.slice(at..));
+        Ok(())
+    }
+
+    /// Appends `bytes` without copying them.
+    fn share(&mut self, bytes: Bytes) {
+        if !self.buf.is_empty() {
+            let built = self.buf.split().freeze();
+            self.parts_len += built.len();
+            self.parts.push_back(built);
+        }
+        self.parts_len += bytes.len();
+        self.parts.push_back(bytes);
+    }
+
+    /// Writes everything and flushes, adding what was written to `written` (also when the
+    /// stream stops taking bytes half-way and this returns `Pending`).
+    pub fn poll_write<S: Transport>(
+        &mut self,
+        io: &mut S,
+        cx: &mut Context<'_>,
+        written: &mut u64,
+    ) -> Poll<io::Result<()>> {
+        while !self.is_empty() {
+            let n = if self.parts.is_empty() {
+                ready!(Pin::new(&mut *io).poll_write(cx, &self.buf))?
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                let parts = self.parts.iter().map(|part| &part[..]);
+                let ready = parts.chain(std::iter::once(&self.buf[..]));
+                let count = slices
+                    .iter_mut()
+                    .zip(ready)
+                    .map(|(slice, part)| *slice = IoSlice::new(part))
+                    .count();
+                ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.consume(n);
+            *written += n as u64;
+        }
+        ready!(Pin::new(&mut *io).poll_flush(cx))?;
+        if self.buf.capacity() > BUFFER_KEEP_LIMIT {
+            self.buf = buffer();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Drops the first `n` unsent bytes: they were written.
+    fn consume(&mut self, mut n: usize) {
+        while let Some(part) = self.parts.front_mut() {
+            if part.len() > n {
+                part.advance(n);
+                self.parts_len -= n;
+                return;
+            }
+            n -= part.len();
+            self.parts_len -= part.len();
+            self.parts.pop_front();
+        }
+        self.buf.advance(n.min(self.buf.len()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use bytes::BufMut;
+    use metaprotocol_core::{LocalReply, MessageKind, Mutation, WireVariant};
+    use tokio::io::AsyncWrite;
+
+    use super::*;
+
+    /// Frames are an id byte, then a body; encoding patches the id, and sharing leaves the
+    /// body out (or, `overshares`, claims more bytes than the frame holds).
+    struct IdCodec {
+        overshares: bool,
+    }
+
+    impl Codec for IdCodec {
+        fn decode(&mut self, _: &mut BytesMut) -> Result<Option<Message>, CodecError> {
+            Ok(None)
+        }
+
+        fn encode(
+            &mut self,
+            message: &Message,
+            params: &EncodeParams<'_>,
+            dst: &mut BytesMut,
+        ) -> Result<(), CodecError> {
+            dst.put_u8(params.request_id as u8);
+            dst.extend_from_slice(&message.frame[1..]);
+            Ok(())
+        }
+
+        fn encode_sharing(
+            &mut self,
+            message: &Message,
+            params: &EncodeParams<'_>,
+            dst: &mut BytesMut,
+        ) -> Result<usize, CodecError> {
+            dst.put_u8(params.request_id as u8);
+            let body = message.frame.len() - 1;
+            Ok(if self.overshares { body + 2 } else { body })
+        }
+
+        fn encode_local_reply(
+            &mut self,
+            _: &Message,
+            _: &LocalReply,
+            _: &mut BytesMut,
+        ) -> Result<(), CodecError> {
+            Ok(())
+        }
+
+        fn encode_heartbeat_reply(
+            &mut self,
+            _: &Message,
+            _: &mut BytesMut,
+        ) -> Result<(), CodecError> {
+            Ok(())
+        }
+    }
+
+    /// A stream that takes at most `max` bytes a write, vectored or not.
+    struct ShortWrites {
+        taken: Vec<u8>,
+        max: usize,
+        writes: usize,
+    }
+
+    impl AsyncWrite for ShortWrites {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            slices: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let mut room = self.max;
+            for slice in slices {
+                let n = slice.len().min(room);
+                self.taken.extend_from_slice(&slice[..n]);
+                room -= n;
+            }
+            self.writes += 1;
+            Poll::Ready(Ok(self.max - room))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl tokio::io::AsyncRead for ShortWrites {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A frame of `len` bytes: id 0, then a body of `fill`.
+    fn frame(len: usize, fill: u8) -> Message {
+        let mut bytes = vec![fill; len];
+        bytes[0] = 0;
+        Message::new(MessageKind::Request, 0, Bytes::from(bytes))
+    }
+
+    /// What `IdCodec` writes for `message` with id `id`.
+    fn encoded(message: &Message, id: u8) -> Vec<u8> {
+        let mut bytes = message.frame.to_vec();
+        bytes[0] = id;
+        bytes
+    }
+
+    fn encode(outbox: &mut Outbox, codec: &mut IdCodec, message: &Message, id: u64) {
+        let mutation = Mutation::new();
+        let params = EncodeParams {
+            request_id: id,
+            variant: WireVariant::DEFAULT,
+            mutation: &mutation,
+        };
+        assert_eq!(outbox.encode(codec, message, &params), Ok(()));
+    }
+
+    /// Fills an outbox with a small frame, a large one, bytes built in place and another
+    /// large frame; returns what the stream must receive.
+    fn fill(outbox: &mut Outbox) -> Vec<u8> {
+        let mut codec = IdCodec { overshares: false };
+        let (small, large, larger) = (frame(100, 1), frame(SHARE_AT, 2), frame(3 * SHARE_AT, 3));
+        encode(outbox, &mut codec, &small, 7);
+        encode(outbox, &mut codec, &large, 8);
+        outbox.buf().extend_from_slice(b"built in place");
+        encode(outbox, &mut codec, &larger, 9);
+        [
+            encoded(&small, 7),
+            encoded(&large, 8),
+            b"built in place".to_vec(),
+            encoded(&larger, 9),
+        ]
+        .concat()
+    }
+
+    /// Writes all of `outbox` to a stream taking `max` bytes a write.
+    fn write_all(outbox: &mut Outbox, max: usize) -> (ShortWrites, u64) {
+        let mut stream = ShortWrites {
+            taken: Vec::new(),
+            max,
+            writes: 0,
+        };
+        let mut written = 0;
+        let mut cx = Context::from_waker(Waker::noop());
+        let done = outbox.poll_write(&mut stream, &mut cx, &mut written);
+        assert!(matches!(done, Poll::Ready(Ok(()))));
+        (stream, written)
+    }
+
+    #[test]
+    fn large_frames_go_out_uncopied_in_order_through_short_writes() {
+        let mut outbox = Outbox::new(true);
+        let expected = fill(&mut outbox);
+        assert_eq!(outbox.len(), expected.len());
+        assert!(
+            outbox.buf().len() < SHARE_AT,
+            "the large frames' bodies are not in the buffer"
+        );
+        let (stream, written) = write_all(&mut outbox, 1000);
+        assert_eq!(stream.taken, expected);
+        assert_eq!(written, expected.len() as u64);
+        assert!(outbox.is_empty());
+        assert_eq!(stream.writes, expected.len().div_ceil(1000));
+    }
+
+    #[test]
+    fn a_stream_without_vectored_writes_gets_frames_copied() {
+        let mut outbox = Outbox::new(false);
+        let expected = fill(&mut outbox);
+        assert_eq!(outbox.buf().len(), expected.len());
+        let (stream, _) = write_all(&mut outbox, 1 << 20);
+        assert_eq!(stream.taken, expected);
+        outbox.trim();
+        assert!(!outbox.holds_memory());
+    }
+
+    #[test]
+    fn a_codec_that_shares_more_than_its_frame_is_refused() {
+        let mut outbox = Outbox::new(true);
+        let mut codec = IdCodec { overshares: true };
+        let mutation = Mutation::new();
+        let params = EncodeParams {
+            request_id: 1,
+            variant: WireVariant::DEFAULT,
+            mutation: &mutation,
+        };
+        let result = outbox.encode(&mut codec, &frame(SHARE_AT, 1), &params);
+        assert!(matches!(result, Err(CodecError::Encode(_))));
+        assert!(outbox.is_empty(), "nothing was appended");
+    }
+}
