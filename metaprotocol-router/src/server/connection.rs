@@ -28,8 +28,9 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use super::request::Requests;
 use super::{ListenerContext, busy_poll, linger};
 use crate::router::deadline_after;
+use crate::transport::buffers::{self, FrameSizes};
 use crate::transport::outbox::Outbox;
-use crate::transport::{Accepted, Transport, buffers};
+use crate::transport::{Accepted, Transport};
 
 /// Requests in flight per client connection; past this the proxy stops reading from that client
 /// until some complete.
@@ -131,6 +132,8 @@ struct Connection<S> {
     requests: Requests,
     /// Empty (no allocation) until bytes arrive, and again once trimmed.
     read_buf: BytesMut,
+    /// The size of the frames read lately, for which `read_buf` makes room.
+    frame_sizes: FrameSizes,
     write_buf: Outbox,
     /// Bytes written to the client so far.
     written: u64,
@@ -165,6 +168,7 @@ impl<S: Transport> Connection<S> {
             ctx,
             decoder,
             read_buf: BytesMut::new(),
+            frame_sizes: FrameSizes::default(),
             write_buf,
             written: 0,
             buffered: 0,
@@ -182,7 +186,7 @@ impl<S: Transport> Connection<S> {
         if self.reading != Reading::Open || self.reading_paused() {
             return false;
         }
-        match buffers::poll_read(&mut self.io, cx, &mut self.read_buf) {
+        match buffers::poll_read(&mut self.io, cx, &mut self.read_buf, &self.frame_sizes) {
             Poll::Pending => return false,
             Poll::Ready(Ok(0)) => {
                 self.reading = Reading::Done;
@@ -200,6 +204,7 @@ impl<S: Transport> Connection<S> {
         loop {
             match self.decoder.decode(&mut self.read_buf) {
                 Ok(Some(message)) => {
+                    self.frame_sizes.saw(message.frame.len());
                     self.last_activity = now;
                     self.partial_since = None;
                     frames += 1;

@@ -1,6 +1,7 @@
 //! Read and write buffers of a connection task over a [`Transport`]: reads that take a buffer
-//! only once bytes arrive and reserve room as they do, and buffers that shrink back after a
-//! large frame. Writes go through an [`Outbox`](super::outbox::Outbox).
+//! only once bytes arrive and reserve room as they do, room that grows with the frames the
+//! connection reads lately, and buffers that shrink back after a large frame. Writes go through
+//! an [`Outbox`](super::outbox::Outbox).
 
 use std::io;
 use std::pin::Pin;
@@ -25,12 +26,48 @@ pub(crate) fn buffer() -> BytesMut {
 /// an idle connection holds no buffer, and readiness alone can be spurious.
 const PROBE_SIZE: usize = 512;
 
-/// Reads what `io` has into `buf`, making room first; `Ready(Ok(0))` at end of stream. An empty
-/// `buf` without capacity gets one only when bytes arrive.
+/// Frames past this size make no more room: a read buffer grows by at most four of them.
+const MAX_FRAME_HINT: usize = BUFFER_KEEP_LIMIT / 4;
+
+/// The size of the frames a connection read lately, for which its read buffer makes room.
+///
+/// Decoded frames are split off the read buffer without a copy, so a buffer stays allocated
+/// until the last of its frames is done with; the next read goes into a new buffer, and the
+/// frame begun at the end of the old one is copied over. A buffer that holds a single large
+/// frame has its every frame copied once this way (and a realloc besides as the frame's size
+/// becomes known). Reserving room for several of the frames a connection carries keeps that
+/// copy to the one frame in several that straddles two buffers.
+#[derive(Debug, Default)]
+pub(crate) struct FrameSizes {
+    recent: usize,
+}
+
+impl FrameSizes {
+    /// Notes a frame of `len` bytes: a larger frame counts at once, and then its weight fades
+    /// by an eighth with each frame after it.
+    pub fn saw(&mut self, len: usize) {
+        self.recent = len.min(MAX_FRAME_HINT).max(self.recent - self.recent / 8);
+    }
+
+    /// The free room a read buffer keeps before a read.
+    fn room(&self) -> usize {
+        self.recent.max(BUFFER_SIZE / 4)
+    }
+
+    /// What a read buffer without that room reserves.
+    fn growth(&self) -> usize {
+        (4 * self.recent).max(BUFFER_SIZE)
+    }
+}
+
+/// Reads what `io` has into `buf`, making room first for frames of the `sizes` the connection
+/// reads; `Ready(Ok(0))` at end of stream. An empty `buf` without capacity gets one only when
+/// bytes arrive.
 pub(crate) fn poll_read<S: Transport>(
     io: &mut S,
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
+    sizes: &FrameSizes,
 ) -> Poll<io::Result<usize>> {
     if buf.capacity() == 0 {
         let mut probe = [0u8; PROBE_SIZE];
@@ -43,11 +80,11 @@ pub(crate) fn poll_read<S: Transport>(
         }
         return Poll::Ready(Ok(n));
     }
-    if buf.capacity() - buf.len() < BUFFER_SIZE / 4 {
+    if buf.capacity() - buf.len() < sizes.room() {
         if buf.is_empty() && buf.capacity() > BUFFER_KEEP_LIMIT {
-            *buf = buffer();
+            *buf = BytesMut::with_capacity(sizes.growth());
         } else {
-            buf.reserve(BUFFER_SIZE);
+            buf.reserve(sizes.growth());
         }
     }
     tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)

@@ -32,8 +32,9 @@ use super::outbound::Outbound;
 use super::{PoolSettings, ReplyTo, UpstreamError};
 use crate::cluster::ConnectionPermit;
 use crate::stats::{ClusterStats, EndpointStats};
+use crate::transport::buffers::{self, FrameSizes};
 use crate::transport::outbox::Outbox;
-use crate::transport::{Connector, Transport, buffers};
+use crate::transport::{Connector, Transport};
 
 /// Requests queued on one connection before new ones are refused (overflow), so that an upstream
 /// that stops reading cannot make the proxy hold unbounded memory.
@@ -299,6 +300,8 @@ struct Multiplexer<S> {
     next_id: u64,
     max_id: u64,
     read_buf: BytesMut,
+    /// The size of the frames read lately, for which `read_buf` makes room.
+    frame_sizes: FrameSizes,
     write_buf: Outbox,
     /// Bytes written to the socket since it opened.
     flushed: u64,
@@ -345,6 +348,7 @@ impl<S: Transport> Multiplexer<S> {
             next_id: 0,
             max_id: params.codec.max_request_id().max(1),
             read_buf: buffers::buffer(),
+            frame_sizes: FrameSizes::default(),
             write_buf,
             flushed: 0,
             stalled_since: None,
@@ -449,14 +453,22 @@ impl<S: Transport> Multiplexer<S> {
     /// Reads and handles every frame that arrived; `Ready(false)` when the connection is done
     /// (closed, failed, or sent a stream that cannot be trusted).
     fn poll_read_frames(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
-        match ready!(buffers::poll_read(&mut self.io, cx, &mut self.read_buf)) {
+        match ready!(buffers::poll_read(
+            &mut self.io,
+            cx,
+            &mut self.read_buf,
+            &self.frame_sizes
+        )) {
             Ok(0) | Err(_) => return Poll::Ready(false),
             Ok(_) => {}
         }
         let now = Instant::now();
         loop {
             match self.decoder.decode(&mut self.read_buf) {
-                Ok(Some(message)) => self.inbound(message, now),
+                Ok(Some(message)) => {
+                    self.frame_sizes.saw(message.frame.len());
+                    self.inbound(message, now)
+                }
                 Ok(None) => return Poll::Ready(true),
                 Err(err) => {
                     tracing::warn!(address = %self.address, error = %err, "closing upstream connection: bad response stream");
