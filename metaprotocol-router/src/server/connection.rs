@@ -161,7 +161,6 @@ impl<S: Transport> Connection<S> {
         ctx.stats.cx_active.inc();
         let decoder = ctx.codec.new_codec(Side::Downstream, WireVariant::DEFAULT);
         let encoder = ctx.codec.new_codec(Side::Downstream, WireVariant::DEFAULT);
-        let write_buf = Outbox::new(io.is_write_vectored());
         Self {
             io,
             requests: Requests::new(ctx.clone(), connection, encoder),
@@ -169,7 +168,7 @@ impl<S: Transport> Connection<S> {
             decoder,
             read_buf: BytesMut::new(),
             frame_sizes: FrameSizes::default(),
-            write_buf,
+            write_buf: Outbox::new(),
             written: 0,
             buffered: 0,
             reading: Reading::Open,

@@ -315,7 +315,7 @@ impl Requests {
     /// Ends every request without an answer: the client is gone.
     pub fn abandon_all(&mut self) {
         let now = Instant::now();
-        let mut sink = Outbox::new(false);
+        let mut sink = Outbox::new();
         for key in self.keys() {
             if let Some(inflight) = self.slab.get_mut(key.index as usize) {
                 inflight

@@ -39,24 +39,26 @@ const MAX_FRAME_HINT: usize = BUFFER_KEEP_LIMIT / 4;
 /// copy to the one frame in several that straddles two buffers.
 #[derive(Debug, Default)]
 pub(crate) struct FrameSizes {
-    recent: usize,
+    /// At most [`MAX_FRAME_HINT`]; four bytes, as an idle connection holds this.
+    recent: u32,
 }
 
 impl FrameSizes {
     /// Notes a frame of `len` bytes: a larger frame counts at once, and then its weight fades
     /// by an eighth with each frame after it.
     pub fn saw(&mut self, len: usize) {
-        self.recent = len.min(MAX_FRAME_HINT).max(self.recent - self.recent / 8);
+        let len = u32::try_from(len.min(MAX_FRAME_HINT)).unwrap_or(u32::MAX);
+        self.recent = len.max(self.recent - self.recent / 8);
     }
 
     /// The free room a read buffer keeps before a read.
     fn room(&self) -> usize {
-        self.recent.max(BUFFER_SIZE / 4)
+        (self.recent as usize).max(BUFFER_SIZE / 4)
     }
 
     /// What a read buffer without that room reserves.
     fn growth(&self) -> usize {
-        (4 * self.recent).max(BUFFER_SIZE)
+        (4 * self.recent as usize).max(BUFFER_SIZE)
     }
 }
 

@@ -6,11 +6,13 @@
 //! into the socket. A codec whose passthrough patches only a frame's head (an id in a fixed
 //! header) lets the rest go out as a slice of the frame ([`Codec::encode_sharing`]): the kernel
 //! reads it where it lies, through a vectored write of every part ready, still one system call
-//! for many frames. Smaller frames are copied as before: below [`SHARE_AT`] bytes a copy costs
+//! for many frames (both transports, TCP and TLS, take vectored writes; a stream that did not
+//! would write the parts one at a time, still in order). Smaller frames are copied as before: below [`SHARE_AT`] bytes a copy costs
 //! less than keeping a slice apart (its reference counts, its own I/O slice). In the load
-//! benchmark (Dubbo, 8 x 32 calls in flight, everything on one core) sharing took the proxy
-//! from 7.8 to 7.1 us of CPU a call with 4 KiB payloads and from 23.8 to 20.2 with 16 KiB, was
-//! even at 2 KiB, and cost 10% more at 1 KiB.
+//! benchmark (8 x 16 calls in flight, everything on one core, interleaved runs) sharing took the
+//! proxy from 22.2 to 19.2 us of CPU per Dubbo call with 16 KiB payloads (Thrift 18.2 to 16.6,
+//! bRPC 16.2 to 15.0); with 2 and 4 KiB it came out even within the runs' noise, and with 1 KiB
+//! 10% dearer: hence the threshold.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -33,39 +35,41 @@ const MAX_SLICES: usize = 128;
 /// The unsent bytes of a connection, in order: `parts`, then `buf`.
 #[derive(Debug)]
 pub(crate) struct Outbox {
-    /// What was built before the last shared frame end, and shared frame ends, in order.
-    parts: VecDeque<Bytes>,
-    /// The bytes in `parts`.
-    parts_len: usize,
     /// Where codecs append; written after `parts`.
     buf: BytesMut,
-    /// True if the stream takes vectored writes; frames are copied whole into `buf` otherwise.
-    vectored: bool,
+    /// Allocated at the first shared frame: an idle connection holds an outbox, and ten
+    /// thousand of them would hold the room for parts they never use.
+    parts: Option<Box<Parts>>,
+}
+
+/// What was built before the last shared frame end, and shared frame ends, in order.
+#[derive(Debug, Default)]
+struct Parts {
+    queue: VecDeque<Bytes>,
+    /// The bytes in `queue`.
+    len: usize,
 }
 
 impl Outbox {
-    /// An outbox over a stream that does (`vectored`) or does not take vectored writes, with
-    /// no buffer yet: one is allocated when bytes are first appended.
-    pub fn new(vectored: bool) -> Self {
+    /// An outbox with no buffer yet: one is allocated when bytes are first appended.
+    pub fn new() -> Self {
         Self {
-            parts: VecDeque::new(),
-            parts_len: 0,
             buf: BytesMut::new(),
-            vectored,
+            parts: None,
         }
     }
 
     /// [`Outbox::new`] with a buffer allocated at once.
-    pub fn with_buffer(vectored: bool) -> Self {
+    pub fn with_buffer() -> Self {
         Self {
             buf: buffer(),
-            ..Self::new(vectored)
+            parts: None,
         }
     }
 
     /// The bytes not yet written.
     pub fn len(&self) -> usize {
-        self.parts_len + self.buf.len()
+        self.parts.as_ref().map_or(0, |parts| parts.len) + self.buf.len()
     }
 
     /// True when everything was written.
@@ -73,15 +77,15 @@ impl Outbox {
         self.len() == 0
     }
 
-    /// True while the outbox holds memory (a buffer, or frames not yet written).
+    /// True while the outbox holds memory (a buffer, or room for parts).
     pub fn holds_memory(&self) -> bool {
-        self.buf.capacity() > 0 || !self.parts.is_empty()
+        self.buf.capacity() > 0 || self.parts.is_some()
     }
 
     /// Gives back the buffer of an outbox with nothing left to write.
     pub fn trim(&mut self) {
         if self.is_empty() {
-            *self = Self::new(self.vectored);
+            *self = Self::new();
         }
     }
 
@@ -99,7 +103,7 @@ impl Outbox {
         params: &EncodeParams<'_>,
     ) -> Result<(), CodecError> {
         let frame = &message.frame;
-        if !self.vectored || frame.len() < SHARE_AT {
+        if frame.len() < SHARE_AT {
             return codec.encode(message, params, &mut self.buf);
         }
         let start = self.buf.len();
@@ -119,13 +123,14 @@ impl Outbox {
 
     /// Appends `bytes` without copying them.
     fn share(&mut self, bytes: Bytes) {
+        let parts = self.parts.get_or_insert_with(Box::default);
         if !self.buf.is_empty() {
             let built = self.buf.split().freeze();
-            self.parts_len += built.len();
-            self.parts.push_back(built);
+            parts.len += built.len();
+            parts.queue.push_back(built);
         }
-        self.parts_len += bytes.len();
-        self.parts.push_back(bytes);
+        parts.len += bytes.len();
+        parts.queue.push_back(bytes);
     }
 
     /// Writes everything and flushes, adding what was written to `written` (also when the
@@ -137,11 +142,10 @@ impl Outbox {
         written: &mut u64,
     ) -> Poll<io::Result<()>> {
         while !self.is_empty() {
-            let n = if self.parts.is_empty() {
-                ready!(Pin::new(&mut *io).poll_write(cx, &self.buf))?
-            } else {
+            let queued = self.parts.as_ref().filter(|parts| !parts.queue.is_empty());
+            let n = if let Some(parts) = queued {
                 let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-                let parts = self.parts.iter().map(|part| &part[..]);
+                let parts = parts.queue.iter().map(|part| &part[..]);
                 let ready = parts.chain(std::iter::once(&self.buf[..]));
                 let count = slices
                     .iter_mut()
@@ -149,6 +153,8 @@ impl Outbox {
                     .map(|(slice, part)| *slice = IoSlice::new(part))
                     .count();
                 ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?
+            } else {
+                ready!(Pin::new(&mut *io).poll_write(cx, &self.buf))?
             };
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
@@ -165,15 +171,17 @@ impl Outbox {
 
     /// Drops the first `n` unsent bytes: they were written.
     fn consume(&mut self, mut n: usize) {
-        while let Some(part) = self.parts.front_mut() {
-            if part.len() > n {
-                part.advance(n);
-                self.parts_len -= n;
-                return;
+        if let Some(parts) = self.parts.as_deref_mut() {
+            while let Some(part) = parts.queue.front_mut() {
+                if part.len() > n {
+                    part.advance(n);
+                    parts.len -= n;
+                    return;
+                }
+                n -= part.len();
+                parts.len -= part.len();
+                parts.queue.pop_front();
             }
-            n -= part.len();
-            self.parts_len -= part.len();
-            self.parts.pop_front();
         }
         self.buf.advance(n.min(self.buf.len()));
     }
@@ -352,7 +360,7 @@ mod tests {
 
     #[test]
     fn large_frames_go_out_uncopied_in_order_through_short_writes() {
-        let mut outbox = Outbox::new(true);
+        let mut outbox = Outbox::new();
         let expected = fill(&mut outbox);
         assert_eq!(outbox.len(), expected.len());
         assert!(
@@ -367,19 +375,23 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_without_vectored_writes_gets_frames_copied() {
-        let mut outbox = Outbox::new(false);
-        let expected = fill(&mut outbox);
-        assert_eq!(outbox.buf().len(), expected.len());
-        let (stream, _) = write_all(&mut outbox, 1 << 20);
-        assert_eq!(stream.taken, expected);
+    fn a_written_outbox_gives_its_memory_back_when_trimmed() {
+        let mut outbox = Outbox::new();
+        assert!(!outbox.holds_memory(), "a new outbox holds nothing");
+        fill(&mut outbox);
+        outbox.trim();
+        assert!(
+            outbox.holds_memory(),
+            "an outbox with bytes to write keeps them"
+        );
+        write_all(&mut outbox, 1 << 20);
         outbox.trim();
         assert!(!outbox.holds_memory());
     }
 
     #[test]
     fn a_codec_that_shares_more_than_its_frame_is_refused() {
-        let mut outbox = Outbox::new(true);
+        let mut outbox = Outbox::new();
         let mut codec = IdCodec { overshares: true };
         let mutation = Mutation::new();
         let params = EncodeParams {

@@ -334,7 +334,6 @@ impl<S: Transport> Multiplexer<S> {
         requests: mpsc::UnboundedReceiver<Outbound>,
         shared: Arc<Shared>,
     ) -> Self {
-        let write_buf = Outbox::with_buffer(io.is_write_vectored());
         Self {
             io,
             encoder: params.codec.new_codec(Side::Upstream, params.variant),
@@ -349,7 +348,7 @@ impl<S: Transport> Multiplexer<S> {
             max_id: params.codec.max_request_id().max(1),
             read_buf: buffers::buffer(),
             frame_sizes: FrameSizes::default(),
-            write_buf,
+            write_buf: Outbox::with_buffer(),
             flushed: 0,
             stalled_since: None,
             sweep: Box::pin(tokio::time::sleep(SWEEP_INTERVAL)),
