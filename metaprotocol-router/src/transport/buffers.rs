@@ -91,3 +91,60 @@ pub(crate) fn poll_read<S: Transport>(
     }
     tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    #[test]
+    fn frame_sizes_count_a_large_frame_at_once_and_let_it_fade() {
+        let mut sizes = FrameSizes::default();
+        assert_eq!(
+            (sizes.room(), sizes.growth()),
+            (BUFFER_SIZE / 4, BUFFER_SIZE)
+        );
+        sizes.saw(64 * 1024);
+        assert_eq!((sizes.room(), sizes.growth()), (64 * 1024, 256 * 1024));
+        for _ in 0..40 {
+            sizes.saw(100);
+        }
+        assert_eq!(
+            (sizes.room(), sizes.growth()),
+            (BUFFER_SIZE / 4, BUFFER_SIZE)
+        );
+        sizes.saw(usize::MAX);
+        assert_eq!(
+            sizes.growth(),
+            4 * MAX_FRAME_HINT,
+            "a huge frame grows a buffer by at most this"
+        );
+    }
+
+    /// The capacity of a 16 KiB read buffer holding 15 KiB (the start of a frame) after a read
+    /// by a connection whose frames run to `frame` bytes.
+    async fn capacity_after_a_read(frame: usize) -> usize {
+        let (mut io, mut peer) = tokio::io::duplex(1 << 16);
+        peer.write_all(b"the rest of the frame").await.ok();
+        let mut sizes = FrameSizes::default();
+        sizes.saw(frame);
+        let mut buf = buffer();
+        buf.extend_from_slice(&[0; 15 * 1024]);
+        let read = poll_fn(|cx| poll_read(&mut io, cx, &mut buf, &sizes)).await;
+        assert_eq!(read.ok(), Some(21));
+        buf.capacity()
+    }
+
+    #[tokio::test]
+    async fn reads_make_room_for_several_of_the_frames_a_connection_carries() {
+        let partial = 15 * 1024;
+        assert!(capacity_after_a_read(64 * 1024).await >= partial + 4 * 64 * 1024);
+        assert!(
+            capacity_after_a_read(1024).await < partial + 4 * 64 * 1024,
+            "small frames keep standard buffers"
+        );
+    }
+}
