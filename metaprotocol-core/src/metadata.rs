@@ -212,7 +212,8 @@ impl Metadata {
     /// Keeps `text` where it takes least (as a span of the source when it lies in it) and
     /// returns where it is; `None` for a source range that is not UTF-8 text of the source.
     // Inlined into `insert`, its only caller (twice): the text is matched where it was built
-    // rather than passed through memory, which halves an insert's cost.
+    // rather than passed through memory (with `same_bytes`, Dubbo's request decode went from
+    // 5,382 to 5,132 instructions by `decode_cost`).
     #[inline(always)]
     fn store(&mut self, text: MetadataStr) -> Option<Span> {
         match text {
@@ -405,6 +406,22 @@ impl<K: Into<MetadataStr>, V: Into<MetadataStr>> FromIterator<(K, V)> for Metada
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_bytes_sees_every_differing_byte_in_any_length() {
+        for len in 0..40usize {
+            let key: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            assert!(same_bytes(&key, &key.clone()), "{len}");
+            if let Some(shorter) = len.checked_sub(1) {
+                assert!(!same_bytes(&key, &key[..shorter]), "{len}");
+            }
+            for at in 0..len {
+                let mut other = key.clone();
+                other[at] ^= 0x20;
+                assert!(!same_bytes(&key, &other), "{len} {at}");
+            }
+        }
+    }
 
     #[test]
     fn insert_replaces_and_remove_removes() {
