@@ -76,6 +76,7 @@ mod stats;
 mod trace;
 mod transport;
 mod upstream;
+mod waiting;
 
 #[cfg(test)]
 mod testing;

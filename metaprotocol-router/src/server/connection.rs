@@ -22,8 +22,8 @@ use bytes::BytesMut;
 use metaprotocol_core::{
     Codec, ConnectionInfo, LocalReply, LocalReplyKind, ResponseFlags, Side, WireVariant,
 };
-use tokio::time::{Instant, Sleep};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::request::Requests;
 use super::{ListenerContext, busy_poll, linger};
@@ -31,6 +31,7 @@ use crate::router::deadline_after;
 use crate::transport::buffers::{self, FrameSizes};
 use crate::transport::outbox::Outbox;
 use crate::transport::{Accepted, Transport};
+use crate::waiting::{Cancellation, Timer};
 
 /// Requests in flight per client connection; past this the proxy stops reading from that client
 /// until some complete.
@@ -81,46 +82,32 @@ pub(crate) async fn serve<S: Transport>(
 /// moving later (the idle deadline moves with every request) cost a comparison, not a timer
 /// update.
 struct Alarm {
-    sleep: Pin<Box<Sleep>>,
+    timer: Timer,
     armed: Option<Instant>,
-    /// Polled pending since the task woke and since it was last moved: the timer holds the
-    /// task's waker, and polling it again before the next wake-up could not say more.
-    waiting: bool,
 }
 
 impl Alarm {
     fn new() -> Self {
         Self {
-            sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            timer: Timer::at(Instant::now()),
             armed: None,
-            waiting: false,
         }
     }
 
     /// Makes sure the alarm rings no later than `at`.
     fn arm(&mut self, at: Instant) {
         if self.armed.is_none_or(|armed| at < armed) {
-            self.sleep.as_mut().reset(at);
+            self.timer.reset(at);
             self.armed = Some(at);
-            self.waiting = false;
         }
-    }
-
-    /// The task woke up: the next [`Alarm::poll`] looks at the timer again.
-    fn woke(&mut self) {
-        self.waiting = false;
     }
 
     /// True once the armed time came (and disarms it).
     fn poll(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.armed.is_none() || self.waiting {
-            return false;
-        }
-        if self.sleep.as_mut().poll(cx).is_ready() {
+        if self.armed.is_some() && self.timer.poll(cx).is_ready() {
             self.armed = None;
             return true;
         }
-        self.waiting = true;
         false
     }
 }
@@ -140,7 +127,7 @@ struct Connection<S> {
     /// The unsent bytes this connection counts in the proxy-wide load.
     buffered: usize,
     reading: Reading,
-    drain: Pin<Box<WaitForCancellationFutureOwned>>,
+    drain: Cancellation,
     draining_until: Option<Instant>,
     /// The last complete frame received or answer written.
     last_activity: Instant,
@@ -172,7 +159,7 @@ impl<S: Transport> Connection<S> {
             written: 0,
             buffered: 0,
             reading: Reading::Open,
-            drain: Box::pin(drain.cancelled_owned()),
+            drain: Cancellation::new(drain),
             draining_until: None,
             last_activity: Instant::now(),
             partial_since: None,
@@ -234,11 +221,10 @@ impl<S: Transport> Connection<S> {
         self.requests.len() >= MAX_IN_FLIGHT || self.write_buf.len() >= WRITE_BUDGET
     }
 
-    /// Applies the drain signal and the connection's deadlines. True if anything changed. The
-    /// drain signal is looked at once per wake-up (`woke`): it holds the task's waker.
-    fn poll_lifecycle(&mut self, cx: &mut Context<'_>, now: Instant, woke: bool) -> bool {
+    /// Applies the drain signal and the connection's deadlines. True if anything changed.
+    fn poll_lifecycle(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
         let mut changed = false;
-        if self.draining_until.is_none() && woke && self.drain.as_mut().poll(cx).is_ready() {
+        if self.draining_until.is_none() && self.drain.poll(cx).is_ready() {
             self.draining_until = Some(deadline_after(now, self.ctx.drain_time));
             self.requests.goaway(&mut self.write_buf);
             changed = true;
@@ -357,8 +343,6 @@ impl<S: Transport> Future for Connection<S> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         busy_poll::served();
-        this.alarm.woke();
-        let mut woke = true;
         loop {
             let now = Instant::now();
             let mut progress = this.requests.poll(cx, &mut this.write_buf, now);
@@ -387,8 +371,7 @@ impl<S: Transport> Future for Connection<S> {
                 // waker is registered meanwhile: read again before waiting.
                 progress = true;
             }
-            progress |= this.poll_lifecycle(cx, now, woke);
-            woke = false;
+            progress |= this.poll_lifecycle(cx, now);
             if this.reading != Reading::Open
                 && this.requests.is_empty()
                 && this.write_buf.is_empty()

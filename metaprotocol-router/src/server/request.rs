@@ -33,6 +33,7 @@ use crate::router::{self, Matched, Next, Routed, Unrouted};
 use crate::trace::RequestSpan;
 use crate::transport::outbox::Outbox;
 use crate::upstream::{Inbox, ReplyTo, RequestKey, UpstreamError, UpstreamEvent};
+use crate::waiting::Receiver;
 
 /// Upstream answers handled per poll before the connection reads and writes again.
 const EVENT_BATCH: usize = 256;
@@ -136,9 +137,10 @@ pub(crate) struct Requests {
     slab: Slab<InFlight>,
     next_seq: u32,
     /// Where upstream answers arrive; made on the first attempt, dropped when trimmed.
-    channel: Option<(Inbox, mpsc::UnboundedReceiver<UpstreamEvent>)>,
-    /// Made on the first timer, dropped when trimmed.
-    timers: Option<Timers<(RequestKey, TimerKind)>>,
+    channel: Option<(Inbox, Receiver<UpstreamEvent>)>,
+    /// Made on the first timer, dropped when trimmed; boxed, so that an idle connection holds
+    /// a pointer's worth.
+    timers: Option<Box<Timers<(RequestKey, TimerKind)>>>,
     /// Made on the first filter that waits, dropped when trimmed.
     waits: Option<FuturesUnordered<FilterWait>>,
     /// Allocations for the next requests' messages, each holding an empty message (see
@@ -203,7 +205,10 @@ impl Requests {
 
     fn inbox(&mut self) -> Inbox {
         self.channel
-            .get_or_insert_with(mpsc::unbounded_channel)
+            .get_or_insert_with(|| {
+                let (inbox, events) = mpsc::unbounded_channel();
+                (inbox, Receiver::new(events))
+            })
             .0
             .clone()
     }
@@ -347,7 +352,7 @@ impl Requests {
         at: Instant,
         now: Instant,
     ) -> TimerId {
-        self.timers.get_or_insert_with(Timers::new).insert(
+        self.timers.get_or_insert_with(Box::default).insert(
             (key, kind),
             at.min(router::deadline_after(now, TIMER_HORIZON)),
         )

@@ -1,20 +1,20 @@
 //! The timers of one connection's requests (deadlines, per-try timeouts, retry pauses): a heap
-//! under one `Sleep`.
+//! under one timer.
 //!
 //! Why not tokio-util's `DelayQueue`: inserting into and removing from its hierarchical wheel
 //! cost about 1,600 instructions per request, more than routing it. Here arming a timer is a
 //! heap push (constant time when deadlines arrive in order, as one route's do) and cancelling
 //! one costs nothing: its owner forgets the timer's id, and the entry is dropped unseen when it
 //! comes due, or earlier, when cancelled entries make up half the heap ([`Timers::compact`]).
-//! The one `Sleep` is armed at the earliest entry and moved only when that changes.
+//! The one timer is armed at the earliest entry and moved only when that changes.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
-use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
+
+use crate::waiting::Timer;
 
 /// Cancelled entries tolerated before a compaction is considered: compacting a small heap
 /// often would cost more than the entries it drops.
@@ -70,24 +70,26 @@ pub(super) struct Timers<T> {
     next_id: u64,
     /// Timers cancelled since the last compaction (some may have come due since).
     cancelled: usize,
-    sleep: Pin<Box<Sleep>>,
-    /// The deadline `sleep` is set to.
+    timer: Timer,
+    /// The deadline `timer` is set to.
     armed: Option<Instant>,
 }
 
-impl<T> Timers<T> {
-    pub fn new() -> Self {
+impl<T> Default for Timers<T> {
+    fn default() -> Self {
         Self {
             heap: BinaryHeap::new(),
             next_id: 0,
             cancelled: 0,
-            sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            timer: Timer::at(Instant::now()),
             armed: None,
         }
     }
+}
 
+impl<T> Timers<T> {
     /// Arms a timer for `at`. The caller polls [`Timers::poll_expired`] afterwards, before
-    /// it waits: that is where the `Sleep` moves to an earlier deadline.
+    /// it waits: that is where the timer moves to an earlier deadline.
     pub fn insert(&mut self, what: T, at: Instant) -> TimerId {
         self.next_id += 1;
         let id = TimerId(self.next_id);
@@ -117,10 +119,10 @@ impl<T> Timers<T> {
             return Poll::Pending;
         };
         if self.armed != Some(head.at) {
-            self.sleep.as_mut().reset(head.at);
+            self.timer.reset(head.at);
             self.armed = Some(head.at);
         }
-        ready!(self.sleep.as_mut().poll(cx));
+        ready!(self.timer.poll(cx));
         match self.heap.pop() {
             Some(Reverse(Entry { id, what, .. })) => Poll::Ready(Expired { id, what }),
             None => Poll::Pending,
@@ -131,6 +133,7 @@ impl<T> Timers<T> {
 #[cfg(test)]
 mod tests {
     use std::future::poll_fn;
+    use std::time::Duration;
 
     use super::*;
 
@@ -142,7 +145,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn timers_fire_in_deadline_order_then_arming_order() {
         let start = Instant::now();
-        let mut timers = Timers::new();
+        let mut timers = Timers::default();
         let late = timers.insert("late", start + Duration::from_secs(3));
         let early = timers.insert("early", start + Duration::from_secs(1));
         let tie = timers.insert("tie", start + Duration::from_secs(3));
@@ -156,7 +159,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_earlier_timer_armed_while_waiting_moves_the_sleep() {
         let start = Instant::now();
-        let mut timers = Timers::new();
+        let mut timers = Timers::default();
         timers.insert("late", start + Duration::from_secs(10));
         let waker = futures::task::noop_waker();
         assert!(
@@ -172,7 +175,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn compaction_drops_what_the_owner_forgot_and_keeps_the_rest() {
         let start = Instant::now();
-        let mut timers = Timers::new();
+        let mut timers = Timers::default();
         let mut kept = Vec::new();
         let mut compacted = false;
         for n in 0..200u64 {

@@ -25,7 +25,7 @@ use metaprotocol_core::{
 };
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use super::backoff::ConnectBackoff;
 use super::outbound::Outbound;
@@ -35,6 +35,7 @@ use crate::stats::{ClusterStats, EndpointStats};
 use crate::transport::buffers::{self, FrameSizes};
 use crate::transport::outbox::Outbox;
 use crate::transport::{Connector, Transport};
+use crate::waiting::{Receiver, Timer};
 
 /// Requests queued on one connection before new ones are refused (overflow), so that an upstream
 /// that stops reading cannot make the proxy hold unbounded memory.
@@ -215,7 +216,7 @@ async fn serve<S: Transport>(
                 address: params.address,
                 reason: err.to_string().into(),
             };
-            let mut requests = requests;
+            let mut requests = Receiver::new(requests);
             refuse_all(&mut requests, &shared, &params.stats, &error);
             return;
         }
@@ -240,7 +241,7 @@ async fn serve<S: Transport>(
 
 /// Closes the queue and answers everything in it with `error`.
 fn refuse_all(
-    requests: &mut mpsc::UnboundedReceiver<Outbound>,
+    requests: &mut Receiver<Outbound>,
     shared: &Shared,
     stats: &ClusterStats,
     error: &UpstreamError,
@@ -293,7 +294,7 @@ struct Multiplexer<S> {
     decoder: Box<dyn Codec>,
     variant: WireVariant,
     exclusive: bool,
-    requests: mpsc::UnboundedReceiver<Outbound>,
+    requests: Receiver<Outbound>,
     requests_closed: bool,
     shared: Arc<Shared>,
     waiting: HashMap<u64, Waiting, BuildHasherDefault<IdHasher>>,
@@ -308,7 +309,7 @@ struct Multiplexer<S> {
     /// `flushed` at the last sweep, and whether bytes were waiting then: no progress over a
     /// whole stall limit means a stuck upstream.
     stalled_since: Option<(Instant, u64)>,
-    sweep: Pin<Box<Sleep>>,
+    sweep: Timer,
     /// Close after this long with nothing in flight.
     idle_timeout: Duration,
     /// Whether a request was taken since the last sweep, and when the connection last carried
@@ -340,7 +341,7 @@ impl<S: Transport> Multiplexer<S> {
             decoder: params.codec.new_codec(Side::Upstream, params.variant),
             variant: params.variant,
             exclusive: params.codec.pool_mode() == metaprotocol_core::PoolMode::Exclusive,
-            requests,
+            requests: Receiver::new(requests),
             requests_closed: false,
             shared,
             waiting: HashMap::default(),
@@ -351,7 +352,7 @@ impl<S: Transport> Multiplexer<S> {
             write_buf: Outbox::with_buffer(),
             flushed: 0,
             stalled_since: None,
-            sweep: Box::pin(tokio::time::sleep(SWEEP_INTERVAL)),
+            sweep: Timer::at(Instant::now() + SWEEP_INTERVAL),
             idle_timeout: params.settings.idle_timeout,
             busy: false,
             last_busy: Instant::now(),
@@ -578,9 +579,6 @@ impl<S: Transport> Future for Multiplexer<S> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         crate::server::busy_poll::served();
-        // The sweep timer is polled once per wake-up, and again after it is moved: pending, it
-        // holds the task's waker, and polling it on every pass could not say more.
-        let mut poll_sweep = true;
         // At most one write in a row is put off: the poll after a deferral writes.
         let mut may_defer = !std::mem::take(&mut this.write_deferred);
         loop {
@@ -614,7 +612,7 @@ impl<S: Transport> Future for Multiplexer<S> {
                 }
                 Poll::Pending => {}
             }
-            if std::mem::take(&mut poll_sweep) && this.sweep.as_mut().poll(cx).is_ready() {
+            if this.sweep.poll(cx).is_ready() {
                 if this.stuck() {
                     tracing::warn!(address = %this.address, "closing upstream connection: it has taken no bytes for {WRITE_STALL_LIMIT:?}");
                     this.fail_all();
@@ -628,8 +626,7 @@ impl<S: Transport> Future for Multiplexer<S> {
                 }
                 this.sweep();
                 let next = Instant::now() + SWEEP_INTERVAL;
-                this.sweep.as_mut().reset(next);
-                poll_sweep = true;
+                this.sweep.reset(next);
                 progressed = true;
             }
             if this.requests_closed && this.waiting.is_empty() && this.write_buf.is_empty() {
