@@ -48,6 +48,25 @@ impl Registered {
             None
         }
     }
+
+    /// Polls `poll`, which stores the waker when pending, unless it holds `cx`'s waker already
+    /// (`registered`) and nothing happened since (`quiet`).
+    fn poll_unless_quiet(
+        registered: &mut Option<Self>,
+        cx: &mut Context<'_>,
+        quiet: bool,
+        poll: impl FnOnce(&mut Context<'_>) -> Poll<()>,
+    ) -> Poll<()> {
+        if quiet && registered.is_some() && *registered == Self::of(cx.waker()) {
+            return Poll::Pending;
+        }
+        let polled = poll(cx);
+        *registered = match polled {
+            Poll::Pending => Self::stored_by_pending(cx),
+            Poll::Ready(()) => None,
+        };
+        polled
+    }
 }
 
 /// The receiving end of an unbounded queue, polled only when it may hold something.
@@ -124,18 +143,10 @@ impl Timer {
     /// Ready once the timer's time came.
     pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         // A timer that fires leaves the runtime's wheel, then wakes the stored waker.
-        if self.registered.is_some()
-            && self.registered == Registered::of(cx.waker())
-            && !self.sleep.is_elapsed()
-        {
-            return Poll::Pending;
-        }
-        let polled = self.sleep.as_mut().poll(cx);
-        self.registered = match polled {
-            Poll::Pending => Registered::stored_by_pending(cx),
-            Poll::Ready(()) => None,
-        };
-        polled
+        let quiet = !self.sleep.is_elapsed();
+        Registered::poll_unless_quiet(&mut self.registered, cx, quiet, |cx| {
+            self.sleep.as_mut().poll(cx)
+        })
     }
 }
 
@@ -158,19 +169,10 @@ impl Cancellation {
     /// Ready once the token is cancelled.
     pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         // A cancellation marks the token, then wakes the stored wakers.
-        if self.registered.is_some()
-            && self.registered == Registered::of(cx.waker())
-            && !self.token.is_cancelled()
-        {
-            return Poll::Pending;
-        }
-        let polled = self.cancelled.as_mut().poll(cx);
-        self.registered = if polled.is_pending() {
-            Registered::stored_by_pending(cx)
-        } else {
-            None
-        };
-        polled
+        let quiet = !self.token.is_cancelled();
+        Registered::poll_unless_quiet(&mut self.registered, cx, quiet, |cx| {
+            self.cancelled.as_mut().poll(cx)
+        })
     }
 }
 
@@ -198,11 +200,21 @@ mod tests {
         (wakes.clone(), Waker::from(wakes))
     }
 
+    /// A queue's two ends, and a waker that counts its wake-ups.
+    fn queue() -> (
+        tokio::sync::mpsc::UnboundedSender<u32>,
+        Receiver<u32>,
+        Arc<Wakes>,
+        Waker,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (wakes, waker) = waker();
+        (tx, Receiver::new(rx), wakes, waker)
+    }
+
     #[tokio::test]
     async fn a_queue_polled_pending_wakes_the_task_for_each_value_and_at_its_close() {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut rx = Receiver::new(rx);
-        let (wakes, waker) = waker();
+        let (tx, mut rx, wakes, waker) = queue();
         let mut cx = Context::from_waker(&waker);
         assert!(rx.poll_recv(&mut cx).is_pending());
         // Looked at, not polled: still pending, nothing lost.
@@ -241,9 +253,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_queue_refused_for_budget_is_polled_again() {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut rx = Receiver::new(rx);
-        let (wakes, waker) = waker();
+        let (tx, mut rx, wakes, waker) = queue();
         let mut cx = Context::from_waker(&waker);
         // Spends the task's budget: the queue's poll is refused, and nothing is stored.
         let refused = std::future::poll_fn(|budgeted| {
