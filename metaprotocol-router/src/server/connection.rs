@@ -61,21 +61,30 @@ enum Reading {
     Failed,
 }
 
-/// Serves one accepted client connection until it ends.
-pub(crate) async fn serve<S: Transport>(
-    io: S,
+/// What the engine knows of an accepted client connection.
+pub(crate) fn info(
     accepted: Accepted,
     peer: SocketAddr,
     local: SocketAddr,
-    ctx: Arc<ListenerContext>,
-    drain: CancellationToken,
-) {
-    let connection = Arc::new(ConnectionInfo {
+    ctx: &ListenerContext,
+) -> Arc<ConnectionInfo> {
+    Arc::new(ConnectionInfo {
         sni: accepted.sni,
         peer_identity: accepted.peer_identity,
         ..ConnectionInfo::new(ctx.name.clone(), peer, local)
-    });
-    Connection::new(io, connection, ctx, drain).await;
+    })
+}
+
+/// Serves one accepted client connection until the returned future ends. Not an `async fn`:
+/// the future is the connection itself, without the arguments an `async fn` would keep beside
+/// it for its whole life (an idle client costs its task's size).
+pub(crate) fn serve<S: Transport>(
+    io: S,
+    connection: Arc<ConnectionInfo>,
+    ctx: Arc<ListenerContext>,
+    drain: CancellationToken,
+) -> impl Future<Output = ()> + use<S> {
+    Connection::new(io, connection, ctx, drain)
 }
 
 /// A timer that is only ever moved earlier, and re-armed once it fired: deadlines that keep
