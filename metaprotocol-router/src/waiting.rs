@@ -76,6 +76,7 @@ pub(crate) struct Receiver<T> {
 }
 
 impl<T> Receiver<T> {
+    /// Wraps the receiving end of a queue.
     pub fn new(inner: UnboundedReceiver<T>) -> Self {
         Self {
             inner,
@@ -158,6 +159,7 @@ pub(crate) struct Cancellation {
 }
 
 impl Cancellation {
+    /// Waits for `token` to be cancelled.
     pub fn new(token: CancellationToken) -> Self {
         Self {
             cancelled: Box::pin(token.clone().cancelled_owned()),
