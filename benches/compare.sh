@@ -20,12 +20,15 @@ usage: benches/compare.sh [--quick] [options]
   --workers "..."    the proxy's worker threads, one target per count: metaprotocol (1 worker),
                      metaprotocol-Nw (N workers); pair with layout c to see how the proxy scales
                      (default: 1)
+  --pgo              also measure the proxy built with profile-guided optimisation
+                     (scripts/build-pgo.sh; about 17 minutes of builds): targets metaprotocol-pgo,
+                     metaprotocol-pgo-Nw
   --relays           also measure the floor relay (src/relay.rs), sleeping and spinning: the
                      cheapest third process a call can pass through on this machine
   --calls-per-write N  the load generator writes after every N calls, as clients that flush
                      each call do (default: every call that may go in one write)
-  --port N           first of the loopback ports used: four, two more per extra worker count
-                     and two for the relays (default 27300)
+  --port N           first of the loopback ports used: four, two more per extra proxy (worker
+                     count or build) and two for the relays (default 27300)
   --out DIR          where results go (default: target/compare)
 EOF
 }
@@ -36,6 +39,7 @@ cases="8x64:32 8x64:1024 1x1:32 1x1:1024"
 layouts="a b"
 workers="1"
 relays=""
+builds="release"
 port=27300
 out_dir=""
 per_write=()
@@ -54,6 +58,7 @@ while [ $# -gt 0 ]; do
     --layouts) layouts=$2; shift ;;
     --workers) workers=$2; shift ;;
     --relays) relays="sleep spin" ;;
+    --pgo) builds="release pgo" ;;
     --calls-per-write) per_write=(--calls-per-write "$2"); shift ;;
     --port) port=$2; shift ;;
     --out) out_dir=$2; shift ;;
@@ -75,6 +80,10 @@ if ! command -v haproxy >/dev/null; then
 fi
 cargo build --release -q -p metaprotocol-benches --bin loadgen --bin echo --bin compare --bin relay
 cargo build --release -q -p metaprotocol-examples --bin metaprotocol-proxy
+declare -A proxy_bins=([release]=$bin/metaprotocol-proxy)
+if [[ " $builds " == *" pgo "* ]]; then
+  proxy_bins[pgo]=$(scripts/build-pgo.sh --port "$port")
+fi
 
 # The servers this script started, and their `timeout` wrappers.
 servers=() children=()
@@ -122,10 +131,18 @@ results=$out_dir/results-$stamp.jsonl
 logs=$out_dir/logs-$stamp
 mkdir -p "$logs"
 # One proxy under test per worker count, each on its own pair of ports (listener, admin).
-proxy_target() { if [ "$1" = 1 ]; then echo metaprotocol; else echo "metaprotocol-${1}w"; fi; }
+# proxy_target WORKERS BUILD: the target's name.
+proxy_target() {
+  local name=metaprotocol
+  if [ "$2" = pgo ]; then name+=-pgo; fi
+  if [ "$1" != 1 ]; then name+="-${1}w"; fi
+  echo "$name"
+}
 targets="direct haproxy"
 for waiting in $relays; do targets+=" relay-$waiting"; done
-for n in $workers; do targets+=" $(proxy_target "$n")"; done
+for n in $workers; do
+  for build in $builds; do targets+=" $(proxy_target "$n" "$build")"; done
+done
 per_round=$(wc -w <<<"$targets")
 runs=$(( $(wc -w <<<"$layouts") * $(wc -w <<<"$protocols") * $(wc -w <<<"$cases") * rounds * per_round ))
 group_limit=$(awk -v r="$rounds" -v n="$per_round" -v d="$duration" -v w="$warmup" 'BEGIN { print int(r * n * (d + w + 2) + 60) }')
@@ -168,15 +185,17 @@ EOF
       declare -A proxy_pids=() proxy_ports=()
       offset=0
       for n in $workers; do
-        listen=$((proxy_port + offset)) admin=$((admin_port + offset))
-        offset=$((offset + 2))
-        "$bin/compare" proxy-config --protocol "$protocol" --listen "127.0.0.1:$listen" \
-          --upstream "127.0.0.1:$echo_port" --admin "127.0.0.1:$admin" >"$logs/proxy-$n.yaml"
-        start proxy_pid "$proxy_cpu" "$logs/$name-proxy-$n.log" "$bin/metaprotocol-proxy" run \
-          --config "$logs/proxy-$n.yaml" --workers "$n"
-        target=$(proxy_target "$n")
-        proxy_pids[$target]=$proxy_pid proxy_ports[$target]=$listen
-        ports+=("$listen" "$admin")
+        for build in $builds; do
+          target=$(proxy_target "$n" "$build")
+          listen=$((proxy_port + offset)) admin=$((admin_port + offset))
+          offset=$((offset + 2))
+          "$bin/compare" proxy-config --protocol "$protocol" --listen "127.0.0.1:$listen" \
+            --upstream "127.0.0.1:$echo_port" --admin "127.0.0.1:$admin" >"$logs/$target.yaml"
+          start proxy_pid "$proxy_cpu" "$logs/$name-$target.log" "${proxy_bins[$build]}" run \
+            --config "$logs/$target.yaml" --workers "$n"
+          proxy_pids[$target]=$proxy_pid proxy_ports[$target]=$listen
+          ports+=("$listen" "$admin")
+        done
       done
       declare -A relay_pids=() relay_ports=()
       for waiting in $relays; do
@@ -217,6 +236,9 @@ table=$out_dir/table-$stamp.md
   echo "Medians of $rounds rounds of ${duration} s (after ${warmup} s warm-up) per target, interleaved;"
   echo "layout a: everything on core 0; b: load generator and echo server on core 0, the proxy alone on core 1;"
   echo "c: nothing pinned. metaprotocol-Nw: the proxy with N worker threads (metaprotocol: one)."
+  if [[ " $builds " == *" pgo "* ]]; then
+    echo "metaprotocol-pgo: the same proxy built with profile-guided optimisation (scripts/build-pgo.sh)."
+  fi
   if [ -n "$relays" ]; then
     echo "relay-sleep, relay-spin: the floor relay (bytes copied, nothing parsed) blocking in read, or spinning."
   fi
