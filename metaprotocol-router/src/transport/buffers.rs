@@ -65,6 +65,13 @@ impl FrameSizes {
 /// Reads what `io` has into `buf`, making room first for frames of the `sizes` the connection
 /// reads; `Ready(Ok(0))` at end of stream. An empty `buf` without capacity gets one only when
 /// bytes arrive.
+///
+/// Room is reclaimed from the buffer itself when the frames split off it are done with. An empty
+/// buffer whose frames are still held keeps reading into what is left of it rather than taking
+/// a new one: a connection task looks at its socket again right after the frames it read, which
+/// are in flight then, and a new buffer taken at that look (before any bytes come) would be one
+/// allocation every few calls for a client that waits for each answer; when the next call comes,
+/// the last one is done and its buffer is free again.
 pub(crate) fn poll_read<S: Transport>(
     io: &mut S,
     cx: &mut Context<'_>,
@@ -82,10 +89,11 @@ pub(crate) fn poll_read<S: Transport>(
         }
         return Poll::Ready(Ok(n));
     }
-    if buf.capacity() - buf.len() < sizes.room() {
+    let spare = buf.capacity() - buf.len();
+    if spare < sizes.room() {
         if buf.is_empty() && buf.capacity() > BUFFER_KEEP_LIMIT {
             *buf = BytesMut::with_capacity(sizes.growth());
-        } else {
+        } else if !buf.try_reclaim(sizes.room()) && (spare == 0 || !buf.is_empty()) {
             buf.reserve(sizes.growth());
         }
     }
@@ -136,6 +144,61 @@ mod tests {
         let read = poll_fn(|cx| poll_read(&mut io, cx, &mut buf, &sizes)).await;
         assert_eq!(read.ok(), Some(21));
         buf.capacity()
+    }
+
+    /// Reads into `buf` until `n` bytes came.
+    async fn read_at_least(
+        io: &mut tokio::io::DuplexStream,
+        buf: &mut BytesMut,
+        sizes: &FrameSizes,
+        n: usize,
+    ) {
+        let mut read = 0;
+        while read < n {
+            let more = poll_fn(|cx| poll_read(io, cx, buf, sizes))
+                .await
+                .unwrap_or_default();
+            assert!(more > 0, "the stream ended early");
+            read += more;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_buffer_whose_frames_are_in_flight_is_not_replaced_before_bytes_come() {
+        let (mut io, mut peer) = tokio::io::duplex(1 << 16);
+        let sizes = FrameSizes::default();
+        let mut buf = buffer();
+        buf.extend_from_slice(&[1; 15 * 1024]);
+        let allocation = buf.as_ptr();
+        // A frame in flight: the buffer is empty, with less than its room left.
+        let frame = buf.split().freeze();
+        let nothing = poll_fn(|cx| Poll::Ready(poll_read(&mut io, cx, &mut buf, &sizes))).await;
+        assert!(nothing.is_pending());
+        assert_eq!(
+            buf.capacity(),
+            BUFFER_SIZE - 15 * 1024,
+            "no buffer taken yet"
+        );
+        drop(frame);
+        peer.write_all(&[2; 3000]).await.ok();
+        read_at_least(&mut io, &mut buf, &sizes, 3000).await;
+        assert_eq!(&buf[..], &[2; 3000][..]);
+        assert_eq!(
+            buf.as_ptr(),
+            allocation,
+            "the buffer was taken back, not replaced"
+        );
+
+        // Frames still held when bytes come: a new buffer, and the bytes read whole.
+        let held = buf.split().freeze();
+        buf.extend_from_slice(&[3; 12 * 1024]);
+        let partial = buf.split_to(11 * 1024).freeze();
+        peer.write_all(&[4; 8000]).await.ok();
+        read_at_least(&mut io, &mut buf, &sizes, 8000).await;
+        assert_eq!(buf.len(), 1024 + 8000);
+        assert!(buf[..1024].iter().all(|&b| b == 3) && buf[1024..].iter().all(|&b| b == 4));
+        assert_ne!(buf.as_ptr(), allocation);
+        drop((held, partial));
     }
 
     #[tokio::test]
