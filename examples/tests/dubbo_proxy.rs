@@ -236,9 +236,7 @@ async fn no_route_is_a_service_not_found_reply() -> TestResult {
 
 #[tokio::test]
 async fn a_down_upstream_is_an_error_reply_not_a_hang() -> TestResult {
-    let free = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let dead = free.local_addr()?;
-    drop(free);
+    let (_down, dead) = support::refusing_addr()?;
     let world = World::start_with(
         "      - route: { cluster: dead }
         timeout: 10s",
@@ -564,9 +562,7 @@ async fn route_updates_are_hitless() -> TestResult {
 
 #[tokio::test]
 async fn connect_failures_are_retried_on_another_endpoint() -> TestResult {
-    let free = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let dead = free.local_addr()?;
-    drop(free);
+    let (_down, dead) = support::refusing_addr()?;
     let live = DemoProvider::start("live").await?;
     let world = World::start_with(
         "      - route: { cluster: flaky }
@@ -848,9 +844,7 @@ async fn route_metrics_follow_the_published_table() -> TestResult {
 
 #[tokio::test]
 async fn clusters_shows_health_counters_and_draining_endpoints() -> TestResult {
-    let free = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let dead = free.local_addr()?;
-    drop(free);
+    let (_down, dead) = support::refusing_addr()?;
     let live = DemoProvider::start_with_delay("live", Duration::from_millis(500)).await?;
     let world = World::start_with(
         "      - route: { cluster: mixed }
@@ -1465,9 +1459,7 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {stuck_address} }} ] }} ]
 
 #[tokio::test]
 async fn a_dead_endpoint_is_backed_off_and_avoided_not_hammered() -> TestResult {
-    let free = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let dead = free.local_addr()?;
-    drop(free);
+    let (_down, dead) = support::refusing_addr()?;
     let live = DemoProvider::start("live").await?;
     let world = World::start_with(
         "      - route: { cluster: half_dead }",

@@ -36,9 +36,13 @@ fn call_service(service: &str, method: &str, attachments: &[(&str, &str)]) -> Me
     .unwrap_or_else(|err| panic!("cannot build a call: {err}"))
 }
 
-/// An address nothing listens on.
-fn closed_port() -> std::io::Result<SocketAddr> {
-    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+/// An address that refuses connections while the returned socket lives (bound, not listening:
+/// no other test can take the port meanwhile).
+fn refusing_port() -> std::io::Result<(tokio::net::TcpSocket, SocketAddr)> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let address = socket.local_addr()?;
+    Ok((socket, address))
 }
 
 fn config(
@@ -82,6 +86,8 @@ struct World {
     v1: DemoProvider,
     v2: DemoProvider,
     client: RouterClient,
+    /// Holds the dead endpoint's port, refusing connections.
+    _down: tokio::net::TcpSocket,
 }
 
 async fn world(
@@ -90,14 +96,20 @@ async fn world(
 ) -> Result<World, Box<dyn std::error::Error + Send + Sync>> {
     let v1 = DemoProvider::start_with_delay("v1", Duration::from_secs(5)).await?;
     let v2 = DemoProvider::start("v2").await?;
-    let client = RouterClient::builder(config(v1.address(), v2.address(), closed_port()?)?)
+    let (down, dead) = refusing_port()?;
+    let client = RouterClient::builder(config(v1.address(), v2.address(), dead)?)
         .codecs(metaprotocol_examples::codec_registry())
         .filter_registry(registry)
         .filters(filters)
         .protocol("dubbo")
         .build()
         .await?;
-    Ok(World { v1, v2, client })
+    Ok(World {
+        v1,
+        v2,
+        client,
+        _down: down,
+    })
 }
 
 fn provider_of(response: &Message) -> Option<&str> {

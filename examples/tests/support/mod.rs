@@ -84,6 +84,17 @@ pub fn free_addr() -> TestResult<SocketAddr> {
     Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?)))
 }
 
+/// An address on 127.0.0.1 that refuses connections for as long as the returned socket lives:
+/// the socket holds the port bound without listening, so that no other test's listener can take
+/// it meanwhile (an upstream that is down for the whole test; an address merely free a moment
+/// ago may come alive).
+pub fn refusing_addr() -> TestResult<(tokio::net::TcpSocket, SocketAddr)> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
+    let address = socket.local_addr()?;
+    Ok((socket, address))
+}
+
 /// A two-way Dubbo call of the demo service's `method` (with the argument `world`), request id
 /// `id`, carrying `attachments`.
 pub fn dubbo_request(id: u64, method: &str, attachments: &[(&str, &str)]) -> Bytes {

@@ -193,9 +193,11 @@ mod tests {
     async fn tcp_checks_take_a_dead_endpoint_out_and_bring_it_back()
     -> Result<(), Box<dyn std::error::Error>> {
         let live = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        // Bound without listening: it refuses connections, and no other test can take its
+        // port before it listens again.
+        let dead = tokio::net::TcpSocket::new_v4()?;
+        dead.bind(([127, 0, 0, 1], 0).into())?;
         let dead_addr = dead.local_addr()?;
-        drop(dead);
         let c = cluster(&format!(
             "name: c
 endpoints: [ {{ address: \"{}\" }}, {{ address: \"{dead_addr}\" }} ]
@@ -205,7 +207,7 @@ health_check: {{ interval: 50ms, timeout: 200ms, unhealthy_threshold: 2, healthy
         c.start_health();
         assert!(until_failing(&c, 1, true).await, "{:?}", c.status());
         assert!(!c.status().endpoints[0].failing_active_checks);
-        let back = tokio::net::TcpListener::bind(dead_addr).await?;
+        let back = dead.listen(16)?;
         assert!(until_failing(&c, 1, false).await, "{:?}", c.status());
         c.stop_health();
         drop(back);
