@@ -116,14 +116,8 @@ start() {
   printf -v "$var" %s "$server"
 }
 
-wait_port() {
-  for _ in $(seq 200); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "nothing listens on 127.0.0.1:$1" >&2
-  exit 1
-}
+# shellcheck source=scripts/loopback.sh
+source scripts/loopback.sh
 
 mkdir -p "$out_dir"
 stamp=$(date +%Y%m%d-%H%M%S)

@@ -56,14 +56,8 @@ RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$raw" CARGO_TARGET_DIR=$target_dir/
 rm -rf "$raw"
 mkdir -p "$raw"
 
-wait_port() {
-  for _ in $(seq 200); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  say "nothing listens on 127.0.0.1:$1"
-  exit 1
-}
+# shellcheck source=scripts/loopback.sh
+source scripts/loopback.sh
 
 logs=$profiles/logs
 mkdir -p "$logs"
