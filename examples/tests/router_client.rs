@@ -4,6 +4,9 @@
 //! client's filter chain, and composed with tower layers; completion hooks run exactly once,
 //! also for calls the caller gives up on.
 
+#[allow(dead_code)]
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,15 +37,6 @@ fn call_service(service: &str, method: &str, attachments: &[(&str, &str)]) -> Me
         attachments,
     })
     .unwrap_or_else(|err| panic!("cannot build a call: {err}"))
-}
-
-/// An address that refuses connections while the returned socket lives (bound, not listening:
-/// no other test can take the port meanwhile).
-fn refusing_port() -> std::io::Result<(tokio::net::TcpSocket, SocketAddr)> {
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-    let address = socket.local_addr()?;
-    Ok((socket, address))
 }
 
 fn config(
@@ -96,7 +90,7 @@ async fn world(
 ) -> Result<World, Box<dyn std::error::Error + Send + Sync>> {
     let v1 = DemoProvider::start_with_delay("v1", Duration::from_secs(5)).await?;
     let v2 = DemoProvider::start("v2").await?;
-    let (down, dead) = refusing_port()?;
+    let (down, dead) = support::refusing_addr()?;
     let client = RouterClient::builder(config(v1.address(), v2.address(), dead)?)
         .codecs(metaprotocol_examples::codec_registry())
         .filter_registry(registry)
