@@ -60,9 +60,10 @@ impl Codec for ThriftCodec {
                 None => return Ok(None),
             },
         };
-        let Some((message, format)) = self.decoder.decode(src, transport)? else {
+        let Some(found) = self.decoder.decode(src, transport)? else {
             return Ok(None);
         };
+        let format = found.format;
         if let Some(expected) = self.expected.protocol
             && expected != format.protocol
         {
@@ -73,7 +74,7 @@ impl Codec for ThriftCodec {
             ))));
         }
         self.expected = format.into();
-        Ok(Some(message))
+        Ok(Some(found.into_message()?))
     }
 
     fn encode(

@@ -91,13 +91,13 @@ impl Decoder {
         self.walked
     }
 
-    /// Decodes one message of `transport` from the front of `src`: `Ok(None)` (with `src`
-    /// unchanged) until it is complete.
+    /// Finds one message of `transport` at the front of `src` and splits it off: `Ok(None)`
+    /// (with `src` unchanged) until it is complete.
     pub(crate) fn decode(
         &mut self,
         src: &mut BytesMut,
         transport: Transport,
-    ) -> Result<Option<(Message, ThriftFormat)>, CodecError> {
+    ) -> Result<Option<Found>, CodecError> {
         match transport {
             Transport::Framed | Transport::Header => {
                 let Some(total) = length_prefixed_size(src, self.max_frame_bytes)? else {
@@ -111,10 +111,7 @@ impl Decoder {
 
     /// Finds the end of the unframed message at the front of `src` by walking its struct,
     /// continuing the walk where the previous call stopped.
-    fn unframed(
-        &mut self,
-        src: &mut BytesMut,
-    ) -> Result<Option<(Message, ThriftFormat)>, CodecError> {
+    fn unframed(&mut self, src: &mut BytesMut) -> Result<Option<Found>, CodecError> {
         let max = self.max_frame_bytes;
         if let Some(unfinished) = self.unfinished.as_deref_mut()
             && let Some((protocol, header)) = unfinished.message.take()
@@ -162,30 +159,32 @@ impl Decoder {
     }
 }
 
-/// Splits the unframed message of `protocol` that ends at `end` off `src` and describes it.
+/// Splits the unframed message of `protocol` that ends at `end` off `src`.
 fn finish(
     src: &mut BytesMut,
     protocol: Protocol,
     header: MessageHeader,
     end: usize,
     max_frame_bytes: usize,
-) -> Result<Option<(Message, ThriftFormat)>, CodecError> {
+) -> Result<Option<Found>, CodecError> {
     if end > max_frame_bytes {
         return Err(CodecError::FrameTooLarge {
             size: end as u64,
             max: max_frame_bytes,
         });
     }
-    let frame = src.split_to(end).freeze();
-    let format = ThriftFormat::new(Transport::Unframed, protocol);
-    Ok(Some((describe(frame, format, 0, header, None)?, format)))
+    Ok(Some(Found {
+        frame: src.split_to(end).freeze(),
+        format: ThriftFormat::new(Transport::Unframed, protocol),
+        payload_start: 0,
+        header,
+        info: None,
+        reject_reason: None,
+    }))
 }
 
-/// Describes one whole length-prefixed frame of `transport`, checking a call's arguments.
-fn delimited(
-    frame: Bytes,
-    transport: Transport,
-) -> Result<Option<(Message, ThriftFormat)>, CodecError> {
+/// Reads one whole length-prefixed frame of `transport`, checking a call's arguments.
+fn delimited(frame: Bytes, transport: Transport) -> Result<Option<Found>, CodecError> {
     let (protocol, payload_start, block) = if transport == Transport::Header {
         let block = theader::parse(&frame)?;
         (block.protocol, block.payload_start, Some(block))
@@ -202,10 +201,14 @@ fn delimited(
         }
         MessageType::Reply | MessageType::Exception => None,
     };
-    let format = ThriftFormat::new(transport, protocol);
-    let mut message = describe(frame, format, payload_start, header, block.as_ref())?;
-    message.reject_reason = reject_reason;
-    Ok(Some((message, format)))
+    Ok(Some(Found {
+        frame,
+        format: ThriftFormat::new(transport, protocol),
+        payload_start,
+        header,
+        info: block.map(|block| block.info),
+        reject_reason,
+    }))
 }
 
 /// Checks that the argument struct of a call starting at `body_start` is well-formed and ends
@@ -254,65 +257,79 @@ fn length_prefixed_size(
     Ok(Some(total))
 }
 
-/// Builds the [`Message`] for one whole frame.
-fn describe(
+/// A whole message split off the stream, read as far as its [`Message`] needs.
+pub(crate) struct Found {
     frame: Bytes,
-    format: ThriftFormat,
+    pub(crate) format: ThriftFormat,
+    /// Where the message starts in the frame (after a length prefix and a THeader block).
     payload_start: usize,
     header: MessageHeader,
-    block: Option<&theader::HeaderBlock>,
-) -> Result<Message, CodecError> {
-    let (kind, status) = match header.message_type {
-        MessageType::Call => (MessageKind::Request, ResponseStatus::Ok),
-        MessageType::Oneway => (MessageKind::Oneway, ResponseStatus::Ok),
-        MessageType::Exception => (MessageKind::Response, ResponseStatus::ServerError),
-        MessageType::Reply => {
-            let cursor = Cursor::in_frame(&frame, header.body_start);
-            // Field 0 is the return value; any other field is a declared exception. A result
-            // that cannot be read in a frame whose end is known is the client's to judge: it
-            // is forwarded and counted as failed, not a reason to reset a connection that other
-            // clients' calls share.
-            let status = match protocol::first_field_id(format.protocol, cursor) {
-                Ok(Some(id)) if id != 0 => ResponseStatus::ApplicationError,
-                Ok(_) => ResponseStatus::Ok,
-                Err(_) => ResponseStatus::ServerError,
-            };
-            (MessageKind::Response, status)
+    /// Where a THeader frame's info headers are.
+    info: Option<Range<usize>>,
+    reject_reason: Option<&'static str>,
+}
+
+impl Found {
+    /// The message. Inlined into the codec's `decode`, which returns it: a `Message` is a few
+    /// hundred bytes, and each function it passes through by value may copy it (five copies a
+    /// message when the decoder built it and returned it up through its callers, two now).
+    #[inline(always)]
+    pub(crate) fn into_message(self) -> Result<Message, CodecError> {
+        let header = &self.header;
+        let (kind, status) = match header.message_type {
+            MessageType::Call => (MessageKind::Request, ResponseStatus::Ok),
+            MessageType::Oneway => (MessageKind::Oneway, ResponseStatus::Ok),
+            MessageType::Exception => (MessageKind::Response, ResponseStatus::ServerError),
+            MessageType::Reply => (MessageKind::Response, reply_status(&self)),
+        };
+        // An exception that cannot be read is forwarded as it came; only a readable shed call
+        // is marked as safe to retry.
+        let not_processed = header.message_type == MessageType::Exception
+            && crate::reply::read_exception(
+                self.format.protocol,
+                Cursor::in_frame(&self.frame, header.body_start),
+                |_| {},
+            )
+            .is_ok_and(|kind| kind == crate::reply::LOADSHEDDING);
+        let layout = Layout {
+            payload_start: self.payload_start,
+            seqid: header.seqid_at.clone(),
+        };
+        let mut message = Message::new(kind, u64::from(header.seqid as u32), self.frame);
+        message.status = status;
+        message.not_processed = not_processed;
+        message.variant = self.format.to_variant();
+        message.layout = FrameLayout::from(layout);
+        message.reject_reason = self.reject_reason;
+        // The metadata is filled in place, its strings sliced from the message's own frame.
+        let (frame, metadata) = (&message.frame, &mut message.metadata);
+        if let Some(info) = self.info {
+            for info in InfoHeaders::new(frame, info) {
+                let info = info?;
+                // Headers that are not UTF-8 stay in the frame but cannot be routed on: the
+                // metadata refuses them.
+                metadata.insert(
+                    MetadataStr::Source(info.key),
+                    MetadataStr::Source(info.value),
+                );
+            }
         }
-    };
-    let layout = Layout {
-        payload_start,
-        seqid: header.seqid_at,
-    };
-    // An exception that cannot be read is forwarded as it came; only a readable shed call is
-    // marked as safe to retry.
-    let not_processed = header.message_type == MessageType::Exception
-        && crate::reply::read_exception(
-            format.protocol,
-            Cursor::in_frame(&frame, header.body_start),
-            |_| {},
-        )
-        .is_ok_and(|kind| kind == crate::reply::LOADSHEDDING);
-    let mut message = Message::new(kind, u64::from(header.seqid as u32), frame);
-    message.status = status;
-    message.not_processed = not_processed;
-    message.variant = format.to_variant();
-    message.layout = FrameLayout::from(layout);
-    // The metadata is filled in place, its strings sliced from the message's own frame.
-    let (frame, metadata) = (&message.frame, &mut message.metadata);
-    if let Some(block) = block {
-        for info in InfoHeaders::new(frame, block.info.clone()) {
-            let info = info?;
-            // Headers that are not UTF-8 stay in the frame but cannot be routed on: the
-            // metadata refuses them.
-            metadata.insert(
-                MetadataStr::Source(info.key),
-                MetadataStr::Source(info.value),
-            );
-        }
+        add_name(metadata, frame, self.header.name)?;
+        Ok(message)
     }
-    add_name(metadata, frame, header.name)?;
-    Ok(message)
+}
+
+/// The status of a reply: field 0 is the return value, any other field a declared exception.
+/// A result that cannot be read in a frame whose end is known is the client's to judge: it is
+/// forwarded and counted as failed, not a reason to reset a connection that other clients'
+/// calls share.
+fn reply_status(found: &Found) -> ResponseStatus {
+    let cursor = Cursor::in_frame(&found.frame, found.header.body_start);
+    match protocol::first_field_id(found.format.protocol, cursor) {
+        Ok(Some(id)) if id != 0 => ResponseStatus::ApplicationError,
+        Ok(_) => ResponseStatus::Ok,
+        Err(_) => ResponseStatus::ServerError,
+    }
 }
 
 /// Adds the method name at `name` in `frame` as `method`, and a `Service:method` name
