@@ -74,7 +74,7 @@ impl Codec for ThriftCodec {
             ))));
         }
         self.expected = format.into();
-        Ok(Some(found.into_message()?))
+        found.into_message()
     }
 
     fn encode(

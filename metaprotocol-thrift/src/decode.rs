@@ -272,9 +272,9 @@ pub(crate) struct Found {
 impl Found {
     /// The message. Inlined into the codec's `decode`, which returns it: a `Message` is a few
     /// hundred bytes, and each function it passes through by value may copy it (five copies a
-    /// message when the decoder built it and returned it up through its callers, two now).
+    /// message when the decoder built it and returned it up through its callers, one now).
     #[inline(always)]
-    pub(crate) fn into_message(self) -> Result<Message, CodecError> {
+    pub(crate) fn into_message(self) -> Result<Option<Message>, CodecError> {
         let header = &self.header;
         let (kind, status) = match header.message_type {
             MessageType::Call => (MessageKind::Request, ResponseStatus::Ok),
@@ -315,7 +315,7 @@ impl Found {
             }
         }
         add_name(metadata, frame, self.header.name)?;
-        Ok(message)
+        Ok(Some(message))
     }
 }
 
