@@ -204,6 +204,7 @@ impl<S: Transport> Connection<S> {
                     self.partial_since = None;
                     frames += 1;
                     let received = (now, *wall.get_or_insert_with(SystemTime::now));
+                    let message = self.requests.shared(message);
                     self.requests
                         .receive(message, &mut self.write_buf, received);
                 }
