@@ -16,7 +16,7 @@ use super::CallError;
 use crate::route::RouteTable;
 use crate::router::{self, Next, Routed};
 use crate::stats::ListenerStats;
-use crate::upstream::{ReplyTo, UpstreamError};
+use crate::upstream::{AttemptResult, ReplyTo, UpstreamError};
 
 /// What every call of one client shares.
 #[derive(Debug)]
@@ -201,7 +201,7 @@ async fn attempts(
                     routed.answered(number, &result, record, &mut (), Instant::now()),
                     result,
                 ) {
-                    (Some(Next::Respond), Ok(response)) => return Ok(response),
+                    (Some(Next::Respond), Ok(response)) => return Ok(*response),
                     (Some(next), _) => next,
                     (None, _) => return Err(routed.timed_out(record, &mut (), Instant::now())),
                 };
@@ -210,7 +210,7 @@ async fn attempts(
     }
 }
 
-type Answer = oneshot::Receiver<Result<Message, UpstreamError>>;
+type Answer = oneshot::Receiver<AttemptResult>;
 
 /// Starts the next attempt; where its answer will arrive and what to wait for.
 fn attempt(

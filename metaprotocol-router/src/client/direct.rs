@@ -97,7 +97,7 @@ impl Client {
         let deadline = crate::router::deadline_after(Instant::now(), timeout);
         self.send(request, deadline, ReplyTo::oneshot(sender))?;
         match tokio::time::timeout_at(deadline, answer).await {
-            Ok(Ok(result)) => result,
+            Ok(Ok(result)) => result.map(|response| *response),
             // The connection forgets requests past their deadline, so the channel may close
             // just before the timer fires: a timeout, not a lost connection.
             Ok(Err(_)) if Instant::now() >= deadline => Err(UpstreamError::TimedOut),

@@ -37,7 +37,7 @@ pub(crate) use self::retry::RetryPolicy;
 pub(crate) use self::timeout::after as deadline_after;
 use crate::cluster::{Breaker, ClusterHandle, Host};
 use crate::route::{Route, RouteAction, RouteTable, Target, TemplateContext};
-use crate::upstream::{ReplyTo, UpstreamError};
+use crate::upstream::{AttemptResult, ReplyTo, UpstreamError};
 
 /// How many times a request that never reached a server is sent again without spending its
 /// route's `num_retries` (`Routed::may_resend` says when): enough for a few endpoints failing
@@ -442,7 +442,7 @@ impl Routed {
     pub fn answered(
         &mut self,
         number: u32,
-        result: &Result<Message, UpstreamError>,
+        result: &AttemptResult,
         record: &mut RequestRecord,
         observer: &mut impl AttemptObserver,
         now: Instant,
@@ -494,7 +494,7 @@ impl Routed {
         &mut self,
         endpoint: SocketAddr,
         attempt: Option<Attempt>,
-        result: &Result<Message, UpstreamError>,
+        result: &AttemptResult,
         record: &mut RequestRecord,
         observer: &mut impl AttemptObserver,
         now: Instant,

@@ -3,9 +3,9 @@
 
 use std::net::SocketAddr;
 
-use metaprotocol_core::{LocalReply, LocalReplyKind, Message, ResponseFlags, ResponseStatus};
+use metaprotocol_core::{LocalReply, LocalReplyKind, ResponseFlags, ResponseStatus};
 
-use crate::upstream::UpstreamError;
+use crate::upstream::{AttemptResult, UpstreamError};
 
 /// Where a failure came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,7 +57,7 @@ pub(crate) const FAILURES: [(Origin, &str); 6] = [
 
 impl AttemptOutcome {
     /// Classifies an attempt's result.
-    pub fn of(result: &Result<Message, UpstreamError>) -> Self {
+    pub fn of(result: &AttemptResult) -> Self {
         match result {
             Ok(response) if response.not_processed => Self::NotProcessed,
             Ok(response) => Self::Answered(response.status),
@@ -172,7 +172,7 @@ mod tests {
 
     #[test]
     fn only_requests_that_never_left_are_safe_to_resend() {
-        let refused: Result<Message, UpstreamError> = Err(UpstreamError::ConnectFailed {
+        let refused: AttemptResult = Err(UpstreamError::ConnectFailed {
             address: SocketAddr::from(([127, 0, 0, 1], 1)),
             reason: "refused".into(),
         });

@@ -32,7 +32,9 @@ use crate::route::DEFAULT_ROUTE_TIMEOUT;
 use crate::router::{self, Matched, Next, Routed, Unrouted};
 use crate::trace::RequestSpan;
 use crate::transport::outbox::Outbox;
-use crate::upstream::{Inbox, ReplyTo, RequestKey, UpstreamError, UpstreamEvent};
+use crate::upstream::{
+    self, AttemptResult, Inbox, ReplyTo, RequestKey, UpstreamError, UpstreamEvent,
+};
 use crate::waiting::Receiver;
 
 /// Upstream answers handled per poll before the connection reads and writes again.
@@ -290,6 +292,9 @@ impl Requests {
             match events.poll_recv(cx) {
                 Poll::Ready(Some(event)) => {
                     self.answered(event.key, event.attempt, &event.result, out, now);
+                    if let Ok(response) = event.result {
+                        upstream::recycle(response);
+                    }
                     progress = true;
                 }
                 _ => break,
@@ -608,7 +613,7 @@ impl Requests {
         &mut self,
         key: RequestKey,
         attempt: u32,
-        result: &Result<Message, UpstreamError>,
+        result: &AttemptResult,
         out: &mut Outbox,
         now: Instant,
     ) {

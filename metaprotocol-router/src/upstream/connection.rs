@@ -29,6 +29,7 @@ use tokio::time::Instant;
 
 use super::backoff::ConnectBackoff;
 use super::outbound::Outbound;
+use super::spare;
 use super::{PoolSettings, ReplyTo, UpstreamError};
 use crate::cluster::ConnectionPermit;
 use crate::stats::{ClusterStats, EndpointStats};
@@ -467,7 +468,8 @@ impl<S: Transport> Multiplexer<S> {
             match self.decoder.decode(&mut self.read_buf) {
                 Ok(Some(message)) => {
                     self.frame_sizes.saw(message.frame.len());
-                    self.inbound(message, now)
+                    // Boxed here, once: from here on the answer moves as a pointer.
+                    self.inbound(spare::boxed(message), now)
                 }
                 Ok(None) => return Poll::Ready(true),
                 Err(err) => {
@@ -479,7 +481,7 @@ impl<S: Transport> Multiplexer<S> {
         }
     }
 
-    fn inbound(&mut self, message: Message, now: Instant) {
+    fn inbound(&mut self, message: Box<Message>, now: Instant) {
         match message.kind {
             // A heartbeat reply answers a health check's probe.
             MessageKind::Response | MessageKind::HeartbeatReply => {

@@ -22,6 +22,7 @@ mod connection;
 mod error;
 mod outbound;
 mod probe;
+mod spare;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,8 +35,11 @@ use metaprotocol_core::{CodecFactory, WireVariant};
 use self::backoff::ConnectBackoff;
 use self::connection::{ConnectParams, ConnectionHandle};
 pub use self::error::UpstreamError;
-pub(crate) use self::outbound::{Discard, Inbox, Outbound, ReplyTo, RequestKey, UpstreamEvent};
+pub(crate) use self::outbound::{
+    AttemptResult, Discard, Inbox, Outbound, ReplyTo, RequestKey, UpstreamEvent,
+};
 pub(crate) use self::probe::ProbeConnection;
+pub(crate) use self::spare::recycle;
 use crate::cluster::{CircuitBreakers, ConnectionPermit};
 use crate::server::workers;
 use crate::stats::{ClusterStats, EndpointStats};

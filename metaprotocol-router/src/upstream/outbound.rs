@@ -20,12 +20,18 @@ pub(crate) struct RequestKey {
     pub seq: u32,
 }
 
+/// How one attempt ended: the upstream's response, or why there is none. The response is boxed
+/// where it is decoded, so that it travels to its waiter (through the answer queue, the
+/// router's stages) as a pointer: a `Message` is over 400 bytes, and each move of one is a copy
+/// (eight copies of each answer on its way to the client connection when it travelled by value).
+pub(crate) type AttemptResult = Result<Box<Message>, UpstreamError>;
+
 /// The answer to one attempt, delivered to the downstream connection that made it.
 #[derive(Debug)]
 pub(crate) struct UpstreamEvent {
     pub key: RequestKey,
     pub attempt: u32,
-    pub result: Result<Message, UpstreamError>,
+    pub result: AttemptResult,
 }
 
 /// A downstream connection's queue of attempt answers.
@@ -41,7 +47,7 @@ enum Waiter {
         attempt: u32,
     },
     /// A caller of the client API.
-    Oneshot(oneshot::Sender<Result<Message, UpstreamError>>),
+    Oneshot(oneshot::Sender<AttemptResult>),
     /// Nobody: the answer is counted and dropped (a mirrored copy).
     Discard(Discard),
 }
@@ -89,7 +95,7 @@ impl ReplyTo {
     }
 
     /// A client call, answered through `sender`.
-    pub fn oneshot(sender: oneshot::Sender<Result<Message, UpstreamError>>) -> Self {
+    pub fn oneshot(sender: oneshot::Sender<AttemptResult>) -> Self {
         Self(Some(Waiter::Oneshot(sender)))
     }
 
@@ -121,7 +127,7 @@ impl ReplyTo {
     }
 
     /// Delivers the answer; waiters that went away are ignored.
-    pub fn answer(mut self, result: Result<Message, UpstreamError>) {
+    pub fn answer(mut self, result: AttemptResult) {
         if let Some(waiter) = self.0.take() {
             deliver(waiter, result);
         }
@@ -136,7 +142,7 @@ impl Drop for ReplyTo {
     }
 }
 
-fn deliver(waiter: Waiter, result: Result<Message, UpstreamError>) {
+fn deliver(waiter: Waiter, result: AttemptResult) {
     match waiter {
         Waiter::Inbox {
             inbox,

@@ -74,7 +74,7 @@ impl ProbeConnection {
                 error
             })?;
         match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(result)) => result,
+            Ok(Ok(result)) => result.map(|response| *response),
             Ok(Err(_)) => Err(UpstreamError::Reset { sent: true }),
             Err(_) => Err(UpstreamError::TimedOut),
         }
