@@ -20,9 +20,9 @@ usage: benches/compare.sh [--quick] [options]
   --workers "..."    the proxy's worker threads, one target per count: metaprotocol (1 worker),
                      metaprotocol-Nw (N workers); pair with layout c to see how the proxy scales
                      (default: 1)
-  --pgo              also measure the proxy built with profile-guided optimisation
-                     (scripts/build-pgo.sh; about 17 minutes of builds): targets metaprotocol-pgo,
-                     metaprotocol-pgo-Nw
+  --pgo              also measure the proxy built with profile-guided optimisation and laid out
+                     by BOLT (scripts/build-pgo.sh; about 17 minutes of builds): targets
+                     metaprotocol-pgo, metaprotocol-pgo-Nw
   --relays           also measure the floor relay (src/relay.rs), sleeping and spinning: the
                      cheapest third process a call can pass through on this machine
   --calls-per-write N  the load generator writes after every N calls, as clients that flush
@@ -231,7 +231,7 @@ table=$out_dir/table-$stamp.md
   echo "layout a: everything on core 0; b: load generator and echo server on core 0, the proxy alone on core 1;"
   echo "c: nothing pinned. metaprotocol-Nw: the proxy with N worker threads (metaprotocol: one)."
   if [[ " $builds " == *" pgo "* ]]; then
-    echo "metaprotocol-pgo: the same proxy built with profile-guided optimisation (scripts/build-pgo.sh)."
+    echo "metaprotocol-pgo: the same proxy built with profile-guided optimisation and laid out by BOLT (scripts/build-pgo.sh)."
   fi
   if [ -n "$relays" ]; then
     echo "relay-sleep, relay-spin: the floor relay (bytes copied, nothing parsed) blocking in read, or spinning."
