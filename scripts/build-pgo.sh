@@ -141,6 +141,10 @@ RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$merged -Clink-arg=-Wl,--emit-relocs" \
 pgo=$target_dir/pgo/release/metaprotocol-proxy
 bolted=$target_dir/pgo/metaprotocol-proxy
 
+newest_bolt_package() {
+  apt-cache search --names-only '^bolt-[0-9]+$' 2>/dev/null | cut -d' ' -f1 | sort -V | tail -n 1
+}
+
 # The newest llvm-bolt installed (by its real path: it finds its runtime library beside it),
 # else the newest bolt-N package apt offers, installed here.
 bolt_tool() {
@@ -149,7 +153,12 @@ bolt_tool() {
   [ -n "$tool" ] || tool=$(command -v llvm-bolt || true)
   if [ -z "$tool" ]; then
     local package
-    package=$(apt-cache search --names-only '^bolt-[0-9]+$' 2>/dev/null | cut -d' ' -f1 | sort -V | tail -n 1)
+    package=$(newest_bolt_package)
+    if [ -z "$package" ]; then
+      # A machine whose package lists were never fetched offers nothing yet.
+      apt-get update -qq >/dev/null 2>&1 || true
+      package=$(newest_bolt_package)
+    fi
     [ -n "$package" ] || return 1
     say "installing $package for llvm-bolt"
     apt-get install -y -qq "$package" >/dev/null 2>&1 || return 1
