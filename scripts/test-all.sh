@@ -30,6 +30,7 @@ bash scripts/build-wasm-filter.sh --check
 export METAPROTOCOL_REQUIRE_INTEROP=1
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+(cd fuzz && cargo fmt -- --check)
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== scripts/check-msrv.sh"

@@ -71,10 +71,7 @@ fn check(side: Side, message: &Message) {
     mutation.remove(ByteStr::from_static("tenant"));
     let mutated = decode_again(side, &encode(message, 5, &mutation));
     assert_eq!(mutated.request_id, 5);
-    assert_eq!(
-        mutated.metadata.get("x-routed-by"),
-        Some("fuzz")
-    );
+    assert_eq!(mutated.metadata.get("x-routed-by"), Some("fuzz"));
     answer(message);
 }
 

@@ -2,8 +2,8 @@
 
 use bytes::BytesMut;
 use metaprotocol_core::{
-    ByteStr, Codec, CodecFactory, EncodeParams, LocalReply, LocalReplyKind, Message, MessageKind,
-    Mutation, ResponseStatus, Side, WireVariant,
+    ByteStr, Codec, CodecFactory, LocalReply, LocalReplyKind, Message, MessageKind, Mutation,
+    ResponseStatus, Side, WireVariant,
 };
 use metaprotocol_dubbo::{DubboCodecFactory, READS_RESPONSE_ATTACHMENTS};
 
@@ -47,19 +47,13 @@ fn encode(
     variant: WireVariant,
     mutation: &Mutation,
 ) -> Option<BytesMut> {
-    let mut out = BytesMut::new();
-    let params = EncodeParams {
-        request_id: id,
+    crate::encode_or_refuse(
+        codec(Side::Downstream).as_mut(),
+        message,
+        id,
         variant,
         mutation,
-    };
-    match codec(Side::Downstream).encode(message, &params, &mut out) {
-        Ok(()) => Some(out),
-        Err(_) => {
-            assert!(out.is_empty(), "a failed encode appended bytes");
-            None
-        }
-    }
+    )
 }
 
 /// Arbitrary bytes, fed in two pieces (the first byte says where to cut), through a downstream

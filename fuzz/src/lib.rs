@@ -24,7 +24,7 @@ pub mod route;
 pub mod thrift;
 
 use bytes::BytesMut;
-use metaprotocol_core::{Codec, Message, Metadata, Mutation};
+use metaprotocol_core::{Codec, EncodeParams, Message, Metadata, Mutation, WireVariant};
 
 pub use edit::{Edit, RoundTrip};
 
@@ -50,6 +50,30 @@ pub fn decode_exactly_one(codec: &mut dyn Codec, bytes: &[u8]) -> Message {
             "a frame the codec wrote does not decode: {other:?} ({} bytes left)",
             buf.len()
         ),
+    }
+}
+
+/// Encodes `message` with `codec` as the proxy would forward it (id `id`, `variant`,
+/// `mutation`); `None` if the codec refuses, which must leave `out` untouched.
+pub fn encode_or_refuse(
+    codec: &mut dyn Codec,
+    message: &Message,
+    id: u64,
+    variant: WireVariant,
+    mutation: &Mutation,
+) -> Option<BytesMut> {
+    let mut out = BytesMut::new();
+    let params = EncodeParams {
+        request_id: id,
+        variant,
+        mutation,
+    };
+    match codec.encode(message, &params, &mut out) {
+        Ok(()) => Some(out),
+        Err(_) => {
+            assert!(out.is_empty(), "a failed encode appended bytes");
+            None
+        }
     }
 }
 
@@ -94,7 +118,10 @@ pub fn assert_mutation_applied(
     }
     for (key, _) in again.iter() {
         let known = original.get(key).is_some() || mutation.sets().iter().any(|(k, _)| k == key);
-        assert!(known || !checked(key.as_bytes()), "{key:?} comes from nowhere");
+        assert!(
+            known || !checked(key.as_bytes()),
+            "{key:?} comes from nowhere"
+        );
     }
 }
 

@@ -2,8 +2,8 @@
 
 use bytes::BytesMut;
 use metaprotocol_core::{
-    ByteStr, Codec, CodecFactory, EncodeParams, LocalReply, LocalReplyKind, Message, MessageKind,
-    Mutation, Side, WireVariant,
+    ByteStr, Codec, CodecFactory, LocalReply, LocalReplyKind, Message, MessageKind, Mutation, Side,
+    WireVariant,
 };
 use metaprotocol_thrift::{
     Protocol, ThriftCodec, ThriftCodecFactory, ThriftFormat, ThriftOptions, Transport,
@@ -60,19 +60,7 @@ fn encode(
     variant: WireVariant,
     mutation: &Mutation,
 ) -> Option<BytesMut> {
-    let mut out = BytesMut::new();
-    let params = EncodeParams {
-        request_id: id,
-        variant,
-        mutation,
-    };
-    match codec().encode(message, &params, &mut out) {
-        Ok(()) => Some(out),
-        Err(_) => {
-            assert!(out.is_empty(), "a failed encode appended bytes");
-            None
-        }
-    }
+    crate::encode_or_refuse(codec().as_mut(), message, id, variant, mutation)
 }
 
 fn same_call(a: &Message, b: &Message) {
@@ -144,10 +132,7 @@ fn check(message: &Message) {
             assert_eq!(again.variant, target.to_variant());
             same_call(&again, message);
             if transport == Transport::Header {
-                assert_eq!(
-                    again.metadata.get("x-routed-by"),
-                    Some("fuzz")
-                );
+                assert_eq!(again.metadata.get("x-routed-by"), Some("fuzz"));
             }
         }
     }

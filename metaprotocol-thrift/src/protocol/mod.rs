@@ -308,6 +308,19 @@ mod tests {
         b
     }
 
+    /// [`every_type_binary`] and the same struct transcoded to the compact protocol.
+    fn every_type_in_both() -> Result<(BytesMut, BytesMut), ReadError> {
+        let binary = every_type_binary();
+        let mut compact = BytesMut::new();
+        transcode_struct(
+            Protocol::Binary,
+            Protocol::Compact,
+            Cursor::in_frame(&binary, 0),
+            &mut compact,
+        )?;
+        Ok((binary, compact))
+    }
+
     fn end_of_struct(protocol: Protocol, bytes: &[u8]) -> Result<usize, ReadError> {
         let mut at = Checkpoint::at(0);
         skip(
@@ -324,14 +337,7 @@ mod tests {
     /// and ends exactly where a walk over the whole struct does.
     #[test]
     fn walks_resume_anywhere() -> Result<(), ReadError> {
-        let binary = every_type_binary();
-        let mut compact = BytesMut::new();
-        transcode_struct(
-            Protocol::Binary,
-            Protocol::Compact,
-            Cursor::in_frame(&binary, 0),
-            &mut compact,
-        )?;
+        let (binary, compact) = every_type_in_both()?;
         for (protocol, bytes) in [(Protocol::Binary, binary), (Protocol::Compact, compact)] {
             let mut walk = Walk::of(ValueType::Struct);
             let mut at = Checkpoint::at(0);
@@ -349,14 +355,7 @@ mod tests {
 
     #[test]
     fn transcoding_every_type_round_trips() -> Result<(), ReadError> {
-        let binary = every_type_binary();
-        let mut compact = BytesMut::new();
-        transcode_struct(
-            Protocol::Binary,
-            Protocol::Compact,
-            Cursor::in_frame(&binary, 0),
-            &mut compact,
-        )?;
+        let (binary, compact) = every_type_in_both()?;
         assert_eq!(end_of_struct(Protocol::Compact, &compact)?, compact.len());
         assert_eq!(end_of_struct(Protocol::Binary, &binary)?, binary.len());
         let mut back = BytesMut::new();
