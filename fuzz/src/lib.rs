@@ -54,7 +54,7 @@ pub fn decode_exactly_one(codec: &mut dyn Codec, bytes: &[u8]) -> Message {
 }
 
 /// Encodes `message` with `codec` as the proxy would forward it (id `id`, `variant`,
-/// `mutation`); `None` if the codec refuses, which must leave `out` untouched.
+/// `mutation`); `None` if the codec refuses it, and then it must have written nothing.
 pub fn encode_or_refuse(
     codec: &mut dyn Codec,
     message: &Message,
