@@ -145,8 +145,9 @@ impl Span {
 /// [`Metadata::over`] its frame, then inserts [`ByteStr`] slices of that frame and `'static`
 /// keys; building the metadata of an ordinary request does not allocate. Lookups are linear:
 /// real messages carry a handful of keys, where a scan beats hashing, and a metadata holds at
-/// most [`MAX_METADATA_ENTRIES`]. Inserting a key that is already present replaces its value,
-/// so the last writer wins.
+/// most [`MAX_METADATA_ENTRIES`]; a 64-bit summary of the keys held answers most lookups of an
+/// absent key (a decoder's insert of each new key) without the scan. Inserting a key that is
+/// already present replaces its value, so the last writer wins.
 #[derive(Clone, Default)]
 pub struct Metadata {
     /// The frame that spans point into.
@@ -154,6 +155,10 @@ pub struct Metadata {
     entries: SmallVec<[(Span, Span); INLINE_ENTRIES]>,
     statics: SmallVec<[&'static str; INLINE_STATICS]>,
     shared: Vec<ByteStr>,
+    /// One bit for each [`key_bit`] of the keys held (and of keys removed since: a stale bit
+    /// only costs a search). A key whose bit is clear is absent without a search, which is what
+    /// a decoder's every insert of a new key asks.
+    key_bits: u64,
     /// Set once an insert was refused for lack of room; from then on every insert is.
     overflowed: bool,
 }
@@ -192,13 +197,22 @@ impl Metadata {
         let Some(key) = self.store(key) else {
             return false;
         };
-        match self.find(self.bytes(key)) {
+        let bit = key_bit(self.bytes(key));
+        let held = if self.key_bits & bit == 0 {
+            None
+        } else {
+            self.search(self.bytes(key))
+        };
+        match held {
             Some(index) => self.entries[index].1 = value,
             None if self.entries.len() >= MAX_METADATA_ENTRIES => {
                 self.overflowed = true;
                 return false;
             }
-            None => self.entries.push((key, value)),
+            None => {
+                self.key_bits |= bit;
+                self.entries.push((key, value));
+            }
         }
         true
     }
@@ -300,9 +314,17 @@ impl Metadata {
         }
     }
 
-    /// The entry whose key is `key`. Most keys differ in length, which a span knows without
-    /// looking at bytes.
+    /// The entry whose key is `key`; none, without a search, when its bit is clear.
     fn find(&self, key: &[u8]) -> Option<usize> {
+        if self.key_bits & key_bit(key) == 0 {
+            return None;
+        }
+        self.search(key)
+    }
+
+    /// The entry whose key is `key`, by a scan. Most keys differ in length, which a span knows
+    /// without looking at bytes.
+    fn search(&self, key: &[u8]) -> Option<usize> {
         self.entries
             .iter()
             .position(|(k, _)| k.may_be_len(key.len()) && same_bytes(self.bytes(*k), key))
@@ -360,6 +382,15 @@ impl Metadata {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+}
+
+/// The bit of [`Metadata::key_bits`] that stands for `key`: of its length and last byte, which
+/// tell the well-known keys and common attachments apart (`service`, `version` and `timeout` are
+/// all seven bytes long).
+#[inline]
+fn key_bit(key: &[u8]) -> u64 {
+    let last = key.last().map_or(0, |&byte| usize::from(byte));
+    1 << ((key.len().wrapping_mul(7) ^ last) & 63)
 }
 
 /// `a == b`, for keys: metadata keys are short, where comparing two overlapping words each
@@ -435,6 +466,22 @@ mod tests {
         assert!(!m.contains("a"));
         assert_eq!(m.get_shared("b").as_ref().map(ByteStr::as_str), Some("2"));
         assert_eq!(m.iter().collect::<Vec<_>>(), [("b", "2")]);
+    }
+
+    #[test]
+    fn keys_of_one_bit_are_told_apart_by_their_bytes() {
+        assert_eq!(key_bit(b"service"), key_bit(b"xervice"));
+        let mut m = Metadata::new();
+        m.insert("service", "a");
+        assert_eq!(m.get("xervice"), None);
+        m.insert("xervice", "b");
+        m.remove("service");
+        assert_eq!((m.get("service"), m.get("xervice")), (None, Some("b")));
+        m.insert("service", "c");
+        assert_eq!(
+            m.iter().collect::<Vec<_>>(),
+            [("xervice", "b"), ("service", "c")]
+        );
     }
 
     #[test]
