@@ -11,6 +11,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 use smallvec::SmallVec;
+use thin_vec::ThinVec;
 
 use crate::ByteStr;
 use crate::bytestr;
@@ -154,7 +155,9 @@ pub struct Metadata {
     source: Bytes,
     entries: SmallVec<[(Span, Span); INLINE_ENTRIES]>,
     statics: SmallVec<[&'static str; INLINE_STATICS]>,
-    shared: Vec<ByteStr>,
+    /// Strings that are not slices of the source: rare, so a `ThinVec`, which an empty
+    /// metadata (every message the engine recycles) drops with a pointer compare.
+    shared: ThinVec<ByteStr>,
     /// One bit for each [`key_bit`] of the keys held (and of keys removed since: a stale bit
     /// only costs a search). A key whose bit is clear is absent without a search, which is what
     /// a decoder's every insert of a new key asks.

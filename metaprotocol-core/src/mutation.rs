@@ -1,5 +1,7 @@
 //! Header edits that a codec applies on encode.
 
+use thin_vec::ThinVec;
+
 use crate::{ByteStr, Metadata};
 
 /// Header set/remove operations for one frame.
@@ -10,16 +12,18 @@ use crate::{ByteStr, Metadata};
 /// only the request id.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Mutation {
-    set: Vec<(ByteStr, ByteStr)>,
-    remove: Vec<ByteStr>,
+    // `ThinVec`s: nearly every mutation is empty, and an empty one is dropped with a pointer
+    // compare where a `Vec` takes a call into its drop glue (the engine drops several a call).
+    set: ThinVec<(ByteStr, ByteStr)>,
+    remove: ThinVec<ByteStr>,
 }
 
 impl Mutation {
     /// An empty mutation (does not allocate).
     pub const fn new() -> Self {
         Self {
-            set: Vec::new(),
-            remove: Vec::new(),
+            set: ThinVec::new(),
+            remove: ThinVec::new(),
         }
     }
 

@@ -13,6 +13,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use thin_vec::ThinVec;
+
 use crate::{ByteStr, LocalReplyKind, Metadata, ResponseStatus};
 
 /// The verified identity of a TLS peer: every subject alternative name and the subject.
@@ -242,14 +244,16 @@ impl Timings {
 /// `on_response` or `on_complete`.
 #[derive(Default)]
 pub struct Extensions {
-    entries: Vec<(TypeId, Box<dyn Any + Send>)>,
+    // A `ThinVec`: most requests' filters keep nothing here, and an empty one is dropped with a
+    // pointer compare where a `Vec` takes a call into its drop glue.
+    entries: ThinVec<(TypeId, Box<dyn Any + Send>)>,
 }
 
 impl Extensions {
     /// No state.
     pub const fn new() -> Self {
         Self {
-            entries: Vec::new(),
+            entries: ThinVec::new(),
         }
     }
 
@@ -313,14 +317,16 @@ impl fmt::Debug for Extensions {
 /// is never written to the wire (that is what a [`crate::Mutation`] is for).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RoutingKeys {
-    entries: Vec<(ByteStr, ByteStr)>,
+    // A `ThinVec`: nearly always empty, and dropped empty with a pointer compare (see
+    // `Extensions`).
+    entries: ThinVec<(ByteStr, ByteStr)>,
 }
 
 impl RoutingKeys {
     /// No keys (does not allocate).
     pub const fn new() -> Self {
         Self {
-            entries: Vec::new(),
+            entries: ThinVec::new(),
         }
     }
 

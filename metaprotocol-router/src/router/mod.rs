@@ -21,6 +21,7 @@ mod timeout;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use metaprotocol_core::{
     LocalReply, LocalReplyKind, Message, MessageKind, Mutation, RequestRecord, ResponseFlags,
@@ -482,11 +483,12 @@ impl Routed {
     }
 
     /// Records how long a sent attempt took (until its answer, failure or timeout), for its
-    /// cluster and its endpoint.
-    fn timed(&self, attempt: &Attempt, now: Instant) {
+    /// cluster and its endpoint, and returns it.
+    fn timed(&self, attempt: &Attempt, now: Instant) -> Duration {
         let took = now.saturating_duration_since(attempt.started);
         self.target.cluster.stats().rq_time.observe(took);
         attempt.host.endpoint.stats().rq_time.observe(took);
+        took
     }
 
     /// Ends an attempt: counts it, then retries, forwards or fails.
@@ -516,8 +518,7 @@ impl Routed {
             stats.failure(failure).inc();
         }
         if let Some(attempt) = &attempt {
-            self.timed(attempt, now);
-            let elapsed = now.saturating_duration_since(attempt.started);
+            let elapsed = self.timed(attempt, now);
             self.target
                 .cluster
                 .attempt_ended(attempt.target(), &outcome, elapsed, now);
