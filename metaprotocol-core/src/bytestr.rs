@@ -94,6 +94,26 @@ impl<'a> Ascii<'a> {
     pub fn range_in(&self, buf: &[u8]) -> Option<Range<usize>> {
         locate(self.0, buf)
     }
+
+    /// Where these bytes lie in `buf`, if they are a part of it, with the proof that they are
+    /// ASCII: a [`MetadataStr::Ascii`](crate::MetadataStr::Ascii) of metadata over `buf` is
+    /// inserted without checking them again.
+    #[inline]
+    pub fn ascii_range_in(&self, buf: &[u8]) -> Option<AsciiRange> {
+        Some(AsciiRange {
+            range: self.range_in(buf)?,
+            buf: buf.as_ptr() as usize,
+        })
+    }
+}
+
+/// A range of a buffer whose bytes an [`Ascii`] proved ASCII ([`Ascii::ascii_range_in`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AsciiRange {
+    pub(crate) range: Range<usize>,
+    /// The address of the buffer the range is of: metadata takes the proof only for its own
+    /// source (bytes at the same address), and checks the bytes of any other.
+    pub(crate) buf: usize,
 }
 
 /// Where `part` lies in `buf`, if it is a part of it.

@@ -44,7 +44,7 @@ mod mutation;
 mod record;
 mod reply;
 
-pub use bytestr::{Ascii, ByteStr, is_text};
+pub use bytestr::{Ascii, AsciiRange, ByteStr, is_text};
 pub use codec::{
     Codec, CodecConstructor, CodecCounter, CodecFactory, CodecOptions, CodecRegistry,
     DEFAULT_MAX_FRAME_BYTES, EncodeParams, PoolMode, Probe, Side, WireVariant, append_frame,

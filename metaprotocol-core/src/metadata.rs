@@ -14,7 +14,7 @@ use smallvec::SmallVec;
 use thin_vec::ThinVec;
 
 use crate::ByteStr;
-use crate::bytestr;
+use crate::bytestr::{self, AsciiRange};
 
 /// Well-known metadata keys. Codecs use these names so that routes, rate limits and RBAC
 /// policies read the same way across protocols.
@@ -60,6 +60,10 @@ pub enum MetadataStr {
     /// lies in its frame hands over, without taking a reference to the frame for it. Checked
     /// to be UTF-8 when inserted.
     Source(Range<usize>),
+    /// Like [`MetadataStr::Source`], for text the codec found ASCII where it lies
+    /// ([`Ascii::ascii_range_in`](crate::Ascii::ascii_range_in) the metadata's source): inserted
+    /// without checking its bytes again (a range of another buffer is checked).
+    Ascii(AsciiRange),
 }
 
 impl From<&'static str> for MetadataStr {
@@ -253,18 +257,34 @@ impl Metadata {
                 Some(span) => span,
                 None => self.share(s),
             }),
-            MetadataStr::Source(range) => {
-                if !self.source.get(range.clone()).is_some_and(bytestr::is_text) {
-                    return None;
+            MetadataStr::Source(range) => self.source_text(range),
+            MetadataStr::Ascii(AsciiRange { range, buf }) => {
+                if buf == self.source.as_ptr() as usize && range.end <= self.source.len() {
+                    Some(self.source_span(range))
+                } else {
+                    self.source_text(range)
                 }
-                Some(match Span::source(range.clone()) {
-                    Some(span) => span,
-                    // Too long for a span: kept as a shared slice instead.
-                    None => {
-                        let text = ByteStr::from_utf8(self.source.slice(range)).unwrap_or_default();
-                        self.share(text)
-                    }
-                })
+            }
+        }
+    }
+
+    /// Where the text at `range` of the source is kept; `None` if it is not UTF-8 text of the
+    /// source.
+    fn source_text(&mut self, range: Range<usize>) -> Option<Span> {
+        if !self.source.get(range.clone()).is_some_and(bytestr::is_text) {
+            return None;
+        }
+        Some(self.source_span(range))
+    }
+
+    /// Where the text at `range` of the source, known to be UTF-8, is kept.
+    fn source_span(&mut self, range: Range<usize>) -> Span {
+        match Span::source(range.clone()) {
+            Some(span) => span,
+            // Too long for a span: kept as a shared slice instead.
+            None => {
+                let text = ByteStr::from_utf8(self.source.slice(range)).unwrap_or_default();
+                self.share(text)
             }
         }
     }
@@ -535,6 +555,42 @@ mod tests {
             .into_iter()
             .collect();
         assert_eq!(m, plain);
+    }
+
+    #[test]
+    fn ascii_proven_in_the_source_is_kept_and_a_proof_from_elsewhere_is_checked() {
+        let frame = Bytes::from_static(b"\xff\xfetenant=t1");
+        let proven = |buf: &[u8], range: Range<usize>| {
+            crate::Ascii::new(&buf[range]).and_then(|text| text.ascii_range_in(buf))
+        };
+        let mut m = Metadata::over(frame.clone());
+        let (Some(key), Some(value)) = (proven(&frame, 2..8), proven(&frame, 9..11)) else {
+            panic!("the bytes are ASCII");
+        };
+        assert!(m.insert(MetadataStr::Ascii(key), MetadataStr::Ascii(value)));
+        assert_eq!(m.get("tenant"), Some("t1"));
+
+        // The same range of another buffer proves nothing about the source's bytes there.
+        let other = b"ascii_only";
+        let Some(elsewhere) = proven(other, 0..8) else {
+            panic!("the bytes are ASCII");
+        };
+        assert!(!m.insert("bad", MetadataStr::Ascii(elsewhere)), "not UTF-8");
+        let Some(beyond) = proven(b"0123456789abcdefghijkl", 14..20) else {
+            panic!("the bytes are ASCII");
+        };
+        assert!(
+            !m.insert("far", MetadataStr::Ascii(beyond)),
+            "beyond the source"
+        );
+        assert_eq!(m.len(), 1);
+
+        // A proof from a longer buffer at the source's address holds within the source only.
+        let mut head = Metadata::over(frame.slice(..8));
+        let Some(past_the_head) = proven(&frame, 9..11) else {
+            panic!("the bytes are ASCII");
+        };
+        assert!(!head.insert("t", MetadataStr::Ascii(past_the_head)));
     }
 
     #[test]

@@ -38,7 +38,7 @@ impl StringData<'_> {
     pub(crate) fn to_metadata(&self, frame: &Bytes) -> Option<MetadataStr> {
         match self {
             Self::Ascii(text) if text.as_bytes().is_empty() => Some(MetadataStr::Static("")),
-            Self::Ascii(text) => text.range_in(frame).map(MetadataStr::Source),
+            Self::Ascii(text) => text.ascii_range_in(frame).map(MetadataStr::Ascii),
             Self::Contiguous(_) | Self::Joined(_) => {
                 self.to_byte_str(frame).map(MetadataStr::Shared)
             }
