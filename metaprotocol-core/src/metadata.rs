@@ -270,6 +270,8 @@ impl Metadata {
 
     /// Where the text at `range` of the source is kept; `None` if it is not UTF-8 text of the
     /// source.
+    // Inlined into `store`, like it.
+    #[inline(always)]
     fn source_text(&mut self, range: Range<usize>) -> Option<Span> {
         if !self.source.get(range.clone()).is_some_and(bytestr::is_text) {
             return None;
@@ -278,15 +280,19 @@ impl Metadata {
     }
 
     /// Where the text at `range` of the source, known to be UTF-8, is kept.
+    #[inline(always)]
     fn source_span(&mut self, range: Range<usize>) -> Span {
         match Span::source(range.clone()) {
             Some(span) => span,
-            // Too long for a span: kept as a shared slice instead.
-            None => {
-                let text = ByteStr::from_utf8(self.source.slice(range)).unwrap_or_default();
-                self.share(text)
-            }
+            None => self.share_source(range),
         }
+    }
+
+    /// Keeps the text at `range` of the source, too long for a span, as a shared slice.
+    #[cold]
+    fn share_source(&mut self, range: Range<usize>) -> Span {
+        let text = ByteStr::from_utf8(self.source.slice(range)).unwrap_or_default();
+        self.share(text)
     }
 
     fn share(&mut self, text: ByteStr) -> Span {
