@@ -17,6 +17,9 @@ usage: benches/callgrind.sh [options]
   --calls "A B"   the two call counts (default "2000 12000")
   --queue N       the access log's and span exporter's queue sizes (default 200000: nothing
                   is dropped, every call pays for its line and spans)
+  --scheduler S   where the engine serves the client connection: runtime (default: the
+                  work-stealing runtime that starts it, as an embedder's) or worker (a worker
+                  thread of its own, as `metaprotocol-proxy run` serves them)
   --out DIR       where callgrind's files go (default: target/callgrind)
 EOF
 }
@@ -25,6 +28,7 @@ cases="metrics access_log tracing access_log_and_tracing"
 depth=64
 calls="2000 12000"
 queue=200000
+scheduler=runtime
 out_dir=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -32,6 +36,7 @@ while [ $# -gt 0 ]; do
     --depth) depth=$2; shift ;;
     --calls) calls=$2; shift ;;
     --queue) queue=$2; shift ;;
+    --scheduler) scheduler=$2; shift ;;
     --out) out_dir=$2; shift ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
@@ -51,10 +56,10 @@ bin=$target_dir/release/call_cost
 # The instructions of one run by thread kind, "engine writer exporter others" (others: the
 # client and echo server, the collector), from callgrind's file per thread.
 instructions() { # case calls [--direct]
-  local stem=$out_dir/$1-$depth-$2${3:-}
+  local stem=$out_dir/$1-$depth-$scheduler-$2${3:-}
   rm -f "$stem".out*
   timeout 3600 valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$stem.out" \
-    "$bin" --case "$1" --calls "$2" --depth "$depth" --queue "$queue" ${3:-} >"$stem.log" 2>&1 ||
+    "$bin" --case "$1" --calls "$2" --depth "$depth" --queue "$queue" --scheduler "$scheduler" ${3:-} >"$stem.log" 2>&1 ||
     { echo "callgrind.sh: call_cost failed, see $stem.log" >&2; exit 1; }
   local engine=0 writer=0 exporter=0 others=0 file count
   for file in "$stem".out*; do
@@ -80,7 +85,7 @@ per_call() { # case [--direct]
 }
 
 read -r -a direct <<<"$(per_call metrics --direct)"
-echo "| case ($depth in flight) | engine threads (the request path) | access log writer | span exporter | engine total | client, echo server, collector |"
+echo "| case ($depth in flight, $scheduler) | engine threads (the request path) | access log writer | span exporter | engine total | client, echo server, collector |"
 echo "|---|---|---|---|---|---|"
 for case in $cases; do
   read -r -a cost <<<"$(per_call "$case")"

@@ -9,7 +9,7 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use metaprotocol_benches::collector::NullCollector;
-use metaprotocol_benches::in_process::{InProcess, Via, bench_depths};
+use metaprotocol_benches::in_process::{InProcess, Scheduler, Via, bench_depths};
 use metaprotocol_benches::proxy_config::observability_cases;
 use metaprotocol_benches::wire::Protocol;
 
@@ -22,7 +22,7 @@ fn observability(c: &mut Criterion) {
     let mut group = c.benchmark_group("observability/dubbo");
     group.throughput(Throughput::Elements(1));
     for (name, fields) in observability_cases(&collector.endpoint(), None) {
-        let bench = InProcess::start_with(Protocol::Dubbo, || {}, &fields)
+        let bench = InProcess::start_with(Protocol::Dubbo, || {}, &fields, Scheduler::Runtime)
             .unwrap_or_else(|err| panic!("cannot start the engine with {name}: {err:#}"));
         bench_depths(&mut group, &bench, Via::Proxy, name, PAYLOAD);
     }

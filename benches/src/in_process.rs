@@ -1,7 +1,8 @@
 //! The whole request path in one process: the engine on a runtime of its own (one worker
 //! thread), an echo server upstream and the clients on another (the caller's thread), talking
 //! over loopback. The engine's threads are the only ones that run engine code, which is what lets
-//! [`crate::alloc`] count its allocations apart.
+//! [`crate::alloc`] count its allocations apart. [`Scheduler`] says which of the engine's threads
+//! serves the client connections.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -30,6 +31,20 @@ pub enum Via {
     Direct,
 }
 
+/// Where the engine serves client connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scheduler {
+    /// On the runtime that starts it ([`Proxy::start`]): here a work-stealing runtime of one
+    /// worker thread, as an embedder that does not ask for workers serves them.
+    #[default]
+    Runtime,
+    /// On one worker thread of the engine's own (`ProxyBuilder::workers(1)`), a single-threaded
+    /// runtime, as `metaprotocol-proxy run` serves them; lingering and busy polling off, so that
+    /// a worker's waits cost no instructions and only the request path is counted. The worker is
+    /// not one of the runtime's threads: `on_proxy_thread` does not run on it.
+    Worker,
+}
+
 /// A running engine with an echo server behind it.
 #[derive(Debug)]
 pub struct InProcess {
@@ -46,15 +61,17 @@ impl InProcess {
     /// Starts the echo server and the engine for `protocol`; `on_proxy_thread` runs first on
     /// every thread the engine's runtime starts.
     pub fn start(protocol: Protocol, on_proxy_thread: fn()) -> anyhow::Result<Self> {
-        Self::start_with(protocol, on_proxy_thread, "")
+        Self::start_with(protocol, on_proxy_thread, "", Scheduler::Runtime)
     }
 
     /// [`InProcess::start`] with more fields on the engine's listener (see
-    /// [`crate::proxy_config::proxy_config_with`]).
+    /// [`crate::proxy_config::proxy_config_with`]), its client connections served as
+    /// `scheduler` says.
     pub fn start_with(
         protocol: Protocol,
         on_proxy_thread: fn(),
         listener_fields: &str,
+        scheduler: Scheduler,
     ) -> anyhow::Result<Self> {
         let runtime = Builder::new_current_thread().enable_all().build()?;
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -70,7 +87,15 @@ impl InProcess {
             .build()?;
         let yaml = proxy_config_with(protocol, loopback, echo_addr, loopback, listener_fields);
         let config = Config::from_yaml(&yaml)?;
-        let proxy = proxy_runtime.block_on(Proxy::start(config, codecs()))?;
+        let builder = Proxy::builder(config).codecs(codecs());
+        let builder = match scheduler {
+            Scheduler::Runtime => builder,
+            Scheduler::Worker => builder
+                .workers(1)
+                .linger(Duration::ZERO)
+                .busy_poll(Duration::ZERO),
+        };
+        let proxy = proxy_runtime.block_on(builder.start())?;
         let proxy_addr = proxy
             .listener_addr(LISTENER)
             .ok_or_else(|| anyhow::anyhow!("the proxy has no listener {LISTENER}"))?;

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use metaprotocol_benches::collector::NullCollector;
-use metaprotocol_benches::in_process::{InProcess, Via};
+use metaprotocol_benches::in_process::{InProcess, Scheduler, Via};
 use metaprotocol_benches::proxy_config::observability_cases;
 use metaprotocol_benches::wire::Protocol;
 
@@ -57,6 +57,10 @@ struct Args {
     /// enough, nothing is dropped, and every call pays for its line and spans.
     #[arg(long)]
     queue: Option<usize>,
+    /// Where the engine serves the client connection: on the runtime that starts it, or on a
+    /// worker thread of its own as `metaprotocol-proxy run` does.
+    #[arg(long, value_enum, default_value_t = Scheduler::Runtime)]
+    scheduler: Scheduler,
     /// Call the echo server directly instead: the client's and the server's own share.
     #[arg(long)]
     direct: bool,
@@ -79,7 +83,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         let names: Vec<&str> = cases.iter().map(|(name, _)| *name).collect();
         anyhow::bail!("no case `{}`; the cases: {names:?}", args.case);
     };
-    let bench = InProcess::start_with(args.protocol, || {}, fields)?;
+    let bench = InProcess::start_with(args.protocol, || {}, fields, args.scheduler)?;
     let via = if args.direct { Via::Direct } else { Via::Proxy };
     let mut client = bench.connect(via, args.payload, args.depth)?;
     bench.calls(&mut client, args.warmup_calls);
