@@ -1,6 +1,6 @@
 //! The instruments against each other on loopback, briefly: the load generator and the echo
 //! server agree on every protocol, closed and open loop; calls through the engine match its
-//! route and come back whole; the floor relay carries them both ways it waits; a peer speaking
+//! route and come back whole, on either scheduler; the floor relay carries them both ways it waits; a peer speaking
 //! something else is counted as errors, not a panic.
 //! Nothing here asserts a speed.
 
@@ -10,7 +10,7 @@ use std::num::NonZeroU64;
 use std::time::Duration;
 
 use metaprotocol_benches::echo;
-use metaprotocol_benches::in_process::{InProcess, Via};
+use metaprotocol_benches::in_process::{InProcess, Scheduler, Via};
 use metaprotocol_benches::load::{Load, generate};
 use metaprotocol_benches::relay::{self, Waiting};
 use metaprotocol_benches::report::Watched;
@@ -95,19 +95,52 @@ async fn another_protocol_is_counted_as_errors() -> TestResult {
 
 #[test]
 fn calls_through_the_engine_match_the_route_and_come_back_whole() -> TestResult {
-    for protocol in Protocol::ALL {
-        let bench = InProcess::start(protocol, || {})?;
+    for (protocol, scheduler) in Protocol::ALL
+        .into_iter()
+        .flat_map(|p| [(p, Scheduler::Runtime), (p, Scheduler::Worker)])
+    {
+        let bench = InProcess::start_with(protocol, || {}, "", scheduler)?;
         for (via, depth) in [(Via::Proxy, 16), (Via::Proxy, 1), (Via::Direct, 16)] {
             let mut client = bench.connect(via, 64, depth)?;
             bench.calls(&mut client, 300);
             assert_eq!(
                 client.tally.errors.total(),
                 0,
-                "{protocol} {via:?}: {:?}",
+                "{protocol} {scheduler:?} {via:?}: {:?}",
                 client.tally.errors
             );
-            assert_eq!(client.tally.calls(), 300, "{protocol} {via:?}");
+            assert_eq!(
+                client.tally.calls(),
+                300,
+                "{protocol} {scheduler:?} {via:?}"
+            );
+        }
+        // Both proxied runs reached the engine, wherever it served them.
+        let received: u64 = bench
+            .metrics()
+            .lines()
+            .filter(|line| line.starts_with("metaprotocol_downstream_rq_total{"))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        assert_eq!(received, 600, "{protocol} {scheduler:?}");
+        if scheduler == Scheduler::Worker {
+            assert!(
+                thread_names()?
+                    .iter()
+                    .any(|name| name.starts_with("metaprotocol-wo")),
+                "{protocol}: no worker thread of the engine's own"
+            );
         }
     }
     Ok(())
+}
+
+/// The names of this process's threads (as the kernel keeps them: 15 bytes at most).
+fn thread_names() -> std::io::Result<Vec<String>> {
+    std::fs::read_dir("/proc/self/task")?
+        .map(|task| {
+            let comm = std::fs::read_to_string(task?.path().join("comm"))?;
+            Ok(comm.trim_end().to_owned())
+        })
+        .collect()
 }
