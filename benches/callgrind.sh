@@ -59,7 +59,8 @@ instructions() { # case calls [--direct]
   local stem=$out_dir/$1-$depth-$scheduler-$2${3:-}
   rm -f "$stem".out*
   timeout 3600 valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$stem.out" \
-    "$bin" --case "$1" --calls "$2" --depth "$depth" --queue "$queue" --scheduler "$scheduler" ${3:-} >"$stem.log" 2>&1 ||
+    "$bin" --case "$1" --calls "$2" --depth "$depth" --queue "$queue" \
+    --scheduler "$scheduler" ${3:-} >"$stem.log" 2>&1 ||
     { echo "callgrind.sh: call_cost failed, see $stem.log" >&2; exit 1; }
   local engine=0 writer=0 exporter=0 others=0 file count
   for file in "$stem".out*; do

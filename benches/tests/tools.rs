@@ -1,7 +1,7 @@
 //! The instruments against each other on loopback, briefly: the load generator and the echo
 //! server agree on every protocol, closed and open loop; calls through the engine match its
-//! route and come back whole, on either scheduler; the floor relay carries them both ways it waits; a peer speaking
-//! something else is counted as errors, not a panic.
+//! route and come back whole, on either scheduler; the floor relay carries them both ways it
+//! waits; a peer speaking something else is counted as errors, not a panic.
 //! Nothing here asserts a speed.
 
 use std::collections::BTreeMap;
