@@ -33,8 +33,9 @@ pub fn decoded(codec: &mut dyn Codec, frame: &BytesMut) -> Message {
     }
 }
 
-/// Measures decoding one `frame(size)` for every body size, each with a fresh codec from
-/// `codec` (codecs may remember a connection's detected encoding), built outside the timing.
+/// Measures decoding one `frame(size)` for every body size into a message, as the engine does
+/// (`decode_into`), each with a fresh codec from `codec` (codecs may remember a connection's
+/// detected encoding) and an empty message, made outside the timing.
 pub fn bench_decode(
     c: &mut Criterion,
     group: &str,
@@ -48,8 +49,8 @@ pub fn bench_decode(
         decoded(&mut *codec(), &bytes);
         group.bench_function(label, |b| {
             b.iter_batched_ref(
-                || (codec(), bytes.clone()),
-                |(codec, src)| black_box(codec.decode(src)),
+                || (codec(), bytes.clone(), Message::empty()),
+                |(codec, src, message)| black_box(codec.decode_into(src, message)),
                 BatchSize::SmallInput,
             );
         });

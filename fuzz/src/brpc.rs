@@ -46,7 +46,7 @@ fn encode(message: &Message, id: u64, mutation: &Mutation) -> BytesMut {
 /// re-encoded and answered.
 pub fn decode(data: &[u8]) {
     for side in [Side::Downstream, Side::Upstream] {
-        for message in crate::decode_stream(&mut BrpcCodec::new(side, MAX_FRAME), data) {
+        for message in crate::decode_stream(&|| Box::new(BrpcCodec::new(side, MAX_FRAME)), data) {
             check(side, &message);
         }
     }
@@ -102,7 +102,9 @@ pub fn round_trip(input: &RoundTrip<'_>) {
         .request_id(BrpcCodecFactory::new(MAX_FRAME).max_request_id());
     let mutation = input.edit.mutation();
     for side in [Side::Downstream, Side::Upstream] {
-        for message in crate::decode_stream(&mut BrpcCodec::new(side, MAX_FRAME), input.stream) {
+        for message in
+            crate::decode_stream(&|| Box::new(BrpcCodec::new(side, MAX_FRAME)), input.stream)
+        {
             if message.reject_reason.is_some() {
                 // Never forwarded: the engine answers it.
                 answer(&message);

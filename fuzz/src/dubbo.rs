@@ -61,6 +61,7 @@ fn encode(
 pub fn decode(data: &[u8]) {
     let split = data.first().map_or(0, |b| usize::from(*b)).min(data.len());
     for side in [Side::Downstream, Side::Upstream] {
+        crate::decode_stream(&|| codec(side), data);
         let mut codec = codec(side);
         let mut buf = BytesMut::from(&data[..split]);
         let mut fed_rest = false;
@@ -142,7 +143,7 @@ pub fn round_trip(input: &RoundTrip<'_>) {
     } else {
         WireVariant::DEFAULT
     };
-    for message in crate::decode_stream(codec(Side::Downstream).as_mut(), input.stream) {
+    for message in crate::decode_stream(&|| codec(Side::Downstream), input.stream) {
         if message.reject_reason.is_some() {
             // Never forwarded: the engine answers it.
             answer(&message);

@@ -24,21 +24,67 @@ pub mod route;
 pub mod thrift;
 
 use bytes::BytesMut;
-use metaprotocol_core::{Codec, EncodeParams, Message, Metadata, Mutation, WireVariant};
+use metaprotocol_core::{
+    Codec, EncodeParams, FrameLayout, Message, MessageKind, Metadata, Mutation, ResponseStatus,
+    WireVariant,
+};
 
 pub use edit::{Edit, RoundTrip};
 
 /// The frame size cap of the codecs under test: large enough for any input the fuzzer makes.
 pub const MAX_FRAME: usize = 64 * 1024;
 
-/// Every message `codec` decodes from the front of `bytes`, until it needs more or fails.
-pub fn decode_stream(codec: &mut dyn Codec, bytes: &[u8]) -> Vec<Message> {
-    let mut buf = BytesMut::from(bytes);
+/// Every message a codec made by `new_codec` decodes from the front of `bytes`, until it needs
+/// more or fails.
+///
+/// A second codec decodes the same bytes as the engine does, with `decode_into` into one
+/// message reused for every frame (and, before the first, holding something of everything a
+/// message can hold): each frame must come out the same as the first codec's `decode` gives
+/// it, with nothing left over from what the message held before, and both codecs must take
+/// the same bytes and stop at the same place.
+pub fn decode_stream(new_codec: &dyn Fn() -> Box<dyn Codec>, bytes: &[u8]) -> Vec<Message> {
+    let (mut codec, mut reusing) = (new_codec(), new_codec());
+    let (mut buf, mut reused_buf) = (BytesMut::from(bytes), BytesMut::from(bytes));
+    let mut slot = used_message();
     let mut messages = Vec::new();
-    while let Ok(Some(message)) = codec.decode(&mut buf) {
-        messages.push(message);
+    loop {
+        let fresh = codec.decode(&mut buf);
+        let reused = reusing.decode_into(&mut reused_buf, &mut slot);
+        assert_eq!(buf.len(), reused_buf.len(), "decode_into took other bytes");
+        match (fresh, reused) {
+            (Ok(Some(message)), Ok(true)) => {
+                assert_eq!(
+                    format!("{slot:?}"),
+                    format!("{message:?}"),
+                    "decode_into into a used message gave another message"
+                );
+                messages.push(message);
+            }
+            (Ok(None), Ok(false)) | (Err(_), Err(_)) => return messages,
+            (fresh, reused) => panic!("decode gave {fresh:?}, decode_into {reused:?}"),
+        }
     }
-    messages
+}
+
+/// A message holding something in each field, as one the engine reuses may.
+fn used_message() -> Message {
+    let mut message = Message::new(
+        MessageKind::Response,
+        u64::MAX,
+        bytes::Bytes::from_static(b"an earlier frame"),
+    );
+    message.status = ResponseStatus::ServerError;
+    message.variant = WireVariant(u16::MAX);
+    message.layout = FrameLayout([u32::MAX; 6]);
+    message.reject_reason = Some("an earlier reason");
+    message.timeout = Some(std::time::Duration::from_secs(1));
+    message.not_processed = true;
+    message.metadata.insert("service", "earlier");
+    message.metadata.insert("earlier", String::from("shared"));
+    for key in 0..40 {
+        message.metadata.insert(format!("key-{key}"), "value");
+    }
+    message
 }
 
 /// Decodes exactly one whole frame from `bytes` (a frame the codecs wrote), or panics.

@@ -74,7 +74,7 @@ fn same_call(a: &Message, b: &Message) {
 /// same messages: an unframed message's walk continues across reads); every message decoded is
 /// re-encoded in each length-delimited encoding and answered.
 pub fn decode(data: &[u8]) {
-    let whole = crate::decode_stream(detecting_codec().as_mut(), data);
+    let whole = crate::decode_stream(&detecting_codec, data);
     let piece = 1 + data.first().map_or(0, |b| usize::from(b % 64));
     let mut codec = detecting_codec();
     let mut buf = BytesMut::new();
@@ -172,7 +172,7 @@ pub fn round_trip(input: &RoundTrip<'_>) {
         .get(usize::from(input.edit.variant) % FORMATS.len())
         .copied()
         .unwrap_or(FORMATS[0]);
-    for message in crate::decode_stream(detecting_codec().as_mut(), input.stream) {
+    for message in crate::decode_stream(&detecting_codec, input.stream) {
         if message.reject_reason.is_some() {
             // Never forwarded: the engine answers it.
             answer(&message);

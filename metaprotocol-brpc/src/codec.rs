@@ -6,11 +6,11 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use metaprotocol_core::{
     Codec, CodecError, CodecFactory, CodecOptions, EncodeParams, LocalReply, Message, OptionsError,
-    Probe, Side, WireVariant,
+    Probe, Side, WireVariant, decode_new,
 };
 
 use crate::PROTOCOL;
-use crate::decode::message_from_frame;
+use crate::decode::decode_frame;
 use crate::encode::encode_message;
 use crate::header::{FrameHeader, HEADER_LEN};
 use crate::reply::encode_local_reply;
@@ -44,16 +44,20 @@ impl BrpcCodec {
 
 impl Codec for BrpcCodec {
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, CodecError> {
+        decode_new(self, src)
+    }
+
+    fn decode_into(&mut self, src: &mut BytesMut, slot: &mut Message) -> Result<bool, CodecError> {
         let Some(header) = FrameHeader::parse(src, self.max_frame_bytes)? else {
-            return Ok(None);
+            return Ok(false);
         };
         let frame_len = header.frame_len();
         if src.len() < frame_len {
             src.reserve(frame_len - src.len());
-            return Ok(None);
+            return Ok(false);
         }
         let frame = src.split_to(frame_len).freeze();
-        message_from_frame(frame, header, self.side).map(Some)
+        decode_frame(slot, frame, header, self.side).map(|()| true)
     }
 
     fn encode(

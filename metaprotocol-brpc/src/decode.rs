@@ -32,18 +32,19 @@ const CONTENT_TYPE_PB: i32 = 0;
 /// `CompressType` of an uncompressed payload.
 const COMPRESS_TYPE_NONE: i32 = 0;
 
-/// Decodes `frame`, whose header is `header`, read by a codec on `side`.
+/// Decodes `frame`, whose header is `header`, read by a codec on `side`, into `message`.
 ///
 /// The meta is read field by field; payload and attachment are never copied. A request's
 /// payload is checked (see [`payload_reject_reason`]); a response's is forwarded unread.
-pub(crate) fn message_from_frame(
+pub(crate) fn decode_frame(
+    message: &mut Message,
     frame: Bytes,
     header: FrameHeader,
     side: Side,
-) -> Result<Message, CodecError> {
+) -> Result<(), CodecError> {
     let meta_end = header.meta_end();
     let frame_len = frame.len();
-    let mut message = Message::new(MessageKind::Request, 0, frame);
+    message.reset(MessageKind::Request, 0, frame);
     // User fields go straight into the message's metadata.
     let mut view = RpcMetaView::default();
     view.read(
@@ -84,7 +85,7 @@ pub(crate) fn message_from_frame(
             add_response_metadata(&mut message.metadata, response);
         }
     }
-    Ok(message)
+    Ok(())
 }
 
 /// Where the payload of a frame of `frame_len` bytes lies: between the meta and the

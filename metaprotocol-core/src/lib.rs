@@ -48,7 +48,7 @@ pub use bytestr::{Ascii, AsciiRange, ByteStr, is_text};
 pub use codec::{
     Codec, CodecConstructor, CodecCounter, CodecFactory, CodecOptions, CodecRegistry,
     DEFAULT_MAX_FRAME_BYTES, EncodeParams, PoolMode, Probe, Side, WireVariant, append_frame,
-    encode_sharing_whole,
+    decode_new, encode_sharing_whole,
 };
 pub use error::{CodecError, OptionsError};
 pub use filter::{

@@ -110,4 +110,42 @@ impl Message {
             not_processed: false,
         }
     }
+
+    /// An empty request over no frame: a place for [`Codec::decode_into`](crate::Codec::decode_into)
+    /// to decode into.
+    pub fn empty() -> Self {
+        Self::new(MessageKind::Request, 0, Bytes::new())
+    }
+
+    /// Makes this message what [`Message::new`] returns for the same arguments, in place: a
+    /// decoder that fills a reused message writes its fields rather than a whole new message
+    /// (a copy of about 440 bytes). What it held goes (its frame, the metadata's strings), and
+    /// metadata that had outgrown its inline room gives that allocation back, so that a reused
+    /// message holds no more than a new one.
+    #[inline]
+    pub fn reset(&mut self, kind: MessageKind, request_id: u64, frame: Bytes) {
+        // Every field named: a field added to `Message` is one this must set.
+        let Self {
+            kind: old_kind,
+            status,
+            request_id: old_request_id,
+            metadata,
+            frame: old_frame,
+            variant,
+            layout,
+            reject_reason,
+            timeout,
+            not_processed,
+        } = self;
+        *old_kind = kind;
+        *status = ResponseStatus::Ok;
+        *old_request_id = request_id;
+        metadata.reset_over(frame.clone());
+        *old_frame = frame;
+        *variant = WireVariant::DEFAULT;
+        *layout = FrameLayout::default();
+        *reject_reason = None;
+        *timeout = None;
+        *not_processed = false;
+    }
 }

@@ -185,6 +185,36 @@ impl Metadata {
         }
     }
 
+    /// Makes this what [`Metadata::over`] returns for `source`, in place. Entries that had
+    /// outgrown the inline room give their allocation back: metadata kept for reuse holds no
+    /// more memory than new metadata.
+    #[inline]
+    pub fn reset_over(&mut self, source: Bytes) {
+        // Every field named: a field added to `Metadata` is one this must reset.
+        let Self {
+            source: old_source,
+            entries,
+            statics,
+            shared,
+            key_bits,
+            overflowed,
+        } = self;
+        *old_source = source;
+        if entries.spilled() {
+            *entries = SmallVec::new();
+        } else {
+            entries.clear();
+        }
+        if statics.spilled() {
+            *statics = SmallVec::new();
+        } else {
+            statics.clear();
+        }
+        *shared = ThinVec::new();
+        *key_bits = 0;
+        *overflowed = false;
+    }
+
     /// Sets `key` to `value`, replacing an earlier value of the same key. False, and nothing
     /// set, when either is a [`MetadataStr::Source`] range (or a [`MetadataStr::Ascii`] one of
     /// another buffer) that is not UTF-8 text of the source, or when the metadata has
@@ -483,6 +513,32 @@ mod tests {
                 assert!(!same_bytes(&key, &other), "{len} {at}");
             }
         }
+    }
+
+    #[test]
+    fn reset_metadata_is_new_metadata_and_gives_back_what_outgrew_the_inline_room() {
+        let earlier = Bytes::from_static(b"an earlier frame");
+        let mut m = Metadata::over(earlier);
+        for value in ["a", "b", "c", "d", "e", "f"] {
+            m.insert(value, value);
+        }
+        for key in 0..=MAX_METADATA_ENTRIES {
+            m.insert(format!("key-{key}"), "value");
+        }
+        assert!(m.overflowed() && m.entries.spilled() && m.statics.spilled());
+        assert!(!m.shared.is_empty() && m.key_bits != 0);
+
+        let frame = Bytes::from_static(b"a new frame");
+        m.reset_over(frame.clone());
+        assert!(!m.entries.spilled() && !m.statics.spilled() && m.shared.capacity() == 0);
+        assert_eq!(
+            format!("{m:?}"),
+            format!("{:?}", Metadata::over(frame.clone()))
+        );
+        assert!(!m.overflowed() && m.key_bits == 0 && m.is_empty());
+        assert!(m.insert(MetadataStr::Source(0..1), "new"));
+        assert_eq!(m.get("a"), Some("new"), "spans point into the new source");
+        assert!(!m.contains("key-0"));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use bytes::{BufMut, BytesMut};
 use metaprotocol_core::{
     Codec, CodecError, EncodeParams, LocalReply, Message, MessageKind, Metadata, ResponseStatus,
-    WireVariant,
+    WireVariant, decode_new,
 };
 
 use crate::attachments::{self, MapBounds, slice};
@@ -42,8 +42,12 @@ impl DubboCodec {
 
 impl Codec for DubboCodec {
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, CodecError> {
+        decode_new(self, src)
+    }
+
+    fn decode_into(&mut self, src: &mut BytesMut, slot: &mut Message) -> Result<bool, CodecError> {
         let Some(header) = Header::peek(src)? else {
-            return Ok(None);
+            return Ok(false);
         };
         let frame_len = HEADER_LEN as u64 + u64::from(header.body_len);
         let frame_len = usize::try_from(frame_len)
@@ -55,12 +59,12 @@ impl Codec for DubboCodec {
             })?;
         if src.len() < frame_len {
             src.reserve(frame_len - src.len());
-            return Ok(None);
+            return Ok(false);
         }
         let frame = src.split_to(frame_len).freeze();
-        let mut message = Message::new(header.kind(), header.request_id, frame);
-        read_body(&header, &mut message);
-        Ok(Some(message))
+        slot.reset(header.kind(), header.request_id, frame);
+        read_body(&header, slot);
+        Ok(true)
     }
 
     fn encode(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use metaprotocol_core::{
     Codec, CodecCounter, CodecError, CodecFactory, CodecOptions, EncodeParams, LocalReply, Message,
-    OptionsError, Probe, Side, WireVariant,
+    OptionsError, Probe, Side, WireVariant, decode_new,
 };
 
 use crate::decode::{self, Decoder};
@@ -53,15 +53,19 @@ impl ThriftCodec {
 
 impl Codec for ThriftCodec {
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, CodecError> {
+        decode_new(self, src)
+    }
+
+    fn decode_into(&mut self, src: &mut BytesMut, slot: &mut Message) -> Result<bool, CodecError> {
         let transport = match self.expected.transport {
             Some(transport) => transport,
             None => match decode::detect_transport(src) {
                 Some(transport) => transport,
-                None => return Ok(None),
+                None => return Ok(false),
             },
         };
         let Some(found) = self.decoder.decode(src, transport)? else {
-            return Ok(None);
+            return Ok(false);
         };
         let format = found.format;
         if let Some(expected) = self.expected.protocol
@@ -74,7 +78,7 @@ impl Codec for ThriftCodec {
             ))));
         }
         self.expected = format.into();
-        found.into_message()
+        found.fill(slot).map(|()| true)
     }
 
     fn encode(

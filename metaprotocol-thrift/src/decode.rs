@@ -270,11 +270,11 @@ pub(crate) struct Found {
 }
 
 impl Found {
-    /// The message. Inlined into the codec's `decode`, which returns it: a `Message` is a few
-    /// hundred bytes, and each function it passes through by value may copy it (five copies a
-    /// message when the decoder built it and returned it up through its callers, one now).
+    /// Makes `message` the found one, in place: a `Message` is a few hundred bytes, and each
+    /// function it passes through by value may copy it (five copies a message when the decoder
+    /// built it and returned it up through its callers).
     #[inline(always)]
-    pub(crate) fn into_message(self) -> Result<Option<Message>, CodecError> {
+    pub(crate) fn fill(self, message: &mut Message) -> Result<(), CodecError> {
         let header = &self.header;
         let (kind, status) = match header.message_type {
             MessageType::Call => (MessageKind::Request, ResponseStatus::Ok),
@@ -295,7 +295,7 @@ impl Found {
             payload_start: self.payload_start,
             seqid: header.seqid_at.clone(),
         };
-        let mut message = Message::new(kind, u64::from(header.seqid as u32), self.frame);
+        message.reset(kind, u64::from(header.seqid as u32), self.frame);
         message.status = status;
         message.not_processed = not_processed;
         message.variant = self.format.to_variant();
@@ -314,8 +314,7 @@ impl Found {
                 );
             }
         }
-        add_name(metadata, frame, self.header.name)?;
-        Ok(Some(message))
+        add_name(metadata, frame, self.header.name)
     }
 }
 

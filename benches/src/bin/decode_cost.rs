@@ -2,15 +2,15 @@
 //! protocol's codec, then exits: a target for callgrind, whose instruction counts do not move
 //! with what else the machine runs, as the criterion codec benches' times do. The frames are
 //! written one after another into one buffer, as a connection's reads bring them, and decoded
-//! from it as the engine does; requests by a downstream codec, the echo server's answers by an
-//! upstream one.
+//! from it as the engine does (each into a message reused from frame to frame, `decode_into`);
+//! requests by a downstream codec, the echo server's answers by an upstream one.
 //!
-//! Count only the codec's `decode` (the frames' writing and the messages' drops are left out),
-//! and divide by the number of frames:
+//! Count only the codec's `decode_into` (the frames' writing and the messages' reset for reuse
+//! are left out), and divide by the number of frames:
 //!
 //! ```sh
 //! cargo build --release -p metaprotocol-benches --bin decode_cost
-//! valgrind --tool=callgrind --toggle-collect='*as metaprotocol_core::codec::Codec>::decode' \
+//! valgrind --tool=callgrind --toggle-collect='*as metaprotocol_core::codec::Codec>::decode_into' \
 //!     target/release/decode_cost --protocol dubbo --frames request --count 10000
 //! ```
 
@@ -21,7 +21,7 @@ use bytes::{Bytes, BytesMut};
 use clap::{Parser, ValueEnum};
 use metaprotocol_benches::in_process::codecs;
 use metaprotocol_benches::wire::Protocol;
-use metaprotocol_core::{CodecOptions, Side, WireVariant};
+use metaprotocol_core::{CodecOptions, Message, MessageKind, Side, WireVariant};
 
 #[derive(Parser)]
 #[command(name = "decode_cost", about = "Decodes the load generator's frames")]
@@ -66,14 +66,17 @@ fn run(args: &Args) -> anyhow::Result<()> {
     };
     let mut codec = factory?.new_codec(side, WireVariant::default());
     let mut decoded = 0;
-    while let Some(message) = codec.decode(&mut src)? {
+    let mut message = Message::empty();
+    while codec.decode_into(&mut src, &mut message)? {
         anyhow::ensure!(
             message.reject_reason.is_none(),
             "a frame was rejected: {:?}",
             message.reject_reason
         );
-        black_box(message);
+        black_box(&message);
         decoded += 1;
+        // As the engine keeps a finished message for the next frame: its frame goes at once.
+        message.reset(MessageKind::Request, 0, Bytes::new());
     }
     anyhow::ensure!(
         decoded == args.count && src.is_empty(),

@@ -196,22 +196,28 @@ impl<S: Transport> Connection<S> {
         // The wall clock, read for the first frame: the frames of one read share it.
         let mut wall = None;
         let mut frames = 0;
-        loop {
-            match self.decoder.decode(&mut self.read_buf) {
-                Ok(Some(message)) => {
+        // Where the next frame is decoded: a finished request's allocation, kept for the next
+        // read when no whole frame is left in this one.
+        let mut slot = None;
+        while !self.read_buf.is_empty() {
+            let message = slot.get_or_insert_with(|| self.requests.slot());
+            match self
+                .decoder
+                .decode_into(&mut self.read_buf, Arc::make_mut(message))
+            {
+                Ok(true) => {
                     self.frame_sizes.saw(message.frame.len());
                     self.last_activity = now;
                     self.partial_since = None;
                     frames += 1;
                     let received = (now, *wall.get_or_insert_with(SystemTime::now));
-                    let message = self.requests.shared(message);
-                    self.requests
-                        .receive(message, &mut self.write_buf, received);
-                }
-                Ok(None) => {
-                    if !self.read_buf.is_empty() {
-                        self.partial_since.get_or_insert(now);
+                    if let Some(message) = slot.take() {
+                        self.requests
+                            .receive(message, &mut self.write_buf, received);
                     }
+                }
+                Ok(false) => {
+                    self.partial_since.get_or_insert(now);
                     break;
                 }
                 Err(err) => {
@@ -221,6 +227,9 @@ impl<S: Transport> Connection<S> {
                     break;
                 }
             }
+        }
+        if let Some(unused) = slot {
+            self.requests.spare(unused);
         }
         linger::client_read(frames);
         true

@@ -464,21 +464,27 @@ impl<S: Transport> Multiplexer<S> {
             Ok(_) => {}
         }
         let now = Instant::now();
-        loop {
-            match self.decoder.decode(&mut self.read_buf) {
-                Ok(Some(message)) => {
+        while !self.read_buf.is_empty() {
+            // Decoded in a box, in place: from here on the answer moves as a pointer.
+            let mut message = spare::slot();
+            match self.decoder.decode_into(&mut self.read_buf, &mut message) {
+                Ok(true) => {
                     self.frame_sizes.saw(message.frame.len());
-                    // Boxed here, once: from here on the answer moves as a pointer.
-                    self.inbound(spare::boxed(message), now)
+                    self.inbound(message, now)
                 }
-                Ok(None) => return Poll::Ready(true),
+                Ok(false) => {
+                    spare::recycle(message);
+                    break;
+                }
                 Err(err) => {
+                    spare::recycle(message);
                     tracing::warn!(address = %self.address, error = %err, "closing upstream connection: bad response stream");
                     self.stats.cx_protocol_errors.inc();
                     return Poll::Ready(false);
                 }
             }
         }
+        Poll::Ready(true)
     }
 
     fn inbound(&mut self, message: Box<Message>, now: Instant) {

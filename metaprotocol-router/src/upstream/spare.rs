@@ -23,16 +23,15 @@ thread_local! {
     static SPARE: RefCell<Vec<Box<Message>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `message` in a box, one this thread kept when it has one.
+/// A box for the codec to decode the next answer into ([`Codec::decode_into`]): one this
+/// thread kept when it has one.
+///
+/// [`Codec::decode_into`]: metaprotocol_core::Codec::decode_into
 #[inline(always)]
-pub(crate) fn boxed(message: Message) -> Box<Message> {
-    match SPARE.with_borrow_mut(Vec::pop) {
-        Some(mut spare) => {
-            *spare = message;
-            spare
-        }
-        None => Box::new(message),
-    }
+pub(crate) fn slot() -> Box<Message> {
+    SPARE
+        .with_borrow_mut(Vec::pop)
+        .unwrap_or_else(|| Box::new(Message::empty()))
 }
 
 /// Keeps `answer`'s box for a next answer on this thread (while it keeps fewer than
@@ -40,7 +39,7 @@ pub(crate) fn boxed(message: Message) -> Box<Message> {
 pub(crate) fn recycle(mut answer: Box<Message>) {
     SPARE.with_borrow_mut(|spare| {
         if spare.len() < SPARE_ANSWERS {
-            *answer = Message::new(MessageKind::Response, 0, Bytes::new());
+            answer.reset(MessageKind::Response, 0, Bytes::new());
             spare.push(answer);
         }
     });
@@ -53,15 +52,15 @@ mod tests {
     #[test]
     fn a_recycled_box_is_reused_empty_and_the_store_is_bounded() {
         let frame = Bytes::from_static(b"answer");
-        let first = boxed(Message::new(MessageKind::Response, 7, frame.clone()));
+        let mut first = slot();
+        first.reset(MessageKind::Response, 7, frame.clone());
         let address: *const Message = &*first;
         recycle(first);
-        let again = boxed(Message::new(MessageKind::Response, 8, Bytes::new()));
+        let again = slot();
         assert_eq!(&*again as *const Message, address);
-        assert_eq!(again.request_id, 8);
+        assert!(again.frame.is_empty(), "a kept box holds no frame");
+        assert_eq!(again.request_id, 0);
         recycle(again);
-        let kept = SPARE.with_borrow(|spare| spare[0].frame.clone());
-        assert!(kept.is_empty(), "a kept box holds no frame");
 
         for _ in 0..SPARE_ANSWERS + 10 {
             recycle(Box::new(Message::new(
