@@ -571,6 +571,75 @@ mod tests {
         );
     }
 
+    /// Lookups checked against a plain list of pairs.
+    mod against_a_list {
+        use proptest::prelude::*;
+
+        use super::super::Metadata;
+
+        /// What a metadata is asked.
+        #[derive(Clone, Debug)]
+        enum Op {
+            Insert(usize, u8),
+            Remove(usize),
+        }
+
+        /// Keys that share bits (`service`, `xervice`) and keys that do not, more of them than
+        /// the inline room holds.
+        fn test_key(n: usize) -> String {
+            match n % 4 {
+                0 => format!("service{}", n / 4),
+                1 => format!("xervice{}", n / 4),
+                2 => "service".to_owned() + &"e".repeat(n / 4),
+                _ => format!("k{n}"),
+            }
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                3 => (0..48usize, any::<u8>()).prop_map(|(k, v)| Op::Insert(k, v)),
+                1 => (0..48usize).prop_map(Op::Remove),
+            ]
+        }
+
+        proptest! {
+            /// Whatever was inserted and removed, in any order, every lookup agrees with a
+            /// list of pairs (the last value of each key, in first-insert order): keys of one
+            /// bit, bits that a removal left stale and entries past the inline room included.
+            #[test]
+            fn lookups_agree_with_a_list_of_pairs(ops in prop::collection::vec(op(), 0..120)) {
+                let mut m = Metadata::new();
+                let mut list: Vec<(String, String)> = Vec::new();
+                for op in ops {
+                    match op {
+                        Op::Insert(k, v) => {
+                            let (key, value) = (test_key(k), v.to_string());
+                            prop_assert!(m.insert(key.clone(), value.clone()));
+                            match list.iter_mut().find(|(held, _)| *held == key) {
+                                Some(entry) => entry.1 = value,
+                                None => list.push((key, value)),
+                            }
+                        }
+                        Op::Remove(k) => {
+                            let key = test_key(k);
+                            let at = list.iter().position(|(held, _)| *held == key);
+                            let removed = at.map(|at| list.remove(at).1);
+                            prop_assert_eq!(m.remove(&key).map(|v| v.to_string()), removed);
+                        }
+                    }
+                    for k in 0..48 {
+                        let key = test_key(k);
+                        let held = list.iter().find(|(held, _)| *held == key);
+                        prop_assert_eq!(m.get(&key), held.map(|(_, v)| v.as_str()), "{}", key);
+                    }
+                    let pairs: Vec<(&str, &str)> =
+                        list.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                    prop_assert_eq!(m.iter().collect::<Vec<_>>(), pairs);
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_full_metadata_refuses_new_keys_and_then_everything() {
         let mut m = Metadata::new();
