@@ -13,6 +13,8 @@ usage() {
 usage: benches/callgrind.sh [options]
 
   --cases "..."   among metrics access_log tracing access_log_and_tracing (default: all four)
+  --protocol P    dubbo, thrift or brpc (default dubbo)
+  --payload N     payload bytes a call (default 32)
   --depth N       calls in flight (default 64)
   --calls "A B"   the two call counts (default "2000 12000")
   --queue N       the access log's and span exporter's queue sizes (default 200000: nothing
@@ -25,6 +27,8 @@ EOF
 }
 
 cases="metrics access_log tracing access_log_and_tracing"
+protocol=dubbo
+payload=32
 depth=64
 calls="2000 12000"
 queue=200000
@@ -33,6 +37,8 @@ out_dir=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --cases) cases=$2; shift ;;
+    --protocol) protocol=$2; shift ;;
+    --payload) payload=$2; shift ;;
     --depth) depth=$2; shift ;;
     --calls) calls=$2; shift ;;
     --queue) queue=$2; shift ;;
@@ -56,11 +62,11 @@ bin=$target_dir/release/call_cost
 # The instructions of one run by thread kind, "engine writer exporter others" (others: the
 # client and echo server, the collector), from callgrind's file per thread.
 instructions() { # case calls [--direct]
-  local stem=$out_dir/$1-$depth-$scheduler-$2${3:-}
+  local stem=$out_dir/$protocol-$payload-$1-$depth-$scheduler-$2${3:-}
   rm -f "$stem".out*
   timeout 3600 valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$stem.out" \
-    "$bin" --case "$1" --calls "$2" --depth "$depth" --queue "$queue" \
-    --scheduler "$scheduler" ${3:-} >"$stem.log" 2>&1 ||
+    "$bin" --protocol "$protocol" --payload "$payload" --case "$1" --calls "$2" \
+    --depth "$depth" --queue "$queue" --scheduler "$scheduler" ${3:-} >"$stem.log" 2>&1 ||
     { echo "callgrind.sh: call_cost failed, see $stem.log" >&2; exit 1; }
   local engine=0 writer=0 exporter=0 others=0 file count
   for file in "$stem".out*; do
@@ -86,7 +92,7 @@ per_call() { # case [--direct]
 }
 
 read -r -a direct <<<"$(per_call metrics --direct)"
-echo "| case ($depth in flight, $scheduler) | engine threads (the request path) | access log writer | span exporter | engine total | client, echo server, collector |"
+echo "| case ($protocol, $payload B, $depth in flight, $scheduler) | engine threads (the request path) | access log writer | span exporter | engine total | client, echo server, collector |"
 echo "|---|---|---|---|---|---|"
 for case in $cases; do
   read -r -a cost <<<"$(per_call "$case")"

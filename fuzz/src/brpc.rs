@@ -25,21 +25,54 @@ const RESPONSE_KEYS: HeaderKeys<'static> = HeaderKeys {
     unchecked: &["error_code", "error_text"],
 };
 
+/// The largest request id the engine gives an upstream brpc call.
+fn max_engine_id() -> u64 {
+    BrpcCodecFactory::new(MAX_FRAME).max_request_id()
+}
+
 fn decode_again(side: Side, bytes: &[u8]) -> Message {
     crate::decode_exactly_one(&mut BrpcCodec::new(side, usize::MAX), bytes)
 }
 
-fn encode(message: &Message, id: u64, mutation: &Mutation) -> BytesMut {
+/// `message` written by a codec on `side` with request id `id` and `mutation`.
+fn encode(side: Side, message: &Message, id: u64, mutation: &Mutation) -> BytesMut {
     let mut out = BytesMut::new();
     let params = EncodeParams {
         request_id: id,
         variant: WireVariant::DEFAULT,
         mutation,
     };
-    if let Err(e) = BrpcCodec::new(Side::Upstream, MAX_FRAME).encode(message, &params, &mut out) {
+    if let Err(e) = BrpcCodec::new(side, MAX_FRAME).encode(message, &params, &mut out) {
         panic!("encode failed: {e}");
     }
     out
+}
+
+/// `message` forwarded as the engine forwards it, with request id `id` and `mutation`, read
+/// where it arrives (ids as they are on the wire), and the id it arrives under as the engine
+/// reads it: a request goes to a server through an upstream codec, whose answer under the id
+/// it got reads upstream as the engine's id; a response goes to its client through a downstream
+/// codec.
+fn forward(message: &Message, id: u64, mutation: &Mutation) -> (Message, u64) {
+    let to = match message.kind {
+        MessageKind::Request => Side::Upstream,
+        _ => Side::Downstream,
+    };
+    let arrived = decode_again(Side::Downstream, &encode(to, message, id, mutation));
+    let arrived_id = match to {
+        Side::Upstream => {
+            let mut reply = BytesMut::new();
+            let answer = LocalReply::new(LocalReplyKind::Internal, "the server's answer");
+            if let Err(e) = BrpcCodec::new(Side::Downstream, MAX_FRAME)
+                .encode_local_reply(&arrived, &answer, &mut reply)
+            {
+                panic!("answer failed: {e}");
+            }
+            decode_again(Side::Upstream, &reply).request_id
+        }
+        Side::Downstream => arrived.request_id,
+    };
+    (arrived, arrived_id)
 }
 
 /// Arbitrary bytes through a downstream and an upstream codec; every message decoded is
@@ -53,12 +86,13 @@ pub fn decode(data: &[u8]) {
 }
 
 fn check(side: Side, message: &Message) {
+    // A codec writes what it read, with the id it read, as it came.
     assert_eq!(
-        encode(message, message.request_id, &Mutation::new())[..],
+        encode(side, message, message.request_id, &Mutation::new())[..],
         message.frame[..]
     );
     for id in [1, 300, message.request_id ^ 1, i64::MAX as u64] {
-        let rewritten = decode_again(side, &encode(message, id, &Mutation::new()));
+        let rewritten = decode_again(side, &encode(side, message, id, &Mutation::new()));
         assert_eq!(rewritten.request_id, id);
         assert_eq!(rewritten.metadata, message.metadata);
         assert_eq!(rewritten.reject_reason, message.reject_reason);
@@ -69,13 +103,20 @@ fn check(side: Side, message: &Message) {
         ByteStr::from_static("fuzz"),
     );
     mutation.remove(ByteStr::from_static("tenant"));
-    let mutated = decode_again(side, &encode(message, 5, &mutation));
+    let mutated = decode_again(side, &encode(side, message, 5, &mutation));
     assert_eq!(mutated.request_id, 5);
     assert_eq!(mutated.metadata.get("x-routed-by"), Some("fuzz"));
+    if message.reject_reason.is_none() {
+        for id in [1, 300, max_engine_id()] {
+            let (arrived, arrived_id) = forward(message, id, &Mutation::new());
+            assert_eq!(arrived_id, id);
+            assert_eq!(arrived.metadata, message.metadata);
+        }
+    }
     answer(message);
 }
 
-/// A local reply to a request decodes, upstream, as a failed response with the request's id.
+/// A local reply to a request decodes as a failed response with the request's id.
 fn answer(message: &Message) {
     if message.kind != MessageKind::Request {
         return;
@@ -88,7 +129,8 @@ fn answer(message: &Message) {
     {
         panic!("local reply failed: {e}");
     }
-    let answer = decode_again(Side::Upstream, &reply);
+    // Read as it is on the wire (an upstream codec reads ids as the engine's).
+    let answer = decode_again(Side::Downstream, &reply);
     assert_eq!(answer.kind, MessageKind::Response);
     assert_eq!(answer.status, ResponseStatus::ServerError);
     assert_eq!(answer.request_id, message.request_id);
@@ -97,9 +139,7 @@ fn answer(message: &Message) {
 /// Every message of the stream (requests read downstream, responses upstream), forwarded with
 /// the edit's correlation id and `user_fields` mutation.
 pub fn round_trip(input: &RoundTrip<'_>) {
-    let id = input
-        .edit
-        .request_id(BrpcCodecFactory::new(MAX_FRAME).max_request_id());
+    let id = input.edit.request_id(max_engine_id());
     let mutation = input.edit.mutation();
     for side in [Side::Downstream, Side::Upstream] {
         for message in
@@ -110,8 +150,8 @@ pub fn round_trip(input: &RoundTrip<'_>) {
                 answer(&message);
                 continue;
             }
-            let again = decode_again(side, &encode(&message, id, &mutation));
-            assert_eq!(again.request_id, id);
+            let (again, arrived_id) = forward(&message, id, &mutation);
+            assert_eq!(arrived_id, id);
             assert_eq!((again.kind, again.status), (message.kind, message.status));
             assert_eq!(again.reject_reason, None);
             let keys = match message.kind {

@@ -10,6 +10,7 @@ use metaprotocol_core::{
 };
 
 use crate::PROTOCOL;
+use crate::correlation;
 use crate::decode::decode_frame;
 use crate::encode::encode_message;
 use crate::header::{FrameHeader, HEADER_LEN};
@@ -24,7 +25,12 @@ const MAX_FRAME_CAP: usize = u32::MAX as usize;
 ///
 /// A [`Side::Downstream`] codec decodes requests (and a client's stray response as a
 /// response, for the engine to ignore), an [`Side::Upstream`] codec decodes responses (a
-/// request frame is malformed there). See the crate docs for what is supported.
+/// request frame is malformed there). Downstream, a message's request id is its
+/// `correlation_id`; upstream it is the engine's id, which goes out as a `correlation_id` of
+/// the length of the one it replaces (so that a forwarded frame is patched in place, not
+/// rebuilt) and comes back as the id it was: an upstream codec encodes an id `n` as
+/// `n + 2^(7(len-1))`, a varint of `len` bytes, and decodes such a varint back to `n`. See the
+/// crate docs for what is supported.
 #[derive(Clone, Debug)]
 pub struct BrpcCodec {
     side: Side,
@@ -114,7 +120,14 @@ impl BrpcCodec {
                 "baidu_std has a single wire variant",
             )));
         }
-        encode_message(message, params.request_id, params.mutation, share, dst)
+        encode_message(
+            message,
+            params.request_id,
+            self.side,
+            params.mutation,
+            share,
+            dst,
+        )
     }
 }
 
@@ -154,9 +167,10 @@ impl CodecFactory for BrpcCodecFactory {
     }
 
     /// `correlation_id` is an `int64`: ids stay positive so that servers in any language read
-    /// them as they were meant.
+    /// them as they were meant, and short enough to take the length of the client's id (see
+    /// [`BrpcCodec`]).
     fn max_request_id(&self) -> u64 {
-        i64::MAX as u64
+        correlation::MAX_ENGINE_ID
     }
 
     /// A call of `service.method` (the name split at its last dot) with an empty payload: a
@@ -214,8 +228,21 @@ mod tests {
         };
         upstream.encode(&probe, &params, &mut wire)?;
         let (meta, body) = crate::decode_frame(&wire)?;
-        assert_eq!(meta.correlation_id, Some(1 << 40));
         assert!(body.is_empty());
+        // The server sees the engine's id as an upstream codec writes it, and its answer under
+        // that id reads as the engine's id again.
+        assert_eq!(meta.correlation_id, Some((1 << 40) + (1 << 35)));
+        let answer = proto::RpcMeta {
+            correlation_id: meta.correlation_id,
+            ..Default::default()
+        };
+        let mut reply = BytesMut::new();
+        encode_frame(&answer, &[], &mut reply)?;
+        let response = upstream.decode(&mut reply)?.ok_or("no response")?;
+        assert_eq!(
+            (response.kind, response.request_id),
+            (MessageKind::Response, 1 << 40)
+        );
         for unusable in ["Echo", ".Echo", "example.", ""] {
             assert!(
                 factory.probe_request(Probe::Method(unusable)).is_none(),

@@ -8,6 +8,7 @@ use metaprotocol_core::{
     ByteStr, CodecError, Message, MessageKind, Metadata, MetadataStr, ResponseStatus, Side, keys,
 };
 
+use crate::correlation;
 use crate::header::{FrameHeader, HEADER_LEN};
 use crate::keys as brpc_keys;
 use crate::layout::BrpcLayout;
@@ -52,7 +53,11 @@ pub(crate) fn decode_frame(
         HEADER_LEN..meta_end,
         Some(&mut message.metadata),
     )?;
-    message.request_id = view.correlation_id.unwrap_or(0);
+    let correlation_id = view.correlation_id.unwrap_or(0);
+    message.request_id = match side {
+        Side::Downstream => correlation_id,
+        Side::Upstream => correlation::from_wire(correlation_id),
+    };
     message.layout = BrpcLayout::new(meta_end, view.correlation_id_span.as_ref()).to_frame_layout();
     let payload = payload_range(frame_len, meta_end, view.attachment_size);
     match (view.request.take(), view.response.take(), side) {

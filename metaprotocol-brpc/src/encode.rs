@@ -6,33 +6,45 @@
 //! replaced. Payload and attachment are copied as they came, so payload checksums stay valid.
 
 use bytes::{BufMut, BytesMut};
-use metaprotocol_core::{CodecError, Message, Mutation, append_frame};
+use metaprotocol_core::{CodecError, Message, Mutation, Side, append_frame};
 
+use crate::correlation;
 use crate::header::{HEADER_LEN, write_frame};
 use crate::layout::BrpcLayout;
 use crate::meta::{field, map_entry};
 use crate::wire::{
     FieldReader, MAX_VARINT_BYTES, WireValue, encode_varint, len_prefix_size, put_len_prefix,
-    put_varint_field, varint_len,
+    put_varint_field, read_varint, varint_len,
 };
 
-/// Appends `message` with correlation id `id` and `mutation` applied to `dst`. With `share`, a
-/// frame passing through is appended up to the end of its correlation id, and the length of
-/// the rest, which is to follow unchanged, is returned (see
-/// [`metaprotocol_core::Codec::encode_sharing`]); otherwise the result is 0.
+/// Appends `message` with request id `id` and `mutation` applied to `dst`, as a codec on `side`
+/// writes it: downstream `id` is the `correlation_id`, upstream the engine's id, written as
+/// [`correlation::to_wire`] says. With `share`, a frame passing through is appended up to the
+/// end of its correlation id, and the length of the rest, which is to follow unchanged, is
+/// returned (see [`metaprotocol_core::Codec::encode_sharing`]); otherwise the result is 0.
 pub(crate) fn encode_message(
     message: &Message,
     id: u64,
+    side: Side,
     mutation: &Mutation,
     share: bool,
     dst: &mut BytesMut,
 ) -> Result<usize, CodecError> {
     let layout = BrpcLayout::of(message)?;
     let frame = &message.frame[..];
+    // The id the frame carries now (0 without one, as it decodes).
+    let current = match frame.get(layout.id_value_start..layout.id_field.end) {
+        Some(value) if layout.has_id() => read_varint(value, &mut 0)?,
+        _ => 0,
+    };
+    let id = match side {
+        Side::Downstream => id,
+        Side::Upstream => correlation::to_wire(id, varint_len(current)),
+    };
     if !mutation.is_empty() {
         return rebuild(frame, &layout, id, mutation, dst).map(|()| 0);
     }
-    if id == message.request_id {
+    if id == current {
         return Ok(append_frame(frame, 0, share, dst));
     }
     let old_len = layout.id_field.end - layout.id_value_start;

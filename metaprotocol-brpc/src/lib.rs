@@ -37,7 +37,8 @@
 //! # What is supported
 //!
 //! - **Frames**: baidu_std (`"PRPC"`) requests and responses over one connection, many in
-//!   flight, paired by `correlation_id` (the full 64-bit value is the message's request id).
+//!   flight, paired by `correlation_id` (downstream the full 64-bit value is the message's
+//!   request id; upstream see **Forwarding**).
 //!   Frames larger than `max_frame_bytes` (header included; default 8 MiB) are refused as soon
 //!   as the header arrives, and a `meta_size` larger than `body_size` or a meta that is not
 //!   well-formed protobuf is a decode error (the connection closes). A response frame from a
@@ -68,8 +69,13 @@
 //!   routing), and the engine caps the route's timeout with it.
 //! - **Forwarding**: without mutation the frame is written verbatim, the `correlation_id` varint
 //!   patched in place when the new id has the same length, else spliced in (the meta's other
-//!   bytes, unknown fields included, unchanged). Compressed payloads and checksums pass through:
-//!   brpc's checksums cover payload and attachment, never the meta.
+//!   bytes, unknown fields included, unchanged). The engine numbers an upstream connection's
+//!   calls 1, 2, 3 ..., where clients' ids are long (brpc's bthread ids take five bytes and
+//!   more), so an upstream codec writes the engine's id `n` as `n + 2^(7(len-1))`, a varint as
+//!   long as the client's id (`len` bytes) whenever `n` fits there, and reads a response's
+//!   `len`-byte id back to `n`: both ways the id keeps its length and the frame is patched, not
+//!   rebuilt. Compressed payloads and checksums pass through: brpc's checksums cover payload
+//!   and attachment, never the meta.
 //! - **Mutation**: route `request_mutation`/`response_mutation` entries become `user_fields`
 //!   (set replaces an entry of the same key, remove drops it); only the meta is rebuilt, and
 //!   body and meta sizes are recomputed.
@@ -87,6 +93,7 @@
 //! - baidu_std has no heartbeat frames and no one-way calls.
 
 mod codec;
+mod correlation;
 mod decode;
 mod encode;
 mod frame;

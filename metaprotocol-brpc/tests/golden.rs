@@ -12,6 +12,18 @@ use metaprotocol_core::{
 /// brpc 1.17 correlation ids are versioned bthread ids, not small counters.
 const GOLDEN_ID: u64 = 4_294_967_298;
 
+/// What an upstream codec reads [`GOLDEN_ID`] (a five-byte varint) as: the engine's id that it
+/// writes as `GOLDEN_ID` ([`BrpcCodec`]: `n + 2^28` over five bytes).
+const GOLDEN_ENGINE_ID: u64 = GOLDEN_ID - (1 << 28);
+
+/// The request id a codec on `side` reads a golden frame's `correlation_id` as.
+fn golden_id(side: Side) -> u64 {
+    match side {
+        Side::Downstream => GOLDEN_ID,
+        Side::Upstream => GOLDEN_ENGINE_ID,
+    }
+}
+
 struct Expected {
     file: &'static str,
     status: Option<ResponseStatus>,
@@ -145,12 +157,24 @@ const EXPECTED: &[Expected] = &[
     },
 ];
 
+/// `message` with request id `id` and `mutation`, as a downstream codec writes it (`id` is the
+/// `correlation_id`).
 fn encode(
     message: &Message,
     id: u64,
     mutation: &Mutation,
 ) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
-    let mut codec = BrpcCodec::new(Side::Downstream, 1 << 20);
+    encode_on(Side::Downstream, message, id, mutation)
+}
+
+/// `message` with request id `id` and `mutation`, as a codec on `side` writes it.
+fn encode_on(
+    side: Side,
+    message: &Message,
+    id: u64,
+    mutation: &Mutation,
+) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    let mut codec = BrpcCodec::new(side, 1 << 20);
     let mut out = BytesMut::from(&b"prefix"[..]);
     let params = EncodeParams {
         request_id: id,
@@ -181,7 +205,7 @@ fn golden_frames_decode_with_expected_metadata() -> TestResult {
         let bytes = golden(expected.file)?;
         let message = decode_one(side_of(expected.file), &bytes)?;
         let file = expected.file;
-        assert_eq!(message.request_id, GOLDEN_ID, "{file}");
+        assert_eq!(message.request_id, golden_id(side_of(file)), "{file}");
         assert_eq!(message.reject_reason, None, "{file}");
         match expected.status {
             None => assert_eq!(message.kind, MessageKind::Request, "{file}"),
@@ -266,7 +290,8 @@ fn id_rewrite_keeps_everything_else() -> TestResult {
             original.correlation_id = Some(new_id as i64);
             assert_eq!(rewritten, original, "{file}");
 
-            let again = decode_one(side_of(file), &out)?;
+            // Read as a downstream codec reads ids: as they are on the wire.
+            let again = decode_one(Side::Downstream, &out)?;
             assert_eq!(again.request_id, new_id, "{file}");
             assert_eq!(again.metadata, message.metadata, "{file}");
             if new_id == GOLDEN_ID + 77 {
@@ -276,6 +301,41 @@ fn id_rewrite_keeps_everything_else() -> TestResult {
                     "{file}: patched in place"
                 );
             }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn upstream_ids_take_the_length_of_the_clients_and_come_back() -> TestResult {
+    // Engine ids that fit the golden requests' five-byte ids, and one that does not.
+    for engine_id in [1, 300, 1 << 20, (127 << 28) - 1, 1 << 40] {
+        for expected in EXPECTED.iter().filter(|e| e.status.is_none()) {
+            let file = expected.file;
+            let bytes = golden(file)?;
+            let request = decode_one(Side::Downstream, &bytes)?;
+            let out = encode_on(Side::Upstream, &request, engine_id, &Mutation::new())?;
+            let (mut original, body) = parse(&bytes)?;
+            let (sent, sent_body) = parse(&out)?;
+            assert_eq!(sent_body, body, "{file}: payload and attachment unchanged");
+            let wire_id = sent.correlation_id.ok_or("no correlation_id")?;
+            original.correlation_id = Some(wire_id);
+            assert_eq!(sent, original, "{file}: only the id changed");
+            let fits = engine_id < (127 << 28);
+            assert_eq!(out.len() == bytes.len(), fits, "{file}: {engine_id}");
+            if fits {
+                let changed = bytes.iter().zip(&out).filter(|(a, b)| a != b).count();
+                assert!(changed <= 5, "{file}: {engine_id} patched in place");
+            }
+            // The server answers under the id it was sent: the upstream codec reads the
+            // engine's id back, and a downstream one writes the client's id over it in place.
+            let answer = golden("stock-echo.resp.hex")?;
+            let answer = decode_one(Side::Downstream, &answer)?;
+            let echoed = encode(&answer, wire_id as u64, &Mutation::new())?;
+            let response = decode_one(Side::Upstream, &echoed)?;
+            assert_eq!(response.request_id, engine_id, "{file}");
+            let back = encode(&response, GOLDEN_ID, &Mutation::new())?;
+            assert_eq!(back.len() == echoed.len(), fits, "{file}: {engine_id}");
         }
     }
     Ok(())

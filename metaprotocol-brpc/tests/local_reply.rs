@@ -68,11 +68,12 @@ fn local_reply_answers_the_request_with_code_text_and_id() -> TestResult {
             ),
         );
 
-        // The upstream half of the codec reads it back as a failed response.
+        // The upstream half of the codec reads it back as a failed response (under the id an
+        // upstream codec reads a five-byte `correlation_id` n as: n - 2^28).
         let decoded = decode_one(Side::Upstream, &out)?;
         assert_eq!(decoded.kind, MessageKind::Response);
         assert_eq!(decoded.status, ResponseStatus::ServerError);
-        assert_eq!(decoded.request_id, 4_294_967_298);
+        assert_eq!(decoded.request_id, 4_294_967_298 - (1 << 28));
         // ELIMIT (a refusal to run the call) may be retried whatever the method does.
         assert_eq!(
             decoded.not_processed,

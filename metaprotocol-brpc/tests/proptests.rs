@@ -54,6 +54,21 @@ fn request_meta() -> impl Strategy<Value = (proto::RpcMeta, Vec<u8>)> {
         )
 }
 
+/// The bytes of `value` as a varint.
+fn varint_len(value: u64) -> usize {
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// True if engine id `id` fits a varint of `len` bytes as an upstream codec writes it
+/// (`id + 2^(7(len-1))`, one-byte ids as they are).
+fn fits(id: u64, len: usize) -> bool {
+    match len {
+        1 => id < 128,
+        10 => id < 1 << 63,
+        _ => id < 127 << (7 * (len - 1)),
+    }
+}
+
 fn decode_all(chunks: &[&[u8]]) -> Result<Vec<Message>, TestCaseError> {
     let mut codec = BrpcCodec::new(Side::Downstream, 1 << 16);
     let mut buf = BytesMut::new();
@@ -145,8 +160,12 @@ proptest! {
 
         let (decoded, new_body) = decode_frame(&out).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(new_body, &body[..]);
+        // An upstream codec writes the engine's id as long as the client's when it fits there.
+        let wire_id = decoded.correlation_id.unwrap_or(0) as u64;
+        let client_len = varint_len(meta.correlation_id.unwrap_or(0) as u64);
+        prop_assert_eq!(varint_len(wire_id) == client_len, fits(new_id, client_len));
         let mut expected = meta.clone();
-        expected.correlation_id = Some(new_id as i64);
+        expected.correlation_id = Some(wire_id as i64);
         let mut fields: BTreeMap<String, String> = expected.user_fields;
         for key in &removals {
             fields.remove(key);
@@ -154,5 +173,14 @@ proptest! {
         fields.extend(sets);
         expected.user_fields = fields;
         prop_assert_eq!(decoded, expected);
+        // The server answers under that id, which the upstream codec reads as the engine's.
+        let answer = proto::RpcMeta { correlation_id: Some(wire_id as i64), ..Default::default() };
+        let reply = frame(&answer, b"").map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let mut upstream = BrpcCodec::new(Side::Upstream, 1 << 16);
+        let response = upstream
+            .decode(&mut BytesMut::from(&reply[..]))
+            .map_err(|e| TestCaseError::fail(e.to_string()))?
+            .ok_or_else(|| TestCaseError::fail("no response"))?;
+        prop_assert_eq!(response.request_id, new_id);
     }
 }
