@@ -23,6 +23,9 @@ usage: benches/compare.sh [--quick] [options]
   --pgo              also measure the proxy built with profile-guided optimisation and laid out
                      by BOLT (scripts/build-pgo.sh; about 17 minutes of builds): targets
                      metaprotocol-pgo, metaprotocol-pgo-Nw
+  --baseline REV     also measure the proxy built at git revision REV (its source taken with
+                     `git archive`, built in the target directory): target metaprotocol-base,
+                     interleaved with this checkout's, an A/B of two builds in one run
   --relays           also measure the floor relay (src/relay.rs), sleeping and spinning: the
                      cheapest third process a call can pass through on this machine
   --calls-per-write N  the load generator writes after every N calls, as clients that flush
@@ -40,6 +43,7 @@ layouts="a b"
 workers="1"
 relays=""
 builds="release"
+baseline=""
 port=27300
 out_dir=""
 per_write=()
@@ -59,6 +63,7 @@ while [ $# -gt 0 ]; do
     --workers) workers=$2; shift ;;
     --relays) relays="sleep spin" ;;
     --pgo) builds="release pgo" ;;
+    --baseline) baseline=$2; shift ;;
     --calls-per-write) per_write=(--calls-per-write "$2"); shift ;;
     --port) port=$2; shift ;;
     --out) out_dir=$2; shift ;;
@@ -83,6 +88,16 @@ cargo build --release -q -p metaprotocol-examples --bin metaprotocol-proxy
 declare -A proxy_bins=([release]=$bin/metaprotocol-proxy)
 if [[ " $builds " == *" pgo "* ]]; then
   proxy_bins[pgo]=$(scripts/build-pgo.sh --port "$port")
+fi
+if [ -n "$baseline" ]; then
+  base_src=$target_dir/baseline-src
+  rm -rf "$base_src"
+  mkdir -p "$base_src"
+  git archive "$baseline" | tar -x -C "$base_src"
+  CARGO_TARGET_DIR=$target_dir/baseline cargo build --release -q \
+    --manifest-path "$base_src/Cargo.toml" -p metaprotocol-examples --bin metaprotocol-proxy
+  proxy_bins[base]=$target_dir/baseline/release/metaprotocol-proxy
+  builds+=" base"
 fi
 
 # The servers this script started, and their `timeout` wrappers.
@@ -128,7 +143,7 @@ mkdir -p "$logs"
 # proxy_target WORKERS BUILD: the target's name.
 proxy_target() {
   local name=metaprotocol
-  if [ "$2" = pgo ]; then name+=-pgo; fi
+  if [ "$2" != release ]; then name+=-$2; fi
   if [ "$1" != 1 ]; then name+="-${1}w"; fi
   echo "$name"
 }
@@ -232,6 +247,9 @@ table=$out_dir/table-$stamp.md
   echo "c: nothing pinned. metaprotocol-Nw: the proxy with N worker threads (metaprotocol: one)."
   if [[ " $builds " == *" pgo "* ]]; then
     echo "metaprotocol-pgo: the same proxy built with profile-guided optimisation and laid out by BOLT (scripts/build-pgo.sh)."
+  fi
+  if [ -n "$baseline" ]; then
+    echo "metaprotocol-base: the proxy built at $baseline (--baseline), interleaved with this checkout's."
   fi
   if [ -n "$relays" ]; then
     echo "relay-sleep, relay-spin: the floor relay (bytes copied, nothing parsed) blocking in read, or spinning."
