@@ -42,9 +42,9 @@ const fn capacity(len: usize) -> u64 {
 }
 
 /// The `correlation_id` an upstream codec writes for the engine's `id`, replacing an id whose
-/// varint took `replaced_len` bytes (0 when the frame had none): as long as that one when `id`
-/// fits there, else as short as fits. Ids of 2^63 and above fit no length and are written as
-/// they are (the engine's stay below [`MAX_ENGINE_ID`]).
+/// value takes `replaced_len` bytes as a varint (0 when the frame had none): as long as that one
+/// when `id` fits there, else as short as fits. Ids of 2^63 and above fit no length and are
+/// written as they are (the engine's stay at or below [`MAX_ENGINE_ID`]).
 pub(crate) fn to_wire(id: u64, replaced_len: usize) -> u64 {
     (replaced_len.clamp(1, MAX_VARINT_BYTES)..=MAX_VARINT_BYTES)
         .find(|&len| id < capacity(len))
