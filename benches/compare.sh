@@ -25,7 +25,8 @@ usage: benches/compare.sh [--quick] [options]
                      metaprotocol-pgo, metaprotocol-pgo-Nw
   --baseline REV     also measure the proxy built at git revision REV (its source taken with
                      `git archive`, built in the target directory): target metaprotocol-base,
-                     interleaved with this checkout's, an A/B of two builds in one run
+                     interleaved with this checkout's, an A/B of two builds in one run (the
+                     config is this checkout's: REV's proxy must accept it)
   --relays           also measure the floor relay (src/relay.rs), sleeping and spinning: the
                      cheapest third process a call can pass through on this machine
   --calls-per-write N  the load generator writes after every N calls, as clients that flush
