@@ -29,6 +29,10 @@ usage: benches/compare.sh [--quick] [options]
                      config is this checkout's: REV's proxy must accept it)
   --relays           also measure the floor relay (src/relay.rs), sleeping and spinning: the
                      cheapest third process a call can pass through on this machine
+  --syscalls         also count each proxy's (and the echo server's) system calls per call
+                     with `perf stat` (installed from Debian if missing): a column of the table;
+                     the count costs every system call, so CPU per call is not comparable
+                     with runs without it
   --calls-per-write N  the load generator writes after every N calls, as clients that flush
                      each call do (default: every call that may go in one write)
   --port N           first of the loopback ports used: four, two more per extra proxy (worker
@@ -48,6 +52,7 @@ baseline=""
 port=27300
 out_dir=""
 per_write=()
+syscalls=()
 # --quick sets defaults that the other options may then override, wherever it stands.
 for arg in "$@"; do
   if [ "$arg" = --quick ]; then cases="8x64:32" duration=1 warmup=0.5; fi
@@ -66,6 +71,7 @@ while [ $# -gt 0 ]; do
     --pgo) builds="release pgo" ;;
     --baseline) baseline=$2; shift ;;
     --calls-per-write) per_write=(--calls-per-write "$2"); shift ;;
+    --syscalls) syscalls=(--syscalls) ;;
     --port) port=$2; shift ;;
     --out) out_dir=$2; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -83,6 +89,10 @@ echo_port=$port haproxy_port=$((port + 1)) proxy_port=$((port + 2)) admin_port=$
 if ! command -v haproxy >/dev/null; then
   apt-get update -qq
   apt-get install -y -qq haproxy >/dev/null
+fi
+if [ ${#syscalls[@]} -gt 0 ] && ! command -v perf >/dev/null; then
+  apt-get update -qq
+  apt-get install -y -qq linux-perf >/dev/null
 fi
 cargo build --release -q -p metaprotocol-benches --bin loadgen --bin echo --bin compare --bin relay
 cargo build --release -q -p metaprotocol-examples --bin metaprotocol-proxy
@@ -232,7 +242,7 @@ EOF
           taskset -c "$load_cpu" "$bin/loadgen" --protocol "$protocol" --target "127.0.0.1:$target_port" \
             --connections "$connections" --outstanding "$outstanding" --payload "$payload" \
             --warmup "$warmup_ms"ms --duration "$duration_ms"ms \
-            --watch "echo=$echo_pid" "${watch[@]}" "${per_write[@]}" \
+            --watch "echo=$echo_pid" "${watch[@]}" "${per_write[@]}" "${syscalls[@]}" \
             --label "layout=$layout" --label "target=$target" --label "round=$round" >>"$results"
         done
       done
@@ -254,6 +264,9 @@ table=$out_dir/table-$stamp.md
   fi
   if [ -n "$relays" ]; then
     echo "relay-sleep, relay-spin: the floor relay (bytes copied, nothing parsed) blocking in read, or spinning."
+  fi
+  if [ ${#syscalls[@]} -gt 0 ]; then
+    echo "proxy syscalls/call: counted by \`perf stat\` (raw_syscalls:sys_enter) over each window (--syscalls), which costs every system call: CPU per call here is not comparable with runs without it."
   fi
   echo
   "$bin/compare" table "$results"

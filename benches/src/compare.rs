@@ -2,7 +2,8 @@
 //! `target` and `round`, turned into one markdown row per case (layout, protocol, load,
 //! payload), each cell listing the targets in the order they first appear, with the medians over
 //! the rounds (peak memory: the largest; errors: the sum). The CPU that others used on the
-//! machine during the runs says how far to trust the row.
+//! machine during the runs says how far to trust the row. Runs that counted system calls
+//! (`loadgen --syscalls`) add a column of the proxy's system calls per call.
 
 use std::fmt::Write as _;
 use std::num::NonZeroU64;
@@ -60,13 +61,24 @@ pub fn table(reports: &[Report]) -> String {
         }
     }
     let names = targets.join(" / ");
+    // System calls were counted in these runs (`loadgen --syscalls`): a column of them.
+    let counted = reports
+        .iter()
+        .flat_map(|r| &r.processes)
+        .any(|p| p.syscalls_per_call.is_some());
+    let syscalls_head = if counted {
+        format!(" proxy syscalls/call: {names} |")
+    } else {
+        String::new()
+    };
     let mut out = format!(
         "| layout | protocol | conns x outstanding | payload B | rps: {names} | rps / {REFERENCE}: {names} \
          | p50 us: {names} | p99 us: {names} | proxy CPU us/call: {names} \
          | proxy CPU / {REFERENCE}: {names} | echo CPU us/call: {names} \
-         | proxy peak RSS MiB: {names} | others' CPU %: {names} | errors |\n"
+         | proxy peak RSS MiB: {names} | others' CPU %: {names} |{syscalls_head} errors |\n"
     );
-    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    out.push_str(if counted { "---|---|\n" } else { "---|\n" });
     for case in &cases {
         let runs = |target: &str| -> Vec<&Report> {
             reports
@@ -97,9 +109,18 @@ pub fn table(reports: &[Report]) -> String {
         let per_write = case
             .calls_per_write
             .map_or(String::new(), |n| format!(", {n} per write"));
+        let syscalls = if counted {
+            let per_call = per_target(
+                &|runs| median(process(runs, PROXY_PROCESS, |p| p.syscalls_per_call)),
+                2,
+            );
+            format!(" {per_call} |")
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "| {} | {} | {} x {}{per_write} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {errors} |",
+            "| {} | {} | {} x {}{per_write} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |{syscalls} {errors} |",
             case.layout,
             case.protocol,
             case.connections,
@@ -181,6 +202,7 @@ mod tests {
                 cpu_us_per_call: Some(cpu),
                 cpu_percent: None,
                 peak_rss_kib: Some(2048),
+                syscalls_per_call: None,
             })
             .into_iter()
             .collect();
@@ -230,6 +252,28 @@ mod tests {
             "{row}"
         );
         assert!(row.contains("| - / 2.0 / 2.0 | 3 / 3 / 3 | 0 |"), "{row}");
+        assert!(!rows[0].contains("syscalls"), "none were counted: {table}");
+    }
+
+    #[test]
+    fn counted_system_calls_get_a_column() {
+        let mut reports = [
+            report("haproxy", 80.0, Some(9.0)),
+            report("metaprotocol", 40.0, Some(20.0)),
+            report("metaprotocol", 50.0, Some(22.0)),
+        ];
+        for (report, syscalls) in reports.iter_mut().zip([2.5, 0.5, 0.7]) {
+            report.processes[0].syscalls_per_call = Some(syscalls);
+        }
+        let table = table(&reports);
+        let rows: Vec<&str> = table.lines().collect();
+        assert!(
+            rows[0].ends_with("| proxy syscalls/call: haproxy / metaprotocol | errors |"),
+            "{table}"
+        );
+        let columns = |row: &str| row.matches('|').count();
+        assert_eq!(columns(rows[1]), columns(rows[0]), "{table}");
+        assert!(rows[2].ends_with("| 2.50 / 0.60 | 0 |"), "{table}");
     }
 
     #[test]

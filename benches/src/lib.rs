@@ -3,7 +3,8 @@
 //! - [`codec_bench`]: what the per-codec criterion benches share.
 //! - [`wire`]: the Dubbo, Thrift (framed binary) and bRPC calls and answers the tools exchange.
 //! - [`load`]: the load generator (`--bin loadgen`): pipelined connections, closed or open loop,
-//!   every answer checked, latency in HdrHistograms; [`report`]: its one-line JSON report.
+//!   every answer checked, latency in HdrHistograms; [`report`]: its one-line JSON report;
+//!   [`syscalls`]: the system calls of watched processes, counted by `perf`.
 //! - [`echo`]: the echo server (`--bin echo`).
 //! - [`relay`]: the floor relay (`--bin relay`), the cheapest third process a call can pass
 //!   through, to read a proxy's CPU per call against.
@@ -23,6 +24,7 @@ pub mod load;
 pub mod proxy_config;
 pub mod relay;
 pub mod report;
+pub mod syscalls;
 pub mod wire;
 
 use std::net::SocketAddr;

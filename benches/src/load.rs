@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::num::NonZeroU64;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use bytes::{Buf, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
@@ -21,6 +22,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::report::{Latency, Readings, Report, Watched};
+use crate::syscalls::SyscallCounter;
 use crate::wire::{Answer, Caller, Protocol, WireError};
 
 /// The load generator's own name among the processes of its report.
@@ -461,6 +463,9 @@ pub struct Load {
     pub calls_per_write: Option<NonZeroU64>,
     /// Processes whose CPU and peak memory go in the report.
     pub watch: Vec<Watched>,
+    /// Count the system calls of the processes in `watch` over the window (`perf`): see
+    /// [`crate::syscalls`] for what that costs them.
+    pub syscalls: bool,
     /// Copied into the report as they are.
     pub labels: BTreeMap<String, String>,
 }
@@ -520,6 +525,15 @@ pub async fn generate(load: &Load) -> anyhow::Result<Report> {
     });
     tokio::time::sleep_until(window.from).await;
     let before = Readings::take(&watched);
+    let counters = if load.syscalls {
+        load.watch
+            .iter()
+            .map(|process| SyscallCounter::start(process.pid, load.duration))
+            .collect::<io::Result<Vec<_>>>()
+            .context("cannot start `perf stat` to count system calls")?
+    } else {
+        Vec::new()
+    };
     tokio::time::sleep_until(window.until).await;
     let after = Readings::take(&watched);
     let mut tally = Tally::new()?;
@@ -527,7 +541,12 @@ pub async fn generate(load: &Load) -> anyhow::Result<Report> {
         tally.add(&task.await?)?;
     }
     let calls = tally.calls();
-    let (processes, others_cpu_percent) = after.since(&before, &watched, calls, load.duration);
+    let rps = calls as f64 / load.duration.as_secs_f64();
+    let (mut processes, others_cpu_percent) = after.since(&before, &watched, calls, load.duration);
+    // `watch` comes first in `processes`, in order; the load generator itself is not counted.
+    for (process, counter) in processes.iter_mut().zip(counters) {
+        process.syscalls_per_call = counter.finish().and_then(|count| count.per_call(rps));
+    }
     Ok(Report {
         labels: load.labels.clone(),
         protocol: load.protocol,
@@ -538,7 +557,7 @@ pub async fn generate(load: &Load) -> anyhow::Result<Report> {
         calls_per_write: load.calls_per_write,
         seconds: load.duration.as_secs_f64(),
         calls,
-        rps: calls as f64 / load.duration.as_secs_f64(),
+        rps,
         errors: tally.errors.total(),
         error_kinds: tally.errors,
         behind: tally.behind,

@@ -221,6 +221,9 @@ pub struct ProcessUse {
     pub cpu_percent: Option<f64>,
     /// Peak resident memory at the window's end, in KiB.
     pub peak_rss_kib: Option<u64>,
+    /// System calls per call answered in the window, when counted (`--syscalls`).
+    #[serde(default)]
+    pub syscalls_per_call: Option<f64>,
 }
 
 impl ProcessUse {
@@ -233,6 +236,7 @@ impl ProcessUse {
                 .map(|used| used.as_secs_f64() * 1e6 / calls as f64),
             cpu_percent: used.map(|used| percent_of(used, window)),
             peak_rss_kib: watched.peak_rss_kib(),
+            syscalls_per_call: None,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The instruments against each other on loopback, briefly: the load generator and the echo
 //! server agree on every protocol, closed and open loop; calls through the engine match its
 //! route and come back whole, on either scheduler; the floor relay carries them both ways it
-//! waits; a peer speaking something else is counted as errors, not a panic.
+//! waits; a peer speaking something else is counted as errors, not a panic; system calls are
+//! counted where `perf` can count them.
 //! Nothing here asserts a speed.
 
 use std::collections::BTreeMap;
@@ -44,6 +45,7 @@ fn load(protocol: Protocol, target: SocketAddr, rate: Option<f64>) -> Load {
             name: "me".to_owned(),
             pid: std::process::id(),
         }],
+        syscalls: false,
         labels: BTreeMap::from([("round".to_owned(), "1".to_owned())]),
     }
 }
@@ -66,6 +68,40 @@ async fn every_call_is_answered_closed_and_open_loop() -> TestResult {
             assert!(me.cpu_us_per_call.is_some() && me.peak_rss_kib.is_some());
         }
     }
+    Ok(())
+}
+
+/// True if `perf` can count system calls here (installed, and the tracepoint open to us).
+fn perf_counts_syscalls() -> bool {
+    std::process::Command::new("perf")
+        .args(["stat", "-e", "raw_syscalls:sys_enter", "true"])
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
+
+#[tokio::test]
+async fn system_calls_are_counted_per_call_where_perf_can() -> TestResult {
+    if !perf_counts_syscalls() {
+        eprintln!("skipped: `perf stat -e raw_syscalls:sys_enter` does not work on this machine");
+        return Ok(());
+    }
+    let target = echo_server(Protocol::Thrift).await?;
+    let mut load = load(Protocol::Thrift, target, None);
+    load.syscalls = true;
+    let report = generate(&load).await?;
+    assert_eq!(report.errors, 0, "{:?}", report.error_kinds);
+    // This process is both ends of every call: each call is written and read at least once on
+    // each side, a few calls at a time.
+    let me = &report.processes[0];
+    assert!(
+        me.syscalls_per_call.is_some_and(|n| n > 0.0 && n < 100.0),
+        "{me:?}"
+    );
+    let loadgen = &report.processes[1];
+    assert_eq!(
+        loadgen.syscalls_per_call, None,
+        "the load generator is not counted"
+    );
     Ok(())
 }
 

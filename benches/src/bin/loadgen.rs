@@ -64,6 +64,10 @@ struct Args {
     /// NAME=PID of a process whose CPU per call and peak memory are reported (repeatable).
     #[arg(long = "watch", value_parser = Watched::parse)]
     watch: Vec<Watched>,
+    /// Also count the system calls of each watched process over the window, with `perf stat`
+    /// (which must be installed); the count costs them CPU.
+    #[arg(long)]
+    syscalls: bool,
     /// KEY=VALUE copied into the report (repeatable).
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
         patience: args.patience,
         calls_per_write: args.calls_per_write,
         watch: args.watch,
+        syscalls: args.syscalls,
         labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
     };
     let runtime = metaprotocol_benches::runtime(args.threads);
