@@ -543,9 +543,17 @@ pub async fn generate(load: &Load) -> anyhow::Result<Report> {
     let calls = tally.calls();
     let rps = calls as f64 / load.duration.as_secs_f64();
     let (mut processes, others_cpu_percent) = after.since(&before, &watched, calls, load.duration);
+    // `perf` ends with the window; waiting for its report blocks, off the runtime's thread.
+    let counts = tokio::task::spawn_blocking(|| {
+        counters
+            .into_iter()
+            .map(SyscallCounter::finish)
+            .collect::<Vec<_>>()
+    })
+    .await?;
     // `watch` comes first in `processes`, in order; the load generator itself is not counted.
-    for (process, counter) in processes.iter_mut().zip(counters) {
-        process.syscalls_per_call = counter.finish().and_then(|count| count.per_call(rps));
+    for (process, count) in processes.iter_mut().zip(counts) {
+        process.syscalls_per_call = count.and_then(|count| count.per_call(rps));
     }
     Ok(Report {
         labels: load.labels.clone(),
