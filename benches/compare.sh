@@ -20,6 +20,9 @@ usage: benches/compare.sh [--quick] [options]
   --workers "..."    the proxy's worker threads, one target per count: metaprotocol (1 worker),
                      metaprotocol-Nw (N workers); pair with layout c to see how the proxy scales
                      (default: 1)
+  --lingers "..."    the proxy's linger (`metaprotocol-proxy run --linger`), one target per
+                     value: metaprotocol at the first, metaprotocol-lD at each other D, in
+                     the same interleaved rounds (default: "25us", the proxy's own default)
   --pgo              also measure the proxy built with profile-guided optimisation and laid out
                      by BOLT (scripts/build-pgo.sh; about 17 minutes of builds): targets
                      metaprotocol-pgo, metaprotocol-pgo-Nw
@@ -36,7 +39,7 @@ usage: benches/compare.sh [--quick] [options]
   --calls-per-write N  the load generator writes after every N calls, as clients that flush
                      each call do (default: every call that may go in one write)
   --port N           first of the loopback ports used: four, two more per extra proxy (worker
-                     count or build) and two for the relays (default 27300)
+                     count, build or linger) and two for the relays (default 27300)
   --out DIR          where results go (default: target/compare)
 EOF
 }
@@ -46,6 +49,7 @@ protocols="dubbo thrift brpc"
 cases="8x64:32 8x64:1024 1x1:32 1x1:1024"
 layouts="a b"
 workers="1"
+lingers="25us"
 relays=""
 builds="release"
 baseline=""
@@ -67,6 +71,7 @@ while [ $# -gt 0 ]; do
     --cases) cases=$2; shift ;;
     --layouts) layouts=$2; shift ;;
     --workers) workers=$2; shift ;;
+    --lingers) lingers=$2; shift ;;
     --relays) relays="sleep spin" ;;
     --pgo) builds="release pgo" ;;
     --baseline) baseline=$2; shift ;;
@@ -151,17 +156,21 @@ results=$out_dir/results-$stamp.jsonl
 logs=$out_dir/logs-$stamp
 mkdir -p "$logs"
 # One proxy under test per worker count, each on its own pair of ports (listener, admin).
-# proxy_target WORKERS BUILD: the target's name.
+# proxy_target WORKERS BUILD LINGER: the target's name.
+first_linger=${lingers%% *}
 proxy_target() {
   local name=metaprotocol
   if [ "$2" != release ]; then name+=-$2; fi
   if [ "$1" != 1 ]; then name+="-${1}w"; fi
+  if [ "$3" != "$first_linger" ]; then name+="-l$3"; fi
   echo "$name"
 }
 targets="direct haproxy"
 for waiting in $relays; do targets+=" relay-$waiting"; done
 for n in $workers; do
-  for build in $builds; do targets+=" $(proxy_target "$n" "$build")"; done
+  for build in $builds; do
+    for linger in $lingers; do targets+=" $(proxy_target "$n" "$build" "$linger")"; done
+  done
 done
 per_round=$(wc -w <<<"$targets")
 runs=$(( $(wc -w <<<"$layouts") * $(wc -w <<<"$protocols") * $(wc -w <<<"$cases") * rounds * per_round ))
@@ -206,15 +215,17 @@ EOF
       offset=0
       for n in $workers; do
         for build in $builds; do
-          target=$(proxy_target "$n" "$build")
-          listen=$((proxy_port + offset)) admin=$((admin_port + offset))
-          offset=$((offset + 2))
-          "$bin/compare" proxy-config --protocol "$protocol" --listen "127.0.0.1:$listen" \
-            --upstream "127.0.0.1:$echo_port" --admin "127.0.0.1:$admin" >"$logs/$target.yaml"
-          start proxy_pid "$proxy_cpu" "$logs/$name-$target.log" "${proxy_bins[$build]}" run \
-            --config "$logs/$target.yaml" --workers "$n"
-          proxy_pids[$target]=$proxy_pid proxy_ports[$target]=$listen
-          ports+=("$listen" "$admin")
+          for linger in $lingers; do
+            target=$(proxy_target "$n" "$build" "$linger")
+            listen=$((proxy_port + offset)) admin=$((admin_port + offset))
+            offset=$((offset + 2))
+            "$bin/compare" proxy-config --protocol "$protocol" --listen "127.0.0.1:$listen" \
+              --upstream "127.0.0.1:$echo_port" --admin "127.0.0.1:$admin" >"$logs/$target.yaml"
+            start proxy_pid "$proxy_cpu" "$logs/$name-$target.log" "${proxy_bins[$build]}" run \
+              --config "$logs/$target.yaml" --workers "$n" --linger "$linger"
+            proxy_pids[$target]=$proxy_pid proxy_ports[$target]=$listen
+            ports+=("$listen" "$admin")
+          done
         done
       done
       declare -A relay_pids=() relay_ports=()
@@ -261,6 +272,9 @@ table=$out_dir/table-$stamp.md
   fi
   if [ -n "$baseline" ]; then
     echo "metaprotocol-base: the proxy built at $baseline (--baseline), interleaved with this checkout's."
+  fi
+  if [ "$lingers" != "$first_linger" ]; then
+    echo "metaprotocol-lD: the same proxy lingering D (--linger D) rather than $first_linger."
   fi
   if [ -n "$relays" ]; then
     echo "relay-sleep, relay-spin: the floor relay (bytes copied, nothing parsed) blocking in read, or spinning."
