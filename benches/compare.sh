@@ -155,7 +155,8 @@ stamp=$(date +%Y%m%d-%H%M%S)
 results=$out_dir/results-$stamp.jsonl
 logs=$out_dir/logs-$stamp
 mkdir -p "$logs"
-# One proxy under test per worker count, each on its own pair of ports (listener, admin).
+# One proxy under test per worker count, build and linger, each on its own pair of ports
+# (listener, admin).
 # proxy_target WORKERS BUILD LINGER: the target's name.
 first_linger=${lingers%% *}
 proxy_target() {
