@@ -18,7 +18,7 @@ disk_report() {
     "$(df -h --output=avail "$target_dir" 2>/dev/null | tail -1 | tr -d ' ') free"
 }
 
-for setup in examples/tests/interop/*/setup.sh; do
+for setup in examples/tests/interop/*/setup.sh benches/tests/setup.sh; do
   echo "== $setup"
   bash "$setup"
 done
