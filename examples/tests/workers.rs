@@ -120,22 +120,34 @@ async fn pipelined_calls(proxy: &Proxy, rounds: usize, calls: usize) -> TestResu
 }
 
 const LINGERS: &str = "metaprotocol_worker_lingers_total";
+const LINGER_MICROSECONDS: &str = "metaprotocol_worker_linger_microseconds_total";
+
+/// A provider whose every answer takes long enough that a worker whose clients pipeline lingers,
+/// whatever this machine's speed: its calls go round in 2 ms or more, and a worker lingers a
+/// tenth of that (the longest linger here, a millisecond, does not cut it short).
+async fn slow_provider() -> std::io::Result<DemoProvider> {
+    DemoProvider::start_slow("p", Duration::from_millis(2)).await
+}
 
 #[tokio::test]
 async fn a_worker_whose_clients_pipeline_lingers_and_answers_every_call() -> TestResult {
-    let provider = DemoProvider::start("p").await?;
-    // A long linger: a millisecond makes the worker wait as soon as a request a millisecond
-    // arrives, whatever this machine's speed.
+    let provider = slow_provider().await?;
     let proxy = lingering_proxy(&provider, Duration::from_millis(1)).await?;
     pipelined_calls(&proxy, 100, 16).await?;
-    assert!(metric(&proxy, LINGERS) > 0.0, "the worker never lingered");
+    let lingers = metric(&proxy, LINGERS);
+    assert!(lingers > 0.0, "the worker never lingered");
+    // Each linger is a tenth of the round trip: 40 us or more (the shortest round trip that
+    // lingers is 400 us), and under the longest the worker may wait, a millisecond (a tenth of
+    // 2 ms is 200 us).
+    let mean = metric(&proxy, LINGER_MICROSECONDS) / lingers;
+    assert!((40.0..1000.0).contains(&mean), "lingers of {mean} us");
     tokio::time::timeout(Duration::from_secs(20), proxy.shutdown()).await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn clients_that_wait_for_each_answer_are_never_delayed() -> TestResult {
-    let provider = DemoProvider::start("p").await?;
+    let provider = slow_provider().await?;
     let proxy = lingering_proxy(&provider, Duration::from_millis(1)).await?;
     // Four clients on their own connections, one call at a time each: reads carry one request.
     for _ in 0..50 {
@@ -148,7 +160,7 @@ async fn clients_that_wait_for_each_answer_are_never_delayed() -> TestResult {
 
 #[tokio::test]
 async fn a_zero_linger_never_waits() -> TestResult {
-    let provider = DemoProvider::start("p").await?;
+    let provider = slow_provider().await?;
     let proxy = lingering_proxy(&provider, Duration::ZERO).await?;
     pipelined_calls(&proxy, 100, 16).await?;
     assert_eq!(metric(&proxy, LINGERS), 0.0);

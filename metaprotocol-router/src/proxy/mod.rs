@@ -252,13 +252,16 @@ impl ProxyBuilder {
         self
     }
 
-    /// How long a worker whose clients pipeline requests waits before it next polls its
+    /// The longest a worker whose clients pipeline requests waits before it next polls its
     /// sockets, to gather more requests and answers per system call (default
     /// [`DEFAULT_LINGER`]; zero never waits). A worker waits only while its clients' reads carry
-    /// two to 31 requests on average and a request or more arrives per wait: a client that waits
-    /// for each answer before it sends the next request is never delayed.
-    pub fn linger(mut self, delay: Duration) -> Self {
-        self.linger = delay;
+    /// two to 31 requests on average: a client that waits for each answer before it sends the
+    /// next request is never delayed. Nor are clients whose calls go round in under 400 µs
+    /// (the calls they have in flight over the rate they arrive at; a few calls in flight a
+    /// connection on a fast network), whom a wait costs more calls a second than it wins;
+    /// otherwise a worker waits a tenth of the round trip, up to `longest`.
+    pub fn linger(mut self, longest: Duration) -> Self {
+        self.linger = longest;
         self
     }
 
@@ -345,6 +348,10 @@ impl ProxyBuilder {
                 "worker_lingers",
                 "Times a worker whose clients pipeline waited before polling its sockets",
             );
+            let lingered_for = root.counter(
+                "worker_linger_microseconds",
+                "Microseconds workers whose clients pipeline waited before polling their sockets",
+            );
             let looks = root.counter(
                 "worker_busy_polls",
                 "Times a worker about to sleep first looked at its sockets without sleeping",
@@ -354,7 +361,7 @@ impl ProxyBuilder {
                 "Busy polls that found no news within their budget",
             );
             let parking = Parking {
-                linger: Linger::new(self.linger, lingered),
+                linger: Linger::new(self.linger, lingered, lingered_for),
                 busy_poll: BusyPoll::new(self.busy_poll, looks, misses),
             };
             let workers = Workers::start(count, &parking)

@@ -319,7 +319,7 @@ mod tests {
         fn worker(budget: Duration) -> std::io::Result<(Workers, Counter, Counter)> {
             let (looks, misses) = (Counter::default(), Counter::default());
             let parking = Parking {
-                linger: Linger::new(Duration::ZERO, Counter::default()),
+                linger: Linger::new(Duration::ZERO, Counter::default(), Counter::default()),
                 busy_poll: BusyPoll::new(budget, looks.clone(), misses.clone()),
             };
             Ok((Workers::start(1, &parking)?, looks, misses))

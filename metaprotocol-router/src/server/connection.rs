@@ -143,6 +143,8 @@ struct Connection<S> {
     /// When the frame now arriving started to (since the last complete one), if one is.
     partial_since: Option<Instant>,
     alarm: Alarm,
+    /// Its calls in flight, as its worker's lingers count them.
+    calls: linger::ConnectionCalls,
 }
 
 impl<S: Transport> Connection<S> {
@@ -173,6 +175,7 @@ impl<S: Transport> Connection<S> {
             last_activity: Instant::now(),
             partial_since: None,
             alarm: Alarm::new(),
+            calls: linger::ConnectionCalls::default(),
         }
     }
 
@@ -232,6 +235,8 @@ impl<S: Transport> Connection<S> {
             self.requests.spare(unused);
         }
         linger::client_read(frames);
+        // Its most calls in flight are now, having read.
+        self.calls.now(self.requests.len());
         true
     }
 

@@ -9,20 +9,33 @@
 //! forwards make the servers and clients cheaper too.
 //!
 //! A worker lingers only while its clients' reads carry [`REQUESTS_PER_READ`] requests or more on
-//! average (clients pipeline, so requests already queue behind each other) and at least
-//! [`REQUESTS_PER_DELAY`] requests arrive per delay. A client that waits for each answer before
-//! it sends the next request is never delayed: its reads carry one request each. Nor does a
-//! worker linger once reads carry [`ENOUGH_PER_READ`] requests or more (clients that batch their
-//! writes): each read's cost is spread thin already, and a wait would add a sleep for little.
+//! average (clients pipeline, so requests already queue behind each other). A client that waits
+//! for each answer before it sends the next request is never delayed: its reads carry one request
+//! each. Nor does a worker linger once reads carry [`ENOUGH_PER_READ`] requests or more (clients
+//! that batch their writes): each read's cost is spread thin already, and a wait would add a
+//! sleep for little.
+//!
+//! Whether and how long it lingers follows its clients' round trip. A linger delays a call by up
+//! to its length in each direction, and clients that keep a fixed number of calls in flight
+//! (each sends as its answers come) lose calls a second to that delay unless the bigger batches
+//! make up for it. Measured on loopback with pipelining clients, four calls in flight on each of
+//! eight connections go round in about 300 us, and any linger there costs more calls than it
+//! wins; with eight in flight (about 500 us) 25-50 us lingers make the proxy serve more calls at
+//! less CPU a call. So a worker does not linger while its clients' round trip is under
+//! [`SHORTEST_ROUND_TRIP`], and otherwise lingers a [`SHARE_OF_ROUND_TRIP`]th of it, up to the
+//! proxy's linger. It knows the round trip by Little's law: its clients' calls in flight (each
+//! connection's most within a window, which a linger does not hide the way it hides calls from
+//! a count at one moment: they wait in the socket meanwhile) over the rate their requests arrive
+//! at.
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 
-/// How long a worker whose clients pipeline waits before polling its sockets, unless the proxy is
-/// told otherwise ([`ProxyBuilder::linger`](crate::ProxyBuilder::linger)).
-pub const DEFAULT_LINGER: Duration = Duration::from_micros(25);
+/// The longest a worker whose clients pipeline waits before polling its sockets, unless the proxy
+/// is told otherwise ([`ProxyBuilder::linger`](crate::ProxyBuilder::linger)).
+pub const DEFAULT_LINGER: Duration = Duration::from_micros(50);
 
 /// A worker lingers only while its clients' reads carry at least this many requests on average.
 const REQUESTS_PER_READ: u64 = 2;
@@ -30,11 +43,14 @@ const REQUESTS_PER_READ: u64 = 2;
 /// A worker lingers only while its clients' reads carry fewer than this many requests on average.
 const ENOUGH_PER_READ: u64 = 32;
 
-/// A worker lingers only while at least this many requests arrive per delay: with fewer a wait
-/// gathers too little to pay for itself.
-const REQUESTS_PER_DELAY: u64 = 1;
+/// A worker lingers at most this share of its clients' round trip (and at most the linger).
+const SHARE_OF_ROUND_TRIP: u32 = 10;
 
-/// The reads within at least this long decide the worker's next lingers.
+/// A worker does not linger while its clients' round trip is shorter than this: with so few
+/// calls in flight a wait costs them more calls a second than its bigger batches win.
+const SHORTEST_ROUND_TRIP: Duration = Duration::from_micros(400);
+
+/// The activity within at least this long decides the worker's next lingers.
 const WINDOW: Duration = Duration::from_millis(1);
 
 /// A worker reads the clock to see whether its window ended once in this many parks, not at
@@ -47,71 +63,120 @@ const PARKS_PER_LOOK: u32 = 8;
 const TIMER_SLACK_NS: u64 = 1_000;
 
 thread_local! {
-    static READS: Reads = const {
-        Reads {
-            total: Cell::new(Counts { reads: 0, requests: 0 }),
-            window: Cell::new(None),
+    static ACTIVITY: Activity = const {
+        Activity {
+            reads: Cell::new(Reads { reads: 0, requests: 0 }),
+            calls: Cell::new(0),
+            window: Cell::new(Window { number: 0, start: None }),
             parks: Cell::new(0),
-            lingering: Cell::new(false),
+            linger: Cell::new(Duration::ZERO),
         }
     };
 }
 
-/// The reads of the thread's client connections.
-struct Reads {
-    total: Cell<Counts>,
-    /// When the current window began, and `total` then.
-    window: Cell<Option<(Instant, Counts)>>,
+/// What the thread's client connections did.
+struct Activity {
+    /// Their reads since the window began.
+    reads: Cell<Reads>,
+    /// The most calls each had in flight at once since the window began, summed.
+    calls: Cell<u64>,
+    window: Cell<Window>,
     parks: Cell<u32>,
-    /// What the last window decided.
-    lingering: Cell<bool>,
+    /// What the last window decided: how long to linger (zero: not at all).
+    linger: Cell<Duration>,
 }
 
 /// Reads that brought requests, and the requests they brought.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Counts {
+struct Reads {
     reads: u64,
     requests: u64,
 }
 
-/// The reads of a stretch of time.
+/// The stretch of time whose activity decides the next lingers.
 #[derive(Clone, Copy, Debug)]
 struct Window {
-    counts: Counts,
+    /// Counts the windows, so that a connection knows when its most calls count afresh.
+    number: u64,
+    /// When it began: none before the worker first ran out of work.
+    start: Option<Instant>,
+}
+
+/// What a worker's client connections did in a window that ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Ended {
+    reads: Reads,
+    /// The most calls each connection had in flight at once, summed.
+    calls: u64,
     over: Duration,
 }
 
 /// Counts a read of one of the thread's client connections that brought `requests` requests.
 pub(crate) fn client_read(requests: u64) {
     if requests > 0 {
-        READS.with(|reads| {
-            let total = reads.total.get();
-            reads.total.set(Counts {
-                reads: total.reads + 1,
-                requests: total.requests + requests,
+        ACTIVITY.with(|activity| {
+            let reads = activity.reads.get();
+            activity.reads.set(Reads {
+                reads: reads.reads + 1,
+                requests: reads.requests + requests,
             });
         });
     }
 }
 
-/// How long workers whose clients pipeline wait before polling their sockets, and the count of
-/// the waits.
+/// A client connection's calls in flight, as its worker's lingers count them.
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionCalls {
+    /// The most in flight at once in `window`.
+    most: u64,
+    /// The window `most` belongs to.
+    window: u64,
+}
+
+impl ConnectionCalls {
+    /// Notes that the connection has `in_flight` calls in flight now.
+    pub fn now(&mut self, in_flight: usize) {
+        let in_flight = in_flight as u64;
+        ACTIVITY.with(|activity| {
+            let window = activity.window.get().number;
+            if self.window != window {
+                self.window = window;
+                self.most = 0;
+            }
+            if in_flight > self.most {
+                activity
+                    .calls
+                    .set(activity.calls.get() + (in_flight - self.most));
+                self.most = in_flight;
+            }
+        });
+    }
+}
+
+/// How long workers whose clients pipeline wait at most before polling their sockets, and the
+/// counts of the waits.
 #[derive(Clone, Debug)]
 pub(crate) struct Linger {
-    delay: Duration,
+    longest: Duration,
     lingered: Counter,
+    microseconds: Counter,
 }
 
 impl Linger {
-    /// Lingers of `delay` (zero: never), counted in `lingered`.
-    pub fn new(delay: Duration, lingered: Counter) -> Self {
-        Self { delay, lingered }
+    /// Lingers of up to `longest` (zero: never), counted in `lingered`, their length in
+    /// `microseconds`.
+    pub fn new(longest: Duration, lingered: Counter, microseconds: Counter) -> Self {
+        Self {
+            longest,
+            lingered,
+            microseconds,
+        }
     }
 
     /// Readies the calling thread (a worker's) to linger precisely.
     pub fn prepare_thread(&self) {
         #[cfg(target_os = "linux")]
-        if !self.delay.is_zero() {
+        if !self.longest.is_zero() {
             // Without it each wait is longer than asked; the worker works on regardless.
             let _ =
                 rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(TIMER_SLACK_NS));
@@ -121,131 +186,168 @@ impl Linger {
     /// Called by a worker about to wait for its sockets: lingers first if its clients pipeline
     /// (see the module docs); whether it lingered.
     pub fn before_park(&self) -> bool {
-        if self.delay.is_zero() {
+        if self.longest.is_zero() {
             return false;
         }
-        let look = READS.with(|reads| {
-            let parks = reads.parks.get().wrapping_add(1);
-            reads.parks.set(parks);
+        let look = ACTIVITY.with(|activity| {
+            let parks = activity.parks.get().wrapping_add(1);
+            activity.parks.set(parks);
             parks % PARKS_PER_LOOK == 0
         });
-        if look && let Some(window) = close_window(Instant::now()) {
-            let lingering = worth_lingering(self.delay, window);
-            READS.with(|reads| reads.lingering.set(lingering));
+        if look && let Some(ended) = close_window(Instant::now()) {
+            let linger = linger_for(self.longest, ended);
+            ACTIVITY.with(|activity| activity.linger.set(linger));
         }
-        let lingering = READS.with(|reads| reads.lingering.get());
-        if lingering {
-            self.lingered.inc();
-            std::thread::sleep(self.delay);
+        let linger = ACTIVITY.with(|activity| activity.linger.get());
+        if linger.is_zero() {
+            return false;
         }
-        lingering
+        self.lingered.inc();
+        self.microseconds
+            .inc_by(u64::try_from(linger.as_micros()).unwrap_or(u64::MAX));
+        std::thread::sleep(linger);
+        true
     }
 }
 
 /// Ends the current window at `now` if it is [`WINDOW`] long or more, and starts the next:
-/// the reads of the window that ended, if one did.
-fn close_window(now: Instant) -> Option<Window> {
-    READS.with(|reads| {
-        let total = reads.total.get();
-        let ended = match reads.window.get() {
-            Some((start, _)) if now - start < WINDOW => return None,
-            Some((start, then)) => Some(Window {
-                counts: Counts {
-                    reads: total.reads - then.reads,
-                    requests: total.requests - then.requests,
-                },
-                over: now - start,
-            }),
-            None => None,
-        };
-        reads.window.set(Some((now, total)));
-        ended
+/// the activity of the window that ended, if one did.
+fn close_window(now: Instant) -> Option<Ended> {
+    ACTIVITY.with(|activity| {
+        let window = activity.window.get();
+        if window.start.is_some_and(|start| now - start < WINDOW) {
+            return None;
+        }
+        let reads = activity.reads.replace(Reads::default());
+        let calls = activity.calls.replace(0);
+        activity.window.set(Window {
+            number: window.number.wrapping_add(1),
+            start: Some(now),
+        });
+        window.start.map(|start| Ended {
+            reads,
+            calls,
+            over: now - start,
+        })
     })
 }
 
-/// True if a worker whose client reads went as `window` says should wait `delay` before polling.
-fn worth_lingering(delay: Duration, window: Window) -> bool {
-    let Counts { reads, requests } = window.counts;
-    let (reads, requests) = (u128::from(reads), u128::from(requests));
-    // Requests per read, `requests / reads`, and per delay, `requests * delay / over`,
-    // compared without dividing.
-    reads > 0
-        && requests >= u128::from(REQUESTS_PER_READ) * reads
-        && requests < u128::from(ENOUGH_PER_READ) * reads
-        && requests * delay.as_nanos() >= u128::from(REQUESTS_PER_DELAY) * window.over.as_nanos()
+/// How long a worker whose client connections went as `ended` says should wait before polling,
+/// up to `longest`: zero if it should not.
+fn linger_for(longest: Duration, ended: Ended) -> Duration {
+    let Reads { reads, requests } = ended.reads;
+    let pipelined =
+        reads > 0 && requests >= REQUESTS_PER_READ * reads && requests < ENOUGH_PER_READ * reads;
+    if !pipelined {
+        return Duration::ZERO;
+    }
+    // Little's law: the round trip is the calls in flight over the calls a second,
+    // `requests / over`.
+    let round_trip_ns = u128::from(ended.calls) * ended.over.as_nanos() / u128::from(requests);
+    let round_trip = Duration::from_nanos(u64::try_from(round_trip_ns).unwrap_or(u64::MAX));
+    if round_trip < SHORTEST_ROUND_TRIP {
+        return Duration::ZERO;
+    }
+    (round_trip / SHARE_OF_ROUND_TRIP).min(longest)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const DELAY: Duration = Duration::from_micros(25);
+    const LONGEST: Duration = Duration::from_micros(50);
 
-    fn window(reads: u64, requests: u64) -> Window {
-        Window {
-            counts: Counts { reads, requests },
+    /// A millisecond in which `reads` reads brought `requests` requests, on connections with
+    /// `calls` calls in flight at most.
+    fn ended(reads: u64, requests: u64, calls: u64) -> Ended {
+        Ended {
+            reads: Reads { reads, requests },
+            calls,
             over: Duration::from_millis(1),
         }
     }
 
     #[test]
-    fn a_worker_lingers_while_reads_carry_several_requests_and_many_arrive() {
-        // 8 pipelining clients, 150 requests a millisecond, 3 a read.
-        assert!(worth_lingering(DELAY, window(50, 150)));
-        // As many requests, from clients that wait for each answer: one a read.
-        assert!(!worth_lingering(DELAY, window(150, 150)));
-        // Pipelined, but 30 requests a millisecond: under one per delay.
-        assert!(!worth_lingering(DELAY, window(10, 30)));
+    fn a_worker_lingers_a_share_of_its_clients_round_trip() {
+        // 150 requests a millisecond, 3 a read. 8 connections of 8 calls in flight: a round
+        // trip of 427 us, a tenth of it 42.7 us.
+        assert_eq!(
+            linger_for(LONGEST, ended(50, 150, 64)),
+            Duration::from_nanos(42_666)
+        );
+        // 8 of 16: 853 us; a tenth is more than the longest linger.
+        assert_eq!(linger_for(LONGEST, ended(50, 150, 128)), LONGEST);
+        assert_eq!(
+            linger_for(Duration::from_millis(1), ended(50, 150, 128)),
+            Duration::from_nanos(85_333)
+        );
+        // 8 of 4: 213 us, too short a round trip for any linger to pay.
+        assert_eq!(linger_for(LONGEST, ended(50, 150, 32)), Duration::ZERO);
+        // The shortest round trip itself: 400 us.
+        assert_eq!(
+            linger_for(LONGEST, ended(50, 125, 50)),
+            Duration::from_micros(40)
+        );
+        assert_eq!(linger_for(LONGEST, ended(50, 126, 50)), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_worker_lingers_only_while_reads_carry_several_requests() {
+        // As many requests and calls, from clients that wait for each answer: one a read.
+        assert_eq!(linger_for(LONGEST, ended(150, 150, 512)), Duration::ZERO);
         // Clients that batch their writes: 64 requests a read.
-        assert!(!worth_lingering(DELAY, window(10, 640)));
-        // The thresholds themselves: 2 to 31 requests a read, 1 a delay (40 a millisecond).
-        assert!(worth_lingering(DELAY, window(20, 40)));
-        assert!(!worth_lingering(DELAY, window(20, 39)));
-        assert!(!worth_lingering(DELAY, window(19, 39)));
-        assert!(worth_lingering(DELAY, window(10, 319)));
-        assert!(!worth_lingering(DELAY, window(10, 320)));
+        assert_eq!(linger_for(LONGEST, ended(10, 640, 512)), Duration::ZERO);
+        // The thresholds themselves: 2 to 31 requests a read.
+        assert_eq!(linger_for(LONGEST, ended(20, 40, 512)), LONGEST);
+        assert_eq!(linger_for(LONGEST, ended(20, 39, 512)), Duration::ZERO);
+        assert_eq!(linger_for(LONGEST, ended(10, 319, 512)), LONGEST);
+        assert_eq!(linger_for(LONGEST, ended(10, 320, 512)), Duration::ZERO);
     }
 
     #[test]
-    fn no_delay_or_no_reads_never_lingers() {
-        assert!(!worth_lingering(Duration::ZERO, window(50, 150)));
-        assert!(!worth_lingering(DELAY, window(0, 0)));
+    fn no_linger_or_no_reads_never_lingers() {
+        assert_eq!(
+            linger_for(Duration::ZERO, ended(50, 150, 512)),
+            Duration::ZERO
+        );
+        assert_eq!(linger_for(LONGEST, ended(0, 0, 0)), Duration::ZERO);
+        assert!(!Linger::new(Duration::ZERO, Counter::default(), Counter::default()).before_park());
     }
 
     #[test]
-    fn each_window_counts_the_reads_made_in_it() -> Result<(), &'static str> {
+    fn each_window_counts_the_reads_and_the_most_calls_in_flight_in_it() -> Result<(), &'static str>
+    {
         let start = Instant::now();
-        client_read(0);
+        let (mut first, mut second) = (ConnectionCalls::default(), ConnectionCalls::default());
         client_read(1);
         assert!(close_window(start).is_none(), "no window began before");
         for _ in 0..50 {
             client_read(3);
         }
+        client_read(0);
+        // The first connection's most is 5, the second's 4.
+        for in_flight in [3, 5, 2] {
+            first.now(in_flight);
+        }
+        second.now(4);
         assert!(
             close_window(start + WINDOW / 2).is_none(),
             "the first window is still open"
         );
-        let first = close_window(start + WINDOW * 2).ok_or("the first window ended")?;
-        assert_eq!(
-            first.counts,
-            Counts {
-                reads: 50,
-                requests: 150
-            }
-        );
-        assert_eq!(first.over, WINDOW * 2);
-        assert!(worth_lingering(DELAY, first));
+        let ended = close_window(start + WINDOW * 2).ok_or("the first window ended")?;
+        assert_eq!(ended, self::ended(50, 150, 9).with_over(WINDOW * 2));
+        // The next window counts afresh: the first connection now has 2 in flight at most.
+        first.now(1);
+        first.now(2);
         client_read(1);
-        let second = close_window(start + WINDOW * 3).ok_or("the second window ended")?;
-        assert_eq!(
-            second.counts,
-            Counts {
-                reads: 1,
-                requests: 1
-            }
-        );
-        assert_eq!(second.over, WINDOW);
-        assert!(!worth_lingering(DELAY, second));
+        let ended = close_window(start + WINDOW * 3).ok_or("the second window ended")?;
+        assert_eq!(ended, self::ended(1, 1, 2));
         Ok(())
+    }
+
+    impl Ended {
+        fn with_over(self, over: Duration) -> Self {
+            Self { over, ..self }
+        }
     }
 }

@@ -138,7 +138,11 @@ mod tests {
 
     fn parking() -> Parking {
         Parking {
-            linger: Linger::new(crate::DEFAULT_LINGER, Counter::default()),
+            linger: Linger::new(
+                crate::DEFAULT_LINGER,
+                Counter::default(),
+                Counter::default(),
+            ),
             busy_poll: BusyPoll::new(
                 crate::DEFAULT_BUSY_POLL,
                 Counter::default(),
