@@ -43,7 +43,7 @@ const REQUESTS_PER_READ: u64 = 2;
 /// A worker lingers only while its clients' reads carry fewer than this many requests on average.
 const ENOUGH_PER_READ: u64 = 32;
 
-/// A worker lingers at most this share of its clients' round trip (and at most the linger).
+/// A worker lingers this share of its clients' round trip (up to the linger).
 const SHARE_OF_ROUND_TRIP: u32 = 10;
 
 /// A worker does not linger while its clients' round trip is shorter than this: with so few
