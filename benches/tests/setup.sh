@@ -6,15 +6,7 @@
 #
 #   bash benches/tests/setup.sh
 set -euo pipefail
+source "$(dirname "$0")/../../scripts/apt-install.sh"
 
-if ! command -v perf >/dev/null; then
-  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq linux-perf >/dev/null 2>&1 \
-      || { apt-get update -qq && apt-get install -y -qq linux-perf >/dev/null; }
-  else
-    echo "setup.sh: perf is missing; install it (apt-get install linux-perf)" >&2
-    exit 1
-  fi
-fi
+apt_install perf linux-perf
 perf --version
