@@ -91,13 +91,10 @@ out_dir=${out_dir:-$target_dir/compare}
 bin=$target_dir/release
 echo_port=$port haproxy_port=$((port + 1)) proxy_port=$((port + 2)) admin_port=$((port + 3))
 
-if ! command -v haproxy >/dev/null; then
-  apt-get update -qq
-  apt-get install -y -qq haproxy >/dev/null
-fi
-if [ ${#syscalls[@]} -gt 0 ] && ! command -v perf >/dev/null; then
-  apt-get update -qq
-  apt-get install -y -qq linux-perf >/dev/null
+source scripts/apt-install.sh
+apt_install haproxy haproxy
+if [ ${#syscalls[@]} -gt 0 ]; then
+  apt_install perf linux-perf
 fi
 cargo build --release -q -p metaprotocol-benches --bin loadgen --bin echo --bin compare --bin relay
 cargo build --release -q -p metaprotocol-examples --bin metaprotocol-proxy

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Sourced by the test set-up scripts (examples/tests/interop/*/setup.sh,
-# benches/tests/setup.sh), which each need one Debian package on a fresh machine:
+# Sourced by the scripts that need Debian packages on a fresh machine (the test set-up scripts
+# examples/tests/interop/*/setup.sh and benches/tests/setup.sh, and benches/compare.sh):
 #
 #   source scripts/apt-install.sh
 #   apt_install COMMAND PACKAGE

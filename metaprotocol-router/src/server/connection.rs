@@ -143,8 +143,8 @@ struct Connection<S> {
     /// When the frame now arriving started to (since the last complete one), if one is.
     partial_since: Option<Instant>,
     alarm: Alarm,
-    /// Its calls in flight, as its worker's lingers count them.
-    calls: linger::ConnectionCalls,
+    /// Its reads and calls in flight, as its worker's lingers count them.
+    activity: linger::ConnectionActivity,
 }
 
 impl<S: Transport> Connection<S> {
@@ -175,7 +175,7 @@ impl<S: Transport> Connection<S> {
             last_activity: Instant::now(),
             partial_since: None,
             alarm: Alarm::new(),
-            calls: linger::ConnectionCalls::default(),
+            activity: linger::ConnectionActivity::default(),
         }
     }
 
@@ -234,9 +234,7 @@ impl<S: Transport> Connection<S> {
         if let Some(unused) = slot {
             self.requests.spare(unused);
         }
-        linger::client_read(frames);
-        // Its most calls in flight are now, having read.
-        self.calls.now(self.requests.len());
+        self.activity.read(frames, self.requests.len());
         true
     }
 

@@ -111,33 +111,28 @@ struct Ended {
     over: Duration,
 }
 
-/// Counts a read of one of the thread's client connections that brought `requests` requests.
-pub(crate) fn client_read(requests: u64) {
-    if requests > 0 {
-        ACTIVITY.with(|activity| {
-            let reads = activity.reads.get();
-            activity.reads.set(Reads {
-                reads: reads.reads + 1,
-                requests: reads.requests + requests,
-            });
-        });
-    }
-}
-
-/// A client connection's calls in flight, as its worker's lingers count them.
+/// What one client connection did, as its worker's lingers count it.
 #[derive(Debug, Default)]
-pub(crate) struct ConnectionCalls {
-    /// The most in flight at once in `window`.
+pub(crate) struct ConnectionActivity {
+    /// The most calls in flight at once in `window`.
     most: u64,
     /// The window `most` belongs to.
     window: u64,
 }
 
-impl ConnectionCalls {
-    /// Notes that the connection has `in_flight` calls in flight now.
-    pub fn now(&mut self, in_flight: usize) {
+impl ConnectionActivity {
+    /// Counts a read that brought `requests` requests, after which the connection has
+    /// `in_flight` calls in flight (its most are right after a read).
+    pub fn read(&mut self, requests: u64, in_flight: usize) {
         let in_flight = in_flight as u64;
         ACTIVITY.with(|activity| {
+            if requests > 0 {
+                let reads = activity.reads.get();
+                activity.reads.set(Reads {
+                    reads: reads.reads + 1,
+                    requests: reads.requests + requests,
+                });
+            }
             let window = activity.window.get().number;
             if self.window != window {
                 self.window = window;
@@ -318,18 +313,16 @@ mod tests {
     fn each_window_counts_the_reads_and_the_most_calls_in_flight_in_it() -> Result<(), &'static str>
     {
         let start = Instant::now();
-        let (mut first, mut second) = (ConnectionCalls::default(), ConnectionCalls::default());
-        client_read(1);
+        let (mut first, mut second) =
+            (ConnectionActivity::default(), ConnectionActivity::default());
+        first.read(1, 0);
         assert!(close_window(start).is_none(), "no window began before");
-        for _ in 0..50 {
-            client_read(3);
+        // Fifty reads of three requests: the first connection's most is 5, the second's 4 (its
+        // read brought no request, and counts as no read).
+        for in_flight in [3, 5, 2].into_iter().cycle().take(50) {
+            first.read(3, in_flight);
         }
-        client_read(0);
-        // The first connection's most is 5, the second's 4.
-        for in_flight in [3, 5, 2] {
-            first.now(in_flight);
-        }
-        second.now(4);
+        second.read(0, 4);
         assert!(
             close_window(start + WINDOW / 2).is_none(),
             "the first window is still open"
@@ -337,9 +330,8 @@ mod tests {
         let ended = close_window(start + WINDOW * 2).ok_or("the first window ended")?;
         assert_eq!(ended, self::ended(50, 150, 9).with_over(WINDOW * 2));
         // The next window counts afresh: the first connection now has 2 in flight at most.
-        first.now(1);
-        first.now(2);
-        client_read(1);
+        first.read(0, 1);
+        first.read(1, 2);
         let ended = close_window(start + WINDOW * 3).ok_or("the second window ended")?;
         assert_eq!(ended, self::ended(1, 1, 2));
         Ok(())
