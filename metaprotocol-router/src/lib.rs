@@ -93,8 +93,8 @@ pub use proxy::{
 pub use route::{DEFAULT_ROUTE_TIMEOUT, RouteCheck, RouteDestination, RouteMatch, UnknownListener};
 pub use server::{DEFAULT_BUSY_POLL, DEFAULT_IDLE_TIMEOUT, DEFAULT_LINGER};
 pub use stats::{
-    DurationHistogram, ExpositionFormat, FamilySnapshot, HistogramSnapshot, Labels, MetricKind,
-    Metrics, MetricsCollector, MetricsScope, SeriesValue,
+    Counter, DurationHistogram, ExpositionFormat, FamilySnapshot, HistogramSnapshot, Labels,
+    MetricKind, Metrics, MetricsCollector, MetricsScope, SeriesValue,
 };
 pub use transport::TlsConnector;
 pub use upstream::UpstreamError;

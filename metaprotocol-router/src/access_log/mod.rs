@@ -15,8 +15,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::stats::Counter;
 use metaprotocol_core::{ByteStr, ConnectionInfo, Message, RequestRecord, ResponseFlags};
-use prometheus_client::metrics::counter::Counter;
 use smallvec::SmallVec;
 
 use self::format::LogFormat;

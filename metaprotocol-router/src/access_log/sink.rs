@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, Weak};
 
-use prometheus_client::metrics::counter::Counter;
+use crate::stats::Counter;
 
 use super::LogEntry;
 use super::format::LogFormat;
@@ -229,9 +229,10 @@ impl Writer {
 
     fn failed(&self, err: &std::io::Error) {
         // The first failure is logged; the rest are counted.
-        if self.errors.inc() == 0 {
+        if self.errors.get() == 0 {
             tracing::error!(path = %self.path, error = %err, "cannot write the access log");
         }
+        self.errors.inc();
     }
 }
 

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use prometheus_client::metrics::counter::Counter;
+use crate::stats::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
 

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use prometheus_client::metrics::counter::Counter;
+use crate::stats::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
 

@@ -17,8 +17,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use crate::stats::Counter;
 use metaprotocol_core::Message;
-use prometheus_client::metrics::counter::Counter;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{ClusterHandle, HealthFlags};

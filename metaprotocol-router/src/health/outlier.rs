@@ -15,8 +15,8 @@ use std::net::SocketAddr;
 use std::sync::Weak;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::stats::Counter;
 use metaprotocol_core::ResponseStatus;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;

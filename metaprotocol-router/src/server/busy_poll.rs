@@ -33,7 +33,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use prometheus_client::metrics::counter::Counter;
+use crate::stats::Counter;
 
 /// How long a worker looks at its sockets before it sleeps, unless the proxy is told otherwise
 /// ([`ProxyBuilder::busy_poll`](crate::ProxyBuilder::busy_poll)).

@@ -31,7 +31,7 @@
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
-use prometheus_client::metrics::counter::Counter;
+use crate::stats::Counter;
 
 /// The longest a worker whose clients pipeline waits before polling its sockets, unless the proxy
 /// is told otherwise ([`ProxyBuilder::linger`](crate::ProxyBuilder::linger)).

@@ -130,7 +130,7 @@ impl Workers {
 
 #[cfg(test)]
 mod tests {
-    use prometheus_client::metrics::counter::Counter;
+    use crate::stats::Counter;
 
     use super::*;
 

@@ -4,8 +4,8 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::stats::Counter;
 use metaprotocol_core::{LocalReplyKind, ResponseStatus};
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::interned::Interned;

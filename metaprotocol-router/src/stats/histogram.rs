@@ -1,9 +1,11 @@
-//! A latency histogram whose observations are a few relaxed atomic additions: the request path
-//! never takes a lock to record a duration (prometheus-client's own histogram locks a mutex).
+//! A latency histogram whose observations are two additions to per-thread cells
+//! ([`super::cells`]): the request path takes no lock and makes no atomic read-modify-write to
+//! record a duration (prometheus-client's own histogram locks a mutex).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use super::cells::Cells;
 
 /// The unit a histogram's bounds and sum are exposed in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,11 +32,17 @@ struct Inner {
     /// The same bounds in nanoseconds, for an integer comparison per observation.
     bounds_nanos: Box<[u64]>,
     unit: Unit,
-    /// One count per bound, then the `+Inf` bucket (not cumulative). Their sum is the number
-    /// of observations, which has no counter of its own: one atomic addition fewer each.
-    counts: Box<[AtomicU64]>,
-    /// Sum of observations in nanoseconds: integer addition, exact and lock-free.
-    sum_nanos: AtomicU64,
+    /// One count per bound, then the `+Inf` bucket (not cumulative), then the sum of the
+    /// observations in nanoseconds (integer addition: exact). The buckets' sum is the number
+    /// of observations, which has no count of its own: one addition fewer each.
+    cells: Cells,
+}
+
+impl Inner {
+    /// The index of the sum's cell (after the buckets).
+    fn sum_index(&self) -> usize {
+        self.bounds.len() + 1
+    }
 }
 
 /// A histogram of durations, exposed in seconds. Cheap to clone; clones share the counts.
@@ -66,8 +74,7 @@ impl DurationHistogram {
                     .map(|b| (b * unit.nanos()).round() as u64)
                     .collect(),
                 unit,
-                counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-                sum_nanos: AtomicU64::new(0),
+                cells: Cells::new(bounds.len() + 2),
             }),
         }
     }
@@ -77,16 +84,15 @@ impl DurationHistogram {
         let inner = &*self.inner;
         let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
         let bucket = inner.bounds_nanos.partition_point(|&bound| bound < nanos);
-        if let Some(count) = inner.counts.get(bucket) {
-            count.fetch_add(1, Ordering::Relaxed);
-        }
-        inner.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        inner.cells.add([(bucket, 1), (inner.sum_index(), nanos)]);
     }
 
     /// Observations so far.
     pub fn count(&self) -> u64 {
-        let counts = self.inner.counts.iter();
-        counts.map(|count| count.load(Ordering::Relaxed)).sum()
+        let inner = &*self.inner;
+        (0..inner.sum_index())
+            .map(|bucket| inner.cells.get(bucket))
+            .sum()
     }
 
     /// The counts so far.
@@ -98,16 +104,16 @@ impl DurationHistogram {
             .iter()
             .copied()
             .chain(std::iter::once(f64::INFINITY))
-            .zip(inner.counts.iter())
-            .map(|(bound, count)| {
-                cumulative += count.load(Ordering::Relaxed);
+            .enumerate()
+            .map(|(bucket, bound)| {
+                cumulative += inner.cells.get(bucket);
                 (bound, cumulative)
             })
             .collect();
         HistogramSnapshot {
             buckets,
             count: cumulative,
-            sum: inner.sum_nanos.load(Ordering::Relaxed) as f64 / inner.unit.nanos(),
+            sum: inner.cells.get(inner.sum_index()) as f64 / inner.unit.nanos(),
         }
     }
 }

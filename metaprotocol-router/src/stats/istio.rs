@@ -13,8 +13,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::stats::Counter;
 use metaprotocol_core::{LocalReplyKind, ResponseFlags};
-use prometheus_client::metrics::counter::Counter;
 
 use super::interned::Interned;
 use super::{DurationHistogram, MetricsScope, RequestOutcome, Unit};

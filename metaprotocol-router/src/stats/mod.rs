@@ -13,7 +13,9 @@
 //! engine's series through a `prometheus_client::registry::Registry` of its own;
 //! [`Metrics::snapshot`] reads every series as values (the demo's latency table, `/stats`).
 
+mod cells;
 mod components;
+mod counter;
 mod exposition;
 mod histogram;
 pub(crate) mod interned;
@@ -27,13 +29,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use metaprotocol_core::CodecFactory;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 pub(crate) use components::{
     ClusterStats, Completion, EndpointStats, HealthStats, ListenerStats, RouteStats,
 };
+pub use counter::Counter;
 pub use exposition::ExpositionFormat;
 pub(crate) use histogram::Unit;
 pub use histogram::{DurationHistogram, HistogramSnapshot};

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use crate::stats::Counter;
 use opentelemetry::InstrumentationScope;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
@@ -17,7 +18,6 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, SpanData, SpanExporter, SpanProcessor,
 };
-use prometheus_client::metrics::counter::Counter;
 
 use crate::backlog::Backlog;
 use crate::config::TracingSpec;
@@ -201,10 +201,12 @@ impl SpanExporter for CountedExporter {
                 self.exported.inc_by(spans);
             }
             // The first failure is logged; the rest are counted.
-            Err(err) if self.failed.inc() == 0 => {
-                tracing::warn!(endpoint = %self.endpoint, error = %err, "cannot export spans");
+            Err(err) => {
+                if self.failed.get() == 0 {
+                    tracing::warn!(endpoint = %self.endpoint, error = %err, "cannot export spans");
+                }
+                self.failed.inc();
             }
-            Err(_) => {}
         }
         result
     }

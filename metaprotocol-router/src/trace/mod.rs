@@ -18,13 +18,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant as StdInstant, SystemTime};
 
+use crate::stats::Counter;
 use metaprotocol_core::{ByteStr, Message, Mutation, RequestRecord, ResponseStatus, keys};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
-use prometheus_client::metrics::counter::Counter;
 use smallvec::SmallVec;
 use tokio::time::Instant;
 

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
+use crate::stats::Counter;
 use metaprotocol_core::{Message, Mutation};
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;

@@ -17,10 +17,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::stats::Counter;
 use metaprotocol_core::{
     FilterDecision, L7Filter, LocalReply, LocalReplyKind, RequestContext, ResponseFlags, Resume,
 };
-use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 
 use super::{FilterContext, routing_view, rule};

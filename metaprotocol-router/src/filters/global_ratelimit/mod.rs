@@ -26,10 +26,10 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::stats::Counter;
 use metaprotocol_core::{
     FilterDecision, L7Filter, LocalReply, LocalReplyKind, RequestContext, Resume,
 };
-use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 
 use self::client::RedisLimits;

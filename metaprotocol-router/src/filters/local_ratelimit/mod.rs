@@ -18,8 +18,8 @@ mod bucket;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::stats::Counter;
 use metaprotocol_core::{FilterDecision, L7Filter, LocalReply, LocalReplyKind, RequestContext};
-use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 
 use self::bucket::MIN_FILL_INTERVAL;

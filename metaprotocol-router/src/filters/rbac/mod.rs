@@ -23,8 +23,8 @@ mod policy;
 
 use std::sync::Arc;
 
+use crate::stats::Counter;
 use metaprotocol_core::{FilterDecision, L7Filter, LocalReply, LocalReplyKind, RequestContext};
-use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 
 use self::policy::{Policy, PolicySpec};

@@ -18,8 +18,8 @@ pub(crate) use exchange::{Exchange, Hook, OpError, status_name};
 pub(crate) use filter::{RunError, ScriptFilter, ScriptInstance};
 pub(crate) use state::{ScriptState, StateValue};
 
+use crate::stats::Counter;
 use metaprotocol_core::{LocalReply, LocalReplyKind};
-use prometheus_client::metrics::counter::Counter;
 use serde::de::DeserializeOwned;
 
 use crate::config::ConfigError;

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use crate::stats::Counter;
 use arc_swap::ArcSwap;
-use prometheus_client::metrics::counter::Counter;
 
 use crate::config::ConfigError;
 use crate::stats::MetricsScope;
