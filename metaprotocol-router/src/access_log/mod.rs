@@ -15,7 +15,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::stats::Counter;
 use metaprotocol_core::{ByteStr, ConnectionInfo, Message, RequestRecord, ResponseFlags};
 use smallvec::SmallVec;
 
@@ -24,6 +23,7 @@ pub(crate) use self::format::{check as check_format, rfc3339};
 use self::sink::Sink;
 pub(crate) use self::sink::Sinks;
 use crate::config::{AccessLogSpec, ConfigError};
+use crate::stats::Counter;
 use crate::stats::{MetricsScope, OUTCOMES, RequestOutcome};
 
 /// The facts of one line, captured when the request completes.

@@ -11,11 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, Weak};
 
-use crate::stats::Counter;
-
 use super::LogEntry;
 use super::format::LogFormat;
 use crate::backlog::Backlog;
+use crate::stats::Counter;
 use crate::stats::{Metrics, MetricsScope};
 
 /// Bytes of lines gathered before one write.

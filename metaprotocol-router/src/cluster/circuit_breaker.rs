@@ -7,11 +7,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use crate::stats::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
 
 use crate::config::CircuitBreakersSpec;
+use crate::stats::Counter;
 use crate::stats::{ClusterStats, MetricsScope};
 
 /// One limit of a cluster.

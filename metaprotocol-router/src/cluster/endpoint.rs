@@ -5,12 +5,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use crate::stats::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
 
 use crate::health::OutlierCounters;
 use crate::lb::RttEstimate;
+use crate::stats::Counter;
 use crate::stats::{ClusterStats, EndpointStats, HealthStats, MetricsScope};
 use crate::upstream::UpstreamPool;
 

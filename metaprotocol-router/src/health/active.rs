@@ -17,12 +17,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::stats::Counter;
 use metaprotocol_core::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{ClusterHandle, HealthFlags};
 use crate::config::HealthCheckSpec;
+use crate::stats::Counter;
 use crate::transport::Connector;
 use crate::upstream::ProbeConnection;
 

@@ -15,7 +15,6 @@ use std::net::SocketAddr;
 use std::sync::Weak;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::stats::Counter;
 use metaprotocol_core::ResponseStatus;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
@@ -25,6 +24,7 @@ use crate::cluster::{ClusterHandle, HealthFlags};
 use crate::config::OutlierDetectionSpec;
 use crate::router::AttemptOutcome;
 use crate::router::deadline_after;
+use crate::stats::Counter;
 
 /// Why an endpoint was ejected: the `reason` label of the ejection counter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::stats::Counter;
 use arc_swap::ArcSwap;
 use metaprotocol_core::CodecRegistry;
 use tokio::net::TcpListener;
@@ -38,6 +37,7 @@ use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec, RouteConfigS
 use crate::filters::{FilterRegistry, SharedClients};
 use crate::route::{RouteCheck, RouteSlot};
 use crate::server::{BusyPoll, DEFAULT_BUSY_POLL, DEFAULT_LINGER, Linger, Load, Parking, Workers};
+use crate::stats::Counter;
 use crate::stats::{Metrics, MetricsSettings};
 use crate::trace;
 

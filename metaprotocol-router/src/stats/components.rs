@@ -4,13 +4,13 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::stats::Counter;
 use metaprotocol_core::{LocalReplyKind, ResponseStatus};
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::interned::Interned;
 use super::{DurationHistogram, MetricsScope, OUTCOMES, RequestOutcome};
 use crate::router::FAILURES;
+use crate::stats::Counter;
 
 /// Why a client connection was closed for bad input; the `reason` label values (a codec
 /// error's [`CodecError::counter_name`], or a frame that took too long to arrive).

@@ -13,12 +13,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::stats::Counter;
 use metaprotocol_core::{LocalReplyKind, ResponseFlags};
 
 use super::interned::Interned;
 use super::{DurationHistogram, MetricsScope, RequestOutcome, Unit};
 use crate::config::{IstioSpec, IstioWorkloadSpec};
+use crate::stats::Counter;
 
 /// Istio's default duration buckets, in milliseconds.
 const BUCKETS_MS: [f64; 19] = [

@@ -2,7 +2,10 @@
 //! [`MetricsScope`] and exposed together.
 //!
 //! A scope is a set of labels (`listener="in"`, `cluster="backend"` ...); a component asks its
-//! scope for handles once, when it is built, so that the request path only touches atomics.
+//! scope for handles once, when it is built, so that the request path only touches the handles:
+//! a [`Counter`] or [`DurationHistogram`] adds to its thread's own cells ([`cells`]: a load and
+//! a store, no atomic read-modify-write), a gauge (which the engine also reads for its
+//! decisions: requests in flight against a limit) is one atomic.
 //! Series whose label values are only known at run time (a method, an outcome) are resolved the
 //! first time each value is seen, in small bounded tables ([`interned`]). Registrations are
 //! counted per series: when the component that registered a series goes away its scope is

@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use crate::stats::Counter;
 use opentelemetry::InstrumentationScope;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
@@ -21,6 +20,7 @@ use opentelemetry_sdk::trace::{
 
 use crate::backlog::Backlog;
 use crate::config::TracingSpec;
+use crate::stats::Counter;
 use crate::stats::{Metrics, MetricsScope};
 
 /// The settings that make two listeners' exporters the same.

@@ -18,7 +18,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant as StdInstant, SystemTime};
 
-use crate::stats::Counter;
 use metaprotocol_core::{ByteStr, Message, Mutation, RequestRecord, ResponseStatus, keys};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{
@@ -33,6 +32,7 @@ pub(crate) use self::export::SpanSinks;
 use self::export::{SpanSink, span_name};
 use crate::config::{ConfigError, Propagation, TracingSpec};
 use crate::router::{AttemptObserver, AttemptOutcome, FAILURES};
+use crate::stats::Counter;
 use crate::stats::{MetricsScope, RequestOutcome};
 
 /// A listener's tracer.

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use crate::stats::Counter;
 use metaprotocol_core::{Message, Mutation};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{mpsc, oneshot};
@@ -11,6 +10,7 @@ use tokio::time::Instant;
 
 use super::UpstreamError;
 use crate::cluster::ActiveRequest;
+use crate::stats::Counter;
 
 /// A request in flight on a downstream connection: its slot and the sequence number that tells
 /// a reused slot's new request from the old one.

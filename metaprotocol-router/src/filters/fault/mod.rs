@@ -17,7 +17,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::stats::Counter;
 use metaprotocol_core::{
     FilterDecision, L7Filter, LocalReply, LocalReplyKind, RequestContext, ResponseFlags, Resume,
 };
@@ -26,6 +25,7 @@ use serde::Deserialize;
 use super::{FilterContext, routing_view, rule};
 use crate::config::{ConfigError, MatchSpec, from_value};
 use crate::route::RequestMatcher;
+use crate::stats::Counter;
 
 /// The filter's registered name.
 pub(crate) const NAME: &str = "fault";

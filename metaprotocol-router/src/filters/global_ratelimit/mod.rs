@@ -26,7 +26,6 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::stats::Counter;
 use metaprotocol_core::{
     FilterDecision, L7Filter, LocalReply, LocalReplyKind, RequestContext, Resume,
 };
@@ -35,6 +34,7 @@ use serde::Deserialize;
 use self::client::RedisLimits;
 use super::{FilterContext, routing_view};
 use crate::config::{ConfigError, from_value};
+use crate::stats::Counter;
 
 /// The filter's registered name.
 pub(crate) const NAME: &str = "global_ratelimit";

@@ -18,7 +18,6 @@ mod bucket;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::stats::Counter;
 use metaprotocol_core::{FilterDecision, L7Filter, LocalReply, LocalReplyKind, RequestContext};
 use serde::Deserialize;
 
@@ -27,6 +26,7 @@ pub(crate) use self::bucket::TokenBucket;
 use super::{FilterContext, routing_view, rule};
 use crate::config::{ConfigError, MatchSpec, from_value};
 use crate::route::RequestMatcher;
+use crate::stats::Counter;
 
 /// The filter's registered name.
 pub(crate) const NAME: &str = "local_ratelimit";

@@ -23,13 +23,13 @@ mod policy;
 
 use std::sync::Arc;
 
-use crate::stats::Counter;
 use metaprotocol_core::{FilterDecision, L7Filter, LocalReply, LocalReplyKind, RequestContext};
 use serde::Deserialize;
 
 use self::policy::{Policy, PolicySpec};
 use super::{FilterContext, routing_view};
 use crate::config::{ConfigError, from_value};
+use crate::stats::Counter;
 
 /// The filter's registered name.
 pub(crate) const NAME: &str = "rbac";

@@ -18,12 +18,12 @@ pub(crate) use exchange::{Exchange, Hook, OpError, status_name};
 pub(crate) use filter::{RunError, ScriptFilter, ScriptInstance};
 pub(crate) use state::{ScriptState, StateValue};
 
-use crate::stats::Counter;
 use metaprotocol_core::{LocalReply, LocalReplyKind};
 use serde::de::DeserializeOwned;
 
 use crate::config::ConfigError;
 use crate::filters::FilterContext;
+use crate::stats::Counter;
 
 /// Why a script's hook failed, as the `reason` label of `metaprotocol_script_errors_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

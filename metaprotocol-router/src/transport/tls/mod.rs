@@ -18,7 +18,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::stats::Counter;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, ServerConfig};
@@ -29,6 +28,7 @@ use self::reload::Reloading;
 use self::verify::SubjectAltNameVerifier;
 use super::{Accepted, Connector};
 use crate::config::{ClusterTlsSpec, ConfigError, ListenerTlsSpec};
+use crate::stats::Counter;
 use crate::stats::MetricsScope;
 
 /// The one crypto provider: a build with two providers compiled in would make rustls pick

@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::stats::Counter;
 use arc_swap::ArcSwap;
 
 use crate::config::ConfigError;
+use crate::stats::Counter;
 use crate::stats::MetricsScope;
 
 /// How often the files are looked at.
