@@ -13,7 +13,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, OnceLock};
+
+use super::lock;
 
 /// Arenas that threads can own at once; the others share the overflow arena.
 const THREAD_SLOTS: usize = 64;
@@ -117,12 +119,6 @@ static ARENAS: Arenas = Arenas {
     }),
 };
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl Arenas {
     fn overflow(&self) -> &Arena {
         self.overflow.get_or_init(Arena::new)
@@ -206,35 +202,28 @@ impl Cells {
     /// Adds each `(index, amount)` (indices below the width; others are ignored).
     #[inline]
     pub fn add<const N: usize>(&self, adds: [(usize, u64); N]) {
-        match &self.storage {
-            Storage::Arenas { first } => match own_arena() {
-                Some(arena) => {
-                    if let Some((segment, offset)) = arena.segment(*first) {
-                        for (index, amount) in adds {
-                            if index < self.width {
-                                let cell = &segment[offset + index];
-                                // The only writer of this cell: a plain load and store.
-                                let value = cell.load(Ordering::Relaxed);
-                                cell.store(value.wrapping_add(amount), Ordering::Relaxed);
-                            }
-                        }
-                    }
-                }
-                None => {
-                    if let Some((segment, offset)) = ARENAS.overflow().segment(*first) {
-                        for (index, amount) in adds {
-                            if index < self.width {
-                                segment[offset + index].fetch_add(amount, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                }
-            },
-            Storage::Own(cells) => {
-                for (index, amount) in adds {
-                    if let Some(cell) = cells.get(index) {
-                        cell.fetch_add(amount, Ordering::Relaxed);
-                    }
+        // This thread's own cells take a plain load and store (it is their only writer); the
+        // overflow arena's and a series' own cells are shared, and take an atomic addition.
+        let (cells, only_writer): (&[AtomicU64], bool) = match &self.storage {
+            Storage::Arenas { first } => {
+                let (arena, only_writer) = match own_arena() {
+                    Some(arena) => (arena, true),
+                    None => (ARENAS.overflow(), false),
+                };
+                let Some((segment, offset)) = arena.segment(*first) else {
+                    return;
+                };
+                (&segment[offset..offset + self.width], only_writer)
+            }
+            Storage::Own(cells) => (cells, false),
+        };
+        for (index, amount) in adds {
+            if let Some(cell) = cells.get(index) {
+                if only_writer {
+                    let value = cell.load(Ordering::Relaxed);
+                    cell.store(value.wrapping_add(amount), Ordering::Relaxed);
+                } else {
+                    cell.fetch_add(amount, Ordering::Relaxed);
                 }
             }
         }
@@ -332,6 +321,14 @@ mod tests {
             }
         });
         assert_eq!(cells.get(0), (THREAD_SLOTS as u64 + 8) * 1_000);
+        let Storage::Arenas { first } = cells.storage else {
+            panic!("a one-cell series has room in the arenas");
+        };
+        let overflowed = ARENAS.overflow.get().map_or(0, |arena| arena.load(first));
+        assert!(
+            overflowed >= 8 * 1_000,
+            "at least the 8 threads past the slots counted in the overflow arena: {overflowed}"
+        );
     }
 
     #[test]
