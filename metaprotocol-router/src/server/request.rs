@@ -23,7 +23,6 @@ use metaprotocol_core::{
     RequestRecord, ResponseContext, ResponseFlags, Resume,
 };
 use slab::Slab;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::timers::{TimerId, Timers};
@@ -35,7 +34,7 @@ use crate::transport::outbox::Outbox;
 use crate::upstream::{
     self, AttemptResult, Inbox, ReplyTo, RequestKey, UpstreamError, UpstreamEvent,
 };
-use crate::waiting::Receiver;
+use crate::waiting::{self, Receiver};
 
 /// Upstream answers handled per poll before the connection reads and writes again.
 const EVENT_BATCH: usize = 256;
@@ -206,13 +205,7 @@ impl Requests {
     }
 
     fn inbox(&mut self) -> Inbox {
-        self.channel
-            .get_or_insert_with(|| {
-                let (inbox, events) = mpsc::unbounded_channel();
-                (inbox, Receiver::new(events))
-            })
-            .0
-            .clone()
+        self.channel.get_or_insert_with(waiting::queue).0.clone()
     }
 
     fn wait(&mut self, wait: FilterWait) {

@@ -24,7 +24,6 @@ use metaprotocol_core::{
     Codec, CodecFactory, EncodeParams, Message, MessageKind, Side, WireVariant,
 };
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::backoff::ConnectBackoff;
@@ -36,7 +35,7 @@ use crate::stats::{ClusterStats, EndpointStats};
 use crate::transport::buffers::{self, FrameSizes};
 use crate::transport::outbox::Outbox;
 use crate::transport::{Connector, Transport};
-use crate::waiting::{Receiver, Timer};
+use crate::waiting::{self, Closer, Receiver, Timer};
 
 /// Requests queued on one connection before new ones are refused (overflow), so that an upstream
 /// that stops reading cannot make the proxy hold unbounded memory.
@@ -104,7 +103,8 @@ impl Shared {
 /// gone and its requests are answered.
 #[derive(Clone, Debug)]
 pub(crate) struct ConnectionHandle {
-    queue: mpsc::UnboundedSender<Outbound>,
+    /// Closes the queue when the last handle goes.
+    queue: Arc<Closer<Outbound>>,
     shared: Arc<Shared>,
 }
 
@@ -151,7 +151,7 @@ impl ConnectionHandle {
         self.shared.pending.inc();
         self.queue.send(outbound).map_err(|refused| {
             self.shared.dequeued();
-            (refused.0, UpstreamError::Reset { sent: false })
+            (refused, UpstreamError::Reset { sent: false })
         })
     }
 }
@@ -164,7 +164,7 @@ pub(crate) struct Prepared {
 
 /// Prepares a connection to `params.address`; nothing happens until the task is spawned.
 pub(crate) fn prepare(params: ConnectParams) -> Prepared {
-    let (queue, requests) = mpsc::unbounded_channel();
+    let (queue, requests) = waiting::queue();
     let shared = Arc::new(Shared {
         closed: AtomicBool::new(false),
         connected: AtomicBool::new(false),
@@ -175,16 +175,15 @@ pub(crate) fn prepare(params: ConnectParams) -> Prepared {
     });
     let task = Box::pin(run(params, requests, shared.clone()));
     Prepared {
-        handle: ConnectionHandle { queue, shared },
+        handle: ConnectionHandle {
+            queue: Arc::new(Closer::new(queue)),
+            shared,
+        },
         task,
     }
 }
 
-async fn run(
-    params: ConnectParams,
-    requests: mpsc::UnboundedReceiver<Outbound>,
-    shared: Arc<Shared>,
-) {
+async fn run(params: ConnectParams, requests: Receiver<Outbound>, shared: Arc<Shared>) {
     match &params.connector {
         Connector::Plain => {
             let connected =
@@ -203,7 +202,7 @@ async fn run(
 async fn serve<S: Transport>(
     connected: io::Result<S>,
     mut params: ConnectParams,
-    requests: mpsc::UnboundedReceiver<Outbound>,
+    mut requests: Receiver<Outbound>,
     shared: Arc<Shared>,
 ) {
     let stream = match connected {
@@ -217,7 +216,6 @@ async fn serve<S: Transport>(
                 address: params.address,
                 reason: err.to_string().into(),
             };
-            let mut requests = Receiver::new(requests);
             refuse_all(&mut requests, &shared, &params.stats, &error);
             return;
         }
@@ -249,7 +247,7 @@ fn refuse_all(
 ) {
     shared.closed.store(true, Ordering::Release);
     requests.close();
-    while let Ok(outbound) = requests.try_recv() {
+    while let Some(outbound) = requests.try_recv() {
         shared.dequeued();
         if !outbound.reply.expects_answer() {
             stats.rq_dropped.inc();
@@ -333,7 +331,7 @@ impl<S: Transport> Multiplexer<S> {
     fn new(
         io: S,
         params: ConnectParams,
-        requests: mpsc::UnboundedReceiver<Outbound>,
+        requests: Receiver<Outbound>,
         shared: Arc<Shared>,
     ) -> Self {
         Self {
@@ -342,7 +340,7 @@ impl<S: Transport> Multiplexer<S> {
             decoder: params.codec.new_codec(Side::Upstream, params.variant),
             variant: params.variant,
             exclusive: params.codec.pool_mode() == metaprotocol_core::PoolMode::Exclusive,
-            requests: Receiver::new(requests),
+            requests,
             requests_closed: false,
             shared,
             waiting: HashMap::default(),

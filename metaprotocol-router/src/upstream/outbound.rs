@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use metaprotocol_core::{Message, Mutation};
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::UpstreamError;
 use crate::cluster::ActiveRequest;
 use crate::stats::Counter;
+use crate::waiting;
 
 /// A request in flight on a downstream connection: its slot and the sequence number that tells
 /// a reused slot's new request from the old one.
@@ -35,7 +36,7 @@ pub(crate) struct UpstreamEvent {
 }
 
 /// A downstream connection's queue of attempt answers.
-pub(crate) type Inbox = mpsc::UnboundedSender<UpstreamEvent>;
+pub(crate) type Inbox = waiting::Sender<UpstreamEvent>;
 
 /// Who waits for an answer.
 #[derive(Debug)]

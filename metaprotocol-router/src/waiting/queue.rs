@@ -1,0 +1,420 @@
+//! An unbounded queue between connection tasks: requests to an upstream connection, answers to
+//! a downstream one.
+//!
+//! Each call crosses two queues, and a tokio queue costs about nine atomic read-modify-writes
+//! a value: a sender clone and drop (two counts each, the sender count and the allocation's),
+//! then a permit, a slot, the slot's ready bit and the receiver's waker on the way in, and the
+//! permit again on the way out. Here a value costs the sender a lock and an unlock (the lock
+//! holds the values, the receiver's waker and whether it was woken), a clone only the shared
+//! allocation's count, and the receiver one lock for every value queued since it last looked:
+//! it swaps the queue's values for its own empty buffer and hands them out from there. A
+//! sender wakes the receiver only for the first value after the receiver found the queue
+//! empty; those that follow before it runs find it woken already.
+//!
+//! The queue is open until either end closes it ([`Sender::close`], [`Receiver::close`]) or the
+//! receiver goes: senders do not count themselves (that would be two more read-modify-writes a
+//! clone), and a queue that should close when its last sender goes gives that sender to a
+//! [`Closer`] shared by whoever holds it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+
+use super::Registered;
+
+/// Makes a queue: its sending end (cloned for each sender) and its receiving end.
+pub(crate) fn queue<T>() -> (Sender<T>, Receiver<T>) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            values: VecDeque::new(),
+            waker: None,
+            woken: false,
+            closed: false,
+        }),
+        news: AtomicBool::new(false),
+        closed: AtomicBool::new(false),
+    });
+    (
+        Sender {
+            shared: shared.clone(),
+        },
+        Receiver {
+            shared,
+            taken: VecDeque::new(),
+            registered: None,
+        },
+    )
+}
+
+struct Shared<T> {
+    state: Mutex<State<T>>,
+    /// Set when a value arrives or the queue closes, cleared when the receiver takes the
+    /// values: read without the lock, so that a receiver polled with nothing new takes none.
+    news: AtomicBool,
+    /// The state's `closed`, readable without the lock.
+    closed: AtomicBool,
+}
+
+impl<T> Shared<T> {
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        // Nothing panics while holding the lock but a waker: the state is whole either way.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Closes the queue and wakes the receiver; the values queued can still be taken.
+    fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        self.closed.store(true, Ordering::Release);
+        self.news.store(true, Ordering::Release);
+        state.wake();
+    }
+}
+
+struct State<T> {
+    values: VecDeque<T>,
+    /// The receiver's waker, stored when it found the queue empty.
+    waker: Option<Waker>,
+    /// The stored waker was woken since it was stored: the receiver will look again.
+    woken: bool,
+    closed: bool,
+}
+
+impl<T> State<T> {
+    fn wake(&mut self) {
+        if !self.woken
+            && let Some(waker) = &self.waker
+        {
+            self.woken = true;
+            waker.wake_by_ref();
+        }
+    }
+}
+
+/// The sending end of a queue. A clone sends into the same queue.
+pub(crate) struct Sender<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> Clone for Sender<T> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Sender<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sender")
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Sender<T> {
+    /// Queues `value`, or gives it back if the queue is closed.
+    pub fn send(&self, value: T) -> Result<(), T> {
+        let mut state = self.shared.lock();
+        if state.closed {
+            return Err(value);
+        }
+        state.values.push_back(value);
+        self.shared.news.store(true, Ordering::Release);
+        state.wake();
+        Ok(())
+    }
+
+    /// True once the queue is closed (by either end, or its receiver gone).
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Closes the queue: sends are refused; the receiver takes what is queued, then `None`.
+    pub fn close(&self) {
+        self.shared.close();
+    }
+}
+
+/// A sender that closes its queue when it goes: shared (in an `Arc`) by the holders of a queue
+/// that should close once none of them is left.
+#[derive(Debug)]
+pub(crate) struct Closer<T>(Sender<T>);
+
+impl<T> Closer<T> {
+    /// Closes `sender`'s queue when dropped.
+    pub fn new(sender: Sender<T>) -> Self {
+        Self(sender)
+    }
+}
+
+impl<T> std::ops::Deref for Closer<T> {
+    type Target = Sender<T>;
+
+    fn deref(&self) -> &Sender<T> {
+        &self.0
+    }
+}
+
+impl<T> Drop for Closer<T> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// The receiving end of a queue. It takes every value queued at once, under one lock, and hands
+/// them out one by one; polled with its waker stored and nothing new, it looks at one flag.
+pub(crate) struct Receiver<T> {
+    shared: Arc<Shared<T>>,
+    /// Values taken from the queue and not yet handed out.
+    taken: VecDeque<T>,
+    /// The waker the queue holds, while the receiver found it empty.
+    registered: Option<Registered>,
+}
+
+impl<T> Receiver<T> {
+    /// The next value, or `None` once the queue is closed and empty; pending (and the task
+    /// woken when a value arrives) otherwise. Inlined: the value is not moved once more on its
+    /// way.
+    #[inline(always)]
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        if let Some(value) = self.taken.pop_front() {
+            return Poll::Ready(Some(value));
+        }
+        // A sender queues, raises `news`, then wakes the stored waker: a queue without news
+        // that holds this task's waker has nothing to say, or will wake the task when it does.
+        if self.registered.is_some()
+            && !self.shared.news.load(Ordering::Acquire)
+            && self.registered == Registered::of(cx.waker())
+        {
+            return Poll::Pending;
+        }
+        self.registered = None;
+        let mut state = self.shared.lock();
+        std::mem::swap(&mut state.values, &mut self.taken);
+        self.shared.news.store(false, Ordering::Relaxed);
+        if self.taken.is_empty() && !state.closed {
+            // Stored under the lock that found the queue empty: the next value wakes it.
+            let waker = cx.waker();
+            match &mut state.waker {
+                Some(stored) if stored.will_wake(waker) => {}
+                stored => *stored = Some(waker.clone()),
+            }
+            state.woken = false;
+            drop(state);
+            self.registered = Registered::of(waker);
+            return Poll::Pending;
+        }
+        drop(state);
+        // Empty here only if closed.
+        Poll::Ready(self.taken.pop_front())
+    }
+
+    /// The next value if one is queued.
+    pub fn try_recv(&mut self) -> Option<T> {
+        // `news` stays as it is, and the next poll locks: a sender that found the waker woken
+        // wakes nothing more, so the poll must not trust a flag this cleared.
+        self.registered = None;
+        if self.taken.is_empty() {
+            std::mem::swap(&mut self.shared.lock().values, &mut self.taken);
+        }
+        self.taken.pop_front()
+    }
+
+    /// Refuses further values; those queued can still be taken.
+    pub fn close(&mut self) {
+        self.shared.close();
+    }
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        // Closed first, so that no value arrives after the queue's are taken; both dropped
+        // outside the lock (a request's drop answers its waiter through another queue).
+        let queued = {
+            let mut state = self.shared.lock();
+            state.closed = true;
+            self.shared.closed.store(true, Ordering::Release);
+            state.waker = None;
+            std::mem::take(&mut state.values)
+        };
+        drop(queued);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    use super::*;
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Wakes {
+        fn count(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    fn waker() -> (Arc<Wakes>, Waker) {
+        let wakes = Arc::new(Wakes::default());
+        (wakes.clone(), Waker::from(wakes))
+    }
+
+    #[test]
+    fn a_receiver_found_empty_is_woken_once_for_the_values_that_follow() {
+        let (tx, mut rx) = queue();
+        let (wakes, waker) = waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(rx.poll_recv(&mut cx).is_pending());
+        // Looked at, not locked: still pending, nothing lost.
+        assert!(rx.poll_recv(&mut cx).is_pending());
+        for value in 1..=3 {
+            assert!(tx.send(value).is_ok());
+        }
+        assert_eq!(wakes.count(), 1, "one wake-up for three values");
+        for value in 1..=3 {
+            assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(value)));
+        }
+        assert!(rx.poll_recv(&mut cx).is_pending());
+        assert!(tx.send(4).is_ok());
+        assert_eq!(
+            wakes.count(),
+            2,
+            "found empty again: the next value wakes it"
+        );
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(4)));
+    }
+
+    #[test]
+    fn a_receiver_polled_by_another_waker_stores_that_waker() {
+        let (tx, mut rx) = queue();
+        let (first, first_waker) = waker();
+        let (second, second_waker) = waker();
+        assert!(
+            rx.poll_recv(&mut Context::from_waker(&first_waker))
+                .is_pending()
+        );
+        assert!(
+            rx.poll_recv(&mut Context::from_waker(&second_waker))
+                .is_pending()
+        );
+        assert!(tx.send(1).is_ok());
+        assert_eq!(first.count(), 0);
+        assert_eq!(second.count(), 1);
+    }
+
+    #[test]
+    fn a_closed_queue_refuses_values_and_hands_out_those_queued_before() {
+        let (tx, mut rx) = queue();
+        let (wakes, waker) = waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(tx.send(1).is_ok());
+        assert!(rx.poll_recv(&mut cx).is_ready());
+        assert!(rx.poll_recv(&mut cx).is_pending());
+        assert!(tx.send(2).is_ok());
+        tx.close();
+        assert!(tx.is_closed());
+        assert_eq!(tx.send(3), Err(3));
+        assert_eq!(
+            wakes.count(),
+            1,
+            "the close found the receiver woken already"
+        );
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(2)));
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(None));
+        assert_eq!(rx.try_recv(), None);
+    }
+
+    #[test]
+    fn closing_wakes_a_waiting_receiver() {
+        let (tx, mut rx) = queue::<u32>();
+        let (wakes, waker) = waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(rx.poll_recv(&mut cx).is_pending());
+        rx.close();
+        assert_eq!(wakes.count(), 1);
+        assert!(tx.is_closed());
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(None));
+    }
+
+    #[test]
+    fn the_last_closer_closes_the_queue() {
+        let (tx, mut rx) = queue();
+        let closer = Arc::new(Closer::new(tx));
+        let other = closer.clone();
+        assert!(closer.send(1).is_ok());
+        drop(closer);
+        assert!(!other.is_closed());
+        assert!(other.send(2).is_ok());
+        drop(other);
+        assert_eq!(rx.try_recv(), Some(1));
+        assert_eq!(rx.try_recv(), Some(2));
+        let (_, waker) = waker();
+        assert_eq!(
+            rx.poll_recv(&mut Context::from_waker(&waker)),
+            Poll::Ready(None)
+        );
+    }
+
+    #[test]
+    fn a_dropped_receiver_closes_the_queue_and_drops_what_it_held() {
+        let (tx, rx) = queue();
+        let value = Arc::new(());
+        assert!(tx.send(value.clone()).is_ok());
+        drop(rx);
+        assert!(tx.is_closed());
+        assert_eq!(
+            Arc::strong_count(&value),
+            1,
+            "the queued value went with it"
+        );
+        assert!(tx.send(value).is_err());
+    }
+
+    #[test]
+    fn values_from_many_threads_all_arrive_each_thread_in_its_order() {
+        const THREADS: u64 = 4;
+        const EACH: u64 = 20_000;
+        let (tx, mut rx) = queue();
+        let senders: Vec<_> = (0..THREADS)
+            .map(|thread| {
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    for n in 0..EACH {
+                        assert!(tx.send((thread, n)).is_ok());
+                    }
+                })
+            })
+            .collect();
+        let (_, waker) = waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut next = [0; THREADS as usize];
+        let mut received = 0;
+        while received < THREADS * EACH {
+            match rx.poll_recv(&mut cx) {
+                Poll::Ready(Some((thread, n))) => {
+                    assert_eq!(next[thread as usize], n, "thread {thread} out of order");
+                    next[thread as usize] += 1;
+                    received += 1;
+                }
+                Poll::Ready(None) => panic!("closed while open"),
+                Poll::Pending => std::thread::yield_now(),
+            }
+        }
+        for sender in senders {
+            assert!(sender.join().is_ok());
+        }
+        assert_eq!(rx.try_recv(), None);
+    }
+}
