@@ -15,7 +15,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -85,8 +85,6 @@ struct Shared {
     going_away: AtomicBool,
     /// Set once a replacement has been asked for.
     replacing: AtomicBool,
-    /// Requests queued and not yet taken by the task.
-    queued: AtomicUsize,
     /// The cluster's count of queued requests.
     pending: Gauge,
 }
@@ -94,7 +92,6 @@ struct Shared {
 impl Shared {
     /// A request left the queue.
     fn dequeued(&self) {
-        self.queued.fetch_sub(1, Ordering::Relaxed);
         self.pending.dec();
     }
 }
@@ -116,7 +113,7 @@ impl ConnectionHandle {
 
     /// Requests queued and not yet taken by the connection's task.
     pub fn queued(&self) -> usize {
-        self.shared.queued.load(Ordering::Relaxed)
+        self.queue.len()
     }
 
     /// True once connected and still open.
@@ -144,10 +141,9 @@ impl ConnectionHandle {
     // boxing would cost every one of them a heap allocation.
     #[allow(clippy::result_large_err)]
     pub fn send(&self, outbound: Outbound) -> Result<(), (Outbound, UpstreamError)> {
-        if self.shared.queued.load(Ordering::Relaxed) >= QUEUE_LIMIT {
+        if self.queue.len() >= QUEUE_LIMIT {
             return Err((outbound, UpstreamError::Overflow));
         }
-        self.shared.queued.fetch_add(1, Ordering::Relaxed);
         self.shared.pending.inc();
         self.queue.send(outbound).map_err(|refused| {
             self.shared.dequeued();
@@ -170,7 +166,6 @@ pub(crate) fn prepare(params: ConnectParams) -> Prepared {
         connected: AtomicBool::new(false),
         going_away: AtomicBool::new(false),
         replacing: AtomicBool::new(false),
-        queued: AtomicUsize::new(0),
         pending: params.stats.rq_pending.clone(),
     });
     let task = Box::pin(run(params, requests, shared.clone()));
@@ -534,9 +529,8 @@ impl<S: Transport> Multiplexer<S> {
 
     /// True when the connection has carried nothing for its idle timeout (as of this sweep).
     fn idle(&mut self, now: Instant) -> bool {
-        let quiet = self.waiting.is_empty()
-            && self.write_buf.is_empty()
-            && self.shared.queued.load(Ordering::Relaxed) == 0;
+        let quiet =
+            self.waiting.is_empty() && self.write_buf.is_empty() && self.requests.len() == 0;
         if self.busy || !quiet {
             self.busy = false;
             self.last_busy = now;

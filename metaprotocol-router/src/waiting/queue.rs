@@ -17,7 +17,7 @@
 //! [`Closer`] shared by whoever holds it.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
@@ -34,6 +34,8 @@ pub(crate) fn queue<T>() -> (Sender<T>, Receiver<T>) {
         }),
         news: AtomicBool::new(false),
         closed: AtomicBool::new(false),
+        queued: AtomicUsize::new(0),
+        taken: AtomicUsize::new(0),
     });
     (
         Sender {
@@ -54,12 +56,33 @@ struct Shared<T> {
     news: AtomicBool,
     /// The state's `closed`, readable without the lock.
     closed: AtomicBool,
+    /// How many values the queue holds, stored under the lock.
+    queued: AtomicUsize,
+    /// How many values the receiver took and has not handed out, stored by the receiver. Two
+    /// counts written by one side each: a store, where one count would take an atomic addition
+    /// and subtraction a value.
+    taken: AtomicUsize,
 }
 
 impl<T> Shared<T> {
+    fn len(&self) -> usize {
+        self.queued.load(Ordering::Relaxed) + self.taken.load(Ordering::Relaxed)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State<T>> {
         // Nothing panics while holding the lock but a waker: the state is whole either way.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Swaps the queue's values for the receiver's (empty) buffer `taken`, under the lock it
+    /// returns.
+    fn take(&self, taken: &mut VecDeque<T>) -> MutexGuard<'_, State<T>> {
+        let mut state = self.lock();
+        std::mem::swap(&mut state.values, taken);
+        self.news.store(false, Ordering::Relaxed);
+        self.queued.store(0, Ordering::Relaxed);
+        self.taken.store(taken.len(), Ordering::Relaxed);
+        state
     }
 
     /// Closes the queue and wakes the receiver; the values queued can still be taken.
@@ -121,9 +144,17 @@ impl<T> Sender<T> {
             return Err(value);
         }
         state.values.push_back(value);
+        self.shared
+            .queued
+            .store(state.values.len(), Ordering::Relaxed);
         self.shared.news.store(true, Ordering::Release);
         state.wake();
         Ok(())
+    }
+
+    /// Values sent and not yet handed out by the receiver.
+    pub fn len(&self) -> usize {
+        self.shared.len()
     }
 
     /// True once the queue is closed (by either end, or its receiver gone).
@@ -179,7 +210,7 @@ impl<T> Receiver<T> {
     /// way.
     #[inline(always)]
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        if let Some(value) = self.taken.pop_front() {
+        if let Some(value) = self.pop() {
             return Poll::Ready(Some(value));
         }
         // A sender queues, raises `news`, then wakes the stored waker: a queue without news
@@ -191,9 +222,7 @@ impl<T> Receiver<T> {
             return Poll::Pending;
         }
         self.registered = None;
-        let mut state = self.shared.lock();
-        std::mem::swap(&mut state.values, &mut self.taken);
-        self.shared.news.store(false, Ordering::Relaxed);
+        let mut state = self.shared.take(&mut self.taken);
         if self.taken.is_empty() && !state.closed {
             // Stored under the lock that found the queue empty: the next value wakes it.
             let waker = cx.waker();
@@ -208,18 +237,31 @@ impl<T> Receiver<T> {
         }
         drop(state);
         // Empty here only if closed.
-        Poll::Ready(self.taken.pop_front())
+        Poll::Ready(self.pop())
     }
 
     /// The next value if one is queued.
     pub fn try_recv(&mut self) -> Option<T> {
-        // `news` stays as it is, and the next poll locks: a sender that found the waker woken
-        // wakes nothing more, so the poll must not trust a flag this cleared.
+        // The next poll locks: a sender that found the stored waker woken wakes nothing more,
+        // so that poll must not trust the `news` this clears.
         self.registered = None;
         if self.taken.is_empty() {
-            std::mem::swap(&mut self.shared.lock().values, &mut self.taken);
+            drop(self.shared.take(&mut self.taken));
         }
-        self.taken.pop_front()
+        self.pop()
+    }
+
+    /// Values sent and not yet handed out.
+    pub fn len(&self) -> usize {
+        self.shared.len()
+    }
+
+    /// The next value taken, if any.
+    #[inline(always)]
+    fn pop(&mut self) -> Option<T> {
+        let value = self.taken.pop_front()?;
+        self.shared.taken.store(self.taken.len(), Ordering::Relaxed);
+        Some(value)
     }
 
     /// Refuses further values; those queued can still be taken.
@@ -294,6 +336,26 @@ mod tests {
             "found empty again: the next value wakes it"
         );
         assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(4)));
+    }
+
+    #[test]
+    fn the_length_counts_values_until_the_receiver_hands_them_out() {
+        let (tx, mut rx) = queue();
+        let (_, waker) = waker();
+        let mut cx = Context::from_waker(&waker);
+        for value in 0..3 {
+            assert!(tx.send(value).is_ok());
+        }
+        assert_eq!(tx.len(), 3);
+        // The first poll takes all three; two are still to hand out.
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(0)));
+        assert_eq!((tx.len(), rx.len()), (2, 2));
+        assert!(tx.send(3).is_ok());
+        assert_eq!(tx.len(), 3);
+        assert_eq!(rx.try_recv(), Some(1));
+        assert_eq!(rx.try_recv(), Some(2));
+        assert_eq!(rx.try_recv(), Some(3));
+        assert_eq!(tx.len(), 0);
     }
 
     #[test]
