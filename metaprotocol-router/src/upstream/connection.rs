@@ -27,7 +27,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
 
 use super::backoff::ConnectBackoff;
-use super::outbound::Outbound;
+use super::outbound::{AnswerBatch, Outbound};
 use super::spare;
 use super::{PoolSettings, ReplyTo, UpstreamError};
 use crate::cluster::ConnectionPermit;
@@ -291,6 +291,8 @@ struct Multiplexer<S> {
     requests: Receiver<Outbound>,
     requests_closed: bool,
     shared: Arc<Shared>,
+    /// Answers decoded from the last read, on their way to their client connections.
+    answers: AnswerBatch,
     waiting: HashMap<u64, Waiting, BuildHasherDefault<IdHasher>>,
     next_id: u64,
     max_id: u64,
@@ -338,6 +340,7 @@ impl<S: Transport> Multiplexer<S> {
             requests,
             requests_closed: false,
             shared,
+            answers: AnswerBatch::default(),
             waiting: HashMap::default(),
             next_id: 0,
             max_id: params.codec.max_request_id().max(1),
@@ -456,6 +459,13 @@ impl<S: Transport> Multiplexer<S> {
             Ok(0) | Err(_) => return Poll::Ready(false),
             Ok(_) => {}
         }
+        let decoded = self.decode_frames();
+        self.answers.flush();
+        Poll::Ready(decoded)
+    }
+
+    /// Decodes and handles every whole frame read; false if the stream cannot be trusted.
+    fn decode_frames(&mut self) -> bool {
         let now = Instant::now();
         while !self.read_buf.is_empty() {
             // Decoded in a box, in place: from here on the answer moves as a pointer.
@@ -473,11 +483,11 @@ impl<S: Transport> Multiplexer<S> {
                     spare::recycle(message);
                     tracing::warn!(address = %self.address, error = %err, "closing upstream connection: bad response stream");
                     self.stats.cx_protocol_errors.inc();
-                    return Poll::Ready(false);
+                    return false;
                 }
             }
         }
-        Poll::Ready(true)
+        true
     }
 
     fn inbound(&mut self, message: Box<Message>, now: Instant) {
@@ -485,7 +495,9 @@ impl<S: Transport> Multiplexer<S> {
             // A heartbeat reply answers a health check's probe.
             MessageKind::Response | MessageKind::HeartbeatReply => {
                 match self.waiting.remove(&message.request_id) {
-                    Some(waiting) if waiting.deadline > now => waiting.reply.answer(Ok(message)),
+                    Some(waiting) if waiting.deadline > now => {
+                        waiting.reply.answer_in(&mut self.answers, Ok(message))
+                    }
                     // Too late: its caller has given up.
                     Some(mut waiting) => {
                         waiting.reply.disarm();

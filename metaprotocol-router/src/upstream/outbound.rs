@@ -133,6 +133,65 @@ impl ReplyTo {
             deliver(waiter, result);
         }
     }
+
+    /// Delivers the answer through `batch`: an answer for a downstream connection waits there
+    /// until the batch is flushed or an answer for another connection comes.
+    pub fn answer_in(mut self, batch: &mut AnswerBatch, result: AttemptResult) {
+        match self.0.take() {
+            Some(Waiter::Inbox {
+                inbox,
+                key,
+                attempt,
+            }) => batch.push(
+                inbox,
+                UpstreamEvent {
+                    key,
+                    attempt,
+                    result,
+                },
+            ),
+            Some(waiter) => deliver(waiter, result),
+            None => {}
+        }
+    }
+}
+
+/// Answers bound for one downstream connection, gathered while an upstream connection handles
+/// the responses of one read: they go into the connection's queue under one lock, and wake it
+/// once. Responses come back in the order their requests were written, and a client
+/// connection's requests are written together, so consecutive answers mostly go to one
+/// connection. Dropped, it delivers what it holds.
+#[derive(Debug, Default)]
+pub(crate) struct AnswerBatch {
+    inbox: Option<Inbox>,
+    events: Vec<UpstreamEvent>,
+}
+
+impl AnswerBatch {
+    fn push(&mut self, inbox: Inbox, event: UpstreamEvent) {
+        if !self
+            .inbox
+            .as_ref()
+            .is_some_and(|held| held.same_queue(&inbox))
+        {
+            self.flush();
+            self.inbox = Some(inbox);
+        }
+        self.events.push(event);
+    }
+
+    /// Delivers the answers held.
+    pub fn flush(&mut self) {
+        if let Some(inbox) = self.inbox.take() {
+            inbox.send_all(&mut self.events);
+        }
+    }
+}
+
+impl Drop for AnswerBatch {
+    fn drop(&mut self) {
+        self.flush();
+    }
 }
 
 impl Drop for ReplyTo {
@@ -178,4 +237,65 @@ pub(crate) struct Outbound {
     /// After this the request is not worth writing any more: its caller has given up.
     pub deadline: Instant,
     pub reply: ReplyTo,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::waiting;
+
+    fn answer(reply: ReplyTo, batch: &mut AnswerBatch, request_id: u64) {
+        let mut message = Message::empty();
+        message.request_id = request_id;
+        reply.answer_in(batch, Ok(Box::new(message)));
+    }
+
+    fn drain(rx: &mut waiting::Receiver<UpstreamEvent>) -> Vec<(u32, u64)> {
+        std::iter::from_fn(|| rx.try_recv())
+            .map(|event| {
+                let id = event.result.map_or(0, |message| message.request_id);
+                (event.key.index, id)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_delivers_each_connections_answers_in_order_when_flushed_or_dropped() {
+        let (first, mut first_rx) = waiting::queue();
+        let (second, mut second_rx) = waiting::queue();
+        let key = |index| RequestKey { index, seq: 0 };
+        let mut batch = AnswerBatch::default();
+        answer(ReplyTo::inbox(first.clone(), key(1), 0), &mut batch, 11);
+        answer(ReplyTo::inbox(first.clone(), key(2), 0), &mut batch, 12);
+        assert!(
+            drain(&mut first_rx).is_empty(),
+            "held until another connection's answer"
+        );
+        answer(ReplyTo::inbox(second.clone(), key(3), 0), &mut batch, 13);
+        assert_eq!(drain(&mut first_rx), [(1, 11), (2, 12)]);
+        answer(ReplyTo::inbox(first.clone(), key(4), 0), &mut batch, 14);
+        batch.flush();
+        assert_eq!(drain(&mut second_rx), [(3, 13)]);
+        answer(ReplyTo::inbox(second.clone(), key(5), 0), &mut batch, 15);
+        drop(batch);
+        assert_eq!(drain(&mut first_rx), [(4, 14)]);
+        assert_eq!(drain(&mut second_rx), [(5, 15)]);
+    }
+
+    #[test]
+    fn a_batch_answers_other_waiters_at_once_and_drops_answers_to_a_closed_queue() {
+        let (closed, closed_rx) = waiting::queue();
+        drop(closed_rx);
+        let (sender, mut receiver) = oneshot::channel();
+        let mut batch = AnswerBatch::default();
+        let key = RequestKey { index: 0, seq: 0 };
+        answer(ReplyTo::inbox(closed, key, 0), &mut batch, 1);
+        answer(ReplyTo::oneshot(sender), &mut batch, 2);
+        assert!(matches!(receiver.try_recv(), Ok(Ok(message)) if message.request_id == 2));
+        batch.flush();
+        assert!(
+            batch.events.is_empty(),
+            "nothing held for a queue that is gone"
+        );
+    }
 }

@@ -152,6 +152,28 @@ impl<T> Sender<T> {
         Ok(())
     }
 
+    /// Queues every value in `values` (emptied) under one lock, or drops them if the queue is
+    /// closed.
+    pub fn send_all(&self, values: &mut Vec<T>) {
+        let mut state = self.shared.lock();
+        if state.closed {
+            drop(state);
+            values.clear();
+            return;
+        }
+        state.values.extend(values.drain(..));
+        self.shared
+            .queued
+            .store(state.values.len(), Ordering::Relaxed);
+        self.shared.news.store(true, Ordering::Release);
+        state.wake();
+    }
+
+    /// True if `other` sends into the same queue.
+    pub fn same_queue(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
     /// Values sent and not yet handed out by the receiver.
     pub fn len(&self) -> usize {
         self.shared.len()
