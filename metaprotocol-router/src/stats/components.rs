@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use super::interned::Interned;
 use super::{DurationHistogram, MetricsScope, OUTCOMES, RequestOutcome};
 use crate::router::FAILURES;
-use crate::stats::Counter;
+use crate::stats::{Counter, UpDownCounter};
 
 /// Why a client connection was closed for bad input; the `reason` label values (a codec
 /// error's [`CodecError::counter_name`], or a frame that took too long to arrive).
@@ -150,7 +150,7 @@ pub(crate) struct ListenerStats {
     pub cx_total: Counter,
     pub cx_active: Gauge,
     pub rq_total: Counter,
-    pub rq_active: Gauge,
+    pub rq_active: UpDownCounter,
     pub rq_oneway: Counter,
     pub heartbeats: Counter,
     pub cx_overflow: Counter,
@@ -167,7 +167,7 @@ impl ListenerStats {
             cx_total: scope.counter("downstream_cx", "Client connections accepted"),
             cx_active: scope.gauge("downstream_cx_active", "Client connections open"),
             rq_total: scope.counter("downstream_rq", "Requests received (two-way and one-way)"),
-            rq_active: scope.gauge("downstream_rq_active", "Requests in flight"),
+            rq_active: scope.up_down_counter("downstream_rq_active", "Requests in flight"),
             rq_oneway: scope.counter("downstream_rq_oneway", "One-way requests received"),
             heartbeats: scope.counter("downstream_heartbeats", "Heartbeats answered locally"),
             cx_overflow: scope.counter(

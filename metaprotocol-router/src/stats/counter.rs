@@ -1,5 +1,6 @@
-//! A counter that only goes up, counted per thread ([`super::cells`]): an increment is a load
-//! and a store, not an atomic read-modify-write.
+//! Counts kept per thread ([`super::cells`]): an increment is a load and a store, not an atomic
+//! read-modify-write. A [`Counter`] only goes up; an [`UpDownCounter`] also goes down, for a
+//! level (requests in flight) that only a scrape reads.
 
 use std::sync::Arc;
 
@@ -39,6 +40,44 @@ impl Counter {
     }
 }
 
+/// A level that goes up and down (exposed as a Prometheus gauge), kept in per-thread cells like a
+/// [`Counter`]: for levels the engine moves on the request path and never reads for a decision
+/// (reading one sums every thread's cells). Cheap to clone; clones share the level.
+#[derive(Clone, Debug)]
+pub struct UpDownCounter {
+    cells: Arc<Cells>,
+}
+
+impl Default for UpDownCounter {
+    /// A level at 0, registered nowhere.
+    fn default() -> Self {
+        Self {
+            cells: Arc::new(Cells::new(1)),
+        }
+    }
+}
+
+impl UpDownCounter {
+    /// Adds 1.
+    #[inline]
+    pub fn inc(&self) {
+        self.cells.add([(0, 1)]);
+    }
+
+    /// Takes 1 away (on whatever thread: the cells' sum wraps, so one thread's count may go
+    /// below zero while the sum is right).
+    #[inline]
+    pub fn dec(&self) {
+        self.cells.add([(0, u64::MAX)]);
+    }
+
+    /// The level, summed over every thread.
+    pub fn get(&self) -> i64 {
+        // Two's complement: the wrapped sum read as signed.
+        self.cells.get(0) as i64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +98,26 @@ mod tests {
         });
         assert_eq!(counter.get(), 4_040);
         assert_eq!(Counter::default().get(), 0);
+    }
+
+    #[test]
+    fn a_level_raised_on_one_thread_and_lowered_on_another_sums_right() {
+        let level = UpDownCounter::default();
+        let raiser = level.clone();
+        std::thread::spawn(move || {
+            for _ in 0..100 {
+                raiser.inc();
+            }
+        })
+        .join()
+        .ok();
+        for _ in 0..70 {
+            level.dec();
+        }
+        assert_eq!(level.get(), 30);
+        for _ in 0..40 {
+            level.dec();
+        }
+        assert_eq!(level.get(), -10, "a level below zero reads as negative");
     }
 }

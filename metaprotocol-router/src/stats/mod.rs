@@ -4,7 +4,8 @@
 //! A scope is a set of labels (`listener="in"`, `cluster="backend"` ...); a component asks its
 //! scope for handles once, when it is built, so that the request path only touches the handles:
 //! a [`Counter`] or [`DurationHistogram`] adds to its thread's own cells ([`cells`]: a load and
-//! a store, no atomic read-modify-write), a gauge (which the engine also reads for its
+//! a store, no atomic read-modify-write), and so does an [`UpDownCounter`] (a level only a scrape
+//! reads: a listener's requests in flight); a gauge (which the engine also reads for its
 //! decisions: requests in flight against a limit) is one atomic.
 //! Series whose label values are only known at run time (a method, an outcome) are resolved the
 //! first time each value is seen, in small bounded tables ([`interned`]). Registrations are
@@ -38,7 +39,7 @@ use prometheus_client::registry::Registry;
 pub(crate) use components::{
     ClusterStats, Completion, EndpointStats, HealthStats, ListenerStats, RouteStats,
 };
-pub use counter::Counter;
+pub use counter::{Counter, UpDownCounter};
 pub use exposition::ExpositionFormat;
 pub(crate) use histogram::Unit;
 pub use histogram::{DurationHistogram, HistogramSnapshot};
@@ -139,7 +140,12 @@ impl From<&MetricsSpec> for MetricsSettings {
 enum FamilyKind {
     Counter,
     Gauge,
-    Histogram { bounds: Arc<[f64]>, unit: Unit },
+    /// A gauge kept in per-thread cells.
+    UpDown,
+    Histogram {
+        bounds: Arc<[f64]>,
+        unit: Unit,
+    },
 }
 
 impl FamilyKind {
@@ -147,6 +153,7 @@ impl FamilyKind {
         match self {
             Self::Counter => Metric::Counter(Counter::default()),
             Self::Gauge => Metric::Gauge(Gauge::default()),
+            Self::UpDown => Metric::UpDown(UpDownCounter::default()),
             Self::Histogram { bounds, unit } => {
                 Metric::Histogram(DurationHistogram::with_unit(bounds, *unit))
             }
@@ -156,7 +163,7 @@ impl FamilyKind {
     fn kind(&self) -> MetricKind {
         match self {
             Self::Counter => MetricKind::Counter,
-            Self::Gauge => MetricKind::Gauge,
+            Self::Gauge | Self::UpDown => MetricKind::Gauge,
             Self::Histogram { .. } => MetricKind::Histogram,
         }
     }
@@ -167,6 +174,7 @@ impl FamilyKind {
 enum Metric {
     Counter(Counter),
     Gauge(Gauge),
+    UpDown(UpDownCounter),
     Histogram(DurationHistogram),
 }
 
@@ -175,6 +183,7 @@ impl Metric {
         match self {
             Self::Counter(c) => SeriesValue::Counter(c.get()),
             Self::Gauge(g) => SeriesValue::Gauge(g.get()),
+            Self::UpDown(level) => SeriesValue::Gauge(level.get()),
             Self::Histogram(h) => SeriesValue::Histogram(h.snapshot()),
         }
     }
@@ -364,7 +373,9 @@ impl Metrics {
             kind: kind.clone(),
             series: BTreeMap::new(),
         });
-        if family.kind.kind() != kind.kind() {
+        // By how its series are kept, not only how they are exposed: a gauge asked for as an
+        // up-down counter (or the other way round) would be handed out unexported.
+        if std::mem::discriminant(&family.kind) != std::mem::discriminant(&kind) {
             tracing::warn!(
                 series = name,
                 "a series of this name has another type; not exported"
@@ -501,6 +512,15 @@ impl MetricsScope {
         match self.register(&prefixed(name), help, FamilyKind::Gauge, extra) {
             Metric::Gauge(gauge) => gauge,
             _ => Gauge::default(),
+        }
+    }
+
+    /// The up-down counter `name` (exposed as a gauge) with this scope's labels: for a level
+    /// that the request path moves and nothing reads but a scrape.
+    pub fn up_down_counter(&self, name: &str, help: &str) -> UpDownCounter {
+        match self.register(&prefixed(name), help, FamilyKind::UpDown, &[]) {
+            Metric::UpDown(level) => level,
+            _ => UpDownCounter::default(),
         }
     }
 
@@ -684,6 +704,31 @@ mod tests {
             "an empty family is gone: {text}"
         );
         assert!(text.contains("listener=\"other\""));
+    }
+
+    #[test]
+    fn an_up_down_counter_is_exposed_as_a_gauge_and_kept_apart_from_gauges() {
+        let metrics = Metrics::new();
+        let listener = metrics.root().detached("listener", "in");
+        let level = listener.up_down_counter("downstream_rq_active", "In flight");
+        level.inc();
+        level.inc();
+        level.dec();
+        let text = metrics.render();
+        assert!(
+            text.contains("# TYPE metaprotocol_downstream_rq_active gauge"),
+            "{text}"
+        );
+        assert!(text.contains("metaprotocol_downstream_rq_active{listener=\"in\"} 1"));
+        // The same name asked for as an atomic gauge is not the series: it is handed out
+        // unexported, and the series keeps its level.
+        let gauge = listener.gauge("downstream_rq_active", "In flight");
+        gauge.inc_by(10);
+        assert!(
+            metrics
+                .render()
+                .contains("metaprotocol_downstream_rq_active{listener=\"in\"} 1")
+        );
     }
 
     #[test]
