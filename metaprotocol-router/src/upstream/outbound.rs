@@ -156,6 +156,10 @@ impl ReplyTo {
     }
 }
 
+/// An answer batch with room for more than this many gives it back once flushed (a read of
+/// many small answers made it), rather than keep it while its connection idles.
+const KEPT_ANSWERS: usize = 256;
+
 /// Answers bound for one downstream connection, gathered while an upstream connection handles
 /// the responses of one read: they go into the connection's queue under one lock, and wake it
 /// once. Responses come back in the order their requests were written, and a client
@@ -184,6 +188,9 @@ impl AnswerBatch {
     pub fn flush(&mut self) {
         if let Some(inbox) = self.inbox.take() {
             inbox.send_all(&mut self.events);
+            if self.events.capacity() > KEPT_ANSWERS {
+                self.events = Vec::new();
+            }
         }
     }
 }

@@ -23,6 +23,10 @@ use std::task::{Context, Poll, Waker};
 
 use super::Registered;
 
+/// An empty buffer with room for more values than this gives it back: the two buffers a queue
+/// swaps keep no more than this after a burst.
+const KEPT_CAPACITY: usize = 1024;
+
 /// Makes a queue: its sending end (cloned for each sender) and its receiving end.
 pub(crate) fn queue<T>() -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
@@ -77,6 +81,10 @@ impl<T> Shared<T> {
     /// Swaps the queue's values for the receiver's (empty) buffer `taken`, under the lock it
     /// returns.
     fn take(&self, taken: &mut VecDeque<T>) -> MutexGuard<'_, State<T>> {
+        if taken.capacity() > KEPT_CAPACITY {
+            // A burst's room goes (before the lock), rather than staying with an idle queue.
+            *taken = VecDeque::new();
+        }
         let mut state = self.lock();
         std::mem::swap(&mut state.values, taken);
         self.news.store(false, Ordering::Relaxed);
@@ -378,6 +386,22 @@ mod tests {
         assert_eq!(rx.try_recv(), Some(2));
         assert_eq!(rx.try_recv(), Some(3));
         assert_eq!(tx.len(), 0);
+    }
+
+    #[test]
+    fn a_burst_leaves_no_more_room_than_kept_once_the_queue_is_empty() {
+        let (tx, mut rx) = queue();
+        let (_, waker) = waker();
+        let mut cx = Context::from_waker(&waker);
+        for value in 0..5 * KEPT_CAPACITY {
+            assert!(tx.send(value).is_ok());
+        }
+        for value in 0..5 * KEPT_CAPACITY {
+            assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(value)));
+        }
+        assert!(rx.poll_recv(&mut cx).is_pending());
+        assert!(rx.taken.capacity() <= KEPT_CAPACITY);
+        assert!(rx.shared.lock().values.capacity() <= KEPT_CAPACITY);
     }
 
     #[test]
