@@ -139,9 +139,9 @@ mod tests {
 
     use super::*;
 
-    /// Counts its wake-ups.
+    /// Counts its wake-ups (the queue's tests use it too).
     #[derive(Default)]
-    struct Wakes(AtomicUsize);
+    pub(super) struct Wakes(AtomicUsize);
 
     impl Wake for Wakes {
         fn wake(self: Arc<Self>) {
@@ -149,7 +149,14 @@ mod tests {
         }
     }
 
-    fn waker() -> (Arc<Wakes>, Waker) {
+    impl Wakes {
+        pub(super) fn count(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    /// A waker, and what counts its wake-ups.
+    pub(super) fn waker() -> (Arc<Wakes>, Waker) {
         let wakes = Arc::new(Wakes::default());
         (wakes.clone(), Waker::from(wakes))
     }
@@ -163,14 +170,14 @@ mod tests {
         assert!(timer.poll(&mut cx).is_pending());
         assert!(timer.poll(&mut cx).is_pending());
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        assert_eq!(wakes.count(), 1);
         assert_eq!(timer.poll(&mut cx), Poll::Ready(()));
         timer.reset(start + Duration::from_secs(3));
         assert!(timer.poll(&mut cx).is_pending());
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(timer.poll(&mut cx).is_pending());
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 2);
+        assert_eq!(wakes.count(), 2);
         assert_eq!(timer.poll(&mut cx), Poll::Ready(()));
     }
 
@@ -183,7 +190,7 @@ mod tests {
         assert!(cancellation.poll(&mut cx).is_pending());
         assert!(cancellation.poll(&mut cx).is_pending());
         token.cancel();
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        assert_eq!(wakes.count(), 1);
         assert_eq!(cancellation.poll(&mut cx), Poll::Ready(()));
     }
 }

@@ -317,31 +317,8 @@ impl<T> Drop for Receiver<T> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
-    use std::task::Wake;
-
     use super::*;
-
-    /// Counts its wake-ups.
-    #[derive(Default)]
-    struct Wakes(AtomicUsize);
-
-    impl Wake for Wakes {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    impl Wakes {
-        fn count(&self) -> usize {
-            self.0.load(Ordering::SeqCst)
-        }
-    }
-
-    fn waker() -> (Arc<Wakes>, Waker) {
-        let wakes = Arc::new(Wakes::default());
-        (wakes.clone(), Waker::from(wakes))
-    }
+    use crate::waiting::tests::waker;
 
     #[test]
     fn a_receiver_found_empty_is_woken_once_for_the_values_that_follow() {
