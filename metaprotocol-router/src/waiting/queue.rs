@@ -96,8 +96,21 @@ impl<T> Shared<T> {
     /// Closes the queue and wakes the receiver; the values queued can still be taken.
     fn close(&self) {
         let mut state = self.lock();
+        self.close_locked(&mut state);
+        state.wake();
+    }
+
+    /// Marks the queue closed, under its lock `state`.
+    fn close_locked(&self, state: &mut State<T>) {
         state.closed = true;
         self.closed.store(true, Ordering::Release);
+        self.news.store(true, Ordering::Release);
+    }
+
+    /// Says that values arrived, under the lock `state` they were queued under: their count,
+    /// the news flag, and the receiver's wake-up if it waits.
+    fn arrived(&self, state: &mut State<T>) {
+        self.queued.store(state.values.len(), Ordering::Relaxed);
         self.news.store(true, Ordering::Release);
         state.wake();
     }
@@ -152,11 +165,7 @@ impl<T> Sender<T> {
             return Err(value);
         }
         state.values.push_back(value);
-        self.shared
-            .queued
-            .store(state.values.len(), Ordering::Relaxed);
-        self.shared.news.store(true, Ordering::Release);
-        state.wake();
+        self.shared.arrived(&mut state);
         Ok(())
     }
 
@@ -170,11 +179,7 @@ impl<T> Sender<T> {
             return;
         }
         state.values.extend(values.drain(..));
-        self.shared
-            .queued
-            .store(state.values.len(), Ordering::Relaxed);
-        self.shared.news.store(true, Ordering::Release);
-        state.wake();
+        self.shared.arrived(&mut state);
     }
 
     /// True if `other` sends into the same queue.
@@ -272,8 +277,7 @@ impl<T> Receiver<T> {
 
     /// The next value if one is queued.
     pub fn try_recv(&mut self) -> Option<T> {
-        // The next poll locks: a sender that found the stored waker woken wakes nothing more,
-        // so that poll must not trust the `news` this clears.
+        // This clears `news` without storing a waker: the next poll must lock, not trust it.
         self.registered = None;
         if self.taken.is_empty() {
             drop(self.shared.take(&mut self.taken));
@@ -306,8 +310,7 @@ impl<T> Drop for Receiver<T> {
         // outside the lock (a request's drop answers its waiter through another queue).
         let queued = {
             let mut state = self.shared.lock();
-            state.closed = true;
-            self.shared.closed.store(true, Ordering::Release);
+            self.shared.close_locked(&mut state);
             state.waker = None;
             std::mem::take(&mut state.values)
         };
