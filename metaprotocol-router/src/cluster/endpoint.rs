@@ -10,8 +10,7 @@ use serde::Serialize;
 
 use crate::health::OutlierCounters;
 use crate::lb::RttEstimate;
-use crate::stats::Counter;
-use crate::stats::{ClusterStats, EndpointStats, HealthStats, MetricsScope};
+use crate::stats::{Counter, EndpointStats, HealthStats, MetricsScope, UpDownCounter};
 use crate::upstream::UpstreamPool;
 
 /// An endpoint's health as `/clusters` reports it, most severe first.
@@ -120,6 +119,10 @@ pub(crate) struct Endpoint {
     health: HealthFlags,
     active: Gauge,
     total: Counter,
+    /// Its cluster's attempts in flight and sent: an attempt moves them with the endpoint's
+    /// own, through the endpoint it holds (no handle of the cluster's held per attempt).
+    cluster_active: UpDownCounter,
+    cluster_total: Counter,
     /// Its latency, for `peak_ewma`.
     rtt: RttEstimate,
     /// Its failure streaks and ejections, for outlier detection.
@@ -129,13 +132,16 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
-    /// The endpoint at `address`, counting in its pool's endpoint series.
+    /// The endpoint at `address`, counting in its pool's endpoint and cluster series.
     pub fn new(address: SocketAddr, pool: UpstreamPool) -> Self {
         let stats = pool.endpoint_stats();
+        let cluster = pool.cluster_stats();
         Self {
             address,
             active: stats.rq_active.clone(),
             total: stats.rq_total.clone(),
+            cluster_active: cluster.rq_active.clone(),
+            cluster_total: cluster.rq_total.clone(),
             pool,
             health: HealthFlags::default(),
             rtt: RttEstimate::default(),
@@ -189,14 +195,13 @@ impl Endpoint {
     }
 
     /// Marks an attempt in flight (on the endpoint and its cluster) until the guard drops.
-    pub fn track(self: &Arc<Self>, stats: &ClusterStats) -> ActiveRequest {
+    pub fn track(self: &Arc<Self>) -> ActiveRequest {
         self.active.inc();
         self.total.inc();
-        stats.rq_total.inc();
-        stats.rq_active.inc();
+        self.cluster_total.inc();
+        self.cluster_active.inc();
         ActiveRequest {
             endpoint: self.clone(),
-            cluster_active: stats.rq_active.clone(),
         }
     }
 }
@@ -205,7 +210,6 @@ impl Endpoint {
 #[derive(Debug)]
 pub(crate) struct ActiveRequest {
     endpoint: Arc<Endpoint>,
-    cluster_active: Gauge,
 }
 
 impl ActiveRequest {
@@ -217,7 +221,7 @@ impl ActiveRequest {
 impl Drop for ActiveRequest {
     fn drop(&mut self) {
         self.endpoint.active.dec();
-        self.cluster_active.dec();
+        self.endpoint.cluster_active.dec();
     }
 }
 

@@ -30,8 +30,7 @@ mod tests {
     #[test]
     fn the_idle_endpoint_is_preferred_over_the_slow_one() {
         let set = hosts(&[1, 1, 1]);
-        let stats = crate::stats::ClusterStats::new(&crate::stats::Metrics::new().root());
-        let stuck: Vec<_> = (0..20).map(|_| set[0].endpoint.track(&stats)).collect();
+        let stuck: Vec<_> = (0..20).map(|_| set[0].endpoint.track()).collect();
         let lb = LeastRequest(LoadedSet::new(Weights::new(&set), &set));
         let counts = histogram(&lb, 3, 10_000, false);
         // The slow endpoint wins only when both candidates are it: 1/9 of picks.

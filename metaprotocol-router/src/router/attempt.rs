@@ -73,7 +73,7 @@ pub(crate) fn pick(
     let host = snapshot
         .set(target.subset)
         .and_then(|set| set.pick(tried, hash))?;
-    let active = host.endpoint.track(target.cluster.stats());
+    let active = host.endpoint.track();
     Some((host.clone(), active))
 }
 

@@ -287,7 +287,9 @@ mod tests {
             .filter_map(|_| RetryGrant::ask(&budget, &stats))
             .collect();
         assert_eq!(quiet.len(), 2, "the minimum when nothing is active");
-        stats.rq_active.set(50);
+        for _ in 0..50 {
+            stats.rq_active.inc();
+        }
         let busy: Vec<RetryGrant> = (0..20)
             .filter_map(|_| RetryGrant::ask(&budget, &stats))
             .collect();

@@ -270,13 +270,15 @@ impl RouteStats {
     }
 }
 
-/// Metric handles of one cluster. The gauges double as the cluster's live resource counts
-/// (what circuit breakers compare with their limits).
+/// Metric handles of one cluster. The levels double as the cluster's live resource counts
+/// (what circuit breakers compare with their limits). The two every request moves, attempts in
+/// flight and requests queued, are kept in per-thread cells ([`UpDownCounter`]): a request
+/// writes its own thread's cells, and only a breaker with a limit (or a retry budget) sums them.
 #[derive(Clone, Debug)]
 pub(crate) struct ClusterStats {
     pub rq_total: Counter,
-    pub rq_active: Gauge,
-    pub rq_pending: Gauge,
+    pub rq_active: UpDownCounter,
+    pub rq_pending: UpDownCounter,
     pub rq_retries_active: Gauge,
     pub rq_mirror_active: Gauge,
     responses: [Counter; 3],
@@ -303,8 +305,8 @@ impl ClusterStats {
         };
         Self {
             rq_total: scope.counter("upstream_rq", "Requests sent upstream (attempts)"),
-            rq_active: scope.gauge("upstream_rq_active", "Attempts in flight"),
-            rq_pending: scope.gauge(
+            rq_active: scope.up_down_counter("upstream_rq_active", "Attempts in flight"),
+            rq_pending: scope.up_down_counter(
                 "upstream_rq_pending",
                 "Requests queued on upstream connections, not yet written",
             ),

@@ -23,7 +23,6 @@ use bytes::BytesMut;
 use metaprotocol_core::{
     Codec, CodecFactory, EncodeParams, Message, MessageKind, Side, WireVariant,
 };
-use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
 
 use super::backoff::ConnectBackoff;
@@ -31,7 +30,7 @@ use super::outbound::{AnswerBatch, Outbound};
 use super::spare;
 use super::{PoolSettings, ReplyTo, UpstreamError};
 use crate::cluster::ConnectionPermit;
-use crate::stats::{ClusterStats, EndpointStats};
+use crate::stats::{ClusterStats, EndpointStats, UpDownCounter};
 use crate::transport::buffers::{self, FrameSizes};
 use crate::transport::outbox::Outbox;
 use crate::transport::{Connector, Transport};
@@ -86,7 +85,7 @@ struct Shared {
     /// Set once a replacement has been asked for.
     replacing: AtomicBool,
     /// The cluster's count of queued requests.
-    pending: Gauge,
+    pending: UpDownCounter,
 }
 
 impl Shared {

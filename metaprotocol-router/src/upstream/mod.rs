@@ -136,6 +136,11 @@ impl UpstreamPool {
     }
 
     /// The pool, counting its connections in the endpoint's series too.
+    /// Its cluster's series.
+    pub fn cluster_stats(&self) -> &ClusterStats {
+        &self.stats
+    }
+
     pub fn with_endpoint_stats(mut self, endpoint: EndpointStats) -> Self {
         self.endpoint = endpoint;
         self
