@@ -6,6 +6,7 @@
 //! stays one shared [`Mutation`] that requests use as is; only a route whose mutation has a
 //! templated value renders it, once per request.
 
+use std::borrow::Cow;
 use std::fmt::Write;
 use std::sync::Arc;
 
@@ -181,10 +182,25 @@ impl RouteMutation {
     }
 
     /// The mutation for one request, with what filters added (`filters`) after the route's
-    /// own. Allocates only when there is something to render or to merge.
+    /// own, to keep (a request's travels to its upstream connection). Allocates only when there
+    /// is something to render or to merge.
     pub fn resolve(&self, ctx: &Context<'_>, filters: &Mutation) -> Arc<Mutation> {
+        match self {
+            Self::Plain(mutation) if filters.is_empty() => mutation.clone(),
+            _ => Arc::new(self.resolve_borrowed(ctx, filters).into_owned()),
+        }
+    }
+
+    /// [`RouteMutation::resolve`] for a mutation used at once (a response's, encoded as it is
+    /// resolved): the route's own is borrowed, not shared, so that its reference count (which
+    /// every worker's requests of the route would write) is left alone.
+    pub fn resolve_borrowed<'a>(
+        &'a self,
+        ctx: &Context<'_>,
+        filters: &Mutation,
+    ) -> Cow<'a, Mutation> {
         let mut all = match self {
-            Self::Plain(mutation) if filters.is_empty() => return mutation.clone(),
+            Self::Plain(mutation) if filters.is_empty() => return Cow::Borrowed(mutation),
             Self::Plain(mutation) => Mutation::clone(mutation),
             Self::Templated { base, templated } => {
                 let mut all = base.clone();
@@ -197,7 +213,7 @@ impl RouteMutation {
             }
         };
         all.extend(filters);
-        Arc::new(all)
+        Cow::Owned(all)
     }
 }
 

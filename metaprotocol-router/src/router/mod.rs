@@ -19,6 +19,7 @@ mod outcome;
 mod retry;
 mod timeout;
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -653,13 +654,13 @@ impl Routed {
     }
 
     /// The response mutation: the route's (its templates rendered for `request`), plus what
-    /// response filters added.
-    pub fn response_mutation(
-        &self,
+    /// response filters added; borrowed when it is one of them alone.
+    pub fn response_mutation<'a>(
+        &'a self,
         request: &Message,
         record: &RequestRecord,
-        filters: &Mutation,
-    ) -> Arc<Mutation> {
+        filters: &'a Mutation,
+    ) -> Cow<'a, Mutation> {
         match self.route() {
             Some(route) => {
                 let context = TemplateContext {
@@ -670,9 +671,9 @@ impl Routed {
                     },
                     record,
                 };
-                route.response_mutation.resolve(&context, filters)
+                route.response_mutation.resolve_borrowed(&context, filters)
             }
-            None => Arc::new(filters.clone()),
+            None => Cow::Borrowed(filters),
         }
     }
 }

@@ -394,6 +394,7 @@ impl<S: Transport> Future for Connection<S> {
                 progress = true;
             }
             progress |= this.poll_lifecycle(cx, now);
+            this.requests.move_load();
             if this.reading != Reading::Open
                 && this.requests.is_empty()
                 && this.write_buf.is_empty()

@@ -8,6 +8,7 @@
 //! filters never wait costs at most one allocation (its shared `Arc<Message>`), and none on a
 //! busy connection, which reuses those of the requests it finished.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use slab::Slab;
 use tokio::time::Instant;
 
 use super::timers::{TimerId, Timers};
-use super::{ListenerContext, complete};
+use super::{ListenerContext, complete, load};
 use crate::route::DEFAULT_ROUTE_TIMEOUT;
 use crate::router::{self, Matched, Next, Routed, Unrouted};
 use crate::trace::RequestSpan;
@@ -97,9 +98,9 @@ fn in_flight(slab: &mut Slab<InFlight>, key: RequestKey) -> Option<&mut InFlight
 
 /// How a request ends.
 enum Answer<'a> {
-    /// Forward the upstream response with this mutation. Borrowed: a `Message` is large, and
-    /// each move of it is a copy.
-    Response(&'a Message, Arc<Mutation>),
+    /// Forward the upstream response, with the route's and filters' mutation. Borrowed: a
+    /// `Message` is large, and each move of it is a copy.
+    Response(&'a Message),
     /// Answer with a local reply (one-way requests get none).
     Local(LocalReply),
     /// Nothing to send: a one-way request, or a client gone.
@@ -147,6 +148,15 @@ pub(crate) struct Requests {
     /// Allocations for the next requests' messages, each holding an empty message (see
     /// [`SPARE_MESSAGES`]); dropped when trimmed.
     spare: Vec<Arc<Message>>,
+    /// Its requests in flight as the proxy-wide load last counted them ([`Requests::move_load`]).
+    moved: usize,
+}
+
+impl Drop for Requests {
+    /// Its requests leave the proxy-wide load with it, however its connection ended.
+    fn drop(&mut self) {
+        self.ctx.load.requests(self.moved, 0);
+    }
 }
 
 impl Requests {
@@ -165,7 +175,15 @@ impl Requests {
             timers: None,
             waits: None,
             spare: Vec::new(),
+            moved: 0,
         }
+    }
+
+    /// Moves its requests in flight into the proxy-wide load: once a pass over the
+    /// connection's work, not once a request (see [`super::load`]).
+    pub fn move_load(&mut self) {
+        self.ctx.load.requests(self.moved, self.slab.len());
+        self.moved = self.slab.len();
     }
 
     /// Gives back what an idle connection does not need (its request slots, timers,
@@ -393,8 +411,10 @@ impl Requests {
             .tracer
             .as_ref()
             .map(|tracer| tracer.start(&message));
-        let admitted = self.ctx.load.admits();
-        self.ctx.load.request_started();
+        let admitted = self
+            .ctx
+            .load
+            .admits(load::difference(self.slab.len(), self.moved));
         self.next_seq = self.next_seq.wrapping_add(1);
         let seq = self.next_seq;
         let index = self.slab.insert(InFlight {
@@ -791,16 +811,8 @@ impl Requests {
         let Some(inflight) = self.get(key) else {
             return;
         };
-        let mutation = match &inflight.stage {
-            Stage::Routed(routed) | Stage::Responding { routed, .. } => {
-                routed.response_mutation(&inflight.request, &inflight.record, &inflight.mutation)
-            }
-            Stage::Filtering | Stage::Answered(_) => {
-                Arc::new(std::mem::take(&mut inflight.mutation))
-            }
-        };
         inflight.record.outcome.status = Some(response.status);
-        self.finish(key, Answer::Response(response, mutation), out, now);
+        self.finish(key, Answer::Response(response), out, now);
     }
 
     /// Ends a request: writes its answer, records, counts, and runs the completion hooks.
@@ -814,13 +826,20 @@ impl Requests {
         let before = out.len();
         let request = &inflight.request;
         let response = match answer {
-            Answer::Response(response, mutation) => {
+            Answer::Response(response) => {
+                let mutation = match &inflight.stage {
+                    Stage::Routed(routed) | Stage::Responding { routed, .. } => {
+                        routed.response_mutation(request, &inflight.record, &inflight.mutation)
+                    }
+                    Stage::Filtering | Stage::Answered(_) => Cow::Borrowed(&inflight.mutation),
+                };
                 let params = EncodeParams {
                     request_id: request.request_id,
                     variant: request.variant,
                     mutation: &mutation,
                 };
-                if let Err(err) = out.encode(self.encoder.as_mut(), response, &params) {
+                let encoded = out.encode(self.encoder.as_mut(), response, &params);
+                if let Err(err) = encoded {
                     tracing::warn!(listener = %self.ctx.name, error = %err, "cannot encode a response for the client");
                     let reply = LocalReply::new(
                         LocalReplyKind::Internal,
@@ -845,7 +864,6 @@ impl Requests {
         record.bytes_sent = (out.len() - before) as u64;
         record.timings.answered = Some(now.into_std());
         self.ctx.stats.rq_active.dec();
-        self.ctx.load.request_ended();
         self.ctx.filters.complete(&CompleteContext {
             request: &inflight.request,
             response,
