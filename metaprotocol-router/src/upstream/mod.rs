@@ -81,6 +81,17 @@ impl Partition {
     }
 }
 
+/// The partition of `worker`'s connections speaking `variant` in `partitions`.
+fn find_partition(
+    partitions: &[Arc<Partition>],
+    variant: WireVariant,
+    worker: Option<usize>,
+) -> Option<&Arc<Partition>> {
+    partitions
+        .iter()
+        .find(|p| p.variant == variant && p.worker == worker)
+}
+
 /// A request the pool could not queue, handed back with the reason (it was not sent).
 pub(crate) struct Rejected {
     pub outbound: Outbound,
@@ -174,13 +185,24 @@ impl UpstreamPool {
     // boxing would cost every one of them a heap allocation.
     #[allow(clippy::result_large_err)]
     pub fn send(&self, variant: WireVariant, outbound: Outbound) -> Result<(), Rejected> {
-        let partition = self.partition(variant, workers::current());
-        let (index, live) = self.slot(&partition);
+        let worker = workers::current();
+        // The worker's partition is borrowed from the list loaded, not shared: a request
+        // writes no reference count of it. It is made when the worker first sends here.
+        let partitions = self.partitions.load();
+        let made;
+        let partition = match find_partition(&partitions, variant, worker) {
+            Some(partition) => partition,
+            None => {
+                made = self.partition(variant, worker);
+                &made
+            }
+        };
+        let (index, live) = self.slot(partition);
         let slot = &partition.slots[index];
         let result = match live.as_ref().filter(|handle| handle.is_open()) {
             Some(handle) => {
                 if handle.is_going_away() && handle.claim_replacement() {
-                    self.replace(&partition, index, handle.clone(), variant);
+                    self.replace(partition, index, handle.clone(), variant);
                 }
                 handle.send(outbound)
             }
@@ -252,13 +274,10 @@ impl UpstreamPool {
             .count()
     }
 
+    /// The partition of `worker`'s connections speaking `variant`, made if there is none yet.
     fn partition(&self, variant: WireVariant, worker: Option<usize>) -> Arc<Partition> {
-        let find = |partitions: &[Arc<Partition>]| {
-            partitions
-                .iter()
-                .find(|p| p.variant == variant && p.worker == worker)
-                .cloned()
-        };
+        let find =
+            |partitions: &[Arc<Partition>]| find_partition(partitions, variant, worker).cloned();
         if let Some(p) = find(&self.partitions.load()) {
             return p;
         }
