@@ -184,6 +184,14 @@ fn claim_arena() -> Option<&'static Arena> {
     CLAIM.try_with(|claim| claim.arena).ok().flatten()
 }
 
+/// Adds `amount` to a cell of this thread's own arena: it is the cell's only writer, so a
+/// plain load and store do.
+#[inline]
+fn add_own(cell: &AtomicU64, amount: u64) {
+    let value = cell.load(Ordering::Relaxed);
+    cell.store(value.wrapping_add(amount), Ordering::Relaxed);
+}
+
 /// Where a series' cells live.
 #[derive(Debug)]
 enum Storage {
@@ -227,9 +235,7 @@ impl Cells {
                 if index < self.width
                     && let Some(cell) = segment.get(offset + index)
                 {
-                    // This thread is the cell's only writer: a plain load and store.
-                    let value = cell.load(Ordering::Relaxed);
-                    cell.store(value.wrapping_add(amount), Ordering::Relaxed);
+                    add_own(cell, amount);
                 }
             }
             return;
@@ -259,8 +265,7 @@ impl Cells {
         for (index, amount) in adds {
             if let Some(cell) = cells.get(index) {
                 if only_writer {
-                    let value = cell.load(Ordering::Relaxed);
-                    cell.store(value.wrapping_add(amount), Ordering::Relaxed);
+                    add_own(cell, amount);
                 } else {
                     cell.fetch_add(amount, Ordering::Relaxed);
                 }
