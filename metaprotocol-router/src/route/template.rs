@@ -317,6 +317,25 @@ mod tests {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         assert_eq!(sets, [("x-plain", "1"), ("x-id", "7")]);
+        // Used at once (a response's), the route's own is borrowed in place, and a merge with
+        // what filters added is a mutation of its own holding both.
+        let RouteMutation::Plain(shared) = &plain else {
+            panic!("a plain mutation");
+        };
+        assert!(matches!(
+            plain.resolve_borrowed(&ctx, &Mutation::new()),
+            Cow::Borrowed(borrowed) if std::ptr::eq(borrowed, &**shared)
+        ));
+        let mut filters = Mutation::new();
+        filters.set(ByteStr::from_static("x-filter"), ByteStr::from_static("2"));
+        let merged = plain.resolve_borrowed(&ctx, &filters);
+        assert!(matches!(merged, Cow::Owned(_)));
+        let sets: Vec<(&str, &str)> = merged
+            .sets()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(sets, [("x-plain", "1"), ("x-filter", "2")]);
         Ok(())
     }
 }
