@@ -42,6 +42,19 @@ const INLINE_ENTRIES: usize = 12;
 /// Real messages carry a few dozen at most.
 pub const MAX_METADATA_ENTRIES: usize = 256;
 
+// An entry's place in `Metadata::indexed` is its index plus one, in a `u16`.
+const _: () = assert!(MAX_METADATA_ENTRIES < u16::MAX as usize);
+
+/// The well-known keys whose entries a [`Metadata`] keeps the places of: the keys that routes
+/// match on and that per-method statistics read on every call, found without a search.
+const INDEXED_KEYS: [&str; 5] = [
+    keys::SERVICE,
+    keys::INTERFACE,
+    keys::METHOD,
+    keys::VERSION,
+    keys::GROUP,
+];
+
 /// The reason of the `BadRequest` local reply to a request whose metadata overflowed.
 pub const METADATA_OVERFLOW_REASON: &str = "more than 256 metadata entries";
 /// Inline capacity of the static strings: the well-known keys a codec sets.
@@ -150,9 +163,11 @@ impl Span {
 /// [`Metadata::over`] its frame, then inserts [`ByteStr`] slices of that frame and `'static`
 /// keys; building the metadata of an ordinary request does not allocate. Lookups are linear:
 /// real messages carry a handful of keys, where a scan beats hashing, and a metadata holds at
-/// most [`MAX_METADATA_ENTRIES`]; a 64-bit summary of the keys held answers most lookups of an
-/// absent key (a decoder's insert of each new key) without the scan. Inserting a key that is
-/// already present replaces its value, so the last writer wins.
+/// most [`MAX_METADATA_ENTRIES`]. The well-known keys routes and statistics read (service,
+/// interface, method, version, group) are found without a scan: the metadata keeps where each
+/// is. For any other key, a 64-bit summary of the keys held answers most lookups of an absent
+/// key (a decoder's insert of each new key) without the scan. Inserting a key that is already
+/// present replaces its value, so the last writer wins.
 #[derive(Clone, Default)]
 pub struct Metadata {
     /// The frame that spans point into.
@@ -164,8 +179,13 @@ pub struct Metadata {
     shared: ThinVec<ByteStr>,
     /// One bit for each [`key_bit`] of the keys held (and of keys removed since: a stale bit
     /// only costs a search). A key whose bit is clear is absent without a search, which is what
-    /// a decoder's every insert of a new key asks.
+    /// a decoder's every insert of a new key asks. The [`INDEXED_KEYS`] have no bit: they
+    /// are found through `indexed`.
     key_bits: u64,
+    /// For each of the [`INDEXED_KEYS`], the index of its entry plus one; 0 while absent.
+    /// Exact whatever way the key was inserted (a constant, a span of the source, a shared
+    /// string): every entry whose key has the bytes of an indexed key is here.
+    indexed: [u16; INDEXED_KEYS.len()],
     /// Set once an insert was refused for lack of room; from then on every insert is.
     overflowed: bool,
 }
@@ -197,6 +217,7 @@ impl Metadata {
             statics,
             shared,
             key_bits,
+            indexed,
             overflowed,
         } = self;
         *old_source = source;
@@ -212,6 +233,7 @@ impl Metadata {
         }
         *shared = ThinVec::new();
         *key_bits = 0;
+        *indexed = [0; INDEXED_KEYS.len()];
         *overflowed = false;
     }
 
@@ -235,11 +257,13 @@ impl Metadata {
         let Some(key) = self.store(key) else {
             return false;
         };
-        let bit = key_bit(self.bytes(key));
-        let held = if self.key_bits & bit == 0 {
-            None
-        } else {
-            self.search(self.bytes(key))
+        let key_bytes = self.bytes(key);
+        let slot = indexed_slot(key_bytes);
+        let bit = key_bit(key_bytes);
+        let held = match slot {
+            Some(slot) => self.indexed_entry(slot),
+            None if self.key_bits & bit == 0 => None,
+            None => self.search(key_bytes),
         };
         match held {
             Some(index) => self.entries[index].1 = value,
@@ -248,11 +272,21 @@ impl Metadata {
                 return false;
             }
             None => {
-                self.key_bits |= bit;
+                match slot {
+                    // Below `MAX_METADATA_ENTRIES`, which fits a `u16` (asserted above).
+                    Some(slot) => self.indexed[slot] = self.entries.len() as u16 + 1,
+                    None => self.key_bits |= bit,
+                }
                 self.entries.push((key, value));
             }
         }
         true
+    }
+
+    /// The entry of the indexed key in `slot` of [`INDEXED_KEYS`], if present.
+    #[inline]
+    fn indexed_entry(&self, slot: usize) -> Option<usize> {
+        self.indexed[slot].checked_sub(1).map(usize::from)
     }
 
     /// True once an insert was refused because the metadata was full
@@ -375,16 +409,20 @@ impl Metadata {
         }
     }
 
-    /// The entry whose key is `key`; none, without a search, when its bit is clear.
+    /// The entry whose key is `key`: where the index says for an indexed key, else none,
+    /// without a search, when its bit is clear.
     fn find(&self, key: &[u8]) -> Option<usize> {
+        if let Some(slot) = indexed_slot(key) {
+            return self.indexed_entry(slot);
+        }
         if self.key_bits & key_bit(key) == 0 {
             return None;
         }
         self.search(key)
     }
 
-    /// The entry whose key is `key`, by a scan. Most keys differ in length, which a span knows
-    /// without looking at bytes.
+    /// The entry whose key is `key` (not an indexed key), by a scan. Most keys differ in
+    /// length, which a span knows without looking at bytes.
     fn search(&self, key: &[u8]) -> Option<usize> {
         self.entries
             .iter()
@@ -424,6 +462,15 @@ impl Metadata {
     pub fn remove(&mut self, key: &str) -> Option<ByteStr> {
         let index = self.find(key.as_bytes())?;
         let (_, value) = self.entries.remove(index);
+        // The entries after it moved down by one; the removed one is gone.
+        let removed = index as u16 + 1;
+        for place in &mut self.indexed {
+            if *place == removed {
+                *place = 0;
+            } else if *place > removed {
+                *place -= 1;
+            }
+        }
         Some(self.shared_text(value))
     }
 
@@ -452,6 +499,21 @@ impl Metadata {
 fn key_bit(key: &[u8]) -> u64 {
     let last = key.last().map_or(0, |&byte| usize::from(byte));
     1 << ((key.len().wrapping_mul(7) ^ last) & 63)
+}
+
+/// Which of the [`INDEXED_KEYS`] `key` is, if any: told apart by length (and the first byte
+/// of the two seven bytes long), then compared once.
+#[inline]
+fn indexed_slot(key: &[u8]) -> Option<usize> {
+    let slot = match (key.len(), key.first()) {
+        (7, Some(b's')) => 0,
+        (9, _) => 1,
+        (6, _) => 2,
+        (7, _) => 3,
+        (5, _) => 4,
+        _ => return None,
+    };
+    same_bytes(key, INDEXED_KEYS[slot].as_bytes()).then_some(slot)
 }
 
 /// `a == b`, for keys: metadata keys are short, where comparing two overlapping words each
@@ -556,6 +618,72 @@ mod tests {
     }
 
     #[test]
+    fn each_indexed_key_has_its_own_slot_and_no_other_key_has_one() {
+        for (slot, key) in INDEXED_KEYS.iter().enumerate() {
+            assert_eq!(indexed_slot(key.as_bytes()), Some(slot), "{key}");
+            for at in 0..key.len() {
+                let mut other = key.as_bytes().to_vec();
+                other[at] ^= 0x20;
+                assert_eq!(indexed_slot(&other), None, "{key} {at}");
+            }
+        }
+        for other in [
+            "",
+            "path",
+            "methods",
+            "servic",
+            "versions",
+            "xersion",
+            "interfacE",
+        ] {
+            assert_eq!(indexed_slot(other.as_bytes()), None, "{other}");
+        }
+    }
+
+    /// An indexed key is found where it is however it was inserted, and stays found as the
+    /// entries before it are removed.
+    #[test]
+    fn indexed_keys_are_found_after_inserts_of_any_kind_and_removals() {
+        let frame = Bytes::from_static(b"method=echo;tenant=t1;version=2");
+        let mut m = Metadata::over(frame);
+        assert!(m.insert("tenant", "t1"));
+        assert!(m.insert(MetadataStr::Source(0..6), MetadataStr::Source(7..11)));
+        assert!(m.insert(MetadataStr::Source(22..29), MetadataStr::Source(30..31)));
+        assert!(
+            m.insert(keys::METHOD, "ping"),
+            "the same key, as a constant"
+        );
+        assert!(m.insert(ByteStr::from("version".to_owned()), "3"));
+        assert_eq!(m.len(), 3);
+        assert_eq!(
+            (m.get(keys::METHOD), m.get(keys::VERSION)),
+            (Some("ping"), Some("3"))
+        );
+        assert_eq!(
+            m.remove("tenant").map(|v| v.to_string()),
+            Some("t1".to_owned())
+        );
+        assert_eq!(
+            (m.get(keys::METHOD), m.get(keys::VERSION)),
+            (Some("ping"), Some("3"))
+        );
+        assert_eq!(
+            m.remove(keys::METHOD).map(|v| v.to_string()),
+            Some("ping".to_owned())
+        );
+        assert_eq!(
+            (m.get(keys::METHOD), m.get(keys::VERSION)),
+            (None, Some("3"))
+        );
+        assert!(m.insert(keys::METHOD, "pong"));
+        assert_eq!(
+            m.iter().collect::<Vec<_>>(),
+            [("version", "3"), ("method", "pong")]
+        );
+        assert!(m.remove(keys::SERVICE).is_none() && m.get(keys::GROUP).is_none());
+    }
+
+    #[test]
     fn keys_of_one_bit_are_told_apart_by_their_bytes() {
         assert_eq!(key_bit(b"service"), key_bit(b"xervice"));
         let mut m = Metadata::new();
@@ -575,7 +703,7 @@ mod tests {
     mod against_a_list {
         use proptest::prelude::*;
 
-        use super::super::Metadata;
+        use super::super::{INDEXED_KEYS, Metadata};
 
         /// What a metadata is asked.
         #[derive(Clone, Debug)]
@@ -584,13 +712,15 @@ mod tests {
             Remove(usize),
         }
 
-        /// Keys that share bits (`service`, `xervice`) and keys that do not, more of them than
-        /// the inline room holds.
+        /// Keys that share bits (`service`, `xervice`), keys that do not, the indexed keys and
+        /// keys of their lengths, more of them than the inline room holds.
         fn test_key(n: usize) -> String {
-            match n % 4 {
-                0 => format!("service{}", n / 4),
-                1 => format!("xervice{}", n / 4),
-                2 => "service".to_owned() + &"e".repeat(n / 4),
+            match n % 6 {
+                0 => format!("service{}", n / 6),
+                1 => format!("xervice{}", n / 6),
+                2 => "service".to_owned() + &"e".repeat(n / 6),
+                3 => INDEXED_KEYS[n / 6 % INDEXED_KEYS.len()].to_owned(),
+                4 => INDEXED_KEYS[n / 6 % INDEXED_KEYS.len()].replace('e', "a"),
                 _ => format!("k{n}"),
             }
         }
