@@ -57,7 +57,8 @@ const INDEXED_KEYS: [&str; 5] = [
 
 /// The reason of the `BadRequest` local reply to a request whose metadata overflowed.
 pub const METADATA_OVERFLOW_REASON: &str = "more than 256 metadata entries";
-/// Inline capacity of the static strings: the well-known keys a codec sets.
+/// Inline capacity of the static strings other than the [`INDEXED_KEYS`]: constant keys and
+/// values a codec or filter sets.
 const INLINE_STATICS: usize = 4;
 
 /// A key or value handed to [`Metadata::insert`].
@@ -173,6 +174,8 @@ pub struct Metadata {
     /// The frame that spans point into.
     source: Bytes,
     entries: SmallVec<[(Span, Span); INLINE_ENTRIES]>,
+    /// Constants other than the [`INDEXED_KEYS`] as keys, which come first in the static table
+    /// (see `Metadata::static_str`) and are never stored.
     statics: SmallVec<[&'static str; INLINE_STATICS]>,
     /// Strings that are not slices of the source: rare, so a `ThinVec`, which an empty
     /// metadata (every message the engine recycles) drops with a pointer compare.
@@ -254,16 +257,27 @@ impl Metadata {
         let Some(value) = self.store(value) else {
             return false;
         };
-        let Some(key) = self.store(key) else {
-            return false;
+        let (key, slot) = match key {
+            // What decoders insert most: a well-known key as a constant, which is its own
+            // entry of the static table.
+            MetadataStr::Static(s) if let Some(slot) = indexed_slot(s.as_bytes()) => {
+                (Span::indexed(STATIC, slot, s.len()), Some(slot))
+            }
+            key => {
+                let Some(key) = self.store(key) else {
+                    return false;
+                };
+                (key, indexed_slot(self.bytes(key)))
+            }
         };
-        let key_bytes = self.bytes(key);
-        let slot = indexed_slot(key_bytes);
-        let bit = key_bit(key_bytes);
+        let bit = match slot {
+            Some(_) => 0,
+            None => key_bit(self.bytes(key)),
+        };
         let held = match slot {
             Some(slot) => self.indexed_entry(slot),
             None if self.key_bits & bit == 0 => None,
-            None => self.search(key_bytes),
+            None => self.search(self.bytes(key)),
         };
         match held {
             Some(index) => self.entries[index].1 = value,
@@ -316,7 +330,7 @@ impl Metadata {
                         self.statics.len() - 1
                     }
                 };
-                Some(Span::indexed(STATIC, index, s.len()))
+                Some(Span::indexed(STATIC, INDEXED_KEYS.len() + index, s.len()))
             }
             MetadataStr::Shared(s) => Some(match self.source_range(&s).and_then(Span::source) {
                 Some(span) => span,
@@ -375,11 +389,19 @@ impl Metadata {
         bytestr::locate(s, &self.source)
     }
 
+    /// Entry `index` of the static strings: the [`INDEXED_KEYS`], then `statics`.
+    fn static_str(&self, index: usize) -> &'static str {
+        match index.checked_sub(INDEXED_KEYS.len()) {
+            None => INDEXED_KEYS[index],
+            Some(index) => self.statics.get(index).copied().unwrap_or_default(),
+        }
+    }
+
     /// The bytes `span` points at (valid UTF-8: only strings are stored).
     fn bytes(&self, span: Span) -> &[u8] {
         match span.place() {
             Place::Source(range) => self.source.get(range).unwrap_or_default(),
-            Place::Static(index) => self.statics.get(index).map_or(&[], |s| s.as_bytes()),
+            Place::Static(index) => self.static_str(index).as_bytes(),
             Place::Shared(index) => self.shared.get(index).map_or(&[], ByteStr::as_bytes),
         }
     }
@@ -387,7 +409,7 @@ impl Metadata {
     /// The string `span` points at.
     fn text(&self, span: Span) -> &str {
         match span.place() {
-            Place::Static(index) => self.statics.get(index).copied().unwrap_or_default(),
+            Place::Static(index) => self.static_str(index),
             Place::Shared(index) => self.shared.get(index).map_or("", ByteStr::as_str),
             // Only UTF-8 is ever stored, so this never falls back.
             Place::Source(_) => std::str::from_utf8(self.bytes(span)).unwrap_or_default(),
@@ -401,10 +423,7 @@ impl Metadata {
                 ByteStr::from_utf8(self.source.slice(range)).unwrap_or_default()
             }
             Place::Source(_) => ByteStr::default(),
-            Place::Static(index) => self
-                .statics
-                .get(index)
-                .map_or_else(ByteStr::default, |s| ByteStr::from_static(s)),
+            Place::Static(index) => ByteStr::from_static(self.static_str(index)),
             Place::Shared(index) => self.shared.get(index).cloned().unwrap_or_default(),
         }
     }
@@ -709,6 +728,8 @@ mod tests {
         #[derive(Clone, Debug)]
         enum Op {
             Insert(usize, u8),
+            /// An indexed key inserted as a constant, as decoders do.
+            InsertConstant(usize, u8),
             Remove(usize),
         }
 
@@ -728,8 +749,18 @@ mod tests {
         fn op() -> impl Strategy<Value = Op> {
             prop_oneof![
                 3 => (0..48usize, any::<u8>()).prop_map(|(k, v)| Op::Insert(k, v)),
+                1 => (0..INDEXED_KEYS.len(), any::<u8>())
+                    .prop_map(|(k, v)| Op::InsertConstant(k, v)),
                 1 => (0..48usize).prop_map(Op::Remove),
             ]
+        }
+
+        /// Sets `key` in the list of pairs: a new value in place, or a new pair last.
+        fn set(list: &mut Vec<(String, String)>, key: String, value: String) {
+            match list.iter_mut().find(|(held, _)| *held == key) {
+                Some(entry) => entry.1 = value,
+                None => list.push((key, value)),
+            }
         }
 
         proptest! {
@@ -745,10 +776,12 @@ mod tests {
                         Op::Insert(k, v) => {
                             let (key, value) = (test_key(k), v.to_string());
                             prop_assert!(m.insert(key.clone(), value.clone()));
-                            match list.iter_mut().find(|(held, _)| *held == key) {
-                                Some(entry) => entry.1 = value,
-                                None => list.push((key, value)),
-                            }
+                            set(&mut list, key, value);
+                        }
+                        Op::InsertConstant(k, v) => {
+                            let (key, value) = (INDEXED_KEYS[k], v.to_string());
+                            prop_assert!(m.insert(key, value.clone()));
+                            set(&mut list, key.to_owned(), value);
                         }
                         Op::Remove(k) => {
                             let key = test_key(k);
@@ -805,7 +838,8 @@ mod tests {
         );
         m.insert(keys::METHOD, slice(19..23));
         m.insert("lane", ByteStr::from("blue".to_owned()));
-        assert!(m.shared.len() == 1 && m.statics.len() == 2);
+        // `lane` is kept as a constant; `method`, an indexed key, is in the table already.
+        assert!(m.shared.len() == 1 && m.statics.len() == 1);
         assert_eq!(
             m.iter().collect::<Vec<_>>(),
             [("tenant", "t1"), ("method", "echo"), ("lane", "blue")]
