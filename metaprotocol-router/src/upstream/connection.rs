@@ -8,9 +8,7 @@
 //! whether any of its bytes were written (what decides if a retry is safe), and every request
 //! still queued with a reset that says they were not.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -26,6 +24,7 @@ use metaprotocol_core::{
 use tokio::time::Instant;
 
 use super::backoff::ConnectBackoff;
+use super::by_id::ById;
 use super::outbound::{AnswerBatch, Outbound};
 use super::spare;
 use super::{PoolSettings, ReplyTo, UpstreamError};
@@ -250,27 +249,6 @@ fn refuse_all(
     }
 }
 
-/// Upstream ids are sequential: a multiplicative hash spreads them over the map's buckets at a
-/// fraction of SipHash's cost.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u64(&mut self, id: u64) {
-        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
 /// A request written (or being written) and waiting for its answer.
 struct Waiting {
     reply: ReplyTo,
@@ -292,7 +270,7 @@ struct Multiplexer<S> {
     shared: Arc<Shared>,
     /// Answers decoded from the last read, on their way to their client connections.
     answers: AnswerBatch,
-    waiting: HashMap<u64, Waiting, BuildHasherDefault<IdHasher>>,
+    waiting: ById<Waiting>,
     next_id: u64,
     max_id: u64,
     read_buf: BytesMut,
@@ -340,7 +318,7 @@ impl<S: Transport> Multiplexer<S> {
             requests_closed: false,
             shared,
             answers: AnswerBatch::default(),
-            waiting: HashMap::default(),
+            waiting: ById::default(),
             next_id: 0,
             max_id: params.codec.max_request_id().max(1),
             read_buf: buffers::buffer(),
@@ -435,15 +413,9 @@ impl<S: Transport> Multiplexer<S> {
 
     /// An id no request in flight uses; `None` when the protocol's id space is exhausted.
     fn allocate_id(&mut self) -> Option<u64> {
-        if u64::try_from(self.waiting.len()).unwrap_or(u64::MAX) >= self.max_id {
-            return None;
-        }
-        loop {
-            self.next_id = self.next_id % self.max_id + 1;
-            if !self.waiting.contains_key(&self.next_id) {
-                return Some(self.next_id);
-            }
-        }
+        let id = self.waiting.free_id(self.next_id, self.max_id)?;
+        self.next_id = id;
+        Some(id)
     }
 
     /// Reads and handles every frame that arrived; `Ready(false)` when the connection is done
@@ -493,7 +465,7 @@ impl<S: Transport> Multiplexer<S> {
         match message.kind {
             // A heartbeat reply answers a health check's probe.
             MessageKind::Response | MessageKind::HeartbeatReply => {
-                match self.waiting.remove(&message.request_id) {
+                match self.waiting.remove(message.request_id) {
                     Some(waiting) if waiting.deadline > now => {
                         waiting.reply.answer_in(&mut self.answers, Ok(message))
                     }
@@ -529,7 +501,7 @@ impl<S: Transport> Multiplexer<S> {
     /// Forgets requests whose callers gave up; their answers, if they come, are unmatched.
     fn sweep(&mut self) {
         let now = Instant::now();
-        self.waiting.retain(|_, waiting| {
+        self.waiting.retain(|waiting| {
             let keep = waiting.deadline > now && !waiting.reply.is_abandoned();
             if !keep {
                 waiting.reply.disarm();
@@ -571,7 +543,7 @@ impl<S: Transport> Multiplexer<S> {
     /// Answers everything in flight and queued: the connection is gone.
     fn fail_all(&mut self) {
         let flushed = self.flushed;
-        for (_, waiting) in self.waiting.drain() {
+        for waiting in self.waiting.drain() {
             let sent = waiting.starts_at < flushed;
             waiting.reply.answer(Err(UpstreamError::Reset { sent }));
         }

@@ -18,6 +18,7 @@
 //! Health checks probe over a [`ProbeConnection`] of their own.
 
 mod backoff;
+mod by_id;
 mod connection;
 mod error;
 mod outbound;
