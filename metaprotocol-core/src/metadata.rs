@@ -174,8 +174,9 @@ pub struct Metadata {
     /// The frame that spans point into.
     source: Bytes,
     entries: SmallVec<[(Span, Span); INLINE_ENTRIES]>,
-    /// Constants other than the [`INDEXED_KEYS`] as keys, which come first in the static table
-    /// (see `Metadata::static_str`) and are never stored.
+    /// Constants kept by reference: the static table's entries after the [`INDEXED_KEYS`] (see
+    /// `Metadata::static_str`). An indexed key inserted as a constant is its entry of the table,
+    /// not kept here.
     statics: SmallVec<[&'static str; INLINE_STATICS]>,
     /// Strings that are not slices of the source: rare, so a `ThinVec`, which an empty
     /// metadata (every message the engine recycles) drops with a pointer compare.
@@ -257,13 +258,18 @@ impl Metadata {
         let Some(value) = self.store(value) else {
             return false;
         };
-        let (key, slot) = match key {
-            // What decoders insert most: a well-known key as a constant, which is its own
-            // entry of the static table.
-            MetadataStr::Static(s) if let Some(slot) = indexed_slot(s.as_bytes()) => {
-                (Span::indexed(STATIC, slot, s.len()), Some(slot))
-            }
-            key => {
+        // What decoders insert most: a well-known key as a constant, which is its own entry
+        // of the static table.
+        let constant_slot = match &key {
+            MetadataStr::Static(s) => indexed_slot(s.as_bytes()),
+            _ => None,
+        };
+        let (key, slot) = match constant_slot {
+            Some(slot) => (
+                Span::indexed(STATIC, slot, INDEXED_KEYS[slot].len()),
+                Some(slot),
+            ),
+            None => {
                 let Some(key) = self.store(key) else {
                     return false;
                 };
