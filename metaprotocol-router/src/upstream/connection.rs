@@ -411,7 +411,8 @@ impl<S: Transport> Multiplexer<S> {
         }
     }
 
-    /// An id no request in flight uses; `None` when the protocol's id space is exhausted.
+    /// An id no request in flight uses, whose slot in the table of those waiting is free;
+    /// `None` when the protocol's id space is exhausted.
     fn allocate_id(&mut self) -> Option<u64> {
         let id = self.waiting.free_id(self.next_id, self.max_id)?;
         self.next_id = id;
@@ -498,7 +499,8 @@ impl<S: Transport> Multiplexer<S> {
         }
     }
 
-    /// Forgets requests whose callers gave up; their answers, if they come, are unmatched.
+    /// Forgets requests whose callers gave up; their answers, if they come, are unmatched. With
+    /// none left waiting, the table of them gives its memory back.
     fn sweep(&mut self) {
         let now = Instant::now();
         self.waiting.retain(|waiting| {
@@ -508,6 +510,7 @@ impl<S: Transport> Multiplexer<S> {
             }
             keep
         });
+        self.waiting.release_if_empty();
     }
 
     /// True when the connection has carried nothing for its idle timeout (as of this sweep).
