@@ -147,6 +147,17 @@ mod tests {
         Some(id)
     }
 
+    /// A table holding `count` values, 0 up, under the ids given out after `after`; and the
+    /// last of those ids.
+    fn filled(after: u64, max_id: u64, count: u32) -> (ById<u32>, u64) {
+        let mut table = ById::default();
+        let mut last = after;
+        for value in 0..count {
+            last = add(&mut table, last, max_id, value).unwrap_or_default();
+        }
+        (table, last)
+    }
+
     #[test]
     fn ids_count_up_and_skip_those_whose_slot_is_taken() {
         let mut table = ById::default();
@@ -167,11 +178,7 @@ mod tests {
 
     #[test]
     fn a_small_id_space_wraps_and_runs_out() {
-        let mut table = ById::default();
-        let mut last = 0;
-        for value in 0..3 {
-            last = add(&mut table, last, 3, value).unwrap_or_default();
-        }
+        let (mut table, last) = filled(0, 3, 3);
         assert_eq!((last, table.len()), (3, 3));
         assert_eq!(table.free_id(last, 3), None, "every id is waiting");
         assert_eq!(table.remove(2), Some(1));
@@ -180,28 +187,18 @@ mod tests {
 
     #[test]
     fn growing_keeps_every_value_where_its_id_finds_it() {
-        let mut table = ById::default();
-        let mut last = 1000;
-        let mut held = Vec::new();
-        for value in 0..200 {
-            last = add(&mut table, last, u64::MAX, value).unwrap_or_default();
-            held.push((last, value));
-        }
-        assert_eq!(table.len(), 200);
+        let (mut table, last) = filled(1000, u64::MAX, 200);
+        assert_eq!((last, table.len()), (1200, 200));
         assert!(table.slots.len() <= 512, "{} slots", table.slots.len());
-        for (id, value) in held {
-            assert_eq!(table.remove(id), Some(value));
+        for (value, id) in (1001..=1200).enumerate() {
+            assert_eq!(table.remove(id), u32::try_from(value).ok());
         }
         assert!(table.is_empty());
     }
 
     #[test]
     fn retain_and_drain_take_what_they_say() {
-        let mut table = ById::default();
-        let mut last = 0;
-        for value in 0..10 {
-            last = add(&mut table, last, u64::MAX, value).unwrap_or_default();
-        }
+        let (mut table, _) = filled(0, u64::MAX, 10);
         table.retain(|value| *value % 2 == 0);
         assert_eq!(table.len(), 5);
         table.release_if_empty();
