@@ -161,6 +161,20 @@ async fn wait_for(what: &str, within: Duration, ready: impl Fn() -> bool) -> Tes
     Ok(())
 }
 
+/// Starts a provider on a loopback port below the range the kernel hands out for port 0
+/// (32768 up, by default): once it is killed, no provider that another test starts meanwhile
+/// can be given its port, and answer its health checks and calls in its place.
+async fn start_outside_ephemeral_ports(name: &str) -> TestResult<DemoProvider> {
+    let first = 20_000 + u16::try_from(std::process::id() % 5_000)?;
+    for port in (first..).take(2_000) {
+        let address = SocketAddr::from(([127, 0, 0, 1], port));
+        if let Ok(provider) = DemoProvider::start_at(name, address, Duration::from_secs(5)).await {
+            return Ok(provider);
+        }
+    }
+    Err("no free loopback port below the ephemeral range".into())
+}
+
 /// The fault test: three providers under steady load from 24 client connections; one is killed.
 /// Every call gets an answer (a reply or the proxy's error reply), none hangs; once the health
 /// checks have seen it dead the killed endpoint gets nothing and no call fails; when it comes
@@ -168,7 +182,7 @@ async fn wait_for(what: &str, within: Duration, ready: impl Fn() -> bool) -> Tes
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_provider_is_detected_avoided_and_used_again_when_back() -> TestResult {
     let a = DemoProvider::start("a").await?;
-    let b = DemoProvider::start("b").await?;
+    let b = start_outside_ephemeral_ports("b").await?;
     let c = DemoProvider::start("c").await?;
     let b_address = b.address();
     let (proxy, address) = start(&config(
