@@ -248,38 +248,59 @@ impl Metadata {
     /// [`MAX_METADATA_ENTRIES`], or an earlier insert was refused for that reason. Refusing
     /// every insert after the first refusal keeps a decoder that meets a flood of entries
     /// linear: it costs each of them a check, not a search.
+    #[inline]
     pub fn insert(&mut self, key: impl Into<MetadataStr>, value: impl Into<MetadataStr>) -> bool {
+        let key = key.into();
+        // What decoders insert most: a well-known key as a constant, which is its own entry of
+        // the static table. Told apart here, inlined where the constant is known, the slot is
+        // the compiler's work, not the call's.
+        let constant_slot = match &key {
+            MetadataStr::Static(s) => indexed_slot(s.as_bytes()),
+            _ => None,
+        };
+        match constant_slot {
+            Some(slot) => self.insert_at_slot(slot, value.into()),
+            None => self.insert_key(key, value.into()),
+        }
+    }
+
+    /// [`Metadata::insert`] of the indexed key in `slot` of [`INDEXED_KEYS`], as a constant.
+    fn insert_at_slot(&mut self, slot: usize, value: MetadataStr) -> bool {
         if self.overflowed {
             return false;
         }
-        let (key, value) = (key.into(), value.into());
+        let Some(value) = self.store(value) else {
+            return false;
+        };
+        let key = Span::indexed(STATIC, slot, INDEXED_KEYS[slot].len());
+        self.set(key, Some(slot), 0, value)
+    }
+
+    /// [`Metadata::insert`] of any key but an indexed one as a constant.
+    fn insert_key(&mut self, key: MetadataStr, value: MetadataStr) -> bool {
+        if self.overflowed {
+            return false;
+        }
         // The value first: it is the one that may be refused (a range that is not text), and a
         // refusal after the key was kept would leave the key in its table for nothing.
         let Some(value) = self.store(value) else {
             return false;
         };
-        // What decoders insert most: a well-known key as a constant, which is its own entry
-        // of the static table.
-        let constant_slot = match &key {
-            MetadataStr::Static(s) => indexed_slot(s.as_bytes()),
-            _ => None,
+        let Some(key) = self.store(key) else {
+            return false;
         };
-        let (key, slot) = match constant_slot {
-            Some(slot) => (
-                Span::indexed(STATIC, slot, INDEXED_KEYS[slot].len()),
-                Some(slot),
-            ),
-            None => {
-                let Some(key) = self.store(key) else {
-                    return false;
-                };
-                (key, indexed_slot(self.bytes(key)))
-            }
+        let bytes = self.bytes(key);
+        let (slot, bit) = match indexed_slot(bytes) {
+            Some(slot) => (Some(slot), 0),
+            None => (None, key_bit(bytes)),
         };
-        let bit = match slot {
-            Some(_) => 0,
-            None => key_bit(self.bytes(key)),
-        };
+        self.set(key, slot, bit, value)
+    }
+
+    /// Sets the stored `key` to the stored `value`: `key` is the indexed key in `slot`, or else
+    /// has the [`key_bit`] `bit`.
+    #[inline(always)]
+    fn set(&mut self, key: Span, slot: Option<usize>, bit: u64, value: Span) -> bool {
         let held = match slot {
             Some(slot) => self.indexed_entry(slot),
             None if self.key_bits & bit == 0 => None,
@@ -317,7 +338,7 @@ impl Metadata {
 
     /// Keeps `text` where it takes least (as a span of the source when it lies in it) and
     /// returns where it is; `None` for a source range that is not UTF-8 text of the source.
-    // Inlined into `insert`, its only caller (twice): the text is matched where it was built
+    // Inlined into the inserts, its only callers: the text is matched where it was built
     // rather than passed through memory (with `same_bytes`, Dubbo's request decode went from
     // 5,382 to 5,132 instructions by `decode_cost`).
     #[inline(always)]

@@ -59,6 +59,7 @@ pub(crate) struct Entry<'a> {
 
 impl Entry<'_> {
     /// The entry as metadata, if its key and value are strings representable in UTF-8.
+    #[inline]
     pub(crate) fn text(&self, frame: &Bytes) -> Option<(MetadataStr, MetadataStr)> {
         let key = self.key.as_ref()?.to_metadata(frame)?;
         let value = self.value.as_ref()?.to_metadata(frame)?;
