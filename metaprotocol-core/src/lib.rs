@@ -56,7 +56,9 @@ pub use filter::{
     RequestContext, ResponseContext, Resume,
 };
 pub use message::{FrameLayout, Message, MessageKind, ResponseStatus};
-pub use metadata::{MAX_METADATA_ENTRIES, METADATA_OVERFLOW_REASON, Metadata, MetadataStr, keys};
+pub use metadata::{
+    MAX_METADATA_ENTRIES, METADATA_OVERFLOW_REASON, Metadata, MetadataKey, MetadataStr, keys,
+};
 pub use mutation::Mutation;
 pub use record::{
     ConnectionInfo, Extensions, Outcome, PeerIdentity, RequestRecord, ResponseFlags, RoutingKeys,

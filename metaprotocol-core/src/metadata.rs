@@ -455,16 +455,21 @@ impl Metadata {
         }
     }
 
-    /// The entry whose key is `key`: where the index says for an indexed key, else none,
-    /// without a search, when its bit is clear.
+    /// The entry whose key is `key`.
+    #[inline]
     fn find(&self, key: &[u8]) -> Option<usize> {
-        if let Some(slot) = indexed_slot(key) {
-            return self.indexed_entry(slot);
+        self.find_as(KeyLookup::of(key), key)
+    }
+
+    /// The entry whose key is `key`, told apart by `lookup`: where the index says for an
+    /// indexed key, else none, without a search, when its bit is clear.
+    #[inline]
+    fn find_as(&self, lookup: KeyLookup, key: &[u8]) -> Option<usize> {
+        match lookup {
+            KeyLookup::Indexed(slot) => self.indexed_entry(slot),
+            KeyLookup::Other(bit) if self.key_bits & bit == 0 => None,
+            KeyLookup::Other(_) => self.search(key),
         }
-        if self.key_bits & key_bit(key) == 0 {
-            return None;
-        }
-        self.search(key)
     }
 
     /// The entry whose key is `key` (not an indexed key), by a scan. Most keys differ in
@@ -487,9 +492,16 @@ impl Metadata {
     }
 
     /// The bytes of the value of `key` (UTF-8, not checked again), if present: what matching
-    /// and hashing read.
+    /// and hashing read. Inlined, so that a constant key is told apart where it is known.
+    #[inline]
     pub fn value_bytes(&self, key: &str) -> Option<&[u8]> {
         let index = self.find(key.as_bytes())?;
+        Some(self.bytes(self.entries[index].1))
+    }
+
+    /// [`Metadata::value_bytes`] of a key resolved beforehand.
+    pub fn value_bytes_of(&self, key: &MetadataKey) -> Option<&[u8]> {
+        let index = self.find_as(key.lookup, key.name.as_bytes())?;
         Some(self.bytes(self.entries[index].1))
     }
 
@@ -535,6 +547,49 @@ impl Metadata {
     /// True if there are no entries.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+/// A metadata key resolved once for many lookups (a route's condition, a hash policy's key):
+/// which of the well-known keys it is, or else its bit of a metadata's summary of keys, so that
+/// a lookup skips telling it apart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetadataKey {
+    name: Box<str>,
+    lookup: KeyLookup,
+}
+
+impl MetadataKey {
+    /// The key `name`, resolved.
+    pub fn new(name: &str) -> Self {
+        Self {
+            lookup: KeyLookup::of(name.as_bytes()),
+            name: name.into(),
+        }
+    }
+
+    /// The key's name.
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
+}
+
+/// How a key is found: through the index of the well-known keys, or by its bit and a search.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KeyLookup {
+    /// The [`INDEXED_KEYS`] entry in this slot.
+    Indexed(usize),
+    /// Any other key, with this [`key_bit`].
+    Other(u64),
+}
+
+impl KeyLookup {
+    #[inline]
+    fn of(key: &[u8]) -> Self {
+        match indexed_slot(key) {
+            Some(slot) => Self::Indexed(slot),
+            None => Self::Other(key_bit(key)),
+        }
     }
 }
 
@@ -661,6 +716,33 @@ mod tests {
         assert!(!m.contains("a"));
         assert_eq!(m.get_shared("b").as_ref().map(ByteStr::as_str), Some("2"));
         assert_eq!(m.iter().collect::<Vec<_>>(), [("b", "2")]);
+    }
+
+    #[test]
+    fn a_resolved_key_finds_what_its_name_finds() {
+        let frame = Bytes::from_static(b"xtenant:t1");
+        let mut m = Metadata::over(frame.clone());
+        m.insert(keys::METHOD, "echo");
+        m.insert(ByteStr::from("service".to_owned()), "svc");
+        m.insert(MetadataStr::Source(1..7), MetadataStr::Source(8..10));
+        m.insert("timeout", "3000");
+        for name in [
+            "method", "service", "version", "tenant", "timeout", "path", "", "tenanT",
+        ] {
+            let key = MetadataKey::new(name);
+            assert_eq!(key.as_str(), name);
+            assert_eq!(m.value_bytes_of(&key), m.value_bytes(name), "{name}");
+        }
+        assert_eq!(
+            m.value_bytes_of(&MetadataKey::new("tenant")),
+            Some(&b"t1"[..])
+        );
+        m.remove("tenant");
+        assert_eq!(m.value_bytes_of(&MetadataKey::new("tenant")), None);
+        assert_eq!(
+            m.value_bytes_of(&MetadataKey::new("timeout")),
+            Some(&b"3000"[..])
+        );
     }
 
     #[test]

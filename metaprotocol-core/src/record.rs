@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use thin_vec::ThinVec;
 
-use crate::{ByteStr, LocalReplyKind, Metadata, ResponseStatus};
+use crate::{ByteStr, LocalReplyKind, Metadata, MetadataKey, ResponseStatus};
 
 /// The verified identity of a TLS peer: every subject alternative name and the subject.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -380,6 +380,14 @@ impl<'a> RoutingView<'a> {
         match self.keys.get(key) {
             Some(value) => Some(value.as_bytes()),
             None => self.metadata.value_bytes(key),
+        }
+    }
+
+    /// [`RoutingView::get_bytes`] of a key resolved beforehand (a route's condition).
+    pub fn get_bytes_of(&self, key: &MetadataKey) -> Option<&'a [u8]> {
+        match self.keys.get(key.as_str()) {
+            Some(value) => Some(value.as_bytes()),
+            None => self.metadata.value_bytes_of(key),
         }
     }
 

@@ -69,6 +69,7 @@ mod filters;
 mod health;
 mod lb;
 mod proxy;
+mod published;
 mod route;
 mod router;
 mod server;

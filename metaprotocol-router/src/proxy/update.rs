@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use arc_swap::ArcSwap;
 use metaprotocol_core::CodecFactory;
 use tokio::net::TcpListener;
 
@@ -22,6 +21,7 @@ use super::{ProxyState, ReloadSummary, UpdateError};
 use crate::cluster::dns::{self, SystemResolver};
 use crate::cluster::{ClusterHandle, ClusterManager, Resolved};
 use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec, LocalitySpec};
+use crate::published::Published;
 use crate::route::{RouteCheck, RouteSlot, RouteTable};
 use crate::server::ListenerContext;
 
@@ -378,7 +378,7 @@ impl ProxyState {
                     plan.new_slots.insert(
                         spec.name.clone(),
                         Arc::new(RouteSlot {
-                            table: ArcSwap::from_pointee(table),
+                            table: Published::new(Arc::new(table)),
                         }),
                     );
                 }

@@ -8,22 +8,22 @@
 //! filters first, then the request's metadata). A request carrying none of the keys has no
 //! hash key (its cluster picks at random, by weight). Computing it does not allocate.
 
-use metaprotocol_core::RoutingView;
+use metaprotocol_core::{MetadataKey, RoutingView};
 use xxhash_rust::xxh64::Xxh64;
 
 /// The keys of one route's hash policy, sorted and without duplicates.
 #[derive(Debug, Default)]
 pub(crate) struct HashPolicy {
-    keys: Box<[Box<str>]>,
+    keys: Box<[MetadataKey]>,
 }
 
 impl HashPolicy {
     pub fn new(keys: &[String]) -> Self {
-        let mut keys: Vec<Box<str>> = keys.iter().map(|k| k.as_str().into()).collect();
-        keys.sort_unstable();
-        keys.dedup();
+        let mut names: Vec<&str> = keys.iter().map(String::as_str).collect();
+        names.sort_unstable();
+        names.dedup();
         Self {
-            keys: keys.into_boxed_slice(),
+            keys: names.into_iter().map(MetadataKey::new).collect(),
         }
     }
 
@@ -33,8 +33,9 @@ impl HashPolicy {
         let mut hasher = Xxh64::new(0);
         let mut found = false;
         for key in &*self.keys {
-            if let Some(value) = request.get_bytes(key) {
+            if let Some(value) = request.get_bytes_of(key) {
                 found = true;
+                let key = key.as_str();
                 // Lengths keep ("ab", "c") and ("a", "bc") apart.
                 hasher.update(&(key.len() as u64).to_le_bytes());
                 hasher.update(key.as_bytes());

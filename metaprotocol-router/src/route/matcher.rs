@@ -1,7 +1,7 @@
 //! Conditions on a request: its metadata ([`MetadataMatcher`]) and, through
 //! [`RequestMatcher`], who sent it.
 
-use metaprotocol_core::{ConnectionInfo, RoutingView};
+use metaprotocol_core::{ConnectionInfo, MetadataKey, RoutingView};
 use regex::bytes::Regex;
 
 use super::peer::{IpRange, PrincipalMatcher};
@@ -69,7 +69,7 @@ enum ValueTest {
 /// One compiled condition on a metadata key. Matching reads the value in place: no allocation.
 #[derive(Debug, Clone)]
 pub(crate) struct MetadataMatcher {
-    key: Box<str>,
+    key: MetadataKey,
     test: ValueTest,
     invert: bool,
 }
@@ -102,7 +102,7 @@ impl MetadataMatcher {
             ));
         };
         Ok(Self {
-            key: spec.key.as_str().into(),
+            key: MetadataKey::new(&spec.key),
             test,
             invert: spec.invert,
         })
@@ -111,7 +111,7 @@ impl MetadataMatcher {
     /// True if the request (its metadata, overridden by filters' routing keys) satisfies this
     /// condition.
     pub fn matches(&self, request: &RoutingView<'_>) -> bool {
-        let value = request.get_bytes(&self.key);
+        let value = request.get_bytes_of(&self.key);
         let hit = match (&self.test, value) {
             (ValueTest::Present(want), value) => value.is_some() == *want,
             (_, None) => false,

@@ -14,7 +14,6 @@ mod template;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use metaprotocol_core::{ConnectionInfo, LocalReply, RoutingView};
 
 pub use self::check::{RouteCheck, RouteDestination, RouteMatch, UnknownListener};
@@ -24,6 +23,7 @@ pub(crate) use self::peer::{IpRange, PrincipalMatcher};
 pub(crate) use self::template::{Context as TemplateContext, RouteMutation, Template};
 use crate::cluster::{ClusterHandle, ClusterManager, SubsetId};
 use crate::config::{ConfigError, RouteConfigSpec, RouteSpec};
+use crate::published::Published;
 use crate::router::{MirrorPolicy, RetryPolicy};
 use crate::stats::{MetricsScope, RouteStats};
 
@@ -183,10 +183,10 @@ impl RouteTable {
     }
 }
 
-/// A route config's live table.
+/// A route config's live table: read through each connection's cache.
 #[derive(Debug)]
 pub(crate) struct RouteSlot {
-    pub table: ArcSwap<RouteTable>,
+    pub table: Published<RouteTable>,
 }
 
 /// Compiles one route; its series live in the scope `scope` makes for its name.

@@ -28,7 +28,8 @@ use tokio::time::Instant;
 
 use super::timers::{TimerId, Timers};
 use super::{ListenerContext, complete, load};
-use crate::route::DEFAULT_ROUTE_TIMEOUT;
+use crate::published::Cached;
+use crate::route::{DEFAULT_ROUTE_TIMEOUT, RouteTable};
 use crate::router::{self, Matched, Next, Routed, Unrouted};
 use crate::trace::RequestSpan;
 use crate::transport::outbox::Outbox;
@@ -150,6 +151,9 @@ pub(crate) struct Requests {
     spare: Vec<Arc<Message>>,
     /// Its requests in flight as the proxy-wide load last counted them ([`Requests::move_load`]).
     moved: usize,
+    /// The listener's route table as of its last request; made on the first request, dropped
+    /// when trimmed (an idle connection does not keep a replaced table alive).
+    routes: Option<Cached<RouteTable>>,
 }
 
 impl Drop for Requests {
@@ -176,6 +180,7 @@ impl Requests {
             waits: None,
             spare: Vec::new(),
             moved: 0,
+            routes: None,
         }
     }
 
@@ -195,6 +200,7 @@ impl Requests {
             self.timers = None;
             self.waits = None;
             self.spare = Vec::new();
+            self.routes = None;
         }
     }
 
@@ -220,6 +226,13 @@ impl Requests {
             finished.reset(MessageKind::Request, 0, Bytes::new());
             self.spare.push(message);
         }
+    }
+
+    /// The listener's route table: the connection's copy, unless an update replaced it.
+    fn route_table(&mut self) -> Arc<RouteTable> {
+        let published = &self.ctx.routes.table;
+        let cached = self.routes.get_or_insert_with(|| published.cached());
+        Arc::clone(cached.get(published))
     }
 
     fn inbox(&mut self) -> Inbox {
@@ -521,7 +534,7 @@ impl Requests {
     }
 
     fn route(&mut self, key: RequestKey, out: &mut Outbox, now: Instant) {
-        let table = self.ctx.routes.table.load_full();
+        let table = self.route_table();
         let Some(inflight) = self.get(key) else {
             return;
         };
