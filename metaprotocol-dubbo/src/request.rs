@@ -114,7 +114,9 @@ pub(crate) fn reader_at_attachments(frame: &[u8]) -> Result<(Reader<'_>, Skipper
 }
 
 /// Reads the call fields and skips the arguments of a request `frame`.
-#[inline]
+// Inlined into the decoder, what it returns (about 270 bytes) is not copied out (3,845 -> 3,800
+// instructions a request by `decode_cost`).
+#[inline(always)]
 fn read_call(frame: &[u8]) -> Result<(CallFields<'_>, Reader<'_>, Skipper), CodecError> {
     let mut reader = Reader::new(frame, HEADER_LEN);
     let fields = CallFields::read(&mut reader)?;

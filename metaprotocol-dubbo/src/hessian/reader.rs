@@ -35,6 +35,8 @@ impl StringData<'_> {
 
     /// The string as metadata: where it lies in `frame` when it is ASCII there (no reference
     /// to the frame taken), else as [`StringData::to_byte_str`] makes it.
+    // Inlined, the string is built where the metadata's insert reads it (3,564 -> 3,381).
+    #[inline(always)]
     pub(crate) fn to_metadata(&self, frame: &Bytes) -> Option<MetadataStr> {
         match self {
             Self::Ascii(text) if text.as_bytes().is_empty() => Some(MetadataStr::Static("")),
@@ -205,7 +207,10 @@ impl<'a> Reader<'a> {
     }
 
     /// Consumes one string chunk whose tag was `tag`.
-    #[inline]
+    // Inlined into each string read: out of line, the call, its saved registers and the chunk
+    // returned through memory were a third of its cost (Dubbo's request decode 3,800 -> 3,564
+    // instructions by `decode_cost`).
+    #[inline(always)]
     fn string_chunk(&mut self, tag: u8) -> Result<Chunk<'a>, CodecError> {
         let (units, last) = match tag {
             0x00..=0x1f => (usize::from(tag), true),
