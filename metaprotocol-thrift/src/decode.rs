@@ -22,6 +22,7 @@ use metaprotocol_core::{
 
 use crate::format::{Protocol, ThriftFormat, Transport};
 use crate::layout::Layout;
+use crate::protocol::binary;
 use crate::protocol::walk::Walk;
 use crate::protocol::{self, Checkpoint, MessageHeader, MessageType, ValueType};
 use crate::theader::{self, InfoHeaders};
@@ -223,6 +224,14 @@ fn check_arguments(
     frame: &[u8],
     body_start: usize,
 ) -> Result<(), &'static str> {
+    // Scalar arguments, those of nearly every call, end where a pass over their field headers
+    // says (a third of the instructions of a decode, walked); the walk reads any other struct,
+    // and tells what is wrong with a malformed one.
+    if protocol == Protocol::Binary
+        && binary::flat_struct_end(frame, body_start) == Some(frame.len())
+    {
+        return Ok(());
+    }
     let mut at = Checkpoint::at(body_start);
     let walk = &mut Walk::of(ValueType::Struct);
     match protocol::skip(protocol, walk, frame, usize::MAX, &mut at) {

@@ -353,6 +353,69 @@ mod tests {
         Ok(())
     }
 
+    /// A struct of scalar fields, each a type code and the bytes of its value.
+    fn flat_struct(fields: &[(u8, Vec<u8>)]) -> BytesMut {
+        let mut b = BytesMut::new();
+        for (id, (code, value)) in fields.iter().enumerate() {
+            b.put_u8(*code);
+            b.put_i16(id as i16);
+            b.extend_from_slice(value);
+        }
+        b.put_u8(0);
+        b
+    }
+
+    /// A scalar's type code and a value of it (a binary of `len` bytes).
+    fn scalar() -> impl proptest::strategy::Strategy<Value = (u8, Vec<u8>)> {
+        use proptest::prelude::*;
+        (0usize..9, 0usize..40).prop_map(|(kind, len)| match kind {
+            0 => (2, vec![1]),
+            1 => (3, vec![0xfe]),
+            2 => (6, vec![0; 2]),
+            3 => (8, vec![0; 4]),
+            4 => (10, vec![0; 8]),
+            5 => (4, vec![0; 8]),
+            6 => (16, vec![7; 16]),
+            _ => {
+                let mut value = (len as u32).to_be_bytes().to_vec();
+                value.extend(std::iter::repeat_n(b'x', len));
+                (11, value)
+            }
+        })
+    }
+
+    proptest::proptest! {
+        /// The pass over a struct of scalars ends where the walk does, and a struct cut short
+        /// or with bytes changed ends nowhere the walk does not.
+        #[test]
+        fn a_flat_struct_ends_where_the_walk_ends(
+            fields in proptest::collection::vec(scalar(), 0..8),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+            flip in proptest::prelude::any::<(proptest::sample::Index, u8)>(),
+        ) {
+            let whole = flat_struct(&fields);
+            proptest::prop_assert_eq!(binary::flat_struct_end(&whole, 0), Some(whole.len()));
+            proptest::prop_assert_eq!(end_of_struct(Protocol::Binary, &whole), Ok(whole.len()));
+            let short = &whole[..cut.index(whole.len())];
+            proptest::prop_assert_eq!(binary::flat_struct_end(short, 0), None);
+            let mut changed = whole.to_vec();
+            changed[flip.0.index(whole.len())] ^= flip.1;
+            if let Some(end) = binary::flat_struct_end(&changed, 0) {
+                proptest::prop_assert_eq!(end_of_struct(Protocol::Binary, &changed), Ok(end));
+            }
+        }
+    }
+
+    /// A struct with a nested struct or a container is the walk's.
+    #[test]
+    fn a_struct_that_nests_is_not_flat() {
+        let binary = every_type_binary();
+        assert_eq!(binary::flat_struct_end(&binary, 0), None);
+        let mut list = flat_struct(&[(8, vec![0; 4])]);
+        list[7] = 15;
+        assert_eq!(binary::flat_struct_end(&list, 0), None);
+    }
+
     #[test]
     fn transcoding_every_type_round_trips() -> Result<(), ReadError> {
         let (binary, compact) = every_type_in_both()?;
