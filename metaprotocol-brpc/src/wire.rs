@@ -93,6 +93,10 @@ impl<'a> FieldReader<'a> {
         }
     }
 
+    // Inlined into each walk over fields: out of line, the call and the field it returned
+    // through memory cost as much as the reading (request decode 1,316 -> 1,133 instructions,
+    // response 737 -> 625, by `decode_cost`).
+    #[inline(always)]
     fn read_field(&mut self) -> Result<Field, CodecError> {
         let start = self.pos;
         let tag = read_varint(self.buf, &mut self.pos)?;
