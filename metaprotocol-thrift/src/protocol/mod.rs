@@ -144,6 +144,9 @@ pub(crate) trait ValueWriter {
 }
 
 /// Reads the message header at the cursor.
+// Inlined into the decoder, the header is not returned through memory (request decode 733 ->
+// 715 instructions, response 606 -> 584, by `decode_cost`).
+#[inline(always)]
 pub(crate) fn read_message_header(
     protocol: Protocol,
     cursor: &mut Cursor<'_>,
