@@ -814,7 +814,16 @@ async fn route_metrics_follow_the_published_table() -> TestResult {
     let series = |route: &str| {
         format!("metaprotocol_route_rq_total{{route_config=\"r\",route=\"{route}\"}}")
     };
-    assert!(world.proxy.metrics().render().contains(&series("old")));
+    // A call first: the client's connection has read the table it routes by, and must see
+    // the update at its next call.
+    world.client.call("sayHello", "a", &[]).await?;
+    assert!(
+        world
+            .proxy
+            .metrics()
+            .render()
+            .contains(&format!("{} 1", series("old")))
+    );
 
     let rejected = metaprotocol_router::config::RouteConfigSpec::from_yaml(
         "name: r\nroutes:\n  - { name: fine, route: { cluster: demo } }\n  - { name: broken, route: { cluster: ghost } }\n",

@@ -152,7 +152,7 @@ pub(crate) struct Requests {
     /// Its requests in flight as the proxy-wide load last counted them ([`Requests::move_load`]).
     moved: usize,
     /// The listener's route table as of its last request; made on the first request, dropped
-    /// when trimmed (an idle connection does not keep a replaced table alive).
+    /// when trimmed (an idle connection does not keep a replaced table alive for long).
     routes: Option<Cached<RouteTable>>,
 }
 
