@@ -273,7 +273,7 @@ impl Metadata {
             return false;
         };
         let key = Span::indexed(STATIC, slot, INDEXED_KEYS[slot].len());
-        self.set(key, Some(slot), 0, value)
+        self.set(key, KeyLookup::Indexed(slot), value)
     }
 
     /// [`Metadata::insert`] of any key but an indexed one as a constant.
@@ -289,22 +289,18 @@ impl Metadata {
         let Some(key) = self.store(key) else {
             return false;
         };
-        let bytes = self.bytes(key);
-        let (slot, bit) = match indexed_slot(bytes) {
-            Some(slot) => (Some(slot), 0),
-            None => (None, key_bit(bytes)),
-        };
-        self.set(key, slot, bit, value)
+        let lookup = KeyLookup::of(self.bytes(key));
+        self.set(key, lookup, value)
     }
 
-    /// Sets the stored `key` to the stored `value`: `key` is the indexed key in `slot`, or else
-    /// has the [`key_bit`] `bit`.
+    /// Sets the stored `key`, found as `lookup` says, to the stored `value`.
     #[inline(always)]
-    fn set(&mut self, key: Span, slot: Option<usize>, bit: u64, value: Span) -> bool {
-        let held = match slot {
-            Some(slot) => self.indexed_entry(slot),
-            None if self.key_bits & bit == 0 => None,
-            None => self.search(self.bytes(key)),
+    fn set(&mut self, key: Span, lookup: KeyLookup, value: Span) -> bool {
+        // As `find_as`, but the key's bytes are fetched only for a search.
+        let held = match lookup {
+            KeyLookup::Indexed(slot) => self.indexed_entry(slot),
+            KeyLookup::Other(bit) if self.key_bits & bit == 0 => None,
+            KeyLookup::Other(_) => self.search(self.bytes(key)),
         };
         match held {
             Some(index) => self.entries[index].1 = value,
@@ -313,10 +309,12 @@ impl Metadata {
                 return false;
             }
             None => {
-                match slot {
+                match lookup {
                     // Below `MAX_METADATA_ENTRIES`, which fits a `u16` (asserted above).
-                    Some(slot) => self.indexed[slot] = self.entries.len() as u16 + 1,
-                    None => self.key_bits |= bit,
+                    KeyLookup::Indexed(slot) => {
+                        self.indexed[slot] = self.entries.len() as u16 + 1;
+                    }
+                    KeyLookup::Other(bit) => self.key_bits |= bit,
                 }
                 self.entries.push((key, value));
             }

@@ -103,7 +103,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cache_of_another_thread_sees_every_replacement() {
+    fn a_cache_of_another_thread_never_goes_back_and_reaches_the_last_replacement() {
         let published = Arc::new(Published::new(Arc::new(0u64)));
         let reader = {
             let published = Arc::clone(&published);
