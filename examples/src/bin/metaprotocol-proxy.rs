@@ -62,9 +62,10 @@ enum Command {
         #[arg(long, value_parser = worker_count)]
         workers: Option<usize>,
         /// The longest a worker whose clients pipeline requests waits before polling its
-        /// sockets, to gather more requests and answers per system call (default 50us; `0s`
+        /// sockets, to gather more requests and answers per system call (default 200us; `0s`
         /// never waits). It waits a tenth of the clients' round trip, and not at all for clients
-        /// whose calls go round in under 400us or that wait for each answer before the next.
+        /// whose calls go round in under 400us or that wait for each answer before the next, nor
+        /// while busy processes share its core.
         #[arg(long)]
         linger: Option<humantime::Duration>,
         /// How long a worker about to sleep until its sockets have news first looks at them

@@ -258,8 +258,10 @@ impl ProxyBuilder {
     /// two to 31 requests on average: a client that waits for each answer before it sends the
     /// next request is never delayed. Nor are clients whose calls go round in under 400 µs
     /// (the calls they have in flight over the rate they arrive at; a few calls in flight a
-    /// connection on a fast network), whom a wait costs more calls a second than it wins;
-    /// otherwise a worker waits a tenth of the round trip, up to `longest`.
+    /// connection on a fast network), whom a wait costs more calls a second than it wins; nor
+    /// does a worker wait while busy processes share its core (it waited to run a tenth of the
+    /// time or more), which would sit idle while they wait on it. Otherwise a worker waits a
+    /// tenth of the round trip, up to `longest`.
     pub fn linger(mut self, longest: Duration) -> Self {
         self.linger = longest;
         self

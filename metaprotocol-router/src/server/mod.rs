@@ -8,6 +8,8 @@ mod connection;
 pub(crate) mod linger;
 mod load;
 mod request;
+#[cfg(target_os = "linux")]
+mod run_delay;
 mod timers;
 pub(crate) mod workers;
 
