@@ -22,7 +22,7 @@ usage: benches/compare.sh [--quick] [options]
                      (default: 1)
   --lingers "..."    the proxy's linger (`metaprotocol-proxy run --linger`), one target per
                      value: metaprotocol at the first, metaprotocol-lD at each other D, in
-                     the same interleaved rounds (default: "50us", the proxy's own default)
+                     the same interleaved rounds (default: "200us", the proxy's own default)
   --pgo              also measure the proxy built with profile-guided optimisation and laid out
                      by BOLT (scripts/build-pgo.sh; about 17 minutes of builds): targets
                      metaprotocol-pgo, metaprotocol-pgo-Nw
@@ -49,7 +49,7 @@ protocols="dubbo thrift brpc"
 cases="8x64:32 8x64:1024 1x1:32 1x1:1024"
 layouts="a b"
 workers="1"
-lingers="50us"
+lingers="200us"
 relays=""
 builds="release"
 baseline=""
