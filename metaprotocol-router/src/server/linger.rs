@@ -349,6 +349,41 @@ mod tests {
         assert!(!Linger::new(Duration::ZERO, Counter::default(), Counter::default()).before_park());
     }
 
+    /// Parks until the worker next looks at its window (every [`PARKS_PER_LOOK`]th park):
+    /// whether it lingered then.
+    fn park_until_a_look(linger: &Linger) -> bool {
+        (0..PARKS_PER_LOOK).fold(false, |_, _| linger.before_park())
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_worker_that_waits_for_its_core_does_not_linger() -> Result<(), &'static str> {
+        if super::RunDelay::of_this_thread().is_none() {
+            return Ok(());
+        }
+        let linger = Linger::new(LONGEST, Counter::default(), Counter::default());
+        linger.prepare_thread();
+        let mut connection = ConnectionActivity::default();
+        park_until_a_look(&linger);
+        // A window of pipelined calls (3 a read, 100 in flight: a round trip of 667 us): the
+        // worker lingers.
+        for _ in 0..50 {
+            connection.read(3, 100);
+        }
+        std::thread::sleep(WINDOW);
+        assert!(park_until_a_look(&linger), "a pipelined worker lingers");
+        // The same again, while the worker waits for its core half the time.
+        for _ in 0..50 {
+            connection.read(3, 100);
+        }
+        crate::server::run_delay::wait_for_the_core(WINDOW * 10)?;
+        assert!(
+            !park_until_a_look(&linger),
+            "a worker that waits for its core does not linger"
+        );
+        Ok(())
+    }
+
     #[test]
     fn each_window_counts_the_reads_and_the_most_calls_in_flight_in_it() -> Result<(), &'static str>
     {

@@ -64,6 +64,28 @@ fn is_crowded(waited: Duration, over: Duration) -> bool {
     !over.is_zero() && waited >= over / CROWDED_SHARE
 }
 
+/// Spins for `time` on the calling thread, pinned to its core with another thread spinning
+/// there too: one runs at a time, so the caller waits for its core about half of `time` (more on
+/// a busy machine, never less). The caller stays pinned.
+#[cfg(test)]
+pub(crate) fn wait_for_the_core(time: Duration) -> Result<(), &'static str> {
+    let mut one_core = rustix::thread::CpuSet::new();
+    one_core.set(rustix::thread::sched_getcpu());
+    let pin = || rustix::thread::sched_setaffinity(None, &one_core).map_err(|_| "pinned");
+    pin()?;
+    let until = Instant::now() + time;
+    let spin = || {
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+    };
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| pin().map(|()| spin()));
+        spin();
+        other.join().map_err(|_| "the other thread spun")?
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,36 +108,15 @@ mod tests {
     }
 
     #[test]
-    fn a_thread_that_waits_for_its_core_is_crowded() -> rustix::io::Result<()> {
+    fn a_thread_that_waits_for_its_core_is_crowded() -> Result<(), &'static str> {
         let Some(mut delay) = RunDelay::of_this_thread() else {
             return Ok(());
         };
-        // This thread and another pinned to one core, both spinning for 50 ms: one runs at a
-        // time, so each waits about half of it (more on a busy machine, never less).
-        let mut one_core = rustix::thread::CpuSet::new();
-        one_core.set(rustix::thread::sched_getcpu());
-        rustix::thread::sched_setaffinity(None, &one_core)?;
-        let start = Instant::now();
-        assert!(!delay.crowded(start), "a first look has nothing to compare");
-        let until = start + Duration::from_millis(50);
-        let spin = move || {
-            while Instant::now() < until {
-                std::hint::spin_loop();
-            }
-        };
-        let other = std::thread::scope(|scope| {
-            let other = scope.spawn(|| {
-                rustix::thread::sched_setaffinity(None, &one_core)?;
-                spin();
-                Ok::<(), rustix::io::Errno>(())
-            });
-            spin();
-            other.join()
-        });
         assert!(
-            matches!(other, Ok(Ok(()))),
-            "the other thread spun on the core"
+            !delay.crowded(Instant::now()),
+            "a first look has nothing to compare"
         );
+        wait_for_the_core(Duration::from_millis(50))?;
         assert!(delay.crowded(Instant::now()));
         Ok(())
     }
