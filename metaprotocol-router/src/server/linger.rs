@@ -31,7 +31,7 @@
 //! Nor does a worker linger while busy processes share its core: while it sleeps they run, and
 //! once they wait on it (clients for answers, servers for requests) the core sits idle until the
 //! linger ends. They already batch its calls, which gather while they run. In the load benchmark
-//! with everything on one core, a linger of up to 200 us left the core idle 5-8% of the time
+//! with everything on one core, a linger of up to 200 us left the core idle 4-8% of the time
 //! against 1-2% at 50 us, and served that many fewer calls. A worker judges its core crowded when
 //! it waited for it a tenth of the time or more since its last look ([`super::run_delay`]).
 
