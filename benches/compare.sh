@@ -181,9 +181,9 @@ run=0
 
 for layout in $layouts; do
   case $layout in
-    a) proxy_cpu=0 load_cpu=0 ;;
-    b) proxy_cpu=1 load_cpu=0 ;;
-    c) proxy_cpu=0,1 load_cpu=0,1 ;;
+    a) proxy_cpu=0 load_cpu=0 cores_probe=() ;;
+    b) proxy_cpu=1 load_cpu=0 cores_probe=(--cores-probe 0,1) ;;
+    c) proxy_cpu=0,1 load_cpu=0,1 cores_probe=(--cores-probe 0,1) ;;
     *) echo "unknown layout $layout" >&2; exit 2 ;;
   esac
   for protocol in $protocols; do
@@ -251,7 +251,7 @@ EOF
           taskset -c "$load_cpu" "$bin/loadgen" --protocol "$protocol" --target "127.0.0.1:$target_port" \
             --connections "$connections" --outstanding "$outstanding" --payload "$payload" \
             --warmup "$warmup_ms"ms --duration "$duration_ms"ms \
-            --watch "echo=$echo_pid" "${watch[@]}" "${per_write[@]}" "${syscalls[@]}" \
+            --watch "echo=$echo_pid" "${watch[@]}" "${per_write[@]}" "${syscalls[@]}" "${cores_probe[@]}" \
             --label "layout=$layout" --label "target=$target" --label "round=$round" >>"$results"
         done
       done
@@ -276,6 +276,9 @@ table=$out_dir/table-$stamp.md
   fi
   if [ -n "$relays" ]; then
     echo "relay-sleep, relay-spin: the floor relay (bytes copied, nothing parsed) blocking in read, or spinning."
+  fi
+  if [[ " $layouts " == *" b "* || " $layouts " == *" c "* ]]; then
+    echo "cores (layouts b and c): where the host had put the two cores, from a cache line's round trip between them before and after each run (loadgen --cores-probe); near: both under 2.5 times the smallest of the run, far: both over, moved: one of each. Each gets its own rows, read against haproxy's runs on cores as far apart."
   fi
   if [ ${#syscalls[@]} -gt 0 ]; then
     echo "proxy syscalls/call: counted by \`perf stat\` (raw_syscalls:sys_enter) over each window (--syscalls), which costs every system call: CPU per call here is not comparable with runs without it."

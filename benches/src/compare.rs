@@ -3,7 +3,10 @@
 //! payload), each cell listing the targets in the order they first appear, with the medians over
 //! the rounds (peak memory: the largest; errors: the sum). The CPU that others used on the
 //! machine during the runs says how far to trust the row. Runs that counted system calls
-//! (`loadgen --syscalls`) add a column of the proxy's system calls per call.
+//! (`loadgen --syscalls`) add a column of the proxy's system calls per call. Runs that measured
+//! where the host had put the two cores (`loadgen --cores-probe`, see [`crate::cores`]) are told
+//! apart by it: the runs of a case on near cores, on far ones, and on cores the host moved
+//! during the run each get a row, since the same code costs more on far cores.
 
 use std::fmt::Write as _;
 use std::num::NonZeroU64;
@@ -18,6 +21,10 @@ pub const PROXY_PROCESS: &str = "proxy";
 /// The watched process that is the echo server.
 pub const ECHO_PROCESS: &str = "echo";
 
+/// A round trip between the cores this many times the smallest of all the runs' or more is one
+/// between far cores: on the host measured, near cores took 50-111 ns and far ones 320-420.
+const FAR: f64 = 2.5;
+
 /// What identifies a row.
 #[derive(Debug, Clone, PartialEq)]
 struct Case {
@@ -27,10 +34,13 @@ struct Case {
     outstanding: usize,
     payload: usize,
     calls_per_write: Option<NonZeroU64>,
+    placement: Option<Placement>,
 }
 
 impl Case {
-    fn of(report: &Report) -> Self {
+    /// The case of `report`, whose cores' round trips are read against `nearest`, the smallest
+    /// of all the runs'.
+    fn of(report: &Report, nearest: Option<f64>) -> Self {
         Self {
             layout: label(report, "layout").to_owned(),
             protocol: report.protocol,
@@ -38,8 +48,48 @@ impl Case {
             outstanding: report.outstanding,
             payload: report.payload,
             calls_per_write: report.calls_per_write,
+            placement: nearest.and_then(|nearest| Placement::of(report, nearest)),
         }
     }
+}
+
+/// Where the host had the two cores during a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// Both round trips, before and after the run, under [`FAR`] times the nearest.
+    Near,
+    /// Both at or over it.
+    Far,
+    /// One of each: the host moved a core during the run.
+    Moved,
+}
+
+impl Placement {
+    fn of(report: &Report, nearest: f64) -> Option<Self> {
+        let apart = report.cores_apart?;
+        let far = |ns: f64| ns >= FAR * nearest;
+        Some(match (far(apart.before_ns?), far(apart.after_ns?)) {
+            (false, false) => Self::Near,
+            (true, true) => Self::Far,
+            _ => Self::Moved,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Near => "near",
+            Self::Far => "far",
+            Self::Moved => "moved",
+        }
+    }
+}
+
+/// The round trips between the cores measured in `reports`.
+fn round_trips<'a>(reports: impl Iterator<Item = &'a Report>) -> impl Iterator<Item = f64> {
+    reports
+        .filter_map(|r| r.cores_apart)
+        .flat_map(|apart| [apart.before_ns, apart.after_ns])
+        .flatten()
 }
 
 fn label<'a>(report: &'a Report, key: &str) -> &'a str {
@@ -48,10 +98,12 @@ fn label<'a>(report: &'a Report, key: &str) -> &'a str {
 
 /// The markdown table of `reports`.
 pub fn table(reports: &[Report]) -> String {
+    let nearest = round_trips(reports.iter()).reduce(f64::min);
+    let case_of = |report: &Report| Case::of(report, nearest);
     let mut cases: Vec<Case> = Vec::new();
     let mut targets: Vec<&str> = Vec::new();
     for report in reports {
-        let case = Case::of(report);
+        let case = case_of(report);
         if !cases.contains(&case) {
             cases.push(case);
         }
@@ -71,8 +123,14 @@ pub fn table(reports: &[Report]) -> String {
     } else {
         String::new()
     };
+    // The cores' round trips were measured (`loadgen --cores-probe`): a column of them.
+    let cores_head = if nearest.is_some() {
+        " cores: round trip ns |"
+    } else {
+        ""
+    };
     let mut out = format!(
-        "| layout | protocol | conns x outstanding | payload B | rps: {names} | rps / {REFERENCE}: {names} \
+        "| layout | protocol | conns x outstanding | payload B |{cores_head} rps: {names} | rps / {REFERENCE}: {names} \
          | p50 us: {names} | p99 us: {names} | proxy CPU us/call: {names} \
          | proxy CPU / {REFERENCE}: {names} | echo CPU us/call: {names} \
          | proxy peak RSS MiB: {names} | others' CPU %: {names} |{syscalls_head} errors |\n"
@@ -85,7 +143,7 @@ pub fn table(reports: &[Report]) -> String {
         let runs = |target: &str| -> Vec<&Report> {
             reports
                 .iter()
-                .filter(|r| Case::of(r) == *case && label(r, "target") == target)
+                .filter(|r| case_of(r) == *case && label(r, "target") == target)
                 .collect()
         };
         let per_target = |value: &dyn Fn(&[&Report]) -> Option<f64>, digits: usize| {
@@ -105,9 +163,23 @@ pub fn table(reports: &[Report]) -> String {
         };
         let errors: u64 = reports
             .iter()
-            .filter(|r| Case::of(r) == *case)
+            .filter(|r| case_of(r) == *case)
             .map(|r| r.errors)
             .sum();
+        let cores = if nearest.is_some() {
+            let of_case = || round_trips(reports.iter().filter(|r| case_of(r) == *case));
+            let range = of_case()
+                .reduce(f64::min)
+                .zip(of_case().reduce(f64::max))
+                .map_or_else(
+                    || "-".to_owned(),
+                    |(low, high)| format!("{low:.0}-{high:.0}"),
+                );
+            let placement = case.placement.map_or("-", Placement::name);
+            format!(" {placement}, {range} |")
+        } else {
+            String::new()
+        };
         let per_write = case
             .calls_per_write
             .map_or(String::new(), |n| format!(", {n} per write"));
@@ -122,7 +194,7 @@ pub fn table(reports: &[Report]) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} x {}{per_write} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |{syscalls} {errors} |",
+            "| {} | {} | {} x {}{per_write} | {} |{cores} {} | {} | {} | {} | {} | {} | {} | {} | {} |{syscalls} {errors} |",
             case.layout,
             case.protocol,
             case.connections,
@@ -189,6 +261,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::cores::CoresApart;
     use crate::load::Errors;
     use crate::report::Latency;
 
@@ -226,6 +299,7 @@ mod tests {
             latency_us: Latency::default(),
             processes,
             others_cpu_percent: Some(3.0),
+            cores_apart: None,
         }
     }
 
@@ -276,6 +350,44 @@ mod tests {
         let columns = |row: &str| row.matches('|').count();
         assert_eq!(columns(rows[1]), columns(rows[0]), "{table}");
         assert!(rows[2].ends_with("| 2.50 / 0.60 | 0 |"), "{table}");
+    }
+
+    #[test]
+    fn runs_on_near_far_and_moved_cores_get_rows_of_their_own() {
+        let probed = |target: &str, cpu: f64, before_ns: f64, after_ns: f64| {
+            let mut report = report(target, 100.0, Some(cpu));
+            report.cores_apart = Some(CoresApart {
+                before_ns: Some(before_ns),
+                after_ns: Some(after_ns),
+            });
+            report
+        };
+        let reports = [
+            probed("haproxy", 50.0, 60.0, 55.0),
+            probed("metaprotocol", 40.0, 52.0, 70.0),
+            probed("haproxy", 58.0, 340.0, 360.0),
+            probed("metaprotocol", 66.0, 350.0, 330.0),
+            probed("metaprotocol", 55.0, 60.0, 350.0),
+        ];
+        let table = table(&reports);
+        let rows: Vec<&str> = table.lines().collect();
+        assert_eq!(rows.len(), 5, "{table}");
+        assert!(
+            rows[0].contains("| payload B | cores: round trip ns | rps:"),
+            "{table}"
+        );
+        let columns = |row: &str| row.matches('|').count();
+        assert!(
+            rows.iter().all(|row| columns(row) == columns(rows[0])),
+            "{table}"
+        );
+        // Each row's proxy is read against haproxy on cores as far apart.
+        assert!(rows[2].contains("| 32 | near, 52-70 |"), "{table}");
+        assert!(rows[2].contains("| 50.0 / 40.0 | 1.00 / 0.80 |"), "{table}");
+        assert!(rows[3].contains("| 32 | far, 330-360 |"), "{table}");
+        assert!(rows[3].contains("| 58.0 / 66.0 | 1.00 / 1.14 |"), "{table}");
+        assert!(rows[4].contains("| 32 | moved, 60-350 |"), "{table}");
+        assert!(rows[4].contains("| - / 55.0 | - / - |"), "{table}");
     }
 
     #[test]

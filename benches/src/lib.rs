@@ -4,7 +4,8 @@
 //! - [`wire`]: the Dubbo, Thrift (framed binary) and bRPC calls and answers the tools exchange.
 //! - [`load`]: the load generator (`--bin loadgen`): pipelined connections, closed or open loop,
 //!   every answer checked, latency in HdrHistograms; [`report`]: its one-line JSON report;
-//!   [`syscalls`]: the system calls of watched processes, counted by `perf`.
+//!   [`syscalls`]: the system calls of watched processes, counted by `perf`; [`cores`]: how far
+//!   apart the host has put two cores.
 //! - [`echo`]: the echo server (`--bin echo`).
 //! - [`relay`]: the floor relay (`--bin relay`), the cheapest third process a call can pass
 //!   through, to read a proxy's CPU per call against.
@@ -18,6 +19,7 @@ pub mod alloc;
 pub mod codec_bench;
 pub mod collector;
 pub mod compare;
+pub mod cores;
 pub mod echo;
 pub mod in_process;
 pub mod load;

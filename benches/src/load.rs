@@ -21,6 +21,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::cores::{self, CoresApart};
 use crate::report::{Latency, Readings, Report, Watched};
 use crate::syscalls::SyscallCounter;
 use crate::wire::{Answer, Caller, Protocol, WireError};
@@ -468,6 +469,8 @@ pub struct Load {
     pub syscalls: bool,
     /// Copied into the report as they are.
     pub labels: BTreeMap<String, String>,
+    /// Two cores whose round trip (see [`crate::cores`]) is measured before and after the run.
+    pub cores_probe: Option<(usize, usize)>,
 }
 
 /// Runs `load` on the current runtime, one task per connection, and reports.
@@ -476,6 +479,7 @@ pub async fn generate(load: &Load) -> anyhow::Result<Report> {
         load.connections > 0 && load.outstanding > 0,
         "no connections or nothing outstanding"
     );
+    let cores_before = probe_cores(load.cores_probe).await?;
     let mut connections = Vec::with_capacity(load.connections);
     for _ in 0..load.connections {
         connections.push(
@@ -555,6 +559,13 @@ pub async fn generate(load: &Load) -> anyhow::Result<Report> {
     for (process, count) in processes.iter_mut().zip(counts) {
         process.syscalls_per_call = count.and_then(|count| count.per_call(rps));
     }
+    let cores_apart = match load.cores_probe {
+        Some(_) => Some(CoresApart {
+            before_ns: cores_before,
+            after_ns: probe_cores(load.cores_probe).await?,
+        }),
+        None => None,
+    };
     Ok(Report {
         labels: load.labels.clone(),
         protocol: load.protocol,
@@ -573,7 +584,20 @@ pub async fn generate(load: &Load) -> anyhow::Result<Report> {
         latency_us: Latency::of(&tally.latency),
         processes,
         others_cpu_percent,
+        cores_apart,
     })
+}
+
+/// The round trip between `cores`, if asked for and the probe finished; off the runtime's
+/// thread, which it would block.
+async fn probe_cores(cores: Option<(usize, usize)>) -> anyhow::Result<Option<f64>> {
+    let Some((a, b)) = cores else {
+        return Ok(None);
+    };
+    Ok(tokio::task::spawn_blocking(move || {
+        cores::round_trip(a, b, cores::ROUND_TRIPS, cores::PROBE_LIMIT)
+    })
+    .await?)
 }
 
 #[cfg(test)]

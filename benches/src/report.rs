@@ -11,6 +11,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::cores::CoresApart;
 use crate::load::Errors;
 use crate::wire::Protocol;
 
@@ -56,6 +57,9 @@ pub struct Report {
     /// CPU used during the window by everything else on the machine, in percent of one core:
     /// other work sharing the cores, which makes the run noisy.
     pub others_cpu_percent: Option<f64>,
+    /// The round trip between the two cores asked for (`--cores-probe`), before and after the
+    /// run: where the host had put them.
+    pub cores_apart: Option<CoresApart>,
 }
 
 /// Latency percentiles, in microseconds.

@@ -47,6 +47,7 @@ fn load(protocol: Protocol, target: SocketAddr, rate: Option<f64>) -> Load {
         }],
         syscalls: false,
         labels: BTreeMap::from([("round".to_owned(), "1".to_owned())]),
+        cores_probe: None,
     }
 }
 
@@ -67,6 +68,23 @@ async fn every_call_is_answered_closed_and_open_loop() -> TestResult {
             let me = &report.processes[0];
             assert!(me.cpu_us_per_call.is_some() && me.peak_rss_kib.is_some());
         }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_cores_round_trip_is_reported_when_asked_for() -> TestResult {
+    let target = echo_server(Protocol::Brpc).await?;
+    let unasked = generate(&load(Protocol::Brpc, target, None)).await?;
+    assert_eq!(unasked.cores_apart, None);
+    let mut load = load(Protocol::Brpc, target, None);
+    load.cores_probe = Some((0, 1));
+    let report = generate(&load).await?;
+    assert_eq!(report.errors, 0, "{:?}", report.error_kinds);
+    let apart = report.cores_apart.ok_or("no round trip reported")?;
+    // A probe gives up on a core busy with other tests' threads (or absent): then `None`.
+    for ns in [apart.before_ns, apart.after_ns].into_iter().flatten() {
+        assert!(ns > 1.0 && ns < 1_000_000.0, "{apart:?}");
     }
     Ok(())
 }

@@ -68,6 +68,10 @@ struct Args {
     /// (which must be installed); the count costs them CPU.
     #[arg(long)]
     syscalls: bool,
+    /// A,B: measure the round trip of a cache line between cores A and B before and after the
+    /// run (where the host put them; see `metaprotocol_benches::cores`).
+    #[arg(long, value_parser = parse_cores)]
+    cores_probe: Option<(usize, usize)>,
     /// KEY=VALUE copied into the report (repeatable).
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
@@ -77,6 +81,15 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(key, value)| (key.to_owned(), value.to_owned()))
         .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
+}
+
+fn parse_cores(text: &str) -> Result<(usize, usize), String> {
+    let not_cores = || format!("`{text}` is not two core numbers A,B");
+    let (a, b) = text.split_once(',').ok_or_else(not_cores)?;
+    Ok((
+        a.trim().parse().map_err(|_| not_cores())?,
+        b.trim().parse().map_err(|_| not_cores())?,
+    ))
 }
 
 fn main() -> ExitCode {
@@ -95,6 +108,7 @@ fn main() -> ExitCode {
         watch: args.watch,
         syscalls: args.syscalls,
         labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
+        cores_probe: args.cores_probe,
     };
     let runtime = metaprotocol_benches::runtime(args.threads);
     let report = runtime
