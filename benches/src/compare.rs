@@ -5,8 +5,9 @@
 //! machine during the runs says how far to trust the row. Runs that counted system calls
 //! (`loadgen --syscalls`) add a column of the proxy's system calls per call. Runs that measured
 //! where the host had put the two cores (`loadgen --cores-probe`, see [`crate::cores`]) are told
-//! apart by it: the runs of a case on near cores, on far ones, and on cores the host moved
-//! during the run each get a row, since the same code costs more on far cores.
+//! apart by it: when a case's runs found the cores placed more than one way, its row of all runs
+//! is followed by one of its runs on near cores, one on far ones and one on cores the host moved
+//! during the run, since the same code costs more on far cores.
 
 use std::fmt::Write as _;
 use std::num::NonZeroU64;
@@ -34,13 +35,10 @@ struct Case {
     outstanding: usize,
     payload: usize,
     calls_per_write: Option<NonZeroU64>,
-    placement: Option<Placement>,
 }
 
 impl Case {
-    /// The case of `report`, whose cores' round trips are read against `nearest`, the smallest
-    /// of all the runs'.
-    fn of(report: &Report, nearest: Option<f64>) -> Self {
+    fn of(report: &Report) -> Self {
         Self {
             layout: label(report, "layout").to_owned(),
             protocol: report.protocol,
@@ -48,13 +46,63 @@ impl Case {
             outstanding: report.outstanding,
             payload: report.payload,
             calls_per_write: report.calls_per_write,
-            placement: nearest.and_then(|nearest| Placement::of(report, nearest)),
         }
     }
 }
 
+/// A row: the runs of a case, all of them or those on cores placed one way.
+#[derive(Debug, Clone, PartialEq)]
+struct Row {
+    case: Case,
+    /// `None`: every run of the case.
+    placement: Option<Placement>,
+}
+
+impl Row {
+    /// The rows of `reports`, in the order their cases first appear: a row for each case (named
+    /// for the cores' placement if all its runs found the same), and when its runs found the
+    /// cores placed more than one way, a row for each way after it.
+    /// Round trips are read against `nearest`, the smallest of all the runs'.
+    fn all(reports: &[Report], nearest: Option<f64>) -> Vec<Self> {
+        let mut rows: Vec<Self> = Vec::new();
+        for report in reports {
+            let case = Case::of(report);
+            if !rows.iter().any(|row| row.case == case) {
+                let of_case: Vec<Option<Placement>> = reports
+                    .iter()
+                    .filter(|r| Case::of(r) == case)
+                    .map(|r| nearest.and_then(|nearest| Placement::of(r, nearest)))
+                    .collect();
+                let mut placements: Vec<Placement> = of_case.iter().flatten().copied().collect();
+                placements.sort();
+                placements.dedup();
+                // Every run on cores placed the same way: one row, named for it.
+                let one_way = of_case.iter().all(Option::is_some) && placements.len() == 1;
+                rows.push(Self {
+                    case: case.clone(),
+                    placement: placements.first().copied().filter(|_| one_way),
+                });
+                if placements.len() > 1 {
+                    rows.extend(placements.into_iter().map(|placement| Self {
+                        case: case.clone(),
+                        placement: Some(placement),
+                    }));
+                }
+            }
+        }
+        rows
+    }
+
+    fn holds(&self, report: &Report, nearest: Option<f64>) -> bool {
+        Case::of(report) == self.case
+            && self.placement.is_none_or(|placement| {
+                nearest.and_then(|nearest| Placement::of(report, nearest)) == Some(placement)
+            })
+    }
+}
+
 /// Where the host had the two cores during a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Placement {
     /// Both round trips, before and after the run, under [`FAR`] times the nearest.
     Near,
@@ -99,14 +147,9 @@ fn label<'a>(report: &'a Report, key: &str) -> &'a str {
 /// The markdown table of `reports`.
 pub fn table(reports: &[Report]) -> String {
     let nearest = round_trips(reports.iter()).reduce(f64::min);
-    let case_of = |report: &Report| Case::of(report, nearest);
-    let mut cases: Vec<Case> = Vec::new();
+    let rows = Row::all(reports, nearest);
     let mut targets: Vec<&str> = Vec::new();
     for report in reports {
-        let case = case_of(report);
-        if !cases.contains(&case) {
-            cases.push(case);
-        }
         let target = label(report, "target");
         if !targets.contains(&target) {
             targets.push(target);
@@ -139,11 +182,12 @@ pub fn table(reports: &[Report]) -> String {
     let columns = out.matches('|').count() - 1;
     out.push_str(&"|---".repeat(columns));
     out.push_str("|\n");
-    for case in &cases {
+    for row in &rows {
+        let case = &row.case;
         let runs = |target: &str| -> Vec<&Report> {
             reports
                 .iter()
-                .filter(|r| case_of(r) == *case && label(r, "target") == target)
+                .filter(|r| row.holds(r, nearest) && label(r, "target") == target)
                 .collect()
         };
         let per_target = |value: &dyn Fn(&[&Report]) -> Option<f64>, digits: usize| {
@@ -163,20 +207,17 @@ pub fn table(reports: &[Report]) -> String {
         };
         let errors: u64 = reports
             .iter()
-            .filter(|r| case_of(r) == *case)
+            .filter(|r| row.holds(r, nearest))
             .map(|r| r.errors)
             .sum();
         let cores = if nearest.is_some() {
-            let of_case = || round_trips(reports.iter().filter(|r| case_of(r) == *case));
-            let range = of_case()
-                .reduce(f64::min)
-                .zip(of_case().reduce(f64::max))
-                .map_or_else(
-                    || "-".to_owned(),
-                    |(low, high)| format!("{low:.0}-{high:.0}"),
-                );
-            let placement = case.placement.map_or("-", Placement::name);
-            format!(" {placement}, {range} |")
+            let of_row = || round_trips(reports.iter().filter(|r| row.holds(r, nearest)));
+            let range = of_row().reduce(f64::min).zip(of_row().reduce(f64::max));
+            let placement = row.placement.map_or("all", Placement::name);
+            match range {
+                Some((low, high)) => format!(" {placement}, {low:.0}-{high:.0} |"),
+                None => " - |".to_owned(),
+            }
         } else {
             String::new()
         };
@@ -371,7 +412,7 @@ mod tests {
         ];
         let table = table(&reports);
         let rows: Vec<&str> = table.lines().collect();
-        assert_eq!(rows.len(), 5, "{table}");
+        assert_eq!(rows.len(), 6, "{table}");
         assert!(
             rows[0].contains("| payload B | cores: round trip ns | rps:"),
             "{table}"
@@ -381,13 +422,21 @@ mod tests {
             rows.iter().all(|row| columns(row) == columns(rows[0])),
             "{table}"
         );
-        // Each row's proxy is read against haproxy on cores as far apart.
-        assert!(rows[2].contains("| 32 | near, 52-70 |"), "{table}");
-        assert!(rows[2].contains("| 50.0 / 40.0 | 1.00 / 0.80 |"), "{table}");
-        assert!(rows[3].contains("| 32 | far, 330-360 |"), "{table}");
-        assert!(rows[3].contains("| 58.0 / 66.0 | 1.00 / 1.14 |"), "{table}");
-        assert!(rows[4].contains("| 32 | moved, 60-350 |"), "{table}");
-        assert!(rows[4].contains("| - / 55.0 | - / - |"), "{table}");
+        // All the case's runs, then each placement's, read against haproxy's on cores as far
+        // apart.
+        assert!(rows[2].contains("| 32 | all, 52-360 |"), "{table}");
+        assert!(rows[2].contains("| 54.0 / 55.0 | 1.00 / 1.02 |"), "{table}");
+        assert!(rows[3].contains("| 32 | near, 52-70 |"), "{table}");
+        assert!(rows[3].contains("| 50.0 / 40.0 | 1.00 / 0.80 |"), "{table}");
+        assert!(rows[4].contains("| 32 | far, 330-360 |"), "{table}");
+        assert!(rows[4].contains("| 58.0 / 66.0 | 1.00 / 1.14 |"), "{table}");
+        assert!(rows[5].contains("| 32 | moved, 60-350 |"), "{table}");
+        assert!(rows[5].contains("| - / 55.0 | - / - |"), "{table}");
+        // Runs on cores placed one way only: one row.
+        let near = &reports[..2];
+        let table = super::table(near);
+        assert_eq!(table.lines().count(), 3, "{table}");
+        assert!(table.contains("| 32 | near, 52-70 |"), "{table}");
     }
 
     #[test]

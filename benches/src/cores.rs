@@ -14,11 +14,15 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-/// Round trips in one probe.
-pub const ROUND_TRIPS: u64 = 20_000;
+/// Round trips in one of a probe's tries.
+const TRIPS_A_TRY: u64 = 4_000;
+
+/// Tries in a probe. Its answer is their median, so that a burst of work on either core during
+/// one try (a proxy finishing its last calls) does not decide it.
+const TRIES: u32 = 5;
 
 /// How long a probe may take before it gives up (a core too busy to run its thread).
-pub const PROBE_LIMIT: Duration = Duration::from_secs(2);
+const PROBE_LIMIT: Duration = Duration::from_secs(2);
 
 /// The two cores' round trip, measured by the load generator before and after its run.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -27,6 +31,19 @@ pub struct CoresApart {
     pub before_ns: Option<f64>,
     /// Nanoseconds a round trip after the run, if the probe finished.
     pub after_ns: Option<f64>,
+}
+
+/// Where the host has put cores `a` and `b`: the median of [`TRIES`] tries' mean round trip in
+/// nanoseconds, within [`PROBE_LIMIT`] in all; `None` unless most tries finished.
+pub fn probe(a: usize, b: usize) -> Option<f64> {
+    let mut tries: Vec<f64> = (0..TRIES)
+        .filter_map(|_| round_trip(a, b, TRIPS_A_TRY, PROBE_LIMIT / TRIES))
+        .collect();
+    if tries.len() <= TRIES as usize / 2 {
+        return None;
+    }
+    tries.sort_by(f64::total_cmp);
+    tries.get(tries.len() / 2).copied()
 }
 
 /// The mean time in nanoseconds of `trips` round trips of a cache line between cores `a` and
@@ -125,6 +142,7 @@ mod tests {
         assert_eq!(round_trip(0, 0, 100_000, Duration::from_millis(300)), None);
         // A core that does not exist.
         assert_eq!(round_trip(0, 1 << 20, 10, Duration::from_secs(1)), None);
+        assert_eq!(probe(1 << 20, 0), None);
         assert!(started.elapsed() < Duration::from_secs(10));
     }
 }

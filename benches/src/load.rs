@@ -594,10 +594,7 @@ async fn probe_cores(cores: Option<(usize, usize)>) -> anyhow::Result<Option<f64
     let Some((a, b)) = cores else {
         return Ok(None);
     };
-    Ok(tokio::task::spawn_blocking(move || {
-        cores::round_trip(a, b, cores::ROUND_TRIPS, cores::PROBE_LIMIT)
-    })
-    .await?)
+    Ok(tokio::task::spawn_blocking(move || cores::probe(a, b)).await?)
 }
 
 #[cfg(test)]
