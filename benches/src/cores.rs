@@ -4,7 +4,7 @@
 //! On a virtual machine the host decides which physical cores the virtual ones run on, and moves
 //! them as it likes. On the AMD EPYC host these benchmarks ran on, the two virtual cores were on
 //! physical cores sharing an L3 cache at some times (a round trip of 50-110 ns) and on cores that
-//! do not share one at others (320-420 ns), and a call at 1 x 1 through a proxy on its own core
+//! do not share one at others (310-530 ns), and a call at 1 x 1 through a proxy on its own core
 //! took half as long again in the second case (see benches/README.md, "Near and far cores"). The
 //! load generator measures it before and after its run (`--cores-probe`), and the comparison
 //! table gives runs on near and far cores rows of their own.
@@ -49,7 +49,7 @@ pub fn probe(a: usize, b: usize) -> Option<f64> {
 /// The mean time in nanoseconds of `trips` round trips of a cache line between cores `a` and
 /// `b`; `None` if a thread cannot be pinned to its core (no such core) or the round trips do not
 /// finish within `limit` (a core busy with something else, or `a` and `b` the same core).
-pub fn round_trip(a: usize, b: usize, trips: u64, limit: Duration) -> Option<f64> {
+fn round_trip(a: usize, b: usize, trips: u64, limit: Duration) -> Option<f64> {
     let deadline = Instant::now() + limit;
     // The counter is odd while `a`'s thread waits for `b`'s, even while `b`'s waits.
     let ball = AtomicU64::new(0);
