@@ -33,8 +33,8 @@ pub struct CoresApart {
     pub after_ns: Option<f64>,
 }
 
-/// Where the host has put cores `a` and `b`: the median of [`TRIES`] tries' mean round trip in
-/// nanoseconds, within [`PROBE_LIMIT`] in all; `None` unless most tries finished.
+/// Where the host has put cores `a` and `b`: the median of five tries' mean round trip in
+/// nanoseconds, within 2 s in all; `None` unless most tries finished.
 pub fn probe(a: usize, b: usize) -> Option<f64> {
     let mut tries: Vec<f64> = (0..TRIES)
         .filter_map(|_| round_trip(a, b, TRIPS_A_TRY, PROBE_LIMIT / TRIES))
