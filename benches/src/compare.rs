@@ -71,7 +71,7 @@ impl Row {
                 let of_case: Vec<Option<Placement>> = reports
                     .iter()
                     .filter(|r| Case::of(r) == case)
-                    .map(|r| nearest.and_then(|nearest| Placement::of(r, nearest)))
+                    .map(|r| Placement::of(r, nearest))
                     .collect();
                 let mut placements: Vec<Placement> = of_case.iter().flatten().copied().collect();
                 placements.sort();
@@ -95,9 +95,9 @@ impl Row {
 
     fn holds(&self, report: &Report, nearest: Option<f64>) -> bool {
         Case::of(report) == self.case
-            && self.placement.is_none_or(|placement| {
-                nearest.and_then(|nearest| Placement::of(report, nearest)) == Some(placement)
-            })
+            && self
+                .placement
+                .is_none_or(|placement| Placement::of(report, nearest) == Some(placement))
     }
 }
 
@@ -113,8 +113,10 @@ enum Placement {
 }
 
 impl Placement {
-    fn of(report: &Report, nearest: f64) -> Option<Self> {
-        let apart = report.cores_apart?;
+    /// Where `report`'s run found the cores, read against `nearest`, the smallest round trip of
+    /// all the runs; `None` for a run that did not probe them (or no run did).
+    fn of(report: &Report, nearest: Option<f64>) -> Option<Self> {
+        let (apart, nearest) = (report.cores_apart?, nearest?);
         let far = |ns: f64| ns >= FAR * nearest;
         Some(match (far(apart.before_ns?), far(apart.after_ns?)) {
             (false, false) => Self::Near,
