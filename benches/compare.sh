@@ -38,6 +38,11 @@ usage: benches/compare.sh [--quick] [options]
                      with runs without it
   --calls-per-write N  the load generator writes after every N calls, as clients that flush
                      each call do (default: every call that may go in one write)
+  --idle-poll NS     set the kernel's idle poll, the longest it polls for work before it halts
+                     an idle core (the haltpoll cpuidle governor's guest_halt_poll_ns; 0: halt at
+                     once), to NS for the run, and put it back on exit: how the proxies compare
+                     where an idle core wakes quickly (root, on a virtual machine with that
+                     governor; the table's header says which the run had either way)
   --port N           first of the loopback ports used: four, two more per extra proxy (worker
                      count, build or linger) and two for the relays (default 27300)
   --out DIR          where results go (default: target/compare)
@@ -57,6 +62,7 @@ port=27300
 out_dir=""
 per_write=()
 syscalls=()
+idle_poll=""
 # --quick sets defaults that the other options may then override, wherever it stands.
 for arg in "$@"; do
   if [ "$arg" = --quick ]; then cases="8x64:32" duration=1 warmup=0.5; fi
@@ -77,6 +83,7 @@ while [ $# -gt 0 ]; do
     --baseline) baseline=$2; shift ;;
     --calls-per-write) per_write=(--calls-per-write "$2"); shift ;;
     --syscalls) syscalls=(--syscalls) ;;
+    --idle-poll) idle_poll=$2; shift ;;
     --port) port=$2; shift ;;
     --out) out_dir=$2; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -84,6 +91,19 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+
+# The haltpoll governor's longest poll in idle, in ns: read for the table, set by --idle-poll.
+halt_poll=/sys/module/haltpoll/parameters/guest_halt_poll_ns
+governor=/sys/devices/system/cpu/cpuidle/current_governor_ro
+if [ -n "$idle_poll" ]; then
+  if ! [[ "$idle_poll" =~ ^[0-9]+$ ]]; then
+    echo "--idle-poll takes nanoseconds, not $idle_poll" >&2; exit 2
+  fi
+  if [ "$(cat "$governor" 2>/dev/null)" != haltpoll ] || [ ! -w "$halt_poll" ]; then
+    echo "--idle-poll: the kernel has no haltpoll governor, or $halt_poll is not writable" >&2
+    exit 2
+  fi
+fi
 
 cd "$(dirname "$0")/.."
 target_dir=${CARGO_TARGET_DIR:-target}
@@ -122,7 +142,11 @@ stop_all() {
   for pid in "${children[@]}"; do wait "$pid" 2>/dev/null || true; done
   servers=() children=()
 }
-trap stop_all EXIT
+idle_poll_was=""
+restore_idle_poll() {
+  if [ -n "$idle_poll_was" ]; then echo "$idle_poll_was" >"$halt_poll"; fi
+}
+trap 'stop_all; restore_idle_poll' EXIT
 trap 'exit 130' INT TERM
 
 # start VAR CPU LOG COMMAND...: runs COMMAND pinned to CPU, bounded in time even if this script
@@ -176,6 +200,10 @@ group_limit=$(awk -v r="$rounds" -v n="$per_round" -v d="$duration" -v w="$warmu
 # The tools take durations like 500ms; the options are seconds, fractions allowed.
 warmup_ms=$(awk -v s="$warmup" 'BEGIN { print int(s * 1000) }')
 duration_ms=$(awk -v s="$duration" 'BEGIN { print int(s * 1000) }')
+if [ -n "$idle_poll" ]; then
+  idle_poll_was=$(cat "$halt_poll")
+  echo "$idle_poll" >"$halt_poll"
+fi
 started=$SECONDS
 run=0
 
@@ -279,6 +307,9 @@ table=$out_dir/table-$stamp.md
   fi
   if [[ " $layouts " == *" b "* || " $layouts " == *" c "* ]]; then
     echo "cores (layouts b and c): where the host had put the two cores, from a cache line's round trip between them before and after each run (loadgen --cores-probe); near: both under 2.5 times the smallest of the run, far: both over, moved: one of each. Each gets its own rows, read against haproxy's runs on cores as far apart."
+  fi
+  if [ "$(cat "$governor" 2>/dev/null)" = haltpoll ] && [ -r "$halt_poll" ]; then
+    echo "kernel idle poll: up to $(cat "$halt_poll") ns before an idle core halts (haltpoll governor, guest_halt_poll_ns${idle_poll:+, set by --idle-poll}); where it is 50 us or more, the proxy busy polls only on a crowded core."
   fi
   if [ ${#syscalls[@]} -gt 0 ]; then
     echo "proxy syscalls/call: counted by \`perf stat\` (raw_syscalls:sys_enter) over each window (--syscalls), which costs every system call: CPU per call here is not comparable with runs without it."

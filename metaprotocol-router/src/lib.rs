@@ -92,7 +92,9 @@ pub use proxy::{
     ResourceId, ResourceKind, ResourceState, ResourceStatus, StartError, UpdateError,
 };
 pub use route::{DEFAULT_ROUTE_TIMEOUT, RouteCheck, RouteDestination, RouteMatch, UnknownListener};
-pub use server::{DEFAULT_BUSY_POLL, DEFAULT_IDLE_TIMEOUT, DEFAULT_LINGER};
+pub use server::{
+    DEFAULT_BUSY_POLL, DEFAULT_IDLE_TIMEOUT, DEFAULT_LINGER, IdlePoll, kernel_idle_poll,
+};
 pub use stats::{
     Counter, DurationHistogram, ExpositionFormat, FamilySnapshot, HistogramSnapshot, Labels,
     MetricKind, Metrics, MetricsCollector, MetricsScope, SeriesValue,

@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use metaprotocol_core::{ByteStr, Metadata, RoutingKeys, RoutingView};
-use metaprotocol_router::{Config, LogControl, Proxy, ProxyBuilder, RouteDestination};
+use metaprotocol_router::{
+    Config, LogControl, Proxy, ProxyBuilder, RouteDestination, kernel_idle_poll,
+};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
@@ -70,7 +72,10 @@ enum Command {
         linger: Option<humantime::Duration>,
         /// How long a worker about to sleep until its sockets have news first looks at them
         /// without sleeping (default 50us; `0s` never looks). It keeps looking only while looks
-        /// mostly find news: a wake-up from sleep costs a call tens of microseconds.
+        /// mostly find news: a wake-up from sleep costs a call tens of microseconds. By default,
+        /// where the kernel polls at least 50us when a core idles (`haltpoll` cpuidle governor,
+        /// `idle=poll`), which wakes a sleeping worker as quickly, a worker looks only while
+        /// busy processes share its core.
         #[arg(long)]
         busy_poll: Option<humantime::Duration>,
         /// How long connections keep serving after SIGTERM before what is left is answered
@@ -256,8 +261,15 @@ async fn run(
     if let Some(linger) = parking.linger {
         builder = builder.linger(linger);
     }
-    if let Some(budget) = parking.busy_poll {
-        builder = builder.busy_poll(budget);
+    match parking.busy_poll {
+        Some(budget) => builder = builder.busy_poll(budget),
+        None => {
+            if let Some(poll) = kernel_idle_poll() {
+                eprintln!(
+                    "busy polling only on a shared core: the kernel polls {poll} when a core idles"
+                );
+            }
+        }
     }
     let proxy = match builder.start().await {
         Ok(proxy) => proxy,

@@ -36,7 +36,7 @@ use crate::cluster::{ClusterManager, ClusterStatus};
 use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec, RouteConfigSpec};
 use crate::filters::{FilterRegistry, SharedClients};
 use crate::route::{RouteCheck, RouteSlot};
-use crate::server::{BusyPoll, DEFAULT_BUSY_POLL, DEFAULT_LINGER, Linger, Load, Parking, Workers};
+use crate::server::{BusyPoll, DEFAULT_LINGER, Linger, Load, Parking, Workers};
 use crate::stats::Counter;
 use crate::stats::{Metrics, MetricsSettings};
 use crate::trace;
@@ -196,7 +196,8 @@ pub struct ProxyBuilder {
     log_control: Option<Arc<dyn LogControl>>,
     workers: Option<usize>,
     linger: Duration,
-    busy_poll: Duration,
+    /// `None`: [`BusyPoll::by_default`], which reads the kernel's settings when the proxy starts.
+    busy_poll: Option<Duration>,
 }
 
 impl std::fmt::Debug for ProxyBuilder {
@@ -269,13 +270,15 @@ impl ProxyBuilder {
 
     /// How long a worker about to sleep until its sockets have news first looks at them without
     /// sleeping, glancing at them again and again and yielding its core in between (default
-    /// [`DEFAULT_BUSY_POLL`]; zero never looks). A glance is the worker's own poll of its
+    /// [`DEFAULT_BUSY_POLL`](crate::DEFAULT_BUSY_POLL), and then, where the kernel polls as long
+    /// when a core idles ([`kernel_idle_poll`](crate::kernel_idle_poll)), only while busy
+    /// processes share the worker's core; zero never looks). A glance is the worker's own poll of its
     /// sockets without a wait. A wake-up from sleep costs a call tens of microseconds on an idle
     /// core; a worker keeps looking only while looks find news at least eight times as often as
     /// they use up the whole budget, so it stops looking when its clients think between calls
     /// or its upstreams are far. A worker that lingers does not also look.
     pub fn busy_poll(mut self, budget: Duration) -> Self {
-        self.busy_poll = budget;
+        self.busy_poll = Some(budget);
         self
     }
 
@@ -364,7 +367,10 @@ impl ProxyBuilder {
             );
             let parking = Parking {
                 linger: Linger::new(self.linger, lingered, lingered_for),
-                busy_poll: BusyPoll::new(self.busy_poll, looks, misses),
+                busy_poll: match self.busy_poll {
+                    Some(budget) => BusyPoll::new(budget, looks, misses),
+                    None => BusyPoll::by_default(looks, misses),
+                },
             };
             let workers = Workers::start(count, &parking)
                 .map_err(|err| StartError::Workers(Arc::new(err)))?;
@@ -727,7 +733,7 @@ impl Proxy {
             log_control: None,
             workers: None,
             linger: DEFAULT_LINGER,
-            busy_poll: DEFAULT_BUSY_POLL,
+            busy_poll: None,
         }
     }
 

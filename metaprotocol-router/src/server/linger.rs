@@ -38,8 +38,7 @@
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
-#[cfg(target_os = "linux")]
-use super::run_delay::RunDelay;
+use super::{core_crowded, watch_core};
 use crate::stats::Counter;
 
 /// The longest a worker whose clients pipeline waits before polling its sockets, unless the proxy
@@ -84,14 +83,6 @@ thread_local! {
             parks: Cell::new(0),
             linger: Cell::new(Duration::ZERO),
         }
-    };
-}
-
-#[cfg(target_os = "linux")]
-thread_local! {
-    /// The worker's waits for its core, opened when the thread is readied to linger.
-    static RUN_DELAY: std::cell::RefCell<Option<RunDelay>> = const {
-        std::cell::RefCell::new(None)
     };
 }
 
@@ -196,7 +187,9 @@ impl Linger {
             // Without it each wait is longer than asked; the worker works on regardless.
             let _ =
                 rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(TIMER_SLACK_NS));
-            RUN_DELAY.with_borrow_mut(|delay| *delay = RunDelay::of_this_thread());
+        }
+        if !self.longest.is_zero() {
+            watch_core();
         }
     }
 
@@ -230,18 +223,6 @@ impl Linger {
             .inc_by(u64::try_from(linger.as_micros()).unwrap_or(u64::MAX));
         std::thread::sleep(linger);
         true
-    }
-}
-
-/// Whether busy processes share the calling worker's core (see the module docs); `false` where
-/// the kernel does not say.
-fn core_crowded(now: Instant) -> bool {
-    #[cfg(target_os = "linux")]
-    return RUN_DELAY.with_borrow_mut(|delay| delay.as_mut().is_some_and(|d| d.crowded(now)));
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = now;
-        false
     }
 }
 
@@ -358,7 +339,7 @@ mod tests {
     #[test]
     #[cfg(target_os = "linux")]
     fn a_worker_that_waits_for_its_core_does_not_linger() -> Result<(), &'static str> {
-        if super::RunDelay::of_this_thread().is_none() {
+        if crate::server::run_delay::RunDelay::of_this_thread().is_none() {
             return Ok(());
         }
         let linger = Linger::new(LONGEST, Counter::default(), Counter::default());

@@ -5,6 +5,7 @@
 pub(crate) mod busy_poll;
 mod complete;
 mod connection;
+mod idle_poll;
 pub(crate) mod linger;
 mod load;
 mod request;
@@ -14,7 +15,8 @@ mod timers;
 pub(crate) mod workers;
 
 pub(crate) use busy_poll::BusyPoll;
-pub use busy_poll::DEFAULT_BUSY_POLL;
+pub use busy_poll::{DEFAULT_BUSY_POLL, kernel_idle_poll};
+pub use idle_poll::IdlePoll;
 pub use linger::DEFAULT_LINGER;
 pub(crate) use linger::Linger;
 pub(crate) use load::Load;
@@ -22,7 +24,7 @@ pub(crate) use workers::{Parking, Workers};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use metaprotocol_core::{CodecFactory, FilterChain};
@@ -40,6 +42,26 @@ use crate::transport::Acceptor;
 /// How long a client connection may be idle when its listener sets no `idle_timeout`: idle
 /// connections cannot pile up forever.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Starts counting the calling worker's waits for its core, where the kernel counts them
+/// ([`run_delay`]).
+fn watch_core() {
+    #[cfg(target_os = "linux")]
+    run_delay::watch_this_thread();
+}
+
+/// Whether busy processes share the calling worker's core: it waited for it a tenth of the time
+/// or more since it last asked ([`run_delay`]); `false` where the kernel does not say, or the
+/// worker does not watch ([`watch_core`]).
+fn core_crowded(now: Instant) -> bool {
+    #[cfg(target_os = "linux")]
+    return run_delay::this_thread_crowded(now);
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = now;
+        false
+    }
+}
 
 /// What every connection of one listener shares. A listener update publishes a new context;
 /// connections keep the one they were accepted with.

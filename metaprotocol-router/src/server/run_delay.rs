@@ -7,8 +7,10 @@
 //! it ran.
 //!
 //! The linger uses it: a worker that sleeps while the processes sharing its core wait on it
-//! leaves that core idle (see [`super::linger`]).
+//! leaves that core idle (see [`super::linger`]). So does busy polling where the kernel polls when
+//! a core idles: there a worker looks only while its core is crowded (see [`super::busy_poll`]).
 
+use std::cell::RefCell;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
@@ -16,24 +18,62 @@ use std::time::{Duration, Instant};
 /// A worker whose waits for its core are this share of the time or more is crowded.
 const CROWDED_SHARE: u32 = 10;
 
+/// A look this soon after the last gives the last answer: over a shorter span one wait more or
+/// less decides it.
+const SHORTEST_SPAN: Duration = Duration::from_millis(1);
+
+thread_local! {
+    /// The calling worker's count, opened by [`watch_this_thread`], asked by the linger and
+    /// busy polling alike.
+    static THIS_THREAD: RefCell<Option<RunDelay>> = const { RefCell::new(None) };
+}
+
+/// Starts counting the calling thread's waits for its core, if it does not yet.
+pub(crate) fn watch_this_thread() {
+    THIS_THREAD.with_borrow_mut(|delay| {
+        if delay.is_none() {
+            *delay = RunDelay::of_this_thread();
+        }
+    });
+}
+
+/// Whether the calling thread's core is crowded, by [`RunDelay::crowded`]: `false` on a thread
+/// not watched ([`watch_this_thread`]).
+pub(crate) fn this_thread_crowded(now: Instant) -> bool {
+    THIS_THREAD.with_borrow_mut(|delay| delay.as_mut().is_some_and(|d| d.crowded(now)))
+}
+
 /// The calling thread's count of time spent waiting for a core, read again at each look.
 #[derive(Debug)]
 pub(crate) struct RunDelay {
     file: File,
     /// The last look: when, and the thread's waits until then, in nanoseconds.
     last: Option<(Instant, u64)>,
+    /// What the last look found.
+    crowded: bool,
 }
 
 impl RunDelay {
     /// The calling thread's count; `None` where the kernel keeps none.
     pub fn of_this_thread() -> Option<Self> {
         let file = File::open("/proc/thread-self/schedstat").ok()?;
-        Some(Self { file, last: None })
+        Some(Self {
+            file,
+            last: None,
+            crowded: false,
+        })
     }
 
     /// Whether the thread waited for its core a [`CROWDED_SHARE`]th of the time or more since
-    /// the last look (`false` at the first look, or if the count cannot be read).
+    /// the last look (`false` at the first look, or if the count cannot be read); within
+    /// [`SHORTEST_SPAN`] of the last look, what that look found.
     pub fn crowded(&mut self, now: Instant) -> bool {
+        if self
+            .last
+            .is_some_and(|(then, _)| now.saturating_duration_since(then) < SHORTEST_SPAN)
+        {
+            return self.crowded;
+        }
         let mut buf = [0u8; 96];
         let waited = self
             .file
@@ -44,12 +84,13 @@ impl RunDelay {
             return false;
         };
         let last = self.last.replace((now, waited));
-        last.is_some_and(|(then, before)| {
+        self.crowded = last.is_some_and(|(then, before)| {
             is_crowded(
                 Duration::from_nanos(waited.saturating_sub(before)),
                 now.saturating_duration_since(then),
             )
-        })
+        });
+        self.crowded
     }
 }
 
@@ -117,6 +158,8 @@ mod tests {
             "a first look has nothing to compare"
         );
         wait_for_the_core(Duration::from_millis(50))?;
+        assert!(delay.crowded(Instant::now()));
+        // Asked again at once: too short a span to judge, the answer stands.
         assert!(delay.crowded(Instant::now()));
         Ok(())
     }

@@ -66,6 +66,7 @@ impl Parking {
     /// Readies the calling thread, a worker running `runtime`.
     fn prepare_thread(&self, runtime: &Runtime) {
         self.linger.prepare_thread();
+        self.busy_poll.prepare_thread();
         if let Some(glancer) = self.busy_poll.glancer() {
             runtime.spawn(glancer);
         }
