@@ -272,11 +272,12 @@ impl ProxyBuilder {
     /// sleeping, glancing at them again and again and yielding its core in between (default
     /// [`DEFAULT_BUSY_POLL`](crate::DEFAULT_BUSY_POLL), and then, where the kernel polls as long
     /// when a core idles ([`kernel_idle_poll`](crate::kernel_idle_poll)), only while busy
-    /// processes share the worker's core; zero never looks). A glance is the worker's own poll of its
-    /// sockets without a wait. A wake-up from sleep costs a call tens of microseconds on an idle
-    /// core; a worker keeps looking only while looks find news at least eight times as often as
-    /// they use up the whole budget, so it stops looking when its clients think between calls
-    /// or its upstreams are far. A worker that lingers does not also look.
+    /// processes share the worker's core; zero never looks). A glance is the worker's own poll of
+    /// its sockets without a wait. A wake-up from sleep costs a call tens of microseconds on an
+    /// idle core; a worker keeps looking only while looks find news at least eight times as often
+    /// as they use up the whole budget, so it stops looking when its clients think between calls
+    /// or its upstreams are far. A worker that lingers does not also look. Told a budget, a
+    /// worker looks whatever the kernel does.
     pub fn busy_poll(mut self, budget: Duration) -> Self {
         self.busy_poll = Some(budget);
         self
