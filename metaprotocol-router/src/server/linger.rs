@@ -182,15 +182,13 @@ impl Linger {
 
     /// Readies the calling thread (a worker's) to linger precisely.
     pub fn prepare_thread(&self) {
+        if self.longest.is_zero() {
+            return;
+        }
+        // Without it each wait is longer than asked; the worker works on regardless.
         #[cfg(target_os = "linux")]
-        if !self.longest.is_zero() {
-            // Without it each wait is longer than asked; the worker works on regardless.
-            let _ =
-                rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(TIMER_SLACK_NS));
-        }
-        if !self.longest.is_zero() {
-            watch_core();
-        }
+        let _ = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(TIMER_SLACK_NS));
+        watch_core();
     }
 
     /// Called by a worker about to wait for its sockets: lingers first if its clients pipeline
