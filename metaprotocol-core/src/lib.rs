@@ -57,7 +57,8 @@ pub use filter::{
 };
 pub use message::{FrameLayout, Message, MessageKind, ResponseStatus};
 pub use metadata::{
-    MAX_METADATA_ENTRIES, METADATA_OVERFLOW_REASON, Metadata, MetadataKey, MetadataStr, keys,
+    MAX_METADATA_ENTRIES, MAX_METADATA_INSERTS, METADATA_OVERFLOW_REASON, Metadata, MetadataKey,
+    MetadataStr, keys,
 };
 pub use mutation::Mutation;
 pub use record::{

@@ -42,8 +42,19 @@ const INLINE_ENTRIES: usize = 12;
 /// Real messages carry a few dozen at most.
 pub const MAX_METADATA_ENTRIES: usize = 256;
 
-// An entry's place in `Metadata::indexed` is its index plus one, in a `u16`.
+/// The most inserts a [`Metadata`] takes, replacements and refusals included: past them it
+/// refuses everything ([`Metadata::overflowed`]), as past [`MAX_METADATA_ENTRIES`]. A frame
+/// that sets the same key a million times holds no more entries than one that sets it once,
+/// but each replacement costs a search, and keeps a copy of a string the frame does not hold
+/// as it is (a Hessian string in chunks) until the metadata is reset: without this bound an
+/// 8 MiB frame of such repeats held a decoder for half a second and 100 MB of copies. Real
+/// messages set each key once or twice.
+pub const MAX_METADATA_INSERTS: usize = 4 * MAX_METADATA_ENTRIES;
+
+// An entry's place in `Metadata::indexed` is its index plus one, and the count of inserts, each
+// in a `u16`.
 const _: () = assert!(MAX_METADATA_ENTRIES < u16::MAX as usize);
+const _: () = assert!(MAX_METADATA_INSERTS < u16::MAX as usize);
 
 /// The well-known keys whose entries a [`Metadata`] keeps the places of: the keys that routes
 /// match on and that per-method statistics read on every call, found without a search.
@@ -56,7 +67,7 @@ const INDEXED_KEYS: [&str; 5] = [
 ];
 
 /// The reason of the `BadRequest` local reply to a request whose metadata overflowed.
-pub const METADATA_OVERFLOW_REASON: &str = "more than 256 metadata entries";
+pub const METADATA_OVERFLOW_REASON: &str = "more than 256 metadata entries or 1024 inserts";
 /// Inline capacity of the static strings other than the [`INDEXED_KEYS`]: constant keys and
 /// values a codec or filter sets.
 const INLINE_STATICS: usize = 4;
@@ -190,7 +201,10 @@ pub struct Metadata {
     /// Exact whatever way the key was inserted (a constant, a span of the source, a shared
     /// string): every entry whose key has the bytes of an indexed key is here.
     indexed: [u16; INDEXED_KEYS.len()],
-    /// Set once an insert was refused for lack of room; from then on every insert is.
+    /// Inserts taken, up to [`MAX_METADATA_INSERTS`].
+    inserts: u16,
+    /// Set once an insert was refused for lack of room or past [`MAX_METADATA_INSERTS`]; from
+    /// then on every insert is.
     overflowed: bool,
 }
 
@@ -222,6 +236,7 @@ impl Metadata {
             shared,
             key_bits,
             indexed,
+            inserts,
             overflowed,
         } = self;
         *old_source = source;
@@ -238,6 +253,7 @@ impl Metadata {
         *shared = ThinVec::new();
         *key_bits = 0;
         *indexed = [0; INDEXED_KEYS.len()];
+        *inserts = 0;
         *overflowed = false;
     }
 
@@ -245,9 +261,10 @@ impl Metadata {
     /// set, when either is a [`MetadataStr::Source`] range (or a [`MetadataStr::Ascii`] one of
     /// another buffer) that is not UTF-8 text of the source, or when the metadata has
     /// [`overflowed`](Metadata::overflowed): `key` is new and it already holds
-    /// [`MAX_METADATA_ENTRIES`], or an earlier insert was refused for that reason. Refusing
-    /// every insert after the first refusal keeps a decoder that meets a flood of entries
-    /// linear: it costs each of them a check, not a search.
+    /// [`MAX_METADATA_ENTRIES`], it has taken [`MAX_METADATA_INSERTS`], or an earlier insert
+    /// was refused for either reason. Refusing every insert after the first refusal keeps a
+    /// decoder that meets a flood of entries linear: it costs each of them a check, not a
+    /// search.
     #[inline]
     pub fn insert(&mut self, key: impl Into<MetadataStr>, value: impl Into<MetadataStr>) -> bool {
         let key = key.into();
@@ -266,7 +283,7 @@ impl Metadata {
 
     /// [`Metadata::insert`] of the indexed key in `slot` of [`INDEXED_KEYS`], as a constant.
     fn insert_at_slot(&mut self, slot: usize, value: MetadataStr) -> bool {
-        if self.overflowed {
+        if !self.admit() {
             return false;
         }
         let Some(value) = self.store(value) else {
@@ -278,7 +295,7 @@ impl Metadata {
 
     /// [`Metadata::insert`] of any key but an indexed one as a constant.
     fn insert_key(&mut self, key: MetadataStr, value: MetadataStr) -> bool {
-        if self.overflowed {
+        if !self.admit() {
             return false;
         }
         // The value first: it is the one that may be refused (a range that is not text), and a
@@ -291,6 +308,21 @@ impl Metadata {
         };
         let lookup = KeyLookup::of(self.bytes(key));
         self.set(key, lookup, value)
+    }
+
+    /// Counts an insert; false, and the metadata overflowed, once it has taken
+    /// [`MAX_METADATA_INSERTS`] or overflowed already.
+    #[inline(always)]
+    fn admit(&mut self) -> bool {
+        if self.overflowed {
+            return false;
+        }
+        if usize::from(self.inserts) >= MAX_METADATA_INSERTS {
+            self.overflowed = true;
+            return false;
+        }
+        self.inserts += 1;
+        true
     }
 
     /// Sets the stored `key`, found as `lookup` says, to the stored `value`.
@@ -329,7 +361,8 @@ impl Metadata {
     }
 
     /// True once an insert was refused because the metadata was full
-    /// ([`MAX_METADATA_ENTRIES`]): the message carries entries its metadata does not show.
+    /// ([`MAX_METADATA_ENTRIES`]) or had taken [`MAX_METADATA_INSERTS`]: the message carries
+    /// entries its metadata does not show.
     pub fn overflowed(&self) -> bool {
         self.overflowed
     }
@@ -929,6 +962,33 @@ mod tests {
         assert_eq!((m.get("k0"), m.get("k1")), (Some("w"), Some("v")));
         assert!(!m.contains("one-more"));
         assert!(METADATA_OVERFLOW_REASON.contains(&MAX_METADATA_ENTRIES.to_string()));
+    }
+
+    #[test]
+    fn a_key_set_over_and_over_overflows_and_keeps_a_bounded_number_of_copies() {
+        let mut m = Metadata::over(Bytes::from_static(b"frame"));
+        // Strings that are not slices of the source, as a Hessian string in chunks is: each
+        // replacement keeps its key's and value's copies until the metadata is reset.
+        let copy = |s: &str| MetadataStr::Shared(ByteStr::from(s.to_owned()));
+        for n in 0..MAX_METADATA_INSERTS {
+            assert!(
+                m.insert(copy("repeated"), copy(&format!("v{n}"))),
+                "insert {n}"
+            );
+        }
+        assert!(!m.overflowed() && m.len() == 1);
+        assert!(!m.insert(copy("repeated"), copy("one more")));
+        assert!(m.overflowed());
+        assert!(!m.insert(keys::METHOD, "refused"), "a constant key too");
+        assert_eq!(
+            m.get("repeated"),
+            Some(format!("v{}", MAX_METADATA_INSERTS - 1).as_str())
+        );
+        assert!(m.shared.len() <= 2 * MAX_METADATA_INSERTS);
+        assert!(METADATA_OVERFLOW_REASON.contains(&MAX_METADATA_INSERTS.to_string()));
+
+        m.reset_over(Bytes::from_static(b"next frame"));
+        assert!(!m.overflowed() && m.insert(copy("repeated"), "again"));
     }
 
     #[test]

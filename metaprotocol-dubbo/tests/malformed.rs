@@ -151,6 +151,24 @@ fn an_attachment_flood_fills_the_metadata_and_no_more() -> TestResult {
 }
 
 #[test]
+fn a_key_repeated_without_end_overflows_the_metadata() -> TestResult {
+    // One attachment set 100,000 times, its key in two chunks ("a", then "b"): a string the
+    // frame does not hold as it is, copied at every insert.
+    let mut body = request_body("demo.Api", "hi", "", &[], None);
+    body.push(b'H');
+    for _ in 0..100_000 {
+        body.extend_from_slice(&[b'R', 0, 1, b'a', 1, b'b', 1, b'v']);
+    }
+    body.push(b'Z');
+    let message = decode_one(&frame(0xc2, 0, 1, &body))?;
+    assert_eq!(message.reject_reason, None);
+    assert!(message.metadata.overflowed());
+    assert_eq!(meta(&message, "ab"), Some("v"));
+    assert_eq!(meta(&message, "method"), Some("hi"));
+    Ok(())
+}
+
+#[test]
 fn depth_bombs_and_class_floods_are_rejected() -> TestResult {
     let mut bomb = request_body("demo.Api", "hi", "Ljava/lang/Object;", &[], None);
     bomb.extend(std::iter::repeat_n(0x57, 10_000));
