@@ -357,11 +357,14 @@ fn add_name(metadata: &mut Metadata, frame: &Bytes, name: Range<usize>) -> Resul
         ),
         None => (None, name),
     };
+    // A refusal of metadata that overflowed (a THeader block of too many headers) is not the
+    // name's fault: the message stays whole, and the engine answers such a request itself.
     let mut add = |key: &'static str, range: Range<usize>| {
-        metadata
-            .insert(key, MetadataStr::Source(range))
-            .then_some(())
-            .ok_or(CodecError::malformed("method name is not UTF-8"))
+        if metadata.insert(key, MetadataStr::Source(range)) || metadata.overflowed() {
+            Ok(())
+        } else {
+            Err(CodecError::malformed("method name is not UTF-8"))
+        }
     };
     if let Some(service) = service {
         add(keys::SERVICE, service)?;

@@ -1,10 +1,13 @@
-//! THeader details: the `seq` field's two conventions and persistent (`PKEYVALUE`) headers.
+//! THeader details: the `seq` field's two conventions, persistent (`PKEYVALUE`) headers, and a
+//! block of more headers than metadata holds.
 
 mod common;
 
 use bytes::{BufMut, BytesMut};
 use common::{TestResult, decode_one, encode_checked, goldens};
-use metaprotocol_core::{EncodeParams, Message, Mutation, WireVariant};
+use metaprotocol_core::{
+    EncodeParams, MAX_METADATA_ENTRIES, Message, MessageKind, Mutation, WireVariant,
+};
 
 fn encode(
     message: &Message,
@@ -85,5 +88,58 @@ fn persistent_headers_are_read_and_kept_in_their_group() -> TestResult {
             .any(|w| w == persistent_group),
         "{out:?}"
     );
+    Ok(())
+}
+
+/// A binary THeader frame of a multiplexed `Svc:ping` of `message_type` whose `KEYVALUE` group
+/// holds `headers` distinct headers.
+fn with_headers(message_type: u8, headers: usize) -> BytesMut {
+    let mut block = vec![0u8, 0, 1];
+    put_varint(&mut block, headers);
+    for n in 0..headers {
+        let key = format!("h{n:04}");
+        put_varint(&mut block, key.len());
+        block.extend_from_slice(key.as_bytes());
+        block.extend_from_slice(&[1, b'v']);
+    }
+    block.resize(block.len().next_multiple_of(4), 0);
+    let name = b"Svc:ping";
+    let mut call = vec![0x80u8, 1, 0, message_type];
+    call.extend_from_slice(&(name.len() as u32).to_be_bytes());
+    call.extend_from_slice(name);
+    call.extend_from_slice(&[0, 0, 0, 1, 0]);
+    let mut frame = BytesMut::new();
+    frame.put_u32((10 + block.len() + call.len()) as u32);
+    frame.extend_from_slice(&[0x0f, 0xff, 0, 0, 0, 0, 0, 1]);
+    frame.put_u16((block.len() / 4) as u16);
+    frame.extend_from_slice(&block);
+    frame.extend_from_slice(&call);
+    frame
+}
+
+fn put_varint(out: &mut Vec<u8>, mut n: usize) {
+    while n >= 0x80 {
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+#[test]
+fn more_headers_than_metadata_holds_overflow_it_and_keep_the_message() -> TestResult {
+    let fits = decode_one(&with_headers(1, 8))?;
+    assert!(!fits.metadata.overflowed());
+    assert_eq!(header(&fits, "service").as_deref(), Some("Svc"));
+    assert_eq!(header(&fits, "method").as_deref(), Some("ping"));
+    // A call the engine answers itself (the metadata overflowed), and a reply it forwards: a
+    // server's reply must not cost the connection its other calls.
+    for (message_type, kind) in [(1, MessageKind::Request), (2, MessageKind::Response)] {
+        for headers in [MAX_METADATA_ENTRIES - 1, MAX_METADATA_ENTRIES, 300] {
+            let message = decode_one(&with_headers(message_type, headers))?;
+            assert_eq!(message.kind, kind);
+            assert!(message.metadata.overflowed(), "{headers} headers");
+            assert_eq!(message.metadata.len(), MAX_METADATA_ENTRIES);
+        }
+    }
     Ok(())
 }
