@@ -1,7 +1,7 @@
 //! The bRPC (baidu_std) checks.
 
 use bytes::BytesMut;
-use metaprotocol_brpc::{BrpcCodec, BrpcCodecFactory};
+use metaprotocol_brpc::{BrpcCodec, BrpcCodecFactory, RpcMetaView};
 use metaprotocol_core::{
     ByteStr, Codec, CodecFactory, EncodeParams, LocalReply, LocalReplyKind, Message, MessageKind,
     Mutation, ResponseStatus, Side, WireVariant,
@@ -48,17 +48,20 @@ fn encode(side: Side, message: &Message, id: u64, mutation: &Mutation) -> BytesM
     out
 }
 
-/// `message` forwarded as the engine forwards it, with request id `id` and `mutation`, read
-/// where it arrives (ids as they are on the wire), and the id it arrives under as the engine
-/// reads it: a request goes to a server through an upstream codec, whose answer under the id
-/// it got reads upstream as the engine's id; a response goes to its client through a downstream
-/// codec.
+/// `message` forwarded as the engine forwards it, with request id `id` and `mutation`, read as
+/// the peer it arrives at reads it, and the id it arrives under as the engine reads it:
+/// - a request goes to a server through an upstream codec and is read as a server reads it (a
+///   downstream codec); the server's answer under the id it got reads upstream as the engine's
+///   id;
+/// - a response goes to its client through a downstream codec and is read as a client reads
+///   it (an upstream codec: a frame without a response meta is a success, not a request that
+///   lacks its meta), under the `correlation_id` on the wire.
 fn forward(message: &Message, id: u64, mutation: &Mutation) -> (Message, u64) {
-    let to = match message.kind {
-        MessageKind::Request => Side::Upstream,
-        _ => Side::Downstream,
+    let (to, reader) = match message.kind {
+        MessageKind::Request => (Side::Upstream, Side::Downstream),
+        _ => (Side::Downstream, Side::Upstream),
     };
-    let arrived = decode_again(Side::Downstream, &encode(to, message, id, mutation));
+    let arrived = decode_again(reader, &encode(to, message, id, mutation));
     let arrived_id = match to {
         Side::Upstream => {
             let mut reply = BytesMut::new();
@@ -70,7 +73,10 @@ fn forward(message: &Message, id: u64, mutation: &Mutation) -> (Message, u64) {
             }
             decode_again(Side::Upstream, &reply).request_id
         }
-        Side::Downstream => arrived.request_id,
+        Side::Downstream => match RpcMetaView::from_frame(&arrived.frame) {
+            Ok(meta) => meta.correlation_id.unwrap_or(0),
+            Err(e) => panic!("a forwarded response's meta does not read again: {e}"),
+        },
     };
     (arrived, arrived_id)
 }

@@ -5,7 +5,8 @@
 //! feeds its codec's decode check as it is, and its
 //! round-trip check with a set of edits covering every encoding and a mutation that sets,
 //! replaces and removes headers. Whatever `fuzz/corpus/<target>/` holds (after a fuzzing run, or
-//! `seed-corpus.sh`) is replayed through its target's check too.
+//! `seed-corpus.sh`) is replayed through its target's check too, and so is every input fuzzing
+//! once failed on, committed in `fuzz/regressions/<target>/`.
 
 use std::path::{Path, PathBuf};
 
@@ -108,27 +109,46 @@ fn golden_captures_pass_every_check() -> TestResult {
 
 #[test]
 fn the_corpus_passes_its_targets_checks() -> TestResult {
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
-    for checks in &CHECKS {
-        for path in files(&corpus.join(format!("{}_decode", checks.protocol)))? {
-            (checks.decode)(&std::fs::read(&path)?);
+    replay(&Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus"))?;
+    Ok(())
+}
+
+/// Inputs fuzzing once failed on, kept in `regressions/<target>/` (committed, unlike the corpus).
+#[test]
+fn what_fuzzing_found_passes_its_targets_checks() -> TestResult {
+    let replayed = replay(&Path::new(env!("CARGO_MANIFEST_DIR")).join("regressions"))?;
+    assert!(replayed > 0, "no regressions replayed");
+    Ok(())
+}
+
+/// Replays the files of `root/<target>/` through their targets' checks; how many it replayed.
+fn replay(root: &Path) -> Result<usize, Box<dyn std::error::Error>> {
+    let mut replayed = 0;
+    let mut each = |dir: &str, check: &mut dyn FnMut(&[u8])| -> Result<(), std::io::Error> {
+        for path in files(&root.join(dir))? {
+            println!("{}", path.display());
+            check(&std::fs::read(&path)?);
+            replayed += 1;
         }
-        for path in files(&corpus.join(format!("{}_round_trip", checks.protocol)))? {
-            let data = std::fs::read(&path)?;
-            if let Ok(input) = RoundTrip::from_bytes(&data) {
+        Ok(())
+    };
+    for checks in &CHECKS {
+        each(&format!("{}_decode", checks.protocol), &mut |data| {
+            (checks.decode)(data)
+        })?;
+        each(&format!("{}_round_trip", checks.protocol), &mut |data| {
+            if let Ok(input) = RoundTrip::from_bytes(data) {
                 (checks.round_trip)(&input);
             }
-        }
+        })?;
     }
-    for path in files(&corpus.join("config_parse"))? {
-        metaprotocol_fuzz::config::parse(&std::fs::read(&path)?);
-    }
-    for path in files(&corpus.join("route_match"))? {
-        if let Ok(case) = RouteCase::from_bytes(&std::fs::read(&path)?) {
+    each("config_parse", &mut metaprotocol_fuzz::config::parse)?;
+    each("route_match", &mut |data| {
+        if let Ok(case) = RouteCase::from_bytes(data) {
             metaprotocol_fuzz::route::check(&case);
         }
-    }
-    Ok(())
+    })?;
+    Ok(replayed)
 }
 
 /// Route cases from a fixed stream of pseudo-random bytes: without a corpus, the route check
