@@ -8,6 +8,7 @@ use metaprotocol_core::{
     ByteStr, Codec, CodecError, EncodeParams, FrameLayout, LocalReply, LocalReplyKind, Message,
     MessageKind, ResponseStatus, Side, keys,
 };
+use serde_json::value::RawValue;
 
 use crate::line::{self, Invalid, Line, Text};
 
@@ -155,6 +156,11 @@ fn upstream_id<'l>(line: &'l [u8], range: &std::ops::Range<usize>) -> Option<(u6
     (hex.len() % 2 == 0 && hex.iter().all(u8::is_ascii_hexdigit)).then_some((n, hex))
 }
 
+/// True if `id` is a JSON value on one line, as the ids `line::read` takes from a client are.
+fn is_client_id(id: &[u8]) -> bool {
+    !id.contains(&b'\n') && serde_json::from_slice::<&RawValue>(id).is_ok()
+}
+
 fn unhex(digit: u8) -> u8 {
     match digit {
         b'0'..=b'9' => digit - b'0',
@@ -227,11 +233,25 @@ impl Codec for JsonRpcCodec {
                 let (_, hex) = upstream_id(frame, &range).ok_or(CodecError::Encode(
                     "the answer's id is not the proxy's".into(),
                 ))?;
+                let start = dst.len();
+                let mut client_id = 0..0;
                 write_with_id(frame, range, dst, |dst| {
+                    let id_start = dst.len();
                     for pair in hex.chunks_exact(2) {
                         dst.put_u8(unhex(pair[0]) << 4 | unhex(pair[1]));
                     }
-                })
+                    client_id = id_start..dst.len();
+                })?;
+                // The proxy hex-encoded an id a client wrote on one line, but a server may send
+                // back any hex: what it spells must be such an id again, or the client would be
+                // sent a line that is not JSON, or two lines (an answer it never asked for).
+                if !is_client_id(&dst[client_id]) {
+                    dst.truncate(start);
+                    return Err(CodecError::Encode(
+                        "the answer's id is not one a client could have sent".into(),
+                    ));
+                }
+                Ok(())
             }
             (_, MessageKind::Oneway, None) => {
                 dst.put_slice(frame);

@@ -18,6 +18,7 @@
 //! | a batch (an array) | answered with error -32600, not proxied |
 //! | a line that is not JSON | answered with error -32700 (id `null`); the connection stays open |
 //! | a line longer than `max_frame_bytes` | the connection closes |
+//! | an answer whose id does not spell, in hex, an id a client could have sent (JSON on one line) | not forwarded: its client gets error -32000 instead, and the upstream connection stays open |
 //! | header mutations | JSON-RPC has no headers: the frame is forwarded unchanged and counted in `metaprotocol_codec_mutations_not_applied_total{protocol="jsonrpc"}` |
 //!
 //! Local replies are JSON-RPC errors: `route_not_found` is -32601 (method not found),

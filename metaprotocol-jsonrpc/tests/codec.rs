@@ -110,6 +110,41 @@ fn ids_come_back_as_the_client_wrote_them() -> TestResult {
 }
 
 #[test]
+fn an_answer_whose_id_spells_no_client_id_is_refused_whole() -> TestResult {
+    let none = Mutation::new();
+    let params = EncodeParams {
+        request_id: 0,
+        variant: WireVariant::DEFAULT,
+        mutation: &none,
+    };
+    // What a server may echo in place of the proxy's hex: a second answer after a newline, a
+    // value cut short, bytes that are not JSON.
+    let hex = |id: &[u8]| id.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    for forged in [
+        &b"1}\n{\"jsonrpc\":\"2.0\",\"result\":\"forged\",\"id\":2"[..],
+        b"[1,\n2]",
+        b"\"open",
+        b"\xff",
+        b"",
+    ] {
+        let line = format!(
+            "{{\"jsonrpc\":\"2.0\",\"result\":1,\"id\":\"7:{}\"}}\n",
+            hex(forged)
+        );
+        let answer = decode_all(&mut codec(Side::Upstream), line.as_bytes())?.remove(0);
+        assert_eq!(answer.request_id, 7);
+        let mut back = BytesMut::from(&b"earlier"[..]);
+        let refused = codec(Side::Downstream).encode(&answer, &params, &mut back);
+        assert!(
+            matches!(refused, Err(CodecError::Encode(_))),
+            "{forged:?}: {refused:?}"
+        );
+        assert_eq!(back, &b"earlier"[..], "nothing written");
+    }
+    Ok(())
+}
+
+#[test]
 fn errors_are_classified_by_their_code() -> TestResult {
     let mut upstream = codec(Side::Upstream);
     let lines =
