@@ -1,8 +1,8 @@
 //! The fourth protocol, `metaprotocol-jsonrpc`, through the proxy with a real JSON-RPC 2.0
 //! library from PyPI at both ends: two jsonrpcserver servers behind the proxy, a jsonrpcclient
 //! client in front (`tests/interop/jsonrpc/`). Calls are routed by method and balanced, ids of
-//! either type come back as sent while answers arrive out of order, the service's errors pass
-//! through, and the proxy's own (no route, timeout, a line that is not JSON) are JSON-RPC errors.
+//! either type come back as sent while answers arrive out of order, a null result and the
+//! service's errors pass through, and the proxy's own (no route, timeout, a line that is not JSON) are JSON-RPC errors.
 //!
 //! The library is installed by `examples/tests/interop/jsonrpc/setup.sh`; without it the test is
 //! skipped, unless `METAPROTOCOL_REQUIRE_INTEROP=1` (CI) makes it fail.
@@ -81,7 +81,7 @@ route_configs:
         route: {{ cluster: servers }}
         timeout: 300ms
       - name: service
-        match: {{ metadata: [ {{ key: method, regex: "add|whoami|fail|note" }} ] }}
+        match: {{ metadata: [ {{ key: method, regex: "add|whoami|nothing|fail|note" }} ] }}
         route: {{ cluster: servers }}
 clusters:
   - name: servers
@@ -106,10 +106,11 @@ fn json_rpc_through_the_proxy_with_a_real_library() -> TestResult {
     let addr = proxy.addr("rpc-in")?.to_string();
 
     let calls = r#"[["add", [1, 2]], ["add", [40, 2]], ["whoami", []], ["whoami", []],
-                    ["fail", []], ["nope", []], ["sleep", [2000]], ["add", [5, 5]]]"#;
+                    ["fail", []], ["nope", []], ["sleep", [2000]], ["add", [5, 5]],
+                    ["nothing", []]]"#;
     let lines = client(&addr, &["--calls", calls, "--notify", "hello"], &scratch)?;
     let calls: Vec<&Line> = lines.iter().filter(|l| l.num("call").is_some()).collect();
-    assert_eq!(calls.len(), 8, "{lines:?}");
+    assert_eq!(calls.len(), 9, "{lines:?}");
     assert!(
         calls.iter().all(|l| l.bool("id_ok") == Some(true)),
         "{lines:?}"
@@ -135,6 +136,8 @@ fn json_rpc_through_the_proxy_with_a_real_library() -> TestResult {
     );
     assert_eq!(calls[6].num("code"), Some(-32001.0), "timeout: {lines:?}");
     assert_eq!(calls[7].num("result"), Some(10.0));
+    // A method that returns nothing answers with a null result: a success like any other.
+    assert_eq!(calls[8].bool("ok"), Some(true), "null result: {lines:?}");
     let noted = std::fs::read_to_string(&notes)?;
     assert_eq!(
         noted.lines().filter(|l| l.ends_with("\thello")).count(),

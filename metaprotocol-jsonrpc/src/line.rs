@@ -18,7 +18,9 @@ struct Envelope<'a> {
     id: Option<&'a RawValue>,
     #[serde(borrow, default)]
     method: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    /// `Some` whenever the member is there: a method that returns nothing answers with a
+    /// `null` result.
+    #[serde(borrow, default, deserialize_with = "present")]
     result: Option<&'a RawValue>,
     #[serde(default)]
     error: Option<ErrorObject>,
@@ -164,6 +166,11 @@ mod tests {
             panic!("not a response");
         };
         assert_eq!(id_text(ok, &id), "17");
+        let void = r#"{"jsonrpc":"2.0","result":null,"id":3}"#;
+        assert!(matches!(
+            read(void.as_bytes()),
+            Line::Response { error: None, .. }
+        ));
         let err = r#"{"jsonrpc":"2.0","error":{"code":-32601,"message":"no"},"id":"x"}"#;
         assert!(matches!(
             read(err.as_bytes()),

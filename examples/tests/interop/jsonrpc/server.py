@@ -5,8 +5,8 @@ TCP on 127.0.0.1, for examples/tests/jsonrpc_e2e.rs.
 
 Prints `ready <port>` once listening and exits when its stdin closes. Each line is dispatched
 as its own task, so answers may leave in another order than the calls came (as a multiplexing
-server's do). Methods: add(a, b), whoami() -> its name, fail() -> error 7, sleep(ms),
-note(text) (a notification: appended to --record).
+server's do). Methods: add(a, b), whoami() -> its name, nothing() -> null, fail() -> error 7,
+sleep(ms), note(text) (a notification: appended to --record).
 """
 
 import argparse
@@ -26,6 +26,11 @@ async def add(a, b):
 @method
 async def whoami():
     return Success(ARGS.name)
+
+
+@method
+async def nothing():
+    return Success(None)
 
 
 @method
