@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Seeds every fuzz target's corpus (fuzz/corpus/<target>/) from the golden captures in
 # testdata/golden/{dubbo,thrift,brpc}/*.hex (one connection's byte stream per file, one hex
-# line; see testdata/golden/README.md).
+# line; see testdata/golden/README.md), and from fuzz/seeds/<target>/ for targets without
+# captures.
 #
 # A decode target gets each stream as it is. A round-trip target gets it behind its two-byte
 # big-endian length (the RoundTrip input format, see src/edit.rs), leaving the edit to the
@@ -38,6 +39,14 @@ for protocol in dubbo thrift brpc; do
     count=$((count + 1))
   done
   echo "seeded ${protocol}_decode and ${protocol}_round_trip with $count captures"
+done
+
+# Targets without golden captures (JSON-RPC) get the seeds committed in seeds/<target>/.
+for dir in seeds/*/; do
+  target=$(basename "$dir")
+  mkdir -p "corpus/$target"
+  cp "$dir"* "corpus/$target/"
+  echo "seeded $target with $(find "$dir" -type f | wc -l) committed seeds"
 done
 
 # The config target gets every YAML example of the config reference and the README.
