@@ -334,7 +334,11 @@ impl<S: Transport> Connection<S> {
         let holds_buffers = self.read_buf.capacity() > 0 || self.write_buf.holds_memory();
         [
             self.draining_until.filter(|_| !self.requests.is_empty()),
+            // As `poll_lifecycle` acts on it: only while reading. A frame cut short when reading
+            // stopped (frame timeout, end of stream, bad frame) keeps its start, and its past
+            // deadline would ring at every pass while requests are still in flight.
             self.partial_since
+                .filter(|_| self.reading == Reading::Open)
                 .map(|since| deadline_after(since, self.ctx.frame_timeout)),
             idle.then(|| self.idle_close_at()),
             (!self.write_buf.is_empty()).then(|| self.stall_close_at()),
