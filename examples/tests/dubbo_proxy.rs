@@ -1074,6 +1074,35 @@ async fn a_frame_cut_where_the_proxy_stopped_reading_waits_until_it_reads_again(
     Ok(())
 }
 
+/// However much one read brings, a client has at most 4,096 calls in flight: after a large frame
+/// a read takes up to 1 MiB, thousands of small calls, and those past the bound wait in the read
+/// buffer until calls end. Each still gets its one answer.
+#[tokio::test]
+async fn one_large_read_does_not_take_a_client_past_its_calls_in_flight() -> TestResult {
+    let provider = DemoProvider::start_with_delay("p", Duration::from_secs(1)).await?;
+    let proxy = proxy_in_front_of(&provider, "", "").await?;
+    let mut socket = TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
+    let big = "b".repeat(200 * 1024);
+    let count = 7000;
+    let mut calls = support::dubbo_request(1, SLOW_METHOD, &[("x-big", &big)]).to_vec();
+    calls.extend((2..=count).flat_map(|id| support::dubbo_request(id, SLOW_METHOD, &[])));
+    socket.write_all(&calls).await?;
+    let in_flight = "metaprotocol_downstream_rq_active{listener=\"in\"}";
+    let mut most = 0.0f64;
+    for _ in 0..40 {
+        most = most.max(support::proxy::metric(&proxy, in_flight));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(most > 0.0 && most <= 4096.0, "{most} calls in flight");
+    let answers = read_answers(&mut socket, count).await?;
+    assert!(answers.iter().all(|a| a.status == ResponseStatus::Ok));
+    let mut ids: Vec<u64> = answers.iter().map(|a| a.request_id).collect();
+    ids.sort_unstable();
+    assert!(ids.iter().copied().eq(1..=count), "one answer a call");
+    proxy.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_client_that_reads_its_answers_late_gets_them_all() -> TestResult {
     let provider = DemoProvider::start("p").await?;

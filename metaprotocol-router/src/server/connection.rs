@@ -142,6 +142,9 @@ struct Connection<S> {
     last_activity: Instant,
     /// When the frame now arriving started to (since the last complete one), if one is.
     partial_since: Option<Instant>,
+    /// True when decoding stopped at [`MAX_IN_FLIGHT`] with bytes left in `read_buf`: they are
+    /// decoded before the socket is read again.
+    frames_left: bool,
     alarm: Alarm,
     /// Its reads and calls in flight, as its worker's lingers count them.
     activity: linger::ConnectionActivity,
@@ -174,6 +177,7 @@ impl<S: Transport> Connection<S> {
             draining_until: None,
             last_activity: Instant::now(),
             partial_since: None,
+            frames_left: false,
             alarm: Alarm::new(),
             activity: linger::ConnectionActivity::default(),
         }
@@ -184,17 +188,19 @@ impl<S: Transport> Connection<S> {
         if self.reading != Reading::Open || self.reading_paused() {
             return false;
         }
-        match buffers::poll_read(&mut self.io, cx, &mut self.read_buf, &self.frame_sizes) {
-            Poll::Pending => return false,
-            Poll::Ready(Ok(0)) => {
-                self.reading = Reading::Done;
-                return true;
+        if !std::mem::take(&mut self.frames_left) {
+            match buffers::poll_read(&mut self.io, cx, &mut self.read_buf, &self.frame_sizes) {
+                Poll::Pending => return false,
+                Poll::Ready(Ok(0)) => {
+                    self.reading = Reading::Done;
+                    return true;
+                }
+                Poll::Ready(Err(_)) => {
+                    self.reading = Reading::Failed;
+                    return true;
+                }
+                Poll::Ready(Ok(_)) => {}
             }
-            Poll::Ready(Err(_)) => {
-                self.reading = Reading::Failed;
-                return true;
-            }
-            Poll::Ready(Ok(_)) => {}
         }
         // The wall clock, read for the first frame: the frames of one read share it.
         let mut wall = None;
@@ -203,6 +209,13 @@ impl<S: Transport> Connection<S> {
         // read when no whole frame is left in this one.
         let mut slot = None;
         while !self.read_buf.is_empty() {
+            if self.requests.len() >= MAX_IN_FLIGHT {
+                // One read may bring thousands of small calls (reads grow with the frames a
+                // connection carries, to 1 MiB): the calls past the bound wait here, not in
+                // flight, until calls end.
+                self.frames_left = true;
+                break;
+            }
             let message = slot.get_or_insert_with(|| self.requests.slot());
             match self
                 .decoder
