@@ -38,6 +38,10 @@ use crate::waiting::{Cancellation, Timer};
 const MAX_IN_FLIGHT: usize = 4096;
 /// Unsent answers per connection past which the proxy stops reading from that client.
 const WRITE_BUDGET: usize = 1024 * 1024;
+/// Passes of a connection's loop (answers, reads, writes, deadlines) in one poll of its task,
+/// past which it yields to the worker's other tasks. A pass that finds nothing to do ends the
+/// poll long before.
+const PASSES_PER_POLL: usize = 32;
 /// Unsent answers per connection past which the client is deemed gone: answers of requests that
 /// were already in flight when reading stopped can still land, but not without bound.
 const WRITE_LIMIT: usize = 16 * 1024 * 1024;
@@ -382,7 +386,7 @@ impl<S: Transport> Future for Connection<S> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         busy_poll::served();
-        loop {
+        for _ in 0..PASSES_PER_POLL {
             let now = Instant::now();
             let mut progress = this.requests.poll(cx, &mut this.write_buf, now);
             progress |= this.poll_read_frames(cx, now);
@@ -422,5 +426,10 @@ impl<S: Transport> Future for Connection<S> {
                 return Poll::Pending;
             }
         }
+        // Still busy: answers kept arriving from upstream connections on other threads. Their
+        // queue does not spend tokio's budget of work per poll, but the socket's writes do, and
+        // once it is spent they wait: without a yield, the answers would pile up unsent.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
