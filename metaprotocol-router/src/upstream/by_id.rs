@@ -6,7 +6,8 @@
 //! when ids are given out ([`ById::free_id`]). The table doubles when three quarters full, so a
 //! free slot is always near. Its slots number at most about 2.7 times the peak of requests in
 //! flight (a peak just past three quarters of a size doubles it), at least 16, and it gives its
-//! memory back once empty ([`ById::release_if_empty`]).
+//! memory back as the load falls ([`ById::release_unused`]): all of it once empty, most of it
+//! once it holds under an eighth of its slots.
 
 /// Values keyed by request id, each in the slot of the id's low bits.
 pub(super) struct ById<T> {
@@ -67,7 +68,12 @@ impl<T> ById<T> {
     /// Doubles the slots (or makes the first ones). Ids in different slots of the smaller
     /// table are in different slots of the larger.
     fn grow(&mut self) {
-        let size = (self.slots.len() * 2).max(FIRST_SLOTS);
+        self.resize((self.slots.len() * 2).max(FIRST_SLOTS));
+    }
+
+    /// Moves every value to a table of `size` slots (a power of two), in which their ids'
+    /// slots differ.
+    fn resize(&mut self, size: usize) {
         let old = std::mem::replace(
             &mut self.slots,
             std::iter::repeat_with(|| None).take(size).collect(),
@@ -76,6 +82,15 @@ impl<T> ById<T> {
             let slot = self.slot(id);
             self.slots[slot] = Some((id, value));
         }
+    }
+
+    /// True if the ids held fall in different slots of a table of `size` slots.
+    fn fits(&self, size: usize) -> bool {
+        let mut taken = vec![false; size];
+        self.slots
+            .iter()
+            .flatten()
+            .all(|(id, _)| !std::mem::replace(&mut taken[*id as usize & (size - 1)], true))
     }
 
     /// Keeps `value` under `id`, which [`ById::free_id`] gave.
@@ -114,11 +129,26 @@ impl<T> ById<T> {
         }
     }
 
-    /// Gives the table's memory back if it holds nothing: a burst of requests in flight leaves
-    /// no large table behind once it has passed.
-    pub fn release_if_empty(&mut self) {
+    /// Gives back the memory a burst of requests in flight left: all of it once the table is
+    /// empty, and, while it holds under an eighth of its slots, all but the smallest table (at
+    /// least four slots a value) in which every id held keeps a slot of its own. A connection
+    /// whose load falls but never to nothing keeps no table sized for its peak.
+    pub fn release_unused(&mut self) {
         if self.len == 0 {
             self.slots = Vec::new();
+            return;
+        }
+        if self.len * 8 >= self.slots.len() {
+            return;
+        }
+        let mut size = (self.len * 4).next_power_of_two().max(FIRST_SLOTS);
+        // Ids far apart may share low bits: a smaller table is taken only if they do not.
+        while size < self.slots.len() {
+            if self.fits(size) {
+                self.resize(size);
+                return;
+            }
+            size *= 2;
         }
     }
 
@@ -201,11 +231,11 @@ mod tests {
         let (mut table, _) = filled(0, u64::MAX, 10);
         table.retain(|value| *value % 2 == 0);
         assert_eq!(table.len(), 5);
-        table.release_if_empty();
+        table.release_unused();
         assert_eq!(
             table.slots.len(),
             16,
-            "a table holding values keeps its memory"
+            "a table holding values keeps its first slots"
         );
         let mut drained: Vec<_> = table.drain().collect();
         drained.sort_unstable();
@@ -217,8 +247,40 @@ mod tests {
             "drained, it takes more"
         );
         table.retain(|_| false);
-        table.release_if_empty();
+        table.release_unused();
         assert!(table.slots.is_empty());
+    }
+
+    #[test]
+    fn a_table_whose_load_fell_gives_back_what_its_ids_do_not_need() {
+        let (mut table, last) = filled(0, u64::MAX, 10_000);
+        assert_eq!(table.slots.len(), 16_384);
+        // Ten requests still waiting, far apart: ids 1 to 10.
+        table.retain(|value| *value < 10);
+        table.release_unused();
+        assert_eq!(
+            table.slots.len(),
+            64,
+            "four slots a value, as a power of two"
+        );
+        for id in 1..=10 {
+            assert_eq!(table.remove(id), u32::try_from(id - 1).ok());
+        }
+        // Ids that share their low bits with each other in every smaller table: 64 apart, then
+        // 4,096 apart. The table stays as large as keeps them apart.
+        let (mut table, _) = filled(last, u64::MAX, 10_000);
+        let waiting = [last + 1, last + 65, last + 4_097];
+        table.retain(|value| [0, 64, 4_096].contains(value));
+        table.release_unused();
+        assert_eq!(table.slots.len(), 8_192);
+        for (id, value) in waiting.into_iter().zip([0, 64, 4_096]) {
+            assert_eq!(table.remove(id), Some(value));
+        }
+        // A table holding an eighth of its slots or more keeps them.
+        let (mut table, _) = filled(0, u64::MAX, 2_048);
+        table.retain(|value| *value < 1_024);
+        table.release_unused();
+        assert_eq!(table.slots.len(), 4_096);
     }
 
     /// What a connection does to its table.
@@ -275,6 +337,7 @@ mod tests {
                     Op::Stray(id) => prop_assert_eq!(table.remove(id), map.remove(&id)),
                     Op::Sweep => {
                         table.retain(|value| *value % 2 == 0);
+                        table.release_unused();
                         map.retain(|_, value| *value % 2 == 0);
                     }
                 }

@@ -510,7 +510,7 @@ impl<S: Transport> Multiplexer<S> {
             }
             keep
         });
-        self.waiting.release_if_empty();
+        self.waiting.release_unused();
     }
 
     /// True when the connection has carried nothing for its idle timeout (as of this sweep).
