@@ -484,6 +484,12 @@ impl<S: Transport> Multiplexer<S> {
             // New requests move to a new connection once it is up; those in flight here
             // finish here.
             MessageKind::GoAway => self.shared.going_away.store(true, Ordering::Release),
+            // An upstream that sends heartbeats but takes nothing written to it would have
+            // their replies pile up unsent, as fast as it sends them, until the write stall
+            // closes it: past the high water mark of unsent bytes, they go unanswered.
+            MessageKind::Heartbeat if self.write_buf.len() >= WRITE_HIGH_WATER => {
+                tracing::debug!(address = %self.address, "not answering an upstream heartbeat: it takes none of what is written to it");
+            }
             MessageKind::Heartbeat => {
                 if let Err(err) = self
                     .encoder
