@@ -201,7 +201,8 @@ pub struct Metadata {
     /// Exact whatever way the key was inserted (a constant, a span of the source, a shared
     /// string): every entry whose key has the bytes of an indexed key is here.
     indexed: [u16; INDEXED_KEYS.len()],
-    /// Inserts taken, up to [`MAX_METADATA_INSERTS`].
+    /// Inserts taken, up to [`MAX_METADATA_INSERTS`], which it is set to when the metadata
+    /// overflows for lack of room.
     inserts: u16,
     /// Set once an insert was refused for lack of room or past [`MAX_METADATA_INSERTS`]; from
     /// then on every insert is.
@@ -311,12 +312,10 @@ impl Metadata {
     }
 
     /// Counts an insert; false, and the metadata overflowed, once it has taken
-    /// [`MAX_METADATA_INSERTS`] or overflowed already.
+    /// [`MAX_METADATA_INSERTS`] or overflowed already (which counts it as having taken them:
+    /// one comparison tells both).
     #[inline(always)]
     fn admit(&mut self) -> bool {
-        if self.overflowed {
-            return false;
-        }
         if usize::from(self.inserts) >= MAX_METADATA_INSERTS {
             self.overflowed = true;
             return false;
@@ -338,6 +337,9 @@ impl Metadata {
             Some(index) => self.entries[index].1 = value,
             None if self.entries.len() >= MAX_METADATA_ENTRIES => {
                 self.overflowed = true;
+                // Every insert from now on is refused by `admit` alone. The bound fits a `u16`
+                // (asserted above).
+                self.inserts = MAX_METADATA_INSERTS as u16;
                 return false;
             }
             None => {
