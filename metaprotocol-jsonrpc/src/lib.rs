@@ -16,7 +16,7 @@
 //! | a response with `result` | status `Ok` |
 //! | a response with `error` | `ServerError` for the codes JSON-RPC reserves (-32768 to -32000), `ApplicationError` for the service's own |
 //! | a batch (an array) | answered with error -32600, not proxied |
-//! | a line that is not JSON | answered with error -32700 (id `null`); the connection stays open |
+//! | a line that is not JSON (UTF-8 text included: a string the codec skips is checked too) | answered with error -32700 (id `null`); the connection stays open |
 //! | a line longer than `max_frame_bytes` | the connection closes |
 //! | an answer whose id does not spell, in hex, an id a client could have sent (JSON on one line) | not forwarded: its client gets error -32000 instead, and the upstream connection stays open |
 //! | header mutations | JSON-RPC has no headers: the frame is forwarded unchanged and counted in `metaprotocol_codec_mutations_not_applied_total{protocol="jsonrpc"}` |

@@ -89,7 +89,13 @@ pub(crate) fn read(line: &[u8]) -> Line {
     if line.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
         return Line::Invalid(Invalid::Batch);
     }
-    let envelope: Envelope<'_> = match serde_json::from_slice(line) {
+    // JSON is UTF-8 text (RFC 8259), but serde_json checks only the strings it builds, not
+    // those it skips (`params`, a result, an error's message): a line that is not UTF-8 would be
+    // forwarded to a peer whose parser refuses it.
+    let Ok(line_text) = std::str::from_utf8(line) else {
+        return Line::Invalid(Invalid::Parse);
+    };
+    let envelope: Envelope<'_> = match serde_json::from_str(line_text) {
         Ok(envelope) => envelope,
         Err(err) if err.is_data() => return Line::Invalid(Invalid::NotRpc),
         Err(_) => return Line::Invalid(Invalid::Parse),
@@ -184,6 +190,11 @@ mod tests {
     #[test]
     fn what_cannot_be_proxied_says_why() {
         assert_eq!(read(b"{not json"), Line::Invalid(Invalid::Parse));
+        assert_eq!(
+            read(b"{\"jsonrpc\":\"2.0\",\"error\":{\"code\":1,\"message\":\"\xff\"},\"id\":1}"),
+            Line::Invalid(Invalid::Parse),
+            "a string that is not UTF-8, in a member the codec skips"
+        );
         assert_eq!(read(b" [{}]"), Line::Invalid(Invalid::Batch));
         assert_eq!(read(b"42"), Line::Invalid(Invalid::NotRpc));
         assert_eq!(
