@@ -63,13 +63,7 @@ fn persistent_headers_are_read_and_kept_in_their_group() -> TestResult {
     // Header block: binary, no transforms, PKEYVALUE {p: 1}, KEYVALUE {k: v}, padding.
     let block = [0u8, 0, 2, 1, 1, b'p', 1, b'1', 1, 1, 1, b'k', 1, b'v', 0, 0];
     let call = [0x80u8, 1, 0, 1, 0, 0, 0, 1, b'm', 0, 0, 0, 3, 0];
-    let mut frame = BytesMut::new();
-    frame.put_u32((10 + block.len() + call.len()) as u32);
-    frame.extend_from_slice(&[0x0f, 0xff, 0, 0, 0, 0, 0, 3]);
-    frame.put_u16((block.len() / 4) as u16);
-    frame.extend_from_slice(&block);
-    frame.extend_from_slice(&call);
-    let message = decode_one(&frame)?;
+    let message = decode_one(&theader_frame(3, &block, &call))?;
     assert_eq!(header(&message, "p").as_deref(), Some("1"));
     assert_eq!(header(&message, "k").as_deref(), Some("v"));
     assert_eq!(header(&message, "method").as_deref(), Some("m"));
@@ -108,12 +102,19 @@ fn with_headers(message_type: u8, headers: usize) -> BytesMut {
     call.extend_from_slice(&(name.len() as u32).to_be_bytes());
     call.extend_from_slice(name);
     call.extend_from_slice(&[0, 0, 0, 1, 0]);
+    theader_frame(1, &block, &call)
+}
+
+/// A framed THeader frame: flags 0, `seq`, the header `block` (padded to whole words), then
+/// the `call`.
+fn theader_frame(seq: u32, block: &[u8], call: &[u8]) -> BytesMut {
     let mut frame = BytesMut::new();
     frame.put_u32((10 + block.len() + call.len()) as u32);
-    frame.extend_from_slice(&[0x0f, 0xff, 0, 0, 0, 0, 0, 1]);
+    frame.extend_from_slice(&[0x0f, 0xff, 0, 0]);
+    frame.put_u32(seq);
     frame.put_u16((block.len() / 4) as u16);
-    frame.extend_from_slice(&block);
-    frame.extend_from_slice(&call);
+    frame.extend_from_slice(block);
+    frame.extend_from_slice(call);
     frame
 }
 
