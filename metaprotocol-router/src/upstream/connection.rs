@@ -505,8 +505,8 @@ impl<S: Transport> Multiplexer<S> {
         }
     }
 
-    /// Forgets requests whose callers gave up; their answers, if they come, are unmatched. With
-    /// none left waiting, the table of them gives its memory back.
+    /// Forgets requests whose callers gave up; their answers, if they come, are unmatched. The
+    /// table of those left waiting gives back the memory it no longer needs.
     fn sweep(&mut self) {
         let now = Instant::now();
         self.waiting.retain(|waiting| {
