@@ -4,12 +4,14 @@
 //! the contract; `/help` lists it all). Answers are JSON, errors included (`{"error": ...,
 //! "field": ..., "line": ..., "column": ...}`), except the plain-text ones meant for people and
 //! scrapers. Write endpoints ask for the bearer token of `admin.token_file` when one is
-//! configured ([`auth`]); the server itself bounds slow and idle clients ([`server`]).
+//! configured ([`auth`]); the server itself bounds slow and idle clients, and those that read
+//! none of their answers ([`server`]).
 
 mod auth;
 mod logging;
 mod server;
 mod stats;
+mod write_stall;
 
 pub use logging::LogControl;
 

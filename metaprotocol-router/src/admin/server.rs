@@ -1,7 +1,7 @@
 //! The admin HTTP server: one task per connection, at most [`MAX_CONNECTIONS`] at once, with a
 //! deadline on every request's headers (a client that trickles them, or leaves a connection
-//! idle, is cut off) and on the rest of the request (its body and its handling), and a graceful
-//! stop.
+//! idle, is cut off), on the rest of the request (its body and its handling) and on each write
+//! of an answer (a client that reads none is cut off), and a graceful stop.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +17,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::write_stall::WriteStall;
+
 /// How long a client has to send a request's headers, and how long an idle keep-alive
 /// connection stays open.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,6 +28,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(1);
 /// Admin connections served at once; more wait in the listen queue until one ends.
 const MAX_CONNECTIONS: usize = 64;
+/// How long writing an answer may wait on a client that takes none of it before its connection
+/// is closed: hyper's own deadlines cover reading requests, not writing answers.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `app` on `listener` until `stop`.
 pub(super) async fn serve(listener: TcpListener, app: Router, stop: CancellationToken) {
@@ -58,6 +63,7 @@ pub(super) async fn serve(listener: TcpListener, app: Router, stop: Cancellation
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT);
+            let stream = WriteStall::new(stream, WRITE_TIMEOUT);
             let connection = http.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             tokio::select! {
