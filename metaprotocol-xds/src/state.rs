@@ -59,6 +59,14 @@ impl Names {
     fn is_wildcard(&self) -> bool {
         *self == Self::Wildcard
     }
+
+    /// True if resource `name` is one subscribed to.
+    fn wants(&self, name: &str) -> bool {
+        match self {
+            Self::Wildcard => true,
+            Self::Named(names) => names.contains(name),
+        }
+    }
 }
 
 /// What the client knows of one resource type, as `/config_dump` shows it.
@@ -322,10 +330,17 @@ impl Subscription {
                 }
             }
             ResourceType::RouteConfig => {
-                let configs = decode_all(&response.resources, kind, |r: &RouteConfiguration| {
-                    (r.name.clone(), translate::route_config(r))
-                })
-                .map_err(|(id, message)| reject(id, message))?;
+                let mut configs =
+                    decode_all(&response.resources, kind, |r: &RouteConfiguration| {
+                        (r.name.clone(), translate::route_config(r))
+                    })
+                    .map_err(|(id, message)| reject(id, message))?;
+                // Only those subscribed to, as Envoy does: a control plane sending route configs
+                // of other names cannot make the proxy hold them (a subscription by name never
+                // removes what it did not ask for).
+                if let Some(wanted) = &self.route_configs {
+                    configs.retain(|name, _| wanted.wants(name));
+                }
                 let names: BTreeSet<String> = configs.keys().cloned().collect();
                 if complete || self.route_configs.as_ref().is_some_and(Names::is_wildcard) {
                     update.removed = self
@@ -713,6 +728,44 @@ mod tests {
             version("b").as_deref(),
             Some("n3"),
             "a resource without a version of its own takes the response's"
+        );
+    }
+
+    #[test]
+    fn route_configs_not_subscribed_to_are_left_out() {
+        let spec: Result<XdsSpec, _> = serde_json::from_value(serde_json::json!({
+            "address": "127.0.0.1:1", "node_id": "n", "route_configs": ["a"]
+        }));
+        let mut subscription = match spec {
+            Ok(spec) => Subscription::new(&spec, Node::default()),
+            Err(err) => panic!("{err}"),
+        };
+        let config = |name: &str| RouteConfiguration {
+            name: name.to_owned(),
+            ..RouteConfiguration::default()
+        };
+        for (version, other) in [("r1", "x1"), ("r2", "x2")] {
+            let rds = response(
+                ResourceType::RouteConfig,
+                version,
+                vec![any(&config("a")), any(&config(other))],
+            );
+            let update = apply(
+                &mut subscription,
+                ResourceType::RouteConfig,
+                &rds,
+                Listing::StateOfTheWorld,
+            );
+            let names: Vec<&str> = update
+                .route_configs
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect();
+            assert_eq!(names, ["a"], "{version}");
+        }
+        assert_eq!(
+            subscription.applied_route_configs,
+            BTreeSet::from(["a".to_owned()])
         );
     }
 
