@@ -71,10 +71,10 @@ fn refuse_quoted_literals<T: DeserializeOwned>(text: &str) -> Result<(), ConfigE
     }
     let mut marked = String::with_capacity(text.len() + literals.len() * NOT_A_LITERAL.len_utf8());
     let mut copied = 0;
-    for literal in &literals {
-        marked.push_str(&text[copied..literal.content]);
+    for content in literals.iter().filter_map(|literal| literal.content) {
+        marked.push_str(&text[copied..content]);
         marked.push(NOT_A_LITERAL);
-        copied = literal.content;
+        copied = content;
     }
     marked.push_str(&text[copied..]);
     let Err(err) = parse_typed::<T>(&marked) else {
@@ -102,33 +102,58 @@ fn refuse_quoted_literals<T: DeserializeOwned>(text: &str) -> Result<(), ConfigE
     }
 }
 
-/// A quoted scalar that YAML would read as a number or boolean were it plain.
+/// A quoted scalar that YAML would read as a number or boolean were it plain, or an alias of
+/// one.
 struct QuotedLiteral {
     /// Its field path.
     path: String,
     /// Its text.
     value: String,
-    /// Where it starts (its opening quote).
+    /// Where it starts (its opening quote, or the alias).
     start: Marker,
-    /// The byte offset of its first character, past the opening quote.
-    content: usize,
+    /// The byte offset of its first character, past the opening quote; `None` for an alias,
+    /// whose text is its anchor's.
+    content: Option<usize>,
 }
 
-/// The quoted literals in value position (not mapping keys) in `text`, in document order.
+/// The quoted literals in value position (not mapping keys) in `text`, and the aliases of
+/// anchored ones (`port: *n` after `&n "8080"`: the alias reads as the quoted scalar), in
+/// document order.
 fn quoted_literals(text: &str) -> Vec<QuotedLiteral> {
     let mut found = Vec::new();
+    // The text of each anchored quoted literal, by anchor id.
+    let mut anchored: Vec<(usize, String)> = Vec::new();
     walk_fields(text, |path, event, span| {
-        if let Event::Scalar(value, ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted, _, None) =
-            event
-            && reads_as_literal(value)
-            && let Some(content) = opening_quote(text, span).map(|quote| quote + 1)
-        {
-            found.push(QuotedLiteral {
-                path: path.to_owned(),
-                value: value.to_string(),
-                start: span.start,
-                content,
-            });
+        match event {
+            Event::Scalar(
+                value,
+                ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted,
+                anchor,
+                None,
+            ) if reads_as_literal(value) => {
+                if let Some(content) = opening_quote(text, span).map(|quote| quote + 1) {
+                    found.push(QuotedLiteral {
+                        path: path.to_owned(),
+                        value: value.to_string(),
+                        start: span.start,
+                        content: Some(content),
+                    });
+                }
+                if *anchor != 0 {
+                    anchored.push((*anchor, value.to_string()));
+                }
+            }
+            Event::Alias(anchor) => {
+                if let Some((_, value)) = anchored.iter().rev().find(|(id, _)| id == anchor) {
+                    found.push(QuotedLiteral {
+                        path: path.to_owned(),
+                        value: value.clone(),
+                        start: span.start,
+                        content: None,
+                    });
+                }
+            }
+            _ => {}
         }
         ControlFlow::Continue(())
     });

@@ -282,6 +282,20 @@ fn quoted_numbers_and_booleans_are_not_numbers() {
     let err = error_of(&json);
     assert_eq!(err.field, "clusters[0].endpoints[0].weight", "{err}");
     assert_eq!(err.position, Some(position_of(&json, r#""2" }"#)), "{err}");
+
+    // An alias reads as its anchor's quoted string: a string label's, here, in a number field.
+    let yaml = FULL.replacen(
+        "{ cluster: demo-provider, subset: { version: v1 }, weight: 30 }",
+        "{ cluster: demo-provider, subset: { version: &w '30' }, weight: *w }",
+        1,
+    );
+    let err = error_of(&yaml);
+    assert_eq!(
+        err.field,
+        "route_configs[0].routes[1].route.weighted_clusters[0].weight"
+    );
+    assert!(err.reason.contains("write it without quotes"), "{err}");
+    assert_eq!(err.position, Some(position_of(&yaml, "*w }")), "{err}");
 }
 
 const JSON: &str = r#"{
