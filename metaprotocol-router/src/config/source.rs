@@ -81,12 +81,15 @@ fn refuse_quoted_literals<T: DeserializeOwned>(text: &str) -> Result<(), ConfigE
         return Ok(());
     };
     // A failure elsewhere is not about quoting (a field whose string is checked, which the
-    // mark fails, say): the first parse found nothing wrong there.
+    // mark fails, say): the first parse found nothing wrong there. Nor is one whose reason
+    // quotes the marked text: that field read it as a string, and checked it (a duration of
+    // "0").
     match literals
         .into_iter()
         .find(|literal| literal.path == err.field)
     {
         None => Ok(()),
+        Some(_) if quotes_the_mark(&err.reason) => Ok(()),
         Some(literal) => {
             let mut error = ConfigError::new(
                 literal.path,
@@ -100,6 +103,12 @@ fn refuse_quoted_literals<T: DeserializeOwned>(text: &str) -> Result<(), ConfigE
             Err(error)
         }
     }
+}
+
+/// True if `reason` quotes a string that starts with [`NOT_A_LITERAL`], as it is or escaped
+/// (serde's "invalid value: string ..." shows it escaped).
+fn quotes_the_mark(reason: &str) -> bool {
+    reason.contains(NOT_A_LITERAL) || reason.contains(&NOT_A_LITERAL.escape_debug().to_string())
 }
 
 /// A quoted scalar that YAML would read as a number or boolean were it plain, or an alias of

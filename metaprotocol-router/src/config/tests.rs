@@ -937,3 +937,17 @@ fn queues_that_take_their_room_up_front_have_a_ceiling() {
         .is_ok()
     );
 }
+
+#[test]
+fn a_duration_of_zero_quoted_is_a_duration() -> Result<(), ConfigError> {
+    // Plain, YAML reads it as a number, and a duration is a string: quote it. Quoted, it is
+    // one (not "write it without quotes", which said the opposite).
+    let plain = error_of(&FULL.replace("timeout: 2s", "timeout: 0"));
+    assert!(plain.reason.contains("quote it: \"0\""), "{plain}");
+    let config = Config::from_yaml(&FULL.replace("timeout: 2s", "timeout: \"0\""))?;
+    assert_eq!(
+        config.route_configs[0].routes[0].timeout,
+        Some(std::time::Duration::ZERO)
+    );
+    Ok(())
+}
