@@ -930,9 +930,18 @@ impl Proxy {
             if applied.as_ref() == Some(&current) {
                 continue;
             }
-            let text = String::from_utf8_lossy(&current).into_owned();
-            applied = Some(current);
             let file = path.display();
+            // Text, as at start: a file that is not UTF-8 is rejected, not repaired.
+            let text = match std::str::from_utf8(&current) {
+                Ok(text) => text.to_owned(),
+                Err(err) => {
+                    applied = Some(current);
+                    self.state.count_update(false);
+                    tracing::warn!(%file, error = %err, "config file rejected: it is not UTF-8 text; the running config is kept");
+                    continue;
+                }
+            };
+            applied = Some(current);
             match self.reload_yaml(&text).await {
                 Ok(summary) if summary.is_empty() => {
                     tracing::info!(%file, "config file reloaded: nothing changed");
