@@ -42,10 +42,16 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     println!("gateway listening on http://{}", listener.local_addr()?);
     let timeout: Duration = args.timeout.into();
-    axum::serve(
+    // Not `axum::serve`, which bounds nothing: a client could hold a connection (and its task)
+    // for good by sending nothing, or reading nothing.
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    metaprotocol_router::serve_http(
         listener,
         metaprotocol_examples::gateway::app(client, timeout),
+        stop,
     )
-    .await?;
+    .await;
     Ok(())
 }

@@ -93,7 +93,12 @@ fn json_in_dubbo_through_the_engine_json_out() -> TestResult {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let gateway = listener.local_addr()?;
         let app = metaprotocol_examples::gateway::app(client, Duration::from_secs(10));
-        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        // Served as the example binary serves it: with bounds on what clients hold.
+        let server = tokio::spawn(metaprotocol_router::serve_http(
+            listener,
+            app,
+            std::future::pending(),
+        ));
 
         let call = json!({ "args": ["ada"], "attachments": { "tenant": "t1" } }).to_string();
         let (status, answer) = post(gateway, &demo("sayHello"), &call).await?;

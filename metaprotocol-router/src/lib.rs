@@ -67,6 +67,7 @@ mod cluster;
 pub mod config;
 mod filters;
 mod health;
+mod http_server;
 mod lb;
 mod proxy;
 mod published;
@@ -87,6 +88,7 @@ pub use client::{CallError, Client, ClientOptions, RouterClient, RouterClientBui
 pub use cluster::{BreakerStatus, ClusterStatus, EndpointStatus, HealthState};
 pub use config::{Config, ConfigError};
 pub use filters::{FilterContext, FilterFactory, FilterRegistry, SharedClients};
+pub use http_server::serve_http;
 pub use proxy::{
     DEFAULT_DRAIN_TIMEOUT, DynamicSource, DynamicUpdate, Proxy, ProxyBuilder, ReloadSummary,
     ResourceId, ResourceKind, ResourceState, ResourceStatus, StartError, UpdateError,

@@ -5,13 +5,11 @@
 //! "field": ..., "line": ..., "column": ...}`), except the plain-text ones meant for people and
 //! scrapers. Write endpoints ask for the bearer token of `admin.token_file` when one is
 //! configured ([`auth`]); the server itself bounds slow and idle clients, and those that read
-//! none of their answers ([`server`]).
+//! none of their answers ([`crate::http_server`]).
 
 mod auth;
 mod logging;
-mod server;
 mod stats;
-mod write_stall;
 
 pub use logging::LogControl;
 
@@ -127,7 +125,7 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<ProxyState>, stop: C
             writes_need_the_token,
         ))
         .with_state(state);
-    server::serve(listener, app, stop).await;
+    crate::http_server::serve(listener, app, stop).await;
 }
 
 /// Writes (every method but GET and HEAD) need the admin token when one is set. Checked before

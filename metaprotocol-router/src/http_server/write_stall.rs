@@ -1,6 +1,6 @@
 //! A stream whose writes fail once they have waited too long on a client that takes none of
 //! them. hyper times out reading a request's headers, but not writing its answer: a client that
-//! sends requests and reads no answers would otherwise hold its connection, one of the admin
+//! sends requests and reads no answers would otherwise hold its connection, one of the
 //! server's few, for good.
 
 use std::future::Future;

@@ -1,7 +1,11 @@
-//! The admin HTTP server: one task per connection, at most [`MAX_CONNECTIONS`] at once, with a
-//! deadline on every request's headers (a client that trickles them, or leaves a connection
-//! idle, is cut off), on the rest of the request (its body and its handling) and on each write
-//! of an answer (a client that reads none is cut off), and a graceful stop.
+//! An HTTP server with bounds on what its clients can hold, for the admin API and for
+//! embedders' own HTTP fronts ([`serve_http`]): one task per connection, at most
+//! [`MAX_CONNECTIONS`] at once, with a deadline on every request's headers (a client that
+//! trickles them, or leaves a connection idle, is cut off), on the rest of the request (its body
+//! and its handling) and on each write of an answer (a client that reads none is cut off), and a
+//! graceful stop.
+
+mod write_stall;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::write_stall::WriteStall;
+use write_stall::WriteStall;
 
 /// How long a client has to send a request's headers, and how long an idle keep-alive
 /// connection stays open.
@@ -32,8 +36,31 @@ const MAX_CONNECTIONS: usize = 64;
 /// is closed: hyper's own deadlines cover reading requests, not writing answers.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves `app` on `listener` until `stop`.
-pub(super) async fn serve(listener: TcpListener, app: Router, stop: CancellationToken) {
+/// Serves `app` on `listener` until `stop` resolves, then lets requests in progress finish for
+/// a second, with the bounds the admin API has: at most 64 connections at once (more wait in
+/// the listen queue), 10 s for a request's headers and for an idle keep-alive connection, 30 s
+/// for the rest of a request (its body and its handling; a `408` answers one that takes
+/// longer), and 10 s for each write of an answer to a client that takes none of it. Without
+/// such bounds (`axum::serve` has none), a client can hold a connection and its task for good.
+pub async fn serve_http(
+    listener: TcpListener,
+    app: Router,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let token = CancellationToken::new();
+    let serving = serve(listener, app, token.clone());
+    tokio::pin!(serving);
+    tokio::select! {
+        () = serving.as_mut() => {}
+        () = stop => {
+            token.cancel();
+            serving.await;
+        }
+    }
+}
+
+/// [`serve_http`] until `stop` is cancelled.
+pub(crate) async fn serve(listener: TcpListener, app: Router, stop: CancellationToken) {
     let app = app.layer(middleware::from_fn(within_deadline));
     let connections = TaskTracker::new();
     let room = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
