@@ -30,7 +30,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long requests in progress may finish once the server stops.
 const STOP_GRACE: Duration = Duration::from_secs(1);
-/// Admin connections served at once; more wait in the listen queue until one ends.
+/// Connections served at once; more wait in the listen queue until one ends.
 const MAX_CONNECTIONS: usize = 64;
 /// How long writing an answer may wait on a client that takes none of it before its connection
 /// is closed: hyper's own deadlines cover reading requests, not writing answers.
