@@ -274,13 +274,18 @@ clusters:
         "the client connection survived the reload"
     );
 
-    // Files that make no config are rejected, and the running one kept: a misspelt field, and a
+    // Files that make no config are rejected, and the running one kept: a misspelt field; a
     // file that is not UTF-8 text, rejected as at start rather than repaired (only a comment
-    // holds its bad byte, and the config around it would send calls back to v1).
+    // holds its bad byte, and the config around it would send calls back to v1); and a config
+    // that parses but cannot be built, whose error is placed in the file.
     let mut not_text = config_for("one").into_bytes();
     not_text.extend_from_slice(b"# \xff\n");
     let misspelt = config_for("two").replace("route_configs", "route_config");
-    for bad in [misspelt.into_bytes(), not_text] {
+    let unbuildable = config_for("one").replace(
+        "  - name: c\n",
+        "  - name: c\n    health_check: { probe: { method: ping } }\n",
+    );
+    for bad in [misspelt.into_bytes(), not_text, unbuildable.into_bytes()] {
         std::fs::write(path, bad)?;
         tokio::time::sleep(Duration::from_millis(2500)).await;
         assert_eq!(
@@ -291,6 +296,13 @@ clusters:
             Some("v2")
         );
     }
+    let logs = proxy.stderr_tail();
+    assert!(
+        logs.contains(
+            "clusters[0].health_check.probe (line 6, column 28): protocol dubbo cannot probe"
+        ),
+        "{logs}"
+    );
     let mut admin = tokio::net::TcpStream::connect(("127.0.0.1", admin_port)).await?;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     admin
@@ -303,7 +315,7 @@ clusters:
         "{metrics}"
     );
     assert!(
-        metrics.contains("metaprotocol_config_reloads_total{outcome=\"rejected\"} 2"),
+        metrics.contains("metaprotocol_config_reloads_total{outcome=\"rejected\"} 3"),
         "{metrics}"
     );
     Ok(())
@@ -343,6 +355,19 @@ fn validate_places_errors_at_their_line_and_column_and_prints_warnings() -> Test
 "
         ),
     )?;
+    assert!(
+        reason.contains(
+            "clusters[0].health_check.probe (line 5, column 28): protocol dubbo cannot probe"
+        ),
+        "{reason}"
+    );
+    // `run` places it in the file too, and does not start.
+    let out = Command::new(BINARY)
+        .args(["run", "--config"])
+        .arg(scratch.path("probe.yaml"))
+        .output()?;
+    let reason = String::from_utf8(out.stderr)?;
+    assert_eq!(out.status.code(), Some(1), "{reason}");
     assert!(
         reason.contains(
             "clusters[0].health_check.probe (line 5, column 28): protocol dubbo cannot probe"

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use metaprotocol_core::{ByteStr, Metadata, RoutingKeys, RoutingView};
 use metaprotocol_router::{
-    Config, LogControl, Proxy, ProxyBuilder, RouteDestination, kernel_idle_poll,
+    Config, LogControl, Proxy, ProxyBuilder, RouteDestination, StartError, kernel_idle_poll,
 };
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -240,7 +240,15 @@ async fn run(
     parking: Parking,
     log_control: Arc<ReloadableFilter>,
 ) -> ExitCode {
-    let config = match Config::from_file(&path) {
+    // The text is kept to place errors found while building (a filter's config, say) in it.
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(err) => {
+            eprintln!("{}: cannot read: {err}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = match Config::from_yaml(&text) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("{}: {err}", path.display());
@@ -273,6 +281,14 @@ async fn run(
     }
     let proxy = match builder.start().await {
         Ok(proxy) => proxy,
+        Err(StartError::Config(err)) => {
+            eprintln!(
+                "{}: invalid config: {}",
+                path.display(),
+                err.located_in(&text)
+            );
+            return ExitCode::FAILURE;
+        }
         Err(err) => {
             eprintln!("{}: {err}", path.display());
             return ExitCode::FAILURE;

@@ -902,10 +902,14 @@ impl Proxy {
     }
 
     /// [`Proxy::reload`] from the text of a config file; a file that does not parse is rejected
-    /// (and counted) like any other invalid config.
+    /// (and counted) like any other invalid config. An error found while building the new
+    /// config (a filter's config, say) is placed in the text too.
     pub async fn reload_yaml(&self, text: &str) -> Result<ReloadSummary, UpdateError> {
         match Config::from_yaml(text) {
-            Ok(config) => self.reload(config).await,
+            Ok(config) => self.reload(config).await.map_err(|err| match err {
+                UpdateError::Invalid(err) => UpdateError::Invalid(err.located_in(text)),
+                other => other,
+            }),
             Err(err) => {
                 self.state.count_update(false);
                 Err(err.into())
