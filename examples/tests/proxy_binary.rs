@@ -26,6 +26,12 @@ fn validate(scratch: &Scratch, name: &str, yaml: &str) -> TestResult<Output> {
         .output()?)
 }
 
+/// Which demo provider answered a call through `client` (its `provider` attachment).
+async fn served_by(client: &DubboClient) -> TestResult<Option<String>> {
+    let reply = client.call("sayHello", "a", &[]).await?;
+    Ok(reply.attachment("provider").map(str::to_owned))
+}
+
 /// Lines of the configs `validate` is tried on: one listener, one route to cluster `c`, and `c`.
 const LISTENER: &str =
     "listeners: [ { name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r } ]\n";
@@ -246,13 +252,7 @@ clusters:
     let proxy = block_in_place(|| BinaryProxy::start(&config_for("one"), &[], address, &scratch))?;
     let path = proxy.config();
     let client = DubboClient::new(address);
-    assert_eq!(
-        client
-            .call("sayHello", "a", &[])
-            .await?
-            .attachment("provider"),
-        Some("v1")
-    );
+    assert_eq!(served_by(&client).await?.as_deref(), Some("v1"));
 
     std::fs::write(path, config_for("two"))?;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -288,13 +288,7 @@ clusters:
     for bad in [misspelt.into_bytes(), not_text, unbuildable.into_bytes()] {
         std::fs::write(path, bad)?;
         tokio::time::sleep(Duration::from_millis(2500)).await;
-        assert_eq!(
-            client
-                .call("sayHello", "a", &[])
-                .await?
-                .attachment("provider"),
-            Some("v2")
-        );
+        assert_eq!(served_by(&client).await?.as_deref(), Some("v2"));
     }
     let logs = proxy.stderr_tail();
     assert!(
@@ -524,13 +518,7 @@ clusters:
         "errors are JSON: {answer}"
     );
     let client = DubboClient::new(address);
-    assert_eq!(
-        client
-            .call("sayHello", "a", &[])
-            .await?
-            .attachment("provider"),
-        Some("v2")
-    );
+    assert_eq!(served_by(&client).await?.as_deref(), Some("v2"));
 
     std::fs::write(proxy.config(), config_for("one", "edited"))?;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -545,13 +533,7 @@ clusters:
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(
-        client
-            .call("sayHello", "a", &[])
-            .await?
-            .attachment("provider"),
-        Some("v1")
-    );
+    assert_eq!(served_by(&client).await?.as_deref(), Some("v1"));
     let logs = proxy.stderr_tail();
     assert!(
         logs.contains("listening") || logs.contains("route config updated"),
