@@ -326,6 +326,62 @@ async fn global_ratelimit_keeps_one_limit_per_descriptor_in_redis() -> TestResul
     Ok(())
 }
 
+/// A Redis that requires a password: the proxy signs in with the one in `password_file`, and
+/// without it every check fails to the failure mode. Keys stay short however long the values
+/// clients send.
+#[tokio::test]
+async fn global_ratelimit_signs_in_and_keeps_its_keys_short() -> TestResult {
+    let scratch = Scratch::new("global-password")?;
+    let Some(redis) = RedisServer::start_requiring(&scratch, "s3cret")? else {
+        return Ok(());
+    };
+    let password_file = scratch.path("redis-password");
+    std::fs::write(&password_file, "s3cret\n")?;
+    let filters = |password_file: &str| {
+        format!(
+            "[ {{ name: global_ratelimit, config: {{ redis: {{ address: \"{}\"{password_file} }},
+                 domain: test, descriptors: [ interface, method ],
+                 limit: {{ requests: 2, per: 1h }}, failure_mode_deny: true }} }} ]",
+            redis.address
+        )
+    };
+    let (provider, proxy) = start(&[
+        (
+            "signed_in",
+            &filters(&format!(", password_file: \"{}\"", password_file.display())),
+        ),
+        ("anonymous", &filters("")),
+    ])
+    .await?;
+    let signed_in = DubboClient::new(listener_addr(&proxy, "signed_in")?);
+    let long = "m".repeat(4096);
+    for method in ["sayHello", long.as_str()] {
+        for _ in 0..2 {
+            assert_eq!(signed_in.call(method, "a", &[]).await?.dubbo_status, OK);
+        }
+        let limited = signed_in.call(method, "a", &[]).await?;
+        assert_eq!(limited.dubbo_status, OVER_LIMIT);
+        assert!(limited.body_contains("rate limited"));
+    }
+    let keys = redis.keys()?;
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(
+        keys.iter().any(|k| k.ends_with("method8:sayHello")),
+        "{keys:?}"
+    );
+    assert!(keys.iter().all(|k| k.len() <= 256), "{keys:?}");
+
+    let anonymous = DubboClient::new(listener_addr(&proxy, "anonymous")?);
+    let refused = anonymous.call("sayHello", "a", &[]).await?;
+    assert_eq!(refused.dubbo_status, OVER_LIMIT);
+    assert!(refused.body_contains("failure_mode_deny"));
+    let errors = "metaprotocol_ratelimit_backend_errors_total{listener=\"anonymous\",filter=\"global_ratelimit\",reason=\"error\"}";
+    assert_eq!(metric(&proxy, errors), 1.0);
+    assert_eq!(provider.seen().len(), 4);
+    proxy.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_proxy_processes_enforce_one_combined_limit() -> TestResult {
     let scratch = Scratch::new("global-two-proxies")?;

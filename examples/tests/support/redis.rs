@@ -15,12 +15,23 @@ pub struct RedisServer {
     process: ChildGuard,
     /// Where it listens.
     pub address: SocketAddr,
+    /// The password it requires, if any.
+    password: Option<String>,
 }
 
 impl RedisServer {
     /// Starts a server; `Ok(None)` when redis-server is not installed and the interop tests
     /// may be skipped (see [`Suite::ready`]).
     pub fn start(scratch: &Scratch) -> TestResult<Option<Self>> {
+        Self::start_with(scratch, None)
+    }
+
+    /// Starts a server that requires `password` (`requirepass`) of its clients.
+    pub fn start_requiring(scratch: &Scratch, password: &str) -> TestResult<Option<Self>> {
+        Self::start_with(scratch, Some(password))
+    }
+
+    fn start_with(scratch: &Scratch, password: Option<&str>) -> TestResult<Option<Self>> {
         let installed = Command::new("redis-server")
             .arg("--version")
             .output()
@@ -43,12 +54,19 @@ impl RedisServer {
             "--protected-mode",
             "no",
         ]);
+        if let Some(password) = password {
+            command.args(["--requirepass", password]);
+        }
         let mut process = ChildGuard::spawn(command, "redis-server", scratch)?;
         wait_until(Duration::from_secs(10), "redis-server to listen", || {
             process.check_running()?;
             Ok(TcpStream::connect(address).is_ok())
         })?;
-        Ok(Some(Self { process, address }))
+        Ok(Some(Self {
+            process,
+            address,
+            password: password.map(str::to_owned),
+        }))
     }
 
     /// Pauses the server (SIGSTOP): it accepts connections but answers nothing, as a server
@@ -60,6 +78,29 @@ impl RedisServer {
     /// Lets a paused server go on (SIGCONT).
     pub fn resume(&self) -> TestResult {
         self.signal("-CONT")
+    }
+
+    /// Every key the server holds, asked with `redis-cli` (installed with the server).
+    pub fn keys(&self) -> TestResult<Vec<String>> {
+        let mut command = Command::new("redis-cli");
+        command.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.address.port().to_string(),
+            "--scan",
+        ]);
+        if let Some(password) = &self.password {
+            command.env("REDISCLI_AUTH", password);
+        }
+        let out = command.output()?;
+        if !out.status.success() {
+            return Err(format!("redis-cli --scan failed: {}", out.status).into());
+        }
+        Ok(String::from_utf8(out.stdout)?
+            .lines()
+            .map(str::to_owned)
+            .collect())
     }
 
     fn signal(&self, signal: &str) -> TestResult {

@@ -6,9 +6,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisResult, Script};
+use redis::{Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, RedisResult, Script};
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, EndpointAddress};
 use crate::filters::SharedClients;
 
 /// The GCRA script, loaded into Redis once (then called by its hash).
@@ -26,21 +26,48 @@ pub(crate) struct RedisLimits {
 /// gives up does not abandon the connection being made, which the next check goes on with.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How a proxy signs in to Redis (`AUTH`): an ACL user, or the `default` user, and its password.
+#[derive(Debug, Default)]
+pub(crate) struct Credentials {
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
 impl RedisLimits {
-    /// The shared state of the server at `address` (`host:port`), made the first time.
-    pub fn shared(shared: &SharedClients, address: &str) -> Result<Arc<Self>, ConfigError> {
-        let client = Client::open(format!("redis://{address}/")).map_err(|err| {
-            ConfigError::new(
-                "address",
-                format!("`{address}` is not a Redis address: {err}"),
-            )
-        })?;
-        Ok(
-            shared.get_or_insert_with(&format!("global_ratelimit/redis://{address}"), || Self {
-                client,
-                connection: OnceLock::new(),
-            }),
-        )
+    /// The shared state of the server at `address`, signed in with `credentials`, made the
+    /// first time. Other credentials for the same address get a connection of their own, so a
+    /// rotated password takes effect with the config that carries it.
+    pub fn shared(
+        shared: &SharedClients,
+        address: &EndpointAddress,
+        credentials: Credentials,
+    ) -> Result<Arc<Self>, ConfigError> {
+        let mut settings = RedisConnectionInfo::default();
+        if let Some(username) = &credentials.username {
+            settings = settings.set_username(username);
+        }
+        if let Some(password) = &credentials.password {
+            settings = settings.set_password(password);
+        }
+        let info = ConnectionAddr::Tcp(address.host().to_owned(), address.port())
+            .into_connection_info()
+            .map(|info| info.set_redis_settings(settings))
+            .and_then(Client::open)
+            .map_err(|err| {
+                ConfigError::new(
+                    "address",
+                    format!("`{address}` is not a Redis address: {err}"),
+                )
+            })?;
+        // The key holds the password only in memory, as the client itself does.
+        let key = format!(
+            "global_ratelimit/redis://{address}/{:?}/{:?}",
+            credentials.username, credentials.password
+        );
+        Ok(shared.get_or_insert_with(&key, || Self {
+            client: info,
+            connection: OnceLock::new(),
+        }))
     }
 
     fn connection(&self) -> RedisResult<ConnectionManager> {

@@ -8,10 +8,13 @@
 //! `timeout`, while every other request goes on. When Redis is slow or down the filter lets
 //! requests through, or with `failure_mode_deny` refuses them; either way it counts.
 //!
+//! The Redis password lives in a file (`password_file`), read at each config load, never in
+//! the config: `/config_dump` shows the config to anyone who can reach the admin API.
+//!
 //! ```yaml
 //! - name: global_ratelimit
 //!   config:
-//!     redis: { address: 127.0.0.1:6379 }
+//!     redis: { address: 127.0.0.1:6379, password_file: /etc/metaprotocol/redis-password }
 //!     domain: demo
 //!     descriptors: [ interface, method ]
 //!     limit: { requests: 200, per: 1s }
@@ -23,6 +26,7 @@ mod client;
 
 use std::borrow::Cow;
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,9 +35,9 @@ use metaprotocol_core::{
 };
 use serde::Deserialize;
 
-use self::client::RedisLimits;
+use self::client::{Credentials, RedisLimits};
 use super::{FilterContext, routing_view};
-use crate::config::{ConfigError, from_value};
+use crate::config::{ConfigError, EndpointAddress, from_value};
 use crate::stats::Counter;
 
 /// The filter's registered name.
@@ -59,7 +63,44 @@ pub(crate) struct GlobalRateLimitSpec {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RedisSpec {
-    address: String,
+    address: EndpointAddress,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password_file: Option<PathBuf>,
+}
+
+impl RedisSpec {
+    /// The credentials to sign in with: the password is read from its file now (at each
+    /// config load), so that it never appears in the config, `/config_dump` included.
+    fn credentials(&self) -> Result<Credentials, ConfigError> {
+        let Some(path) = &self.password_file else {
+            if self.username.is_some() {
+                return Err(ConfigError::new(
+                    "username",
+                    "needs `password_file`: Redis signs a user in with a password",
+                ));
+            }
+            return Ok(Credentials::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|err| {
+            ConfigError::new(
+                "password_file",
+                format!("cannot read `{}`: {err}", path.display()),
+            )
+        })?;
+        let password = text.trim();
+        if password.is_empty() {
+            return Err(ConfigError::new(
+                "password_file",
+                format!("`{}` is empty", path.display()),
+            ));
+        }
+        Ok(Credentials {
+            username: self.username.clone(),
+            password: Some(password.to_owned()),
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,7 +177,12 @@ pub(crate) fn build(
         return Err(ConfigError::new("timeout", "must be greater than 0"));
     }
     let rate = spec.limit.rate().map_err(|e| e.within("limit"))?;
-    let redis = RedisLimits::shared(context.shared(), &spec.redis.address)
+    let redis = spec
+        .redis
+        .credentials()
+        .and_then(|credentials| {
+            RedisLimits::shared(context.shared(), &spec.redis.address, credentials)
+        })
         .map_err(|e| e.within("redis"))?;
     let metrics = context.metrics();
     let decisions = |decision| {
@@ -198,18 +244,43 @@ struct GlobalRateLimit {
 impl GlobalRateLimit {
     /// The Redis key of the request's limit; `None` when the request lacks a descriptor key
     /// (it is not limited, as in Envoy). Parts are length-prefixed, so that no two tuples of
-    /// values can make the same key.
+    /// values can make the same key. A key past [`MAX_PLAIN_KEY_BYTES`] is replaced by its
+    /// SHA-256: the values come from clients, and Redis keeps each key for its limit's period.
     fn key(&self, ctx: &RequestContext<'_>) -> Option<Vec<u8>> {
         let view = routing_view(ctx);
         let mut key = Vec::with_capacity(64);
-        key.extend_from_slice(b"metaprotocol:ratelimit:");
+        key.extend_from_slice(KEY_PREFIX);
         push_part(&mut key, self.domain.as_bytes());
         for descriptor in &self.descriptors {
             push_part(&mut key, descriptor.as_bytes());
             push_part(&mut key, view.get(descriptor)?.as_bytes());
         }
-        Some(key)
+        Some(bounded(key))
     }
+}
+
+/// What every key starts with.
+const KEY_PREFIX: &[u8] = b"metaprotocol:ratelimit:";
+
+/// The longest key kept as written; longer ones are hashed.
+const MAX_PLAIN_KEY_BYTES: usize = 256;
+
+/// `key`, or when it is longer than [`MAX_PLAIN_KEY_BYTES`] the prefix, `sha256:` and the hex of
+/// its SHA-256 (collision-resistant: a client cannot pick values that share another's limit).
+/// A written key goes on with its domain's length, a digit, so the two kinds never meet.
+fn bounded(key: Vec<u8>) -> Vec<u8> {
+    if key.len() <= MAX_PLAIN_KEY_BYTES {
+        return key;
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, &key);
+    let mut hashed = Vec::with_capacity(KEY_PREFIX.len() + 7 + 2 * digest.as_ref().len());
+    hashed.extend_from_slice(KEY_PREFIX);
+    hashed.extend_from_slice(b"sha256:");
+    for byte in digest.as_ref() {
+        // Writing into a Vec cannot fail.
+        let _ = write!(hashed, "{byte:02x}");
+    }
+    hashed
 }
 
 fn push_part(key: &mut Vec<u8>, part: &[u8]) {
@@ -376,7 +447,12 @@ mod tests {
     }
 
     #[test]
-    fn bad_configs_name_the_field() {
+    fn bad_configs_name_the_field() -> std::io::Result<()> {
+        let empty = std::env::temp_dir().join(format!(
+            "global-ratelimit-empty-password-{}",
+            std::process::id()
+        ));
+        std::fs::write(&empty, " \n")?;
         let mut base = config("127.0.0.1:6379", false);
         let with = |edit: &dyn Fn(&mut serde_json::Value)| {
             let mut config = base.clone();
@@ -417,12 +493,64 @@ mod tests {
             (
                 with(&|c| c["redis"]["address"] = json!("a b:x")),
                 "redis.address",
-                "not a Redis address",
+                "not `ip:port` or `host:port`",
+            ),
+            // Credentials belong in a file, never in the config (or `/config_dump`).
+            (
+                with(&|c| c["redis"]["address"] = json!("user:secret@127.0.0.1:6379")),
+                "redis.address",
+                "not `ip:port` or `host:port`",
+            ),
+            (
+                with(&|c| c["redis"]["username"] = json!("proxy")),
+                "redis.username",
+                "needs `password_file`",
+            ),
+            (
+                with(&|c| c["redis"]["password_file"] = json!("/nonexistent/redis-password")),
+                "redis.password_file",
+                "cannot read `/nonexistent/redis-password`",
+            ),
+            (
+                with(&|c| c["redis"]["password_file"] = json!(empty.display().to_string())),
+                "redis.password_file",
+                "is empty",
             ),
         ];
         assert_rejected(NAME, cases);
         base["limit"] = json!({ "requests": 1 });
         let err = rejection(NAME, base);
         assert!(err.reason.contains("missing field `per`"), "{err}");
+        std::fs::remove_file(empty)
+    }
+
+    #[test]
+    fn long_keys_are_hashed_and_stay_apart() {
+        let plain = b"metaprotocol:ratelimit:4:demo".to_vec();
+        assert_eq!(bounded(plain.clone()), plain);
+        let long = |last: u8| {
+            let mut key = KEY_PREFIX.to_vec();
+            push_part(&mut key, &[b'x'; MAX_PLAIN_KEY_BYTES]);
+            key.push(last);
+            bounded(key)
+        };
+        let (a, b) = (long(b'a'), long(b'b'));
+        assert_ne!(a, b);
+        for key in [&a, &b] {
+            assert_eq!(
+                key.len(),
+                KEY_PREFIX.len() + "sha256:".len() + 64,
+                "{key:?}"
+            );
+            assert!(
+                key.starts_with(b"metaprotocol:ratelimit:sha256:"),
+                "{key:?}"
+            );
+            assert!(
+                key[KEY_PREFIX.len() + 7..]
+                    .iter()
+                    .all(u8::is_ascii_hexdigit)
+            );
+        }
     }
 }
