@@ -1042,6 +1042,87 @@ async fn at_the_drain_deadline_calls_still_open_get_an_error_reply() -> TestResu
     Ok(())
 }
 
+/// A connection the proxy closes (here after a bad frame) still delivers its last answers to a
+/// client that goes on sending: the proxy reads and drops the rest until the client closes, as a
+/// socket closed with unread bytes is reset, and a reset can destroy answers in flight.
+#[tokio::test]
+async fn a_client_still_sending_when_the_proxy_closes_gets_its_last_answers() -> TestResult {
+    let provider = DemoProvider::start_with_delay("p", Duration::from_millis(300)).await?;
+    let proxy = proxy_in_front_of(&provider, "", "").await?;
+    let mut socket = TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
+    let slow = support::dubbo_request(1, SLOW_METHOD, &[]);
+    socket
+        .write_all(&[&slow[..], b"GET / HTTP/1.1\r\n\r\n"].concat())
+        .await?;
+    // Sent while the slow call is in flight, after the proxy stopped reading.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    socket.write_all(&[b'x'; 64 * 1024]).await?;
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut rest)).await??;
+    let mut decoder = metaprotocol_dubbo::DubboCodecFactory::new(1 << 20)
+        .new_codec(Side::Upstream, WireVariant::DEFAULT);
+    let answer = decoder
+        .decode(&mut bytes::BytesMut::from(&rest[..]))?
+        .ok_or("no answer")?;
+    assert_eq!((answer.request_id, answer.status), (1, ResponseStatus::Ok));
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// At the drain deadline, the calls past the in-flight bound that wait whole in the read buffer
+/// get the error reply of the calls in flight: the proxy read them, so they are answered, not
+/// dropped with the connection.
+#[tokio::test]
+async fn at_the_drain_deadline_calls_read_but_not_started_get_an_error_reply_too() -> TestResult {
+    let provider = DemoProvider::start_with_delay("p", Duration::from_secs(10)).await?;
+    let proxy = draining_proxy(&provider, "300ms").await?;
+    let mut socket = TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
+    // After a large frame a read takes up to 1 MiB: the small calls past the 4,096th wait in
+    // the read buffer.
+    let big = "b".repeat(200 * 1024);
+    let count = 4600;
+    let mut calls = support::dubbo_request(1, SLOW_METHOD, &[("x-big", &big)]).to_vec();
+    calls.extend((2..=count).flat_map(|id| support::dubbo_request(id, SLOW_METHOD, &[])));
+    socket.write_all(&calls).await?;
+    let in_flight = "metaprotocol_downstream_rq_active{listener=\"in\"}";
+    let started = Instant::now();
+    while support::proxy::metric(&proxy, in_flight) < 4096.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "never 4,096 in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let shutdown = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move { proxy.shutdown().await })
+    };
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut rest)).await??;
+    shutdown.await?;
+    let mut decoder = metaprotocol_dubbo::DubboCodecFactory::new(1 << 20)
+        .new_codec(Side::Upstream, WireVariant::DEFAULT);
+    let mut buf = bytes::BytesMut::from(&rest[..]);
+    let mut ids = Vec::new();
+    while let Some(message) = decoder.decode(&mut buf)? {
+        if message.kind == MessageKind::Response {
+            assert_ne!(message.status, ResponseStatus::Ok);
+            assert!(message.frame.windows(13).any(|w| w == b"shutting down"));
+            ids.push(message.request_id);
+        }
+    }
+    let answered = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), answered, "one answer a call");
+    assert!(
+        answered > 4096,
+        "only the calls in flight were answered: {answered}"
+    );
+    assert!(ids.iter().all(|id| (1..=count).contains(id)));
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_frame_cut_where_the_proxy_stopped_reading_waits_until_it_reads_again() -> TestResult {
     let provider = DemoProvider::start_with_delay("p", Duration::from_secs(2)).await?;

@@ -5,7 +5,9 @@
 //! does not read its answers cannot grow memory without bound). The connection closes when the
 //! client closes and its requests are answered, when it sends a stream that cannot be trusted
 //! (after answering what is in flight), when a frame takes too long to arrive, when it is idle
-//! past the listener's idle timeout, or at the end of a drain.
+//! past the listener's idle timeout, or at the end of a drain. Closing, it ends its stream after
+//! the last answers and reads what the client still sends until the client closes too (for two
+//! seconds at most): a socket closed with unread bytes is reset, which can destroy those answers.
 //!
 //! An idle connection holds no buffers: it waits for readability without one, and a connection
 //! quiet for a moment gives back its buffers and per-request machinery, so that ten thousand
@@ -22,6 +24,7 @@ use bytes::BytesMut;
 use metaprotocol_core::{
     Codec, ConnectionInfo, LocalReply, LocalReplyKind, ResponseFlags, Side, WireVariant,
 };
+use tokio::io::ReadBuf;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -53,6 +56,24 @@ const WRITE_STALL_LIMIT: Duration = Duration::from_secs(30);
 const DRAIN_QUIET: Duration = Duration::from_secs(1);
 /// A connection with nothing in flight gives back its buffers after being quiet this long.
 const TRIM_AFTER: Duration = Duration::from_secs(2);
+/// After its last answer, a connection the proxy closes reads and drops what the client still
+/// sends, until the client closes too, for at most this long: closing a socket with unread bytes
+/// resets it, and a reset can destroy the last answers on their way to the client.
+const CLOSE_WAIT_LIMIT: Duration = Duration::from_secs(2);
+/// ... or until the client has sent nothing for this long.
+const CLOSE_QUIET: Duration = Duration::from_millis(250);
+/// Reads of a closing connection in one poll of its task, past which it yields.
+const CLOSE_READS_PER_POLL: usize = 16;
+
+/// A connection past its last answer: its write side shut, reading until the client closes.
+struct Closing {
+    /// When it closes whatever the client does.
+    until: Instant,
+    /// When it closes if the client sends nothing more.
+    quiet_until: Instant,
+    /// True once the write side is shut (the last answers flushed, then end of stream).
+    shut: bool,
+}
 
 /// Whether the connection still reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,6 +173,8 @@ struct Connection<S> {
     alarm: Alarm,
     /// Its reads and calls in flight, as its worker's lingers count them.
     activity: linger::ConnectionActivity,
+    /// Set once the connection is closing (boxed: idle connections are many).
+    closing: Option<Box<Closing>>,
 }
 
 impl<S: Transport> Connection<S> {
@@ -184,6 +207,58 @@ impl<S: Transport> Connection<S> {
             frames_left: false,
             alarm: Alarm::new(),
             activity: linger::ConnectionActivity::default(),
+            closing: None,
+        }
+    }
+
+    /// Closes the connection once everything is answered: shuts its write side after the last
+    /// answers, then reads and drops what the client still sends until it closes too, goes
+    /// quiet, or [`CLOSE_WAIT_LIMIT`] passes.
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let now = Instant::now();
+        let closing = self.closing.get_or_insert_with(|| {
+            Box::new(Closing {
+                until: now + CLOSE_WAIT_LIMIT,
+                quiet_until: now + CLOSE_QUIET,
+                shut: false,
+            })
+        });
+        if !closing.shut {
+            self.read_buf = BytesMut::new();
+            self.write_buf.trim();
+            match Pin::new(&mut self.io).poll_shutdown(cx) {
+                Poll::Ready(Ok(())) => closing.shut = true,
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Pending => {}
+            }
+        }
+        if closing.shut {
+            let mut scratch = [0u8; 4096];
+            for read in 0.. {
+                if read == CLOSE_READS_PER_POLL {
+                    cx.waker().wake_by_ref();
+                    break;
+                }
+                let mut buf = ReadBuf::new(&mut scratch);
+                match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+                    Poll::Pending => break,
+                    Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                        closing.quiet_until = now + CLOSE_QUIET;
+                    }
+                    // The client closed too, or its connection failed.
+                    Poll::Ready(_) => return Poll::Ready(()),
+                }
+            }
+        }
+        let at = closing.until.min(closing.quiet_until);
+        loop {
+            if Instant::now() >= at {
+                return Poll::Ready(());
+            }
+            self.alarm.arm(at);
+            if !self.alarm.poll(cx) {
+                return Poll::Pending;
+            }
         }
     }
 
@@ -206,6 +281,15 @@ impl<S: Transport> Connection<S> {
                 Poll::Ready(Ok(_)) => {}
             }
         }
+        let frames = self.decode_frames(now, None);
+        self.activity.read(frames, self.requests.len());
+        true
+    }
+
+    /// Decodes the whole frames in `read_buf` and hands them to the requests, up to
+    /// [`MAX_IN_FLIGHT`]; with `turn_away`, answers each with it instead (the connection is
+    /// closing). Returns the frames decoded.
+    fn decode_frames(&mut self, now: Instant, turn_away: Option<&LocalReply>) -> u64 {
         // The wall clock, read for the first frame: the frames of one read share it.
         let mut wall = None;
         let mut frames = 0;
@@ -232,8 +316,17 @@ impl<S: Transport> Connection<S> {
                     frames += 1;
                     let received = (now, *wall.get_or_insert_with(SystemTime::now));
                     if let Some(message) = slot.take() {
-                        self.requests
-                            .receive(message, &mut self.write_buf, received);
+                        let out = &mut self.write_buf;
+                        match turn_away {
+                            Some(reply) => self.requests.turn_away(
+                                message,
+                                reply,
+                                ResponseFlags::DRAINING,
+                                out,
+                                received,
+                            ),
+                            None => self.requests.receive(message, out, received),
+                        }
                     }
                 }
                 Ok(false) => {
@@ -251,8 +344,7 @@ impl<S: Transport> Connection<S> {
         if let Some(unused) = slot {
             self.requests.spare(unused);
         }
-        self.activity.read(frames, self.requests.len());
-        true
+        frames
     }
 
     /// True while the proxy does not read from the client: too much in flight or unsent.
@@ -278,6 +370,11 @@ impl<S: Transport> Connection<S> {
             );
             self.requests
                 .answer_all(&reply, ResponseFlags::DRAINING, &mut self.write_buf);
+            // Calls past the in-flight bound wait whole in the read buffer: the proxy read
+            // them, so they get the same answer rather than a closed connection.
+            if std::mem::take(&mut self.frames_left) {
+                self.decode_frames(now, Some(&reply));
+            }
             self.reading = Reading::Done;
             changed = true;
         }
@@ -385,6 +482,9 @@ impl<S: Transport> Future for Connection<S> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
+        if this.closing.is_some() {
+            return this.poll_close(cx);
+        }
         busy_poll::served();
         for _ in 0..PASSES_PER_POLL {
             let now = Instant::now();
@@ -420,7 +520,7 @@ impl<S: Transport> Future for Connection<S> {
                 && this.requests.is_empty()
                 && this.write_buf.is_empty()
             {
-                return Poll::Ready(());
+                return this.poll_close(cx);
             }
             if !progress {
                 return Poll::Pending;

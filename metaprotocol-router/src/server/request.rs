@@ -393,12 +393,55 @@ impl Requests {
         in_flight(&mut self.slab, key)
     }
 
-    fn start(
+    fn start(&mut self, message: Arc<Message>, out: &mut Outbox, received: (Instant, SystemTime)) {
+        // A request whose metadata overflowed would be routed and filtered without some of its
+        // entries: it is refused rather than judged on part of what it carries.
+        let reject_reason = message.reject_reason.or_else(|| {
+            message
+                .metadata
+                .overflowed()
+                .then_some(METADATA_OVERFLOW_REASON)
+        });
+        let admitted = self
+            .ctx
+            .load
+            .admits(load::difference(self.slab.len(), self.moved));
+        let key = self.admit(message, received);
+        let now = received.0;
+        if !admitted {
+            let reply = LocalReply::new(
+                LocalReplyKind::OverLimit,
+                "metaprotocol-proxy: the proxy is overloaded",
+            );
+            self.refuse_at_once(key, reply, ResponseFlags::OVERLOADED, out, now);
+        } else if let Some(reason) = reject_reason {
+            let reply = LocalReply::new(LocalReplyKind::BadRequest, reason);
+            self.refuse_at_once(key, reply, ResponseFlags::BAD_REQUEST, out, now);
+        } else {
+            self.run_request_filters(key, 0, out, now);
+        }
+    }
+
+    /// Answers a frame decoded from the client with `reply` at once, neither filtered nor
+    /// routed: the connection is closing, and this call was read but never started.
+    pub fn turn_away(
         &mut self,
         message: Arc<Message>,
+        reply: &LocalReply,
+        flags: ResponseFlags,
         out: &mut Outbox,
-        (now, wall): (Instant, SystemTime),
+        received: (Instant, SystemTime),
     ) {
+        if !matches!(message.kind, MessageKind::Request | MessageKind::Oneway) {
+            return self.receive(message, out, received);
+        }
+        let key = self.admit(message, received);
+        self.refuse_at_once(key, reply.clone(), flags, out, received.0);
+    }
+
+    /// Counts and records a request received at `received` and puts it in flight, before its
+    /// filters run.
+    fn admit(&mut self, message: Arc<Message>, (now, wall): (Instant, SystemTime)) -> RequestKey {
         let stats = &self.ctx.stats;
         stats.rq_total.inc();
         stats.rq_active.inc();
@@ -411,23 +454,11 @@ impl Requests {
             now.into_std(),
             wall,
         );
-        // A request whose metadata overflowed would be routed and filtered without some of its
-        // entries: it is refused rather than judged on part of what it carries.
-        let reject_reason = message.reject_reason.or_else(|| {
-            message
-                .metadata
-                .overflowed()
-                .then_some(METADATA_OVERFLOW_REASON)
-        });
         let span = self
             .ctx
             .tracer
             .as_ref()
             .map(|tracer| tracer.start(&message));
-        let admitted = self
-            .ctx
-            .load
-            .admits(load::difference(self.slab.len(), self.moved));
         self.next_seq = self.next_seq.wrapping_add(1);
         let seq = self.next_seq;
         let index = self.slab.insert(InFlight {
@@ -440,34 +471,26 @@ impl Requests {
             step_timer: None,
             span,
         });
-        let key = RequestKey {
+        RequestKey {
             index: index as u32,
             seq,
-        };
-        if !admitted {
-            if let Some(inflight) = self.get(key) {
-                inflight
-                    .record
-                    .set_local_reply(LocalReplyKind::OverLimit, ResponseFlags::OVERLOADED);
-            }
-            let reply = LocalReply::new(
-                LocalReplyKind::OverLimit,
-                "metaprotocol-proxy: the proxy is overloaded",
-            );
-            self.finish(key, Answer::Local(reply), out, now);
-            return;
         }
-        if let Some(reason) = reject_reason {
-            if let Some(inflight) = self.get(key) {
-                inflight
-                    .record
-                    .set_local_reply(LocalReplyKind::BadRequest, ResponseFlags::BAD_REQUEST);
-            }
-            let reply = LocalReply::new(LocalReplyKind::BadRequest, reason);
-            self.finish(key, Answer::Local(reply), out, now);
-            return;
+    }
+
+    /// Ends a request the proxy answers itself before its filters run (overload, a bad
+    /// request, a closing connection), its record flagged `flags`.
+    fn refuse_at_once(
+        &mut self,
+        key: RequestKey,
+        reply: LocalReply,
+        flags: ResponseFlags,
+        out: &mut Outbox,
+        now: Instant,
+    ) {
+        if let Some(inflight) = self.get(key) {
+            inflight.record.set_local_reply(reply.kind, flags);
         }
-        self.run_request_filters(key, 0, out, now);
+        self.finish(key, Answer::Local(reply), out, now);
     }
 
     fn run_request_filters(
@@ -525,12 +548,8 @@ impl Requests {
 
     /// A filter answered the request itself.
     fn refused(&mut self, key: RequestKey, reply: LocalReply, out: &mut Outbox, now: Instant) {
-        if let Some(inflight) = self.get(key) {
-            inflight
-                .record
-                .set_local_reply(reply.kind, router::refusal_flags(reply.kind));
-        }
-        self.finish(key, Answer::Local(reply), out, now);
+        let flags = router::refusal_flags(reply.kind);
+        self.refuse_at_once(key, reply, flags, out, now);
     }
 
     fn route(&mut self, key: RequestKey, out: &mut Outbox, now: Instant) {
