@@ -338,12 +338,26 @@ async fn call_in_one_write(client: &mut TcpStream, first: u64, count: u64) -> Te
 }
 
 /// Reads `count` answers (waiting at most 5 s for each read).
+/// A decoder of the proxy's answers, as a client reads them.
+fn answer_decoder() -> Box<dyn metaprotocol_core::Codec> {
+    metaprotocol_dubbo::DubboCodecFactory::new(1 << 20)
+        .new_codec(Side::Upstream, WireVariant::DEFAULT)
+}
+
+/// A 200 KiB slow call and `count - 1` small ones after it (ids 1 to `count`), in one buffer:
+/// after the large frame a read takes up to 1 MiB, thousands of the small calls.
+fn calls_after_a_large_one(count: u64) -> Vec<u8> {
+    let big = "b".repeat(200 * 1024);
+    let mut calls = support::dubbo_request(1, SLOW_METHOD, &[("x-big", &big)]).to_vec();
+    calls.extend((2..=count).flat_map(|id| support::dubbo_request(id, SLOW_METHOD, &[])));
+    calls
+}
+
 async fn read_answers(
     client: &mut (impl tokio::io::AsyncRead + Unpin),
     count: u64,
 ) -> TestResult<Vec<metaprotocol_core::Message>> {
-    let mut decoder = metaprotocol_dubbo::DubboCodecFactory::new(1 << 20)
-        .new_codec(Side::Upstream, WireVariant::DEFAULT);
+    let mut decoder = answer_decoder();
     let mut buf = bytes::BytesMut::new();
     let mut answers = Vec::new();
     while (answers.len() as u64) < count {
@@ -1059,8 +1073,7 @@ async fn a_client_still_sending_when_the_proxy_closes_gets_its_last_answers() ->
     socket.write_all(&[b'x'; 64 * 1024]).await?;
     let mut rest = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut rest)).await??;
-    let mut decoder = metaprotocol_dubbo::DubboCodecFactory::new(1 << 20)
-        .new_codec(Side::Upstream, WireVariant::DEFAULT);
+    let mut decoder = answer_decoder();
     let answer = decoder
         .decode(&mut bytes::BytesMut::from(&rest[..]))?
         .ok_or("no answer")?;
@@ -1077,13 +1090,9 @@ async fn at_the_drain_deadline_calls_read_but_not_started_get_an_error_reply_too
     let provider = DemoProvider::start_with_delay("p", Duration::from_secs(10)).await?;
     let proxy = draining_proxy(&provider, "300ms").await?;
     let mut socket = TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
-    // After a large frame a read takes up to 1 MiB: the small calls past the 4,096th wait in
-    // the read buffer.
-    let big = "b".repeat(200 * 1024);
+    // The small calls past the 4,096th wait in the read buffer.
     let count = 4600;
-    let mut calls = support::dubbo_request(1, SLOW_METHOD, &[("x-big", &big)]).to_vec();
-    calls.extend((2..=count).flat_map(|id| support::dubbo_request(id, SLOW_METHOD, &[])));
-    socket.write_all(&calls).await?;
+    socket.write_all(&calls_after_a_large_one(count)).await?;
     let in_flight = "metaprotocol_downstream_rq_active{listener=\"in\"}";
     let started = Instant::now();
     while support::proxy::metric(&proxy, in_flight) < 4096.0 {
@@ -1100,8 +1109,7 @@ async fn at_the_drain_deadline_calls_read_but_not_started_get_an_error_reply_too
     let mut rest = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut rest)).await??;
     shutdown.await?;
-    let mut decoder = metaprotocol_dubbo::DubboCodecFactory::new(1 << 20)
-        .new_codec(Side::Upstream, WireVariant::DEFAULT);
+    let mut decoder = answer_decoder();
     let mut buf = bytes::BytesMut::from(&rest[..]);
     let mut ids = Vec::new();
     while let Some(message) = decoder.decode(&mut buf)? {
@@ -1163,11 +1171,8 @@ async fn one_large_read_does_not_take_a_client_past_its_calls_in_flight() -> Tes
     let provider = DemoProvider::start_with_delay("p", Duration::from_secs(1)).await?;
     let proxy = proxy_in_front_of(&provider, "", "").await?;
     let mut socket = TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
-    let big = "b".repeat(200 * 1024);
     let count = 7000;
-    let mut calls = support::dubbo_request(1, SLOW_METHOD, &[("x-big", &big)]).to_vec();
-    calls.extend((2..=count).flat_map(|id| support::dubbo_request(id, SLOW_METHOD, &[])));
-    socket.write_all(&calls).await?;
+    socket.write_all(&calls_after_a_large_one(count)).await?;
     let in_flight = "metaprotocol_downstream_rq_active{listener=\"in\"}";
     let mut most = 0.0f64;
     for _ in 0..40 {
