@@ -4,10 +4,10 @@
 //! stream fails it connects again after an exponential, jittered pause; the running config
 //! keeps serving meanwhile, and the new stream asks with the versions already accepted.
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
@@ -15,7 +15,10 @@ use metaprotocol_router::Proxy;
 use metaprotocol_router::config::{ReconnectSpec, XdsApiType, XdsSpec};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::http::uri::PathAndQuery;
 
+use crate::budget;
 use crate::delta::{DeltaResources, Merged};
 use crate::resource::ResourceType;
 use crate::state::{Listing, Rejected, Subscription};
@@ -23,7 +26,8 @@ use crate::status::SourceStatus;
 use crate::tls::ServerTls;
 
 /// The largest response the client accepts: bounds what a server can make the proxy hold
-/// (a thousand routes take a few hundred KiB).
+/// (a thousand routes take a few hundred KiB). What it decodes into is bounded apart (see
+/// [`budget`]): the few bytes of an empty element can decode into kilobytes.
 pub(crate) const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Requests queued for the stream: a response yields at most an ACK and an EDS request, and a
@@ -120,8 +124,7 @@ async fn session(
         Ok(channel) => channel,
         Err(err) => return SessionError::connect(&err),
     };
-    let client = AggregatedDiscoveryServiceClient::new(channel)
-        .max_decoding_message_size(MAX_RESPONSE_BYTES);
+    let client = tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
     let stream = Stream {
         proxy,
         subscription,
@@ -180,7 +183,7 @@ impl Stream<'_> {
 /// A flavour of ADS: its messages, and how its responses are answered.
 trait Flavour {
     type Request: Send + 'static;
-    type Response: prost::Message + Default + 'static;
+    type Response: prost::Message + Default + Sync + 'static;
 
     /// The flavour's form of a stream's first requests.
     fn initial(&self, requests: Vec<DiscoveryRequest>) -> Vec<Self::Request>;
@@ -215,7 +218,13 @@ impl Flavour for StateOfTheWorld {
         client: &mut AdsClient,
         requests: ReceiverStream<DiscoveryRequest>,
     ) -> Result<tonic::Response<tonic::Streaming<DiscoveryResponse>>, tonic::Status> {
-        client.stream_aggregated_resources(requests).await
+        ads_stream(
+            client,
+            requests,
+            "StreamAggregatedResources",
+            budget::SOTW_RESOURCE_VALUES,
+        )
+        .await
     }
 
     async fn respond(
@@ -245,7 +254,13 @@ impl Flavour for Delta<'_> {
         client: &mut AdsClient,
         requests: ReceiverStream<DeltaDiscoveryRequest>,
     ) -> Result<tonic::Response<tonic::Streaming<DeltaDiscoveryResponse>>, tonic::Status> {
-        client.delta_aggregated_resources(requests).await
+        ads_stream(
+            client,
+            requests,
+            "DeltaAggregatedResources",
+            budget::DELTA_RESOURCE_VALUES,
+        )
+        .await
     }
 
     async fn respond(
@@ -266,8 +281,102 @@ impl Flavour for Delta<'_> {
     }
 }
 
-/// The ADS client over a channel.
-type AdsClient = AggregatedDiscoveryServiceClient<tonic::transport::Channel>;
+/// The ADS client over a channel: tonic's own, as the generated client's codec decodes a
+/// response before the client can bound what it decodes into.
+type AdsClient = tonic::client::Grpc<tonic::transport::Channel>;
+
+/// The ADS service, as its methods' paths name it.
+const ADS_SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+
+/// Opens the ADS stream of `method`, whose responses keep their encoded resources at the
+/// field path `resource_values`.
+async fn ads_stream<Request, Response>(
+    client: &mut AdsClient,
+    requests: ReceiverStream<Request>,
+    method: &'static str,
+    resource_values: &'static [u32],
+) -> Result<tonic::Response<tonic::Streaming<Response>>, tonic::Status>
+where
+    Request: prost::Message + Sync + 'static,
+    Response: prost::Message + Default + Sync + 'static,
+{
+    client
+        .ready()
+        .await
+        .map_err(|err| tonic::Status::unknown(format!("the channel is not ready: {err}")))?;
+    let path = PathAndQuery::try_from(format!("/{ADS_SERVICE}/{method}"))
+        .map_err(|err| tonic::Status::internal(err.to_string()))?;
+    let mut request = tonic::Request::new(requests);
+    request
+        .extensions_mut()
+        .insert(tonic::GrpcMethod::new(ADS_SERVICE, method));
+    let codec = AdsCodec::<Request, Response> {
+        resource_values,
+        types: PhantomData,
+    };
+    client.streaming(request, path, codec).await
+}
+
+/// Prost's encoding, but a response is decoded only once [`budget::check`] has bounded what it
+/// decodes into; past the bound the stream fails, as it does for a response over
+/// [`MAX_RESPONSE_BYTES`].
+struct AdsCodec<Request, Response> {
+    /// Where a response holds its encoded resources, decoded later and checked then.
+    resource_values: &'static [u32],
+    types: PhantomData<fn(Request) -> Response>,
+}
+
+impl<Request, Response> Codec for AdsCodec<Request, Response>
+where
+    Request: prost::Message + 'static,
+    Response: prost::Message + Default + 'static,
+{
+    type Encode = Request;
+    type Decode = Response;
+    type Encoder = Self;
+    type Decoder = Self;
+
+    fn encoder(&mut self) -> Self {
+        Self { ..*self }
+    }
+
+    fn decoder(&mut self) -> Self {
+        Self { ..*self }
+    }
+}
+
+impl<Request: prost::Message, Response> Encoder for AdsCodec<Request, Response> {
+    type Item = Request;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Request, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        // Cannot fail: tonic's buffer grows as needed.
+        item.encode(dst)
+            .map_err(|err| tonic::Status::internal(err.to_string()))
+    }
+}
+
+impl<Request, Response: prost::Message + Default> Decoder for AdsCodec<Request, Response> {
+    type Item = Response;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Response>, tonic::Status> {
+        use prost::bytes::Buf;
+        // The message whole (tonic's buffer is one slice, so no copy).
+        let message = src.copy_to_bytes(src.remaining());
+        budget::check(
+            &message,
+            budget::RESPONSE_ELEMENT_BYTES,
+            self.resource_values,
+        )
+        .map_err(|err| {
+            tonic::Status::resource_exhausted(format!("an xDS response refused: {err}"))
+        })?;
+        Response::decode(message)
+            .map(Some)
+            .map_err(|err| tonic::Status::internal(err.to_string()))
+    }
+}
 
 /// Applies a response (for delta, merged into what the client holds) and returns the answers to send, and whether it
 /// was accepted.

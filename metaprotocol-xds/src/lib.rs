@@ -34,6 +34,7 @@
 //! `tls`: the server's CA, a client certificate for mutual TLS, the server name, which defaults
 //! to the host of `address`).
 
+mod budget;
 mod client;
 mod delta;
 mod resource;

@@ -477,6 +477,15 @@ where
                 ),
             ));
         }
+        // Bounded before decoding: a few bytes of empty elements can decode into gigabytes.
+        crate::budget::check(&any.value, crate::budget::RESOURCE_ELEMENT_BYTES, &[]).map_err(
+            |err| {
+                (
+                    None,
+                    format!("resources[{i}]: not decoded as a {}: {err}", M::full_name()),
+                )
+            },
+        )?;
         let message = M::decode(any.value.as_slice()).map_err(|err| {
             (
                 None,
@@ -674,6 +683,34 @@ mod tests {
         );
         assert!(update.clusters.is_empty(), "warming again");
         assert_eq!(subscription.warming_clusters(), ["c"]);
+    }
+
+    #[test]
+    fn a_resource_that_would_decode_into_gigabytes_is_refused_undecoded() {
+        // A route config of 300 Ki empty routes, 2 bytes each on the wire: 600 KiB that prost
+        // would decode into 700 MB (1.2 GB at 1 MiB).
+        let virtual_host = [0x1a, 0x00].repeat(300 << 10);
+        let mut config = Vec::new();
+        prost::encoding::bytes::encode(2, &virtual_host, &mut config);
+        let resource = Any {
+            type_url: RouteConfiguration::type_url(),
+            value: config,
+        };
+        let response = response(ResourceType::RouteConfig, "r1", vec![resource]);
+        let rejected = subscription()
+            .prepare(
+                ResourceType::RouteConfig,
+                &response,
+                Listing::StateOfTheWorld,
+            )
+            .err()
+            .map(|rejected| rejected.message);
+        assert!(
+            rejected
+                .as_deref()
+                .is_some_and(|m| m.contains("resources[0]: not decoded") && m.contains("fields")),
+            "{rejected:?}"
+        );
     }
 
     #[test]
