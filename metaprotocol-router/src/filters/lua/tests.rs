@@ -222,3 +222,92 @@ fn the_sandbox_has_no_files_processes_or_loaders() -> TestResult {
     assert!(matches!(decision, FilterDecision::Continue), "{decision:?}");
     Ok(())
 }
+
+#[test]
+fn a_backtracking_pattern_on_a_long_value_is_stopped_by_its_budget() -> TestResult {
+    // Lua's matcher runs inside one C call, where the count hook never fires: without charging
+    // it, this takes about 2 s on 1,000 bytes (debug build), and decades on 1 MB.
+    let long: &'static str = Box::leak("a".repeat(1000).into_boxed_str());
+    for call in [
+        "string.find(v, '.-.-x')",
+        "v:match('.-.-x')",
+        "v:gsub('.-.-x', '')",
+        "for _ in v:gmatch('.-.-x') do end",
+        // Caught, it stops at the next tick outside the pcall.
+        "pcall(string.find, v, '.-.-x') while true do end",
+    ] {
+        let (filter, metrics) = filter(
+            &format!("function on_request(msg) local v = msg:get('v') {call} end"),
+            serde_json::json!({}),
+        )?;
+        let started = std::time::Instant::now();
+        let (decision, _) = on_request(&filter, &request(&[("v", long)]), &mut record());
+        assert_eq!(
+            reply_kind(&decision),
+            Some(LocalReplyKind::Internal),
+            "{call}"
+        );
+        assert!(errors(&metrics, "instruction_budget"), "{call}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "{call}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn patterns_on_ordinary_values_fit_the_budget() -> TestResult {
+    // A thousand matches and substitutions on a header-sized value, in the default budget.
+    let (filter, metrics) = filter(
+        r#"
+        function on_request(msg)
+          local v = msg:get("v")
+          for i = 1, 1000 do
+            local user, domain = v:match("^(%w+)@(.-)$")
+            assert(user == "alice" and domain == "example.com")
+            assert(string.find(v, "example", 1, true) == 7)
+            assert(select(2, v:gsub("%a+", "x")) == 3)
+          end
+          msg:set("n", tostring(#v))
+        end
+        "#,
+        serde_json::json!({}),
+    )?;
+    let (decision, mutation) = on_request(
+        &filter,
+        &request(&[("v", "alice@example.com")]),
+        &mut record(),
+    );
+    assert!(
+        matches!(decision, FilterDecision::Continue),
+        "{}",
+        metrics.render()
+    );
+    assert_eq!(
+        mutation.sets(),
+        &[(ByteStr::from("n"), ByteStr::from("17"))]
+    );
+    Ok(())
+}
+
+#[test]
+fn a_match_is_charged_its_worst_case() {
+    use instance::match_cost;
+    // Every start, plus the subject read once.
+    assert_eq!(match_cost(100, b"abc", true), 201);
+    assert_eq!(match_cost(100, b"^abc", true), 101);
+    // A repetition tries every end from every start: C(102, 2), plus 100.
+    assert_eq!(match_cost(100, b"a.-b", true), 5151 + 100);
+    assert_eq!(match_cost(100, b"^a.-b", true), 101 + 100);
+    assert_eq!(match_cost(100, b"^a.-b", false), 5151 + 100);
+    assert_eq!(match_cost(100, b"%bxy", true), 5151 + 100);
+    assert_eq!(match_cost(100, b"https?", true), 202 + 100);
+    // An escaped `%-` is a character.
+    assert_eq!(match_cost(100, b"%-", true), 201);
+    assert_eq!(match_cost(1000, b".-.-x", true), 167_668_501 + 1000);
+    assert_eq!(
+        match_cost(1 << 20, b".-.-.-.-.-.-.-.-.-.-.-.-.-.-.-x", true),
+        u64::MAX
+    );
+}
