@@ -288,3 +288,21 @@ clusters:
     assert_eq!(main.seen().len(), 1);
     Ok(())
 }
+
+/// A client outlives the runtime its upstream connection's task ran on (a runtime per call, a
+/// client kept in a static): the connection that runtime dropped is replaced, not chosen again
+/// and again as if it were open.
+#[test]
+fn a_client_outlives_the_runtime_its_connection_ran_on() -> TestResult {
+    let server = tokio::runtime::Runtime::new()?;
+    let provider = server.block_on(DemoProvider::start("p"))?;
+    let client = metaprotocol_examples::dubbo_demo::DubboClient::new(provider.address());
+    for round in 0..3 {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let reply = runtime.block_on(client.call("sayHello", "a", &[]))?;
+        assert_eq!(reply.dubbo_status, 20, "round {round}");
+    }
+    Ok(())
+}

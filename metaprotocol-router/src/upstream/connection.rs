@@ -166,7 +166,12 @@ pub(crate) fn prepare(params: ConnectParams) -> Prepared {
         replacing: AtomicBool::new(false),
         pending: params.stats.rq_pending.clone(),
     });
-    let task = Box::pin(run(params, requests, shared.clone()));
+    let intake = Intake {
+        requests,
+        shared: shared.clone(),
+        stats: params.stats.clone(),
+    };
+    let task = Box::pin(run(params, intake));
     Prepared {
         handle: ConnectionHandle {
             queue: Arc::new(Closer::new(queue)),
@@ -176,18 +181,18 @@ pub(crate) fn prepare(params: ConnectParams) -> Prepared {
     }
 }
 
-async fn run(params: ConnectParams, requests: Receiver<Outbound>, shared: Arc<Shared>) {
+async fn run(params: ConnectParams, intake: Intake) {
     match &params.connector {
         Connector::Plain => {
             let connected =
                 Connector::connect_plain(params.address, params.settings.connect_timeout).await;
-            serve(connected, params, requests, shared).await;
+            serve(connected, params, intake).await;
         }
         Connector::Tls(tls) => {
             let connected = tls
                 .connect(params.address, params.settings.connect_timeout)
                 .await;
-            serve(connected, params, requests, shared).await;
+            serve(connected, params, intake).await;
         }
     }
 }
@@ -195,8 +200,7 @@ async fn run(params: ConnectParams, requests: Receiver<Outbound>, shared: Arc<Sh
 async fn serve<S: Transport>(
     connected: io::Result<S>,
     mut params: ConnectParams,
-    mut requests: Receiver<Outbound>,
-    shared: Arc<Shared>,
+    mut intake: Intake,
 ) {
     let stream = match connected {
         Ok(stream) => stream,
@@ -209,7 +213,7 @@ async fn serve<S: Transport>(
                 address: params.address,
                 reason: err.to_string().into(),
             };
-            refuse_all(&mut requests, &shared, &params.stats, &error);
+            intake.refuse_all(&error);
             return;
         }
     };
@@ -218,7 +222,7 @@ async fn serve<S: Transport>(
     params.stats.cx_active.inc();
     params.endpoint.cx_total.inc();
     params.endpoint.cx_active.inc();
-    shared.connected.store(true, Ordering::Release);
+    intake.shared.connected.store(true, Ordering::Release);
     if let Some(connected) = params.connected.take() {
         let _ = connected.send(());
     }
@@ -226,26 +230,38 @@ async fn serve<S: Transport>(
         params.stats.cx_active.clone(),
         params.endpoint.cx_active.clone(),
     );
-    Multiplexer::new(stream, params, requests, shared).await;
+    Multiplexer::new(stream, params, intake).await;
     cluster_cx.dec();
     endpoint_cx.dec();
 }
 
-/// Closes the queue and answers everything in it with `error`.
-fn refuse_all(
-    requests: &mut Receiver<Outbound>,
-    shared: &Shared,
-    stats: &ClusterStats,
-    error: &UpstreamError,
-) {
-    shared.closed.store(true, Ordering::Release);
-    requests.close();
-    while let Some(outbound) = requests.try_recv() {
-        shared.dequeued();
-        if !outbound.reply.expects_answer() {
-            stats.rq_dropped.inc();
+/// The task's end of its queue. However the task ends, dropped mid-flight included (its runtime
+/// shut down), the connection is marked closed, so that the pool replaces it, and the requests
+/// still queued, which it never took, are answered unsent.
+struct Intake {
+    requests: Receiver<Outbound>,
+    shared: Arc<Shared>,
+    stats: ClusterStats,
+}
+
+impl Intake {
+    /// Closes the queue and answers everything in it with `error`.
+    fn refuse_all(&mut self, error: &UpstreamError) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.requests.close();
+        while let Some(outbound) = self.requests.try_recv() {
+            self.shared.dequeued();
+            if !outbound.reply.expects_answer() {
+                self.stats.rq_dropped.inc();
+            }
+            outbound.reply.answer(Err(error.clone()));
         }
-        outbound.reply.answer(Err(error.clone()));
+    }
+}
+
+impl Drop for Intake {
+    fn drop(&mut self) {
+        self.refuse_all(&UpstreamError::Reset { sent: false });
     }
 }
 
@@ -265,9 +281,8 @@ struct Multiplexer<S> {
     decoder: Box<dyn Codec>,
     variant: WireVariant,
     exclusive: bool,
-    requests: Receiver<Outbound>,
+    intake: Intake,
     requests_closed: bool,
-    shared: Arc<Shared>,
     /// Answers decoded from the last read, on their way to their client connections.
     answers: AnswerBatch,
     waiting: ById<Waiting>,
@@ -302,21 +317,15 @@ struct Multiplexer<S> {
 }
 
 impl<S: Transport> Multiplexer<S> {
-    fn new(
-        io: S,
-        params: ConnectParams,
-        requests: Receiver<Outbound>,
-        shared: Arc<Shared>,
-    ) -> Self {
+    fn new(io: S, params: ConnectParams, intake: Intake) -> Self {
         Self {
             io,
             encoder: params.codec.new_codec(Side::Upstream, params.variant),
             decoder: params.codec.new_codec(Side::Upstream, params.variant),
             variant: params.variant,
             exclusive: params.codec.pool_mode() == metaprotocol_core::PoolMode::Exclusive,
-            requests,
+            intake,
             requests_closed: false,
-            shared,
             answers: AnswerBatch::default(),
             waiting: ById::default(),
             next_id: 0,
@@ -349,9 +358,9 @@ impl<S: Transport> Multiplexer<S> {
             if self.exclusive && !self.waiting.is_empty() {
                 break;
             }
-            match self.requests.poll_recv(cx) {
+            match self.intake.requests.poll_recv(cx) {
                 Poll::Ready(Some(outbound)) => {
-                    self.shared.dequeued();
+                    self.intake.shared.dequeued();
                     let now = *now.get_or_insert_with(Instant::now);
                     self.encode(outbound, now);
                     took = true;
@@ -384,7 +393,7 @@ impl<S: Transport> Multiplexer<S> {
         self.served += 1;
         if self.max_requests.is_some_and(|max| self.served >= max) {
             // Its successor opens before new requests move to it (see the pool's `replace`).
-            self.shared.going_away.store(true, Ordering::Release);
+            self.intake.shared.going_away.store(true, Ordering::Release);
         }
         let starts_at = self.flushed + self.write_buf.len() as u64;
         let params = EncodeParams {
@@ -483,7 +492,7 @@ impl<S: Transport> Multiplexer<S> {
             }
             // New requests move to a new connection once it is up; those in flight here
             // finish here.
-            MessageKind::GoAway => self.shared.going_away.store(true, Ordering::Release),
+            MessageKind::GoAway => self.intake.shared.going_away.store(true, Ordering::Release),
             // An upstream that sends heartbeats but takes nothing written to it would have
             // their replies pile up unsent, as fast as it sends them, until the write stall
             // closes it: past the high water mark of unsent bytes, they go unanswered.
@@ -522,7 +531,7 @@ impl<S: Transport> Multiplexer<S> {
     /// True when the connection has carried nothing for its idle timeout (as of this sweep).
     fn idle(&mut self, now: Instant) -> bool {
         let quiet =
-            self.waiting.is_empty() && self.write_buf.is_empty() && self.requests.len() == 0;
+            self.waiting.is_empty() && self.write_buf.is_empty() && self.intake.requests.len() == 0;
         if self.busy || !quiet {
             self.busy = false;
             self.last_busy = now;
@@ -556,12 +565,8 @@ impl<S: Transport> Multiplexer<S> {
             let sent = waiting.starts_at < flushed;
             waiting.reply.answer(Err(UpstreamError::Reset { sent }));
         }
-        refuse_all(
-            &mut self.requests,
-            &self.shared,
-            &self.stats,
-            &UpstreamError::Reset { sent: false },
-        );
+        self.intake
+            .refuse_all(&UpstreamError::Reset { sent: false });
     }
 }
 
@@ -622,7 +627,7 @@ impl<S: Transport> Future for Multiplexer<S> {
                 progressed = true;
             }
             if this.requests_closed && this.waiting.is_empty() && this.write_buf.is_empty() {
-                this.shared.closed.store(true, Ordering::Release);
+                this.intake.shared.closed.store(true, Ordering::Release);
                 return Poll::Ready(());
             }
             if !progressed {
