@@ -743,3 +743,61 @@ clusters: [ { name: c, endpoints: [ { address: 127.0.0.1:1 } ], health_check: { 
     );
     Ok(())
 }
+
+/// An upstream that says it is going away (Dubbo's READONLY event) as soon as each connection
+/// opens, then serves it anyway: the proxy backs off replacing such connections instead of
+/// opening a new one per call.
+#[tokio::test]
+async fn an_upstream_that_goes_away_on_every_connection_is_not_reconnected_per_call() -> TestResult
+{
+    use metaprotocol_core::{CodecFactory, Side, WireVariant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let upstream = listener.local_addr()?;
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
+    let server = tokio::spawn(async move {
+        let codec = metaprotocol_dubbo::DubboCodecFactory::new(1 << 20);
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::Relaxed);
+            let mut codec = codec.new_codec(Side::Downstream, WireVariant::DEFAULT);
+            tokio::spawn(async move {
+                let mut buf = bytes::BytesMut::new();
+                let mut out = bytes::BytesMut::new();
+                codec.encode_goaway(&mut out)?;
+                socket.write_all(&out).await?;
+                while socket.read_buf(&mut buf).await? > 0 {
+                    while let Some(request) = codec.decode(&mut buf)? {
+                        let answer = metaprotocol_dubbo::build::value_response(
+                            request.request_id,
+                            "ok",
+                            &[],
+                        );
+                        socket.write_all(&answer).await?;
+                    }
+                }
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            });
+        }
+    });
+    let cluster =
+        format!("    connections_per_endpoint: 1\n    endpoints: [ {{ address: {upstream} }} ]\n");
+    let (proxy, address) = start(&config("", &cluster)).await?;
+    let client = DubboClient::new(address);
+    let started = Instant::now();
+    let mut calls = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, 20);
+        calls += 1;
+    }
+    // Replacements back off from 100 ms, doubling: a handful in 2 s.
+    let connections = accepted.load(Ordering::Relaxed);
+    assert!(
+        connections <= 8,
+        "{connections} upstream connections for {calls} calls"
+    );
+    proxy.shutdown().await;
+    server.abort();
+    Ok(())
+}

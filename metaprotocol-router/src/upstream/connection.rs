@@ -63,6 +63,9 @@ pub(crate) struct ConnectParams {
     pub settings: PoolSettings,
     pub connector: Connector,
     pub backoff: Arc<ConnectBackoff>,
+    /// The pool's backoff of replacements, failed when the upstream goes away before it
+    /// answers anything on the connection.
+    pub replacements: Arc<ConnectBackoff>,
     pub stats: ClusterStats,
     pub endpoint: EndpointStats,
     /// Told once the connection is up (a replacement waits for it before taking over).
@@ -304,6 +307,11 @@ struct Multiplexer<S> {
     /// anything (as of a sweep).
     busy: bool,
     last_busy: Instant,
+    /// See [`ConnectParams::replacements`].
+    replacements: Arc<ConnectBackoff>,
+    /// Set once the connection showed whether its upstream serves: at its first answer, or
+    /// when the upstream goes away before one.
+    judged: bool,
     /// Requests written; at `max_requests` the connection asks to be replaced.
     served: u64,
     max_requests: Option<u64>,
@@ -339,6 +347,8 @@ impl<S: Transport> Multiplexer<S> {
             idle_timeout: params.settings.idle_timeout,
             busy: false,
             last_busy: Instant::now(),
+            replacements: params.replacements,
+            judged: false,
             served: 0,
             max_requests: params.settings.max_requests_per_connection.map(u64::from),
             _permit: params.permit,
@@ -475,6 +485,10 @@ impl<S: Transport> Multiplexer<S> {
         match message.kind {
             // A heartbeat reply answers a health check's probe.
             MessageKind::Response | MessageKind::HeartbeatReply => {
+                if !self.judged {
+                    self.judged = true;
+                    self.replacements.succeeded();
+                }
                 match self.waiting.remove(message.request_id) {
                     Some(waiting) if waiting.deadline > now => {
                         waiting.reply.answer_in(&mut self.answers, Ok(message))
@@ -492,7 +506,15 @@ impl<S: Transport> Multiplexer<S> {
             }
             // New requests move to a new connection once it is up; those in flight here
             // finish here.
-            MessageKind::GoAway => self.intake.shared.going_away.store(true, Ordering::Release),
+            MessageKind::GoAway => {
+                if !self.judged {
+                    // Gone before it served anything: replacing it at once would only meet
+                    // the same (see the pool's `replacements`).
+                    self.judged = true;
+                    self.replacements.failed();
+                }
+                self.intake.shared.going_away.store(true, Ordering::Release);
+            }
             // An upstream that sends heartbeats but takes nothing written to it would have
             // their replies pile up unsent, as fast as it sends them, until the write stall
             // closes it: past the high water mark of unsent bytes, they go unanswered.

@@ -110,6 +110,9 @@ pub(crate) struct UpstreamPool {
     /// The cluster's breakers (`max_connections` applies here).
     breakers: Option<Arc<CircuitBreakers>>,
     backoff: Arc<ConnectBackoff>,
+    /// Backs off replacing connections whose upstream goes away before answering anything:
+    /// one that says so on every connection would otherwise get a new connection per call.
+    replacements: Arc<ConnectBackoff>,
     /// Grows by one partition per variant seen (rarely more than one) and worker thread that
     /// sends; copied on write so that every send reads it without a lock.
     partitions: ArcSwap<Vec<Arc<Partition>>>,
@@ -143,6 +146,7 @@ impl UpstreamPool {
             endpoint: EndpointStats::default(),
             breakers,
             backoff: Arc::new(ConnectBackoff::new()),
+            replacements: Arc::new(ConnectBackoff::new()),
             partitions: ArcSwap::from_pointee(Vec::new()),
         }
     }
@@ -202,7 +206,10 @@ impl UpstreamPool {
         let slot = &partition.slots[index];
         let result = match live.as_ref().filter(|handle| handle.is_open()) {
             Some(handle) => {
-                if handle.is_going_away() && handle.claim_replacement() {
+                if handle.is_going_away()
+                    && !self.replacements.active()
+                    && handle.claim_replacement()
+                {
                     self.replace(partition, index, handle.clone(), variant);
                 }
                 handle.send(outbound)
@@ -344,6 +351,7 @@ impl UpstreamPool {
             settings: self.settings,
             connector: self.connector.clone(),
             backoff: self.backoff.clone(),
+            replacements: self.replacements.clone(),
             stats: self.stats.clone(),
             endpoint: self.endpoint.clone(),
             connected: None,

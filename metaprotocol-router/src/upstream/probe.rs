@@ -101,6 +101,8 @@ impl ProbeConnection {
             },
             connector: self.connector.clone(),
             backoff: Arc::new(ConnectBackoff::new()),
+            // A probe's connection is never replaced.
+            replacements: Arc::new(ConnectBackoff::new()),
             stats: self.stats.clone(),
             endpoint: EndpointStats::default(),
             connected: None,
