@@ -801,3 +801,53 @@ async fn an_upstream_that_goes_away_on_every_connection_is_not_reconnected_per_c
     server.abort();
     Ok(())
 }
+
+/// An upstream that accepts and reads nothing: calls queue behind the bytes it does not take,
+/// each with its whole frame. Those whose callers have had their timeout are dropped from the
+/// queue within a second, not held until the connection's 30 s write stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_queued_to_an_upstream_that_reads_nothing_go_when_they_time_out() -> TestResult {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let upstream = listener.local_addr()?;
+    let server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let cluster =
+        format!("    connections_per_endpoint: 1\n    endpoints: [ {{ address: {upstream} }} ]\n");
+    let (proxy, address) = start(&config(", timeout: 50ms", &cluster)).await?;
+    let big = "b".repeat(128 * 1024);
+    let started = Instant::now();
+    let callers = (0..8).map(|_| {
+        let client = DubboClient::new(address);
+        let big = big.clone();
+        tokio::spawn(async move {
+            while started.elapsed() < Duration::from_secs(2) {
+                let reply = client.call("sayHello", "a", &[("x-big", &big)]).await?;
+                assert_ne!(reply.dubbo_status, 20, "the upstream answers nothing");
+            }
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        })
+    });
+    for caller in futures::future::join_all(callers).await {
+        caller??;
+    }
+    let pending = || {
+        support::metrics::sample(
+            &proxy.metrics().render(),
+            "metaprotocol_upstream_rq_pending",
+            &[("cluster", "c")],
+        )
+    };
+    wait_for(
+        "the timed-out calls to leave the queue",
+        Duration::from_secs(3),
+        || pending() == 0.0,
+    )
+    .await?;
+    proxy.shutdown().await;
+    server.abort();
+    Ok(())
+}

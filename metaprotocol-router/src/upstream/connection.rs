@@ -537,9 +537,20 @@ impl<S: Transport> Multiplexer<S> {
     }
 
     /// Forgets requests whose callers gave up; their answers, if they come, are unmatched. The
-    /// table of those left waiting gives back the memory it no longer needs.
+    /// table of those left waiting gives back the memory it no longer needs. Requests still
+    /// queued whose callers gave up are answered and dropped too: while the upstream reads
+    /// nothing, none is taken, and each holds its whole frame.
     fn sweep(&mut self) {
         let now = Instant::now();
+        let expired = self
+            .intake
+            .requests
+            .remove_where(|queued| now >= queued.deadline || queued.reply.is_abandoned());
+        for outbound in expired {
+            self.intake.shared.dequeued();
+            self.stats.rq_dropped.inc();
+            outbound.reply.answer(Err(UpstreamError::Expired));
+        }
         self.waiting.retain(|waiting| {
             let keep = waiting.deadline > now && !waiting.reply.is_abandoned();
             if !keep {

@@ -290,6 +290,29 @@ impl<T> Receiver<T> {
         self.shared.len()
     }
 
+    /// Takes out every value not yet handed out for which `remove` is true, in order, and
+    /// returns them; the others stay queued, in order.
+    pub fn remove_where(&mut self, mut remove: impl FnMut(&T) -> bool) -> Vec<T> {
+        // As in `try_recv`: the queue's news is cleared without storing a waker.
+        self.registered = None;
+        {
+            let mut state = self.shared.lock();
+            self.taken.append(&mut state.values);
+            self.shared.news.store(false, Ordering::Relaxed);
+            self.shared.queued.store(0, Ordering::Relaxed);
+        }
+        let mut removed = Vec::new();
+        for value in std::mem::take(&mut self.taken) {
+            if remove(&value) {
+                removed.push(value);
+            } else {
+                self.taken.push_back(value);
+            }
+        }
+        self.shared.taken.store(self.taken.len(), Ordering::Relaxed);
+        removed
+    }
+
     /// The next value taken, if any.
     #[inline(always)]
     fn pop(&mut self) -> Option<T> {
@@ -322,6 +345,31 @@ impl<T> Drop for Receiver<T> {
 mod tests {
     use super::*;
     use crate::waiting::tests::waker;
+
+    #[test]
+    fn values_removed_from_the_queue_leave_the_rest_in_order() {
+        let (tx, mut rx) = queue();
+        for value in 0..4 {
+            assert!(tx.send(value).is_ok());
+        }
+        assert_eq!(rx.try_recv(), Some(0));
+        for value in 4..8 {
+            assert!(tx.send(value).is_ok());
+        }
+        // Values taken but not handed out (1 to 3) and values still queued (4 to 7) alike.
+        assert_eq!(rx.remove_where(|v| v % 2 == 0), vec![2, 4, 6]);
+        assert_eq!(rx.len(), 4);
+        assert_eq!(tx.len(), 4);
+        let (_, waker) = waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut rest = Vec::new();
+        while let Poll::Ready(Some(value)) = rx.poll_recv(&mut cx) {
+            rest.push(value);
+        }
+        assert_eq!(rest, vec![1, 3, 5, 7]);
+        assert!(tx.send(8).is_ok());
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Some(8)));
+    }
 
     #[test]
     fn a_receiver_found_empty_is_woken_once_for_the_values_that_follow() {
