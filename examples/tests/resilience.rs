@@ -851,3 +851,62 @@ async fn calls_queued_to_an_upstream_that_reads_nothing_go_when_they_time_out() 
     server.abort();
     Ok(())
 }
+
+/// An upstream that starts an answer and then trickles it, a byte now and then: the answers
+/// behind it on the connection would wait as long. Past the cluster's `frame_timeout` the
+/// connection closes, and the call gets its error then, not at its route timeout.
+#[tokio::test]
+async fn an_upstream_answer_that_trickles_closes_the_connection_at_the_frame_timeout() -> TestResult
+{
+    use metaprotocol_core::{CodecFactory, Side, WireVariant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let upstream = listener.local_addr()?;
+    let server = tokio::spawn(async move {
+        let codec = metaprotocol_dubbo::DubboCodecFactory::new(1 << 20);
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut codec = codec.new_codec(Side::Downstream, WireVariant::DEFAULT);
+            tokio::spawn(async move {
+                let mut buf = bytes::BytesMut::new();
+                while socket.read_buf(&mut buf).await? > 0 {
+                    let Some(request) = codec.decode(&mut buf)? else {
+                        continue;
+                    };
+                    // An answer's header announcing 512 KiB, then a byte every 100 ms.
+                    let mut header =
+                        metaprotocol_dubbo::build::value_response(request.request_id, "ok", &[])
+                            [..16]
+                            .to_vec();
+                    header[12..16].copy_from_slice(&(512u32 << 10).to_be_bytes());
+                    socket.write_all(&header).await?;
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        socket.write_all(&[0]).await?;
+                    }
+                }
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            });
+        }
+    });
+    let cluster =
+        format!("    frame_timeout: 500ms\n    endpoints: [ {{ address: {upstream} }} ]\n");
+    let (proxy, address) = start(&config(", timeout: 10s", &cluster)).await?;
+    let client = DubboClient::new(address);
+    let reply = client.call("sayHello", "a", &[]).await?;
+    assert_ne!(reply.dubbo_status, 20);
+    assert!(
+        reply.latency < Duration::from_secs(5),
+        "answered at {:?}",
+        reply.latency
+    );
+    let closed = support::metrics::sample(
+        &proxy.metrics().render(),
+        "metaprotocol_upstream_cx_protocol_errors_total",
+        &[("cluster", "c")],
+    );
+    assert_eq!(closed, 1.0);
+    proxy.shutdown().await;
+    server.abort();
+    Ok(())
+}

@@ -79,6 +79,7 @@ impl Client {
             connect_timeout: options.connect_timeout,
             connections: options.connections.max(1),
             idle_timeout: crate::config::DEFAULT_UPSTREAM_IDLE_TIMEOUT,
+            frame_timeout: crate::config::DEFAULT_FRAME_TIMEOUT,
             max_requests_per_connection: None,
         };
         Self {

@@ -114,6 +114,7 @@ fn pool_settings(spec: &ClusterSpec) -> PoolSettings {
         connect_timeout: spec.connect_timeout,
         connections: spec.connections_per_endpoint as usize,
         idle_timeout: spec.idle_timeout,
+        frame_timeout: spec.frame_timeout,
         max_requests_per_connection: spec.max_requests_per_connection,
     }
 }

@@ -62,6 +62,13 @@ pub struct ClusterSpec {
     /// Close an upstream connection after this long with nothing in flight.
     #[serde(default = "default_upstream_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Close an upstream connection whose response frame takes longer than this to arrive once
+    /// its first bytes did: the answers behind it on the connection wait for it.
+    #[serde(
+        default = "super::listener::default_frame_timeout",
+        with = "humantime_serde"
+    )]
+    pub frame_timeout: Duration,
     /// Replace an upstream connection once it has carried this many requests (a new one is
     /// opened first); none: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -217,6 +224,9 @@ impl ClusterSpec {
         }
         if self.idle_timeout.is_zero() {
             errors.add(ConfigError::new("idle_timeout", "must be greater than 0"));
+        }
+        if self.frame_timeout.is_zero() {
+            errors.add(ConfigError::new("frame_timeout", "must be greater than 0"));
         }
         if self.max_requests_per_connection == Some(0) {
             errors.add(ConfigError::new(

@@ -80,7 +80,7 @@ pub struct ListenerSpec {
 /// The default `frame_timeout`.
 pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn default_frame_timeout() -> Duration {
+pub(super) fn default_frame_timeout() -> Duration {
     DEFAULT_FRAME_TIMEOUT
 }
 

@@ -479,6 +479,11 @@ fn resilience_fields_parse_and_are_checked() -> Result<(), ConfigError> {
             "at least 1",
         ),
         (
+            with("    frame_timeout: 0s"),
+            "clusters[0].frame_timeout",
+            "greater than 0",
+        ),
+        (
             FULL.replace(
                 "    idle_timeout: 60s",
                 "    idle_timeout: 60s\n    max_connections: 0",

@@ -261,6 +261,7 @@ pub(crate) mod tests {
                 connect_timeout: Duration::from_secs(1),
                 connections: 1,
                 idle_timeout: Duration::from_secs(3600),
+                frame_timeout: Duration::from_secs(30),
                 max_requests_per_connection: None,
             },
             Connector::Plain,

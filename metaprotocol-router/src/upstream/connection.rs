@@ -303,6 +303,10 @@ struct Multiplexer<S> {
     sweep: Timer,
     /// Close after this long with nothing in flight.
     idle_timeout: Duration,
+    /// Close when a frame takes longer than this to arrive once its first bytes did.
+    frame_timeout: Duration,
+    /// When the frame now arriving started to (since the last whole one), if one is.
+    partial_since: Option<Instant>,
     /// Whether a request was taken since the last sweep, and when the connection last carried
     /// anything (as of a sweep).
     busy: bool,
@@ -345,6 +349,8 @@ impl<S: Transport> Multiplexer<S> {
             stalled_since: None,
             sweep: Timer::at(Instant::now() + SWEEP_INTERVAL),
             idle_timeout: params.settings.idle_timeout,
+            frame_timeout: params.settings.frame_timeout,
+            partial_since: None,
             busy: false,
             last_busy: Instant::now(),
             replacements: params.replacements,
@@ -464,10 +470,12 @@ impl<S: Transport> Multiplexer<S> {
             match self.decoder.decode_into(&mut self.read_buf, &mut message) {
                 Ok(true) => {
                     self.frame_sizes.saw(message.frame.len());
+                    self.partial_since = None;
                     self.inbound(message, now)
                 }
                 Ok(false) => {
                     spare::recycle(message);
+                    self.partial_since.get_or_insert(now);
                     break;
                 }
                 Err(err) => {
@@ -573,6 +581,13 @@ impl<S: Transport> Multiplexer<S> {
         now.saturating_duration_since(self.last_busy) >= self.idle_timeout
     }
 
+    /// True when a response frame has taken longer than the frame timeout to arrive: every
+    /// answer behind it on the connection waits for it.
+    fn frame_late(&self) -> bool {
+        self.partial_since
+            .is_some_and(|since| since.elapsed() >= self.frame_timeout)
+    }
+
     /// True when bytes have waited for the upstream, with none taken, for the stall limit.
     fn stuck(&mut self) -> bool {
         if self.write_buf.is_empty() {
@@ -645,6 +660,12 @@ impl<S: Transport> Future for Multiplexer<S> {
             if this.sweep.poll(cx).is_ready() {
                 if this.stuck() {
                     tracing::warn!(address = %this.address, "closing upstream connection: it has taken no bytes for {WRITE_STALL_LIMIT:?}");
+                    this.fail_all();
+                    return Poll::Ready(());
+                }
+                if this.frame_late() {
+                    tracing::warn!(address = %this.address, "closing upstream connection: a response frame took longer than {:?} to arrive", this.frame_timeout);
+                    this.stats.cx_protocol_errors.inc();
                     this.fail_all();
                     return Poll::Ready(());
                 }

@@ -59,6 +59,8 @@ pub(crate) struct PoolSettings {
     pub connections: usize,
     /// A connection with nothing in flight for this long closes.
     pub idle_timeout: Duration,
+    /// A connection whose response frame takes longer than this to arrive closes.
+    pub frame_timeout: Duration,
     /// A connection that carried this many requests is replaced.
     pub max_requests_per_connection: Option<u32>,
 }

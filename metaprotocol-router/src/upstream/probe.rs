@@ -97,6 +97,7 @@ impl ProbeConnection {
                 connect_timeout: self.connect_timeout,
                 connections: 1,
                 idle_timeout: Duration::MAX,
+                frame_timeout: crate::config::DEFAULT_FRAME_TIMEOUT,
                 max_requests_per_connection: None,
             },
             connector: self.connector.clone(),
