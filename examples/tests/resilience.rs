@@ -6,7 +6,9 @@
 //! `max_requests` answered at once with the over-limit error, state and counts in `/metrics`
 //! and `/clusters`), locality-aware failover, requests that meet dead endpoints resent to a
 //! live one, consistent hashing on a route's `hash_policy`, and the connection limits: upstream
-//! idle timeout, requests per upstream connection, `max_connections` per listener.
+//! idle timeout, requests per upstream connection, `max_connections` per listener. And upstreams
+//! that misbehave: one that goes away on every connection, one that reads nothing, one that
+//! trickles its answers.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
