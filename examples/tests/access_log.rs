@@ -257,6 +257,50 @@ async fn sampling_keeps_a_share_of_each_outcome() -> TestResult {
     Ok(())
 }
 
+/// Values clients choose are written safely: a text line escapes their control characters, so
+/// that a newline in a value cannot forge a line, and a line keeps at most 1 KiB of a value.
+#[tokio::test]
+async fn client_values_cannot_forge_lines_or_grow_them() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let scratch = Scratch::new("access-log-escapes")?;
+    let log = scratch.path("text.log");
+    let listeners = listener(
+        "in",
+        &log,
+        "format: \"%REQ(tenant)% %REQ(x-big)% %OUTCOME%\"",
+    );
+    let yaml = config(&listeners, provider.address(), free_addr()?);
+    let proxy = start_engine(&yaml).await?;
+    let mut socket = TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
+    let forged = "acme\n[2030-01-01T00:00:00Z] admin deleteAll success";
+    let big = "b".repeat(64 * 1024);
+    call(
+        &mut socket,
+        &dubbo_request(1, "sayHello", &[("tenant", forged), ("x-big", &big)]),
+    )
+    .await?;
+    call(
+        &mut socket,
+        &dubbo_request(2, "sayHello", &[("tenant", "t2")]),
+    )
+    .await?;
+    let logged = file_lines(&log, 2).await?;
+    // (Lines this long are not printed when a check fails.)
+    assert_eq!(logged.len(), 2, "one line a call");
+    let expected = format!(
+        "acme\\n[2030-01-01T00:00:00Z] admin deleteAll success {} success",
+        &big[..1024]
+    );
+    assert!(
+        logged[0] == expected,
+        "the first line, of {} bytes, is not the value escaped and cut to 1 KiB",
+        logged[0].len()
+    );
+    assert_eq!(logged[1], "t2 - success");
+    proxy.shutdown().await;
+    Ok(())
+}
+
 /// Makes `count` calls one after another on one connection; how long they took.
 async fn timed_calls(address: SocketAddr, count: u64) -> TestResult<Duration> {
     let mut socket = TcpStream::connect(address).await?;

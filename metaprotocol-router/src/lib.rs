@@ -75,6 +75,7 @@ mod route;
 mod router;
 mod server;
 mod stats;
+mod text;
 mod trace;
 mod transport;
 mod upstream;

@@ -266,7 +266,8 @@ impl LogFormat {
                         Piece::Text(text) => out.push_str(text),
                         Piece::Operator(op) => match value(op, entry) {
                             Value::None => out.push('-'),
-                            Value::Text(text) => out.push_str(&text),
+                            // Values clients choose: none may start a line of its own.
+                            Value::Text(text) => crate::text::push_escaped(out, &text),
                             Value::Number(n) => {
                                 let _ = write!(out, "{n}");
                             }
@@ -383,17 +384,9 @@ fn value<'a>(op: &Operator, entry: &'a LogEntry) -> Value<'a> {
                 None => Value::None,
                 Some(value) => {
                     let value = value.as_str();
-                    let cut = match max {
-                        Some(max) if value.len() > *max => {
-                            let mut end = *max;
-                            while !value.is_char_boundary(end) {
-                                end -= 1;
-                            }
-                            &value[..end]
-                        }
-                        _ => value,
-                    };
-                    Value::Text(Borrowed(cut))
+                    Value::Text(Borrowed(
+                        max.map_or(value, |max| crate::text::cut(value, max)),
+                    ))
                 }
             }
         }

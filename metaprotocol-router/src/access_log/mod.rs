@@ -127,7 +127,7 @@ impl AccessLogger {
                 .format
                 .keys()
                 .iter()
-                .map(|key| request.metadata.get_shared(key))
+                .map(|key| captured(request, key))
                 .collect(),
         };
         if self.sink.send(&self.format, entry) {
@@ -136,4 +136,23 @@ impl AccessLogger {
             self.dropped.inc();
         }
     }
+}
+/// A frame larger than this is not kept alive by its line while the line waits for the writer:
+/// the values the line needs are copied out of it.
+const SHARED_FRAME_BYTES: usize = 4 * 1024;
+/// The longest metadata value a line keeps: longer ones are cut (the format's `:N` cuts
+/// shorter).
+const MAX_VALUE_BYTES: usize = 1024;
+
+/// The value of `key` for a line: sharing the frame's storage when the frame is small, else a
+/// copy, so that a queue of lines waiting for a slow disk holds little more than the lines.
+fn captured(request: &Message, key: &str) -> Option<ByteStr> {
+    let value = request.metadata.get_shared(key)?;
+    if request.frame.len() <= SHARED_FRAME_BYTES && value.len() <= MAX_VALUE_BYTES {
+        return Some(value);
+    }
+    Some(ByteStr::copy_from_str(crate::text::cut(
+        value.as_str(),
+        MAX_VALUE_BYTES,
+    )))
 }

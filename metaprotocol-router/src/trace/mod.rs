@@ -35,6 +35,10 @@ use crate::router::{AttemptObserver, AttemptOutcome, FAILURES};
 use crate::stats::Counter;
 use crate::stats::{MetricsScope, RequestOutcome};
 
+/// The longest service or method name a span keeps (in its name and attributes); longer ones
+/// are cut.
+const MAX_ATTRIBUTE_BYTES: usize = 256;
+
 /// A listener's tracer.
 #[derive(Debug)]
 pub(crate) struct Tracer {
@@ -119,8 +123,15 @@ impl Tracer {
         let clock = Clock::of(record);
         let ended = clock.at(record.timings.answered.unwrap_or(record.timings.received));
         let md = &request.metadata;
-        let service = md.get(keys::SERVICE).or_else(|| md.get(keys::INTERFACE));
-        let method = md.get(keys::METHOD);
+        // Cut, as OpenTelemetry's attribute length limit does: clients choose these, and a span
+        // waits in the export queue while the collector is slow.
+        let service = md
+            .get(keys::SERVICE)
+            .or_else(|| md.get(keys::INTERFACE))
+            .map(|service| crate::text::cut(service, MAX_ATTRIBUTE_BYTES));
+        let method = md
+            .get(keys::METHOD)
+            .map(|method| crate::text::cut(method, MAX_ATTRIBUTE_BYTES));
         let name = span_name(service, method);
         let mut rpc = vec![KeyValue::new("rpc.system", self.system)];
         if let Some(service) = service {
