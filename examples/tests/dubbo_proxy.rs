@@ -807,6 +807,60 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
     Ok(())
 }
 
+/// Waits, then panics while it is polled.
+struct PanicsWhileWaiting;
+
+impl metaprotocol_core::L7Filter for PanicsWhileWaiting {
+    fn name(&self) -> &str {
+        "panics-while-waiting"
+    }
+
+    fn on_request(
+        &self,
+        ctx: &mut metaprotocol_core::RequestContext<'_>,
+    ) -> metaprotocol_core::FilterDecision {
+        if ctx.request.metadata.get("method") != Some("sayHelloLater") {
+            return metaprotocol_core::FilterDecision::Continue;
+        }
+        metaprotocol_core::FilterDecision::Wait(Box::pin(async {
+            tokio::task::yield_now().await;
+            panic!("a buggy wait")
+        }))
+    }
+}
+
+/// A filter whose wait panics costs its request an error reply; the connection, and the calls
+/// on it, go on (the panic used to end the connection's task).
+#[tokio::test]
+async fn a_filter_wait_that_panics_gets_its_request_an_error_reply() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let yaml = format!(
+        "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r, filters: [ {{ name: panics-while-waiting }} ] }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
+clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
+",
+        provider.address()
+    );
+    let mut filters = metaprotocol_router::FilterRegistry::with_builtins();
+    filters.register("panics-while-waiting", |_, _| {
+        Ok(Arc::new(PanicsWhileWaiting) as Arc<dyn metaprotocol_core::L7Filter>)
+    });
+    let proxy = Proxy::builder(Config::from_yaml(&yaml)?)
+        .codecs(metaprotocol_examples::codec_registry())
+        .filters(filters)
+        .start()
+        .await?;
+    let client = DubboClient::new(proxy.listener_addr("in").ok_or("no listener")?);
+    let call = |method| tokio::time::timeout(Duration::from_secs(5), client.call(method, "a", &[]));
+    let reply = call("sayHelloLater").await??;
+    assert_eq!(reply.dubbo_status, 80);
+    assert!(reply.body_contains("a filter's wait"));
+    assert_eq!(call("sayHello").await??.dubbo_status, 20);
+    assert_eq!(provider.connections(), 1);
+    proxy.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn an_enormous_route_timeout_means_no_timeout() -> TestResult {
     let world = World::start(

@@ -15,6 +15,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use crate::record::{Extensions, RequestRecord, RoutingKeys};
 use crate::{LocalReply, LocalReplyKind, Message, Mutation};
@@ -285,7 +286,13 @@ async fn drive(
         match step {
             ChainStep::Done => return Ok(()),
             ChainStep::Reply(reply) => return Err(reply),
-            ChainStep::Wait { step: at, future } => step = resume(at, future.await),
+            ChainStep::Wait {
+                step: at,
+                mut future,
+            } => {
+                let resumed = std::future::poll_fn(|cx| poll_wait(&mut future, cx)).await;
+                step = resume(at, resumed);
+            }
         }
     }
 }
@@ -296,6 +303,19 @@ fn settle(step: usize, decision: FilterDecision) -> Option<ChainStep> {
         FilterDecision::Continue => None,
         FilterDecision::Reply(reply) => Some(ChainStep::Reply(reply)),
         FilterDecision::Wait(future) => Some(ChainStep::Wait { step, future }),
+    }
+}
+
+/// Polls a filter's wait, turning a panic into an internal-error reply as hooks' are: one buggy
+/// filter's future costs its request an error answer, not the connection and every call on it.
+/// A wait that panicked is done: it must not be polled again.
+pub fn poll_wait(future: &mut FilterFuture, cx: &mut Context<'_>) -> Poll<Resume> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+        Ok(polled) => polled,
+        Err(_) => Poll::Ready(Resume::new(FilterDecision::Reply(LocalReply::new(
+            LocalReplyKind::Internal,
+            "metaprotocol-proxy: the request failed inside the proxy (a filter's wait)",
+        )))),
     }
 }
 
@@ -495,5 +515,39 @@ mod tests {
             response: None,
             record: &record,
         });
+    }
+
+    /// Waits, then panics while it is polled.
+    struct PanicsWhileWaiting;
+
+    impl L7Filter for PanicsWhileWaiting {
+        fn name(&self) -> &str {
+            "panics-while-waiting"
+        }
+
+        fn on_request(&self, _: &mut RequestContext<'_>) -> FilterDecision {
+            FilterDecision::Wait(Box::pin(async {
+                tokio::task::yield_now().await;
+                panic!("a buggy wait")
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wait_that_panics_answers_internal() {
+        let chain = FilterChain::new(vec![Arc::new(PanicsWhileWaiting)]);
+        let request = Message::new(MessageKind::Request, 1, Bytes::new());
+        let mut record = record();
+        let answered = chain
+            .on_request(&mut RequestContext {
+                request: &request,
+                mutation: &mut Mutation::new(),
+                record: &mut record,
+            })
+            .await;
+        assert!(
+            matches!(&answered, Err(r) if r.kind == LocalReplyKind::Internal && r.message.contains("a filter's wait")),
+            "{answered:?}"
+        );
     }
 }

@@ -53,7 +53,7 @@ pub use codec::{
 pub use error::{CodecError, OptionsError};
 pub use filter::{
     ChainStep, CompleteContext, FilterChain, FilterDecision, FilterFuture, L7Filter,
-    RequestContext, ResponseContext, Resume,
+    RequestContext, ResponseContext, Resume, poll_wait,
 };
 pub use message::{FrameLayout, Message, MessageKind, ResponseStatus};
 pub use metadata::{

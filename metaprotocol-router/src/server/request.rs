@@ -16,8 +16,9 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::future::{AbortHandle, Abortable};
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use metaprotocol_core::{
     ChainStep, Codec, CompleteContext, ConnectionInfo, EncodeParams, FilterFuture, LocalReply,
     LocalReplyKind, METADATA_OVERFLOW_REASON, Message, MessageKind, Mutation, RequestContext,
@@ -89,6 +90,9 @@ struct InFlight {
     step_timer: Option<TimerId>,
     /// Its trace, on listeners that trace; it sees every attempt.
     span: Option<Box<RequestSpan>>,
+    /// Ends the filter's wait, if one is under way, when the request ends first (its deadline,
+    /// a drain): the wait's future and timers go with it, not when it would have resumed.
+    wait: Option<AbortHandle>,
 }
 
 /// The request in flight under `key`, if it is still the one the key was made for.
@@ -115,20 +119,32 @@ enum Direction {
     Response,
 }
 
-/// A filter's asynchronous work, tagged with the request and the chain step it resumes.
+/// A filter's asynchronous work, tagged with the request and the chain step it resumes; it
+/// ends with `None` when its request ended first.
 struct FilterWait {
     key: RequestKey,
     step: usize,
     direction: Direction,
-    future: FilterFuture,
+    future: Abortable<GuardedWait>,
 }
 
 impl Future for FilterWait {
-    type Output = (RequestKey, usize, Direction, Resume);
+    type Output = Option<(RequestKey, usize, Direction, Resume)>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let resume = ready!(self.future.as_mut().poll(cx));
-        Poll::Ready((self.key, self.step, self.direction, resume))
+        let resumed = ready!(self.future.poll_unpin(cx)).ok();
+        Poll::Ready(resumed.map(|resume| (self.key, self.step, self.direction, resume)))
+    }
+}
+
+/// A filter's future, a panic in it answered as an internal error.
+struct GuardedWait(FilterFuture);
+
+impl Future for GuardedWait {
+    type Output = Resume;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Resume> {
+        metaprotocol_core::poll_wait(&mut self.0, cx)
     }
 }
 
@@ -239,10 +255,21 @@ impl Requests {
         self.channel.get_or_insert_with(waiting::queue).0.clone()
     }
 
-    fn wait(&mut self, wait: FilterWait) {
+    /// Waits for `future`, a filter's at chain step `step`, before request `key` goes on.
+    fn wait(&mut self, key: RequestKey, step: usize, direction: Direction, future: FilterFuture) {
+        let (abort, registration) = AbortHandle::new_pair();
+        if let Some(inflight) = self.get(key) {
+            inflight.wait = Some(abort);
+        }
+        let future = Abortable::new(GuardedWait(future), registration);
         self.waits
             .get_or_insert_with(FuturesUnordered::new)
-            .push(wait);
+            .push(FilterWait {
+                key,
+                step,
+                direction,
+                future,
+            });
     }
 
     /// Forgets a timer the request has let go of (`None`: it held none): it fires unheeded
@@ -320,9 +347,11 @@ impl Requests {
             }
         }
         while let Some(waits) = &mut self.waits
-            && let Poll::Ready(Some((key, step, direction, resume))) = waits.poll_next_unpin(cx)
+            && let Poll::Ready(Some(resumed)) = waits.poll_next_unpin(cx)
         {
-            self.resumed(key, step, direction, resume, out, now);
+            if let Some((key, step, direction, resume)) = resumed {
+                self.resumed(key, step, direction, resume, out, now);
+            }
             progress = true;
         }
         while let Some(timers) = &mut self.timers
@@ -470,6 +499,7 @@ impl Requests {
             deadline_timer: None,
             step_timer: None,
             span,
+            wait: None,
         });
         RequestKey {
             index: index as u32,
@@ -528,12 +558,7 @@ impl Requests {
             ChainStep::Done => self.route(key, out, now),
             ChainStep::Reply(reply) => self.refused(key, reply, out, now),
             ChainStep::Wait { step, future } => {
-                self.wait(FilterWait {
-                    key,
-                    step,
-                    direction: Direction::Request,
-                    future,
-                });
+                self.wait(key, step, Direction::Request, future);
                 let needs_deadline = self.get(key).is_some_and(|f| f.deadline_timer.is_none());
                 if needs_deadline {
                     let at = router::deadline_after(now, DEFAULT_ROUTE_TIMEOUT);
@@ -779,12 +804,7 @@ impl Requests {
                     routed,
                     response: Box::new(response.clone()),
                 };
-                self.wait(FilterWait {
-                    key,
-                    step,
-                    direction: Direction::Response,
-                    future,
-                });
+                self.wait(key, step, Direction::Response, future);
             }
         }
     }
@@ -802,6 +822,7 @@ impl Requests {
         let Some(inflight) = self.get(key) else {
             return;
         };
+        inflight.wait = None;
         match (direction, &mut inflight.stage) {
             (Direction::Request, Stage::Filtering) => {
                 let next = filters.resume_request(
@@ -853,6 +874,9 @@ impl Requests {
             return;
         }
         let mut inflight = self.slab.remove(key.index as usize);
+        if let Some(wait) = inflight.wait.take() {
+            wait.abort();
+        }
         self.cancel_timer(inflight.deadline_timer.take());
         self.cancel_timer(inflight.step_timer.take());
         let before = out.len();

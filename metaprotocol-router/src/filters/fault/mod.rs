@@ -24,7 +24,7 @@ use serde::Deserialize;
 
 use super::{FilterContext, routing_view, rule};
 use crate::config::{ConfigError, MatchSpec, from_value};
-use crate::route::RequestMatcher;
+use crate::route::{DEFAULT_ROUTE_TIMEOUT, RequestMatcher};
 use crate::stats::Counter;
 
 /// The filter's registered name.
@@ -99,6 +99,15 @@ pub(crate) fn build(
         .map(|delay| {
             if delay.fixed_delay.is_zero() {
                 return Err(ConfigError::new("fixed_delay", "must be greater than 0"));
+            }
+            // Longer, every delayed request would end in the filters' timeout instead.
+            if delay.fixed_delay >= DEFAULT_ROUTE_TIMEOUT {
+                return Err(ConfigError::new(
+                    "fixed_delay",
+                    format!(
+                        "must be less than {DEFAULT_ROUTE_TIMEOUT:?}, the time a request's filters may take"
+                    ),
+                ));
             }
             Ok((delay.fixed_delay, Share::new(delay.percentage)?))
         })
@@ -292,6 +301,11 @@ mod tests {
                 json!({ "delay": { "fixed_delay": "soon" } }),
                 "delay.fixed_delay",
                 "soon",
+            ),
+            (
+                json!({ "delay": { "fixed_delay": "1h" } }),
+                "delay.fixed_delay",
+                "must be less than 15s",
             ),
         ];
         assert_rejected(NAME, cases);
