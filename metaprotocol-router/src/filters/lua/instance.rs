@@ -2,10 +2,12 @@
 //!
 //! The state is sandboxed: only the `table`, `string`, `math` and `utf8` libraries and the safe
 //! base functions are there (no `io`, `os`, `require`, `load`, `dofile`), its memory is capped,
-//! and a count hook stops any run that executes more instructions than the budget. The pattern
-//! functions (`string.find`, `match`, `gmatch`, `gsub`) are wrapped to charge the budget, before
-//! they run, with the most positions Lua's backtracking matcher may try (see [`match_cost`]):
-//! the count hook does not fire inside them, and one call can run for years.
+//! and a count hook stops any run that executes more instructions than the budget. The `string`
+//! functions whose time grows with their strings are wrapped to charge the budget before they
+//! run (see [`string_cost`]): the pattern functions (`find`, `match`, `gmatch`, `gsub`) with the
+//! most positions Lua's backtracking matcher may try, `rep`, `upper`, `lower` and `reverse` with
+//! the bytes they make. The count hook does not fire inside them, and one call can run for
+//! years.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,7 +82,7 @@ impl Instance {
             .div_ceil(INSTRUCTIONS_PER_TICK)
             .max(1)
             .saturating_mul(INSTRUCTIONS_PER_TICK);
-        charge_pattern_functions(&lua, &used, budget).map_err(setup)?;
+        charge_string_functions(&lua, &used, budget).map_err(setup)?;
         let hook_used = used.clone();
         lua.set_hook(
             HookTriggers::new().every_nth_instruction(INSTRUCTIONS_PER_TICK as u32),
@@ -183,37 +185,17 @@ pub(super) fn compile(source: &str) -> Result<Vec<u8>, String> {
     Ok(function.dump(false))
 }
 
-/// Replaces `string.find`, `match`, `gmatch` and `gsub` (which strings' methods are too) with
-/// functions that charge [`match_cost`] to the run's budget, and fail past it, before calling
-/// the library's.
-fn charge_pattern_functions(lua: &Lua, used: &Arc<AtomicU64>, budget: u64) -> mlua::Result<()> {
+/// Replaces the `string` functions whose time grows with the strings they read or make (which
+/// strings' methods are too) with functions that charge [`string_cost`] to the run's budget,
+/// and fail past it, before calling the library's: the count hook never fires inside them.
+fn charge_string_functions(lua: &Lua, used: &Arc<AtomicU64>, budget: u64) -> mlua::Result<()> {
     let string: mlua::Table = lua.globals().raw_get("string")?;
-    for name in ["find", "match", "gmatch", "gsub"] {
+    for name in CHARGED {
         let library: Function = string.raw_get(name)?;
         let used = used.clone();
-        // `gmatch` matches from every position however its pattern starts.
-        let anchors = name != "gmatch";
         let charged = lua.create_function(move |_, args: MultiValue| {
-            let text = |i: usize| match args.get(i) {
-                Some(Value::String(s)) => s.as_bytes().len(),
-                // A number is matched as its text, at most a few dozen bytes.
-                _ => 64,
-            };
-            let pattern = match args.get(1) {
-                Some(Value::String(s)) => s.as_bytes().to_vec(),
-                _ => Vec::new(),
-            };
-            let plain = name == "find"
-                && args
-                    .get(3)
-                    .is_some_and(|v| !matches!(v, Value::Nil | Value::Boolean(false)));
-            let cost = if plain {
-                (text(0) + pattern.len()) as u64
-            } else {
-                match_cost(text(0), &pattern, anchors)
-            };
             // Bounded so that the count cannot wrap; anything past the budget fails alike.
-            let cost = cost.min(budget.saturating_add(1));
+            let cost = string_cost(name, &args).min(budget.saturating_add(1));
             if used.fetch_add(cost, Ordering::Relaxed).saturating_add(cost) > budget {
                 return Err(mlua::Error::runtime("instruction budget exceeded"));
             }
@@ -222,6 +204,48 @@ fn charge_pattern_functions(lua: &Lua, used: &Arc<AtomicU64>, budget: u64) -> ml
         string.raw_set(name, charged)?;
     }
     Ok(())
+}
+
+/// The `string` functions charged by [`string_cost`].
+const CHARGED: [&str; 8] = [
+    "find", "match", "gmatch", "gsub", "rep", "upper", "lower", "reverse",
+];
+
+/// What `string.<name>(args)` may cost, in instructions: for the pattern functions, the most
+/// positions the matcher may try ([`match_cost`]); for the others, a byte of the string they
+/// make, each about what an instruction takes.
+fn string_cost(name: &str, args: &MultiValue) -> u64 {
+    let len = |i: usize| match args.get(i) {
+        Some(Value::String(s)) => s.as_bytes().len(),
+        // A number is used as its text, at most a few dozen bytes.
+        _ => 64,
+    };
+    let pattern_cost = |anchors: bool| match args.get(1) {
+        Some(Value::String(pattern)) => match_cost(len(0), &pattern.as_bytes(), anchors),
+        _ => len(0) as u64,
+    };
+    match name {
+        "find"
+            if args
+                .get(3)
+                .is_some_and(|v| !matches!(v, Value::Nil | Value::Boolean(false))) =>
+        {
+            (len(0) + len(1)) as u64
+        }
+        // `gmatch` matches from every position however its pattern starts.
+        "gmatch" => pattern_cost(false),
+        "find" | "match" | "gsub" => pattern_cost(true),
+        "rep" => {
+            let times = match args.get(1) {
+                Some(Value::Integer(n)) => u64::try_from(*n).unwrap_or(0),
+                Some(Value::Number(n)) if *n > 0.0 => *n as u64,
+                _ => 0,
+            };
+            let separator = if args.get(2).is_some() { len(2) } else { 0 };
+            times.saturating_mul((len(0) + separator) as u64)
+        }
+        _ => len(0) as u64,
+    }
 }
 
 /// What a pattern function may cost on a subject of `len` bytes, in instructions: the most

@@ -28,12 +28,13 @@
 //! back-references), plus one for an unanchored start. The hook never fires inside a library
 //! function: uncharged, `v:find(".-.-x")` on a 1,000-byte client value ran for 1.8 s, and on
 //! a 1 MB one would run for decades on a worker thread. Anchor patterns (`^`) and use plain
-//! `find(v, s, 1, true)` to keep the charge low on long values. Not charged: library functions
-//! and operators whose time is linear in the strings they touch (`..`, `==`, `rep`, `upper`,
-//! `sub`, `table.concat`, a plain `find`): one of those is bounded by `max_memory_bytes`, but
-//! a loop of them costs an instruction or so per pass over a string up to that size, so a hook
-//! on long values can take up to about `max_instructions` times that pass (measured, debug
-//! build: 1,000 `v:upper()` of a 4 MiB value, a few thousand instructions, took 11 s).
+//! `find(v, s, 1, true)` to keep the charge low on long values. `string.rep`, `upper`, `lower`
+//! and `reverse` are charged a byte of what they make an instruction (uncharged, 1,000
+//! `v:upper()` of a 4 MiB value, a few thousand instructions, took 11 s in a debug build). Not
+//! charged: operators and functions whose time is linear in the strings they touch but whose
+//! cost is not known before they run (`..`, `==`, `sub`, `format`, `table.concat`): one of
+//! those is bounded by `max_memory_bytes`, but a loop of them costs an instruction or so per
+//! pass over a string up to that size.
 //!
 //! Lua 5.4 rather than LuaJIT: LuaJIT's count hook does not fire inside JIT-compiled loops, so
 //! a budget could not stop a runaway script, and the per-request costs measured for both

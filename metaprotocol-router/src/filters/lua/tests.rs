@@ -199,7 +199,9 @@ fn a_runaway_script_is_stopped_by_its_budget() -> TestResult {
 #[test]
 fn a_script_that_hoards_memory_is_stopped_by_its_limit() -> TestResult {
     let (filter, metrics) = filter(
-        "function on_request(msg) local s = string.rep('x', 64 * 1024 * 1024) end",
+        // Small strings, many of them: a megabyte is reached long before the instruction
+        // budget (one `rep` of 64 MiB would be charged past the budget at once).
+        "function on_request(msg) local t = {} for i = 1, 1e6 do t[i] = ('x'):rep(100) .. i end end",
         serde_json::json!({ "max_memory_bytes": 1048576 }),
     )?;
     let (decision, _) = on_request(&filter, &request(&[]), &mut record());
@@ -252,6 +254,32 @@ fn a_backtracking_pattern_on_a_long_value_is_stopped_by_its_budget() -> TestResu
             started.elapsed() < std::time::Duration::from_secs(1),
             "{call}"
         );
+    }
+    Ok(())
+}
+
+#[test]
+fn string_functions_are_charged_by_the_bytes_they_make() -> TestResult {
+    // Each call is one instruction to the count hook: uncharged, a thousand upper-casings of a
+    // 1 MiB value take seconds within a budget of a million instructions.
+    let long: &'static str = Box::leak("a".repeat(1 << 20).into_boxed_str());
+    for call in [
+        "for _ = 1, 1000 do local _ = v:upper() end",
+        "for _ = 1, 1000 do local _ = v:reverse() end",
+        "local _ = string.rep('x', 1e7)",
+        "local _ = ('ab'):rep(1e6, v)",
+    ] {
+        let (filter, metrics) = filter(
+            &format!("function on_request(msg) local v = msg:get('v') {call} end"),
+            serde_json::json!({}),
+        )?;
+        let (decision, _) = on_request(&filter, &request(&[("v", long)]), &mut record());
+        assert_eq!(
+            reply_kind(&decision),
+            Some(LocalReplyKind::Internal),
+            "{call}"
+        );
+        assert!(errors(&metrics, "instruction_budget"), "{call}");
     }
     Ok(())
 }
