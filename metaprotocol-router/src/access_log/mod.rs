@@ -108,6 +108,8 @@ impl AccessLogger {
         if share < 1.0 && fastrand::f64() >= share {
             return;
         }
+        // A large frame is not kept alive by its line (see `captured`).
+        let copy = request.frame.len() > SHARED_FRAME_BYTES;
         let entry = || LogEntry {
             start_time: record.start_time,
             duration: record.timings.duration(),
@@ -127,7 +129,14 @@ impl AccessLogger {
                 .format
                 .keys()
                 .iter()
-                .map(|key| captured(request, key))
+                .map(|key| {
+                    let value = request.metadata.get_shared(key)?;
+                    Some(if copy || value.len() > MAX_VALUE_BYTES {
+                        captured(&value)
+                    } else {
+                        value
+                    })
+                })
                 .collect(),
         };
         if self.sink.send(&self.format, entry) {
@@ -144,15 +153,10 @@ const SHARED_FRAME_BYTES: usize = 4 * 1024;
 /// shorter).
 const MAX_VALUE_BYTES: usize = 1024;
 
-/// The value of `key` for a line: sharing the frame's storage when the frame is small, else a
-/// copy, so that a queue of lines waiting for a slow disk holds little more than the lines.
-fn captured(request: &Message, key: &str) -> Option<ByteStr> {
-    let value = request.metadata.get_shared(key)?;
-    if request.frame.len() <= SHARED_FRAME_BYTES && value.len() <= MAX_VALUE_BYTES {
-        return Some(value);
-    }
-    Some(ByteStr::copy_from_str(crate::text::cut(
-        value.as_str(),
-        MAX_VALUE_BYTES,
-    )))
+/// A copy of `value` for a line, cut to [`MAX_VALUE_BYTES`]: a line shares a small frame's
+/// storage, but copies out of a large one, so that a queue of lines waiting for a slow disk
+/// holds little more than the lines.
+#[cold]
+fn captured(value: &ByteStr) -> ByteStr {
+    ByteStr::copy_from_str(crate::text::cut(value.as_str(), MAX_VALUE_BYTES))
 }
