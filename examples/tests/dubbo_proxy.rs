@@ -772,25 +772,32 @@ impl metaprotocol_core::L7Filter for Panics {
     }
 }
 
-#[tokio::test]
-async fn a_request_whose_handling_panics_still_gets_an_error_reply() -> TestResult {
-    let provider = DemoProvider::start("p").await?;
+/// A proxy in front of `provider` whose listener runs `filter`, registered as `name`.
+async fn proxy_with_filter(
+    provider: &DemoProvider,
+    name: &'static str,
+    filter: Arc<dyn metaprotocol_core::L7Filter>,
+) -> TestResult<Proxy> {
     let yaml = format!(
-        "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r, filters: [ {{ name: panics }} ] }} ]
+        "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r, filters: [ {{ name: {name} }} ] }} ]
 route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
 clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
 ",
         provider.address()
     );
     let mut filters = metaprotocol_router::FilterRegistry::with_builtins();
-    filters.register("panics", |_, _| {
-        Ok(Arc::new(Panics) as Arc<dyn metaprotocol_core::L7Filter>)
-    });
-    let proxy = Proxy::builder(Config::from_yaml(&yaml)?)
+    filters.register(name, move |_, _| Ok(filter.clone()));
+    Ok(Proxy::builder(Config::from_yaml(&yaml)?)
         .codecs(metaprotocol_examples::codec_registry())
         .filters(filters)
         .start()
-        .await?;
+        .await?)
+}
+
+#[tokio::test]
+async fn a_request_whose_handling_panics_still_gets_an_error_reply() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let proxy = proxy_with_filter(&provider, "panics", Arc::new(Panics)).await?;
     let client = DubboClient::new(proxy.listener_addr("in").ok_or("no listener")?);
     let reply =
         tokio::time::timeout(Duration::from_secs(5), client.call("sayHello", "a", &[])).await??;
@@ -834,22 +841,12 @@ impl metaprotocol_core::L7Filter for PanicsWhileWaiting {
 #[tokio::test]
 async fn a_filter_wait_that_panics_gets_its_request_an_error_reply() -> TestResult {
     let provider = DemoProvider::start("p").await?;
-    let yaml = format!(
-        "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r, filters: [ {{ name: panics-while-waiting }} ] }} ]
-route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
-clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
-",
-        provider.address()
-    );
-    let mut filters = metaprotocol_router::FilterRegistry::with_builtins();
-    filters.register("panics-while-waiting", |_, _| {
-        Ok(Arc::new(PanicsWhileWaiting) as Arc<dyn metaprotocol_core::L7Filter>)
-    });
-    let proxy = Proxy::builder(Config::from_yaml(&yaml)?)
-        .codecs(metaprotocol_examples::codec_registry())
-        .filters(filters)
-        .start()
-        .await?;
+    let proxy = proxy_with_filter(
+        &provider,
+        "panics-while-waiting",
+        Arc::new(PanicsWhileWaiting),
+    )
+    .await?;
     let client = DubboClient::new(proxy.listener_addr("in").ok_or("no listener")?);
     let call = |method| tokio::time::timeout(Duration::from_secs(5), client.call(method, "a", &[]));
     let reply = call("sayHelloLater").await??;
