@@ -26,6 +26,15 @@ fn validate(scratch: &Scratch, name: &str, yaml: &str) -> TestResult<Output> {
         .output()?)
 }
 
+/// Replaces the running proxy's config file with `contents` as editors and Kubernetes do, by
+/// renaming a whole new file over it: a file written in place can be read half-written by the
+/// proxy's watcher, which then counts one more rejected reload.
+fn replace_config(path: &std::path::Path, contents: impl AsRef<[u8]>) -> std::io::Result<()> {
+    let next = path.with_extension("next");
+    std::fs::write(&next, contents)?;
+    std::fs::rename(next, path)
+}
+
 /// Which demo provider answered a call through `client` (its `provider` attachment).
 async fn served_by(client: &DubboClient) -> TestResult<Option<String>> {
     let reply = client.call("sayHello", "a", &[]).await?;
@@ -254,7 +263,7 @@ clusters:
     let client = DubboClient::new(address);
     assert_eq!(served_by(&client).await?.as_deref(), Some("v1"));
 
-    std::fs::write(path, config_for("two"))?;
+    replace_config(path, config_for("two"))?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let reply = client.call("sayHello", "a", &[]).await?;
@@ -286,7 +295,7 @@ clusters:
         "  - name: c\n    health_check: { probe: { method: ping } }\n",
     );
     for bad in [misspelt.into_bytes(), not_text, unbuildable.into_bytes()] {
-        std::fs::write(path, bad)?;
+        replace_config(path, bad)?;
         tokio::time::sleep(Duration::from_millis(2500)).await;
         assert_eq!(served_by(&client).await?.as_deref(), Some("v2"));
     }
@@ -520,7 +529,7 @@ clusters:
     let client = DubboClient::new(address);
     assert_eq!(served_by(&client).await?.as_deref(), Some("v2"));
 
-    std::fs::write(proxy.config(), config_for("one", "edited"))?;
+    replace_config(proxy.config(), config_for("one", "edited"))?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !proxy
         .stderr_tail()
