@@ -5,6 +5,12 @@
 //! `end_*` applies its requests to the context and empties it again. Operations a hook does not
 //! allow (editing headers in `on_complete`, a routing key on a response) and operations outside
 //! any hook (a script that kept its handle) are errors the script sees.
+//!
+//! What a script hands the host is bounded per hook run ([`Limit`]): past [`MAX_ENTRIES`]
+//! headers, routing keys or state values, or [`MAX_WRITTEN_BYTES`] of keys and values, an
+//! operation fails and so does the hook, even if the script catches the error. A host-side
+//! edit scans the edits made so far, so without a bound one hook's loop held as much memory,
+//! for as long (quadratic in the edits), as its instruction budget allowed: minutes of a worker.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -18,6 +24,42 @@ use metaprotocol_core::{
 };
 
 use super::{ScriptState, StateValue};
+
+/// The most headers (set or removed), routing keys, and state values a script may have the host
+/// hold (each): as many as a message may carry.
+pub(crate) const MAX_ENTRIES: usize = metaprotocol_core::MAX_METADATA_ENTRIES;
+
+/// The most bytes of keys, values and reply texts a script may hand the host in one hook run,
+/// counting every operation (a value set twice counts twice): far above what a filter's edits
+/// need, far below what a runaway loop could make the proxy hold.
+pub(crate) const MAX_WRITTEN_BYTES: usize = 1 << 20;
+
+/// A bound on what a script may hand the host in one hook run (see the [module docs](self)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Limit {
+    /// [`MAX_ENTRIES`] headers set or removed.
+    Headers,
+    /// [`MAX_ENTRIES`] routing keys.
+    RoutingKeys,
+    /// [`MAX_ENTRIES`] state values.
+    State,
+    /// [`MAX_WRITTEN_BYTES`].
+    Bytes,
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Limit::Headers => write!(f, "a hook may set or remove at most {MAX_ENTRIES} headers"),
+            Limit::RoutingKeys => write!(f, "a hook may set at most {MAX_ENTRIES} routing keys"),
+            Limit::State => write!(f, "a request may keep at most {MAX_ENTRIES} state values"),
+            Limit::Bytes => write!(
+                f,
+                "a hook may hand the proxy at most {MAX_WRITTEN_BYTES} bytes of keys and values"
+            ),
+        }
+    }
+}
 
 /// The hook a script runs in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +94,8 @@ pub(crate) enum OpError {
     NotUtf8,
     /// An unknown local reply kind.
     UnknownKind(String),
+    /// The hook has handed the host all it may ([`Limit`]).
+    Limit(Limit),
 }
 
 impl fmt::Display for OpError {
@@ -69,6 +113,7 @@ impl fmt::Display for OpError {
                     None => write!(f, "unknown local reply kind `{kind}`"),
                 }
             }
+            OpError::Limit(limit) => limit.fmt(f),
         }
     }
 }
@@ -130,6 +175,10 @@ pub(crate) struct Exchange {
     routing_keys: RoutingKeys,
     state: Option<ScriptState>,
     reply: Option<LocalReply>,
+    /// Bytes of keys and values the hook has handed over ([`MAX_WRITTEN_BYTES`]).
+    written: usize,
+    /// The bound the hook ran into, if any: the hook fails even if the script caught the error.
+    exceeded: Option<Limit>,
 }
 
 impl Exchange {
@@ -197,6 +246,29 @@ impl Exchange {
         self.routing_keys = RoutingKeys::new();
         self.state = None;
         self.reply = None;
+        self.written = 0;
+        self.exceeded = None;
+    }
+
+    /// The bound the running hook ran into, if any (read before `end_*` empties the exchange).
+    pub fn exceeded(&self) -> Option<Limit> {
+        self.exceeded
+    }
+
+    /// Fails with `limit` if `over`, and remembers that the hook did.
+    fn bound(&mut self, over: bool, limit: Limit) -> Result<(), OpError> {
+        if over {
+            self.exceeded = Some(limit);
+            return Err(OpError::Limit(limit));
+        }
+        Ok(())
+    }
+
+    /// Counts `bytes` handed over by an operation allowed in the hook (`check`ed first), before
+    /// the host copies them.
+    fn take_bytes(&mut self, bytes: usize) -> Result<(), OpError> {
+        self.written = self.written.saturating_add(bytes);
+        self.bound(self.written > MAX_WRITTEN_BYTES, Limit::Bytes)
     }
 
     /// The hook running, if `op` is allowed in it (`allowed`).
@@ -234,6 +306,15 @@ impl Exchange {
     /// response).
     pub fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), OpError> {
         self.check("set", &[Hook::Request, Hook::Response])?;
+        self.take_bytes(key.len() + value.len())?;
+        // Only at the bound is it worth a scan: replacing a header set already adds nothing.
+        let full = entries(&self.mutation) >= MAX_ENTRIES
+            && !self
+                .mutation
+                .sets()
+                .iter()
+                .any(|(k, _)| k.as_bytes() == key);
+        self.bound(full, Limit::Headers)?;
         self.mutation.set(text(key)?, text(value)?);
         Ok(())
     }
@@ -241,6 +322,10 @@ impl Exchange {
     /// Removes header `key` of the message the hook forwards.
     pub fn remove(&mut self, key: &[u8]) -> Result<(), OpError> {
         self.check("remove", &[Hook::Request, Hook::Response])?;
+        self.take_bytes(key.len())?;
+        let full = entries(&self.mutation) >= MAX_ENTRIES
+            && !self.mutation.removals().iter().any(|k| k.as_bytes() == key);
+        self.bound(full, Limit::Headers)?;
         self.mutation.remove(text(key)?);
         Ok(())
     }
@@ -248,7 +333,12 @@ impl Exchange {
     /// Sets a routing key: the route match sees `value` for `key`.
     pub fn set_routing_key(&mut self, key: &[u8], value: &[u8]) -> Result<(), OpError> {
         self.check("set_routing_key", &[Hook::Request])?;
-        self.routing_keys.set(text(key)?, text(value)?);
+        self.take_bytes(key.len() + value.len())?;
+        let key = text(key)?;
+        let full = self.routing_keys.iter().count() >= MAX_ENTRIES
+            && self.routing_keys.get(key.as_str()).is_none();
+        self.bound(full, Limit::RoutingKeys)?;
+        self.routing_keys.set(key, text(value)?);
         Ok(())
     }
 
@@ -261,6 +351,18 @@ impl Exchange {
     /// Sets (or, with `None`, removes) the request's state value `key`.
     pub fn set_state(&mut self, key: &[u8], value: Option<StateValue>) -> Result<(), OpError> {
         self.check("set_state", &[Hook::Request, Hook::Response])?;
+        let value_len = match &value {
+            Some(StateValue::Str(s)) => s.len(),
+            Some(_) => std::mem::size_of::<StateValue>(),
+            None => 0,
+        };
+        self.take_bytes(key.len() + value_len)?;
+        // The bound is on the request's whole state, which every script filter of the chain
+        // adds to, so that it stays bounded however many hooks run.
+        let full = value.is_some()
+            && (self.state.as_ref())
+                .is_some_and(|state| state.len() >= MAX_ENTRIES && state.get(key).is_none());
+        self.bound(full, Limit::State)?;
         let key = text(key)?;
         self.state.get_or_insert_default().set(key, value);
         Ok(())
@@ -270,6 +372,7 @@ impl Exchange {
     /// instead of going on.
     pub fn reply(&mut self, kind: &[u8], message: &[u8]) -> Result<(), OpError> {
         self.check("reply", &[Hook::Request, Hook::Response])?;
+        self.take_bytes(kind.len() + message.len())?;
         let kind_text = std::str::from_utf8(kind).map_err(|_| OpError::NotUtf8)?;
         let kind = kind_text
             .parse::<LocalReplyKind>()
@@ -293,6 +396,11 @@ pub(crate) fn status_name(status: ResponseStatus) -> &'static str {
         ResponseStatus::ApplicationError => "application_error",
         ResponseStatus::ServerError => "server_error",
     }
+}
+
+/// The headers `mutation` sets or removes.
+fn entries(mutation: &Mutation) -> usize {
+    mutation.sets().len() + mutation.removals().len()
 }
 
 /// A script's bytes as a key or value.
@@ -337,6 +445,74 @@ mod tests {
         assert!(mutation.overrides(b"x-a") && mutation.drops(b"debug"));
         assert_fast_lane_and_seen(&record, &StateValue::Int(7));
         assert_eq!(exchange.get(b"tenant"), Err(OpError::Outside));
+        Ok(())
+    }
+
+    #[test]
+    fn what_a_hook_hands_the_host_is_bounded() -> Result<(), OpError> {
+        let request = request();
+        let (mut mutation, mut record) = (Mutation::new(), record());
+        let mut ctx = RequestContext {
+            request: &request,
+            mutation: &mut mutation,
+            record: &mut record,
+        };
+        let mut exchange = Exchange::default();
+        exchange.begin_request(&mut ctx);
+        for n in 0..MAX_ENTRIES {
+            let key = format!("k{n}");
+            exchange.set(key.as_bytes(), b"v")?;
+            exchange.set_routing_key(key.as_bytes(), b"v")?;
+            exchange.set_state(key.as_bytes(), Some(StateValue::Int(1)))?;
+        }
+        // At the bound, what replaces or removes an entry still goes.
+        exchange.set(b"k0", b"w")?;
+        exchange.set_routing_key(b"k0", b"w")?;
+        exchange.set_state(b"k0", None)?;
+        exchange.set_state(b"k-new", Some(StateValue::Bool(true)))?;
+        assert_eq!(exchange.exceeded(), None);
+        let more = b"one-more";
+        assert_eq!(
+            exchange.set(more, b"v"),
+            Err(OpError::Limit(Limit::Headers))
+        );
+        assert_eq!(exchange.remove(more), Err(OpError::Limit(Limit::Headers)));
+        assert_eq!(
+            exchange.set_routing_key(more, b"v"),
+            Err(OpError::Limit(Limit::RoutingKeys))
+        );
+        let value = Some(StateValue::Int(1));
+        assert_eq!(
+            exchange.set_state(more, value),
+            Err(OpError::Limit(Limit::State))
+        );
+        assert_eq!(exchange.exceeded(), Some(Limit::State));
+        exchange.end_request(&mut ctx);
+        assert_eq!(mutation.sets().len(), MAX_ENTRIES);
+
+        // Bytes count over the whole hook, a value set again included; a new hook starts anew.
+        let (mut mutation, mut record) = (Mutation::new(), self::record());
+        let mut ctx = RequestContext {
+            request: &request,
+            mutation: &mut mutation,
+            record: &mut record,
+        };
+        exchange.begin_request(&mut ctx);
+        assert_eq!(exchange.exceeded(), None);
+        let value = vec![b'v'; 64 << 10];
+        for _ in 0..MAX_WRITTEN_BYTES / (b"big".len() + value.len()) {
+            exchange.set(b"big", &value)?;
+        }
+        assert_eq!(
+            exchange.set(b"big", &value),
+            Err(OpError::Limit(Limit::Bytes))
+        );
+        assert_eq!(
+            exchange.reply(b"internal", &value),
+            Err(OpError::Limit(Limit::Bytes))
+        );
+        assert_eq!(exchange.exceeded(), Some(Limit::Bytes));
+        exchange.end_request(&mut ctx);
         Ok(())
     }
 

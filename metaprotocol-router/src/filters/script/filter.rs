@@ -7,6 +7,7 @@ use metaprotocol_core::{
     CompleteContext, FilterDecision, L7Filter, LocalReply, RequestContext, ResponseContext,
 };
 
+use super::exchange::Limit;
 use super::{Exchange, Failure, Hook, ScriptStats, with_slot};
 
 /// Why a run failed: the counter's reason and what the script said.
@@ -22,6 +23,16 @@ pub(crate) trait ScriptInstance: Send + 'static {
 
     /// Runs `hook` (the caller filled the exchange) within the instance's budgets.
     fn run(&mut self, hook: Hook) -> Result<(), RunError>;
+}
+
+/// `result`, unless the run ran into a bound of its exchange: then it failed for memory (what
+/// the script made the host hold), even if the script caught the error and returned.
+fn within(result: Result<(), RunError>, exceeded: Option<Limit>) -> Result<(), RunError> {
+    match (exceeded, result) {
+        (None, result) => result,
+        (Some(_), Err((_, detail))) => Err((Failure::Memory, detail)),
+        (Some(limit), Ok(())) => Err((Failure::Memory, limit.to_string())),
+    }
 }
 
 /// A script filter: see the [module docs](super).
@@ -63,8 +74,12 @@ impl<I: ScriptInstance> ScriptFilter<I> {
             let result = instance
                 .with_exchange(|exchange| begin(exchange, ctx))
                 .and_then(|()| instance.run(hook));
-            match instance.with_exchange(|exchange| end(exchange, ctx)) {
-                Ok(ended) => (ended, result),
+            let ended = instance.with_exchange(|exchange| {
+                let exceeded = exchange.exceeded();
+                (end(exchange, ctx), exceeded)
+            });
+            match ended {
+                Ok((ended, exceeded)) => (ended, within(result, exceeded)),
                 Err(err) => (R::default(), result.and(Err(err))),
             }
         })
@@ -130,5 +145,41 @@ impl<I: ScriptInstance> L7Filter for ScriptFilter<I> {
         if let Err((failure, detail)) = result {
             self.stats.failed(Hook::Complete, failure, &detail);
         }
+    }
+}
+
+#[cfg(all(test, feature = "lua"))]
+mod tests {
+    use metaprotocol_core::LocalReplyKind;
+
+    use crate::filters::script::testing::{TestResult, counted, on_request, record, reply_kind};
+    use crate::filters::testing::build;
+    use crate::stats::Metrics;
+
+    /// The bounds of the exchange hold for every script runtime, and a script that catches the
+    /// error still fails its hook (else it would go on with some of its edits dropped).
+    #[test]
+    fn a_hook_past_a_bound_fails_even_if_the_script_catches_the_error() -> TestResult {
+        let metrics = Metrics::new();
+        let source = r#"
+            function on_request(msg)
+              pcall(function() for i = 1, 1000 do msg:set("k" .. i, "v") end end)
+            end
+        "#;
+        let config = serde_json::json!({ "source": source, "instances": 1 });
+        let filter = build("lua", config, &metrics)?;
+        let request = crate::filters::script::testing::request(&[]);
+        let (decision, mutation) = on_request(&*filter, &request, &mut record());
+        assert_eq!(reply_kind(&decision), Some(LocalReplyKind::Internal));
+        assert!(
+            counted(&metrics, "reason=\"memory\"", 1),
+            "{}",
+            metrics.render()
+        );
+        assert_eq!(
+            mutation.sets().len(),
+            metaprotocol_core::MAX_METADATA_ENTRIES
+        );
+        Ok(())
     }
 }

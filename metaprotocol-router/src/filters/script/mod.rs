@@ -32,7 +32,8 @@ pub(crate) enum Failure {
     Error,
     /// The script ran past its instruction (fuel) budget.
     Budget,
-    /// The script asked for more memory than its limit.
+    /// The script asked for more memory than its limit, or to have the host hold more than a
+    /// hook may hand it (see [`exchange`]).
     Memory,
 }
 

@@ -48,6 +48,11 @@ impl ScriptState {
         }
     }
 
+    /// How many values are stored.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
     /// True if nothing is stored.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()

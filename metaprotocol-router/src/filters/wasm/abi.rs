@@ -6,6 +6,12 @@
 //! export, unlike proxy-wasm). A bad pointer, a map a hook does not allow, or an unknown reply
 //! kind traps the guest: the request gets an internal error and the failure is counted.
 //!
+//! Every call is charged fuel ([`charge`]): [`CALL_FUEL`], plus one unit per [`BYTES_PER_FUEL`]
+//! bytes it copies in or out. Uncharged, a call cost the guest the few instructions that make it,
+//! so a loop of them did host work (copies, allocations, scans) far beyond what its fuel
+//! bought. What the calls may make the host hold is bounded by the exchange (see
+//! [`Exchange`]).
+//!
 //! | import | signature | what it does |
 //! |---|---|---|
 //! | `get(map, key, key_len, buf, buf_cap) -> len` | `(i32 i32 i32 i32 i32) -> i32` | copies the value of `key` in `map` to `buf` when it fits; returns its length, or -1 when absent |
@@ -37,6 +43,31 @@ pub(super) const STATE: i32 = 2;
 pub(super) const RECORD: i32 = 3;
 /// Map: routing keys (`set` only, in `on_request`).
 pub(super) const ROUTING: i32 = 4;
+
+/// Fuel a host call costs besides its bytes: the host's part of it (a lookup, or a scan of the
+/// hook's edits so far and an allocation) is worth about a hundred of the guest's instructions.
+pub(super) const CALL_FUEL: u64 = 100;
+
+/// Bytes a host call copies per unit of fuel. wasmi charges a unit per 64 bytes that the
+/// guest's own `memory.copy` moves; a host copy also allocates and checks UTF-8, so costs more.
+pub(super) const BYTES_PER_FUEL: u64 = 8;
+
+/// Charges the guest for a call that copies `bytes` (lengths as the guest passed them; a
+/// negative one is refused when read): past its fuel, the call traps as an instruction would.
+fn charge(caller: &mut Caller<'_, Host>, bytes: &[i32]) -> Result<(), wasmi::Error> {
+    let bytes: u64 = bytes
+        .iter()
+        .map(|&len| u64::try_from(len).unwrap_or(0))
+        .sum();
+    let cost = CALL_FUEL + bytes / BYTES_PER_FUEL;
+    match caller.get_fuel()?.checked_sub(cost) {
+        Some(left) => caller.set_fuel(left),
+        None => {
+            caller.set_fuel(0)?;
+            Err(wasmi::TrapCode::OutOfFuel.into())
+        }
+    }
+}
 
 /// A guest error: traps the guest with this text.
 fn trap(text: impl std::fmt::Display) -> wasmi::Error {
@@ -89,29 +120,46 @@ fn record_field(exchange: &Exchange, name: &[u8]) -> Result<Option<String>, OpEr
     })
 }
 
-/// Copies `value` to the guest's buffer when it fits; its length, or -1 for none.
+/// Copies `value` to the guest's buffer when it fits: its length (or -1 for none), and the
+/// bytes copied.
 fn answer(
     memory: &mut [u8],
     value: Option<&[u8]>,
     buf: i32,
     cap: i32,
-) -> Result<i32, wasmi::Error> {
-    let Some(value) = value else { return Ok(-1) };
+) -> Result<(i32, i32), wasmi::Error> {
+    let Some(value) = value else {
+        return Ok((-1, 0));
+    };
     let len = i32::try_from(value.len()).map_err(|_| trap("value too large"))?;
-    if len <= cap {
-        let start = usize::try_from(buf).map_err(|_| trap("negative pointer"))?;
-        memory
-            .get_mut(start..start + value.len())
-            .ok_or_else(|| trap("pointer out of bounds"))?
-            .copy_from_slice(value);
+    if len > cap {
+        return Ok((len, 0));
     }
-    Ok(len)
+    let start = usize::try_from(buf).map_err(|_| trap("negative pointer"))?;
+    memory
+        .get_mut(start..start + value.len())
+        .ok_or_else(|| trap("pointer out of bounds"))?
+        .copy_from_slice(value);
+    Ok((len, len))
 }
 
 fn get(caller: Caller<'_, Host>, args: (i32, i32, i32, i32, i32)) -> Result<i32, wasmi::Error> {
     let mut caller = caller;
+    let (len, copied) = get_value(&mut caller, args)?;
+    // Charged after the copy, whose size only the lookup tells (one copy is bounded by the
+    // message's size).
+    let key_len = args.2;
+    charge(&mut caller, &[key_len, copied])?;
+    Ok(len)
+}
+
+/// What `get` answers: the value's length (or -1) and the bytes copied to the guest.
+fn get_value(
+    caller: &mut Caller<'_, Host>,
+    args: (i32, i32, i32, i32, i32),
+) -> Result<(i32, i32), wasmi::Error> {
     let (map, key, key_len, buf, cap) = args;
-    let (memory, host) = split(&mut caller)?;
+    let (memory, host) = split(caller)?;
     let key = bytes(memory, key, key_len)?;
     let exchange = &host.exchange;
     let owned;
@@ -148,6 +196,7 @@ fn state_text(value: &StateValue) -> String {
 fn set(caller: Caller<'_, Host>, args: (i32, i32, i32, i32, i32)) -> Result<(), wasmi::Error> {
     let mut caller = caller;
     let (map, key, key_len, value, value_len) = args;
+    charge(&mut caller, &[key_len, value_len])?;
     let (memory, host) = split(&mut caller)?;
     let key = bytes(memory, key, key_len)?;
     let value = bytes(memory, value, value_len)?;
@@ -166,6 +215,7 @@ fn set(caller: Caller<'_, Host>, args: (i32, i32, i32, i32, i32)) -> Result<(), 
 fn remove(caller: Caller<'_, Host>, args: (i32, i32, i32)) -> Result<(), wasmi::Error> {
     let mut caller = caller;
     let (map, key, key_len) = args;
+    charge(&mut caller, &[key_len])?;
     let (memory, host) = split(&mut caller)?;
     let key = bytes(memory, key, key_len)?;
     match map {
@@ -178,6 +228,7 @@ fn remove(caller: Caller<'_, Host>, args: (i32, i32, i32)) -> Result<(), wasmi::
 fn reply(caller: Caller<'_, Host>, args: (i32, i32, i32, i32)) -> Result<(), wasmi::Error> {
     let mut caller = caller;
     let (kind, kind_len, message, message_len) = args;
+    charge(&mut caller, &[kind_len, message_len])?;
     let (memory, host) = split(&mut caller)?;
     let kind = bytes(memory, kind, kind_len)?;
     let message = bytes(memory, message, message_len)?;
@@ -187,6 +238,7 @@ fn reply(caller: Caller<'_, Host>, args: (i32, i32, i32, i32)) -> Result<(), was
 fn count(caller: Caller<'_, Host>, args: (i32, i32, i64)) -> Result<(), wasmi::Error> {
     let mut caller = caller;
     let (name, name_len, n) = args;
+    charge(&mut caller, &[name_len])?;
     let (memory, host) = split(&mut caller)?;
     let name = bytes(memory, name, name_len)?;
     let n = u64::try_from(n).map_err(|_| trap("count: n must not be negative"))?;
@@ -196,6 +248,7 @@ fn count(caller: Caller<'_, Host>, args: (i32, i32, i64)) -> Result<(), wasmi::E
 fn log(caller: Caller<'_, Host>, args: (i32, i32, i32)) -> Result<(), wasmi::Error> {
     let mut caller = caller;
     let (level, text, text_len) = args;
+    charge(&mut caller, &[text_len])?;
     let (memory, _) = split(&mut caller)?;
     let text = String::from_utf8_lossy(bytes(memory, text, text_len)?);
     match level {

@@ -15,7 +15,10 @@
 //! `lua`). A module that does not validate, lacks an import or a `memory` export, exports a hook
 //! of the wrong type, or traps in its start function is a config error. A hook that traps, runs
 //! out of fuel or memory is answered with an internal-error reply and counted in
-//! `metaprotocol_script_errors_total{reason}`.
+//! `metaprotocol_script_errors_total{reason}`; its instance is then discarded for a fresh one
+//! (counted in `metaprotocol_script_instances_replaced_total`), since the guest stopped midway
+//! may have left its memory half-updated: a Rust module's shadow-stack pointer is not restored,
+//! and about 1,200 panics of the example module broke its instance for every later request.
 
 mod abi;
 
@@ -33,6 +36,7 @@ use crate::filters::script::{
     self, Exchange, Failure, Hook, RunError, ScriptCounters, ScriptFilter, ScriptInstance,
     ScriptStats,
 };
+use crate::stats::Counter;
 
 /// The filter's registered name.
 pub(crate) const NAME: &str = "wasm";
@@ -77,7 +81,10 @@ pub(crate) struct Host {
 pub(crate) struct Instance {
     store: Store<Host>,
     hooks: [Option<TypedFunc<(), ()>>; 3],
-    fuel: u64,
+    /// What the instance was made from, to make a fresh one after a failed run.
+    compiled: Arc<Compiled>,
+    /// True if a run failed and no fresh instance could be made then: this one must not run.
+    tainted: bool,
 }
 
 /// Builds a `wasm` filter from its config.
@@ -96,15 +103,11 @@ pub(crate) fn build(
             format!("cannot read {}: {err}", config.path.display()),
         )
     })?;
-    let counters = Arc::new(ScriptCounters::new(context, &config.counters));
-    let module = Compiled::new(&bytes)
+    let module = Compiled::new(&bytes, &config, context)
+        .map(Arc::new)
         .map_err(|err| ConfigError::new("path", format!("not a usable filter module: {err}")))?;
     let instances = (0..instances)
-        .map(|_| {
-            module
-                .instantiate(&counters, config.max_fuel, config.max_memory_bytes)
-                .map(Mutex::new)
-        })
+        .map(|_| module.instantiate().map(Mutex::new))
         .collect::<Result<Box<[_]>, _>>()
         .map_err(|reason| {
             ConfigError::new("path", format!("the module fails when loaded: {reason}"))
@@ -117,48 +120,62 @@ pub(crate) fn build(
     })
 }
 
-/// A module compiled once, and the linker of the ABI its instances share.
+/// A module compiled once, with what its instances share: the linker of the ABI, the counters,
+/// the budgets.
 pub(crate) struct Compiled {
     engine: Engine,
     module: Module,
     linker: Linker<Host>,
+    counters: Arc<ScriptCounters>,
+    /// Fuel per hook run.
+    fuel: u64,
+    /// Bytes an instance's memory may grow to.
+    memory: usize,
+    /// Instances discarded after a failed run.
+    replaced: Counter,
 }
 
 impl Compiled {
-    /// Validates and compiles `bytes`.
-    pub fn new(bytes: &[u8]) -> Result<Self, wasmi::Error> {
-        let mut config = wasmi::Config::default();
-        config.consume_fuel(true);
-        let engine = Engine::new(&config);
+    /// Validates and compiles `bytes`, to be run within `config`'s budgets.
+    pub fn new(
+        bytes: &[u8],
+        config: &WasmConfig,
+        context: &FilterContext,
+    ) -> Result<Self, wasmi::Error> {
+        let mut wasm = wasmi::Config::default();
+        wasm.consume_fuel(true);
+        let engine = Engine::new(&wasm);
         let module = Module::new(&engine, bytes)?;
         let linker = abi::linker(&engine)?;
         Ok(Self {
             engine,
             module,
             linker,
+            counters: Arc::new(ScriptCounters::new(context, &config.counters)),
+            fuel: config.max_fuel,
+            memory: config.max_memory_bytes,
+            replaced: context.metrics().counter(
+                "script_instances_replaced",
+                "Script instances discarded after a failed hook, for a fresh one",
+            ),
         })
     }
 
-    /// A new instance with its own memory, `fuel` per run and at most `memory` bytes.
-    pub fn instantiate(
-        &self,
-        counters: &Arc<ScriptCounters>,
-        fuel: u64,
-        memory: usize,
-    ) -> Result<Instance, String> {
+    /// A new instance with its own memory.
+    pub fn instantiate(self: &Arc<Self>) -> Result<Instance, String> {
         let limits = wasmi::StoreLimitsBuilder::new()
-            .memory_size(memory)
+            .memory_size(self.memory)
             .trap_on_grow_failure(true)
             .build();
         let host = Host {
             exchange: Exchange::default(),
-            counters: counters.clone(),
+            counters: self.counters.clone(),
             limits,
             memory: None,
         };
         let mut store = Store::new(&self.engine, host);
         store.limiter(|host| &mut host.limits);
-        store.set_fuel(fuel).map_err(|e| e.to_string())?;
+        store.set_fuel(self.fuel).map_err(|e| e.to_string())?;
         let instance: WasmInstance = self
             .linker
             .instantiate_and_start(&mut store, &self.module)
@@ -176,7 +193,27 @@ impl Compiled {
                 hooks[hook as usize] = Some(function);
             }
         }
-        Ok(Instance { store, hooks, fuel })
+        Ok(Instance {
+            store,
+            hooks,
+            compiled: self.clone(),
+            tainted: false,
+        })
+    }
+}
+
+impl Instance {
+    /// Replaces this instance with a fresh one of the same module; the hook's exchange (the
+    /// request's state, the edits so far) goes on in the fresh one.
+    fn replace(&mut self) -> Result<(), String> {
+        let mut fresh = self.compiled.instantiate()?;
+        std::mem::swap(
+            &mut fresh.store.data_mut().exchange,
+            &mut self.store.data_mut().exchange,
+        );
+        *self = fresh;
+        self.compiled.replaced.inc();
+        Ok(())
     }
 }
 
@@ -190,13 +227,22 @@ impl ScriptInstance for Instance {
     }
 
     fn run(&mut self, hook: Hook) -> Result<(), RunError> {
+        if !self.defines(hook) {
+            return Ok(());
+        }
+        if self.tainted {
+            self.replace().map_err(|reason| {
+                let detail = format!("cannot replace an instance that failed: {reason}");
+                (Failure::Error, detail)
+            })?;
+        }
         let Some(function) = &self.hooks[hook as usize] else {
             return Ok(());
         };
         self.store
-            .set_fuel(self.fuel)
+            .set_fuel(self.compiled.fuel)
             .map_err(|e| (Failure::Error, e.to_string()))?;
-        function.call(&mut self.store, ()).map_err(|err| {
+        let result = function.call(&mut self.store, ()).map_err(|err| {
             let failure = match err.kind() {
                 _ if err.as_trap_code() == Some(wasmi::TrapCode::OutOfFuel) => Failure::Budget,
                 wasmi::errors::ErrorKind::Memory(_) => Failure::Memory,
@@ -206,7 +252,15 @@ impl ScriptInstance for Instance {
                 _ => Failure::Error,
             };
             (failure, err.to_string())
-        })
+        });
+        if result.is_err() {
+            // A trap, or fuel or memory running out, stopped the guest midway: whatever it was
+            // updating in its memory stays half-done in this instance, and a later run would
+            // build on it. The failing request pays for the fresh instance; should making one
+            // fail, the next run tries again rather than run on this one.
+            self.tainted = self.replace().is_err();
+        }
+        result
     }
 }
 

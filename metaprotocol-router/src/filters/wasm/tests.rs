@@ -144,3 +144,174 @@ fn unusable_modules_are_config_errors() {
             .contains("fails when loaded")
     );
 }
+
+/// A guest that keeps state in its memory for the length of a hook, as a Rust module keeps its
+/// shadow-stack pointer: it raises a flag on entry and lowers it on return, and traps when it
+/// finds the flag raised (its memory left half-updated by an earlier run). Traps on `boom`.
+const FLAGGED: &str = r#"
+(module
+  (import "metaprotocol" "get" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "boom")
+  (func (export "on_request")
+    (if (i32.load (i32.const 64)) (then unreachable))
+    (i32.store (i32.const 64) (i32.const 1))
+    (if (i32.ne (call $get (i32.const 0) (i32.const 0) (i32.const 4) (i32.const 0) (i32.const 0))
+                (i32.const -1))
+      (then unreachable))
+    (i32.store (i32.const 64) (i32.const 0))))
+"#;
+
+#[test]
+fn a_failed_run_leaves_no_trace_in_the_next_one() -> TestResult {
+    let (filter, metrics) = filter(FLAGGED, serde_json::json!({ "instances": 1 }))?;
+    for round in 1..=3 {
+        let (decision, _) = on_request(&filter, &request(&[("boom", "1")]), &mut record());
+        assert_eq!(reply_kind(&decision), Some(LocalReplyKind::Internal));
+        let (decision, _) = on_request(&filter, &request(&[]), &mut record());
+        assert!(
+            matches!(decision, FilterDecision::Continue),
+            "round {round}: {decision:?}"
+        );
+        assert!(
+            counted(&metrics, "script_instances_replaced_total", round),
+            "{}",
+            metrics.render()
+        );
+    }
+    Ok(())
+}
+
+/// The example module (`examples/wasm-filter`), committed built.
+fn example_module() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/wasm-filter/metaprotocol_wasm_filter_example.wasm")
+}
+
+/// Before failed instances were replaced, each panic (`x-boom`) or fuel exhaustion (`x-spin`) of
+/// the Rust example leaked a shadow-stack frame: the 1,213th panic broke the one instance for
+/// every later request (and about 1,340 exhaustions did). The panics here go past that; the
+/// exhaustions, slow in a debug build, only show they are replaced too.
+#[test]
+fn clients_that_make_the_example_fail_cannot_break_it_for_others() -> TestResult {
+    let metrics = Metrics::new();
+    let config =
+        serde_json::json!({ "path": example_module(), "instances": 1, "max_fuel": 200000 });
+    let filter = crate::filters::testing::build("wasm", config, &metrics)?;
+    let good = crate::filters::testing::TestRequest::new(&[("tenant", "t1")]);
+    for (key, rounds) in [("x-boom", 1300), ("x-spin", 30)] {
+        let bad = crate::filters::testing::TestRequest::new(&[(key, "1")]);
+        for round in 0..rounds {
+            let decision = bad.decide(&*filter);
+            assert_eq!(reply_kind(&decision), Some(LocalReplyKind::Internal));
+            let decision = good.decide(&*filter);
+            assert!(
+                matches!(decision, FilterDecision::Continue),
+                "{key}, round {round}: {decision:?}"
+            );
+        }
+    }
+    assert!(
+        counted(&metrics, "script_instances_replaced_total", 1330),
+        "{}",
+        metrics.render()
+    );
+    Ok(())
+}
+
+/// A module that calls `set(map, key, 3, value, value_len)` forever: with distinct keys
+/// (`aaa`, `baa` ...) or, with `same_key`, one key over and over.
+fn flood(map: i32, value_len: u32, same_key: bool) -> String {
+    let step = if same_key { 0 } else { 1 };
+    format!(
+        r#"
+(module
+  (import "metaprotocol" "set" (func $set (param i32 i32 i32 i32 i32)))
+  (memory (export "memory") 2)
+  (func (export "on_request") (local $n i32)
+    (loop $more
+      (i32.store8 (i32.const 0) (i32.add (i32.const 97) (i32.rem_u (local.get $n) (i32.const 26))))
+      (i32.store8 (i32.const 1)
+        (i32.add (i32.const 97) (i32.rem_u (i32.div_u (local.get $n) (i32.const 26)) (i32.const 26))))
+      (i32.store8 (i32.const 2)
+        (i32.add (i32.const 97) (i32.rem_u (i32.div_u (local.get $n) (i32.const 676)) (i32.const 26))))
+      (call $set (i32.const {map}) (i32.const 0) (i32.const 3) (i32.const 16) (i32.const {value_len}))
+      (local.set $n (i32.add (local.get $n) (i32.const {step})))
+      (br $more))))
+"#
+    )
+}
+
+#[test]
+fn a_module_cannot_make_the_host_hold_without_bound() -> TestResult {
+    // Headers, state values and routing keys with distinct keys (capped in number), then one
+    // header set over and over with 8 KiB values (capped in bytes). Without the caps each ran
+    // until its fuel was gone, holding thousands of entries, in time quadratic in their number.
+    let cases = [
+        (abi::MESSAGE, 16, false),
+        (abi::STATE, 16, false),
+        (abi::ROUTING, 16, false),
+        (abi::MESSAGE, 8192, true),
+    ];
+    for (round, (map, value_len, same_key)) in (1..).zip(cases) {
+        let (filter, metrics) = filter(
+            &flood(map, value_len, same_key),
+            serde_json::json!({ "instances": 1, "max_fuel": 300000 }),
+        )?;
+        let started = std::time::Instant::now();
+        let mut record = record();
+        let (decision, mutation) = on_request(&filter, &request(&[]), &mut record);
+        let elapsed = started.elapsed();
+        assert_eq!(reply_kind(&decision), Some(LocalReplyKind::Internal));
+        assert!(
+            counted(&metrics, "reason=\"memory\"", 1),
+            "case {round}: {}",
+            metrics.render()
+        );
+        assert!(mutation.sets().len() <= metaprotocol_core::MAX_METADATA_ENTRIES);
+        assert!(record.routing_keys().iter().count() <= metaprotocol_core::MAX_METADATA_ENTRIES);
+        assert!(elapsed < std::time::Duration::from_secs(2), "{elapsed:?}");
+    }
+    Ok(())
+}
+
+/// Calls `get` of metadata `big` into a 64 KiB buffer and counts `calls` after each, forever.
+const READER: &str = r#"
+(module
+  (import "metaprotocol" "get" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "metaprotocol" "count" (func $count (param i32 i32 i64)))
+  (memory (export "memory") 2)
+  (data (i32.const 0) "big")
+  (data (i32.const 8) "calls")
+  (func (export "on_request")
+    (loop $more
+      (drop (call $get (i32.const 0) (i32.const 0) (i32.const 3) (i32.const 1024) (i32.const 65536)))
+      (call $count (i32.const 8) (i32.const 5) (i64.const 1))
+      (br $more))))
+"#;
+
+#[test]
+fn host_calls_are_charged_fuel_for_the_bytes_they_copy() -> TestResult {
+    let (filter, metrics) = filter(
+        READER,
+        serde_json::json!({ "instances": 1, "max_fuel": 100000, "counters": ["calls"] }),
+    )?;
+    let mut message = metaprotocol_core::Message::new(
+        metaprotocol_core::MessageKind::Request,
+        1,
+        bytes::Bytes::new(),
+    );
+    message.metadata.insert("big", "v".repeat(60_000));
+    let (decision, _) = on_request(&filter, &message, &mut record());
+    assert_eq!(reply_kind(&decision), Some(LocalReplyKind::Internal));
+    assert!(counted(&metrics, "reason=\"instruction_budget\"", 1));
+    // 100,000 fuel bought thousands of 60 KB copies when a host call cost a few units.
+    let calls: u64 = metrics
+        .render()
+        .lines()
+        .find(|line| line.contains("counter=\"calls\""))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(u64::MAX);
+    assert!(calls < 100, "{calls} calls");
+    Ok(())
+}
