@@ -266,15 +266,8 @@ fn quoted_numbers_and_booleans_are_not_numbers() {
     assert_edits_rejected_at(&cases, "write it without quotes");
 
     // Two on one line: the second is named, at its own column.
-    let yaml = FULL.replacen(
-        "{ cluster: demo-provider, subset: { version: v1 }, weight: 30 }",
+    let (yaml, err) = weighted_cluster_error(
         "{ cluster: demo-provider, subset: { version: '2' }, weight: '30' }",
-        1,
-    );
-    let err = error_of(&yaml);
-    assert_eq!(
-        err.field,
-        "route_configs[0].routes[1].route.weighted_clusters[0].weight"
     );
     assert_eq!(err.position, Some(position_of(&yaml, "'30' }")), "{err}");
 
@@ -284,9 +277,19 @@ fn quoted_numbers_and_booleans_are_not_numbers() {
     assert_eq!(err.position, Some(position_of(&json, r#""2" }"#)), "{err}");
 
     // An alias reads as its anchor's quoted string: a string label's, here, in a number field.
+    let (yaml, err) = weighted_cluster_error(
+        "{ cluster: demo-provider, subset: { version: &w '30' }, weight: *w }",
+    );
+    assert!(err.reason.contains("write it without quotes"), "{err}");
+    assert_eq!(err.position, Some(position_of(&yaml, "*w }")), "{err}");
+}
+
+/// `FULL` with its first weighted cluster written as `edited`, and the error it makes, which
+/// must name that cluster's weight.
+fn weighted_cluster_error(edited: &str) -> (String, ConfigError) {
     let yaml = FULL.replacen(
         "{ cluster: demo-provider, subset: { version: v1 }, weight: 30 }",
-        "{ cluster: demo-provider, subset: { version: &w '30' }, weight: *w }",
+        edited,
         1,
     );
     let err = error_of(&yaml);
@@ -294,8 +297,7 @@ fn quoted_numbers_and_booleans_are_not_numbers() {
         err.field,
         "route_configs[0].routes[1].route.weighted_clusters[0].weight"
     );
-    assert!(err.reason.contains("write it without quotes"), "{err}");
-    assert_eq!(err.position, Some(position_of(&yaml, "*w }")), "{err}");
+    (yaml, err)
 }
 
 const JSON: &str = r#"{
