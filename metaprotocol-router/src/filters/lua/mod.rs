@@ -78,7 +78,7 @@ pub(crate) struct LuaConfig {
 /// The default `max_instructions`: a few milliseconds of Lua.
 pub(crate) const DEFAULT_MAX_INSTRUCTIONS: u64 = 1_000_000;
 /// The least `max_memory_bytes`: an empty Lua state needs about 30 KiB.
-const MIN_MEMORY_BYTES: usize = 256 << 10;
+const MIN_MEMORY_BYTES: u64 = 256 << 10;
 
 fn default_max_instructions() -> u64 {
     DEFAULT_MAX_INSTRUCTIONS
@@ -90,18 +90,18 @@ pub(crate) fn build(
     context: &FilterContext,
 ) -> Result<ScriptFilter<Instance>, ConfigError> {
     let config: LuaConfig = script::parse_config(config)?;
-    if config.max_instructions == 0 {
-        return Err(ConfigError::new(
-            "max_instructions",
-            "must be greater than 0",
-        ));
-    }
-    if config.max_memory_bytes < MIN_MEMORY_BYTES {
-        return Err(ConfigError::new(
-            "max_memory_bytes",
-            format!("must be at least {MIN_MEMORY_BYTES}"),
-        ));
-    }
+    script::check_budget(
+        "max_instructions",
+        config.max_instructions,
+        1,
+        script::MOST_STEPS_PER_RUN,
+    )?;
+    script::check_budget(
+        "max_memory_bytes",
+        config.max_memory_bytes as u64,
+        MIN_MEMORY_BYTES,
+        script::MOST_MEMORY_BYTES,
+    )?;
     let instances = script::instance_count(config.instances, context)?;
     let chunk = instance::compile(&config.source).map_err(|reason| {
         ConfigError::new("source", format!("the script does not compile: {reason}"))

@@ -145,6 +145,29 @@ fn a_script_that_does_not_compile_is_a_config_error_naming_its_line() {
 }
 
 #[test]
+fn budgets_out_of_range_are_config_errors() {
+    for (field, value) in [
+        ("max_instructions", 0),
+        ("max_instructions", 1_000_000_001),
+        ("max_instructions", u64::MAX),
+        ("max_memory_bytes", (1 << 30) + 1),
+    ] {
+        let err = filter(
+            "function on_request() end",
+            serde_json::json!({ field: value }),
+        )
+        .err();
+        assert!(
+            err.is_some_and(|e| e.field == field && e.reason.starts_with("must be from")),
+            "{field}: {value}"
+        );
+    }
+    let most =
+        serde_json::json!({ "max_instructions": 1_000_000_000, "max_memory_bytes": 1 << 30 });
+    assert!(filter("function on_request() end", most).is_ok());
+}
+
+#[test]
 fn a_runtime_error_is_counted_and_answered_with_an_internal_error() -> TestResult {
     let (filter, metrics) = filter(
         "function on_request(msg)\n  local t = nil\n  return t.field\nend\n",

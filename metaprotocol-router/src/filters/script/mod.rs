@@ -103,6 +103,33 @@ impl ScriptStats {
 /// The default `max_memory_bytes` of a script filter.
 pub(crate) const DEFAULT_MAX_MEMORY_BYTES: usize = 16 << 20;
 
+/// The most `max_memory_bytes` a script filter may set: each instance may hold that much, and a
+/// filter keeps one instance per worker thread.
+pub(crate) const MOST_MEMORY_BYTES: u64 = 1 << 30;
+
+/// The most instructions (Lua) or fuel (WebAssembly) one hook run may be given: a run holds its
+/// worker thread, and every connection on it, until it ends, and a billion steps is seconds of
+/// interpretation. Without a bound, a few zeros too many let a looping script stall a worker for
+/// hours.
+pub(crate) const MOST_STEPS_PER_RUN: u64 = 1_000_000_000;
+
+/// Checks that a budget from a filter's config lies within `least..=most`.
+pub(crate) fn check_budget(
+    field: &str,
+    value: u64,
+    least: u64,
+    most: u64,
+) -> Result<(), ConfigError> {
+    if (least..=most).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            field,
+            format!("must be from {least} to {most}"),
+        ))
+    }
+}
+
 /// Serde's default of `max_memory_bytes`.
 pub(crate) fn default_max_memory_bytes() -> usize {
     DEFAULT_MAX_MEMORY_BYTES

@@ -64,6 +64,9 @@ pub(crate) struct WasmConfig {
 /// The default `max_fuel`.
 pub(crate) const DEFAULT_MAX_FUEL: u64 = 10_000_000;
 
+/// The size of a WebAssembly memory page, the least a module's memory can be.
+const WASM_PAGE_BYTES: u64 = 64 << 10;
+
 fn default_max_fuel() -> u64 {
     DEFAULT_MAX_FUEL
 }
@@ -93,9 +96,13 @@ pub(crate) fn build(
     context: &FilterContext,
 ) -> Result<ScriptFilter<Instance>, ConfigError> {
     let config: WasmConfig = script::parse_config(config)?;
-    if config.max_fuel == 0 {
-        return Err(ConfigError::new("max_fuel", "must be greater than 0"));
-    }
+    script::check_budget("max_fuel", config.max_fuel, 1, script::MOST_STEPS_PER_RUN)?;
+    script::check_budget(
+        "max_memory_bytes",
+        config.max_memory_bytes as u64,
+        WASM_PAGE_BYTES,
+        script::MOST_MEMORY_BYTES,
+    )?;
     let instances = script::instance_count(config.instances, context)?;
     let bytes = std::fs::read(&config.path).map_err(|err| {
         ConfigError::new(

@@ -145,6 +145,33 @@ fn unusable_modules_are_config_errors() {
     );
 }
 
+#[test]
+fn budgets_out_of_range_are_config_errors() {
+    let module = "(module (memory (export \"memory\") 1) (func (export \"on_request\")))";
+    let refused = |config: serde_json::Value| {
+        filter(module, config)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    for config in [
+        serde_json::json!({ "max_fuel": 0 }),
+        serde_json::json!({ "max_fuel": 1_000_000_001_u64 }),
+        serde_json::json!({ "max_fuel": u64::MAX }),
+    ] {
+        assert!(refused(config).contains("max_fuel: must be from 1 to 1000000000"));
+    }
+    for config in [
+        serde_json::json!({ "max_memory_bytes": 65535 }),
+        serde_json::json!({ "max_memory_bytes": (1_u64 << 30) + 1 }),
+    ] {
+        assert!(refused(config).contains("max_memory_bytes: must be from 65536 to 1073741824"));
+    }
+    let most =
+        serde_json::json!({ "max_fuel": 1_000_000_000_u64, "max_memory_bytes": 1_u64 << 30 });
+    assert!(filter(module, most).is_ok());
+}
+
 /// A guest that keeps state in its memory for the length of a hook, as a Rust module keeps its
 /// shadow-stack pointer: it raises a flag on entry and lowers it on return, and traps when it
 /// finds the flag raised (its memory left half-updated by an earlier run). Traps on `boom`.
