@@ -2,6 +2,8 @@
 //! built or updated, and again every `dns_refresh_rate` while it runs. Each address a name
 //! resolves to (of the cluster's `dns_lookup_family`) is an endpoint with the spec's weight and
 //! labels. A resolution that fails, times out or finds nothing keeps the addresses the name had.
+//! A name's addresses are kept sorted, and at most [`MAX_ADDRESSES_PER_NAME`] of them (the
+//! lowest).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -16,6 +18,10 @@ use crate::config::{ClusterSpec, EndpointAddress};
 
 /// The addresses each host name of a cluster resolved to.
 pub(crate) type Resolved = BTreeMap<EndpointAddress, Vec<SocketAddr>>;
+
+/// The most addresses one name becomes endpoints for: each endpoint has its connections, its
+/// health state and its metric series, and a DNS answer over TCP can carry thousands.
+pub(crate) const MAX_ADDRESSES_PER_NAME: usize = 1_024;
 
 /// The longest one resolution may take before the addresses last known are kept.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -72,7 +78,7 @@ pub(crate) async fn resolve(
         let lookup =
             tokio::time::timeout(RESOLVE_TIMEOUT, resolver.lookup(name.host(), name.port()));
         let found = match lookup.await {
-            Ok(Ok(addresses)) => spec.dns_lookup_family.select(&addresses),
+            Ok(Ok(addresses)) => in_order(spec.dns_lookup_family.select(&addresses), spec, name),
             Ok(Err(err)) => {
                 tracing::warn!(cluster = %spec.name, endpoint = %name, error = %err, "cannot resolve an endpoint; keeping its last addresses");
                 Vec::new()
@@ -89,6 +95,24 @@ pub(crate) async fn resolve(
         resolved.insert(name.clone(), addresses);
     }
     resolved
+}
+
+/// `addresses` sorted, without repeats, and at most [`MAX_ADDRESSES_PER_NAME`] of them.
+///
+/// A DNS server that rotates its answers (round-robin DNS) gives the same addresses in another
+/// order each time; sorted, they compare equal and the cluster is not rebuilt for nothing.
+fn in_order(
+    mut addresses: Vec<SocketAddr>,
+    spec: &ClusterSpec,
+    name: &EndpointAddress,
+) -> Vec<SocketAddr> {
+    addresses.sort_unstable();
+    addresses.dedup();
+    if addresses.len() > MAX_ADDRESSES_PER_NAME {
+        tracing::warn!(cluster = %spec.name, endpoint = %name, found = addresses.len(), kept = MAX_ADDRESSES_PER_NAME, "an endpoint's name resolved to too many addresses; keeping the lowest");
+        addresses.truncate(MAX_ADDRESSES_PER_NAME);
+    }
+    addresses
 }
 
 /// Resolves the host names of `cluster` every `dns_refresh_rate` until `stop` or the cluster is
@@ -211,6 +235,55 @@ mod tests {
             ]
         );
         assert_eq!(handle.snapshot().version, version + 1);
+        stop.cancel();
+        let _ = task.await;
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn addresses_in_another_order_change_nothing_and_too_many_are_cut()
+    -> Result<(), crate::config::ConfigError> {
+        let spec = ClusterSpec::from_yaml(
+            "name: c\ndns_refresh_rate: 1s\nendpoints: [ { address: \"backend.test:7000\" } ]",
+        )?;
+        let many = (0..3_000_u32)
+            .map(|i| SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 + 3_000 - i), 0)))
+            .collect();
+        let resolver = Scripted(Mutex::new(vec![
+            Ok(vec![
+                addr("10.0.0.2:0"),
+                addr("10.0.0.1:0"),
+                addr("10.0.0.2:0"),
+            ]),
+            Ok(vec![addr("10.0.0.1:0"), addr("10.0.0.2:0")]),
+            Ok(vec![addr("10.0.0.2:0"), addr("10.0.0.1:0")]),
+            Ok(many),
+        ]));
+        let first = resolve(&resolver, &spec, &Resolved::new()).await;
+        let handle = ClusterHandle::new(
+            &spec,
+            "null".into(),
+            Arc::new(crate::testing::NullCodec),
+            Metrics::new().root(),
+            None,
+            &first,
+        )?;
+        assert_eq!(
+            endpoints(&handle),
+            [addr("10.0.0.1:7000"), addr("10.0.0.2:7000")]
+        );
+        let version = handle.snapshot().version;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(refresh(Arc::downgrade(&handle), resolver, stop.clone()));
+        // The same addresses in other orders: no rebuild.
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        assert_eq!(handle.snapshot().version, version);
+        // 3,000 addresses: the lowest 1,024 are endpoints.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let kept = endpoints(&handle);
+        assert_eq!(kept.len(), MAX_ADDRESSES_PER_NAME);
+        assert_eq!(kept.first(), Some(&addr("10.0.0.1:7000")));
+        assert_eq!(kept.last(), Some(&addr("10.0.4.0:7000")));
         stop.cancel();
         let _ = task.await;
         Ok(())
