@@ -1,7 +1,8 @@
 //! Clusters: named groups of endpoints, each published as a swappable snapshot.
 //!
 //! A [`ClusterHandle`] lives as long as its cluster is configured; routes hold it and a
-//! [`SubsetId`]. Every change (membership, weights, labels, health, a new subset selector)
+//! [`SubsetId`], with a [`SubsetLease`] that keeps the subset registered while the route lives.
+//! Every change (membership, weights, labels, health, a new subset selector)
 //! builds a new [`ClusterSnapshot`] and swaps it in: requests in flight keep the snapshot they
 //! loaded, new requests see the new one. Endpoints are kept by address across snapshots, so
 //! their upstream connections survive updates. The [`ClusterManager`] holds the handles by name.
@@ -36,6 +37,7 @@ pub use circuit_breaker::BreakerStatus;
 pub(crate) use circuit_breaker::{Breaker, CircuitBreakers, ConnectionPermit};
 pub use endpoint::HealthState;
 pub(crate) use endpoint::{ActiveRequest, Endpoint, HealthFlags};
+use snapshot::Selector;
 pub(crate) use snapshot::{ClusterSnapshot, Host, SubsetId};
 pub use status::{ClusterStatus, EndpointStatus};
 
@@ -60,7 +62,7 @@ struct ClusterState {
     connector: Connector,
     endpoints: HashMap<SocketAddr, Arc<Endpoint>>,
     /// Subset selectors by [`SubsetId`]; the first (empty) selects the whole cluster.
-    selectors: Vec<BTreeMap<String, String>>,
+    selectors: Vec<Selector>,
     /// Endpoints removed by an update while requests to them may still be in flight.
     retired: Vec<Weak<Endpoint>>,
     /// The addresses the spec's host names resolved to last.
@@ -96,6 +98,35 @@ impl std::fmt::Debug for ClusterHandle {
         f.debug_struct("ClusterHandle")
             .field("name", &self.name)
             .finish_non_exhaustive()
+    }
+}
+
+/// A hold on one subset selector of a cluster (see [`ClusterHandle::subset`]); dropping the
+/// last one frees the selector.
+pub(crate) struct SubsetLease {
+    cluster: Arc<ClusterHandle>,
+    id: SubsetId,
+}
+
+impl SubsetLease {
+    /// The subset's id in its cluster's snapshots.
+    pub fn id(&self) -> SubsetId {
+        self.id
+    }
+}
+
+impl Drop for SubsetLease {
+    fn drop(&mut self) {
+        self.cluster.release(self.id);
+    }
+}
+
+impl std::fmt::Debug for SubsetLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubsetLease")
+            .field("cluster", &self.cluster.name)
+            .field("id", &self.id)
+            .finish()
     }
 }
 
@@ -155,7 +186,10 @@ impl ClusterHandle {
             codec,
             connector: connector(spec, &scope)?,
             endpoints: HashMap::new(),
-            selectors: vec![BTreeMap::new()],
+            selectors: vec![Selector {
+                labels: BTreeMap::new(),
+                holders: 1,
+            }],
             retired: Vec::new(),
             resolved: dns::kept(spec, resolved),
             version: 0,
@@ -287,17 +321,58 @@ impl ClusterHandle {
         changed
     }
 
-    /// The id of the subset whose endpoints carry all of `labels`, registering it (and
-    /// publishing a snapshot that has it) the first time.
-    pub fn subset(&self, labels: &BTreeMap<String, String>) -> Result<SubsetId, ConfigError> {
+    /// A lease on the subset whose endpoints carry all of `labels`, registering it (and
+    /// publishing a snapshot that has it) when no lease holds it yet. The subset is kept while
+    /// any lease on it is held: routes hold theirs, so that a subset no live route table names
+    /// anymore stops costing each rebuild of the cluster.
+    pub fn subset(self: &Arc<Self>, labels: &BTreeMap<String, String>) -> SubsetLease {
         let mut state = self.lock();
-        if let Some(index) = state.selectors.iter().position(|s| s == labels) {
-            return Ok(SubsetId(index));
+        let held = state
+            .selectors
+            .iter()
+            .position(|s| s.holders > 0 && s.labels == *labels);
+        let index = match held {
+            Some(index) => {
+                state.selectors[index].holders += 1;
+                index
+            }
+            None => {
+                let selector = Selector {
+                    labels: labels.clone(),
+                    holders: 1,
+                };
+                let index = match state.selectors.iter().position(|s| s.holders == 0) {
+                    Some(free) => {
+                        state.selectors[free] = selector;
+                        free
+                    }
+                    None => {
+                        state.selectors.push(selector);
+                        state.selectors.len() - 1
+                    }
+                };
+                let snapshot = rebuild(&mut state, &self.stats, &self.breakers, &self.scope);
+                self.snapshot.store(Arc::new(snapshot));
+                index
+            }
+        };
+        SubsetLease {
+            cluster: self.clone(),
+            id: SubsetId(index),
         }
-        state.selectors.push(labels.clone());
-        let snapshot = rebuild(&mut state, &self.stats, &self.breakers, &self.scope);
-        self.snapshot.store(Arc::new(snapshot));
-        Ok(SubsetId(state.selectors.len() - 1))
+    }
+
+    /// Drops a lease on subset `id`; the last one frees the selector. Its set stays in the
+    /// snapshot until the next rebuild: nothing routes to it, and a rebuild now would cost every
+    /// update that drops a route table.
+    fn release(&self, id: SubsetId) {
+        let mut state = self.lock();
+        if let Some(selector) = state.selectors.get_mut(id.0) {
+            selector.holders = selector.holders.saturating_sub(1);
+            if selector.holders == 0 {
+                selector.labels = BTreeMap::new();
+            }
+        }
     }
 
     /// Checks that `spec` can replace this cluster's config (speaking `codec`, when that

@@ -28,13 +28,24 @@ impl Host {
 }
 
 /// A subset selector's identity within its cluster. Routes keep it; it stays valid across the
-/// cluster's snapshots. [`SubsetId::ALL`] is the whole cluster.
+/// cluster's snapshots while a [`SubsetLease`](super::SubsetLease) on it is held.
+/// [`SubsetId::ALL`] is the whole cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct SubsetId(pub(super) usize);
 
 impl SubsetId {
     /// The whole cluster.
     pub const ALL: Self = Self(0);
+}
+
+/// A subset selector of a cluster, with the number of leases on it. A selector without leases
+/// is free: its snapshots' set is empty, and its id goes to the next new selector.
+#[derive(Clone, Debug)]
+pub(super) struct Selector {
+    /// The labels an endpoint must carry (none: the whole cluster).
+    pub labels: BTreeMap<String, String>,
+    /// The leases on it; the whole cluster's selector is held by the cluster itself.
+    pub holders: usize,
 }
 
 /// The endpoints a route may use, with their balancer.
@@ -108,20 +119,20 @@ pub(crate) struct ClusterSnapshot {
 }
 
 impl ClusterSnapshot {
-    /// Builds the sets of `selectors` over `hosts`.
+    /// Builds the sets of `selectors` over `hosts` (an empty one for a free selector).
     pub(super) fn build(
         version: u64,
         hosts: Vec<Arc<Host>>,
-        selectors: &[BTreeMap<String, String>],
+        selectors: &[Selector],
         settings: &LbSettings,
         retry_budget: RetryBudgetSpec,
     ) -> Self {
         let sets = selectors
             .iter()
-            .map(|wanted| {
+            .map(|selector| {
                 let members = hosts
                     .iter()
-                    .filter(|h| h.has_labels(wanted))
+                    .filter(|h| selector.holders > 0 && h.has_labels(&selector.labels))
                     .cloned()
                     .collect();
                 EndpointSet::new(members, settings)
@@ -140,5 +151,11 @@ impl ClusterSnapshot {
     /// built against a newer snapshot than the one a request loaded).
     pub fn set(&self, id: SubsetId) -> Option<&EndpointSet> {
         self.sets.get(id.0)
+    }
+
+    /// How many sets the snapshot has built (the whole cluster's included).
+    #[cfg(test)]
+    pub fn set_count(&self) -> usize {
+        self.sets.len()
     }
 }

@@ -21,7 +21,7 @@ pub(crate) use self::hash_policy::HashPolicy;
 pub(crate) use self::matcher::{MetadataMatcher, RequestMatcher};
 pub(crate) use self::peer::{IpRange, PrincipalMatcher};
 pub(crate) use self::template::{Context as TemplateContext, RouteMutation, Template};
-use crate::cluster::{ClusterHandle, ClusterManager, SubsetId};
+use crate::cluster::{ClusterHandle, ClusterManager, SubsetId, SubsetLease};
 use crate::config::{ConfigError, RouteConfigSpec, RouteSpec};
 use crate::published::Published;
 use crate::router::{MirrorPolicy, RetryPolicy};
@@ -104,6 +104,9 @@ pub(crate) struct Route {
     pub stats: RouteStats,
     /// Where `stats` live.
     scope: MetricsScope,
+    /// Held only to be dropped with the route: they keep the subsets its targets name
+    /// registered with their clusters while the route lives.
+    _subsets: Vec<SubsetLease>,
 }
 
 impl Drop for Route {
@@ -196,15 +199,19 @@ fn build_route(
     clusters: &ClusterManager,
     scope: impl FnOnce(&str) -> MetricsScope,
 ) -> Result<Route, ConfigError> {
-    let target = |cluster: &str,
-                  subset: &Option<std::collections::BTreeMap<String, String>>,
-                  field: &str| {
+    let mut subsets = Vec::new();
+    let mut target = |cluster: &str,
+                      subset: &Option<std::collections::BTreeMap<String, String>>,
+                      field: &str| {
         let cluster = clusters
             .get(cluster)
             .ok_or_else(|| ConfigError::new(field, format!("no cluster named `{cluster}`")))?;
         let subset = match subset {
             Some(labels) if !labels.is_empty() => {
-                cluster.subset(labels).map_err(|e| e.within(field))?
+                let lease = cluster.subset(labels);
+                let id = lease.id();
+                subsets.push(lease);
+                id
             }
             _ => SubsetId::ALL,
         };
@@ -285,6 +292,7 @@ fn build_route(
         response_mutation,
         hash_policy: HashPolicy::new(&spec.hash_policy),
         mirror,
+        _subsets: subsets,
     })
 }
 
@@ -295,7 +303,7 @@ mod tests {
     use metaprotocol_core::{ByteStr, Metadata, RoutingKeys};
 
     use super::*;
-    use crate::config::ClusterSpec;
+    use crate::config::{ClusterSpec, RouteConfigSpec};
     use crate::stats::Metrics;
 
     fn split(hash_on: Option<&str>) -> Result<RouteAction, ConfigError> {
@@ -320,6 +328,50 @@ mod tests {
             cumulative: vec![30, 100],
             hash_on: hash_on.map(Into::into),
         })
+    }
+
+    /// The port of the endpoint the single-target route of `table` picks.
+    fn picked_port(table: &RouteTable) -> Option<u16> {
+        let Some(RouteAction::Single(target)) = table.get(0).map(|r| &r.action) else {
+            return None;
+        };
+        let snapshot = target.cluster.snapshot();
+        let host = snapshot.set(target.subset)?.pick(&[], None)?;
+        Some(host.endpoint.address().port())
+    }
+
+    #[test]
+    fn subsets_no_route_table_names_any_more_are_let_go() -> Result<(), ConfigError> {
+        let cluster = crate::cluster::tests::cluster(
+            "name: c
+endpoints: [ { address: 127.0.0.1:1, labels: { version: v1 } }, { address: 127.0.0.1:2, labels: { version: v2 } } ]",
+        )?;
+        let clusters = ClusterManager::default();
+        clusters.insert(cluster.clone());
+        let metrics = Metrics::new().root();
+        let table = |version: &str| {
+            let spec = RouteConfigSpec::from_yaml(&format!(
+                "name: r\nroutes: [ {{ route: {{ cluster: c, subset: {{ version: {version} }} }} }} ]"
+            ))?;
+            RouteTable::build(&spec, 1, &clusters, &metrics)
+        };
+        // Updates that each name a new subset, built before the table they replace is dropped,
+        // as the proxy applies them.
+        let mut live = table("v1")?;
+        for release in 0..300 {
+            live = table(&format!("r{release}"))?;
+        }
+        // The whole cluster, the last table's subset, and the one its predecessor freed.
+        assert_eq!(cluster.snapshot().set_count(), 3);
+        // A freed id taken by another subset routes to that subset's endpoints.
+        let v2 = table("v2")?;
+        assert_eq!(picked_port(&v2), Some(2));
+        drop(live);
+        let v1 = table("v1")?;
+        assert_eq!(picked_port(&v1), Some(1));
+        assert_eq!(picked_port(&v2), Some(2));
+        assert_eq!(cluster.snapshot().set_count(), 3);
+        Ok(())
     }
 
     fn side(action: &RouteAction, user: Option<String>) -> Option<String> {
