@@ -179,6 +179,38 @@ mod tests {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
+    /// A cluster's refresh task, running until stopped.
+    struct Refreshing {
+        stop: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Refreshing {
+        async fn stop(self) {
+            self.stop.cancel();
+            let _ = self.task.await;
+        }
+    }
+
+    /// Cluster `spec` built on `resolver`'s first answer, refreshed on the next ones.
+    async fn refreshed(
+        spec: &ClusterSpec,
+        resolver: Scripted,
+    ) -> Result<(Arc<ClusterHandle>, Refreshing), crate::config::ConfigError> {
+        let first = resolve(&resolver, spec, &Resolved::new()).await;
+        let handle = ClusterHandle::new(
+            spec,
+            "null".into(),
+            Arc::new(crate::testing::NullCodec),
+            Metrics::new().root(),
+            None,
+            &first,
+        )?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(refresh(Arc::downgrade(&handle), resolver, stop.clone()));
+        Ok((handle, Refreshing { stop, task }))
+    }
+
     fn endpoints(handle: &ClusterHandle) -> Vec<SocketAddr> {
         handle
             .snapshot()
@@ -200,23 +232,13 @@ mod tests {
             Ok(vec![]),
             Ok(vec![addr("10.0.0.2:0"), addr("10.0.0.3:0")]),
         ]));
-        let first = resolve(&resolver, &spec, &Resolved::new()).await;
-        let handle = ClusterHandle::new(
-            &spec,
-            "null".into(),
-            Arc::new(crate::testing::NullCodec),
-            Metrics::new().root(),
-            None,
-            &first,
-        )?;
+        let (handle, refreshing) = refreshed(&spec, resolver).await?;
         // IPv4 is preferred: the IPv6 address of the name is left out.
         assert_eq!(
             endpoints(&handle),
             [addr("10.0.0.1:7000"), addr("127.0.0.1:7001")]
         );
         let version = handle.snapshot().version;
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(refresh(Arc::downgrade(&handle), resolver, stop.clone()));
         // A failure, then an empty answer: the last addresses stay, no rebuild.
         tokio::time::sleep(Duration::from_millis(2_500)).await;
         assert_eq!(
@@ -235,8 +257,7 @@ mod tests {
             ]
         );
         assert_eq!(handle.snapshot().version, version + 1);
-        stop.cancel();
-        let _ = task.await;
+        refreshing.stop().await;
         Ok(())
     }
 
@@ -259,22 +280,12 @@ mod tests {
             Ok(vec![addr("10.0.0.2:0"), addr("10.0.0.1:0")]),
             Ok(many),
         ]));
-        let first = resolve(&resolver, &spec, &Resolved::new()).await;
-        let handle = ClusterHandle::new(
-            &spec,
-            "null".into(),
-            Arc::new(crate::testing::NullCodec),
-            Metrics::new().root(),
-            None,
-            &first,
-        )?;
+        let (handle, refreshing) = refreshed(&spec, resolver).await?;
         assert_eq!(
             endpoints(&handle),
             [addr("10.0.0.1:7000"), addr("10.0.0.2:7000")]
         );
         let version = handle.snapshot().version;
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(refresh(Arc::downgrade(&handle), resolver, stop.clone()));
         // The same addresses in other orders: no rebuild.
         tokio::time::sleep(Duration::from_millis(2_500)).await;
         assert_eq!(handle.snapshot().version, version);
@@ -284,8 +295,7 @@ mod tests {
         assert_eq!(kept.len(), MAX_ADDRESSES_PER_NAME);
         assert_eq!(kept.first(), Some(&addr("10.0.0.1:7000")));
         assert_eq!(kept.last(), Some(&addr("10.0.4.0:7000")));
-        stop.cancel();
-        let _ = task.await;
+        refreshing.stop().await;
         Ok(())
     }
 }

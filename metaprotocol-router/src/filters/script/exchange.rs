@@ -417,30 +417,45 @@ mod tests {
         crate::filters::script::testing::request(&[("tenant", "t1")])
     }
 
-    #[test]
-    fn a_request_hook_reads_edits_and_replies() -> Result<(), OpError> {
+    /// What a request hook of `exchange` that ran `hook` left: the mutation, the record and the
+    /// reply.
+    type Ended = (Mutation, RequestRecord, Option<LocalReply>);
+
+    /// Runs `hook` as a request hook of `exchange` over [`request`], with a fresh mutation and
+    /// record.
+    fn request_hook(
+        exchange: &mut Exchange,
+        hook: impl FnOnce(&mut Exchange) -> Result<(), OpError>,
+    ) -> Result<Ended, OpError> {
         let request = request();
-        let mut mutation = Mutation::new();
-        let mut record = record();
+        let (mut mutation, mut record) = (Mutation::new(), record());
         let mut ctx = RequestContext {
             request: &request,
             mutation: &mut mutation,
             record: &mut record,
         };
-        let mut exchange = Exchange::default();
         exchange.begin_request(&mut ctx);
-        assert_eq!(exchange.get(b"tenant")?, Some("t1"));
-        assert_eq!(exchange.facts()?.listener.as_deref(), Some("in"));
-        exchange.set(b"x-a", b"1")?;
-        exchange.remove(b"debug")?;
-        exchange.set_routing_key(b"lane", b"fast")?;
-        exchange.set_state(b"seen", Some(StateValue::Int(7)))?;
-        assert_eq!(
-            exchange.reply(b"nope", b"x"),
-            Err(OpError::UnknownKind("nope".into()))
-        );
-        exchange.reply(b"unauthorized", b"go away")?;
+        hook(exchange)?;
         let reply = exchange.end_request(&mut ctx);
+        Ok((mutation, record, reply))
+    }
+
+    #[test]
+    fn a_request_hook_reads_edits_and_replies() -> Result<(), OpError> {
+        let mut exchange = Exchange::default();
+        let (mutation, record, reply) = request_hook(&mut exchange, |exchange| {
+            assert_eq!(exchange.get(b"tenant")?, Some("t1"));
+            assert_eq!(exchange.facts()?.listener.as_deref(), Some("in"));
+            exchange.set(b"x-a", b"1")?;
+            exchange.remove(b"debug")?;
+            exchange.set_routing_key(b"lane", b"fast")?;
+            exchange.set_state(b"seen", Some(StateValue::Int(7)))?;
+            assert_eq!(
+                exchange.reply(b"nope", b"x"),
+                Err(OpError::UnknownKind("nope".into()))
+            );
+            exchange.reply(b"unauthorized", b"go away")
+        })?;
         assert_eq!(reply.map(|r| r.kind), Some(LocalReplyKind::Unauthorized));
         assert!(mutation.overrides(b"x-a") && mutation.drops(b"debug"));
         assert_fast_lane_and_seen(&record, &StateValue::Int(7));
@@ -450,69 +465,58 @@ mod tests {
 
     #[test]
     fn what_a_hook_hands_the_host_is_bounded() -> Result<(), OpError> {
-        let request = request();
-        let (mut mutation, mut record) = (Mutation::new(), record());
-        let mut ctx = RequestContext {
-            request: &request,
-            mutation: &mut mutation,
-            record: &mut record,
-        };
         let mut exchange = Exchange::default();
-        exchange.begin_request(&mut ctx);
-        for n in 0..MAX_ENTRIES {
-            let key = format!("k{n}");
-            exchange.set(key.as_bytes(), b"v")?;
-            exchange.set_routing_key(key.as_bytes(), b"v")?;
-            exchange.set_state(key.as_bytes(), Some(StateValue::Int(1)))?;
-        }
-        // At the bound, what replaces or removes an entry still goes.
-        exchange.set(b"k0", b"w")?;
-        exchange.set_routing_key(b"k0", b"w")?;
-        exchange.set_state(b"k0", None)?;
-        exchange.set_state(b"k-new", Some(StateValue::Bool(true)))?;
-        assert_eq!(exchange.exceeded(), None);
-        let more = b"one-more";
-        assert_eq!(
-            exchange.set(more, b"v"),
-            Err(OpError::Limit(Limit::Headers))
-        );
-        assert_eq!(exchange.remove(more), Err(OpError::Limit(Limit::Headers)));
-        assert_eq!(
-            exchange.set_routing_key(more, b"v"),
-            Err(OpError::Limit(Limit::RoutingKeys))
-        );
-        let value = Some(StateValue::Int(1));
-        assert_eq!(
-            exchange.set_state(more, value),
-            Err(OpError::Limit(Limit::State))
-        );
-        assert_eq!(exchange.exceeded(), Some(Limit::State));
-        exchange.end_request(&mut ctx);
+        let (mutation, _, _) = request_hook(&mut exchange, |exchange| {
+            for n in 0..MAX_ENTRIES {
+                let key = format!("k{n}");
+                exchange.set(key.as_bytes(), b"v")?;
+                exchange.set_routing_key(key.as_bytes(), b"v")?;
+                exchange.set_state(key.as_bytes(), Some(StateValue::Int(1)))?;
+            }
+            // At the bound, what replaces or removes an entry still goes.
+            exchange.set(b"k0", b"w")?;
+            exchange.set_routing_key(b"k0", b"w")?;
+            exchange.set_state(b"k0", None)?;
+            exchange.set_state(b"k-new", Some(StateValue::Bool(true)))?;
+            assert_eq!(exchange.exceeded(), None);
+            let more = b"one-more";
+            assert_eq!(
+                exchange.set(more, b"v"),
+                Err(OpError::Limit(Limit::Headers))
+            );
+            assert_eq!(exchange.remove(more), Err(OpError::Limit(Limit::Headers)));
+            assert_eq!(
+                exchange.set_routing_key(more, b"v"),
+                Err(OpError::Limit(Limit::RoutingKeys))
+            );
+            let value = Some(StateValue::Int(1));
+            assert_eq!(
+                exchange.set_state(more, value),
+                Err(OpError::Limit(Limit::State))
+            );
+            assert_eq!(exchange.exceeded(), Some(Limit::State));
+            Ok(())
+        })?;
         assert_eq!(mutation.sets().len(), MAX_ENTRIES);
 
         // Bytes count over the whole hook, a value set again included; a new hook starts anew.
-        let (mut mutation, mut record) = (Mutation::new(), self::record());
-        let mut ctx = RequestContext {
-            request: &request,
-            mutation: &mut mutation,
-            record: &mut record,
-        };
-        exchange.begin_request(&mut ctx);
-        assert_eq!(exchange.exceeded(), None);
-        let value = vec![b'v'; 64 << 10];
-        for _ in 0..MAX_WRITTEN_BYTES / (b"big".len() + value.len()) {
-            exchange.set(b"big", &value)?;
-        }
-        assert_eq!(
-            exchange.set(b"big", &value),
-            Err(OpError::Limit(Limit::Bytes))
-        );
-        assert_eq!(
-            exchange.reply(b"internal", &value),
-            Err(OpError::Limit(Limit::Bytes))
-        );
-        assert_eq!(exchange.exceeded(), Some(Limit::Bytes));
-        exchange.end_request(&mut ctx);
+        request_hook(&mut exchange, |exchange| {
+            assert_eq!(exchange.exceeded(), None);
+            let value = vec![b'v'; 64 << 10];
+            for _ in 0..MAX_WRITTEN_BYTES / (b"big".len() + value.len()) {
+                exchange.set(b"big", &value)?;
+            }
+            assert_eq!(
+                exchange.set(b"big", &value),
+                Err(OpError::Limit(Limit::Bytes))
+            );
+            assert_eq!(
+                exchange.reply(b"internal", &value),
+                Err(OpError::Limit(Limit::Bytes))
+            );
+            assert_eq!(exchange.exceeded(), Some(Limit::Bytes));
+            Ok(())
+        })?;
         Ok(())
     }
 
