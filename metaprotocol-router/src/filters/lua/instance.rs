@@ -8,9 +8,16 @@
 //! most positions Lua's backtracking matcher may try, `rep`, `upper`, `lower` and `reverse` with
 //! the bytes they make. The count hook does not fire inside them, and one call can run for
 //! years.
+//!
+//! What stays uncharged (the `..` and `==` operators, `sub`, `format`, `table.concat`) costs
+//! time with the length of its strings, not known before it runs: a string built by `..` in a
+//! loop copies itself whole at each step. So a run also has a time budget, a microsecond per
+//! instruction of its instruction budget (a second at the default), which the count hook checks
+//! at each tick; an honest script spends a hundredth of it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use mlua::{
     AnyUserData, Function, HookTriggers, Lua, LuaOptions, MultiValue, StdLib, Value, VmState,
@@ -21,6 +28,53 @@ use crate::filters::script::{Exchange, Failure, Hook, RunError, ScriptCounters, 
 
 /// The count hook runs every this many instructions, charging them to the budget at once.
 pub(super) const INSTRUCTIONS_PER_TICK: u64 = 1000;
+
+/// When the current run must end, checked by the count hook at each tick.
+#[derive(Debug)]
+struct Deadline {
+    /// What `at` counts from.
+    epoch: Instant,
+    /// The current run's end, in nanoseconds since `epoch`.
+    at: AtomicU64,
+    /// Set once a tick of the current run found the deadline passed.
+    passed: AtomicBool,
+}
+
+impl Deadline {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            at: AtomicU64::new(u64::MAX),
+            passed: AtomicBool::new(false),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Starts a run that may take `budget`.
+    fn start(&self, budget: Duration) {
+        let budget = u64::try_from(budget.as_nanos()).unwrap_or(u64::MAX);
+        self.at
+            .store(self.now().saturating_add(budget), Ordering::Relaxed);
+        self.passed.store(false, Ordering::Relaxed);
+    }
+
+    /// True once the current run is past its end (noted for [`Deadline::was_passed`]).
+    fn check(&self) -> bool {
+        let passed = self.now() > self.at.load(Ordering::Relaxed);
+        if passed {
+            self.passed.store(true, Ordering::Relaxed);
+        }
+        passed
+    }
+
+    /// True if a tick of the current run found its end passed.
+    fn was_passed(&self) -> bool {
+        self.passed.load(Ordering::Relaxed)
+    }
+}
 
 /// The limits every run of a state is held to.
 #[derive(Clone, Copy, Debug)]
@@ -40,6 +94,10 @@ pub(crate) struct Instance {
     used: Arc<AtomicU64>,
     /// The instructions a run may be charged: the limit, rounded up to whole ticks.
     budget: u64,
+    /// The current run's end by the clock.
+    deadline: Arc<Deadline>,
+    /// The time a run may take.
+    time_budget: Duration,
 }
 
 impl std::fmt::Debug for Instance {
@@ -84,13 +142,17 @@ impl Instance {
             .saturating_mul(INSTRUCTIONS_PER_TICK);
         charge_string_functions(&lua, &used, budget).map_err(setup)?;
         let hook_used = used.clone();
+        let deadline = Arc::new(Deadline::new());
+        let hook_deadline = deadline.clone();
         lua.set_hook(
             HookTriggers::new().every_nth_instruction(INSTRUCTIONS_PER_TICK as u32),
             move |_, _| {
-                // Past the budget every tick fails again, so a script that catches the error
+                // Past a budget every tick fails again, so a script that catches the error
                 // with pcall is stopped at its next tick outside the pcall.
                 if hook_used.fetch_add(INSTRUCTIONS_PER_TICK, Ordering::Relaxed) >= budget {
                     Err(mlua::Error::runtime("instruction budget exceeded"))
+                } else if hook_deadline.check() {
+                    Err(mlua::Error::runtime("time budget exceeded"))
                 } else {
                     Ok(VmState::Continue)
                 }
@@ -104,6 +166,9 @@ impl Instance {
             msg,
             used,
             budget,
+            deadline,
+            // A microsecond an instruction: about a hundred times what one takes.
+            time_budget: Duration::from_micros(budget),
         };
         let main = instance
             .lua
@@ -138,9 +203,12 @@ impl Instance {
         args: impl mlua::IntoLuaMulti,
     ) -> Result<(), RunError> {
         self.used.store(0, Ordering::Relaxed);
+        self.deadline.start(self.time_budget);
         function.call::<()>(args).map_err(|err| {
             let failure = if self.used.load(Ordering::Relaxed) > self.budget {
                 Failure::Budget
+            } else if self.deadline.was_passed() {
+                Failure::Time
             } else if is_memory_error(&err) {
                 Failure::Memory
             } else {

@@ -268,6 +268,12 @@ fn a_backtracking_pattern_on_a_long_value_is_stopped_by_its_budget() -> TestResu
 /// Checks that each of `calls`, run by a hook on a value `v` of `len` bytes, is stopped by the
 /// default instruction budget.
 fn stopped_by_the_budget(len: usize, calls: &[&str]) -> TestResult {
+    stopped_by("instruction_budget", len, calls)
+}
+
+/// Checks that each of `calls`, run by a hook on a value `v` of `len` bytes, fails for `reason`
+/// under the default budgets.
+fn stopped_by(reason: &str, len: usize, calls: &[&str]) -> TestResult {
     let long: &'static str = Box::leak("a".repeat(len).into_boxed_str());
     for call in calls {
         let (filter, metrics) = filter(
@@ -280,9 +286,20 @@ fn stopped_by_the_budget(len: usize, calls: &[&str]) -> TestResult {
             Some(LocalReplyKind::Internal),
             "{call}"
         );
-        assert!(errors(&metrics, "instruction_budget"), "{call}");
+        assert!(errors(&metrics, reason), "{call}");
     }
     Ok(())
+}
+
+#[test]
+fn a_run_whose_operations_cost_more_than_their_instructions_is_stopped_in_time() -> TestResult {
+    // Each concatenation is an instruction or two, and copies both its strings whole.
+    // Unbounded by the clock, this loop ran for 10 s within its instructions (debug build).
+    stopped_by(
+        "time",
+        1 << 20,
+        &["local s = v .. v for _ = 1, 100000 do local _ = s .. 'x' end"],
+    )
 }
 
 #[test]

@@ -32,18 +32,27 @@ pub(crate) enum Failure {
     Error,
     /// The script ran past its instruction (fuel) budget.
     Budget,
+    /// The script ran past the time its instruction budget allows (Lua: operations such as `..`
+    /// cost more than the instructions counted).
+    Time,
     /// The script asked for more memory than its limit, or to have the host hold more than a
     /// hook may hand it (see [`exchange`]).
     Memory,
 }
 
 impl Failure {
-    const ALL: [Failure; 3] = [Failure::Error, Failure::Budget, Failure::Memory];
+    const ALL: [Failure; 4] = [
+        Failure::Error,
+        Failure::Budget,
+        Failure::Time,
+        Failure::Memory,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Failure::Error => "error",
             Failure::Budget => "instruction_budget",
+            Failure::Time => "time",
             Failure::Memory => "memory",
         }
     }
