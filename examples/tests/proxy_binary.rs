@@ -162,6 +162,49 @@ route_configs: [ { name: r } ]
     Ok(())
 }
 
+/// Sends `signal` (`TERM`, `INT`, `HUP`) to process `pid`.
+fn signal(pid: u32, signal: &str) -> TestResult {
+    let sent = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()?;
+    assert!(sent.success(), "kill -{signal} {pid}: {sent}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_stops_the_drain_at_once() -> TestResult {
+    let provider = DemoProvider::start_with_delay("v1", Duration::from_secs(60)).await?;
+    let scratch = Scratch::new("proxy-binary-second-signal")?;
+    let address = free_addr()?;
+    let config = format!(
+        "listeners: [ {{ name: in, address: {address}, protocol: dubbo, route_config: r }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }}, timeout: 60s }} ] }} ]
+clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
+",
+        provider.address()
+    );
+    let mut proxy = block_in_place(|| {
+        BinaryProxy::start(&config, &["--drain-time", "60s"], address, &scratch)
+    })?;
+    let client = std::sync::Arc::new(DubboClient::new(address));
+    // A call the drain would wait a minute for.
+    let slow = {
+        let client = client.clone();
+        tokio::spawn(async move { client.call("sayHelloSlowly", "a", &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    signal(proxy.pid(), "TERM")?;
+    // The first drains: the proxy waits for the call.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.check_running()?;
+    signal(proxy.pid(), "INT")?;
+    let status = block_in_place(|| proxy.wait(Duration::from_secs(5)))
+        .map_err(|e| format!("the proxy went on draining after a second signal: {e}"))?;
+    assert_eq!(status.code(), Some(1), "exit status {status}");
+    assert!(slow.await?.is_err(), "the call ended with its connection");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_serves_and_drains_on_sigterm() -> TestResult {
     let provider = DemoProvider::start_with_delay("v1", Duration::from_millis(500)).await?;
@@ -186,13 +229,7 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
         tokio::spawn(async move { client.call("sayHelloSlowly", "a", &[]).await })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let pid = proxy.pid().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()?
-            .success()
-    );
+    signal(proxy.pid(), "TERM")?;
     let reply = slow.await??;
     assert_eq!(
         reply.dubbo_status, 20,
@@ -471,13 +508,7 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
     support::file_lines(&log, 1).await?;
     let rotated = scratch.path("access.log.1");
     std::fs::rename(&log, &rotated)?;
-    let pid = proxy.pid().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()?
-            .success()
-    );
+    signal(proxy.pid(), "HUP")?;
     // The signal may land after the next line is queued; keep calling until a line reaches
     // the reopened file.
     let deadline = Instant::now() + Duration::from_secs(10);

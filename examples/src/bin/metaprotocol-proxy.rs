@@ -1,7 +1,7 @@
 //! `metaprotocol-proxy`: the engine as a standalone proxy.
 //!
 //! - `run --config FILE [--workers N] [--linger D] [--busy-poll D] [--drain-time D]`: serve until
-//!   SIGINT/SIGTERM, then drain and exit 0.
+//!   SIGINT/SIGTERM, then drain and exit 0 (or at a second signal, exit 1 at once).
 //! - `validate --config FILE`: exit 0 with a one-line summary, or 1 naming every bad field.
 //! - `route --config FILE --listener NAME [KEY=VALUE ...]`: which route a request with this
 //!   metadata takes, and where it goes (exit 0), or that none matches (exit 1).
@@ -54,7 +54,8 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve a config until SIGINT/SIGTERM, then drain in-flight requests and exit 0.
+    /// Serve a config until SIGINT/SIGTERM, then drain in-flight requests and exit 0 (a second
+    /// signal stops at once, exit 1).
     Run {
         /// The YAML config file.
         #[arg(long)]
@@ -302,9 +303,17 @@ async fn run(
         _ = proxy.watch_file(&path, CONFIG_POLL) => {}
         _ = reopen_logs_on_hangup(&proxy) => {}
     }
-    eprintln!("draining");
-    proxy.shutdown().await;
-    ExitCode::SUCCESS
+    eprintln!("draining (a second SIGINT or SIGTERM stops at once)");
+    tokio::select! {
+        () = proxy.shutdown() => ExitCode::SUCCESS,
+        () = wait_for_signal() => {
+            // The operator will not wait for the drain (a second Ctrl-C): the calls still open
+            // end with their connections, as they would at a SIGKILL.
+            eprintln!("second signal: stopping without draining");
+            ExitCode::FAILURE
+        }
+        () = reopen_logs_on_hangup(&proxy) => ExitCode::SUCCESS,
+    }
 }
 
 /// How often `run` looks at its config file.
