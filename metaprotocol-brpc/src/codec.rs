@@ -120,14 +120,27 @@ impl BrpcCodec {
                 "baidu_std has a single wire variant",
             )));
         }
-        encode_message(
+        let start = dst.len();
+        let shared = encode_message(
             message,
             params.request_id,
             self.side,
             params.mutation,
             share,
             dst,
-        )
+        )?;
+        // A mutation (or a longer id) may take a request over the cluster's limit: refused
+        // here rather than sent to a server that closes the connection every client shares on
+        // it (brpc's own does, past its `max_body_size`). Responses go to their one client.
+        let size = dst.len() - start + shared;
+        if self.side == Side::Upstream && size > self.max_frame_bytes {
+            dst.truncate(start);
+            return Err(CodecError::Encode(Cow::Owned(format!(
+                "the frame takes {size} bytes, over the frame limit of {}",
+                self.max_frame_bytes
+            ))));
+        }
+        Ok(shared)
     }
 }
 
@@ -250,6 +263,59 @@ mod tests {
             );
         }
         assert!(factory.probe_request(Probe::Heartbeat).is_none());
+        Ok(())
+    }
+
+    /// A request within the upstream's frame limit as it came, that a mutation takes over it,
+    /// is refused with nothing written: the server would close a connection other clients'
+    /// calls share (brpc servers close on a body over `max_body_size`).
+    #[test]
+    fn a_mutation_cannot_take_a_frame_over_the_limit() -> Result<(), Box<dyn std::error::Error>> {
+        let max = 1024;
+        let meta = proto::RpcMeta {
+            request: Some(proto::RpcRequestMeta {
+                service_name: "example.EchoService".to_owned(),
+                method_name: "Echo".to_owned(),
+                ..Default::default()
+            }),
+            correlation_id: Some(1 << 40),
+            ..Default::default()
+        };
+        let mut frame = BytesMut::new();
+        encode_frame(&meta, &[b'p'; 900], &mut frame)?;
+        let request = BrpcCodec::new(Side::Downstream, max)
+            .decode(&mut frame)?
+            .ok_or("incomplete")?;
+        let mut upstream = BrpcCodec::new(Side::Upstream, max);
+        let mut mutation = Mutation::new();
+        mutation.set("x-big".into(), "v".repeat(200).into());
+        let params = EncodeParams {
+            request_id: 1,
+            variant: WireVariant::DEFAULT,
+            mutation: &mutation,
+        };
+        let mut wire = BytesMut::from(&b"before"[..]);
+        assert!(matches!(
+            upstream.encode(&request, &params, &mut wire),
+            Err(CodecError::Encode(_))
+        ));
+        assert_eq!(&wire[..], b"before");
+        let mut shared = BytesMut::new();
+        assert!(
+            upstream
+                .encode_sharing(&request, &params, &mut shared)
+                .is_err()
+        );
+        assert!(shared.is_empty());
+        // Within the limit, the same mutation goes out.
+        let mut small = Mutation::new();
+        small.set("x-big".into(), "v".into());
+        let params = EncodeParams {
+            mutation: &small,
+            ..params
+        };
+        upstream.encode(&request, &params, &mut shared)?;
+        assert!(shared.len() <= max);
         Ok(())
     }
 }

@@ -78,7 +78,9 @@
 //!   and attachment, never the meta.
 //! - **Mutation**: route `request_mutation`/`response_mutation` entries become `user_fields`
 //!   (set replaces an entry of the same key, remove drops it); only the meta is rebuilt, and
-//!   body and meta sizes are recomputed.
+//!   body and meta sizes are recomputed. A request that a mutation (or a longer id) takes over
+//!   the cluster's `max_frame_bytes` is not sent: its client gets `EREQUEST`, and the server
+//!   connection other clients' calls share is spared a frame the server would refuse.
 //! - **Local replies**: a response meta with brpc's error code ([`error_code`] lists the
 //!   mapping), an `error_text` such as `[metaprotocol-proxy][E1002] route_not_found: no route
 //!   for service example.EchoService method Echo`, and the request's `correlation_id`; no
