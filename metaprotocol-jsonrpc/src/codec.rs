@@ -225,9 +225,27 @@ impl Codec for JsonRpcCodec {
         match (self.side, message.kind, id_range(message)) {
             (Side::Upstream, MessageKind::Request, Some(range)) => {
                 let client_id = frame.get(range.clone()).unwrap_or_default();
+                let start = dst.len();
                 write_with_id(frame, range.clone(), dst, |dst| {
                     put_upstream_id(dst, params.request_id, client_id);
-                })
+                })?;
+                // The upstream id spells the client's in hex, twice its length: a line within
+                // the limit may not be once sent. Over it, the server's answer, which echoes
+                // the id, would be a line no upstream codec reads, and closing that connection
+                // would fail the calls other clients have in flight on it. Measured as the
+                // decoder measures, without the newline.
+                let line = (dst.len() - start).saturating_sub(1);
+                if line > self.max_line {
+                    dst.truncate(start);
+                    return Err(CodecError::Encode(
+                        format!(
+                            "the call takes {line} bytes with the proxy's id, over the line limit of {}",
+                            self.max_line
+                        )
+                        .into(),
+                    ));
+                }
+                Ok(())
             }
             (Side::Downstream, MessageKind::Response, Some(range)) => {
                 let (_, hex) = upstream_id(frame, &range).ok_or(CodecError::Encode(
@@ -254,6 +272,17 @@ impl Codec for JsonRpcCodec {
                 Ok(())
             }
             (_, MessageKind::Oneway, None) => {
+                // A listener may take longer lines than the cluster's servers.
+                let line = frame.len().saturating_sub(1);
+                if self.side == Side::Upstream && line > self.max_line {
+                    return Err(CodecError::Encode(
+                        format!(
+                            "the notification takes {line} bytes, over the line limit of {}",
+                            self.max_line
+                        )
+                        .into(),
+                    ));
+                }
                 dst.put_slice(frame);
                 Ok(())
             }

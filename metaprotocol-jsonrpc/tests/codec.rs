@@ -207,3 +207,58 @@ fn the_wrong_direction_is_refused() {
     let request = b"{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"id\":1}\n";
     assert!(decode_all(&mut codec(Side::Upstream), request).is_err());
 }
+
+/// The upstream id spells the client's in hex, twice its length: a call that fits the line
+/// limit may not once sent. It is refused, with nothing written, rather than sent to a server
+/// whose answer, echoing that id, no upstream codec would read: a line over the limit closes
+/// the upstream connection, failing every call other clients have in flight on it.
+#[test]
+fn a_call_whose_upstream_line_is_over_the_limit_is_refused() -> TestResult {
+    let id = "i".repeat(150);
+    let line = format!("{{\"jsonrpc\":\"2.0\",\"method\":\"a\",\"id\":\"{id}\"}}\n");
+    assert!(line.len() <= 256);
+    let calls = decode_all(&mut codec(Side::Downstream), line.as_bytes())?;
+    let [call] = &calls[..] else {
+        return Err("expected one call".into());
+    };
+    let mutation = Mutation::new();
+    let params = EncodeParams {
+        request_id: 7,
+        variant: WireVariant::DEFAULT,
+        mutation: &mutation,
+    };
+    let mut wire = BytesMut::from(&b"before"[..]);
+    let sent = codec(Side::Upstream).encode(call, &params, &mut wire);
+    assert!(matches!(sent, Err(CodecError::Encode(_))), "{sent:?}");
+    assert_eq!(&wire[..], b"before");
+
+    // A notification, sent as it came, is held to the upstream's limit too (a listener may
+    // take longer lines).
+    let note = format!("{{\"jsonrpc\":\"2.0\",\"method\":\"{id}\"}}\n");
+    let notes = decode_all(&mut codec(Side::Downstream), note.as_bytes())?;
+    let mut small =
+        JsonRpcCodecFactory::new(note.len() - 2).new_codec(Side::Upstream, WireVariant::DEFAULT);
+    let mut wire = BytesMut::new();
+    assert!(small.encode(&notes[0], &params, &mut wire).is_err());
+    assert!(wire.is_empty());
+    let mut fits =
+        JsonRpcCodecFactory::new(note.len() - 1).new_codec(Side::Upstream, WireVariant::DEFAULT);
+    fits.encode(&notes[0], &params, &mut wire)?;
+    assert_eq!(&wire[..], note.as_bytes());
+
+    // Within the limit once sent, the call goes, and the server's echo of it reads back.
+    let short = "{\"jsonrpc\":\"2.0\",\"method\":\"a\",\"id\":\"short\"}\n";
+    let calls = decode_all(&mut codec(Side::Downstream), short.as_bytes())?;
+    let mut wire = BytesMut::new();
+    codec(Side::Upstream).encode(&calls[0], &params, &mut wire)?;
+    let sent = std::str::from_utf8(&wire)?;
+    let upstream_id = sent
+        .split("\"id\":")
+        .nth(1)
+        .and_then(|rest| rest.strip_suffix("}\n"))
+        .ok_or("no id")?;
+    let answer = format!("{{\"jsonrpc\":\"2.0\",\"result\":1,\"id\":{upstream_id}}}\n");
+    let answers = decode_all(&mut codec(Side::Upstream), answer.as_bytes())?;
+    assert_eq!(answers.len(), 1);
+    Ok(())
+}
