@@ -49,14 +49,17 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `interface`, `service` | the service path from the call fields (both keys, so protocol-neutral policies written against `service` work) |
+//! | `interface`, `service` | the service path: the `path` attachment when present, else the call field (both keys, so protocol-neutral policies written against `service` work) |
 //! | `method` | the method name |
 //! | `version` | the service version: the `version` attachment when present and non-empty, else the call field |
 //! | `group` | the `group` attachment |
 //! | any other key | every attachment whose key and value are strings (other values, such as dubbo2.js's int `timeout`, are skipped) |
 //!
-//! `interface`, `service` and `method` attachments never override the call fields: the
-//! provider dispatches on the call fields, so routing must see the same values. Values are
+//! `interface`, `service` and `method` attachments never override the call fields, but a `path`
+//! attachment does: Java providers find the service by it (`DubboProtocol.getInvoker`), and
+//! the method by the call field, so routing and policies see what the provider runs (a call
+//! naming `demo.Public` in its fields and `demo.Admin` in its `path` attachment runs
+//! `demo.Admin`, and is routed and authorized as such). Values are
 //! slices of the frame, not copies, except for strings split into chunks or holding characters
 //! outside the BMP in Java's surrogate encoding. Responses carry their string attachments.
 //!
