@@ -76,6 +76,7 @@ impl Codec for DubboCodec {
         if !passes_through(message, params)? {
             return self.encode_mutated(message, params, dst);
         }
+        self.check_call_size(message)?;
         let start = dst.len();
         dst.extend_from_slice(&message.frame);
         patch_request_id(dst, start, params.request_id);
@@ -93,6 +94,7 @@ impl Codec for DubboCodec {
         if !passes_through(message, params)? {
             return self.encode_mutated(message, params, dst).map(|()| 0);
         }
+        self.check_call_size(message)?;
         let (Some(head), Some(body)) = (
             message.frame.get(..HEADER_LEN),
             message.frame.get(HEADER_LEN..),
@@ -143,6 +145,21 @@ fn passes_through(message: &Message, params: &EncodeParams<'_>) -> Result<bool, 
 }
 
 impl DubboCodec {
+    /// Refuses a call passing through that is larger than this (upstream) codec's cap: the
+    /// listener that read it may take larger frames than the cluster's providers, and a
+    /// provider refuses an oversized frame on the connection other clients' calls share.
+    /// Responses go to their one client and are not held to it.
+    fn check_call_size(&self, message: &Message) -> Result<(), CodecError> {
+        if message.kind.is_call() && message.frame.len() > self.max_frame_bytes {
+            return Err(CodecError::Encode(Cow::Owned(format!(
+                "the call takes {} bytes, over the frame limit of {}",
+                message.frame.len(),
+                self.max_frame_bytes
+            ))));
+        }
+        Ok(())
+    }
+
     /// Appends `message` with `params.mutation` applied to its attachments.
     fn encode_mutated(
         &self,

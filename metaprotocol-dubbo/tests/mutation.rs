@@ -317,3 +317,35 @@ fn results_are_walked_before_they_gain_attachments() -> TestResult {
     assert_eq!(meta(&decode_one(&bytes)?, "a"), Some("1"));
     Ok(())
 }
+
+/// A call within the listener's frame cap but over the cluster's goes nowhere, mutated or not:
+/// the provider would refuse it on the connection other clients' calls share. Its client gets
+/// a local reply instead.
+#[test]
+fn a_call_over_the_upstream_frame_cap_is_not_sent() -> TestResult {
+    use metaprotocol_core::Codec;
+    let original = decode_one(&golden("node__node__hello.req.hex")?.bytes)?;
+    let cap = original.frame.len() - 1;
+    let mut upstream = metaprotocol_dubbo::DubboCodec::new(cap);
+    let empty = Mutation::new();
+    let params = metaprotocol_core::EncodeParams {
+        request_id: 1,
+        variant: WireVariant::DEFAULT,
+        mutation: &empty,
+    };
+    let mut dst = bytes::BytesMut::from(&b"prefix"[..]);
+    assert!(matches!(
+        upstream.encode(&original, &params, &mut dst),
+        Err(CodecError::Encode(_))
+    ));
+    assert!(matches!(
+        upstream.encode_sharing(&original, &params, &mut dst),
+        Err(CodecError::Encode(_))
+    ));
+    assert_eq!(&dst[..], b"prefix");
+    // At the cap, it goes.
+    let mut upstream = metaprotocol_dubbo::DubboCodec::new(cap + 1);
+    upstream.encode(&original, &params, &mut dst)?;
+    assert_eq!(dst.len(), b"prefix".len() + cap + 1);
+    Ok(())
+}
