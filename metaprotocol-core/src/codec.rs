@@ -153,7 +153,38 @@ pub trait Codec: Send {
         heartbeat: &Message,
         dst: &mut BytesMut,
     ) -> Result<(), CodecError>;
+
+    /// On the upstream side, after [`Codec::decode`] refused the frame at the front of `src` as
+    /// [`CodecError::FrameTooLarge`]: the frame's whole length and the request it answers, read
+    /// from its header, so that the engine can pass over the frame and fail that one request
+    /// rather than close a connection other clients' requests share (an answer may be larger
+    /// than the call: an echo of a call at the limit). `None`, the default, when the protocol
+    /// cannot tell (the frame does not answer a request, or its framing does not give its
+    /// length): the connection closes.
+    fn oversized_response(&self, src: &[u8]) -> Option<FrameHead> {
+        let _ = src;
+        None
+    }
 }
+
+/// The head of a response frame too large to decode: see [`Codec::oversized_response`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameHead {
+    /// The frame takes `len` bytes in all (its header included) and answers `request_id`.
+    Response {
+        /// The id the request was sent upstream with.
+        request_id: u64,
+        /// The whole frame's length.
+        len: u64,
+    },
+    /// The bytes read do not yet reach what tells the request (the engine reads on, up to
+    /// [`MAX_FRAME_HEAD`] bytes).
+    Incomplete,
+}
+
+/// The most bytes of a too-large response the engine holds while its codec looks for the
+/// request it answers ([`FrameHead::Incomplete`]); past it, the connection closes.
+pub const MAX_FRAME_HEAD: usize = 64 << 10;
 
 /// [`Codec::decode`] for a codec that builds its messages in [`Codec::decode_into`]: decodes into
 /// a new message.

@@ -4,8 +4,8 @@ use std::borrow::Cow;
 
 use bytes::{BufMut, BytesMut};
 use metaprotocol_core::{
-    Codec, CodecError, EncodeParams, LocalReply, Message, MessageKind, Metadata, ResponseStatus,
-    WireVariant, decode_new,
+    Codec, CodecError, EncodeParams, FrameHead, LocalReply, Message, MessageKind, Metadata,
+    ResponseStatus, WireVariant, decode_new,
 };
 
 use crate::attachments::{self, MapBounds, slice};
@@ -126,6 +126,15 @@ impl Codec for DubboCodec {
 
     fn encode_goaway(&mut self, dst: &mut BytesMut) -> Result<(), CodecError> {
         reply::write_readonly_event(self.max_frame_bytes, dst)
+    }
+
+    /// The header says it all: a response's request id and its body's length.
+    fn oversized_response(&self, src: &[u8]) -> Option<FrameHead> {
+        let header = Header::peek(src).ok()??;
+        (header.kind() == MessageKind::Response).then_some(FrameHead::Response {
+            request_id: header.request_id,
+            len: HEADER_LEN as u64 + u64::from(header.body_len),
+        })
     }
 }
 

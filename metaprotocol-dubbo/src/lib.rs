@@ -19,7 +19,9 @@
 //!
 //! A length over `max_frame_bytes` fails with `FrameTooLarge` as soon as the header arrives,
 //! and a wrong magic number or a negative length with `Malformed`: the stream can no longer be
-//! followed, and the engine closes the connection. A call is written upstream only within the
+//! followed, and the engine closes the connection. A response over the limit is the exception:
+//! its header gives its request id and length, so the engine passes over it and fails that
+//! call alone ([`Codec::oversized_response`](metaprotocol_core::Codec::oversized_response)). A call is written upstream only within the
 //! cluster's `max_frame_bytes` (a listener may take larger frames): one over it, as it came or
 //! once mutated, is answered with status 40 instead. Whatever the body holds, the frame is
 //! delimited, so a body never closes a connection: a call whose Hessian2 body cannot be read

@@ -7,8 +7,8 @@ use bytes::BytesMut;
 use common::hessian::{Value, Writer, request_body};
 use common::{TestResult, body_string, codec, decode_one, frame, golden, meta};
 use metaprotocol_core::{
-    Codec, CodecError, DEFAULT_MAX_FRAME_BYTES, LocalReply, LocalReplyKind, MAX_METADATA_ENTRIES,
-    MessageKind,
+    Codec, CodecError, DEFAULT_MAX_FRAME_BYTES, FrameHead, LocalReply, LocalReplyKind,
+    MAX_METADATA_ENTRIES, MessageKind,
 };
 use metaprotocol_dubbo::DubboCodec;
 
@@ -48,6 +48,30 @@ fn oversize_lengths_fail_before_the_body_arrives() {
     // A negative Java int length.
     header[12..16].copy_from_slice(&(-1_i32).to_be_bytes());
     assert!(is_malformed(decode(&header)));
+}
+
+#[test]
+fn an_oversize_response_names_its_call_and_length_for_the_engine_to_pass_over() {
+    let small = DubboCodec::new(64);
+    // A response (flag 0x02: Hessian2, no request bit) to call 7 with a 100-byte body.
+    let response = frame(0x02, 20, 7, &[0; 100]);
+    assert_eq!(
+        small.oversized_response(&response[..16]),
+        Some(FrameHead::Response {
+            request_id: 7,
+            len: 116
+        })
+    );
+    // A request or an event answers nothing; a header not yet whole tells nothing.
+    assert_eq!(
+        small.oversized_response(&frame(0xc2, 0, 7, &[0; 100])),
+        None
+    );
+    assert_eq!(
+        small.oversized_response(&frame(0x22, 20, 7, &[0; 100])),
+        None
+    );
+    assert_eq!(small.oversized_response(&response[..15]), None);
 }
 
 #[test]

@@ -99,9 +99,11 @@ impl OutlierCounters {
                 false
             }
             // The proxy's own refusals say nothing about the endpoint; a connection that failed
-            // before writing is resent.
+            // before writing is resent; an answer over the proxy's frame limit is the call's
+            // size, not the endpoint's health.
             AttemptOutcome::Overflow
             | AttemptOutcome::EncodeFailure
+            | AttemptOutcome::ResponseTooLarge
             | AttemptOutcome::Reset { sent: false } => false,
         }
     }

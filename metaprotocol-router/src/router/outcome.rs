@@ -34,6 +34,8 @@ pub(crate) enum AttemptOutcome {
     Overflow,
     /// The request could not be encoded for the upstream.
     EncodeFailure,
+    /// The upstream answered past the cluster's frame limit; the answer was passed over.
+    ResponseTooLarge,
 }
 
 impl Origin {
@@ -46,13 +48,14 @@ impl Origin {
 }
 
 /// Every kind of failed attempt, with its origin: the `upstream_rq_failures` series.
-pub(crate) const FAILURES: [(Origin, &str); 6] = [
+pub(crate) const FAILURES: [(Origin, &str); 7] = [
     (Origin::Local, "connect_failure"),
     (Origin::Local, "overflow"),
     (Origin::Local, "encode"),
     (Origin::Upstream, "reset_before_send"),
     (Origin::Upstream, "reset_after_send"),
     (Origin::Upstream, "timeout"),
+    (Origin::Upstream, "response_too_large"),
 ];
 
 impl AttemptOutcome {
@@ -66,6 +69,7 @@ impl AttemptOutcome {
             Err(UpstreamError::Overflow) => Self::Overflow,
             Err(UpstreamError::Expired | UpstreamError::TimedOut) => Self::Timeout,
             Err(UpstreamError::Encode(_)) => Self::EncodeFailure,
+            Err(UpstreamError::ResponseTooLarge { .. }) => Self::ResponseTooLarge,
         }
     }
 
@@ -73,9 +77,11 @@ impl AttemptOutcome {
     pub fn origin(&self) -> Origin {
         match self {
             Self::ConnectFailure | Self::Overflow | Self::EncodeFailure => Origin::Local,
-            Self::Answered(_) | Self::NotProcessed | Self::Reset { .. } | Self::Timeout => {
-                Origin::Upstream
-            }
+            Self::Answered(_)
+            | Self::NotProcessed
+            | Self::Reset { .. }
+            | Self::Timeout
+            | Self::ResponseTooLarge => Origin::Upstream,
         }
     }
 
@@ -106,6 +112,7 @@ impl AttemptOutcome {
             Self::Reset { sent: false } => "reset_before_send",
             Self::Reset { sent: true } => "reset_after_send",
             Self::Timeout => "timeout",
+            Self::ResponseTooLarge => "response_too_large",
         };
         FAILURES
             .iter()
@@ -115,7 +122,10 @@ impl AttemptOutcome {
     /// The response flags the outcome adds to the request's record.
     pub fn flags(&self) -> ResponseFlags {
         match self {
-            Self::Answered(_) | Self::NotProcessed | Self::EncodeFailure => ResponseFlags::NONE,
+            Self::Answered(_)
+            | Self::NotProcessed
+            | Self::EncodeFailure
+            | Self::ResponseTooLarge => ResponseFlags::NONE,
             Self::ConnectFailure => ResponseFlags::UPSTREAM_CONNECT_FAILURE,
             Self::Reset { .. } => ResponseFlags::UPSTREAM_RESET,
             Self::Timeout => ResponseFlags::UPSTREAM_TIMEOUT,
@@ -153,6 +163,10 @@ impl AttemptOutcome {
             Self::Reset { .. } => (
                 LocalReplyKind::UpstreamReset,
                 describe(error, endpoint, "upstream connection reset"),
+            ),
+            Self::ResponseTooLarge => (
+                LocalReplyKind::Internal,
+                describe(error, endpoint, "the answer is over the frame limit"),
             ),
         };
         Some(LocalReply::new(kind, message))

@@ -92,7 +92,10 @@ impl RetryPolicy {
             AttemptOutcome::ConnectFailure => self.on_connect_failure,
             AttemptOutcome::Reset { sent } => self.on_reset && (!sent || idempotent),
             AttemptOutcome::Timeout => self.on_timeout && idempotent,
-            AttemptOutcome::Overflow | AttemptOutcome::EncodeFailure => false,
+            // The upstream ran the call; its answer would be as large again.
+            AttemptOutcome::Overflow
+            | AttemptOutcome::EncodeFailure
+            | AttemptOutcome::ResponseTooLarge => false,
         }
     }
 

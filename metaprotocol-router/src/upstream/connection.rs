@@ -17,9 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use metaprotocol_core::{
-    Codec, CodecFactory, EncodeParams, Message, MessageKind, Side, WireVariant,
+    Codec, CodecError, CodecFactory, EncodeParams, FrameHead, MAX_FRAME_HEAD, Message, MessageKind,
+    Side, WireVariant,
 };
 use tokio::time::Instant;
 
@@ -307,6 +308,8 @@ struct Multiplexer<S> {
     frame_timeout: Duration,
     /// When the frame now arriving started to (since the last whole one), if one is.
     partial_since: Option<Instant>,
+    /// Bytes still to pass over of an answer too large to decode (see [`Codec::oversized_response`]).
+    skipping: u64,
     /// Whether a request was taken since the last sweep, and when the connection last carried
     /// anything (as of a sweep).
     busy: bool,
@@ -351,6 +354,7 @@ impl<S: Transport> Multiplexer<S> {
             idle_timeout: params.settings.idle_timeout,
             frame_timeout: params.settings.frame_timeout,
             partial_since: None,
+            skipping: 0,
             busy: false,
             last_busy: Instant::now(),
             replacements: params.replacements,
@@ -465,6 +469,21 @@ impl<S: Transport> Multiplexer<S> {
     fn decode_frames(&mut self) -> bool {
         let now = Instant::now();
         while !self.read_buf.is_empty() {
+            if self.skipping > 0 {
+                let passed = self
+                    .read_buf
+                    .len()
+                    .min(usize::try_from(self.skipping).unwrap_or(usize::MAX));
+                self.read_buf.advance(passed);
+                self.skipping -= passed as u64;
+                if self.skipping > 0 {
+                    // The rest of the answer is still to come, within the frame timeout.
+                    self.partial_since.get_or_insert(now);
+                    break;
+                }
+                self.partial_since = None;
+                continue;
+            }
             // Decoded in a box, in place: from here on the answer moves as a pointer.
             let mut message = spare::slot();
             match self.decoder.decode_into(&mut self.read_buf, &mut message) {
@@ -478,15 +497,51 @@ impl<S: Transport> Multiplexer<S> {
                     self.partial_since.get_or_insert(now);
                     break;
                 }
+                Err(err @ CodecError::FrameTooLarge { max, .. }) => {
+                    spare::recycle(message);
+                    match self.decoder.oversized_response(&self.read_buf) {
+                        Some(FrameHead::Response { request_id, len }) => {
+                            self.pass_over(request_id, len, max, now);
+                        }
+                        Some(FrameHead::Incomplete) if self.read_buf.len() < MAX_FRAME_HEAD => {
+                            self.partial_since.get_or_insert(now);
+                            break;
+                        }
+                        _ => return self.untrusted(&err),
+                    }
+                }
                 Err(err) => {
                     spare::recycle(message);
-                    tracing::warn!(address = %self.address, error = %err, "closing upstream connection: bad response stream");
-                    self.stats.cx_protocol_errors.inc();
-                    return false;
+                    return self.untrusted(&err);
                 }
             }
         }
         true
+    }
+
+    /// Counts a response stream that cannot be trusted any more; false, to close.
+    fn untrusted(&self, err: &CodecError) -> bool {
+        tracing::warn!(address = %self.address, error = %err, "closing upstream connection: bad response stream");
+        self.stats.cx_protocol_errors.inc();
+        false
+    }
+
+    /// Fails request `request_id`, whose answer of `len` bytes is over the limit `max`, and
+    /// passes over the answer as it arrives: the connection goes on for the other requests.
+    fn pass_over(&mut self, request_id: u64, len: u64, max: usize, now: Instant) {
+        tracing::debug!(address = %self.address, request_id, len, max, "passing over an answer over the frame limit");
+        self.skipping = len;
+        match self.waiting.remove(request_id) {
+            // Counted with the attempt's failures (`response_too_large`).
+            Some(waiting) if waiting.deadline > now => waiting
+                .reply
+                .answer(Err(UpstreamError::ResponseTooLarge { size: len, max })),
+            Some(mut waiting) => {
+                waiting.reply.disarm();
+                self.stats.unmatched_responses.inc();
+            }
+            None => self.stats.unmatched_responses.inc(),
+        }
     }
 
     fn inbound(&mut self, message: Box<Message>, now: Instant) {

@@ -38,6 +38,15 @@ pub enum UpstreamError {
     /// The request could not be encoded for the upstream.
     #[error("cannot encode the request upstream: {0}")]
     Encode(CodecError),
+    /// The upstream's answer was larger than the cluster's `max_frame_bytes`; the proxy passed
+    /// over it.
+    #[error("the answer of {size} bytes is over the cluster's max_frame_bytes of {max}")]
+    ResponseTooLarge {
+        /// The answer's length.
+        size: u64,
+        /// The cluster's limit.
+        max: usize,
+    },
 }
 
 impl UpstreamError {
@@ -46,7 +55,7 @@ impl UpstreamError {
         match self {
             Self::ConnectFailed { .. } | Self::Overflow | Self::Expired | Self::Encode(_) => true,
             Self::Reset { sent } => !sent,
-            Self::TimedOut => false,
+            Self::TimedOut | Self::ResponseTooLarge { .. } => false,
         }
     }
 
