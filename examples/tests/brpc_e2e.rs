@@ -346,3 +346,56 @@ clusters:
     })
     .await
 }
+
+/// A caller's `timeout_ms`, shorter than the route's timeout, ends its calls without saying
+/// anything about the endpoint: however many of them time out, outlier detection does not
+/// eject it (else a client could take healthy endpoints out of rotation). The route's own
+/// timeout does count against the endpoint: two calls it ends eject it.
+#[tokio::test]
+async fn only_the_routes_own_timeout_counts_against_the_endpoint() -> TestResult {
+    bounded(async {
+        let alpha = BrpcServer::start("alpha").await?;
+        let beta = BrpcServer::start("beta").await?;
+        let yaml = config(alpha.addr(), beta.addr(), free_addr()?).replacen(
+            "  - name: alpha\n    connect_timeout: 1s\n",
+            "  - name: alpha\n    connect_timeout: 1s\n    outlier_detection: { consecutive_errors: 2, interval: 100ms, base_ejection_time: 30s, max_ejection_percent: 100 }\n",
+            1,
+        );
+        let proxy = start_engine(&yaml).await?;
+        let mut client = BrpcClient::connect(listener_addr(&proxy, "brpc-in")?).await?;
+        let ejected = || {
+            proxy
+                .clusters()
+                .into_iter()
+                .filter(|c| c.name == "alpha")
+                .flat_map(|c| c.endpoints)
+                .any(|e| e.ejected)
+        };
+        // Route `echo` allows 5s; the caller allows 100ms; the server takes 2s.
+        for _ in 0..3 {
+            let mut call = Call::new(ECHO_SERVICE, "Sleep", "x");
+            call.timeout_ms = Some(100);
+            let reply = client.call(&call).await?;
+            assert_eq!(reply.error_code(), errno::ERPCTIMEDOUT);
+        }
+        // The detector looks as soon as a streak reaches its threshold, and every 100ms.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!ejected(), "ejected for the caller's own deadlines");
+        // Route `slow` times out after 300ms: its own timeout.
+        for _ in 0..2 {
+            let call = Call::new(ECHO_SERVICE, "Sleep", "x").field("slow", "true");
+            let reply = client.call(&call).await?;
+            assert_eq!(reply.error_code(), errno::ERPCTIMEDOUT);
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !ejected() {
+            if Instant::now() > deadline {
+                return Err("not ejected after two calls the route's timeout ended".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        proxy.shutdown().await;
+        Ok(())
+    })
+    .await
+}

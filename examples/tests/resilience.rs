@@ -993,3 +993,40 @@ async fn an_upstream_answer_over_the_frame_limit_fails_its_call_alone() -> TestR
     server.abort();
     Ok(())
 }
+
+/// An endpoint that takes every call and answers none: with only the route's timeout (no
+/// `per_try_timeout`), each call ends at the request's deadline. Those timeouts are the
+/// endpoint's failures as much as a per-try timeout's: outlier detection ejects it after
+/// `consecutive_errors` of them, and they count as failed attempts.
+#[tokio::test]
+async fn an_endpoint_that_never_answers_is_ejected_by_request_timeouts() -> TestResult {
+    let stuck = DemoProvider::start_slow("stuck", Duration::from_secs(30)).await?;
+    let (proxy, address) = start(&config(
+        ", timeout: 100ms",
+        &format!(
+            "    outlier_detection: {{ consecutive_errors: 3, interval: 100ms, base_ejection_time: 30s, max_ejection_percent: 100 }}\n{}",
+            endpoints(&[&stuck], &[])
+        ),
+    ))
+    .await?;
+    let client = DubboClient::new(address);
+    for _ in 0..3 {
+        let reply = tokio::time::timeout(Duration::from_secs(5), client.call("sayHello", "a", &[]))
+            .await??;
+        assert_ne!(reply.dubbo_status, 20, "the endpoint answers nothing");
+    }
+    wait_for(
+        "the silent endpoint to be ejected",
+        Duration::from_secs(3),
+        || endpoint_status(&proxy, stuck.address()).is_some_and(|e| e.ejected),
+    )
+    .await?;
+    let failures = support::metrics::sample(
+        &proxy.metrics().render(),
+        "metaprotocol_upstream_rq_failures_total",
+        &[("cluster", "c"), ("reason", "timeout")],
+    );
+    assert_eq!(failures, 3.0, "each timed-out attempt is a failed attempt");
+    proxy.shutdown().await;
+    Ok(())
+}

@@ -127,6 +127,9 @@ pub(crate) struct Routed {
     /// The request's consistent-hashing key, by the route's `hash_policy`.
     hash: Option<u64>,
     deadline: Instant,
+    /// Whether the deadline is the route's own timeout, not a shorter one the client asked
+    /// for: only then does an attempt it ends say something about the endpoint.
+    own_deadline: bool,
     attempts: u32,
     retries_left: u32,
     /// Transparent resends spent (of a request a failed or unopened connection never wrote);
@@ -271,6 +274,7 @@ pub(crate) fn route(
     };
     record.cluster = Some(target.cluster.name().clone());
     let deadline = timeout::request_deadline(now, route.timeout, request.timeout);
+    let own_deadline = timeout::route_sets_deadline(route.timeout, request.timeout);
     let retries_left = route.retry.as_ref().map_or(0, |r| r.num_retries);
     let view = RoutingView {
         metadata: &request.metadata,
@@ -296,6 +300,7 @@ pub(crate) fn route(
         mutation,
         hash,
         deadline,
+        own_deadline,
         attempts: 0,
         retries_left,
         resends: 0,
@@ -463,8 +468,24 @@ impl Routed {
     ) -> LocalReply {
         let endpoint = match self.current.take() {
             Some(attempt) => {
-                self.timed(&attempt, now);
-                observer.attempt_ended(attempt.number, Some(&AttemptOutcome::Timeout), now);
+                // The attempt in flight ends as a timeout, counted as `conclude` counts one
+                // that its per-try deadline ended: a failed attempt and, when the route's own
+                // timeout ended it, what the cluster learns of its endpoint (outlier
+                // detection's streak, peak EWMA's latency). Without it an endpoint that never
+                // answers, on a route without `per_try_timeout`, is never ejected and looks
+                // idle to `peak_ewma`. A shorter deadline the client asked for says nothing
+                // about the endpoint: counted, a client could have healthy endpoints ejected.
+                let elapsed = self.timed(&attempt, now);
+                let outcome = AttemptOutcome::Timeout;
+                if let Some(failure) = outcome.failure() {
+                    self.target.cluster.stats().failure(failure).inc();
+                }
+                if self.own_deadline {
+                    self.target
+                        .cluster
+                        .attempt_ended(attempt.target(), &outcome, elapsed, now);
+                }
+                observer.attempt_ended(attempt.number, Some(&outcome), now);
                 let endpoint = attempt.endpoint();
                 self.host = Some(attempt.host);
                 Some(endpoint)

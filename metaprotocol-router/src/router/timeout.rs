@@ -27,6 +27,19 @@ pub(crate) fn request_deadline(
     after(now, timeout)
 }
 
+/// True if a request's deadline ([`request_deadline`]) is the route's own timeout: the request
+/// asked for none shorter. A route without a timeout has no deadline of its own.
+pub(crate) fn route_sets_deadline(
+    route_timeout: Option<Duration>,
+    requested: Option<Duration>,
+) -> bool {
+    match (route_timeout, requested) {
+        (Some(route), Some(requested)) => route <= requested,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
 /// The deadline of an attempt started at `now`: its per-try timeout, within the request's.
 pub(crate) fn attempt_deadline(
     now: Instant,
@@ -62,5 +75,16 @@ mod tests {
         );
         assert_eq!(attempt_deadline(now, Some(secs(20)), deadline), deadline);
         assert_eq!(attempt_deadline(now, None, deadline), deadline);
+    }
+
+    #[test]
+    fn a_deadline_is_the_routes_own_unless_the_caller_asked_for_a_shorter_one() {
+        let secs = Duration::from_secs;
+        assert!(route_sets_deadline(Some(secs(5)), None));
+        assert!(route_sets_deadline(Some(secs(5)), Some(secs(5))));
+        assert!(route_sets_deadline(Some(secs(5)), Some(secs(9))));
+        assert!(!route_sets_deadline(Some(secs(5)), Some(secs(1))));
+        assert!(!route_sets_deadline(None, Some(secs(1))));
+        assert!(!route_sets_deadline(None, None));
     }
 }
