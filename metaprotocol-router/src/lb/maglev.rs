@@ -108,7 +108,7 @@ impl LoadBalancer for Maglev {
         let start = (hash % TABLE_SIZE) as usize;
         let (wrapped, onward) = self.table.split_at(start.min(self.table.len()));
         let owners = onward.iter().chain(wrapped).map(|index| *index as usize);
-        first_owner_allowed(owners, ctx)
+        first_owner_allowed(owners, self.weights.len(), ctx)
     }
 }
 

@@ -166,16 +166,29 @@ fn first_allowed(index: usize, len: usize, ctx: &PickContext<'_>) -> usize {
 
 /// The first owner of `owners` (a hashing balancer's ring or table, walked on from where the
 /// request's hash landed) that is not avoided; the first owner when all are (`None` when there
-/// are none).
+/// are none). `endpoints` is the size of the set the owners index.
 fn first_owner_allowed(
     mut owners: impl Iterator<Item = usize>,
+    endpoints: usize,
     ctx: &PickContext<'_>,
 ) -> Option<usize> {
     let first = owners.next()?;
     if !(ctx.avoid)(first) {
         return Some(first);
     }
-    owners.find(|&index| !(ctx.avoid)(index)).or(Some(first))
+    for (step, index) in owners.enumerate() {
+        // A walk longer than the set has endpoints may be over a set whose every endpoint is
+        // avoided (all backing off: the set is down), where it would test every entry of the
+        // ring or table (65,537 for maglev, up to 2^20 for a ring) on every pick, to find
+        // none. One test per endpoint tells.
+        if step == endpoints && (0..endpoints).all(|i| (ctx.avoid)(i)) {
+            break;
+        }
+        if !(ctx.avoid)(index) {
+            return Some(index);
+        }
+    }
+    Some(first)
 }
 
 /// A weighted random pick, for a hashing balancer's requests without a hash key.
@@ -418,6 +431,32 @@ pub(crate) mod tests {
                 let unkeyed = histogram(&*balancer(policy, &set), set.len(), 10_000, false);
                 assert_weighted(&unkeyed, &weights, "without a key: weighted random");
             }
+        }
+    }
+
+    /// A pick over a set whose every endpoint is avoided (all backing off after failed
+    /// connects, or all tried by a retry) tests each endpoint a few times, not each entry of a
+    /// hashing balancer's ring or table (65,537 for `maglev` whatever the set's size).
+    #[test]
+    fn a_pick_with_every_endpoint_avoided_tests_each_endpoint_not_each_entry() {
+        let set = hosts(&[1, 1, 1]);
+        for policy in POLICIES {
+            let lb = balancer(policy, &set);
+            let tests = std::cell::Cell::new(0usize);
+            let avoid_all = |_| {
+                tests.set(tests.get() + 1);
+                true
+            };
+            let ctx = PickContext {
+                avoid: &avoid_all,
+                hash: Some(7),
+            };
+            assert!(lb.pick(&ctx).is_some(), "{policy:?}");
+            assert!(
+                tests.get() <= 4 * set.len() + 2,
+                "{policy:?}: {} tests of 3 endpoints",
+                tests.get()
+            );
         }
     }
 

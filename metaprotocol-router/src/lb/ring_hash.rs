@@ -82,7 +82,7 @@ impl LoadBalancer for RingHash {
             .iter()
             .chain(wrapped)
             .map(|(_, index)| *index as usize);
-        first_owner_allowed(owners, ctx)
+        first_owner_allowed(owners, self.weights.len(), ctx)
     }
 }
 
