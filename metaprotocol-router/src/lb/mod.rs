@@ -20,7 +20,9 @@
 //!
 //! A pick sees a [`PickContext`]: besides the hash, the endpoints to avoid (those a retry
 //! already failed on, those backing off after connect failures), which a balancer skips when
-//! another endpoint is available. Picks never allocate and never lock.
+//! another endpoint is available: a hashing balancer walks on along its ring or table, the
+//! others spread what an avoided endpoint would have had over the rest by weight. Picks never
+//! allocate and never lock.
 
 mod least_request;
 mod locality;
@@ -155,13 +157,45 @@ impl Weights {
     }
 }
 
-/// `index`, or the next index (cyclically) that is not avoided; `index` itself when every
-/// index is avoided (a retry on the only endpoint beats no attempt at all).
-fn first_allowed(index: usize, len: usize, ctx: &PickContext<'_>) -> usize {
-    (0..len)
-        .map(|step| (index + step) % len)
-        .find(|&i| !(ctx.avoid)(i))
-        .unwrap_or(index)
+/// `index` (a pick of the set `weights` describes) when it is not avoided; otherwise a
+/// weighted random index among those that are not, so that what an avoided endpoint would
+/// have had spreads over the others by weight (taking the next index instead sent it all to
+/// one neighbour: with three adjacent endpoints of ten down, the next one in line got 40% of
+/// the traffic). `index` itself when every index is avoided (a retry on the only endpoint
+/// beats no attempt at all).
+fn weighted_allowed(weights: &Weights, index: usize, ctx: &PickContext<'_>) -> usize {
+    if !(ctx.avoid)(index) {
+        return index;
+    }
+    // A couple of fresh draws find an allowed endpoint, by weight, unless most are avoided;
+    // then one pass over the allowed ones' weights draws exactly (two tests per endpoint).
+    for _ in 0..2 {
+        if let Some(drawn) = weights.random()
+            && !(ctx.avoid)(drawn)
+        {
+            return drawn;
+        }
+    }
+    let allowed = |i: &usize| !(ctx.avoid)(*i);
+    let total: u64 = (0..weights.len())
+        .filter(allowed)
+        .map(|i| weights.weight(i))
+        .sum();
+    if total == 0 {
+        return index;
+    }
+    let mut point = fastrand::u64(..total);
+    let mut last = index;
+    for i in (0..weights.len()).filter(allowed) {
+        let weight = weights.weight(i);
+        if point < weight {
+            return i;
+        }
+        point -= weight;
+        last = i;
+    }
+    // An endpoint left the allowed ones between the two passes (its backoff began).
+    last
 }
 
 /// The first owner of `owners` (a hashing balancer's ring or table, walked on from where the
@@ -193,7 +227,7 @@ fn first_owner_allowed(
 
 /// A weighted random pick, for a hashing balancer's requests without a hash key.
 fn random_allowed(weights: &Weights, ctx: &PickContext<'_>) -> Option<usize> {
-    Some(first_allowed(weights.random()?, weights.len(), ctx))
+    Some(weighted_allowed(weights, weights.random()?, ctx))
 }
 
 /// A set's endpoints and weights, for the balancers that compare live load: power of two
@@ -223,9 +257,8 @@ impl LoadedSet {
         ctx: &PickContext<'_>,
         cheaper: impl Fn(usize, usize) -> bool,
     ) -> Option<usize> {
-        let len = self.weights.len();
-        let a = first_allowed(self.weights.random()?, len, ctx);
-        let b = first_allowed(self.weights.random()?, len, ctx);
+        let a = weighted_allowed(&self.weights, self.weights.random()?, ctx);
+        let b = weighted_allowed(&self.weights, self.weights.random()?, ctx);
         Some(if cheaper(b, a) { b } else { a })
     }
 }
@@ -431,6 +464,35 @@ pub(crate) mod tests {
                 let unkeyed = histogram(&*balancer(policy, &set), set.len(), 10_000, false);
                 assert_weighted(&unkeyed, &weights, "without a key: weighted random");
             }
+        }
+    }
+
+    /// The traffic of avoided endpoints (backing off after failed connects, which stay in the
+    /// set when neither health checks nor outlier detection take them out) spreads over the
+    /// others by weight: three adjacent endpoints of ten down leave each of the seven others a
+    /// seventh, not the next one in line the traffic of all three.
+    #[test]
+    fn avoided_endpoints_traffic_spreads_over_the_others_by_weight() {
+        let set = hosts(&[1; 10]);
+        let down = |i: usize| (3..6).contains(&i);
+        for policy in POLICIES {
+            let lb = balancer(policy, &set);
+            let mut counts = vec![0; set.len()];
+            for _ in 0..10_000 {
+                let ctx = PickContext {
+                    avoid: &down,
+                    hash: None,
+                };
+                if let Some(i) = lb.pick(&ctx) {
+                    counts[i] += 1;
+                }
+            }
+            let live: Vec<usize> = (0..set.len())
+                .filter(|&i| !down(i))
+                .map(|i| counts[i])
+                .collect();
+            assert_eq!(live.iter().sum::<usize>(), 10_000, "{policy:?}: {counts:?}");
+            assert_weighted(&live, &[1; 7], &format!("{policy:?}"));
         }
     }
 

@@ -1,6 +1,6 @@
 //! A random endpoint, in proportion to its weight.
 
-use super::{LoadBalancer, PickContext, Weights, first_allowed};
+use super::{LoadBalancer, PickContext, Weights, weighted_allowed};
 
 /// Weighted random choice.
 #[derive(Debug)]
@@ -17,6 +17,6 @@ impl WeightedRandom {
 impl LoadBalancer for WeightedRandom {
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
         let index = self.weights.random()?;
-        Some(first_allowed(index, self.weights.len(), ctx))
+        Some(weighted_allowed(&self.weights, index, ctx))
     }
 }

@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{LoadBalancer, PickContext, Weights, first_allowed, gcd};
+use super::{LoadBalancer, PickContext, Weights, gcd, weighted_allowed};
 
 /// The longest cycle built: larger weight totals are scaled down to it (each endpoint keeping
 /// at least one turn), which bounds both the memory and the build time of a set.
@@ -18,7 +18,8 @@ const MAX_CYCLE: u64 = 16_384;
 #[derive(Debug)]
 pub(crate) struct RoundRobin {
     cycle: Box<[u32]>,
-    endpoints: usize,
+    /// The set's weights, to spread the turns of avoided endpoints by.
+    weights: Weights,
     next: AtomicU64,
 }
 
@@ -33,7 +34,7 @@ impl RoundRobin {
         };
         Self {
             cycle,
-            endpoints: weights.len(),
+            weights: weights.clone(),
             next: AtomicU64::new(start),
         }
     }
@@ -47,7 +48,7 @@ impl LoadBalancer for RoundRobin {
         }
         let turn = self.next.fetch_add(1, Ordering::Relaxed) % len;
         let index = *self.cycle.get(turn as usize)? as usize;
-        Some(first_allowed(index, self.endpoints, ctx))
+        Some(weighted_allowed(&self.weights, index, ctx))
     }
 }
 
