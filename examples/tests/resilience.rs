@@ -1030,3 +1030,62 @@ async fn an_endpoint_that_never_answers_is_ejected_by_request_timeouts() -> Test
     proxy.shutdown().await;
     Ok(())
 }
+
+/// A route without a timeout (`timeout: 0s`) mirroring to a cluster that takes copies and
+/// never answers: a copy has no client waiting for it, so it waits 15 s at most (the default
+/// route timeout) and then gives back its place in the mirror's `max_in_flight`, rather than
+/// hold it (and stop all mirroring) for as long as the mirror's connection lives.
+#[tokio::test]
+async fn copies_of_requests_without_a_deadline_give_back_their_mirror_slot() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let shadow = silent.local_addr()?;
+    let server = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = silent.accept().await {
+            tokio::spawn(async move {
+                // Reads every copy, answers none.
+                let _ = tokio::io::copy(&mut socket, &mut tokio::io::sink()).await;
+            });
+        }
+    });
+    let yaml = config(
+        ", timeout: 0s, mirror: { cluster: m, max_in_flight: 2 }",
+        &format!(
+            "{}  - name: m\n    endpoints: [ {{ address: \"{shadow}\" }} ]\n",
+            endpoints(&[&provider], &[])
+        ),
+    );
+    let (proxy, address) = start(&yaml).await?;
+    let client = DubboClient::new(address);
+    let sample = |name: &str, labels: &[(&str, &str)]| {
+        support::metrics::sample(&proxy.metrics().render(), name, labels)
+    };
+    let in_flight = || {
+        sample(
+            "metaprotocol_upstream_rq_mirror_active",
+            &[("cluster", "m")],
+        )
+    };
+    let mirrored = |outcome: &str| {
+        sample(
+            "metaprotocol_route_mirror_rq_total",
+            &[("outcome", outcome)],
+        )
+    };
+    for _ in 0..3 {
+        assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, 20);
+    }
+    assert_eq!((mirrored("sent"), mirrored("dropped")), (2.0, 1.0));
+    assert_eq!(in_flight(), 2.0);
+    wait_for(
+        "the unanswered copies to give back their slots",
+        Duration::from_secs(20),
+        || in_flight() == 0.0,
+    )
+    .await?;
+    assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, 20);
+    assert_eq!(mirrored("sent"), 3.0, "mirroring goes on");
+    proxy.shutdown().await;
+    server.abort();
+    Ok(())
+}

@@ -4,7 +4,8 @@
 //! balancing as any attempt, and its answer goes to a discarding waiter
 //! ([`crate::upstream::Discard`]) that counts it: the client's request never waits for it and
 //! never sees its failure. Copies in flight to a cluster are bounded; over the bound a copy is
-//! dropped and counted.
+//! dropped and counted. A copy waits for its answer until the request's deadline, and at most
+//! the default route timeout when the request has none ([`super::timeout::copy_deadline`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -291,7 +291,8 @@ pub(crate) fn route(
     };
     let mutation = route.request_mutation.resolve(&context, filter_mutation);
     if let Some(mirror) = &route.mirror {
-        mirror.send(request, &mutation, hash, deadline, &route.stats);
+        let copy_deadline = timeout::copy_deadline(now, route.timeout, request.timeout);
+        mirror.send(request, &mutation, hash, copy_deadline, &route.stats);
     }
     Ok(Routed {
         route: index,

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::route::DEFAULT_ROUTE_TIMEOUT;
+
 /// How far "no timeout" is: far enough to never fire, near enough not to overflow.
 const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
@@ -25,6 +27,23 @@ pub(crate) fn request_deadline(
         (None, None) => NEVER,
     };
     after(now, timeout)
+}
+
+/// The deadline of a mirrored copy of a request routed at `now`: the request's own, but at most
+/// [`DEFAULT_ROUTE_TIMEOUT`] for a request without one (a route with `timeout: 0s`, a caller
+/// that asked for none). A copy has no client waiting for it: one that a mirror never answers
+/// would hold its place in the mirror's `max_in_flight` (and its endpoint's in-flight count)
+/// for as long as the mirror's connection lives, and with `max_in_flight` of them, mirroring
+/// would stop for good.
+pub(crate) fn copy_deadline(
+    now: Instant,
+    route_timeout: Option<Duration>,
+    requested: Option<Duration>,
+) -> Instant {
+    match (route_timeout, requested) {
+        (None, None) => after(now, DEFAULT_ROUTE_TIMEOUT),
+        _ => request_deadline(now, route_timeout, requested),
+    }
 }
 
 /// True if a request's deadline ([`request_deadline`]) is the route's own timeout: the request
@@ -75,6 +94,9 @@ mod tests {
         );
         assert_eq!(attempt_deadline(now, Some(secs(20)), deadline), deadline);
         assert_eq!(attempt_deadline(now, None, deadline), deadline);
+        assert_eq!(copy_deadline(now, Some(secs(5)), None), now + secs(5));
+        assert_eq!(copy_deadline(now, None, Some(secs(2))), now + secs(2));
+        assert_eq!(copy_deadline(now, None, None), now + DEFAULT_ROUTE_TIMEOUT);
     }
 
     #[test]
