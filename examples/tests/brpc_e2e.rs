@@ -399,3 +399,97 @@ async fn only_the_routes_own_timeout_counts_against_the_endpoint() -> TestResult
     })
     .await
 }
+
+/// An answer over the cluster's `max_frame_bytes` fails its own call, with `EINTERNAL`; the
+/// proxy passes over its bytes and the call answered after it on the same upstream connection
+/// gets its answer (before, the connection closed and both calls failed with `EFAILEDSOCKET`).
+#[tokio::test]
+async fn an_answer_over_the_frame_limit_fails_its_call_alone() -> TestResult {
+    use std::collections::BTreeMap;
+
+    use bytes::BytesMut;
+    use metaprotocol_brpc::{BrpcCodec, encode_frame, proto};
+    use metaprotocol_core::{Codec, Side};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    bounded(async {
+        // Answers `Big` and `Small` once both are in, on the one connection: `Big` with 64 KiB,
+        // over the cluster's 16 KiB limit, written in pieces, then `Small`.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let upstream = listener.local_addr()?;
+        let server = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut codec = BrpcCodec::new(Side::Downstream, 1 << 20);
+                    let (mut buf, mut ids) = (BytesMut::new(), BTreeMap::new());
+                    while ids.len() < 2 && socket.read_buf(&mut buf).await? > 0 {
+                        while let Some(request) = codec.decode(&mut buf)? {
+                            let method = request.metadata.get("method").unwrap_or_default();
+                            ids.insert(method.to_owned(), request.request_id);
+                        }
+                    }
+                    let (Some(&big), Some(&small)) = (ids.get("Big"), ids.get("Small")) else {
+                        return Ok(());
+                    };
+                    let answer = |id: u64, payload: &[u8]| {
+                        let meta = proto::RpcMeta {
+                            response: Some(proto::RpcResponseMeta::default()),
+                            correlation_id: Some(id as i64),
+                            ..Default::default()
+                        };
+                        let mut out = BytesMut::new();
+                        encode_frame(&meta, payload, &mut out).map(|()| out)
+                    };
+                    for piece in answer(big, &[b'x'; 64 << 10])?.chunks(20_000) {
+                        socket.write_all(piece).await?;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    socket.write_all(&answer(small, b"fits")?).await?;
+                    // Held open: a closed connection would fail the calls as well.
+                    let _ = socket.read_buf(&mut buf).await;
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+                });
+            }
+        });
+        let proxy = start_engine(&format!(
+            "listeners: [ {{ name: brpc-in, address: 127.0.0.1:0, protocol: brpc, route_config: r }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
+clusters:
+  - name: c
+    codec: {{ max_frame_bytes: 16384 }}
+    endpoints: [ {{ address: \"{upstream}\" }} ]
+"
+        ))
+        .await?;
+        let addr = listener_addr(&proxy, "brpc-in")?;
+        let (mut big_client, mut small_client) =
+            (BrpcClient::connect(addr).await?, BrpcClient::connect(addr).await?);
+        let big_call = Call::new(ECHO_SERVICE, "Big", "a");
+        let big = big_client.call(&big_call);
+        let small = async {
+            // After `Big`, so that it waits behind `Big`'s answer.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            small_client.call(&Call::new(ECHO_SERVICE, "Small", "a")).await
+        };
+        let (big, small) = tokio::join!(big, small);
+        let (big, small) = (big?, small?);
+        assert_eq!(big.error_code(), errno::EINTERNAL, "{}", big.error_text());
+        assert_eq!(small.error_code(), 0, "{}", small.error_text());
+        assert_eq!(small.body, b"fits");
+        let metric = |series: &str| support::proxy::metric(&proxy, series);
+        assert_eq!(
+            metric("metaprotocol_upstream_cx_protocol_errors_total{cluster=\"c\"}"),
+            0.0
+        );
+        assert_eq!(
+            metric(
+                "metaprotocol_upstream_rq_failures_total{cluster=\"c\",origin=\"upstream\",reason=\"response_too_large\"}"
+            ),
+            1.0
+        );
+        proxy.shutdown().await;
+        server.abort();
+        Ok(())
+    })
+    .await
+}

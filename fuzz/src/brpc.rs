@@ -3,8 +3,8 @@
 use bytes::BytesMut;
 use metaprotocol_brpc::{BrpcCodec, BrpcCodecFactory, RpcMetaView};
 use metaprotocol_core::{
-    ByteStr, Codec, CodecFactory, EncodeParams, LocalReply, LocalReplyKind, Message, MessageKind,
-    Mutation, ResponseStatus, Side, WireVariant,
+    ByteStr, Codec, CodecFactory, EncodeParams, FrameHead, LocalReply, LocalReplyKind, Message,
+    MessageKind, Mutation, ResponseStatus, Side, WireVariant,
 };
 
 use crate::{HeaderKeys, MAX_FRAME, RoundTrip, assert_mutation_applied, slice};
@@ -120,6 +120,28 @@ fn check(side: Side, message: &Message) {
         }
     }
     answer(message);
+    if side == Side::Upstream {
+        oversized(message);
+    }
+}
+
+/// The response an upstream codec decoded, were it over the limit: its head names the call it
+/// decoded as and the frame's length, and its prefixes are `Incomplete` until they do.
+fn oversized(message: &Message) {
+    let codec = BrpcCodec::new(Side::Upstream, HEADER_LEN);
+    let head = codec.oversized_response(&message.frame);
+    let expected = FrameHead::Response {
+        request_id: message.request_id,
+        len: message.frame.len() as u64,
+    };
+    assert_eq!(head, Some(expected), "{:?}", message.kind);
+    for n in 0..message.frame.len().min(256) {
+        let prefix = codec.oversized_response(&message.frame[..n]);
+        assert!(
+            prefix == Some(FrameHead::Incomplete) || prefix == head,
+            "{n} bytes: {prefix:?}"
+        );
+    }
 }
 
 /// A local reply to a request decodes as a failed response with the request's id.

@@ -3,10 +3,11 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use bytes::BytesMut;
 use metaprotocol_core::{
-    Codec, CodecError, CodecFactory, CodecOptions, EncodeParams, LocalReply, Message, OptionsError,
-    Probe, Side, WireVariant, decode_new,
+    Codec, CodecError, CodecFactory, CodecOptions, EncodeParams, FrameHead, LocalReply,
+    MAX_FRAME_HEAD, Message, OptionsError, Probe, Side, WireVariant, decode_new,
 };
 
 use crate::PROTOCOL;
@@ -14,6 +15,7 @@ use crate::correlation;
 use crate::decode::decode_frame;
 use crate::encode::encode_message;
 use crate::header::{FrameHeader, HEADER_LEN};
+use crate::meta::RpcMetaView;
 use crate::reply::encode_local_reply;
 use crate::{encode_frame, proto};
 
@@ -103,6 +105,35 @@ impl Codec for BrpcCodec {
         _dst: &mut BytesMut,
     ) -> Result<(), CodecError> {
         Ok(())
+    }
+
+    /// The header gives the frame's length, the meta the call: a response (a frame without a
+    /// request meta, as [`Codec::decode`] reads it) names it by its `correlation_id`, read
+    /// back to the engine's id as `decode` does. `Incomplete` until the whole meta is in; a
+    /// meta that is not well-formed, a request's, or one over [`MAX_FRAME_HEAD`] tells
+    /// nothing.
+    fn oversized_response(&self, src: &[u8]) -> Option<FrameHead> {
+        if self.side != Side::Upstream {
+            return None;
+        }
+        let Some(header) = FrameHeader::parse(src, usize::MAX).ok()? else {
+            return Some(FrameHead::Incomplete);
+        };
+        let meta_end = header.meta_end();
+        if meta_end > MAX_FRAME_HEAD {
+            return None;
+        }
+        let Some(meta) = src.get(HEADER_LEN..meta_end) else {
+            return Some(FrameHead::Incomplete);
+        };
+        let view = RpcMetaView::parse(&Bytes::copy_from_slice(meta)).ok()?;
+        if view.request.is_some() {
+            return None;
+        }
+        Some(FrameHead::Response {
+            request_id: correlation::from_wire(view.correlation_id.unwrap_or(0)),
+            len: header.frame_len() as u64,
+        })
     }
 }
 

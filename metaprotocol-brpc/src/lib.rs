@@ -41,9 +41,12 @@
 //!   request id; upstream see **Forwarding**).
 //!   Frames larger than `max_frame_bytes` (header included; default 8 MiB) are refused as soon
 //!   as the header arrives, and a `meta_size` larger than `body_size` or a meta that is not
-//!   well-formed protobuf is a decode error (the connection closes). A response frame from a
-//!   client decodes as a response, which the engine ignores; a request frame from a server is
-//!   a decode error.
+//!   well-formed protobuf is a decode error (the connection closes). An answer over the
+//!   cluster's limit is the exception: once its meta is in (at most 64 KiB), its
+//!   `correlation_id` names the call, so the engine passes over the frame and fails that call
+//!   alone ([`Codec::oversized_response`](metaprotocol_core::Codec::oversized_response)). A
+//!   response frame from a client decodes as a response, which the engine ignores; a request
+//!   frame from a server is a decode error.
 //! - **Bodies**: what follows the meta is delimited, so it never closes a connection. A
 //!   request whose `attachment_size` is negative or larger than what follows the meta, or
 //!   whose uncompressed protobuf payload (`compress_type` 0, `content_type` 0) is not

@@ -8,7 +8,8 @@ use bytes::BytesMut;
 use common::{TestResult, decode_one, echo_request, frame, golden, parse};
 use metaprotocol_brpc::{BrpcCodec, BrpcCodecFactory, errno, proto};
 use metaprotocol_core::{
-    Codec, CodecError, CodecOptions, LocalReply, LocalReplyKind, MessageKind, ResponseStatus, Side,
+    Codec, CodecError, CodecOptions, FrameHead, LocalReply, LocalReplyKind, MessageKind,
+    ResponseStatus, Side,
 };
 
 fn decode_err(side: Side, max: usize, bytes: &[u8]) -> Option<CodecError> {
@@ -28,6 +29,62 @@ fn oversize_frames_fail_at_the_header() -> TestResult {
     let err = decode_err(Side::Downstream, 60, &bytes[..12]);
     assert_eq!(err, Some(CodecError::FrameTooLarge { size: 61, max: 60 }));
     assert!(decode_err(Side::Downstream, 61, &bytes).is_none());
+    Ok(())
+}
+
+#[test]
+fn an_oversize_response_names_its_call_and_length_for_the_engine_to_pass_over() -> TestResult {
+    let small = BrpcCodec::new(Side::Upstream, 64);
+    // The answer to the engine's call 5, sent with a five-byte client id (so written 5 + 2^28),
+    // with a 100-byte payload: over the 64-byte limit.
+    let response = frame(&common::echo_response((1 << 28) + 5), &[b'p'; 100])?;
+    let meta_end = 12 + usize::try_from(u32::from_be_bytes(response[8..12].try_into()?))?;
+    let mut buf = BytesMut::from(&response[..meta_end]);
+    assert!(matches!(
+        small.clone().decode(&mut buf),
+        Err(CodecError::FrameTooLarge { .. })
+    ));
+    let head = FrameHead::Response {
+        request_id: 5,
+        len: response.len() as u64,
+    };
+    assert_eq!(small.oversized_response(&response[..meta_end]), Some(head));
+    assert_eq!(small.oversized_response(&response), Some(head));
+    // The id `decode` gives the same answer within a larger limit.
+    assert_eq!(decode_one(Side::Upstream, &response)?.request_id, 5);
+    // Until the whole meta is in, the engine reads on.
+    for n in 0..meta_end {
+        assert_eq!(
+            small.oversized_response(&response[..n]),
+            Some(FrameHead::Incomplete),
+            "{n} bytes"
+        );
+    }
+    // A frame without a response meta is a response to `decode` as well (brpc clients read it
+    // as a success); one without a correlation id answers nothing the engine sent (id 0).
+    let bare = frame(&proto::RpcMeta::default(), &[b'p'; 100])?;
+    assert_eq!(
+        small.oversized_response(&bare),
+        Some(FrameHead::Response {
+            request_id: 0,
+            len: bare.len() as u64
+        })
+    );
+    // A request answers nothing; nor does a downstream codec's frame.
+    let request = frame(&echo_request((1 << 28) + 5), &[b'p'; 100])?;
+    assert_eq!(small.oversized_response(&request), None);
+    let downstream = BrpcCodec::new(Side::Downstream, 64);
+    assert_eq!(downstream.oversized_response(&response), None);
+    // A meta that is not protobuf (a field running past it), sizes that do not nest, another
+    // magic, and a meta over 64 KiB (not waited for) tell nothing.
+    let garbled = [&b"PRPC\0\0\0\x66\0\0\0\x02\x0a\x05"[..], &[0; 100]].concat();
+    assert_eq!(small.oversized_response(&garbled), None);
+    assert_eq!(small.oversized_response(b"PRPC\0\0\0\x01\0\0\0\x02"), None);
+    assert_eq!(small.oversized_response(b"HULU\0\0\x10\0\0\0\0\x02"), None);
+    assert_eq!(
+        small.oversized_response(b"PRPC\0\x02\0\0\0\x01\0\x01"),
+        None
+    );
     Ok(())
 }
 
