@@ -10,7 +10,8 @@
 //! header seen by the client, a framed-binary listener speaking THeader compact upstream,
 //! 60 concurrent clients that all send seqid 0 sharing a couple of upstream connections,
 //! active health checks that call a method of the server, and the policy filters' refusals
-//! (`rbac`, `fault`, `local_ratelimit`) answered as `TApplicationException`s.
+//! (`rbac`, `fault`, `local_ratelimit`) answered as `TApplicationException`s. One test, of an
+//! answer over the cluster's frame limit, writes its client and server frames by hand.
 //!
 //! The Python library is installed by `tests/interop/thrift/setup.sh` (a venv next to it; a
 //! `python3` that can `import thrift` also works). Without it each test prints `skipped: ...`
@@ -468,5 +469,145 @@ clusters:
         "{served:?}"
     );
     drop(b);
+    Ok(())
+}
+
+/// An answer over the cluster's `max_frame_bytes` fails its own call, with an `INTERNAL_ERROR`
+/// `TApplicationException`; the proxy passes over its bytes and the call answered after it on
+/// the same upstream connection gets its answer (before, the connection closed and both calls
+/// failed). No Python: a framed binary client and a THeader compact server written by hand, so
+/// that the seqid is a varint behind a header block (and THeader's own `seq` is not it).
+#[tokio::test]
+async fn an_answer_over_the_frame_limit_fails_its_call_alone() -> TestResult {
+    use std::collections::BTreeMap;
+
+    use bytes::BytesMut;
+    use metaprotocol_core::{Codec, MessageKind, ResponseStatus};
+    use metaprotocol_thrift::{ApplicationException, FormatChoice, INTERNAL_ERROR, ThriftCodec};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn varint(out: &mut Vec<u8>, mut n: u64) {
+        while n >= 0x80 {
+            out.push((n as u8 & 0x7f) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+    }
+    /// A THeader compact REPLY to `seqid` whose result, field 0, is the string `value`.
+    fn reply(seqid: u64, value: &[u8]) -> Vec<u8> {
+        let mut message = vec![0x82, (2 << 5) | 1];
+        varint(&mut message, seqid);
+        message.extend_from_slice(&[5, b'g', b'r', b'e', b'e', b't', 0x08, 0x00]);
+        varint(&mut message, value.len() as u64);
+        message.extend_from_slice(value);
+        message.push(0);
+        let mut frame = ((14 + message.len()) as u32).to_be_bytes().to_vec();
+        // Magic, flags, seq 0, one word of header block: protocol compact, no transforms.
+        frame.extend_from_slice(&[0x0f, 0xff, 0, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 0]);
+        frame.extend_from_slice(&message);
+        frame
+    }
+    /// A framed binary CALL of `method` with seqid 1 and no arguments.
+    fn call(method: &str) -> Vec<u8> {
+        let mut message = vec![0x80, 1, 0, 1];
+        message.extend_from_slice(&(method.len() as u32).to_be_bytes());
+        message.extend_from_slice(method.as_bytes());
+        message.extend_from_slice(&[0, 0, 0, 1, 0]);
+        let mut frame = (message.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&message);
+        frame
+    }
+
+    // Answers `big` and `small` once both are in, on the one connection: `big` with 64 KiB,
+    // over the cluster's 16 KiB limit, written in pieces, then `small`.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let upstream = listener.local_addr()?;
+    let server = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut codec = ThriftCodec::new(FormatChoice::default(), 1 << 20);
+                let (mut buf, mut ids) = (BytesMut::new(), BTreeMap::new());
+                while ids.len() < 2 && socket.read_buf(&mut buf).await? > 0 {
+                    while let Some(request) = codec.decode(&mut buf)? {
+                        let method = request.metadata.get("method").unwrap_or_default();
+                        ids.insert(method.to_owned(), request.request_id);
+                    }
+                }
+                let (Some(&big), Some(&small)) = (ids.get("big"), ids.get("small")) else {
+                    return Ok(());
+                };
+                for piece in reply(big, &[b'x'; 64 << 10]).chunks(20_000) {
+                    socket.write_all(piece).await?;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                socket.write_all(&reply(small, b"fits")).await?;
+                // Held open: a closed connection would fail the calls as well.
+                let _ = socket.read_buf(&mut buf).await;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            });
+        }
+    });
+    let proxy = support::proxy::start_engine(&format!(
+        "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: thrift, route_config: r }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
+clusters:
+  - name: c
+    codec: {{ max_frame_bytes: 16384, transport: header, protocol: compact }}
+    endpoints: [ {{ address: \"{upstream}\" }} ]
+"
+    ))
+    .await?;
+    let address = support::proxy::listener_addr(&proxy, "in")?;
+    // Both clients send seqid 1: the proxy numbers the calls on the upstream connection.
+    let exchange = |method: &'static str, after: Duration| async move {
+        tokio::time::sleep(after).await;
+        let mut stream = tokio::net::TcpStream::connect(address).await?;
+        stream.write_all(&call(method)).await?;
+        let mut codec = ThriftCodec::new(FormatChoice::default(), 1 << 20);
+        let mut buf = BytesMut::new();
+        loop {
+            if let Some(answer) = codec.decode(&mut buf)? {
+                return TestResult::Ok(answer);
+            }
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Err("the proxy closed the connection".into());
+            }
+        }
+    };
+    // `small` after `big`, so that it waits behind `big`'s answer.
+    let (big, small) = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(
+            exchange("big", Duration::ZERO),
+            exchange("small", Duration::from_millis(100))
+        )
+    })
+    .await?;
+    let (big, small) = (big?, small?);
+    assert_eq!((big.kind, big.request_id), (MessageKind::Response, 1));
+    let exception = ApplicationException::from_message(&big)?;
+    assert_eq!(exception.kind, INTERNAL_ERROR, "{}", exception.message);
+    assert!(
+        exception
+            .message
+            .contains("over the cluster's max_frame_bytes"),
+        "{}",
+        exception.message
+    );
+    assert_eq!((small.kind, small.request_id), (MessageKind::Response, 1));
+    assert_eq!(small.status, ResponseStatus::Ok);
+    assert!(small.frame.ends_with(b"fits\0"), "{:?}", small.frame);
+    let metric = |series: &str| support::proxy::metric(&proxy, series);
+    assert_eq!(
+        metric("metaprotocol_upstream_cx_protocol_errors_total{cluster=\"c\"}"),
+        0.0
+    );
+    assert_eq!(
+        metric(
+            "metaprotocol_upstream_rq_failures_total{cluster=\"c\",origin=\"upstream\",reason=\"response_too_large\"}"
+        ),
+        1.0
+    );
+    proxy.shutdown().await;
+    server.abort();
     Ok(())
 }

@@ -2,8 +2,8 @@
 
 use bytes::BytesMut;
 use metaprotocol_core::{
-    ByteStr, Codec, CodecFactory, LocalReply, LocalReplyKind, Message, MessageKind, Mutation, Side,
-    WireVariant,
+    ByteStr, Codec, CodecFactory, FrameHead, LocalReply, LocalReplyKind, MAX_FRAME_HEAD, Message,
+    MessageKind, Mutation, Side, WireVariant,
 };
 use metaprotocol_thrift::{
     Protocol, ThriftCodec, ThriftCodecFactory, ThriftFormat, ThriftOptions, Transport,
@@ -96,7 +96,33 @@ pub fn decode(data: &[u8]) {
     }
 }
 
+/// `message` were it over the limit, on a connection speaking its format: a framed or THeader
+/// reply's head names the call it decoded as and the frame's length; a call's, a one-way
+/// call's and an unframed message's tell nothing; a prefix tells the same or `Incomplete`.
+fn oversized(message: &Message) {
+    let format = format_of(message);
+    let codec = ThriftCodec::new(format.into(), 1);
+    let head = codec.oversized_response(&message.frame);
+    let expected = (message.kind == MessageKind::Response
+        && format.transport != Transport::Unframed)
+        .then_some(FrameHead::Response {
+            request_id: message.request_id,
+            len: message.frame.len() as u64,
+        });
+    if message.frame.len() <= MAX_FRAME_HEAD {
+        assert_eq!(head, expected, "{format} {:?}", message.kind);
+    }
+    for n in 0..message.frame.len().min(256) {
+        let prefix = codec.oversized_response(&message.frame[..n]);
+        assert!(
+            prefix == head || prefix == Some(FrameHead::Incomplete),
+            "{format}, {n} bytes: {prefix:?}"
+        );
+    }
+}
+
 fn check(message: &Message) {
+    oversized(message);
     let none = Mutation::new();
     let passthrough = encode(message, message.request_id, message.variant, &none);
     assert_eq!(passthrough.as_deref(), Some(&message.frame[..]));

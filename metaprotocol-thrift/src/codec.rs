@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use metaprotocol_core::{
-    Codec, CodecCounter, CodecError, CodecFactory, CodecOptions, EncodeParams, LocalReply, Message,
-    OptionsError, Probe, Side, WireVariant, decode_new,
+    Codec, CodecCounter, CodecError, CodecFactory, CodecOptions, EncodeParams, FrameHead,
+    LocalReply, Message, OptionsError, Probe, Side, WireVariant, decode_new,
 };
 
 use crate::decode::{self, Decoder};
@@ -116,6 +116,22 @@ impl Codec for ThriftCodec {
         _dst: &mut BytesMut,
     ) -> Result<(), CodecError> {
         Ok(())
+    }
+
+    /// Framed and THeader frames give their length in their first word, and a `REPLY` or
+    /// `EXCEPTION` names its call by the message's seqid, the request id `decode` gives (not
+    /// THeader's own `seq`). `Incomplete` until the message header (and a THeader block) is
+    /// in; unframed messages, calls, one-way calls, THeader transforms and frames in another
+    /// protocol than the connection's tell nothing.
+    fn oversized_response(&self, src: &[u8]) -> Option<FrameHead> {
+        let transport = match self.expected.transport {
+            Some(transport) => transport,
+            None => match decode::detect_transport(src) {
+                Some(transport) => transport,
+                None => return Some(FrameHead::Incomplete),
+            },
+        };
+        decode::oversized_response(src, transport, self.expected.protocol)
     }
 }
 

@@ -17,7 +17,8 @@ use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
 use metaprotocol_core::{
-    CodecError, FrameLayout, Message, MessageKind, Metadata, MetadataStr, ResponseStatus, keys,
+    CodecError, FrameHead, FrameLayout, MAX_FRAME_HEAD, Message, MessageKind, Metadata,
+    MetadataStr, ResponseStatus, keys,
 };
 
 use crate::format::{Protocol, ThriftFormat, Transport};
@@ -264,6 +265,67 @@ fn length_prefixed_size(
         return Ok(None);
     }
     Ok(Some(total))
+}
+
+/// The length and call of the `transport` frame at the front of `src`, a reply too large to
+/// decode (see [`metaprotocol_core::Codec::oversized_response`]): `None` unless it is a
+/// length-prefixed `REPLY` or `EXCEPTION` (of `protocol`, when the connection's is known) whose
+/// header lies within the frame and [`MAX_FRAME_HEAD`].
+pub(crate) fn oversized_response(
+    src: &[u8],
+    transport: Transport,
+    protocol: Option<Protocol>,
+) -> Option<FrameHead> {
+    if transport == Transport::Unframed {
+        return None;
+    }
+    let Some(&[l0, l1, l2, l3]) = src.first_chunk::<4>() else {
+        return Some(FrameHead::Incomplete);
+    };
+    let len = 4 + u64::from(u32::from_be_bytes([l0, l1, l2, l3]));
+    // What has arrived of the frame, and how far its header may reach.
+    let end = usize::try_from(len).unwrap_or(usize::MAX);
+    let frame = src.get(..end.min(src.len()))?;
+    let within = end.min(MAX_FRAME_HEAD);
+    let (found, payload_start) = if transport == Transport::Header {
+        let Some(&[_, _, _, _, m0, m1, .., w0, w1]) =
+            frame.first_chunk::<{ theader::BLOCK_START }>()
+        else {
+            return (within >= theader::BLOCK_START).then_some(FrameHead::Incomplete);
+        };
+        if [m0, m1] != theader::MAGIC {
+            return None;
+        }
+        let payload_start = theader::BLOCK_START + usize::from(u16::from_be_bytes([w0, w1])) * 4;
+        if payload_start > within {
+            return None;
+        }
+        if payload_start > frame.len() {
+            return Some(FrameHead::Incomplete);
+        }
+        let block = theader::parse(frame).ok()?;
+        (block.protocol, block.payload_start)
+    } else {
+        let Some(&first) = frame.get(4) else {
+            return (within > 4).then_some(FrameHead::Incomplete);
+        };
+        (Protocol::of_message_starting_with(first), 4)
+    };
+    if protocol.is_some_and(|protocol| protocol != found) {
+        return None;
+    }
+    let mut cursor = Cursor::new(frame, payload_start, within);
+    match protocol::read_message_header(found, &mut cursor) {
+        Ok(header) => match header.message_type {
+            MessageType::Reply | MessageType::Exception => Some(FrameHead::Response {
+                request_id: u64::from(header.seqid as u32),
+                len,
+            }),
+            MessageType::Call | MessageType::Oneway => None,
+        },
+        Err(ReadError::Incomplete) => Some(FrameHead::Incomplete),
+        Err(ReadError::Codec(_)) => None,
+    }
 }
 
 /// A whole message split off the stream, read as far as its [`Message`] needs.

@@ -38,6 +38,10 @@
 //! - THeader transforms (zlib, snappy ...) and the JSON protocol are refused with
 //!   [`CodecError::Unsupported`](metaprotocol_core::CodecError); over-long frames with
 //!   `FrameTooLarge` as soon as the length (or, unframed, the scanned bytes) passes the cap.
+//!   Framed or THeader, a `REPLY` or `EXCEPTION` over a cluster's cap names its call by its
+//!   seqid once its message header is in, so the engine passes over the frame and fails that
+//!   call alone ([`Codec::oversized_response`](metaprotocol_core::Codec::oversized_response));
+//!   an unframed one has no length, and its connection closes.
 //!
 //! ```
 //! use bytes::BytesMut;

@@ -5,11 +5,12 @@ mod common;
 use bytes::{BufMut, BytesMut};
 use common::{TestResult, auto_codec, codec_with, decode_all, goldens};
 use metaprotocol_core::{
-    CodecError, CodecOptions, EncodeParams, LocalReply, LocalReplyKind, MessageKind, Mutation,
-    ResponseStatus,
+    Codec, CodecError, CodecOptions, EncodeParams, FrameHead, LocalReply, LocalReplyKind,
+    MessageKind, Mutation, ResponseStatus,
 };
 use metaprotocol_thrift::{
-    ApplicationException, PROTOCOL_ERROR, Protocol, TRANSPORT, ThriftFormat, Transport,
+    ApplicationException, FormatChoice, PROTOCOL_ERROR, Protocol, TRANSPORT, ThriftCodec,
+    ThriftFormat, Transport,
 };
 use proptest::prelude::*;
 
@@ -58,6 +59,208 @@ fn an_oversized_length_fails_before_the_body_arrives() -> TestResult {
         Err(CodecError::FrameTooLarge { .. })
     ));
     Ok(())
+}
+
+/// Message types on the wire.
+const CALL: u8 = 1;
+const REPLY: u8 = 2;
+const EXCEPTION: u8 = 3;
+const ONEWAY: u8 = 4;
+
+/// A message `m` of `message_type` with `seqid` in `protocol` (`lax`: a binary header without
+/// the version word): its header and where the header ends. The body, a struct whose field 0
+/// is a 100-byte string, follows.
+fn message(protocol: Protocol, lax: bool, message_type: u8, seqid: i32) -> (Vec<u8>, usize) {
+    let mut out = Vec::new();
+    match (protocol, lax) {
+        (Protocol::Binary, false) => {
+            out.extend_from_slice(&[0x80, 1, 0, message_type, 0, 0, 0, 1, b'm']);
+            out.extend_from_slice(&seqid.to_be_bytes());
+        }
+        (Protocol::Binary, true) => {
+            out.extend_from_slice(&[0, 0, 0, 1, b'm', message_type]);
+            out.extend_from_slice(&seqid.to_be_bytes());
+        }
+        (Protocol::Compact, _) => {
+            out.extend_from_slice(&[0x82, (message_type << 5) | 1]);
+            let mut n = seqid as u32;
+            while n >= 0x80 {
+                out.push((n as u8 & 0x7f) | 0x80);
+                n >>= 7;
+            }
+            out.push(n as u8);
+            out.extend_from_slice(&[1, b'm']);
+        }
+    }
+    let header_end = out.len();
+    match protocol {
+        Protocol::Binary => out.extend_from_slice(&[11, 0, 0, 0, 0, 0, 100]),
+        Protocol::Compact => out.extend_from_slice(&[0x08, 0, 100]),
+    }
+    out.extend_from_slice(&[b'r'; 100]);
+    out.push(0);
+    (out, header_end)
+}
+
+/// `payload` in a THeader frame of `seq` whose header block is `block` (whole words).
+fn theader(seq: u32, block: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut out = ((10 + block.len() + payload.len()) as u32)
+        .to_be_bytes()
+        .to_vec();
+    out.extend_from_slice(&[0x0f, 0xff, 0, 0]);
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&((block.len() / 4) as u16).to_be_bytes());
+    out.extend_from_slice(block);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A reply of `message_type` with `seqid` framed by `transport`: the frame and where its
+/// message header ends.
+fn reply_in(
+    transport: Transport,
+    protocol: Protocol,
+    lax: bool,
+    message_type: u8,
+    seqid: i32,
+) -> (Vec<u8>, usize) {
+    let (payload, header_end) = message(protocol, lax, message_type, seqid);
+    match transport {
+        Transport::Unframed => (payload, header_end),
+        Transport::Framed => (framed(&payload), 4 + header_end),
+        Transport::Header => {
+            let id = if protocol == Protocol::Binary { 0 } else { 2 };
+            // THeader's own seq differs from the seqid: the seqid names the call.
+            (theader(99, &[id, 0, 0, 0], &payload), 18 + header_end)
+        }
+    }
+}
+
+#[test]
+fn an_oversize_response_names_its_call_and_length_for_the_engine_to_pass_over() -> TestResult {
+    let cases = [
+        (Transport::Framed, Protocol::Binary, false, REPLY, 7),
+        (Transport::Framed, Protocol::Binary, false, EXCEPTION, -2),
+        (Transport::Framed, Protocol::Binary, true, REPLY, 7),
+        (Transport::Framed, Protocol::Compact, false, REPLY, 300),
+        (Transport::Framed, Protocol::Compact, false, EXCEPTION, -2),
+        (Transport::Header, Protocol::Binary, false, REPLY, 7),
+        (Transport::Header, Protocol::Compact, false, EXCEPTION, 300),
+    ];
+    for (transport, protocol, lax, message_type, seqid) in cases {
+        let (frame, header_end) = reply_in(transport, protocol, lax, message_type, seqid);
+        let what = format!("{transport:?} {protocol:?} lax {lax} type {message_type} {seqid}");
+        // The id `decode` gives the same answer within a larger limit.
+        let request_id = ThriftCodec::new(FormatChoice::default(), 1 << 20)
+            .decode(&mut BytesMut::from(&frame[..]))?
+            .ok_or("incomplete")?
+            .request_id;
+        assert_eq!(request_id, u64::from(seqid as u32), "{what}");
+        let head = Some(FrameHead::Response {
+            request_id,
+            len: frame.len() as u64,
+        });
+        for choice in [
+            FormatChoice::default(),
+            ThriftFormat::new(transport, protocol).into(),
+        ] {
+            let mut small = ThriftCodec::new(choice, 64);
+            assert!(
+                matches!(
+                    small.decode(&mut BytesMut::from(&frame[..header_end])),
+                    Err(CodecError::FrameTooLarge { .. })
+                ),
+                "{what}"
+            );
+            assert_eq!(
+                small.oversized_response(&frame[..header_end]),
+                head,
+                "{what}"
+            );
+            assert_eq!(small.oversized_response(&frame), head, "{what}");
+            // Until the message header is in, the engine reads on.
+            for n in 0..header_end {
+                assert_eq!(
+                    small.oversized_response(&frame[..n]),
+                    Some(FrameHead::Incomplete),
+                    "{what}: {n} bytes"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn an_oversize_call_or_unframed_message_tells_nothing() {
+    let binary = || {
+        ThriftCodec::new(
+            ThriftFormat::new(Transport::Framed, Protocol::Binary).into(),
+            64,
+        )
+    };
+    let auto = || ThriftCodec::new(FormatChoice::default(), 64);
+    // Each refusal is checked against a twin that counts, so that it is refused for its reason.
+    let counts = |codec: ThriftCodec, frame: &[u8]| {
+        matches!(
+            codec.oversized_response(frame),
+            Some(FrameHead::Response { .. })
+        )
+    };
+    // Calls and one-way calls answer nothing.
+    for transport in [Transport::Framed, Transport::Header] {
+        for message_type in [CALL, ONEWAY] {
+            let (frame, _) = reply_in(transport, Protocol::Binary, false, message_type, 7);
+            assert_eq!(auto().oversized_response(&frame), None);
+        }
+        let (reply, _) = reply_in(transport, Protocol::Binary, false, REPLY, 7);
+        assert!(counts(auto(), &reply));
+    }
+    // Unframed, nothing gives the length.
+    let (unframed, _) = reply_in(Transport::Unframed, Protocol::Binary, false, REPLY, 7);
+    assert_eq!(auto().oversized_response(&unframed), None);
+    let unframed_codec = ThriftCodec::new(
+        ThriftFormat::new(Transport::Unframed, Protocol::Binary).into(),
+        64,
+    );
+    assert_eq!(unframed_codec.oversized_response(&unframed), None);
+    // A compact reply on a binary connection, as `decode` would refuse it.
+    let (compact, _) = reply_in(Transport::Framed, Protocol::Compact, false, REPLY, 7);
+    assert_eq!(binary().oversized_response(&compact), None);
+    assert!(counts(auto(), &compact));
+    // A THeader transform (zlib) hides the message; an unknown message type.
+    let (payload, _) = message(Protocol::Binary, false, REPLY, 7);
+    assert_eq!(
+        auto().oversized_response(&theader(7, &[0, 1, 1, 0], &payload)),
+        None
+    );
+    assert!(counts(auto(), &theader(7, &[0, 0, 0, 0], &payload)));
+    let (mut unknown, _) = reply_in(Transport::Framed, Protocol::Binary, false, REPLY, 7);
+    assert!(counts(binary(), &unknown));
+    unknown[7] = 9;
+    assert_eq!(binary().oversized_response(&unknown), None);
+    // A name running past its frame, or past 64 KiB (not waited for); a header block longer
+    // than its frame.
+    let mut past_frame = framed(&[0x80, 1, 0, REPLY, 0, 0, 0, 20, b'm']);
+    past_frame.extend_from_slice(&[0; 100]);
+    assert_eq!(binary().oversized_response(&past_frame), None);
+    let long_name = [&[0, 0x10, 0, 0][..], &[0x80, 1, 0, REPLY, 0, 1, 0, 0, b'm']].concat();
+    assert_eq!(binary().oversized_response(&long_name), None);
+    assert_eq!(auto().oversized_response(&long_name), None);
+    let block_past_frame = [0, 0, 0, 20, 0x0f, 0xff, 0, 0, 0, 0, 0, 7, 0, 8, 0, 0];
+    assert_eq!(auto().oversized_response(&block_past_frame), None);
+    // A frame without the THeader magic on a THeader connection.
+    let header = || {
+        ThriftCodec::new(
+            ThriftFormat::new(Transport::Header, Protocol::Binary).into(),
+            64,
+        )
+    };
+    // (A framed binary reply whose bytes 12 and 13 would read as a one-word block.)
+    let no_magic = [0, 0, 0, 100, 0x80, 1, 0, REPLY, 0, 0, 0, 1, 0, 1];
+    assert_eq!(header().oversized_response(&no_magic), None);
+    let (header_reply, _) = reply_in(Transport::Header, Protocol::Binary, false, REPLY, 7);
+    assert!(counts(header(), &header_reply));
 }
 
 #[test]
@@ -398,6 +601,7 @@ proptest! {
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
         let mut codec = codec_with(&small(512)).map_err(|e| TestCaseError::fail(e.to_string()))?;
         let _ = decode_all(codec.as_mut(), &bytes);
+        let _ = ThriftCodec::new(FormatChoice::default(), 16).oversized_response(&bytes);
     }
 
     #[test]
