@@ -405,52 +405,26 @@ async fn only_the_routes_own_timeout_counts_against_the_endpoint() -> TestResult
 /// gets its answer (before, the connection closed and both calls failed with `EFAILEDSOCKET`).
 #[tokio::test]
 async fn an_answer_over_the_frame_limit_fails_its_call_alone() -> TestResult {
-    use std::collections::BTreeMap;
-
     use bytes::BytesMut;
     use metaprotocol_brpc::{BrpcCodec, encode_frame, proto};
-    use metaprotocol_core::{Codec, Side};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use metaprotocol_core::Side;
 
     bounded(async {
-        // Answers `Big` and `Small` once both are in, on the one connection: `Big` with 64 KiB,
-        // over the cluster's 16 KiB limit, written in pieces, then `Small`.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let upstream = listener.local_addr()?;
-        let server = tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let mut codec = BrpcCodec::new(Side::Downstream, 1 << 20);
-                    let (mut buf, mut ids) = (BytesMut::new(), BTreeMap::new());
-                    while ids.len() < 2 && socket.read_buf(&mut buf).await? > 0 {
-                        while let Some(request) = codec.decode(&mut buf)? {
-                            let method = request.metadata.get("method").unwrap_or_default();
-                            ids.insert(method.to_owned(), request.request_id);
-                        }
-                    }
-                    let (Some(&big), Some(&small)) = (ids.get("Big"), ids.get("Small")) else {
-                        return Ok(());
-                    };
-                    let answer = |id: u64, payload: &[u8]| {
-                        let meta = proto::RpcMeta {
-                            response: Some(proto::RpcResponseMeta::default()),
-                            correlation_id: Some(id as i64),
-                            ..Default::default()
-                        };
-                        let mut out = BytesMut::new();
-                        encode_frame(&meta, payload, &mut out).map(|()| out)
-                    };
-                    for piece in answer(big, &[b'x'; 64 << 10])?.chunks(20_000) {
-                        socket.write_all(piece).await?;
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    socket.write_all(&answer(small, b"fits")?).await?;
-                    // Held open: a closed connection would fail the calls as well.
-                    let _ = socket.read_buf(&mut buf).await;
-                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-                });
-            }
-        });
+        let (upstream, server) = support::big_answer::start_upstream(
+            || Box::new(BrpcCodec::new(Side::Downstream, 1 << 20)),
+            ["Big", "Small"],
+            |id, payload| {
+                let meta = proto::RpcMeta {
+                    response: Some(proto::RpcResponseMeta::default()),
+                    correlation_id: Some(id as i64),
+                    ..Default::default()
+                };
+                let mut out = BytesMut::new();
+                encode_frame(&meta, payload, &mut out)?;
+                Ok(out)
+            },
+        )
+        .await?;
         let proxy = start_engine(&format!(
             "listeners: [ {{ name: brpc-in, address: 127.0.0.1:0, protocol: brpc, route_config: r }} ]
 route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
@@ -476,17 +450,7 @@ clusters:
         assert_eq!(big.error_code(), errno::EINTERNAL, "{}", big.error_text());
         assert_eq!(small.error_code(), 0, "{}", small.error_text());
         assert_eq!(small.body, b"fits");
-        let metric = |series: &str| support::proxy::metric(&proxy, series);
-        assert_eq!(
-            metric("metaprotocol_upstream_cx_protocol_errors_total{cluster=\"c\"}"),
-            0.0
-        );
-        assert_eq!(
-            metric(
-                "metaprotocol_upstream_rq_failures_total{cluster=\"c\",origin=\"upstream\",reason=\"response_too_large\"}"
-            ),
-            1.0
-        );
+        support::big_answer::assert_one_answer_passed_over(&proxy);
         proxy.shutdown().await;
         server.abort();
         Ok(())

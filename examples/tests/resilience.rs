@@ -915,42 +915,15 @@ async fn an_upstream_answer_that_trickles_closes_the_connection_at_the_frame_tim
 
 #[tokio::test]
 async fn an_upstream_answer_over_the_frame_limit_fails_its_call_alone() -> TestResult {
-    use metaprotocol_core::{CodecFactory, Side, WireVariant};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    // Answers `small` and `big` once both are in: `big` with 64 KiB, over the cluster's
-    // 16 KiB limit, written in pieces, then `small`, on the one connection.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let upstream = listener.local_addr()?;
-    let server = tokio::spawn(async move {
-        let codec = metaprotocol_dubbo::DubboCodecFactory::new(1 << 20);
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let mut codec = codec.new_codec(Side::Downstream, WireVariant::DEFAULT);
-            tokio::spawn(async move {
-                let (mut buf, mut ids) = (bytes::BytesMut::new(), BTreeMap::new());
-                while ids.len() < 2 && socket.read_buf(&mut buf).await? > 0 {
-                    while let Some(request) = codec.decode(&mut buf)? {
-                        let method = request.metadata.get("method").unwrap_or_default();
-                        ids.insert(method.to_owned(), request.request_id);
-                    }
-                }
-                let (Some(&big), Some(&small)) = (ids.get("big"), ids.get("small")) else {
-                    return Ok(());
-                };
-                let answer =
-                    metaprotocol_dubbo::build::value_response(big, &"x".repeat(64 << 10), &[]);
-                for piece in answer.chunks(20_000) {
-                    socket.write_all(piece).await?;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                let answer = metaprotocol_dubbo::build::value_response(small, "fits", &[]);
-                socket.write_all(&answer).await?;
-                // Held open: a closed connection would fail the calls as well.
-                let _ = socket.read_buf(&mut buf).await;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-            });
-        }
-    });
+    let (upstream, server) = support::big_answer::start_upstream(
+        || Box::new(metaprotocol_dubbo::DubboCodec::new(1 << 20)),
+        ["big", "small"],
+        |id, payload| {
+            let value = std::str::from_utf8(payload)?;
+            Ok(metaprotocol_dubbo::build::value_response(id, value, &[])[..].into())
+        },
+    )
+    .await?;
     let cluster = format!(
         "    codec: {{ max_frame_bytes: 16384 }}\n    endpoints: [ {{ address: {upstream} }} ]\n"
     );
@@ -972,23 +945,7 @@ async fn an_upstream_answer_over_the_frame_limit_fails_its_call_alone() -> TestR
         small?.dubbo_status, 20,
         "the call answered after it on the connection"
     );
-    let metrics = proxy.metrics().render();
-    let sample =
-        |name: &str, labels: &[(&str, &str)]| support::metrics::sample(&metrics, name, labels);
-    assert_eq!(
-        sample(
-            "metaprotocol_upstream_cx_protocol_errors_total",
-            &[("cluster", "c")]
-        ),
-        0.0
-    );
-    assert_eq!(
-        sample(
-            "metaprotocol_upstream_rq_failures_total",
-            &[("cluster", "c"), ("reason", "response_too_large")]
-        ),
-        1.0
-    );
+    support::big_answer::assert_one_answer_passed_over(&proxy);
     proxy.shutdown().await;
     server.abort();
     Ok(())

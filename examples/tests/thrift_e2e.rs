@@ -479,8 +479,6 @@ clusters:
 /// that the seqid is a varint behind a header block (and THeader's own `seq` is not it).
 #[tokio::test]
 async fn an_answer_over_the_frame_limit_fails_its_call_alone() -> TestResult {
-    use std::collections::BTreeMap;
-
     use bytes::BytesMut;
     use metaprotocol_core::{Codec, MessageKind, ResponseStatus};
     use metaprotocol_thrift::{ApplicationException, FormatChoice, INTERNAL_ERROR, ThriftCodec};
@@ -518,35 +516,12 @@ async fn an_answer_over_the_frame_limit_fails_its_call_alone() -> TestResult {
         frame
     }
 
-    // Answers `big` and `small` once both are in, on the one connection: `big` with 64 KiB,
-    // over the cluster's 16 KiB limit, written in pieces, then `small`.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let upstream = listener.local_addr()?;
-    let server = tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut codec = ThriftCodec::new(FormatChoice::default(), 1 << 20);
-                let (mut buf, mut ids) = (BytesMut::new(), BTreeMap::new());
-                while ids.len() < 2 && socket.read_buf(&mut buf).await? > 0 {
-                    while let Some(request) = codec.decode(&mut buf)? {
-                        let method = request.metadata.get("method").unwrap_or_default();
-                        ids.insert(method.to_owned(), request.request_id);
-                    }
-                }
-                let (Some(&big), Some(&small)) = (ids.get("big"), ids.get("small")) else {
-                    return Ok(());
-                };
-                for piece in reply(big, &[b'x'; 64 << 10]).chunks(20_000) {
-                    socket.write_all(piece).await?;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                socket.write_all(&reply(small, b"fits")).await?;
-                // Held open: a closed connection would fail the calls as well.
-                let _ = socket.read_buf(&mut buf).await;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-            });
-        }
-    });
+    let (upstream, server) = support::big_answer::start_upstream(
+        || Box::new(ThriftCodec::new(FormatChoice::default(), 1 << 20)),
+        ["big", "small"],
+        |id, payload| Ok(reply(id, payload)[..].into()),
+    )
+    .await?;
     let proxy = support::proxy::start_engine(&format!(
         "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: thrift, route_config: r }} ]
 route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
@@ -596,17 +571,7 @@ clusters:
     assert_eq!((small.kind, small.request_id), (MessageKind::Response, 1));
     assert_eq!(small.status, ResponseStatus::Ok);
     assert!(small.frame.ends_with(b"fits\0"), "{:?}", small.frame);
-    let metric = |series: &str| support::proxy::metric(&proxy, series);
-    assert_eq!(
-        metric("metaprotocol_upstream_cx_protocol_errors_total{cluster=\"c\"}"),
-        0.0
-    );
-    assert_eq!(
-        metric(
-            "metaprotocol_upstream_rq_failures_total{cluster=\"c\",origin=\"upstream\",reason=\"response_too_large\"}"
-        ),
-        1.0
-    );
+    support::big_answer::assert_one_answer_passed_over(&proxy);
     proxy.shutdown().await;
     server.abort();
     Ok(())

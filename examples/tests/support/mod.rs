@@ -3,13 +3,14 @@
 //! ([`admin`]) and metrics ([`metrics`]), an OTLP receiver for its spans ([`otlp`]), the
 //! skip-or-fail rule of the interop suites that need external tools ([`interop`]), the Thrift
 //! suite's Python servers ([`thrift`]), a real redis-server ([`redis`]) and a mesh's TLS
-//! certificates ([`mesh`]), and calls under load checked against the updates they must follow
-//! ([`follow`]).
+//! certificates ([`mesh`]), calls under load checked against the updates they must follow
+//! ([`follow`]), and an upstream whose answer is over the proxy's frame limit ([`big_answer`]).
 //!
 //! Each test file is a crate of its own and includes this module with `mod support;`; a test
 //! that uses only part of it allows `dead_code` at that include.
 
 pub mod admin;
+pub mod big_answer;
 pub mod follow;
 pub mod interop;
 pub mod mesh;
