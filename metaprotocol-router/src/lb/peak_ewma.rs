@@ -6,8 +6,11 @@
 //! An endpoint's estimate ([`RttEstimate`]) is an exponentially weighted moving average of its
 //! latencies that jumps at once to a slower sample (a peak) and decays towards faster ones, and
 //! towards zero while the endpoint is not heard from, so that an endpoint that was slow is
-//! tried again eventually. An endpoint not heard from yet costs nothing, so a new endpoint is
-//! tried at once rather than starved. The router records a sample where it concludes an
+//! tried again eventually. An endpoint not heard from yet (or whose estimate has faded away) is
+//! taken to be as fast as the endpoint it is compared with, so that load decides between them:
+//! a new endpoint is tried at once rather than starved, but not sent every request while its
+//! first answers are on their way (costing nothing, a new endpoint with 50 requests in flight
+//! won 75% of the picks of two endpoints). The router records a sample where it concludes an
 //! attempt.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,13 +89,21 @@ pub(crate) struct PeakEwma(pub(super) LoadedSet);
 impl LoadBalancer for PeakEwma {
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
         let now = Instant::now();
-        // What sending to an endpoint now is expected to cost.
-        let cost = |index: usize| {
-            self.0.endpoint(index).map_or(f64::INFINITY, |e| {
-                e.rtt().estimate(now) * (e.active_requests() as f64 + 1.0)
-            })
+        // An endpoint's latency estimate and its requests in flight (plus the one to send).
+        let state = |index: usize| {
+            self.0
+                .endpoint(index)
+                .map(|e| (e.rtt().estimate(now), e.active_requests() as f64 + 1.0))
         };
-        self.0.power_of_two(ctx, |a, b| cost(a) < cost(b))
+        self.0.power_of_two(ctx, |a, b| match (state(a), state(b)) {
+            (Some((rtt_a, load_a)), Some((rtt_b, load_b))) => {
+                // What sending to each now is expected to cost; an endpoint without an
+                // estimate is taken to be as fast as the other (with neither, load decides).
+                let rtt = |own: f64, other: f64| if own > 0.0 { own } else { other.max(1.0) };
+                rtt(rtt_a, rtt_b) * load_a < rtt(rtt_b, rtt_a) * load_b
+            }
+            (found, _) => found.is_some(),
+        })
     }
 }
 
@@ -116,6 +127,27 @@ mod tests {
         assert!((24.0..26.0).contains(&moved), "{moved}: 50/e + 10(1-1/e)");
         let idle = ms(rtt.estimate(later + DECAY * 5));
         assert!(idle < 0.2, "{idle}: an idle endpoint's estimate fades");
+    }
+
+    /// A new endpoint (no estimate yet) is compared by its load: with 50 requests in flight it
+    /// wins only the picks whose two candidates are both it (a quarter, with two endpoints).
+    #[tokio::test(start_paused = true)]
+    async fn an_endpoint_without_an_estimate_is_judged_by_its_load() {
+        let set = hosts(&[1, 1]);
+        set[0]
+            .endpoint
+            .rtt()
+            .record(Duration::from_millis(10), Instant::now());
+        let in_flight: Vec<_> = (0..50).map(|_| set[1].endpoint.track()).collect();
+        let lb = PeakEwma(LoadedSet::new(Weights::new(&set), &set));
+        let counts = histogram(&lb, 2, 10_000, false);
+        assert!(counts[1] < 3_000, "{counts:?}");
+        drop(in_flight);
+        // Idle, and neither heard from: the load (none) ties, and weights decide.
+        let fresh = hosts(&[1, 1]);
+        let lb = PeakEwma(LoadedSet::new(Weights::new(&fresh), &fresh));
+        let counts = histogram(&lb, 2, 10_000, false);
+        assert!(counts[0] > 4_000 && counts[1] > 4_000, "{counts:?}");
     }
 
     /// The fast endpoint gets most of the traffic; the slow one is still tried.
