@@ -272,7 +272,10 @@ impl ClusterHandle {
     }
 
     /// Records how an attempt on `endpoint` ended, `elapsed` after it started: its latency
-    /// (for `peak_ewma`) and its outcome (for outlier detection). Atomics only.
+    /// (for `peak_ewma`) and its outcome (for outlier detection). Atomics only. Always inlined:
+    /// with a timeout's call beside the request path's, the compiler stopped inlining it, and
+    /// the call cost 15 to 40 instructions a request (callgrind, Dubbo, 64 in flight).
+    #[inline(always)]
     pub fn attempt_ended(
         &self,
         endpoint: &Endpoint,
