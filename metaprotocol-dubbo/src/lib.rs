@@ -53,17 +53,18 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `interface`, `service` | the service path: the `path` attachment when present, else the call field (both keys, so protocol-neutral policies written against `service` work) |
+//! | `interface`, `service` | the service path from the call fields (both keys, so protocol-neutral policies written against `service` work) |
 //! | `method` | the method name |
 //! | `version` | the service version: the `version` attachment when present and non-empty, else the call field |
 //! | `group` | the `group` attachment |
 //! | any other key | every attachment whose key and value are strings (other values, such as dubbo2.js's int `timeout`, are skipped) |
 //!
-//! `interface`, `service` and `method` attachments never override the call fields, but a `path`
-//! attachment does: Java providers find the service by it (`DubboProtocol.getInvoker`), and
-//! the method by the call field, so routing and policies see what the provider runs (a call
-//! naming `demo.Public` in its fields and `demo.Admin` in its `path` attachment runs
-//! `demo.Admin`, and is routed and authorized as such). Values are
+//! `interface`, `service` and `method` attachments never override the call fields. A `path`
+//! attachment must repeat the call's path: Java providers find the service by the attachment
+//! (`DubboProtocol.getInvoker`), others may go by the field, so a call naming `demo.Public` in
+//! its fields and `demo.Admin` in its `path` attachment would be routed and authorized as one
+//! and could run the other; it is refused with status 40 (every client sends the same path in
+//! both). Values are
 //! slices of the frame, not copies, except for strings split into chunks or holding characters
 //! outside the BMP in Java's surrogate encoding. Responses carry their string attachments.
 //!

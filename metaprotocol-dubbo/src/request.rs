@@ -41,20 +41,25 @@ pub(crate) fn decode(frame: &Bytes, metadata: &mut Metadata) -> Result<DecodedRe
     if let Some(version) = text(&fields.version) {
         metadata.insert(keys::VERSION, version);
     }
+    // Java providers find the service by the `path` attachment, which replaces the call field
+    // (`DubboProtocol.getInvoker`); other providers may go by the field. A call naming one
+    // service in its fields and another there would run a service other than the one routes
+    // and policies saw, on one provider or the other: it is refused. Clients send the same path
+    // in both, which costs a comparison.
     let call_path = fields.path.as_ref().map(|path| path.raw(frame));
     let map = attachments::visit(&mut reader, &mut skipper, |entry| {
+        if matches!(
+            entry.key.as_ref().map(|k| k.raw(frame)),
+            Some(PATH_ATTACHMENT)
+        ) && entry.value.as_ref().map(|v| v.raw(frame)) != call_path
+        {
+            return Err(CodecError::malformed(
+                "the path attachment names another service than the call",
+            ));
+        }
         if routes(&entry, frame)
             && let Some((key, value)) = entry.text(frame)
         {
-            // Java providers find the service by the `path` attachment, which replaces the
-            // call field (`DubboProtocol.getInvoker`): a call naming one service in its fields
-            // and another there runs the other, so that one is what routes and policies see.
-            // Clients send the same path in both, which costs a comparison.
-            let names_path = entry.key.as_ref().map(|k| k.raw(frame)) == Some(PATH_ATTACHMENT);
-            if names_path && entry.value.as_ref().map(|v| v.raw(frame)) != call_path {
-                metadata.insert(keys::INTERFACE, value.clone());
-                metadata.insert(keys::SERVICE, value.clone());
-            }
             metadata.insert(key, value);
         }
         Ok(())
@@ -169,14 +174,15 @@ impl<'a> CallFields<'a> {
     }
 }
 
-/// The attachment by which Java providers find the service a call runs.
+/// The attachment by which Java providers find the service a call runs; it must repeat the
+/// call's path.
 const PATH_ATTACHMENT: &[u8] = b"path";
 
 /// True if an attachment may become metadata, judged on its raw bytes before any is built.
 /// The `interface`, `service` and `method` keys are the call fields' (the provider reads the
 /// method from them, and never an `interface` attachment: such attachments must not route a
 /// call elsewhere); a non-empty `version` attachment overrides the header's version, as Dubbo
-/// providers let it, and a `path` attachment the service (see [`decode`]).
+/// providers let it. A `path` attachment must repeat the call's (see [`decode`]).
 fn routes(entry: &Entry<'_>, frame: &[u8]) -> bool {
     let Some(key) = entry.key.as_ref().map(|key| key.raw(frame)) else {
         return false;
@@ -227,9 +233,10 @@ mod tests {
     use super::*;
 
     /// A call whose fields name one service and whose `path` attachment another runs the
-    /// other on a Java provider: that one is what it routes and is authorized as.
+    /// attachment's on a Java provider, and may run the field's on another: it is refused, so
+    /// that no call is routed and authorized as one service and runs another.
     #[test]
-    fn a_path_attachment_names_the_service_the_provider_runs() -> Result<(), CodecError> {
+    fn a_call_whose_path_attachment_names_another_service_is_refused() -> Result<(), CodecError> {
         use crate::build::{Call, request};
         let call = |attachments| Call {
             service: "demo.Public",
@@ -238,21 +245,23 @@ mod tests {
             string_args: &["a"],
             attachments,
         };
-        let decoded = |call: &Call<'_>| -> Result<Metadata, CodecError> {
+        let decoded = |call: &Call<'_>| -> Result<metaprotocol_core::Message, CodecError> {
             let mut codec = crate::DubboCodec::new(1 << 20);
             let mut src = bytes::BytesMut::from(&request(1, true, call)[..]);
-            let message = metaprotocol_core::Codec::decode(&mut codec, &mut src)?
-                .ok_or(CodecError::malformed("incomplete"))?;
-            assert_eq!(message.reject_reason, None);
-            Ok(message.metadata)
+            metaprotocol_core::Codec::decode(&mut codec, &mut src)?
+                .ok_or(CodecError::malformed("incomplete"))
         };
         let smuggled = decoded(&call(&[("path", "demo.Admin")]))?;
-        assert_eq!(smuggled.get(keys::INTERFACE), Some("demo.Admin"));
-        assert_eq!(smuggled.get(keys::SERVICE), Some("demo.Admin"));
-        assert_eq!(smuggled.get(keys::METHOD), Some("greet"));
+        assert_eq!(
+            smuggled.reject_reason,
+            Some("the path attachment names another service than the call")
+        );
+        assert_eq!(smuggled.metadata.get(keys::INTERFACE), None);
         // The usual call, its path in both places, and an `interface` attachment, which no
         // provider dispatches on.
         let plain = decoded(&call(&[("interface", "demo.Admin")]))?;
+        assert_eq!(plain.reject_reason, None);
+        let plain = plain.metadata;
         assert_eq!(plain.get(keys::INTERFACE), Some("demo.Public"));
         assert_eq!(plain.get(keys::SERVICE), Some("demo.Public"));
         Ok(())
