@@ -8,8 +8,9 @@ use super::text;
 const CHUNK_UNITS: usize = 0x8000;
 
 /// Appends the concatenation of `parts` as one Hessian2 string: the compact forms for short
-/// strings, `S` up to [`CHUNK_UNITS`] code units, `R` chunks beyond; characters outside the BMP
-/// as CESU-8 surrogate pairs (what Java readers accept).
+/// strings, `S` up to [`CHUNK_UNITS`] code units, `R` chunks beyond (never splitting a
+/// surrogate pair); characters outside the BMP as CESU-8 surrogate pairs (what Java readers
+/// accept).
 pub(crate) fn write_string(dst: &mut BytesMut, parts: &[&str]) {
     let units: usize = parts.iter().map(|part| text::utf16_len(part)).sum();
     if units <= CHUNK_UNITS && parts.iter().all(|part| part.is_ascii()) {
@@ -20,22 +21,37 @@ pub(crate) fn write_string(dst: &mut BytesMut, parts: &[&str]) {
         }
         return;
     }
-    let mut code_units = parts.iter().flat_map(|part| part.encode_utf16());
-    let mut left = units;
+    let code_units: Vec<u16> = parts.iter().flat_map(|part| part.encode_utf16()).collect();
+    let mut rest = code_units.as_slice();
     let mut chunk = Vec::new();
     loop {
-        let len = left.min(CHUNK_UNITS);
-        left -= len;
-        chunk.clear();
-        for unit in code_units.by_ref().take(len) {
-            text::push_unit(&mut chunk, unit);
+        let mut len = rest.len().min(CHUNK_UNITS);
+        // A chunk never ends between the halves of a surrogate pair, as Java's `Hessian2Output`
+        // and hessian.js hold to: a reader that decodes chunk by chunk would find a lone half.
+        if len < rest.len()
+            && rest
+                .get(len - 1)
+                .is_some_and(|unit| is_high_surrogate(*unit))
+        {
+            len -= 1;
         }
-        put_chunk_header(dst, len, left == 0);
+        let (taken, after) = rest.split_at(len);
+        chunk.clear();
+        for unit in taken {
+            text::push_unit(&mut chunk, *unit);
+        }
+        put_chunk_header(dst, len, after.is_empty());
         dst.put_slice(&chunk);
-        if left == 0 {
+        if after.is_empty() {
             return;
         }
+        rest = after;
     }
+}
+
+/// True for the first half of a surrogate pair.
+fn is_high_surrogate(unit: u16) -> bool {
+    (0xd800..=0xdbff).contains(&unit)
 }
 
 /// The tag and length of a chunk of `units` code units (at most [`CHUNK_UNITS`]).
@@ -87,5 +103,31 @@ mod tests {
         }
         let chunked = written(&[&huge]);
         assert_eq!(chunked.first(), Some(&b'R'));
+    }
+
+    /// Java's writer and hessian.js never split a surrogate pair across chunks: a chunk that
+    /// would end on a pair's first half ends one unit early.
+    #[test]
+    fn a_chunk_never_ends_inside_a_surrogate_pair() {
+        let text = format!("{}\u{1f600}b", "a".repeat(CHUNK_UNITS - 1));
+        let chunked = written(&[&text]);
+        assert_eq!(
+            &chunked[..3],
+            &[b'R', 0x7f, 0xff],
+            "the first chunk stops before the pair"
+        );
+        let second = 3 + CHUNK_UNITS - 1;
+        assert_eq!(
+            &chunked[second..second + 3],
+            &[0x03, 0xed, 0xa0],
+            "the pair starts the last"
+        );
+        assert_eq!(read_back(&chunked).as_deref(), Some(text.as_str()));
+        let even = format!("{}\u{1f600}b", "a".repeat(CHUNK_UNITS - 2));
+        assert_eq!(
+            &written(&[&even])[..3],
+            &[b'R', 0x80, 0x00],
+            "a whole pair fits"
+        );
     }
 }
