@@ -213,7 +213,7 @@ impl DubboCodec {
             dst.put_u8(compact_int(flag.with_attachments().value()));
             dst.put_slice(slice(frame, layout.flag_end..map.start)?);
         } else {
-            dst.put_slice(slice(frame, 0..map.start)?);
+            request::put_call_head(frame, map.start, params.mutation, dst)?;
         }
         attachments::write_mutated(frame, map, reader, skipper, params.mutation, dst)?;
         dst.put_slice(slice(frame, map.end..frame.len())?);

@@ -70,9 +70,13 @@
 //!
 //! # Mutations
 //!
-//! A [`Mutation`](metaprotocol_core::Mutation) rewrites the attachments map and nothing else:
+//! A [`Mutation`](metaprotocol_core::Mutation) rewrites the attachments map and, for `path`
+//! only, the call's path field:
 //! the arguments (or result) are copied as they came, the map is rebuilt (original entries
 //! minus the overridden keys, then the sets, as Hessian2 strings) and the body length patched.
+//! Setting the `path` attachment renames the call's service: the call's path field is set to
+//! the same value, since providers go by one or the other and a proxy in front of the provider
+//! refuses a call whose two paths differ.
 //! A response without attachments gains them by switching its result flag (value 1 to 4, null
 //! 2 to 5, exception 0 to 3). Only Hessian2 bodies can be rewritten: a non-empty mutation of
 //! another call is an `Encode` error, while responses that cannot carry attachments (status

@@ -8,14 +8,15 @@
 //! The number of arguments comes from the parameter descriptor (see [`argument_count`]); the
 //! arguments are skipped, never built.
 
-use bytes::Bytes;
-use metaprotocol_core::{CodecError, Metadata, keys};
+use bytes::{BufMut, Bytes, BytesMut};
+use metaprotocol_core::{CodecError, Metadata, Mutation, keys};
 
-use crate::attachments::{self, Entry};
+use crate::attachments::{self, Entry, slice};
 use crate::build::DUBBO_PROTOCOL_VERSION;
 use crate::header::HEADER_LEN;
 use crate::hessian::reader::{Reader, StringData};
 use crate::hessian::skip::Skipper;
+use crate::hessian::writer::write_string;
 use crate::layout::{AttachmentsLayout, Body};
 
 /// What a request's decoding yields besides its metadata: its layout, and whether its client
@@ -177,6 +178,34 @@ impl<'a> CallFields<'a> {
 /// The attachment by which Java providers find the service a call runs; it must repeat the
 /// call's path.
 const PATH_ATTACHMENT: &[u8] = b"path";
+
+/// Appends the bytes of call `frame` before its attachments map (at `map_start`). A mutation
+/// that sets the `path` attachment sets the call's path field to the same service: Java
+/// providers go by the attachment and others by the field, and a proxy downstream of this one
+/// refuses a call whose two paths differ (see [`decode`]).
+pub(crate) fn put_call_head(
+    frame: &[u8],
+    map_start: usize,
+    mutation: &Mutation,
+    dst: &mut BytesMut,
+) -> Result<(), CodecError> {
+    let new_path = mutation
+        .sets()
+        .iter()
+        .find(|(key, _)| key.as_bytes() == PATH_ATTACHMENT);
+    let Some((_, path)) = new_path else {
+        dst.put_slice(slice(frame, 0..map_start)?);
+        return Ok(());
+    };
+    let mut reader = Reader::new(frame, HEADER_LEN);
+    reader.string()?;
+    let field_start = reader.position();
+    reader.string()?;
+    dst.put_slice(slice(frame, 0..field_start)?);
+    write_string(dst, &[path.as_str()]);
+    dst.put_slice(slice(frame, reader.position()..map_start)?);
+    Ok(())
+}
 
 /// True if an attachment may become metadata, judged on its raw bytes before any is built.
 /// The `interface`, `service` and `method` keys are the call fields' (the provider reads the

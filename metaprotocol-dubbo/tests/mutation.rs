@@ -1,5 +1,6 @@
-//! Mutations rewrite the attachments map only: golden requests and responses, and the shapes
-//! real clients do not send but Hessian allows (no map, null map, typed map, object values).
+//! Mutations rewrite the attachments map (and, for `path`, the call field): golden requests and
+//! responses, and the shapes real clients do not send but Hessian allows (no map, null map, typed
+//! map, object values).
 
 mod common;
 
@@ -53,6 +54,53 @@ fn golden_requests_gain_and_lose_attachments() -> TestResult {
             assert_eq!(map_start(&mutated), start, "{name}");
             // Applying the same edit again changes nothing.
             assert_eq!(encode(&mutated, 42, &edit)?, bytes, "{name}");
+        }
+    }
+    assert_eq!(requests, 11);
+    Ok(())
+}
+
+/// A mutation that sets the `path` attachment (a route sending calls to a renamed service)
+/// sets the call's path field too: Java providers go by the attachment and others by the
+/// field, and the next proxy (the provider's sidecar) refuses a call whose two paths differ.
+#[test]
+fn a_mutation_of_the_path_renames_the_call_in_both_places() -> TestResult {
+    let renamed = "demo.RenamedService-\u{e9}";
+    let edit = mutation(&[("path", renamed)], &[]);
+    let mut requests = 0;
+    for file in golden_files()? {
+        for original in decode_all(&file.bytes)? {
+            if !original.kind.is_call() {
+                continue;
+            }
+            requests += 1;
+            let name = &file.name;
+            let bytes = encode(&original, 7, &edit)?;
+            let mutated = decode_one(&bytes)?;
+            assert_eq!(mutated.reject_reason, None, "{name}");
+            assert_eq!(meta(&mutated, "interface"), Some(renamed), "{name}");
+            assert_eq!(meta(&mutated, "path"), Some(renamed), "{name}");
+            for key in ["method", "version"] {
+                assert_eq!(meta(&mutated, key), meta(&original, key), "{name} {key}");
+            }
+            // Only the path field changed before the map: the version field before it and
+            // the fields and arguments after it are the original bytes.
+            let hessian = |text: &str| Writer::new().string(text).out.clone();
+            let (old_path, new_path) = (hessian(SERVICE), hessian(renamed));
+            let at = original.frame[16..]
+                .windows(old_path.len())
+                .position(|w| w == old_path)
+                .map(|p| p + 16)
+                .ok_or("no path field")?;
+            assert_eq!(bytes[16..at], original.frame[16..at], "{name}");
+            assert_eq!(bytes[at..at + new_path.len()], new_path[..], "{name}");
+            let after = &original.frame[at + old_path.len()..map_start(&original)];
+            assert!(bytes[..map_start(&mutated)].ends_with(after), "{name}");
+            assert_eq!(
+                encode(&mutated, 7, &edit)?,
+                bytes,
+                "{name}: applying it again"
+            );
         }
     }
     assert_eq!(requests, 11);
