@@ -19,6 +19,13 @@ const CALL_KEYS: HeaderKeys<'static> = HeaderKeys {
     unchecked: &["version"],
 };
 
+/// A call renamed by a mutation that sets its `path` attachment: the codec sets the call's path
+/// field too, so its interface and service are the new path (checked by [`round_trip`]).
+const RENAMED_CALL_KEYS: HeaderKeys<'static> = HeaderKeys {
+    fixed: &["method"],
+    unchecked: &["version", "interface", "service"],
+};
+
 /// A response's metadata is its attachments.
 const RESPONSE_KEYS: HeaderKeys<'static> = HeaderKeys {
     fixed: &[],
@@ -168,23 +175,47 @@ pub fn round_trip(input: &RoundTrip<'_>) {
         // A Hessian2 call always carries the mutation; a response only when it can (status 20,
         // a readable result, a client that reads response attachments).
         if message.kind.is_call() || out[HEADER_LEN..] != message.frame[HEADER_LEN..] {
-            assert_mutation_applied(
-                &message.metadata,
-                &again.metadata,
-                &mutation,
-                keys(&message),
-            );
-            same_arguments_or_result(&message, &again);
+            let renamed = renamed_path(&message, &mutation);
+            let keys = if renamed.is_some() {
+                &RENAMED_CALL_KEYS
+            } else {
+                keys(&message)
+            };
+            assert_mutation_applied(&message.metadata, &again.metadata, &mutation, keys);
+            if let Some(path) = renamed {
+                for key in ["interface", "service"] {
+                    assert_eq!(again.metadata.get(key), Some(path.as_str()), "{key}");
+                }
+            }
+            same_arguments_or_result(&message, &again, renamed.is_some());
         } else {
             assert_eq!(again.metadata, message.metadata);
         }
     }
 }
 
+/// The `path` a mutation sets on a call: the new name of its service.
+fn renamed_path<'m>(message: &Message, mutation: &'m Mutation) -> Option<&'m ByteStr> {
+    let set = mutation
+        .sets()
+        .iter()
+        .find(|(key, _)| key.as_str() == "path");
+    set.filter(|_| message.kind.is_call()).map(|(_, path)| path)
+}
+
 /// The arguments (or the result) are copied as they came, and so is anything after the
-/// attachments map: the body without its map is unchanged.
-fn same_arguments_or_result(original: &Message, again: &Message) {
-    assert_eq!(without_attachments(again), without_attachments(original));
+/// attachments map: the body without its map is unchanged, but for the call's path field when
+/// the call was `renamed`.
+fn same_arguments_or_result(original: &Message, again: &Message, renamed: bool) {
+    let body = |message: &Message| {
+        let body = without_attachments(message);
+        if renamed {
+            without_path_field(&body)
+        } else {
+            body
+        }
+    };
+    assert_eq!(body(again), body(original));
 }
 
 /// The body of a frame with the result flag and the attachments map cut out. The frame layout
@@ -196,4 +227,55 @@ fn without_attachments(message: &Message) -> Vec<u8> {
     let before = slice(frame, flag_end.max(HEADER_LEN)..map_start, "before the map");
     let after = slice(frame, map_end..frame.len(), "after the map");
     [before, after].concat()
+}
+
+/// A call's body with its second field, the service path, cut out (the first is the Dubbo
+/// version); both are strings or null, as the decoder accepted them.
+fn without_path_field(body: &[u8]) -> Vec<u8> {
+    let version = string_len(body);
+    let path = string_len(slice(body, version..body.len(), "the path field"));
+    let rest = slice(body, version + path..body.len(), "after the path field");
+    [slice(body, 0..version, "the version field"), rest].concat()
+}
+
+/// The length in bytes of the Hessian2 string (or null) that `bytes` starts with: chunks whose
+/// lengths count UTF-16 units, so a character of four UTF-8 bytes counts two.
+fn string_len(bytes: &[u8]) -> usize {
+    let mut at = 0;
+    loop {
+        let tag = slice(bytes, at..at + 1, "a string tag")[0];
+        let (units, header, last) = match tag {
+            b'N' => return 1,
+            0x00..=0x1f => (usize::from(tag), 1, true),
+            0x30..=0x33 => {
+                let low = slice(bytes, at + 1..at + 2, "a string length")[0];
+                (usize::from(tag - 0x30) << 8 | usize::from(low), 2, true)
+            }
+            b'S' | b'R' => {
+                let len = slice(bytes, at + 1..at + 3, "a string length");
+                (
+                    usize::from(len[0]) << 8 | usize::from(len[1]),
+                    3,
+                    tag == b'S',
+                )
+            }
+            _ => panic!("not a string tag: {tag:#x}"),
+        };
+        at += header;
+        let mut left = units;
+        while left > 0 {
+            let lead = slice(bytes, at..at + 1, "a character")[0];
+            let (width, counts) = match lead {
+                0x00..=0x7f => (1, 1),
+                0xc0..=0xdf => (2, 1),
+                0xe0..=0xef => (3, 1),
+                _ => (4, 2),
+            };
+            at += width;
+            left = left.saturating_sub(counts);
+        }
+        if last {
+            return at;
+        }
+    }
 }

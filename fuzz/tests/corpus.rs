@@ -76,6 +76,13 @@ fn edits() -> Vec<Edit> {
             ],
             &["x-trace-id", "interface"],
         ));
+        // A route renaming the service (Dubbo sets the call's path field too).
+        edits.push(Edit::new(
+            variant.into(),
+            variant,
+            &[("path", "demo.Renamed")],
+            &[],
+        ));
     }
     edits
 }
