@@ -1107,6 +1107,90 @@ async fn at_the_drain_deadline_calls_still_open_get_an_error_reply() -> TestResu
     Ok(())
 }
 
+/// A reload's `drain_time` holds for the connections already open: they drain for the time in
+/// force when the drain starts, the time the shutdown waits for. (They kept the one of the
+/// listener they were accepted by: shortened from 60 s to 300 ms, a call open on such a
+/// connection was neither answered at the shutdown's deadline nor before it gave up waiting.)
+#[tokio::test]
+async fn a_reloaded_drain_time_applies_to_connections_already_open() -> TestResult {
+    let provider = DemoProvider::start_with_delay("p", Duration::from_secs(10)).await?;
+    let proxy = draining_proxy(&provider, "60s").await?;
+    let client = Arc::new(DubboClient::new(
+        proxy.listener_addr("in").ok_or("no listener")?,
+    ));
+    let slow = {
+        let client = client.clone();
+        tokio::spawn(async move { client.call("sayHelloSlowly", "a", &[]).await })
+    };
+    while provider.seen().is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let config = proxy.config();
+    let reloaded = Config {
+        drain_time: Duration::from_millis(300),
+        ..config
+    };
+    let summary = proxy.reload(reloaded).await?;
+    assert!(
+        summary.listeners.is_empty(),
+        "a new drain time changes no listener: {summary:?}"
+    );
+    let started = Instant::now();
+    let shutdown = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move { proxy.shutdown().await })
+    };
+    let reply = tokio::time::timeout(Duration::from_secs(3), slow)
+        .await
+        .map_err(|_| "the call was not answered at the new drain deadline")???;
+    assert_eq!(reply.dubbo_status, 100, "answered, not dropped: {reply:?}");
+    assert!(reply.body_contains("shutting down"));
+    shutdown.await?;
+    assert!(started.elapsed() < Duration::from_secs(3));
+    Ok(())
+}
+
+/// [`Proxy::shutdown_now`] (an operator who will not wait for the drain) answers every call
+/// still open with the protocol's "unavailable" reply at once, as the drain deadline would, and
+/// closes the connections, however long the drain time.
+#[tokio::test]
+async fn shutdown_now_answers_the_calls_still_open_at_once() -> TestResult {
+    let provider = DemoProvider::start_with_delay("p", Duration::from_secs(10)).await?;
+    let proxy = draining_proxy(&provider, "60s").await?;
+    let address = proxy.listener_addr("in").ok_or("no listener")?;
+    let client = Arc::new(DubboClient::new(address));
+    let slow = {
+        let client = client.clone();
+        tokio::spawn(async move { client.call("sayHelloSlowly", "a", &[]).await })
+    };
+    while provider.seen().is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // An idle client, and one whose drain is under way (the drain began first).
+    let mut idle = TcpStream::connect(address).await?;
+    let draining = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move { proxy.shutdown().await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    proxy.shutdown_now().await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let reply = tokio::time::timeout(Duration::from_secs(1), slow).await???;
+    assert_eq!(reply.dubbo_status, 100, "answered, not dropped: {reply:?}");
+    assert!(reply.body_contains("shutting down"));
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(1), idle.read_to_end(&mut rest)).await??;
+    tokio::time::timeout(Duration::from_secs(1), draining).await??;
+    assert!(
+        proxy
+            .metrics()
+            .render()
+            .contains("metaprotocol_local_replies_total{listener=\"in\",reason=\"unavailable\"} 1")
+    );
+    Ok(())
+}
+
 /// A connection the proxy closes (here after a bad frame) still delivers its last answers to a
 /// client that goes on sending: the proxy reads and drops the rest until the client closes, as a
 /// socket closed with unread bytes is reset, and a reset can destroy answers in flight.

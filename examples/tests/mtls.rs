@@ -422,3 +422,61 @@ async fn rotated_certificates_are_served_without_dropping_connections() -> TestR
     mesh.proxy.shutdown().await;
     Ok(())
 }
+
+/// `max_connections` counts a connection from its accept, not from the end of its TLS
+/// handshake: clients that connect and never finish the handshake are refused past it (any
+/// number of them were accepted and held, uncounted, for the frame timeout).
+#[tokio::test]
+async fn max_connections_counts_connections_still_in_their_tls_handshake() -> TestResult {
+    use tokio::io::AsyncReadExt;
+
+    let scratch = Scratch::new("mtls-max-connections")?;
+    let ca = MeshCa::new(&scratch, "mesh")?;
+    let server = ca.workload(&scratch, "server", "default", "server", &[])?;
+    let provider = DemoProvider::start("p").await?;
+    let proxy = start_engine(&format!(
+        "listeners:
+  - {{ name: edge, address: 127.0.0.1:0, protocol: dubbo, route_config: r, max_connections: 2,
+       tls: {tls} }}
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
+clusters: [ {{ name: c, endpoints: [ {{ address: {provider} }} ] }} ]
+",
+        tls = yaml(&ca.listener_tls(&server))?,
+        provider = provider.address(),
+    ))
+    .await?;
+    let address = listener_addr(&proxy, "edge")?;
+    let mut silent = Vec::new();
+    for _ in 0..5 {
+        silent.push(tokio::net::TcpStream::connect(address).await?);
+        // One at a time: the listener judges each with the ones before it counted.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut closed = 0;
+    for socket in &mut silent {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_millis(300), socket.read(&mut byte)).await;
+        if matches!(read, Ok(Ok(0) | Err(_))) {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 3, "the connections past the first two are closed");
+    assert_eq!(
+        metric(
+            &proxy,
+            "metaprotocol_downstream_cx_refused_total{listener=\"edge\"}"
+        ),
+        3.0
+    );
+    let active = "metaprotocol_downstream_cx_active{listener=\"edge\"}";
+    assert_eq!(metric(&proxy, active), 2.0);
+    drop(silent);
+    // Given up by their clients, the handshakes count no more.
+    let given_up = std::time::Instant::now();
+    while metric(&proxy, active) > 0.0 {
+        assert!(given_up.elapsed() < Duration::from_secs(5), "still counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    proxy.shutdown().await;
+    Ok(())
+}

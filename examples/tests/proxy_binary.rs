@@ -171,8 +171,11 @@ fn signal(pid: u32, signal: &str) -> TestResult {
     Ok(())
 }
 
+/// A second signal ends the drain at once: the calls still open get the protocol's
+/// "unavailable" reply, as at the drain deadline, and the proxy exits 1 (it used to exit
+/// without answering them, as at a SIGKILL).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_signal_stops_the_drain_at_once() -> TestResult {
+async fn a_second_signal_answers_the_calls_still_open_and_stops() -> TestResult {
     let provider = DemoProvider::start_with_delay("v1", Duration::from_secs(60)).await?;
     let scratch = Scratch::new("proxy-binary-second-signal")?;
     let address = free_addr()?;
@@ -197,11 +200,21 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
     // The first drains: the proxy waits for the call.
     tokio::time::sleep(Duration::from_millis(500)).await;
     proxy.check_running()?;
+    let started = Instant::now();
     signal(proxy.pid(), "INT")?;
     let status = block_in_place(|| proxy.wait(Duration::from_secs(5)))
         .map_err(|e| format!("the proxy went on draining after a second signal: {e}"))?;
     assert_eq!(status.code(), Some(1), "exit status {status}");
-    assert!(slow.await?.is_err(), "the call ended with its connection");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the second signal took {:?}",
+        started.elapsed()
+    );
+    let reply = slow
+        .await?
+        .map_err(|e| format!("the call was dropped: {e}"))?;
+    assert_eq!(reply.dubbo_status, 100, "answered, not dropped: {reply:?}");
+    assert!(reply.body_contains("shutting down"));
     Ok(())
 }
 
@@ -583,6 +596,64 @@ clusters:
         !logs.contains('\u{1b}'),
         "no colour codes off a terminal: {logs:?}"
     );
+    Ok(())
+}
+
+/// Sets process `pid`'s soft limit of open files to `limit`.
+fn limit_open_files(pid: u32, limit: usize) -> TestResult {
+    let set = Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={limit}:"))
+        .status()?;
+    assert!(set.success(), "prlimit: {set}");
+    Ok(())
+}
+
+/// Out of file descriptors, the proxy backs off, counts its failed accepts and logs the first
+/// of the run and its end, rather than a warning every 50 ms for as long as it lasts; once
+/// descriptors are free it accepts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_the_proxy_counts_its_failed_accepts_and_warns_once() -> TestResult
+{
+    let provider = DemoProvider::start("v1").await?;
+    let scratch = Scratch::new("proxy-binary-emfile")?;
+    let address = free_addr()?;
+    let admin = free_addr()?;
+    let config = format!(
+        "admin: {{ address: {admin} }}
+listeners: [ {{ name: in, address: {address}, protocol: dubbo, route_config: r }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
+clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
+",
+        provider.address()
+    );
+    let mut proxy =
+        block_in_place(|| BinaryProxy::start(&config, &["--workers", "1"], address, &scratch))?;
+    let pid = proxy.pid();
+    limit_open_files(pid, open_files(pid)? + 2)?;
+    let clients = (0..10)
+        .map(|_| std::net::TcpStream::connect(address))
+        .collect::<Result<Vec<_>, _>>()?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.check_running()?;
+    let logs = proxy.stderr_tail();
+    assert_eq!(logs.matches("accept failed").count(), 1, "{logs}");
+    limit_open_files(pid, 1024)?;
+    drop(clients);
+    let client = DubboClient::new(address);
+    assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, 20);
+    let (status, metrics) = support::admin::http(admin, "GET", "/metrics", "").await?;
+    assert_eq!(status, 200);
+    let failed: f64 = metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("metaprotocol_downstream_cx_accept_errors_total{listener=\"in\"}")
+        })
+        .and_then(|value| value.trim().parse().ok())
+        .ok_or("no accept errors counted")?;
+    assert!(failed >= 5.0, "{failed} failed accepts in a second");
+    let logs = proxy.stderr_tail();
+    assert!(logs.contains("accepting connections again"), "{logs}");
     Ok(())
 }
 

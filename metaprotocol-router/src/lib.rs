@@ -92,7 +92,8 @@ pub use filters::{FilterContext, FilterFactory, FilterRegistry, SharedClients};
 pub use http_server::serve_http;
 pub use proxy::{
     DEFAULT_DRAIN_TIMEOUT, DynamicSource, DynamicUpdate, Proxy, ProxyBuilder, ReloadSummary,
-    ResourceId, ResourceKind, ResourceState, ResourceStatus, StartError, UpdateError,
+    ResourceId, ResourceKind, ResourceState, ResourceStatus, SHUTDOWN_NOW_GRACE, StartError,
+    UpdateError,
 };
 pub use route::{DEFAULT_ROUTE_TIMEOUT, RouteCheck, RouteDestination, RouteMatch, UnknownListener};
 pub use server::{

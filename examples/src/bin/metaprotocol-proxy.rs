@@ -1,7 +1,8 @@
 //! `metaprotocol-proxy`: the engine as a standalone proxy.
 //!
 //! - `run --config FILE [--workers N] [--linger D] [--busy-poll D] [--drain-time D]`: serve until
-//!   SIGINT/SIGTERM, then drain and exit 0 (or at a second signal, exit 1 at once).
+//!   SIGINT/SIGTERM, then drain and exit 0 (or at a second signal, answer the calls still open
+//!   with the protocol's unavailable error and exit 1).
 //! - `validate --config FILE`: exit 0 with a one-line summary, or 1 naming every bad field.
 //! - `route --config FILE --listener NAME [KEY=VALUE ...]`: which route a request with this
 //!   metadata takes, and where it goes (exit 0), or that none matches (exit 1).
@@ -55,7 +56,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Serve a config until SIGINT/SIGTERM, then drain in-flight requests and exit 0 (a second
-    /// signal stops at once, exit 1).
+    /// signal answers those still open with an error at once and exits 1).
     Run {
         /// The YAML config file.
         #[arg(long)]
@@ -305,15 +306,19 @@ async fn run(
     }
     eprintln!("draining (a second SIGINT or SIGTERM stops at once)");
     tokio::select! {
-        () = proxy.shutdown() => ExitCode::SUCCESS,
-        () = wait_for_signal() => {
-            // The operator will not wait for the drain (a second Ctrl-C): the calls still open
-            // end with their connections, as they would at a SIGKILL.
-            eprintln!("second signal: stopping without draining");
-            ExitCode::FAILURE
-        }
-        () = reopen_logs_on_hangup(&proxy) => ExitCode::SUCCESS,
+        () = proxy.shutdown() => return ExitCode::SUCCESS,
+        () = wait_for_signal() => {}
+        () = reopen_logs_on_hangup(&proxy) => return ExitCode::SUCCESS,
     }
+    // The operator will not wait for the drain (a second Ctrl-C): the calls still open are
+    // answered with the protocol's "unavailable" error, as at the drain deadline, rather than
+    // cut off with their connections; that takes a moment, which a third signal does not wait.
+    eprintln!("second signal: answering the calls still open and stopping (a third stops now)");
+    tokio::select! {
+        () = proxy.shutdown_now() => {}
+        () = wait_for_signal() => {}
+    }
+    ExitCode::FAILURE
 }
 
 /// How often `run` looks at its config file.

@@ -197,12 +197,15 @@ impl RouterClientBuilder {
         // A client writes no access log and no spans: the sinks stay empty.
         let access_logs = crate::access_log::Sinks::default();
         let span_sinks = crate::trace::SpanSinks::default();
+        // A client has no listener to drain.
+        let drain = Arc::default();
         let builder = Builder {
             codecs: &self.codecs,
             filters: &self.filter_registry,
             metrics: &metrics,
             shared: &shared,
             load: &load,
+            drain: &drain,
             access_logs: &access_logs,
             span_sinks: &span_sinks,
         };

@@ -14,7 +14,7 @@ use crate::config::{
 };
 use crate::filters::{FilterContext, FilterRegistry, SharedClients};
 use crate::route::{RouteSlot, RouteTable};
-use crate::server::{ListenerContext, Load};
+use crate::server::{DrainPolicy, ListenerContext, Load};
 use crate::stats::{IstioDestination, IstioReporter, ListenerStats, Metrics, MetricsScope};
 use crate::trace::{self, Tracer};
 use crate::transport::{Acceptor, TlsAcceptor};
@@ -26,6 +26,7 @@ pub(crate) struct Builder<'a> {
     pub metrics: &'a Metrics,
     pub shared: &'a SharedClients,
     pub load: &'a Arc<Load>,
+    pub drain: &'a Arc<DrainPolicy>,
     pub access_logs: &'a access_log::Sinks,
     pub span_sinks: &'a trace::SpanSinks,
 }
@@ -95,7 +96,6 @@ impl Builder<'_> {
         &self,
         spec: &ListenerSpec,
         routes: Arc<RouteSlot>,
-        drain_time: std::time::Duration,
     ) -> Result<ListenerContext, ConfigError> {
         let codec = self.codec(&spec.protocol, spec.codec.as_ref())?;
         let name: Arc<str> = spec.name.as_str().into();
@@ -139,7 +139,7 @@ impl Builder<'_> {
                 .unwrap_or(crate::server::DEFAULT_IDLE_TIMEOUT),
             frame_timeout: spec.frame_timeout,
             max_connections: spec.max_connections,
-            drain_time,
+            drain: self.drain.clone(),
             acceptor,
             load: self.load.clone(),
         })

@@ -36,7 +36,7 @@ use crate::cluster::{ClusterManager, ClusterStatus};
 use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec, RouteConfigSpec};
 use crate::filters::{FilterRegistry, SharedClients};
 use crate::route::{RouteCheck, RouteSlot};
-use crate::server::{BusyPoll, DEFAULT_LINGER, Linger, Load, Parking, Workers};
+use crate::server::{BusyPoll, DEFAULT_LINGER, DrainPolicy, Linger, Load, Parking, Workers};
 use crate::stats::Counter;
 use crate::stats::{Metrics, MetricsSettings};
 use crate::trace;
@@ -44,6 +44,10 @@ use crate::trace;
 /// How long shutdown lets connections keep serving before it answers what is still in flight
 /// with an error and closes them (the config's `drain_time` sets it).
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long [`Proxy::shutdown_now`] waits for the connections it ends: their answers are
+/// written at once, and a client that reads them and closes takes a round trip.
+pub const SHUTDOWN_NOW_GRACE: Duration = Duration::from_secs(1);
 
 /// Why a proxy did not start.
 #[derive(Debug, thiserror::Error)]
@@ -432,6 +436,8 @@ pub(crate) struct ProxyState {
     clusters: ClusterManager,
     /// Requests in flight and answers waiting, across every connection.
     load: Arc<Load>,
+    /// How connections drain: the drain time in force, and the order to end drains at once.
+    drain: Arc<DrainPolicy>,
     routes: Mutex<BTreeMap<String, Arc<RouteSlot>>>,
     listeners: ListenerManager,
     /// Route configs and clusters last changed through the API (a file reload warns before
@@ -502,6 +508,7 @@ impl ProxyState {
             metrics,
             clusters: ClusterManager::default(),
             load,
+            drain: Arc::default(),
             routes: Mutex::new(BTreeMap::new()),
             listeners: ListenerManager::new(shutdown.clone(), tracker.clone()),
             api_touched: Mutex::new(BTreeSet::new()),
@@ -527,6 +534,7 @@ impl ProxyState {
             metrics: &self.metrics,
             shared: &self.shared,
             load: &self.load,
+            drain: &self.drain,
             access_logs: &self.access_logs,
             span_sinks: &self.span_sinks,
         }
@@ -977,10 +985,8 @@ impl Proxy {
     /// call it; the others see a stopped proxy.
     pub async fn shutdown(&self) {
         let state = &self.state;
-        state.ready.store(false, Ordering::Release);
-        state.shutdown.cancel();
-        state.tracker.close();
-        let drain_time = state.drain_time(&state.config());
+        state.begin_shutdown();
+        let drain_time = state.drain.time();
         // Connections end themselves at the drain deadline; the grace covers their last writes.
         let grace = drain_time.saturating_add(Duration::from_secs(2));
         if tokio::time::timeout(grace, state.tracker.wait())
@@ -989,12 +995,52 @@ impl Proxy {
         {
             tracing::warn!("drain time of {drain_time:?} passed; abandoning what is left");
         }
-        for cluster in state.clusters.all().values() {
+        state.finish_shutdown(true).await;
+    }
+
+    /// Ends the drain at once, for an embedder (or an operator, with a second signal) who will
+    /// not wait for it: begins it if [`Proxy::shutdown`] has not, then every connection, of
+    /// every listener, answers the calls still open with the protocol's "unavailable" error
+    /// reply, as at the drain deadline (calls read but not yet started included), and closes.
+    /// Waits at most [`SHUTDOWN_NOW_GRACE`] for the connections to end, then stops as
+    /// [`Proxy::shutdown`] does, but for the spans not yet exported, which it does not wait
+    /// for. A [`Proxy::shutdown`] under way returns once the connections are gone.
+    pub async fn shutdown_now(&self) {
+        let state = &self.state;
+        state.begin_shutdown();
+        state.drain.end_now();
+        if tokio::time::timeout(SHUTDOWN_NOW_GRACE, state.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "connections still open {SHUTDOWN_NOW_GRACE:?} after the drain was ended; abandoning them"
+            );
+        }
+        state.finish_shutdown(false).await;
+    }
+}
+
+impl ProxyState {
+    /// Shutdown's first steps: `/ready` says draining, the listeners stop accepting and their
+    /// connections start draining.
+    fn begin_shutdown(&self) {
+        self.ready.store(false, Ordering::Release);
+        self.shutdown.cancel();
+        self.tracker.close();
+    }
+
+    /// Shutdown's last steps, once the connections are gone (or given up on); with
+    /// `flush_spans`, after the spans waiting for export are exported.
+    async fn finish_shutdown(&self, flush_spans: bool) {
+        for cluster in self.clusters.all().values() {
             cluster.stop_health();
         }
-        state.span_sinks.flush_all().await;
-        state.admin_stop.cancel();
-        let admin = lock(&state.admin_task).take();
+        if flush_spans {
+            self.span_sinks.flush_all().await;
+        }
+        self.admin_stop.cancel();
+        let admin = lock(&self.admin_task).take();
         if let Some(admin) = admin {
             let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
         }

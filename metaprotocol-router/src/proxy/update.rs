@@ -202,6 +202,8 @@ impl ProxyState {
             Source::Api => self.remember_api_changes(current, new),
             Source::Dynamic(_) => {}
         }
+        // Before the commit: the connections of listeners it removes drain for the new time.
+        self.drain.set_time(self.drain_time(new));
         let summary = self.commit(plan);
         self.load.set_limits(&new.limits);
         if let Source::Dynamic(update) = source {
@@ -390,12 +392,12 @@ impl ProxyState {
             .cloned()
             .collect();
 
-        // Listeners: contexts for new and changed ones, sockets for new ones.
-        let drain_time = self.drain_time(new);
+        // Listeners: contexts for new and changed ones, sockets for new ones. (The drain time
+        // is the proxy's, not a listener's: a new one changes no listener.)
         for (i, spec) in new.listeners.iter().enumerate() {
             let at = format!("listeners[{i}]");
             let old = current.listeners.iter().find(|l| l.name == spec.name);
-            if old == Some(spec) && self.drain_time(current) == drain_time {
+            if old == Some(spec) {
                 continue;
             }
             let slot = plan
@@ -406,9 +408,7 @@ impl ProxyState {
                 .ok_or_else(|| {
                     ConfigError::new(format!("{at}.route_config"), "no such route config")
                 })?;
-            let context = builder
-                .listener(spec, slot, drain_time)
-                .map_err(|e| e.within(&at))?;
+            let context = builder.listener(spec, slot).map_err(|e| e.within(&at))?;
             match old {
                 Some(old) if old.address == spec.address => plan.changed_listeners.push(context),
                 Some(old) => {

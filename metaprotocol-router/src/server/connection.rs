@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::request::Requests;
-use super::{ListenerContext, busy_poll, linger};
+use super::{Admitted, ListenerContext, busy_poll, linger};
 use crate::router::deadline_after;
 use crate::transport::buffers::{self, FrameSizes};
 use crate::transport::outbox::Outbox;
@@ -106,7 +106,7 @@ pub(crate) fn info(
 pub(crate) fn serve<S: Transport>(
     io: S,
     connection: Arc<ConnectionInfo>,
-    ctx: Arc<ListenerContext>,
+    ctx: Admitted,
     drain: CancellationToken,
 ) -> impl Future<Output = ()> + use<S> {
     Connection::new(io, connection, ctx, drain)
@@ -148,7 +148,8 @@ impl Alarm {
 
 struct Connection<S> {
     io: S,
-    ctx: Arc<ListenerContext>,
+    /// Counts the connection open while it lives.
+    ctx: Admitted,
     decoder: Box<dyn Codec>,
     requests: Requests,
     /// Empty (no allocation) until bytes arrive, and again once trimmed.
@@ -161,6 +162,8 @@ struct Connection<S> {
     /// The unsent bytes this connection counts in the proxy-wide load.
     buffered: usize,
     reading: Reading,
+    /// The listener's drain signal; once it came, the order to end the drain at once
+    /// ([`super::DrainPolicy::end_now`]).
     drain: Cancellation,
     draining_until: Option<Instant>,
     /// The last complete frame received or answer written.
@@ -181,17 +184,14 @@ impl<S: Transport> Connection<S> {
     fn new(
         io: S,
         connection: Arc<ConnectionInfo>,
-        ctx: Arc<ListenerContext>,
+        ctx: Admitted,
         drain: CancellationToken,
     ) -> Self {
-        ctx.stats.cx_total.inc();
-        // Counted down when the connection is dropped, however its task ends.
-        ctx.stats.cx_active.inc();
         let decoder = ctx.codec.new_codec(Side::Downstream, WireVariant::DEFAULT);
         let encoder = ctx.codec.new_codec(Side::Downstream, WireVariant::DEFAULT);
         Self {
             io,
-            requests: Requests::new(ctx.clone(), connection, encoder),
+            requests: Requests::new(ctx.context().clone(), connection, encoder),
             ctx,
             decoder,
             read_buf: BytesMut::new(),
@@ -356,8 +356,18 @@ impl<S: Transport> Connection<S> {
     fn poll_lifecycle(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
         let mut changed = false;
         if self.draining_until.is_none() && self.drain.poll(cx).is_ready() {
-            self.draining_until = Some(deadline_after(now, self.ctx.drain_time));
+            self.draining_until = Some(deadline_after(now, self.ctx.drain.time()));
             self.requests.goaway(&mut self.write_buf);
+            // The drain signal is spent: a draining connection waits instead for the order to
+            // end its drain now, polled only while it drains.
+            self.drain = Cancellation::new(self.ctx.drain.ending());
+            changed = true;
+        }
+        if self
+            .draining_until
+            .is_some_and(|until| now < until && self.drain.poll(cx).is_ready())
+        {
+            self.draining_until = Some(now);
             changed = true;
         }
         if let Some(until) = self.draining_until
@@ -426,7 +436,7 @@ impl<S: Transport> Connection<S> {
         let idle = deadline_after(self.last_activity, self.ctx.idle_timeout);
         match self.draining_until {
             Some(until) => {
-                let quiet = DRAIN_QUIET.min(self.ctx.drain_time);
+                let quiet = DRAIN_QUIET.min(self.ctx.drain.time());
                 idle.min(until).min(self.last_activity + quiet)
             }
             None => idle,
@@ -473,7 +483,6 @@ impl<S: Transport> Connection<S> {
 impl<S> Drop for Connection<S> {
     fn drop(&mut self) {
         self.ctx.load.buffered(self.buffered, 0);
-        self.ctx.stats.cx_active.dec();
     }
 }
 

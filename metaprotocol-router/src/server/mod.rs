@@ -24,6 +24,7 @@ pub(crate) use workers::{Parking, Workers};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -85,7 +86,8 @@ pub(crate) struct ListenerContext {
     pub frame_timeout: Duration,
     /// Connections past this many open are closed as soon as they are accepted.
     pub max_connections: Option<u32>,
-    pub drain_time: Duration,
+    /// How its connections drain (the proxy's, shared by every listener).
+    pub drain: Arc<DrainPolicy>,
     pub acceptor: Acceptor,
     /// The proxy-wide load this listener's connections add to.
     pub load: Arc<Load>,
@@ -96,6 +98,77 @@ impl Drop for ListenerContext {
     /// go with it, unless a newer context of the listener holds them.
     fn drop(&mut self) {
         self.scope.retire();
+    }
+}
+
+/// How connections drain, for the whole proxy: how long a draining connection keeps serving,
+/// as the config says when its drain starts (a reload changes it for the connections already
+/// open too, as the shutdown that waits for them reads it), and the order to end every drain
+/// under way at once.
+#[derive(Debug, Default)]
+pub(crate) struct DrainPolicy {
+    /// The drain time, in nanoseconds.
+    time: AtomicU64,
+    /// Cancelled when the drains under way must end now: their connections answer what is
+    /// still open as at their drain deadline, and close.
+    end: CancellationToken,
+}
+
+impl DrainPolicy {
+    /// The drain time a connection whose drain starts now keeps serving for.
+    pub fn time(&self) -> Duration {
+        Duration::from_nanos(self.time.load(Ordering::Relaxed))
+    }
+
+    /// Sets the drain time of the drains that start from now on.
+    pub fn set_time(&self, time: Duration) {
+        let nanos = u64::try_from(time.as_nanos()).unwrap_or(u64::MAX);
+        self.time.store(nanos, Ordering::Relaxed);
+    }
+
+    /// What a draining connection waits on to end its drain early.
+    pub fn ending(&self) -> CancellationToken {
+        self.end.clone()
+    }
+
+    /// Ends every drain under way, and every one that starts later, at once.
+    pub fn end_now(&self) {
+        self.end.cancel();
+    }
+}
+
+/// An accepted client connection, counted open by its listener from its accept to its end:
+/// what `max_connections` bounds, whether the connection serves yet, waits for its worker or
+/// is in its TLS handshake. Dropped however the connection's task ends (or is dropped unrun),
+/// it counts the connection closed. Derefs to the listener's context, which it holds in the
+/// connection's stead.
+pub(crate) struct Admitted(Arc<ListenerContext>);
+
+impl Admitted {
+    /// Counts a connection of `ctx`'s listener open.
+    fn new(ctx: Arc<ListenerContext>) -> Self {
+        ctx.stats.cx_total.inc();
+        ctx.stats.cx_active.inc();
+        Self(ctx)
+    }
+
+    /// The listener's context, shared.
+    pub fn context(&self) -> &Arc<ListenerContext> {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Admitted {
+    type Target = ListenerContext;
+
+    fn deref(&self) -> &ListenerContext {
+        &self.0
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.stats.cx_active.dec();
     }
 }
 
@@ -113,13 +186,7 @@ impl Trackers {
     /// Serves `stream` on a task of its own: a plain connection's task holds only what a plain
     /// connection needs (an idle client costs its task's size), a TLS one's also its handshake
     /// and session.
-    fn serve(
-        &self,
-        stream: TcpStream,
-        peer: SocketAddr,
-        ctx: Arc<ListenerContext>,
-        stop: CancellationToken,
-    ) {
+    fn serve(&self, stream: TcpStream, peer: SocketAddr, ctx: Admitted, stop: CancellationToken) {
         let local = stream.local_addr().unwrap_or(peer);
         match ctx.acceptor.clone() {
             // A task keeps what it captured for its whole life: the connection's description is
@@ -185,6 +252,10 @@ impl Trackers {
     }
 }
 
+/// How long the accept loop waits after a failed accept before it tries again: the failure
+/// (out of file descriptors, say) lasts, and the pending connection stays ready to accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
 /// Accepts connections until `stop` (shutdown, or the listener's removal), serving each on its
 /// own task; `stop` also starts their drain.
 pub(crate) async fn serve(
@@ -193,6 +264,9 @@ pub(crate) async fn serve(
     stop: CancellationToken,
     trackers: Trackers,
 ) {
+    // Accepts failed in a row: a run is logged at its first failure and its end, and counted
+    // throughout (a proxy out of file descriptors fails twenty times a second).
+    let mut failed: u64 = 0;
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
@@ -201,6 +275,10 @@ pub(crate) async fn serve(
         match accepted {
             Ok((stream, peer)) => {
                 let ctx = ctx.load_full();
+                if failed > 0 {
+                    tracing::info!(listener = %ctx.name, failed, "accepting connections again");
+                    failed = 0;
+                }
                 if ctx
                     .max_connections
                     .is_some_and(|max| ctx.stats.cx_active.get() >= i64::from(max))
@@ -209,12 +287,21 @@ pub(crate) async fn serve(
                     drop(stream);
                     continue;
                 }
-                trackers.serve(stream, peer, ctx, stop.clone());
+                trackers.serve(stream, peer, Admitted::new(ctx), stop.clone());
             }
             Err(err) => {
+                {
+                    let ctx = ctx.load();
+                    ctx.stats.cx_accept_errors.inc();
+                    if failed == 0 {
+                        tracing::warn!(listener = %ctx.name, error = %err, "accept failed; trying again every 50 ms until it succeeds");
+                    } else {
+                        tracing::debug!(listener = %ctx.name, error = %err, "accept failed");
+                    }
+                }
+                failed += 1;
                 // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(listener = %ctx.load().name, error = %err, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }
     }

@@ -155,6 +155,7 @@ pub(crate) struct ListenerStats {
     pub heartbeats: Counter,
     pub cx_overflow: Counter,
     pub cx_refused: Counter,
+    pub cx_accept_errors: Counter,
     protocol_errors: [Counter; PROTOCOL_ERRORS.len()],
     local_replies: [Counter; LocalReplyKind::ALL.len()],
     methods: MethodSeries,
@@ -177,6 +178,10 @@ impl ListenerStats {
             cx_refused: scope.counter(
                 "downstream_cx_refused",
                 "Client connections closed as soon as accepted: the listener had max_connections open",
+            ),
+            cx_accept_errors: scope.counter(
+                "downstream_cx_accept_errors",
+                "Accepts that failed (out of file descriptors, say); the listener tries again every 50 ms",
             ),
             protocol_errors: PROTOCOL_ERRORS.map(|reason| {
                 scope.counter_with(
