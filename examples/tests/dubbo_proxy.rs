@@ -1150,6 +1150,42 @@ async fn a_reloaded_drain_time_applies_to_connections_already_open() -> TestResu
     Ok(())
 }
 
+/// A listener renamed at its address, or an address moved from one listener to another, takes
+/// the removed listener's socket over (a bind of an address still in use failed, and the whole
+/// update with it); the removed listener's open connections drain as usual.
+#[tokio::test]
+async fn a_listener_renamed_at_its_address_takes_its_socket_over() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let proxy = proxy_in_front_of(&provider, "", "").await?;
+    let address = proxy.listener_addr("in").ok_or("no listener")?;
+    let old = DubboClient::new(address);
+    assert_eq!(old.call("sayHello", "a", &[]).await?.dubbo_status, 20);
+    let renamed = format!(
+        "listeners: [ {{ name: renamed, address: {address}, protocol: dubbo, route_config: r }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
+clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
+",
+        provider.address()
+    );
+    let summary = proxy.reload_yaml(&renamed).await?;
+    assert_eq!(summary.listeners, [("renamed".to_owned(), address)]);
+    assert_eq!(summary.removed, ["listener in"]);
+    assert_eq!(proxy.listener_addr("renamed"), Some(address));
+    // The old connection drains: it still answers.
+    assert_eq!(old.call("sayHello", "a", &[]).await?.dubbo_status, 20);
+    let new = DubboClient::new(address);
+    assert_eq!(new.call("sayHello", "a", &[]).await?.dubbo_status, 20);
+    assert_eq!(
+        support::proxy::metric(
+            &proxy,
+            "metaprotocol_downstream_cx_total{listener=\"renamed\"}"
+        ),
+        1.0
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
 /// [`Proxy::shutdown_now`] (an operator who will not wait for the drain) answers every call
 /// still open with the protocol's "unavailable" reply at once, as the drain deadline would, and
 /// closes the connections, however long the drain time.

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -17,6 +17,9 @@ use crate::server::{self, ListenerContext, Trackers, Workers};
 /// One running listener.
 struct Running {
     address: SocketAddr,
+    /// Its socket, which its accept loop owns (the socket closes when the loop stops): a
+    /// listener that replaces it at the same address takes it over.
+    socket: Weak<TcpListener>,
     context: Arc<ArcSwap<ListenerContext>>,
     stop: CancellationToken,
     tracker: TaskTracker,
@@ -67,8 +70,9 @@ impl ListenerManager {
         }
     }
 
-    /// Starts serving `context` on the bound `listener`; returns its address.
-    pub fn start(&self, listener: TcpListener, context: ListenerContext) -> SocketAddr {
+    /// Starts serving `context` on the bound `listener` (a removed listener's, maybe: its
+    /// accept loop lets go of it as it stops); returns its address.
+    pub fn start(&self, listener: Arc<TcpListener>, context: ListenerContext) -> SocketAddr {
         let name = context.name.to_string();
         let address = listener
             .local_addr()
@@ -82,6 +86,7 @@ impl ListenerManager {
             proxy: self.proxy.clone(),
             workers: self.workers.clone(),
         };
+        let socket = Arc::downgrade(&listener);
         trackers.proxy.spawn(server::serve(
             listener,
             context.clone(),
@@ -92,6 +97,7 @@ impl ListenerManager {
             name,
             Running {
                 address,
+                socket,
                 context,
                 stop,
                 tracker,
@@ -118,6 +124,11 @@ impl ListenerManager {
         running.stop.cancel();
         running.tracker.close();
         true
+    }
+
+    /// The socket of listener `name`, while its accept loop runs.
+    pub fn socket(&self, name: &str) -> Option<Arc<TcpListener>> {
+        self.lock().get(name)?.socket.upgrade()
     }
 
     /// The bound address of listener `name`.

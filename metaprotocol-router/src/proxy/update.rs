@@ -75,16 +75,24 @@ struct Plan {
     new_slots: BTreeMap<String, Arc<RouteSlot>>,
     removed_route_configs: Vec<String>,
     /// New listeners (and listeners moved to a new address), bound by [`Plan::bind`].
-    new_listeners: Vec<(ListenerSpec, ListenerContext, Option<TcpListener>)>,
+    new_listeners: Vec<(ListenerSpec, ListenerContext, Option<Arc<TcpListener>>)>,
     changed_listeners: Vec<ListenerContext>,
     removed_listeners: Vec<String>,
+    /// The sockets of the listeners this plan removes, by bound address: a new listener at one
+    /// of these addresses (a listener renamed, a port moved to another listener) takes the
+    /// socket over, where a bind would fail with the address in use.
+    released: BTreeMap<SocketAddr, Arc<TcpListener>>,
 }
 
 impl Plan {
-    /// Binds the sockets of new listeners.
+    /// Binds the sockets of new listeners, or hands them those of removed listeners at the
+    /// same address.
     async fn bind(&mut self) -> Result<(), UpdateError> {
         for (spec, _, socket) in &mut self.new_listeners {
-            *socket = Some(bind(spec).await?);
+            *socket = Some(match self.released.remove(&spec.address) {
+                Some(released) => released,
+                None => Arc::new(bind(spec).await?),
+            });
         }
         Ok(())
     }
@@ -426,6 +434,12 @@ impl ProxyState {
                 .filter(|l| !new.listeners.iter().any(|n| n.name == l.name))
                 .map(|l| l.name.clone()),
         );
+        plan.released = plan
+            .removed_listeners
+            .iter()
+            .filter_map(|name| self.listeners.socket(name))
+            .filter_map(|socket| Some((socket.local_addr().ok()?, socket)))
+            .collect();
         Ok(())
     }
 

@@ -259,7 +259,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Accepts connections until `stop` (shutdown, or the listener's removal), serving each on its
 /// own task; `stop` also starts their drain.
 pub(crate) async fn serve(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     ctx: Arc<ArcSwap<ListenerContext>>,
     stop: CancellationToken,
     trackers: Trackers,
