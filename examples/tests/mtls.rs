@@ -480,3 +480,65 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {provider} }} ] }} ]
     proxy.shutdown().await;
     Ok(())
 }
+
+/// One TLS listener `in` (mutual TLS, this mesh's clients) in front of `provider`, with
+/// `listener_extra` added to the listener (`max_connections: 2`, say) and `top` to the config.
+async fn tls_listener(
+    ca: &MeshCa,
+    server: &Workload,
+    provider: &DemoProvider,
+    listener_extra: &str,
+    top: &str,
+) -> TestResult<Proxy> {
+    start_engine(&format!(
+        "{top}
+listeners:
+  - name: in
+    address: 127.0.0.1:0
+    protocol: dubbo
+    route_config: r
+    tls: {tls}
+    {listener_extra}
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: p }} }} ] }} ]
+clusters: [ {{ name: p, endpoints: [ {{ address: {provider} }} ] }} ]
+",
+        tls = yaml(&ca.listener_tls(server))?,
+        provider = provider.address(),
+    ))
+    .await
+}
+
+/// A handshake under way when the proxy stops ends with the drain's start, as an idle
+/// connection does: it does not hold the shutdown up until its `frame_timeout` (or the drain
+/// time and its grace) runs out.
+#[tokio::test]
+async fn a_handshake_under_way_does_not_hold_up_shutdown() -> TestResult {
+    let scratch = Scratch::new("mtls-handshake-shutdown")?;
+    let ca = MeshCa::new(&scratch, "mesh")?;
+    let server = ca.workload(&scratch, "server", "default", "server", &[])?;
+    let provider = DemoProvider::start("p").await?;
+    let proxy = tls_listener(&ca, &server, &provider, "", "drain_time: 5s").await?;
+    let addr = listener_addr(&proxy, "in")?;
+
+    // A client that sends a first byte of its ClientHello and then nothing.
+    let mut stalled = tokio::net::TcpStream::connect(addr).await?;
+    tokio::io::AsyncWriteExt::write_all(&mut stalled, &[0x16]).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let started = tokio::time::Instant::now();
+    proxy.shutdown().await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "the shutdown waited {took:?} for a handshake under way"
+    );
+    // The stalled client's connection is closed.
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio::io::AsyncReadExt::read(&mut stalled, &mut byte),
+    )
+    .await?;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    Ok(())
+}

@@ -203,7 +203,7 @@ impl Trackers {
             // The handshake runs on the connection's task, never in the accept loop; a client
             // slow to finish it is bounded like a slow frame.
             Acceptor::Tls(tls) => self.spawn(stream, peer, move |stream| async move {
-                match tls.accept(stream, ctx.frame_timeout).await {
+                match tls.accept(stream, ctx.frame_timeout, &stop).await {
                     Ok((stream, accepted)) => {
                         let info = connection::info(accepted, peer, local, &ctx);
                         connection::serve(stream, info, ctx, stop).await;

@@ -18,11 +18,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, ServerConfig};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 use self::reload::Reloading;
 use self::verify::SubjectAltNameVerifier;
@@ -50,10 +52,38 @@ fn handshake_timeout(timeout: Duration) -> io::Error {
     )
 }
 
+/// The error of a handshake given up because the listener stopped.
+fn handshake_stopped() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "TLS handshake given up: the listener stopped",
+    )
+}
+
 /// Terminates clients' TLS on one listener.
 pub(crate) struct TlsAcceptor {
     config: Arc<Reloading<ServerConfig>>,
     handshake_errors: Counter,
+    /// Client connections whose handshake is under way (part of the listener's open
+    /// connections, which its `max_connections` counts from their accept).
+    handshakes: Gauge,
+}
+
+/// One handshake counted in [`TlsAcceptor::handshakes`] until dropped (finished, failed, or its
+/// task dropped).
+struct HandshakeUnderWay<'a>(&'a Gauge);
+
+impl<'a> HandshakeUnderWay<'a> {
+    fn new(gauge: &'a Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for HandshakeUnderWay<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl std::fmt::Debug for TlsAcceptor {
@@ -87,18 +117,30 @@ impl TlsAcceptor {
                 "downstream_tls_handshake_errors",
                 "Client connections closed because their TLS handshake failed or timed out",
             ),
+            handshakes: scope.gauge(
+                "downstream_tls_handshakes_active",
+                "Client connections whose TLS handshake is under way",
+            ),
         })
     }
 
-    /// Runs the server side of the handshake on `stream` within `timeout`; a failure is
-    /// counted.
+    /// Runs the server side of the handshake on `stream` within `timeout`, giving up when
+    /// `stop` is cancelled (the listener stops: a connection not yet serving has nothing to
+    /// drain); a failure is counted. The handshake counts in
+    /// `downstream_tls_handshakes_active` while it runs.
     pub async fn accept(
         &self,
         stream: TcpStream,
         timeout: Duration,
+        stop: &CancellationToken,
     ) -> io::Result<(tokio_rustls::server::TlsStream<TcpStream>, Accepted)> {
+        let _under_way = HandshakeUnderWay::new(&self.handshakes);
         let acceptor = tokio_rustls::TlsAcceptor::from(self.config.current());
-        let handshake = tokio::time::timeout(timeout, acceptor.accept(stream)).await;
+        let handshake = tokio::select! {
+            biased;
+            () = stop.cancelled() => return Err(handshake_stopped()),
+            handshake = tokio::time::timeout(timeout, acceptor.accept(stream)) => handshake,
+        };
         let stream = match handshake {
             Ok(Ok(stream)) => stream,
             Ok(Err(err)) => {
