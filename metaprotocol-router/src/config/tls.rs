@@ -57,9 +57,10 @@ pub struct ClusterTlsSpec {
     /// endpoint's certificate; defaults to the endpoint's IP address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
-    /// Names the endpoint's certificate must carry one of, as a URI or DNS SAN (a SPIFFE id such
-    /// as `spiffe://cluster.local/ns/default/sa/provider`); replaces the `server_name` check,
-    /// for mesh certificates that name a workload rather than a host.
+    /// Names the endpoint's certificate must carry one of (a SPIFFE id such as
+    /// `spiffe://cluster.local/ns/default/sa/provider`); replaces the `server_name` check, for
+    /// mesh certificates that name a workload rather than a host. A name with a scheme (a `:`)
+    /// must be a URI SAN, exactly; any other a DNS SAN, in any ASCII case.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subject_alt_names: Vec<String>,
 }

@@ -7,12 +7,14 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::objects::{oid_registry, oid2abbrev};
 use x509_parser::x509::X509Name;
 
-/// The identity in the DER certificate `der`; `None` if it cannot be parsed (it was verified,
-/// so that does not happen with certificates rustls accepted).
+/// The identity in the DER certificate `der`; `None` if it cannot be read whole: the
+/// certificate, or its subject alternative names, do not parse (rustls verifies a client
+/// certificate's chain without reading its SANs, so a certificate it accepted can still have
+/// names that cannot be read; such a client must not pass for one without names).
 pub(crate) fn peer_identity(der: &[u8]) -> Option<PeerIdentity> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let mut identity = PeerIdentity::default();
-    for name in subject_alt_names(&cert) {
+    for name in subject_alt_names(&cert)? {
         match name {
             GeneralName::URI(uri) => identity.uri_sans.push((*uri).to_owned()),
             GeneralName::DNSName(dns) => identity.dns_sans.push((*dns).to_owned()),
@@ -24,15 +26,16 @@ pub(crate) fn peer_identity(der: &[u8]) -> Option<PeerIdentity> {
     Some(identity)
 }
 
-/// The certificate's subject alternative names (none when it has no such extension).
+/// The certificate's subject alternative names (none when it has no such extension); `None`
+/// if the extension cannot be read (it does not parse, or it is there twice).
 pub(crate) fn subject_alt_names<'a>(
     cert: &'a X509Certificate<'_>,
-) -> impl Iterator<Item = &'a GeneralName<'a>> {
-    cert.subject_alternative_name()
-        .ok()
-        .flatten()
-        .into_iter()
-        .flat_map(|san| san.value.general_names.iter())
+) -> Option<&'a [GeneralName<'a>]> {
+    match cert.subject_alternative_name() {
+        Ok(Some(san)) => Some(&san.value.general_names),
+        Ok(None) => Some(&[]),
+        Err(_) => None,
+    }
 }
 
 /// `name` as RFC 4514 writes it: the most specific part first (`CN=reader,O=example`).

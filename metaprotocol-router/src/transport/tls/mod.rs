@@ -13,6 +13,9 @@ mod pem;
 mod reload;
 mod verify;
 
+#[cfg(test)]
+mod tests;
+
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -153,13 +156,24 @@ impl TlsAcceptor {
             }
         };
         let (_, session) = stream.get_ref();
+        // A verified certificate whose names cannot be read is refused: taken for a client
+        // without a certificate, it would pass the rules that deny its names.
+        let peer_identity = match session.peer_certificates().and_then(|chain| chain.first()) {
+            None => None,
+            Some(leaf) => match identity::peer_identity(leaf) {
+                Some(identity) => Some(Arc::new(identity)),
+                None => {
+                    self.handshake_errors.inc();
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the client certificate's names cannot be read",
+                    ));
+                }
+            },
+        };
         let accepted = Accepted {
             sni: session.server_name().map(Arc::from),
-            peer_identity: session
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(|leaf| identity::peer_identity(leaf))
-                .map(Arc::new),
+            peer_identity,
         };
         Ok((stream, accepted))
     }

@@ -13,20 +13,27 @@ use x509_parser::extensions::GeneralName;
 
 use super::identity::subject_alt_names;
 
-/// Accepts server certificates that chain to `roots` and carry one of `names` as a URI or DNS
-/// SAN.
+/// Accepts server certificates that chain to `roots` and carry one of the expected names: a
+/// name with a scheme (`spiffe://td/ns/a/sa/b`, any name with a `:`, which no DNS name has) as a
+/// URI SAN, exactly; any other as a DNS SAN, ignoring ASCII case as DNS does. A name is never
+/// taken from a SAN of the other type: a DNS SAN that spells a SPIFFE id names no workload.
 #[derive(Debug)]
 pub(crate) struct SubjectAltNameVerifier {
     roots: Arc<RootCertStore>,
-    names: Vec<String>,
+    /// The expected URI SANs.
+    uris: Vec<String>,
+    /// The expected DNS SANs.
+    dns_names: Vec<String>,
     provider: Arc<CryptoProvider>,
 }
 
 impl SubjectAltNameVerifier {
     pub fn new(roots: RootCertStore, names: Vec<String>, provider: Arc<CryptoProvider>) -> Self {
+        let (uris, dns_names) = names.into_iter().partition(|name| is_uri(name));
         Self {
             roots: Arc::new(roots),
-            names,
+            uris,
+            dns_names,
             provider,
         }
     }
@@ -36,13 +43,23 @@ impl SubjectAltNameVerifier {
         let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
             return false;
         };
-        subject_alt_names(&cert).any(|name| match name {
-            GeneralName::URI(name) | GeneralName::DNSName(name) => {
-                self.names.iter().any(|want| want == name)
-            }
+        let Some(names) = subject_alt_names(&cert) else {
+            return false;
+        };
+        names.iter().any(|name| match name {
+            GeneralName::URI(uri) => self.uris.iter().any(|want| want == uri),
+            GeneralName::DNSName(dns) => self
+                .dns_names
+                .iter()
+                .any(|want| want.eq_ignore_ascii_case(dns)),
             _ => false,
         })
     }
+}
+
+/// True if `name` is to be found among URI SANs rather than DNS SANs: it has a scheme.
+fn is_uri(name: &str) -> bool {
+    name.contains(':')
 }
 
 impl ServerCertVerifier for SubjectAltNameVerifier {

@@ -1,0 +1,266 @@
+//! Handshakes over real sockets on 127.0.0.1, with certificates made here (rcgen): which server
+//! certificates a cluster's `subject_alt_names` accept, and which client certificates a
+//! listener takes for an identity.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::{ClientConfig, ServerConfig};
+use rustls_pki_types::ServerName;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::{TlsAcceptor, TlsConnector, pem, provider};
+use crate::config::{ClusterTlsSpec, ListenerTlsSpec};
+use crate::stats::Metrics;
+
+type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+/// A CA and the certificates it issues, as PEM files in a directory of their own.
+struct Pki {
+    dir: PathBuf,
+    issuer: Issuer<'static, KeyPair>,
+    ca_file: PathBuf,
+}
+
+/// A certificate's and its key's files.
+struct Issued {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+}
+
+impl Pki {
+    fn new(test: &str) -> TestResult<Self> {
+        let dir = std::env::temp_dir().join(format!("tls-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "test CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key)?;
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, cert.pem())?;
+        Ok(Self {
+            dir,
+            issuer: Issuer::new(params, key),
+            ca_file,
+        })
+    }
+
+    /// A certificate for server and client authentication, named `file`, with `sans` (and
+    /// `raw_san`, the DER of a subject alternative name extension, instead when given).
+    fn issue(
+        &self,
+        file: &str,
+        sans: Vec<SanType>,
+        raw_san: Option<Vec<u8>>,
+    ) -> TestResult<Issued> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = sans;
+        if let Some(der) = raw_san {
+            params
+                .custom_extensions
+                .push(CustomExtension::from_oid_content(&[2, 5, 29, 17], der));
+        }
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let issued = Issued {
+            cert_file: self.dir.join(format!("{file}.pem")),
+            key_file: self.dir.join(format!("{file}-key.pem")),
+        };
+        std::fs::write(&issued.cert_file, cert.pem())?;
+        std::fs::write(&issued.key_file, key.serialize_pem())?;
+        Ok(issued)
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn dns(name: &str) -> TestResult<SanType> {
+    Ok(SanType::DnsName(name.try_into()?))
+}
+
+fn uri(name: &str) -> TestResult<SanType> {
+    Ok(SanType::URI(name.try_into()?))
+}
+
+/// A TLS server on 127.0.0.1 presenting `server`, finishing every handshake it can.
+async fn serve(server: &Issued) -> TestResult<SocketAddr> {
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(
+            pem::certificates("cert_file", &server.cert_file)?,
+            pem::private_key("key_file", &server.key_file)?,
+        )?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut stream) = acceptor.accept(stream).await {
+                    let _ = stream.read(&mut [0; 1]).await;
+                }
+            });
+        }
+    });
+    Ok(address)
+}
+
+/// True if a cluster whose `tls` expects `names` completes a handshake with a server presenting
+/// `server`.
+async fn cluster_accepts(pki: &Pki, server: &Issued, names: &[&str]) -> TestResult<bool> {
+    let address = serve(server).await?;
+    let spec = ClusterTlsSpec {
+        ca_file: pki.ca_file.clone(),
+        cert_file: None,
+        key_file: None,
+        server_name: None,
+        subject_alt_names: names.iter().map(|name| (*name).to_owned()).collect(),
+    };
+    let connector = TlsConnector::new(&spec, "c", &Metrics::new().root())?;
+    Ok(connector
+        .connect(address, Duration::from_secs(5))
+        .await
+        .is_ok())
+}
+
+const PROVIDER_ID: &str = "spiffe://cluster.local/ns/default/sa/provider";
+
+#[tokio::test]
+async fn expected_names_are_found_among_sans_of_their_own_type() -> TestResult {
+    let pki = Pki::new("san-types")?;
+    // The usual cases: a SPIFFE id as a URI SAN, a host name as a DNS SAN.
+    let mesh = pki.issue("mesh", vec![uri(PROVIDER_ID)?], None)?;
+    assert!(cluster_accepts(&pki, &mesh, &[PROVIDER_ID]).await?);
+    assert!(!cluster_accepts(&pki, &mesh, &["spiffe://cluster.local/ns/default/sa/other"]).await?);
+    let host = pki.issue("host", vec![dns("provider.default.svc")?], None)?;
+    assert!(cluster_accepts(&pki, &host, &["provider.default.svc"]).await?);
+
+    // A DNS SAN that spells the SPIFFE id is not that workload's identity, nor is a URI SAN that
+    // spells the host name that host.
+    let spelled = pki.issue("spelled", vec![dns(PROVIDER_ID)?], None)?;
+    assert!(
+        !cluster_accepts(&pki, &spelled, &[PROVIDER_ID]).await?,
+        "a DNS SAN passed for a SPIFFE id"
+    );
+    let uri_host = pki.issue("uri-host", vec![uri("provider.default.svc")?], None)?;
+    assert!(
+        !cluster_accepts(&pki, &uri_host, &["provider.default.svc"]).await?,
+        "a URI SAN passed for a DNS name"
+    );
+
+    // DNS names are compared as DNS compares them, without regard to ASCII case.
+    let upper = pki.issue("upper", vec![dns("Provider.Default.SVC")?], None)?;
+    assert!(
+        cluster_accepts(&pki, &upper, &["provider.default.svc"]).await?,
+        "a DNS SAN in capitals was refused"
+    );
+    Ok(())
+}
+
+/// A listener with `client_ca_file` (and `require_client_cert`) on 127.0.0.1, and what it
+/// makes of one client presenting `client`: its identity's URI SANs, or the handshake's error.
+async fn accepted_identity(pki: &Pki, client: &Issued) -> TestResult<Result<Vec<String>, String>> {
+    let server = pki.issue("listener", vec![dns("listener.test")?], None)?;
+    let spec = ListenerTlsSpec {
+        cert_file: server.cert_file.clone(),
+        key_file: server.key_file.clone(),
+        client_ca_file: Some(pki.ca_file.clone()),
+        require_client_cert: true,
+    };
+    let metrics = Metrics::new();
+    let acceptor = TlsAcceptor::new(&spec, "in", &metrics.root())?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(pem::roots("ca_file", &pki.ca_file)?)
+        .with_client_auth_cert(
+            pem::certificates("cert_file", &client.cert_file)?,
+            pem::private_key("key_file", &client.key_file)?,
+        )?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let client_side = tokio::spawn(async move {
+        let stream = tokio::net::TcpStream::connect(address).await?;
+        let mut stream = connector
+            .connect(ServerName::try_from("listener.test")?, stream)
+            .await?;
+        // Held open until the listener is done with it.
+        let _ = stream.read(&mut [0; 1]).await;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    });
+    let (stream, _) = listener.accept().await?;
+    let accepted = acceptor
+        .accept(stream, Duration::from_secs(5), &CancellationToken::new())
+        .await;
+    let outcome = match accepted {
+        Ok((stream, accepted)) => {
+            drop(stream);
+            Ok(accepted
+                .peer_identity
+                .map(|identity| identity.uri_sans.clone())
+                .unwrap_or_default())
+        }
+        Err(err) => Err(err.to_string()),
+    };
+    drop(acceptor);
+    let _ = client_side.await;
+    Ok(outcome)
+}
+
+#[tokio::test]
+async fn a_client_certificate_whose_names_cannot_be_read_is_refused() -> TestResult {
+    let pki = Pki::new("unreadable-sans")?;
+    let reader = pki.issue(
+        "reader",
+        vec![uri("spiffe://cluster.local/ns/a/sa/reader")?],
+        None,
+    )?;
+    assert_eq!(
+        accepted_identity(&pki, &reader).await?,
+        Ok(vec!["spiffe://cluster.local/ns/a/sa/reader".to_owned()])
+    );
+
+    // Its SAN extension holds its SPIFFE id and, after it, an element that is no GeneralName (a
+    // UTF8String): rustls verifies the chain without reading SANs, and takes the certificate;
+    // its names cannot be read. Taken for a client without names, it would pass a policy that
+    // denies its SPIFFE id.
+    let id = b"spiffe://cluster.local/ns/a/sa/denied";
+    let mut names = vec![0x86, id.len() as u8];
+    names.extend_from_slice(id);
+    names.extend_from_slice(&[0x0c, 1, b'x']);
+    let mut san = vec![0x30, names.len() as u8];
+    san.extend_from_slice(&names);
+    let unreadable = pki.issue("unreadable", Vec::new(), Some(san))?;
+    let outcome = accepted_identity(&pki, &unreadable).await?;
+    assert!(
+        outcome.is_err(),
+        "a client whose names cannot be read was accepted as {outcome:?}"
+    );
+    Ok(())
+}
