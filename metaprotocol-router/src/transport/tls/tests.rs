@@ -28,6 +28,8 @@ struct Pki {
     dir: PathBuf,
     issuer: Issuer<'static, KeyPair>,
     ca_file: PathBuf,
+    /// The PEM of the CA's own certificate when it is an intermediate (sent after the leaf).
+    chain: String,
 }
 
 /// A certificate's and its key's files.
@@ -55,6 +57,30 @@ impl Pki {
             dir,
             issuer: Issuer::new(params, key),
             ca_file,
+            chain: String::new(),
+        })
+    }
+
+    /// An intermediate CA issued by this one, in a directory of its own under this one's.
+    fn intermediate(&self) -> TestResult<Self> {
+        let dir = self.dir.join("intermediate");
+        std::fs::create_dir_all(&dir)?;
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "test intermediate");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let ca_file = dir.join("intermediate.pem");
+        std::fs::write(&ca_file, cert.pem())?;
+        Ok(Self {
+            dir,
+            issuer: Issuer::new(params, key),
+            ca_file,
+            chain: cert.pem(),
         })
     }
 
@@ -85,7 +111,7 @@ impl Pki {
             cert_file: self.dir.join(format!("{file}.pem")),
             key_file: self.dir.join(format!("{file}-key.pem")),
         };
-        std::fs::write(&issued.cert_file, cert.pem())?;
+        std::fs::write(&issued.cert_file, cert.pem() + &self.chain)?;
         std::fs::write(&issued.key_file, key.serialize_pem())?;
         Ok(issued)
     }
@@ -262,5 +288,120 @@ async fn a_client_certificate_whose_names_cannot_be_read_is_refused() -> TestRes
         outcome.is_err(),
         "a client whose names cannot be read was accepted as {outcome:?}"
     );
+    Ok(())
+}
+
+/// A client certificate issued by an intermediate CA is verified through the intermediate the
+/// client sends after it, to the listener's root; without the intermediate it is refused.
+#[tokio::test]
+async fn client_certificates_of_an_intermediate_ca_are_verified_through_it() -> TestResult {
+    let pki = Pki::new("intermediate")?;
+    let intermediate = pki.intermediate()?;
+    let id = "spiffe://cluster.local/ns/a/sa/via-intermediate";
+    let client = intermediate.issue("client", vec![uri(id)?], None)?;
+    assert_eq!(
+        accepted_identity(&pki, &client).await?,
+        Ok(vec![id.to_owned()])
+    );
+    let leaf_only = std::fs::read_to_string(&client.cert_file)?.replace(&intermediate.chain, "");
+    std::fs::write(&client.cert_file, leaf_only)?;
+    assert!(accepted_identity(&pki, &client).await?.is_err());
+    Ok(())
+}
+
+/// True if a client that trusts `pki` and expects `name` completes a handshake with
+/// `acceptor` (on a socket of 127.0.0.1).
+async fn serves(acceptor: &TlsAcceptor, pki: &Pki, name: &str) -> TestResult<bool> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(pem::roots("ca_file", &pki.ca_file)?)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = ServerName::try_from(name.to_owned())?;
+    let client_side = tokio::spawn(async move {
+        let stream = tokio::net::TcpStream::connect(address).await?;
+        connector.connect(name, stream).await.map(drop)
+    });
+    let (stream, _) = listener.accept().await?;
+    let _ = acceptor
+        .accept(stream, Duration::from_secs(5), &CancellationToken::new())
+        .await;
+    Ok(client_side.await?.is_ok())
+}
+
+/// Rotating a listener's files certificate first, key second: the mismatched pair in between is
+/// rejected and counted, the old pair served meanwhile, and the new pair taken once the key is
+/// written; a file caught half-written is rejected the same way.
+#[tokio::test]
+async fn a_mismatched_or_half_written_pair_keeps_the_old_one_until_the_next_good_write()
+-> TestResult {
+    let pki = Pki::new("reload")?;
+    let old = pki.issue("old", vec![dns("old.test")?], None)?;
+    let new = pki.issue("new", vec![dns("new.test")?], None)?;
+    let spec = ListenerTlsSpec {
+        cert_file: pki.dir.join("served.pem"),
+        key_file: pki.dir.join("served-key.pem"),
+        client_ca_file: None,
+        require_client_cert: false,
+    };
+    // Each write replaces a file whole (by rename), so that the watcher sees each step once.
+    let put = |path: &PathBuf, contents: &[u8]| -> std::io::Result<()> {
+        let part = path.with_extension("part");
+        std::fs::write(&part, contents)?;
+        std::fs::rename(&part, path)
+    };
+    put(&spec.cert_file, &std::fs::read(&old.cert_file)?)?;
+    put(&spec.key_file, &std::fs::read(&old.key_file)?)?;
+    let metrics = Metrics::new();
+    let acceptor = TlsAcceptor::new(&spec, "in", &metrics.root())?;
+    let reloads = |outcome: &str| {
+        let series =
+            format!("metaprotocol_tls_certificate_reloads_total{{outcome=\"{outcome}\"}} ");
+        metrics
+            .render()
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(series.as_str())?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    };
+    let settle =
+        || tokio::time::sleep(super::reload::RELOAD_INTERVAL * 2 + Duration::from_millis(500));
+    assert!(serves(&acceptor, &pki, "old.test").await?);
+
+    // The new certificate, the old key.
+    put(&spec.cert_file, &std::fs::read(&new.cert_file)?)?;
+    settle().await;
+    assert_eq!(reloads("rejected"), 1.0);
+    assert_eq!(reloads("applied"), 0.0);
+    assert!(
+        serves(&acceptor, &pki, "old.test").await?,
+        "the old pair is no longer served"
+    );
+
+    // Half of the new key.
+    let key = std::fs::read(&new.key_file)?;
+    put(&spec.key_file, &key[..key.len() / 2])?;
+    settle().await;
+    assert_eq!(reloads("rejected"), 2.0);
+    assert!(
+        serves(&acceptor, &pki, "old.test").await?,
+        "the old pair is no longer served"
+    );
+
+    // All of it.
+    put(&spec.key_file, &key)?;
+    settle().await;
+    assert_eq!(reloads("applied"), 1.0);
+    assert!(
+        serves(&acceptor, &pki, "new.test").await?,
+        "the new pair is not served"
+    );
+    assert!(!serves(&acceptor, &pki, "old.test").await?);
     Ok(())
 }
