@@ -2,10 +2,11 @@
 //! every DNS SAN, and the subject as an RFC 4514 string.
 
 use metaprotocol_core::PeerIdentity;
+use x509_parser::asn1_rs::{Any, Class, Tag};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::objects::{oid_registry, oid2abbrev};
-use x509_parser::x509::X509Name;
+use x509_parser::x509::{AttributeTypeAndValue, X509Name};
 
 /// The identity in the DER certificate `der`; `None` if it cannot be read whole: the
 /// certificate, or its subject alternative names, do not parse (rustls verifies a client
@@ -51,10 +52,75 @@ fn rfc4514(name: &X509Name<'_>) -> String {
                 Err(_) => out.push_str(&attr.attr_type().to_id_string()),
             }
             out.push('=');
-            escape_into(&mut out, attr.as_str().unwrap_or_default());
+            match attribute_text(attr) {
+                Some(text) => escape_into(&mut out, &text),
+                None => hex_into(&mut out, attr.attr_value()),
+            }
         }
     }
     out
+}
+
+/// The text of a subject attribute's value, whichever of X.500's string types holds it (BMP
+/// strings are UTF-16, universal strings UTF-32, both big-endian; teletex strings are taken as
+/// Latin-1, as most software writes them); `None` for a value that is not a string.
+fn attribute_text(attr: &AttributeTypeAndValue<'_>) -> Option<String> {
+    if let Ok(text) = attr.as_str() {
+        return Some(text.to_owned());
+    }
+    let value = attr.attr_value();
+    if value.class() != Class::Universal {
+        return None;
+    }
+    let data = value.data;
+    match value.tag() {
+        Tag::VisibleString => std::str::from_utf8(data).ok().map(str::to_owned),
+        Tag::TeletexString => Some(data.iter().map(|&b| char::from(b)).collect()),
+        Tag::BmpString if data.len() % 2 == 0 => char::decode_utf16(
+            data.chunks_exact(2)
+                .map(|unit| u16::from_be_bytes([unit[0], unit[1]])),
+        )
+        .collect::<Result<String, _>>()
+        .ok(),
+        Tag::UniversalString if data.len() % 4 == 0 => data
+            .chunks_exact(4)
+            .map(|unit| char::from_u32(u32::from_be_bytes([unit[0], unit[1], unit[2], unit[3]])))
+            .collect(),
+        _ => None,
+    }
+}
+
+/// Appends a value that is not text as RFC 4514 writes it: `#` and the hex of its DER encoding
+/// (never confused with text, whose leading `#` is escaped).
+fn hex_into(out: &mut String, value: &Any<'_>) {
+    use std::fmt::Write;
+
+    out.push('#');
+    let tag = value.tag().0;
+    let len = value.data.len();
+    let mut header = Vec::with_capacity(10);
+    // Tags of 31 and more take more bytes; no subject has them, and the value stays apart from
+    // text without its header.
+    if tag < 31 {
+        let class = (value.class() as u8) << 6;
+        let constructed = if value.header.is_constructed() {
+            0x20
+        } else {
+            0
+        };
+        header.push(class | constructed | tag as u8);
+        if len < 0x80 {
+            header.push(len as u8);
+        } else {
+            let bytes = (len as u64).to_be_bytes();
+            let skip = bytes.iter().take_while(|&&b| b == 0).count();
+            header.push(0x80 | (bytes.len() - skip) as u8);
+            header.extend_from_slice(&bytes[skip..]);
+        }
+    }
+    for byte in header.iter().chain(value.data) {
+        let _ = write!(out, "{byte:02X}");
+    }
 }
 
 /// Appends `value` escaped as RFC 4514 requires.
@@ -98,6 +164,39 @@ mod tests {
             identity.subject.as_deref(),
             Some("CN=reader\\, the first,O=example")
         );
+        Ok(())
+    }
+
+    #[test]
+    fn subject_values_of_every_string_type_are_read_and_others_written_in_hex()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use rcgen::DnValue;
+        use rcgen::string::BmpString;
+        use x509_parser::asn1_rs::FromDer;
+
+        let mut params = CertificateParams::default();
+        let mut subject = DistinguishedName::new();
+        subject.push(
+            DnType::OrganizationName,
+            DnValue::BmpString(BmpString::try_from("ex\u{e4}mple")?),
+        );
+        subject.push(
+            DnType::CommonName,
+            DnValue::BmpString(BmpString::try_from("reader")?),
+        );
+        params.distinguished_name = subject;
+        let cert = params.self_signed(&KeyPair::generate()?)?;
+        let identity = peer_identity(cert.der()).ok_or("not parsed")?;
+        assert_eq!(
+            identity.subject.as_deref(),
+            Some("CN=reader,O=ex\u{e4}mple")
+        );
+
+        // A value that is not text is written in hex, apart from any text.
+        let mut out = String::new();
+        let (_, any) = Any::from_der(&[0x04, 0x02, 0xAB, 0xCD]).map_err(|err| err.to_string())?;
+        hex_into(&mut out, &any);
+        assert_eq!(out, "#0402ABCD");
         Ok(())
     }
 
