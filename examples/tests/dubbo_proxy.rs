@@ -1150,6 +1150,54 @@ async fn a_reloaded_drain_time_applies_to_connections_already_open() -> TestResu
     Ok(())
 }
 
+/// A listener replaced at its address (a reload adding an rbac rule, say) drains the
+/// connections it had accepted, so that its new settings reach every client within the drain
+/// time: an open connection kept the old filters until it closed, and Dubbo clients keep theirs
+/// for days.
+#[tokio::test]
+async fn a_reloaded_listener_drains_its_open_connections_onto_its_new_settings() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let proxy = draining_proxy(&provider, "1s").await?;
+    let address = proxy.listener_addr("in").ok_or("no listener")?;
+    let client = DubboClient::new(address);
+    assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, 20);
+    let denied = format!(
+        "admin: {{ address: 127.0.0.1:0 }}
+drain_time: 1s
+listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r, filters: [
+  {{ name: rbac, config: {{ action: deny, policies: [
+    {{ name: no-hellos, metadata: [ {{ key: method, exact: sayHello }} ] }} ] }} }} ] }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
+clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
+",
+        provider.address()
+    );
+    let summary = proxy.reload_yaml(&denied).await?;
+    assert_eq!(summary.listeners, [("in".to_owned(), address)]);
+    // The client's connection is told to go away and closes once idle; its next calls meet the
+    // rule (a call on a connection just closing may fail, and is tried again).
+    let reloaded = Instant::now();
+    let mut last = None;
+    while reloaded.elapsed() < Duration::from_secs(5) {
+        last = client
+            .call("sayHello", "a", &[])
+            .await
+            .ok()
+            .map(|r| r.dubbo_status);
+        if last == Some(40) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        last,
+        Some(40),
+        "the open connection still had the old filters"
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
 /// A listener renamed at its address, or an address moved from one listener to another, takes
 /// the removed listener's socket over (a bind of an address still in use failed, and the whole
 /// update with it); the removed listener's open connections drain as usual.

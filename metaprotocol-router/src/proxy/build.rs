@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use metaprotocol_core::{CodecFactory, CodecOptions, CodecRegistry, FilterChain};
+use tokio_util::sync::CancellationToken;
 
 use crate::access_log::{self, AccessLogger};
 use crate::cluster::{ClusterHandle, ClusterManager, Resolved};
@@ -142,6 +143,8 @@ impl Builder<'_> {
             drain: self.drain.clone(),
             acceptor,
             load: self.load.clone(),
+            // Tied to the listener's stop token when the context starts serving.
+            retired: CancellationToken::new(),
         })
     }
 }

@@ -72,13 +72,14 @@ impl ListenerManager {
 
     /// Starts serving `context` on the bound `listener` (a removed listener's, maybe: its
     /// accept loop lets go of it as it stops); returns its address.
-    pub fn start(&self, listener: Arc<TcpListener>, context: ListenerContext) -> SocketAddr {
+    pub fn start(&self, listener: Arc<TcpListener>, mut context: ListenerContext) -> SocketAddr {
         let name = context.name.to_string();
         let address = listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let stop = self.shutdown.child_token();
         let tracker = TaskTracker::new();
+        context.retired = stop.child_token();
         let context = Arc::new(ArcSwap::from_pointee(context));
         tracing::info!(listener = %name, %address, "listening");
         let trackers = Trackers {
@@ -106,11 +107,14 @@ impl ListenerManager {
         address
     }
 
-    /// Publishes a new context for listener `name`: new connections use it, open ones keep
-    /// theirs.
-    pub fn update(&self, context: ListenerContext) {
+    /// Publishes a new context for listener `name`: new connections use it, and the open ones
+    /// drain, as at the listener's removal, so that every client's calls meet the new settings
+    /// within the drain time (a client told to go away reconnects to them).
+    pub fn update(&self, mut context: ListenerContext) {
         if let Some(running) = self.lock().get(&*context.name) {
-            running.context.store(Arc::new(context));
+            context.retired = running.stop.child_token();
+            let old = running.context.swap(Arc::new(context));
+            old.retired.cancel();
         }
     }
 

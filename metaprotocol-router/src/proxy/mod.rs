@@ -966,7 +966,7 @@ impl Proxy {
                         tracing::info!(%file, cluster = %name, version, "cluster updated");
                     }
                     for (name, address) in &summary.listeners {
-                        tracing::info!(%file, listener = %name, %address, "listener updated");
+                        tracing::info!(%file, listener = %name, %address, "listener updated; its open connections drain");
                     }
                     for removed in &summary.removed {
                         tracing::info!(%file, %removed, "removed");

@@ -65,7 +65,7 @@ fn core_crowded(now: Instant) -> bool {
 }
 
 /// What every connection of one listener shares. A listener update publishes a new context;
-/// connections keep the one they were accepted with.
+/// the connections accepted with the old one drain (see [`ListenerContext::retired`]).
 pub(crate) struct ListenerContext {
     pub name: Arc<str>,
     pub codec: Arc<dyn CodecFactory>,
@@ -91,6 +91,12 @@ pub(crate) struct ListenerContext {
     pub acceptor: Acceptor,
     /// The proxy-wide load this listener's connections add to.
     pub load: Arc<Load>,
+    /// Cancelled when the connections accepted with this context must drain: when the
+    /// listener stops, or when a newer context replaces this one, so that a reload's filters
+    /// (an rbac rule, say), timeouts and access log reach every client within the drain time,
+    /// not only those that connect after it. A child of the listener's stop token, set when
+    /// the context starts serving.
+    pub retired: CancellationToken,
 }
 
 impl Drop for ListenerContext {
@@ -287,7 +293,8 @@ pub(crate) async fn serve(
                     drop(stream);
                     continue;
                 }
-                trackers.serve(stream, peer, Admitted::new(ctx), stop.clone());
+                let retired = ctx.retired.clone();
+                trackers.serve(stream, peer, Admitted::new(ctx), retired);
             }
             Err(err) => {
                 {
