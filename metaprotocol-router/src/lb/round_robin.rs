@@ -3,8 +3,9 @@
 //!
 //! The cycle depends only on the weights, so it is computed when the set is built, and a pick
 //! is one atomic increment into it. Each step of the construction adds every endpoint's weight
-//! to its running credit, picks the endpoint with the most credit and takes the total weight
-//! from it.
+//! to its running credit, picks the endpoint with the most credit (the first of those) and takes
+//! the total weight from it. Endpoints of equal weight earn alike, so a step compares one
+//! candidate per distinct weight, not every endpoint (see [`Turns`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -71,25 +72,94 @@ fn scaled(weights: &Weights) -> Vec<u64> {
 /// One cycle of smooth weighted round robin over `weights`.
 fn smooth_cycle(weights: &[u64]) -> Box<[u32]> {
     let total: u64 = weights.iter().sum();
-    if weights.iter().all(|w| *w == 1) {
-        // Equal weights: plain turns, without the quadratic construction.
-        return (0..weights.len()).map(|i| i as u32).collect();
+    let mut turns = Turns::new(weights);
+    (0..total).map(|_| turns.next_turn()).collect()
+}
+
+/// The construction of a smooth weighted cycle, by weight class. After `t` steps an endpoint of
+/// weight `w` picked `c` times has `t * w - c * total` credit: among endpoints of equal weight
+/// the one with the most is the one picked least often, the first of those, so they take their
+/// turns in index order. A step thus compares one candidate per distinct weight, the next of
+/// each class: the same turns as comparing every endpoint, at a cost that no longer grows with
+/// the endpoints (distinct weights adding up to at most a cycle are at most about
+/// `sqrt(2 * cycle)`: 181 for [`MAX_CYCLE`]; comparing every endpoint took 16 million credit
+/// updates for 1,000 endpoints of random weights).
+struct Turns {
+    /// Endpoint indexes by weight, then index: each class is a run of it.
+    order: Box<[u32]>,
+    classes: Vec<WeightClass>,
+    /// The cycle's length: what a turn costs its endpoint's credit.
+    total: i64,
+}
+
+/// The endpoints of one weight (`Turns::order[start..end]`), and the next of them to take a
+/// turn with its credit.
+struct WeightClass {
+    weight: i64,
+    start: usize,
+    end: usize,
+    next: usize,
+    /// The credit of the endpoint at `next`; those before it took one more turn, so have
+    /// `total` less.
+    credit: i64,
+}
+
+impl Turns {
+    fn new(weights: &[u64]) -> Self {
+        let weight = |index: u32| weights.get(index as usize).copied().unwrap_or(0);
+        let mut order: Box<[u32]> = (0..weights.len() as u32).collect();
+        // Stable: index order within a weight.
+        order.sort_by_key(|&index| weight(index));
+        let mut classes = Vec::new();
+        let mut start = 0;
+        for run in order.chunk_by(|a, b| weight(*a) == weight(*b)) {
+            let first = run.first().copied().unwrap_or(0);
+            classes.push(WeightClass {
+                weight: i64::try_from(weight(first)).unwrap_or(i64::MAX),
+                start,
+                end: start + run.len(),
+                next: start,
+                credit: 0,
+            });
+            start += run.len();
+        }
+        let total = weights.iter().sum::<u64>();
+        Self {
+            order,
+            classes,
+            total: i64::try_from(total).unwrap_or(i64::MAX),
+        }
     }
-    let total_credit = i64::try_from(total).unwrap_or(i64::MAX);
-    let mut credit = vec![0i64; weights.len()];
-    let mut cycle = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
-    for _ in 0..total {
+
+    /// The next turn: every endpoint earns its weight; the one with the most credit (the first
+    /// of those) takes the turn and pays the total.
+    fn next_turn(&mut self) -> u32 {
         let mut best = 0;
-        for (i, weight) in weights.iter().enumerate() {
-            credit[i] += i64::try_from(*weight).unwrap_or(i64::MAX);
-            if credit[i] > credit[best] {
-                best = i;
+        for class in 0..self.classes.len() {
+            self.classes[class].credit += self.classes[class].weight;
+            if self.ahead(class, best) {
+                best = class;
             }
         }
-        credit[best] -= total_credit;
-        cycle.push(best as u32);
+        let Some(class) = self.classes.get_mut(best) else {
+            return 0;
+        };
+        let index = self.order[class.next];
+        class.next += 1;
+        if class.next == class.end {
+            // Every endpoint of the class has taken one more turn.
+            class.next = class.start;
+            class.credit -= self.total;
+        }
+        index
     }
-    cycle.into_boxed_slice()
+
+    /// True if the next endpoint of class `a` has more credit than that of class `b`, or as
+    /// much and a lower index.
+    fn ahead(&self, a: usize, b: usize) -> bool {
+        let (a, b) = (&self.classes[a], &self.classes[b]);
+        (a.credit, self.order[b.next]) > (b.credit, self.order[a.next])
+    }
 }
 
 #[cfg(test)]
@@ -104,6 +174,65 @@ mod tests {
         let cycle = smooth_cycle(&[1, 1, 1]);
         assert_eq!(&*cycle, &[0, 1, 2]);
         assert!(smooth_cycle(&[]).is_empty());
+    }
+
+    /// nginx's construction as written: every step, every endpoint.
+    fn reference_cycle(weights: &[u64]) -> Vec<u32> {
+        let total: u64 = weights.iter().sum();
+        let mut credit = vec![0i64; weights.len()];
+        let mut cycle = Vec::new();
+        for _ in 0..total {
+            let mut best = 0;
+            for (i, weight) in weights.iter().enumerate() {
+                credit[i] += *weight as i64;
+                if credit[i] > credit[best] {
+                    best = i;
+                }
+            }
+            credit[best] -= total as i64;
+            cycle.push(best as u32);
+        }
+        cycle
+    }
+
+    #[test]
+    fn the_cycle_is_nginx_s_for_any_weights() {
+        let mut rng = fastrand::Rng::with_seed(42);
+        for round in 0..300 {
+            let len = rng.usize(1..40);
+            let top = [2, 5, 100][round % 3];
+            let weights: Vec<u64> = (0..len).map(|_| rng.u64(1..=top)).collect();
+            assert_eq!(
+                &*smooth_cycle(&weights),
+                reference_cycle(&weights),
+                "{weights:?}"
+            );
+        }
+        // A set large enough to be scaled down, its weights skewed.
+        let weights: Vec<u32> = (0..3_000)
+            .map(|i| if i % 7 == 0 { 1_000 } else { rng.u32(1..=100) })
+            .collect();
+        let scaled = scaled(&Weights::new(&hosts(&weights)));
+        assert_eq!(&*smooth_cycle(&scaled), reference_cycle(&scaled));
+    }
+
+    /// A step compares one candidate per distinct weight: for 5,000 endpoints of random weights
+    /// the whole cycle costs a few hundred thousand comparisons, not the endpoints times the
+    /// cycle (80 million).
+    #[test]
+    fn a_step_compares_one_candidate_per_weight_not_every_endpoint() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for top in [100, 10_000, u32::MAX] {
+            let weights: Vec<u32> = (0..5_000).map(|_| rng.u32(1..=top)).collect();
+            let scaled = scaled(&Weights::new(&hosts(&weights)));
+            let steps: u64 = scaled.iter().sum();
+            let candidates = Turns::new(&scaled).classes.len() as u64;
+            assert!(candidates <= 182, "{candidates} weight classes");
+            assert!(
+                steps * candidates <= 4_000_000,
+                "{steps} steps x {candidates}"
+            );
+        }
     }
 
     #[test]
