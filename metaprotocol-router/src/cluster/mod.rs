@@ -302,22 +302,37 @@ impl ClusterHandle {
     /// Sets or clears health `flag` of the endpoint at `address`, publishing a new snapshot when
     /// that changed it; true if it did.
     pub fn set_health(&self, address: SocketAddr, flag: u8, on: bool) -> bool {
+        self.set_health_of(&[(address, flag, on)])
+            .first()
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// Makes each `(address, flag, on)` change of `changes` as [`ClusterHandle::set_health`]
+    /// does, publishing one snapshot for all of them (a rebuild costs every set's balancer,
+    /// tens of milliseconds for a ring of thousands of endpoints: a health check round that
+    /// fails many endpoints at once should not pay it for each); for each change, true if it
+    /// changed its endpoint.
+    pub fn set_health_of(&self, changes: &[(SocketAddr, u8, bool)]) -> Vec<bool> {
         let mut state = self.lock();
-        // A check or a detector that was already running when an update removed it finishes
-        // its round: what it finds no longer takes endpoints out of rotation.
-        let source_gone = match flag {
-            HealthFlags::FAILED_ACTIVE_CHECK => state.spec.health_check.is_none(),
-            HealthFlags::EJECTED => state.spec.outlier_detection.is_none(),
-            _ => false,
-        };
-        if on && source_gone {
-            return false;
-        }
-        let changed = state
-            .endpoints
-            .get(&address)
-            .is_some_and(|endpoint| endpoint.health().set(flag, on));
-        if changed {
+        let changed: Vec<bool> = changes
+            .iter()
+            .map(|&(address, flag, on)| {
+                // A check or a detector that was already running when an update removed it
+                // finishes its round: what it finds no longer takes endpoints out of rotation.
+                let source_gone = match flag {
+                    HealthFlags::FAILED_ACTIVE_CHECK => state.spec.health_check.is_none(),
+                    HealthFlags::EJECTED => state.spec.outlier_detection.is_none(),
+                    _ => false,
+                };
+                !(on && source_gone)
+                    && state
+                        .endpoints
+                        .get(&address)
+                        .is_some_and(|endpoint| endpoint.health().set(flag, on))
+            })
+            .collect();
+        if changed.contains(&true) {
             let snapshot = rebuild(&mut state, &self.stats, &self.breakers, &self.scope);
             self.snapshot.store(Arc::new(snapshot));
         }

@@ -127,6 +127,7 @@ pub(super) async fn run(
         let Some(handle) = cluster.upgrade() else {
             return;
         };
+        let mut verdicts = Vec::new();
         for (address, passed) in results {
             let Some(checked) = endpoints.get_mut(&address) else {
                 continue;
@@ -140,23 +141,37 @@ pub(super) async fn run(
                 checked.failed = checked.failed.saturating_add(1);
                 checked.passed = 0;
             }
-            judge(&handle, address, checked, &spec);
+            if let Some(failing) = verdict(checked, &spec) {
+                verdicts.push((address, HealthFlags::FAILED_ACTIVE_CHECK, failing));
+            }
+        }
+        // One snapshot for the round, however many endpoints it takes out or brings back.
+        let changed = handle.set_health_of(&verdicts);
+        for (&(address, _, failing), changed) in verdicts.iter().zip(changed) {
+            match (changed, failing) {
+                (false, _) => {}
+                (true, true) => {
+                    let failed = endpoints.get(&address).map_or(0, |c| c.failed);
+                    tracing::warn!(cluster = %handle.name(), endpoint = %address, failed, "health check: endpoint leaves rotation");
+                }
+                (true, false) => {
+                    tracing::info!(cluster = %handle.name(), endpoint = %address, "health check: endpoint returns to rotation");
+                }
+            }
         }
     }
 }
 
-/// Takes the endpoint out of rotation, or brings it back, when its checks in a row say so
-/// (again after every check: an endpoint rebuilt by a cluster update starts without flags).
-fn judge(cluster: &ClusterHandle, address: SocketAddr, checked: &Checked, spec: &HealthCheckSpec) {
-    if checked.failed >= spec.unhealthy_threshold
-        && cluster.set_health(address, HealthFlags::FAILED_ACTIVE_CHECK, true)
-    {
-        tracing::warn!(cluster = %cluster.name(), endpoint = %address, failed = checked.failed, "health check: endpoint leaves rotation");
-    }
-    if checked.passed >= spec.healthy_threshold
-        && cluster.set_health(address, HealthFlags::FAILED_ACTIVE_CHECK, false)
-    {
-        tracing::info!(cluster = %cluster.name(), endpoint = %address, "health check: endpoint returns to rotation");
+/// Whether the endpoint's checks in a row take it out of rotation (`Some(true)`) or bring it
+/// back (`Some(false)`); asked again after every check, since an endpoint rebuilt by a cluster
+/// update starts without flags.
+fn verdict(checked: &Checked, spec: &HealthCheckSpec) -> Option<bool> {
+    if checked.failed >= spec.unhealthy_threshold {
+        Some(true)
+    } else if checked.passed >= spec.healthy_threshold {
+        Some(false)
+    } else {
+        None
     }
 }
 
@@ -211,6 +226,40 @@ health_check: {{ interval: 50ms, timeout: 200ms, unhealthy_threshold: 2, healthy
         assert!(until_failing(&c, 1, false).await, "{:?}", c.status());
         c.stop_health();
         drop(back);
+        Ok(())
+    }
+
+    /// A round that takes several endpoints out publishes one snapshot, not one per endpoint
+    /// (each a rebuild of every set: tens of milliseconds for a ring of thousands).
+    #[tokio::test]
+    async fn a_round_that_fails_many_endpoints_rebuilds_once()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        // Bound without listening: they refuse connections.
+        let mut dead = Vec::new();
+        for _ in 0..3 {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(([127, 0, 0, 1], 0).into())?;
+            dead.push(socket);
+        }
+        let mut endpoints = vec![format!("{{ address: \"{}\" }}", live.local_addr()?)];
+        for socket in &dead {
+            endpoints.push(format!("{{ address: \"{}\" }}", socket.local_addr()?));
+        }
+        let c = cluster(&format!(
+            "name: c
+endpoints: [ {} ]
+health_check: {{ interval: 1h, timeout: 2s, unhealthy_threshold: 1, healthy_threshold: 1 }}",
+            endpoints.join(", ")
+        ))?;
+        let version = c.snapshot().version;
+        c.start_health();
+        for index in 1..4 {
+            assert!(until_failing(&c, index, true).await, "{:?}", c.status());
+        }
+        assert_eq!(c.snapshot().version, version + 1);
+        assert!(!c.status().endpoints[0].failing_active_checks);
+        c.stop_health();
         Ok(())
     }
 
