@@ -299,21 +299,12 @@ impl ClusterHandle {
         }
     }
 
-    /// Sets or clears health `flag` of the endpoint at `address`, publishing a new snapshot when
-    /// that changed it; true if it did.
-    pub fn set_health(&self, address: SocketAddr, flag: u8, on: bool) -> bool {
-        self.set_health_of(&[(address, flag, on)])
-            .first()
-            .copied()
-            .unwrap_or(false)
-    }
-
-    /// Makes each `(address, flag, on)` change of `changes` as [`ClusterHandle::set_health`]
-    /// does, publishing one snapshot for all of them (a rebuild costs every set's balancer,
-    /// tens of milliseconds for a ring of thousands of endpoints: a health check round that
-    /// fails many endpoints at once should not pay it for each); for each change, true if it
-    /// changed its endpoint.
-    pub fn set_health_of(&self, changes: &[(SocketAddr, u8, bool)]) -> Vec<bool> {
+    /// Sets or clears health flags: each change `(address, flag, on)` sets or clears `flag` of
+    /// the endpoint at `address`. Publishes one new snapshot when any of them changed its
+    /// endpoint (a rebuild costs every set's balancer, tens of milliseconds for a ring of
+    /// thousands of endpoints: a round of checks or a detector tick that changes many endpoints
+    /// pays it once); for each change, true if it changed its endpoint.
+    pub fn set_health(&self, changes: &[(SocketAddr, u8, bool)]) -> Vec<bool> {
         let mut state = self.lock();
         let changed: Vec<bool> = changes
             .iter()
@@ -710,6 +701,11 @@ pub(crate) mod tests {
             .collect()
     }
 
+    /// Sets or clears one health flag of `c`'s endpoint at `address`; true if that changed it.
+    fn set_one(c: &ClusterHandle, address: SocketAddr, flag: u8, on: bool) -> bool {
+        c.set_health(&[(address, flag, on)])[0]
+    }
+
     pub(crate) const THREE: &str = "name: c
 endpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.0.0.1:3 } ]";
 
@@ -725,16 +721,16 @@ endpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.
         ))?;
         assert_eq!(picked(&c).len(), 3);
         let version = c.snapshot().version;
-        assert!(c.set_health(addr(1), HealthFlags::EJECTED, true));
+        assert!(set_one(&c, addr(1), HealthFlags::EJECTED, true));
         assert!(
-            !c.set_health(addr(1), HealthFlags::EJECTED, true),
+            !set_one(&c, addr(1), HealthFlags::EJECTED, true),
             "no change"
         );
         assert_eq!(c.snapshot().version, version + 1);
         assert_eq!(picked(&c), [addr(2), addr(3)].into());
-        assert!(c.set_health(addr(2), HealthFlags::FAILED_ACTIVE_CHECK, true));
+        assert!(set_one(&c, addr(2), HealthFlags::FAILED_ACTIVE_CHECK, true));
         assert_eq!(picked(&c), [addr(3)].into());
-        assert!(c.set_health(addr(3), HealthFlags::EJECTED, true));
+        assert!(set_one(&c, addr(3), HealthFlags::EJECTED, true));
         assert_eq!(
             picked(&c).len(),
             3,
@@ -744,7 +740,7 @@ endpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.
         assert!(status.endpoints[0].ejected && !status.endpoints[0].failing_active_checks);
         assert_eq!(status.endpoints[1].health, HealthState::FailingActiveChecks);
         assert!(
-            !c.set_health(addr(9), HealthFlags::EJECTED, true),
+            !set_one(&c, addr(9), HealthFlags::EJECTED, true),
             "not a member"
         );
         Ok(())
@@ -804,8 +800,8 @@ endpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.
             "{THREE}\noutlier_detection: {{ consecutive_errors: 2 }}\nhealth_check: {{ interval: 1s }}"
         );
         let c = cluster(&with)?;
-        c.set_health(addr(1), HealthFlags::EJECTED, true);
-        c.set_health(addr(2), HealthFlags::FAILED_ACTIVE_CHECK, true);
+        set_one(&c, addr(1), HealthFlags::EJECTED, true);
+        set_one(&c, addr(2), HealthFlags::FAILED_ACTIVE_CHECK, true);
         let no_checks = format!("{THREE}\noutlier_detection: {{ consecutive_errors: 2 }}");
         c.update(
             &ClusterSpec::from_yaml(&no_checks)?,
@@ -815,7 +811,12 @@ endpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.
         )?;
         assert_eq!(picked(&c), [addr(2), addr(3)].into(), "still ejected");
         // A check that was under way when health checking was removed ends its round late.
-        assert!(!c.set_health(addr(2), HealthFlags::FAILED_ACTIVE_CHECK, true));
+        assert!(!set_one(
+            &c,
+            addr(2),
+            HealthFlags::FAILED_ACTIVE_CHECK,
+            true
+        ));
         assert_eq!(picked(&c), [addr(2), addr(3)].into());
         c.update(
             &ClusterSpec::from_yaml(THREE)?,

@@ -146,7 +146,7 @@ pub(super) async fn run(
             }
         }
         // One snapshot for the round, however many endpoints it takes out or brings back.
-        let changed = handle.set_health_of(&verdicts);
+        let changed = handle.set_health(&verdicts);
         for (&(address, _, failing), changed) in verdicts.iter().zip(changed) {
             match (changed, failing) {
                 (false, _) => {}

@@ -2,9 +2,9 @@
 //! updates.
 //!
 //! Two sources write an endpoint's health flags (`cluster/endpoint.rs`), each through
-//! [`ClusterHandle::set_health`] (or [`ClusterHandle::set_health_of`], for all the changes of
-//! one round of checks at once), which publishes a new cluster snapshot whose endpoint sets
-//! leave the flagged endpoint out (all of them in, when every one is flagged: panic mode):
+//! [`ClusterHandle::set_health`], all the changes of one round of checks or one detector tick
+//! at once, which publishes a new cluster snapshot whose endpoint sets leave the flagged
+//! endpoints out (all of them in, when every one is flagged: panic mode):
 //!
 //! - [`outlier`] detection watches real traffic: the router records how every attempt ended on
 //!   its endpoint, and an endpoint whose failures in a row reach a threshold is ejected for a

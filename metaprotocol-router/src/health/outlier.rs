@@ -261,6 +261,9 @@ impl Detector {
             keep
         });
         let base = self.policy.base_ejection_time;
+        // The flags change together at the end: one snapshot for the tick, however many
+        // endpoints it ejects or returns (each snapshot rebuilds every set's balancer).
+        let mut changes = Vec::new();
         for host in hosts.iter() {
             let endpoint = &host.endpoint;
             let Some(ejection) = self.ejected.get_mut(&endpoint.address()) else {
@@ -272,7 +275,7 @@ impl Detector {
                     ejection.since = now;
                     endpoint.outliers().reset();
                     self.stats.active.dec();
-                    cluster.set_health(endpoint.address(), HealthFlags::EJECTED, false);
+                    changes.push((endpoint.address(), HealthFlags::EJECTED, false));
                     tracing::info!(cluster = %cluster.name(), endpoint = %endpoint.address(), "outlier detection: endpoint returns to rotation");
                 }
                 None if ejection.steps > 0
@@ -321,9 +324,10 @@ impl Detector {
                 .fetch_add(1, Ordering::Relaxed);
             self.stats.ejections[reason as usize].inc();
             self.stats.active.inc();
-            cluster.set_health(endpoint.address(), HealthFlags::EJECTED, true);
+            changes.push((endpoint.address(), HealthFlags::EJECTED, true));
             tracing::warn!(cluster = %cluster.name(), endpoint = %endpoint.address(), reason = reason.name(), ejected_for = ?time, "outlier detection: endpoint ejected");
         }
+        cluster.set_health(&changes);
     }
 }
 
@@ -436,6 +440,29 @@ outlier_detection: { consecutive_errors: 3, base_ejection_time: 10s, max_ejectio
         detector.tick(&c, Instant::now());
         assert!(!c.status().endpoints[0].ejected);
         assert_eq!(c.status().endpoints[0].ejections, 2);
+        Ok(())
+    }
+
+    /// A tick that ejects two endpoints publishes one snapshot, and so does one that returns
+    /// them.
+    #[tokio::test(start_paused = true)]
+    async fn a_tick_publishes_one_snapshot() -> Result<(), Box<dyn std::error::Error>> {
+        let c = cluster(
+            "name: c
+endpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.0.0.1:3 }, { address: 127.0.0.1:4 } ]
+outlier_detection: { consecutive_errors: 3, base_ejection_time: 10s, max_ejection_percent: 50 }",
+        )?;
+        let mut detector = fresh_detector(&c)?;
+        let version = c.snapshot().version;
+        fail(&c, 1, 3);
+        fail(&c, 2, 3);
+        detector.tick(&c, Instant::now());
+        assert_eq!(picked(&c), [addr(3), addr(4)].into());
+        assert_eq!(c.snapshot().version, version + 1);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        detector.tick(&c, Instant::now());
+        assert_eq!(picked(&c).len(), 4);
+        assert_eq!(c.snapshot().version, version + 2);
         Ok(())
     }
 
