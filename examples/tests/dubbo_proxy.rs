@@ -8,8 +8,10 @@ use metaprotocol_core::{
     CodecFactory, MAX_METADATA_ENTRIES, METADATA_OVERFLOW_REASON, MessageKind, ResponseStatus,
     Side, WireVariant,
 };
-use metaprotocol_examples::dubbo_demo::{DEMO_SERVICE, DemoProvider, DubboClient, SLOW_METHOD};
-use metaprotocol_router::{Config, Proxy};
+use metaprotocol_examples::dubbo_demo::{
+    DEMO_SERVICE, DemoProvider, DubboClient, Reply, SLOW_METHOD,
+};
+use metaprotocol_router::{Config, Proxy, UpstreamError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -1064,20 +1066,28 @@ async fn shutdown_under_load_fails_no_call_of_clients_that_stop_within_the_drain
     Ok(())
 }
 
-#[tokio::test]
-async fn at_the_drain_deadline_calls_still_open_get_an_error_reply() -> TestResult {
+/// A call the provider holds for 10 s, in flight through a proxy that drains for `drain_time`:
+/// the provider, the proxy, and the call's task, once the provider has the call.
+async fn slow_call_in_flight(
+    drain_time: &str,
+) -> TestResult<(
+    DemoProvider,
+    Proxy,
+    tokio::task::JoinHandle<Result<Reply, UpstreamError>>,
+)> {
     let provider = DemoProvider::start_with_delay("p", Duration::from_secs(10)).await?;
-    let proxy = draining_proxy(&provider, "300ms").await?;
-    let client = Arc::new(DubboClient::new(
-        proxy.listener_addr("in").ok_or("no listener")?,
-    ));
-    let slow = {
-        let client = client.clone();
-        tokio::spawn(async move { client.call("sayHelloSlowly", "a", &[]).await })
-    };
+    let proxy = draining_proxy(&provider, drain_time).await?;
+    let client = DubboClient::new(proxy.listener_addr("in").ok_or("no listener")?);
+    let slow = tokio::spawn(async move { client.call("sayHelloSlowly", "a", &[]).await });
     while provider.seen().is_empty() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    Ok((provider, proxy, slow))
+}
+
+#[tokio::test]
+async fn at_the_drain_deadline_calls_still_open_get_an_error_reply() -> TestResult {
+    let (_provider, proxy, slow) = slow_call_in_flight("300ms").await?;
     let mut watcher = TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let started = Instant::now();
@@ -1113,18 +1123,7 @@ async fn at_the_drain_deadline_calls_still_open_get_an_error_reply() -> TestResu
 /// connection was neither answered at the shutdown's deadline nor before it gave up waiting.)
 #[tokio::test]
 async fn a_reloaded_drain_time_applies_to_connections_already_open() -> TestResult {
-    let provider = DemoProvider::start_with_delay("p", Duration::from_secs(10)).await?;
-    let proxy = draining_proxy(&provider, "60s").await?;
-    let client = Arc::new(DubboClient::new(
-        proxy.listener_addr("in").ok_or("no listener")?,
-    ));
-    let slow = {
-        let client = client.clone();
-        tokio::spawn(async move { client.call("sayHelloSlowly", "a", &[]).await })
-    };
-    while provider.seen().is_empty() {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let (_provider, proxy, slow) = slow_call_in_flight("60s").await?;
     let config = proxy.config();
     let reloaded = Config {
         drain_time: Duration::from_millis(300),
@@ -1239,17 +1238,8 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
 /// closes the connections, however long the drain time.
 #[tokio::test]
 async fn shutdown_now_answers_the_calls_still_open_at_once() -> TestResult {
-    let provider = DemoProvider::start_with_delay("p", Duration::from_secs(10)).await?;
-    let proxy = draining_proxy(&provider, "60s").await?;
+    let (_provider, proxy, slow) = slow_call_in_flight("60s").await?;
     let address = proxy.listener_addr("in").ok_or("no listener")?;
-    let client = Arc::new(DubboClient::new(address));
-    let slow = {
-        let client = client.clone();
-        tokio::spawn(async move { client.call("sayHelloSlowly", "a", &[]).await })
-    };
-    while provider.seen().is_empty() {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
     // An idle client, and one whose drain is under way (the drain began first).
     let mut idle = TcpStream::connect(address).await?;
     let draining = {

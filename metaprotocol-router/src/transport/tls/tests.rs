@@ -41,46 +41,43 @@ struct Issued {
 impl Pki {
     fn new(test: &str) -> TestResult<Self> {
         let dir = std::env::temp_dir().join(format!("tls-{test}-{}", std::process::id()));
+        Self::create(dir, "test CA", None)
+    }
+
+    /// An intermediate CA issued by this one, in a directory of its own under this one's.
+    fn intermediate(&self) -> TestResult<Self> {
+        Self::create(
+            self.dir.join("intermediate"),
+            "test intermediate",
+            Some(self),
+        )
+    }
+
+    /// A CA named `name` in `dir`: self-signed, or issued by `parent` (then an intermediate,
+    /// sent after the leaves it issues).
+    fn create(dir: PathBuf, name: &str, parent: Option<&Pki>) -> TestResult<Self> {
         std::fs::create_dir_all(&dir)?;
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "test CA");
+        params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = params.self_signed(&key)?;
+        let (cert, chain) = match parent {
+            None => (params.self_signed(&key)?, String::new()),
+            Some(parent) => {
+                let cert = params.signed_by(&key, &parent.issuer)?;
+                let pem = cert.pem();
+                (cert, pem)
+            }
+        };
         let ca_file = dir.join("ca.pem");
         std::fs::write(&ca_file, cert.pem())?;
         Ok(Self {
             dir,
             issuer: Issuer::new(params, key),
             ca_file,
-            chain: String::new(),
-        })
-    }
-
-    /// An intermediate CA issued by this one, in a directory of its own under this one's.
-    fn intermediate(&self) -> TestResult<Self> {
-        let dir = self.dir.join("intermediate");
-        std::fs::create_dir_all(&dir)?;
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "test intermediate");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = params.signed_by(&key, &self.issuer)?;
-        let ca_file = dir.join("intermediate.pem");
-        std::fs::write(&ca_file, cert.pem())?;
-        Ok(Self {
-            dir,
-            issuer: Issuer::new(params, key),
-            ca_file,
-            chain: cert.pem(),
+            chain,
         })
     }
 
