@@ -37,8 +37,8 @@ impl PeerIdentity {
             .find(|uri| uri.starts_with("spiffe://"))
     }
 
-    /// Every name of the peer: URI SANs, then DNS SANs, then the subject. Authorization
-    /// policies match a principal against any of them.
+    /// Every name of the peer: URI SANs, then DNS SANs, then the subject. (The router's
+    /// principal patterns each test the names of one type only.)
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.uri_sans
             .iter()

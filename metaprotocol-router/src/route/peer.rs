@@ -64,27 +64,67 @@ impl IpRange {
 }
 
 /// A test on a client's verified TLS identity, Istio style: `spiffe://td/ns/a/sa/b` (exact),
-/// `spiffe://td/ns/a/*` (prefix), `*/sa/b` (suffix), `*` (any identity). It holds when any of
-/// the peer's names (URI SANs, DNS SANs, subject) passes.
+/// `spiffe://td/ns/a/*` (prefix), `*/sa/b` (suffix), `*` (any identity). It holds when one of
+/// the peer's names of the type the pattern names ([`NameKind::of`]) passes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum PrincipalMatcher {
     Any,
-    Exact(Box<str>),
-    Prefix(Box<str>),
-    Suffix(Box<str>),
+    Exact(NameKind, Box<str>),
+    Prefix(NameKind, Box<str>),
+    Suffix(NameKind, Box<str>),
+}
+
+/// The type of a peer's names a principal pattern is matched against, told by its syntax. A
+/// pattern is never matched against names of another type: a CA may let its requesters choose
+/// some names (a DNS SAN, the subject's organisation), and a DNS SAN or a subject that ends in
+/// `/sa/reader` must not pass for the workload whose SPIFFE id does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NameKind {
+    /// URI SANs (SPIFFE ids).
+    Uri,
+    /// DNS SANs.
+    Dns,
+    /// The subject, RFC 4514 style.
+    Subject,
+}
+
+impl NameKind {
+    /// A pattern with a scheme (`spiffe://...`) or a path (`*/sa/reader`; no DNS name has a
+    /// `/`) names URIs; one with an `=` (`CN=reader,O=example`) a subject; any other a DNS name.
+    pub fn of(pattern: &str) -> Self {
+        if pattern.contains("://") {
+            Self::Uri
+        } else if pattern.contains('=') {
+            Self::Subject
+        } else if pattern.contains('/') {
+            Self::Uri
+        } else {
+            Self::Dns
+        }
+    }
+
+    /// The peer's names of this type.
+    fn names(self, peer: &PeerIdentity) -> &[String] {
+        match self {
+            Self::Uri => &peer.uri_sans,
+            Self::Dns => &peer.dns_sans,
+            Self::Subject => peer.subject.as_slice(),
+        }
+    }
 }
 
 impl PrincipalMatcher {
     /// Compiles a pattern (not empty: validated with the config).
     pub fn new(pattern: &str) -> Self {
+        let kind = NameKind::of(pattern);
         if pattern == "*" {
             Self::Any
         } else if let Some(prefix) = pattern.strip_suffix('*') {
-            Self::Prefix(prefix.into())
+            Self::Prefix(kind, prefix.into())
         } else if let Some(suffix) = pattern.strip_prefix('*') {
-            Self::Suffix(suffix.into())
+            Self::Suffix(kind, suffix.into())
         } else {
-            Self::Exact(pattern.into())
+            Self::Exact(kind, pattern.into())
         }
     }
 
@@ -93,12 +133,17 @@ impl PrincipalMatcher {
         let Some(peer) = peer else {
             return false;
         };
-        let mut names = peer.names();
         match self {
             Self::Any => true,
-            Self::Exact(want) => names.any(|name| name == &**want),
-            Self::Prefix(prefix) => names.any(|name| name.starts_with(&**prefix)),
-            Self::Suffix(suffix) => names.any(|name| name.ends_with(&**suffix)),
+            Self::Exact(kind, want) => kind.names(peer).iter().any(|name| **name == **want),
+            Self::Prefix(kind, prefix) => kind
+                .names(peer)
+                .iter()
+                .any(|name| name.starts_with(&**prefix)),
+            Self::Suffix(kind, suffix) => kind
+                .names(peer)
+                .iter()
+                .any(|name| name.ends_with(&**suffix)),
         }
     }
 }
@@ -164,6 +209,8 @@ mod tests {
             ("*/sa/reader", true),
             ("*.default.svc", true),
             ("CN=reader,O=example", true),
+            ("*,O=example", true),
+            ("reader.default.svc", true),
             ("*", true),
         ];
         for (pattern, expected) in cases {
@@ -173,6 +220,47 @@ mod tests {
                 "{pattern}"
             );
             assert!(!PrincipalMatcher::new(pattern).matches(None), "{pattern}");
+        }
+    }
+
+    /// A pattern is matched against the names of the type it names only: names a CA let its
+    /// requester choose (a DNS SAN, the subject's organisation) that spell another type's do not
+    /// pass for it (a subject ending in `/sa/reader` passed `*/sa/reader`).
+    #[test]
+    fn principals_match_names_of_their_own_type_only() {
+        let impostor = PeerIdentity {
+            uri_sans: vec!["spiffe://cluster.local/ns/default/sa/intruder".into()],
+            dns_sans: vec![
+                "spiffe://cluster.local/ns/default/sa/reader".into(),
+                "ns/ops/sa/reader".into(),
+            ],
+            subject: Some("CN=x,O=evil/sa/reader".into()),
+        };
+        for pattern in [
+            "*/sa/reader",
+            "spiffe://cluster.local/ns/default/sa/reader",
+            "spiffe://cluster.local/ns/default/sa/r*",
+            "ns/ops/*",
+        ] {
+            assert!(
+                !PrincipalMatcher::new(pattern).matches(Some(&impostor)),
+                "{pattern}"
+            );
+        }
+        let dns_spelled_subject = PeerIdentity {
+            dns_sans: vec!["cn=reader".into()],
+            subject: Some("CN=other".into()),
+            ..PeerIdentity::default()
+        };
+        assert!(!PrincipalMatcher::new("*=reader").matches(Some(&dns_spelled_subject)));
+        for (pattern, kind) in [
+            ("spiffe://td/ns/a/sa/b", NameKind::Uri),
+            ("*/sa/b", NameKind::Uri),
+            ("CN=reader,O=example", NameKind::Subject),
+            ("*.default.svc", NameKind::Dns),
+            ("reader", NameKind::Dns),
+        ] {
+            assert_eq!(NameKind::of(pattern), kind, "{pattern}");
         }
     }
 }
