@@ -4,9 +4,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use metaprotocol_core::{
-    CodecFactory, MAX_METADATA_ENTRIES, METADATA_OVERFLOW_REASON, MessageKind, ResponseStatus,
-    Side, WireVariant,
+    Codec, CodecError, CodecFactory, EncodeParams, LocalReply, MAX_METADATA_ENTRIES,
+    METADATA_OVERFLOW_REASON, Message, MessageKind, OptionsError, PoolMode, ResponseStatus, Side,
+    WireVariant,
 };
 use metaprotocol_examples::dubbo_demo::{
     DEMO_SERVICE, DemoProvider, DubboClient, Reply, SLOW_METHOD,
@@ -1337,6 +1339,162 @@ async fn at_the_drain_deadline_calls_read_but_not_started_get_an_error_reply_too
         "only the calls in flight were answered: {answered}"
     );
     assert!(ids.iter().all(|id| (1..=count).contains(id)));
+    Ok(())
+}
+
+/// Dubbo, but a codec that panics on a call of method `panic` as it decodes it from a client,
+/// and on one of method `panicUpstream` as it encodes it for a server: bugs in a codec.
+struct PanickingDubbo(Arc<dyn CodecFactory>);
+
+impl CodecFactory for PanickingDubbo {
+    fn protocol(&self) -> &'static str {
+        self.0.protocol()
+    }
+
+    fn new_codec(&self, side: Side, variant: WireVariant) -> Box<dyn Codec> {
+        Box::new(PanickingCodec {
+            inner: self.0.new_codec(side, variant),
+            side,
+        })
+    }
+
+    fn upstream_variant(&self, request: &Message) -> WireVariant {
+        self.0.upstream_variant(request)
+    }
+
+    fn pool_mode(&self) -> PoolMode {
+        self.0.pool_mode()
+    }
+
+    fn max_request_id(&self) -> u64 {
+        self.0.max_request_id()
+    }
+}
+
+struct PanickingCodec {
+    inner: Box<dyn Codec>,
+    side: Side,
+}
+
+impl PanickingCodec {
+    fn check(&self, message: &Message, on: Side, method: &str) {
+        if self.side == on && message.metadata.get("method") == Some(method) {
+            panic!("a codec bug, provoked by a test");
+        }
+    }
+}
+
+impl Codec for PanickingCodec {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, CodecError> {
+        let message = self.inner.decode(src)?;
+        if let Some(message) = &message {
+            self.check(message, Side::Downstream, "panic");
+        }
+        Ok(message)
+    }
+
+    fn decode_into(&mut self, src: &mut BytesMut, slot: &mut Message) -> Result<bool, CodecError> {
+        let decoded = self.inner.decode_into(src, slot)?;
+        if decoded {
+            self.check(slot, Side::Downstream, "panic");
+        }
+        Ok(decoded)
+    }
+
+    fn encode(
+        &mut self,
+        message: &Message,
+        params: &EncodeParams<'_>,
+        dst: &mut BytesMut,
+    ) -> Result<(), CodecError> {
+        self.check(message, Side::Upstream, "panicUpstream");
+        self.inner.encode(message, params, dst)
+    }
+
+    fn encode_local_reply(
+        &mut self,
+        request: &Message,
+        reply: &LocalReply,
+        dst: &mut BytesMut,
+    ) -> Result<(), CodecError> {
+        self.inner.encode_local_reply(request, reply, dst)
+    }
+
+    fn encode_heartbeat_reply(
+        &mut self,
+        heartbeat: &Message,
+        dst: &mut BytesMut,
+    ) -> Result<(), CodecError> {
+        self.inner.encode_heartbeat_reply(heartbeat, dst)
+    }
+}
+
+#[tokio::test]
+async fn a_connection_whose_task_panics_is_closed_and_counted_and_its_calls_leave_the_gauges()
+-> TestResult {
+    let provider = DemoProvider::start_with_delay("p", Duration::from_secs(10)).await?;
+    let mut codecs = metaprotocol_examples::codec_registry();
+    let plain = metaprotocol_examples::codec_registry();
+    codecs.register("dubbo", move |options| {
+        let dubbo = plain
+            .build("dubbo", options)
+            .ok_or_else(|| OptionsError::new("protocol", "no dubbo codec"))??;
+        Ok(Arc::new(PanickingDubbo(dubbo)) as Arc<dyn CodecFactory>)
+    });
+    let yaml = format!(
+        "admin: {{ address: 127.0.0.1:0 }}
+listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
+clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
+",
+        provider.address()
+    );
+    let proxy = Proxy::start(Config::from_yaml(&yaml)?, codecs).await?;
+    let address = proxy.listener_addr("in").ok_or("no listener")?;
+    let mut socket = TcpStream::connect(address).await?;
+    socket
+        .write_all(&support::dubbo_request(1, SLOW_METHOD, &[]))
+        .await?;
+    while provider.seen().is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let in_flight = "metaprotocol_downstream_rq_active{listener=\"in\"}";
+    assert_eq!(support::proxy::metric(&proxy, in_flight), 1.0);
+    socket
+        .write_all(&support::dubbo_request(2, "panic", &[]))
+        .await?;
+    let mut rest = Vec::new();
+    let closed =
+        tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut rest)).await?;
+    assert!(
+        closed.is_err() || rest.is_empty(),
+        "closed, unanswered: {closed:?}, {} bytes",
+        rest.len()
+    );
+    let panics = "metaprotocol_downstream_cx_panics_total{listener=\"in\"}";
+    assert_eq!(support::proxy::metric(&proxy, panics), 1.0);
+    assert_eq!(
+        support::proxy::metric(&proxy, in_flight),
+        0.0,
+        "the call in flight left with its connection"
+    );
+    let open = "metaprotocol_downstream_cx_active{listener=\"in\"}";
+    assert_eq!(support::proxy::metric(&proxy, open), 0.0);
+    let client = DubboClient::new(address);
+    let reply = client.call("sayHello", "a", &[]).await?;
+    assert_eq!(
+        reply.dubbo_status, 20,
+        "other connections are served: {reply:?}"
+    );
+    // A panic on an upstream connection's task: its calls are answered, and the next call
+    // gets a new connection.
+    let reply = client.call("panicUpstream", "a", &[]).await?;
+    assert_ne!(reply.dubbo_status, 20, "answered with an error: {reply:?}");
+    let panics = "metaprotocol_upstream_cx_panics_total{cluster=\"c\"}";
+    assert_eq!(support::proxy::metric(&proxy, panics), 1.0);
+    let reply = client.call("sayHello", "a", &[]).await?;
+    assert_eq!(reply.dubbo_status, 20, "{reply:?}");
+    proxy.shutdown().await;
     Ok(())
 }
 

@@ -69,6 +69,7 @@ mod filters;
 mod health;
 mod http_server;
 mod lb;
+mod panics;
 mod proxy;
 mod published;
 mod route;

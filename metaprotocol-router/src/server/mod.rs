@@ -194,6 +194,7 @@ impl Trackers {
     /// and session.
     fn serve(&self, stream: TcpStream, peer: SocketAddr, ctx: Admitted, stop: CancellationToken) {
         let local = stream.local_addr().unwrap_or(peer);
+        let listener = ctx.context().clone();
         match ctx.acceptor.clone() {
             // A task keeps what it captured for its whole life: the connection's description is
             // put together here, so that the task holds one pointer instead of the addresses
@@ -202,13 +203,13 @@ impl Trackers {
             // 29,200-29,420 to 27,136-27,448 KiB of RSS.
             Acceptor::Plain => {
                 let info = connection::info(Acceptor::plain(&stream), peer, local, &ctx);
-                self.spawn(stream, peer, move |stream| {
+                self.spawn(stream, peer, listener, move |stream| {
                     connection::serve(stream, info, ctx, stop)
                 });
             }
             // The handshake runs on the connection's task, never in the accept loop; a client
             // slow to finish it is bounded like a slow frame.
-            Acceptor::Tls(tls) => self.spawn(stream, peer, move |stream| async move {
+            Acceptor::Tls(tls) => self.spawn(stream, peer, listener, move |stream| async move {
                 match tls.accept(stream, ctx.frame_timeout, &stop).await {
                     Ok((stream, accepted)) => {
                         let info = connection::info(accepted, peer, local, &ctx);
@@ -223,12 +224,29 @@ impl Trackers {
     }
 
     /// Runs `serve(stream)` on the next worker, the socket moved to the worker's own event
-    /// loop; without workers, on this runtime.
-    fn spawn<F, S>(&self, stream: TcpStream, peer: SocketAddr, serve: S)
-    where
+    /// loop; without workers, on this runtime. A panic in it ends this connection only
+    /// ([`crate::panics::contained`]).
+    fn spawn<F, S>(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        listener: Arc<ListenerContext>,
+        serve: S,
+    ) where
         S: FnOnce(TcpStream) -> F + Send + 'static,
         F: std::future::Future<Output = ()> + Send + 'static,
     {
+        let serve = move |stream| {
+            crate::panics::contained(serve(stream), move |panic| {
+                listener.stats.cx_panics.inc();
+                tracing::error!(
+                    listener = %listener.name,
+                    %peer,
+                    panic,
+                    "a client connection's task panicked: the connection is closed and its calls in flight are dropped"
+                );
+            })
+        };
         let Some(workers) = &self.workers else {
             tokio::spawn(self.track(serve(stream)));
             return;

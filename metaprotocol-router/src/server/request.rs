@@ -173,9 +173,15 @@ pub(crate) struct Requests {
 }
 
 impl Drop for Requests {
-    /// Its requests leave the proxy-wide load with it, however its connection ended.
+    /// Its requests leave the proxy-wide load and the requests in flight with it, however its
+    /// connection ended. Each ends with its answer or its abandonment on every path a
+    /// connection closes by; a task that panicked, or was dropped with its runtime, leaves
+    /// some here.
     fn drop(&mut self) {
         self.ctx.load.requests(self.moved, 0);
+        if !self.slab.is_empty() {
+            self.ctx.stats.rq_active.dec_by(self.slab.len() as u64);
+        }
     }
 }
 

@@ -156,6 +156,7 @@ pub(crate) struct ListenerStats {
     pub cx_overflow: Counter,
     pub cx_refused: Counter,
     pub cx_accept_errors: Counter,
+    pub cx_panics: Counter,
     protocol_errors: [Counter; PROTOCOL_ERRORS.len()],
     local_replies: [Counter; LocalReplyKind::ALL.len()],
     methods: MethodSeries,
@@ -182,6 +183,10 @@ impl ListenerStats {
             cx_accept_errors: scope.counter(
                 "downstream_cx_accept_errors",
                 "Accepts that failed (out of file descriptors, say); the listener tries again every 50 ms",
+            ),
+            cx_panics: scope.counter(
+                "downstream_cx_panics",
+                "Client connections closed because their task panicked (a bug in a codec or a filter)",
             ),
             protocol_errors: PROTOCOL_ERRORS.map(|reason| {
                 scope.counter_with(
@@ -294,6 +299,7 @@ pub(crate) struct ClusterStats {
     pub cx_active: Gauge,
     pub cx_connect_fail: Counter,
     pub cx_protocol_errors: Counter,
+    pub cx_panics: Counter,
     pub unmatched_responses: Counter,
     pub rq_dropped: Counter,
     failures: [Counter; FAILURES.len()],
@@ -338,6 +344,10 @@ impl ClusterStats {
             cx_total: scope.counter("upstream_cx", "Upstream connections opened"),
             cx_active: scope.gauge("upstream_cx_active", "Upstream connections open"),
             cx_connect_fail: scope.counter("upstream_cx_connect_fail", "Upstream connection failures"),
+            cx_panics: scope.counter(
+                "upstream_cx_panics",
+                "Upstream connections closed because their task panicked (a bug in a codec)",
+            ),
             cx_protocol_errors: scope.counter(
                 "upstream_cx_protocol_errors",
                 "Upstream connections closed for malformed input",

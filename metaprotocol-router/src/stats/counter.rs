@@ -71,6 +71,12 @@ impl UpDownCounter {
         self.cells.add([(0, u64::MAX)]);
     }
 
+    /// Takes `amount` away.
+    #[inline]
+    pub fn dec_by(&self, amount: u64) {
+        self.cells.add([(0, amount.wrapping_neg())]);
+    }
+
     /// The level, summed over every thread.
     pub fn get(&self) -> i64 {
         // Two's complement: the wrapped sum read as signed.
@@ -115,9 +121,7 @@ mod tests {
             level.dec();
         }
         assert_eq!(level.get(), 30);
-        for _ in 0..40 {
-            level.dec();
-        }
+        level.dec_by(40);
         assert_eq!(level.get(), -10, "a level below zero reads as negative");
     }
 }

@@ -175,7 +175,18 @@ pub(crate) fn prepare(params: ConnectParams) -> Prepared {
         shared: shared.clone(),
         stats: params.stats.clone(),
     };
-    let task = Box::pin(run(params, intake));
+    let (panics, address) = (params.stats.cx_panics.clone(), params.address);
+    let task = Box::pin(crate::panics::contained(
+        run(params, intake),
+        move |panic| {
+            panics.inc();
+            tracing::error!(
+                %address,
+                panic,
+                "an upstream connection's task panicked: the connection is closed and its calls in flight answered with a reset"
+            );
+        },
+    ));
     Prepared {
         handle: ConnectionHandle {
             queue: Arc::new(Closer::new(queue)),
