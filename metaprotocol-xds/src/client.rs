@@ -277,7 +277,7 @@ impl Flavour for Delta<'_> {
         if let (true, Some(merged)) = (accepted, merged) {
             self.0.accept(merged);
         }
-        DeltaResources::answers(answers, &response.type_url, &subscribed)
+        self.0.answers(answers, &response.type_url, &subscribed)
     }
 }
 

@@ -129,8 +129,12 @@ impl DeltaResources {
 
     /// The delta form of the answers to a response of `answered`: its ACK or NACK names the
     /// nonce; any other request changes a subscription from `subscribed` (what its type asked
-    /// for before).
+    /// for before). The resources unsubscribed from are no longer held: the server sends no
+    /// more of them (not even their removal), so what is held of them would only grow stale,
+    /// be offered back in the next stream's `initial_resource_versions`, and come back into
+    /// the complete state of the next response of their type.
     pub fn answers(
+        &mut self,
         sotw: Vec<DiscoveryRequest>,
         answered: &str,
         subscribed: &BTreeMap<String, Vec<String>>,
@@ -150,15 +154,21 @@ impl DeltaResources {
                     .map(|names| names.iter().collect())
                     .unwrap_or_default();
                 let after: BTreeSet<&String> = request.resource_names.iter().collect();
+                let unsubscribe: Vec<String> =
+                    before.difference(&after).map(|n| (*n).clone()).collect();
+                let held = ResourceType::from_type_url(&request.type_url)
+                    .and_then(|kind| self.held.get_mut(&kind));
+                if let Some(held) = held {
+                    for name in &unsubscribe {
+                        held.remove(name);
+                    }
+                }
                 DeltaDiscoveryRequest {
                     resource_names_subscribe: after
                         .difference(&before)
                         .map(|n| (*n).clone())
                         .collect(),
-                    resource_names_unsubscribe: before
-                        .difference(&after)
-                        .map(|n| (*n).clone())
-                        .collect(),
+                    resource_names_unsubscribe: unsubscribe,
                     type_url: request.type_url,
                     ..DeltaDiscoveryRequest::default()
                 }
@@ -247,7 +257,7 @@ mod tests {
     fn subscription_changes_are_sent_as_subscribe_and_unsubscribe() {
         let eds = ResourceType::Endpoints.type_url();
         let before = BTreeMap::from([(eds.clone(), vec!["a".to_owned(), "b".to_owned()])]);
-        let answers = DeltaResources::answers(
+        let answers = DeltaResources::default().answers(
             vec![
                 DiscoveryRequest {
                     type_url: ResourceType::Cluster.type_url(),
@@ -268,5 +278,47 @@ mod tests {
         assert!(answers[0].resource_names_subscribe.is_empty());
         assert_eq!(answers[1].resource_names_subscribe, ["c"]);
         assert_eq!(answers[1].resource_names_unsubscribe, ["a"]);
+    }
+
+    #[test]
+    fn resources_unsubscribed_from_are_no_longer_held() {
+        let eds = ResourceType::Endpoints.type_url();
+        let eds_response = |resources, nonce: &str| DeltaDiscoveryResponse {
+            type_url: eds.clone(),
+            ..response(resources, &[], nonce)
+        };
+        let mut held = DeltaResources::default();
+        let (_, merged) = held.merge(&eds_response(
+            vec![resource("a", "1"), resource("b", "1")],
+            "n1",
+        ));
+        held.accept(merged.unwrap_or_else(|| panic!("a known type")));
+
+        // Cluster `a` went: its endpoints are unsubscribed from.
+        let before = BTreeMap::from([(eds.clone(), vec!["a".to_owned(), "b".to_owned()])]);
+        let answers = held.answers(
+            vec![DiscoveryRequest {
+                type_url: eds.clone(),
+                resource_names: vec!["b".to_owned()],
+                ..DiscoveryRequest::default()
+            }],
+            &ResourceType::Cluster.type_url(),
+            &before,
+        );
+        assert_eq!(answers[0].resource_names_unsubscribe, ["a"]);
+
+        // The next response of the type (the server says nothing more of `a`) is `b` alone, and
+        // so is what the next stream offers.
+        let (sotw, _) = held.merge(&eds_response(vec![resource("b", "2")], "n2"));
+        assert_eq!(versions(&sotw), ["2"], "no stale `a`");
+        let initial = held.initial_requests(vec![DiscoveryRequest {
+            type_url: eds.clone(),
+            resource_names: vec!["b".to_owned()],
+            ..DiscoveryRequest::default()
+        }]);
+        assert_eq!(
+            initial[0].initial_resource_versions,
+            [("b".to_owned(), "1".to_owned())].into()
+        );
     }
 }
