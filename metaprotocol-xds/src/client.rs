@@ -1,8 +1,9 @@
 //! The ADS client: one gRPC stream to the management server at a time, over which it asks for
 //! clusters, endpoints and route configs, applies what arrives through
 //! [`Proxy::apply_dynamic`], and answers every response with an ACK or a NACK. When the
-//! stream fails it connects again after an exponential, jittered pause; the running config
-//! keeps serving meanwhile, and the new stream asks with the versions already accepted.
+//! stream fails (or its connection stops answering HTTP/2 pings) it connects again after an
+//! exponential, jittered pause; the running config keeps serving meanwhile, and the new stream
+//! asks with the versions already accepted.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -113,7 +114,12 @@ async fn session(
     // its own.
     let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{}", spec.address))
     {
-        Ok(endpoint) => endpoint.connect_timeout(spec.connect_timeout),
+        // Without pings, a connection that went dark (the server's host gone, a partition)
+        // would hold the stream open, and the client on a stale config, for ever.
+        Ok(endpoint) => endpoint
+            .connect_timeout(spec.connect_timeout)
+            .http2_keep_alive_interval(spec.keepalive.interval)
+            .keep_alive_timeout(spec.keepalive.timeout),
         Err(err) => return SessionError::connect(&err),
     };
     let connected = match tls {

@@ -5,7 +5,8 @@
 //! Calls follow each route, endpoint and weight change; an invalid route config and an invalid
 //! cluster are NACKed with a detail naming the field while the running config keeps serving;
 //! the management server restarting does not disturb traffic and the client subscribes again
-//! with the versions it runs. Not one call fails and not one client connection is closed.
+//! with the versions it runs. Not one call fails and not one client connection is closed. A
+//! connection to the server that goes dark is found dead, and replaced.
 
 #[allow(dead_code, reason = "each test uses part of the support")]
 mod support;
@@ -22,6 +23,7 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
 use envoy_types::pb::envoy::r#type::v3::Int64Range;
 use metaprotocol_examples::dubbo_demo::{DemoProvider, DubboClient};
+use metaprotocol_router::config::KeepaliveSpec;
 use metaprotocol_router::{Proxy, ResourceKind, ResourceState};
 use prost::Name;
 use support::fixtures::{
@@ -418,6 +420,110 @@ async fn drives_dubbo_traffic_hitlessly(api_type: &str) -> TestResult {
         "{total} calls under {CONNECTIONS} connections; from push to traffic following: routes {route_lag:?}, endpoints {endpoint_lag:?}"
     );
     drop(restarted);
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// A TCP relay to a management server whose connections can go dark: once [`Relay::cut`],
+/// those open carry no more bytes either way yet stay open (no FIN, no RST), as across a
+/// network partition or from a server whose host died; connections made later are relayed.
+struct Relay {
+    address: std::net::SocketAddr,
+    cuts: Arc<tokio::sync::watch::Sender<u64>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(upstream: std::net::SocketAddr) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let cuts = Arc::new(tokio::sync::watch::channel(0).0);
+        let watched = Arc::clone(&cuts);
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut cut = watched.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        // The cut first: once cut, not one more byte is relayed.
+                        biased;
+                        _ = cut.changed() => {
+                            // Dark: both sockets held open, carrying nothing, until the test
+                            // ends.
+                            std::future::pending::<()>().await;
+                        }
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            address,
+            cuts,
+            task,
+        })
+    }
+
+    /// Every connection open goes dark.
+    fn cut(&self) {
+        self.cuts.send_modify(|cuts| *cuts += 1);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_to_the_server_gone_dark_is_found_dead_and_replaced() -> TestResult {
+    let provider = DemoProvider::start("v1").await?;
+    let server = ManagementServer::new();
+    let serving = server.serve("127.0.0.1:0".parse()?).await?;
+    let relay = Relay::start(serving.address()).await?;
+    let c1 = cluster_name("v1");
+    cds(&server, "c1", &[eds_cluster(&c1)]);
+    eds(&server, "e1", &[assignment(&c1, &[provider.address()])]);
+    let routes = meta_route_config(vec![meta_route("all", &[], to_cluster(&c1))]);
+    rds(&server, "r1", &routes);
+    let mut config = proxy_config(relay.address, "grpc")?;
+    let xds = config
+        .dynamic
+        .as_mut()
+        .and_then(|dynamic| dynamic.xds.as_mut())
+        .ok_or("no xds section")?;
+    xds.keepalive = KeepaliveSpec {
+        interval: Duration::from_millis(500),
+        timeout: Duration::from_secs(1),
+    };
+    let proxy = start_proxy(config).await?;
+    let version = |proxy: &Proxy| {
+        proxy
+            .dynamic_resources()
+            .into_iter()
+            .find(|s| s.id.kind == ResourceKind::RouteConfig)
+            .and_then(|s| s.version)
+    };
+    eventually("r1 runs", || version(&proxy).as_deref() == Some("r1")).await?;
+
+    // The connection goes dark; the server's next push is lost on it.
+    relay.cut();
+    rds(&server, "r2", &routes);
+    let resubscribed = server
+        .wait_for(WITHIN, |r| {
+            r.stream > 1
+                && r.type_url == RouteConfiguration::type_url()
+                && r.response_nonce.is_empty()
+        })
+        .await?;
+    assert!(
+        !resubscribed.version_info.is_empty(),
+        "asks with what it runs, not from nothing"
+    );
+    eventually("r2 runs", || version(&proxy).as_deref() == Some("r2")).await?;
     proxy.shutdown().await;
     Ok(())
 }

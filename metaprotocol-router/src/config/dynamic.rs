@@ -92,6 +92,10 @@ pub struct XdsSpec {
     /// The pause before connecting again after the stream failed.
     #[serde(default)]
     pub reconnect: ReconnectSpec,
+    /// HTTP/2 pings on the connection to the server, which find it dead when nothing else
+    /// would (the server's host gone, a network partition: no FIN, no RST).
+    #[serde(default)]
+    pub keepalive: KeepaliveSpec,
 }
 
 fn default_xds_connect_timeout() -> Duration {
@@ -130,6 +134,7 @@ impl XdsSpec {
             errors.check("tls", tls.validate());
         }
         errors.within("reconnect", |errors| self.reconnect.check(errors));
+        errors.within("keepalive", |errors| self.keepalive.check(errors));
     }
 }
 
@@ -183,6 +188,48 @@ impl ReconnectSpec {
                 "max_interval",
                 "must not be less than base_interval",
             ));
+        }
+    }
+}
+
+/// HTTP/2 keepalive: a ping after each `interval` without a frame from the server; a ping not
+/// answered within `timeout` closes the connection, and the client connects again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeepaliveSpec {
+    /// The time without a frame from the server after which a ping is sent.
+    #[serde(default = "default_keepalive_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// The time a ping may go unanswered before the connection is taken for dead.
+    #[serde(default = "default_keepalive_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for KeepaliveSpec {
+    fn default() -> Self {
+        Self {
+            interval: default_keepalive_interval(),
+            timeout: default_keepalive_timeout(),
+        }
+    }
+}
+
+/// gRPC servers by default close a connection pinged more often than every 5 minutes (istiod
+/// allows every 15 seconds): the default stays within what any server allows.
+fn default_keepalive_interval() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_keepalive_timeout() -> Duration {
+    Duration::from_secs(20)
+}
+
+impl KeepaliveSpec {
+    fn check(&self, errors: &mut Errors) {
+        for (field, value) in [("interval", self.interval), ("timeout", self.timeout)] {
+            if value.is_zero() {
+                errors.add(ConfigError::new(field, "must be greater than 0"));
+            }
         }
     }
 }

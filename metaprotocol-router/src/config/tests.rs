@@ -906,6 +906,14 @@ fn the_dynamic_section_lets_the_file_refer_to_what_its_source_provides() {
         ),
         (
             base.replace(
+                "clusters: ['*'] }",
+                "clusters: ['*'], keepalive: { timeout: 0s } }",
+            ),
+            "dynamic.xds.keepalive.timeout",
+            "must be greater than 0",
+        ),
+        (
+            base.replace(
                 "route_configs: [from-xds], clusters: ['*']",
                 "api_type: grpc",
             ),
