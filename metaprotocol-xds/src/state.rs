@@ -259,9 +259,14 @@ impl Subscription {
             ));
         }
         let version = &response.version_info;
-        // What `/config_dump` shows as the version of resource `name`.
+        // What `/config_dump` shows as the version of resource `name` (a delta resource sent
+        // without a version of its own has an empty one).
         let version_of = |name: &str| match listing {
-            Listing::Delta(versions) => versions.get(name).unwrap_or(version).clone(),
+            Listing::Delta(versions) => versions
+                .get(name)
+                .filter(|own| !own.is_empty())
+                .unwrap_or(version)
+                .clone(),
             Listing::StateOfTheWorld => version.clone(),
         };
         let mut update = DynamicUpdate::default();
@@ -747,7 +752,11 @@ mod tests {
             "n3",
             vec![any(&cluster("a")), any(&cluster("b"))],
         );
-        let versions = BTreeMap::from([("a".to_owned(), "a7".to_owned())]);
+        // As the client holds them: every resource, `b` sent without a version of its own.
+        let versions = BTreeMap::from([
+            ("a".to_owned(), "a7".to_owned()),
+            ("b".to_owned(), String::new()),
+        ]);
         let update = apply(
             &mut subscription,
             ResourceType::Cluster,
