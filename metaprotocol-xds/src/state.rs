@@ -272,7 +272,7 @@ impl Subscription {
         let mut update = DynamicUpdate::default();
         let accepted = match kind {
             ResourceType::Cluster => {
-                let clusters = decode_all(&response.resources, kind, |c: &Cluster| {
+                let clusters = decode_all(&response.resources, kind, listing, |c: &Cluster| {
                     (c.name.clone(), translate::cluster(c))
                 })
                 .map_err(|(id, message)| reject(id, message))?;
@@ -299,11 +299,13 @@ impl Subscription {
                 Accepted::Clusters(clusters)
             }
             ResourceType::Endpoints => {
-                let assignments =
-                    decode_all(&response.resources, kind, |a: &ClusterLoadAssignment| {
-                        (a.cluster_name.clone(), translate::endpoints(a))
-                    })
-                    .map_err(|(id, message)| reject(id, message))?;
+                let assignments = decode_all(
+                    &response.resources,
+                    kind,
+                    listing,
+                    |a: &ClusterLoadAssignment| (a.cluster_name.clone(), translate::endpoints(a)),
+                )
+                .map_err(|(id, message)| reject(id, message))?;
                 for (name, cluster) in &self.accepted_clusters {
                     let Some(service) = cluster.eds_service.as_ref() else {
                         continue;
@@ -335,11 +337,13 @@ impl Subscription {
                 }
             }
             ResourceType::RouteConfig => {
-                let mut configs =
-                    decode_all(&response.resources, kind, |r: &RouteConfiguration| {
-                        (r.name.clone(), translate::route_config(r))
-                    })
-                    .map_err(|(id, message)| reject(id, message))?;
+                let mut configs = decode_all(
+                    &response.resources,
+                    kind,
+                    listing,
+                    |r: &RouteConfiguration| (r.name.clone(), translate::route_config(r)),
+                )
+                .map_err(|(id, message)| reject(id, message))?;
                 // Only those subscribed to, as Envoy does: a control plane sending route configs
                 // of other names cannot make the proxy hold them (a subscription by name never
                 // removes what it did not ask for).
@@ -464,6 +468,7 @@ impl Subscription {
 fn decode_all<M, T>(
     resources: &[Any],
     kind: ResourceType,
+    listing: Listing<'_>,
     translate: impl Fn(&M) -> (String, Result<T, InvalidResource>),
 ) -> Result<BTreeMap<String, T>, (Option<ResourceId>, String)>
 where
@@ -501,6 +506,19 @@ where
         let id = resource_id(kind, &name);
         let value =
             result.map_err(|err| (id.clone(), format!("{} `{name}`: {err}", M::full_name())))?;
+        // A delta resource is held, removed and versioned by the name it is sent under: one
+        // sent under another name (or none) would run, then go with the next response.
+        if let Listing::Delta(held) = listing
+            && !held.contains_key(&name)
+        {
+            return Err((
+                id,
+                format!(
+                    "{} `{name}` is sent under another name (a delta `Resource`'s `name` must be its resource's own)",
+                    M::full_name()
+                ),
+            ));
+        }
         if translated.insert(name.clone(), value).is_some() {
             return Err((id, format!("{} `{name}` is sent twice", M::full_name())));
         }
@@ -528,9 +546,13 @@ mod tests {
     use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress};
     use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
     use envoy_types::pb::envoy::config::endpoint::v3::{Endpoint, LbEndpoint, LocalityLbEndpoints};
+    use envoy_types::pb::envoy::service::discovery::v3::{
+        DeltaDiscoveryResponse, Resource as DeltaResource,
+    };
     use prost::{Message, Name};
 
     use super::*;
+    use crate::delta::DeltaResources;
 
     fn any<M: Message + Name>(message: &M) -> Any {
         Any {
@@ -842,5 +864,42 @@ mod tests {
         assert_eq!(nack.version_info, "", "nothing accepted yet");
         assert_eq!(nack.response_nonce, "c1");
         assert_eq!(nack.error_detail.map(|s| s.code), Some(INVALID_ARGUMENT));
+    }
+
+    #[test]
+    fn a_delta_resource_sent_under_another_name_is_rejected() {
+        let cluster = |name: &str| Cluster {
+            name: name.to_owned(),
+            ..Cluster::default()
+        };
+        for sent_as in ["", "other"] {
+            let delta = DeltaDiscoveryResponse {
+                type_url: ResourceType::Cluster.type_url(),
+                resources: vec![DeltaResource {
+                    name: sent_as.to_owned(),
+                    version: "1".to_owned(),
+                    resource: Some(any(&cluster("x"))),
+                    ..DeltaResource::default()
+                }],
+                nonce: "n1".to_owned(),
+                ..DeltaDiscoveryResponse::default()
+            };
+            // Were it accepted, `x` would run but not be held: the next response would remove
+            // it.
+            let (complete, merged) = DeltaResources::default().merge(&delta);
+            let versions = merged.map(|m| m.versions()).unwrap_or_default();
+            let rejected = subscription()
+                .prepare(ResourceType::Cluster, &complete, Listing::Delta(&versions))
+                .err();
+            assert_eq!(
+                rejected.as_ref().and_then(|r| r.resource.clone()),
+                Some(ResourceId::new(ResourceKind::Cluster, "x")),
+                "sent as {sent_as:?}"
+            );
+            assert!(
+                rejected.is_some_and(|r| r.message.contains("sent under another name")),
+                "sent as {sent_as:?}"
+            );
+        }
     }
 }
