@@ -107,7 +107,11 @@ pub(crate) struct Prepared {
 /// The resources a response leaves the client with, once applied.
 #[derive(Debug)]
 enum Accepted {
-    Clusters(BTreeMap<String, ClusterResource>),
+    Clusters {
+        clusters: BTreeMap<String, ClusterResource>,
+        /// Each cluster's version, as `/config_dump` shows it.
+        versions: BTreeMap<String, String>,
+    },
     Endpoints {
         assignments: BTreeMap<String, Vec<EndpointSpec>>,
         /// The assignments are all there are (those left out were removed).
@@ -134,6 +138,9 @@ pub(crate) struct Subscription {
     types: BTreeMap<ResourceType, TypeState>,
     /// The clusters of the last accepted CDS response.
     accepted_clusters: BTreeMap<String, ClusterResource>,
+    /// Their versions (over delta ADS, each its own), for a cluster that starts serving once
+    /// its endpoints arrive.
+    cluster_versions: BTreeMap<String, String>,
     /// The endpoints of each accepted `ClusterLoadAssignment`, by its name.
     assignments: BTreeMap<String, Vec<EndpointSpec>>,
     /// The clusters the proxy runs from this source.
@@ -151,6 +158,7 @@ impl Subscription {
             route_configs: Names::from_patterns(&spec.route_configs),
             types: BTreeMap::new(),
             accepted_clusters: BTreeMap::new(),
+            cluster_versions: BTreeMap::new(),
             assignments: BTreeMap::new(),
             applied_clusters: BTreeSet::new(),
             applied_route_configs: BTreeSet::new(),
@@ -296,7 +304,11 @@ impl Subscription {
                     .filter(|name| !clusters.contains_key(*name))
                     .map(|name| ResourceId::new(ResourceKind::Cluster, name))
                     .collect();
-                Accepted::Clusters(clusters)
+                let versions = clusters.keys().map(|name| (name.clone(), version_of(name)));
+                Accepted::Clusters {
+                    versions: versions.collect(),
+                    clusters,
+                }
             }
             ResourceType::Endpoints => {
                 let assignments = decode_all(
@@ -323,11 +335,10 @@ impl Subscription {
                         version_of(service),
                     );
                     if !self.applied_clusters.contains(name) {
-                        // The cluster warmed until now: its CDS version starts serving too.
-                        let cds = self.types.get(&ResourceType::Cluster);
+                        // The cluster warmed until now: its own version starts serving too.
                         update.versions.insert(
                             ResourceId::new(ResourceKind::Cluster, name),
-                            cds.map(|s| s.version.clone()).unwrap_or_default(),
+                            self.cluster_versions.get(name).cloned().unwrap_or_default(),
                         );
                     }
                 }
@@ -381,8 +392,9 @@ impl Subscription {
     pub fn accept(&mut self, prepared: Prepared) -> Vec<DiscoveryRequest> {
         let kind = prepared.kind;
         match prepared.accepted {
-            Accepted::Clusters(clusters) => {
+            Accepted::Clusters { clusters, versions } => {
                 self.accepted_clusters = clusters;
+                self.cluster_versions = versions;
                 // The endpoints of clusters gone: a cluster that comes back waits for fresh ones.
                 let wanted: BTreeSet<String> = self.eds_names().into_iter().collect();
                 self.assignments.retain(|name, _| wanted.contains(name));
@@ -901,5 +913,44 @@ mod tests {
                 "sent as {sent_as:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_delta_eds_cluster_starts_serving_under_its_own_version() {
+        let mut subscription = subscription();
+        let cluster = Cluster {
+            name: "c".to_owned(),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+            ..Cluster::default()
+        };
+        let cds = response(ResourceType::Cluster, "system-1", vec![any(&cluster)]);
+        let own = BTreeMap::from([("c".to_owned(), "c7".to_owned())]);
+        let update = apply(
+            &mut subscription,
+            ResourceType::Cluster,
+            &cds,
+            Listing::Delta(&own),
+        );
+        assert!(update.clusters.is_empty(), "warming");
+        let eds = response(
+            ResourceType::Endpoints,
+            "system-2",
+            vec![any(&assignment("c"))],
+        );
+        let own = BTreeMap::from([("c".to_owned(), "e3".to_owned())]);
+        let update = apply(
+            &mut subscription,
+            ResourceType::Endpoints,
+            &eds,
+            Listing::Delta(&own),
+        );
+        let version = |kind| {
+            update
+                .versions
+                .get(&ResourceId::new(kind, "c"))
+                .map(String::as_str)
+        };
+        assert_eq!(version(ResourceKind::Endpoints), Some("e3"));
+        assert_eq!(version(ResourceKind::Cluster), Some("c7"));
     }
 }
