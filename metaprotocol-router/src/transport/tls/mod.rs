@@ -29,7 +29,7 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use self::reload::Reloading;
+use self::reload::{Files, Reloading};
 use self::verify::SubjectAltNameVerifier;
 use super::{Accepted, Connector};
 use crate::config::{ClusterTlsSpec, ConfigError, ListenerTlsSpec};
@@ -103,14 +103,14 @@ impl TlsAcceptor {
         scope: &MetricsScope,
     ) -> Result<Self, ConfigError> {
         let files = [
-            Some(&spec.cert_file),
-            Some(&spec.key_file),
-            spec.client_ca_file.as_ref(),
+            ("cert_file", Some(&spec.cert_file)),
+            ("key_file", Some(&spec.key_file)),
+            ("client_ca_file", spec.client_ca_file.as_ref()),
         ];
         let owned = spec.clone();
         let config = Reloading::start(
             files,
-            Box::new(move || server_config(&owned)),
+            Box::new(move |files| server_config(&owned, files)),
             format!("listener {listener}"),
             scope,
         )?;
@@ -179,16 +179,16 @@ impl TlsAcceptor {
     }
 }
 
-fn server_config(spec: &ListenerTlsSpec) -> Result<ServerConfig, ConfigError> {
+fn server_config(spec: &ListenerTlsSpec, files: &Files) -> Result<ServerConfig, ConfigError> {
     let provider = provider();
-    let certs = pem::certificates("cert_file", &spec.cert_file)?;
-    let key = pem::private_key("key_file", &spec.key_file)?;
+    let certs = files.get("cert_file")?.certificates()?;
+    let key = files.get("key_file")?.private_key()?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|err| tls_error("", err))?;
     let builder = match &spec.client_ca_file {
-        Some(ca) => {
-            let roots = pem::roots("client_ca_file", ca)?;
+        Some(_) => {
+            let roots = files.get("client_ca_file")?.roots()?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
             let verifier = if spec.require_client_cert {
                 verifier.build()
@@ -262,15 +262,15 @@ impl TlsConnector {
             None => None,
         };
         let files = [
-            Some(&spec.ca_file),
-            spec.cert_file.as_ref(),
-            spec.key_file.as_ref(),
+            ("ca_file", Some(&spec.ca_file)),
+            ("cert_file", spec.cert_file.as_ref()),
+            ("key_file", spec.key_file.as_ref()),
         ];
         let owned = spec.clone();
         let config = Reloading::start(
             files,
-            Box::new(move || {
-                let mut config = client_config(&owned)?;
+            Box::new(move |files| {
+                let mut config = client_config(&owned, files)?;
                 config.alpn_protocols.clone_from(&alpn);
                 Ok(config)
             }),
@@ -315,9 +315,9 @@ impl TlsConnector {
     }
 }
 
-fn client_config(spec: &ClusterTlsSpec) -> Result<ClientConfig, ConfigError> {
+fn client_config(spec: &ClusterTlsSpec, files: &Files) -> Result<ClientConfig, ConfigError> {
     let provider = provider();
-    let roots = pem::roots("ca_file", &spec.ca_file)?;
+    let roots = files.get("ca_file")?.roots()?;
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|err| tls_error("", err))?;
@@ -333,10 +333,10 @@ fn client_config(spec: &ClusterTlsSpec) -> Result<ClientConfig, ConfigError> {
             )))
     };
     match (&spec.cert_file, &spec.key_file) {
-        (Some(cert), Some(key)) => builder
+        (Some(_), Some(_)) => builder
             .with_client_auth_cert(
-                pem::certificates("cert_file", cert)?,
-                pem::private_key("key_file", key)?,
+                files.get("cert_file")?.certificates()?,
+                files.get("key_file")?.private_key()?,
             )
             .map_err(|err| tls_error("key_file", err)),
         _ => Ok(builder.with_no_client_auth()),

@@ -1,15 +1,32 @@
 //! TLS settings that follow their files: a [`Reloading`] holds the settings built from some
 //! certificate and key files and rebuilds them when the files' contents change, so that rotated
-//! certificates (cert-manager, Istio's agent, a ConfigMap replaced by rename) take effect on
-//! the next handshake. Connections already open keep the settings they were made with.
+//! certificates (cert-manager, Istio's agent, a Kubernetes secret volume swapping its `..data`
+//! symlink, a ConfigMap replaced by rename) take effect on the next handshake. Connections
+//! already open keep the settings they were made with.
+//!
+//! Every [`RELOAD_INTERVAL`] the watcher looks at the files' metadata only (through symlinks:
+//! device and inode, size, modification and change times to the nanosecond), and reads them
+//! only when that changed: a proxy with hundreds of TLS clusters does not read and hash their
+//! keys every second. A file replaced (by rename, or a symlink swapped to a new one) is another
+//! inode; one written in place gets a new change time, which no tool can set back.
+//!
+//! Except within one tick of the file system's clock: timestamps advance by the kernel's coarse
+//! clock (a few milliseconds; a second or two on some file systems), so a second write of the
+//! same size in the tick of a first one the watcher has already read leaves the metadata as it
+//! was. Files are therefore not trusted to show their next change until their last change is
+//! [`SETTLE`] old: while it is younger, each look reads them again (and rebuilds only if their
+//! contents differ). The cost is a few reads after each change; the gain, that no write is
+//! missed, however fast the writer.
 
 use std::hash::{DefaultHasher, Hasher};
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
+use super::pem::PemFile;
 use crate::config::ConfigError;
 use crate::stats::Counter;
 use crate::stats::MetricsScope;
@@ -17,13 +34,114 @@ use crate::stats::MetricsScope;
 /// How often the files are looked at.
 pub(crate) const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Builds the settings from the files (reading them again).
-pub(crate) type Build<T> = Box<dyn Fn() -> Result<T, ConfigError> + Send + Sync>;
+/// How old a file's last change must be for its metadata to be trusted to show the next one:
+/// above the coarsest timestamps of the file systems certificates live on (ext3's second,
+/// FAT's two seconds are at most two ticks of it), and short enough that the extra reads after
+/// a change are few.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// Builds the settings from the files' contents.
+pub(crate) type Build<T> = Box<dyn Fn(&Files) -> Result<T, ConfigError> + Send + Sync>;
+
+/// A file the settings are built from: the config field that names it, and its path.
+type Source = (&'static str, PathBuf);
+
+/// The files the settings are built from, read together.
+pub(crate) struct Files(Vec<PemFile>);
+
+impl Files {
+    fn read(sources: &[Source]) -> Result<Self, ConfigError> {
+        sources
+            .iter()
+            .map(|(field, path)| PemFile::read(field, path))
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+
+    /// The file named by config field `field`; an error if the settings have none.
+    pub fn get(&self, field: &str) -> Result<&PemFile, ConfigError> {
+        self.0
+            .iter()
+            .find(|file| file.field() == field)
+            .ok_or_else(|| ConfigError::new(field, "no file given"))
+    }
+
+    /// A hash of the contents, to tell a change from a rewrite of the same bytes.
+    fn hash(&self) -> u64 {
+        let mut hasher = DefaultHasher::new();
+        for file in &self.0 {
+            hasher.write(file.bytes());
+            hasher.write_u8(0);
+        }
+        hasher.finish()
+    }
+}
+
+/// What a file's metadata (through symlinks) says of its contents: which file it is, how long,
+/// and when it last changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    device: u64,
+    inode: u64,
+    len: u64,
+    /// The modification time, in nanoseconds since the Unix epoch.
+    modified: i128,
+    /// The change time (of contents or metadata; set by the kernel only), likewise.
+    changed: i128,
+}
+
+impl Stamp {
+    /// The stamp of `path`; `None` if it cannot be looked at (missing, say).
+    fn of(path: &Path) -> Option<Self> {
+        let meta = std::fs::metadata(path).ok()?;
+        let nanos = |secs: i64, nsec: i64| i128::from(secs) * 1_000_000_000 + i128::from(nsec);
+        Some(Self {
+            device: meta.dev(),
+            inode: meta.ino(),
+            len: meta.len(),
+            modified: nanos(meta.mtime(), meta.mtime_nsec()),
+            changed: nanos(meta.ctime(), meta.ctime_nsec()),
+        })
+    }
+
+    /// True if the file last changed less than [`SETTLE`] before `now`, or after it (a clock
+    /// set back; a network file system's clock ahead of ours).
+    fn unsettled(&self, now: SystemTime) -> bool {
+        let now = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos() as i128);
+        self.modified.max(self.changed) + SETTLE.as_nanos() as i128 > now
+    }
+}
+
+/// What the watcher knows of the files from its last look.
+struct Seen {
+    /// Each file's stamp (`None`: it could not be looked at).
+    stamps: Vec<Option<Stamp>>,
+    /// True if a file had changed too recently for its stamp to show the next change.
+    unsettled: bool,
+    /// A hash of the contents last read; `None` if they could not be read.
+    contents: Option<u64>,
+}
+
+impl Seen {
+    /// Looks at the files' metadata; to be done before they are read, so that a write after
+    /// the read shows in the next look.
+    fn look(sources: &[Source]) -> Self {
+        let now = SystemTime::now();
+        let stamps: Vec<_> = sources.iter().map(|(_, path)| Stamp::of(path)).collect();
+        Self {
+            unsettled: stamps.iter().flatten().any(|stamp| stamp.unsettled(now)),
+            stamps,
+            contents: None,
+        }
+    }
+}
 
 /// Settings built from files, rebuilt when the files change.
 pub(crate) struct Reloading<T> {
     current: ArcSwap<T>,
-    files: Vec<PathBuf>,
+    sources: Vec<Source>,
     build: Build<T>,
     /// Who the settings are for, in logs (`listener in`, `cluster backend`).
     owner: String,
@@ -32,18 +150,23 @@ pub(crate) struct Reloading<T> {
 }
 
 impl<T: Send + Sync + 'static> Reloading<T> {
-    /// Builds the settings from `files` (those given) with `build` (an error is the config's),
-    /// and, on a runtime, watches the files until the returned value is dropped. Reloads are
-    /// counted in `scope`.
+    /// Builds the settings with `build` from `files` (those given, each with the config field
+    /// that names it; an error is the config's), and, on a runtime, watches the files until the
+    /// returned value is dropped. Reloads are counted in `scope`.
     pub fn start<'a>(
-        files: impl IntoIterator<Item = Option<&'a PathBuf>>,
+        files: impl IntoIterator<Item = (&'static str, Option<&'a PathBuf>)>,
         build: Build<T>,
         owner: String,
         scope: &MetricsScope,
     ) -> Result<Arc<Self>, ConfigError> {
-        let files: Vec<PathBuf> = files.into_iter().flatten().cloned().collect();
-        let seen = fingerprint(&files);
-        let first = build()?;
+        let sources: Vec<Source> = files
+            .into_iter()
+            .filter_map(|(field, path)| Some((field, path?.clone())))
+            .collect();
+        let mut seen = Seen::look(&sources);
+        let files = Files::read(&sources)?;
+        let first = build(&files)?;
+        seen.contents = Some(files.hash());
         let reloads = |outcome| {
             scope.counter_with(
                 "tls_certificate_reloads",
@@ -53,7 +176,7 @@ impl<T: Send + Sync + 'static> Reloading<T> {
         };
         let this = Arc::new(Self {
             current: ArcSwap::from_pointee(first),
-            files,
+            sources,
             build,
             owner,
             applied: reloads("applied"),
@@ -70,13 +193,19 @@ impl<T: Send + Sync + 'static> Reloading<T> {
         self.current.load_full()
     }
 
-    /// Rebuilds the settings if the files changed since `seen`; returns what they are now.
-    fn refresh(&self, seen: Option<u64>) -> Option<u64> {
-        let now = fingerprint(&self.files);
-        if now == seen {
-            return seen;
+    /// Rebuilds the settings if the files changed since `seen`; returns what was seen now.
+    fn refresh(&self, seen: Seen) -> Seen {
+        let mut now = Seen::look(&self.sources);
+        if now.stamps == seen.stamps && !seen.unsettled {
+            now.contents = seen.contents;
+            return now;
         }
-        match (self.build)() {
+        let files = Files::read(&self.sources);
+        now.contents = files.as_ref().ok().map(Files::hash);
+        if now.contents == seen.contents {
+            return now;
+        }
+        match files.and_then(|files| (self.build)(&files)) {
             Ok(settings) => {
                 self.current.store(Arc::new(settings));
                 self.applied.inc();
@@ -94,7 +223,7 @@ impl<T: Send + Sync + 'static> Reloading<T> {
 }
 
 /// Looks at the files every [`RELOAD_INTERVAL`] while the settings live.
-async fn watch<T: Send + Sync + 'static>(this: Weak<Reloading<T>>, mut seen: Option<u64>) {
+async fn watch<T: Send + Sync + 'static>(this: Weak<Reloading<T>>, mut seen: Seen) {
     let mut ticks = tokio::time::interval(RELOAD_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
@@ -103,20 +232,10 @@ async fn watch<T: Send + Sync + 'static>(this: Weak<Reloading<T>>, mut seen: Opt
         let Some(reloading) = this.upgrade() else {
             return;
         };
-        // File reads and parsing block: off the runtime's workers.
+        // Looking at files, and reading and parsing them, block: off the runtime's workers.
         match tokio::task::spawn_blocking(move || reloading.refresh(seen)).await {
             Ok(now) => seen = now,
             Err(_) => return,
         }
     }
-}
-
-/// A hash of the files' contents; `None` if one cannot be read.
-fn fingerprint(files: &[PathBuf]) -> Option<u64> {
-    let mut hasher = DefaultHasher::new();
-    for file in files {
-        hasher.write(&std::fs::read(file).ok()?);
-        hasher.write_u8(0);
-    }
-    Some(hasher.finish())
 }

@@ -3,7 +3,7 @@
 //! listener takes for an identity.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +17,8 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{TlsAcceptor, TlsConnector, pem, provider};
+use super::pem::PemFile;
+use super::{TlsAcceptor, TlsConnector, provider};
 use crate::config::{ClusterTlsSpec, ListenerTlsSpec};
 use crate::stats::Metrics;
 
@@ -134,8 +135,8 @@ async fn serve(server: &Issued) -> TestResult<SocketAddr> {
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(
-            pem::certificates("cert_file", &server.cert_file)?,
-            pem::private_key("key_file", &server.key_file)?,
+            PemFile::read("cert_file", &server.cert_file)?.certificates()?,
+            PemFile::read("key_file", &server.key_file)?.private_key()?,
         )?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -222,10 +223,10 @@ async fn accepted_identity(pki: &Pki, client: &Issued) -> TestResult<Result<Vec<
 
     let config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(pem::roots("ca_file", &pki.ca_file)?)
+        .with_root_certificates(PemFile::read("ca_file", &pki.ca_file)?.roots()?)
         .with_client_auth_cert(
-            pem::certificates("cert_file", &client.cert_file)?,
-            pem::private_key("key_file", &client.key_file)?,
+            PemFile::read("cert_file", &client.cert_file)?.certificates()?,
+            PemFile::read("key_file", &client.key_file)?.private_key()?,
         )?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let client_side = tokio::spawn(async move {
@@ -313,7 +314,7 @@ async fn serves(acceptor: &TlsAcceptor, pki: &Pki, name: &str) -> TestResult<boo
     let address = listener.local_addr()?;
     let config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(pem::roots("ca_file", &pki.ca_file)?)
+        .with_root_certificates(PemFile::read("ca_file", &pki.ca_file)?.roots()?)
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let name = ServerName::try_from(name.to_owned())?;
@@ -326,6 +327,43 @@ async fn serves(acceptor: &TlsAcceptor, pki: &Pki, name: &str) -> TestResult<boo
         .accept(stream, Duration::from_secs(5), &CancellationToken::new())
         .await;
     Ok(client_side.await?.is_ok())
+}
+
+/// Replaces the file at `path` whole (by rename), so that the watcher sees each step once.
+fn put(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let part = path.with_extension("part");
+    std::fs::write(&part, contents)?;
+    std::fs::rename(&part, path)
+}
+
+/// The value of the series `name{labels}` (labels as exposed: `outcome="applied"`); 0 if
+/// there is none.
+fn series(metrics: &Metrics, name: &str, labels: &str) -> f64 {
+    let prefix = format!("metaprotocol_{name}{{{labels}}} ");
+    metrics
+        .render()
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(prefix.as_str())?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// Certificate reloads with `outcome` (of the one acceptor or connector `metrics` has).
+fn reloads(metrics: &Metrics, outcome: &str) -> f64 {
+    series(
+        metrics,
+        "tls_certificate_reloads_total",
+        &format!("outcome=\"{outcome}\""),
+    )
+}
+
+/// Waits for the watcher to have looked at the files twice.
+async fn settle() {
+    tokio::time::sleep(super::reload::RELOAD_INTERVAL * 2 + Duration::from_millis(500)).await;
 }
 
 /// Rotating a listener's files certificate first, key second: the mismatched pair in between is
@@ -343,32 +381,11 @@ async fn a_mismatched_or_half_written_pair_keeps_the_old_one_until_the_next_good
         client_ca_file: None,
         require_client_cert: false,
     };
-    // Each write replaces a file whole (by rename), so that the watcher sees each step once.
-    let put = |path: &PathBuf, contents: &[u8]| -> std::io::Result<()> {
-        let part = path.with_extension("part");
-        std::fs::write(&part, contents)?;
-        std::fs::rename(&part, path)
-    };
     put(&spec.cert_file, &std::fs::read(&old.cert_file)?)?;
     put(&spec.key_file, &std::fs::read(&old.key_file)?)?;
     let metrics = Metrics::new();
     let acceptor = TlsAcceptor::new(&spec, "in", &metrics.root())?;
-    let reloads = |outcome: &str| {
-        let series =
-            format!("metaprotocol_tls_certificate_reloads_total{{outcome=\"{outcome}\"}} ");
-        metrics
-            .render()
-            .lines()
-            .find_map(|line| {
-                line.strip_prefix(series.as_str())?
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-            })
-            .unwrap_or(0.0)
-    };
-    let settle =
-        || tokio::time::sleep(super::reload::RELOAD_INTERVAL * 2 + Duration::from_millis(500));
+    let reloads = |outcome: &str| reloads(&metrics, outcome);
     assert!(serves(&acceptor, &pki, "old.test").await?);
 
     // The new certificate, the old key.
@@ -400,5 +417,129 @@ async fn a_mismatched_or_half_written_pair_keeps_the_old_one_until_the_next_good
         "the new pair is not served"
     );
     assert!(!serves(&acceptor, &pki, "old.test").await?);
+    Ok(())
+}
+
+/// Opens of one file (through symlinks), as inotify reports them.
+#[cfg(target_os = "linux")]
+struct Opens(std::os::fd::OwnedFd);
+
+#[cfg(target_os = "linux")]
+impl Opens {
+    fn of(path: &Path) -> TestResult<Self> {
+        use rustix::fs::inotify;
+        let inotify =
+            inotify::init(inotify::CreateFlags::NONBLOCK | inotify::CreateFlags::CLOEXEC)?;
+        inotify::add_watch(&inotify, path, inotify::WatchFlags::OPEN)?;
+        Ok(Self(inotify))
+    }
+
+    /// True if the file was opened since the last call (inotify reports opens in a row as
+    /// one, so they are not counted).
+    fn opened(&self) -> TestResult<bool> {
+        use rustix::fs::inotify;
+        let mut buffer = [std::mem::MaybeUninit::uninit(); 4096];
+        let mut events = inotify::Reader::new(&self.0, &mut buffer);
+        let mut opened = false;
+        loop {
+            match events.next() {
+                Ok(event) => opened |= event.events().contains(inotify::ReadFlags::OPEN),
+                Err(rustix::io::Errno::WOULDBLOCK) => return Ok(opened),
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+}
+
+/// The watcher looks at files that do not change without reading them (only their metadata),
+/// and still reads and takes them when they are rewritten in place.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn certificate_files_are_read_only_when_they_change() -> TestResult {
+    let pki = Pki::new("read-on-change")?;
+    let old = pki.issue("old", vec![dns("old.test")?], None)?;
+    let new = pki.issue("new", vec![dns("new.test")?], None)?;
+    let spec = ListenerTlsSpec {
+        cert_file: old.cert_file.clone(),
+        key_file: old.key_file.clone(),
+        client_ca_file: Some(pki.ca_file.clone()),
+        require_client_cert: false,
+    };
+    let metrics = Metrics::new();
+    let acceptor = TlsAcceptor::new(&spec, "in", &metrics.root())?;
+    // Files changed a moment ago are read at each look for a while (see reload.rs): the
+    // quiet starts once they are older.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let files = [&spec.cert_file, &spec.key_file, &pki.ca_file];
+    let opens = files
+        .iter()
+        .map(|file| Opens::of(file))
+        .collect::<TestResult<Vec<_>>>()?;
+    settle().await;
+    settle().await;
+    for (file, opens) in files.iter().zip(&opens) {
+        assert!(
+            !opens.opened()?,
+            "{} was read again though it did not change",
+            file.display()
+        );
+    }
+
+    // Rewritten in place, key first: the pair is taken (after a mismatched pair, perhaps).
+    std::fs::write(&spec.key_file, std::fs::read(&new.key_file)?)?;
+    std::fs::write(&spec.cert_file, std::fs::read(&new.cert_file)?)?;
+    settle().await;
+    assert!(opens[0].opened()?, "the changed certificate was not read");
+    assert!(
+        serves(&acceptor, &pki, "new.test").await?,
+        "the new pair is not served"
+    );
+    assert!(reloads(&metrics, "applied") >= 1.0);
+    Ok(())
+}
+
+/// A Kubernetes secret volume: each file is a symlink through `..data`, itself a symlink to a
+/// directory of the secret's files, which the kubelet swaps (by rename) for a new directory
+/// when the secret changes. The files the proxy names never change themselves.
+#[tokio::test]
+async fn a_secret_volume_swapped_by_its_data_symlink_is_taken() -> TestResult {
+    use std::os::unix::fs::symlink;
+
+    let pki = Pki::new("secret-volume")?;
+    let old = pki.issue("old", vec![dns("old.test")?], None)?;
+    let new = pki.issue("new", vec![dns("new.test")?], None)?;
+    let volume = pki.dir.join("volume");
+    let version = |name: &str, issued: &Issued| -> TestResult {
+        let dir = volume.join(name);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::copy(&issued.cert_file, dir.join("tls.crt"))?;
+        std::fs::copy(&issued.key_file, dir.join("tls.key"))?;
+        let swapped = volume.join("..data_tmp");
+        symlink(name, &swapped)?;
+        std::fs::rename(&swapped, volume.join("..data"))?;
+        Ok(())
+    };
+    version("..2026_12_06_07_00_00.1", &old)?;
+    symlink("..data/tls.crt", volume.join("tls.crt"))?;
+    symlink("..data/tls.key", volume.join("tls.key"))?;
+    let spec = ListenerTlsSpec {
+        cert_file: volume.join("tls.crt"),
+        key_file: volume.join("tls.key"),
+        client_ca_file: None,
+        require_client_cert: false,
+    };
+    let metrics = Metrics::new();
+    let acceptor = TlsAcceptor::new(&spec, "in", &metrics.root())?;
+    assert!(serves(&acceptor, &pki, "old.test").await?);
+
+    version("..2026_12_06_07_00_01.2", &new)?;
+    std::fs::remove_dir_all(volume.join("..2026_12_06_07_00_00.1"))?;
+    settle().await;
+    assert_eq!(reloads(&metrics, "applied"), 1.0);
+    assert_eq!(reloads(&metrics, "rejected"), 0.0);
+    assert!(
+        serves(&acceptor, &pki, "new.test").await?,
+        "the swapped secret is not served"
+    );
     Ok(())
 }
