@@ -1,5 +1,8 @@
 //! Reading PEM files into what rustls takes: certificate chains, private keys, trust roots.
 
+use std::fs::{File, Metadata};
+use std::io::Read;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use rustls::RootCertStore;
@@ -7,6 +10,10 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::ConfigError;
+
+/// The most bytes a certificate, key or CA file may hold: sixteen times the largest real PEM
+/// bundles (Mozilla's CA bundle, about 220 KiB), far below what would strain memory.
+pub(crate) const MAX_FILE_BYTES: u64 = 4 << 20;
 
 /// A PEM file read whole, with the config field that names it (errors name both).
 pub(crate) struct PemFile {
@@ -16,11 +23,27 @@ pub(crate) struct PemFile {
 }
 
 impl PemFile {
-    /// Reads `path`, the value of config field `field`.
+    /// Reads `path`, the value of config field `field`: a regular file (after symlinks) of at
+    /// most [`MAX_FILE_BYTES`]. Anything else is refused without waiting or reading it whole:
+    /// opening a FIFO waits for a writer, and a device (`/dev/zero`) never ends.
     pub fn read(field: &'static str, path: &Path) -> Result<Self, ConfigError> {
-        let bytes = std::fs::read(path).map_err(|err| {
-            ConfigError::new(field, format!("cannot read {}: {err}", path.display()))
-        })?;
+        let error = |reason: String| {
+            ConfigError::new(field, format!("cannot read {}: {reason}", path.display()))
+        };
+        let io_error = |err: std::io::Error| error(err.to_string());
+        // Looked at before it is opened (which would wait on a FIFO), then again as opened:
+        // the path may have been replaced in between.
+        fits(&std::fs::metadata(path).map_err(io_error)?).map_err(error)?;
+        let file = File::open(path).map_err(io_error)?;
+        fits(&file.metadata().map_err(io_error)?).map_err(error)?;
+        let mut bytes = Vec::new();
+        // One byte more than the bound tells a file that grew past it since it was looked at.
+        file.take(MAX_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io_error)?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(error(too_large()));
+        }
         Ok(Self {
             field,
             path: path.to_owned(),
@@ -74,4 +97,34 @@ impl PemFile {
             format!("cannot read {}: {err}", self.path.display()),
         )
     }
+}
+
+/// Why a file of `meta` cannot be read as PEM, if it cannot.
+fn fits(meta: &Metadata) -> Result<(), String> {
+    let kind = meta.file_type();
+    if kind.is_file() {
+        if meta.len() > MAX_FILE_BYTES {
+            return Err(too_large());
+        }
+        return Ok(());
+    }
+    let what = if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else {
+        "no regular file"
+    };
+    Err(format!("it is {what}, not a regular file"))
+}
+
+fn too_large() -> String {
+    format!(
+        "larger than {} MiB, more than any certificate, key or CA bundle",
+        MAX_FILE_BYTES >> 20
+    )
 }

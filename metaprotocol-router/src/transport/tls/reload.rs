@@ -114,28 +114,34 @@ impl Stamp {
     }
 }
 
-/// What the watcher knows of the files from its last look.
-struct Seen {
+/// The files' metadata at one look.
+struct Look {
     /// Each file's stamp (`None`: it could not be looked at).
     stamps: Vec<Option<Stamp>>,
     /// True if a file had changed too recently for its stamp to show the next change.
     unsettled: bool,
-    /// A hash of the contents last read; `None` if they could not be read.
-    contents: Option<u64>,
 }
 
-impl Seen {
-    /// Looks at the files' metadata; to be done before they are read, so that a write after
-    /// the read shows in the next look.
-    fn look(sources: &[Source]) -> Self {
+impl Look {
+    /// Looks at the files; to be done before they are read, so that a write after the read
+    /// shows in the next look.
+    fn at(sources: &[Source]) -> Self {
         let now = SystemTime::now();
         let stamps: Vec<_> = sources.iter().map(|(_, path)| Stamp::of(path)).collect();
         Self {
             unsettled: stamps.iter().flatten().any(|stamp| stamp.unsettled(now)),
             stamps,
-            contents: None,
         }
     }
+}
+
+/// What the watcher knows of the files.
+struct Seen {
+    /// Their metadata at the last look.
+    look: Look,
+    /// A hash of their contents when last read, or why they could not be read (a failure is
+    /// reported once, not at every look while it lasts).
+    contents: Result<u64, String>,
 }
 
 /// Settings built from files, rebuilt when the files change.
@@ -163,10 +169,13 @@ impl<T: Send + Sync + 'static> Reloading<T> {
             .into_iter()
             .filter_map(|(field, path)| Some((field, path?.clone())))
             .collect();
-        let mut seen = Seen::look(&sources);
+        let look = Look::at(&sources);
         let files = Files::read(&sources)?;
         let first = build(&files)?;
-        seen.contents = Some(files.hash());
+        let seen = Seen {
+            look,
+            contents: Ok(files.hash()),
+        };
         let reloads = |outcome| {
             scope.counter_with(
                 "tls_certificate_reloads",
@@ -195,13 +204,18 @@ impl<T: Send + Sync + 'static> Reloading<T> {
 
     /// Rebuilds the settings if the files changed since `seen`; returns what was seen now.
     fn refresh(&self, seen: Seen) -> Seen {
-        let mut now = Seen::look(&self.sources);
-        if now.stamps == seen.stamps && !seen.unsettled {
-            now.contents = seen.contents;
-            return now;
+        let look = Look::at(&self.sources);
+        if look.stamps == seen.look.stamps && !seen.look.unsettled {
+            return Seen {
+                look,
+                contents: seen.contents,
+            };
         }
         let files = Files::read(&self.sources);
-        now.contents = files.as_ref().ok().map(Files::hash);
+        let now = Seen {
+            look,
+            contents: files.as_ref().map(Files::hash).map_err(ToString::to_string),
+        };
         if now.contents == seen.contents {
             return now;
         }

@@ -543,3 +543,159 @@ async fn a_secret_volume_swapped_by_its_data_symlink_is_taken() -> TestResult {
     );
     Ok(())
 }
+
+/// A FIFO, released when dropped: a reader waiting to open it (code that should not have) then
+/// goes on, and reads its end.
+#[cfg(target_os = "linux")]
+struct Fifo(PathBuf);
+
+#[cfg(target_os = "linux")]
+impl Fifo {
+    fn new(path: PathBuf) -> TestResult<Self> {
+        use rustix::fs::{CWD, Mode, mkfifoat};
+        mkfifoat(CWD, &path, Mode::from_raw_mode(0o600))?;
+        Ok(Self(path))
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for Fifo {
+    fn drop(&mut self) {
+        // Opening a FIFO for reading and writing never waits on Linux; a waiting reader's open
+        // completes with it.
+        let _ = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.0);
+    }
+}
+
+/// A sparse file of 64 MiB at `path`: sixteen times the bound, taking no room on disk.
+#[cfg(target_os = "linux")]
+fn huge_file(path: &Path) -> std::io::Result<()> {
+    std::fs::File::create(path)?.set_len(64 << 20)
+}
+
+/// A FIFO, a directory, a device or a huge file named as a TLS file is a config error that
+/// names the field and the path, given at once (a FIFO used to hold the config's load until a
+/// writer came, a device or huge file to be read whole).
+#[cfg(target_os = "linux")]
+#[test]
+fn tls_files_that_are_no_regular_files_or_too_large_are_config_errors() -> TestResult {
+    let pki = Pki::new("file-kinds")?;
+    let server = pki.issue("server", vec![dns("server.test")?], None)?;
+    let fifo = Fifo::new(pki.dir.join("fifo.pem"))?;
+    let huge = pki.dir.join("huge.pem");
+    huge_file(&huge)?;
+    let cases = [
+        (
+            "cert_file",
+            fifo.0.clone(),
+            "it is a FIFO, not a regular file",
+        ),
+        (
+            "key_file",
+            pki.dir.clone(),
+            "it is a directory, not a regular file",
+        ),
+        (
+            "client_ca_file",
+            PathBuf::from("/dev/null"),
+            "it is a device, not a regular file",
+        ),
+        ("cert_file", huge, "larger than 4 MiB"),
+    ];
+    for (field, path, why) in cases {
+        let mut spec = ListenerTlsSpec {
+            cert_file: server.cert_file.clone(),
+            key_file: server.key_file.clone(),
+            client_ca_file: Some(pki.ca_file.clone()),
+            require_client_cert: false,
+        };
+        match field {
+            "cert_file" => spec.cert_file = path.clone(),
+            "key_file" => spec.key_file = path.clone(),
+            _ => spec.client_ca_file = Some(path.clone()),
+        }
+        // On a thread of its own, so that a load that waits forever fails the test (and is
+        // released when `fifo` is dropped).
+        let (done, outcome) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(TlsAcceptor::new(&spec, "in", &Metrics::new().root()).map(drop));
+        });
+        let Ok(outcome) = outcome.recv_timeout(Duration::from_secs(10)) else {
+            return Err(format!("loading {} as {field} did not end", path.display()).into());
+        };
+        let Err(err) = outcome else {
+            return Err(format!("{} was taken as {field}", path.display()).into());
+        };
+        assert_eq!(err.field, field);
+        let path = path.display().to_string();
+        assert!(
+            err.reason.contains(&path) && err.reason.contains(why),
+            "{field} {path}: {err}"
+        );
+    }
+    Ok(())
+}
+
+/// A certificate file replaced by a FIFO, then by a huge file, is rejected and counted as a
+/// failed reload each time, and the old pair is served meanwhile; the next good pair is taken.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_certificate_replaced_by_a_fifo_or_a_huge_file_is_rejected_and_the_old_one_stays()
+-> TestResult {
+    let pki = Pki::new("reload-file-kinds")?;
+    let old = pki.issue("old", vec![dns("old.test")?], None)?;
+    let new = pki.issue("new", vec![dns("new.test")?], None)?;
+    let spec = ListenerTlsSpec {
+        cert_file: pki.dir.join("served.pem"),
+        key_file: pki.dir.join("served-key.pem"),
+        client_ca_file: None,
+        require_client_cert: false,
+    };
+    put(&spec.cert_file, &std::fs::read(&old.cert_file)?)?;
+    put(&spec.key_file, &std::fs::read(&old.key_file)?)?;
+    let metrics = Metrics::new();
+    let acceptor = TlsAcceptor::new(&spec, "in", &metrics.root())?;
+    assert!(serves(&acceptor, &pki, "old.test").await?);
+
+    // Kept under a name of its own, so that it can be released after it is replaced.
+    let fifo = Fifo::new(pki.dir.join("fifo"))?;
+    let part = spec.cert_file.with_extension("part");
+    std::fs::hard_link(&fifo.0, &part)?;
+    std::fs::rename(&part, &spec.cert_file)?;
+    settle().await;
+    assert_eq!(
+        reloads(&metrics, "rejected"),
+        1.0,
+        "the FIFO was not rejected"
+    );
+    assert!(
+        serves(&acceptor, &pki, "old.test").await?,
+        "the old pair is no longer served"
+    );
+
+    huge_file(&part)?;
+    std::fs::rename(&part, &spec.cert_file)?;
+    settle().await;
+    assert_eq!(
+        reloads(&metrics, "rejected"),
+        2.0,
+        "the huge file was not rejected"
+    );
+    assert!(
+        serves(&acceptor, &pki, "old.test").await?,
+        "the old pair is no longer served"
+    );
+
+    put(&spec.key_file, &std::fs::read(&new.key_file)?)?;
+    put(&spec.cert_file, &std::fs::read(&new.cert_file)?)?;
+    settle().await;
+    assert_eq!(reloads(&metrics, "applied"), 1.0);
+    assert!(
+        serves(&acceptor, &pki, "new.test").await?,
+        "the new pair is not served"
+    );
+    Ok(())
+}
