@@ -6,8 +6,9 @@
 //! [`Accepted`]. A cluster's [`TlsConnector`] originates TLS to endpoints, verifying their
 //! certificates (by host name or IP, or by the SANs a mesh certificate carries) and presenting
 //! the proxy's client certificate when configured. Both re-read their files when they change
-//! ([`reload`]).
+//! ([`reload`]), and watch the dates of the certificate they present ([`expiry`]).
 
+mod expiry;
 mod identity;
 mod pem;
 mod reload;

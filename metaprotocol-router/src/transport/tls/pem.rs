@@ -56,6 +56,11 @@ impl PemFile {
         self.field
     }
 
+    /// Where the file was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The file's contents.
     pub fn bytes(&self) -> &[u8] {
         &self.bytes

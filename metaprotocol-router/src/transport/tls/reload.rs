@@ -26,6 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
+use super::expiry::Expiry;
 use super::pem::PemFile;
 use crate::config::ConfigError;
 use crate::stats::Counter;
@@ -39,6 +40,10 @@ pub(crate) const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 /// FAT's two seconds are at most two ticks of it), and short enough that the extra reads after
 /// a change are few.
 const SETTLE: Duration = Duration::from_secs(2);
+
+/// The config field of the certificate chain the proxy presents, on listeners and clusters
+/// alike.
+const PRESENTED: &str = "cert_file";
 
 /// Builds the settings from the files' contents.
 pub(crate) type Build<T> = Box<dyn Fn(&Files) -> Result<T, ConfigError> + Send + Sync>;
@@ -151,6 +156,8 @@ pub(crate) struct Reloading<T> {
     build: Build<T>,
     /// Who the settings are for, in logs (`listener in`, `cluster backend`).
     owner: String,
+    /// The dates of the presented chain, when the settings present one.
+    expiry: Option<Expiry>,
     applied: Counter,
     rejected: Counter,
 }
@@ -172,6 +179,11 @@ impl<T: Send + Sync + 'static> Reloading<T> {
         let look = Look::at(&sources);
         let files = Files::read(&sources)?;
         let first = build(&files)?;
+        let expiry = files.get(PRESENTED).ok().map(|presented| {
+            let expiry = Expiry::new(scope);
+            expiry.loaded(&owner, presented, SystemTime::now());
+            expiry
+        });
         let seen = Seen {
             look,
             contents: Ok(files.hash()),
@@ -188,6 +200,7 @@ impl<T: Send + Sync + 'static> Reloading<T> {
             sources,
             build,
             owner,
+            expiry,
             applied: reloads("applied"),
             rejected: reloads("rejected"),
         });
@@ -219,11 +232,15 @@ impl<T: Send + Sync + 'static> Reloading<T> {
         if now.contents == seen.contents {
             return now;
         }
-        match files.and_then(|files| (self.build)(&files)) {
-            Ok(settings) => {
+        let built = files.and_then(|files| (self.build)(&files).map(|settings| (settings, files)));
+        match built {
+            Ok((settings, files)) => {
                 self.current.store(Arc::new(settings));
                 self.applied.inc();
                 tracing::info!(owner = %self.owner, "TLS certificates reloaded");
+                if let (Some(expiry), Ok(presented)) = (&self.expiry, files.get(PRESENTED)) {
+                    expiry.loaded(&self.owner, presented, SystemTime::now());
+                }
             }
             Err(err) => {
                 // Files being replaced one by one can be caught half-way: the next change

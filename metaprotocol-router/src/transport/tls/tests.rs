@@ -90,6 +90,17 @@ impl Pki {
         sans: Vec<SanType>,
         raw_san: Option<Vec<u8>>,
     ) -> TestResult<Issued> {
+        self.issue_with(file, sans, raw_san, |_| {})
+    }
+
+    /// As [`Pki::issue`], with the parameters changed by `adjust` (the dates, say).
+    fn issue_with(
+        &self,
+        file: &str,
+        sans: Vec<SanType>,
+        raw_san: Option<Vec<u8>>,
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> TestResult<Issued> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
@@ -104,6 +115,7 @@ impl Pki {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
+        adjust(&mut params);
         let cert = params.signed_by(&key, &self.issuer)?;
         let issued = Issued {
             cert_file: self.dir.join(format!("{file}.pem")),
@@ -310,6 +322,16 @@ async fn client_certificates_of_an_intermediate_ca_are_verified_through_it() -> 
 /// True if a client that trusts `pki` and expects `name` completes a handshake with
 /// `acceptor` (on a socket of 127.0.0.1).
 async fn serves(acceptor: &TlsAcceptor, pki: &Pki, name: &str) -> TestResult<bool> {
+    Ok(handshake(acceptor, pki, name).await?.is_ok())
+}
+
+/// How the handshake of a client that trusts `pki` and expects `name` with `acceptor` ends,
+/// on the client's side.
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    pki: &Pki,
+    name: &str,
+) -> TestResult<std::io::Result<()>> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     let config = ClientConfig::builder_with_provider(provider())
@@ -326,7 +348,7 @@ async fn serves(acceptor: &TlsAcceptor, pki: &Pki, name: &str) -> TestResult<boo
     let _ = acceptor
         .accept(stream, Duration::from_secs(5), &CancellationToken::new())
         .await;
-    Ok(client_side.await?.is_ok())
+    Ok(client_side.await?)
 }
 
 /// Replaces the file at `path` whole (by rename), so that the watcher sees each step once.
@@ -336,10 +358,14 @@ fn put(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&part, path)
 }
 
-/// The value of the series `name{labels}` (labels as exposed: `outcome="applied"`); 0 if
-/// there is none.
+/// The value of the series `name{labels}` (labels as exposed: `outcome="applied"`, or none);
+/// 0 if there is none.
 fn series(metrics: &Metrics, name: &str, labels: &str) -> f64 {
-    let prefix = format!("metaprotocol_{name}{{{labels}}} ");
+    let prefix = if labels.is_empty() {
+        format!("metaprotocol_{name} ")
+    } else {
+        format!("metaprotocol_{name}{{{labels}}} ")
+    };
     metrics
         .render()
         .lines()
@@ -697,5 +723,157 @@ async fn a_certificate_replaced_by_a_fifo_or_a_huge_file_is_rejected_and_the_old
         serves(&acceptor, &pki, "new.test").await?,
         "the new pair is not served"
     );
+    Ok(())
+}
+
+/// An expired certificate is served all the same (clients that check dates refuse it), and
+/// the gauge of the presented chain's expiry shows its notAfter; a renewed one, once reloaded,
+/// moves the gauge. Clusters' client certificates have the gauge too.
+#[tokio::test]
+async fn an_expired_certificate_is_served_and_its_expiry_is_a_gauge() -> TestResult {
+    let pki = Pki::new("expiry")?;
+    let expired = pki.issue_with("expired", vec![dns("served.test")?], None, |params| {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    })?;
+    let renewed = pki.issue_with("renewed", vec![dns("served.test")?], None, |params| {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+    })?;
+    let spec = ListenerTlsSpec {
+        cert_file: pki.dir.join("served.pem"),
+        key_file: pki.dir.join("served-key.pem"),
+        client_ca_file: None,
+        require_client_cert: false,
+    };
+    put(&spec.cert_file, &std::fs::read(&expired.cert_file)?)?;
+    put(&spec.key_file, &std::fs::read(&expired.key_file)?)?;
+    let metrics = Metrics::new();
+    let acceptor = TlsAcceptor::new(&spec, "in", &metrics.root())?;
+    let expiry = || series(&metrics, "tls_certificate_expiry_timestamp_seconds", "");
+    // 2021-01-01T00:00:00Z.
+    assert_eq!(expiry(), 1_609_459_200.0);
+    let refused = handshake(&acceptor, &pki, "served.test").await?;
+    assert!(
+        matches!(&refused, Err(err) if err.to_string().contains("expired")),
+        "the client did not see the expired certificate: {refused:?}"
+    );
+
+    put(&spec.key_file, &std::fs::read(&renewed.key_file)?)?;
+    put(&spec.cert_file, &std::fs::read(&renewed.cert_file)?)?;
+    settle().await;
+    assert!(serves(&acceptor, &pki, "served.test").await?);
+    // 2100-01-01T00:00:00Z.
+    assert_eq!(expiry(), 4_102_444_800.0);
+
+    let cluster = ClusterTlsSpec {
+        ca_file: pki.ca_file.clone(),
+        cert_file: Some(expired.cert_file.clone()),
+        key_file: Some(expired.key_file.clone()),
+        server_name: None,
+        subject_alt_names: Vec::new(),
+    };
+    let cluster_metrics = Metrics::new();
+    let _connector = TlsConnector::new(&cluster, "c", &cluster_metrics.root())?;
+    assert_eq!(
+        series(
+            &cluster_metrics,
+            "tls_certificate_expiry_timestamp_seconds",
+            ""
+        ),
+        1_609_459_200.0
+    );
+    Ok(())
+}
+
+/// The warnings logged on this thread while `run` runs, each as its fields (`name=value`).
+fn warnings_of(run: impl FnOnce()) -> Vec<String> {
+    use std::fmt::Write;
+    use std::sync::Mutex;
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::{Event, Level, Metadata};
+
+    struct Fields(String);
+
+    impl Visit for Fields {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            let _ = write!(self.0, "{}={value:?} ", field.name());
+        }
+    }
+
+    struct Warnings(Arc<Mutex<Vec<String>>>);
+
+    impl tracing::Subscriber for Warnings {
+        fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+            *metadata.level() == Level::WARN
+        }
+        fn new_span(&self, _: &Attributes<'_>) -> Id {
+            Id::from_u64(1)
+        }
+        fn record(&self, _: &Id, _: &Record<'_>) {}
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, event: &Event<'_>) {
+            let mut fields = Fields(String::new());
+            event.record(&mut fields);
+            if let Ok(mut warnings) = self.0.lock() {
+                warnings.push(fields.0);
+            }
+        }
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+
+    let warnings = Arc::new(Mutex::new(Vec::new()));
+    tracing::subscriber::with_default(Warnings(warnings.clone()), run);
+    let warnings = warnings.lock().map(|warnings| warnings.clone());
+    warnings.unwrap_or_default()
+}
+
+/// Loading a certificate that has expired, or is not valid yet, logs a warning that names its
+/// file, its subject (or first name) and its dates; a valid one logs none.
+#[test]
+fn certificates_out_of_their_dates_are_loaded_with_a_warning_naming_them() -> TestResult {
+    let pki = Pki::new("expiry-warning")?;
+    let expired = pki.issue_with("expired", vec![dns("expired.test")?], None, |params| {
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "expired server");
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    })?;
+    let early = pki.issue_with("early", vec![dns("early.test")?], None, |params| {
+        params.not_before = rcgen::date_time_ymd(2099, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+    })?;
+    let valid = pki.issue("valid", vec![dns("valid.test")?], None)?;
+    let cases = [
+        (&expired, Some(("has expired", "CN=expired server", "2021"))),
+        (&early, Some(("is not valid yet", "early.test", "2100"))),
+        (&valid, None),
+    ];
+    for (issued, warning) in cases {
+        let spec = ListenerTlsSpec {
+            cert_file: issued.cert_file.clone(),
+            key_file: issued.key_file.clone(),
+            client_ca_file: None,
+            require_client_cert: false,
+        };
+        let mut loaded = Ok(());
+        let warnings = warnings_of(|| {
+            loaded = TlsAcceptor::new(&spec, "in", &Metrics::new().root()).map(drop);
+        });
+        loaded?;
+        let file = issued.cert_file.display().to_string();
+        match warning {
+            Some((what, name, not_after)) => assert!(
+                warnings.iter().any(|warning| [what, name, not_after, &file]
+                    .iter()
+                    .all(|part| warning.contains(part))),
+                "no warning that {file} {what}: {warnings:?}"
+            ),
+            None => assert!(warnings.is_empty(), "{warnings:?}"),
+        }
+    }
     Ok(())
 }
