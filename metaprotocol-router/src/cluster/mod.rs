@@ -46,7 +46,7 @@ use crate::health::{self, HealthMonitor, OutlierThresholds};
 use crate::lb::{LbSettings, LocalityPreference};
 use crate::router::AttemptOutcome;
 use crate::stats::{
-    ClusterStats, EndpointStats, HealthStats, IstioDestination, IstioReporter, MetricsScope,
+    ClusterStats, EndpointStats, HealthStats, IstioDestination, IstioReporters, MetricsScope,
 };
 use crate::transport::{Connector, TlsConnector};
 use crate::upstream::{PoolSettings, UpstreamPool};
@@ -74,6 +74,8 @@ struct ClusterState {
     probe: Option<Arc<Message>>,
     /// The running outlier detection and health checks, once the cluster is published.
     monitor: Option<HealthMonitor>,
+    /// The last snapshot's Istio reporters, for the next one.
+    istio: IstioReporters,
 }
 
 /// A configured cluster: its live snapshot, what it is rebuilt from, what protects it.
@@ -196,6 +198,7 @@ impl ClusterHandle {
             local,
             probe,
             monitor: None,
+            istio: IstioReporters::default(),
         };
         let snapshot = rebuild(&mut state, &stats, &breakers, &scope);
         Ok(Arc::new(Self {
@@ -436,6 +439,7 @@ impl ClusterHandle {
             local,
             probe,
             monitor: state.monitor.take(),
+            istio: std::mem::take(&mut state.istio),
         };
         if let Some((protocol, codec)) = codec {
             next.protocol = protocol;
@@ -564,6 +568,8 @@ fn rebuild(
     scope: &MetricsScope,
 ) -> ClusterSnapshot {
     let istio = scope.metrics().settings().istio.clone();
+    let previous = std::mem::take(&mut state.istio);
+    let mut reporters = IstioReporters::default();
     let cluster = state.spec.name.as_str();
     let settings = pool_settings(&state.spec);
     let mut endpoints = HashMap::with_capacity(state.spec.endpoints.len());
@@ -600,7 +606,7 @@ fn rebuild(
             endpoints.insert(address, endpoint.clone());
             let istio = istio.as_ref().map(|istio| {
                 let destination = IstioDestination::of_endpoint(istio, cluster, &spec.labels);
-                IstioReporter::new(scope, istio, &state.protocol, destination)
+                reporters.reporter(&previous, scope, istio, &state.protocol, destination)
             });
             hosts.push(Arc::new(Host {
                 endpoint,
@@ -620,8 +626,9 @@ fn rebuild(
     );
     snapshot.istio = istio.as_ref().map(|istio| {
         let destination = IstioDestination::of_cluster(istio, cluster);
-        IstioReporter::new(scope, istio, &state.protocol, destination)
+        reporters.reporter(&previous, scope, istio, &state.protocol, destination)
     });
+    state.istio = reporters;
     // Endpoints retired earlier and gone since: forgotten here as well as when the admin API
     // lists them, so that a cluster whose addresses keep changing (DNS) holds no growing list.
     state.retired.retain(|e| e.strong_count() > 0);
@@ -825,6 +832,57 @@ endpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.
             &Resolved::new(),
         )?;
         assert_eq!(picked(&c).len(), 3);
+        Ok(())
+    }
+
+    #[test]
+    fn istio_series_outlive_the_snapshot_that_counted_them() -> Result<(), ConfigError> {
+        use crate::config::IstioSpec;
+        use crate::stats::{MetricsSettings, RequestOutcome, SeriesValue};
+        use metaprotocol_core::ResponseFlags;
+
+        let metrics = Metrics::with_settings(MetricsSettings {
+            istio: Some(Arc::new(IstioSpec::default())),
+            ..MetricsSettings::default()
+        });
+        let codec = Arc::new(crate::testing::NullCodec) as Arc<dyn CodecFactory>;
+        let c = ClusterHandle::new(
+            &ClusterSpec::from_yaml(&format!(
+                "{THREE}\noutlier_detection: {{ consecutive_errors: 2 }}"
+            ))?,
+            "null".into(),
+            codec,
+            metrics.root().detached("cluster", "c"),
+            None,
+            &Resolved::new(),
+        )?;
+        let errors = || {
+            metrics.family("istio_requests").and_then(|f| {
+                f.find(&[("destination_service", "c"), ("response_code", "500")])
+                    .next()
+                    .cloned()
+            })
+        };
+        {
+            let snapshot = c.snapshot();
+            let Some(reporter) = snapshot.hosts[0].istio.as_ref() else {
+                panic!("the Istio series are on");
+            };
+            reporter.record(
+                RequestOutcome::SERVER_ERROR,
+                ResponseFlags::NONE,
+                false,
+                Duration::from_millis(1),
+            );
+        }
+        assert_eq!(errors(), Some(SeriesValue::Counter(1)));
+        // Another endpoint ejected: a new snapshot, and the one that counted is dropped.
+        assert!(set_one(&c, addr(2), HealthFlags::EJECTED, true));
+        assert_eq!(
+            errors(),
+            Some(SeriesValue::Counter(1)),
+            "the count outlives its snapshot"
+        );
         Ok(())
     }
 }

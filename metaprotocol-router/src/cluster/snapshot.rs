@@ -17,8 +17,9 @@ pub(crate) struct Host {
     pub weight: u32,
     pub labels: BTreeMap<String, String>,
     pub locality: LocalitySpec,
-    /// Counts its requests in the Istio series (labelled from `labels`), when they are on.
-    pub istio: Option<IstioReporter>,
+    /// Counts its requests in the Istio series (labelled from `labels`), when they are on;
+    /// shared by the hosts of the same destination, and kept by the next snapshot.
+    pub istio: Option<Arc<IstioReporter>>,
 }
 
 impl Host {
@@ -111,7 +112,7 @@ pub(crate) struct ClusterSnapshot {
     pub hosts: Vec<Arc<Host>>,
     /// Counts requests that reached the cluster but no endpoint in the Istio series, when they
     /// are on.
-    pub istio: Option<IstioReporter>,
+    pub istio: Option<Arc<IstioReporter>>,
     /// One set per subset selector, indexed by [`SubsetId`].
     sets: Vec<EndpointSet>,
     /// How many retries the cluster takes in flight.

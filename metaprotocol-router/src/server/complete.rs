@@ -65,8 +65,8 @@ fn istio(
     };
     match routed {
         Some(routed) => match routed.host() {
-            Some(host) => count(host.istio.as_ref()),
-            None => count(routed.cluster().snapshot().istio.as_ref()),
+            Some(host) => count(host.istio.as_deref()),
+            None => count(routed.cluster().snapshot().istio.as_deref()),
         },
         None => count(ctx.istio.as_ref()),
     }

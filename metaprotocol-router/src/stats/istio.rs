@@ -5,12 +5,15 @@
 //! destination labels), the endpoint's labels (`app`, `version` ...; see
 //! [`IstioDestination::of_endpoint`]), the cluster's name (`destination_service`), the
 //! protocol (`request_protocol`) and the request's outcome (`response_code`, mapped to the HTTP
-//! status Istio would show, and `response_flags`). Each reporter (one per endpoint of a cluster
-//! snapshot, one per cluster for requests that found no endpoint, one per listener for requests
-//! that found no cluster) resolves a series the first time a combination of outcome and flags
-//! happens, in a bounded table.
+//! status Istio would show, and `response_flags`). Each reporter (one per destination of a
+//! cluster: its endpoints' label sets, and the cluster itself for requests that found no
+//! endpoint; one per listener for requests that found no cluster) resolves a series the first
+//! time a combination of outcome and flags happens, in a bounded table. A cluster keeps its
+//! reporters across its snapshots ([`IstioReporters`]), so that those series outlive the
+//! snapshot that first counted in them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use metaprotocol_core::{LocalReplyKind, ResponseFlags};
@@ -34,7 +37,7 @@ const MAX_COMBINATIONS: usize = 128;
 const UNKNOWN: &str = "unknown";
 
 /// The `destination_*` labels of a reporter.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct IstioDestination {
     service: String,
     workload: String,
@@ -245,6 +248,41 @@ impl IstioReporter {
                 &labels,
             ),
         }
+    }
+}
+
+/// A cluster's reporters, one per protocol and destination, handed from each snapshot to the
+/// next. A reporter holds the series it resolved until it goes: one made afresh for each
+/// snapshot (every update, health change and ejection makes one) would hold none until each
+/// combination happened again, and the series the old one held would go with its snapshot,
+/// their counts with them (an error rate read through `increase()` lost its errors).
+#[derive(Debug, Default)]
+pub(crate) struct IstioReporters {
+    by_destination: HashMap<(String, IstioDestination), Arc<IstioReporter>>,
+}
+
+impl IstioReporters {
+    /// The reporter of requests of `protocol` to `destination`: this set's, else `previous`'s
+    /// (the last snapshot's), else a new one; kept in this set.
+    pub fn reporter(
+        &mut self,
+        previous: &IstioReporters,
+        scope: &MetricsScope,
+        spec: &IstioSpec,
+        protocol: &str,
+        destination: IstioDestination,
+    ) -> Arc<IstioReporter> {
+        let key = (protocol.to_owned(), destination);
+        if let Some(reporter) = self.by_destination.get(&key) {
+            return reporter.clone();
+        }
+        let reporter = previous
+            .by_destination
+            .get(&key)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(IstioReporter::new(scope, spec, protocol, key.1.clone())));
+        self.by_destination.insert(key, reporter.clone());
+        reporter
     }
 }
 

@@ -43,7 +43,7 @@ pub use counter::{Counter, UpDownCounter};
 pub use exposition::ExpositionFormat;
 pub(crate) use histogram::Unit;
 pub use histogram::{DurationHistogram, HistogramSnapshot};
-pub(crate) use istio::{IstioDestination, IstioReporter};
+pub(crate) use istio::{IstioDestination, IstioReporter, IstioReporters};
 pub(crate) use outcome::{OUTCOMES, RequestOutcome};
 use process::ProcessStats;
 
