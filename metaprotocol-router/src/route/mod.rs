@@ -410,4 +410,48 @@ endpoints: [ { address: 127.0.0.1:1, labels: { version: v1 } }, { address: 127.0
         assert_eq!(sides.len(), 2);
         Ok(())
     }
+
+    #[test]
+    fn a_routes_outcome_counts_outlive_an_update_of_its_table() -> Result<(), ConfigError> {
+        use crate::stats::{Completion, RequestOutcome, SeriesValue};
+        use metaprotocol_core::LocalReplyKind;
+
+        let clusters = ClusterManager::default();
+        clusters.insert(crate::cluster::tests::cluster("name: c")?);
+        let metrics = Metrics::new();
+        let spec =
+            RouteConfigSpec::from_yaml("name: r\nroutes: [ { name: a, route: { cluster: c } } ]")?;
+        let table = |version| RouteTable::build(&spec, version, &clusters, &metrics.root());
+        let timeouts = || {
+            metrics
+                .family("metaprotocol_route_rq_completed")
+                .and_then(|f| {
+                    f.find(&[("route", "a"), ("outcome", "timeout")])
+                        .next()
+                        .cloned()
+                })
+        };
+        let first = table(1)?;
+        if let Some(route) = first.get(0) {
+            route.stats.completed(&Completion {
+                outcome: RequestOutcome::local(LocalReplyKind::Timeout),
+                duration: Duration::from_millis(3),
+                rx_bytes: 10,
+                tx_bytes: 0,
+            });
+        }
+        assert_eq!(timeouts(), Some(SeriesValue::Counter(1)));
+        // The same routes again (a new version), built before the table they replace is
+        // dropped, as the proxy applies an update.
+        let second = table(2)?;
+        drop(first);
+        assert_eq!(
+            timeouts(),
+            Some(SeriesValue::Counter(1)),
+            "the count outlives the table"
+        );
+        drop(second);
+        assert_eq!(timeouts(), None, "and goes with the route");
+        Ok(())
+    }
 }

@@ -26,6 +26,11 @@ const PROTOCOL_ERRORS: [&str; 5] = [
 const OTHER_METHOD: &str = "other";
 /// Longer method names count as [`OTHER_METHOD`]: a label value is kept for every scrape.
 const MAX_METHOD_LABEL: usize = 128;
+/// The prefix of a listener's per-method series.
+const DOWNSTREAM: &str = "downstream";
+/// A series every method with a label value of its own has: where a listener's next context
+/// finds them.
+const DURATION_BY_METHOD: &str = "downstream_rq_time_seconds";
 
 /// A finished request, as the series count it.
 #[derive(Clone, Copy, Debug)]
@@ -40,7 +45,8 @@ pub(crate) struct Completion {
 }
 
 /// The series of the requests one component finished: by outcome (each outcome's series made
-/// the first time it happens), their duration and their bytes.
+/// the first time it happens, or taken over from the component this one replaces), their
+/// duration and their bytes.
 #[derive(Debug)]
 struct RequestSeries {
     scope: MetricsScope,
@@ -54,9 +60,19 @@ struct RequestSeries {
 impl RequestSeries {
     /// The series `<prefix>_rq_*` in `scope`.
     fn new(scope: MetricsScope, prefix: &str, what: &str) -> Self {
+        let completed_name = format!("{prefix}_rq_completed");
+        let completed = std::array::from_fn(|outcome| {
+            let resolved = OnceLock::new();
+            if let Some(counter) =
+                scope.existing_counter_with(&completed_name, &[("outcome", OUTCOMES[outcome])])
+            {
+                let _ = resolved.set(counter);
+            }
+            resolved
+        });
         Self {
-            completed_name: format!("{prefix}_rq_completed"),
-            completed: std::array::from_fn(|_| OnceLock::new()),
+            completed_name,
+            completed,
             duration: scope.latency_histogram(
                 &format!("{prefix}_rq_time_seconds"),
                 &format!(
@@ -95,7 +111,7 @@ impl RequestSeries {
 
 /// The per-method series of a listener: methods named by routes, then the first
 /// `method_label_limit` others seen, each get their own `method` label value; the rest share
-/// `other`.
+/// `other`. A listener's next context (a reload) starts with the methods the last one had seen.
 #[derive(Debug)]
 struct MethodSeries {
     scope: MetricsScope,
@@ -108,7 +124,7 @@ impl MethodSeries {
     fn new(scope: &MetricsScope, named: &[String]) -> Self {
         let limit = scope.metrics().settings().method_label_limit;
         let make = |method: &str| {
-            RequestSeries::new(scope.with_label("method", method), "downstream", "method")
+            RequestSeries::new(scope.with_label("method", method), DOWNSTREAM, "method")
         };
         let methods = Self {
             table: Interned::with_capacity(named.len() + limit),
@@ -116,6 +132,9 @@ impl MethodSeries {
             scope: scope.clone(),
         };
         for method in named {
+            methods.series(method.as_bytes());
+        }
+        for method in scope.label_values(DURATION_BY_METHOD, "method") {
             methods.series(method.as_bytes());
         }
         methods
@@ -137,7 +156,7 @@ impl MethodSeries {
                 let scope = self.scope.with_label("method", label);
                 (
                     method.into(),
-                    RequestSeries::new(scope, "downstream", "method"),
+                    RequestSeries::new(scope, DOWNSTREAM, "method"),
                 )
             })
             .unwrap_or(&self.other)
@@ -516,6 +535,44 @@ mod tests {
                 .family("metaprotocol_downstream_rq_completed")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_listener_rebuilt_keeps_the_methods_and_outcomes_it_counted() {
+        let metrics = Metrics::new();
+        let scope = metrics.root().detached("listener", "in");
+        let stats = ListenerStats::new(&scope, &["named".to_owned()]);
+        for method in ["named", "seen"] {
+            stats.completed(
+                Some(method.as_bytes()),
+                &completion(RequestOutcome::local(LocalReplyKind::Timeout)),
+            );
+        }
+        // A reload builds the listener's next context (its series in a scope of its own) before
+        // the last connection of the old one closes.
+        let next_scope = metrics.root().detached("listener", "in");
+        let next = ListenerStats::new(&next_scope, &["named".to_owned()]);
+        drop(stats);
+        scope.retire();
+        let timeouts = |method: &str| {
+            metrics
+                .family("metaprotocol_downstream_rq_completed")
+                .and_then(|f| {
+                    f.find(&[("method", method), ("outcome", "timeout")])
+                        .next()
+                        .cloned()
+                })
+        };
+        for method in ["named", "seen"] {
+            assert_eq!(timeouts(method), Some(SeriesValue::Counter(1)), "{method}");
+        }
+        next.completed(
+            Some(b"seen"),
+            &completion(RequestOutcome::local(LocalReplyKind::Timeout)),
+        );
+        assert_eq!(timeouts("seen"), Some(SeriesValue::Counter(2)));
+        next_scope.retire();
+        assert_eq!(timeouts("seen"), None);
     }
 
     #[test]

@@ -393,6 +393,18 @@ impl Metrics {
         series.metric.clone()
     }
 
+    /// One more registration of the counter `name` with `labels`, if some registration holds
+    /// it already.
+    fn register_existing_counter(&self, name: &str, labels: &Labels) -> Option<Counter> {
+        let mut families = lock(&self.inner.families);
+        let series = families.get_mut(name)?.series.get_mut(labels)?;
+        let Metric::Counter(counter) = &series.metric else {
+            return None;
+        };
+        series.refs += 1;
+        Some(counter.clone())
+    }
+
     /// Drops one registration of each series; a series with none left is removed.
     fn release(&self, owned: &[(String, Labels)]) {
         let mut families = lock(&self.inner.families);
@@ -502,6 +514,39 @@ impl MetricsScope {
         }
     }
 
+    /// The counter `name` with this scope's labels plus `extra` if some registration holds it
+    /// already. A component that replaces another (a route rebuilt by an update, a listener's
+    /// next context) takes over this way the series its predecessor resolved when their values
+    /// first happened: held by the predecessor alone, they would go with it, and start again
+    /// from 0 when their value next happened.
+    pub(crate) fn existing_counter_with(
+        &self,
+        name: &str,
+        extra: &[(&str, &str)],
+    ) -> Option<Counter> {
+        let name = prefixed(name);
+        let labels = self.labels_with(extra);
+        let counter = self.metrics.register_existing_counter(&name, &labels)?;
+        lock(&self.owned).push((name, labels));
+        Some(counter)
+    }
+
+    /// The values label `key` takes among the series of `name` that carry this scope's labels
+    /// first: the run-time label values (methods) a predecessor of the component resolved.
+    pub(crate) fn label_values(&self, name: &str, key: &str) -> Vec<String> {
+        let families = lock(&self.metrics.inner.families);
+        let Some(family) = families.get(&prefixed(name)) else {
+            return Vec::new();
+        };
+        family
+            .series
+            .keys()
+            .filter_map(|labels| labels.strip_prefix(self.labels.as_slice()))
+            .filter_map(|rest| rest.iter().find(|(k, _)| k == key))
+            .map(|(_, value)| value.clone())
+            .collect()
+    }
+
     /// The gauge `name` with this scope's labels.
     pub fn gauge(&self, name: &str, help: &str) -> Gauge {
         self.gauge_with(name, help, &[])
@@ -601,15 +646,21 @@ impl MetricsScope {
 
     /// Registers the series `name` with this scope's labels plus `extra`.
     fn register(&self, name: &str, help: &str, kind: FamilyKind, extra: &[(&str, &str)]) -> Metric {
+        let labels = self.labels_with(extra);
+        let metric = self.metrics.register(name, help, kind, &labels);
+        lock(&self.owned).push((name.to_owned(), labels));
+        metric
+    }
+
+    /// This scope's labels plus `extra`.
+    fn labels_with(&self, extra: &[(&str, &str)]) -> Labels {
         let mut labels = Labels::clone(&self.labels);
         labels.extend(
             extra
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
         );
-        let metric = self.metrics.register(name, help, kind, &labels);
-        lock(&self.owned).push((name.to_owned(), labels));
-        metric
+        labels
     }
 }
 
