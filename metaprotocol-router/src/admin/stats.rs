@@ -1,5 +1,6 @@
-//! `/stats`: every series as one readable line (`name{labels}: value`), histograms as their
-//! count, mean and percentiles, optionally only those whose name and labels match `?filter=`.
+//! `/stats`: every series as one readable line (`name{labels}: value`, label values escaped as
+//! in `/metrics`), histograms as their count, mean and percentiles, optionally only those whose
+//! name and labels match `?filter=`.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::proxy::ProxyState;
-use crate::stats::{FamilySnapshot, HistogramSnapshot, MetricKind, SeriesValue};
+use crate::stats::{FamilySnapshot, HistogramSnapshot, MetricKind, SeriesValue, write_labels};
 
 /// The percentiles a histogram line shows.
 const PERCENTILES: [(f64, &str); 4] = [(0.5, "p50"), (0.9, "p90"), (0.99, "p99"), (0.999, "p999")];
@@ -44,11 +45,10 @@ fn render(families: &[FamilySnapshot], filter: Option<&regex::Regex>) -> String 
         };
         for (labels, value) in &family.series {
             let mut series = name.clone();
-            if !labels.is_empty() {
-                let pairs: Vec<String> =
-                    labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-                let _ = write!(series, "{{{}}}", pairs.join(","));
-            }
+            write_labels(
+                &mut series,
+                labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            );
             if filter.is_some_and(|f| !f.is_match(&series)) {
                 continue;
             }
@@ -80,6 +80,25 @@ fn summary(name: &str, histogram: &HistogramSnapshot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_values_from_the_wire_cannot_forge_lines() {
+        // A method name a client chose, with a quote and a line break.
+        let method = "x\"}: 0\nmetaprotocol_upstream_rq_failures_total{cluster=\"c\"}: 99";
+        let families = vec![FamilySnapshot {
+            name: "metaprotocol_downstream_rq".into(),
+            help: String::new(),
+            kind: MetricKind::Counter,
+            series: vec![(
+                vec![("method".into(), method.into())],
+                SeriesValue::Counter(1),
+            )],
+        }];
+        assert_eq!(
+            render(&families, None),
+            "metaprotocol_downstream_rq_total{method=\"x\\\"}: 0\\nmetaprotocol_upstream_rq_failures_total{cluster=\\\"c\\\"}: 99\"}: 1\n"
+        );
+    }
 
     #[test]
     fn series_print_one_per_line_filtered() {

@@ -141,12 +141,25 @@ fn sample(
 ) {
     out.push_str(name);
     let le = le.map(|le| ("le", le));
-    let all = labels
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .chain(le);
+    write_labels(
+        out,
+        labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(le),
+    );
+    let _ = writeln!(out, " {value}");
+}
+
+/// `{key="value",...}` (nothing without labels), values escaped as the text format wants: a
+/// value may come from a request (a method name), and unescaped, its quotes and line breaks
+/// would end the series early and start lines of the sender's choosing.
+pub(crate) fn write_labels<'a>(
+    out: &mut String,
+    labels: impl IntoIterator<Item = (&'a str, &'a str)>,
+) {
     let mut first = true;
-    for (key, value) in all {
+    for (key, value) in labels {
         out.push(if first { '{' } else { ',' });
         first = false;
         let _ = write!(out, "{key}=\"");
@@ -163,7 +176,6 @@ fn sample(
     if !first {
         out.push('}');
     }
-    let _ = writeln!(out, " {value}");
 }
 
 /// Encodes `families` for prometheus-client (OpenMetrics, or an embedder's registry).

@@ -41,6 +41,7 @@ pub(crate) use components::{
 };
 pub use counter::{Counter, UpDownCounter};
 pub use exposition::ExpositionFormat;
+pub(crate) use exposition::write_labels;
 pub(crate) use histogram::Unit;
 pub use histogram::{DurationHistogram, HistogramSnapshot};
 pub(crate) use istio::{IstioDestination, IstioReporter, IstioReporters};
