@@ -26,13 +26,28 @@ pub(super) async fn stats(
     State(state): State<Arc<ProxyState>>,
     Query(filter): Query<Filter>,
 ) -> Response {
-    let filter = match filter.filter.as_deref().map(regex::Regex::new).transpose() {
+    let filter = match filter.filter.as_deref().map(compile).transpose() {
         Ok(filter) => filter,
         Err(err) => {
             return (StatusCode::BAD_REQUEST, format!("invalid filter: {err}\n")).into_response();
         }
     };
     render(&state.metrics().snapshot(), filter.as_ref()).into_response()
+}
+
+/// The largest program a `?filter=` may compile to, and the largest cache its matching may
+/// build. Compiling takes time in proportion to the program, on the runtime thread the admin
+/// API shares with the accept loops and health checks: the regex crate's own limit (10 MiB)
+/// let one GET hold that thread for most of a second (a debug build). A filter that names
+/// series (`cluster="backend".*_time_seconds`) compiles to a few kilobytes.
+const FILTER_SIZE_LIMIT: usize = 1 << 20;
+
+/// The regex of a `?filter=`, refused when its program would pass [`FILTER_SIZE_LIMIT`].
+fn compile(filter: &str) -> Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(filter)
+        .size_limit(FILTER_SIZE_LIMIT)
+        .dfa_size_limit(FILTER_SIZE_LIMIT)
+        .build()
 }
 
 /// The lines of `families` whose `name{labels}` matches `filter`.
@@ -98,6 +113,24 @@ mod tests {
             render(&families, None),
             "metaprotocol_downstream_rq_total{method=\"x\\\"}: 0\\nmetaprotocol_upstream_rq_failures_total{cluster=\\\"c\\\"}: 99\"}: 1\n"
         );
+    }
+
+    #[test]
+    fn a_filter_that_would_take_long_to_compile_is_refused() {
+        // 200 Unicode word characters: megabytes of program, most of a second of the runtime
+        // thread the admin API shares with the accept loops, for anyone who can send a GET.
+        let refused = compile(r"\w{200}").map(|_| ());
+        assert!(
+            matches!(refused, Err(regex::Error::CompiledTooBig(_))),
+            "{refused:?}"
+        );
+        for usual in [
+            r#"cluster="backend".*_time_seconds"#,
+            r"\w+_total",
+            "timeout|reset",
+        ] {
+            assert!(compile(usual).is_ok(), "{usual}");
+        }
     }
 
     #[test]
