@@ -11,6 +11,6 @@ impl CodecFactory for NullCodec {
     }
 
     fn new_codec(&self, _: Side, _: WireVariant) -> Box<dyn Codec> {
-        unimplemented!("the tests that use NullCodec never open a connection")
+        unimplemented!("NullCodec makes no codec: a connection that opens with it panics")
     }
 }

@@ -22,6 +22,7 @@ use metaprotocol_core::{
     Codec, CodecError, CodecFactory, EncodeParams, FrameHead, MAX_FRAME_HEAD, Message, MessageKind,
     Side, WireVariant,
 };
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
 
 use super::backoff::ConnectBackoff;
@@ -234,20 +235,35 @@ async fn serve<S: Transport>(
     };
     params.backoff.succeeded();
     params.stats.cx_total.inc();
-    params.stats.cx_active.inc();
     params.endpoint.cx_total.inc();
-    params.endpoint.cx_active.inc();
+    let _open = CountedOpen::new([&params.stats.cx_active, &params.endpoint.cx_active]);
     intake.shared.connected.store(true, Ordering::Release);
     if let Some(connected) = params.connected.take() {
         let _ = connected.send(());
     }
-    let (cluster_cx, endpoint_cx) = (
-        params.stats.cx_active.clone(),
-        params.endpoint.cx_active.clone(),
-    );
     Multiplexer::new(stream, params, intake).await;
-    cluster_cx.dec();
-    endpoint_cx.dec();
+}
+
+/// A connection counted open in its cluster's and its endpoint's gauges until dropped, however
+/// its task ends: returned, dropped mid-flight (its runtime shut down) or unwound by a panic (a
+/// codec's bug), as its place under the cluster's `max_connections` is given back.
+struct CountedOpen([Gauge; 2]);
+
+impl CountedOpen {
+    fn new(gauges: [&Gauge; 2]) -> Self {
+        Self(gauges.map(|gauge| {
+            gauge.inc();
+            gauge.clone()
+        }))
+    }
+}
+
+impl Drop for CountedOpen {
+    fn drop(&mut self) {
+        for gauge in &self.0 {
+            gauge.dec();
+        }
+    }
 }
 
 /// The task's end of its queue. However the task ends, dropped mid-flight included (its runtime
@@ -754,5 +770,48 @@ impl<S: Transport> Future for Multiplexer<S> {
                 return Poll::Pending;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::Metrics;
+
+    #[tokio::test]
+    async fn a_connection_whose_task_panics_is_counted_closed()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let metrics = Metrics::new();
+        let stats = ClusterStats::new(&metrics.root().detached("cluster", "c"));
+        let endpoint = EndpointStats::new(&metrics.root().detached("endpoint", "e"));
+        // A codec that panics when the connection is up and makes its codec: a bug in a
+        // protocol crate ends the task at once.
+        let prepared = prepare(ConnectParams {
+            address: upstream.local_addr()?,
+            codec: Arc::new(crate::testing::NullCodec),
+            variant: WireVariant::DEFAULT,
+            settings: PoolSettings {
+                connect_timeout: Duration::from_secs(5),
+                connections: 1,
+                idle_timeout: Duration::MAX,
+                frame_timeout: Duration::from_secs(5),
+                max_requests_per_connection: None,
+            },
+            connector: Connector::Plain,
+            backoff: Arc::new(ConnectBackoff::new()),
+            replacements: Arc::new(ConnectBackoff::new()),
+            stats: stats.clone(),
+            endpoint: endpoint.clone(),
+            connected: None,
+            permit: None,
+        });
+        let ended =
+            tokio::time::timeout(Duration::from_secs(10), tokio::spawn(prepared.task)).await?;
+        assert!(ended.is_err_and(|e| e.is_panic()));
+        assert_eq!(stats.cx_total.get(), 1, "it was up");
+        assert_eq!(stats.cx_active.get(), 0);
+        assert_eq!(endpoint.cx_active.get(), 0);
+        Ok(())
     }
 }
