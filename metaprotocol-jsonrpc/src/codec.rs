@@ -15,7 +15,8 @@ use crate::line::{self, Invalid, Line, Text};
 /// The id a reply to a line without a readable id carries.
 const NULL_ID: &[u8] = b"null";
 
-/// The codec of one connection and direction. It keeps no state between frames.
+/// The codec of one connection and direction. Between frames it keeps only how much of a line
+/// still arriving it has looked through.
 ///
 /// A call travels upstream with an id of the proxy's own that carries the client's: the
 /// string `"<n>:<hex>"`, where `n` is the engine's request id and `hex` the client's id as it
@@ -26,6 +27,10 @@ pub struct JsonRpcCodec {
     side: Side,
     max_line: usize,
     mutations_ignored: Arc<AtomicU64>,
+    /// The bytes at the front of the read buffer known to hold no newline: a line that arrives
+    /// a little at a time is looked through once, not again at every read (a client trickling
+    /// a long line would otherwise cost the proxy time growing with the square of its length).
+    searched: usize,
 }
 
 impl JsonRpcCodec {
@@ -36,6 +41,7 @@ impl JsonRpcCodec {
             side,
             max_line,
             mutations_ignored,
+            searched: 0,
         }
     }
 
@@ -188,15 +194,20 @@ fn error_code(request: &Message, kind: LocalReplyKind) -> i64 {
 impl Codec for JsonRpcCodec {
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, CodecError> {
         loop {
-            let Some(newline) = src.iter().position(|b| *b == b'\n') else {
+            let from = self.searched.min(src.len());
+            let found = src[from..].iter().position(|b| *b == b'\n');
+            let Some(newline) = found.map(|at| from + at) else {
                 if src.len() > self.max_line {
+                    self.searched = 0;
                     return Err(CodecError::FrameTooLarge {
                         size: src.len() as u64,
                         max: self.max_line,
                     });
                 }
+                self.searched = src.len();
                 return Ok(None);
             };
+            self.searched = 0;
             if newline > self.max_line {
                 return Err(CodecError::FrameTooLarge {
                     size: newline as u64,

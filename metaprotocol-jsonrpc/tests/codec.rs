@@ -74,6 +74,52 @@ fn a_line_longer_than_the_limit_closes_the_connection() {
     );
 }
 
+/// The CPU time this thread has run, by the kernel's count.
+fn thread_cpu() -> Result<std::time::Duration, Box<dyn std::error::Error>> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat")?;
+    let nanos = stat.split_whitespace().next().ok_or("empty schedstat")?;
+    Ok(std::time::Duration::from_nanos(nanos.parse()?))
+}
+
+/// A client may send a long line a little at a time: each read is looked through, not the
+/// whole line again (which made a line of n bytes in reads of k cost n²/2k bytes looked at:
+/// a client trickling an 8 MiB line burnt a core for the listener's frame timeout). Measured as
+/// the CPU the same line costs decoded whole, with a wide margin (the quadratic cost is
+/// hundreds of times that).
+#[test]
+fn a_line_arriving_a_little_at_a_time_is_looked_through_once() -> TestResult {
+    let big = 4 << 20;
+    let line = format!(
+        "{{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"params\":[\"{}\"],\"id\":1}}\n",
+        "x".repeat(big)
+    );
+    let factory = JsonRpcCodecFactory::new(2 * big);
+    let whole = {
+        let started = thread_cpu()?;
+        let mut codec = factory.new_codec(Side::Downstream, WireVariant::DEFAULT);
+        let calls = decode_all(&mut codec, line.as_bytes())?;
+        assert_eq!(calls.len(), 1);
+        thread_cpu()? - started
+    };
+    let started = thread_cpu()?;
+    let mut codec = factory.new_codec(Side::Downstream, WireVariant::DEFAULT);
+    let mut src = BytesMut::new();
+    let mut calls = 0;
+    for piece in line.as_bytes().chunks(4096) {
+        src.extend_from_slice(piece);
+        while codec.decode(&mut src)?.is_some() {
+            calls += 1;
+        }
+    }
+    let trickled = thread_cpu()? - started;
+    assert_eq!(calls, 1);
+    assert!(
+        trickled < 10 * whole.max(std::time::Duration::from_millis(10)),
+        "in 4 KiB reads: {trickled:?}; whole: {whole:?}"
+    );
+    Ok(())
+}
+
 #[test]
 fn ids_come_back_as_the_client_wrote_them() -> TestResult {
     for id in ["\"x-1\"", "18446744073709551615", "null", "-3", "1.5"] {
