@@ -13,6 +13,7 @@
 //! | a request (`method`, `params`, `id`) | a two-way call; `method` is its metadata, for routes to match |
 //! | a notification (no `id`) | a one-way call |
 //! | ids: numbers, strings, `null` | kept as written: the client's answer carries its own id, byte for byte. Upstream, a call's id is the proxy's own string `"<n>:<hex>"`: the engine's request id and the client's id, hex-encoded, which the server echoes back, so the codec keeps no state |
+//! | other ids (objects, arrays, booleans) | answered with error -32600 (id `null`), not proxied: JSON-RPC 2.0 allows none |
 //! | a response with `result` | status `Ok` |
 //! | a response with `error` | `ServerError` for the codes JSON-RPC reserves (-32768 to -32000), `ApplicationError` for the service's own |
 //! | a batch (an array) | answered with error -32600, not proxied |

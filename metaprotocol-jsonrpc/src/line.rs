@@ -103,6 +103,10 @@ pub(crate) fn read(line: &[u8]) -> Line {
     if envelope.jsonrpc.map(RawValue::get) != Some("\"2.0\"") {
         return Line::Invalid(Invalid::NotRpc);
     }
+    // JSON-RPC 2.0: an id "MUST contain a String, Number, or NULL value if included".
+    if envelope.id.is_some_and(|raw| !is_id(raw.get())) {
+        return Line::Invalid(Invalid::NotRpc);
+    }
     let id = envelope.id.map(|raw| span(line, raw.get()));
     match (envelope.method, id) {
         (Some(method), id) => match text(line, method) {
@@ -117,6 +121,11 @@ pub(crate) fn read(line: &[u8]) -> Line {
         }
         _ => Line::Invalid(Invalid::NotRpc),
     }
+}
+
+/// True if `json`, one JSON value, is a string, a number or `null`.
+fn is_id(json: &str) -> bool {
+    json == "null" || matches!(json.as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9'))
 }
 
 /// The string `raw` (a value in `line`): where its text sits when it has no escapes, else its

@@ -246,6 +246,23 @@ fn local_replies_are_json_rpc_errors_with_the_clients_id() -> TestResult {
     Ok(())
 }
 
+/// JSON-RPC 2.0 ids are strings, numbers or null: a call with another id is an invalid
+/// request (-32600, id null), not proxied with an id its server may not take.
+#[test]
+fn a_call_whose_id_is_an_object_array_or_boolean_is_an_invalid_request() -> TestResult {
+    let mut downstream = codec(Side::Downstream);
+    for id in ["{\"a\":1}", "[1]", "true", "false"] {
+        let line = format!("{{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"id\":{id}}}\n");
+        let call = decode_all(&mut downstream, line.as_bytes())?.remove(0);
+        assert!(call.reject_reason.is_some(), "id {id} was taken");
+        let answer = reply(&mut downstream, &call, LocalReplyKind::BadRequest)?;
+        let answer: serde_json::Value = serde_json::from_str(&answer)?;
+        assert_eq!(answer["error"]["code"], -32600, "{answer}");
+        assert_eq!(answer["id"], serde_json::Value::Null);
+    }
+    Ok(())
+}
+
 #[test]
 fn the_wrong_direction_is_refused() {
     let response = b"{\"jsonrpc\":\"2.0\",\"result\":1,\"id\":1}\n";
