@@ -16,7 +16,7 @@
 //! | other ids (objects, arrays, booleans) | answered with error -32600 (id `null`), not proxied: JSON-RPC 2.0 allows none |
 //! | a response with `result` | status `Ok` |
 //! | a response with `error` | `ServerError` for the codes JSON-RPC reserves (-32768 to -32000), `ApplicationError` for the service's own |
-//! | a batch (an array) | answered with error -32600, not proxied |
+//! | a batch (an array) | answered with error -32600, not proxied (-32700 if it is not JSON) |
 //! | a line that is not JSON (UTF-8 text included: a string the codec skips is checked too) | answered with error -32700 (id `null`); the connection stays open |
 //! | a line longer than `max_frame_bytes` | the connection closes |
 //! | a call whose line, with the proxy's id (the client's hex-encoded, twice as long), is longer than the cluster's `max_frame_bytes` | not sent: its client gets error -32600, and the upstream connection is spared an answer too long to read, which would close it under every call in flight there; a notification longer than that limit (a listener may take longer lines) is not sent either |

@@ -86,15 +86,19 @@ impl Invalid {
 
 /// Reads `line` (without its newline).
 pub(crate) fn read(line: &[u8]) -> Line {
-    if line.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
-        return Line::Invalid(Invalid::Batch);
-    }
     // JSON is UTF-8 text (RFC 8259), but serde_json checks only the strings it builds, not
     // those it skips (`params`, a result, an error's message): a line that is not UTF-8 would be
     // forwarded to a peer whose parser refuses it.
     let Ok(line_text) = std::str::from_utf8(line) else {
         return Line::Invalid(Invalid::Parse);
     };
+    if line.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        // JSON-RPC 2.0 answers a batch that is not JSON with a parse error, like any line.
+        return match serde_json::from_str::<serde::de::IgnoredAny>(line_text) {
+            Ok(_) => Line::Invalid(Invalid::Batch),
+            Err(_) => Line::Invalid(Invalid::Parse),
+        };
+    }
     let envelope: Envelope<'_> = match serde_json::from_str(line_text) {
         Ok(envelope) => envelope,
         Err(err) if err.is_data() => return Line::Invalid(Invalid::NotRpc),
@@ -205,6 +209,7 @@ mod tests {
             "a string that is not UTF-8, in a member the codec skips"
         );
         assert_eq!(read(b" [{}]"), Line::Invalid(Invalid::Batch));
+
         assert_eq!(read(b"42"), Line::Invalid(Invalid::NotRpc));
         assert_eq!(
             read(br#"{"jsonrpc":"1.0","method":"a","id":1}"#),
@@ -217,6 +222,17 @@ mod tests {
         assert_eq!(
             read(br#"{"jsonrpc":"2.0","id":1}"#),
             Line::Invalid(Invalid::NotRpc)
+        );
+    }
+
+    /// JSON-RPC 2.0's own example: a batch cut short is a parse error (-32700), not an invalid
+    /// request (-32600).
+    #[test]
+    fn a_batch_that_is_not_json_is_a_parse_error() {
+        assert_eq!(read(b"[]"), Line::Invalid(Invalid::Batch));
+        assert_eq!(
+            read(br#"[{"jsonrpc":"2.0","method":"sum","params":[1,2,4],"id":"1"},{"jsonrpc":"2.0","method""#),
+            Line::Invalid(Invalid::Parse)
         );
     }
 }
