@@ -187,6 +187,7 @@ fn error_code(request: &Message, kind: LocalReplyKind) -> i64 {
         LocalReplyKind::Unavailable | LocalReplyKind::NoHealthyUpstream => -32002,
         LocalReplyKind::OverLimit => -32003,
         LocalReplyKind::Unauthorized => -32004,
+        LocalReplyKind::Internal => -32603,
         _ => -32000,
     }
 }

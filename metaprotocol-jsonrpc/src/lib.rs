@@ -25,8 +25,9 @@
 //!
 //! Local replies are JSON-RPC errors: `route_not_found` is -32601 (method not found),
 //! `bad_request` -32600 (or -32700 for a parse error), `timeout` -32001, `unavailable` and
-//! `no_healthy_upstream` -32002, `over_limit` -32003, `unauthorized` -32004, anything else
-//! -32000; the message is `"<kind>: <text>"`.
+//! `no_healthy_upstream` -32002, `over_limit` -32003, `unauthorized` -32004, `internal` (an
+//! answer over the line limit, say) -32603 (internal error), anything else -32000; the message
+//! is `"<kind>: <text>"`.
 //!
 //! ```
 //! use bytes::BytesMut;

@@ -263,6 +263,23 @@ fn a_call_whose_id_is_an_object_array_or_boolean_is_an_invalid_request() -> Test
     Ok(())
 }
 
+/// The proxy's own failures (an answer it could not forward, say) are JSON-RPC 2.0's
+/// "Internal error", -32603, not a server error of the implementation-defined range.
+#[test]
+fn an_internal_failure_is_json_rpc_internal_error() -> TestResult {
+    let mut downstream = codec(Side::Downstream);
+    let call = decode_all(
+        &mut downstream,
+        b"{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"id\":5}\n",
+    )?
+    .remove(0);
+    let answer = reply(&mut downstream, &call, LocalReplyKind::Internal)?;
+    let answer: serde_json::Value = serde_json::from_str(&answer)?;
+    assert_eq!(answer["error"]["code"], -32603, "{answer}");
+    assert_eq!(answer["id"], 5);
+    Ok(())
+}
+
 #[test]
 fn the_wrong_direction_is_refused() {
     let response = b"{\"jsonrpc\":\"2.0\",\"result\":1,\"id\":1}\n";
