@@ -15,6 +15,8 @@ mod json_line;
 
 use std::time::Duration;
 
+use serde_json::json;
+
 use json_line::Line;
 use support::interop::Suite;
 use support::process::{ChildGuard, Scratch};
@@ -165,4 +167,99 @@ fn json_rpc_through_the_proxy_with_a_real_library() -> TestResult {
     // The connection goes on after it.
     assert!(raw.iter().any(|l| l.num("result") == Some(4.0)), "{raw:?}");
     Ok(())
+}
+
+/// The upstream of [`an_answer_over_the_line_limit_fails_its_call_alone`]: once one connection
+/// brought calls of `big` and `small`, answers `big` with a line of 64 KiB whose id comes last
+/// (as Python's json writes it), in pieces, then `small`, and keeps the connection open.
+async fn answer_big_then_small(socket: tokio::net::TcpStream) -> TestResult {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut lines = tokio::io::BufReader::new(socket).lines();
+    let mut ids = std::collections::BTreeMap::new();
+    while ids.len() < 2 {
+        let Some(line) = lines.next_line().await? else {
+            return Ok(());
+        };
+        let call: serde_json::Value = serde_json::from_str(&line)?;
+        ids.insert(call["method"].to_string(), call["id"].clone());
+    }
+    let (Some(big), Some(small)) = (ids.get("\"big\""), ids.get("\"small\"")) else {
+        return Err(format!("unexpected calls: {ids:?}").into());
+    };
+    let big = format!(
+        "{{\"jsonrpc\": \"2.0\", \"result\": \"{}\", \"id\": {big}}}\n",
+        "x".repeat(support::big_answer::BIG)
+    );
+    let socket = lines.get_mut().get_mut();
+    for piece in big.as_bytes().chunks(20_000) {
+        socket.write_all(piece).await?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let small = format!("{{\"jsonrpc\": \"2.0\", \"result\": \"fits\", \"id\": {small}}}\n");
+    socket.write_all(small.as_bytes()).await?;
+    while lines.next_line().await?.is_some() {}
+    Ok(())
+}
+
+/// One answer line read from `client`, as JSON.
+async fn answer(
+    client: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+) -> TestResult<serde_json::Value> {
+    use tokio::io::AsyncBufReadExt;
+    let mut line = String::new();
+    client.read_line(&mut line).await?;
+    Ok(serde_json::from_str(&line)?)
+}
+
+/// An answer over the cluster's `max_frame_bytes` (a line, whose length no header gives) fails
+/// its call alone, with -32603: the proxy passes over the line as it arrives, and the call
+/// answered after it on the same upstream connection gets its answer. Before, the upstream
+/// connection closed and both calls failed with `upstream_reset`.
+#[tokio::test]
+async fn an_answer_over_the_line_limit_fails_its_call_alone() -> TestResult {
+    use tokio::io::AsyncWriteExt;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let upstream = listener.local_addr()?;
+        let server = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                tokio::spawn(answer_big_then_small(socket));
+            }
+        });
+        let proxy = support::proxy::start_engine(&format!(
+            "listeners: [ {{ name: rpc-in, address: 127.0.0.1:0, protocol: jsonrpc, route_config: r }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
+clusters:
+  - name: c
+    codec: {{ max_frame_bytes: 16384 }}
+    endpoints: [ {{ address: \"{upstream}\" }} ]
+"
+        ))
+        .await?;
+        let addr = support::proxy::listener_addr(&proxy, "rpc-in")?;
+        let connect = || async {
+            TestResult::Ok(tokio::io::BufReader::new(
+                tokio::net::TcpStream::connect(addr).await?,
+            ))
+        };
+        let (mut big_client, mut small_client) = (connect().await?, connect().await?);
+        big_client
+            .get_mut()
+            .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"big\",\"id\":1}\n")
+            .await?;
+        // After `big`, so that it waits behind `big`'s answer.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        small_client
+            .get_mut()
+            .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"small\",\"id\":\"s\"}\r\n")
+            .await?;
+        let (big, small) = (answer(&mut big_client).await?, answer(&mut small_client).await?);
+        assert_eq!((&big["error"]["code"], &big["id"]), (&json!(-32603), &json!(1)), "{big}");
+        assert_eq!((&small["result"], &small["id"]), (&json!("fits"), &json!("s")), "{small}");
+        support::big_answer::assert_one_answer_passed_over(&proxy);
+        proxy.shutdown().await;
+        server.abort();
+        TestResult::Ok(())
+    })
+    .await?
 }

@@ -159,12 +159,38 @@ pub trait Codec: Send {
     /// from its header, so that the engine can pass over the frame and fail that one request
     /// rather than close a connection other clients' requests share (an answer may be larger
     /// than the call: an echo of a call at the limit). `None`, the default, when the protocol
-    /// cannot tell (the frame does not answer a request, or its framing does not give its
-    /// length): the connection closes.
+    /// cannot tell (the frame does not answer a request, or neither its framing nor
+    /// [`Codec::pass_over`] can give its length): the connection closes.
     fn oversized_response(&self, src: &[u8]) -> Option<FrameHead> {
         let _ = src;
         None
     }
+
+    /// On the upstream side, after [`Codec::oversized_response`] said [`FrameHead::Unsized`]:
+    /// takes the bytes of that frame read so far, at the front of `src`, and says whether the
+    /// frame ends among them and, once it has, the request it answered. The engine drops what
+    /// it passed and calls again with each read until the frame ends, so the codec holds none
+    /// of it, only what it needs to tell the request (which may come at the frame's end: a
+    /// JSON object's `id`). `None`, the default, when the codec cannot: the connection closes.
+    fn pass_over(&mut self, src: &[u8]) -> Option<PassedOver> {
+        let _ = src;
+        None
+    }
+}
+
+/// What [`Codec::pass_over`] found in the bytes of a frame too large to decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PassedOver {
+    /// They all belong to the frame, which goes on.
+    More,
+    /// The frame ends after the first `len` of them; it answered `request_id` (the id the
+    /// request was sent upstream with), or an unknown request when `None`.
+    End {
+        /// The bytes of those given that end the frame.
+        len: usize,
+        /// The id the request was sent upstream with, if the frame said.
+        request_id: Option<u64>,
+    },
 }
 
 /// The head of a response frame too large to decode: see [`Codec::oversized_response`].
@@ -180,6 +206,10 @@ pub enum FrameHead {
     /// The bytes read do not yet reach what tells the request (the engine reads on, up to
     /// [`MAX_FRAME_HEAD`] bytes).
     Incomplete,
+    /// The frame's length is not in its head (a line ends at its newline), nor perhaps the
+    /// request it answers: the engine hands the frame's bytes to [`Codec::pass_over`] as they
+    /// arrive, and drops them.
+    Unsized,
 }
 
 /// The most bytes of a too-large response the engine holds while its codec looks for the

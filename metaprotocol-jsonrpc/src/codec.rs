@@ -5,12 +5,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use metaprotocol_core::{
-    ByteStr, Codec, CodecError, EncodeParams, FrameLayout, LocalReply, LocalReplyKind, Message,
-    MessageKind, ResponseStatus, Side, keys,
+    ByteStr, Codec, CodecError, EncodeParams, FrameHead, FrameLayout, LocalReply, LocalReplyKind,
+    Message, MessageKind, PassedOver, ResponseStatus, Side, keys,
 };
 use serde_json::value::RawValue;
 
 use crate::line::{self, Invalid, Line, Text};
+use crate::skim::Skim;
 
 /// The id a reply to a line without a readable id carries.
 const NULL_ID: &[u8] = b"null";
@@ -31,6 +32,8 @@ pub struct JsonRpcCodec {
     /// a little at a time is looked through once, not again at every read (a client trickling
     /// a long line would otherwise cost the proxy time growing with the square of its length).
     searched: usize,
+    /// An answer over the line limit being passed over (upstream).
+    skim: Skim,
 }
 
 impl JsonRpcCodec {
@@ -42,6 +45,7 @@ impl JsonRpcCodec {
             max_line,
             mutations_ignored,
             searched: 0,
+            skim: Skim::default(),
         }
     }
 
@@ -321,6 +325,25 @@ impl Codec for JsonRpcCodec {
         dst.put_slice(id);
         dst.put_slice(b"}\n");
         Ok(())
+    }
+
+    /// A line has no length in its head, and its id may come last: the engine hands the line
+    /// to [`Codec::pass_over`] as it arrives.
+    fn oversized_response(&self, _src: &[u8]) -> Option<FrameHead> {
+        (self.side == Side::Upstream).then_some(FrameHead::Unsized)
+    }
+
+    fn pass_over(&mut self, src: &[u8]) -> Option<PassedOver> {
+        if self.side != Side::Upstream {
+            return None;
+        }
+        Some(match self.skim.feed(src) {
+            None => PassedOver::More,
+            Some(len) => {
+                let request_id = std::mem::take(&mut self.skim).request_id();
+                PassedOver::End { len, request_id }
+            }
+        })
     }
 
     fn encode_heartbeat_reply(

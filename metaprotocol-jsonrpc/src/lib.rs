@@ -20,6 +20,7 @@
 //! | a line that is not JSON (UTF-8 text included: a string the codec skips is checked too) | answered with error -32700 (id `null`); the connection stays open |
 //! | a line longer than `max_frame_bytes` | the connection closes |
 //! | a call whose line, with the proxy's id (the client's hex-encoded, twice as long), is longer than the cluster's `max_frame_bytes` | not sent: its client gets error -32600, and the upstream connection is spared an answer too long to read, which would close it under every call in flight there; a notification longer than that limit (a listener may take longer lines) is not sent either |
+//! | an answer longer than the cluster's `max_frame_bytes` | passed over as it arrives, never held: its call gets error -32603 (`internal`), and the upstream connection stays open for the calls behind it |
 //! | an answer whose id does not spell, in hex, an id a client could have sent (JSON on one line) | not forwarded: its client gets error -32000 instead, and the upstream connection stays open |
 //! | header mutations | JSON-RPC has no headers: the frame is forwarded unchanged and counted in `metaprotocol_codec_mutations_not_applied_total{protocol="jsonrpc"}` |
 //!
@@ -63,6 +64,7 @@
 
 mod codec;
 mod line;
+mod skim;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -20,7 +20,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use metaprotocol_core::{
     Codec, CodecError, CodecFactory, EncodeParams, FrameHead, MAX_FRAME_HEAD, Message, MessageKind,
-    Side, WireVariant,
+    PassedOver, Side, WireVariant,
 };
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
@@ -305,6 +305,14 @@ struct Waiting {
     starts_at: u64,
 }
 
+/// An answer over the frame limit `max` being passed over a read at a time by its codec.
+#[derive(Clone, Copy)]
+struct UnsizedAnswer {
+    max: usize,
+    /// Its bytes passed so far.
+    seen: u64,
+}
+
 /// The connected task.
 struct Multiplexer<S> {
     io: S,
@@ -337,6 +345,9 @@ struct Multiplexer<S> {
     partial_since: Option<Instant>,
     /// Bytes still to pass over of an answer too large to decode (see [`Codec::oversized_response`]).
     skipping: u64,
+    /// An answer too large to decode whose length its head does not give, being passed over
+    /// by its codec ([`Codec::pass_over`]).
+    passing_unsized: Option<UnsizedAnswer>,
     /// Whether a request was taken since the last sweep, and when the connection last carried
     /// anything (as of a sweep).
     busy: bool,
@@ -382,6 +393,7 @@ impl<S: Transport> Multiplexer<S> {
             frame_timeout: params.settings.frame_timeout,
             partial_since: None,
             skipping: 0,
+            passing_unsized: None,
             busy: false,
             last_busy: Instant::now(),
             replacements: params.replacements,
@@ -511,6 +523,13 @@ impl<S: Transport> Multiplexer<S> {
                 self.partial_since = None;
                 continue;
             }
+            if self.passing_unsized.is_some() {
+                match self.pass_unsized(now) {
+                    Ok(true) => continue,
+                    Ok(false) => break,
+                    Err(err) => return self.untrusted(&err),
+                }
+            }
             // Decoded in a box, in place: from here on the answer moves as a pointer.
             let mut message = spare::slot();
             match self.decoder.decode_into(&mut self.read_buf, &mut message) {
@@ -529,6 +548,9 @@ impl<S: Transport> Multiplexer<S> {
                     match self.decoder.oversized_response(&self.read_buf) {
                         Some(FrameHead::Response { request_id, len }) => {
                             self.pass_over(request_id, len, max, now);
+                        }
+                        Some(FrameHead::Unsized) => {
+                            self.passing_unsized = Some(UnsizedAnswer { max, seen: 0 });
                         }
                         Some(FrameHead::Incomplete) if self.read_buf.len() < MAX_FRAME_HEAD => {
                             self.partial_since.get_or_insert(now);
@@ -558,6 +580,45 @@ impl<S: Transport> Multiplexer<S> {
     fn pass_over(&mut self, request_id: u64, len: u64, max: usize, now: Instant) {
         tracing::debug!(address = %self.address, request_id, len, max, "passing over an answer over the frame limit");
         self.skipping = len;
+        self.fail_oversized(Some(request_id), len, max, now);
+    }
+
+    /// Hands what was read of an answer too large to decode, whose length its head does not
+    /// give, to its codec to pass over: true once the answer ended (its request failed), false
+    /// while more is to come, an error if the codec cannot.
+    fn pass_unsized(&mut self, now: Instant) -> Result<bool, CodecError> {
+        let passed = self.decoder.pass_over(&self.read_buf).ok_or_else(|| {
+            CodecError::malformed("the codec cannot pass over an answer too large to decode")
+        })?;
+        let (len, end) = match passed {
+            PassedOver::More => (self.read_buf.len(), None),
+            PassedOver::End { len, request_id } => (len.min(self.read_buf.len()), Some(request_id)),
+        };
+        self.read_buf.advance(len);
+        let Some(answer) = self.passing_unsized.as_mut() else {
+            return Ok(true);
+        };
+        answer.seen += len as u64;
+        let Some(request_id) = end else {
+            // The rest of the answer is still to come, within the frame timeout.
+            self.partial_since.get_or_insert(now);
+            return Ok(false);
+        };
+        let UnsizedAnswer { max, seen } = *answer;
+        self.passing_unsized = None;
+        self.partial_since = None;
+        tracing::debug!(address = %self.address, ?request_id, len = seen, max, "passed over an answer over the frame limit");
+        self.fail_oversized(request_id, seen, max, now);
+        Ok(true)
+    }
+
+    /// Fails request `request_id` (if the answer said which), whose answer of `len` bytes is
+    /// over the limit `max`.
+    fn fail_oversized(&mut self, request_id: Option<u64>, len: u64, max: usize, now: Instant) {
+        let Some(request_id) = request_id else {
+            self.stats.unmatched_responses.inc();
+            return;
+        };
         match self.waiting.remove(request_id) {
             // Counted with the attempt's failures (`response_too_large`).
             Some(waiting) if waiting.deadline > now => waiting
