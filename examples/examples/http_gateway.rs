@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo run -p metaprotocol-examples --example http_gateway -- --listen 127.0.0.1:8080 --config gateway.yaml
-//! curl -X POST -d '{"args": ["ada"], "attachments": {"tenant": "t1"}}' \
+//! curl -H 'Content-Type: application/json' -d '{"args": ["ada"], "attachments": {"tenant": "t1"}}' \
 //!   http://127.0.0.1:8080/dubbo/org.apache.dubbo.samples.basic.api.DemoService/sayHello
 //! ```
 //!

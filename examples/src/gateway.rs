@@ -8,7 +8,7 @@
 //! | the service answered | 200 | `{"status": 20, "result": "...", "attachments": {...}}` |
 //! | the service answered with an error status | 502 | `{"status": 80, "error": "...", "attachments": {...}}` |
 //! | the engine answered (no route, timeout, refused by a filter ...) | 404, 504, 403 ... | `{"error": "...", "kind": "timeout"}` |
-//! | the request is not a call | 400 | `{"error": "..."}` |
+//! | the request is not a call | 400 (not JSON), 413 (over 2 MB), 415 (no `Content-Type: application/json`), 422 (not a call's fields) | `{"error": "..."}` |
 //!
 //! The client sits under a tower [`Timeout`] layer (the gateway's own bound on every call,
 //! whatever the routes say): the engine is an ordinary tower service.
@@ -64,7 +64,7 @@ async fn call(
 ) -> Answer {
     let Json(body) = match body {
         Ok(body) => body,
-        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text(), None),
+        Err(rejection) => return error(rejection.status(), rejection.body_text(), None),
     };
     let args: Vec<&str> = body.args.iter().map(String::as_str).collect();
     let attachments: Vec<(&str, &str)> = body
