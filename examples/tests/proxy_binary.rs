@@ -778,3 +778,21 @@ fn a_worker_count_past_the_ceiling_is_refused_before_anything_starts() -> TestRe
     assert!(stderr.contains("at most 1024"), "{stderr}");
     Ok(())
 }
+
+/// `run` on a config that serves nothing says so, as `validate` does, rather than run
+/// silently: before, only `validate` printed the warnings.
+#[test]
+fn run_warns_of_a_config_that_serves_nothing() -> TestResult {
+    let scratch = Scratch::new("proxy-binary-run-warns")?;
+    let admin = free_addr()?;
+    let config = format!("admin: {{ address: {admin} }}\n{CLUSTER}");
+    let mut proxy = BinaryProxy::start(&config, &[], admin, &scratch)?;
+    let said = proxy.stderr_tail();
+    assert!(
+        said.contains("warning: no listeners: the proxy would serve nothing"),
+        "{said}"
+    );
+    signal(proxy.pid(), "TERM")?;
+    assert!(proxy.wait(Duration::from_secs(10))?.success());
+    Ok(())
+}

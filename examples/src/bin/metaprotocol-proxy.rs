@@ -257,6 +257,7 @@ async fn run(
             return ExitCode::FAILURE;
         }
     };
+    print_warnings(&path, &config);
     let workers = workers
         .filter(|w| *w > 0)
         .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
@@ -355,6 +356,13 @@ async fn reopen_logs_on_hangup(proxy: &Proxy) {
     std::future::pending::<()>().await;
 }
 
+/// Prints on stderr what in `config` (read from `path`) is valid but probably not meant.
+fn print_warnings(path: &std::path::Path, config: &Config) {
+    for warning in config.warnings() {
+        eprintln!("{}: warning: {warning}", path.display());
+    }
+}
+
 fn validate(path: PathBuf) -> ExitCode {
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
@@ -373,9 +381,7 @@ fn validate(path: PathBuf) -> ExitCode {
     });
     match checked {
         Ok(config) => {
-            for warning in config.warnings() {
-                eprintln!("{}: warning: {warning}", path.display());
-            }
+            print_warnings(&path, &config);
             let routes: usize = config.route_configs.iter().map(|r| r.routes.len()).sum();
             let endpoints: usize = config.clusters.iter().map(|c| c.endpoints.len()).sum();
             println!(

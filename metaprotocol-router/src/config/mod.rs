@@ -267,7 +267,7 @@ impl Config {
 
     /// Things that are valid but probably not what the author meant, one sentence each: an
     /// empty config, or one without listeners (it serves nothing). `metaprotocol-proxy validate`
-    /// prints them; a proxy starts regardless.
+    /// and `run` print them; a proxy starts regardless.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
         let empty = self.admin.is_none()
