@@ -796,3 +796,16 @@ fn run_warns_of_a_config_that_serves_nothing() -> TestResult {
     assert!(proxy.wait(Duration::from_secs(10))?.success());
     Ok(())
 }
+
+/// `--workers 0` is a usage error naming the range, as a count past the ceiling is: before,
+/// it was taken silently for the default, one per core.
+#[test]
+fn a_worker_count_of_zero_is_refused() -> TestResult {
+    let out = Command::new(BINARY)
+        .args(["run", "--config", "/nonexistent.yaml", "--workers", "0"])
+        .output()?;
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("at least 1"), "{stderr}");
+    Ok(())
+}

@@ -62,7 +62,7 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
         /// Worker threads serving client connections, each with its own event loop (default:
-        /// one per core; at most 1024).
+        /// one per core; 1 to 1024).
         #[arg(long, value_parser = worker_count)]
         workers: Option<usize>,
         /// The longest a worker whose clients pipeline requests waits before polling its
@@ -153,9 +153,10 @@ fn init_logging(level: Option<&str>, format: LogFormat) -> Result<ReloadableFilt
 /// that a mistyped count is an error rather than a runtime that cannot be built.
 const MAX_WORKERS: usize = 1024;
 
-/// Parses `--workers`: a count up to [`MAX_WORKERS`].
+/// Parses `--workers`: a count from 1 to [`MAX_WORKERS`].
 fn worker_count(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
+        Ok(0) => Err("at least 1 (without --workers: one per core)".to_owned()),
         Ok(count) if count <= MAX_WORKERS => Ok(count),
         Ok(_) => Err(format!("at most {MAX_WORKERS}")),
         Err(err) => Err(err.to_string()),
@@ -180,7 +181,7 @@ fn main() -> ExitCode {
     // them: script filters keep one instance per thread of it by default.
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
-    if let Some(workers) = workers.filter(|w| *w > 0) {
+    if let Some(workers) = workers {
         runtime.worker_threads(workers);
     }
     let runtime = match runtime.build() {
@@ -259,7 +260,6 @@ async fn run(
     };
     print_warnings(&path, &config);
     let workers = workers
-        .filter(|w| *w > 0)
         .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
         .unwrap_or(1);
     let mut builder = builder(config)
