@@ -5,6 +5,7 @@
 //! exponential, jittered pause; the running config keeps serving meanwhile, and the new stream
 //! asks with the versions already accepted.
 
+use std::collections::BTreeSet;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,7 @@ use tonic::codegen::http::uri::PathAndQuery;
 use crate::budget;
 use crate::delta::{DeltaResources, Merged};
 use crate::resource::ResourceType;
-use crate::state::{Listing, Rejected, Subscription};
+use crate::state::{Listing, Prepared, Rejected, Subscription};
 use crate::status::SourceStatus;
 use crate::tls::ServerTls;
 
@@ -30,6 +31,10 @@ use crate::tls::ServerTls;
 /// (a thousand routes take a few hundred KiB). What it decodes into is bounded apart (see
 /// [`budget`]): the few bytes of an empty element can decode into kilobytes.
 pub(crate) const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+/// The resources of one delta response refused one by one before the response is rejected
+/// whole: each refusal translates the response again.
+const MAX_REFUSED: usize = 16;
 
 /// Requests queued for the stream: a response yields at most an ACK and an EDS request, and a
 /// stream opens with one request per type.
@@ -239,9 +244,7 @@ impl Flavour for StateOfTheWorld {
         subscription: &mut Subscription,
         response: DiscoveryResponse,
     ) -> Vec<DiscoveryRequest> {
-        handle(proxy, subscription, &response, Listing::StateOfTheWorld)
-            .await
-            .0
+        handle(proxy, subscription, &response).await
     }
 }
 
@@ -269,6 +272,8 @@ impl Flavour for Delta<'_> {
         .await
     }
 
+    /// Each resource stands alone (as in Envoy): one that does not translate is refused, keeping
+    /// what is held of it, and the response is applied without it; the NACK names it.
     async fn respond(
         &mut self,
         proxy: &Proxy,
@@ -276,10 +281,35 @@ impl Flavour for Delta<'_> {
         response: DeltaDiscoveryResponse,
     ) -> Vec<DeltaDiscoveryRequest> {
         let subscribed = subscription.subscribed();
-        let (complete, merged) = self.0.merge(&response);
-        let versions = merged.as_ref().map(Merged::versions).unwrap_or_default();
-        let (answers, accepted) =
-            handle(proxy, subscription, &complete, Listing::Delta(&versions)).await;
+        let Some(kind) = ResourceType::from_type_url(&response.type_url) else {
+            tracing::warn!(type_url = %response.type_url, "an xDS response of a type not asked for is ignored");
+            return Vec::new();
+        };
+        let sent: BTreeSet<&str> = response.resources.iter().map(|r| r.name.as_str()).collect();
+        let mut refused = Vec::new();
+        let mut refused_names = BTreeSet::new();
+        let (prepared, merged) = loop {
+            let (complete, merged) = self.0.merge(&response, &refused_names);
+            let versions = merged.as_ref().map(Merged::versions).unwrap_or_default();
+            let prepared = subscription.prepare(kind, &complete, Listing::Delta(&versions));
+            let refusable = prepared.as_ref().err().and_then(|rejected| {
+                rejected
+                    .resource
+                    .as_ref()
+                    .filter(|id| sent.contains(id.name.as_str()))
+                    .filter(|id| !refused_names.contains(&id.name))
+                    .filter(|_| refused.len() < MAX_REFUSED)
+            });
+            match (refusable.cloned(), prepared) {
+                (Some(id), Err(rejected)) => {
+                    tracing::warn!(error = %rejected.message, "xDS resource refused");
+                    refused_names.insert(id.name);
+                    refused.push(*rejected);
+                }
+                (_, prepared) => break (prepared, merged),
+            }
+        };
+        let (answers, accepted) = apply(proxy, subscription, prepared, &refused).await;
         if let (true, Some(merged)) = (accepted, merged) {
             self.0.accept(merged);
         }
@@ -384,37 +414,54 @@ impl<Request, Response: prost::Message + Default> Decoder for AdsCodec<Request, 
     }
 }
 
-/// Applies a response (for delta, merged into what the client holds) and returns the answers to send, and whether it
-/// was accepted.
+/// Applies a state-of-the-world response and returns the answers to send.
 async fn handle(
     proxy: &Proxy,
     subscription: &mut Subscription,
     response: &DiscoveryResponse,
-    listing: Listing<'_>,
-) -> (Vec<DiscoveryRequest>, bool) {
+) -> Vec<DiscoveryRequest> {
     let Some(kind) = ResourceType::from_type_url(&response.type_url) else {
         tracing::warn!(type_url = %response.type_url, "an xDS response of a type not asked for is ignored");
-        return (Vec::new(), false);
+        return Vec::new();
     };
-    let rejected = match subscription.prepare(kind, response, listing) {
+    let prepared = subscription.prepare(kind, response, Listing::StateOfTheWorld);
+    apply(proxy, subscription, prepared, &[]).await.0
+}
+
+/// Applies what a response `prepared`, without the resources `refused`; returns the answers
+/// to send, and whether it was applied.
+async fn apply(
+    proxy: &Proxy,
+    subscription: &mut Subscription,
+    prepared: Result<Prepared, Box<Rejected>>,
+    refused: &[Rejected],
+) -> (Vec<DiscoveryRequest>, bool) {
+    let applied = match prepared {
         Ok(prepared) => match proxy.apply_dynamic(prepared.update.clone()).await {
-            Ok(_) => return (subscription.accept(prepared), true),
-            Err(err) => Rejected {
+            Ok(_) => Ok(subscription.accept_except(prepared, refused)),
+            Err(err) => Err(Rejected {
                 kind: prepared.kind,
                 version: prepared.version,
                 resource: None,
                 message: err.to_string(),
-            },
+            }),
         },
-        Err(rejected) => {
-            if let Some(id) = &rejected.resource {
-                proxy.reject_dynamic(id, Some(&rejected.version), &rejected.message);
-            }
-            *rejected
-        }
+        Err(rejected) => Err(*rejected),
     };
-    tracing::warn!(error = %rejected.message, "xDS response rejected");
-    (vec![subscription.reject(&rejected)], false)
+    // After the update: what is held of a refused resource, applied again, must not clear its
+    // rejection.
+    for rejected in refused.iter().chain(applied.as_ref().err()) {
+        if let Some(id) = &rejected.resource {
+            proxy.reject_dynamic(id, Some(&rejected.version), &rejected.message);
+        }
+    }
+    match applied {
+        Ok(answers) => (answers, true),
+        Err(rejected) => {
+            tracing::warn!(error = %rejected.message, "xDS response rejected");
+            (vec![subscription.reject(&rejected)], false)
+        }
+    }
 }
 
 /// Exponential back-off with full jitter: each pause is random below a ceiling that doubles

@@ -1,8 +1,9 @@
 //! Incremental (delta) ADS over the state-of-the-world logic: the client keeps every resource
 //! it holds, merges each delta response into them (added or changed resources replace theirs,
 //! `removed_resources` go), and treats the result as a complete state-of-the-world response, so
-//! that translation, warming, ACK and NACK work the same on both flavours. Only the wire form
-//! differs: a stream opens by subscribing with the versions already held
+//! that translation, warming, ACK and NACK work the same on both flavours, but for one thing:
+//! a resource that does not translate is refused alone, keeping what is held of it. Otherwise
+//! only the wire form differs: a stream opens by subscribing with the versions already held
 //! (`initial_resource_versions`), an ACK or NACK names the nonce alone, and a change of the EDS
 //! names is a subscribe/unsubscribe request.
 
@@ -77,8 +78,12 @@ impl DeltaResources {
 
     /// `response` merged into what is held, as a complete state-of-the-world response (its
     /// version the system version, or the nonce when the server sends none), and what to hold
-    /// once it is accepted.
-    pub fn merge(&self, response: &DeltaDiscoveryResponse) -> (DiscoveryResponse, Option<Merged>) {
+    /// once it is accepted. The resources named in `refused` keep what is held of them.
+    pub fn merge(
+        &self,
+        response: &DeltaDiscoveryResponse,
+        refused: &BTreeSet<String>,
+    ) -> (DiscoveryResponse, Option<Merged>) {
         let kind = ResourceType::from_type_url(&response.type_url);
         let mut resources = kind
             .and_then(|kind| self.held.get(&kind))
@@ -92,6 +97,9 @@ impl DeltaResources {
             let Some(any) = resource.resource.clone() else {
                 continue;
             };
+            if refused.contains(&resource.name) {
+                continue;
+            }
             let held = Held {
                 version: resource.version.clone(),
                 resource: any,
@@ -216,11 +224,10 @@ mod tests {
     #[test]
     fn deltas_merge_into_the_held_state_once_accepted() {
         let mut held = DeltaResources::default();
-        let (sotw, merged) = held.merge(&response(
-            vec![resource("a", "1"), resource("b", "1")],
-            &[],
-            "n1",
-        ));
+        let (sotw, merged) = held.merge(
+            &response(vec![resource("a", "1"), resource("b", "1")], &[], "n1"),
+            &BTreeSet::new(),
+        );
         assert_eq!(versions(&sotw), ["1", "1"]);
         assert_eq!(
             sotw.version_info, "n1",
@@ -234,7 +241,10 @@ mod tests {
         );
 
         // A change of `a` and the removal of `b`: the complete state is `a` alone.
-        let (sotw, merged) = held.merge(&response(vec![resource("a", "2")], &["b"], "n2"));
+        let (sotw, merged) = held.merge(
+            &response(vec![resource("a", "2")], &["b"], "n2"),
+            &BTreeSet::new(),
+        );
         assert_eq!(versions(&sotw), ["2"]);
         // Not accepted (NACKed): the held state stays, and a reconnect asks with it.
         drop(merged);
@@ -288,10 +298,10 @@ mod tests {
             ..response(resources, &[], nonce)
         };
         let mut held = DeltaResources::default();
-        let (_, merged) = held.merge(&eds_response(
-            vec![resource("a", "1"), resource("b", "1")],
-            "n1",
-        ));
+        let (_, merged) = held.merge(
+            &eds_response(vec![resource("a", "1"), resource("b", "1")], "n1"),
+            &BTreeSet::new(),
+        );
         held.accept(merged.unwrap_or_else(|| panic!("a known type")));
 
         // Cluster `a` went: its endpoints are unsubscribed from.
@@ -309,7 +319,10 @@ mod tests {
 
         // The next response of the type (the server says nothing more of `a`) is `b` alone, and
         // so is what the next stream offers.
-        let (sotw, _) = held.merge(&eds_response(vec![resource("b", "2")], "n2"));
+        let (sotw, _) = held.merge(
+            &eds_response(vec![resource("b", "2")], "n2"),
+            &BTreeSet::new(),
+        );
         assert_eq!(versions(&sotw), ["2"], "no stale `a`");
         let initial = held.initial_requests(vec![DiscoveryRequest {
             type_url: eds.clone(),

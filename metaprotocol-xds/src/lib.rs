@@ -9,9 +9,9 @@
 //! RDS (`RouteConfiguration`, MetaProtocol routes in the encoding Aeraki's MetaRDS server
 //! sends: one virtual host whose routes carry `headers` matchers), translates each response
 //! strictly (see [`translate`]) and applies it through
-//! [`Proxy::apply_dynamic`]: all of a response or none of it, hitlessly. Each response is
-//! ACKed, or NACKed with an error detail naming the resource and field at fault while the
-//! running config keeps serving. A failed stream is opened again after a jittered,
+//! [`Proxy::apply_dynamic`]: all of a response or none of it (over delta ADS, all of it but the
+//! resources that do not translate), hitlessly. Each response is ACKed, or NACKed with an error
+//! detail naming the resource and field at fault while the running config keeps serving. A failed stream is opened again after a jittered,
 //! exponential pause. `/config_dump` shows every dynamic resource's version (over delta ADS,
 //! the resource's own), last update and last error, and the client's stream and per-type
 //! versions and nonces under `dynamic_sources.xds`.

@@ -444,6 +444,34 @@ impl Subscription {
         requests
     }
 
+    /// Records that `prepared` was applied without the resources `refused` (over delta ADS each
+    /// resource stands alone); returns the ACK, or with resources refused the NACK naming them,
+    /// and any EDS request that follows.
+    pub fn accept_except(
+        &mut self,
+        prepared: Prepared,
+        refused: &[Rejected],
+    ) -> Vec<DiscoveryRequest> {
+        let kind = prepared.kind;
+        let before = self.types.get(&kind).map(|s| s.version.clone());
+        let mut requests = self.accept(prepared);
+        if let (Some(answer), Some(last)) = (requests.first_mut(), refused.last()) {
+            let messages: Vec<&str> = refused.iter().map(|r| r.message.as_str()).collect();
+            let message = messages.join("; ");
+            let state = self.types.entry(kind).or_default();
+            // NACKed: the type's version is still the last one accepted whole.
+            state.version = before.unwrap_or_default();
+            state.rejected_version = Some(last.version.clone());
+            state.last_error = Some(message.clone());
+            answer.error_detail = Some(Status {
+                code: INVALID_ARGUMENT,
+                message,
+                details: Vec::new(),
+            });
+        }
+        requests
+    }
+
     /// Records that a response was rejected; returns the NACK.
     pub fn reject(&mut self, rejected: &Rejected) -> DiscoveryRequest {
         let state = self.types.entry(rejected.kind).or_default();
@@ -898,7 +926,7 @@ mod tests {
             };
             // Were it accepted, `x` would run but not be held: the next response would remove
             // it.
-            let (complete, merged) = DeltaResources::default().merge(&delta);
+            let (complete, merged) = DeltaResources::default().merge(&delta, &BTreeSet::new());
             let versions = merged.map(|m| m.versions()).unwrap_or_default();
             let rejected = subscription()
                 .prepare(ResourceType::Cluster, &complete, Listing::Delta(&versions))

@@ -527,3 +527,57 @@ async fn a_connection_to_the_server_gone_dark_is_found_dead_and_replaced() -> Te
     proxy.shutdown().await;
     Ok(())
 }
+
+/// Over delta ADS each resource stands alone: a response with one cluster that cannot be
+/// mapped applies the others, and its NACK names the one refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delta_response_with_one_bad_cluster_applies_the_others() -> TestResult {
+    let provider = DemoProvider::start("v1").await?;
+    let server = ManagementServer::new();
+    let serving = server.serve("127.0.0.1:0".parse()?).await?;
+    let (good, bad) = (cluster_name("good"), cluster_name("bad"));
+    let mut invalid = eds_cluster(&bad);
+    invalid.lb_policy = LbPolicy::ClusterProvided as i32;
+    cds(&server, "c1", &[eds_cluster(&good), invalid]);
+    eds(&server, "e1", &[assignment(&good, &[provider.address()])]);
+    let routes = meta_route_config(vec![meta_route("all", &[], to_cluster(&good))]);
+    rds(&server, "r1", &routes);
+    let proxy = start_proxy(proxy_config(serving.address(), "delta_grpc")?).await?;
+
+    let nack = server
+        .wait_for(WITHIN, |r| {
+            r.type_url == Cluster::type_url() && r.error.is_some()
+        })
+        .await?;
+    let detail = nack.error.unwrap_or_default();
+    assert!(
+        detail.contains(&bad) && detail.contains("lb_policy") && !detail.contains(&good),
+        "{detail}"
+    );
+    eventually("the listener serves", || {
+        proxy.listener_addr("dubbo-in").is_some()
+    })
+    .await?;
+    let address = proxy.listener_addr("dubbo-in").ok_or("not bound")?;
+    let reply = DubboClient::new(address).call("sayHello", "x", &[]).await?;
+    assert_eq!(reply.attachment("provider"), Some("v1"));
+    let state = |name: &str| {
+        proxy
+            .dynamic_resources()
+            .into_iter()
+            .find(|s| s.id.kind == ResourceKind::Cluster && s.id.name == name)
+            .map(|s| (s.state, s.version, s.rejected_version))
+    };
+    assert_eq!(
+        state(&good),
+        Some((ResourceState::Active, Some("c1".to_owned()), None))
+    );
+    assert!(
+        state(&bad).is_some_and(|(_, _, rejected)| rejected.as_deref() == Some("c1")),
+        "{:?}",
+        state(&bad)
+    );
+    proxy.shutdown().await;
+    drop(serving);
+    Ok(())
+}
