@@ -112,6 +112,7 @@ impl MeshCa {
             key_file: workload.key_file.clone(),
             client_ca_file: Some(self.ca_file.clone()),
             require_client_cert: true,
+            crl_files: Vec::new(),
         }
     }
 

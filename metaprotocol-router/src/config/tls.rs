@@ -22,6 +22,11 @@ pub struct ListenerTlsSpec {
     /// Refuse clients without a valid certificate (mutual TLS); needs `client_ca_file`.
     #[serde(default)]
     pub require_client_cert: bool,
+    /// Certificate revocation lists (PEM) of the CAs of `client_ca_file` and of the
+    /// intermediates between them and client certificates: a client certificate they revoke is
+    /// refused, as is one whose issuer has no list among them. Needs `client_ca_file`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crl_files: Vec<PathBuf>,
 }
 
 impl ListenerTlsSpec {
@@ -35,6 +40,14 @@ impl ListenerTlsSpec {
                 "require_client_cert",
                 "needs `client_ca_file` to verify client certificates with",
             ));
+        } else if !self.crl_files.is_empty() {
+            return Err(ConfigError::new(
+                "crl_files",
+                "needs `client_ca_file`: only verified client certificates can be revoked",
+            ));
+        }
+        for (i, crl) in self.crl_files.iter().enumerate() {
+            not_empty(&format!("crl_files[{i}]"), crl)?;
         }
         Ok(())
     }
@@ -144,6 +157,18 @@ clusters:
                 "needs `client_ca_file`",
             ),
             (
+                "tls: { cert_file: c.pem, key_file: k.pem, crl_files: [ crl.pem ] }",
+                "",
+                "listeners[0].tls.crl_files",
+                "needs `client_ca_file`",
+            ),
+            (
+                "tls: { cert_file: c.pem, key_file: k.pem, client_ca_file: ca.pem, crl_files: [ \"\" ] }",
+                "",
+                "listeners[0].tls.crl_files[0]",
+                "must not be empty",
+            ),
+            (
                 "tls: { cert_file: c.pem }",
                 "",
                 "listeners[0].tls",
@@ -175,7 +200,7 @@ clusters:
             assert!(err.position.is_some(), "{err}");
         }
         let accepted = error_of(
-            "tls: { cert_file: c.pem, key_file: k.pem, client_ca_file: ca.pem, require_client_cert: true }",
+            "tls: { cert_file: c.pem, key_file: k.pem, client_ca_file: ca.pem, require_client_cert: true, crl_files: [ crl.pem ] }",
             "tls: { ca_file: ca.pem, cert_file: c.pem, key_file: k.pem, server_name: provider.default.svc }",
         );
         assert_eq!(accepted.reason, "accepted");

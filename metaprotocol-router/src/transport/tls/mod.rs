@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use prometheus_client::metrics::gauge::Gauge;
 use rustls::crypto::CryptoProvider;
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{VerifierBuilderError, WebPkiClientVerifier};
 use rustls::{ClientConfig, ServerConfig};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -107,7 +107,9 @@ impl TlsAcceptor {
             ("cert_file", Some(&spec.cert_file)),
             ("key_file", Some(&spec.key_file)),
             ("client_ca_file", spec.client_ca_file.as_ref()),
-        ];
+        ]
+        .into_iter()
+        .chain(spec.crl_files.iter().map(|crl| ("crl_files", Some(crl))));
         let owned = spec.clone();
         let config = Reloading::start(
             files,
@@ -190,14 +192,24 @@ fn server_config(spec: &ListenerTlsSpec, files: &Files) -> Result<ServerConfig, 
     let builder = match &spec.client_ca_file {
         Some(_) => {
             let roots = files.get("client_ca_file")?.roots()?;
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let mut crls = Vec::new();
+            for file in files.all("crl_files") {
+                crls.extend(file.revocation_lists()?);
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .with_crls(crls);
             let verifier = if spec.require_client_cert {
                 verifier.build()
             } else {
                 verifier.allow_unauthenticated().build()
             };
-            let verifier =
-                verifier.map_err(|err| ConfigError::new("client_ca_file", err.to_string()))?;
+            let verifier = verifier.map_err(|err| {
+                let field = match err {
+                    VerifierBuilderError::InvalidCrl(_) => "crl_files",
+                    _ => "client_ca_file",
+                };
+                ConfigError::new(field, err.to_string())
+            })?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 use crate::config::ConfigError;
 
@@ -94,6 +94,25 @@ impl PemFile {
             })?;
         }
         Ok(roots)
+    }
+
+    /// The file's certificate revocation lists; at least one.
+    pub fn revocation_lists(
+        &self,
+    ) -> Result<Vec<CertificateRevocationListDer<'static>>, ConfigError> {
+        let crls = CertificateRevocationListDer::pem_slice_iter(&self.bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| self.unreadable(err))?;
+        if crls.is_empty() {
+            return Err(ConfigError::new(
+                self.field,
+                format!(
+                    "{} holds no PEM certificate revocation list",
+                    self.path.display()
+                ),
+            ));
+        }
+        Ok(crls)
     }
 
     fn unreadable(&self, err: rustls_pki_types::pem::Error) -> ConfigError {

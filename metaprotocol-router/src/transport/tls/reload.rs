@@ -71,6 +71,11 @@ impl Files {
             .ok_or_else(|| ConfigError::new(field, "no file given"))
     }
 
+    /// Every file named by config field `field` (a list's items).
+    pub fn all<'a>(&'a self, field: &'a str) -> impl Iterator<Item = &'a PemFile> {
+        self.0.iter().filter(move |file| file.field() == field)
+    }
+
     /// A hash of the contents, to tell a change from a rewrite of the same bytes.
     fn hash(&self) -> u64 {
         let mut hasher = DefaultHasher::new();

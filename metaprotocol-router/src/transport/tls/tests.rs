@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CustomExtension,
+    DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair,
+    KeyUsagePurpose, RevokedCertParams, SanType, SerialNumber,
 };
 use rustls::{ClientConfig, ServerConfig};
 use rustls_pki_types::ServerName;
@@ -91,6 +92,28 @@ impl Pki {
         raw_san: Option<Vec<u8>>,
     ) -> TestResult<Issued> {
         self.issue_with(file, sans, raw_san, |_| {})
+    }
+
+    /// A certificate revocation list of this CA that revokes the certificates of `serials`.
+    fn revocation_list(&self, serials: &[u64]) -> TestResult<String> {
+        let long_ago = rcgen::date_time_ymd(2020, 1, 1);
+        let params = CertificateRevocationListParams {
+            this_update: long_ago,
+            next_update: rcgen::date_time_ymd(2100, 1, 1),
+            crl_number: SerialNumber::from(serials.len() as u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|&serial| RevokedCertParams {
+                    serial_number: SerialNumber::from(serial),
+                    revocation_time: long_ago,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
     }
 
     /// As [`Pki::issue`], with the parameters changed by `adjust` (the dates, say).
@@ -218,18 +241,32 @@ async fn expected_names_are_found_among_sans_of_their_own_type() -> TestResult {
     Ok(())
 }
 
-/// A listener with `client_ca_file` (and `require_client_cert`) on 127.0.0.1, and what it
-/// makes of one client presenting `client`: its identity's URI SANs, or the handshake's error.
-async fn accepted_identity(pki: &Pki, client: &Issued) -> TestResult<Result<Vec<String>, String>> {
+/// A listener's `tls` with `client_ca_file`, `require_client_cert` and `crl_files`.
+fn mutual_tls(pki: &Pki, crl_files: Vec<PathBuf>) -> TestResult<ListenerTlsSpec> {
     let server = pki.issue("listener", vec![dns("listener.test")?], None)?;
-    let spec = ListenerTlsSpec {
+    Ok(ListenerTlsSpec {
         cert_file: server.cert_file.clone(),
         key_file: server.key_file.clone(),
         client_ca_file: Some(pki.ca_file.clone()),
         require_client_cert: true,
-    };
-    let metrics = Metrics::new();
-    let acceptor = TlsAcceptor::new(&spec, "in", &metrics.root())?;
+        crl_files,
+    })
+}
+
+/// A listener with `client_ca_file` (and `require_client_cert`) on 127.0.0.1, and what it
+/// makes of one client presenting `client`: its identity's URI SANs, or the handshake's error.
+async fn accepted_identity(pki: &Pki, client: &Issued) -> TestResult<Result<Vec<String>, String>> {
+    let acceptor = TlsAcceptor::new(&mutual_tls(pki, Vec::new())?, "in", &Metrics::new().root())?;
+    identity_through(&acceptor, pki, client).await
+}
+
+/// What `acceptor` (on 127.0.0.1) makes of one client that trusts `pki` and presents `client`:
+/// its identity's URI SANs, or the handshake's error.
+async fn identity_through(
+    acceptor: &TlsAcceptor,
+    pki: &Pki,
+    client: &Issued,
+) -> TestResult<Result<Vec<String>, String>> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
 
@@ -264,7 +301,6 @@ async fn accepted_identity(pki: &Pki, client: &Issued) -> TestResult<Result<Vec<
         }
         Err(err) => Err(err.to_string()),
     };
-    drop(acceptor);
     let _ = client_side.await;
     Ok(outcome)
 }
@@ -406,6 +442,7 @@ async fn a_mismatched_or_half_written_pair_keeps_the_old_one_until_the_next_good
         key_file: pki.dir.join("served-key.pem"),
         client_ca_file: None,
         require_client_cert: false,
+        crl_files: Vec::new(),
     };
     put(&spec.cert_file, &std::fs::read(&old.cert_file)?)?;
     put(&spec.key_file, &std::fs::read(&old.key_file)?)?;
@@ -490,6 +527,7 @@ async fn certificate_files_are_read_only_when_they_change() -> TestResult {
         key_file: old.key_file.clone(),
         client_ca_file: Some(pki.ca_file.clone()),
         require_client_cert: false,
+        crl_files: Vec::new(),
     };
     let metrics = Metrics::new();
     let acceptor = TlsAcceptor::new(&spec, "in", &metrics.root())?;
@@ -553,6 +591,7 @@ async fn a_secret_volume_swapped_by_its_data_symlink_is_taken() -> TestResult {
         key_file: volume.join("tls.key"),
         client_ca_file: None,
         require_client_cert: false,
+        crl_files: Vec::new(),
     };
     let metrics = Metrics::new();
     let acceptor = TlsAcceptor::new(&spec, "in", &metrics.root())?;
@@ -637,6 +676,7 @@ fn tls_files_that_are_no_regular_files_or_too_large_are_config_errors() -> TestR
             key_file: server.key_file.clone(),
             client_ca_file: Some(pki.ca_file.clone()),
             require_client_cert: false,
+            crl_files: Vec::new(),
         };
         match field {
             "cert_file" => spec.cert_file = path.clone(),
@@ -679,6 +719,7 @@ async fn a_certificate_replaced_by_a_fifo_or_a_huge_file_is_rejected_and_the_old
         key_file: pki.dir.join("served-key.pem"),
         client_ca_file: None,
         require_client_cert: false,
+        crl_files: Vec::new(),
     };
     put(&spec.cert_file, &std::fs::read(&old.cert_file)?)?;
     put(&spec.key_file, &std::fs::read(&old.key_file)?)?;
@@ -745,6 +786,7 @@ async fn an_expired_certificate_is_served_and_its_expiry_is_a_gauge() -> TestRes
         key_file: pki.dir.join("served-key.pem"),
         client_ca_file: None,
         require_client_cert: false,
+        crl_files: Vec::new(),
     };
     put(&spec.cert_file, &std::fs::read(&expired.cert_file)?)?;
     put(&spec.key_file, &std::fs::read(&expired.key_file)?)?;
@@ -858,6 +900,7 @@ fn certificates_out_of_their_dates_are_loaded_with_a_warning_naming_them() -> Te
             key_file: issued.key_file.clone(),
             client_ca_file: None,
             require_client_cert: false,
+            crl_files: Vec::new(),
         };
         let mut loaded = Ok(());
         let warnings = warnings_of(|| {
@@ -875,5 +918,56 @@ fn certificates_out_of_their_dates_are_loaded_with_a_warning_naming_them() -> Te
             None => assert!(warnings.is_empty(), "{warnings:?}"),
         }
     }
+    Ok(())
+}
+
+/// A client certificate that the listener's `crl_files` revoke is refused, another of the same
+/// CA taken; the list rewritten on disk revokes that one too at the next handshake; a file that
+/// holds no list is a config error of `crl_files`.
+#[tokio::test]
+async fn client_certificates_revoked_by_the_crl_files_are_refused() -> TestResult {
+    let pki = Pki::new("crl")?;
+    let serial = |n: u64| {
+        move |params: &mut CertificateParams| {
+            params.serial_number = Some(SerialNumber::from(n));
+        }
+    };
+    let kept_id = "spiffe://cluster.local/ns/a/sa/kept";
+    let kept = pki.issue_with("kept", vec![uri(kept_id)?], None, serial(1))?;
+    let revoked_id = "spiffe://cluster.local/ns/a/sa/revoked";
+    let revoked = pki.issue_with("revoked", vec![uri(revoked_id)?], None, serial(2))?;
+    let crl_file = pki.dir.join("crl.pem");
+    put(&crl_file, pki.revocation_list(&[2])?.as_bytes())?;
+    let metrics = Metrics::new();
+    let spec = mutual_tls(&pki, vec![crl_file.clone()])?;
+    let acceptor = TlsAcceptor::new(&spec, "in", &metrics.root())?;
+    assert_eq!(
+        identity_through(&acceptor, &pki, &kept).await?,
+        Ok(vec![kept_id.to_owned()])
+    );
+    let outcome = identity_through(&acceptor, &pki, &revoked).await?;
+    assert!(
+        matches!(&outcome, Err(err) if err.contains("Revoked")),
+        "a revoked client certificate was accepted: {outcome:?}"
+    );
+
+    put(&crl_file, pki.revocation_list(&[1, 2])?.as_bytes())?;
+    settle().await;
+    assert_eq!(reloads(&metrics, "applied"), 1.0);
+    let outcome = identity_through(&acceptor, &pki, &kept).await?;
+    assert!(
+        outcome.is_err(),
+        "a certificate revoked by the reloaded list was accepted: {outcome:?}"
+    );
+
+    put(&crl_file, b"no list here\n")?;
+    let Err(err) = TlsAcceptor::new(&spec, "in", &Metrics::new().root()) else {
+        return Err("a CRL file without a list was taken".into());
+    };
+    assert_eq!(err.field, "crl_files");
+    assert!(
+        err.reason.contains(&crl_file.display().to_string()),
+        "{err}"
+    );
     Ok(())
 }
