@@ -211,6 +211,7 @@ async fn a_mutual_tls_client_is_logged_by_its_certificate() -> TestResult {
     let tls = ClusterTlsSpec {
         server_name: Some("edge.default.svc".to_owned()),
         subject_alt_names: Vec::new(),
+        crl_files: Vec::new(),
         ..ca.client_tls(Some(&reader), "")
     };
     let client = DubboClient::with_tls(proxy.listener_addr("tls").ok_or("no listener")?, &tls)?;

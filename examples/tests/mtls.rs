@@ -296,6 +296,7 @@ async fn clients_without_a_certificate_or_the_right_server_are_refused() -> Test
     let by_name = |name: &str| ClusterTlsSpec {
         server_name: Some(name.to_owned()),
         subject_alt_names: Vec::new(),
+        crl_files: Vec::new(),
         ..mesh.ca.client_tls(Some(&mesh.reader), "")
     };
     let result = DubboClient::with_tls(addr, &by_name("other.default.svc"))?

@@ -58,6 +58,7 @@ impl Mesh {
         ClusterTlsSpec {
             server_name: Some(SERVER_NAME.to_owned()),
             subject_alt_names: Vec::new(),
+            crl_files: Vec::new(),
             ..self.ca.client_tls(Some(&self.proxy), "")
         }
     }

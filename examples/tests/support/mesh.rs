@@ -125,6 +125,7 @@ impl MeshCa {
             key_file: workload.map(|w| w.key_file.clone()),
             server_name: None,
             subject_alt_names: vec![server.to_owned()],
+            crl_files: Vec::new(),
         }
     }
 }

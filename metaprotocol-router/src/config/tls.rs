@@ -76,6 +76,11 @@ pub struct ClusterTlsSpec {
     /// must be a URI SAN, exactly; any other a DNS SAN, in any ASCII case.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subject_alt_names: Vec<String>,
+    /// Certificate revocation lists (PEM) of the CAs of `ca_file` and of the intermediates
+    /// between them and endpoints' certificates: an endpoint certificate they revoke is refused,
+    /// as is one whose issuer has no list among them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crl_files: Vec<PathBuf>,
 }
 
 impl ClusterTlsSpec {
@@ -107,6 +112,9 @@ impl ClusterTlsSpec {
                 format!("subject_alt_names[{i}]"),
                 "must not be empty",
             ));
+        }
+        for (i, crl) in self.crl_files.iter().enumerate() {
+            not_empty(&format!("crl_files[{i}]"), crl)?;
         }
         Ok(())
     }
@@ -188,6 +196,12 @@ clusters:
             ),
             (
                 "",
+                "tls: { ca_file: ca.pem, crl_files: [ \"\" ] }",
+                "clusters[0].tls.crl_files[0]",
+                "must not be empty",
+            ),
+            (
+                "",
                 "tls: { ca_file: ca.pem, subject_alt_names: [ \"\" ] }",
                 "clusters[0].tls.subject_alt_names[0]",
                 "must not be empty",
@@ -201,7 +215,7 @@ clusters:
         }
         let accepted = error_of(
             "tls: { cert_file: c.pem, key_file: k.pem, client_ca_file: ca.pem, require_client_cert: true, crl_files: [ crl.pem ] }",
-            "tls: { ca_file: ca.pem, cert_file: c.pem, key_file: k.pem, server_name: provider.default.svc }",
+            "tls: { ca_file: ca.pem, cert_file: c.pem, key_file: k.pem, server_name: provider.default.svc, crl_files: [ crl.pem ] }",
         );
         assert_eq!(accepted.reason, "accepted");
     }

@@ -23,10 +23,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::metrics::gauge::Gauge;
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{VerifierBuilderError, WebPkiClientVerifier};
 use rustls::{ClientConfig, ServerConfig};
-use rustls_pki_types::ServerName;
+use rustls_pki_types::{CertificateRevocationListDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -192,24 +193,14 @@ fn server_config(spec: &ListenerTlsSpec, files: &Files) -> Result<ServerConfig, 
     let builder = match &spec.client_ca_file {
         Some(_) => {
             let roots = files.get("client_ca_file")?.roots()?;
-            let mut crls = Vec::new();
-            for file in files.all("crl_files") {
-                crls.extend(file.revocation_lists()?);
-            }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .with_crls(crls);
+                .with_crls(revocation_lists(files)?);
             let verifier = if spec.require_client_cert {
                 verifier.build()
             } else {
                 verifier.allow_unauthenticated().build()
             };
-            let verifier = verifier.map_err(|err| {
-                let field = match err {
-                    VerifierBuilderError::InvalidCrl(_) => "crl_files",
-                    _ => "client_ca_file",
-                };
-                ConfigError::new(field, err.to_string())
-            })?;
+            let verifier = verifier.map_err(|err| verifier_error("client_ca_file", err))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
@@ -217,6 +208,27 @@ fn server_config(spec: &ListenerTlsSpec, files: &Files) -> Result<ServerConfig, 
     builder
         .with_single_cert(certs, key)
         .map_err(|err| tls_error("key_file", err))
+}
+
+/// The certificate revocation lists of every file of `crl_files`.
+fn revocation_lists(
+    files: &Files,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, ConfigError> {
+    let mut crls = Vec::new();
+    for file in files.all("crl_files") {
+        crls.extend(file.revocation_lists()?);
+    }
+    Ok(crls)
+}
+
+/// A certificate verifier's error as the config's: a revocation list's is `crl_files`'s, any
+/// other (no trust anchor) `ca_field`'s.
+fn verifier_error(ca_field: &str, err: VerifierBuilderError) -> ConfigError {
+    let field = match err {
+        VerifierBuilderError::InvalidCrl(_) => "crl_files",
+        _ => ca_field,
+    };
+    ConfigError::new(field, err.to_string())
 }
 
 /// Originates TLS to the endpoints of one cluster (or one [`crate::Client`]), or to a server
@@ -278,7 +290,9 @@ impl TlsConnector {
             ("ca_file", Some(&spec.ca_file)),
             ("cert_file", spec.cert_file.as_ref()),
             ("key_file", spec.key_file.as_ref()),
-        ];
+        ]
+        .into_iter()
+        .chain(spec.crl_files.iter().map(|crl| ("crl_files", Some(crl))));
         let owned = spec.clone();
         let config = Reloading::start(
             files,
@@ -330,17 +344,23 @@ impl TlsConnector {
 
 fn client_config(spec: &ClusterTlsSpec, files: &Files) -> Result<ClientConfig, ConfigError> {
     let provider = provider();
-    let roots = files.get("ca_file")?.roots()?;
+    let roots = Arc::new(files.get("ca_file")?.roots()?);
+    // Verifies the chain (revocation included) and the server name.
+    let webpki = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .with_crls(revocation_lists(files)?)
+        .build()
+        .map_err(|err| verifier_error("ca_file", err))?;
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|err| tls_error("", err))?;
     let builder = if spec.subject_alt_names.is_empty() {
-        builder.with_root_certificates(roots)
+        builder.with_webpki_verifier(webpki)
     } else {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(SubjectAltNameVerifier::new(
                 roots,
+                (!spec.crl_files.is_empty()).then_some(webpki),
                 spec.subject_alt_names.clone(),
                 provider,
             )))

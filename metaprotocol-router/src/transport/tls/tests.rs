@@ -199,12 +199,18 @@ async fn cluster_accepts(pki: &Pki, server: &Issued, names: &[&str]) -> TestResu
         key_file: None,
         server_name: None,
         subject_alt_names: names.iter().map(|name| (*name).to_owned()).collect(),
+        crl_files: Vec::new(),
     };
-    let connector = TlsConnector::new(&spec, "c", &Metrics::new().root())?;
+    Ok(connects(&spec, address).await?.is_ok())
+}
+
+/// How the handshake of a cluster with `spec` with the server at `address` ends.
+async fn connects(spec: &ClusterTlsSpec, address: SocketAddr) -> TestResult<std::io::Result<()>> {
+    let connector = TlsConnector::new(spec, "c", &Metrics::new().root())?;
     Ok(connector
         .connect(address, Duration::from_secs(5))
         .await
-        .is_ok())
+        .map(drop))
 }
 
 const PROVIDER_ID: &str = "spiffe://cluster.local/ns/default/sa/provider";
@@ -814,6 +820,7 @@ async fn an_expired_certificate_is_served_and_its_expiry_is_a_gauge() -> TestRes
         key_file: Some(expired.key_file.clone()),
         server_name: None,
         subject_alt_names: Vec::new(),
+        crl_files: Vec::new(),
     };
     let cluster_metrics = Metrics::new();
     let _connector = TlsConnector::new(&cluster, "c", &cluster_metrics.root())?;
@@ -921,6 +928,11 @@ fn certificates_out_of_their_dates_are_loaded_with_a_warning_naming_them() -> Te
     Ok(())
 }
 
+/// Gives a certificate serial number `n` (as revocation lists name it).
+fn serial(n: u64) -> impl FnOnce(&mut CertificateParams) {
+    move |params| params.serial_number = Some(SerialNumber::from(n))
+}
+
 /// A client certificate that the listener's `crl_files` revoke is refused, another of the same
 /// CA taken; the list rewritten on disk revokes that one too at the next handshake; a file that
 /// holds no list is a config error of `crl_files`.
@@ -969,5 +981,42 @@ async fn client_certificates_revoked_by_the_crl_files_are_refused() -> TestResul
         err.reason.contains(&crl_file.display().to_string()),
         "{err}"
     );
+    Ok(())
+}
+
+/// An endpoint certificate that a cluster's `crl_files` revoke is refused, whether the cluster
+/// checks the server name or expected SANs; another of the same CA is taken.
+#[tokio::test]
+async fn server_certificates_revoked_by_a_clusters_crl_files_are_refused() -> TestResult {
+    let pki = Pki::new("cluster-crl")?;
+    let names =
+        || -> TestResult<Vec<SanType>> { Ok(vec![dns("provider.test")?, uri(PROVIDER_ID)?]) };
+    let kept = serve(&pki.issue_with("kept", names()?, None, serial(1))?).await?;
+    let revoked = serve(&pki.issue_with("revoked", names()?, None, serial(2))?).await?;
+    let crl_file = pki.dir.join("crl.pem");
+    put(&crl_file, pki.revocation_list(&[2])?.as_bytes())?;
+    // By name; by SPIFFE id, the server name being the endpoint's address, which the
+    // certificates do not carry.
+    let checks = [
+        (Some("provider.test".to_owned()), Vec::new()),
+        (None, vec![PROVIDER_ID.to_owned()]),
+    ];
+    for (server_name, subject_alt_names) in checks {
+        let spec = ClusterTlsSpec {
+            ca_file: pki.ca_file.clone(),
+            cert_file: None,
+            key_file: None,
+            server_name,
+            subject_alt_names,
+            crl_files: vec![crl_file.clone()],
+        };
+        let outcome = connects(&spec, kept).await?;
+        assert!(outcome.is_ok(), "{spec:?}: {outcome:?}");
+        let outcome = connects(&spec, revoked).await?;
+        assert!(
+            matches!(&outcome, Err(err) if err.to_string().contains("Revoked")),
+            "{spec:?}: a revoked certificate was taken: {outcome:?}"
+        );
+    }
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -17,9 +18,12 @@ use super::identity::subject_alt_names;
 /// name with a scheme (`spiffe://td/ns/a/sa/b`, any name with a `:`, which no DNS name has) as a
 /// URI SAN, exactly; any other as a DNS SAN, ignoring ASCII case as DNS does. A name is never
 /// taken from a SAN of the other type: a DNS SAN that spells a SPIFFE id names no workload.
+/// With revocation lists, a certificate they revoke is refused too.
 #[derive(Debug)]
 pub(crate) struct SubjectAltNameVerifier {
     roots: Arc<RootCertStore>,
+    /// The verifier of the same roots with the cluster's revocation lists, when it has some.
+    revocation: Option<Arc<WebPkiServerVerifier>>,
     /// The expected URI SANs.
     uris: Vec<String>,
     /// The expected DNS SANs.
@@ -28,10 +32,16 @@ pub(crate) struct SubjectAltNameVerifier {
 }
 
 impl SubjectAltNameVerifier {
-    pub fn new(roots: RootCertStore, names: Vec<String>, provider: Arc<CryptoProvider>) -> Self {
+    pub fn new(
+        roots: Arc<RootCertStore>,
+        revocation: Option<Arc<WebPkiServerVerifier>>,
+        names: Vec<String>,
+        provider: Arc<CryptoProvider>,
+    ) -> Self {
         let (uris, dns_names) = names.into_iter().partition(|name| is_uri(name));
         Self {
-            roots: Arc::new(roots),
+            roots,
+            revocation,
             uris,
             dns_names,
             provider,
@@ -67,8 +77,8 @@ impl ServerCertVerifier for SubjectAltNameVerifier {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
         let cert = ParsedCertificate::try_from(end_entity)?;
@@ -79,6 +89,26 @@ impl ServerCertVerifier for SubjectAltNameVerifier {
             now,
             self.provider.signature_verification_algorithms.all,
         )?;
+        if let Some(revocation) = &self.revocation {
+            // rustls checks revocation only in its own verifier, which verifies the chain again
+            // (with the lists) and then the server name; a mesh certificate need not carry that
+            // name (its names are checked below), so only that failure is let pass. The chain
+            // was verified above whatever this verifier does.
+            match revocation.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            ) {
+                Ok(_)
+                | Err(Error::InvalidCertificate(
+                    CertificateError::NotValidForName
+                    | CertificateError::NotValidForNameContext { .. },
+                )) => {}
+                Err(err) => return Err(err),
+            }
+        }
         if !self.names_match(end_entity) {
             return Err(Error::InvalidCertificate(CertificateError::NotValidForName));
         }
