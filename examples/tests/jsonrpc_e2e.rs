@@ -263,3 +263,50 @@ clusters:
     })
     .await?
 }
+
+/// A call longer than the listener's `max_frame_bytes` is answered with -32600 (id `null`: it
+/// went by unread), the proxy passing over the line as it arrives without holding it, and the
+/// connection goes on: the next call gets its own answer. Before, the connection closed, with
+/// no answer.
+#[tokio::test]
+async fn a_call_over_the_line_limit_is_answered_and_the_connection_goes_on() -> TestResult {
+    use tokio::io::AsyncWriteExt;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let proxy = support::proxy::start_engine(
+            "listeners:
+  - { name: rpc-in, address: 127.0.0.1:0, protocol: jsonrpc, route_config: r, codec: { max_frame_bytes: 1024 } }
+route_configs: [ { name: r, routes: [ { match: { metadata: [ { key: method, exact: never } ] }, route: { cluster: c } } ] } ]
+clusters: [ { name: c, endpoints: [ { address: \"127.0.0.1:1\" } ] } ]
+",
+        )
+        .await?;
+        let addr = support::proxy::listener_addr(&proxy, "rpc-in")?;
+        let mut client = tokio::io::BufReader::new(tokio::net::TcpStream::connect(addr).await?);
+        let long = format!(
+            "{{\"jsonrpc\":\"2.0\",\"method\":\"a\",\"params\":[\"{}\"],\"id\":1}}\n",
+            "x".repeat(64 << 10)
+        );
+        for piece in long.as_bytes().chunks(5_000) {
+            client.get_mut().write_all(piece).await?;
+        }
+        client
+            .get_mut()
+            .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"b\",\"id\":2}\n")
+            .await?;
+        let refused = answer(&mut client).await?;
+        assert_eq!(
+            (&refused["error"]["code"], &refused["id"]),
+            (&json!(-32600), &json!(null)),
+            "{refused}"
+        );
+        let next = answer(&mut client).await?;
+        assert_eq!(
+            (&next["error"]["code"], &next["id"]),
+            (&json!(-32601), &json!(2)),
+            "{next}"
+        );
+        proxy.shutdown().await;
+        TestResult::Ok(())
+    })
+    .await?
+}

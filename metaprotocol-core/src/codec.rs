@@ -172,6 +172,12 @@ pub trait Codec: Send {
     /// it passed and calls again with each read until the frame ends, so the codec holds none
     /// of it, only what it needs to tell the request (which may come at the frame's end: a
     /// JSON object's `id`). `None`, the default, when the codec cannot: the connection closes.
+    ///
+    /// On the downstream side, a codec whose `oversized_response` says [`FrameHead::Unsized`]
+    /// has a request too large to decode passed over the same way; once it ended, the engine
+    /// calls `decode` again, even with no byte left, and the codec gives the request it makes
+    /// of the one passed over (with a `reject_reason`, answered with the protocol's error), so
+    /// that its client gets an answer rather than a closed connection.
     fn pass_over(&mut self, src: &[u8]) -> Option<PassedOver> {
         let _ = src;
         None

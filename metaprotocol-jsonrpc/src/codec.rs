@@ -32,8 +32,11 @@ pub struct JsonRpcCodec {
     /// a little at a time is looked through once, not again at every read (a client trickling
     /// a long line would otherwise cost the proxy time growing with the square of its length).
     searched: usize,
-    /// An answer over the line limit being passed over (upstream).
+    /// A line over the limit being passed over.
     skim: Skim,
+    /// A call over the line limit was passed over: the next frame decoded is the request that
+    /// answers it with an error (downstream).
+    passed_over_call: bool,
 }
 
 impl JsonRpcCodec {
@@ -46,6 +49,7 @@ impl JsonRpcCodec {
             mutations_ignored,
             searched: 0,
             skim: Skim::default(),
+            passed_over_call: false,
         }
     }
 
@@ -198,6 +202,12 @@ fn error_code(request: &Message, kind: LocalReplyKind) -> i64 {
 
 impl Codec for JsonRpcCodec {
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, CodecError> {
+        if std::mem::take(&mut self.passed_over_call) {
+            // Its id went by unread: the error goes back with id `null`, as for a parse error.
+            let mut message = Message::new(MessageKind::Request, 0, Bytes::new());
+            message.reject_reason = Some(Invalid::TooLong.reason());
+            return Ok(Some(message));
+        }
         loop {
             let from = self.searched.min(src.len());
             let found = src[from..].iter().position(|b| *b == b'\n');
@@ -328,19 +338,17 @@ impl Codec for JsonRpcCodec {
     }
 
     /// A line has no length in its head, and its id may come last: the engine hands the line
-    /// to [`Codec::pass_over`] as it arrives.
+    /// to [`Codec::pass_over`] as it arrives, on either side.
     fn oversized_response(&self, _src: &[u8]) -> Option<FrameHead> {
-        (self.side == Side::Upstream).then_some(FrameHead::Unsized)
+        Some(FrameHead::Unsized)
     }
 
     fn pass_over(&mut self, src: &[u8]) -> Option<PassedOver> {
-        if self.side != Side::Upstream {
-            return None;
-        }
         Some(match self.skim.feed(src) {
             None => PassedOver::More,
             Some(len) => {
                 let request_id = std::mem::take(&mut self.skim).request_id();
+                self.passed_over_call = self.side == Side::Downstream;
                 PassedOver::End { len, request_id }
             }
         })

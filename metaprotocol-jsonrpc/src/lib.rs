@@ -18,7 +18,7 @@
 //! | a response with `error` | `ServerError` for the codes JSON-RPC reserves (-32768 to -32000), `ApplicationError` for the service's own |
 //! | a batch (an array) | answered with error -32600, not proxied (-32700 if it is not JSON) |
 //! | a line that is not JSON (UTF-8 text included: a string the codec skips is checked too) | answered with error -32700 (id `null`); the connection stays open |
-//! | a line longer than `max_frame_bytes` | the connection closes |
+//! | a line longer than the listener's `max_frame_bytes` | passed over as it arrives, never held, and answered with error -32600 (id `null`: it went by unread); the connection stays open |
 //! | a call whose line, with the proxy's id (the client's hex-encoded, twice as long), is longer than the cluster's `max_frame_bytes` | not sent: its client gets error -32600, and the upstream connection is spared an answer too long to read, which would close it under every call in flight there; a notification longer than that limit (a listener may take longer lines) is not sent either |
 //! | an answer longer than the cluster's `max_frame_bytes` | passed over as it arrives, never held: its call gets error -32603 (`internal`), and the upstream connection stays open for the calls behind it |
 //! | an answer whose id does not spell, in hex, an id a client could have sent (JSON on one line) | not forwarded: its client gets error -32000 instead, and the upstream connection stays open |

@@ -71,6 +71,8 @@ pub(crate) enum Invalid {
     NotRpc,
     /// A batch (an array): not supported (-32600).
     Batch,
+    /// Longer than the listener's `max_frame_bytes` (-32600).
+    TooLong,
 }
 
 impl Invalid {
@@ -80,6 +82,7 @@ impl Invalid {
             Invalid::Parse => "the line is not valid JSON",
             Invalid::NotRpc => "the line is not a JSON-RPC 2.0 request",
             Invalid::Batch => "JSON-RPC batches are not supported by this proxy",
+            Invalid::TooLong => "the line is longer than the listener's max_frame_bytes",
         }
     }
 }

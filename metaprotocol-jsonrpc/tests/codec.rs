@@ -3,8 +3,8 @@
 
 use bytes::BytesMut;
 use metaprotocol_core::{
-    Codec, CodecError, CodecFactory, EncodeParams, LocalReply, LocalReplyKind, Message,
-    MessageKind, Mutation, ResponseStatus, Side, WireVariant,
+    Codec, CodecError, CodecFactory, EncodeParams, FrameHead, LocalReply, LocalReplyKind, Message,
+    MessageKind, Mutation, PassedOver, ResponseStatus, Side, WireVariant,
 };
 use metaprotocol_jsonrpc::JsonRpcCodecFactory;
 
@@ -58,8 +58,11 @@ fn lines_split_anywhere_decode_once_whole() -> TestResult {
     Ok(())
 }
 
+/// A line longer than the limit is refused by `decode`; the engine then hands it to
+/// `pass_over` as it arrives, and the codec makes of it a call answered with -32600 (id `null`:
+/// it went by unread). The connection goes on.
 #[test]
-fn a_line_longer_than_the_limit_closes_the_connection() {
+fn a_line_longer_than_the_limit_is_passed_over_and_answered() -> TestResult {
     let mut long = vec![b' '; 300];
     long.push(b'\n');
     let err = decode_all(&mut codec(Side::Downstream), &long).err();
@@ -67,11 +70,38 @@ fn a_line_longer_than_the_limit_closes_the_connection() {
         matches!(err, Some(CodecError::FrameTooLarge { .. })),
         "{err:?}"
     );
-    let err = decode_all(&mut codec(Side::Downstream), &[b'{'; 300]).err();
+    let mut downstream = codec(Side::Downstream);
+    let err = decode_all(&mut downstream, &[b'{'; 300]).err();
     assert!(
         matches!(err, Some(CodecError::FrameTooLarge { .. })),
         "{err:?}"
     );
+    assert_eq!(
+        downstream.oversized_response(&[b'{'; 300]),
+        Some(FrameHead::Unsized)
+    );
+    assert_eq!(downstream.pass_over(&[b'{'; 300]), Some(PassedOver::More));
+    assert_eq!(
+        downstream.pass_over(b"\"id\":1}\n{\"jsonrpc\""),
+        Some(PassedOver::End {
+            len: 8,
+            request_id: None
+        })
+    );
+    let mut rest = BytesMut::from(&b"{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"id\":2}\n"[..]);
+    let refused = downstream
+        .decode(&mut rest)?
+        .ok_or("no call for the long line")?;
+    assert!(refused.reject_reason.is_some());
+    let answer = reply(&mut downstream, &refused, LocalReplyKind::BadRequest)?;
+    let answer: serde_json::Value = serde_json::from_str(&answer)?;
+    assert_eq!(answer["error"]["code"], -32600, "{answer}");
+    assert_eq!(answer["id"], serde_json::Value::Null);
+    let next = downstream
+        .decode(&mut rest)?
+        .ok_or("the next call is lost")?;
+    assert!(next.reject_reason.is_none());
+    Ok(())
 }
 
 /// The CPU time this thread has run, by the kernel's count.

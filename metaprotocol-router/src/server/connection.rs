@@ -20,9 +20,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use metaprotocol_core::{
-    Codec, ConnectionInfo, LocalReply, LocalReplyKind, ResponseFlags, Side, WireVariant,
+    Codec, CodecError, ConnectionInfo, FrameHead, LocalReply, LocalReplyKind, PassedOver,
+    ResponseFlags, Side, WireVariant,
 };
 use tokio::io::ReadBuf;
 use tokio::time::Instant;
@@ -173,6 +174,9 @@ struct Connection<S> {
     /// True when decoding stopped at [`MAX_IN_FLIGHT`] with bytes left in `read_buf`: they are
     /// decoded before the socket is read again.
     frames_left: bool,
+    /// True while a request too large to decode, whose length its head does not give, is
+    /// passed over by the codec as it arrives ([`Codec::pass_over`]).
+    passing_oversized: bool,
     alarm: Alarm,
     /// Its reads and calls in flight, as its worker's lingers count them.
     activity: linger::ConnectionActivity,
@@ -205,6 +209,7 @@ impl<S: Transport> Connection<S> {
             last_activity: Instant::now(),
             partial_since: None,
             frames_left: false,
+            passing_oversized: false,
             alarm: Alarm::new(),
             activity: linger::ConnectionActivity::default(),
             closing: None,
@@ -304,6 +309,27 @@ impl<S: Transport> Connection<S> {
                 self.frames_left = true;
                 break;
             }
+            if self.passing_oversized {
+                match self.decoder.pass_over(&self.read_buf) {
+                    Some(PassedOver::More) => {
+                        self.read_buf.clear();
+                        self.partial_since.get_or_insert(now);
+                        break;
+                    }
+                    // The codec's next frame is the request it makes of the one passed over
+                    // (one it answers with an error), even when no byte follows.
+                    Some(PassedOver::End { len, .. }) => {
+                        self.read_buf.advance(len.min(self.read_buf.len()));
+                        self.passing_oversized = false;
+                    }
+                    None => {
+                        self.bad_frame(&CodecError::malformed(
+                            "the codec cannot pass over a request too large to decode",
+                        ));
+                        break;
+                    }
+                }
+            }
             let message = slot.get_or_insert_with(|| self.requests.slot());
             match self
                 .decoder
@@ -333,10 +359,14 @@ impl<S: Transport> Connection<S> {
                     self.partial_since.get_or_insert(now);
                     break;
                 }
+                Err(CodecError::FrameTooLarge { .. })
+                    if self.decoder.oversized_response(&self.read_buf)
+                        == Some(FrameHead::Unsized) =>
+                {
+                    self.passing_oversized = true;
+                }
                 Err(err) => {
-                    tracing::debug!(listener = %self.ctx.name, error = %err, "closing client connection: bad frame");
-                    self.ctx.stats.protocol_error(err.counter_name()).inc();
-                    self.reading = Reading::Done;
+                    self.bad_frame(&err);
                     break;
                 }
             }
@@ -345,6 +375,13 @@ impl<S: Transport> Connection<S> {
             self.requests.spare(unused);
         }
         frames
+    }
+
+    /// Counts a stream that cannot be trusted any more, and stops reading it.
+    fn bad_frame(&mut self, err: &CodecError) {
+        tracing::debug!(listener = %self.ctx.name, error = %err, "closing client connection: bad frame");
+        self.ctx.stats.protocol_error(err.counter_name()).inc();
+        self.reading = Reading::Done;
     }
 
     /// True while the proxy does not read from the client: too much in flight or unsent.
