@@ -1,5 +1,5 @@
-//! [`Skim`]: an answer too long to decode, read as it streams past and dropped: where its line
-//! ends, and the request its `id` names, wherever in the object the id comes.
+//! [`Skim`]: a line too long to decode, read as it streams past and dropped: where it ends,
+//! and, for an answer, the request its `id` names, wherever in the object the id comes.
 
 /// What a string being read is.
 #[derive(Debug, Default, Clone, Copy)]
