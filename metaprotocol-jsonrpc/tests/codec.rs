@@ -152,7 +152,17 @@ fn a_line_arriving_a_little_at_a_time_is_looked_through_once() -> TestResult {
 
 #[test]
 fn ids_come_back_as_the_client_wrote_them() -> TestResult {
-    for id in ["\"x-1\"", "18446744073709551615", "null", "-3", "1.5"] {
+    for id in [
+        "\"x-1\"",
+        "18446744073709551615",
+        "123456789012345678901234567890",
+        "1e400",
+        "-0.5e-3",
+        "null",
+        "-3",
+        "1.5",
+        "\"\\u00e9\\n\"",
+    ] {
         let mut downstream = codec(Side::Downstream);
         let mut upstream = codec(Side::Upstream);
         let line = format!("{{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"id\":{id}}}\n");
