@@ -787,11 +787,11 @@ fn run_warns_of_a_config_that_serves_nothing() -> TestResult {
     let admin = free_addr()?;
     let config = format!("admin: {{ address: {admin} }}\n{CLUSTER}");
     let mut proxy = BinaryProxy::start(&config, &[], admin, &scratch)?;
-    let said = proxy.stderr_tail();
-    assert!(
-        said.contains("warning: no listeners: the proxy would serve nothing"),
-        "{said}"
-    );
+    let warning = "warning: no listeners: the proxy would serve nothing";
+    let warned = support::process::wait_until(Duration::from_secs(10), warning, || {
+        Ok(proxy.stderr_tail().contains(warning))
+    });
+    assert!(warned.is_ok(), "{}", proxy.stderr_tail());
     signal(proxy.pid(), "TERM")?;
     assert!(proxy.wait(Duration::from_secs(10))?.success());
     Ok(())

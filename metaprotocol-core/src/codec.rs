@@ -161,6 +161,9 @@ pub trait Codec: Send {
     /// than the call: an echo of a call at the limit). `None`, the default, when the protocol
     /// cannot tell (the frame does not answer a request, or neither its framing nor
     /// [`Codec::pass_over`] can give its length): the connection closes.
+    ///
+    /// The downstream side asks it too, of a request too large to decode, and looks only for
+    /// [`FrameHead::Unsized`] (see [`Codec::pass_over`]); anything else closes the connection.
     fn oversized_response(&self, src: &[u8]) -> Option<FrameHead> {
         let _ = src;
         None
