@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use futures::future::try_join_all;
 use metaprotocol_examples::dubbo_demo::{DemoProvider, DubboClient};
-use metaprotocol_router::{Config, Proxy, ProxyBuilder};
+use metaprotocol_router::{Config, ExpositionFormat, Proxy, ProxyBuilder};
 
 #[allow(dead_code)]
 mod support;
 
 use support::TestResult;
+use support::metrics::promtool_problems;
 use support::proxy::metric;
 
 /// A proxy with two workers in front of `provider`, over cluster `demo` with one connection
@@ -120,7 +121,7 @@ async fn pipelined_calls(proxy: &Proxy, rounds: usize, calls: usize) -> TestResu
 }
 
 const LINGERS: &str = "metaprotocol_worker_lingers_total";
-const LINGER_MICROSECONDS: &str = "metaprotocol_worker_linger_microseconds_total";
+const LINGER_SECONDS: &str = "metaprotocol_worker_linger_seconds_sum";
 
 /// A provider whose every answer takes long enough that a worker whose clients pipeline lingers,
 /// whatever this machine's speed: its calls go round in 2 ms or more, and a worker lingers a
@@ -139,8 +140,13 @@ async fn a_worker_whose_clients_pipeline_lingers_and_answers_every_call() -> Tes
     // Each linger is a tenth of the round trip: 40 us or more (the shortest round trip that
     // lingers is 400 us), and under the longest the worker may wait, a millisecond (a tenth of
     // 2 ms is 200 us).
-    let mean = metric(&proxy, LINGER_MICROSECONDS) / lingers;
+    let mean = metric(&proxy, LINGER_SECONDS) * 1e6 / lingers;
     assert!((40.0..1000.0).contains(&mean), "lingers of {mean} us");
+    // The workers' series (there only with workers) are named as Prometheus wants too.
+    let text = proxy.metrics().encode(ExpositionFormat::Prometheus);
+    if let Some(problems) = promtool_problems(&text)? {
+        assert!(problems.is_empty(), "promtool: {problems:#?}");
+    }
     tokio::time::timeout(Duration::from_secs(20), proxy.shutdown()).await?;
     Ok(())
 }

@@ -36,7 +36,9 @@ use crate::cluster::{ClusterManager, ClusterStatus};
 use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec, RouteConfigSpec};
 use crate::filters::{FilterRegistry, SharedClients};
 use crate::route::{RouteCheck, RouteSlot};
-use crate::server::{BusyPoll, DEFAULT_LINGER, DrainPolicy, Linger, Load, Parking, Workers};
+use crate::server::{
+    BusyPoll, DEFAULT_LINGER, DrainPolicy, LINGER_BUCKETS, Linger, Load, Parking, Workers,
+};
 use crate::stats::Counter;
 use crate::stats::{Metrics, MetricsSettings};
 use crate::trace;
@@ -358,9 +360,10 @@ impl ProxyBuilder {
                 "worker_lingers",
                 "Times a worker whose clients pipeline waited before polling its sockets",
             );
-            let lingered_for = root.counter(
-                "worker_linger_microseconds",
-                "Microseconds workers whose clients pipeline waited before polling their sockets",
+            let lingered_for = root.histogram(
+                "worker_linger_seconds",
+                "How long workers whose clients pipeline waited before polling their sockets",
+                &LINGER_BUCKETS,
             );
             let looks = root.counter(
                 "worker_busy_polls",

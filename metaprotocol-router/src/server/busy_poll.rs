@@ -388,13 +388,18 @@ mod tests {
         use super::*;
         use crate::server::Linger;
         use crate::server::workers::{Parking, Workers};
+        use crate::stats::DurationHistogram;
 
         /// A worker that busy polls for up to `budget`, as the proxy starts one, with its look
         /// counters.
         fn worker(budget: Duration) -> std::io::Result<(Workers, Counter, Counter)> {
             let (looks, misses) = (Counter::default(), Counter::default());
             let parking = Parking {
-                linger: Linger::new(Duration::ZERO, Counter::default(), Counter::default()),
+                linger: Linger::new(
+                    Duration::ZERO,
+                    Counter::default(),
+                    DurationHistogram::default(),
+                ),
                 busy_poll: BusyPoll::new(budget, looks.clone(), misses.clone()),
             };
             Ok((Workers::start(1, &parking)?, looks, misses))
@@ -487,7 +492,11 @@ mod tests {
             }
             let (looks, misses) = (Counter::default(), Counter::default());
             let parking = Parking {
-                linger: Linger::new(Duration::ZERO, Counter::default(), Counter::default()),
+                linger: Linger::new(
+                    Duration::ZERO,
+                    Counter::default(),
+                    DurationHistogram::default(),
+                ),
                 busy_poll: BusyPoll {
                     when_crowded: true,
                     ..BusyPoll::new(Duration::from_millis(1), looks.clone(), misses)

@@ -39,7 +39,7 @@ use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use super::{core_crowded, watch_core};
-use crate::stats::Counter;
+use crate::stats::{Counter, DurationHistogram};
 
 /// The longest a worker whose clients pipeline waits before polling its sockets, unless the proxy
 /// is told otherwise ([`ProxyBuilder::linger`](crate::ProxyBuilder::linger)).
@@ -48,6 +48,10 @@ use crate::stats::Counter;
 // core) up to 200 us took its CPU a call from 0.47-0.67x haproxy's to 0.32-0.44x, against
 // 50 us, and served more calls with a lower p99; up to 400 us saved no more.
 pub const DEFAULT_LINGER: Duration = Duration::from_micros(200);
+
+/// The upper bounds, in seconds, of `metaprotocol_worker_linger_seconds`: lingers are a tenth of
+/// a round trip of 400 us or more, up to the longest (200 us unless told otherwise).
+pub(crate) const LINGER_BUCKETS: [f64; 6] = [0.000_05, 0.000_1, 0.000_2, 0.000_4, 0.001, 0.005];
 
 /// A worker lingers only while its clients' reads carry at least this many requests on average.
 const REQUESTS_PER_READ: u64 = 2;
@@ -166,17 +170,17 @@ impl ConnectionActivity {
 pub(crate) struct Linger {
     longest: Duration,
     lingered: Counter,
-    microseconds: Counter,
+    waited: DurationHistogram,
 }
 
 impl Linger {
-    /// Lingers of up to `longest` (zero: never), counted in `lingered`, their length in
-    /// `microseconds`.
-    pub fn new(longest: Duration, lingered: Counter, microseconds: Counter) -> Self {
+    /// Lingers of up to `longest` (zero: never), counted in `lingered`, their lengths in
+    /// `waited`.
+    pub fn new(longest: Duration, lingered: Counter, waited: DurationHistogram) -> Self {
         Self {
             longest,
             lingered,
-            microseconds,
+            waited,
         }
     }
 
@@ -217,8 +221,7 @@ impl Linger {
             return false;
         }
         self.lingered.inc();
-        self.microseconds
-            .inc_by(u64::try_from(linger.as_micros()).unwrap_or(u64::MAX));
+        self.waited.observe(linger);
         std::thread::sleep(linger);
         true
     }
@@ -325,7 +328,14 @@ mod tests {
             Duration::ZERO
         );
         assert_eq!(linger_for(LONGEST, ended(0, 0, 0)), Duration::ZERO);
-        assert!(!Linger::new(Duration::ZERO, Counter::default(), Counter::default()).before_park());
+        assert!(
+            !Linger::new(
+                Duration::ZERO,
+                Counter::default(),
+                DurationHistogram::default()
+            )
+            .before_park()
+        );
     }
 
     /// Parks until the worker next looks at its window (every [`PARKS_PER_LOOK`]th park):
@@ -340,7 +350,7 @@ mod tests {
         if crate::server::run_delay::RunDelay::of_this_thread().is_none() {
             return Ok(());
         }
-        let linger = Linger::new(LONGEST, Counter::default(), Counter::default());
+        let linger = Linger::new(LONGEST, Counter::default(), DurationHistogram::default());
         linger.prepare_thread();
         let mut connection = ConnectionActivity::default();
         park_until_a_look(&linger);

@@ -18,7 +18,7 @@ pub(crate) use busy_poll::BusyPoll;
 pub use busy_poll::{DEFAULT_BUSY_POLL, kernel_idle_poll};
 pub use idle_poll::IdlePoll;
 pub use linger::DEFAULT_LINGER;
-pub(crate) use linger::Linger;
+pub(crate) use linger::{LINGER_BUCKETS, Linger};
 pub(crate) use load::Load;
 pub(crate) use workers::{Parking, Workers};
 

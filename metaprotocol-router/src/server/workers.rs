@@ -131,7 +131,7 @@ impl Workers {
 
 #[cfg(test)]
 mod tests {
-    use crate::stats::Counter;
+    use crate::stats::{Counter, DurationHistogram};
 
     use super::*;
 
@@ -142,7 +142,7 @@ mod tests {
             linger: Linger::new(
                 crate::DEFAULT_LINGER,
                 Counter::default(),
-                Counter::default(),
+                DurationHistogram::default(),
             ),
             busy_poll: BusyPoll::new(
                 crate::DEFAULT_BUSY_POLL,
