@@ -107,6 +107,8 @@ struct World {
     client: DubboClient,
     listener: SocketAddr,
     admin: SocketAddr,
+    /// The config it started with.
+    yaml: String,
 }
 
 impl World {
@@ -128,6 +130,7 @@ impl World {
             provider,
             listener,
             admin,
+            yaml,
         })
     }
 
@@ -494,6 +497,52 @@ async fn istio_series_carry_istios_labels() -> TestResult {
                 "promtool: {problems:#?}"
             );
         }
+        world.proxy.shutdown().await;
+        Ok(())
+    })
+    .await?
+}
+
+/// The Istio counts of requests that reached no cluster outlive a reload that changes their
+/// listener, once the listener's old connections are gone.
+#[tokio::test]
+async fn istio_counts_of_a_listener_outlive_its_reload() -> TestResult {
+    tokio::time::timeout(TEST_DEADLINE, async {
+        let world = World::start(true).await?;
+        world.client.call("unknownMethod", "w", &[]).await?;
+        world.until_completed("route_not_found", 1.0).await?;
+        let not_found = |text: &str| {
+            sample(
+                text,
+                "istio_requests_total",
+                &[("destination_service", "unknown"), ("response_code", "404")],
+            )
+        };
+        assert_eq!(not_found(&world.metrics().await?), 1.0);
+        let changed = world.yaml.replace(
+            "    route_config: routes\n",
+            "    route_config: routes\n    idle_timeout: 5m\n",
+        );
+        assert_ne!(changed, world.yaml);
+        world.proxy.reload(Config::from_yaml(&changed)?).await?;
+        // The old context goes with its last connection, which drains after a quiet second.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let text = loop {
+            let text = world.metrics().await?;
+            let open = sample(
+                &text,
+                "metaprotocol_downstream_cx_active",
+                &[("listener", "in")],
+            );
+            if open == 0.0 {
+                break text;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the old connection never closed: {text}").into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(not_found(&text), 1.0, "{text}");
         world.proxy.shutdown().await;
         Ok(())
     })

@@ -45,9 +45,7 @@ use crate::config::{ClusterSpec, ConfigError, LbPolicy, LocalitySpec};
 use crate::health::{self, HealthMonitor, OutlierThresholds};
 use crate::lb::{LbSettings, LocalityPreference};
 use crate::router::AttemptOutcome;
-use crate::stats::{
-    ClusterStats, EndpointStats, HealthStats, IstioDestination, IstioReporters, MetricsScope,
-};
+use crate::stats::{ClusterStats, EndpointStats, HealthStats, IstioDestination, MetricsScope};
 use crate::transport::{Connector, TlsConnector};
 use crate::upstream::{PoolSettings, UpstreamPool};
 pub(crate) use dns::Resolved;
@@ -74,8 +72,6 @@ struct ClusterState {
     probe: Option<Arc<Message>>,
     /// The running outlier detection and health checks, once the cluster is published.
     monitor: Option<HealthMonitor>,
-    /// The last snapshot's Istio reporters, for the next one.
-    istio: IstioReporters,
 }
 
 /// A configured cluster: its live snapshot, what it is rebuilt from, what protects it.
@@ -198,7 +194,6 @@ impl ClusterHandle {
             local,
             probe,
             monitor: None,
-            istio: IstioReporters::default(),
         };
         let snapshot = rebuild(&mut state, &stats, &breakers, &scope);
         Ok(Arc::new(Self {
@@ -439,7 +434,6 @@ impl ClusterHandle {
             local,
             probe,
             monitor: state.monitor.take(),
-            istio: std::mem::take(&mut state.istio),
         };
         if let Some((protocol, codec)) = codec {
             next.protocol = protocol;
@@ -567,9 +561,8 @@ fn rebuild(
     breakers: &Arc<CircuitBreakers>,
     scope: &MetricsScope,
 ) -> ClusterSnapshot {
-    let istio = scope.metrics().settings().istio.clone();
-    let previous = std::mem::take(&mut state.istio);
-    let mut reporters = IstioReporters::default();
+    let metrics = scope.metrics();
+    let istio = metrics.settings().istio.clone();
     let cluster = state.spec.name.as_str();
     let settings = pool_settings(&state.spec);
     let mut endpoints = HashMap::with_capacity(state.spec.endpoints.len());
@@ -606,7 +599,7 @@ fn rebuild(
             endpoints.insert(address, endpoint.clone());
             let istio = istio.as_ref().map(|istio| {
                 let destination = IstioDestination::of_endpoint(istio, cluster, &spec.labels);
-                reporters.reporter(&previous, scope, istio, &state.protocol, destination)
+                metrics.istio_reporter(istio, &state.protocol, destination)
             });
             hosts.push(Arc::new(Host {
                 endpoint,
@@ -626,9 +619,8 @@ fn rebuild(
     );
     snapshot.istio = istio.as_ref().map(|istio| {
         let destination = IstioDestination::of_cluster(istio, cluster);
-        reporters.reporter(&previous, scope, istio, &state.protocol, destination)
+        metrics.istio_reporter(istio, &state.protocol, destination)
     });
-    state.istio = reporters;
     // Endpoints retired earlier and gone since: forgotten here as well as when the admin API
     // lists them, so that a cluster whose addresses keep changing (DNS) holds no growing list.
     state.retired.retain(|e| e.strong_count() > 0);

@@ -16,7 +16,7 @@ use crate::config::{
 use crate::filters::{FilterContext, FilterRegistry, SharedClients};
 use crate::route::{RouteSlot, RouteTable};
 use crate::server::{DrainPolicy, ListenerContext, Load};
-use crate::stats::{IstioDestination, IstioReporter, ListenerStats, Metrics, MetricsScope};
+use crate::stats::{IstioDestination, ListenerStats, Metrics, MetricsScope};
 use crate::trace::{self, Tracer};
 use crate::transport::{Acceptor, TlsAcceptor};
 
@@ -116,7 +116,8 @@ impl Builder<'_> {
             .transpose()
             .map_err(|e| e.within("tracing"))?;
         let istio = self.metrics.settings().istio.as_ref().map(|istio| {
-            IstioReporter::new(&scope, istio, protocol, IstioDestination::unknown(istio))
+            self.metrics
+                .istio_reporter(istio, protocol, IstioDestination::unknown(istio))
         });
         let methods = named_methods(routes.table.load().spec());
         let acceptor = match &spec.tls {

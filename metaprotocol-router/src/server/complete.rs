@@ -68,6 +68,6 @@ fn istio(
             Some(host) => count(host.istio.as_deref()),
             None => count(routed.cluster().snapshot().istio.as_deref()),
         },
-        None => count(ctx.istio.as_ref()),
+        None => count(ctx.istio.as_deref()),
     }
 }

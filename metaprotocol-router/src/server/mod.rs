@@ -78,8 +78,9 @@ pub(crate) struct ListenerContext {
     pub access_log: Option<AccessLogger>,
     /// Its tracer, if it traces.
     pub tracer: Option<Tracer>,
-    /// Counts its requests that reached no cluster in the Istio series, when they are on.
-    pub istio: Option<IstioReporter>,
+    /// Counts its requests that reached no cluster in the Istio series, when they are on (the
+    /// listener's next context counts with the same).
+    pub istio: Option<Arc<IstioReporter>>,
     /// Nothing in flight and no frame for this long closes a connection.
     pub idle_timeout: Duration,
     /// A frame that takes longer than this to arrive closes its connection.

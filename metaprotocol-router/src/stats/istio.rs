@@ -8,18 +8,18 @@
 //! status Istio would show, and `response_flags`). Each reporter (one per destination of a
 //! cluster: its endpoints' label sets, and the cluster itself for requests that found no
 //! endpoint; one per listener for requests that found no cluster) resolves a series the first
-//! time a combination of outcome and flags happens, in a bounded table. A cluster keeps its
-//! reporters across its snapshots ([`IstioReporters`]), so that those series outlive the
-//! snapshot that first counted in them.
+//! time a combination of outcome and flags happens, in a bounded table. A destination's reporter
+//! passes from snapshot to snapshot and from context to context ([`IstioReporters`]), so that
+//! those series outlive the snapshot or context that first counted in them.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use metaprotocol_core::{LocalReplyKind, ResponseFlags};
 
 use super::interned::Interned;
-use super::{DurationHistogram, MetricsScope, RequestOutcome, Unit};
+use super::{DurationHistogram, Metrics, MetricsScope, RequestOutcome, Unit, lock};
 use crate::config::{IstioSpec, IstioWorkloadSpec};
 use crate::stats::Counter;
 
@@ -133,7 +133,7 @@ pub(crate) struct IstioReporter {
 
 impl IstioReporter {
     /// A reporter of requests of `protocol` to `destination`.
-    pub fn new(
+    fn new(
         scope: &MetricsScope,
         spec: &IstioSpec,
         protocol: &str,
@@ -251,37 +251,55 @@ impl IstioReporter {
     }
 }
 
-/// A cluster's reporters, one per protocol and destination, handed from each snapshot to the
-/// next. A reporter holds the series it resolved until it goes: one made afresh for each
-/// snapshot (every update, health change and ejection makes one) would hold none until each
-/// combination happened again, and the series the old one held would go with its snapshot,
-/// their counts with them (an error rate read through `increase()` lost its errors).
+/// A proxy's live reporters, one per protocol and destination. A reporter holds the series it
+/// resolved until it goes; whoever counts for a destination next (a cluster's next snapshot,
+/// made by every update, health change and ejection; a listener's next context, made by a
+/// reload) takes the live one, rather than a new one that would hold none of them: those
+/// would go with the old snapshot or context, their counts with them (an error rate read
+/// through `increase()` lost its errors), and start again from 0.
 #[derive(Debug, Default)]
-pub(crate) struct IstioReporters {
-    by_destination: HashMap<(String, IstioDestination), Arc<IstioReporter>>,
+pub(super) struct IstioReporters {
+    live: Mutex<Live>,
 }
 
+#[derive(Debug, Default)]
+struct Live {
+    by_destination: HashMap<(String, IstioDestination), Weak<IstioReporter>>,
+    /// Entries of reporters gone are dropped when the map reaches this many.
+    prune_at: usize,
+}
+
+/// The fewest entries at which a prune happens: prunes cost a pass over the map, so they
+/// happen once it has doubled since the last.
+const PRUNE_AT_LEAST: usize = 64;
+
 impl IstioReporters {
-    /// The reporter of requests of `protocol` to `destination`: this set's, else `previous`'s
-    /// (the last snapshot's), else a new one; kept in this set.
+    /// The live reporter of requests of `protocol` to `destination`, or a new one whose series
+    /// are made in `metrics`.
     pub fn reporter(
-        &mut self,
-        previous: &IstioReporters,
-        scope: &MetricsScope,
+        &self,
+        metrics: &Metrics,
         spec: &IstioSpec,
         protocol: &str,
         destination: IstioDestination,
     ) -> Arc<IstioReporter> {
+        let mut live = lock(&self.live);
         let key = (protocol.to_owned(), destination);
-        if let Some(reporter) = self.by_destination.get(&key) {
-            return reporter.clone();
+        if let Some(reporter) = live.by_destination.get(&key).and_then(Weak::upgrade) {
+            return reporter;
         }
-        let reporter = previous
-            .by_destination
-            .get(&key)
-            .cloned()
-            .unwrap_or_else(|| Arc::new(IstioReporter::new(scope, spec, protocol, key.1.clone())));
-        self.by_destination.insert(key, reporter.clone());
+        if live.by_destination.len() >= live.prune_at {
+            live.by_destination
+                .retain(|_, reporter| reporter.strong_count() > 0);
+            live.prune_at = (2 * live.by_destination.len()).max(PRUNE_AT_LEAST);
+        }
+        let reporter = Arc::new(IstioReporter::new(
+            &metrics.root(),
+            spec,
+            protocol,
+            key.1.clone(),
+        ));
+        live.by_destination.insert(key, Arc::downgrade(&reporter));
         reporter
     }
 }

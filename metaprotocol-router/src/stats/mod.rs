@@ -44,7 +44,8 @@ pub use exposition::ExpositionFormat;
 pub(crate) use exposition::write_labels;
 pub(crate) use histogram::Unit;
 pub use histogram::{DurationHistogram, HistogramSnapshot};
-pub(crate) use istio::{IstioDestination, IstioReporter, IstioReporters};
+use istio::IstioReporters;
+pub(crate) use istio::{IstioDestination, IstioReporter};
 pub(crate) use outcome::{OUTCOMES, RequestOutcome};
 use process::ProcessStats;
 
@@ -212,6 +213,8 @@ struct Inner {
     /// The codecs whose own counters ([`CodecFactory::counters`]) are exported, one per protocol.
     codecs: Mutex<Vec<Arc<dyn CodecFactory>>>,
     settings: MetricsSettings,
+    /// The Istio reporters alive, by destination.
+    istio: IstioReporters,
 }
 
 /// Every metric of one proxy. Cheap to clone; clones share the series.
@@ -268,6 +271,17 @@ impl Metrics {
 
     pub(crate) fn settings(&self) -> &MetricsSettings {
         &self.inner.settings
+    }
+
+    /// The reporter of requests of `protocol` to `destination` in the Istio series `spec`
+    /// describes: the live one if there is one, so that the series it resolved stay.
+    pub(crate) fn istio_reporter(
+        &self,
+        spec: &IstioSpec,
+        protocol: &str,
+        destination: IstioDestination,
+    ) -> Arc<IstioReporter> {
+        self.inner.istio.reporter(self, spec, protocol, destination)
     }
 
     /// The scope with no labels, for proxy-wide series.
