@@ -93,7 +93,8 @@ impl CircuitBreakers {
         breakers
     }
 
-    /// Applies a cluster update's limits (none: no limits).
+    /// Applies a cluster update's limits (none: no limits). A breaker without a limit is never
+    /// checked again, so one the update removes while it was open is shown closed here.
     pub fn set_limits(&self, spec: Option<&CircuitBreakersSpec>) {
         let limits = match spec {
             Some(spec) => [
@@ -105,8 +106,11 @@ impl CircuitBreakers {
             .map(i64::from),
             None => [i64::MAX; 4],
         };
-        for (slot, limit) in self.limits.iter().zip(limits) {
+        for ((slot, limit), open) in self.limits.iter().zip(limits).zip(&self.open) {
             slot.store(limit, Ordering::Relaxed);
+            if limit == i64::MAX {
+                open.set(0);
+            }
         }
     }
 
@@ -253,5 +257,29 @@ mod tests {
         stats.rq_active.inc();
         assert!(breakers.admits(Breaker::Requests, &stats), "no limits");
         assert!(breakers.status(&stats).is_empty());
+    }
+
+    #[test]
+    fn a_breaker_an_update_removes_is_shown_closed() {
+        let metrics = Metrics::new();
+        let scope = metrics.root().detached("cluster", "c");
+        let stats = ClusterStats::new(&scope);
+        let spec = CircuitBreakersSpec {
+            max_connections: 10,
+            max_pending_requests: 10,
+            max_requests: 1,
+            max_retries: 10,
+        };
+        let breakers = CircuitBreakers::new(&scope, Some(&spec));
+        stats.rq_active.inc();
+        assert!(!breakers.admits(Breaker::Requests, &stats));
+        let open =
+            "metaprotocol_upstream_circuit_breaker_open{cluster=\"c\",breaker=\"max_requests\"}";
+        assert!(metrics.render().contains(&format!("{open} 1")));
+        // The update takes the breaker away while it is open: nothing will check it again.
+        breakers.set_limits(None);
+        assert!(breakers.admits(Breaker::Requests, &stats));
+        let text = metrics.render();
+        assert!(text.contains(&format!("{open} 0")), "{text}");
     }
 }
