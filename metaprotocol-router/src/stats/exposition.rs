@@ -191,12 +191,16 @@ pub(super) fn encode_families(
         };
         let mut metric =
             encoder.encode_descriptor(&family.name, &family.help, None, metric_type)?;
+        if let [(labels, value)] = family.series.as_slice()
+            && labels.is_empty()
+        {
+            // A family's only series, without labels, is written without an empty `{}`.
+            encode_value(metric, value)?;
+            continue;
+        }
+        // With others beside it, an unlabelled series is written with `{}` (valid), since the
+        // encoder is taken by a series written without.
         for (labels, value) in &family.series {
-            if labels.is_empty() {
-                // Without labels, a series is written without an empty `{}`.
-                encode_value(metric, value)?;
-                break;
-            }
             encode_value(metric.encode_family(labels)?, value)?;
         }
     }

@@ -868,6 +868,31 @@ mod tests {
     }
 
     #[test]
+    fn openmetrics_keeps_every_series_of_a_family_with_one_unlabelled() {
+        let metrics = Metrics::new();
+        metrics.root().counter("jobs", "Jobs").inc();
+        metrics
+            .root()
+            .detached("queue", "q")
+            .counter("jobs", "Jobs")
+            .inc_by(2);
+        for format in [ExpositionFormat::Prometheus, ExpositionFormat::OpenMetrics] {
+            let text = metrics.encode(format);
+            let samples: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with("metaprotocol_jobs_total"))
+                .collect();
+            assert_eq!(samples.len(), 2, "{format:?}: {text}");
+            assert!(
+                samples
+                    .iter()
+                    .any(|l| l.contains("queue=\"q\"") && l.ends_with(" 2")),
+                "{format:?}: {text}"
+            );
+        }
+    }
+
+    #[test]
     fn snapshots_find_series_by_labels() {
         let metrics = Metrics::new();
         let scope = metrics.root().detached("route", "r");
