@@ -2,6 +2,7 @@
 //! scraper's `Accept` header, and the collector an embedder's `prometheus_client` registry
 //! calls.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
@@ -163,18 +164,24 @@ pub(crate) fn write_labels<'a>(
         out.push(if first { '{' } else { ',' });
         first = false;
         let _ = write!(out, "{key}=\"");
-        for c in value.chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '"' => out.push_str("\\\""),
-                '\n' => out.push_str("\\n"),
-                c => out.push(c),
-            }
-        }
+        push_escaped(out, value);
         out.push('"');
     }
     if !first {
         out.push('}');
+    }
+}
+
+/// Appends `text` with its backslashes, double quotes and line breaks escaped, as label values
+/// (and OpenMetrics help texts) are written.
+fn push_escaped(out: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
     }
 }
 
@@ -189,8 +196,8 @@ pub(super) fn encode_families(
             MetricKind::Gauge => MetricType::Gauge,
             MetricKind::Histogram => MetricType::Histogram,
         };
-        let mut metric =
-            encoder.encode_descriptor(&family.name, &family.help, None, metric_type)?;
+        let help = escape_help(&family.help);
+        let mut metric = encoder.encode_descriptor(&family.name, &help, None, metric_type)?;
         if let [(labels, value)] = family.series.as_slice()
             && labels.is_empty()
         {
@@ -205,6 +212,17 @@ pub(super) fn encode_families(
         }
     }
     Ok(())
+}
+
+/// `help` as OpenMetrics wants it (prometheus-client writes it as given): a help text may come
+/// from an embedder or a codec crate, and a line break in it would end the line early.
+fn escape_help(help: &str) -> Cow<'_, str> {
+    if !help.contains(['\\', '"', '\n']) {
+        return Cow::Borrowed(help);
+    }
+    let mut escaped = String::with_capacity(help.len() + 8);
+    push_escaped(&mut escaped, help);
+    Cow::Owned(escaped)
 }
 
 fn encode_value(encoder: MetricEncoder, value: &SeriesValue) -> std::fmt::Result {

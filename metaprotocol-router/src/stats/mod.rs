@@ -893,6 +893,26 @@ mod tests {
     }
 
     #[test]
+    fn help_texts_are_escaped_in_both_formats() {
+        let metrics = Metrics::new();
+        metrics
+            .root()
+            .counter("widgets", "Widgets \"made\"\nby C:\\shop")
+            .inc();
+        let prometheus = metrics.encode(ExpositionFormat::Prometheus);
+        assert!(
+            prometheus
+                .contains("# HELP metaprotocol_widgets_total Widgets \"made\"\\nby C:\\\\shop\n"),
+            "{prometheus}"
+        );
+        let open = metrics.encode(ExpositionFormat::OpenMetrics);
+        assert!(
+            open.contains("# HELP metaprotocol_widgets Widgets \\\"made\\\"\\nby C:\\\\shop\n"),
+            "{open}"
+        );
+    }
+
+    #[test]
     fn snapshots_find_series_by_labels() {
         let metrics = Metrics::new();
         let scope = metrics.root().detached("route", "r");
