@@ -326,6 +326,43 @@ async fn global_ratelimit_keeps_one_limit_per_descriptor_in_redis() -> TestResul
     Ok(())
 }
 
+/// A limit raised in the config (from 1 per hour to 100 per second, as a rolling update would
+/// deploy it) holds the clients the old limit had refused only as long as the new limit could
+/// have: the time left under the old one (an hour) is not carried over.
+#[tokio::test]
+async fn global_ratelimit_raised_limit_does_not_keep_the_old_limits_wait() -> TestResult {
+    let scratch = Scratch::new("global-raised")?;
+    let Some(redis) = RedisServer::start(&scratch)? else {
+        return Ok(());
+    };
+    let strict = global_ratelimit(&redis, "{ requests: 1, per: 1h }", "1s", false);
+    let (provider, proxy) = start(&[("in", &strict)]).await?;
+    let client = DubboClient::new(listener_addr(&proxy, "in")?);
+    assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, OK);
+    assert_eq!(
+        client.call("sayHello", "a", &[]).await?.dubbo_status,
+        OVER_LIMIT
+    );
+    let raised = global_ratelimit(&redis, "{ requests: 100, per: 1s }", "1s", false);
+    let (second_provider, updated) = start(&[("in", &raised)]).await?;
+    let client = DubboClient::new(listener_addr(&updated, "in")?);
+    // The client is taken to have spent the raised limit's whole burst: it waits that long
+    // (1 s), not the hour left under the old limit.
+    assert_eq!(
+        client.call("sayHello", "a", &[]).await?.dubbo_status,
+        OVER_LIMIT
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for _ in 0..50 {
+        assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, OK);
+    }
+    assert_eq!(provider.seen().len(), 1);
+    assert_eq!(second_provider.seen().len(), 50);
+    updated.shutdown().await;
+    proxy.shutdown().await;
+    Ok(())
+}
+
 /// A Redis that requires a password: the proxy signs in with the one in `password_file`, and
 /// without it every check fails to the failure mode. Keys stay short however long the values
 /// clients send.

@@ -11,15 +11,26 @@ local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local emission = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
+-- The key expires once its TAT has passed: by then a missing key means the same.
+local function store(tat)
+  local ttl_ms = math.ceil((tat - now) / 1000) + 1
+  redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', ttl_ms)
+end
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then
   tat = now
 end
+-- This limit never sets a TAT further ahead than now + tolerance + emission. One that is was
+-- set under another limit of the same key (a longer period, before the config raised it) or
+-- before the server's clock went back: the client is taken to have just spent this limit's
+-- whole burst, rather than wait out what is left of the other schedule.
+local ceiling = now + tolerance + emission
+if tat > ceiling then
+  store(ceiling)
+  return 0
+end
 if now < tat - tolerance then
   return 0
 end
-local next_tat = tat + emission
--- The key expires once its TAT has passed: by then a missing key means the same.
-local ttl_ms = math.ceil((next_tat - now) / 1000) + 1
-redis.call('SET', KEYS[1], string.format('%.0f', next_tat), 'PX', ttl_ms)
+store(tat + emission)
 return 1
