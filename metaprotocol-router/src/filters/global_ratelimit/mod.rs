@@ -38,6 +38,7 @@ use serde::Deserialize;
 use self::client::{Credentials, RedisLimits};
 use super::{FilterContext, routing_view};
 use crate::config::{ConfigError, EndpointAddress, from_value};
+use crate::route::DEFAULT_ROUTE_TIMEOUT;
 use crate::stats::Counter;
 
 /// The filter's registered name.
@@ -175,6 +176,16 @@ pub(crate) fn build(
     }
     if spec.timeout.is_zero() {
         return Err(ConfigError::new("timeout", "must be greater than 0"));
+    }
+    // Longer, a slow Redis would end each check in the filters' timeout (a timeout error)
+    // instead of the failure mode.
+    if spec.timeout >= DEFAULT_ROUTE_TIMEOUT {
+        return Err(ConfigError::new(
+            "timeout",
+            format!(
+                "must be less than {DEFAULT_ROUTE_TIMEOUT:?}, the time a request's filters may take"
+            ),
+        ));
     }
     let rate = spec.limit.rate().map_err(|e| e.within("limit"))?;
     let redis = spec
@@ -479,6 +490,11 @@ mod tests {
                 with(&|c| c["timeout"] = json!("0s")),
                 "timeout",
                 "greater than 0",
+            ),
+            (
+                with(&|c| c["timeout"] = json!("15s")),
+                "timeout",
+                "less than 15s",
             ),
             (
                 with(&|c| c["domain"] = json!("")),
