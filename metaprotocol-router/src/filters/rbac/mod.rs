@@ -267,6 +267,18 @@ mod tests {
                 "policies[0].principals[0]",
                 "must not be empty",
             ),
+            // Written empty (a template that rendered no principals, say), a list would not
+            // be a condition: the policy would match every client.
+            (
+                json!({ "action": "allow", "policies": [ { "name": "p", "principals": [] } ] }),
+                "policies[0].principals",
+                "must not be empty",
+            ),
+            (
+                json!({ "action": "allow", "policies": [ { "name": "p", "source_ips": [] } ] }),
+                "policies[0].source_ips",
+                "must not be empty",
+            ),
             (
                 json!({ "action": "deny", "policies": [ { "name": "p", "metadata": [ { "key": "m", "regex": "(" } ] } ] }),
                 "policies[0].metadata[0].regex",

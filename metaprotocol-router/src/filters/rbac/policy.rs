@@ -14,15 +14,15 @@ pub(super) struct PolicySpec {
     /// For logs.
     pub name: String,
     /// The client's TLS identity is one of these (Istio-style patterns: exact, `prefix*`,
-    /// `*suffix`, `*`).
+    /// `*suffix`, `*`); `None`: any client.
     #[serde(default)]
-    principals: Vec<String>,
+    principals: Option<Vec<String>>,
     /// ... and none of these.
     #[serde(default)]
     not_principals: Vec<String>,
-    /// The client's address is in one of these ranges ...
+    /// The client's address is in one of these ranges (`None`: any address) ...
     #[serde(default)]
-    source_ips: Vec<String>,
+    source_ips: Option<Vec<String>>,
     /// ... and in none of these.
     #[serde(default)]
     not_source_ips: Vec<String>,
@@ -50,9 +50,9 @@ impl Policy {
         }
         Ok(Self {
             name: spec.name.as_str().into(),
-            principals: principals("principals", &spec.principals)?,
+            principals: principals("principals", one_of("principals", &spec.principals)?)?,
             not_principals: principals("not_principals", &spec.not_principals)?,
-            source_ips: ranges("source_ips", &spec.source_ips)?,
+            source_ips: ranges("source_ips", one_of("source_ips", &spec.source_ips)?)?,
             not_source_ips: ranges("not_source_ips", &spec.not_source_ips)?,
             metadata: spec
                 .metadata
@@ -76,6 +76,20 @@ impl Policy {
             && (self.source_ips.is_empty() || self.source_ips.iter().any(|r| r.contains(ip)))
             && !self.not_source_ips.iter().any(|r| r.contains(ip))
             && self.metadata.iter().all(|m| m.matches(view))
+    }
+}
+
+/// The entries of a "one of these" list; an absent list is no condition. A list written empty
+/// is an error: it reads as "none of them", but as no condition it would match every request
+/// (with `action: allow`, let every client in).
+fn one_of<'a>(field: &str, list: &'a Option<Vec<String>>) -> Result<&'a [String], ConfigError> {
+    match list {
+        None => Ok(&[]),
+        Some(list) if list.is_empty() => Err(ConfigError::new(
+            field,
+            "must not be empty (leave it out to match any client)",
+        )),
+        Some(list) => Ok(list),
     }
 }
 
