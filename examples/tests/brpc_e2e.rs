@@ -275,6 +275,58 @@ async fn caller_timeout_ms_caps_the_route_timeout() -> TestResult {
     .await
 }
 
+/// A caller's `timeout_ms` runs from when its call reached the proxy: a wait in the filters (a
+/// fault's delay here) uses it up, and the call is not forwarded after its caller gave up.
+#[tokio::test]
+async fn caller_timeout_ms_counts_the_time_held_in_the_filters() -> TestResult {
+    bounded(async {
+        let alpha = BrpcServer::start("alpha").await?;
+        let yaml = format!(
+            r#"
+listeners:
+  - name: brpc-in
+    address: 127.0.0.1:0
+    protocol: brpc
+    route_config: r
+    filters:
+      - name: fault
+        config:
+          match: {{ metadata: [ {{ key: faulted, exact: "true" }} ] }}
+          delay: {{ fixed_delay: 2s }}
+route_configs:
+  - name: r
+    routes: [ {{ route: {{ cluster: alpha }}, timeout: 5s }} ]
+clusters:
+  - name: alpha
+    endpoints: [ {{ address: "{}" }} ]
+"#,
+            alpha.addr()
+        );
+        let proxy = start_engine(&yaml).await?;
+        let mut client = BrpcClient::connect(listener_addr(&proxy, "brpc-in")?).await?;
+        let mut call = Call::new(ECHO_SERVICE, "Echo", "x").field("faulted", "true");
+        call.timeout_ms = Some(300);
+        let started = Instant::now();
+        let reply = client.call(&call).await?;
+        let elapsed = started.elapsed();
+        assert_eq!(
+            reply.error_code(),
+            errno::ERPCTIMEDOUT,
+            "{}",
+            reply.error_text()
+        );
+        assert!(
+            elapsed >= Duration::from_millis(290) && elapsed < Duration::from_millis(1500),
+            "answered when the caller's 300ms ran out, not after the 2s delay: {elapsed:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(alpha.requests(), 0, "never forwarded");
+        proxy.shutdown().await;
+        Ok(())
+    })
+    .await
+}
+
 #[tokio::test]
 async fn hundred_concurrent_callers_share_upstream_connections() -> TestResult {
     bounded(async {

@@ -36,7 +36,7 @@ pub(crate) use self::mirror::MirrorPolicy;
 pub(crate) use self::outcome::{AttemptOutcome, FAILURES};
 use self::retry::RetryGrant;
 pub(crate) use self::retry::RetryPolicy;
-pub(crate) use self::timeout::after as deadline_after;
+pub(crate) use self::timeout::{after as deadline_after, filter_wait_deadline};
 use crate::cluster::{Breaker, ClusterHandle, Host};
 use crate::route::{Route, RouteAction, RouteTable, Target, TemplateContext};
 use crate::upstream::{AttemptResult, ReplyTo, UpstreamError};
@@ -273,8 +273,9 @@ pub(crate) fn route(
         }
     };
     record.cluster = Some(target.cluster.name().clone());
-    let deadline = timeout::request_deadline(now, route.timeout, request.timeout);
-    let own_deadline = timeout::route_sets_deadline(route.timeout, request.timeout);
+    let requested = timeout::requested_left(request.timeout, record.timings.received, now);
+    let deadline = timeout::request_deadline(now, route.timeout, requested);
+    let own_deadline = timeout::route_sets_deadline(route.timeout, requested);
     let retries_left = route.retry.as_ref().map_or(0, |r| r.num_retries);
     let view = RoutingView {
         metadata: &request.metadata,
@@ -291,7 +292,7 @@ pub(crate) fn route(
     };
     let mutation = route.request_mutation.resolve(&context, filter_mutation);
     if let Some(mirror) = &route.mirror {
-        let copy_deadline = timeout::copy_deadline(now, route.timeout, request.timeout);
+        let copy_deadline = timeout::copy_deadline(now, route.timeout, requested);
         mirror.send(request, &mutation, hash, copy_deadline, &route.stats);
     }
     Ok(Routed {

@@ -14,6 +14,32 @@ pub(crate) fn after(now: Instant, after: Duration) -> Instant {
     now.checked_add(after).unwrap_or_else(|| now + NEVER)
 }
 
+/// What is left at `now` of the timeout a request's caller asked for (`requested`), counted from
+/// its arrival at `received`: a filter's wait (a fault's delay, a rate limit's check) used part
+/// of it, and the caller gives up when it runs out, however long the proxy held its request.
+pub(crate) fn requested_left(
+    requested: Option<Duration>,
+    received: std::time::Instant,
+    now: Instant,
+) -> Option<Duration> {
+    requested
+        .map(|timeout| timeout.saturating_sub(now.into_std().saturating_duration_since(received)))
+}
+
+/// The deadline of a request's filters' wait that began at `now`: the wait may take at most
+/// [`DEFAULT_ROUTE_TIMEOUT`], and no longer than the caller's own timeout (`requested`, counted
+/// from the request's arrival at `received`).
+pub(crate) fn filter_wait_deadline(
+    requested: Option<Duration>,
+    received: std::time::Instant,
+    now: Instant,
+) -> Instant {
+    let most = requested_left(requested, received, now).map_or(DEFAULT_ROUTE_TIMEOUT, |left| {
+        left.min(DEFAULT_ROUTE_TIMEOUT)
+    });
+    after(now, most)
+}
+
 /// The deadline of a request routed at `now`: the route's timeout (`None`: no timeout), capped
 /// by the request's own deadline when its protocol carries one.
 pub(crate) fn request_deadline(

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use super::timers::{TimerId, Timers};
 use super::{ListenerContext, complete, load};
 use crate::published::Cached;
-use crate::route::{DEFAULT_ROUTE_TIMEOUT, RouteTable};
+use crate::route::RouteTable;
 use crate::router::{self, Matched, Next, Routed, Unrouted};
 use crate::trace::RequestSpan;
 use crate::transport::outbox::Outbox;
@@ -565,9 +565,17 @@ impl Requests {
             ChainStep::Reply(reply) => self.refused(key, reply, out, now),
             ChainStep::Wait { step, future } => {
                 self.wait(key, step, Direction::Request, future);
-                let needs_deadline = self.get(key).is_some_and(|f| f.deadline_timer.is_none());
-                if needs_deadline {
-                    let at = router::deadline_after(now, DEFAULT_ROUTE_TIMEOUT);
+                let wait_deadline = self
+                    .get(key)
+                    .filter(|inflight| inflight.deadline_timer.is_none())
+                    .map(|inflight| {
+                        router::filter_wait_deadline(
+                            inflight.request.timeout,
+                            inflight.record.timings.received,
+                            now,
+                        )
+                    });
+                if let Some(at) = wait_deadline {
                     let timer = self.set_timer(key, TimerKind::Deadline, at, now);
                     if let Some(inflight) = self.get(key) {
                         inflight.deadline_timer = Some(timer);
