@@ -1046,3 +1046,64 @@ async fn copies_of_requests_without_a_deadline_give_back_their_mirror_slot() -> 
     server.abort();
     Ok(())
 }
+
+/// A provider reached through a relay whose first connection goes dark: it takes the bytes and
+/// never forwards them (the way a connection a firewall or NAT forgot, or a stuck server thread,
+/// looks), while later connections reach the provider. The first heartbeat probe times out; the
+/// checks after it open a new connection and pass, so the endpoint stays in rotation rather
+/// than failing every check over the dark connection for as long as the kernel keeps it; the
+/// dark connection is closed.
+#[tokio::test]
+async fn a_probe_that_times_out_is_not_sent_again_over_its_dark_connection() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let target = provider.address();
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let relay_address = relay.local_addr()?;
+    let (closed, dark_closed) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(async move {
+        let mut closed = Some(closed);
+        while let Ok((mut socket, _)) = relay.accept().await {
+            let dark = closed.take();
+            tokio::spawn(async move {
+                if let Some(closed) = dark {
+                    let mut sink = tokio::io::sink();
+                    let _ = tokio::io::copy(&mut socket, &mut sink).await;
+                    let _ = closed.send(());
+                } else if let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut socket, &mut upstream).await;
+                }
+            });
+        }
+    });
+    let cluster = format!(
+        "    health_check: {{ interval: 100ms, interval_jitter_percent: 0, timeout: 300ms, unhealthy_threshold: 3, healthy_threshold: 1, probe: heartbeat }}
+    endpoints: [ {{ address: \"{relay_address}\" }} ]
+"
+    );
+    let (proxy, _) = start(&config("", &cluster)).await?;
+    let passed = || {
+        support::metrics::sample(
+            &proxy.metrics().render(),
+            "metaprotocol_health_checks_total",
+            &[("cluster", "c"), ("outcome", "success")],
+        )
+    };
+    let result = wait_for(
+        "a probe over a new connection to pass",
+        Duration::from_secs(10),
+        || passed() >= 3.0,
+    )
+    .await;
+    let failing = endpoint_status(&proxy, relay_address).map(|e| e.failing_active_checks);
+    // The dark connection is closed, not left open beside its successor.
+    let dark = tokio::time::timeout(Duration::from_secs(5), dark_closed).await;
+    proxy.shutdown().await;
+    server.abort();
+    result?;
+    assert_eq!(failing, Some(false));
+    assert!(
+        matches!(dark, Ok(Ok(()))),
+        "the dark connection stayed open"
+    );
+    Ok(())
+}

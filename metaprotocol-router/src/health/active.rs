@@ -3,10 +3,10 @@
 //!
 //! Checks open connections the way the cluster's traffic does (with TLS, handshake and
 //! certificate verification included). A TCP check passes when a connection opens. A protocol
-//! check sends the codec's probe request
-//! (a Dubbo heartbeat, a Thrift or bRPC method call) on a connection of its own to the
-//! endpoint (never one that traffic uses, and never backing off: a failed connect is simply a
-//! failed check) and passes on any answer the codec decodes for it, an error response
+//! check sends the codec's probe request (a Dubbo heartbeat, a Thrift or bRPC method call) on a
+//! connection of its own to the endpoint (never one that traffic uses, and never backing off: a
+//! failed connect is simply a failed check; a probe that times out closes it, so that the next
+//! check opens a new one) and passes on any answer the codec decodes for it, an error response
 //! included: the server is alive and speaking the protocol. After `unhealthy_threshold` failed
 //! checks in a row an endpoint gets the `FAILED_ACTIVE_CHECK` flag and leaves rotation; after
 //! `healthy_threshold` passed checks in a row it returns. The first round runs as soon as the

@@ -1,7 +1,9 @@
 //! A connection of its own to one endpoint, for a health checker's probe requests: probes never
 //! share (or disturb) the connections traffic uses, and never back off, since a failed connect
 //! is the probe's answer. It opens on the first probe and again on the first probe after it
-//! closed.
+//! closed, or after a probe over it timed out: a connection that stopped answering (a stuck
+//! server thread, or one a firewall or NAT forgot, which the kernel may keep for many minutes)
+//! would fail every check sent over it, however well the endpoint serves new connections.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -76,16 +78,25 @@ impl ProbeConnection {
         match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(result)) => result.map(|response| *response),
             Ok(Err(_)) => Err(UpstreamError::Reset { sent: true }),
-            Err(_) => Err(UpstreamError::TimedOut),
+            Err(_) => {
+                // Its task ends once the abandoned probe is swept: the socket closes.
+                *self.lock() = None;
+                Err(UpstreamError::TimedOut)
+            }
+        }
+    }
+
+    /// The connection's slot; a lock poisoned by a panic still holds a usable handle.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<ConnectionHandle>> {
+        match self.handle.lock() {
+            Ok(handle) => handle,
+            Err(poisoned) => poisoned.into_inner(),
         }
     }
 
     /// The open connection, or a new one.
     fn connection(&self) -> ConnectionHandle {
-        let mut handle = match self.handle.lock() {
-            Ok(handle) => handle,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut handle = self.lock();
         if let Some(open) = handle.as_ref().filter(|h| h.is_open()) {
             return open.clone();
         }
