@@ -8,7 +8,9 @@
 //! number of times it was ejected recently, at most `max_ejection_time`, unless that would put
 //! more than `max_ejection_percent` of the cluster's endpoints out at once. Every `interval` it
 //! returns endpoints whose time is up (with fresh streaks), and an endpoint back in rotation for
-//! a whole `base_ejection_time` sheds one step of its growing ejection time.
+//! a whole `base_ejection_time` sheds one step of its growing ejection time. An endpoint that a
+//! cluster update rebuilt (new pool settings) while ejected is flagged again at the next tick:
+//! its ejection runs its course.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -284,6 +286,11 @@ impl Detector {
                     ejection.steps -= 1;
                     ejection.since = now;
                 }
+                // Still ejected, but an update that rebuilt the endpoint (new pool settings)
+                // made it anew, without the flag.
+                Some(_) if !endpoint.health().has(HealthFlags::EJECTED) => {
+                    changes.push((endpoint.address(), HealthFlags::EJECTED, true));
+                }
                 _ => {}
             }
         }
@@ -463,6 +470,39 @@ outlier_detection: { consecutive_errors: 3, base_ejection_time: 10s, max_ejectio
         detector.tick(&c, Instant::now());
         assert_eq!(picked(&c).len(), 4);
         assert_eq!(c.snapshot().version, version + 2);
+        Ok(())
+    }
+
+    /// An update that rebuilds the endpoints (new pool settings: an `idle_timeout` here) makes
+    /// new ones, without flags: an endpoint ejected before stays out for the rest of its
+    /// ejection, and returns when it ends.
+    #[tokio::test(start_paused = true)]
+    async fn an_ejected_endpoint_rebuilt_by_an_update_stays_ejected()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let yaml = |idle: &str| {
+            format!(
+                "name: c
+endpoints: [ {{ address: 127.0.0.1:1 }}, {{ address: 127.0.0.1:2 }} ]
+idle_timeout: {idle}
+outlier_detection: {{ consecutive_errors: 3, base_ejection_time: 10s, max_ejection_percent: 50 }}"
+            )
+        };
+        let c = cluster(&yaml("1m"))?;
+        let mut detector = fresh_detector(&c)?;
+        fail(&c, 1, 3);
+        detector.tick(&c, Instant::now());
+        assert_eq!(picked(&c), [addr(2)].into());
+        let rebuilt = crate::config::ClusterSpec::from_yaml(&yaml("2m"))?;
+        c.update(&rebuilt, None, None, &crate::cluster::Resolved::new())?;
+        tokio::time::advance(Duration::from_secs(1)).await;
+        detector.tick(&c, Instant::now());
+        assert_eq!(picked(&c), [addr(2)].into(), "still ejected");
+        assert!(c.status().endpoints[0].ejected);
+        assert_eq!(detector.stats.active.get(), 1);
+        tokio::time::advance(Duration::from_secs(9)).await;
+        detector.tick(&c, Instant::now());
+        assert_eq!(picked(&c).len(), 2, "back when its ejection ends");
+        assert_eq!(detector.stats.active.get(), 0);
         Ok(())
     }
 
