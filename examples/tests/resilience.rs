@@ -1107,3 +1107,49 @@ async fn a_probe_that_times_out_is_not_sent_again_over_its_dark_connection() -> 
     );
     Ok(())
 }
+
+/// With `connections_per_endpoint: 2`, the endpoint takes one connection and then no more (its
+/// relay stops listening): the second connection's connect fails and the endpoint backs off.
+/// Only the call that waited on that connect fails; the calls after it share the connection
+/// that is open instead of being refused for the backoff, or waiting on the next connect.
+#[tokio::test]
+async fn calls_share_an_open_connection_while_the_endpoint_backs_off() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let target = provider.address();
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let relay_address = relay.local_addr()?;
+    let server = tokio::spawn(async move {
+        // One connection, then the listener closes: later connects are refused.
+        if let Ok((mut socket, _)) = relay.accept().await {
+            drop(relay);
+            if let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await {
+                let _ = tokio::io::copy_bidirectional(&mut socket, &mut upstream).await;
+            }
+        }
+    });
+    let cluster = format!(
+        "    connections_per_endpoint: 2\n    endpoints: [ {{ address: \"{relay_address}\" }} ]\n"
+    );
+    let (proxy, address) = start(&config(", timeout: 2s", &cluster)).await?;
+    let client = DubboClient::new(address);
+    let mut failed = Vec::new();
+    for _ in 0..20 {
+        let reply = client.call("sayHello", "a", &[]).await?;
+        if reply.dubbo_status != 20 {
+            failed.push(reply.dubbo_status);
+        }
+    }
+    let connect_failures = endpoint_status(&proxy, relay_address).map_or(0, |e| e.connect_failures);
+    proxy.shutdown().await;
+    server.abort();
+    assert!(
+        failed.len() <= 1,
+        "{} of 20 calls failed: {failed:?}",
+        failed.len()
+    );
+    assert!(
+        connect_failures >= 1,
+        "the second connection's connect failed"
+    );
+    Ok(())
+}

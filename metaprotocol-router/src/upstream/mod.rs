@@ -8,7 +8,9 @@
 //! `PoolMode::Exclusive` a connection carries one request at a time.
 //! Sending never waits: a request is queued on a connection task (which connects first if it has
 //! to) and its answer comes back through its [`ReplyTo`]. After connect failures the endpoint
-//! backs off, and requests for it fail at once instead of each trying to connect.
+//! backs off, and requests for it fail at once instead of each trying to connect, unless another
+//! of its connections is open: they share that one meanwhile, and the request that finds the
+//! backoff over starts a new connect and goes on the open connection.
 //!
 //! A connection that carried nothing for the cluster's idle timeout closes; one that reached
 //! `max_requests_per_connection`, or whose upstream said it is going away, is replaced: a new
@@ -216,31 +218,63 @@ impl UpstreamPool {
                 }
                 handle.send(outbound)
             }
-            None => {
-                if self.backoff.active() {
+            // The endpoint's last connect failed: while another of its connections is open,
+            // requests share it rather than be refused for the backoff, and the one that finds
+            // the backoff over starts a new connect without waiting on it.
+            None if self.backoff.failures() > 0 => match self.open_connection(partition, variant) {
+                Some(open) => {
+                    if !self.backoff.active() {
+                        self.connect(slot, variant);
+                    }
+                    open.send(outbound)
+                }
+                None if self.backoff.active() => {
                     return Err(Rejected {
                         outbound,
                         error: self.backing_off(),
                     });
                 }
-                match self.connect(slot, variant) {
-                    Some(handle) => handle.send(outbound),
-                    // At the cluster's connection limit: share an open connection, if any (another
-                    // worker's if need be).
-                    None => match partition.open_connection().or_else(|| {
-                        self.partitions
-                            .load()
-                            .iter()
-                            .filter(|p| p.variant == variant)
-                            .find_map(|p| p.open_connection())
-                    }) {
-                        Some(open) => open.send(outbound),
-                        None => Err((outbound, UpstreamError::Overflow)),
-                    },
-                }
-            }
+                None => self.send_connecting(partition, slot, variant, outbound),
+            },
+            None => self.send_connecting(partition, slot, variant, outbound),
         };
         result.map_err(|(outbound, error)| Rejected { outbound, error })
+    }
+
+    /// Queues `outbound` on a new connection in `slot` of `partition`; at the cluster's
+    /// connection limit, on an open connection of the endpoint, if any (another worker's if need
+    /// be).
+    #[allow(clippy::result_large_err)]
+    fn send_connecting(
+        &self,
+        partition: &Partition,
+        slot: &ArcSwapOption<ConnectionHandle>,
+        variant: WireVariant,
+        outbound: Outbound,
+    ) -> Result<(), (Outbound, UpstreamError)> {
+        match self
+            .connect(slot, variant)
+            .or_else(|| self.open_connection(partition, variant))
+        {
+            Some(handle) => handle.send(outbound),
+            None => Err((outbound, UpstreamError::Overflow)),
+        }
+    }
+
+    /// An open connection of the endpoint speaking `variant`: one of `partition`'s, or another
+    /// worker's.
+    fn open_connection(
+        &self,
+        partition: &Partition,
+        variant: WireVariant,
+    ) -> Option<Arc<ConnectionHandle>> {
+        partition.open_connection().or_else(|| {
+            self.partitions
+                .load()
+                .iter()
+                .filter(|p| p.variant == variant)
+                .find_map(|p| p.open_connection())
+        })
     }
 
     /// A connection's place under the cluster's `max_connections`: `Some(None)` when the
