@@ -12,7 +12,7 @@
 //! cluster update rebuilt (new pool settings) while ejected is flagged again at the next tick:
 //! its ejection runs its course.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Weak;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -253,10 +253,16 @@ impl Detector {
     fn tick(&mut self, cluster: &ClusterHandle, now: Instant) {
         let snapshot = cluster.snapshot();
         let hosts = &snapshot.hosts;
-        let present = |address: &SocketAddr| hosts.iter().any(|h| h.endpoint.address() == *address);
+        // A set, not a scan of the hosts per ejection: with 10,000 endpoints, a tenth of them
+        // ejected, the scans took ten million comparisons a tick.
+        let present: HashSet<SocketAddr> = if self.ejected.is_empty() {
+            HashSet::new()
+        } else {
+            hosts.iter().map(|h| h.endpoint.address()).collect()
+        };
         let stats = &self.stats;
         self.ejected.retain(|address, ejection| {
-            let keep = present(address);
+            let keep = present.contains(address);
             if !keep && ejection.until.is_some() {
                 stats.active.dec();
             }
