@@ -52,6 +52,24 @@ clusters:
     )
 }
 
+/// The gateway example on a `RouterClient` of `config`, served as the example binary serves it
+/// (with bounds on what clients hold): its address, and its task.
+async fn start_gateway(config: &str) -> TestResult<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let client = RouterClient::builder(Config::from_yaml(config)?)
+        .codecs(metaprotocol_examples::codec_registry())
+        .build()
+        .await?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let gateway = listener.local_addr()?;
+    let app = metaprotocol_examples::gateway::app(client, Duration::from_secs(10));
+    let server = tokio::spawn(metaprotocol_router::serve_http(
+        listener,
+        app,
+        std::future::pending(),
+    ));
+    Ok((gateway, server))
+}
+
 /// `POST path` with `body`; the status and the JSON answer.
 async fn post(gateway: SocketAddr, path: &str, body: &str) -> TestResult<(u16, Value)> {
     post_as(gateway, path, "application/json", body).await
@@ -97,19 +115,7 @@ fn json_in_dubbo_through_the_engine_json_out() -> TestResult {
     let (v1, v2) = harness::start_providers(&scratch)?;
     let runtime = support::runtime()?;
     runtime.block_on(async {
-        let client = RouterClient::builder(Config::from_yaml(&config(&v1.addr(), &v2.addr()))?)
-            .codecs(metaprotocol_examples::codec_registry())
-            .build()
-            .await?;
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let gateway = listener.local_addr()?;
-        let app = metaprotocol_examples::gateway::app(client, Duration::from_secs(10));
-        // Served as the example binary serves it: with bounds on what clients hold.
-        let server = tokio::spawn(metaprotocol_router::serve_http(
-            listener,
-            app,
-            std::future::pending(),
-        ));
+        let (gateway, server) = start_gateway(&config(&v1.addr(), &v2.addr())).await?;
 
         let call = json!({ "args": ["ada"], "attachments": { "tenant": "t1" } }).to_string();
         let (status, answer) = post(gateway, &demo("sayHello"), &call).await?;
@@ -174,18 +180,7 @@ clusters: [ {{ name: c, protocol: dubbo, endpoints: [ {{ address: \"{}\" }} ] }}
 ",
             provider.address()
         );
-        let client = RouterClient::builder(Config::from_yaml(&config)?)
-            .codecs(metaprotocol_examples::codec_registry())
-            .build()
-            .await?;
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let gateway = listener.local_addr()?;
-        let app = metaprotocol_examples::gateway::app(client, Duration::from_secs(10));
-        let server = tokio::spawn(metaprotocol_router::serve_http(
-            listener,
-            app,
-            std::future::pending(),
-        ));
+        let (gateway, server) = start_gateway(&config).await?;
         let path = format!("/dubbo/{DEMO_SERVICE}/sayHello");
         let call = json!({ "args": ["ada"] }).to_string();
 

@@ -92,6 +92,15 @@ impl Calls {
     }
 }
 
+/// The version of the route config the proxy runs, from the control plane.
+fn route_config_version(proxy: &Proxy) -> Option<String> {
+    proxy
+        .dynamic_resources()
+        .into_iter()
+        .find(|s| s.id.kind == ResourceKind::RouteConfig)
+        .and_then(|s| s.version)
+}
+
 /// The counter `name` of the proxy's metrics.
 fn counter(proxy: &Proxy, name: &str) -> Option<u64> {
     proxy
@@ -373,14 +382,10 @@ async fn drives_dubbo_traffic_hitlessly(api_type: &str) -> TestResult {
                 && r.error.is_none()
         })
         .await?;
-    let version = |proxy: &Proxy| {
-        proxy
-            .dynamic_resources()
-            .into_iter()
-            .find(|s| s.id.kind == ResourceKind::RouteConfig)
-            .and_then(|s| s.version)
-    };
-    eventually("r5 runs", || version(&proxy).as_deref() == Some("r5")).await?;
+    eventually("r5 runs", || {
+        route_config_version(&proxy).as_deref() == Some("r5")
+    })
+    .await?;
     let after_restart = Instant::now();
     calls.follow(after_restart, &["v1b"]).await?;
 
@@ -500,14 +505,10 @@ async fn a_connection_to_the_server_gone_dark_is_found_dead_and_replaced() -> Te
         timeout: Duration::from_secs(1),
     };
     let proxy = start_proxy(config).await?;
-    let version = |proxy: &Proxy| {
-        proxy
-            .dynamic_resources()
-            .into_iter()
-            .find(|s| s.id.kind == ResourceKind::RouteConfig)
-            .and_then(|s| s.version)
-    };
-    eventually("r1 runs", || version(&proxy).as_deref() == Some("r1")).await?;
+    eventually("r1 runs", || {
+        route_config_version(&proxy).as_deref() == Some("r1")
+    })
+    .await?;
 
     // The connection goes dark; the server's next push is lost on it.
     relay.cut();
@@ -523,7 +524,10 @@ async fn a_connection_to_the_server_gone_dark_is_found_dead_and_replaced() -> Te
         !resubscribed.version_info.is_empty(),
         "asks with what it runs, not from nothing"
     );
-    eventually("r2 runs", || version(&proxy).as_deref() == Some("r2")).await?;
+    eventually("r2 runs", || {
+        route_config_version(&proxy).as_deref() == Some("r2")
+    })
+    .await?;
     proxy.shutdown().await;
     Ok(())
 }

@@ -198,18 +198,25 @@ mod tests {
     use super::*;
     use crate::stats::Metrics;
 
-    #[test]
-    fn a_breaker_refuses_at_its_limit_counts_and_closes_again() {
+    /// Breakers of cluster `c` allowing `max_requests` and `max_retries` (and 10 connections
+    /// and pending requests), with its metrics and live counts.
+    fn breakers(max_requests: u32, max_retries: u32) -> (Metrics, ClusterStats, CircuitBreakers) {
         let metrics = Metrics::new();
         let scope = metrics.root().detached("cluster", "c");
         let stats = ClusterStats::new(&scope);
         let spec = CircuitBreakersSpec {
             max_connections: 10,
             max_pending_requests: 10,
-            max_requests: 2,
-            max_retries: 0,
+            max_requests,
+            max_retries,
         };
         let breakers = CircuitBreakers::new(&scope, Some(&spec));
+        (metrics, stats, breakers)
+    }
+
+    #[test]
+    fn a_breaker_refuses_at_its_limit_counts_and_closes_again() {
+        let (metrics, stats, breakers) = breakers(2, 0);
         stats.rq_active.inc();
         assert!(breakers.admits(Breaker::Requests, &stats));
         stats.rq_active.inc();
@@ -239,7 +246,9 @@ mod tests {
         assert!(first.is_some() && second.is_some(), "no limit yet");
         breakers.set_limits(Some(&CircuitBreakersSpec {
             max_connections: 1,
-            ..spec
+            max_pending_requests: 10,
+            max_requests: 2,
+            max_retries: 0,
         }));
         assert!(
             breakers.reserve_connection().is_none(),
@@ -261,16 +270,7 @@ mod tests {
 
     #[test]
     fn a_breaker_an_update_removes_is_shown_closed() {
-        let metrics = Metrics::new();
-        let scope = metrics.root().detached("cluster", "c");
-        let stats = ClusterStats::new(&scope);
-        let spec = CircuitBreakersSpec {
-            max_connections: 10,
-            max_pending_requests: 10,
-            max_requests: 1,
-            max_retries: 10,
-        };
-        let breakers = CircuitBreakers::new(&scope, Some(&spec));
+        let (metrics, stats, breakers) = breakers(1, 10);
         stats.rq_active.inc();
         assert!(!breakers.admits(Breaker::Requests, &stats));
         let open =

@@ -429,6 +429,23 @@ fn reloads(metrics: &Metrics, outcome: &str) -> f64 {
     )
 }
 
+/// A listener's acceptor serving the pair of files `served.pem` and `served-key.pem` in
+/// `pki`'s folder, first written from `first`; its reloads counted in the metrics returned.
+fn serving_files(pki: &Pki, first: &Issued) -> TestResult<(ListenerTlsSpec, Metrics, TlsAcceptor)> {
+    let spec = ListenerTlsSpec {
+        cert_file: pki.dir.join("served.pem"),
+        key_file: pki.dir.join("served-key.pem"),
+        client_ca_file: None,
+        require_client_cert: false,
+        crl_files: Vec::new(),
+    };
+    put(&spec.cert_file, &std::fs::read(&first.cert_file)?)?;
+    put(&spec.key_file, &std::fs::read(&first.key_file)?)?;
+    let metrics = Metrics::new();
+    let acceptor = TlsAcceptor::new(&spec, "in", &metrics.root())?;
+    Ok((spec, metrics, acceptor))
+}
+
 /// Waits for the watcher to have looked at the files twice.
 async fn settle() {
     tokio::time::sleep(super::reload::RELOAD_INTERVAL * 2 + Duration::from_millis(500)).await;
@@ -443,17 +460,7 @@ async fn a_mismatched_or_half_written_pair_keeps_the_old_one_until_the_next_good
     let pki = Pki::new("reload")?;
     let old = pki.issue("old", vec![dns("old.test")?], None)?;
     let new = pki.issue("new", vec![dns("new.test")?], None)?;
-    let spec = ListenerTlsSpec {
-        cert_file: pki.dir.join("served.pem"),
-        key_file: pki.dir.join("served-key.pem"),
-        client_ca_file: None,
-        require_client_cert: false,
-        crl_files: Vec::new(),
-    };
-    put(&spec.cert_file, &std::fs::read(&old.cert_file)?)?;
-    put(&spec.key_file, &std::fs::read(&old.key_file)?)?;
-    let metrics = Metrics::new();
-    let acceptor = TlsAcceptor::new(&spec, "in", &metrics.root())?;
+    let (spec, metrics, acceptor) = serving_files(&pki, &old)?;
     let reloads = |outcome: &str| reloads(&metrics, outcome);
     assert!(serves(&acceptor, &pki, "old.test").await?);
 
@@ -720,17 +727,7 @@ async fn a_certificate_replaced_by_a_fifo_or_a_huge_file_is_rejected_and_the_old
     let pki = Pki::new("reload-file-kinds")?;
     let old = pki.issue("old", vec![dns("old.test")?], None)?;
     let new = pki.issue("new", vec![dns("new.test")?], None)?;
-    let spec = ListenerTlsSpec {
-        cert_file: pki.dir.join("served.pem"),
-        key_file: pki.dir.join("served-key.pem"),
-        client_ca_file: None,
-        require_client_cert: false,
-        crl_files: Vec::new(),
-    };
-    put(&spec.cert_file, &std::fs::read(&old.cert_file)?)?;
-    put(&spec.key_file, &std::fs::read(&old.key_file)?)?;
-    let metrics = Metrics::new();
-    let acceptor = TlsAcceptor::new(&spec, "in", &metrics.root())?;
+    let (spec, metrics, acceptor) = serving_files(&pki, &old)?;
     assert!(serves(&acceptor, &pki, "old.test").await?);
 
     // Kept under a name of its own, so that it can be released after it is replaced.
@@ -787,17 +784,7 @@ async fn an_expired_certificate_is_served_and_its_expiry_is_a_gauge() -> TestRes
         params.not_before = rcgen::date_time_ymd(2020, 1, 1);
         params.not_after = rcgen::date_time_ymd(2100, 1, 1);
     })?;
-    let spec = ListenerTlsSpec {
-        cert_file: pki.dir.join("served.pem"),
-        key_file: pki.dir.join("served-key.pem"),
-        client_ca_file: None,
-        require_client_cert: false,
-        crl_files: Vec::new(),
-    };
-    put(&spec.cert_file, &std::fs::read(&expired.cert_file)?)?;
-    put(&spec.key_file, &std::fs::read(&expired.key_file)?)?;
-    let metrics = Metrics::new();
-    let acceptor = TlsAcceptor::new(&spec, "in", &metrics.root())?;
+    let (spec, metrics, acceptor) = serving_files(&pki, &expired)?;
     let expiry = || series(&metrics, "tls_certificate_expiry_timestamp_seconds", "");
     // 2021-01-01T00:00:00Z.
     assert_eq!(expiry(), 1_609_459_200.0);
