@@ -30,7 +30,7 @@ use support::fixtures::{
     assignment, cluster_name, eds_cluster, meta_route, meta_route_config, route_config_name, split,
     to_cluster,
 };
-use support::management_server::ManagementServer;
+use support::management_server::{ManagementServer, Received};
 use support::{
     NODE, TestResult, WITHIN, cds, config_dump, eds, eventually, proxy_config, rds, start_proxy,
 };
@@ -90,6 +90,17 @@ impl Calls {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// The route config request that opens a stream after the first: the client subscribing again.
+async fn resubscription(server: &ManagementServer) -> Result<Received, String> {
+    server
+        .wait_for(WITHIN, |r| {
+            r.stream > 1
+                && r.type_url == RouteConfiguration::type_url()
+                && r.response_nonce.is_empty()
+        })
+        .await
 }
 
 /// The version of the route config the proxy runs, from the control plane.
@@ -363,13 +374,7 @@ async fn drives_dubbo_traffic_hitlessly(api_type: &str) -> TestResult {
     rds(&server, "r3", &all_v1);
     cds(&server, "c1", &[eds_cluster(&c1), eds_cluster(&c2)]);
     let restarted = server.serve(xds).await?;
-    let resubscribed = server
-        .wait_for(WITHIN, |r| {
-            r.stream > 1
-                && r.type_url == RouteConfiguration::type_url()
-                && r.response_nonce.is_empty()
-        })
-        .await?;
+    let resubscribed = resubscription(&server).await?;
     assert_eq!(resubscribed.version_info, "r3");
     assert_eq!(resubscribed.node, NODE);
     // The new stream carries updates.
@@ -513,13 +518,7 @@ async fn a_connection_to_the_server_gone_dark_is_found_dead_and_replaced() -> Te
     // The connection goes dark; the server's next push is lost on it.
     relay.cut();
     rds(&server, "r2", &routes);
-    let resubscribed = server
-        .wait_for(WITHIN, |r| {
-            r.stream > 1
-                && r.type_url == RouteConfiguration::type_url()
-                && r.response_nonce.is_empty()
-        })
-        .await?;
+    let resubscribed = resubscription(&server).await?;
     assert!(
         !resubscribed.version_info.is_empty(),
         "asks with what it runs, not from nothing"
