@@ -38,12 +38,7 @@ pub(super) async fn authorize(config: &Config, headers: &HeaderMap) -> Result<()
             ));
         }
     };
-    let offered = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match offered {
+    match bearer_token(headers) {
         Some(offered) if !token.is_empty() && same(offered.as_bytes(), token.as_bytes()) => Ok(()),
         Some(_) => Err(refusal(StatusCode::FORBIDDEN, "wrong bearer token")),
         None => Err(refusal(
@@ -51,6 +46,20 @@ pub(super) async fn authorize(config: &Config, headers: &HeaderMap) -> Result<()
             "this endpoint requires Authorization: Bearer <token>",
         )),
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header. The scheme's name is matched
+/// ignoring case, as HTTP's authentication schemes are (RFC 9110, 11.1): clients and libraries
+/// that send `bearer` are not refused.
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let (scheme, token) = headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
 
 fn refusal(status: StatusCode, message: &str) -> Response {
@@ -74,6 +83,23 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_matched_ignoring_case() -> Result<(), header::InvalidHeaderValue> {
+        let token_of = |value: &str| -> Result<Option<String>, header::InvalidHeaderValue> {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, value.parse()?);
+            Ok(bearer_token(&headers).map(str::to_owned))
+        };
+        for value in ["Bearer s3cret", "bearer s3cret", "BEARER  s3cret "] {
+            assert_eq!(token_of(value)?.as_deref(), Some("s3cret"), "{value}");
+        }
+        for value in ["Basic s3cret", "Bearers3cret", "Bearer"] {
+            assert_eq!(token_of(value)?, None, "{value}");
+        }
+        assert_eq!(bearer_token(&HeaderMap::new()), None);
+        Ok(())
+    }
 
     #[test]
     fn comparison_needs_every_byte() {
