@@ -28,6 +28,32 @@ use crate::translate::{self, ClusterResource, InvalidResource};
 /// The gRPC status code of a NACK's detail: the resource was invalid.
 const INVALID_ARGUMENT: i32 = 3;
 
+/// The longest a NACK's message (and the error `/config_dump` keeps) may be, in bytes. It names
+/// the resources at fault, whose names the control plane chose: a NACK naming one of megabytes
+/// would pass the server's limit on the messages it takes (4 MiB by default in gRPC), and the
+/// server would end the stream rather than hear it, again at each reconnect.
+const MAX_NACK_MESSAGE: usize = 4096;
+
+/// A NACK's detail saying `message`, cut to [`MAX_NACK_MESSAGE`] bytes (at a character
+/// boundary, marked as cut).
+fn nack_status(message: &str) -> Status {
+    const CUT: &str = " (cut)";
+    let message = if message.len() <= MAX_NACK_MESSAGE {
+        message.to_owned()
+    } else {
+        let mut end = MAX_NACK_MESSAGE - CUT.len();
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}{CUT}", &message[..end])
+    };
+    Status {
+        code: INVALID_ARGUMENT,
+        message,
+        details: Vec::new(),
+    }
+}
+
 /// Which resources of a type are asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Names {
@@ -457,34 +483,24 @@ impl Subscription {
         let mut requests = self.accept(prepared);
         if let (Some(answer), Some(last)) = (requests.first_mut(), refused.last()) {
             let messages: Vec<&str> = refused.iter().map(|r| r.message.as_str()).collect();
-            let message = messages.join("; ");
+            let status = nack_status(&messages.join("; "));
             let state = self.types.entry(kind).or_default();
             // NACKed: the type's version is still the last one accepted whole.
             state.version = before.unwrap_or_default();
             state.rejected_version = Some(last.version.clone());
-            state.last_error = Some(message.clone());
-            answer.error_detail = Some(Status {
-                code: INVALID_ARGUMENT,
-                message,
-                details: Vec::new(),
-            });
+            state.last_error = Some(status.message.clone());
+            answer.error_detail = Some(status);
         }
         requests
     }
 
     /// Records that a response was rejected; returns the NACK.
     pub fn reject(&mut self, rejected: &Rejected) -> DiscoveryRequest {
+        let status = nack_status(&rejected.message);
         let state = self.types.entry(rejected.kind).or_default();
         state.rejected_version = Some(rejected.version.clone());
-        state.last_error = Some(rejected.message.clone());
-        self.request(
-            rejected.kind,
-            Some(Status {
-                code: INVALID_ARGUMENT,
-                message: rejected.message.clone(),
-                details: Vec::new(),
-            }),
-        )
+        state.last_error = Some(status.message.clone());
+        self.request(rejected.kind, Some(status))
     }
 
     /// The request for `kind` with what the client has accepted (an ACK, or with `error` a
@@ -904,6 +920,30 @@ mod tests {
         assert_eq!(nack.version_info, "", "nothing accepted yet");
         assert_eq!(nack.response_nonce, "c1");
         assert_eq!(nack.error_detail.map(|s| s.code), Some(INVALID_ARGUMENT));
+    }
+
+    #[test]
+    fn a_nack_naming_a_huge_resource_name_is_cut_to_a_bound() {
+        let mut subscription = subscription();
+        // A name of a megabyte, of two-byte characters: the cut falls inside one.
+        let name = "é".repeat(512 * 1024);
+        let cluster = Cluster {
+            name: name.clone(),
+            lb_policy: 6,
+            ..Cluster::default()
+        };
+        let cds = response(ResourceType::Cluster, "c1", vec![any(&cluster)]);
+        let Err(rejected) =
+            subscription.prepare(ResourceType::Cluster, &cds, Listing::StateOfTheWorld)
+        else {
+            panic!("accepted");
+        };
+        assert!(rejected.message.len() > name.len(), "it names the resource");
+        let nack = subscription.reject(&rejected);
+        let message = nack.error_detail.map(|s| s.message).unwrap_or_default();
+        assert!(message.len() <= MAX_NACK_MESSAGE, "{} bytes", message.len());
+        assert!(message.ends_with(" (cut)"), "and says so");
+        assert!(message.contains("ééé"), "it still names what it can");
     }
 
     #[test]
