@@ -42,8 +42,14 @@ impl ConnectBackoff {
         self.failures.load(Ordering::Relaxed)
     }
 
-    /// Records a failed connect and schedules the next attempt.
+    /// Records a failed connect and schedules the next attempt. A failure while the endpoint
+    /// already backs off is of a connect that began before the pause (no connect begins during
+    /// one): connects of several slots or workers that fail together in one outage step the
+    /// pause once, not once each (eight of them took the first pause from 100 ms to 5 s).
     pub fn failed(&self) {
+        if self.active() {
+            return;
+        }
         let failures = self
             .failures
             .fetch_add(1, Ordering::Relaxed)
@@ -85,7 +91,9 @@ mod tests {
         assert!(!backoff.active(), "the first pause is at most BASE");
         for _ in 0..10 {
             backoff.failed();
+            tokio::time::advance(MAX).await;
         }
+        backoff.failed();
         tokio::time::advance(MAX / 2 - Duration::from_millis(1)).await;
         assert!(backoff.active(), "later pauses are at least MAX / 2");
         tokio::time::advance(MAX).await;
@@ -94,5 +102,23 @@ mod tests {
         backoff.succeeded();
         assert!(!backoff.active());
         assert_eq!(backoff.failures(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connects_that_fail_together_step_the_pause_once() {
+        let backoff = ConnectBackoff::new();
+        // The connects of eight slots to an endpoint that just went down.
+        for _ in 0..8 {
+            backoff.failed();
+        }
+        assert_eq!(backoff.failures(), 1);
+        tokio::time::advance(BASE).await;
+        assert!(!backoff.active(), "the first pause, not the eighth");
+        backoff.failed();
+        assert_eq!(
+            backoff.failures(),
+            2,
+            "the next connect after the pause steps it"
+        );
     }
 }
