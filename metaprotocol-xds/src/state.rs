@@ -18,7 +18,7 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status;
-use metaprotocol_router::config::{EndpointSpec, XdsSpec};
+use metaprotocol_router::config::{EndpointSpec, RouteConfigSpec, XdsLimitsSpec, XdsSpec};
 use metaprotocol_router::{DynamicUpdate, ResourceId, ResourceKind};
 use serde::Serialize;
 
@@ -143,7 +143,8 @@ enum Accepted {
         /// The assignments are all there are (those left out were removed).
         complete: bool,
     },
-    RouteConfigs(BTreeSet<String>),
+    /// The route configs, each with its number of routes.
+    RouteConfigs(BTreeMap<String, usize>),
 }
 
 /// Why a response is rejected, and which resource (if one) is at fault.
@@ -171,8 +172,10 @@ pub(crate) struct Subscription {
     assignments: BTreeMap<String, Vec<EndpointSpec>>,
     /// The clusters the proxy runs from this source.
     applied_clusters: BTreeSet<String>,
-    /// The route configs the proxy runs from this source.
-    applied_route_configs: BTreeSet<String>,
+    /// The route configs the proxy runs from this source, each with its number of routes.
+    applied_route_configs: BTreeMap<String, usize>,
+    /// Bounds on what the resources held add up to.
+    limits: XdsLimitsSpec,
 }
 
 impl Subscription {
@@ -187,7 +190,8 @@ impl Subscription {
             cluster_versions: BTreeMap::new(),
             assignments: BTreeMap::new(),
             applied_clusters: BTreeSet::new(),
-            applied_route_configs: BTreeSet::new(),
+            applied_route_configs: BTreeMap::new(),
+            limits: spec.limits,
         }
     }
 
@@ -306,10 +310,19 @@ impl Subscription {
         let mut update = DynamicUpdate::default();
         let accepted = match kind {
             ResourceType::Cluster => {
-                let clusters = decode_all(&response.resources, kind, listing, |c: &Cluster| {
-                    (c.name.clone(), translate::cluster(c))
-                })
+                let clusters = decode_all(
+                    &response.resources,
+                    kind,
+                    listing,
+                    &self.limits,
+                    |c: &Cluster| (c.name.clone(), translate::cluster(c)),
+                )
                 .map_err(|(id, message)| reject(id, message))?;
+                let held = self.footprint(&clusters, |service| {
+                    self.assignments.get(service).map(Vec::len)
+                });
+                held.check(&self.limits)
+                    .map_err(|message| reject(None, message))?;
                 for (name, cluster) in &clusters {
                     let endpoints = match &cluster.eds_service {
                         Some(service) => match self.assignments.get(service) {
@@ -341,9 +354,19 @@ impl Subscription {
                     &response.resources,
                     kind,
                     listing,
+                    &self.limits,
                     |a: &ClusterLoadAssignment| (a.cluster_name.clone(), translate::endpoints(a)),
                 )
                 .map_err(|(id, message)| reject(id, message))?;
+                let held = self.footprint(&self.accepted_clusters, |service| {
+                    match assignments.get(service) {
+                        Some(endpoints) => Some(endpoints.len()),
+                        None if complete => None,
+                        None => self.assignments.get(service).map(Vec::len),
+                    }
+                });
+                held.check(&self.limits)
+                    .map_err(|message| reject(None, message))?;
                 for (name, cluster) in &self.accepted_clusters {
                     let Some(service) = cluster.eds_service.as_ref() else {
                         continue;
@@ -378,6 +401,7 @@ impl Subscription {
                     &response.resources,
                     kind,
                     listing,
+                    &self.limits,
                     |r: &RouteConfiguration| (r.name.clone(), translate::route_config(r)),
                 )
                 .map_err(|(id, message)| reject(id, message))?;
@@ -387,13 +411,28 @@ impl Subscription {
                 if let Some(wanted) = &self.route_configs {
                     configs.retain(|name, _| wanted.wants(name));
                 }
-                let names: BTreeSet<String> = configs.keys().cloned().collect();
-                if complete || self.route_configs.as_ref().is_some_and(Names::is_wildcard) {
-                    update.removed = self
-                        .applied_route_configs
-                        .difference(&names)
-                        .map(|name| ResourceId::new(ResourceKind::RouteConfig, name))
+                let names: BTreeMap<String, usize> = configs
+                    .iter()
+                    .map(|(name, spec)| (name.clone(), spec.routes.len()))
+                    .collect();
+                let whole = complete || self.route_configs.as_ref().is_some_and(Names::is_wildcard);
+                // Those held and not sent stay, unless the response lists every one.
+                let kept = self
+                    .applied_route_configs
+                    .iter()
+                    .filter(|(name, _)| !names.contains_key(*name));
+                if whole {
+                    update.removed = kept
+                        .map(|(name, _)| ResourceId::new(ResourceKind::RouteConfig, name))
                         .collect();
+                } else {
+                    let routes = kept.chain(&names).map(|(_, routes)| routes).sum();
+                    Footprint {
+                        routes,
+                        ..Footprint::default()
+                    }
+                    .check(&self.limits)
+                    .map_err(|message| reject(None, message))?;
                 }
                 for (name, spec) in configs {
                     update.versions.insert(
@@ -411,6 +450,27 @@ impl Subscription {
             update,
             accepted,
         })
+    }
+
+    /// What `clusters` hold once running: each its endpoints, inline or (an EDS cluster) the
+    /// number `assignment` gives for its service (none yet: it warms).
+    fn footprint(
+        &self,
+        clusters: &BTreeMap<String, ClusterResource>,
+        assignment: impl Fn(&str) -> Option<usize>,
+    ) -> Footprint {
+        let endpoints = clusters
+            .values()
+            .map(|cluster| match &cluster.eds_service {
+                Some(service) => assignment(service).unwrap_or(0),
+                None => cluster.spec.endpoints.len(),
+            })
+            .fold(0usize, usize::saturating_add);
+        Footprint {
+            clusters: clusters.len(),
+            endpoints,
+            routes: 0,
+        }
     }
 
     /// Records that `prepared` was applied; returns the ACK, and the EDS request that follows
@@ -519,19 +579,101 @@ impl Subscription {
     }
 }
 
+/// What resources count for against `dynamic.xds.limits`.
+#[derive(Debug, Default, Clone, Copy)]
+struct Footprint {
+    clusters: usize,
+    endpoints: usize,
+    routes: usize,
+}
+
+impl Footprint {
+    /// Both together.
+    fn plus(self, other: Self) -> Self {
+        Self {
+            clusters: self.clusters.saturating_add(other.clusters),
+            endpoints: self.endpoints.saturating_add(other.endpoints),
+            routes: self.routes.saturating_add(other.routes),
+        }
+    }
+
+    /// The error naming the first of `limits` this passes.
+    fn check(&self, limits: &XdsLimitsSpec) -> Result<(), String> {
+        for (held, max, what, field) in [
+            (
+                self.clusters,
+                limits.max_clusters,
+                "clusters",
+                "max_clusters",
+            ),
+            (
+                self.endpoints,
+                limits.max_endpoints,
+                "endpoints",
+                "max_endpoints",
+            ),
+            (self.routes, limits.max_routes, "routes", "max_routes"),
+        ] {
+            if held > max {
+                return Err(format!(
+                    "the proxy would hold {held} {what} from the server, over `dynamic.xds.limits.{field}` ({max})"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A translated resource, as it counts against `dynamic.xds.limits`.
+trait Counted {
+    fn footprint(&self) -> Footprint;
+}
+
+impl Counted for ClusterResource {
+    fn footprint(&self) -> Footprint {
+        Footprint {
+            clusters: 1,
+            endpoints: self.spec.endpoints.len(),
+            routes: 0,
+        }
+    }
+}
+
+impl Counted for Vec<EndpointSpec> {
+    fn footprint(&self) -> Footprint {
+        Footprint {
+            endpoints: self.len(),
+            ..Footprint::default()
+        }
+    }
+}
+
+impl Counted for RouteConfigSpec {
+    fn footprint(&self) -> Footprint {
+        Footprint {
+            routes: self.routes.len(),
+            ..Footprint::default()
+        }
+    }
+}
+
 /// Decodes and translates every resource of a response, keyed by name; the first failure is
-/// the response's error, naming the resource and the field.
+/// the response's error, naming the resource and the field. What the resources translate to is
+/// bounded by `limits` as it grows: translated, a few bytes on the wire take far more.
 fn decode_all<M, T>(
     resources: &[Any],
     kind: ResourceType,
     listing: Listing<'_>,
+    limits: &XdsLimitsSpec,
     translate: impl Fn(&M) -> (String, Result<T, InvalidResource>),
 ) -> Result<BTreeMap<String, T>, (Option<ResourceId>, String)>
 where
     M: prost::Message + prost::Name + Default,
+    T: Counted,
 {
     let type_url = kind.type_url();
     let mut translated = BTreeMap::new();
+    let mut footprint = Footprint::default();
     for (i, any) in resources.iter().enumerate() {
         if any.type_url != type_url {
             return Err((
@@ -575,6 +717,10 @@ where
                 ),
             ));
         }
+        footprint = footprint.plus(value.footprint());
+        footprint
+            .check(limits)
+            .map_err(|message| (None, format!("at resources[{i}]: {message}")))?;
         if translated.insert(name.clone(), value).is_some() {
             return Err((id, format!("{} `{name}` is sent twice", M::full_name())));
         }
@@ -889,7 +1035,7 @@ mod tests {
         }
         assert_eq!(
             subscription.applied_route_configs,
-            BTreeSet::from(["a".to_owned()])
+            BTreeMap::from([("a".to_owned(), 0)])
         );
     }
 
@@ -1020,5 +1166,283 @@ mod tests {
         };
         assert_eq!(version(ResourceKind::Endpoints), Some("e3"));
         assert_eq!(version(ResourceKind::Cluster), Some("c7"));
+    }
+
+    /// A subscription to every cluster and the route configs `route_configs`, held to `limits`.
+    fn limited(limits: serde_json::Value, route_configs: &[&str]) -> Subscription {
+        let spec: Result<XdsSpec, _> = serde_json::from_value(serde_json::json!({
+            "address": "127.0.0.1:1", "node_id": "n", "clusters": ["*"],
+            "route_configs": route_configs, "limits": limits,
+        }));
+        match spec {
+            Ok(spec) => Subscription::new(&spec, Node::default()),
+            Err(err) => panic!("{err}"),
+        }
+    }
+
+    /// The reason `response` is rejected, or `None` if it applies (then it is applied).
+    fn refusal(
+        subscription: &mut Subscription,
+        kind: ResourceType,
+        response: &DiscoveryResponse,
+        listing: Listing<'_>,
+    ) -> Option<String> {
+        match subscription.prepare(kind, response, listing) {
+            Ok(prepared) => {
+                subscription.accept(prepared);
+                None
+            }
+            Err(rejected) => Some(rejected.message),
+        }
+    }
+
+    fn eds_cluster(name: &str) -> Cluster {
+        Cluster {
+            name: name.to_owned(),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+            ..Cluster::default()
+        }
+    }
+
+    /// `assignment(name)` with its one endpoint `endpoints` times.
+    fn assignment_of(name: &str, endpoints: usize) -> ClusterLoadAssignment {
+        let mut assignment = assignment(name);
+        let group = &mut assignment.endpoints[0];
+        group.lb_endpoints = vec![group.lb_endpoints[0].clone(); endpoints];
+        assignment
+    }
+
+    #[test]
+    fn a_cds_response_past_max_clusters_is_rejected_naming_the_bound() {
+        let mut subscription = limited(serde_json::json!({ "max_clusters": 2 }), &[]);
+        let clusters = |names: &[&str]| {
+            let clusters = names.iter().map(|name| {
+                any(&Cluster {
+                    name: (*name).to_owned(),
+                    ..Cluster::default()
+                })
+            });
+            response(ResourceType::Cluster, "c1", clusters.collect())
+        };
+        let over = clusters(&["a", "b", "c"]);
+        let refused = refusal(
+            &mut subscription,
+            ResourceType::Cluster,
+            &over,
+            Listing::StateOfTheWorld,
+        );
+        assert!(
+            refused.as_deref().is_some_and(|m| m.contains(
+                "at resources[2]: the proxy would hold 3 clusters from the server, over `dynamic.xds.limits.max_clusters` (2)"
+            )),
+            "{refused:?}"
+        );
+        // The same over delta ADS, where a response lists every cluster held.
+        let refused = refusal(
+            &mut subscription,
+            ResourceType::Cluster,
+            &over,
+            Listing::Delta(
+                &["a", "b", "c"]
+                    .map(|n| (n.to_owned(), String::new()))
+                    .into(),
+            ),
+        );
+        assert!(
+            refused
+                .as_deref()
+                .is_some_and(|m| m.contains("max_clusters")),
+            "{refused:?}"
+        );
+        let within = clusters(&["a", "b"]);
+        let refused = refusal(
+            &mut subscription,
+            ResourceType::Cluster,
+            &within,
+            Listing::StateOfTheWorld,
+        );
+        assert_eq!(refused, None);
+    }
+
+    #[test]
+    fn endpoints_held_past_max_endpoints_are_rejected_counting_every_cluster() {
+        let mut subscription = limited(serde_json::json!({ "max_endpoints": 4 }), &[]);
+        let cds = response(
+            ResourceType::Cluster,
+            "c1",
+            vec![any(&eds_cluster("a")), any(&eds_cluster("b"))],
+        );
+        let refused = refusal(
+            &mut subscription,
+            ResourceType::Cluster,
+            &cds,
+            Listing::StateOfTheWorld,
+        );
+        assert_eq!(refused, None);
+        // One assignment past the bound alone.
+        let eds = response(
+            ResourceType::Endpoints,
+            "e1",
+            vec![any(&assignment_of("a", 5))],
+        );
+        let refused = refusal(
+            &mut subscription,
+            ResourceType::Endpoints,
+            &eds,
+            Listing::StateOfTheWorld,
+        );
+        assert!(
+            refused.as_deref().is_some_and(|m| m.contains(
+                "the proxy would hold 5 endpoints from the server, over `dynamic.xds.limits.max_endpoints` (4)"
+            )),
+            "{refused:?}"
+        );
+        // Each response within it, but not what they add up to: a state-of-the-world EDS
+        // response carries only the assignments it names, and those held stay.
+        let eds = response(
+            ResourceType::Endpoints,
+            "e2",
+            vec![any(&assignment_of("a", 3))],
+        );
+        let refused = refusal(
+            &mut subscription,
+            ResourceType::Endpoints,
+            &eds,
+            Listing::StateOfTheWorld,
+        );
+        assert_eq!(refused, None);
+        let eds = response(
+            ResourceType::Endpoints,
+            "e3",
+            vec![any(&assignment_of("b", 2))],
+        );
+        let refused = refusal(
+            &mut subscription,
+            ResourceType::Endpoints,
+            &eds,
+            Listing::StateOfTheWorld,
+        );
+        assert!(
+            refused
+                .as_deref()
+                .is_some_and(|m| m.contains("hold 5 endpoints")),
+            "{refused:?}"
+        );
+        // A cluster added that takes the endpoints of one held counts them again: each
+        // cluster runs its own.
+        let cds = response(
+            ResourceType::Cluster,
+            "c2",
+            vec![
+                any(&eds_cluster("a")),
+                any(&eds_cluster("b")),
+                any(&Cluster {
+                    eds_cluster_config: Some(Default::default()),
+                    ..eds_cluster("a2")
+                }),
+            ],
+        );
+        let refused = refusal(
+            &mut subscription,
+            ResourceType::Cluster,
+            &cds,
+            Listing::StateOfTheWorld,
+        );
+        assert_eq!(refused, None, "a2 takes its own service, not yet sent");
+        let mut shared = eds_cluster("a3");
+        shared.eds_cluster_config = Some(
+            envoy_types::pb::envoy::config::cluster::v3::cluster::EdsClusterConfig {
+                service_name: "a".to_owned(),
+                ..Default::default()
+            },
+        );
+        let cds = response(
+            ResourceType::Cluster,
+            "c3",
+            vec![any(&eds_cluster("a")), any(&eds_cluster("b")), any(&shared)],
+        );
+        let refused = refusal(
+            &mut subscription,
+            ResourceType::Cluster,
+            &cds,
+            Listing::StateOfTheWorld,
+        );
+        assert!(
+            refused
+                .as_deref()
+                .is_some_and(|m| m.contains("hold 6 endpoints")),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn routes_held_past_max_routes_are_rejected_counting_every_route_config() {
+        use envoy_types::pb::envoy::config::route::v3::route::Action;
+        use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+        use envoy_types::pb::envoy::config::route::v3::{Route, RouteAction, VirtualHost};
+
+        let config = |name: &str, routes: usize| {
+            let route = Route {
+                action: Some(Action::Route(RouteAction {
+                    cluster_specifier: Some(ClusterSpecifier::Cluster("c".to_owned())),
+                    ..RouteAction::default()
+                })),
+                ..Route::default()
+            };
+            any(&RouteConfiguration {
+                name: name.to_owned(),
+                virtual_hosts: vec![VirtualHost {
+                    routes: vec![route; routes],
+                    ..VirtualHost::default()
+                }],
+                ..RouteConfiguration::default()
+            })
+        };
+        let mut subscription = limited(serde_json::json!({ "max_routes": 3 }), &["a", "b"]);
+        let rds = |version: &str, configs: Vec<Any>| {
+            response(ResourceType::RouteConfig, version, configs)
+        };
+        let refused = refusal(
+            &mut subscription,
+            ResourceType::RouteConfig,
+            &rds("r1", vec![config("a", 2), config("b", 2)]),
+            Listing::StateOfTheWorld,
+        );
+        assert!(
+            refused.as_deref().is_some_and(|m| m.contains(
+                "at resources[1]: the proxy would hold 4 routes from the server, over `dynamic.xds.limits.max_routes` (3)"
+            )),
+            "{refused:?}"
+        );
+        for (version, configs) in [("r2", vec![config("a", 2)]), ("r3", vec![config("b", 1)])] {
+            let refused = refusal(
+                &mut subscription,
+                ResourceType::RouteConfig,
+                &rds(version, configs),
+                Listing::StateOfTheWorld,
+            );
+            assert_eq!(refused, None, "{version}");
+        }
+        // Subscribed by name: a response carries those it names, and the others held stay.
+        let refused = refusal(
+            &mut subscription,
+            ResourceType::RouteConfig,
+            &rds("r4", vec![config("b", 2)]),
+            Listing::StateOfTheWorld,
+        );
+        assert!(
+            refused
+                .as_deref()
+                .is_some_and(|m| m.contains("hold 4 routes")),
+            "{refused:?}"
+        );
+        // A delta response lists every one held: the one it leaves out goes.
+        let refused = refusal(
+            &mut subscription,
+            ResourceType::RouteConfig,
+            &rds("r5", vec![config("b", 3)]),
+            Listing::Delta(&BTreeMap::from([("b".to_owned(), "5".to_owned())])),
+        );
+        assert_eq!(refused, None);
     }
 }

@@ -96,6 +96,9 @@ pub struct XdsSpec {
     /// would (the server's host gone, a network partition: no FIN, no RST).
     #[serde(default)]
     pub keepalive: KeepaliveSpec,
+    /// Bounds on what the server can make the proxy hold.
+    #[serde(default)]
+    pub limits: XdsLimitsSpec,
 }
 
 fn default_xds_connect_timeout() -> Duration {
@@ -135,6 +138,7 @@ impl XdsSpec {
         }
         errors.within("reconnect", |errors| self.reconnect.check(errors));
         errors.within("keepalive", |errors| self.keepalive.check(errors));
+        errors.within("limits", |errors| self.limits.check(errors));
     }
 }
 
@@ -229,6 +233,66 @@ impl KeepaliveSpec {
         for (field, value) in [("interval", self.interval), ("timeout", self.timeout)] {
             if value.is_zero() {
                 errors.add(ConfigError::new(field, "must be greater than 0"));
+            }
+        }
+    }
+}
+
+/// Bounds on what an xDS server can make the proxy hold, each counted over every resource of
+/// its kind held from the server once an update is applied. An update that would pass one is
+/// rejected (NACKed, naming the bound), and the running config keeps serving.
+///
+/// A response may take 64 MiB on the wire, and the smallest resources take a few bytes each
+/// there but far more once running (a cluster has its pools, series and tasks; an endpoint its
+/// connections and series; a route its matchers): without these bounds one response could ask
+/// for millions of them, and gigabytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdsLimitsSpec {
+    /// Clusters held from the server.
+    #[serde(default = "default_max_xds_clusters")]
+    pub max_clusters: usize,
+    /// Endpoints of those clusters, together (from EDS, or inline in a cluster).
+    #[serde(default = "default_max_xds_endpoints")]
+    pub max_endpoints: usize,
+    /// Routes of the route configs held from the server, together.
+    #[serde(default = "default_max_xds_routes")]
+    pub max_routes: usize,
+}
+
+impl Default for XdsLimitsSpec {
+    fn default() -> Self {
+        Self {
+            max_clusters: default_max_xds_clusters(),
+            max_endpoints: default_max_xds_endpoints(),
+            max_routes: default_max_xds_routes(),
+        }
+    }
+}
+
+/// The defaults are past the largest meshes known (tens of thousands of services, each a few
+/// clusters with its subsets, and a few endpoints to each).
+fn default_max_xds_clusters() -> usize {
+    100_000
+}
+
+fn default_max_xds_endpoints() -> usize {
+    1_000_000
+}
+
+fn default_max_xds_routes() -> usize {
+    100_000
+}
+
+impl XdsLimitsSpec {
+    fn check(&self, errors: &mut Errors) {
+        for (field, value) in [
+            ("max_clusters", self.max_clusters),
+            ("max_endpoints", self.max_endpoints),
+            ("max_routes", self.max_routes),
+        ] {
+            if value == 0 {
+                errors.add(ConfigError::new(field, "must be at least 1"));
             }
         }
     }

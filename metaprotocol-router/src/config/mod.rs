@@ -30,7 +30,9 @@ pub use cluster::{
     DnsLookupFamily, EndpointAddress, EndpointSpec, HealthCheckSpec, LbPolicy, LocalitySpec,
     OutlierDetectionSpec, ProbeSpec, RetryBudgetSpec,
 };
-pub use dynamic::{DynamicSpec, KeepaliveSpec, ReconnectSpec, XDS, XdsApiType, XdsSpec};
+pub use dynamic::{
+    DynamicSpec, KeepaliveSpec, ReconnectSpec, XDS, XdsApiType, XdsLimitsSpec, XdsSpec,
+};
 pub(crate) use error::Errors;
 pub use error::{ConfigError, Position};
 pub use limits::{DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_REQUESTS, LimitsSpec};

@@ -914,6 +914,14 @@ fn the_dynamic_section_lets_the_file_refer_to_what_its_source_provides() {
         ),
         (
             base.replace(
+                "clusters: ['*'] }",
+                "clusters: ['*'], limits: { max_endpoints: 0 } }",
+            ),
+            "dynamic.xds.limits.max_endpoints",
+            "must be at least 1",
+        ),
+        (
+            base.replace(
                 "route_configs: [from-xds], clusters: ['*']",
                 "api_type: grpc",
             ),
