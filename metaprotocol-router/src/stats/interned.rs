@@ -3,15 +3,26 @@
 //! their handles resolved once, the first time each value is seen.
 
 use std::borrow::Borrow;
+use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-/// Up to `capacity` entries, found by a linear scan (the tables are small and keys compare
-/// cheaply), never removed.
+use rustc_hash::FxBuildHasher;
+
+/// Up to `capacity` entries, found through a hash index, never removed.
+///
+/// Found by hash, not by a scan: a listener's table holds a method for each route that names
+/// one, and with thousands of routes a scan made each request's lookup cost thousands of
+/// comparisons, and building the table (at every route update) millions.
 #[derive(Debug)]
 pub(crate) struct Interned<K, V> {
-    slots: Box<[OnceLock<(K, V)>]>,
-    /// Slots below this are filled.
+    /// The entries, in the order they came; those below `len` are filled.
+    entries: Box<[OnceLock<(K, V)>]>,
+    /// Open addressing over `entries`: a slot holds 1 + the index of an entry, or 0 when empty.
+    /// A key's probe starts at its hash and walks on to the first empty slot. Twice as many
+    /// slots as entries (a power of two), so that probes stay short.
+    index: Box<[AtomicUsize]>,
+    /// Entries filled.
     len: AtomicUsize,
     /// Serialises inserts, which are rare (once per key).
     insert: Mutex<()>,
@@ -20,40 +31,53 @@ pub(crate) struct Interned<K, V> {
 impl<K, V> Interned<K, V> {
     /// An empty table of `capacity` entries.
     pub fn with_capacity(capacity: usize) -> Self {
+        let slots = capacity.saturating_mul(2).max(1).next_power_of_two();
         Self {
-            slots: (0..capacity).map(|_| OnceLock::new()).collect(),
+            entries: (0..capacity).map(|_| OnceLock::new()).collect(),
+            index: (0..slots).map(|_| AtomicUsize::new(0)).collect(),
             len: AtomicUsize::new(0),
             insert: Mutex::new(()),
         }
+    }
+
+    /// The index slots `key`'s probe visits, in order.
+    fn probe<Q: Hash + ?Sized>(&self, key: &Q) -> impl Iterator<Item = &AtomicUsize> {
+        let mask = self.index.len() - 1;
+        // Truncated on 32-bit targets: any bits of the hash do.
+        let start = FxBuildHasher.hash_one(key) as usize;
+        (0..self.index.len()).map(move |i| &self.index[start.wrapping_add(i) & mask])
     }
 
     /// The value of `key`.
     pub fn get<Q>(&self, key: &Q) -> Option<&V>
     where
         K: Borrow<Q>,
-        Q: PartialEq + ?Sized,
+        Q: Hash + PartialEq + ?Sized,
     {
-        let len = self.len.load(Ordering::Acquire);
-        self.slots[..len.min(self.slots.len())]
-            .iter()
-            .filter_map(OnceLock::get)
-            .find(|(k, _)| k.borrow() == key)
-            .map(|(_, v)| v)
+        for slot in self.probe(key) {
+            // Acquire: the entry a slot names was filled before the slot was written.
+            let entry = slot.load(Ordering::Acquire).checked_sub(1)?;
+            match self.entries.get(entry).and_then(OnceLock::get) {
+                Some((k, v)) if k.borrow() == key => return Some(v),
+                _ => {}
+            }
+        }
+        None
     }
 
-    /// The value of `key`, made by `make` (which returns the key to store, and the value) the
-    /// first time; `None` once the table is full.
+    /// The value of `key`, made by `make` (which returns the key to store, equal to `key`, and
+    /// the value) the first time; `None` once the table is full.
     pub fn get_or_insert_with<Q>(&self, key: &Q, make: impl FnOnce() -> (K, V)) -> Option<&V>
     where
         K: Borrow<Q>,
-        Q: PartialEq + ?Sized,
+        Q: Hash + PartialEq + ?Sized,
     {
         if let Some(value) = self.get(key) {
             return Some(value);
         }
         // Full: every other key goes without (and without the lock, which a stream of new keys
         // would otherwise take on every request).
-        if self.len.load(Ordering::Acquire) >= self.slots.len() {
+        if self.len.load(Ordering::Acquire) >= self.entries.len() {
             return None;
         }
         let _insert = match self.insert.lock() {
@@ -64,10 +88,15 @@ impl<K, V> Interned<K, V> {
             return Some(value);
         }
         let len = self.len.load(Ordering::Acquire);
-        let slot = self.slots.get(len)?;
-        let _ = slot.set(make());
+        let entry = self.entries.get(len)?;
+        // There is one: at most half the slots are taken.
+        let slot = self
+            .probe(key)
+            .find(|slot| slot.load(Ordering::Acquire) == 0)?;
+        let _ = entry.set(make());
+        slot.store(len + 1, Ordering::Release);
         self.len.store(len + 1, Ordering::Release);
-        slot.get().map(|(_, v)| v)
+        entry.get().map(|(_, v)| v)
     }
 }
 
@@ -93,6 +122,45 @@ mod tests {
         assert_eq!(made, 2);
         assert_eq!(table.get("b"), Some(&2));
         assert_eq!(table.get("c"), None);
+    }
+
+    /// A key that counts the comparisons made with it.
+    #[derive(Debug)]
+    struct Key(u32);
+
+    impl std::hash::Hash for Key {
+        fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+            self.0.hash(state);
+        }
+    }
+
+    static COMPARISONS: AtomicUsize = AtomicUsize::new(0);
+
+    impl PartialEq for Key {
+        fn eq(&self, other: &Self) -> bool {
+            COMPARISONS.fetch_add(1, Ordering::Relaxed);
+            self.0 == other.0
+        }
+    }
+
+    #[test]
+    fn a_key_is_found_among_thousands_in_a_few_comparisons() {
+        const KEYS: u32 = 10_000;
+        let table: Interned<Key, u32> = Interned::with_capacity(KEYS as usize);
+        for key in 0..KEYS {
+            assert_eq!(
+                table.get_or_insert_with(&Key(key), || (Key(key), key * 2)),
+                Some(&(key * 2))
+            );
+        }
+        COMPARISONS.store(0, Ordering::Relaxed);
+        for key in 0..KEYS {
+            assert_eq!(table.get(&Key(key)), Some(&(key * 2)));
+        }
+        assert_eq!(table.get(&Key(KEYS)), None);
+        let per_lookup = COMPARISONS.load(Ordering::Relaxed) as f64 / f64::from(KEYS + 1);
+        // A scan compared 5,000 keys a lookup on average; the index, one or two.
+        assert!(per_lookup < 4.0, "{per_lookup} comparisons a lookup");
     }
 
     #[test]

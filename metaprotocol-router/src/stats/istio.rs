@@ -114,7 +114,7 @@ struct IstioSeries {
 }
 
 /// What a combination is keyed by.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Combination {
     outcome: RequestOutcome,
     flags: ResponseFlags,
