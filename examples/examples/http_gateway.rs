@@ -47,11 +47,6 @@ async fn main() -> anyhow::Result<()> {
     let stop = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    metaprotocol_router::serve_http(
-        listener,
-        metaprotocol_examples::gateway::app(client, timeout),
-        stop,
-    )
-    .await;
+    metaprotocol_examples::gateway::serve(listener, client, timeout, stop).await;
     Ok(())
 }

@@ -48,6 +48,24 @@ pub struct CallBody {
 /// The gateway's backend: the engine behind a tower timeout.
 type Backend = Timeout<RouterClient>;
 
+/// How much longer than its bound on calls the gateway gives a request before the HTTP server
+/// answers it `408`: a call that takes too long gets the gateway's own `504`.
+const SERVER_MARGIN: Duration = Duration::from_secs(5);
+
+/// Serves the gateway's routes over `client` on `listener` until `stop` resolves, each call
+/// bounded by `timeout`, with the bounds of [`metaprotocol_router::serve_http`] on what clients
+/// hold (its bound on a whole request made longer than `timeout`).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    client: RouterClient,
+    timeout: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let request_timeout = timeout.saturating_add(SERVER_MARGIN);
+    metaprotocol_router::serve_http_within(listener, app(client, timeout), stop, request_timeout)
+        .await;
+}
+
 /// The gateway's routes over `client`, each call bounded by `timeout`.
 pub fn app(client: RouterClient, timeout: Duration) -> Router {
     Router::new()

@@ -52,19 +52,23 @@ clusters:
     )
 }
 
-/// The gateway example on a `RouterClient` of `config`, served as the example binary serves it
-/// (with bounds on what clients hold): its address, and its task.
-async fn start_gateway(config: &str) -> TestResult<(SocketAddr, tokio::task::JoinHandle<()>)> {
+/// The gateway example on a `RouterClient` of `config` with its bound on calls `timeout`,
+/// served as the example binary serves it (with bounds on what clients hold): its address, and
+/// its task.
+async fn start_gateway(
+    config: &str,
+    timeout: Duration,
+) -> TestResult<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let client = RouterClient::builder(Config::from_yaml(config)?)
         .codecs(metaprotocol_examples::codec_registry())
         .build()
         .await?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let gateway = listener.local_addr()?;
-    let app = metaprotocol_examples::gateway::app(client, Duration::from_secs(10));
-    let server = tokio::spawn(metaprotocol_router::serve_http(
+    let server = tokio::spawn(metaprotocol_examples::gateway::serve(
         listener,
-        app,
+        client,
+        timeout,
         std::future::pending(),
     ));
     Ok((gateway, server))
@@ -89,7 +93,7 @@ async fn post_as(
     );
     stream.write_all(request.as_bytes()).await?;
     let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer)).await??;
+    tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut answer)).await??;
     let answer = String::from_utf8(answer)?;
     let (head, body) = answer
         .split_once("\r\n\r\n")
@@ -115,7 +119,8 @@ fn json_in_dubbo_through_the_engine_json_out() -> TestResult {
     let (v1, v2) = harness::start_providers(&scratch)?;
     let runtime = support::runtime()?;
     runtime.block_on(async {
-        let (gateway, server) = start_gateway(&config(&v1.addr(), &v2.addr())).await?;
+        let (gateway, server) =
+            start_gateway(&config(&v1.addr(), &v2.addr()), Duration::from_secs(10)).await?;
 
         let call = json!({ "args": ["ada"], "attachments": { "tenant": "t1" } }).to_string();
         let (status, answer) = post(gateway, &demo("sayHello"), &call).await?;
@@ -180,7 +185,7 @@ clusters: [ {{ name: c, protocol: dubbo, endpoints: [ {{ address: \"{}\" }} ] }}
 ",
             provider.address()
         );
-        let (gateway, server) = start_gateway(&config).await?;
+        let (gateway, server) = start_gateway(&config, Duration::from_secs(10)).await?;
         let path = format!("/dubbo/{DEMO_SERVICE}/sayHello");
         let call = json!({ "args": ["ada"] }).to_string();
 
@@ -196,6 +201,31 @@ clusters: [ {{ name: c, protocol: dubbo, endpoints: [ {{ address: \"{}\" }} ] }}
         let (status, answer) = post(gateway, &path, &call).await?;
         assert_eq!(status, 200, "{answer}");
         assert_eq!(answer["result"], "Hello from p", "{answer}");
+        server.abort();
+        Ok(())
+    })
+}
+
+/// A gateway whose bound on calls is longer than the HTTP server's default bound on a request
+/// (30 s): a call that takes longer than the gateway allows gets the gateway's `504`, not the
+/// server's `408` (which it got before, 30 s in, whatever `--timeout` said). Takes 31 s.
+#[test]
+fn a_call_past_a_long_gateway_timeout_gets_the_gateways_504() -> TestResult {
+    let runtime = support::runtime()?;
+    runtime.block_on(async {
+        let provider = DemoProvider::start_with_delay("p", Duration::from_secs(45)).await?;
+        let config = format!(
+            "route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }}, timeout: 0s }} ] }} ]
+clusters: [ {{ name: c, protocol: dubbo, endpoints: [ {{ address: \"{}\" }} ] }} ]
+",
+            provider.address()
+        );
+        let (gateway, server) = start_gateway(&config, Duration::from_secs(31)).await?;
+        let path = format!("/dubbo/{DEMO_SERVICE}/sayHelloSlowly");
+        let call = json!({ "args": ["ada"] }).to_string();
+        let (status, answer) = post(gateway, &path, &call).await?;
+        assert_eq!(status, 504, "{answer}");
+        assert_eq!(answer["kind"], "timeout", "{answer}");
         server.abort();
         Ok(())
     })

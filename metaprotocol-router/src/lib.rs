@@ -90,7 +90,7 @@ pub use client::{CallError, Client, ClientOptions, RouterClient, RouterClientBui
 pub use cluster::{BreakerStatus, ClusterStatus, EndpointStatus, HealthState};
 pub use config::{Config, ConfigError};
 pub use filters::{FilterContext, FilterFactory, FilterRegistry, SharedClients};
-pub use http_server::serve_http;
+pub use http_server::{serve_http, serve_http_within};
 pub use proxy::{
     DEFAULT_DRAIN_TIMEOUT, DynamicSource, DynamicUpdate, Proxy, ProxyBuilder, ReloadSummary,
     ResourceId, ResourceKind, ResourceState, ResourceStatus, SHUTDOWN_NOW_GRACE, StartError,

@@ -125,7 +125,7 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<ProxyState>, stop: C
             writes_need_the_token,
         ))
         .with_state(state);
-    crate::http_server::serve(listener, app, stop).await;
+    crate::http_server::serve(listener, app, stop, crate::http_server::REQUEST_TIMEOUT).await;
 }
 
 /// Writes (every method but GET and HEAD) need the admin token when one is set. Checked before

@@ -26,8 +26,9 @@ use write_stall::WriteStall;
 /// How long a client has to send a request's headers, and how long an idle keep-alive
 /// connection stays open.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a request may take once its headers are in: reading its body and answering it.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a request may take once its headers are in, reading its body and answering it,
+/// unless the caller of [`serve_http_within`] says otherwise.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long requests in progress may finish once the server stops.
 const STOP_GRACE: Duration = Duration::from_secs(1);
 /// Connections served at once; more wait in the listen queue until one ends.
@@ -47,8 +48,21 @@ pub async fn serve_http(
     app: Router,
     stop: impl std::future::Future<Output = ()>,
 ) {
+    serve_http_within(listener, app, stop, REQUEST_TIMEOUT).await;
+}
+
+/// [`serve_http`], with `request_timeout` for the rest of a request once its headers are in
+/// (its body and its handling) in place of 30 s. An app with deadlines of its
+/// own (a gateway's bound on the calls it makes, say) needs a longer one, so that its own answer
+/// (a `504`), not the server's `408`, tells a client that a call took too long.
+pub async fn serve_http_within(
+    listener: TcpListener,
+    app: Router,
+    stop: impl std::future::Future<Output = ()>,
+    request_timeout: Duration,
+) {
     let token = CancellationToken::new();
-    let serving = serve(listener, app, token.clone());
+    let serving = serve(listener, app, token.clone(), request_timeout);
     tokio::pin!(serving);
     tokio::select! {
         () = serving.as_mut() => {}
@@ -59,9 +73,16 @@ pub async fn serve_http(
     }
 }
 
-/// [`serve_http`] until `stop` is cancelled.
-pub(crate) async fn serve(listener: TcpListener, app: Router, stop: CancellationToken) {
-    let app = app.layer(middleware::from_fn(within_deadline));
+/// [`serve_http_within`] until `stop` is cancelled.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    app: Router,
+    stop: CancellationToken,
+    request_timeout: Duration,
+) {
+    let app = app.layer(middleware::from_fn(move |request, next| {
+        within_deadline(request_timeout, request, next)
+    }));
     let connections = TaskTracker::new();
     let room = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -106,10 +127,10 @@ pub(crate) async fn serve(listener: TcpListener, app: Router, stop: Cancellation
     let _ = tokio::time::timeout(STOP_GRACE, connections.wait()).await;
 }
 
-/// Answers 408 to a request whose body or handling takes longer than [`REQUEST_TIMEOUT`] (a
-/// client that announces a body and stops sending it holds nothing for long).
-async fn within_deadline(request: Request, next: Next) -> Response {
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+/// Answers 408 to a request whose body or handling takes longer than `timeout` (a client that
+/// announces a body and stops sending it holds nothing for long).
+async fn within_deadline(timeout: Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => (StatusCode::REQUEST_TIMEOUT, "the request took too long\n").into_response(),
     }
