@@ -207,21 +207,17 @@ pub(crate) fn put_call_head(
     Ok(())
 }
 
-/// True if an attachment may become metadata, judged on its raw bytes before any is built.
+/// True if an attachment may become metadata, judged on its raw key before any is built.
 /// The `interface`, `service` and `method` keys are the call fields' (the provider reads the
 /// method from them, and never an `interface` attachment: such attachments must not route a
-/// call elsewhere); a non-empty `version` attachment overrides the header's version, as Dubbo
-/// providers let it. A `path` attachment must repeat the call's (see [`decode`]).
+/// call elsewhere); a `version` attachment overrides the header's version, an empty one too:
+/// Java providers look the service up by the attachment, and an empty one names the service
+/// exported without a version. A `path` attachment must repeat the call's (see [`decode`]).
 fn routes(entry: &Entry<'_>, frame: &[u8]) -> bool {
-    let Some(key) = entry.key.as_ref().map(|key| key.raw(frame)) else {
-        return false;
-    };
-    let empty_value = entry
-        .value
+    entry
+        .key
         .as_ref()
-        .is_some_and(|value| value.raw(frame).is_empty());
-    let empty_version = key == keys::VERSION.as_bytes() && empty_value;
-    !(is_reserved(key) || empty_version)
+        .is_some_and(|key| !is_reserved(key.raw(frame)))
 }
 
 /// True for the keys only the frame header sets: the interface and the method.
@@ -293,6 +289,44 @@ mod tests {
         let plain = plain.metadata;
         assert_eq!(plain.get(keys::INTERFACE), Some("demo.Public"));
         assert_eq!(plain.get(keys::SERVICE), Some("demo.Public"));
+        Ok(())
+    }
+
+    /// A call of `demo.Api` version 1.0.0 whose attachments say `path` and then `version`, its
+    /// value the Hessian2 bytes `version`, decoded.
+    fn call_with_version_attachment(
+        version: &[u8],
+    ) -> Result<metaprotocol_core::Message, CodecError> {
+        use bytes::BufMut;
+        let mut frame = BytesMut::new();
+        crate::header::Header::put(&mut frame, 0xc2, 0, 1);
+        for field in ["2.0.2", "demo.Api", "1.0.0", "hi", ""] {
+            write_string(&mut frame, &[field]);
+        }
+        frame.put_u8(b'H');
+        for text in ["path", "demo.Api", "version"] {
+            write_string(&mut frame, &[text]);
+        }
+        frame.put_slice(version);
+        frame.put_u8(b'Z');
+        crate::header::patch_body_len(&mut frame, 0, 1 << 20)?;
+        let mut codec = crate::DubboCodec::new(1 << 20);
+        metaprotocol_core::Codec::decode(&mut codec, &mut frame)?
+            .ok_or(CodecError::malformed("incomplete"))
+    }
+
+    /// Java providers look the service up by its `version` attachment, which replaces the call
+    /// field even when it is empty (the service exported without a version): the metadata says
+    /// the version that runs, so that routes and policies judge that one.
+    #[test]
+    fn an_empty_version_attachment_names_the_unversioned_service() -> Result<(), CodecError> {
+        for (attachment, version) in [("", ""), ("2.0.0", "2.0.0"), ("1.0.0", "1.0.0")] {
+            let mut value = BytesMut::new();
+            write_string(&mut value, &[attachment]);
+            let message = call_with_version_attachment(&value)?;
+            assert_eq!(message.reject_reason, None);
+            assert_eq!(message.metadata.get(keys::VERSION), Some(version));
+        }
         Ok(())
     }
 
