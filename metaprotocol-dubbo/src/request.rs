@@ -49,19 +49,26 @@ pub(crate) fn decode(frame: &Bytes, metadata: &mut Metadata) -> Result<DecodedRe
     // in both, which costs a comparison.
     let call_path = fields.path.as_ref().map(|path| path.raw(frame));
     let map = attachments::visit(&mut reader, &mut skipper, |entry| {
-        if matches!(
-            entry.key.as_ref().map(|k| k.raw(frame)),
-            Some(PATH_ATTACHMENT)
-        ) && entry.value.as_ref().map(|v| v.raw(frame)) != call_path
-        {
+        let key = entry.key.as_ref().map(|k| k.raw(frame));
+        if key == Some(PATH_ATTACHMENT) && entry.value.as_ref().map(|v| v.raw(frame)) != call_path {
             return Err(CodecError::malformed(
                 "the path attachment names another service than the call",
             ));
         }
-        if routes(&entry, frame)
-            && let Some((key, value)) = entry.text(frame)
-        {
-            metadata.insert(key, value);
+        if routes(&entry, frame) {
+            match entry.text(frame) {
+                Some((key, value)) => {
+                    metadata.insert(key, value);
+                }
+                // The version Java providers run (none, for a null) would not be the version
+                // metadata, which keeps the call field's.
+                None if key == Some(keys::VERSION.as_bytes()) => {
+                    return Err(CodecError::malformed(
+                        "the version attachment is not a UTF-8 string",
+                    ));
+                }
+                None => {}
+            }
         }
         Ok(())
     })?;
@@ -326,6 +333,24 @@ mod tests {
             let message = call_with_version_attachment(&value)?;
             assert_eq!(message.reject_reason, None);
             assert_eq!(message.metadata.get(keys::VERSION), Some(version));
+        }
+        Ok(())
+    }
+
+    /// A `version` attachment that is not a string (null: a Java provider then runs the service
+    /// exported without a version) or not representable in UTF-8 (a lone surrogate) cannot be
+    /// the call's version metadata: the call is refused rather than routed and authorized as
+    /// the call field's version while another runs.
+    #[test]
+    fn a_version_attachment_that_is_no_text_is_refused() -> Result<(), CodecError> {
+        for value in [&b"N"[..], &[0x91], &[0x01, 0xed, 0xa0, 0x80]] {
+            let message = call_with_version_attachment(value)?;
+            assert_eq!(
+                message.reject_reason,
+                Some("the version attachment is not a UTF-8 string"),
+                "{value:02x?}"
+            );
+            assert_eq!(message.metadata.get(keys::VERSION), None);
         }
         Ok(())
     }
