@@ -102,9 +102,11 @@
 //! | `Unauthorized` | 40 `BAD_REQUEST` | Dubbo has no permission status; the request is refused, and the message says `unauthorized` |
 //! | `NoHealthyUpstream`, `UpstreamReset`, `UpstreamConnectFailure`, `FaultAbort`, `Internal` | 80 `SERVER_ERROR` | a failure of the serving side, not of the service's code (70) |
 //!
-//! Two-way heartbeats are answered with an event response (flag `0x20` | serialization id),
-//! status 20 and a null body, byte for byte what providers send; one-way heartbeats get no
-//! answer. Heartbeat replies with status 0 (dubbo-py's) count as healthy, and so do responses
+//! Heartbeats are answered with an event response (flag `0x20` | serialization id), status 20
+//! and a null body, byte for byte what providers send. One-way heartbeats are answered too:
+//! Java providers answer only two-way ones, but dubbo-py sends its heartbeat one-way and waits
+//! for the answer that its own and Node providers send, and Java clients drop heartbeat answers
+//! whatever they asked. Heartbeat replies with status 0 (dubbo-py's) count as healthy, and so do responses
 //! to one-way requests, which some providers send: they are decoded like any response.
 //!
 //! # Example
