@@ -64,8 +64,9 @@
 //! (`DubboProtocol.getInvoker`), others may go by the field, so a call naming `demo.Public` in
 //! its fields and `demo.Admin` in its `path` attachment would be routed and authorized as one
 //! and could run the other; it is refused with status 40 (every client sends the same path in
-//! both). So is a call whose `version` attachment is not a UTF-8 string (a null, which Java
-//! providers read as no version): its version metadata would not be the version that runs.
+//! both). So is a call whose `version` or `group` attachment (by which Java providers pick the
+//! export that runs; the last of each name counts) is not a UTF-8 string (a null, which Java
+//! reads as none): its metadata would not say what runs.
 //! Values are slices of the frame, not copies, except for strings split into chunks or
 //! holding characters outside the BMP in Java's surrogate encoding. Responses carry their
 //! string attachments.

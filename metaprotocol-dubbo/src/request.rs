@@ -60,14 +60,9 @@ pub(crate) fn decode(frame: &Bytes, metadata: &mut Metadata) -> Result<DecodedRe
                 Some((key, value)) => {
                     metadata.insert(key, value);
                 }
-                // The version Java providers run (none, for a null) would not be the version
-                // metadata, which keeps the call field's.
-                None if key == Some(keys::VERSION.as_bytes()) => {
-                    return Err(CodecError::malformed(
-                        "the version attachment is not a UTF-8 string",
-                    ));
-                }
-                None => {}
+                // The version or group Java providers run (none, for a null) would not be the
+                // metadata's, which keeps the call field's version or an earlier group.
+                None => return selector_without_text(key).map_or(Ok(()), Err),
             }
         }
         Ok(())
@@ -186,6 +181,23 @@ impl<'a> CallFields<'a> {
 /// call's path.
 const PATH_ATTACHMENT: &[u8] = b"path";
 
+/// The refusal of a call whose attachment keyed `key` cannot be metadata, if it is one of those
+/// by which Java providers pick the export that runs (`DubboProtocol.getInvoker`: version and
+/// group): the metadata would not say what runs.
+fn selector_without_text(key: Option<&[u8]>) -> Option<CodecError> {
+    const VERSION: &[u8] = keys::VERSION.as_bytes();
+    const GROUP: &[u8] = keys::GROUP.as_bytes();
+    match key? {
+        VERSION => Some(CodecError::malformed(
+            "the version attachment is not a UTF-8 string",
+        )),
+        GROUP => Some(CodecError::malformed(
+            "the group attachment is not a UTF-8 string",
+        )),
+        _ => None,
+    }
+}
+
 /// Appends the bytes of call `frame` before its attachments map (at `map_start`). A mutation
 /// that sets the `path` attachment sets the call's path field to the same service: Java
 /// providers go by the attachment and others by the field, and a proxy downstream of this one
@@ -299,10 +311,11 @@ mod tests {
         Ok(())
     }
 
-    /// A call of `demo.Api` version 1.0.0 whose attachments say `path` and then `version`, its
-    /// value the Hessian2 bytes `version`, decoded.
-    fn call_with_version_attachment(
-        version: &[u8],
+    /// A call of `demo.Api` version 1.0.0 whose attachments say `path` and then `key` once for
+    /// each of `values` (Hessian2 bytes), decoded.
+    fn call_with_attachments(
+        key: &str,
+        values: &[&[u8]],
     ) -> Result<metaprotocol_core::Message, CodecError> {
         use bytes::BufMut;
         let mut frame = BytesMut::new();
@@ -311,10 +324,12 @@ mod tests {
             write_string(&mut frame, &[field]);
         }
         frame.put_u8(b'H');
-        for text in ["path", "demo.Api", "version"] {
-            write_string(&mut frame, &[text]);
+        write_string(&mut frame, &["path"]);
+        write_string(&mut frame, &["demo.Api"]);
+        for value in values {
+            write_string(&mut frame, &[key]);
+            frame.put_slice(value);
         }
-        frame.put_slice(version);
         frame.put_u8(b'Z');
         crate::header::patch_body_len(&mut frame, 0, 1 << 20)?;
         let mut codec = crate::DubboCodec::new(1 << 20);
@@ -330,7 +345,7 @@ mod tests {
         for (attachment, version) in [("", ""), ("2.0.0", "2.0.0"), ("1.0.0", "1.0.0")] {
             let mut value = BytesMut::new();
             write_string(&mut value, &[attachment]);
-            let message = call_with_version_attachment(&value)?;
+            let message = call_with_attachments("version", &[&value])?;
             assert_eq!(message.reject_reason, None);
             assert_eq!(message.metadata.get(keys::VERSION), Some(version));
         }
@@ -344,7 +359,7 @@ mod tests {
     #[test]
     fn a_version_attachment_that_is_no_text_is_refused() -> Result<(), CodecError> {
         for value in [&b"N"[..], &[0x91], &[0x01, 0xed, 0xa0, 0x80]] {
-            let message = call_with_version_attachment(value)?;
+            let message = call_with_attachments("version", &[value])?;
             assert_eq!(
                 message.reject_reason,
                 Some("the version attachment is not a UTF-8 string"),
@@ -352,6 +367,28 @@ mod tests {
             );
             assert_eq!(message.metadata.get(keys::VERSION), None);
         }
+        Ok(())
+    }
+
+    /// Java providers look the service up by its `group` attachment too, the last of its name:
+    /// a call whose `group` says `g1` and then null (which Java reads as no group) would be
+    /// routed and authorized as group `g1` and run the export without a group. It is refused, as
+    /// is a group that is not a UTF-8 string at all.
+    #[test]
+    fn a_group_attachment_that_is_no_text_is_refused() -> Result<(), CodecError> {
+        let g1: &[u8] = b"\x02g1";
+        for groups in [&[g1, b"N"][..], &[b"N"], &[g1, &[0x90]]] {
+            let message = call_with_attachments("group", groups)?;
+            assert_eq!(
+                message.reject_reason,
+                Some("the group attachment is not a UTF-8 string"),
+                "{groups:02x?}"
+            );
+            assert_eq!(message.metadata.get(keys::GROUP), None);
+        }
+        let plain = call_with_attachments("group", &[g1])?;
+        assert_eq!(plain.reject_reason, None);
+        assert_eq!(plain.metadata.get(keys::GROUP), Some("g1"));
         Ok(())
     }
 
