@@ -40,6 +40,12 @@ impl RequestMatcher {
         })
     }
 
+    /// The values the request's metadata must equal exactly, by key (conditions `exact` and
+    /// not inverted).
+    pub fn exact_values(&self) -> impl Iterator<Item = (&MetadataKey, &[u8])> {
+        self.metadata.iter().filter_map(MetadataMatcher::exact)
+    }
+
     /// True if every condition holds for the request seen through `view`, arrived on
     /// `connection`.
     pub fn matches(&self, view: &RoutingView<'_>, connection: &ConnectionInfo) -> bool {
@@ -109,6 +115,14 @@ impl MetadataMatcher {
             test,
             invert: spec.invert,
         })
+    }
+
+    /// The key and the value of an `exact` condition that is not inverted.
+    fn exact(&self) -> Option<(&MetadataKey, &[u8])> {
+        match &self.test {
+            ValueTest::Exact(value) if !self.invert => Some((&self.key, value)),
+            _ => None,
+        }
     }
 
     /// True if the request (its metadata, overridden by filters' routing keys) satisfies this

@@ -1,12 +1,13 @@
 //! Route tables: compiled, immutable snapshots of a route config. Each route's targets are
 //! resolved to cluster handles and subset ids when the table is built, so routing a request is
-//! a scan of matchers and a pointer chase.
+//! a scan of matchers (in a large table, of those its index leaves) and a pointer chase.
 //!
 //! A listener reads its table through a [`RouteSlot`], swapped atomically on update: requests in
 //! flight keep the table they started with.
 
 mod check;
 mod hash_policy;
+mod index;
 mod matcher;
 mod peer;
 mod template;
@@ -18,6 +19,7 @@ use metaprotocol_core::{ConnectionInfo, LocalReply, RoutingView};
 
 pub use self::check::{RouteCheck, RouteDestination, RouteMatch, UnknownListener};
 pub(crate) use self::hash_policy::HashPolicy;
+use self::index::ExactIndex;
 pub(crate) use self::matcher::{MetadataMatcher, RequestMatcher};
 pub(crate) use self::peer::{IpRange, PrincipalMatcher};
 pub(crate) use self::template::{Context as TemplateContext, RouteMutation, Template};
@@ -127,6 +129,8 @@ impl Route {
 pub(crate) struct RouteTable {
     version: u64,
     routes: Vec<Route>,
+    /// For a large table, the routes by the value they match exactly (see [`ExactIndex`]).
+    index: Option<ExactIndex>,
     spec: RouteConfigSpec,
 }
 
@@ -154,9 +158,12 @@ impl RouteTable {
                     .map_err(|e| e.within(&format!("routes[{i}]")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let matchers: Vec<&RequestMatcher> = routes.iter().map(|r| &r.matcher).collect();
+        let index = ExactIndex::build(&matchers);
         Ok(Self {
             version,
             routes,
+            index,
             spec: spec.clone(),
         })
     }
@@ -172,9 +179,17 @@ impl RouteTable {
         request: &RoutingView<'_>,
         connection: &ConnectionInfo,
     ) -> Option<usize> {
-        self.routes
-            .iter()
-            .position(|r| r.matches(request, connection))
+        match &self.index {
+            Some(index) => index.candidates(request).find(|&i| {
+                self.routes
+                    .get(i)
+                    .is_some_and(|r| r.matches(request, connection))
+            }),
+            None => self
+                .routes
+                .iter()
+                .position(|r| r.matches(request, connection)),
+        }
     }
 
     pub fn version(&self) -> u64 {
@@ -452,6 +467,79 @@ endpoints: [ { address: 127.0.0.1:1, labels: { version: v1 } }, { address: 127.0
         );
         drop(second);
         assert_eq!(timeouts(), None, "and goes with the route");
+        Ok(())
+    }
+
+    #[test]
+    fn an_indexed_table_picks_the_route_a_scan_picks() -> Result<(), ConfigError> {
+        let clusters = ClusterManager::default();
+        clusters.insert(crate::cluster::tests::cluster("name: c")?);
+        let mut routes = Vec::new();
+        for i in 0..30 {
+            let (method, version) = (i % 10, i / 10);
+            routes.push(format!(
+                "{{ name: r{i}, match: {{ metadata: [ {{ key: method, exact: m{method} }}, {{ key: version, exact: v{version} }} ] }}, route: {{ cluster: c }} }}"
+            ));
+        }
+        // Routes the index cannot place by value, among the others: in table order still.
+        let others = [
+            (5, "{ key: method, prefix: m1 }"),
+            (12, "{ key: method, exact: m3, invert: true }"),
+            (20, "{ key: method, exact: m4 }, { key: method, exact: m5 }"),
+            (25, "{ key: user, exact: u1 }"),
+        ];
+        for (at, conditions) in others {
+            routes.insert(
+                at,
+                format!("{{ name: o{at}, match: {{ metadata: [ {conditions} ] }}, route: {{ cluster: c }} }}"),
+            );
+        }
+        routes.push("{ name: last, route: { cluster: c } }".to_owned());
+        let spec =
+            RouteConfigSpec::from_yaml(&format!("name: big\nroutes: [ {} ]", routes.join(", ")))?;
+        let table = RouteTable::build(&spec, 1, &clusters, &Metrics::new().root())?;
+        let Some(index) = &table.index else {
+            panic!("a table of {} routes is indexed", routes.len());
+        };
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+        let connection = ConnectionInfo::new("l".into(), address, address);
+        let values = |name: &str, count: usize| {
+            (0..count)
+                .map(|i| Some(format!("{name}{i}")))
+                .chain([None])
+                .collect::<Vec<_>>()
+        };
+        let mut tried = 0;
+        for method in values("m", 12) {
+            for version in values("v", 4) {
+                for user in values("u", 2) {
+                    let metadata: Metadata =
+                        [("method", &method), ("version", &version), ("user", &user)]
+                            .into_iter()
+                            .filter_map(|(key, value)| {
+                                Some((ByteStr::from_static(key), ByteStr::from(value.clone()?)))
+                            })
+                            .collect();
+                    let keys = RoutingKeys::new();
+                    let view = RoutingView {
+                        metadata: &metadata,
+                        keys: &keys,
+                    };
+                    let scanned = table
+                        .routes
+                        .iter()
+                        .position(|r| r.matches(&view, &connection));
+                    assert_eq!(
+                        table.route_index(&view, &connection),
+                        scanned,
+                        "{method:?} {version:?} {user:?}"
+                    );
+                    tried += index.candidates(&view).count();
+                }
+            }
+        }
+        // 156 requests, each trying its method's 3 routes and the 5 others at most, not 35.
+        assert!(tried <= 156 * 8, "{tried} candidates");
         Ok(())
     }
 }
