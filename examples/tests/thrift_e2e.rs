@@ -152,6 +152,31 @@ fn six_formats_through_the_proxy() -> TestResult {
     Ok(())
 }
 
+/// A THeader call under the zlib transform, which the proxy cannot read, is answered with an
+/// `INVALID_TRANSFORM` `TApplicationException` the Python client raises, as Apache Thrift's
+/// servers answer it, and the same connection then serves a call without the transform
+/// (before, the proxy closed the connection without a word).
+#[test]
+fn a_theader_call_under_a_transform_is_refused_and_the_connection_goes_on() -> TestResult {
+    let Some(scratch) = prepare("zlib")? else {
+        return Ok(());
+    };
+    for protocol in PROTOCOLS {
+        let server = Server::start("header", protocol, "upstream", &scratch)?;
+        let yaml = format!(
+            "{ONE_LISTENER}{}\nclusters:\n  - name: upstream\n    endpoints: [ {{ address: \"{}\" }} ]\n",
+            greeter_routes("upstream"),
+            server.address()
+        );
+        let proxy = InProcessProxy::start(&yaml)?;
+        let port = proxy.addr("in")?.port();
+        let answer = client(port, "header", protocol, &["zlib"], "", &scratch)?;
+        let expected = r#"{"hello": "Hello, plain from upstream", "zlib": {"message": "bad_request: THeader transforms (zlib, snappy ...) are not supported: send the call without one", "type": 8}}"#;
+        assert_eq!(answer, expected, "{protocol}");
+    }
+    Ok(())
+}
+
 #[test]
 fn routes_on_method_and_theader_header_and_mutates_headers() -> TestResult {
     let Some(scratch) = prepare("routing")? else {

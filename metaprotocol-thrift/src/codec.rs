@@ -31,13 +31,22 @@ pub struct ThriftCodec {
 }
 
 impl ThriftCodec {
-    /// A codec accepting `expected` (open parts detected), with a frame size cap (at most
-    /// `i32::MAX`, the largest length Thrift can express).
+    /// A codec of the client side of connections (it decodes calls; see
+    /// [`ThriftCodec::for_side`]) accepting `expected` (open parts detected), with a frame size
+    /// cap (at most `i32::MAX`, the largest length Thrift can express).
     pub fn new(expected: FormatChoice, max_frame_bytes: usize) -> Self {
+        Self::for_side(Side::Downstream, expected, max_frame_bytes)
+    }
+
+    /// [`ThriftCodec::new`] for `side`: a downstream codec decodes a THeader call whose
+    /// message a transform hides (zlib ...) as one to refuse with an `INVALID_TRANSFORM`
+    /// exception; an upstream one cannot tell which call such an answer is for, and refuses
+    /// the stream.
+    pub fn for_side(side: Side, expected: FormatChoice, max_frame_bytes: usize) -> Self {
         let max_frame_bytes = max_frame_bytes.min(i32::MAX as usize);
         Self {
             expected,
-            decoder: Decoder::new(max_frame_bytes),
+            decoder: Decoder::new(max_frame_bytes, side),
             max_frame_bytes,
         }
     }
@@ -165,7 +174,11 @@ impl CodecFactory for ThriftCodecFactory {
             (Side::Upstream, Some(format)) => format.into(),
             _ => self.options.format,
         };
-        Box::new(ThriftCodec::new(expected, self.options.max_frame_bytes))
+        Box::new(ThriftCodec::for_side(
+            side,
+            expected,
+            self.options.max_frame_bytes,
+        ))
     }
 
     /// The request's own format, with the parts this (cluster's) configuration fixes replaced.

@@ -18,7 +18,7 @@ use std::ops::Range;
 use bytes::{Bytes, BytesMut};
 use metaprotocol_core::{
     CodecError, FrameHead, FrameLayout, MAX_FRAME_HEAD, Message, MessageKind, Metadata,
-    MetadataStr, ResponseStatus, keys,
+    MetadataStr, ResponseStatus, Side, keys,
 };
 
 use crate::format::{Protocol, ThriftFormat, Transport};
@@ -64,6 +64,8 @@ pub(crate) fn detect_transport(src: &[u8]) -> Option<Transport> {
 #[derive(Clone, Debug)]
 pub(crate) struct Decoder {
     max_frame_bytes: usize,
+    /// Which messages it reads: calls (downstream) or answers.
+    side: Side,
     /// Boxed and kept once used: only connections whose messages span reads need one.
     unfinished: Option<Box<Unfinished>>,
     walked: u64,
@@ -79,10 +81,11 @@ struct Unfinished {
 }
 
 impl Decoder {
-    /// A decoder refusing messages larger than `max_frame_bytes`.
-    pub(crate) fn new(max_frame_bytes: usize) -> Self {
+    /// A decoder of the messages `side` reads, refusing those larger than `max_frame_bytes`.
+    pub(crate) fn new(max_frame_bytes: usize, side: Side) -> Self {
         Self {
             max_frame_bytes,
+            side,
             unfinished: None,
             walked: 0,
         }
@@ -105,7 +108,7 @@ impl Decoder {
                 let Some(total) = length_prefixed_size(src, self.max_frame_bytes)? else {
                     return Ok(None);
                 };
-                delimited(src.split_to(total).freeze(), transport)
+                delimited(src.split_to(total).freeze(), transport, self.side)
             }
             Transport::Unframed => self.unframed(src),
         }
@@ -185,10 +188,25 @@ fn finish(
     }))
 }
 
+/// The `reject_reason` of a THeader call whose message is hidden by a transform this codec
+/// cannot undo; its local reply is an `INVALID_TRANSFORM` exception.
+pub(crate) const TRANSFORMED: &str =
+    "THeader transforms (zlib, snappy ...) are not supported: send the call without one";
+
 /// Reads one whole length-prefixed frame of `transport`, checking a call's arguments.
-fn delimited(frame: Bytes, transport: Transport) -> Result<Option<Found>, CodecError> {
+fn delimited(frame: Bytes, transport: Transport, side: Side) -> Result<Option<Found>, CodecError> {
     let (protocol, payload_start, block) = if transport == Transport::Header {
-        let block = theader::parse(&frame)?;
+        let block = match theader::read(&frame)? {
+            // The frame is whole, so its client can be told and its connection kept, as
+            // Apache Thrift's servers do; an answer hidden so names no call it could fail.
+            block if block.transform.is_some() && side == Side::Downstream => {
+                return Ok(Some(Found::transformed(frame, block)));
+            }
+            block => block,
+        };
+        if let Some(id) = block.transform {
+            return Err(theader::unsupported_transform(id));
+        }
         (block.protocol, block.payload_start, Some(block))
     } else {
         let first = frame.get(4).ok_or(CodecError::malformed("empty frame"))?;
@@ -341,6 +359,26 @@ pub(crate) struct Found {
 }
 
 impl Found {
+    /// The call of a THeader `frame` whose message `block` says is transformed: a call of no
+    /// name with seqid 0 (what can be told of it), refused as [`TRANSFORMED`].
+    fn transformed(frame: Bytes, block: theader::HeaderBlock) -> Self {
+        let at = block.payload_start;
+        Self {
+            frame,
+            format: ThriftFormat::new(Transport::Header, block.protocol),
+            payload_start: at,
+            header: MessageHeader {
+                message_type: MessageType::Call,
+                name: at..at,
+                seqid: 0,
+                seqid_at: at..at,
+                body_start: at,
+            },
+            info: None,
+            reject_reason: Some(TRANSFORMED),
+        }
+    }
+
     /// Makes `message` the found one, in place: a `Message` is a few hundred bytes, and each
     /// function it passes through by value may copy it (five copies a message when the decoder
     /// built it and returned it up through its callers).

@@ -35,7 +35,10 @@
 //! - **Local replies** are `TApplicationException`s in the request's transport and protocol:
 //!   [`UNKNOWN_METHOD`] for `route_not_found`, [`PROTOCOL_ERROR`] for `bad_request`,
 //!   [`INTERNAL_ERROR`] otherwise.
-//! - THeader transforms (zlib, snappy ...) and the JSON protocol are refused with
+//! - A THeader call whose message a transform hides (zlib, snappy ...) is decoded as a call of
+//!   no name with seqid 0 and a `reject_reason`: the engine answers it with an
+//!   [`INVALID_TRANSFORM`] exception, as Apache Thrift's servers do, and keeps the connection.
+//!   A transformed answer, and the JSON protocol, are refused with
 //!   [`CodecError::Unsupported`](metaprotocol_core::CodecError); over-long frames with
 //!   `FrameTooLarge` as soon as the length (or, unframed, the scanned bytes) passes the cap.
 //!   Framed or THeader, a `REPLY` or `EXCEPTION` over a cluster's cap names its call by its
@@ -87,7 +90,8 @@ pub use codec::{ThriftCodec, ThriftCodecFactory};
 pub use format::{FormatChoice, Protocol, ThriftFormat, Transport};
 pub use options::{PROTOCOL_OPTION, TRANSPORT, ThriftOptions};
 pub use reply::{
-    ApplicationException, INTERNAL_ERROR, LOADSHEDDING, PROTOCOL_ERROR, UNKNOWN_METHOD,
+    ApplicationException, INTERNAL_ERROR, INVALID_TRANSFORM, LOADSHEDDING, PROTOCOL_ERROR,
+    UNKNOWN_METHOD,
 };
 
 /// The name this codec is registered under.

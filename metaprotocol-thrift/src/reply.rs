@@ -10,6 +10,7 @@
 use bytes::BytesMut;
 use metaprotocol_core::{CodecError, LocalReply, LocalReplyKind, Message, MessageKind};
 
+use crate::decode::TRANSFORMED;
 use crate::encode::{format_of, seqid_of, write_frame};
 use crate::format::{Protocol, Transport};
 use crate::layout::Layout;
@@ -27,6 +28,10 @@ pub const INTERNAL_ERROR: i32 = 6;
 /// Java server answers to arguments it fails to parse; used for
 /// [`LocalReplyKind::BadRequest`].
 pub const PROTOCOL_ERROR: i32 = 7;
+/// `TApplicationException` type for a THeader message hidden by a transform (zlib ...) the
+/// server cannot undo, what Apache Thrift's servers answer to one; used for the
+/// [`LocalReplyKind::BadRequest`] of such a call.
+pub const INVALID_TRANSFORM: i32 = 8;
 /// `TApplicationException` type by which an fbthrift server says it shed the call under load
 /// without running it: the codec marks such an answer
 /// [`not_processed`](metaprotocol_core::Message::not_processed), so the engine may retry it
@@ -108,26 +113,33 @@ pub(crate) fn encode_local_reply(
         return Ok(());
     }
     let format = format_of(request)?;
-    let layout = Layout::of(request)?;
     let seqid = seqid_of(request.request_id)?;
     let frame = &request.frame[..];
-    let mut cursor = Cursor::in_frame(frame, layout.payload_start);
-    let header = protocol::read_message_header(format.protocol, &mut cursor)
-        .map_err(ReadError::in_complete_frame)?;
-    let name = frame.get(header.name).unwrap_or_default();
-    let method = match name.iter().position(|&b| b == b':') {
-        Some(colon) => name.get(colon + 1..).unwrap_or_default(),
-        None => name,
-    };
-    let kind = match reply.kind {
-        LocalReplyKind::RouteNotFound => UNKNOWN_METHOD,
-        LocalReplyKind::BadRequest => PROTOCOL_ERROR,
-        _ => INTERNAL_ERROR,
+    // A transformed message cannot be read: its answer names no method, as Apache Thrift's
+    // servers answer one (its seqid, unknown, is 0).
+    let (method, kind) = if request.reject_reason == Some(TRANSFORMED) {
+        (&[][..], INVALID_TRANSFORM)
+    } else {
+        let layout = Layout::of(request)?;
+        let mut cursor = Cursor::in_frame(frame, layout.payload_start);
+        let header = protocol::read_message_header(format.protocol, &mut cursor)
+            .map_err(ReadError::in_complete_frame)?;
+        let name = frame.get(header.name).unwrap_or_default();
+        let method = match name.iter().position(|&b| b == b':') {
+            Some(colon) => name.get(colon + 1..).unwrap_or_default(),
+            None => name,
+        };
+        let kind = match reply.kind {
+            LocalReplyKind::RouteNotFound => UNKNOWN_METHOD,
+            LocalReplyKind::BadRequest => PROTOCOL_ERROR,
+            _ => INTERNAL_ERROR,
+        };
+        (method, kind)
     };
     let text = reply.to_string();
     let theader = match format.transport {
         Transport::Header => {
-            let flags = theader::parse(frame).map(|block| block.flags).unwrap_or(0);
+            let flags = theader::read(frame).map(|block| block.flags).unwrap_or(0);
             let prelude = Prelude {
                 flags,
                 seq: seqid as u32,

@@ -43,11 +43,25 @@ pub(crate) struct HeaderBlock {
     pub(crate) info: Range<usize>,
     /// Where the message starts.
     pub(crate) payload_start: usize,
+    /// The first transform (zlib, snappy ...) applied to the message, which this codec cannot
+    /// undo: the message cannot be read, and `info` is empty.
+    pub(crate) transform: Option<u32>,
 }
 
 /// Parses the THeader fields of `frame` (a whole frame, length prefix included) and checks its
 /// info headers; the transforms this codec cannot undo are [`CodecError::Unsupported`].
 pub(crate) fn parse(frame: &[u8]) -> Result<HeaderBlock, CodecError> {
+    let block = read(frame)?;
+    match block.transform {
+        Some(id) => Err(unsupported_transform(id)),
+        None => Ok(block),
+    }
+}
+
+/// [`parse`], except that a frame whose message is hidden by a transform is read as far as
+/// its protocol and first transform ([`HeaderBlock::transform`]): a client sending one gets a
+/// `TApplicationException` saying so.
+pub(crate) fn read(frame: &[u8]) -> Result<HeaderBlock, CodecError> {
     parse_block(frame).map_err(ReadError::in_complete_frame)
 }
 
@@ -75,11 +89,14 @@ fn parse_block(frame: &[u8]) -> Result<HeaderBlock, ReadError> {
         }
         _ => return Err(ReadError::malformed("unknown THeader protocol id")),
     };
-    let transforms = cursor.varint_u32()?;
-    if transforms > 0 {
-        return Err(unsupported_transform(cursor.varint_u32()?).into());
-    }
-    let info = cursor.position()..payload_start;
+    let transform = match cursor.varint_u32()? {
+        0 => None,
+        _ => Some(cursor.varint_u32()?),
+    };
+    let info = match transform {
+        Some(_) => payload_start..payload_start,
+        None => cursor.position()..payload_start,
+    };
     for header in InfoHeaders::new(block, info.clone()) {
         header?;
     }
@@ -89,10 +106,12 @@ fn parse_block(frame: &[u8]) -> Result<HeaderBlock, ReadError> {
         protocol,
         info,
         payload_start,
+        transform,
     })
 }
 
-fn unsupported_transform(id: u32) -> CodecError {
+/// The error for a message hidden by transform `id`.
+pub(crate) fn unsupported_transform(id: u32) -> CodecError {
     let name = match id {
         1 => "zlib",
         2 => "hmac",

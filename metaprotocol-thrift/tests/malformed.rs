@@ -6,11 +6,11 @@ use bytes::{BufMut, BytesMut};
 use common::{TestResult, auto_codec, codec_with, decode_all, goldens};
 use metaprotocol_core::{
     Codec, CodecError, CodecOptions, EncodeParams, FrameHead, LocalReply, LocalReplyKind,
-    MessageKind, Mutation, ResponseStatus,
+    MessageKind, Mutation, ResponseStatus, Side,
 };
 use metaprotocol_thrift::{
-    ApplicationException, FormatChoice, PROTOCOL_ERROR, Protocol, TRANSPORT, ThriftCodec,
-    ThriftFormat, Transport,
+    ApplicationException, FormatChoice, INVALID_TRANSFORM, PROTOCOL_ERROR, Protocol, TRANSPORT,
+    ThriftCodec, ThriftFormat, Transport,
 };
 use proptest::prelude::*;
 
@@ -519,16 +519,67 @@ fn replies_are_not_walked_but_marked_failed_when_unreadable() -> TestResult {
     Ok(())
 }
 
+/// A call under a THeader transform (zlib) is a call the engine refuses: its answer is an
+/// `INVALID_TRANSFORM` exception in the client's THeader protocol, of no name and seqid 0 (what
+/// Apache Thrift's servers answer), and the connection's next frame decodes. An answer under
+/// one, which names no call it could fail, and the JSON protocol are unsupported.
 #[test]
-fn theader_transforms_and_json_are_unsupported_with_a_clear_error() -> TestResult {
-    // THeader, binary protocol, one transform: zlib (1).
-    let mut frame = vec![0x0f, 0xff, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 1, 0];
-    frame.extend_from_slice(&binary_call(&[0]));
-    let error = decode_err(&CodecOptions::default(), &framed(&frame))?;
-    assert_eq!(
-        error,
-        CodecError::Unsupported("THeader transform zlib (1) is not supported".into())
-    );
+fn theader_transforms_are_refused_calls_and_json_is_unsupported() -> TestResult {
+    for (protocol, id) in [(Protocol::Binary, 0u8), (Protocol::Compact, 2)] {
+        // THeader flags 5, seq 9, one transform: zlib (1); the message is what zlib made.
+        let block = [0x0f, 0xff, 0, 5, 0, 0, 0, 9, 0, 1, id, 1, 1, 0];
+        let transformed = framed(&[&block[..], &[0x78, 0x9c, 1, 2, 3]].concat());
+        let call = match protocol {
+            Protocol::Binary => binary_call(&[0]),
+            Protocol::Compact => vec![0x82, 0x21, 1, 1, b'm', 0],
+        };
+        let plain = framed(
+            &[
+                &[0x0f, 0xff, 0, 0, 0, 0, 0, 1, 0, 1, id, 0, 0, 0][..],
+                &call,
+            ]
+            .concat(),
+        );
+        let mut codec = auto_codec();
+        let messages = decode_all(codec.as_mut(), &[transformed.clone(), plain].concat())?;
+        let [call, next] = &messages[..] else {
+            return Err(format!("{} messages", messages.len()).into());
+        };
+        assert_eq!((call.kind, call.request_id), (MessageKind::Request, 0));
+        assert!(call.reject_reason.is_some());
+        assert_eq!(next.reject_reason, None);
+        let mut out = BytesMut::new();
+        let reason = call.reject_reason.ok_or("no reason")?;
+        codec.encode_local_reply(
+            call,
+            &LocalReply::new(LocalReplyKind::BadRequest, reason),
+            &mut out,
+        )?;
+        assert_eq!(
+            &out[4..8],
+            &[0x0f, 0xff, 0, 5],
+            "THeader, the client's flags"
+        );
+        let answer = common::decode_one(&out)?;
+        assert_eq!(answer.kind, MessageKind::Response);
+        assert_eq!(answer.request_id, 0);
+        assert_eq!(answer.metadata.get("method"), Some(""));
+        assert_eq!(
+            ThriftFormat::from_variant(answer.variant),
+            Some(ThriftFormat::new(Transport::Header, protocol))
+        );
+        let exception = ApplicationException::from_message(&answer)?;
+        assert_eq!(exception.kind, INVALID_TRANSFORM, "{}", exception.message);
+        // An upstream's answer under a transform tells no call: the stream is refused.
+        let mut upstream = ThriftCodec::for_side(Side::Upstream, FormatChoice::default(), 1 << 20);
+        let error = upstream.decode(&mut BytesMut::from(&transformed[..])).err();
+        assert_eq!(
+            error,
+            Some(CodecError::Unsupported(
+                "THeader transform zlib (1) is not supported".into()
+            ))
+        );
+    }
     // Protocol id 1: JSON.
     let mut frame = vec![0x0f, 0xff, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0];
     frame.extend_from_slice(&binary_call(&[0]));

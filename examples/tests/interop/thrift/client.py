@@ -8,6 +8,8 @@ Prints one JSON object with the results. Scenarios:
                  over THeader, also the headers of the reply
   echo KEY       echoHeader(KEY), with the same THeader headers
   unknown        a call to a method the proxy has no route for; reports the exception
+  zlib           (THeader) sayHello("z") under the zlib transform, then sayHello("plain")
+                 without it on the same connection; reports the exception and the greeting
   concurrent N   N clients on N connections at once, each calling sayHello("c<i>") 5 times
                  (the Python client always sends seqid 0); reports how many replies were right
   load N STOP OUT
@@ -29,6 +31,7 @@ from greeter.ttypes import GreetError
 from thrift.protocol.THeaderProtocol import THeaderProtocol
 from thrift.Thrift import TApplicationException, TMessageType
 from thrift.transport import TSocket
+from thrift.transport.THeaderTransport import THeaderTransformID
 
 TIMEOUT_MS = 10000
 
@@ -107,6 +110,20 @@ def unknown(conn):
         e.read(proto)
         out["exception"] = app_exception(e)
     proto.readMessageEnd()
+    return out
+
+
+def zlib(conn):
+    out = {}
+    conn.proto.trans.add_transform(THeaderTransformID.ZLIB)
+    try:
+        conn.client.sayHello("z")
+        out["zlib"] = None
+    except TApplicationException as e:
+        out["zlib"] = app_exception(e)
+    # The library has no call that drops a transform: its list of them, emptied.
+    conn.proto.trans._write_transforms.clear()
+    out["hello"] = conn.client.sayHello("plain")
     return out
 
 
@@ -202,6 +219,8 @@ def main():
             out = {"echo": conn.client.echoHeader(arg)}
         elif scenario == "unknown":
             out = unknown(conn)
+        elif scenario == "zlib":
+            out = zlib(conn)
         else:
             raise SystemExit("unknown scenario " + scenario)
     finally:
