@@ -177,6 +177,67 @@ fn a_theader_call_under_a_transform_is_refused_and_the_connection_goes_on() -> T
     Ok(())
 }
 
+/// Unframed (buffered), a call over the listener's `max_frame_bytes` is passed over as it
+/// arrives and answered with a `PROTOCOL_ERROR` `TApplicationException`, and an answer over
+/// the cluster's fails its own call with an `INTERNAL_ERROR`; the client's next call on the
+/// same connection is served, and the upstream connection was never refused (before, both
+/// connections closed: an unframed message has no length to pass over).
+#[test]
+fn unframed_messages_over_the_frame_limit_fail_their_call_alone() -> TestResult {
+    let Some(scratch) = prepare("unframed-big")? else {
+        return Ok(());
+    };
+    // The name fits the cluster's limit in a call; the reply, which adds the server's long
+    // name to it, does not.
+    const NAME: usize = 2000;
+    const SERVER: &str = "upstream-with-a-long-name-for-a-larger-reply";
+    for protocol in PROTOCOLS {
+        let server = Server::start("unframed", protocol, SERVER, &scratch)?;
+        let yaml = format!(
+            "listeners:
+  - {{ name: small, address: 127.0.0.1:0, protocol: thrift, route_config: routes, codec: {{ max_frame_bytes: 1024 }} }}
+  - {{ name: in, address: 127.0.0.1:0, protocol: thrift, route_config: routes }}
+route_configs:
+  - name: routes
+    routes:{}
+clusters:
+  - name: upstream
+    codec: {{ max_frame_bytes: {} }}
+    endpoints: [ {{ address: \"{}\" }} ]
+",
+            greeter_routes("upstream"),
+            NAME + 50,
+            server.address()
+        );
+        let proxy = InProcessProxy::start(&yaml)?;
+        let name = NAME.to_string();
+        let after = format!(r#""after": "Hello, after from {SERVER}""#);
+        let small = proxy.addr("small")?.port();
+        let answer = client(small, "unframed", protocol, &["big", &name], "", &scratch)?;
+        let refused = r#""big": {"message": "bad_request: the call is larger than the listener's max_frame_bytes: passed over unread", "type": 7}"#;
+        assert_eq!(answer, format!("{{{after}, {refused}}}"), "{protocol}");
+        let port = proxy.addr("in")?.port();
+        let answer = client(port, "unframed", protocol, &["big", &name], "", &scratch)?;
+        assert!(
+            answer.starts_with(&format!(r#"{{{after}, "big": {{"message": "#))
+                && answer.ends_with(r#", "type": 6}}"#),
+            "{protocol}: {answer}"
+        );
+        let metrics = proxy.metrics();
+        let series = |name: &str| {
+            metrics
+                .lines()
+                .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let failed = "metaprotocol_upstream_rq_failures_total{cluster=\"upstream\",origin=\"upstream\",reason=\"response_too_large\"}";
+        assert_eq!(series(failed), 1.0, "{protocol}: {metrics}");
+        let refused = "metaprotocol_upstream_cx_protocol_errors_total{cluster=\"upstream\"}";
+        assert_eq!(series(refused), 0.0, "{protocol}");
+    }
+    Ok(())
+}
+
 #[test]
 fn routes_on_method_and_theader_header_and_mutates_headers() -> TestResult {
     let Some(scratch) = prepare("routing")? else {

@@ -3,7 +3,7 @@
 use bytes::BytesMut;
 use metaprotocol_core::{
     ByteStr, Codec, CodecFactory, FrameHead, LocalReply, LocalReplyKind, MAX_FRAME_HEAD, Message,
-    MessageKind, Mutation, Side, WireVariant,
+    MessageKind, Mutation, PassedOver, Side, WireVariant,
 };
 use metaprotocol_thrift::{
     Protocol, ThriftCodec, ThriftCodecFactory, ThriftFormat, ThriftOptions, Transport,
@@ -97,18 +97,21 @@ pub fn decode(data: &[u8]) {
 }
 
 /// `message` were it over the limit, on a connection speaking its format: a framed or THeader
-/// reply's head names the call it decoded as and the frame's length; a call's, a one-way
-/// call's and an unframed message's tell nothing; a prefix tells the same or `Incomplete`.
+/// reply's head names the call it decoded as and the frame's length; a call's and a one-way
+/// call's tell nothing; an unframed message's says it is passed over as it arrives; a prefix
+/// tells the same or `Incomplete`.
 fn oversized(message: &Message) {
     let format = format_of(message);
     let codec = ThriftCodec::new(format.into(), 1);
     let head = codec.oversized_response(&message.frame);
-    let expected = (message.kind == MessageKind::Response
-        && format.transport != Transport::Unframed)
-        .then_some(FrameHead::Response {
+    let expected = if format.transport == Transport::Unframed {
+        Some(FrameHead::Unsized)
+    } else {
+        (message.kind == MessageKind::Response).then_some(FrameHead::Response {
             request_id: message.request_id,
             len: message.frame.len() as u64,
-        });
+        })
+    };
     if message.frame.len() <= MAX_FRAME_HEAD {
         assert_eq!(head, expected, "{format} {:?}", message.kind);
     }
@@ -117,6 +120,44 @@ fn oversized(message: &Message) {
         assert!(
             prefix == head || prefix == Some(FrameHead::Incomplete),
             "{format}, {n} bytes: {prefix:?}"
+        );
+    }
+    if head == Some(FrameHead::Unsized) {
+        passed_over(message, format);
+    }
+}
+
+/// An unframed `message` passed over in pieces, as an upstream connection passes one too
+/// large to decode (its first read holds its message header, which told `Unsized`): it ends
+/// where its decode ended, naming the call a reply answers.
+fn passed_over(message: &Message, format: ThriftFormat) {
+    let frame = &message.frame[..];
+    let Some(head) = (1..=frame.len()).find(|&n| {
+        ThriftCodec::new(format.into(), 1).oversized_response(&frame[..n])
+            == Some(FrameHead::Unsized)
+    }) else {
+        panic!("{format}: no prefix is Unsized");
+    };
+    let answers = (message.kind == MessageKind::Response).then_some(message.request_id);
+    for piece in [1, 2, 5, 64] {
+        let mut codec = ThriftCodec::for_side(Side::Upstream, format.into(), 1);
+        let mut passed = 0;
+        let mut end = None;
+        let reads = std::iter::once(&frame[..head]).chain(frame[head..].chunks(piece));
+        for read in reads {
+            match codec.pass_over(read) {
+                Some(PassedOver::More) => passed += read.len(),
+                Some(PassedOver::End { len, request_id }) => {
+                    end = Some((passed + len, request_id));
+                    break;
+                }
+                None => panic!("{format}: cannot pass over a message it decoded"),
+            }
+        }
+        assert_eq!(
+            end,
+            Some((frame.len(), answers)),
+            "{format} in pieces of {piece}"
         );
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use metaprotocol_core::{
     Codec, CodecCounter, CodecError, CodecFactory, CodecOptions, EncodeParams, FrameHead,
-    LocalReply, Message, OptionsError, Probe, Side, WireVariant, decode_new,
+    LocalReply, Message, OptionsError, PassedOver, Probe, Side, WireVariant, decode_new,
 };
 
 use crate::decode::{self, Decoder};
@@ -66,15 +66,21 @@ impl Codec for ThriftCodec {
     }
 
     fn decode_into(&mut self, src: &mut BytesMut, slot: &mut Message) -> Result<bool, CodecError> {
-        let transport = match self.expected.transport {
-            Some(transport) => transport,
-            None => match decode::detect_transport(src) {
-                Some(transport) => transport,
-                None => return Ok(false),
-            },
-        };
-        let Some(found) = self.decoder.decode(src, transport)? else {
-            return Ok(false);
+        let found = match self.decoder.passed_call() {
+            Some(call) => call?,
+            None => {
+                let transport = match self.expected.transport {
+                    Some(transport) => transport,
+                    None => match decode::detect_transport(src) {
+                        Some(transport) => transport,
+                        None => return Ok(false),
+                    },
+                };
+                match self.decoder.decode(src, transport)? {
+                    Some(found) => found,
+                    None => return Ok(false),
+                }
+            }
         };
         let format = found.format;
         if let Some(expected) = self.expected.protocol
@@ -130,8 +136,9 @@ impl Codec for ThriftCodec {
     /// Framed and THeader frames give their length in their first word, and a `REPLY` or
     /// `EXCEPTION` names its call by the message's seqid, the request id `decode` gives (not
     /// THeader's own `seq`). `Incomplete` until the message header (and a THeader block) is
-    /// in; unframed messages, calls, one-way calls, THeader transforms and frames in another
-    /// protocol than the connection's tell nothing.
+    /// in; framed calls, one-way calls, THeader transforms and frames in another protocol than
+    /// the connection's tell nothing. An unframed message whose header is in is `Unsized`:
+    /// [`Codec::pass_over`] walks it as it arrives.
     fn oversized_response(&self, src: &[u8]) -> Option<FrameHead> {
         let transport = match self.expected.transport {
             Some(transport) => transport,
@@ -141,6 +148,14 @@ impl Codec for ThriftCodec {
             },
         };
         decode::oversized_response(src, transport, self.expected.protocol)
+    }
+
+    /// Walks an unframed message too large to decode on through each read, holding none of
+    /// it; a `REPLY` or `EXCEPTION` names its call by its seqid. Downstream, the next `decode`
+    /// gives a call that passed as a call of its name and seqid with a `reject_reason`, which
+    /// the engine answers with a `PROTOCOL_ERROR`.
+    fn pass_over(&mut self, src: &[u8]) -> Option<PassedOver> {
+        self.decoder.pass_over(src)
     }
 }
 

@@ -4,7 +4,8 @@
 //! size cap before any body byte is awaited. Unframed messages have no prefix: their end is
 //! found by walking the argument or result struct (no allocation, depth-limited); a walk that
 //! reaches the end of the buffer is kept and continued when more bytes arrive, so finding the
-//! end of a message costs time linear in its size however it is split.
+//! end of a message costs time linear in its size however it is split. One that passes the
+//! frame size cap is passed over as it arrives ([`crate::pass`]).
 //!
 //! Only the message header is decoded (and the THeader block). The argument struct of a framed
 //! or THeader call is walked to check it, and a malformed one marks the message with a
@@ -18,11 +19,12 @@ use std::ops::Range;
 use bytes::{Bytes, BytesMut};
 use metaprotocol_core::{
     CodecError, FrameHead, FrameLayout, MAX_FRAME_HEAD, Message, MessageKind, Metadata,
-    MetadataStr, ResponseStatus, Side, keys,
+    MetadataStr, PassedOver, ResponseStatus, Side, keys,
 };
 
 use crate::format::{Protocol, ThriftFormat, Transport};
 use crate::layout::Layout;
+use crate::pass::{self, Passing};
 use crate::protocol::binary;
 use crate::protocol::walk::Walk;
 use crate::protocol::{self, Checkpoint, MessageHeader, MessageType, ValueType};
@@ -69,6 +71,10 @@ pub(crate) struct Decoder {
     /// Boxed and kept once used: only connections whose messages span reads need one.
     unfinished: Option<Box<Unfinished>>,
     walked: u64,
+    /// An unframed message too large to decode, being passed over.
+    passing: Option<Box<Passing>>,
+    /// The call of one passed over, to answer (its protocol, and its message header).
+    passed_call: Option<(Protocol, Bytes)>,
 }
 
 /// An unframed message whose struct walk stopped at the end of the buffer.
@@ -88,7 +94,48 @@ impl Decoder {
             side,
             unfinished: None,
             walked: 0,
+            passing: None,
+            passed_call: None,
         }
+    }
+
+    /// Passes over the unframed message too large to decode at the front of the stream, one
+    /// read (`src`) at a time (see [`metaprotocol_core::Codec::pass_over`]): the first read
+    /// starts with the message. `None` when its header cannot be read, or its struct is
+    /// malformed. Downstream, the call that passed is then [`Decoder::passed_call`].
+    pub(crate) fn pass_over(&mut self, src: &[u8]) -> Option<PassedOver> {
+        let (mut passing, from) = match self.passing.take() {
+            Some(passing) => (passing, 0),
+            None => {
+                let (passing, from) = Passing::start(src, self.side)?;
+                (Box::new(passing), from)
+            }
+        };
+        let passed = passing.feed(src, from)?;
+        match passed {
+            PassedOver::More => self.passing = Some(passing),
+            PassedOver::End { .. } => self.passed_call = passing.call(),
+        }
+        Some(passed)
+    }
+
+    /// The call of a message passed over (once, after its end): a call of its name and seqid,
+    /// with no arguments, refused as [`PASSED_OVER`].
+    pub(crate) fn passed_call(&mut self) -> Option<Result<Found, CodecError>> {
+        let (protocol, frame) = self.passed_call.take()?;
+        let mut cursor = Cursor::in_frame(&frame, 0);
+        let header = match protocol::read_message_header(protocol, &mut cursor) {
+            Ok(header) => header,
+            Err(error) => return Some(Err(error.in_complete_frame())),
+        };
+        Some(Ok(Found {
+            frame,
+            format: ThriftFormat::new(Transport::Unframed, protocol),
+            payload_start: 0,
+            header,
+            info: None,
+            reject_reason: Some(PASSED_OVER),
+        }))
     }
 
     /// How many bytes of unframed messages the struct walks have read so far.
@@ -187,6 +234,10 @@ fn finish(
         reject_reason: None,
     }))
 }
+
+/// The `reject_reason` of an unframed call too large to decode, passed over unread.
+pub(crate) const PASSED_OVER: &str =
+    "the call is larger than the listener's max_frame_bytes: passed over unread";
 
 /// The `reject_reason` of a THeader call whose message is hidden by a transform this codec
 /// cannot undo; its local reply is an `INVALID_TRANSFORM` exception.
@@ -295,7 +346,14 @@ pub(crate) fn oversized_response(
     protocol: Option<Protocol>,
 ) -> Option<FrameHead> {
     if transport == Transport::Unframed {
-        return None;
+        // Its end is where its struct's walk ends: the codec passes it over as it arrives.
+        return match pass::head(src) {
+            Ok((found, _)) => protocol
+                .is_none_or(|protocol| protocol == found)
+                .then_some(FrameHead::Unsized),
+            Err(ReadError::Incomplete) => Some(FrameHead::Incomplete),
+            Err(ReadError::Codec(_)) => None,
+        };
     }
     let Some(&[l0, l1, l2, l3]) = src.first_chunk::<4>() else {
         return Some(FrameHead::Incomplete);

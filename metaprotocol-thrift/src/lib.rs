@@ -43,8 +43,13 @@
 //!   `FrameTooLarge` as soon as the length (or, unframed, the scanned bytes) passes the cap.
 //!   Framed or THeader, a `REPLY` or `EXCEPTION` over a cluster's cap names its call by its
 //!   seqid once its message header is in, so the engine passes over the frame and fails that
-//!   call alone ([`Codec::oversized_response`](metaprotocol_core::Codec::oversized_response));
-//!   an unframed one has no length, and its connection closes.
+//!   call alone ([`Codec::oversized_response`](metaprotocol_core::Codec::oversized_response)).
+//!   An unframed message has no length: one over the cap is walked on as it arrives and its
+//!   bytes dropped ([`Codec::pass_over`](metaprotocol_core::Codec::pass_over)), keeping only
+//!   the walk, a count of the bytes still to come of a cut string, a few bytes of any other
+//!   cut value and the message header; a reply then fails its call alone, and a call is
+//!   answered with a [`PROTOCOL_ERROR`]. A framed or THeader call over the cap closes its
+//!   connection.
 //!
 //! ```
 //! use bytes::BytesMut;
@@ -77,6 +82,7 @@ mod encode;
 mod format;
 mod layout;
 mod options;
+mod pass;
 mod probe;
 mod protocol;
 mod reply;

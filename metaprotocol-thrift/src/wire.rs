@@ -45,12 +45,34 @@ pub(crate) struct Cursor<'a> {
     pos: usize,
     /// The frame size cap: needing bytes past it is an error, not a reason to wait.
     max: usize,
+    /// Whether the buffer is one piece of a message being passed over (see
+    /// [`Cursor::passing`]).
+    passing: bool,
+    /// How many bytes of a string or binary value cut by the buffer's end are still to come.
+    overrun: usize,
 }
 
 impl<'a> Cursor<'a> {
     /// A cursor at `pos` in `buf`, with `max` as the largest frame it may read into.
     pub(crate) fn new(buf: &'a [u8], pos: usize, max: usize) -> Self {
-        Self { buf, pos, max }
+        Self {
+            buf,
+            pos,
+            max,
+            passing: false,
+            overrun: 0,
+        }
+    }
+
+    /// A cursor at `pos` in one piece of a message too large to hold, which is passed over as
+    /// its pieces arrive: a string or binary value that runs past the piece's end is taken as
+    /// far as the piece goes, the bytes still to come counted in [`Cursor::overrun`], so that
+    /// no piece needs to be kept for the next.
+    pub(crate) fn passing(buf: &'a [u8], pos: usize) -> Self {
+        Self {
+            passing: true,
+            ..Self::new(buf, pos, usize::MAX)
+        }
     }
 
     /// A cursor at `pos` in a buffer that holds a whole frame (already checked against the
@@ -85,6 +107,30 @@ impl<'a> Cursor<'a> {
             .into()),
             None => Err(ReadError::Incomplete),
         }
+    }
+
+    /// How many bytes of the last string or binary value taken are past the buffer's end (in a
+    /// [`Cursor::passing`] cursor; 0 in others).
+    pub(crate) fn overrun(&self) -> usize {
+        self.overrun
+    }
+
+    /// Sets what [`Cursor::overrun`] says, with a position restored.
+    pub(crate) fn set_overrun(&mut self, overrun: usize) {
+        self.overrun = overrun;
+    }
+
+    /// Takes the `n` bytes of a string or binary value; in a [`Cursor::passing`] cursor, those
+    /// the buffer holds of them.
+    pub(crate) fn value_bytes(&mut self, n: usize) -> Result<&'a [u8], ReadError> {
+        let held = self.buf.len().saturating_sub(self.pos);
+        if self.passing && n > held {
+            let start = self.pos;
+            self.pos = self.buf.len();
+            self.overrun = n - held;
+            return Ok(self.buf.get(start..).unwrap_or_default());
+        }
+        self.bytes(n)
     }
 
     /// Takes the next `N` bytes as an array.

@@ -192,7 +192,7 @@ fn an_oversize_response_names_its_call_and_length_for_the_engine_to_pass_over() 
 }
 
 #[test]
-fn an_oversize_call_or_unframed_message_tells_nothing() {
+fn an_oversize_call_tells_nothing_and_an_unframed_message_is_unsized() {
     let binary = || {
         ThriftCodec::new(
             ThriftFormat::new(Transport::Framed, Protocol::Binary).into(),
@@ -216,14 +216,27 @@ fn an_oversize_call_or_unframed_message_tells_nothing() {
         let (reply, _) = reply_in(transport, Protocol::Binary, false, REPLY, 7);
         assert!(counts(auto(), &reply));
     }
-    // Unframed, nothing gives the length.
+    // Unframed, nothing gives the length: the codec passes the message over as it arrives
+    // (tests/pass_over.rs), once its header is in, and in the connection's protocol.
     let (unframed, _) = reply_in(Transport::Unframed, Protocol::Binary, false, REPLY, 7);
-    assert_eq!(auto().oversized_response(&unframed), None);
-    let unframed_codec = ThriftCodec::new(
-        ThriftFormat::new(Transport::Unframed, Protocol::Binary).into(),
-        64,
+    assert_eq!(
+        auto().oversized_response(&unframed),
+        Some(FrameHead::Unsized)
     );
-    assert_eq!(unframed_codec.oversized_response(&unframed), None);
+    let unframed_codec =
+        |protocol| ThriftCodec::new(ThriftFormat::new(Transport::Unframed, protocol).into(), 64);
+    assert_eq!(
+        unframed_codec(Protocol::Binary).oversized_response(&unframed),
+        Some(FrameHead::Unsized)
+    );
+    assert_eq!(
+        unframed_codec(Protocol::Compact).oversized_response(&unframed),
+        None
+    );
+    assert_eq!(
+        auto().oversized_response(&unframed[..10]),
+        Some(FrameHead::Incomplete)
+    );
     // A compact reply on a binary connection, as `decode` would refuse it.
     let (compact, _) = reply_in(Transport::Framed, Protocol::Compact, false, REPLY, 7);
     assert_eq!(binary().oversized_response(&compact), None);

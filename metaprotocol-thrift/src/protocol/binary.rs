@@ -143,11 +143,15 @@ impl<'a> BinaryReader<'a> {
 
 impl<'a> ValueReader<'a> for BinaryReader<'a> {
     fn checkpoint(&self) -> Checkpoint {
-        Checkpoint::at(self.cursor.position())
+        Checkpoint {
+            overrun: self.cursor.overrun(),
+            ..Checkpoint::at(self.cursor.position())
+        }
     }
 
     fn restore(&mut self, at: Checkpoint) {
         self.cursor.set_position(at.position);
+        self.cursor.set_overrun(at.overrun);
     }
 
     fn struct_begin(&mut self) -> i16 {
@@ -192,7 +196,7 @@ impl<'a> ValueReader<'a> for BinaryReader<'a> {
             ValueType::Double => Scalar::Double(u64::from_be_bytes(c.array()?)),
             ValueType::Binary => {
                 let len = c.length_i32()?;
-                Scalar::Binary(c.bytes(len)?)
+                Scalar::Binary(c.value_bytes(len)?)
             }
             ValueType::Uuid => Scalar::Uuid(c.bytes(16)?),
             ValueType::Struct | ValueType::Map | ValueType::Set | ValueType::List => {

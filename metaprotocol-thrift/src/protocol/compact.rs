@@ -117,11 +117,13 @@ impl<'a> ValueReader<'a> for CompactReader<'a> {
         Checkpoint {
             position: self.cursor.position(),
             last_field_id: self.last_field_id,
+            overrun: self.cursor.overrun(),
         }
     }
 
     fn restore(&mut self, at: Checkpoint) {
         self.cursor.set_position(at.position);
+        self.cursor.set_overrun(at.overrun);
         self.last_field_id = at.last_field_id;
         self.pending_bool = None;
     }
@@ -189,7 +191,7 @@ impl<'a> ValueReader<'a> for CompactReader<'a> {
             ValueType::Double => Scalar::Double(u64::from_le_bytes(self.cursor.array()?)),
             ValueType::Binary => {
                 let len = self.cursor.length_varint()?;
-                Scalar::Binary(self.cursor.bytes(len)?)
+                Scalar::Binary(self.cursor.value_bytes(len)?)
             }
             ValueType::Uuid => Scalar::Uuid(self.cursor.bytes(16)?),
             ValueType::Struct | ValueType::Map | ValueType::Set | ValueType::List => {

@@ -92,6 +92,9 @@ pub(crate) struct Checkpoint {
     pub(crate) position: usize,
     /// The compact protocol's last field id (its field ids are deltas); 0 for binary.
     last_field_id: i16,
+    /// Passing over a message ([`pass`]): the bytes of a string cut by the buffer's end that
+    /// are still to come, after `position` (the buffer's end).
+    pub(crate) overrun: usize,
 }
 
 impl Checkpoint {
@@ -100,6 +103,7 @@ impl Checkpoint {
         Self {
             position,
             last_field_id: 0,
+            overrun: 0,
         }
     }
 }
@@ -182,6 +186,23 @@ pub(crate) fn skip(
     at: &mut Checkpoint,
 ) -> Result<(), ReadError> {
     let cursor = Cursor::new(buffer, at.position, max);
+    match protocol {
+        Protocol::Binary => resume(&mut binary::BinaryReader::new(cursor), walk, at),
+        Protocol::Compact => resume(&mut compact::CompactReader::new(cursor), walk, at),
+    }
+}
+
+/// [`skip`] over one piece of a message passed over as it arrives, not held whole: a string
+/// cut by the piece's end is taken as far as it goes, the rest counted in
+/// [`Checkpoint::overrun`] (see [`Cursor::passing`]); any other value cut is, as in `skip`, to
+/// be read again from its start.
+pub(crate) fn pass(
+    protocol: Protocol,
+    walk: &mut Walk,
+    buffer: &[u8],
+    at: &mut Checkpoint,
+) -> Result<(), ReadError> {
+    let cursor = Cursor::passing(buffer, at.position);
     match protocol {
         Protocol::Binary => resume(&mut binary::BinaryReader::new(cursor), walk, at),
         Protocol::Compact => resume(&mut compact::CompactReader::new(cursor), walk, at),

@@ -8,6 +8,8 @@ Prints one JSON object with the results. Scenarios:
                  over THeader, also the headers of the reply
   echo KEY       echoHeader(KEY), with the same THeader headers
   unknown        a call to a method the proxy has no route for; reports the exception
+  big N          sayHello of a name of N bytes, then sayHello("after") on the same connection;
+                 reports the exception (or the length of the greeting) and the greeting
   zlib           (THeader) sayHello("z") under the zlib transform, then sayHello("plain")
                  without it on the same connection; reports the exception and the greeting
   concurrent N   N clients on N connections at once, each calling sayHello("c<i>") 5 times
@@ -110,6 +112,16 @@ def unknown(conn):
         e.read(proto)
         out["exception"] = app_exception(e)
     proto.readMessageEnd()
+    return out
+
+
+def big(conn, size):
+    out = {}
+    try:
+        out["big"] = len(conn.client.sayHello("x" * size))
+    except TApplicationException as e:
+        out["big"] = app_exception(e)
+    out["after"] = conn.client.sayHello("after")
     return out
 
 
@@ -219,6 +231,8 @@ def main():
             out = {"echo": conn.client.echoHeader(arg)}
         elif scenario == "unknown":
             out = unknown(conn)
+        elif scenario == "big":
+            out = big(conn, int(arg))
         elif scenario == "zlib":
             out = zlib(conn)
         else:

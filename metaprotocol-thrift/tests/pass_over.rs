@@ -1,0 +1,198 @@
+//! Unframed messages over the frame size cap are passed over as they arrive, whatever the
+//! reads that bring them: a call is then answered (a `PROTOCOL_ERROR` of its name and seqid)
+//! and a reply fails its own call, and the stream goes on with the next message.
+
+mod common;
+
+use bytes::{Buf, BufMut, BytesMut};
+use common::TestResult;
+use metaprotocol_core::{
+    Codec, CodecError, EncodeParams, FrameHead, LocalReply, LocalReplyKind, Message, MessageKind,
+    Mutation, PassedOver, Side,
+};
+use metaprotocol_thrift::{
+    ApplicationException, FormatChoice, PROTOCOL_ERROR, Protocol, ThriftCodec, ThriftFormat,
+    Transport,
+};
+
+/// The cap of the codecs under test: every argument struct below is over it.
+const CAP: usize = 64;
+
+/// A strict binary message of `message_type` (1 CALL, 2 REPLY) named `m` with `seqid` and an
+/// argument (or result) struct with nested structs, lists, a map, a UUID and strings long and
+/// short, some far over [`CAP`].
+fn big_binary(message_type: u8, seqid: i32) -> Vec<u8> {
+    let mut b = vec![0x80, 1, 0, message_type, 0, 0, 0, 1, b'm'];
+    b.put_i32(seqid);
+    let string = |b: &mut Vec<u8>, len: usize| {
+        b.put_u32(len as u32);
+        b.extend(std::iter::repeat_n(b'x', len));
+    };
+    b.extend_from_slice(&[11, 0, 1]);
+    string(&mut b, 300);
+    b.extend_from_slice(&[15, 0, 2, 12]);
+    b.put_u32(3);
+    for n in 0..3 {
+        b.extend_from_slice(&[11, 0, 1]);
+        string(&mut b, 40 * n);
+        b.extend_from_slice(&[16, 0, 2]);
+        b.extend_from_slice(&[7; 16]);
+        b.extend_from_slice(&[13, 0, 3, 11, 10]);
+        b.put_u32(2);
+        for k in 0..2 {
+            string(&mut b, 5 + 50 * k);
+            b.put_i64(-1);
+        }
+        b.extend_from_slice(&[2, 0, 4, 1, 0]);
+    }
+    b.extend_from_slice(&[10, 0, 3]);
+    b.put_i64(i64::MIN);
+    b.put_u8(0);
+    b
+}
+
+/// A small message of `message_type` named `m` with `seqid` and one `i32` field.
+fn small_binary(message_type: u8, seqid: i32) -> Vec<u8> {
+    let mut b = vec![0x80, 1, 0, message_type, 0, 0, 0, 1, b'm'];
+    b.put_i32(seqid);
+    b.extend_from_slice(&[8, 0, 1, 0, 0, 0, 7, 0]);
+    b
+}
+
+/// `binary` (unframed, strict binary) in `protocol`, as the codec translates it.
+fn unframed(binary: &[u8], protocol: Protocol) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    let message = ThriftCodec::new(FormatChoice::default(), 1 << 20)
+        .decode(&mut BytesMut::from(binary))?
+        .ok_or("incomplete")?;
+    let mut out = BytesMut::new();
+    let params = EncodeParams {
+        request_id: message.request_id,
+        variant: ThriftFormat::new(Transport::Unframed, protocol).to_variant(),
+        mutation: &Mutation::new(),
+    };
+    ThriftCodec::new(FormatChoice::default(), 1 << 20).encode(&message, &params, &mut out)?;
+    Ok(out.to_vec())
+}
+
+/// What a connection of the engine decodes from `stream` arriving `piece` bytes a read: a
+/// message over the cap is passed over (its read dropped once the codec walked it), as
+/// `server/connection.rs` and `upstream/connection.rs` do. The ends the codec gave, and the
+/// messages.
+fn read_as_the_engine(
+    codec: &mut dyn Codec,
+    stream: &[u8],
+    piece: usize,
+) -> Result<(Vec<Option<u64>>, Vec<Message>), CodecError> {
+    let (mut ends, mut messages) = (Vec::new(), Vec::new());
+    let mut buf = BytesMut::new();
+    let mut passing = false;
+    for read in stream.chunks(piece) {
+        buf.extend_from_slice(read);
+        loop {
+            if passing {
+                match codec.pass_over(&buf) {
+                    Some(PassedOver::More) => {
+                        buf.clear();
+                        break;
+                    }
+                    Some(PassedOver::End { len, request_id }) => {
+                        buf.advance(len);
+                        ends.push(request_id);
+                        passing = false;
+                    }
+                    None => return Err(CodecError::malformed("cannot pass over")),
+                }
+            }
+            match codec.decode(&mut buf) {
+                Ok(Some(message)) => messages.push(message),
+                Ok(None) => break,
+                Err(CodecError::FrameTooLarge { .. })
+                    if codec.oversized_response(&buf) == Some(FrameHead::Unsized) =>
+                {
+                    passing = true;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    Ok((ends, messages))
+}
+
+/// An oversize call, in any pieces, is answered with a `PROTOCOL_ERROR` of its own name and
+/// seqid in its own protocol, and the call after it is decoded whole; none of its bytes are
+/// held past the read that brought them.
+#[test]
+fn an_oversize_unframed_call_is_passed_over_and_answered() -> TestResult {
+    for protocol in [Protocol::Binary, Protocol::Compact] {
+        let big = unframed(&big_binary(1, 5), protocol)?;
+        let stream = [big.clone(), unframed(&small_binary(1, 6), protocol)?].concat();
+        for piece in (1..=80).chain([big.len() - 1, big.len(), stream.len()]) {
+            let mut codec = ThriftCodec::new(FormatChoice::default(), CAP);
+            let (ends, messages) = read_as_the_engine(&mut codec, &stream, piece)?;
+            assert_eq!(ends, [None], "{protocol:?} in pieces of {piece}");
+            let [refused, next] = &messages[..] else {
+                return Err(format!("{} messages", messages.len()).into());
+            };
+            assert_eq!(
+                (refused.kind, refused.request_id),
+                (MessageKind::Request, 5)
+            );
+            assert_eq!(refused.metadata.get("method"), Some("m"));
+            assert!(refused.reject_reason.is_some());
+            assert_eq!((next.kind, next.request_id), (MessageKind::Request, 6));
+            assert_eq!(next.reject_reason, None);
+            let reason = refused.reject_reason.ok_or("no reason")?;
+            let reply = LocalReply::new(LocalReplyKind::BadRequest, reason);
+            let mut answer = BytesMut::new();
+            codec.encode_local_reply(refused, &reply, &mut answer)?;
+            let answer = common::decode_one(&answer)?;
+            assert_eq!(
+                ThriftFormat::from_variant(answer.variant),
+                Some(ThriftFormat::new(Transport::Unframed, protocol))
+            );
+            assert_eq!(answer.request_id, 5);
+            let exception = ApplicationException::from_message(&answer)?;
+            assert_eq!(exception.kind, PROTOCOL_ERROR, "{}", exception.message);
+            assert!(exception.message.contains("max_frame_bytes"));
+        }
+    }
+    Ok(())
+}
+
+/// An oversize reply names the call it answers by its seqid once it has passed, and the
+/// reply after it is decoded whole; an oversize call decoded upstream names none.
+#[test]
+fn an_oversize_unframed_reply_names_its_call() -> TestResult {
+    for protocol in [Protocol::Binary, Protocol::Compact] {
+        let stream = [
+            unframed(&big_binary(2, -9), protocol)?,
+            unframed(&small_binary(2, 10), protocol)?,
+            unframed(&big_binary(1, 11), protocol)?,
+        ]
+        .concat();
+        for piece in [1, 2, 3, 5, 16, 33, 64, 1000] {
+            let mut codec = ThriftCodec::for_side(Side::Upstream, FormatChoice::default(), CAP);
+            let (ends, messages) = read_as_the_engine(&mut codec, &stream, piece)?;
+            assert_eq!(ends, [Some(u64::from(-9i32 as u32)), None], "{piece}");
+            let ids: Vec<_> = messages.iter().map(|m| (m.kind, m.request_id)).collect();
+            assert_eq!(ids, [(MessageKind::Response, 10)], "{piece}");
+        }
+    }
+    Ok(())
+}
+
+/// A message whose struct turns out malformed while it is passed over cannot be followed: the
+/// stream is refused, as when it is decoded.
+#[test]
+fn a_malformed_message_cannot_be_passed_over() -> TestResult {
+    let mut big = big_binary(1, 5);
+    let last_field = big.len() - 12;
+    assert_eq!(big[last_field], 10);
+    big[last_field] = 99;
+    for piece in [1, 7, big.len()] {
+        let mut codec = ThriftCodec::new(FormatChoice::default(), CAP);
+        let result = read_as_the_engine(&mut codec, &big, piece);
+        assert!(result.is_err(), "{piece}");
+    }
+    Ok(())
+}
