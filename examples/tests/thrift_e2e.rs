@@ -238,6 +238,41 @@ clusters:
     Ok(())
 }
 
+/// Framed or THeader, a call over the listener's `max_frame_bytes` is passed over by its
+/// length and answered with a `PROTOCOL_ERROR` `TApplicationException` in the client's
+/// transport and protocol, and the client's next call on the same connection is served
+/// (before, the connection closed).
+#[test]
+fn length_prefixed_calls_over_the_frame_limit_are_answered() -> TestResult {
+    let Some(scratch) = prepare("framed-big")? else {
+        return Ok(());
+    };
+    for transport in ["framed", "header"] {
+        for protocol in PROTOCOLS {
+            let server = Server::start(transport, protocol, "upstream", &scratch)?;
+            let yaml = format!(
+                "listeners:
+  - {{ name: small, address: 127.0.0.1:0, protocol: thrift, route_config: routes, codec: {{ max_frame_bytes: 1024 }} }}
+route_configs:
+  - name: routes
+    routes:{}
+clusters:
+  - name: upstream
+    endpoints: [ {{ address: \"{}\" }} ]
+",
+                greeter_routes("upstream"),
+                server.address()
+            );
+            let proxy = InProcessProxy::start(&yaml)?;
+            let port = proxy.addr("small")?.port();
+            let answer = client(port, transport, protocol, &["big", "2000"], "", &scratch)?;
+            let expected = r#"{"after": "Hello, after from upstream", "big": {"message": "bad_request: the call is larger than the listener's max_frame_bytes: passed over unread", "type": 7}}"#;
+            assert_eq!(answer, expected, "{transport} {protocol}");
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn routes_on_method_and_theader_header_and_mutates_headers() -> TestResult {
     let Some(scratch) = prepare("routing")? else {

@@ -155,7 +155,12 @@ impl Codec for ThriftCodec {
     /// gives a call that passed as a call of its name and seqid with a `reject_reason`, which
     /// the engine answers with a `PROTOCOL_ERROR`.
     fn pass_over(&mut self, src: &[u8]) -> Option<PassedOver> {
-        self.decoder.pass_over(src)
+        // Read only at the message's start: later reads are from inside it.
+        let transport = self
+            .expected
+            .transport
+            .or_else(|| decode::detect_transport(src));
+        self.decoder.pass_over(src, transport)
     }
 }
 

@@ -1,7 +1,8 @@
 //! Finding frames in the byte stream and describing them as [`Message`]s.
 //!
 //! Framed and THeader frames are delimited by their length prefix, checked against the frame
-//! size cap before any body byte is awaited. Unframed messages have no prefix: their end is
+//! size cap before any body byte is awaited (once the message header is in, for the engine to
+//! pass the frame over). Unframed messages have no prefix: their end is
 //! found by walking the argument or result struct (no allocation, depth-limited); a walk that
 //! reaches the end of the buffer is kept and continued when more bytes arrive, so finding the
 //! end of a message costs time linear in its size however it is split. One that passes the
@@ -74,7 +75,7 @@ pub(crate) struct Decoder {
     /// An unframed message too large to decode, being passed over.
     passing: Option<Box<Passing>>,
     /// The call of one passed over, to answer (its protocol, and its message header).
-    passed_call: Option<(Protocol, Bytes)>,
+    passed_call: Option<(ThriftFormat, Bytes)>,
 }
 
 /// An unframed message whose struct walk stopped at the end of the buffer.
@@ -99,15 +100,20 @@ impl Decoder {
         }
     }
 
-    /// Passes over the unframed message too large to decode at the front of the stream, one
-    /// read (`src`) at a time (see [`metaprotocol_core::Codec::pass_over`]): the first read
-    /// starts with the message. `None` when its header cannot be read, or its struct is
-    /// malformed. Downstream, the call that passed is then [`Decoder::passed_call`].
-    pub(crate) fn pass_over(&mut self, src: &[u8]) -> Option<PassedOver> {
+    /// Passes over the message (of `transport`, which only the first read needs) too large to
+    /// decode at the front of the stream, one read (`src`) at a time (see [`metaprotocol_core::Codec::pass_over`]): the first
+    /// read starts with the message. `None` when its header cannot be read, or an unframed
+    /// message's struct is malformed. Downstream, the call that passed is then
+    /// [`Decoder::passed_call`].
+    pub(crate) fn pass_over(
+        &mut self,
+        src: &[u8],
+        transport: Option<Transport>,
+    ) -> Option<PassedOver> {
         let (mut passing, from) = match self.passing.take() {
             Some(passing) => (passing, 0),
             None => {
-                let (passing, from) = Passing::start(src, self.side)?;
+                let (passing, from) = Passing::start(src, transport?, self.side)?;
                 (Box::new(passing), from)
             }
         };
@@ -119,22 +125,30 @@ impl Decoder {
         Some(passed)
     }
 
-    /// The call of a message passed over (once, after its end): a call of its name and seqid,
-    /// with no arguments, refused as [`PASSED_OVER`].
+    /// The call of a message passed over (once, after its end): a call of its name and seqid
+    /// (and THeader headers), with no arguments, refused as [`PASSED_OVER`].
     pub(crate) fn passed_call(&mut self) -> Option<Result<Found, CodecError>> {
-        let (protocol, frame) = self.passed_call.take()?;
-        let mut cursor = Cursor::in_frame(&frame, 0);
-        let header = match protocol::read_message_header(protocol, &mut cursor) {
-            Ok(header) => header,
-            Err(error) => return Some(Err(error.in_complete_frame())),
+        let (format, frame) = self.passed_call.take()?;
+        let found = match format.transport {
+            Transport::Unframed => {
+                let mut cursor = Cursor::in_frame(&frame, 0);
+                protocol::read_message_header(format.protocol, &mut cursor)
+                    .map_err(ReadError::in_complete_frame)
+                    .map(|header| Found {
+                        frame,
+                        format,
+                        payload_start: 0,
+                        header,
+                        info: None,
+                        reject_reason: None,
+                    })
+            }
+            Transport::Framed | Transport::Header => delimited(frame, format.transport, self.side)
+                .and_then(|found| found.ok_or(CodecError::malformed("no call passed over"))),
         };
-        Some(Ok(Found {
-            frame,
-            format: ThriftFormat::new(Transport::Unframed, protocol),
-            payload_start: 0,
-            header,
-            info: None,
+        Some(found.map(|found| Found {
             reject_reason: Some(PASSED_OVER),
+            ..found
         }))
     }
 
@@ -152,7 +166,19 @@ impl Decoder {
     ) -> Result<Option<Found>, CodecError> {
         match transport {
             Transport::Framed | Transport::Header => {
-                let Some(total) = length_prefixed_size(src, self.max_frame_bytes)? else {
+                let total = match length_prefixed_size(src, self.max_frame_bytes) {
+                    // Refused once its message header is in (within the frame's first
+                    // MAX_FRAME_HEAD bytes), which the engine needs to pass it over and answer
+                    // its call rather than close the connection.
+                    Err(CodecError::FrameTooLarge { .. })
+                        if length_prefixed_head(src, transport, None)
+                            == Err(ReadError::Incomplete) =>
+                    {
+                        return Ok(None);
+                    }
+                    size => size?,
+                };
+                let Some(total) = total else {
                     return Ok(None);
                 };
                 delimited(src.split_to(total).freeze(), transport, self.side)
@@ -336,72 +362,94 @@ fn length_prefixed_size(
     Ok(Some(total))
 }
 
-/// The length and call of the `transport` frame at the front of `src`, a reply too large to
-/// decode (see [`metaprotocol_core::Codec::oversized_response`]): `None` unless it is a
-/// length-prefixed `REPLY` or `EXCEPTION` (of `protocol`, when the connection's is known) whose
-/// header lies within the frame and [`MAX_FRAME_HEAD`].
+/// What the head of the `transport` frame at the front of `src`, a message too large to
+/// decode, says (see [`metaprotocol_core::Codec::oversized_response`]): a length-prefixed
+/// `REPLY` or `EXCEPTION` names its call and length, and a call is passed over by its length;
+/// an unframed message is passed over as its struct's walk finds its end. `Incomplete` until
+/// the header is in; `None` for a message of another `protocol` than the connection's, or
+/// whose header does not lie within its frame and [`MAX_FRAME_HEAD`].
 pub(crate) fn oversized_response(
     src: &[u8],
     transport: Transport,
     protocol: Option<Protocol>,
 ) -> Option<FrameHead> {
-    if transport == Transport::Unframed {
-        // Its end is where its struct's walk ends: the codec passes it over as it arrives.
-        return match pass::head(src) {
-            Ok((found, _)) => protocol
-                .is_none_or(|protocol| protocol == found)
-                .then_some(FrameHead::Unsized),
-            Err(ReadError::Incomplete) => Some(FrameHead::Incomplete),
-            Err(ReadError::Codec(_)) => None,
-        };
+    let head = match transport {
+        Transport::Unframed => pass::head(src).and_then(|(found, header)| {
+            if protocol.is_some_and(|protocol| protocol != found) {
+                return Err(ReadError::malformed("a message in another protocol"));
+            }
+            Ok((header, None))
+        }),
+        Transport::Framed | Transport::Header => length_prefixed_head(src, transport, protocol)
+            .map(|(_, header, len)| (header, Some(len))),
+    };
+    match head {
+        Ok((header, Some(len))) if header.message_type.answers() => Some(FrameHead::Response {
+            request_id: u64::from(header.seqid as u32),
+            len,
+        }),
+        Ok(_) => Some(FrameHead::Unsized),
+        Err(ReadError::Incomplete) => Some(FrameHead::Incomplete),
+        Err(ReadError::Codec(_)) => None,
     }
+}
+
+/// The protocol, message header and whole length of the `transport` frame (framed or
+/// THeader) at the front of `src`: [`ReadError::Incomplete`] until the header is in, an error
+/// for one of another `protocol` than the connection's, or whose header does not lie within
+/// the frame and [`MAX_FRAME_HEAD`].
+pub(crate) fn length_prefixed_head(
+    src: &[u8],
+    transport: Transport,
+    protocol: Option<Protocol>,
+) -> Result<(Protocol, MessageHeader, u64), ReadError> {
     let Some(&[l0, l1, l2, l3]) = src.first_chunk::<4>() else {
-        return Some(FrameHead::Incomplete);
+        return Err(ReadError::Incomplete);
     };
     let len = 4 + u64::from(u32::from_be_bytes([l0, l1, l2, l3]));
     // What has arrived of the frame, and how far its header may reach.
     let end = usize::try_from(len).unwrap_or(usize::MAX);
-    let frame = src.get(..end.min(src.len()))?;
+    let frame = src.get(..end.min(src.len())).unwrap_or_default();
     let within = end.min(MAX_FRAME_HEAD);
+    let beyond = ReadError::malformed("the message header is not within the frame's head");
     let (found, payload_start) = if transport == Transport::Header {
         let Some(&[_, _, _, _, m0, m1, .., w0, w1]) =
             frame.first_chunk::<{ theader::BLOCK_START }>()
         else {
-            return (within >= theader::BLOCK_START).then_some(FrameHead::Incomplete);
+            return Err(if within >= theader::BLOCK_START {
+                ReadError::Incomplete
+            } else {
+                beyond
+            });
         };
         if [m0, m1] != theader::MAGIC {
-            return None;
+            return Err(ReadError::malformed("missing THeader magic"));
         }
         let payload_start = theader::BLOCK_START + usize::from(u16::from_be_bytes([w0, w1])) * 4;
         if payload_start > within {
-            return None;
+            return Err(beyond);
         }
         if payload_start > frame.len() {
-            return Some(FrameHead::Incomplete);
+            return Err(ReadError::Incomplete);
         }
-        let block = theader::parse(frame).ok()?;
+        let block = theader::parse(frame)?;
         (block.protocol, block.payload_start)
     } else {
         let Some(&first) = frame.get(4) else {
-            return (within > 4).then_some(FrameHead::Incomplete);
+            return Err(if within > 4 {
+                ReadError::Incomplete
+            } else {
+                beyond
+            });
         };
         (Protocol::of_message_starting_with(first), 4)
     };
     if protocol.is_some_and(|protocol| protocol != found) {
-        return None;
+        return Err(ReadError::malformed("a frame in another protocol"));
     }
     let mut cursor = Cursor::new(frame, payload_start, within);
-    match protocol::read_message_header(found, &mut cursor) {
-        Ok(header) => match header.message_type {
-            MessageType::Reply | MessageType::Exception => Some(FrameHead::Response {
-                request_id: u64::from(header.seqid as u32),
-                len,
-            }),
-            MessageType::Call | MessageType::Oneway => None,
-        },
-        Err(ReadError::Incomplete) => Some(FrameHead::Incomplete),
-        Err(ReadError::Codec(_)) => None,
-    }
+    let header = protocol::read_message_header(found, &mut cursor)?;
+    Ok((found, header, len))
 }
 
 /// A whole message split off the stream, read as far as its [`Message`] needs.

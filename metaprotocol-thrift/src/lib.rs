@@ -40,16 +40,17 @@
 //!   [`INVALID_TRANSFORM`] exception, as Apache Thrift's servers do, and keeps the connection.
 //!   A transformed answer, and the JSON protocol, are refused with
 //!   [`CodecError::Unsupported`](metaprotocol_core::CodecError); over-long frames with
-//!   `FrameTooLarge` as soon as the length (or, unframed, the scanned bytes) passes the cap.
+//!   `FrameTooLarge` once the message header is in and the length (or, unframed, the scanned
+//!   bytes) passes the cap.
 //!   Framed or THeader, a `REPLY` or `EXCEPTION` over a cluster's cap names its call by its
 //!   seqid once its message header is in, so the engine passes over the frame and fails that
 //!   call alone ([`Codec::oversized_response`](metaprotocol_core::Codec::oversized_response)).
 //!   An unframed message has no length: one over the cap is walked on as it arrives and its
 //!   bytes dropped ([`Codec::pass_over`](metaprotocol_core::Codec::pass_over)), keeping only
 //!   the walk, a count of the bytes still to come of a cut string, a few bytes of any other
-//!   cut value and the message header; a reply then fails its call alone, and a call is
-//!   answered with a [`PROTOCOL_ERROR`]. A framed or THeader call over the cap closes its
-//!   connection.
+//!   cut value and the message header; a reply then fails its call alone. A call over the cap,
+//!   in any transport, is passed over (framed or THeader, by its length) and answered with a
+//!   [`PROTOCOL_ERROR`]; the decoder refuses it once its message header is in.
 //!
 //! ```
 //! use bytes::BytesMut;

@@ -44,8 +44,11 @@ fn framed(payload: &[u8]) -> Vec<u8> {
 
 #[test]
 fn an_oversized_length_fails_before_the_body_arrives() -> TestResult {
+    // Once the message header is in: the engine needs it to answer the call.
     let mut codec = codec_with(&small(1024))?;
     let mut src = BytesMut::from(&[0u8, 0, 0x10, 0, 0x80, 1][..]);
+    assert!(matches!(codec.decode(&mut src), Ok(None)));
+    src.extend_from_slice(&[0, 1, 0, 0, 0, 1, b'm', 0, 0, 0, 1]);
     assert!(matches!(
         codec.decode(&mut src),
         Err(CodecError::FrameTooLarge {
@@ -56,6 +59,18 @@ fn an_oversized_length_fails_before_the_body_arrives() -> TestResult {
     let mut header = BytesMut::from(&[0u8, 0, 0x10, 0, 0x0f, 0xff][..]);
     assert!(matches!(
         codec_with(&small(1024))?.decode(&mut header),
+        Ok(None)
+    ));
+    header.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]);
+    header.extend_from_slice(&binary_call(&[]));
+    assert!(matches!(
+        codec_with(&small(1024))?.decode(&mut header),
+        Err(CodecError::FrameTooLarge { .. })
+    ));
+    // A header that is not within the frame's first 64 KiB is not waited for.
+    let mut long_name = BytesMut::from(&[0u8, 0x10, 0, 0, 0x80, 1, 0, 1, 0, 1, 0, 0][..]);
+    assert!(matches!(
+        codec.decode(&mut long_name),
         Err(CodecError::FrameTooLarge { .. })
     ));
     Ok(())
@@ -192,7 +207,7 @@ fn an_oversize_response_names_its_call_and_length_for_the_engine_to_pass_over() 
 }
 
 #[test]
-fn an_oversize_call_tells_nothing_and_an_unframed_message_is_unsized() {
+fn an_oversize_call_or_unframed_message_is_unsized_and_a_reply_names_its_call() {
     let binary = || {
         ThriftCodec::new(
             ThriftFormat::new(Transport::Framed, Protocol::Binary).into(),
@@ -207,11 +222,12 @@ fn an_oversize_call_tells_nothing_and_an_unframed_message_is_unsized() {
             Some(FrameHead::Response { .. })
         )
     };
-    // Calls and one-way calls answer nothing.
+    // Calls and one-way calls answer nothing: the codec passes them over by their length
+    // (tests/pass_over.rs).
     for transport in [Transport::Framed, Transport::Header] {
         for message_type in [CALL, ONEWAY] {
             let (frame, _) = reply_in(transport, Protocol::Binary, false, message_type, 7);
-            assert_eq!(auto().oversized_response(&frame), None);
+            assert_eq!(auto().oversized_response(&frame), Some(FrameHead::Unsized));
         }
         let (reply, _) = reply_in(transport, Protocol::Binary, false, REPLY, 7);
         assert!(counts(auto(), &reply));

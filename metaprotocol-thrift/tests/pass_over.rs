@@ -61,13 +61,18 @@ fn small_binary(message_type: u8, seqid: i32) -> Vec<u8> {
 
 /// `binary` (unframed, strict binary) in `protocol`, as the codec translates it.
 fn unframed(binary: &[u8], protocol: Protocol) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    translated(binary, ThriftFormat::new(Transport::Unframed, protocol))
+}
+
+/// `binary` (unframed, strict binary) in `format`, as the codec translates it.
+fn translated(binary: &[u8], format: ThriftFormat) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
     let message = ThriftCodec::new(FormatChoice::default(), 1 << 20)
         .decode(&mut BytesMut::from(binary))?
         .ok_or("incomplete")?;
     let mut out = BytesMut::new();
     let params = EncodeParams {
         request_id: message.request_id,
-        variant: ThriftFormat::new(Transport::Unframed, protocol).to_variant(),
+        variant: format.to_variant(),
         mutation: &Mutation::new(),
     };
     ThriftCodec::new(FormatChoice::default(), 1 << 20).encode(&message, &params, &mut out)?;
@@ -154,6 +159,45 @@ fn an_oversize_unframed_call_is_passed_over_and_answered() -> TestResult {
             let exception = ApplicationException::from_message(&answer)?;
             assert_eq!(exception.kind, PROTOCOL_ERROR, "{}", exception.message);
             assert!(exception.message.contains("max_frame_bytes"));
+        }
+    }
+    Ok(())
+}
+
+/// A framed or THeader call over the cap is passed over by its length, in any pieces, and
+/// answered as an unframed one is, in its own transport and protocol.
+#[test]
+fn an_oversize_length_prefixed_call_is_passed_over_and_answered() -> TestResult {
+    for transport in [Transport::Framed, Transport::Header] {
+        for protocol in [Protocol::Binary, Protocol::Compact] {
+            let format = ThriftFormat::new(transport, protocol);
+            let big = translated(&big_binary(1, 5), format)?;
+            let stream = [big.clone(), translated(&small_binary(1, 6), format)?].concat();
+            for piece in [1, 2, 3, 7, 64, big.len() - 1, big.len(), stream.len()] {
+                let mut codec = ThriftCodec::new(FormatChoice::default(), 2 * CAP);
+                let (ends, messages) = read_as_the_engine(&mut codec, &stream, piece)?;
+                assert_eq!(ends, [None], "{format} in pieces of {piece}");
+                let ids: Vec<_> = messages
+                    .iter()
+                    .map(|m| (m.request_id, m.reject_reason.is_some()))
+                    .collect();
+                assert_eq!(
+                    ids,
+                    [(5, true), (6, false)],
+                    "{format} in pieces of {piece}"
+                );
+                let refused = &messages[0];
+                assert_eq!(refused.metadata.get("method"), Some("m"));
+                let reason = refused.reject_reason.ok_or("no reason")?;
+                let reply = LocalReply::new(LocalReplyKind::BadRequest, reason);
+                let mut answer = BytesMut::new();
+                codec.encode_local_reply(refused, &reply, &mut answer)?;
+                let answer = common::decode_one(&answer)?;
+                assert_eq!(ThriftFormat::from_variant(answer.variant), Some(format));
+                assert_eq!(answer.request_id, 5);
+                let exception = ApplicationException::from_message(&answer)?;
+                assert_eq!(exception.kind, PROTOCOL_ERROR, "{}", exception.message);
+            }
         }
     }
     Ok(())

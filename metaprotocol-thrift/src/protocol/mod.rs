@@ -61,6 +61,11 @@ pub(crate) enum MessageType {
 }
 
 impl MessageType {
+    /// Whether a message of this type answers a call.
+    pub(crate) const fn answers(self) -> bool {
+        matches!(self, Self::Reply | Self::Exception)
+    }
+
     pub(crate) fn from_wire(value: u8) -> Result<Self, ReadError> {
         match value {
             1 => Ok(Self::Call),
