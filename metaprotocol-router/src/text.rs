@@ -1,5 +1,6 @@
 //! Text that clients choose, made safe to keep and to write: cut to a bound (access log
-//! lines, trace spans), its control characters escaped (text log lines).
+//! lines, trace spans), its control characters, quotes and backslashes escaped (text log
+//! lines).
 
 /// `text` cut to at most `max` bytes, at a character boundary.
 pub(crate) fn cut(text: &str, max: usize) -> &str {
@@ -14,14 +15,17 @@ pub(crate) fn cut(text: &str, max: usize) -> &str {
 }
 
 /// Appends `text` to `out` with its control characters escaped (`\n`, `\r`, `\t`, else
-/// `\u{..}`): a value a client chose cannot start a line of its own.
+/// `\u{..}`), and its quotes and backslashes (`\"`, `\\`): a value a client chose cannot start
+/// a line of its own, nor end the quotes a format puts around it and forge the fields after.
 pub(crate) fn push_escaped(out: &mut String, text: &str) {
-    if !text.chars().any(char::is_control) {
+    if !text.chars().any(needs_escape) {
         out.push_str(text);
         return;
     }
     for c in text.chars() {
         match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
@@ -29,6 +33,10 @@ pub(crate) fn push_escaped(out: &mut String, text: &str) {
             c => out.push(c),
         }
     }
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control() || c == '"' || c == '\\'
 }
 
 #[cfg(test)]
@@ -45,10 +53,13 @@ mod tests {
     }
 
     #[test]
-    fn control_characters_are_escaped() {
+    fn control_characters_quotes_and_backslashes_are_escaped() {
         let mut out = String::new();
         push_escaped(&mut out, "ok");
         push_escaped(&mut out, " a\nb\r\tc\u{1b}[0m");
         assert_eq!(out, "ok a\\nb\\r\\tc\\u{1b}[0m");
+        out.clear();
+        push_escaped(&mut out, r#"say "hi" \ bye\"#);
+        assert_eq!(out, r#"say \"hi\" \\ bye\\"#);
     }
 }

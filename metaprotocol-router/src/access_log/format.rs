@@ -266,7 +266,8 @@ impl LogFormat {
                         Piece::Text(text) => out.push_str(text),
                         Piece::Operator(op) => match value(op, entry) {
                             Value::None => out.push('-'),
-                            // Values clients choose: none may start a line of its own.
+                            // Values clients choose: none may start a line of its own, nor end the quotes
+                            // around it.
                             Value::Text(text) => crate::text::push_escaped(out, &text),
                             Value::Number(n) => {
                                 let _ = write!(out, "{n}");
@@ -455,6 +456,52 @@ mod tests {
         }
         assert!(check(TEXT).is_ok());
         assert!(JSON.iter().all(|(_, f)| check(f).is_ok()));
+    }
+
+    /// The default text line quotes what clients choose: a quote in a value must not end its
+    /// field, or a client would write the fields after it (the outcome, the route ...).
+    #[test]
+    fn a_quote_in_a_value_cannot_end_its_field_in_a_text_line() -> Result<(), String> {
+        use std::sync::Arc;
+
+        use metaprotocol_core::{ByteStr, ConnectionInfo, ResponseFlags};
+
+        use crate::stats::RequestOutcome;
+
+        let format = LogFormat::text(TEXT)?;
+        assert_eq!(format.keys(), ["service", "method"]);
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+        let entry = LogEntry {
+            start_time: UNIX_EPOCH,
+            duration: None,
+            connection: Arc::new(ConnectionInfo::new("in".into(), addr, addr)),
+            protocol: "dubbo",
+            route: None,
+            cluster: None,
+            endpoint: None,
+            outcome: RequestOutcome::SUCCESS,
+            flags: ResponseFlags::default(),
+            request_id: 1,
+            trace_id: None,
+            attempts: 1,
+            bytes_received: 0,
+            bytes_sent: 0,
+            metadata: [
+                Some(ByteStr::from_static(r"svc\")),
+                Some(ByteStr::from_static(r#"get" admin_route success "x"#)),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let mut line = String::new();
+        format.write(&entry, &mut line);
+        assert!(
+            line.starts_with(
+                r#"[1970-01-01T00:00:00.000Z] "svc\\ get\" admin_route success \"x dubbo" success "#
+            ),
+            "{line}"
+        );
+        Ok(())
     }
 
     #[test]
