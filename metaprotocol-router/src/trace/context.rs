@@ -41,14 +41,14 @@ fn w3c(metadata: &Metadata) -> Option<Incoming> {
     let header = metadata.get("traceparent")?;
     let mut parts = header.splitn(5, '-');
     let version = parts.next().filter(|v| v.len() == 2 && *v != "ff")?;
+    hex_u8(version)?;
     let trace_id = hex_u128(parts.next().filter(|t| t.len() == 32)?)?;
     let span_id = hex_u64(parts.next().filter(|s| s.len() == 16)?)?;
-    let flags = u8::from_str_radix(parts.next().filter(|f| f.len() == 2)?, 16).ok()?;
+    let flags = hex_u8(parts.next().filter(|f| f.len() == 2)?)?;
     // Version 00 has exactly four fields; later versions may add more.
     if version == "00" && parts.next().is_some() {
         return None;
     }
-    u8::from_str_radix(version, 16).ok()?;
     let tracestate = metadata
         .get("tracestate")
         .filter(|s| !s.is_empty() && s.len() <= MAX_TRACESTATE)
@@ -130,6 +130,12 @@ fn b3_trace_id(text: &str) -> Option<u128> {
 fn hex_u128(text: &str) -> Option<u128> {
     lower_hex(text)
         .then(|| u128::from_str_radix(text, 16).ok())
+        .flatten()
+}
+
+fn hex_u8(text: &str) -> Option<u8> {
+    lower_hex(text)
+        .then(|| u8::from_str_radix(text, 16).ok())
         .flatten()
 }
 
@@ -244,6 +250,32 @@ mod tests {
         .into_iter()
         .collect();
         assert!(extract(&future).is_some_and(|i| !i.sampled));
+    }
+
+    /// Version and flags are lowercase hex digits, as the ids are: `FF` is not a future version
+    /// (it is `ff`, which is forbidden), and a sign is no digit.
+    #[test]
+    fn traceparent_version_and_flags_are_lowercase_hex() {
+        for bad in [
+            "FF-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "0A-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "+1-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0B",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-+1",
+        ] {
+            let md: Metadata = [(
+                ByteStr::from_static("traceparent"),
+                ByteStr::from_static(bad),
+            )]
+            .into_iter()
+            .collect();
+            assert_eq!(extract(&md), None, "{bad}");
+        }
+        let future = metadata(&[(
+            "traceparent",
+            "0a-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0b",
+        )]);
+        assert!(extract(&future).is_some_and(|i| i.sampled));
     }
 
     #[test]
