@@ -21,8 +21,9 @@ pub(crate) enum Source {
 pub(crate) struct Incoming {
     pub trace_id: u128,
     pub span_id: u64,
-    /// The caller's sampling decision (bRPC, which has none, counts as sampled).
-    pub sampled: bool,
+    /// The caller's sampling decision; `None` when it left the decision to us (B3 without a
+    /// sampling state). bRPC, which has no flag, counts as sampled.
+    pub sampled: Option<bool>,
     /// W3C `tracestate`, carried on unchanged.
     pub tracestate: Option<ByteStr>,
     pub source: Source,
@@ -56,7 +57,7 @@ fn w3c(metadata: &Metadata) -> Option<Incoming> {
     valid(Incoming {
         trace_id,
         span_id,
-        sampled: flags & 1 == 1,
+        sampled: Some(flags & 1 == 1),
         tracestate,
         source: Source::W3c,
     })
@@ -68,8 +69,9 @@ fn b3_single(metadata: &Metadata) -> Option<Incoming> {
     let trace_id = b3_trace_id(parts.next()?)?;
     let span_id = hex_u64(parts.next().filter(|s| s.len() == 16)?)?;
     let sampled = match parts.next() {
-        None | Some("1" | "d") => true,
-        Some("0") => false,
+        None => None,
+        Some("1" | "d") => Some(true),
+        Some("0") => Some(false),
         Some(_) => return None,
     };
     b3(trace_id, span_id, sampled)
@@ -78,17 +80,17 @@ fn b3_single(metadata: &Metadata) -> Option<Incoming> {
 fn b3_multi(metadata: &Metadata) -> Option<Incoming> {
     let trace_id = b3_trace_id(metadata.get("x-b3-traceid")?)?;
     let span_id = hex_u64(metadata.get("x-b3-spanid").filter(|s| s.len() == 16)?)?;
-    let debug = metadata.get("x-b3-flags") == Some("1");
-    let sampled = debug
-        || match metadata.get("x-b3-sampled") {
-            None | Some("1" | "true") => true,
-            Some(_) => false,
-        };
+    let sampled = match (metadata.get("x-b3-flags"), metadata.get("x-b3-sampled")) {
+        // Debug implies sampled.
+        (Some("1"), _) | (_, Some("1" | "true")) => Some(true),
+        (_, None) => None,
+        (_, Some(_)) => Some(false),
+    };
     b3(trace_id, span_id, sampled)
 }
 
 /// A B3 context (B3 has no `tracestate`), if its ids are valid.
-fn b3(trace_id: u128, span_id: u64, sampled: bool) -> Option<Incoming> {
+fn b3(trace_id: u128, span_id: u64, sampled: Option<bool>) -> Option<Incoming> {
     valid(Incoming {
         trace_id,
         span_id,
@@ -107,7 +109,7 @@ fn brpc(metadata: &Metadata) -> Option<Incoming> {
     valid(Incoming {
         trace_id: u128::from(number("trace_id")?),
         span_id: number("span_id")?,
-        sampled: true,
+        sampled: Some(true),
         tracestate: None,
         source: Source::Brpc,
     })
@@ -222,7 +224,7 @@ mod tests {
             Some(Incoming {
                 trace_id: TRACE,
                 span_id: SPAN,
-                sampled: true,
+                sampled: Some(true),
                 tracestate: Some(ByteStr::from_static("congo=t61rcWkgMzE")),
                 source: Source::W3c,
             })
@@ -249,7 +251,7 @@ mod tests {
         )]
         .into_iter()
         .collect();
-        assert!(extract(&future).is_some_and(|i| !i.sampled));
+        assert!(extract(&future).is_some_and(|i| i.sampled == Some(false)));
     }
 
     /// Version and flags are lowercase hex digits, as the ids are: `FF` is not a future version
@@ -275,23 +277,25 @@ mod tests {
             "traceparent",
             "0a-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0b",
         )]);
-        assert!(extract(&future).is_some_and(|i| i.sampled));
+        assert!(extract(&future).is_some_and(|i| i.sampled == Some(true)));
     }
 
     #[test]
     fn b3_single_multi_and_brpc() {
         let single = metadata(&[("b3", "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0")]);
-        assert!(
-            extract(&single)
-                .is_some_and(|i| i.trace_id == TRACE && !i.sampled && i.source == Source::B3)
-        );
+        assert!(extract(&single).is_some_and(|i| i.trace_id == TRACE
+            && i.sampled == Some(false)
+            && i.source == Source::B3));
         let multi = metadata(&[
             ("x-b3-traceid", "a3ce929d0e0e4736"),
             ("x-b3-spanid", "00f067aa0ba902b7"),
             ("x-b3-sampled", "0"),
             ("x-b3-flags", "1"),
         ]);
-        assert!(extract(&multi).is_some_and(|i| i.trace_id == 0xa3ce_929d_0e0e_4736 && i.sampled));
+        assert!(
+            extract(&multi)
+                .is_some_and(|i| i.trace_id == 0xa3ce_929d_0e0e_4736 && i.sampled == Some(true))
+        );
         let brpc = metadata(&[("trace_id", "-2"), ("span_id", "77")]);
         assert!(
             extract(&brpc).is_some_and(|i| i.trace_id == u128::from(u64::MAX - 1)

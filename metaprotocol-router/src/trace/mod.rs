@@ -85,12 +85,14 @@ impl Tracer {
         let trace_id = incoming
             .as_ref()
             .map_or_else(|| fastrand::u128(1..), |i| i.trace_id);
-        let sampled = match &incoming {
-            Some(incoming) if self.parent_based => incoming.sampled,
-            _ => self
-                .sample_below
-                .is_none_or(|below| (trace_id as u64) < below),
-        };
+        let callers = incoming
+            .as_ref()
+            .and_then(|incoming| incoming.sampled)
+            .filter(|_| self.parent_based);
+        let sampled = callers.unwrap_or_else(|| {
+            self.sample_below
+                .is_none_or(|below| (trace_id as u64) < below)
+        });
         Box::new(RequestSpan {
             trace_id,
             span_id: span_id(),
@@ -402,5 +404,67 @@ fn rpc_system(protocol: &'static str) -> &'static str {
         "dubbo" => "apache_dubbo",
         "thrift" => "apache_thrift",
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use metaprotocol_core::{MessageKind, Metadata};
+
+    use super::*;
+    use crate::stats::Metrics;
+
+    /// A tracer sampling `sampling`% of new traces, following the caller's decision.
+    fn tracer(sampling: f64, sinks: &SpanSinks) -> Result<Tracer, String> {
+        let spec = TracingSpec {
+            otlp_endpoint: "http://127.0.0.1:1".to_owned(),
+            sampling,
+            parent_based: true,
+            service_name: "test".to_owned(),
+            propagation: vec![Propagation::W3c],
+            max_queue_size: 8,
+            max_export_batch_size: 8,
+            export_interval: Duration::from_secs(1),
+            export_timeout: Duration::from_secs(1),
+        };
+        Tracer::new(&spec, "dubbo", &Metrics::new().root(), sinks).map_err(|e| e.to_string())
+    }
+
+    fn request(metadata: &[(&'static str, &'static str)]) -> Message {
+        let mut request = Message::new(MessageKind::Request, 1, Bytes::new());
+        request.metadata = Metadata::from_iter(metadata.iter().copied());
+        request
+    }
+
+    /// B3 without a sampling state defers the decision to the receiver: the configured ratio
+    /// decides, as for a new trace (`parent_based` follows a decision the caller made).
+    #[tokio::test]
+    async fn a_b3_context_without_a_sampling_decision_is_sampled_by_the_ratio() -> Result<(), String>
+    {
+        let sinks = SpanSinks::default();
+        let never = tracer(0.0, &sinks)?;
+        let (trace, span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+        let single = "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7";
+        let deferred = [
+            request(&[("b3", single)]),
+            request(&[("x-b3-traceid", trace), ("x-b3-spanid", span)]),
+        ];
+        for request in &deferred {
+            let started = never.start(request);
+            assert_eq!(started.trace_id, 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736);
+            assert!(!started.sampled, "{:?}", request.metadata);
+        }
+        let decided = request(&[
+            ("x-b3-traceid", trace),
+            ("x-b3-spanid", span),
+            ("x-b3-sampled", "1"),
+        ]);
+        assert!(never.start(&decided).sampled, "the caller's decision");
+        let always = tracer(100.0, &sinks)?;
+        assert!(deferred.iter().all(|request| always.start(request).sampled));
+        Ok(())
     }
 }
