@@ -7,6 +7,8 @@ use metaprotocol_core::{ByteStr, Metadata, Mutation};
 
 /// The longest `tracestate` carried on; a longer one is dropped, as W3C allows.
 const MAX_TRACESTATE: usize = 512;
+/// The most list members a `tracestate` may have (W3C); one with more is dropped.
+const MAX_TRACESTATE_MEMBERS: usize = 32;
 
 /// Where an incoming context came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +55,7 @@ fn w3c(metadata: &Metadata) -> Option<Incoming> {
     let tracestate = metadata
         .get("tracestate")
         .filter(|s| !s.is_empty() && s.len() <= MAX_TRACESTATE)
+        .filter(|s| list_members(s) <= MAX_TRACESTATE_MEMBERS)
         .and_then(|_| metadata.get_shared("tracestate"));
     valid(Incoming {
         trace_id,
@@ -61,6 +64,14 @@ fn w3c(metadata: &Metadata) -> Option<Incoming> {
         tracestate,
         source: Source::W3c,
     })
+}
+
+/// The members of a `tracestate` list (empty ones, which W3C allows, are not members).
+fn list_members(tracestate: &str) -> usize {
+    tracestate
+        .split(',')
+        .filter(|member| !member.trim_matches([' ', '\t']).is_empty())
+        .count()
 }
 
 /// `b3: {trace}-{span}[-{sampled}[-{parent}]]`.
@@ -252,6 +263,38 @@ mod tests {
         .into_iter()
         .collect();
         assert!(extract(&future).is_some_and(|i| i.sampled == Some(false)));
+    }
+
+    /// W3C allows 32 list members in a `tracestate`: one with more is not carried on.
+    #[test]
+    fn a_tracestate_of_more_than_32_members_is_dropped() {
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let state = |members: usize| {
+            let list: Vec<String> = (0..members).map(|i| format!("k{i}=v")).collect();
+            // Empty members (and blanks) are allowed, and are no members.
+            format!("{}, ,", list.join(","))
+        };
+        for (members, kept) in [(32, true), (33, false)] {
+            let md: Metadata = [
+                (
+                    ByteStr::from_static("traceparent"),
+                    ByteStr::from_static(traceparent),
+                ),
+                (
+                    ByteStr::from_static("tracestate"),
+                    ByteStr::from(state(members)),
+                ),
+            ]
+            .into_iter()
+            .collect();
+            let incoming = extract(&md);
+            assert!(incoming.is_some(), "the traceparent stands");
+            assert_eq!(
+                incoming.and_then(|i| i.tracestate).is_some(),
+                kept,
+                "{members} members"
+            );
+        }
     }
 
     /// Version and flags are lowercase hex digits, as the ids are: `FF` is not a future version
