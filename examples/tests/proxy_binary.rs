@@ -254,6 +254,61 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
     Ok(())
 }
 
+/// The access log lines still queued when the drain ends are written before the process exits
+/// (it used to exit with them). The log is a pipe nobody reads until the proxy has had time to
+/// exit: its writer waits for a reader, and the proxy waits for its writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_writes_the_access_log_lines_still_queued_before_it_exits() -> TestResult {
+    let provider = DemoProvider::start("v1").await?;
+    let scratch = Scratch::new("proxy-binary-access-log-flush")?;
+    let address = free_addr()?;
+    let fifo = scratch.path("access.fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status()?.success());
+    let config = format!(
+        "listeners:
+  - name: in
+    address: {address}
+    protocol: dubbo
+    route_config: r
+    access_log: {{ path: \"{}\", format: \"%REQ(method)% %OUTCOME%\" }}
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
+clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
+",
+        fifo.display(),
+        provider.address()
+    );
+    let mut proxy =
+        block_in_place(|| BinaryProxy::start(&config, &["--drain-time", "1s"], address, &scratch))?;
+    let client = DubboClient::new(address);
+    assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, 20);
+    drop(client);
+    signal(proxy.pid(), "TERM")?;
+    // Time to drain and exit, had the proxy not waited for its writer.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut exited = false;
+    while !exited && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        exited = proxy.check_running().is_err();
+    }
+
+    // Opening the pipe blocks until a writer opens it too: a thread of its own, waited on for a
+    // while.
+    let (read, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = read.send(std::fs::read_to_string(&fifo));
+    });
+    let written = block_in_place(|| lines.recv_timeout(Duration::from_secs(10))).map_err(|_| {
+        format!(
+            "no access log line was written (the proxy had exited: {exited}): {}",
+            proxy.stderr_tail()
+        )
+    })?;
+    assert_eq!(written?, "sayHello success\n");
+    let status = block_in_place(|| proxy.wait(Duration::from_secs(10)))?;
+    assert!(status.success(), "exit status {status}");
+    Ok(())
+}
+
 #[test]
 fn demo_routes_as_advertised() -> TestResult {
     let out = Command::new(BINARY).arg("demo").output()?;

@@ -2,7 +2,8 @@
 //! slow or stuck disk (or a pipe nobody reads) never slows a request: when the queue is full,
 //! lines are dropped and counted, and a request finds that out before capturing its line (one
 //! atomic load: no lock, no system call, no wakeup of the writer). Listeners logging to one path
-//! share its writer.
+//! share its writer. At shutdown the proxy waits, for a while, until the writers have written
+//! what was queued ([`Sinks::flush_all`]): the process would otherwise exit with those lines.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -10,6 +11,10 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use super::LogEntry;
 use super::format::LogFormat;
@@ -20,16 +25,28 @@ use crate::stats::{Metrics, MetricsScope};
 /// Bytes of lines gathered before one write.
 const WRITE_BATCH: usize = 64 * 1024;
 
+/// How often a flush looks again for room in a full queue.
+const FLUSH_RETRY: Duration = Duration::from_millis(10);
+
 /// A line on its way to the writer: formatted there, off the request path.
 struct Line {
     format: Arc<LogFormat>,
     entry: LogEntry,
 }
 
+/// What the writer's queue carries. Lines go unboxed (a box would cost a request an
+/// allocation); the rare flush takes a line's room.
+#[allow(clippy::large_enum_variant)]
+enum Queued {
+    Line(Line),
+    /// Answered once every line queued before it is written.
+    Flush(oneshot::Sender<()>),
+}
+
 /// The writer of one path.
 #[derive(Debug)]
 pub(crate) struct Sink {
-    sender: SyncSender<Line>,
+    sender: SyncSender<Queued>,
     /// The queue's places, taken before a line is captured, given back by the writer.
     backlog: Arc<Backlog>,
     reopen: Arc<AtomicBool>,
@@ -53,7 +70,7 @@ impl Sink {
             format: format.clone(),
             entry: entry(),
         };
-        match self.sender.try_send(line) {
+        match self.sender.try_send(Queued::Line(line)) {
             Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.backlog.give_back(1);
@@ -66,6 +83,24 @@ impl Sink {
     /// it).
     pub fn reopen(&self) {
         self.reopen.store(true, Ordering::Release);
+    }
+
+    /// Waits until the lines queued so far are written, or until `deadline` (a writer stuck on
+    /// a pipe nobody reads never finishes); false if they were not written by then.
+    async fn flush(&self, deadline: Instant) -> bool {
+        let (done, written) = oneshot::channel();
+        let mut flush = Queued::Flush(done);
+        loop {
+            match self.sender.try_send(flush) {
+                Ok(()) => break,
+                Err(TrySendError::Full(queued)) if Instant::now() < deadline => {
+                    flush = queued;
+                    tokio::time::sleep(FLUSH_RETRY).await;
+                }
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => return false,
+            }
+        }
+        matches!(tokio::time::timeout_at(deadline, written).await, Ok(Ok(())))
     }
 }
 
@@ -98,7 +133,8 @@ impl Sinks {
             "access_log_write_errors",
             "Access log writes (or file opens) that failed, by path",
         );
-        let (sender, lines) = sync_channel(queue);
+        // A place more than the lines take, for a flush.
+        let (sender, lines) = sync_channel(queue + 1);
         let backlog = Arc::new(Backlog::new(queue));
         let reopen = Arc::new(AtomicBool::new(false));
         let writer = Writer {
@@ -125,13 +161,32 @@ impl Sinks {
 
     /// Asks every writer to reopen its file.
     pub fn reopen_all(&self) {
+        for (_, sink) in self.live() {
+            sink.reopen();
+        }
+    }
+
+    /// Waits until every writer has written the lines queued so far, or until `deadline`;
+    /// warns of the paths whose lines are still queued then (they are lost if the process
+    /// exits).
+    pub async fn flush_all(&self, deadline: Instant) {
+        for (path, sink) in self.live() {
+            if !sink.flush(deadline).await {
+                tracing::warn!(%path, "access log lines still waiting for their writer at shutdown");
+            }
+        }
+    }
+
+    /// The writers still in use, by path.
+    fn live(&self) -> Vec<(String, Arc<Sink>)> {
         let sinks = match self.sinks.lock() {
             Ok(sinks) => sinks,
             Err(poisoned) => poisoned.into_inner(),
         };
-        for sink in sinks.values().filter_map(Weak::upgrade) {
-            sink.reopen();
-        }
+        sinks
+            .iter()
+            .filter_map(|(path, sink)| Some((path.clone(), sink.upgrade()?)))
+            .collect()
     }
 }
 
@@ -177,20 +232,36 @@ struct Writer {
 }
 
 impl Writer {
-    /// Writes lines until every sender is gone, gathering those that wait into one write.
-    fn run(mut self, lines: Receiver<Line>) {
+    /// Writes lines until every sender is gone, gathering those that wait into one write, and
+    /// answers the flushes among them once that write is done.
+    fn run(mut self, queue: Receiver<Queued>) {
         let mut batch = String::new();
-        while let Ok(line) = lines.recv() {
-            self.backlog.give_back(1);
-            line.format.write(&line.entry, &mut batch);
+        let mut flushes = Vec::new();
+        while let Ok(first) = queue.recv() {
+            self.take(first, &mut batch, &mut flushes);
             while batch.len() < WRITE_BATCH
-                && let Ok(line) = lines.try_recv()
+                && let Ok(next) = queue.try_recv()
             {
-                self.backlog.give_back(1);
-                line.format.write(&line.entry, &mut batch);
+                self.take(next, &mut batch, &mut flushes);
             }
-            self.write(batch.as_bytes());
-            batch.clear();
+            if !batch.is_empty() {
+                self.write(batch.as_bytes());
+                batch.clear();
+            }
+            for flush in flushes.drain(..) {
+                let _ = flush.send(());
+            }
+        }
+    }
+
+    /// Adds a line to `batch`, or a flush to those answered after it is written.
+    fn take(&self, queued: Queued, batch: &mut String, flushes: &mut Vec<oneshot::Sender<()>>) {
+        match queued {
+            Queued::Line(line) => {
+                self.backlog.give_back(1);
+                line.format.write(&line.entry, batch);
+            }
+            Queued::Flush(done) => flushes.push(done),
         }
     }
 

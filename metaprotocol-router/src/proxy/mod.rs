@@ -51,6 +51,10 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// written at once, and a client that reads them and closes takes a round trip.
 pub const SHUTDOWN_NOW_GRACE: Duration = Duration::from_secs(1);
 
+/// How long [`Proxy::shutdown`] waits, once the connections are gone, for the access log
+/// writers to write the lines still queued (a writer stuck on a pipe nobody reads never does).
+pub const ACCESS_LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Why a proxy did not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -984,8 +988,9 @@ impl Proxy {
 
     /// Drains and stops: `/ready` answers 503 at once, listeners stop accepting, open
     /// connections keep serving for the drain time, then answer what is still in flight with
-    /// the protocol's error and close. The admin API stays up until the end. Any handle may
-    /// call it; the others see a stopped proxy.
+    /// the protocol's error and close. Then the access log lines still queued are written
+    /// (waiting at most [`ACCESS_LOG_FLUSH_TIMEOUT`]) and the spans still queued exported. The
+    /// admin API stays up until the end. Any handle may call it; the others see a stopped proxy.
     pub async fn shutdown(&self) {
         let state = &self.state;
         state.begin_shutdown();
@@ -998,7 +1003,7 @@ impl Proxy {
         {
             tracing::warn!("drain time of {drain_time:?} passed; abandoning what is left");
         }
-        state.finish_shutdown(true).await;
+        state.finish_shutdown(true, ACCESS_LOG_FLUSH_TIMEOUT).await;
     }
 
     /// Ends the drain at once, for an embedder (or an operator, with a second signal) who will
@@ -1007,7 +1012,8 @@ impl Proxy {
     /// reply, as at the drain deadline (calls read but not yet started included), and closes.
     /// Waits at most [`SHUTDOWN_NOW_GRACE`] for the connections to end, then stops as
     /// [`Proxy::shutdown`] does, but for the spans not yet exported, which it does not wait
-    /// for. A [`Proxy::shutdown`] under way returns once the connections are gone.
+    /// for, and the access log lines still queued, which it waits for only as long again. A
+    /// [`Proxy::shutdown`] under way returns once the connections are gone.
     pub async fn shutdown_now(&self) {
         let state = &self.state;
         state.begin_shutdown();
@@ -1020,7 +1026,7 @@ impl Proxy {
                 "connections still open {SHUTDOWN_NOW_GRACE:?} after the drain was ended; abandoning them"
             );
         }
-        state.finish_shutdown(false).await;
+        state.finish_shutdown(false, SHUTDOWN_NOW_GRACE).await;
     }
 }
 
@@ -1033,12 +1039,16 @@ impl ProxyState {
         self.tracker.close();
     }
 
-    /// Shutdown's last steps, once the connections are gone (or given up on); with
-    /// `flush_spans`, after the spans waiting for export are exported.
-    async fn finish_shutdown(&self, flush_spans: bool) {
+    /// Shutdown's last steps, once the connections are gone (or given up on): the access log
+    /// lines still queued are written (waiting at most `access_log_wait`) and, with
+    /// `flush_spans`, the spans waiting for export are exported.
+    async fn finish_shutdown(&self, flush_spans: bool, access_log_wait: Duration) {
         for cluster in self.clusters.all().values() {
             cluster.stop_health();
         }
+        self.access_logs
+            .flush_all(tokio::time::Instant::now() + access_log_wait)
+            .await;
         if flush_spans {
             self.span_sinks.flush_all().await;
         }
