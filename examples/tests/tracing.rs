@@ -129,6 +129,68 @@ async fn a_dubbo_call_and_each_attempt_of_a_retried_one() -> TestResult {
     Ok(())
 }
 
+/// A mirror's copy has no span of its own (nobody waits for its answer), but it belongs to the
+/// trace as the server span's child: it used to carry the caller's `traceparent` unchanged, as
+/// if the caller had sent it past the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirrored_copy_goes_as_the_server_spans_child() -> TestResult {
+    let receiver = OtlpReceiver::start()?;
+    let provider = DemoProvider::start("p").await?;
+    let shadow = DemoProvider::start("shadow").await?;
+    let yaml = format!(
+        r#"
+listeners:
+  - name: in
+    address: 127.0.0.1:0
+    protocol: dubbo
+    route_config: routes
+    tracing: {{ otlp_endpoint: "{}", export_interval: 50ms }}
+route_configs:
+  - name: routes
+    routes:
+      - {{ name: all, route: {{ cluster: backend }}, mirror: {{ cluster: shadow }} }}
+clusters:
+  - {{ name: backend, endpoints: [ {{ address: "{}" }} ] }}
+  - {{ name: shadow, endpoints: [ {{ address: "{}" }} ] }}
+"#,
+        receiver.endpoint(),
+        provider.address(),
+        shadow.address()
+    );
+    let proxy = start_engine(&yaml).await?;
+    let client = DubboClient::new(listener_addr(&proxy, "in")?);
+    client
+        .call("sayHello", "w", &[("traceparent", &traceparent(TRACE_ID))])
+        .await?;
+    let upstream = provider.seen()[0]
+        .metadata
+        .get("traceparent")
+        .map(str::to_owned)
+        .ok_or("no traceparent")?;
+    let spans = receiver.trace(TRACE_ID, 2, EXPORT).await?;
+    let (server, _) = check_call_spans(&spans, TRACE_ID, CALLER_SPAN, &upstream)?;
+    let deadline = tokio::time::Instant::now() + EXPORT;
+    while shadow.seen().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no copy reached the mirror"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let copy = shadow.seen()[0]
+        .metadata
+        .get("traceparent")
+        .map(str::to_owned);
+    assert_eq!(
+        copy,
+        Some(format!("00-{TRACE_ID}-{}-01", server.span_id)),
+        "the copy's parent is the server span {}, not the caller {CALLER_SPAN}",
+        server.span_id
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_brpc_call_carries_the_context_in_user_fields() -> TestResult {
     let receiver = OtlpReceiver::start()?;

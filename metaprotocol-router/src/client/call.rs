@@ -119,6 +119,7 @@ pub(super) async fn call(ctx: &CallContext, request: Message) -> Result<Message,
         &request,
         &mutation,
         &mut call.record,
+        &mut (),
         Instant::now(),
     );
     let mut routed = match routed {

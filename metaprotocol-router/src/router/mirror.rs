@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use metaprotocol_core::{Message, MessageKind, Mutation};
 use tokio::time::Instant;
 
-use super::attempt;
+use super::{AttemptObserver, attempt};
 use crate::config::MirrorSpec;
 use crate::route::Target;
 use crate::stats::RouteStats;
@@ -51,12 +51,14 @@ impl MirrorPolicy {
         (n + 1) * self.share / WHOLE > n * self.share / WHOLE
     }
 
-    /// Copies `request` to the mirror cluster if it falls in the share and the budget allows;
-    /// `hash` is its consistent-hashing key, for a mirror cluster that balances by one.
+    /// Copies `request` to the mirror cluster if it falls in the share and the budget allows,
+    /// with `mutation` as `observer` adds to it; `hash` is its consistent-hashing key, for a
+    /// mirror cluster that balances by one.
     pub fn send(
         &self,
         request: &Arc<Message>,
         mutation: &Arc<Mutation>,
+        observer: &mut impl AttemptObserver,
         hash: Option<u64>,
         deadline: Instant,
         stats: &RouteStats,
@@ -87,6 +89,7 @@ impl MirrorPolicy {
         };
         stats.mirror_sent.inc();
         // A refused copy comes back with its waiter, which counts it as failed when dropped.
-        let _ = attempt::send(&endpoint, request, mutation.clone(), deadline, reply);
+        let mutation = observer.copy_started(mutation);
+        let _ = attempt::send(&endpoint, request, mutation, deadline, reply);
     }
 }

@@ -64,6 +64,13 @@ pub(crate) trait AttemptObserver {
 
     /// Attempt `number` ended: as `outcome`, or (`None`) written, for a one-way request.
     fn attempt_ended(&mut self, number: u32, outcome: Option<&AttemptOutcome>, now: Instant);
+
+    /// A copy of the request is about to go to the route's mirror with `mutation`; returns the
+    /// mutation it goes with (the tracer adds its context, naming the request's own span as
+    /// the copy's parent).
+    fn copy_started(&mut self, mutation: &Arc<Mutation>) -> Arc<Mutation> {
+        mutation.clone()
+    }
 }
 
 impl<T: AttemptObserver> AttemptObserver for Option<T> {
@@ -83,6 +90,13 @@ impl<T: AttemptObserver> AttemptObserver for Option<T> {
     fn attempt_ended(&mut self, number: u32, outcome: Option<&AttemptOutcome>, now: Instant) {
         if let Some(observer) = self {
             observer.attempt_ended(number, outcome, now);
+        }
+    }
+
+    fn copy_started(&mut self, mutation: &Arc<Mutation>) -> Arc<Mutation> {
+        match self {
+            Some(observer) => observer.copy_started(mutation),
+            None => mutation.clone(),
         }
     }
 }
@@ -214,13 +228,14 @@ pub(crate) fn refusal_flags(kind: LocalReplyKind) -> ResponseFlags {
 }
 
 /// Routes `request` with `table`: the first matching route, then its target; copies it to the
-/// route's mirror. `filter_mutation` is what request filters added. On failure (and for a route
-/// that answers itself) the error is recorded and returned.
+/// route's mirror (as `observer` sees it). `filter_mutation` is what request filters added. On
+/// failure (and for a route that answers itself) the error is recorded and returned.
 pub(crate) fn route(
     table: Arc<RouteTable>,
     request: &Arc<Message>,
     filter_mutation: &Mutation,
     record: &mut RequestRecord,
+    observer: &mut impl AttemptObserver,
     now: Instant,
 ) -> Result<Routed, Unrouted> {
     let view = RoutingView {
@@ -293,7 +308,14 @@ pub(crate) fn route(
     let mutation = route.request_mutation.resolve(&context, filter_mutation);
     if let Some(mirror) = &route.mirror {
         let copy_deadline = timeout::copy_deadline(now, route.timeout, requested);
-        mirror.send(request, &mutation, hash, copy_deadline, &route.stats);
+        mirror.send(
+            request,
+            &mutation,
+            observer,
+            hash,
+            copy_deadline,
+            &route.stats,
+        );
     }
     Ok(Routed {
         route: index,

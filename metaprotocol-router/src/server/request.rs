@@ -601,6 +601,7 @@ impl Requests {
             &inflight.request,
             &inflight.mutation,
             &mut inflight.record,
+            &mut inflight.span,
             now,
         );
         inflight.mutation = Mutation::new();

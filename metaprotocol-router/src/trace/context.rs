@@ -169,8 +169,8 @@ fn lower_hex(text: &str) -> bool {
 pub(crate) struct Outgoing<'a> {
     pub trace_id: u128,
     pub span_id: u64,
-    /// The span the attempt belongs to (B3's `x-b3-parentspanid`).
-    pub parent_span_id: u64,
+    /// The parent of `span_id` (B3's `x-b3-parentspanid`), if it has one.
+    pub parent_span_id: Option<u64>,
     pub sampled: bool,
     pub tracestate: Option<&'a ByteStr>,
     pub b3: bool,
@@ -196,11 +196,15 @@ impl Outgoing<'_> {
             let sets = [
                 ("x-b3-traceid", format!("{:032x}", self.trace_id)),
                 ("x-b3-spanid", format!("{:016x}", self.span_id)),
-                ("x-b3-parentspanid", format!("{:016x}", self.parent_span_id)),
                 ("x-b3-sampled", flags.to_string()),
             ];
             for (key, value) in sets {
                 mutation.set(ByteStr::from_static(key), ByteStr::from(value));
+            }
+            let parent = ByteStr::from_static("x-b3-parentspanid");
+            match self.parent_span_id {
+                Some(id) => mutation.set(parent, ByteStr::from(format!("{id:016x}"))),
+                None => mutation.remove(parent),
             }
         }
     }
@@ -364,7 +368,7 @@ mod tests {
         Outgoing {
             trace_id: TRACE,
             span_id: 0xb7,
-            parent_span_id: SPAN,
+            parent_span_id: Some(SPAN),
             sampled: true,
             tracestate: Some(&state),
             b3: true,

@@ -366,17 +366,7 @@ impl AttemptObserver for Box<RequestSpan> {
             ended: None,
             ending: Ending::Unfinished,
         });
-        let mut with_context = Mutation::clone(mutation);
-        Outgoing {
-            trace_id: self.trace_id,
-            span_id,
-            parent_span_id: self.span_id,
-            sampled: self.sampled,
-            tracestate: self.tracestate.as_ref(),
-            b3: self.inject_b3,
-        }
-        .inject(&mut with_context);
-        Arc::new(with_context)
+        self.with_context(mutation, span_id, Some(self.span_id))
     }
 
     fn attempt_ended(&mut self, number: u32, outcome: Option<&AttemptOutcome>, now: Instant) {
@@ -389,6 +379,35 @@ impl AttemptObserver for Box<RequestSpan> {
             attempt.ended = Some(now.into_std());
             attempt.ending = Ending::of(outcome);
         }
+    }
+
+    /// A mirror's copy has no span of its own (its answer is never awaited): it goes as the
+    /// request's span's child, not as the caller's.
+    fn copy_started(&mut self, mutation: &Arc<Mutation>) -> Arc<Mutation> {
+        self.with_context(mutation, self.span_id, self.parent)
+    }
+}
+
+impl RequestSpan {
+    /// `mutation` with this trace's context: `span_id` the upstream's parent, itself the child
+    /// of `parent_span_id`.
+    fn with_context(
+        &self,
+        mutation: &Arc<Mutation>,
+        span_id: u64,
+        parent_span_id: Option<u64>,
+    ) -> Arc<Mutation> {
+        let mut with_context = Mutation::clone(mutation);
+        Outgoing {
+            trace_id: self.trace_id,
+            span_id,
+            parent_span_id,
+            sampled: self.sampled,
+            tracestate: self.tracestate.as_ref(),
+            b3: self.inject_b3,
+        }
+        .inject(&mut with_context);
+        Arc::new(with_context)
     }
 }
 
