@@ -74,6 +74,16 @@ fn list_members(tracestate: &str) -> usize {
         .count()
 }
 
+/// A sampling decision sent without a context: a `b3` value of the decision alone (`0`, `1` or
+/// `d`), which B3 allows (a caller that does not sample need not send ids).
+pub(crate) fn decision_alone(metadata: &Metadata) -> Option<bool> {
+    match metadata.get("b3")? {
+        "0" => Some(false),
+        "1" | "d" => Some(true),
+        _ => None,
+    }
+}
+
 /// `b3: {trace}-{span}[-{sampled}[-{parent}]]`.
 fn b3_single(metadata: &Metadata) -> Option<Incoming> {
     let mut parts = metadata.get("b3")?.split('-');

@@ -85,10 +85,11 @@ impl Tracer {
         let trace_id = incoming
             .as_ref()
             .map_or_else(|| fastrand::u128(1..), |i| i.trace_id);
-        let callers = incoming
-            .as_ref()
-            .and_then(|incoming| incoming.sampled)
-            .filter(|_| self.parent_based);
+        let callers = match &incoming {
+            Some(incoming) => incoming.sampled,
+            None => context::decision_alone(&request.metadata),
+        }
+        .filter(|_| self.parent_based);
         let sampled = callers.unwrap_or_else(|| {
             self.sample_below
                 .is_none_or(|below| (trace_id as u64) < below)
@@ -484,6 +485,20 @@ mod tests {
         assert!(never.start(&decided).sampled, "the caller's decision");
         let always = tracer(100.0, &sinks)?;
         assert!(deferred.iter().all(|request| always.start(request).sampled));
+        Ok(())
+    }
+
+    /// B3 may send the decision alone (`b3: 0`, a caller that does not sample need not send
+    /// ids): the request starts a new trace, sampled as the caller decided.
+    #[tokio::test]
+    async fn a_b3_decision_sent_alone_is_followed() -> Result<(), String> {
+        let sinks = SpanSinks::default();
+        let always = tracer(100.0, &sinks)?;
+        assert!(!always.start(&request(&[("b3", "0")])).sampled);
+        let never = tracer(0.0, &sinks)?;
+        assert!(never.start(&request(&[("b3", "1")])).sampled);
+        assert!(never.start(&request(&[("b3", "d")])).sampled);
+        assert!(!never.start(&request(&[("b3", "x")])).sampled);
         Ok(())
     }
 }
