@@ -43,7 +43,7 @@ pub use route::{
     MatchSpec, MetadataMatcherSpec, MirrorSpec, MutationSpec, RetryBackOffSpec, RetryOn,
     RetryPolicySpec, RouteActionSpec, RouteConfigSpec, RouteSpec, WeightedClusterSpec,
 };
-pub(crate) use source::from_value;
+pub(crate) use source::{from_value, is_blank};
 pub use telemetry::{
     AccessLogSpec, DEFAULT_ACCESS_LOG_QUEUE, DEFAULT_LATENCY_BUCKETS, DEFAULT_METHOD_LABEL_LIMIT,
     IstioReporter, IstioSpec, IstioWorkloadSpec, MetricsSpec, Propagation, TracingSpec,

@@ -35,6 +35,21 @@ pub(crate) fn parse<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
     Ok(parsed)
 }
 
+/// True if `text` holds no YAML node, only blank lines and comments: what a file being
+/// rewritten holds between its truncation and its new contents.
+pub(crate) fn is_blank(text: &str) -> bool {
+    !Parser::new_from_str(text).any(|event| match event {
+        Ok((event, _)) => matches!(
+            event,
+            Event::Scalar(..)
+                | Event::MappingStart(..)
+                | Event::SequenceStart(..)
+                | Event::Alias(..)
+        ),
+        Err(_) => true,
+    })
+}
+
 /// Parses `text` into `T` as serde-saphyr reads it, strings held to be written as strings.
 fn parse_typed<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
     let mut options = serde_saphyr::Options::default();

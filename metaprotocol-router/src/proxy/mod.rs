@@ -9,6 +9,9 @@ mod listeners;
 mod status;
 mod update;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -918,8 +921,18 @@ impl Proxy {
 
     /// [`Proxy::reload`] from the text of a config file; a file that does not parse is rejected
     /// (and counted) like any other invalid config. An error found while building the new
-    /// config (a filter's config, say) is placed in the text too.
+    /// config (a filter's config, say) is placed in the text too. A text without any content
+    /// (empty, or only comments) is rejected too: it is what a file holds while an editor
+    /// rewrites it (truncated, then written), and applying it would remove every listener.
     pub async fn reload_yaml(&self, text: &str) -> Result<ReloadSummary, UpdateError> {
+        if crate::config::is_blank(text) {
+            self.state.count_update(false);
+            return Err(ConfigError::new(
+                "",
+                "the file is empty (being written?); write `listeners: []` to serve nothing",
+            )
+            .into());
+        }
         match Config::from_yaml(text) {
             Ok(config) => self.reload(config).await.map_err(|err| match err {
                 UpdateError::Invalid(err) => UpdateError::Invalid(err.located_in(text)),

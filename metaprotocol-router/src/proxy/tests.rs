@@ -1,0 +1,110 @@
+//! Reloads of a running proxy, from its watched file: a proxy of a protocol whose codec no test
+//! connects to, with real listeners on 127.0.0.1.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metaprotocol_core::CodecRegistry;
+
+use crate::testing::NullCodec;
+use crate::{Config, Proxy};
+
+type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const CONFIG: &str = "
+listeners:
+  - { name: front, address: 127.0.0.1:0, protocol: test, route_config: r }
+route_configs:
+  - { name: r, routes: [ { route: { cluster: c } } ] }
+clusters:
+  - { name: c, endpoints: [ { address: 127.0.0.1:1 } ] }
+";
+
+/// How often the tests' watchers look at their files.
+const POLL: Duration = Duration::from_millis(10);
+
+async fn start(config: &str) -> TestResult<Proxy> {
+    let mut codecs = CodecRegistry::new();
+    codecs.register("test", |_| Ok(Arc::new(NullCodec)));
+    Ok(Proxy::builder(Config::from_yaml(config)?)
+        .codecs(codecs)
+        .start()
+        .await?)
+}
+
+/// A config file of its own for `test`, holding `config`.
+fn config_file(test: &str, config: &str) -> TestResult<PathBuf> {
+    let path = std::env::temp_dir().join(format!("reload-{test}-{}.yaml", std::process::id()));
+    std::fs::write(&path, config)?;
+    Ok(path)
+}
+
+/// The proxy's count of rejected updates.
+fn rejected(proxy: &Proxy) -> u64 {
+    proxy.state.updates_rejected.get()
+}
+
+/// Waits (at most 10 s) until `done` holds.
+async fn until(mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..1000 {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_config_file_emptied_before_its_new_contents_are_written_is_not_applied() -> TestResult {
+    let proxy = start(CONFIG).await?;
+    let path = config_file("emptied", CONFIG)?;
+    let watcher = {
+        let proxy = proxy.clone();
+        let path = path.clone();
+        tokio::spawn(async move { proxy.watch_file(&path, POLL).await })
+    };
+    // A first change, once applied, shows the watcher at work: written again (made new by a
+    // comment) until then, as the watcher may have begun by reading it as the running config.
+    let middle = CONFIG.replace("name: front", "name: middle");
+    let mut tries = 0;
+    while !proxy.listeners().iter().any(|(name, _)| name == "middle") {
+        tries += 1;
+        assert!(
+            tries <= 100,
+            "the first change was not applied: {:?}",
+            proxy.listeners()
+        );
+        std::fs::write(&path, format!("{middle}# {tries}\n"))?;
+        tokio::time::sleep(POLL * 10).await;
+    }
+    // An editor that truncates the file, then writes it, is seen between the two.
+    std::fs::write(&path, "")?;
+    assert!(
+        until(|| rejected(&proxy) == 1).await,
+        "the empty file was not rejected"
+    );
+    assert_eq!(
+        proxy.listeners().len(),
+        1,
+        "the running config is kept: {:?}",
+        proxy.listeners()
+    );
+    std::fs::write(&path, "# being written\n")?;
+    assert!(
+        until(|| rejected(&proxy) == 2).await,
+        "a file of comments only was not rejected"
+    );
+    let renamed = CONFIG.replace("name: front", "name: back");
+    std::fs::write(&path, &renamed)?;
+    assert!(
+        until(|| proxy.listeners().iter().any(|(name, _)| name == "back")).await,
+        "the written file was not applied: {:?}",
+        proxy.listeners()
+    );
+    proxy.shutdown().await;
+    tokio::time::timeout(Duration::from_secs(10), watcher).await??;
+    std::fs::remove_file(&path)?;
+    Ok(())
+}
