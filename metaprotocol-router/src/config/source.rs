@@ -492,27 +492,53 @@ struct TopLevel {
 }
 
 /// A stand-in for an entry that did not parse, named as it names itself (when it does), so
-/// that what refers to it is not reported missing.
+/// that what refers to it is not reported missing. The names are read from the document's
+/// events, not deserialized: what made the entry fail (a duplicate key, an infinite number)
+/// may fail any deserialization of it.
 fn stand_in<T: DeserializeOwned>(text: &str, entry: &Entry) -> Option<T> {
-    #[derive(serde::Deserialize)]
-    struct Named {
-        name: Option<serde_json::Value>,
-        route_config: Option<serde_json::Value>,
-    }
-    let named: Named = parse_entry(text, entry).ok()?;
-    let string = |v: Option<serde_json::Value>| v.and_then(|v| v.as_str().map(str::to_owned));
-    let name = string(named.name).unwrap_or_default();
-    let value = serde_json::json!({
-        "name": name,
-        "address": "127.0.0.1:0",
-        "protocol": "",
-        "route_config": string(named.route_config).unwrap_or_default(),
-    });
+    let name = scalar_at(text, &format!("{}.name", entry.path)).unwrap_or_default();
     let value = match entry.list {
-        "listeners" => value,
+        "listeners" => serde_json::json!({
+            "name": name,
+            "address": "127.0.0.1:0",
+            "protocol": "",
+            "route_config": scalar_at(text, &format!("{}.route_config", entry.path))
+                .unwrap_or_default(),
+        }),
         _ => serde_json::json!({ "name": name }),
     };
     serde_json::from_value(value).ok()
+}
+
+/// The text of the scalar at `field` in `text`, if a scalar is written there.
+fn scalar_at(text: &str, field: &str) -> Option<String> {
+    let mut found = None;
+    walk_fields(text, |path, event, _| {
+        if path != field {
+            return ControlFlow::Continue(());
+        }
+        if let Event::Scalar(value, ..) = event {
+            found = Some(value.to_string());
+        }
+        ControlFlow::Break(())
+    });
+    found
+}
+
+/// True if `err` is about a place inside one of `entries`: each entry's own parse reports it.
+fn within_entries(err: &ConfigError, entries: &[Entry]) -> bool {
+    let in_list = LISTS.iter().any(|list| {
+        err.field
+            .strip_prefix(list)
+            .is_some_and(|rest| rest.starts_with(['.', '[']))
+    });
+    let at = |marker: &Marker| (marker.line(), marker.col() + 1);
+    let inside = err.position.is_some_and(|p| {
+        entries
+            .iter()
+            .any(|e| (at(&e.start)..=at(&e.end)).contains(&(p.line, p.column)))
+    });
+    in_list || inside
 }
 
 /// Parses a config that failed to parse as a whole entry by entry: every entry's error, the
@@ -533,6 +559,8 @@ pub(crate) fn parse_entries(text: &str) -> Option<(super::Config, Vec<ConfigErro
             config.metrics = top.metrics;
             config.dynamic = top.dynamic;
         }
+        // An error inside a list is its entry's, which reports it below.
+        Err(err) if within_entries(&err, &entries) => {}
         Err(err) => errors.push(err),
     }
     for entry in &entries {

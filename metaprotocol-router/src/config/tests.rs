@@ -869,6 +869,48 @@ fn every_error_in_a_file_is_reported_with_its_position() {
     assert_eq!(error_of(&mixed).field, "listeners[0].idle_timeout");
 }
 
+/// An entry whose value is wrong in a way any reading of the file sees (a duplicate key, an
+/// infinite number) is reported once, and first: the entry stands in by name, so what refers
+/// to it is not reported missing.
+#[test]
+fn an_entry_wrong_for_any_reader_is_reported_once_and_first() {
+    let cases = [
+        (
+            FULL.replace(
+                "labels: { version: v1, service_group: user }",
+                "labels: { version: v1, version: v2 }",
+            ),
+            "clusters[0].endpoints[0].labels",
+            "version: v1, version: v2",
+            "duplicate mapping key",
+        ),
+        (
+            FULL.replace("weight: 1,", "weight: .inf,"),
+            "clusters[0].endpoints[0].weight",
+            ".inf",
+            "",
+        ),
+        (
+            FULL.replace("timeout: 2s", "timeout: 2s\n        timeout: 3s"),
+            "route_configs[0].routes[0]",
+            "timeout: 3s",
+            "duplicate mapping key",
+        ),
+    ];
+    for (yaml, field, at, reason) in cases {
+        let errors = Config::check_yaml(&yaml).err().unwrap_or_default();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let first = error_of(&yaml);
+        assert_eq!(first.field, field, "{first}");
+        assert!(first.reason.contains(reason), "{first}");
+        assert_eq!(
+            first.position.map(|p| p.line),
+            Some(position_of(&yaml, at).line),
+            "{first}"
+        );
+    }
+}
+
 /// The `dynamic` section: the file may name route configs and clusters its source provides,
 /// and the section's own mistakes name their field.
 #[test]
