@@ -54,6 +54,9 @@ pub(crate) fn is_blank(text: &str) -> bool {
 fn parse_typed<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
     let mut options = serde_saphyr::Options::default();
     options.no_schema = true;
+    // A tag YAML does not define (`!include`, `!env`) would be dropped, its value read as
+    // plain text: the config is strict, so it is an error.
+    options.reject_unsupported_tags = true;
     options.with_snippet = false;
     let mut field = String::new();
     serde_saphyr::with_deserializer_from_str_with_options(text, options, |deserializer| {
@@ -67,10 +70,31 @@ fn parse_typed<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
             .location()
             .and_then(|at| position(at.line(), at.column()))
             .or_else(|| position_of(text, &field));
+        // An error met before its field's key was passed on (a tag on the value, say) names
+        // the enclosing entry; the value written where it points is the field.
+        let field = position
+            .and_then(|at| field_starting_at(text, &field, at))
+            .unwrap_or(field);
         let mut error = ConfigError::new(field, reason(&err));
         error.position = position;
         error
     })
+}
+
+/// The path of the node within `field` whose value starts at `at`, if there is one.
+fn field_starting_at(text: &str, field: &str, at: Position) -> Option<String> {
+    let mut found = None;
+    walk_fields(text, |path, _, span| {
+        let inside = path.len() > field.len()
+            && path.starts_with(field)
+            && (field.is_empty() || path[field.len()..].starts_with(['.', '[']));
+        if inside && position(span.start.line(), span.start.col() + 1) == Some(at) {
+            found = Some(path.to_owned());
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    found
 }
 
 /// A character no number or boolean contains, put at the start of quoted literals so that only

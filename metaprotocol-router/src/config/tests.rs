@@ -911,6 +911,45 @@ fn an_entry_wrong_for_any_reader_is_reported_once_and_first() {
     }
 }
 
+/// A tag YAML does not define (`!include`, `!env`) is an error, never dropped so that its value
+/// is read as plain text; YAML's own tags still work.
+#[test]
+fn unknown_tags_are_errors() -> Result<(), ConfigError> {
+    let cases = [
+        (
+            "protocol: dubbo",
+            "protocol: !include dubbo",
+            "listeners[0].protocol",
+        ),
+        (
+            "idle_timeout: 60s",
+            "idle_timeout: !env 60s",
+            "listeners[0].idle_timeout",
+        ),
+        (
+            "weight: 1,",
+            "weight: !weight 1,",
+            "clusters[0].endpoints[0].weight",
+        ),
+    ];
+    for (from, to, field) in cases {
+        let yaml = FULL.replacen(from, to, 1);
+        let err = error_of(&yaml);
+        assert_eq!(err.field, field, "{err}");
+        assert!(err.reason.contains("tag"), "{err}");
+        assert_eq!(
+            err.position.map(|p| p.line),
+            Some(position_of(&yaml, to).line),
+            "{err}"
+        );
+    }
+    let tagged = FULL
+        .replace("name: dubbo-in", "name: !!str dubbo-in")
+        .replace("weight: 1,", "weight: !!int 1,");
+    assert_eq!(Config::from_yaml(&tagged)?, Config::from_yaml(FULL)?);
+    Ok(())
+}
+
 /// The `dynamic` section: the file may name route configs and clusters its source provides,
 /// and the section's own mistakes name their field.
 #[test]
