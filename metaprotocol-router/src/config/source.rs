@@ -19,9 +19,12 @@
 //! walking the document's parse events ([`position_of`]); that second pass only runs for an
 //! error.
 
+use std::marker::PhantomData;
 use std::ops::ControlFlow;
 
-use serde::de::DeserializeOwned;
+use serde::de::{
+    self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
 use serde_saphyr::granit_parser::{Event, Marker, Parser, ScalarStyle, Span};
 use serde_saphyr::{ExternalMessageSource, MessageFormatter};
 
@@ -30,9 +33,41 @@ use super::{ConfigError, Position};
 /// Parses a YAML (or JSON) document into `T`; errors name the field, the reason, and the line
 /// and column.
 pub(crate) fn parse<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
-    let parsed = parse_typed(text)?;
-    refuse_quoted_literals::<T>(text)?;
+    parse_seed(text, Whole(PhantomData))
+}
+
+/// [`parse`] of what `seed` reads from the document.
+fn parse_seed<S: Seed>(text: &str, seed: S) -> Result<S::Value, ConfigError> {
+    let parsed = parse_typed(text, seed)?;
+    refuse_quoted_literals(text, seed)?;
     Ok(parsed)
+}
+
+/// What to read from a document: all of it ([`Whole`]) or one entry of a list ([`EntryOf`]).
+trait Seed: Copy {
+    type Value;
+    fn deserialize<'de, D: serde::Deserializer<'de>>(
+        self,
+        from: D,
+    ) -> Result<Self::Value, D::Error>;
+}
+
+/// The whole document, as a `T`.
+struct Whole<T>(PhantomData<fn() -> T>);
+
+impl<T> Clone for Whole<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Whole<T> {}
+
+impl<T: DeserializeOwned> Seed for Whole<T> {
+    type Value = T;
+    fn deserialize<'de, D: serde::Deserializer<'de>>(self, from: D) -> Result<T, D::Error> {
+        T::deserialize(from)
+    }
 }
 
 /// True if `text` holds no YAML node, only blank lines and comments: what a file being
@@ -51,7 +86,7 @@ pub(crate) fn is_blank(text: &str) -> bool {
 }
 
 /// Parses `text` into `T` as serde-saphyr reads it, strings held to be written as strings.
-fn parse_typed<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+fn parse_typed<S: Seed>(text: &str, seed: S) -> Result<S::Value, ConfigError> {
     let mut options = serde_saphyr::Options::default();
     options.no_schema = true;
     // A tag YAML does not define (`!include`, `!env`) would be dropped, its value read as
@@ -60,10 +95,12 @@ fn parse_typed<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
     options.with_snippet = false;
     let mut field = String::new();
     serde_saphyr::with_deserializer_from_str_with_options(text, options, |deserializer| {
-        serde_path_to_error::deserialize(deserializer).map_err(|err| {
-            field = field_path(err.path());
-            err.into_inner()
-        })
+        let mut track = serde_path_to_error::Track::new();
+        seed.deserialize(serde_path_to_error::Deserializer::new(
+            deserializer,
+            &mut track,
+        ))
+        .inspect_err(|_| field = field_path(&track.path()))
     })
     .map_err(|err| {
         let position = err
@@ -103,7 +140,7 @@ const NOT_A_LITERAL: char = '\u{E000}';
 
 /// Refuses a quoted scalar that reads as a number or boolean in a field that wants a number or
 /// boolean (`port: "8080"`): the config is strict, and a string is not coerced.
-fn refuse_quoted_literals<T: DeserializeOwned>(text: &str) -> Result<(), ConfigError> {
+fn refuse_quoted_literals<S: Seed>(text: &str, seed: S) -> Result<(), ConfigError> {
     let literals = quoted_literals(text);
     if literals.is_empty() {
         return Ok(());
@@ -116,7 +153,7 @@ fn refuse_quoted_literals<T: DeserializeOwned>(text: &str) -> Result<(), ConfigE
         copied = content;
     }
     marked.push_str(&text[copied..]);
-    let Err(err) = parse_typed::<T>(&marked) else {
+    let Err(err) = parse_typed(&marked, seed) else {
         return Ok(());
     };
     // A failure elsewhere is not about quoting (a field whose string is checked, which the
@@ -413,8 +450,12 @@ const LISTS: [&str; 3] = ["listeners", "route_configs", "clusters"];
 struct Entry {
     path: String,
     list: &'static str,
+    /// Its position in its list.
+    index: usize,
     start: Marker,
     end: Marker,
+    /// Whether it uses an anchor (one of its own, or an earlier entry's).
+    uses_aliases: bool,
 }
 
 /// The entries of the top-level lists, in document order; `None` for a document that does not
@@ -426,6 +467,7 @@ fn entries(text: &str) -> Option<Vec<Entry>> {
     let mut list: Option<&'static str> = None;
     let mut top_key_next = false;
     let mut open: Option<(usize, Marker)> = None;
+    let mut uses_aliases = false;
     for event in Parser::new_from_str(text) {
         let (event, span) = event.ok()?;
         let (starts, ends) = match &event {
@@ -449,15 +491,19 @@ fn entries(text: &str) -> Option<Vec<Entry>> {
             {
                 let index = found.iter().filter(|e: &&Entry| e.list == list).count();
                 open = Some((index, span.start));
+                uses_aliases = false;
             }
         }
+        uses_aliases |= matches!(event, Event::Alias(..));
         let closes_entry = ends && depth == if starts { 2 } else { 3 };
         if closes_entry && let (Some(list), Some((index, start))) = (list, open.take()) {
             found.push(Entry {
                 path: format!("{list}[{index}]"),
                 list,
+                index,
                 start,
                 end: span.end,
+                uses_aliases,
             });
         }
         match (starts, ends) {
@@ -476,9 +522,28 @@ fn byte_offset(text: &str, index: usize) -> usize {
         .map_or(text.len(), |(i, _)| i)
 }
 
+/// Parses the node of `entry`; errors carry the entry's path and positions in `text`. An entry
+/// that uses anchors is read in place, where the anchors of earlier entries are known, unless
+/// what fails there is elsewhere in the document; other entries are read alone, as documents
+/// of their own, so that nothing outside them can fail them.
+fn parse_entry<T: DeserializeOwned>(text: &str, entry: &Entry) -> Result<T, ConfigError> {
+    if !entry.uses_aliases {
+        return parse_alone(text, entry);
+    }
+    let seed = EntryOf {
+        list: entry.list,
+        index: entry.index,
+        entry: PhantomData,
+    };
+    match parse_seed(text, seed) {
+        Err(err) if !within_entries(&err, std::slice::from_ref(entry)) => parse_alone(text, entry),
+        parsed => parsed,
+    }
+}
+
 /// Parses the node of `entry` alone, as a document of its own whose lines keep their columns;
 /// errors carry the entry's path and positions in `text`.
-fn parse_entry<T: DeserializeOwned>(text: &str, entry: &Entry) -> Result<T, ConfigError> {
+fn parse_alone<T: DeserializeOwned>(text: &str, entry: &Entry) -> Result<T, ConfigError> {
     let node = &text[byte_offset(text, entry.start.index())..byte_offset(text, entry.end.index())];
     let document = format!("{}{node}", " ".repeat(entry.start.col()));
     parse::<T>(&document).map_err(|err| {
@@ -508,11 +573,11 @@ struct TopLevel {
     #[serde(default)]
     dynamic: Option<super::DynamicSpec>,
     #[serde(default, rename = "listeners")]
-    _listeners: serde::de::IgnoredAny,
+    _listeners: IgnoredAny,
     #[serde(default, rename = "route_configs")]
-    _route_configs: serde::de::IgnoredAny,
+    _route_configs: IgnoredAny,
     #[serde(default, rename = "clusters")]
-    _clusters: serde::de::IgnoredAny,
+    _clusters: IgnoredAny,
 }
 
 /// A stand-in for an entry that did not parse, named as it names itself (when it does), so
@@ -549,11 +614,12 @@ fn scalar_at(text: &str, field: &str) -> Option<String> {
     found
 }
 
-/// True if `err` is about a place inside one of `entries`: each entry's own parse reports it.
+/// True if `err` is about a place inside one of `entries`, or one of their lists: each entry's
+/// own parse reports it.
 fn within_entries(err: &ConfigError, entries: &[Entry]) -> bool {
-    let in_list = LISTS.iter().any(|list| {
+    let in_list = entries.iter().any(|entry| {
         err.field
-            .strip_prefix(list)
+            .strip_prefix(entry.list)
             .is_some_and(|rest| rest.starts_with(['.', '[']))
     });
     let at = |marker: &Marker| (marker.line(), marker.col() + 1);
@@ -616,5 +682,78 @@ fn one<T: DeserializeOwned>(
             list.extend(stand_in(text, entry));
             Err(err)
         }
+    }
+}
+
+/// One entry of a top-level list of the document, as a `T`; the rest of the document is
+/// skipped (the top level's own parse checks it).
+struct EntryOf<T> {
+    list: &'static str,
+    index: usize,
+    entry: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for EntryOf<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for EntryOf<T> {}
+
+impl<T: DeserializeOwned> Seed for EntryOf<T> {
+    type Value = T;
+    fn deserialize<'de, D: serde::Deserializer<'de>>(self, from: D) -> Result<T, D::Error> {
+        from.deserialize_map(self)
+    }
+}
+
+impl<'de, T: DeserializeOwned> Visitor<'de> for EntryOf<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a mapping")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<T, A::Error> {
+        let mut found = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == self.list {
+                found = map.next_value_seed(ItemOf(self))?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        found.ok_or_else(|| de::Error::custom(format!("no {}[{}]", self.list, self.index)))
+    }
+}
+
+/// The list of an [`EntryOf`]: its entry, if the list is that long.
+struct ItemOf<T>(EntryOf<T>);
+
+impl<'de, T: DeserializeOwned> DeserializeSeed<'de> for ItemOf<T> {
+    type Value = Option<T>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, from: D) -> Result<Option<T>, D::Error> {
+        from.deserialize_seq(self)
+    }
+}
+
+impl<'de, T: DeserializeOwned> Visitor<'de> for ItemOf<T> {
+    type Value = Option<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a sequence")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<T>, A::Error> {
+        for _ in 0..self.0.index {
+            if seq.next_element::<IgnoredAny>()?.is_none() {
+                return Ok(None);
+            }
+        }
+        let found = seq.next_element::<T>()?;
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(found)
     }
 }

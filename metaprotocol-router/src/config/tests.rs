@@ -911,6 +911,34 @@ fn an_entry_wrong_for_any_reader_is_reported_once_and_first() {
     }
 }
 
+/// An entry that uses an anchor of an earlier one (shared endpoints, a merged `<<: *defaults`)
+/// is reported for its own mistake when it has one, not for the anchor it uses.
+#[test]
+fn an_entry_using_an_earlier_entrys_anchor_is_reported_for_its_own_mistake() {
+    let shared = "clusters:
+  - &defaults { name: c, connect_timeout: &t 2s, endpoints: [ { address: 127.0.0.1:1 } ] }
+  - { name: d, connect_timeout: *t, lb_policy: fastest, endpoints: [ { address: 127.0.0.1:2 } ] }
+  - { <<: *defaults, name: e, lb_policy: slowest }
+";
+    let errors = Config::check_yaml(shared).err().unwrap_or_default();
+    let found: Vec<(&str, Option<usize>)> = errors
+        .iter()
+        .map(|e| (e.field.as_str(), e.position.map(|p| p.line)))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("clusters[1].lb_policy", Some(3)),
+            ("clusters[2].lb_policy", Some(4))
+        ],
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().all(|e| e.reason.contains("unknown variant")),
+        "{errors:?}"
+    );
+}
+
 /// A tag YAML does not define (`!include`, `!env`) is an error, never dropped so that its value
 /// is read as plain text; YAML's own tags still work.
 #[test]
