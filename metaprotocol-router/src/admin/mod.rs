@@ -322,8 +322,25 @@ async fn put_resource<T: Resource>(
     };
     match spec.apply(&state).await {
         Ok(version) => Json(json!({ "name": name, "version": version })).into_response(),
+        // An error about the resource names its field (one about another resource, which the
+        // change broke, names that one's list): placed in the body it came from.
+        Err(UpdateError::Invalid(err)) if !names_a_list(&err.field) => {
+            update_error(&err.located_in(&body).into())
+        }
         Err(err) => update_error(&err),
     }
+}
+
+/// True if `field` is a path in a whole config's lists (`route_configs[0]...`), not in one
+/// resource.
+fn names_a_list(field: &str) -> bool {
+    ["listeners", "route_configs", "clusters"]
+        .iter()
+        .any(|list| {
+            field
+                .strip_prefix(list)
+                .is_some_and(|rest| rest.starts_with('['))
+        })
 }
 
 async fn delete_cluster(

@@ -641,21 +641,25 @@ impl ProxyState {
         spec: RouteConfigSpec,
     ) -> Result<u64, UpdateError> {
         let name = spec.name.clone();
+        let mut at = String::new();
         self.apply(Source::Api, |layers, _| {
             refuse_dynamic(layers, ResourceKind::RouteConfig, &spec.name)?;
-            let entry = layers
+            let (i, entry) = layers
                 .base
                 .route_configs
                 .iter_mut()
-                .find(|r| r.name == spec.name)
+                .enumerate()
+                .find(|(_, r)| r.name == spec.name)
                 .ok_or_else(|| UpdateError::NotFound {
                     kind: "route config",
                     name: spec.name.clone(),
                 })?;
+            at = format!("route_configs[{i}]");
             *entry = spec;
             Ok(())
         })
-        .await?;
+        .await
+        .map_err(|err| in_own_terms(err, &at))?;
         Ok(self
             .lock_routes()
             .get(&name)
@@ -664,16 +668,23 @@ impl ProxyState {
 
     pub(crate) async fn update_cluster(&self, spec: ClusterSpec) -> Result<u64, UpdateError> {
         let name = spec.name.clone();
+        let mut at = String::new();
         self.apply(Source::Api, |layers, _| {
             refuse_dynamic(layers, ResourceKind::Cluster, &spec.name)?;
             let clusters = &mut layers.base.clusters;
-            match clusters.iter_mut().find(|c| c.name == spec.name) {
-                Some(entry) => *entry = spec,
-                None => clusters.push(spec),
-            }
+            let i = match clusters.iter().position(|c| c.name == spec.name) {
+                Some(i) => i,
+                None => {
+                    clusters.push(spec.clone());
+                    clusters.len() - 1
+                }
+            };
+            at = format!("clusters[{i}]");
+            clusters[i] = spec;
             Ok(())
         })
-        .await?;
+        .await
+        .map_err(|err| in_own_terms(err, &at))?;
         Ok(self
             .clusters
             .get(&name)
@@ -702,6 +713,25 @@ impl ProxyState {
         })
         .await
         .map(|_| ())
+    }
+}
+
+/// `err` in the terms of the resource at `at` (`route_configs[2]`) when it is about that
+/// resource (`routes[0].route.cluster`): the terms of the one resource its author sent, not of
+/// the running config's lists.
+fn in_own_terms(err: UpdateError, at: &str) -> UpdateError {
+    match err {
+        UpdateError::Invalid(mut err) if !at.is_empty() => {
+            if let Some(rest) = err
+                .field
+                .strip_prefix(at)
+                .filter(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+            {
+                err.field = rest.strip_prefix('.').unwrap_or(rest).to_owned();
+            }
+            UpdateError::Invalid(err)
+        }
+        other => other,
     }
 }
 
@@ -795,14 +825,16 @@ impl Proxy {
 
     /// Replaces route config `spec.name` without closing a connection or failing a request in
     /// flight (those finish on the table they started with). Returns the new version. On error
-    /// the running table is untouched.
+    /// the running table is untouched; an error about `spec` names its field as in `spec`
+    /// (`routes[0].route.cluster`).
     pub async fn update_route_config(&self, spec: RouteConfigSpec) -> Result<u64, UpdateError> {
         self.state.update_route_config(spec).await
     }
 
     /// Adds cluster `spec.name`, or replaces its config: endpoints that stay keep their
     /// connections, requests in flight finish on the snapshot they started with. Returns the
-    /// cluster's new snapshot version.
+    /// cluster's new snapshot version. An error about `spec` names its field as in `spec`
+    /// (`lb_policy`).
     pub async fn update_cluster(&self, spec: ClusterSpec) -> Result<u64, UpdateError> {
         self.state.update_cluster(spec).await
     }

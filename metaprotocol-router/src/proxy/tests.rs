@@ -108,3 +108,51 @@ async fn a_config_file_emptied_before_its_new_contents_are_written_is_not_applie
     std::fs::remove_file(&path)?;
     Ok(())
 }
+
+/// `method path` with `body` to the admin API at `admin`: the answer's status and body.
+async fn admin_request(
+    admin: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> TestResult<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(admin).await?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer)).await??;
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or("no status line")?;
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    Ok((status, body.to_owned()))
+}
+
+#[tokio::test]
+async fn a_resource_put_through_the_admin_api_is_told_its_mistakes_in_its_own_terms() -> TestResult
+{
+    // The route config `r` is the second: its errors in the running config's terms would be
+    // `route_configs[1]...`.
+    let config = CONFIG.replace(
+        "route_configs:\n",
+        "admin: { address: 127.0.0.1:0 }\nroute_configs:\n  - { name: p, routes: [] }\n",
+    );
+    let proxy = start(&config).await?;
+    let admin = proxy.admin_addr().ok_or("no admin")?;
+    let body = "name: r\nroutes:\n  - route: { cluster: c }\n  - route: { cluster: ghost }\n";
+    let (status, answer) = admin_request(admin, "PUT", "/route_configs/r", body).await?;
+    assert_eq!(status, 400, "{answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer)?;
+    assert_eq!(answer["field"], "routes[1].route.cluster", "{answer}");
+    assert_eq!(answer["line"], 4, "{answer}");
+    assert_eq!(answer["column"], 23, "{answer}");
+    assert_eq!(rejected(&proxy), 1);
+    proxy.shutdown().await;
+    Ok(())
+}
