@@ -978,11 +978,14 @@ impl Proxy {
     }
 
     /// Re-reads the config file at `path` every `poll` and applies it whenever its contents
-    /// change (see [`Proxy::reload`]), logging what changed or why it was rejected; returns when
-    /// the proxy shuts down. Polling, rather than file events, also sees files replaced by
+    /// change (see [`Proxy::reload`]), logging what changed or why it was rejected (a file
+    /// rejected because an address could not be bound is tried again at every look); returns
+    /// when the proxy shuts down. Polling, rather than file events, also sees files replaced by
     /// rename, as editors and Kubernetes ConfigMaps do.
     pub async fn watch_file(&self, path: &Path, poll: Duration) {
         let mut applied = tokio::fs::read(path).await.ok();
+        // The last reason the file was rejected for an address that could not be bound.
+        let mut bind_failed: Option<String> = None;
         loop {
             tokio::select! {
                 _ = self.state.shutdown.cancelled() => return,
@@ -1005,7 +1008,7 @@ impl Proxy {
                     continue;
                 }
             };
-            applied = Some(current);
+            let previous = applied.replace(current);
             match self.reload_yaml(&text).await {
                 Ok(summary) if summary.is_empty() => {
                     tracing::info!(%file, "config file reloaded: nothing changed");
@@ -1024,10 +1027,21 @@ impl Proxy {
                         tracing::info!(%file, %removed, "removed");
                     }
                 }
+                // An address in use may be freed (the process holding it stops): the same file
+                // is tried again at the next look, and said so only once.
+                Err(err @ UpdateError::Bind { .. }) => {
+                    if bind_failed.as_ref() != Some(&err.to_string()) {
+                        tracing::warn!(%file, error = %err, "config file rejected; the running config is kept, and the file tried again until it binds or changes");
+                        bind_failed = Some(err.to_string());
+                    }
+                    applied = previous;
+                    continue;
+                }
                 Err(err) => {
                     tracing::warn!(%file, error = %err, "config file rejected; the running config is kept");
                 }
             }
+            bind_failed = None;
         }
     }
 

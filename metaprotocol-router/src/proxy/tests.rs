@@ -156,3 +156,38 @@ async fn a_resource_put_through_the_admin_api_is_told_its_mistakes_in_its_own_te
     proxy.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_config_file_rejected_for_an_address_in_use_is_applied_once_the_address_is_free()
+-> TestResult {
+    let proxy = start(CONFIG).await?;
+    let path = config_file("address-in-use", CONFIG)?;
+    let watcher = {
+        let proxy = proxy.clone();
+        let path = path.clone();
+        tokio::spawn(async move { proxy.watch_file(&path, POLL).await })
+    };
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let address = taken.local_addr()?;
+    let moved = CONFIG.replace("address: 127.0.0.1:0", &format!("address: {address}"));
+    // Written again (made new by a comment) until rejected: the watcher may have begun by
+    // reading it as the running config.
+    let mut tries = 0;
+    while rejected(&proxy) == 0 {
+        tries += 1;
+        assert!(tries <= 100, "the file was not rejected");
+        std::fs::write(&path, format!("{moved}# {tries}\n"))?;
+        tokio::time::sleep(POLL * 10).await;
+    }
+    assert_ne!(proxy.listeners()[0].1, address, "{:?}", proxy.listeners());
+    drop(taken);
+    assert!(
+        until(|| proxy.listeners().iter().any(|(_, at)| *at == address)).await,
+        "the file was not applied once its address was free: {:?}",
+        proxy.listeners()
+    );
+    proxy.shutdown().await;
+    tokio::time::timeout(Duration::from_secs(10), watcher).await??;
+    std::fs::remove_file(&path)?;
+    Ok(())
+}
