@@ -1180,20 +1180,46 @@ mod tests {
         }
     }
 
-    /// The reason `response` is rejected, or `None` if it applies (then it is applied).
+    /// The reason a response of `resources` at `version` is rejected, or `None` if it applies
+    /// (then it is applied).
     fn refusal(
         subscription: &mut Subscription,
         kind: ResourceType,
-        response: &DiscoveryResponse,
+        version: &str,
+        resources: Vec<Any>,
         listing: Listing<'_>,
     ) -> Option<String> {
-        match subscription.prepare(kind, response, listing) {
+        match subscription.prepare(kind, &response(kind, version, resources), listing) {
             Ok(prepared) => {
                 subscription.accept(prepared);
                 None
             }
             Err(rejected) => Some(rejected.message),
         }
+    }
+
+    /// [`refusal`] of a state-of-the-world response.
+    fn sotw_refusal(
+        subscription: &mut Subscription,
+        kind: ResourceType,
+        version: &str,
+        resources: Vec<Any>,
+    ) -> Option<String> {
+        refusal(
+            subscription,
+            kind,
+            version,
+            resources,
+            Listing::StateOfTheWorld,
+        )
+    }
+
+    /// Fails unless `refused` says `says`.
+    fn assert_refused(refused: Option<String>, says: &str) {
+        assert!(
+            refused.as_deref().is_some_and(|m| m.contains(says)),
+            "{refused:?}, not {says:?}"
+        );
     }
 
     fn eds_cluster(name: &str) -> Cluster {
@@ -1205,61 +1231,51 @@ mod tests {
     }
 
     /// `assignment(name)` with its one endpoint `endpoints` times.
-    fn assignment_of(name: &str, endpoints: usize) -> ClusterLoadAssignment {
+    fn assignment_of(name: &str, endpoints: usize) -> Any {
         let mut assignment = assignment(name);
         let group = &mut assignment.endpoints[0];
         group.lb_endpoints = vec![group.lb_endpoints[0].clone(); endpoints];
-        assignment
+        any(&assignment)
     }
 
     #[test]
     fn a_cds_response_past_max_clusters_is_rejected_naming_the_bound() {
         let mut subscription = limited(serde_json::json!({ "max_clusters": 2 }), &[]);
         let clusters = |names: &[&str]| {
-            let clusters = names.iter().map(|name| {
+            let cluster = |name: &&str| {
                 any(&Cluster {
                     name: (*name).to_owned(),
                     ..Cluster::default()
                 })
-            });
-            response(ResourceType::Cluster, "c1", clusters.collect())
+            };
+            names.iter().map(cluster).collect::<Vec<_>>()
         };
-        let over = clusters(&["a", "b", "c"]);
-        let refused = refusal(
+        let over = ["a", "b", "c"];
+        let refused = sotw_refusal(
             &mut subscription,
             ResourceType::Cluster,
-            &over,
-            Listing::StateOfTheWorld,
+            "c1",
+            clusters(&over),
         );
-        assert!(
-            refused.as_deref().is_some_and(|m| m.contains(
-                "at resources[2]: the proxy would hold 3 clusters from the server, over `dynamic.xds.limits.max_clusters` (2)"
-            )),
-            "{refused:?}"
+        assert_refused(
+            refused,
+            "at resources[2]: the proxy would hold 3 clusters from the server, over `dynamic.xds.limits.max_clusters` (2)",
         );
         // The same over delta ADS, where a response lists every cluster held.
+        let held = over.map(|name| (name.to_owned(), String::new())).into();
         let refused = refusal(
             &mut subscription,
             ResourceType::Cluster,
-            &over,
-            Listing::Delta(
-                &["a", "b", "c"]
-                    .map(|n| (n.to_owned(), String::new()))
-                    .into(),
-            ),
+            "c1",
+            clusters(&over),
+            Listing::Delta(&held),
         );
-        assert!(
-            refused
-                .as_deref()
-                .is_some_and(|m| m.contains("max_clusters")),
-            "{refused:?}"
-        );
-        let within = clusters(&["a", "b"]);
-        let refused = refusal(
+        assert_refused(refused, "max_clusters");
+        let refused = sotw_refusal(
             &mut subscription,
             ResourceType::Cluster,
-            &within,
-            Listing::StateOfTheWorld,
+            "c2",
+            clusters(&["a", "b"]),
         );
         assert_eq!(refused, None);
     }
@@ -1267,112 +1283,36 @@ mod tests {
     #[test]
     fn endpoints_held_past_max_endpoints_are_rejected_counting_every_cluster() {
         let mut subscription = limited(serde_json::json!({ "max_endpoints": 4 }), &[]);
-        let cds = response(
-            ResourceType::Cluster,
-            "c1",
-            vec![any(&eds_cluster("a")), any(&eds_cluster("b"))],
-        );
-        let refused = refusal(
-            &mut subscription,
-            ResourceType::Cluster,
-            &cds,
-            Listing::StateOfTheWorld,
-        );
-        assert_eq!(refused, None);
+        let mut sotw = |kind, version: &str, resources| {
+            sotw_refusal(&mut subscription, kind, version, resources)
+        };
+        let (cds, eds) = (ResourceType::Cluster, ResourceType::Endpoints);
+        let two = vec![any(&eds_cluster("a")), any(&eds_cluster("b"))];
+        assert_eq!(sotw(cds, "c1", two.clone()), None);
         // One assignment past the bound alone.
-        let eds = response(
-            ResourceType::Endpoints,
-            "e1",
-            vec![any(&assignment_of("a", 5))],
-        );
-        let refused = refusal(
-            &mut subscription,
-            ResourceType::Endpoints,
-            &eds,
-            Listing::StateOfTheWorld,
-        );
-        assert!(
-            refused.as_deref().is_some_and(|m| m.contains(
-                "the proxy would hold 5 endpoints from the server, over `dynamic.xds.limits.max_endpoints` (4)"
-            )),
-            "{refused:?}"
+        assert_refused(
+            sotw(eds, "e1", vec![assignment_of("a", 5)]),
+            "the proxy would hold 5 endpoints from the server, over `dynamic.xds.limits.max_endpoints` (4)",
         );
         // Each response within it, but not what they add up to: a state-of-the-world EDS
         // response carries only the assignments it names, and those held stay.
-        let eds = response(
-            ResourceType::Endpoints,
-            "e2",
-            vec![any(&assignment_of("a", 3))],
+        assert_eq!(sotw(eds, "e2", vec![assignment_of("a", 3)]), None);
+        assert_refused(
+            sotw(eds, "e3", vec![assignment_of("b", 2)]),
+            "hold 5 endpoints",
         );
-        let refused = refusal(
-            &mut subscription,
-            ResourceType::Endpoints,
-            &eds,
-            Listing::StateOfTheWorld,
-        );
-        assert_eq!(refused, None);
-        let eds = response(
-            ResourceType::Endpoints,
-            "e3",
-            vec![any(&assignment_of("b", 2))],
-        );
-        let refused = refusal(
-            &mut subscription,
-            ResourceType::Endpoints,
-            &eds,
-            Listing::StateOfTheWorld,
-        );
-        assert!(
-            refused
-                .as_deref()
-                .is_some_and(|m| m.contains("hold 5 endpoints")),
-            "{refused:?}"
-        );
-        // A cluster added that takes the endpoints of one held counts them again: each
-        // cluster runs its own.
-        let cds = response(
-            ResourceType::Cluster,
-            "c2",
-            vec![
-                any(&eds_cluster("a")),
-                any(&eds_cluster("b")),
-                any(&Cluster {
-                    eds_cluster_config: Some(Default::default()),
-                    ..eds_cluster("a2")
-                }),
-            ],
-        );
-        let refused = refusal(
-            &mut subscription,
-            ResourceType::Cluster,
-            &cds,
-            Listing::StateOfTheWorld,
-        );
-        assert_eq!(refused, None, "a2 takes its own service, not yet sent");
-        let mut shared = eds_cluster("a3");
+        // A cluster taking the endpoints of a service held counts them again: each cluster
+        // runs its own.
+        let mut shared = eds_cluster("a2");
         shared.eds_cluster_config = Some(
             envoy_types::pb::envoy::config::cluster::v3::cluster::EdsClusterConfig {
                 service_name: "a".to_owned(),
                 ..Default::default()
             },
         );
-        let cds = response(
-            ResourceType::Cluster,
-            "c3",
-            vec![any(&eds_cluster("a")), any(&eds_cluster("b")), any(&shared)],
-        );
-        let refused = refusal(
-            &mut subscription,
-            ResourceType::Cluster,
-            &cds,
-            Listing::StateOfTheWorld,
-        );
-        assert!(
-            refused
-                .as_deref()
-                .is_some_and(|m| m.contains("hold 6 endpoints")),
-            "{refused:?}"
-        );
+        let mut three = two;
+        three.push(any(&shared));
+        assert_refused(sotw(cds, "c2", three), "hold 6 endpoints");
     }
 
     #[test]
@@ -1399,49 +1339,33 @@ mod tests {
             })
         };
         let mut subscription = limited(serde_json::json!({ "max_routes": 3 }), &["a", "b"]);
-        let rds = |version: &str, configs: Vec<Any>| {
-            response(ResourceType::RouteConfig, version, configs)
-        };
-        let refused = refusal(
-            &mut subscription,
-            ResourceType::RouteConfig,
-            &rds("r1", vec![config("a", 2), config("b", 2)]),
-            Listing::StateOfTheWorld,
-        );
-        assert!(
-            refused.as_deref().is_some_and(|m| m.contains(
-                "at resources[1]: the proxy would hold 4 routes from the server, over `dynamic.xds.limits.max_routes` (3)"
-            )),
-            "{refused:?}"
+        let rds = ResourceType::RouteConfig;
+        assert_refused(
+            sotw_refusal(
+                &mut subscription,
+                rds,
+                "r1",
+                vec![config("a", 2), config("b", 2)],
+            ),
+            "at resources[1]: the proxy would hold 4 routes from the server, over `dynamic.xds.limits.max_routes` (3)",
         );
         for (version, configs) in [("r2", vec![config("a", 2)]), ("r3", vec![config("b", 1)])] {
-            let refused = refusal(
-                &mut subscription,
-                ResourceType::RouteConfig,
-                &rds(version, configs),
-                Listing::StateOfTheWorld,
-            );
+            let refused = sotw_refusal(&mut subscription, rds, version, configs);
             assert_eq!(refused, None, "{version}");
         }
         // Subscribed by name: a response carries those it names, and the others held stay.
-        let refused = refusal(
-            &mut subscription,
-            ResourceType::RouteConfig,
-            &rds("r4", vec![config("b", 2)]),
-            Listing::StateOfTheWorld,
-        );
-        assert!(
-            refused
-                .as_deref()
-                .is_some_and(|m| m.contains("hold 4 routes")),
-            "{refused:?}"
+        assert_refused(
+            sotw_refusal(&mut subscription, rds, "r4", vec![config("b", 2)]),
+            "hold 4 routes",
         );
         // A delta response lists every one held: the one it leaves out goes.
+        let held = BTreeMap::from([("b".to_owned(), "5".to_owned())]);
         let refused = refusal(
             &mut subscription,
-            ResourceType::RouteConfig,
-            &rds("r5", vec![config("b", 3)]),
-            Listing::Delta(&BTreeMap::from([("b".to_owned(), "5".to_owned())])),
+            rds,
+            "r5",
+            vec![config("b", 3)],
+            Listing::Delta(&held),
         );
         assert_eq!(refused, None);
     }

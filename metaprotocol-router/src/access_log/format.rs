@@ -462,36 +462,19 @@ mod tests {
     /// field, or a client would write the fields after it (the outcome, the route ...).
     #[test]
     fn a_quote_in_a_value_cannot_end_its_field_in_a_text_line() -> Result<(), String> {
-        use std::sync::Arc;
-
-        use metaprotocol_core::{ByteStr, ConnectionInfo, ResponseFlags};
-
-        use crate::stats::RequestOutcome;
+        use metaprotocol_core::ByteStr;
 
         let format = LogFormat::text(TEXT)?;
         assert_eq!(format.keys(), ["service", "method"]);
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
         let entry = LogEntry {
             start_time: UNIX_EPOCH,
-            duration: None,
-            connection: Arc::new(ConnectionInfo::new("in".into(), addr, addr)),
-            protocol: "dubbo",
-            route: None,
-            cluster: None,
-            endpoint: None,
-            outcome: RequestOutcome::SUCCESS,
-            flags: ResponseFlags::default(),
-            request_id: 1,
-            trace_id: None,
-            attempts: 1,
-            bytes_received: 0,
-            bytes_sent: 0,
             metadata: [
                 Some(ByteStr::from_static(r"svc\")),
                 Some(ByteStr::from_static(r#"get" admin_route success "x"#)),
             ]
             .into_iter()
             .collect(),
+            ..LogEntry::for_test()
         };
         let mut line = String::new();
         format.write(&entry, &mut line);

@@ -47,6 +47,31 @@ pub(crate) struct LogEntry {
     metadata: SmallVec<[Option<ByteStr>; 4]>,
 }
 
+impl LogEntry {
+    /// A line of a successful request of no metadata, for tests.
+    #[cfg(test)]
+    fn for_test() -> Self {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        Self {
+            start_time: SystemTime::now(),
+            duration: None,
+            connection: Arc::new(ConnectionInfo::new("test".into(), addr, addr)),
+            protocol: "dubbo",
+            route: None,
+            cluster: None,
+            endpoint: None,
+            outcome: RequestOutcome::SUCCESS,
+            flags: ResponseFlags::default(),
+            request_id: 1,
+            trace_id: None,
+            attempts: 1,
+            bytes_received: 0,
+            bytes_sent: 0,
+            metadata: SmallVec::new(),
+        }
+    }
+}
+
 /// A listener's access log.
 #[derive(Debug)]
 pub(crate) struct AccessLogger {

@@ -308,34 +308,10 @@ impl Writer {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
-    use std::time::SystemTime;
-
-    use metaprotocol_core::{ConnectionInfo, ResponseFlags};
-    use smallvec::SmallVec;
-
     use super::*;
-    use crate::stats::RequestOutcome;
 
     fn entry() -> LogEntry {
-        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
-        LogEntry {
-            start_time: SystemTime::now(),
-            duration: None,
-            connection: Arc::new(ConnectionInfo::new("test".into(), addr, addr)),
-            protocol: "dubbo",
-            route: None,
-            cluster: None,
-            endpoint: None,
-            outcome: RequestOutcome::SUCCESS,
-            flags: ResponseFlags::default(),
-            request_id: 1,
-            trace_id: None,
-            attempts: 1,
-            bytes_received: 0,
-            bytes_sent: 0,
-            metadata: SmallVec::new(),
-        }
+        LogEntry::for_test()
     }
 
     #[test]

@@ -262,13 +262,7 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
         ] {
-            let md: Metadata = [(
-                ByteStr::from_static("traceparent"),
-                ByteStr::from_static(bad),
-            )]
-            .into_iter()
-            .collect();
-            assert_eq!(extract(&md), None, "{bad}");
+            assert_eq!(extract(&metadata(&[("traceparent", bad)])), None, "{bad}");
         }
         let future: Metadata = [(
             ByteStr::from_static("traceparent"),
@@ -322,13 +316,7 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0B",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-+1",
         ] {
-            let md: Metadata = [(
-                ByteStr::from_static("traceparent"),
-                ByteStr::from_static(bad),
-            )]
-            .into_iter()
-            .collect();
-            assert_eq!(extract(&md), None, "{bad}");
+            assert_eq!(extract(&metadata(&[("traceparent", bad)])), None, "{bad}");
         }
         let future = metadata(&[(
             "traceparent",
