@@ -13,6 +13,8 @@ use super::RequestMatcher;
 
 /// Tables shorter than this are scanned: an index would save next to nothing.
 const MIN_ROUTES: usize = 16;
+/// How many keys (those most routes match exactly) are weighed for the index.
+const KEYS_TRIED: usize = 4;
 
 /// The routes of a table by the value their exact condition on one key asks for.
 #[derive(Debug)]
@@ -26,8 +28,9 @@ pub(super) struct ExactIndex {
 }
 
 impl ExactIndex {
-    /// The index of a table whose routes have `matchers`, in order; `None` for a table as well
-    /// scanned (short, or without two routes matching one key exactly).
+    /// The index of a table whose routes have `matchers`, in order, on the key that leaves a
+    /// request the fewest routes to try; `None` for a table as well scanned (short, or with no
+    /// key that leaves fewer than half).
     pub fn build(matchers: &[&RequestMatcher]) -> Option<Self> {
         if matchers.len() < MIN_ROUTES || u32::try_from(matchers.len()).is_err() {
             return None;
@@ -42,14 +45,21 @@ impl ExactIndex {
                 routes_by_key.entry(key.as_str()).or_insert((key, 0)).1 += 1;
             }
         }
-        // The most routes; among as many, the first name, so that a table builds alike each time.
-        let (_, (key, count)) = routes_by_key
-            .into_iter()
-            .max_by(|(a, (_, m)), (b, (_, n))| m.cmp(n).then_with(|| b.cmp(a)))?;
-        if count < 2 {
-            return None;
-        }
-        let key = key.clone();
+        // The keys most routes match exactly, by name among as many (so that a table builds
+        // alike each time); of those, the one whose index leaves a request the fewest routes
+        // at worst. Not simply the most used: a key every route matches to one value (the
+        // service's name, say) leaves every route to try.
+        let mut keys: Vec<(&str, (&MetadataKey, usize))> = routes_by_key.into_iter().collect();
+        keys.sort_by(|(a, (_, m)), (b, (_, n))| n.cmp(m).then_with(|| a.cmp(b)));
+        keys.iter()
+            .take(KEYS_TRIED)
+            .map(|(_, (key, _))| Self::on(key, matchers))
+            .min_by_key(Self::most_tried)
+            .filter(|index| index.most_tried() * 2 <= matchers.len())
+    }
+
+    /// The index of the routes with `matchers` on `key`.
+    fn on(key: &MetadataKey, matchers: &[&RequestMatcher]) -> Self {
         let mut by_value: HashMap<Box<[u8]>, Vec<u32>, FxBuildHasher> = HashMap::default();
         let mut others = Vec::new();
         for (position, matcher) in (0u32..).zip(matchers) {
@@ -63,14 +73,20 @@ impl ExactIndex {
                 None => others.push(position),
             }
         }
-        Some(Self {
-            key,
+        Self {
+            key: key.clone(),
             by_value: by_value
                 .into_iter()
                 .map(|(value, positions)| (value, positions.into_boxed_slice()))
                 .collect(),
             others: others.into_boxed_slice(),
-        })
+        }
+    }
+
+    /// The most routes a request tries.
+    fn most_tried(&self) -> usize {
+        let largest = self.by_value.values().map(|p| p.len()).max().unwrap_or(0);
+        largest + self.others.len()
     }
 
     /// The positions of the routes that may match `request`, ascending.
