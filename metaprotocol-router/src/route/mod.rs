@@ -27,7 +27,7 @@ use crate::cluster::{ClusterHandle, ClusterManager, SubsetId, SubsetLease};
 use crate::config::{ConfigError, RouteConfigSpec, RouteSpec};
 use crate::published::Published;
 use crate::router::{MirrorPolicy, RetryPolicy};
-use crate::stats::{MetricsScope, RouteStats};
+use crate::stats::{LazyRouteStats, MetricsScope, RouteStats};
 
 /// The deadline of routes that set no timeout: a client must never wait forever.
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -103,9 +103,8 @@ pub(crate) struct Route {
     pub hash_policy: HashPolicy,
     /// A copy of a share of the requests for another cluster.
     pub mirror: Option<MirrorPolicy>,
-    pub stats: RouteStats,
-    /// Where `stats` live.
-    scope: MetricsScope,
+    /// The route's series, registered at its first match.
+    stats: LazyRouteStats,
     /// Held only to be dropped with the route: they keep the subsets its targets name
     /// registered with their clusters while the route lives.
     _subsets: Vec<SubsetLease>,
@@ -113,11 +112,16 @@ pub(crate) struct Route {
 
 impl Drop for Route {
     fn drop(&mut self) {
-        self.scope.retire();
+        self.stats.retire();
     }
 }
 
 impl Route {
+    /// The route's series (registered if this is the route's first match).
+    pub fn stats(&self) -> &RouteStats {
+        self.stats.get()
+    }
+
     /// True if every condition holds for the request, arrived on `connection`.
     pub fn matches(&self, request: &RoutingView<'_>, connection: &ConnectionInfo) -> bool {
         self.matcher.matches(request, connection)
@@ -294,10 +298,8 @@ fn build_route(
         .map_err(|e| e.within("request_mutation"))?;
     let response_mutation = RouteMutation::new(spec.response_mutation.as_ref())
         .map_err(|e| e.within("response_mutation"))?;
-    let scope = scope(&name);
     Ok(Route {
-        stats: RouteStats::new(&scope),
-        scope,
+        stats: LazyRouteStats::new(scope(&name)),
         name,
         matcher,
         action,
@@ -448,7 +450,7 @@ endpoints: [ { address: 127.0.0.1:1, labels: { version: v1 } }, { address: 127.0
         };
         let first = table(1)?;
         if let Some(route) = first.get(0) {
-            route.stats.completed(&Completion {
+            route.stats().completed(&Completion {
                 outcome: RequestOutcome::local(LocalReplyKind::Timeout),
                 duration: Duration::from_millis(3),
                 rx_bytes: 10,
@@ -467,6 +469,53 @@ endpoints: [ { address: 127.0.0.1:1, labels: { version: v1 } }, { address: 127.0
         );
         drop(second);
         assert_eq!(timeouts(), None, "and goes with the route");
+        Ok(())
+    }
+
+    #[test]
+    fn a_routes_series_appear_at_its_first_match_and_outlive_an_update_once_used()
+    -> Result<(), ConfigError> {
+        use crate::stats::SeriesValue;
+
+        let clusters = ClusterManager::default();
+        clusters.insert(crate::cluster::tests::cluster("name: c")?);
+        let metrics = Metrics::new();
+        let spec = RouteConfigSpec::from_yaml(
+            "name: r\nroutes: [ { name: a, route: { cluster: c } }, { name: b, route: { cluster: c } } ]",
+        )?;
+        let table = |version| RouteTable::build(&spec, version, &clusters, &metrics.root());
+        // The routes with a `route_rq` series, and its value.
+        let counted = || -> Vec<(String, SeriesValue)> {
+            let Some(family) = metrics.family("metaprotocol_route_rq") else {
+                return Vec::new();
+            };
+            family
+                .series
+                .iter()
+                .filter_map(|(labels, value)| {
+                    let (_, route) = labels.iter().find(|(key, _)| key == "route")?;
+                    Some((route.clone(), value.clone()))
+                })
+                .collect()
+        };
+        let matched = |table: &RouteTable| {
+            if let Some(route) = table.get(0) {
+                route.stats().requests.inc();
+            }
+        };
+        let first = table(1)?;
+        assert_eq!(counted(), [], "no series before a route matches");
+        matched(&first);
+        assert_eq!(counted(), [("a".to_owned(), SeriesValue::Counter(1))]);
+        // An update rebuilds both routes: the used one carries its series on, the idle one
+        // still has none.
+        let second = table(2)?;
+        drop(first);
+        assert_eq!(counted(), [("a".to_owned(), SeriesValue::Counter(1))]);
+        matched(&second);
+        assert_eq!(counted(), [("a".to_owned(), SeriesValue::Counter(2))]);
+        drop(second);
+        assert_eq!(counted(), [], "the series go with the route");
         Ok(())
     }
 

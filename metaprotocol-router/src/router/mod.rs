@@ -254,7 +254,7 @@ pub(crate) fn route(
     };
     let target = route.action.pick(&view).cloned();
     let hash = route.hash_policy.hash(&view);
-    route.stats.requests.inc();
+    route.stats().requests.inc();
     record.route = Some(route.name.clone());
     record.timings.routed = Some(now.into_std());
     let target = match (&route.action, target) {
@@ -314,7 +314,7 @@ pub(crate) fn route(
             observer,
             hash,
             copy_deadline,
-            &route.stats,
+            route.stats(),
         );
     }
     Ok(Routed {
@@ -377,7 +377,7 @@ impl Routed {
         self.attempts = 1;
         record.attempts = 1;
         if let Some(route) = self.route() {
-            route.stats.attempts.inc();
+            route.stats().attempts.inc();
         }
         record.timings.upstream_sent = Some(now.into_std());
         let spec = AttemptSpec {
@@ -429,7 +429,7 @@ impl Routed {
         record.timings.upstream_sent = Some(now.into_std());
         let route = self.route();
         if let Some(route) = route {
-            route.stats.attempts.inc();
+            route.stats().attempts.inc();
         }
         let per_try = route
             .and_then(|r| r.retry.as_ref())
@@ -647,7 +647,7 @@ impl Routed {
         self.tried.push(endpoint);
         self.target.cluster.stats().rq_retry.inc();
         if let Some(route) = self.table.get(self.route) {
-            route.stats.retries.inc();
+            route.stats().retries.inc();
         }
     }
 
@@ -663,7 +663,7 @@ impl Routed {
         if grant.is_none()
             && let Some(route) = route
         {
-            route.stats.retry_budget_exhausted.inc();
+            route.stats().retry_budget_exhausted.inc();
         }
         grant
     }

@@ -30,7 +30,7 @@ pub(crate) fn complete(
     let method = request.metadata.value_bytes(keys::METHOD);
     ctx.stats.completed(method, &done);
     if let Some(route) = route {
-        route.stats.completed(&done);
+        route.stats().completed(&done);
     }
     if ctx.istio.is_some() {
         istio(ctx, record, routed, &done);

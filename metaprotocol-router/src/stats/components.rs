@@ -111,28 +111,29 @@ impl RequestSeries {
 
 /// The per-method series of a listener: methods named by routes, then the first
 /// `method_label_limit` others seen, each get their own `method` label value; the rest share
-/// `other`. A listener's next context (a reload) starts with the methods the last one had seen.
+/// `other`. A method's series are registered the first time a request of it finishes (a route
+/// config may name tens of thousands of methods, most of them rarely called); a listener's next
+/// context (a reload) starts with the series the last one had registered.
 #[derive(Debug)]
 struct MethodSeries {
     scope: MetricsScope,
     /// Keyed by the method's bytes: a request's method is looked up without a UTF-8 check.
-    table: Interned<Box<[u8]>, RequestSeries>,
+    table: Interned<Box<[u8]>, OnceLock<RequestSeries>>,
     other: RequestSeries,
 }
 
 impl MethodSeries {
     fn new(scope: &MetricsScope, named: &[String]) -> Self {
         let limit = scope.metrics().settings().method_label_limit;
-        let make = |method: &str| {
-            RequestSeries::new(scope.with_label("method", method), DOWNSTREAM, "method")
-        };
         let methods = Self {
             table: Interned::with_capacity(named.len() + limit),
-            other: make(OTHER_METHOD),
+            other: Self::make(scope, OTHER_METHOD),
             scope: scope.clone(),
         };
         for method in named {
-            methods.series(method.as_bytes());
+            methods.table.get_or_insert_with(method.as_bytes(), || {
+                (method.as_bytes().into(), OnceLock::new())
+            });
         }
         for method in scope.label_values(DURATION_BY_METHOD, "method") {
             methods.series(method.as_bytes());
@@ -140,26 +141,30 @@ impl MethodSeries {
         methods
     }
 
+    /// The series of `method` in `scope`.
+    fn make(scope: &MetricsScope, method: &str) -> RequestSeries {
+        RequestSeries::new(scope.with_label("method", method), DOWNSTREAM, "method")
+    }
+
     fn series(&self, method: &[u8]) -> &RequestSeries {
         if method.len() > MAX_METHOD_LABEL || method == OTHER_METHOD.as_bytes() {
             return &self.other;
         }
-        if let Some(series) = self.table.get(method) {
-            return series;
-        }
         // Metadata is UTF-8: a method that is not cannot be a label, and counts as `other`.
-        let Ok(label) = std::str::from_utf8(method) else {
+        let Some(slot) = self.table.get(method).or_else(|| {
+            std::str::from_utf8(method).ok()?;
+            self.table
+                .get_or_insert_with(method, || (method.into(), OnceLock::new()))
+        }) else {
             return &self.other;
         };
-        self.table
-            .get_or_insert_with(method, || {
-                let scope = self.scope.with_label("method", label);
-                (
-                    method.into(),
-                    RequestSeries::new(scope, DOWNSTREAM, "method"),
-                )
-            })
-            .unwrap_or(&self.other)
+        if let Some(series) = slot.get() {
+            return series;
+        }
+        match std::str::from_utf8(method) {
+            Ok(label) => slot.get_or_init(|| Self::make(&self.scope, label)),
+            Err(_) => &self.other,
+        }
     }
 }
 
@@ -254,6 +259,41 @@ impl ListenerStats {
     }
 }
 
+/// The series of one route, registered the first time the route matches a request: a mesh's
+/// route configs may hold tens of thousands of routes, most of them idle, and a route's series
+/// take several kilobytes. A route built to replace one whose series exist (an update
+/// rebuilding a route that was used) takes them over at once, off the request path, so that
+/// they carry on.
+#[derive(Debug)]
+pub(crate) struct LazyRouteStats {
+    scope: MetricsScope,
+    stats: OnceLock<RouteStats>,
+}
+
+impl LazyRouteStats {
+    /// The route's series in `scope`, registered now if a predecessor's exist.
+    pub fn new(scope: MetricsScope) -> Self {
+        let stats = OnceLock::new();
+        if scope.has_series(ROUTE_REQUESTS) {
+            let _ = stats.set(RouteStats::new(&scope));
+        }
+        Self { scope, stats }
+    }
+
+    /// The route's series, registered if this is their first use.
+    pub fn get(&self) -> &RouteStats {
+        self.stats.get_or_init(|| RouteStats::new(&self.scope))
+    }
+
+    /// Lets go of the route's series (when the route goes).
+    pub fn retire(&self) {
+        self.scope.retire();
+    }
+}
+
+/// The series counting the requests a route matched: the one every route that was used has.
+const ROUTE_REQUESTS: &str = "route_rq";
+
 /// Metric handles of one route; its series go when the route does.
 #[derive(Debug)]
 pub(crate) struct RouteStats {
@@ -278,7 +318,7 @@ impl RouteStats {
             )
         };
         Self {
-            requests: scope.counter("route_rq", "Requests matched, by route"),
+            requests: scope.counter(ROUTE_REQUESTS, "Requests matched, by route"),
             attempts: scope.counter("route_upstream_rq_attempts", "Upstream attempts, by route"),
             retries: scope.counter("route_upstream_rq_retries", "Retried attempts, by route"),
             retry_budget_exhausted: scope.counter(
@@ -535,6 +575,44 @@ mod tests {
                 .family("metaprotocol_downstream_rq_completed")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_named_methods_series_appear_at_its_first_request() {
+        let metrics = Metrics::with_settings(MetricsSettings {
+            method_label_limit: 0,
+            ..MetricsSettings::default()
+        });
+        let scope = metrics.root().detached("listener", "in");
+        let named: Vec<String> = (0..100).map(|i| format!("m{i}")).collect();
+        let stats = ListenerStats::new(&scope, &named);
+        // The methods with a latency series.
+        let methods = || -> Vec<String> {
+            let Some(family) = metrics.family(&format!("metaprotocol_{DURATION_BY_METHOD}")) else {
+                return Vec::new();
+            };
+            family
+                .series
+                .iter()
+                .filter_map(|(labels, _)| {
+                    let (_, method) = labels.iter().find(|(key, _)| key == "method")?;
+                    Some(method.clone())
+                })
+                .collect()
+        };
+        assert_eq!(
+            methods(),
+            ["other"],
+            "no named method's series before its request"
+        );
+        for method in ["m7", "unnamed", "m7"] {
+            stats.completed(
+                Some(method.as_bytes()),
+                &completion(RequestOutcome::SUCCESS),
+            );
+        }
+        // Named by a route, `m7` has a label of its own even with no room for others.
+        assert_eq!(methods(), ["m7", "other"]);
     }
 
     #[test]

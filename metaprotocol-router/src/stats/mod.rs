@@ -37,7 +37,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 pub(crate) use components::{
-    ClusterStats, Completion, EndpointStats, HealthStats, ListenerStats, RouteStats,
+    ClusterStats, Completion, EndpointStats, HealthStats, LazyRouteStats, ListenerStats, RouteStats,
 };
 pub use counter::{Counter, UpDownCounter};
 pub use exposition::ExpositionFormat;
@@ -207,8 +207,9 @@ struct Family {
 
 #[derive(Default)]
 struct Inner {
-    /// Families by exposed name; locked only when series are registered, retired or scraped,
-    /// never on the request path.
+    /// Families by exposed name; locked only when series are registered, retired or scraped:
+    /// on the request path only when a series is first used (a route's first match, a method
+    /// first seen), never after.
     families: Mutex<BTreeMap<String, Family>>,
     /// The codecs whose own counters ([`CodecFactory::counters`]) are exported, one per protocol.
     codecs: Mutex<Vec<Arc<dyn CodecFactory>>>,
@@ -544,6 +545,14 @@ impl MetricsScope {
         let counter = self.metrics.register_existing_counter(&name, &labels)?;
         lock(&self.owned).push((name, labels));
         Some(counter)
+    }
+
+    /// True if series `name` with exactly this scope's labels exists: a predecessor of the
+    /// component (the route an update replaces) registered it.
+    pub(crate) fn has_series(&self, name: &str) -> bool {
+        lock(&self.metrics.inner.families)
+            .get(&prefixed(name))
+            .is_some_and(|family| family.series.contains_key(self.labels.as_slice()))
     }
 
     /// The values label `key` takes among the series of `name` that carry this scope's labels
