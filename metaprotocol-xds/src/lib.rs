@@ -37,6 +37,7 @@
 mod budget;
 mod client;
 mod delta;
+mod known;
 mod resource;
 mod state;
 mod status;

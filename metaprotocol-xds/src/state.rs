@@ -22,6 +22,7 @@ use metaprotocol_router::config::{EndpointSpec, RouteConfigSpec, XdsLimitsSpec, 
 use metaprotocol_router::{DynamicUpdate, ResourceId, ResourceKind};
 use serde::Serialize;
 
+use crate::known::Known;
 use crate::resource::ResourceType;
 use crate::translate::{self, ClusterResource, InvalidResource};
 
@@ -128,6 +129,8 @@ pub(crate) struct Prepared {
     pub version: String,
     pub update: DynamicUpdate,
     accepted: Accepted,
+    /// The bytes of each resource translated anew, by name, to know it by once accepted.
+    encoded: Vec<(String, Vec<u8>)>,
 }
 
 /// The resources a response leaves the client with, once applied.
@@ -139,7 +142,10 @@ enum Accepted {
         versions: BTreeMap<String, String>,
     },
     Endpoints {
+        /// The assignments sent anew (those unchanged are held already).
         assignments: BTreeMap<String, Vec<EndpointSpec>>,
+        /// Every assignment the response lists, anew or unchanged.
+        present: BTreeSet<String>,
         /// The assignments are all there are (those left out were removed).
         complete: bool,
     },
@@ -176,6 +182,8 @@ pub(crate) struct Subscription {
     applied_route_configs: BTreeMap<String, usize>,
     /// Bounds on what the resources held add up to.
     limits: XdsLimitsSpec,
+    /// The bytes each resource held was accepted as, per type.
+    known: BTreeMap<ResourceType, Known>,
 }
 
 impl Subscription {
@@ -192,6 +200,7 @@ impl Subscription {
             applied_clusters: BTreeSet::new(),
             applied_route_configs: BTreeMap::new(),
             limits: spec.limits,
+            known: BTreeMap::new(),
         }
     }
 
@@ -308,22 +317,55 @@ impl Subscription {
             Listing::StateOfTheWorld => version.clone(),
         };
         let mut update = DynamicUpdate::default();
+        let mut encoded = Vec::new();
+        let known = self.known.get(&kind);
         let accepted = match kind {
             ResourceType::Cluster => {
-                let clusters = decode_all(
+                let decoded = decode_all(
                     &response.resources,
                     kind,
                     listing,
                     &self.limits,
+                    Unchanged::new(known, |name| {
+                        self.accepted_clusters.get(name).map(Counted::footprint)
+                    }),
                     |c: &Cluster| (c.name.clone(), translate::cluster(c)),
                 )
                 .map_err(|(id, message)| reject(id, message))?;
+                let mut clusters = BTreeMap::new();
+                let mut versions = BTreeMap::new();
+                let mut changed = BTreeSet::new();
+                for (name, entry) in decoded {
+                    let (cluster, cluster_version) = match entry {
+                        Entry::Changed { value, bytes } => {
+                            encoded.push((name.clone(), bytes));
+                            changed.insert(name.clone());
+                            (value, version_of(&name))
+                        }
+                        Entry::Unchanged => {
+                            let Some(cluster) = self.accepted_clusters.get(&name) else {
+                                continue;
+                            };
+                            let held = self.cluster_versions.get(&name);
+                            (
+                                cluster.clone(),
+                                held.cloned().unwrap_or_else(|| version_of(&name)),
+                            )
+                        }
+                    };
+                    versions.insert(name.clone(), cluster_version);
+                    clusters.insert(name, cluster);
+                }
                 let held = self.footprint(&clusters, |service| {
                     self.assignments.get(service).map(Vec::len)
                 });
                 held.check(&self.limits)
                     .map_err(|message| reject(None, message))?;
                 for (name, cluster) in &clusters {
+                    // One unchanged that runs already is left as it runs.
+                    if !changed.contains(name) && self.applied_clusters.contains(name) {
+                        continue;
+                    }
                     let endpoints = match &cluster.eds_service {
                         Some(service) => match self.assignments.get(service) {
                             Some(endpoints) => endpoints.as_slice(),
@@ -334,7 +376,7 @@ impl Subscription {
                     update.clusters.push(cluster.with_endpoints(endpoints));
                     update.versions.insert(
                         ResourceId::new(ResourceKind::Cluster, name),
-                        version_of(name),
+                        versions.get(name).cloned().unwrap_or_default(),
                     );
                 }
                 update.removed = self
@@ -343,27 +385,36 @@ impl Subscription {
                     .filter(|name| !clusters.contains_key(*name))
                     .map(|name| ResourceId::new(ResourceKind::Cluster, name))
                     .collect();
-                let versions = clusters.keys().map(|name| (name.clone(), version_of(name)));
-                Accepted::Clusters {
-                    versions: versions.collect(),
-                    clusters,
-                }
+                Accepted::Clusters { clusters, versions }
             }
             ResourceType::Endpoints => {
-                let assignments = decode_all(
+                let decoded = decode_all(
                     &response.resources,
                     kind,
                     listing,
                     &self.limits,
+                    Unchanged::new(known, |name| {
+                        self.assignments.get(name).map(Counted::footprint)
+                    }),
                     |a: &ClusterLoadAssignment| (a.cluster_name.clone(), translate::endpoints(a)),
                 )
                 .map_err(|(id, message)| reject(id, message))?;
-                let held = self.footprint(&self.accepted_clusters, |service| {
-                    match assignments.get(service) {
-                        Some(endpoints) => Some(endpoints.len()),
-                        None if complete => None,
-                        None => self.assignments.get(service).map(Vec::len),
+                let present: BTreeSet<String> = decoded.keys().cloned().collect();
+                let mut assignments = BTreeMap::new();
+                for (name, entry) in decoded {
+                    if let Entry::Changed { value, bytes } = entry {
+                        encoded.push((name.clone(), bytes));
+                        assignments.insert(name, value);
                     }
+                }
+                // What a service's assignment is once this applies, if it has one.
+                let after = |service: &str| match assignments.get(service) {
+                    Some(endpoints) => Some(endpoints),
+                    None if complete && !present.contains(service) => None,
+                    None => self.assignments.get(service),
+                };
+                let held = self.footprint(&self.accepted_clusters, |service| {
+                    after(service).map(Vec::len)
                 });
                 held.check(&self.limits)
                     .map_err(|message| reject(None, message))?;
@@ -371,11 +422,14 @@ impl Subscription {
                     let Some(service) = cluster.eds_service.as_ref() else {
                         continue;
                     };
-                    let endpoints = match assignments.get(service) {
+                    let applied = self.applied_clusters.contains(name);
+                    let endpoints = match after(service) {
+                        // Unchanged, and running with them already.
+                        Some(_) if applied && !assignments.contains_key(service) => continue,
                         Some(endpoints) => endpoints.as_slice(),
                         // A complete response without the assignment removed it: the cluster
                         // has no endpoints left (as in Envoy).
-                        None if complete && self.assignments.contains_key(service) => &[],
+                        None if self.assignments.contains_key(service) => &[],
                         None => continue,
                     };
                     update.clusters.push(cluster.with_endpoints(endpoints));
@@ -383,7 +437,7 @@ impl Subscription {
                         ResourceId::new(ResourceKind::Endpoints, name),
                         version_of(service),
                     );
-                    if !self.applied_clusters.contains(name) {
+                    if !applied {
                         // The cluster warmed until now: its own version starts serving too.
                         update.versions.insert(
                             ResourceId::new(ResourceKind::Cluster, name),
@@ -393,15 +447,24 @@ impl Subscription {
                 }
                 Accepted::Endpoints {
                     assignments,
+                    present,
                     complete,
                 }
             }
             ResourceType::RouteConfig => {
-                let mut configs = decode_all(
+                let mut decoded = decode_all(
                     &response.resources,
                     kind,
                     listing,
                     &self.limits,
+                    Unchanged::new(known, |name| {
+                        self.applied_route_configs
+                            .get(name)
+                            .map(|&routes| Footprint {
+                                routes,
+                                ..Footprint::default()
+                            })
+                    }),
                     |r: &RouteConfiguration| (r.name.clone(), translate::route_config(r)),
                 )
                 .map_err(|(id, message)| reject(id, message))?;
@@ -409,11 +472,19 @@ impl Subscription {
                 // of other names cannot make the proxy hold them (a subscription by name never
                 // removes what it did not ask for).
                 if let Some(wanted) = &self.route_configs {
-                    configs.retain(|name, _| wanted.wants(name));
+                    decoded.retain(|name, _| wanted.wants(name));
                 }
-                let names: BTreeMap<String, usize> = configs
+                let names: BTreeMap<String, usize> = decoded
                     .iter()
-                    .map(|(name, spec)| (name.clone(), spec.routes.len()))
+                    .map(|(name, entry)| {
+                        let routes = match entry {
+                            Entry::Changed { value, .. } => value.routes.len(),
+                            Entry::Unchanged => {
+                                self.applied_route_configs.get(name).copied().unwrap_or(0)
+                            }
+                        };
+                        (name.clone(), routes)
+                    })
                     .collect();
                 let whole = complete || self.route_configs.as_ref().is_some_and(Names::is_wildcard);
                 // Those held and not sent stay, unless the response lists every one.
@@ -434,12 +505,15 @@ impl Subscription {
                     .check(&self.limits)
                     .map_err(|message| reject(None, message))?;
                 }
-                for (name, spec) in configs {
-                    update.versions.insert(
-                        ResourceId::new(ResourceKind::RouteConfig, &name),
-                        version_of(&name),
-                    );
-                    update.route_configs.push(spec);
+                for (name, entry) in decoded {
+                    if let Entry::Changed { value, bytes } = entry {
+                        update.versions.insert(
+                            ResourceId::new(ResourceKind::RouteConfig, &name),
+                            version_of(&name),
+                        );
+                        update.route_configs.push(value);
+                        encoded.push((name, bytes));
+                    }
                 }
                 Accepted::RouteConfigs(names)
             }
@@ -449,6 +523,7 @@ impl Subscription {
             version: version.clone(),
             update,
             accepted,
+            encoded,
         })
     }
 
@@ -491,6 +566,7 @@ impl Subscription {
             }
             Accepted::Endpoints {
                 assignments,
+                present,
                 complete,
             } => {
                 // Only those of the clusters held: a control plane sending assignments for other
@@ -500,10 +576,9 @@ impl Subscription {
                     .into_iter()
                     .filter(|(name, _)| wanted.contains(name));
                 if complete {
-                    self.assignments = assignments.collect();
-                } else {
-                    self.assignments.extend(assignments);
+                    self.assignments.retain(|name, _| present.contains(name));
                 }
+                self.assignments.extend(assignments);
                 self.applied_clusters
                     .extend(prepared.update.clusters.iter().map(|c| c.name.clone()));
             }
@@ -514,6 +589,11 @@ impl Subscription {
                 self.applied_route_configs.extend(names);
             }
         }
+        let known = self.known.entry(kind).or_default();
+        for (name, bytes) in prepared.encoded {
+            known.insert(name, bytes);
+        }
+        self.forget_unheld();
         let state = self.types.entry(kind).or_default();
         state.version = prepared.version;
         state.rejected_version = None;
@@ -528,6 +608,21 @@ impl Subscription {
             }
         }
         requests
+    }
+
+    /// Forgets the bytes of resources no longer held.
+    fn forget_unheld(&mut self) {
+        for (kind, known) in &mut self.known {
+            match kind {
+                ResourceType::Cluster => {
+                    known.retain(|name| self.accepted_clusters.contains_key(name));
+                }
+                ResourceType::Endpoints => known.retain(|name| self.assignments.contains_key(name)),
+                ResourceType::RouteConfig => {
+                    known.retain(|name| self.applied_route_configs.contains_key(name));
+                }
+            }
+        }
     }
 
     /// Records that `prepared` was applied without the resources `refused` (over delta ADS each
@@ -657,16 +752,47 @@ impl Counted for RouteConfigSpec {
     }
 }
 
-/// Decodes and translates every resource of a response, keyed by name; the first failure is
-/// the response's error, naming the resource and the field. What the resources translate to is
-/// bounded by `limits` as it grows: translated, a few bytes on the wire take far more.
+/// A resource of a response, as `decode_all` finds it.
+#[derive(Debug)]
+enum Entry<T> {
+    /// Translated, from `bytes`.
+    Changed { value: T, bytes: Vec<u8> },
+    /// Sent as it was accepted: held already, not decoded again.
+    Unchanged,
+}
+
+/// How `decode_all` knows a resource sent as it was accepted: by its bytes, among those
+/// `known`, and by what is held of it (`held`: what it counts for, by name; `None` when
+/// nothing is held of it).
+struct Unchanged<'a, F> {
+    known: Option<&'a Known>,
+    held: F,
+}
+
+impl<'a, F: Fn(&str) -> Option<Footprint>> Unchanged<'a, F> {
+    fn new(known: Option<&'a Known>, held: F) -> Self {
+        Self { known, held }
+    }
+
+    /// The name of the resource held as `bytes`, and what it counts for, if one is.
+    fn of(&self, bytes: &[u8]) -> Option<(&'a str, Footprint)> {
+        let name = self.known?.name_of(bytes)?;
+        Some((name, (self.held)(name)?))
+    }
+}
+
+/// Decodes and translates every resource of a response, keyed by name, but those sent as they
+/// were accepted (see [`Known`]); the first failure is the response's error, naming the
+/// resource and the field. What the resources translate to is bounded by `limits` as it grows:
+/// translated, a few bytes on the wire take far more.
 fn decode_all<M, T>(
     resources: &[Any],
     kind: ResourceType,
     listing: Listing<'_>,
     limits: &XdsLimitsSpec,
+    unchanged: Unchanged<'_, impl Fn(&str) -> Option<Footprint>>,
     translate: impl Fn(&M) -> (String, Result<T, InvalidResource>),
-) -> Result<BTreeMap<String, T>, (Option<ResourceId>, String)>
+) -> Result<BTreeMap<String, Entry<T>>, (Option<ResourceId>, String)>
 where
     M: prost::Message + prost::Name + Default,
     T: Counted,
@@ -685,25 +811,16 @@ where
                 ),
             ));
         }
-        // Bounded before decoding: a few bytes of empty elements can decode into gigabytes.
-        crate::budget::check(&any.value, crate::budget::RESOURCE_ELEMENT_BYTES, &[]).map_err(
-            |err| {
-                (
-                    None,
-                    format!("resources[{i}]: not decoded as a {}: {err}", M::full_name()),
-                )
-            },
-        )?;
-        let message = M::decode(any.value.as_slice()).map_err(|err| {
-            (
-                None,
-                format!("resources[{i}]: not a valid {}: {err}", M::full_name()),
-            )
-        })?;
-        let (name, result) = translate(&message);
+        let (name, entry, counts) = match unchanged.of(&any.value) {
+            Some((name, counts)) => (name.to_owned(), Entry::Unchanged, counts),
+            None => {
+                let (name, value) = decode_one(i, any, kind, &translate)?;
+                let counts = value.footprint();
+                let bytes = any.value.clone();
+                (name, Entry::Changed { value, bytes }, counts)
+            }
+        };
         let id = resource_id(kind, &name);
-        let value =
-            result.map_err(|err| (id.clone(), format!("{} `{name}`: {err}", M::full_name())))?;
         // A delta resource is held, removed and versioned by the name it is sent under: one
         // sent under another name (or none) would run, then go with the next response.
         if let Listing::Delta(held) = listing
@@ -717,15 +834,50 @@ where
                 ),
             ));
         }
-        footprint = footprint.plus(value.footprint());
+        footprint = footprint.plus(counts);
         footprint
             .check(limits)
             .map_err(|message| (None, format!("at resources[{i}]: {message}")))?;
-        if translated.insert(name.clone(), value).is_some() {
+        if translated.insert(name.clone(), entry).is_some() {
             return Err((id, format!("{} `{name}` is sent twice", M::full_name())));
         }
     }
     Ok(translated)
+}
+
+/// Decodes and translates resource `i` of a response, `any`; returns its name and translation.
+fn decode_one<M, T>(
+    i: usize,
+    any: &Any,
+    kind: ResourceType,
+    translate: impl Fn(&M) -> (String, Result<T, InvalidResource>),
+) -> Result<(String, T), (Option<ResourceId>, String)>
+where
+    M: prost::Message + prost::Name + Default,
+{
+    // Bounded before decoding: a few bytes of empty elements can decode into gigabytes.
+    crate::budget::check(&any.value, crate::budget::RESOURCE_ELEMENT_BYTES, &[]).map_err(
+        |err| {
+            (
+                None,
+                format!("resources[{i}]: not decoded as a {}: {err}", M::full_name()),
+            )
+        },
+    )?;
+    let message = M::decode(any.value.as_slice()).map_err(|err| {
+        (
+            None,
+            format!("resources[{i}]: not a valid {}: {err}", M::full_name()),
+        )
+    })?;
+    let (name, result) = translate(&message);
+    let value = result.map_err(|err| {
+        (
+            resource_id(kind, &name),
+            format!("{} `{name}`: {err}", M::full_name()),
+        )
+    })?;
+    Ok((name, value))
 }
 
 /// The engine's name for resource `name` of `kind`.
@@ -1014,7 +1166,8 @@ mod tests {
             name: name.to_owned(),
             ..RouteConfiguration::default()
         };
-        for (version, other) in [("r1", "x1"), ("r2", "x2")] {
+        // `a` sent again unchanged is not applied again.
+        for (version, other, applied) in [("r1", "x1", &["a"][..]), ("r2", "x2", &[])] {
             let rds = response(
                 ResourceType::RouteConfig,
                 version,
@@ -1031,7 +1184,7 @@ mod tests {
                 .iter()
                 .map(|r| r.name.as_str())
                 .collect();
-            assert_eq!(names, ["a"], "{version}");
+            assert_eq!(names, applied, "{version}");
         }
         assert_eq!(
             subscription.applied_route_configs,
@@ -1236,6 +1389,97 @@ mod tests {
         let group = &mut assignment.endpoints[0];
         group.lb_endpoints = vec![group.lb_endpoints[0].clone(); endpoints];
         any(&assignment)
+    }
+
+    /// The names of the clusters `update` adds or replaces, and of the resources it versions.
+    fn changed(update: &DynamicUpdate) -> (Vec<&str>, Vec<&str>) {
+        (
+            update.clusters.iter().map(|c| c.name.as_str()).collect(),
+            update.versions.keys().map(|id| id.name.as_str()).collect(),
+        )
+    }
+
+    #[test]
+    fn clusters_sent_again_unchanged_are_not_applied_again() {
+        let mut subscription = subscription();
+        let cluster = |name: &str, timeout: i64| {
+            any(&Cluster {
+                name: name.to_owned(),
+                connect_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+                    seconds: timeout,
+                    nanos: 0,
+                }),
+                ..Cluster::default()
+            })
+        };
+        let mut cds = |version: &str, a: i64, b: i64| {
+            let response = response(
+                ResourceType::Cluster,
+                version,
+                vec![cluster("a", a), cluster("b", b)],
+            );
+            apply(
+                &mut subscription,
+                ResourceType::Cluster,
+                &response,
+                Listing::StateOfTheWorld,
+            )
+        };
+        assert_eq!(changed(&cds("v1", 1, 1)), (vec!["a", "b"], vec!["a", "b"]));
+        assert_eq!(changed(&cds("v2", 1, 2)), (vec!["b"], vec!["b"]));
+        assert_eq!(changed(&cds("v3", 3, 2)), (vec!["a"], vec!["a"]));
+        // `a` as it was at v1 is not what runs: it is applied.
+        assert_eq!(changed(&cds("v4", 1, 2)), (vec!["a"], vec!["a"]));
+        assert_eq!(changed(&cds("v5", 1, 2)), (vec![], vec![]));
+        assert_eq!(
+            subscription.cluster_versions,
+            BTreeMap::from([
+                ("a".to_owned(), "v4".to_owned()),
+                ("b".to_owned(), "v2".to_owned())
+            ]),
+            "each keeps the version it last changed at"
+        );
+    }
+
+    #[test]
+    fn only_the_endpoints_that_changed_are_applied_from_a_delta_response() {
+        let mut subscription = subscription();
+        let clusters = response(
+            ResourceType::Cluster,
+            "c1",
+            vec![any(&eds_cluster("a")), any(&eds_cluster("b"))],
+        );
+        apply(
+            &mut subscription,
+            ResourceType::Cluster,
+            &clusters,
+            Listing::StateOfTheWorld,
+        );
+        // As the client holds them once a delta response is merged: every assignment.
+        let mut eds = |version: &str, assignments: Vec<Any>| {
+            let names = ["a", "b"]
+                .into_iter()
+                .take(assignments.len())
+                .map(|name| (name.to_owned(), version.to_owned()))
+                .collect();
+            let response = response(ResourceType::Endpoints, version, assignments);
+            apply(
+                &mut subscription,
+                ResourceType::Endpoints,
+                &response,
+                Listing::Delta(&names),
+            )
+        };
+        let both = eds("e1", vec![assignment_of("a", 1), assignment_of("b", 1)]);
+        assert_eq!(changed(&both).0, ["a", "b"]);
+        let one = eds("e2", vec![assignment_of("a", 2), assignment_of("b", 1)]);
+        assert_eq!(changed(&one), (vec!["a"], vec!["a"]));
+        assert_eq!(one.clusters[0].endpoints.len(), 2);
+        // `b` removed: it runs without endpoints.
+        let removed = eds("e3", vec![assignment_of("a", 2)]);
+        assert_eq!(changed(&removed), (vec!["b"], vec!["b"]));
+        assert!(removed.clusters[0].endpoints.is_empty());
+        assert_eq!(subscription.assignments.keys().collect::<Vec<_>>(), ["a"]);
     }
 
     #[test]

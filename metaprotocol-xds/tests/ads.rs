@@ -377,8 +377,13 @@ async fn drives_dubbo_traffic_hitlessly(api_type: &str) -> TestResult {
     let resubscribed = resubscription(&server).await?;
     assert_eq!(resubscribed.version_info, "r3");
     assert_eq!(resubscribed.node, NODE);
-    // The new stream carries updates.
-    rds(&server, "r5", &all_v1);
+    // The new stream carries updates (a changed route config: one sent again unchanged is
+    // not applied again, and keeps its version).
+    let all_v1_and_unused = meta_route_config(vec![
+        meta_route("all", &[], to_cluster(&c1)),
+        meta_route("unused", &[("method", "unused")], to_cluster(&c1)),
+    ]);
+    rds(&server, "r5", &all_v1_and_unused);
     server
         .wait_for(WITHIN, |r| {
             r.stream > 1
@@ -515,9 +520,13 @@ async fn a_connection_to_the_server_gone_dark_is_found_dead_and_replaced() -> Te
     })
     .await?;
 
-    // The connection goes dark; the server's next push is lost on it.
+    // The connection goes dark; the server's next push (a changed route config) is lost on it.
     relay.cut();
-    rds(&server, "r2", &routes);
+    let changed = meta_route_config(vec![
+        meta_route("all", &[], to_cluster(&c1)),
+        meta_route("unused", &[("method", "unused")], to_cluster(&c1)),
+    ]);
+    rds(&server, "r2", &changed);
     let resubscribed = resubscription(&server).await?;
     assert!(
         !resubscribed.version_info.is_empty(),
@@ -582,5 +591,74 @@ async fn a_delta_response_with_one_bad_cluster_applies_the_others() -> TestResul
     );
     proxy.shutdown().await;
     drop(serving);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clusters_endpoints_changing_updates_it_alone_over_state_of_the_world_ads() -> TestResult
+{
+    one_clusters_endpoints_changing_updates_it_alone("grpc").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clusters_endpoints_changing_updates_it_alone_over_delta_ads() -> TestResult {
+    one_clusters_endpoints_changing_updates_it_alone("delta_grpc").await
+}
+
+/// A control plane that versions each resource by its content sends the endpoints of two
+/// clusters, then changes one's: the other's, sent again unchanged (the whole type over
+/// state-of-the-world ADS; merged with what is held over delta ADS), is not applied again, and
+/// keeps its version and time in `/config_dump`.
+async fn one_clusters_endpoints_changing_updates_it_alone(api_type: &str) -> TestResult {
+    let providers = [
+        DemoProvider::start("a").await?,
+        DemoProvider::start("b").await?,
+    ];
+    let server = ManagementServer::new();
+    server.version_by_content();
+    let serving = server.serve("127.0.0.1:0".parse()?).await?;
+    let (changing, steady) = (cluster_name("changing"), cluster_name("steady"));
+    cds(
+        &server,
+        "c1",
+        &[eds_cluster(&changing), eds_cluster(&steady)],
+    );
+    let endpoints = |changing_on: usize| {
+        [
+            assignment(&changing, &[providers[changing_on].address()]),
+            assignment(&steady, &[providers[0].address()]),
+        ]
+    };
+    eds(&server, "e1", &endpoints(0));
+    rds(
+        &server,
+        "r1",
+        &meta_route_config(vec![meta_route("all", &[], to_cluster(&changing))]),
+    );
+    let proxy = start_proxy(proxy_config(serving.address(), api_type)?).await?;
+    let endpoints_of = |name: &str| {
+        proxy
+            .dynamic_resources()
+            .into_iter()
+            .find(|s| s.id.kind == ResourceKind::Endpoints && s.id.name == name)
+            .map(|s| (s.version, s.last_updated))
+    };
+    let at = |name: &str, version: &str| {
+        endpoints_of(name).is_some_and(|(v, _)| v.as_deref() == Some(version))
+    };
+    eventually("both clusters' endpoints", || {
+        at(&changing, "e1") && at(&steady, "e1")
+    })
+    .await?;
+    let before = endpoints_of(&steady);
+    // Apart in time from the first update, so that a second would show.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    eds(&server, "e2", &endpoints(1));
+    eventually("the changed endpoints", || at(&changing, "e2")).await?;
+    let address = proxy.listener_addr("dubbo-in").ok_or("not bound")?;
+    let reply = DubboClient::new(address).call("sayHello", "x", &[]).await?;
+    assert_eq!(reply.attachment("provider"), Some("b"));
+    assert_eq!(endpoints_of(&steady), before, "{api_type}");
+    proxy.shutdown().await;
     Ok(())
 }

@@ -42,6 +42,16 @@ pub fn resource<M: prost::Message + prost::Name>(name: &str, message: &M) -> (St
 struct TypeSnapshot {
     version: String,
     resources: Vec<(String, Any)>,
+    /// The resources that kept the version they had in an earlier snapshot (unchanged, when
+    /// the server versions each resource by its content).
+    kept_versions: HashMap<String, String>,
+}
+
+impl TypeSnapshot {
+    /// The version of resource `name`, as a delta stream sends it.
+    fn version_of(&self, name: &str) -> &String {
+        self.kept_versions.get(name).unwrap_or(&self.version)
+    }
 }
 
 /// A request the server received.
@@ -67,6 +77,9 @@ struct Cache {
     snapshots: HashMap<String, BTreeMap<String, TypeSnapshot>>,
     received: Vec<Received>,
     streams: u64,
+    /// A resource set again unchanged keeps its version, as control planes that version each
+    /// resource by a hash of its content do: a delta stream is sent only what changed.
+    versions_by_content: bool,
 }
 
 #[derive(Debug)]
@@ -142,6 +155,11 @@ impl ManagementServer {
         }
     }
 
+    /// Versions each resource by its content from now on (see `Cache::versions_by_content`).
+    pub fn version_by_content(&self) {
+        self.shared.lock().versions_by_content = true;
+    }
+
     /// Serves on `address` (port 0 picks one).
     pub async fn serve(&self, address: SocketAddr) -> std::io::Result<Serving> {
         self.serve_with(address, tonic::transport::Server::builder())
@@ -195,12 +213,24 @@ impl ManagementServer {
     pub fn set(&self, node: &str, type_url: &str, version: &str, resources: Vec<(String, Any)>) {
         {
             let mut cache = self.shared.lock();
+            let by_content = cache.versions_by_content;
             let types = cache.snapshots.entry(node.to_owned()).or_default();
+            let mut kept_versions = HashMap::new();
+            if let (true, Some(earlier)) = (by_content, types.get(type_url)) {
+                let before: HashMap<&String, &Any> =
+                    earlier.resources.iter().map(|(n, a)| (n, a)).collect();
+                for (name, any) in &resources {
+                    if before.get(name) == Some(&any) {
+                        kept_versions.insert(name.clone(), earlier.version_of(name).clone());
+                    }
+                }
+            }
             types.insert(
                 type_url.to_owned(),
                 TypeSnapshot {
                     version: version.to_owned(),
                     resources,
+                    kept_versions,
                 },
             );
         }
@@ -449,19 +479,21 @@ async fn serve_delta_stream(
                 .resources
                 .iter()
                 .filter(|(name, _)| {
-                    wanted(name) && subscription.held.get(name) != Some(&snapshot.version)
+                    wanted(name) && subscription.held.get(name) != Some(snapshot.version_of(name))
                 })
                 .map(|(name, any)| Resource {
                     name: name.clone(),
-                    version: snapshot.version.clone(),
+                    version: snapshot.version_of(name).clone(),
                     resource: Some(any.clone()),
                     ..Resource::default()
                 })
                 .collect();
+            let present: std::collections::BTreeSet<&String> =
+                snapshot.resources.iter().map(|(name, _)| name).collect();
             let removed: Vec<String> = subscription
                 .held
                 .keys()
-                .filter(|name| !snapshot.resources.iter().any(|(n, _)| n == *name))
+                .filter(|name| !present.contains(name))
                 .cloned()
                 .collect();
             if resources.is_empty() && removed.is_empty() {
