@@ -509,3 +509,111 @@ clusters:
     })
     .await
 }
+
+/// A proxy in front of `server`, whose cluster `guarded` takes `codec` options and active
+/// health checks calling `Echo`.
+async fn guarded_proxy(server: &BrpcServer, codec: &str) -> TestResult<(Proxy, SocketAddr)> {
+    let proxy = start_engine(&format!(
+        "listeners: [ {{ name: brpc-in, address: 127.0.0.1:0, protocol: brpc, route_config: r }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: guarded }} }} ] }} ]
+clusters:
+  - name: guarded
+    codec: {codec}
+    endpoints: [ {{ address: \"{}\" }} ]
+    health_check: {{ interval: 100ms, probe: {{ method: {ECHO_SERVICE}.Echo }} }}
+",
+        server.addr()
+    ))
+    .await?;
+    let addr = listener_addr(&proxy, "brpc-in")?;
+    Ok((proxy, addr))
+}
+
+/// A brpc server with an authenticator checks the credentials of a connection's first request
+/// only and runs every later call on it under them. With its own credentials in the cluster's
+/// codec options, the proxy authenticates each upstream connection as itself, health-check
+/// probes' included: a client whose bad credentials happen to go first neither breaks the
+/// shared connection nor lends it an identity, and every client's calls run as the proxy.
+#[tokio::test]
+async fn the_proxy_authenticates_its_upstream_connections_as_itself() -> TestResult {
+    bounded(async {
+        let server = BrpcServer::start_authenticating("guarded", &["proxy-token"]).await?;
+        let (proxy, addr) = guarded_proxy(&server, "{ authentication_data: proxy-token }").await?;
+        let mut bad = BrpcClient::connect(addr).await?;
+        let mut plain = BrpcClient::connect(addr).await?;
+        let first = bad
+            .call(&Call::new(ECHO_SERVICE, "Echo", "a").authenticated("stolen-token"))
+            .await?;
+        let second = plain.call(&Call::new(ECHO_SERVICE, "Echo", "b")).await?;
+        for reply in [&first, &second] {
+            assert_eq!(reply.error_code(), 0, "{}", reply.error_text());
+            assert_eq!(reply.field("identity"), Some("proxy-token"));
+        }
+        // Probes, on a connection of their own, authenticate it the same way.
+        while server.requests() < 4 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let seen = server.credentials_seen();
+        assert!(seen.iter().all(|c| c == "proxy-token"), "{seen:?}");
+        assert_eq!(
+            seen.len(),
+            server.connections(),
+            "once per connection: {seen:?}"
+        );
+        assert!(!proxy.clusters()[0].endpoints[0].failing_active_checks);
+        proxy.shutdown().await;
+        Ok(())
+    })
+    .await
+}
+
+/// Without credentials of its own, the proxy relays none of its clients': a client's
+/// credentials on the shared upstream connection would authenticate it for every other
+/// client's calls. The server, seeing none, refuses the calls (`ERPCAUTH`) rather than run a
+/// client's under another's identity.
+#[tokio::test]
+async fn a_clients_credentials_are_not_relayed_onto_a_shared_connection() -> TestResult {
+    bounded(async {
+        let server = BrpcServer::start_authenticating("guarded", &["client-token"]).await?;
+        let (proxy, addr) = guarded_proxy(&server, "{}").await?;
+        let mut owner = BrpcClient::connect(addr).await?;
+        let mut other = BrpcClient::connect(addr).await?;
+        let first = owner
+            .call(&Call::new(ECHO_SERVICE, "Echo", "a").authenticated("client-token"))
+            .await?;
+        let second = other.call(&Call::new(ECHO_SERVICE, "Echo", "b")).await?;
+        for reply in [&second, &first] {
+            assert_eq!(reply.field("identity"), None, "{:?}", reply.meta);
+            assert_ne!(reply.error_code(), 0);
+        }
+        assert_eq!(server.credentials_seen(), Vec::<String>::new());
+        proxy.shutdown().await;
+        Ok(())
+    })
+    .await
+}
+
+/// `authentication_data` is the proxy's own, for its servers: on a listener it would mean
+/// nothing, and is refused by name.
+#[tokio::test]
+async fn a_listener_takes_no_credentials() -> TestResult {
+    bounded(async {
+        let refused = start_engine(
+            "listeners: [ { name: brpc-in, address: 127.0.0.1:0, protocol: brpc, route_config: r, codec: { authentication_data: t } } ]
+route_configs: [ { name: r, routes: [ { route: { cluster: c } } ] } ]
+clusters: [ { name: c, endpoints: [ { address: \"127.0.0.1:1\" } ] } ]
+",
+        )
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            refused.contains("listeners[0].codec.authentication_data")
+                && refused.contains("a cluster's option only"),
+            "{refused}"
+        );
+        Ok(())
+    })
+    .await
+}

@@ -1,6 +1,6 @@
 //! The bRPC (baidu_std) checks.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use metaprotocol_brpc::{BrpcCodec, BrpcCodecFactory, RpcMetaView};
 use metaprotocol_core::{
     ByteStr, Codec, CodecFactory, EncodeParams, FrameHead, LocalReply, LocalReplyKind, Message,
@@ -50,8 +50,9 @@ fn encode(side: Side, message: &Message, id: u64, mutation: &Mutation) -> BytesM
 
 /// `message` forwarded as the engine forwards it, with request id `id` and `mutation`, read as
 /// the peer it arrives at reads it, and the id it arrives under as the engine reads it:
-/// - a request goes to a server through an upstream codec and is read as a server reads it (a
-///   downstream codec); the server's answer under the id it got reads upstream as the engine's
+/// - a request goes to a server through an upstream codec, without its client's
+///   `authentication_data`, and is read as a server reads it (a downstream codec); the server's
+///   answer under the id it got reads upstream as the engine's
 ///   id;
 /// - a response goes to its client through a downstream codec and is read as a client reads
 ///   it (an upstream codec: a frame without a response meta is a success, not a request that
@@ -64,6 +65,9 @@ fn forward(message: &Message, id: u64, mutation: &Mutation) -> (Message, u64) {
     let arrived = decode_again(reader, &encode(to, message, id, mutation));
     let arrived_id = match to {
         Side::Upstream => {
+            // A client's credentials never reach a server: it would take them as the identity
+            // of a connection other clients' calls share.
+            assert_eq!(authentication_data(&arrived), None);
             let mut reply = BytesMut::new();
             let answer = LocalReply::new(LocalReplyKind::Internal, "the server's answer");
             if let Err(e) = BrpcCodec::new(Side::Downstream, MAX_FRAME)
@@ -119,9 +123,42 @@ fn check(side: Side, message: &Message) {
             assert_eq!(arrived.metadata, message.metadata);
         }
     }
+    if message.kind == MessageKind::Request && message.reject_reason.is_none() {
+        credentials(message);
+    }
     answer(message);
     if side == Side::Upstream {
         oversized(message);
+    }
+}
+
+/// The `authentication_data` of a message a codec decoded.
+fn authentication_data(message: &Message) -> Option<Bytes> {
+    match RpcMetaView::from_frame(&message.frame) {
+        Ok(meta) => meta.authentication_data,
+        Err(e) => panic!("a forwarded message's meta does not read again: {e}"),
+    }
+}
+
+/// An upstream codec with credentials of its own puts them, in place of the client's, on the
+/// first request it writes (its connection's first), and none on the next.
+fn credentials(request: &Message) {
+    let token = Bytes::from_static(b"fuzz-token");
+    let mut codec = BrpcCodec::new(Side::Upstream, usize::MAX).with_credentials(token.clone());
+    let mutation = Mutation::new();
+    let params = EncodeParams {
+        request_id: 1,
+        variant: WireVariant::DEFAULT,
+        mutation: &mutation,
+    };
+    for expected in [Some(token), None] {
+        let mut out = BytesMut::new();
+        if let Err(e) = codec.encode(request, &params, &mut out) {
+            panic!("encode failed: {e}");
+        }
+        let arrived = decode_again(Side::Downstream, &out);
+        assert_eq!(authentication_data(&arrived), expected);
+        assert_eq!(arrived.metadata, request.metadata);
     }
 }
 

@@ -31,12 +31,19 @@ const MAX_FRAME_CAP: usize = u32::MAX as usize;
 /// `correlation_id`; upstream it is the engine's id, which goes out as a `correlation_id` of
 /// the length of the one it replaces (so that a forwarded frame is patched in place, not
 /// rebuilt) and comes back as the id it was: an upstream codec encodes an id `n` as
-/// `n + 2^(7(len-1))`, a varint of `len` bytes, and decodes such a varint back to `n`. See the
-/// crate docs for what is supported.
+/// `n + 2^(7(len-1))`, a varint of `len` bytes, and decodes such a varint back to `n`.
+///
+/// An upstream codec writes requests without the `authentication_data` their clients sent,
+/// and with its own credentials ([`BrpcCodec::with_credentials`]) on the first request it
+/// writes: brpc servers authenticate a connection by its first request. See the crate docs for
+/// what is supported.
 #[derive(Clone, Debug)]
 pub struct BrpcCodec {
     side: Side,
     max_frame_bytes: usize,
+    /// The `authentication_data` still to go on the connection's first request; taken once
+    /// a request carrying it is written.
+    credentials: Option<Bytes>,
 }
 
 impl BrpcCodec {
@@ -46,7 +53,18 @@ impl BrpcCodec {
         Self {
             side,
             max_frame_bytes: max_frame_bytes.min(MAX_FRAME_CAP),
+            credentials: None,
         }
+    }
+
+    /// This codec, which, upstream, puts `credentials` as the `authentication_data` of the
+    /// first request it writes (its connection's first), and of no other. A downstream codec
+    /// writes no requests, and ignores them.
+    pub fn with_credentials(mut self, credentials: Bytes) -> Self {
+        if self.side == Side::Upstream {
+            self.credentials = Some(credentials);
+        }
+        self
     }
 }
 
@@ -140,7 +158,7 @@ impl Codec for BrpcCodec {
 impl BrpcCodec {
     /// [`Codec::encode`], or with `share` [`Codec::encode_sharing`].
     fn encode_sharing_if(
-        &self,
+        &mut self,
         message: &Message,
         params: &EncodeParams<'_>,
         share: bool,
@@ -157,6 +175,7 @@ impl BrpcCodec {
             params.request_id,
             self.side,
             params.mutation,
+            self.credentials.as_deref(),
             share,
             dst,
         )?;
@@ -171,33 +190,72 @@ impl BrpcCodec {
                 self.max_frame_bytes
             ))));
         }
+        // Written: the server authenticates the connection by them.
+        self.credentials = None;
         Ok(shared)
     }
 }
 
-/// Creates [`BrpcCodec`]s; the only option is `max_frame_bytes`.
+/// The codec option holding a cluster's credentials: the `authentication_data` its upstream
+/// codecs put on each connection's first request.
+pub const AUTHENTICATION_DATA: &str = "authentication_data";
+
+/// Creates [`BrpcCodec`]s; the options are `max_frame_bytes` and, on a cluster,
+/// [`AUTHENTICATION_DATA`].
 #[derive(Clone, Debug)]
 pub struct BrpcCodecFactory {
     max_frame_bytes: usize,
+    /// The credentials upstream codecs send ([`BrpcCodec::with_credentials`]).
+    credentials: Option<Bytes>,
 }
 
 impl BrpcCodecFactory {
     /// A factory whose codecs refuse frames larger than `max_frame_bytes`.
     pub fn new(max_frame_bytes: usize) -> Self {
-        Self { max_frame_bytes }
+        Self {
+            max_frame_bytes,
+            credentials: None,
+        }
+    }
+
+    /// This factory, whose upstream codecs authenticate each connection with `credentials`
+    /// ([`BrpcCodec::with_credentials`]).
+    pub fn with_credentials(mut self, credentials: Bytes) -> Self {
+        self.credentials = Some(credentials);
+        self
     }
 
     /// Builds a factory from a listener's or cluster's codec options. `max_frame_bytes` must
-    /// hold at least a header and fit baidu_std's 32-bit sizes; any other option is an error.
+    /// hold at least a header and fit baidu_std's 32-bit sizes. [`AUTHENTICATION_DATA`], a
+    /// non-empty string, is a cluster's option only (a listener's clients are authenticated by
+    /// the mesh, not by what they send). Any other option is an error.
     pub fn from_options(options: &CodecOptions) -> Result<Arc<dyn CodecFactory>, OptionsError> {
-        options.allow_only(&[])?;
+        options.allow_only(&[AUTHENTICATION_DATA])?;
         if !(HEADER_LEN..=MAX_FRAME_CAP).contains(&options.max_frame_bytes) {
             return Err(OptionsError::new(
                 "max_frame_bytes",
                 format!("must be between {HEADER_LEN} and {MAX_FRAME_CAP} for brpc"),
             ));
         }
-        Ok(Arc::new(Self::new(options.max_frame_bytes)))
+        let factory = Self::new(options.max_frame_bytes);
+        let Some(credentials) = options.get_string(AUTHENTICATION_DATA)? else {
+            return Ok(Arc::new(factory));
+        };
+        let refuse = |reason: &str| Err(OptionsError::new(AUTHENTICATION_DATA, reason));
+        if options.side != Some(Side::Upstream) {
+            return refuse(
+                "a cluster's option only: the credentials the proxy sends its servers (clients \
+                 are authenticated by the mesh: mTLS, the rbac filter)",
+            );
+        }
+        if credentials.is_empty() {
+            return refuse("must not be empty");
+        }
+        if HEADER_LEN + credentials.len() >= options.max_frame_bytes {
+            return refuse("must leave room for the request within max_frame_bytes");
+        }
+        let credentials = Bytes::copy_from_slice(credentials.as_bytes());
+        Ok(Arc::new(factory.with_credentials(credentials)))
     }
 }
 
@@ -207,7 +265,11 @@ impl CodecFactory for BrpcCodecFactory {
     }
 
     fn new_codec(&self, side: Side, _variant: WireVariant) -> Box<dyn Codec> {
-        Box::new(BrpcCodec::new(side, self.max_frame_bytes))
+        let codec = BrpcCodec::new(side, self.max_frame_bytes);
+        match &self.credentials {
+            Some(credentials) => Box::new(codec.with_credentials(credentials.clone())),
+            None => Box::new(codec),
+        }
     }
 
     /// `correlation_id` is an `int64`: ids stay positive so that servers in any language read
@@ -295,6 +357,184 @@ mod tests {
         }
         assert!(factory.probe_request(Probe::Heartbeat).is_none());
         Ok(())
+    }
+
+    /// A request for `example.EchoService.Echo` with a brpc client's id, a user field, a
+    /// payload and the client's `authentication_data`, if any, as a listener decodes it.
+    fn request(authentication: Option<&[u8]>) -> Result<Message, Box<dyn std::error::Error>> {
+        let meta = proto::RpcMeta {
+            request: Some(proto::RpcRequestMeta {
+                service_name: "example.EchoService".to_owned(),
+                method_name: "Echo".to_owned(),
+                ..Default::default()
+            }),
+            correlation_id: Some(4_294_967_298),
+            authentication_data: authentication.map(<[u8]>::to_vec),
+            user_fields: [("tenant".to_owned(), "t1".to_owned())].into(),
+            ..Default::default()
+        };
+        let mut frame = BytesMut::new();
+        encode_frame(&meta, b"\x0a\x02hi", &mut frame)?;
+        Ok(BrpcCodec::new(Side::Downstream, 1 << 20)
+            .decode(&mut frame)?
+            .ok_or("incomplete")?)
+    }
+
+    /// `request` as `codec` writes it with the engine's id `id`, shared or not, read back by
+    /// the protobuf definition.
+    fn written(
+        codec: &mut dyn Codec,
+        request: &Message,
+        id: u64,
+        mutation: &Mutation,
+        share: bool,
+    ) -> Result<(BytesMut, proto::RpcMeta), Box<dyn std::error::Error>> {
+        let params = EncodeParams {
+            request_id: id,
+            variant: WireVariant::DEFAULT,
+            mutation,
+        };
+        let mut wire = BytesMut::new();
+        if share {
+            let shared = codec.encode_sharing(request, &params, &mut wire)?;
+            let rest = request.frame.len() - shared;
+            wire.extend_from_slice(&request.frame[rest..]);
+        } else {
+            codec.encode(request, &params, &mut wire)?;
+        }
+        let (meta, body) = crate::decode_frame(&wire)?;
+        assert_eq!(body, b"\x0a\x02hi");
+        Ok((wire, meta))
+    }
+
+    /// A server authenticates a connection by its first request's credentials and runs every
+    /// call on it under them: a client's must never go out on a connection other clients'
+    /// calls share, however the request is written.
+    #[test]
+    fn a_clients_authentication_data_never_goes_upstream() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let with_credentials = request(Some(b"client-secret"))?;
+        let mut routed = Mutation::new();
+        routed.set("x-routed-by".into(), "proxy".into());
+        for mutation in [Mutation::new(), routed] {
+            for share in [false, true] {
+                let mut upstream = BrpcCodec::new(Side::Upstream, 1 << 20);
+                for id in [1, 1 << 30] {
+                    let (_, meta) =
+                        written(&mut upstream, &with_credentials, id, &mutation, share)?;
+                    assert_eq!(meta.authentication_data, None, "{mutation:?} {share}");
+                    assert_eq!(
+                        meta.user_fields.get("tenant").map(String::as_str),
+                        Some("t1")
+                    );
+                    let request_meta = meta.request.ok_or("no request meta")?;
+                    assert_eq!(request_meta.method_name, "Echo");
+                }
+            }
+        }
+        // Downstream a codec writes what it read, credentials included (it writes no requests
+        // to servers).
+        let (wire, _) = written(
+            &mut BrpcCodec::new(Side::Downstream, 1 << 20),
+            &with_credentials,
+            4_294_967_298,
+            &Mutation::new(),
+            false,
+        )?;
+        assert_eq!(&wire[..], &with_credentials.frame[..]);
+        Ok(())
+    }
+
+    /// A cluster's credentials go on its connection's first request only, in place of the
+    /// client's; every later request without credentials is written as it came, but for its
+    /// correlation id, patched in place.
+    #[test]
+    fn the_clusters_credentials_go_on_a_connections_first_request_only()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let mut options = CodecOptions::with_max_frame_bytes(4096);
+        options.side = Some(Side::Upstream);
+        options.insert(AUTHENTICATION_DATA, "proxy-token");
+        let factory = BrpcCodecFactory::from_options(&options)?;
+        let plain = request(None)?;
+        let clients = request(Some(b"client-secret"))?;
+        let none = Mutation::new();
+        for share in [false, true] {
+            let mut upstream = factory.new_codec(Side::Upstream, WireVariant::DEFAULT);
+            // A first request that cannot be written takes nothing from the connection.
+            let mut big = Mutation::new();
+            big.set("x-big".into(), "v".repeat(4096).into());
+            assert!(written(upstream.as_mut(), &plain, 1, &big, share).is_err());
+            let (_, first) = written(upstream.as_mut(), &clients, 2, &none, share)?;
+            assert_eq!(
+                first.authentication_data.as_deref(),
+                Some(&b"proxy-token"[..])
+            );
+            let (_, second) = written(upstream.as_mut(), &clients, 3, &none, share)?;
+            assert_eq!(second.authentication_data, None);
+            let (wire, third) = written(upstream.as_mut(), &plain, 4, &none, share)?;
+            assert_eq!(third.authentication_data, None);
+            // Verbatim: the same length, and the same bytes outside the id's varint.
+            let layout = crate::layout::BrpcLayout::of(&plain)?;
+            let id = layout.id_value_start..layout.id_field.end;
+            assert_eq!(wire.len(), plain.frame.len());
+            assert_eq!(wire[..id.start], plain.frame[..id.start]);
+            assert_eq!(wire[id.end..], plain.frame[id.end..]);
+            assert_eq!(third.correlation_id, Some((1 << 28) + 4));
+        }
+        // Its own connection's first request, a health check's probe goes with them too.
+        let probe = factory
+            .probe_request(Probe::Method("example.EchoService.Echo"))
+            .ok_or("no probe")?;
+        let mut upstream = factory.new_codec(Side::Upstream, WireVariant::DEFAULT);
+        let mut wire = BytesMut::new();
+        let params = EncodeParams {
+            request_id: 1,
+            variant: WireVariant::DEFAULT,
+            mutation: &none,
+        };
+        upstream.encode(&probe, &params, &mut wire)?;
+        let (meta, _) = crate::decode_frame(&wire)?;
+        assert_eq!(
+            meta.authentication_data.as_deref(),
+            Some(&b"proxy-token"[..])
+        );
+        // A listener's codecs never write them.
+        let mut downstream = factory.new_codec(Side::Downstream, WireVariant::DEFAULT);
+        let (wire, _) = written(downstream.as_mut(), &plain, 4_294_967_298, &none, false)?;
+        assert_eq!(&wire[..], &plain.frame[..]);
+        Ok(())
+    }
+
+    /// `authentication_data` is a cluster's option, a non-empty string; a listener's, or one
+    /// whose side is not said, is refused by name.
+    #[test]
+    fn authentication_data_is_a_clusters_string() {
+        let refused = |side: Option<Side>, set: &dyn Fn(&mut CodecOptions)| {
+            let mut options = CodecOptions::default();
+            options.side = side;
+            set(&mut options);
+            BrpcCodecFactory::from_options(&options)
+                .err()
+                .map(|e| (e.field, e.reason))
+        };
+        let token = |o: &mut CodecOptions| o.insert(AUTHENTICATION_DATA, "proxy-token");
+        assert_eq!(refused(Some(Side::Upstream), &token), None);
+        for side in [Some(Side::Downstream), None] {
+            let (field, reason) = refused(side, &token).unwrap_or_default();
+            assert_eq!(field, AUTHENTICATION_DATA);
+            assert!(reason.contains("a cluster's option only"), "{reason}");
+        }
+        let number = |o: &mut CodecOptions| o.insert_scalar(AUTHENTICATION_DATA, "123");
+        let (field, reason) = refused(Some(Side::Upstream), &number).unwrap_or_default();
+        assert_eq!(field, AUTHENTICATION_DATA);
+        assert!(reason.contains("must be a string"), "{reason}");
+        let empty = |o: &mut CodecOptions| o.insert(AUTHENTICATION_DATA, "");
+        assert!(refused(Some(Side::Upstream), &empty).is_some());
+        let misspelt = |o: &mut CodecOptions| o.insert("authentication", "proxy-token");
+        let (field, _) = refused(Some(Side::Upstream), &misspelt).unwrap_or_default();
+        assert_eq!(field, "authentication");
+        // Without it, a listener's options are as before.
+        assert_eq!(refused(Some(Side::Downstream), &|_| {}), None);
     }
 
     /// A request within the upstream's frame limit as it came, that a mutation takes over it,

@@ -58,7 +58,12 @@ pub(crate) fn decode_frame(
         Side::Downstream => correlation_id,
         Side::Upstream => correlation::from_wire(correlation_id),
     };
-    message.layout = BrpcLayout::new(meta_end, view.correlation_id_span.as_ref()).to_frame_layout();
+    message.layout = BrpcLayout::new(
+        meta_end,
+        view.correlation_id_span.as_ref(),
+        view.authentication_data.is_some(),
+    )
+    .to_frame_layout();
     let payload = payload_range(frame_len, meta_end, view.attachment_size);
     match (view.request.take(), view.response.take(), side) {
         (Some(_), _, Side::Upstream) => {

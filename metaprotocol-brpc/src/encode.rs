@@ -1,12 +1,14 @@
 //! Writing a decoded message back out: verbatim, with its correlation id patched, or with a
-//! rebuilt meta when the id's length changes or `user_fields` are mutated.
+//! rebuilt meta when the id's length changes, `user_fields` are mutated, or, upstream, a
+//! request's `authentication_data` goes or the cluster's comes.
 //!
 //! The meta is never re-serialized from a model: fields are copied verbatim (unknown ones too,
-//! in their order) and only `correlation_id` and the overridden `user_fields` entries are
-//! replaced. Payload and attachment are copied as they came, so payload checksums stay valid.
+//! in their order) and only `correlation_id`, the overridden `user_fields` entries and
+//! `authentication_data` are replaced. Payload and attachment are copied as they came, so
+//! payload checksums stay valid.
 
 use bytes::{BufMut, BytesMut};
-use metaprotocol_core::{CodecError, Message, Mutation, Side, append_frame};
+use metaprotocol_core::{CodecError, Message, MessageKind, Mutation, Side, append_frame};
 
 use crate::correlation;
 use crate::header::{HEADER_LEN, write_frame};
@@ -19,18 +21,27 @@ use crate::wire::{
 
 /// Appends `message` with request id `id` and `mutation` applied to `dst`, as a codec on `side`
 /// writes it: downstream `id` is the `correlation_id`, upstream the engine's id, written as
-/// [`correlation::to_wire`] says. With `share`, a frame passing through is appended up to the
-/// end of its correlation id, and the length of the rest, which is to follow unchanged, is
-/// returned (see [`metaprotocol_core::Codec::encode_sharing`]); otherwise the result is 0.
+/// [`correlation::to_wire`] says. Upstream, a request goes without the `authentication_data`
+/// its client sent, and with `credentials` as its `authentication_data` when given. With
+/// `share`, a frame passing through is appended up to the end of its correlation id, and the
+/// length of the rest, which is to follow unchanged, is returned (see
+/// [`metaprotocol_core::Codec::encode_sharing`]); otherwise the result is 0.
 pub(crate) fn encode_message(
     message: &Message,
     id: u64,
     side: Side,
     mutation: &Mutation,
+    credentials: Option<&[u8]>,
     share: bool,
     dst: &mut BytesMut,
 ) -> Result<usize, CodecError> {
     let layout = BrpcLayout::of(message)?;
+    // A server authenticates a connection by its first request's credentials and runs every
+    // later call on it as that identity, so a client's must never reach a connection other
+    // clients' calls share. brpc clients send theirs on their own connection's first call
+    // only: the other requests take the verbatim path below.
+    let drop_authentication =
+        side == Side::Upstream && message.kind == MessageKind::Request && layout.has_authentication;
     let frame = &message.frame[..];
     // The id the frame carries now (0 without one, as it decodes).
     let current = match frame.get(layout.id_value_start..layout.id_field.end) {
@@ -41,8 +52,14 @@ pub(crate) fn encode_message(
         Side::Downstream => id,
         Side::Upstream => correlation::to_wire(id, varint_len(current)),
     };
-    if !mutation.is_empty() {
-        return rebuild(frame, &layout, id, mutation, dst).map(|()| 0);
+    if !mutation.is_empty() || drop_authentication || credentials.is_some() {
+        let edit = MetaEdit {
+            id,
+            mutation,
+            drop_authentication,
+            credentials,
+        };
+        return rebuild(frame, &layout, &edit, dst).map(|()| 0);
     }
     if id == current {
         return Ok(append_frame(frame, 0, share, dst));
@@ -85,13 +102,25 @@ fn splice_id(
     })
 }
 
-/// Rewrites the meta field by field: the id replaced, overridden `user_fields` entries dropped,
-/// the mutation's entries appended; everything else copied verbatim.
+/// What a rebuilt meta changes.
+struct MetaEdit<'a> {
+    /// The `correlation_id` written.
+    id: u64,
+    /// `user_fields` set and removed.
+    mutation: &'a Mutation,
+    /// Whether `authentication_data` fields are left out.
+    drop_authentication: bool,
+    /// The `authentication_data` appended, if any.
+    credentials: Option<&'a [u8]>,
+}
+
+/// Rewrites the meta field by field: the id replaced, overridden `user_fields` entries (and
+/// `authentication_data`, if the edit says so) dropped, the mutation's entries and the edit's
+/// credentials appended; everything else copied verbatim.
 fn rebuild(
     frame: &[u8],
     layout: &BrpcLayout,
-    id: u64,
-    mutation: &Mutation,
+    edit: &MetaEdit<'_>,
     dst: &mut BytesMut,
 ) -> Result<(), CodecError> {
     let (Some(meta), Some(body)) = (
@@ -100,19 +129,27 @@ fn rebuild(
     ) else {
         return Err(CodecError::malformed("frame shorter than its layout"));
     };
-    let added: usize = mutation
+    let added: usize = edit
+        .mutation
         .sets()
         .iter()
         .map(|(k, v)| user_field_size(k.len(), v.len()))
         .sum();
-    let capacity = frame.len() + added + 1 + MAX_VARINT_BYTES;
+    let credentials = edit.credentials.map_or(0, |c| {
+        len_prefix_size(field::AUTHENTICATION_DATA, c.len()) + c.len()
+    });
+    let capacity = frame.len() + added + credentials + 1 + MAX_VARINT_BYTES;
     write_frame(dst, capacity, body, |dst| {
-        copy_meta_fields(meta, layout, id, mutation, dst)?;
+        copy_meta_fields(meta, layout, edit, dst)?;
         if !layout.has_id() {
-            put_varint_field(dst, field::CORRELATION_ID, id);
+            put_varint_field(dst, field::CORRELATION_ID, edit.id);
         }
-        for (key, value) in mutation.sets() {
+        for (key, value) in edit.mutation.sets() {
             put_user_field(dst, key.as_bytes(), value.as_bytes());
+        }
+        if let Some(credentials) = edit.credentials {
+            put_len_prefix(dst, field::AUTHENTICATION_DATA, credentials.len());
+            dst.put_slice(credentials);
         }
         Ok(())
     })
@@ -121,23 +158,29 @@ fn rebuild(
 fn copy_meta_fields(
     meta: &[u8],
     layout: &BrpcLayout,
-    id: u64,
-    mutation: &Mutation,
+    edit: &MetaEdit<'_>,
     dst: &mut BytesMut,
 ) -> Result<(), CodecError> {
     let id_start_in_meta = layout.id_field.start - HEADER_LEN;
     for f in FieldReader::new(meta) {
         let f = f?;
         if layout.has_id() && f.span.start == id_start_in_meta {
-            put_varint_field(dst, field::CORRELATION_ID, id);
+            put_varint_field(dst, field::CORRELATION_ID, edit.id);
             continue;
         }
-        if let (field::USER_FIELDS, WireValue::Bytes(range)) = (f.number, &f.value) {
-            let entry = meta.get(range.clone()).unwrap_or_default();
-            let (key, _) = map_entry(entry)?;
-            if mutation.overrides(entry.get(key).unwrap_or_default()) {
+        match (f.number, &f.value) {
+            (field::USER_FIELDS, WireValue::Bytes(range)) => {
+                let entry = meta.get(range.clone()).unwrap_or_default();
+                let (key, _) = map_entry(entry)?;
+                if edit.mutation.overrides(entry.get(key).unwrap_or_default()) {
+                    continue;
+                }
+            }
+            // As the meta reads it: a field 7 of another wire type is unknown, not credentials.
+            (field::AUTHENTICATION_DATA, WireValue::Bytes(_)) if edit.drop_authentication => {
                 continue;
             }
+            _ => {}
         }
         dst.put_slice(meta.get(f.span).unwrap_or_default());
     }

@@ -1,4 +1,5 @@
-//! The codec's use of [`FrameLayout`]: where the meta ends and where `correlation_id` sits.
+//! The codec's use of [`FrameLayout`]: where the meta ends, where `correlation_id` sits, and
+//! whether the meta carries `authentication_data`.
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -12,7 +13,8 @@ use crate::header::HEADER_LEN;
 /// Slots of [`FrameLayout`]: 0 the end of the meta (start of the payload), 1 and 2 the start and
 /// end of the last `correlation_id` field (tag included), 3 the start of its varint value. A
 /// frame without `correlation_id` records the empty field `meta_end..meta_end`, which is where
-/// a rewrite appends one. Slots 4 and 5 are unused.
+/// a rewrite appends one. Slot 4 is 1 when the meta carries `authentication_data`, which an
+/// upstream codec drops, and 0 otherwise. Slot 5 is unused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct BrpcLayout {
     /// The end of the meta.
@@ -21,22 +23,31 @@ pub(crate) struct BrpcLayout {
     pub(crate) id_field: Range<usize>,
     /// Where the field's varint value starts.
     pub(crate) id_value_start: usize,
+    /// Whether the meta carries `authentication_data`.
+    pub(crate) has_authentication: bool,
 }
 
 impl BrpcLayout {
     /// The layout of a frame whose meta ends at `meta_end` and whose `correlation_id` field (as
-    /// offsets within the meta: the field, and its value's start) is `id_in_meta`.
-    pub(crate) fn new(meta_end: usize, id_in_meta: Option<&(Range<usize>, usize)>) -> Self {
+    /// offsets within the meta: the field, and its value's start) is `id_in_meta`, and which
+    /// carries `authentication_data` if `has_authentication`.
+    pub(crate) fn new(
+        meta_end: usize,
+        id_in_meta: Option<&(Range<usize>, usize)>,
+        has_authentication: bool,
+    ) -> Self {
         match id_in_meta {
             Some((field, value_start)) => Self {
                 meta_end,
                 id_field: HEADER_LEN + field.start..HEADER_LEN + field.end,
                 id_value_start: HEADER_LEN + value_start,
+                has_authentication,
             },
             None => Self {
                 meta_end,
                 id_field: meta_end..meta_end,
                 id_value_start: meta_end,
+                has_authentication,
             },
         }
     }
@@ -48,8 +59,14 @@ impl BrpcLayout {
 
     /// Reads and checks the layout the codec recorded in `message`.
     pub(crate) fn of(message: &Message) -> Result<Self, CodecError> {
-        let [meta_end, id_start, id_end, id_value_start, _, _] =
-            message.layout.0.map(|v| v as usize);
+        let [
+            meta_end,
+            id_start,
+            id_end,
+            id_value_start,
+            authentication,
+            _,
+        ] = message.layout.0.map(|v| v as usize);
         let consistent = HEADER_LEN <= id_start
             && id_start <= id_value_start
             && id_value_start <= id_end
@@ -64,6 +81,7 @@ impl BrpcLayout {
             meta_end,
             id_field: id_start..id_end,
             id_value_start,
+            has_authentication: authentication != 0,
         })
     }
 
@@ -76,7 +94,7 @@ impl BrpcLayout {
             slot(self.id_field.start),
             slot(self.id_field.end),
             slot(self.id_value_start),
-            0,
+            u32::from(self.has_authentication),
             0,
         ])
     }

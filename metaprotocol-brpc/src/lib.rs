@@ -92,9 +92,18 @@
 //!   answered with `EREQUEST` "bRPC streaming RPC is not supported" (the connection stays
 //!   open); a `"STRM"` stream frame is a [`CodecError::Unsupported`](metaprotocol_core::CodecError)
 //!   error, which closes the connection. Other brpc protocols (hulu, sofa, nshead, HTTP ...)
-//!   are not baidu_std and are refused by their magic. `authentication_data` is forwarded
-//!   untouched, but since upstream connections are shared, a server that authenticates only a
-//!   connection's first request sees the first client's credentials.
+//!   are not baidu_std and are refused by their magic.
+//! - **Authentication**: a client's `authentication_data` is never forwarded. A brpc server
+//!   with an `Authenticator` checks the credentials of a connection's first request only and
+//!   runs every later call on it under them, so on an upstream connection that many clients
+//!   share, one client's credentials would authenticate them all (and a client without any,
+//!   going first, would leave the rest with none). An upstream codec drops the field from the
+//!   requests it writes (rebuilding the meta, which brpc clients send it in only on their own
+//!   connection's first call; the other requests keep the verbatim path) and puts the
+//!   cluster's own credentials, the codec option [`AUTHENTICATION_DATA`] (a cluster's only),
+//!   on the first request of its connection ([`BrpcCodec::with_credentials`]). The proxy
+//!   speaks to servers as itself; its clients are authenticated by the mesh (mTLS, the `rbac`
+//!   filter).
 //! - baidu_std has no heartbeat frames and no one-way calls.
 
 mod codec;
@@ -111,7 +120,7 @@ mod wire;
 
 use metaprotocol_core::CodecRegistry;
 
-pub use codec::{BrpcCodec, BrpcCodecFactory};
+pub use codec::{AUTHENTICATION_DATA, BrpcCodec, BrpcCodecFactory};
 pub use frame::{decode_frame, encode_frame};
 pub use meta::{MetaText, RequestMetaView, ResponseMetaView, RpcMetaView};
 pub use reply::{errno, error_code};

@@ -356,15 +356,25 @@ impl fmt::Debug for dyn CodecFactory {
 pub struct CodecOptions {
     /// The largest frame a codec accepts; see [`DEFAULT_MAX_FRAME_BYTES`].
     pub max_frame_bytes: usize,
-    params: BTreeMap<String, String>,
+    /// Whose options these are: a listener's ([`Side::Downstream`]) or a cluster's
+    /// ([`Side::Upstream`]); `None` when not said (options built by hand). An option that means
+    /// something on one side only is refused on the other, and when the side is not said.
+    pub side: Option<Side>,
+    params: BTreeMap<String, OptionValue>,
+}
+
+/// A protocol-specific option's value, as the config wrote it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct OptionValue {
+    text: String,
+    /// False for a number or a boolean (kept in its spelling): an option that must be a string
+    /// refuses it rather than take `0123` as `123`.
+    quoted: bool,
 }
 
 impl Default for CodecOptions {
     fn default() -> Self {
-        Self {
-            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
-            params: BTreeMap::new(),
-        }
+        Self::with_max_frame_bytes(DEFAULT_MAX_FRAME_BYTES)
     }
 }
 
@@ -373,23 +383,50 @@ impl CodecOptions {
     pub fn with_max_frame_bytes(max_frame_bytes: usize) -> Self {
         Self {
             max_frame_bytes,
+            side: None,
             params: BTreeMap::new(),
         }
     }
 
-    /// Sets the protocol-specific option `key` (thrift's `transport`, say).
+    /// Sets the protocol-specific option `key` (thrift's `transport`, say) to the string
+    /// `value`.
     pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) {
-        self.params.insert(key.into(), value.into());
+        self.set(key.into(), value.into(), true);
     }
 
-    /// The protocol-specific option `key`.
+    /// Sets the protocol-specific option `key` to a number or boolean, written `spelling` (`8`,
+    /// `true`): [`Self::get`] reads it as that text, [`Self::get_string`] refuses it.
+    pub fn insert_scalar(&mut self, key: impl Into<String>, spelling: impl Into<String>) {
+        self.set(key.into(), spelling.into(), false);
+    }
+
+    fn set(&mut self, key: String, text: String, quoted: bool) {
+        self.params.insert(key, OptionValue { text, quoted });
+    }
+
+    /// The protocol-specific option `key`, as text whatever its type.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.params.get(key).map(String::as_str)
+        self.params.get(key).map(|v| v.text.as_str())
     }
 
-    /// Every protocol-specific option.
+    /// The protocol-specific option `key`, which must be a string: a number or a boolean is an
+    /// error naming `key`.
+    pub fn get_string(&self, key: &str) -> Result<Option<&str>, OptionsError> {
+        match self.params.get(key) {
+            None => Ok(None),
+            Some(value) if value.quoted => Ok(Some(&value.text)),
+            Some(_) => Err(OptionsError::new(
+                key,
+                "must be a string (quote a value that looks like a number or a boolean)",
+            )),
+        }
+    }
+
+    /// Every protocol-specific option, as text.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.params.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.params
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.text.as_str()))
     }
 
     /// Rejects any option not in `allowed`, so that a misspelt option is an error rather than

@@ -6,10 +6,15 @@
 //! two seconds, and `Fail` with brpc's `EINTERNAL`. Every answer carries, in its `user_fields`,
 //! `server` = the server's name and `echo-<key>` for each user field it received, so a test sees
 //! routing and request mutation from the far end.
+//!
+//! A server started with an authenticator checks credentials as a brpc server with an
+//! `Authenticator` does: the `authentication_data` of a connection's first request only, which
+//! then stands for every call on the connection (its answers carry it as the user field
+//! `identity`); credentials it does not accept get `ERPCAUTH` and a closed connection.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -38,27 +43,62 @@ pub struct BrpcServer {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
+    credentials_seen: Arc<std::sync::Mutex<Vec<String>>>,
     accept: JoinHandle<()>,
+}
+
+/// What one server connection shares with the server.
+#[derive(Clone)]
+struct Served {
+    name: &'static str,
+    /// The credentials accepted, if the server authenticates.
+    accepted: Option<&'static [&'static str]>,
+    requests: Arc<AtomicUsize>,
+    credentials_seen: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl BrpcServer {
     /// Starts a server named `name` on 127.0.0.1 (a free port).
     pub async fn start(name: &'static str) -> TestResult<Self> {
+        Self::serve(name, None).await
+    }
+
+    /// Starts a server named `name` that authenticates each connection by its first request's
+    /// `authentication_data`, which must be one of `accepted`.
+    pub async fn start_authenticating(
+        name: &'static str,
+        accepted: &'static [&'static str],
+    ) -> TestResult<Self> {
+        Self::serve(name, Some(accepted)).await
+    }
+
+    async fn serve(
+        name: &'static str,
+        accepted: Option<&'static [&'static str]>,
+    ) -> TestResult<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let connections = Arc::new(AtomicUsize::new(0));
-        let requests = Arc::new(AtomicUsize::new(0));
-        let (conns, reqs) = (connections.clone(), requests.clone());
+        let served = Served {
+            name,
+            accepted,
+            requests: Arc::new(AtomicUsize::new(0)),
+            credentials_seen: Arc::default(),
+        };
+        let (requests, credentials_seen) =
+            (served.requests.clone(), served.credentials_seen.clone());
+        let conns = connections.clone();
         let accept = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 conns.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve_connection(name, stream, reqs.clone()));
+                tokio::spawn(serve_connection(served.clone(), stream));
             }
         });
         Ok(Self {
             addr,
             connections,
             requests,
+            credentials_seen,
             accept,
         })
     }
@@ -77,6 +117,15 @@ impl BrpcServer {
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
+
+    /// The `authentication_data` of every request received so far that carried one, in
+    /// order (lossily as UTF-8).
+    pub fn credentials_seen(&self) -> Vec<String> {
+        self.credentials_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 impl Drop for BrpcServer {
@@ -87,16 +136,39 @@ impl Drop for BrpcServer {
 
 /// Reads requests off one connection and answers each in its own task (so answers may overtake
 /// each other, as brpc's do).
-async fn serve_connection(name: &'static str, stream: TcpStream, requests: Arc<AtomicUsize>) {
+async fn serve_connection(served: Served, stream: TcpStream) {
     let (mut reader, writer) = stream.into_split();
     let writer = Arc::new(Mutex::new(writer));
     let mut codec = BrpcCodec::new(Side::Downstream, 1 << 20);
     let mut buf = BytesMut::with_capacity(4096);
+    // The connection's identity, set by its first request when the server authenticates.
+    let mut identity: Option<Arc<str>> = None;
+    let mut first = true;
     loop {
         match codec.decode(&mut buf) {
             Ok(Some(request)) => {
-                requests.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(answer(name, request.frame, writer.clone()));
+                served.requests.fetch_add(1, Ordering::SeqCst);
+                let Ok((meta, _)) = decode_frame(&request.frame) else {
+                    // Not by the protobuf definition (a string not UTF-8): left unanswered.
+                    continue;
+                };
+                if let Some(credentials) = &meta.authentication_data {
+                    served
+                        .credentials_seen
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(String::from_utf8_lossy(credentials).into_owned());
+                }
+                if let (true, Some(accepted)) = (first, served.accepted) {
+                    let credentials = meta.authentication_data.as_deref().unwrap_or_default();
+                    match accepted.iter().find(|a| a.as_bytes() == credentials) {
+                        Some(accepted) => identity = Some((*accepted).into()),
+                        None => return refuse(meta.correlation_id, &writer).await,
+                    }
+                }
+                first = false;
+                let identity = identity.clone();
+                tokio::spawn(answer(served.name, request.frame, identity, writer.clone()));
             }
             Ok(None) => match reader.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => return,
@@ -107,7 +179,31 @@ async fn serve_connection(name: &'static str, stream: TcpStream, requests: Arc<A
     }
 }
 
-async fn answer(name: &'static str, frame: bytes::Bytes, writer: Arc<Mutex<OwnedWriteHalf>>) {
+/// Answers a connection's first request, whose credentials were not accepted, with `ERPCAUTH`
+/// and closes the connection, as brpc's `VerifyRpcRequest` and input messenger do.
+async fn refuse(correlation_id: Option<i64>, writer: &Mutex<OwnedWriteHalf>) {
+    let reply = proto::RpcMeta {
+        response: Some(proto::RpcResponseMeta {
+            error_code: Some(errno::ERPCAUTH),
+            error_text: Some("Fail to authenticate".into()),
+        }),
+        correlation_id,
+        ..Default::default()
+    };
+    let mut out = BytesMut::new();
+    if encode_frame(&reply, &[], &mut out).is_ok() {
+        let mut writer = writer.lock().await;
+        let _ = writer.write_all(&out).await;
+        let _ = writer.shutdown().await;
+    }
+}
+
+async fn answer(
+    name: &'static str,
+    frame: bytes::Bytes,
+    identity: Option<Arc<str>>,
+    writer: Arc<Mutex<OwnedWriteHalf>>,
+) {
     let Ok((meta, body)) = decode_frame(&frame) else {
         return;
     };
@@ -122,6 +218,9 @@ async fn answer(name: &'static str, frame: bytes::Bytes, writer: Arc<Mutex<Owned
         .map(|(k, v)| (format!("echo-{k}"), v.clone()))
         .collect();
     user_fields.insert("server".into(), name.into());
+    if let Some(identity) = identity {
+        user_fields.insert("identity".into(), identity.to_string());
+    }
     let mut reply = proto::RpcMeta {
         response: Some(proto::RpcResponseMeta {
             error_code: Some(0),
@@ -167,6 +266,8 @@ pub struct Call {
     pub timeout_ms: Option<i32>,
     /// Sets `stream_settings`, as a call opening a streaming RPC does.
     pub streaming: bool,
+    /// `authentication_data`, if any.
+    pub credentials: Option<String>,
 }
 
 impl Call {
@@ -181,7 +282,15 @@ impl Call {
             payload,
             timeout_ms: None,
             streaming: false,
+            credentials: None,
         }
+    }
+
+    /// Sends `credentials` as the call's `authentication_data`, as a brpc client with an
+    /// `Authenticator` does on its connection's first call.
+    pub fn authenticated(mut self, credentials: &str) -> Self {
+        self.credentials = Some(credentials.into());
+        self
     }
 
     /// Adds user field `key` = `value`.
@@ -259,6 +368,7 @@ impl BrpcClient {
             }),
             compress_type: Some(0),
             correlation_id: Some(id),
+            authentication_data: call.credentials.as_ref().map(|c| c.clone().into_bytes()),
             user_fields: call.user_fields.iter().cloned().collect(),
             stream_settings: call.streaming.then(|| proto::StreamSettings {
                 stream_id: 1,

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use metaprotocol_core::{CodecFactory, CodecOptions, CodecRegistry, FilterChain};
+use metaprotocol_core::{CodecFactory, CodecOptions, CodecRegistry, FilterChain, Side};
 use tokio_util::sync::CancellationToken;
 
 use crate::access_log::{self, AccessLogger};
@@ -33,13 +33,15 @@ pub(crate) struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    /// Builds the codec factory `protocol` with the options of a listener or cluster.
+    /// Builds the codec factory `protocol` with the options of a listener
+    /// ([`Side::Downstream`]) or a cluster ([`Side::Upstream`]).
     pub fn codec(
         &self,
         protocol: &str,
         options: Option<&serde_json::Map<String, serde_json::Value>>,
+        side: Side,
     ) -> Result<Arc<dyn CodecFactory>, ConfigError> {
-        let options = codec_options(options)?;
+        let options = codec_options(options, side)?;
         match self.codecs.build(protocol, &options) {
             Some(Ok(factory)) => {
                 self.metrics.watch_codec(&factory);
@@ -70,7 +72,7 @@ impl Builder<'_> {
         local: Option<&LocalitySpec>,
         resolved: &Resolved,
     ) -> Result<Arc<ClusterHandle>, ConfigError> {
-        let codec = self.codec(protocol, spec.codec.as_ref())?;
+        let codec = self.codec(protocol, spec.codec.as_ref(), Side::Upstream)?;
         let scope = self.metrics.root().detached("cluster", &spec.name);
         ClusterHandle::new(
             spec,
@@ -98,7 +100,7 @@ impl Builder<'_> {
         spec: &ListenerSpec,
         routes: Arc<RouteSlot>,
     ) -> Result<ListenerContext, ConfigError> {
-        let codec = self.codec(&spec.protocol, spec.codec.as_ref())?;
+        let codec = self.codec(&spec.protocol, spec.codec.as_ref(), Side::Downstream)?;
         let name: Arc<str> = spec.name.as_str().into();
         let scope = self.metrics.root().detached("listener", &spec.name);
         let filters = self.filter_chain(&name, &scope, &spec.filters)?;
@@ -193,8 +195,10 @@ pub(crate) fn named_methods(spec: &RouteConfigSpec) -> Vec<String> {
 
 fn codec_options(
     map: Option<&serde_json::Map<String, serde_json::Value>>,
+    side: Side,
 ) -> Result<CodecOptions, ConfigError> {
     let mut options = CodecOptions::default();
+    options.side = Some(side);
     for (key, value) in map.into_iter().flatten() {
         if key == "max_frame_bytes" {
             options.max_frame_bytes = value
@@ -206,18 +210,17 @@ fn codec_options(
                 })?;
             continue;
         }
-        let text = match value {
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Bool(b) => b.to_string(),
-            serde_json::Value::Number(n) => n.to_string(),
+        match value {
+            serde_json::Value::String(s) => options.insert(key.clone(), s.clone()),
+            serde_json::Value::Bool(b) => options.insert_scalar(key.clone(), b.to_string()),
+            serde_json::Value::Number(n) => options.insert_scalar(key.clone(), n.to_string()),
             _ => {
                 return Err(ConfigError::new(
                     format!("codec.{key}"),
                     "must be a string, number or boolean",
                 ));
             }
-        };
-        options.insert(key.clone(), text);
+        }
     }
     Ok(options)
 }
@@ -323,4 +326,34 @@ pub(crate) fn check_protocols(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A codec learns whose options it reads, and which values were written as strings: a
+    /// string option refuses `0123` written bare, which would otherwise arrive as `123`.
+    #[test]
+    fn codec_options_say_whose_they_are_and_how_values_were_written() -> Result<(), ConfigError> {
+        let map = serde_json::json!({
+            "max_frame_bytes": 4096,
+            "quoted": "0123",
+            "bare": 123,
+            "flag": true,
+        });
+        for side in [Side::Downstream, Side::Upstream] {
+            let options = codec_options(map.as_object(), side)?;
+            assert_eq!(options.side, Some(side));
+            assert_eq!(options.max_frame_bytes, 4096);
+            assert_eq!(options.get_string("quoted"), Ok(Some("0123")));
+            assert_eq!(options.get("bare"), Some("123"));
+            assert_eq!(options.get("flag"), Some("true"));
+            for scalar in ["bare", "flag"] {
+                let error = options.get_string(scalar).err();
+                assert_eq!(error.map(|e| e.field), Some(scalar.to_owned()));
+            }
+        }
+        Ok(())
+    }
 }

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use metaprotocol_core::CodecFactory;
+use metaprotocol_core::{CodecFactory, Side};
 use tokio::net::TcpListener;
 
 use super::build::{check_protocols, cluster_protocols, route_config_protocols};
@@ -334,7 +334,7 @@ impl ProxyState {
                     }
                     let codec = if handle.protocol() != *protocol || old.codec != spec.codec {
                         let codec = builder
-                            .codec(protocol, spec.codec.as_ref())
+                            .codec(protocol, spec.codec.as_ref(), Side::Upstream)
                             .map_err(|e| e.within(&at))?;
                         Some((protocol.clone(), codec))
                     } else {
