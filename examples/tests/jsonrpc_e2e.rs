@@ -310,3 +310,60 @@ clusters: [ { name: c, endpoints: [ { address: \"127.0.0.1:1\" } ] } ]
     })
     .await?
 }
+
+/// jsonrpcserver answers a line its schema refuses (here a notification with a member of the
+/// client's own, which JSON-RPC 2.0 does not forbid and the proxy forwards) with error -32600
+/// and id `null`, notifications included. That answer names no call: it is counted as
+/// unmatched, and the call another client has in flight on the same upstream connection still
+/// gets its answer. Before, the proxy read the `null` id as a broken stream and closed the
+/// upstream connection, failing that call.
+#[test]
+fn a_servers_answer_with_id_null_fails_no_other_call() -> TestResult {
+    use std::io::{BufRead, BufReader, Write};
+    let missing =
+        (!SUITE.venv_python().exists()).then(|| "the suite's .venv is missing".to_owned());
+    if !SUITE.ready(missing)? {
+        return Ok(());
+    }
+    let scratch = Scratch::new("jsonrpc-null-id")?;
+    let notes = scratch.path("notes.log");
+    let server = server("s1", &notes, &scratch)?;
+    let proxy = InProcessProxy::start(&format!(
+        "listeners: [ {{ name: rpc-in, address: 127.0.0.1:0, protocol: jsonrpc, route_config: r }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }}, timeout: 10s }} ] }} ]
+clusters: [ {{ name: c, endpoints: [ {{ address: \"127.0.0.1:{}\" }} ] }} ]
+",
+        server.port
+    ))?;
+    let addr = proxy.addr("rpc-in")?;
+    let connect = || -> TestResult<std::net::TcpStream> {
+        let stream = std::net::TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+        Ok(stream)
+    };
+    let mut waiting = connect()?;
+    waiting.write_all(
+        b"{\"jsonrpc\":\"2.0\",\"method\":\"sleep\",\"params\":[1000],\"id\":\"w\"}\n",
+    )?;
+    // Sent after the call above, on the one upstream connection, while the call sleeps.
+    std::thread::sleep(Duration::from_millis(300));
+    connect()?.write_all(
+        b"{\"jsonrpc\":\"2.0\",\"method\":\"note\",\"params\":[\"x\"],\"trace\":\"t\"}\n",
+    )?;
+    let mut line = String::new();
+    BufReader::new(waiting).read_line(&mut line)?;
+    let answer: serde_json::Value = serde_json::from_str(&line)?;
+    assert_eq!(
+        (&answer["result"], &answer["id"]),
+        (&json!(1000), &json!("w")),
+        "{answer}"
+    );
+    let unmatched = proxy
+        .metrics()
+        .lines()
+        .filter(|l| l.starts_with("metaprotocol_upstream_unmatched_responses_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>();
+    assert_eq!(unmatched, 1.0);
+    Ok(())
+}

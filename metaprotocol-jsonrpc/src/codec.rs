@@ -16,6 +16,10 @@ use crate::skim::Skim;
 /// The id a reply to a line without a readable id carries.
 const NULL_ID: &[u8] = b"null";
 
+/// The request an answer whose id is not the proxy's answers: none, as the engine allocates
+/// upstream ids from 1, so that it drops the answer and counts it as unmatched.
+const NO_CALL: u64 = 0;
+
 /// The codec of one connection and direction. Between frames it keeps only how much of a line
 /// still arriving it has looked through.
 ///
@@ -76,12 +80,10 @@ impl JsonRpcCodec {
                 Ok(message)
             }
             (Line::Response { id, error }, Side::Upstream) => {
-                let request_id =
-                    upstream_id(content, &id)
-                        .map(|(n, _)| n)
-                        .ok_or(CodecError::malformed(
-                            "a JSON-RPC response whose id is not one the proxy sent",
-                        ))?;
+                // An id the proxy did not write (a server's `null` for a call it could not
+                // read, which JSON-RPC 2.0 prescribes) names no call, but the line is whole:
+                // read as an answer to no call, the connection goes on for the calls on it.
+                let request_id = upstream_id(content, &id).map_or(NO_CALL, |(n, _)| n);
                 let mut message = Message::new(MessageKind::Response, request_id, frame);
                 message.layout = layout(Some(&id));
                 message.status = match error {
@@ -165,7 +167,12 @@ fn upstream_id<'l>(line: &'l [u8], range: &std::ops::Range<usize>) -> Option<(u6
         .strip_prefix(b"\"")?
         .strip_suffix(b"\"")?;
     let colon = token.iter().position(|b| *b == b':')?;
-    let n = std::str::from_utf8(&token[..colon]).ok()?.parse().ok()?;
+    let digits = &token[..colon];
+    // The proxy writes digits alone; `parse` would take a sign too.
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = std::str::from_utf8(digits).ok()?.parse().ok()?;
     let hex = &token[colon + 1..];
     (hex.len() % 2 == 0 && hex.iter().all(u8::is_ascii_hexdigit)).then_some((n, hex))
 }

@@ -247,14 +247,6 @@ fn errors_are_classified_by_their_code() -> TestResult {
             ResponseStatus::ApplicationError
         ]
     );
-    for foreign in ["\"s\"", "7", "\"1:3\"", "\"x:31\"", "null"] {
-        let line = format!("{{\"jsonrpc\":\"2.0\",\"result\":1,\"id\":{foreign}}}\n");
-        let err = decode_all(&mut codec(Side::Upstream), line.as_bytes()).err();
-        assert!(
-            matches!(err, Some(CodecError::Malformed(_))),
-            "{foreign}: {err:?}"
-        );
-    }
     Ok(())
 }
 
@@ -380,5 +372,38 @@ fn a_call_whose_upstream_line_is_over_the_limit_is_refused() -> TestResult {
     let answer = format!("{{\"jsonrpc\":\"2.0\",\"result\":1,\"id\":{upstream_id}}}\n");
     let answers = decode_all(&mut codec(Side::Upstream), answer.as_bytes())?;
     assert_eq!(answers.len(), 1);
+    Ok(())
+}
+
+/// A server answers a call it cannot read with id `null` (JSON-RPC 2.0: "If there was an error
+/// in detecting the id in the Request object (e.g. Parse error/Invalid Request), it MUST be
+/// Null"); jsonrpcserver does so for any call its schema refuses (`"params": 5`, a member of
+/// its own), notifications included. Such an answer, like any whose id the proxy did not
+/// write, answers no call: it is read as an answer to request 0, which the engine never
+/// sends, and the answers behind it on the connection still reach their calls. Before, it was
+/// a decode error, which closed the upstream connection under every call in flight on it.
+#[test]
+fn an_answer_whose_id_is_not_the_proxys_answers_no_call() -> TestResult {
+    let lines = b"{\"jsonrpc\":\"2.0\",\"error\":{\"code\":-32600,\"message\":\"Invalid request\"},\"id\":null}\n\
+        {\"jsonrpc\":\"2.0\",\"result\":1,\"id\":7}\n\
+        {\"jsonrpc\":\"2.0\",\"result\":1,\"id\":\"7:3\"}\n\
+        {\"jsonrpc\":\"2.0\",\"result\":2,\"id\":\"8:31\"}\n";
+    let answers = decode_all(&mut codec(Side::Upstream), lines)?;
+    let ids: Vec<_> = answers.iter().map(|a| (a.kind, a.request_id)).collect();
+    assert_eq!(
+        ids,
+        [
+            (MessageKind::Response, 0),
+            (MessageKind::Response, 0),
+            (MessageKind::Response, 0),
+            (MessageKind::Response, 8),
+        ]
+    );
+    for foreign in ["\"s\"", "\"1:3\"", "\"x:31\"", "\"+1:31\""] {
+        let line = format!("{{\"jsonrpc\":\"2.0\",\"result\":1,\"id\":{foreign}}}\n");
+        let answers = decode_all(&mut codec(Side::Upstream), line.as_bytes())?;
+        assert_eq!(answers.len(), 1);
+        assert_eq!(answers[0].request_id, 0, "{foreign}");
+    }
     Ok(())
 }
