@@ -1,34 +1,128 @@
 //! One line of JSON-RPC 2.0, read without building its values: what it is, its `id` (where it
 //! sits in the line, so it can be rewritten in place), its `method`, its error code.
 
+use std::fmt;
 use std::ops::Range;
 
 use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 /// The members of a request or response object the codec needs; the rest (`params`, the
 /// result's value) are skipped without being built.
-#[derive(Deserialize)]
+#[derive(Default)]
 struct Envelope<'a> {
-    #[serde(borrow, default)]
     jsonrpc: Option<&'a RawValue>,
     /// `Some` whenever the member is there, `null` included: a call with a `null` id is a
     /// request, only one without `id` is a notification.
-    #[serde(borrow, default, deserialize_with = "present")]
     id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     method: Option<&'a RawValue>,
     /// `Some` whenever the member is there: a method that returns nothing answers with a
     /// `null` result.
-    #[serde(borrow, default, deserialize_with = "present")]
     result: Option<&'a RawValue>,
-    #[serde(default)]
-    error: Option<ErrorObject>,
+    /// `Some` whenever the member is there; `Some(None)` for `null`.
+    error: Option<Option<ErrorObject>>,
 }
 
-/// A member that is there, whatever its value.
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
+/// The members JSON-RPC 2.0 names, as read from an object.
+#[derive(Clone, Copy)]
+enum Member {
+    Jsonrpc,
+    Id,
+    Method,
+    Params,
+    Result,
+    Error,
+    /// A member of the sender's own, which the codec passes on.
+    Other,
+}
+
+/// The members JSON-RPC 2.0 names, by name.
+const MEMBERS: [(&str, Member); 6] = [
+    ("jsonrpc", Member::Jsonrpc),
+    ("id", Member::Id),
+    ("method", Member::Method),
+    ("params", Member::Params),
+    ("result", Member::Result),
+    ("error", Member::Error),
+];
+
+impl<'de> Deserialize<'de> for Member {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_identifier(MemberName)
+    }
+}
+
+/// Reads a member name (unescaped by serde_json) into a [`Member`].
+struct MemberName;
+
+impl Visitor<'_> for MemberName {
+    type Value = Member;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<Member, E> {
+        for (known, member) in MEMBERS {
+            if name == known {
+                return Ok(member);
+            }
+            // Go's encoding/json takes such a name for the member, and of two the last: the
+            // server would run another method, or answer with another id, than the proxy read.
+            if name.eq_ignore_ascii_case(known) {
+                return Err(E::custom(format_args!(
+                    "a member `{name}`, `{known}` in another case"
+                )));
+            }
+        }
+        Ok(Member::Other)
+    }
+}
+
+impl<'de> Deserialize<'de> for Envelope<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(EnvelopeMembers)
+    }
+}
+
+/// Reads an object into an [`Envelope`].
+struct EnvelopeMembers;
+
+impl<'de> Visitor<'de> for EnvelopeMembers {
+    type Value = Envelope<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON-RPC 2.0 object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut envelope = Envelope::default();
+        let mut params = false;
+        while let Some(member) = map.next_key::<Member>()? {
+            // A member written twice: parsers that keep the last (most do) would read another
+            // method or id than the proxy.
+            let twice = match member {
+                Member::Jsonrpc => envelope.jsonrpc.replace(map.next_value()?).is_some(),
+                Member::Id => envelope.id.replace(map.next_value()?).is_some(),
+                Member::Method => envelope.method.replace(map.next_value()?).is_some(),
+                Member::Result => envelope.result.replace(map.next_value()?).is_some(),
+                Member::Error => envelope.error.replace(map.next_value()?).is_some(),
+                Member::Params => {
+                    map.next_value::<IgnoredAny>()?;
+                    std::mem::replace(&mut params, true)
+                }
+                Member::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                    false
+                }
+            };
+            if twice {
+                return Err(de::Error::custom("a member written twice"));
+            }
+        }
+        Ok(envelope)
+    }
 }
 
 #[derive(Deserialize)]
@@ -115,17 +209,17 @@ pub(crate) fn read(line: &[u8]) -> Line {
         return Line::Invalid(Invalid::NotRpc);
     }
     let id = envelope.id.map(|raw| span(line, raw.get()));
+    // `"error": null` is no error: without a result, the line is no answer.
+    let error = envelope.error.flatten();
     match (envelope.method, id) {
         (Some(method), id) => match text(line, method) {
             Some(method) => Line::Request { id, method },
             None => Line::Invalid(Invalid::NotRpc),
         },
-        (None, Some(id)) if envelope.result.is_some() || envelope.error.is_some() => {
-            Line::Response {
-                id,
-                error: envelope.error.map(|e| e.code),
-            }
-        }
+        (None, Some(id)) if envelope.result.is_some() || error.is_some() => Line::Response {
+            id,
+            error: error.map(|e| e.code),
+        },
         _ => Line::Invalid(Invalid::NotRpc),
     }
 }
@@ -237,5 +331,43 @@ mod tests {
             read(br#"[{"jsonrpc":"2.0","method":"sum","params":[1,2,4],"id":"1"},{"jsonrpc":"2.0","method""#),
             Line::Invalid(Invalid::Parse)
         );
+    }
+
+    /// Go's encoding/json, which many JSON-RPC servers read with (geth's among them), takes a
+    /// member whose name matches a field's in another case, and of two the last (golang/go
+    /// #43664): `"method":"public","METHOD":"admin"` is routed and authorized by `public` and
+    /// runs `admin` there, and an `"ID"` beside the proxy's `id`, or in a notification, is the
+    /// id the server answers with, one a client may have copied from another's call on the same
+    /// upstream connection. Such a line is an invalid request, as is a member written twice
+    /// (which servers that keep the last one read otherwise).
+    #[test]
+    fn a_member_named_in_another_case_or_twice_is_an_invalid_request() {
+        for line in [
+            &br#"{"jsonrpc":"2.0","method":"public","METHOD":"admin","id":1}"#[..],
+            br#"{"jsonrpc":"2.0","Method":"admin","method":"public","id":1}"#,
+            br#"{"jsonrpc":"2.0","method":"public","id":1,"ID":"5:31"}"#,
+            br#"{"jsonrpc":"2.0","method":"public","Id":"5:31"}"#,
+            br#"{"jsonrpc":"2.0","method":"public","params":[],"Params":{},"id":1}"#,
+            br#"{"jsonrpc":"2.0","method":"public","JSONRPC":"1.0","id":1}"#,
+            br#"{"jsonrpc":"2.0","method":"public","meth\u004fd":"admin","id":1}"#,
+            br#"{"jsonrpc":"2.0","method":"public","method":"admin","id":1}"#,
+            br#"{"jsonrpc":"2.0","method":"public","meth\u006fd":"admin","id":1}"#,
+            br#"{"jsonrpc":"2.0","method":"public","id":1,"\u0069d":2}"#,
+        ] {
+            assert_eq!(
+                read(line),
+                Line::Invalid(Invalid::NotRpc),
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        let answer =
+            br#"{"jsonrpc":"2.0","result":1,"Error":{"code":1,"message":"x"},"id":"1:31"}"#;
+        assert_eq!(read(answer), Line::Invalid(Invalid::NotRpc));
+        // Other members are the server's business, as JSON-RPC 2.0 leaves them.
+        assert!(matches!(
+            read(br#"{"jsonrpc":"2.0","method":"m","id":1,"trace":"t","method_hint":1}"#),
+            Line::Request { .. }
+        ));
     }
 }
