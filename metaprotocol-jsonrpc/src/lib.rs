@@ -14,6 +14,7 @@
 //! | a notification (no `id`) | a one-way call |
 //! | ids: numbers, strings, `null` | kept as written: the client's answer carries its own id, byte for byte. Upstream, a call's id is the proxy's own string `"<n>:<hex>"`: the engine's request id and the client's id, hex-encoded, which the server echoes back, so the codec keeps no state |
 //! | other ids (objects, arrays, booleans) | answered with error -32600 (id `null`), not proxied: JSON-RPC 2.0 allows none |
+//! | `params` other than an array or an object (`null` included) | answered with error -32600 (id `null`), not proxied: JSON-RPC 2.0 requires a structured value, and a server answers others with id `null`, which names no call |
 //! | a response with `result` | status `Ok` |
 //! | a response with `error` | `ServerError` for the codes JSON-RPC reserves (-32768 to -32000), `ApplicationError` for the service's own |
 //! | a member named as one of JSON-RPC's in another case (`METHOD`, `Id`), or one of JSON-RPC's written twice | answered with error -32600 (id `null`), not proxied: Go's encoding/json, which many servers read with, takes such a name for the member, and of two the last, so the server would run another method than the one routed and authorized, or answer with an id of the client's choosing |

@@ -8,8 +8,8 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-/// The members of a request or response object the codec needs; the rest (`params`, the
-/// result's value) are skipped without being built.
+/// The members of a request or response object the codec needs, as they sit in the line
+/// (`params` and the result's value are never built).
 #[derive(Default)]
 struct Envelope<'a> {
     jsonrpc: Option<&'a RawValue>,
@@ -17,6 +17,7 @@ struct Envelope<'a> {
     /// request, only one without `id` is a notification.
     id: Option<&'a RawValue>,
     method: Option<&'a RawValue>,
+    params: Option<&'a RawValue>,
     /// `Some` whenever the member is there: a method that returns nothing answers with a
     /// `null` result.
     result: Option<&'a RawValue>,
@@ -98,7 +99,6 @@ impl<'de> Visitor<'de> for EnvelopeMembers {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut envelope = Envelope::default();
-        let mut params = false;
         while let Some(member) = map.next_key::<Member>()? {
             // A member written twice: parsers that keep the last (most do) would read another
             // method or id than the proxy.
@@ -108,10 +108,7 @@ impl<'de> Visitor<'de> for EnvelopeMembers {
                 Member::Method => envelope.method.replace(map.next_value()?).is_some(),
                 Member::Result => envelope.result.replace(map.next_value()?).is_some(),
                 Member::Error => envelope.error.replace(map.next_value()?).is_some(),
-                Member::Params => {
-                    map.next_value::<IgnoredAny>()?;
-                    std::mem::replace(&mut params, true)
-                }
+                Member::Params => envelope.params.replace(map.next_value()?).is_some(),
                 Member::Other => {
                     map.next_value::<IgnoredAny>()?;
                     false
@@ -202,6 +199,14 @@ pub(crate) fn read(line: &[u8]) -> Line {
         Err(_) => return Line::Invalid(Invalid::Parse),
     };
     if envelope.jsonrpc.map(RawValue::get) != Some("\"2.0\"") {
+        return Line::Invalid(Invalid::NotRpc);
+    }
+    // JSON-RPC 2.0: "If present, parameters for the rpc call MUST be provided as a Structured
+    // value"; a server answers others as it answers a call it cannot read, with id `null`.
+    if envelope
+        .params
+        .is_some_and(|raw| !matches!(raw.get().as_bytes().first(), Some(b'[' | b'{')))
+    {
         return Line::Invalid(Invalid::NotRpc);
     }
     // JSON-RPC 2.0: an id "MUST contain a String, Number, or NULL value if included".
@@ -369,5 +374,30 @@ mod tests {
             read(br#"{"jsonrpc":"2.0","method":"m","id":1,"trace":"t","method_hint":1}"#),
             Line::Request { .. }
         ));
+    }
+
+    /// JSON-RPC 2.0: "If present, parameters for the rpc call MUST be provided as a
+    /// Structured value", an array or an object. A call with others is an invalid request the
+    /// proxy answers itself: a server answers it with id `null` (jsonrpcserver does), which
+    /// reaches no call, so its client waited for its timeout instead.
+    #[test]
+    fn a_call_whose_params_are_not_an_array_or_object_is_an_invalid_request() {
+        for params in ["5", "\"a\"", "true", "null"] {
+            for id in [",\"id\":1", ""] {
+                let line = format!(r#"{{"jsonrpc":"2.0","method":"m","params":{params}{id}}}"#);
+                assert_eq!(
+                    read(line.as_bytes()),
+                    Line::Invalid(Invalid::NotRpc),
+                    "{line}"
+                );
+            }
+        }
+        for params in ["[]", " [1, 2]", "{\"a\": 1}"] {
+            let line = format!(r#"{{"jsonrpc":"2.0","method":"m","params":{params},"id":1}}"#);
+            assert!(
+                matches!(read(line.as_bytes()), Line::Request { .. }),
+                "{line}"
+            );
+        }
     }
 }
