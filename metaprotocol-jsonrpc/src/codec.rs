@@ -94,15 +94,18 @@ impl JsonRpcCodec {
                 };
                 Ok(message)
             }
-            (Line::Invalid(why), Side::Downstream) => {
+            (line @ (Line::Invalid(_) | Line::Response { .. }), Side::Downstream) => {
+                // An answer from a client is, to a server, an object without `method`: the
+                // proxy sends clients no calls to answer.
+                let why = match line {
+                    Line::Invalid(why) => why,
+                    _ => Invalid::NotRpc,
+                };
                 let mut message = Message::new(MessageKind::Request, 0, frame);
                 message.reject_reason = Some(why.reason());
                 Ok(message)
             }
             (Line::Invalid(why), Side::Upstream) => Err(CodecError::malformed(why.reason())),
-            (Line::Response { .. }, Side::Downstream) => Err(CodecError::Unsupported(
-                "a client sent a JSON-RPC response; server-to-client calls are not proxied".into(),
-            )),
             (Line::Request { .. }, Side::Upstream) => Err(CodecError::Unsupported(
                 "a server sent a JSON-RPC request; server-to-client calls are not proxied".into(),
             )),

@@ -314,10 +314,34 @@ fn an_internal_failure_is_json_rpc_internal_error() -> TestResult {
 
 #[test]
 fn the_wrong_direction_is_refused() {
-    let response = b"{\"jsonrpc\":\"2.0\",\"result\":1,\"id\":1}\n";
-    assert!(decode_all(&mut codec(Side::Downstream), response).is_err());
     let request = b"{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"id\":1}\n";
     assert!(decode_all(&mut codec(Side::Upstream), request).is_err());
+}
+
+/// An answer a client sends is, to a JSON-RPC 2.0 server, an object without `method`: an
+/// invalid request, answered with -32600 (id `null`), the connection going on (jsonrpcserver
+/// does the same). The proxy sends clients no calls to answer. Before, the connection closed,
+/// failing every call the client had in flight.
+#[test]
+fn an_answer_from_a_client_is_an_invalid_request() -> TestResult {
+    let lines = b"{\"jsonrpc\":\"2.0\",\"result\":1,\"id\":1}\n\
+        {\"jsonrpc\":\"2.0\",\"method\":\"m\",\"id\":2}\n";
+    let mut downstream = codec(Side::Downstream);
+    let read = decode_all(&mut downstream, lines)?;
+    let [answer, call] = &read[..] else {
+        return Err(format!("expected two messages, got {}", read.len()).into());
+    };
+    assert_eq!(answer.kind, MessageKind::Request);
+    assert!(answer.reject_reason.is_some());
+    let error = reply(&mut downstream, answer, LocalReplyKind::BadRequest)?;
+    let error: serde_json::Value = serde_json::from_str(&error)?;
+    assert_eq!(error["error"]["code"], -32600, "{error}");
+    assert_eq!(error["id"], serde_json::Value::Null);
+    assert_eq!(
+        (call.kind, call.reject_reason),
+        (MessageKind::Request, None)
+    );
+    Ok(())
 }
 
 /// The upstream id spells the client's in hex, twice its length: a call that fits the line
