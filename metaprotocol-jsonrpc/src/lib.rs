@@ -25,7 +25,7 @@
 //! | a call whose line, with the proxy's id (the client's hex-encoded, twice as long), is longer than the cluster's `max_frame_bytes` | not sent: its client gets error -32600, and the upstream connection is spared an answer too long to read, which would close it under every call in flight there; a notification longer than that limit (a listener may take longer lines) is not sent either |
 //! | an answer longer than the cluster's `max_frame_bytes` | passed over as it arrives, never held: its call gets error -32603 (`internal`), and the upstream connection stays open for the calls behind it |
 //! | an answer whose id is not the proxy's (`null`: a server's -32600 or -32700 for a call it could not read, as JSON-RPC 2.0 prescribes and jsonrpcserver sends for a call its schema refuses, notifications included) | answers no call: dropped and counted in `upstream_unmatched_responses_total`; the upstream connection stays open for the calls on it (a call it may have answered gets its timeout) |
-//! | an answer whose id does not spell, in hex, an id a client could have sent (JSON on one line) | not forwarded: its client gets error -32000 instead, and the upstream connection stays open |
+//! | an answer whose id does not spell, in hex, an id a client could have sent (JSON on one line) | not forwarded: its client gets error -32603 (`internal`) instead, and the upstream connection stays open |
 //! | header mutations | JSON-RPC has no headers: the frame is forwarded unchanged and counted in `metaprotocol_codec_mutations_not_applied_total{protocol="jsonrpc"}` |
 //!
 //! Local replies are JSON-RPC errors: `route_not_found` is -32601 (method not found),
