@@ -538,7 +538,16 @@ clusters:
 async fn the_proxy_authenticates_its_upstream_connections_as_itself() -> TestResult {
     bounded(async {
         let server = BrpcServer::start_authenticating("guarded", &["proxy-token"]).await?;
-        let (proxy, addr) = guarded_proxy(&server, "{ authentication_data: proxy-token }").await?;
+        let credentials = std::env::temp_dir().join(format!(
+            "metaprotocol-brpc-e2e-{}.credentials",
+            std::process::id()
+        ));
+        std::fs::write(&credentials, "proxy-token\n")?;
+        let codec = format!(
+            "{{ authentication_data_file: \"{}\" }}",
+            credentials.display()
+        );
+        let (proxy, addr) = guarded_proxy(&server, &codec).await?;
         let mut bad = BrpcClient::connect(addr).await?;
         let mut plain = BrpcClient::connect(addr).await?;
         let first = bad
@@ -562,6 +571,7 @@ async fn the_proxy_authenticates_its_upstream_connections_as_itself() -> TestRes
         );
         assert!(!proxy.clusters()[0].endpoints[0].failing_active_checks);
         proxy.shutdown().await;
+        std::fs::remove_file(credentials)?;
         Ok(())
     })
     .await
@@ -593,13 +603,13 @@ async fn a_clients_credentials_are_not_relayed_onto_a_shared_connection() -> Tes
     .await
 }
 
-/// `authentication_data` is the proxy's own, for its servers: on a listener it would mean
-/// nothing, and is refused by name.
+/// `authentication_data_file` is the proxy's own credentials, for its servers: on a listener it
+/// would mean nothing, and is refused by name.
 #[tokio::test]
 async fn a_listener_takes_no_credentials() -> TestResult {
     bounded(async {
         let refused = start_engine(
-            "listeners: [ { name: brpc-in, address: 127.0.0.1:0, protocol: brpc, route_config: r, codec: { authentication_data: t } } ]
+            "listeners: [ { name: brpc-in, address: 127.0.0.1:0, protocol: brpc, route_config: r, codec: { authentication_data_file: t } } ]
 route_configs: [ { name: r, routes: [ { route: { cluster: c } } ] } ]
 clusters: [ { name: c, endpoints: [ { address: \"127.0.0.1:1\" } ] } ]
 ",
@@ -609,7 +619,7 @@ clusters: [ { name: c, endpoints: [ { address: \"127.0.0.1:1\" } ] } ]
         .map(|e| e.to_string())
         .unwrap_or_default();
         assert!(
-            refused.contains("listeners[0].codec.authentication_data")
+            refused.contains("listeners[0].codec.authentication_data_file")
                 && refused.contains("a cluster's option only"),
             "{refused}"
         );

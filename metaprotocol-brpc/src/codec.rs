@@ -196,12 +196,13 @@ impl BrpcCodec {
     }
 }
 
-/// The codec option holding a cluster's credentials: the `authentication_data` its upstream
-/// codecs put on each connection's first request.
-pub const AUTHENTICATION_DATA: &str = "authentication_data";
+/// The codec option naming the file that holds a cluster's credentials: the
+/// `authentication_data` its upstream codecs put on each connection's first request. A file,
+/// not the value itself: credentials never go in the config, which `/config_dump` shows.
+pub const AUTHENTICATION_DATA_FILE: &str = "authentication_data_file";
 
 /// Creates [`BrpcCodec`]s; the options are `max_frame_bytes` and, on a cluster,
-/// [`AUTHENTICATION_DATA`].
+/// [`AUTHENTICATION_DATA_FILE`].
 #[derive(Clone, Debug)]
 pub struct BrpcCodecFactory {
     max_frame_bytes: usize,
@@ -226,11 +227,12 @@ impl BrpcCodecFactory {
     }
 
     /// Builds a factory from a listener's or cluster's codec options. `max_frame_bytes` must
-    /// hold at least a header and fit baidu_std's 32-bit sizes. [`AUTHENTICATION_DATA`], a
-    /// non-empty string, is a cluster's option only (a listener's clients are authenticated by
-    /// the mesh, not by what they send). Any other option is an error.
+    /// hold at least a header and fit baidu_std's 32-bit sizes. [`AUTHENTICATION_DATA_FILE`],
+    /// a path, is a cluster's option only (a listener's clients are authenticated by the mesh,
+    /// not by what they send); the file is read now, its trailing whitespace (a newline)
+    /// trimmed, and must hold something. Any other option is an error.
     pub fn from_options(options: &CodecOptions) -> Result<Arc<dyn CodecFactory>, OptionsError> {
-        options.allow_only(&[AUTHENTICATION_DATA])?;
+        options.allow_only(&[AUTHENTICATION_DATA_FILE])?;
         if !(HEADER_LEN..=MAX_FRAME_CAP).contains(&options.max_frame_bytes) {
             return Err(OptionsError::new(
                 "max_frame_bytes",
@@ -238,23 +240,30 @@ impl BrpcCodecFactory {
             ));
         }
         let factory = Self::new(options.max_frame_bytes);
-        let Some(credentials) = options.get_string(AUTHENTICATION_DATA)? else {
+        let Some(path) = options.get_string(AUTHENTICATION_DATA_FILE)? else {
             return Ok(Arc::new(factory));
         };
-        let refuse = |reason: &str| Err(OptionsError::new(AUTHENTICATION_DATA, reason));
+        let refuse = |reason: &str| Err(OptionsError::new(AUTHENTICATION_DATA_FILE, reason));
         if options.side != Some(Side::Upstream) {
             return refuse(
                 "a cluster's option only: the credentials the proxy sends its servers (clients \
                  are authenticated by the mesh: mTLS, the rbac filter)",
             );
         }
+        let file = match std::fs::read(path) {
+            Ok(file) => file,
+            Err(err) => return refuse(&format!("`{path}` cannot be read: {err}")),
+        };
+        let credentials = file.trim_ascii_end();
         if credentials.is_empty() {
-            return refuse("must not be empty");
+            return refuse(&format!("`{path}` holds no credentials"));
         }
         if HEADER_LEN + credentials.len() >= options.max_frame_bytes {
-            return refuse("must leave room for the request within max_frame_bytes");
+            return refuse(&format!(
+                "`{path}` holds credentials too long to leave room for a request within max_frame_bytes"
+            ));
         }
-        let credentials = Bytes::copy_from_slice(credentials.as_bytes());
+        let credentials = Bytes::copy_from_slice(credentials);
         Ok(Arc::new(factory.with_credentials(credentials)))
     }
 }
@@ -453,7 +462,8 @@ mod tests {
     -> Result<(), Box<dyn std::error::Error>> {
         let mut options = CodecOptions::with_max_frame_bytes(4096);
         options.side = Some(Side::Upstream);
-        options.insert(AUTHENTICATION_DATA, "proxy-token");
+        let file = credentials_file("first-only", b"proxy-token\n")?;
+        options.insert(AUTHENTICATION_DATA_FILE, file.to_string_lossy());
         let factory = BrpcCodecFactory::from_options(&options)?;
         let plain = request(None)?;
         let clients = request(Some(b"client-secret"))?;
@@ -502,13 +512,24 @@ mod tests {
         let mut downstream = factory.new_codec(Side::Downstream, WireVariant::DEFAULT);
         let (wire, _) = written(downstream.as_mut(), &plain, 4_294_967_298, &none, false)?;
         assert_eq!(&wire[..], &plain.frame[..]);
+        std::fs::remove_file(file)?;
         Ok(())
     }
 
-    /// `authentication_data` is a cluster's option, a non-empty string; a listener's, or one
-    /// whose side is not said, is refused by name.
+    /// A file of credentials named `name` holding `content`, for this process.
+    fn credentials_file(name: &str, content: &[u8]) -> std::io::Result<std::path::PathBuf> {
+        let path = std::env::temp_dir().join(format!(
+            "metaprotocol-brpc-{}-{name}.credentials",
+            std::process::id()
+        ));
+        std::fs::write(&path, content)?;
+        Ok(path)
+    }
+
+    /// `authentication_data_file` is a cluster's option, naming a readable file that holds
+    /// something; a listener's, or one whose side is not said, is refused by name.
     #[test]
-    fn authentication_data_is_a_clusters_string() {
+    fn authentication_data_file_is_a_clusters_readable_file() -> std::io::Result<()> {
         let refused = |side: Option<Side>, set: &dyn Fn(&mut CodecOptions)| {
             let mut options = CodecOptions::default();
             options.side = side;
@@ -517,24 +538,43 @@ mod tests {
                 .err()
                 .map(|e| (e.field, e.reason))
         };
-        let token = |o: &mut CodecOptions| o.insert(AUTHENTICATION_DATA, "proxy-token");
+        let file = credentials_file("token", b"proxy-token\n")?;
+        let token =
+            |o: &mut CodecOptions| o.insert(AUTHENTICATION_DATA_FILE, file.to_string_lossy());
         assert_eq!(refused(Some(Side::Upstream), &token), None);
         for side in [Some(Side::Downstream), None] {
             let (field, reason) = refused(side, &token).unwrap_or_default();
-            assert_eq!(field, AUTHENTICATION_DATA);
+            assert_eq!(field, AUTHENTICATION_DATA_FILE);
             assert!(reason.contains("a cluster's option only"), "{reason}");
         }
-        let number = |o: &mut CodecOptions| o.insert_scalar(AUTHENTICATION_DATA, "123");
+        let number = |o: &mut CodecOptions| o.insert_scalar(AUTHENTICATION_DATA_FILE, "123");
         let (field, reason) = refused(Some(Side::Upstream), &number).unwrap_or_default();
-        assert_eq!(field, AUTHENTICATION_DATA);
+        assert_eq!(field, AUTHENTICATION_DATA_FILE);
         assert!(reason.contains("must be a string"), "{reason}");
-        let empty = |o: &mut CodecOptions| o.insert(AUTHENTICATION_DATA, "");
-        assert!(refused(Some(Side::Upstream), &empty).is_some());
-        let misspelt = |o: &mut CodecOptions| o.insert("authentication", "proxy-token");
+        let blank = credentials_file("blank", b" \n")?;
+        let empty =
+            |o: &mut CodecOptions| o.insert(AUTHENTICATION_DATA_FILE, blank.to_string_lossy());
+        let (_, reason) = refused(Some(Side::Upstream), &empty).unwrap_or_default();
+        assert!(reason.contains("holds no credentials"), "{reason}");
+        let missing =
+            |o: &mut CodecOptions| o.insert(AUTHENTICATION_DATA_FILE, "/nonexistent/token");
+        let (_, reason) = refused(Some(Side::Upstream), &missing).unwrap_or_default();
+        assert!(
+            reason.contains("`/nonexistent/token` cannot be read"),
+            "{reason}"
+        );
+        let misspelt = |o: &mut CodecOptions| o.insert("authentication_data", "proxy-token");
         let (field, _) = refused(Some(Side::Upstream), &misspelt).unwrap_or_default();
-        assert_eq!(field, "authentication");
+        assert_eq!(
+            field, "authentication_data",
+            "credentials never go in the config"
+        );
         // Without it, a listener's options are as before.
         assert_eq!(refused(Some(Side::Downstream), &|_| {}), None);
+        for path in [file, blank] {
+            std::fs::remove_file(path)?;
+        }
+        Ok(())
     }
 
     /// A request within the upstream's frame limit as it came, that a mutation takes over it,

@@ -100,7 +100,8 @@
 //!   going first, would leave the rest with none). An upstream codec drops the field from the
 //!   requests it writes (rebuilding the meta, which brpc clients send it in only on their own
 //!   connection's first call; the other requests keep the verbatim path) and puts the
-//!   cluster's own credentials, the codec option [`AUTHENTICATION_DATA`] (a cluster's only),
+//!   cluster's own credentials, read from the file the codec option
+//!   [`AUTHENTICATION_DATA_FILE`] names (a cluster's only),
 //!   on the first request of its connection ([`BrpcCodec::with_credentials`]). The proxy
 //!   speaks to servers as itself; its clients are authenticated by the mesh (mTLS, the `rbac`
 //!   filter).
@@ -120,7 +121,7 @@ mod wire;
 
 use metaprotocol_core::CodecRegistry;
 
-pub use codec::{AUTHENTICATION_DATA, BrpcCodec, BrpcCodecFactory};
+pub use codec::{AUTHENTICATION_DATA_FILE, BrpcCodec, BrpcCodecFactory};
 pub use frame::{decode_frame, encode_frame};
 pub use meta::{MetaText, RequestMetaView, ResponseMetaView, RpcMetaView};
 pub use reply::{errno, error_code};
