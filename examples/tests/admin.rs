@@ -245,24 +245,46 @@ async fn logging_goes_through_the_embedders_control() -> TestResult {
     Ok(())
 }
 
-/// The admin server serves 64 connections at once; others wait in the listen queue until one
-/// ends, so a client opening thousands holds no more than that.
+/// The admin server serves 64 connections at once, so a client opening thousands holds no more
+/// than that; when they are all taken, the idle ones close for a new one, so that a readiness
+/// probe is answered at once rather than held behind clients that keep connections open and
+/// send nothing (until their 10 s header deadline).
 #[tokio::test]
-async fn admin_connections_past_the_cap_wait_for_a_place() -> TestResult {
+async fn idle_admin_connections_past_the_cap_close_for_a_new_one() -> TestResult {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let provider = DemoProvider::start("p").await?;
     let (proxy, admin) = start(&provider, None, None).await?;
     let mut idle = Vec::new();
-    for _ in 0..64 {
-        idle.push(tokio::net::TcpStream::connect(admin).await?);
+    // Half kept alive after an answer, half never sending a byte.
+    for i in 0..64 {
+        let mut socket = tokio::net::TcpStream::connect(admin).await?;
+        if i % 2 == 0 {
+            socket
+                .write_all(b"GET /ready HTTP/1.1\r\nHost: admin\r\n\r\n")
+                .await?;
+            let mut answer = vec![0; 1024];
+            let read = socket.read(&mut answer).await?;
+            assert!(answer[..read].starts_with(b"HTTP/1.1 200"));
+        }
+        idle.push(socket);
     }
     // Let the server take them all before the next comes.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let waiting = tokio::spawn(async move { http(admin, "GET", "/ready", "").await });
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    assert!(!waiting.is_finished(), "answered past the cap");
-    drop(idle);
-    let (status, _) = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await???;
+    let (status, _) = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        http(admin, "GET", "/ready", ""),
+    )
+    .await??;
     assert_eq!(status, 200);
+    for mut socket in idle {
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            socket.read_to_end(&mut rest),
+        )
+        .await?;
+        assert!(closed.is_ok(), "{closed:?}");
+    }
     proxy.shutdown().await;
     Ok(())
 }

@@ -1,8 +1,10 @@
 //! An HTTP server with bounds on what its clients can hold, for the admin API and for
 //! embedders' own HTTP fronts ([`serve_http`]): one task per connection, at most
-//! [`MAX_CONNECTIONS`] at once, with a deadline on every request's headers (a client that
-//! trickles them, or leaves a connection idle, is cut off), on the rest of the request (its body
-//! and its handling) and on each write of an answer (a client that reads none is cut off), and a
+//! [`MAX_CONNECTIONS`] at once (when they are all taken, the idle ones are closed for the
+//! connections waiting: a readiness probe is not held behind clients that keep connections
+//! open and send nothing), with a deadline on every request's headers (a client that trickles
+//! them, or leaves a connection idle, is cut off), on the rest of the request (its body and its
+//! handling) and on each write of an answer (a client that reads none is cut off), and a
 //! graceful stop.
 
 mod write_stall;
@@ -39,7 +41,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `app` on `listener` until `stop` resolves, then lets requests in progress finish for
 /// a second, with the bounds the admin API has: at most 64 connections at once (more wait in
-/// the listen queue), 10 s for a request's headers and for an idle keep-alive connection, 30 s
+/// the listen queue while those with a request in progress answer it, the idle ones closing
+/// for them), 10 s for a request's headers and for an idle keep-alive connection, 30 s
 /// for the rest of a request (its body and its handling; a `408` answers one that takes
 /// longer), and 10 s for each write of an answer to a client that takes none of it. Without
 /// such bounds (`axum::serve` has none), a client can hold a connection and its task for good.
@@ -85,13 +88,10 @@ pub(crate) async fn serve(
     }));
     let connections = TaskTracker::new();
     let room = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    // Told when every place is taken: each connection closes once it has no request in
+    // progress (at once if idle), as nginx frees idle keep-alive connections when it runs out.
+    let full = Arc::new(tokio::sync::Notify::new());
     loop {
-        let permit = tokio::select! {
-            _ = stop.cancelled() => break,
-            permit = room.clone().acquire_owned() => permit,
-        };
-        // The semaphore is never closed.
-        let Ok(permit) = permit else { break };
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
@@ -104,20 +104,47 @@ pub(crate) async fn serve(
                 continue;
             }
         };
+        // One connection waits here at most (the others in the listen queue) while the idle
+        // ones close for it.
+        let permit = match room.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                full.notify_waiters();
+                let permit = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    permit = room.clone().acquire_owned() => permit,
+                };
+                // The semaphore is never closed.
+                let Ok(permit) = permit else { break };
+                permit
+            }
+        };
         let service = TowerToHyperService::new(app.clone());
         let stop = stop.clone();
+        let full = Arc::clone(&full);
         connections.spawn(async move {
             let _permit = permit;
+            let full = full.notified();
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT);
             let stream = WriteStall::new(stream, WRITE_TIMEOUT);
             let connection = http.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
+            tokio::pin!(full);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                () = full => connection.as_mut().graceful_shutdown(),
+                _ = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(STOP_GRACE, connection).await;
+                    return;
+                }
+            }
+            // Closing once its request in progress, if any, is answered.
             tokio::select! {
                 _ = connection.as_mut() => {}
                 _ = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(STOP_GRACE, connection).await;
                 }
             }
