@@ -6,35 +6,62 @@
 //! to its running credit, picks the endpoint with the most credit (the first of those) and takes
 //! the total weight from it. Endpoints of equal weight earn alike, so a step compares one
 //! candidate per distinct weight, not every endpoint (see [`Turns`]).
+//!
+//! A cycle is at most [`MAX_CYCLE`] turns. Weights whose total (reduced by their common
+//! divisor) is larger cannot be scaled down to it without distorting their shares once there
+//! are thousands of endpoints (each keeps at least one turn, and rounding takes up to a turn
+//! from each), so such a set is walked instead: turn `t` goes to the endpoint whose band of the
+//! cumulative weights holds the fractional part of `t` times the golden ratio. Those fractions
+//! spread evenly over the bands (each new one falls in the largest gap left), so every endpoint
+//! gets its exact share, interleaved; a pick is one atomic increment and a binary search.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{LoadBalancer, PickContext, Weights, gcd, weighted_allowed};
 
-/// The longest cycle built: larger weight totals are scaled down to it (each endpoint keeping
-/// at least one turn), which bounds both the memory and the build time of a set.
+/// The longest cycle built: sets whose reduced weight total is larger are walked by the golden
+/// ratio, which bounds both the memory and the build time of a set.
 const MAX_CYCLE: u64 = 16_384;
 
-/// A precomputed smooth weighted cycle and a shared turn counter.
+/// 2^64 divided by the golden ratio: turn `t` times it, wrapping, is the fractional part of
+/// `t` times the golden ratio, in 64-bit fixed point.
+const GOLDEN_STEP: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// Smooth weighted round robin over a set, and a shared turn counter.
 #[derive(Debug)]
 pub(crate) struct RoundRobin {
-    cycle: Box<[u32]>,
-    /// The set's weights, to spread the turns of avoided endpoints by.
+    schedule: Schedule,
+    /// The set's weights, to walk by and to spread the turns of avoided endpoints by.
     weights: Weights,
     next: AtomicU64,
 }
 
+/// How a turn is mapped to an endpoint.
+#[derive(Debug)]
+enum Schedule {
+    /// A precomputed cycle of endpoint indexes (empty for an empty set).
+    Cycle(Box<[u32]>),
+    /// The golden-ratio walk over the cumulative weights, for totals above [`MAX_CYCLE`].
+    Walk,
+}
+
 impl RoundRobin {
     pub fn new(weights: &Weights) -> Self {
-        let cycle = smooth_cycle(&scaled(weights));
+        let reduced = reduced(weights);
+        let total: u64 = reduced.iter().sum();
+        let (schedule, turns) = if total <= MAX_CYCLE {
+            (Schedule::Cycle(smooth_cycle(&reduced)), total)
+        } else {
+            (Schedule::Walk, u64::MAX)
+        };
         // Start at a random turn, so that proxies (and rebuilt sets) do not all send their first
         // requests to the same endpoint.
-        let start = match cycle.len() {
+        let start = match turns {
             0 => 0,
-            len => fastrand::u64(..len as u64),
+            turns => fastrand::u64(..turns),
         };
         Self {
-            cycle,
+            schedule,
             weights: weights.clone(),
             next: AtomicU64::new(start),
         }
@@ -43,30 +70,32 @@ impl RoundRobin {
 
 impl LoadBalancer for RoundRobin {
     fn pick(&self, ctx: &PickContext<'_>) -> Option<usize> {
-        let len = self.cycle.len() as u64;
-        if len == 0 {
-            return None;
-        }
-        let turn = self.next.fetch_add(1, Ordering::Relaxed) % len;
-        let index = *self.cycle.get(turn as usize)? as usize;
+        let index = match &self.schedule {
+            Schedule::Cycle(cycle) => {
+                let len = cycle.len() as u64;
+                if len == 0 {
+                    return None;
+                }
+                let turn = self.next.fetch_add(1, Ordering::Relaxed) % len;
+                *cycle.get(turn as usize)? as usize
+            }
+            Schedule::Walk => {
+                let turn = self.next.fetch_add(1, Ordering::Relaxed);
+                let fraction = turn.wrapping_mul(GOLDEN_STEP);
+                // The fraction scaled to the total weight: below it, so it fits.
+                let point = (u128::from(fraction) * u128::from(self.weights.total())) >> 64;
+                self.weights.at(u64::try_from(point).unwrap_or(0))
+            }
+        };
         Some(weighted_allowed(&self.weights, index, ctx))
     }
 }
 
-/// The weights reduced by their greatest common divisor and, when their total is still above
-/// [`MAX_CYCLE`], scaled down to about it (never below one turn each).
-fn scaled(weights: &Weights) -> Vec<u64> {
+/// The weights reduced by their greatest common divisor.
+fn reduced(weights: &Weights) -> Vec<u64> {
     let raw: Vec<u64> = (0..weights.len()).map(|i| weights.weight(i)).collect();
     let divisor = raw.iter().copied().fold(0, gcd).max(1);
-    let reduced: Vec<u64> = raw.iter().map(|w| w / divisor).collect();
-    let total: u64 = reduced.iter().sum();
-    if total <= MAX_CYCLE {
-        return reduced;
-    }
-    reduced
-        .iter()
-        .map(|w| (w.saturating_mul(MAX_CYCLE) / total).max(1))
-        .collect()
+    raw.iter().map(|w| w / divisor).collect()
 }
 
 /// One cycle of smooth weighted round robin over `weights`.
@@ -208,40 +237,53 @@ mod tests {
                 "{weights:?}"
             );
         }
-        // A set large enough to be scaled down, its weights skewed.
-        let weights: Vec<u32> = (0..3_000)
-            .map(|i| if i % 7 == 0 { 1_000 } else { rng.u32(1..=100) })
+        // A set as large as a cycle gets, its weights skewed.
+        let weights: Vec<u64> = (0..300)
+            .map(|i| if i % 7 == 0 { 100 } else { rng.u64(1..=40) })
             .collect();
-        let scaled = scaled(&Weights::new(&hosts(&weights)));
-        assert_eq!(&*smooth_cycle(&scaled), reference_cycle(&scaled));
+        assert!(weights.iter().sum::<u64>() <= MAX_CYCLE);
+        assert_eq!(&*smooth_cycle(&weights), reference_cycle(&weights));
     }
 
-    /// A step compares one candidate per distinct weight: for 5,000 endpoints of random weights
-    /// the whole cycle costs a few hundred thousand comparisons, not the endpoints times the
-    /// cycle (80 million).
+    /// A step compares one candidate per distinct weight, and only totals up to [`MAX_CYCLE`]
+    /// get a cycle: the largest cycle costs a few million comparisons, and 5,000 endpoints of
+    /// random weights none (they are walked), not the endpoints times the cycle (80 million).
     #[test]
     fn a_step_compares_one_candidate_per_weight_not_every_endpoint() {
+        let widest: Vec<u64> = (1..=180).collect();
+        let steps: u64 = widest.iter().sum();
+        assert!(steps <= MAX_CYCLE);
+        let candidates = Turns::new(&widest).classes.len() as u64;
+        assert!(
+            steps * candidates <= 4_000_000,
+            "{steps} steps x {candidates}"
+        );
         let mut rng = fastrand::Rng::with_seed(7);
         for top in [100, 10_000, u32::MAX] {
             let weights: Vec<u32> = (0..5_000).map(|_| rng.u32(1..=top)).collect();
-            let scaled = scaled(&Weights::new(&hosts(&weights)));
-            let steps: u64 = scaled.iter().sum();
-            let candidates = Turns::new(&scaled).classes.len() as u64;
-            assert!(candidates <= 182, "{candidates} weight classes");
-            assert!(
-                steps * candidates <= 4_000_000,
-                "{steps} steps x {candidates}"
-            );
+            let lb = RoundRobin::new(&Weights::new(&hosts(&weights)));
+            assert!(matches!(lb.schedule, Schedule::Walk), "top weight {top}");
         }
     }
 
     #[test]
-    fn weights_are_reduced_and_large_totals_scaled() {
-        assert_eq!(scaled(&Weights::new(&hosts(&[200, 400, 600]))), [1, 2, 3]);
-        let big = scaled(&Weights::new(&hosts(&[1_000_000, 3_000_000, 1])));
-        assert!(big.iter().sum::<u64>() <= MAX_CYCLE + 3, "{big:?}");
-        assert_eq!(big[1] / big[0], 3);
-        assert_eq!(big[2], 1, "every endpoint keeps a turn");
+    fn weights_are_reduced_and_large_totals_walked_by_weight() {
+        assert_eq!(reduced(&Weights::new(&hosts(&[200, 400, 600]))), [1, 2, 3]);
+        let equal = RoundRobin::new(&Weights::new(&hosts(&[u32::MAX; 3])));
+        assert!(matches!(&equal.schedule, Schedule::Cycle(c) if c.len() == 3));
+        let weights = [1_000_000, 3_000_000, 1, u32::MAX];
+        let set = hosts(&weights);
+        let lb = RoundRobin::new(&Weights::new(&set));
+        assert!(matches!(lb.schedule, Schedule::Walk));
+        let counts = crate::lb::tests::histogram(&lb, set.len(), 10_000, false);
+        let total: f64 = weights.iter().map(|w| f64::from(*w)).sum();
+        for (count, weight) in counts.iter().zip(weights) {
+            let share = *count as f64 / 10_000.0;
+            assert!(
+                (share - f64::from(weight) / total).abs() <= 0.005,
+                "{counts:?}"
+            );
+        }
     }
 
     #[test]
@@ -255,5 +297,29 @@ mod tests {
         let ones = picks.iter().filter(|i| **i == 1).count();
         assert_eq!(ones, 2, "{picks:?}");
         assert!(picks.windows(2).all(|w| w != [1, 1]), "{picks:?}");
+    }
+
+    /// In a set of thousands of endpoints whose weights differ, each endpoint keeps its
+    /// weight's share: a cycle scaled down to 16,384 turns gave 4,000 endpoints of weight 2 and
+    /// 4,000 of weight 3 one and two turns (a third and two thirds, not 40% and 60%).
+    #[test]
+    fn round_robin_keeps_weight_shares_in_large_sets() {
+        let weights: Vec<u32> = (0..8_000).map(|i| if i % 2 == 0 { 2 } else { 3 }).collect();
+        let set = hosts(&weights);
+        let lb = RoundRobin::new(&Weights::new(&set));
+        let ctx = PickContext {
+            avoid: &|_| false,
+            hash: None,
+        };
+        let picks = 200_000;
+        let heavy = (0..picks)
+            .filter_map(|_| lb.pick(&ctx))
+            .filter(|i| i % 2 == 1)
+            .count();
+        let share = heavy as f64 / picks as f64;
+        assert!(
+            (share - 0.6).abs() <= 0.01,
+            "weight-3 endpoints took {share}"
+        );
     }
 }
