@@ -1,5 +1,7 @@
 //! Active health checks: every `interval` (plus up to `interval_jitter_percent` of it, at
-//! random), every endpoint of the cluster is checked at once, each check bounded by `timeout`.
+//! random), every endpoint of the cluster is checked, each check bounded by `timeout`. A
+//! round's checks start in [`SLOTS`] groups spread evenly over the interval (an endpoint keeps
+//! its group), not all at once; an endpoint new to the checker is checked at once.
 //!
 //! Checks open connections the way the cluster's traffic does (with TLS, handshake and
 //! certificate verification included). A TCP check passes when a connection opens. A protocol
@@ -45,6 +47,8 @@ impl Prober {
 /// One endpoint's checks so far.
 struct Checked {
     prober: Prober,
+    /// The slot of the round its checks start in (after its first, which runs at once).
+    slot: usize,
     passed: u32,
     failed: u32,
 }
@@ -54,6 +58,13 @@ struct Stats {
     passed: Counter,
     failed: Counter,
 }
+
+/// The groups a round's checks are spread over, one starting every tenth of the interval: a
+/// cluster of thousands of endpoints opened a connection to every one of them in the same
+/// instant each interval, a burst for the proxy's file descriptors and for any firewall or
+/// connection tracker on the way. Each slot's verdicts are published together, so a round
+/// rebuilds the cluster's balancers at most this many times, however many endpoints change.
+const SLOTS: usize = 10;
 
 /// Runs the checks of `cluster` until `stop` (or the cluster is gone); `probe` is the request a
 /// protocol check sends (`None`: TCP checks), over connections `connector` opens.
@@ -83,13 +94,16 @@ pub(super) async fn run(
     };
     drop(handle);
     let mut endpoints: HashMap<SocketAddr, Checked> = HashMap::new();
+    // Endpoints take the slots in turn as they join.
+    let mut next_slot = 0;
     let mut wait = Duration::ZERO;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        wait = jittered(&spec);
+        let round_start = tokio::time::Instant::now();
+        let period = jittered(&spec);
         let Some(handle) = cluster.upgrade() else {
             return;
         };
@@ -103,62 +117,103 @@ pub(super) async fn run(
             .collect();
         drop(handle);
         endpoints.retain(|address, _| members.contains(address));
+        let mut slots: Vec<Vec<SocketAddr>> = vec![Vec::new(); SLOTS];
+        for (&address, checked) in &endpoints {
+            if let Some(slot) = slots.get_mut(checked.slot) {
+                slot.push(address);
+            }
+        }
         for &address in &members {
-            endpoints.entry(address).or_insert_with(|| Checked {
-                prober: match &probe {
-                    Some(request) => Prober::Request(
-                        Box::new(ProbeConnection::new(
-                            address,
-                            codec.clone(),
-                            request,
-                            connector.clone(),
-                            connect_timeout,
-                        )),
-                        request.clone(),
-                    ),
-                    None => Prober::Tcp(address, connector.clone()),
-                },
-                passed: 0,
-                failed: 0,
-            });
-        }
-        let results = futures::future::join_all(endpoints.iter().map(|(address, checked)| async {
-            (*address, checked.prober.check(spec.timeout).await)
-        }))
-        .await;
-        let Some(handle) = cluster.upgrade() else {
-            return;
-        };
-        let mut verdicts = Vec::new();
-        for (address, passed) in results {
-            let Some(checked) = endpoints.get_mut(&address) else {
+            if endpoints.contains_key(&address) {
                 continue;
-            };
-            if passed {
-                stats.passed.inc();
-                checked.passed = checked.passed.saturating_add(1);
-                checked.failed = 0;
-            } else {
-                stats.failed.inc();
-                checked.failed = checked.failed.saturating_add(1);
-                checked.passed = 0;
             }
-            if let Some(failing) = verdict(checked, &spec) {
-                verdicts.push((address, HealthFlags::FAILED_ACTIVE_CHECK, failing));
+            endpoints.insert(
+                address,
+                Checked {
+                    prober: match &probe {
+                        Some(request) => Prober::Request(
+                            Box::new(ProbeConnection::new(
+                                address,
+                                codec.clone(),
+                                request,
+                                connector.clone(),
+                                connect_timeout,
+                            )),
+                            request.clone(),
+                        ),
+                        None => Prober::Tcp(address, connector.clone()),
+                    },
+                    slot: next_slot,
+                    passed: 0,
+                    failed: 0,
+                },
+            );
+            next_slot = (next_slot + 1) % SLOTS;
+            // A new endpoint is checked at once, so that its state is known early.
+            if let Some(first) = slots.first_mut() {
+                first.push(address);
             }
         }
-        // One snapshot for the round, however many endpoints it takes out or brings back.
-        let changed = handle.set_health(&verdicts);
-        for (&(address, _, failing), changed) in verdicts.iter().zip(changed) {
-            match (changed, failing) {
-                (false, _) => {}
-                (true, true) => {
-                    let failed = endpoints.get(&address).map_or(0, |c| c.failed);
-                    tracing::warn!(cluster = %handle.name(), endpoint = %address, failed, "health check: endpoint leaves rotation");
-                }
-                (true, false) => {
-                    tracing::info!(cluster = %handle.name(), endpoint = %address, "health check: endpoint returns to rotation");
-                }
+        for (slot, addresses) in slots.iter().enumerate() {
+            if addresses.is_empty() {
+                continue;
+            }
+            let offset = spec.interval / SLOTS as u32 * slot as u32;
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(offset.saturating_sub(round_start.elapsed())) => {}
+            }
+            let results = futures::future::join_all(addresses.iter().filter_map(|address| {
+                let checked = endpoints.get(address)?;
+                Some(async move { (*address, checked.prober.check(spec.timeout).await) })
+            }))
+            .await;
+            let Some(handle) = cluster.upgrade() else {
+                return;
+            };
+            record(&handle, &mut endpoints, results, &spec, &stats);
+        }
+        wait = period.saturating_sub(round_start.elapsed());
+    }
+}
+
+/// Counts a slot's check `results` and publishes the verdicts they reach, in one snapshot
+/// however many endpoints they take out or bring back.
+fn record(
+    handle: &ClusterHandle,
+    endpoints: &mut HashMap<SocketAddr, Checked>,
+    results: Vec<(SocketAddr, bool)>,
+    spec: &HealthCheckSpec,
+    stats: &Stats,
+) {
+    let mut verdicts = Vec::new();
+    for (address, passed) in results {
+        let Some(checked) = endpoints.get_mut(&address) else {
+            continue;
+        };
+        if passed {
+            stats.passed.inc();
+            checked.passed = checked.passed.saturating_add(1);
+            checked.failed = 0;
+        } else {
+            stats.failed.inc();
+            checked.failed = checked.failed.saturating_add(1);
+            checked.passed = 0;
+        }
+        if let Some(failing) = verdict(checked, spec) {
+            verdicts.push((address, HealthFlags::FAILED_ACTIVE_CHECK, failing));
+        }
+    }
+    let changed = handle.set_health(&verdicts);
+    for (&(address, _, failing), changed) in verdicts.iter().zip(changed) {
+        match (changed, failing) {
+            (false, _) => {}
+            (true, true) => {
+                let failed = endpoints.get(&address).map_or(0, |c| c.failed);
+                tracing::warn!(cluster = %handle.name(), endpoint = %address, failed, "health check: endpoint leaves rotation");
+            }
+            (true, false) => {
+                tracing::info!(cluster = %handle.name(), endpoint = %address, "health check: endpoint returns to rotation");
             }
         }
     }
@@ -262,6 +317,64 @@ health_check: {{ interval: 1h, timeout: 2s, unhealthy_threshold: 1, healthy_thre
         assert_eq!(c.snapshot().version, version + 1);
         assert!(!c.status().endpoints[0].failing_active_checks);
         c.stop_health();
+        Ok(())
+    }
+
+    /// A round's checks are spread over its interval, in slots, rather than all started at
+    /// once (a burst of connections to every endpoint of a large cluster each interval): the
+    /// second round's checks of 20 endpoints arrive over much of a 1 s interval.
+    #[tokio::test]
+    async fn a_round_spreads_its_checks_over_the_interval() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let (accepted, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
+        let mut endpoints = Vec::new();
+        let mut servers = Vec::new();
+        for _ in 0..20 {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            endpoints.push(format!("{{ address: \"{}\" }}", listener.local_addr()?));
+            let accepted = accepted.clone();
+            servers.push(tokio::spawn(async move {
+                while let Ok((connection, _)) = listener.accept().await {
+                    drop(connection);
+                    if accepted.send(tokio::time::Instant::now()).is_err() {
+                        return;
+                    }
+                }
+            }));
+        }
+        let c = cluster(&format!(
+            "name: c
+endpoints: [ {} ]
+health_check: {{ interval: 1s, interval_jitter_percent: 0, timeout: 500ms, unhealthy_threshold: 1, healthy_threshold: 1 }}",
+            endpoints.join(", ")
+        ))?;
+        c.start_health();
+        let mut times = Vec::new();
+        let collect = async {
+            while times.len() < 40 {
+                match arrivals.recv().await {
+                    Some(at) => times.push(at),
+                    None => return,
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), collect).await?;
+        c.stop_health();
+        for server in servers {
+            server.abort();
+        }
+        // The first round checks the new endpoints at once; the second is spread.
+        let second = &times[20..];
+        let first = second.iter().min().copied();
+        let last = second.iter().max().copied();
+        let span = match (first, last) {
+            (Some(first), Some(last)) => last - first,
+            _ => Duration::ZERO,
+        };
+        assert!(
+            span >= Duration::from_millis(250),
+            "second round within {span:?}"
+        );
         Ok(())
     }
 
