@@ -687,6 +687,73 @@ async fn upstream_connections_close_when_idle_and_are_replaced_after_max_request
     Ok(())
 }
 
+/// A connection that carried `max_requests_per_connection` requests is replaced even when the
+/// first replacement's connect is refused: once the endpoint listens again, a later call opens
+/// the replacement (it used to serve on the old connection for good).
+#[tokio::test]
+async fn a_replacement_whose_connect_failed_is_tried_again() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let target = provider.address();
+    // A forwarder in front of the provider that takes one connection, then refuses connects
+    // until it listens on the same port again.
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let listener = socket.listen(16)?;
+    let front = listener.local_addr()?;
+    let forward = move |mut inbound: tokio::net::TcpStream| {
+        tokio::spawn(async move {
+            if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        })
+    };
+    let first = tokio::spawn(async move {
+        let accepted = listener.accept().await;
+        drop(listener);
+        accepted.map(|(inbound, _)| forward(inbound))
+    });
+    let yaml = config(
+        "",
+        &format!(
+            "    connections_per_endpoint: 1\n    max_requests_per_connection: 3\n    endpoints: [ {{ address: \"{front}\" }} ]\n"
+        ),
+    );
+    let (proxy, address) = start(&yaml).await?;
+    let client = DubboClient::new(address);
+    assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, 20);
+    let _old = first.await??;
+    // The third call reaches the limit; the next ones start the replacement, which is refused.
+    for _ in 0..5 {
+        assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, 20);
+    }
+    assert_eq!(provider.connections(), 1);
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(front)?;
+    let listener = socket.listen(16)?;
+    let again = tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            forward(inbound);
+        }
+    });
+    let replaced = async {
+        while provider.connections() < 2 {
+            assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, 20);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        TestResult::Ok(())
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(10), replaced).await;
+    again.abort();
+    proxy.shutdown().await;
+    assert!(
+        matches!(outcome, Ok(Ok(()))),
+        "no replacement after the refused one: {outcome:?}"
+    );
+    Ok(())
+}
+
 /// A listener with `max_connections: 2` closes a third client connection at once and counts it.
 #[tokio::test]
 async fn a_listener_closes_connections_past_max_connections() -> TestResult {

@@ -212,6 +212,7 @@ impl UpstreamPool {
             Some(handle) => {
                 if handle.is_going_away()
                     && !self.replacements.active()
+                    && !self.backoff.active()
                     && handle.claim_replacement()
                 {
                     self.replace(partition, index, handle.clone(), variant);
@@ -396,9 +397,9 @@ impl UpstreamPool {
     }
 
     /// Opens a connection to take over from `old`, whose upstream is going away (or which
-    /// carried its share of requests); `old` keeps serving until the new one is up (or for
-    /// good, if it cannot be opened; a later request tries again when the connection limit
-    /// stopped this one).
+    /// carried its share of requests); `old` keeps serving until the new one is up. When the
+    /// new one cannot be opened (the connection limit, a failed connect), a later request
+    /// tries again, once the endpoint's connect backoff is over.
     fn replace(
         &self,
         partition: &Arc<Partition>,
@@ -419,9 +420,14 @@ impl UpstreamPool {
         tokio::spawn(prepared.task);
         let partition = partition.clone();
         tokio::spawn(async move {
-            if up.await.is_ok() {
-                let old = Some(old);
-                partition.slots[index].compare_and_swap(&old, Some(new));
+            match up.await {
+                Ok(()) => {
+                    let old = Some(old);
+                    partition.slots[index].compare_and_swap(&old, Some(new));
+                }
+                // A connection that reached `max_requests_per_connection` would otherwise
+                // serve on for good after one refused connect.
+                Err(_) => old.release_replacement(),
             }
         });
     }
