@@ -14,6 +14,8 @@
 //! loop copies itself whole at each step. So a run also has a time budget, a microsecond per
 //! instruction of its instruction budget (a second at the default), which the count hook checks
 //! at each tick; an honest script spends a hundredth of it.
+//!
+//! A spent budget cannot be caught: the `pcall` scripts get raises it again rather than return it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -141,14 +143,15 @@ impl Instance {
             .max(1)
             .saturating_mul(INSTRUCTIONS_PER_TICK);
         charge_string_functions(&lua, &used, budget).map_err(setup)?;
-        let hook_used = used.clone();
         let deadline = Arc::new(Deadline::new());
+        rethrow_spent_budgets(&lua, &used, budget, &deadline).map_err(setup)?;
+        let hook_used = used.clone();
         let hook_deadline = deadline.clone();
         lua.set_hook(
             HookTriggers::new().every_nth_instruction(INSTRUCTIONS_PER_TICK as u32),
             move |_, _| {
-                // Past a budget every tick fails again, so a script that catches the error
-                // with pcall is stopped at its next tick outside the pcall.
+                // Past a budget every tick fails again, and `pcall` lets the error through
+                // (see `rethrow_spent_budgets`), so no script catches it for good.
                 if hook_used.fetch_add(INSTRUCTIONS_PER_TICK, Ordering::Relaxed) >= budget {
                     Err(mlua::Error::runtime("instruction budget exceeded"))
                 } else if hook_deadline.check() {
@@ -272,6 +275,31 @@ fn charge_string_functions(lua: &Lua, used: &Arc<AtomicU64>, budget: u64) -> mlu
         string.raw_set(name, charged)?;
     }
     Ok(())
+}
+
+/// Replaces `pcall` with one that lets the error of a spent budget through: the count hook's
+/// error is an ordinary Lua error, and in `while true do pcall(f) end` with a looping `f` every
+/// tick falls inside `f`, so the library's `pcall` caught each one and the run never ended.
+fn rethrow_spent_budgets(
+    lua: &Lua,
+    used: &Arc<AtomicU64>,
+    budget: u64,
+    deadline: &Arc<Deadline>,
+) -> mlua::Result<()> {
+    let globals = lua.globals();
+    let library: Function = globals.raw_get("pcall")?;
+    let (used, deadline) = (used.clone(), deadline.clone());
+    let pcall = lua.create_function(move |_, args: MultiValue| {
+        let results = library.call::<MultiValue>(args)?;
+        if used.load(Ordering::Relaxed) > budget {
+            return Err(mlua::Error::runtime("instruction budget exceeded"));
+        }
+        if deadline.was_passed() {
+            return Err(mlua::Error::runtime("time budget exceeded"));
+        }
+        Ok(results)
+    })?;
+    globals.raw_set("pcall", pcall)
 }
 
 /// The `string` functions charged by [`string_cost`].

@@ -219,6 +219,36 @@ fn a_runaway_script_is_stopped_by_its_budget() -> TestResult {
     Ok(())
 }
 
+/// Runs `source`'s `on_request` on a thread of its own and waits for its answer: the reason its
+/// failure was counted under (`None` for none), or an error if it did not answer in 30 s (its
+/// thread then spins on until the test process ends).
+fn answered(source: &str) -> Result<Option<&'static str>, Box<dyn std::error::Error>> {
+    let (filter, metrics) = filter(source, serde_json::json!({}))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (decision, _) = on_request(&filter, &request(&[]), &mut record());
+        let _ = tx.send(reply_kind(&decision));
+    });
+    let kind = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .map_err(|_| format!("no answer in 30 s: {source}"))?;
+    let reason = ["error", "instruction_budget", "time", "memory"]
+        .into_iter()
+        .find(|reason| errors(&metrics, reason));
+    assert_eq!(kind.is_some(), reason.is_some(), "{source}");
+    Ok(reason)
+}
+
+#[test]
+fn a_script_that_catches_the_budget_error_is_stopped_all_the_same() -> TestResult {
+    // Each tick of the count hook falls inside the looping function, where pcall catches it.
+    let source = "function on_request(msg)\n\
+                    while true do pcall(function() while true do end end) end\n\
+                  end";
+    assert_eq!(answered(source)?, Some("instruction_budget"));
+    Ok(())
+}
+
 #[test]
 fn a_script_that_hoards_memory_is_stopped_by_its_limit() -> TestResult {
     let (filter, metrics) = filter(
