@@ -277,9 +277,19 @@ fn charge_string_functions(lua: &Lua, used: &Arc<AtomicU64>, budget: u64) -> mlu
     Ok(())
 }
 
+/// What a `pcall` or `xpcall` costs besides the function it calls, in instructions: it crosses
+/// from Lua to Rust and back, which takes as long as about a hundred instructions (uncharged, a
+/// loop of empty `pcall`s ran into the time budget before the instruction budget).
+const PROTECTED_CALL_COST: u64 = 100;
+
 /// Replaces `pcall` with one that lets the error of a spent budget through: the count hook's
 /// error is an ordinary Lua error, and in `while true do pcall(f) end` with a looping `f` every
 /// tick falls inside `f`, so the library's `pcall` caught each one and the run never ended.
+///
+/// `xpcall` becomes that `pcall` and then its handler, called on the error once the failed call
+/// has returned. The library's ran its handler where the error was raised, which for the count
+/// hook's error is inside the hook, where Lua counts no instructions: a looping handler ran
+/// forever.
 fn rethrow_spent_budgets(
     lua: &Lua,
     used: &Arc<AtomicU64>,
@@ -289,7 +299,11 @@ fn rethrow_spent_budgets(
     let globals = lua.globals();
     let library: Function = globals.raw_get("pcall")?;
     let (used, deadline) = (used.clone(), deadline.clone());
-    let pcall = lua.create_function(move |_, args: MultiValue| {
+    let protected = Arc::new(move |args: MultiValue| {
+        let charged = used.fetch_add(PROTECTED_CALL_COST, Ordering::Relaxed);
+        if charged.saturating_add(PROTECTED_CALL_COST) > budget {
+            return Err(mlua::Error::runtime("instruction budget exceeded"));
+        }
         let results = library.call::<MultiValue>(args)?;
         if used.load(Ordering::Relaxed) > budget {
             return Err(mlua::Error::runtime("instruction budget exceeded"));
@@ -298,8 +312,27 @@ fn rethrow_spent_budgets(
             return Err(mlua::Error::runtime("time budget exceeded"));
         }
         Ok(results)
-    })?;
-    globals.raw_set("pcall", pcall)
+    });
+    let pcall = protected.clone();
+    globals.raw_set(
+        "pcall",
+        lua.create_function(move |_, args: MultiValue| pcall(args))?,
+    )?;
+    let xpcall = lua.create_function(
+        move |_, (function, handler, mut args): (Value, Function, MultiValue)| {
+            args.push_front(function);
+            let results = protected(args)?;
+            if !matches!(results.front(), Some(Value::Boolean(false))) {
+                return Ok(results);
+            }
+            let error = results.get(1).cloned().unwrap_or(Value::Nil);
+            let handled = protected(MultiValue::from_iter([Value::Function(handler), error]))?;
+            // As the library's: false, and what the handler made of the error (or its own).
+            let message = handled.get(1).cloned().unwrap_or(Value::Nil);
+            Ok(MultiValue::from_iter([Value::Boolean(false), message]))
+        },
+    )?;
+    globals.raw_set("xpcall", xpcall)
 }
 
 /// The `string` functions charged by [`string_cost`].

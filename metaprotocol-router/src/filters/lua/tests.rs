@@ -250,6 +250,24 @@ fn a_script_that_catches_the_budget_error_is_stopped_all_the_same() -> TestResul
 }
 
 #[test]
+fn an_error_handler_runs_within_the_budget() -> TestResult {
+    // Lua ran xpcall's handler inside the count hook that raised the error, where it counts no
+    // instructions.
+    let source = "function on_request(msg)\n\
+                    xpcall(function() while true do end end, function() while true do end end)\n\
+                  end";
+    assert_eq!(answered(source)?, Some("instruction_budget"));
+    // Otherwise xpcall is the library's: the handler's answer, or the function's results.
+    let source = "function on_request(msg)\n\
+                    local ok, why = xpcall(error, function(e) return 'handled ' .. e end, 'oops')\n\
+                    local fine, a, b = xpcall(function(x) return x, 2 end, error, 1)\n\
+                    if ok or why ~= 'handled oops' or not fine or a ~= 1 or b ~= 2 then error(why) end\n\
+                  end";
+    assert_eq!(answered(source)?, None);
+    Ok(())
+}
+
+#[test]
 fn a_script_that_hoards_memory_is_stopped_by_its_limit() -> TestResult {
     let (filter, metrics) = filter(
         // Small strings, many of them: a megabyte is reached long before the instruction
