@@ -15,6 +15,8 @@
 //! instruction of its instruction budget (a second at the default), which the count hook checks
 //! at each tick; an honest script spends a hundredth of it.
 //!
+//! Finalizers (`__gc`), which Lua runs with hooks off, cannot be set.
+//!
 //! A spent budget cannot be caught: the `pcall` scripts get raises it again rather than return it.
 
 use std::sync::Arc;
@@ -145,6 +147,7 @@ impl Instance {
         charge_string_functions(&lua, &used, budget).map_err(setup)?;
         let deadline = Arc::new(Deadline::new());
         rethrow_spent_budgets(&lua, &used, budget, &deadline).map_err(setup)?;
+        refuse_finalizers(&lua).map_err(setup)?;
         let hook_used = used.clone();
         let hook_deadline = deadline.clone();
         lua.set_hook(
@@ -333,6 +336,29 @@ fn rethrow_spent_budgets(
         },
     )?;
     globals.raw_set("xpcall", xpcall)
+}
+
+/// Replaces `setmetatable` with one that refuses a metatable with a `__gc` field: Lua runs
+/// finalizers with hooks off, so no budget bounds them, and runs them when it collects garbage,
+/// in any later hook or when the state is dropped (a config reload). A looping finalizer held
+/// its thread forever.
+fn refuse_finalizers(lua: &Lua) -> mlua::Result<()> {
+    let globals = lua.globals();
+    let library: Function = globals.raw_get("setmetatable")?;
+    let setmetatable =
+        lua.create_function(move |_, (table, metatable): (Value, Option<mlua::Table>)| {
+            // Lua marks an object for finalization only if its metatable has `__gc` when set,
+            // so a field added later makes no finalizer.
+            if let Some(metatable) = &metatable
+                && !metatable.raw_get::<Value>("__gc")?.is_nil()
+            {
+                return Err(mlua::Error::runtime(
+                    "__gc metamethods are not available: finalizers would run outside the budgets",
+                ));
+            }
+            library.call::<Value>((table, metatable))
+        })?;
+    globals.raw_set("setmetatable", setmetatable)
 }
 
 /// The `string` functions charged by [`string_cost`].

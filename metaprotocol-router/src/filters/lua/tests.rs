@@ -268,6 +268,26 @@ fn an_error_handler_runs_within_the_budget() -> TestResult {
 }
 
 #[test]
+fn a_script_cannot_set_a_finalizer() -> TestResult {
+    // Lua runs finalizers with hooks off: this one held its thread forever.
+    let source = "function on_request(msg)\n\
+                    setmetatable({}, {__gc = function() while true do end end})\n\
+                    collectgarbage()\n\
+                  end";
+    assert_eq!(answered(source)?, Some("error"));
+    // Other metatables are set as ever, `__gc` added later included (it makes no finalizer).
+    let source = "function on_request(msg)\n\
+                    local mt = {__index = {x = 1}}\n\
+                    local t = setmetatable({}, mt)\n\
+                    mt.__gc = function() while true do end end\n\
+                    collectgarbage()\n\
+                    if t.x ~= 1 or getmetatable(t) ~= mt or setmetatable(t, nil) ~= t then error('?') end\n\
+                  end";
+    assert_eq!(answered(source)?, None);
+    Ok(())
+}
+
+#[test]
 fn a_script_that_hoards_memory_is_stopped_by_its_limit() -> TestResult {
     let (filter, metrics) = filter(
         // Small strings, many of them: a megabyte is reached long before the instruction
