@@ -135,9 +135,6 @@ impl Instance {
                 count_function(&lua, counters.clone()).map_err(setup)?,
             )
             .map_err(setup)?;
-        globals
-            .raw_set("log", log_function(&lua).map_err(setup)?)
-            .map_err(setup)?;
         let used = Arc::new(AtomicU64::new(0));
         let budget = limits
             .instructions
@@ -145,6 +142,9 @@ impl Instance {
             .max(1)
             .saturating_mul(INSTRUCTIONS_PER_TICK);
         charge_string_functions(&lua, &used, budget).map_err(setup)?;
+        globals
+            .raw_set("log", log_function(&lua, &used, budget).map_err(setup)?)
+            .map_err(setup)?;
         let deadline = Arc::new(Deadline::new());
         rethrow_spent_budgets(&lua, &used, budget, &deadline).map_err(setup)?;
         refuse_finalizers(&lua).map_err(setup)?;
@@ -268,14 +268,20 @@ fn charge_string_functions(lua: &Lua, used: &Arc<AtomicU64>, budget: u64) -> mlu
         let library: Function = string.raw_get(name)?;
         let used = used.clone();
         let charged = lua.create_function(move |_, args: MultiValue| {
-            // Bounded so that the count cannot wrap; anything past the budget fails alike.
-            let cost = string_cost(name, &args).min(budget.saturating_add(1));
-            if used.fetch_add(cost, Ordering::Relaxed).saturating_add(cost) > budget {
-                return Err(mlua::Error::runtime("instruction budget exceeded"));
-            }
+            charge(&used, budget, string_cost(name, &args))?;
             library.call::<MultiValue>(args)
         })?;
         string.raw_set(name, charged)?;
+    }
+    Ok(())
+}
+
+/// Charges `cost` instructions to the run, failing if that takes it past `budget`.
+fn charge(used: &AtomicU64, budget: u64, cost: u64) -> mlua::Result<()> {
+    // Bounded so that the count cannot wrap; anything past the budget fails alike.
+    let cost = cost.min(budget.saturating_add(1));
+    if used.fetch_add(cost, Ordering::Relaxed).saturating_add(cost) > budget {
+        return Err(mlua::Error::runtime("instruction budget exceeded"));
     }
     Ok(())
 }
@@ -303,10 +309,7 @@ fn rethrow_spent_budgets(
     let library: Function = globals.raw_get("pcall")?;
     let (used, deadline) = (used.clone(), deadline.clone());
     let protected = Arc::new(move |args: MultiValue| {
-        let charged = used.fetch_add(PROTECTED_CALL_COST, Ordering::Relaxed);
-        if charged.saturating_add(PROTECTED_CALL_COST) > budget {
-            return Err(mlua::Error::runtime("instruction budget exceeded"));
-        }
+        charge(&used, budget, PROTECTED_CALL_COST)?;
         let results = library.call::<MultiValue>(args)?;
         if used.load(Ordering::Relaxed) > budget {
             return Err(mlua::Error::runtime("instruction budget exceeded"));
@@ -448,24 +451,30 @@ fn count_function(lua: &Lua, counters: Arc<ScriptCounters>) -> mlua::Result<Func
     })
 }
 
-/// `log(level, text)`: a line in the proxy's log (`debug`, `info`, `warn`, `error`).
-fn log_function(lua: &Lua) -> mlua::Result<Function> {
-    lua.create_function(|_, (level, text): (mlua::LuaString, mlua::LuaString)| {
-        let text = text.to_string_lossy();
-        match &*level.as_bytes() {
-            b"debug" => tracing::debug!(target: "metaprotocol_router::lua", "{text}"),
-            b"info" => tracing::info!(target: "metaprotocol_router::lua", "{text}"),
-            b"warn" => tracing::warn!(target: "metaprotocol_router::lua", "{text}"),
-            b"error" => tracing::error!(target: "metaprotocol_router::lua", "{text}"),
-            other => {
-                return Err(mlua::Error::runtime(format!(
-                    "unknown log level `{}`; use debug, info, warn or error",
-                    String::from_utf8_lossy(other)
-                )));
+/// `log(level, text)`: a line in the proxy's log (`debug`, `info`, `warn`, `error`), charged an
+/// instruction a byte of `text`: uncharged, a loop logging a long string wrote gigabytes within
+/// its budget, each line also copied outside the state's memory limit.
+fn log_function(lua: &Lua, used: &Arc<AtomicU64>, budget: u64) -> mlua::Result<Function> {
+    let used = used.clone();
+    lua.create_function(
+        move |_, (level, text): (mlua::LuaString, mlua::LuaString)| {
+            charge(&used, budget, text.as_bytes().len() as u64)?;
+            let text = text.to_string_lossy();
+            match &*level.as_bytes() {
+                b"debug" => tracing::debug!(target: "metaprotocol_router::lua", "{text}"),
+                b"info" => tracing::info!(target: "metaprotocol_router::lua", "{text}"),
+                b"warn" => tracing::warn!(target: "metaprotocol_router::lua", "{text}"),
+                b"error" => tracing::error!(target: "metaprotocol_router::lua", "{text}"),
+                other => {
+                    return Err(mlua::Error::runtime(format!(
+                        "unknown log level `{}`; use debug, info, warn or error",
+                        String::from_utf8_lossy(other)
+                    )));
+                }
             }
-        }
-        Ok(())
-    })
+            Ok(())
+        },
+    )
 }
 
 fn is_memory_error(err: &mlua::Error) -> bool {

@@ -288,6 +288,17 @@ fn a_script_cannot_set_a_finalizer() -> TestResult {
 }
 
 #[test]
+fn logging_is_charged_by_the_bytes_logged() -> TestResult {
+    // Uncharged, each line a few instructions: this wrote about 2 GB until the time budget.
+    let source = "function on_request(msg)\n\
+                    local line = ('x'):rep(100000)\n\
+                    for i = 1, 1e6 do log('debug', line) end\n\
+                  end";
+    assert_eq!(answered(source)?, Some("instruction_budget"));
+    Ok(())
+}
+
+#[test]
 fn a_script_that_hoards_memory_is_stopped_by_its_limit() -> TestResult {
     let (filter, metrics) = filter(
         // Small strings, many of them: a megabyte is reached long before the instruction
