@@ -29,6 +29,7 @@ use mlua::{
 
 use super::message::LuaMessage;
 use crate::filters::script::{Exchange, Failure, Hook, RunError, ScriptCounters, ScriptInstance};
+use crate::stats::Counter;
 
 /// The count hook runs every this many instructions, charging them to the budget at once.
 pub(super) const INSTRUCTIONS_PER_TICK: u64 = 1000;
@@ -89,9 +90,23 @@ pub(super) struct Limits {
     pub memory: usize,
 }
 
+/// What every state of a filter is made from, kept to make a fresh state after a failed run.
+pub(super) struct Script {
+    /// The script compiled once (see [`compile`]).
+    pub chunk: Vec<u8>,
+    /// The limits every run is held to.
+    pub limits: Limits,
+    /// What `count` adds to.
+    pub counters: Arc<ScriptCounters>,
+    /// States discarded after a failed run.
+    pub replaced: Counter,
+}
+
 /// See the [module docs](self).
 pub(crate) struct Instance {
     lua: Lua,
+    /// What the state was made from, to make a fresh one after a failed run.
+    script: Arc<Script>,
     msg: AnyUserData,
     hooks: [Option<Function>; 3],
     /// Instructions charged in the current run: the count hook's, and the pattern functions'.
@@ -111,13 +126,10 @@ impl std::fmt::Debug for Instance {
 }
 
 impl Instance {
-    /// A state running `chunk` (the script compiled once, see [`compile`]) under `limits`.
-    /// Errors from the script's top level (including a run past the budget) are returned.
-    pub(super) fn new(
-        chunk: &[u8],
-        limits: Limits,
-        counters: &Arc<ScriptCounters>,
-    ) -> Result<Self, RunError> {
+    /// A state running `script`. Errors from the script's top level (including a run past the
+    /// budget) are returned.
+    pub(super) fn new(script: &Arc<Script>) -> Result<Self, RunError> {
+        let (limits, counters) = (script.limits, &script.counters);
         let setup = |err: mlua::Error| (Failure::Error, describe(&err));
         let lua = Lua::new_with(
             StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::UTF8,
@@ -169,6 +181,7 @@ impl Instance {
         let mut instance = Self {
             hooks: [None, None, None],
             lua,
+            script: script.clone(),
             msg,
             used,
             budget,
@@ -178,7 +191,7 @@ impl Instance {
         };
         let main = instance
             .lua
-            .load(chunk)
+            .load(&script.chunk)
             .set_name(CHUNK_NAME)
             .into_function()
             .map_err(setup)?;
@@ -237,9 +250,33 @@ impl ScriptInstance for Instance {
     }
 
     fn run(&mut self, hook: Hook) -> Result<(), RunError> {
-        match &self.hooks[hook as usize] {
+        let result = match &self.hooks[hook as usize] {
             Some(function) => self.run_function(function, &self.msg),
             None => Ok(()),
+        };
+        if result.is_err() {
+            self.replace();
+        }
+        result
+    }
+}
+
+impl Instance {
+    /// Replaces this state with a fresh one of the same script, the hook's exchange going on in
+    /// it. A run stopped midway (by a budget, at any instruction, or an error) leaves the
+    /// script's globals and upvalues as they were then, half-updated, and every later request
+    /// on this state would see them. Should the fresh state fail to load (its top level ran
+    /// fine at config time), this one goes on.
+    fn replace(&mut self) {
+        let Ok(mut fresh) = Instance::new(&self.script) else {
+            return;
+        };
+        let exchange = self.with_exchange(std::mem::take);
+        if let Ok(exchange) = exchange
+            && fresh.with_exchange(|into| *into = exchange).is_ok()
+        {
+            *self = fresh;
+            self.script.replaced.inc();
         }
     }
 }

@@ -19,7 +19,8 @@
 //! thread (`instances`, default: the runtime's workers), each guarded by its own lock that only
 //! its thread normally takes, so workers never wait for each other. A hook that raises an error,
 //! runs past its instruction budget, its time or its memory is answered with an internal-error
-//! reply and counted in `metaprotocol_script_errors_total{reason}`; the proxy goes on.
+//! reply and counted in `metaprotocol_script_errors_total{reason}`; the proxy goes on, and the
+//! state is replaced with a fresh one (as a `wasm` instance is), since the run stopped midway.
 //!
 //! What `max_instructions` bounds: the instructions of the Lua VM, counted by a hook every
 //! 1,000, and the pattern functions `string.find`, `match`, `gmatch` and `gsub` (as methods
@@ -50,7 +51,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 
-use self::instance::{Instance, Limits};
+use self::instance::{Instance, Limits, Script};
 use crate::config::ConfigError;
 use crate::filters::FilterContext;
 use crate::filters::script::{self, ScriptCounters, ScriptFilter, ScriptStats};
@@ -109,13 +110,17 @@ pub(crate) fn build(
     let chunk = instance::compile(&config.source).map_err(|reason| {
         ConfigError::new("source", format!("the script does not compile: {reason}"))
     })?;
-    let counters = Arc::new(ScriptCounters::new(context, &config.counters));
-    let limits = Limits {
-        instructions: config.max_instructions,
-        memory: config.max_memory_bytes,
-    };
+    let script = Arc::new(Script {
+        chunk,
+        limits: Limits {
+            instructions: config.max_instructions,
+            memory: config.max_memory_bytes,
+        },
+        counters: Arc::new(ScriptCounters::new(context, &config.counters)),
+        replaced: script::replaced_counter(context),
+    });
     let instances = (0..instances)
-        .map(|_| Instance::new(&chunk, limits, &counters).map(Mutex::new))
+        .map(|_| Instance::new(&script).map(Mutex::new))
         .collect::<Result<Box<[_]>, _>>()
         .map_err(|(_, reason)| {
             ConfigError::new("source", format!("the script fails when loaded: {reason}"))

@@ -299,6 +299,31 @@ fn logging_is_charged_by_the_bytes_logged() -> TestResult {
 }
 
 #[test]
+fn a_run_stopped_midway_leaves_nothing_to_the_next_one() -> TestResult {
+    // The budget stops the first run between `busy = true` and `busy = false`.
+    let (filter, metrics) = filter(
+        "local busy = false\n\
+         function on_request(msg)\n\
+           if busy then return msg:reply('unavailable', 'left busy') end\n\
+           busy = true\n\
+           if msg:get('spin') then while true do end end\n\
+           busy = false\n\
+         end",
+        serde_json::json!({ "instances": 1 }),
+    )?;
+    let (decision, _) = on_request(&filter, &request(&[("spin", "1")]), &mut record());
+    assert_eq!(reply_kind(&decision), Some(LocalReplyKind::Internal));
+    let (decision, _) = on_request(&filter, &request(&[]), &mut record());
+    assert!(matches!(decision, FilterDecision::Continue), "{decision:?}");
+    assert!(
+        counted(&metrics, "script_instances_replaced_total", 1),
+        "{}",
+        metrics.render()
+    );
+    Ok(())
+}
+
+#[test]
 fn a_script_that_hoards_memory_is_stopped_by_its_limit() -> TestResult {
     let (filter, metrics) = filter(
         // Small strings, many of them: a megabyte is reached long before the instruction

@@ -109,6 +109,15 @@ impl ScriptStats {
     }
 }
 
+/// The counter of a filter's instances discarded after a failed hook for a fresh one
+/// (`metaprotocol_script_instances_replaced_total`).
+pub(crate) fn replaced_counter(context: &FilterContext) -> Counter {
+    context.metrics().counter(
+        "script_instances_replaced",
+        "Script instances discarded after a failed hook, for a fresh one",
+    )
+}
+
 /// The default `max_memory_bytes` of a script filter.
 pub(crate) const DEFAULT_MAX_MEMORY_BYTES: usize = 16 << 20;
 

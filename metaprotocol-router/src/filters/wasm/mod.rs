@@ -161,10 +161,7 @@ impl Compiled {
             counters: Arc::new(ScriptCounters::new(context, &config.counters)),
             fuel: config.max_fuel,
             memory: config.max_memory_bytes,
-            replaced: context.metrics().counter(
-                "script_instances_replaced",
-                "Script instances discarded after a failed hook, for a fresh one",
-            ),
+            replaced: script::replaced_counter(context),
         })
     }
 
