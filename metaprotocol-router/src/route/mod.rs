@@ -486,17 +486,9 @@ endpoints: [ { address: 127.0.0.1:1, labels: { version: v1 } }, { address: 127.0
         let table = |version| RouteTable::build(&spec, version, &clusters, &metrics.root());
         // The routes with a `route_rq` series, and its value.
         let counted = || -> Vec<(String, SeriesValue)> {
-            let Some(family) = metrics.family("metaprotocol_route_rq") else {
-                return Vec::new();
-            };
-            family
-                .series
-                .iter()
-                .filter_map(|(labels, value)| {
-                    let (_, route) = labels.iter().find(|(key, _)| key == "route")?;
-                    Some((route.clone(), value.clone()))
-                })
-                .collect()
+            let family = metrics.family("metaprotocol_route_rq");
+            let routes = family.iter().flat_map(|f| f.by_label("route"));
+            routes.map(|(r, v)| (r.to_owned(), v.clone())).collect()
         };
         let matched = |table: &RouteTable| {
             if let Some(route) = table.get(0) {

@@ -588,17 +588,9 @@ mod tests {
         let stats = ListenerStats::new(&scope, &named);
         // The methods with a latency series.
         let methods = || -> Vec<String> {
-            let Some(family) = metrics.family(&format!("metaprotocol_{DURATION_BY_METHOD}")) else {
-                return Vec::new();
-            };
-            family
-                .series
-                .iter()
-                .filter_map(|(labels, _)| {
-                    let (_, method) = labels.iter().find(|(key, _)| key == "method")?;
-                    Some(method.clone())
-                })
-                .collect()
+            let family = metrics.family(&format!("metaprotocol_{DURATION_BY_METHOD}"));
+            let methods = family.iter().flat_map(|f| f.by_label("method"));
+            methods.map(|(method, _)| method.to_owned()).collect()
         };
         assert_eq!(
             methods(),

@@ -108,6 +108,18 @@ impl FamilySnapshot {
             })
             .map(|(_, value)| value)
     }
+
+    /// Each series' value of label `key` (for those that have it), with the series' value:
+    /// which routes, methods or clusters have series, and their counts.
+    pub fn by_label<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a SeriesValue)> + 'a {
+        self.series.iter().filter_map(move |(labels, value)| {
+            let (_, label) = labels.iter().find(|(k, _)| k == key)?;
+            Some((label.as_str(), value))
+        })
+    }
 }
 
 /// Proxy-wide settings of the series, from the config's `metrics`.
