@@ -92,9 +92,9 @@ pub use config::{Config, ConfigError};
 pub use filters::{FilterContext, FilterFactory, FilterRegistry, SharedClients};
 pub use http_server::{serve_http, serve_http_within};
 pub use proxy::{
-    ACCESS_LOG_FLUSH_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DynamicSource, DynamicUpdate, Proxy,
-    ProxyBuilder, ReloadSummary, ResourceId, ResourceKind, ResourceState, ResourceStatus,
-    SHUTDOWN_NOW_GRACE, StartError, UpdateError,
+    ACCESS_LOG_FLUSH_TIMEOUT, ConfigFileStatus, DEFAULT_DRAIN_TIMEOUT, DynamicSource,
+    DynamicUpdate, Proxy, ProxyBuilder, ReloadSummary, ResourceId, ResourceKind, ResourceState,
+    ResourceStatus, SHUTDOWN_NOW_GRACE, StartError, UpdateError,
 };
 pub use route::{DEFAULT_ROUTE_TIMEOUT, RouteCheck, RouteDestination, RouteMatch, UnknownListener};
 pub use server::{

@@ -226,6 +226,7 @@ async fn config_dump(State(state): State<Arc<ProxyState>>) -> Json<serde_json::V
         "route_config_versions": versions,
         "dynamic_resources": state.dynamic_statuses(),
         "dynamic_sources": state.source_statuses(),
+        "config_file": state.config_file_status(),
     }))
 }
 

@@ -31,7 +31,7 @@ pub use self::dynamic::{DynamicSource, DynamicUpdate};
 use self::layers::Layers;
 use self::listeners::ListenerManager;
 use self::status::StatusRegistry;
-pub use self::status::{ResourceId, ResourceKind, ResourceState, ResourceStatus};
+pub use self::status::{ConfigFileStatus, ResourceId, ResourceKind, ResourceState, ResourceStatus};
 use self::update::Source;
 use crate::access_log;
 use crate::admin::LogControl;
@@ -464,6 +464,8 @@ pub(crate) struct ProxyState {
     started: (SystemTime, Instant),
     /// Where the config came from, for `/server_info`.
     config_source: String,
+    /// The config file watched, if one is, and what became of its changes.
+    config_file: Mutex<Option<ConfigFileStatus>>,
     log_control: Option<Arc<dyn LogControl>>,
     access_logs: access_log::Sinks,
     span_sinks: trace::SpanSinks,
@@ -525,6 +527,7 @@ impl ProxyState {
             drain_override: None,
             ready: AtomicBool::new(false),
             health_check_failed: AtomicBool::new(false),
+            config_file: Mutex::new(None),
             started: (SystemTime::now(), Instant::now()),
             config_source: "embedded".to_owned(),
             log_control: None,
@@ -586,6 +589,18 @@ impl ProxyState {
     }
 
     /// Every dynamic source's own state, by name.
+    /// The watched config file's status, if one is watched.
+    pub(crate) fn config_file_status(&self) -> Option<ConfigFileStatus> {
+        lock(&self.config_file).clone()
+    }
+
+    /// Records what became of a change of the watched config file.
+    fn config_file_changed(&self, change: impl FnOnce(&mut ConfigFileStatus)) {
+        if let Some(status) = lock(&self.config_file).as_mut() {
+            change(status);
+        }
+    }
+
     pub(crate) fn source_statuses(&self) -> serde_json::Map<String, serde_json::Value> {
         self.sources.status()
     }
@@ -946,6 +961,12 @@ impl Proxy {
         self.state.dynamic_statuses()
     }
 
+    /// What became of the changes of the config file [`Proxy::watch_file`] watches (`None`
+    /// when none is watched), as `/config_dump` shows it.
+    pub fn config_file_status(&self) -> Option<ConfigFileStatus> {
+        self.state.config_file_status()
+    }
+
     /// Resolves once shutdown begins: dynamic sources stop then.
     pub fn stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         self.state.shutdown.clone().cancelled_owned()
@@ -984,6 +1005,7 @@ impl Proxy {
     /// rename, as editors and Kubernetes ConfigMaps do.
     pub async fn watch_file(&self, path: &Path, poll: Duration) {
         let mut applied = tokio::fs::read(path).await.ok();
+        *lock(&self.state.config_file) = Some(ConfigFileStatus::new(path.display().to_string()));
         // The last reason the file was rejected for an address that could not be bound.
         let mut bind_failed: Option<String> = None;
         loop {
@@ -1005,11 +1027,20 @@ impl Proxy {
                     applied = Some(current);
                     self.state.count_update(false);
                     tracing::warn!(%file, error = %err, "config file rejected: it is not UTF-8 text; the running config is kept");
+                    self.state
+                        .config_file_changed(|s| s.rejected(format!("not UTF-8 text: {err}")));
                     continue;
                 }
             };
             let previous = applied.replace(current);
-            match self.reload_yaml(&text).await {
+            let reloaded = self.reload_yaml(&text).await;
+            match &reloaded {
+                Ok(_) => self.state.config_file_changed(ConfigFileStatus::applied),
+                Err(err) => self
+                    .state
+                    .config_file_changed(|s| s.rejected(err.to_string())),
+            }
+            match reloaded {
                 Ok(summary) if summary.is_empty() => {
                     tracing::info!(%file, "config file reloaded: nothing changed");
                 }

@@ -104,6 +104,49 @@ pub struct ResourceStatus {
     pub rejected_version: Option<String>,
 }
 
+/// What became of the changes of the config file a proxy watches ([`Proxy::watch_file`]), as
+/// `/config_dump` shows it.
+///
+/// [`Proxy::watch_file`]: crate::Proxy::watch_file
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct ConfigFileStatus {
+    /// The file.
+    pub path: String,
+    /// When a change of it was last applied.
+    #[serde(serialize_with = "rfc3339")]
+    pub last_applied: Option<SystemTime>,
+    /// Why its last change was rejected, the running config kept (with the line and column
+    /// at fault when known); cleared when a later change applies.
+    pub last_error: Option<String>,
+    /// When that change was rejected.
+    #[serde(serialize_with = "rfc3339")]
+    pub last_rejected: Option<SystemTime>,
+}
+
+impl ConfigFileStatus {
+    /// The status of `path`, before any change of it.
+    pub(crate) fn new(path: String) -> Self {
+        Self {
+            path,
+            ..Self::default()
+        }
+    }
+
+    /// Records that a change was applied.
+    pub(crate) fn applied(&mut self) {
+        self.last_applied = Some(SystemTime::now());
+        self.last_error = None;
+        self.last_rejected = None;
+    }
+
+    /// Records that a change was rejected for `error`.
+    pub(crate) fn rejected(&mut self, error: String) {
+        self.last_error = Some(error);
+        self.last_rejected = Some(SystemTime::now());
+    }
+}
+
 fn rfc3339<S: Serializer>(time: &Option<SystemTime>, serializer: S) -> Result<S::Ok, S::Error> {
     match time {
         Some(time) => serializer.collect_str(&humantime::format_rfc3339_millis(*time)),

@@ -109,6 +109,50 @@ async fn a_config_file_emptied_before_its_new_contents_are_written_is_not_applie
     Ok(())
 }
 
+/// A change of the watched file that is rejected shows in `/config_dump` (as
+/// [`Proxy::config_file_status`]), with the field and line at fault, until a later change
+/// applies: the log and a counter were the only signs that an edit had not taken effect.
+#[tokio::test]
+async fn a_rejected_change_of_the_config_file_shows_until_one_applies() -> TestResult {
+    let proxy = start(CONFIG).await?;
+    let path = config_file("shown", CONFIG)?;
+    let watcher = {
+        let proxy = proxy.clone();
+        let path = path.clone();
+        tokio::spawn(async move { proxy.watch_file(&path, POLL).await })
+    };
+    assert!(
+        until(|| proxy.config_file_status().is_some()).await,
+        "the watcher did not start"
+    );
+    let error = || proxy.config_file_status().and_then(|s| s.last_error);
+    assert_eq!(error(), None);
+    std::fs::write(&path, CONFIG.replace("protocol: test", "protocol: [test]"))?;
+    assert!(
+        until(|| error().is_some()).await,
+        "the change was not rejected"
+    );
+    let shown = error().unwrap_or_default();
+    assert!(
+        shown.contains("listeners[0].protocol") && shown.contains("line 3"),
+        "{shown}"
+    );
+    assert_eq!(proxy.listeners().len(), 1, "the running config is kept");
+    std::fs::write(&path, CONFIG.replace("name: front", "name: back"))?;
+    assert!(
+        until(|| proxy.listeners().iter().any(|(name, _)| name == "back")).await,
+        "the written file was not applied"
+    );
+    let status = proxy.config_file_status().unwrap_or_default();
+    assert_eq!(status.last_error, None, "cleared by the change applied");
+    assert!(status.last_applied.is_some());
+    assert_eq!(status.path, path.display().to_string());
+    proxy.shutdown().await;
+    tokio::time::timeout(Duration::from_secs(10), watcher).await??;
+    std::fs::remove_file(&path)?;
+    Ok(())
+}
+
 /// `method path` with `body` to the admin API at `admin`: the answer's status and body.
 async fn admin_request(
     admin: std::net::SocketAddr,
