@@ -40,6 +40,39 @@ fn config_file(test: &str, config: &str) -> TestResult<PathBuf> {
     Ok(path)
 }
 
+/// A proxy of [`CONFIG`] watching a config file of its own, every [`POLL`].
+struct Watched {
+    proxy: Proxy,
+    path: PathBuf,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Watched {
+    /// The proxy, and its file for `test`, holding [`CONFIG`].
+    async fn start(test: &str) -> TestResult<Self> {
+        let proxy = start(CONFIG).await?;
+        let path = config_file(test, CONFIG)?;
+        let watcher = {
+            let proxy = proxy.clone();
+            let path = path.clone();
+            tokio::spawn(async move { proxy.watch_file(&path, POLL).await })
+        };
+        Ok(Self {
+            proxy,
+            path,
+            watcher,
+        })
+    }
+
+    /// Shuts the proxy down, waits for its watcher to end, and removes the file.
+    async fn stop(self) -> TestResult {
+        self.proxy.shutdown().await;
+        tokio::time::timeout(Duration::from_secs(10), self.watcher).await??;
+        std::fs::remove_file(&self.path)?;
+        Ok(())
+    }
+}
+
 /// The proxy's count of rejected updates.
 fn rejected(proxy: &Proxy) -> u64 {
     proxy.state.updates_rejected.get()
@@ -58,13 +91,8 @@ async fn until(mut done: impl FnMut() -> bool) -> bool {
 
 #[tokio::test]
 async fn a_config_file_emptied_before_its_new_contents_are_written_is_not_applied() -> TestResult {
-    let proxy = start(CONFIG).await?;
-    let path = config_file("emptied", CONFIG)?;
-    let watcher = {
-        let proxy = proxy.clone();
-        let path = path.clone();
-        tokio::spawn(async move { proxy.watch_file(&path, POLL).await })
-    };
+    let watched = Watched::start("emptied").await?;
+    let (proxy, path) = (&watched.proxy, &watched.path);
     // A first change, once applied, shows the watcher at work: written again (made new by a
     // comment) until then, as the watcher may have begun by reading it as the running config.
     let middle = CONFIG.replace("name: front", "name: middle");
@@ -76,13 +104,13 @@ async fn a_config_file_emptied_before_its_new_contents_are_written_is_not_applie
             "the first change was not applied: {:?}",
             proxy.listeners()
         );
-        std::fs::write(&path, format!("{middle}# {tries}\n"))?;
+        std::fs::write(path, format!("{middle}# {tries}\n"))?;
         tokio::time::sleep(POLL * 10).await;
     }
     // An editor that truncates the file, then writes it, is seen between the two.
-    std::fs::write(&path, "")?;
+    std::fs::write(path, "")?;
     assert!(
-        until(|| rejected(&proxy) == 1).await,
+        until(|| rejected(proxy) == 1).await,
         "the empty file was not rejected"
     );
     assert_eq!(
@@ -91,22 +119,19 @@ async fn a_config_file_emptied_before_its_new_contents_are_written_is_not_applie
         "the running config is kept: {:?}",
         proxy.listeners()
     );
-    std::fs::write(&path, "# being written\n")?;
+    std::fs::write(path, "# being written\n")?;
     assert!(
-        until(|| rejected(&proxy) == 2).await,
+        until(|| rejected(proxy) == 2).await,
         "a file of comments only was not rejected"
     );
     let renamed = CONFIG.replace("name: front", "name: back");
-    std::fs::write(&path, &renamed)?;
+    std::fs::write(path, &renamed)?;
     assert!(
         until(|| proxy.listeners().iter().any(|(name, _)| name == "back")).await,
         "the written file was not applied: {:?}",
         proxy.listeners()
     );
-    proxy.shutdown().await;
-    tokio::time::timeout(Duration::from_secs(10), watcher).await??;
-    std::fs::remove_file(&path)?;
-    Ok(())
+    watched.stop().await
 }
 
 /// A change of the watched file that is rejected shows in `/config_dump` (as
@@ -114,20 +139,15 @@ async fn a_config_file_emptied_before_its_new_contents_are_written_is_not_applie
 /// applies: the log and a counter were the only signs that an edit had not taken effect.
 #[tokio::test]
 async fn a_rejected_change_of_the_config_file_shows_until_one_applies() -> TestResult {
-    let proxy = start(CONFIG).await?;
-    let path = config_file("shown", CONFIG)?;
-    let watcher = {
-        let proxy = proxy.clone();
-        let path = path.clone();
-        tokio::spawn(async move { proxy.watch_file(&path, POLL).await })
-    };
+    let watched = Watched::start("shown").await?;
+    let (proxy, path) = (&watched.proxy, &watched.path);
     assert!(
         until(|| proxy.config_file_status().is_some()).await,
         "the watcher did not start"
     );
     let error = || proxy.config_file_status().and_then(|s| s.last_error);
     assert_eq!(error(), None);
-    std::fs::write(&path, CONFIG.replace("protocol: test", "protocol: [test]"))?;
+    std::fs::write(path, CONFIG.replace("protocol: test", "protocol: [test]"))?;
     assert!(
         until(|| error().is_some()).await,
         "the change was not rejected"
@@ -138,7 +158,7 @@ async fn a_rejected_change_of_the_config_file_shows_until_one_applies() -> TestR
         "{shown}"
     );
     assert_eq!(proxy.listeners().len(), 1, "the running config is kept");
-    std::fs::write(&path, CONFIG.replace("name: front", "name: back"))?;
+    std::fs::write(path, CONFIG.replace("name: front", "name: back"))?;
     assert!(
         until(|| proxy.listeners().iter().any(|(name, _)| name == "back")).await,
         "the written file was not applied"
@@ -147,10 +167,7 @@ async fn a_rejected_change_of_the_config_file_shows_until_one_applies() -> TestR
     assert_eq!(status.last_error, None, "cleared by the change applied");
     assert!(status.last_applied.is_some());
     assert_eq!(status.path, path.display().to_string());
-    proxy.shutdown().await;
-    tokio::time::timeout(Duration::from_secs(10), watcher).await??;
-    std::fs::remove_file(&path)?;
-    Ok(())
+    watched.stop().await
 }
 
 /// `method path` with `body` to the admin API at `admin`: the answer's status and body.
@@ -204,23 +221,18 @@ async fn a_resource_put_through_the_admin_api_is_told_its_mistakes_in_its_own_te
 #[tokio::test]
 async fn a_config_file_rejected_for_an_address_in_use_is_applied_once_the_address_is_free()
 -> TestResult {
-    let proxy = start(CONFIG).await?;
-    let path = config_file("address-in-use", CONFIG)?;
-    let watcher = {
-        let proxy = proxy.clone();
-        let path = path.clone();
-        tokio::spawn(async move { proxy.watch_file(&path, POLL).await })
-    };
+    let watched = Watched::start("address-in-use").await?;
+    let (proxy, path) = (&watched.proxy, &watched.path);
     let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
     let address = taken.local_addr()?;
     let moved = CONFIG.replace("address: 127.0.0.1:0", &format!("address: {address}"));
     // Written again (made new by a comment) until rejected: the watcher may have begun by
     // reading it as the running config.
     let mut tries = 0;
-    while rejected(&proxy) == 0 {
+    while rejected(proxy) == 0 {
         tries += 1;
         assert!(tries <= 100, "the file was not rejected");
-        std::fs::write(&path, format!("{moved}# {tries}\n"))?;
+        std::fs::write(path, format!("{moved}# {tries}\n"))?;
         tokio::time::sleep(POLL * 10).await;
     }
     assert_ne!(proxy.listeners()[0].1, address, "{:?}", proxy.listeners());
@@ -230,8 +242,5 @@ async fn a_config_file_rejected_for_an_address_in_use_is_applied_once_the_addres
         "the file was not applied once its address was free: {:?}",
         proxy.listeners()
     );
-    proxy.shutdown().await;
-    tokio::time::timeout(Duration::from_secs(10), watcher).await??;
-    std::fs::remove_file(&path)?;
-    Ok(())
+    watched.stop().await
 }
