@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, Weak};
@@ -143,6 +143,7 @@ impl Sinks {
             open: None,
             backlog: backlog.clone(),
             reopen: reopen.clone(),
+            cut: false,
             errors,
         };
         std::thread::Builder::new()
@@ -228,6 +229,10 @@ struct Writer {
     open: Option<File>,
     backlog: Arc<Backlog>,
     reopen: Arc<AtomicBool>,
+    /// True when a failed write left part of a line at the destination's end (a disk that
+    /// filled mid-write): the next write ends that line first, so that the next line is not
+    /// joined to it.
+    cut: bool,
     errors: Counter,
 }
 
@@ -267,11 +272,13 @@ impl Writer {
 
     fn write(&mut self, bytes: &[u8]) {
         if self.reopen.swap(false, Ordering::AcqRel) {
+            // A new file (logrotate moved the old one): a cut line stays in the old one.
             self.open = None;
+            self.cut = false;
         }
         let written = match &self.destination {
-            Destination::Stdout => std::io::stdout().lock().write_all(bytes),
-            Destination::Stderr => std::io::stderr().lock().write_all(bytes),
+            Destination::Stdout => write_lines(&mut std::io::stdout().lock(), bytes, &mut self.cut),
+            Destination::Stderr => write_lines(&mut std::io::stderr().lock(), bytes, &mut self.cut),
             Destination::File(path) => {
                 if self.open.is_none() {
                     match OpenOptions::new().create(true).append(true).open(path) {
@@ -282,7 +289,11 @@ impl Writer {
                         }
                     }
                 }
-                match self.open.as_mut().map(|file| file.write_all(bytes)) {
+                match self
+                    .open
+                    .as_mut()
+                    .map(|file| write_lines(file, bytes, &mut self.cut))
+                {
                     Some(Err(err)) => {
                         // Reopened on the next write.
                         self.open = None;
@@ -306,12 +317,94 @@ impl Writer {
     }
 }
 
+/// Writes `lines` (whole lines) to `out`. `cut` says the destination ends with part of a line
+/// from an earlier failed write: that line is ended first. When this write fails after part of
+/// `lines` went out, `cut` says whether it stopped mid-line.
+fn write_lines(out: &mut impl Write, lines: &[u8], cut: &mut bool) -> io::Result<()> {
+    if *cut {
+        out.write_all(b"\n")?;
+        *cut = false;
+    }
+    let mut rest = lines;
+    while !rest.is_empty() {
+        let written = match out.write(rest) {
+            Ok(0) => Err(io::Error::from(io::ErrorKind::WriteZero)),
+            Ok(n) => Ok(n),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => Ok(0),
+            Err(err) => Err(err),
+        };
+        match written {
+            Ok(n) => rest = rest.get(n..).unwrap_or_default(),
+            Err(err) => {
+                let sent = lines.get(..lines.len() - rest.len()).unwrap_or_default();
+                *cut = !sent.is_empty() && !sent.ends_with(b"\n");
+                return Err(err);
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn entry() -> LogEntry {
         LogEntry::for_test()
+    }
+
+    /// A disk with room for `room` more bytes, then full until `room` is raised.
+    struct Disk {
+        written: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for Disk {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::ErrorKind::StorageFull.into());
+            }
+            let n = bytes.len().min(self.room);
+            self.room -= n;
+            self.written
+                .extend_from_slice(bytes.get(..n).unwrap_or_default());
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_line_cut_by_a_full_disk_is_not_joined_to_the_next() {
+        let mut disk = Disk {
+            written: Vec::new(),
+            room: 10,
+        };
+        let mut cut = false;
+        // The disk fills in the middle of the batch's second line.
+        assert!(write_lines(&mut disk, b"line one\nline two\n", &mut cut).is_err());
+        assert!(cut);
+        // Still full: nothing of the next batch is written, the cut is still to be ended.
+        assert!(write_lines(&mut disk, b"line three\n", &mut cut).is_err());
+        assert!(cut);
+        disk.room = usize::MAX;
+        assert!(write_lines(&mut disk, b"line four\n", &mut cut).is_ok());
+        assert!(!cut);
+        assert_eq!(
+            String::from_utf8_lossy(&disk.written),
+            "line one\nl\nline four\n"
+        );
+
+        // A disk that fills exactly at a line's end leaves nothing to end.
+        let mut disk = Disk {
+            written: Vec::new(),
+            room: 9,
+        };
+        assert!(write_lines(&mut disk, b"line one\n", &mut cut).is_ok());
+        assert!(write_lines(&mut disk, b"line two\n", &mut cut).is_err());
+        assert!(!cut);
     }
 
     #[test]
