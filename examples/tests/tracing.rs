@@ -16,7 +16,9 @@ mod support;
 use std::time::Duration;
 
 use brpc_support::{BrpcClient, BrpcServer, Call};
-use metaprotocol_examples::dubbo_demo::{DEMO_SERVICE, DemoProvider, DubboClient, FAILING_METHOD};
+use metaprotocol_examples::dubbo_demo::{
+    DEMO_SERVICE, DemoProvider, DubboClient, EXCEPTION_METHOD, FAILING_METHOD,
+};
 use support::otlp::{OtlpReceiver, ReceivedSpan, check_call_spans};
 use support::process::Scratch;
 use support::proxy::{InProcessProxy, listener_addr, metric, start_engine};
@@ -125,6 +127,43 @@ async fn a_dubbo_call_and_each_attempt_of_a_retried_one() -> TestResult {
     assert_eq!(server.status, 2, "the call failed: {server:#?}");
     let first = seen[seen.len() - 2].metadata.get("traceparent");
     assert_ne!(first, Some(upstream), "each attempt names its own span");
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// A call the service answers with its declared exception did not succeed: both spans say so
+/// (OpenTelemetry's RPC conventions count it an error), as a failed call's do, while a
+/// successful call's spans leave their status unset. They used to leave it unset for both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_exception_marks_both_spans_as_errors() -> TestResult {
+    let receiver = OtlpReceiver::start()?;
+    let provider = DemoProvider::start("p").await?;
+    let yaml = config("dubbo", &receiver, &provider.address().to_string(), "");
+    let proxy = start_engine(&yaml).await?;
+    let client = DubboClient::new(listener_addr(&proxy, "in")?);
+    let cases = [
+        ("sayHello", TRACE_ID, 0),
+        (EXCEPTION_METHOD, "0af7651916cd43dd8448eb211c80319c", 2),
+    ];
+    for (method, trace_id, status) in cases {
+        client
+            .call(method, "w", &[("traceparent", &traceparent(trace_id))])
+            .await?;
+        let seen = provider.seen();
+        let last = seen.last().ok_or("nothing seen")?;
+        let upstream = last.metadata.get("traceparent").ok_or("no traceparent")?;
+        let spans = receiver.trace(trace_id, 2, EXPORT).await?;
+        let (server, attempts) = check_call_spans(&spans, trace_id, CALLER_SPAN, upstream)?;
+        assert_eq!(
+            server.attribute("metaprotocol.outcome"),
+            Some(match status {
+                0 => "success",
+                _ => "application_error",
+            })
+        );
+        assert_eq!(server.status, status, "{method}: {server:#?}");
+        assert_eq!(attempts[0].status, status, "{method}: {attempts:#?}");
+    }
     proxy.shutdown().await;
     Ok(())
 }

@@ -84,11 +84,6 @@ impl RequestOutcome {
             .checked_sub(LOCAL_REPLIES)
             .and_then(|i| LocalReplyKind::ALL.get(i).copied())
     }
-
-    /// True unless the upstream answered normally (or a one-way call was sent).
-    pub fn is_error(self) -> bool {
-        self != Self::SUCCESS && self != Self::APPLICATION_ERROR
-    }
 }
 
 #[cfg(test)]
@@ -128,7 +123,5 @@ mod tests {
             RequestOutcome::of(&Outcome::default()),
             RequestOutcome::SUCCESS
         );
-        assert!(!RequestOutcome::APPLICATION_ERROR.is_error());
-        assert!(RequestOutcome::CLIENT_GONE.is_error());
     }
 }

@@ -166,7 +166,9 @@ impl Tracer {
         if let Some(cluster) = &record.cluster {
             attributes.push(KeyValue::new("metaprotocol.cluster", cluster.to_string()));
         }
-        let status = if outcome.is_error() {
+        // The service's declared exception is an error too, as OpenTelemetry's RPC conventions
+        // (and its Dubbo and JSON-RPC instrumentations) have it: the call did not succeed.
+        let status = if outcome != RequestOutcome::SUCCESS {
             Status::error(outcome.name())
         } else {
             Status::Unset
@@ -342,11 +344,9 @@ impl Ending {
         }
     }
 
+    /// True unless the attempt was sent one way or answered with success.
     fn failed(self) -> bool {
-        matches!(
-            self,
-            Self::Failed(_) | Self::Unfinished | Self::Answered(ResponseStatus::ServerError)
-        )
+        !matches!(self, Self::Sent | Self::Answered(ResponseStatus::Ok))
     }
 }
 
