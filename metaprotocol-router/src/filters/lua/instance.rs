@@ -7,7 +7,7 @@
 //! run (see [`string_cost`]): the pattern functions (`find`, `match`, `gmatch`, `gsub`) with the
 //! most positions Lua's backtracking matcher may try, `rep`, `upper`, `lower` and `reverse` with
 //! the bytes they make. The count hook does not fire inside them, and one call can run for
-//! years.
+//! years. `table.sort` is charged its comparisons (see [`sort_cost`]).
 //!
 //! What stays uncharged (the `..` and `==` operators, `sub`, `format`, `table.concat`) costs
 //! time with the length of its strings, not known before it runs: a string built by `..` in a
@@ -154,6 +154,7 @@ impl Instance {
             .max(1)
             .saturating_mul(INSTRUCTIONS_PER_TICK);
         charge_string_functions(&lua, &used, budget).map_err(setup)?;
+        charge_table_sort(&lua, &used, budget).map_err(setup)?;
         globals
             .raw_set("log", log_function(&lua, &used, budget).map_err(setup)?)
             .map_err(setup)?;
@@ -311,6 +312,41 @@ fn charge_string_functions(lua: &Lua, used: &Arc<AtomicU64>, budget: u64) -> mlu
         string.raw_set(name, charged)?;
     }
     Ok(())
+}
+
+/// Replaces `table.sort` with one that charges [`sort_cost`] to the run's budget, and fails past
+/// it, before calling the library's: its comparisons run in C, where the count hook never fires
+/// (only a comparator written in Lua is counted), so a loop of sorts of long strings used to run
+/// into the time budget within a few thousand instructions.
+fn charge_table_sort(lua: &Lua, used: &Arc<AtomicU64>, budget: u64) -> mlua::Result<()> {
+    let table: mlua::Table = lua.globals().raw_get("table")?;
+    let library: Function = table.raw_get("sort")?;
+    let used = used.clone();
+    let charged = lua.create_function(move |_, args: MultiValue| {
+        if let Some(Value::Table(list)) = args.front() {
+            charge(&used, budget, sort_cost(list, budget))?;
+        }
+        library.call::<MultiValue>(args)
+    })?;
+    table.raw_set("sort", charged)
+}
+
+/// What sorting `list` may cost, in instructions: each of its `n` elements takes part in about
+/// `log2 n` comparisons, and comparing strings reads them (a byte costs about a sixteenth of an
+/// instruction's time). Anything over `budget` is not worked out to the end.
+fn sort_cost(list: &mlua::Table, budget: u64) -> u64 {
+    let n = list.raw_len() as u64;
+    let depth = u64::from(n.max(1).ilog2()) + 1;
+    let mut cost = depth.saturating_mul(n);
+    for i in 1..=n {
+        if cost > budget {
+            break;
+        }
+        if let Ok(Value::String(s)) = list.raw_get::<Value>(i) {
+            cost = cost.saturating_add(depth.saturating_mul(s.as_bytes().len() as u64 / 16));
+        }
+    }
+    cost
 }
 
 /// Charges `cost` instructions to the run, failing if that takes it past `budget`.

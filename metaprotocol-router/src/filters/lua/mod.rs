@@ -31,7 +31,9 @@
 //! a 1 MB one would run for decades on a worker thread. Anchor patterns (`^`) and use plain
 //! `find(v, s, 1, true)` to keep the charge low on long values. `string.rep`, `upper`, `lower`
 //! and `reverse` are charged a byte of what they make an instruction (uncharged, 1,000
-//! `v:upper()` of a 4 MiB value, a few thousand instructions, took 11 s in a debug build). Not
+//! `v:upper()` of a 4 MiB value, a few thousand instructions, took 11 s in a debug build).
+//! `table.sort` is charged about `log2 n` instructions an element, and a sixteenth of one a byte
+//! for strings (its comparisons run in C too, a comparator written in Lua is counted as well). Not
 //! charged: operators and functions whose time is linear in the strings they touch but whose
 //! cost is not known before they run (`..`, `==`, `sub`, `format`, `table.concat`): one of
 //! those is bounded by `max_memory_bytes`, but a loop of them costs an instruction or so per

@@ -299,6 +299,30 @@ fn logging_is_charged_by_the_bytes_logged() -> TestResult {
 }
 
 #[test]
+fn a_sort_is_charged_by_its_comparisons() -> TestResult {
+    // The library's sort compares in C, where the count hook never fires: 2,000 strings with a
+    // common 2,000-byte prefix, sorted in a loop, cost a few instructions a sort, and the run
+    // went on until the time budget stopped it.
+    let source = "function on_request(msg)\n\
+                    local prefix = ('x'):rep(2000)\n\
+                    local t = {}\n\
+                    for i = 1, 2000 do t[i] = prefix .. i end\n\
+                    for i = 1, 1e5 do table.sort(t) end\n\
+                  end";
+    assert_eq!(answered(source)?, Some("instruction_budget"));
+    // A sort of a filter's size still runs, with the library's comparison or a comparator.
+    let source = "function on_request(msg)\n\
+                    local t = { 'b', 'a', 'c' }\n\
+                    table.sort(t)\n\
+                    if t[1] ~= 'a' then error('unsorted') end\n\
+                    table.sort(t, function(x, y) return x > y end)\n\
+                    if t[1] ~= 'c' then error('unsorted') end\n\
+                  end";
+    assert_eq!(answered(source)?, None);
+    Ok(())
+}
+
+#[test]
 fn a_run_stopped_midway_leaves_nothing_to_the_next_one() -> TestResult {
     // The budget stops the first run between `busy = true` and `busy = false`.
     let (filter, metrics) = filter(
