@@ -530,3 +530,45 @@ async fn redis_slow_or_down_applies_the_failure_mode_within_the_timeout() -> Tes
     proxy.shutdown().await;
     Ok(())
 }
+
+/// Checks that waited for a paused Redis past their timeout (their requests went on by the
+/// failure mode) are not counted when it resumes and runs them: they used to spend the limit at
+/// once, and the clients that came next were refused for as long as the limit's burst takes to
+/// come back (here an hour).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_that_timed_out_while_redis_was_paused_are_not_counted_when_it_resumes() -> TestResult
+{
+    let scratch = Scratch::new("global-paused")?;
+    let Some(redis) = RedisServer::start(&scratch)? else {
+        return Ok(());
+    };
+    let timeout = Duration::from_millis(300);
+    let filters = global_ratelimit(&redis, "{ requests: 5, per: 1h }", "300ms", false);
+    let (provider, proxy) = start(&[("in", &filters)]).await?;
+    let client = DubboClient::new(listener_addr(&proxy, "in")?);
+    // Counted: 1 of 5.
+    assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, OK);
+
+    redis.pause()?;
+    let calls = (0..10).map(|_| client.call("sayHello", "a", &[]));
+    for reply in futures::future::join_all(calls).await {
+        let reply = reply?;
+        assert_eq!(reply.dubbo_status, OK, "let through by the failure mode");
+        assert!(reply.latency >= timeout, "{:?}", reply.latency);
+    }
+    // Paused well past the point where the proxy gave those checks up.
+    tokio::time::sleep(timeout * 3).await;
+    redis.resume()?;
+
+    // The next checks go to Redis behind the ten that waited, which it runs first: 4 of 5 are
+    // left all the same.
+    for i in 0..4 {
+        let reply = client.call("sayHello", "a", &[]).await?;
+        assert_eq!(reply.dubbo_status, OK, "call {i} after the pause");
+    }
+    let limited = client.call("sayHello", "a", &[]).await?;
+    assert_eq!(limited.dubbo_status, OVER_LIMIT);
+    assert_eq!(provider.seen().len(), 1 + 10 + 4);
+    proxy.shutdown().await;
+    Ok(())
+}

@@ -3,7 +3,9 @@
 //! shares it), multiplexed: concurrent checks are pipelined on it, none waits for another.
 
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use super::clock::{ClockOffset, unix_micros};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, RedisResult, Script};
@@ -20,6 +22,21 @@ pub(crate) struct RedisLimits {
     client: Client,
     /// Made on first use, inside the runtime; it reconnects by itself after failures.
     connection: OnceLock<ConnectionManager>,
+    /// The server's clock against this host's: checks say when they are stale on it.
+    clock: ClockOffset,
+}
+
+/// What a check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// The request conforms to the limit, and was counted.
+    Conforms,
+    /// The request is over the limit.
+    OverLimit,
+    /// The server ran the check after the proxy would have stopped waiting for it, by the
+    /// server's clock as the proxy estimated it, and counted nothing. An answer that arrives
+    /// in time with this verdict shows the estimate was wrong (a clock jumped).
+    Stale,
 }
 
 /// How long a connection attempt may take. Independent of the filters' timeouts: a check that
@@ -67,6 +84,7 @@ impl RedisLimits {
         Ok(shared.get_or_insert_with(&key, || Self {
             client: info,
             connection: OnceLock::new(),
+            clock: ClockOffset::default(),
         }))
     }
 
@@ -82,20 +100,47 @@ impl RedisLimits {
         Ok(self.connection.get_or_init(|| connection).clone())
     }
 
-    /// Counts a request against the limit `key` (see `gcra.lua`); true if it conforms.
+    /// Counts a request against the limit `key` (see `gcra.lua`), unless the server runs the
+    /// check more than twice `timeout` (how long the caller waits for it) after it was sent.
     pub async fn check(
         &self,
         key: &[u8],
         emission_us: u64,
         tolerance_us: u64,
-    ) -> RedisResult<bool> {
+        timeout: Duration,
+    ) -> RedisResult<Verdict> {
         let mut connection = self.connection()?;
-        let conforms: i64 = GCRA
+        let sent = unix_micros();
+        // Past twice the wait rather than the wait itself: the estimate errs late by the
+        // checks' quickest trip, and a check run a little late is better counted than not.
+        let wait = i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX);
+        let stale_after = self.clock.estimate().map_or(0, |offset| {
+            sent.saturating_add(offset)
+                .saturating_add(wait.saturating_mul(2))
+                .max(1)
+        });
+        let (verdict, server_now): (i64, i64) = GCRA
             .key(key)
             .arg(emission_us)
             .arg(tolerance_us)
+            .arg(stale_after)
             .invoke_async(&mut connection)
             .await?;
-        Ok(conforms == 1)
+        let sample = server_now.saturating_sub(sent);
+        let now = Instant::now();
+        Ok(match verdict {
+            1 => {
+                self.clock.observe(sample, now);
+                Verdict::Conforms
+            }
+            0 => {
+                self.clock.observe(sample, now);
+                Verdict::OverLimit
+            }
+            _ => {
+                self.clock.restart(sample, now);
+                Verdict::Stale
+            }
+        })
     }
 }

@@ -6,11 +6,21 @@
 -- KEYS[1]  the limit's key
 -- ARGV[1]  the emission interval (the period divided by the requests), in microseconds
 -- ARGV[2]  the tolerance ((burst - 1) emission intervals), in microseconds
--- Returns 1 if the request conforms (and is counted), 0 if it is over the limit.
+-- ARGV[3]  when the check is stale, in microseconds of this server's clock (0: never): the
+--          proxy has given up waiting for it by then and let its request through or refused
+--          it, so counting it would spend the limit of requests to come (a server paused for
+--          a while runs every check that waited for it at once)
+-- Returns { verdict, now }: verdict 1 if the request conforms (and is counted), 0 if it is over
+-- the limit, -1 if the check is stale (nothing counted); now is this server's clock, from which
+-- the proxy learns how it stands against its own.
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local emission = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
+local stale = tonumber(ARGV[3])
+if stale > 0 and now > stale then
+  return { -1, now }
+end
 -- The key expires once its TAT has passed: by then a missing key means the same.
 local function store(tat)
   local ttl_ms = math.ceil((tat - now) / 1000) + 1
@@ -27,10 +37,10 @@ end
 local ceiling = now + tolerance + emission
 if tat > ceiling then
   store(ceiling)
-  return 0
+  return { 0, now }
 end
 if now < tat - tolerance then
-  return 0
+  return { 0, now }
 end
 store(tat + emission)
-return 1
+return { 1, now }

@@ -6,7 +6,10 @@
 //! generic cell rate algorithm, which allows `requests` per `per` on average and bursts of up to
 //! `burst`. The check is a [`FilterDecision::Wait`]: the request waits for Redis, bounded by
 //! `timeout`, while every other request goes on. When Redis is slow or down the filter lets
-//! requests through, or with `failure_mode_deny` refuses them; either way it counts.
+//! requests through, or with `failure_mode_deny` refuses them; either way it counts. A check
+//! that Redis runs long after the request stopped waiting for it (a Redis that paused runs all
+//! of those at once when it resumes) counts nothing: each check tells the script when it goes
+//! stale, on the Redis server's clock as [`clock`] estimates it.
 //!
 //! The Redis password lives in a file (`password_file`), read at each config load, never in
 //! the config: `/config_dump` shows the config to anyone who can reach the admin API.
@@ -23,6 +26,7 @@
 //! ```
 
 mod client;
+mod clock;
 
 use std::borrow::Cow;
 use std::io::Write;
@@ -35,7 +39,7 @@ use metaprotocol_core::{
 };
 use serde::Deserialize;
 
-use self::client::{Credentials, RedisLimits};
+use self::client::{Credentials, RedisLimits, Verdict};
 use super::{FilterContext, routing_view};
 use crate::config::{ConfigError, EndpointAddress, from_value};
 use crate::route::DEFAULT_ROUTE_TIMEOUT;
@@ -322,15 +326,16 @@ impl L7Filter for GlobalRateLimit {
         FilterDecision::Wait(Box::pin(async move {
             let checked = tokio::time::timeout(
                 timeout,
-                redis.check(&key, rate.emission_us, rate.tolerance_us),
+                redis.check(&key, rate.emission_us, rate.tolerance_us, timeout),
             )
             .await;
             let failed = match checked {
-                Ok(Ok(true)) => {
+                // A stale verdict in time: the clocks jumped, and this request goes uncounted.
+                Ok(Ok(Verdict::Conforms | Verdict::Stale)) => {
                     stats.ok.inc();
                     return Resume::new(FilterDecision::Continue);
                 }
-                Ok(Ok(false)) => {
+                Ok(Ok(Verdict::OverLimit)) => {
                     stats.over_limit.inc();
                     return over_limit("metaprotocol-proxy: rate limited (global_ratelimit)");
                 }
