@@ -75,10 +75,14 @@ impl Names {
         }
     }
 
-    /// The names a request carries (none for a wildcard subscription).
-    fn request_names(&self) -> Vec<String> {
+    /// The names a request for resources of `kind` carries. A wildcard subscription to
+    /// clusters carries none, the legacy form every server takes as a wildcard for them (and
+    /// for listeners only); one to any other type carries `*`, the only form the xDS protocol
+    /// gives it: to a server that follows it, no names there means no resources at all.
+    fn request_names(&self, kind: ResourceType) -> Vec<String> {
         match self {
-            Self::Wildcard => Vec::new(),
+            Self::Wildcard if kind == ResourceType::Cluster => Vec::new(),
+            Self::Wildcard => vec!["*".to_owned()],
             Self::Named(names) => names.iter().cloned().collect(),
         }
     }
@@ -240,12 +244,14 @@ impl Subscription {
         let mut requests = Vec::new();
         for kind in ResourceType::ALL {
             let names = match kind {
-                ResourceType::Cluster => self.clusters.as_ref().map(Names::request_names),
+                ResourceType::Cluster => self.clusters.as_ref().map(|n| n.request_names(kind)),
                 ResourceType::Endpoints => {
                     let names = self.eds_names();
                     (!names.is_empty()).then_some(names)
                 }
-                ResourceType::RouteConfig => self.route_configs.as_ref().map(Names::request_names),
+                ResourceType::RouteConfig => {
+                    self.route_configs.as_ref().map(|n| n.request_names(kind))
+                }
             };
             if let Some(names) = names {
                 let state = self.types.entry(kind).or_default();
@@ -1150,6 +1156,32 @@ mod tests {
             version("b").as_deref(),
             Some("n3"),
             "a resource without a version of its own takes the response's"
+        );
+    }
+
+    /// To a server that follows the xDS protocol, a request naming no route configs asks for
+    /// none: a wildcard subscription to them names `*`. Clusters keep the legacy form (no
+    /// names), which every server takes as a wildcard for them.
+    #[test]
+    fn a_wildcard_subscription_names_star_except_for_clusters() {
+        let spec: Result<XdsSpec, _> = serde_json::from_value(serde_json::json!({
+            "address": "127.0.0.1:1", "node_id": "n", "route_configs": ["*"], "clusters": ["*"]
+        }));
+        let mut subscription = match spec {
+            Ok(spec) => Subscription::new(&spec, Node::default()),
+            Err(err) => panic!("{err}"),
+        };
+        let names: BTreeMap<String, Vec<String>> = subscription
+            .initial_requests()
+            .into_iter()
+            .map(|r| (r.type_url, r.resource_names))
+            .collect();
+        assert_eq!(
+            names,
+            BTreeMap::from([
+                (ResourceType::Cluster.type_url(), vec![]),
+                (ResourceType::RouteConfig.type_url(), vec!["*".to_owned()]),
+            ])
         );
     }
 

@@ -319,6 +319,17 @@ struct Sent {
     version: Option<String>,
 }
 
+/// True if a state-of-the-world request for `type_url` naming `names` asks for every resource,
+/// as the xDS protocol has it: `*` among the names, or (the legacy form) no names at all, for
+/// listeners and clusters only; no names for another type asks for none.
+fn is_wildcard(type_url: &str, names: &[String]) -> bool {
+    const LEGACY_WILDCARD: [&str; 2] = [
+        "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+        "type.googleapis.com/envoy.config.listener.v3.Listener",
+    ];
+    names.iter().any(|n| n == "*") || (names.is_empty() && LEGACY_WILDCARD.contains(&type_url))
+}
+
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for ManagementServer {
     type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
@@ -399,10 +410,11 @@ async fn serve_stream(
                 continue;
             };
             nonce += 1;
+            let wildcard = is_wildcard(&type_url, &entry.names);
             let resources = snapshot
                 .resources
                 .iter()
-                .filter(|(name, _)| entry.names.is_empty() || entry.names.contains(name))
+                .filter(|(name, _)| wildcard || entry.names.contains(name))
                 .map(|(_, any)| any.clone())
                 .collect();
             entry.version = Some(snapshot.version.clone());
