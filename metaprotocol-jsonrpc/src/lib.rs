@@ -17,7 +17,7 @@
 //! | `params` other than an array or an object (`null` included) | answered with error -32600 (id `null`), not proxied: JSON-RPC 2.0 requires a structured value, and a server answers others with id `null`, which names no call |
 //! | a response with `result` | status `Ok` |
 //! | a response with `error` | `ServerError` for the codes JSON-RPC reserves (-32768 to -32000), `ApplicationError` for the service's own |
-//! | a member named as one of JSON-RPC's in another case (`METHOD`, `Id`), or one of JSON-RPC's written twice | answered with error -32600 (id `null`), not proxied: Go's encoding/json, which many servers read with, takes such a name for the member, and of two the last, so the server would run another method than the one routed and authorized, or answer with an id of the client's choosing |
+//! | a member named as one of JSON-RPC's in another case (`METHOD`, `Id`, or `paramſ`: Go folds `ſ`, U+017F, to `s` and the Kelvin sign to `k`), or one of JSON-RPC's written twice | answered with error -32600 (id `null`), not proxied: Go's encoding/json, which many servers read with, takes such a name for the member, and of two the last, so the server would run another method than the one routed and authorized, answer with an id of the client's choosing, or take params the proxy did not check |
 //! | a response from a client (the proxy sends clients no calls) | answered with error -32600 (id `null`), as a server answers an object without `method`; the connection stays open |
 //! | a batch (an array) | answered with error -32600, not proxied (-32700 if it is not JSON) |
 //! | a line that is not JSON (UTF-8 text included: a string the codec skips is checked too) | answered with error -32700 (id `null`); the connection stays open |

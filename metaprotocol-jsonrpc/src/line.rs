@@ -71,7 +71,7 @@ impl Visitor<'_> for MemberName {
             }
             // Go's encoding/json takes such a name for the member, and of two the last: the
             // server would run another method, or answer with another id, than the proxy read.
-            if name.eq_ignore_ascii_case(known) {
+            if go_folds_to(name, known) {
                 return Err(E::custom(format_args!(
                     "a member `{name}`, `{known}` in another case"
                 )));
@@ -79,6 +79,21 @@ impl Visitor<'_> for MemberName {
         }
         Ok(Member::Other)
     }
+}
+
+/// True if Go's encoding/json takes member `name` for the field `known` (lowercase ASCII): the
+/// names are equal under Unicode simple case folding, which, beyond ASCII's cases, makes `ſ`
+/// (U+017F) an `s` and the Kelvin sign `K` (U+212A) a `k` (no other character folds to an
+/// ASCII letter): `"paramſ"` is a server's `params`.
+fn go_folds_to(name: &str, known: &str) -> bool {
+    let mut chars = name.chars();
+    known.bytes().all(|letter| {
+        chars.next().is_some_and(|c| match c {
+            '\u{17F}' => letter == b's',
+            '\u{212A}' => letter == b'k',
+            c => c.to_ascii_lowercase() == char::from(letter),
+        })
+    }) && chars.next().is_none()
 }
 
 impl<'de> Deserialize<'de> for Envelope<'de> {
@@ -369,11 +384,52 @@ mod tests {
         let answer =
             br#"{"jsonrpc":"2.0","result":1,"Error":{"code":1,"message":"x"},"id":"1:31"}"#;
         assert_eq!(read(answer), Line::Invalid(Invalid::NotRpc));
+        let folded =
+            "{\"jsonrpc\":\"2.0\",\"result\":1,\"re\u{17f}ult\":2,\"id\":\"1:31\"}".as_bytes();
+        assert_eq!(read(folded), Line::Invalid(Invalid::NotRpc));
         // Other members are the server's business, as JSON-RPC 2.0 leaves them.
         assert!(matches!(
             read(br#"{"jsonrpc":"2.0","method":"m","id":1,"trace":"t","method_hint":1}"#),
             Line::Request { .. }
         ));
+    }
+
+    /// Go's encoding/json matches member names under Unicode simple case folding, not ASCII's
+    /// only: `ſ` (U+017F) is an `s` and `K` (U+212A, the Kelvin sign) a `k`. So `"paramſ": 5`
+    /// beside (or instead of) `params` was, to the proxy, a member of the client's own, but to
+    /// such a server the call's params, unchecked: a server answers a call whose params are
+    /// not structured with id `null`, which reaches no call, and the client waited for its
+    /// timeout; `"jſonrpc"` is the version the server reads. Such a line is an invalid request,
+    /// as a name in another ASCII case is. (`method` and `id` hold no `s` or `k`: no fold
+    /// reaches them.)
+    #[test]
+    fn a_member_named_as_a_go_server_folds_it_is_an_invalid_request() {
+        for line in [
+            "{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"param\u{17f}\":5,\"id\":1}",
+            "{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"params\":[],\"PARAM\u{17f}\":5,\"id\":1}",
+            "{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"param\\u017f\":5}",
+            "{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"j\u{17f}onrpc\":\"1.0\",\"id\":1}",
+        ] {
+            assert_eq!(
+                read(line.as_bytes()),
+                Line::Invalid(Invalid::NotRpc),
+                "{line}"
+            );
+        }
+        // Names that fold to none of JSON-RPC's are the client's own.
+        for other in [
+            "\u{212A}ey",
+            "param\u{17f}\u{17f}",
+            "\u{131}d",
+            "\u{130}d",
+            "para\u{1e9e}",
+        ] {
+            let line = format!(r#"{{"jsonrpc":"2.0","method":"m","{other}":5,"id":1}}"#);
+            assert!(
+                matches!(read(line.as_bytes()), Line::Request { .. }),
+                "{line}"
+            );
+        }
     }
 
     /// JSON-RPC 2.0: "If present, parameters for the rpc call MUST be provided as a
