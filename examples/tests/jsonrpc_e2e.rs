@@ -264,6 +264,111 @@ clusters:
     .await?
 }
 
+/// The upstream of [`a_servers_own_call_and_notification_fail_no_call`]: once one connection
+/// brought calls of `a` and `b`, sends its client (the proxy) a notification and a call of
+/// its own, as a JSON-RPC server may, then answers `a` and `b`, and hands over the line the
+/// proxy answered its call with.
+async fn call_the_client_then_answer(
+    socket: tokio::net::TcpStream,
+    answered: tokio::sync::mpsc::Sender<String>,
+) -> TestResult {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut lines = tokio::io::BufReader::new(socket).lines();
+    let mut ids = Vec::new();
+    while ids.len() < 2 {
+        let Some(line) = lines.next_line().await? else {
+            return Ok(());
+        };
+        let call: serde_json::Value = serde_json::from_str(&line)?;
+        ids.push((call["method"].clone(), call["id"].clone()));
+    }
+    let socket = lines.get_mut().get_mut();
+    socket
+        .write_all(b"{\"jsonrpc\": \"2.0\", \"method\": \"subscription\", \"params\": {\"n\": 1}}\n{\"jsonrpc\": \"2.0\", \"method\": \"configuration\", \"params\": [], \"id\": \"s-1\"}\n")
+        .await?;
+    for (method, id) in ids {
+        let answer = json!({"jsonrpc": "2.0", "result": method, "id": id});
+        socket.write_all(format!("{answer}\n").as_bytes()).await?;
+    }
+    if let Some(line) = lines.next_line().await? {
+        answered.send(line).await?;
+    }
+    while lines.next_line().await?.is_some() {}
+    Ok(())
+}
+
+/// JSON-RPC lets a server call its client, and servers send notifications (subscriptions)
+/// unasked. An upstream connection carries many clients' calls, so the proxy proxies neither:
+/// it answers the server's call with -32601 (method not found) and its id, drops the
+/// notification, counts both, and the calls in flight on that connection get their answers.
+/// Before, either closed the upstream connection, failing both clients' calls.
+#[tokio::test]
+async fn a_servers_own_call_and_notification_fail_no_call() -> TestResult {
+    use tokio::io::AsyncWriteExt;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let upstream = listener.local_addr()?;
+        let (answered, mut refusals) = tokio::sync::mpsc::channel(4);
+        let server = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                tokio::spawn(call_the_client_then_answer(socket, answered.clone()));
+            }
+        });
+        let proxy = support::proxy::start_engine(&format!(
+            "listeners: [ {{ name: rpc-in, address: 127.0.0.1:0, protocol: jsonrpc, route_config: r }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }}, timeout: 20s }} ] }} ]
+clusters: [ {{ name: c, endpoints: [ {{ address: \"{upstream}\" }} ] }} ]
+"
+        ))
+        .await?;
+        let addr = support::proxy::listener_addr(&proxy, "rpc-in")?;
+        let connect = || async {
+            TestResult::Ok(tokio::io::BufReader::new(
+                tokio::net::TcpStream::connect(addr).await?,
+            ))
+        };
+        let (mut first, mut second) = (connect().await?, connect().await?);
+        first
+            .get_mut()
+            .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"a\",\"id\":1}\n")
+            .await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        second
+            .get_mut()
+            .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"b\",\"id\":\"two\"}\n")
+            .await?;
+        let (a, b) = (answer(&mut first).await?, answer(&mut second).await?);
+        assert_eq!((&a["result"], &a["id"]), (&json!("a"), &json!(1)), "{a}");
+        assert_eq!((&b["result"], &b["id"]), (&json!("b"), &json!("two")), "{b}");
+        let refusal = refusals.recv().await.ok_or("the server's call got no answer")?;
+        let refusal: serde_json::Value = serde_json::from_str(&refusal)?;
+        assert_eq!(
+            (&refusal["error"]["code"], &refusal["id"]),
+            (&json!(-32601), &json!("s-1")),
+            "{refusal}"
+        );
+        let counted: f64 = proxy
+            .metrics()
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("metaprotocol_codec_server_calls_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert_eq!(counted, 2.0);
+        assert_eq!(
+            support::proxy::metric(
+                &proxy,
+                "metaprotocol_upstream_cx_protocol_errors_total{cluster=\"c\"}"
+            ),
+            0.0
+        );
+        proxy.shutdown().await;
+        server.abort();
+        TestResult::Ok(())
+    })
+    .await?
+}
+
 /// A call longer than the listener's `max_frame_bytes` is answered with -32600 (id `null`: it
 /// went by unread), the proxy passing over the line as it arrives without holding it, and the
 /// connection goes on: the next call gets its own answer. Before, the connection closed, with

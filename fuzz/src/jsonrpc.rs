@@ -72,6 +72,7 @@ pub fn decode(data: &[u8]) {
                 }
                 (Side::Downstream, MessageKind::Oneway) => forward_notification(&message),
                 (Side::Upstream, MessageKind::Response) => return_answer(&message),
+                (Side::Upstream, MessageKind::Heartbeat) => refuse_server_call(&message),
                 (side, kind) => panic!("a {side:?} codec read a {kind:?}"),
             }
         }
@@ -168,6 +169,19 @@ fn forward_notification(notification: &Message) {
         );
         assert_eq!(sent.as_deref(), Some(&notification.frame[..]));
     }
+}
+
+/// A server's own call is answered on its connection with one line: error -32601 and the
+/// call's id, as written.
+fn refuse_server_call(call: &Message) {
+    let mut reply = BytesMut::new();
+    if let Err(e) = codec(Side::Upstream).encode_heartbeat_reply(call, &mut reply) {
+        panic!("a server's call is not answered: {e}");
+    }
+    assert_one_line(&reply);
+    let error: ErrorReply = json_object(&reply, "the answer to a server's call");
+    assert_eq!(error.error.code, -32601);
+    assert_eq!(raw_id(&reply), raw_id(&call.frame));
 }
 
 /// A server's answer goes back to its client as one line of JSON, whatever id the server

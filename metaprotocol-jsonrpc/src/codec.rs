@@ -1,7 +1,7 @@
 //! [`JsonRpcCodec`]: lines in, [`Message`]s out, and back.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use metaprotocol_core::{
@@ -10,18 +10,22 @@ use metaprotocol_core::{
 };
 use serde_json::value::RawValue;
 
+use crate::Counters;
 use crate::line::{self, Invalid, Line, Text};
 use crate::skim::Skim;
 
 /// The id a reply to a line without a readable id carries.
 const NULL_ID: &[u8] = b"null";
 
+/// The answer to a server's call, up to its id: the proxy serves servers no methods.
+const SERVER_CALL_REFUSED: &[u8] = br#"{"jsonrpc":"2.0","error":{"code":-32601,"message":"method not found: metaprotocol-proxy serves servers no methods"},"id":"#;
+
 /// The request an answer whose id is not the proxy's answers: none, as the engine allocates
 /// upstream ids from 1, so that it drops the answer and counts it as unmatched.
 const NO_CALL: u64 = 0;
 
-/// The codec of one connection and direction. Between frames it keeps only how much of a line
-/// still arriving it has looked through.
+/// The codec of one connection and direction, made by [`crate::JsonRpcCodecFactory`]. Between
+/// frames it keeps only how much of a line still arriving it has looked through.
 ///
 /// A call travels upstream with an id of the proxy's own that carries the client's: the
 /// string `"<n>:<hex>"`, where `n` is the engine's request id and `hex` the client's id as it
@@ -31,7 +35,7 @@ const NO_CALL: u64 = 0;
 pub struct JsonRpcCodec {
     side: Side,
     max_line: usize,
-    mutations_ignored: Arc<AtomicU64>,
+    counters: Arc<Counters>,
     /// The bytes at the front of the read buffer known to hold no newline: a line that arrives
     /// a little at a time is looked through once, not again at every read (a client trickling
     /// a long line would otherwise cost the proxy time growing with the square of its length).
@@ -44,22 +48,23 @@ pub struct JsonRpcCodec {
 }
 
 impl JsonRpcCodec {
-    /// A codec for `side` accepting lines of up to `max_line` bytes, counting mutations it
-    /// cannot apply in `mutations_ignored`.
-    pub fn new(side: Side, max_line: usize, mutations_ignored: Arc<AtomicU64>) -> Self {
+    /// A codec for `side` accepting lines of up to `max_line` bytes, counting in `counters`.
+    pub(crate) fn new(side: Side, max_line: usize, counters: Arc<Counters>) -> Self {
         Self {
             side,
             max_line,
-            mutations_ignored,
+            counters,
             searched: 0,
             skim: Skim::default(),
             passed_over_call: false,
         }
     }
 
-    fn message(&self, frame: Bytes, len: usize) -> Result<Message, CodecError> {
+    /// The message `frame` (a line of `len` bytes before its newline) makes; `None` for a
+    /// line the codec drops.
+    fn message(&self, frame: Bytes, len: usize) -> Result<Option<Message>, CodecError> {
         let content = frame.get(..len).unwrap_or_default();
-        match (line::read(content), self.side) {
+        Ok(Some(match (line::read(content), self.side) {
             (Line::Request { id, method }, Side::Downstream) => {
                 let kind = if id.is_some() {
                     MessageKind::Request
@@ -77,7 +82,7 @@ impl JsonRpcCodec {
                 if let Some(method) = method {
                     message.metadata.insert(keys::METHOD, method);
                 }
-                Ok(message)
+                message
             }
             (Line::Response { id, error }, Side::Upstream) => {
                 // An id the proxy did not write (a server's `null` for a call it could not
@@ -92,7 +97,7 @@ impl JsonRpcCodec {
                     Some(-32768..=-32000) => ResponseStatus::ServerError,
                     Some(_) => ResponseStatus::ApplicationError,
                 };
-                Ok(message)
+                message
             }
             (line @ (Line::Invalid(_) | Line::Response { .. }), Side::Downstream) => {
                 // An answer from a client is, to a server, an object without `method`: the
@@ -103,13 +108,25 @@ impl JsonRpcCodec {
                 };
                 let mut message = Message::new(MessageKind::Request, 0, frame);
                 message.reject_reason = Some(why.reason());
-                Ok(message)
+                message
             }
-            (Line::Invalid(why), Side::Upstream) => Err(CodecError::malformed(why.reason())),
-            (Line::Request { .. }, Side::Upstream) => Err(CodecError::Unsupported(
-                "a server sent a JSON-RPC request; server-to-client calls are not proxied".into(),
-            )),
-        }
+            (Line::Invalid(why), Side::Upstream) => {
+                return Err(CodecError::malformed(why.reason()));
+            }
+            // JSON-RPC lets a server call its client too, but an upstream connection carries
+            // many clients' calls: none of them is the one called. The connection goes on for
+            // the calls in flight on it.
+            (Line::Request { id, .. }, Side::Upstream) => {
+                self.counters.server_calls.fetch_add(1, Ordering::Relaxed);
+                // A notification wants no answer.
+                let Some(id) = id else { return Ok(None) };
+                // A call the codec answers itself on the connection, as a heartbeat is:
+                // `encode_heartbeat_reply` writes the error.
+                let mut message = Message::new(MessageKind::Heartbeat, NO_CALL, frame);
+                message.layout = layout(Some(&id));
+                message
+            }
+        }))
     }
 }
 
@@ -243,7 +260,9 @@ impl Codec for JsonRpcCodec {
             if frame.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            return self.message(frame, newline).map(Some);
+            if let Some(message) = self.message(frame, newline)? {
+                return Ok(Some(message));
+            }
         }
     }
 
@@ -255,7 +274,9 @@ impl Codec for JsonRpcCodec {
     ) -> Result<(), CodecError> {
         if !params.mutation.is_empty() {
             // JSON-RPC has no headers to edit: the frame goes as it came, and that is counted.
-            self.mutations_ignored.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .mutations_ignored
+                .fetch_add(1, Ordering::Relaxed);
         }
         let frame = &message.frame;
         match (self.side, message.kind, id_range(message)) {
@@ -364,12 +385,20 @@ impl Codec for JsonRpcCodec {
         })
     }
 
+    /// JSON-RPC has no heartbeats: the "heartbeat" an upstream codec decodes is a server's
+    /// call, answered with error -32601 (method not found) and the server's id, as a client
+    /// that serves no methods answers.
     fn encode_heartbeat_reply(
         &mut self,
-        _heartbeat: &Message,
-        _dst: &mut BytesMut,
+        call: &Message,
+        dst: &mut BytesMut,
     ) -> Result<(), CodecError> {
-        // JSON-RPC has no heartbeats; the codec never decodes one.
+        let id = id_range(call)
+            .and_then(|range| call.frame.get(range))
+            .unwrap_or(NULL_ID);
+        dst.put_slice(SERVER_CALL_REFUSED);
+        dst.put_slice(id);
+        dst.put_slice(b"}\n");
         Ok(())
     }
 }

@@ -26,6 +26,7 @@
 //! | an answer longer than the cluster's `max_frame_bytes` | passed over as it arrives, never held: its call gets error -32603 (`internal`), and the upstream connection stays open for the calls behind it |
 //! | an answer whose id is not the proxy's (`null`: a server's -32600 or -32700 for a call it could not read, as JSON-RPC 2.0 prescribes and jsonrpcserver sends for a call its schema refuses, notifications included) | answers no call: dropped and counted in `upstream_unmatched_responses_total`; the upstream connection stays open for the calls on it (a call it may have answered gets its timeout) |
 //! | an answer whose id does not spell, in hex, an id a client could have sent (JSON on one line) | not forwarded: its client gets error -32603 (`internal`) instead, and the upstream connection stays open |
+//! | a call or notification a server sends the proxy (JSON-RPC lets either side call the other) | not proxied, as upstream connections are shared by many clients: a call is answered with error -32601 (method not found) on its connection, a notification dropped; both counted in `metaprotocol_codec_server_calls_total{protocol="jsonrpc"}`, and the calls in flight on the connection go on |
 //! | header mutations | JSON-RPC has no headers: the frame is forwarded unchanged and counted in `metaprotocol_codec_mutations_not_applied_total{protocol="jsonrpc"}` |
 //!
 //! Local replies are JSON-RPC errors: `route_not_found` is -32601 (method not found),
@@ -95,7 +96,16 @@ pub fn register(registry: &mut CodecRegistry) {
 #[derive(Debug)]
 pub struct JsonRpcCodecFactory {
     max_line: usize,
-    mutations_ignored: Arc<AtomicU64>,
+    counters: Arc<Counters>,
+}
+
+/// What the codecs of one factory count, shown as its [`CodecCounter`]s.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Frames forwarded without the header edits asked for.
+    pub(crate) mutations_ignored: AtomicU64,
+    /// Calls and notifications servers sent the proxy.
+    pub(crate) server_calls: AtomicU64,
 }
 
 impl JsonRpcCodecFactory {
@@ -103,7 +113,7 @@ impl JsonRpcCodecFactory {
     pub fn new(max_line: usize) -> Self {
         Self {
             max_line,
-            mutations_ignored: Arc::default(),
+            counters: Arc::default(),
         }
     }
 
@@ -123,15 +133,22 @@ impl CodecFactory for JsonRpcCodecFactory {
         Box::new(JsonRpcCodec::new(
             side,
             self.max_line,
-            self.mutations_ignored.clone(),
+            self.counters.clone(),
         ))
     }
 
     fn counters(&self) -> Vec<CodecCounter> {
-        vec![CodecCounter {
-            name: "mutations_not_applied",
-            help: "Frames forwarded without the header edits asked for (JSON-RPC has no headers)",
-            value: self.mutations_ignored.load(Ordering::Relaxed),
-        }]
+        vec![
+            CodecCounter {
+                name: "mutations_not_applied",
+                help: "Frames forwarded without the header edits asked for (JSON-RPC has no headers)",
+                value: self.counters.mutations_ignored.load(Ordering::Relaxed),
+            },
+            CodecCounter {
+                name: "server_calls",
+                help: "Calls and notifications servers sent the proxy (calls answered with error -32601, notifications dropped)",
+                value: self.counters.server_calls.load(Ordering::Relaxed),
+            },
+        ]
     }
 }

@@ -312,10 +312,43 @@ fn an_internal_failure_is_json_rpc_internal_error() -> TestResult {
     Ok(())
 }
 
+/// JSON-RPC lets a server send its client calls and notifications on the same connection. An
+/// upstream connection carries many clients' calls, so none is proxied: a notification is
+/// dropped, and a call is answered on the connection with -32601 (method not found) and the
+/// server's id, as a heartbeat is answered; the answers after them read on. Before, a server's
+/// call or notification was a decode error, which closed the upstream connection and failed
+/// every call in flight on it.
 #[test]
-fn the_wrong_direction_is_refused() {
-    let request = b"{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"id\":1}\n";
-    assert!(decode_all(&mut codec(Side::Upstream), request).is_err());
+fn a_servers_call_is_refused_and_its_notification_dropped() -> TestResult {
+    let lines = b"{\"jsonrpc\":\"2.0\",\"method\":\"subscription\",\"params\":{\"n\":1}}\n\
+        {\"jsonrpc\":\"2.0\",\"method\":\"configuration\",\"params\":[],\"id\":\"s-1\"}\n\
+        {\"jsonrpc\":\"2.0\",\"result\":2,\"id\":\"8:31\"}\n";
+    let factory = JsonRpcCodecFactory::new(256);
+    let mut upstream = factory.new_codec(Side::Upstream, WireVariant::DEFAULT);
+    let read = decode_all(&mut upstream, lines)?;
+    let kinds: Vec<_> = read.iter().map(|m| (m.kind, m.request_id)).collect();
+    assert_eq!(
+        kinds,
+        [(MessageKind::Heartbeat, 0), (MessageKind::Response, 8)]
+    );
+    let mut answer = BytesMut::new();
+    factory
+        .new_codec(Side::Upstream, WireVariant::DEFAULT)
+        .encode_heartbeat_reply(&read[0], &mut answer)?;
+    assert!(answer.ends_with(b"}\n") && !answer[..answer.len() - 1].contains(&b'\n'));
+    let answer: serde_json::Value = serde_json::from_slice(&answer)?;
+    assert_eq!(
+        (&answer["error"]["code"], &answer["id"]),
+        (&serde_json::json!(-32601), &serde_json::json!("s-1")),
+        "{answer}"
+    );
+    let counted = factory
+        .counters()
+        .iter()
+        .find(|c| c.name == "server_calls")
+        .map(|c| c.value);
+    assert_eq!(counted, Some(2));
+    Ok(())
 }
 
 /// An answer a client sends is, to a JSON-RPC 2.0 server, an object without `method`: an
