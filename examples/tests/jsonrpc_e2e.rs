@@ -472,3 +472,108 @@ clusters: [ {{ name: c, endpoints: [ {{ address: \"127.0.0.1:{}\" }} ] }} ]
     assert_eq!(unmatched, 1.0);
     Ok(())
 }
+
+/// A JSON-RPC 2.0 batch through the proxy, to two jsonrpcserver servers: each call is routed,
+/// filtered and authorized on its own (a call the rbac filter denies is denied though the
+/// batch's first is allowed; one without a route, one past its timeout and an element that is
+/// no call each get their own error), the notification runs, and the client gets one array
+/// with an answer for each call that wants one. A batch of notifications gets no answer, an
+/// empty one and one over `max_batch_calls` (32 by default) one error -32600. Before, every
+/// batch was answered with one -32600 and none of it ran.
+#[test]
+fn a_batch_through_the_proxy_is_answered_call_by_call() -> TestResult {
+    use std::io::{BufRead, BufReader, Write};
+    let missing =
+        (!SUITE.venv_python().exists()).then(|| "the suite's .venv is missing".to_owned());
+    if !SUITE.ready(missing)? {
+        return Ok(());
+    }
+    let scratch = Scratch::new("jsonrpc-batch")?;
+    let notes = scratch.path("notes.log");
+    let s1 = server("s1", &notes, &scratch)?;
+    let s2 = server("s2", &notes, &scratch)?;
+    let yaml = config(s1.port, s2.port).replacen(
+        "route_config: rpc }",
+        "route_config: rpc,
+      filters: [ { name: rbac, config: { action: deny, policies: [ { name: no-fail, metadata: [ { key: method, exact: fail } ] } ] } } ] }",
+        1,
+    );
+    let proxy = InProcessProxy::start(&yaml)?;
+    let stream = std::net::TcpStream::connect(proxy.addr("rpc-in")?)?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut client = BufReader::new(stream);
+    let mut exchange = |line: &str| -> TestResult<serde_json::Value> {
+        client.get_mut().write_all(format!("{line}\n").as_bytes())?;
+        let mut answer = String::new();
+        client.read_line(&mut answer)?;
+        Ok(serde_json::from_str(&answer)?)
+    };
+    let call = |method: &str, params: serde_json::Value, id: serde_json::Value| json!({"jsonrpc": "2.0", "method": method, "params": params, "id": id});
+    let batch = json!([
+        call("add", json!([1, 2]), json!(1)),
+        call("fail", json!([]), json!("denied")),
+        {"jsonrpc": "2.0", "method": "note", "params": ["batched"]},
+        call("sleep", json!([2000]), json!("slow")),
+        call("nope", json!([]), json!(4)),
+        1,
+        call("whoami", json!([]), json!(5)),
+    ]);
+    let answers = exchange(&batch.to_string())?;
+    let answers = answers
+        .as_array()
+        .ok_or(format!("not an array: {answers}"))?;
+    let by_id = |id: serde_json::Value| {
+        answers
+            .iter()
+            .find(|a| a["id"] == id)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(answers.len(), 6, "{answers:?}");
+    assert_eq!(by_id(json!(1))["result"], json!(3));
+    assert_eq!(by_id(json!("denied"))["error"]["code"], json!(-32004));
+    assert_eq!(by_id(json!("slow"))["error"]["code"], json!(-32001));
+    assert_eq!(by_id(json!(4))["error"]["code"], json!(-32601));
+    assert_eq!(by_id(json!(null))["error"]["code"], json!(-32600));
+    assert!(
+        matches!(by_id(json!(5))["result"].as_str(), Some("s1" | "s2")),
+        "{answers:?}"
+    );
+
+    let note = |text: &str| json!({"jsonrpc": "2.0", "method": "note", "params": [text]});
+    // A batch of notifications, then a call: the call's answer is the next line.
+    let after = exchange(&format!(
+        "{}\n{}",
+        json!([note("quiet"), note("quiet")]),
+        call("add", json!([2, 2]), json!("after"))
+    ))?;
+    assert_eq!(
+        (&after["result"], &after["id"]),
+        (&json!(4), &json!("after")),
+        "{after}"
+    );
+    for refused in [
+        "[]".to_owned(),
+        serde_json::Value::Array(vec![call("add", json!([1, 1]), json!(1)); 33]).to_string(),
+    ] {
+        let answer = exchange(&refused)?;
+        assert_eq!(
+            (&answer["error"]["code"], &answer["id"]),
+            (&json!(-32600), &json!(null)),
+            "{answer}"
+        );
+    }
+    let noted = |text: &str| -> TestResult<usize> {
+        let noted = std::fs::read_to_string(&notes)?;
+        Ok(noted
+            .lines()
+            .filter(|l| l.ends_with(&format!("\t{text}")))
+            .count())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while (noted("batched")?, noted("quiet")?) != (1, 2) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!((noted("batched")?, noted("quiet")?), (1, 2));
+    Ok(())
+}

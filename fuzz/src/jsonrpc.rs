@@ -58,25 +58,105 @@ fn assert_one_line(bytes: &[u8]) {
 /// Arbitrary bytes through a downstream and an upstream codec: every call read is answered
 /// locally and forwarded, its server's echo coming back to the client with the client's id;
 /// every notification goes upstream as it came; every answer read goes back to a client as
-/// one line of JSON, or is refused.
+/// one line of JSON, or is refused. A batch's calls are each checked as a lone call, and
+/// the answers to a batch come back as one line, an array of one answer per call that wants
+/// one.
 pub fn decode(data: &[u8]) {
     for side in [Side::Downstream, Side::Upstream] {
+        let mut batches: Vec<Vec<Message>> = Vec::new();
         for message in crate::decode_stream(&|| codec(side), data) {
-            assert_one_line(&message.frame);
-            match (side, message.kind) {
-                (Side::Downstream, MessageKind::Request) => {
-                    answer(&message);
-                    if message.reject_reason.is_none() {
-                        forward_call(&message);
-                    }
+            if side == Side::Downstream && message.request_id != 0 {
+                let lone = as_lone(&message);
+                check_lone(side, &lone);
+                if message.reject_reason.is_none() {
+                    // Upstream, a batch's call is a line of its own, as the lone call is.
+                    let sent = |call: &Message| {
+                        encode_or_refuse(
+                            &mut *codec(Side::Upstream),
+                            call,
+                            7,
+                            WireVariant::DEFAULT,
+                            &Mutation::new(),
+                        )
+                    };
+                    assert_eq!(sent(&message), sent(&lone));
                 }
-                (Side::Downstream, MessageKind::Oneway) => forward_notification(&message),
-                (Side::Upstream, MessageKind::Response) => return_answer(&message),
-                (Side::Upstream, MessageKind::Heartbeat) => refuse_server_call(&message),
-                (side, kind) => panic!("a {side:?} codec read a {kind:?}"),
+                match batches.last_mut() {
+                    Some(batch) if batch[0].request_id == message.request_id => batch.push(message),
+                    _ => batches.push(vec![message]),
+                }
+                continue;
+            }
+            check_lone(side, &message);
+        }
+        batches.iter().for_each(|batch| answer_batch(batch));
+    }
+}
+
+/// A batch's call as a lone call: its frame (one JSON value, on no line of its own) made a
+/// line, and its request id the lone call's.
+fn as_lone(call: &Message) -> Message {
+    assert!(
+        !call.frame.contains(&b'\n'),
+        "a batch's call holds a line end: {:?}",
+        call.frame
+    );
+    let mut lone = call.clone();
+    lone.frame = [&call.frame[..], b"\n"].concat().into();
+    lone.request_id = 0;
+    lone
+}
+
+/// The checks of a message a codec of `side` read.
+fn check_lone(side: Side, message: &Message) {
+    assert_one_line(&message.frame);
+    match (side, message.kind) {
+        (Side::Downstream, MessageKind::Request) => {
+            answer(message);
+            if message.reject_reason.is_none() {
+                forward_call(message);
             }
         }
+        (Side::Downstream, MessageKind::Oneway) => forward_notification(message),
+        (Side::Upstream, MessageKind::Response) => return_answer(message),
+        (Side::Upstream, MessageKind::Heartbeat) => refuse_server_call(message),
+        (side, kind) => panic!("a {side:?} codec read a {kind:?}"),
     }
+}
+
+/// The calls of one batch that want an answer, answered locally through one codec: nothing is
+/// written until the last, then one line, an array of their answers in that order, each with
+/// its call's id (`null` for an element that is no call).
+fn answer_batch(batch: &[Message]) {
+    let mut downstream = codec(Side::Downstream);
+    let answered: Vec<&Message> = batch
+        .iter()
+        .filter(|m| m.kind == MessageKind::Request)
+        .collect();
+    let mut written = BytesMut::new();
+    for (n, call) in answered.iter().enumerate() {
+        let reply = LocalReply::new(LocalReplyKind::Timeout, "late");
+        if let Err(e) = downstream.encode_local_reply(call, &reply, &mut written) {
+            panic!("local reply failed: {e}");
+        }
+        assert_eq!(written.is_empty(), n + 1 < answered.len(), "{written:?}");
+    }
+    if answered.is_empty() {
+        return;
+    }
+    assert_one_line(&written);
+    let ids: Vec<Option<String>> = json_object::<Vec<&RawValue>>(&written, "a batch's answers")
+        .into_iter()
+        .map(|answer| raw_id(answer.get().as_bytes()))
+        .collect();
+    let expected: Vec<Option<String>> = answered
+        .iter()
+        .map(|call| match call.reject_reason {
+            None => raw_id(&call.frame),
+            Some(_) => Some("null".to_owned()),
+        })
+        .collect();
+    assert_eq!(ids, expected);
 }
 
 /// Local replies to `call` are JSON-RPC errors on one line with the client's id (`null` for a

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use metaprotocol_core::{
     ByteStr, Codec, CodecError, EncodeParams, FrameHead, FrameLayout, LocalReply, LocalReplyKind,
     Message, MessageKind, PassedOver, ResponseStatus, Side, keys,
@@ -11,6 +11,7 @@ use metaprotocol_core::{
 use serde_json::value::RawValue;
 
 use crate::Counters;
+use crate::batch::{self, Gather, Split};
 use crate::line::{self, Invalid, Line, Text};
 use crate::skim::Skim;
 
@@ -25,7 +26,9 @@ const SERVER_CALL_REFUSED: &[u8] = br#"{"jsonrpc":"2.0","error":{"code":-32601,"
 const NO_CALL: u64 = 0;
 
 /// The codec of one connection and direction, made by [`crate::JsonRpcCodecFactory`]. Between
-/// frames it keeps only how much of a line still arriving it has looked through.
+/// frames it keeps only how much of a line still arriving it has looked through, and, for a
+/// client's batches, the calls of one still to hand over (decoding) and the answers of those
+/// still waiting for some (encoding).
 ///
 /// A call travels upstream with an id of the proxy's own that carries the client's: the
 /// string `"<n>:<hex>"`, where `n` is the engine's request id and `hex` the client's id as it
@@ -35,6 +38,8 @@ const NO_CALL: u64 = 0;
 pub struct JsonRpcCodec {
     side: Side,
     max_line: usize,
+    /// The most calls a client's batch may hold.
+    max_batch_calls: usize,
     counters: Arc<Counters>,
     /// The bytes at the front of the read buffer known to hold no newline: a line that arrives
     /// a little at a time is looked through once, not again at every read (a client trickling
@@ -45,46 +50,80 @@ pub struct JsonRpcCodec {
     /// A call over the line limit was passed over: the next frame decoded is the request that
     /// answers it with an error (downstream).
     passed_over_call: bool,
+    /// The batch whose calls are being decoded, one a frame.
+    split: Option<Split>,
+    /// The batches decoded on the connection.
+    batches: u64,
+    /// The answers of the batches written on the connection that still wait for some: at
+    /// most `max_line` bytes of the servers' answers (and the proxy's own errors besides).
+    gather: Gather,
 }
 
 impl JsonRpcCodec {
-    /// A codec for `side` accepting lines of up to `max_line` bytes, counting in `counters`.
-    pub(crate) fn new(side: Side, max_line: usize, counters: Arc<Counters>) -> Self {
+    /// A codec for `side` accepting lines of up to `max_line` bytes and batches of up to
+    /// `max_batch_calls` calls, counting in `counters`.
+    pub(crate) fn new(
+        side: Side,
+        max_line: usize,
+        max_batch_calls: usize,
+        counters: Arc<Counters>,
+    ) -> Self {
         Self {
             side,
             max_line,
+            max_batch_calls,
             counters,
             searched: 0,
             skim: Skim::default(),
             passed_over_call: false,
+            split: None,
+            batches: 0,
+            gather: Gather::default(),
         }
+    }
+
+    /// Starts handing over the calls of the batch on the line of `src` that ends at
+    /// `newline`; a batch the proxy does not take is split off and answered with one error.
+    fn split_batch(&mut self, src: &mut BytesMut, newline: usize) -> Option<Message> {
+        match line::read_batch(&src[..newline], self.max_batch_calls) {
+            Ok(calls) => {
+                self.batches += 1;
+                // The line's end stays in `src` until the batch's last call is handed over:
+                // the engine decodes again while its read buffer holds bytes.
+                let line = src.split_to(newline).freeze();
+                self.split = Some(Split::new(line, calls, self.batches));
+                None
+            }
+            Err(why) => {
+                let frame = src.split_to(newline + 1).freeze();
+                Some(client_message(frame, Line::Invalid(why), batch::LONE))
+            }
+        }
+    }
+
+    /// The next call of the batch being handed over, if there is one.
+    fn next_batch_call(&mut self, src: &mut BytesMut) -> Option<Message> {
+        let split = self.split.as_mut()?;
+        let (frame, call, id) = split.next()?;
+        if split.is_done() {
+            self.split = None;
+            if src.first() == Some(&b'\n') {
+                src.advance(1);
+            }
+        }
+        Some(client_message(frame, call, id))
     }
 
     /// The message `frame` (a line of `len` bytes before its newline) makes; `None` for a
     /// line the codec drops.
     fn message(&self, frame: Bytes, len: usize) -> Result<Option<Message>, CodecError> {
         let content = frame.get(..len).unwrap_or_default();
-        Ok(Some(match (line::read(content), self.side) {
-            (Line::Request { id, method }, Side::Downstream) => {
-                let kind = if id.is_some() {
-                    MessageKind::Request
-                } else {
-                    MessageKind::Oneway
-                };
-                let method = match method {
-                    Text::At(range) => ByteStr::from_utf8(frame.slice(range)).ok(),
-                    Text::Owned(text) => Some(ByteStr::from(text)),
-                };
-                // The engine never reads a client's request id back but to pass it to `encode`;
-                // the client's own id stays in the frame.
-                let mut message = Message::new(kind, 0, frame);
-                message.layout = layout(id.as_ref());
-                if let Some(method) = method {
-                    message.metadata.insert(keys::METHOD, method);
-                }
-                message
-            }
-            (Line::Response { id, error }, Side::Upstream) => {
+        let line = line::read(content);
+        if self.side == Side::Downstream {
+            return Ok(Some(client_message(frame, line, batch::LONE)));
+        }
+        Ok(Some(match line {
+            Line::Response { id, error } => {
                 // An id the proxy did not write (a server's `null` for a call it could not
                 // read, which JSON-RPC 2.0 prescribes) names no call, but the line is whole:
                 // read as an answer to no call, the connection goes on for the calls on it.
@@ -99,24 +138,11 @@ impl JsonRpcCodec {
                 };
                 message
             }
-            (line @ (Line::Invalid(_) | Line::Response { .. }), Side::Downstream) => {
-                // An answer from a client is, to a server, an object without `method`: the
-                // proxy sends clients no calls to answer.
-                let why = match line {
-                    Line::Invalid(why) => why,
-                    _ => Invalid::NotRpc,
-                };
-                let mut message = Message::new(MessageKind::Request, 0, frame);
-                message.reject_reason = Some(why.reason());
-                message
-            }
-            (Line::Invalid(why), Side::Upstream) => {
-                return Err(CodecError::malformed(why.reason()));
-            }
+            Line::Invalid(why) => return Err(CodecError::malformed(why.reason())),
             // JSON-RPC lets a server call its client too, but an upstream connection carries
             // many clients' calls: none of them is the one called. The connection goes on for
             // the calls in flight on it.
-            (Line::Request { id, .. }, Side::Upstream) => {
+            Line::Request { id, .. } => {
                 self.counters.server_calls.fetch_add(1, Ordering::Relaxed);
                 // A notification wants no answer.
                 let Some(id) = id else { return Ok(None) };
@@ -128,6 +154,72 @@ impl JsonRpcCodec {
             }
         }))
     }
+}
+
+/// The message a client's call `line` (in `frame`) makes, with request id `request_id`.
+fn client_message(frame: Bytes, line: Line, request_id: u64) -> Message {
+    match line {
+        Line::Request { id, method } => {
+            let kind = if id.is_some() {
+                MessageKind::Request
+            } else {
+                MessageKind::Oneway
+            };
+            let method = match method {
+                Text::At(range) => ByteStr::from_utf8(frame.slice(range)).ok(),
+                Text::Owned(text) => Some(ByteStr::from(text)),
+            };
+            // The engine never reads a client's request id back but to pass it to `encode`;
+            // the client's own id stays in the frame.
+            let mut message = Message::new(kind, request_id, frame);
+            message.layout = layout(id.as_ref());
+            if let Some(method) = method {
+                message.metadata.insert(keys::METHOD, method);
+            }
+            message
+        }
+        line => {
+            // An answer from a client is, to a server, an object without `method`: the proxy
+            // sends clients no calls to answer.
+            let why = match line {
+                Line::Invalid(why) => why,
+                _ => Invalid::NotRpc,
+            };
+            let mut message = Message::new(MessageKind::Request, request_id, frame);
+            message.reject_reason = Some(why.reason());
+            message
+        }
+    }
+}
+
+/// Appends the answer `frame` (a server's line, its id at `range`) with the client's id,
+/// which `hex` spells, in place of the proxy's; nothing if that is not an id a client could
+/// have sent.
+fn put_answer(
+    frame: &[u8],
+    range: std::ops::Range<usize>,
+    hex: &[u8],
+    dst: &mut BytesMut,
+) -> Result<(), CodecError> {
+    let start = dst.len();
+    let mut client_id = 0..0;
+    write_with_id(frame, range, dst, |dst| {
+        let id_start = dst.len();
+        for pair in hex.chunks_exact(2) {
+            dst.put_u8(unhex(pair[0]) << 4 | unhex(pair[1]));
+        }
+        client_id = id_start..dst.len();
+    })?;
+    // The proxy hex-encoded an id a client wrote on one line, but a server may send back any
+    // hex: what it spells must be such an id again, or the client would be sent a line that is
+    // not JSON, or two lines (an answer it never asked for).
+    if !is_client_id(&dst[client_id]) {
+        dst.truncate(start);
+        return Err(CodecError::Encode(
+            "the answer's id is not one a client could have sent".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The id's place in the frame: `[start, end, 1]`, or all zeros for no id.
@@ -235,6 +327,9 @@ impl Codec for JsonRpcCodec {
             message.reject_reason = Some(Invalid::TooLong.reason());
             return Ok(Some(message));
         }
+        if let Some(call) = self.next_batch_call(src) {
+            return Ok(Some(call));
+        }
         loop {
             let from = self.searched.min(src.len());
             let found = src[from..].iter().position(|b| *b == b'\n');
@@ -255,6 +350,15 @@ impl Codec for JsonRpcCodec {
                     size: newline as u64,
                     max: self.max_line,
                 });
+            }
+            if self.side == Side::Downstream && line::is_batch(&src[..newline]) {
+                if let Some(refused) = self.split_batch(src, newline) {
+                    return Ok(Some(refused));
+                }
+                if let Some(call) = self.next_batch_call(src) {
+                    return Ok(Some(call));
+                }
+                continue;
             }
             let frame = src.split_to(newline + 1).freeze();
             if frame.iter().all(u8::is_ascii_whitespace) {
@@ -286,6 +390,10 @@ impl Codec for JsonRpcCodec {
                 write_with_id(frame, range.clone(), dst, |dst| {
                     put_upstream_id(dst, params.request_id, client_id);
                 })?;
+                // A batch's call is no line of its own.
+                if !frame.ends_with(b"\n") {
+                    dst.put_u8(b'\n');
+                }
                 // The upstream id spells the client's in hex, twice its length: a line within
                 // the limit may not be once sent. Over it, the server's answer, which echoes
                 // the id, would be a line no upstream codec reads, and closing that connection
@@ -308,29 +416,30 @@ impl Codec for JsonRpcCodec {
                 let (_, hex) = upstream_id(frame, &range).ok_or(CodecError::Encode(
                     "the answer's id is not the proxy's".into(),
                 ))?;
-                let start = dst.len();
-                let mut client_id = 0..0;
-                write_with_id(frame, range, dst, |dst| {
-                    let id_start = dst.len();
-                    for pair in hex.chunks_exact(2) {
-                        dst.put_u8(unhex(pair[0]) << 4 | unhex(pair[1]));
-                    }
-                    client_id = id_start..dst.len();
-                })?;
-                // The proxy hex-encoded an id a client wrote on one line, but a server may send
-                // back any hex: what it spells must be such an id again, or the client would be
-                // sent a line that is not JSON, or two lines (an answer it never asked for).
-                if !is_client_id(&dst[client_id]) {
-                    dst.truncate(start);
+                if params.request_id == batch::LONE {
+                    return put_answer(frame, range, hex, dst);
+                }
+                // At most what the batch's array grows by: the answer with the client's id in
+                // place of the proxy's (its quotes and `<n>:` left out too).
+                let grows = frame.len() - range.len() + hex.len() / 2;
+                if self.gather.held() + grows > self.max_line {
+                    // The engine answers the call with -32603 instead, which is small.
                     return Err(CodecError::Encode(
-                        "the answer's id is not one a client could have sent".into(),
+                        format!(
+                            "the answers of the connection's unfinished batches would take more \
+                             than the listener's max_frame_bytes ({})",
+                            self.max_line
+                        )
+                        .into(),
                     ));
                 }
-                Ok(())
+                self.gather.add(params.request_id, dst, |array| {
+                    put_answer(frame, range, hex, array)
+                })
             }
             (_, MessageKind::Oneway, None) => {
                 // A listener may take longer lines than the cluster's servers.
-                let line = frame.len().saturating_sub(1);
+                let line = frame.len() - usize::from(frame.ends_with(b"\n"));
                 if self.side == Side::Upstream && line > self.max_line {
                     return Err(CodecError::Encode(
                         format!(
@@ -341,6 +450,10 @@ impl Codec for JsonRpcCodec {
                     ));
                 }
                 dst.put_slice(frame);
+                // A batch's notification is no line of its own.
+                if !frame.ends_with(b"\n") {
+                    dst.put_u8(b'\n');
+                }
                 Ok(())
             }
             _ => Err(CodecError::Encode(
@@ -362,10 +475,16 @@ impl Codec for JsonRpcCodec {
             .map_err(|e| CodecError::Encode(e.to_string().into()))?;
         let code = error_code(request, reply.kind);
         let head = format!(r#"{{"jsonrpc":"2.0","error":{{"code":{code},"message":{text}}},"id":"#);
-        dst.put_slice(head.as_bytes());
-        dst.put_slice(id);
-        dst.put_slice(b"}\n");
-        Ok(())
+        let write = |dst: &mut BytesMut| {
+            dst.put_slice(head.as_bytes());
+            dst.put_slice(id);
+            dst.put_slice(b"}\n");
+            Ok(())
+        };
+        if request.request_id == batch::LONE {
+            return write(dst);
+        }
+        self.gather.add(request.request_id, dst, write)
     }
 
     /// A line has no length in its head, and its id may come last: the engine hands the line

@@ -19,7 +19,9 @@
 //! | a response with `error` | `ServerError` for the codes JSON-RPC reserves (-32768 to -32000), `ApplicationError` for the service's own |
 //! | a member named as one of JSON-RPC's in another case (`METHOD`, `Id`, or `paramſ`: Go folds `ſ`, U+017F, to `s` and the Kelvin sign to `k`), or one of JSON-RPC's written twice | answered with error -32600 (id `null`), not proxied: Go's encoding/json, which many servers read with, takes such a name for the member, and of two the last, so the server would run another method than the one routed and authorized, answer with an id of the client's choosing, or take params the proxy did not check |
 //! | a response from a client (the proxy sends clients no calls) | answered with error -32600 (id `null`), as a server answers an object without `method`; the connection stays open |
-//! | a batch (an array) | answered with error -32600, not proxied (-32700 if it is not JSON) |
+//! | a batch (an array) of calls | each call proxied as a lone call is: routed, filtered and authorized on its own (a batch is no way around a route or an `rbac` rule), and sent upstream as a line of its own. Their answers, the proxy's own errors included, go back as one array once the last is in, in the order they came (JSON-RPC 2.0 allows any); a batch of notifications gets none. An element that is no call gets error -32600 (id `null`) in its place. The calls of a batch share a request id (in access logs): the batch's number on its connection times 65536, plus the answers it wants; a lone call's is 0 |
+//! | an empty batch, or one of more calls than the listener's `max_batch_calls` ([`DEFAULT_MAX_BATCH_CALLS`] unless set; 0 takes none) | answered with one error -32600 (id `null`), none of it run: the proxy holds none of its calls, and answering each element would send back as much as the client cares to send (-32700 if it is not JSON) |
+//! | the answers a connection's unfinished batches wait with | held to the listener's `max_frame_bytes` in all: an answer that would take them over is not held, and its call gets error -32603 (`internal`) in its place |
 //! | a line that is not JSON (UTF-8 text included: a string the codec skips is checked too) | answered with error -32700 (id `null`); the connection stays open |
 //! | a line longer than the listener's `max_frame_bytes` | passed over as it arrives, never held, and answered with error -32600 (id `null`: it went by unread); the connection stays open |
 //! | a call whose line, with the proxy's id (the client's hex-encoded, twice as long), is longer than the cluster's `max_frame_bytes` | not sent: its client gets error -32600, and the upstream connection is spared an answer too long to read, which would close it under every call in flight there; a notification longer than that limit (a listener may take longer lines) is not sent either |
@@ -67,6 +69,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod batch;
 mod codec;
 mod line;
 mod skim;
@@ -83,8 +86,8 @@ pub use codec::JsonRpcCodec;
 /// The protocol's registered name.
 pub const PROTOCOL: &str = "jsonrpc";
 
-/// Registers the codec under [`PROTOCOL`]; its only option is `max_frame_bytes` (the longest
-/// line).
+/// Registers the codec under [`PROTOCOL`]; its options are `max_frame_bytes` (the longest
+/// line) and, a listener's only, [`MAX_BATCH_CALLS`].
 pub fn register(registry: &mut CodecRegistry) {
     registry.register(PROTOCOL, |options| {
         JsonRpcCodecFactory::from_options(options)
@@ -92,10 +95,18 @@ pub fn register(registry: &mut CodecRegistry) {
     });
 }
 
+/// The listener's option that sets the most calls a client's batch may hold (at most 4096):
+/// a batch of more is answered with one error -32600.
+pub const MAX_BATCH_CALLS: &str = "max_batch_calls";
+
+/// The most calls a client's batch may hold unless [`MAX_BATCH_CALLS`] says otherwise.
+pub const DEFAULT_MAX_BATCH_CALLS: usize = 32;
+
 /// The configured protocol: makes a [`JsonRpcCodec`] per connection and direction.
 #[derive(Debug)]
 pub struct JsonRpcCodecFactory {
     max_line: usize,
+    max_batch_calls: usize,
     counters: Arc<Counters>,
 }
 
@@ -109,18 +120,49 @@ pub(crate) struct Counters {
 }
 
 impl JsonRpcCodecFactory {
-    /// A factory accepting lines of up to `max_line` bytes.
+    /// A factory accepting lines of up to `max_line` bytes, and batches of up to
+    /// [`DEFAULT_MAX_BATCH_CALLS`] calls.
     pub fn new(max_line: usize) -> Self {
         Self {
             max_line,
+            max_batch_calls: DEFAULT_MAX_BATCH_CALLS,
             counters: Arc::default(),
         }
     }
 
-    /// A factory from a listener's or cluster's codec options.
+    /// The same, taking batches of up to `max_batch_calls` calls (0: none; at most 4096).
+    pub fn with_max_batch_calls(self, max_batch_calls: usize) -> Self {
+        Self {
+            max_batch_calls: max_batch_calls.min(batch::MAX_CALLS_LIMIT),
+            ..self
+        }
+    }
+
+    /// A factory from a listener's or cluster's codec options: [`MAX_BATCH_CALLS`], an integer
+    /// from 0 (no batches) to 4096, is a listener's only (servers are sent no batches).
     pub fn from_options(options: &CodecOptions) -> Result<Self, OptionsError> {
-        options.allow_only(&[])?;
-        Ok(Self::new(options.max_frame_bytes))
+        options.allow_only(&[MAX_BATCH_CALLS])?;
+        let factory = Self::new(options.max_frame_bytes);
+        let Some(text) = options.get(MAX_BATCH_CALLS) else {
+            return Ok(factory);
+        };
+        if options.side != Some(Side::Downstream) {
+            return Err(OptionsError::new(
+                MAX_BATCH_CALLS,
+                "a listener's option only: the proxy reads batches from clients and sends \
+                 servers none",
+            ));
+        }
+        match text.parse::<usize>() {
+            Ok(calls) if calls <= batch::MAX_CALLS_LIMIT => Ok(factory.with_max_batch_calls(calls)),
+            _ => Err(OptionsError::new(
+                MAX_BATCH_CALLS,
+                format!(
+                    "must be an integer from 0 to {}, not `{text}`",
+                    batch::MAX_CALLS_LIMIT
+                ),
+            )),
+        }
     }
 }
 
@@ -133,6 +175,7 @@ impl CodecFactory for JsonRpcCodecFactory {
         Box::new(JsonRpcCodec::new(
             side,
             self.max_line,
+            self.max_batch_calls,
             self.counters.clone(),
         ))
     }

@@ -5,7 +5,7 @@ use std::fmt;
 use std::ops::Range;
 
 use serde::Deserialize;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 /// The members of a request or response object the codec needs, as they sit in the line
@@ -175,8 +175,12 @@ pub(crate) enum Invalid {
     Parse,
     /// JSON, but not a JSON-RPC 2.0 request or response object (-32600).
     NotRpc,
-    /// A batch (an array): not supported (-32600).
+    /// A batch (an array) where none is taken: from a server (-32600).
     Batch,
+    /// A batch without calls (-32600, as JSON-RPC 2.0 answers `[]`).
+    EmptyBatch,
+    /// A batch of more calls than the listener's `max_batch_calls` (-32600).
+    BatchTooLarge,
     /// Longer than the listener's `max_frame_bytes` (-32600).
     TooLong,
 }
@@ -187,7 +191,11 @@ impl Invalid {
         match self {
             Invalid::Parse => "the line is not valid JSON",
             Invalid::NotRpc => "the line is not a JSON-RPC 2.0 request",
-            Invalid::Batch => "JSON-RPC batches are not supported by this proxy",
+            Invalid::Batch => "a JSON-RPC batch is not taken here",
+            Invalid::EmptyBatch => "the batch holds no call",
+            Invalid::BatchTooLarge => {
+                "the batch holds more calls than the listener's max_batch_calls"
+            }
             Invalid::TooLong => "the line is longer than the listener's max_frame_bytes",
         }
     }
@@ -201,14 +209,75 @@ pub(crate) fn read(line: &[u8]) -> Line {
     let Ok(line_text) = std::str::from_utf8(line) else {
         return Line::Invalid(Invalid::Parse);
     };
-    if line.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+    if is_batch(line) {
         // JSON-RPC 2.0 answers a batch that is not JSON with a parse error, like any line.
         return match serde_json::from_str::<serde::de::IgnoredAny>(line_text) {
             Ok(_) => Line::Invalid(Invalid::Batch),
             Err(_) => Line::Invalid(Invalid::Parse),
         };
     }
-    let envelope: Envelope<'_> = match serde_json::from_str(line_text) {
+    object(line_text)
+}
+
+/// True if `line` is a batch (an array), or would be were it JSON.
+pub(crate) fn is_batch(line: &[u8]) -> bool {
+    line.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
+}
+
+/// The calls of a batch, in order: where each sits in the batch's line, and what it is
+/// (`Line::Invalid` for an element that is no call: JSON-RPC 2.0 answers it with its own
+/// error, in its place among the answers).
+pub(crate) type Calls = Vec<(Range<usize>, Line)>;
+
+/// Reads `line` (without its newline), a batch ([`is_batch`]) of one to `max_calls` calls:
+/// its calls, or why it is answered with one error.
+pub(crate) fn read_batch(line: &[u8], max_calls: usize) -> Result<Calls, Invalid> {
+    let text = std::str::from_utf8(line).map_err(|_| Invalid::Parse)?;
+    let mut read = serde_json::Deserializer::from_str(text);
+    let elements = de::Deserializer::deserialize_seq(&mut read, Elements { max_calls })
+        .and_then(|elements| read.end().map(|()| elements))
+        .map_err(|_| Invalid::Parse)?;
+    let elements = match elements {
+        None => return Err(Invalid::BatchTooLarge),
+        Some(elements) if elements.is_empty() => return Err(Invalid::EmptyBatch),
+        Some(elements) => elements,
+    };
+    Ok(elements
+        .into_iter()
+        .map(|element| (span(line, element.get()), object(element.get())))
+        .collect())
+}
+
+/// Reads a batch's elements, each as written, up to `max_calls`; past it, reads the rest as
+/// JSON only (a batch cut short is still a parse error) and holds none of it: `None`.
+struct Elements {
+    max_calls: usize,
+}
+
+impl<'de> Visitor<'de> for Elements {
+    type Value = Option<Vec<&'de RawValue>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON-RPC 2.0 batch")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut elements = Vec::new();
+        while let Some(element) = seq.next_element::<&RawValue>()? {
+            if elements.len() == self.max_calls {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                return Ok(None);
+            }
+            elements.push(element);
+        }
+        Ok(Some(elements))
+    }
+}
+
+/// Reads `json`, one JSON value that is not a batch.
+fn object(json: &str) -> Line {
+    let line = json.as_bytes();
+    let envelope: Envelope<'_> = match serde_json::from_str(json) {
         Ok(envelope) => envelope,
         Err(err) if err.is_data() => return Line::Invalid(Invalid::NotRpc),
         Err(_) => return Line::Invalid(Invalid::Parse),

@@ -7,6 +7,7 @@ use metaprotocol_core::{
     MessageKind, Mutation, PassedOver, ResponseStatus, Side, WireVariant,
 };
 use metaprotocol_jsonrpc::JsonRpcCodecFactory;
+use serde_json::json;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -262,11 +263,7 @@ fn local_replies_are_json_rpc_errors_with_the_clients_id() -> TestResult {
         reply(&mut downstream, &call, LocalReplyKind::RouteNotFound)?,
         "{\"jsonrpc\":\"2.0\",\"error\":{\"code\":-32601,\"message\":\"route_not_found: why\"},\"id\":\"c\\\"1\"}\n"
     );
-    for (line, code) in [
-        (&b"{oops\n"[..], -32700),
-        (b"[{\"jsonrpc\":\"2.0\"}]\n", -32600),
-        (b"{\"a\":1}\n", -32600),
-    ] {
+    for (line, code) in [(&b"{oops\n"[..], -32700), (b"{\"a\":1}\n", -32600)] {
         let bad = decode_all(&mut downstream, line)?.remove(0);
         assert_eq!(bad.kind, MessageKind::Request);
         assert!(bad.reject_reason.is_some());
@@ -463,4 +460,243 @@ fn an_answer_whose_id_is_not_the_proxys_answers_no_call() -> TestResult {
         assert_eq!(answers[0].request_id, 0, "{foreign}");
     }
     Ok(())
+}
+
+fn params(request_id: u64, mutation: &Mutation) -> EncodeParams<'_> {
+    EncodeParams {
+        request_id,
+        variant: WireVariant::DEFAULT,
+        mutation,
+    }
+}
+
+/// A JSON-RPC 2.0 batch is split into its calls, each decoded as a lone call is (so routed,
+/// filtered and authorized on its own: an element for a denied method is denied whatever the
+/// others ask), and sent upstream as a line of its own; the answers to those that want one,
+/// local replies included, are gathered into one array in the order they come, written once
+/// the last is in. Before, a batch was answered with one -32600 and none of it ran.
+#[test]
+fn a_batch_is_split_into_its_calls_and_their_answers_gathered_into_one_array() -> TestResult {
+    let lines = b"[{\"jsonrpc\":\"2.0\",\"method\":\"add\",\"params\":[1,2],\"id\":1}, \
+        {\"jsonrpc\":\"2.0\",\"method\":\"note\",\"params\":[\"x\"]}, 7, \
+        {\"jsonrpc\":\"2.0\",\"method\":\"admin\",\"id\":\"d\"}]\r\n\
+        {\"jsonrpc\":\"2.0\",\"method\":\"after\",\"id\":9}\n";
+    let mut downstream = codec(Side::Downstream);
+    let read = decode_all(&mut downstream, lines)?;
+    let [add, note, seven, admin, after] = &read[..] else {
+        return Err(format!("expected five messages, got {}", read.len()).into());
+    };
+    let kinds: Vec<_> = read
+        .iter()
+        .map(|m| (m.kind, m.metadata.get("method"), m.reject_reason.is_some()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (MessageKind::Request, Some("add"), false),
+            (MessageKind::Oneway, Some("note"), false),
+            (MessageKind::Request, None, true),
+            (MessageKind::Request, Some("admin"), false),
+            (MessageKind::Request, Some("after"), false),
+        ]
+    );
+    // The batch's calls share a request id, which the lone call after it does not.
+    assert!(read[..4].iter().all(|m| m.request_id == add.request_id));
+    assert_ne!(add.request_id, after.request_id);
+
+    let none = Mutation::new();
+    let mut upstream = codec(Side::Upstream);
+    let mut wire = BytesMut::new();
+    upstream.encode(add, &params(5, &none), &mut wire)?;
+    upstream.encode(note, &params(6, &none), &mut wire)?;
+    assert_eq!(
+        std::str::from_utf8(&wire)?,
+        "{\"jsonrpc\":\"2.0\",\"method\":\"add\",\"params\":[1,2],\"id\":\"5:31\"}\n\
+         {\"jsonrpc\":\"2.0\",\"method\":\"note\",\"params\":[\"x\"]}\n"
+    );
+
+    // The answers: the proxy's own two first, then the server's; the lone call's meanwhile.
+    let mut back = BytesMut::new();
+    for (call, kind) in [
+        (seven, LocalReplyKind::BadRequest),
+        (admin, LocalReplyKind::Unauthorized),
+        (after, LocalReplyKind::RouteNotFound),
+    ] {
+        downstream.encode_local_reply(call, &LocalReply::new(kind, "why"), &mut back)?;
+    }
+    let lone: serde_json::Value = serde_json::from_slice(&back)?;
+    assert_eq!(
+        (&lone["error"]["code"], &lone["id"]),
+        (&json!(-32601), &json!(9))
+    );
+    back.clear();
+    let answer = decode_all(
+        &mut upstream,
+        b"{\"jsonrpc\":\"2.0\",\"result\":3,\"id\":\"5:31\"}\r\n",
+    )?
+    .remove(0);
+    downstream.encode(&answer, &params(add.request_id, &none), &mut back)?;
+    assert!(back.ends_with(b"]\n") && !back[..back.len() - 1].contains(&b'\n'));
+    let array: serde_json::Value = serde_json::from_slice(&back)?;
+    assert_eq!(
+        array,
+        json!([
+            {"jsonrpc": "2.0", "error": {"code": -32600, "message": format!("bad_request: why")}, "id": null},
+            {"jsonrpc": "2.0", "error": {"code": -32004, "message": "unauthorized: why"}, "id": "d"},
+            {"jsonrpc": "2.0", "result": 3, "id": 1},
+        ])
+    );
+    Ok(())
+}
+
+/// The batch's line end stays in the read buffer until its last call is decoded (the engine
+/// decodes again while its buffer holds bytes): however the bytes arrive, the same calls come
+/// out, once each, and the buffer ends empty.
+#[test]
+fn a_batch_split_anywhere_decodes_its_calls_once() -> TestResult {
+    let text = b"[{\"jsonrpc\":\"2.0\",\"method\":\"a\",\"id\":1},{\"jsonrpc\":\"2.0\",\"method\":\"b\"}]\n\
+        {\"jsonrpc\":\"2.0\",\"method\":\"c\",\"id\":2}\n[{\"jsonrpc\":\"2.0\",\"method\":\"d\"}]\n";
+    for cut in 0..text.len() {
+        let mut codec = codec(Side::Downstream);
+        let mut src = BytesMut::from(&text[..cut]);
+        let mut got = Vec::new();
+        while let Some(m) = codec.decode(&mut src)? {
+            got.push(m);
+        }
+        src.extend_from_slice(&text[cut..]);
+        while let Some(m) = codec.decode(&mut src)? {
+            got.push(m);
+        }
+        let methods: Vec<_> = got
+            .iter()
+            .map(|m| m.metadata.get("method").unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(methods, ["a", "b", "c", "d"], "cut at {cut}");
+        assert!(src.is_empty(), "cut at {cut}");
+    }
+    Ok(())
+}
+
+/// JSON-RPC 2.0: a batch of notifications gets no answer; an empty batch gets one -32600 (not
+/// an array), as does one of more calls than the listener's `max_batch_calls`: the proxy holds
+/// none of its calls, and answering each would make one line of the client's many answers.
+#[test]
+fn a_batch_of_notifications_gets_nothing_and_an_empty_or_oversized_one_error() -> TestResult {
+    let note = "{\"jsonrpc\":\"2.0\",\"method\":\"n\"}";
+    let notes = decode_all(
+        &mut codec(Side::Downstream),
+        format!("[{note},{note}]\n").as_bytes(),
+    )?;
+    assert_eq!(
+        notes.iter().map(|m| m.kind).collect::<Vec<_>>(),
+        [MessageKind::Oneway, MessageKind::Oneway]
+    );
+    let call = "{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"id\":1}";
+    let factory = JsonRpcCodecFactory::new(256).with_max_batch_calls(2);
+    for (line, code, calls) in [
+        ("[]".to_owned(), -32600, 0),
+        (" [ ] ".to_owned(), -32600, 0),
+        (format!("[{call},{call},{call}]"), -32600, 0),
+        (format!("[{call},{call}"), -32700, 0),
+        (format!("[{call},{call}]"), 0, 2),
+    ] {
+        let mut downstream = factory.new_codec(Side::Downstream, WireVariant::DEFAULT);
+        let read = decode_all(&mut downstream, format!("{line}\n").as_bytes())?;
+        if calls > 0 {
+            assert_eq!(read.len(), calls, "{line}");
+            assert!(read.iter().all(|m| m.reject_reason.is_none()), "{line}");
+            continue;
+        }
+        let [refused] = &read[..] else {
+            return Err(format!("{line}: {} messages", read.len()).into());
+        };
+        let answer = reply(&mut downstream, refused, LocalReplyKind::BadRequest)?;
+        let answer: serde_json::Value = serde_json::from_str(&answer)?;
+        assert_eq!(
+            (&answer["error"]["code"], &answer["id"]),
+            (&json!(code), &json!(null)),
+            "{line}: {answer}"
+        );
+    }
+    // With `max_batch_calls: 0`, no batch is taken.
+    let mut none = JsonRpcCodecFactory::new(256)
+        .with_max_batch_calls(0)
+        .new_codec(Side::Downstream, WireVariant::DEFAULT);
+    let read = decode_all(&mut none, format!("[{call}]\n").as_bytes())?;
+    assert!(read.len() == 1 && read[0].reject_reason.is_some());
+    Ok(())
+}
+
+/// The answers a connection's unfinished batches wait with are held to the listener's
+/// `max_frame_bytes`: an answer that would take them over is refused (nothing written), and
+/// the engine answers its call with -32603 instead, in its place in the array.
+#[test]
+fn a_batchs_answers_are_held_within_max_frame_bytes() -> TestResult {
+    let call = |id: u32| format!("{{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"id\":{id}}}");
+    let line = format!("[{},{}]\n", call(1), call(2));
+    let mut downstream = codec(Side::Downstream);
+    let calls = decode_all(&mut downstream, line.as_bytes())?;
+    let none = Mutation::new();
+    let answer = |n: u64, id: &str, len: usize| -> Result<Message, CodecError> {
+        let line = format!(
+            "{{\"jsonrpc\":\"2.0\",\"result\":\"{}\",\"id\":\"{n}:{}\"}}\n",
+            "x".repeat(len),
+            id.bytes().map(|b| format!("{b:02x}")).collect::<String>()
+        );
+        Ok(decode_all(&mut codec(Side::Upstream), line.as_bytes())?.remove(0))
+    };
+    let mut back = BytesMut::new();
+    downstream.encode(
+        &answer(1, "1", 150)?,
+        &params(calls[0].request_id, &none),
+        &mut back,
+    )?;
+    assert!(back.is_empty());
+    let over = downstream.encode(
+        &answer(2, "2", 150)?,
+        &params(calls[1].request_id, &none),
+        &mut back,
+    );
+    assert!(matches!(over, Err(CodecError::Encode(_))), "{over:?}");
+    assert!(back.is_empty());
+    downstream.encode_local_reply(
+        &calls[1],
+        &LocalReply::new(LocalReplyKind::Internal, "over"),
+        &mut back,
+    )?;
+    let array: serde_json::Value = serde_json::from_slice(&back)?;
+    assert_eq!(array[0]["result"], json!("x".repeat(150)));
+    assert_eq!(
+        (&array[1]["error"]["code"], &array[1]["id"]),
+        (&json!(-32603), &json!(2))
+    );
+    Ok(())
+}
+
+/// `max_batch_calls` is a listener's option, an integer from 0 to 4096; on a cluster, or out
+/// of range, it is an error naming it.
+#[test]
+fn max_batch_calls_is_a_listeners_option_from_0_to_4096() {
+    let build = |side: Option<Side>, value: &str| {
+        let mut options = metaprotocol_core::CodecOptions::default();
+        options.side = side;
+        options.insert_scalar(metaprotocol_jsonrpc::MAX_BATCH_CALLS, value);
+        JsonRpcCodecFactory::from_options(&options).map_err(|e| (e.field, e.reason))
+    };
+    for value in ["0", "8", "4096"] {
+        assert!(build(Some(Side::Downstream), value).is_ok(), "{value}");
+    }
+    for (side, value, why) in [
+        (Some(Side::Downstream), "4097", "from 0 to 4096"),
+        (Some(Side::Downstream), "-1", "from 0 to 4096"),
+        (Some(Side::Downstream), "many", "from 0 to 4096"),
+        (Some(Side::Upstream), "8", "a listener's option only"),
+        (None, "8", "a listener's option only"),
+    ] {
+        let Err((field, reason)) = build(side, value) else {
+            panic!("{side:?} {value} was taken");
+        };
+        assert_eq!(field, "max_batch_calls");
+        assert!(reason.contains(why), "{reason}");
+    }
 }
