@@ -71,6 +71,10 @@ pub trait Codec: Send {
     /// A length field larger than the configured maximum is [`CodecError::FrameTooLarge`] as soon
     /// as the header is read, before the body arrives.
     ///
+    /// A frame that holds many messages (a JSON-RPC batch) is handed over a message a call: the
+    /// engine calls `decode` again as long as `src` holds a byte, so such a codec leaves at
+    /// least one of the frame's bytes in `src` until its last message is out.
+    ///
     /// A [`Message`] is a few hundred bytes: build it where it is returned (better, in the
     /// engine's message: [`Codec::decode_into`]) and fill it through `&mut` (its metadata in
     /// place), rather than in helpers that return it up by value, each of which may copy it
