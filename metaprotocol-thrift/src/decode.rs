@@ -270,19 +270,23 @@ pub(crate) const PASSED_OVER: &str =
 pub(crate) const TRANSFORMED: &str =
     "THeader transforms (zlib, snappy ...) are not supported: send the call without one";
 
+/// The `reject_reason` of a THeader call in a protocol this codec does not speak (JSON, or an
+/// id THeader does not define); its local reply is an `INVALID_PROTOCOL` exception in binary.
+pub(crate) const UNKNOWN_PROTOCOL: &str = "THeader protocols other than binary (0) and compact (2) are not supported: send the call in one of them";
+
 /// Reads one whole length-prefixed frame of `transport`, checking a call's arguments.
 fn delimited(frame: Bytes, transport: Transport, side: Side) -> Result<Option<Found>, CodecError> {
     let (protocol, payload_start, block) = if transport == Transport::Header {
-        let block = match theader::read(&frame)? {
+        let block = theader::read(&frame)?;
+        match block.unreadable {
             // The frame is whole, so its client can be told and its connection kept, as
-            // Apache Thrift's servers do; an answer hidden so names no call it could fail.
-            block if block.transform.is_some() && side == Side::Downstream => {
-                return Ok(Some(Found::transformed(frame, block)));
+            // Apache Thrift's servers do; an answer that cannot be read names no call it
+            // could fail.
+            Some(unreadable) if side == Side::Downstream => {
+                return Ok(Some(Found::unreadable(frame, block, unreadable)));
             }
-            block => block,
-        };
-        if let Some(id) = block.transform {
-            return Err(theader::unsupported_transform(id));
+            Some(unreadable) => return Err(unreadable.error()),
+            None => {}
         }
         (block.protocol, block.payload_start, Some(block))
     } else {
@@ -465,9 +469,14 @@ pub(crate) struct Found {
 }
 
 impl Found {
-    /// The call of a THeader `frame` whose message `block` says is transformed: a call of no
-    /// name with seqid 0 (what can be told of it), refused as [`TRANSFORMED`].
-    fn transformed(frame: Bytes, block: theader::HeaderBlock) -> Self {
+    /// The call of a THeader `frame` whose message `block` says cannot be read: a call of no
+    /// name with seqid 0 (what can be told of it), refused as [`TRANSFORMED`] or
+    /// [`UNKNOWN_PROTOCOL`].
+    fn unreadable(
+        frame: Bytes,
+        block: theader::HeaderBlock,
+        unreadable: theader::Unreadable,
+    ) -> Self {
         let at = block.payload_start;
         Self {
             frame,
@@ -481,7 +490,10 @@ impl Found {
                 body_start: at,
             },
             info: None,
-            reject_reason: Some(TRANSFORMED),
+            reject_reason: Some(match unreadable {
+                theader::Unreadable::Transform(_) => TRANSFORMED,
+                theader::Unreadable::Protocol(_) => UNKNOWN_PROTOCOL,
+            }),
         }
     }
 

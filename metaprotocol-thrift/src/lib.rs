@@ -38,8 +38,11 @@
 //! - A THeader call whose message a transform hides (zlib, snappy ...) is decoded as a call of
 //!   no name with seqid 0 and a `reject_reason`: the engine answers it with an
 //!   [`INVALID_TRANSFORM`] exception, as Apache Thrift's servers do, and keeps the connection.
-//!   A transformed answer, and the JSON protocol, are refused with
-//!   [`CodecError::Unsupported`](metaprotocol_core::CodecError); over-long frames with
+//!   So is a call in the JSON protocol or another id THeader does not define, answered with an
+//!   [`INVALID_PROTOCOL`] exception in binary (a THeader client reads each frame in the
+//!   protocol its header names). Such an answer from a server names no call it could fail: it
+//!   is refused with [`CodecError::Unsupported`](metaprotocol_core::CodecError) (an unknown
+//!   protocol id, `Malformed`); over-long frames with
 //!   `FrameTooLarge` once the message header is in and the length (or, unframed, the scanned
 //!   bytes) passes the cap.
 //!   Framed or THeader, a `REPLY` or `EXCEPTION` over a cluster's cap names its call by its
@@ -97,8 +100,8 @@ pub use codec::{ThriftCodec, ThriftCodecFactory};
 pub use format::{FormatChoice, Protocol, ThriftFormat, Transport};
 pub use options::{PROTOCOL_OPTION, TRANSPORT, ThriftOptions};
 pub use reply::{
-    ApplicationException, INTERNAL_ERROR, INVALID_TRANSFORM, LOADSHEDDING, PROTOCOL_ERROR,
-    UNKNOWN_METHOD,
+    ApplicationException, INTERNAL_ERROR, INVALID_PROTOCOL, INVALID_TRANSFORM, LOADSHEDDING,
+    PROTOCOL_ERROR, UNKNOWN_METHOD,
 };
 
 /// The name this codec is registered under.

@@ -10,7 +10,7 @@
 use bytes::BytesMut;
 use metaprotocol_core::{CodecError, LocalReply, LocalReplyKind, Message, MessageKind};
 
-use crate::decode::TRANSFORMED;
+use crate::decode::{TRANSFORMED, UNKNOWN_PROTOCOL};
 use crate::encode::{format_of, seqid_of, write_frame};
 use crate::format::{Protocol, Transport};
 use crate::layout::Layout;
@@ -32,6 +32,10 @@ pub const PROTOCOL_ERROR: i32 = 7;
 /// server cannot undo, what Apache Thrift's servers answer to one; used for the
 /// [`LocalReplyKind::BadRequest`] of such a call.
 pub const INVALID_TRANSFORM: i32 = 8;
+/// `TApplicationException` type for a THeader message in a protocol the server does not speak
+/// (JSON, or an unknown id); used for the [`LocalReplyKind::BadRequest`] of such a call, whose
+/// answer is in binary.
+pub const INVALID_PROTOCOL: i32 = 9;
 /// `TApplicationException` type by which an fbthrift server says it shed the call under load
 /// without running it: the codec marks such an answer
 /// [`not_processed`](metaprotocol_core::Message::not_processed), so the engine may retry it
@@ -115,10 +119,15 @@ pub(crate) fn encode_local_reply(
     let format = format_of(request)?;
     let seqid = seqid_of(request.request_id)?;
     let frame = &request.frame[..];
-    // A transformed message cannot be read: its answer names no method, as Apache Thrift's
-    // servers answer one (its seqid, unknown, is 0).
-    let (method, kind) = if request.reject_reason == Some(TRANSFORMED) {
-        (&[][..], INVALID_TRANSFORM)
+    // A transformed message, or one in a protocol not spoken here, cannot be read: its answer
+    // names no method, as Apache Thrift's servers answer one (its seqid, unknown, is 0).
+    let unreadable = match request.reject_reason {
+        Some(TRANSFORMED) => Some(INVALID_TRANSFORM),
+        Some(UNKNOWN_PROTOCOL) => Some(INVALID_PROTOCOL),
+        _ => None,
+    };
+    let (method, kind) = if let Some(kind) = unreadable {
+        (&[][..], kind)
     } else {
         let layout = Layout::of(request)?;
         let mut cursor = Cursor::in_frame(frame, layout.payload_start);

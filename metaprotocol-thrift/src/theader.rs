@@ -43,24 +43,50 @@ pub(crate) struct HeaderBlock {
     pub(crate) info: Range<usize>,
     /// Where the message starts.
     pub(crate) payload_start: usize,
+    /// Why this codec cannot read the message, if it cannot: then `info` is empty, and
+    /// `protocol` is the one to answer in.
+    pub(crate) unreadable: Option<Unreadable>,
+}
+
+/// Why the message of a THeader frame cannot be read, though its frame can.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Unreadable {
     /// The first transform (zlib, snappy ...) applied to the message, which this codec cannot
-    /// undo: the message cannot be read, and `info` is empty.
-    pub(crate) transform: Option<u32>,
+    /// undo.
+    Transform(u32),
+    /// A protocol id other than binary and compact: JSON (1), or one THeader does not define.
+    Protocol(u32),
+}
+
+impl Unreadable {
+    /// The error of a stream that cannot go on past such a frame (an answer, which names no
+    /// call it could fail).
+    pub(crate) fn error(self) -> CodecError {
+        match self {
+            Self::Transform(id) => unsupported_transform(id),
+            Self::Protocol(PROTOCOL_JSON) => {
+                CodecError::Unsupported(Cow::Borrowed("THeader protocol json (1) is not supported"))
+            }
+            Self::Protocol(id) => {
+                CodecError::Malformed(Cow::Owned(format!("unknown THeader protocol id {id}")))
+            }
+        }
+    }
 }
 
 /// Parses the THeader fields of `frame` (a whole frame, length prefix included) and checks its
-/// info headers; the transforms this codec cannot undo are [`CodecError::Unsupported`].
+/// info headers; a message this codec cannot read is an error ([`Unreadable::error`]).
 pub(crate) fn parse(frame: &[u8]) -> Result<HeaderBlock, CodecError> {
     let block = read(frame)?;
-    match block.transform {
-        Some(id) => Err(unsupported_transform(id)),
+    match block.unreadable {
+        Some(unreadable) => Err(unreadable.error()),
         None => Ok(block),
     }
 }
 
-/// [`parse`], except that a frame whose message is hidden by a transform is read as far as
-/// its protocol and first transform ([`HeaderBlock::transform`]): a client sending one gets a
-/// `TApplicationException` saying so.
+/// [`parse`], except that a frame whose message cannot be read (a transform hides it, or its
+/// protocol is JSON or unknown) is read as far as the header block says why
+/// ([`HeaderBlock::unreadable`]): a client sending one gets a `TApplicationException` saying so.
 pub(crate) fn read(frame: &[u8]) -> Result<HeaderBlock, CodecError> {
     parse_block(frame).map_err(ReadError::in_complete_frame)
 }
@@ -78,22 +104,18 @@ fn parse_block(frame: &[u8]) -> Result<HeaderBlock, ReadError> {
         "THeader header block longer than the frame",
     ))?;
     let mut cursor = Cursor::in_frame(block, BLOCK_START);
-    let protocol = match cursor.varint_u32()? {
-        PROTOCOL_BINARY => Protocol::Binary,
-        PROTOCOL_COMPACT => Protocol::Compact,
-        PROTOCOL_JSON => {
-            return Err(CodecError::Unsupported(Cow::Borrowed(
-                "THeader protocol json (1) is not supported",
-            ))
-            .into());
-        }
-        _ => return Err(ReadError::malformed("unknown THeader protocol id")),
+    // A message in a protocol this codec does not speak is answered in binary, which every
+    // THeader client reads: each reads the protocol id of the frame it receives.
+    let (protocol, mut unreadable) = match cursor.varint_u32()? {
+        PROTOCOL_BINARY => (Protocol::Binary, None),
+        PROTOCOL_COMPACT => (Protocol::Compact, None),
+        id => (Protocol::Binary, Some(Unreadable::Protocol(id))),
     };
-    let transform = match cursor.varint_u32()? {
-        0 => None,
-        _ => Some(cursor.varint_u32()?),
-    };
-    let info = match transform {
+    if cursor.varint_u32()? != 0 {
+        let transform = Unreadable::Transform(cursor.varint_u32()?);
+        unreadable = unreadable.or(Some(transform));
+    }
+    let info = match unreadable {
         Some(_) => payload_start..payload_start,
         None => cursor.position()..payload_start,
     };
@@ -106,12 +128,12 @@ fn parse_block(frame: &[u8]) -> Result<HeaderBlock, ReadError> {
         protocol,
         info,
         payload_start,
-        transform,
+        unreadable,
     })
 }
 
 /// The error for a message hidden by transform `id`.
-pub(crate) fn unsupported_transform(id: u32) -> CodecError {
+fn unsupported_transform(id: u32) -> CodecError {
     let name = match id {
         1 => "zlib",
         2 => "hmac",

@@ -9,8 +9,8 @@ use metaprotocol_core::{
     MessageKind, Mutation, ResponseStatus, Side,
 };
 use metaprotocol_thrift::{
-    ApplicationException, FormatChoice, INVALID_TRANSFORM, PROTOCOL_ERROR, Protocol, TRANSPORT,
-    ThriftCodec, ThriftFormat, Transport,
+    ApplicationException, FormatChoice, INVALID_PROTOCOL, INVALID_TRANSFORM, PROTOCOL_ERROR,
+    Protocol, TRANSPORT, ThriftCodec, ThriftFormat, Transport,
 };
 use proptest::prelude::*;
 
@@ -551,9 +551,9 @@ fn replies_are_not_walked_but_marked_failed_when_unreadable() -> TestResult {
 /// A call under a THeader transform (zlib) is a call the engine refuses: its answer is an
 /// `INVALID_TRANSFORM` exception in the client's THeader protocol, of no name and seqid 0 (what
 /// Apache Thrift's servers answer), and the connection's next frame decodes. An answer under
-/// one, which names no call it could fail, and the JSON protocol are unsupported.
+/// one, which names no call it could fail, is unsupported.
 #[test]
-fn theader_transforms_are_refused_calls_and_json_is_unsupported() -> TestResult {
+fn theader_transforms_are_refused_calls() -> TestResult {
     for (protocol, id) in [(Protocol::Binary, 0u8), (Protocol::Compact, 2)] {
         // THeader flags 5, seq 9, one transform: zlib (1); the message is what zlib made.
         let block = [0x0f, 0xff, 0, 5, 0, 0, 0, 9, 0, 1, id, 1, 1, 0];
@@ -609,15 +609,79 @@ fn theader_transforms_are_refused_calls_and_json_is_unsupported() -> TestResult 
             ))
         );
     }
-    // Protocol id 1: JSON.
-    let mut frame = vec![0x0f, 0xff, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0];
-    frame.extend_from_slice(&binary_call(&[0]));
-    let error = decode_err(&CodecOptions::default(), &framed(&frame))?;
-    assert!(matches!(error, CodecError::Unsupported(_)), "{error}");
     // A header block longer than the frame.
     let frame = [0x0f, 0xff, 0, 0, 0, 0, 0, 0, 0, 200, 0, 0];
     let error = decode_err(&CodecOptions::default(), &framed(&frame))?;
     assert!(matches!(error, CodecError::Malformed(_)), "{error}");
+    Ok(())
+}
+
+/// A THeader call in the JSON protocol (id 1), or an id THeader does not define, is a call the
+/// engine refuses with an `INVALID_PROTOCOL` exception in binary THeader (every THeader client
+/// reads each frame in the protocol its header names), of no name and seqid 0, and the
+/// connection's next frame decodes; before, the connection closed without a word. From a
+/// server, such an answer names no call it could fail: the stream is refused.
+#[test]
+fn a_theader_call_in_json_or_an_unknown_protocol_gets_an_invalid_protocol_answer() -> TestResult {
+    // A JSON call `[1,"m",1,3,{}]` is what a JSON THeader client sends; its bytes are not read.
+    let json = br#"[1,"m",1,3,{}]"#;
+    let plain = framed(
+        &[
+            &[0x0f, 0xff, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0][..],
+            &binary_call(&[0]),
+        ]
+        .concat(),
+    );
+    for (id, upstream_error) in [(1u8, "Unsupported"), (3, "Malformed"), (0x7f, "Malformed")] {
+        // THeader flags 5, seq 3, one word of header block: protocol `id`, no transforms.
+        let block = [0x0f, 0xff, 0, 5, 0, 0, 0, 3, 0, 1, id, 0, 0, 0];
+        let call = framed(&[&block[..], json].concat());
+        let mut codec = auto_codec();
+        let messages = decode_all(codec.as_mut(), &[call.clone(), plain.clone()].concat())?;
+        let [call_message, next] = &messages[..] else {
+            return Err(format!("protocol {id}: {} messages", messages.len()).into());
+        };
+        assert_eq!(
+            (call_message.kind, call_message.request_id),
+            (MessageKind::Request, 0)
+        );
+        assert_eq!(next.reject_reason, None);
+        let reason = call_message.reject_reason.ok_or("no reason")?;
+        let mut out = BytesMut::new();
+        codec.encode_local_reply(
+            call_message,
+            &LocalReply::new(LocalReplyKind::BadRequest, reason),
+            &mut out,
+        )?;
+        assert_eq!(
+            &out[4..8],
+            &[0x0f, 0xff, 0, 5],
+            "THeader, the client's flags"
+        );
+        let answer = common::decode_one(&out)?;
+        assert_eq!((answer.kind, answer.request_id), (MessageKind::Response, 0));
+        assert_eq!(answer.metadata.get("method"), Some(""));
+        assert_eq!(
+            ThriftFormat::from_variant(answer.variant),
+            Some(ThriftFormat::new(Transport::Header, Protocol::Binary))
+        );
+        let exception = ApplicationException::from_message(&answer)?;
+        assert_eq!(exception.kind, INVALID_PROTOCOL, "{}", exception.message);
+        assert!(
+            exception.message.contains("binary (0) and compact (2)"),
+            "{}",
+            exception.message
+        );
+        let mut upstream = ThriftCodec::for_side(Side::Upstream, FormatChoice::default(), 1 << 20);
+        let error = upstream
+            .decode(&mut BytesMut::from(&call[..]))
+            .err()
+            .ok_or("an upstream decoded it")?;
+        assert!(
+            format!("{error:?}").starts_with(upstream_error),
+            "{id}: {error:?}"
+        );
+    }
     Ok(())
 }
 
