@@ -5,7 +5,8 @@
 //! request) and `client.py` a real generated `Greeter.Client` printing one JSON object per run.
 //! The engine runs in process. Covered: the six {binary, compact} x {framed, unframed, THeader}
 //! combinations (calls, one-way calls, declared exceptions, `TApplicationException`, a route
-//! miss answered with a readable `TApplicationException`), routing on the method and on a
+//! miss answered with a readable `TApplicationException`, one-way calls over the listener's
+//! frame limit passed over and counted), routing on the method and on a
 //! THeader header, a `request_mutation` header seen by the server and a `response_mutation`
 //! header seen by the client, a framed-binary listener speaking THeader compact upstream,
 //! 60 concurrent clients that all send seqid 0 sharing a couple of upstream connections,
@@ -268,6 +269,67 @@ clusters:
             let answer = client(port, transport, protocol, &["big", "2000"], "", &scratch)?;
             let expected = r#"{"after": "Hello, after from upstream", "big": {"message": "bad_request: the call is larger than the listener's max_frame_bytes: passed over unread", "type": 7}}"#;
             assert_eq!(answer, expected, "{transport} {protocol}");
+        }
+    }
+    Ok(())
+}
+
+/// A one-way call over the listener's `max_frame_bytes`, in each transport and protocol, is
+/// passed over (by its length, or walked as it arrives unframed) and never forwarded: it has no
+/// answer to give, and is counted as a bad request. Its connection goes on (a one-way ping and
+/// a call after it are served) and so does another client's, open all along.
+#[test]
+fn a_one_way_call_over_the_frame_limit_is_passed_over_and_counted() -> TestResult {
+    let Some(scratch) = prepare("oneway-big")? else {
+        return Ok(());
+    };
+    for transport in TRANSPORTS {
+        for protocol in PROTOCOLS {
+            let server = Server::start(transport, protocol, "upstream", &scratch)?;
+            let yaml = format!(
+                "listeners:
+  - {{ name: small, address: 127.0.0.1:0, protocol: thrift, route_config: routes, codec: {{ max_frame_bytes: 1024 }} }}
+route_configs:
+  - name: routes
+    routes:{}
+clusters:
+  - name: upstream
+    endpoints: [ {{ address: \"{}\" }} ]
+",
+                greeter_routes("upstream"),
+                server.address()
+            );
+            let proxy = InProcessProxy::start(&yaml)?;
+            let port = proxy.addr("small")?.port();
+            let answer = client(
+                port,
+                transport,
+                protocol,
+                &["bigping", "4000"],
+                "",
+                &scratch,
+            )?;
+            let expected = r#"{"after": "Hello, after from upstream", "before": "Hello, before from upstream", "other": "Hello, other from upstream", "pings": 1}"#;
+            assert_eq!(answer, expected, "{transport} {protocol}");
+            let metrics = proxy.metrics();
+            let small = [("listener", "small")];
+            let counted = [
+                ("metaprotocol_downstream_rq_oneway_total", &small[..], 2.0),
+                (
+                    "metaprotocol_local_replies_total",
+                    &[("listener", "small"), ("reason", "bad_request")][..],
+                    1.0,
+                ),
+                (
+                    "metaprotocol_downstream_protocol_errors_total",
+                    &small[..],
+                    0.0,
+                ),
+            ];
+            for (name, labels, expected) in counted {
+                let value = support::metrics::sample(&metrics, name, labels);
+                assert_eq!(value, expected, "{transport} {protocol}: {name}");
+            }
         }
     }
     Ok(())

@@ -10,6 +10,11 @@ Prints one JSON object with the results. Scenarios:
   unknown        a call to a method the proxy has no route for; reports the exception
   big N          sayHello of a name of N bytes, then sayHello("after") on the same connection;
                  reports the exception (or the length of the greeting) and the greeting
+  bigping N      on a second connection sayHello("before"); then a one-way ping whose argument
+                 struct carries a string of N bytes in a field ping_args does not declare (a
+                 server skips it), a plain ping, the server's ping count (polled until it
+                 reaches 1, then read again after a pause) and sayHello("after"); then
+                 sayHello("other") on the second connection
   zlib           (THeader) sayHello("z") under the zlib transform, then sayHello("plain")
                  without it on the same connection; reports the exception and the greeting
   concurrent N   N clients on N connections at once, each calling sayHello("c<i>") 5 times
@@ -31,7 +36,7 @@ import common
 from greeter import Greeter
 from greeter.ttypes import GreetError
 from thrift.protocol.THeaderProtocol import THeaderProtocol
-from thrift.Thrift import TApplicationException, TMessageType
+from thrift.Thrift import TApplicationException, TMessageType, TType
 from thrift.transport import TSocket
 from thrift.transport.THeaderTransport import THeaderTransformID
 
@@ -122,6 +127,37 @@ def big(conn, size):
     except TApplicationException as e:
         out["big"] = app_exception(e)
     out["after"] = conn.client.sayHello("after")
+    return out
+
+
+def ping_count_after(conn, expected):
+    """The server's ping count once it reaches `expected` (or after 5 s), read again after a
+    pause: a ping that was forwarded late would show then."""
+    deadline = time.time() + 5
+    while conn.client.pingCount() < expected and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    return conn.client.pingCount()
+
+
+def big_ping(conn, other, size):
+    out = {"before": other.client.sayHello("before")}
+    proto = conn.proto
+    conn.set_headers()
+    proto.writeMessageBegin("ping", TMessageType.ONEWAY, 0)
+    proto.writeStructBegin("ping_args")
+    proto.writeFieldBegin("padding", TType.STRING, 1)
+    proto.writeString("x" * size)
+    proto.writeFieldEnd()
+    proto.writeFieldStop()
+    proto.writeStructEnd()
+    proto.writeMessageEnd()
+    proto.trans.flush()
+    conn.set_headers()
+    conn.client.ping()
+    out["pings"] = ping_count_after(conn, 1)
+    out["after"] = conn.client.sayHello("after")
+    out["other"] = other.client.sayHello("other")
     return out
 
 
@@ -233,6 +269,12 @@ def main():
             out = unknown(conn)
         elif scenario == "big":
             out = big(conn, int(arg))
+        elif scenario == "bigping":
+            other = Connection(port, transport, protocol)
+            try:
+                out = big_ping(conn, other, int(arg))
+            finally:
+                other.close()
         elif scenario == "zlib":
             out = zlib(conn)
         else:
