@@ -55,7 +55,7 @@
 //! |---|---|
 //! | `interface`, `service` | the service path from the call fields (both keys, so protocol-neutral policies written against `service` work) |
 //! | `method` | the method name |
-//! | `version` | the service version: the `version` attachment when present (an empty one too: Java providers look the service up by it, and an empty one names the service exported without a version), else the call field |
+//! | `version` | the service version: the `version` attachment when present (an empty one too: Java providers look the service up by it, and an empty one names the service exported without a version), else the call field; Dubbo's default `0.0.0` reads as the empty version, since Dubbo's service keys treat it as none (a call of it runs the export without a version) |
 //! | `group` | the `group` attachment |
 //! | any other key | every attachment whose key and value are strings (other values, such as dubbo2.js's int `timeout`, are skipped) |
 //!

@@ -9,7 +9,7 @@
 //! arguments are skipped, never built.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use metaprotocol_core::{CodecError, Metadata, Mutation, keys};
+use metaprotocol_core::{CodecError, Metadata, MetadataStr, Mutation, keys};
 
 use crate::attachments::{self, Entry, slice};
 use crate::build::DUBBO_PROTOCOL_VERSION;
@@ -39,7 +39,7 @@ pub(crate) fn decode(frame: &Bytes, metadata: &mut Metadata) -> Result<DecodedRe
     if let Some(method) = text(&fields.method) {
         metadata.insert(keys::METHOD, method);
     }
-    if let Some(version) = text(&fields.version) {
+    if let Some(version) = fields.version.as_ref().and_then(|v| version_text(v, frame)) {
         metadata.insert(keys::VERSION, version);
     }
     // Java providers find the service by the `path` attachment, which replaces the call field
@@ -56,7 +56,15 @@ pub(crate) fn decode(frame: &Bytes, metadata: &mut Metadata) -> Result<DecodedRe
             ));
         }
         if routes(&entry, frame) {
-            match entry.text(frame) {
+            let text = match key {
+                Some(VERSION_ATTACHMENT) => entry
+                    .value
+                    .as_ref()
+                    .and_then(|value| version_text(value, frame))
+                    .map(|value| (MetadataStr::Static(keys::VERSION), value)),
+                _ => entry.text(frame),
+            };
+            match text {
                 Some((key, value)) => {
                     metadata.insert(key, value);
                 }
@@ -181,14 +189,30 @@ impl<'a> CallFields<'a> {
 /// call's path.
 const PATH_ATTACHMENT: &[u8] = b"path";
 
+/// The attachment by which Java providers pick the version of the service that runs.
+const VERSION_ATTACHMENT: &[u8] = keys::VERSION.as_bytes();
+
+/// The version Dubbo's service keys treat as none (`ProtocolUtils.serviceKey`,
+/// `GroupServiceKeyCache`): a call of it runs the export without a version.
+const DEFAULT_VERSION: &[u8] = b"0.0.0";
+
+/// A service version as metadata: Dubbo's default `0.0.0` as the empty version, which names
+/// the export without a version that runs it, so that routes and policies see one version for
+/// one export; `None` if it cannot be represented in UTF-8.
+fn version_text(version: &StringData<'_>, frame: &Bytes) -> Option<MetadataStr> {
+    if version.raw(frame) == DEFAULT_VERSION {
+        return Some(MetadataStr::Static(""));
+    }
+    version.to_metadata(frame)
+}
+
 /// The refusal of a call whose attachment keyed `key` cannot be metadata, if it is one of those
 /// by which Java providers pick the export that runs (`DubboProtocol.getInvoker`: version and
 /// group): the metadata would not say what runs.
 fn selector_without_text(key: Option<&[u8]>) -> Option<CodecError> {
-    const VERSION: &[u8] = keys::VERSION.as_bytes();
     const GROUP: &[u8] = keys::GROUP.as_bytes();
     match key? {
-        VERSION => Some(CodecError::malformed(
+        VERSION_ATTACHMENT => Some(CodecError::malformed(
             "the version attachment is not a UTF-8 string",
         )),
         GROUP => Some(CodecError::malformed(
@@ -230,8 +254,9 @@ pub(crate) fn put_call_head(
 /// The `interface`, `service` and `method` keys are the call fields' (the provider reads the
 /// method from them, and never an `interface` attachment: such attachments must not route a
 /// call elsewhere); a `version` attachment overrides the header's version, an empty one too:
-/// Java providers look the service up by the attachment, and an empty one names the service
-/// exported without a version. A `path` attachment must repeat the call's (see [`decode`]).
+/// Java providers look the service up by the attachment, and an empty one (or Dubbo's default,
+/// `0.0.0`) names the service exported without a version. A `path` attachment must repeat the
+/// call's (see [`decode`]).
 fn routes(entry: &Entry<'_>, frame: &[u8]) -> bool {
     entry
         .key
@@ -317,10 +342,19 @@ mod tests {
         key: &str,
         values: &[&[u8]],
     ) -> Result<metaprotocol_core::Message, CodecError> {
+        call_of_version("1.0.0", key, values)
+    }
+
+    /// [`call_with_attachments`] of `version` in the call field.
+    fn call_of_version(
+        version: &str,
+        key: &str,
+        values: &[&[u8]],
+    ) -> Result<metaprotocol_core::Message, CodecError> {
         use bytes::BufMut;
         let mut frame = BytesMut::new();
         crate::header::Header::put(&mut frame, 0xc2, 0, 1);
-        for field in ["2.0.2", "demo.Api", "1.0.0", "hi", ""] {
+        for field in ["2.0.2", "demo.Api", version, "hi", ""] {
             write_string(&mut frame, &[field]);
         }
         frame.put_u8(b'H');
@@ -348,6 +382,34 @@ mod tests {
             let message = call_with_attachments("version", &[&value])?;
             assert_eq!(message.reject_reason, None);
             assert_eq!(message.metadata.get(keys::VERSION), Some(version));
+        }
+        Ok(())
+    }
+
+    /// Dubbo's service keys treat version `0.0.0` as none: a call of it, in the call field or
+    /// the `version` attachment, runs the export without a version, so its metadata says the
+    /// empty version, as for a call of that export without one.
+    #[test]
+    fn version_0_0_0_names_the_unversioned_service() -> Result<(), CodecError> {
+        let mut default = BytesMut::new();
+        write_string(&mut default, &["0.0.0"]);
+        let mut other = BytesMut::new();
+        write_string(&mut other, &["0.0.1"]);
+        let cases: [(&str, &str, &[&[u8]], &str); 5] = [
+            ("0.0.0", "x", &[b"\x011"], ""),
+            ("1.0.0", "version", &[&default], ""),
+            ("0.0.0", "version", &[&default], ""),
+            ("0.0.0", "version", &[&other], "0.0.1"),
+            ("0.0.0.0", "x", &[b"\x011"], "0.0.0.0"),
+        ];
+        for (field, key, values, version) in cases {
+            let message = call_of_version(field, key, values)?;
+            assert_eq!(message.reject_reason, None);
+            assert_eq!(
+                message.metadata.get(keys::VERSION),
+                Some(version),
+                "{field} {key}"
+            );
         }
         Ok(())
     }
