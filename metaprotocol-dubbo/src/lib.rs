@@ -66,7 +66,11 @@
 //! and could run the other; it is refused with status 40 (every client sends the same path in
 //! both). So is a call whose `version` or `group` attachment (by which Java providers pick the
 //! export that runs; the last of each name counts) is not a UTF-8 string (a null, which Java
-//! reads as none): its metadata would not say what runs.
+//! reads as none): its metadata would not say what runs. So is a call passing a callback
+//! argument (a `sys_callback_arg-<index>` attachment): the provider would call the client back
+//! over the connection the call came on, which through the proxy other clients share and which
+//! takes no calls from providers. (The `callback.service.instid` attachment of such a call back
+//! picks an export only on the client's side of a connection, never on a provider's.)
 //! Values are slices of the frame, not copies, except for strings split into chunks or
 //! holding characters outside the BMP in Java's surrogate encoding. Responses carry their
 //! string attachments.

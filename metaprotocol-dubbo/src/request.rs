@@ -50,6 +50,9 @@ pub(crate) fn decode(frame: &Bytes, metadata: &mut Metadata) -> Result<DecodedRe
     let call_path = fields.path.as_ref().map(|path| path.raw(frame));
     let map = attachments::visit(&mut reader, &mut skipper, |entry| {
         let key = entry.key.as_ref().map(|k| k.raw(frame));
+        if key.is_some_and(|key| key.starts_with(CALLBACK_ARGUMENT)) {
+            return Err(CodecError::malformed(CALLBACK_REFUSED));
+        }
         if key == Some(PATH_ATTACHMENT) && entry.value.as_ref().map(|v| v.raw(frame)) != call_path {
             return Err(CodecError::malformed(
                 "the path attachment names another service than the call",
@@ -188,6 +191,19 @@ impl<'a> CallFields<'a> {
 /// The attachment by which Java providers find the service a call runs; it must repeat the
 /// call's path.
 const PATH_ATTACHMENT: &[u8] = b"path";
+
+/// The prefix of the attachments (`sys_callback_arg-<index>`) by which a Java client says that
+/// an argument is a callback: the provider then calls the client back over the connection the
+/// call came on (`CallbackServiceCodec`), keeping its callback proxies per connection (keyed by
+/// the `callback.service.instid` the client chose, and counted against the service's
+/// `callbacks` limit).
+const CALLBACK_ARGUMENT: &[u8] = b"sys_callback_arg-";
+
+/// Why a call with a callback argument is refused. Through a proxy, the provider's connection
+/// is shared by many clients' calls: the provider's calls back would come to the proxy, which
+/// takes no calls from upstreams (and could not tell whose callback one is), and clients would
+/// replace, destroy and use up each other's callback proxies on it.
+const CALLBACK_REFUSED: &str = "callback arguments (sys_callback_arg attachments) are not supported through the proxy: the provider would call back over a connection that other clients share";
 
 /// The attachment by which Java providers pick the version of the service that runs.
 const VERSION_ATTACHMENT: &[u8] = keys::VERSION.as_bytes();
@@ -410,6 +426,28 @@ mod tests {
                 Some(version),
                 "{field} {key}"
             );
+        }
+        Ok(())
+    }
+
+    /// A call passing a callback argument (a `sys_callback_arg-<index>` attachment) would have
+    /// the provider call back over its connection, which through the proxy is shared by other
+    /// clients and takes no calls from the provider: it is refused, not forwarded to a callback
+    /// that never reaches its client. Other attachments of that name's kind are routed as usual.
+    #[test]
+    fn a_call_with_a_callback_argument_is_refused() -> Result<(), CodecError> {
+        for (key, value) in [("sys_callback_arg-1", "1"), ("sys_callback_arg-0", "2")] {
+            let mut text = BytesMut::new();
+            write_string(&mut text, &[value]);
+            let message = call_with_attachments(key, &[&text])?;
+            assert_eq!(message.reject_reason, Some(CALLBACK_REFUSED), "{key}");
+        }
+        let mut text = BytesMut::new();
+        write_string(&mut text, &["1"]);
+        for key in ["sys_callback_arg", "callback.service.instid"] {
+            let message = call_with_attachments(key, &[&text])?;
+            assert_eq!(message.reject_reason, None, "{key}");
+            assert_eq!(message.metadata.get(key), Some("1"));
         }
         Ok(())
     }
