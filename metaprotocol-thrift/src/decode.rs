@@ -72,7 +72,7 @@ pub(crate) struct Decoder {
     /// Boxed and kept once used: only connections whose messages span reads need one.
     unfinished: Option<Box<Unfinished>>,
     walked: u64,
-    /// An unframed message too large to decode, being passed over.
+    /// Messages too large to decode, passed over: boxed and kept once used, as `unfinished`.
     passing: Option<Box<Passing>>,
     /// The call of one passed over, to answer (its protocol, and its message header).
     passed_call: Option<(ThriftFormat, Bytes)>,
@@ -110,17 +110,10 @@ impl Decoder {
         src: &[u8],
         transport: Option<Transport>,
     ) -> Option<PassedOver> {
-        let (mut passing, from) = match self.passing.take() {
-            Some(passing) => (passing, 0),
-            None => {
-                let (passing, from) = Passing::start(src, transport?, self.side)?;
-                (Box::new(passing), from)
-            }
-        };
-        let passed = passing.feed(src, from)?;
-        match passed {
-            PassedOver::More => self.passing = Some(passing),
-            PassedOver::End { .. } => self.passed_call = passing.call(),
+        let passing = self.passing.get_or_insert_with(Box::default);
+        let passed = passing.pass(src, transport, self.side)?;
+        if let PassedOver::End { .. } = passed {
+            self.passed_call = passing.take_call();
         }
         Some(passed)
     }

@@ -9,9 +9,10 @@
 //! cut by it: a few bytes ([`CARRY`] at most; the longest is a compact field header and a
 //! UUID). Downstream, a call's head (up to the end of its message header) is kept too, for its
 //! answer: the engine asks for the call once it has passed, and answers it with a
-//! `TApplicationException`.
+//! `TApplicationException`. A connection keeps what it passes over with for its next message
+//! too large to decode: passing over costs no allocation after its first, but a call's frame.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use metaprotocol_core::{MAX_FRAME_HEAD, PassedOver, Side};
 use smallvec::SmallVec;
 
@@ -24,10 +25,16 @@ use crate::wire::{Cursor, ReadError};
 /// any value but a string takes (strings are counted, not kept).
 const CARRY: usize = 32;
 
-/// A message being passed over.
-#[derive(Clone, Debug)]
+/// The messages of one connection being passed over, one at a time.
+///
+/// Kept by its connection once used, with the walk of an unframed message: a connection that
+/// passes over one message is likely to pass over more, and each would otherwise cost their
+/// allocations.
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Passing {
     progress: Progress,
+    /// The walk through an unframed message (boxed: its levels are inline), kept for the next.
+    walk: Option<Box<Walk>>,
     /// The request a `REPLY` or `EXCEPTION` answers (its seqid).
     answers: Option<u64>,
     /// On the downstream side, a call's format and head, up to the end of its message header,
@@ -35,13 +42,16 @@ pub(crate) struct Passing {
     call: Option<(ThriftFormat, Bytes)>,
 }
 
-/// How far a message being passed over has come.
-#[derive(Clone, Debug)]
+/// How far the message being passed over has come.
+#[derive(Clone, Copy, Debug, Default)]
 enum Progress {
+    /// None is being passed over.
+    #[default]
+    Idle,
     /// A length-prefixed frame: its bytes still to come.
     Counted(u64),
-    /// An unframed message: its struct's walk.
-    Walked(Box<Walk>),
+    /// An unframed message: its struct's walk ([`Passing::walk`]).
+    Walked,
 }
 
 /// Where the walk through an unframed message stands between reads.
@@ -57,21 +67,46 @@ struct Walk {
 }
 
 impl Passing {
-    /// The `transport` message at the front of `src`, and where in `src` what is passed over
-    /// starts (the frame, or the unframed message's struct): `None` unless its message header
-    /// is in `src`, within [`MAX_FRAME_HEAD`] bytes.
-    pub(crate) fn start(src: &[u8], transport: Transport, side: Side) -> Option<(Self, usize)> {
+    /// Passes over the message too large to decode at the front of the stream, one read
+    /// (`src`) at a time (see [`metaprotocol_core::Codec::pass_over`]): the first read starts
+    /// with the message, whose `transport` only it needs. `None` when its message header is
+    /// not in the first read within [`MAX_FRAME_HEAD`] bytes, or an unframed message's struct
+    /// is malformed (its end cannot be found); the next read then starts another message.
+    pub(crate) fn pass(
+        &mut self,
+        src: &[u8],
+        transport: Option<Transport>,
+        side: Side,
+    ) -> Option<PassedOver> {
+        let from = match self.progress {
+            Progress::Idle => self.start(src, transport?, side)?,
+            Progress::Counted(_) | Progress::Walked => 0,
+        };
+        let passed = self.feed(src, from);
+        if !matches!(passed, Some(PassedOver::More)) {
+            self.progress = Progress::Idle;
+        }
+        passed
+    }
+
+    /// The call to answer, once the message has passed (downstream, a call's).
+    pub(crate) fn take_call(&mut self) -> Option<(ThriftFormat, Bytes)> {
+        self.call.take()
+    }
+
+    /// Starts passing over the `transport` message at the front of `src`: where in `src` what
+    /// is passed over starts (the frame, or the unframed message's struct).
+    fn start(&mut self, src: &[u8], transport: Transport, side: Side) -> Option<usize> {
         let (protocol, header, progress, from) = match transport {
             Transport::Unframed => {
                 let (protocol, header) = head(src).ok()?;
-                let walk = Walk {
-                    protocol,
-                    walk: protocol::walk::Walk::of(ValueType::Struct),
-                    at: Checkpoint::at(header.body_start),
-                    carry: SmallVec::new(),
-                };
+                let walk = Walk::new(protocol, header.body_start);
+                match self.walk.as_deref_mut() {
+                    Some(kept) => *kept = walk,
+                    None => self.walk = Some(Box::new(walk)),
+                }
                 let from = header.body_start;
-                (protocol, header, Progress::Walked(Box::new(walk)), from)
+                (protocol, header, Progress::Walked, from)
             }
             Transport::Framed | Transport::Header => {
                 let (protocol, header, len) = length_prefixed_head(src, transport, None).ok()?;
@@ -79,34 +114,26 @@ impl Passing {
             }
         };
         let format = ThriftFormat::new(transport, protocol);
-        let answers = header
-            .message_type
-            .answers()
-            .then_some(u64::from(header.seqid as u32));
-        let call = match src.get(..header.body_start) {
+        self.call = match src.get(..header.body_start) {
             Some(head) if !header.message_type.answers() && side == Side::Downstream => {
                 Some((format, empty_call(head, transport)?))
             }
             _ => None,
         };
-        let passing = Self {
-            progress,
-            answers,
-            call,
-        };
-        Some((passing, from))
-    }
-
-    /// The call to answer, once the message has passed (downstream, a call's).
-    pub(crate) fn call(&self) -> Option<(ThriftFormat, Bytes)> {
-        self.call.clone()
+        self.answers = header
+            .message_type
+            .answers()
+            .then_some(u64::from(header.seqid as u32));
+        self.progress = progress;
+        Some(from)
     }
 
     /// Passes the message on through `src` (one read, the message's from `from`): what
     /// [`metaprotocol_core::Codec::pass_over`] says of it, or `None` when an unframed message
     /// is malformed (its end cannot be found).
-    pub(crate) fn feed(&mut self, src: &[u8], from: usize) -> Option<PassedOver> {
+    fn feed(&mut self, src: &[u8], from: usize) -> Option<PassedOver> {
         let end = match &mut self.progress {
+            Progress::Idle => return None,
             Progress::Counted(left) => {
                 let here = src.len().saturating_sub(from) as u64;
                 if *left > here {
@@ -115,7 +142,7 @@ impl Passing {
                 }
                 from + usize::try_from(*left).ok()?
             }
-            Progress::Walked(walk) => match walk.feed(src, from)? {
+            Progress::Walked => match self.walk.as_deref_mut()?.feed(src, from)? {
                 Some(end) => end,
                 None => return Some(PassedOver::More),
             },
@@ -128,6 +155,16 @@ impl Passing {
 }
 
 impl Walk {
+    /// The walk through an unframed message of `protocol` whose struct starts at `start`.
+    fn new(protocol: Protocol, start: usize) -> Self {
+        Self {
+            protocol,
+            walk: protocol::walk::Walk::of(ValueType::Struct),
+            at: Checkpoint::at(start),
+            carry: SmallVec::new(),
+        }
+    }
+
     /// Walks on through `src` from `from`: where the message ends in it, `None` inside when
     /// it goes on past it, `None` when it is malformed.
     fn feed(&mut self, src: &[u8], mut from: usize) -> Option<Option<usize>> {
@@ -192,18 +229,26 @@ impl Walk {
     }
 }
 
+/// The most bytes of a call's head kept inline in its frame's allocation; nearly every call's
+/// head is shorter (a longer one costs a second allocation).
+const HEAD_INLINE: usize = 128;
+
 /// `head`, the head of a `transport` call up to the end of its message header, as a call with
 /// an empty argument struct (length-prefixed: its length patched to fit).
+///
+/// Its bytes are held inline by the frame's owner: the frame is then one allocation. A frame
+/// made of a `Vec` is a second once its message shares it (`Bytes` then moves the `Vec` behind a
+/// shared header).
 fn empty_call(head: &[u8], transport: Transport) -> Option<Bytes> {
-    let mut call = BytesMut::with_capacity(head.len() + 1);
+    let mut call = SmallVec::<[u8; HEAD_INLINE]>::with_capacity(head.len() + 1);
     call.extend_from_slice(head);
     // The stop byte of an empty struct, in both protocols.
-    call.put_u8(0);
+    call.push(0);
     if transport != Transport::Unframed {
         let len = u32::try_from(call.len().checked_sub(4)?).ok()?;
         call.get_mut(..4)?.copy_from_slice(&len.to_be_bytes());
     }
-    Some(call.freeze())
+    Some(Bytes::from_owner(call))
 }
 
 /// The protocol and message header of the unframed message at the front of `src`:
