@@ -103,7 +103,7 @@ fn oversized(message: &Message) {
     let format = format_of(message);
     let codec = ThriftCodec::new(format.into(), 1);
     let head = codec.oversized_response(&message.frame);
-    let expected = if transformed(message) {
+    let expected = if unreadable(message) {
         None
     } else if format.transport != Transport::Unframed && message.kind == MessageKind::Response {
         Some(FrameHead::Response {
@@ -164,15 +164,17 @@ fn passed_over(message: &Message, format: ThriftFormat) {
 }
 
 /// A call under a THeader transform: its message header cannot be read.
-fn transformed(message: &Message) -> bool {
-    message
-        .reject_reason
-        .is_some_and(|reason| reason.contains("transform"))
+/// True for a THeader call whose message cannot be read: hidden by a transform, or in a
+/// protocol the codec does not speak.
+fn unreadable(message: &Message) -> bool {
+    message.reject_reason.is_some_and(|reason| {
+        reason.contains("transform") || reason.contains("protocols other than")
+    })
 }
 
 fn check(message: &Message) {
     oversized(message);
-    if transformed(message) {
+    if unreadable(message) {
         // Never forwarded (it cannot be read): the engine answers it.
         answer(message);
         return;
