@@ -102,7 +102,7 @@ pub use server::{
 };
 pub use stats::{
     Counter, DurationHistogram, ExpositionFormat, FamilySnapshot, HistogramSnapshot, Labels,
-    MetricKind, Metrics, MetricsCollector, MetricsScope, SeriesValue,
+    MetricKind, Metrics, MetricsCollector, MetricsScope, SeriesValue, UpDownCounter,
 };
 pub use transport::TlsConnector;
 pub use upstream::UpstreamError;

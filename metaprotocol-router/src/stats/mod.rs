@@ -598,6 +598,25 @@ impl MetricsScope {
 
     /// The up-down counter `name` (exposed as a gauge) with this scope's labels: for a level
     /// that the request path moves and nothing reads but a scrape.
+    ///
+    /// ```
+    /// use metaprotocol_router::{Metrics, UpDownCounter};
+    ///
+    /// /// A filter's own level, kept in its struct (built once, in its factory).
+    /// struct InFlight {
+    ///     level: UpDownCounter,
+    /// }
+    ///
+    /// let metrics = Metrics::new();
+    /// let filter = InFlight {
+    ///     level: metrics.root().up_down_counter("tenant_calls_active", "Calls in flight"),
+    /// };
+    /// filter.level.inc();
+    /// filter.level.inc();
+    /// filter.level.dec();
+    /// assert_eq!(filter.level.get(), 1);
+    /// assert!(metrics.render().contains("metaprotocol_tenant_calls_active 1"));
+    /// ```
     pub fn up_down_counter(&self, name: &str, help: &str) -> UpDownCounter {
         match self.register(&prefixed(name), help, FamilyKind::UpDown, &[]) {
             Metric::UpDown(level) => level,
