@@ -19,6 +19,7 @@ use brpc_support::{BrpcClient, BrpcServer, Call};
 use metaprotocol_examples::dubbo_demo::{
     DEMO_SERVICE, DemoProvider, DubboClient, EXCEPTION_METHOD, FAILING_METHOD,
 };
+use support::mesh::{self, MeshCa};
 use support::otlp::{OtlpReceiver, ReceivedSpan, check_call_spans};
 use support::process::Scratch;
 use support::proxy::{InProcessProxy, listener_addr, metric, start_engine};
@@ -127,6 +128,76 @@ async fn a_dubbo_call_and_each_attempt_of_a_retried_one() -> TestResult {
     assert_eq!(server.status, 2, "the call failed: {server:#?}");
     let first = seen[seen.len() - 2].metadata.get("traceparent");
     assert_ne!(first, Some(upstream), "each attempt names its own span");
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// A collector over mutual TLS (`https://` with `tls`, as a cluster's): the proxy checks the
+/// collector's certificate (its CA and SPIFFE id) and presents its own, and the spans arrive. A
+/// collector that is not the one named gets no spans: its exports fail and are counted. An
+/// https endpoint used to be refused outright.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_go_to_a_collector_over_mutual_tls() -> TestResult {
+    let scratch = Scratch::new("otlp-tls")?;
+    let ca = MeshCa::new(&scratch, "mesh")?;
+    let collector = ca.workload(&scratch, "collector", "observability", "otel", &[])?;
+    let edge = ca.workload(&scratch, "edge", "default", "edge", &[])?;
+    let receiver =
+        OtlpReceiver::start_tls(&collector.cert_file, &collector.key_file, Some(&ca.ca_file))?;
+    let provider = DemoProvider::start("p").await?;
+    let listener = |name: &str, expected: &str| -> TestResult<String> {
+        let tls = mesh::yaml(&ca.client_tls(Some(&edge), expected))?;
+        Ok(format!(
+            "  - {{ name: {name}, address: 127.0.0.1:0, protocol: dubbo, route_config: routes,\n      tracing: {{ otlp_endpoint: \"{}\", tls: {tls}, service_name: edge-proxy, export_interval: 50ms }} }}\n",
+            receiver.endpoint()
+        ))
+    };
+    let yaml = format!(
+        "listeners:\n{}{}route_configs:\n  - {{ name: routes, routes: [ {{ name: all, route: {{ cluster: backend }} }} ] }}\nclusters:\n  - {{ name: backend, endpoints: [ {{ address: \"{}\" }} ] }}\n",
+        listener("in", &collector.spiffe_id)?,
+        listener("wrong", &mesh::spiffe_id("observability", "someone-else"))?,
+        provider.address()
+    );
+    let proxy = start_engine(&yaml).await?;
+
+    let client = DubboClient::new(listener_addr(&proxy, "in")?);
+    client
+        .call("sayHello", "w", &[("traceparent", &traceparent(TRACE_ID))])
+        .await?;
+    let upstream = provider.seen()[0]
+        .metadata
+        .get("traceparent")
+        .ok_or("no traceparent")?
+        .to_owned();
+    let spans = receiver.trace(TRACE_ID, 2, EXPORT).await?;
+    let (server, _) = check_call_spans(&spans, TRACE_ID, CALLER_SPAN, &upstream)?;
+    check_rpc(&server, "apache_dubbo", Some(DEMO_SERVICE), "sayHello");
+
+    let wrong_trace = "0af7651916cd43dd8448eb211c80319c";
+    let wrong = DubboClient::new(listener_addr(&proxy, "wrong")?);
+    wrong
+        .call(
+            "sayHello",
+            "w",
+            &[("traceparent", &traceparent(wrong_trace))],
+        )
+        .await?;
+    let failures = || {
+        support::metrics::sample(
+            &proxy.metrics().render(),
+            "metaprotocol_tracing_export_failures_total",
+            &[("collector", &receiver.endpoint())],
+        )
+    };
+    let deadline = tokio::time::Instant::now() + EXPORT;
+    while failures() < 1.0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(failures() >= 1.0, "{}", proxy.metrics().render());
+    assert!(
+        receiver.spans().iter().all(|s| s.trace_id != wrong_trace),
+        "a collector that is not the one named got spans"
+    );
     proxy.shutdown().await;
     Ok(())
 }

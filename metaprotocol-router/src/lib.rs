@@ -104,5 +104,5 @@ pub use stats::{
     Counter, DurationHistogram, ExpositionFormat, FamilySnapshot, HistogramSnapshot, Labels,
     MetricKind, Metrics, MetricsCollector, MetricsScope, SeriesValue, UpDownCounter,
 };
-pub use transport::TlsConnector;
+pub use transport::{GrpcTlsConnector, TlsConnector};
 pub use upstream::UpstreamError;

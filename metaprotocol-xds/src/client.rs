@@ -25,7 +25,7 @@ use crate::delta::{DeltaResources, Merged};
 use crate::resource::ResourceType;
 use crate::state::{Listing, Prepared, Rejected, Subscription};
 use crate::status::SourceStatus;
-use crate::tls::ServerTls;
+use metaprotocol_router::GrpcTlsConnector;
 
 /// The largest response the client accepts: bounds what a server can make the proxy hold
 /// (a thousand routes take a few hundred KiB). What it decodes into is bounded apart (see
@@ -44,7 +44,7 @@ const REQUEST_QUEUE: usize = 8;
 pub(crate) async fn run(
     proxy: Proxy,
     spec: XdsSpec,
-    tls: Option<ServerTls>,
+    tls: Option<GrpcTlsConnector>,
     mut subscription: Subscription,
     status: Arc<SourceStatus>,
 ) {
@@ -109,7 +109,7 @@ impl SessionError {
 async fn session(
     proxy: &Proxy,
     spec: &XdsSpec,
-    tls: Option<&ServerTls>,
+    tls: Option<&GrpcTlsConnector>,
     subscription: &mut Subscription,
     held: &mut DeltaResources,
     status: &SourceStatus,

@@ -54,7 +54,7 @@ use metaprotocol_router::{ConfigError, DynamicSource, Metrics, Proxy};
 
 use self::state::Subscription;
 use self::status::SourceStatus;
-use self::tls::ServerTls;
+use self::tls::server_tls;
 
 /// The xDS client, serving the config's `dynamic.xds` section (see the crate docs).
 #[derive(Debug, Default)]
@@ -72,7 +72,7 @@ impl DynamicSource for XdsSource {
         let Some(xds) = &spec.xds else {
             return Ok(());
         };
-        ServerTls::new(xds, &Metrics::new().root()).map(drop)
+        server_tls(xds, &Metrics::new().root()).map(drop)
     }
 
     fn start(&self, proxy: Proxy, spec: &DynamicSpec) {
@@ -91,7 +91,7 @@ impl DynamicSource for XdsSource {
             .metrics()
             .root()
             .with_label("xds_server", &xds.address.to_string());
-        let tls = match ServerTls::new(&xds, &scope) {
+        let tls = match server_tls(&xds, &scope) {
             Ok(tls) => tls,
             Err(err) => {
                 // Checked when the proxy started; the files changed since.

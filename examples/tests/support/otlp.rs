@@ -108,6 +108,7 @@ fn text(kv: &KeyValue) -> String {
 /// A running receiver.
 pub struct OtlpReceiver {
     address: SocketAddr,
+    scheme: &'static str,
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -116,6 +117,29 @@ pub struct OtlpReceiver {
 impl OtlpReceiver {
     /// Starts a receiver on a free port of 127.0.0.1.
     pub fn start() -> TestResult<Self> {
+        Self::start_with(tonic::transport::Server::builder(), "http")
+    }
+
+    /// Starts a receiver serving TLS with the certificate and key in `cert_file` and
+    /// `key_file` (PEM); with `client_ca_file`, senders must present a certificate it signs.
+    pub fn start_tls(
+        cert_file: &std::path::Path,
+        key_file: &std::path::Path,
+        client_ca_file: Option<&std::path::Path>,
+    ) -> TestResult<Self> {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let identity = Identity::from_pem(std::fs::read(cert_file)?, std::fs::read(key_file)?);
+        let mut tls = ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = client_ca_file {
+            tls = tls.client_ca_root(Certificate::from_pem(std::fs::read(ca)?));
+        }
+        Self::start_with(
+            tonic::transport::Server::builder().tls_config(tls)?,
+            "https",
+        )
+    }
+
+    fn start_with(mut server: tonic::transport::Server, scheme: &'static str) -> TestResult<Self> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let address = listener.local_addr()?;
@@ -131,7 +155,7 @@ impl OtlpReceiver {
                     return;
                 };
                 let incoming = tonic::transport::server::TcpIncoming::from(listener);
-                let _ = tonic::transport::Server::builder()
+                let _ = server
                     .add_service(TraceServiceServer::new(collector))
                     .serve_with_incoming_shutdown(incoming, async {
                         let _ = stopped.await;
@@ -141,15 +165,16 @@ impl OtlpReceiver {
         });
         Ok(Self {
             address,
+            scheme,
             spans,
             stop: Some(stop),
             thread: Some(thread),
         })
     }
 
-    /// The endpoint to configure: `http://127.0.0.1:<port>`.
+    /// The endpoint to configure: `http://127.0.0.1:<port>` (`https` for a TLS receiver).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.address)
+        format!("{}://{}", self.scheme, self.address)
     }
 
     /// The spans received so far.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use humantime_serde::Serde;
 use serde::{Deserialize, Serialize};
 
-use super::ConfigError;
+use super::{ClusterTlsSpec, ConfigError};
 
 /// The latency histograms' default upper bounds: round values from 0.5 ms to 10 s, so that an
 /// SLO ("99% under 250 ms") reads straight off a bucket.
@@ -277,8 +277,13 @@ pub enum Propagation {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TracingSpec {
-    /// The OTLP/gRPC collector, `http://host:port` (usually port 4317).
+    /// The OTLP/gRPC collector, `http://host:port` (usually port 4317), or `https://host:port`
+    /// with `tls`.
     pub otlp_endpoint: String,
+    /// TLS to an `https://` collector, with the settings of a cluster's `tls`; the server name
+    /// defaults to the endpoint's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClusterTlsSpec>,
     /// The share of new traces sampled, 0 to 100.
     #[serde(default = "hundred")]
     pub sampling: f64,
@@ -339,25 +344,39 @@ fn default_export_timeout() -> Duration {
 }
 
 impl TracingSpec {
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        let authority = self
-            .otlp_endpoint
+    /// The collector's `host:port`, from `otlp_endpoint`; `None` if that is not
+    /// `http://host:port` or `https://host:port`.
+    pub(crate) fn collector_authority(&self) -> Option<&str> {
+        let endpoint = &self.otlp_endpoint;
+        let rest = endpoint
             .strip_prefix("http://")
-            .map(|rest| rest.trim_end_matches('/'));
-        match authority {
-            Some(authority) if !authority.is_empty() && !authority.contains('/') => {}
-            _ if self.otlp_endpoint.starts_with("https://") => {
+            .or_else(|| endpoint.strip_prefix("https://"))?;
+        let authority = rest.trim_end_matches('/');
+        (!authority.is_empty() && !authority.contains('/')).then_some(authority)
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let Some(authority) = self.collector_authority() else {
+            return Err(ConfigError::new(
+                "otlp_endpoint",
+                "must be http://host:port, or https://host:port with tls (OTLP over gRPC)",
+            ));
+        };
+        match (self.otlp_endpoint.starts_with("https://"), &self.tls) {
+            (true, None) => {
                 return Err(ConfigError::new(
-                    "otlp_endpoint",
-                    "https is not available yet; use http://host:port",
+                    "tls",
+                    "an https:// otlp_endpoint needs tls, with at least the ca_file the collector's certificate chains to",
                 ));
             }
-            _ => {
+            (false, Some(_)) => {
                 return Err(ConfigError::new(
-                    "otlp_endpoint",
-                    "must be http://host:port (OTLP over gRPC)",
+                    "tls",
+                    format!("takes an https:// otlp_endpoint, not http://{authority}"),
                 ));
             }
+            (_, Some(tls)) => tls.validate().map_err(|e| e.within("tls"))?,
+            (false, None) => {}
         }
         percentage("sampling", self.sampling)?;
         if self.service_name.is_empty() {

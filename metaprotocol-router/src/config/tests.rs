@@ -1070,6 +1070,45 @@ fn queues_that_take_their_room_up_front_have_a_ceiling() {
     );
 }
 
+/// A collector over TLS is `https://` with `tls`; either without the other is refused.
+#[test]
+fn a_tls_collector_is_https_with_tls() {
+    let with = |tracing: &str| {
+        FULL.replace(
+            "    idle_timeout: 60s\n",
+            &format!("    idle_timeout: 60s\n    tracing: {tracing}\n"),
+        )
+    };
+    assert_rejected(&[
+        (
+            with("{ otlp_endpoint: \"https://collector:4317\" }"),
+            "listeners[0].tracing.tls",
+            "needs tls",
+        ),
+        (
+            with("{ otlp_endpoint: \"http://collector:4317\", tls: { ca_file: /etc/ca.pem } }"),
+            "listeners[0].tracing.tls",
+            "takes an https:// otlp_endpoint",
+        ),
+        (
+            with("{ otlp_endpoint: \"https://collector:4317\", tls: { ca_file: \"\" } }"),
+            "listeners[0].tracing.tls.ca_file",
+            "",
+        ),
+        (
+            with("{ otlp_endpoint: \"grpc://collector:4317\" }"),
+            "listeners[0].tracing.otlp_endpoint",
+            "https://host:port with tls",
+        ),
+    ]);
+    assert!(
+        Config::from_yaml(&with(
+            "{ otlp_endpoint: \"https://collector:4317\", tls: { ca_file: /etc/ca.pem } }"
+        ))
+        .is_ok()
+    );
+}
+
 #[test]
 fn a_duration_of_zero_quoted_is_a_duration() -> Result<(), ConfigError> {
     // Plain, YAML reads it as a number, and a duration is a string: quote it. Quoted, it is

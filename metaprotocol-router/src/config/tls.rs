@@ -54,7 +54,7 @@ impl ListenerTlsSpec {
 }
 
 /// TLS to a cluster's endpoints, or to the xDS server (`dynamic.xds.tls`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterTlsSpec {
     /// CA certificates (PEM) that endpoints' certificates must chain to.

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use opentelemetry::InstrumentationScope;
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
@@ -19,14 +19,16 @@ use opentelemetry_sdk::trace::{
 };
 
 use crate::backlog::Backlog;
-use crate::config::TracingSpec;
+use crate::config::{ClusterTlsSpec, TracingSpec};
 use crate::stats::Counter;
 use crate::stats::{Metrics, MetricsScope};
+use crate::transport::{GrpcTlsConnector, TlsConnector};
 
 /// The settings that make two listeners' exporters the same.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct ExporterKey {
     endpoint: String,
+    tls: Option<ClusterTlsSpec>,
     service_name: String,
     max_queue_size: usize,
     max_export_batch_size: usize,
@@ -38,6 +40,7 @@ impl From<&TracingSpec> for ExporterKey {
     fn from(spec: &TracingSpec) -> Self {
         Self {
             endpoint: spec.otlp_endpoint.clone(),
+            tls: spec.tls.clone(),
             service_name: spec.service_name.clone(),
             max_queue_size: spec.max_queue_size,
             max_export_batch_size: spec.max_export_batch_size,
@@ -45,6 +48,39 @@ impl From<&TracingSpec> for ExporterKey {
             export_timeout: spec.export_timeout,
         }
     }
+}
+
+/// The gRPC channel to the `https://` collector of `spec`, over the engine's TLS with the
+/// settings `tls` (the server name defaulting to the endpoint's host); its series (handshake
+/// errors, certificate reloads) live in `scope`. It connects when the first export needs it.
+fn tls_channel(
+    spec: &TracingSpec,
+    tls: &ClusterTlsSpec,
+    scope: &MetricsScope,
+) -> Result<tonic::transport::Channel, String> {
+    let authority = spec
+        .collector_authority()
+        .ok_or_else(|| format!("`{}` is not https://host:port", spec.otlp_endpoint))?;
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let tls = ClusterTlsSpec {
+        server_name: Some(tls.server_name.clone().unwrap_or_else(|| host.to_owned())),
+        ..tls.clone()
+    };
+    let owner = format!("OTLP collector {authority}");
+    let connector = TlsConnector::grpc(&tls, &owner, scope).map_err(|err| err.to_string())?;
+    // `http`: the connector does the TLS (tonic refuses `https` without its own).
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{authority}"))
+        .map_err(|err| format!("`{}`: {err}", spec.otlp_endpoint))?
+        .timeout(spec.export_timeout);
+    Ok(endpoint.connect_with_connector_lazy(GrpcTlsConnector::new(
+        connector,
+        authority.to_owned(),
+        spec.export_timeout,
+    )))
 }
 
 /// Where finished spans go.
@@ -114,13 +150,18 @@ impl SpanSinks {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err("the OTLP exporter needs a Tokio runtime".to_owned());
         }
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
+        let scope = metrics.root().detached("collector", &key.endpoint);
+        let builder = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(&key.endpoint)
-            .with_timeout(key.export_timeout)
+            .with_timeout(key.export_timeout);
+        let builder = match &key.tls {
+            Some(tls) => builder.with_channel(tls_channel(spec, tls, &scope)?),
+            None => builder,
+        };
+        let exporter = builder
             .build()
             .map_err(|err| format!("cannot build the OTLP exporter: {err}"))?;
-        let scope = metrics.root().detached("collector", &key.endpoint);
         let backlog = Arc::new(Backlog::new(key.max_queue_size));
         let counted = CountedExporter {
             inner: exporter,

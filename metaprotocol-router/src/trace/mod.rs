@@ -441,6 +441,7 @@ mod tests {
     fn tracer(sampling: f64, sinks: &SpanSinks) -> Result<Tracer, String> {
         let spec = TracingSpec {
             otlp_endpoint: "http://127.0.0.1:1".to_owned(),
+            tls: None,
             sampling,
             parent_based: true,
             service_name: "test".to_owned(),

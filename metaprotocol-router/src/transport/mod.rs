@@ -10,7 +10,7 @@ pub(crate) mod outbox;
 mod tls;
 
 pub(crate) use tls::TlsAcceptor;
-pub use tls::TlsConnector;
+pub use tls::{GrpcTlsConnector, TlsConnector};
 
 use std::io;
 use std::net::SocketAddr;

@@ -9,10 +9,13 @@
 //! ([`reload`]), and watch the dates of the certificate they present ([`expiry`]).
 
 mod expiry;
+mod grpc;
 mod identity;
 mod pem;
 mod reload;
 mod verify;
+
+pub use grpc::GrpcTlsConnector;
 
 #[cfg(test)]
 mod tests;
