@@ -65,6 +65,7 @@ mod backlog;
 mod client;
 mod cluster;
 pub mod config;
+mod file_stamp;
 mod filters;
 mod health;
 mod http_server;
@@ -92,9 +93,9 @@ pub use config::{Config, ConfigError};
 pub use filters::{FilterContext, FilterFactory, FilterRegistry, SharedClients};
 pub use http_server::{serve_http, serve_http_within};
 pub use proxy::{
-    ACCESS_LOG_FLUSH_TIMEOUT, ConfigFileStatus, DEFAULT_DRAIN_TIMEOUT, DynamicSource,
-    DynamicUpdate, Proxy, ProxyBuilder, ReloadSummary, ResourceId, ResourceKind, ResourceState,
-    ResourceStatus, SHUTDOWN_NOW_GRACE, StartError, UpdateError,
+    ACCESS_LOG_FLUSH_TIMEOUT, CONFIG_FILE_SETTLE, ConfigFileStatus, DEFAULT_DRAIN_TIMEOUT,
+    DynamicSource, DynamicUpdate, Proxy, ProxyBuilder, ReloadSummary, ResourceId, ResourceKind,
+    ResourceState, ResourceStatus, SHUTDOWN_NOW_GRACE, StartError, UpdateError,
 };
 pub use route::{DEFAULT_ROUTE_TIMEOUT, RouteCheck, RouteDestination, RouteMatch, UnknownListener};
 pub use server::{

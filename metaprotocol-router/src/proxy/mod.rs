@@ -37,6 +37,7 @@ use crate::access_log;
 use crate::admin::LogControl;
 use crate::cluster::{ClusterManager, ClusterStatus};
 use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec, RouteConfigSpec};
+use crate::file_stamp::Stamp;
 use crate::filters::{FilterRegistry, SharedClients};
 use crate::route::{RouteCheck, RouteSlot};
 use crate::server::{
@@ -57,6 +58,40 @@ pub const SHUTDOWN_NOW_GRACE: Duration = Duration::from_secs(1);
 /// How long [`Proxy::shutdown`] waits, once the connections are gone, for the access log
 /// writers to write the lines still queued (a writer stuck on a pipe nobody reads never does).
 pub const ACCESS_LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a config file written in place must stay the same before
+/// [`Proxy::watch_file`] applies it: far longer than `cp` or an editor takes to write a config,
+/// short enough that an edit takes effect at once to a person.
+pub const CONFIG_FILE_SETTLE: Duration = Duration::from_secs(1);
+
+/// A change of the watched config file written in place, waiting to stay the same for
+/// [`CONFIG_FILE_SETTLE`].
+struct Settling {
+    stamp: Option<Stamp>,
+    contents: Vec<u8>,
+    /// When the file was first seen so.
+    since: Instant,
+}
+
+impl Settling {
+    /// True if the file, seen now with `stamp` and `contents`, has stayed so for
+    /// [`CONFIG_FILE_SETTLE`]; else, if it is new, `settling` starts over from it.
+    fn settled(settling: &mut Option<Self>, stamp: Option<Stamp>, contents: &[u8]) -> bool {
+        match settling {
+            Some(seen) if seen.stamp == stamp && seen.contents == contents => {
+                seen.since.elapsed() >= CONFIG_FILE_SETTLE
+            }
+            _ => {
+                *settling = Some(Self {
+                    stamp,
+                    contents: contents.to_vec(),
+                    since: Instant::now(),
+                });
+                false
+            }
+        }
+    }
+}
 
 /// Why a proxy did not start.
 #[derive(Debug, thiserror::Error)]
@@ -1003,22 +1038,39 @@ impl Proxy {
     /// rejected because an address could not be bound is tried again at every look); returns
     /// when the proxy shuts down. Polling, rather than file events, also sees files replaced by
     /// rename, as editors and Kubernetes ConfigMaps do.
+    ///
+    /// A file replaced (renamed over the path, or a symlink swapped to another) is applied at
+    /// the next look: it was whole before it appeared. A file written in place (`cp`, an editor
+    /// that truncates and writes) is applied only once it has stayed the same for
+    /// [`CONFIG_FILE_SETTLE`]: a look in the middle of the write may find a prefix that is a
+    /// valid config of its own (the first of two listeners, say).
     pub async fn watch_file(&self, path: &Path, poll: Duration) {
         let mut applied = tokio::fs::read(path).await.ok();
+        let mut last_stamp = Stamp::of(path);
         *lock(&self.state.config_file) = Some(ConfigFileStatus::new(path.display().to_string()));
         // The last reason the file was rejected for an address that could not be bound.
         let mut bind_failed: Option<String> = None;
+        // A change written in place, waiting to stay the same for the settle time.
+        let mut settling: Option<Settling> = None;
         loop {
             tokio::select! {
                 _ = self.state.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(poll) => {}
             }
+            let stamp = Stamp::of(path);
             let Ok(current) = tokio::fs::read(path).await else {
                 continue;
             };
+            let replaced = matches!((&stamp, &last_stamp), (Some(now), Some(before)) if !now.same_file(before));
+            last_stamp = stamp;
             if applied.as_ref() == Some(&current) {
+                settling = None;
                 continue;
             }
+            if !replaced && !Settling::settled(&mut settling, stamp, &current) {
+                continue;
+            }
+            settling = None;
             let file = path.display();
             // Text, as at start: a file that is not UTF-8 is rejected, not repaired.
             let text = match std::str::from_utf8(&current) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use metaprotocol_core::CodecRegistry;
 
 use crate::testing::NullCodec;
-use crate::{Config, Proxy};
+use crate::{CONFIG_FILE_SETTLE, Config, Proxy};
 
 type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -105,7 +105,7 @@ async fn a_config_file_emptied_before_its_new_contents_are_written_is_not_applie
             proxy.listeners()
         );
         std::fs::write(path, format!("{middle}# {tries}\n"))?;
-        tokio::time::sleep(POLL * 10).await;
+        tokio::time::sleep(CONFIG_FILE_SETTLE + POLL * 10).await;
     }
     // An editor that truncates the file, then writes it, is seen between the two.
     std::fs::write(path, "")?;
@@ -130,6 +130,52 @@ async fn a_config_file_emptied_before_its_new_contents_are_written_is_not_applie
         until(|| proxy.listeners().iter().any(|(name, _)| name == "back")).await,
         "the written file was not applied: {:?}",
         proxy.listeners()
+    );
+    watched.stop().await
+}
+
+/// A config file written in place (`cp`, an editor) is applied once it has stayed the same
+/// for [`CONFIG_FILE_SETTLE`], not as first seen: a look in the middle of the write found a
+/// prefix that was a valid config of its own (here the first of two listeners) and ran it.
+#[tokio::test]
+async fn a_config_file_caught_half_written_is_not_applied() -> TestResult {
+    use std::io::Write;
+    let watched = Watched::start("half-written").await?;
+    let (proxy, path) = (&watched.proxy, &watched.path);
+    // Once the status is set, the watcher has read the file as it runs now.
+    assert!(
+        until(|| proxy.config_file_status().is_some()).await,
+        "the watcher did not start"
+    );
+    let (tables, listeners) = CONFIG
+        .split_once("route_configs:")
+        .map(|(listeners, tables)| (format!("route_configs:{tables}"), listeners))
+        .ok_or("CONFIG has route configs")?;
+    let first = listeners.replace("name: front", "name: first");
+    let second = "  - { name: second, address: 127.0.0.1:0, protocol: test, route_config: r }\n";
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)?;
+    file.write_all(format!("{tables}{first}").as_bytes())?;
+    // The writer pauses (well within the settle time): the watcher looks many times meanwhile.
+    tokio::time::sleep(CONFIG_FILE_SETTLE / 3).await;
+    let names = || {
+        let mut names: Vec<String> = proxy
+            .listeners()
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(), ["front"], "the half-written file was applied");
+    file.write_all(second.as_bytes())?;
+    drop(file);
+    assert!(
+        until(|| names() == ["first", "second"]).await,
+        "the whole file was not applied: {:?}",
+        names()
     );
     watched.stop().await
 }
@@ -233,7 +279,7 @@ async fn a_config_file_rejected_for_an_address_in_use_is_applied_once_the_addres
         tries += 1;
         assert!(tries <= 100, "the file was not rejected");
         std::fs::write(path, format!("{moved}# {tries}\n"))?;
-        tokio::time::sleep(POLL * 10).await;
+        tokio::time::sleep(CONFIG_FILE_SETTLE + POLL * 10).await;
     }
     assert_ne!(proxy.listeners()[0].1, address, "{:?}", proxy.listeners());
     drop(taken);

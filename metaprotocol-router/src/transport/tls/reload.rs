@@ -19,8 +19,7 @@
 //! missed, however fast the writer.
 
 use std::hash::{DefaultHasher, Hasher};
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -29,6 +28,7 @@ use arc_swap::ArcSwap;
 use super::expiry::Expiry;
 use super::pem::PemFile;
 use crate::config::ConfigError;
+use crate::file_stamp::Stamp;
 use crate::stats::Counter;
 use crate::stats::MetricsScope;
 
@@ -87,43 +87,6 @@ impl Files {
     }
 }
 
-/// What a file's metadata (through symlinks) says of its contents: which file it is, how long,
-/// and when it last changed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stamp {
-    device: u64,
-    inode: u64,
-    len: u64,
-    /// The modification time, in nanoseconds since the Unix epoch.
-    modified: i128,
-    /// The change time (of contents or metadata; set by the kernel only), likewise.
-    changed: i128,
-}
-
-impl Stamp {
-    /// The stamp of `path`; `None` if it cannot be looked at (missing, say).
-    fn of(path: &Path) -> Option<Self> {
-        let meta = std::fs::metadata(path).ok()?;
-        let nanos = |secs: i64, nsec: i64| i128::from(secs) * 1_000_000_000 + i128::from(nsec);
-        Some(Self {
-            device: meta.dev(),
-            inode: meta.ino(),
-            len: meta.len(),
-            modified: nanos(meta.mtime(), meta.mtime_nsec()),
-            changed: nanos(meta.ctime(), meta.ctime_nsec()),
-        })
-    }
-
-    /// True if the file last changed less than [`SETTLE`] before `now`, or after it (a clock
-    /// set back; a network file system's clock ahead of ours).
-    fn unsettled(&self, now: SystemTime) -> bool {
-        let now = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |since| since.as_nanos() as i128);
-        self.modified.max(self.changed) + SETTLE.as_nanos() as i128 > now
-    }
-}
-
 /// The files' metadata at one look.
 struct Look {
     /// Each file's stamp (`None`: it could not be looked at).
@@ -139,7 +102,10 @@ impl Look {
         let now = SystemTime::now();
         let stamps: Vec<_> = sources.iter().map(|(_, path)| Stamp::of(path)).collect();
         Self {
-            unsettled: stamps.iter().flatten().any(|stamp| stamp.unsettled(now)),
+            unsettled: stamps
+                .iter()
+                .flatten()
+                .any(|stamp| stamp.unsettled(now, SETTLE)),
             stamps,
         }
     }

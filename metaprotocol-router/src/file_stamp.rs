@@ -1,0 +1,49 @@
+//! What a file's metadata says of its contents, for the watchers of files (the config file,
+//! TLS certificates): looking at it costs one `stat`, where reading the file costs its size.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::SystemTime;
+
+/// What a file's metadata (through symlinks) says of its contents: which file it is, how long,
+/// and when it last changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    device: u64,
+    inode: u64,
+    len: u64,
+    /// The modification time, in nanoseconds since the Unix epoch.
+    modified: i128,
+    /// The change time (of contents or metadata; set by the kernel only), likewise.
+    changed: i128,
+}
+
+impl Stamp {
+    /// The stamp of `path`; `None` if it cannot be looked at (missing, say).
+    pub fn of(path: &Path) -> Option<Self> {
+        let meta = std::fs::metadata(path).ok()?;
+        let nanos = |secs: i64, nsec: i64| i128::from(secs) * 1_000_000_000 + i128::from(nsec);
+        Some(Self {
+            device: meta.dev(),
+            inode: meta.ino(),
+            len: meta.len(),
+            modified: nanos(meta.mtime(), meta.mtime_nsec()),
+            changed: nanos(meta.ctime(), meta.ctime_nsec()),
+        })
+    }
+
+    /// True if both stamps are of the same file (device and inode), whatever its contents: a
+    /// file replaced by rename, or a symlink swapped to another, is another file.
+    pub fn same_file(&self, other: &Self) -> bool {
+        (self.device, self.inode) == (other.device, other.inode)
+    }
+
+    /// True if the file last changed less than `settle` before `now`, or after it (a clock
+    /// set back; a network file system's clock ahead of ours).
+    pub fn unsettled(&self, now: SystemTime, settle: std::time::Duration) -> bool {
+        let now = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos() as i128);
+        self.modified.max(self.changed) + settle.as_nanos() as i128 > now
+    }
+}
