@@ -1,8 +1,8 @@
 //! Reading PEM files into what rustls takes: certificate chains, private keys, trust roots.
 
-use std::fs::{File, Metadata};
+use std::fs::{Metadata, OpenOptions};
 use std::io::Read;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rustls::RootCertStore;
@@ -31,10 +31,15 @@ impl PemFile {
             ConfigError::new(field, format!("cannot read {}: {reason}", path.display()))
         };
         let io_error = |err: std::io::Error| error(err.to_string());
-        // Looked at before it is opened (which would wait on a FIFO), then again as opened:
-        // the path may have been replaced in between.
+        // Looked at before it is opened, so that a device is not even opened; then opened
+        // without waiting (a FIFO renamed over the path in between would wait for a writer),
+        // and judged again by what was opened, not by the path.
         fits(&std::fs::metadata(path).map_err(io_error)?).map_err(error)?;
-        let file = File::open(path).map_err(io_error)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(io_error)?;
         fits(&file.metadata().map_err(io_error)?).map_err(error)?;
         let mut bytes = Vec::new();
         // One byte more than the bound tells a file that grew past it since it was looked at.

@@ -718,6 +718,57 @@ fn tls_files_that_are_no_regular_files_or_too_large_are_config_errors() -> TestR
     Ok(())
 }
 
+/// A FIFO renamed over a certificate file between the look at its path and its opening does
+/// not hold the read: it is opened without waiting for a writer and refused as what the opened
+/// handle is (a look at the path, then a blocking open, waited forever for a writer).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_fifo_swapped_in_while_a_file_is_read_does_not_hold_the_read() -> TestResult {
+    let pki = Pki::new("fifo-swap")?;
+    let issued = pki.issue("server", vec![dns("server.test")?], None)?;
+    let fifo = Fifo::new(pki.dir.join("fifo"))?;
+    let (fifo_part, file_part) = (pki.dir.join("fifo.part"), pki.dir.join("file.part"));
+    let path = pki.dir.join("swapped.pem");
+    std::fs::copy(&issued.cert_file, &path)?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Swaps the FIFO and the certificate in under `path`, one after the other, until stopped.
+    let swapper = {
+        let (stop, fifo, cert, path) = (
+            stop.clone(),
+            fifo.0.clone(),
+            issued.cert_file.clone(),
+            path.clone(),
+        );
+        std::thread::spawn(move || -> std::io::Result<()> {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::fs::hard_link(&fifo, &fifo_part)?;
+                std::fs::rename(&fifo_part, &path)?;
+                std::fs::copy(&cert, &file_part)?;
+                std::fs::rename(&file_part, &path)?;
+            }
+            Ok(())
+        })
+    };
+    let (done, reads) = std::sync::mpsc::channel();
+    {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            let end = std::time::Instant::now() + Duration::from_secs(2);
+            while std::time::Instant::now() < end {
+                let _ = PemFile::read("cert_file", &path);
+            }
+            let _ = done.send(());
+        });
+    }
+    let outcome = reads.recv_timeout(Duration::from_secs(20));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    swapper.join().map_err(|_| "the swapper panicked")??;
+    // Releases a read that waits on the FIFO, so that the thread ends.
+    drop(fifo);
+    assert!(outcome.is_ok(), "a read waited on the FIFO swapped in");
+    Ok(())
+}
+
 /// A certificate file replaced by a FIFO, then by a huge file, is rejected and counted as a
 /// failed reload each time, and the old pair is served meanwhile; the next good pair is taken.
 #[cfg(target_os = "linux")]
