@@ -3,7 +3,15 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+/// How old a file's last change must be for its metadata to be trusted to show the next one
+/// (timestamps advance by the kernel's coarse clock: a second write in the tick of a first one
+/// already read leaves them as they were): above the coarsest timestamps of the file systems
+/// config and certificate files live on (ext3's second,
+/// FAT's two seconds are at most two ticks of it), and short enough that the extra reads after
+/// a change are few.
+pub(crate) const SETTLE: Duration = Duration::from_secs(2);
 
 /// What a file's metadata (through symlinks) says of its contents: which file it is, how long,
 /// and when it last changed.
@@ -38,12 +46,12 @@ impl Stamp {
         (self.device, self.inode) == (other.device, other.inode)
     }
 
-    /// True if the file last changed less than `settle` before `now`, or after it (a clock
+    /// True if the file last changed less than [`SETTLE`] before `now`, or after it (a clock
     /// set back; a network file system's clock ahead of ours).
-    pub fn unsettled(&self, now: SystemTime, settle: std::time::Duration) -> bool {
+    pub fn unsettled(&self, now: SystemTime) -> bool {
         let now = now
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |since| since.as_nanos() as i128);
-        self.modified.max(self.changed) + settle.as_nanos() as i128 > now
+        self.modified.max(self.changed) + SETTLE.as_nanos() as i128 > now
     }
 }

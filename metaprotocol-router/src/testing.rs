@@ -1,5 +1,8 @@
 //! Test helpers shared by the crate's unit tests.
 
+#[cfg(target_os = "linux")]
+use std::path::Path;
+
 use metaprotocol_core::{Codec, CodecFactory, Side, WireVariant};
 
 /// A protocol whose codecs are never used: for tests of parts that only hold a factory.
@@ -12,5 +15,37 @@ impl CodecFactory for NullCodec {
 
     fn new_codec(&self, _: Side, _: WireVariant) -> Box<dyn Codec> {
         unimplemented!("NullCodec makes no codec: a connection that opens with it panics")
+    }
+}
+
+/// Opens of one file (through symlinks), as inotify reports them.
+#[cfg(target_os = "linux")]
+pub(crate) struct Opens(std::os::fd::OwnedFd);
+
+#[cfg(target_os = "linux")]
+impl Opens {
+    /// Opens of `path` from now on.
+    pub fn of(path: &Path) -> Result<Self, rustix::io::Errno> {
+        use rustix::fs::inotify;
+        let inotify =
+            inotify::init(inotify::CreateFlags::NONBLOCK | inotify::CreateFlags::CLOEXEC)?;
+        inotify::add_watch(&inotify, path, inotify::WatchFlags::OPEN)?;
+        Ok(Self(inotify))
+    }
+
+    /// True if the file was opened since the last call (inotify reports opens in a row as
+    /// one, so they are not counted).
+    pub fn opened(&self) -> Result<bool, rustix::io::Errno> {
+        use rustix::fs::inotify;
+        let mut buffer = [std::mem::MaybeUninit::uninit(); 4096];
+        let mut events = inotify::Reader::new(&self.0, &mut buffer);
+        let mut opened = false;
+        loop {
+            match events.next() {
+                Ok(event) => opened |= event.events().contains(inotify::ReadFlags::OPEN),
+                Err(rustix::io::Errno::WOULDBLOCK) => return Ok(opened),
+                Err(err) => return Err(err),
+            }
+        }
     }
 }

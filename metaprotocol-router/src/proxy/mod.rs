@@ -64,6 +64,43 @@ pub const ACCESS_LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// short enough that an edit takes effect at once to a person.
 pub const CONFIG_FILE_SETTLE: Duration = Duration::from_secs(1);
 
+/// The watched config file's metadata at one look.
+#[derive(Default)]
+struct Look {
+    /// `None`: it could not be looked at.
+    stamp: Option<Stamp>,
+    /// True if it had changed too recently for its stamp to show the next change.
+    unsettled: bool,
+}
+
+impl Look {
+    /// Looks at `path` (off the runtime's workers: a `stat` may block, on a network file
+    /// system say).
+    async fn at(path: &Path) -> Self {
+        let path = path.to_owned();
+        let now = SystemTime::now();
+        let stamp = tokio::task::spawn_blocking(move || Stamp::of(&path))
+            .await
+            .ok()
+            .flatten();
+        Self {
+            unsettled: stamp.is_some_and(|stamp| stamp.unsettled(now)),
+            stamp,
+        }
+    }
+
+    /// True if this look's metadata shows no change of the contents read after `before`.
+    fn shows_no_change_since(&self, before: &Self) -> bool {
+        self.stamp.is_some() && self.stamp == before.stamp && !before.unsettled
+    }
+
+    /// True if the path names another file than at `before` (renamed over it, or a symlink
+    /// swapped).
+    fn replaced(&self, before: &Self) -> bool {
+        matches!((&self.stamp, &before.stamp), (Some(now), Some(then)) if !now.same_file(then))
+    }
+}
+
 /// A change of the watched config file written in place, waiting to stay the same for
 /// [`CONFIG_FILE_SETTLE`].
 struct Settling {
@@ -1033,11 +1070,13 @@ impl Proxy {
         }
     }
 
-    /// Re-reads the config file at `path` every `poll` and applies it whenever its contents
+    /// Looks at the config file at `path` every `poll` and applies it whenever its contents
     /// change (see [`Proxy::reload`]), logging what changed or why it was rejected (a file
     /// rejected because an address could not be bound is tried again at every look); returns
     /// when the proxy shuts down. Polling, rather than file events, also sees files replaced by
-    /// rename, as editors and Kubernetes ConfigMaps do.
+    /// rename, as editors and Kubernetes ConfigMaps do. A look costs a `stat`: the file is read
+    /// only when its metadata changed, or may not show a change yet (it changed within
+    /// the last 2 s, below the resolution of some file systems' timestamps).
     ///
     /// A file replaced (renamed over the path, or a symlink swapped to another) is applied at
     /// the next look: it was whole before it appeared. A file written in place (`cp`, an editor
@@ -1045,8 +1084,9 @@ impl Proxy {
     /// [`CONFIG_FILE_SETTLE`]: a look in the middle of the write may find a prefix that is a
     /// valid config of its own (the first of two listeners, say).
     pub async fn watch_file(&self, path: &Path, poll: Duration) {
+        // Looked at before it is read, so that a write after the read shows in the next look.
+        let mut look = Look::at(path).await;
         let mut applied = tokio::fs::read(path).await.ok();
-        let mut last_stamp = Stamp::of(path);
         *lock(&self.state.config_file) = Some(ConfigFileStatus::new(path.display().to_string()));
         // The last reason the file was rejected for an address that could not be bound.
         let mut bind_failed: Option<String> = None;
@@ -1057,17 +1097,23 @@ impl Proxy {
                 _ = self.state.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(poll) => {}
             }
-            let stamp = Stamp::of(path);
+            let before = std::mem::replace(&mut look, Look::at(path).await);
+            // Read only when its metadata says it changed, or may not say so yet; and while a
+            // change waits to settle or to bind.
+            if look.shows_no_change_since(&before) && settling.is_none() && bind_failed.is_none() {
+                continue;
+            }
             let Ok(current) = tokio::fs::read(path).await else {
+                // Read again at the next look, whatever its metadata says then.
+                look = Look::default();
                 continue;
             };
-            let replaced = matches!((&stamp, &last_stamp), (Some(now), Some(before)) if !now.same_file(before));
-            last_stamp = stamp;
+            let replaced = look.replaced(&before);
             if applied.as_ref() == Some(&current) {
                 settling = None;
                 continue;
             }
-            if !replaced && !Settling::settled(&mut settling, stamp, &current) {
+            if !replaced && !Settling::settled(&mut settling, look.stamp, &current) {
                 continue;
             }
             settling = None;

@@ -180,6 +180,35 @@ async fn a_config_file_caught_half_written_is_not_applied() -> TestResult {
     watched.stop().await
 }
 
+/// The watcher looks at a config file that does not change without reading it (only its
+/// metadata), and still reads and applies it when it is rewritten in place: it read the whole
+/// file at every look.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_config_file_is_read_only_when_it_changes() -> TestResult {
+    let watched = Watched::start("read-on-change").await?;
+    let (proxy, path) = (&watched.proxy, &watched.path);
+    assert!(
+        until(|| proxy.config_file_status().is_some()).await,
+        "the watcher did not start"
+    );
+    // A file changed a moment ago is read at each look for a while (its timestamps may not
+    // show the next change yet): the quiet starts once it is older.
+    tokio::time::sleep(crate::file_stamp::SETTLE + Duration::from_secs(1)).await;
+    let opens = crate::testing::Opens::of(path)?;
+    tokio::time::sleep(POLL * 50).await;
+    assert!(
+        !opens.opened()?,
+        "the file was read though it did not change"
+    );
+    std::fs::write(path, CONFIG.replace("name: front", "name: back"))?;
+    assert!(
+        until(|| proxy.listeners().iter().any(|(name, _)| name == "back")).await,
+        "the file rewritten in place was not applied"
+    );
+    watched.stop().await
+}
+
 /// A change of the watched file that is rejected shows in `/config_dump` (as
 /// [`Proxy::config_file_status`]), with the field and line at fault, until a later change
 /// applies: the log and a counter were the only signs that an edit had not taken effect.

@@ -14,9 +14,9 @@
 //! clock (a few milliseconds; a second or two on some file systems), so a second write of the
 //! same size in the tick of a first one the watcher has already read leaves the metadata as it
 //! was. Files are therefore not trusted to show their next change until their last change is
-//! [`SETTLE`] old: while it is younger, each look reads them again (and rebuilds only if their
-//! contents differ). The cost is a few reads after each change; the gain, that no write is
-//! missed, however fast the writer.
+//! [`SETTLE`](crate::file_stamp::SETTLE) old: while it is younger, each look reads them again
+//! (and rebuilds only if their contents differ). The cost is a few reads after each change; the
+//! gain, that no write is missed, however fast the writer.
 
 use std::hash::{DefaultHasher, Hasher};
 use std::path::PathBuf;
@@ -34,12 +34,6 @@ use crate::stats::MetricsScope;
 
 /// How often the files are looked at.
 pub(crate) const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
-
-/// How old a file's last change must be for its metadata to be trusted to show the next one:
-/// above the coarsest timestamps of the file systems certificates live on (ext3's second,
-/// FAT's two seconds are at most two ticks of it), and short enough that the extra reads after
-/// a change are few.
-const SETTLE: Duration = Duration::from_secs(2);
 
 /// The config field of the certificate chain the proxy presents, on listeners and clusters
 /// alike.
@@ -102,10 +96,7 @@ impl Look {
         let now = SystemTime::now();
         let stamps: Vec<_> = sources.iter().map(|(_, path)| Stamp::of(path)).collect();
         Self {
-            unsettled: stamps
-                .iter()
-                .flatten()
-                .any(|stamp| stamp.unsettled(now, SETTLE)),
+            unsettled: stamps.iter().flatten().any(|stamp| stamp.unsettled(now)),
             stamps,
         }
     }

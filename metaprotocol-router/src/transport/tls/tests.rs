@@ -22,6 +22,8 @@ use super::pem::PemFile;
 use super::{TlsAcceptor, TlsConnector, provider};
 use crate::config::{ClusterTlsSpec, ListenerTlsSpec};
 use crate::stats::Metrics;
+#[cfg(target_os = "linux")]
+use crate::testing::Opens;
 
 type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
@@ -496,37 +498,6 @@ async fn a_mismatched_or_half_written_pair_keeps_the_old_one_until_the_next_good
     Ok(())
 }
 
-/// Opens of one file (through symlinks), as inotify reports them.
-#[cfg(target_os = "linux")]
-struct Opens(std::os::fd::OwnedFd);
-
-#[cfg(target_os = "linux")]
-impl Opens {
-    fn of(path: &Path) -> TestResult<Self> {
-        use rustix::fs::inotify;
-        let inotify =
-            inotify::init(inotify::CreateFlags::NONBLOCK | inotify::CreateFlags::CLOEXEC)?;
-        inotify::add_watch(&inotify, path, inotify::WatchFlags::OPEN)?;
-        Ok(Self(inotify))
-    }
-
-    /// True if the file was opened since the last call (inotify reports opens in a row as
-    /// one, so they are not counted).
-    fn opened(&self) -> TestResult<bool> {
-        use rustix::fs::inotify;
-        let mut buffer = [std::mem::MaybeUninit::uninit(); 4096];
-        let mut events = inotify::Reader::new(&self.0, &mut buffer);
-        let mut opened = false;
-        loop {
-            match events.next() {
-                Ok(event) => opened |= event.events().contains(inotify::ReadFlags::OPEN),
-                Err(rustix::io::Errno::WOULDBLOCK) => return Ok(opened),
-                Err(err) => return Err(err.into()),
-            }
-        }
-    }
-}
-
 /// The watcher looks at files that do not change without reading them (only their metadata),
 /// and still reads and takes them when they are rewritten in place.
 #[cfg(target_os = "linux")]
@@ -551,7 +522,7 @@ async fn certificate_files_are_read_only_when_they_change() -> TestResult {
     let opens = files
         .iter()
         .map(|file| Opens::of(file))
-        .collect::<TestResult<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     settle().await;
     settle().await;
     for (file, opens) in files.iter().zip(&opens) {
