@@ -39,6 +39,9 @@ pub(crate) const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 /// alike.
 const PRESENTED: &str = "cert_file";
 
+/// The config fields of the CA bundles the settings trust, on listeners and clusters.
+const TRUSTED: [&str; 2] = ["client_ca_file", "ca_file"];
+
 /// Builds the settings from the files' contents.
 pub(crate) type Build<T> = Box<dyn Fn(&Files) -> Result<T, ConfigError> + Send + Sync>;
 
@@ -68,6 +71,13 @@ impl Files {
     /// Every file named by config field `field` (a list's items).
     pub fn all<'a>(&'a self, field: &'a str) -> impl Iterator<Item = &'a PemFile> {
         self.0.iter().filter(move |file| file.field() == field)
+    }
+
+    /// Gives `expiry` the certificates just loaded for `owner`: the chain presented and the
+    /// CA roots trusted.
+    fn dates_loaded(&self, expiry: &Expiry, owner: &str) {
+        let trusted = TRUSTED.iter().flat_map(|field| self.all(field));
+        expiry.loaded(owner, self.get(PRESENTED).ok(), trusted, SystemTime::now());
     }
 
     /// A hash of the contents, to tell a change from a rewrite of the same bytes.
@@ -118,8 +128,8 @@ pub(crate) struct Reloading<T> {
     build: Build<T>,
     /// Who the settings are for, in logs (`listener in`, `cluster backend`).
     owner: String,
-    /// The dates of the presented chain, when the settings present one.
-    expiry: Option<Expiry>,
+    /// The dates of the presented chain and the trusted roots.
+    expiry: Expiry,
     applied: Counter,
     rejected: Counter,
 }
@@ -141,11 +151,8 @@ impl<T: Send + Sync + 'static> Reloading<T> {
         let look = Look::at(&sources);
         let files = Files::read(&sources)?;
         let first = build(&files)?;
-        let expiry = files.get(PRESENTED).ok().map(|presented| {
-            let expiry = Expiry::new(scope);
-            expiry.loaded(&owner, presented, SystemTime::now());
-            expiry
-        });
+        let expiry = Expiry::new(scope, files.get(PRESENTED).is_ok());
+        files.dates_loaded(&expiry, &owner);
         let seen = Seen {
             look,
             contents: Ok(files.hash()),
@@ -179,6 +186,8 @@ impl<T: Send + Sync + 'static> Reloading<T> {
 
     /// Rebuilds the settings if the files changed since `seen`; returns what was seen now.
     fn refresh(&self, seen: Seen) -> Seen {
+        // Certificates come closer to their end while their files stay the same.
+        self.expiry.check(&self.owner, SystemTime::now());
         let look = Look::at(&self.sources);
         if look.stamps == seen.look.stamps && !seen.look.unsettled {
             return Seen {
@@ -200,9 +209,7 @@ impl<T: Send + Sync + 'static> Reloading<T> {
                 self.current.store(Arc::new(settings));
                 self.applied.inc();
                 tracing::info!(owner = %self.owner, "TLS certificates reloaded");
-                if let (Some(expiry), Ok(presented)) = (&self.expiry, files.get(PRESENTED)) {
-                    expiry.loaded(&self.owner, presented, SystemTime::now());
-                }
+                files.dates_loaded(&self.expiry, &self.owner);
             }
             Err(err) => {
                 // Files being replaced one by one can be caught half-way: the next change

@@ -937,6 +937,88 @@ fn certificates_out_of_their_dates_are_loaded_with_a_warning_naming_them() -> Te
     Ok(())
 }
 
+/// A certificate is warned of while the proxy runs, not only when loaded (a proxy that ran
+/// for months was never told): as it comes within 30 days, a week, of its end and past it, and
+/// once a day while it stays so, never at every look. An expired CA root in a trust bundle is
+/// warned of the same way (it was not at all).
+#[test]
+fn certificates_near_their_end_are_warned_of_while_the_proxy_runs() -> TestResult {
+    use super::expiry::Expiry;
+    const DAY: u64 = 86_400;
+    // 2100-01-01T00:00:00Z, the served certificate's notAfter.
+    const END: u64 = 4_102_444_800;
+    let pki = Pki::new("expiry-running")?;
+    let served = pki.issue_with("served", vec![dns("served.test")?], None, |params| {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+    })?;
+    let old_root = pki.issue_with("old-root", vec![dns("old-root.test")?], None, |params| {
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+    })?;
+    let bundle = pki.dir.join("bundle.pem");
+    let bundle_pem =
+        std::fs::read_to_string(&pki.ca_file)? + &std::fs::read_to_string(&old_root.cert_file)?;
+    put(&bundle, bundle_pem.as_bytes())?;
+    let cert = PemFile::read("cert_file", &served.cert_file)?;
+    let trusted = PemFile::read("ca_file", &bundle)?;
+    let expiry = Expiry::new(&Metrics::new().root(), true);
+    let at = |seconds: u64| std::time::UNIX_EPOCH + Duration::from_secs(seconds);
+    let (served_file, bundle_file) = (
+        served.cert_file.display().to_string(),
+        bundle.display().to_string(),
+    );
+    // The warnings of `file` saying `what`, among `warnings`.
+    let count = |warnings: &[String], file: &str, what: &str| {
+        warnings
+            .iter()
+            .filter(|warning| warning.contains(file) && warning.contains(what))
+            .count()
+    };
+    let warnings = warnings_of(|| {
+        expiry.loaded("cluster c", Some(&cert), [&trusted], at(END - 100 * DAY));
+    });
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(
+        count(
+            &warnings,
+            &bundle_file,
+            "CA root the proxy trusts has expired"
+        ),
+        1
+    );
+    // Time passes without a change of the files: each step is one look of the watcher.
+    let steps = [
+        (END - 100 * DAY + 3600, None, false),
+        (END - 29 * DAY, Some("expires within 30 days"), true),
+        (END - 29 * DAY + 3600, None, false),
+        (END - 28 * DAY, Some("expires within 30 days"), true),
+        (END - 6 * DAY, Some("expires within a week"), true),
+        (END - 6 * DAY + 60, None, false),
+        (END + 60, Some("has expired"), true),
+    ];
+    for (now, served_warning, root_warning) in steps {
+        let warnings = warnings_of(|| expiry.check("cluster c", at(now)));
+        let expected = usize::from(served_warning.is_some()) + usize::from(root_warning);
+        assert_eq!(warnings.len(), expected, "at {now}: {warnings:?}");
+        if let Some(what) = served_warning {
+            assert_eq!(
+                count(&warnings, &served_file, what),
+                1,
+                "at {now}: {warnings:?}"
+            );
+        }
+        if root_warning {
+            assert_eq!(
+                count(&warnings, &bundle_file, "has expired"),
+                1,
+                "at {now}: {warnings:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Gives a certificate serial number `n` (as revocation lists name it).
 fn serial(n: u64) -> impl FnOnce(&mut CertificateParams) {
     move |params| params.serial_number = Some(SerialNumber::from(n))
