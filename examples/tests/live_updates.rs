@@ -108,7 +108,11 @@ impl World {
         let cluster_exists = |name: &str| name == "main" || shape.extra.is_some();
         match (channel, changed) {
             (Channel::File, _) => {
-                std::fs::write(&self.file, shape.yaml())?;
+                // Written whole, then renamed in place, as ConfigMaps do: applied at the next
+                // look (a file written in place waits to settle first).
+                let next = self.file.with_extension("next");
+                std::fs::write(&next, shape.yaml())?;
+                std::fs::rename(&next, &self.file)?;
                 let expected = shape.config()?;
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
                 while self.proxy.config() != expected {
