@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use metaprotocol_core::{
     CompleteContext, FilterDecision, L7Filter, LocalReplyKind, Message, RequestContext,
-    ResponseFlags,
+    ResponseContext, ResponseFlags,
 };
 use metaprotocol_dubbo::build::{Call, ResponseBody, request_message, response_body};
 use metaprotocol_examples::dubbo_demo::{DEMO_SERVICE, DEMO_VERSION, DemoProvider, SLOW_METHOD};
@@ -241,6 +241,62 @@ async fn tower_layers_compose_and_abandoned_calls_complete_once() -> TestResult 
             ResponseFlags::NONE
         ]
     );
+    Ok(())
+}
+
+/// Waits for ever, on the request or on the response, as its call's `stall` attachment says:
+/// a filter whose wait never ends (a lost answer of an authorization service).
+struct Stall;
+
+impl Stall {
+    fn decide(request: &Message, stage: &str) -> FilterDecision {
+        if request.metadata.get("stall") == Some(stage) {
+            FilterDecision::Wait(Box::pin(std::future::pending()))
+        } else {
+            FilterDecision::Continue
+        }
+    }
+}
+
+impl L7Filter for Stall {
+    fn name(&self) -> &str {
+        "stall"
+    }
+
+    fn on_request(&self, ctx: &mut RequestContext<'_>) -> FilterDecision {
+        Self::decide(ctx.request, "request")
+    }
+
+    fn on_response(&self, ctx: &mut ResponseContext<'_>) -> FilterDecision {
+        Self::decide(ctx.request, "response")
+    }
+}
+
+/// A call whose filters never resume ends as a proxy's request does: its request filters
+/// within the call's own timeout, its response filters within the route's deadline.
+#[tokio::test]
+async fn a_call_whose_filters_never_resume_times_out() -> TestResult {
+    let mut registry = FilterRegistry::with_builtins();
+    registry.register("stall", |_, _| Ok(Arc::new(Stall) as Arc<dyn L7Filter>));
+    let filters = vec![FilterSpec {
+        name: "stall".into(),
+        config: serde_json::Value::Null,
+    }];
+    let world = world(filters, registry).await?;
+    for stage in ["request", "response"] {
+        let mut request = call("sayHello", &[("stall", stage)]);
+        request.timeout = Some(Duration::from_millis(300));
+        let ended = tokio::time::timeout(Duration::from_secs(10), world.client.call(request))
+            .await
+            .map_err(|_| format!("the call whose {stage} filter never resumed hung"))?;
+        assert_eq!(
+            ended.err().map(|e| e.kind()),
+            Some(LocalReplyKind::Timeout),
+            "{stage}"
+        );
+    }
+    let answered = world.client.call(call("sayHello", &[])).await?;
+    assert_eq!(provider_of(&answered), Some("v1"));
     Ok(())
 }
 

@@ -3,7 +3,9 @@
 //! awaiting rather than by a connection's event loop. The stages are the router's own
 //! ([`crate::router`]); only the waiting is here.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 
 use metaprotocol_core::{
     CompleteContext, ConnectionInfo, FilterChain, LocalReply, LocalReplyKind, Message, MessageKind,
@@ -102,17 +104,28 @@ pub(super) async fn call(ctx: &CallContext, request: Message) -> Result<Message,
     }
     let mut mutation = Mutation::new();
     let request = call.request.clone();
-    let filtered = ctx
-        .filters
-        .on_request(&mut RequestContext {
+    // A wait of the request filters is bounded as a proxy bounds it: by the call's own
+    // timeout, and at most the default route timeout.
+    let (timeout, received) = (request.timeout, call.record.timings.received);
+    let filtered = within(
+        ctx.filters.on_request(&mut RequestContext {
             request: &request,
             mutation: &mut mutation,
             record: &mut call.record,
-        })
-        .await;
-    if let Err(reply) = filtered {
-        let flags = router::refusal_flags(reply.kind);
-        return Err(call.fail(reply, flags));
+        }),
+        || router::filter_wait_deadline(timeout, received, Instant::now()),
+    )
+    .await;
+    match filtered {
+        Some(Ok(())) => {}
+        Some(Err(reply)) => {
+            let flags = router::refusal_flags(reply.kind);
+            return Err(call.fail(reply, flags));
+        }
+        None => {
+            let reply = router::filters_timed_out(&mut call.record);
+            return Err(call.failed(reply));
+        }
     }
     let routed = router::route(
         ctx.table.clone(),
@@ -131,18 +144,27 @@ pub(super) async fn call(ctx: &CallContext, request: Message) -> Result<Message,
         Err(reply) => return Err(call.failed(reply)),
     };
     let mut filter_mutation = Mutation::new();
-    let filtered = ctx
-        .filters
-        .on_response(&mut ResponseContext {
+    // The response filters' wait is within the route's deadline, as a proxy's is.
+    let filtered = within(
+        ctx.filters.on_response(&mut ResponseContext {
             request: &request,
             response: &response,
             mutation: &mut filter_mutation,
             record: &mut call.record,
-        })
-        .await;
-    if let Err(reply) = filtered {
-        let flags = router::refusal_flags(reply.kind);
-        return Err(call.fail(reply, flags));
+        }),
+        || routed.deadline(),
+    )
+    .await;
+    match filtered {
+        Some(Ok(())) => {}
+        Some(Err(reply)) => {
+            let flags = router::refusal_flags(reply.kind);
+            return Err(call.fail(reply, flags));
+        }
+        None => {
+            let reply = routed.timed_out(&mut call.record, &mut (), Instant::now());
+            return Err(call.failed(reply));
+        }
     }
     // The caller gets the response as a proxy's client would: with the route's and the
     // filters' response mutation applied (to its metadata; the frame is the upstream's).
@@ -152,6 +174,18 @@ pub(super) async fn call(ctx: &CallContext, request: Message) -> Result<Message,
     call.record.outcome.status = Some(response.status);
     call.finish(Some(&response));
     Ok(response)
+}
+
+/// Awaits `chain`, a run of a filter chain, until the time `deadline` says; `None` if it did
+/// not end by then. The deadline is read, and a timer armed, only when the chain waits: a call
+/// whose filters do not wait costs nothing more.
+async fn within<F: Future>(chain: F, deadline: impl FnOnce() -> Instant) -> Option<F::Output> {
+    let mut chain = std::pin::pin!(chain);
+    if let Poll::Ready(done) = std::future::poll_fn(|cx| Poll::Ready(chain.as_mut().poll(cx))).await
+    {
+        return Some(done);
+    }
+    tokio::time::timeout_at(deadline(), chain).await.ok()
 }
 
 /// Runs attempts until one answers or the router gives up.

@@ -227,6 +227,16 @@ pub(crate) fn refusal_flags(kind: LocalReplyKind) -> ResponseFlags {
     }
 }
 
+/// Ends a request whose filters did not finish their wait by its deadline
+/// ([`filter_wait_deadline`]): records the timeout and returns the reply.
+pub(crate) fn filters_timed_out(record: &mut RequestRecord) -> LocalReply {
+    record.set_local_reply(LocalReplyKind::Timeout, ResponseFlags::NONE);
+    LocalReply::new(
+        LocalReplyKind::Timeout,
+        "metaprotocol-proxy: the request's filters did not finish in time",
+    )
+}
+
 /// Routes `request` with `table`: the first matching route, then its target; copies it to the
 /// route's mirror (as `observer` sees it). `filter_mutation` is what request filters added. On
 /// failure (and for a route that answers itself) the error is recorded and returned.

@@ -745,15 +745,7 @@ impl Requests {
         match kind {
             TimerKind::Deadline => {
                 let reply = match &mut inflight.stage {
-                    Stage::Filtering => {
-                        inflight
-                            .record
-                            .set_local_reply(LocalReplyKind::Timeout, ResponseFlags::NONE);
-                        LocalReply::new(
-                            LocalReplyKind::Timeout,
-                            "metaprotocol-proxy: the request's filters did not finish in time",
-                        )
-                    }
+                    Stage::Filtering => router::filters_timed_out(&mut inflight.record),
                     Stage::Routed(routed) | Stage::Responding { routed, .. } => {
                         if now < routed.deadline() {
                             return;
