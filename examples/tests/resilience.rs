@@ -1055,6 +1055,41 @@ async fn an_endpoint_that_never_answers_is_ejected_by_request_timeouts() -> Test
     Ok(())
 }
 
+/// A call whose one attempt ran out its per-try timeout, and whose deadline came in the pause
+/// before its retry: one attempt timed out, and `upstream_rq_timeout_total` ("attempts that
+/// timed out") counts it once, not once more for the deadline that found no attempt in flight.
+#[tokio::test]
+async fn a_deadline_in_a_retry_pause_counts_no_second_attempt_timeout() -> TestResult {
+    let slow = DemoProvider::start_slow("slow", Duration::from_secs(30)).await?;
+    let (proxy, address) = start(&config(
+        ", timeout: 600ms, retry_policy: { num_retries: 1, retry_on: [timeout], per_try_timeout: 200ms, idempotent_methods: [sayHello], retry_back_off: { base_interval: 10s } }",
+        &endpoints(&[&slow], &[]),
+    ))
+    .await?;
+    let client = DubboClient::new(address);
+    let reply =
+        tokio::time::timeout(Duration::from_secs(5), client.call("sayHello", "a", &[])).await??;
+    assert_ne!(reply.dubbo_status, 20, "the provider answers too late");
+    let sample = |name: &str, labels: &[(&str, &str)]| {
+        support::metrics::sample(&proxy.metrics().render(), name, labels)
+    };
+    assert_eq!(
+        sample("metaprotocol_upstream_rq_retry_total", &[("cluster", "c")]),
+        1.0,
+        "the timed-out attempt was to be retried"
+    );
+    assert_eq!(
+        sample(
+            "metaprotocol_upstream_rq_timeout_total",
+            &[("cluster", "c")]
+        ),
+        1.0,
+        "one attempt timed out"
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
 /// A route without a timeout (`timeout: 0s`) mirroring to a cluster that takes copies and
 /// never answers: a copy has no client waiting for it, so it waits 15 s at most (the default
 /// route timeout) and then gives back its place in the mirror's `max_in_flight`, rather than

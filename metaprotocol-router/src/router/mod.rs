@@ -511,8 +511,10 @@ impl Routed {
                 // about the endpoint: counted, a client could have healthy endpoints ejected.
                 let elapsed = self.timed(&attempt, now);
                 let outcome = AttemptOutcome::Timeout;
+                let stats = self.target.cluster.stats();
+                stats.rq_timeout.inc();
                 if let Some(failure) = outcome.failure() {
-                    self.target.cluster.stats().failure(failure).inc();
+                    stats.failure(failure).inc();
                 }
                 if self.own_deadline {
                     self.target
@@ -524,9 +526,10 @@ impl Routed {
                 self.host = Some(attempt.host);
                 Some(endpoint)
             }
+            // No attempt in flight (in a retry's pause, or while response filters wait): none
+            // timed out now, and one that timed out before was counted when it did.
             None => None,
         };
-        self.target.cluster.stats().rq_timeout.inc();
         record.set_local_reply(LocalReplyKind::Timeout, ResponseFlags::UPSTREAM_TIMEOUT);
         let route = self.route().map_or("-", |r| &r.name);
         let message = match endpoint.or_else(|| self.tried.last().copied()) {
