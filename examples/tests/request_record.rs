@@ -16,6 +16,9 @@ use metaprotocol_router::{Config, FilterRegistry, Proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+#[allow(dead_code)]
+mod support;
+
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 /// What the completion hook saw of one request.
@@ -78,6 +81,9 @@ impl L7Filter for Probe {
     }
 
     fn on_response(&self, ctx: &mut ResponseContext<'_>) -> FilterDecision {
+        if ctx.request.metadata.contains("x-stall-response") {
+            return FilterDecision::Wait(Box::pin(std::future::pending()));
+        }
         if let Some(ticket) = ctx.record.extensions.get::<Ticket>() {
             ctx.mutation.set(
                 ByteStr::from_static("x-ticket"),
@@ -149,6 +155,10 @@ impl World {
 route_configs:
   - name: r
     routes:
+      - name: stalled
+        match: {{ metadata: [ {{ key: x-stall-response, present: true }} ] }}
+        route: {{ cluster: demo, subset: {{ version: v2 }} }}
+        timeout: 300ms
       - name: canary
         match: {{ metadata: [ {{ key: lane, exact: canary }} ] }}
         route: {{ cluster: demo, subset: {{ version: v2 }} }}
@@ -322,6 +332,43 @@ async fn a_timeout_and_a_reset_complete_with_their_flags() -> TestResult {
     assert_eq!(reset.local_reply, Some(LocalReplyKind::UpstreamReset));
     assert_eq!(reset.endpoint, Some(world.reset));
     assert_eq!(reset.attempts, 1);
+    world.proxy.shutdown().await;
+    Ok(())
+}
+
+/// A response filter that never resumes: the call ends at the route's deadline with a timeout
+/// that is the filter's, not the upstream's, which answered at once: not flagged as an
+/// upstream timeout, nor counted as an attempt that timed out.
+#[tokio::test]
+async fn a_response_filter_that_never_resumes_is_not_an_upstream_timeout() -> TestResult {
+    let world = World::start().await?;
+    let reply = tokio::time::timeout(
+        Duration::from_secs(5),
+        world
+            .client
+            .call("sayHello", "a", &[("x-stall-response", "1")]),
+    )
+    .await??;
+    assert_eq!(reply.dubbo_status, 31, "the timeout error");
+    assert!(
+        !reply.body_contains("upstream") && reply.body_contains("filters"),
+        "{:?}",
+        String::from_utf8_lossy(&reply.frame)
+    );
+    let done = world.completed(1).await?;
+    let stalled = done.first().ok_or("no completion")?;
+    assert_eq!(stalled.local_reply, Some(LocalReplyKind::Timeout));
+    assert!(
+        !stalled.flags.contains(ResponseFlags::UPSTREAM_TIMEOUT),
+        "{stalled:?}"
+    );
+    assert_eq!(stalled.endpoint, Some(world.v2.address()));
+    let timeouts = support::metrics::sample(
+        &world.proxy.metrics().render(),
+        "metaprotocol_upstream_rq_timeout_total",
+        &[("cluster", "demo")],
+    );
+    assert_eq!(timeouts, 0.0, "no attempt timed out");
     world.proxy.shutdown().await;
     Ok(())
 }

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::CallError;
 use crate::route::RouteTable;
-use crate::router::{self, Next, Routed};
+use crate::router::{self, Direction, Next, Routed};
 use crate::stats::ListenerStats;
 use crate::upstream::{AttemptResult, ReplyTo, UpstreamError};
 
@@ -123,7 +123,7 @@ pub(super) async fn call(ctx: &CallContext, request: Message) -> Result<Message,
             return Err(call.fail(reply, flags));
         }
         None => {
-            let reply = router::filters_timed_out(&mut call.record);
+            let reply = router::filters_timed_out(Direction::Request, &mut call.record);
             return Err(call.failed(reply));
         }
     }
@@ -162,7 +162,7 @@ pub(super) async fn call(ctx: &CallContext, request: Message) -> Result<Message,
             return Err(call.fail(reply, flags));
         }
         None => {
-            let reply = routed.timed_out(&mut call.record, &mut (), Instant::now());
+            let reply = router::filters_timed_out(Direction::Response, &mut call.record);
             return Err(call.failed(reply));
         }
     }

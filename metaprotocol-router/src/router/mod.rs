@@ -227,14 +227,24 @@ pub(crate) fn refusal_flags(kind: LocalReplyKind) -> ResponseFlags {
     }
 }
 
-/// Ends a request whose filters did not finish their wait by its deadline
-/// ([`filter_wait_deadline`]): records the timeout and returns the reply.
-pub(crate) fn filters_timed_out(record: &mut RequestRecord) -> LocalReply {
+/// Which of a request's filters: those of the request, before it is routed, or those of the
+/// response.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Direction {
+    Request,
+    Response,
+}
+
+/// Ends a request whose filters of `direction` did not finish their wait by its deadline (the
+/// request's: [`filter_wait_deadline`]; the response's: the route's): records the timeout, the
+/// filters' and not an upstream's, and returns the reply.
+pub(crate) fn filters_timed_out(direction: Direction, record: &mut RequestRecord) -> LocalReply {
     record.set_local_reply(LocalReplyKind::Timeout, ResponseFlags::NONE);
-    LocalReply::new(
-        LocalReplyKind::Timeout,
-        "metaprotocol-proxy: the request's filters did not finish in time",
-    )
+    let message = match direction {
+        Direction::Request => "metaprotocol-proxy: the request's filters did not finish in time",
+        Direction::Response => "metaprotocol-proxy: the response's filters did not finish in time",
+    };
+    LocalReply::new(LocalReplyKind::Timeout, message)
 }
 
 /// Routes `request` with `table`: the first matching route, then its target; copies it to the

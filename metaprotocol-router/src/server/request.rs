@@ -31,7 +31,7 @@ use super::timers::{TimerId, Timers};
 use super::{ListenerContext, complete, load};
 use crate::published::Cached;
 use crate::route::RouteTable;
-use crate::router::{self, Matched, Next, Routed, Unrouted};
+use crate::router::{self, Direction, Matched, Next, Routed, Unrouted};
 use crate::trace::RequestSpan;
 use crate::transport::outbox::Outbox;
 use crate::upstream::{
@@ -110,13 +110,6 @@ enum Answer<'a> {
     Local(LocalReply),
     /// Nothing to send: a one-way request, or a client gone.
     Nothing,
-}
-
-/// Which direction of filters a wait belongs to.
-#[derive(Clone, Copy, Debug)]
-enum Direction {
-    Request,
-    Response,
 }
 
 /// A filter's asynchronous work, tagged with the request and the chain step it resumes; it
@@ -745,12 +738,21 @@ impl Requests {
         match kind {
             TimerKind::Deadline => {
                 let reply = match &mut inflight.stage {
-                    Stage::Filtering => router::filters_timed_out(&mut inflight.record),
-                    Stage::Routed(routed) | Stage::Responding { routed, .. } => {
+                    Stage::Filtering => {
+                        router::filters_timed_out(Direction::Request, &mut inflight.record)
+                    }
+                    Stage::Routed(routed) => {
                         if now < routed.deadline() {
                             return;
                         }
                         routed.timed_out(&mut inflight.record, &mut inflight.span, now)
+                    }
+                    // The upstream answered: the time ran out in the response's filters.
+                    Stage::Responding { routed, .. } => {
+                        if now < routed.deadline() {
+                            return;
+                        }
+                        router::filters_timed_out(Direction::Response, &mut inflight.record)
                     }
                     Stage::Answered(_) => return,
                 };
