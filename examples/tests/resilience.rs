@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use metaprotocol_examples::dubbo_demo::{DemoProvider, DubboClient, SLOW_METHOD};
+use metaprotocol_examples::dubbo_demo::{DemoProvider, DubboClient, HANG_UP_METHOD, SLOW_METHOD};
 use metaprotocol_router::{Config, EndpointStatus, HealthState, Proxy};
 
 #[allow(dead_code)]
@@ -1085,6 +1085,55 @@ async fn a_deadline_in_a_retry_pause_counts_no_second_attempt_timeout() -> TestR
         ),
         1.0,
         "one attempt timed out"
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// A retry whose pause and the call's deadline come due on one late turn of the proxy's loop
+/// (here the thread is blocked past both): the call ends in its timeout, and no attempt goes
+/// out after the caller gave up, to be dropped unsent and counted as the endpoint's timeout.
+#[tokio::test]
+async fn a_retry_due_after_the_deadline_is_not_started() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let (proxy, address) = start(&config(
+        ", timeout: 1200ms, retry_policy: { num_retries: 1, retry_on: [reset], idempotent_methods: [sayHelloAndHangUp], retry_back_off: { base_interval: 1s } }",
+        &endpoints(&[&provider], &[]),
+    ))
+    .await?;
+    let client = DubboClient::new(address);
+    let call = tokio::spawn(async move { client.call(HANG_UP_METHOD, "a", &[]).await });
+    // The first attempt is reset at once; its retry waits half a second or more.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The test shares its thread with the proxy: blocked, the proxy takes no turn until both
+    // the retry's pause and the deadline have passed.
+    std::thread::sleep(Duration::from_secs(2));
+    let reply = tokio::time::timeout(Duration::from_secs(5), call).await???;
+    let sample = |name: &str, labels: &[(&str, &str)]| {
+        support::metrics::sample(&proxy.metrics().render(), name, labels)
+    };
+    assert_eq!(
+        sample("metaprotocol_upstream_rq_retry_total", &[("cluster", "c")]),
+        1.0,
+        "the reset attempt was to be retried: {}",
+        reply.dubbo_status
+    );
+    assert_eq!(reply.dubbo_status, 31, "the timeout error");
+    assert_eq!(
+        sample(
+            "metaprotocol_upstream_rq_timeout_total",
+            &[("cluster", "c")]
+        ),
+        0.0,
+        "no attempt was in flight at the deadline"
+    );
+    assert_eq!(
+        sample(
+            "metaprotocol_upstream_rq_dropped_total",
+            &[("cluster", "c")]
+        ),
+        0.0,
+        "no attempt was queued too late"
     );
     proxy.shutdown().await;
     Ok(())

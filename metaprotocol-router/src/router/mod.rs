@@ -443,6 +443,12 @@ impl Routed {
         observer: &mut impl AttemptObserver,
         now: Instant,
     ) -> Next {
+        // A retry's pause ends at the deadline at the latest, but a late turn of the loop finds
+        // both due: the caller has given up, and an attempt started now would be dropped unsent
+        // and counted as its endpoint's timeout.
+        if now >= self.deadline {
+            return Next::Fail(self.timed_out(record, observer, now));
+        }
         self.attempts += 1;
         let number = self.attempts;
         record.attempts = number;
