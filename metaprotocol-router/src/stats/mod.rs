@@ -214,14 +214,26 @@ struct Series {
 struct Family {
     help: String,
     kind: FamilyKind,
-    series: BTreeMap<Labels, Series>,
+    /// Labels shared with scrapes, which take them out of the lock with the series' handles.
+    series: BTreeMap<Arc<Labels>, Series>,
+}
+
+/// A family's series as a scrape copies them out of the registry's lock, to read their
+/// values without it.
+struct FamilyHandles {
+    name: String,
+    help: String,
+    kind: MetricKind,
+    series: Vec<(Arc<Labels>, Metric)>,
 }
 
 #[derive(Default)]
 struct Inner {
     /// Families by exposed name; locked only when series are registered, retired or scraped:
     /// on the request path only when a series is first used (a route's first match, a method
-    /// first seen), never after.
+    /// first seen), never after. A scrape holds it only to copy out the series' handles, and
+    /// reads their values without it: reading tens of thousands of series takes long enough
+    /// to stall a request that registers a series meanwhile.
     families: Mutex<BTreeMap<String, Family>>,
     /// The codecs whose own counters ([`CodecFactory::counters`]) are exported, one per protocol.
     codecs: Mutex<Vec<Arc<dyn CodecFactory>>>,
@@ -342,16 +354,29 @@ impl Metrics {
 
     /// Every series (but the process metrics) and its value now, families ordered by name.
     pub fn snapshot(&self) -> Vec<FamilySnapshot> {
-        let mut families: Vec<FamilySnapshot> = lock(&self.inner.families)
+        let handles: Vec<FamilyHandles> = lock(&self.inner.families)
             .iter()
-            .map(|(name, family)| FamilySnapshot {
+            .map(|(name, family)| FamilyHandles {
                 name: name.clone(),
                 help: family.help.clone(),
                 kind: family.kind.kind(),
                 series: family
                     .series
                     .iter()
-                    .map(|(labels, series)| (labels.clone(), series.metric.value()))
+                    .map(|(labels, series)| (labels.clone(), series.metric.clone()))
+                    .collect(),
+            })
+            .collect();
+        let mut families: Vec<FamilySnapshot> = handles
+            .into_iter()
+            .map(|family| FamilySnapshot {
+                name: family.name,
+                help: family.help,
+                kind: family.kind,
+                series: family
+                    .series
+                    .into_iter()
+                    .map(|(labels, metric)| (Labels::clone(&labels), metric.value()))
                     .collect(),
             })
             .collect();
@@ -412,7 +437,7 @@ impl Metrics {
         }
         let series = family
             .series
-            .entry(labels.clone())
+            .entry(Arc::new(labels.clone()))
             .or_insert_with(|| Series {
                 metric: family.kind.new_metric(),
                 refs: 0,
@@ -564,7 +589,7 @@ impl MetricsScope {
     pub(crate) fn has_series(&self, name: &str) -> bool {
         lock(&self.metrics.inner.families)
             .get(&prefixed(name))
-            .is_some_and(|family| family.series.contains_key(self.labels.as_slice()))
+            .is_some_and(|family| family.series.contains_key(&*self.labels))
     }
 
     /// The values label `key` takes among the series of `name` that carry this scope's labels
@@ -949,6 +974,59 @@ mod tests {
         assert!(
             open.contains("# HELP metaprotocol_widgets Widgets \\\"made\\\"\\nby C:\\\\shop\n"),
             "{open}"
+        );
+    }
+
+    #[test]
+    fn a_route_first_request_does_not_wait_for_a_scrape_to_read_every_series() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::time::{Duration, Instant};
+
+        let metrics = Metrics::new();
+        let bounds: Vec<f64> = (1..=100).map(|i| f64::from(i) / 1000.0).collect();
+        let root = metrics.root();
+        let histograms: Vec<DurationHistogram> = (0..10_000)
+            .map(|i| {
+                root.with_label("route", &i.to_string()).histogram(
+                    "route_rq_time_seconds",
+                    "Time",
+                    &bounds,
+                )
+            })
+            .collect();
+        for histogram in &histograms {
+            histogram.observe(Duration::from_millis(1));
+        }
+        let began = Instant::now();
+        let _ = metrics.snapshot();
+        let scrape = began.elapsed();
+        let stop = AtomicBool::new(false);
+        let mut waits = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = metrics.snapshot();
+                }
+            });
+            let waits: Vec<Duration> = (0..15)
+                .map(|i| {
+                    // At times spread over the scrapes that follow each other meanwhile.
+                    std::thread::sleep(scrape / 7);
+                    let route = root.with_label("route", &format!("new-{i}"));
+                    let asked = Instant::now();
+                    if !route.has_series("route_rq") {
+                        route.counter("route_rq", "Requests").inc();
+                    }
+                    asked.elapsed()
+                })
+                .collect();
+            stop.store(true, Ordering::Relaxed);
+            waits
+        });
+        waits.sort();
+        let median = waits[waits.len() / 2];
+        assert!(
+            median < scrape / 10,
+            "a first request waited {median:?} (median) for a scrape that takes {scrape:?}"
         );
     }
 
