@@ -50,13 +50,11 @@ impl Arena {
     }
 
     /// The value of cell `index`, 0 where its segment was never written.
-    fn load(&self, index: usize) -> u64 {
+    fn load(&self, index: usize, order: Ordering) -> u64 {
         self.segments
             .get(index / SEGMENT_CELLS)
             .and_then(OnceLock::get)
-            .map_or(0, |segment| {
-                segment[index % SEGMENT_CELLS].load(Ordering::Relaxed)
-            })
+            .map_or(0, |segment| segment[index % SEGMENT_CELLS].load(order))
     }
 
     /// Zeroes cell `index` where its segment exists.
@@ -187,10 +185,32 @@ fn claim_arena() -> Option<&'static Arena> {
 /// Adds `amount` to a cell of this thread's own arena: it is the cell's only writer, so a
 /// plain load and store do.
 #[inline]
-fn add_own(cell: &AtomicU64, amount: u64) {
+fn add_own(cell: &AtomicU64, amount: u64, order: Ordering) {
     let value = cell.load(Ordering::Relaxed);
-    cell.store(value.wrapping_add(amount), Ordering::Relaxed);
+    cell.store(value.wrapping_add(amount), order);
 }
+
+/// The ordering of an [`Cells::add`]'s `nth` addition: the first relaxed, each later one a
+/// release, so that a reader that sees an addition sees the ones before it
+/// ([`Cells::read_whole`]). A release store is a plain store on x86 and costs nothing to a
+/// counter's single addition.
+#[inline]
+const fn add_order(nth: usize) -> Ordering {
+    if nth == 0 {
+        Ordering::Relaxed
+    } else {
+        Ordering::Release
+    }
+}
+
+/// Reads of one arena's cells that [`Cells::read_whole`] makes back to back before it lets other
+/// threads run between reads: a thread adds in nanoseconds, so a few reads settle unless it
+/// was descheduled midway through an add, and then only once it runs again.
+const READS_TO_SETTLE: usize = 64;
+/// How long [`Cells::read_whole`] waits for one arena's cells to settle before it takes its
+/// last read as it is: a scrape must not wait for good behind a thread that adds without
+/// pause or is kept from running.
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Where a series' cells live.
 #[derive(Debug)]
@@ -231,11 +251,11 @@ impl Cells {
                 .and_then(OnceLock::get)
         {
             let offset = first % SEGMENT_CELLS;
-            for (index, amount) in adds {
+            for (nth, (index, amount)) in adds.into_iter().enumerate() {
                 if index < self.width
                     && let Some(cell) = segment.get(offset + index)
                 {
-                    add_own(cell, amount);
+                    add_own(cell, amount, add_order(nth));
                 }
             }
             return;
@@ -262,12 +282,12 @@ impl Cells {
             }
             Storage::Own(cells) => (cells, false),
         };
-        for (index, amount) in adds {
+        for (nth, (index, amount)) in adds.into_iter().enumerate() {
             if let Some(cell) = cells.get(index) {
                 if only_writer {
-                    add_own(cell, amount);
+                    add_own(cell, amount, add_order(nth));
                 } else {
-                    cell.fetch_add(amount, Ordering::Relaxed);
+                    cell.fetch_add(amount, add_order(nth));
                 }
             }
         }
@@ -281,10 +301,54 @@ impl Cells {
         match &self.storage {
             Storage::Arenas { first } => ARENAS
                 .all()
-                .map(|arena| arena.load(first + index))
+                .map(|arena| arena.load(first + index, Ordering::Relaxed))
                 .fold(0, u64::wrapping_add),
             Storage::Own(cells) => cells[index].load(Ordering::Relaxed),
         }
+    }
+}
+
+impl Cells {
+    /// Every cell's count summed over every thread, each thread's cells read as they were
+    /// between two of its [`Cells::add`]s, for series whose cells must agree (a histogram's
+    /// buckets and sum). Such a series' adds begin with `(0, 1)` (cell 0 counts the adds
+    /// begun), and `settled` tells whether one thread's cells show only whole adds (its other
+    /// cells account for every add cell 0 counts). Cells are read in index order, then cell 0
+    /// again: an add's later cells are written after its earlier ones (released), so a read
+    /// in which cell 0 did not move and `settled` holds saw each add whole or not at all.
+    pub fn read_whole(&self, settled: impl Fn(&[u64]) -> bool) -> Vec<u64> {
+        let mut total: Vec<u64> = vec![0; self.width];
+        let mut read: Vec<u64> = vec![0; self.width];
+        let mut add_settled = |load: &dyn Fn(usize) -> u64| {
+            let mut waiting_since = None;
+            for tries in 1.. {
+                for (index, value) in read.iter_mut().enumerate() {
+                    *value = load(index);
+                }
+                if load(0) == read[0] && settled(&read) {
+                    break;
+                }
+                if tries >= READS_TO_SETTLE {
+                    let since = *waiting_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() >= SETTLE_WAIT {
+                        break;
+                    }
+                    std::thread::yield_now();
+                }
+            }
+            for (sum, value) in total.iter_mut().zip(&read) {
+                *sum = sum.wrapping_add(*value);
+            }
+        };
+        match &self.storage {
+            Storage::Arenas { first } => {
+                for arena in ARENAS.all() {
+                    add_settled(&|index| arena.load(first + index, Ordering::Acquire));
+                }
+            }
+            Storage::Own(cells) => add_settled(&|index| cells[index].load(Ordering::Acquire)),
+        }
+        total
     }
 }
 
@@ -368,7 +432,10 @@ mod tests {
         let Storage::Arenas { first } = cells.storage else {
             panic!("a one-cell series has room in the arenas");
         };
-        let overflowed = ARENAS.overflow.get().map_or(0, |arena| arena.load(first));
+        let overflowed = ARENAS
+            .overflow
+            .get()
+            .map_or(0, |arena| arena.load(first, Ordering::Relaxed));
         assert!(
             overflowed >= 8 * 1_000,
             "at least the 8 threads past the slots counted in the overflow arena: {overflowed}"

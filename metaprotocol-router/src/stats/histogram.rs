@@ -1,6 +1,7 @@
-//! A latency histogram whose observations are two additions to per-thread cells
+//! A latency histogram whose observations are three additions to per-thread cells
 //! ([`super::cells`]): the request path takes no lock and makes no atomic read-modify-write to
-//! record a duration (prometheus-client's own histogram locks a mutex).
+//! record a duration (prometheus-client's own histogram locks a mutex), and a scrape still
+//! reads a count, buckets and sum of the same observations.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,16 +33,24 @@ struct Inner {
     /// The same bounds in nanoseconds, for an integer comparison per observation.
     bounds_nanos: Box<[u64]>,
     unit: Unit,
-    /// One count per bound, then the `+Inf` bucket (not cumulative), then the sum of the
-    /// observations in nanoseconds (integer addition: exact). The buckets' sum is the number
-    /// of observations, which has no count of its own: one addition fewer each.
+    /// The observations begun, then one count per bound, then the `+Inf` bucket (not
+    /// cumulative), then the sum of the observations in nanoseconds (integer addition: exact).
+    /// An observation adds to them in the order begun, sum, bucket, so that a scrape reads
+    /// buckets and sum that agree ([`Cells::read_whole`]); the buckets' sum is the number of
+    /// observations finished.
     cells: Cells,
 }
 
+/// The index of the cell counting observations begun.
+const BEGUN: usize = 0;
+
 impl Inner {
+    /// The index of the first bucket's cell.
+    const FIRST_BUCKET: usize = BEGUN + 1;
+
     /// The index of the sum's cell (after the buckets).
     fn sum_index(&self) -> usize {
-        self.bounds.len() + 1
+        Self::FIRST_BUCKET + self.bounds.len() + 1
     }
 }
 
@@ -74,7 +83,7 @@ impl DurationHistogram {
                     .map(|b| (b * unit.nanos()).round() as u64)
                     .collect(),
                 unit,
-                cells: Cells::new(bounds.len() + 2),
+                cells: Cells::new(bounds.len() + 3),
             }),
         }
     }
@@ -91,36 +100,49 @@ impl DurationHistogram {
             .iter()
             .take_while(|&&bound| bound < nanos)
             .count();
-        inner.cells.add([(bucket, 1), (inner.sum_index(), nanos)]);
+        inner.cells.add([
+            (BEGUN, 1),
+            (inner.sum_index(), nanos),
+            (Inner::FIRST_BUCKET + bucket, 1),
+        ]);
     }
 
     /// Observations so far.
     pub fn count(&self) -> u64 {
         let inner = &*self.inner;
-        (0..inner.sum_index())
+        (Inner::FIRST_BUCKET..inner.sum_index())
             .map(|bucket| inner.cells.get(bucket))
             .sum()
     }
 
-    /// The counts so far.
+    /// The counts so far: buckets, count and sum of the same observations.
     pub fn snapshot(&self) -> HistogramSnapshot {
         let inner = &*self.inner;
+        let sum_index = inner.sum_index();
+        let cells = inner.cells.read_whole(|cells| {
+            let finished = cells
+                .get(Inner::FIRST_BUCKET..sum_index)
+                .map_or(0, |buckets| {
+                    buckets.iter().fold(0, |a: u64, b| a.wrapping_add(*b))
+                });
+            cells.get(BEGUN) == Some(&finished)
+        });
         let mut cumulative = 0;
         let buckets = inner
             .bounds
             .iter()
             .copied()
             .chain(std::iter::once(f64::INFINITY))
-            .enumerate()
-            .map(|(bucket, bound)| {
-                cumulative += inner.cells.get(bucket);
+            .zip(&cells[Inner::FIRST_BUCKET..sum_index])
+            .map(|(bound, count)| {
+                cumulative += count;
                 (bound, cumulative)
             })
             .collect();
         HistogramSnapshot {
             buckets,
             count: cumulative,
-            sum: inner.cells.get(inner.sum_index()) as f64 / inner.unit.nanos(),
+            sum: cells.get(sum_index).copied().unwrap_or_default() as f64 / inner.unit.nanos(),
         }
     }
 }
@@ -185,6 +207,59 @@ mod tests {
         );
         assert_eq!(h.count(), 4);
         assert!((snapshot.sum - 3.0065).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_scrape_under_load_shows_a_sum_that_matches_its_buckets() {
+        const FAST: Duration = Duration::from_millis(1);
+        const SLOW: Duration = Duration::from_millis(20);
+        let h = DurationHistogram::new(&[0.005]);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let mismatches = std::thread::scope(|scope| {
+            for _ in 0..3 {
+                scope.spawn(|| {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        h.observe(FAST);
+                        h.observe(SLOW);
+                        // A request's worth of work between observations: a thread that
+                        // observed without pause would leave a scrape no moment to read
+                        // its cells whole (see `SETTLE_WAIT`).
+                        let until = std::time::Instant::now() + Duration::from_micros(2);
+                        while std::time::Instant::now() < until {
+                            std::hint::spin_loop();
+                        }
+                    }
+                });
+            }
+            // Scrapes for half a second, while observations go on.
+            let scraping = std::time::Instant::now();
+            let mismatches: Vec<String> = std::iter::repeat_with(|| scraping.elapsed())
+                .take_while(|elapsed| *elapsed < Duration::from_millis(500))
+                .filter_map(|_| {
+                    let snapshot = h.snapshot();
+                    let fast = snapshot.buckets[0].1;
+                    let slow = snapshot.count - fast;
+                    let expected = fast * 1_000_000 + slow * 20_000_000;
+                    let sum = (snapshot.sum * 1e9).round() as u64;
+                    (sum != expected || snapshot.buckets[1].1 != snapshot.count)
+                        .then(|| format!("{snapshot:?}"))
+                })
+                .collect();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            mismatches
+        });
+        assert!(
+            mismatches.is_empty(),
+            "{} scrapes showed a sum other than their buckets': {:?}",
+            mismatches.len(),
+            mismatches.first()
+        );
+        assert!(h.count() > 1_000, "observations went on: {}", h.count());
+        assert_eq!(
+            (h.snapshot().sum * 1e9).round() as u64,
+            h.count() / 2 * 21_000_000,
+            "at rest, every observation is counted"
+        );
     }
 
     #[test]
