@@ -16,7 +16,7 @@ pub use logging::LogControl;
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Extension, Path, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ClusterSpec, ConfigError, RouteConfigSpec};
+use crate::http_server::RequestDeadline;
 use crate::proxy::{ProxyState, Readiness, UpdateError};
 use crate::stats::ExpositionFormat;
 
@@ -300,10 +301,45 @@ impl Resource for ClusterSpec {
     }
 }
 
+/// How long before its request's deadline an update that has not finished gives up, so that
+/// its answer (not the server's bare `408`) tells the operator that nothing changed.
+const UPDATE_ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs `update` until shortly before `deadline`. An update given up is given up whole: it
+/// waits (behind another update, on DNS, binding sockets) only before it publishes anything,
+/// and publishes without waiting ([`ProxyState::apply`]); so the answer is `503`, saying that
+/// nothing changed, and it counts as rejected.
+async fn update_within<T>(
+    state: &ProxyState,
+    deadline: Option<Extension<RequestDeadline>>,
+    update: impl Future<Output = Result<T, UpdateError>>,
+) -> Result<T, Response> {
+    let Some(Extension(RequestDeadline(deadline))) = deadline else {
+        return update.await.map_err(|err| update_error(&err));
+    };
+    let give_up = deadline
+        .checked_sub(UPDATE_ANSWER_MARGIN)
+        .unwrap_or(deadline);
+    match tokio::time::timeout_at(give_up, update).await {
+        Ok(result) => result.map_err(|err| update_error(&err)),
+        Err(_) => {
+            state.count_update(false);
+            let body = json!({
+                "error": "not applied: the update did not finish in time (it waited behind another update or on DNS); nothing changed",
+                "field": null,
+                "line": null,
+                "column": null,
+            });
+            Err((StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response())
+        }
+    }
+}
+
 /// `PUT` of a resource: 200 with its new version, or the error.
 async fn put_resource<T: Resource>(
     State(state): State<Arc<ProxyState>>,
     Path(name): Path<String>,
+    deadline: Option<Extension<RequestDeadline>>,
     body: String,
 ) -> Response {
     let spec = match T::parse(&body) {
@@ -321,14 +357,17 @@ async fn put_resource<T: Resource>(
             return update_error(&err.into());
         }
     };
-    match spec.apply(&state).await {
+    let applied = async {
+        spec.apply(&state).await.map_err(|err| match err {
+            // An error about the resource names its field (one about another resource, which
+            // the change broke, names that one's list): placed in the body it came from.
+            UpdateError::Invalid(err) if !names_a_list(&err.field) => err.located_in(&body).into(),
+            err => err,
+        })
+    };
+    match update_within(&state, deadline, applied).await {
         Ok(version) => Json(json!({ "name": name, "version": version })).into_response(),
-        // An error about the resource names its field (one about another resource, which the
-        // change broke, names that one's list): placed in the body it came from.
-        Err(UpdateError::Invalid(err)) if !names_a_list(&err.field) => {
-            update_error(&err.located_in(&body).into())
-        }
-        Err(err) => update_error(&err),
+        Err(answer) => answer,
     }
 }
 
@@ -347,9 +386,10 @@ fn names_a_list(field: &str) -> bool {
 async fn delete_cluster(
     State(state): State<Arc<ProxyState>>,
     Path(name): Path<String>,
+    deadline: Option<Extension<RequestDeadline>>,
 ) -> Response {
-    match state.remove_cluster(&name).await {
+    match update_within(&state, deadline, state.remove_cluster(&name)).await {
         Ok(()) => Json(json!({ "name": name, "removed": true })).into_response(),
-        Err(err) => update_error(&err),
+        Err(answer) => answer,
     }
 }

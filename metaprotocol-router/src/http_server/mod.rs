@@ -154,10 +154,17 @@ pub(crate) async fn serve(
     let _ = tokio::time::timeout(STOP_GRACE, connections.wait()).await;
 }
 
+/// When the server answers a request `408` and drops its handling: a handler that must not be
+/// cut midway (an update of the running config) finishes or gives up before it, and says which.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RequestDeadline(pub(crate) tokio::time::Instant);
+
 /// Answers 408 to a request whose body or handling takes longer than `timeout` (a client that
 /// announces a body and stops sending it holds nothing for long).
-async fn within_deadline(timeout: Duration, request: Request, next: Next) -> Response {
-    match tokio::time::timeout(timeout, next.run(request)).await {
+async fn within_deadline(timeout: Duration, mut request: Request, next: Next) -> Response {
+    let deadline = tokio::time::Instant::now() + timeout;
+    request.extensions_mut().insert(RequestDeadline(deadline));
+    match tokio::time::timeout_at(deadline, next.run(request)).await {
         Ok(response) => response,
         Err(_) => (StatusCode::REQUEST_TIMEOUT, "the request took too long\n").into_response(),
     }

@@ -319,3 +319,50 @@ async fn a_config_file_rejected_for_an_address_in_use_is_applied_once_the_addres
     );
     watched.stop().await
 }
+
+#[tokio::test]
+async fn an_admin_update_cut_by_its_deadline_says_it_changed_nothing() -> TestResult {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = CONFIG.replace(
+        "route_configs:\n",
+        "admin: { address: 127.0.0.1:0 }\nroute_configs:\n",
+    );
+    let proxy = start(&config).await?;
+    let admin = proxy.admin_addr().ok_or("no admin")?;
+    // Another update (a reload, a dynamic source's) in progress for longer than the PUT's
+    // 30 s: the PUT waits behind it until its deadline.
+    let other_update = proxy.state.updates.lock().await;
+    let body = "name: c\nendpoints: [ { address: 127.0.0.1:2 } ]\n";
+    let mut stream = tokio::net::TcpStream::connect(admin).await?;
+    stream
+        .write_all(
+            format!(
+                "PUT /clusters/c HTTP/1.1\r\nhost: admin\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await?;
+    // The 30 s pass at once: the clock moves to each timer when nothing else is left to do.
+    tokio::time::pause();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(60), stream.read_to_string(&mut answer)).await??;
+    tokio::time::resume();
+    drop(other_update);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("not applied"), "{answer}");
+    assert_eq!(rejected(&proxy), 1, "counted as rejected");
+    let running = proxy.state.config();
+    let cluster = running
+        .clusters
+        .iter()
+        .find(|c| c.name == "c")
+        .ok_or("no cluster c")?;
+    assert_eq!(
+        cluster.endpoints[0].address.to_string(),
+        "127.0.0.1:1",
+        "nothing changed"
+    );
+    proxy.shutdown().await;
+    Ok(())
+}

@@ -101,7 +101,9 @@ impl Plan {
 impl ProxyState {
     /// Applies `change` to the running config's layers (see the module docs) and counts the
     /// update; returns what changed. `change` sees the layers and the config running now, and
-    /// refuses by returning an error.
+    /// refuses by returning an error. Dropped at any of its waits (behind another update, on
+    /// DNS, binding sockets), it has published nothing: from the moment it publishes it does
+    /// not wait, so it applies whole or not at all (the admin API gives up on updates this way).
     pub(crate) async fn apply(
         &self,
         source: Source<'_>,
@@ -205,6 +207,7 @@ impl ProxyState {
         };
         // A rejected plan is dropped: what it built lets go of its metric series.
         prepared?;
+        // From here on nothing waits: an update dropped at a wait above has published nothing.
         match source {
             Source::File => self.warn_replacing_api_changes(current, new),
             Source::Api => self.remember_api_changes(current, new),
