@@ -232,9 +232,12 @@ async fn logging_goes_through_the_embedders_control() -> TestResult {
         (200, "warn,metaprotocol_router=debug\n")
     );
     assert_eq!(levels.current(), "warn,metaprotocol_router=debug");
-    let (status, reason) = http(admin, "POST", "/logging?level=bogus", "").await?;
+    let (status, reason) = http(admin, "POST", "/logging?filter=bogus", "").await?;
     assert_eq!(status, 400);
     assert!(reason.contains("not a level"), "{reason}");
+    let (status, reason) = http(admin, "POST", "/logging?level=bogus", "").await?;
+    assert_eq!(status, 400);
+    assert!(reason.contains("?level= is one of"), "{reason}");
     assert_eq!(
         http(admin, "POST", "/logging", "").await?.0,
         400,

@@ -31,6 +31,11 @@ pub(super) struct Change {
     filter: Option<String>,
 }
 
+/// The levels `?level=` takes. Anything else would go to the [`LogControl`] as directives, where
+/// a word is a target: `?level=wran` would log only a target named `wran`, hiding every
+/// warning and error of the proxy with a `200`.
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
 /// The answer when the embedder passed no [`LogControl`].
 fn no_control() -> Response {
     (
@@ -57,7 +62,19 @@ pub(super) async fn change(
         return no_control();
     };
     let directives = match (change.level, change.filter) {
-        (Some(level), None) => level,
+        (Some(level), None) => match LEVELS.iter().find(|l| l.eq_ignore_ascii_case(&level)) {
+            Some(level) => (*level).to_owned(),
+            None => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "?level= is one of {}; give directives with ?filter=\n",
+                        LEVELS.join(", ")
+                    ),
+                )
+                    .into_response();
+            }
+        },
         (None, Some(filter)) => filter,
         _ => {
             return (

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use metaprotocol_core::CodecRegistry;
 
+use crate::LogControl as _;
 use crate::testing::NullCodec;
 use crate::{CONFIG_FILE_SETTLE, Config, Proxy};
 
@@ -363,6 +364,52 @@ async fn an_admin_update_cut_by_its_deadline_says_it_changed_nothing() -> TestRe
         "127.0.0.1:1",
         "nothing changed"
     );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// A log filter kept in memory, as an embedder's [`crate::LogControl`] keeps it.
+#[derive(Default)]
+struct Levels(std::sync::Mutex<String>);
+
+impl crate::LogControl for Levels {
+    fn current(&self) -> String {
+        self.0.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    fn set(&self, directives: &str) -> Result<(), String> {
+        if let Ok(mut levels) = self.0.lock() {
+            *levels = directives.to_owned();
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_misspelt_log_level_is_refused_and_keeps_the_filter() -> TestResult {
+    let config = CONFIG.replace(
+        "route_configs:\n",
+        "admin: { address: 127.0.0.1:0 }\nroute_configs:\n",
+    );
+    let mut codecs = CodecRegistry::new();
+    codecs.register("test", |_| Ok(Arc::new(NullCodec)));
+    let levels = Arc::new(Levels(std::sync::Mutex::new("warn".to_owned())));
+    let proxy = Proxy::builder(Config::from_yaml(&config)?)
+        .codecs(codecs)
+        .log_control(levels.clone())
+        .start()
+        .await?;
+    let admin = proxy.admin_addr().ok_or("no admin")?;
+    let (status, answer) = admin_request(admin, "POST", "/logging?level=wran", "").await?;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer.contains("?level= is one of off, error, warn"),
+        "{answer}"
+    );
+    assert_eq!(levels.current(), "warn", "the filter in force stays");
+    let (status, answer) = admin_request(admin, "POST", "/logging?level=DEBUG", "").await?;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(levels.current(), "debug");
     proxy.shutdown().await;
     Ok(())
 }
