@@ -209,11 +209,27 @@ async fn metrics(State(state): State<Arc<ProxyState>>, headers: HeaderMap) -> Re
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let format = ExpositionFormat::from_accept(accept);
-    (
-        [(header::CONTENT_TYPE, format.content_type())],
-        state.metrics().encode(format),
-    )
-        .into_response()
+    let metrics = state.metrics().clone();
+    match off_the_runtime(move || metrics.encode(format)).await {
+        Ok(text) => ([(header::CONTENT_TYPE, format.content_type())], text).into_response(),
+        Err(answer) => answer,
+    }
+}
+
+/// Runs `work` (reading and writing out every series: tens of thousands of them take a good
+/// part of a second) on a thread of its own, not on the runtime thread it would keep from the
+/// accept loops, health checks and other admin requests meanwhile.
+async fn off_the_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Response> {
+    tokio::task::spawn_blocking(work).await.map_err(|err| {
+        tracing::error!(error = %err, "reading the series failed");
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "reading the series failed\n",
+        )
+            .into_response()
+    })
 }
 
 async fn config_dump(State(state): State<Arc<ProxyState>>) -> Json<serde_json::Value> {

@@ -32,7 +32,11 @@ pub(super) async fn stats(
             return (StatusCode::BAD_REQUEST, format!("invalid filter: {err}\n")).into_response();
         }
     };
-    render(&state.metrics().snapshot(), filter.as_ref()).into_response()
+    let metrics = state.metrics().clone();
+    match super::off_the_runtime(move || render(&metrics.snapshot(), filter.as_ref())).await {
+        Ok(text) => text.into_response(),
+        Err(answer) => answer,
+    }
 }
 
 /// The largest program a `?filter=` may compile to, and the largest cache its matching may

@@ -413,3 +413,50 @@ async fn a_misspelt_log_level_is_refused_and_keeps_the_filter() -> TestResult {
     proxy.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_readiness_probe_is_answered_while_a_large_scrape_runs() -> TestResult {
+    use std::io::{Read, Write};
+    let config = CONFIG.replace(
+        "route_configs:\n",
+        "admin: { address: 127.0.0.1:0 }\nroute_configs:\n",
+    );
+    let proxy = start(&config).await?;
+    let admin = proxy.admin_addr().ok_or("no admin")?;
+    let metrics = proxy.state.metrics().clone();
+    let root = metrics.root();
+    let counters: Vec<_> = (0..50_000)
+        .map(|i| root.counter_with("widgets", "Widgets", &[("widget", &i.to_string())]))
+        .collect();
+    let began = std::time::Instant::now();
+    let _ = metrics.encode(crate::stats::ExpositionFormat::Prometheus);
+    let scrape = began.elapsed();
+    // The probe comes from a thread of its own, which a blocked runtime does not hold up.
+    let (scraping, scrape_sent) = std::sync::mpsc::channel();
+    let probe = std::thread::spawn(move || -> std::io::Result<(Duration, String)> {
+        let _ = scrape_sent.recv_timeout(Duration::from_secs(10));
+        // Into the scrape's work.
+        std::thread::sleep(scrape / 10);
+        let asked = std::time::Instant::now();
+        let mut stream = std::net::TcpStream::connect(admin)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        stream.write_all(b"GET /ready HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n")?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok((asked.elapsed(), answer))
+    });
+    let scraped = tokio::spawn(admin_request(admin, "GET", "/metrics", ""));
+    tokio::task::yield_now().await;
+    scraping.send(())?;
+    let (status, _) = tokio::time::timeout(Duration::from_secs(60), scraped).await???;
+    assert_eq!(status, 200);
+    let (waited, answer) = probe.join().map_err(|_| "the probe panicked")??;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        waited < scrape / 3,
+        "/ready took {waited:?} during a scrape that takes {scrape:?}"
+    );
+    drop(counters);
+    proxy.shutdown().await;
+    Ok(())
+}
