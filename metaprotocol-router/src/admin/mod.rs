@@ -16,6 +16,7 @@ pub use logging::LogControl;
 use std::future::Future;
 use std::sync::Arc;
 
+use axum::extract::rejection::StringRejection;
 use axum::extract::{Extension, Path, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -356,8 +357,23 @@ async fn put_resource<T: Resource>(
     State(state): State<Arc<ProxyState>>,
     Path(name): Path<String>,
     deadline: Option<Extension<RequestDeadline>>,
-    body: String,
+    body: Result<String, StringRejection>,
 ) -> Response {
+    // A body that is not text, or too large to take, is a rejected update like any other: in
+    // the API's JSON, and counted.
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            state.count_update(false);
+            let body = json!({
+                "error": rejection.body_text(),
+                "field": null,
+                "line": null,
+                "column": null,
+            });
+            return (rejection.status(), Json(body)).into_response();
+        }
+    };
     let spec = match T::parse(&body) {
         Ok(spec) if spec.name() == name => spec,
         Ok(spec) => {

@@ -460,3 +460,38 @@ async fn a_readiness_probe_is_answered_while_a_large_scrape_runs() -> TestResult
     proxy.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_put_whose_body_is_not_text_or_too_large_is_rejected_in_json() -> TestResult {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = CONFIG.replace(
+        "route_configs:\n",
+        "admin: { address: 127.0.0.1:0 }\nroute_configs:\n",
+    );
+    let proxy = start(&config).await?;
+    let admin = proxy.admin_addr().ok_or("no admin")?;
+    let too_large = vec![b'a'; 3 << 20];
+    for (body, status) in [(&b"name: c\xff\xfe"[..], 400), (&too_large[..], 413)] {
+        let mut stream = tokio::net::TcpStream::connect(admin).await?;
+        let head = format!(
+            "PUT /clusters/c HTTP/1.1\r\nhost: admin\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await?;
+        // The server may answer and close before it has taken the whole of a body too large.
+        let _ = stream.write_all(body).await;
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await??;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{answer}"
+        );
+        let json = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+        let json: serde_json::Value = serde_json::from_str(json)?;
+        assert!(json["error"].is_string(), "{json}");
+    }
+    assert_eq!(rejected(&proxy), 2, "both counted as rejected");
+    proxy.shutdown().await;
+    Ok(())
+}
