@@ -447,14 +447,18 @@ async fn a_readiness_probe_is_answered_while_a_large_scrape_runs() -> TestResult
     });
     let scraped = tokio::spawn(admin_request(admin, "GET", "/metrics", ""));
     tokio::task::yield_now().await;
+    let sent = std::time::Instant::now();
     scraping.send(())?;
     let (status, _) = tokio::time::timeout(Duration::from_secs(60), scraped).await???;
+    // Measured in the same run as the probe: a loaded machine slows both alike.
+    let during = sent.elapsed();
     assert_eq!(status, 200);
     let (waited, answer) = probe.join().map_err(|_| "the probe panicked")??;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Held behind the scrape, the probe (sent a tenth into it) waited for the rest of it.
     assert!(
-        waited < scrape / 3,
-        "/ready took {waited:?} during a scrape that takes {scrape:?}"
+        waited < during / 2,
+        "/ready took {waited:?} during a scrape that took {during:?}"
     );
     drop(counters);
     proxy.shutdown().await;
