@@ -66,6 +66,26 @@ impl InFlight<'_> {
         self.finish(None);
         CallError::new(reply)
     }
+
+    /// Goes on after the `direction` filters' run `filtered` (`None`: not done by its
+    /// deadline), or ends the call with their refusal or their timeout.
+    fn filtered(
+        &mut self,
+        filtered: Option<Result<(), LocalReply>>,
+        direction: Direction,
+    ) -> Result<(), CallError> {
+        match filtered {
+            Some(Ok(())) => Ok(()),
+            Some(Err(reply)) => {
+                let flags = router::refusal_flags(reply.kind);
+                Err(self.fail(reply, flags))
+            }
+            None => {
+                let reply = router::filters_timed_out(direction, &mut self.record);
+                Err(self.failed(reply))
+            }
+        }
+    }
 }
 
 impl Drop for InFlight<'_> {
@@ -116,17 +136,7 @@ pub(super) async fn call(ctx: &CallContext, request: Message) -> Result<Message,
         || router::filter_wait_deadline(timeout, received, Instant::now()),
     )
     .await;
-    match filtered {
-        Some(Ok(())) => {}
-        Some(Err(reply)) => {
-            let flags = router::refusal_flags(reply.kind);
-            return Err(call.fail(reply, flags));
-        }
-        None => {
-            let reply = router::filters_timed_out(Direction::Request, &mut call.record);
-            return Err(call.failed(reply));
-        }
-    }
+    call.filtered(filtered, Direction::Request)?;
     let routed = router::route(
         ctx.table.clone(),
         &request,
@@ -155,17 +165,7 @@ pub(super) async fn call(ctx: &CallContext, request: Message) -> Result<Message,
         || routed.deadline(),
     )
     .await;
-    match filtered {
-        Some(Ok(())) => {}
-        Some(Err(reply)) => {
-            let flags = router::refusal_flags(reply.kind);
-            return Err(call.fail(reply, flags));
-        }
-        None => {
-            let reply = router::filters_timed_out(Direction::Response, &mut call.record);
-            return Err(call.failed(reply));
-        }
-    }
+    call.filtered(filtered, Direction::Response)?;
     // The caller gets the response as a proxy's client would: with the route's and the
     // filters' response mutation applied (to its metadata; the frame is the upstream's).
     routed
