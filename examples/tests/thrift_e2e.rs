@@ -239,6 +239,24 @@ clusters:
     Ok(())
 }
 
+/// A proxy whose listener `small` takes frames of up to 1 KiB, routing the greeter's methods
+/// to `server`.
+fn small_frames(server: &Server) -> String {
+    format!(
+        "listeners:
+  - {{ name: small, address: 127.0.0.1:0, protocol: thrift, route_config: routes, codec: {{ max_frame_bytes: 1024 }} }}
+route_configs:
+  - name: routes
+    routes:{}
+clusters:
+  - name: upstream
+    endpoints: [ {{ address: \"{}\" }} ]
+",
+        greeter_routes("upstream"),
+        server.address()
+    )
+}
+
 /// Framed or THeader, a call over the listener's `max_frame_bytes` is passed over by its
 /// length and answered with a `PROTOCOL_ERROR` `TApplicationException` in the client's
 /// transport and protocol, and the client's next call on the same connection is served
@@ -251,20 +269,7 @@ fn length_prefixed_calls_over_the_frame_limit_are_answered() -> TestResult {
     for transport in ["framed", "header"] {
         for protocol in PROTOCOLS {
             let server = Server::start(transport, protocol, "upstream", &scratch)?;
-            let yaml = format!(
-                "listeners:
-  - {{ name: small, address: 127.0.0.1:0, protocol: thrift, route_config: routes, codec: {{ max_frame_bytes: 1024 }} }}
-route_configs:
-  - name: routes
-    routes:{}
-clusters:
-  - name: upstream
-    endpoints: [ {{ address: \"{}\" }} ]
-",
-                greeter_routes("upstream"),
-                server.address()
-            );
-            let proxy = InProcessProxy::start(&yaml)?;
+            let proxy = InProcessProxy::start(&small_frames(&server))?;
             let port = proxy.addr("small")?.port();
             let answer = client(port, transport, protocol, &["big", "2000"], "", &scratch)?;
             let expected = r#"{"after": "Hello, after from upstream", "big": {"message": "bad_request: the call is larger than the listener's max_frame_bytes: passed over unread", "type": 7}}"#;
@@ -286,20 +291,7 @@ fn a_one_way_call_over_the_frame_limit_is_passed_over_and_counted() -> TestResul
     for transport in TRANSPORTS {
         for protocol in PROTOCOLS {
             let server = Server::start(transport, protocol, "upstream", &scratch)?;
-            let yaml = format!(
-                "listeners:
-  - {{ name: small, address: 127.0.0.1:0, protocol: thrift, route_config: routes, codec: {{ max_frame_bytes: 1024 }} }}
-route_configs:
-  - name: routes
-    routes:{}
-clusters:
-  - name: upstream
-    endpoints: [ {{ address: \"{}\" }} ]
-",
-                greeter_routes("upstream"),
-                server.address()
-            );
-            let proxy = InProcessProxy::start(&yaml)?;
+            let proxy = InProcessProxy::start(&small_frames(&server))?;
             let port = proxy.addr("small")?.port();
             let answer = client(
                 port,

@@ -5,7 +5,7 @@ mod common;
 use bytes::{BufMut, BytesMut};
 use common::{TestResult, auto_codec, codec_with, decode_all, goldens};
 use metaprotocol_core::{
-    Codec, CodecError, CodecOptions, EncodeParams, FrameHead, LocalReply, LocalReplyKind,
+    Codec, CodecError, CodecOptions, EncodeParams, FrameHead, LocalReply, LocalReplyKind, Message,
     MessageKind, Mutation, ResponseStatus, Side,
 };
 use metaprotocol_thrift::{
@@ -548,6 +548,30 @@ fn replies_are_not_walked_but_marked_failed_when_unreadable() -> TestResult {
     Ok(())
 }
 
+/// The proxy's answer to `call`, a THeader call it could not read (flags 5): a response in
+/// THeader with the client's flags, to seqid 0 and no method name.
+fn unreadable_calls_answer(
+    codec: &mut dyn Codec,
+    call: &Message,
+) -> Result<Message, Box<dyn std::error::Error>> {
+    let reason = call.reject_reason.ok_or("no reason")?;
+    let mut out = BytesMut::new();
+    codec.encode_local_reply(
+        call,
+        &LocalReply::new(LocalReplyKind::BadRequest, reason),
+        &mut out,
+    )?;
+    assert_eq!(
+        &out[4..8],
+        &[0x0f, 0xff, 0, 5],
+        "THeader, the client's flags"
+    );
+    let answer = common::decode_one(&out)?;
+    assert_eq!((answer.kind, answer.request_id), (MessageKind::Response, 0));
+    assert_eq!(answer.metadata.get("method"), Some(""));
+    Ok(answer)
+}
+
 /// A call under a THeader transform (zlib) is a call the engine refuses: its answer is an
 /// `INVALID_TRANSFORM` exception in the client's THeader protocol, of no name and seqid 0 (what
 /// Apache Thrift's servers answer), and the connection's next frame decodes. An answer under
@@ -577,22 +601,7 @@ fn theader_transforms_are_refused_calls() -> TestResult {
         assert_eq!((call.kind, call.request_id), (MessageKind::Request, 0));
         assert!(call.reject_reason.is_some());
         assert_eq!(next.reject_reason, None);
-        let mut out = BytesMut::new();
-        let reason = call.reject_reason.ok_or("no reason")?;
-        codec.encode_local_reply(
-            call,
-            &LocalReply::new(LocalReplyKind::BadRequest, reason),
-            &mut out,
-        )?;
-        assert_eq!(
-            &out[4..8],
-            &[0x0f, 0xff, 0, 5],
-            "THeader, the client's flags"
-        );
-        let answer = common::decode_one(&out)?;
-        assert_eq!(answer.kind, MessageKind::Response);
-        assert_eq!(answer.request_id, 0);
-        assert_eq!(answer.metadata.get("method"), Some(""));
+        let answer = unreadable_calls_answer(codec.as_mut(), call)?;
         assert_eq!(
             ThriftFormat::from_variant(answer.variant),
             Some(ThriftFormat::new(Transport::Header, protocol))
@@ -646,21 +655,7 @@ fn a_theader_call_in_json_or_an_unknown_protocol_gets_an_invalid_protocol_answer
             (MessageKind::Request, 0)
         );
         assert_eq!(next.reject_reason, None);
-        let reason = call_message.reject_reason.ok_or("no reason")?;
-        let mut out = BytesMut::new();
-        codec.encode_local_reply(
-            call_message,
-            &LocalReply::new(LocalReplyKind::BadRequest, reason),
-            &mut out,
-        )?;
-        assert_eq!(
-            &out[4..8],
-            &[0x0f, 0xff, 0, 5],
-            "THeader, the client's flags"
-        );
-        let answer = common::decode_one(&out)?;
-        assert_eq!((answer.kind, answer.request_id), (MessageKind::Response, 0));
-        assert_eq!(answer.metadata.get("method"), Some(""));
+        let answer = unreadable_calls_answer(codec.as_mut(), call_message)?;
         assert_eq!(
             ThriftFormat::from_variant(answer.variant),
             Some(ThriftFormat::new(Transport::Header, Protocol::Binary))
