@@ -31,10 +31,16 @@ pub(super) struct Change {
     filter: Option<String>,
 }
 
-/// The levels `?level=` takes. Anything else would go to the [`LogControl`] as directives, where
-/// a word is a target: `?level=wran` would log only a target named `wran`, hiding every
-/// warning and error of the proxy with a `200`.
+/// The levels `?level=` takes as a word. A word that is none of them would go to the
+/// [`LogControl`] as a directive naming a target: `?level=wran` would log only a target named
+/// `wran`, hiding every warning and error of the proxy with a `200`. Directives (`=` or `,`
+/// in them: `metaprotocol_router=debug`) are taken, as they always were.
 const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// True if `value` reads as directives rather than one word.
+fn is_directives(value: &str) -> bool {
+    value.contains(['=', ','])
+}
 
 /// The answer when the embedder passed no [`LogControl`].
 fn no_control() -> Response {
@@ -62,13 +68,14 @@ pub(super) async fn change(
         return no_control();
     };
     let directives = match (change.level, change.filter) {
+        (Some(level), None) if is_directives(&level) => level,
         (Some(level), None) => match LEVELS.iter().find(|l| l.eq_ignore_ascii_case(&level)) {
             Some(level) => (*level).to_owned(),
             None => {
                 return (
                     StatusCode::BAD_REQUEST,
                     format!(
-                        "?level= is one of {}; give directives with ?filter=\n",
+                        "?level= is one of {}, or directives (target=level, ...)\n",
                         LEVELS.join(", ")
                     ),
                 )

@@ -410,6 +410,16 @@ async fn a_misspelt_log_level_is_refused_and_keeps_the_filter() -> TestResult {
     let (status, answer) = admin_request(admin, "POST", "/logging?level=DEBUG", "").await?;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(levels.current(), "debug");
+    // Directives are no misspelt level: they are taken, as they always were.
+    let (status, answer) = admin_request(
+        admin,
+        "POST",
+        "/logging?level=metaprotocol_router=trace",
+        "",
+    )
+    .await?;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(levels.current(), "metaprotocol_router=trace");
     proxy.shutdown().await;
     Ok(())
 }
