@@ -7,7 +7,7 @@ use std::time::Duration;
 use humantime_serde::Serde;
 use serde::{Deserialize, Serialize};
 
-use super::{ClusterTlsSpec, ConfigError};
+use super::{ClusterTlsSpec, ConfigError, EndpointAddress};
 
 /// The latency histograms' default upper bounds: round values from 0.5 ms to 10 s, so that an
 /// SLO ("99% under 250 ms") reads straight off a bucket.
@@ -375,7 +375,12 @@ impl TracingSpec {
                     format!("takes an https:// otlp_endpoint, not http://{authority}"),
                 ));
             }
-            (_, Some(tls)) => tls.validate().map_err(|e| e.within("tls"))?,
+            (_, Some(tls)) => {
+                authority
+                    .parse::<EndpointAddress>()
+                    .map_err(|reason| ConfigError::new("otlp_endpoint", reason))?;
+                tls.validate().map_err(|e| e.within("tls"))?;
+            }
             (false, None) => {}
         }
         percentage("sampling", self.sampling)?;

@@ -1096,6 +1096,11 @@ fn a_tls_collector_is_https_with_tls() {
             "",
         ),
         (
+            with("{ otlp_endpoint: \"https://collector\", tls: { ca_file: /etc/ca.pem } }"),
+            "listeners[0].tracing.otlp_endpoint",
+            "is not `ip:port` or `host:port`",
+        ),
+        (
             with("{ otlp_endpoint: \"grpc://collector:4317\" }"),
             "listeners[0].tracing.otlp_endpoint",
             "https://host:port with tls",

@@ -19,7 +19,7 @@ use opentelemetry_sdk::trace::{
 };
 
 use crate::backlog::Backlog;
-use crate::config::{ClusterTlsSpec, TracingSpec};
+use crate::config::{ClusterTlsSpec, EndpointAddress, TracingSpec};
 use crate::stats::Counter;
 use crate::stats::{Metrics, MetricsScope};
 use crate::transport::{GrpcTlsConnector, TlsConnector};
@@ -61,13 +61,13 @@ fn tls_channel(
     let authority = spec
         .collector_authority()
         .ok_or_else(|| format!("`{}` is not https://host:port", spec.otlp_endpoint))?;
-    let host = authority
-        .rsplit_once(':')
-        .map_or(authority, |(host, _)| host)
-        .trim_start_matches('[')
-        .trim_end_matches(']');
+    let address: EndpointAddress = authority.parse()?;
     let tls = ClusterTlsSpec {
-        server_name: Some(tls.server_name.clone().unwrap_or_else(|| host.to_owned())),
+        server_name: Some(
+            tls.server_name
+                .clone()
+                .unwrap_or_else(|| address.host().to_owned()),
+        ),
         ..tls.clone()
     };
     let owner = format!("OTLP collector {authority}");
