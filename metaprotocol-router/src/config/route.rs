@@ -316,8 +316,7 @@ impl MetadataMatcherSpec {
             }
         }
         if let Some(pattern) = &self.regex {
-            regex::Regex::new(pattern)
-                .map_err(|err| ConfigError::new("regex", format!("invalid regex: {err}")))?;
+            crate::route::whole_value_regex(pattern)?;
         }
         Ok(())
     }

@@ -113,6 +113,11 @@ fn errors_name_the_field() {
             "invalid regex",
         ),
         (
+            FULL.replace("exact: \"true\" }", "regex: \"\\\\w{200}\" }"),
+            "route_configs[0].routes[0].match.metadata[1].regex",
+            "compiles to a program of over 1024 KiB",
+        ),
+        (
             FULL.replace("address: 127.0.0.1:20882", "address: 127.0.0.1:20881"),
             "clusters[0].endpoints[1].address",
             "duplicate endpoint",

@@ -3,7 +3,7 @@
 
 use memchr::memmem::Finder;
 use metaprotocol_core::{ConnectionInfo, MetadataKey, RoutingView};
-use regex::bytes::Regex;
+use regex::bytes::{Regex, RegexBuilder};
 
 use super::peer::{IpRange, PrincipalMatcher};
 use crate::config::{ConfigError, MatchSpec, MetadataMatcherSpec};
@@ -96,12 +96,7 @@ impl MetadataMatcher {
         } else if let Some(v) = &spec.contains {
             ValueTest::Contains(Box::new(Finder::new(v.as_bytes()).into_owned()))
         } else if let Some(pattern) = &spec.regex {
-            // Anchored: `regex` matches the whole value, as in Envoy's safe_regex.
-            let anchored = format!("^(?:{pattern})$");
-            ValueTest::Regex(
-                Regex::new(&anchored)
-                    .map_err(|err| ConfigError::new("regex", format!("invalid regex: {err}")))?,
-            )
+            ValueTest::Regex(whole_value_regex(pattern)?)
         } else if let Some(present) = spec.present {
             ValueTest::Present(present)
         } else {
@@ -140,6 +135,33 @@ impl MetadataMatcher {
         };
         hit != self.invert
     }
+}
+
+/// The largest program a `regex` condition may compile to, and the largest cache its matching
+/// may build (each thread that matches it has one). The regex crate's own limits (a 10 MiB
+/// program, 2 MiB caches) let one condition, from a config file or a control plane, take
+/// seconds to compile on the thread that applies updates, and every worker a few megabytes for
+/// each such condition as clients' values grow its cache. What routes match on compiles to a few
+/// kilobytes; a bounded repetition of a large Unicode class (`\w{200}`) passes the limit.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// The regex of a `regex` condition: anchored, so that it matches the whole value (as Envoy's
+/// `safe_regex` does), and refused when its program would pass [`REGEX_SIZE_LIMIT`].
+pub(crate) fn whole_value_regex(pattern: &str) -> Result<Regex, ConfigError> {
+    RegexBuilder::new(&format!("^(?:{pattern})$"))
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|err| {
+            let reason = match err {
+                regex::Error::CompiledTooBig(limit) => format!(
+                    "the regex compiles to a program of over {} KiB (a bounded repetition of a large class such as \\w{{200}}, say); write a smaller one",
+                    limit / 1024
+                ),
+                err => format!("invalid regex: {err}"),
+            };
+            ConfigError::new("regex", reason)
+        })
 }
 
 #[cfg(test)]
