@@ -603,6 +603,36 @@ async fn a_clients_credentials_are_not_relayed_onto_a_shared_connection() -> Tes
     .await
 }
 
+/// A server that refuses the proxy's credentials answers every probe, with `ERPCAUTH`, and
+/// serves none of the proxy's calls: the probes fail, and the endpoint leaves rotation.
+#[tokio::test]
+async fn probes_refused_credentials_take_the_endpoint_out() -> TestResult {
+    bounded(async {
+        let server = BrpcServer::start_authenticating("guarded", &["proxy-token"]).await?;
+        let proxy = start_engine(&format!(
+            "listeners: [ {{ name: brpc-in, address: 127.0.0.1:0, protocol: brpc, route_config: r }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
+clusters:
+  - name: c
+    endpoints: [ {{ address: \"{}\" }} ]
+    health_check: {{ interval: 100ms, unhealthy_threshold: 2, healthy_threshold: 1, probe: {{ method: {ECHO_SERVICE}.Echo }} }}
+",
+            server.addr()
+        ))
+        .await?;
+        let failing = || proxy.clusters()[0].endpoints[0].failing_active_checks;
+        // A check sends its probe once the one before it was judged: with six received, five
+        // were, over the threshold of two.
+        while !failing() && server.requests() < 6 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(failing(), "{} probes refused", server.requests());
+        proxy.shutdown().await;
+        Ok(())
+    })
+    .await
+}
+
 /// `authentication_data_file` is the proxy's own credentials, for its servers: on a listener it
 /// would mean nothing, and is refused by name.
 #[tokio::test]

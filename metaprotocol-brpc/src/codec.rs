@@ -7,16 +7,17 @@ use bytes::Bytes;
 use bytes::BytesMut;
 use metaprotocol_core::{
     Codec, CodecError, CodecFactory, CodecOptions, EncodeParams, FrameHead, LocalReply,
-    MAX_FRAME_HEAD, Message, OptionsError, Probe, Side, WireVariant, decode_new,
+    MAX_FRAME_HEAD, Message, OptionsError, Probe, ResponseStatus, Side, WireVariant, decode_new,
 };
 
-use crate::PROTOCOL;
 use crate::correlation;
 use crate::decode::decode_frame;
 use crate::encode::encode_message;
 use crate::header::{FrameHeader, HEADER_LEN};
 use crate::meta::RpcMetaView;
 use crate::reply::encode_local_reply;
+use crate::reply::errno;
+use crate::{PROTOCOL, keys};
 use crate::{encode_frame, proto};
 
 /// The largest frame the codec accepts whatever the options say: frame offsets are kept in
@@ -290,7 +291,7 @@ impl CodecFactory for BrpcCodecFactory {
 
     /// A call of `service.method` (the name split at its last dot) with an empty payload: a
     /// server answers it, with the method's result or an error such as `ENOMETHOD`, either way
-    /// alive. baidu_std has no heartbeat.
+    /// alive (but see [`CodecFactory::credentials_refused`]). baidu_std has no heartbeat.
     fn probe_request(&self, probe: Probe<'_>) -> Option<Message> {
         let Probe::Method(name) = probe else {
             return None;
@@ -314,6 +315,21 @@ impl CodecFactory for BrpcCodecFactory {
             .decode(&mut frame)
             .ok()
             .flatten()
+    }
+
+    /// An answer with `ERPCAUTH`, which a brpc server with an `Authenticator` sends to a
+    /// connection whose first request's credentials it does not accept, before closing it.
+    /// Other error codes say nothing of the credentials: `ENOSERVICE`, `ENOMETHOD`, `EREQUEST`
+    /// or `EINTERNAL` come from a running server that lacks the method or failed it, and
+    /// `ELIMIT`, `EOVERCROWDED` or `ELOGOFF` from one that refuses a call for a while (load,
+    /// or stopping), which retries and outlier detection already handle.
+    fn credentials_refused(&self, answer: &Message) -> bool {
+        answer.status == ResponseStatus::ServerError
+            && answer
+                .metadata
+                .get(keys::ERROR_CODE)
+                .and_then(|code| code.parse::<i32>().ok())
+                == Some(errno::ERPCAUTH)
     }
 }
 
@@ -365,6 +381,41 @@ mod tests {
             );
         }
         assert!(factory.probe_request(Probe::Heartbeat).is_none());
+        Ok(())
+    }
+
+    /// An upstream's answer with `ERPCAUTH` refuses the proxy's credentials; no other answer
+    /// does, errors included.
+    #[test]
+    fn only_erpcauth_refuses_the_credentials() -> Result<(), Box<dyn std::error::Error>> {
+        let factory = BrpcCodecFactory::new(1 << 20);
+        let answer = |code: Option<i32>| -> Result<Message, Box<dyn std::error::Error>> {
+            let meta = proto::RpcMeta {
+                response: Some(proto::RpcResponseMeta {
+                    error_code: code,
+                    error_text: code.map(|c| format!("[server][E{c}]")),
+                }),
+                correlation_id: Some(1),
+                ..Default::default()
+            };
+            let mut wire = BytesMut::new();
+            encode_frame(&meta, &[], &mut wire)?;
+            let mut upstream = factory.new_codec(Side::Upstream, WireVariant::DEFAULT);
+            Ok(upstream.decode(&mut wire)?.ok_or("no answer")?)
+        };
+        assert!(factory.credentials_refused(&answer(Some(errno::ERPCAUTH))?));
+        for code in [
+            None,
+            Some(0),
+            Some(errno::ENOSERVICE),
+            Some(errno::ENOMETHOD),
+            Some(errno::EREQUEST),
+            Some(errno::EINTERNAL),
+            Some(errno::ELIMIT),
+            Some(errno::ELOGOFF),
+        ] {
+            assert!(!factory.credentials_refused(&answer(code)?), "{code:?}");
+        }
         Ok(())
     }
 

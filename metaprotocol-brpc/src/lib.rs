@@ -104,7 +104,9 @@
 //!   [`AUTHENTICATION_DATA_FILE`] names (a cluster's only),
 //!   on the first request of its connection ([`BrpcCodec::with_credentials`]). The proxy
 //!   speaks to servers as itself; its clients are authenticated by the mesh (mTLS, the `rbac`
-//!   filter).
+//!   filter). A server's `ERPCAUTH` answer refuses those credentials
+//!   ([`credentials_refused`](metaprotocol_core::CodecFactory::credentials_refused)): a health
+//!   check's probe so answered fails.
 //! - baidu_std has no heartbeat frames and no one-way calls.
 
 mod codec;

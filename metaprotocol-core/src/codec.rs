@@ -335,10 +335,20 @@ pub trait CodecFactory: Send + Sync + 'static {
     /// decode it (so that [`Codec::encode`] writes it with a fresh request id, in the encoding
     /// [`CodecFactory::upstream_variant`] picks for it). Built once per configured check and
     /// sent many times. Any answer an upstream codec decodes for it, a response (an error
-    /// response included) or a heartbeat reply, means the endpoint is alive.
+    /// response included) or a heartbeat reply, means the endpoint is alive, unless it refuses
+    /// the proxy's credentials ([`CodecFactory::credentials_refused`]).
     fn probe_request(&self, probe: Probe<'_>) -> Option<Message> {
         let _ = probe;
         None
+    }
+
+    /// True when `answer`, decoded by an upstream codec of this protocol, says that the server
+    /// refused the credentials the proxy sent for the connection (bRPC's `ERPCAUTH`): the
+    /// endpoint serves none of the proxy's calls however alive it is, so a health check's probe
+    /// so answered fails. The default: no answer says so.
+    fn credentials_refused(&self, answer: &Message) -> bool {
+        let _ = answer;
+        false
     }
 
     /// The protocol's counters, read at every metrics scrape. The default has none.

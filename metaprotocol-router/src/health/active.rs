@@ -9,7 +9,9 @@
 //! connection of its own to the endpoint (never one that traffic uses, and never backing off: a
 //! failed connect is simply a failed check; a probe that times out closes it, so that the next
 //! check opens a new one) and passes on any answer the codec decodes for it, an error response
-//! included: the server is alive and speaking the protocol. After `unhealthy_threshold` failed
+//! included: the server is alive and speaking the protocol. The exception is an answer refusing
+//! the proxy's credentials (bRPC's `ERPCAUTH`), which fails the check: such a server serves none
+//! of the proxy's calls. After `unhealthy_threshold` failed
 //! checks in a row an endpoint gets the `FAILED_ACTIVE_CHECK` flag and leaves rotation; after
 //! `healthy_threshold` passed checks in a row it returns. The first round runs as soon as the
 //! checker starts.
@@ -39,7 +41,7 @@ impl Prober {
     async fn check(&self, timeout: Duration) -> bool {
         match self {
             Self::Tcp(address, connector) => connector.reachable(*address, timeout).await,
-            Self::Request(connection, probe) => connection.call(probe, timeout).await.is_ok(),
+            Self::Request(connection, probe) => connection.check(probe, timeout).await,
         }
     }
 }

@@ -56,8 +56,16 @@ impl ProbeConnection {
         }
     }
 
+    /// True if `probe` is answered within `timeout`, with anything but a refusal of the
+    /// proxy's credentials: an endpoint that refuses them serves none of the proxy's calls.
+    pub async fn check(&self, probe: &Arc<Message>, timeout: Duration) -> bool {
+        self.call(probe, timeout)
+            .await
+            .is_ok_and(|answer| !self.codec.credentials_refused(&answer))
+    }
+
     /// Sends `probe` and waits up to `timeout` for the answer the codec decodes for it.
-    pub async fn call(
+    async fn call(
         &self,
         probe: &Arc<Message>,
         timeout: Duration,
