@@ -633,6 +633,79 @@ clusters:
     .await
 }
 
+/// A brpc server that does not accept the proxy's credentials answers a connection's first call
+/// `ERPCAUTH` and closes it. The proxy backs off opening the next connection, as after a failed
+/// connect: calls in a row cost the server a few connections, not one each. Once the server
+/// accepts them, calls succeed again within the longest pause.
+#[tokio::test]
+async fn refused_credentials_back_off_new_connections() -> TestResult {
+    bounded(async {
+        let server = BrpcServer::start_authenticating("guarded", &["proxy-token"]).await?;
+        let credentials = std::env::temp_dir().join(format!(
+            "metaprotocol-brpc-e2e-{}-wrong.credentials",
+            std::process::id()
+        ));
+        std::fs::write(&credentials, "stale-token\n")?;
+        let proxy = start_engine(&format!(
+            "listeners: [ {{ name: brpc-in, address: 127.0.0.1:0, protocol: brpc, route_config: r }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
+clusters:
+  - name: c
+    codec: {{ authentication_data_file: \"{}\" }}
+    endpoints: [ {{ address: \"{}\" }} ]
+",
+            credentials.display(),
+            server.addr()
+        ))
+        .await?;
+        let mut client = BrpcClient::connect(listener_addr(&proxy, "brpc-in")?).await?;
+        const CALLS: usize = 20;
+        let mut backing_off = 0;
+        for n in 0..CALLS {
+            let reply = client.call(&Call::new(ECHO_SERVICE, "Echo", "a")).await?;
+            match reply.error_code() {
+                errno::ERPCAUTH => {}
+                // A call may reach the connection the server is closing (an upstream reset).
+                errno::EFAILEDSOCKET => {
+                    if reply.error_text().contains("refused the proxy's credentials") {
+                        backing_off += 1;
+                    }
+                }
+                code => panic!("call {n}: {code} {}", reply.error_text()),
+            }
+        }
+        // Without the backoff, every call opened a connection. With it, the pauses (at least
+        // 50 ms, then doubling) allow a handful, however slowly the calls go.
+        assert!(
+            server.connections() <= CALLS / 2,
+            "{} connections for {CALLS} calls",
+            server.connections()
+        );
+        assert!(backing_off >= CALLS / 2, "{backing_off}");
+        server.set_accepted(&["stale-token"]);
+        let accepting_since = Instant::now();
+        loop {
+            let reply = client.call(&Call::new(ECHO_SERVICE, "Echo", "b")).await?;
+            if reply.error_code() == 0 {
+                break;
+            }
+            // The longest pause is 5 s.
+            assert!(
+                accepting_since.elapsed() < Duration::from_secs(20),
+                "{}",
+                reply.error_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let reply = client.call(&Call::new(ECHO_SERVICE, "Echo", "c")).await?;
+        assert_eq!(reply.field("identity"), Some("stale-token"));
+        proxy.shutdown().await;
+        std::fs::remove_file(credentials)?;
+        Ok(())
+    })
+    .await
+}
+
 /// `authentication_data_file` is the proxy's own credentials, for its servers: on a listener it
 /// would mean nothing, and is refused by name.
 #[tokio::test]

@@ -44,15 +44,20 @@ pub struct BrpcServer {
     connections: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
     credentials_seen: Arc<std::sync::Mutex<Vec<String>>>,
+    accepted: Accepted,
     accept: JoinHandle<()>,
 }
+
+/// The credentials a server accepts, if it authenticates; changed by
+/// [`BrpcServer::set_accepted`].
+type Accepted = Arc<std::sync::Mutex<Option<&'static [&'static str]>>>;
 
 /// What one server connection shares with the server.
 #[derive(Clone)]
 struct Served {
     name: &'static str,
     /// The credentials accepted, if the server authenticates.
-    accepted: Option<&'static [&'static str]>,
+    accepted: Accepted,
     requests: Arc<AtomicUsize>,
     credentials_seen: Arc<std::sync::Mutex<Vec<String>>>,
 }
@@ -79,9 +84,10 @@ impl BrpcServer {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::new(std::sync::Mutex::new(accepted));
         let served = Served {
             name,
-            accepted,
+            accepted: accepted.clone(),
             requests: Arc::new(AtomicUsize::new(0)),
             credentials_seen: Arc::default(),
         };
@@ -99,6 +105,7 @@ impl BrpcServer {
             connections,
             requests,
             credentials_seen,
+            accepted,
             accept,
         })
     }
@@ -106,6 +113,11 @@ impl BrpcServer {
     /// The server's address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Makes the server accept `accepted` from now on, on connections yet to authenticate.
+    pub fn set_accepted(&self, accepted: &'static [&'static str]) {
+        *self.accepted.lock().unwrap_or_else(PoisonError::into_inner) = Some(accepted);
     }
 
     /// Connections accepted so far.
@@ -159,7 +171,11 @@ async fn serve_connection(served: Served, stream: TcpStream) {
                         .unwrap_or_else(PoisonError::into_inner)
                         .push(String::from_utf8_lossy(credentials).into_owned());
                 }
-                if let (true, Some(accepted)) = (first, served.accepted) {
+                let accepted = *served
+                    .accepted
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if let (true, Some(accepted)) = (first, accepted) {
                     let credentials = meta.authentication_data.as_deref().unwrap_or_default();
                     match accepted.iter().find(|a| a.as_bytes() == credentials) {
                         Some(accepted) => identity = Some((*accepted).into()),

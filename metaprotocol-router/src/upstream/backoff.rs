@@ -1,6 +1,7 @@
 //! Exponential backoff with jitter after connect failures, per endpoint: a dead endpoint costs a
 //! probe every few seconds, not thousands of connect attempts per second. The same backs off
-//! replacing connections whose upstream goes away before it answers anything.
+//! replacing connections whose upstream goes away before it answers anything, and opening
+//! connections after the upstream closed one right after refusing the proxy's credentials.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;

@@ -68,6 +68,10 @@ pub(crate) struct ConnectParams {
     /// The pool's backoff of replacements, failed when the upstream goes away before it
     /// answers anything on the connection.
     pub replacements: Arc<ConnectBackoff>,
+    /// The pool's backoff of new connections after refused credentials: failed when the
+    /// upstream closes the connection after its first answer refused the proxy's credentials
+    /// ([`CodecFactory::credentials_refused`]), reset by a first answer that does not.
+    pub refusals: Arc<ConnectBackoff>,
     pub stats: ClusterStats,
     pub endpoint: EndpointStats,
     /// Told once the connection is up (a replacement waits for it before taking over).
@@ -354,9 +358,16 @@ struct Multiplexer<S> {
     last_busy: Instant,
     /// See [`ConnectParams::replacements`].
     replacements: Arc<ConnectBackoff>,
-    /// Set once the connection showed whether its upstream serves: at its first answer, or
-    /// when the upstream goes away before one.
+    /// See [`ConnectParams::refusals`].
+    refusals: Arc<ConnectBackoff>,
+    /// Its protocol, which tells a refusal of the proxy's credentials.
+    codec: Arc<dyn CodecFactory>,
+    /// Set once the connection showed whether its upstream serves: at its first answer that
+    /// is no refusal of the proxy's credentials, or when the upstream goes away before one.
     judged: bool,
+    /// Set when the first answer refused the proxy's credentials: a server that then closes
+    /// the connection will refuse them on every new one.
+    refused: bool,
     /// Requests written; at `max_requests` the connection asks to be replaced.
     served: u64,
     max_requests: Option<u64>,
@@ -397,7 +408,10 @@ impl<S: Transport> Multiplexer<S> {
             busy: false,
             last_busy: Instant::now(),
             replacements: params.replacements,
+            refusals: params.refusals,
+            codec: params.codec,
             judged: false,
+            refused: false,
             served: 0,
             max_requests: params.settings.max_requests_per_connection.map(u64::from),
             _permit: params.permit,
@@ -637,8 +651,16 @@ impl<S: Transport> Multiplexer<S> {
             // A heartbeat reply answers a health check's probe.
             MessageKind::Response | MessageKind::HeartbeatReply => {
                 if !self.judged {
-                    self.judged = true;
-                    self.replacements.succeeded();
+                    // Asked of the first answers only: a server authenticates a connection
+                    // by its first request.
+                    if self.codec.credentials_refused(&message) {
+                        self.refused = true;
+                    } else {
+                        self.judged = true;
+                        self.refused = false;
+                        self.replacements.succeeded();
+                        self.refusals.succeeded();
+                    }
                 }
                 match self.waiting.remove(message.request_id) {
                     Some(waiting) if waiting.deadline > now => {
@@ -749,6 +771,18 @@ impl<S: Transport> Multiplexer<S> {
         }
     }
 
+    /// The upstream closed the connection (or broke it). Closed after refusing the proxy's
+    /// credentials, the pool backs off before opening the next one, which a server would only
+    /// refuse again (brpc's answers `ERPCAUTH` and closes): the backoff is stepped before the
+    /// requests in flight are answered, so that none of them, resent, opens one at once.
+    fn closed_by_upstream(&mut self) {
+        if self.refused {
+            tracing::warn!(address = %self.address, "the upstream refused the proxy's credentials and closed the connection: backing off before the next");
+            self.refusals.failed();
+        }
+        self.fail_all();
+    }
+
     /// Answers everything in flight and queued: the connection is gone.
     fn fail_all(&mut self) {
         let flushed = self.flushed;
@@ -786,7 +820,7 @@ impl<S: Transport> Future for Multiplexer<S> {
                     .poll_write(&mut this.io, cx, &mut this.flushed)
             };
             if let Poll::Ready(Err(_)) = written {
-                this.fail_all();
+                this.closed_by_upstream();
                 return Poll::Ready(());
             }
             // Bytes that left may have taken the buffer under the high-water mark, below which
@@ -795,7 +829,7 @@ impl<S: Transport> Future for Multiplexer<S> {
             match this.poll_read_frames(cx) {
                 Poll::Ready(true) => progressed = true,
                 Poll::Ready(false) => {
-                    this.fail_all();
+                    this.closed_by_upstream();
                     return Poll::Ready(());
                 }
                 Poll::Pending => {}
@@ -862,6 +896,7 @@ mod tests {
             connector: Connector::Plain,
             backoff: Arc::new(ConnectBackoff::new()),
             replacements: Arc::new(ConnectBackoff::new()),
+            refusals: Arc::new(ConnectBackoff::new()),
             stats: stats.clone(),
             endpoint: endpoint.clone(),
             connected: None,

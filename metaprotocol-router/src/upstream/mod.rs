@@ -7,7 +7,9 @@
 //! not yet taken the last ones join them, so that they leave in one write. In
 //! `PoolMode::Exclusive` a connection carries one request at a time.
 //! Sending never waits: a request is queued on a connection task (which connects first if it has
-//! to) and its answer comes back through its [`ReplyTo`]. After connect failures the endpoint
+//! to) and its answer comes back through its [`ReplyTo`]. After connect failures, or after a
+//! connection that the upstream closed right after refusing the proxy's credentials (a brpc
+//! server's `ERPCAUTH`, which a new connection would only meet again), the endpoint
 //! backs off, and requests for it fail at once instead of each trying to connect, unless another
 //! of its connections is open: they share that one meanwhile, and the request that finds the
 //! backoff over starts a new connect and goes on the open connection.
@@ -117,6 +119,10 @@ pub(crate) struct UpstreamPool {
     /// Backs off replacing connections whose upstream goes away before answering anything:
     /// one that says so on every connection would otherwise get a new connection per call.
     replacements: Arc<ConnectBackoff>,
+    /// Backs off opening connections after the upstream closed one right after refusing the
+    /// proxy's credentials (bRPC's `ERPCAUTH`): it would refuse every new one, each a connect
+    /// and a refusal per call. Reset by an answer that is no refusal.
+    refusals: Arc<ConnectBackoff>,
     /// Grows by one partition per variant seen (rarely more than one) and worker thread that
     /// sends; copied on write so that every send reads it without a lock.
     partitions: ArcSwap<Vec<Arc<Partition>>>,
@@ -151,6 +157,7 @@ impl UpstreamPool {
             breakers,
             backoff: Arc::new(ConnectBackoff::new()),
             replacements: Arc::new(ConnectBackoff::new()),
+            refusals: Arc::new(ConnectBackoff::new()),
             partitions: ArcSwap::from_pointee(Vec::new()),
         }
     }
@@ -219,24 +226,27 @@ impl UpstreamPool {
                 }
                 handle.send(outbound)
             }
-            // The endpoint's last connect failed: while another of its connections is open,
+            // The endpoint's last connect failed, or its last connection was closed after
+            // refusing the proxy's credentials: while another of its connections is open,
             // requests share it rather than be refused for the backoff, and the one that finds
             // the backoff over starts a new connect without waiting on it.
-            None if self.backoff.failures() > 0 => match self.open_connection(partition, variant) {
-                Some(open) => {
-                    if !self.backoff.active() {
-                        self.connect(slot, variant);
+            None if self.backoff.failures() > 0 || self.refusals.failures() > 0 => {
+                match self.open_connection(partition, variant) {
+                    Some(open) => {
+                        if !self.holding_off() {
+                            self.connect(slot, variant);
+                        }
+                        open.send(outbound)
                     }
-                    open.send(outbound)
+                    None if self.holding_off() => {
+                        return Err(Rejected {
+                            outbound,
+                            error: self.backing_off(),
+                        });
+                    }
+                    None => self.send_connecting(partition, slot, variant, outbound),
                 }
-                None if self.backoff.active() => {
-                    return Err(Rejected {
-                        outbound,
-                        error: self.backing_off(),
-                    });
-                }
-                None => self.send_connecting(partition, slot, variant, outbound),
-            },
+            }
             None => self.send_connecting(partition, slot, variant, outbound),
         };
         result.map_err(|(outbound, error)| Rejected { outbound, error })
@@ -287,15 +297,28 @@ impl UpstreamPool {
         }
     }
 
+    /// True while no connection is opened: after connect failures, or after connections
+    /// closed right after refusing the proxy's credentials.
+    fn holding_off(&self) -> bool {
+        self.backoff.active() || self.refusals.active()
+    }
+
     /// The error of a request refused because the endpoint is backing off.
     fn backing_off(&self) -> UpstreamError {
-        UpstreamError::ConnectFailed {
-            address: self.address,
-            reason: format!(
+        let reason = if self.backoff.active() {
+            format!(
                 "backing off after {} failed connect attempts",
                 self.backoff.failures()
             )
-            .into(),
+        } else {
+            format!(
+                "backing off after the server refused the proxy's credentials and closed the connection {} times in a row",
+                self.refusals.failures()
+            )
+        };
+        UpstreamError::ConnectFailed {
+            address: self.address,
+            reason: reason.into(),
         }
     }
 
@@ -389,6 +412,7 @@ impl UpstreamPool {
             connector: self.connector.clone(),
             backoff: self.backoff.clone(),
             replacements: self.replacements.clone(),
+            refusals: self.refusals.clone(),
             stats: self.stats.clone(),
             endpoint: self.endpoint.clone(),
             connected: None,

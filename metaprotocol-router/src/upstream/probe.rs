@@ -123,6 +123,8 @@ impl ProbeConnection {
             backoff: Arc::new(ConnectBackoff::new()),
             // A probe's connection is never replaced.
             replacements: Arc::new(ConnectBackoff::new()),
+            // Nor does it back off after refused credentials: the refusal is the probe's answer.
+            refusals: Arc::new(ConnectBackoff::new()),
             stats: self.stats.clone(),
             endpoint: EndpointStats::default(),
             connected: None,
