@@ -8,9 +8,9 @@
 
 // Each test file uses its own part of the shared support.
 #[allow(dead_code)]
-mod support;
-
 mod brpc_support;
+#[allow(dead_code)]
+mod support;
 
 use std::future::Future;
 use std::net::SocketAddr;

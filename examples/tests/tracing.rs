@@ -324,6 +324,38 @@ async fn a_brpc_call_carries_the_context_in_user_fields() -> TestResult {
     Ok(())
 }
 
+/// A caller tracing with brpc's own 64-bit ids: the proxy continues its trace, and the server
+/// gets the trace's id and the proxy's attempt span as its span's parent, in brpc's rpcz ids as
+/// in `traceparent`; the server makes its own span id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_brpc_call_names_the_attempt_span_as_the_rpcz_parent() -> TestResult {
+    let receiver = OtlpReceiver::start()?;
+    let server = BrpcServer::start("b1").await?;
+    let yaml = config("brpc", &receiver, &server.addr().to_string(), "");
+    let proxy = start_engine(&yaml).await?;
+    let mut client = BrpcClient::connect(listener_addr(&proxy, "in")?).await?;
+    let (trace, span) = (0x1234_5678_9abc_def0_i64, 222);
+    let reply = client
+        .call(&Call::new("example.EchoService", "Echo", "w").traced(trace, span, 111))
+        .await?;
+    assert_eq!(reply.error_code(), 0);
+    let upstream = reply
+        .field("echo-traceparent")
+        .ok_or("the server saw no traceparent")?;
+    let trace_hex = format!("{trace:032x}");
+    let spans = receiver.trace(&trace_hex, 2, EXPORT).await?;
+    let (_, attempts) = check_call_spans(&spans, &trace_hex, &format!("{span:016x}"), upstream)?;
+    let attempt = u64::from_str_radix(&attempts[0].span_id, 16)?;
+    assert_eq!(reply.field("rpcz-trace_id"), Some(&*trace.to_string()));
+    assert_eq!(
+        reply.field("rpcz-parent_span_id"),
+        Some(&*(attempt as i64).to_string())
+    );
+    assert_eq!(reply.field("rpcz-span_id"), None, "{:?}", reply.meta);
+    proxy.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_the_full_export_queue_refuses_are_dropped_and_counted() -> TestResult {
     const CALLS: u64 = 20;

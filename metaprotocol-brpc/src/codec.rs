@@ -419,6 +419,67 @@ mod tests {
         Ok(())
     }
 
+    /// A traced request goes upstream with brpc's rpcz ids taken from the `traceparent` the
+    /// engine's tracer writes: the trace's low 64 bits, and the proxy's attempt span as the
+    /// server span's parent (the server makes its own span id). Unsampled or untraced, the
+    /// client's ids go as they came.
+    #[test]
+    fn a_traced_request_carries_the_attempt_span_as_its_rpcz_parent()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let meta = proto::RpcMeta {
+            request: Some(proto::RpcRequestMeta {
+                service_name: "example.EchoService".to_owned(),
+                method_name: "Echo".to_owned(),
+                log_id: Some(7),
+                trace_id: Some(111),
+                span_id: Some(222),
+                parent_span_id: Some(333),
+                timeout_ms: Some(500),
+                ..Default::default()
+            }),
+            correlation_id: Some(4_294_967_298),
+            ..Default::default()
+        };
+        let mut frame = BytesMut::new();
+        encode_frame(&meta, b"\x0a\x02hi", &mut frame)?;
+        let request = BrpcCodec::new(Side::Downstream, 1 << 20)
+            .decode(&mut frame)?
+            .ok_or("incomplete")?;
+        let traced = |flags: &str| {
+            let mut mutation = Mutation::new();
+            mutation.set(
+                "traceparent".into(),
+                format!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}").into(),
+            );
+            mutation
+        };
+        let ids = |mutation: &Mutation| -> Result<_, Box<dyn std::error::Error>> {
+            let mut upstream = BrpcCodec::new(Side::Upstream, 1 << 20);
+            let (_, meta) = written(&mut upstream, &request, 1, mutation, false)?;
+            let sent = meta.request.ok_or("no request meta")?;
+            assert_eq!(
+                (sent.method_name.as_str(), sent.log_id, sent.timeout_ms),
+                ("Echo", Some(7), Some(500))
+            );
+            Ok((sent.trace_id, sent.span_id, sent.parent_span_id))
+        };
+        assert_eq!(
+            ids(&traced("01"))?,
+            (
+                Some(0xa3ce_929d_0e0e_4736_u64 as i64),
+                None,
+                Some(0x00f0_67aa_0ba9_02b7)
+            )
+        );
+        let as_sent = (Some(111), Some(222), Some(333));
+        assert_eq!(ids(&traced("00"))?, as_sent, "not sampled");
+        assert_eq!(ids(&Mutation::new())?, as_sent, "not traced");
+        let mut other = Mutation::new();
+        other.set("x-routed-by".into(), "proxy".into());
+        assert_eq!(ids(&other)?, as_sent, "a mutation without a trace");
+        Ok(())
+    }
+
     /// A request for `example.EchoService.Echo` with a brpc client's id, a user field, a
     /// payload and the client's `authentication_data`, if any, as a listener decodes it.
     fn request(authentication: Option<&[u8]>) -> Result<Message, Box<dyn std::error::Error>> {

@@ -3,9 +3,10 @@
 //! request's `authentication_data` goes or the cluster's comes.
 //!
 //! The meta is never re-serialized from a model: fields are copied verbatim (unknown ones too,
-//! in their order) and only `correlation_id`, the overridden `user_fields` entries and
-//! `authentication_data` are replaced. Payload and attachment are copied as they came, so
-//! payload checksums stay valid.
+//! in their order) and only `correlation_id`, the overridden `user_fields` entries,
+//! `authentication_data` and, on a request the proxy traces, the request meta's trace ids
+//! ([`TraceIds`]) are replaced. Payload and attachment are copied as they came, so payload
+//! checksums stay valid.
 
 use bytes::{BufMut, BytesMut};
 use metaprotocol_core::{CodecError, Message, MessageKind, Mutation, Side, append_frame};
@@ -13,7 +14,7 @@ use metaprotocol_core::{CodecError, Message, MessageKind, Mutation, Side, append
 use crate::correlation;
 use crate::header::{HEADER_LEN, write_frame};
 use crate::layout::BrpcLayout;
-use crate::meta::{field, map_entry};
+use crate::meta::{field, map_entry, request_field};
 use crate::wire::{
     FieldReader, MAX_VARINT_BYTES, WireValue, encode_varint, len_prefix_size, put_len_prefix,
     put_varint_field, read_varint, varint_len,
@@ -53,11 +54,13 @@ pub(crate) fn encode_message(
         Side::Upstream => correlation::to_wire(id, varint_len(current)),
     };
     if !mutation.is_empty() || drop_authentication || credentials.is_some() {
+        let traced = side == Side::Upstream && message.kind == MessageKind::Request;
         let edit = MetaEdit {
             id,
             mutation,
             drop_authentication,
             credentials,
+            trace: traced.then(|| TraceIds::sampled(mutation)).flatten(),
         };
         return rebuild(frame, &layout, &edit, dst).map(|()| 0);
     }
@@ -112,6 +115,59 @@ struct MetaEdit<'a> {
     drop_authentication: bool,
     /// The `authentication_data` appended, if any.
     credentials: Option<&'a [u8]>,
+    /// The request meta's trace ids, when the proxy traces the call.
+    trace: Option<TraceIds>,
+}
+
+/// brpc's rpcz ids for a request the proxy traces and samples: the trace, and the proxy's
+/// attempt span as the server span's parent. The engine's tracer writes them into the
+/// mutation as W3C's `traceparent` (`00-{trace id}-{attempt span}-{flags}`), whence they are
+/// read. brpc's trace ids are 64-bit: a 128-bit W3C trace id goes as its low 64 bits (as
+/// OpenTelemetry maps a 128-bit id to 64-bit systems, and as a 64-bit brpc id read by the
+/// proxy comes back). `span_id` is left out: a brpc server then gives its span an id of its
+/// own, as a W3C server does, under `parent_span_id`.
+#[derive(Clone, Copy, Debug)]
+struct TraceIds {
+    trace_id: u64,
+    parent_span_id: u64,
+}
+
+impl TraceIds {
+    /// The ids of the sampled `traceparent` that `mutation` sets; `None` without one, or when
+    /// the trace is not sampled (the request's ids then go as the client sent them).
+    fn sampled(mutation: &Mutation) -> Option<Self> {
+        let (_, traceparent) = mutation
+            .sets()
+            .iter()
+            .find(|(key, _)| key.as_bytes() == b"traceparent")?;
+        let mut parts = traceparent.as_str().split('-');
+        let (Some("00"), Some(trace), Some(span), Some(flags), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return None;
+        };
+        let hex = |text: &str, len: usize| {
+            (text.len() == len)
+                .then(|| u128::from_str_radix(text, 16).ok())
+                .flatten()
+        };
+        let trace_id = hex(trace, 32)? as u64;
+        let parent_span_id = u64::try_from(hex(span, 16)?).ok()?;
+        let sampled = hex(flags, 2)? & 1 == 1;
+        (sampled && trace_id != 0 && parent_span_id != 0).then_some(Self {
+            trace_id,
+            parent_span_id,
+        })
+    }
+
+    /// The bytes the two varint fields take.
+    fn size(self) -> usize {
+        2 + varint_len(self.trace_id) + varint_len(self.parent_span_id)
+    }
 }
 
 /// Rewrites the meta field by field: the id replaced, overridden `user_fields` entries (and
@@ -138,7 +194,11 @@ fn rebuild(
     let credentials = edit.credentials.map_or(0, |c| {
         len_prefix_size(field::AUTHENTICATION_DATA, c.len()) + c.len()
     });
-    let capacity = frame.len() + added + credentials + 1 + MAX_VARINT_BYTES;
+    // The trace ids, and the request meta's length prefix, longer by as much.
+    let trace = edit
+        .trace
+        .map_or(0, |trace| trace.size() + MAX_VARINT_BYTES);
+    let capacity = frame.len() + added + credentials + trace + 1 + MAX_VARINT_BYTES;
     write_frame(dst, capacity, body, |dst| {
         copy_meta_fields(meta, layout, edit, dst)?;
         if !layout.has_id() {
@@ -180,10 +240,48 @@ fn copy_meta_fields(
             (field::AUTHENTICATION_DATA, WireValue::Bytes(_)) if edit.drop_authentication => {
                 continue;
             }
+            (field::REQUEST, WireValue::Bytes(range)) => {
+                if let Some(trace) = edit.trace {
+                    put_traced_request(meta.get(range.clone()).unwrap_or_default(), trace, dst)?;
+                    continue;
+                }
+            }
             _ => {}
         }
         dst.put_slice(meta.get(f.span).unwrap_or_default());
     }
+    Ok(())
+}
+
+/// Appends the request meta field of `request` (its content) with `trace`'s ids in place of
+/// the trace ids it carried.
+fn put_traced_request(
+    request: &[u8],
+    trace: TraceIds,
+    dst: &mut BytesMut,
+) -> Result<(), CodecError> {
+    let replaced = |number| {
+        matches!(
+            number,
+            request_field::TRACE_ID | request_field::SPAN_ID | request_field::PARENT_SPAN_ID
+        )
+    };
+    let mut len = trace.size();
+    for f in FieldReader::new(request) {
+        let f = f?;
+        if !replaced(f.number) {
+            len += f.span.len();
+        }
+    }
+    put_len_prefix(dst, field::REQUEST, len);
+    for f in FieldReader::new(request) {
+        let f = f?;
+        if !replaced(f.number) {
+            dst.put_slice(request.get(f.span).unwrap_or_default());
+        }
+    }
+    put_varint_field(dst, request_field::TRACE_ID, trace.trace_id);
+    put_varint_field(dst, request_field::PARENT_SPAN_ID, trace.parent_span_id);
     Ok(())
 }
 

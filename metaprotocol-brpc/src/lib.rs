@@ -81,7 +81,11 @@
 //!   and attachment, never the meta.
 //! - **Mutation**: route `request_mutation`/`response_mutation` entries become `user_fields`
 //!   (set replaces an entry of the same key, remove drops it); only the meta is rebuilt, and
-//!   body and meta sizes are recomputed. A request that a mutation (or a longer id) takes over
+//!   body and meta sizes are recomputed. A request whose mutation carries a sampled
+//!   `traceparent` (the engine's tracer writes one for each attempt) goes upstream with brpc's
+//!   rpcz ids in its `RpcRequestMeta` taken from it, in place of the caller's: `trace_id` the
+//!   trace id's low 64 bits, `parent_span_id` the attempt's span, no `span_id` (the server makes
+//!   its own). A request that a mutation (or a longer id) takes over
 //!   the cluster's `max_frame_bytes` is not sent: its client gets `EREQUEST`, and the server
 //!   connection other clients' calls share is spared a frame the server would refuse.
 //! - **Local replies**: a response meta with brpc's error code ([`error_code`] lists the

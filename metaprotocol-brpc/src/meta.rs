@@ -29,13 +29,13 @@ pub(crate) mod field {
 }
 
 /// `RpcRequestMeta` field numbers.
-mod request_field {
+pub(crate) mod request_field {
     pub(super) const SERVICE_NAME: u32 = 1;
     pub(super) const METHOD_NAME: u32 = 2;
     pub(super) const LOG_ID: u32 = 3;
-    pub(super) const TRACE_ID: u32 = 4;
-    pub(super) const SPAN_ID: u32 = 5;
-    pub(super) const PARENT_SPAN_ID: u32 = 6;
+    pub(crate) const TRACE_ID: u32 = 4;
+    pub(crate) const SPAN_ID: u32 = 5;
+    pub(crate) const PARENT_SPAN_ID: u32 = 6;
     pub(super) const REQUEST_ID: u32 = 7;
     pub(super) const TIMEOUT_MS: u32 = 8;
 }

@@ -5,7 +5,8 @@
 //! The server answers `Echo` with the request's payload and attachment, `Sleep` the same after
 //! two seconds, and `Fail` with brpc's `EINTERNAL`. Every answer carries, in its `user_fields`,
 //! `server` = the server's name and `echo-<key>` for each user field it received, so a test sees
-//! routing and request mutation from the far end.
+//! routing and request mutation from the far end, and, for a request with brpc's rpcz ids,
+//! `rpcz-trace_id`, `rpcz-span_id` and `rpcz-parent_span_id` (those it carried, in decimal).
 //!
 //! A server started with an authenticator checks credentials as a brpc server with an
 //! `Authenticator` does: the `authentication_data` of a connection's first request only, which
@@ -237,6 +238,18 @@ async fn answer(
     if let Some(identity) = identity {
         user_fields.insert("identity".into(), identity.to_string());
     }
+    if let Some(request) = &meta.request {
+        let ids = [
+            ("rpcz-trace_id", request.trace_id),
+            ("rpcz-span_id", request.span_id),
+            ("rpcz-parent_span_id", request.parent_span_id),
+        ];
+        for (key, id) in ids {
+            if let Some(id) = id {
+                user_fields.insert(key.into(), id.to_string());
+            }
+        }
+    }
     let mut reply = proto::RpcMeta {
         response: Some(proto::RpcResponseMeta {
             error_code: Some(0),
@@ -284,6 +297,8 @@ pub struct Call {
     pub streaming: bool,
     /// `authentication_data`, if any.
     pub credentials: Option<String>,
+    /// brpc's rpcz ids: `trace_id`, `span_id`, `parent_span_id`.
+    pub rpcz: Option<(i64, i64, i64)>,
 }
 
 impl Call {
@@ -299,6 +314,7 @@ impl Call {
             timeout_ms: None,
             streaming: false,
             credentials: None,
+            rpcz: None,
         }
     }
 
@@ -306,6 +322,12 @@ impl Call {
     /// `Authenticator` does on its connection's first call.
     pub fn authenticated(mut self, credentials: &str) -> Self {
         self.credentials = Some(credentials.into());
+        self
+    }
+
+    /// Sends brpc's rpcz ids, as a brpc client tracing the call does.
+    pub fn traced(mut self, trace_id: i64, span_id: i64, parent_span_id: i64) -> Self {
+        self.rpcz = Some((trace_id, span_id, parent_span_id));
         self
     }
 
@@ -380,6 +402,9 @@ impl BrpcClient {
                 method_name: call.method.clone(),
                 log_id: Some(42),
                 timeout_ms: call.timeout_ms,
+                trace_id: call.rpcz.map(|ids| ids.0),
+                span_id: call.rpcz.map(|ids| ids.1),
+                parent_span_id: call.rpcz.map(|ids| ids.2),
                 ..Default::default()
             }),
             compress_type: Some(0),

@@ -5,7 +5,8 @@
 //! B3 or bRPC's own ids) and the trace is sampled: by the caller's decision when it made one
 //! (`parent_based`), else by the configured ratio of trace ids. Every attempt gets a span id of
 //! its own, written into the upstream request's mutation as `traceparent` (and B3), which Dubbo
-//! carries as attachments, THeader as headers and bRPC as `user_fields` (plain Thrift has no
+//! carries as attachments, THeader as headers and bRPC as `user_fields` (and, sampled, in its
+//! rpcz ids, which its codec takes from `traceparent`) (plain Thrift has no
 //! place for it). When the request completes, its spans, with OpenTelemetry's RPC attributes,
 //! go to the exporter ([`export`]), which batches them on a thread of its own behind a bounded
 //! queue; when the queue is full, they are dropped (and counted) before they are built. The per-request state lives in the request's slot only on listeners that trace.
