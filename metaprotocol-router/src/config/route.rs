@@ -239,8 +239,11 @@ impl MatchSpec {
         for (i, matcher) in self.metadata.iter().enumerate() {
             errors.check(&format!("metadata[{i}]"), matcher.validate());
         }
-        if self.principal.as_deref() == Some("") {
-            errors.add(ConfigError::new("principal", "must not be empty"));
+        if let Some(principal) = &self.principal {
+            errors.check(
+                "principal",
+                crate::route::PrincipalMatcher::parse(principal).map(|_| ()),
+            );
         }
         for (i, range) in self.source_ips.iter().enumerate() {
             errors.check(

@@ -33,9 +33,14 @@ impl RequestMatcher {
             .enumerate()
             .map(|(i, r)| IpRange::parse(r).map_err(|e| e.within(&format!("source_ips[{i}]"))))
             .collect::<Result<_, _>>()?;
+        let principal = spec
+            .principal
+            .as_deref()
+            .map(|p| PrincipalMatcher::parse(p).map_err(|e| e.within("principal")))
+            .transpose()?;
         Ok(Self {
             metadata,
-            principal: spec.principal.as_deref().map(PrincipalMatcher::new),
+            principal,
             source_ips,
         })
     }

@@ -114,8 +114,32 @@ impl NameKind {
 }
 
 impl PrincipalMatcher {
-    /// Compiles a pattern (not empty: validated with the config).
-    pub fn new(pattern: &str) -> Self {
+    /// Compiles a pattern from the config. A `*` anywhere but alone, at the start or at the
+    /// end is refused: it would be compared as a character, and no certificate names a
+    /// workload so, so the pattern would never match (a deny policy written for
+    /// `spiffe://td/ns/*/sa/admin` would let every admin through).
+    pub fn parse(pattern: &str) -> Result<Self, ConfigError> {
+        if pattern.is_empty() {
+            return Err(ConfigError::new("", "must not be empty"));
+        }
+        let matcher = Self::new(pattern);
+        let rest = match &matcher {
+            Self::Any => "",
+            Self::Exact(_, rest) | Self::Prefix(_, rest) | Self::Suffix(_, rest) => rest,
+        };
+        if rest.contains('*') {
+            return Err(ConfigError::new(
+                "",
+                format!(
+                    "`{pattern}`: `*` may only stand alone, or begin or end the pattern (`*`, `prefix*`, `*suffix`)"
+                ),
+            ));
+        }
+        Ok(matcher)
+    }
+
+    /// Compiles a pattern without checking it.
+    fn new(pattern: &str) -> Self {
         let kind = NameKind::of(pattern);
         if pattern == "*" {
             Self::Any
@@ -220,6 +244,18 @@ mod tests {
                 "{pattern}"
             );
             assert!(!PrincipalMatcher::new(pattern).matches(None), "{pattern}");
+        }
+    }
+
+    /// A `*` is a wildcard alone, first or last only; anywhere else it would be compared as a
+    /// character, and the pattern would match no workload.
+    #[test]
+    fn wildcards_inside_a_principal_are_refused() {
+        for pattern in ["*", "spiffe://td/ns/a/*", "*/sa/b", "CN=reader"] {
+            assert!(PrincipalMatcher::parse(pattern).is_ok(), "{pattern}");
+        }
+        for pattern in ["spiffe://td/ns/*/sa/b", "*/sa/*", "**", "a**", ""] {
+            assert!(PrincipalMatcher::parse(pattern).is_err(), "{pattern}");
         }
     }
 

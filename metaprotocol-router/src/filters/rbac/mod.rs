@@ -267,6 +267,18 @@ mod tests {
                 "policies[0].principals[0]",
                 "must not be empty",
             ),
+            // A `*` inside a pattern would be compared as a character: this deny policy would
+            // refuse no one.
+            (
+                json!({ "action": "deny", "policies": [ { "name": "p", "not_principals": [ "spiffe://td/ns/*/sa/admin" ] } ] }),
+                "policies[0].not_principals[0]",
+                "`*` may only stand alone, or begin or end the pattern",
+            ),
+            (
+                json!({ "action": "deny", "policies": [ { "name": "p", "principals": [ "*/sa/admin*" ] } ] }),
+                "policies[0].principals[0]",
+                "`*` may only stand alone",
+            ),
             // Written empty (a template that rendered no principals, say), a list would not
             // be a condition: the policy would match every client.
             (

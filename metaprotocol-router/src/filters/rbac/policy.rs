@@ -98,13 +98,7 @@ fn principals(field: &str, patterns: &[String]) -> Result<Vec<PrincipalMatcher>,
         .iter()
         .enumerate()
         .map(|(i, pattern)| {
-            if pattern.is_empty() {
-                return Err(ConfigError::new(
-                    format!("{field}[{i}]"),
-                    "must not be empty",
-                ));
-            }
-            Ok(PrincipalMatcher::new(pattern))
+            PrincipalMatcher::parse(pattern).map_err(|e| e.within(&format!("{field}[{i}]")))
         })
         .collect()
 }
