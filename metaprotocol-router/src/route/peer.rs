@@ -42,6 +42,18 @@ impl IpRange {
                     )
                 })?,
         };
+        // Clients are compared by their IPv4 address when they have one (see `contains`), so
+        // a range of IPv4-mapped addresses (`::ffff:10.0.0.0/104`) is taken as the IPv4 range
+        // it maps: as written it would hold no client at all.
+        if let IpAddr::V6(v6) = network
+            && let Some(v4) = v6.to_ipv4_mapped()
+            && prefix >= 96
+        {
+            return Ok(Self {
+                network: IpAddr::V4(v4),
+                prefix: prefix - 96,
+            });
+        }
         Ok(Self { network, prefix })
     }
 
@@ -201,6 +213,25 @@ mod tests {
         assert!(range("::/0").contains(ip("::1")));
         assert!(range("192.168.1.128/25").contains(ip("192.168.1.200")));
         assert!(!range("192.168.1.128/25").contains(ip("192.168.1.100")));
+    }
+
+    /// An IPv4 client counts as its IPv4 address, also against a range written as the IPv6
+    /// addresses it maps to: such a range held no client, and a deny policy on it refused none.
+    #[test]
+    fn ranges_of_ipv4_mapped_addresses_hold_their_ipv4_clients() {
+        for client in ["10.1.2.3", "::ffff:10.1.2.3"] {
+            assert!(
+                range("::ffff:10.0.0.0/104").contains(ip(client)),
+                "{client}"
+            );
+            assert!(range("::ffff:10.1.2.3").contains(ip(client)), "{client}");
+            assert!(range("::ffff:0:0/96").contains(ip(client)), "{client}");
+            assert!(
+                !range("::ffff:11.0.0.0/104").contains(ip(client)),
+                "{client}"
+            );
+        }
+        assert!(!range("::ffff:0:0/96").contains(ip("2001:db8::1")));
     }
 
     #[test]
