@@ -122,6 +122,9 @@ fn default_timeout() -> Duration {
     DEFAULT_TIMEOUT
 }
 
+/// The longest time a limit's schedule may run ahead of now, in microseconds.
+const MAX_SPAN_US: u64 = 1 << 50;
+
 /// A limit in the script's terms, in microseconds.
 #[derive(Debug, Clone, Copy)]
 struct Rate {
@@ -135,6 +138,9 @@ impl LimitSpec {
     fn rate(&self) -> Result<Rate, ConfigError> {
         if self.requests == 0 {
             return Err(ConfigError::new("requests", "must be at least 1"));
+        }
+        if self.per.is_zero() {
+            return Err(ConfigError::new("per", "must be greater than 0"));
         }
         let burst = self.burst.unwrap_or(self.requests);
         if burst == 0 {
@@ -151,15 +157,25 @@ impl LimitSpec {
                 ),
             ));
         }
-        let tolerance_us = emission_us.saturating_mul(u128::from(burst - 1));
-        let fits = |us: u128| u64::try_from(us).ok().filter(|us| *us < 1 << 50);
-        match (fits(emission_us), fits(tolerance_us)) {
-            (Some(emission_us), Some(tolerance_us)) => Ok(Rate {
-                emission_us,
-                tolerance_us,
-            }),
-            _ => Err(ConfigError::new("per", "is too long")),
-        }
+        // The script adds both to the server's clock (2^50.6 us since 1970) in a Lua number,
+        // exact only up to 2^53.
+        let fits = |us: u128| u64::try_from(us).ok().filter(|us| *us < MAX_SPAN_US);
+        let emission_us = fits(emission_us).ok_or_else(|| {
+            ConfigError::new(
+                "per",
+                "is too long: `per / requests` must be under 2^50 microseconds (35 years)",
+            )
+        })?;
+        let tolerance_us = fits(u128::from(emission_us) * u128::from(burst - 1)).ok_or_else(|| {
+            ConfigError::new(
+                "burst",
+                "is too large: `(burst - 1) × per / requests` must be under 2^50 microseconds (35 years)",
+            )
+        })?;
+        Ok(Rate {
+            emission_us,
+            tolerance_us,
+        })
     }
 }
 
@@ -485,6 +501,21 @@ mod tests {
                 with(&|c| c["limit"]["requests"] = json!(10_000_000)),
                 "limit.requests",
                 "one per microsecond",
+            ),
+            (
+                with(&|c| c["limit"]["per"] = json!("0s")),
+                "limit.per",
+                "must be greater than 0",
+            ),
+            (
+                with(&|c| c["limit"]["burst"] = json!(1_000_000_000_000u64)),
+                "limit.burst",
+                "is too large",
+            ),
+            (
+                with(&|c| c["limit"]["per"] = json!("400years")),
+                "limit.per",
+                "is too long",
             ),
             (
                 with(&|c| c["limit"]["burst"] = json!(0)),
