@@ -249,6 +249,11 @@ mod tests {
                 "at least 1",
             ),
             (
+                json!({ "token_bucket": { "max_tokens": 5, "tokens_per_fill": 0, "fill_interval": "1s" } }),
+                "token_bucket.tokens_per_fill",
+                "at least 1",
+            ),
+            (
                 json!({ "token_bucket": { "max_tokens": 5, "fill_interval": "10ms" } }),
                 "token_bucket.fill_interval",
                 "at least 50ms",
