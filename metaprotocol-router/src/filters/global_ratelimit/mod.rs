@@ -439,6 +439,48 @@ mod tests {
         Ok(())
     }
 
+    /// A server that answers every connection with `answer` (no Redis reply, or one the script
+    /// never gives) and closes it: each check fails to the failure mode, counted as an error,
+    /// long before its timeout.
+    #[tokio::test]
+    async fn a_server_answering_garbage_applies_the_failure_mode() -> std::io::Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for answer in [
+            &b"HTTP/1.1 400 Bad Request\r\n\r\n"[..],
+            b"*2\r\n:1\r\n+now\r\n",
+            b"-ERR user_script:1: Script attempted to access nonexistent global variable\r\n",
+        ] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let address = listener.local_addr()?.to_string();
+            let server = tokio::spawn(async move {
+                while let Ok((mut socket, _)) = listener.accept().await {
+                    let mut buf = [0u8; 4096];
+                    let _ = socket.read(&mut buf).await;
+                    let _ = socket.write_all(answer).await;
+                }
+            });
+            let metrics = Metrics::new();
+            let mut spec = config(&address, true);
+            spec["timeout"] = json!("5s");
+            let filter = build_filter(NAME, spec, &metrics).map_err(std::io::Error::other)?;
+            let started = std::time::Instant::now();
+            let decision = decide(&*filter, &TestRequest::new(&[("method", "m")])).await;
+            server.abort();
+            assert!(
+                started.elapsed() < Duration::from_secs(4),
+                "{:?}",
+                started.elapsed()
+            );
+            assert!(
+                matches!(&decision, FilterDecision::Reply(reply) if reply.kind == LocalReplyKind::OverLimit),
+                "{decision:?}"
+            );
+            let series = "metaprotocol_ratelimit_backend_errors_total{listener=\"in\",filter=\"global_ratelimit\",reason=\"error\"}";
+            assert_eq!(value(&metrics, series), Some(1.0), "{answer:?}");
+        }
+        Ok(())
+    }
+
     #[test]
     fn requests_without_a_descriptor_key_are_not_limited() -> Result<(), ConfigError> {
         let filter = build_filter(NAME, config(&closed_address(), true), &Metrics::new())?;
