@@ -70,7 +70,10 @@
 //! argument (a `sys_callback_arg-<index>` attachment): the provider would call the client back
 //! over the connection the call came on, which through the proxy other clients share and which
 //! takes no calls from providers. (The `callback.service.instid` attachment of such a call back
-//! picks an export only on the client's side of a connection, never on a provider's.)
+//! picks an export only on the client's side of a connection, never on a provider's.) So is a
+//! stub event call (a `dubbo.stub.event` attachment of `true`): a Java provider looks it up
+//! under another port than its service's (the connection's remote port, which through the
+//! proxy is the proxy's own, in Dubbo 2; 0 in Dubbo 3), finds no service, and fails it.
 //! Values are slices of the frame, not copies, except for strings split into chunks or
 //! holding characters outside the BMP in Java's surrogate encoding. Responses carry their
 //! string attachments.

@@ -53,6 +53,9 @@ pub(crate) fn decode(frame: &Bytes, metadata: &mut Metadata) -> Result<DecodedRe
         if key.is_some_and(|key| key.starts_with(CALLBACK_ARGUMENT)) {
             return Err(CodecError::malformed(CALLBACK_REFUSED));
         }
+        if key == Some(STUB_EVENT) && entry.value.as_ref().map(|v| v.raw(frame)) == Some(b"true") {
+            return Err(CodecError::malformed(STUB_EVENT_REFUSED));
+        }
         if key == Some(PATH_ATTACHMENT) && entry.value.as_ref().map(|v| v.raw(frame)) != call_path {
             return Err(CodecError::malformed(
                 "the path attachment names another service than the call",
@@ -204,6 +207,17 @@ const CALLBACK_ARGUMENT: &[u8] = b"sys_callback_arg-";
 /// takes no calls from upstreams (and could not tell whose callback one is), and clients would
 /// replace, destroy and use up each other's callback proxies on it.
 const CALLBACK_REFUSED: &str = "callback arguments (sys_callback_arg attachments) are not supported through the proxy: the provider would call back over a connection that other clients share";
+
+/// The attachment by which Java Dubbo marks a stub event call (`dubbo.stub.event` = `true`): a
+/// call of the service a consumer's local stub exports for its provider's events. A Java
+/// provider looks such a call up under another port than its export's
+/// (`DubboProtocol.getInvoker`: the connection's remote port in Dubbo 2, 0 in Dubbo 3), so it
+/// finds no service; through the proxy, that remote port is the proxy's own, on a connection
+/// other clients share.
+const STUB_EVENT: &[u8] = b"dubbo.stub.event";
+
+/// Why a stub event call is refused.
+const STUB_EVENT_REFUSED: &str = "stub event calls (dubbo.stub.event attachment) are not supported through the proxy: a Java provider looks them up under another port than its service's (the proxy's own, or 0) and finds no service";
 
 /// The attachment by which Java providers pick the version of the service that runs.
 const VERSION_ATTACHMENT: &[u8] = keys::VERSION.as_bytes();
@@ -448,6 +462,27 @@ mod tests {
             let message = call_with_attachments(key, &[&text])?;
             assert_eq!(message.reject_reason, None, "{key}");
             assert_eq!(message.metadata.get(key), Some("1"));
+        }
+        Ok(())
+    }
+
+    /// A stub event call (`dubbo.stub.event` = `true`) is looked up by a Java provider under
+    /// another port than its export's, which through the proxy is the proxy's own: it would
+    /// fail on the provider with "Not found exported service" (an exception status 70 that
+    /// names the proxy's port), and is refused here with status 40 and the reason. The
+    /// attachment with another value does not change the lookup, and is routed as usual.
+    #[test]
+    fn a_stub_event_call_is_refused() -> Result<(), CodecError> {
+        let mut text = BytesMut::new();
+        write_string(&mut text, &["true"]);
+        let message = call_with_attachments("dubbo.stub.event", &[&text])?;
+        assert_eq!(message.reject_reason, Some(STUB_EVENT_REFUSED));
+        for value in ["false", "TRUE", ""] {
+            let mut text = BytesMut::new();
+            write_string(&mut text, &[value]);
+            let message = call_with_attachments("dubbo.stub.event", &[&text])?;
+            assert_eq!(message.reject_reason, None, "{value}");
+            assert_eq!(message.metadata.get("dubbo.stub.event"), Some(value));
         }
         Ok(())
     }
