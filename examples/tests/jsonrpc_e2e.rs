@@ -577,3 +577,86 @@ fn a_batch_through_the_proxy_is_answered_call_by_call() -> TestResult {
     assert_eq!((noted("batched")?, noted("quiet")?), (1, 2));
     Ok(())
 }
+
+/// Sends `batch` on one line through a proxy, which logs to a JSON access log, to two of the
+/// suite's servers: the answer it got back (one line, without its newline) and the access log's
+/// first `lines` lines, once it has them. `None` when the suite is not installed.
+fn batch_logged(
+    test: &str,
+    batch: &serde_json::Value,
+    lines: usize,
+) -> TestResult<Option<(String, Vec<serde_json::Value>)>> {
+    use std::io::{BufRead, BufReader, Write};
+    let missing =
+        (!SUITE.venv_python().exists()).then(|| "the suite's .venv is missing".to_owned());
+    if !SUITE.ready(missing)? {
+        return Ok(None);
+    }
+    let scratch = Scratch::new(test)?;
+    let notes = scratch.path("notes.log");
+    let log = scratch.path("access.log");
+    let s1 = server("s1", &notes, &scratch)?;
+    let s2 = server("s2", &notes, &scratch)?;
+    let yaml = config(s1.port, s2.port).replacen(
+        "route_config: rpc }",
+        &format!(
+            "route_config: rpc, access_log: {{ path: \"{}\" }} }}",
+            log.display()
+        ),
+        1,
+    );
+    let proxy = InProcessProxy::start(&yaml)?;
+    let stream = std::net::TcpStream::connect(proxy.addr("rpc-in")?)?;
+    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut client = BufReader::new(stream);
+    client
+        .get_mut()
+        .write_all(format!("{batch}\n").as_bytes())?;
+    let mut answer = String::new();
+    client.read_line(&mut answer)?;
+    let logged = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?
+        .block_on(support::file_lines(&log, lines))?
+        .iter()
+        .map(|line| serde_json::from_str(line))
+        .collect::<Result<_, _>>()?;
+    Ok(Some((answer.trim_end().to_owned(), logged)))
+}
+
+/// Each call of a batch is logged with its own id, as a lone call is: a number as a number, a
+/// string as its text, and a notification with none. Before, every line of a batch showed the
+/// batch's request id (its number on the connection times 65536, plus the answers it wants),
+/// and a lone call's 0.
+#[test]
+fn a_batchs_calls_are_logged_with_their_own_ids() -> TestResult {
+    let call = |method: &str, params: serde_json::Value, id: serde_json::Value| json!({"jsonrpc": "2.0", "method": method, "params": params, "id": id});
+    let batch = json!([
+        call("add", json!([1, 2]), json!(1)),
+        call("whoami", json!([]), json!("w-2")),
+        {"jsonrpc": "2.0", "method": "note", "params": ["batched"]},
+        call("nope", json!([]), json!(3)),
+    ]);
+    let Some((answer, logged)) = batch_logged("jsonrpc-batch-ids", &batch, 4)? else {
+        return Ok(());
+    };
+    let answers: serde_json::Value = serde_json::from_str(&answer)?;
+    assert_eq!(answers.as_array().map(Vec::len), Some(3), "{answer}");
+    let mut ids: Vec<(String, String)> = logged
+        .iter()
+        .map(|line| (line["method"].to_string(), line["request_id"].to_string()))
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            (r#""add""#, "1"),
+            (r#""nope""#, "3"),
+            (r#""note""#, "null"),
+            (r#""whoami""#, r#""w-2""#),
+        ]
+        .map(|(method, id)| (method.to_owned(), id.to_owned())),
+        "{logged:?}"
+    );
+    Ok(())
+}

@@ -327,6 +327,15 @@ pub trait CodecFactory: Send + Sync + 'static {
         u64::MAX
     }
 
+    /// The metadata key under which this protocol's downstream decoder puts a call's own id,
+    /// for a protocol whose [`Message::request_id`] is no id of the client's (JSON-RPC's ids
+    /// are numbers or strings, and a notification has none). Access logs show that key's value
+    /// as the call's `%REQUEST_ID%`, and none for a call without it. `None`, the default: the
+    /// request id is the client's own.
+    fn call_id_key(&self) -> Option<&'static str> {
+        None
+    }
+
     /// The request an active health check sends for `probe`, or `None` when the protocol has no
     /// such request (the default; the engine then refuses the health check's config).
     ///

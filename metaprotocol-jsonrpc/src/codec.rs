@@ -6,14 +6,14 @@ use std::sync::atomic::Ordering;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use metaprotocol_core::{
     ByteStr, Codec, CodecError, EncodeParams, FrameHead, FrameLayout, LocalReply, LocalReplyKind,
-    Message, MessageKind, PassedOver, ResponseStatus, Side, keys,
+    Message, MessageKind, MetadataStr, PassedOver, ResponseStatus, Side, keys,
 };
 use serde_json::value::RawValue;
 
-use crate::Counters;
 use crate::batch::{self, Gather, Split};
 use crate::line::{self, Invalid, Line, Text};
 use crate::skim::Skim;
+use crate::{CALL_ID, Counters};
 
 /// The id a reply to a line without a readable id carries.
 const NULL_ID: &[u8] = b"null";
@@ -176,6 +176,13 @@ fn client_message(frame: Bytes, line: Line, request_id: u64) -> Message {
             if let Some(method) = method {
                 message.metadata.insert(keys::METHOD, method);
             }
+            if let Some(id) = id {
+                // A span of the frame, for access logs: the id names the call to its client,
+                // where the request id names a batch to the encoder.
+                message
+                    .metadata
+                    .insert(CALL_ID, MetadataStr::Source(unquoted(&message.frame, id)));
+            }
             message
         }
         line => {
@@ -189,6 +196,15 @@ fn client_message(frame: Bytes, line: Line, request_id: u64) -> Message {
             message.reject_reason = Some(why.reason());
             message
         }
+    }
+}
+
+/// Where the text of the id at `range` of `frame` sits: a string's without its quotes (its
+/// escapes as written), any other id's as written.
+fn unquoted(frame: &[u8], range: std::ops::Range<usize>) -> std::ops::Range<usize> {
+    match frame.get(range.clone()) {
+        Some([b'"', .., b'"']) => range.start + 1..range.end - 1,
+        _ => range,
     }
 }
 

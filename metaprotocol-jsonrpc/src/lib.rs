@@ -10,7 +10,7 @@
 //!
 //! | JSON-RPC | the proxy |
 //! |---|---|
-//! | a request (`method`, `params`, `id`) | a two-way call; `method` is its metadata, for routes to match |
+//! | a request (`method`, `params`, `id`) | a two-way call; `method` is its metadata, for routes to match, and so is `id` ([`CALL_ID`]), which access logs show as its `%REQUEST_ID%` |
 //! | a notification (no `id`) | a one-way call |
 //! | ids: numbers, strings, `null` | kept as written: the client's answer carries its own id, byte for byte. Upstream, a call's id is the proxy's own string `"<n>:<hex>"`: the engine's request id and the client's id, hex-encoded, which the server echoes back, so the codec keeps no state |
 //! | other ids (objects, arrays, booleans) | answered with error -32600 (id `null`), not proxied: JSON-RPC 2.0 allows none |
@@ -19,7 +19,7 @@
 //! | a response with `error` | `ServerError` for the codes JSON-RPC reserves (-32768 to -32000), `ApplicationError` for the service's own |
 //! | a member named as one of JSON-RPC's in another case (`METHOD`, `Id`, or `paramſ`: Go folds `ſ`, U+017F, to `s` and the Kelvin sign to `k`), or one of JSON-RPC's written twice | answered with error -32600 (id `null`), not proxied: Go's encoding/json, which many servers read with, takes such a name for the member, and of two the last, so the server would run another method than the one routed and authorized, answer with an id of the client's choosing, or take params the proxy did not check |
 //! | a response from a client (the proxy sends clients no calls) | answered with error -32600 (id `null`), as a server answers an object without `method`; the connection stays open |
-//! | a batch (an array) of calls | each call proxied as a lone call is: routed, filtered and authorized on its own (a batch is no way around a route or an `rbac` rule), and sent upstream as a line of its own. Their answers, the proxy's own errors included, go back as one array once the last is in, in the order they came (JSON-RPC 2.0 allows any); a batch of notifications gets none. An element that is no call gets error -32600 (id `null`) in its place. The calls of a batch share a request id (in access logs): the batch's number on its connection times 65536, plus the answers it wants; a lone call's is 0 |
+//! | a batch (an array) of calls | each call proxied as a lone call is: routed, filtered and authorized on its own (a batch is no way around a route or an `rbac` rule), and sent upstream as a line of its own. Their answers, the proxy's own errors included, go back as one array once the last is in, in the order they came (JSON-RPC 2.0 allows any); a batch of notifications gets none. An element that is no call gets error -32600 (id `null`) in its place. Access logs show each call with its own id ([`CALL_ID`]), as a lone call's, and a notification with none |
 //! | an empty batch, or one of more calls than the listener's `max_batch_calls` ([`DEFAULT_MAX_BATCH_CALLS`] unless set; 0 takes none) | answered with one error -32600 (id `null`), none of it run: the proxy holds none of its calls, and answering each element would send back as much as the client cares to send (-32700 if it is not JSON) |
 //! | the answers a connection's unfinished batches wait with | held to the listener's `max_frame_bytes` in all: an answer that would take them over is not held, and its call gets error -32603 (`internal`) in its place |
 //! | a line that is not JSON (UTF-8 text included: a string the codec skips is checked too) | answered with error -32700 (id `null`); the connection stays open |
@@ -94,6 +94,12 @@ pub fn register(registry: &mut CodecRegistry) {
             .map(|factory| Arc::new(factory) as Arc<dyn CodecFactory>)
     });
 }
+
+/// The metadata key of a call's id as its client wrote it (a string's without its quotes); a
+/// notification has none. Access logs show it as the call's `%REQUEST_ID%`
+/// ([`CodecFactory::call_id_key`]): the engine's request id of a client's call is the codec's
+/// own (0, or a batch's).
+pub const CALL_ID: &str = "id";
 
 /// The listener's option that sets the most calls a client's batch may hold (at most 4096):
 /// a batch of more is answered with one error -32600.
@@ -178,6 +184,10 @@ impl CodecFactory for JsonRpcCodecFactory {
             self.max_batch_calls,
             self.counters.clone(),
         ))
+    }
+
+    fn call_id_key(&self) -> Option<&'static str> {
+        Some(CALL_ID)
     }
 
     fn counters(&self) -> Vec<CodecCounter> {

@@ -6,7 +6,7 @@ use metaprotocol_core::{
     Codec, CodecError, CodecFactory, EncodeParams, FrameHead, LocalReply, LocalReplyKind, Message,
     MessageKind, Mutation, PassedOver, ResponseStatus, Side, WireVariant,
 };
-use metaprotocol_jsonrpc::JsonRpcCodecFactory;
+use metaprotocol_jsonrpc::{CALL_ID, JsonRpcCodecFactory};
 use serde_json::json;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -698,4 +698,20 @@ fn max_batch_calls_is_a_listeners_option_from_0_to_4096() {
         assert_eq!(field, "max_batch_calls");
         assert!(reason.contains(why), "{reason}");
     }
+}
+
+/// A call's own id is its `id` metadata (a string's text without its quotes, as written),
+/// which access logs show as its request id; a notification has none. The engine's request id
+/// of a batch's call names its batch instead.
+#[test]
+fn a_calls_own_id_is_its_metadata() -> TestResult {
+    let lines = br#"[{"jsonrpc":"2.0","method":"a","id":1},{"jsonrpc":"2.0","method":"b","id":"b\"2"},{"jsonrpc":"2.0","method":"c"}]
+{"jsonrpc":"2.0","method":"d","id":null}
+"#;
+    let read = decode_all(&mut codec(Side::Downstream), lines)?;
+    let ids: Vec<_> = read.iter().map(|m| m.metadata.get(CALL_ID)).collect();
+    assert_eq!(ids, [Some("1"), Some(r#"b\"2"#), None, Some("null")]);
+    let factory = JsonRpcCodecFactory::new(1024);
+    assert_eq!(factory.call_id_key(), Some(CALL_ID));
+    Ok(())
 }

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::LogEntry;
+use super::{LogEntry, RequestId};
 
 /// One command operator.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -373,7 +373,17 @@ fn value<'a>(op: &Operator, entry: &'a LogEntry) -> Value<'a> {
         Operator::UpstreamHost => entry.endpoint.map_or(Value::None, address),
         Operator::Outcome => Value::Text(Borrowed(entry.outcome.name())),
         Operator::ResponseFlags => Value::Text(Owned(entry.flags.to_string())),
-        Operator::RequestId => Value::Number(entry.request_id),
+        Operator::RequestId => match &entry.request_id {
+            RequestId::Number(n) => Value::Number(*n),
+            // A number as a number, as other protocols' ids are.
+            RequestId::Text(id) => {
+                let id = id.as_str();
+                // As written: `007` is no number's spelling.
+                let number = id.parse().ok().filter(|n: &u64| n.to_string() == id);
+                number.map_or(Value::Text(Borrowed(id)), Value::Number)
+            }
+            RequestId::None => Value::None,
+        },
         Operator::TraceId => entry
             .trace_id
             .map_or(Value::None, |id| Value::Text(Owned(format!("{id:032x}")))),
@@ -484,6 +494,32 @@ mod tests {
             ),
             "{line}"
         );
+        Ok(())
+    }
+
+    /// A call's own id (a JSON-RPC call's) is shown as a number when it spells one, as other
+    /// protocols' request ids are, as text otherwise, and as none when the call has none.
+    #[test]
+    fn a_calls_own_id_is_shown_as_written() -> Result<(), String> {
+        use metaprotocol_core::ByteStr;
+
+        let format = LogFormat::json([("id", "%REQUEST_ID%")])?;
+        for (id, shown) in [
+            (RequestId::Text(ByteStr::from_static("7")), "7"),
+            (RequestId::Text(ByteStr::from_static("007")), r#""007""#),
+            (RequestId::Text(ByteStr::from_static("-1")), r#""-1""#),
+            (RequestId::Text(ByteStr::from_static("a-1")), r#""a-1""#),
+            (RequestId::None, "null"),
+            (RequestId::Number(65537), "65537"),
+        ] {
+            let entry = LogEntry {
+                request_id: id,
+                ..LogEntry::for_test()
+            };
+            let mut line = String::new();
+            format.write(&entry, &mut line);
+            assert_eq!(line, format!("{{\"id\":{shown}}}\n"));
+        }
         Ok(())
     }
 

@@ -38,7 +38,7 @@ pub(crate) struct LogEntry {
     endpoint: Option<SocketAddr>,
     outcome: RequestOutcome,
     flags: ResponseFlags,
-    request_id: u64,
+    request_id: RequestId,
     trace_id: Option<u128>,
     attempts: u32,
     bytes_received: u64,
@@ -62,7 +62,7 @@ impl LogEntry {
             endpoint: None,
             outcome: RequestOutcome::SUCCESS,
             flags: ResponseFlags::default(),
-            request_id: 1,
+            request_id: RequestId::Number(1),
             trace_id: None,
             attempts: 1,
             bytes_received: 0,
@@ -70,6 +70,18 @@ impl LogEntry {
             metadata: SmallVec::new(),
         }
     }
+}
+
+/// The id a line shows for its request (`%REQUEST_ID%`).
+#[derive(Debug)]
+pub(crate) enum RequestId {
+    /// The request id the client's frame carries.
+    Number(u64),
+    /// The call's own id as its client wrote it, for a protocol whose request ids are not the
+    /// client's ([`CodecFactory::call_id_key`](metaprotocol_core::CodecFactory::call_id_key)).
+    Text(ByteStr),
+    /// A call of such a protocol without an id (a JSON-RPC notification).
+    None,
 }
 
 /// A listener's access log.
@@ -80,16 +92,21 @@ pub(crate) struct AccessLogger {
     /// The share of each outcome logged, 0 to 1.
     sampling: [f64; OUTCOMES.len()],
     protocol: &'static str,
+    /// The metadata key of a call's own id, for a protocol whose request ids are not the
+    /// client's.
+    call_id_key: Option<&'static str>,
     lines: Counter,
     dropped: Counter,
 }
 
 impl AccessLogger {
-    /// The access log of a listener of `protocol` as `spec` describes it, its counters in
-    /// `scope`, its writer from `sinks`.
+    /// The access log of a listener of `protocol` (whose calls' own ids are under
+    /// `call_id_key`, if its request ids are not the client's) as `spec` describes it, its
+    /// counters in `scope`, its writer from `sinks`.
     pub fn new(
         spec: &AccessLogSpec,
         protocol: &'static str,
+        call_id_key: Option<&'static str>,
         scope: &MetricsScope,
         sinks: &Sinks,
     ) -> Result<Self, ConfigError> {
@@ -113,6 +130,7 @@ impl AccessLogger {
             sink,
             sampling,
             protocol,
+            call_id_key,
             lines: scope.counter("access_log_lines", "Access log lines queued for writing"),
             dropped: scope.counter(
                 "access_log_dropped",
@@ -135,6 +153,13 @@ impl AccessLogger {
         }
         // A large frame is not kept alive by its line (see `captured`).
         let copy = request.frame.len() > SHARED_FRAME_BYTES;
+        let capture = |value: ByteStr| {
+            if copy || value.len() > MAX_VALUE_BYTES {
+                captured(&value)
+            } else {
+                value
+            }
+        };
         let entry = || LogEntry {
             start_time: record.start_time,
             duration: record.timings.duration(),
@@ -145,7 +170,13 @@ impl AccessLogger {
             endpoint: record.endpoint,
             outcome,
             flags: record.outcome.flags,
-            request_id: request.request_id,
+            request_id: match self.call_id_key {
+                None => RequestId::Number(request.request_id),
+                Some(key) => request
+                    .metadata
+                    .get_shared(key)
+                    .map_or(RequestId::None, |id| RequestId::Text(capture(id))),
+            },
             trace_id,
             attempts: record.attempts,
             bytes_received: record.bytes_received,
@@ -154,14 +185,7 @@ impl AccessLogger {
                 .format
                 .keys()
                 .iter()
-                .map(|key| {
-                    let value = request.metadata.get_shared(key)?;
-                    Some(if copy || value.len() > MAX_VALUE_BYTES {
-                        captured(&value)
-                    } else {
-                        value
-                    })
-                })
+                .map(|key| request.metadata.get_shared(key).map(capture))
                 .collect(),
         };
         if self.sink.send(&self.format, entry) {

@@ -108,7 +108,9 @@ impl Builder<'_> {
         let access_log = spec
             .access_log
             .as_ref()
-            .map(|log| AccessLogger::new(log, protocol, &scope, self.access_logs))
+            .map(|log| {
+                AccessLogger::new(log, protocol, codec.call_id_key(), &scope, self.access_logs)
+            })
             .transpose()
             .map_err(|e| e.within("access_log"))?;
         let tracer = spec
