@@ -660,3 +660,56 @@ fn a_batchs_calls_are_logged_with_their_own_ids() -> TestResult {
     );
     Ok(())
 }
+
+/// Each answer of a batch is logged with the bytes it takes in the batch's one line, the last
+/// with the brackets, commas and line's end too, so that a batch's lines add up to what its
+/// client got; a notification's with none. Before, every answer but the last showed 0 bytes
+/// sent, and the last the whole line.
+#[test]
+fn a_batchs_answers_are_logged_with_their_own_bytes() -> TestResult {
+    let call = |method: &str, params: serde_json::Value, id: serde_json::Value| json!({"jsonrpc": "2.0", "method": method, "params": params, "id": id});
+    let batch = json!([
+        call("add", json!([1, 2]), json!(1)),
+        call("whoami", json!([]), json!("w-2")),
+        {"jsonrpc": "2.0", "method": "note", "params": ["batched"]},
+        call("nope", json!([]), json!(3)),
+    ]);
+    let Some((answer, logged)) = batch_logged("jsonrpc-batch-bytes", &batch, 4)? else {
+        return Ok(());
+    };
+    // Each answer as the client got it, by its id.
+    let answers: Vec<&serde_json::value::RawValue> = serde_json::from_str(&answer)?;
+    let mut own = std::collections::HashMap::new();
+    for raw in &answers {
+        let value: serde_json::Value = serde_json::from_str(raw.get())?;
+        own.insert(value["id"].to_string(), raw.get().len() as u64);
+    }
+    assert_eq!(own.len(), 3, "{answer}");
+    let line = answer.len() as u64 + 1;
+    let rest = line - own.values().sum::<u64>();
+    let mut sent: Vec<(String, u64, u64)> = logged
+        .iter()
+        .map(|l| {
+            let id = l["request_id"].to_string();
+            let own = own.get(&id).copied().unwrap_or(0);
+            (id, own, l["bytes_sent"].as_u64().unwrap_or(u64::MAX))
+        })
+        .collect();
+    sent.sort();
+    let with_the_rest = sent
+        .iter()
+        .filter(|(_, own, sent)| *sent == own + rest)
+        .count();
+    assert_eq!(with_the_rest, 1, "one answer also takes {rest}: {sent:?}");
+    assert!(
+        sent.iter()
+            .all(|(_, own, sent)| *sent == *own || *sent == own + rest),
+        "{sent:?}"
+    );
+    assert_eq!(sent.iter().map(|(_, _, sent)| sent).sum::<u64>(), line);
+    assert_eq!(
+        sent.iter().find(|(id, ..)| id == "null"),
+        Some(&("null".to_owned(), 0, 0))
+    );
+    Ok(())
+}

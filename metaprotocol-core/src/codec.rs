@@ -141,6 +141,17 @@ pub trait Codec: Send {
         dst: &mut BytesMut,
     ) -> Result<(), CodecError>;
 
+    /// The bytes of the client's answer that the last [`Codec::encode`] or
+    /// [`Codec::encode_local_reply`] stands for, when they are not what it appended: a codec
+    /// that gathers many calls' answers into one frame (a JSON-RPC batch's array) appends
+    /// nothing until the last is in, then the whole frame, and says here each answer's share of
+    /// it (shares that add up to the frame). The engine reports it as the call's `bytes_sent`,
+    /// asking right after it wrote a two-way call's answer. `None`, the default: what was
+    /// appended.
+    fn answer_len(&self) -> Option<usize> {
+        None
+    }
+
     /// Appends the protocol's "going away" notice, which the engine sends once on each client
     /// connection when it starts draining it, so that well-behaved clients send new calls
     /// elsewhere before the connection closes (Dubbo's READONLY event). Protocols without one

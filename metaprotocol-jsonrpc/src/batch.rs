@@ -80,6 +80,8 @@ struct Answers {
     array: BytesMut,
     /// The answers still to come.
     left: u64,
+    /// The bytes of the array the answers so far stand for: their own.
+    shares: usize,
 }
 
 impl Gather {
@@ -91,15 +93,20 @@ impl Gather {
     /// Adds the answer `write` appends (one JSON value, a line's end after it left off) to the
     /// array of the batch whose calls have request id `id`; once it is the batch's last,
     /// appends the array to `dst`, as one line. An answer `write` fails to write is not one.
+    ///
+    /// Returns the bytes of the array the answer stands for: its own, and for the last the
+    /// rest too (the brackets, the commas and the line's end), so that a batch's answers add
+    /// up to the line its client gets.
     pub(crate) fn add(
         &mut self,
         id: u64,
         dst: &mut BytesMut,
         write: impl FnOnce(&mut BytesMut) -> Result<(), CodecError>,
-    ) -> Result<(), CodecError> {
+    ) -> Result<usize, CodecError> {
         let answers = self.batches.entry(id).or_insert_with(|| Answers {
             array: BytesMut::from(&b"["[..]),
             left: id & ((1 << ANSWERS_BITS) - 1),
+            shares: 0,
         });
         let start = answers.array.len();
         if start > 1 {
@@ -118,6 +125,8 @@ impl Gather {
                 .count();
         answers.array.truncate(end);
         self.held += end - start;
+        let own = end - start - usize::from(start > 1);
+        answers.shares += own;
         answers.left = answers.left.saturating_sub(1);
         if answers.left == 0
             && let Some(mut answers) = self.batches.remove(&id)
@@ -126,7 +135,8 @@ impl Gather {
             self.held -= answers.array.len() - 1;
             answers.array.put_slice(b"]\n");
             dst.put_slice(&answers.array);
+            return Ok(own + answers.array.len() - answers.shares);
         }
-        Ok(())
+        Ok(own)
     }
 }

@@ -57,6 +57,9 @@ pub struct JsonRpcCodec {
     /// The answers of the batches written on the connection that still wait for some: at
     /// most `max_line` bytes of the servers' answers (and the proxy's own errors besides).
     gather: Gather,
+    /// The bytes of its batch's line the answer last written stands for, if it was a batch's
+    /// ([`Codec::answer_len`]).
+    share: Option<usize>,
 }
 
 impl JsonRpcCodec {
@@ -79,6 +82,7 @@ impl JsonRpcCodec {
             split: None,
             batches: 0,
             gather: Gather::default(),
+            share: None,
         }
     }
 
@@ -398,6 +402,7 @@ impl Codec for JsonRpcCodec {
                 .mutations_ignored
                 .fetch_add(1, Ordering::Relaxed);
         }
+        self.share = None;
         let frame = &message.frame;
         match (self.side, message.kind, id_range(message)) {
             (Side::Upstream, MessageKind::Request, Some(range)) => {
@@ -449,9 +454,11 @@ impl Codec for JsonRpcCodec {
                         .into(),
                     ));
                 }
-                self.gather.add(params.request_id, dst, |array| {
+                let share = self.gather.add(params.request_id, dst, |array| {
                     put_answer(frame, range, hex, array)
-                })
+                })?;
+                self.share = Some(share);
+                Ok(())
             }
             (_, MessageKind::Oneway, None) => {
                 // A listener may take longer lines than the cluster's servers.
@@ -497,10 +504,18 @@ impl Codec for JsonRpcCodec {
             dst.put_slice(b"}\n");
             Ok(())
         };
+        self.share = None;
         if request.request_id == batch::LONE {
             return write(dst);
         }
-        self.gather.add(request.request_id, dst, write)
+        self.share = Some(self.gather.add(request.request_id, dst, write)?);
+        Ok(())
+    }
+
+    /// A batch's answers go out as one line once the last is in: each answer stands for its
+    /// own bytes in it, and the last for the brackets, commas and line's end too.
+    fn answer_len(&self) -> Option<usize> {
+        self.share
     }
 
     /// A line has no length in its head, and its id may come last: the engine hands the line

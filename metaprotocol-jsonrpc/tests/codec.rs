@@ -715,3 +715,39 @@ fn a_calls_own_id_is_its_metadata() -> TestResult {
     assert_eq!(factory.call_id_key(), Some(CALL_ID));
     Ok(())
 }
+
+/// A batch's answers go out as one line with the last, but each stands for its own bytes in
+/// it (`answer_len`, the engine's `bytes_sent` of the call), and the last for the brackets,
+/// commas and line's end too: together, the line. A lone call's answer is what was appended.
+#[test]
+fn a_batchs_answers_each_stand_for_their_own_bytes() -> TestResult {
+    let lines =
+        br#"[{"jsonrpc":"2.0","method":"a","id":1},{"jsonrpc":"2.0","method":"b","id":"two"}]
+{"jsonrpc":"2.0","method":"c","id":3}
+"#;
+    let mut downstream = codec(Side::Downstream);
+    let read = decode_all(&mut downstream, lines)?;
+    let [one, two, lone] = &read[..] else {
+        return Err(format!("expected three messages, got {}", read.len()).into());
+    };
+    let mut back = BytesMut::new();
+    let mut shares = Vec::new();
+    for call in [two, one] {
+        downstream.encode_local_reply(
+            call,
+            &LocalReply::new(LocalReplyKind::RouteNotFound, "why"),
+            &mut back,
+        )?;
+        shares.push(downstream.answer_len().ok_or("no share")?);
+    }
+    let answers: Vec<&serde_json::value::RawValue> = serde_json::from_slice(&back)?;
+    let own: Vec<usize> = answers.iter().map(|a| a.get().len()).collect();
+    assert_eq!(shares[0], own[0]);
+    assert_eq!(shares[1], own[1] + "[,]\n".len());
+    assert_eq!(shares.iter().sum::<usize>(), back.len());
+    back.clear();
+    let reply = LocalReply::new(LocalReplyKind::RouteNotFound, "why");
+    downstream.encode_local_reply(lone, &reply, &mut back)?;
+    assert_eq!(downstream.answer_len(), None);
+    Ok(())
+}

@@ -890,7 +890,8 @@ impl Requests {
         self.cancel_timer(inflight.step_timer.take());
         let before = out.len();
         let request = &inflight.request;
-        let response = match answer {
+        // The response, and whether the client was written an answer (it, or the proxy's own).
+        let (response, answered) = match answer {
             Answer::Response(response) => {
                 let mutation = match &inflight.stage {
                     Stage::Routed(routed) | Stage::Responding { routed, .. } => {
@@ -917,16 +918,20 @@ impl Requests {
                         .set_local_reply(LocalReplyKind::Internal, ResponseFlags::NONE);
                     self.local_reply(request, &reply, out);
                 }
-                Some(response)
+                (Some(response), true)
             }
-            Answer::Local(reply) => {
-                self.local_reply(request, &reply, out);
-                None
-            }
-            Answer::Nothing => None,
+            Answer::Local(reply) => (None, self.local_reply(request, &reply, out)),
+            Answer::Nothing => (None, false),
+        };
+        let written = out.len() - before;
+        // A codec that gathers answers into one frame (a JSON-RPC batch's) appends them all
+        // with the last, and says what each one stands for.
+        let sent = match answered {
+            true => self.encoder.answer_len().unwrap_or(written),
+            false => written,
         };
         let record = &mut inflight.record;
-        record.bytes_sent = (out.len() - before) as u64;
+        record.bytes_sent = sent as u64;
         record.timings.answered = Some(now.into_std());
         self.ctx.stats.rq_active.dec();
         self.ctx.filters.complete(&CompleteContext {
@@ -952,14 +957,15 @@ impl Requests {
         self.spare(inflight.request);
     }
 
-    /// Counts a local reply and, for a two-way request, writes it.
-    fn local_reply(&mut self, request: &Message, reply: &LocalReply, out: &mut Outbox) {
+    /// Counts a local reply and, for a two-way request, writes it: true if it did (tried).
+    fn local_reply(&mut self, request: &Message, reply: &LocalReply, out: &mut Outbox) -> bool {
         self.ctx.stats.local_reply(reply.kind).inc();
         if request.kind != MessageKind::Request {
-            return;
+            return false;
         }
         if let Err(err) = self.encoder.encode_local_reply(request, reply, out.buf()) {
             tracing::warn!(listener = %self.ctx.name, error = %err, "cannot encode a local reply");
         }
+        true
     }
 }
