@@ -713,3 +713,84 @@ fn a_batchs_answers_are_logged_with_their_own_bytes() -> TestResult {
     );
     Ok(())
 }
+
+/// The bytes of each answer of [`answer_big_calls_big`] to a call of `big`.
+const BIG_ANSWER: usize = 6 << 20;
+
+/// An upstream that answers each call of `big` with a result of [`BIG_ANSWER`] bytes, and
+/// every other call with `"ok"`.
+async fn answer_big_calls_big(socket: tokio::net::TcpStream) -> TestResult {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let (read, mut write) = socket.into_split();
+    let mut lines = tokio::io::BufReader::new(read).lines();
+    while let Some(line) = lines.next_line().await? {
+        let call: serde_json::Value = serde_json::from_str(&line)?;
+        let result = match call["method"].as_str() {
+            Some("big") => "x".repeat(BIG_ANSWER),
+            _ => "ok".to_owned(),
+        };
+        let answer = json!({"jsonrpc": "2.0", "result": result, "id": call["id"]});
+        write.write_all(format!("{answer}\n").as_bytes()).await?;
+    }
+    Ok(())
+}
+
+/// A batch's answers are held, until the last is in, to half the proxy's limit on a client
+/// connection's unsent answers (16 MiB) even where the listener's `max_frame_bytes` allows
+/// more: an answer past that gets error -32603 in its place, and the batch's line, written at
+/// once, leaves the connection open. Before, six answers of 6 MiB were held under a
+/// `max_frame_bytes` of 64 MiB and written as one line of 36 MiB, past the limit: the client,
+/// which had not read yet, was deemed gone and disconnected, and got no whole answer.
+#[tokio::test]
+async fn a_batchs_answers_are_held_within_the_connections_write_limit() -> TestResult {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let upstream = listener.local_addr()?;
+        let server = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                tokio::spawn(answer_big_calls_big(socket));
+            }
+        });
+        let proxy = support::proxy::start_engine(&format!(
+            "listeners:
+  - {{ name: rpc-in, address: 127.0.0.1:0, protocol: jsonrpc, route_config: r, codec: {{ max_frame_bytes: 67108864 }} }}
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
+clusters: [ {{ name: c, endpoints: [ {{ address: \"{upstream}\" }} ] }} ]
+"
+        ))
+        .await?;
+        let addr = support::proxy::listener_addr(&proxy, "rpc-in")?;
+        let mut client = tokio::net::TcpStream::connect(addr).await?;
+        let calls: Vec<serde_json::Value> = (0..6)
+            .map(|id| json!({"jsonrpc": "2.0", "method": "big", "id": id}))
+            .collect();
+        client
+            .write_all(format!("{}\n", serde_json::Value::Array(calls)).as_bytes())
+            .await?;
+        // Not reading yet, as a client busy elsewhere: the answers wait in the proxy.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut client = tokio::io::BufReader::new(client);
+        let mut line = Vec::new();
+        client.read_until(b'\n', &mut line).await?;
+        let answers: Vec<serde_json::Value> = serde_json::from_slice(&line)
+            .map_err(|e| format!("not one whole answer ({} bytes): {e}", line.len()))?;
+        let results = answers.iter().filter(|a| a["result"].is_string()).count();
+        let failed = answers
+            .iter()
+            .filter(|a| a["error"]["code"] == json!(-32603))
+            .count();
+        assert_eq!((results, failed), (1, 5), "{} bytes", line.len());
+        // The connection goes on.
+        client
+            .get_mut()
+            .write_all(b"{\"jsonrpc\":\"2.0\",\"method\":\"small\",\"id\":\"s\"}\n")
+            .await?;
+        let small = answer(&mut client).await?;
+        assert_eq!((&small["result"], &small["id"]), (&json!("ok"), &json!("s")), "{small}");
+        proxy.shutdown().await;
+        server.abort();
+        TestResult::Ok(())
+    })
+    .await?
+}

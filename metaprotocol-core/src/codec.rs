@@ -11,6 +11,12 @@ use crate::{CodecError, LocalReply, Message, Mutation, OptionsError};
 /// The default cap on one frame: a length field can never make the proxy buffer more.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
 
+/// The most bytes of answers a client connection may have waiting to be written: past it the
+/// engine deems the client gone (it reads none of them) and closes the connection. A codec that
+/// holds answers to write them at once (a JSON-RPC batch's) holds no more than half of it, so
+/// that what it writes at once leaves the other half to the answers already waiting.
+pub const MAX_UNSENT_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+
 /// Which end of a proxied exchange a codec instance serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Side {

@@ -47,8 +47,8 @@ mod reply;
 pub use bytestr::{Ascii, AsciiRange, ByteStr, is_text};
 pub use codec::{
     Codec, CodecConstructor, CodecCounter, CodecFactory, CodecOptions, CodecRegistry,
-    DEFAULT_MAX_FRAME_BYTES, EncodeParams, FrameHead, MAX_FRAME_HEAD, PassedOver, PoolMode, Probe,
-    Side, WireVariant, append_frame, decode_new, encode_sharing_whole,
+    DEFAULT_MAX_FRAME_BYTES, EncodeParams, FrameHead, MAX_FRAME_HEAD, MAX_UNSENT_ANSWER_BYTES,
+    PassedOver, PoolMode, Probe, Side, WireVariant, append_frame, decode_new, encode_sharing_whole,
 };
 pub use error::{CodecError, OptionsError};
 pub use filter::{

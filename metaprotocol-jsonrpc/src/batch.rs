@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use metaprotocol_core::CodecError;
+use metaprotocol_core::{CodecError, MAX_UNSENT_ANSWER_BYTES};
 
 use crate::line::{Calls, Line};
 
@@ -23,6 +23,12 @@ pub(crate) const LONE: u64 = 0;
 /// The most calls a listener may take in one batch (`max_batch_calls`): as many as a client
 /// connection has in flight, past which the engine reads no more calls until some end.
 pub(crate) const MAX_CALLS_LIMIT: usize = 4096;
+
+/// The most bytes of answers a connection's unfinished batches hold, whatever the listener's
+/// `max_frame_bytes`: half the engine's limit on a connection's unsent answers, past which it
+/// deems the client gone and closes the connection. A batch's line, written at once, leaves
+/// the other half to the answers already waiting.
+pub(crate) const MAX_HELD: usize = MAX_UNSENT_ANSWER_BYTES / 2;
 
 /// The bits of a batch call's request id that count the answers its batch wants.
 const ANSWERS_BITS: u32 = 16;

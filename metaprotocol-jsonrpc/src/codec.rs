@@ -55,8 +55,10 @@ pub struct JsonRpcCodec {
     /// The batches decoded on the connection.
     batches: u64,
     /// The answers of the batches written on the connection that still wait for some: at
-    /// most `max_line` bytes of the servers' answers (and the proxy's own errors besides).
+    /// most `max_held` bytes of the servers' answers (and the proxy's own errors besides).
     gather: Gather,
+    /// The line limit, or [`batch::MAX_HELD`] if less.
+    max_held: usize,
     /// The bytes of its batch's line the answer last written stands for, if it was a batch's
     /// ([`Codec::answer_len`]).
     share: Option<usize>,
@@ -82,6 +84,7 @@ impl JsonRpcCodec {
             split: None,
             batches: 0,
             gather: Gather::default(),
+            max_held: max_line.min(batch::MAX_HELD),
             share: None,
         }
     }
@@ -443,13 +446,14 @@ impl Codec for JsonRpcCodec {
                 // At most what the batch's array grows by: the answer with the client's id in
                 // place of the proxy's (its quotes and `<n>:` left out too).
                 let grows = frame.len() - range.len() + hex.len() / 2;
-                if self.gather.held() + grows > self.max_line {
+                if self.gather.held() + grows > self.max_held {
                     // The engine answers the call with -32603 instead, which is small.
                     return Err(CodecError::Encode(
                         format!(
                             "the answers of the connection's unfinished batches would take more \
-                             than the listener's max_frame_bytes ({})",
-                            self.max_line
+                             than {} bytes (the listener's max_frame_bytes, or half the \
+                             connection's limit on unsent answers)",
+                            self.max_held
                         )
                         .into(),
                     ));

@@ -47,8 +47,9 @@ const WRITE_BUDGET: usize = 1024 * 1024;
 /// poll long before.
 const PASSES_PER_POLL: usize = 32;
 /// Unsent answers per connection past which the client is deemed gone: answers of requests that
-/// were already in flight when reading stopped can still land, but not without bound.
-const WRITE_LIMIT: usize = 16 * 1024 * 1024;
+/// were already in flight when reading stopped can still land, but not without bound. Codecs
+/// that hold answers to write them at once hold at most half of it.
+const WRITE_LIMIT: usize = metaprotocol_core::MAX_UNSENT_ANSWER_BYTES;
 /// A client that takes none of its waiting answers and sends no frame for this long (or for the
 /// listener's idle timeout, if shorter) is deemed gone: its connection closes and gives back the
 /// buffer, which would otherwise count against the proxy-wide `max_buffered_bytes` for ever.
