@@ -27,7 +27,7 @@ mod wasm;
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use metaprotocol_core::{L7Filter, RequestContext, RoutingView};
 
@@ -36,10 +36,12 @@ use crate::route::RequestMatcher;
 use crate::stats::{Metrics, MetricsScope};
 
 /// Clients that filters share across listeners and config updates (a Redis connection, an
-/// authorization service channel ...), by name.
+/// authorization service channel ...), by name, for as long as a filter holds them: a client
+/// no filter holds any more (its config changed the address or the credentials, say) is
+/// dropped with its last holder, its connections with it.
 #[derive(Clone, Default)]
 pub struct SharedClients {
-    clients: Arc<Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>>,
+    clients: Arc<Mutex<HashMap<String, Weak<dyn Any + Send + Sync>>>>,
 }
 
 impl std::fmt::Debug for SharedClients {
@@ -49,8 +51,8 @@ impl std::fmt::Debug for SharedClients {
 }
 
 impl SharedClients {
-    /// The client stored under `key`, made by `make` the first time. A client of another type
-    /// under the same key is replaced.
+    /// The client stored under `key`, made by `make` when there is none that something still
+    /// holds. A client of another type under the same key is replaced.
     pub fn get_or_insert_with<T: Any + Send + Sync>(
         &self,
         key: &str,
@@ -60,13 +62,16 @@ impl SharedClients {
             Ok(clients) => clients,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if let Some(existing) = clients.get(key).cloned()
+        if let Some(existing) = clients.get(key).and_then(Weak::upgrade)
             && let Ok(client) = existing.downcast::<T>()
         {
             return client;
         }
+        // Made rarely (a config's filters, once each): the names of dropped clients go here.
+        clients.retain(|_, client| client.strong_count() > 0);
         let client = Arc::new(make());
-        clients.insert(key.to_owned(), client.clone());
+        let shared: Arc<dyn Any + Send + Sync> = client.clone();
+        clients.insert(key.to_owned(), Arc::downgrade(&shared));
         client
     }
 }
@@ -270,5 +275,27 @@ mod tests {
         #[cfg(feature = "wasm")]
         assert_documented(&fields_of::<wasm::WasmConfig>()?);
         Ok(())
+    }
+
+    /// A shared client lives as long as something holds it: one that no filter holds any more
+    /// (a password rotated, an address changed) was kept for good, its connection open.
+    #[test]
+    fn a_shared_client_lives_while_something_holds_it() {
+        let shared = SharedClients::default();
+        let first = shared.get_or_insert_with("a", || 1u32);
+        let again = shared.get_or_insert_with("a", || 2u32);
+        assert!(Arc::ptr_eq(&first, &again), "shared while held");
+        let weak = Arc::downgrade(&first);
+        drop((first, again));
+        assert_eq!(weak.strong_count(), 0, "dropped with its last holder");
+        assert_eq!(*shared.get_or_insert_with("a", || 3u32), 3);
+        for rotation in 0..100 {
+            drop(shared.get_or_insert_with(&format!("key {rotation}"), || rotation));
+        }
+        let names = shared
+            .clients
+            .lock()
+            .map_or(usize::MAX, |clients| clients.len());
+        assert!(names <= 1, "{names} names kept");
     }
 }
