@@ -139,8 +139,8 @@ pub(crate) async fn refresh(
         }
         let last = handle.resolved();
         let resolved = resolve(&resolver, &spec, &last).await;
-        if let Some(version) = handle.resolve(&resolved) {
-            tracing::info!(cluster = %spec.name, version, "endpoint addresses changed");
+        if handle.resolve(&resolved) {
+            tracing::info!(cluster = %spec.name, "endpoint addresses changed");
         }
     }
 }

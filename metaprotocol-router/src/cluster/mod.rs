@@ -41,11 +41,13 @@ use snapshot::Selector;
 pub(crate) use snapshot::{ClusterSnapshot, Host, SubsetId};
 pub use status::{ClusterStatus, EndpointStatus};
 
-use crate::config::{ClusterSpec, ConfigError, LbPolicy, LocalitySpec};
+use crate::config::{ClusterSpec, ConfigError, LbPolicy, LocalitySpec, RetryBudgetSpec};
 use crate::health::{self, HealthMonitor, OutlierThresholds};
 use crate::lb::{LbSettings, LocalityPreference};
 use crate::router::AttemptOutcome;
-use crate::stats::{ClusterStats, EndpointStats, HealthStats, IstioDestination, MetricsScope};
+use crate::stats::{
+    ClusterStats, EndpointStats, HealthStats, IstioDestination, IstioReporter, MetricsScope,
+};
 use crate::transport::{Connector, TlsConnector};
 use crate::upstream::{PoolSettings, UpstreamPool};
 pub(crate) use dns::Resolved;
@@ -72,10 +74,30 @@ struct ClusterState {
     probe: Option<Arc<Message>>,
     /// The running outlier detection and health checks, once the cluster is published.
     monitor: Option<HealthMonitor>,
+    /// Which snapshot builds were asked for and which was published last.
+    builds: Builds,
+}
+
+/// The snapshot builds a cluster was asked for, numbered in order. A health or address change
+/// of a cluster whose balancers build a table (`ring_hash`, `maglev`: up to 2^20 points) asks
+/// for a build on a blocking thread, out of the lock, while the published snapshot keeps
+/// serving; changes that come while it builds are coalesced: a build whose state changed
+/// meanwhile is dropped, and the newest state is built and published instead.
+#[derive(Debug, Default)]
+struct Builds {
+    /// The number of the last build asked for.
+    requested: u64,
+    /// The number of the build published last: a build is published only when it is the newest
+    /// asked for, so an older one never replaces it.
+    published: u64,
+    /// True while a builder thread is at work or on its way.
+    running: bool,
 }
 
 /// A configured cluster: its live snapshot, what it is rebuilt from, what protects it.
 pub(crate) struct ClusterHandle {
+    /// Itself, for the builder thread a change starts.
+    me: Weak<ClusterHandle>,
     name: Arc<str>,
     stats: ClusterStats,
     scope: MetricsScope,
@@ -194,9 +216,13 @@ impl ClusterHandle {
             local,
             probe,
             monitor: None,
+            builds: Builds::default(),
         };
-        let snapshot = rebuild(&mut state, &stats, &breakers, &scope);
-        Ok(Arc::new(Self {
+        let mut snapshot = plan(&mut state, &stats, &breakers, &scope).build();
+        state.version = 1;
+        snapshot.version = 1;
+        Ok(Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             name: spec.name.as_str().into(),
             stats,
             scope,
@@ -301,7 +327,8 @@ impl ClusterHandle {
     /// the endpoint at `address`. Publishes one new snapshot when any of them changed its
     /// endpoint (a rebuild costs every set's balancer, tens of milliseconds for a ring of
     /// thousands of endpoints: a round of checks or a detector tick that changes many endpoints
-    /// pays it once); for each change, true if it changed its endpoint.
+    /// pays it once; a `ring_hash` or `maglev` cluster builds it on a blocking thread, see
+    /// [`Builds`]); for each change, true if it changed its endpoint.
     pub fn set_health(&self, changes: &[(SocketAddr, u8, bool)]) -> Vec<bool> {
         let mut state = self.lock();
         let changed: Vec<bool> = changes
@@ -322,8 +349,7 @@ impl ClusterHandle {
             })
             .collect();
         if changed.contains(&true) {
-            let snapshot = rebuild(&mut state, &self.stats, &self.breakers, &self.scope);
-            self.snapshot.store(Arc::new(snapshot));
+            self.rebuild_soon(&mut state);
         }
         changed
     }
@@ -358,8 +384,7 @@ impl ClusterHandle {
                         state.selectors.len() - 1
                     }
                 };
-                let snapshot = rebuild(&mut state, &self.stats, &self.breakers, &self.scope);
-                self.snapshot.store(Arc::new(snapshot));
+                self.rebuild_now(&mut state);
                 index
             }
         };
@@ -434,6 +459,7 @@ impl ClusterHandle {
             local,
             probe,
             monitor: state.monitor.take(),
+            builds: std::mem::take(&mut state.builds),
         };
         if let Some((protocol, codec)) = codec {
             next.protocol = protocol;
@@ -457,7 +483,7 @@ impl ClusterHandle {
                 }
             }
         }
-        let snapshot = rebuild(&mut next, &self.stats, &self.breakers, &self.scope);
+        let snapshot = plan(&mut next, &self.stats, &self.breakers, &self.scope).build();
         let restart = old.outlier_detection != spec.outlier_detection
             || old.health_check != spec.health_check
             || old.connect_timeout != spec.connect_timeout
@@ -476,7 +502,9 @@ impl ClusterHandle {
         self.outlier_thresholds.set(spec.outlier_detection.as_ref());
         self.records_latency
             .store(spec.lb_policy == LbPolicy::PeakEwma, Ordering::Relaxed);
-        self.snapshot.store(Arc::new(snapshot));
+        state.builds.requested += 1;
+        let build = state.builds.requested;
+        self.publish(&mut state, build, snapshot);
         Ok(state.version)
     }
 
@@ -486,17 +514,69 @@ impl ClusterHandle {
     }
 
     /// Takes a new resolution of its host names: when the addresses changed, rebuilds the
-    /// snapshot (as an update of the same spec would) and returns its version.
-    pub fn resolve(&self, resolved: &Resolved) -> Option<u64> {
+    /// snapshot (as an update of the same spec would; on a blocking thread for `ring_hash` and
+    /// `maglev`, see [`Builds`]) and returns true.
+    pub fn resolve(&self, resolved: &Resolved) -> bool {
         let mut state = self.lock();
         let kept = dns::kept(&state.spec, resolved);
         if kept == state.resolved {
-            return None;
+            return false;
         }
         state.resolved = kept;
-        let snapshot = rebuild(&mut state, &self.stats, &self.breakers, &self.scope);
+        self.rebuild_soon(&mut state);
+        true
+    }
+
+    /// Builds the next snapshot of `state` and publishes it before returning.
+    fn rebuild_now(&self, state: &mut ClusterState) {
+        state.builds.requested += 1;
+        let build = state.builds.requested;
+        let snapshot = plan(state, &self.stats, &self.breakers, &self.scope).build();
+        self.publish(state, build, snapshot);
+    }
+
+    /// Asks for the next snapshot of `state`: built at once, unless its balancers build a table
+    /// and a runtime is there to take the build to a blocking thread (see [`Builds`]).
+    fn rebuild_soon(&self, state: &mut ClusterState) {
+        let runtime = tokio::runtime::Handle::try_current();
+        let me = self.me.upgrade();
+        let (Ok(runtime), Some(me), true) =
+            (runtime, me, crate::lb::builds_table(state.spec.lb_policy))
+        else {
+            self.rebuild_now(state);
+            return;
+        };
+        state.builds.requested += 1;
+        if !state.builds.running {
+            state.builds.running = true;
+            runtime.spawn_blocking(move || me.build_requested());
+        }
+    }
+
+    /// A builder thread's work: builds the newest state asked for, out of the lock, until the
+    /// newest build is published.
+    fn build_requested(&self) {
+        let mut state = self.lock();
+        while state.builds.published < state.builds.requested {
+            let build = state.builds.requested;
+            let plan = plan(&mut state, &self.stats, &self.breakers, &self.scope);
+            drop(state);
+            let snapshot = plan.build();
+            state = self.lock();
+            // Asked for again meanwhile: this build is stale, and the loop builds the newest.
+            if state.builds.requested == build {
+                self.publish(&mut state, build, snapshot);
+            }
+        }
+        state.builds.running = false;
+    }
+
+    /// Publishes `snapshot`, build number `build` of `state`, as its next version.
+    fn publish(&self, state: &mut ClusterState, build: u64, mut snapshot: ClusterSnapshot) {
+        state.version += 1;
+        snapshot.version = state.version;
+        state.builds.published = build;
         self.snapshot.store(Arc::new(snapshot));
-        Some(state.version)
     }
 
     /// What `/clusters` shows.
@@ -552,15 +632,15 @@ impl Drop for ClusterHandle {
     }
 }
 
-/// Builds the next snapshot of `state`: endpoints of the spec, reusing those whose address,
-/// codec, pool settings and connector are unchanged (new ones get their series in `scope`);
-/// endpoints that left are marked draining.
-fn rebuild(
+/// What the next snapshot of `state` is built from: endpoints of the spec, reusing those whose
+/// address, codec, pool settings and connector are unchanged (new ones get their series in
+/// `scope`); endpoints that left are marked draining.
+fn plan(
     state: &mut ClusterState,
     stats: &ClusterStats,
     breakers: &Arc<CircuitBreakers>,
     scope: &MetricsScope,
-) -> ClusterSnapshot {
+) -> SnapshotPlan {
     let metrics = scope.metrics();
     let istio = metrics.settings().istio.clone();
     let cluster = state.spec.name.as_str();
@@ -610,17 +690,16 @@ fn rebuild(
             }));
         }
     }
-    let mut snapshot = ClusterSnapshot::build(
-        state.version + 1,
+    let plan = SnapshotPlan {
         hosts,
-        &state.selectors,
-        &lb_settings(&state.spec, state.local.as_ref()),
-        state.spec.retry_budget,
-    );
-    snapshot.istio = istio.as_ref().map(|istio| {
-        let destination = IstioDestination::of_cluster(istio, cluster);
-        metrics.istio_reporter(istio, &state.protocol, destination)
-    });
+        selectors: state.selectors.clone(),
+        settings: lb_settings(&state.spec, state.local.as_ref()),
+        retry_budget: state.spec.retry_budget,
+        istio: istio.as_ref().map(|istio| {
+            let destination = IstioDestination::of_cluster(istio, cluster);
+            metrics.istio_reporter(istio, &state.protocol, destination)
+        }),
+    };
     // Endpoints retired earlier and gone since: forgotten here as well as when the admin API
     // lists them, so that a cluster whose addresses keep changing (DNS) holds no growing list.
     state.retired.retain(|e| e.strong_count() > 0);
@@ -639,8 +718,31 @@ fn rebuild(
         }
     }
     state.endpoints = endpoints;
-    state.version += 1;
-    snapshot
+    plan
+}
+
+/// What a snapshot is built from, taken from the cluster's state under its lock: building it
+/// (the sets' balancers) needs no lock.
+struct SnapshotPlan {
+    hosts: Vec<Arc<Host>>,
+    selectors: Vec<Selector>,
+    settings: LbSettings,
+    retry_budget: RetryBudgetSpec,
+    istio: Option<Arc<IstioReporter>>,
+}
+
+impl SnapshotPlan {
+    /// The snapshot, numbered when it is published.
+    fn build(self) -> ClusterSnapshot {
+        let mut snapshot = ClusterSnapshot::build(
+            self.hosts,
+            &self.selectors,
+            &self.settings,
+            self.retry_budget,
+        );
+        snapshot.istio = self.istio;
+        snapshot
+    }
 }
 
 /// Every configured cluster, by name. Routes hold handles directly; the manager is for
@@ -743,6 +845,54 @@ endpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.
             "not a member"
         );
         Ok(())
+    }
+
+    /// A `ring_hash` cluster of 1,000 endpoints (256,000 points): on a runtime's thread, a health
+    /// change returns before its ring is built, the old ring serving meanwhile, and ten changes
+    /// in a row, faster than a build, publish one or two snapshots, the last with the last
+    /// change.
+    #[test]
+    fn a_ring_is_built_off_the_runtime_and_only_the_newest_is_published()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let endpoints: String = (1..=1_000)
+            .map(|port| format!("{{ address: 127.0.0.1:{port} }}, "))
+            .collect();
+        let c = cluster(&format!(
+            "name: c\nlb_policy: ring_hash\noutlier_detection: {{ consecutive_errors: 2 }}\n\
+             endpoints: [ {endpoints} ]"
+        ))?;
+        let in_rotation = |address: SocketAddr| {
+            let snapshot = c.snapshot();
+            snapshot
+                .set(SubsetId::ALL)
+                .is_some_and(|set| set.offers_untried(|a| a != address))
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let version = c.snapshot().version;
+            let started = std::time::Instant::now();
+            for change in 0..11 {
+                set_one(&c, addr(1), HealthFlags::EJECTED, change % 2 == 0);
+            }
+            println!(
+                "11 health changes took {:?} on the runtime",
+                started.elapsed()
+            );
+            assert_eq!(c.snapshot().version, version, "the old ring serves");
+            assert!(in_rotation(addr(1)));
+            // The last change, an ejection, is built.
+            tokio::time::timeout(Duration::from_secs(60), async {
+                while in_rotation(addr(1)) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await?;
+            let published = c.snapshot().version - version;
+            assert!((1..=2).contains(&published), "{published} snapshots");
+            Ok(())
+        })
     }
 
     #[test]

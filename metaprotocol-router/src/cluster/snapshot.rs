@@ -120,9 +120,9 @@ pub(crate) struct ClusterSnapshot {
 }
 
 impl ClusterSnapshot {
-    /// Builds the sets of `selectors` over `hosts` (an empty one for a free selector).
+    /// Builds the sets of `selectors` over `hosts` (an empty one for a free selector); its
+    /// version is given when it is published.
     pub(super) fn build(
-        version: u64,
         hosts: Vec<Arc<Host>>,
         selectors: &[Selector],
         settings: &LbSettings,
@@ -140,7 +140,7 @@ impl ClusterSnapshot {
             })
             .collect();
         Self {
-            version,
+            version: 0,
             hosts,
             istio: None,
             sets,

@@ -105,6 +105,13 @@ fn build_policy(policy: LbPolicy, hosts: &[Arc<Host>]) -> Box<dyn LoadBalancer> 
     }
 }
 
+/// True for the policies whose balancer is a table built from the set (`ring_hash`'s ring of up
+/// to 2^20 points, `maglev`'s 65,537 slots): tens to hundreds of milliseconds a build, which the
+/// cluster takes off the runtime's threads.
+pub(crate) fn builds_table(policy: LbPolicy) -> bool {
+    matches!(policy, LbPolicy::RingHash | LbPolicy::Maglev)
+}
+
 /// A set's weights, cumulated: a weighted random pick is a binary search.
 #[derive(Debug, Clone)]
 pub(crate) struct Weights {
