@@ -273,9 +273,21 @@ impl ClusterHandle {
         self.lock().spec.clone()
     }
 
-    /// The proxy locality it was last built for.
-    pub fn local(&self) -> Option<LocalitySpec> {
-        self.lock().local.clone()
+    /// True if it was last built from `spec` (compared in place: a copy of each unchanged
+    /// cluster's spec cost an update of one cluster among thousands as much as all of them).
+    pub fn has_spec(&self, spec: &ClusterSpec) -> bool {
+        self.lock().spec == *spec
+    }
+
+    /// True if it was last built from `spec`, speaking `protocol`, for a proxy at `local`.
+    pub fn built_from(
+        &self,
+        spec: &ClusterSpec,
+        protocol: &str,
+        local: Option<&LocalitySpec>,
+    ) -> bool {
+        let state = self.lock();
+        state.spec == *spec && state.protocol == protocol && state.local.as_ref() == local
     }
 
     /// The current snapshot (a wait-free load).
@@ -753,6 +765,13 @@ pub(crate) struct ClusterManager {
 }
 
 impl ClusterManager {
+    /// A manager of `clusters`, the map of another one, shared.
+    pub fn sharing(clusters: Arc<BTreeMap<String, Arc<ClusterHandle>>>) -> Self {
+        Self {
+            clusters: ArcSwap::new(clusters),
+        }
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<ClusterHandle>> {
         self.clusters.load().get(name).cloned()
     }
@@ -762,18 +781,35 @@ impl ClusterManager {
     }
 
     pub fn insert(&self, handle: Arc<ClusterHandle>) {
+        self.insert_all(&[handle]);
+    }
+
+    /// Adds (or replaces) every one of `handles` in one swap: a swap per handle copied the
+    /// whole map each time, quadratic in the clusters of a config (20,000 clusters cost minutes).
+    pub fn insert_all(&self, handles: &[Arc<ClusterHandle>]) {
+        if handles.is_empty() {
+            return;
+        }
         self.clusters.rcu(|clusters| {
             let mut next = BTreeMap::clone(clusters);
-            next.insert(handle.name().to_string(), handle.clone());
+            for handle in handles {
+                next.insert(handle.name().to_string(), handle.clone());
+            }
             next
         });
     }
 
-    pub fn remove(&self, name: &str) -> Option<Arc<ClusterHandle>> {
-        let removed = self.get(name);
+    /// Removes every cluster of `names` in one swap; returns those it had.
+    pub fn remove_all(&self, names: &[String]) -> Vec<Arc<ClusterHandle>> {
+        if names.is_empty() {
+            return Vec::new();
+        }
+        let removed = names.iter().filter_map(|name| self.get(name)).collect();
         self.clusters.rcu(|clusters| {
             let mut next = BTreeMap::clone(clusters);
-            next.remove(name);
+            for name in names {
+                next.remove(name);
+            }
             next
         });
         removed

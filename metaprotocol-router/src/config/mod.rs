@@ -204,6 +204,9 @@ impl Config {
                 "listeners",
             ),
         ];
+        // The names, looked up once per route's cluster: a search of the list each time cost
+        // routes times clusters.
+        let cluster_names: BTreeSet<&str> = self.clusters.iter().map(|c| c.name.as_str()).collect();
         for list in lists {
             errors.check("", list.map(|_| ()));
         }
@@ -218,7 +221,10 @@ impl Config {
         }
         for (i, routes) in self.route_configs.iter().enumerate() {
             errors.within(&format!("route_configs[{i}]"), |errors| {
-                routes.check(&|name| self.has_cluster(name), errors);
+                routes.check(
+                    &|name| cluster_names.contains(name) || self.dynamic_cluster(name),
+                    errors,
+                );
             });
         }
         for (i, listener) in self.listeners.iter().enumerate() {
@@ -305,11 +311,14 @@ impl Config {
 
     /// True if the cluster `name` is in the config, or may come from its dynamic source.
     pub fn has_cluster(&self, name: &str) -> bool {
-        self.cluster(name).is_some()
-            || self
-                .dynamic
-                .as_ref()
-                .is_some_and(|d| d.provides_cluster(name))
+        self.cluster(name).is_some() || self.dynamic_cluster(name)
+    }
+
+    /// True if the cluster `name` may come from the dynamic source.
+    fn dynamic_cluster(&self, name: &str) -> bool {
+        self.dynamic
+            .as_ref()
+            .is_some_and(|d| d.provides_cluster(name))
     }
 }
 

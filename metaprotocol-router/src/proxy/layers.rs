@@ -84,8 +84,16 @@ pub(crate) fn compose(
     let dynamic = &layers.dynamic;
     check_conflicts(layers, changed)?;
 
-    let provided = |name: &str| base.cluster(name).is_some() || dynamic.clusters.contains_key(name);
-    let available = |name: &str| provided(name) || running.cluster(name).is_some();
+    // Each list by name, once: searching a list for each route's cluster cost routes times
+    // clusters.
+    let base_clusters: BTreeSet<&str> = base.clusters.iter().map(|c| c.name.as_str()).collect();
+    let running_clusters: BTreeMap<&str, &ClusterSpec> = running
+        .clusters
+        .iter()
+        .map(|c| (c.name.as_str(), c))
+        .collect();
+    let provided = |name: &str| base_clusters.contains(name) || dynamic.clusters.contains_key(name);
+    let available = |name: &str| provided(name) || running_clusters.contains_key(name);
     let mut states = Vec::new();
 
     // Route configs: a version whose clusters all exist serves; otherwise the running version
@@ -195,8 +203,8 @@ pub(crate) fn compose(
         .flat_map(|(r, _)| r.routes.iter().flat_map(route_clusters))
         .collect();
     for name in used.into_iter().filter(|name| !provided(name)) {
-        if let Some(old) = running.cluster(name) {
-            clusters.push((old.clone(), Origin::Kept));
+        if let Some(old) = running_clusters.get(name) {
+            clusters.push((ClusterSpec::clone(old), Origin::Kept));
             states.push((
                 ResourceId::new(ResourceKind::Cluster, name),
                 ResourceState::Kept {

@@ -276,7 +276,7 @@ impl ProxyState {
         let mut resolutions = Resolutions::new();
         for spec in new.clusters.iter().filter(|c| c.has_host_names()) {
             let handle = live.get(&spec.name);
-            if handle.is_some_and(|h| h.spec() == *spec) {
+            if handle.is_some_and(|h| h.has_spec(spec)) {
                 continue;
             }
             let last = handle.map(|h| h.resolved()).unwrap_or_default();
@@ -311,56 +311,64 @@ impl ProxyState {
         // Clusters: build new ones, check changed ones; the prospective view routes compile
         // against.
         let live = self.clusters.all();
-        let prospective = ClusterManager::default();
+        let mut clusters = Vec::with_capacity(new.clusters.len());
         for (i, spec) in new.clusters.iter().enumerate() {
-            let at = format!("clusters[{i}]");
+            // Named only when there is an error: an unchanged cluster costs a comparison.
+            let within = |e: ConfigError| e.within(&format!("clusters[{i}]"));
             let Some(protocol) = protocols.get(&spec.name) else {
                 continue;
             };
-            let resolved = resolutions.get(&spec.name).cloned().unwrap_or_default();
+            let resolved = || resolutions.get(&spec.name).cloned().unwrap_or_default();
             match live.get(&spec.name) {
                 None => {
                     let handle = builder
-                        .cluster(spec, protocol, local, &resolved)
-                        .map_err(|e| e.within(&at))?;
-                    prospective.insert(handle.clone());
+                        .cluster(spec, protocol, local, &resolved())
+                        .map_err(within)?;
+                    clusters.push(handle.clone());
                     plan.new_clusters.push(handle);
                 }
                 Some(handle) => {
-                    prospective.insert(handle.clone());
-                    let old = handle.spec();
-                    if old == *spec
-                        && handle.protocol() == *protocol
-                        && handle.local().as_ref() == local
-                    {
+                    clusters.push(handle.clone());
+                    if handle.built_from(spec, protocol, local) {
                         continue;
                     }
+                    let old = handle.spec();
                     let codec = if handle.protocol() != *protocol || old.codec != spec.codec {
                         let codec = builder
                             .codec(protocol, spec.codec.as_ref(), Side::Upstream)
-                            .map_err(|e| e.within(&at))?;
+                            .map_err(within)?;
                         Some((protocol.clone(), codec))
                     } else {
                         None
                     };
                     handle
                         .check_update(spec, codec.as_ref().map(|(_, c)| c))
-                        .map_err(|e| e.within(&at))?;
+                        .map_err(within)?;
                     plan.changed_clusters.push(ClusterChange {
                         handle: handle.clone(),
                         spec: spec.clone(),
                         codec,
                         local: local.cloned(),
-                        resolved,
+                        resolved: resolved(),
                     });
                 }
             }
         }
-        plan.removed_clusters = live
-            .keys()
-            .filter(|name| prospective.get(name).is_none())
-            .cloned()
-            .collect();
+        // The same clusters as running (the usual update: some change, none come or go): the
+        // running map serves as the prospective one, where a copy cost a 20,000-cluster update
+        // a fifth of its time.
+        let prospective = if plan.new_clusters.is_empty() && clusters.len() == live.len() {
+            ClusterManager::sharing(live.clone())
+        } else {
+            let prospective = ClusterManager::default();
+            prospective.insert_all(&clusters);
+            plan.removed_clusters = live
+                .keys()
+                .filter(|name| prospective.get(name).is_none())
+                .cloned()
+                .collect();
+            prospective
+        };
 
         // Route configs: compile what changed.
         let listener_protocols = route_config_protocols(new);
@@ -449,16 +457,16 @@ impl ProxyState {
     /// Publishes a prepared plan.
     fn commit(&self, plan: Plan) -> ReloadSummary {
         let mut summary = ReloadSummary::default();
-        for handle in plan.new_clusters {
+        for handle in &plan.new_clusters {
             summary.clusters.push((handle.name().to_string(), 1));
             handle.start_health();
             tokio::spawn(dns::refresh(
-                Arc::downgrade(&handle),
+                Arc::downgrade(handle),
                 SystemResolver,
                 self.shutdown.clone(),
             ));
-            self.clusters.insert(handle);
         }
+        self.clusters.insert_all(&plan.new_clusters);
         for ClusterChange {
             handle,
             spec,
@@ -509,10 +517,8 @@ impl ProxyState {
                 slots.remove(name);
             }
         }
-        for name in &plan.removed_clusters {
-            if let Some(handle) = self.clusters.remove(name) {
-                handle.retire();
-            }
+        for handle in self.clusters.remove_all(&plan.removed_clusters) {
+            handle.retire();
         }
         summary.removed = plan
             .removed_listeners
@@ -536,9 +542,11 @@ impl ProxyState {
     /// the API: the file wins, but silently undoing an operator's change is a trap.
     fn warn_replacing_api_changes(&self, current: &Config, new: &Config) {
         let mut touched = self.lock_api_touched();
+        let (current_clusters, new_clusters) = (clusters_by_name(current), clusters_by_name(new));
         for name in std::mem::take(&mut *touched) {
             let route_changed = current.route_config(&name) != new.route_config(&name);
-            let cluster_changed = current.cluster(&name) != new.cluster(&name);
+            let cluster_changed =
+                current_clusters.get(name.as_str()) != new_clusters.get(name.as_str());
             if route_changed || cluster_changed {
                 tracing::warn!(resource = %name, "the config file replaces a change made through the admin or embedding API");
             }
@@ -553,8 +561,9 @@ impl ProxyState {
                 touched.insert(name.clone());
             }
         }
+        let current = clusters_by_name(current);
         for cluster in &new.clusters {
-            if current.cluster(&cluster.name) != Some(cluster) {
+            if current.get(cluster.name.as_str()) != Some(&cluster) {
                 touched.insert(cluster.name.clone());
             }
         }
@@ -564,4 +573,14 @@ impl ProxyState {
     pub(crate) fn listener_address(&self, name: &str) -> Option<SocketAddr> {
         self.listeners.address(name)
     }
+}
+
+/// The clusters of `config` by name: looking each one up in the list instead cost clusters
+/// squared (400 million comparisons for 20,000 clusters).
+fn clusters_by_name(config: &Config) -> BTreeMap<&str, &ClusterSpec> {
+    config
+        .clusters
+        .iter()
+        .map(|c| (c.name.as_str(), c))
+        .collect()
 }
