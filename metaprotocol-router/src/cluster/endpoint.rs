@@ -87,6 +87,16 @@ impl HealthFlags {
         }
     }
 
+    /// Takes the flags that keep `replaced` out of rotation: an endpoint rebuilt in place (new
+    /// pool settings, a new codec) is the same server, failing its checks or ejected as before,
+    /// until the checks or the detector say otherwise. Before the series are attached: nothing
+    /// changes, so nothing is shown or counted.
+    fn carry_over(&self, replaced: &HealthFlags) {
+        let out =
+            replaced.bits.load(Ordering::Acquire) & (Self::FAILED_ACTIVE_CHECK | Self::EJECTED);
+        self.bits.fetch_or(out, Ordering::AcqRel);
+    }
+
     /// True if `flag` is set.
     pub fn has(&self, flag: u8) -> bool {
         self.bits.load(Ordering::Acquire) & flag != 0
@@ -148,6 +158,13 @@ impl Endpoint {
             outliers: OutlierCounters::default(),
             scope: None,
         }
+    }
+
+    /// The endpoint rebuilt in place of `replaced` (at the same address): out of rotation if
+    /// `replaced` is (see [`HealthFlags`]). Before [`Endpoint::with_metrics`], which shows it.
+    pub fn replacing(self, replaced: &Endpoint) -> Self {
+        self.health.carry_over(&replaced.health);
+        self
     }
 
     /// The endpoint with its series: `scope` (where its pool's endpoint series live too, held

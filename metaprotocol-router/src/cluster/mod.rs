@@ -646,7 +646,8 @@ impl Drop for ClusterHandle {
 
 /// What the next snapshot of `state` is built from: endpoints of the spec, reusing those whose
 /// address, codec, pool settings and connector are unchanged (new ones get their series in
-/// `scope`); endpoints that left are marked draining.
+/// `scope`, and one rebuilt at an address stays out of rotation if the one it replaces was);
+/// endpoints that left are marked draining.
 fn plan(
     state: &mut ClusterState,
     stats: &ClusterStats,
@@ -685,7 +686,12 @@ fn plan(
                         Some(breakers.clone()),
                     )
                     .with_endpoint_stats(EndpointStats::new(&scope));
-                    Arc::new(Endpoint::new(address, pool).with_metrics(scope, health))
+                    let mut endpoint = Endpoint::new(address, pool);
+                    // Rebuilt in place: still out of rotation if it was.
+                    if let Some(replaced) = state.endpoints.get(&address) {
+                        endpoint = endpoint.replacing(replaced);
+                    }
+                    Arc::new(endpoint.with_metrics(scope, health))
                 }
             };
             endpoints.insert(address, endpoint.clone());
@@ -960,6 +966,39 @@ endpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.
             })
         };
         assert!(shows("healthy") && !shows("draining"), "{text}");
+        Ok(())
+    }
+
+    /// An update that rebuilds the endpoints (new pool settings: an `idle_timeout` here) keeps
+    /// those that health checks failed or outlier detection ejected out of rotation: the new
+    /// endpoint at an address is the same server, and it took traffic until the next check or
+    /// detector tick flagged it again.
+    #[test]
+    fn an_update_that_rebuilds_endpoints_keeps_them_out_of_rotation() -> Result<(), ConfigError> {
+        let spec = |idle: &str| {
+            format!(
+                "{THREE}\nidle_timeout: {idle}\noutlier_detection: {{ consecutive_errors: 2 }}\nhealth_check: {{ interval: 1s }}"
+            )
+        };
+        let c = cluster(&spec("1m"))?;
+        set_one(&c, addr(1), HealthFlags::EJECTED, true);
+        set_one(&c, addr(2), HealthFlags::FAILED_ACTIVE_CHECK, true);
+        let before = c.snapshot().hosts[0].endpoint.clone();
+        c.update(
+            &ClusterSpec::from_yaml(&spec("2m"))?,
+            None,
+            None,
+            &Resolved::new(),
+        )?;
+        assert!(
+            !Arc::ptr_eq(&before, &c.snapshot().hosts[0].endpoint),
+            "rebuilt"
+        );
+        assert_eq!(picked(&c), [addr(3)].into());
+        let status = c.status();
+        assert_eq!(status.endpoints[0].health, HealthState::Ejected);
+        assert_eq!(status.endpoints[1].health, HealthState::FailingActiveChecks);
+        assert_eq!(status.endpoints[2].health, HealthState::Healthy);
         Ok(())
     }
 

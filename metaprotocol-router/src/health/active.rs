@@ -222,8 +222,8 @@ fn record(
 }
 
 /// Whether the endpoint's checks in a row take it out of rotation (`Some(true)`) or bring it
-/// back (`Some(false)`); asked again after every check, since an endpoint rebuilt by a cluster
-/// update starts without flags.
+/// back (`Some(false)`); asked again after every check, since an endpoint that left the cluster
+/// and came back (a DNS answer without it, then with it) starts without flags.
 fn verdict(checked: &Checked, spec: &HealthCheckSpec) -> Option<bool> {
     if checked.failed >= spec.unhealthy_threshold {
         Some(true)

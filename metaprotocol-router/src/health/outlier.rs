@@ -9,8 +9,8 @@
 //! more than `max_ejection_percent` of the cluster's endpoints out at once. Every `interval` it
 //! returns endpoints whose time is up (with fresh streaks), and an endpoint back in rotation for
 //! a whole `base_ejection_time` sheds one step of its growing ejection time. An endpoint that a
-//! cluster update rebuilt (new pool settings) while ejected is flagged again at the next tick:
-//! its ejection runs its course.
+//! cluster update rebuilt (new pool settings) while ejected keeps its flag
+//! ([`crate::cluster`]'s rebuild carries it over): its ejection runs its course.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -292,11 +292,6 @@ impl Detector {
                     ejection.steps -= 1;
                     ejection.since = now;
                 }
-                // Still ejected, but an update that rebuilt the endpoint (new pool settings)
-                // made it anew, without the flag.
-                Some(_) if !endpoint.health().has(HealthFlags::EJECTED) => {
-                    changes.push((endpoint.address(), HealthFlags::EJECTED, true));
-                }
                 _ => {}
             }
         }
@@ -480,7 +475,7 @@ outlier_detection: { consecutive_errors: 3, base_ejection_time: 10s, max_ejectio
     }
 
     /// An update that rebuilds the endpoints (new pool settings: an `idle_timeout` here) makes
-    /// new ones, without flags: an endpoint ejected before stays out for the rest of its
+    /// new ones: an endpoint ejected before stays out, from the update on, for the rest of its
     /// ejection, and returns when it ends.
     #[tokio::test(start_paused = true)]
     async fn an_ejected_endpoint_rebuilt_by_an_update_stays_ejected()
@@ -500,6 +495,7 @@ outlier_detection: {{ consecutive_errors: 3, base_ejection_time: 10s, max_ejecti
         assert_eq!(picked(&c), [addr(2)].into());
         let rebuilt = crate::config::ClusterSpec::from_yaml(&yaml("2m"))?;
         c.update(&rebuilt, None, None, &crate::cluster::Resolved::new())?;
+        assert_eq!(picked(&c), [addr(2)].into(), "out from the update on");
         tokio::time::advance(Duration::from_secs(1)).await;
         detector.tick(&c, Instant::now());
         assert_eq!(picked(&c), [addr(2)].into(), "still ejected");
