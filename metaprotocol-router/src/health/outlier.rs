@@ -5,7 +5,8 @@
 //! request sent, a timeout) lengthens its upstream streak, a failed connect its local-origin
 //! streak, and an answer ends both. When a streak reaches its threshold the detector task is
 //! woken; it ejects the endpoint (the `EJECTED` health flag) for `base_ejection_time` times the
-//! number of times it was ejected recently, at most `max_ejection_time`, unless that would put
+//! number of times it was ejected recently (counted up to the number that reaches
+//! `max_ejection_time`), at most `max_ejection_time`, unless that would put
 //! more than `max_ejection_percent` of the cluster's endpoints out at once. Every `interval` it
 //! returns endpoints whose time is up (with fresh streaks), and an endpoint back in rotation for
 //! a whole `base_ejection_time` sheds one step of its growing ejection time. An endpoint that a
@@ -230,6 +231,16 @@ pub(super) async fn run(
 }
 
 impl Detector {
+    /// The most ejections an endpoint is held to: those that take an ejection to
+    /// `max_ejection_time`. Counting on past it would make an endpoint back from a long outage
+    /// (ejected again at every return) live down every ejection of it, one base ejection time
+    /// each, before a failure costs it less than the longest ejection again.
+    fn max_steps(&self) -> u32 {
+        let base = self.policy.base_ejection_time.as_nanos().max(1);
+        let steps = self.policy.max_ejection_time.as_nanos().div_ceil(base);
+        u32::try_from(steps).unwrap_or(u32::MAX).max(1)
+    }
+
     /// Takes over endpoints an earlier detector of the cluster left ejected: they serve a base
     /// ejection time from now.
     fn adopt(&mut self, cluster: &ClusterHandle, now: Instant) {
@@ -269,6 +280,7 @@ impl Detector {
             keep
         });
         let base = self.policy.base_ejection_time;
+        let max_steps = self.max_steps();
         // The flags change together at the end: one snapshot for the tick, however many
         // endpoints it ejects or returns (each snapshot rebuilds every set's balancer).
         let mut changes = Vec::new();
@@ -320,7 +332,7 @@ impl Detector {
                 until: None,
                 since: now,
             });
-            ejection.steps = ejection.steps.saturating_add(1);
+            ejection.steps = ejection.steps.saturating_add(1).min(max_steps);
             let time = base
                 .saturating_mul(ejection.steps)
                 .min(self.policy.max_ejection_time);
@@ -448,6 +460,43 @@ outlier_detection: { consecutive_errors: 3, base_ejection_time: 10s, max_ejectio
         detector.tick(&c, Instant::now());
         assert!(!c.status().endpoints[0].ejected);
         assert_eq!(c.status().endpoints[0].ejections, 2);
+        Ok(())
+    }
+
+    /// Ejections stop growing at `max_ejection_time`, and so does what an endpoint must live
+    /// down: after a long outage (ejected again at each return, twenty times), three base
+    /// ejection times back in rotation (10 s up to 25 s is three steps) make its next ejection
+    /// a base ejection time again.
+    #[tokio::test(start_paused = true)]
+    async fn ejection_growth_stops_at_the_longest_ejection()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let c = cluster(
+            "name: c
+endpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 } ]
+outlier_detection: { consecutive_errors: 3, base_ejection_time: 10s, max_ejection_time: 25s, max_ejection_percent: 50 }",
+        )?;
+        let mut detector = fresh_detector(&c)?;
+        for _ in 0..20 {
+            fail(&c, 1, 3);
+            detector.tick(&c, Instant::now());
+            assert!(c.status().endpoints[0].ejected);
+            tokio::time::advance(Duration::from_secs(25)).await;
+            detector.tick(&c, Instant::now());
+            assert!(!c.status().endpoints[0].ejected, "back after 25 s at most");
+        }
+        for _ in 0..3 {
+            tokio::time::advance(Duration::from_secs(10)).await;
+            detector.tick(&c, Instant::now());
+        }
+        fail(&c, 1, 3);
+        detector.tick(&c, Instant::now());
+        assert!(c.status().endpoints[0].ejected);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        detector.tick(&c, Instant::now());
+        assert!(
+            !c.status().endpoints[0].ejected,
+            "ejected for a base ejection time again"
+        );
         Ok(())
     }
 
