@@ -1139,6 +1139,53 @@ async fn a_retry_due_after_the_deadline_is_not_started() -> TestResult {
     Ok(())
 }
 
+/// A copy dropped over the mirror's `max_in_flight` is never sent, and the mirror cluster's
+/// series say so: its `upstream_rq_total` counts the copies sent, not those dropped.
+#[tokio::test]
+async fn copies_dropped_over_the_mirror_budget_are_no_upstream_requests() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let shadow = silent.local_addr()?;
+    let server = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = silent.accept().await {
+            tokio::spawn(async move {
+                // Reads every copy, answers none: the first keeps the only slot.
+                let _ = tokio::io::copy(&mut socket, &mut tokio::io::sink()).await;
+            });
+        }
+    });
+    let yaml = config(
+        ", timeout: 1s, mirror: { cluster: m, max_in_flight: 1 }",
+        &format!(
+            "{}  - name: m\n    endpoints: [ {{ address: \"{shadow}\" }} ]\n",
+            endpoints(&[&provider], &[])
+        ),
+    );
+    let (proxy, address) = start(&yaml).await?;
+    let client = DubboClient::new(address);
+    let sample = |name: &str, labels: &[(&str, &str)]| {
+        support::metrics::sample(&proxy.metrics().render(), name, labels)
+    };
+    for _ in 0..3 {
+        assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, 20);
+    }
+    let mirrored = |outcome: &str| {
+        sample(
+            "metaprotocol_route_mirror_rq_total",
+            &[("outcome", outcome)],
+        )
+    };
+    assert_eq!((mirrored("sent"), mirrored("dropped")), (1.0, 2.0));
+    assert_eq!(
+        sample("metaprotocol_upstream_rq_total", &[("cluster", "m")]),
+        1.0,
+        "only the copy sent is an upstream request"
+    );
+    proxy.shutdown().await;
+    server.abort();
+    Ok(())
+}
+
 /// A route without a timeout (`timeout: 0s`) mirroring to a cluster that takes copies and
 /// never answers: a copy has no client waiting for it, so it waits 15 s at most (the default
 /// route timeout) and then gives back its place in the mirror's `max_in_flight`, rather than

@@ -66,13 +66,10 @@ impl MirrorPolicy {
         if !self.chosen() {
             return;
         }
-        let Some((_, active)) = attempt::pick(&self.target, &[], hash) else {
-            stats.mirror_dropped.inc();
-            return;
-        };
-        let endpoint = active.endpoint().clone();
-        let reply = if request.kind == MessageKind::Oneway {
-            ReplyTo::none()
+        // The budget before the pick: picking counts an attempt on the endpoint and its cluster
+        // (`upstream_rq_total`), which a copy dropped over the budget never makes.
+        let slot = if request.kind == MessageKind::Oneway {
+            None
         } else {
             let slot = self.target.cluster.stats().rq_mirror_active.clone();
             if slot.inc() >= self.max_in_flight {
@@ -80,12 +77,24 @@ impl MirrorPolicy {
                 stats.mirror_dropped.inc();
                 return;
             }
-            ReplyTo::discard(Discard {
+            Some(slot)
+        };
+        let Some((_, active)) = attempt::pick(&self.target, &[], hash) else {
+            if let Some(slot) = slot {
+                slot.dec();
+            }
+            stats.mirror_dropped.inc();
+            return;
+        };
+        let endpoint = active.endpoint().clone();
+        let reply = match slot {
+            None => ReplyTo::none(),
+            Some(slot) => ReplyTo::discard(Discard {
                 answered: stats.mirror_answered.clone(),
                 failed: stats.mirror_failed.clone(),
                 slot,
                 _active: active,
-            })
+            }),
         };
         stats.mirror_sent.inc();
         // A refused copy comes back with its waiter, which counts it as failed when dropped.
