@@ -1306,6 +1306,53 @@ async fn a_probe_that_times_out_is_not_sent_again_over_its_dark_connection() -> 
     Ok(())
 }
 
+/// Endpoints that never answer their probes (a zone gone dark) hold each check for its whole
+/// `timeout`; the round's ten slots still start at their times, a tenth of the interval apart,
+/// rather than each after the one before: with 20 such endpoints (two a slot), a 1 s interval
+/// and a 500 ms timeout, a round lasts 1.4 s, not 5 s, and every endpoint is checked at least
+/// four times in 8 s (six, unloaded; two when the slots waited for each other).
+#[tokio::test]
+async fn probes_that_time_out_do_not_stretch_the_round() -> TestResult {
+    let checks: Arc<Vec<std::sync::atomic::AtomicUsize>> =
+        Arc::new((0..20).map(|_| Default::default()).collect());
+    let mut addresses = Vec::new();
+    let mut servers = Vec::new();
+    for index in 0..20 {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        addresses.push(format!("{{ address: \"{}\" }}", silent.local_addr()?));
+        let checks = checks.clone();
+        servers.push(tokio::spawn(async move {
+            while let Ok((mut socket, _)) = silent.accept().await {
+                // A check that timed out closed its connection: each connection is a check.
+                if let Some(count) = checks.get(index) {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut socket, &mut tokio::io::sink()).await;
+                });
+            }
+        }));
+    }
+    let cluster = format!(
+        "    health_check: {{ interval: 1s, interval_jitter_percent: 0, timeout: 500ms, unhealthy_threshold: 1, healthy_threshold: 1, probe: heartbeat }}
+    endpoints: [ {} ]
+",
+        addresses.join(", ")
+    );
+    let (proxy, _) = start(&config("", &cluster)).await?;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let counts: Vec<usize> = checks.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    proxy.shutdown().await;
+    for server in servers {
+        server.abort();
+    }
+    assert!(
+        counts.iter().all(|&n| n >= 4),
+        "checks per endpoint: {counts:?}"
+    );
+    Ok(())
+}
+
 /// With `connections_per_endpoint: 2`, the endpoint takes one connection and then no more (its
 /// relay stops listening): the second connection's connect fails and the endpoint backs off.
 /// Only the call that waited on that connect fails; the calls after it share the connection

@@ -1,7 +1,8 @@
 //! Active health checks: every `interval` (plus up to `interval_jitter_percent` of it, at
 //! random), every endpoint of the cluster is checked, each check bounded by `timeout`. A
 //! round's checks start in [`SLOTS`] groups spread evenly over the interval (an endpoint keeps
-//! its group), not all at once; an endpoint new to the checker is checked at once.
+//! its group), not all at once, each at its time whatever the checks of the groups before it
+//! still wait for; an endpoint new to the checker is checked at once.
 //!
 //! Checks open connections the way the cluster's traffic does (with TLS, handshake and
 //! certificate verification included). A TCP check passes when a connection opens. A protocol
@@ -21,11 +22,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use metaprotocol_core::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{ClusterHandle, HealthFlags};
 use crate::config::HealthCheckSpec;
+use crate::router::deadline_after;
 use crate::stats::Counter;
 use crate::transport::Connector;
 use crate::upstream::ProbeConnection;
@@ -48,7 +52,8 @@ impl Prober {
 
 /// One endpoint's checks so far.
 struct Checked {
-    prober: Prober,
+    /// Shared with the checks of a round in flight.
+    prober: Arc<Prober>,
     /// The slot of the round its checks start in (after its first, which runs at once).
     slot: usize,
     passed: u32,
@@ -132,7 +137,7 @@ pub(super) async fn run(
             endpoints.insert(
                 address,
                 Checked {
-                    prober: match &probe {
+                    prober: Arc::new(match &probe {
                         Some(request) => Prober::Request(
                             Box::new(ProbeConnection::new(
                                 address,
@@ -144,7 +149,7 @@ pub(super) async fn run(
                             request.clone(),
                         ),
                         None => Prober::Tcp(address, connector.clone()),
-                    },
+                    }),
                     slot: next_slot,
                     passed: 0,
                     failed: 0,
@@ -156,20 +161,36 @@ pub(super) async fn run(
                 first.push(address);
             }
         }
+        // Each slot starts at its time, not when the one before it is done: endpoints that
+        // never answer hold a slot for the whole `timeout`, and ten such slots in a row stretched
+        // a round (and so the time to take a dead endpoint out) to ten timeouts.
+        let mut due = FuturesUnordered::new();
         for (slot, addresses) in slots.iter().enumerate() {
-            if addresses.is_empty() {
+            let checks: Vec<(SocketAddr, Arc<Prober>)> = addresses
+                .iter()
+                .filter_map(|address| Some((*address, endpoints.get(address)?.prober.clone())))
+                .collect();
+            if checks.is_empty() {
                 continue;
             }
-            let offset = spec.interval / SLOTS as u32 * slot as u32;
-            tokio::select! {
+            let start = deadline_after(round_start, spec.interval / SLOTS as u32 * slot as u32);
+            let timeout = spec.timeout;
+            due.push(async move {
+                tokio::time::sleep_until(start).await;
+                futures::future::join_all(checks.iter().map(|(address, prober)| async move {
+                    (*address, prober.check(timeout).await)
+                }))
+                .await
+            });
+        }
+        loop {
+            let results = tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(offset.saturating_sub(round_start.elapsed())) => {}
-            }
-            let results = futures::future::join_all(addresses.iter().filter_map(|address| {
-                let checked = endpoints.get(address)?;
-                Some(async move { (*address, checked.prober.check(spec.timeout).await) })
-            }))
-            .await;
+                results = due.next() => match results {
+                    Some(results) => results,
+                    None => break,
+                },
+            };
             let Some(handle) = cluster.upgrade() else {
                 return;
             };
