@@ -2,15 +2,19 @@
 //! built or updated, and again every `dns_refresh_rate` while it runs. Each address a name
 //! resolves to (of the cluster's `dns_lookup_family`) is an endpoint with the spec's weight and
 //! labels. A resolution that fails, times out or finds nothing keeps the addresses the name had.
+//! A cluster's names are looked up together, so that a resolver that does not answer costs one
+//! timeout, not one per name.
 //! A name's addresses are kept sorted, and at most [`MAX_ADDRESSES_PER_NAME`] of them (the
 //! lowest).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Weak;
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
 
 use super::ClusterHandle;
@@ -25,6 +29,11 @@ pub(crate) const MAX_ADDRESSES_PER_NAME: usize = 1_024;
 
 /// The longest one resolution may take before the addresses last known are kept.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The names of a cluster looked up at once, at most: one at a time, a resolver that does not
+/// answer held a config update (and each refresh) [`RESOLVE_TIMEOUT`] per name, a minute and a
+/// half for 20 names.
+const CONCURRENT_LOOKUPS: usize = 16;
 
 /// Turns a host name and port into addresses.
 pub(crate) trait Resolve: Send + Sync {
@@ -62,39 +71,58 @@ pub(crate) fn kept(spec: &ClusterSpec, resolved: &Resolved) -> Resolved {
         .collect()
 }
 
-/// Resolves every host name of `spec`; a name that cannot be resolved keeps its addresses in
-/// `last`.
+/// Resolves every host name of `spec`, [`CONCURRENT_LOOKUPS`] at a time; a name that cannot be
+/// resolved keeps its addresses in `last`.
 pub(crate) async fn resolve(
     resolver: &impl Resolve,
     spec: &ClusterSpec,
     last: &Resolved,
 ) -> Resolved {
+    let mut names = spec
+        .endpoints
+        .iter()
+        .map(|endpoint| &endpoint.address)
+        .filter(|name| name.ip().is_none())
+        .collect::<BTreeSet<_>>()
+        .into_iter();
+    let mut lookups = FuturesUnordered::new();
+    for name in names.by_ref().take(CONCURRENT_LOOKUPS) {
+        lookups.push(resolve_one(resolver, spec, name, last));
+    }
     let mut resolved = Resolved::new();
-    for endpoint in &spec.endpoints {
-        let name = &endpoint.address;
-        if name.ip().is_some() || resolved.contains_key(name) {
-            continue;
+    while let Some((name, addresses)) = lookups.next().await {
+        resolved.insert(name, addresses);
+        if let Some(name) = names.next() {
+            lookups.push(resolve_one(resolver, spec, name, last));
         }
-        let lookup =
-            tokio::time::timeout(RESOLVE_TIMEOUT, resolver.lookup(name.host(), name.port()));
-        let found = match lookup.await {
-            Ok(Ok(addresses)) => in_order(spec.dns_lookup_family.select(&addresses), spec, name),
-            Ok(Err(err)) => {
-                tracing::warn!(cluster = %spec.name, endpoint = %name, error = %err, "cannot resolve an endpoint; keeping its last addresses");
-                Vec::new()
-            }
-            Err(_) => {
-                tracing::warn!(cluster = %spec.name, endpoint = %name, "resolving an endpoint timed out; keeping its last addresses");
-                Vec::new()
-            }
-        };
-        let addresses = match (found.is_empty(), last.get(name)) {
-            (true, Some(last)) => last.clone(),
-            _ => found,
-        };
-        resolved.insert(name.clone(), addresses);
     }
     resolved
+}
+
+/// `name` with its addresses, or those it had in `last` when it cannot be resolved.
+async fn resolve_one(
+    resolver: &impl Resolve,
+    spec: &ClusterSpec,
+    name: &EndpointAddress,
+    last: &Resolved,
+) -> (EndpointAddress, Vec<SocketAddr>) {
+    let lookup = tokio::time::timeout(RESOLVE_TIMEOUT, resolver.lookup(name.host(), name.port()));
+    let found = match lookup.await {
+        Ok(Ok(addresses)) => in_order(spec.dns_lookup_family.select(&addresses), spec, name),
+        Ok(Err(err)) => {
+            tracing::warn!(cluster = %spec.name, endpoint = %name, error = %err, "cannot resolve an endpoint; keeping its last addresses");
+            Vec::new()
+        }
+        Err(_) => {
+            tracing::warn!(cluster = %spec.name, endpoint = %name, "resolving an endpoint timed out; keeping its last addresses");
+            Vec::new()
+        }
+    };
+    let addresses = match (found.is_empty(), last.get(name)) {
+        (true, Some(last)) => last.clone(),
+        _ => found,
+    };
+    (name.clone(), addresses)
 }
 
 /// `addresses` sorted, without repeats, and at most [`MAX_ADDRESSES_PER_NAME`] of them.
@@ -258,6 +286,36 @@ mod tests {
         );
         assert_eq!(handle.snapshot().version, version + 1);
         refreshing.stop().await;
+        Ok(())
+    }
+
+    /// Never answers.
+    struct Silent;
+
+    impl Resolve for Silent {
+        async fn lookup(&self, _: &str, _: u16) -> io::Result<Vec<SocketAddr>> {
+            std::future::pending().await
+        }
+    }
+
+    /// A resolver that does not answer holds a cluster's resolution once its timeout, not once
+    /// per name, and each name keeps the addresses it had.
+    #[tokio::test(start_paused = true)]
+    async fn names_that_get_no_answer_are_waited_for_together()
+    -> Result<(), crate::config::ConfigError> {
+        let spec = ClusterSpec::from_yaml(
+            "name: c\nendpoints: [ { address: \"a.test:1\" }, { address: \"b.test:1\" }, { address: \"c.test:1\" }, { address: \"d.test:1\" } ]",
+        )?;
+        let last: Resolved = spec
+            .endpoints
+            .iter()
+            .map(|e| (e.address.clone(), vec![addr("10.0.0.1:1")]))
+            .collect();
+        let started = tokio::time::Instant::now();
+        let resolved = resolve(&Silent, &spec, &last).await;
+        let took = started.elapsed();
+        assert!(took < 2 * RESOLVE_TIMEOUT, "took {took:?}");
+        assert_eq!(resolved, last);
         Ok(())
     }
 
