@@ -46,6 +46,15 @@ impl Breaker {
     }
 }
 
+/// Why [`CircuitBreakers::take_retry`] refused a retry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RetryRefusal {
+    /// The cluster's `max_retries` retries are in flight (counted as the breaker's overflow).
+    MaxRetries,
+    /// The cluster's retry budget is spent.
+    Budget,
+}
+
 /// A cluster's breakers. Limits change with the cluster's config; the cluster's pools and the
 /// router share one instance.
 #[derive(Debug)]
@@ -119,6 +128,31 @@ impl CircuitBreakers {
     pub fn admits(&self, breaker: Breaker, stats: &ClusterStats) -> bool {
         let limit = self.limits[breaker as usize].load(Ordering::Relaxed);
         limit == i64::MAX || self.judge(breaker, self.current(breaker, stats) < limit)
+    }
+
+    /// A retry's place under `max_retries` and under `budget` (the retries the cluster's retry
+    /// budget allows in flight now), taken in one step: `retries_active` goes up only while
+    /// both have room. Checked first and counted after, two retries decided at once on two
+    /// workers could both pass the check at one below the limit and both count, one past it. A
+    /// refusal by `max_retries` is counted as its overflow, and the breaker's open gauge follows.
+    pub fn take_retry(&self, retries_active: &Gauge, budget: i64) -> Result<(), RetryRefusal> {
+        let limit = self.limits[Breaker::Retries as usize].load(Ordering::Relaxed);
+        let bound = limit.min(budget);
+        let taken =
+            retries_active
+                .inner()
+                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |held| {
+                    (held < bound).then_some(held + 1)
+                });
+        let refusal = match taken {
+            Ok(_) => None,
+            Err(held) if held >= limit => Some(RetryRefusal::MaxRetries),
+            Err(_) => Some(RetryRefusal::Budget),
+        };
+        if limit != i64::MAX {
+            self.judge(Breaker::Retries, refusal != Some(RetryRefusal::MaxRetries));
+        }
+        refusal.map_or(Ok(()), Err)
     }
 
     /// A connection's place under `max_connections`, reserved; `None` (an overflow, counted)

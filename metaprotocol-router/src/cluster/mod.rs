@@ -34,7 +34,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 pub use circuit_breaker::BreakerStatus;
-pub(crate) use circuit_breaker::{Breaker, CircuitBreakers, ConnectionPermit};
+pub(crate) use circuit_breaker::{Breaker, CircuitBreakers, ConnectionPermit, RetryRefusal};
 pub use endpoint::HealthState;
 pub(crate) use endpoint::{ActiveRequest, Endpoint, HealthFlags};
 use snapshot::Selector;

@@ -37,7 +37,7 @@ pub(crate) use self::outcome::{AttemptOutcome, FAILURES};
 use self::retry::RetryGrant;
 pub(crate) use self::retry::RetryPolicy;
 pub(crate) use self::timeout::{after as deadline_after, filter_wait_deadline};
-use crate::cluster::{Breaker, ClusterHandle, Host};
+use crate::cluster::{Breaker, ClusterHandle, Host, RetryRefusal};
 use crate::route::{Route, RouteAction, RouteTable, Target, TemplateContext};
 use crate::upstream::{AttemptResult, ReplyTo, UpstreamError};
 
@@ -684,17 +684,17 @@ impl Routed {
     /// retry budget; a refusal is counted (by the breaker, or as the route's budget exhausted).
     fn grant_retry(&self, route: Option<&Route>) -> Option<RetryGrant> {
         let cluster = &self.target.cluster;
-        let stats = cluster.stats();
-        if !cluster.breakers().admits(Breaker::Retries, stats) {
-            return None;
-        }
-        let grant = RetryGrant::ask(&cluster.snapshot().retry_budget, stats);
-        if grant.is_none()
+        let asked = RetryGrant::ask(
+            &cluster.snapshot().retry_budget,
+            cluster.breakers(),
+            cluster.stats(),
+        );
+        if asked.as_ref().err() == Some(&RetryRefusal::Budget)
             && let Some(route) = route
         {
             route.stats().retry_budget_exhausted.inc();
         }
-        grant
+        asked.ok()
     }
 
     fn fail(

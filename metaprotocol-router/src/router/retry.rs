@@ -12,6 +12,7 @@ use metaprotocol_core::{ConnectionInfo, ResponseStatus, RoutingView, keys};
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::outcome::AttemptOutcome;
+use crate::cluster::{CircuitBreakers, RetryRefusal};
 use crate::config::{ConfigError, RetryBackOffSpec, RetryBudgetSpec, RetryOn, RetryPolicySpec};
 use crate::route::RequestMatcher;
 use crate::stats::ClusterStats;
@@ -120,19 +121,21 @@ pub(crate) struct RetryGrant {
 }
 
 impl RetryGrant {
-    /// A retry if `budget` allows one more in the cluster of `stats`: retries in flight at most
-    /// `budget_percent` of the requests in flight, or `min_retry_concurrency`, whichever is
-    /// more. `None` when the budget is spent.
-    pub fn ask(budget: &RetryBudgetSpec, stats: &ClusterStats) -> Option<Self> {
+    /// A retry if the cluster of `stats` has room for one more under its `max_retries`
+    /// (`breakers`) and its retry `budget`: retries in flight at most `budget_percent` of the
+    /// requests in flight, or `min_retry_concurrency`, whichever is more. Else which refused.
+    pub fn ask(
+        budget: &RetryBudgetSpec,
+        breakers: &CircuitBreakers,
+        stats: &ClusterStats,
+    ) -> Result<Self, RetryRefusal> {
         let active = stats.rq_active.get().max(0) as f64;
         let allowed = (active * budget.budget_percent / 100.0)
             .max(f64::from(budget.min_retry_concurrency)) as i64;
-        let retries_active = stats.rq_retries_active.clone();
-        if retries_active.inc() >= allowed {
-            retries_active.dec();
-            return None;
-        }
-        Some(Self { retries_active })
+        breakers.take_retry(&stats.rq_retries_active, allowed)?;
+        Ok(Self {
+            retries_active: stats.rq_retries_active.clone(),
+        })
     }
 }
 
@@ -144,10 +147,12 @@ impl Drop for RetryGrant {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicI64, Ordering};
+
     use metaprotocol_core::{ByteStr, Metadata, RoutingKeys};
 
     use super::*;
-    use crate::config::{MatchSpec, MetadataMatcherSpec};
+    use crate::config::{CircuitBreakersSpec, MatchSpec, MetadataMatcherSpec};
     use crate::stats::Metrics;
 
     fn policy(spec: RetryPolicySpec) -> Result<RetryPolicy, ConfigError> {
@@ -279,22 +284,37 @@ mod tests {
         Ok(())
     }
 
+    /// A cluster's stats and breakers, allowing `max_retries` (and 100 of everything else).
+    fn cluster(max_retries: u32) -> (ClusterStats, CircuitBreakers) {
+        let scope = Metrics::new().root().detached("cluster", "c");
+        let spec = CircuitBreakersSpec {
+            max_connections: 100,
+            max_pending_requests: 100,
+            max_requests: 100,
+            max_retries,
+        };
+        (
+            ClusterStats::new(&scope),
+            CircuitBreakers::new(&scope, Some(&spec)),
+        )
+    }
+
     #[test]
     fn the_budget_allows_a_share_of_active_requests_and_a_minimum() {
-        let stats = ClusterStats::new(&Metrics::new().root());
+        let (stats, breakers) = cluster(100);
         let budget = RetryBudgetSpec {
             budget_percent: 20.0,
             min_retry_concurrency: 2,
         };
         let quiet: Vec<RetryGrant> = (0..5)
-            .filter_map(|_| RetryGrant::ask(&budget, &stats))
+            .filter_map(|_| RetryGrant::ask(&budget, &breakers, &stats).ok())
             .collect();
         assert_eq!(quiet.len(), 2, "the minimum when nothing is active");
         for _ in 0..50 {
             stats.rq_active.inc();
         }
         let busy: Vec<RetryGrant> = (0..20)
-            .filter_map(|_| RetryGrant::ask(&budget, &stats))
+            .filter_map(|_| RetryGrant::ask(&budget, &breakers, &stats).ok())
             .collect();
         assert_eq!(quiet.len() + busy.len(), 10, "20% of 50 in flight");
         drop(busy);
@@ -304,5 +324,40 @@ mod tests {
             0,
             "grants give their slot back"
         );
+    }
+
+    #[test]
+    fn retries_decided_at_once_never_pass_max_retries() {
+        const MAX_RETRIES: i64 = 2;
+        let (stats, breakers) = cluster(MAX_RETRIES as u32);
+        // The budget leaves `max_retries` alone to bound them.
+        let budget = RetryBudgetSpec {
+            budget_percent: 100.0,
+            min_retry_concurrency: 1_000,
+        };
+        // The retries in flight as the cluster counts them, at most, seen by the holder of each
+        // grant; and the grants made.
+        let (most, granted) = (AtomicI64::new(0), AtomicI64::new(0));
+        let until = std::time::Instant::now() + Duration::from_secs(2);
+        std::thread::scope(|threads| {
+            for _ in 0..8 {
+                threads.spawn(|| {
+                    while std::time::Instant::now() < until {
+                        for _ in 0..1_000 {
+                            let Ok(grant) = RetryGrant::ask(&budget, &breakers, &stats) else {
+                                continue;
+                            };
+                            most.fetch_max(stats.rq_retries_active.get(), Ordering::Relaxed);
+                            granted.fetch_add(1, Ordering::Relaxed);
+                            drop(grant);
+                        }
+                    }
+                });
+            }
+        });
+        let most = most.load(Ordering::Relaxed);
+        assert!(most <= MAX_RETRIES, "{most} retries in flight at once");
+        assert!(granted.load(Ordering::Relaxed) > 0);
+        assert_eq!(stats.rq_retries_active.get(), 0, "every grant gave back");
     }
 }
