@@ -19,7 +19,7 @@ use metaprotocol_core::{FilterDecision, L7Filter, LocalReply, LocalReplyKind, Re
 use metaprotocol_examples::dubbo_demo::{
     DemoProvider, DubboClient, EXCEPTION_METHOD, FAILING_METHOD, HANG_UP_METHOD, SLOW_METHOD,
 };
-use metaprotocol_router::{Config, FilterRegistry, Proxy};
+use metaprotocol_router::{Config, ExpositionFormat, FilterRegistry, Metrics, Proxy};
 use support::metrics::{promtool_problems, sample};
 use support::proxy::start_engine;
 use support::{TestResult, dubbo_request, free_addr};
@@ -501,6 +501,51 @@ async fn istio_series_carry_istios_labels() -> TestResult {
         Ok(())
     })
     .await?
+}
+
+/// Series an embedder or a filter names so that two families would be written under one name
+/// (a counter `x` is written `x_total`, a histogram `h` writes `h_count`): the one registered
+/// second is not exported, so that promtool parses the scrape.
+#[test]
+fn series_written_under_another_familys_name_are_refused_and_the_scrape_stays_valid() -> TestResult
+{
+    let metrics = Metrics::new();
+    let root = metrics.root();
+    root.counter("calls", "Calls").inc();
+    root.gauge("calls_total", "Calls, as a gauge").set(7);
+    root.gauge("jobs_total", "Jobs, as a gauge").set(3);
+    root.counter("jobs", "Jobs").inc();
+    root.histogram("work_seconds", "Work", &[0.1])
+        .observe(Duration::from_millis(5));
+    root.gauge("work_seconds_count", "Work, counted").set(9);
+    let text = metrics.encode(ExpositionFormat::Prometheus);
+    if let Some(problems) = promtool_problems(&text)? {
+        // The gauge `jobs_total`, registered first and kept, draws promtool's note that only
+        // counters end in `_total`: a name's style, where the scrape parses.
+        assert!(
+            problems
+                .iter()
+                .all(|p| p.starts_with("metaprotocol_jobs_total ")),
+            "promtool: {problems:#?}\n{text}"
+        );
+    }
+    // promtool reads the Prometheus text format only; in OpenMetrics a name written twice
+    // shows as two samples of it.
+    for format in [ExpositionFormat::Prometheus, ExpositionFormat::OpenMetrics] {
+        let text = metrics.encode(format);
+        for (name, value) in [
+            ("metaprotocol_calls_total", 1.0),
+            ("metaprotocol_jobs_total", 3.0),
+            ("metaprotocol_work_seconds_count", 1.0),
+        ] {
+            assert_eq!(
+                sample(&text, name, &[]),
+                value,
+                "{name}, {format:?}: {text}"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The Istio counts of requests that reached no cluster outlive a reload that changes their

@@ -399,7 +399,33 @@ impl Metrics {
                     ));
             }
         }
-        families.extend(codec_counters.into_values());
+        // Families written under a name the registered ones (or a codec's counter taken
+        // already) are written under would fail the scrape: the registered ones win.
+        let registered = families.len();
+        for family in codec_counters.into_values() {
+            let kind_of = |name: &str| {
+                // The registered families, in name order as the registry keeps them.
+                let taken = &families[..registered];
+                taken
+                    .binary_search_by(|f| f.name.as_str().cmp(name))
+                    .ok()
+                    .map(|i| taken[i].kind)
+                    .or_else(|| {
+                        families[registered..]
+                            .iter()
+                            .find(|f| f.name == name)
+                            .map(|f| f.kind)
+                    })
+            };
+            if collides(kind_of, &family.name, family.kind) {
+                tracing::warn!(
+                    series = family.name,
+                    "a codec's counter would be written under a name another series has; not exported"
+                );
+                continue;
+            }
+            families.push(family);
+        }
         families.sort_by(|a, b| a.name.cmp(&b.name));
         families
     }
@@ -418,9 +444,23 @@ impl Metrics {
     }
 
     /// The series `name` with `labels` (one more registration of it), created if need be; a
-    /// fresh unregistered metric if the name belongs to a family of another kind.
+    /// fresh unregistered metric if the name belongs to a family of another kind, or if a new
+    /// family of that name would write a name another family writes ([`collides`]).
     fn register(&self, name: &str, help: &str, kind: FamilyKind, labels: &Labels) -> Metric {
         let mut families = lock(&self.inner.families);
+        if !families.contains_key(name)
+            && collides(
+                |name| families.get(name).map(|f| f.kind.kind()),
+                name,
+                kind.kind(),
+            )
+        {
+            tracing::warn!(
+                series = name,
+                "a series of this name would be written under a name another series has; not exported"
+            );
+            return kind.new_metric();
+        }
         let family = families.entry(name.to_owned()).or_insert_with(|| Family {
             help: help.to_owned(),
             kind: kind.clone(),
@@ -478,6 +518,38 @@ impl Metrics {
     }
 }
 
+/// The suffixes of a histogram's samples.
+const HISTOGRAM_SUFFIXES: [&str; 3] = ["_bucket", "_sum", "_count"];
+
+/// True if a family `name` of `kind` would write a name (its own, which OpenMetrics gives a
+/// counter without `_total` and the Prometheus text format with it, or one of its samples')
+/// that another family writes too, `kind_of` giving the kind of the family of a name, if one
+/// has it: a counter `x` beside a gauge `x_total`, a histogram `h` beside a gauge `h_count`.
+/// Both would be written with a `# HELP` and `# TYPE` of that name, which Prometheus refuses,
+/// failing the whole scrape.
+fn collides(kind_of: impl Fn(&str) -> Option<MetricKind>, name: &str, kind: MetricKind) -> bool {
+    let written_by = |base: &str, kind: MetricKind| kind_of(base) == Some(kind);
+    let writes = |written: &str| {
+        kind_of(written).is_some()
+            || written
+                .strip_suffix("_total")
+                .is_some_and(|base| written_by(base, MetricKind::Counter))
+            || HISTOGRAM_SUFFIXES.iter().any(|suffix| {
+                written
+                    .strip_suffix(suffix)
+                    .is_some_and(|base| written_by(base, MetricKind::Histogram))
+            })
+    };
+    writes(name)
+        || match kind {
+            MetricKind::Counter => writes(&format!("{name}_total")),
+            MetricKind::Gauge => false,
+            MetricKind::Histogram => HISTOGRAM_SUFFIXES
+                .iter()
+                .any(|suffix| writes(&format!("{name}{suffix}"))),
+        }
+}
+
 /// Series and process samples taken for one OpenMetrics encoding.
 #[derive(Debug)]
 struct Snapshot {
@@ -507,6 +579,11 @@ impl Collector for MetricsCollector {
 /// Where a component registers its series: a set of labels every series of the component
 /// carries. Handles are created once, when the component is built (or when a run-time label
 /// value is first seen).
+///
+/// A series whose name another family has with another type, or whose family would be written
+/// under a name another family is written under (a counter `x`, written `x_total`, beside a
+/// gauge `x_total`; a histogram `h` beside a gauge `h_count`), gets a working handle that is not
+/// exported, and a warning is logged: written, both would fail every scrape.
 #[derive(Clone)]
 pub struct MetricsScope {
     metrics: Metrics,
@@ -930,6 +1007,27 @@ mod tests {
         assert!(open.ends_with("# EOF\n"));
         assert!(!prometheus.contains("# EOF"));
         assert!(prometheus.contains("# TYPE metaprotocol_build_info gauge"));
+    }
+
+    #[test]
+    fn a_codec_counter_written_under_a_registered_series_name_is_left_out() {
+        let metrics = Metrics::new();
+        metrics
+            .root()
+            .gauge("codec_widgets_total", "Widgets, as a gauge")
+            .set(7);
+        metrics.watch_codec(&(Arc::new(Counting("counting")) as Arc<dyn CodecFactory>));
+        let text = metrics.encode(ExpositionFormat::Prometheus);
+        assert_eq!(
+            text.matches("# TYPE metaprotocol_codec_widgets_total ")
+                .count(),
+            1,
+            "{text}"
+        );
+        assert!(
+            text.contains("metaprotocol_codec_widgets_total 7\n"),
+            "{text}"
+        );
     }
 
     #[test]
