@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use metaprotocol_examples::dubbo_demo::{DemoProvider, DubboClient};
 use metaprotocol_router::{Config, LogControl, Proxy};
 use support::TestResult;
-use support::admin::{http, http_with};
+use support::admin::{exchange, http, http_with};
 use support::process::Scratch;
 
 /// A log filter kept in memory; `bogus` is not a valid one.
@@ -109,6 +109,54 @@ async fn help_lists_every_endpoint_and_each_answers() -> TestResult {
     for (method, path) in listed.iter().filter(|(m, _)| *m == "GET") {
         let (status, body) = http(admin, method, path, "").await?;
         assert_ne!(status, 404, "{method} {path}: {body}");
+    }
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// The `error` of an answer in the API's JSON.
+fn json_error(body: &str) -> TestResult<String> {
+    let answer: serde_json::Value = serde_json::from_str(body)?;
+    let error = answer["error"].as_str().ok_or("no error")?;
+    Ok(error.to_owned())
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods_are_answered_in_json_with_the_methods_allowed() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let (proxy, admin) = start(&provider, None, None).await?;
+    for (method, path) in [
+        ("GET", "/nope"),
+        ("GET", "/clusters/c/endpoints"),
+        ("DELETE", "/route_configs/r/extra"),
+    ] {
+        let (status, _, body) = exchange(admin, method, path, "", "").await?;
+        assert_eq!(status, 404, "{method} {path}: {body}");
+        let error = json_error(&body).map_err(|e| format!("{method} {path}: {e}: {body:?}"))?;
+        assert!(error.contains(path), "{method} {path}: {error}");
+    }
+    for (method, path, allowed) in [
+        ("POST", "/metrics", &["GET", "HEAD"][..]),
+        ("GET", "/healthcheck/fail", &["POST"][..]),
+        ("POST", "/clusters/c", &["PUT", "DELETE"][..]),
+        ("PUT", "/logging", &["GET", "HEAD", "POST"][..]),
+    ] {
+        let (status, head, body) = exchange(admin, method, path, "", "").await?;
+        assert_eq!(status, 405, "{method} {path}: {body}");
+        let error = json_error(&body).map_err(|e| format!("{method} {path}: {e}: {body:?}"))?;
+        assert!(error.contains(method), "{method} {path}: {error}");
+        let allow = head
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("allow").then(|| value.trim())
+            })
+            .ok_or_else(|| format!("{method} {path}: no Allow header in {head}"))?;
+        let mut named: Vec<&str> = allow.split(',').map(str::trim).collect();
+        named.sort_unstable();
+        let mut allowed = allowed.to_vec();
+        allowed.sort_unstable();
+        assert_eq!(named, allowed, "{method} {path}");
     }
     proxy.shutdown().await;
     Ok(())

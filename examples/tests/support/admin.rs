@@ -26,6 +26,18 @@ pub async fn http_with(
     headers: &str,
     body: &str,
 ) -> TestResult<(u16, String)> {
+    let (status, _, body) = exchange(address, method, path, headers, body).await?;
+    Ok((status, body))
+}
+
+/// [`http_with`]'s answer whole: its status, head (status line and headers) and body.
+pub async fn exchange(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> TestResult<(u16, String, String)> {
     let mut socket = TcpStream::connect(address).await?;
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: admin\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -39,10 +51,6 @@ pub async fn http_with(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or("no status")?;
-    let body = answer
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned();
-    Ok((status, body))
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    Ok((status, head.to_owned(), body.to_owned()))
 }

@@ -3,10 +3,8 @@
 //! effect at once); without it they are open to anyone who can connect, which is only sane on
 //! loopback, so the proxy says so loudly otherwise.
 
-use axum::Json;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use axum::response::Response;
 
 use crate::config::Config;
 
@@ -63,8 +61,7 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 }
 
 fn refusal(status: StatusCode, message: &str) -> Response {
-    let body = json!({ "error": message, "field": null, "line": null, "column": null });
-    let mut response = (status, Json(body)).into_response();
+    let mut response = super::error_answer(status, message);
     if status == StatusCode::UNAUTHORIZED
         && let Ok(value) = "Bearer".parse()
     {

@@ -2,8 +2,9 @@
 //! OpenMetrics, and a human-readable `/stats`), the running config, cluster state, log levels
 //! ([`logging`]), server info, and updates of route configs and clusters (see docs/config.md for
 //! the contract; `/help` lists it all). Answers are JSON, errors included (`{"error": ...,
-//! "field": ..., "line": ..., "column": ...}`), except the plain-text ones meant for people and
-//! scrapers. Write endpoints ask for the bearer token of `admin.token_file` when one is
+//! "field": ..., "line": ..., "column": ...}`: a path the API does not have is a `404`, a method
+//! a path does not take a `405` with an `Allow` header), except the plain-text ones meant for
+//! people and scrapers. Write endpoints ask for the bearer token of `admin.token_file` when one is
 //! configured ([`auth`]); the server itself bounds slow and idle clients, and those that read
 //! none of their answers ([`crate::http_server`]).
 
@@ -18,7 +19,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::StringRejection;
 use axum::extract::{Extension, Path, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -27,7 +28,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ClusterSpec, ConfigError, RouteConfigSpec};
+use crate::config::{ClusterSpec, ConfigError, Position, RouteConfigSpec};
 use crate::http_server::RequestDeadline;
 use crate::proxy::{ProxyState, Readiness, UpdateError};
 use crate::stats::ExpositionFormat;
@@ -122,6 +123,8 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<ProxyState>, stop: C
             "/clusters/{name}",
             put(put_resource::<ClusterSpec>).delete(delete_cluster),
         )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             writes_need_the_token,
@@ -252,16 +255,51 @@ async fn clusters(State(state): State<Arc<ProxyState>>) -> Json<serde_json::Valu
     Json(json!({ "clusters": state.cluster_statuses() }))
 }
 
+/// A path the API does not have.
+async fn not_found(uri: Uri) -> Response {
+    error_answer(
+        StatusCode::NOT_FOUND,
+        &format!("no endpoint {}: GET /help lists them", uri.path()),
+    )
+}
+
+/// A method the path does not take; the `Allow` header, which the router adds, names those it
+/// does.
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    error_answer(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!(
+            "{} does not take {method}: the Allow header names the methods it takes",
+            uri.path()
+        ),
+    )
+}
+
 /// An error answer: status, message, and the offending field and its position when known.
 fn error(status: StatusCode, err: &UpdateError) -> Response {
-    let (message, field, position) = match err {
-        UpdateError::Invalid(err) => (
-            err.reason.clone(),
+    match err {
+        UpdateError::Invalid(err) => located_error(
+            status,
+            &err.reason,
             Some(err.field.as_str()).filter(|f| !f.is_empty()),
             err.position,
         ),
-        other => (other.to_string(), None, None),
-    };
+        other => error_answer(status, &other.to_string()),
+    }
+}
+
+/// An error answer about no field in particular.
+fn error_answer(status: StatusCode, message: &str) -> Response {
+    located_error(status, message, None, None)
+}
+
+/// An error answer in the API's JSON: `{"error": ..., "field": ..., "line": ..., "column": ...}`.
+fn located_error(
+    status: StatusCode,
+    message: &str,
+    field: Option<&str>,
+    position: Option<Position>,
+) -> Response {
     let body = json!({
         "error": message,
         "field": field,
@@ -341,13 +379,10 @@ async fn update_within<T>(
         Ok(result) => result.map_err(|err| update_error(&err)),
         Err(_) => {
             state.count_update(false);
-            let body = json!({
-                "error": "not applied: the update did not finish in time (it waited behind another update or on DNS); nothing changed",
-                "field": null,
-                "line": null,
-                "column": null,
-            });
-            Err((StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response())
+            Err(error_answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not applied: the update did not finish in time (it waited behind another update or on DNS); nothing changed",
+            ))
         }
     }
 }
@@ -365,13 +400,7 @@ async fn put_resource<T: Resource>(
         Ok(body) => body,
         Err(rejection) => {
             state.count_update(false);
-            let body = json!({
-                "error": rejection.body_text(),
-                "field": null,
-                "line": null,
-                "column": null,
-            });
-            return (rejection.status(), Json(body)).into_response();
+            return error_answer(rejection.status(), &rejection.body_text());
         }
     };
     let spec = match T::parse(&body) {
