@@ -495,7 +495,8 @@ impl Routed {
     }
 
     /// The answer of attempt `number` arrived (an error when it failed or its per-try deadline
-    /// passed). Answers of attempts already concluded are ignored (`None`).
+    /// passed). Answers of attempts already concluded are ignored (`None`); a response among
+    /// them is counted with the cluster's unmatched ones.
     pub fn answered(
         &mut self,
         number: u32,
@@ -504,7 +505,15 @@ impl Routed {
         observer: &mut impl AttemptObserver,
         now: Instant,
     ) -> Option<Next> {
-        let attempt = self.current.take_if(|a| a.number == number)?;
+        let Some(attempt) = self.current.take_if(|a| a.number == number) else {
+            // Late: its connection read it just before the attempt's per-try deadline, and the
+            // deadline ended the attempt before the answer reached it. Counted as a response
+            // the connection reads past the deadline is.
+            if result.is_ok() {
+                self.target.cluster.stats().unmatched_responses.inc();
+            }
+            return None;
+        };
         let endpoint = attempt.endpoint();
         Some(self.conclude(endpoint, Some(attempt), result, record, observer, now))
     }
@@ -749,5 +758,72 @@ impl Routed {
             }
             None => Cow::Borrowed(filters),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use metaprotocol_core::{ConnectionInfo, MessageKind};
+
+    use super::*;
+    use crate::cluster::ClusterManager;
+    use crate::config::{ConfigError, RouteConfigSpec};
+    use crate::stats::Metrics;
+
+    #[tokio::test]
+    async fn an_answer_that_reaches_an_attempt_its_deadline_ended_is_counted()
+    -> Result<(), ConfigError> {
+        let cluster =
+            crate::cluster::tests::cluster("name: c\nendpoints: [ { address: 127.0.0.1:1 } ]")?;
+        let clusters = ClusterManager::default();
+        clusters.insert(cluster.clone());
+        let spec = RouteConfigSpec::from_yaml("name: r\nroutes: [ { route: { cluster: c } } ]")?;
+        let table = RouteTable::build(&spec, 1, &clusters, &Metrics::new().root())?;
+        let request = Arc::new(Message::new(MessageKind::Request, 1, Bytes::new()));
+        let peer = SocketAddr::from(([127, 0, 0, 1], 2));
+        let mut record =
+            RequestRecord::new(Arc::new(ConnectionInfo::new("in".into(), peer, peer)), 0);
+        let now = Instant::now();
+        let Ok(mut routed) = route(
+            Arc::new(table),
+            &request,
+            &Mutation::default(),
+            &mut record,
+            &mut (),
+            now,
+        ) else {
+            return Err(ConfigError::new("routes", "the request was not routed"));
+        };
+        let (sender, _answer) = tokio::sync::oneshot::channel();
+        let next = routed.attempt(
+            &request,
+            |_| ReplyTo::oneshot(sender),
+            &mut record,
+            &mut (),
+            now,
+        );
+        assert!(matches!(next, Next::Answer { .. }));
+        let expired = Err(UpstreamError::Expired);
+        assert!(
+            routed
+                .answered(1, &expired, &mut record, &mut (), now)
+                .is_some(),
+            "the per-try deadline ends the attempt"
+        );
+        let unmatched = || cluster.stats().unmatched_responses.get();
+        assert_eq!(unmatched(), 0, "a timeout is not an answer");
+        let late = Ok(Box::new(Message::new(
+            MessageKind::Response,
+            1,
+            Bytes::new(),
+        )));
+        assert!(
+            routed
+                .answered(1, &late, &mut record, &mut (), now)
+                .is_none()
+        );
+        assert_eq!(unmatched(), 1, "the late answer");
+        Ok(())
     }
 }
