@@ -1139,29 +1139,43 @@ async fn a_retry_due_after_the_deadline_is_not_started() -> TestResult {
     Ok(())
 }
 
-/// A copy dropped over the mirror's `max_in_flight` is never sent, and the mirror cluster's
-/// series say so: its `upstream_rq_total` counts the copies sent, not those dropped.
-#[tokio::test]
-async fn copies_dropped_over_the_mirror_budget_are_no_upstream_requests() -> TestResult {
-    let provider = DemoProvider::start("p").await?;
+/// A proxy whose route (with `route`'s fields) goes to `provider` and mirrors to a cluster `m`
+/// whose server reads every copy and answers none; the server's task.
+async fn mirroring_to_a_silent_server(
+    provider: &DemoProvider,
+    route: &str,
+) -> TestResult<(Proxy, SocketAddr, tokio::task::JoinHandle<()>)> {
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let shadow = silent.local_addr()?;
     let server = tokio::spawn(async move {
         while let Ok((mut socket, _)) = silent.accept().await {
             tokio::spawn(async move {
-                // Reads every copy, answers none: the first keeps the only slot.
                 let _ = tokio::io::copy(&mut socket, &mut tokio::io::sink()).await;
             });
         }
     });
     let yaml = config(
-        ", timeout: 1s, mirror: { cluster: m, max_in_flight: 1 }",
+        route,
         &format!(
             "{}  - name: m\n    endpoints: [ {{ address: \"{shadow}\" }} ]\n",
-            endpoints(&[&provider], &[])
+            endpoints(&[provider], &[])
         ),
     );
     let (proxy, address) = start(&yaml).await?;
+    Ok((proxy, address, server))
+}
+
+/// A copy dropped over the mirror's `max_in_flight` is never sent, and the mirror cluster's
+/// series say so: its `upstream_rq_total` counts the copies sent, not those dropped.
+#[tokio::test]
+async fn copies_dropped_over_the_mirror_budget_are_no_upstream_requests() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    // The first copy keeps the only slot.
+    let (proxy, address, server) = mirroring_to_a_silent_server(
+        &provider,
+        ", timeout: 1s, mirror: { cluster: m, max_in_flight: 1 }",
+    )
+    .await?;
     let client = DubboClient::new(address);
     let sample = |name: &str, labels: &[(&str, &str)]| {
         support::metrics::sample(&proxy.metrics().render(), name, labels)
@@ -1193,24 +1207,11 @@ async fn copies_dropped_over_the_mirror_budget_are_no_upstream_requests() -> Tes
 #[tokio::test]
 async fn copies_of_requests_without_a_deadline_give_back_their_mirror_slot() -> TestResult {
     let provider = DemoProvider::start("p").await?;
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let shadow = silent.local_addr()?;
-    let server = tokio::spawn(async move {
-        while let Ok((mut socket, _)) = silent.accept().await {
-            tokio::spawn(async move {
-                // Reads every copy, answers none.
-                let _ = tokio::io::copy(&mut socket, &mut tokio::io::sink()).await;
-            });
-        }
-    });
-    let yaml = config(
+    let (proxy, address, server) = mirroring_to_a_silent_server(
+        &provider,
         ", timeout: 0s, mirror: { cluster: m, max_in_flight: 2 }",
-        &format!(
-            "{}  - name: m\n    endpoints: [ {{ address: \"{shadow}\" }} ]\n",
-            endpoints(&[&provider], &[])
-        ),
-    );
-    let (proxy, address) = start(&yaml).await?;
+    )
+    .await?;
     let client = DubboClient::new(address);
     let sample = |name: &str, labels: &[(&str, &str)]| {
         support::metrics::sample(&proxy.metrics().render(), name, labels)
