@@ -544,28 +544,31 @@ clusters:
         let port = proxy.addr(listener)?.port();
         client(port, "framed", "binary", scenario, "", &scratch)
     };
-    let refused = |kind: &str| {
+    // An INTERNAL_ERROR (6), but over the limit fbthrift's LOADSHEDDING (11): refused unrun.
+    let refused = |kind: &str, exception_type: i32| {
         (
             format!(r#"{{"exception": {{"message": "{kind}: metaprotocol-proxy: "#),
-            r#"", "type": 6}, "mtype": 3, "name": "missingMethod", "seqid": 0}"#,
+            format!(
+                r#"", "type": {exception_type}}}, "mtype": 3, "name": "missingMethod", "seqid": 0}}"#
+            ),
         )
     };
     let hello = r#"{"hello": "Hello, w1 from alpha"}"#;
     for (listener, kind) in [("rbac", "unauthorized"), ("fault", "unavailable")] {
         assert_eq!(run(listener, &["hello", "w1"])?, hello, "{listener}");
         let answer = run(listener, &["unknown"])?;
-        let (start, end) = refused(kind);
+        let (start, end) = refused(kind, 6);
         assert!(
-            answer.starts_with(&start) && answer.ends_with(end),
+            answer.starts_with(&start) && answer.ends_with(&end),
             "{listener}: {answer}"
         );
     }
     // The bucket's one token goes to the first call; the next is over the limit.
     assert_eq!(run("ratelimit", &["hello", "w1"])?, hello);
     let answer = run("ratelimit", &["unknown"])?;
-    let (start, end) = refused("over_limit");
+    let (start, end) = refused("over_limit", 11);
     assert!(
-        answer.starts_with(&start) && answer.ends_with(end),
+        answer.starts_with(&start) && answer.ends_with(&end),
         "{answer}"
     );
     Ok(())

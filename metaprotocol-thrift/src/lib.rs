@@ -34,7 +34,7 @@
 //!   has none) and transcodes the struct, streaming and depth-limited, for binary <-> compact.
 //! - **Local replies** are `TApplicationException`s in the request's transport and protocol:
 //!   [`UNKNOWN_METHOD`] for `route_not_found`, [`PROTOCOL_ERROR`] for `bad_request`,
-//!   [`INTERNAL_ERROR`] otherwise.
+//!   [`LOADSHEDDING`] (fbthrift's) for `over_limit`, [`INTERNAL_ERROR`] otherwise.
 //! - A THeader call whose message a transform hides (zlib, snappy ...) is decoded as a call of
 //!   no name with seqid 0 and a `reject_reason`: the engine answers it with an
 //!   [`INVALID_TRANSFORM`] exception, as Apache Thrift's servers do, and keeps the connection.

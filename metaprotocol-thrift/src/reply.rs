@@ -21,8 +21,8 @@ use crate::wire::{Cursor, ReadError};
 /// `TApplicationException` type for a method the server does not know; used for
 /// [`LocalReplyKind::RouteNotFound`].
 pub const UNKNOWN_METHOD: i32 = 1;
-/// `TApplicationException` type for a failure inside the server; used for every other
-/// [`LocalReplyKind`].
+/// `TApplicationException` type for a failure inside the server; used for every
+/// [`LocalReplyKind`] not named at another type.
 pub const INTERNAL_ERROR: i32 = 6;
 /// `TApplicationException` type for a message the server cannot read, what Apache Thrift's
 /// Java server answers to arguments it fails to parse; used for
@@ -39,7 +39,8 @@ pub const INVALID_PROTOCOL: i32 = 9;
 /// `TApplicationException` type by which an fbthrift server says it shed the call under load
 /// without running it: the codec marks such an answer
 /// [`not_processed`](metaprotocol_core::Message::not_processed), so the engine may retry it
-/// elsewhere.
+/// elsewhere; used for [`LocalReplyKind::OverLimit`] (Apache Thrift names no such type, and
+/// its clients carry the number and the message as they do any other).
 pub const LOADSHEDDING: i32 = 11;
 
 const FIELD_MESSAGE: i16 = 1;
@@ -141,6 +142,10 @@ pub(crate) fn encode_local_reply(
         let kind = match reply.kind {
             LocalReplyKind::RouteNotFound => UNKNOWN_METHOD,
             LocalReplyKind::BadRequest => PROTOCOL_ERROR,
+            // Refused unrun, as Dubbo's status 100 and bRPC's `ELIMIT` say: a client (or a
+            // proxy before this one) may send it elsewhere, where an INTERNAL_ERROR says it
+            // failed in the server.
+            LocalReplyKind::OverLimit => LOADSHEDDING,
             _ => INTERNAL_ERROR,
         };
         (method, kind)
