@@ -46,15 +46,6 @@ impl Stamp {
         (self.device, self.inode) == (other.device, other.inode)
     }
 
-    /// True if the file's metadata changed after its contents last did: it was renamed (or
-    /// linked, or its mode changed) after its last write, as a file written aside and renamed
-    /// over a path is. A file created at a path and written there has both times alike, and
-    /// may still be being written. A rename in the clock tick of the last write looks like
-    /// the latter.
-    pub fn renamed_after_write(&self) -> bool {
-        self.changed > self.modified
-    }
-
     /// True if the file last changed less than [`SETTLE`] before `now`, or after it (a clock
     /// set back; a network file system's clock ahead of ours).
     pub fn unsettled(&self, now: SystemTime) -> bool {

@@ -71,10 +71,6 @@ struct Look {
     stamp: Option<Stamp>,
     /// True if it had changed too recently for its stamp to show the next change.
     unsettled: bool,
-    /// True if the file was whole when it appeared at the path: renamed over it after its last
-    /// write, or reached through a symlink (swapped to a file written before, as Kubernetes
-    /// swaps a ConfigMap's).
-    appeared_whole: bool,
 }
 
 impl Look {
@@ -83,15 +79,12 @@ impl Look {
     async fn at(path: &Path) -> Self {
         let path = path.to_owned();
         let now = SystemTime::now();
-        let (stamp, linked) = tokio::task::spawn_blocking(move || {
-            let linked = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
-            (Stamp::of(&path), linked)
-        })
-        .await
-        .unwrap_or_default();
+        let stamp = tokio::task::spawn_blocking(move || Stamp::of(&path))
+            .await
+            .ok()
+            .flatten();
         Self {
             unsettled: stamp.is_some_and(|stamp| stamp.unsettled(now)),
-            appeared_whole: linked || stamp.is_some_and(|stamp| stamp.renamed_after_write()),
             stamp,
         }
     }
@@ -101,12 +94,10 @@ impl Look {
         self.stamp.is_some() && self.stamp == before.stamp && !before.unsettled
     }
 
-    /// True if the path names another file than at `before`, one that was whole when it
-    /// appeared (renamed over the path, or a symlink swapped). A file created anew at the path
-    /// (the old one moved aside) is another file too, but one that may still be being written.
+    /// True if the path names another file than at `before` (renamed over it, or a symlink
+    /// swapped).
     fn replaced(&self, before: &Self) -> bool {
-        self.appeared_whole
-            && matches!((&self.stamp, &before.stamp), (Some(now), Some(then)) if !now.same_file(then))
+        matches!((&self.stamp, &before.stamp), (Some(now), Some(then)) if !now.same_file(then))
     }
 }
 
@@ -1087,10 +1078,9 @@ impl Proxy {
     /// only when its metadata changed, or may not show a change yet (it changed within
     /// the last 2 s, below the resolution of some file systems' timestamps).
     ///
-    /// A file replaced (renamed over the path after it was written, or a symlink swapped to
-    /// another) is applied at the next look: it was whole before it appeared. A file written in
-    /// place (`cp`, an editor that truncates and writes, or that moves it aside and writes a new
-    /// file under its name) is applied only once it has stayed the same for
+    /// A file replaced (renamed over the path, or a symlink swapped to another) is applied at
+    /// the next look: it was whole before it appeared. A file written in place (`cp`, an editor
+    /// that truncates and writes) is applied only once it has stayed the same for
     /// [`CONFIG_FILE_SETTLE`]: a look in the middle of the write may find a prefix that is a
     /// valid config of its own (the first of two listeners, say).
     pub async fn watch_file(&self, path: &Path, poll: Duration) {
