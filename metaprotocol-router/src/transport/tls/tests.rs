@@ -246,6 +246,15 @@ async fn expected_names_are_found_among_sans_of_their_own_type() -> TestResult {
         cluster_accepts(&pki, &upper, &["provider.default.svc"]).await?,
         "a DNS SAN in capitals was refused"
     );
+
+    // A wildcard DNS SAN names the hosts one label below it, as a host name check has it; it
+    // used to name nothing but itself, so a server with a wildcard certificate was refused.
+    let wildcard = pki.issue("wildcard", vec![dns("*.default.svc")?], None)?;
+    assert!(
+        cluster_accepts(&pki, &wildcard, &["provider.default.svc"]).await?,
+        "a wildcard DNS SAN was refused for a name it covers"
+    );
+    assert!(!cluster_accepts(&pki, &wildcard, &["a.provider.default.svc"]).await?);
     Ok(())
 }
 

@@ -61,9 +61,43 @@ impl SubjectAltNameVerifier {
             GeneralName::DNSName(dns) => self
                 .dns_names
                 .iter()
-                .any(|want| want.eq_ignore_ascii_case(dns)),
+                .any(|want| dns_name_matches(dns, want)),
             _ => false,
         })
+    }
+}
+
+/// True if the DNS SAN `presented` names `wanted`, ignoring ASCII case: the same name, or a
+/// wildcard in the whole of its first label that stands for `wanted`'s first label (RFC 6125:
+/// `*.default.svc` names `provider.default.svc`, not `a.provider.default.svc` nor
+/// `default.svc`). As browsers and rustls's own host name check do, a wildcard needs two labels
+/// after it (`*.svc` names nothing), and one inside a label (`f*.default.svc`) names nothing but
+/// itself. A wanted name that is itself a wildcard matches only that wildcard, spelled alike: a
+/// certificate pinned by its wildcard name.
+fn dns_name_matches(presented: &str, wanted: &str) -> bool {
+    if presented.eq_ignore_ascii_case(wanted) {
+        return true;
+    }
+    let Some(parent) = presented.strip_prefix("*.") else {
+        return false;
+    };
+    let mut labels_after = parent.split('.');
+    if labels_after.clone().count() < 2 || labels_after.any(str::is_empty) {
+        return false;
+    }
+    // `wanted` is its first label, a dot, then `parent`.
+    let Some(split) = wanted.len().checked_sub(parent.len() + 1) else {
+        return false;
+    };
+    match (wanted.get(..split), wanted.get(split..)) {
+        (Some(first), Some(rest)) => {
+            !first.is_empty()
+                && !first.contains(['.', '*'])
+                && rest
+                    .strip_prefix('.')
+                    .is_some_and(|rest| rest.eq_ignore_ascii_case(parent))
+        }
+        _ => false,
     }
 }
 
@@ -147,5 +181,39 @@ impl ServerCertVerifier for SubjectAltNameVerifier {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dns_name_matches;
+
+    #[test]
+    fn a_wildcard_stands_for_one_whole_first_label() {
+        let cases = [
+            ("provider.default.svc", "provider.default.svc", true),
+            ("Provider.Default.SVC", "provider.default.svc", true),
+            ("*.default.svc", "provider.default.svc", true),
+            ("*.Default.svc", "PROVIDER.default.SVC", true),
+            ("*.default.svc", "a.provider.default.svc", false),
+            ("*.default.svc", "default.svc", false),
+            ("*.default.svc", ".default.svc", false),
+            ("*.default.svc", "provider.default.svc.", false),
+            ("*.default.svc", "providerdefault.svc", false),
+            ("*.default.svc", "*.default.svc", true),
+            ("*.default.svc", "*.*.default.svc", false),
+            ("*.svc", "default.svc", false),
+            ("*.default..svc", "a.default..svc", false),
+            ("f*.default.svc", "foo.default.svc", false),
+            ("*", "provider", false),
+            ("provider.default.svc", "*.default.svc", false),
+        ];
+        for (presented, wanted, matches) in cases {
+            assert_eq!(
+                dns_name_matches(presented, wanted),
+                matches,
+                "{presented} for {wanted}"
+            );
+        }
     }
 }
