@@ -706,6 +706,101 @@ clusters:
     .await
 }
 
+/// Rotating the credentials file in place reaches the proxy without a config change: the
+/// upstream connections it opens after send the new credentials, while a connection that
+/// authenticated with the old ones keeps serving (brpc authenticates a connection once). A file
+/// that vanishes keeps the last good credentials, its failure counted once.
+#[tokio::test]
+async fn rotated_credentials_reach_new_connections_and_old_ones_keep_working() -> TestResult {
+    bounded(async {
+        let server = BrpcServer::start_authenticating("guarded", &["token-1", "token-2"]).await?;
+        let credentials = std::env::temp_dir().join(format!(
+            "metaprotocol-brpc-e2e-{}-rotated.credentials",
+            std::process::id()
+        ));
+        std::fs::write(&credentials, "token-1\n")?;
+        // Each connection carries two requests, then another opens: the calls below reach
+        // new connections without the server closing any.
+        let proxy = start_engine(&format!(
+            "listeners: [ {{ name: brpc-in, address: 127.0.0.1:0, protocol: brpc, route_config: r }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }}, timeout: 10s }} ] }} ]
+clusters:
+  - name: c
+    codec: {{ authentication_data_file: \"{}\" }}
+    max_requests_per_connection: 2
+    endpoints: [ {{ address: \"{}\" }} ]
+",
+            credentials.display(),
+            server.addr()
+        ))
+        .await?;
+        let addr = listener_addr(&proxy, "brpc-in")?;
+        let reloads = |outcome: &str| -> f64 {
+            let outcome = format!("outcome=\"{outcome}\"");
+            proxy
+                .metrics()
+                .render()
+                .lines()
+                .filter(|line| line.starts_with("metaprotocol_codec_file_reloads_total{"))
+                .filter(|line| line.contains("cluster=\"c\"") && line.contains(&outcome))
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        let mut old = BrpcClient::connect(addr).await?;
+        let mut new = BrpcClient::connect(addr).await?;
+        let reply = old.call(&Call::new(ECHO_SERVICE, "Echo", "a")).await?;
+        assert_eq!(reply.field("identity"), Some("token-1"), "{}", reply.error_text());
+        std::fs::write(&credentials, "token-2\n")?;
+        until("the rotated file was not re-read", || reloads("applied") >= 1.0).await;
+        // The first connection's last call, slow, is in flight on it while the next opens.
+        let sleep = Call::new(ECHO_SERVICE, "Sleep", "b");
+        let slow = old.call(&sleep);
+        let rotated = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            for _ in 0..50 {
+                let reply = new.call(&Call::new(ECHO_SERVICE, "Echo", "c")).await?;
+                assert_eq!(reply.error_code(), 0, "{}", reply.error_text());
+                if reply.field("identity") == Some("token-2") {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            TestResult::Err("no new connection sent the new credentials".into())
+        };
+        let (slow, rotated) = tokio::join!(slow, rotated);
+        rotated?;
+        let slow = slow?;
+        assert_eq!(slow.error_code(), 0, "{}", slow.error_text());
+        assert_eq!(slow.field("identity"), Some("token-1"), "the old connection kept its own");
+        let seen = server.credentials_seen();
+        assert_eq!(seen.first().map(String::as_str), Some("token-1"), "{seen:?}");
+        assert!(seen.len() >= 2 && seen[1..].iter().all(|c| c == "token-2"), "{seen:?}");
+        // Gone: the last good credentials stay, the failure is counted once.
+        std::fs::remove_file(&credentials)?;
+        until("the vanished file was not noticed", || reloads("rejected") >= 1.0).await;
+        for call in ["d", "e", "f"] {
+            let reply = new.call(&Call::new(ECHO_SERVICE, "Echo", call)).await?;
+            assert_eq!(reply.field("identity"), Some("token-2"), "{}", reply.error_text());
+        }
+        assert_eq!(server.credentials_seen().last().map(String::as_str), Some("token-2"));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(reloads("rejected"), 1.0, "counted once while it lasts");
+        assert_eq!(reloads("applied"), 1.0);
+        proxy.shutdown().await;
+        Ok(())
+    })
+    .await
+}
+
+/// Waits until `done`, failing with `what` after 10 s.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let since = Instant::now();
+    while !done() {
+        assert!(since.elapsed() < Duration::from_secs(10), "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// `authentication_data_file` is the proxy's own credentials, for its servers: on a listener it
 /// would mean nothing, and is refused by name.
 #[tokio::test]

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use bytes::BytesMut;
 use metaprotocol_core::{
-    Codec, CodecError, CodecFactory, CodecOptions, EncodeParams, FrameHead, LocalReply,
-    MAX_FRAME_HEAD, Message, OptionsError, Probe, ResponseStatus, Side, WireVariant, decode_new,
+    Codec, CodecError, CodecFactory, CodecOptions, EncodeParams, FileCheck, FrameHead, LocalReply,
+    MAX_FRAME_HEAD, Message, OptionsError, Probe, ResponseStatus, Side, WatchedFile, WireVariant,
+    decode_new,
 };
 
 use crate::correlation;
@@ -207,8 +208,9 @@ pub const AUTHENTICATION_DATA_FILE: &str = "authentication_data_file";
 #[derive(Clone, Debug)]
 pub struct BrpcCodecFactory {
     max_frame_bytes: usize,
-    /// The credentials upstream codecs send ([`BrpcCodec::with_credentials`]).
-    credentials: Option<Bytes>,
+    /// The file of the credentials upstream codecs send ([`BrpcCodec::with_credentials`]),
+    /// read as each codec is made.
+    credentials: Option<WatchedFile>,
 }
 
 impl BrpcCodecFactory {
@@ -220,10 +222,12 @@ impl BrpcCodecFactory {
         }
     }
 
-    /// This factory, whose upstream codecs authenticate each connection with `credentials`
-    /// ([`BrpcCodec::with_credentials`]).
-    pub fn with_credentials(mut self, credentials: Bytes) -> Self {
-        self.credentials = Some(credentials);
+    /// This factory, whose upstream codecs authenticate each connection with the credentials
+    /// `file` holds as the codec is made ([`BrpcCodec::with_credentials`]): a connection
+    /// opened after the file changed sends its new contents, one opened before keeps the
+    /// credentials it authenticated with.
+    pub fn with_credentials_file(mut self, file: WatchedFile) -> Self {
+        self.credentials = Some(file);
         self
     }
 
@@ -231,7 +235,9 @@ impl BrpcCodecFactory {
     /// hold at least a header and fit baidu_std's 32-bit sizes. [`AUTHENTICATION_DATA_FILE`],
     /// a path, is a cluster's option only (a listener's clients are authenticated by the mesh,
     /// not by what they send); the file is read now, its trailing whitespace (a newline)
-    /// trimmed, and must hold something. Any other option is an error.
+    /// trimmed, and must hold something, and the engine re-reads it when it changes (contents
+    /// that fail these checks, or a file gone, keep the last good ones). Any other option is
+    /// an error.
     pub fn from_options(options: &CodecOptions) -> Result<Arc<dyn CodecFactory>, OptionsError> {
         options.allow_only(&[AUTHENTICATION_DATA_FILE])?;
         if !(HEADER_LEN..=MAX_FRAME_CAP).contains(&options.max_frame_bytes) {
@@ -244,29 +250,36 @@ impl BrpcCodecFactory {
         let Some(path) = options.get_string(AUTHENTICATION_DATA_FILE)? else {
             return Ok(Arc::new(factory));
         };
-        let refuse = |reason: &str| Err(OptionsError::new(AUTHENTICATION_DATA_FILE, reason));
         if options.side != Some(Side::Upstream) {
-            return refuse(
+            return Err(OptionsError::new(
+                AUTHENTICATION_DATA_FILE,
                 "a cluster's option only: the credentials the proxy sends its servers (clients \
                  are authenticated by the mesh: mTLS, the rbac filter)",
-            );
+            ));
         }
-        let file = match std::fs::read(path) {
-            Ok(file) => file,
-            Err(err) => return refuse(&format!("`{path}` cannot be read: {err}")),
-        };
+        let check = credentials_check(path.to_owned(), options.max_frame_bytes);
+        match options.watched_file(AUTHENTICATION_DATA_FILE, check)? {
+            Some(file) => Ok(Arc::new(factory.with_credentials_file(file))),
+            None => Ok(Arc::new(factory)),
+        }
+    }
+}
+
+/// What a credentials file at `path` must hold: something, once its trailing whitespace (a
+/// newline) is trimmed, short enough to leave room for a request within `max_frame_bytes`.
+fn credentials_check(path: String, max_frame_bytes: usize) -> FileCheck {
+    Box::new(move |file: &[u8]| {
         let credentials = file.trim_ascii_end();
         if credentials.is_empty() {
-            return refuse(&format!("`{path}` holds no credentials"));
+            return Err(format!("`{path}` holds no credentials"));
         }
-        if HEADER_LEN + credentials.len() >= options.max_frame_bytes {
-            return refuse(&format!(
+        if HEADER_LEN + credentials.len() >= max_frame_bytes {
+            return Err(format!(
                 "`{path}` holds credentials too long to leave room for a request within max_frame_bytes"
             ));
         }
-        let credentials = Bytes::copy_from_slice(credentials);
-        Ok(Arc::new(factory.with_credentials(credentials)))
-    }
+        Ok(Bytes::copy_from_slice(credentials))
+    })
 }
 
 impl CodecFactory for BrpcCodecFactory {
@@ -277,9 +290,16 @@ impl CodecFactory for BrpcCodecFactory {
     fn new_codec(&self, side: Side, _variant: WireVariant) -> Box<dyn Codec> {
         let codec = BrpcCodec::new(side, self.max_frame_bytes);
         match &self.credentials {
-            Some(credentials) => Box::new(codec.with_credentials(credentials.clone())),
-            None => Box::new(codec),
+            // Read as the connection opens: it authenticates once, with what the file held.
+            Some(file) if side == Side::Upstream => {
+                Box::new(codec.with_credentials(file.current()))
+            }
+            _ => Box::new(codec),
         }
+    }
+
+    fn watched_files(&self) -> Vec<WatchedFile> {
+        self.credentials.iter().cloned().collect()
     }
 
     /// `correlation_id` is an `int64`: ids stay positive so that servers in any language read
@@ -624,6 +644,55 @@ mod tests {
         let mut downstream = factory.new_codec(Side::Downstream, WireVariant::DEFAULT);
         let (wire, _) = written(downstream.as_mut(), &plain, 4_294_967_298, &none, false)?;
         assert_eq!(&wire[..], &plain.frame[..]);
+        std::fs::remove_file(file)?;
+        Ok(())
+    }
+
+    /// Rotating the credentials file reaches the codecs made after the engine re-read it (each
+    /// a new connection's); a codec made before keeps the credentials its connection
+    /// authenticated with, and a file that goes bad keeps the last good ones.
+    #[test]
+    fn rotated_credentials_go_on_connections_opened_after() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let mut options = CodecOptions::with_max_frame_bytes(4096);
+        options.side = Some(Side::Upstream);
+        let file = credentials_file("rotated", b"token-1\n")?;
+        options.insert(AUTHENTICATION_DATA_FILE, file.to_string_lossy());
+        let factory = BrpcCodecFactory::from_options(&options)?;
+        let [watched] = &factory.watched_files()[..] else {
+            return Err("the credentials file is not watched".into());
+        };
+        assert_eq!(watched.option(), AUTHENTICATION_DATA_FILE);
+        let plain = request(None)?;
+        let none = Mutation::new();
+        let first_credentials = |codec: &mut dyn Codec| -> Result<_, Box<dyn std::error::Error>> {
+            let (_, meta) = written(codec, &plain, 1, &none, false)?;
+            Ok(meta.authentication_data)
+        };
+        let mut before = factory.new_codec(Side::Upstream, WireVariant::DEFAULT);
+        std::fs::write(&file, b"token-2\n")?;
+        assert_eq!(watched.reload(), metaprotocol_core::Reloaded::Applied);
+        let mut after = factory.new_codec(Side::Upstream, WireVariant::DEFAULT);
+        assert_eq!(
+            first_credentials(after.as_mut())?,
+            Some(b"token-2".to_vec())
+        );
+        assert_eq!(
+            first_credentials(before.as_mut())?,
+            Some(b"token-1".to_vec())
+        );
+        // Emptied: refused, the last good credentials stay.
+        std::fs::write(&file, b"\n")?;
+        let reloaded = watched.reload();
+        assert!(
+            matches!(&reloaded, metaprotocol_core::Reloaded::Kept(reason) if reason.contains("holds no credentials")),
+            "{reloaded:?}"
+        );
+        let mut emptied = factory.new_codec(Side::Upstream, WireVariant::DEFAULT);
+        assert_eq!(
+            first_credentials(emptied.as_mut())?,
+            Some(b"token-2".to_vec())
+        );
         std::fs::remove_file(file)?;
         Ok(())
     }

@@ -106,7 +106,11 @@
 //!   connection's first call; the other requests keep the verbatim path) and puts the
 //!   cluster's own credentials, read from the file the codec option
 //!   [`AUTHENTICATION_DATA_FILE`] names (a cluster's only),
-//!   on the first request of its connection ([`BrpcCodec::with_credentials`]). The proxy
+//!   on the first request of its connection ([`BrpcCodec::with_credentials`]). The file is
+//!   watched ([`CodecFactory::watched_files`](metaprotocol_core::CodecFactory::watched_files)):
+//!   a codec takes its current contents when it is made, so a connection opened after the file
+//!   was rotated sends the new credentials, and one opened before keeps those it authenticated
+//!   with; a file gone or emptied keeps the last good ones. The proxy
 //!   speaks to servers as itself; its clients are authenticated by the mesh (mTLS, the `rbac`
 //!   filter). A server's `ERPCAUTH` answer refuses those credentials
 //!   ([`credentials_refused`](metaprotocol_core::CodecFactory::credentials_refused)): a health

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
+use crate::watched_file::{FileCheck, WatchedFile};
 use crate::{CodecError, LocalReply, Message, Mutation, OptionsError};
 
 /// The default cap on one frame: a length field can never make the proxy buffer more.
@@ -381,6 +382,13 @@ pub trait CodecFactory: Send + Sync + 'static {
     fn counters(&self) -> Vec<CodecCounter> {
         Vec::new()
     }
+
+    /// The files this factory's codecs take contents from ([`CodecOptions::watched_file`]),
+    /// which the engine watches while the factory lives, re-reading each when it changes on
+    /// disk. The default has none.
+    fn watched_files(&self) -> Vec<WatchedFile> {
+        Vec::new()
+    }
 }
 
 impl fmt::Debug for dyn CodecFactory {
@@ -460,6 +468,25 @@ impl CodecOptions {
                 "must be a string (quote a value that looks like a number or a boolean)",
             )),
         }
+    }
+
+    /// The file named by the protocol-specific option `key` (a string: a path), read now and
+    /// checked by `check`, which gives what is kept of its contents; an error naming `key` if
+    /// it cannot be read or fails the check. The factory hands it to the engine
+    /// ([`CodecFactory::watched_files`]), which re-reads it when it changes on disk, so that
+    /// rotating the file in place (rewritten, or replaced by rename) reaches the connections
+    /// opened after: its codecs read [`WatchedFile::current`] as they are made.
+    pub fn watched_file(
+        &self,
+        key: &str,
+        check: FileCheck,
+    ) -> Result<Option<WatchedFile>, OptionsError> {
+        let Some(path) = self.get_string(key)? else {
+            return Ok(None);
+        };
+        WatchedFile::open(key, std::path::Path::new(path), check)
+            .map(Some)
+            .map_err(|reason| OptionsError::new(key, reason))
     }
 
     /// Every protocol-specific option, as text.

@@ -43,6 +43,7 @@ mod metadata;
 mod mutation;
 mod record;
 mod reply;
+mod watched_file;
 
 pub use bytestr::{Ascii, AsciiRange, ByteStr, is_text};
 pub use codec::{
@@ -66,3 +67,4 @@ pub use record::{
     RoutingView, Timings,
 };
 pub use reply::{LocalReply, LocalReplyKind, UnknownReplyKind};
+pub use watched_file::{FileCheck, MAX_WATCHED_FILE_BYTES, Reloaded, WatchedFile, WeakWatchedFile};

@@ -1,5 +1,6 @@
 //! What a file's metadata says of its contents, for the watchers of files (the config file,
-//! TLS certificates): looking at it costs one `stat`, where reading the file costs its size.
+//! TLS certificates, codecs' files): looking at it costs one `stat`, where reading the file
+//! costs its size.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -12,6 +13,9 @@ use std::time::{Duration, SystemTime};
 /// FAT's two seconds are at most two ticks of it), and short enough that the extra reads after
 /// a change are few.
 pub(crate) const SETTLE: Duration = Duration::from_secs(2);
+
+/// How often watched files (TLS certificates, codecs' files) are looked at.
+pub(crate) const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What a file's metadata (through symlinks) says of its contents: which file it is, how long,
 /// and when it last changed.
@@ -53,5 +57,55 @@ impl Stamp {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |since| since.as_nanos() as i128);
         self.modified.max(self.changed) + SETTLE.as_nanos() as i128 > now
+    }
+}
+
+/// The metadata of a set of files at one look, taken before they are read, so that a write
+/// after the read shows in the next look.
+#[derive(Debug)]
+pub(crate) struct Look {
+    /// Each file's stamp (`None`: it could not be looked at).
+    stamps: Vec<Option<Stamp>>,
+    /// True if a file had changed too recently for its stamp to show the next change.
+    unsettled: bool,
+}
+
+impl Look {
+    /// Looks at the files at `paths`.
+    pub fn at<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Self {
+        let now = SystemTime::now();
+        let stamps: Vec<_> = paths.into_iter().map(Stamp::of).collect();
+        Self {
+            unsettled: stamps.iter().flatten().any(|stamp| stamp.unsettled(now)),
+            stamps,
+        }
+    }
+
+    /// True if the files may hold other contents than at `earlier` (a look at the same paths):
+    /// their metadata changed, or had changed too recently then to show a change since.
+    pub fn may_differ_from(&self, earlier: &Self) -> bool {
+        self.stamps != earlier.stamps || earlier.unsettled
+    }
+}
+
+/// Runs `look` on a blocking thread (looking at files and reading them block) every
+/// `interval`, the first an interval from now, each with what the one before returned, until
+/// one returns `None`.
+pub(crate) async fn look_every<S: Send + 'static>(
+    interval: Duration,
+    mut seen: S,
+    look: impl Fn(S) -> Option<S> + Send + Sync + 'static,
+) {
+    let look = std::sync::Arc::new(look);
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let look = look.clone();
+        match tokio::task::spawn_blocking(move || look(seen)).await {
+            Ok(Some(now)) => seen = now,
+            Ok(None) | Err(_) => return,
+        }
     }
 }

@@ -34,17 +34,20 @@ pub(crate) struct Builder<'a> {
 
 impl Builder<'_> {
     /// Builds the codec factory `protocol` with the options of a listener
-    /// ([`Side::Downstream`]) or a cluster ([`Side::Upstream`]).
+    /// ([`Side::Downstream`]) or a cluster ([`Side::Upstream`]), whose files it reads are
+    /// watched while it lives, their reloads counted in `scope` (the listener's or cluster's).
     pub fn codec(
         &self,
         protocol: &str,
         options: Option<&serde_json::Map<String, serde_json::Value>>,
         side: Side,
+        scope: &MetricsScope,
     ) -> Result<Arc<dyn CodecFactory>, ConfigError> {
         let options = codec_options(options, side)?;
         match self.codecs.build(protocol, &options) {
             Some(Ok(factory)) => {
                 self.metrics.watch_codec(&factory);
+                super::codec_files::watch(&factory, scope);
                 Ok(factory)
             }
             Some(Err(err)) => Err(ConfigError::new(format!("codec.{}", err.field), err.reason)),
@@ -72,8 +75,8 @@ impl Builder<'_> {
         local: Option<&LocalitySpec>,
         resolved: &Resolved,
     ) -> Result<Arc<ClusterHandle>, ConfigError> {
-        let codec = self.codec(protocol, spec.codec.as_ref(), Side::Upstream)?;
         let scope = self.metrics.root().detached("cluster", &spec.name);
+        let codec = self.codec(protocol, spec.codec.as_ref(), Side::Upstream, &scope)?;
         ClusterHandle::new(
             spec,
             protocol.to_owned(),
@@ -100,9 +103,14 @@ impl Builder<'_> {
         spec: &ListenerSpec,
         routes: Arc<RouteSlot>,
     ) -> Result<ListenerContext, ConfigError> {
-        let codec = self.codec(&spec.protocol, spec.codec.as_ref(), Side::Downstream)?;
-        let name: Arc<str> = spec.name.as_str().into();
         let scope = self.metrics.root().detached("listener", &spec.name);
+        let codec = self.codec(
+            &spec.protocol,
+            spec.codec.as_ref(),
+            Side::Downstream,
+            &scope,
+        )?;
+        let name: Arc<str> = spec.name.as_str().into();
         let filters = self.filter_chain(&name, &scope, &spec.filters)?;
         let protocol = codec.protocol();
         let access_log = spec

@@ -3,6 +3,7 @@
 //! shutdown.
 
 pub(crate) mod build;
+mod codec_files;
 mod dynamic;
 mod layers;
 mod listeners;

@@ -335,7 +335,12 @@ impl ProxyState {
                     let old = handle.spec();
                     let codec = if handle.protocol() != *protocol || old.codec != spec.codec {
                         let codec = builder
-                            .codec(protocol, spec.codec.as_ref(), Side::Upstream)
+                            .codec(
+                                protocol,
+                                spec.codec.as_ref(),
+                                Side::Upstream,
+                                handle.scope(),
+                            )
                             .map_err(within)?;
                         Some((protocol.clone(), codec))
                     } else {

@@ -20,20 +20,17 @@
 
 use std::hash::{DefaultHasher, Hasher};
 use std::path::PathBuf;
-use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
 use super::expiry::Expiry;
 use super::pem::PemFile;
 use crate::config::ConfigError;
-use crate::file_stamp::Stamp;
+use crate::file_stamp::{Look, RELOAD_INTERVAL, look_every};
 use crate::stats::Counter;
 use crate::stats::MetricsScope;
-
-/// How often the files are looked at.
-pub(crate) const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The config field of the certificate chain the proxy presents, on listeners and clusters
 /// alike.
@@ -91,27 +88,6 @@ impl Files {
     }
 }
 
-/// The files' metadata at one look.
-struct Look {
-    /// Each file's stamp (`None`: it could not be looked at).
-    stamps: Vec<Option<Stamp>>,
-    /// True if a file had changed too recently for its stamp to show the next change.
-    unsettled: bool,
-}
-
-impl Look {
-    /// Looks at the files; to be done before they are read, so that a write after the read
-    /// shows in the next look.
-    fn at(sources: &[Source]) -> Self {
-        let now = SystemTime::now();
-        let stamps: Vec<_> = sources.iter().map(|(_, path)| Stamp::of(path)).collect();
-        Self {
-            unsettled: stamps.iter().flatten().any(|stamp| stamp.unsettled(now)),
-            stamps,
-        }
-    }
-}
-
 /// What the watcher knows of the files.
 struct Seen {
     /// Their metadata at the last look.
@@ -148,7 +124,7 @@ impl<T: Send + Sync + 'static> Reloading<T> {
             .into_iter()
             .filter_map(|(field, path)| Some((field, path?.clone())))
             .collect();
-        let look = Look::at(&sources);
+        let look = Look::at(sources.iter().map(|(_, path)| path.as_path()));
         let files = Files::read(&sources)?;
         let first = build(&files)?;
         let expiry = Expiry::new(scope, files.get(PRESENTED).is_ok());
@@ -174,7 +150,10 @@ impl<T: Send + Sync + 'static> Reloading<T> {
             rejected: reloads("rejected"),
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(watch(Arc::downgrade(&this), seen));
+            let this = Arc::downgrade(&this);
+            runtime.spawn(look_every(RELOAD_INTERVAL, seen, move |seen| {
+                Some(this.upgrade()?.refresh(seen))
+            }));
         }
         Ok(this)
     }
@@ -188,8 +167,8 @@ impl<T: Send + Sync + 'static> Reloading<T> {
     fn refresh(&self, seen: Seen) -> Seen {
         // Certificates come closer to their end while their files stay the same.
         self.expiry.check(&self.owner, SystemTime::now());
-        let look = Look::at(&self.sources);
-        if look.stamps == seen.look.stamps && !seen.look.unsettled {
+        let look = Look::at(self.sources.iter().map(|(_, path)| path.as_path()));
+        if !look.may_differ_from(&seen.look) {
             return Seen {
                 look,
                 contents: seen.contents,
@@ -219,23 +198,5 @@ impl<T: Send + Sync + 'static> Reloading<T> {
             }
         }
         now
-    }
-}
-
-/// Looks at the files every [`RELOAD_INTERVAL`] while the settings live.
-async fn watch<T: Send + Sync + 'static>(this: Weak<Reloading<T>>, mut seen: Seen) {
-    let mut ticks = tokio::time::interval(RELOAD_INTERVAL);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticks.tick().await;
-    loop {
-        ticks.tick().await;
-        let Some(reloading) = this.upgrade() else {
-            return;
-        };
-        // Looking at files, and reading and parsing them, block: off the runtime's workers.
-        match tokio::task::spawn_blocking(move || reloading.refresh(seen)).await {
-            Ok(now) => seen = now,
-            Err(_) => return,
-        }
     }
 }

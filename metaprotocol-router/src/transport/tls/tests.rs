@@ -459,7 +459,7 @@ fn serving_files(pki: &Pki, first: &Issued) -> TestResult<(ListenerTlsSpec, Metr
 
 /// Waits for the watcher to have looked at the files twice.
 async fn settle() {
-    tokio::time::sleep(super::reload::RELOAD_INTERVAL * 2 + Duration::from_millis(500)).await;
+    tokio::time::sleep(crate::file_stamp::RELOAD_INTERVAL * 2 + Duration::from_millis(500)).await;
 }
 
 /// Rotating a listener's files certificate first, key second: the mismatched pair in between is

@@ -1,0 +1,98 @@
+//! The files codecs take contents from (a bRPC cluster's `authentication_data_file`),
+//! re-read while their codec factory lives, so that a file rotated in place (rewritten, or
+//! replaced by rename or a symlink swap) reaches the connections opened after.
+//!
+//! Each is looked at as TLS certificates are ([`crate::transport::tls`]): every
+//! [`RELOAD_INTERVAL`] its metadata only, and read when that changed (or changed too recently
+//! to show the next change). Contents that fail the codec's check, or a file gone or
+//! unreadable, keep the last good contents: the failure is logged and counted once, not at
+//! every look while it lasts.
+
+use std::sync::Arc;
+
+use metaprotocol_core::{CodecFactory, Reloaded, WeakWatchedFile};
+
+use crate::file_stamp::{Look, RELOAD_INTERVAL, look_every};
+use crate::stats::{Counter, MetricsScope};
+
+/// Watches the files `factory`'s codecs take contents from, while it lives (on a runtime;
+/// otherwise they keep what they first read). Reloads are counted in `scope`.
+pub(crate) fn watch(factory: &Arc<dyn CodecFactory>, scope: &MetricsScope) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    for file in factory.watched_files() {
+        let reloads = |outcome| {
+            scope.counter_with(
+                "codec_file_reloads",
+                "Files named by codec options re-read after they changed on disk, by outcome",
+                &[("option", file.option()), ("outcome", outcome)],
+            )
+        };
+        let watch = Watch {
+            file: file.downgrade(),
+            applied: reloads("applied"),
+            rejected: reloads("rejected"),
+        };
+        // No look yet: the first one reads the file, whatever changed since the codec did.
+        let seen = Seen {
+            look: None,
+            failure: None,
+        };
+        runtime.spawn(look_every(RELOAD_INTERVAL, seen, move |seen| {
+            watch.refresh(seen)
+        }));
+    }
+}
+
+/// One watched file.
+struct Watch {
+    file: WeakWatchedFile,
+    applied: Counter,
+    rejected: Counter,
+}
+
+/// What the watch knows of its file.
+struct Seen {
+    /// Its metadata at the last look.
+    look: Option<Look>,
+    /// Why it was last refused, while it is (reported once, not at every look).
+    failure: Option<String>,
+}
+
+impl Watch {
+    /// Re-reads the file if it may have changed since `seen`; `None` once its factory is gone.
+    fn refresh(&self, seen: Seen) -> Option<Seen> {
+        let file = self.file.upgrade()?;
+        let look = Look::at([file.path()]);
+        if seen
+            .look
+            .as_ref()
+            .is_some_and(|seen| !look.may_differ_from(seen))
+        {
+            return Some(Seen {
+                look: Some(look),
+                ..seen
+            });
+        }
+        let failure = match file.reload() {
+            Reloaded::Unchanged => None,
+            Reloaded::Applied => {
+                self.applied.inc();
+                tracing::info!(option = file.option(), path = %file.path().display(), "codec file reloaded; new connections use its contents");
+                None
+            }
+            Reloaded::Kept(reason) => {
+                if seen.failure.as_ref() != Some(&reason) {
+                    self.rejected.inc();
+                    tracing::warn!(option = file.option(), error = %reason, "changed codec file rejected; its last good contents stay");
+                }
+                Some(reason)
+            }
+        };
+        Some(Seen {
+            look: Some(look),
+            failure,
+        })
+    }
+}
