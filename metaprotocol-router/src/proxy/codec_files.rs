@@ -96,3 +96,66 @@ impl Watch {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use metaprotocol_core::{Codec, CodecOptions, Side, WatchedFile, WireVariant};
+
+    use super::*;
+    use crate::stats::Metrics;
+
+    /// A protocol whose factory only reads a file.
+    struct Reading(WatchedFile);
+
+    impl CodecFactory for Reading {
+        fn protocol(&self) -> &'static str {
+            "reading"
+        }
+
+        fn new_codec(&self, _: Side, _: WireVariant) -> Box<dyn Codec> {
+            unimplemented!("never called: only the file is watched")
+        }
+
+        fn watched_files(&self) -> Vec<WatchedFile> {
+            vec![self.0.clone()]
+        }
+    }
+
+    /// A factory's file is re-read while the factory lives, and neither the watch nor the
+    /// metrics keep it once the factory is gone (a cluster removed, or its codec rebuilt).
+    #[tokio::test]
+    async fn a_factorys_file_is_watched_while_it_lives() -> Result<(), Box<dyn std::error::Error>> {
+        let path = std::env::temp_dir().join(format!(
+            "metaprotocol-router-{}-watched.token",
+            std::process::id()
+        ));
+        std::fs::write(&path, "one")?;
+        let mut options = CodecOptions::default();
+        options.insert("token_file", path.to_string_lossy());
+        let check = Box::new(|bytes: &[u8]| Ok(Bytes::copy_from_slice(bytes)));
+        let file = options
+            .watched_file("token_file", check)?
+            .ok_or("no file")?;
+        let factory: Arc<dyn CodecFactory> = Arc::new(Reading(file.clone()));
+        let metrics = Metrics::new();
+        metrics.watch_codec(&factory);
+        watch(&factory, &metrics.root());
+        std::fs::write(&path, "two")?;
+        let since = Instant::now();
+        while file.current() != "two" {
+            assert!(since.elapsed() < Duration::from_secs(10), "not re-read");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let applied =
+            r#"metaprotocol_codec_file_reloads_total{option="token_file",outcome="applied"} 1"#;
+        assert!(metrics.render().lines().any(|line| line == applied));
+        let weak = file.downgrade();
+        drop((file, factory));
+        assert!(weak.upgrade().is_none(), "kept after its factory");
+        std::fs::remove_file(path)?;
+        Ok(())
+    }
+}

@@ -435,8 +435,12 @@ impl Metrics {
         self.snapshot().into_iter().find(|f| f.name == name)
     }
 
-    /// Exports the counters of `codec`'s protocol (once per protocol).
+    /// Exports the counters of `codec`'s protocol (once per protocol). A factory without
+    /// counters is not kept: it would keep what it holds (the files it watches) for good.
     pub fn watch_codec(&self, codec: &Arc<dyn CodecFactory>) {
+        if codec.counters().is_empty() {
+            return;
+        }
         let mut codecs = lock(&self.inner.codecs);
         if !codecs.iter().any(|c| c.protocol() == codec.protocol()) {
             codecs.push(codec.clone());
