@@ -607,8 +607,22 @@ async fn a_clients_credentials_are_not_relayed_onto_a_shared_connection() -> Tes
 /// serves none of the proxy's calls: the probes fail, and the endpoint leaves rotation.
 #[tokio::test]
 async fn probes_refused_credentials_take_the_endpoint_out() -> TestResult {
+    let server = BrpcServer::start_authenticating("guarded", &["proxy-token"]).await?;
+    probes_fail_against(server).await
+}
+
+/// A brpc server before 1.11 closes the probe's connection without an answer: no answer, the
+/// probe fails as well.
+#[tokio::test]
+async fn probes_whose_connection_is_closed_unanswered_take_the_endpoint_out() -> TestResult {
+    let server = BrpcServer::start_authenticating_before_1_11("guarded", &["proxy-token"]).await?;
+    probes_fail_against(server).await
+}
+
+/// Health checks calling `Echo` on `server`, which refuses the proxy's credentials, take its
+/// endpoint out of rotation.
+async fn probes_fail_against(server: BrpcServer) -> TestResult {
     bounded(async {
-        let server = BrpcServer::start_authenticating("guarded", &["proxy-token"]).await?;
         let proxy = start_engine(&format!(
             "listeners: [ {{ name: brpc-in, address: 127.0.0.1:0, protocol: brpc, route_config: r }} ]
 route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
@@ -639,71 +653,85 @@ clusters:
 /// accepts them, calls succeed again within the longest pause.
 #[tokio::test]
 async fn refused_credentials_back_off_new_connections() -> TestResult {
-    bounded(async {
-        let server = BrpcServer::start_authenticating("guarded", &["proxy-token"]).await?;
-        let credentials = std::env::temp_dir().join(format!(
-            "metaprotocol-brpc-e2e-{}-wrong.credentials",
-            std::process::id()
-        ));
-        std::fs::write(&credentials, "stale-token\n")?;
-        let proxy = start_engine(&format!(
-            "listeners: [ {{ name: brpc-in, address: 127.0.0.1:0, protocol: brpc, route_config: r }} ]
+    let server = BrpcServer::start_authenticating("guarded", &["proxy-token"]).await?;
+    bounded(refusals_back_off(server, "answered")).await
+}
+
+/// A brpc server before 1.11 refuses the proxy's credentials by closing the connection
+/// without an answer: the proxy backs off opening the next connection all the same.
+#[tokio::test]
+async fn credentials_refused_by_closing_back_off_new_connections() -> TestResult {
+    let server = BrpcServer::start_authenticating_before_1_11("guarded", &["proxy-token"]).await?;
+    bounded(refusals_back_off(server, "closed")).await
+}
+
+/// Calls through a proxy whose credentials `server` refuses open few connections, and succeed
+/// once it accepts them.
+async fn refusals_back_off(server: BrpcServer, name: &str) -> TestResult {
+    let credentials = std::env::temp_dir().join(format!(
+        "metaprotocol-brpc-e2e-{}-wrong-{name}.credentials",
+        std::process::id()
+    ));
+    std::fs::write(&credentials, "stale-token\n")?;
+    let proxy = start_engine(&format!(
+        "listeners: [ {{ name: brpc-in, address: 127.0.0.1:0, protocol: brpc, route_config: r }} ]
 route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
 clusters:
   - name: c
     codec: {{ authentication_data_file: \"{}\" }}
     endpoints: [ {{ address: \"{}\" }} ]
 ",
-            credentials.display(),
-            server.addr()
-        ))
-        .await?;
-        let mut client = BrpcClient::connect(listener_addr(&proxy, "brpc-in")?).await?;
-        const CALLS: usize = 20;
-        let mut backing_off = 0;
-        for n in 0..CALLS {
-            let reply = client.call(&Call::new(ECHO_SERVICE, "Echo", "a")).await?;
-            match reply.error_code() {
-                errno::ERPCAUTH => {}
-                // A call may reach the connection the server is closing (an upstream reset).
-                errno::EFAILEDSOCKET => {
-                    if reply.error_text().contains("refused the proxy's credentials") {
-                        backing_off += 1;
-                    }
+        credentials.display(),
+        server.addr()
+    ))
+    .await?;
+    let mut client = BrpcClient::connect(listener_addr(&proxy, "brpc-in")?).await?;
+    const CALLS: usize = 20;
+    let mut backing_off = 0;
+    for n in 0..CALLS {
+        let reply = client.call(&Call::new(ECHO_SERVICE, "Echo", "a")).await?;
+        match reply.error_code() {
+            errno::ERPCAUTH => {}
+            // A call may reach the connection the server is closing (an upstream reset).
+            errno::EFAILEDSOCKET => {
+                if reply
+                    .error_text()
+                    .contains("refused the proxy's credentials")
+                {
+                    backing_off += 1;
                 }
-                code => panic!("call {n}: {code} {}", reply.error_text()),
             }
+            code => panic!("call {n}: {code} {}", reply.error_text()),
         }
-        // Without the backoff, every call opened a connection. With it, the pauses (at least
-        // 50 ms, then doubling) allow a handful, however slowly the calls go.
+    }
+    // Without the backoff, every call opened a connection. With it, the pauses (at least
+    // 50 ms, then doubling) allow a handful, however slowly the calls go.
+    assert!(
+        server.connections() <= CALLS / 2,
+        "{} connections for {CALLS} calls",
+        server.connections()
+    );
+    assert!(backing_off >= CALLS / 2, "{backing_off}");
+    server.set_accepted(&["stale-token"]);
+    let accepting_since = Instant::now();
+    loop {
+        let reply = client.call(&Call::new(ECHO_SERVICE, "Echo", "b")).await?;
+        if reply.error_code() == 0 {
+            break;
+        }
+        // The longest pause is 5 s.
         assert!(
-            server.connections() <= CALLS / 2,
-            "{} connections for {CALLS} calls",
-            server.connections()
+            accepting_since.elapsed() < Duration::from_secs(20),
+            "{}",
+            reply.error_text()
         );
-        assert!(backing_off >= CALLS / 2, "{backing_off}");
-        server.set_accepted(&["stale-token"]);
-        let accepting_since = Instant::now();
-        loop {
-            let reply = client.call(&Call::new(ECHO_SERVICE, "Echo", "b")).await?;
-            if reply.error_code() == 0 {
-                break;
-            }
-            // The longest pause is 5 s.
-            assert!(
-                accepting_since.elapsed() < Duration::from_secs(20),
-                "{}",
-                reply.error_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let reply = client.call(&Call::new(ECHO_SERVICE, "Echo", "c")).await?;
-        assert_eq!(reply.field("identity"), Some("stale-token"));
-        proxy.shutdown().await;
-        std::fs::remove_file(credentials)?;
-        Ok(())
-    })
-    .await
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reply = client.call(&Call::new(ECHO_SERVICE, "Echo", "c")).await?;
+    assert_eq!(reply.field("identity"), Some("stale-token"));
+    proxy.shutdown().await;
+    std::fs::remove_file(credentials)?;
+    Ok(())
 }
 
 /// Rotating the credentials file in place reaches the proxy without a config change: the

@@ -298,6 +298,12 @@ impl CodecFactory for BrpcCodecFactory {
         }
     }
 
+    /// brpc servers before 1.11 closed a connection whose credentials their `Authenticator`
+    /// refused without answering its first request (`ERPCAUTH` came with 1.11).
+    fn refuses_credentials_by_closing(&self) -> bool {
+        true
+    }
+
     fn watched_files(&self) -> Vec<WatchedFile> {
         self.credentials.iter().cloned().collect()
     }

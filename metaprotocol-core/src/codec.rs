@@ -378,6 +378,16 @@ pub trait CodecFactory: Send + Sync + 'static {
         false
     }
 
+    /// True when this protocol's servers may refuse the credentials of a connection's first
+    /// request by closing the connection without a word (bRPC servers before brpc 1.11, which
+    /// had no `ERPCAUTH` answer): the engine then takes an upstream connection closed before
+    /// it answered anything written to it for such a refusal, as it takes an answer
+    /// [`CodecFactory::credentials_refused`] tells, and backs off opening the next. The
+    /// default: false.
+    fn refuses_credentials_by_closing(&self) -> bool {
+        false
+    }
+
     /// The protocol's counters, read at every metrics scrape. The default has none.
     fn counters(&self) -> Vec<CodecCounter> {
         Vec::new()

@@ -11,7 +11,8 @@
 //! A server started with an authenticator checks credentials as a brpc server with an
 //! `Authenticator` does: the `authentication_data` of a connection's first request only, which
 //! then stands for every call on the connection (its answers carry it as the user field
-//! `identity`); credentials it does not accept get `ERPCAUTH` and a closed connection.
+//! `identity`); credentials it does not accept get `ERPCAUTH` and a closed connection (before
+//! brpc 1.11, a closed connection only).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -61,12 +62,14 @@ struct Served {
     accepted: Accepted,
     requests: Arc<AtomicUsize>,
     credentials_seen: Arc<std::sync::Mutex<Vec<String>>>,
+    /// False for a server that closes a refused connection without answering (brpc < 1.11).
+    answers_refusals: bool,
 }
 
 impl BrpcServer {
     /// Starts a server named `name` on 127.0.0.1 (a free port).
     pub async fn start(name: &'static str) -> TestResult<Self> {
-        Self::serve(name, None).await
+        Self::serve(name, None, true).await
     }
 
     /// Starts a server named `name` that authenticates each connection by its first request's
@@ -75,12 +78,22 @@ impl BrpcServer {
         name: &'static str,
         accepted: &'static [&'static str],
     ) -> TestResult<Self> {
-        Self::serve(name, Some(accepted)).await
+        Self::serve(name, Some(accepted), true).await
+    }
+
+    /// [`BrpcServer::start_authenticating`] as brpc before 1.11 did: credentials it does not
+    /// accept get no answer, only a closed connection.
+    pub async fn start_authenticating_before_1_11(
+        name: &'static str,
+        accepted: &'static [&'static str],
+    ) -> TestResult<Self> {
+        Self::serve(name, Some(accepted), false).await
     }
 
     async fn serve(
         name: &'static str,
         accepted: Option<&'static [&'static str]>,
+        answers_refusals: bool,
     ) -> TestResult<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -91,6 +104,7 @@ impl BrpcServer {
             accepted: accepted.clone(),
             requests: Arc::new(AtomicUsize::new(0)),
             credentials_seen: Arc::default(),
+            answers_refusals,
         };
         let (requests, credentials_seen) =
             (served.requests.clone(), served.credentials_seen.clone());
@@ -180,7 +194,10 @@ async fn serve_connection(served: Served, stream: TcpStream) {
                     let credentials = meta.authentication_data.as_deref().unwrap_or_default();
                     match accepted.iter().find(|a| a.as_bytes() == credentials) {
                         Some(accepted) => identity = Some((*accepted).into()),
-                        None => return refuse(meta.correlation_id, &writer).await,
+                        None if served.answers_refusals => {
+                            return refuse(meta.correlation_id, &writer).await;
+                        }
+                        None => return,
                     }
                 }
                 first = false;

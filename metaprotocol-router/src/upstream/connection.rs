@@ -70,7 +70,9 @@ pub(crate) struct ConnectParams {
     pub replacements: Arc<ConnectBackoff>,
     /// The pool's backoff of new connections after refused credentials: failed when the
     /// upstream closes the connection after its first answer refused the proxy's credentials
-    /// ([`CodecFactory::credentials_refused`]), reset by a first answer that does not.
+    /// ([`CodecFactory::credentials_refused`]), or closes it before any answer when its protocol
+    /// refuses so ([`CodecFactory::refuses_credentials_by_closing`]); reset by a first answer
+    /// that is no refusal.
     pub refusals: Arc<ConnectBackoff>,
     pub stats: ClusterStats,
     pub endpoint: EndpointStats,
@@ -775,9 +777,16 @@ impl<S: Transport> Multiplexer<S> {
     /// credentials, the pool backs off before opening the next one, which a server would only
     /// refuse again (brpc's answers `ERPCAUTH` and closes): the backoff is stepped before the
     /// requests in flight are answered, so that none of them, resent, opens one at once.
+    ///
+    /// A brpc server before 1.11 refuses them by closing the connection without an answer:
+    /// for such a protocol ([`CodecFactory::refuses_credentials_by_closing`]), a connection
+    /// closed after its first bytes left and before any answer counts as refused.
     fn closed_by_upstream(&mut self) {
         if self.refused {
             tracing::warn!(address = %self.address, "the upstream refused the proxy's credentials and closed the connection: backing off before the next");
+            self.refusals.failed();
+        } else if !self.judged && self.flushed > 0 && self.codec.refuses_credentials_by_closing() {
+            tracing::warn!(address = %self.address, "the upstream closed the connection before answering its first request, as a server refusing the proxy's credentials does: backing off before the next");
             self.refusals.failed();
         }
         self.fail_all();

@@ -9,7 +9,8 @@
 //! Sending never waits: a request is queued on a connection task (which connects first if it has
 //! to) and its answer comes back through its [`ReplyTo`]. After connect failures, or after a
 //! connection that the upstream closed right after refusing the proxy's credentials (a brpc
-//! server's `ERPCAUTH`, which a new connection would only meet again), the endpoint
+//! server's `ERPCAUTH`, which a new connection would only meet again; before brpc 1.11, a
+//! close before any answer), the endpoint
 //! backs off, and requests for it fail at once instead of each trying to connect, unless another
 //! of its connections is open: they share that one meanwhile, and the request that finds the
 //! backoff over starts a new connect and goes on the open connection.
@@ -312,7 +313,7 @@ impl UpstreamPool {
             )
         } else {
             format!(
-                "backing off after the server refused the proxy's credentials and closed the connection {} times in a row",
+                "backing off after the server refused the proxy's credentials (or closed a new connection unanswered) {} times in a row",
                 self.refusals.failures()
             )
         };
