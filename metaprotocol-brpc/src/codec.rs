@@ -299,9 +299,12 @@ impl CodecFactory for BrpcCodecFactory {
     }
 
     /// brpc servers before 1.11 closed a connection whose credentials their `Authenticator`
-    /// refused without answering its first request (`ERPCAUTH` came with 1.11).
+    /// refused without answering its first request (`ERPCAUTH` came with 1.11). Only a cluster
+    /// that sends credentials can be refused so: without them, a connection closed unanswered
+    /// (a server restarting, a first request over its size limit) is no refusal to back off
+    /// from.
     fn refuses_credentials_by_closing(&self) -> bool {
-        true
+        self.credentials.is_some()
     }
 
     fn watched_files(&self) -> Vec<WatchedFile> {
@@ -711,6 +714,22 @@ mod tests {
         ));
         std::fs::write(&path, content)?;
         Ok(path)
+    }
+
+    /// Only a cluster that sends credentials takes a connection closed unanswered for a refusal
+    /// of them (a brpc server before 1.11's): without any, such a close (a server restarting)
+    /// is no reason to back off opening connections.
+    #[test]
+    fn only_a_cluster_with_credentials_takes_a_close_for_a_refusal() -> std::io::Result<()> {
+        assert!(!BrpcCodecFactory::new(1 << 20).refuses_credentials_by_closing());
+        let file = credentials_file("close", b"proxy-token\n")?;
+        let mut options = CodecOptions::default();
+        options.side = Some(Side::Upstream);
+        options.insert(AUTHENTICATION_DATA_FILE, file.to_string_lossy());
+        let factory = BrpcCodecFactory::from_options(&options)
+            .map_err(|e| std::io::Error::other(e.reason))?;
+        assert!(factory.refuses_credentials_by_closing());
+        Ok(())
     }
 
     /// `authentication_data_file` is a cluster's option, naming a readable file that holds

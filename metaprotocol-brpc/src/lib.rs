@@ -115,7 +115,7 @@
 //!   filter). A server's `ERPCAUTH` answer refuses those credentials
 //!   ([`credentials_refused`](metaprotocol_core::CodecFactory::credentials_refused)): a health
 //!   check's probe so answered fails. A brpc server before 1.11 refuses them by closing the
-//!   connection without an answer
+//!   connection without an answer (taken so only from a cluster that sends credentials)
 //!   ([`refuses_credentials_by_closing`](metaprotocol_core::CodecFactory::refuses_credentials_by_closing)):
 //!   the engine backs off opening connections after either refusal.
 //! - baidu_std has no heartbeat frames and no one-way calls.
