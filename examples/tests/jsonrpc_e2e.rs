@@ -794,3 +794,101 @@ clusters: [ {{ name: c, endpoints: [ {{ address: \"{upstream}\" }} ] }} ]
     })
     .await?
 }
+
+/// The bytes of the answer [`a_batchs_held_answers_count_as_unsent`] makes the proxy hold.
+const HELD: usize = 2 << 20;
+
+/// A batch's answers, held until its last is in, count as unsent answers of their connection:
+/// in the proxy's `buffered_bytes`, so against `limits.max_buffered_bytes` (another client's
+/// call is refused as over the limit while they wait), and against the 1 MiB of unsent answers
+/// past which the proxy reads no more of a client (its next call is read once the batch's line
+/// is sent). Before, the proxy held them outside both: each client connection could make it hold
+/// up to 8 MiB that no limit saw.
+#[test]
+fn a_batchs_held_answers_count_as_unsent() -> TestResult {
+    use std::io::{BufRead, BufReader, Write};
+    let missing =
+        (!SUITE.venv_python().exists()).then(|| "the suite's .venv is missing".to_owned());
+    if !SUITE.ready(missing)? {
+        return Ok(());
+    }
+    let scratch = Scratch::new("jsonrpc-held")?;
+    let s1 = server("s1", &scratch.path("notes.log"), &scratch)?;
+    let proxy = InProcessProxy::start(&format!(
+        r#"
+limits: {{ max_buffered_bytes: 1048576 }}
+listeners:
+  - {{ name: rpc-in, address: 127.0.0.1:0, protocol: jsonrpc, route_config: rpc }}
+route_configs:
+  - {{ name: rpc, routes: [ {{ route: {{ cluster: servers }}, timeout: 30s }} ] }}
+clusters:
+  - {{ name: servers, endpoints: [ {{ address: "127.0.0.1:{}" }} ] }}
+"#,
+        s1.port
+    ))?;
+    let connect = || -> TestResult<BufReader<std::net::TcpStream>> {
+        let stream = std::net::TcpStream::connect(proxy.addr("rpc-in")?)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(BufReader::new(stream))
+    };
+    let read = |client: &mut BufReader<std::net::TcpStream>| -> TestResult<serde_json::Value> {
+        let mut line = String::new();
+        client.read_line(&mut line)?;
+        Ok(serde_json::from_str(&line)?)
+    };
+    let add = |id: &str| {
+        format!(
+            "{}\n",
+            json!({"jsonrpc": "2.0", "method": "add", "params": [1, 2], "id": id})
+        )
+    };
+    let mut holder = connect()?;
+    let batch = json!([
+        {"jsonrpc": "2.0", "method": "repeat", "params": ["x", HELD], "id": 1},
+        {"jsonrpc": "2.0", "method": "sleep", "params": [4000], "id": 2},
+    ]);
+    holder
+        .get_mut()
+        .write_all(format!("{batch}\n").as_bytes())?;
+    let buffered = || -> u64 {
+        proxy
+            .metrics()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("metaprotocol_buffered_bytes ")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    let mut seen = buffered();
+    while seen < HELD as u64 && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+        seen = buffered();
+    }
+    assert!(
+        seen >= HELD as u64,
+        "the held answer is unsent: {seen} bytes buffered"
+    );
+    let mut other = connect()?;
+    other.get_mut().write_all(add("other").as_bytes())?;
+    let refused = read(&mut other)?;
+    assert_eq!(refused["error"]["code"], json!(-32003), "{refused}");
+    holder.get_mut().write_all(add("next").as_bytes())?;
+    let first = read(&mut holder)?;
+    assert_eq!(
+        first.as_array().map(Vec::len),
+        Some(2),
+        "the batch's answers come before the call sent after it: {:.200}",
+        first.to_string()
+    );
+    let next = read(&mut holder)?;
+    assert_eq!(
+        (&next["result"], &next["id"]),
+        (&json!(3), &json!("next")),
+        "{next}"
+    );
+    Ok(())
+}

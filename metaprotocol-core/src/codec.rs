@@ -159,6 +159,16 @@ pub trait Codec: Send {
         None
     }
 
+    /// The bytes of answers the codec holds, appended nowhere yet, to write later in one frame
+    /// (a JSON-RPC batch's answers, until its last is in). The engine counts them as its
+    /// client's unsent answers (the proxy-wide `max_buffered_bytes`, and the bytes past which
+    /// it stops reading from the client), asking only after an answer for which
+    /// [`Codec::answer_len`] said `Some`: only a codec that gathers answers holds any. 0, the
+    /// default.
+    fn held_answer_bytes(&self) -> usize {
+        0
+    }
+
     /// Appends the protocol's "going away" notice, which the engine sends once on each client
     /// connection when it starts draining it, so that well-behaved clients send new calls
     /// elsewhere before the connection closes (Dubbo's READONLY event). Protocols without one

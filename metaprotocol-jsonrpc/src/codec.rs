@@ -522,6 +522,12 @@ impl Codec for JsonRpcCodec {
         self.share
     }
 
+    /// The answers the connection's unfinished batches wait with (at most `max_held`, and the
+    /// proxy's own errors besides).
+    fn held_answer_bytes(&self) -> usize {
+        self.gather.held()
+    }
+
     /// A line has no length in its head, and its id may come last: the engine hands the line
     /// to [`Codec::pass_over`] as it arrives, on either side.
     fn oversized_response(&self, _src: &[u8]) -> Option<FrameHead> {

@@ -628,7 +628,8 @@ fn a_batch_of_notifications_gets_nothing_and_an_empty_or_oversized_one_error() -
 
 /// The answers a connection's unfinished batches wait with are held to the listener's
 /// `max_frame_bytes`: an answer that would take them over is refused (nothing written), and
-/// the engine answers its call with -32603 instead, in its place in the array.
+/// the engine answers its call with -32603 instead, in its place in the array. The codec says
+/// how much it holds, which the engine counts as the connection's unsent answers.
 #[test]
 fn a_batchs_answers_are_held_within_max_frame_bytes() -> TestResult {
     let call = |id: u32| format!("{{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"id\":{id}}}");
@@ -651,6 +652,9 @@ fn a_batchs_answers_are_held_within_max_frame_bytes() -> TestResult {
         &mut back,
     )?;
     assert!(back.is_empty());
+    // Held, for the engine to count among the connection's unsent answers.
+    let held = downstream.held_answer_bytes();
+    assert!((150..200).contains(&held), "{held}");
     let over = downstream.encode(
         &answer(2, "2", 150)?,
         &params(calls[1].request_id, &none),
@@ -663,6 +667,7 @@ fn a_batchs_answers_are_held_within_max_frame_bytes() -> TestResult {
         &LocalReply::new(LocalReplyKind::Internal, "over"),
         &mut back,
     )?;
+    assert_eq!(downstream.held_answer_bytes(), 0, "all written");
     let array: serde_json::Value = serde_json::from_slice(&back)?;
     assert_eq!(array[0]["result"], json!("x".repeat(150)));
     assert_eq!(

@@ -270,8 +270,19 @@ impl<S: Transport> Connection<S> {
 
     /// Reads and dispatches every frame that arrived. True if anything happened.
     fn poll_read_frames(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
-        if self.reading != Reading::Open || self.reading_paused() {
+        if self.reading != Reading::Open || self.decoding_paused() {
             return false;
+        }
+        if self.reading_paused() && !self.frames_left {
+            // Only the answers the encoder holds (a JSON-RPC batch's, until its last is in)
+            // keep the socket waiting; the calls already read go on, among them the rest of a
+            // batch whose own answers may be those held, which would otherwise never end.
+            if self.read_buf.is_empty() {
+                return false;
+            }
+            let frames = self.decode_frames(now, None);
+            self.activity.read(frames, self.requests.len());
+            return frames > 0;
         }
         if !std::mem::take(&mut self.frames_left) {
             match buffers::poll_read(&mut self.io, cx, &mut self.read_buf, &self.frame_sizes) {
@@ -385,9 +396,22 @@ impl<S: Transport> Connection<S> {
         self.reading = Reading::Done;
     }
 
-    /// True while the proxy does not read from the client: too much in flight or unsent.
-    fn reading_paused(&self) -> bool {
+    /// True while the proxy decodes nothing more of what the client sent: too much in flight
+    /// or written unsent.
+    fn decoding_paused(&self) -> bool {
         self.requests.len() >= MAX_IN_FLIGHT || self.write_buf.len() >= WRITE_BUDGET
+    }
+
+    /// True while the proxy does not read from the client: decoding paused, or too much
+    /// unsent counting the answers the encoder holds.
+    fn reading_paused(&self) -> bool {
+        self.decoding_paused() || self.unsent() >= WRITE_BUDGET
+    }
+
+    /// The bytes of answers not yet sent to the client: written, and held by the encoder to
+    /// write later ([`Requests::held_answers`]).
+    fn unsent(&self) -> usize {
+        self.write_buf.len() + self.requests.held_answers()
     }
 
     /// Applies the drain signal and the connection's deadlines. True if anything changed.
@@ -545,8 +569,9 @@ impl<S: Transport> Future for Connection<S> {
             if overflowing {
                 this.ctx.stats.cx_overflow.inc();
             }
-            this.ctx.load.buffered(this.buffered, this.write_buf.len());
-            this.buffered = this.write_buf.len();
+            let unsent = this.unsent();
+            this.ctx.load.buffered(this.buffered, unsent);
+            this.buffered = unsent;
             if overflowing
                 || this.reading == Reading::Failed
                 || matches!(wrote, Poll::Ready(Err(_)))

@@ -160,6 +160,9 @@ pub(crate) struct Requests {
     spare: Vec<Arc<Message>>,
     /// Its requests in flight as the proxy-wide load last counted them ([`Requests::move_load`]).
     moved: usize,
+    /// The answers its encoder holds to write later ([`Codec::held_answer_bytes`]), as of the
+    /// last answer it gathered.
+    held: usize,
     /// The listener's route table as of its last request; made on the first request, dropped
     /// when trimmed (an idle connection does not keep a replaced table alive for long).
     routes: Option<Cached<RouteTable>>,
@@ -195,8 +198,15 @@ impl Requests {
             waits: None,
             spare: Vec::new(),
             moved: 0,
+            held: 0,
             routes: None,
         }
+    }
+
+    /// The bytes of answers its encoder holds, appended to no write yet (a JSON-RPC batch's
+    /// until its last answer): unsent answers of the connection as much as those written.
+    pub fn held_answers(&self) -> usize {
+        self.held
     }
 
     /// Moves its requests in flight into the proxy-wide load: once a pass over the
@@ -926,9 +936,18 @@ impl Requests {
         let written = out.len() - before;
         // A codec that gathers answers into one frame (a JSON-RPC batch's) appends them all
         // with the last, and says what each one stands for.
-        let sent = match answered {
-            true => self.encoder.answer_len().unwrap_or(written),
-            false => written,
+        let share = if answered {
+            self.encoder.answer_len()
+        } else {
+            None
+        };
+        let sent = match share {
+            Some(share) => {
+                // Only a codec that gathers answers holds any: other answers ask nothing more.
+                self.held = self.encoder.held_answer_bytes();
+                share
+            }
+            None => written,
         };
         let record = &mut inflight.record;
         record.bytes_sent = sent as u64;

@@ -6,7 +6,8 @@ TCP on 127.0.0.1, for examples/tests/jsonrpc_e2e.rs.
 Prints `ready <port>` once listening and exits when its stdin closes. Each line is dispatched
 as its own task, so answers may leave in another order than the calls came (as a multiplexing
 server's do). Methods: add(a, b), whoami() -> its name, nothing() -> null, fail() -> error 7,
-sleep(ms), note(text) (a notification: appended to --record).
+sleep(ms), repeat(text, times) -> text repeated, note(text) (a notification: appended to
+--record).
 """
 
 import argparse
@@ -42,6 +43,11 @@ async def fail():
 async def sleep(ms):
     await asyncio.sleep(ms / 1000)
     return Success(ms)
+
+
+@method
+async def repeat(text, times):
+    return Success(text * times)
 
 
 @method
