@@ -178,6 +178,28 @@ fn a_theader_call_under_a_transform_is_refused_and_the_connection_goes_on() -> T
     Ok(())
 }
 
+/// A THeader call under the zlib transform and over the listener's `max_frame_bytes` is passed
+/// over by its length and answered as a smaller one is, with an `INVALID_TRANSFORM`
+/// `TApplicationException` (no `PROTOCOL_ERROR` could name its method, which no one can read),
+/// and the same connection then serves a call without the transform. Before, the proxy closed
+/// the connection without a word, where other calls over the limit are answered.
+#[test]
+fn an_oversized_theader_call_under_a_transform_is_refused_and_the_connection_goes_on() -> TestResult
+{
+    let Some(scratch) = prepare("zlib-big")? else {
+        return Ok(());
+    };
+    for protocol in PROTOCOLS {
+        let server = Server::start("header", protocol, "upstream", &scratch)?;
+        let proxy = InProcessProxy::start(&small_frames(&server))?;
+        let port = proxy.addr("small")?.port();
+        let answer = client(port, "header", protocol, &["zlib", "8000"], "", &scratch)?;
+        let expected = r#"{"hello": "Hello, plain from upstream", "zlib": {"message": "bad_request: THeader transforms (zlib, snappy ...) are not supported: send the call without one", "type": 8}}"#;
+        assert_eq!(answer, expected, "{protocol}");
+    }
+    Ok(())
+}
+
 /// Unframed (buffered), a call over the listener's `max_frame_bytes` is passed over as it
 /// arrives and answered with a `PROTOCOL_ERROR` `TApplicationException`, and an answer over
 /// the cluster's fails its own call with an `INTERNAL_ERROR`; the client's next call on the

@@ -138,7 +138,9 @@ impl Codec for ThriftCodec {
     /// THeader's own `seq`). `Incomplete` until the message header (and a THeader block) is
     /// in; framed calls, one-way calls, THeader transforms and frames in another protocol than
     /// the connection's tell nothing. An unframed message whose header is in is `Unsized`:
-    /// [`Codec::pass_over`] walks it as it arrives.
+    /// [`Codec::pass_over`] walks it as it arrives. So is, downstream, a THeader call whose
+    /// message cannot be read (a transform, the JSON protocol), passed over by its length and
+    /// answered as a smaller one is.
     fn oversized_response(&self, src: &[u8]) -> Option<FrameHead> {
         let transport = match self.expected.transport {
             Some(transport) => transport,
@@ -147,7 +149,7 @@ impl Codec for ThriftCodec {
                 None => return Some(FrameHead::Incomplete),
             },
         };
-        decode::oversized_response(src, transport, self.expected.protocol)
+        decode::oversized_response(src, transport, self.expected.protocol, self.decoder.side())
     }
 
     /// Walks an unframed message too large to decode on through each read, holding none of

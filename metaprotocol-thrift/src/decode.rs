@@ -140,9 +140,20 @@ impl Decoder {
                 .and_then(|found| found.ok_or(CodecError::malformed("no call passed over"))),
         };
         Some(found.map(|found| Found {
-            reject_reason: Some(PASSED_OVER),
+            // A call whose message cannot be read (a THeader transform, or a protocol not
+            // spoken here) is answered as a smaller one is: a PROTOCOL_ERROR would have to
+            // name its method, which no one can read.
+            reject_reason: match found.reject_reason {
+                Some(reason @ (TRANSFORMED | UNKNOWN_PROTOCOL)) => Some(reason),
+                _ => Some(PASSED_OVER),
+            },
             ..found
         }))
+    }
+
+    /// Which messages it reads: calls (downstream) or answers.
+    pub(crate) fn side(&self) -> Side {
+        self.side
     }
 
     /// How many bytes of unframed messages the struct walks have read so far.
@@ -164,7 +175,7 @@ impl Decoder {
                     // MAX_FRAME_HEAD bytes), which the engine needs to pass it over and answer
                     // its call rather than close the connection.
                     Err(CodecError::FrameTooLarge { .. })
-                        if length_prefixed_head(src, transport, None)
+                        if length_prefixed_head(src, transport, None, self.side)
                             == Err(ReadError::Incomplete) =>
                     {
                         return Ok(None);
@@ -364,11 +375,13 @@ fn length_prefixed_size(
 /// `REPLY` or `EXCEPTION` names its call and length, and a call is passed over by its length;
 /// an unframed message is passed over as its struct's walk finds its end. `Incomplete` until
 /// the header is in; `None` for a message of another `protocol` than the connection's, or
-/// whose header does not lie within its frame and [`MAX_FRAME_HEAD`].
+/// whose header does not lie within its frame and [`MAX_FRAME_HEAD`]. A THeader call whose
+/// message cannot be read is passed over by its length on the `side` that reads calls.
 pub(crate) fn oversized_response(
     src: &[u8],
     transport: Transport,
     protocol: Option<Protocol>,
+    side: Side,
 ) -> Option<FrameHead> {
     let head = match transport {
         Transport::Unframed => pass::head(src).and_then(|(found, header)| {
@@ -377,8 +390,10 @@ pub(crate) fn oversized_response(
             }
             Ok((header, None))
         }),
-        Transport::Framed | Transport::Header => length_prefixed_head(src, transport, protocol)
-            .map(|(_, header, len)| (header, Some(len))),
+        Transport::Framed | Transport::Header => {
+            length_prefixed_head(src, transport, protocol, side)
+                .map(|(_, header, len)| (header, Some(len)))
+        }
     };
     match head {
         Ok((header, Some(len))) if header.message_type.answers() => Some(FrameHead::Response {
@@ -394,11 +409,15 @@ pub(crate) fn oversized_response(
 /// The protocol, message header and whole length of the `transport` frame (framed or
 /// THeader) at the front of `src`: [`ReadError::Incomplete`] until the header is in, an error
 /// for one of another `protocol` than the connection's, or whose header does not lie within
-/// the frame and [`MAX_FRAME_HEAD`].
+/// the frame and [`MAX_FRAME_HEAD`]. Read by `side`, a THeader frame whose message cannot be
+/// read (a transform, or a protocol not spoken here) is a call of no name with seqid 0
+/// downstream, as [`delimited`] reads a whole one, and an error upstream, where it would be
+/// an answer naming no call.
 pub(crate) fn length_prefixed_head(
     src: &[u8],
     transport: Transport,
     protocol: Option<Protocol>,
+    side: Side,
 ) -> Result<(Protocol, MessageHeader, u64), ReadError> {
     let Some(&[l0, l1, l2, l3]) = src.first_chunk::<4>() else {
         return Err(ReadError::Incomplete);
@@ -409,7 +428,7 @@ pub(crate) fn length_prefixed_head(
     let frame = src.get(..end.min(src.len())).unwrap_or_default();
     let within = end.min(MAX_FRAME_HEAD);
     let beyond = ReadError::malformed("the message header is not within the frame's head");
-    let (found, payload_start) = if transport == Transport::Header {
+    let (found, payload_start, unreadable) = if transport == Transport::Header {
         let Some(&[_, _, _, _, m0, m1, .., w0, w1]) =
             frame.first_chunk::<{ theader::BLOCK_START }>()
         else {
@@ -429,8 +448,11 @@ pub(crate) fn length_prefixed_head(
         if payload_start > frame.len() {
             return Err(ReadError::Incomplete);
         }
-        let block = theader::parse(frame)?;
-        (block.protocol, block.payload_start)
+        let block = theader::read(frame)?;
+        match block.unreadable {
+            Some(unreadable) if side == Side::Upstream => return Err(unreadable.error().into()),
+            unreadable => (block.protocol, block.payload_start, unreadable.is_some()),
+        }
     } else {
         let Some(&first) = frame.get(4) else {
             return Err(if within > 4 {
@@ -439,14 +461,29 @@ pub(crate) fn length_prefixed_head(
                 beyond
             });
         };
-        (Protocol::of_message_starting_with(first), 4)
+        (Protocol::of_message_starting_with(first), 4, false)
     };
     if protocol.is_some_and(|protocol| protocol != found) {
         return Err(ReadError::malformed("a frame in another protocol"));
     }
+    if unreadable {
+        return Ok((found, unreadable_call(payload_start), len));
+    }
     let mut cursor = Cursor::new(frame, payload_start, within);
     let header = protocol::read_message_header(found, &mut cursor)?;
     Ok((found, header, len))
+}
+
+/// The message header of a call whose message, at `at` of its THeader frame, cannot be read:
+/// what can be told of it, a call of no name with seqid 0.
+fn unreadable_call(at: usize) -> MessageHeader {
+    MessageHeader {
+        message_type: MessageType::Call,
+        name: at..at,
+        seqid: 0,
+        seqid_at: at..at,
+        body_start: at,
+    }
 }
 
 /// A whole message split off the stream, read as far as its [`Message`] needs.
@@ -475,13 +512,7 @@ impl Found {
             frame,
             format: ThriftFormat::new(Transport::Header, block.protocol),
             payload_start: at,
-            header: MessageHeader {
-                message_type: MessageType::Call,
-                name: at..at,
-                seqid: 0,
-                seqid_at: at..at,
-                body_start: at,
-            },
+            header: unreadable_call(at),
             info: None,
             reject_reason: Some(match unreadable {
                 theader::Unreadable::Transform(_) => TRANSFORMED,

@@ -40,7 +40,9 @@
 //!   [`INVALID_TRANSFORM`] exception, as Apache Thrift's servers do, and keeps the connection.
 //!   So is a call in the JSON protocol or another id THeader does not define, answered with an
 //!   [`INVALID_PROTOCOL`] exception in binary (a THeader client reads each frame in the
-//!   protocol its header names). Such an answer from a server names no call it could fail: it
+//!   protocol its header names). Either, over the listener's cap, is passed over by its length
+//!   and answered the same (a `PROTOCOL_ERROR` would have to name its method, which cannot be
+//!   read). Such an answer from a server names no call it could fail: it
 //!   is refused with [`CodecError::Unsupported`](metaprotocol_core::CodecError) (an unknown
 //!   protocol id, `Malformed`); over-long frames with
 //!   `FrameTooLarge` once the message header is in and the length (or, unframed, the scanned

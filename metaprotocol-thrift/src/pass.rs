@@ -109,7 +109,8 @@ impl Passing {
                 (protocol, header, Progress::Walked, from)
             }
             Transport::Framed | Transport::Header => {
-                let (protocol, header, len) = length_prefixed_head(src, transport, None).ok()?;
+                let (protocol, header, len) =
+                    length_prefixed_head(src, transport, None, side).ok()?;
                 (protocol, header, Progress::Counted(len), 0)
             }
         };

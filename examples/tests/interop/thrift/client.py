@@ -15,8 +15,9 @@ Prints one JSON object with the results. Scenarios:
                  server skips it), a plain ping, the server's ping count (polled until it
                  reaches 1, then read again after a pause) and sayHello("after"); then
                  sayHello("other") on the second connection
-  zlib           (THeader) sayHello("z") under the zlib transform, then sayHello("plain")
-                 without it on the same connection; reports the exception and the greeting
+  zlib [N]       (THeader) sayHello("z"), or of a name of N random letters (which zlib
+                 cannot shrink much), under the zlib transform, then sayHello("plain") without
+                 it on the same connection; reports the exception and the greeting
   concurrent N   N clients on N connections at once, each calling sayHello("c<i>") 5 times
                  (the Python client always sends seqid 0); reports how many replies were right
   load N STOP OUT
@@ -28,6 +29,8 @@ Prints one JSON object with the results. Scenarios:
 
 import json
 import os
+import random
+import string
 import sys
 import threading
 import time
@@ -161,11 +164,13 @@ def big_ping(conn, other, size):
     return out
 
 
-def zlib(conn):
+def zlib(conn, size):
     out = {}
+    letters = random.Random(7).choices(string.ascii_letters, k=size)
+    name = "".join(letters) if size else "z"
     conn.proto.trans.add_transform(THeaderTransformID.ZLIB)
     try:
-        conn.client.sayHello("z")
+        conn.client.sayHello(name)
         out["zlib"] = None
     except TApplicationException as e:
         out["zlib"] = app_exception(e)
@@ -276,7 +281,7 @@ def main():
             finally:
                 other.close()
         elif scenario == "zlib":
-            out = zlib(conn)
+            out = zlib(conn, int(arg or 0))
         else:
             raise SystemExit("unknown scenario " + scenario)
     finally:
