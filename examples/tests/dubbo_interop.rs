@@ -539,3 +539,52 @@ clusters:
     }
     Ok(())
 }
+
+/// An attachment whose value is no string is there for a policy's `present` all the same:
+/// dubbo2.js sends a service's `timeout` as an int, and an `rbac` policy denying calls that
+/// carry one refuses its call with status 40, which never reaches the provider; the same client
+/// without it is served. Before, the codec left
+/// such an attachment out of the metadata, so a client dodged the policy by sending its key as
+/// another Hessian type than a string, which a Java provider still reads.
+#[test]
+fn a_policy_sees_an_attachment_that_is_no_string() -> TestResult {
+    if !tools_ready()? {
+        return Ok(());
+    }
+    let scratch = Scratch::new("dubbo-int-attachment")?;
+    let (v1, _v2) = start_providers(&scratch)?;
+    let proxy = InProcessProxy::start(&format!(
+        r#"
+listeners:
+  - name: dubbo-in
+    address: 127.0.0.1:0
+    protocol: dubbo
+    route_config: all
+    filters:
+      - name: rbac
+        config:
+          action: deny
+          policies: [ {{ name: no-timeout, metadata: [ {{ key: timeout, present: true }} ] }} ]
+route_configs:
+  - name: all
+    routes: [ {{ route: {{ cluster: v1 }} }} ]
+clusters:
+  - name: v1
+    endpoints: [ {{ address: "{}" }} ]
+"#,
+        v1.addr()
+    ))?;
+    let addr = proxy.addr(LISTENER)?.to_string();
+    let run = Run {
+        extra: vec!["--service-timeout", "3000"],
+        ..Run::hello(Client::DubboJs, &addr)
+    };
+    let lines = run.run(&scratch)?;
+    let line = single_call(&lines)?;
+    let status = assert_error_reply(Client::DubboJs, line, CLIENT_TIMEOUT_MS as f64);
+    assert_eq!(status, 40.0, "{line:?}");
+    assert!(v1.calls().is_empty(), "the call reached the provider");
+    let served = single_reply(&Run::hello(Client::DubboJs, &addr).run(&scratch)?)?;
+    assert_eq!(served.provider, "v1", "{served:?}");
+    Ok(())
+}

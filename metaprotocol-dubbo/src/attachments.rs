@@ -3,8 +3,9 @@
 //!
 //! Attachments are a Hessian2 map, normally untyped (`H ... Z`), sometimes typed (`M type ...
 //! Z`), `N` when a client has none, or missing altogether. Entries whose key and value are
-//! strings are routable; any other entry (dubbo2.js sends `timeout` as an int) is skipped and,
-//! on rewrite, copied as it came.
+//! strings are routable; an entry whose key is a string and whose value is another (dubbo2.js
+//! sends `timeout` as an int) is present with an empty value, one whose value is null is
+//! skipped, and on rewrite each is copied as it came.
 
 use std::ops::Range;
 
@@ -52,6 +53,8 @@ pub(crate) struct Entry<'a> {
     pub(crate) key: Option<StringData<'a>>,
     /// The value, if it is a string.
     pub(crate) value: Option<StringData<'a>>,
+    /// Where the value starts in the frame.
+    pub(crate) value_at: usize,
     /// True if the entry added class definitions or referenceable values: removing it would
     /// renumber what later entries refer to.
     pub(crate) shares_state: bool,
@@ -66,6 +69,19 @@ impl Entry<'_> {
         let key = self.key.as_ref()?.to_metadata(frame)?;
         let value = self.value.as_ref()?.to_metadata(frame)?;
         Some((key, value))
+    }
+
+    /// The entry as metadata present with an empty value, if its key is a string and its value
+    /// is there but no text (an int, a map ..., or a string UTF-8 cannot hold): a Java provider
+    /// sees it (`getObjectAttachment`), so a route's or policy's `present` must too. Its text
+    /// form would cost an allocation a call, dubbo2.js's int `timeout` on each of its calls.
+    pub(crate) fn presence(&self, frame: &Bytes) -> Option<(MetadataStr, MetadataStr)> {
+        // A null, which Java reads as no attachment, is none.
+        if self.value.is_none() && frame.get(self.value_at) == Some(&NULL) {
+            return None;
+        }
+        let key = self.key.as_ref()?.to_metadata(frame)?;
+        Some((key, MetadataStr::Static("")))
     }
 }
 
@@ -103,11 +119,13 @@ pub(crate) fn visit<'a>(
         let before = skipper.shared_state();
         let entry_start = reader.position();
         let key = string_or_skip(reader, skipper)?;
+        let value_at = reader.position();
         let value = string_or_skip(reader, skipper)?;
         each(Entry {
             raw: entry_start..reader.position(),
             key,
             value,
+            value_at,
             shares_state: skipper.shared_state() != before,
         })?;
     }

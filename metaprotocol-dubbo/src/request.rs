@@ -74,9 +74,17 @@ pub(crate) fn decode(frame: &Bytes, metadata: &mut Metadata) -> Result<DecodedRe
                 Some((key, value)) => {
                     metadata.insert(key, value);
                 }
-                // The version or group Java providers run (none, for a null) would not be the
-                // metadata's, which keeps the call field's version or an earlier group.
-                None => return selector_without_text(key).map_or(Ok(()), Err),
+                None => {
+                    // The version or group Java providers run (none, for a null) would not be
+                    // the metadata's, which keeps the call field's version or an earlier group.
+                    if let Some(refused) = selector_without_text(key) {
+                        return Err(refused);
+                    }
+                    // Another value than a string is there for the provider all the same.
+                    if let Some((key, value)) = entry.presence(frame) {
+                        metadata.insert(key, value);
+                    }
+                }
             }
         }
         Ok(())

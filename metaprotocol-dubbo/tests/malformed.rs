@@ -260,9 +260,9 @@ fn unreadable_results_pass_through_as_server_errors() -> Result<(), Box<dyn std:
     Ok(())
 }
 
-/// Attachments whose strings are ASCII, UTF-8 or CESU-8 become metadata; a key or value that
-/// is not representable in UTF-8 (a bad continuation byte, a lone surrogate) leaves its entry
-/// out, and the call is still served.
+/// Attachments whose strings are ASCII, UTF-8 or CESU-8 become metadata; a key that is not
+/// representable in UTF-8 (a bad continuation byte, a lone surrogate) leaves its entry out, a
+/// value that is not is present without its text, and the call is still served.
 #[test]
 fn attachments_not_representable_in_utf8_are_left_out() -> TestResult {
     let mut body = Writer::new();
@@ -286,7 +286,7 @@ fn attachments_not_representable_in_utf8_are_left_out() -> TestResult {
     assert_eq!(meta(&message, "plain"), Some("v1"));
     assert_eq!(meta(&message, "accent"), Some("héllo"));
     assert_eq!(meta(&message, "emoji"), Some("x😀y"));
-    assert_eq!(meta(&message, "bad-value"), None);
+    assert_eq!(meta(&message, "bad-value"), Some(""));
     assert_eq!(meta(&message, "after"), Some("v2"));
     let keys: Vec<&str> = message.metadata.iter().map(|(k, _)| k).collect();
     assert_eq!(
@@ -299,8 +299,42 @@ fn attachments_not_representable_in_utf8_are_left_out() -> TestResult {
             "plain",
             "accent",
             "emoji",
+            "bad-value",
             "after"
         ]
+    );
+    Ok(())
+}
+
+/// An attachment whose value is there but no string (an int, a boolean, a map) is metadata
+/// present with an empty value, so that a route's or policy's `present` sees what a Java
+/// provider sees (`getObjectAttachment`); a null one, which Java reads as none, is not. Before,
+/// each was left out: sending a condition's key as an int dodged it.
+#[test]
+fn attachments_that_are_no_strings_are_present_without_text() -> TestResult {
+    let mut body = Writer::new();
+    body.raw(&request_body("demo.Api", "hi", "", &[], None))
+        .raw(b"H")
+        .string("int")
+        .raw(&[0x93])
+        .string("flag")
+        .raw(b"T")
+        .string("nested")
+        .raw(b"H")
+        .string("k")
+        .string("v")
+        .raw(b"Z")
+        .string("none")
+        .raw(b"N")
+        .string("after")
+        .string("v2")
+        .raw(b"Z");
+    let message = decode_one(&frame(0xc2, 0, 1, &body.out))?;
+    assert_eq!(message.reject_reason, None);
+    let attachments: Vec<(&str, &str)> = message.metadata.iter().skip(4).collect();
+    assert_eq!(
+        attachments,
+        [("int", ""), ("flag", ""), ("nested", ""), ("after", "v2")]
     );
     Ok(())
 }

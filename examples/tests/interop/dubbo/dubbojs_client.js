@@ -4,6 +4,10 @@
 //
 //   node dubbojs_client.js --addr 127.0.0.1:20880 [--count N] [--name w1]
 //        [--attach k=v ...] [--timeout-ms 3000] [--interface I] [--version V] [--method M]
+//        [--service-timeout MS]
+//
+// --service-timeout gives the service a timeout of its own, which dubbo2.js sends
+// with each call as a `timeout` attachment whose value is an int, not a string.
 //
 // Prints the same JSON lines as sofa_client.js, with "client":"dubbojs".
 
@@ -49,6 +53,7 @@ const dubbo = DirectlyDubbo.from({
 const service = dubbo.proxyService({
   dubboInterface: opts.iface,
   version: opts.version,
+  timeout: opts.flags['service-timeout'] ? Number(opts.flags['service-timeout']) : undefined,
   methods: {
     [opts.method](name) {
       return [ java.String(name) ];
