@@ -358,7 +358,10 @@ pub trait CodecFactory: Send + Sync + 'static {
     /// The metadata key under which this protocol's downstream decoder puts a call's own id,
     /// for a protocol whose [`Message::request_id`] is no id of the client's (JSON-RPC's ids
     /// are numbers or strings, and a notification has none). Access logs show that key's value
-    /// as the call's `%REQUEST_ID%`, and none for a call without it. `None`, the default: the
+    /// as the call's `%REQUEST_ID%`, and none for a call without it. Route mutation templates do
+    /// not: their `%request_id%` stays the request id, since a frame a mutation edits carries
+    /// that id, and the call's own is `%metadata(KEY)%` (JSON-RPC applies no mutation at all).
+    /// `None`, the default: the
     /// request id is the client's own.
     fn call_id_key(&self) -> Option<&'static str> {
         None

@@ -29,7 +29,7 @@
 //! | an answer whose id is not the proxy's (`null`: a server's -32600 or -32700 for a call it could not read, as JSON-RPC 2.0 prescribes and jsonrpcserver sends for a call its schema refuses, notifications included) | answers no call: dropped and counted in `upstream_unmatched_responses_total`; the upstream connection stays open for the calls on it (a call it may have answered gets its timeout) |
 //! | an answer whose id does not spell, in hex, an id a client could have sent (JSON on one line) | not forwarded: its client gets error -32603 (`internal`) instead, and the upstream connection stays open |
 //! | a call or notification a server sends the proxy (JSON-RPC lets either side call the other) | not proxied, as upstream connections are shared by many clients: a call is answered with error -32601 (method not found) on its connection, a notification dropped; both counted in `metaprotocol_codec_server_calls_total{protocol="jsonrpc"}`, and the calls in flight on the connection go on |
-//! | header mutations | JSON-RPC has no headers: the frame is forwarded unchanged and counted in `metaprotocol_codec_mutations_not_applied_total{protocol="jsonrpc"}` |
+//! | header mutations | JSON-RPC has no headers: the frame is forwarded unchanged and counted in `metaprotocol_codec_mutations_not_applied_total{protocol="jsonrpc"}`. A route's templates so reach no frame, and their `%request_id%` is the codec's own request id (0, or a batch's), not the call's id as access logs show it: that is `%metadata(id)%` ([`CALL_ID`]) |
 //!
 //! Local replies are JSON-RPC errors: `route_not_found` is -32601 (method not found),
 //! `bad_request` -32600 (or -32700 for a parse error), `timeout` -32001, `unavailable` and
