@@ -7,7 +7,8 @@
 //! woken; it ejects the endpoint (the `EJECTED` health flag) for `base_ejection_time` times the
 //! number of times it was ejected recently (counted up to the number that reaches
 //! `max_ejection_time`), at most `max_ejection_time`, unless that would put
-//! more than `max_ejection_percent` of the cluster's endpoints out at once. Every `interval` it
+//! more than `max_ejection_percent` of the cluster's endpoints out at once (but one may always
+//! be out, see [`max_ejected`]). Every `interval` it
 //! returns endpoints whose time is up (with fresh streaks), and an endpoint back in rotation for
 //! a whole `base_ejection_time` sheds one step of its growing ejection time. An endpoint that a
 //! cluster update rebuilt (new pool settings) while ejected keeps its flag
@@ -308,6 +309,7 @@ impl Detector {
             }
         }
         let mut out = self.ejected.values().filter(|e| e.until.is_some()).count();
+        let max_out = max_ejected(self.policy.max_ejection_percent, hosts.len());
         for host in hosts.iter() {
             let endpoint = &host.endpoint;
             let ejected_now = self
@@ -321,8 +323,7 @@ impl Detector {
                 continue;
             };
             endpoint.outliers().reset();
-            // At most max_ejection_percent of the endpoints out at once (rounded down).
-            if (out + 1) as f64 * 100.0 > self.policy.max_ejection_percent * hosts.len() as f64 {
+            if out >= max_out {
                 self.stats.overflow.inc();
                 continue;
             }
@@ -349,6 +350,18 @@ impl Detector {
         }
         cluster.set_health(&changes);
     }
+}
+
+/// The most of `hosts` endpoints ejected at once: `percent` of them rounded down, but at least
+/// one (Envoy's rule): rounded down alone, a cluster of fewer than 100 / `percent` endpoints
+/// (three at 10%) could eject none, however dead one of them is. 0% ejects none.
+fn max_ejected(percent: f64, hosts: usize) -> usize {
+    if percent <= 0.0 {
+        return 0;
+    }
+    // Exact for any cluster size a config holds; `as` saturates, and the percentage is at most
+    // 100, so the product never exceeds `hosts`.
+    ((percent * hosts as f64 / 100.0).floor() as usize).max(1)
 }
 
 #[cfg(test)]
@@ -460,6 +473,35 @@ outlier_detection: { consecutive_errors: 3, base_ejection_time: 10s, max_ejectio
         detector.tick(&c, Instant::now());
         assert!(!c.status().endpoints[0].ejected);
         assert_eq!(c.status().endpoints[0].ejections, 2);
+        Ok(())
+    }
+
+    /// A cluster too small for its `max_ejection_percent` to make a whole endpoint (three at
+    /// 10%) still ejects one, and only one; at 0% none.
+    #[tokio::test(start_paused = true)]
+    async fn a_small_cluster_ejects_one_endpoint() -> Result<(), Box<dyn std::error::Error>> {
+        let yaml = |percent: u32| {
+            format!(
+                "name: c
+endpoints: [ {{ address: 127.0.0.1:1 }}, {{ address: 127.0.0.1:2 }}, {{ address: 127.0.0.1:3 }} ]
+outlier_detection: {{ consecutive_errors: 3, max_ejection_percent: {percent} }}"
+            )
+        };
+        let c = cluster(&yaml(10))?;
+        let mut detector = fresh_detector(&c)?;
+        fail(&c, 1, 3);
+        fail(&c, 2, 3);
+        detector.tick(&c, Instant::now());
+        let out: Vec<bool> = c.status().endpoints.iter().map(|e| e.ejected).collect();
+        assert_eq!(out, [true, false, false], "one of three at 10%");
+        assert_eq!(detector.stats.overflow.get(), 1);
+
+        let c = cluster(&yaml(0))?;
+        let mut detector = fresh_detector(&c)?;
+        fail(&c, 1, 3);
+        detector.tick(&c, Instant::now());
+        assert_eq!(picked(&c).len(), 3, "0% ejects none");
+        assert_eq!(detector.stats.overflow.get(), 1);
         Ok(())
     }
 
