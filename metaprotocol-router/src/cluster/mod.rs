@@ -180,6 +180,7 @@ fn lb_settings(spec: &ClusterSpec, local: Option<&LocalitySpec>) -> LbSettings {
                 local: local.clone(),
                 failover_threshold: spec.locality_failover_threshold,
             }),
+        healthy_panic_threshold: spec.healthy_panic_threshold,
     }
 }
 
@@ -859,8 +860,9 @@ endpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.
     #[test]
     fn a_health_flag_republishes_the_snapshot_and_all_flagged_is_panic_mode()
     -> Result<(), ConfigError> {
+        // A threshold below one in three: only all three flagged is panic mode.
         let c = cluster(&format!(
-            "{THREE}\noutlier_detection: {{ consecutive_errors: 2 }}\nhealth_check: {{ interval: 1s }}"
+            "{THREE}\nhealthy_panic_threshold: 1\noutlier_detection: {{ consecutive_errors: 2 }}\nhealth_check: {{ interval: 1s }}"
         ))?;
         assert_eq!(picked(&c).len(), 3);
         let version = c.snapshot().version;
@@ -885,6 +887,46 @@ endpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.
         assert!(
             !set_one(&c, addr(9), HealthFlags::EJECTED, true),
             "not a member"
+        );
+        Ok(())
+    }
+
+    /// Picks skip flagged endpoints while at least `healthy_panic_threshold` percent of them
+    /// are in rotation (Envoy's default 50); below, they spread over all of them, not over the
+    /// last few, which would take the whole load. At 0, never: with all flagged, nothing is
+    /// picked. Over 100 is refused.
+    #[test]
+    fn picks_ignore_health_below_the_panic_threshold() -> Result<(), ConfigError> {
+        let four = "name: c
+endpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.0.0.1:3 }, { address: 127.0.0.1:4 } ]
+outlier_detection: { consecutive_errors: 2 }";
+        let c = cluster(four)?;
+        set_one(&c, addr(1), HealthFlags::EJECTED, true);
+        assert_eq!(picked(&c), [addr(2), addr(3), addr(4)].into());
+        set_one(&c, addr(2), HealthFlags::EJECTED, true);
+        assert_eq!(
+            picked(&c),
+            [addr(3), addr(4)].into(),
+            "half is not below half"
+        );
+        set_one(&c, addr(3), HealthFlags::EJECTED, true);
+        assert_eq!(picked(&c).len(), 4, "one in four: panic mode");
+        set_one(&c, addr(3), HealthFlags::EJECTED, false);
+        assert_eq!(
+            picked(&c),
+            [addr(3), addr(4)].into(),
+            "back out of panic mode"
+        );
+
+        let never = cluster(&format!("{four}\nhealthy_panic_threshold: 0"))?;
+        for port in 1..=4 {
+            set_one(&never, addr(port), HealthFlags::EJECTED, true);
+        }
+        assert!(picked(&never).is_empty(), "0 never panics");
+        let over = ClusterSpec::from_yaml(&format!("{four}\nhealthy_panic_threshold: 101"));
+        assert!(
+            over.is_err_and(|e| e.to_string().contains("healthy_panic_threshold")),
+            "over 100 is refused"
         );
         Ok(())
     }
@@ -977,7 +1019,7 @@ endpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.
     fn an_update_that_rebuilds_endpoints_keeps_them_out_of_rotation() -> Result<(), ConfigError> {
         let spec = |idle: &str| {
             format!(
-                "{THREE}\nidle_timeout: {idle}\noutlier_detection: {{ consecutive_errors: 2 }}\nhealth_check: {{ interval: 1s }}"
+                "{THREE}\nidle_timeout: {idle}\nhealthy_panic_threshold: 1\noutlier_detection: {{ consecutive_errors: 2 }}\nhealth_check: {{ interval: 1s }}"
             )
         };
         let c = cluster(&spec("1m"))?;
@@ -1021,12 +1063,14 @@ endpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.
     #[test]
     fn an_update_that_removes_a_flags_source_clears_its_flags() -> Result<(), ConfigError> {
         let with = format!(
-            "{THREE}\noutlier_detection: {{ consecutive_errors: 2 }}\nhealth_check: {{ interval: 1s }}"
+            "{THREE}\nhealthy_panic_threshold: 1\noutlier_detection: {{ consecutive_errors: 2 }}\nhealth_check: {{ interval: 1s }}"
         );
         let c = cluster(&with)?;
         set_one(&c, addr(1), HealthFlags::EJECTED, true);
         set_one(&c, addr(2), HealthFlags::FAILED_ACTIVE_CHECK, true);
-        let no_checks = format!("{THREE}\noutlier_detection: {{ consecutive_errors: 2 }}");
+        let no_checks = format!(
+            "{THREE}\nhealthy_panic_threshold: 1\noutlier_detection: {{ consecutive_errors: 2 }}"
+        );
         c.update(
             &ClusterSpec::from_yaml(&no_checks)?,
             None,

@@ -57,19 +57,19 @@ pub(crate) struct EndpointSet {
 }
 
 impl EndpointSet {
-    /// The routable members of `members`; all of them when none is routable (panic mode: with
-    /// every endpoint marked bad, spreading the load beats refusing it).
+    /// The routable members of `members`; all of them when fewer than the settings'
+    /// `healthy_panic_threshold` percent are routable (panic mode, Envoy's: with most endpoints
+    /// marked bad, the few left would take the whole load and fall too, and spreading it beats
+    /// refusing it). Decided here, when health changes, so that a pick pays nothing for it.
     fn new(members: Vec<Arc<Host>>, settings: &LbSettings) -> Self {
         let routable: Vec<Arc<Host>> = members
             .iter()
             .filter(|h| h.endpoint.health().routable())
             .cloned()
             .collect();
-        let hosts = if routable.is_empty() {
-            members.clone()
-        } else {
-            routable
-        };
+        let panic = (routable.len() as f64) * 100.0
+            < settings.healthy_panic_threshold * members.len() as f64;
+        let hosts = if panic { members.clone() } else { routable };
         Self {
             balancer: lb::build(settings, &hosts, &members),
             hosts,

@@ -56,6 +56,10 @@ pub struct ClusterSpec {
     /// rest fails over to the next locality.
     #[serde(default = "default_locality_failover_threshold")]
     pub locality_failover_threshold: f64,
+    /// The share of a route's endpoints, in percent, that must be in rotation for picks to
+    /// skip those out of it; below, picks spread over all of them (panic mode). 0: never.
+    #[serde(default = "default_healthy_panic_threshold")]
+    pub healthy_panic_threshold: f64,
     /// Connections per endpoint that requests are multiplexed over.
     #[serde(default = "default_connections_per_endpoint")]
     pub connections_per_endpoint: u32,
@@ -189,6 +193,10 @@ fn default_locality_failover_threshold() -> f64 {
     DEFAULT_LOCALITY_FAILOVER_THRESHOLD
 }
 
+fn default_healthy_panic_threshold() -> f64 {
+    50.0
+}
+
 impl ClusterSpec {
     /// Parses one cluster from YAML or JSON (for `PUT /clusters/{name}`) and validates it.
     /// Errors carry the line and column of the offending field.
@@ -243,6 +251,10 @@ impl ClusterSpec {
                 ),
             ));
         }
+        errors.check(
+            "healthy_panic_threshold",
+            super::route::check_percentage(self.healthy_panic_threshold),
+        );
         if let Some(breakers) = &self.circuit_breakers {
             errors.check("circuit_breakers", breakers.validate());
         }

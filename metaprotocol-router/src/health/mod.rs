@@ -4,7 +4,8 @@
 //! Two sources write an endpoint's health flags (`cluster/endpoint.rs`), each through
 //! [`ClusterHandle::set_health`], all the changes of one round of checks or one detector tick
 //! at once, which publishes a new cluster snapshot whose endpoint sets leave the flagged
-//! endpoints out (all of them in, when every one is flagged: panic mode):
+//! endpoints out (all of them in, when fewer than the cluster's `healthy_panic_threshold`
+//! percent are left: panic mode):
 //!
 //! - [`outlier`] detection watches real traffic: the router records how every attempt ended on
 //!   its endpoint, and an endpoint whose failures in a row reach a threshold is ejected for a

@@ -60,6 +60,9 @@ pub(crate) struct LbSettings {
     pub policy: LbPolicy,
     /// Set for `locality_aware` clusters.
     pub locality: Option<LocalityPreference>,
+    /// The share of a set's members, in percent, that must be in rotation for the set to
+    /// balance over those alone (below: over all of them, panic mode); 0 never panics.
+    pub healthy_panic_threshold: f64,
 }
 
 /// Where the proxy runs, and when a locality's traffic fails over to the next.
@@ -350,6 +353,7 @@ pub(crate) mod tests {
         let settings = LbSettings {
             policy,
             locality: None,
+            healthy_panic_threshold: 50.0,
         };
         build(&settings, hosts, hosts)
     }

@@ -123,6 +123,7 @@ mod tests {
         let settings = LbSettings {
             policy: LbPolicy::RingHash,
             locality: None,
+            healthy_panic_threshold: 50.0,
         };
         let a = build(&settings, &hosts(&[1, 2, 3]), &hosts(&[1, 2, 3]));
         let b = build(&settings, &hosts(&[1, 2, 3]), &hosts(&[1, 2, 3]));
