@@ -161,9 +161,11 @@ impl Endpoint {
     }
 
     /// The endpoint rebuilt in place of `replaced` (at the same address): out of rotation if
-    /// `replaced` is (see [`HealthFlags`]). Before [`Endpoint::with_metrics`], which shows it.
+    /// `replaced` is (see [`HealthFlags`]), with its failure streaks and count of ejections.
+    /// Before [`Endpoint::with_metrics`], which shows it.
     pub fn replacing(self, replaced: &Endpoint) -> Self {
         self.health.carry_over(&replaced.health);
+        self.outliers.carry_over(&replaced.outliers);
         self
     }
 

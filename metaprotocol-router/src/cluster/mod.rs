@@ -42,7 +42,7 @@ pub(crate) use snapshot::{ClusterSnapshot, Host, SubsetId};
 pub use status::{ClusterStatus, EndpointStatus};
 
 use crate::config::{ClusterSpec, ConfigError, LbPolicy, LocalitySpec, RetryBudgetSpec};
-use crate::health::{self, HealthMonitor, OutlierThresholds};
+use crate::health::{self, Ejections, HealthMonitor, OutlierThresholds};
 use crate::lb::{LbSettings, LocalityPreference};
 use crate::router::AttemptOutcome;
 use crate::stats::{
@@ -107,6 +107,8 @@ pub(crate) struct ClusterHandle {
     outlier_thresholds: OutlierThresholds,
     /// Wakes the outlier detector when an endpoint's failure streak reaches its threshold.
     outlier_wake: Arc<Notify>,
+    /// Its endpoints' ejections, kept across the detectors that updates start.
+    ejections: Ejections,
     /// Set for `peak_ewma`: concluded attempts record their latency on their endpoint.
     records_latency: AtomicBool,
     /// Set once the cluster is removed from the config.
@@ -232,6 +234,7 @@ impl ClusterHandle {
             breakers,
             outlier_thresholds,
             outlier_wake: Arc::new(Notify::new()),
+            ejections: Ejections::default(),
             records_latency: AtomicBool::new(spec.lb_policy == LbPolicy::PeakEwma),
             retired: AtomicBool::new(false),
         }))
@@ -252,6 +255,11 @@ impl ClusterHandle {
 
     pub fn breakers(&self) -> &CircuitBreakers {
         &self.breakers
+    }
+
+    /// Its endpoints' ejections, for the outlier detector.
+    pub fn ejections(&self) -> &Ejections {
+        &self.ejections
     }
 
     /// What the outlier detector waits on besides its interval.
@@ -493,6 +501,9 @@ impl ClusterHandle {
             if removed {
                 for endpoint in next.endpoints.values() {
                     endpoint.health().set(flag, false);
+                }
+                if flag == HealthFlags::EJECTED {
+                    self.ejections.clear();
                 }
             }
         }

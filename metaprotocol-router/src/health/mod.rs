@@ -26,7 +26,7 @@ use std::sync::Arc;
 use metaprotocol_core::{CodecFactory, Message, Probe};
 use tokio_util::sync::CancellationToken;
 
-pub(crate) use outlier::{OutlierCounters, OutlierThresholds};
+pub(crate) use outlier::{Ejections, OutlierCounters, OutlierThresholds};
 
 use crate::cluster::ClusterHandle;
 use crate::config::{ClusterSpec, ConfigError, HealthCheckSpec, ProbeSpec};

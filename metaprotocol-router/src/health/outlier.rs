@@ -10,14 +10,19 @@
 //! more than `max_ejection_percent` of the cluster's endpoints out at once (but one may always
 //! be out, see [`max_ejected`]). Every `interval` it
 //! returns endpoints whose time is up (with fresh streaks), and an endpoint back in rotation for
-//! a whole `base_ejection_time` sheds one step of its growing ejection time. An endpoint that a
-//! cluster update rebuilt (new pool settings) while ejected keeps its flag
-//! ([`crate::cluster`]'s rebuild carries it over): its ejection runs its course.
+//! a whole `base_ejection_time` sheds one step of its growing ejection time.
+//!
+//! What the detector knows of each endpoint's ejections ([`Ejections`]) belongs to the cluster,
+//! not to the detector: a cluster update restarts the detector when its settings or the health
+//! checks' change, and the successor goes on from the same record, so an ejection runs the
+//! course it was given and the count of recent ejections stands. An endpoint that an update
+//! rebuilt (new pool settings) keeps its flag, its streaks and its count of ejections
+//! ([`crate::cluster`]'s rebuild carries them over).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Weak;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard, Weak};
 
 use metaprotocol_core::ResponseStatus;
 use prometheus_client::metrics::gauge::Gauge;
@@ -135,6 +140,19 @@ impl OutlierCounters {
     pub fn ejections(&self) -> u32 {
         self.ejections.load(Ordering::Relaxed)
     }
+
+    /// Takes the streaks and the count of ejections of `replaced`, the endpoint this one
+    /// replaces at the same address (rebuilt by a cluster update): the same server, with the
+    /// same recent failures.
+    pub fn carry_over(&self, replaced: &OutlierCounters) {
+        for (mine, theirs) in [
+            (&self.upstream, &replaced.upstream),
+            (&self.local, &replaced.local),
+            (&self.ejections, &replaced.ejections),
+        ] {
+            mine.store(theirs.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
 }
 
 /// The detector's series.
@@ -182,23 +200,35 @@ struct Ejection {
     since: Instant,
 }
 
+/// The ejections of a cluster's endpoints, by address: kept by the cluster, so that a
+/// detector that replaces another (new settings) goes on from where it was. Locked by the
+/// detector once a tick, never on the request path.
+#[derive(Debug, Default)]
+pub(crate) struct Ejections(Mutex<HashMap<SocketAddr, Ejection>>);
+
+impl Ejections {
+    fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddr, Ejection>> {
+        match self.0.lock() {
+            Ok(ejected) => ejected,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Forgets every ejection (outlier detection was turned off, and its flags cleared).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    /// Endpoints ejected now.
+    fn active(&self) -> usize {
+        self.lock().values().filter(|e| e.until.is_some()).count()
+    }
+}
+
 /// Ejects and returns the endpoints of one cluster.
 struct Detector {
     policy: OutlierDetectionSpec,
-    ejected: HashMap<SocketAddr, Ejection>,
     stats: Stats,
-}
-
-impl Drop for Detector {
-    /// A detector replaced (its cluster's settings changed) or stopped takes its ejections out
-    /// of the shared gauge: its successor counts those it adopts.
-    fn drop(&mut self) {
-        for ejection in self.ejected.values() {
-            if ejection.until.is_some() {
-                self.stats.active.dec();
-            }
-        }
-    }
 }
 
 /// Runs the detector of `cluster` until `stop` (or the cluster is gone).
@@ -211,16 +241,20 @@ pub(super) async fn run(
         return;
     };
     let wake = handle.outlier_wake();
-    let mut detector = Detector {
+    let detector = Detector {
         policy,
-        ejected: HashMap::new(),
         stats: Stats::new(&handle),
     };
-    detector.adopt(&handle, Instant::now());
     drop(handle);
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => {
+                // Replaced, the successor counts the same ejections; turned off, there are none.
+                if let Some(handle) = cluster.upgrade() {
+                    detector.show_active(handle.ejections().active());
+                }
+                return;
+            }
             _ = tokio::time::sleep(detector.policy.interval) => {}
             _ = wake.notified() => {}
         }
@@ -242,44 +276,26 @@ impl Detector {
         u32::try_from(steps).unwrap_or(u32::MAX).max(1)
     }
 
-    /// Takes over endpoints an earlier detector of the cluster left ejected: they serve a base
-    /// ejection time from now.
-    fn adopt(&mut self, cluster: &ClusterHandle, now: Instant) {
-        for host in &cluster.snapshot().hosts {
-            if host.endpoint.health().has(HealthFlags::EJECTED) {
-                self.ejected.insert(
-                    host.endpoint.address(),
-                    Ejection {
-                        steps: 1,
-                        until: Some(deadline_after(now, self.policy.base_ejection_time)),
-                        since: now,
-                    },
-                );
-                self.stats.active.inc();
-            }
-        }
+    fn show_active(&self, active: usize) {
+        self.stats
+            .active
+            .set(i64::try_from(active).unwrap_or(i64::MAX));
     }
 
     /// Returns endpoints whose time is up, forgives old ejections, ejects endpoints over a
     /// threshold.
-    fn tick(&mut self, cluster: &ClusterHandle, now: Instant) {
+    fn tick(&self, cluster: &ClusterHandle, now: Instant) {
         let snapshot = cluster.snapshot();
         let hosts = &snapshot.hosts;
+        let mut ejected = cluster.ejections().lock();
         // A set, not a scan of the hosts per ejection: with 10,000 endpoints, a tenth of them
         // ejected, the scans took ten million comparisons a tick.
-        let present: HashSet<SocketAddr> = if self.ejected.is_empty() {
+        let present: HashSet<SocketAddr> = if ejected.is_empty() {
             HashSet::new()
         } else {
             hosts.iter().map(|h| h.endpoint.address()).collect()
         };
-        let stats = &self.stats;
-        self.ejected.retain(|address, ejection| {
-            let keep = present.contains(address);
-            if !keep && ejection.until.is_some() {
-                stats.active.dec();
-            }
-            keep
-        });
+        ejected.retain(|address, _| present.contains(address));
         let base = self.policy.base_ejection_time;
         let max_steps = self.max_steps();
         // The flags change together at the end: one snapshot for the tick, however many
@@ -287,7 +303,7 @@ impl Detector {
         let mut changes = Vec::new();
         for host in hosts.iter() {
             let endpoint = &host.endpoint;
-            let Some(ejection) = self.ejected.get_mut(&endpoint.address()) else {
+            let Some(ejection) = ejected.get_mut(&endpoint.address()) else {
                 continue;
             };
             match ejection.until {
@@ -295,7 +311,6 @@ impl Detector {
                     ejection.until = None;
                     ejection.since = now;
                     endpoint.outliers().reset();
-                    self.stats.active.dec();
                     changes.push((endpoint.address(), HealthFlags::EJECTED, false));
                     tracing::info!(cluster = %cluster.name(), endpoint = %endpoint.address(), "outlier detection: endpoint returns to rotation");
                 }
@@ -308,12 +323,11 @@ impl Detector {
                 _ => {}
             }
         }
-        let mut out = self.ejected.values().filter(|e| e.until.is_some()).count();
+        let mut out = ejected.values().filter(|e| e.until.is_some()).count();
         let max_out = max_ejected(self.policy.max_ejection_percent, hosts.len());
         for host in hosts.iter() {
             let endpoint = &host.endpoint;
-            let ejected_now = self
-                .ejected
+            let ejected_now = ejected
                 .get(&endpoint.address())
                 .is_some_and(|e| e.until.is_some());
             if ejected_now {
@@ -328,7 +342,7 @@ impl Detector {
                 continue;
             }
             out += 1;
-            let ejection = self.ejected.entry(endpoint.address()).or_insert(Ejection {
+            let ejection = ejected.entry(endpoint.address()).or_insert(Ejection {
                 steps: 0,
                 until: None,
                 since: now,
@@ -344,10 +358,13 @@ impl Detector {
                 .ejections
                 .fetch_add(1, Ordering::Relaxed);
             self.stats.ejections[reason as usize].inc();
-            self.stats.active.inc();
             changes.push((endpoint.address(), HealthFlags::EJECTED, true));
             tracing::warn!(cluster = %cluster.name(), endpoint = %endpoint.address(), reason = reason.name(), ejected_for = ?time, "outlier detection: endpoint ejected");
         }
+        self.show_active(out);
+        // Out of the lock: publishing takes the cluster's, which an update holds while it
+        // clears the ejections.
+        drop(ejected);
         cluster.set_health(&changes);
     }
 }
@@ -429,11 +446,10 @@ mod tests {
         }
     }
 
-    /// A detector of `c` with nothing ejected yet.
+    /// A detector of `c`, as its health monitor starts one.
     fn fresh_detector(c: &ClusterHandle) -> Result<Detector, &'static str> {
         Ok(Detector {
             policy: c.spec().outlier_detection.ok_or("no policy")?,
-            ejected: HashMap::new(),
             stats: Stats::new(c),
         })
     }
@@ -445,7 +461,7 @@ mod tests {
 endpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.0.0.1:3 }, { address: 127.0.0.1:4 } ]
 outlier_detection: { consecutive_errors: 3, base_ejection_time: 10s, max_ejection_time: 25s, max_ejection_percent: 50 }",
         )?;
-        let mut detector = fresh_detector(&c)?;
+        let detector = fresh_detector(&c)?;
         fail(&c, 1, 2);
         detector.tick(&c, Instant::now());
         assert_eq!(picked(&c).len(), 4, "two errors are not three");
@@ -488,7 +504,7 @@ outlier_detection: {{ consecutive_errors: 3, max_ejection_percent: {percent} }}"
             )
         };
         let c = cluster(&yaml(10))?;
-        let mut detector = fresh_detector(&c)?;
+        let detector = fresh_detector(&c)?;
         fail(&c, 1, 3);
         fail(&c, 2, 3);
         detector.tick(&c, Instant::now());
@@ -497,7 +513,7 @@ outlier_detection: {{ consecutive_errors: 3, max_ejection_percent: {percent} }}"
         assert_eq!(detector.stats.overflow.get(), 1);
 
         let c = cluster(&yaml(0))?;
-        let mut detector = fresh_detector(&c)?;
+        let detector = fresh_detector(&c)?;
         fail(&c, 1, 3);
         detector.tick(&c, Instant::now());
         assert_eq!(picked(&c).len(), 3, "0% ejects none");
@@ -517,7 +533,7 @@ outlier_detection: {{ consecutive_errors: 3, max_ejection_percent: {percent} }}"
 endpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 } ]
 outlier_detection: { consecutive_errors: 3, base_ejection_time: 10s, max_ejection_time: 25s, max_ejection_percent: 50 }",
         )?;
-        let mut detector = fresh_detector(&c)?;
+        let detector = fresh_detector(&c)?;
         for _ in 0..20 {
             fail(&c, 1, 3);
             detector.tick(&c, Instant::now());
@@ -551,7 +567,7 @@ outlier_detection: { consecutive_errors: 3, base_ejection_time: 10s, max_ejectio
 endpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.0.0.1:3 }, { address: 127.0.0.1:4 } ]
 outlier_detection: { consecutive_errors: 3, base_ejection_time: 10s, max_ejection_percent: 50 }",
         )?;
-        let mut detector = fresh_detector(&c)?;
+        let detector = fresh_detector(&c)?;
         let version = c.snapshot().version;
         fail(&c, 1, 3);
         fail(&c, 2, 3);
@@ -580,7 +596,7 @@ outlier_detection: {{ consecutive_errors: 3, base_ejection_time: 10s, max_ejecti
             )
         };
         let c = cluster(&yaml("1m"))?;
-        let mut detector = fresh_detector(&c)?;
+        let detector = fresh_detector(&c)?;
         fail(&c, 1, 3);
         detector.tick(&c, Instant::now());
         assert_eq!(picked(&c), [addr(2)].into());
@@ -607,25 +623,74 @@ outlier_detection: {{ consecutive_errors: 3, base_ejection_time: 10s, max_ejecti
 endpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 } ]
 outlier_detection: { consecutive_errors: 3, base_ejection_time: 10000000000000000000s, max_ejection_time: 10000000000000000000s, max_ejection_percent: 50 }",
         )?;
-        let mut detector = fresh_detector(&c)?;
+        let detector = fresh_detector(&c)?;
         fail(&c, 1, 3);
         detector.tick(&c, Instant::now());
         assert!(c.status().endpoints[0].ejected);
-        // A detector that takes over (the cluster's settings changed) adopts the ejection, and
-        // the one it replaces takes its count out of the shared gauge.
-        let active = detector.stats.active.clone();
-        let mut successor = fresh_detector(&c)?;
-        successor.adopt(&c, Instant::now());
+        // A detector that takes over (the cluster's settings changed) goes on with the
+        // ejection, and counts it in the shared gauge once.
+        let successor = fresh_detector(&c)?;
         drop(detector);
-        assert_eq!(active.get(), 1);
         tokio::time::advance(Duration::from_secs(3600)).await;
         successor.tick(&c, Instant::now());
         assert!(
             c.status().endpoints[0].ejected,
             "still ejected an hour later"
         );
-        drop(successor);
-        assert_eq!(active.get(), 0, "no detector, nothing counted");
+        assert_eq!(successor.stats.active.get(), 1);
+        Ok(())
+    }
+
+    /// Cluster updates that restart the detector (new outlier settings) and rebuild the
+    /// endpoints (a new `idle_timeout`) leave ejections as they were: a second ejection (twice
+    /// the base time) runs its whole course, not a base time from the update, and the endpoint
+    /// keeps its count of ejections; an update without outlier detection ends them.
+    #[tokio::test(start_paused = true)]
+    async fn an_update_keeps_ejections_running_their_course()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let yaml = |idle: &str, interval: &str| {
+            format!(
+                "name: c
+endpoints: [ {{ address: 127.0.0.1:1 }}, {{ address: 127.0.0.1:2 }} ]
+idle_timeout: {idle}
+outlier_detection: {{ consecutive_errors: 3, interval: {interval}, base_ejection_time: 60s, max_ejection_percent: 50 }}"
+            )
+        };
+        let c = cluster(&yaml("1m", "1s"))?;
+        c.start_health();
+        let ejected = || c.status().endpoints[0].ejected;
+        fail(&c, 1, 3);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(ejected(), "first ejection: 60 s");
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        assert!(!ejected());
+        fail(&c, 1, 3);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(ejected(), "second ejection: 120 s");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let updated = crate::config::ClusterSpec::from_yaml(&yaml("2m", "2s"))?;
+        c.update(&updated, None, None, &crate::cluster::Resolved::new())?;
+        tokio::time::sleep(Duration::from_secs(70)).await;
+        assert!(ejected(), "80 s into a 120 s ejection");
+        assert_eq!(c.status().endpoints[0].ejections, 2, "the count stands");
+        tokio::time::sleep(Duration::from_secs(45)).await;
+        assert!(!ejected(), "back when its 120 s are up");
+
+        fail(&c, 1, 3);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(ejected());
+        let off = crate::config::ClusterSpec::from_yaml(
+            "name: c\nendpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 } ]",
+        )?;
+        c.update(&off, None, None, &crate::cluster::Resolved::new())?;
+        assert!(!ejected(), "detection off: no ejection");
+        c.update(&updated, None, None, &crate::cluster::Resolved::new())?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            !ejected(),
+            "detection back on: the old ejection is forgotten"
+        );
+        c.stop_health();
         Ok(())
     }
 }
