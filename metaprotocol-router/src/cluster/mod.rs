@@ -203,6 +203,8 @@ impl ClusterHandle {
         let breakers = Arc::new(CircuitBreakers::new(&scope, spec.circuit_breakers.as_ref()));
         let outlier_thresholds = OutlierThresholds::default();
         outlier_thresholds.set(spec.outlier_detection.as_ref());
+        let ejections = Ejections::default();
+        ejections.set_policy(spec.outlier_detection.as_ref());
         let mut state = ClusterState {
             spec: spec.clone(),
             protocol,
@@ -234,7 +236,7 @@ impl ClusterHandle {
             breakers,
             outlier_thresholds,
             outlier_wake: Arc::new(Notify::new()),
-            ejections: Ejections::default(),
+            ejections,
             records_latency: AtomicBool::new(spec.lb_policy == LbPolicy::PeakEwma),
             retired: AtomicBool::new(false),
         }))
@@ -373,6 +375,27 @@ impl ClusterHandle {
             self.rebuild_soon(&mut state);
         }
         changed
+    }
+
+    /// Ends the ejections of those of `addresses` (endpoints active health checks found
+    /// healthy) that outlier detection ejected, when its policy says so, with fresh failure
+    /// streaks; returns the changes that bring them back, for [`ClusterHandle::set_health`].
+    pub fn readmit(&self, addresses: &[SocketAddr]) -> Vec<(SocketAddr, u8, bool)> {
+        let state = self.lock();
+        let now = Instant::now();
+        addresses
+            .iter()
+            .filter_map(|&address| {
+                let endpoint = state.endpoints.get(&address)?;
+                if !endpoint.health().has(HealthFlags::EJECTED)
+                    || !self.ejections.readmit(address, now)
+                {
+                    return None;
+                }
+                endpoint.outliers().reset();
+                Some((address, HealthFlags::EJECTED, false))
+            })
+            .collect()
     }
 
     /// A lease on the subset whose endpoints carry all of `labels`, registering it (and
@@ -524,6 +547,7 @@ impl ClusterHandle {
         *state = next;
         self.breakers.set_limits(spec.circuit_breakers.as_ref());
         self.outlier_thresholds.set(spec.outlier_detection.as_ref());
+        self.ejections.set_policy(spec.outlier_detection.as_ref());
         self.records_latency
             .store(spec.lb_policy == LbPolicy::PeakEwma, Ordering::Relaxed);
         state.builds.requested += 1;

@@ -448,6 +448,10 @@ pub struct OutlierDetectionSpec {
     /// The longest an ejection lasts, however often the endpoint was ejected.
     #[serde(default = "five_minutes", with = "humantime_serde")]
     pub max_ejection_time: Duration,
+    /// Return an ejected endpoint to rotation as soon as an active health check finds it
+    /// healthy, however long its ejection had to run.
+    #[serde(default = "yes")]
+    pub successful_active_health_check_uneject_host: bool,
 }
 
 impl OutlierDetectionSpec {
@@ -470,6 +474,10 @@ impl OutlierDetectionSpec {
 
 fn five_minutes() -> Duration {
     Duration::from_secs(300)
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Periodic checks of every endpoint: those failing `unhealthy_threshold` checks in a row leave

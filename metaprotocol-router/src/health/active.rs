@@ -14,8 +14,9 @@
 //! the proxy's credentials (bRPC's `ERPCAUTH`), which fails the check: such a server serves none
 //! of the proxy's calls. After `unhealthy_threshold` failed
 //! checks in a row an endpoint gets the `FAILED_ACTIVE_CHECK` flag and leaves rotation; after
-//! `healthy_threshold` passed checks in a row it returns. The first round runs as soon as the
-//! checker starts.
+//! `healthy_threshold` passed checks in a row it returns. An endpoint whose checks say it is
+//! healthy (`healthy_threshold` passed in a row) and that outlier detection ejected returns too
+//! (see [`ClusterHandle::readmit`]). The first round runs as soon as the checker starts.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -210,6 +211,7 @@ fn record(
     stats: &Stats,
 ) {
     let mut verdicts = Vec::new();
+    let mut healthy = Vec::new();
     for (address, passed) in results {
         let Some(checked) = endpoints.get_mut(&address) else {
             continue;
@@ -223,19 +225,28 @@ fn record(
             checked.failed = checked.failed.saturating_add(1);
             checked.passed = 0;
         }
-        if let Some(failing) = verdict(checked, spec) {
+        let verdict = verdict(checked, spec);
+        if let Some(failing) = verdict {
             verdicts.push((address, HealthFlags::FAILED_ACTIVE_CHECK, failing));
         }
+        if verdict == Some(false) {
+            healthy.push(address);
+        }
     }
+    // In the same snapshot as the verdicts.
+    verdicts.extend(handle.readmit(&healthy));
     let changed = handle.set_health(&verdicts);
-    for (&(address, _, failing), changed) in verdicts.iter().zip(changed) {
-        match (changed, failing) {
-            (false, _) => {}
-            (true, true) => {
+    for (&(address, flag, on), changed) in verdicts.iter().zip(changed) {
+        match (changed, flag, on) {
+            (false, _, _) => {}
+            (true, HealthFlags::EJECTED, _) => {
+                tracing::info!(cluster = %handle.name(), endpoint = %address, "health check passed: endpoint ejected by outlier detection returns to rotation");
+            }
+            (true, _, true) => {
                 let failed = endpoints.get(&address).map_or(0, |c| c.failed);
                 tracing::warn!(cluster = %handle.name(), endpoint = %address, failed, "health check: endpoint leaves rotation");
             }
-            (true, false) => {
+            (true, _, false) => {
                 tracing::info!(cluster = %handle.name(), endpoint = %address, "health check: endpoint returns to rotation");
             }
         }
@@ -306,6 +317,67 @@ health_check: {{ interval: 50ms, timeout: 200ms, unhealthy_threshold: 2, healthy
         assert!(until_failing(&c, 1, false).await, "{:?}", c.status());
         c.stop_health();
         drop(back);
+        Ok(())
+    }
+
+    /// An endpoint that outlier detection ejected for an hour returns as soon as its checks
+    /// find it healthy (Envoy's `successful_active_health_check_uneject_host`), with fresh
+    /// streaks; turned off, it stays ejected however many checks pass.
+    #[tokio::test]
+    async fn a_passing_check_ends_an_ejection() -> Result<(), Box<dyn std::error::Error>> {
+        use metaprotocol_core::ResponseStatus;
+
+        use crate::health::OutlierThresholds;
+        use crate::router::AttemptOutcome;
+
+        let first = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let second = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        for readmit in [true, false] {
+            let c = cluster(&format!(
+                "name: c
+endpoints: [ {{ address: \"{}\" }}, {{ address: \"{}\" }} ]
+outlier_detection: {{ consecutive_errors: 3, base_ejection_time: 1h, max_ejection_time: 1h, successful_active_health_check_uneject_host: {readmit} }}
+health_check: {{ interval: 50ms, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1 }}",
+                first.local_addr()?,
+                second.local_addr()?
+            ))?;
+            c.start_health();
+            let endpoint = c.snapshot().hosts[0].endpoint.clone();
+            let error = AttemptOutcome::Answered(ResponseStatus::ServerError);
+            for _ in 0..3 {
+                c.attempt_ended(
+                    &endpoint,
+                    &error,
+                    Duration::ZERO,
+                    tokio::time::Instant::now(),
+                );
+            }
+            let ejected_once = async {
+                while c.status().endpoints[0].ejections == 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(10), ejected_once).await?;
+            if readmit {
+                let back = async {
+                    while c.status().endpoints[0].ejected {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                };
+                tokio::time::timeout(Duration::from_secs(10), back).await?;
+                // Fresh streaks: the third error in a row reaches the threshold again.
+                let thresholds = OutlierThresholds::default();
+                thresholds.set(c.spec().outlier_detection.as_ref());
+                let reached: Vec<bool> = (0..3)
+                    .map(|_| endpoint.outliers().record(&error, &thresholds))
+                    .collect();
+                assert_eq!(reached, [false, false, true]);
+            } else {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                assert!(c.status().endpoints[0].ejected, "{:?}", c.status());
+            }
+            c.stop_health();
+        }
         Ok(())
     }
 

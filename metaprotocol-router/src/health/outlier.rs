@@ -18,10 +18,14 @@
 //! course it was given and the count of recent ejections stands. An endpoint that an update
 //! rebuilt (new pool settings) keeps its flag, its streaks and its count of ejections
 //! ([`crate::cluster`]'s rebuild carries them over).
+//!
+//! An active health check that finds an ejected endpoint healthy returns it at once, with fresh
+//! streaks (`successful_active_health_check_uneject_host`, Envoy's, on unless turned off): see
+//! [`Ejections::readmit`].
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard, Weak};
 
 use metaprotocol_core::ResponseStatus;
@@ -131,7 +135,8 @@ impl OutlierCounters {
         }
     }
 
-    fn reset(&self) {
+    /// Ends both streaks.
+    pub fn reset(&self) {
         self.upstream.store(0, Ordering::Relaxed);
         self.local.store(0, Ordering::Relaxed);
     }
@@ -204,11 +209,39 @@ struct Ejection {
 /// detector that replaces another (new settings) goes on from where it was. Locked by the
 /// detector once a tick, never on the request path.
 #[derive(Debug, Default)]
-pub(crate) struct Ejections(Mutex<HashMap<SocketAddr, Ejection>>);
+pub(crate) struct Ejections {
+    ejected: Mutex<HashMap<SocketAddr, Ejection>>,
+    /// `successful_active_health_check_uneject_host` of the cluster's policy.
+    readmit_on_check: AtomicBool,
+}
 
 impl Ejections {
+    /// Applies a cluster config's policy (none: detection off).
+    pub fn set_policy(&self, policy: Option<&OutlierDetectionSpec>) {
+        let readmit = policy.is_some_and(|p| p.successful_active_health_check_uneject_host);
+        self.readmit_on_check.store(readmit, Ordering::Relaxed);
+    }
+
+    /// Ends the ejection of the endpoint at `address`, which an active health check found
+    /// healthy, when the policy says so; true if it was ejected. Its ejections so far still
+    /// count toward the length of its next one.
+    pub fn readmit(&self, address: SocketAddr, now: Instant) -> bool {
+        if !self.readmit_on_check.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut ejected = self.lock();
+        match ejected.get_mut(&address) {
+            Some(ejection) if ejection.until.is_some() => {
+                ejection.until = None;
+                ejection.since = now;
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddr, Ejection>> {
-        match self.0.lock() {
+        match self.ejected.lock() {
             Ok(ejected) => ejected,
             Err(poisoned) => poisoned.into_inner(),
         }
@@ -396,6 +429,7 @@ mod tests {
             base_ejection_time: Duration::from_secs(10),
             max_ejection_percent: 50.0,
             max_ejection_time: Duration::from_secs(25),
+            successful_active_health_check_uneject_host: true,
         }
     }
 
