@@ -1144,6 +1144,7 @@ async fn a_retry_due_after_the_deadline_is_not_started() -> TestResult {
 async fn mirroring_to_a_silent_server(
     provider: &DemoProvider,
     route: &str,
+    mirror_cluster: &str,
 ) -> TestResult<(Proxy, SocketAddr, tokio::task::JoinHandle<()>)> {
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let shadow = silent.local_addr()?;
@@ -1157,7 +1158,7 @@ async fn mirroring_to_a_silent_server(
     let yaml = config(
         route,
         &format!(
-            "{}  - name: m\n    endpoints: [ {{ address: \"{shadow}\" }} ]\n",
+            "{}  - name: m\n    endpoints: [ {{ address: \"{shadow}\" }} ]\n{mirror_cluster}",
             endpoints(&[provider], &[])
         ),
     );
@@ -1174,6 +1175,7 @@ async fn copies_dropped_over_the_mirror_budget_are_no_upstream_requests() -> Tes
     let (proxy, address, server) = mirroring_to_a_silent_server(
         &provider,
         ", timeout: 1s, mirror: { cluster: m, max_in_flight: 1 }",
+        "",
     )
     .await?;
     let client = DubboClient::new(address);
@@ -1200,6 +1202,49 @@ async fn copies_dropped_over_the_mirror_budget_are_no_upstream_requests() -> Tes
     Ok(())
 }
 
+/// Copies count against the mirror cluster's circuit breakers as any request to it: with
+/// `max_requests: 1` and the first copy unanswered, the next copies are dropped (counted as
+/// dropped and as the breaker's overflows), not sent past the limit; the client's calls are
+/// answered all the same.
+#[tokio::test]
+async fn copies_over_the_mirror_clusters_circuit_breaker_are_dropped() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let (proxy, address, server) = mirroring_to_a_silent_server(
+        &provider,
+        ", timeout: 1s, mirror: { cluster: m, max_in_flight: 100 }",
+        "    circuit_breakers: { max_requests: 1 }\n",
+    )
+    .await?;
+    let client = DubboClient::new(address);
+    let sample = |name: &str, labels: &[(&str, &str)]| {
+        support::metrics::sample(&proxy.metrics().render(), name, labels)
+    };
+    for _ in 0..3 {
+        assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, 20);
+    }
+    let mirrored = |outcome: &str| {
+        sample(
+            "metaprotocol_route_mirror_rq_total",
+            &[("outcome", outcome)],
+        )
+    };
+    assert_eq!((mirrored("sent"), mirrored("dropped")), (1.0, 2.0));
+    assert_eq!(
+        sample(
+            "metaprotocol_upstream_overflow_total",
+            &[("cluster", "m"), ("breaker", "max_requests")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample("metaprotocol_upstream_rq_total", &[("cluster", "m")]),
+        1.0
+    );
+    proxy.shutdown().await;
+    server.abort();
+    Ok(())
+}
+
 /// A route without a timeout (`timeout: 0s`) mirroring to a cluster that takes copies and
 /// never answers: a copy has no client waiting for it, so it waits 15 s at most (the default
 /// route timeout) and then gives back its place in the mirror's `max_in_flight`, rather than
@@ -1210,6 +1255,7 @@ async fn copies_of_requests_without_a_deadline_give_back_their_mirror_slot() -> 
     let (proxy, address, server) = mirroring_to_a_silent_server(
         &provider,
         ", timeout: 0s, mirror: { cluster: m, max_in_flight: 2 }",
+        "",
     )
     .await?;
     let client = DubboClient::new(address);

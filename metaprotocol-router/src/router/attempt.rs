@@ -7,7 +7,7 @@ use std::sync::Arc;
 use metaprotocol_core::{Message, Mutation};
 use tokio::time::Instant;
 
-use crate::cluster::{ActiveRequest, Breaker, Endpoint, Host};
+use crate::cluster::{ActiveRequest, Breaker, ClusterHandle, Endpoint, Host};
 use crate::route::Target;
 use crate::upstream::{Outbound, Rejected, ReplyTo, UpstreamError};
 
@@ -101,6 +101,14 @@ pub(crate) fn send(
     )
 }
 
+/// The breaker of `cluster` that refuses one more attempt (counting its overflow), if one
+/// does.
+pub(crate) fn over_limit(cluster: &ClusterHandle) -> Option<Breaker> {
+    [Breaker::Requests, Breaker::PendingRequests]
+        .into_iter()
+        .find(|&breaker| !cluster.breakers().admits(breaker, cluster.stats()))
+}
+
 /// Checks the cluster's breakers, picks an endpoint of `target` and queues `request` on it,
 /// with the mutation `mutation` makes for the endpoint picked.
 pub(crate) fn start(
@@ -110,11 +118,8 @@ pub(crate) fn start(
     spec: AttemptSpec<'_>,
     reply: ReplyTo,
 ) -> Started {
-    let cluster = &target.cluster;
-    for breaker in [Breaker::Requests, Breaker::PendingRequests] {
-        if !cluster.breakers().admits(breaker, cluster.stats()) {
-            return Started::Overflow(breaker);
-        }
+    if let Some(breaker) = over_limit(&target.cluster) {
+        return Started::Overflow(breaker);
     }
     let AttemptSpec {
         number,

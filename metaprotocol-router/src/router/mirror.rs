@@ -4,7 +4,8 @@
 //! balancing as any attempt, and its answer goes to a discarding waiter
 //! ([`crate::upstream::Discard`]) that counts it: the client's request never waits for it and
 //! never sees its failure. Copies in flight to a cluster are bounded; over the bound a copy is
-//! dropped and counted. A copy waits for its answer until the request's deadline, and at most
+//! dropped and counted, and so is a copy the mirror cluster's circuit breakers refuse (its
+//! `max_requests` or `max_pending_requests`, which the copies count toward as any attempt). A copy waits for its answer until the request's deadline, and at most
 //! the default route timeout when the request has none ([`super::timeout::copy_deadline`]).
 
 use std::sync::Arc;
@@ -64,6 +65,12 @@ impl MirrorPolicy {
         stats: &RouteStats,
     ) {
         if !self.chosen() {
+            return;
+        }
+        // Copies load the mirror cluster as any request does: its limits protect it from
+        // them too (the breaker counts its overflow).
+        if attempt::over_limit(&self.target.cluster).is_some() {
+            stats.mirror_dropped.inc();
             return;
         }
         // The budget before the pick: picking counts an attempt on the endpoint and its cluster
