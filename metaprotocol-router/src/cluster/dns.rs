@@ -6,6 +6,12 @@
 //! timeout, not one per name.
 //! A name's addresses are kept sorted, and at most [`MAX_ADDRESSES_PER_NAME`] of them (the
 //! lowest).
+//!
+//! Records' TTLs are not honoured: the system's resolver (`getaddrinfo`, through
+//! [`tokio::net::lookup_host`]) answers with addresses alone, so names are resolved every
+//! `dns_refresh_rate` whatever their TTLs. Reading TTLs would take a DNS client of our own in
+//! place of the system's, which would lose what `nsswitch.conf` configures (LDAP, mDNS,
+//! systemd-resolved's own rules) and add a dependency.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
