@@ -180,7 +180,8 @@ async fn fault_delays_its_share_and_aborts_with_the_chosen_kind() -> TestResult 
         "in",
         "[ { name: fault, config: { match: { metadata: [ { key: method, exact: sayHello } ] },
                                     delay: { fixed_delay: 300ms, percentage: 50 } } },
-           { name: fault, config: { match: { metadata: [ { key: method, exact: sayGoodbye } ] },
+           { name: fault, stat_name: goodbyes,
+             config: { match: { metadata: [ { key: method, exact: sayGoodbye } ] },
                                     abort: { kind: unavailable, percentage: 100 } } } ]",
     )])
     .await?;
@@ -231,7 +232,7 @@ async fn fault_delays_its_share_and_aborts_with_the_chosen_kind() -> TestResult 
     assert_eq!(
         metric(
             &proxy,
-            "metaprotocol_fault_aborts_injected_total{listener=\"in\",filter=\"fault\"}"
+            "metaprotocol_fault_aborts_injected_total{listener=\"in\",filter=\"fault.goodbyes\"}"
         ),
         1.0
     );
@@ -280,6 +281,75 @@ async fn rbac_denies_by_method_and_shadow_mode_counts_but_allows() -> TestResult
     assert_eq!(completed(&proxy, "shadow", "unauthorized"), 0.0);
     assert_eq!(completed(&proxy, "shadow", "success"), 4.0);
     proxy.shutdown().await;
+    Ok(())
+}
+
+/// Two filters of one kind on a listener added up into one series, which could not be told
+/// apart: each now has its own (`stat_name`), and a chain where two would share theirs is
+/// refused.
+#[tokio::test]
+async fn two_filters_of_one_kind_keep_series_of_their_own() -> TestResult {
+    let (provider, proxy) = start(&[(
+        "in",
+        "[ { name: local_ratelimit, config: { conditions: [
+               { match: { metadata: [ { key: method, exact: sayHello } ] },
+                 token_bucket: { max_tokens: 1, fill_interval: 1h } } ] } },
+           { name: local_ratelimit, stat_name: per_listener,
+             config: { token_bucket: { max_tokens: 3, fill_interval: 1h } } } ]",
+    )])
+    .await?;
+    let client = DubboClient::new(listener_addr(&proxy, "in")?);
+    let mut statuses = Vec::new();
+    for method in ["sayHello", "sayHello", "sayBye", "sayBye", "sayBye"] {
+        statuses.push(client.call(method, "a", &[]).await?.dubbo_status);
+    }
+    assert_eq!(statuses, [OK, OVER_LIMIT, OK, OK, OVER_LIMIT]);
+    assert_eq!(provider.seen().len(), 3);
+    let series = |filter: &str, decision: &str| {
+        metric(
+            &proxy,
+            &format!(
+                "metaprotocol_ratelimit_decisions_total{{listener=\"in\",filter=\"{filter}\",decision=\"{decision}\"}}"
+            ),
+        )
+    };
+    assert_eq!(series("local_ratelimit", "ok"), 1.0);
+    assert_eq!(series("local_ratelimit", "over_limit"), 1.0);
+    assert_eq!(series("local_ratelimit.per_listener", "ok"), 3.0);
+    assert_eq!(series("local_ratelimit.per_listener", "over_limit"), 1.0);
+    proxy.shutdown().await;
+
+    let bucket = "config: { token_bucket: { max_tokens: 1, fill_interval: 1s } }";
+    for (filters, reason) in [
+        (
+            format!(
+                "[ {{ name: local_ratelimit, {bucket} }}, {{ name: local_ratelimit, {bucket} }} ]"
+            ),
+            "listeners[0].filters[1].stat_name: would share the series of filters[0]",
+        ),
+        (
+            format!(
+                "[ {{ name: local_ratelimit, stat_name: a, {bucket} }},
+                   {{ name: local_ratelimit, stat_name: a, {bucket} }} ]"
+            ),
+            "listeners[0].filters[1].stat_name: would share the series of filters[0]",
+        ),
+        (
+            format!("[ {{ name: local_ratelimit, stat_name: \"per user\", {bucket} }} ]"),
+            "listeners[0].filters[0].stat_name: `per user` is not",
+        ),
+    ] {
+        let yaml = config(&[("in", &filters)], provider.address(), |_| {
+            "127.0.0.1:0".to_owned()
+        });
+        match start_engine(&yaml).await {
+            Ok(proxy) => {
+                proxy.shutdown().await;
+                return Err(format!("accepted: {filters}").into());
+            }
+            Err(err) => assert!(err.to_string().contains(reason), "{err}"),
+        }
+    }
     Ok(())
 }
 

@@ -164,6 +164,7 @@ async fn no_route_and_timeouts_are_call_errors() -> TestResult {
 async fn the_filter_chain_runs_on_every_call() -> TestResult {
     let filters = vec![FilterSpec {
         name: "lua".into(),
+        stat_name: None,
         config: serde_json::json!({ "source": include_str!("../filters/tenant.lua"), "counters": ["fast_lane"] }),
     }];
     let world = world(filters, FilterRegistry::with_builtins()).await?;
@@ -214,6 +215,7 @@ async fn tower_layers_compose_and_abandoned_calls_complete_once() -> TestResult 
     });
     let filters = vec![FilterSpec {
         name: "completions".into(),
+        stat_name: None,
         config: serde_json::Value::Null,
     }];
     let world = world(filters, registry).await?;
@@ -280,6 +282,7 @@ async fn a_call_whose_filters_never_resume_times_out() -> TestResult {
     registry.register("stall", |_, _| Ok(Arc::new(Stall) as Arc<dyn L7Filter>));
     let filters = vec![FilterSpec {
         name: "stall".into(),
+        stat_name: None,
         config: serde_json::Value::Null,
     }];
     let world = world(filters, registry).await?;

@@ -125,6 +125,10 @@ impl ListenerSpec {
 pub struct FilterSpec {
     /// The registered filter name (`local_ratelimit`, `rbac` ... or your own).
     pub name: String,
+    /// Tells this filter's series apart from those of another filter of the same name in the
+    /// chain: their `filter` label is `<name>.<stat_name>` instead of `<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stat_name: Option<String>,
     /// The filter's own config, checked by the filter's factory.
     #[serde(default)]
     pub config: serde_json::Value,

@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use metaprotocol_core::{L7Filter, RequestContext, RoutingView};
 
-use crate::config::{ConfigError, MatchSpec};
+use crate::config::{ConfigError, FilterSpec, MatchSpec};
 use crate::route::RequestMatcher;
 use crate::stats::{Metrics, MetricsScope};
 
@@ -212,6 +212,48 @@ const PLANNED_BUILTINS: &[&str] = &[
     #[cfg(not(feature = "lua"))]
     "lua",
 ];
+
+/// The longest `stat_name`.
+const MAX_STAT_NAME_CHARS: usize = 64;
+
+/// The `filter` label of each of a chain's `filters`: its name, or with a `stat_name`
+/// `<name>.<stat_name>`. Two filters with one label would add up into series nobody could tell
+/// apart: an error naming the second. Errors name the filter (`filters[1].stat_name`).
+pub(crate) fn series_labels(filters: &[FilterSpec]) -> Result<Vec<String>, ConfigError> {
+    let mut labels: Vec<String> = Vec::with_capacity(filters.len());
+    for (f, filter) in filters.iter().enumerate() {
+        let at = format!("filters[{f}].stat_name");
+        let label = match &filter.stat_name {
+            None => filter.name.clone(),
+            Some(stat_name) => {
+                let valid = !stat_name.is_empty()
+                    && stat_name.chars().count() <= MAX_STAT_NAME_CHARS
+                    && stat_name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                if !valid {
+                    return Err(ConfigError::new(
+                        at,
+                        format!(
+                            "`{stat_name}` is not 1 to {MAX_STAT_NAME_CHARS} ASCII letters, digits, `_` and `-`"
+                        ),
+                    ));
+                }
+                format!("{}.{stat_name}", filter.name)
+            }
+        };
+        if let Some(first) = labels.iter().position(|other| *other == label) {
+            return Err(ConfigError::new(
+                at,
+                format!(
+                    "would share the series of filters[{first}] (`filter=\"{label}\"`), adding up with them; give one of the two a `stat_name` of its own"
+                ),
+            ));
+        }
+        labels.push(label);
+    }
+    Ok(labels)
+}
 
 /// Checks and compiles a filter rule's `match` (errors name fields within it).
 pub(crate) fn rule(spec: &MatchSpec) -> Result<RequestMatcher, ConfigError> {

@@ -171,13 +171,15 @@ impl Builder<'_> {
         scope: &MetricsScope,
         filters: &[FilterSpec],
     ) -> Result<FilterChain, ConfigError> {
+        let labels = crate::filters::series_labels(filters)?;
         let chain = filters
             .iter()
+            .zip(&labels)
             .enumerate()
-            .map(|(f, filter)| {
+            .map(|(f, (filter, label))| {
                 let context = FilterContext::new(
                     listener.clone(),
-                    scope.with_label("filter", &filter.name),
+                    scope.with_label("filter", label),
                     self.shared.clone(),
                 );
                 self.filters
