@@ -4,7 +4,10 @@
 //! A delayed request waits ([`FilterDecision::Wait`]) without holding up any other request of
 //! its connection; an aborted one is answered with the protocol's error reply of the chosen
 //! kind. A request may be both delayed and aborted (it is aborted after its delay). Both are
-//! counted, and flagged in the request's record (`DI`, `FI`).
+//! counted, and flagged in the request's record (`DI`, `FI`). With `max_active_faults`, a
+//! request drawn for a fault while that many are in effect (held in their delay) goes on
+//! unfaulted, counted as an overflow: a delay at 100% under load then holds a bounded number
+//! of requests, not every one.
 //!
 //! ```yaml
 //! - name: fault
@@ -15,6 +18,7 @@
 //! ```
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use metaprotocol_core::{
@@ -43,6 +47,9 @@ pub(crate) struct FaultSpec {
     delay: Option<DelaySpec>,
     #[serde(default)]
     abort: Option<AbortSpec>,
+    /// The most faults in effect at once; no limit when absent.
+    #[serde(default)]
+    max_active_faults: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,11 +134,27 @@ pub(crate) fn build(
     if delay.is_none() && abort.is_none() {
         return Err(ConfigError::new("", "needs `delay`, `abort` or both"));
     }
+    if spec.max_active_faults == Some(0) {
+        return Err(ConfigError::new(
+            "max_active_faults",
+            "must be at least 1 (leave it out for no limit)",
+        ));
+    }
     let metrics = context.metrics();
     Ok(Arc::new(Fault {
         matcher,
         delay,
         abort,
+        active: spec.max_active_faults.map(|max| {
+            Arc::new(ActiveFaults {
+                count: AtomicU32::new(0),
+                max,
+            })
+        }),
+        overflow: metrics.counter(
+            "fault_overflow",
+            "Requests drawn for a fault that went on unfaulted, max_active_faults being in effect",
+        ),
         delays_injected: metrics.counter(
             "fault_delays_injected",
             "Requests delayed by fault injection",
@@ -148,8 +171,40 @@ struct Fault {
     matcher: RequestMatcher,
     delay: Option<(Duration, Share)>,
     abort: Option<(LocalReplyKind, Share)>,
+    /// Set with `max_active_faults`.
+    active: Option<Arc<ActiveFaults>>,
+    overflow: Counter,
     delays_injected: Counter,
     aborts_injected: Counter,
+}
+
+/// The faults in effect at once, against `max_active_faults`.
+#[derive(Debug)]
+struct ActiveFaults {
+    count: AtomicU32,
+    max: u32,
+}
+
+impl ActiveFaults {
+    /// One more fault in effect until the hold is dropped; `None` when `max` already are.
+    fn hold(self: &Arc<Self>) -> Option<FaultHold> {
+        self.count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |count| {
+                (count < self.max).then_some(count + 1)
+            })
+            .ok()?;
+        Some(FaultHold(self.clone()))
+    }
+}
+
+/// A fault in effect: an abort for the instant it is decided, a delay while it holds its
+/// request (dropped with the wait, whether it ran out or its request ended first).
+struct FaultHold(Arc<ActiveFaults>);
+
+impl Drop for FaultHold {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl L7Filter for Fault {
@@ -172,6 +227,16 @@ impl L7Filter for Fault {
             .delay
             .filter(|(_, share)| share.draw())
             .map(|(delay, _)| delay);
+        if abort.is_none() && delay.is_none() {
+            return FilterDecision::Continue;
+        }
+        let hold = match self.active.as_ref().map(ActiveFaults::hold) {
+            Some(None) => {
+                self.overflow.inc();
+                return FilterDecision::Continue;
+            }
+            hold => hold.flatten(),
+        };
         let flags = &mut ctx.record.outcome.flags;
         let decision = match abort {
             Some(kind) => {
@@ -187,6 +252,7 @@ impl L7Filter for Fault {
                 self.delays_injected.inc();
                 flags.insert(ResponseFlags::DELAY_INJECTED);
                 FilterDecision::Wait(Box::pin(async move {
+                    let _in_effect = hold;
                     tokio::time::sleep(delay).await;
                     Resume::new(decision)
                 }))
@@ -278,6 +344,48 @@ mod tests {
         Ok(())
     }
 
+    /// A delay at 100% under load held every call it delayed, without a bound of its own:
+    /// past `max_active_faults` faults in effect, a call goes on unfaulted, counted.
+    #[tokio::test(start_paused = true)]
+    async fn past_max_active_faults_calls_go_on_unfaulted() -> Result<(), ConfigError> {
+        let metrics = Metrics::new();
+        let filter = build_filter(
+            NAME,
+            json!({ "max_active_faults": 2, "delay": { "fixed_delay": "10s" }, "abort": {} }),
+            &metrics,
+        )?;
+        let request = TestRequest::new(&[]);
+        let first = request.decide(&*filter);
+        let second = request.decide(&*filter);
+        assert!(matches!(first, FilterDecision::Wait(_)), "{first:?}");
+        assert!(matches!(second, FilterDecision::Wait(_)), "{second:?}");
+        let (third, record) = request.run(&*filter);
+        assert!(matches!(third, FilterDecision::Continue), "{third:?}");
+        assert!(
+            record.outcome.flags.is_empty(),
+            "{:?}",
+            record.outcome.flags
+        );
+        let series = |name: &str| {
+            value(
+                &metrics,
+                &format!("metaprotocol_fault_{name}_total{{listener=\"in\",filter=\"fault\"}}"),
+            )
+        };
+        assert_eq!(series("overflow"), Some(1.0));
+        assert_eq!(series("delays_injected"), Some(2.0));
+        // A call that ends while held (its delay over, or its caller gone) lets go of its fault.
+        drop(first);
+        assert!(matches!(request.decide(&*filter), FilterDecision::Wait(_)));
+        let FilterDecision::Wait(waiting) = second else {
+            return Err(ConfigError::new("", "not a wait"));
+        };
+        assert!(matches!(waiting.await.decision, FilterDecision::Reply(_)));
+        assert!(matches!(request.decide(&*filter), FilterDecision::Wait(_)));
+        assert_eq!(series("overflow"), Some(1.0));
+        Ok(())
+    }
+
     #[test]
     fn bad_configs_name_the_field() {
         let cases = vec![
@@ -306,6 +414,11 @@ mod tests {
                 json!({ "delay": { "fixed_delay": "1h" } }),
                 "delay.fixed_delay",
                 "must be less than 15s",
+            ),
+            (
+                json!({ "max_active_faults": 0, "abort": {} }),
+                "max_active_faults",
+                "at least 1",
             ),
         ];
         assert_rejected(NAME, cases);
