@@ -13,6 +13,7 @@
 
 mod fault;
 mod global_ratelimit;
+mod in_flight;
 mod local_ratelimit;
 mod rbac;
 #[cfg(test)]

@@ -18,7 +18,6 @@
 //! ```
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use metaprotocol_core::{
@@ -26,6 +25,7 @@ use metaprotocol_core::{
 };
 use serde::Deserialize;
 
+use super::in_flight::InFlightLimit;
 use super::{FilterContext, routing_view, rule};
 use crate::config::{ConfigError, MatchSpec, from_value};
 use crate::route::{DEFAULT_ROUTE_TIMEOUT, RequestMatcher};
@@ -145,12 +145,7 @@ pub(crate) fn build(
         matcher,
         delay,
         abort,
-        active: spec.max_active_faults.map(|max| {
-            Arc::new(ActiveFaults {
-                count: AtomicU32::new(0),
-                max,
-            })
-        }),
+        active: spec.max_active_faults.map(InFlightLimit::new),
         overflow: metrics.counter(
             "fault_overflow",
             "Requests drawn for a fault that went on unfaulted, max_active_faults being in effect",
@@ -171,40 +166,12 @@ struct Fault {
     matcher: RequestMatcher,
     delay: Option<(Duration, Share)>,
     abort: Option<(LocalReplyKind, Share)>,
-    /// Set with `max_active_faults`.
-    active: Option<Arc<ActiveFaults>>,
+    /// The faults in effect (a delay while it holds its request, an abort for the instant it
+    /// is decided), with `max_active_faults`.
+    active: Option<Arc<InFlightLimit>>,
     overflow: Counter,
     delays_injected: Counter,
     aborts_injected: Counter,
-}
-
-/// The faults in effect at once, against `max_active_faults`.
-#[derive(Debug)]
-struct ActiveFaults {
-    count: AtomicU32,
-    max: u32,
-}
-
-impl ActiveFaults {
-    /// One more fault in effect until the hold is dropped; `None` when `max` already are.
-    fn hold(self: &Arc<Self>) -> Option<FaultHold> {
-        self.count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |count| {
-                (count < self.max).then_some(count + 1)
-            })
-            .ok()?;
-        Some(FaultHold(self.clone()))
-    }
-}
-
-/// A fault in effect: an abort for the instant it is decided, a delay while it holds its
-/// request (dropped with the wait, whether it ran out or its request ended first).
-struct FaultHold(Arc<ActiveFaults>);
-
-impl Drop for FaultHold {
-    fn drop(&mut self) {
-        self.0.count.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 impl L7Filter for Fault {
@@ -230,7 +197,7 @@ impl L7Filter for Fault {
         if abort.is_none() && delay.is_none() {
             return FilterDecision::Continue;
         }
-        let hold = match self.active.as_ref().map(ActiveFaults::hold) {
+        let hold = match self.active.as_ref().map(InFlightLimit::try_enter) {
             Some(None) => {
                 self.overflow.inc();
                 return FilterDecision::Continue;

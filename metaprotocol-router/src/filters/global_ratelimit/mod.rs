@@ -9,7 +9,9 @@
 //! requests through, or with `failure_mode_deny` refuses them; either way it counts. A check
 //! that Redis runs long after the request stopped waiting for it (a Redis that paused runs all
 //! of those at once when it resumes) counts nothing: each check tells the script when it goes
-//! stale, on the Redis server's clock as [`clock`] estimates it.
+//! stale, on the Redis server's clock as [`clock`] estimates it. At most `max_pending_checks`
+//! requests wait for Redis at once; past that (a Redis that reads but does not answer, under
+//! load) the failure mode applies at once, counted as an `overflow`.
 //!
 //! The Redis password lives in a file (`password_file`), read at each config load, never in
 //! the config: `/config_dump` shows the config to anyone who can reach the admin API.
@@ -40,6 +42,7 @@ use metaprotocol_core::{
 use serde::Deserialize;
 
 use self::client::{Credentials, RedisLimits, Verdict};
+use super::in_flight::InFlightLimit;
 use super::{FilterContext, routing_view};
 use crate::config::{ConfigError, EndpointAddress, from_value};
 use crate::route::DEFAULT_ROUTE_TIMEOUT;
@@ -63,6 +66,8 @@ pub(crate) struct GlobalRateLimitSpec {
     timeout: Duration,
     #[serde(default)]
     failure_mode_deny: bool,
+    #[serde(default = "default_max_pending_checks")]
+    max_pending_checks: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +125,14 @@ struct LimitSpec {
 
 fn default_timeout() -> Duration {
     DEFAULT_TIMEOUT
+}
+
+/// The default `max_pending_checks`: at the default timeout, room for some 50,000 checks a
+/// second from one filter, as many as a healthy Redis answers on one connection.
+const DEFAULT_MAX_PENDING_CHECKS: u32 = 1024;
+
+fn default_max_pending_checks() -> u32 {
+    DEFAULT_MAX_PENDING_CHECKS
 }
 
 /// The longest time a limit's schedule may run ahead of now, in microseconds.
@@ -207,6 +220,9 @@ pub(crate) fn build(
             ),
         ));
     }
+    if spec.max_pending_checks == 0 {
+        return Err(ConfigError::new("max_pending_checks", "must be at least 1"));
+    }
     let rate = spec.limit.rate().map_err(|e| e.within("limit"))?;
     let redis = spec
         .redis
@@ -226,7 +242,7 @@ pub(crate) fn build(
     let errors = |reason| {
         metrics.counter_with(
             "ratelimit_backend_errors",
-            "Global rate limit checks that Redis did not answer in time (timeout) or answered with an error (error)",
+            "Global rate limit checks that Redis did not answer in time (timeout), answered with an error (error), or that were not sent, max_pending_checks waiting (overflow)",
             &[("reason", reason)],
         )
     };
@@ -240,6 +256,7 @@ pub(crate) fn build(
         }),
         timeouts: errors("timeout"),
         errors: errors("error"),
+        overflows: errors("overflow"),
     };
     Ok(Arc::new(GlobalRateLimit {
         redis,
@@ -248,6 +265,7 @@ pub(crate) fn build(
         rate,
         timeout: spec.timeout,
         failure_mode_deny: spec.failure_mode_deny,
+        pending: InFlightLimit::new(spec.max_pending_checks),
         stats: Arc::new(stats),
     }))
 }
@@ -259,6 +277,8 @@ struct Stats {
     failure: Counter,
     timeouts: Counter,
     errors: Counter,
+    /// Checks not sent: `max_pending_checks` were waiting.
+    overflows: Counter,
 }
 
 /// The running filter.
@@ -269,6 +289,8 @@ struct GlobalRateLimit {
     rate: Rate,
     timeout: Duration,
     failure_mode_deny: bool,
+    /// The checks waiting for Redis.
+    pending: Arc<InFlightLimit>,
     stats: Arc<Stats>,
 }
 
@@ -320,11 +342,21 @@ fn push_part(key: &mut Vec<u8>, part: &[u8]) {
     key.extend_from_slice(part);
 }
 
-fn over_limit(message: impl Into<Cow<'static, str>>) -> Resume {
-    Resume::new(FilterDecision::Reply(LocalReply::new(
-        LocalReplyKind::OverLimit,
-        message,
-    )))
+fn over_limit(message: impl Into<Cow<'static, str>>) -> FilterDecision {
+    FilterDecision::Reply(LocalReply::new(LocalReplyKind::OverLimit, message))
+}
+
+/// What a request gets when its check failed (`reason` says how), by the failure mode.
+fn failure_mode(stats: &Stats, reason: &Counter, deny: bool) -> FilterDecision {
+    reason.inc();
+    stats.failure.inc();
+    if deny {
+        over_limit(
+            "metaprotocol-proxy: the rate limit service is unavailable (global_ratelimit, failure_mode_deny)",
+        )
+    } else {
+        FilterDecision::Continue
+    }
 }
 
 impl L7Filter for GlobalRateLimit {
@@ -336,10 +368,14 @@ impl L7Filter for GlobalRateLimit {
         let Some(key) = self.key(ctx) else {
             return FilterDecision::Continue;
         };
+        let Some(pending) = self.pending.try_enter() else {
+            return failure_mode(&self.stats, &self.stats.overflows, self.failure_mode_deny);
+        };
         let redis = self.redis.clone();
         let stats = self.stats.clone();
         let (rate, timeout, deny) = (self.rate, self.timeout, self.failure_mode_deny);
         FilterDecision::Wait(Box::pin(async move {
+            let _waiting = pending;
             let checked = tokio::time::timeout(
                 timeout,
                 redis.check(&key, rate.emission_us, rate.tolerance_us, timeout),
@@ -353,7 +389,9 @@ impl L7Filter for GlobalRateLimit {
                 }
                 Ok(Ok(Verdict::OverLimit)) => {
                     stats.over_limit.inc();
-                    return over_limit("metaprotocol-proxy: rate limited (global_ratelimit)");
+                    return Resume::new(over_limit(
+                        "metaprotocol-proxy: rate limited (global_ratelimit)",
+                    ));
                 }
                 Ok(Err(err)) => {
                     tracing::debug!(error = %err, "global rate limit check failed");
@@ -361,15 +399,7 @@ impl L7Filter for GlobalRateLimit {
                 }
                 Err(_) => &stats.timeouts,
             };
-            failed.inc();
-            stats.failure.inc();
-            if deny {
-                over_limit(
-                    "metaprotocol-proxy: the rate limit service is unavailable (global_ratelimit, failure_mode_deny)",
-                )
-            } else {
-                Resume::new(FilterDecision::Continue)
-            }
+            Resume::new(failure_mode(&stats, failed, deny))
         }))
     }
 }
@@ -481,6 +511,75 @@ mod tests {
         Ok(())
     }
 
+    /// A Redis that reads checks but never answers held each waiting call until its timeout,
+    /// with no cap on how many waited: past `max_pending_checks`, the failure mode applies at
+    /// once, counted.
+    #[tokio::test]
+    async fn past_max_pending_checks_the_failure_mode_applies_at_once() -> std::io::Result<()> {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?.to_string();
+        let silent = tokio::spawn(async move {
+            let mut sockets = Vec::new();
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                sockets.push(socket);
+            }
+        });
+        for deny in [false, true] {
+            let metrics = Metrics::new();
+            let mut spec = config(&address, deny);
+            spec["timeout"] = json!("10s");
+            spec["max_pending_checks"] = json!(2);
+            let filter = build_filter(NAME, spec, &metrics).map_err(std::io::Error::other)?;
+            let request = TestRequest::new(&[("method", "m")]);
+            let mut waiting = Vec::new();
+            for _ in 0..2 {
+                match request.decide(&*filter) {
+                    FilterDecision::Wait(future) => waiting.push(tokio::spawn(future)),
+                    other => return Err(std::io::Error::other(format!("{other:?}"))),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let over = request.decide(&*filter);
+            match (deny, &over) {
+                (false, FilterDecision::Continue) => {}
+                (true, FilterDecision::Reply(reply)) if reply.kind == LocalReplyKind::OverLimit => {
+                }
+                _ => return Err(std::io::Error::other(format!("deny {deny}: {over:?}"))),
+            }
+            let series = |name: &str, label: &str| {
+                value(
+                    &metrics,
+                    &format!(
+                        "metaprotocol_ratelimit_{name}_total{{listener=\"in\",filter=\"global_ratelimit\",{label}}}"
+                    ),
+                )
+            };
+            assert_eq!(series("backend_errors", "reason=\"overflow\""), Some(1.0));
+            let failure = if deny {
+                "failure_mode_denied"
+            } else {
+                "failure_mode_allowed"
+            };
+            assert_eq!(
+                series("decisions", &format!("decision=\"{failure}\"")),
+                Some(1.0)
+            );
+            // A call that stops waiting (its caller gone) makes room for the next.
+            let first = waiting.remove(0);
+            first.abort();
+            let _ = first.await;
+            assert!(matches!(request.decide(&*filter), FilterDecision::Wait(_)));
+            for check in waiting {
+                check.abort();
+            }
+        }
+        silent.abort();
+        Ok(())
+    }
+
     #[test]
     fn requests_without_a_descriptor_key_are_not_limited() -> Result<(), ConfigError> {
         let filter = build_filter(NAME, config(&closed_address(), true), &Metrics::new())?;
@@ -573,6 +672,11 @@ mod tests {
                 with(&|c| c["timeout"] = json!("15s")),
                 "timeout",
                 "less than 15s",
+            ),
+            (
+                with(&|c| c["max_pending_checks"] = json!(0)),
+                "max_pending_checks",
+                "at least 1",
             ),
             (
                 with(&|c| c["domain"] = json!("")),
