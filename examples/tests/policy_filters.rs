@@ -396,6 +396,69 @@ async fn global_ratelimit_keeps_one_limit_per_descriptor_in_redis() -> TestResul
     Ok(())
 }
 
+/// A call lacking a descriptor key is not limited, as in Envoy, but nothing showed how many
+/// went by so: they are counted (`decision="missing_descriptor"`), and with
+/// `missing_descriptor: limit` they share a limit of their own instead.
+#[tokio::test]
+async fn global_ratelimit_counts_or_limits_calls_without_a_descriptor() -> TestResult {
+    let scratch = Scratch::new("global-missing")?;
+    let Some(redis) = RedisServer::start(&scratch)? else {
+        return Ok(());
+    };
+    let filters = |missing: &str| {
+        format!(
+            "[ {{ name: global_ratelimit, config: {{ redis: {{ address: \"{}\" }}, domain: {missing},
+                 descriptors: [ user ], limit: {{ requests: 2, per: 1h }}, timeout: 1s,
+                 missing_descriptor: {missing} }} }} ]",
+            redis.address
+        )
+    };
+    let (_provider, proxy) =
+        start(&[("pass", &filters("pass")), ("limit", &filters("limit"))]).await?;
+    let pass = DubboClient::new(listener_addr(&proxy, "pass")?);
+    let limit = DubboClient::new(listener_addr(&proxy, "limit")?);
+    let alice = [("user", "alice")];
+    let mut statuses = Vec::new();
+    for (client, attachments) in [
+        (&pass, &[][..]),
+        (&pass, &[]),
+        (&pass, &[]),
+        (&limit, &[]),
+        (&limit, &[]),
+        (&limit, &[]),
+        (&limit, &alice),
+        (&limit, &alice),
+        (&limit, &alice),
+    ] {
+        statuses.push(
+            client
+                .call("sayHello", "a", attachments)
+                .await?
+                .dubbo_status,
+        );
+    }
+    assert_eq!(
+        statuses,
+        [OK, OK, OK, OK, OK, OVER_LIMIT, OK, OK, OVER_LIMIT]
+    );
+    let series = |listener: &str, decision: &str| {
+        metric(
+            &proxy,
+            &format!(
+                "metaprotocol_ratelimit_decisions_total{{listener=\"{listener}\",filter=\"global_ratelimit\",decision=\"{decision}\"}}"
+            ),
+        )
+    };
+    assert_eq!(series("pass", "missing_descriptor"), 3.0);
+    assert_eq!(series("pass", "ok"), 0.0);
+    assert_eq!(series("limit", "missing_descriptor"), 0.0);
+    assert_eq!(series("limit", "ok"), 4.0);
+    assert_eq!(series("limit", "over_limit"), 2.0);
+    assert_eq!(redis.keys()?.len(), 2, "{:?}", redis.keys()?);
+    proxy.shutdown().await;
+    Ok(())
+}
+
 /// A limit raised in the config (from 1 per hour to 100 per second, as a rolling update would
 /// deploy it) holds the clients the old limit had refused only as long as the new limit could
 /// have: the time left under the old one (an hour) is not carried over.

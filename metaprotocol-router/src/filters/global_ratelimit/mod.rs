@@ -2,7 +2,8 @@
 //!
 //! Each request is counted against a limit named by the filter's `domain` and the values of
 //! its `descriptors` metadata keys (one limit per distinct tuple: per interface and method, per
-//! user ...). The count is one atomic Lua script ([`gcra.lua`](client)) run by Redis: the
+//! user ...). A request lacking a key is not limited, as in Envoy, and counted as such; with
+//! `missing_descriptor: limit`, the requests lacking it share a limit instead. The count is one atomic Lua script ([`gcra.lua`](client)) run by Redis: the
 //! generic cell rate algorithm, which allows `requests` per `per` on average and bursts of up to
 //! `burst`. The check is a [`FilterDecision::Wait`]: the request waits for Redis, bounded by
 //! `timeout`, while every other request goes on. When Redis is slow or down the filter lets
@@ -25,6 +26,7 @@
 //!     limit: { requests: 200, per: 1s }
 //!     timeout: 20ms
 //!     failure_mode_deny: false
+//!     missing_descriptor: pass
 //! ```
 
 mod client;
@@ -68,6 +70,20 @@ pub(crate) struct GlobalRateLimitSpec {
     failure_mode_deny: bool,
     #[serde(default = "default_max_pending_checks")]
     max_pending_checks: u32,
+    #[serde(default)]
+    missing_descriptor: MissingDescriptor,
+}
+
+/// What becomes of a request that lacks one of the descriptor keys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum MissingDescriptor {
+    /// It is not limited by this filter (as in Envoy), counted as `missing_descriptor`.
+    #[default]
+    Pass,
+    /// It is limited with the key's value taken as "absent", a value no request can send: the
+    /// requests lacking it (and agreeing on the other keys) share one limit.
+    Limit,
 }
 
 #[derive(Debug, Deserialize)]
@@ -235,7 +251,7 @@ pub(crate) fn build(
     let decisions = |decision| {
         metrics.counter_with(
             "ratelimit_decisions",
-            "Requests a rate limit filter let through (ok) or refused (over_limit), and what a global limit did when its backend failed",
+            "Requests a rate limit filter let through (ok) or refused (over_limit), and what a global limit did when its backend failed or a request lacked a descriptor key (missing_descriptor)",
             &[("decision", decision)],
         )
     };
@@ -257,6 +273,7 @@ pub(crate) fn build(
         timeouts: errors("timeout"),
         errors: errors("error"),
         overflows: errors("overflow"),
+        missing_descriptor: decisions("missing_descriptor"),
     };
     Ok(Arc::new(GlobalRateLimit {
         redis,
@@ -265,6 +282,7 @@ pub(crate) fn build(
         rate,
         timeout: spec.timeout,
         failure_mode_deny: spec.failure_mode_deny,
+        missing_descriptor: spec.missing_descriptor,
         pending: InFlightLimit::new(spec.max_pending_checks),
         stats: Arc::new(stats),
     }))
@@ -279,6 +297,8 @@ struct Stats {
     errors: Counter,
     /// Checks not sent: `max_pending_checks` were waiting.
     overflows: Counter,
+    /// Requests let through unchecked, lacking a descriptor key.
+    missing_descriptor: Counter,
 }
 
 /// The running filter.
@@ -289,6 +309,7 @@ struct GlobalRateLimit {
     rate: Rate,
     timeout: Duration,
     failure_mode_deny: bool,
+    missing_descriptor: MissingDescriptor,
     /// The checks waiting for Redis.
     pending: Arc<InFlightLimit>,
     stats: Arc<Stats>,
@@ -296,9 +317,10 @@ struct GlobalRateLimit {
 
 impl GlobalRateLimit {
     /// The Redis key of the request's limit; `None` when the request lacks a descriptor key
-    /// (it is not limited, as in Envoy). Parts are length-prefixed, so that no two tuples of
-    /// values can make the same key. A key past [`MAX_PLAIN_KEY_BYTES`] is replaced by its
-    /// SHA-256: the values come from clients, and Redis keeps each key for its limit's period.
+    /// and such requests pass. Parts are length-prefixed, and a missing value is
+    /// [`ABSENT`] (which no length starts with), so that no two tuples of values can make the
+    /// same key. A key past [`MAX_PLAIN_KEY_BYTES`] is replaced by its SHA-256: the values come
+    /// from clients, and Redis keeps each key for its limit's period.
     fn key(&self, ctx: &RequestContext<'_>) -> Option<Vec<u8>> {
         let view = routing_view(ctx);
         let mut key = Vec::with_capacity(64);
@@ -306,7 +328,13 @@ impl GlobalRateLimit {
         push_part(&mut key, self.domain.as_bytes());
         for descriptor in &self.descriptors {
             push_part(&mut key, descriptor.as_bytes());
-            push_part(&mut key, view.get(descriptor)?.as_bytes());
+            match view.get(descriptor) {
+                Some(value) => push_part(&mut key, value.as_bytes()),
+                None if self.missing_descriptor == MissingDescriptor::Limit => {
+                    key.extend_from_slice(ABSENT);
+                }
+                None => return None,
+            }
         }
         Some(bounded(key))
     }
@@ -314,6 +342,9 @@ impl GlobalRateLimit {
 
 /// What every key starts with.
 const KEY_PREFIX: &[u8] = b"metaprotocol:ratelimit:";
+
+/// A missing descriptor value in a key, where a part's length would start.
+const ABSENT: &[u8] = b"-:";
 
 /// The longest key kept as written; longer ones are hashed.
 const MAX_PLAIN_KEY_BYTES: usize = 256;
@@ -366,6 +397,7 @@ impl L7Filter for GlobalRateLimit {
 
     fn on_request(&self, ctx: &mut RequestContext<'_>) -> FilterDecision {
         let Some(key) = self.key(ctx) else {
+            self.stats.missing_descriptor.inc();
             return FilterDecision::Continue;
         };
         let Some(pending) = self.pending.try_enter() else {
@@ -581,10 +613,13 @@ mod tests {
     }
 
     #[test]
-    fn requests_without_a_descriptor_key_are_not_limited() -> Result<(), ConfigError> {
-        let filter = build_filter(NAME, config(&closed_address(), true), &Metrics::new())?;
+    fn requests_without_a_descriptor_key_are_not_limited_but_counted() -> Result<(), ConfigError> {
+        let metrics = Metrics::new();
+        let filter = build_filter(NAME, config(&closed_address(), true), &metrics)?;
         let decision = TestRequest::new(&[("service", "s")]).decide(&*filter);
         assert!(matches!(decision, FilterDecision::Continue), "{decision:?}");
+        let series = "metaprotocol_ratelimit_decisions_total{listener=\"in\",filter=\"global_ratelimit\",decision=\"missing_descriptor\"}";
+        assert_eq!(value(&metrics, series), Some(1.0));
         Ok(())
     }
 
@@ -598,6 +633,14 @@ mod tests {
         push_part(&mut b, b"bc");
         assert_ne!(a, b);
         assert_eq!(a, b"2:ab1:c");
+        // An absent value is neither an empty one nor any value.
+        let mut empty = Vec::new();
+        push_part(&mut empty, b"");
+        let mut dash = Vec::new();
+        push_part(&mut dash, b"-");
+        for value in [empty, dash] {
+            assert_ne!(value, ABSENT);
+        }
     }
 
     #[test]

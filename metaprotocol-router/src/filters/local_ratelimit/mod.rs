@@ -123,7 +123,7 @@ pub(crate) fn build(
     let decisions = |decision| {
         context.metrics().counter_with(
             "ratelimit_decisions",
-            "Requests a rate limit filter let through (ok) or refused (over_limit), and what a global limit did when its backend failed",
+            "Requests a rate limit filter let through (ok) or refused (over_limit), and what a global limit did when its backend failed or a request lacked a descriptor key (missing_descriptor)",
             &[("decision", decision)],
         )
     };
