@@ -511,7 +511,7 @@ async fn global_ratelimit_signs_in_and_keeps_its_keys_short() -> TestResult {
         format!(
             "[ {{ name: global_ratelimit, config: {{ redis: {{ address: \"{}\"{password_file} }},
                  domain: test, descriptors: [ interface, method ],
-                 limit: {{ requests: 2, per: 1h }}, failure_mode_deny: true }} }} ]",
+                 limit: {{ requests: 2, per: 1h }}, timeout: 1s, failure_mode_deny: true }} }} ]",
             redis.address
         )
     };
