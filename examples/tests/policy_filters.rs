@@ -285,8 +285,8 @@ async fn rbac_denies_by_method_and_shadow_mode_counts_but_allows() -> TestResult
 }
 
 /// Two filters of one kind on a listener added up into one series, which could not be told
-/// apart: each now has its own (`stat_name`), and a chain where two would share theirs is
-/// refused.
+/// apart: each now has its own (`stat_name`, or else its place in the chain), and a chain where
+/// two are given the same is refused.
 #[tokio::test]
 async fn two_filters_of_one_kind_keep_series_of_their_own() -> TestResult {
     let (provider, proxy) = start(&[(
@@ -295,7 +295,9 @@ async fn two_filters_of_one_kind_keep_series_of_their_own() -> TestResult {
                { match: { metadata: [ { key: method, exact: sayHello } ] },
                  token_bucket: { max_tokens: 1, fill_interval: 1h } } ] } },
            { name: local_ratelimit, stat_name: per_listener,
-             config: { token_bucket: { max_tokens: 3, fill_interval: 1h } } } ]",
+             config: { token_bucket: { max_tokens: 3, fill_interval: 1h } } },
+           { name: local_ratelimit,
+             config: { token_bucket: { max_tokens: 100, fill_interval: 1h } } } ]",
     )])
     .await?;
     let client = DubboClient::new(listener_addr(&proxy, "in")?);
@@ -317,15 +319,17 @@ async fn two_filters_of_one_kind_keep_series_of_their_own() -> TestResult {
     assert_eq!(series("local_ratelimit", "over_limit"), 1.0);
     assert_eq!(series("local_ratelimit.per_listener", "ok"), 3.0);
     assert_eq!(series("local_ratelimit.per_listener", "over_limit"), 1.0);
+    assert_eq!(series("local_ratelimit.2", "ok"), 3.0);
     proxy.shutdown().await;
 
     let bucket = "config: { token_bucket: { max_tokens: 1, fill_interval: 1s } }";
     for (filters, reason) in [
         (
             format!(
-                "[ {{ name: local_ratelimit, {bucket} }}, {{ name: local_ratelimit, {bucket} }} ]"
+                "[ {{ name: local_ratelimit, {bucket} }}, {{ name: local_ratelimit, {bucket} }},
+                   {{ name: local_ratelimit, stat_name: \"1\", {bucket} }} ]"
             ),
-            "listeners[0].filters[1].stat_name: would share the series of filters[0]",
+            "listeners[0].filters[2].stat_name: would share the series of filters[1]",
         ),
         (
             format!(

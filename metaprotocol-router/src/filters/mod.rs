@@ -217,14 +217,18 @@ const PLANNED_BUILTINS: &[&str] = &[
 /// The longest `stat_name`.
 const MAX_STAT_NAME_CHARS: usize = 64;
 
-/// The `filter` label of each of a chain's `filters`: its name, or with a `stat_name`
-/// `<name>.<stat_name>`. Two filters with one label would add up into series nobody could tell
-/// apart: an error naming the second. Errors name the filter (`filters[1].stat_name`).
+/// The `filter` label of each of a chain's `filters`: its name; with a `stat_name`,
+/// `<name>.<stat_name>`; and for a filter without one whose name an earlier filter's series
+/// already carry, `<name>.<i>`, `i` its place in the chain (an allow and a deny `rbac` loaded
+/// before `stat_name` existed, and must load still). Two filters with one label would add up into
+/// series nobody could tell apart: an error naming the second. Errors name the filter
+/// (`filters[1].stat_name`).
 pub(crate) fn series_labels(filters: &[FilterSpec]) -> Result<Vec<String>, ConfigError> {
     let mut labels: Vec<String> = Vec::with_capacity(filters.len());
     for (f, filter) in filters.iter().enumerate() {
         let at = format!("filters[{f}].stat_name");
         let label = match &filter.stat_name {
+            None if labels.contains(&filter.name) => format!("{}.{f}", filter.name),
             None => filter.name.clone(),
             Some(stat_name) => {
                 let valid = !stat_name.is_empty()
