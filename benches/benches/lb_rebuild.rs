@@ -67,7 +67,7 @@ fn lb_rebuild(c: &mut Criterion) {
                 let full = cluster(policy, &all);
                 let fewer = cluster(policy, &all[..size - 1]);
                 let mut config = Config::default();
-                config.clusters.push(full.clone());
+                config.clusters.push(full.clone().into());
                 let proxy = runtime
                     .block_on(Proxy::builder(config).codecs(codecs()).start())
                     .unwrap_or_else(|err| panic!("cannot start the proxy: {err}"));

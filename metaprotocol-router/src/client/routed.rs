@@ -271,8 +271,8 @@ fn route_cluster_specs<'c>(
     config: &'c Config,
     routes: &RouteConfigSpec,
     at: &str,
-) -> Result<Vec<(usize, &'c ClusterSpec)>, ConfigError> {
-    let mut specs: Vec<(usize, &ClusterSpec)> = Vec::new();
+) -> Result<Vec<(usize, &'c Arc<ClusterSpec>)>, ConfigError> {
+    let mut specs: Vec<(usize, &Arc<ClusterSpec>)> = Vec::new();
     for name in routes.routes.iter().flat_map(route_clusters) {
         if specs.iter().any(|(_, spec)| spec.name == name) {
             continue;

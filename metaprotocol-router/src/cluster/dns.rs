@@ -233,7 +233,7 @@ mod tests {
     ) -> Result<(Arc<ClusterHandle>, Refreshing), crate::config::ConfigError> {
         let first = resolve(&resolver, spec, &Resolved::new()).await;
         let handle = ClusterHandle::new(
-            spec,
+            &Arc::new(spec.clone()),
             "null".into(),
             Arc::new(crate::testing::NullCodec),
             Metrics::new().root(),

@@ -41,7 +41,9 @@ use snapshot::Selector;
 pub(crate) use snapshot::{ClusterSnapshot, Host, SubsetId};
 pub use status::{ClusterStatus, EndpointStatus};
 
-use crate::config::{ClusterSpec, ConfigError, LbPolicy, LocalitySpec, RetryBudgetSpec};
+use crate::config::{
+    ClusterSpec, ConfigError, LbPolicy, LocalitySpec, RetryBudgetSpec, same_cluster,
+};
 use crate::health::{self, Ejections, HealthMonitor, OutlierThresholds};
 use crate::lb::{LbSettings, LocalityPreference};
 use crate::router::AttemptOutcome;
@@ -55,7 +57,7 @@ pub(crate) use dns::Resolved;
 /// What a cluster was last built from; changed only by config updates and health changes,
 /// under its lock.
 struct ClusterState {
-    spec: ClusterSpec,
+    spec: Arc<ClusterSpec>,
     protocol: String,
     codec: Arc<dyn CodecFactory>,
     /// How the endpoints are connected to (TLS or not); kept while `spec.tls` is unchanged.
@@ -191,7 +193,7 @@ impl ClusterHandle {
     /// in `scope`, for a proxy at `local`; `resolved` has the addresses of its host names.
     /// Nothing runs until [`ClusterHandle::start_health`].
     pub fn new(
-        spec: &ClusterSpec,
+        spec: &Arc<ClusterSpec>,
         protocol: String,
         codec: Arc<dyn CodecFactory>,
         scope: MetricsScope,
@@ -281,24 +283,26 @@ impl ClusterHandle {
 
     /// The spec it was last built from.
     pub fn spec(&self) -> ClusterSpec {
-        self.lock().spec.clone()
+        ClusterSpec::clone(&self.lock().spec)
     }
 
-    /// True if it was last built from `spec` (compared in place: a copy of each unchanged
-    /// cluster's spec cost an update of one cluster among thousands as much as all of them).
-    pub fn has_spec(&self, spec: &ClusterSpec) -> bool {
-        self.lock().spec == *spec
+    /// True if it was last built from `spec` (the config's spec it was built from, shared, is
+    /// not compared field by field: an update of one cluster among thousands compares one).
+    pub fn has_spec(&self, spec: &Arc<ClusterSpec>) -> bool {
+        same_cluster(&self.lock().spec, spec)
     }
 
     /// True if it was last built from `spec`, speaking `protocol`, for a proxy at `local`.
     pub fn built_from(
         &self,
-        spec: &ClusterSpec,
+        spec: &Arc<ClusterSpec>,
         protocol: &str,
         local: Option<&LocalitySpec>,
     ) -> bool {
         let state = self.lock();
-        state.spec == *spec && state.protocol == protocol && state.local.as_ref() == local
+        same_cluster(&state.spec, spec)
+            && state.protocol == protocol
+            && state.local.as_ref() == local
     }
 
     /// The current snapshot (a wait-free load).
@@ -479,7 +483,7 @@ impl ClusterHandle {
     /// stay keep their pools; health work whose config changed restarts.
     pub fn update(
         self: &Arc<Self>,
-        spec: &ClusterSpec,
+        spec: &Arc<ClusterSpec>,
         codec: Option<(String, Arc<dyn CodecFactory>)>,
         local: Option<LocalitySpec>,
         resolved: &Resolved,
@@ -865,7 +869,7 @@ pub(crate) mod tests {
 
     /// Cluster `c` built from `yaml` (a cluster entry) on a codec that is never used.
     pub(crate) fn cluster(yaml: &str) -> Result<Arc<ClusterHandle>, ConfigError> {
-        let spec = ClusterSpec::from_yaml(yaml)?;
+        let spec = Arc::new(ClusterSpec::from_yaml(yaml)?);
         let codec = Arc::new(crate::testing::NullCodec) as Arc<dyn CodecFactory>;
         let scope = Metrics::new().root().detached("cluster", &spec.name);
         ClusterHandle::new(&spec, "null".into(), codec, scope, None, &Resolved::new())
@@ -1025,7 +1029,7 @@ outlier_detection: { consecutive_errors: 2 }";
         let codec = Arc::new(crate::testing::NullCodec) as Arc<dyn CodecFactory>;
         let scope = metrics.root().detached("cluster", "c");
         let c = ClusterHandle::new(
-            &spec("1s")?,
+            &spec("1s")?.into(),
             "null".into(),
             codec,
             scope,
@@ -1033,7 +1037,7 @@ outlier_detection: { consecutive_errors: 2 }";
             &Resolved::new(),
         )?;
         // New pool settings: the endpoint is rebuilt, and the old one drains.
-        c.update(&spec("2s")?, None, None, &Resolved::new())?;
+        c.update(&spec("2s")?.into(), None, None, &Resolved::new())?;
         let text = metrics.render();
         let shows = |state: &str| {
             text.lines().any(|line| {
@@ -1062,7 +1066,7 @@ outlier_detection: { consecutive_errors: 2 }";
         set_one(&c, addr(2), HealthFlags::FAILED_ACTIVE_CHECK, true);
         let before = c.snapshot().hosts[0].endpoint.clone();
         c.update(
-            &ClusterSpec::from_yaml(&spec("2m"))?,
+            &ClusterSpec::from_yaml(&spec("2m"))?.into(),
             None,
             None,
             &Resolved::new(),
@@ -1088,7 +1092,7 @@ outlier_detection: { consecutive_errors: 2 }";
         };
         let c = cluster("name: c\nendpoints: [ { address: 127.0.0.1:999 } ]")?;
         for port in 1000..1100 {
-            c.update(&spec(port)?, None, None, &Resolved::new())?;
+            c.update(&spec(port)?.into(), None, None, &Resolved::new())?;
         }
         // The last one retired may still be held by the snapshot being replaced.
         assert!(c.lock().retired.len() <= 2, "{}", c.lock().retired.len());
@@ -1107,7 +1111,7 @@ outlier_detection: { consecutive_errors: 2 }";
             "{THREE}\nhealthy_panic_threshold: 1\noutlier_detection: {{ consecutive_errors: 2 }}"
         );
         c.update(
-            &ClusterSpec::from_yaml(&no_checks)?,
+            &ClusterSpec::from_yaml(&no_checks)?.into(),
             None,
             None,
             &Resolved::new(),
@@ -1122,7 +1126,7 @@ outlier_detection: { consecutive_errors: 2 }";
         ));
         assert_eq!(picked(&c), [addr(2), addr(3)].into());
         c.update(
-            &ClusterSpec::from_yaml(THREE)?,
+            &ClusterSpec::from_yaml(THREE)?.into(),
             None,
             None,
             &Resolved::new(),
@@ -1145,7 +1149,8 @@ outlier_detection: { consecutive_errors: 2 }";
         let c = ClusterHandle::new(
             &ClusterSpec::from_yaml(&format!(
                 "{THREE}\noutlier_detection: {{ consecutive_errors: 2 }}"
-            ))?,
+            ))?
+            .into(),
             "null".into(),
             codec,
             metrics.root().detached("cluster", "c"),

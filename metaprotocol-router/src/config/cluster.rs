@@ -215,6 +215,8 @@ impl ClusterSpec {
 
     /// Records every problem of this cluster.
     pub(crate) fn check(&self, errors: &mut Errors) {
+        #[cfg(test)]
+        super::work::count(&super::work::CHECKED);
         if let Some(tls) = &self.tls {
             errors.check("tls", tls.validate());
         }

@@ -20,6 +20,7 @@ mod tls;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -81,9 +82,11 @@ pub struct Config {
     /// Named route tables, referenced by listeners.
     #[serde(default)]
     pub route_configs: Vec<RouteConfigSpec>,
-    /// Upstream clusters, referenced by routes.
-    #[serde(default)]
-    pub clusters: Vec<ClusterSpec>,
+    /// Upstream clusters, referenced by routes. Each is shared: the running config, the
+    /// running cluster and the next update's config hold one spec, so an update that leaves a
+    /// cluster alone neither copies nor checks it again.
+    #[serde(default, with = "shared")]
+    pub clusters: Vec<Arc<ClusterSpec>>,
 }
 
 /// The proxy itself.
@@ -181,6 +184,22 @@ impl Config {
 
     /// Every error [`Config::validate`] would report, in the order of the document's sections.
     pub fn errors(&self) -> Vec<ConfigError> {
+        self.errors_beyond(&Config::default())
+    }
+
+    /// [`Config::validate`] for a config made from `checked`, a valid one: a cluster at the
+    /// index it had in `checked`, the same spec (shared, not equal), is not checked again, so an
+    /// update of one cluster among thousands checks that one. Every check across entries (names
+    /// unique, names referenced exist, ...) runs in full.
+    pub(crate) fn validate_beyond(&self, checked: &Config) -> Result<(), ConfigError> {
+        match self.errors_beyond(checked).into_iter().next() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// Every error of [`Config::validate_beyond`].
+    fn errors_beyond(&self, checked: &Config) -> Vec<ConfigError> {
         let mut errors = Errors::default();
         if let Some(dynamic) = &self.dynamic {
             errors.within("dynamic", |errors| dynamic.check(errors));
@@ -190,28 +209,43 @@ impl Config {
         }
         errors.check("limits", self.limits.validate());
         errors.check("metrics", self.metrics.validate());
-        let lists = [
-            unique_names(
-                self.clusters.iter().map(|c| Some(c.name.as_str())),
-                "clusters",
+        // The names, looked up once per route's cluster: a search of the list each time cost
+        // routes times clusters. Those the uniqueness check gathered, unless it stopped part way.
+        let unique_clusters = unique_names(
+            self.clusters.iter().map(|c| Some(c.name.as_str())),
+            "clusters",
+        );
+        let (cluster_names, unique_clusters) = match unique_clusters {
+            Ok(names) => (names, Ok(())),
+            Err(err) => (
+                self.clusters.iter().map(|c| c.name.as_str()).collect(),
+                Err(err),
             ),
+        };
+        let lists = [
+            unique_clusters,
             unique_names(
                 self.route_configs.iter().map(|r| Some(r.name.as_str())),
                 "route_configs",
-            ),
+            )
+            .map(drop),
             unique_names(
                 self.listeners.iter().map(|l| Some(l.name.as_str())),
                 "listeners",
-            ),
+            )
+            .map(drop),
         ];
-        // The names, looked up once per route's cluster: a search of the list each time cost
-        // routes times clusters.
-        let cluster_names: BTreeSet<&str> = self.clusters.iter().map(|c| c.name.as_str()).collect();
         for list in lists {
-            errors.check("", list.map(|_| ()));
+            errors.check("", list);
         }
         for (i, cluster) in self.clusters.iter().enumerate() {
-            errors.within(&format!("clusters[{i}]"), |errors| cluster.check(errors));
+            if !checked
+                .clusters
+                .get(i)
+                .is_some_and(|c| Arc::ptr_eq(c, cluster))
+            {
+                errors.within(&format!("clusters[{i}]"), |errors| cluster.check(errors));
+            }
             if cluster.locality_aware && self.node.is_none() {
                 errors.add(ConfigError::new(
                     format!("clusters[{i}].locality_aware"),
@@ -297,7 +331,7 @@ impl Config {
 
     /// The cluster named `name`.
     pub fn cluster(&self, name: &str) -> Option<&ClusterSpec> {
-        self.clusters.iter().find(|c| c.name == name)
+        self.clusters.iter().find(|c| c.name == name).map(|c| &**c)
     }
 
     /// True if the route config `name` is in the config, or may come from its dynamic source.
@@ -329,6 +363,62 @@ fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
         && a.port() == b.port()
         && a.is_ipv4() == b.is_ipv4()
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// True if `a` and `b` are the same cluster spec: shared, or else equal field by field (the
+/// comparison an update makes for each cluster it may leave alone, so shared first).
+pub(crate) fn same_cluster(a: &Arc<ClusterSpec>, b: &Arc<ClusterSpec>) -> bool {
+    if Arc::ptr_eq(a, b) {
+        return true;
+    }
+    #[cfg(test)]
+    work::count(&work::COMPARED);
+    a == b
+}
+
+/// The work config updates do on this thread, counted for the tests that bound it.
+#[cfg(test)]
+pub(crate) mod work {
+    use std::cell::Cell;
+    use std::thread::LocalKey;
+
+    thread_local! {
+        /// Cluster specs checked on their own ([`super::ClusterSpec::check`]).
+        pub static CHECKED: Cell<usize> = const { Cell::new(0) };
+        /// Cluster specs compared field by field ([`super::same_cluster`]).
+        pub static COMPARED: Cell<usize> = const { Cell::new(0) };
+    }
+
+    /// Counts one unit of `counter`'s work.
+    pub fn count(counter: &'static LocalKey<Cell<usize>>) {
+        counter.with(|c| c.set(c.get() + 1));
+    }
+
+    /// The work counted by `counter` so far.
+    pub fn done(counter: &'static LocalKey<Cell<usize>>) -> usize {
+        counter.with(Cell::get)
+    }
+}
+
+/// (De)serializes a list of shared entries as the list of the entries.
+mod shared {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<T: Serialize, S: Serializer>(
+        list: &[Arc<T>],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(list.iter().map(|entry| &**entry))
+    }
+
+    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<Arc<T>>, D::Error> {
+        let list = Vec::<T>::deserialize(deserializer)?;
+        Ok(list.into_iter().map(Arc::new).collect())
+    }
 }
 
 /// Rejects empty and duplicate names in a list; unnamed entries (`None`) are skipped.

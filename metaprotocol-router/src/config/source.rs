@@ -655,9 +655,11 @@ pub(crate) fn parse_entries(text: &str) -> Option<(super::Config, Vec<ConfigErro
     }
     for entry in &entries {
         let parsed = match entry.list {
-            "listeners" => one(text, entry, &mut config.listeners),
-            "route_configs" => one(text, entry, &mut config.route_configs),
-            _ => one(text, entry, &mut config.clusters),
+            "listeners" => one::<super::ListenerSpec, _>(text, entry, &mut config.listeners),
+            "route_configs" => {
+                one::<super::RouteConfigSpec, _>(text, entry, &mut config.route_configs)
+            }
+            _ => one::<super::ClusterSpec, _>(text, entry, &mut config.clusters),
         };
         if let Err(err) = parsed {
             errors.push(err);
@@ -668,18 +670,18 @@ pub(crate) fn parse_entries(text: &str) -> Option<(super::Config, Vec<ConfigErro
 }
 
 /// Parses `entry` onto `list` (a stand-in when it does not parse).
-fn one<T: DeserializeOwned>(
+fn one<T: DeserializeOwned, L: From<T>>(
     text: &str,
     entry: &Entry,
-    list: &mut Vec<T>,
+    list: &mut Vec<L>,
 ) -> Result<(), ConfigError> {
-    match parse_entry(text, entry) {
+    match parse_entry::<T>(text, entry) {
         Ok(spec) => {
-            list.push(spec);
+            list.push(spec.into());
             Ok(())
         }
         Err(err) => {
-            list.extend(stand_in(text, entry));
+            list.extend(stand_in::<T>(text, entry).map(L::from));
             Err(err)
         }
     }

@@ -635,7 +635,12 @@ outlier_detection: {{ consecutive_errors: 3, base_ejection_time: 10s, max_ejecti
         detector.tick(&c, Instant::now());
         assert_eq!(picked(&c), [addr(2)].into());
         let rebuilt = crate::config::ClusterSpec::from_yaml(&yaml("2m"))?;
-        c.update(&rebuilt, None, None, &crate::cluster::Resolved::new())?;
+        c.update(
+            &rebuilt.into(),
+            None,
+            None,
+            &crate::cluster::Resolved::new(),
+        )?;
         assert_eq!(picked(&c), [addr(2)].into(), "out from the update on");
         tokio::time::advance(Duration::from_secs(1)).await;
         detector.tick(&c, Instant::now());

@@ -11,6 +11,7 @@
 //! because resources arrived in an unlucky order.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use super::build::route_clusters;
 use super::status::{ResourceId, ResourceKind, ResourceState};
@@ -28,7 +29,7 @@ pub(crate) struct Layers {
 /// The clusters and route configs dynamic sources provide, by name.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct DynamicResources {
-    pub clusters: BTreeMap<String, ClusterSpec>,
+    pub clusters: BTreeMap<String, Arc<ClusterSpec>>,
     pub route_configs: BTreeMap<String, RouteConfigSpec>,
 }
 
@@ -87,7 +88,7 @@ pub(crate) fn compose(
     // Each list by name, once: searching a list for each route's cluster cost routes times
     // clusters.
     let base_clusters: BTreeSet<&str> = base.clusters.iter().map(|c| c.name.as_str()).collect();
-    let running_clusters: BTreeMap<&str, &ClusterSpec> = running
+    let running_clusters: BTreeMap<&str, &Arc<ClusterSpec>> = running
         .clusters
         .iter()
         .map(|c| (c.name.as_str(), c))
@@ -185,7 +186,8 @@ pub(crate) fn compose(
     }
 
     // Clusters: both layers', and those no layer has any more but a serving route still uses.
-    let mut clusters: Vec<(ClusterSpec, Origin)> = base
+    // Shared, not copied: an update of one cluster among thousands copied them all.
+    let mut clusters: Vec<(Arc<ClusterSpec>, Origin)> = base
         .clusters
         .iter()
         .enumerate()
@@ -204,7 +206,7 @@ pub(crate) fn compose(
         .collect();
     for name in used.into_iter().filter(|name| !provided(name)) {
         if let Some(old) = running_clusters.get(name) {
-            clusters.push((ClusterSpec::clone(old), Origin::Kept));
+            clusters.push((Arc::clone(old), Origin::Kept));
             states.push((
                 ResourceId::new(ResourceKind::Cluster, name),
                 ResourceState::Kept {
@@ -223,11 +225,17 @@ pub(crate) fn compose(
     let (route_configs, route_origins) = route_configs.into_iter().unzip();
     let (listeners, listener_origins) = listeners.into_iter().unzip();
     Ok(Composed {
+        // The other sections one by one: `..base.clone()` copied every cluster only to drop it.
         effective: Config {
+            admin: base.admin.clone(),
+            drain_time: base.drain_time,
+            limits: base.limits,
+            node: base.node.clone(),
+            metrics: base.metrics.clone(),
+            dynamic: base.dynamic.clone(),
             clusters,
             route_configs,
             listeners,
-            ..base.clone()
         },
         clusters: cluster_origins,
         route_configs: route_origins,
@@ -419,9 +427,9 @@ listeners:
         }
     }
 
-    fn cluster(name: &str) -> ClusterSpec {
+    fn cluster(name: &str) -> Arc<ClusterSpec> {
         match ClusterSpec::from_yaml(&format!("{{ name: {name} }}")) {
-            Ok(spec) => spec,
+            Ok(spec) => Arc::new(spec),
             Err(err) => panic!("{err}"),
         }
     }

@@ -756,6 +756,7 @@ impl ProxyState {
 
     pub(crate) async fn update_cluster(&self, spec: ClusterSpec) -> Result<u64, UpdateError> {
         let name = spec.name.clone();
+        let spec = Arc::new(spec);
         let mut at = String::new();
         self.apply(Source::Api, |layers, _| {
             refuse_dynamic(layers, ResourceKind::Cluster, &spec.name)?;
@@ -1009,7 +1010,9 @@ impl Proxy {
                     }
                 }
                 for spec in &update.clusters {
-                    dynamic.clusters.insert(spec.name.clone(), spec.clone());
+                    dynamic
+                        .clusters
+                        .insert(spec.name.clone(), Arc::new(spec.clone()));
                 }
                 for spec in &update.route_configs {
                     dynamic

@@ -20,7 +20,7 @@ use super::status::{ResourceId, ResourceKind};
 use super::{ProxyState, ReloadSummary, UpdateError};
 use crate::cluster::dns::{self, SystemResolver};
 use crate::cluster::{ClusterHandle, ClusterManager, Resolved};
-use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec, LocalitySpec};
+use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec, LocalitySpec, same_cluster};
 use crate::published::Published;
 use crate::route::{RouteCheck, RouteSlot, RouteTable};
 use crate::server::ListenerContext;
@@ -56,7 +56,7 @@ fn dynamic_resource_of(err: &ConfigError, update: &DynamicUpdate) -> Option<Reso
 /// changed too, and the proxy's locality.
 struct ClusterChange {
     handle: Arc<ClusterHandle>,
-    spec: ClusterSpec,
+    spec: Arc<ClusterSpec>,
     codec: Option<(String, Arc<dyn CodecFactory>)>,
     local: Option<LocalitySpec>,
     resolved: Resolved,
@@ -124,7 +124,7 @@ impl ProxyState {
         let current = self.config.load_full();
         let mut new = layers.clone();
         change(&mut new, &current)?;
-        match self.try_apply(&new, &current, source).await {
+        match self.try_apply(&new, &layers.base, &current, source).await {
             Ok(summary) => {
                 *layers = new;
                 Ok(summary)
@@ -157,14 +157,20 @@ impl ProxyState {
         }
     }
 
+    /// Applies `layers`, made from the running layers whose base is `running_base`.
     async fn try_apply(
         &self,
         layers: &Layers,
+        running_base: &Config,
         current: &Config,
         source: Source<'_>,
     ) -> Result<ReloadSummary, (UpdateError, Option<ResourceId>)> {
         let unlocated = |err: ConfigError| (UpdateError::from(err), None);
-        layers.base.validate().map_err(unlocated)?;
+        // Only what changed since the running base (shared specs were checked when they came).
+        layers
+            .base
+            .validate_beyond(running_base)
+            .map_err(unlocated)?;
         let changed = match source {
             Source::Dynamic(_) => Changed::Dynamic,
             Source::File | Source::Api => Changed::Base,
@@ -181,7 +187,8 @@ impl ProxyState {
             (UpdateError::from(err), resource)
         };
         let new = &composed.effective;
-        new.validate().map_err(located)?;
+        // The base's entries were checked just above; the dynamic ones are checked here.
+        new.validate_beyond(&layers.base).map_err(located)?;
         for (field, changed) in [
             ("admin", new.admin != current.admin),
             ("dynamic", new.dynamic != current.dynamic),
@@ -315,7 +322,7 @@ impl ProxyState {
         for (i, spec) in new.clusters.iter().enumerate() {
             // Named only when there is an error: an unchanged cluster costs a comparison.
             let within = |e: ConfigError| e.within(&format!("clusters[{i}]"));
-            let Some(protocol) = protocols.get(&spec.name) else {
+            let Some(&protocol) = protocols.get(spec.name.as_str()) else {
                 continue;
             };
             let resolved = || resolutions.get(&spec.name).cloned().unwrap_or_default();
@@ -333,7 +340,7 @@ impl ProxyState {
                         continue;
                     }
                     let old = handle.spec();
-                    let codec = if handle.protocol() != *protocol || old.codec != spec.codec {
+                    let codec = if handle.protocol() != protocol || old.codec != spec.codec {
                         let codec = builder
                             .codec(
                                 protocol,
@@ -342,7 +349,7 @@ impl ProxyState {
                                 handle.scope(),
                             )
                             .map_err(within)?;
-                        Some((protocol.clone(), codec))
+                        Some((protocol.to_owned(), codec))
                     } else {
                         None
                     };
@@ -384,7 +391,7 @@ impl ProxyState {
                 .get(spec.name.as_str())
                 .cloned()
                 .unwrap_or_default();
-            check_protocols(spec, &users, &|c| protocols.get(c).cloned())
+            check_protocols(spec, &users, &|c| protocols.get(c).map(|p| p.to_string()))
                 .map_err(|e| e.within(&at))?;
             match slots.get(&spec.name) {
                 Some(slot) => {
@@ -550,8 +557,13 @@ impl ProxyState {
         let (current_clusters, new_clusters) = (clusters_by_name(current), clusters_by_name(new));
         for name in std::mem::take(&mut *touched) {
             let route_changed = current.route_config(&name) != new.route_config(&name);
-            let cluster_changed =
-                current_clusters.get(name.as_str()) != new_clusters.get(name.as_str());
+            let cluster_changed = match (
+                current_clusters.get(name.as_str()),
+                new_clusters.get(name.as_str()),
+            ) {
+                (Some(old), Some(new)) => !same_cluster(old, new),
+                (old, new) => old.is_some() != new.is_some(),
+            };
             if route_changed || cluster_changed {
                 tracing::warn!(resource = %name, "the config file replaces a change made through the admin or embedding API");
             }
@@ -566,9 +578,18 @@ impl ProxyState {
                 touched.insert(name.clone());
             }
         }
-        let current = clusters_by_name(current);
-        for cluster in &new.clusters {
-            if current.get(cluster.name.as_str()) != Some(&cluster) {
+        // An update leaves the clusters where they were: each is compared with the one at its
+        // index, the running list indexed by name only once one has moved.
+        let mut by_name = None;
+        for (i, cluster) in new.clusters.iter().enumerate() {
+            let old = match current.clusters.get(i) {
+                Some(old) if old.name == cluster.name => Some(old),
+                _ => by_name
+                    .get_or_insert_with(|| clusters_by_name(current))
+                    .get(cluster.name.as_str())
+                    .copied(),
+            };
+            if !old.is_some_and(|old| same_cluster(old, cluster)) {
                 touched.insert(cluster.name.clone());
             }
         }
@@ -582,7 +603,7 @@ impl ProxyState {
 
 /// The clusters of `config` by name: looking each one up in the list instead cost clusters
 /// squared (400 million comparisons for 20,000 clusters).
-fn clusters_by_name(config: &Config) -> BTreeMap<&str, &ClusterSpec> {
+fn clusters_by_name(config: &Config) -> BTreeMap<&str, &Arc<ClusterSpec>> {
     config
         .clusters
         .iter()

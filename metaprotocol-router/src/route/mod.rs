@@ -326,7 +326,7 @@ mod tests {
     fn split(hash_on: Option<&str>) -> Result<RouteAction, ConfigError> {
         let mut targets = Vec::new();
         for name in ["a", "b"] {
-            let spec = ClusterSpec::from_yaml(&format!("name: {name}"))?;
+            let spec = Arc::new(ClusterSpec::from_yaml(&format!("name: {name}"))?);
             let cluster = ClusterHandle::new(
                 &spec,
                 "null".into(),
