@@ -93,6 +93,7 @@ fn parse_typed<S: Seed>(text: &str, seed: S) -> Result<S::Value, ConfigError> {
     // plain text: the config is strict, so it is an error.
     options.reject_unsupported_tags = true;
     options.with_snippet = false;
+    options.budget = Some(budget_for(text));
     let mut field = String::new();
     serde_saphyr::with_deserializer_from_str_with_options(text, options, |deserializer| {
         let mut track = serde_path_to_error::Track::new();
@@ -116,6 +117,18 @@ fn parse_typed<S: Seed>(text: &str, seed: S) -> Result<S::Value, ConfigError> {
         error.position = position;
         error
     })
+}
+
+/// What the parser may build from `text`: its defaults, with the counts of nodes and events
+/// grown to what the text can hold. The default 250,000 nodes refused a route config of about
+/// 18,000 routes; written out, each node takes at least a byte of text and at most two events, so these
+/// bounds refuse no config written out, and still bound what aliases can make the parser build
+/// to a multiple of the text.
+fn budget_for(text: &str) -> serde_saphyr::Budget {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = budget.max_nodes.max(text.len());
+    budget.max_events = budget.max_events.max(text.len().saturating_mul(2));
+    budget
 }
 
 /// The path of the node within `field` whose value starts at `at`, if there is one.
