@@ -707,7 +707,8 @@ outlier_detection: {{ consecutive_errors: 3, interval: {interval}, base_ejection
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(ejected(), "second ejection: 120 s");
         tokio::time::sleep(Duration::from_secs(10)).await;
-        let updated = crate::config::ClusterSpec::from_yaml(&yaml("2m", "2s"))?;
+        let updated =
+            std::sync::Arc::new(crate::config::ClusterSpec::from_yaml(&yaml("2m", "2s"))?);
         c.update(&updated, None, None, &crate::cluster::Resolved::new())?;
         tokio::time::sleep(Duration::from_secs(70)).await;
         assert!(ejected(), "80 s into a 120 s ejection");
@@ -718,9 +719,9 @@ outlier_detection: {{ consecutive_errors: 3, interval: {interval}, base_ejection
         fail(&c, 1, 3);
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(ejected());
-        let off = crate::config::ClusterSpec::from_yaml(
+        let off = std::sync::Arc::new(crate::config::ClusterSpec::from_yaml(
             "name: c\nendpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 } ]",
-        )?;
+        )?);
         c.update(&off, None, None, &crate::cluster::Resolved::new())?;
         assert!(!ejected(), "detection off: no ejection");
         c.update(&updated, None, None, &crate::cluster::Resolved::new())?;
