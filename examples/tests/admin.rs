@@ -296,6 +296,39 @@ async fn logging_goes_through_the_embedders_control() -> TestResult {
     Ok(())
 }
 
+/// The errors of the endpoints that answer in plain text (`/stats`, `/logging`) and of a path
+/// or query that cannot be read are the API's JSON, as every other error of it.
+#[tokio::test]
+async fn errors_of_the_plain_text_endpoints_are_the_apis_json() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let (proxy, admin) = start(&provider, None, None).await?;
+    let (status, body) = http(admin, "GET", "/logging", "").await?;
+    assert_eq!(status, 501, "{body}");
+    assert!(json_error(&body)?.contains("LogControl"), "{body}");
+    proxy.shutdown().await;
+
+    let levels = Arc::new(Levels(Mutex::new("info".into())));
+    let (proxy, admin) = start(&provider, None, Some(levels.clone())).await?;
+    for (method, path, says) in [
+        ("GET", "/stats?filter=(", "invalid filter"),
+        ("GET", "/stats?filter=a&filter=b", "filter"),
+        ("POST", "/logging?filter=bogus", "not a level"),
+        ("POST", "/logging?level=bogus", "?level= is one of"),
+        ("POST", "/logging", "give one of"),
+        ("POST", "/logging?level=info&level=warn", "level"),
+        ("PUT", "/clusters/%FF", "UTF-8"),
+        ("DELETE", "/clusters/%FF", "UTF-8"),
+    ] {
+        let (status, body) = http(admin, method, path, "").await?;
+        assert_eq!(status, 400, "{method} {path}: {body}");
+        let error = json_error(&body).map_err(|e| format!("{method} {path}: {e}: {body:?}"))?;
+        assert!(error.contains(says), "{method} {path}: {error}");
+    }
+    assert_eq!(levels.current(), "info", "no error changed the filter");
+    proxy.shutdown().await;
+    Ok(())
+}
+
 /// The admin server serves 64 connections at once, so a client opening thousands holds no more
 /// than that; when they are all taken, the idle ones close for a new one, so that a readiness
 /// probe is answered at once rather than held behind clients that keep connections open and

@@ -4,11 +4,13 @@
 
 use std::sync::Arc;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
+use super::error_answer;
 use crate::proxy::ProxyState;
 
 /// Reads and changes the process' log filter, for `/logging`.
@@ -44,11 +46,10 @@ fn is_directives(value: &str) -> bool {
 
 /// The answer when the embedder passed no [`LogControl`].
 fn no_control() -> Response {
-    (
+    error_answer(
         StatusCode::NOT_IMPLEMENTED,
-        "log levels cannot be changed: the program embedding the proxy passed no LogControl\n",
+        "log levels cannot be changed: the program embedding the proxy passed no LogControl",
     )
-        .into_response()
 }
 
 /// `GET /logging`: the filter in force.
@@ -62,33 +63,35 @@ pub(super) async fn show(State(state): State<Arc<ProxyState>>) -> Response {
 /// `POST /logging?level=debug` or `?filter=warn,metaprotocol_router=debug`: changes the filter.
 pub(super) async fn change(
     State(state): State<Arc<ProxyState>>,
-    Query(change): Query<Change>,
+    change: Result<Query<Change>, QueryRejection>,
 ) -> Response {
     let Some(control) = state.log_control() else {
         return no_control();
+    };
+    let Query(change) = match change {
+        Ok(change) => change,
+        Err(rejection) => return error_answer(rejection.status(), &rejection.body_text()),
     };
     let directives = match (change.level, change.filter) {
         (Some(level), None) if is_directives(&level) => level,
         (Some(level), None) => match LEVELS.iter().find(|l| l.eq_ignore_ascii_case(&level)) {
             Some(level) => (*level).to_owned(),
             None => {
-                return (
+                return error_answer(
                     StatusCode::BAD_REQUEST,
-                    format!(
-                        "?level= is one of {}, or directives (target=level, ...)\n",
+                    &format!(
+                        "?level= is one of {}, or directives (target=level, ...)",
                         LEVELS.join(", ")
                     ),
-                )
-                    .into_response();
+                );
             }
         },
         (None, Some(filter)) => filter,
         _ => {
-            return (
+            return error_answer(
                 StatusCode::BAD_REQUEST,
-                "give one of ?level=<level> or ?filter=<directives>\n",
-            )
-                .into_response();
+                "give one of ?level=<level> or ?filter=<directives>",
+            );
         }
     };
     match control.set(&directives) {
@@ -96,6 +99,6 @@ pub(super) async fn change(
             tracing::info!(filter = %directives, "log filter changed through the admin API");
             format!("{}\n", control.current()).into_response()
         }
-        Err(reason) => (StatusCode::BAD_REQUEST, format!("{reason}\n")).into_response(),
+        Err(reason) => error_answer(StatusCode::BAD_REQUEST, &reason),
     }
 }

@@ -4,7 +4,7 @@
 //! the contract; `/help` lists it all). Answers are JSON, errors included (`{"error": ...,
 //! "field": ..., "line": ..., "column": ...}`: a path the API does not have is a `404`, a method
 //! a path does not take a `405` with an `Allow` header), except the plain-text ones meant for
-//! people and scrapers. Write endpoints ask for the bearer token of `admin.token_file` when one is
+//! people and scrapers, whose errors are JSON too. Write endpoints ask for the bearer token of `admin.token_file` when one is
 //! configured ([`auth`]); the server itself bounds slow and idle clients, and those that read
 //! none of their answers ([`crate::http_server`]).
 
@@ -17,7 +17,7 @@ pub use logging::LogControl;
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::extract::rejection::StringRejection;
+use axum::extract::rejection::{PathRejection, StringRejection};
 use axum::extract::{Extension, Path, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
@@ -228,11 +228,10 @@ async fn off_the_runtime<T: Send + 'static>(
 ) -> Result<T, Response> {
     tokio::task::spawn_blocking(work).await.map_err(|err| {
         tracing::error!(error = %err, "reading the series failed");
-        (
+        error_answer(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "reading the series failed\n",
+            "reading the series failed",
         )
-            .into_response()
     })
 }
 
@@ -387,13 +386,24 @@ async fn update_within<T>(
     }
 }
 
+/// The answer to an update whose path's resource name is not text (`%FF`): a rejected update,
+/// in the API's JSON.
+fn unreadable_name(state: &ProxyState, rejection: &PathRejection) -> Response {
+    state.count_update(false);
+    error_answer(rejection.status(), &rejection.body_text())
+}
+
 /// `PUT` of a resource: 200 with its new version, or the error.
 async fn put_resource<T: Resource>(
     State(state): State<Arc<ProxyState>>,
-    Path(name): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     deadline: Option<Extension<RequestDeadline>>,
     body: Result<String, StringRejection>,
 ) -> Response {
+    let name = match path {
+        Ok(Path(name)) => name,
+        Err(rejection) => return unreadable_name(&state, &rejection),
+    };
     // A body that is not text, or too large to take, is a rejected update like any other: in
     // the API's JSON, and counted.
     let body = match body {
@@ -446,9 +456,13 @@ fn names_a_list(field: &str) -> bool {
 
 async fn delete_cluster(
     State(state): State<Arc<ProxyState>>,
-    Path(name): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     deadline: Option<Extension<RequestDeadline>>,
 ) -> Response {
+    let name = match path {
+        Ok(Path(name)) => name,
+        Err(rejection) => return unreadable_name(&state, &rejection),
+    };
     match update_within(&state, deadline, state.remove_cluster(&name)).await {
         Ok(()) => Json(json!({ "name": name, "removed": true })).into_response(),
         Err(answer) => answer,

@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -24,12 +25,16 @@ pub(super) struct Filter {
 
 pub(super) async fn stats(
     State(state): State<Arc<ProxyState>>,
-    Query(filter): Query<Filter>,
+    filter: Result<Query<Filter>, QueryRejection>,
 ) -> Response {
+    let Query(filter) = match filter {
+        Ok(filter) => filter,
+        Err(rejection) => return super::error_answer(rejection.status(), &rejection.body_text()),
+    };
     let filter = match filter.filter.as_deref().map(compile).transpose() {
         Ok(filter) => filter,
         Err(err) => {
-            return (StatusCode::BAD_REQUEST, format!("invalid filter: {err}\n")).into_response();
+            return super::error_answer(StatusCode::BAD_REQUEST, &format!("invalid filter: {err}"));
         }
     };
     let metrics = state.metrics().clone();
