@@ -246,6 +246,47 @@ async fn tower_layers_compose_and_abandoned_calls_complete_once() -> TestResult 
     Ok(())
 }
 
+/// A call its caller gives up on (its own timeout, shorter than the route's) leaves its answer
+/// to nobody: when the answer comes, it is counted with the cluster's unmatched ones, as one
+/// that comes past the route's deadline is.
+#[tokio::test]
+async fn an_answer_to_a_call_its_caller_gave_up_on_is_counted_unmatched() -> TestResult {
+    let provider = DemoProvider::start_with_delay("slow", Duration::from_millis(300)).await?;
+    let client = RouterClient::builder(Config::from_yaml(&format!(
+        "route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
+clusters: [ {{ name: c, endpoints: [ {{ address: \"{}\" }} ] }} ]
+",
+        provider.address()
+    ))?)
+    .codecs(metaprotocol_examples::codec_registry())
+    .protocol("dubbo")
+    .build()
+    .await?;
+    let given_up = tokio::time::timeout(
+        Duration::from_millis(50),
+        client.call(call(SLOW_METHOD, &[])),
+    )
+    .await;
+    assert!(
+        given_up.is_err(),
+        "the slow call ended before its caller gave up"
+    );
+    let unmatched = "metaprotocol_upstream_unmatched_responses_total{cluster=\"c\"} 1";
+    let counted = async {
+        while !client.metrics().render().contains(unmatched) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), counted)
+        .await
+        .map_err(|_| {
+            let text = client.metrics().render();
+            let unmatched: Vec<&str> = text.lines().filter(|l| l.contains("unmatched")).collect();
+            unmatched.join("\n")
+        })?;
+    Ok(())
+}
+
 /// Waits for ever, on the request or on the response, as its call's `stall` attachment says:
 /// a filter whose wait never ends (a lost answer of an authorization service).
 struct Stall;

@@ -219,7 +219,7 @@ async fn attempts(
                 let until = per_try.map_or(deadline, |at| at.min(deadline));
                 let answered = tokio::select! {
                     answered = &mut answer => answered.ok(),
-                    () = tokio::time::sleep_until(until) => None,
+                    () = tokio::time::sleep_until(until) => given_up(&mut answer),
                 };
                 let result = match answered {
                     Some(result) => result,
@@ -246,6 +246,14 @@ async fn attempts(
 }
 
 type Answer = oneshot::Receiver<AttemptResult>;
+
+/// Closes `answer`, whose time is up: an answer its connection reads from now on finds it
+/// closed and is counted with the cluster's unmatched ones. One that reached it as the time
+/// ran out, read in time, is taken.
+fn given_up(answer: &mut Answer) -> Option<AttemptResult> {
+    answer.close();
+    answer.try_recv().ok()
+}
 
 /// Starts the next attempt; where its answer will arrive and what to wait for.
 fn attempt(

@@ -367,6 +367,16 @@ impl Routed {
         self.deadline
     }
 
+    /// The attempt in flight, if any: its number, and the counter of its cluster's answers that
+    /// matched no request waiting, where its answer belongs if it comes once the request ended.
+    pub fn attempt_in_flight(&self) -> Option<(u32, &crate::stats::Counter)> {
+        let attempt = self.current.as_ref()?;
+        Some((
+            attempt.number,
+            &self.target.cluster.stats().unmatched_responses,
+        ))
+    }
+
     /// The number of the attempt in flight or last made (1 for the first).
     pub fn attempts(&self) -> u32 {
         self.attempts

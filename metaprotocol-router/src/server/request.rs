@@ -9,6 +9,7 @@
 //! busy connection, which reuses those of the requests it finished.
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use super::{ListenerContext, complete, load};
 use crate::published::Cached;
 use crate::route::RouteTable;
 use crate::router::{self, Direction, Matched, Next, Routed, Unrouted};
+use crate::stats::Counter;
 use crate::trace::RequestSpan;
 use crate::transport::outbox::Outbox;
 use crate::upstream::{
@@ -50,6 +52,52 @@ const SPARE_MESSAGES: usize = 64;
 
 /// The furthest a timer is armed ahead.
 const TIMER_HORIZON: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Attempts a connection remembers after their request ended at its deadline while they were
+/// in flight ([`Abandoned`]), the newest kept: answers come within moments of the deadline, if
+/// at all.
+const ABANDONED_ATTEMPTS: usize = 16;
+
+/// An attempt in flight when its request ended at its deadline. Its answer, if its connection
+/// read it just before the deadline and it reaches the request after, matched nobody, and is
+/// counted in `counter` (its cluster's unmatched answers), as one read after the deadline is.
+struct Abandoned {
+    key: RequestKey,
+    attempt: u32,
+    counter: Counter,
+}
+
+/// A connection's last [`ABANDONED_ATTEMPTS`] abandoned attempts. Empty, it holds no
+/// allocation; requests that end in time never touch it.
+#[derive(Default)]
+struct AbandonedAttempts(VecDeque<Abandoned>);
+
+impl AbandonedAttempts {
+    /// Remembers `abandoned`, forgetting the oldest when full.
+    fn remember(&mut self, abandoned: Abandoned) {
+        if self.0.len() == ABANDONED_ATTEMPTS {
+            self.0.pop_front();
+        }
+        self.0.push_back(abandoned);
+    }
+
+    /// The answer of attempt `attempt` of the ended request `key`: a response counted as
+    /// unmatched if the attempt was abandoned, which it is no longer.
+    fn answered(&mut self, key: RequestKey, attempt: u32, result: &AttemptResult) {
+        let Some(index) = self
+            .0
+            .iter()
+            .position(|a| a.key == key && a.attempt == attempt)
+        else {
+            return;
+        };
+        if let Some(abandoned) = self.0.remove(index)
+            && result.is_ok()
+        {
+            abandoned.counter.inc();
+        }
+    }
+}
 
 /// What a timer is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,6 +214,9 @@ pub(crate) struct Requests {
     /// The listener's route table as of its last request; made on the first request, dropped
     /// when trimmed (an idle connection does not keep a replaced table alive for long).
     routes: Option<Cached<RouteTable>>,
+    /// Attempts whose requests ended at their deadline, at most [`ABANDONED_ATTEMPTS`]; made on
+    /// the first, dropped when trimmed.
+    abandoned: AbandonedAttempts,
 }
 
 impl Drop for Requests {
@@ -200,6 +251,7 @@ impl Requests {
             moved: 0,
             held: 0,
             routes: None,
+            abandoned: AbandonedAttempts::default(),
         }
     }
 
@@ -226,6 +278,7 @@ impl Requests {
             self.waits = None;
             self.spare = Vec::new();
             self.routes = None;
+            self.abandoned = AbandonedAttempts::default();
         }
     }
 
@@ -701,6 +754,7 @@ impl Requests {
         now: Instant,
     ) {
         let Some(inflight) = self.get(key) else {
+            self.abandoned.answered(key, attempt, result);
             return;
         };
         let Stage::Routed(routed) = &mut inflight.stage else {
@@ -747,6 +801,7 @@ impl Requests {
         }
         match kind {
             TimerKind::Deadline => {
+                let mut abandoned = None;
                 let reply = match &mut inflight.stage {
                     Stage::Filtering => {
                         router::filters_timed_out(Direction::Request, &mut inflight.record)
@@ -755,6 +810,14 @@ impl Requests {
                         if now < routed.deadline() {
                             return;
                         }
+                        abandoned =
+                            routed
+                                .attempt_in_flight()
+                                .map(|(attempt, counter)| Abandoned {
+                                    key,
+                                    attempt,
+                                    counter: counter.clone(),
+                                });
                         routed.timed_out(&mut inflight.record, &mut inflight.span, now)
                     }
                     // The upstream answered: the time ran out in the response's filters.
@@ -766,6 +829,9 @@ impl Requests {
                     }
                     Stage::Answered(_) => return,
                 };
+                if let Some(abandoned) = abandoned {
+                    self.abandoned.remember(abandoned);
+                }
                 self.finish(key, Answer::Local(reply), out, now);
             }
             TimerKind::Attempt(number) => {
@@ -986,5 +1052,40 @@ impl Requests {
             tracing::warn!(listener = %self.ctx.name, error = %err, "cannot encode a local reply");
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_to_an_attempt_its_requests_deadline_abandoned_is_counted_once() {
+        let counter = Counter::default();
+        let key = |index| RequestKey { index, seq: 7 };
+        let mut abandoned = AbandonedAttempts::default();
+        for index in 0..=ABANDONED_ATTEMPTS as u32 {
+            abandoned.remember(Abandoned {
+                key: key(index),
+                attempt: 2,
+                counter: counter.clone(),
+            });
+        }
+        let answer = || Ok(Box::new(Message::empty()));
+        abandoned.answered(key(1), 1, &answer());
+        assert_eq!(counter.get(), 0, "another attempt of the request");
+        abandoned.answered(key(1), 2, &answer());
+        abandoned.answered(key(1), 2, &answer());
+        assert_eq!(counter.get(), 1, "counted once");
+        abandoned.answered(key(2), 2, &Err(UpstreamError::Reset { sent: true }));
+        abandoned.answered(key(2), 2, &answer());
+        assert_eq!(
+            counter.get(),
+            1,
+            "a failure is no answer, and ends the attempt"
+        );
+        abandoned.answered(key(0), 2, &answer());
+        assert_eq!(counter.get(), 1, "the oldest was forgotten");
+        assert_eq!(abandoned.0.len(), ABANDONED_ATTEMPTS - 2);
     }
 }

@@ -666,7 +666,11 @@ impl<S: Transport> Multiplexer<S> {
                 }
                 match self.waiting.remove(message.request_id) {
                     Some(waiting) if waiting.deadline > now => {
-                        waiting.reply.answer_in(&mut self.answers, Ok(message))
+                        // A client call that gave up just before the deadline (its caller's
+                        // own timeout, or it went away) takes no answer.
+                        if !waiting.reply.answer_in(&mut self.answers, Ok(message)) {
+                            self.stats.unmatched_responses.inc();
+                        }
                     }
                     // Too late: its caller has given up.
                     Some(mut waiting) => {

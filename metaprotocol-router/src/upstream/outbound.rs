@@ -135,23 +135,28 @@ impl ReplyTo {
     }
 
     /// Delivers the answer through `batch`: an answer for a downstream connection waits there
-    /// until the batch is flushed or an answer for another connection comes.
-    pub fn answer_in(mut self, batch: &mut AnswerBatch, result: AttemptResult) {
+    /// until the batch is flushed or an answer for another connection comes. False when its
+    /// waiter is known to have gone (a client call that gave up): the answer matched nobody.
+    #[must_use]
+    pub fn answer_in(mut self, batch: &mut AnswerBatch, result: AttemptResult) -> bool {
         match self.0.take() {
             Some(Waiter::Inbox {
                 inbox,
                 key,
                 attempt,
-            }) => batch.push(
-                inbox,
-                UpstreamEvent {
-                    key,
-                    attempt,
-                    result,
-                },
-            ),
+            }) => {
+                batch.push(
+                    inbox,
+                    UpstreamEvent {
+                        key,
+                        attempt,
+                        result,
+                    },
+                );
+                true
+            }
             Some(waiter) => deliver(waiter, result),
-            None => {}
+            None => true,
         }
     }
 }
@@ -209,7 +214,9 @@ impl Drop for ReplyTo {
     }
 }
 
-fn deliver(waiter: Waiter, result: AttemptResult) {
+/// Delivers `result` to `waiter`; false if the waiter is known to have gone (a client call that
+/// gave up).
+fn deliver(waiter: Waiter, result: AttemptResult) -> bool {
     match waiter {
         Waiter::Inbox {
             inbox,
@@ -221,10 +228,9 @@ fn deliver(waiter: Waiter, result: AttemptResult) {
                 attempt,
                 result,
             });
+            true
         }
-        Waiter::Oneshot(sender) => {
-            let _ = sender.send(result);
-        }
+        Waiter::Oneshot(sender) => sender.send(result).is_ok(),
         Waiter::Discard(discard) => {
             let ended = if result.is_ok() {
                 &discard.answered
@@ -232,6 +238,7 @@ fn deliver(waiter: Waiter, result: AttemptResult) {
                 &discard.failed
             };
             ended.inc();
+            true
         }
     }
 }
@@ -254,7 +261,7 @@ mod tests {
     fn answer(reply: ReplyTo, batch: &mut AnswerBatch, request_id: u64) {
         let mut message = Message::empty();
         message.request_id = request_id;
-        reply.answer_in(batch, Ok(Box::new(message)));
+        assert!(reply.answer_in(batch, Ok(Box::new(message))));
     }
 
     fn drain(rx: &mut waiting::Receiver<UpstreamEvent>) -> Vec<(u32, u64)> {
