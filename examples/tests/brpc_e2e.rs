@@ -712,6 +712,9 @@ clusters:
         server.connections()
     );
     assert!(backing_off >= CALLS / 2, "{backing_off}");
+    // `/clusters` shows the backoff, and how many refusals led to it.
+    let endpoint = || proxy.clusters()[0].endpoints[0].clone();
+    assert!(endpoint().credential_refusals >= 1, "{:?}", endpoint());
     server.set_accepted(&["stale-token"]);
     let accepting_since = Instant::now();
     loop {
@@ -729,6 +732,7 @@ clusters:
     }
     let reply = client.call(&Call::new(ECHO_SERVICE, "Echo", "c")).await?;
     assert_eq!(reply.field("identity"), Some("stale-token"));
+    assert_eq!(endpoint().credential_refusals, 0, "ended by an answer");
     proxy.shutdown().await;
     std::fs::remove_file(credentials)?;
     Ok(())

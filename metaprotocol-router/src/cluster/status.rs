@@ -44,10 +44,14 @@ pub struct EndpointStatus {
     pub failing_active_checks: bool,
     /// Times outlier detection ejected it.
     pub ejections: u32,
-    /// True while connect failures keep it out of rotation.
+    /// True while it opens no connection: after connect failures, or after its server closed
+    /// connections right after refusing the proxy's credentials (bRPC's `ERPCAUTH`).
     pub backing_off: bool,
     /// Consecutive failed connects.
     pub connect_failures: u32,
+    /// Connections in a row its server closed right after refusing the proxy's credentials
+    /// (0 again once it answers a call with no refusal).
+    pub credential_refusals: u32,
     /// Requests in flight to it.
     pub active_requests: u64,
     /// Requests sent to it so far.
@@ -81,6 +85,7 @@ impl EndpointStatus {
             ejections: endpoint.outliers().ejections(),
             backing_off: endpoint.pool().in_backoff(),
             connect_failures: endpoint.pool().connect_failures(),
+            credential_refusals: endpoint.pool().credential_refusals(),
             active_requests: endpoint.active_requests(),
             total_requests: endpoint.total_requests(),
             open_connections: endpoint.pool().open_connections(),

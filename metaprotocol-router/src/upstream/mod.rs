@@ -323,14 +323,20 @@ impl UpstreamPool {
         }
     }
 
-    /// True while connect failures keep the endpoint out of use.
+    /// True while the endpoint opens no connection: after connect failures, or after its
+    /// server closed connections right after refusing the proxy's credentials.
     pub fn in_backoff(&self) -> bool {
-        self.backoff.active()
+        self.holding_off()
     }
 
     /// Consecutive connect failures.
     pub fn connect_failures(&self) -> u32 {
         self.backoff.failures()
+    }
+
+    /// Connections in a row its server closed right after refusing the proxy's credentials.
+    pub fn credential_refusals(&self) -> u32 {
+        self.refusals.failures()
     }
 
     /// Upstream connections currently connected.
