@@ -209,7 +209,9 @@ const fn add_order(nth: usize) -> Ordering {
 const READS_TO_SETTLE: usize = 64;
 /// How long [`Cells::read_whole`] waits for one arena's cells to settle before it takes its
 /// last read as it is: a scrape must not wait for good behind a thread that adds without
-/// pause or is kept from running.
+/// pause or is kept from running. A histogram read so shows in its sum an observation its
+/// buckets do not have yet (its adds write the sum before the bucket); its count, the buckets'
+/// total, agrees with the buckets always.
 const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Where a series' cells live.
