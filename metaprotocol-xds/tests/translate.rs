@@ -8,6 +8,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::CommonLbConfig;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, LbPolicy,
 };
@@ -17,6 +18,7 @@ use envoy_types::pb::envoy::config::route::v3::VirtualHost;
 use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
 use envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher;
+use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::protobuf::{Duration, Struct, UInt32Value, Value};
 use metaprotocol_router::config::{LbPolicy as Policy, RouteConfigSpec};
@@ -164,6 +166,66 @@ fn routes_that_cannot_be_mapped_are_refused_naming_the_field() {
     }
 }
 
+/// Istio turns panic mode off (`healthy_panic_threshold` 0%) for a cluster with outlier
+/// detection, unless a destination rule sets `minHealthPercent`: the cluster keeps that, where
+/// it used to take the engine's default of 50% and spread calls over ejected endpoints. An
+/// ejection time longer than Envoy's default cap raises the cap, as in Envoy.
+#[test]
+fn panic_threshold_and_ejection_cap_map_as_envoy_reads_them() -> TestResult {
+    let mut cluster = eds_cluster(&cluster_name("v1"));
+    cluster.common_lb_config = Some(CommonLbConfig {
+        healthy_panic_threshold: Some(Percent { value: 0.0 }),
+        ..CommonLbConfig::default()
+    });
+    cluster.outlier_detection = Some(OutlierDetection {
+        base_ejection_time: Some(Duration {
+            seconds: 600,
+            nanos: 0,
+        }),
+        ..OutlierDetection::default()
+    });
+    let spec = translate::cluster(&cluster)?.spec;
+    assert!(spec.healthy_panic_threshold.abs() < f64::EPSILON);
+    let outlier = spec.outlier_detection.ok_or("no outlier detection")?;
+    assert_eq!(
+        outlier.max_ejection_time,
+        std::time::Duration::from_secs(600)
+    );
+
+    cluster.common_lb_config = Some(CommonLbConfig {
+        healthy_panic_threshold: Some(Percent { value: 30.7 }),
+        ..CommonLbConfig::default()
+    });
+    cluster.outlier_detection = Some(OutlierDetection {
+        max_ejection_time: Some(Duration {
+            seconds: 60,
+            nanos: 0,
+        }),
+        ..OutlierDetection::default()
+    });
+    let spec = translate::cluster(&cluster)?.spec;
+    assert!(
+        (spec.healthy_panic_threshold - 30.0).abs() < f64::EPSILON,
+        "truncated"
+    );
+    let outlier = spec.outlier_detection.ok_or("no outlier detection")?;
+    assert_eq!(
+        outlier.max_ejection_time,
+        std::time::Duration::from_secs(60)
+    );
+
+    cluster.common_lb_config = Some(CommonLbConfig {
+        healthy_panic_threshold: Some(Percent { value: 101.0 }),
+        ..CommonLbConfig::default()
+    });
+    let refused = translate::cluster(&cluster).err().map(|e| e.field);
+    assert_eq!(
+        refused.as_deref(),
+        Some("common_lb_config.healthy_panic_threshold")
+    );
+    Ok(())
+}
+
 #[test]
 fn clusters_and_endpoints_map_as_istiod_sends_them() -> TestResult {
     let name = cluster_name("v1");
@@ -216,6 +278,15 @@ fn clusters_and_endpoints_map_as_istiod_sends_them() -> TestResult {
         std::time::Duration::from_secs(10)
     );
     assert!((outlier.max_ejection_percent - 20.0).abs() < f64::EPSILON);
+    assert_eq!(
+        outlier.max_ejection_time,
+        std::time::Duration::from_secs(300),
+        "Envoy's default"
+    );
+    assert!(
+        (translated.spec.healthy_panic_threshold - 50.0).abs() < f64::EPSILON,
+        "Envoy's default"
+    );
 
     // Endpoints: weights, localities and `envoy.lb` labels; unhealthy ones left out.
     let addresses = [

@@ -6,8 +6,8 @@
 //! cluster's name); `connect_timeout`; `lb_policy` (`ROUND_ROBIN`, `LEAST_REQUEST`, `RANDOM`,
 //! `RING_HASH`, `MAGLEV`); the `DEFAULT` priority's `circuit_breakers` thresholds;
 //! `outlier_detection` (`consecutive_5xx`, `interval`, `base_ejection_time`,
-//! `max_ejection_percent`); a `common_lb_config` locality setting (zone-aware or
-//! locality-weighted) as `locality_aware`.
+//! `max_ejection_time`, `max_ejection_percent`); `common_lb_config`'s locality setting
+//! (zone-aware or locality-weighted) as `locality_aware`, and its `healthy_panic_threshold`.
 //!
 //! Refused (NACKed, naming the field): TLS (`transport_socket*`), `health_checks`,
 //! `load_balancing_policy`, network `filters`, `upstream_config`, custom DNS resolvers and
@@ -88,6 +88,18 @@ pub fn cluster(cluster: &Cluster) -> Result<ClusterResource, InvalidResource> {
             [consistent_hashing_lb_config, override_host_status,]
         );
         spec.locality_aware = common.locality_config_specifier.is_some();
+        if let Some(threshold) = &common.healthy_panic_threshold {
+            // Envoy truncates it to a whole percent; Istio sends 0 (panic mode off) with
+            // outlier detection unless a destination rule sets `minHealthPercent`.
+            let percent = threshold.value.trunc();
+            if !(0.0..=100.0).contains(&percent) {
+                return Err(InvalidResource::new(
+                    "common_lb_config.healthy_panic_threshold",
+                    format!("{} is not a percentage from 0 to 100", threshold.value),
+                ));
+            }
+            spec.healthy_panic_threshold = percent;
+        }
     }
     if let Some(breakers) = &cluster.circuit_breakers {
         spec.circuit_breakers = Some(circuit_breakers(breakers)?);
@@ -197,7 +209,7 @@ fn circuit_breakers(breakers: &CircuitBreakers) -> Result<CircuitBreakersSpec, I
 
 /// Consecutive failures, the sweep interval, the ejection time and the most ejected. Enforced
 /// gateway-failure and failure-percentage detection is refused; success-rate detection (on by
-/// default in Envoy, so nearly always "set") and the ejection time's cap are ignored.
+/// default in Envoy, so nearly always "set") is ignored.
 fn outlier_detection(outlier: &OutlierDetection) -> Result<OutlierDetectionSpec, InvalidResource> {
     let at = "outlier_detection";
     refuse_set!(at, outlier, [split_external_local_origin_errors, monitors]);
@@ -232,6 +244,13 @@ fn outlier_detection(outlier: &OutlierDetection) -> Result<OutlierDetectionSpec,
     }
     if let Some(percent) = &outlier.max_ejection_percent {
         spec.max_ejection_percent = f64::from(percent.value);
+    }
+    match &outlier.max_ejection_time {
+        Some(time) => {
+            spec.max_ejection_time = duration(time, "outlier_detection.max_ejection_time")?;
+        }
+        // Envoy's default: 300 s, or the base ejection time when that is longer.
+        None => spec.max_ejection_time = spec.max_ejection_time.max(spec.base_ejection_time),
     }
     Ok(spec)
 }
