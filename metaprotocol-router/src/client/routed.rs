@@ -273,7 +273,7 @@ fn route_cluster_specs<'c>(
     at: &str,
 ) -> Result<Vec<(usize, &'c Arc<ClusterSpec>)>, ConfigError> {
     let mut specs: Vec<(usize, &Arc<ClusterSpec>)> = Vec::new();
-    for name in routes.routes.iter().flat_map(route_clusters) {
+    for name in routes.routes.iter().flat_map(|route| route_clusters(route)) {
         if specs.iter().any(|(_, spec)| spec.name == name) {
             continue;
         }

@@ -1,6 +1,7 @@
 //! Route configs: ordered routes, each a match and an action.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use metaprotocol_core::{LocalReply, LocalReplyKind};
@@ -18,9 +19,11 @@ pub const MAX_NUM_RETRIES: u32 = 10;
 pub struct RouteConfigSpec {
     /// A unique name, referenced by listeners.
     pub name: String,
-    /// The routes, tried in order.
-    #[serde(default)]
-    pub routes: Vec<RouteSpec>,
+    /// The routes, tried in order. Each is shared: a copy of the route config (the running
+    /// config, its layers and the compiled table each keep one) copies a pointer per route,
+    /// not the route.
+    #[serde(default, with = "super::shared")]
+    pub routes: Vec<Arc<RouteSpec>>,
 }
 
 impl RouteConfigSpec {

@@ -202,7 +202,7 @@ pub(crate) fn compose(
     }
     let used: BTreeSet<&str> = route_configs
         .iter()
-        .flat_map(|(r, _)| r.routes.iter().flat_map(route_clusters))
+        .flat_map(|(r, _)| r.routes.iter().flat_map(|route| route_clusters(route)))
         .collect();
     for name in used.into_iter().filter(|name| !provided(name)) {
         if let Some(old) = running_clusters.get(name) {
@@ -319,7 +319,7 @@ fn missing_clusters<'a>(
     let missing: BTreeSet<&str> = spec
         .routes
         .iter()
-        .flat_map(route_clusters)
+        .flat_map(|route| route_clusters(route))
         .filter(|c| !available(c))
         .collect();
     missing.into_iter().collect()

@@ -267,7 +267,8 @@ impl ListenerStats {
 #[derive(Debug)]
 pub(crate) struct LazyRouteStats {
     scope: MetricsScope,
-    stats: OnceLock<RouteStats>,
+    /// Boxed: inline, the series' handles would cost every idle route hundreds of bytes.
+    stats: OnceLock<Box<RouteStats>>,
 }
 
 impl LazyRouteStats {
@@ -275,14 +276,15 @@ impl LazyRouteStats {
     pub fn new(scope: MetricsScope) -> Self {
         let stats = OnceLock::new();
         if scope.has_series(ROUTE_REQUESTS) {
-            let _ = stats.set(RouteStats::new(&scope));
+            let _ = stats.set(Box::new(RouteStats::new(&scope)));
         }
         Self { scope, stats }
     }
 
     /// The route's series, registered if this is their first use.
     pub fn get(&self) -> &RouteStats {
-        self.stats.get_or_init(|| RouteStats::new(&self.scope))
+        self.stats
+            .get_or_init(|| Box::new(RouteStats::new(&self.scope)))
     }
 
     /// Lets go of the route's series (when the route goes).

@@ -89,7 +89,7 @@ pub fn route_config(config: &RouteConfiguration) -> Result<RouteConfigSpec, Inva
     for (i, route) in routes.iter().enumerate() {
         let at = format!("virtual_hosts[0].routes[{i}]");
         spec.routes
-            .push(route_spec(route).map_err(|e| e.within(&at))?);
+            .push(route_spec(route).map_err(|e| e.within(&at))?.into());
     }
     Ok(spec)
 }
