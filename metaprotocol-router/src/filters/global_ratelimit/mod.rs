@@ -12,7 +12,10 @@
 //! of those at once when it resumes) counts nothing: each check tells the script when it goes
 //! stale, on the Redis server's clock as [`clock`] estimates it. At most `max_pending_checks`
 //! requests wait for Redis at once; past that (a Redis that reads but does not answer, under
-//! load) the failure mode applies at once, counted as an `overflow`.
+//! load) the failure mode applies at once, counted as an `overflow`. A check that timed out
+//! still holds its place in the Redis client's queue until Redis answers it: once more than
+//! `max_pending_checks` answers are overdue on the connection, it is dropped (the queue with
+//! it) for a new one, counted as `stalled` ([`client`]).
 //!
 //! The Redis password lives in a file (`password_file`), read at each config load, never in
 //! the config: `/config_dump` shows the config to anyone who can reach the admin API.
@@ -43,7 +46,7 @@ use metaprotocol_core::{
 };
 use serde::Deserialize;
 
-use self::client::{Credentials, RedisLimits, Verdict};
+use self::client::{Checked, Credentials, RedisLimits, Verdict};
 use super::in_flight::InFlightLimit;
 use super::{FilterContext, routing_view};
 use crate::config::{ConfigError, EndpointAddress, from_value};
@@ -258,7 +261,7 @@ pub(crate) fn build(
     let errors = |reason| {
         metrics.counter_with(
             "ratelimit_backend_errors",
-            "Global rate limit checks that Redis did not answer in time (timeout), answered with an error (error), or that were not sent, max_pending_checks waiting (overflow)",
+            "Global rate limit checks that Redis did not answer in time (timeout), answered with an error (error), or that were not sent, max_pending_checks waiting (overflow); and Redis connections dropped, more than max_pending_checks answers overdue on them (stalled)",
             &[("reason", reason)],
         )
     };
@@ -273,6 +276,7 @@ pub(crate) fn build(
         timeouts: errors("timeout"),
         errors: errors("error"),
         overflows: errors("overflow"),
+        stalled: errors("stalled"),
         missing_descriptor: decisions("missing_descriptor"),
     };
     Ok(Arc::new(GlobalRateLimit {
@@ -284,6 +288,7 @@ pub(crate) fn build(
         failure_mode_deny: spec.failure_mode_deny,
         missing_descriptor: spec.missing_descriptor,
         pending: InFlightLimit::new(spec.max_pending_checks),
+        max_pending_checks: spec.max_pending_checks,
         stats: Arc::new(stats),
     }))
 }
@@ -297,6 +302,8 @@ struct Stats {
     errors: Counter,
     /// Checks not sent: `max_pending_checks` were waiting.
     overflows: Counter,
+    /// Redis connections dropped: more than `max_pending_checks` answers were overdue on them.
+    stalled: Counter,
     /// Requests let through unchecked, lacking a descriptor key.
     missing_descriptor: Counter,
 }
@@ -312,6 +319,8 @@ struct GlobalRateLimit {
     missing_descriptor: MissingDescriptor,
     /// The checks waiting for Redis.
     pending: Arc<InFlightLimit>,
+    /// The most checks waiting for Redis, and the most answers overdue on its connection.
+    max_pending_checks: u32,
     stats: Arc<Stats>,
 }
 
@@ -406,30 +415,40 @@ impl L7Filter for GlobalRateLimit {
         let redis = self.redis.clone();
         let stats = self.stats.clone();
         let (rate, timeout, deny) = (self.rate, self.timeout, self.failure_mode_deny);
+        let max_overdue = self.max_pending_checks;
         FilterDecision::Wait(Box::pin(async move {
             let _waiting = pending;
-            let checked = tokio::time::timeout(
-                timeout,
-                redis.check(&key, rate.emission_us, rate.tolerance_us, timeout),
-            )
-            .await;
+            let checked = redis
+                .check(
+                    &key,
+                    rate.emission_us,
+                    rate.tolerance_us,
+                    timeout,
+                    max_overdue,
+                )
+                .await;
             let failed = match checked {
                 // A stale verdict in time: the clocks jumped, and this request goes uncounted.
-                Ok(Ok(Verdict::Conforms | Verdict::Stale)) => {
+                Checked::Answered(Verdict::Conforms | Verdict::Stale) => {
                     stats.ok.inc();
                     return Resume::new(FilterDecision::Continue);
                 }
-                Ok(Ok(Verdict::OverLimit)) => {
+                Checked::Answered(Verdict::OverLimit) => {
                     stats.over_limit.inc();
                     return Resume::new(over_limit(
                         "metaprotocol-proxy: rate limited (global_ratelimit)",
                     ));
                 }
-                Ok(Err(err)) => {
+                Checked::Failed(err) => {
                     tracing::debug!(error = %err, "global rate limit check failed");
                     &stats.errors
                 }
-                Err(_) => &stats.timeouts,
+                Checked::TimedOut { replaced } => {
+                    if replaced {
+                        stats.stalled.inc();
+                    }
+                    &stats.timeouts
+                }
             };
             Resume::new(failure_mode(&stats, failed, deny))
         }))
@@ -609,6 +628,89 @@ mod tests {
             }
         }
         silent.abort();
+        Ok(())
+    }
+
+    /// A Redis that answered the connection's setup, then read checks but never answered them,
+    /// kept each timed-out check in redis-rs's queue of requests awaiting answers for as long as
+    /// the connection lived: once more than `max_pending_checks` answers are overdue, the
+    /// connection is dropped (its queue with it) and the next check goes out on a new one.
+    #[tokio::test]
+    async fn a_connection_with_too_many_overdue_answers_is_replaced() -> std::io::Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::sync::mpsc;
+        /// What the server saw on its `n`th connection.
+        #[derive(Debug, PartialEq)]
+        enum Seen {
+            Accepted(usize),
+            Closed(usize),
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?.to_string();
+        let (seen, mut events) = mpsc::unbounded_channel();
+        let server = tokio::spawn(async move {
+            let mut n = 0;
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let _ = seen.send(Seen::Accepted(n));
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    // Answers the two `CLIENT SETINFO` redis-rs sets a connection up with, then
+                    // reads until the proxy closes the connection, answering nothing.
+                    let mut read = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    let mut answered = false;
+                    while let Ok(len @ 1..) = socket.read(&mut buf).await {
+                        read.extend_from_slice(&buf[..len]);
+                        let setinfo = read.windows(7).filter(|w| w == b"SETINFO").count();
+                        if !answered && setinfo >= 2 {
+                            answered = true;
+                            if socket.write_all(b"+OK\r\n+OK\r\n").await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    let _ = seen.send(Seen::Closed(n));
+                });
+                n += 1;
+            }
+        });
+        let metrics = Metrics::new();
+        let mut spec = config(&address, false);
+        spec["max_pending_checks"] = json!(2);
+        let filter = build_filter(NAME, spec, &metrics).map_err(std::io::Error::other)?;
+        let request = TestRequest::new(&[("method", "m")]);
+        // Three checks time out: the third answer overdue is one more than max_pending_checks.
+        for _ in 0..3 {
+            assert!(matches!(
+                decide(&*filter, &request).await,
+                FilterDecision::Continue
+            ));
+        }
+        let next = match request.decide(&*filter) {
+            FilterDecision::Wait(future) => tokio::spawn(future),
+            other => return Err(std::io::Error::other(format!("{other:?}"))),
+        };
+        // The first connection closes (redis-rs's queue goes with it), the next check opens one.
+        let mut expected = vec![Seen::Accepted(0), Seen::Closed(0), Seen::Accepted(1)];
+        while !expected.is_empty() {
+            let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+                .await
+                .map_err(|_| std::io::Error::other(format!("still waiting for {expected:?}")))?
+                .ok_or_else(|| std::io::Error::other("the server stopped"))?;
+            expected.retain(|e| *e != event);
+        }
+        let _ = next.await;
+        server.abort();
+        let series = |reason: &str| {
+            value(
+                &metrics,
+                &format!(
+                    "metaprotocol_ratelimit_backend_errors_total{{listener=\"in\",filter=\"global_ratelimit\",reason=\"{reason}\"}}"
+                ),
+            )
+        };
+        assert_eq!(series("timeout"), Some(4.0));
+        assert_eq!(series("stalled"), Some(1.0));
         Ok(())
     }
 
