@@ -44,6 +44,16 @@ fn config(
     v2: SocketAddr,
     dead: SocketAddr,
 ) -> Result<Config, Box<dyn std::error::Error + Send + Sync>> {
+    config_balanced_by(v1, v2, dead, "round_robin")
+}
+
+/// [`config`] with the cluster balanced by `lb_policy`.
+fn config_balanced_by(
+    v1: SocketAddr,
+    v2: SocketAddr,
+    dead: SocketAddr,
+    lb_policy: &str,
+) -> Result<Config, Box<dyn std::error::Error + Send + Sync>> {
     Ok(Config::from_yaml(&format!(
         r#"
 route_configs:
@@ -65,6 +75,7 @@ route_configs:
         response_mutation: {{ set: {{ x-route: users }} }}
 clusters:
   - name: demo
+    lb_policy: {lb_policy}
     connect_timeout: 500ms
     endpoints:
       - {{ address: "{dead}", labels: {{ version: v1 }} }}
@@ -137,6 +148,28 @@ async fn calls_are_routed_retried_and_answered() -> TestResult {
             .any(|l| l.starts_with("metaprotocol_upstream_rq_retry_total") && !l.ends_with(" 0")),
         "{metrics}"
     );
+    Ok(())
+}
+
+/// The subsets of a `ring_hash` cluster, whose tables the client builds off its thread, are
+/// built before the client routes: each call gets to its subset's provider.
+#[tokio::test]
+async fn a_ring_hash_clients_subsets_are_built_before_it_routes() -> TestResult {
+    let v1 = DemoProvider::start("v1").await?;
+    let v2 = DemoProvider::start("v2").await?;
+    let (_down, dead) = support::refusing_addr()?;
+    let config = config_balanced_by(v1.address(), v2.address(), dead, "ring_hash")?;
+    let client = RouterClient::builder(config)
+        .codecs(metaprotocol_examples::codec_registry())
+        .protocol("dubbo")
+        .build()
+        .await?;
+    let batch = client
+        .call(call("sayHello", &[("batchJob", "true")]))
+        .await?;
+    assert_eq!(provider_of(&batch), Some("v2"));
+    let users = client.call(call("sayHello", &[])).await?;
+    assert_eq!(provider_of(&users), Some("v1"));
     Ok(())
 }
 

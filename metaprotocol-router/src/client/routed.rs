@@ -14,7 +14,7 @@ use super::call::{self, CallContext};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::cluster::dns::{self, SystemResolver};
-use crate::cluster::{ClusterManager, Resolved};
+use crate::cluster::{ClusterHandle, ClusterManager, Resolved, build_all};
 use crate::config::{ClusterSpec, Config, ConfigError, FilterSpec, RouteConfigSpec};
 use crate::filters::{FilterRegistry, SharedClients};
 use crate::proxy::build::{Builder, check_protocols, route_clusters};
@@ -246,6 +246,17 @@ impl RouterClientBuilder {
         let table = builder
             .route_table(routes, 1, &clusters)
             .map_err(|e| e.within(&at))?;
+        // The subsets the table registered, built (off this thread for `ring_hash` and
+        // `maglev`, see `ClusterHandle::subset`) before the client routes with it.
+        let rebuilds = clusters
+            .all()
+            .values()
+            .filter(|handle| handle.build_pending())
+            .map(ClusterHandle::prepare_rebuild)
+            .collect::<Result<Vec<_>, _>>()?;
+        for rebuilt in build_all(rebuilds).await? {
+            rebuilt.commit();
+        }
         let name: Arc<str> = self.name.as_str().into();
         let scope = metrics.root().detached("listener", &self.name);
         let filters = builder.filter_chain(&name, &scope, &self.filters)?;

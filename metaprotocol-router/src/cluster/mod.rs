@@ -84,7 +84,9 @@ struct ClusterState {
 /// of a cluster whose balancers build a table (`ring_hash`, `maglev`: up to 2^20 points) asks
 /// for a build on a blocking thread, out of the lock, while the published snapshot keeps
 /// serving; changes that come while it builds are coalesced: a build whose state changed
-/// meanwhile is dropped, and the newest state is built and published instead.
+/// meanwhile is dropped, and the newest state is built and published instead. A config update
+/// is planned and built before it is published ([`ClusterHandle::prepare_update`]); a change
+/// that comes meanwhile is asked for again when it is published.
 #[derive(Debug, Default)]
 struct Builds {
     /// The number of the last build asked for.
@@ -402,10 +404,10 @@ impl ClusterHandle {
             .collect()
     }
 
-    /// A lease on the subset whose endpoints carry all of `labels`, registering it (and
-    /// publishing a snapshot that has it) when no lease holds it yet. The subset is kept while
-    /// any lease on it is held: routes hold theirs, so that a subset no live route table names
-    /// anymore stops costing each rebuild of the cluster.
+    /// A lease on the subset whose endpoints carry all of `labels`, registering it (and asking
+    /// for a snapshot that has it, see [`ClusterHandle::rebuild_for_subset`]) when no lease
+    /// holds it yet. The subset is kept while any lease on it is held: routes hold theirs, so
+    /// that a subset no live route table names anymore stops costing each rebuild of the cluster.
     pub fn subset(self: &Arc<Self>, labels: &BTreeMap<String, String>) -> SubsetLease {
         let mut state = self.lock();
         let held = state
@@ -432,7 +434,7 @@ impl ClusterHandle {
                         state.selectors.len() - 1
                     }
                 };
-                self.rebuild_now(&mut state);
+                self.rebuild_for_subset(&mut state);
                 index
             }
         };
@@ -478,9 +480,82 @@ impl ClusterHandle {
         connector(spec, &self.scope)
     }
 
-    /// Rebuilds from `spec` (with `codec`, when the protocol or codec options changed) for a
-    /// proxy at `local`, and publishes the new snapshot; returns its version. Endpoints that
-    /// stay keep their pools; health work whose config changed restarts.
+    /// Plans the update of this cluster to `spec` (with `codec`, when the protocol or codec
+    /// options changed) for a proxy at `local`, with `resolved` the addresses of its host names:
+    /// its endpoints (those that stay reused, new ones made) and what its snapshot is built
+    /// from, changing nothing the cluster has. [`PreparedUpdate::build`] builds the snapshot,
+    /// the part that may take long, and [`BuiltUpdate::commit`] publishes it.
+    pub fn prepare_update(
+        self: &Arc<Self>,
+        spec: &Arc<ClusterSpec>,
+        codec: Option<(String, Arc<dyn CodecFactory>)>,
+        local: Option<LocalitySpec>,
+        resolved: &Resolved,
+    ) -> Result<PreparedUpdate, ConfigError> {
+        let probe_codec = codec
+            .as_ref()
+            .map_or_else(|| self.codec(), |(_, codec)| codec.clone());
+        let probe = health::probe_request(spec.health_check.as_ref(), &probe_codec)?;
+        let connector = self.next_connector(spec)?;
+        let resolved = dns::kept(spec, resolved);
+        let state = self.lock();
+        let (protocol, next_codec) = match &codec {
+            Some((protocol, codec)) => (protocol.as_str(), codec),
+            None => (state.protocol.as_str(), &state.codec),
+        };
+        let inputs = PlanInputs {
+            spec,
+            protocol,
+            codec: next_codec,
+            connector: &connector,
+            resolved: &resolved,
+            local: local.as_ref(),
+            endpoints: &state.endpoints,
+            selectors: &state.selectors,
+        };
+        let (endpoints, plan) = plan_hosts(&inputs, &self.stats, &self.breakers, &self.scope);
+        let seen = state.builds.requested;
+        drop(state);
+        Ok(PreparedUpdate {
+            next: NextConfig {
+                cluster: self.clone(),
+                spec: spec.clone(),
+                codec,
+                connector,
+                probe,
+                local,
+                resolved,
+                endpoints,
+                seen,
+            },
+            plan,
+        })
+    }
+
+    /// Plans a rebuild of its current config, for a subset registered by a route table being
+    /// compiled (see [`ClusterHandle::build_pending`]).
+    pub fn prepare_rebuild(self: &Arc<Self>) -> Result<PreparedUpdate, ConfigError> {
+        let (spec, local, resolved) = {
+            let state = self.lock();
+            (
+                state.spec.clone(),
+                state.local.clone(),
+                state.resolved.clone(),
+            )
+        };
+        self.prepare_update(&spec, None, local, &resolved)
+    }
+
+    /// True when a snapshot was asked for and none published since: a subset registered by a
+    /// route table being compiled, which the update compiling it builds before it publishes
+    /// the table (see [`ClusterHandle::subset`]), or a health change's build under way.
+    pub fn build_pending(&self) -> bool {
+        let state = self.lock();
+        state.builds.published < state.builds.requested
+    }
+
+    /// Plans, builds and publishes an update at once (see [`ClusterHandle::prepare_update`]).
+    #[cfg(test)]
     pub fn update(
         self: &Arc<Self>,
         spec: &Arc<ClusterSpec>,
@@ -488,32 +563,47 @@ impl ClusterHandle {
         local: Option<LocalitySpec>,
         resolved: &Resolved,
     ) -> Result<u64, ConfigError> {
-        let new_codec = codec.as_ref().map(|(_, c)| c.clone());
-        let probe_codec = new_codec.clone().unwrap_or_else(|| self.codec());
-        let probe = health::probe_request(spec.health_check.as_ref(), &probe_codec)?;
-        let connector = self.next_connector(spec)?;
+        Ok(self
+            .prepare_update(spec, codec, local, resolved)?
+            .build()
+            .commit())
+    }
+
+    /// Publishes `update`, built for this cluster; returns the cluster's new version. It does
+    /// not wait and builds no table, unless an endpoint it planned with was retired meanwhile (a
+    /// DNS answer changed the cluster's addresses): it is planned and built again then.
+    fn commit(self: &Arc<Self>, update: BuiltUpdate) -> u64 {
+        let BuiltUpdate { next, snapshot } = update;
         let mut state = self.lock();
         let old = state.spec.clone();
-        let mut next = ClusterState {
-            spec: spec.clone(),
+        let restart = old.outlier_detection != next.spec.outlier_detection
+            || old.health_check != next.spec.health_check
+            || old.connect_timeout != next.spec.connect_timeout
+            || old.tls != next.spec.tls
+            || next.codec.is_some();
+        let mut state_next = ClusterState {
+            spec: next.spec.clone(),
             protocol: state.protocol.clone(),
             codec: state.codec.clone(),
-            connector,
+            connector: next.connector,
             endpoints: std::mem::take(&mut state.endpoints),
             selectors: state.selectors.clone(),
             retired: std::mem::take(&mut state.retired),
-            resolved: dns::kept(spec, resolved),
+            resolved: next.resolved,
             version: state.version,
-            local,
-            probe,
+            local: next.local,
+            probe: next.probe,
             monitor: state.monitor.take(),
             builds: std::mem::take(&mut state.builds),
         };
-        if let Some((protocol, codec)) = codec {
-            next.protocol = protocol;
-            next.codec = codec;
+        if let Some((protocol, codec)) = next.codec {
+            state_next.protocol = protocol;
+            state_next.codec = codec;
         }
+        // A health change or new subset since the snapshot was planned: built again next.
+        let mut missed = state_next.builds.requested != next.seen;
         // Flags whose source the update removes would never be cleared.
+        let spec = &next.spec;
         let stopped = [
             (
                 old.outlier_detection.is_some() && spec.outlier_detection.is_none(),
@@ -526,29 +616,35 @@ impl ClusterHandle {
         ];
         for (removed, flag) in stopped {
             if removed {
-                for endpoint in next.endpoints.values() {
-                    endpoint.health().set(flag, false);
+                for endpoint in state_next.endpoints.values().chain(next.endpoints.values()) {
+                    missed |= endpoint.health().set(flag, false);
                 }
                 if flag == HealthFlags::EJECTED {
                     self.ejections.clear();
                 }
             }
         }
-        let snapshot = plan(&mut next, &self.stats, &self.breakers, &self.scope).build();
-        let restart = old.outlier_detection != spec.outlier_detection
-            || old.health_check != spec.health_check
-            || old.connect_timeout != spec.connect_timeout
-            || old.tls != spec.tls
-            || new_codec.is_some();
-        if restart && next.monitor.is_some() {
-            next.monitor = Some(HealthMonitor::start(
+        let retired_meanwhile = next
+            .endpoints
+            .values()
+            .any(|e| e.health().has(HealthFlags::DRAINING));
+        let snapshot = if retired_meanwhile {
+            drop(next.endpoints);
+            missed = false;
+            plan(&mut state_next, &self.stats, &self.breakers, &self.scope).build()
+        } else {
+            retire_replaced(&mut state_next, next.endpoints);
+            snapshot
+        };
+        if restart && state_next.monitor.is_some() {
+            state_next.monitor = Some(HealthMonitor::start(
                 self,
-                &next.spec,
-                next.probe.clone(),
-                next.connector.clone(),
+                &state_next.spec,
+                state_next.probe.clone(),
+                state_next.connector.clone(),
             ));
         }
-        *state = next;
+        *state = state_next;
         self.breakers.set_limits(spec.circuit_breakers.as_ref());
         self.outlier_thresholds.set(spec.outlier_detection.as_ref());
         self.ejections.set_policy(spec.outlier_detection.as_ref());
@@ -557,7 +653,10 @@ impl ClusterHandle {
         state.builds.requested += 1;
         let build = state.builds.requested;
         self.publish(&mut state, build, snapshot);
-        Ok(state.version)
+        if missed {
+            self.rebuild_soon(&mut state);
+        }
+        state.version
     }
 
     /// The addresses its host names resolved to last.
@@ -585,6 +684,20 @@ impl ClusterHandle {
         let build = state.builds.requested;
         let snapshot = plan(state, &self.stats, &self.breakers, &self.scope).build();
         self.publish(state, build, snapshot);
+    }
+
+    /// Asks for the next snapshot of `state`, for a new subset: a `ring_hash` or `maglev`
+    /// cluster on a runtime leaves it to the update compiling the route table that registered
+    /// the subset, which builds it on a blocking thread and publishes it with the table (see
+    /// [`ClusterHandle::build_pending`]); the others build it at once.
+    fn rebuild_for_subset(&self, state: &mut ClusterState) {
+        if crate::lb::builds_table(state.spec.lb_policy)
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            state.builds.requested += 1;
+        } else {
+            self.rebuild_now(state);
+        }
     }
 
     /// Asks for the next snapshot of `state`: built at once, unless its balancers build a table
@@ -684,32 +797,74 @@ impl Drop for ClusterHandle {
     }
 }
 
-/// What the next snapshot of `state` is built from: endpoints of the spec, reusing those whose
-/// address, codec, pool settings and connector are unchanged (new ones get their series in
-/// `scope`, and one rebuilt at an address stays out of rotation if the one it replaces was);
-/// endpoints that left are marked draining.
+/// What the next snapshot of `state` is built from (see [`plan_hosts`]); endpoints that left
+/// are marked draining.
 fn plan(
     state: &mut ClusterState,
     stats: &ClusterStats,
     breakers: &Arc<CircuitBreakers>,
     scope: &MetricsScope,
 ) -> SnapshotPlan {
+    let (endpoints, plan) = plan_hosts(&state.inputs(), stats, breakers, scope);
+    retire_replaced(state, endpoints);
+    plan
+}
+
+/// What a cluster's next endpoints and snapshot are planned from.
+struct PlanInputs<'a> {
+    spec: &'a ClusterSpec,
+    protocol: &'a str,
+    codec: &'a Arc<dyn CodecFactory>,
+    connector: &'a Connector,
+    resolved: &'a Resolved,
+    local: Option<&'a LocalitySpec>,
+    /// The endpoints it has now, reused where they fit.
+    endpoints: &'a HashMap<SocketAddr, Arc<Endpoint>>,
+    selectors: &'a [Selector],
+}
+
+impl ClusterState {
+    /// Its next snapshot planned from what it is now.
+    fn inputs(&self) -> PlanInputs<'_> {
+        PlanInputs {
+            spec: &self.spec,
+            protocol: &self.protocol,
+            codec: &self.codec,
+            connector: &self.connector,
+            resolved: &self.resolved,
+            local: self.local.as_ref(),
+            endpoints: &self.endpoints,
+            selectors: &self.selectors,
+        }
+    }
+}
+
+/// The endpoints of `inputs`' spec, reusing those whose address, codec, pool settings and
+/// connector are unchanged (new ones get their series in `scope`, and one rebuilt at an address
+/// stays out of rotation if the one it replaces was), and what its snapshot is built from.
+/// Changes nothing the cluster has: [`retire_replaced`] installs the endpoints.
+fn plan_hosts(
+    inputs: &PlanInputs<'_>,
+    stats: &ClusterStats,
+    breakers: &Arc<CircuitBreakers>,
+    scope: &MetricsScope,
+) -> (HashMap<SocketAddr, Arc<Endpoint>>, SnapshotPlan) {
     let metrics = scope.metrics();
     let istio = metrics.settings().istio.clone();
-    let cluster = state.spec.name.as_str();
-    let settings = pool_settings(&state.spec);
-    let mut endpoints = HashMap::with_capacity(state.spec.endpoints.len());
-    let mut hosts = Vec::with_capacity(state.spec.endpoints.len());
-    for spec in &state.spec.endpoints {
-        for address in dns::addresses(&spec.address, &state.resolved) {
+    let cluster = inputs.spec.name.as_str();
+    let settings = pool_settings(inputs.spec);
+    let mut endpoints = HashMap::with_capacity(inputs.spec.endpoints.len());
+    let mut hosts = Vec::with_capacity(inputs.spec.endpoints.len());
+    for spec in &inputs.spec.endpoints {
+        for address in dns::addresses(&spec.address, inputs.resolved) {
             // Two names of one address (`localhost:1` and `127.0.0.1:1`): the first wins.
             if endpoints.contains_key(&address) {
                 continue;
             }
-            let reusable = state.endpoints.get(&address).filter(|e| {
-                Arc::ptr_eq(e.pool().codec(), &state.codec)
+            let reusable = inputs.endpoints.get(&address).filter(|e| {
+                Arc::ptr_eq(e.pool().codec(), inputs.codec)
                     && e.pool().settings() == settings
-                    && e.pool().connector().same(&state.connector)
+                    && e.pool().connector().same(inputs.connector)
             });
             let endpoint = match reusable {
                 Some(endpoint) => endpoint.clone(),
@@ -719,16 +874,16 @@ fn plan(
                     let health = HealthStats::new(&scope, &states);
                     let pool = UpstreamPool::new(
                         address,
-                        state.codec.clone(),
+                        inputs.codec.clone(),
                         settings,
-                        state.connector.clone(),
+                        inputs.connector.clone(),
                         stats.clone(),
                         Some(breakers.clone()),
                     )
                     .with_endpoint_stats(EndpointStats::new(&scope));
                     let mut endpoint = Endpoint::new(address, pool);
                     // Rebuilt in place: still out of rotation if it was.
-                    if let Some(replaced) = state.endpoints.get(&address) {
+                    if let Some(replaced) = inputs.endpoints.get(&address) {
                         endpoint = endpoint.replacing(replaced);
                     }
                     Arc::new(endpoint.with_metrics(scope, health))
@@ -737,7 +892,7 @@ fn plan(
             endpoints.insert(address, endpoint.clone());
             let istio = istio.as_ref().map(|istio| {
                 let destination = IstioDestination::of_endpoint(istio, cluster, &spec.labels);
-                metrics.istio_reporter(istio, &state.protocol, destination)
+                metrics.istio_reporter(istio, inputs.protocol, destination)
             });
             hosts.push(Arc::new(Host {
                 endpoint,
@@ -750,14 +905,20 @@ fn plan(
     }
     let plan = SnapshotPlan {
         hosts,
-        selectors: state.selectors.clone(),
-        settings: lb_settings(&state.spec, state.local.as_ref()),
-        retry_budget: state.spec.retry_budget,
+        selectors: inputs.selectors.to_vec(),
+        settings: lb_settings(inputs.spec, inputs.local),
+        retry_budget: inputs.spec.retry_budget,
         istio: istio.as_ref().map(|istio| {
             let destination = IstioDestination::of_cluster(istio, cluster);
-            metrics.istio_reporter(istio, &state.protocol, destination)
+            metrics.istio_reporter(istio, inputs.protocol, destination)
         }),
     };
+    (endpoints, plan)
+}
+
+/// Makes `endpoints` (planned by [`plan_hosts`]) those of `state`: the ones they replace are
+/// marked draining.
+fn retire_replaced(state: &mut ClusterState, endpoints: HashMap<SocketAddr, Arc<Endpoint>>) {
     // Endpoints retired earlier and gone since: forgotten here as well as when the admin API
     // lists them, so that a cluster whose addresses keep changing (DNS) holds no growing list.
     state.retired.retain(|e| e.strong_count() > 0);
@@ -776,7 +937,6 @@ fn plan(
         }
     }
     state.endpoints = endpoints;
-    plan
 }
 
 /// What a snapshot is built from, taken from the cluster's state under its lock: building it
@@ -792,6 +952,8 @@ struct SnapshotPlan {
 impl SnapshotPlan {
     /// The snapshot, numbered when it is published.
     fn build(self) -> ClusterSnapshot {
+        #[cfg(test)]
+        crate::config::work::count(&crate::config::work::SNAPSHOTS_BUILT);
         let mut snapshot = ClusterSnapshot::build(
             self.hosts,
             &self.selectors,
@@ -800,6 +962,87 @@ impl SnapshotPlan {
         );
         snapshot.istio = self.istio;
         snapshot
+    }
+}
+
+/// A cluster's next config, planned but not yet built ([`ClusterHandle::prepare_update`]).
+pub(crate) struct PreparedUpdate {
+    next: NextConfig,
+    plan: SnapshotPlan,
+}
+
+/// A cluster's next config with its snapshot built, ready to publish.
+pub(crate) struct BuiltUpdate {
+    next: NextConfig,
+    snapshot: ClusterSnapshot,
+}
+
+/// What an update makes of a cluster, planned while the cluster runs on unchanged.
+struct NextConfig {
+    cluster: Arc<ClusterHandle>,
+    spec: Arc<ClusterSpec>,
+    codec: Option<(String, Arc<dyn CodecFactory>)>,
+    connector: Connector,
+    probe: Option<Arc<Message>>,
+    local: Option<LocalitySpec>,
+    resolved: Resolved,
+    endpoints: HashMap<SocketAddr, Arc<Endpoint>>,
+    /// The number of the cluster's last build asked for when it was planned: one asked for
+    /// since (a health change) is a change its snapshot misses.
+    seen: u64,
+}
+
+impl PreparedUpdate {
+    /// True if its snapshot builds a table (`ring_hash`, `maglev`: up to 2^20 points, hundreds
+    /// of milliseconds): a build for a blocking thread.
+    pub fn builds_table(&self) -> bool {
+        crate::lb::builds_table(self.next.spec.lb_policy)
+    }
+
+    /// Builds its snapshot (every set's balancer), the part of an update that may take long.
+    pub fn build(self) -> BuiltUpdate {
+        BuiltUpdate {
+            snapshot: self.plan.build(),
+            next: self.next,
+        }
+    }
+}
+
+/// Builds `prepared`, on a blocking thread when one of them builds a table (see
+/// [`PreparedUpdate::builds_table`]), so that the thread asking for it (one serving requests)
+/// goes on serving meanwhile.
+pub(crate) async fn build_all(
+    prepared: Vec<PreparedUpdate>,
+) -> Result<Vec<BuiltUpdate>, ConfigError> {
+    let off_runtime = prepared.iter().any(PreparedUpdate::builds_table);
+    let build =
+        move || -> Vec<BuiltUpdate> { prepared.into_iter().map(PreparedUpdate::build).collect() };
+    if !off_runtime {
+        return Ok(build());
+    }
+    match tokio::task::spawn_blocking(build).await {
+        Ok(built) => Ok(built),
+        Err(err) => match err.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // The runtime is shutting down.
+            Err(err) => Err(ConfigError::new("clusters", err.to_string())),
+        },
+    }
+}
+
+impl BuiltUpdate {
+    /// The name of its cluster.
+    pub fn name(&self) -> &str {
+        &self.next.spec.name
+    }
+
+    /// Publishes it and returns the cluster's new version: the cluster takes its config, keeps
+    /// the endpoints that stay (and their pools), restarts health work whose config changed.
+    /// It does not wait; a change its snapshot misses (a health change since it was planned) is
+    /// built next, as that change would have been ([`Builds`]).
+    pub fn commit(self) -> u64 {
+        let cluster = self.next.cluster.clone();
+        cluster.commit(self)
     }
 }
 
@@ -1016,6 +1259,38 @@ outlier_detection: { consecutive_errors: 2 }";
             assert!((1..=2).contains(&published), "{published} snapshots");
             Ok(())
         })
+    }
+
+    /// A health change made while an update of a `ring_hash` cluster is built (after it was
+    /// planned) is not lost: the update publishes its new endpoint, and the change is built
+    /// after it (at once here, with no runtime for a blocking thread).
+    #[test]
+    fn a_health_change_while_an_update_builds_is_built_after_it() -> Result<(), ConfigError> {
+        let yaml = |last: u16| {
+            let endpoints: String = (1..=last)
+                .map(|port| format!("{{ address: 127.0.0.1:{port} }}, "))
+                .collect();
+            format!(
+                "name: c\nlb_policy: ring_hash\noutlier_detection: {{ consecutive_errors: 2 }}\n\
+                 endpoints: [ {endpoints} ]"
+            )
+        };
+        let c = cluster(&yaml(3))?;
+        let spec = Arc::new(ClusterSpec::from_yaml(&yaml(4))?);
+        let prepared = c.prepare_update(&spec, None, None, &Resolved::new())?;
+        assert!(set_one(&c, addr(1), HealthFlags::EJECTED, true));
+        let version = prepared.build().commit();
+        let snapshot = c.snapshot();
+        assert_eq!(snapshot.version, version);
+        let whole = snapshot
+            .set(SubsetId::ALL)
+            .ok_or(ConfigError::new("set", "none"))?;
+        assert!(
+            whole.offers_untried(|a| a != addr(4)),
+            "the update's endpoint"
+        );
+        assert!(!whole.offers_untried(|a| a != addr(1)), "the ejection");
+        Ok(())
     }
 
     #[test]

@@ -620,3 +620,61 @@ async fn one_cluster_changed_among_thousands_is_checked_compared_and_copied_alon
     proxy.shutdown().await;
     Ok(())
 }
+
+/// A config update of a `ring_hash` cluster (1,000 endpoints: 256,000 points) and one that
+/// registers a subset of it build their tables on a blocking thread, not on the thread applying
+/// the update (which serves requests too), and publish them before they return.
+#[tokio::test]
+async fn an_update_builds_its_rings_off_its_thread_and_publishes_them_before_it_returns()
+-> TestResult {
+    use crate::config::{ClusterSpec, RouteConfigSpec, work};
+    let endpoints: String = (1..=1_000)
+        .map(|port| format!("{{ address: 127.0.0.1:{port}, labels: {{ v: a }} }}, "))
+        .collect();
+    let cluster = |more: &str| {
+        format!("{{ name: c, lb_policy: ring_hash, endpoints: [ {endpoints} {more} ] }}")
+    };
+    let proxy = start(&format!(
+        "listeners:\n  - {{ name: front, address: 127.0.0.1:0, protocol: test, route_config: r }}\n\
+         route_configs:\n  - {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }}\n\
+         clusters:\n  - {}\n",
+        cluster("")
+    ))
+    .await?;
+    let c = proxy.state.clusters.get("c").ok_or("no cluster c")?;
+    let added = std::net::SocketAddr::from(([127, 0, 0, 1], 2_000));
+
+    let built = work::done(&work::SNAPSHOTS_BUILT);
+    let spec = ClusterSpec::from_yaml(&cluster("{ address: 127.0.0.1:2000, labels: { v: b } }"))?;
+    let version = proxy.update_cluster(spec).await?;
+    assert_eq!(
+        work::done(&work::SNAPSHOTS_BUILT) - built,
+        0,
+        "snapshots the cluster update built on its thread"
+    );
+    let snapshot = c.snapshot();
+    assert_eq!(snapshot.version, version);
+    let whole = snapshot
+        .set(crate::cluster::SubsetId::ALL)
+        .ok_or("no set")?;
+    assert!(
+        whole.offers_untried(|a| a != added),
+        "the added endpoint is in the ring"
+    );
+
+    let built = work::done(&work::SNAPSHOTS_BUILT);
+    let routes = RouteConfigSpec::from_yaml(
+        "{ name: r, routes: [ { route: { cluster: c, subset: { v: b } } } ] }",
+    )?;
+    proxy.update_route_config(routes).await?;
+    assert_eq!(
+        work::done(&work::SNAPSHOTS_BUILT) - built,
+        0,
+        "snapshots the subset's registration built on the update's thread"
+    );
+    let snapshot = c.snapshot();
+    assert_eq!(snapshot.version, version + 1);
+    assert_eq!(snapshot.set_count(), 2, "the subset's set is published");
+    proxy.shutdown().await;
+    Ok(())
+}
