@@ -850,18 +850,8 @@ clusters:
     holder
         .get_mut()
         .write_all(format!("{batch}\n").as_bytes())?;
-    let buffered = || -> u64 {
-        proxy
-            .metrics()
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("metaprotocol_buffered_bytes ")?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0)
-    };
+    let buffered =
+        || support::metrics::sample(&proxy.metrics(), "metaprotocol_buffered_bytes", &[]) as u64;
     let until = std::time::Instant::now() + Duration::from_secs(3);
     let mut seen = buffered();
     while seen < HELD as u64 && std::time::Instant::now() < until {

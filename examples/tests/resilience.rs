@@ -1166,39 +1166,53 @@ async fn mirroring_to_a_silent_server(
     Ok((proxy, address, server))
 }
 
-/// A copy dropped over the mirror's `max_in_flight` is never sent, and the mirror cluster's
-/// series say so: its `upstream_rq_total` counts the copies sent, not those dropped.
-#[tokio::test]
-async fn copies_dropped_over_the_mirror_budget_are_no_upstream_requests() -> TestResult {
+/// Three calls through a proxy mirroring them to a silent server ([`mirroring_to_a_silent_server`]
+/// with `route` and `mirror_cluster`), each answered, of whose copies one is sent and two are
+/// dropped; the proxy's metrics after them.
+async fn three_calls_of_which_one_copy_is_sent(
+    route: &str,
+    mirror_cluster: &str,
+) -> TestResult<String> {
     let provider = DemoProvider::start("p").await?;
-    // The first copy keeps the only slot.
-    let (proxy, address, server) = mirroring_to_a_silent_server(
-        &provider,
-        ", timeout: 1s, mirror: { cluster: m, max_in_flight: 1 }",
-        "",
-    )
-    .await?;
+    let (proxy, address, server) =
+        mirroring_to_a_silent_server(&provider, route, mirror_cluster).await?;
     let client = DubboClient::new(address);
-    let sample = |name: &str, labels: &[(&str, &str)]| {
-        support::metrics::sample(&proxy.metrics().render(), name, labels)
-    };
     for _ in 0..3 {
         assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, 20);
     }
+    let metrics = proxy.metrics().render();
+    proxy.shutdown().await;
+    server.abort();
     let mirrored = |outcome: &str| {
-        sample(
+        support::metrics::sample(
+            &metrics,
             "metaprotocol_route_mirror_rq_total",
             &[("outcome", outcome)],
         )
     };
     assert_eq!((mirrored("sent"), mirrored("dropped")), (1.0, 2.0));
+    Ok(metrics)
+}
+
+/// A copy dropped over the mirror's `max_in_flight` is never sent, and the mirror cluster's
+/// series say so: its `upstream_rq_total` counts the copies sent, not those dropped.
+#[tokio::test]
+async fn copies_dropped_over_the_mirror_budget_are_no_upstream_requests() -> TestResult {
+    // The first copy keeps the only slot.
+    let metrics = three_calls_of_which_one_copy_is_sent(
+        ", timeout: 1s, mirror: { cluster: m, max_in_flight: 1 }",
+        "",
+    )
+    .await?;
     assert_eq!(
-        sample("metaprotocol_upstream_rq_total", &[("cluster", "m")]),
+        support::metrics::sample(
+            &metrics,
+            "metaprotocol_upstream_rq_total",
+            &[("cluster", "m")]
+        ),
         1.0,
         "only the copy sent is an upstream request"
     );
-    proxy.shutdown().await;
-    server.abort();
     Ok(())
 }
 
@@ -1208,27 +1222,13 @@ async fn copies_dropped_over_the_mirror_budget_are_no_upstream_requests() -> Tes
 /// answered all the same.
 #[tokio::test]
 async fn copies_over_the_mirror_clusters_circuit_breaker_are_dropped() -> TestResult {
-    let provider = DemoProvider::start("p").await?;
-    let (proxy, address, server) = mirroring_to_a_silent_server(
-        &provider,
+    let metrics = three_calls_of_which_one_copy_is_sent(
         ", timeout: 1s, mirror: { cluster: m, max_in_flight: 100 }",
         "    circuit_breakers: { max_requests: 1 }\n",
     )
     .await?;
-    let client = DubboClient::new(address);
-    let sample = |name: &str, labels: &[(&str, &str)]| {
-        support::metrics::sample(&proxy.metrics().render(), name, labels)
-    };
-    for _ in 0..3 {
-        assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, 20);
-    }
-    let mirrored = |outcome: &str| {
-        sample(
-            "metaprotocol_route_mirror_rq_total",
-            &[("outcome", outcome)],
-        )
-    };
-    assert_eq!((mirrored("sent"), mirrored("dropped")), (1.0, 2.0));
+    let sample =
+        |name: &str, labels: &[(&str, &str)]| support::metrics::sample(&metrics, name, labels);
     assert_eq!(
         sample(
             "metaprotocol_upstream_overflow_total",
@@ -1240,8 +1240,6 @@ async fn copies_over_the_mirror_clusters_circuit_breaker_are_dropped() -> TestRe
         sample("metaprotocol_upstream_rq_total", &[("cluster", "m")]),
         1.0
     );
-    proxy.shutdown().await;
-    server.abort();
     Ok(())
 }
 
