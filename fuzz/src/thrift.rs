@@ -97,13 +97,15 @@ pub fn decode(data: &[u8]) {
 }
 
 /// `message` were it over the limit, on a connection speaking its format: a framed or THeader
-/// reply's head names the call it decoded as and the frame's length; any other message's says
-/// it is passed over as it arrives; a prefix tells the same or `Incomplete`.
+/// reply's head names the call it decoded as and the frame's length; a reply whose message
+/// cannot be read has none (its connection closes); any other message's says it is passed over
+/// as it arrives (a call that cannot be read too: it is answered as one too large); a prefix
+/// tells the same or `Incomplete`.
 fn oversized(message: &Message) {
     let format = format_of(message);
     let codec = ThriftCodec::new(format.into(), 1);
     let head = codec.oversized_response(&message.frame);
-    let expected = if unreadable(message) {
+    let expected = if unreadable(message) && message.kind == MessageKind::Response {
         None
     } else if format.transport != Transport::Unframed && message.kind == MessageKind::Response {
         Some(FrameHead::Response {
@@ -130,7 +132,8 @@ fn oversized(message: &Message) {
 
 /// `message` (unframed, or a framed or THeader call) passed over in pieces, as a connection
 /// passes one too large to decode (its first read holds its message header, which told
-/// `Unsized`): it ends where its decode ended, naming the call a reply answers.
+/// `Unsized`), by the codec of the side that reads it: it ends where its decode ended, naming
+/// the call a reply answers.
 fn passed_over(message: &Message, format: ThriftFormat) {
     let frame = &message.frame[..];
     let Some(head) = (1..=frame.len()).find(|&n| {
@@ -140,8 +143,13 @@ fn passed_over(message: &Message, format: ThriftFormat) {
         panic!("{format}: no prefix is Unsized");
     };
     let answers = (message.kind == MessageKind::Response).then_some(message.request_id);
+    // Calls are passed over by a listener's codec, answers by a cluster's.
+    let side = match message.kind {
+        MessageKind::Response => Side::Upstream,
+        _ => Side::Downstream,
+    };
     for piece in [1, 2, 5, 64] {
-        let mut codec = ThriftCodec::for_side(Side::Upstream, format.into(), 1);
+        let mut codec = ThriftCodec::for_side(side, format.into(), 1);
         let mut passed = 0;
         let mut end = None;
         let reads = std::iter::once(&frame[..head]).chain(frame[head..].chunks(piece));
