@@ -1514,17 +1514,16 @@ async fn a_frame_cut_where_the_proxy_stopped_reading_waits_until_it_reads_again(
         .write_all(&[&slow(4096)[..], &last[..10]].concat())
         .await?;
     // The slow answers come after 2 s, four frame timeouts, while the proxy did not read: the
-    // cut frame's time starts when it reads again.
-    let answers = read_answers(&mut socket, 4096).await?;
-    assert!(answers.iter().all(|a| a.status == ResponseStatus::Ok));
+    // cut frame's time starts when it reads again, as the first answers go out. Its rest is
+    // sent then, not after all 4,096 answers are read, which a loaded machine may take longer
+    // than a frame timeout to do.
+    tokio::time::timeout(Duration::from_secs(10), socket.readable()).await??;
     socket.write_all(&last[10..]).await?;
-    let answer = read_answers(&mut socket, 1)
-        .await?
-        .pop()
-        .ok_or("no answer")?;
-    assert_eq!(
-        (answer.request_id, answer.status),
-        (4097, ResponseStatus::Ok)
+    let answers = read_answers(&mut socket, 4097).await?;
+    assert!(answers.iter().all(|a| a.status == ResponseStatus::Ok));
+    assert!(
+        answers.iter().any(|a| a.request_id == 4097),
+        "no answer to the cut call"
     );
     proxy.shutdown().await;
     Ok(())
