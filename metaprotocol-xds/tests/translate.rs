@@ -8,19 +8,23 @@ mod support;
 use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
+use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::thresholds::RetryBudget;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::CommonLbConfig;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, LbPolicy,
 };
 use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, OutlierDetection};
 use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Metadata, RoutingPriority};
-use envoy_types::pb::envoy::config::route::v3::VirtualHost;
 use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+use envoy_types::pb::envoy::config::route::v3::retry_policy::retry_host_predicate::ConfigType;
+use envoy_types::pb::envoy::config::route::v3::retry_policy::{RetryBackOff, RetryHostPredicate};
+use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::{RetryPolicy, VirtualHost};
 use envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher;
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::value::Kind;
-use envoy_types::pb::google::protobuf::{Duration, Struct, UInt32Value, Value};
+use envoy_types::pb::google::protobuf::{Any, Duration, Struct, UInt32Value, Value};
 use metaprotocol_router::config::{LbPolicy as Policy, RouteConfigSpec};
 use metaprotocol_xds::translate::{self, InvalidResource};
 use support::TestResult;
@@ -400,4 +404,209 @@ fn clusters_that_cannot_be_mapped_are_refused_naming_the_field() {
             .as_deref(),
         Some("endpoints[0].priority")
     );
+}
+
+/// A retry policy as Envoy's `RetryPolicy` says it.
+fn envoy_retry_policy(retry_on: &str, num_retries: Option<u32>) -> RetryPolicy {
+    RetryPolicy {
+        retry_on: retry_on.to_owned(),
+        num_retries: num_retries.map(|value| UInt32Value { value }),
+        ..RetryPolicy::default()
+    }
+}
+
+/// Retry policies map onto the route's: the conditions as what they mean for an RPC, Envoy's
+/// defaults where a field is unset, Istio's `previous_hosts` predicate taken (a retry goes
+/// elsewhere already), and a virtual host's policy for the routes without one of their own.
+#[test]
+fn retry_policies_map_as_envoy_means_them() -> TestResult {
+    let mut config = aeraki_routes();
+    let host = &mut config.virtual_hosts[0];
+    host.retry_policy = Some(envoy_retry_policy(
+        "reset-before-request, resource-exhausted,connect-failure",
+        Some(3),
+    ));
+    let mut own = envoy_retry_policy("5xx,connect-failure,unavailable", None);
+    own.per_try_timeout = Some(Duration {
+        seconds: 0,
+        nanos: 200_000_000,
+    });
+    own.retry_back_off = Some(RetryBackOff {
+        base_interval: Some(Duration {
+            seconds: 0,
+            nanos: 10_000_000,
+        }),
+        max_interval: None,
+    });
+    own.retry_host_predicate = vec![RetryHostPredicate {
+        name: "envoy.retry_host_predicates.previous_hosts".to_owned(),
+        config_type: Some(ConfigType::TypedConfig(Any {
+            type_url: "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate".to_owned(),
+            value: Vec::new(),
+        })),
+    }];
+    own.host_selection_retry_max_attempts = 5;
+    if let Some(Action::Route(action)) = host.routes[0].action.as_mut() {
+        action.retry_policy = Some(own);
+    }
+    let translated = translate::route_config(&config)?;
+    let expected = RouteConfigSpec::from_yaml(
+        r"
+name: x
+routes:
+  - route: { cluster: x }
+    retry_policy:
+      num_retries: 1
+      retry_on: [connect_failure, reset, unavailable, timeout, retryable_status]
+      per_try_timeout: 200ms
+      retry_back_off: { base_interval: 10ms, max_interval: 100ms }
+  - route: { cluster: x }
+    retry_policy:
+      num_retries: 3
+      retry_on: [reset, retryable_status, connect_failure]
+",
+    )?;
+    let retries: Vec<_> = translated
+        .routes
+        .iter()
+        .map(|route| route.retry_policy.clone())
+        .collect();
+    assert_eq!(retries[0], expected.routes[0].retry_policy, "its own");
+    for (i, retry) in retries.iter().enumerate().skip(1) {
+        assert_eq!(
+            *retry, expected.routes[1].retry_policy,
+            "route {i}: the host's"
+        );
+    }
+
+    // An empty `retry_on` retries nothing, as in Envoy.
+    let mut config = aeraki_routes();
+    config.virtual_hosts[0].retry_policy = Some(envoy_retry_policy("", Some(2)));
+    let translated = translate::route_config(&config)?;
+    let policy = translated.routes[0]
+        .retry_policy
+        .as_ref()
+        .ok_or("no policy")?;
+    assert!(policy.retry_on.is_empty());
+    Ok(())
+}
+
+#[test]
+fn retry_policies_that_cannot_be_mapped_are_refused_naming_the_field() {
+    let at = "virtual_hosts[0].routes[0].route.retry_policy";
+    let refused = |change: &dyn Fn(&mut RetryPolicy)| {
+        refused_field(|c| {
+            let mut policy = envoy_retry_policy("connect-failure", Some(2));
+            change(&mut policy);
+            if let Some(Action::Route(action)) = c.virtual_hosts[0].routes[0].action.as_mut() {
+                action.retry_policy = Some(policy);
+            }
+        })
+    };
+    let cases: Vec<(Option<String>, String)> = vec![
+        (
+            refused(&|p| p.retry_on = "connect-failure,retriable-4xx".to_owned()),
+            format!("{at}.retry_on"),
+        ),
+        (
+            refused(&|p| p.num_retries = Some(UInt32Value { value: 11 })),
+            format!("{at}.num_retries"),
+        ),
+        (
+            refused(&|p| p.retriable_status_codes = vec![503]),
+            format!("{at}.retriable_status_codes"),
+        ),
+        (
+            refused(&|p| {
+                p.retry_host_predicate = vec![RetryHostPredicate {
+                    name: "envoy.retry_host_predicates.omit_canary_hosts".to_owned(),
+                    config_type: None,
+                }];
+            }),
+            format!("{at}.retry_host_predicate[0]"),
+        ),
+        (
+            refused(&|p| {
+                p.retry_back_off = Some(RetryBackOff {
+                    base_interval: None,
+                    max_interval: None,
+                });
+            }),
+            format!("{at}.retry_back_off.base_interval"),
+        ),
+        (
+            refused_field(|c| {
+                c.virtual_hosts[0].retry_policy = Some(envoy_retry_policy("cancelled", Some(1)));
+            }),
+            "virtual_hosts[0].retry_policy.retry_on".to_owned(),
+        ),
+    ];
+    for (field, expected) in cases {
+        assert_eq!(field.as_deref(), Some(expected.as_str()));
+    }
+}
+
+/// Retries in flight are bounded as Envoy bounds them: by the thresholds' budget when they set
+/// one (and then not by `max_retries`), else by `max_retries` alone. The engine takes what is
+/// translated.
+#[test]
+fn retry_budgets_bound_retries_as_in_envoy() -> TestResult {
+    let thresholds = |budget: Option<RetryBudget>| CircuitBreakers {
+        thresholds: vec![Thresholds {
+            max_retries: Some(UInt32Value { value: u32::MAX }),
+            retry_budget: budget,
+            ..Thresholds::default()
+        }],
+        ..CircuitBreakers::default()
+    };
+    let mut cluster = eds_cluster(&cluster_name("v1"));
+    // As Istio sends it: every threshold at 2^32 - 1, no budget.
+    cluster.circuit_breakers = Some(thresholds(None));
+    let spec = translate::cluster(&cluster)?.spec;
+    assert_eq!(spec.retry_budget.min_retry_concurrency, u32::MAX);
+    assert!((spec.retry_budget.budget_percent - 100.0).abs() < f64::EPSILON);
+    engine_takes(&spec)?;
+
+    cluster.circuit_breakers = Some(thresholds(Some(RetryBudget {
+        budget_percent: Some(Percent { value: 25.0 }),
+        min_retry_concurrency: Some(UInt32Value { value: 5 }),
+        budget_interval: None,
+    })));
+    let spec = translate::cluster(&cluster)?.spec;
+    assert_eq!(spec.retry_budget.min_retry_concurrency, 5);
+    assert!((spec.retry_budget.budget_percent - 25.0).abs() < f64::EPSILON);
+    let breakers = spec.circuit_breakers.clone().ok_or("no circuit breakers")?;
+    assert_eq!(breakers.max_retries, u32::MAX, "the budget governs");
+    engine_takes(&spec)?;
+
+    // Envoy's defaults: 20%, 3.
+    cluster.circuit_breakers = Some(thresholds(Some(RetryBudget::default())));
+    let spec = translate::cluster(&cluster)?.spec;
+    assert_eq!(spec.retry_budget.min_retry_concurrency, 3);
+    assert!((spec.retry_budget.budget_percent - 20.0).abs() < f64::EPSILON);
+
+    cluster.circuit_breakers = Some(thresholds(Some(RetryBudget {
+        budget_interval: Some(Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        ..RetryBudget::default()
+    })));
+    let refused = translate::cluster(&cluster).err().map(|e| e.field);
+    assert_eq!(
+        refused.as_deref(),
+        Some("circuit_breakers.thresholds[0].retry_budget.budget_interval")
+    );
+    Ok(())
+}
+
+/// The engine's own checks pass a translated cluster (with a route to it).
+fn engine_takes(cluster: &metaprotocol_router::config::ClusterSpec) -> TestResult {
+    let config = serde_json::json!({
+        "listeners": [{ "name": "in", "address": "127.0.0.1:0", "protocol": "dubbo", "route_config": "r" }],
+        "route_configs": [{ "name": "r", "routes": [{ "route": { "cluster": cluster.name } }] }],
+        "clusters": [cluster],
+    });
+    metaprotocol_router::config::Config::from_yaml(&config.to_string())?;
+    Ok(())
 }

@@ -4,7 +4,9 @@
 //! `load_assignment`, host names resolved as the engine resolves them) and `EDS` (endpoints
 //! from the `ClusterLoadAssignment` named by `eds_cluster_config.service_name`, or the
 //! cluster's name); `connect_timeout`; `lb_policy` (`ROUND_ROBIN`, `LEAST_REQUEST`, `RANDOM`,
-//! `RING_HASH`, `MAGLEV`); the `DEFAULT` priority's `circuit_breakers` thresholds;
+//! `RING_HASH`, `MAGLEV`); the `DEFAULT` priority's `circuit_breakers` thresholds and their
+//! `retry_budget` (retries bounded as Envoy bounds them: by the budget when one is set, else
+//! by `max_retries` alone);
 //! `outlier_detection` (`consecutive_5xx`, `interval`, `base_ejection_time`,
 //! `max_ejection_time`, `max_ejection_percent`); `common_lb_config`'s locality setting
 //! (zone-aware or locality-weighted) as `locality_aware`, and its `healthy_panic_threshold`.
@@ -19,6 +21,7 @@
 //! by label), DNS refresh tuning (the engine's own refresh applies), HTTP protocol options.
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::thresholds::RetryBudget;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, LbPolicy as EnvoyLbPolicy,
 };
@@ -26,7 +29,7 @@ use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, OutlierDetect
 use envoy_types::pb::envoy::config::core::v3::RoutingPriority;
 use envoy_types::pb::google::protobuf::UInt32Value;
 use metaprotocol_router::config::{
-    CircuitBreakersSpec, ClusterSpec, EndpointSpec, LbPolicy, OutlierDetectionSpec,
+    CircuitBreakersSpec, ClusterSpec, EndpointSpec, LbPolicy, OutlierDetectionSpec, RetryBudgetSpec,
 };
 
 use super::{InvalidResource, duration, endpoints, refuse_set};
@@ -102,7 +105,9 @@ pub fn cluster(cluster: &Cluster) -> Result<ClusterResource, InvalidResource> {
         }
     }
     if let Some(breakers) = &cluster.circuit_breakers {
-        spec.circuit_breakers = Some(circuit_breakers(breakers)?);
+        let (breakers, retry_budget) = circuit_breakers(breakers)?;
+        spec.circuit_breakers = Some(breakers);
+        spec.retry_budget = retry_budget;
     }
     if let Some(outlier) = &cluster.outlier_detection {
         spec.outlier_detection = Some(outlier_detection(outlier)?);
@@ -175,11 +180,19 @@ fn lb_policy(policy: i32) -> Result<LbPolicy, InvalidResource> {
     }
 }
 
-/// The `DEFAULT` priority's thresholds; other priorities have no meaning here and are refused.
-fn circuit_breakers(breakers: &CircuitBreakers) -> Result<CircuitBreakersSpec, InvalidResource> {
+/// The `DEFAULT` priority's thresholds, and the retry budget they make; other priorities have
+/// no meaning here and are refused.
+///
+/// Retries are bounded as Envoy bounds them: by the thresholds' `retry_budget` when they set
+/// one, and then not by `max_retries`; else by `max_retries` alone, so the engine's own
+/// default budget is lifted (Istio sets every threshold to 2^32 - 1 and no budget).
+fn circuit_breakers(
+    breakers: &CircuitBreakers,
+) -> Result<(CircuitBreakersSpec, RetryBudgetSpec), InvalidResource> {
     refuse_set!("circuit_breakers", breakers, [per_host_thresholds]);
     let mut spec: CircuitBreakersSpec = serde_json::from_value(serde_json::json!({}))
         .map_err(|err| InvalidResource::new("circuit_breakers", err.to_string()))?;
+    let mut budget = None;
     for (i, thresholds) in breakers.thresholds.iter().enumerate() {
         let at = format!("circuit_breakers.thresholds[{i}]");
         if thresholds.priority != RoutingPriority::Default as i32 {
@@ -188,7 +201,7 @@ fn circuit_breakers(breakers: &CircuitBreakers) -> Result<CircuitBreakersSpec, I
                 "only the DEFAULT priority is supported by metaprotocol-rs",
             ));
         }
-        refuse_set!(&at, thresholds, [retry_budget, max_connection_pools]);
+        refuse_set!(&at, thresholds, [max_connection_pools]);
         let limits = [
             (&thresholds.max_connections, &mut spec.max_connections),
             (
@@ -203,6 +216,41 @@ fn circuit_breakers(breakers: &CircuitBreakers) -> Result<CircuitBreakersSpec, I
                 *limit = value.value;
             }
         }
+        if let Some(retry_budget) = &thresholds.retry_budget {
+            budget = Some(
+                self::retry_budget(retry_budget)
+                    .map_err(|e| e.within(&format!("{at}.retry_budget")))?,
+            );
+        }
+    }
+    let budget = match budget {
+        Some(budget) => {
+            spec.max_retries = u32::MAX;
+            budget
+        }
+        None => RetryBudgetSpec {
+            budget_percent: 100.0,
+            min_retry_concurrency: u32::MAX,
+        },
+    };
+    Ok((spec, budget))
+}
+
+/// A retry budget, with Envoy's defaults (20%, 3); a `budget_interval` is refused.
+fn retry_budget(budget: &RetryBudget) -> Result<RetryBudgetSpec, InvalidResource> {
+    refuse_set!("", budget, [budget_interval]);
+    let mut spec = RetryBudgetSpec::default();
+    if let Some(percent) = &budget.budget_percent {
+        if !(0.0..=100.0).contains(&percent.value) {
+            return Err(InvalidResource::new(
+                "budget_percent",
+                format!("{} is not a percentage from 0 to 100", percent.value),
+            ));
+        }
+        spec.budget_percent = percent.value;
+    }
+    if let Some(concurrency) = &budget.min_retry_concurrency {
+        spec.min_retry_concurrency = concurrency.value;
     }
     Ok(spec)
 }

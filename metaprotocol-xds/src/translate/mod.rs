@@ -4,12 +4,13 @@
 //! uses) into a [`RouteConfigSpec`](metaprotocol_router::config::RouteConfigSpec).
 //!
 //! Translation is strict: a field the engine cannot honour is an error naming it (in the
-//! resource's own words, `virtual_hosts[0].routes[2].route.retry_policy`), which the client
+//! resource's own words, `virtual_hosts[0].routes[2].route.hedge_policy`), which the client
 //! sends back as a NACK. Nothing is silently dropped; the few fields that are accepted and
 //! ignored are listed in the docs of each translation.
 
 mod cluster;
 mod endpoints;
+mod retry;
 mod routes;
 
 pub use cluster::{ClusterResource, cluster};

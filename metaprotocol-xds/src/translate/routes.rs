@@ -7,7 +7,8 @@
 //! as given, Istio's `outbound|port|subset|host` included; a `metadata_match` on
 //! `filter_metadata["envoy.lb"]` as the subset); `route.hash_policy` header names as the
 //! route's hash keys; one `route.request_mirror_policies` entry (its `runtime_fraction`'s
-//! default as the share); `route.timeout`; `request_headers_to_add` and
+//! default as the share); `route.timeout`; `route.retry_policy`, or the virtual host's for a
+//! route without one (see [`retry`](super::retry)); `request_headers_to_add` and
 //! `response_headers_to_add` as the mutations' `set`, `request_headers_to_remove` and
 //! `response_headers_to_remove` as their `remove`. The virtual host's `name` and `domains` are
 //! ignored (MetaProtocol has no host to match). Anything else set is refused, naming the field.
@@ -29,7 +30,7 @@ use metaprotocol_router::config::{
     MetadataMatcherSpec, MirrorSpec, MutationSpec, RouteConfigSpec, RouteSpec, WeightedClusterSpec,
 };
 
-use super::{InvalidResource, duration, refuse_set};
+use super::{InvalidResource, duration, refuse_set, retry};
 
 /// The metadata namespace whose values select a subset of a cluster's endpoints.
 const LB_METADATA: &str = "envoy.lb";
@@ -53,8 +54,8 @@ pub fn route_config(config: &RouteConfiguration) -> Result<RouteConfigSpec, Inva
             typed_per_filter_config,
         ]
     );
-    let routes = match config.virtual_hosts.as_slice() {
-        [] => &[][..],
+    let (routes, host_retry) = match config.virtual_hosts.as_slice() {
+        [] => (&[][..], None),
         [host] => {
             refuse_set!(
                 "virtual_hosts[0]",
@@ -68,13 +69,18 @@ pub fn route_config(config: &RouteConfiguration) -> Result<RouteConfigSpec, Inva
                     response_headers_to_add,
                     response_headers_to_remove,
                     typed_per_filter_config,
-                    retry_policy,
                     retry_policy_typed_config,
                     hedge_policy,
                     request_mirror_policies,
                 ]
             );
-            host.routes.as_slice()
+            let retry = host
+                .retry_policy
+                .as_ref()
+                .map(retry::policy)
+                .transpose()
+                .map_err(|e| e.within("virtual_hosts[0].retry_policy"))?;
+            (host.routes.as_slice(), retry)
         }
         _ => {
             return Err(InvalidResource::new(
@@ -88,8 +94,12 @@ pub fn route_config(config: &RouteConfiguration) -> Result<RouteConfigSpec, Inva
             .map_err(|err| InvalidResource::new("name", err.to_string()))?;
     for (i, route) in routes.iter().enumerate() {
         let at = format!("virtual_hosts[0].routes[{i}]");
-        spec.routes
-            .push(route_spec(route).map_err(|e| e.within(&at))?.into());
+        let mut route = route_spec(route).map_err(|e| e.within(&at))?;
+        // As in Envoy, a route's own policy replaces its virtual host's whole.
+        if route.retry_policy.is_none() {
+            route.retry_policy.clone_from(&host_retry);
+        }
+        spec.routes.push(route.into());
     }
     Ok(spec)
 }
@@ -230,7 +240,6 @@ fn route_action(action: &RouteAction, spec: &mut RouteSpec) -> Result<(), Invali
             idle_timeout,
             flush_timeout,
             early_data_policy,
-            retry_policy,
             retry_policy_typed_config,
             priority,
             rate_limits,
@@ -353,6 +362,9 @@ fn route_action(action: &RouteAction, spec: &mut RouteSpec) -> Result<(), Invali
     }
     if let Some(timeout) = &action.timeout {
         spec.timeout = Some(duration(timeout, "timeout")?);
+    }
+    if let Some(policy) = &action.retry_policy {
+        spec.retry_policy = Some(retry::policy(policy).map_err(|e| e.within("retry_policy"))?);
     }
     Ok(())
 }
