@@ -487,13 +487,42 @@ async fn past_max_pending_requests_a_call_is_refused_instead_of_queued() -> Test
 }
 
 /// Two providers in the proxy's zone, two in another region: all traffic stays in the zone;
-/// with both zone providers killed, it fails over to the other region at once. The only calls
-/// that fail are those in flight at the kill (one per client connection), and those written to
-/// a zone connection in the moment before the proxy read that it closed (not retried: the
-/// provider may have received them). That moment is short, so each client loses at most one
-/// more call to it. A broken failover would fail every call after the kill (hundreds).
+/// with both zone providers killed, it fails over to the other region at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn locality_aware_traffic_stays_local_and_fails_over() -> TestResult {
+    first_tier_serves_and_fails_over(
+        "locality",
+        "node: { locality: { region: r1, zone: z1 } }\n",
+        "    locality_aware: true\n",
+        [
+            "locality: { region: r1, zone: z1 }",
+            "locality: { region: r2, zone: z9 }",
+        ],
+    )
+    .await
+}
+
+/// Two providers at priority 0, two at priority 1 (istiod's locality failover sends such
+/// endpoints over EDS): all traffic goes to priority 0; with both killed, it fails over to
+/// priority 1 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_stays_at_the_first_priority_and_fails_over() -> TestResult {
+    first_tier_serves_and_fails_over("priority", "", "", ["priority: 0", "priority: 1"]).await
+}
+
+/// Two providers in the first tier (`tiers[0]` on their endpoints), two in the second
+/// (`tiers[1]`): all traffic stays in the first; with both of it killed, it fails over to the
+/// second at once. The only calls that fail are those in flight at the kill (one per client
+/// connection), and those written to a first-tier connection in the moment before the proxy read
+/// that it closed (not retried: the provider may have received them). That moment is short, so
+/// each client loses at most one more call to it. A broken failover would fail every call after
+/// the kill (hundreds).
+async fn first_tier_serves_and_fails_over(
+    kind: &str,
+    top: &str,
+    cluster: &str,
+    tiers: [&str; 2],
+) -> TestResult {
     let near = [
         DemoProvider::start("near-1").await?,
         DemoProvider::start("near-2").await?,
@@ -502,19 +531,16 @@ async fn locality_aware_traffic_stays_local_and_fails_over() -> TestResult {
         DemoProvider::start("far-1").await?,
         DemoProvider::start("far-2").await?,
     ];
-    let (local, remote) = (
-        "locality: { region: r1, zone: z1 }",
-        "locality: { region: r2, zone: z9 }",
-    );
+    let [first, second] = tiers;
     let yaml = format!(
-        "node: {{ locality: {{ region: r1, zone: z1 }} }}\n{}",
+        "{top}{}",
         config(
             "",
             &format!(
-                "    locality_aware: true\n{}",
+                "{cluster}{}",
                 endpoints(
                     &[&near[0], &near[1], &far[0], &far[1]],
-                    &[local, local, remote, remote]
+                    &[first, first, second, second]
                 )
             ),
         )
@@ -526,7 +552,7 @@ async fn locality_aware_traffic_stays_local_and_fails_over() -> TestResult {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
         far.iter().all(|p| p.seen().is_empty()),
-        "remote traffic while local is fine"
+        "second-tier traffic while the first is fine"
     );
     assert!(near.iter().all(|p| !p.seen().is_empty()));
 
@@ -555,10 +581,10 @@ async fn locality_aware_traffic_stays_local_and_fails_over() -> TestResult {
     );
     assert!(
         far.iter().all(|p| !p.seen().is_empty()),
-        "both remote providers serve"
+        "both second-tier providers serve"
     );
     println!(
-        "locality failover: {failed} of {} calls failed after the kill",
+        "{kind} failover: {failed} of {} calls failed after the kill",
         after.len()
     );
     proxy.shutdown().await;

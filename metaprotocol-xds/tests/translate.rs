@@ -395,15 +395,25 @@ fn clusters_that_cannot_be_mapped_are_refused_naming_the_field() {
         .as_deref(),
         Some("circuit_breakers.thresholds[0].priority")
     );
+}
+
+/// istiod sends a locality's endpoints at a priority for locality failover: each endpoint
+/// keeps its locality's priority as its failover tier.
+#[test]
+fn eds_priorities_are_the_endpoints_failover_tiers() -> TestResult {
     let mut endpoints = assignment("x", &[([127, 0, 0, 1], 1).into()]);
-    endpoints.endpoints[0].priority = 1;
+    let mut failover = assignment("x", &[([127, 0, 0, 2], 1).into()]).endpoints;
+    failover[0].priority = 1;
+    endpoints.endpoints.append(&mut failover);
+    let tiers: Vec<(String, u32)> = translate::endpoints(&endpoints)?
+        .iter()
+        .map(|e| (e.address.to_string(), e.priority))
+        .collect();
     assert_eq!(
-        translate::endpoints(&endpoints)
-            .err()
-            .map(|e| e.field)
-            .as_deref(),
-        Some("endpoints[0].priority")
+        tiers,
+        [("127.0.0.1:1".to_owned(), 0), ("127.0.0.2:1".to_owned(), 1)]
     );
+    Ok(())
 }
 
 /// A retry policy as Envoy's `RetryPolicy` says it.

@@ -45,7 +45,7 @@ use crate::config::{
     ClusterSpec, ConfigError, LbPolicy, LocalitySpec, RetryBudgetSpec, same_cluster,
 };
 use crate::health::{self, Ejections, HealthMonitor, OutlierThresholds};
-use crate::lb::{LbSettings, LocalityPreference};
+use crate::lb::LbSettings;
 use crate::router::AttemptOutcome;
 use crate::stats::{
     ClusterStats, EndpointStats, HealthStats, IstioDestination, IstioReporter, MetricsScope,
@@ -180,12 +180,8 @@ fn pool_settings(spec: &ClusterSpec) -> PoolSettings {
 fn lb_settings(spec: &ClusterSpec, local: Option<&LocalitySpec>) -> LbSettings {
     LbSettings {
         policy: spec.lb_policy,
-        locality: local
-            .filter(|_| spec.locality_aware)
-            .map(|local| LocalityPreference {
-                local: local.clone(),
-                failover_threshold: spec.locality_failover_threshold,
-            }),
+        local: local.filter(|_| spec.locality_aware).cloned(),
+        failover_threshold: spec.locality_failover_threshold,
         healthy_panic_threshold: spec.healthy_panic_threshold,
     }
 }
@@ -899,6 +895,7 @@ fn plan_hosts(
                 weight: spec.weight,
                 labels: spec.labels.clone(),
                 locality: spec.locality.clone().unwrap_or_default(),
+                priority: spec.priority,
                 istio,
             }));
         }

@@ -17,6 +17,8 @@ pub(crate) struct Host {
     pub weight: u32,
     pub labels: BTreeMap<String, String>,
     pub locality: LocalitySpec,
+    /// Its failover tier: 0 first (Envoy's priority levels).
+    pub priority: u32,
     /// Counts its requests in the Istio series (labelled from `labels`), when they are on;
     /// shared by the hosts of the same destination, and kept by the next snapshot.
     pub istio: Option<Arc<IstioReporter>>,

@@ -36,6 +36,8 @@ pub struct EndpointStatus {
     pub labels: BTreeMap<String, String>,
     /// Where it runs (empty strings when the config does not say).
     pub locality: LocalitySpec,
+    /// Its failover tier (0 first).
+    pub priority: u32,
     /// Its health: the most severe of its flags.
     pub health: HealthState,
     /// True while outlier detection keeps it out of rotation.
@@ -67,6 +69,7 @@ impl EndpointStatus {
             weight: host.weight,
             labels: host.labels.clone(),
             locality: host.locality.clone(),
+            priority: host.priority,
             ..Self::retired(&host.endpoint)
         }
     }
@@ -79,6 +82,7 @@ impl EndpointStatus {
             weight: 0,
             labels: BTreeMap::new(),
             locality: LocalitySpec::default(),
+            priority: 0,
             health: flags.state(),
             ejected: flags.has(HealthFlags::EJECTED),
             failing_active_checks: flags.has(HealthFlags::FAILED_ACTIVE_CHECK),

@@ -51,9 +51,9 @@ pub struct ClusterSpec {
     /// Prefer endpoints in the proxy's own zone (`node.locality`), then region.
     #[serde(default)]
     pub locality_aware: bool,
-    /// With `locality_aware`: the share of a locality's endpoints, in percent, that must be
-    /// healthy for it to keep all of its traffic; below, it keeps a proportional part and the
-    /// rest fails over to the next locality.
+    /// With `locality_aware` or endpoint priorities: the share of a failover tier's endpoints
+    /// (a priority, a locality), in percent, that must be healthy for it to keep all of its
+    /// traffic; below, it keeps a proportional part and the rest fails over to the next tier.
     #[serde(default = "default_locality_failover_threshold")]
     pub locality_failover_threshold: f64,
     /// The share of a route's endpoints, in percent, that must be in rotation for picks to
@@ -350,6 +350,14 @@ pub struct EndpointSpec {
     /// Where it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locality: Option<LocalitySpec>,
+    /// Its failover tier (Envoy's priority levels): calls go to priority 0 while enough of its
+    /// endpoints are in rotation, then to 1, and so on.
+    #[serde(default, skip_serializing_if = "is_first")]
+    pub priority: u32,
+}
+
+fn is_first(priority: &u32) -> bool {
+    *priority == 0
 }
 
 fn one() -> u32 {

@@ -14,9 +14,10 @@
 //! | `maglev` | [`maglev`] | the Maglev table entry of the request's hash |
 //!
 //! The hashing policies pick by [`PickContext::hash`] (the route's `hash_policy` over the
-//! request); a request without one gets a weighted random endpoint. With `locality_aware`, a
-//! [`locality::LocalityAware`] balancer splits the set into the proxy's zone, its region and
-//! the rest, and runs the policy within the locality it picks.
+//! request); a request without one gets a weighted random endpoint. When the set's endpoints
+//! have priorities, or the cluster is `locality_aware`, a [`tiers::Tiered`] balancer splits the
+//! set into failover tiers (by priority, then the proxy's zone, its region and the rest), and
+//! runs the policy within the tier it picks.
 //!
 //! A pick sees a [`PickContext`]: besides the hash, the endpoints to avoid (those a retry
 //! already failed on, those backing off after connect failures), which a balancer skips when
@@ -25,12 +26,12 @@
 //! allocate and never lock.
 
 mod least_request;
-mod locality;
 mod maglev;
 mod peak_ewma;
 mod random;
 mod ring_hash;
 mod round_robin;
+mod tiers;
 
 use std::sync::Arc;
 
@@ -58,38 +59,33 @@ pub(crate) trait LoadBalancer: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct LbSettings {
     pub policy: LbPolicy,
-    /// Set for `locality_aware` clusters.
-    pub locality: Option<LocalityPreference>,
+    /// The proxy's own region and zone, for `locality_aware` clusters.
+    pub local: Option<LocalitySpec>,
+    /// The share of a tier's endpoints (a priority, a locality), in percent, that must be in
+    /// rotation for it to keep all of its traffic.
+    pub failover_threshold: f64,
     /// The share of a set's members, in percent, that must be in rotation for the set to
     /// balance over those alone (below: over all of them, panic mode); 0 never panics.
     pub healthy_panic_threshold: f64,
 }
 
-/// Where the proxy runs, and when a locality's traffic fails over to the next.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct LocalityPreference {
-    /// The proxy's own region and zone.
-    pub local: LocalitySpec,
-    /// The share of a locality's endpoints, in percent, that must be in rotation for it to
-    /// keep all of its traffic.
-    pub failover_threshold: f64,
-}
-
 /// Builds the balancer over `hosts`, the endpoints in rotation among `members` (the whole set,
-/// whose size tells each locality's healthy share).
+/// whose size tells each tier's healthy share).
 pub(crate) fn build(
     settings: &LbSettings,
     hosts: &[Arc<Host>],
     members: &[Arc<Host>],
 ) -> Box<dyn LoadBalancer> {
-    match &settings.locality {
-        Some(preference) => Box::new(locality::LocalityAware::new(
+    if tiers::applies(settings, members) {
+        Box::new(tiers::Tiered::new(
             settings.policy,
-            preference,
+            settings.local.as_ref(),
+            settings.failover_threshold,
             hosts,
             members,
-        )),
-        None => build_policy(settings.policy, hosts),
+        ))
+    } else {
+        build_policy(settings.policy, hosts)
     }
 }
 
@@ -307,6 +303,16 @@ pub(crate) mod tests {
 
     /// A host on 127.0.0.1:`port` of `weight` in `locality`, whose pool is never used.
     pub(crate) fn host(port: u16, weight: u32, locality: LocalitySpec) -> Arc<Host> {
+        host_at(port, weight, locality, 0)
+    }
+
+    /// [`host`] at `priority`.
+    pub(crate) fn host_at(
+        port: u16,
+        weight: u32,
+        locality: LocalitySpec,
+        priority: u32,
+    ) -> Arc<Host> {
         let stats = ClusterStats::new(&Metrics::new().root());
         let codec = Arc::new(crate::testing::NullCodec) as Arc<dyn metaprotocol_core::CodecFactory>;
         let address = SocketAddr::from(([127, 0, 0, 1], port));
@@ -329,6 +335,7 @@ pub(crate) mod tests {
             weight,
             labels: BTreeMap::new(),
             locality,
+            priority,
             istio: None,
         })
     }
@@ -352,7 +359,8 @@ pub(crate) mod tests {
     pub(crate) fn balancer(policy: LbPolicy, hosts: &[Arc<Host>]) -> Box<dyn LoadBalancer> {
         let settings = LbSettings {
             policy,
-            locality: None,
+            local: None,
+            failover_threshold: 70.0,
             healthy_panic_threshold: 50.0,
         };
         build(&settings, hosts, hosts)

@@ -122,7 +122,8 @@ mod tests {
     fn the_same_key_lands_on_the_same_endpoint_in_every_instance() {
         let settings = LbSettings {
             policy: LbPolicy::RingHash,
-            locality: None,
+            local: None,
+            failover_threshold: 70.0,
             healthy_panic_threshold: 50.0,
         };
         let a = build(&settings, &hosts(&[1, 2, 3]), &hosts(&[1, 2, 3]));

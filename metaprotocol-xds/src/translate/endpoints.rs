@@ -5,8 +5,9 @@
 //! locality, and the string values of its `filter_metadata["envoy.lb"]` (where Envoy's subset
 //! load balancer reads them) are its labels for subset routes. Endpoints whose
 //! `health_status` is `UNHEALTHY`, `DRAINING` or `TIMEOUT` are left out, as Envoy sends them no
-//! calls. Refused: priorities other than 0, named ports, pipes, internal addresses, endpoint
-//! names, `named_endpoints` and drop overloads. Accepted and ignored: locality weights,
+//! calls. A locality's `priority` is its endpoints' failover tier (istiod sends priorities for
+//! locality failover). Refused: named ports, pipes, internal addresses, endpoint names,
+//! `named_endpoints` and drop overloads. Accepted and ignored: locality weights,
 //! `overprovisioning_factor` and the endpoints' health-check settings.
 
 use std::collections::BTreeMap;
@@ -33,12 +34,6 @@ pub fn endpoints(assignment: &ClusterLoadAssignment) -> Result<Vec<EndpointSpec>
     let mut endpoints = Vec::new();
     for (i, group) in assignment.endpoints.iter().enumerate() {
         let at = format!("endpoints[{i}]");
-        if group.priority != 0 {
-            return Err(InvalidResource::new(
-                format!("{at}.priority"),
-                "only priority 0 is supported by metaprotocol-rs",
-            ));
-        }
         refuse_set!(&at, group, [lb_config]);
         let locality = group.locality.as_ref().map(|l| LocalitySpec {
             region: l.region.clone(),
@@ -46,7 +41,8 @@ pub fn endpoints(assignment: &ClusterLoadAssignment) -> Result<Vec<EndpointSpec>
         });
         for (j, endpoint) in group.lb_endpoints.iter().enumerate() {
             let at = format!("{at}.lb_endpoints[{j}]");
-            if let Some(spec) = endpoint_spec(endpoint, locality.as_ref(), &at)? {
+            if let Some(mut spec) = endpoint_spec(endpoint, locality.as_ref(), &at)? {
+                spec.priority = group.priority;
                 endpoints.push(spec);
             }
         }
