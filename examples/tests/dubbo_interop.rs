@@ -588,3 +588,55 @@ clusters:
     assert_eq!(served.provider, "v1", "{served:?}");
     Ok(())
 }
+
+/// An attachment whose value is no string reads as the text a Java provider prints for it: a
+/// route matching dubbo2.js's int `timeout` exactly (`"3000"`) takes its calls, and its request
+/// mutation (an attachment added, the int kept as it came) writes a frame that dubbo-py reads,
+/// with the int still there; another route replaces the int with a string, which
+/// sofa-rpc-node reads. Before, the int read as the empty text: the exact match missed it.
+#[test]
+fn a_route_matches_the_text_of_an_attachment_that_is_no_string() -> TestResult {
+    if !tools_ready()? {
+        return Ok(());
+    }
+    let scratch = Scratch::new("dubbo-int-match")?;
+    let (v1, v2) = start_providers(&scratch)?;
+    let proxy = InProcessProxy::start(&format!(
+        r#"
+listeners:
+  - {{ name: dubbo-in, address: 127.0.0.1:0, protocol: dubbo, route_config: all }}
+route_configs:
+  - name: all
+    routes:
+      - match: {{ metadata: [ {{ key: timeout, exact: "3000" }} ] }}
+        route: {{ cluster: v2 }}
+        request_mutation: {{ set: {{ x-routed-by: timeout }} }}
+      - route: {{ cluster: v1 }}
+        request_mutation: {{ set: {{ x-routed-by: default, timeout: "1000" }} }}
+clusters:
+  - name: v1
+    endpoints: [ {{ address: "{}" }} ]
+  - name: v2
+    endpoints: [ {{ address: "{}" }} ]
+"#,
+        v1.addr(),
+        v2.addr()
+    ))?;
+    let addr = proxy.addr(LISTENER)?.to_string();
+    let with_timeout = |ms| Run {
+        extra: vec!["--service-timeout", ms],
+        ..Run::hello(Client::DubboJs, &addr)
+    };
+    let matched = single_reply(&with_timeout("3000").run(&scratch)?)?;
+    assert_eq!(matched.provider, "v2", "{matched:?}");
+    assert_eq!(matched.attachment("x-routed-by"), Some("timeout"));
+    assert_eq!(matched.attachment("timeout"), Some("3000"), "{matched:?}");
+    assert_eq!(matched.attachment(TENANT.0), Some(TENANT.1), "{matched:?}");
+
+    let other = single_reply(&with_timeout("2500").run(&scratch)?)?;
+    assert_eq!(other.provider, "v1", "{other:?}");
+    assert_eq!(other.attachment("x-routed-by"), Some("default"));
+    assert_eq!(other.attachment("timeout"), Some("1000"), "{other:?}");
+    assert_eq!(other.attachment(TENANT.0), Some(TENANT.1), "{other:?}");
+    Ok(())
+}

@@ -59,7 +59,7 @@ pub use filter::{
 pub use message::{FrameLayout, Message, MessageKind, ResponseStatus};
 pub use metadata::{
     MAX_METADATA_ENTRIES, MAX_METADATA_INSERTS, METADATA_OVERFLOW_REASON, Metadata, MetadataKey,
-    MetadataStr, keys,
+    MetadataStr, RENDERED_INLINE_BYTES, keys,
 };
 pub use mutation::Mutation;
 pub use record::{

@@ -3,7 +3,8 @@
 //! A [`Message`](crate::Message) is moved several times on its way through the engine, so its
 //! metadata is kept small: each key and value is an eight-byte [`Span`] that points into the
 //! frame the codec read it from (the metadata's *source*), into a short table of `'static`
-//! strings (well-known keys), or into a list of shared strings for anything else. A dozen entries
+//! strings (well-known keys), into a small inline room for text a codec renders (a number the
+//! frame holds in binary), or into a list of shared strings for anything else. A dozen entries
 //! take 192 bytes inline, where a dozen pairs of [`ByteStr`] took 768, and reading or dropping
 //! them touches no reference count.
 
@@ -72,6 +73,12 @@ pub const METADATA_OVERFLOW_REASON: &str = "more than 256 metadata entries or 10
 /// values a codec or filter sets.
 const INLINE_STATICS: usize = 4;
 
+/// Bytes of text that a [`Metadata`] holds for values a codec renders rather than finds in its
+/// frame ([`Metadata::insert_rendered`]) without allocating: a Java `double` takes up to 24,
+/// an `int` up to 11, a typical timeout four. What fits the room a message-sized metadata has
+/// left (see `a_message_sized_metadata_stays_small`).
+pub const RENDERED_INLINE_BYTES: usize = 26;
+
 /// A key or value handed to [`Metadata::insert`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MetadataStr {
@@ -109,9 +116,11 @@ impl From<String> for MetadataStr {
     }
 }
 
-/// Where a key or value lies, in eight bytes: `source[start..start + len]`, or entry `start` of
-/// the static or shared strings, `len` bytes long. The place is kept in the two high bits of
-/// `len` (a span of the source is shorter than 1 GiB; a longer string is kept shared instead).
+/// Where a key or value lies, in eight bytes: `source[start..start + len]`, entry `start` of
+/// the static or shared strings, `len` bytes long, or the rendered text at `start`. The place
+/// is kept in the two high bits of `len` (a span of the source is shorter than 1 GiB; a longer
+/// string is kept shared instead): one of them for a static or shared string, both for
+/// rendered text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Span {
     start: u32,
@@ -121,6 +130,7 @@ struct Span {
 /// The place bits of [`Span::len`].
 const STATIC: u32 = 1 << 31;
 const SHARED: u32 = 1 << 30;
+const RENDERED: u32 = STATIC | SHARED;
 const LEN: u32 = SHARED - 1;
 
 /// Where a [`Span`] points.
@@ -128,6 +138,7 @@ enum Place {
     Source(Range<usize>),
     Static(usize),
     Shared(usize),
+    Rendered(Range<usize>),
 }
 
 impl Span {
@@ -160,7 +171,13 @@ impl Span {
     fn place(self) -> Place {
         let start = self.start as usize;
         if self.len & STATIC != 0 {
-            Place::Static(start)
+            // Told apart from a static string only here, so that spans of the source (most
+            // keys and values) take no more tests than before rendered text was.
+            if self.len & SHARED != 0 {
+                Place::Rendered(start..start + (self.len & LEN) as usize)
+            } else {
+                Place::Static(start)
+            }
         } else if self.len & SHARED != 0 {
             Place::Shared(start)
         } else {
@@ -173,7 +190,8 @@ impl Span {
 ///
 /// Strings that are slices of the frame are kept as spans of it: a codec makes the metadata
 /// [`Metadata::over`] its frame, then inserts [`ByteStr`] slices of that frame and `'static`
-/// keys; building the metadata of an ordinary request does not allocate. Lookups are linear:
+/// keys, and text it renders ([`Metadata::insert_rendered`]) into an inline room; building the
+/// metadata of an ordinary request does not allocate. Lookups are linear:
 /// real messages carry a handful of keys, where a scan beats hashing, and a metadata holds at
 /// most [`MAX_METADATA_ENTRIES`]. The well-known keys routes and statistics read (service,
 /// interface, method, version, group) are found without a scan: the metadata keeps where each
@@ -192,6 +210,10 @@ pub struct Metadata {
     /// Strings that are not slices of the source: rare, so a `ThinVec`, which an empty
     /// metadata (every message the engine recycles) drops with a pointer compare.
     shared: ThinVec<ByteStr>,
+    /// Text a codec rendered ([`Metadata::insert_rendered`]), UTF-8: `rendered_len` bytes in
+    /// use. Inline, so that a value such as dubbo2.js's int `timeout` costs no allocation.
+    rendered: [u8; RENDERED_INLINE_BYTES],
+    rendered_len: u8,
     /// One bit for each [`key_bit`] of the keys held (and of keys removed since: a stale bit
     /// only costs a search). A key whose bit is clear is absent without a search, which is what
     /// a decoder's every insert of a new key asks. The [`INDEXED_KEYS`] have no bit: they
@@ -235,6 +257,8 @@ impl Metadata {
             entries,
             statics,
             shared,
+            rendered: _,
+            rendered_len,
             key_bits,
             indexed,
             inserts,
@@ -252,6 +276,8 @@ impl Metadata {
             statics.clear();
         }
         *shared = ThinVec::new();
+        // The bytes need no clearing: only spans below the length are read.
+        *rendered_len = 0;
         *key_bits = 0;
         *indexed = [0; INDEXED_KEYS.len()];
         *inserts = 0;
@@ -279,6 +305,40 @@ impl Metadata {
         match constant_slot {
             Some(slot) => self.insert_at_slot(slot, value.into()),
             None => self.insert_key(key, value.into()),
+        }
+    }
+
+    /// Sets `key` to `value`, a text the codec rendered rather than found in the source (an
+    /// attachment's number in decimal), as [`Metadata::insert`] does. The text is copied into
+    /// the metadata's inline room for such text ([`RENDERED_INLINE_BYTES`] in all, until the
+    /// metadata is reset), and kept as a shared string (an allocation) once that is full. False,
+    /// and nothing set, as for [`Metadata::insert`].
+    pub fn insert_rendered(&mut self, key: impl Into<MetadataStr>, value: &str) -> bool {
+        if !self.admit() {
+            return false;
+        }
+        // The key first: it is the one that may be refused, and a refusal after the value was
+        // kept would leave its text in the room for nothing.
+        let Some(key) = self.store(key.into()) else {
+            return false;
+        };
+        let value = self.keep_rendered(value);
+        let lookup = KeyLookup::of(self.bytes(key));
+        self.set(key, lookup, value)
+    }
+
+    /// Keeps `text` in the room for rendered text, or shared when it does not fit.
+    fn keep_rendered(&mut self, text: &str) -> Span {
+        let start = usize::from(self.rendered_len);
+        let end = start + text.len();
+        match self.rendered.get_mut(start..end) {
+            Some(room) => {
+                room.copy_from_slice(text.as_bytes());
+                // `end` is within the room, which is shorter than 256 bytes.
+                self.rendered_len = end as u8;
+                Span::indexed(RENDERED, start, text.len())
+            }
+            None => self.share(ByteStr::copy_from_str(text)),
         }
     }
 
@@ -463,6 +523,7 @@ impl Metadata {
             Place::Source(range) => self.source.get(range).unwrap_or_default(),
             Place::Static(index) => self.static_str(index).as_bytes(),
             Place::Shared(index) => self.shared.get(index).map_or(&[], ByteStr::as_bytes),
+            Place::Rendered(range) => self.rendered.get(range).unwrap_or_default(),
         }
     }
 
@@ -472,7 +533,9 @@ impl Metadata {
             Place::Static(index) => self.static_str(index),
             Place::Shared(index) => self.shared.get(index).map_or("", ByteStr::as_str),
             // Only UTF-8 is ever stored, so this never falls back.
-            Place::Source(_) => std::str::from_utf8(self.bytes(span)).unwrap_or_default(),
+            Place::Source(_) | Place::Rendered(_) => {
+                std::str::from_utf8(self.bytes(span)).unwrap_or_default()
+            }
         }
     }
 
@@ -485,6 +548,9 @@ impl Metadata {
             Place::Source(_) => ByteStr::default(),
             Place::Static(index) => ByteStr::from_static(self.static_str(index)),
             Place::Shared(index) => self.shared.get(index).cloned().unwrap_or_default(),
+            // Read far less often than inserted (a log line's, a script's value): the copy is
+            // made only when asked for.
+            Place::Rendered(_) => ByteStr::copy_from_str(self.text(span)),
         }
     }
 
@@ -1021,6 +1087,46 @@ mod tests {
             .into_iter()
             .collect();
         assert_eq!(m, plain);
+    }
+
+    #[test]
+    fn rendered_text_reads_as_any_value_and_outgrows_its_room_into_shared_strings() {
+        let frame = Bytes::from_static(b"timeout;retries");
+        let mut m = Metadata::over(frame.clone());
+        assert!(m.insert_rendered(MetadataStr::Source(0..7), "3000"));
+        assert!(m.insert_rendered("flag", "true"));
+        assert!(m.shared.is_empty(), "kept inline");
+        assert_eq!(m.get("timeout"), Some("3000"));
+        assert_eq!(m.value_bytes("flag"), Some(&b"true"[..]));
+        let resolved = MetadataKey::new("timeout");
+        assert_eq!(m.value_bytes_of(&resolved), Some(&b"3000"[..]));
+        assert_eq!(
+            m.get_shared("timeout").as_ref().map(ByteStr::as_str),
+            Some("3000")
+        );
+        assert_eq!(
+            m.iter().collect::<Vec<_>>(),
+            [("timeout", "3000"), ("flag", "true")]
+        );
+        // A key that is not text of the source is refused, and keeps nothing.
+        assert!(!m.insert_rendered(MetadataStr::Source(100..101), "1"));
+        assert_eq!(m.rendered_len, 8);
+
+        // Past the room, text is shared; what was inline reads the same.
+        let long = "-2.2250738585072014E-308";
+        assert!(m.insert_rendered(MetadataStr::Source(8..15), long));
+        assert_eq!(m.shared.len(), 1);
+        assert_eq!(m.get("retries"), Some(long));
+        assert_eq!(m.get("timeout"), Some("3000"));
+        assert!(m.insert_rendered("timeout", "5"), "a replacement");
+        assert_eq!(m.get("timeout"), Some("5"));
+        assert_eq!(m.remove("flag").map(|v| v.to_string()), Some("true".into()));
+        let plain: Metadata = [("timeout", "5"), ("retries", long)].into_iter().collect();
+        assert_eq!(m, plain);
+
+        m.reset_over(frame);
+        assert_eq!(m.rendered_len, 0);
+        assert!(m.insert_rendered("n", "7") && m.get("n") == Some("7"));
     }
 
     #[test]

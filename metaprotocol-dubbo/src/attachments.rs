@@ -4,15 +4,17 @@
 //! Attachments are a Hessian2 map, normally untyped (`H ... Z`), sometimes typed (`M type ...
 //! Z`), `N` when a client has none, or missing altogether. Entries whose key and value are
 //! strings are routable; an entry whose key is a string and whose value is another (dubbo2.js
-//! sends `timeout` as an int) is present with an empty value, one whose value is null is
+//! sends `timeout` as an int) is there with the text Java prints for it (`3000`, `true`, or
+//! empty for a map ...: see [`scalar`](crate::hessian::scalar)), one whose value is null is
 //! skipped, and on rewrite each is copied as it came.
 
 use std::ops::Range;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use metaprotocol_core::{CodecError, MetadataStr, Mutation};
+use metaprotocol_core::{CodecError, Metadata, MetadataStr, Mutation};
 
 use crate::hessian::reader::{Reader, StringData, is_string_tag};
+use crate::hessian::scalar::{self, ScalarText};
 use crate::hessian::skip::Skipper;
 use crate::hessian::writer::write_string;
 use crate::hessian::{CLASS_DEF, END, NULL, TYPED_MAP, UNTYPED_MAP};
@@ -71,17 +73,25 @@ impl Entry<'_> {
         Some((key, value))
     }
 
-    /// The entry as metadata present with an empty value, if its key is a string and its value
-    /// is there but no text (an int, a map ..., or a string UTF-8 cannot hold): a Java provider
-    /// sees it (`getObjectAttachment`), so a route's or policy's `present` must too. Its text
-    /// form would cost an allocation a call, dubbo2.js's int `timeout` on each of its calls.
-    pub(crate) fn presence(&self, frame: &Bytes) -> Option<(MetadataStr, MetadataStr)> {
-        // A null, which Java reads as no attachment, is none.
-        if self.value.is_none() && frame.get(self.value_at) == Some(&NULL) {
-            return None;
+    /// Sets the entry in `metadata` if its key is a string and its value is there but no text
+    /// (an int, a boolean, a map ..., or a string UTF-8 cannot hold): a Java provider sees it
+    /// (`getObjectAttachment`), so a route's or policy's `present` must too, and a match on its
+    /// value sees what Java prints for it (see [`scalar`]): dubbo2.js's int `timeout` reads as
+    /// its decimal digits, rendered into the metadata's inline room (no allocation). A null,
+    /// which Java reads as no attachment, is none.
+    pub(crate) fn insert_other(&self, frame: &Bytes, metadata: &mut Metadata) {
+        let Some(key) = self.key.as_ref().and_then(|key| key.to_metadata(frame)) else {
+            return;
+        };
+        match scalar::text_of(frame, self.value_at) {
+            ScalarText::Null => {}
+            ScalarText::Constant(text) => {
+                metadata.insert(key, MetadataStr::Static(text));
+            }
+            ScalarText::Rendered(text) => {
+                metadata.insert_rendered(key, text.as_str());
+            }
         }
-        let key = self.key.as_ref()?.to_metadata(frame)?;
-        Some((key, MetadataStr::Static("")))
     }
 }
 

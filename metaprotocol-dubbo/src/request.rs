@@ -81,9 +81,7 @@ pub(crate) fn decode(frame: &Bytes, metadata: &mut Metadata) -> Result<DecodedRe
                         return Err(refused);
                     }
                     // Another value than a string is there for the provider all the same.
-                    if let Some((key, value)) = entry.presence(frame) {
-                        metadata.insert(key, value);
-                    }
+                    entry.insert_other(frame, metadata);
                 }
             }
         }

@@ -53,7 +53,7 @@ fn calls_carry_the_service_method_version_and_every_attachment() -> TestResult {
             assert_eq!(meta(message, "tenant"), Some("t1"), "{name}");
 
             // The attachments as hessian.js decoded them: strings are metadata, others (no
-            // null among them) present without their text.
+            // null among them) too, a number as its decimal text.
             let attachments = values.get(6).and_then(|v| v.as_object()).ok_or("no map")?;
             let mut expected = 4; // interface, service, method, version
             for (key, value) in attachments {
@@ -65,7 +65,8 @@ fn calls_carry_the_service_method_version_and_every_attachment() -> TestResult {
                         }
                     }
                     None => {
-                        assert_eq!(meta(message, key), Some(""), "{name} {key}");
+                        let text = value.as_i64().map(|n| n.to_string()).unwrap_or_default();
+                        assert_eq!(meta(message, key), Some(text.as_str()), "{name} {key}");
                         expected += 1;
                     }
                 }
@@ -84,9 +85,9 @@ fn calls_carry_the_service_method_version_and_every_attachment() -> TestResult {
 
 #[test]
 fn quirks_of_each_client_are_visible() -> TestResult {
-    // dubbo2.js sends `timeout` as an int: present, without its text.
+    // dubbo2.js sends `timeout` as an int: its decimal text.
     let dubbojs = decode_all(&golden("dubbojs__node__hello.req.hex")?.bytes)?;
-    assert_eq!(meta(&dubbojs[0], "timeout"), Some(""));
+    assert_eq!(meta(&dubbojs[0], "timeout"), Some("3"));
     assert_eq!(meta(&dubbojs[0], "application"), Some("dubbo2.js"));
     // sofa-rpc-node sends it as a string, and an empty group.
     let node = decode_all(&golden("node__node__hello.req.hex")?.bytes)?;

@@ -306,19 +306,31 @@ fn attachments_not_representable_in_utf8_are_left_out() -> TestResult {
     Ok(())
 }
 
-/// An attachment whose value is there but no string (an int, a boolean, a map) is metadata
-/// present with an empty value, so that a route's or policy's `present` sees what a Java
-/// provider sees (`getObjectAttachment`); a null one, which Java reads as none, is not. Before,
-/// each was left out: sending a condition's key as an int dodged it.
+/// An attachment whose value is there but no string is metadata with the text a Java provider
+/// prints for it (`String.valueOf`): an int or long in decimal, a boolean as `true`/`false`, a
+/// double as `Double.toString`; a map (or a date, a list ...) is present with an empty value; a
+/// null one, which Java reads as none, is not there. Before, each was present with an empty
+/// value, so that a route's exact match on dubbo2.js's int `timeout` never matched, and a
+/// `%REQ(timeout)%` logged nothing.
 #[test]
-fn attachments_that_are_no_strings_are_present_without_text() -> TestResult {
+fn attachments_that_are_no_strings_read_as_the_text_java_prints() -> TestResult {
     let mut body = Writer::new();
     body.raw(&request_body("demo.Api", "hi", "", &[], None))
         .raw(b"H")
         .string("int")
-        .raw(&[0x93])
+        .raw(&[0xd4, 0x0b, 0xb8])
+        .string("negative")
+        .raw(b"I\x80\x00\x00\x00")
+        .string("long")
+        .raw(b"L\x00\x00\x00\x02\x54\x0b\xe4\x00")
         .string("flag")
         .raw(b"T")
+        .string("ratio")
+        .raw(b"D")
+        .raw(&0.25f64.to_be_bytes())
+        .string("big")
+        .raw(b"D")
+        .raw(&1.0e10f64.to_be_bytes())
         .string("nested")
         .raw(b"H")
         .string("k")
@@ -334,7 +346,16 @@ fn attachments_that_are_no_strings_are_present_without_text() -> TestResult {
     let attachments: Vec<(&str, &str)> = message.metadata.iter().skip(4).collect();
     assert_eq!(
         attachments,
-        [("int", ""), ("flag", ""), ("nested", ""), ("after", "v2")]
+        [
+            ("int", "3000"),
+            ("negative", "-2147483648"),
+            ("long", "10000000000"),
+            ("flag", "true"),
+            ("ratio", "0.25"),
+            ("big", "1.0E10"),
+            ("nested", ""),
+            ("after", "v2")
+        ]
     );
     Ok(())
 }

@@ -7,6 +7,8 @@
 //! - [`skip`]: steps over any value of the grammar (class definitions and objects, references,
 //!   typed and untyped lists and maps, chunked strings and binaries, dates, longs, doubles)
 //!   with a depth limit and a cap on class definitions.
+//! - [`scalar`]: the text of a value that is no string (an int, a boolean, a double), as a
+//!   Java provider prints it, for attachments that carry one.
 //! - [`text`]: Hessian strings are counted in UTF-16 code units and Java writes characters
 //!   outside the BMP as two 3-byte surrogates (CESU-8); this module bridges that to Rust's UTF-8.
 //! - [`writer`]: writes strings (attachment keys and values, error messages).
@@ -16,6 +18,7 @@
 //! copied, and they lie inside the frame).
 
 pub(crate) mod reader;
+pub(crate) mod scalar;
 pub(crate) mod skip;
 pub(crate) mod text;
 pub(crate) mod writer;
