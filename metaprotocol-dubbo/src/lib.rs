@@ -75,8 +75,9 @@
 //! under another port than its service's (the connection's remote port, which through the
 //! proxy is the proxy's own, in Dubbo 2; 0 in Dubbo 3), finds no service, and fails it.
 //! Values are slices of the frame, not copies, except for strings split into chunks or
-//! holding characters outside the BMP in Java's surrogate encoding. Responses carry their
-//! string attachments.
+//! holding characters outside the BMP in Java's surrogate encoding, and the rendered text of
+//! values that are no strings. Responses carry their attachments, read by the same rule as a
+//! request's (a number as its text, a null left out).
 //!
 //! # Mutations
 //!

@@ -70,9 +70,10 @@ impl ResultFlag {
     }
 }
 
-/// Decodes the status, metadata (string attachments, into `metadata`, which starts empty) and
-/// layout of a Hessian2 response with status 20. Filling the message's own metadata in place
-/// spares moving it; on an error it holds what was read before, and the caller empties it.
+/// Decodes the status, metadata (the attachments, read as a request's are, into `metadata`,
+/// which starts empty) and layout of a Hessian2 response with status 20. Filling the message's
+/// own metadata in place spares moving it; on an error it holds what was read before, and the
+/// caller empties it.
 pub(crate) fn decode(
     frame: &Bytes,
     metadata: &mut Metadata,
@@ -94,8 +95,12 @@ pub(crate) fn decode(
     if flag.has_attachments() {
         let mut skipper = skip_result(flag, &mut reader)?;
         layout.map = attachments::visit(&mut reader, &mut skipper, |entry| {
-            if let Some((key, value)) = entry.text(frame) {
-                metadata.insert(key, value);
+            match entry.text(frame) {
+                Some((key, value)) => {
+                    metadata.insert(key, value);
+                }
+                // As in a request: the client's Java code reads it all the same.
+                None => entry.insert_other(frame, metadata),
             }
             Ok(())
         })?;

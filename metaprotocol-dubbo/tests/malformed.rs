@@ -359,3 +359,41 @@ fn attachments_that_are_no_strings_read_as_the_text_java_prints() -> TestResult 
     );
     Ok(())
 }
+
+/// A response's attachments follow the same rule as a request's: one whose value is no string
+/// reads as the text Java prints for it (empty for a map), a null one is not there. Before,
+/// each was left out of the response's metadata, which a script filter's response hook reads.
+#[test]
+fn response_attachments_that_are_no_strings_read_as_request_ones_do() -> TestResult {
+    let mut body = Writer::new();
+    body.raw(&[0x94])
+        .string("ok")
+        .raw(b"H")
+        .string("int")
+        .raw(&[0xd4, 0x0b, 0xb8])
+        .string("flag")
+        .raw(b"F")
+        .string("nested")
+        .raw(b"H")
+        .string("k")
+        .string("v")
+        .raw(b"Z")
+        .string("none")
+        .raw(b"N")
+        .string("after")
+        .string("v2")
+        .raw(b"Z");
+    let message = decode_one(&frame(0x02, 20, 1, &body.out))?;
+    assert_eq!(message.kind, MessageKind::Response);
+    let attachments: Vec<(&str, &str)> = message.metadata.iter().collect();
+    assert_eq!(
+        attachments,
+        [
+            ("int", "3000"),
+            ("flag", "false"),
+            ("nested", ""),
+            ("after", "v2")
+        ]
+    );
+    Ok(())
+}
