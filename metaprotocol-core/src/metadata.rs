@@ -631,6 +631,19 @@ impl Metadata {
         Some(self.shared_text(value))
     }
 
+    /// Removes `key`, as a decoder does when its frame sets the key again to no value (a Dubbo
+    /// attachment sent again as null, which replaces its earlier value). Counted as an insert,
+    /// so that a frame repeating it costs its decoder a check past [`MAX_METADATA_INSERTS`],
+    /// not a search. False, and nothing removed, once the metadata has
+    /// [`overflowed`](Metadata::overflowed).
+    pub fn unset(&mut self, key: &str) -> bool {
+        if !self.admit() {
+            return false;
+        }
+        self.remove(key);
+        true
+    }
+
     /// All entries, in insertion order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.entries
@@ -801,6 +814,22 @@ mod tests {
         assert!(m.insert(MetadataStr::Source(0..1), "new"));
         assert_eq!(m.get("a"), Some("new"), "spans point into the new source");
         assert!(!m.contains("key-0"));
+    }
+
+    #[test]
+    fn unset_removes_and_counts_as_an_insert() {
+        let mut m = Metadata::new();
+        assert!(m.insert("a", "1") && m.insert("b", "2"));
+        assert!(m.unset("a") && m.unset("never-set"));
+        assert_eq!(m.iter().collect::<Vec<_>>(), [("b", "2")]);
+        for _ in 4..MAX_METADATA_INSERTS {
+            assert!(m.unset("a"));
+        }
+        assert!(
+            !m.unset("b") && m.overflowed(),
+            "past the inserts it may take"
+        );
+        assert_eq!(m.get("b"), Some("2"));
     }
 
     #[test]

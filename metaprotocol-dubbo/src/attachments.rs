@@ -1,4 +1,4 @@
-//! The attachments map at the end of a request or response body: reading its string entries as
+//! The attachments map at the end of a request or response body: reading its entries as
 //! metadata, and rewriting it for a [`Mutation`].
 //!
 //! Attachments are a Hessian2 map, normally untyped (`H ... Z`), sometimes typed (`M type ...
@@ -6,7 +6,8 @@
 //! strings are routable; an entry whose key is a string and whose value is another (dubbo2.js
 //! sends `timeout` as an int) is there with the text Java prints for it (`3000`, `true`, or
 //! empty for a map ...: see [`scalar`](crate::hessian::scalar)), one whose value is null is
-//! skipped, and on rewrite each is copied as it came.
+//! none (and takes out an earlier value of its key, as Java's map does), and on rewrite each
+//! is copied as it came.
 
 use std::ops::Range;
 
@@ -78,18 +79,27 @@ impl Entry<'_> {
     /// (`getObjectAttachment`), so a route's or policy's `present` must too, and a match on its
     /// value sees what Java prints for it (see [`scalar`]): dubbo2.js's int `timeout` reads as
     /// its decimal digits, rendered into the metadata's inline room (no allocation). A null,
-    /// which Java reads as no attachment, is none.
+    /// which Java reads as no attachment, is none, and takes out an earlier entry of the key:
+    /// Java's map keeps a key's last value.
     pub(crate) fn insert_other(&self, frame: &Bytes, metadata: &mut Metadata) {
-        let Some(key) = self.key.as_ref().and_then(|key| key.to_metadata(frame)) else {
+        let Some(key) = self.key.as_ref() else {
             return;
         };
         match scalar::text_of(frame, self.value_at) {
-            ScalarText::Null => {}
+            ScalarText::Null => {
+                if let Some(key) = key.to_byte_str(frame) {
+                    metadata.unset(key.as_str());
+                }
+            }
             ScalarText::Constant(text) => {
-                metadata.insert(key, MetadataStr::Static(text));
+                if let Some(key) = key.to_metadata(frame) {
+                    metadata.insert(key, MetadataStr::Static(text));
+                }
             }
             ScalarText::Rendered(text) => {
-                metadata.insert_rendered(key, text.as_str());
+                if let Some(key) = key.to_metadata(frame) {
+                    metadata.insert_rendered(key, text.as_str());
+                }
             }
         }
     }

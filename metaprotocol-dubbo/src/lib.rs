@@ -57,7 +57,7 @@
 //! | `method` | the method name |
 //! | `version` | the service version: the `version` attachment when present (an empty one too: Java providers look the service up by it, and an empty one names the service exported without a version), else the call field; Dubbo's default `0.0.0` reads as the empty version, since Dubbo's service keys treat it as none (a call of it runs the export without a version) |
 //! | `group` | the `group` attachment |
-//! | any other key | every attachment whose key is a string: its value if that is a string; if it is another Hessian type, the text a Java provider prints for it (dubbo2.js's int `timeout` as `3000`, a long in decimal, a boolean as `true`/`false`, a double as `Double.toString` does), rendered without an allocation, or the empty text for a date, list, map or object, so that a route's or policy's `present` sees what a Java provider sees (`getObjectAttachment`); none if it is null, which Java reads as none |
+//! | any other key | every attachment whose key is a string: its value if that is a string; if it is another Hessian type, the text a Java provider prints for it (dubbo2.js's int `timeout` as `3000`, a long in decimal, a boolean as `true`/`false`, a double as `Double.toString` does), rendered without an allocation, or the empty text for a date, list, map or object, so that a route's or policy's `present` sees what a Java provider sees (`getObjectAttachment`); none if it is null, which Java reads as none (nor an earlier value of the key: Java's map keeps a key's last value) |
 //!
 //! `interface`, `service` and `method` attachments never override the call fields. A `path`
 //! attachment must repeat the call's path: Java providers find the service by the attachment

@@ -397,3 +397,56 @@ fn response_attachments_that_are_no_strings_read_as_request_ones_do() -> TestRes
     );
     Ok(())
 }
+
+/// An attachment sent twice is what Java's map keeps, the last: a null after a value leaves the
+/// key out, since a Java provider reads it as none (`HashMap.put` of the null replaced the
+/// value), in a request and a response alike. Before, the metadata kept the first value, so a
+/// route or policy matched a value the provider never saw.
+#[test]
+fn an_attachment_sent_again_as_null_is_not_there() -> TestResult {
+    let attachments = |body: &mut Writer| {
+        body.raw(b"H")
+            .string("tenant")
+            .string("t1")
+            .string("timeout")
+            .raw(&[0xd4, 0x0b, 0xb8])
+            .string("tenant")
+            .raw(b"N")
+            .string("timeout")
+            .raw(b"N")
+            .string("after")
+            .string("v2")
+            .raw(b"Z");
+    };
+    let mut call = Writer::new();
+    call.raw(&request_body("demo.Api", "hi", "", &[], None));
+    attachments(&mut call);
+    let request = decode_one(&frame(0xc2, 0, 1, &call.out))?;
+    assert_eq!(request.reject_reason, None);
+    let keys: Vec<&str> = request.metadata.iter().skip(4).map(|(k, _)| k).collect();
+    assert_eq!(keys, ["after"]);
+
+    let mut answer = Writer::new();
+    answer.raw(&[0x94]).string("ok");
+    attachments(&mut answer);
+    let response = decode_one(&frame(0x02, 20, 1, &answer.out))?;
+    let keys: Vec<&str> = response.metadata.iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, ["after"]);
+
+    // Each null counts as an insert, and so does each rendered number: a frame repeating
+    // either without end overflows the metadata (the engine refuses the call) rather than
+    // costing a search, or a copy, each.
+    for value in [&b"N"[..], &[0x91]] {
+        let mut body = request_body("demo.Api", "hi", "", &[], None);
+        body.extend_from_slice(b"H\x01kT");
+        for _ in 0..100_000 {
+            body.extend_from_slice(&[0x01, b'k']);
+            body.extend_from_slice(value);
+        }
+        body.push(b'Z');
+        let message = decode_one(&frame(0xc2, 0, 1, &body))?;
+        assert_eq!(message.reject_reason, None);
+        assert!(message.metadata.overflowed(), "{value:02x?}");
+    }
+    Ok(())
+}
