@@ -130,6 +130,7 @@ impl Client {
             mutation: Arc::new(Mutation::new()),
             deadline,
             reply,
+            place: None,
         };
         self.pool.send(variant, outbound).map_err(|mut rejected| {
             rejected.outbound.reply.disarm();

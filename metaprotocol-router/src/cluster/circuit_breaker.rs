@@ -1,8 +1,16 @@
-//! Circuit breakers: limits on what a cluster may have in flight, compared with its live gauges
-//! ([`ClusterStats`]). A request past a limit is not queued: it is answered at once with the
-//! protocol's over-limit error (a retry past `max_retries` is not made, and the request gets
-//! the failure it had). Each breaker counts its overflows and shows whether it is open (its
-//! last check refused) in the cluster's metrics and in `/clusters`.
+//! Circuit breakers: limits on what a cluster may have in flight. A request past a limit is not
+//! queued: it is answered at once with the protocol's over-limit error (a retry past
+//! `max_retries` is not made, and the request gets the failure it had). Each breaker counts its
+//! overflows and shows whether it is open (its last check refused) in the cluster's metrics and
+//! in `/clusters`.
+//!
+//! Each limit is taken in one step with its check (a compare-and-swap on the count it limits),
+//! so that attempts admitted at once on several workers never pass it. Checked first and
+//! counted after, they could all pass the check one below the limit and all count. Attempts in
+//! flight and requests queued are counted against `max_requests` and `max_pending_requests` in
+//! places ([`RequestPlace`], [`PendingPlace`]) only while the cluster sets that limit: a
+//! cluster without one (most) writes no number shared by every worker per attempt, and its
+//! gauges stay per-thread cells ([`ClusterStats`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -65,6 +73,49 @@ pub(crate) struct CircuitBreakers {
     overflows: [Counter; 4],
     /// Connections of the cluster's pools, opening or open.
     connections: Arc<AtomicI64>,
+    /// Places held under `max_requests` (attempts in flight admitted while it was set).
+    requests: Held,
+    /// Places held under `max_pending_requests` (requests queued, admitted while it was set).
+    pending: Held,
+}
+
+/// A count on a cache line of its own: every worker takes and gives back places in it, which
+/// would otherwise slow down the reads of the limits beside it (made by every attempt, to
+/// clusters without limits too).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Held(AtomicI64);
+
+/// An attempt's place under its cluster's `max_requests`, given back when dropped (with the
+/// attempt's guard, however the attempt ends).
+#[derive(Debug)]
+pub(crate) struct RequestPlace(Arc<CircuitBreakers>);
+
+impl Drop for RequestPlace {
+    fn drop(&mut self) {
+        self.0.requests.0.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// A request's place under its cluster's `max_pending_requests`, given back when dropped: when
+/// a connection takes the request from its queue, or the request is refused, expired or
+/// dropped with its connection.
+#[derive(Debug)]
+pub(crate) struct PendingPlace(Arc<CircuitBreakers>);
+
+impl Drop for PendingPlace {
+    fn drop(&mut self) {
+        self.0.pending.0.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// The places an admitted attempt holds: `None` under a limit the cluster does not set.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    /// Held by the attempt until it ends.
+    pub request: Option<RequestPlace>,
+    /// Held by the request until a connection takes it from its queue.
+    pub pending: Option<PendingPlace>,
 }
 
 /// One connection counted against `max_connections`, from before it opens until it is gone.
@@ -97,13 +148,18 @@ impl CircuitBreakers {
                 )
             }),
             connections: Arc::default(),
+            requests: Held::default(),
+            pending: Held::default(),
         };
         breakers.set_limits(spec);
         breakers
     }
 
     /// Applies a cluster update's limits (none: no limits). A breaker without a limit is never
-    /// checked again, so one the update removes while it was open is shown closed here.
+    /// checked again, so one the update removes while it was open is shown closed here. Places
+    /// held under a limit the update removes are given back as their attempts end; attempts in
+    /// flight when an update sets `max_requests` or `max_pending_requests` on a cluster that had
+    /// none took no place, and are not counted against it.
     pub fn set_limits(&self, spec: Option<&CircuitBreakersSpec>) {
         let limits = match spec {
             Some(spec) => [
@@ -123,11 +179,38 @@ impl CircuitBreakers {
         }
     }
 
-    /// True if one more of what `breaker` limits fits under its limit; otherwise counts an
-    /// overflow. Either way the breaker's open gauge follows.
-    pub fn admits(&self, breaker: Breaker, stats: &ClusterStats) -> bool {
+    /// An attempt's places under `max_requests` and `max_pending_requests`, each taken in one
+    /// step with its check; the breaker that refused otherwise (its overflow counted, nothing
+    /// held). Under a limit the cluster does not set nothing is taken: no shared write.
+    pub fn admit(self: &Arc<Self>) -> Result<Admission, Breaker> {
+        let request = self
+            .take(Breaker::Requests, &self.requests)?
+            .then(|| RequestPlace(self.clone()));
+        // A refusal here drops the request place taken above, giving it back.
+        let pending = self
+            .take(Breaker::PendingRequests, &self.pending)?
+            .then(|| PendingPlace(self.clone()));
+        Ok(Admission { request, pending })
+    }
+
+    /// Takes a place in `held` under `breaker`'s limit: `Ok(false)` when there is no limit
+    /// (nothing taken), `Ok(true)` when taken; a refusal is counted, and the open gauge follows.
+    fn take(&self, breaker: Breaker, held: &Held) -> Result<bool, Breaker> {
         let limit = self.limits[breaker as usize].load(Ordering::Relaxed);
-        limit == i64::MAX || self.judge(breaker, self.current(breaker, stats) < limit)
+        if limit == i64::MAX {
+            return Ok(false);
+        }
+        let taken = held
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |places| {
+                (places < limit).then_some(places + 1)
+            })
+            .is_ok();
+        if self.judge(breaker, taken) {
+            Ok(true)
+        } else {
+            Err(breaker)
+        }
     }
 
     /// A retry's place under `max_retries` and under `budget` (the retries the cluster's retry
@@ -181,12 +264,12 @@ impl CircuitBreakers {
         fits
     }
 
-    /// What `breaker` limits, now.
+    /// What `breaker` compares with its limit, now.
     fn current(&self, breaker: Breaker, stats: &ClusterStats) -> i64 {
         match breaker {
             Breaker::Connections => self.connections.load(Ordering::Relaxed),
-            Breaker::PendingRequests => stats.rq_pending.get(),
-            Breaker::Requests => stats.rq_active.get(),
+            Breaker::PendingRequests => self.pending.0.load(Ordering::Relaxed),
+            Breaker::Requests => self.requests.0.load(Ordering::Relaxed),
             Breaker::Retries => stats.rq_retries_active.get(),
         }
     }
@@ -234,7 +317,10 @@ mod tests {
 
     /// Breakers of cluster `c` allowing `max_requests` and `max_retries` (and 10 connections
     /// and pending requests), with its metrics and live counts.
-    fn breakers(max_requests: u32, max_retries: u32) -> (Metrics, ClusterStats, CircuitBreakers) {
+    fn breakers(
+        max_requests: u32,
+        max_retries: u32,
+    ) -> (Metrics, ClusterStats, Arc<CircuitBreakers>) {
         let metrics = Metrics::new();
         let scope = metrics.root().detached("cluster", "c");
         let stats = ClusterStats::new(&scope);
@@ -244,18 +330,26 @@ mod tests {
             max_requests,
             max_retries,
         };
-        let breakers = CircuitBreakers::new(&scope, Some(&spec));
+        let breakers = Arc::new(CircuitBreakers::new(&scope, Some(&spec)));
         (metrics, stats, breakers)
     }
 
     #[test]
     fn a_breaker_refuses_at_its_limit_counts_and_closes_again() {
         let (metrics, stats, breakers) = breakers(2, 0);
-        stats.rq_active.inc();
-        assert!(breakers.admits(Breaker::Requests, &stats));
-        stats.rq_active.inc();
-        assert!(!breakers.admits(Breaker::Requests, &stats), "2 in flight");
-        assert!(!breakers.admits(Breaker::Retries, &stats), "max_retries 0");
+        let first = breakers.admit();
+        assert!(first.as_ref().is_ok_and(|a| a.request.is_some()));
+        let _second = breakers.admit();
+        assert_eq!(
+            breakers.admit().err(),
+            Some(Breaker::Requests),
+            "2 in flight"
+        );
+        assert_eq!(
+            breakers.take_retry(&stats.rq_retries_active, i64::MAX),
+            Err(RetryRefusal::MaxRetries),
+            "max_retries 0"
+        );
         let text = metrics.render();
         assert!(text.contains("metaprotocol_upstream_circuit_breaker_open{cluster=\"c\",breaker=\"max_requests\"} 1"), "{text}");
         assert!(
@@ -267,8 +361,13 @@ mod tests {
         let status = breakers.status(&stats);
         let requests = status.iter().find(|s| s.breaker == "max_requests");
         assert!(requests.is_some_and(|s| s.open && s.current == 2 && s.overflows == 1));
-        stats.rq_active.dec();
-        assert!(breakers.admits(Breaker::Requests, &stats));
+        let pending = status.iter().find(|s| s.breaker == "max_pending_requests");
+        assert!(
+            pending.is_some_and(|s| !s.open && s.current == 2),
+            "the refused attempt gave back its place"
+        );
+        drop(first);
+        assert!(breakers.admit().is_ok());
         assert!(
             breakers
                 .status(&stats)
@@ -296,24 +395,68 @@ mod tests {
         drop(second);
         assert!(breakers.reserve_connection().is_some(), "none held");
         breakers.set_limits(None);
-        stats.rq_active.inc();
-        stats.rq_active.inc();
-        assert!(breakers.admits(Breaker::Requests, &stats), "no limits");
+        let unlimited = breakers.admit();
+        assert!(
+            unlimited.is_ok_and(|a| a.request.is_none() && a.pending.is_none()),
+            "no limits: no place taken"
+        );
         assert!(breakers.status(&stats).is_empty());
     }
 
     #[test]
     fn a_breaker_an_update_removes_is_shown_closed() {
-        let (metrics, stats, breakers) = breakers(1, 10);
-        stats.rq_active.inc();
-        assert!(!breakers.admits(Breaker::Requests, &stats));
+        let (metrics, _stats, breakers) = breakers(1, 10);
+        let _held = breakers.admit();
+        assert!(breakers.admit().is_err());
         let open =
             "metaprotocol_upstream_circuit_breaker_open{cluster=\"c\",breaker=\"max_requests\"}";
         assert!(metrics.render().contains(&format!("{open} 1")));
         // The update takes the breaker away while it is open: nothing will check it again.
         breakers.set_limits(None);
-        assert!(breakers.admits(Breaker::Requests, &stats));
+        assert!(breakers.admit().is_ok());
         let text = metrics.render();
         assert!(text.contains(&format!("{open} 0")), "{text}");
+    }
+
+    /// Places taken at once on eight threads, each held a moment: the most held at once, as
+    /// the holders counted them.
+    fn most_held_at_once(breakers: &Arc<CircuitBreakers>) -> i64 {
+        let (holders, most, admitted) = (AtomicI64::new(0), AtomicI64::new(0), AtomicI64::new(0));
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(500);
+        std::thread::scope(|threads| {
+            for _ in 0..8 {
+                threads.spawn(|| {
+                    while std::time::Instant::now() < until {
+                        let Ok(_places) = breakers.admit() else {
+                            continue;
+                        };
+                        let now = holders.fetch_add(1, Ordering::AcqRel) + 1;
+                        most.fetch_max(now, Ordering::Relaxed);
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                        std::thread::yield_now();
+                        holders.fetch_sub(1, Ordering::AcqRel);
+                    }
+                });
+            }
+        });
+        assert!(admitted.into_inner() > 0);
+        most.into_inner()
+    }
+
+    #[test]
+    fn places_taken_at_once_never_pass_max_requests_or_max_pending_requests() {
+        let (_metrics, stats, breakers) = breakers(2, 0);
+        assert!(most_held_at_once(&breakers) <= 2);
+        breakers.set_limits(Some(&CircuitBreakersSpec {
+            max_connections: 10,
+            max_pending_requests: 2,
+            max_requests: 100,
+            max_retries: 0,
+        }));
+        assert!(most_held_at_once(&breakers) <= 2);
+        assert!(
+            breakers.status(&stats).iter().all(|s| s.current == 0),
+            "every place was given back"
+        );
     }
 }

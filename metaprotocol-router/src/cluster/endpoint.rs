@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
 
+use super::RequestPlace;
 use crate::health::OutlierCounters;
 use crate::lb::RttEstimate;
 use crate::stats::{Counter, EndpointStats, HealthStats, MetricsScope, UpDownCounter};
@@ -221,6 +222,7 @@ impl Endpoint {
         self.cluster_active.inc();
         ActiveRequest {
             endpoint: self.clone(),
+            _place: None,
         }
     }
 }
@@ -229,11 +231,19 @@ impl Endpoint {
 #[derive(Debug)]
 pub(crate) struct ActiveRequest {
     endpoint: Arc<Endpoint>,
+    /// Its place under its cluster's `max_requests`, when the cluster sets one.
+    _place: Option<RequestPlace>,
 }
 
 impl ActiveRequest {
     pub fn endpoint(&self) -> &Arc<Endpoint> {
         &self.endpoint
+    }
+
+    /// The attempt, holding `place` until it ends.
+    pub fn holding(mut self, place: Option<RequestPlace>) -> Self {
+        self._place = place;
+        self
     }
 }
 

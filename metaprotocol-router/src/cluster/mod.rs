@@ -34,7 +34,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 pub use circuit_breaker::BreakerStatus;
-pub(crate) use circuit_breaker::{Breaker, CircuitBreakers, ConnectionPermit, RetryRefusal};
+pub(crate) use circuit_breaker::{
+    Breaker, CircuitBreakers, ConnectionPermit, PendingPlace, RequestPlace, RetryRefusal,
+};
 pub use endpoint::HealthState;
 pub(crate) use endpoint::{ActiveRequest, Endpoint, HealthFlags};
 use snapshot::Selector;
@@ -255,7 +257,7 @@ impl ClusterHandle {
         &self.scope
     }
 
-    pub fn breakers(&self) -> &CircuitBreakers {
+    pub fn breakers(&self) -> &Arc<CircuitBreakers> {
         &self.breakers
     }
 

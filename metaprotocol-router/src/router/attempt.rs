@@ -1,5 +1,5 @@
-//! One try of a request on one endpoint: check the cluster's circuit breakers, pick, track,
-//! queue.
+//! One try of a request on one endpoint: take its places under the cluster's circuit breakers,
+//! pick, track, queue.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,7 +7,7 @@ use std::sync::Arc;
 use metaprotocol_core::{Message, Mutation};
 use tokio::time::Instant;
 
-use crate::cluster::{ActiveRequest, Breaker, ClusterHandle, Endpoint, Host};
+use crate::cluster::{ActiveRequest, Breaker, Endpoint, Host, PendingPlace, RequestPlace};
 use crate::route::Target;
 use crate::upstream::{Outbound, Rejected, ReplyTo, UpstreamError};
 
@@ -63,22 +63,25 @@ pub(crate) struct AttemptSpec<'a> {
 
 /// Picks a host of `target`, avoiding those `tried`, by the request's consistent-hashing key
 /// `hash` when its balancer hashes, and counts an attempt in flight on its endpoint (until the
-/// returned guard drops); `None` when the target has no endpoint.
+/// returned guard drops, which gives back `place` too); `None` when the target has no endpoint
+/// (`place` given back).
 pub(crate) fn pick(
     target: &Target,
     tried: &[SocketAddr],
     hash: Option<u64>,
+    place: Option<RequestPlace>,
 ) -> Option<(Arc<Host>, ActiveRequest)> {
     let snapshot = target.cluster.snapshot();
     let host = snapshot
         .set(target.subset)
         .and_then(|set| set.pick(tried, hash))?;
-    let active = host.endpoint.track();
+    let active = host.endpoint.track().holding(place);
     Some((host.clone(), active))
 }
 
-/// Queues `request` on `endpoint` with `mutation`, to be answered through `reply`; a refusal
-/// hands the request back (it was not sent).
+/// Queues `request` on `endpoint` with `mutation`, to be answered through `reply`, holding
+/// `place` while it waits in a connection's queue; a refusal hands the request back (it was not
+/// sent).
 // The refused request comes back whole, without an allocation (see `UpstreamPool::send`).
 #[allow(clippy::result_large_err)]
 pub(crate) fn send(
@@ -87,6 +90,7 @@ pub(crate) fn send(
     mutation: Arc<Mutation>,
     deadline: Instant,
     reply: ReplyTo,
+    place: Option<PendingPlace>,
 ) -> Result<(), Rejected> {
     let pool = endpoint.pool();
     let variant = pool.codec().upstream_variant(request);
@@ -97,20 +101,13 @@ pub(crate) fn send(
             mutation,
             deadline,
             reply,
+            place,
         },
     )
 }
 
-/// The breaker of `cluster` that refuses one more attempt (counting its overflow), if one
-/// does.
-pub(crate) fn over_limit(cluster: &ClusterHandle) -> Option<Breaker> {
-    [Breaker::Requests, Breaker::PendingRequests]
-        .into_iter()
-        .find(|&breaker| !cluster.breakers().admits(breaker, cluster.stats()))
-}
-
-/// Checks the cluster's breakers, picks an endpoint of `target` and queues `request` on it,
-/// with the mutation `mutation` makes for the endpoint picked.
+/// Takes the attempt's places under the cluster's breakers, picks an endpoint of `target` and
+/// queues `request` on it, with the mutation `mutation` makes for the endpoint picked.
 pub(crate) fn start(
     target: &Target,
     request: &Arc<Message>,
@@ -118,9 +115,10 @@ pub(crate) fn start(
     spec: AttemptSpec<'_>,
     reply: ReplyTo,
 ) -> Started {
-    if let Some(breaker) = over_limit(&target.cluster) {
-        return Started::Overflow(breaker);
-    }
+    let admission = match target.cluster.breakers().admit() {
+        Ok(admission) => admission,
+        Err(breaker) => return Started::Overflow(breaker),
+    };
     let AttemptSpec {
         number,
         tried,
@@ -128,7 +126,7 @@ pub(crate) fn start(
         deadline,
         now,
     } = spec;
-    let Some((host, active)) = pick(target, tried, hash) else {
+    let Some((host, active)) = pick(target, tried, hash, admission.request) else {
         return Started::NoEndpoint;
     };
     let endpoint = active.endpoint();
@@ -138,6 +136,7 @@ pub(crate) fn start(
         mutation(endpoint.address()),
         deadline,
         reply,
+        admission.pending,
     ) {
         Ok(()) => Started::Sent(Attempt {
             number,
@@ -152,5 +151,77 @@ pub(crate) fn start(
                 error: rejected.error,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use metaprotocol_core::MessageKind;
+
+    use super::*;
+    use crate::cluster::SubsetId;
+
+    /// Attempts started on eight threads at once against `max_requests: 2`, each held a moment
+    /// once sent: never more than two are in flight at once, as their holders count them.
+    #[test]
+    fn attempts_started_at_once_never_pass_max_requests() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let cluster = crate::cluster::tests::cluster(
+            "name: c
+endpoints: [ { address: 127.0.0.1:1 } ]
+circuit_breakers: { max_requests: 2, max_pending_requests: 1000000 }",
+        )?;
+        let target = Target {
+            cluster,
+            subset: SubsetId::ALL,
+        };
+        // A runtime never driven: the connection's task never runs, its requests wait in its
+        // queue (which holds 16 Ki; the threads stop well before).
+        let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+        let request = Arc::new(Message::new(MessageKind::Request, 1, Bytes::new()));
+        let mutation = Arc::new(Mutation::default());
+        let (holders, most, sent) = (AtomicI64::new(0), AtomicI64::new(0), AtomicI64::new(0));
+        let until = std::time::Instant::now() + Duration::from_secs(3);
+        std::thread::scope(|threads| {
+            for _ in 0..8 {
+                threads.spawn(|| {
+                    let _entered = runtime.handle().enter();
+                    while std::time::Instant::now() < until && sent.load(Ordering::Relaxed) < 15_000
+                    {
+                        let now = Instant::now();
+                        let spec = AttemptSpec {
+                            number: 1,
+                            tried: &[],
+                            hash: None,
+                            deadline: now + Duration::from_secs(60),
+                            now,
+                        };
+                        let started = start(
+                            &target,
+                            &request,
+                            |_| mutation.clone(),
+                            spec,
+                            ReplyTo::none(),
+                        );
+                        if let Started::Sent(attempt) = started {
+                            let held = holders.fetch_add(1, Ordering::AcqRel) + 1;
+                            most.fetch_max(held, Ordering::Relaxed);
+                            sent.fetch_add(1, Ordering::Relaxed);
+                            std::thread::yield_now();
+                            holders.fetch_sub(1, Ordering::AcqRel);
+                            drop(attempt);
+                        }
+                    }
+                });
+            }
+        });
+        assert!(sent.into_inner() > 0);
+        let most = most.into_inner();
+        assert!(most <= 2, "{most} attempts in flight at once");
+        Ok(())
     }
 }

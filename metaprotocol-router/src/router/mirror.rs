@@ -69,10 +69,10 @@ impl MirrorPolicy {
         }
         // Copies load the mirror cluster as any request does: its limits protect it from
         // them too (the breaker counts its overflow).
-        if attempt::over_limit(&self.target.cluster).is_some() {
+        let Ok(admission) = self.target.cluster.breakers().admit() else {
             stats.mirror_dropped.inc();
             return;
-        }
+        };
         // The budget before the pick: picking counts an attempt on the endpoint and its cluster
         // (`upstream_rq_total`), which a copy dropped over the budget never makes.
         let slot = if request.kind == MessageKind::Oneway {
@@ -86,7 +86,7 @@ impl MirrorPolicy {
             }
             Some(slot)
         };
-        let Some((_, active)) = attempt::pick(&self.target, &[], hash) else {
+        let Some((_, active)) = attempt::pick(&self.target, &[], hash, admission.request) else {
             if let Some(slot) = slot {
                 slot.dec();
             }
@@ -106,6 +106,13 @@ impl MirrorPolicy {
         stats.mirror_sent.inc();
         // A refused copy comes back with its waiter, which counts it as failed when dropped.
         let mutation = observer.copy_started(mutation);
-        let _ = attempt::send(&endpoint, request, mutation, deadline, reply);
+        let _ = attempt::send(
+            &endpoint,
+            request,
+            mutation,
+            deadline,
+            reply,
+            admission.pending,
+        );
     }
 }

@@ -341,10 +341,11 @@ impl RouteStats {
     }
 }
 
-/// Metric handles of one cluster. The levels double as the cluster's live resource counts
-/// (what circuit breakers compare with their limits). The two every request moves, attempts in
-/// flight and requests queued, are kept in per-thread cells ([`UpDownCounter`]): a request
-/// writes its own thread's cells, and only a breaker with a limit (or a retry budget) sums them.
+/// Metric handles of one cluster. The two levels every request moves, attempts in flight and
+/// requests queued, are kept in per-thread cells ([`UpDownCounter`]): a request writes its own
+/// thread's cells, and only a scrape or a retry budget sums them. The circuit breakers that limit
+/// them count places of their own, exact, only while a limit is set
+/// ([`crate::cluster::CircuitBreakers::admit`]); `max_retries` compares with `rq_retries_active`.
 #[derive(Clone, Debug)]
 pub(crate) struct ClusterStats {
     pub rq_total: Counter,

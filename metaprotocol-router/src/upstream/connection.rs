@@ -453,7 +453,10 @@ impl<S: Transport> Multiplexer<S> {
             mutation,
             deadline,
             reply,
+            place,
         } = outbound;
+        // Taken from the queue: no longer pending.
+        drop(place);
         let expects_answer = reply.expects_answer();
         if now >= deadline || reply.is_abandoned() {
             self.stats.rq_dropped.inc();

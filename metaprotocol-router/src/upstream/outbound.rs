@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::UpstreamError;
-use crate::cluster::ActiveRequest;
+use crate::cluster::{ActiveRequest, PendingPlace};
 use crate::stats::Counter;
 use crate::waiting;
 
@@ -251,6 +251,9 @@ pub(crate) struct Outbound {
     /// After this the request is not worth writing any more: its caller has given up.
     pub deadline: Instant,
     pub reply: ReplyTo,
+    /// Its place under its cluster's `max_pending_requests`, when the cluster sets one: given
+    /// back when the connection takes it from its queue (or it is dropped unsent).
+    pub place: Option<PendingPlace>,
 }
 
 #[cfg(test)]

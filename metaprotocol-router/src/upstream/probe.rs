@@ -76,6 +76,7 @@ impl ProbeConnection {
             mutation: self.mutation.clone(),
             deadline: crate::router::deadline_after(Instant::now(), timeout),
             reply: ReplyTo::oneshot(sender),
+            place: None,
         };
         self.connection()
             .send(outbound)
