@@ -20,13 +20,13 @@
 //! ([`crate::cluster`]'s rebuild carries them over).
 //!
 //! An active health check that finds an ejected endpoint healthy returns it at once, with fresh
-//! streaks (`successful_active_health_check_uneject_host`, Envoy's, on unless turned off): see
-//! [`Ejections::readmit`].
+//! streaks (`successful_active_health_check_uneject_host`, Envoy's, on unless turned off), and
+//! the gauge of ejected endpoints follows at once too: see [`Ejections::readmit`].
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Mutex, MutexGuard, Weak};
+use std::sync::{Mutex, MutexGuard, OnceLock, Weak};
 
 use metaprotocol_core::ResponseStatus;
 use prometheus_client::metrics::gauge::Gauge;
@@ -177,15 +177,17 @@ impl Stats {
                 &[("reason", r.name())],
             )
         };
+        let active = scope.gauge(
+            "outlier_ejections_active",
+            "Endpoints ejected by outlier detection now",
+        );
+        cluster.ejections().show_in(&active);
         Self {
             ejections: [
                 reason(Reason::ConsecutiveErrors),
                 reason(Reason::ConsecutiveLocalOriginFailures),
             ],
-            active: scope.gauge(
-                "outlier_ejections_active",
-                "Endpoints ejected by outlier detection now",
-            ),
+            active,
             overflow: scope.counter(
                 "outlier_ejections_overflow",
                 "Ejections not made because max_ejection_percent of the endpoints were out",
@@ -213,6 +215,10 @@ pub(crate) struct Ejections {
     ejected: Mutex<HashMap<SocketAddr, Ejection>>,
     /// `successful_active_health_check_uneject_host` of the cluster's policy.
     readmit_on_check: AtomicBool,
+    /// The cluster's gauge of endpoints ejected now, once a detector registered it: the
+    /// detector sets it at each review, and a return by an active health check (between
+    /// reviews) lowers it at once.
+    shown: OnceLock<Gauge>,
 }
 
 impl Ejections {
@@ -220,6 +226,12 @@ impl Ejections {
     pub fn set_policy(&self, policy: Option<&OutlierDetectionSpec>) {
         let readmit = policy.is_some_and(|p| p.successful_active_health_check_uneject_host);
         self.readmit_on_check.store(readmit, Ordering::Relaxed);
+    }
+
+    /// Shows the endpoints ejected now in `gauge` (the cluster's, which every detector of it
+    /// shares) when an active health check returns one.
+    fn show_in(&self, gauge: &Gauge) {
+        self.shown.get_or_init(|| gauge.clone());
     }
 
     /// Ends the ejection of the endpoint at `address`, which an active health check found
@@ -234,6 +246,10 @@ impl Ejections {
             Some(ejection) if ejection.until.is_some() => {
                 ejection.until = None;
                 ejection.since = now;
+                // Under the lock, as a review sets it: the two never cross.
+                if let Some(gauge) = self.shown.get() {
+                    gauge.dec();
+                }
                 true
             }
             _ => false,
@@ -252,9 +268,13 @@ impl Ejections {
         self.lock().clear();
     }
 
-    /// Endpoints ejected now.
-    fn active(&self) -> usize {
-        self.lock().values().filter(|e| e.until.is_some()).count()
+    /// Sets the gauge to the endpoints ejected now, under the lock (as a return lowers it).
+    fn refresh_gauge(&self) {
+        let ejected = self.lock();
+        if let Some(gauge) = self.shown.get() {
+            let active = ejected.values().filter(|e| e.until.is_some()).count();
+            gauge.set(i64::try_from(active).unwrap_or(i64::MAX));
+        }
     }
 }
 
@@ -284,7 +304,7 @@ pub(super) async fn run(
             _ = stop.cancelled() => {
                 // Replaced, the successor counts the same ejections; turned off, there are none.
                 if let Some(handle) = cluster.upgrade() {
-                    detector.show_active(handle.ejections().active());
+                    handle.ejections().refresh_gauge();
                 }
                 return;
             }
@@ -650,6 +670,34 @@ outlier_detection: {{ consecutive_errors: 3, base_ejection_time: 10s, max_ejecti
         tokio::time::advance(Duration::from_secs(9)).await;
         detector.tick(&c, Instant::now());
         assert_eq!(picked(&c).len(), 2, "back when its ejection ends");
+        assert_eq!(detector.stats.active.get(), 0);
+        Ok(())
+    }
+
+    /// An active health check that ends an ejection lowers the gauge of ejected endpoints at
+    /// once, not at the detector's next review (an hour away here).
+    #[tokio::test(start_paused = true)]
+    async fn an_ejection_a_passing_check_ends_leaves_the_gauge_at_once()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let c = cluster(
+            "name: c
+endpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 } ]
+outlier_detection: { consecutive_errors: 3, interval: 1h, base_ejection_time: 1h, max_ejection_time: 1h, max_ejection_percent: 50 }",
+        )?;
+        let detector = fresh_detector(&c)?;
+        fail(&c, 1, 3);
+        detector.tick(&c, Instant::now());
+        assert_eq!(detector.stats.active.get(), 1);
+        let back = c.readmit(&[addr(1), addr(2)]);
+        assert_eq!(back, [(addr(1), HealthFlags::EJECTED, false)]);
+        c.set_health(&back);
+        assert!(!c.status().endpoints[0].ejected);
+        assert_eq!(
+            detector.stats.active.get(),
+            0,
+            "the gauge follows the return"
+        );
+        detector.tick(&c, Instant::now());
         assert_eq!(detector.stats.active.get(), 0);
         Ok(())
     }
