@@ -2,6 +2,7 @@
 //! updates (route configs, clusters, listeners) without closing connections, and drains on
 //! shutdown.
 
+mod arrivals;
 pub(crate) mod build;
 mod codec_files;
 mod dynamic;
@@ -14,8 +15,9 @@ mod update;
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::{OsStr, OsString};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Component, Path};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -26,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::arrivals::{Arrival, Arrivals};
 use self::build::Builder;
 use self::dynamic::DynamicSources;
 pub use self::dynamic::{DynamicSource, DynamicUpdate};
@@ -72,21 +75,41 @@ struct Look {
     stamp: Option<Stamp>,
     /// True if it had changed too recently for its stamp to show the next change.
     unsettled: bool,
+    /// How a file last arrived at a name the path goes through, as reported since the look
+    /// before (`None`: no report).
+    arrived: Option<Arrival>,
 }
 
 impl Look {
     /// Looks at `path` (off the runtime's workers: a `stat` may block, on a network file
-    /// system say).
-    async fn at(path: &Path) -> Self {
+    /// system say), and reads the `arrivals` at the names it goes through in its directory:
+    /// its own, and where it is a symlink to a relative path, that path's first name (a
+    /// ConfigMap's `..data`).
+    async fn at(path: &Path, arrivals: &Arrivals) -> Self {
         let path = path.to_owned();
         let now = SystemTime::now();
-        let stamp = tokio::task::spawn_blocking(move || Stamp::of(&path))
-            .await
-            .ok()
-            .flatten();
+        let (stamp, names) = tokio::task::spawn_blocking(move || {
+            let through = std::fs::read_link(&path).ok().and_then(|target| {
+                match target.components().find(|c| *c != Component::CurDir) {
+                    Some(Component::Normal(name)) => Some(name.to_owned()),
+                    _ => None,
+                }
+            });
+            let names: Vec<OsString> = path
+                .file_name()
+                .map(OsStr::to_owned)
+                .into_iter()
+                .chain(through)
+                .collect();
+            (Stamp::of(&path), names)
+        })
+        .await
+        .unwrap_or_default();
+        let names: Vec<&OsStr> = names.iter().map(OsString::as_os_str).collect();
         Self {
             unsettled: stamp.is_some_and(|stamp| stamp.unsettled(now)),
             stamp,
+            arrived: arrivals.latest(&names),
         }
     }
 
@@ -95,10 +118,15 @@ impl Look {
         self.stamp.is_some() && self.stamp == before.stamp && !before.unsettled
     }
 
-    /// True if the path names another file than at `before` (renamed over it, or a symlink
-    /// swapped).
+    /// True if the path names another file than at `before`, one renamed over a name it goes
+    /// through (its own, or a symlink's on the way, as a ConfigMap's is swapped): it was whole
+    /// before it appeared. A file created at the path (the old one renamed aside, as vim does)
+    /// may still be being written, as may one whose arrival went unreported. The last arrival
+    /// reported in this look, or else in the one before, is the one that counts: a rename just
+    /// after `before` looked at the path is reported there.
     fn replaced(&self, before: &Self) -> bool {
-        matches!((&self.stamp, &before.stamp), (Some(now), Some(then)) if !now.same_file(then))
+        self.arrived.or(before.arrived) == Some(Arrival::Renamed)
+            && matches!((&self.stamp, &before.stamp), (Some(now), Some(then)) if !now.same_file(then))
     }
 }
 
@@ -1082,14 +1110,19 @@ impl Proxy {
     /// only when its metadata changed, or may not show a change yet (it changed within
     /// the last 2 s, below the resolution of some file systems' timestamps).
     ///
-    /// A file replaced (renamed over the path, or a symlink swapped to another) is applied at
-    /// the next look: it was whole before it appeared. A file written in place (`cp`, an editor
-    /// that truncates and writes) is applied only once it has stayed the same for
-    /// [`CONFIG_FILE_SETTLE`]: a look in the middle of the write may find a prefix that is a
+    /// A file renamed over the path, or over a symlink in its directory the path goes through
+    /// (a ConfigMap's `..data`), is applied at the next look: it was whole before it appeared.
+    /// On Linux, inotify on the path's directory tells how a new file came; polling still finds
+    /// it. Any other change is applied only once the file has stayed the same for
+    /// [`CONFIG_FILE_SETTLE`]: a file written in place (`cp`, an editor that truncates and
+    /// writes), one created anew at the path (vim moves the old one aside and writes a new
+    /// one), and one whose arrival went unreported (no inotify; a network file system written
+    /// from another machine). A look in the middle of a write may find a prefix that is a
     /// valid config of its own (the first of two listeners, say).
     pub async fn watch_file(&self, path: &Path, poll: Duration) {
         // Looked at before it is read, so that a write after the read shows in the next look.
-        let mut look = Look::at(path).await;
+        let arrivals = Arrivals::watch(path);
+        let mut look = Look::at(path, &arrivals).await;
         let mut applied = tokio::fs::read(path).await.ok();
         *lock(&self.state.config_file) = Some(ConfigFileStatus::new(path.display().to_string()));
         // The last reason the file was rejected for an address that could not be bound.
@@ -1101,7 +1134,7 @@ impl Proxy {
                 _ = self.state.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(poll) => {}
             }
-            let before = std::mem::replace(&mut look, Look::at(path).await);
+            let before = std::mem::replace(&mut look, Look::at(path, &arrivals).await);
             // Read only when its metadata says it changed, or may not say so yet; and while a
             // change waits to settle or to bind.
             if look.shows_no_change_since(&before) && settling.is_none() && bind_failed.is_none() {

@@ -140,8 +140,40 @@ async fn a_config_file_emptied_before_its_new_contents_are_written_is_not_applie
 /// prefix that was a valid config of its own (here the first of two listeners) and ran it.
 #[tokio::test]
 async fn a_config_file_caught_half_written_is_not_applied() -> TestResult {
+    written_in_two_parts("half-written", |path| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(path)
+    })
+    .await
+}
+
+/// A config file written anew under its name, as vim writes one (the old file renamed aside as
+/// a backup, a new one created at the path and written there), is another file at the path, as
+/// one renamed over it is, but one that may still be being written: it was applied at the next
+/// look, half-written.
+#[tokio::test]
+async fn a_config_file_written_anew_under_its_name_is_not_applied_half_written() -> TestResult {
+    written_in_two_parts("written-anew", |path| {
+        let backup = path.with_extension("yaml~");
+        std::fs::rename(path, &backup)?;
+        let file = std::fs::File::create_new(path);
+        std::fs::remove_file(backup)?;
+        file
+    })
+    .await
+}
+
+/// Writes a new config to the watched file of `test` in two parts, into the file `open` gives,
+/// pausing between them as a slow editor would: the proxy applies the whole, never the first
+/// part alone.
+async fn written_in_two_parts(
+    test: &str,
+    open: impl FnOnce(&std::path::Path) -> std::io::Result<std::fs::File>,
+) -> TestResult {
     use std::io::Write;
-    let watched = Watched::start("half-written").await?;
+    let watched = Watched::start(test).await?;
     let (proxy, path) = (&watched.proxy, &watched.path);
     // Once the status is set, the watcher has read the file as it runs now.
     assert!(
@@ -154,10 +186,7 @@ async fn a_config_file_caught_half_written_is_not_applied() -> TestResult {
         .ok_or("CONFIG has route configs")?;
     let first = listeners.replace("name: front", "name: first");
     let second = "  - { name: second, address: 127.0.0.1:0, protocol: test, route_config: r }\n";
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(path)?;
+    let mut file = open(path)?;
     file.write_all(format!("{tables}{first}").as_bytes())?;
     // The writer pauses (well within the settle time): the watcher looks many times meanwhile.
     tokio::time::sleep(CONFIG_FILE_SETTLE / 3).await;
@@ -179,6 +208,86 @@ async fn a_config_file_caught_half_written_is_not_applied() -> TestResult {
         names()
     );
     watched.stop().await
+}
+
+/// A config file renamed over the path (written aside first: `sed -i`, Ansible) is applied at
+/// the next look, without waiting to settle: it was whole before it appeared. Shown by a file
+/// that never settles: written in place again every third of the settle time after the rename.
+#[tokio::test]
+async fn a_config_file_renamed_over_the_path_is_applied_without_settling() -> TestResult {
+    let watched = Watched::start("renamed-over").await?;
+    let path = watched.path.clone();
+    applied_without_settling(&watched, &path, || {
+        let aside = path.with_extension("yaml.new");
+        std::fs::write(&aside, CONFIG.replace("name: front", "name: back"))?;
+        std::fs::rename(&aside, &path)
+    })
+    .await?;
+    watched.stop().await
+}
+
+/// A config file reached through symlinks swapped to a new one as Kubernetes swaps a mounted
+/// ConfigMap's (files written into a new directory, then a link to it renamed over `..data`,
+/// through which the file's own link points) is applied at the next look, without waiting to
+/// settle.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_config_file_swapped_as_a_configmap_is_applied_without_settling() -> TestResult {
+    use std::os::unix::fs::symlink;
+    let dir = std::env::temp_dir().join(format!("reload-configmap-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("..v1"))?;
+    std::fs::write(dir.join("..v1/proxy.yaml"), CONFIG)?;
+    symlink("..v1", dir.join("..data"))?;
+    symlink("..data/proxy.yaml", dir.join("proxy.yaml"))?;
+    let proxy = start(CONFIG).await?;
+    let watcher = {
+        let (proxy, path) = (proxy.clone(), dir.join("proxy.yaml"));
+        tokio::spawn(async move { proxy.watch_file(&path, POLL).await })
+    };
+    let watched = Watched {
+        proxy,
+        path: dir.join("proxy.yaml"),
+        watcher,
+    };
+    applied_without_settling(&watched, &dir.join("..v2/proxy.yaml"), || {
+        std::fs::create_dir(dir.join("..v2"))?;
+        std::fs::write(
+            dir.join("..v2/proxy.yaml"),
+            CONFIG.replace("name: front", "name: back"),
+        )?;
+        symlink("..v2", dir.join("..data_tmp"))?;
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data"))
+    })
+    .await?;
+    watched.stop().await?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// Replaces the watched file by `replace` with [`CONFIG`]'s listener named `back`, then keeps
+/// the file it put in place (`written`) from settling, appending a comment to it every third
+/// of the settle time: the proxy must apply it all the same, in at most 10 s.
+async fn applied_without_settling(
+    watched: &Watched,
+    written: &std::path::Path,
+    replace: impl FnOnce() -> std::io::Result<()>,
+) -> TestResult {
+    use std::io::Write;
+    let proxy = &watched.proxy;
+    assert!(
+        until(|| proxy.config_file_status().is_some()).await,
+        "the watcher did not start"
+    );
+    replace()?;
+    let mut file = std::fs::OpenOptions::new().append(true).open(written)?;
+    for touch in 0..30 {
+        if proxy.listeners().iter().any(|(name, _)| name == "back") {
+            return Ok(());
+        }
+        tokio::time::sleep(CONFIG_FILE_SETTLE / 3).await;
+        writeln!(file, "# {touch}")?;
+    }
+    Err(format!("the replaced file was not applied: {:?}", proxy.listeners()).into())
 }
 
 /// The watcher looks at a config file that does not change without reading it (only its
