@@ -29,6 +29,9 @@ use support::{TestResult, free_port};
 /// How long spans may take to reach the receiver.
 const EXPORT: Duration = Duration::from_secs(10);
 
+/// A caller's `tracestate` of two members, spelt as the exported spans spell it.
+const TRACESTATE: &str = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7";
+
 /// The caller's trace and span, as its `traceparent` names them (sampled).
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
@@ -115,11 +118,19 @@ async fn a_dubbo_call_and_each_attempt_of_a_retried_one() -> TestResult {
         .call(
             FAILING_METHOD,
             "w",
-            &[("traceparent", &traceparent(retried_trace))],
+            &[
+                ("traceparent", &traceparent(retried_trace)),
+                ("tracestate", TRACESTATE),
+            ],
         )
         .await?;
     assert_eq!(answer.dubbo_status, 70);
     let spans = receiver.trace(retried_trace, 3, EXPORT).await?;
+    // Parsed once for the three spans: each carries it all the same.
+    assert!(
+        spans.iter().all(|span| span.trace_state == TRACESTATE),
+        "the caller's tracestate on every span: {spans:#?}"
+    );
     let seen = provider.seen();
     let last = seen.last().ok_or("nothing seen")?;
     let upstream = last.metadata.get("traceparent").ok_or("no traceparent")?;

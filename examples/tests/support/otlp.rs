@@ -38,6 +38,8 @@ pub struct ReceivedSpan {
     pub attributes: BTreeMap<String, String>,
     /// The span's status code (0 unset, 1 ok, 2 error).
     pub status: i32,
+    /// The caller's W3C `tracestate` the span carries (empty: none).
+    pub trace_state: String,
     pub start_unix_nanos: u64,
     pub end_unix_nanos: u64,
 }
@@ -83,6 +85,7 @@ impl TraceService for Collector {
                         .map(|kv| (kv.key.clone(), text(kv)))
                         .collect(),
                     status: span.status.map_or(0, |s| s.code),
+                    trace_state: span.trace_state,
                     start_unix_nanos: span.start_time_unix_nano,
                     end_unix_nanos: span.end_time_unix_nano,
                 });

@@ -124,6 +124,13 @@ impl Tracer {
         if !self.sink.reserve(spans) {
             return;
         }
+        let mut state = Copies::of(
+            span.tracestate
+                .as_ref()
+                .and_then(|s| s.as_str().parse::<TraceState>().ok())
+                .unwrap_or_default(),
+            spans,
+        );
         let clock = Clock::of(record);
         let ended = clock.at(record.timings.answered.unwrap_or(record.timings.received));
         let md = &request.metadata;
@@ -176,6 +183,7 @@ impl Tracer {
         };
         self.export(SpanParts {
             trace: &span,
+            state: state.take(),
             span_id: span.span_id,
             parent: span.parent,
             kind: SpanKind::Server,
@@ -202,6 +210,7 @@ impl Tracer {
             };
             self.export(SpanParts {
                 trace: &span,
+                state: state.take(),
                 span_id: attempt.span_id,
                 parent: Some(span.span_id),
                 kind: SpanKind::Client,
@@ -216,17 +225,12 @@ impl Tracer {
 
     fn export(&self, parts: SpanParts<'_>) {
         let trace = parts.trace;
-        let state = trace
-            .tracestate
-            .as_ref()
-            .and_then(|s| s.as_str().parse::<TraceState>().ok())
-            .unwrap_or_default();
         let context = SpanContext::new(
             TraceId::from_bytes(trace.trace_id.to_be_bytes()),
             SpanId::from_bytes(parts.span_id.to_be_bytes()),
             TraceFlags::SAMPLED,
             false,
-            state,
+            parts.state,
         );
         // The server span's parent is the caller's (remote); an attempt's is the server span.
         let remote = parts.kind == SpanKind::Server && parts.parent.is_some();
@@ -253,6 +257,8 @@ impl Tracer {
 /// What one exported span is made of.
 struct SpanParts<'a> {
     trace: &'a RequestSpan,
+    /// The caller's `tracestate`, as every span of the trace carries it.
+    state: TraceState,
     span_id: u64,
     parent: Option<u64>,
     kind: SpanKind,
@@ -261,6 +267,30 @@ struct SpanParts<'a> {
     end: SystemTime,
     attributes: Vec<KeyValue>,
     status: Status,
+}
+
+/// A value each of a request's spans takes: parsed once (a parse costs twice the allocations of
+/// a copy, and a check of every byte), copied for every span but the last, which takes it.
+struct Copies<T> {
+    value: T,
+    /// The spans still to take it.
+    left: usize,
+}
+
+impl<T: Clone + Default> Copies<T> {
+    /// `value`, for `spans` spans.
+    fn of(value: T, spans: usize) -> Self {
+        Self { value, left: spans }
+    }
+
+    /// A span's own: a copy, or the value itself for the last span.
+    fn take(&mut self) -> T {
+        self.left = self.left.saturating_sub(1);
+        match self.left {
+            0 => std::mem::take(&mut self.value),
+            _ => self.value.clone(),
+        }
+    }
 }
 
 /// Wall-clock times of a request's monotonic instants.
@@ -488,6 +518,18 @@ mod tests {
         let always = tracer(100.0, &sinks)?;
         assert!(deferred.iter().all(|request| always.start(request).sampled));
         Ok(())
+    }
+
+    /// A request's spans share one parse of the caller's `tracestate`: every span but the
+    /// last gets a copy, the last the parse itself (a parse costs twice a copy's allocations).
+    #[test]
+    fn every_span_takes_the_value_and_the_last_takes_it_uncopied() {
+        let parsed = Arc::new(());
+        let mut copies = Copies::of(parsed.clone(), 3);
+        let taken = [copies.take(), copies.take(), copies.take()];
+        assert!(taken.iter().all(|span| Arc::ptr_eq(span, &parsed)));
+        // The three spans' and this test's: none left in `copies`.
+        assert_eq!(Arc::strong_count(&parsed), 4);
     }
 
     /// B3 may send the decision alone (`b3: 0`, a caller that does not sample need not send
