@@ -1293,6 +1293,41 @@ async fn a_client_still_sending_when_the_proxy_closes_gets_its_last_answers() ->
     Ok(())
 }
 
+/// The answer to a call whose client's connection was reset while the call was upstream
+/// matched no request waiting, and is counted so, however soon after the reset it comes.
+#[tokio::test]
+async fn an_answer_to_a_call_whose_client_is_gone_is_counted_unmatched() -> TestResult {
+    let provider = DemoProvider::start_with_delay("p", Duration::from_millis(300)).await?;
+    let proxy = proxy_in_front_of(&provider, "", "").await?;
+    let unmatched = "metaprotocol_upstream_unmatched_responses_total{cluster=\"c\"}";
+    // The connection forgets the calls of clients that are gone once a second: rounds whose
+    // answers come before that, and those that come after it, are all counted.
+    for round in 1..=5 {
+        let mut socket =
+            TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
+        socket
+            .write_all(&support::dubbo_request(round, SLOW_METHOD, &[]))
+            .await?;
+        while provider.seen().len() < round as usize {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        socket.set_zero_linger()?;
+        drop(socket);
+        let counted = async {
+            while support::proxy::metric(&proxy, unmatched) < round as f64 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), counted)
+            .await
+            .map_err(|_| format!("round {round}: the answer was not counted"))?;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(support::proxy::metric(&proxy, unmatched), 5.0, "each once");
+    proxy.shutdown().await;
+    Ok(())
+}
+
 /// At the drain deadline, the calls past the in-flight bound that wait whole in the read buffer
 /// get the error reply of the calls in flight: the proxy read them, so they are answered, not
 /// dropped with the connection.

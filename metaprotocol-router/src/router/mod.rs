@@ -377,6 +377,12 @@ impl Routed {
         ))
     }
 
+    /// The counter of its cluster's answers that matched no request waiting: where an answer
+    /// to one of its attempts belongs if the request cannot take it.
+    pub fn unmatched_responses(&self) -> &crate::stats::Counter {
+        &self.target.cluster.stats().unmatched_responses
+    }
+
     /// The number of the attempt in flight or last made (1 for the first).
     pub fn attempts(&self) -> u32 {
         self.attempts

@@ -81,9 +81,9 @@ impl AbandonedAttempts {
         self.0.push_back(abandoned);
     }
 
-    /// The answer of attempt `attempt` of the ended request `key`: a response counted as
-    /// unmatched if the attempt was abandoned, which it is no longer.
-    fn answered(&mut self, key: RequestKey, attempt: u32, result: &AttemptResult) {
+    /// The answer of attempt `attempt` of the ended request `key` (a `response`, or a failure):
+    /// a response counted as unmatched if the attempt was abandoned, which it is no longer.
+    fn answered(&mut self, key: RequestKey, attempt: u32, response: bool) {
         let Some(index) = self
             .0
             .iter()
@@ -92,7 +92,7 @@ impl AbandonedAttempts {
             return;
         };
         if let Some(abandoned) = self.0.remove(index)
-            && result.is_ok()
+            && response
         {
             abandoned.counter.inc();
         }
@@ -439,8 +439,20 @@ impl Requests {
         }
     }
 
-    /// Ends every request without an answer: the client is gone.
+    /// Ends every request without an answer: the client is gone. The answers already queued
+    /// for them, and those that come later (their upstream connections find the queue closed),
+    /// matched no request waiting, and are counted so.
     pub fn abandon_all(&mut self) {
+        if let Some((_, events)) = &mut self.channel {
+            events.close();
+        }
+        while let Some(event) = self
+            .channel
+            .as_mut()
+            .and_then(|(_, events)| events.try_recv())
+        {
+            self.unmatched(event);
+        }
         let now = Instant::now();
         let mut sink = Outbox::new();
         for key in self.keys() {
@@ -453,6 +465,23 @@ impl Requests {
             }
             self.finish(key, Answer::Nothing, &mut sink, now);
         }
+    }
+
+    /// Counts `event`, an answer its request will not take (its client is gone), with its
+    /// cluster's answers that matched no request waiting.
+    fn unmatched(&mut self, event: UpstreamEvent) {
+        let (key, attempt) = (event.key, event.attempt);
+        let Ok(response) = event.result else {
+            return;
+        };
+        match self.get(key).map(|inflight| &inflight.stage) {
+            Some(Stage::Routed(routed) | Stage::Responding { routed, .. }) => {
+                routed.unmatched_responses().inc();
+            }
+            Some(Stage::Filtering | Stage::Answered(_)) => {}
+            None => self.abandoned.answered(key, attempt, true),
+        }
+        upstream::recycle(response);
     }
 
     fn keys(&self) -> Vec<RequestKey> {
@@ -754,7 +783,7 @@ impl Requests {
         now: Instant,
     ) {
         let Some(inflight) = self.get(key) else {
-            self.abandoned.answered(key, attempt, result);
+            self.abandoned.answered(key, attempt, result.is_ok());
             return;
         };
         let Stage::Routed(routed) = &mut inflight.stage else {
@@ -1071,20 +1100,19 @@ mod tests {
                 counter: counter.clone(),
             });
         }
-        let answer = || Ok(Box::new(Message::empty()));
-        abandoned.answered(key(1), 1, &answer());
+        abandoned.answered(key(1), 1, true);
         assert_eq!(counter.get(), 0, "another attempt of the request");
-        abandoned.answered(key(1), 2, &answer());
-        abandoned.answered(key(1), 2, &answer());
+        abandoned.answered(key(1), 2, true);
+        abandoned.answered(key(1), 2, true);
         assert_eq!(counter.get(), 1, "counted once");
-        abandoned.answered(key(2), 2, &Err(UpstreamError::Reset { sent: true }));
-        abandoned.answered(key(2), 2, &answer());
+        abandoned.answered(key(2), 2, false);
+        abandoned.answered(key(2), 2, true);
         assert_eq!(
             counter.get(),
             1,
             "a failure is no answer, and ends the attempt"
         );
-        abandoned.answered(key(0), 2, &answer());
+        abandoned.answered(key(0), 2, true);
         assert_eq!(counter.get(), 1, "the oldest was forgotten");
         assert_eq!(abandoned.0.len(), ABANDONED_ATTEMPTS - 2);
     }

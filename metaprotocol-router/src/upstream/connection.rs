@@ -520,6 +520,11 @@ impl<S: Transport> Multiplexer<S> {
         }
         let decoded = self.decode_frames();
         self.answers.flush();
+        let undelivered = self.answers.take_undelivered();
+        if undelivered > 0 {
+            // Their client connections closed while the calls were upstream.
+            self.stats.unmatched_responses.inc_by(undelivered);
+        }
         Poll::Ready(decoded)
     }
 

@@ -174,6 +174,9 @@ const KEPT_ANSWERS: usize = 256;
 pub(crate) struct AnswerBatch {
     inbox: Option<Inbox>,
     events: Vec<UpstreamEvent>,
+    /// Answers dropped since [`AnswerBatch::take_undelivered`]: their client connection had
+    /// closed its queue (it is gone), so they matched no request waiting.
+    undelivered: u64,
 }
 
 impl AnswerBatch {
@@ -192,11 +195,17 @@ impl AnswerBatch {
     /// Delivers the answers held.
     pub fn flush(&mut self) {
         if let Some(inbox) = self.inbox.take() {
-            inbox.send_all(&mut self.events);
+            self.undelivered += inbox.send_all(&mut self.events) as u64;
             if self.events.capacity() > KEPT_ANSWERS {
                 self.events = Vec::new();
             }
         }
+    }
+
+    /// The answers dropped since the last call because their client connection had gone
+    /// (closed its queue of answers), to count with those that matched no request.
+    pub fn take_undelivered(&mut self) -> u64 {
+        std::mem::take(&mut self.undelivered)
     }
 }
 

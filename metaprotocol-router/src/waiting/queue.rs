@@ -170,16 +170,18 @@ impl<T> Sender<T> {
     }
 
     /// Queues every value in `values` (emptied) under one lock, or drops them if the queue is
-    /// closed.
-    pub fn send_all(&self, values: &mut Vec<T>) {
+    /// closed: returns how many it dropped.
+    pub fn send_all(&self, values: &mut Vec<T>) -> usize {
         let mut state = self.shared.lock();
         if state.closed {
             drop(state);
+            let dropped = values.len();
             values.clear();
-            return;
+            return dropped;
         }
         state.values.extend(values.drain(..));
         self.shared.arrived(&mut state);
+        0
     }
 
     /// True if `other` sends into the same queue.
