@@ -1328,6 +1328,47 @@ async fn an_answer_to_a_call_whose_client_is_gone_is_counted_unmatched() -> Test
     Ok(())
 }
 
+/// A client that shuts its write side after its last call (as most RPC clients do once they
+/// have nothing more to send) still gets every answer, and the proxy closes the connection once
+/// the last is written, not at the calls' deadlines.
+#[tokio::test]
+async fn a_client_that_half_closes_gets_every_answer_then_the_connection_closes() -> TestResult {
+    let provider = DemoProvider::start_with_delay("p", Duration::from_millis(300)).await?;
+    let proxy = start_engine(&format!(
+        "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }}, timeout: 60s }} ] }} ]
+clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
+",
+        provider.address()
+    ))
+    .await?;
+    let mut socket = TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
+    let count = 20;
+    let calls: Vec<u8> = (1..=count)
+        .flat_map(|id| {
+            let method = if id % 2 == 0 { SLOW_METHOD } else { "sayHello" };
+            support::dubbo_request(id, method, &[])
+        })
+        .collect();
+    socket.write_all(&calls).await?;
+    socket.shutdown().await?;
+    let mut rest = Vec::new();
+    // Closed after the last answer: well before the calls' 60 s deadline, whatever the load.
+    tokio::time::timeout(Duration::from_secs(20), socket.read_to_end(&mut rest)).await??;
+    let mut decoder = answer_decoder();
+    let mut buf = bytes::BytesMut::from(&rest[..]);
+    let mut ids = Vec::new();
+    while let Some(answer) = decoder.decode(&mut buf)? {
+        assert_eq!(answer.status, ResponseStatus::Ok, "{answer:?}");
+        ids.push(answer.request_id);
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=count).collect::<Vec<u64>>(), "one answer a call");
+    assert!(buf.is_empty(), "nothing but whole answers");
+    proxy.shutdown().await;
+    Ok(())
+}
+
 /// At the drain deadline, the calls past the in-flight bound that wait whole in the read buffer
 /// get the error reply of the calls in flight: the proxy read them, so they are answered, not
 /// dropped with the connection.
