@@ -39,7 +39,7 @@ use crate::waiting::{Cancellation, Timer};
 
 /// Requests in flight per client connection; past this the proxy stops reading from that client
 /// until some complete.
-const MAX_IN_FLIGHT: usize = 4096;
+pub(super) const MAX_IN_FLIGHT: usize = 4096;
 /// Unsent answers per connection past which the proxy stops reading from that client.
 const WRITE_BUDGET: usize = 1024 * 1024;
 /// Passes of a connection's loop (answers, reads, writes, deadlines) in one poll of its task,

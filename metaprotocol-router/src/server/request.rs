@@ -28,6 +28,7 @@ use metaprotocol_core::{
 use slab::Slab;
 use tokio::time::Instant;
 
+use super::connection::MAX_IN_FLIGHT;
 use super::timers::{TimerId, Timers};
 use super::{ListenerContext, complete, load};
 use crate::published::Cached;
@@ -54,9 +55,14 @@ const SPARE_MESSAGES: usize = 64;
 const TIMER_HORIZON: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Attempts a connection remembers after their request ended at its deadline while they were
-/// in flight ([`Abandoned`]), the newest kept: answers come within moments of the deadline, if
-/// at all.
-const ABANDONED_ATTEMPTS: usize = 16;
+/// in flight ([`Abandoned`]), the newest kept: as many as the calls it holds in flight
+/// ([`MAX_IN_FLIGHT`]), so that a deadline that ends every call at once forgets none of them.
+const ABANDONED_ATTEMPTS: usize = MAX_IN_FLIGHT;
+
+/// How long an abandoned attempt is remembered. Only an answer its connection read before the
+/// deadline reaches the request after it (one read later is counted there), and it is on its way
+/// within moments; this is far longer, for a loaded machine.
+const LATE_ANSWER_WINDOW: Duration = Duration::from_secs(2);
 
 /// An attempt in flight when its request ended at its deadline. Its answer, if its connection
 /// read it just before the deadline and it reaches the request after, matched nobody, and is
@@ -65,25 +71,40 @@ struct Abandoned {
     key: RequestKey,
     attempt: u32,
     counter: Counter,
+    /// When it is forgotten ([`LATE_ANSWER_WINDOW`] after its request ended).
+    until: Instant,
 }
 
-/// A connection's last [`ABANDONED_ATTEMPTS`] abandoned attempts. Empty, it holds no
-/// allocation; requests that end in time never touch it.
+/// A connection's abandoned attempts of the last [`LATE_ANSWER_WINDOW`], oldest first, at
+/// most [`ABANDONED_ATTEMPTS`]. Empty, it holds no allocation; requests that end in time never
+/// touch it.
 #[derive(Default)]
 struct AbandonedAttempts(VecDeque<Abandoned>);
 
 impl AbandonedAttempts {
-    /// Remembers `abandoned`, forgetting the oldest when full.
-    fn remember(&mut self, abandoned: Abandoned) {
+    /// Remembers `abandoned`, forgetting those whose window has passed by `now`, and the
+    /// oldest when full.
+    fn remember(&mut self, abandoned: Abandoned, now: Instant) {
+        self.forget_before(now);
         if self.0.len() == ABANDONED_ATTEMPTS {
             self.0.pop_front();
         }
         self.0.push_back(abandoned);
     }
 
-    /// The answer of attempt `attempt` of the ended request `key` (a `response`, or a failure):
-    /// a response counted as unmatched if the attempt was abandoned, which it is no longer.
-    fn answered(&mut self, key: RequestKey, attempt: u32, response: bool) {
+    /// Forgets the attempts whose window has passed by `now`.
+    fn forget_before(&mut self, now: Instant) {
+        while self.0.front().is_some_and(|oldest| oldest.until <= now) {
+            self.0.pop_front();
+        }
+    }
+
+    /// The answer of attempt `attempt` of the ended request `key` (a `response`, or a failure)
+    /// at `now`: a response counted as unmatched if the attempt was abandoned, which it is no
+    /// longer.
+    fn answered(&mut self, key: RequestKey, attempt: u32, response: bool, now: Instant) {
+        self.forget_before(now);
+        // Answers come mostly in the order their attempts were abandoned: near the front.
         let Some(index) = self
             .0
             .iter()
@@ -479,7 +500,7 @@ impl Requests {
                 routed.unmatched_responses().inc();
             }
             Some(Stage::Filtering | Stage::Answered(_)) => {}
-            None => self.abandoned.answered(key, attempt, true),
+            None => self.abandoned.answered(key, attempt, true, Instant::now()),
         }
         upstream::recycle(response);
     }
@@ -783,7 +804,7 @@ impl Requests {
         now: Instant,
     ) {
         let Some(inflight) = self.get(key) else {
-            self.abandoned.answered(key, attempt, result.is_ok());
+            self.abandoned.answered(key, attempt, result.is_ok(), now);
             return;
         };
         let Stage::Routed(routed) = &mut inflight.stage else {
@@ -846,6 +867,7 @@ impl Requests {
                                     key,
                                     attempt,
                                     counter: counter.clone(),
+                                    until: now + LATE_ANSWER_WINDOW,
                                 });
                         routed.timed_out(&mut inflight.record, &mut inflight.span, now)
                     }
@@ -859,7 +881,7 @@ impl Requests {
                     Stage::Answered(_) => return,
                 };
                 if let Some(abandoned) = abandoned {
-                    self.abandoned.remember(abandoned);
+                    self.abandoned.remember(abandoned, now);
                 }
                 self.finish(key, Answer::Local(reply), out, now);
             }
@@ -1088,32 +1110,67 @@ impl Requests {
 mod tests {
     use super::*;
 
+    /// Attempt 2 of request `index`, abandoned at `at`, counted in `counter`.
+    fn abandoned(index: u32, counter: &Counter, at: Instant) -> Abandoned {
+        Abandoned {
+            key: RequestKey { index, seq: 7 },
+            attempt: 2,
+            counter: counter.clone(),
+            until: at + LATE_ANSWER_WINDOW,
+        }
+    }
+
     #[test]
     fn an_answer_to_an_attempt_its_requests_deadline_abandoned_is_counted_once() {
         let counter = Counter::default();
         let key = |index| RequestKey { index, seq: 7 };
-        let mut abandoned = AbandonedAttempts::default();
-        for index in 0..=ABANDONED_ATTEMPTS as u32 {
-            abandoned.remember(Abandoned {
-                key: key(index),
-                attempt: 2,
-                counter: counter.clone(),
-            });
+        let now = Instant::now();
+        let mut attempts = AbandonedAttempts::default();
+        for index in 0..3 {
+            attempts.remember(abandoned(index, &counter, now), now);
         }
-        abandoned.answered(key(1), 1, true);
+        attempts.answered(key(1), 1, true, now);
         assert_eq!(counter.get(), 0, "another attempt of the request");
-        abandoned.answered(key(1), 2, true);
-        abandoned.answered(key(1), 2, true);
+        attempts.answered(key(1), 2, true, now);
+        attempts.answered(key(1), 2, true, now);
         assert_eq!(counter.get(), 1, "counted once");
-        abandoned.answered(key(2), 2, false);
-        abandoned.answered(key(2), 2, true);
+        attempts.answered(key(2), 2, false, now);
+        attempts.answered(key(2), 2, true, now);
         assert_eq!(
             counter.get(),
             1,
             "a failure is no answer, and ends the attempt"
         );
-        abandoned.answered(key(0), 2, true);
-        assert_eq!(counter.get(), 1, "the oldest was forgotten");
-        assert_eq!(abandoned.0.len(), ABANDONED_ATTEMPTS - 2);
+        assert_eq!(attempts.0.len(), 1);
+    }
+
+    #[test]
+    fn every_attempt_a_deadline_abandoned_at_once_is_counted_within_the_window() {
+        let counter = Counter::default();
+        let key = |index| RequestKey { index, seq: 7 };
+        let now = Instant::now();
+        let mut attempts = AbandonedAttempts::default();
+        // A deadline that ended a connection's whole batch of calls in flight at once.
+        let count = 1000;
+        for index in 0..count {
+            attempts.remember(abandoned(index, &counter, now), now);
+        }
+        let soon = now + Duration::from_millis(100);
+        for index in 0..count {
+            attempts.answered(key(index), 2, true, soon);
+        }
+        assert_eq!(counter.get(), u64::from(count), "none forgotten");
+        assert!(attempts.0.is_empty());
+        // Past the window, an abandoned attempt is forgotten: its answer, if it ever comes,
+        // was read after the deadline and counted by its connection.
+        attempts.remember(abandoned(0, &counter, now), now);
+        let late = now + LATE_ANSWER_WINDOW;
+        attempts.answered(key(0), 2, true, late);
+        assert_eq!(counter.get(), u64::from(count));
+        assert!(attempts.0.is_empty(), "forgotten");
+        for index in 0..=ABANDONED_ATTEMPTS as u32 {
+            attempts.remember(abandoned(index, &counter, now), now);
+        }
+        assert_eq!(attempts.0.len(), ABANDONED_ATTEMPTS, "bounded");
     }
 }
