@@ -778,18 +778,18 @@ impl Routed {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use bytes::Bytes;
     use metaprotocol_core::{ConnectionInfo, MessageKind};
 
     use super::*;
-    use crate::cluster::ClusterManager;
+    use crate::cluster::{ClusterHandle, ClusterManager};
     use crate::config::{ConfigError, RouteConfigSpec};
     use crate::stats::Metrics;
 
-    #[tokio::test]
-    async fn an_answer_that_reaches_an_attempt_its_deadline_ended_is_counted()
-    -> Result<(), ConfigError> {
+    /// A request (id 1) routed to cluster `c` (one endpoint, never reached), no attempt made
+    /// yet: the cluster, the routed request and its record.
+    pub(crate) fn routed() -> Result<(Arc<ClusterHandle>, Routed, RequestRecord), ConfigError> {
         let cluster =
             crate::cluster::tests::cluster("name: c\nendpoints: [ { address: 127.0.0.1:1 } ]")?;
         let clusters = ClusterManager::default();
@@ -800,17 +800,25 @@ mod tests {
         let peer = SocketAddr::from(([127, 0, 0, 1], 2));
         let mut record =
             RequestRecord::new(Arc::new(ConnectionInfo::new("in".into(), peer, peer)), 0);
-        let now = Instant::now();
-        let Ok(mut routed) = route(
+        let Ok(routed) = route(
             Arc::new(table),
             &request,
             &Mutation::default(),
             &mut record,
             &mut (),
-            now,
+            Instant::now(),
         ) else {
             return Err(ConfigError::new("routes", "the request was not routed"));
         };
+        Ok((cluster, routed, record))
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_reaches_an_attempt_its_deadline_ended_is_counted()
+    -> Result<(), ConfigError> {
+        let (cluster, mut routed, mut record) = routed()?;
+        let request = Arc::new(Message::new(MessageKind::Request, 1, Bytes::new()));
+        let now = Instant::now();
         let (sender, _answer) = tokio::sync::oneshot::channel();
         let next = routed.attempt(
             &request,

@@ -170,6 +170,28 @@ fn in_flight(slab: &mut Slab<InFlight>, key: RequestKey) -> Option<&mut InFlight
         .filter(|inflight| inflight.seq == key.seq)
 }
 
+/// Hands the answer of attempt `attempt` to the router of a request at `stage`; what comes
+/// next, `None` if nothing changes. A request in its response filters has no attempt in flight:
+/// the router counts a response there as unmatched (an earlier attempt's, read just before its
+/// per-try deadline, that reached the request after the next attempt was answered), as it does
+/// while an attempt is in flight or a retry waits.
+fn stage_answered(
+    stage: &mut Stage,
+    attempt: u32,
+    result: &AttemptResult,
+    record: &mut RequestRecord,
+    span: &mut Option<Box<RequestSpan>>,
+    now: Instant,
+) -> Option<Next> {
+    match stage {
+        Stage::Routed(routed) | Stage::Responding { routed, .. } => {
+            routed.answered(attempt, result, record, span, now)
+        }
+        // No attempt was made.
+        Stage::Filtering | Stage::Answered(_) => None,
+    }
+}
+
 /// How a request ends.
 enum Answer<'a> {
     /// Forward the upstream response, with the route's and filters' mutation. Borrowed: a
@@ -807,10 +829,8 @@ impl Requests {
             self.abandoned.answered(key, attempt, result.is_ok(), now);
             return;
         };
-        let Stage::Routed(routed) = &mut inflight.stage else {
-            return;
-        };
-        let answered = routed.answered(
+        let answered = stage_answered(
+            &mut inflight.stage,
             attempt,
             result,
             &mut inflight.record,
@@ -1142,6 +1162,25 @@ mod tests {
             "a failure is no answer, and ends the attempt"
         );
         assert_eq!(attempts.0.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_late_answer_that_reaches_a_request_in_its_response_filters_is_counted()
+    -> Result<(), crate::config::ConfigError> {
+        let (cluster, routed, mut record) = crate::router::tests::routed()?;
+        let mut stage = Stage::Responding {
+            routed,
+            response: Box::new(Message::empty()),
+        };
+        let late = Ok(Box::new(Message::new(
+            MessageKind::Response,
+            1,
+            Bytes::new(),
+        )));
+        let next = stage_answered(&mut stage, 1, &late, &mut record, &mut None, Instant::now());
+        assert!(next.is_none(), "the response filters go on");
+        assert_eq!(cluster.stats().unmatched_responses.get(), 1);
+        Ok(())
     }
 
     #[test]
