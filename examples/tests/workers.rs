@@ -210,3 +210,57 @@ async fn a_zero_busy_poll_never_looks() -> TestResult {
     tokio::time::timeout(Duration::from_secs(20), proxy.shutdown()).await?;
     Ok(())
 }
+
+/// A client told to go away by a draining proxy that reconnects at once (a connection pool
+/// replacing the connection) finds the listener closed, and keeps its connection: the listener
+/// lets go of its socket before its connections are told to drain. Were they told first, the
+/// reconnect would land in the backlog of the socket about to close, which then resets it and
+/// the calls sent on it. The accept loop runs on this test's thread, here held while the
+/// worker's connection could hear of the drain.
+#[tokio::test]
+async fn a_client_told_to_go_away_cannot_connect_to_the_socket_about_to_close() -> TestResult {
+    use std::future::Future;
+    use std::io::Read;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let provider = DemoProvider::start("p").await?;
+    let proxy = builder(&provider, "")?.workers(1).start().await?;
+    let address = proxy.listener_addr("in").ok_or("no listener")?;
+    let mut client = tokio::net::TcpStream::connect(address).await?;
+    client
+        .write_all(&support::dubbo_request(1, "sayHello", &[]))
+        .await?;
+    let mut head = [0u8; 16];
+    tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut head)).await??;
+    let mut body = vec![0u8; u32::from_be_bytes([head[12], head[13], head[14], head[15]]) as usize];
+    client.read_exact(&mut body).await?;
+    let client = client.into_std()?;
+    client.set_nonblocking(false)?;
+    client.set_read_timeout(Some(Duration::from_millis(500)))?;
+    // The drain begins at the shutdown's first poll; this thread is then held, the accept loop
+    // with it, while the worker serves the connection.
+    let mut shutdown = Box::pin(proxy.shutdown());
+    let polled = shutdown
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+    assert!(polled.is_pending());
+    let mut notice = [0u8; 18];
+    if (&client).read_exact(&mut notice).is_ok() {
+        assert!(
+            std::net::TcpStream::connect(address).is_err(),
+            "told to go away while the listener's socket still takes connections"
+        );
+    } else {
+        client.set_nonblocking(true)?;
+        let mut client = tokio::net::TcpStream::from_std(client)?;
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut notice)).await??;
+        assert!(tokio::net::TcpStream::connect(address).await.is_err());
+    }
+    assert_eq!(
+        &notice[..3],
+        &[0xda, 0xbb, 0xa2],
+        "Dubbo's going-away event"
+    );
+    tokio::time::timeout(Duration::from_secs(10), shutdown).await?;
+    Ok(())
+}

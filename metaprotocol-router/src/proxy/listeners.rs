@@ -22,6 +22,9 @@ struct Running {
     socket: Weak<TcpListener>,
     context: Arc<ArcSwap<ListenerContext>>,
     stop: CancellationToken,
+    /// Cancelled by its accept loop once it stopped and let go of the socket: its connections'
+    /// drain ([`ListenerContext::retired`] is its child).
+    drain: CancellationToken,
     tracker: TaskTracker,
 }
 
@@ -78,8 +81,9 @@ impl ListenerManager {
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let stop = self.shutdown.child_token();
+        let drain = CancellationToken::new();
         let tracker = TaskTracker::new();
-        context.retired = stop.child_token();
+        context.retired = drain.child_token();
         let context = Arc::new(ArcSwap::from_pointee(context));
         tracing::info!(listener = %name, %address, "listening");
         let trackers = Trackers {
@@ -91,7 +95,7 @@ impl ListenerManager {
         trackers.proxy.spawn(server::serve(
             listener,
             context.clone(),
-            stop.clone(),
+            (stop.clone(), drain.clone()),
             trackers.clone(),
         ));
         self.lock().insert(
@@ -101,6 +105,7 @@ impl ListenerManager {
                 socket,
                 context,
                 stop,
+                drain,
                 tracker,
             },
         );
@@ -112,7 +117,7 @@ impl ListenerManager {
     /// within the drain time (a client told to go away reconnects to them).
     pub fn update(&self, mut context: ListenerContext) {
         if let Some(running) = self.lock().get(&*context.name) {
-            context.retired = running.stop.child_token();
+            context.retired = running.drain.child_token();
             let old = running.context.swap(Arc::new(context));
             old.retired.cancel();
         }

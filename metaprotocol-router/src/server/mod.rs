@@ -93,10 +93,11 @@ pub(crate) struct ListenerContext {
     /// The proxy-wide load this listener's connections add to.
     pub load: Arc<Load>,
     /// Cancelled when the connections accepted with this context must drain: when the
-    /// listener stops, or when a newer context replaces this one, so that a reload's filters
-    /// (an rbac rule, say), timeouts and access log reach every client within the drain time,
-    /// not only those that connect after it. A child of the listener's stop token, set when
-    /// the context starts serving.
+    /// listener stops (once its accept loop let go of the socket, see [`serve`]), or when a
+    /// newer context replaces this one, so that a reload's filters (an rbac rule, say),
+    /// timeouts and access log reach every client within the drain time, not only those that
+    /// connect after it. A child of the listener's drain token, set when the context starts
+    /// serving.
     pub retired: CancellationToken,
 }
 
@@ -282,11 +283,14 @@ impl Trackers {
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Accepts connections until `stop` (shutdown, or the listener's removal), serving each on its
-/// own task; `stop` also starts their drain.
+/// own task; then lets go of the socket and cancels `drain`, which starts their drain. In that
+/// order: a client told to go away that reconnects at once (a connection pool replacing the
+/// connection) must find the socket closed, or still served, never connect into the backlog of
+/// a socket about to close, which resets the connection and the calls it sent.
 pub(crate) async fn serve(
     listener: Arc<TcpListener>,
     ctx: Arc<ArcSwap<ListenerContext>>,
-    stop: CancellationToken,
+    (stop, drain): (CancellationToken, CancellationToken),
     trackers: Trackers,
 ) {
     // Accepts failed in a row: a run is logged at its first failure and its end, and counted
@@ -331,4 +335,7 @@ pub(crate) async fn serve(
             }
         }
     }
+    // Closed here unless a listener at the same address took it over (and serves it).
+    drop(listener);
+    drain.cancel();
 }
