@@ -186,7 +186,11 @@ impl RedisLimits {
         if let Some(connection) = &*current {
             return Ok(ConnectionManager::clone(connection));
         }
+        // No response timeout of redis-rs's own (half a second by default): it would end a
+        // check whose `timeout` is longer in an error, taken for an answer, which the overdue
+        // answers' count would never see.
         let config = ConnectionManagerConfig::new()
+            .set_response_timeout(None)
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));

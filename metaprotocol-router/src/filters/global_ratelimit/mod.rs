@@ -637,6 +637,21 @@ mod tests {
     /// connection is dropped (its queue with it) and the next check goes out on a new one.
     #[tokio::test]
     async fn a_connection_with_too_many_overdue_answers_is_replaced() -> std::io::Result<()> {
+        overdue_answers_replace_the_connection("50ms").await
+    }
+
+    /// Checks that waited half a second or more ended in redis-rs's own response timeout (an
+    /// error, not a timeout), which took them for answered: the overdue answers were never
+    /// counted and the connection's queue grew as long as Redis stalled.
+    #[tokio::test]
+    async fn checks_waiting_past_half_a_second_time_out_and_count_as_overdue() -> std::io::Result<()>
+    {
+        overdue_answers_replace_the_connection("600ms").await
+    }
+
+    /// Three checks of `timeout` time out on a server that stalls after the connection's setup,
+    /// with `max_pending_checks: 2`: the connection is dropped and the next check opens one.
+    async fn overdue_answers_replace_the_connection(timeout: &str) -> std::io::Result<()> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         use tokio::sync::mpsc;
         /// What the server saw on its `n`th connection.
@@ -677,6 +692,7 @@ mod tests {
         let metrics = Metrics::new();
         let mut spec = config(&address, false);
         spec["max_pending_checks"] = json!(2);
+        spec["timeout"] = json!(timeout);
         let filter = build_filter(NAME, spec, &metrics).map_err(std::io::Error::other)?;
         let request = TestRequest::new(&[("method", "m")]);
         // Three checks time out: the third answer overdue is one more than max_pending_checks.
