@@ -709,3 +709,51 @@ async fn checks_that_timed_out_while_redis_was_paused_are_not_counted_when_it_re
     proxy.shutdown().await;
     Ok(())
 }
+
+/// A Redis slow to take the proxy's connection is not a stalled one: checks that timed out
+/// while the connection was being made had sent nothing, yet counted as answers overdue, so past
+/// `max_pending_checks` of them the connection being made was dropped for a new one and counted
+/// as `stalled` (under load over and over: a Redis slower to connect than that many checks'
+/// timeouts never got a connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_that_time_out_while_the_connection_is_made_do_not_replace_it() -> TestResult {
+    let scratch = Scratch::new("global-connecting")?;
+    let Some(redis) = RedisServer::start(&scratch)? else {
+        return Ok(());
+    };
+    let filters = format!(
+        "[ {{ name: global_ratelimit, config: {{ redis: {{ address: \"{}\" }}, domain: test,
+             descriptors: [ method ], limit: {{ requests: 1000, per: 1s }}, timeout: 50ms,
+             max_pending_checks: 2 }} }} ]",
+        redis.address
+    );
+    let (_provider, proxy) = start(&[("in", &filters)]).await?;
+    let client = DubboClient::new(listener_addr(&proxy, "in")?);
+    let series = |name: &str, label: &str| {
+        metric(
+            &proxy,
+            &format!(
+                "metaprotocol_ratelimit_{name}_total{{listener=\"in\",filter=\"global_ratelimit\",{label}}}"
+            ),
+        )
+    };
+    // Paused before the proxy's first check: the kernel takes the connection, Redis answers
+    // its setup only once resumed (within the second a connection may take).
+    redis.pause()?;
+    for _ in 0..6 {
+        assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, OK);
+    }
+    redis.resume()?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while series("decisions", "decision=\"ok\"") < 1.0 {
+        if Instant::now() > deadline {
+            return Err("no check was answered after Redis resumed".into());
+        }
+        assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, OK);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(series("backend_errors", "reason=\"timeout\"") >= 6.0);
+    assert_eq!(series("backend_errors", "reason=\"stalled\""), 0.0);
+    proxy.shutdown().await;
+    Ok(())
+}

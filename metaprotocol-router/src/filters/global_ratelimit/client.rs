@@ -4,6 +4,8 @@
 //! A check whose caller stopped waiting keeps its place in redis-rs's queue of requests
 //! awaiting answers until Redis answers it or the connection drops: so once more answers are
 //! overdue than the caller's bound ([`Overdue`]), the connection is dropped and replaced.
+//! A check that gives up while the connection is still being made has sent nothing, and is no
+//! answer overdue ([`Link`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
@@ -12,8 +14,12 @@ use std::time::{Duration, Instant};
 use super::clock::{ClockOffset, unix_micros};
 
 use arc_swap::ArcSwapOption;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, RedisError, Script};
+use futures::future::{BoxFuture, FutureExt, Shared};
+use redis::aio::MultiplexedConnection;
+use redis::{
+    AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo,
+    RedisError, Script,
+};
 
 use crate::config::{ConfigError, EndpointAddress};
 use crate::filters::SharedClients;
@@ -25,9 +31,9 @@ static GCRA: std::sync::LazyLock<Script> =
 /// A Redis server's rate limit state.
 pub(crate) struct RedisLimits {
     client: Client,
-    /// Made on first use, inside the runtime; it reconnects by itself after failures, and is
-    /// dropped (the next check making a new one) when too many of its answers are overdue.
-    connection: ArcSwapOption<ConnectionManager>,
+    /// Made on first use, inside the runtime; dropped (the next check making a new one) when it
+    /// fails, or when too many of its answers are overdue.
+    connection: ArcSwapOption<Connecting>,
     /// The answers overdue on `connection`.
     overdue: Overdue,
     /// The server's clock against this host's: checks say when they are stale on it.
@@ -54,8 +60,9 @@ pub(crate) enum Checked {
     Answered(Verdict),
     /// Redis answered with an error, or the connection failed.
     Failed(RedisError),
-    /// Redis did not answer in time. `replaced`: this made more answers overdue on the
-    /// connection than the caller's bound, and the connection was dropped.
+    /// Redis did not answer in time, or the connection was not made in time (then nothing was
+    /// sent). `replaced`: this made more answers overdue on the connection than the caller's
+    /// bound, and the connection was dropped.
     TimedOut { replaced: bool },
 }
 
@@ -131,9 +138,32 @@ impl Overdue {
 }
 
 /// How long a connection attempt may take. Independent of the filters' timeouts: a check that
-/// gives up does not abandon the connection being made, which the next check goes on with
-/// (unless it is one too many overdue: [`Overdue`]).
+/// gives up does not abandon the connection being made, which the next check goes on with.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a failed connection attempt stands: the checks meanwhile fail at once (a Redis
+/// down is not asked for a connection by every check), and the first after makes a new one.
+const RETRY_DELAY: Duration = Duration::from_millis(200);
+
+/// A connection being made, made, or failed: shared by the checks, made by a task of its own
+/// (so that it goes on when the checks waiting for it give up).
+type Connecting = Shared<BoxFuture<'static, Result<MultiplexedConnection, ConnectFailed>>>;
+
+/// A connection attempt that failed, and when.
+#[derive(Clone)]
+struct ConnectFailed {
+    error: RedisError,
+    at: Instant,
+}
+
+/// Where a check stands with the connection (`slot`: the one it found, so that a failure drops
+/// that one and not a newer one).
+enum Link {
+    /// Made: a check sent on it waits in its queue until Redis answers.
+    Made(Arc<Connecting>, MultiplexedConnection),
+    /// Being made: a check that gives up waiting for it has sent nothing.
+    Making(Arc<Connecting>),
+}
 
 /// How a proxy signs in to Redis (`AUTH`): an ACL user, or the `default` user, and its password.
 #[derive(Debug, Default)]
@@ -181,28 +211,55 @@ impl RedisLimits {
         }))
     }
 
-    fn connection(&self) -> Result<ConnectionManager, RedisError> {
-        let current = self.connection.load();
-        if let Some(connection) = &*current {
-            return Ok(ConnectionManager::clone(connection));
+    /// The connection, or the one being made; a new one when there is none, or when the last
+    /// attempt failed more than [`RETRY_DELAY`] ago. Err: it failed less than that ago.
+    fn link(&self) -> Result<Link, RedisError> {
+        loop {
+            let current = self.connection.load();
+            if let Some(slot) = &*current {
+                match slot.peek() {
+                    Some(Ok(made)) => return Ok(Link::Made(slot.clone(), made.clone())),
+                    None => return Ok(Link::Making(slot.clone())),
+                    Some(Err(failed)) if failed.at.elapsed() < RETRY_DELAY => {
+                        return Err(failed.error.clone());
+                    }
+                    Some(Err(_)) => {}
+                }
+            }
+            let client = self.client.clone();
+            let connecting: Connecting = async move {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    // No response timeout of redis-rs's own (half a second by default): it
+                    // would end a check whose `timeout` is longer in an error, taken for an
+                    // answer, which the overdue answers' count would never see.
+                    .set_response_timeout(None);
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .map_err(|error| ConnectFailed {
+                        error,
+                        at: Instant::now(),
+                    })
+            }
+            .boxed()
+            .shared();
+            let slot = Arc::new(connecting);
+            let previous = self
+                .connection
+                .compare_and_swap(&current, Some(slot.clone()));
+            // Another check may have made one first: all go on with the one kept.
+            if same(&previous, &current) {
+                tokio::spawn(Connecting::clone(&slot).map(drop));
+                return Ok(Link::Making(slot));
+            }
         }
-        // No response timeout of redis-rs's own (half a second by default): it would end a
-        // check whose `timeout` is longer in an error, taken for an answer, which the overdue
-        // answers' count would never see.
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(None)
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let made = Arc::new(ConnectionManager::new_lazy_with_config(
-            self.client.clone(),
-            config,
-        )?);
-        // Another check may have made one first: all go on with the one kept.
-        let kept = self
-            .connection
-            .compare_and_swap(&current, Some(made.clone()));
-        Ok(ConnectionManager::clone(kept.as_ref().unwrap_or(&made)))
+    }
+
+    /// Forgets `slot`, a connection that failed, unless it was replaced already: the next
+    /// check makes a new one.
+    fn forget(&self, slot: &Arc<Connecting>) {
+        self.connection.compare_and_swap(slot, None);
     }
 
     /// Counts a request against the limit `key` (see `gcra.lua`), unless the server runs the
@@ -217,16 +274,41 @@ impl RedisLimits {
         timeout: Duration,
         max_overdue: u32,
     ) -> Checked {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (slot, mut connection) = match self.link() {
+            Ok(Link::Made(slot, connection)) => (slot, connection),
+            Ok(Link::Making(slot)) => {
+                match tokio::time::timeout_at(deadline, Connecting::clone(&slot)).await {
+                    Ok(Ok(connection)) => (slot, connection),
+                    Ok(Err(failed)) => return Checked::Failed(failed.error),
+                    // Nothing was sent: no answer is overdue.
+                    Err(_) => return Checked::TimedOut { replaced: false },
+                }
+            }
+            Err(err) => return Checked::Failed(err),
+        };
         let generation = self.overdue.generation.load(Ordering::Relaxed);
         let sent = unix_micros();
-        match tokio::time::timeout(
-            timeout,
-            self.run(key, emission_us, tolerance_us, timeout, sent),
+        let answer = tokio::time::timeout_at(
+            deadline,
+            self.run(
+                &mut connection,
+                key,
+                emission_us,
+                tolerance_us,
+                timeout,
+                sent,
+            ),
         )
-        .await
-        {
+        .await;
+        match answer {
             Ok(Ok(verdict)) => Checked::Answered(verdict),
-            Ok(Err(err)) => Checked::Failed(err),
+            Ok(Err(err)) => {
+                if err.is_unrecoverable_error() {
+                    self.forget(&slot);
+                }
+                Checked::Failed(err)
+            }
             Err(_) => {
                 let replaced = self.overdue.timed_out(generation, sent, max_overdue);
                 if replaced {
@@ -249,16 +331,16 @@ impl RedisLimits {
         }
     }
 
-    /// Sends the check and reads its answer.
+    /// Sends the check on `connection` and reads its answer.
     async fn run(
         &self,
+        connection: &mut MultiplexedConnection,
         key: &[u8],
         emission_us: u64,
         tolerance_us: u64,
         timeout: Duration,
         sent: i64,
     ) -> Result<Verdict, RedisError> {
-        let mut connection = self.connection()?;
         // Past twice the wait rather than the wait itself: the estimate errs late by the
         // checks' quickest trip, and a check run a little late is better counted than not.
         let wait = i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX);
@@ -272,7 +354,7 @@ impl RedisLimits {
             .arg(emission_us)
             .arg(tolerance_us)
             .arg(stale_after)
-            .invoke_async(&mut connection)
+            .invoke_async(connection)
             .await;
         self.overdue.ended(sent, answer.is_ok());
         let (verdict, server_now): (i64, i64) = answer?;
@@ -292,5 +374,14 @@ impl RedisLimits {
                 Verdict::Stale
             }
         })
+    }
+}
+
+/// Whether two loads of the connection found the same one.
+fn same(a: &Option<Arc<Connecting>>, b: &Option<Arc<Connecting>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
     }
 }
