@@ -22,9 +22,15 @@ impl InFlightLimit {
 
     /// One more entry, under way until the guard is dropped; `None` when `max` already are.
     pub fn try_enter(self: &Arc<Self>) -> Option<InFlight> {
+        self.try_enter_within(self.max)
+    }
+
+    /// One more entry, under way until the guard is dropped; `None` when `max` (the caller's
+    /// own bound, for a limit whose users each have one) or more already are.
+    pub fn try_enter_within(self: &Arc<Self>, max: u32) -> Option<InFlight> {
         self.count
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |count| {
-                (count < self.max).then_some(count + 1)
+                (count < max.min(self.max)).then_some(count + 1)
             })
             .ok()?;
         Some(InFlight(self.clone()))

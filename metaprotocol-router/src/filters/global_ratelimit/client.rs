@@ -23,6 +23,7 @@ use redis::{
 
 use crate::config::{ConfigError, EndpointAddress};
 use crate::filters::SharedClients;
+use crate::filters::in_flight::{InFlight, InFlightLimit};
 
 /// The GCRA script, loaded into Redis once (then called by its hash).
 static GCRA: std::sync::LazyLock<Script> =
@@ -34,6 +35,9 @@ pub(crate) struct RedisLimits {
     /// Made on first use, inside the runtime; dropped (the next check making a new one) when it
     /// fails, or when too many of its answers are overdue.
     connection: ArcSwapOption<Connecting>,
+    /// The checks waiting for the server, whichever filter's: each filter's
+    /// `max_pending_checks` bounds them all (the connection's queue, and the requests held).
+    pending: Arc<InFlightLimit>,
     /// The answers overdue on `connection`.
     overdue: Overdue,
     /// The server's clock against this host's: checks say when they are stale on it.
@@ -206,9 +210,16 @@ impl RedisLimits {
         Ok(shared.get_or_insert_with(&key, || Self {
             client: info,
             connection: ArcSwapOption::empty(),
+            pending: InFlightLimit::new(u32::MAX),
             overdue: Overdue::default(),
             clock: ClockOffset::default(),
         }))
+    }
+
+    /// A check waiting for the server until the guard is dropped; `None` when `max` (the
+    /// caller's `max_pending_checks`) already wait.
+    pub fn try_wait(&self, max: u32) -> Option<InFlight> {
+        self.pending.try_enter_within(max)
     }
 
     /// The connection, or the one being made; a new one when there is none, or when the last

@@ -11,7 +11,8 @@
 //! that Redis runs long after the request stopped waiting for it (a Redis that paused runs all
 //! of those at once when it resumes) counts nothing: each check tells the script when it goes
 //! stale, on the Redis server's clock as [`clock`] estimates it. At most `max_pending_checks`
-//! requests wait for Redis at once; past that (a Redis that reads but does not answer, under
+//! requests wait for Redis at once, counted on its connection (with the other filters' on
+//! it); past that (a Redis that reads but does not answer, under
 //! load) the failure mode applies at once, counted as an `overflow`. A check that timed out
 //! still holds its place in the Redis client's queue until Redis answers it: once more than
 //! `max_pending_checks` answers are overdue on the connection, it is dropped (the queue with
@@ -47,7 +48,6 @@ use metaprotocol_core::{
 use serde::Deserialize;
 
 use self::client::{Checked, Credentials, RedisLimits, Verdict};
-use super::in_flight::InFlightLimit;
 use super::{FilterContext, routing_view};
 use crate::config::{ConfigError, EndpointAddress, from_value};
 use crate::route::DEFAULT_ROUTE_TIMEOUT;
@@ -147,7 +147,7 @@ fn default_timeout() -> Duration {
 }
 
 /// The default `max_pending_checks`: at the default timeout, room for some 50,000 checks a
-/// second from one filter, as many as a healthy Redis answers on one connection.
+/// second on one connection, as many as a healthy Redis answers on it.
 const DEFAULT_MAX_PENDING_CHECKS: u32 = 1024;
 
 fn default_max_pending_checks() -> u32 {
@@ -287,7 +287,6 @@ pub(crate) fn build(
         timeout: spec.timeout,
         failure_mode_deny: spec.failure_mode_deny,
         missing_descriptor: spec.missing_descriptor,
-        pending: InFlightLimit::new(spec.max_pending_checks),
         max_pending_checks: spec.max_pending_checks,
         stats: Arc::new(stats),
     }))
@@ -317,9 +316,8 @@ struct GlobalRateLimit {
     timeout: Duration,
     failure_mode_deny: bool,
     missing_descriptor: MissingDescriptor,
-    /// The checks waiting for Redis.
-    pending: Arc<InFlightLimit>,
-    /// The most checks waiting for Redis, and the most answers overdue on its connection.
+    /// The most checks waiting for Redis (this filter's and those of the others on its
+    /// connection), and the most answers overdue on the connection.
     max_pending_checks: u32,
     stats: Arc<Stats>,
 }
@@ -409,7 +407,7 @@ impl L7Filter for GlobalRateLimit {
             self.stats.missing_descriptor.inc();
             return FilterDecision::Continue;
         };
-        let Some(pending) = self.pending.try_enter() else {
+        let Some(pending) = self.redis.try_wait(self.max_pending_checks) else {
             return failure_mode(&self.stats, &self.stats.overflows, self.failure_mode_deny);
         };
         let redis = self.redis.clone();
@@ -628,6 +626,57 @@ mod tests {
             }
         }
         silent.abort();
+        Ok(())
+    }
+
+    /// Filters on one Redis connection (two in a chain, a listener's each, or an old config's
+    /// and a new one's) each let `max_pending_checks` wait on it: N filters held N times the
+    /// bound. The bound is the connection's: a check waits only while fewer than its filter's
+    /// `max_pending_checks` wait on the connection, whichever filter's they are.
+    #[tokio::test]
+    async fn filters_sharing_a_redis_connection_share_max_pending_checks() -> std::io::Result<()> {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?.to_string();
+        let silent = tokio::spawn(async move {
+            let mut sockets = Vec::new();
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                sockets.push(socket);
+            }
+        });
+        let metrics = Metrics::new();
+        let context = FilterContext::standalone("in", NAME, &metrics);
+        let mut spec = config(&address, true);
+        spec["timeout"] = json!("10s");
+        spec["max_pending_checks"] = json!(2);
+        let registry = crate::filters::FilterRegistry::with_builtins();
+        let first = registry
+            .build(NAME, &spec, &context)
+            .map_err(std::io::Error::other)?;
+        let second = registry
+            .build(NAME, &spec, &context)
+            .map_err(std::io::Error::other)?;
+        let request = TestRequest::new(&[("method", "m")]);
+        let mut waiting = Vec::new();
+        for _ in 0..2 {
+            match request.decide(&*first) {
+                FilterDecision::Wait(future) => waiting.push(tokio::spawn(future)),
+                other => return Err(std::io::Error::other(format!("{other:?}"))),
+            }
+        }
+        let over = request.decide(&*second);
+        for check in waiting {
+            check.abort();
+        }
+        silent.abort();
+        assert!(
+            matches!(&over, FilterDecision::Reply(reply) if reply.kind == LocalReplyKind::OverLimit),
+            "{over:?}"
+        );
+        let series = "metaprotocol_ratelimit_backend_errors_total{listener=\"in\",filter=\"global_ratelimit\",reason=\"overflow\"}";
+        assert_eq!(value(&metrics, series), Some(1.0));
         Ok(())
     }
 
