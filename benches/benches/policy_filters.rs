@@ -13,13 +13,13 @@
 //!
 //! `cargo bench -p metaprotocol-benches --bench policy_filters`
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use metaprotocol_benches::redis::Redis;
 use metaprotocol_core::{
     ByteStr, ConnectionInfo, FilterDecision, L7Filter, Message, MessageKind, Mutation,
     PeerIdentity, RequestContext, RequestRecord,
@@ -125,53 +125,11 @@ fn rbac(c: &mut Criterion) {
     bench_hook(c, "rbac", "denied", &*rbac, "delete");
 }
 
-/// A redis-server on a free loopback port, killed when dropped.
-struct Redis(Child, SocketAddr);
-
-impl Redis {
-    fn start() -> Option<Self> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let redis = Redis(child, SocketAddr::from(([127, 0, 0, 1], port)));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(redis.1).is_err() {
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(redis)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn global_ratelimit(c: &mut Criterion) {
     let redis = Redis::start();
     let address = redis
         .as_ref()
-        .map_or_else(|| "127.0.0.1:1".to_owned(), |r| r.1.to_string());
+        .map_or_else(|| "127.0.0.1:1".to_owned(), |r| r.address().to_string());
     let global = filter(
         "global_ratelimit",
         json!({ "redis": { "address": address }, "domain": "bench",

@@ -14,6 +14,7 @@
 //! - [`in_process`]: engine, echo server and client in one process, for the request-path bench
 //!   (`benches/request_path.rs`) and [`alloc`]'s allocation count (`--bin alloc_count`).
 //! - [`compare`]: the table of `benches/compare.sh` (`--bin compare`).
+//! - [`redis`]: a redis-server for the global rate limit's bench and allocation count.
 
 pub mod alloc;
 pub mod codec_bench;
@@ -24,6 +25,7 @@ pub mod echo;
 pub mod in_process;
 pub mod load;
 pub mod proxy_config;
+pub mod redis;
 pub mod relay;
 pub mod report;
 pub mod syscalls;

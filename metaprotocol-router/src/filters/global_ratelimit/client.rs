@@ -17,17 +17,19 @@ use arc_swap::ArcSwapOption;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use redis::aio::MultiplexedConnection;
 use redis::{
-    AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo,
-    RedisError, Script,
+    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ErrorKind, IntoConnectionInfo,
+    RedisConnectionInfo, RedisError, Script, ServerErrorKind, Value,
 };
 
 use crate::config::{ConfigError, EndpointAddress};
 use crate::filters::SharedClients;
 use crate::filters::in_flight::{InFlight, InFlightLimit};
 
-/// The GCRA script, loaded into Redis once (then called by its hash).
-static GCRA: std::sync::LazyLock<Script> =
-    std::sync::LazyLock::new(|| Script::new(include_str!("gcra.lua")));
+/// The GCRA script's source, loaded into Redis once (then called by its hash).
+const GCRA_SOURCE: &str = include_str!("gcra.lua");
+
+/// The GCRA script, for its hash.
+static GCRA: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(GCRA_SOURCE));
 
 /// A Redis server's rate limit state.
 pub(crate) struct RedisLimits {
@@ -42,6 +44,28 @@ pub(crate) struct RedisLimits {
     overdue: Overdue,
     /// The server's clock against this host's: checks say when they are stale on it.
     clock: ClockOffset,
+}
+
+/// A check's command to Redis: `EVALSHA` of the GCRA script with the limit's key and rate,
+/// built as the request comes (its key is read from it); when it goes stale is added as it is
+/// sent. Built in place, in one buffer sized for it: no copy of the key or the numbers apart.
+pub(crate) struct CheckCommand(Cmd);
+
+impl CheckCommand {
+    /// The check of the limit `key`, `emission_us` and `tolerance_us` (see `gcra.lua`).
+    pub fn new(key: &[u8], emission_us: u64, tolerance_us: u64) -> Self {
+        // Seven arguments: these, the hash and the key count, and when it goes stale (a number
+        // is at most 20 digits).
+        let hash = GCRA.get_hash();
+        let mut cmd = Cmd::with_capacity(7, "EVALSHA".len() + hash.len() + 1 + key.len() + 3 * 20);
+        cmd.arg("EVALSHA")
+            .arg(hash)
+            .arg(1)
+            .arg(key)
+            .arg(emission_us)
+            .arg(tolerance_us);
+        Self(cmd)
+    }
 }
 
 /// What a check found.
@@ -279,9 +303,7 @@ impl RedisLimits {
     /// connection, the connection is dropped, with the answers it still awaits.
     pub async fn check(
         &self,
-        key: &[u8],
-        emission_us: u64,
-        tolerance_us: u64,
+        command: CheckCommand,
         timeout: Duration,
         max_overdue: u32,
     ) -> Checked {
@@ -300,18 +322,9 @@ impl RedisLimits {
         };
         let generation = self.overdue.generation.load(Ordering::Relaxed);
         let sent = unix_micros();
-        let answer = tokio::time::timeout_at(
-            deadline,
-            self.run(
-                &mut connection,
-                key,
-                emission_us,
-                tolerance_us,
-                timeout,
-                sent,
-            ),
-        )
-        .await;
+        let answer =
+            tokio::time::timeout_at(deadline, self.run(&mut connection, command, timeout, sent))
+                .await;
         match answer {
             Ok(Ok(verdict)) => Checked::Answered(verdict),
             Ok(Err(err)) => {
@@ -346,9 +359,7 @@ impl RedisLimits {
     async fn run(
         &self,
         connection: &mut MultiplexedConnection,
-        key: &[u8],
-        emission_us: u64,
-        tolerance_us: u64,
+        CheckCommand(mut command): CheckCommand,
         timeout: Duration,
         sent: i64,
     ) -> Result<Verdict, RedisError> {
@@ -360,15 +371,21 @@ impl RedisLimits {
                 .saturating_add(wait.saturating_mul(2))
                 .max(1)
         });
-        let answer = GCRA
-            .key(key)
-            .arg(emission_us)
-            .arg(tolerance_us)
-            .arg(stale_after)
-            .invoke_async(connection)
-            .await;
+        command.arg(stale_after);
+        let answer = match ask(connection, &command).await {
+            Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                // A Redis restarted (or flushed) since the script was loaded.
+                let mut load = redis::cmd("SCRIPT");
+                load.arg("LOAD").arg(GCRA_SOURCE);
+                match ask(connection, &load).await {
+                    Ok(_) => ask(connection, &command).await,
+                    Err(err) => Err(err),
+                }
+            }
+            answer => answer,
+        };
         self.overdue.ended(sent, answer.is_ok());
-        let (verdict, server_now): (i64, i64) = answer?;
+        let (verdict, server_now): (i64, i64) = redis::from_redis_value(answer?)?;
         let sample = server_now.saturating_sub(sent);
         let now = Instant::now();
         Ok(match verdict {
@@ -386,6 +403,15 @@ impl RedisLimits {
             }
         })
     }
+}
+
+/// Sends `command` on `connection` and reads its answer, a server's error as an error. Its
+/// future is not boxed, unlike a query through redis-rs's `ConnectionLike`.
+async fn ask(connection: &mut MultiplexedConnection, command: &Cmd) -> Result<Value, RedisError> {
+    connection
+        .send_packed_command(command)
+        .await?
+        .extract_error()
 }
 
 /// Whether two loads of the connection found the same one.

@@ -37,6 +37,7 @@ mod client;
 mod clock;
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,7 +48,7 @@ use metaprotocol_core::{
 };
 use serde::Deserialize;
 
-use self::client::{Checked, Credentials, RedisLimits, Verdict};
+use self::client::{CheckCommand, Checked, Credentials, RedisLimits, Verdict};
 use super::{FilterContext, routing_view};
 use crate::config::{ConfigError, EndpointAddress, from_value};
 use crate::route::DEFAULT_ROUTE_TIMEOUT;
@@ -323,29 +324,40 @@ struct GlobalRateLimit {
 }
 
 impl GlobalRateLimit {
-    /// The Redis key of the request's limit; `None` when the request lacks a descriptor key
-    /// and such requests pass. Parts are length-prefixed, and a missing value is
+    /// Writes the Redis key of the request's limit into `key`; false when the request lacks a
+    /// descriptor key and such requests pass. Parts are length-prefixed, and a missing value is
     /// [`ABSENT`] (which no length starts with), so that no two tuples of values can make the
     /// same key. A key past [`MAX_PLAIN_KEY_BYTES`] is replaced by its SHA-256: the values come
     /// from clients, and Redis keeps each key for its limit's period.
-    fn key(&self, ctx: &RequestContext<'_>) -> Option<Vec<u8>> {
+    fn key(&self, ctx: &RequestContext<'_>, key: &mut Vec<u8>) -> bool {
         let view = routing_view(ctx);
-        let mut key = Vec::with_capacity(64);
+        key.clear();
         key.extend_from_slice(KEY_PREFIX);
-        push_part(&mut key, self.domain.as_bytes());
+        push_part(key, self.domain.as_bytes());
         for descriptor in &self.descriptors {
-            push_part(&mut key, descriptor.as_bytes());
+            push_part(key, descriptor.as_bytes());
             match view.get(descriptor) {
-                Some(value) => push_part(&mut key, value.as_bytes()),
+                Some(value) => push_part(key, value.as_bytes()),
                 None if self.missing_descriptor == MissingDescriptor::Limit => {
                     key.extend_from_slice(ABSENT);
                 }
-                None => return None,
+                None => return false,
             }
         }
-        Some(bounded(key))
+        bounded(key);
+        true
     }
 }
+
+thread_local! {
+    /// The key being built, kept for this thread's next request: a key costs no allocation of
+    /// its own (it is copied into its check's command).
+    static KEY: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The most a thread's key buffer keeps between requests: a key written longer (before it is
+/// hashed) leaves a buffer this size, not its own.
+const MAX_KEPT_KEY_BYTES: usize = 1024;
 
 /// What every key starts with.
 const KEY_PREFIX: &[u8] = b"metaprotocol:ratelimit:";
@@ -356,28 +368,35 @@ const ABSENT: &[u8] = b"-:";
 /// The longest key kept as written; longer ones are hashed.
 const MAX_PLAIN_KEY_BYTES: usize = 256;
 
-/// `key`, or when it is longer than [`MAX_PLAIN_KEY_BYTES`] the prefix, `sha256:` and the hex of
-/// its SHA-256 (collision-resistant: a client cannot pick values that share another's limit).
-/// A written key goes on with its domain's length, a digit, so the two kinds never meet.
-fn bounded(key: Vec<u8>) -> Vec<u8> {
+/// Leaves `key` as it is, or when it is longer than [`MAX_PLAIN_KEY_BYTES`] makes it the prefix,
+/// `sha256:` and the hex of its SHA-256 (collision-resistant: a client cannot pick values that
+/// share another's limit). A written key goes on with its domain's length, a digit, so the two
+/// kinds never meet.
+fn bounded(key: &mut Vec<u8>) {
     if key.len() <= MAX_PLAIN_KEY_BYTES {
-        return key;
+        return;
     }
-    let digest = ring::digest::digest(&ring::digest::SHA256, &key);
-    let mut hashed = Vec::with_capacity(KEY_PREFIX.len() + 7 + 2 * digest.as_ref().len());
-    hashed.extend_from_slice(KEY_PREFIX);
-    hashed.extend_from_slice(b"sha256:");
+    let digest = ring::digest::digest(&ring::digest::SHA256, key);
+    key.truncate(KEY_PREFIX.len());
+    key.extend_from_slice(b"sha256:");
     for byte in digest.as_ref() {
         // Writing into a Vec cannot fail.
-        let _ = write!(hashed, "{byte:02x}");
+        let _ = write!(key, "{byte:02x}");
     }
-    hashed
 }
 
 fn push_part(key: &mut Vec<u8>, part: &[u8]) {
     // Writing into a Vec cannot fail.
     let _ = write!(key, "{}:", part.len());
     key.extend_from_slice(part);
+}
+
+/// Why a request is not sent to Redis.
+enum Skipped {
+    /// It lacks a descriptor key, and such requests pass.
+    MissingDescriptor,
+    /// `max_pending_checks` wait already.
+    Overflow,
 }
 
 fn over_limit(message: impl Into<Cow<'static, str>>) -> FilterDecision {
@@ -403,28 +422,37 @@ impl L7Filter for GlobalRateLimit {
     }
 
     fn on_request(&self, ctx: &mut RequestContext<'_>) -> FilterDecision {
-        let Some(key) = self.key(ctx) else {
-            self.stats.missing_descriptor.inc();
-            return FilterDecision::Continue;
-        };
-        let Some(pending) = self.redis.try_wait(self.max_pending_checks) else {
-            return failure_mode(&self.stats, &self.stats.overflows, self.failure_mode_deny);
+        let command = KEY.with_borrow_mut(|key| {
+            if !self.key(ctx, key) {
+                return Err(Skipped::MissingDescriptor);
+            }
+            let pending = self
+                .redis
+                .try_wait(self.max_pending_checks)
+                .ok_or(Skipped::Overflow)?;
+            let command = CheckCommand::new(key, self.rate.emission_us, self.rate.tolerance_us);
+            if key.capacity() > MAX_KEPT_KEY_BYTES {
+                *key = Vec::new();
+            }
+            Ok((command, pending))
+        });
+        let (command, pending) = match command {
+            Ok(check) => check,
+            Err(Skipped::MissingDescriptor) => {
+                self.stats.missing_descriptor.inc();
+                return FilterDecision::Continue;
+            }
+            Err(Skipped::Overflow) => {
+                return failure_mode(&self.stats, &self.stats.overflows, self.failure_mode_deny);
+            }
         };
         let redis = self.redis.clone();
         let stats = self.stats.clone();
-        let (rate, timeout, deny) = (self.rate, self.timeout, self.failure_mode_deny);
+        let (timeout, deny) = (self.timeout, self.failure_mode_deny);
         let max_overdue = self.max_pending_checks;
         FilterDecision::Wait(Box::pin(async move {
             let _waiting = pending;
-            let checked = redis
-                .check(
-                    &key,
-                    rate.emission_us,
-                    rate.tolerance_us,
-                    timeout,
-                    max_overdue,
-                )
-                .await;
+            let checked = redis.check(command, timeout, max_overdue).await;
             let failed = match checked {
                 // A stale verdict in time: the clocks jumped, and this request goes uncounted.
                 Checked::Answered(Verdict::Conforms | Verdict::Stale) => {
@@ -935,12 +963,15 @@ mod tests {
     #[test]
     fn long_keys_are_hashed_and_stay_apart() {
         let plain = b"metaprotocol:ratelimit:4:demo".to_vec();
-        assert_eq!(bounded(plain.clone()), plain);
+        let mut kept = plain.clone();
+        bounded(&mut kept);
+        assert_eq!(kept, plain);
         let long = |last: u8| {
             let mut key = KEY_PREFIX.to_vec();
             push_part(&mut key, &[b'x'; MAX_PLAIN_KEY_BYTES]);
             key.push(last);
-            bounded(key)
+            bounded(&mut key);
+            key
         };
         let (a, b) = (long(b'a'), long(b'b'));
         assert_ne!(a, b);
