@@ -757,3 +757,91 @@ async fn checks_that_time_out_while_the_connection_is_made_do_not_replace_it() -
     proxy.shutdown().await;
     Ok(())
 }
+
+/// Audit of the failure modes of a real Redis: restarted (killed, then started again on its
+/// port, without the script), out of memory (`maxmemory 1`, `noeviction`: the script cannot
+/// write), and asking for a password the proxy does not have. Each call gets the failure mode's
+/// answer within its timeout (a second of slack), and once Redis is well again, its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_out_of_memory_or_refusing_the_password_fails_promptly_and_recovers()
+-> TestResult {
+    let scratch = Scratch::new("global-audit")?;
+    let Some(mut redis) = RedisServer::start(&scratch)? else {
+        return Ok(());
+    };
+    let timeout = Duration::from_millis(300);
+    let filters = global_ratelimit(&redis, "{ requests: 100000, per: 1s }", "300ms", true);
+    let (_provider, proxy) = start(&[("in", &filters)]).await?;
+    let client = DubboClient::new(listener_addr(&proxy, "in")?);
+    let fails_promptly = |what: &'static str| {
+        let client = &client;
+        async move {
+            for _ in 0..5 {
+                let reply = client.call("sayHello", "a", &[]).await?;
+                assert_eq!(reply.dubbo_status, OVER_LIMIT, "{what}");
+                assert!(reply.body_contains("failure_mode_deny"), "{what}");
+                assert!(
+                    reply.latency < timeout + Duration::from_secs(1),
+                    "{what}: {:?}",
+                    reply.latency
+                );
+            }
+            TestResult::Ok(())
+        }
+    };
+    let recovers = |what: &'static str| {
+        let client = &client;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while client.call("sayHello", "a", &[]).await?.dubbo_status != OK {
+                if Instant::now() > deadline {
+                    return Err(format!("{what}: no call let through 5s after").into());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            TestResult::Ok(())
+        }
+    };
+    assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, OK);
+
+    let address = redis.address;
+    drop(redis);
+    fails_promptly("redis down").await?;
+    redis = RedisServer::restart_on(&scratch, address)?;
+    recovers("redis restarted").await?;
+
+    redis.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"])?;
+    redis.cli(&["CONFIG", "SET", "maxmemory", "1"])?;
+    fails_promptly("redis out of memory").await?;
+    redis.cli(&["CONFIG", "SET", "maxmemory", "0"])?;
+    recovers("redis with memory again").await?;
+
+    // A password the proxy does not have: its connection is refused at once (the next
+    // connection it makes, once this one is closed).
+    redis.cli(&["CONFIG", "SET", "requirepass", "s3cret"])?;
+    redis.cli(&[
+        "-a",
+        "s3cret",
+        "--no-auth-warning",
+        "CLIENT",
+        "KILL",
+        "TYPE",
+        "normal",
+        "SKIPME",
+        "yes",
+    ])?;
+    fails_promptly("redis asking for a password").await?;
+    redis.cli(&[
+        "-a",
+        "s3cret",
+        "--no-auth-warning",
+        "CONFIG",
+        "SET",
+        "requirepass",
+        "",
+    ])?;
+    recovers("redis without a password again").await?;
+    drop(redis);
+    proxy.shutdown().await;
+    Ok(())
+}

@@ -40,7 +40,16 @@ impl RedisServer {
         if !Suite::new("redis").ready(missing)? {
             return Ok(None);
         }
-        let address = free_addr()?;
+        Self::launch(scratch, free_addr()?, password).map(Some)
+    }
+
+    /// Starts a server on `address`, where one was stopped: a restart (the new one holds no
+    /// keys and no scripts).
+    pub fn restart_on(scratch: &Scratch, address: SocketAddr) -> TestResult<Self> {
+        Self::launch(scratch, address, None)
+    }
+
+    fn launch(scratch: &Scratch, address: SocketAddr, password: Option<&str>) -> TestResult<Self> {
         let mut command = Command::new("redis-server");
         command.args([
             "--port",
@@ -62,11 +71,11 @@ impl RedisServer {
             process.check_running()?;
             Ok(TcpStream::connect(address).is_ok())
         })?;
-        Ok(Some(Self {
+        Ok(Self {
             process,
             address,
             password: password.map(str::to_owned),
-        }))
+        })
     }
 
     /// Pauses the server (SIGSTOP): it accepts connections but answers nothing, as a server
@@ -82,25 +91,29 @@ impl RedisServer {
 
     /// Every key the server holds, asked with `redis-cli` (installed with the server).
     pub fn keys(&self) -> TestResult<Vec<String>> {
-        let mut command = Command::new("redis-cli");
+        Ok(self.cli(&["--scan"])?.lines().map(str::to_owned).collect())
+    }
+
+    /// What `redis-cli` answers to `args` (a command, or options such as `--scan`).
+    pub fn cli(&self, args: &[&str]) -> TestResult<String> {
+        let mut command = Command::new("timeout");
         command.args([
+            "10",
+            "redis-cli",
             "-h",
             "127.0.0.1",
             "-p",
             &self.address.port().to_string(),
-            "--scan",
         ]);
+        command.args(args);
         if let Some(password) = &self.password {
             command.env("REDISCLI_AUTH", password);
         }
         let out = command.output()?;
         if !out.status.success() {
-            return Err(format!("redis-cli --scan failed: {}", out.status).into());
+            return Err(format!("redis-cli {args:?} failed: {}", out.status).into());
         }
-        Ok(String::from_utf8(out.stdout)?
-            .lines()
-            .map(str::to_owned)
-            .collect())
+        Ok(String::from_utf8(out.stdout)?)
     }
 
     fn signal(&self, signal: &str) -> TestResult {
