@@ -7,9 +7,9 @@
 //! - `fault`: a request the rule does not match, and one matched but not chosen.
 //! - `rbac`: an allow filter of three policies, the last of which matches by principal and
 //!   method; and one whose policies all miss (denied).
-//! - `global_ratelimit`: the hook alone (the Redis key and the boxed wait), and, when
-//!   `redis-server` is installed, the whole check: the hook and its wait for a real Redis on
-//!   loopback (one request at a time: a round trip).
+//! - `global_ratelimit`: the hook alone (the Redis key, the check's command, the boxed wait),
+//!   and, when `redis-server` is installed, the whole check: the hook and its wait for a real
+//!   Redis on loopback (one request at a time: a round trip).
 //!
 //! `cargo bench -p metaprotocol-benches --bench policy_filters`
 
