@@ -119,14 +119,17 @@ fn destination(
     let sides = || spec.route.weighted_clusters.iter().filter(|w| w.weight > 0);
     // A sticky split whose key the request carries always lands on one side: say which.
     let sticky = match action {
-        RouteAction::Weighted {
-            targets,
-            hash_on: Some(key),
-            ..
-        } if request.get(key).is_some() => action
-            .pick(request)
-            .and_then(|picked| targets.iter().position(|t| std::ptr::eq(t, picked)))
-            .and_then(|index| sides().nth(index)),
+        RouteAction::Weighted(split)
+            if split
+                .hash_on
+                .as_deref()
+                .is_some_and(|key| request.get(key).is_some()) =>
+        {
+            action
+                .pick(request)
+                .and_then(|picked| split.targets.iter().position(|t| std::ptr::eq(t, picked)))
+                .and_then(|index| sides().nth(index))
+        }
         _ => None,
     };
     match sticky {

@@ -10,12 +10,13 @@ use crate::config::{ConfigError, MatchSpec, MetadataMatcherSpec};
 
 /// A compiled [`MatchSpec`]: conditions on metadata, on the client's TLS identity and on its
 /// address, all of which must hold. Routes and filters' rules use it; matching allocates
-/// nothing.
+/// nothing. Lists are boxed slices and the principal boxed, as each route of a table holds one:
+/// inline, a principal most routes lack cost each of them 16 bytes more.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RequestMatcher {
-    metadata: Vec<MetadataMatcher>,
-    principal: Option<PrincipalMatcher>,
-    source_ips: Vec<IpRange>,
+    metadata: Box<[MetadataMatcher]>,
+    principal: Option<Box<PrincipalMatcher>>,
+    source_ips: Box<[IpRange]>,
 }
 
 impl RequestMatcher {
@@ -36,7 +37,11 @@ impl RequestMatcher {
         let principal = spec
             .principal
             .as_deref()
-            .map(|p| PrincipalMatcher::parse(p).map_err(|e| e.within("principal")))
+            .map(|p| {
+                PrincipalMatcher::parse(p)
+                    .map(Box::new)
+                    .map_err(|e| e.within("principal"))
+            })
             .transpose()?;
         Ok(Self {
             metadata,

@@ -149,11 +149,18 @@ fn parse_operator(operator: &str) -> Option<Part> {
 pub(crate) enum RouteMutation {
     /// No value is templated: every request shares this.
     Plain(Arc<Mutation>),
-    /// The plain part (removals and literal sets), and the templated sets, applied after it.
-    Templated {
-        base: Mutation,
-        templated: Vec<(ByteStr, Template)>,
-    },
+    /// Boxed: each route holds two mutations, most of them plain (empty), which inline this
+    /// would make 40 bytes each.
+    Templated(Box<TemplatedMutation>),
+}
+
+/// A mutation with templated values.
+#[derive(Debug)]
+pub(crate) struct TemplatedMutation {
+    /// The plain part (removals and literal sets).
+    base: Mutation,
+    /// The templated sets, applied after the plain part.
+    templated: Vec<(ByteStr, Template)>,
 }
 
 impl RouteMutation {
@@ -177,7 +184,7 @@ impl RouteMutation {
         Ok(if templated.is_empty() {
             Self::Plain(Arc::new(base))
         } else {
-            Self::Templated { base, templated }
+            Self::Templated(Box::new(TemplatedMutation { base, templated }))
         })
     }
 
@@ -202,9 +209,9 @@ impl RouteMutation {
         let mut all = match self {
             Self::Plain(mutation) if filters.is_empty() => return Cow::Borrowed(mutation),
             Self::Plain(mutation) => Mutation::clone(mutation),
-            Self::Templated { base, templated } => {
-                let mut all = base.clone();
-                for (key, template) in templated {
+            Self::Templated(mutation) => {
+                let mut all = mutation.base.clone();
+                for (key, template) in &mutation.templated {
                     let mut value = String::new();
                     template.render(ctx, &mut value);
                     all.set(key.clone(), ByteStr::from(value));
