@@ -387,6 +387,8 @@ pub(crate) mod work {
         pub static CHECKED: Cell<usize> = const { Cell::new(0) };
         /// Cluster specs compared field by field ([`super::same_cluster`]).
         pub static COMPARED: Cell<usize> = const { Cell::new(0) };
+        /// Route specs compared field by field (in comparing route configs).
+        pub static ROUTES_COMPARED: Cell<usize> = const { Cell::new(0) };
         /// Cluster snapshots built (their sets' balancers: `ring_hash` and `maglev` tables).
         pub static SNAPSHOTS_BUILT: Cell<usize> = const { Cell::new(0) };
     }

@@ -730,6 +730,41 @@ async fn one_cluster_changed_among_thousands_is_checked_compared_and_copied_alon
     Ok(())
 }
 
+/// An update that leaves a route config alone compares none of its routes field by field: the
+/// running table's spec and the update's config share them, and each update compared every
+/// route of every route config with the running one (and again for the API's record).
+#[tokio::test]
+async fn an_update_that_leaves_the_routes_alone_compares_none_of_them() -> TestResult {
+    use crate::config::{ClusterSpec, work};
+    let mut yaml = String::from(
+        "listeners:\n  - { name: front, address: 127.0.0.1:0, protocol: test, route_config: r }\n\
+         route_configs:\n  - name: r\n    routes:\n",
+    );
+    for i in 0..1_000 {
+        yaml.push_str(&format!(
+            "      - {{ match: {{ metadata: [ {{ key: m, exact: m{i} }} ] }}, route: {{ cluster: c{} }} }}\n",
+            i % 10
+        ));
+    }
+    yaml.push_str("clusters:\n");
+    for i in 0..10 {
+        yaml.push_str(&format!(
+            "  - {{ name: c{i}, endpoints: [ {{ address: 127.0.0.1:1 }} ] }}\n"
+        ));
+    }
+    let proxy = start(&yaml).await?;
+    let spec = ClusterSpec::from_yaml("{ name: c5, endpoints: [ { address: 127.0.0.1:2 } ] }")?;
+    let compared = work::done(&work::ROUTES_COMPARED);
+    proxy.update_cluster(spec).await?;
+    assert_eq!(
+        work::done(&work::ROUTES_COMPARED) - compared,
+        0,
+        "routes compared field by field"
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
 /// A config update of a `ring_hash` cluster (1,000 endpoints: 256,000 points) and one that
 /// registers a subset of it build their tables on a blocking thread, not on the thread applying
 /// the update (which serves requests too), and publish them before they return.
