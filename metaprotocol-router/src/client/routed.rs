@@ -246,8 +246,9 @@ impl RouterClientBuilder {
         let table = builder
             .route_table(routes, 1, &clusters)
             .map_err(|e| e.within(&at))?;
-        // The subsets the table registered, built (off this thread for `ring_hash` and
-        // `maglev`, see `ClusterHandle::subset`) before the client routes with it.
+        // The subsets the table registered, and the first snapshots of `ring_hash` and
+        // `maglev` clusters, built (off this thread, see `ClusterHandle::build_pending`) before
+        // the client routes with it.
         let rebuilds = clusters
             .all()
             .values()

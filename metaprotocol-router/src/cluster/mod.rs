@@ -191,7 +191,10 @@ fn lb_settings(spec: &ClusterSpec, local: Option<&LocalitySpec>) -> LbSettings {
 impl ClusterHandle {
     /// Builds cluster `spec`, whose endpoints speak `protocol` through `codec`, with its series
     /// in `scope`, for a proxy at `local`; `resolved` has the addresses of its host names.
-    /// Nothing runs until [`ClusterHandle::start_health`].
+    /// Nothing runs until [`ClusterHandle::start_health`]. Its first snapshot is built at once,
+    /// unless its balancers build a table (`ring_hash`, `maglev`: up to 2^20 points) and a
+    /// runtime is there: then it is asked for and left to its builder, as a new subset's is
+    /// ([`ClusterHandle::build_pending`]), and an empty snapshot (version 0) stands until then.
     pub fn new(
         spec: &Arc<ClusterSpec>,
         protocol: String,
@@ -225,9 +228,23 @@ impl ClusterHandle {
             monitor: None,
             builds: Builds::default(),
         };
-        let mut snapshot = plan(&mut state, &stats, &breakers, &scope).build();
-        state.version = 1;
-        snapshot.version = 1;
+        let plan = plan(&mut state, &stats, &breakers, &scope);
+        let snapshot = if crate::lb::builds_table(spec.lb_policy)
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            state.builds.requested = 1;
+            ClusterSnapshot::build(
+                Vec::new(),
+                &plan.selectors,
+                &plan.settings,
+                plan.retry_budget,
+            )
+        } else {
+            let mut snapshot = plan.build();
+            state.version = 1;
+            snapshot.version = 1;
+            snapshot
+        };
         Ok(Arc::new_cyclic(|me| Self {
             me: me.clone(),
             name: spec.name.as_str().into(),
@@ -546,7 +563,8 @@ impl ClusterHandle {
 
     /// True when a snapshot was asked for and none published since: a subset registered by a
     /// route table being compiled, which the update compiling it builds before it publishes
-    /// the table (see [`ClusterHandle::subset`]), or a health change's build under way.
+    /// the table (see [`ClusterHandle::subset`]), the first snapshot of a new `ring_hash` or
+    /// `maglev` cluster (see [`ClusterHandle::new`]), or a health change's build under way.
     pub fn build_pending(&self) -> bool {
         let state = self.lock();
         state.builds.published < state.builds.requested

@@ -822,3 +822,38 @@ async fn an_update_builds_its_rings_off_its_thread_and_publishes_them_before_it_
     proxy.shutdown().await;
     Ok(())
 }
+
+/// A `ring_hash` cluster an update adds (1,000 endpoints: 256,000 points) builds its ring on a
+/// blocking thread, not on the thread applying the update (which serves requests too), and
+/// serves from it once the update returns.
+#[tokio::test]
+async fn an_added_cluster_builds_its_ring_off_the_updates_thread() -> TestResult {
+    use crate::config::{ClusterSpec, work};
+    let proxy = start(CONFIG).await?;
+    let endpoints: String = (1..=1_000)
+        .map(|port| format!("{{ address: 127.0.0.1:{port} }}, "))
+        .collect();
+    let spec = ClusterSpec::from_yaml(&format!(
+        "{{ name: added, lb_policy: ring_hash, endpoints: [ {endpoints} ] }}"
+    ))?;
+    let built = work::done(&work::SNAPSHOTS_BUILT);
+    let version = proxy.update_cluster(spec).await?;
+    assert_eq!(
+        work::done(&work::SNAPSHOTS_BUILT) - built,
+        0,
+        "snapshots the update built on its thread"
+    );
+    let added = proxy
+        .state
+        .clusters
+        .get("added")
+        .ok_or("no cluster added")?;
+    let snapshot = added.snapshot();
+    assert_eq!(snapshot.version, version);
+    let whole = snapshot
+        .set(crate::cluster::SubsetId::ALL)
+        .ok_or("no set")?;
+    assert!(whole.pick(&[], Some(7)).is_some(), "the ring serves");
+    proxy.shutdown().await;
+    Ok(())
+}

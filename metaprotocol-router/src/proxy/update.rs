@@ -105,7 +105,8 @@ impl Plan {
     }
 
     /// Plans and builds the snapshots the commit publishes: those of the changed clusters, and
-    /// those of the clusters whose subsets the new route tables registered. Their tables
+    /// those of the clusters whose subsets the new route tables registered or whose first
+    /// snapshot was left to build (new `ring_hash` and `maglev` clusters). Their tables
     /// (`ring_hash`, `maglev`: up to 2^20 points, hundreds of milliseconds) are built on a
     /// blocking thread, not on the one applying the update and serving requests.
     async fn build_clusters(&mut self) -> Result<(), ConfigError> {
