@@ -586,8 +586,10 @@ impl ClusterHandle {
     }
 
     /// Publishes `update`, built for this cluster; returns the cluster's new version. It does
-    /// not wait and builds no table, unless an endpoint it planned with was retired meanwhile (a
-    /// DNS answer changed the cluster's addresses): it is planned and built again then.
+    /// not wait and builds no table. An endpoint it planned with retired meanwhile (a DNS answer
+    /// changed the cluster's addresses) makes its snapshot stale: the cluster takes its config,
+    /// and its snapshot is asked for again as a DNS answer's would be (see [`Builds`]), on a
+    /// blocking thread for `ring_hash` and `maglev`, the running one serving until then.
     fn commit(self: &Arc<Self>, update: BuiltUpdate) -> u64 {
         let BuiltUpdate { next, snapshot } = update;
         let mut state = self.lock();
@@ -646,11 +648,11 @@ impl ClusterHandle {
             .any(|e| e.health().has(HealthFlags::DRAINING));
         let snapshot = if retired_meanwhile {
             drop(next.endpoints);
-            missed = false;
-            plan(&mut state_next, &self.stats, &self.breakers, &self.scope).build()
+            missed = true;
+            None
         } else {
             retire_replaced(&mut state_next, next.endpoints);
-            snapshot
+            Some(snapshot)
         };
         if restart && state_next.monitor.is_some() {
             state_next.monitor = Some(HealthMonitor::start(
@@ -666,9 +668,11 @@ impl ClusterHandle {
         self.ejections.set_policy(spec.outlier_detection.as_ref());
         self.records_latency
             .store(spec.lb_policy == LbPolicy::PeakEwma, Ordering::Relaxed);
-        state.builds.requested += 1;
-        let build = state.builds.requested;
-        self.publish(&mut state, build, snapshot);
+        if let Some(snapshot) = snapshot {
+            state.builds.requested += 1;
+            let build = state.builds.requested;
+            self.publish(&mut state, build, snapshot);
+        }
         if missed {
             self.rebuild_soon(&mut state);
         }
@@ -1308,6 +1312,64 @@ outlier_detection: { consecutive_errors: 2 }";
         );
         assert!(!whole.offers_untried(|a| a != addr(1)), "the ejection");
         Ok(())
+    }
+
+    /// A DNS answer that retires an endpoint while an update of a `ring_hash` cluster builds
+    /// (after it was planned) makes the update's ring stale: the commit built the cluster's ring
+    /// again at once, on the thread committing (one serving requests); it is built on a blocking
+    /// thread now, the running ring serving until the update's config is published.
+    #[test]
+    fn a_dns_answer_while_an_update_builds_is_built_off_the_committing_thread()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use crate::config::work;
+        let yaml = |weight: u32| {
+            format!(
+                "name: c\nlb_policy: ring_hash\nendpoints: [ {{ address: 'ring.test:80', weight: {weight} }} ]"
+            )
+        };
+        let spec = Arc::new(ClusterSpec::from_yaml(&yaml(1))?);
+        let name = spec
+            .endpoints
+            .first()
+            .map(|e| e.address.clone())
+            .ok_or("no endpoint")?;
+        let answer = |ports: std::ops::RangeInclusive<u16>| -> Resolved {
+            [(name.clone(), ports.map(addr).collect())].into()
+        };
+        let c = ClusterHandle::new(
+            &spec,
+            "null".into(),
+            Arc::new(crate::testing::NullCodec),
+            Metrics::new().root(),
+            None,
+            &answer(1..=1_000),
+        )?;
+        let next = Arc::new(ClusterSpec::from_yaml(&yaml(2))?);
+        let built = c
+            .prepare_update(&next, None, None, &answer(1..=1_000))?
+            .build();
+        // The answer comes while the update builds: endpoint 1 is retired.
+        assert!(c.resolve(&answer(2..=1_001)));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let before = work::done(&work::SNAPSHOTS_BUILT);
+            built.commit();
+            assert_eq!(
+                work::done(&work::SNAPSHOTS_BUILT) - before,
+                0,
+                "snapshots the commit built on its thread"
+            );
+            // The update's config is published by the blocking thread.
+            tokio::time::timeout(Duration::from_secs(60), async {
+                while c.snapshot().hosts.iter().any(|h| h.weight != 2) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await?;
+            Ok(())
+        })
     }
 
     #[test]
