@@ -588,11 +588,9 @@ mod tests {
         Ok(())
     }
 
-    /// A Redis that reads checks but never answers held each waiting call until its timeout,
-    /// with no cap on how many waited: past `max_pending_checks`, the failure mode applies at
-    /// once, counted.
-    #[tokio::test]
-    async fn past_max_pending_checks_the_failure_mode_applies_at_once() -> std::io::Result<()> {
+    /// A server on loopback that reads what each connection sends first and never answers (a
+    /// stalled Redis): its address, and its task.
+    async fn silent_server() -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
         use tokio::io::AsyncReadExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?.to_string();
@@ -604,6 +602,15 @@ mod tests {
                 sockets.push(socket);
             }
         });
+        Ok((address, silent))
+    }
+
+    /// A Redis that reads checks but never answers held each waiting call until its timeout,
+    /// with no cap on how many waited: past `max_pending_checks`, the failure mode applies at
+    /// once, counted.
+    #[tokio::test]
+    async fn past_max_pending_checks_the_failure_mode_applies_at_once() -> std::io::Result<()> {
+        let (address, silent) = silent_server().await?;
         for deny in [false, true] {
             let metrics = Metrics::new();
             let mut spec = config(&address, deny);
@@ -663,17 +670,7 @@ mod tests {
     /// `max_pending_checks` wait on the connection, whichever filter's they are.
     #[tokio::test]
     async fn filters_sharing_a_redis_connection_share_max_pending_checks() -> std::io::Result<()> {
-        use tokio::io::AsyncReadExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let address = listener.local_addr()?.to_string();
-        let silent = tokio::spawn(async move {
-            let mut sockets = Vec::new();
-            while let Ok((mut socket, _)) = listener.accept().await {
-                let mut buf = [0u8; 4096];
-                let _ = socket.read(&mut buf).await;
-                sockets.push(socket);
-            }
-        });
+        let (address, silent) = silent_server().await?;
         let metrics = Metrics::new();
         let context = FilterContext::standalone("in", NAME, &metrics);
         let mut spec = config(&address, true);
