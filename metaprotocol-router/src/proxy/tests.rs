@@ -619,6 +619,28 @@ async fn a_put_whose_body_is_not_text_or_too_large_is_rejected_in_json() -> Test
     Ok(())
 }
 
+/// A config of `clusters` clusters `c0`, `c1` ... of one endpoint each, and `routes` routes
+/// matching `m` = `m0`, `m1` ..., route `i` to cluster `c{i % clusters}`.
+fn routed_clusters(routes: usize, clusters: usize) -> String {
+    let mut yaml = String::from(
+        "listeners:\n  - { name: front, address: 127.0.0.1:0, protocol: test, route_config: r }\n\
+         route_configs:\n  - name: r\n    routes:\n",
+    );
+    for i in 0..routes {
+        yaml.push_str(&format!(
+            "      - {{ match: {{ metadata: [ {{ key: m, exact: m{i} }} ] }}, route: {{ cluster: c{} }} }}\n",
+            i % clusters
+        ));
+    }
+    yaml.push_str("clusters:\n");
+    for i in 0..clusters {
+        yaml.push_str(&format!(
+            "  - {{ name: c{i}, endpoints: [ {{ address: 127.0.0.1:1 }} ] }}\n"
+        ));
+    }
+    yaml
+}
+
 /// A proxy of 10,000 clusters (200 of them routed to) starts, and an update of one of them
 /// rebuilds that cluster alone, each well within its bound: the cluster map was copied once per
 /// cluster it gained, at start and again at commit, and every update searched the cluster list
@@ -626,21 +648,7 @@ async fn a_put_whose_body_is_not_text_or_too_large_is_rejected_in_json() -> Test
 /// 8 s now).
 #[tokio::test]
 async fn one_cluster_changed_among_thousands_rebuilds_that_cluster_alone() -> TestResult {
-    let mut yaml = String::from(
-        "listeners:\n  - { name: front, address: 127.0.0.1:0, protocol: test, route_config: r }\n\
-         route_configs:\n  - name: r\n    routes:\n",
-    );
-    for i in 0..200 {
-        yaml.push_str(&format!(
-            "      - {{ match: {{ metadata: [ {{ key: m, exact: m{i} }} ] }}, route: {{ cluster: c{i} }} }}\n"
-        ));
-    }
-    yaml.push_str("clusters:\n");
-    for i in 0..10_000 {
-        yaml.push_str(&format!(
-            "  - {{ name: c{i}, endpoints: [ {{ address: 127.0.0.1:1 }} ] }}\n"
-        ));
-    }
+    let yaml = routed_clusters(200, 10_000);
     // The work does not wait, so a timeout would not interrupt it: the bound is checked after.
     let started = std::time::Instant::now();
     let proxy = start(&yaml).await?;
@@ -736,22 +744,7 @@ async fn one_cluster_changed_among_thousands_is_checked_compared_and_copied_alon
 #[tokio::test]
 async fn an_update_that_leaves_the_routes_alone_compares_none_of_them() -> TestResult {
     use crate::config::{ClusterSpec, work};
-    let mut yaml = String::from(
-        "listeners:\n  - { name: front, address: 127.0.0.1:0, protocol: test, route_config: r }\n\
-         route_configs:\n  - name: r\n    routes:\n",
-    );
-    for i in 0..1_000 {
-        yaml.push_str(&format!(
-            "      - {{ match: {{ metadata: [ {{ key: m, exact: m{i} }} ] }}, route: {{ cluster: c{} }} }}\n",
-            i % 10
-        ));
-    }
-    yaml.push_str("clusters:\n");
-    for i in 0..10 {
-        yaml.push_str(&format!(
-            "  - {{ name: c{i}, endpoints: [ {{ address: 127.0.0.1:1 }} ] }}\n"
-        ));
-    }
+    let yaml = routed_clusters(1_000, 10);
     let proxy = start(&yaml).await?;
     let spec = ClusterSpec::from_yaml("{ name: c5, endpoints: [ { address: 127.0.0.1:2 } ] }")?;
     let compared = work::done(&work::ROUTES_COMPARED);
