@@ -59,23 +59,15 @@ pub(crate) struct EndpointSet {
 }
 
 impl EndpointSet {
-    /// The routable members of `members`; all of them when fewer than the settings'
-    /// `healthy_panic_threshold` percent are routable (panic mode, Envoy's: with most endpoints
-    /// marked bad, the few left would take the whole load and fall too, and spreading it beats
-    /// refusing it). Decided here, when health changes, so that a pick pays nothing for it.
+    /// The set of `members`: its picks among those in rotation, or in panic mode among all
+    /// (see [`lb::build`]).
     fn new(members: Vec<Arc<Host>>, settings: &LbSettings) -> Self {
-        let routable: Vec<Arc<Host>> = members
+        let routable: Vec<bool> = members
             .iter()
-            .filter(|h| h.endpoint.health().routable())
-            .cloned()
+            .map(|h| h.endpoint.health().routable())
             .collect();
-        let panic = (routable.len() as f64) * 100.0
-            < settings.healthy_panic_threshold * members.len() as f64;
-        let hosts = if panic { members.clone() } else { routable };
-        Self {
-            balancer: lb::build(settings, &hosts, &members),
-            hosts,
-        }
+        let (hosts, balancer) = lb::build(settings, &members, &routable);
+        Self { balancer, hosts }
     }
 
     /// True if an endpoint that is not `tried` is in use (not backing off after failed

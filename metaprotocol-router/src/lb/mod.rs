@@ -69,24 +69,32 @@ pub(crate) struct LbSettings {
     pub healthy_panic_threshold: f64,
 }
 
-/// Builds the balancer over `hosts`, the endpoints in rotation among `members` (the whole set,
-/// whose size tells each tier's healthy share).
+/// The endpoints a set's picks choose among, and their balancer, for a set of `members` of which
+/// those `routable` are in rotation (one flag each, in order). In rotation, or all of them in
+/// panic mode: when fewer than `healthy_panic_threshold` percent are in rotation (with most
+/// endpoints marked bad, the few left would take the whole load and fall too, and spreading it
+/// beats refusing it), each failover tier on its own when the set has tiers. Decided here,
+/// when health changes, so that a pick pays nothing for it.
 pub(crate) fn build(
     settings: &LbSettings,
-    hosts: &[Arc<Host>],
     members: &[Arc<Host>],
-) -> Box<dyn LoadBalancer> {
+    routable: &[bool],
+) -> (Vec<Arc<Host>>, Box<dyn LoadBalancer>) {
     if tiers::applies(settings, members) {
-        Box::new(tiers::Tiered::new(
-            settings.policy,
-            settings.local.as_ref(),
-            settings.failover_threshold,
-            hosts,
-            members,
-        ))
-    } else {
-        build_policy(settings.policy, hosts)
+        let (tiered, hosts) = tiers::Tiered::new(settings, members, routable);
+        return (hosts, Box::new(tiered));
     }
+    let in_rotation: Vec<Arc<Host>> = members
+        .iter()
+        .zip(routable)
+        .filter(|(_, routable)| **routable)
+        .map(|(host, _)| host.clone())
+        .collect();
+    let panic = (in_rotation.len() as f64) * 100.0
+        < settings.healthy_panic_threshold * members.len() as f64;
+    let hosts = if panic { members.to_vec() } else { in_rotation };
+    let balancer = build_policy(settings.policy, &hosts);
+    (hosts, balancer)
 }
 
 /// Builds the balancer of `policy` over `hosts`.
@@ -363,7 +371,7 @@ pub(crate) mod tests {
             failover_threshold: 70.0,
             healthy_panic_threshold: 50.0,
         };
-        build(&settings, hosts, hosts)
+        build(&settings, hosts, &vec![true; hosts.len()]).1
     }
 
     /// How often each index is picked in `n` picks, each with a fresh random hash key when

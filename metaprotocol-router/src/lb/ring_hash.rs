@@ -126,8 +126,8 @@ mod tests {
             failover_threshold: 70.0,
             healthy_panic_threshold: 50.0,
         };
-        let a = build(&settings, &hosts(&[1, 2, 3]), &hosts(&[1, 2, 3]));
-        let b = build(&settings, &hosts(&[1, 2, 3]), &hosts(&[1, 2, 3]));
+        let a = build(&settings, &hosts(&[1, 2, 3]), &[true; 3]).1;
+        let b = build(&settings, &hosts(&[1, 2, 3]), &[true; 3]).1;
         for key in 0..1000u64 {
             let ctx = PickContext {
                 avoid: &|_| false,

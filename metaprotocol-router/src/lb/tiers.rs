@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use super::{LbSettings, LoadBalancer, PickContext, build_policy};
 use crate::cluster::Host;
-use crate::config::{LbPolicy, LocalitySpec};
+use crate::config::LocalitySpec;
 
 /// Tier shares are in parts of this.
 const SHARES: u64 = 10_000;
@@ -65,61 +65,77 @@ pub(super) fn applies(settings: &LbSettings, members: &[Arc<Host>]) -> bool {
     settings.local.is_some() || members.iter().any(|member| member.priority != 0)
 }
 
+/// One tier's members, and which of them are in rotation, as indexes into the set's members.
+#[derive(Default)]
+struct Members {
+    all: Vec<usize>,
+    in_rotation: Vec<usize>,
+}
+
 impl Tiered {
-    /// Tiers of `hosts` (the endpoints in rotation) by priority and, with `local`, distance,
-    /// with shares from how many of each tier's `members` are in rotation.
+    /// Tiers of `members` by priority and, for a locality-aware cluster, distance, with shares
+    /// from how many of each tier's members are `routable`; and the endpoints its picks index,
+    /// each tier's in rotation, or all of a tier's in panic mode.
+    ///
+    /// Panic mode is Envoy's with priorities: while the tiers in rotation can take all the
+    /// traffic between them, none panics; else a tier with fewer than the panic threshold
+    /// percent of its members in rotation spreads its share over all of them.
     pub fn new(
-        policy: LbPolicy,
-        local: Option<&LocalitySpec>,
-        failover_threshold: f64,
-        hosts: &[Arc<Host>],
+        settings: &LbSettings,
         members: &[Arc<Host>],
-    ) -> Self {
+        routable: &[bool],
+    ) -> (Self, Vec<Arc<Host>>) {
         let key = |host: &Host| -> TierKey {
-            let distance = local.map_or(Distance::Zone, |local| distance(local, &host.locality));
+            let distance = settings
+                .local
+                .as_ref()
+                .map_or(Distance::Zone, |local| distance(local, &host.locality));
             (host.priority, distance)
         };
-        // Each tier's members and those of them in rotation, in failover order.
-        let mut by_key: BTreeMap<TierKey, (u64, Vec<usize>)> = BTreeMap::new();
-        for member in members {
-            by_key.entry(key(member)).or_default().0 += 1;
-        }
-        for (index, host) in hosts.iter().enumerate() {
-            by_key.entry(key(host)).or_default().1.push(index);
+        let mut by_key: BTreeMap<TierKey, Members> = BTreeMap::new();
+        for (index, member) in members.iter().enumerate() {
+            let tier = by_key.entry(key(member)).or_default();
+            tier.all.push(index);
+            if routable.get(index).copied().unwrap_or(false) {
+                tier.in_rotation.push(index);
+            }
         }
         // What each tier can take: its healthy share over the threshold, at most everything.
         let capacity: Vec<u64> = by_key
             .values()
-            .map(|(total, in_rotation)| {
-                if *total == 0 {
-                    return 0;
-                }
-                let healthy = in_rotation.len() as f64 / *total as f64;
-                let share = healthy * 100.0 / failover_threshold;
+            .map(|tier| {
+                let healthy = tier.in_rotation.len() as f64 / tier.all.len().max(1) as f64;
+                let share = healthy * 100.0 / settings.failover_threshold;
                 (share.min(1.0) * SHARES as f64) as u64
             })
             .collect();
+        let all_taken = capacity.iter().sum::<u64>() >= SHARES;
         let shares = shares(&capacity);
+        let mut hosts = Vec::new();
         let mut until = 0;
-        let tiers = by_key
-            .into_values()
-            .map(|(_, members)| members)
-            .zip(shares)
-            .filter(|(members, _)| !members.is_empty())
-            .map(|(members, share)| {
-                until += share;
-                let tier_hosts: Vec<Arc<Host>> = members
-                    .iter()
-                    .filter_map(|&i| hosts.get(i).cloned())
-                    .collect();
-                Tier {
-                    balancer: build_policy(policy, &tier_hosts),
-                    members: members.into_boxed_slice(),
-                    until,
-                }
-            })
-            .collect();
-        Self { tiers }
+        let mut tiers = Vec::new();
+        for (tier, share) in by_key.into_values().zip(shares) {
+            let panic = !all_taken
+                && (tier.in_rotation.len() as f64) * 100.0
+                    < settings.healthy_panic_threshold * tier.all.len() as f64;
+            let picked = if panic { tier.all } else { tier.in_rotation };
+            if picked.is_empty() {
+                continue;
+            }
+            until += share;
+            let tier_hosts: Vec<Arc<Host>> = picked
+                .iter()
+                .filter_map(|&i| members.get(i).cloned())
+                .collect();
+            let first = hosts.len();
+            hosts.extend(tier_hosts.iter().cloned());
+            tiers.push(Tier {
+                balancer: build_policy(settings.policy, &tier_hosts),
+                members: (first..hosts.len()).collect(),
+                until,
+            });
+        }
+        (Self { tiers }, hosts)
     }
 
     /// Tier `tier`'s pick, as an index into the set.
@@ -182,6 +198,7 @@ impl LoadBalancer for Tiered {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::LbPolicy;
     use crate::lb::tests::{host, host_at};
 
     fn at(region: &str, zone: &str) -> LocalitySpec {
@@ -228,11 +245,32 @@ mod tests {
         counts
     }
 
+    /// Round robin over tiers failing over at 70%, for a proxy at `local`, panicking below
+    /// `panic` percent.
+    fn settings(local: Option<LocalitySpec>, panic: f64) -> LbSettings {
+        LbSettings {
+            policy: LbPolicy::RoundRobin,
+            local,
+            failover_threshold: 70.0,
+            healthy_panic_threshold: panic,
+        }
+    }
+
+    /// The tiers of `members` with `in_rotation` of them in rotation, and the hosts they pick.
+    fn tiered(
+        settings: &LbSettings,
+        members: &[Arc<Host>],
+        in_rotation: &[usize],
+    ) -> (Tiered, Vec<Arc<Host>>) {
+        let routable: Vec<bool> = (0..members.len())
+            .map(|i| in_rotation.contains(&i))
+            .collect();
+        Tiered::new(settings, members, &routable)
+    }
+
     /// Counts picks per tier (zone, region, elsewhere) with `in_rotation` of `world()`.
     fn tier_counts(in_rotation: &[usize], avoid: &dyn Fn(usize) -> bool) -> [usize; 3] {
-        let members = world();
-        let hosts: Vec<Arc<Host>> = in_rotation.iter().map(|&i| members[i].clone()).collect();
-        let lb = Tiered::new(LbPolicy::RoundRobin, Some(&local()), 70.0, &hosts, &members);
+        let (lb, hosts) = tiered(&settings(Some(local()), 0.0), &world(), in_rotation);
         counts(&lb, &hosts, avoid, |host| {
             distance(&local(), &host.locality) as usize
         })
@@ -264,20 +302,58 @@ mod tests {
             .collect()
     }
 
+    /// Picks per priority of `priorities()` with `in_rotation` of them, panicking below `panic`.
+    fn by_priority(in_rotation: &[usize], panic: f64) -> [usize; 3] {
+        let (lb, hosts) = tiered(&settings(None, panic), &priorities(), in_rotation);
+        counts(&lb, &hosts, &|_| false, |host| host.priority as usize)
+    }
+
     #[test]
     fn traffic_stays_at_the_first_priority_while_it_is_healthy_enough() {
-        let members = priorities();
-        let by_priority = |in_rotation: &[usize]| {
-            let hosts: Vec<Arc<Host>> = in_rotation.iter().map(|&i| members[i].clone()).collect();
-            let lb = Tiered::new(LbPolicy::RoundRobin, None, 70.0, &hosts, &members);
-            counts(&lb, &hosts, &|_| false, |host| host.priority as usize)
-        };
-        assert_eq!(by_priority(&[0, 1, 2, 3, 4, 5]), [10_000, 0, 0]);
-        let [first, second, third] = by_priority(&[1, 2, 3, 4, 5]);
+        assert_eq!(by_priority(&[0, 1, 2, 3, 4, 5], 0.0), [10_000, 0, 0]);
+        let [first, second, third] = by_priority(&[1, 2, 3, 4, 5], 0.0);
         assert!((6_800..7_500).contains(&first), "{first}");
         assert_eq!(first + second, 10_000);
         assert_eq!(third, 0);
-        assert_eq!(by_priority(&[4, 5]), [0, 0, 10_000]);
+        assert_eq!(by_priority(&[4, 5], 0.0), [0, 0, 10_000]);
+    }
+
+    /// Panic mode as Envoy has it with priorities: none while the tiers in rotation can take
+    /// all the traffic (priority 0 gone whole fails over, its dead endpoints get nothing, where
+    /// a threshold over the whole set, 4 of 6 in rotation, would not have panicked either, but
+    /// 2 of 6 would); else each tier below the threshold spreads its share over all of its
+    /// endpoints, and with none in rotation anywhere, priority 0 takes everything.
+    #[test]
+    fn tiers_panic_on_their_own_only_when_together_they_cannot_take_the_traffic() {
+        assert_eq!(by_priority(&[2, 3, 4, 5], 50.0), [0, 10_000, 0]);
+        assert_eq!(by_priority(&[4, 5], 50.0), [0, 0, 10_000], "no panic");
+        assert_eq!(
+            by_priority(&[], 50.0),
+            [10_000, 0, 0],
+            "priority 0 in panic"
+        );
+        assert_eq!(
+            by_priority(&[], 0.0),
+            [0, 0, 0],
+            "never panics: no endpoint"
+        );
+        // One of two at priority 2 takes 50/70 of the traffic; the others, none in rotation,
+        // panic and share the rest in proportion to what they can take: nothing.
+        assert_eq!(by_priority(&[5], 50.0), [0, 0, 10_000]);
+        // Priority 0 with one endpoint of four in rotation, priority 1 with none: together they
+        // cannot take the traffic, so priority 0 panics and spreads it over all four.
+        let members: Vec<Arc<Host>> = (0..5u16)
+            .map(|i| host_at(i + 1, 1, at("r1", "z1"), u32::from(i / 4)))
+            .collect();
+        let (lb, hosts) = tiered(&settings(None, 50.0), &members, &[0]);
+        let role = |host: &Host| match host.endpoint.address().port() {
+            1 => 0,
+            5 => 2,
+            _ => 1,
+        };
+        let [live, dead, second] = counts(&lb, &hosts, &|_| false, role);
+        assert!(live > 0 && dead > live, "{live} {dead}");
+        assert_eq!(second, 0);
     }
 
     /// Priorities come first, localities within them: endpoints of priority 0 in the proxy's
@@ -289,17 +365,12 @@ mod tests {
             host_at(2, 1, at("r1", "z1"), 0),
             host_at(3, 1, at("r1", "z1"), 1),
         ];
-        let lb = Tiered::new(
-            LbPolicy::RoundRobin,
-            Some(&local()),
-            70.0,
-            &members,
-            &members,
-        );
+        let (lb, hosts) = tiered(&settings(Some(local()), 50.0), &members, &[0, 1, 2]);
         let port = |host: &Host| usize::from(host.endpoint.address().port() - 1);
-        assert_eq!(counts(&lb, &members, &|_| false, port), [0, 10_000, 0]);
+        assert_eq!(counts(&lb, &hosts, &|_| false, port), [0, 10_000, 0]);
         // The zone's endpoint of priority 0 is avoided: its region's is next, not priority 1.
-        assert_eq!(counts(&lb, &members, &|i| i == 1, port), [10_000, 0, 0]);
+        let zone = |i: usize| hosts[i].endpoint.address().port() == 2;
+        assert_eq!(counts(&lb, &hosts, &zone, port), [10_000, 0, 0]);
     }
 
     #[test]
