@@ -656,18 +656,29 @@ async fn a_client_that_takes_none_of_its_answers_is_disconnected() -> TestResult
     // The proxy stops reading these part-way: the write waits (and then fails) on its own.
     let writing = tokio::spawn(async move { writer.write_all(&calls).await });
     // Past the stall limit (the idle timeout, 1 s here), the connection is closed while the
-    // client still reads nothing, and its unsent answers are given back.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // client still reads nothing, and its unsent answers are given back. Looked at until then
+    // (on a loaded machine, filling the buffers takes a while), for 30 s at most.
     let admin = proxy.admin_addr().ok_or("no admin")?;
-    let (_, metrics) = http(admin, "GET", "/metrics", "").await?;
-    for line in [
+    let closed = [
         "metaprotocol_downstream_cx_overflow_total{listener=\"in\"} 1",
         "metaprotocol_downstream_cx_active{listener=\"in\"} 0",
         "metaprotocol_buffered_bytes 0",
-    ] {
+    ];
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (_, metrics) = http(admin, "GET", "/metrics", "").await?;
+        let missing: Vec<&str> = closed
+            .iter()
+            .copied()
+            .filter(|line| !metrics.lines().any(|l| l == *line))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
         assert!(
-            metrics.lines().any(|l| l == line),
-            "no `{line}` in {metrics}"
+            started.elapsed() < Duration::from_secs(30),
+            "no {missing:?} in {metrics}"
         );
     }
     // The client sees the end, after what the kernel held for it (or a reset).
