@@ -1915,8 +1915,13 @@ clusters:
             })
             .unwrap_or(0)
     };
+    // Sampled for 2 s, and on until answers are held (a loaded machine may take longer to
+    // send them), for 30 s at most.
     let mut peak = 0;
-    for _ in 0..40 {
+    let sampling = Instant::now();
+    while sampling.elapsed() < Duration::from_secs(2)
+        || (peak == 0 && sampling.elapsed() < Duration::from_secs(30))
+    {
         peak = peak.max(buffered(&proxy.metrics().render()));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
