@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 use metaprotocol_core::{
-    ByteStr, CodecError, Message, MessageKind, Metadata, MetadataStr, ResponseStatus, Side, keys,
+    CodecError, Message, MessageKind, Metadata, MetadataStr, ResponseStatus, Side, keys,
 };
 
 use crate::correlation;
@@ -159,27 +159,31 @@ fn add_request_metadata(metadata: &mut Metadata, request: RequestMetaView) {
     ];
     for (key, value) in numbers {
         if let Some(value) = value {
-            metadata.insert(key, decimal(value));
+            insert_decimal(metadata, key, value);
         }
     }
     if let Some(timeout_ms) = request.timeout_ms {
-        metadata.insert(brpc_keys::TIMEOUT_MS, decimal(timeout_ms.into()));
+        insert_decimal(metadata, brpc_keys::TIMEOUT_MS, timeout_ms.into());
     }
 }
 
 fn add_response_metadata(metadata: &mut Metadata, response: ResponseMetaView) {
     if response.error_code != 0 {
-        metadata.insert(brpc_keys::ERROR_CODE, decimal(response.error_code.into()));
+        insert_decimal(metadata, brpc_keys::ERROR_CODE, response.error_code.into());
     }
     if let Some(text) = response.error_text {
         metadata.insert(brpc_keys::ERROR_TEXT, text);
     }
 }
 
-/// `value` in decimal. Zero, brpc's usual `log_id`, costs no allocation.
-fn decimal(value: i64) -> MetadataStr {
+/// Sets `key` to `value` in decimal, rendered into the metadata's room for such text
+/// ([`Metadata::insert_rendered`]): a log id, a timeout or an error code costs no allocation
+/// (trace ids, 19 digits each, outgrow the room once it holds one). Zero, brpc's usual
+/// `log_id`, is a constant.
+fn insert_decimal(metadata: &mut Metadata, key: &'static str, value: i64) {
     if value == 0 {
-        return MetadataStr::Static("0");
+        metadata.insert(key, MetadataStr::Static("0"));
+        return;
     }
     // i64::MIN has 19 digits and a sign.
     let mut digits = [0u8; 20];
@@ -194,9 +198,10 @@ fn decimal(value: i64) -> MetadataStr {
         pos -= 1;
         digits[pos] = b'-';
     }
-    MetadataStr::Shared(
-        ByteStr::from_utf8(Bytes::copy_from_slice(&digits[pos..])).unwrap_or_default(),
-    )
+    // ASCII digits and a sign: always UTF-8.
+    if let Ok(text) = std::str::from_utf8(&digits[pos..]) {
+        metadata.insert_rendered(key, text);
+    }
 }
 
 #[cfg(test)]
@@ -235,7 +240,7 @@ mod tests {
     fn decimal_covers_the_range() {
         for value in [0, 7, 42, -1, 4_294_967_298, i64::MAX, i64::MIN] {
             let mut metadata = Metadata::new();
-            metadata.insert("n", decimal(value));
+            insert_decimal(&mut metadata, "n", value);
             assert_eq!(metadata.get("n"), Some(value.to_string().as_str()));
         }
     }
