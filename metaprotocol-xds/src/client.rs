@@ -439,12 +439,16 @@ async fn apply(
     let applied = match prepared {
         Ok(prepared) => match proxy.apply_dynamic(prepared.update.clone()).await {
             Ok(_) => Ok(subscription.accept_except(prepared, refused)),
-            Err(err) => Err(Rejected {
-                kind: prepared.kind,
-                version: prepared.version,
-                resource: None,
-                message: err.to_string(),
-            }),
+            Err(err) => {
+                let rejected = Rejected {
+                    kind: prepared.kind,
+                    version: prepared.version.clone(),
+                    resource: None,
+                    message: err.to_string(),
+                };
+                subscription.hold_refused_endpoints(prepared);
+                Err(rejected)
+            }
         },
         Err(rejected) => Err(*rejected),
     };

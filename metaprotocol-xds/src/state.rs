@@ -575,16 +575,10 @@ impl Subscription {
                 present,
                 complete,
             } => {
-                // Only those of the clusters held: a control plane sending assignments for other
-                // names cannot grow this map without bound.
-                let wanted: BTreeSet<String> = self.eds_names().into_iter().collect();
-                let assignments = assignments
-                    .into_iter()
-                    .filter(|(name, _)| wanted.contains(name));
                 if complete {
                     self.assignments.retain(|name, _| present.contains(name));
                 }
-                self.assignments.extend(assignments);
+                self.hold(assignments);
                 self.applied_clusters
                     .extend(prepared.update.clusters.iter().map(|c| c.name.clone()));
             }
@@ -614,6 +608,28 @@ impl Subscription {
             }
         }
         requests
+    }
+
+    /// Holds the endpoints of an EDS response the engine refused, without accepting it. Each
+    /// assignment translated on its own, so the refusal came from a cluster they complete (its
+    /// health check's probe, say): the next version of that cluster starts with them, instead of
+    /// waiting for endpoints the server has no reason to send again. Envoy, which refuses such
+    /// a cluster on CDS, keeps its endpoints the same way.
+    pub fn hold_refused_endpoints(&mut self, prepared: Prepared) {
+        if let Accepted::Endpoints { assignments, .. } = prepared.accepted {
+            self.hold(assignments);
+        }
+    }
+
+    /// Holds `assignments`, those of the clusters held only: a control plane sending
+    /// assignments for other names cannot grow the map without bound.
+    fn hold(&mut self, assignments: BTreeMap<String, Vec<EndpointSpec>>) {
+        let wanted: BTreeSet<String> = self.eds_names().into_iter().collect();
+        self.assignments.extend(
+            assignments
+                .into_iter()
+                .filter(|(name, _)| wanted.contains(name)),
+        );
     }
 
     /// Forgets the bytes of resources no longer held.

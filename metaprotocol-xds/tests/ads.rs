@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy;
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, OutlierDetection};
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
@@ -659,6 +659,45 @@ async fn one_clusters_endpoints_changing_updates_it_alone(api_type: &str) -> Tes
     let reply = DubboClient::new(address).call("sayHello", "x", &[]).await?;
     assert_eq!(reply.attachment("provider"), Some("b"));
     assert_eq!(endpoints_of(&steady), before, "{api_type}");
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// A cluster the engine refuses only once its endpoints arrive (a check translation cannot make)
+/// has its EDS response NACKed; its next version starts with those endpoints rather than
+/// waiting for the server to send them again, which it has no reason to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_refused_with_its_endpoints_serves_once_fixed() -> TestResult {
+    let provider = DemoProvider::start("v1").await?;
+    let server = ManagementServer::new();
+    let serving = server.serve("127.0.0.1:0".parse()?).await?;
+    let name = cluster_name("fixed");
+    let mut cluster = eds_cluster(&name);
+    cluster.outlier_detection = Some(OutlierDetection {
+        max_ejection_percent: Some(envoy_types::pb::google::protobuf::UInt32Value { value: 150 }),
+        ..OutlierDetection::default()
+    });
+    cds(&server, "c1", &[cluster.clone()]);
+    eds(&server, "e1", &[assignment(&name, &[provider.address()])]);
+    rds(
+        &server,
+        "r1",
+        &meta_route_config(vec![meta_route("all", &[], to_cluster(&name))]),
+    );
+    let proxy = start_proxy(proxy_config(serving.address(), "grpc")?).await?;
+    let nack = server.wait_for(WITHIN, |r| r.error.is_some()).await?;
+    let detail = nack.error.unwrap_or_default();
+    assert!(detail.contains("max_ejection_percent"), "{detail}");
+
+    cluster.outlier_detection = None;
+    cds(&server, "c2", &[cluster]);
+    eventually("the fixed cluster serves", || {
+        proxy.listener_addr("dubbo-in").is_some()
+    })
+    .await?;
+    let address = proxy.listener_addr("dubbo-in").ok_or("not bound")?;
+    let reply = DubboClient::new(address).call("sayHello", "x", &[]).await?;
+    assert_eq!(reply.attachment("provider"), Some("v1"));
     proxy.shutdown().await;
     Ok(())
 }
