@@ -18,9 +18,13 @@ use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy;
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, OutlierDetection};
+use envoy_types::pb::envoy::config::core::v3::HealthCheck;
+use envoy_types::pb::envoy::config::core::v3::health_check::custom_health_check::ConfigType;
+use envoy_types::pb::envoy::config::core::v3::health_check::{CustomHealthCheck, HealthChecker};
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+use envoy_types::pb::envoy::extensions::health_checkers::thrift::v3::Thrift as ThriftHealthCheck;
 use envoy_types::pb::envoy::r#type::v3::Int64Range;
 use metaprotocol_examples::dubbo_demo::{DemoProvider, DubboClient};
 use metaprotocol_router::config::KeepaliveSpec;
@@ -30,7 +34,7 @@ use support::fixtures::{
     assignment, cluster_name, eds_cluster, meta_route, meta_route_config, route_config_name, split,
     to_cluster,
 };
-use support::management_server::{ManagementServer, Received};
+use support::management_server::{ManagementServer, Received, resource};
 use support::{
     NODE, TestResult, WITHIN, cds, config_dump, eds, eventually, proxy_config, rds, start_proxy,
 };
@@ -659,6 +663,84 @@ async fn one_clusters_endpoints_changing_updates_it_alone(api_type: &str) -> Tes
     let reply = DubboClient::new(address).call("sayHello", "x", &[]).await?;
     assert_eq!(reply.attachment("provider"), Some("b"));
     assert_eq!(endpoints_of(&steady), before, "{api_type}");
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// A cluster's health check from the control plane runs: an endpoint that takes no connections
+/// is found failing and leaves rotation, so every call goes to the one that serves. A probe the
+/// cluster's protocol cannot send is refused by NACK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_check_from_the_control_plane_takes_a_dead_endpoint_out() -> TestResult {
+    let provider = DemoProvider::start("alive").await?;
+    let dead = {
+        // A port that was just free: nothing listens on it once the listener is dropped.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.local_addr()?
+    };
+    let server = ManagementServer::new();
+    let serving = server.serve("127.0.0.1:0".parse()?).await?;
+    let name = cluster_name("checked");
+    let mut cluster = eds_cluster(&name);
+    let millis = |ms: i32| envoy_types::pb::google::protobuf::Duration {
+        seconds: 0,
+        nanos: ms * 1_000_000,
+    };
+    let once = Some(envoy_types::pb::google::protobuf::UInt32Value { value: 1 });
+    let check = |checker| HealthCheck {
+        interval: Some(millis(100)),
+        timeout: Some(millis(500)),
+        unhealthy_threshold: once,
+        healthy_threshold: once,
+        health_checker: Some(checker),
+        ..HealthCheck::default()
+    };
+    // First a Thrift call as the probe, which a Dubbo cluster cannot send: NACKed.
+    let (_, thrift) = resource(
+        "",
+        &ThriftHealthCheck {
+            method_name: "ping".to_owned(),
+            ..ThriftHealthCheck::default()
+        },
+    );
+    cluster.health_checks = vec![check(HealthChecker::CustomHealthCheck(CustomHealthCheck {
+        name: "envoy.health_checkers.thrift".to_owned(),
+        config_type: Some(ConfigType::TypedConfig(thrift)),
+    }))];
+    cds(&server, "c0", &[cluster.clone()]);
+    eds(
+        &server,
+        "e1",
+        &[assignment(&name, &[provider.address(), dead])],
+    );
+    rds(
+        &server,
+        "r1",
+        &meta_route_config(vec![meta_route("all", &[], to_cluster(&name))]),
+    );
+    let proxy = start_proxy(proxy_config(serving.address(), "grpc")?).await?;
+    let nack = server.wait_for(WITHIN, |r| r.error.is_some()).await?;
+    let detail = nack.error.unwrap_or_default();
+    assert!(detail.contains("health_check.probe"), "{detail}");
+
+    cluster.health_checks = vec![check(HealthChecker::TcpHealthCheck(Default::default()))];
+    cds(&server, "c1", &[cluster]);
+    let failing = |address| {
+        proxy.clusters().iter().any(|c| {
+            c.name == name
+                && c.endpoints
+                    .iter()
+                    .any(|e| e.address == address && e.failing_active_checks)
+        })
+    };
+    eventually("the dead endpoint fails its checks", || failing(dead)).await?;
+    assert!(!failing(provider.address()), "the live endpoint passes");
+    let address = proxy.listener_addr("dubbo-in").ok_or("not bound")?;
+    let client = DubboClient::new(address);
+    for _ in 0..20 {
+        let reply = client.call("sayHello", "x", &[]).await?;
+        assert_eq!(reply.attachment("provider"), Some("alive"));
+    }
     proxy.shutdown().await;
     Ok(())
 }

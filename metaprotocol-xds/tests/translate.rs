@@ -14,19 +14,30 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, LbPolicy,
 };
 use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, OutlierDetection};
-use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Metadata, RoutingPriority};
+use envoy_types::pb::envoy::config::core::v3::health_check::custom_health_check::ConfigType as CustomConfigType;
+use envoy_types::pb::envoy::config::core::v3::health_check::{
+    CustomHealthCheck, HealthChecker, TcpHealthCheck,
+};
+use envoy_types::pb::envoy::config::core::v3::{
+    HealthCheck, HealthStatus, Metadata, RoutingPriority,
+};
 use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
 use envoy_types::pb::envoy::config::route::v3::retry_policy::retry_host_predicate::ConfigType;
 use envoy_types::pb::envoy::config::route::v3::retry_policy::{RetryBackOff, RetryHostPredicate};
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
 use envoy_types::pb::envoy::config::route::v3::{RetryPolicy, VirtualHost};
+use envoy_types::pb::envoy::extensions::filters::network::thrift_proxy::v3::{
+    ProtocolType, TransportType,
+};
+use envoy_types::pb::envoy::extensions::health_checkers::thrift::v3::Thrift as ThriftHealthCheck;
 use envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher;
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::protobuf::{Any, Duration, Struct, UInt32Value, Value};
-use metaprotocol_router::config::{LbPolicy as Policy, RouteConfigSpec};
+use metaprotocol_router::config::{LbPolicy as Policy, ProbeSpec, RouteConfigSpec};
 use metaprotocol_xds::translate::{self, InvalidResource};
+use prost::{Message, Name};
 use support::TestResult;
 use support::fixtures::{
     HOST, assignment, cluster_name, eds_cluster, hashed_on, meta_route, meta_route_config,
@@ -610,13 +621,214 @@ fn retry_budgets_bound_retries_as_in_envoy() -> TestResult {
     Ok(())
 }
 
-/// The engine's own checks pass a translated cluster (with a route to it).
+/// The engine's own checks pass a translated cluster (with a route to it from a Dubbo
+/// listener).
 fn engine_takes(cluster: &metaprotocol_router::config::ClusterSpec) -> TestResult {
+    engine_takes_behind("dubbo", cluster)
+}
+
+/// The engine's own checks pass a translated cluster, with a route to it from a listener of
+/// `protocol`.
+fn engine_takes_behind(
+    protocol: &str,
+    cluster: &metaprotocol_router::config::ClusterSpec,
+) -> TestResult {
     let config = serde_json::json!({
-        "listeners": [{ "name": "in", "address": "127.0.0.1:0", "protocol": "dubbo", "route_config": "r" }],
+        "listeners": [{ "name": "in", "address": "127.0.0.1:0", "protocol": protocol, "route_config": "r" }],
         "route_configs": [{ "name": "r", "routes": [{ "route": { "cluster": cluster.name } }] }],
         "clusters": [cluster],
     });
     metaprotocol_router::config::Config::from_yaml(&config.to_string())?;
     Ok(())
+}
+
+/// A health check as Envoy's `HealthCheck` says it: every 5 s, 1 s to answer, out after 3
+/// failures and back after 2 passes, with `checker`.
+fn envoy_health_check(checker: HealthChecker) -> HealthCheck {
+    let seconds = |seconds| Duration { seconds, nanos: 0 };
+    HealthCheck {
+        interval: Some(seconds(5)),
+        timeout: Some(seconds(1)),
+        unhealthy_threshold: Some(UInt32Value { value: 3 }),
+        healthy_threshold: Some(UInt32Value { value: 2 }),
+        health_checker: Some(checker),
+        ..HealthCheck::default()
+    }
+}
+
+/// Envoy's Thrift health checker calling `method` in `transport` and `protocol`.
+fn thrift_checker(method: &str, transport: TransportType, protocol: ProtocolType) -> HealthChecker {
+    let thrift = ThriftHealthCheck {
+        method_name: method.to_owned(),
+        transport: transport as i32,
+        protocol: protocol as i32,
+    };
+    HealthChecker::CustomHealthCheck(CustomHealthCheck {
+        name: "envoy.health_checkers.thrift".to_owned(),
+        config_type: Some(CustomConfigType::TypedConfig(Any {
+            type_url: ThriftHealthCheck::type_url(),
+            value: thrift.encode_to_vec(),
+        })),
+    })
+}
+
+/// A connect-only TCP checker.
+fn tcp_checker() -> HealthChecker {
+    HealthChecker::TcpHealthCheck(TcpHealthCheck::default())
+}
+
+#[test]
+fn health_checks_map_as_envoy_means_them() -> TestResult {
+    let mut cluster = eds_cluster(&cluster_name("v1"));
+    let mut check = envoy_health_check(tcp_checker());
+    // Envoy adds up to 500 ms and up to 10% of the 5 s: at most 20% of the interval in all.
+    check.interval_jitter = Some(Duration {
+        seconds: 0,
+        nanos: 500_000_000,
+    });
+    check.interval_jitter_percent = 10;
+    // Timing and logging tuning, accepted and ignored.
+    check.no_traffic_interval = Some(Duration {
+        seconds: 60,
+        nanos: 0,
+    });
+    check.always_log_health_check_failures = true;
+    cluster.health_checks = vec![check];
+    let spec = translate::cluster(&cluster)?.spec;
+    let health = spec.health_check.clone().ok_or("no health check")?;
+    assert_eq!(health.interval, std::time::Duration::from_secs(5));
+    assert_eq!(health.timeout, std::time::Duration::from_secs(1));
+    assert_eq!(
+        (health.unhealthy_threshold, health.healthy_threshold),
+        (3, 2)
+    );
+    assert!((health.interval_jitter_percent - 20.0).abs() < 1e-9);
+    assert_eq!(health.probe, ProbeSpec::Tcp);
+    engine_takes(&spec)?;
+
+    // Envoy's threshold of 0 is reached by the first result, as the engine's 1 is.
+    let mut check = envoy_health_check(tcp_checker());
+    check.healthy_threshold = Some(UInt32Value { value: 0 });
+    cluster.health_checks = vec![check];
+    let spec = translate::cluster(&cluster)?.spec;
+    assert_eq!(spec.health_check.map(|h| h.healthy_threshold), Some(1));
+
+    for transport in [TransportType::AutoTransport, TransportType::Framed] {
+        cluster.health_checks = vec![envoy_health_check(thrift_checker(
+            "ping",
+            transport,
+            ProtocolType::Binary,
+        ))];
+        let spec = translate::cluster(&cluster)?.spec;
+        assert_eq!(
+            spec.health_check.as_ref().map(|h| &h.probe),
+            Some(&ProbeSpec::Method("ping".to_owned()))
+        );
+        engine_takes_behind("thrift", &spec)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn health_checks_that_cannot_be_mapped_are_refused_naming_the_field() {
+    let refused = |checks: Vec<HealthCheck>| {
+        let mut cluster = eds_cluster(&cluster_name("v1"));
+        cluster.health_checks = checks;
+        translate::cluster(&cluster)
+            .err()
+            .map(|e: InvalidResource| e.field)
+    };
+    let tcp = || envoy_health_check(tcp_checker());
+    let changed = |change: &dyn Fn(&mut HealthCheck)| {
+        let mut check = tcp();
+        change(&mut check);
+        refused(vec![check])
+    };
+    let cases: Vec<(Option<String>, &str)> = vec![
+        (refused(vec![tcp(), tcp()]), "health_checks[1]"),
+        (changed(&|c| c.interval = None), "health_checks[0].interval"),
+        (
+            changed(&|c| c.timeout = Some(Duration::default())),
+            "health_checks[0].timeout",
+        ),
+        (
+            changed(&|c| c.unhealthy_threshold = None),
+            "health_checks[0].unhealthy_threshold",
+        ),
+        (
+            changed(&|c| c.alt_port = Some(UInt32Value { value: 8080 })),
+            "health_checks[0].alt_port",
+        ),
+        (
+            changed(&|c| c.health_checker = None),
+            "health_checks[0].health_checker",
+        ),
+        (
+            changed(&|c| {
+                c.health_checker = Some(HealthChecker::HttpHealthCheck(Default::default()));
+            }),
+            "health_checks[0].http_health_check",
+        ),
+        (
+            changed(&|c| {
+                c.health_checker = Some(HealthChecker::TcpHealthCheck(TcpHealthCheck {
+                    send: Some(Default::default()),
+                    ..TcpHealthCheck::default()
+                }));
+            }),
+            "health_checks[0].tcp_health_check.send",
+        ),
+        (
+            // 4 s and 30% of 5 s: more than the interval.
+            changed(&|c| {
+                c.interval_jitter = Some(Duration {
+                    seconds: 4,
+                    nanos: 0,
+                });
+                c.interval_jitter_percent = 30;
+            }),
+            "health_checks[0].interval_jitter",
+        ),
+        (
+            refused(vec![envoy_health_check(thrift_checker(
+                "ping",
+                TransportType::Framed,
+                ProtocolType::Compact,
+            ))]),
+            "health_checks[0].custom_health_check.typed_config.protocol",
+        ),
+        (
+            refused(vec![envoy_health_check(thrift_checker(
+                "ping",
+                TransportType::Header,
+                ProtocolType::Binary,
+            ))]),
+            "health_checks[0].custom_health_check.typed_config.transport",
+        ),
+        (
+            refused(vec![envoy_health_check(thrift_checker(
+                "",
+                TransportType::Framed,
+                ProtocolType::Binary,
+            ))]),
+            "health_checks[0].custom_health_check.typed_config.method_name",
+        ),
+        (
+            changed(&|c| {
+                c.health_checker = Some(HealthChecker::CustomHealthCheck(CustomHealthCheck {
+                    name: "envoy.health_checkers.redis".to_owned(),
+                    config_type: Some(CustomConfigType::TypedConfig(Any {
+                        type_url:
+                            "type.googleapis.com/envoy.extensions.health_checkers.redis.v3.Redis"
+                                .to_owned(),
+                        value: Vec::new(),
+                    })),
+                }));
+            }),
+            "health_checks[0].custom_health_check.typed_config",
+        ),
+    ];
+    for (field, expected) in cases {
+        assert_eq!(field.as_deref(), Some(expected));
+    }
 }

@@ -9,10 +9,10 @@
 //! by `max_retries` alone);
 //! `outlier_detection` (`consecutive_5xx`, `interval`, `base_ejection_time`,
 //! `max_ejection_time`, `max_ejection_percent`); `common_lb_config`'s locality setting
-//! (zone-aware or locality-weighted) as `locality_aware`, and its `healthy_panic_threshold`.
+//! (zone-aware or locality-weighted) as `locality_aware`, and its `healthy_panic_threshold`;
+//! one of `health_checks` (TCP connect, or Envoy's Thrift checker: see `health.rs`).
 //!
-//! Refused (NACKed, naming the field): TLS (`transport_socket*`), `health_checks`,
-//! `load_balancing_policy`, network `filters`, `upstream_config`, custom DNS resolvers and
+//! Refused (NACKed, naming the field): TLS (`transport_socket*`), `load_balancing_policy`, network `filters`, `upstream_config`, custom DNS resolvers and
 //! cluster types, `ORIGINAL_DST`, non-`DEFAULT` circuit-breaker priorities, per-host
 //! thresholds, and the outlier detectors the engine does not have. Accepted and ignored, as
 //! they do not change where calls go: `metadata`, `alt_stat_name`, stats and buffer tuning,
@@ -32,7 +32,7 @@ use metaprotocol_router::config::{
     CircuitBreakersSpec, ClusterSpec, EndpointSpec, LbPolicy, OutlierDetectionSpec, RetryBudgetSpec,
 };
 
-use super::{InvalidResource, duration, endpoints, refuse_set};
+use super::{InvalidResource, duration, endpoints, health, refuse_set};
 
 /// A translated cluster: its spec, and where its endpoints come from.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,7 +66,6 @@ pub fn cluster(cluster: &Cluster) -> Result<ClusterResource, InvalidResource> {
             transport_socket,
             transport_socket_matches,
             transport_socket_matcher,
-            health_checks,
             load_balancing_policy,
             upstream_bind_config,
             lrs_server,
@@ -112,6 +111,8 @@ pub fn cluster(cluster: &Cluster) -> Result<ClusterResource, InvalidResource> {
     if let Some(outlier) = &cluster.outlier_detection {
         spec.outlier_detection = Some(outlier_detection(outlier)?);
     }
+    spec.health_check =
+        health::health_checks(&cluster.health_checks).map_err(|e| e.within("health_checks"))?;
     let kind = match &cluster.cluster_discovery_type {
         None => DiscoveryType::Static,
         Some(ClusterDiscoveryType::Type(kind)) => DiscoveryType::try_from(*kind)

@@ -10,6 +10,7 @@
 
 mod cluster;
 mod endpoints;
+mod health;
 mod retry;
 mod routes;
 

@@ -1,0 +1,176 @@
+//! A cluster's Envoy `health_checks` as the engine's [`HealthCheckSpec`].
+//!
+//! The engine runs one health check per cluster, so a cluster may carry one. Mapped:
+//! `timeout`, `interval` (both required, as in Envoy), `unhealthy_threshold` and
+//! `healthy_threshold` (required; 0 counts as 1, as it does in Envoy, where the first result
+//! already reaches it), `interval_jitter_percent` and `interval_jitter`, which the engine
+//! adds up into one share of the interval (Envoy adds a random part of each; the longest wait
+//! is the same), and the checker:
+//!
+//! | checker | the engine's `probe` |
+//! |---|---|
+//! | `tcp_health_check` without `send` or `receive` (connect only) | `tcp` |
+//! | `custom_health_check` `envoy.health_checkers.thrift` | `{ method: method_name }`, a Thrift call |
+//!
+//! A Thrift probe goes in framed binary, the encoding the engine's Thrift probe uses for a
+//! cluster whose codec leaves it to each request (as every cluster from xDS does), so a
+//! checker in another transport or protocol is refused. Whether the cluster's protocol can
+//! probe so is checked by the engine, with the routes that use the cluster.
+//!
+//! Accepted and ignored, as they only tune when checks run or what is logged:
+//! `initial_jitter` (the engine spreads a round's first checks over the interval itself),
+//! `no_traffic_interval`, `no_traffic_healthy_interval`, `unhealthy_interval`,
+//! `unhealthy_edge_interval` and `healthy_edge_interval` (the engine checks every endpoint at
+//! `interval`, with or without traffic), `reuse_connection`, and the event logs
+//! (`event_log_path`, `event_logger`, `event_service`, `always_log_health_check_*`; the engine
+//! logs each change). Refused, naming the field: HTTP, gRPC and other custom checkers, TCP
+//! payloads, `alt_port`, `tls_options` and `transport_socket_match_criteria`.
+
+use envoy_types::pb::envoy::config::core::v3::HealthCheck;
+use envoy_types::pb::envoy::config::core::v3::health_check::custom_health_check::ConfigType;
+use envoy_types::pb::envoy::config::core::v3::health_check::{
+    CustomHealthCheck, HealthChecker, TcpHealthCheck,
+};
+use envoy_types::pb::envoy::extensions::filters::network::thrift_proxy::v3::{
+    ProtocolType, TransportType,
+};
+use envoy_types::pb::envoy::extensions::health_checkers::thrift::v3::Thrift;
+use envoy_types::pb::google::protobuf::{Duration as ProtoDuration, UInt32Value};
+use metaprotocol_router::config::{HealthCheckSpec, ProbeSpec};
+use prost::{Message, Name};
+
+use super::{InvalidResource, duration, refuse_set};
+
+/// Translates a cluster's `health_checks` (see the module docs): none, or the one the engine
+/// runs.
+pub(super) fn health_checks(
+    checks: &[HealthCheck],
+) -> Result<Option<HealthCheckSpec>, InvalidResource> {
+    match checks {
+        [] => Ok(None),
+        [check] => health_check(check).map(Some).map_err(|e| e.within("[0]")),
+        [_, ..] => Err(InvalidResource::new(
+            "[1]",
+            "metaprotocol-rs runs one health check per cluster",
+        )),
+    }
+}
+
+fn health_check(check: &HealthCheck) -> Result<HealthCheckSpec, InvalidResource> {
+    refuse_set!(
+        "",
+        check,
+        [alt_port, tls_options, transport_socket_match_criteria]
+    );
+    let interval = required_duration(&check.interval, "interval")?;
+    let timeout = required_duration(&check.timeout, "timeout")?;
+    let jitter = match &check.interval_jitter {
+        Some(jitter) => duration(jitter, "interval_jitter")?,
+        None => std::time::Duration::ZERO,
+    };
+    let interval_jitter_percent = f64::from(check.interval_jitter_percent)
+        + 100.0 * jitter.as_secs_f64() / interval.as_secs_f64();
+    if interval_jitter_percent > 100.0 {
+        return Err(InvalidResource::new(
+            "interval_jitter",
+            "with interval_jitter_percent, it is more than the interval, the most jitter metaprotocol-rs adds",
+        ));
+    }
+    Ok(HealthCheckSpec {
+        interval,
+        interval_jitter_percent,
+        timeout,
+        unhealthy_threshold: threshold(&check.unhealthy_threshold, "unhealthy_threshold")?,
+        healthy_threshold: threshold(&check.healthy_threshold, "healthy_threshold")?,
+        probe: probe(check.health_checker.as_ref())?,
+    })
+}
+
+/// A duration Envoy requires, and requires to be more than 0.
+fn required_duration(
+    value: &Option<ProtoDuration>,
+    field: &str,
+) -> Result<std::time::Duration, InvalidResource> {
+    let value = value
+        .as_ref()
+        .ok_or_else(|| InvalidResource::new(field, "is required"))?;
+    Some(duration(value, field)?)
+        .filter(|value| !value.is_zero())
+        .ok_or_else(|| InvalidResource::new(field, "must be greater than 0"))
+}
+
+/// A threshold Envoy requires; Envoy's 0 acts as 1, which the engine spells out.
+fn threshold(value: &Option<UInt32Value>, field: &str) -> Result<u32, InvalidResource> {
+    value
+        .as_ref()
+        .map(|value| value.value.max(1))
+        .ok_or_else(|| InvalidResource::new(field, "is required"))
+}
+
+fn probe(checker: Option<&HealthChecker>) -> Result<ProbeSpec, InvalidResource> {
+    match checker {
+        None => Err(InvalidResource::new("health_checker", "is required")),
+        Some(HealthChecker::TcpHealthCheck(tcp)) => tcp_probe(tcp),
+        Some(HealthChecker::CustomHealthCheck(custom)) => custom_probe(custom),
+        Some(HealthChecker::HttpHealthCheck(_)) => {
+            Err(InvalidResource::unsupported("http_health_check"))
+        }
+        Some(HealthChecker::GrpcHealthCheck(_)) => {
+            Err(InvalidResource::unsupported("grpc_health_check"))
+        }
+    }
+}
+
+/// A connect-only TCP check; payloads are refused, as the engine's probes speak the cluster's
+/// protocol rather than raw bytes.
+fn tcp_probe(tcp: &TcpHealthCheck) -> Result<ProbeSpec, InvalidResource> {
+    refuse_set!(
+        "tcp_health_check",
+        tcp,
+        [send, receive, proxy_protocol_config]
+    );
+    Ok(ProbeSpec::Tcp)
+}
+
+/// Envoy's Thrift checker as a method probe; other custom checkers are refused.
+fn custom_probe(custom: &CustomHealthCheck) -> Result<ProbeSpec, InvalidResource> {
+    let at = "custom_health_check";
+    let Some(ConfigType::TypedConfig(config)) = &custom.config_type else {
+        return Err(InvalidResource::new(
+            format!("{at}.typed_config"),
+            "is required",
+        ));
+    };
+    if config.type_url != Thrift::type_url() {
+        return Err(InvalidResource::new(
+            format!("{at}.typed_config"),
+            format!(
+                "`{}` is not supported by metaprotocol-rs (only Envoy's Thrift health checker is)",
+                config.type_url
+            ),
+        ));
+    }
+    let thrift = Thrift::decode(config.value.as_slice())
+        .map_err(|err| InvalidResource::new(format!("{at}.typed_config"), err.to_string()))?;
+    if thrift.method_name.is_empty() {
+        return Err(InvalidResource::new(
+            format!("{at}.typed_config.method_name"),
+            "must not be empty",
+        ));
+    }
+    let framed = [TransportType::AutoTransport, TransportType::Framed]
+        .map(|t| t as i32)
+        .contains(&thrift.transport);
+    let binary = [ProtocolType::AutoProtocol, ProtocolType::Binary]
+        .map(|p| p as i32)
+        .contains(&thrift.protocol);
+    for (field, supported) in [("transport", framed), ("protocol", binary)] {
+        if !supported {
+            return Err(InvalidResource::new(
+                format!("{at}.typed_config.{field}"),
+                "metaprotocol-rs probes a cluster from xDS in framed binary Thrift only",
+            ));
+        }
+    }
+    Ok(ProbeSpec::Method(thrift.method_name))
+}
