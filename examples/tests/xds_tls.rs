@@ -15,13 +15,24 @@ mod xds;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use envoy_types::pb::envoy::config::core::v3::TransportSocket;
+use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as SocketConfig;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::{
+    CertificateProviderInstance, CombinedCertificateValidationContext, ValidationContextType,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, UpstreamTlsContext,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use metaprotocol_examples::dubbo_demo::{DemoProvider, DubboClient};
-use metaprotocol_router::config::ClusterTlsSpec;
+use metaprotocol_router::config::{CertificateProviderSpec, ClusterTlsSpec};
 use metaprotocol_router::{Config, StartError};
+use prost::{Message, Name};
 use support::TestResult;
-use support::mesh::{MeshCa, Workload};
+use support::mesh::{MeshCa, Workload, spiffe_id, yaml};
 use support::process::Scratch;
-use support::proxy::metric;
+use support::proxy::{metric, start_engine};
 use xds::fixtures::{
     assignment, cluster_name, eds_cluster, meta_route, meta_route_config, to_cluster,
 };
@@ -237,5 +248,142 @@ async fn tls_files_that_cannot_be_used_are_errors_naming_the_field() -> TestResu
             }
         }
     }
+    Ok(())
+}
+
+/// A cluster's `UpstreamTlsContext` as Istio sends it to proxyless clients: the client
+/// certificate and the CA from the certificate provider instance `default` (in the deprecated
+/// spellings Istio uses), the endpoint's SPIFFE id to verify.
+fn istio_tls_socket(spiffe_id: &str) -> TransportSocket {
+    let instance = |certificate_name: &str| CertificateProviderInstance {
+        instance_name: "default".to_owned(),
+        certificate_name: certificate_name.to_owned(),
+    };
+    #[allow(deprecated, reason = "as Istio sends it")]
+    let context = UpstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificate_certificate_provider_instance: Some(instance("default")),
+            validation_context_type: Some(ValidationContextType::CombinedValidationContext(
+                CombinedCertificateValidationContext {
+                    validation_context_certificate_provider_instance: Some(instance("ROOTCA")),
+                    default_validation_context: Some(CertificateValidationContext {
+                        match_subject_alt_names: vec![StringMatcher {
+                            match_pattern: Some(MatchPattern::Exact(spiffe_id.to_owned())),
+                            ignore_case: false,
+                        }],
+                        ..CertificateValidationContext::default()
+                    }),
+                    ..CombinedCertificateValidationContext::default()
+                },
+            )),
+            ..CommonTlsContext::default()
+        }),
+        ..UpstreamTlsContext::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".to_owned(),
+        config_type: Some(SocketConfig::TypedConfig(prost_types_any(&context))),
+    }
+}
+
+/// `message` packed as an `Any`.
+fn prost_types_any<M: Message + Name>(message: &M) -> envoy_types::pb::google::protobuf::Any {
+    envoy_types::pb::google::protobuf::Any {
+        type_url: M::type_url(),
+        value: message.encode_to_vec(),
+    }
+}
+
+/// A cluster from the server speaks mutual TLS to its endpoint with the certificates of a
+/// certificate provider instance of `dynamic.xds.certificate_providers`, and verifies the
+/// endpoint's SPIFFE id: calls reach a provider behind a mutual-TLS sidecar; once the cluster
+/// expects another identity, the handshakes fail and no call does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clusters_from_the_server_speak_tls_with_certificates_of_provider_instances() -> TestResult
+{
+    let mesh = Mesh::new("xds-cluster-tls")?;
+    let scratch = Scratch::new("xds-cluster-tls-provider")?;
+    let workload = mesh
+        .ca
+        .workload(&scratch, "provider", "default", "provider", &[])?;
+    let provider = DemoProvider::start("v1").await?;
+    let sidecar = start_engine(&format!(
+        "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r, tls: {tls} }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: p }} }} ] }} ]
+clusters: [ {{ name: p, endpoints: [ {{ address: {provider} }} ] }} ]
+",
+        tls = yaml(&mesh.ca.listener_tls(&workload))?,
+        provider = provider.address(),
+    ))
+    .await?;
+    let sidecar_address = sidecar
+        .listener_addr("in")
+        .ok_or("the sidecar is not bound")?;
+
+    let server = ManagementServer::new();
+    let serving = server.serve("127.0.0.1:0".parse()?).await?;
+    let name = cluster_name("v1");
+    let mut cluster = eds_cluster(&name);
+    cluster.transport_socket = Some(istio_tls_socket(&workload.spiffe_id));
+    cds(&server, "c1", &[cluster.clone()]);
+    eds(&server, "e1", &[assignment(&name, &[sidecar_address])]);
+    rds(
+        &server,
+        "r1",
+        &meta_route_config(vec![meta_route("all", &[], to_cluster(&name))]),
+    );
+    let mut config = proxy_config(serving.address(), "grpc")?;
+    let xds = config
+        .dynamic
+        .as_mut()
+        .and_then(|dynamic| dynamic.xds.as_mut())
+        .ok_or("no dynamic.xds section")?;
+    xds.certificate_providers.insert(
+        "default".to_owned(),
+        CertificateProviderSpec {
+            cert_file: Some(mesh.proxy.cert_file.clone()),
+            key_file: Some(mesh.proxy.key_file.clone()),
+            ca_file: Some(mesh.ca.ca_file.clone()),
+        },
+    );
+    let proxy = start_proxy(config).await?;
+    eventually("the listener serves", || {
+        proxy.listener_addr("dubbo-in").is_some()
+    })
+    .await?;
+    let address = proxy.listener_addr("dubbo-in").ok_or("not bound")?;
+    let client = DubboClient::new(address);
+    let reply = client.call("sayHello", "over mesh tls", &[]).await?;
+    assert_eq!(reply.attachment("provider"), Some("v1"));
+
+    let handshake_errors =
+        format!("metaprotocol_upstream_tls_handshake_errors_total{{cluster=\"{name}\"}}");
+    assert_eq!(metric(&proxy, &handshake_errors), 0.0);
+    cluster.transport_socket = Some(istio_tls_socket(&spiffe_id("default", "impostor")));
+    cds(&server, "c2", &[cluster]);
+    eventually("the cluster expects another identity", || {
+        proxy
+            .clusters()
+            .iter()
+            .any(|c| c.name == name && c.version > 1)
+    })
+    .await?;
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        // Answered by the proxy (an error reply), not by the provider.
+        let failed = DubboClient::new(address)
+            .call("sayHello", "to an impostor?", &[])
+            .await
+            .map_or(true, |reply| reply.attachment("provider").is_none());
+        if failed && metric(&proxy, &handshake_errors) >= 1.0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("calls still reach a provider of another identity".into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    proxy.shutdown().await;
+    sidecar.shutdown().await;
     Ok(())
 }

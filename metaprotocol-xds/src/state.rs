@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use crate::known::Known;
 use crate::resource::ResourceType;
-use crate::translate::{self, ClusterResource, InvalidResource};
+use crate::translate::{self, CertificateProviders, ClusterResource, InvalidResource};
 
 /// The gRPC status code of a NACK's detail: the resource was invalid.
 const INVALID_ARGUMENT: i32 = 3;
@@ -186,6 +186,8 @@ pub(crate) struct Subscription {
     applied_route_configs: BTreeMap<String, usize>,
     /// Bounds on what the resources held add up to.
     limits: XdsLimitsSpec,
+    /// The certificate files clusters' TLS may name by instance.
+    certificate_providers: CertificateProviders,
     /// The bytes each resource held was accepted as, per type.
     known: BTreeMap<ResourceType, Known>,
 }
@@ -204,6 +206,7 @@ impl Subscription {
             applied_clusters: BTreeSet::new(),
             applied_route_configs: BTreeMap::new(),
             limits: spec.limits,
+            certificate_providers: spec.certificate_providers.clone(),
             known: BTreeMap::new(),
         }
     }
@@ -335,7 +338,12 @@ impl Subscription {
                     Unchanged::new(known, |name| {
                         self.accepted_clusters.get(name).map(Counted::footprint)
                     }),
-                    |c: &Cluster| (c.name.clone(), translate::cluster(c)),
+                    |c: &Cluster| {
+                        (
+                            c.name.clone(),
+                            translate::cluster(c, &self.certificate_providers),
+                        )
+                    },
                 )
                 .map_err(|(id, message)| reject(id, message))?;
                 let mut clusters = BTreeMap::new();

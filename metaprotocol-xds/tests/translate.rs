@@ -14,10 +14,14 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, LbPolicy,
 };
 use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, OutlierDetection};
+use envoy_types::pb::envoy::config::core::v3::DataSource;
+use envoy_types::pb::envoy::config::core::v3::TransportSocket;
+use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
 use envoy_types::pb::envoy::config::core::v3::health_check::custom_health_check::ConfigType as CustomConfigType;
 use envoy_types::pb::envoy::config::core::v3::health_check::{
     CustomHealthCheck, HealthChecker, TcpHealthCheck,
 };
+use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as SocketConfig;
 use envoy_types::pb::envoy::config::core::v3::{
     HealthCheck, HealthStatus, Metadata, RoutingPriority,
 };
@@ -31,11 +35,25 @@ use envoy_types::pb::envoy::extensions::filters::network::thrift_proxy::v3::{
     ProtocolType, TransportType,
 };
 use envoy_types::pb::envoy::extensions::health_checkers::thrift::v3::Thrift as ThriftHealthCheck;
+use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::{
+    CertificateProviderInstance, CombinedCertificateValidationContext, ValidationContextType,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::tls_parameters::TlsProtocol;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateProviderPluginInstance, CertificateValidationContext, CommonTlsContext,
+    SubjectAltNameMatcher, TlsCertificate, TlsParameters, UpstreamTlsContext,
+};
 use envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher;
+use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::protobuf::{Any, Duration, Struct, UInt32Value, Value};
-use metaprotocol_router::config::{LbPolicy as Policy, ProbeSpec, RouteConfigSpec};
+use metaprotocol_router::config::{
+    CertificateProviderSpec, ClusterTlsSpec, LbPolicy as Policy, ProbeSpec, RouteConfigSpec,
+};
 use metaprotocol_xds::translate::{self, InvalidResource};
 use prost::{Message, Name};
 use support::TestResult;
@@ -43,6 +61,9 @@ use support::fixtures::{
     HOST, assignment, cluster_name, eds_cluster, hashed_on, meta_route, meta_route_config,
     mirrored, split, to_cluster, with_request_mutation,
 };
+
+/// No certificate provider instances: clusters without TLS, or with TLS from files.
+const NO_PROVIDERS: translate::CertificateProviders = BTreeMap::new();
 
 /// The route config Aeraki's MetaRDS server derives from its fixtures: `method` matched exactly
 /// (`metarouter-attribute-exact`), a 20/80 split (`metarouter-traffic-splitting`), a mirror of
@@ -199,7 +220,7 @@ fn panic_threshold_and_ejection_cap_map_as_envoy_reads_them() -> TestResult {
         }),
         ..OutlierDetection::default()
     });
-    let spec = translate::cluster(&cluster)?.spec;
+    let spec = translate::cluster(&cluster, &NO_PROVIDERS)?.spec;
     assert!(spec.healthy_panic_threshold.abs() < f64::EPSILON);
     let outlier = spec.outlier_detection.ok_or("no outlier detection")?;
     assert_eq!(
@@ -218,7 +239,7 @@ fn panic_threshold_and_ejection_cap_map_as_envoy_reads_them() -> TestResult {
         }),
         ..OutlierDetection::default()
     });
-    let spec = translate::cluster(&cluster)?.spec;
+    let spec = translate::cluster(&cluster, &NO_PROVIDERS)?.spec;
     assert!(
         (spec.healthy_panic_threshold - 30.0).abs() < f64::EPSILON,
         "truncated"
@@ -233,7 +254,9 @@ fn panic_threshold_and_ejection_cap_map_as_envoy_reads_them() -> TestResult {
         healthy_panic_threshold: Some(Percent { value: 101.0 }),
         ..CommonLbConfig::default()
     });
-    let refused = translate::cluster(&cluster).err().map(|e| e.field);
+    let refused = translate::cluster(&cluster, &NO_PROVIDERS)
+        .err()
+        .map(|e| e.field);
     assert_eq!(
         refused.as_deref(),
         Some("common_lb_config.healthy_panic_threshold")
@@ -268,7 +291,7 @@ fn clusters_and_endpoints_map_as_istiod_sends_them() -> TestResult {
         }],
         ..CircuitBreakers::default()
     });
-    let translated = translate::cluster(&cluster)?;
+    let translated = translate::cluster(&cluster, &NO_PROVIDERS)?;
     assert_eq!(translated.eds_service.as_deref(), Some(name.as_str()));
     assert_eq!(translated.spec.name, name);
     assert_eq!(translated.spec.lb_policy, Policy::LeastRequest);
@@ -361,7 +384,7 @@ fn clusters_and_endpoints_map_as_istiod_sends_them() -> TestResult {
     fixed.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32));
     fixed.eds_cluster_config = None;
     fixed.load_assignment = Some(assignment("static", &addresses[..1]));
-    let fixed = translate::cluster(&fixed)?;
+    let fixed = translate::cluster(&fixed, &NO_PROVIDERS)?;
     assert_eq!(fixed.eds_service, None);
     assert_eq!(fixed.spec.endpoints.len(), 1);
     Ok(())
@@ -372,7 +395,7 @@ fn clusters_that_cannot_be_mapped_are_refused_naming_the_field() {
     let refused = |change: &dyn Fn(&mut envoy_types::pb::envoy::config::cluster::v3::Cluster)| {
         let mut cluster = eds_cluster(&cluster_name("v1"));
         change(&mut cluster);
-        translate::cluster(&cluster)
+        translate::cluster(&cluster, &NO_PROVIDERS)
             .err()
             .map(|e: InvalidResource| e.field)
     };
@@ -381,8 +404,8 @@ fn clusters_that_cannot_be_mapped_are_refused_naming_the_field() {
         Some("lb_policy")
     );
     assert_eq!(
-        refused(&|c| c.transport_socket = Some(Default::default())).as_deref(),
-        Some("transport_socket")
+        refused(&|c| c.transport_socket_matches = vec![Default::default()]).as_deref(),
+        Some("transport_socket_matches")
     );
     assert_eq!(
         refused(
@@ -583,7 +606,7 @@ fn retry_budgets_bound_retries_as_in_envoy() -> TestResult {
     let mut cluster = eds_cluster(&cluster_name("v1"));
     // As Istio sends it: every threshold at 2^32 - 1, no budget.
     cluster.circuit_breakers = Some(thresholds(None));
-    let spec = translate::cluster(&cluster)?.spec;
+    let spec = translate::cluster(&cluster, &NO_PROVIDERS)?.spec;
     assert_eq!(spec.retry_budget.min_retry_concurrency, u32::MAX);
     assert!((spec.retry_budget.budget_percent - 100.0).abs() < f64::EPSILON);
     engine_takes(&spec)?;
@@ -593,7 +616,7 @@ fn retry_budgets_bound_retries_as_in_envoy() -> TestResult {
         min_retry_concurrency: Some(UInt32Value { value: 5 }),
         budget_interval: None,
     })));
-    let spec = translate::cluster(&cluster)?.spec;
+    let spec = translate::cluster(&cluster, &NO_PROVIDERS)?.spec;
     assert_eq!(spec.retry_budget.min_retry_concurrency, 5);
     assert!((spec.retry_budget.budget_percent - 25.0).abs() < f64::EPSILON);
     let breakers = spec.circuit_breakers.clone().ok_or("no circuit breakers")?;
@@ -602,7 +625,7 @@ fn retry_budgets_bound_retries_as_in_envoy() -> TestResult {
 
     // Envoy's defaults: 20%, 3.
     cluster.circuit_breakers = Some(thresholds(Some(RetryBudget::default())));
-    let spec = translate::cluster(&cluster)?.spec;
+    let spec = translate::cluster(&cluster, &NO_PROVIDERS)?.spec;
     assert_eq!(spec.retry_budget.min_retry_concurrency, 3);
     assert!((spec.retry_budget.budget_percent - 20.0).abs() < f64::EPSILON);
 
@@ -613,7 +636,9 @@ fn retry_budgets_bound_retries_as_in_envoy() -> TestResult {
         }),
         ..RetryBudget::default()
     })));
-    let refused = translate::cluster(&cluster).err().map(|e| e.field);
+    let refused = translate::cluster(&cluster, &NO_PROVIDERS)
+        .err()
+        .map(|e| e.field);
     assert_eq!(
         refused.as_deref(),
         Some("circuit_breakers.thresholds[0].retry_budget.budget_interval")
@@ -694,7 +719,7 @@ fn health_checks_map_as_envoy_means_them() -> TestResult {
     });
     check.always_log_health_check_failures = true;
     cluster.health_checks = vec![check];
-    let spec = translate::cluster(&cluster)?.spec;
+    let spec = translate::cluster(&cluster, &NO_PROVIDERS)?.spec;
     let health = spec.health_check.clone().ok_or("no health check")?;
     assert_eq!(health.interval, std::time::Duration::from_secs(5));
     assert_eq!(health.timeout, std::time::Duration::from_secs(1));
@@ -710,7 +735,7 @@ fn health_checks_map_as_envoy_means_them() -> TestResult {
     let mut check = envoy_health_check(tcp_checker());
     check.healthy_threshold = Some(UInt32Value { value: 0 });
     cluster.health_checks = vec![check];
-    let spec = translate::cluster(&cluster)?.spec;
+    let spec = translate::cluster(&cluster, &NO_PROVIDERS)?.spec;
     assert_eq!(spec.health_check.map(|h| h.healthy_threshold), Some(1));
 
     for transport in [TransportType::AutoTransport, TransportType::Framed] {
@@ -719,7 +744,7 @@ fn health_checks_map_as_envoy_means_them() -> TestResult {
             transport,
             ProtocolType::Binary,
         ))];
-        let spec = translate::cluster(&cluster)?.spec;
+        let spec = translate::cluster(&cluster, &NO_PROVIDERS)?.spec;
         assert_eq!(
             spec.health_check.as_ref().map(|h| &h.probe),
             Some(&ProbeSpec::Method("ping".to_owned()))
@@ -734,7 +759,7 @@ fn health_checks_that_cannot_be_mapped_are_refused_naming_the_field() {
     let refused = |checks: Vec<HealthCheck>| {
         let mut cluster = eds_cluster(&cluster_name("v1"));
         cluster.health_checks = checks;
-        translate::cluster(&cluster)
+        translate::cluster(&cluster, &NO_PROVIDERS)
             .err()
             .map(|e: InvalidResource| e.field)
     };
@@ -831,4 +856,284 @@ fn health_checks_that_cannot_be_mapped_are_refused_naming_the_field() {
     for (field, expected) in cases {
         assert_eq!(field.as_deref(), Some(expected));
     }
+}
+
+/// `message` packed as an `Any`.
+fn packed<M: Message + Name>(message: &M) -> Any {
+    Any {
+        type_url: M::type_url(),
+        value: message.encode_to_vec(),
+    }
+}
+
+/// A `tls` transport socket of `context`.
+fn tls_socket(context: &UpstreamTlsContext) -> TransportSocket {
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".to_owned(),
+        config_type: Some(SocketConfig::TypedConfig(packed(context))),
+    }
+}
+
+/// An exact name matcher.
+fn exactly(name: &str) -> StringMatcher {
+    StringMatcher {
+        match_pattern: Some(MatchPattern::Exact(name.to_owned())),
+        ignore_case: false,
+    }
+}
+
+/// A file data source.
+fn file(name: &str) -> DataSource {
+    DataSource {
+        specifier: Some(Specifier::Filename(name.to_owned())),
+        ..DataSource::default()
+    }
+}
+
+/// The instance `default` with every file, and `roots` with a CA only.
+fn providers() -> translate::CertificateProviders {
+    BTreeMap::from([
+        (
+            "default".to_owned(),
+            CertificateProviderSpec {
+                cert_file: Some("/certs/cert-chain.pem".into()),
+                key_file: Some("/certs/key.pem".into()),
+                ca_file: Some("/certs/root-cert.pem".into()),
+            },
+        ),
+        (
+            "roots".to_owned(),
+            CertificateProviderSpec {
+                ca_file: Some("/certs/roots.pem".into()),
+                ..CertificateProviderSpec::default()
+            },
+        ),
+    ])
+}
+
+/// The context Istio sends proxyless clients for `ISTIO_MUTUAL` (the deprecated spellings).
+#[allow(deprecated, reason = "as Istio sends it")]
+fn istio_context() -> UpstreamTlsContext {
+    let instance = |certificate_name: &str| CertificateProviderInstance {
+        instance_name: "default".to_owned(),
+        certificate_name: certificate_name.to_owned(),
+    };
+    UpstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificate_certificate_provider_instance: Some(instance("default")),
+            validation_context_type: Some(ValidationContextType::CombinedValidationContext(
+                CombinedCertificateValidationContext {
+                    validation_context_certificate_provider_instance: Some(instance("ROOTCA")),
+                    default_validation_context: Some(CertificateValidationContext {
+                        match_subject_alt_names: vec![exactly(
+                            "spiffe://cluster.local/ns/default/sa/provider",
+                        )],
+                        ..CertificateValidationContext::default()
+                    }),
+                    ..CombinedCertificateValidationContext::default()
+                },
+            )),
+            ..CommonTlsContext::default()
+        }),
+        ..UpstreamTlsContext::default()
+    }
+}
+
+/// The cluster's TLS once `context` translates with [`providers`].
+fn translated_tls(context: &UpstreamTlsContext) -> Result<Option<ClusterTlsSpec>, InvalidResource> {
+    let mut cluster = eds_cluster(&cluster_name("v1"));
+    cluster.transport_socket = Some(tls_socket(context));
+    translate::cluster(&cluster, &providers()).map(|c| c.spec.tls)
+}
+
+#[test]
+fn tls_maps_from_provider_instances_and_files() -> TestResult {
+    let istio = translated_tls(&istio_context())?.ok_or("no tls")?;
+    assert_eq!(
+        istio,
+        ClusterTlsSpec {
+            ca_file: "/certs/root-cert.pem".into(),
+            cert_file: Some("/certs/cert-chain.pem".into()),
+            key_file: Some("/certs/key.pem".into()),
+            server_name: None,
+            subject_alt_names: vec!["spiffe://cluster.local/ns/default/sa/provider".to_owned()],
+            crl_files: Vec::new(),
+        }
+    );
+
+    // The current spellings, files, typed names, SNI and protocol versions.
+    let context = UpstreamTlsContext {
+        sni: "provider.default.svc".to_owned(),
+        common_tls_context: Some(CommonTlsContext {
+            tls_params: Some(TlsParameters {
+                tls_minimum_protocol_version: TlsProtocol::TlSv12 as i32,
+                tls_maximum_protocol_version: TlsProtocol::TlSv13 as i32,
+                ..TlsParameters::default()
+            }),
+            tls_certificates: vec![TlsCertificate {
+                certificate_chain: Some(file("/etc/cert.pem")),
+                private_key: Some(file("/etc/key.pem")),
+                ..TlsCertificate::default()
+            }],
+            alpn_protocols: vec!["istio".to_owned()],
+            validation_context_type: Some(ValidationContextType::ValidationContext(
+                CertificateValidationContext {
+                    ca_certificate_provider_instance: Some(CertificateProviderPluginInstance {
+                        instance_name: "roots".to_owned(),
+                        certificate_name: String::new(),
+                    }),
+                    match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
+                        san_type: SanType::Dns as i32,
+                        matcher: Some(exactly("provider.default.svc")),
+                        oid: String::new(),
+                    }],
+                    crl: Some(file("/etc/crl.pem")),
+                    ..CertificateValidationContext::default()
+                },
+            )),
+            ..CommonTlsContext::default()
+        }),
+        ..UpstreamTlsContext::default()
+    };
+    let tls = translated_tls(&context)?.ok_or("no tls")?;
+    assert_eq!(
+        tls,
+        ClusterTlsSpec {
+            ca_file: "/certs/roots.pem".into(),
+            cert_file: Some("/etc/cert.pem".into()),
+            key_file: Some("/etc/key.pem".into()),
+            server_name: Some("provider.default.svc".to_owned()),
+            subject_alt_names: vec!["provider.default.svc".to_owned()],
+            crl_files: vec!["/etc/crl.pem".into()],
+        }
+    );
+
+    let mut cluster = eds_cluster(&cluster_name("v1"));
+    cluster.transport_socket = Some(TransportSocket {
+        name: "envoy.transport_sockets.raw_buffer".to_owned(),
+        config_type: Some(SocketConfig::TypedConfig(packed(&RawBuffer::default()))),
+    });
+    assert_eq!(translate::cluster(&cluster, &providers())?.spec.tls, None);
+    Ok(())
+}
+
+#[test]
+#[allow(deprecated, reason = "Istio's spellings are among the cases")]
+fn tls_that_cannot_be_mapped_is_refused_naming_the_field() {
+    let refused = |change: &dyn Fn(&mut CommonTlsContext)| {
+        let mut context = istio_context();
+        if let Some(common) = context.common_tls_context.as_mut() {
+            change(common);
+        }
+        translated_tls(&context).err().map(|e| e.field)
+    };
+    let root = "transport_socket.typed_config.common_tls_context";
+    let combined = format!("{root}.combined_validation_context");
+    let cases: Vec<(Option<String>, String)> = vec![
+        (
+            refused(&|c| {
+                c.tls_certificate_certificate_provider_instance =
+                    Some(CertificateProviderInstance {
+                        instance_name: "elsewhere".to_owned(),
+                        certificate_name: String::new(),
+                    });
+            }),
+            format!("{root}.tls_certificate_certificate_provider_instance.instance_name"),
+        ),
+        (
+            refused(&|c| {
+                c.tls_certificate_certificate_provider_instance =
+                    Some(CertificateProviderInstance {
+                        instance_name: "roots".to_owned(),
+                        certificate_name: String::new(),
+                    });
+            }),
+            format!("{root}.tls_certificate_certificate_provider_instance.instance_name"),
+        ),
+        (
+            refused(&|c| c.tls_certificate_sds_secret_configs = vec![Default::default()]),
+            format!("{root}.tls_certificate_sds_secret_configs"),
+        ),
+        (
+            refused(&|c| {
+                c.tls_certificates = vec![TlsCertificate {
+                    certificate_chain: Some(DataSource {
+                        specifier: Some(Specifier::InlineString("PEM".to_owned())),
+                        ..DataSource::default()
+                    }),
+                    private_key: Some(file("/etc/key.pem")),
+                    ..TlsCertificate::default()
+                }];
+                c.tls_certificate_certificate_provider_instance = None;
+            }),
+            format!("{root}.tls_certificates[0].certificate_chain"),
+        ),
+        (
+            refused(&|c| c.validation_context_type = None),
+            format!("{root}.validation_context_type"),
+        ),
+        (
+            refused(&|c| {
+                if let Some(ValidationContextType::CombinedValidationContext(v)) =
+                    c.validation_context_type.as_mut()
+                    && let Some(d) = v.default_validation_context.as_mut()
+                {
+                    d.match_subject_alt_names = vec![StringMatcher {
+                        match_pattern: Some(MatchPattern::Prefix("spiffe://".to_owned())),
+                        ignore_case: false,
+                    }];
+                }
+            }),
+            format!("{combined}.default_validation_context.match_subject_alt_names[0]"),
+        ),
+        (
+            refused(&|c| {
+                if let Some(ValidationContextType::CombinedValidationContext(v)) =
+                    c.validation_context_type.as_mut()
+                    && let Some(d) = v.default_validation_context.as_mut()
+                {
+                    d.allow_expired_certificate = true;
+                }
+            }),
+            format!("{combined}.default_validation_context.allow_expired_certificate"),
+        ),
+        (
+            refused(&|c| {
+                if let Some(ValidationContextType::CombinedValidationContext(v)) =
+                    c.validation_context_type.as_mut()
+                {
+                    v.validation_context_sds_secret_config = Some(Default::default());
+                }
+            }),
+            format!("{combined}.validation_context_sds_secret_config"),
+        ),
+        (
+            refused(&|c| {
+                c.tls_params = Some(TlsParameters {
+                    tls_minimum_protocol_version: TlsProtocol::TlSv13 as i32,
+                    ..TlsParameters::default()
+                });
+            }),
+            format!("{root}.tls_params.tls_minimum_protocol_version"),
+        ),
+    ];
+    for (field, expected) in cases {
+        assert_eq!(field.as_deref(), Some(expected.as_str()));
+    }
+    let mut cluster = eds_cluster(&cluster_name("v1"));
+    cluster.transport_socket = Some(TransportSocket {
+        name: "envoy.transport_sockets.alts".to_owned(),
+        config_type: Some(SocketConfig::TypedConfig(Any {
+            type_url: "type.googleapis.com/envoy.extensions.transport_sockets.alts.v3.Alts"
+                .to_owned(),
+            value: Vec::new(),
+        })),
+    });
+    assert_eq!(
+        translate::cluster(&cluster, &providers())
+            .err()
+            .map(|e| e.field)
+            .as_deref(),
+        Some("transport_socket.typed_config")
+    );
 }

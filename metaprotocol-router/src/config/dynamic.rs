@@ -7,6 +7,7 @@
 //! they arrive.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -99,6 +100,50 @@ pub struct XdsSpec {
     /// Bounds on what the server can make the proxy hold.
     #[serde(default)]
     pub limits: XdsLimitsSpec,
+    /// Certificate files by instance name, for clusters whose TLS the server gives as
+    /// certificate provider instances (as Istio does for proxyless clients).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub certificate_providers: BTreeMap<String, CertificateProviderSpec>,
+}
+
+/// The certificate files a certificate provider instance stands for (gRPC's `file_watcher`
+/// provider): a cluster from the server names the instance for its client certificate, its CA,
+/// or both. The files are re-read when they change, as a cluster's `tls` files are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateProviderSpec {
+    /// A certificate chain (PEM), leaf first, presented to endpoints; with `key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// The private key of `cert_file` (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that endpoints' certificates must chain to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl CertificateProviderSpec {
+    fn check(&self, errors: &mut Errors) {
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), None) => errors.add(ConfigError::new("key_file", "needed with `cert_file`")),
+            (None, Some(_)) => errors.add(ConfigError::new("cert_file", "needed with `key_file`")),
+            (None, None) if self.ca_file.is_none() => errors.add(ConfigError::new(
+                "",
+                "names no file: give `cert_file` and `key_file`, `ca_file`, or all three",
+            )),
+            _ => {}
+        }
+        for (field, path) in [
+            ("cert_file", &self.cert_file),
+            ("key_file", &self.key_file),
+            ("ca_file", &self.ca_file),
+        ] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                errors.add(ConfigError::new(field, "must not be empty"));
+            }
+        }
+    }
 }
 
 fn default_xds_connect_timeout() -> Duration {
@@ -139,6 +184,13 @@ impl XdsSpec {
         errors.within("reconnect", |errors| self.reconnect.check(errors));
         errors.within("keepalive", |errors| self.keepalive.check(errors));
         errors.within("limits", |errors| self.limits.check(errors));
+        for (name, provider) in &self.certificate_providers {
+            let at = format!("certificate_providers.{name}");
+            if name.is_empty() {
+                errors.add(ConfigError::new(&at, "the instance name must not be empty"));
+            }
+            errors.within(&at, |errors| provider.check(errors));
+        }
     }
 }
 

@@ -32,7 +32,8 @@ pub use cluster::{
     OutlierDetectionSpec, ProbeSpec, RetryBudgetSpec,
 };
 pub use dynamic::{
-    DynamicSpec, KeepaliveSpec, ReconnectSpec, XDS, XdsApiType, XdsLimitsSpec, XdsSpec,
+    CertificateProviderSpec, DynamicSpec, KeepaliveSpec, ReconnectSpec, XDS, XdsApiType,
+    XdsLimitsSpec, XdsSpec,
 };
 pub(crate) use error::Errors;
 pub use error::{ConfigError, Position};

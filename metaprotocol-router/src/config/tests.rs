@@ -1036,6 +1036,22 @@ fn the_dynamic_section_lets_the_file_refer_to_what_its_source_provides() {
         ),
         (
             base.replace(
+                "clusters: ['*'] }",
+                "clusters: ['*'], certificate_providers: { default: { cert_file: /c.pem } } }",
+            ),
+            "dynamic.xds.certificate_providers.default.key_file",
+            "needed with `cert_file`",
+        ),
+        (
+            base.replace(
+                "clusters: ['*'] }",
+                "clusters: ['*'], certificate_providers: { default: {} } }",
+            ),
+            "dynamic.xds.certificate_providers.default",
+            "names no file",
+        ),
+        (
+            base.replace(
                 "route_configs: [from-xds], clusters: ['*']",
                 "api_type: grpc",
             ),

@@ -10,9 +10,10 @@
 //! `outlier_detection` (`consecutive_5xx`, `interval`, `base_ejection_time`,
 //! `max_ejection_time`, `max_ejection_percent`); `common_lb_config`'s locality setting
 //! (zone-aware or locality-weighted) as `locality_aware`, and its `healthy_panic_threshold`;
-//! one of `health_checks` (TCP connect, or Envoy's Thrift checker: see `health.rs`).
+//! one of `health_checks` (TCP connect, or Envoy's Thrift checker: see `health.rs`);
+//! `transport_socket` (`tls` from files or certificate provider instances: see `tls.rs`).
 //!
-//! Refused (NACKed, naming the field): TLS (`transport_socket*`), `load_balancing_policy`, network `filters`, `upstream_config`, custom DNS resolvers and
+//! Refused (NACKed, naming the field): `transport_socket_matches`, `load_balancing_policy`, network `filters`, `upstream_config`, custom DNS resolvers and
 //! cluster types, `ORIGINAL_DST`, non-`DEFAULT` circuit-breaker priorities, per-host
 //! thresholds, and the outlier detectors the engine does not have. Accepted and ignored, as
 //! they do not change where calls go: `metadata`, `alt_stat_name`, stats and buffer tuning,
@@ -32,6 +33,7 @@ use metaprotocol_router::config::{
     CircuitBreakersSpec, ClusterSpec, EndpointSpec, LbPolicy, OutlierDetectionSpec, RetryBudgetSpec,
 };
 
+use super::tls::{self, CertificateProviders};
 use super::{InvalidResource, duration, endpoints, health, refuse_set};
 
 /// A translated cluster: its spec, and where its endpoints come from.
@@ -54,8 +56,12 @@ impl ClusterResource {
     }
 }
 
-/// Translates a CDS `Cluster`.
-pub fn cluster(cluster: &Cluster) -> Result<ClusterResource, InvalidResource> {
+/// Translates a CDS `Cluster`, whose TLS may name certificate provider instances of
+/// `providers`.
+pub fn cluster(
+    cluster: &Cluster,
+    providers: &CertificateProviders,
+) -> Result<ClusterResource, InvalidResource> {
     if cluster.name.is_empty() {
         return Err(InvalidResource::new("name", "must not be empty"));
     }
@@ -63,7 +69,6 @@ pub fn cluster(cluster: &Cluster) -> Result<ClusterResource, InvalidResource> {
         "",
         cluster,
         [
-            transport_socket,
             transport_socket_matches,
             transport_socket_matcher,
             load_balancing_policy,
@@ -113,6 +118,10 @@ pub fn cluster(cluster: &Cluster) -> Result<ClusterResource, InvalidResource> {
     }
     spec.health_check =
         health::health_checks(&cluster.health_checks).map_err(|e| e.within("health_checks"))?;
+    if let Some(socket) = &cluster.transport_socket {
+        spec.tls =
+            tls::transport_socket(socket, providers).map_err(|e| e.within("transport_socket"))?;
+    }
     let kind = match &cluster.cluster_discovery_type {
         None => DiscoveryType::Static,
         Some(ClusterDiscoveryType::Type(kind)) => DiscoveryType::try_from(*kind)

@@ -13,10 +13,12 @@ mod endpoints;
 mod health;
 mod retry;
 mod routes;
+mod tls;
 
 pub use cluster::{ClusterResource, cluster};
 pub use endpoints::endpoints;
 pub use routes::route_config;
+pub use tls::CertificateProviders;
 
 use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
 

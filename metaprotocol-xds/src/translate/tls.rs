@@ -1,0 +1,439 @@
+//! A cluster's Envoy `transport_socket` as the engine's [`ClusterTlsSpec`].
+//!
+//! `raw_buffer` is plaintext. `tls` (an `UpstreamTlsContext`) maps onto the cluster's `tls`,
+//! with its certificates from files: named by a `DataSource`'s `filename`, or by a certificate
+//! provider instance (gRPC's proxyless xDS, as Istio sends it to proxyless clients), which
+//! `dynamic.xds.certificate_providers` resolves into files by its `instance_name`. Mapped:
+//!
+//! - the client certificate: `tls_certificates` (one, from files) or
+//!   `tls_certificate_provider_instance` (also in its deprecated spelling), whose instance must
+//!   have `cert_file` and `key_file`;
+//! - the CA: `trusted_ca` (a file), `ca_certificate_provider_instance`, or the deprecated
+//!   `validation_context_certificate_provider_instance` (beside or inside a
+//!   `combined_validation_context`), whose instance must have `ca_file`. One is required: the
+//!   engine verifies every endpoint;
+//! - `match_subject_alt_names` (exact matchers, in their case) and
+//!   `match_typed_subject_alt_names` (exact URI and DNS names) as `subject_alt_names`;
+//! - `crl` (a file) as `crl_files`; `sni` as `server_name`;
+//! - `tls_params` that allow TLS 1.2 and 1.3, what rustls speaks.
+//!
+//! Accepted and ignored: `alpn_protocols` (the engine offers none: its protocols are not
+//! negotiated), `max_session_keys` (tuning), `watched_directory` (files are re-read when they
+//! change anyway), a certificate name within an instance (its files hold one certificate).
+//! Refused, naming the field: SDS (`*_sds_secret_config*`), inline or environment data
+//! sources, other transport sockets, and whatever would relax or replace verification
+//! (`allow_expired_certificate`, `trust_chain_verification`, custom validators, pinning by
+//! hash or key).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use envoy_types::pb::envoy::config::core::v3::TransportSocket;
+use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+use envoy_types::pb::envoy::config::core::v3::{DataSource, transport_socket::ConfigType};
+use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::tls_parameters::TlsProtocol;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, TlsParameters, UpstreamTlsContext,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+use metaprotocol_router::config::{CertificateProviderSpec, ClusterTlsSpec};
+use prost::{Message, Name};
+
+use super::{InvalidResource, refuse_set};
+
+/// Certificate provider instances by name (`dynamic.xds.certificate_providers`).
+pub type CertificateProviders = BTreeMap<String, CertificateProviderSpec>;
+
+/// Translates a cluster's `transport_socket`: `None` for plaintext.
+pub(super) fn transport_socket(
+    socket: &TransportSocket,
+    providers: &CertificateProviders,
+) -> Result<Option<ClusterTlsSpec>, InvalidResource> {
+    let Some(ConfigType::TypedConfig(config)) = &socket.config_type else {
+        return Err(InvalidResource::new("typed_config", "is required"));
+    };
+    if config.type_url == RawBuffer::type_url() {
+        return Ok(None);
+    }
+    if config.type_url != UpstreamTlsContext::type_url() {
+        return Err(InvalidResource::new(
+            "typed_config",
+            format!(
+                "`{}` is not supported by metaprotocol-rs (only `tls` and `raw_buffer` are)",
+                config.type_url
+            ),
+        ));
+    }
+    let context = UpstreamTlsContext::decode(config.value.as_slice())
+        .map_err(|err| InvalidResource::new("typed_config", err.to_string()))?;
+    upstream_tls_context(&context, providers)
+        .map(Some)
+        .map_err(|e| e.within("typed_config"))
+}
+
+fn upstream_tls_context(
+    context: &UpstreamTlsContext,
+    providers: &CertificateProviders,
+) -> Result<ClusterTlsSpec, InvalidResource> {
+    refuse_set!(
+        "",
+        context,
+        [
+            auto_host_sni,
+            auto_sni_san_validation,
+            allow_renegotiation,
+            enforce_rsa_key_usage,
+        ]
+    );
+    let common = context
+        .common_tls_context
+        .as_ref()
+        .ok_or_else(|| InvalidResource::new("common_tls_context", "is required"))?;
+    let mut spec =
+        common_tls_context(common, providers).map_err(|e| e.within("common_tls_context"))?;
+    if !context.sni.is_empty() {
+        spec.server_name = Some(context.sni.clone());
+    }
+    Ok(spec)
+}
+
+fn common_tls_context(
+    common: &CommonTlsContext,
+    providers: &CertificateProviders,
+) -> Result<ClusterTlsSpec, InvalidResource> {
+    refuse_set!(
+        "",
+        common,
+        [
+            tls_certificate_sds_secret_configs,
+            custom_tls_certificate_selector,
+            tls_certificate_certificate_provider,
+            custom_handshaker,
+            key_log,
+        ]
+    );
+    if let Some(params) = &common.tls_params {
+        tls_params(params).map_err(|e| e.within("tls_params"))?;
+    }
+    let mut client = Vec::new();
+    if !common.tls_certificates.is_empty() {
+        client.push(("tls_certificates", certificate_files(common)?));
+    }
+    if let Some(instance) = &common.tls_certificate_provider_instance {
+        let at = "tls_certificate_provider_instance";
+        client.push((at, identity(providers, &instance.instance_name, at)?));
+    }
+    #[allow(deprecated, reason = "Istio sends the deprecated spelling")]
+    if let Some(instance) = &common.tls_certificate_certificate_provider_instance {
+        let at = "tls_certificate_certificate_provider_instance";
+        client.push((at, identity(providers, &instance.instance_name, at)?));
+    }
+    let (cert_file, key_file) = match client.as_slice() {
+        [] => (None, None),
+        [(_, (cert, key))] => (Some(cert.clone()), Some(key.clone())),
+        [_, (field, _), ..] => {
+            return Err(InvalidResource::new(
+                *field,
+                "a second client certificate: give one",
+            ));
+        }
+    };
+    let validation = validation(common.validation_context_type.as_ref(), providers)?;
+    Ok(ClusterTlsSpec {
+        ca_file: validation.ca_file,
+        cert_file,
+        key_file,
+        server_name: None,
+        subject_alt_names: validation.subject_alt_names,
+        crl_files: validation.crl_files,
+    })
+}
+
+/// Protocol versions are accepted when they allow both TLS 1.2 and 1.3 (what rustls speaks);
+/// cipher suites, curves and algorithms are rustls's own.
+fn tls_params(params: &TlsParameters) -> Result<(), InvalidResource> {
+    refuse_set!(
+        "",
+        params,
+        [
+            cipher_suites,
+            ecdh_curves,
+            signature_algorithms,
+            compliance_policies,
+        ]
+    );
+    let version = |value: i32| TlsProtocol::try_from(value).unwrap_or(TlsProtocol::TlsAuto);
+    let minimum = version(params.tls_minimum_protocol_version);
+    if minimum == TlsProtocol::TlSv13 {
+        return Err(InvalidResource::new(
+            "tls_minimum_protocol_version",
+            "metaprotocol-rs speaks TLS 1.2 and 1.3 to endpoints",
+        ));
+    }
+    let maximum = version(params.tls_maximum_protocol_version);
+    if !matches!(maximum, TlsProtocol::TlsAuto | TlsProtocol::TlSv13) {
+        return Err(InvalidResource::new(
+            "tls_maximum_protocol_version",
+            "metaprotocol-rs speaks TLS 1.2 and 1.3 to endpoints",
+        ));
+    }
+    Ok(())
+}
+
+/// The one `tls_certificates` entry's files.
+fn certificate_files(common: &CommonTlsContext) -> Result<(PathBuf, PathBuf), InvalidResource> {
+    let [certificate] = common.tls_certificates.as_slice() else {
+        return Err(InvalidResource::new(
+            "tls_certificates[1]",
+            "a second client certificate: give one",
+        ));
+    };
+    let at = "tls_certificates[0]";
+    refuse_set!(
+        at,
+        certificate,
+        [
+            pkcs12,
+            private_key_provider,
+            password,
+            ocsp_staple,
+            signed_certificate_timestamp,
+            tls_params,
+        ]
+    );
+    let file = |source: &Option<DataSource>, field: &str| {
+        let field = format!("{at}.{field}");
+        let source = source
+            .as_ref()
+            .ok_or_else(|| InvalidResource::new(&field, "is required"))?;
+        file_name(source).map_err(|e| e.within(&field))
+    };
+    Ok((
+        file(&certificate.certificate_chain, "certificate_chain")?,
+        file(&certificate.private_key, "private_key")?,
+    ))
+}
+
+/// A data source's file; inline data and environment variables are refused.
+fn file_name(source: &DataSource) -> Result<PathBuf, InvalidResource> {
+    match &source.specifier {
+        Some(Specifier::Filename(name)) if !name.is_empty() => Ok(PathBuf::from(name)),
+        _ => Err(InvalidResource::new(
+            "",
+            "metaprotocol-rs reads certificates from files only (`filename`)",
+        )),
+    }
+}
+
+/// The instance `name`, which `field` names.
+fn instance<'a>(
+    providers: &'a CertificateProviders,
+    name: &str,
+    field: &str,
+) -> Result<&'a CertificateProviderSpec, InvalidResource> {
+    providers.get(name).ok_or_else(|| {
+        InvalidResource::new(
+            format!("{field}.instance_name"),
+            format!("`{name}` is not in dynamic.xds.certificate_providers"),
+        )
+    })
+}
+
+/// The client certificate's files of the instance `name`.
+fn identity(
+    providers: &CertificateProviders,
+    name: &str,
+    field: &str,
+) -> Result<(PathBuf, PathBuf), InvalidResource> {
+    match instance(providers, name, field)? {
+        CertificateProviderSpec {
+            cert_file: Some(cert),
+            key_file: Some(key),
+            ..
+        } => Ok((cert.clone(), key.clone())),
+        _ => Err(InvalidResource::new(
+            format!("{field}.instance_name"),
+            format!(
+                "`{name}` has no `cert_file` and `key_file` in dynamic.xds.certificate_providers"
+            ),
+        )),
+    }
+}
+
+/// The CA file of the instance `name`.
+fn authority(
+    providers: &CertificateProviders,
+    name: &str,
+    field: &str,
+) -> Result<PathBuf, InvalidResource> {
+    instance(providers, name, field)?
+        .ca_file
+        .clone()
+        .ok_or_else(|| {
+            InvalidResource::new(
+                format!("{field}.instance_name"),
+                format!("`{name}` has no `ca_file` in dynamic.xds.certificate_providers"),
+            )
+        })
+}
+
+/// How endpoints are verified.
+struct Validation {
+    ca_file: PathBuf,
+    subject_alt_names: Vec<String>,
+    crl_files: Vec<PathBuf>,
+}
+
+fn validation(
+    context: Option<&ValidationContextType>,
+    providers: &CertificateProviders,
+) -> Result<Validation, InvalidResource> {
+    let no_ca = || {
+        InvalidResource::new(
+            "validation_context_type",
+            "a CA is required: metaprotocol-rs verifies every endpoint",
+        )
+    };
+    #[allow(deprecated, reason = "Istio sends the deprecated spellings")]
+    match context {
+        None => Err(no_ca()),
+        Some(ValidationContextType::ValidationContext(context)) => {
+            validation_context(context, None, providers)
+                .map_err(|e| e.within("validation_context"))?
+                .ok_or_else(no_ca)
+        }
+        Some(ValidationContextType::CombinedValidationContext(combined)) => {
+            let at = "combined_validation_context";
+            refuse_set!(
+                at,
+                combined,
+                [
+                    validation_context_sds_secret_config,
+                    validation_context_certificate_provider,
+                ]
+            );
+            let ca = match &combined.validation_context_certificate_provider_instance {
+                Some(instance) => Some(authority(
+                    providers,
+                    &instance.instance_name,
+                    &format!("{at}.validation_context_certificate_provider_instance"),
+                )?),
+                None => None,
+            };
+            let default = combined
+                .default_validation_context
+                .clone()
+                .unwrap_or_default();
+            validation_context(&default, ca, providers)
+                .map_err(|e| e.within(&format!("{at}.default_validation_context")))?
+                .ok_or_else(no_ca)
+        }
+        Some(ValidationContextType::ValidationContextCertificateProviderInstance(instance)) => {
+            let field = "validation_context_certificate_provider_instance";
+            Ok(Validation {
+                ca_file: authority(providers, &instance.instance_name, field)?,
+                subject_alt_names: Vec::new(),
+                crl_files: Vec::new(),
+            })
+        }
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(_)) => Err(
+            InvalidResource::unsupported("validation_context_sds_secret_config"),
+        ),
+        Some(ValidationContextType::ValidationContextCertificateProvider(_)) => Err(
+            InvalidResource::unsupported("validation_context_certificate_provider"),
+        ),
+    }
+}
+
+/// A validation context, with the CA `ca` already found beside it (a combined context's
+/// instance); `None` when it names no CA.
+fn validation_context(
+    context: &CertificateValidationContext,
+    ca: Option<PathBuf>,
+    providers: &CertificateProviders,
+) -> Result<Option<Validation>, InvalidResource> {
+    refuse_set!(
+        "",
+        context,
+        [
+            system_root_certs,
+            verify_certificate_spki,
+            verify_certificate_hash,
+            require_signed_certificate_timestamp,
+            allow_expired_certificate,
+            trust_chain_verification,
+            custom_validator_config,
+            only_verify_leaf_cert_crl,
+        ]
+    );
+    let mut authorities = Vec::new();
+    authorities.extend(ca.map(|ca| ("validation_context_certificate_provider_instance", ca)));
+    if let Some(source) = &context.trusted_ca {
+        authorities.push((
+            "trusted_ca",
+            file_name(source).map_err(|e| e.within("trusted_ca"))?,
+        ));
+    }
+    if let Some(instance) = &context.ca_certificate_provider_instance {
+        let field = "ca_certificate_provider_instance";
+        authorities.push((field, authority(providers, &instance.instance_name, field)?));
+    }
+    let ca_file = match authorities.as_slice() {
+        [] => return Ok(None),
+        [(_, ca)] => ca.clone(),
+        [_, (field, _), ..] => {
+            return Err(InvalidResource::new(*field, "a second CA: give one"));
+        }
+    };
+    let mut subject_alt_names = Vec::new();
+    #[allow(deprecated, reason = "Istio sends the deprecated spelling")]
+    let untyped = &context.match_subject_alt_names;
+    for (i, matcher) in untyped.iter().enumerate() {
+        subject_alt_names
+            .push(exact(matcher).map_err(|e| e.within(&format!("match_subject_alt_names[{i}]")))?);
+    }
+    for (i, matcher) in context.match_typed_subject_alt_names.iter().enumerate() {
+        let at = format!("match_typed_subject_alt_names[{i}]");
+        let name = exact(&matcher.matcher.clone().unwrap_or_default())
+            .map_err(|e| e.within(&format!("{at}.matcher")))?;
+        // The engine tells a URI SAN from a DNS SAN by the `:` a URI has.
+        let fits = match SanType::try_from(matcher.san_type) {
+            Ok(SanType::Uri) => name.contains(':'),
+            Ok(SanType::Dns) => !name.contains(':'),
+            _ => false,
+        };
+        if !fits {
+            return Err(InvalidResource::new(
+                format!("{at}.san_type"),
+                "metaprotocol-rs matches URI names (with a scheme) and DNS names only",
+            ));
+        }
+        subject_alt_names.push(name);
+    }
+    let mut crl_files = Vec::new();
+    if let Some(crl) = &context.crl {
+        crl_files.push(file_name(crl).map_err(|e| e.within("crl"))?);
+    }
+    Ok(Some(Validation {
+        ca_file,
+        subject_alt_names,
+        crl_files,
+    }))
+}
+
+/// An exact, case-sensitive name matcher's name: the engine matches names exactly.
+fn exact(matcher: &StringMatcher) -> Result<String, InvalidResource> {
+    match &matcher.match_pattern {
+        Some(MatchPattern::Exact(name)) if !name.is_empty() && !matcher.ignore_case => {
+            Ok(name.clone())
+        }
+        _ => Err(InvalidResource::new(
+            "",
+            "metaprotocol-rs matches names exactly (`exact`, without `ignore_case`)",
+        )),
+    }
+}
