@@ -121,11 +121,11 @@ impl Write for Rendered {
     }
 }
 
-/// Writes `value` as Java's `Double.toString` does: the shortest digits that read back as the
-/// value, laid out plainly with at least one fractional digit when 10^-3 <= |value| < 10^7,
-/// else as `d.dddE<exponent>`. The digits are Rust's shortest, which Java 19 and later also
-/// prints but for a few values at the edge of the range (it prints `Double.MIN_VALUE` as
-/// `4.9E-324`, this `5.0E-324`); older JDKs print some values with more digits.
+/// Writes `value` as Java's `Double.toString` does (Java 19 and later; older JDKs print some
+/// values with more digits): the digits of the decimal that rounds back to the value, is
+/// shortest (but of two digits when one would do) and, of those, closest to the value; laid
+/// out plainly with at least one fractional digit when 10^-3 <= |value| < 10^7, else as
+/// `d.dddE<exponent>`.
 fn write_java_double(out: &mut Rendered, value: f64) -> fmt::Result {
     if value.is_nan() {
         return out.write_str("NaN");
@@ -140,9 +140,26 @@ fn write_java_double(out: &mut Rendered, value: f64) -> fmt::Result {
             "0.0"
         });
     }
-    // Rust's scientific form, `-d.ddde-n`: the digits and the exponent to lay out.
+    // Rust's scientific form, `d.ddde-n`: the digits and the exponent to lay out. Rust's are
+    // the shortest digits that read back as the value, but not always the closest of those.
+    let magnitude = value.abs();
     let mut scientific = Rendered::default();
-    write!(scientific, "{:e}", value.abs())?;
+    write!(scientific, "{magnitude:e}")?;
+    // Java chooses among the decimals of as many digits (two when one would do) that read
+    // back as the value the closest to it, of two the one whose last digit is even: the value
+    // rounded to that many digits, which Rust rounds half to even. It reads back unless the
+    // value is a power of two, about which what reads back is not symmetric; then the
+    // shortest is the one. `4.9E-324` for `Double.MIN_VALUE`, whose shortest is `5E-324`;
+    // `1.0594382859262542E15` for the double halfway between it and `...43E15`.
+    // Digits after the point: the mantissa's length less its first digit and point.
+    let fraction_digits = scientific.as_str().find('e').unwrap_or(0).saturating_sub(2);
+    let mut closest = Rendered::default();
+    write!(closest, "{magnitude:.*e}", fraction_digits.max(1))?;
+    let (closest_digits, _) = closest.as_str().split_once('e').ok_or(fmt::Error)?;
+    // A last zero: the shortest itself, in a longer form.
+    if !closest_digits.ends_with('0') && closest.as_str().parse::<f64>() == Ok(magnitude) {
+        scientific = closest;
+    }
     let (mantissa, exponent) = scientific.as_str().split_once('e').ok_or(fmt::Error)?;
     let exponent: i32 = exponent.parse().map_err(|_| fmt::Error)?;
     let (first, rest) = mantissa.split_at_checked(1).ok_or(fmt::Error)?;
@@ -253,6 +270,43 @@ mod tests {
         ];
         for (value, expected) in cases {
             assert_eq!(double(value), expected, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn doubles_read_as_java_19_and_later_prints_the_closest_of_the_shortest() {
+        // Bits, and what `Double.toString` printed for them on Temurin 25.0.3 (by the spec of
+        // Java 19 and later: of the shortest decimals that read back, two digits when one
+        // would do, the closest, of two the even).
+        let cases: [(u64, &str); 16] = [
+            // Double.MIN_VALUE, 4.94...E-324: 5E-324 reads back, 4.9E-324 is closer.
+            (0x1, "4.9E-324"),
+            // 9.88...E-324: 1E-323 reads back, 9.9E-324 is closer.
+            (0x2, "9.9E-324"),
+            (0x3, "1.5E-323"),
+            (0x7, "3.5E-323"),
+            // The largest subnormal and the smallest normal.
+            (0x000f_ffff_ffff_ffff, "2.225073858507201E-308"),
+            (0x0010_0000_0000_0000, "2.2250738585072014E-308"),
+            // 1059438285926254.25 and 26363981746409312.5: halfway between two shortest, the
+            // even one.
+            (0x430e_1c6d_958d_7b72, "1.0594382859262542E15"),
+            (0x42b7_fa57_c450_e950, "2.6363981746409312E13"),
+            // Shortest where Java before 19 printed more digits (1.9999999999999998E23 ...).
+            (0x44c5_2d02_c7e1_4af6, "2.0E23"),
+            (0x447c_7e83_209e_90b2, "8.41E21"),
+            (0x44b5_2d02_c7e1_4af6, "1.0E23"),
+            (0x7be0_0000_0000_0000, "4.8726570057E288"),
+            (0x438f_67ea_69ed_3795, "2.82879384806159E17"),
+            (0x3d30_0000_0000_0000, "5.684341886080802E-14"),
+            // Each side of 10^-3.
+            (0x3f50_624d_d2f1_a9fc, "0.001"),
+            (0x3f50_624d_d2f1_a9fb, "9.999999999999998E-4"),
+        ];
+        for (bits, expected) in cases {
+            let value = f64::from_bits(bits);
+            assert_eq!(double(value), expected, "{bits:#x}");
+            assert_eq!(double(-value), format!("-{expected}"), "{bits:#x}");
         }
     }
 
