@@ -4,8 +4,8 @@
 //! Attachments are a Hessian2 map, normally untyped (`H ... Z`), sometimes typed (`M type ...
 //! Z`), `N` when a client has none, or missing altogether. Entries whose key and value are
 //! strings are routable; an entry whose key is a string and whose value is another (dubbo2.js
-//! sends `timeout` as an int) is there with the text Java prints for it (`3000`, `true`, or
-//! empty for a map ...: see [`scalar`](crate::hessian::scalar)), one whose value is null is
+//! sends `timeout` as an int) is there with the text Java prints for it (`3000`, `true`,
+//! `{k=v}` for a map ...: see [`printed`](crate::hessian::printed)), one whose value is null is
 //! none (and takes out an earlier value of its key, as Java's map does), and on rewrite each
 //! is copied as it came.
 
@@ -14,9 +14,9 @@ use std::ops::Range;
 use bytes::{BufMut, Bytes, BytesMut};
 use metaprotocol_core::{CodecError, Metadata, MetadataStr, Mutation};
 
+use crate::hessian::printed::{self, Printed, ValueText};
 use crate::hessian::reader::{Reader, StringData, is_string_tag};
-use crate::hessian::scalar::{self, ScalarText};
-use crate::hessian::skip::Skipper;
+use crate::hessian::skip::{Skipper, skip_type};
 use crate::hessian::writer::write_string;
 use crate::hessian::{CLASS_DEF, END, NULL, TYPED_MAP, UNTYPED_MAP};
 
@@ -77,26 +77,28 @@ impl Entry<'_> {
     /// Sets the entry in `metadata` if its key is a string and its value is there but no text
     /// (an int, a boolean, a map ..., or a string UTF-8 cannot hold): a Java provider sees it
     /// (`getObjectAttachment`), so a route's or policy's `present` must too, and a match on its
-    /// value sees what Java prints for it (see [`scalar`]): dubbo2.js's int `timeout` reads as
-    /// its decimal digits, rendered into the metadata's inline room (no allocation). A null,
-    /// which Java reads as no attachment, is none, and takes out an earlier entry of the key:
-    /// Java's map keeps a key's last value.
-    pub(crate) fn insert_other(&self, frame: &Bytes, metadata: &mut Metadata) {
+    /// value sees what Java prints for it (see [`printed`]), its objects' classes in `classes`:
+    /// dubbo2.js's int `timeout` reads as its decimal digits, rendered into the metadata's
+    /// inline room (no allocation; a list's or map's longer text is shared, an allocation). A
+    /// null, which Java reads as no attachment, is none, and takes out an earlier entry of the
+    /// key: Java's map keeps a key's last value.
+    pub(crate) fn insert_other(&self, frame: &Bytes, classes: &Skipper, metadata: &mut Metadata) {
         let Some(key) = self.key.as_ref() else {
             return;
         };
-        match scalar::text_of(frame, self.value_at) {
-            ScalarText::Null => {
+        let mut text = Printed::default();
+        match printed::text_of(frame, self.value_at, classes, &mut text) {
+            ValueText::Null => {
                 if let Some(key) = key.to_byte_str(frame) {
                     metadata.unset(key.as_str());
                 }
             }
-            ScalarText::Constant(text) => {
+            ValueText::Constant(text) => {
                 if let Some(key) = key.to_metadata(frame) {
                     metadata.insert(key, MetadataStr::Static(text));
                 }
             }
-            ScalarText::Rendered(text) => {
+            ValueText::Printed => {
                 if let Some(key) = key.to_metadata(frame) {
                     metadata.insert_rendered(key, text.as_str());
                 }
@@ -105,11 +107,12 @@ impl Entry<'_> {
     }
 }
 
-/// Reads the attachments map at the reader's position, calling `each` for every entry.
+/// Reads the attachments map at the reader's position, calling `each` for every entry with
+/// the classes defined up to its end.
 pub(crate) fn visit<'a>(
     reader: &mut Reader<'a>,
     skipper: &mut Skipper,
-    mut each: impl FnMut(Entry<'a>) -> Result<(), CodecError>,
+    mut each: impl FnMut(Entry<'a>, &Skipper) -> Result<(), CodecError>,
 ) -> Result<MapBounds, CodecError> {
     // Hessian lets a class definition precede any value, this map included.
     while reader.peek() == Some(CLASS_DEF) {
@@ -130,7 +133,7 @@ pub(crate) fn visit<'a>(
         Some(UNTYPED_MAP) => reader.byte().map(drop)?,
         Some(TYPED_MAP) => {
             reader.byte()?;
-            skipper.skip_type(reader)?;
+            skip_type(reader)?;
         }
         Some(_) => return Err(CodecError::malformed("expected the Dubbo attachments map")),
     }
@@ -141,13 +144,16 @@ pub(crate) fn visit<'a>(
         let key = string_or_skip(reader, skipper)?;
         let value_at = reader.position();
         let value = string_or_skip(reader, skipper)?;
-        each(Entry {
-            raw: entry_start..reader.position(),
-            key,
-            value,
-            value_at,
-            shares_state: skipper.shared_state() != before,
-        })?;
+        each(
+            Entry {
+                raw: entry_start..reader.position(),
+                key,
+                value,
+                value_at,
+                shares_state: skipper.shared_state() != before,
+            },
+            skipper,
+        )?;
     }
     reader.byte()?;
     Ok(MapBounds {
@@ -170,7 +176,7 @@ pub(crate) fn write_mutated(
 ) -> Result<(), CodecError> {
     if map.has_entries() {
         dst.put_slice(slice(frame, map.start..map.entries)?);
-        visit(&mut reader, &mut skipper, |entry| {
+        visit(&mut reader, &mut skipper, |entry, _| {
             let overridden = entry
                 .key
                 .as_ref()

@@ -48,7 +48,7 @@ pub(crate) fn decode(frame: &Bytes, metadata: &mut Metadata) -> Result<DecodedRe
     // and policies saw, on one provider or the other: it is refused. Clients send the same path
     // in both, which costs a comparison.
     let call_path = fields.path.as_ref().map(|path| path.raw(frame));
-    let map = attachments::visit(&mut reader, &mut skipper, |entry| {
+    let map = attachments::visit(&mut reader, &mut skipper, |entry, classes| {
         let key = entry.key.as_ref().map(|k| k.raw(frame));
         if key.is_some_and(|key| key.starts_with(CALLBACK_ARGUMENT)) {
             return Err(CodecError::malformed(CALLBACK_REFUSED));
@@ -81,7 +81,7 @@ pub(crate) fn decode(frame: &Bytes, metadata: &mut Metadata) -> Result<DecodedRe
                         return Err(refused);
                     }
                     // Another value than a string is there for the provider all the same.
-                    entry.insert_other(frame, metadata);
+                    entry.insert_other(frame, classes, metadata);
                 }
             }
         }

@@ -94,13 +94,13 @@ pub(crate) fn decode(
     };
     if flag.has_attachments() {
         let mut skipper = skip_result(flag, &mut reader)?;
-        layout.map = attachments::visit(&mut reader, &mut skipper, |entry| {
+        layout.map = attachments::visit(&mut reader, &mut skipper, |entry, classes| {
             match entry.text(frame) {
                 Some((key, value)) => {
                     metadata.insert(key, value);
                 }
                 // As in a request: the client's Java code reads it all the same.
-                None => entry.insert_other(frame, metadata),
+                None => entry.insert_other(frame, classes, metadata),
             }
             Ok(())
         })?;

@@ -308,10 +308,11 @@ fn attachments_not_representable_in_utf8_are_left_out() -> TestResult {
 
 /// An attachment whose value is there but no string is metadata with the text a Java provider
 /// prints for it (`String.valueOf`): an int or long in decimal, a boolean as `true`/`false`, a
-/// double as `Double.toString`; a map (or a date, a list ...) is present with an empty value; a
-/// null one, which Java reads as none, is not there. Before, each was present with an empty
-/// value, so that a route's exact match on dubbo2.js's int `timeout` never matched, and a
-/// `%REQ(timeout)%` logged nothing.
+/// double as `Double.toString`, a map as `Map.toString` (`{k=v}`), a list as `List.toString`,
+/// a date as `Instant.toString` (in UTC, not the JVM's zone); a null one, which Java reads as
+/// none, is not there. Before, each was present with an empty value, so that a route's exact
+/// match on dubbo2.js's int `timeout` never matched, and a `%REQ(timeout)%` logged nothing (a
+/// map, a list or a date, until the second round, read as the empty text).
 #[test]
 fn attachments_that_are_no_strings_read_as_the_text_java_prints() -> TestResult {
     let mut body = Writer::new();
@@ -336,6 +337,10 @@ fn attachments_that_are_no_strings_read_as_the_text_java_prints() -> TestResult 
         .string("k")
         .string("v")
         .raw(b"Z")
+        .string("tags")
+        .raw(b"\x7a\x01a\x01b")
+        .string("since")
+        .raw(b"\x4a\x00\x00\x01\xa2\x4e\x56\x67\xd2")
         .string("none")
         .raw(b"N")
         .string("after")
@@ -353,7 +358,9 @@ fn attachments_that_are_no_strings_read_as_the_text_java_prints() -> TestResult 
             ("flag", "true"),
             ("ratio", "0.25"),
             ("big", "1.0E10"),
-            ("nested", ""),
+            ("nested", "{k=v}"),
+            ("tags", "[a, b]"),
+            ("since", "2026-12-07T02:30:15.250Z"),
             ("after", "v2")
         ]
     );
@@ -361,7 +368,7 @@ fn attachments_that_are_no_strings_read_as_the_text_java_prints() -> TestResult 
 }
 
 /// A response's attachments follow the same rule as a request's: one whose value is no string
-/// reads as the text Java prints for it (empty for a map), a null one is not there. Before,
+/// reads as the text Java prints for it (`{k=v}` for a map), a null one is not there. Before,
 /// each was left out of the response's metadata, which a script filter's response hook reads.
 #[test]
 fn response_attachments_that_are_no_strings_read_as_request_ones_do() -> TestResult {
@@ -391,7 +398,7 @@ fn response_attachments_that_are_no_strings_read_as_request_ones_do() -> TestRes
         [
             ("int", "3000"),
             ("flag", "false"),
-            ("nested", ""),
+            ("nested", "{k=v}"),
             ("after", "v2")
         ]
     );

@@ -7,8 +7,9 @@
 //! - [`skip`]: steps over any value of the grammar (class definitions and objects, references,
 //!   typed and untyped lists and maps, chunked strings and binaries, dates, longs, doubles)
 //!   with a depth limit and a cap on class definitions.
-//! - [`scalar`]: the text of a value that is no string (an int, a boolean, a double), as a
-//!   Java provider prints it, for attachments that carry one.
+//! - [`printed`]: the text of a value that is no string (an int, a double, a date, a list, a
+//!   map ...), as a Java provider prints it where that is the same on every host, for
+//!   attachments that carry one.
 //! - [`text`]: Hessian strings are counted in UTF-16 code units and Java writes characters
 //!   outside the BMP as two 3-byte surrogates (CESU-8); this module bridges that to Rust's UTF-8.
 //! - [`writer`]: writes strings (attachment keys and values, error messages).
@@ -17,8 +18,8 @@
 //! allocates in proportion to a length read from the wire (only joined string chunks are
 //! copied, and they lie inside the frame).
 
+pub(crate) mod printed;
 pub(crate) mod reader;
-pub(crate) mod scalar;
 pub(crate) mod skip;
 pub(crate) mod text;
 pub(crate) mod writer;

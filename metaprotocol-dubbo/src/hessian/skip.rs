@@ -3,8 +3,9 @@
 //! Arguments and return values are opaque to the proxy; it only needs to know where they end.
 //! The skipper walks the whole grammar, remembering just what later bytes depend on: the field
 //! count of every class definition (objects name their class by index, and their field values
-//! are not otherwise delimited) and how many values entered the reference table (so that
-//! rewriting attachments can tell whether removing an entry would renumber references).
+//! are not otherwise delimited) and where its field names are (for printing an attachment that
+//! is an object), and how many values entered the reference table (so that rewriting
+//! attachments can tell whether removing an entry would renumber references).
 
 use metaprotocol_core::CodecError;
 use smallvec::SmallVec;
@@ -16,7 +17,7 @@ use super::{CLASS_DEF, END, TYPED_MAP, UNTYPED_MAP};
 /// an attack on the stack, not data.
 pub(crate) const MAX_DEPTH: usize = 64;
 
-/// How many class definitions one frame may hold (each costs four bytes of memory here).
+/// How many class definitions one frame may hold (each costs eight bytes of memory here).
 pub(crate) const MAX_CLASS_DEFS: usize = 4096;
 
 /// Class definitions kept without allocating: a call's arguments rarely define more classes.
@@ -25,8 +26,17 @@ const INLINE_CLASS_DEFS: usize = 16;
 /// The state that skipping one frame's body accumulates.
 #[derive(Debug, Default)]
 pub(crate) struct Skipper {
-    class_fields: SmallVec<[u32; INLINE_CLASS_DEFS]>,
+    classes: SmallVec<[ClassDef; INLINE_CLASS_DEFS]>,
     shared_values: u32,
+}
+
+/// A class definition: what an object of the class consists of.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClassDef {
+    /// The number of fields, each a value of the object.
+    pub(crate) fields: u32,
+    /// Where the field names start in the frame: `fields` strings.
+    pub(crate) names_at: u32,
 }
 
 /// What a value added to the frame's shared tables; see [`Skipper::shared_state`].
@@ -50,45 +60,31 @@ impl Skipper {
 
     /// The number of class definitions seen so far.
     pub(crate) fn class_defs(&self) -> usize {
-        self.class_fields.len()
+        self.classes.len()
+    }
+
+    /// Class definition `index`, if there is one.
+    pub(crate) fn class(&self, index: usize) -> Option<ClassDef> {
+        self.classes.get(index).copied()
     }
 
     /// The sizes of the class and reference tables. A value that leaves them unchanged can be
     /// removed without renumbering the references of the values after it.
     pub(crate) fn shared_state(&self) -> SharedState {
         SharedState {
-            class_defs: self.class_fields.len(),
+            class_defs: self.classes.len(),
             shared_values: self.shared_values,
         }
     }
 
     /// Consumes a class definition after its `C` tag: `name field-count field-name*`.
     pub(crate) fn define_class(&mut self, reader: &mut Reader<'_>) -> Result<(), CodecError> {
-        if self.class_fields.len() >= MAX_CLASS_DEFS {
+        if self.classes.len() >= MAX_CLASS_DEFS {
             return Err(CodecError::malformed("too many Hessian2 class definitions"));
         }
-        let name = reader.byte()?;
-        reader.skip_string(name)?;
-        let fields = reader.count()?;
-        for _ in 0..fields {
-            let field = reader.byte()?;
-            reader.skip_string(field)?;
-        }
-        // `count` bounds `fields` by the frame length, which fits in a Hessian int.
-        self.class_fields
-            .push(u32::try_from(fields).unwrap_or(u32::MAX));
+        let class = read_class_def(reader)?;
+        self.classes.push(class);
         Ok(())
-    }
-
-    /// Consumes a list or map type: a type name string or an int reference to an earlier one.
-    pub(crate) fn skip_type(&mut self, reader: &mut Reader<'_>) -> Result<(), CodecError> {
-        match reader.peek() {
-            Some(tag) if is_string_tag(tag) => {
-                reader.byte()?;
-                reader.skip_string(tag)
-            }
-            _ => reader.int().map(drop),
-        }
     }
 
     fn skip(&mut self, reader: &mut Reader<'_>, depth: usize) -> Result<(), CodecError> {
@@ -119,12 +115,12 @@ impl Skipper {
                 0x51 => reader.int().map(drop)?,
                 // variable-length typed list
                 0x55 => {
-                    self.skip_type(reader)?;
+                    skip_type(reader)?;
                     self.skip_until_end(reader, depth, 1)?;
                 }
                 // fixed-length typed list
                 b'V' => {
-                    self.skip_type(reader)?;
+                    skip_type(reader)?;
                     let len = reader.count()?;
                     self.skip_items(reader, len, depth)?;
                 }
@@ -137,14 +133,14 @@ impl Skipper {
                 }
                 // typed list of length 0..=7
                 0x70..=0x77 => {
-                    self.skip_type(reader)?;
+                    skip_type(reader)?;
                     self.skip_items(reader, usize::from(tag - 0x70), depth)?;
                 }
                 // untyped list of length 0..=7
                 0x78..=0x7f => self.skip_items(reader, usize::from(tag - 0x78), depth)?,
                 UNTYPED_MAP => self.skip_until_end(reader, depth, 2)?,
                 TYPED_MAP => {
-                    self.skip_type(reader)?;
+                    skip_type(reader)?;
                     self.skip_until_end(reader, depth, 2)?;
                 }
                 b'O' => {
@@ -197,14 +193,46 @@ impl Skipper {
         class: usize,
         depth: usize,
     ) -> Result<(), CodecError> {
-        let fields = *self.class_fields.get(class).ok_or(CodecError::malformed(
-            "Hessian2 object of an undefined class",
-        ))?;
+        let fields = self
+            .class(class)
+            .ok_or(CodecError::malformed(
+                "Hessian2 object of an undefined class",
+            ))?
+            .fields;
         self.shared_values = self.shared_values.saturating_add(1);
         for _ in 0..fields {
             self.skip(reader, depth + 1)?;
         }
         Ok(())
+    }
+}
+
+/// Consumes a class definition after its `C` tag, `name field-count field-name*`, without
+/// defining it (a printer reading a second time what the skipper defined).
+pub(crate) fn read_class_def(reader: &mut Reader<'_>) -> Result<ClassDef, CodecError> {
+    let name = reader.byte()?;
+    reader.skip_string(name)?;
+    let fields = reader.count()?;
+    let names_at = reader.position();
+    for _ in 0..fields {
+        let field = reader.byte()?;
+        reader.skip_string(field)?;
+    }
+    // `count` bounds `fields` by the frame's length, and a frame is far shorter than 4 GiB.
+    Ok(ClassDef {
+        fields: u32::try_from(fields).unwrap_or(u32::MAX),
+        names_at: u32::try_from(names_at).unwrap_or(u32::MAX),
+    })
+}
+
+/// Consumes a list or map type: a type name string or an int reference to an earlier one.
+pub(crate) fn skip_type(reader: &mut Reader<'_>) -> Result<(), CodecError> {
+    match reader.peek() {
+        Some(tag) if is_string_tag(tag) => {
+            reader.byte()?;
+            reader.skip_string(tag)
+        }
+        _ => reader.int().map(drop),
     }
 }
 

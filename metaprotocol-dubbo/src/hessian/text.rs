@@ -6,6 +6,8 @@
 //! sequence (two units). Both are read; CESU-8 is what [`super::writer`] writes, because Java
 //! readers reject 4-byte sequences.
 
+use std::fmt;
+
 use bytes::Bytes;
 use metaprotocol_core::{Ascii, ByteStr, CodecError};
 
@@ -113,17 +115,48 @@ fn decode_cesu8(mut rest: &[u8]) -> Option<String> {
             Err(error) => {
                 let (valid, tail) = rest.split_at(error.valid_up_to());
                 out.push_str(std::str::from_utf8(valid).ok()?);
-                let (pair, after) = tail.split_first_chunk::<6>()?;
-                let (high, low) = pair.split_at(3);
-                let high = surrogate(high, 0xd800..=0xdbff)?;
-                let low = surrogate(low, 0xdc00..=0xdfff)?;
-                out.push(char::from_u32(
-                    0x10000 + ((high - 0xd800) << 10) + (low - 0xdc00),
-                )?);
+                let (character, after) = cesu8_pair(tail)?;
+                out.push(character);
                 rest = after;
             }
         }
     }
+}
+
+/// Writes string data as [`decode_cesu8`] reads it, but each byte that is neither UTF-8 nor
+/// part of a surrogate pair (a lone surrogate, which Java strings may hold) as U+FFFD: for
+/// text printed for a person or a route, not handed on.
+pub(crate) fn write_lossy(mut rest: &[u8], out: &mut impl fmt::Write) -> fmt::Result {
+    loop {
+        match std::str::from_utf8(rest) {
+            Ok(text) => return out.write_str(text),
+            Err(error) => {
+                let (valid, tail) = rest.split_at(error.valid_up_to());
+                out.write_str(std::str::from_utf8(valid).unwrap_or_default())?;
+                rest = match cesu8_pair(tail) {
+                    Some((character, after)) => {
+                        out.write_char(character)?;
+                        after
+                    }
+                    None => {
+                        out.write_char(char::REPLACEMENT_CHARACTER)?;
+                        tail.get(error.error_len().unwrap_or(tail.len())..)
+                            .unwrap_or_default()
+                    }
+                };
+            }
+        }
+    }
+}
+
+/// The character of the CESU-8 surrogate pair that `bytes` starts with, and the bytes after it.
+fn cesu8_pair(bytes: &[u8]) -> Option<(char, &[u8])> {
+    let (pair, after) = bytes.split_first_chunk::<6>()?;
+    let (high, low) = pair.split_at(3);
+    let high = surrogate(high, 0xd800..=0xdbff)?;
+    let low = surrogate(low, 0xdc00..=0xdfff)?;
+    let character = char::from_u32(0x10000 + ((high - 0xd800) << 10) + (low - 0xdc00))?;
+    Some((character, after))
 }
 
 /// The surrogate code unit encoded by the 3-byte sequence `bytes`, if it lies in `range`.
@@ -177,5 +210,14 @@ mod tests {
         assert_eq!(decoded.as_ref().map(ByteStr::as_str), Some("x😀y"));
         assert!(to_byte_str(Bytes::from_static(&[0xed, 0xa0, 0x80])).is_none());
         assert!(to_byte_str(Bytes::from_static(&[0xff])).is_none());
+    }
+
+    #[test]
+    fn writes_cesu8_pairs_and_replaces_what_utf8_cannot_hold() {
+        let mut out = String::new();
+        let lone = [0xed, 0xa0, 0x80];
+        let java = [&cesu8("x😀")[..], &lone, b"y"].concat();
+        assert_eq!(write_lossy(&java, &mut out), Ok(()));
+        assert_eq!(out, "x😀\u{fffd}\u{fffd}\u{fffd}y");
     }
 }
