@@ -177,9 +177,9 @@ fn add_response_metadata(metadata: &mut Metadata, response: ResponseMetaView) {
 }
 
 /// Sets `key` to `value` in decimal, rendered into the metadata's room for such text
-/// ([`Metadata::insert_rendered`]): a log id, a timeout or an error code costs no allocation
-/// (trace ids, 19 digits each, outgrow the room once it holds one). Zero, brpc's usual
-/// `log_id`, is a constant.
+/// ([`Metadata::insert_rendered`]): a log id, a timeout or an error code costs no allocation,
+/// nor do rpcz ids (19 digits each, past the inline room) in a reused message, whose metadata
+/// keeps its heap room. Zero, brpc's usual `log_id`, is a constant.
 fn insert_decimal(metadata: &mut Metadata, key: &'static str, value: i64) {
     if value == 0 {
         metadata.insert(key, MetadataStr::Static("0"));

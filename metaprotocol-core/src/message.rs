@@ -121,7 +121,9 @@ impl Message {
     /// decoder that fills a reused message writes its fields rather than a whole new message
     /// (a copy of about 440 bytes). What it held goes (its frame, the metadata's strings), and
     /// metadata that had outgrown its inline room gives that allocation back, so that a reused
-    /// message holds no more than a new one.
+    /// message holds little more than a new one (the small heap room for constants and rendered
+    /// text that [`Metadata::reset_over`] keeps, so that a reused message does not allocate it
+    /// again).
     #[inline]
     pub fn reset(&mut self, kind: MessageKind, request_id: u64, frame: Bytes) {
         // Every field named: a field added to `Message` is one this must set.

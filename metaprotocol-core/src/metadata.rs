@@ -3,10 +3,10 @@
 //! A [`Message`](crate::Message) is moved several times on its way through the engine, so its
 //! metadata is kept small: each key and value is an eight-byte [`Span`] that points into the
 //! frame the codec read it from (the metadata's *source*), into a short table of `'static`
-//! strings (well-known keys), into a small inline room for text a codec renders (a number the
-//! frame holds in binary), or into a list of shared strings for anything else. A dozen entries
-//! take 192 bytes inline, where a dozen pairs of [`ByteStr`] took 768, and reading or dropping
-//! them touches no reference count.
+//! strings (well-known keys), into a room for text a codec renders (a number the frame holds in
+//! binary: a small one inline, then a heap one that a reused metadata keeps), or into a list of
+//! shared strings for anything else. A dozen entries take 192 bytes inline, where a dozen pairs
+//! of [`ByteStr`] took 768, and reading or dropping them touches no reference count.
 
 use std::ops::Range;
 
@@ -73,11 +73,25 @@ pub const METADATA_OVERFLOW_REASON: &str = "more than 256 metadata entries or 10
 /// values a codec or filter sets.
 const INLINE_STATICS: usize = 4;
 
-/// Bytes of text that a [`Metadata`] holds for values a codec renders rather than finds in its
-/// frame ([`Metadata::insert_rendered`]) without allocating: a Java `double` takes up to 24,
-/// an `int` up to 11, a typical timeout four. What fits the room a message-sized metadata has
-/// left (see `a_message_sized_metadata_stays_small`).
-pub const RENDERED_INLINE_BYTES: usize = 26;
+/// Bytes of text that a [`Metadata`] holds inline for values a codec renders rather than finds
+/// in its frame ([`Metadata::insert_rendered`]), so that even a new metadata takes them without
+/// allocating: a Java `int` takes up to 11, a typical timeout four. What fits the room a
+/// message-sized metadata has left beside the pointer to its heap room for more (see
+/// `a_message_sized_metadata_stays_small`).
+pub const RENDERED_INLINE_BYTES: usize = 18;
+
+/// The most bytes of rendered text a [`Metadata`] keeps room for on the heap across
+/// [`Metadata::reset_over`], so that a reused metadata renders a message's numbers without
+/// allocating: brpc's three rpcz ids (up to 20 bytes each in decimal), a log id and a timeout
+/// take under 100. A longer text is kept as a shared string instead, and a room grown past this
+/// is given back at the reset.
+const KEPT_RENDERED_BYTES: usize = 256;
+
+/// The most constants ([`MetadataStr::Static`] keys and values other than the well-known keys)
+/// a [`Metadata`] keeps heap room for across [`Metadata::reset_over`] once they outgrew the
+/// inline room: a brpc call with rpcz ids sets up to six constant keys. More is given back at
+/// the reset.
+const KEPT_STATICS: usize = 16;
 
 /// A key or value handed to [`Metadata::insert`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -190,14 +204,14 @@ impl Span {
 ///
 /// Strings that are slices of the frame are kept as spans of it: a codec makes the metadata
 /// [`Metadata::over`] its frame, then inserts [`ByteStr`] slices of that frame and `'static`
-/// keys, and text it renders ([`Metadata::insert_rendered`]) into an inline room; building the
-/// metadata of an ordinary request does not allocate. Lookups are linear:
-/// real messages carry a handful of keys, where a scan beats hashing, and a metadata holds at
-/// most [`MAX_METADATA_ENTRIES`]. The well-known keys routes and statistics read (service,
-/// interface, method, version, group) are found without a scan: the metadata keeps where each
-/// is. For any other key, a 64-bit summary of the keys held answers most lookups of an absent
-/// key (a decoder's insert of each new key) without the scan. Inserting a key that is already
-/// present replaces its value, so the last writer wins.
+/// keys, and text it renders ([`Metadata::insert_rendered`]) into a room of its own; building
+/// the metadata of an ordinary request does not allocate, nor does rebuilding a reused one.
+/// Lookups are linear: real messages carry a handful of keys, where a scan beats hashing, and a
+/// metadata holds at most [`MAX_METADATA_ENTRIES`]. The well-known keys routes and statistics
+/// read (service, interface, method, version, group) are found without a scan: the metadata
+/// keeps where each is. For any other key, a 64-bit summary of the keys held answers most
+/// lookups of an absent key (a decoder's insert of each new key) without the scan. Inserting a
+/// key that is already present replaces its value, so the last writer wins.
 #[derive(Clone, Default)]
 pub struct Metadata {
     /// The frame that spans point into.
@@ -214,6 +228,11 @@ pub struct Metadata {
     /// use. Inline, so that a value such as dubbo2.js's int `timeout` costs no allocation.
     rendered: [u8; RENDERED_INLINE_BYTES],
     rendered_len: u8,
+    /// Rendered text past the inline room, at places [`RENDERED_INLINE_BYTES`] and on: a
+    /// `ThinVec`, one pointer, whose allocation is kept across resets (up to
+    /// [`KEPT_RENDERED_BYTES`]), so that a reused metadata renders brpc's rpcz ids without
+    /// allocating.
+    rendered_heap: ThinVec<u8>,
     /// One bit for each [`key_bit`] of the keys held (and of keys removed since: a stale bit
     /// only costs a search). A key whose bit is clear is absent without a search, which is what
     /// a decoder's every insert of a new key asks. The [`INDEXED_KEYS`] have no bit: they
@@ -247,8 +266,10 @@ impl Metadata {
     }
 
     /// Makes this what [`Metadata::over`] returns for `source`, in place. Entries that had
-    /// outgrown the inline room give their allocation back: metadata kept for reuse holds no
-    /// more memory than new metadata.
+    /// outgrown the inline room give their allocation back: metadata kept for reuse holds little
+    /// more memory than new metadata, the heap room of up to 16 constants and 256 bytes of
+    /// rendered text, which a codec that sets many constants or renders long numbers (brpc's
+    /// rpcz ids) would otherwise allocate for every message.
     #[inline]
     pub fn reset_over(&mut self, source: Bytes) {
         // Every field named: a field added to `Metadata` is one this must reset.
@@ -259,6 +280,7 @@ impl Metadata {
             shared,
             rendered: _,
             rendered_len,
+            rendered_heap,
             key_bits,
             indexed,
             inserts,
@@ -270,7 +292,7 @@ impl Metadata {
         } else {
             entries.clear();
         }
-        if statics.spilled() {
+        if statics.capacity() > KEPT_STATICS {
             *statics = SmallVec::new();
         } else {
             statics.clear();
@@ -278,6 +300,11 @@ impl Metadata {
         *shared = ThinVec::new();
         // The bytes need no clearing: only spans below the length are read.
         *rendered_len = 0;
+        if rendered_heap.capacity() > KEPT_RENDERED_BYTES {
+            *rendered_heap = ThinVec::new();
+        } else {
+            rendered_heap.clear();
+        }
         *key_bits = 0;
         *indexed = [0; INDEXED_KEYS.len()];
         *inserts = 0;
@@ -311,8 +338,10 @@ impl Metadata {
     /// Sets `key` to `value`, a text the codec rendered rather than found in the source (an
     /// attachment's number in decimal), as [`Metadata::insert`] does. The text is copied into
     /// the metadata's inline room for such text ([`RENDERED_INLINE_BYTES`] in all, until the
-    /// metadata is reset), and kept as a shared string (an allocation) once that is full. False,
-    /// and nothing set, as for [`Metadata::insert`].
+    /// metadata is reset), then into its heap room, which a reset keeps (an allocation only
+    /// while the room grows: once for a metadata reused message after message); a text longer
+    /// than 256 bytes is kept as a shared string. False, and nothing set, as for
+    /// [`Metadata::insert`].
     pub fn insert_rendered(&mut self, key: impl Into<MetadataStr>, value: &str) -> bool {
         if !self.admit() {
             return false;
@@ -327,19 +356,34 @@ impl Metadata {
         self.set(key, lookup, value)
     }
 
-    /// Keeps `text` in the room for rendered text, or shared when it does not fit.
+    /// Keeps `text` in the room for rendered text: inline while it fits, then on the heap, or
+    /// shared when it is longer than the heap room is kept for.
     fn keep_rendered(&mut self, text: &str) -> Span {
         let start = usize::from(self.rendered_len);
         let end = start + text.len();
-        match self.rendered.get_mut(start..end) {
-            Some(room) => {
-                room.copy_from_slice(text.as_bytes());
-                // `end` is within the room, which is shorter than 256 bytes.
-                self.rendered_len = end as u8;
-                Span::indexed(RENDERED, start, text.len())
-            }
-            None => self.share(ByteStr::copy_from_str(text)),
+        if let Some(room) = self.rendered.get_mut(start..end) {
+            room.copy_from_slice(text.as_bytes());
+            // `end` is within the room, which is shorter than 256 bytes.
+            self.rendered_len = end as u8;
+            return Span::indexed(RENDERED, start, text.len());
         }
+        if text.len() > KEPT_RENDERED_BYTES {
+            return self.share(ByteStr::copy_from_str(text));
+        }
+        // The heap room holds at most `MAX_METADATA_INSERTS` texts this short: its places fit
+        // a span's.
+        let start = RENDERED_INLINE_BYTES + self.rendered_heap.len();
+        self.rendered_heap.extend_from_slice(text.as_bytes());
+        Span::indexed(RENDERED, start, text.len())
+    }
+
+    /// The rendered text at `range` of the room: inline, or on the heap past the inline room.
+    fn rendered_bytes(&self, range: Range<usize>) -> &[u8] {
+        match range.start.checked_sub(RENDERED_INLINE_BYTES) {
+            None => self.rendered.get(range),
+            Some(start) => self.rendered_heap.get(start..start + range.len()),
+        }
+        .unwrap_or_default()
     }
 
     /// [`Metadata::insert`] of the indexed key in `slot` of [`INDEXED_KEYS`], as a constant.
@@ -523,7 +567,7 @@ impl Metadata {
             Place::Source(range) => self.source.get(range).unwrap_or_default(),
             Place::Static(index) => self.static_str(index).as_bytes(),
             Place::Shared(index) => self.shared.get(index).map_or(&[], ByteStr::as_bytes),
-            Place::Rendered(range) => self.rendered.get(range).unwrap_or_default(),
+            Place::Rendered(range) => self.rendered_bytes(range),
         }
     }
 
@@ -790,22 +834,32 @@ mod tests {
         }
     }
 
+    /// More constants than a reset keeps room for: each its own `'static` string.
+    const MANY_CONSTANTS: [&str; KEPT_STATICS + 1] = [
+        "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p", "q",
+    ];
+
     #[test]
     fn reset_metadata_is_new_metadata_and_gives_back_what_outgrew_the_inline_room() {
         let earlier = Bytes::from_static(b"an earlier frame");
         let mut m = Metadata::over(earlier);
-        for value in ["a", "b", "c", "d", "e", "f"] {
+        for value in MANY_CONSTANTS {
             m.insert(value, value);
+        }
+        for n in 0..=KEPT_RENDERED_BYTES / 20 {
+            m.insert_rendered(format!("n{n}"), "-1152921504606846976");
         }
         for key in 0..=MAX_METADATA_ENTRIES {
             m.insert(format!("key-{key}"), "value");
         }
         assert!(m.overflowed() && m.entries.spilled() && m.statics.spilled());
         assert!(!m.shared.is_empty() && m.key_bits != 0);
+        assert!(m.rendered_heap.capacity() > KEPT_RENDERED_BYTES);
 
         let frame = Bytes::from_static(b"a new frame");
         m.reset_over(frame.clone());
         assert!(!m.entries.spilled() && !m.statics.spilled() && m.shared.capacity() == 0);
+        assert_eq!(m.rendered_heap.capacity(), 0);
         assert_eq!(
             format!("{m:?}"),
             format!("{:?}", Metadata::over(frame.clone()))
@@ -814,6 +868,27 @@ mod tests {
         assert!(m.insert(MetadataStr::Source(0..1), "new"));
         assert_eq!(m.get("a"), Some("new"), "spans point into the new source");
         assert!(!m.contains("key-0"));
+    }
+
+    /// A metadata reused for message after message keeps the heap room its constants and
+    /// rendered text took (brpc's six constant keys and rpcz ids): rebuilding the same
+    /// metadata does not allocate again.
+    #[test]
+    fn reset_keeps_a_small_heap_room_for_constants_and_rendered_text() {
+        let mut m = Metadata::new();
+        let build = |m: &mut Metadata| {
+            for key in &MANY_CONSTANTS[..6] {
+                assert!(m.insert_rendered(*key, "-6917529027641081856"));
+            }
+        };
+        build(&mut m);
+        assert!(m.statics.spilled() && !m.rendered_heap.is_empty());
+        let rooms = (m.statics.as_ptr(), m.rendered_heap.as_ptr());
+        m.reset_over(Bytes::new());
+        assert!(m.is_empty() && m.rendered_heap.is_empty());
+        build(&mut m);
+        assert_eq!((m.statics.as_ptr(), m.rendered_heap.as_ptr()), rooms);
+        assert_eq!(m.get("f"), Some("-6917529027641081856"));
     }
 
     #[test]
@@ -1119,7 +1194,7 @@ mod tests {
     }
 
     #[test]
-    fn rendered_text_reads_as_any_value_and_outgrows_its_room_into_shared_strings() {
+    fn rendered_text_reads_as_any_value_and_outgrows_its_inline_room_onto_the_heap() {
         let frame = Bytes::from_static(b"timeout;retries");
         let mut m = Metadata::over(frame.clone());
         assert!(m.insert_rendered(MetadataStr::Source(0..7), "3000"));
@@ -1141,11 +1216,15 @@ mod tests {
         assert!(!m.insert_rendered(MetadataStr::Source(100..101), "1"));
         assert_eq!(m.rendered_len, 8);
 
-        // Past the room, text is shared; what was inline reads the same.
+        // Past the inline room, text is on the heap; what was inline reads the same.
         let long = "-2.2250738585072014E-308";
         assert!(m.insert_rendered(MetadataStr::Source(8..15), long));
-        assert_eq!(m.shared.len(), 1);
+        assert!(m.shared.is_empty() && m.rendered_heap.len() == long.len());
         assert_eq!(m.get("retries"), Some(long));
+        assert_eq!(
+            m.get_shared("retries").as_ref().map(ByteStr::as_str),
+            Some(long)
+        );
         assert_eq!(m.get("timeout"), Some("3000"));
         assert!(m.insert_rendered("timeout", "5"), "a replacement");
         assert_eq!(m.get("timeout"), Some("5"));
@@ -1153,8 +1232,13 @@ mod tests {
         let plain: Metadata = [("timeout", "5"), ("retries", long)].into_iter().collect();
         assert_eq!(m, plain);
 
+        // Longer than the heap room is kept for: shared.
+        let huge = "9".repeat(KEPT_RENDERED_BYTES + 1);
+        assert!(m.insert_rendered("huge", &huge));
+        assert!(m.shared.len() == 1 && m.get("huge") == Some(huge.as_str()));
+
         m.reset_over(frame);
-        assert_eq!(m.rendered_len, 0);
+        assert!(m.rendered_len == 0 && m.rendered_heap.is_empty());
         assert!(m.insert_rendered("n", "7") && m.get("n") == Some("7"));
     }
 
