@@ -7,7 +7,7 @@
 //! changed. The codec reads [`WatchedFile::current`] as it opens a connection, never per call.
 
 use std::fmt;
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock, Weak};
@@ -141,31 +141,56 @@ impl fmt::Debug for Shared {
 
 /// `path`'s contents: a regular file (after symlinks) of at most [`MAX_WATCHED_FILE_BYTES`].
 fn read(path: &Path) -> Result<Vec<u8>, String> {
-    let error = |err: std::io::Error| format!("`{}` cannot be read: {err}", path.display());
-    let refuse = |why: &str| format!("`{}` cannot be read: {why}", path.display());
-    // Looked at before it is opened, so that a device or FIFO is not opened (a FIFO would wait
-    // for a writer), and judged again by what was opened.
-    let fits = |meta: std::fs::Metadata| {
-        if !meta.is_file() {
-            return Err(refuse("it is not a regular file"));
-        }
-        if meta.len() > MAX_WATCHED_FILE_BYTES {
-            return Err(refuse("it is larger than 1 MiB"));
-        }
-        Ok(())
-    };
-    fits(std::fs::metadata(path).map_err(error)?)?;
-    let file = File::open(path).map_err(error)?;
-    fits(file.metadata().map_err(error)?)?;
+    // Looked at before it is opened, so that a device or FIFO is not even opened; then judged
+    // again by what was opened (see `open_regular`).
+    fits(
+        path,
+        std::fs::metadata(path).map_err(|err| io_error(path, err))?,
+    )?;
+    let file = open_regular(path)?;
     let mut bytes = Vec::new();
     // One byte more than the bound tells a file that grew past it since it was looked at.
     file.take(MAX_WATCHED_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
-        .map_err(error)?;
+        .map_err(|err| io_error(path, err))?;
     if bytes.len() as u64 > MAX_WATCHED_FILE_BYTES {
-        return Err(refuse("it is larger than 1 MiB"));
+        return Err(refuse(path, "it is larger than 1 MiB"));
     }
     Ok(bytes)
+}
+
+/// `path` opened for reading, if what was opened is a regular file within the bound. The path
+/// may name something else by now than when it was looked at (a FIFO renamed over it, say),
+/// so it is opened without waiting (a FIFO's blocking open would hold the reloading thread
+/// until a writer came) and the handle is judged, not the path. On a regular file the flag
+/// changes nothing.
+fn open_regular(path: &Path) -> Result<File, String> {
+    let mut options = OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options.open(path).map_err(|err| io_error(path, err))?;
+    fits(path, file.metadata().map_err(|err| io_error(path, err))?)?;
+    Ok(file)
+}
+
+/// Why a file of `meta` at `path` is not read, if it is not.
+fn fits(path: &Path, meta: std::fs::Metadata) -> Result<(), String> {
+    if !meta.is_file() {
+        return Err(refuse(path, "it is not a regular file"));
+    }
+    if meta.len() > MAX_WATCHED_FILE_BYTES {
+        return Err(refuse(path, "it is larger than 1 MiB"));
+    }
+    Ok(())
+}
+
+fn io_error(path: &Path, err: std::io::Error) -> String {
+    refuse(path, &err.to_string())
+}
+
+fn refuse(path: &Path, why: &str) -> String {
+    format!("`{}` cannot be read: {why}", path.display())
 }
 
 #[cfg(test)]
@@ -222,6 +247,45 @@ mod tests {
         drop((watched, held));
         assert!(weak.upgrade().is_none());
         std::fs::remove_file(&path)?;
+        Ok(())
+    }
+
+    /// A FIFO renamed over the file after it was looked at and before it is opened is refused
+    /// without waiting for a writer. The rename is not timed here: the open that such a race
+    /// reaches is made on a FIFO directly, on a thread of its own, so that an open that waits
+    /// fails the test (and is released after).
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_met_at_the_open_is_refused_without_waiting() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let fifo = std::env::temp_dir().join(format!(
+            "metaprotocol-core-{}-swapped.fifo",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&fifo);
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status()?;
+        assert!(made.success(), "mkfifo");
+        let (done, opened) = std::sync::mpsc::channel();
+        {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || {
+                let _ = done.send(open_regular(&fifo).map(drop));
+            });
+        }
+        let outcome = opened.recv_timeout(std::time::Duration::from_secs(10));
+        if outcome.is_err() {
+            // Opening a FIFO for reading and writing does not wait (Linux); the waiting open
+            // completes with it, and its thread ends.
+            let _ = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&fifo);
+        }
+        std::fs::remove_file(&fifo)?;
+        let Ok(Err(reason)) = outcome else {
+            panic!("the open waited for a writer or took the FIFO: {outcome:?}");
+        };
+        assert!(reason.contains("not a regular file"), "{reason}");
         Ok(())
     }
 
