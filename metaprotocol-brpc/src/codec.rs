@@ -368,8 +368,30 @@ mod tests {
 
     use super::*;
 
+    /// What a test and its helpers return: an error fails the test.
+    type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+    /// `meta` and `payload` in a frame, as a listener's codec with frames up to `max` decodes
+    /// it.
+    fn decoded(meta: &proto::RpcMeta, payload: &[u8], max: usize) -> TestResult<Message> {
+        let mut frame = BytesMut::new();
+        encode_frame(meta, payload, &mut frame)?;
+        Ok(BrpcCodec::new(Side::Downstream, max)
+            .decode(&mut frame)?
+            .ok_or("incomplete")?)
+    }
+
+    /// What a codec writes a request with: the engine's id `request_id`, and `mutation`.
+    fn params(request_id: u64, mutation: &Mutation) -> EncodeParams<'_> {
+        EncodeParams {
+            request_id,
+            variant: WireVariant::DEFAULT,
+            mutation,
+        }
+    }
+
     #[test]
-    fn the_probe_calls_service_dot_method() -> Result<(), Box<dyn std::error::Error>> {
+    fn the_probe_calls_service_dot_method() -> TestResult {
         let factory = BrpcCodecFactory::new(1 << 20);
         let probe = factory
             .probe_request(Probe::Method("example.EchoService.Echo"))
@@ -380,13 +402,7 @@ mod tests {
         assert_eq!(get("method").as_deref(), Some("Echo"));
         let mut upstream = factory.new_codec(Side::Upstream, WireVariant::DEFAULT);
         let mut wire = BytesMut::new();
-        let mutation = Mutation::new();
-        let params = EncodeParams {
-            request_id: 1 << 40,
-            variant: WireVariant::DEFAULT,
-            mutation: &mutation,
-        };
-        upstream.encode(&probe, &params, &mut wire)?;
+        upstream.encode(&probe, &params(1 << 40, &Mutation::new()), &mut wire)?;
         let (meta, body) = crate::decode_frame(&wire)?;
         assert!(body.is_empty());
         // The server sees the engine's id as an upstream codec writes it, and its answer under
@@ -416,9 +432,9 @@ mod tests {
     /// An upstream's answer with `ERPCAUTH` refuses the proxy's credentials; no other answer
     /// does, errors included.
     #[test]
-    fn only_erpcauth_refuses_the_credentials() -> Result<(), Box<dyn std::error::Error>> {
+    fn only_erpcauth_refuses_the_credentials() -> TestResult {
         let factory = BrpcCodecFactory::new(1 << 20);
-        let answer = |code: Option<i32>| -> Result<Message, Box<dyn std::error::Error>> {
+        let answer = |code: Option<i32>| -> TestResult<Message> {
             let meta = proto::RpcMeta {
                 response: Some(proto::RpcResponseMeta {
                     error_code: code,
@@ -453,8 +469,7 @@ mod tests {
     /// server span's parent (the server makes its own span id). Unsampled or untraced, the
     /// client's ids go as they came.
     #[test]
-    fn a_traced_request_carries_the_attempt_span_as_its_rpcz_parent()
-    -> Result<(), Box<dyn std::error::Error>> {
+    fn a_traced_request_carries_the_attempt_span_as_its_rpcz_parent() -> TestResult {
         let meta = proto::RpcMeta {
             request: Some(proto::RpcRequestMeta {
                 service_name: "example.EchoService".to_owned(),
@@ -469,11 +484,7 @@ mod tests {
             correlation_id: Some(4_294_967_298),
             ..Default::default()
         };
-        let mut frame = BytesMut::new();
-        encode_frame(&meta, b"\x0a\x02hi", &mut frame)?;
-        let request = BrpcCodec::new(Side::Downstream, 1 << 20)
-            .decode(&mut frame)?
-            .ok_or("incomplete")?;
+        let request = decoded(&meta, b"\x0a\x02hi", 1 << 20)?;
         let traced = |flags: &str| {
             let mut mutation = Mutation::new();
             mutation.set(
@@ -482,7 +493,7 @@ mod tests {
             );
             mutation
         };
-        let ids = |mutation: &Mutation| -> Result<_, Box<dyn std::error::Error>> {
+        let ids = |mutation: &Mutation| -> TestResult<_> {
             let mut upstream = BrpcCodec::new(Side::Upstream, 1 << 20);
             let (_, meta) = written(&mut upstream, &request, 1, mutation, false)?;
             let sent = meta.request.ok_or("no request meta")?;
@@ -511,7 +522,7 @@ mod tests {
 
     /// A request for `example.EchoService.Echo` with a brpc client's id, a user field, a
     /// payload and the client's `authentication_data`, if any, as a listener decodes it.
-    fn request(authentication: Option<&[u8]>) -> Result<Message, Box<dyn std::error::Error>> {
+    fn request(authentication: Option<&[u8]>) -> TestResult<Message> {
         let meta = proto::RpcMeta {
             request: Some(proto::RpcRequestMeta {
                 service_name: "example.EchoService".to_owned(),
@@ -523,11 +534,7 @@ mod tests {
             user_fields: [("tenant".to_owned(), "t1".to_owned())].into(),
             ..Default::default()
         };
-        let mut frame = BytesMut::new();
-        encode_frame(&meta, b"\x0a\x02hi", &mut frame)?;
-        Ok(BrpcCodec::new(Side::Downstream, 1 << 20)
-            .decode(&mut frame)?
-            .ok_or("incomplete")?)
+        decoded(&meta, b"\x0a\x02hi", 1 << 20)
     }
 
     /// `request` as `codec` writes it with the engine's id `id`, shared or not, read back by
@@ -538,19 +545,14 @@ mod tests {
         id: u64,
         mutation: &Mutation,
         share: bool,
-    ) -> Result<(BytesMut, proto::RpcMeta), Box<dyn std::error::Error>> {
-        let params = EncodeParams {
-            request_id: id,
-            variant: WireVariant::DEFAULT,
-            mutation,
-        };
+    ) -> TestResult<(BytesMut, proto::RpcMeta)> {
         let mut wire = BytesMut::new();
         if share {
-            let shared = codec.encode_sharing(request, &params, &mut wire)?;
+            let shared = codec.encode_sharing(request, &params(id, mutation), &mut wire)?;
             let rest = request.frame.len() - shared;
             wire.extend_from_slice(&request.frame[rest..]);
         } else {
-            codec.encode(request, &params, &mut wire)?;
+            codec.encode(request, &params(id, mutation), &mut wire)?;
         }
         let (meta, body) = crate::decode_frame(&wire)?;
         assert_eq!(body, b"\x0a\x02hi");
@@ -561,8 +563,7 @@ mod tests {
     /// call on it under them: a client's must never go out on a connection other clients'
     /// calls share, however the request is written.
     #[test]
-    fn a_clients_authentication_data_never_goes_upstream() -> Result<(), Box<dyn std::error::Error>>
-    {
+    fn a_clients_authentication_data_never_goes_upstream() -> TestResult {
         let with_credentials = request(Some(b"client-secret"))?;
         let mut routed = Mutation::new();
         routed.set("x-routed-by".into(), "proxy".into());
@@ -599,13 +600,9 @@ mod tests {
     /// client's; every later request without credentials is written as it came, but for its
     /// correlation id, patched in place.
     #[test]
-    fn the_clusters_credentials_go_on_a_connections_first_request_only()
-    -> Result<(), Box<dyn std::error::Error>> {
-        let mut options = CodecOptions::with_max_frame_bytes(4096);
-        options.side = Some(Side::Upstream);
-        let file = credentials_file("first-only", b"proxy-token\n")?;
-        options.insert(AUTHENTICATION_DATA_FILE, file.to_string_lossy());
-        let factory = BrpcCodecFactory::from_options(&options)?;
+    fn the_clusters_credentials_go_on_a_connections_first_request_only() -> TestResult {
+        let file = CredentialsFile::new("first-only", b"proxy-token\n")?;
+        let factory = file.cluster_factory()?;
         let plain = request(None)?;
         let clients = request(Some(b"client-secret"))?;
         let none = Mutation::new();
@@ -638,12 +635,7 @@ mod tests {
             .ok_or("no probe")?;
         let mut upstream = factory.new_codec(Side::Upstream, WireVariant::DEFAULT);
         let mut wire = BytesMut::new();
-        let params = EncodeParams {
-            request_id: 1,
-            variant: WireVariant::DEFAULT,
-            mutation: &none,
-        };
-        upstream.encode(&probe, &params, &mut wire)?;
+        upstream.encode(&probe, &params(1, &none), &mut wire)?;
         let (meta, _) = crate::decode_frame(&wire)?;
         assert_eq!(
             meta.authentication_data.as_deref(),
@@ -653,7 +645,6 @@ mod tests {
         let mut downstream = factory.new_codec(Side::Downstream, WireVariant::DEFAULT);
         let (wire, _) = written(downstream.as_mut(), &plain, 4_294_967_298, &none, false)?;
         assert_eq!(&wire[..], &plain.frame[..]);
-        std::fs::remove_file(file)?;
         Ok(())
     }
 
@@ -661,25 +652,21 @@ mod tests {
     /// a new connection's); a codec made before keeps the credentials its connection
     /// authenticated with, and a file that goes bad keeps the last good ones.
     #[test]
-    fn rotated_credentials_go_on_connections_opened_after() -> Result<(), Box<dyn std::error::Error>>
-    {
-        let mut options = CodecOptions::with_max_frame_bytes(4096);
-        options.side = Some(Side::Upstream);
-        let file = credentials_file("rotated", b"token-1\n")?;
-        options.insert(AUTHENTICATION_DATA_FILE, file.to_string_lossy());
-        let factory = BrpcCodecFactory::from_options(&options)?;
+    fn rotated_credentials_go_on_connections_opened_after() -> TestResult {
+        let file = CredentialsFile::new("rotated", b"token-1\n")?;
+        let factory = file.cluster_factory()?;
         let [watched] = &factory.watched_files()[..] else {
             return Err("the credentials file is not watched".into());
         };
         assert_eq!(watched.option(), AUTHENTICATION_DATA_FILE);
         let plain = request(None)?;
         let none = Mutation::new();
-        let first_credentials = |codec: &mut dyn Codec| -> Result<_, Box<dyn std::error::Error>> {
+        let first_credentials = |codec: &mut dyn Codec| -> TestResult<_> {
             let (_, meta) = written(codec, &plain, 1, &none, false)?;
             Ok(meta.authentication_data)
         };
         let mut before = factory.new_codec(Side::Upstream, WireVariant::DEFAULT);
-        std::fs::write(&file, b"token-2\n")?;
+        std::fs::write(&file.0, b"token-2\n")?;
         assert_eq!(watched.reload(), metaprotocol_core::Reloaded::Applied);
         let mut after = factory.new_codec(Side::Upstream, WireVariant::DEFAULT);
         assert_eq!(
@@ -691,7 +678,7 @@ mod tests {
             Some(b"token-1".to_vec())
         );
         // Emptied: refused, the last good credentials stay.
-        std::fs::write(&file, b"\n")?;
+        std::fs::write(&file.0, b"\n")?;
         let reloaded = watched.reload();
         assert!(
             matches!(&reloaded, metaprotocol_core::Reloaded::Kept(reason) if reason.contains("holds no credentials")),
@@ -702,33 +689,51 @@ mod tests {
             first_credentials(emptied.as_mut())?,
             Some(b"token-2".to_vec())
         );
-        std::fs::remove_file(file)?;
         Ok(())
     }
 
-    /// A file of credentials named `name` holding `content`, for this process.
-    fn credentials_file(name: &str, content: &[u8]) -> std::io::Result<std::path::PathBuf> {
-        let path = std::env::temp_dir().join(format!(
-            "metaprotocol-brpc-{}-{name}.credentials",
-            std::process::id()
-        ));
-        std::fs::write(&path, content)?;
-        Ok(path)
+    /// A file of credentials in the temp dir, for this process; removed when dropped.
+    struct CredentialsFile(std::path::PathBuf);
+
+    impl CredentialsFile {
+        /// The file named after `name`, holding `content`.
+        fn new(name: &str, content: &[u8]) -> std::io::Result<Self> {
+            let path = std::env::temp_dir().join(format!(
+                "metaprotocol-brpc-{}-{name}.credentials",
+                std::process::id()
+            ));
+            std::fs::write(&path, content)?;
+            Ok(Self(path))
+        }
+
+        /// The path, as a codec option's value.
+        fn option(&self) -> String {
+            self.0.to_string_lossy().into_owned()
+        }
+
+        /// The codec factory of a cluster whose `authentication_data_file` is this file.
+        fn cluster_factory(&self) -> TestResult<Arc<dyn CodecFactory>> {
+            let mut options = CodecOptions::with_max_frame_bytes(4096);
+            options.side = Some(Side::Upstream);
+            options.insert(AUTHENTICATION_DATA_FILE, self.option());
+            Ok(BrpcCodecFactory::from_options(&options)?)
+        }
+    }
+
+    impl Drop for CredentialsFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
 
     /// Only a cluster that sends credentials takes a connection closed unanswered for a refusal
     /// of them (a brpc server before 1.11's): without any, such a close (a server restarting)
     /// is no reason to back off opening connections.
     #[test]
-    fn only_a_cluster_with_credentials_takes_a_close_for_a_refusal() -> std::io::Result<()> {
+    fn only_a_cluster_with_credentials_takes_a_close_for_a_refusal() -> TestResult {
         assert!(!BrpcCodecFactory::new(1 << 20).refuses_credentials_by_closing());
-        let file = credentials_file("close", b"proxy-token\n")?;
-        let mut options = CodecOptions::default();
-        options.side = Some(Side::Upstream);
-        options.insert(AUTHENTICATION_DATA_FILE, file.to_string_lossy());
-        let factory = BrpcCodecFactory::from_options(&options)
-            .map_err(|e| std::io::Error::other(e.reason))?;
-        assert!(factory.refuses_credentials_by_closing());
+        let file = CredentialsFile::new("close", b"proxy-token\n")?;
+        assert!(file.cluster_factory()?.refuses_credentials_by_closing());
         Ok(())
     }
 
@@ -744,9 +749,8 @@ mod tests {
                 .err()
                 .map(|e| (e.field, e.reason))
         };
-        let file = credentials_file("token", b"proxy-token\n")?;
-        let token =
-            |o: &mut CodecOptions| o.insert(AUTHENTICATION_DATA_FILE, file.to_string_lossy());
+        let file = CredentialsFile::new("token", b"proxy-token\n")?;
+        let token = |o: &mut CodecOptions| o.insert(AUTHENTICATION_DATA_FILE, file.option());
         assert_eq!(refused(Some(Side::Upstream), &token), None);
         for side in [Some(Side::Downstream), None] {
             let (field, reason) = refused(side, &token).unwrap_or_default();
@@ -757,9 +761,8 @@ mod tests {
         let (field, reason) = refused(Some(Side::Upstream), &number).unwrap_or_default();
         assert_eq!(field, AUTHENTICATION_DATA_FILE);
         assert!(reason.contains("must be a string"), "{reason}");
-        let blank = credentials_file("blank", b" \n")?;
-        let empty =
-            |o: &mut CodecOptions| o.insert(AUTHENTICATION_DATA_FILE, blank.to_string_lossy());
+        let blank = CredentialsFile::new("blank", b" \n")?;
+        let empty = |o: &mut CodecOptions| o.insert(AUTHENTICATION_DATA_FILE, blank.option());
         let (_, reason) = refused(Some(Side::Upstream), &empty).unwrap_or_default();
         assert!(reason.contains("holds no credentials"), "{reason}");
         let missing =
@@ -777,9 +780,6 @@ mod tests {
         );
         // Without it, a listener's options are as before.
         assert_eq!(refused(Some(Side::Downstream), &|_| {}), None);
-        for path in [file, blank] {
-            std::fs::remove_file(path)?;
-        }
         Ok(())
     }
 
@@ -787,7 +787,7 @@ mod tests {
     /// is refused with nothing written: the server would close a connection other clients'
     /// calls share (brpc servers close on a body over `max_body_size`).
     #[test]
-    fn a_mutation_cannot_take_a_frame_over_the_limit() -> Result<(), Box<dyn std::error::Error>> {
+    fn a_mutation_cannot_take_a_frame_over_the_limit() -> TestResult {
         let max = 1024;
         let meta = proto::RpcMeta {
             request: Some(proto::RpcRequestMeta {
@@ -798,40 +798,28 @@ mod tests {
             correlation_id: Some(1 << 40),
             ..Default::default()
         };
-        let mut frame = BytesMut::new();
-        encode_frame(&meta, &[b'p'; 900], &mut frame)?;
-        let request = BrpcCodec::new(Side::Downstream, max)
-            .decode(&mut frame)?
-            .ok_or("incomplete")?;
+        let request = decoded(&meta, &[b'p'; 900], max)?;
         let mut upstream = BrpcCodec::new(Side::Upstream, max);
         let mut mutation = Mutation::new();
         mutation.set("x-big".into(), "v".repeat(200).into());
-        let params = EncodeParams {
-            request_id: 1,
-            variant: WireVariant::DEFAULT,
-            mutation: &mutation,
-        };
+        let over = params(1, &mutation);
         let mut wire = BytesMut::from(&b"before"[..]);
         assert!(matches!(
-            upstream.encode(&request, &params, &mut wire),
+            upstream.encode(&request, &over, &mut wire),
             Err(CodecError::Encode(_))
         ));
         assert_eq!(&wire[..], b"before");
         let mut shared = BytesMut::new();
         assert!(
             upstream
-                .encode_sharing(&request, &params, &mut shared)
+                .encode_sharing(&request, &over, &mut shared)
                 .is_err()
         );
         assert!(shared.is_empty());
         // Within the limit, the same mutation goes out.
         let mut small = Mutation::new();
         small.set("x-big".into(), "v".into());
-        let params = EncodeParams {
-            mutation: &small,
-            ..params
-        };
-        upstream.encode(&request, &params, &mut shared)?;
+        upstream.encode(&request, &params(1, &small), &mut shared)?;
         assert!(shared.len() <= max);
         Ok(())
     }
