@@ -14,11 +14,13 @@ mod support;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use brpc_support::{BrpcClient, BrpcServer, Call, SLEEP};
 use metaprotocol_brpc::errno;
 use metaprotocol_router::Proxy;
+use support::process::Scratch;
 use support::proxy::{listener_addr, start_engine};
 use support::{TestResult, free_addr};
 
@@ -29,6 +31,42 @@ const TEST_DEADLINE: Duration = Duration::from_secs(60);
 
 async fn bounded(test: impl Future<Output = TestResult>) -> TestResult {
     tokio::time::timeout(TEST_DEADLINE, test).await?
+}
+
+/// Active health checks calling `example.EchoService.Echo`, ten a second, that take an endpoint
+/// out after two failures.
+const ECHO_PROBES: &str = "health_check: { interval: 100ms, unhealthy_threshold: 2, healthy_threshold: 1, probe: { method: example.EchoService.Echo } }";
+
+/// A proxy whose listener `brpc-in` routes every call to cluster `c`, set up by `cluster`: its
+/// settings past its name, as the entries of a YAML flow mapping (`endpoints: [ ... ], ...`).
+async fn one_cluster_proxy(cluster: &str) -> TestResult<(Proxy, SocketAddr)> {
+    let proxy = start_engine(&format!(
+        "listeners: [ {{ name: brpc-in, address: 127.0.0.1:0, protocol: brpc, route_config: r }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
+clusters: [ {{ name: c, {cluster} }} ]
+"
+    ))
+    .await?;
+    let addr = listener_addr(&proxy, "brpc-in")?;
+    Ok((proxy, addr))
+}
+
+/// A file holding `credentials` in a scratch directory for `test`, which goes with the
+/// directory when it drops.
+fn credentials_file(test: &str, credentials: &str) -> TestResult<(Scratch, PathBuf)> {
+    let scratch = Scratch::new(&format!("brpc-e2e-{test}"))?;
+    let path = scratch.path("credentials");
+    std::fs::write(&path, credentials)?;
+    Ok((scratch, path))
+}
+
+/// Waits until `done`, failing with `what` after 10 s.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let since = Instant::now();
+    while !done() {
+        assert!(since.elapsed() < Duration::from_secs(10), "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The proxy config: listener `brpc-in`, clusters `alpha`, `beta` and `down` (nothing listens).
@@ -374,24 +412,14 @@ async fn method_probes_keep_a_live_server_and_drop_a_dead_one() -> TestResult {
     bounded(async {
         let server = BrpcServer::start("probed").await?;
         let dead = free_addr()?;
-        let proxy = start_engine(&format!(
-            "listeners: [ {{ name: brpc-in, address: 127.0.0.1:0, protocol: brpc, route_config: r }} ]
-route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
-clusters:
-  - name: c
-    endpoints: [ {{ address: \"{}\" }}, {{ address: \"{dead}\" }} ]
-    health_check: {{ interval: 100ms, unhealthy_threshold: 2, healthy_threshold: 1, probe: {{ method: {ECHO_SERVICE}.Echo }} }}
-",
+        let (proxy, _) = one_cluster_proxy(&format!(
+            "endpoints: [ {{ address: \"{}\" }}, {{ address: \"{dead}\" }} ], {ECHO_PROBES}",
             server.addr()
         ))
         .await?;
         let failing = |i: usize| proxy.clusters()[0].endpoints[i].failing_active_checks;
-        while !failing(1) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        while server.requests() < 3 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until("the dead endpoint stayed in", || failing(1)).await;
+        until("the server was not probed", || server.requests() >= 3).await;
         assert!(!failing(0), "the server answers the probes");
         proxy.shutdown().await;
         Ok(())
@@ -477,25 +505,22 @@ async fn an_answer_over_the_frame_limit_fails_its_call_alone() -> TestResult {
             },
         )
         .await?;
-        let proxy = start_engine(&format!(
-            "listeners: [ {{ name: brpc-in, address: 127.0.0.1:0, protocol: brpc, route_config: r }} ]
-route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
-clusters:
-  - name: c
-    codec: {{ max_frame_bytes: 16384 }}
-    endpoints: [ {{ address: \"{upstream}\" }} ]
-"
+        let (proxy, addr) = one_cluster_proxy(&format!(
+            "codec: {{ max_frame_bytes: 16384 }}, endpoints: [ {{ address: \"{upstream}\" }} ]"
         ))
         .await?;
-        let addr = listener_addr(&proxy, "brpc-in")?;
-        let (mut big_client, mut small_client) =
-            (BrpcClient::connect(addr).await?, BrpcClient::connect(addr).await?);
+        let (mut big_client, mut small_client) = (
+            BrpcClient::connect(addr).await?,
+            BrpcClient::connect(addr).await?,
+        );
         let big_call = Call::new(ECHO_SERVICE, "Big", "a");
         let big = big_client.call(&big_call);
         let small = async {
             // After `Big`, so that it waits behind `Big`'s answer.
             tokio::time::sleep(Duration::from_millis(100)).await;
-            small_client.call(&Call::new(ECHO_SERVICE, "Small", "a")).await
+            small_client
+                .call(&Call::new(ECHO_SERVICE, "Small", "a"))
+                .await
         };
         let (big, small) = tokio::join!(big, small);
         let (big, small) = (big?, small?);
@@ -510,23 +535,15 @@ clusters:
     .await
 }
 
-/// A proxy in front of `server`, whose cluster `guarded` takes `codec` options and active
-/// health checks calling `Echo`.
+/// A proxy in front of `server`, whose cluster takes `codec` options and active health checks
+/// calling `Echo`.
 async fn guarded_proxy(server: &BrpcServer, codec: &str) -> TestResult<(Proxy, SocketAddr)> {
-    let proxy = start_engine(&format!(
-        "listeners: [ {{ name: brpc-in, address: 127.0.0.1:0, protocol: brpc, route_config: r }} ]
-route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: guarded }} }} ] }} ]
-clusters:
-  - name: guarded
-    codec: {codec}
-    endpoints: [ {{ address: \"{}\" }} ]
-    health_check: {{ interval: 100ms, probe: {{ method: {ECHO_SERVICE}.Echo }} }}
-",
+    one_cluster_proxy(&format!(
+        "codec: {codec}, endpoints: [ {{ address: \"{}\" }} ], \
+         health_check: {{ interval: 100ms, probe: {{ method: {ECHO_SERVICE}.Echo }} }}",
         server.addr()
     ))
-    .await?;
-    let addr = listener_addr(&proxy, "brpc-in")?;
-    Ok((proxy, addr))
+    .await
 }
 
 /// A brpc server with an authenticator checks the credentials of a connection's first request
@@ -538,11 +555,7 @@ clusters:
 async fn the_proxy_authenticates_its_upstream_connections_as_itself() -> TestResult {
     bounded(async {
         let server = BrpcServer::start_authenticating("guarded", &["proxy-token"]).await?;
-        let credentials = std::env::temp_dir().join(format!(
-            "metaprotocol-brpc-e2e-{}.credentials",
-            std::process::id()
-        ));
-        std::fs::write(&credentials, "proxy-token\n")?;
+        let (_scratch, credentials) = credentials_file("as-itself", "proxy-token\n")?;
         let codec = format!(
             "{{ authentication_data_file: \"{}\" }}",
             credentials.display()
@@ -559,9 +572,7 @@ async fn the_proxy_authenticates_its_upstream_connections_as_itself() -> TestRes
             assert_eq!(reply.field("identity"), Some("proxy-token"));
         }
         // Probes, on a connection of their own, authenticate it the same way.
-        while server.requests() < 4 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until("no probes came", || server.requests() >= 4).await;
         let seen = server.credentials_seen();
         assert!(seen.iter().all(|c| c == "proxy-token"), "{seen:?}");
         assert_eq!(
@@ -571,7 +582,6 @@ async fn the_proxy_authenticates_its_upstream_connections_as_itself() -> TestRes
         );
         assert!(!proxy.clusters()[0].endpoints[0].failing_active_checks);
         proxy.shutdown().await;
-        std::fs::remove_file(credentials)?;
         Ok(())
     })
     .await
@@ -623,14 +633,8 @@ async fn probes_whose_connection_is_closed_unanswered_take_the_endpoint_out() ->
 /// endpoint out of rotation.
 async fn probes_fail_against(server: BrpcServer) -> TestResult {
     bounded(async {
-        let proxy = start_engine(&format!(
-            "listeners: [ {{ name: brpc-in, address: 127.0.0.1:0, protocol: brpc, route_config: r }} ]
-route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
-clusters:
-  - name: c
-    endpoints: [ {{ address: \"{}\" }} ]
-    health_check: {{ interval: 100ms, unhealthy_threshold: 2, healthy_threshold: 1, probe: {{ method: {ECHO_SERVICE}.Echo }} }}
-",
+        let (proxy, _) = one_cluster_proxy(&format!(
+            "endpoints: [ {{ address: \"{}\" }} ], {ECHO_PROBES}",
             server.addr()
         ))
         .await?;
@@ -668,24 +672,14 @@ async fn credentials_refused_by_closing_back_off_new_connections() -> TestResult
 /// Calls through a proxy whose credentials `server` refuses open few connections, and succeed
 /// once it accepts them.
 async fn refusals_back_off(server: BrpcServer, name: &str) -> TestResult {
-    let credentials = std::env::temp_dir().join(format!(
-        "metaprotocol-brpc-e2e-{}-wrong-{name}.credentials",
-        std::process::id()
-    ));
-    std::fs::write(&credentials, "stale-token\n")?;
-    let proxy = start_engine(&format!(
-        "listeners: [ {{ name: brpc-in, address: 127.0.0.1:0, protocol: brpc, route_config: r }} ]
-route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
-clusters:
-  - name: c
-    codec: {{ authentication_data_file: \"{}\" }}
-    endpoints: [ {{ address: \"{}\" }} ]
-",
+    let (_scratch, credentials) = credentials_file(&format!("refused-{name}"), "stale-token\n")?;
+    let (proxy, addr) = one_cluster_proxy(&format!(
+        "codec: {{ authentication_data_file: \"{}\" }}, endpoints: [ {{ address: \"{}\" }} ]",
         credentials.display(),
         server.addr()
     ))
     .await?;
-    let mut client = BrpcClient::connect(listener_addr(&proxy, "brpc-in")?).await?;
+    let mut client = BrpcClient::connect(addr).await?;
     const CALLS: usize = 20;
     let mut backing_off = 0;
     for n in 0..CALLS {
@@ -734,7 +728,6 @@ clusters:
     assert_eq!(reply.field("identity"), Some("stale-token"));
     assert_eq!(endpoint().credential_refusals, 0, "ended by an answer");
     proxy.shutdown().await;
-    std::fs::remove_file(credentials)?;
     Ok(())
 }
 
@@ -746,27 +739,16 @@ clusters:
 async fn rotated_credentials_reach_new_connections_and_old_ones_keep_working() -> TestResult {
     bounded(async {
         let server = BrpcServer::start_authenticating("guarded", &["token-1", "token-2"]).await?;
-        let credentials = std::env::temp_dir().join(format!(
-            "metaprotocol-brpc-e2e-{}-rotated.credentials",
-            std::process::id()
-        ));
-        std::fs::write(&credentials, "token-1\n")?;
+        let (_scratch, credentials) = credentials_file("rotated", "token-1\n")?;
         // Each connection carries two requests, then another opens: the calls below reach
         // new connections without the server closing any.
-        let proxy = start_engine(&format!(
-            "listeners: [ {{ name: brpc-in, address: 127.0.0.1:0, protocol: brpc, route_config: r }} ]
-route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }}, timeout: 10s }} ] }} ]
-clusters:
-  - name: c
-    codec: {{ authentication_data_file: \"{}\" }}
-    max_requests_per_connection: 2
-    endpoints: [ {{ address: \"{}\" }} ]
-",
+        let (proxy, addr) = one_cluster_proxy(&format!(
+            "codec: {{ authentication_data_file: \"{}\" }}, max_requests_per_connection: 2, \
+             endpoints: [ {{ address: \"{}\" }} ]",
             credentials.display(),
             server.addr()
         ))
         .await?;
-        let addr = listener_addr(&proxy, "brpc-in")?;
         let reloads = |outcome: &str| -> f64 {
             let outcome = format!("outcome=\"{outcome}\"");
             proxy
@@ -781,9 +763,17 @@ clusters:
         let mut old = BrpcClient::connect(addr).await?;
         let mut new = BrpcClient::connect(addr).await?;
         let reply = old.call(&Call::new(ECHO_SERVICE, "Echo", "a")).await?;
-        assert_eq!(reply.field("identity"), Some("token-1"), "{}", reply.error_text());
+        assert_eq!(
+            reply.field("identity"),
+            Some("token-1"),
+            "{}",
+            reply.error_text()
+        );
         std::fs::write(&credentials, "token-2\n")?;
-        until("the rotated file was not re-read", || reloads("applied") >= 1.0).await;
+        until("the rotated file was not re-read", || {
+            reloads("applied") >= 1.0
+        })
+        .await;
         // The first connection's last call, slow, is in flight on it while the next opens.
         let sleep = Call::new(ECHO_SERVICE, "Sleep", "b");
         let slow = old.call(&sleep);
@@ -803,18 +793,40 @@ clusters:
         rotated?;
         let slow = slow?;
         assert_eq!(slow.error_code(), 0, "{}", slow.error_text());
-        assert_eq!(slow.field("identity"), Some("token-1"), "the old connection kept its own");
+        assert_eq!(
+            slow.field("identity"),
+            Some("token-1"),
+            "the old connection kept its own"
+        );
         let seen = server.credentials_seen();
-        assert_eq!(seen.first().map(String::as_str), Some("token-1"), "{seen:?}");
-        assert!(seen.len() >= 2 && seen[1..].iter().all(|c| c == "token-2"), "{seen:?}");
+        assert_eq!(
+            seen.first().map(String::as_str),
+            Some("token-1"),
+            "{seen:?}"
+        );
+        assert!(
+            seen.len() >= 2 && seen[1..].iter().all(|c| c == "token-2"),
+            "{seen:?}"
+        );
         // Gone: the last good credentials stay, the failure is counted once.
         std::fs::remove_file(&credentials)?;
-        until("the vanished file was not noticed", || reloads("rejected") >= 1.0).await;
+        until("the vanished file was not noticed", || {
+            reloads("rejected") >= 1.0
+        })
+        .await;
         for call in ["d", "e", "f"] {
             let reply = new.call(&Call::new(ECHO_SERVICE, "Echo", call)).await?;
-            assert_eq!(reply.field("identity"), Some("token-2"), "{}", reply.error_text());
+            assert_eq!(
+                reply.field("identity"),
+                Some("token-2"),
+                "{}",
+                reply.error_text()
+            );
         }
-        assert_eq!(server.credentials_seen().last().map(String::as_str), Some("token-2"));
+        assert_eq!(
+            server.credentials_seen().last().map(String::as_str),
+            Some("token-2")
+        );
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert_eq!(reloads("rejected"), 1.0, "counted once while it lasts");
         assert_eq!(reloads("applied"), 1.0);
@@ -822,15 +834,6 @@ clusters:
         Ok(())
     })
     .await
-}
-
-/// Waits until `done`, failing with `what` after 10 s.
-async fn until(what: &str, done: impl Fn() -> bool) {
-    let since = Instant::now();
-    while !done() {
-        assert!(since.elapsed() < Duration::from_secs(10), "{what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// `authentication_data_file` is the proxy's own credentials, for its servers: on a listener it
