@@ -758,6 +758,62 @@ async fn checks_that_time_out_while_the_connection_is_made_do_not_replace_it() -
     Ok(())
 }
 
+/// A connection that Redis closed while no check ran on it (its `timeout` for idle clients, or
+/// a restart) failed the next check, to the failure mode: the proxy learned of the close only
+/// by sending a check on it. It now sees the close as it happens and sends the next check on a
+/// new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_connection_closed_while_idle_does_not_fail_the_next_check() -> TestResult {
+    let scratch = Scratch::new("global-idle-close")?;
+    let Some(mut redis) = RedisServer::start(&scratch)? else {
+        return Ok(());
+    };
+    let filters = global_ratelimit(&redis, "{ requests: 100000, per: 1s }", "1s", true);
+    let (_provider, proxy) = start(&[("in", &filters)]).await?;
+    let client = DubboClient::new(listener_addr(&proxy, "in")?);
+    assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, OK);
+
+    // Redis closes clients idle for a second: the proxy's connection goes, `redis-cli` alone
+    // is left.
+    redis.cli(&["CONFIG", "SET", "timeout", "1"])?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.cli(&["CLIENT", "LIST"])?.lines().count() > 1 {
+        if Instant::now() > deadline {
+            return Err("Redis kept the proxy's idle connection open 10s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The proxy reads the close as soon as it runs; a check sent in the same instant would
+    // still fail (it may have reached Redis, and is not sent again). On a loaded machine
+    // "soon" may take a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let reply = client.call("sayHello", "a", &[]).await?;
+    assert_eq!(
+        reply.dubbo_status, OK,
+        "after Redis closed the idle connection"
+    );
+
+    // Restarted while no check ran: killed, then started again on its port.
+    let address = redis.address;
+    drop(redis);
+    redis = RedisServer::restart_on(&scratch, address)?;
+    let reply = client.call("sayHello", "a", &[]).await?;
+    assert_eq!(reply.dubbo_status, OK, "after Redis restarted");
+
+    let errors = |reason: &str| {
+        metric(
+            &proxy,
+            &format!(
+                "metaprotocol_ratelimit_backend_errors_total{{listener=\"in\",filter=\"global_ratelimit\",reason=\"{reason}\"}}"
+            ),
+        )
+    };
+    assert_eq!((errors("error"), errors("timeout")), (0.0, 0.0));
+    drop(redis);
+    proxy.shutdown().await;
+    Ok(())
+}
+
 /// Audit of the failure modes of a real Redis: restarted (killed, then started again on its
 /// port, without the script), out of memory (`maxmemory 1`, `noeviction`: the script cannot
 /// write), and asking for a password the proxy does not have. Each call gets the failure mode's

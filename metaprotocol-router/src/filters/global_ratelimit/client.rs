@@ -5,7 +5,9 @@
 //! awaiting answers until Redis answers it or the connection drops: so once more answers are
 //! overdue than the caller's bound ([`Overdue`]), the connection is dropped and replaced.
 //! A check that gives up while the connection is still being made has sent nothing, and is no
-//! answer overdue ([`Link`]).
+//! answer overdue ([`Link`]). A connection that Redis closed (its `timeout` for idle clients, a
+//! restart, `CLIENT KILL`) is known closed as soon as its driver reads the close ([`Made`]), and
+//! replaced before the next check, which would otherwise fail on it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
@@ -17,11 +19,11 @@ use arc_swap::ArcSwapOption;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use redis::aio::MultiplexedConnection;
 use redis::{
-    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ErrorKind, IntoConnectionInfo,
-    RedisConnectionInfo, RedisError, Script, ServerErrorKind, Value,
+    AsyncConnectionConfig, Cmd, ErrorKind, RedisConnectionInfo, RedisError, Script,
+    ServerErrorKind, Value,
 };
 
-use crate::config::{ConfigError, EndpointAddress};
+use crate::config::EndpointAddress;
 use crate::filters::SharedClients;
 use crate::filters::in_flight::{InFlight, InFlightLimit};
 
@@ -33,7 +35,10 @@ static GCRA: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::n
 
 /// A Redis server's rate limit state.
 pub(crate) struct RedisLimits {
-    client: Client,
+    /// Where the server listens.
+    address: EndpointAddress,
+    /// How the proxy signs in.
+    settings: RedisConnectionInfo,
     /// Made on first use, inside the runtime; dropped (the next check making a new one) when it
     /// fails, or when too many of its answers are overdue.
     connection: ArcSwapOption<Connecting>,
@@ -175,7 +180,56 @@ const RETRY_DELAY: Duration = Duration::from_millis(200);
 
 /// A connection being made, made, or failed: shared by the checks, made by a task of its own
 /// (so that it goes on when the checks waiting for it give up).
-type Connecting = Shared<BoxFuture<'static, Result<MultiplexedConnection, ConnectFailed>>>;
+type Connecting = Shared<BoxFuture<'static, Result<Arc<Made>, ConnectFailed>>>;
+
+/// A connection made, with its driver: the task that writes the checks and reads the answers,
+/// spawned here rather than by redis-rs so that its end (Redis closed the connection, or it
+/// failed) is seen before a check is sent on it. The driver stops when this is dropped.
+struct Made {
+    connection: MultiplexedConnection,
+    /// Set when the driver ended: nothing sent on the connection from then on is answered.
+    closed: Arc<AtomicBool>,
+    driver: tokio::task::AbortHandle,
+}
+
+impl Made {
+    /// Connects to `address`, signs in with `settings`, and starts the driver.
+    async fn connect(
+        address: &EndpointAddress,
+        settings: &RedisConnectionInfo,
+    ) -> Result<Arc<Self>, RedisError> {
+        let stream = tokio::net::TcpStream::connect((address.host(), address.port())).await?;
+        // No response timeout of redis-rs's own (half a second by default): it would end a
+        // check whose `timeout` is longer in an error, taken for an answer, which the overdue
+        // answers' count would never see.
+        let config = AsyncConnectionConfig::new().set_response_timeout(None);
+        let (connection, driver) =
+            MultiplexedConnection::new_with_config(settings, stream, config).await?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let ended = closed.clone();
+        let driver = tokio::spawn(async move {
+            driver.await;
+            ended.store(true, Ordering::Release);
+        });
+        Ok(Arc::new(Self {
+            connection,
+            closed,
+            driver: driver.abort_handle(),
+        }))
+    }
+
+    /// Whether the connection still carries checks: false once Redis closed it.
+    fn is_open(&self) -> bool {
+        !self.closed.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Made {
+    fn drop(&mut self) {
+        // The answers it still awaits go with it (the checks that wanted them gave up).
+        self.driver.abort();
+    }
+}
 
 /// A connection attempt that failed, and when.
 #[derive(Clone)]
@@ -208,7 +262,7 @@ impl RedisLimits {
         shared: &SharedClients,
         address: &EndpointAddress,
         credentials: Credentials,
-    ) -> Result<Arc<Self>, ConfigError> {
+    ) -> Arc<Self> {
         let mut settings = RedisConnectionInfo::default();
         if let Some(username) = &credentials.username {
             settings = settings.set_username(username);
@@ -216,28 +270,19 @@ impl RedisLimits {
         if let Some(password) = &credentials.password {
             settings = settings.set_password(password);
         }
-        let info = ConnectionAddr::Tcp(address.host().to_owned(), address.port())
-            .into_connection_info()
-            .map(|info| info.set_redis_settings(settings))
-            .and_then(Client::open)
-            .map_err(|err| {
-                ConfigError::new(
-                    "address",
-                    format!("`{address}` is not a Redis address: {err}"),
-                )
-            })?;
         // The key holds the password only in memory, as the client itself does.
         let key = format!(
             "global_ratelimit/redis://{address}/{:?}/{:?}",
             credentials.username, credentials.password
         );
-        Ok(shared.get_or_insert_with(&key, || Self {
-            client: info,
+        shared.get_or_insert_with(&key, || Self {
+            address: address.clone(),
+            settings,
             connection: ArcSwapOption::empty(),
             pending: InFlightLimit::new(u32::MAX),
             overdue: Overdue::default(),
             clock: ClockOffset::default(),
-        }))
+        })
     }
 
     /// A check waiting for the server until the guard is dropped; `None` when `max` (the
@@ -246,14 +291,20 @@ impl RedisLimits {
         self.pending.try_enter_within(max)
     }
 
-    /// The connection, or the one being made; a new one when there is none, or when the last
-    /// attempt failed more than [`RETRY_DELAY`] ago. Err: it failed less than that ago.
+    /// The connection, or the one being made; a new one when there is none, when Redis closed
+    /// it, or when the last attempt failed more than [`RETRY_DELAY`] ago. Err: it failed less
+    /// than that ago.
     fn link(&self) -> Result<Link, RedisError> {
         loop {
             let current = self.connection.load();
             if let Some(slot) = &*current {
                 match slot.peek() {
-                    Some(Ok(made)) => return Ok(Link::Made(slot.clone(), made.clone())),
+                    Some(Ok(made)) if made.is_open() => {
+                        return Ok(Link::Made(slot.clone(), made.connection.clone()));
+                    }
+                    // Closed by Redis while idle (its `timeout`, a restart): a check sent on it
+                    // would fail, and nothing waits on it.
+                    Some(Ok(_)) => {}
                     None => return Ok(Link::Making(slot.clone())),
                     Some(Err(failed)) if failed.at.elapsed() < RETRY_DELAY => {
                         return Err(failed.error.clone());
@@ -261,21 +312,21 @@ impl RedisLimits {
                     Some(Err(_)) => {}
                 }
             }
-            let client = self.client.clone();
+            let (address, settings) = (self.address.clone(), self.settings.clone());
             let connecting: Connecting = async move {
-                let config = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                    // No response timeout of redis-rs's own (half a second by default): it
-                    // would end a check whose `timeout` is longer in an error, taken for an
-                    // answer, which the overdue answers' count would never see.
-                    .set_response_timeout(None);
-                client
-                    .get_multiplexed_async_connection_with_config(&config)
+                match tokio::time::timeout(CONNECT_TIMEOUT, Made::connect(&address, &settings))
                     .await
-                    .map_err(|error| ConnectFailed {
-                        error,
-                        at: Instant::now(),
-                    })
+                {
+                    Ok(made) => made,
+                    Err(elapsed) => Err(RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        elapsed,
+                    ))),
+                }
+                .map_err(|error| ConnectFailed {
+                    error,
+                    at: Instant::now(),
+                })
             }
             .boxed()
             .shared();
@@ -312,7 +363,10 @@ impl RedisLimits {
             Ok(Link::Made(slot, connection)) => (slot, connection),
             Ok(Link::Making(slot)) => {
                 match tokio::time::timeout_at(deadline, Connecting::clone(&slot)).await {
-                    Ok(Ok(connection)) => (slot, connection),
+                    Ok(Ok(made)) => {
+                        let connection = made.connection.clone();
+                        (slot, connection)
+                    }
                     Ok(Err(failed)) => return Checked::Failed(failed.error),
                     // Nothing was sent: no answer is overdue.
                     Err(_) => return Checked::TimedOut { replaced: false },

@@ -247,9 +247,7 @@ pub(crate) fn build(
     let redis = spec
         .redis
         .credentials()
-        .and_then(|credentials| {
-            RedisLimits::shared(context.shared(), &spec.redis.address, credentials)
-        })
+        .map(|credentials| RedisLimits::shared(context.shared(), &spec.redis.address, credentials))
         .map_err(|e| e.within("redis"))?;
     let metrics = context.metrics();
     let decisions = |decision| {
