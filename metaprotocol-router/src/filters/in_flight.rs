@@ -20,6 +20,11 @@ impl InFlightLimit {
         })
     }
 
+    /// The most entries under way at once.
+    pub fn max(&self) -> u32 {
+        self.max
+    }
+
     /// One more entry, under way until the guard is dropped; `None` when `max` already are.
     pub fn try_enter(self: &Arc<Self>) -> Option<InFlight> {
         self.try_enter_within(self.max)

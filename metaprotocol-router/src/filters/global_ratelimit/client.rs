@@ -9,8 +9,8 @@
 //! restart, `CLIENT KILL`) is known closed as soon as its driver reads the close ([`Made`]), and
 //! replaced before the next check, which would otherwise fail on it.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::clock::{ClockOffset, unix_micros};
@@ -42,9 +42,16 @@ pub(crate) struct RedisLimits {
     /// Made on first use, inside the runtime; dropped (the next check making a new one) when it
     /// fails, or when too many of its answers are overdue.
     connection: ArcSwapOption<Connecting>,
-    /// The checks waiting for the server, whichever filter's: each filter's
-    /// `max_pending_checks` bounds them all (the connection's queue, and the requests held).
+    /// The checks waiting for the server, whichever filter's: at most [`Self::largest`] (the
+    /// connection's queue, and the requests held), each filter's also within its own bound
+    /// ([`PendingChecks`]).
     pending: Arc<InFlightLimit>,
+    /// The `max_pending_checks` of each filter on the connection (one entry a filter), changed
+    /// only as filters are built and dropped.
+    bounds: Mutex<Vec<u32>>,
+    /// The largest of `bounds`: the most checks waiting on the connection, and the most answers
+    /// overdue on it. Sharing a connection gives its filters no more room than one of them has.
+    largest: AtomicU32,
     /// The answers overdue on `connection`.
     overdue: Overdue,
     /// The server's clock against this host's: checks say when they are stale on it.
@@ -280,15 +287,23 @@ impl RedisLimits {
             settings,
             connection: ArcSwapOption::empty(),
             pending: InFlightLimit::new(u32::MAX),
+            bounds: Mutex::default(),
+            largest: AtomicU32::new(0),
             overdue: Overdue::default(),
             clock: ClockOffset::default(),
         })
     }
 
-    /// A check waiting for the server until the guard is dropped; `None` when `max` (the
-    /// caller's `max_pending_checks`) already wait.
-    pub fn try_wait(&self, max: u32) -> Option<InFlight> {
-        self.pending.try_enter_within(max)
+    /// Adds (`joined`) or removes a filter's `max_pending_checks`, and works out the largest.
+    fn bound(&self, max: u32, joined: bool) {
+        let mut bounds = self.bounds.lock().unwrap_or_else(PoisonError::into_inner);
+        if joined {
+            bounds.push(max);
+        } else if let Some(i) = bounds.iter().position(|bound| *bound == max) {
+            bounds.swap_remove(i);
+        }
+        let largest = bounds.iter().copied().max().unwrap_or(0);
+        self.largest.store(largest, Ordering::Relaxed);
     }
 
     /// The connection, or the one being made; a new one when there is none, when Redis closed
@@ -350,14 +365,10 @@ impl RedisLimits {
 
     /// Counts a request against the limit `key` (see `gcra.lua`), unless the server runs the
     /// check more than twice `timeout` (how long the caller waits for it) after it was sent.
-    /// Waits at most `timeout`; when that makes more than `max_overdue` answers overdue on the
-    /// connection, the connection is dropped, with the answers it still awaits.
-    pub async fn check(
-        &self,
-        command: CheckCommand,
-        timeout: Duration,
-        max_overdue: u32,
-    ) -> Checked {
+    /// Waits at most `timeout`; when that makes more answers overdue on the connection than
+    /// the largest `max_pending_checks` of its filters, the connection is dropped, with the
+    /// answers it still awaits.
+    pub async fn check(&self, command: CheckCommand, timeout: Duration) -> Checked {
         let deadline = tokio::time::Instant::now() + timeout;
         let (slot, mut connection) = match self.link() {
             Ok(Link::Made(slot, connection)) => (slot, connection),
@@ -388,6 +399,7 @@ impl RedisLimits {
                 Checked::Failed(err)
             }
             Err(_) => {
+                let max_overdue = self.largest.load(Ordering::Relaxed);
                 let replaced = self.overdue.timed_out(generation, sent, max_overdue);
                 if replaced {
                     self.drop_connection();
@@ -457,6 +469,55 @@ impl RedisLimits {
             }
         })
     }
+}
+
+/// A filter's checks waiting for Redis, at most its `max_pending_checks`; with those of the
+/// other filters on its connection, at most the largest of their bounds. Each filter is held to
+/// its own bound whatever the others' checks, and filters sharing a connection (two in a chain,
+/// each listener's, the last config's while its requests finish) hold no more than one would.
+pub(crate) struct PendingChecks {
+    redis: Arc<RedisLimits>,
+    own: Arc<InFlightLimit>,
+}
+
+impl PendingChecks {
+    /// A filter's checks on `redis`, at most `max` of them.
+    pub fn new(redis: Arc<RedisLimits>, max: u32) -> Self {
+        redis.bound(max, true);
+        Self {
+            redis,
+            own: InFlightLimit::new(max),
+        }
+    }
+
+    /// The Redis server the checks go to.
+    pub fn redis(&self) -> &Arc<RedisLimits> {
+        &self.redis
+    }
+
+    /// A check waiting for the server until the guard is dropped; `None` when the filter's own
+    /// bound, or the connection's, is reached.
+    pub fn try_wait(&self) -> Option<Waiting> {
+        let own = self.own.try_enter()?;
+        let largest = self.redis.largest.load(Ordering::Relaxed);
+        let shared = self.redis.pending.try_enter_within(largest)?;
+        Some(Waiting {
+            _own: own,
+            _shared: shared,
+        })
+    }
+}
+
+impl Drop for PendingChecks {
+    fn drop(&mut self) {
+        self.redis.bound(self.own.max(), false);
+    }
+}
+
+/// A check counted as waiting, by its filter and on its connection, until dropped.
+pub(crate) struct Waiting {
+    _own: InFlight,
+    _shared: InFlight,
 }
 
 /// Sends `command` on `connection` and reads its answer, a server's error as an error. Its

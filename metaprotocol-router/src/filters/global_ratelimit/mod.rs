@@ -11,12 +11,12 @@
 //! that Redis runs long after the request stopped waiting for it (a Redis that paused runs all
 //! of those at once when it resumes) counts nothing: each check tells the script when it goes
 //! stale, on the Redis server's clock as [`clock`] estimates it. At most `max_pending_checks`
-//! requests wait for Redis at once, counted on its connection (with the other filters' on
-//! it); past that (a Redis that reads but does not answer, under
-//! load) the failure mode applies at once, counted as an `overflow`. A check that timed out
-//! still holds its place in the Redis client's queue until Redis answers it: once more than
-//! `max_pending_checks` answers are overdue on the connection, it is dropped (the queue with
-//! it) for a new one, counted as `stalled` ([`client`]).
+//! of the filter's requests wait for Redis at once, and with those of the other filters on its
+//! connection at most the largest of their `max_pending_checks`; past that (a Redis that reads
+//! but does not answer, under load) the failure mode applies at once, counted as an
+//! `overflow`. A check that timed out still holds its place in the Redis client's queue until
+//! Redis answers it: once more answers are overdue on the connection than that largest bound,
+//! it is dropped (the queue with it) for a new one, counted as `stalled` ([`client`]).
 //!
 //! The Redis password lives in a file (`password_file`), read at each config load, never in
 //! the config: `/config_dump` shows the config to anyone who can reach the admin API.
@@ -48,7 +48,7 @@ use metaprotocol_core::{
 };
 use serde::Deserialize;
 
-use self::client::{CheckCommand, Checked, Credentials, RedisLimits, Verdict};
+use self::client::{CheckCommand, Checked, Credentials, PendingChecks, RedisLimits, Verdict};
 use super::{FilterContext, routing_view};
 use crate::config::{ConfigError, EndpointAddress, from_value};
 use crate::route::DEFAULT_ROUTE_TIMEOUT;
@@ -279,14 +279,13 @@ pub(crate) fn build(
         missing_descriptor: decisions("missing_descriptor"),
     };
     Ok(Arc::new(GlobalRateLimit {
-        redis,
+        pending: PendingChecks::new(redis, spec.max_pending_checks),
         domain: spec.domain,
         descriptors: spec.descriptors,
         rate,
         timeout: spec.timeout,
         failure_mode_deny: spec.failure_mode_deny,
         missing_descriptor: spec.missing_descriptor,
-        max_pending_checks: spec.max_pending_checks,
         stats: Arc::new(stats),
     }))
 }
@@ -308,16 +307,15 @@ struct Stats {
 
 /// The running filter.
 struct GlobalRateLimit {
-    redis: Arc<RedisLimits>,
+    /// The checks waiting for Redis: at most `max_pending_checks`, and with those of the other
+    /// filters on the connection at most the largest of their `max_pending_checks`.
+    pending: PendingChecks,
     domain: String,
     descriptors: Vec<String>,
     rate: Rate,
     timeout: Duration,
     failure_mode_deny: bool,
     missing_descriptor: MissingDescriptor,
-    /// The most checks waiting for Redis (this filter's and those of the others on its
-    /// connection), and the most answers overdue on the connection.
-    max_pending_checks: u32,
     stats: Arc<Stats>,
 }
 
@@ -424,10 +422,7 @@ impl L7Filter for GlobalRateLimit {
             if !self.key(ctx, key) {
                 return Err(Skipped::MissingDescriptor);
             }
-            let pending = self
-                .redis
-                .try_wait(self.max_pending_checks)
-                .ok_or(Skipped::Overflow)?;
+            let pending = self.pending.try_wait().ok_or(Skipped::Overflow)?;
             let command = CheckCommand::new(key, self.rate.emission_us, self.rate.tolerance_us);
             if key.capacity() > MAX_KEPT_KEY_BYTES {
                 *key = Vec::new();
@@ -444,13 +439,12 @@ impl L7Filter for GlobalRateLimit {
                 return failure_mode(&self.stats, &self.stats.overflows, self.failure_mode_deny);
             }
         };
-        let redis = self.redis.clone();
+        let redis = self.pending.redis().clone();
         let stats = self.stats.clone();
         let (timeout, deny) = (self.timeout, self.failure_mode_deny);
-        let max_overdue = self.max_pending_checks;
         FilterDecision::Wait(Box::pin(async move {
             let _waiting = pending;
-            let checked = redis.check(command, timeout, max_overdue).await;
+            let checked = redis.check(command, timeout).await;
             let failed = match checked {
                 // A stale verdict in time: the clocks jumped, and this request goes uncounted.
                 Checked::Answered(Verdict::Conforms | Verdict::Stale) => {
@@ -664,8 +658,7 @@ mod tests {
 
     /// Filters on one Redis connection (two in a chain, a listener's each, or an old config's
     /// and a new one's) each let `max_pending_checks` wait on it: N filters held N times the
-    /// bound. The bound is the connection's: a check waits only while fewer than its filter's
-    /// `max_pending_checks` wait on the connection, whichever filter's they are.
+    /// bound. Together they wait at most the largest of their `max_pending_checks`.
     #[tokio::test]
     async fn filters_sharing_a_redis_connection_share_max_pending_checks() -> std::io::Result<()> {
         let (address, silent) = silent_server().await?;
@@ -700,6 +693,57 @@ mod tests {
         );
         let series = "metaprotocol_ratelimit_backend_errors_total{listener=\"in\",filter=\"global_ratelimit\",reason=\"overflow\"}";
         assert_eq!(value(&metrics, series), Some(1.0));
+        Ok(())
+    }
+
+    /// Filters with different `max_pending_checks` on one connection each refused at their own
+    /// bound, counted against every filter's checks: one with a small bound was refused while
+    /// another's checks (within that one's larger bound) waited. Each filter is held to its own
+    /// bound, counting its own checks, and the connection to the largest.
+    #[tokio::test]
+    async fn filters_sharing_a_redis_connection_each_keep_their_own_max_pending_checks()
+    -> std::io::Result<()> {
+        let (address, silent) = silent_server().await?;
+        let metrics = Metrics::new();
+        let context = FilterContext::standalone("in", NAME, &metrics);
+        let registry = crate::filters::FilterRegistry::with_builtins();
+        let build = |max: u32| {
+            let mut spec = config(&address, true);
+            spec["timeout"] = json!("10s");
+            spec["max_pending_checks"] = json!(max);
+            registry
+                .build(NAME, &spec, &context)
+                .map_err(std::io::Error::other)
+        };
+        let (large, small) = (build(3)?, build(1)?);
+        let request = TestRequest::new(&[("method", "m")]);
+        let mut waiting = Vec::new();
+        let mut outcomes = Vec::new();
+        // Two of the large filter's checks, then the small one's first (within its bound), its
+        // second (past it), and the large one's third and fourth: the connection holds three.
+        for filter in [&large, &large, &small, &small, &large, &large] {
+            let outcome = match request.decide(&**filter) {
+                FilterDecision::Wait(future) => {
+                    waiting.push(tokio::spawn(future));
+                    "waits"
+                }
+                FilterDecision::Reply(reply) if reply.kind == LocalReplyKind::OverLimit => {
+                    "refused"
+                }
+                other => return Err(std::io::Error::other(format!("{other:?}"))),
+            };
+            outcomes.push(outcome);
+        }
+        for check in waiting {
+            check.abort();
+        }
+        silent.abort();
+        assert_eq!(
+            outcomes,
+            ["waits", "waits", "waits", "refused", "refused", "refused"]
+        );
+        let series = "metaprotocol_ratelimit_backend_errors_total{listener=\"in\",filter=\"global_ratelimit\",reason=\"overflow\"}";
+        assert_eq!(value(&metrics, series), Some(3.0));
         Ok(())
     }
 
