@@ -9,6 +9,7 @@
 //! restart, `CLIENT KILL`) is known closed as soon as its driver reads the close ([`Made`]), and
 //! replaced before the next check, which would otherwise fail on it.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -60,16 +61,33 @@ pub(crate) struct RedisLimits {
 
 /// A check's command to Redis: `EVALSHA` of the GCRA script with the limit's key and rate,
 /// built as the request comes (its key is read from it); when it goes stale is added as it is
-/// sent. Built in place, in one buffer sized for it: no copy of the key or the numbers apart.
+/// sent. Built in place, in the buffers of a command that ended on this thread
+/// ([`SPARE_COMMANDS`]): no copy of the key or the numbers apart, and once a thread has run as
+/// many checks at once, no allocation of its own.
 pub(crate) struct CheckCommand(Cmd);
+
+thread_local! {
+    /// The commands of the checks that ended on this thread, emptied, for the next to reuse.
+    static SPARE_COMMANDS: RefCell<Vec<Cmd>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The most commands a thread keeps spare: each holds a few hundred bytes (a key is at most 256
+/// bytes, a longer one being hashed).
+const MAX_SPARE_COMMANDS: usize = 64;
 
 impl CheckCommand {
     /// The check of the limit `key`, `emission_us` and `tolerance_us` (see `gcra.lua`).
     pub fn new(key: &[u8], emission_us: u64, tolerance_us: u64) -> Self {
-        // Seven arguments: these, the hash and the key count, and when it goes stale (a number
-        // is at most 20 digits).
         let hash = GCRA.get_hash();
-        let mut cmd = Cmd::with_capacity(7, "EVALSHA".len() + hash.len() + 1 + key.len() + 3 * 20);
+        let spare = SPARE_COMMANDS
+            .try_with(|spare| spare.try_borrow_mut().ok()?.pop())
+            .ok()
+            .flatten();
+        let mut cmd = spare.unwrap_or_else(|| {
+            // Seven arguments: these, the hash and the key count, and when it goes stale (a
+            // number is at most 20 digits).
+            Cmd::with_capacity(7, "EVALSHA".len() + hash.len() + 1 + key.len() + 3 * 20)
+        });
         cmd.arg("EVALSHA")
             .arg(hash)
             .arg(1)
@@ -77,6 +95,21 @@ impl CheckCommand {
             .arg(emission_us)
             .arg(tolerance_us);
         Self(cmd)
+    }
+}
+
+impl Drop for CheckCommand {
+    fn drop(&mut self) {
+        let mut cmd = self.0.take();
+        cmd.clear();
+        // A thread ending drops its spares first: this command then goes with the check.
+        let _ = SPARE_COMMANDS.try_with(|spare| {
+            if let Ok(mut spare) = spare.try_borrow_mut()
+                && spare.len() < MAX_SPARE_COMMANDS
+            {
+                spare.push(cmd);
+            }
+        });
     }
 }
 
@@ -425,7 +458,7 @@ impl RedisLimits {
     async fn run(
         &self,
         connection: &mut MultiplexedConnection,
-        CheckCommand(mut command): CheckCommand,
+        mut command: CheckCommand,
         timeout: Duration,
         sent: i64,
     ) -> Result<Verdict, RedisError> {
@@ -437,14 +470,15 @@ impl RedisLimits {
                 .saturating_add(wait.saturating_mul(2))
                 .max(1)
         });
+        let command = &mut command.0;
         command.arg(stale_after);
-        let answer = match ask(connection, &command).await {
+        let answer = match ask(connection, command).await {
             Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                 // A Redis restarted (or flushed) since the script was loaded.
                 let mut load = redis::cmd("SCRIPT");
                 load.arg("LOAD").arg(GCRA_SOURCE);
                 match ask(connection, &load).await {
-                    Ok(_) => ask(connection, &command).await,
+                    Ok(_) => ask(connection, command).await,
                     Err(err) => Err(err),
                 }
             }
