@@ -11,16 +11,22 @@
 //! places ([`RequestPlace`], [`PendingPlace`]) only while the cluster sets that limit: a
 //! cluster without one (most) writes no number shared by every worker per attempt, and its
 //! gauges stay per-thread cells ([`ClusterStats`]).
+//!
+//! A limit an update sets on a cluster that had none applies to what is in flight then, as
+//! Envoy's does to what its cluster always counts: the attempts (and queued requests) admitted
+//! before it hold no place, so until they have ended each admission reads how many there are
+//! from the cluster's per-thread gauges (every attempt counts there; those holding a place, no
+//! more than the places held), and counts them against the limit with the places.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
 
 use crate::config::CircuitBreakersSpec;
 use crate::stats::Counter;
-use crate::stats::{ClusterStats, MetricsScope};
+use crate::stats::{ClusterStats, MetricsScope, UpDownCounter};
 
 /// One limit of a cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,12 +85,36 @@ pub(crate) struct CircuitBreakers {
     pending: Held,
 }
 
-/// A count on a cache line of its own: every worker takes and gives back places in it, which
-/// would otherwise slow down the reads of the limits beside it (made by every attempt, to
-/// clusters without limits too).
+/// A count of places on a cache line of its own: every worker takes and gives back places in
+/// it, which would otherwise slow down the reads of the limits beside it (made by every
+/// attempt, to clusters without limits too).
 #[derive(Debug, Default)]
 #[repr(align(128))]
-struct Held(AtomicI64);
+struct Held {
+    places: AtomicI64,
+    /// Set by an update that sets the limit on a cluster that had none, while what it admitted
+    /// before (holding no place) may still be in flight; cleared once none is.
+    unplaced: AtomicBool,
+}
+
+impl Held {
+    /// How many of what `level` counts (every attempt in flight, or every request queued, of
+    /// the cluster) hold no place here: those admitted before the limit was set, while any may
+    /// be left; else 0 without reading `level` (a sum over every thread's cells). Those holding
+    /// a place took it before `level` counted them and count there until after they give it
+    /// back, so the difference never counts one of them; it may miss one admitted on another
+    /// worker at this instant, and only while the ones before the update are in flight.
+    fn unplaced(&self, level: &UpDownCounter) -> i64 {
+        if !self.unplaced.load(Ordering::Acquire) {
+            return 0;
+        }
+        let unplaced = (level.get() - self.places.load(Ordering::Acquire)).max(0);
+        if unplaced == 0 {
+            self.unplaced.store(false, Ordering::Release);
+        }
+        unplaced
+    }
+}
 
 /// An attempt's place under its cluster's `max_requests`, given back when dropped (with the
 /// attempt's guard, however the attempt ends).
@@ -93,7 +123,7 @@ pub(crate) struct RequestPlace(Arc<CircuitBreakers>);
 
 impl Drop for RequestPlace {
     fn drop(&mut self) {
-        self.0.requests.0.fetch_sub(1, Ordering::Release);
+        self.0.requests.places.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -105,7 +135,7 @@ pub(crate) struct PendingPlace(Arc<CircuitBreakers>);
 
 impl Drop for PendingPlace {
     fn drop(&mut self) {
-        self.0.pending.0.fetch_sub(1, Ordering::Release);
+        self.0.pending.places.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -159,7 +189,8 @@ impl CircuitBreakers {
     /// checked again, so one the update removes while it was open is shown closed here. Places
     /// held under a limit the update removes are given back as their attempts end; attempts in
     /// flight when an update sets `max_requests` or `max_pending_requests` on a cluster that had
-    /// none took no place, and are not counted against it.
+    /// none took no place, and are counted against it from the cluster's gauges until they end
+    /// ([`Held::unplaced`]).
     pub fn set_limits(&self, spec: Option<&CircuitBreakersSpec>) {
         let limits = match spec {
             Some(spec) => [
@@ -171,8 +202,18 @@ impl CircuitBreakers {
             .map(i64::from),
             None => [i64::MAX; 4],
         };
+        for (breaker, held) in [
+            (Breaker::Requests, &self.requests),
+            (Breaker::PendingRequests, &self.pending),
+        ] {
+            let i = breaker as usize;
+            if limits[i] != i64::MAX && self.limits[i].load(Ordering::Relaxed) == i64::MAX {
+                // Before the limit: an admission that reads the limit reads this too.
+                held.unplaced.store(true, Ordering::Release);
+            }
+        }
         for ((slot, limit), open) in self.limits.iter().zip(limits).zip(&self.open) {
-            slot.store(limit, Ordering::Relaxed);
+            slot.store(limit, Ordering::Release);
             if limit == i64::MAX {
                 open.set(0);
             }
@@ -181,29 +222,32 @@ impl CircuitBreakers {
 
     /// An attempt's places under `max_requests` and `max_pending_requests`, each taken in one
     /// step with its check; the breaker that refused otherwise (its overflow counted, nothing
-    /// held). Under a limit the cluster does not set nothing is taken: no shared write.
-    pub fn admit(self: &Arc<Self>) -> Result<Admission, Breaker> {
+    /// held). Under a limit the cluster does not set nothing is taken: no shared write. `stats`
+    /// are the cluster's, whose gauges count what was admitted before a limit was set.
+    pub fn admit(self: &Arc<Self>, stats: &ClusterStats) -> Result<Admission, Breaker> {
         let request = self
-            .take(Breaker::Requests, &self.requests)?
+            .take(Breaker::Requests, &self.requests, &stats.rq_active)?
             .then(|| RequestPlace(self.clone()));
         // A refusal here drops the request place taken above, giving it back.
         let pending = self
-            .take(Breaker::PendingRequests, &self.pending)?
+            .take(Breaker::PendingRequests, &self.pending, &stats.rq_pending)?
             .then(|| PendingPlace(self.clone()));
         Ok(Admission { request, pending })
     }
 
-    /// Takes a place in `held` under `breaker`'s limit: `Ok(false)` when there is no limit
-    /// (nothing taken), `Ok(true)` when taken; a refusal is counted, and the open gauge follows.
-    fn take(&self, breaker: Breaker, held: &Held) -> Result<bool, Breaker> {
-        let limit = self.limits[breaker as usize].load(Ordering::Relaxed);
+    /// Takes a place in `held` under `breaker`'s limit, counting with the places what `level`
+    /// counts that holds none: `Ok(false)` when there is no limit (nothing taken), `Ok(true)`
+    /// when taken; a refusal is counted, and the open gauge follows.
+    fn take(&self, breaker: Breaker, held: &Held, level: &UpDownCounter) -> Result<bool, Breaker> {
+        let limit = self.limits[breaker as usize].load(Ordering::Acquire);
         if limit == i64::MAX {
             return Ok(false);
         }
+        let room = limit.saturating_sub(held.unplaced(level));
         let taken = held
-            .0
+            .places
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |places| {
-                (places < limit).then_some(places + 1)
+                (places < room).then_some(places + 1)
             })
             .is_ok();
         if self.judge(breaker, taken) {
@@ -268,8 +312,14 @@ impl CircuitBreakers {
     fn current(&self, breaker: Breaker, stats: &ClusterStats) -> i64 {
         match breaker {
             Breaker::Connections => self.connections.load(Ordering::Relaxed),
-            Breaker::PendingRequests => self.pending.0.load(Ordering::Relaxed),
-            Breaker::Requests => self.requests.0.load(Ordering::Relaxed),
+            Breaker::PendingRequests => {
+                self.pending.places.load(Ordering::Relaxed)
+                    + self.pending.unplaced(&stats.rq_pending)
+            }
+            Breaker::Requests => {
+                self.requests.places.load(Ordering::Relaxed)
+                    + self.requests.unplaced(&stats.rq_active)
+            }
             Breaker::Retries => stats.rq_retries_active.get(),
         }
     }
@@ -337,11 +387,11 @@ mod tests {
     #[test]
     fn a_breaker_refuses_at_its_limit_counts_and_closes_again() {
         let (metrics, stats, breakers) = breakers(2, 0);
-        let first = breakers.admit();
+        let first = breakers.admit(&stats);
         assert!(first.as_ref().is_ok_and(|a| a.request.is_some()));
-        let _second = breakers.admit();
+        let _second = breakers.admit(&stats);
         assert_eq!(
-            breakers.admit().err(),
+            breakers.admit(&stats).err(),
             Some(Breaker::Requests),
             "2 in flight"
         );
@@ -367,7 +417,7 @@ mod tests {
             "the refused attempt gave back its place"
         );
         drop(first);
-        assert!(breakers.admit().is_ok());
+        assert!(breakers.admit(&stats).is_ok());
         assert!(
             breakers
                 .status(&stats)
@@ -395,7 +445,7 @@ mod tests {
         drop(second);
         assert!(breakers.reserve_connection().is_some(), "none held");
         breakers.set_limits(None);
-        let unlimited = breakers.admit();
+        let unlimited = breakers.admit(&stats);
         assert!(
             unlimited.is_ok_and(|a| a.request.is_none() && a.pending.is_none()),
             "no limits: no place taken"
@@ -405,29 +455,76 @@ mod tests {
 
     #[test]
     fn a_breaker_an_update_removes_is_shown_closed() {
-        let (metrics, _stats, breakers) = breakers(1, 10);
-        let _held = breakers.admit();
-        assert!(breakers.admit().is_err());
+        let (metrics, stats, breakers) = breakers(1, 10);
+        let _held = breakers.admit(&stats);
+        assert!(breakers.admit(&stats).is_err());
         let open =
             "metaprotocol_upstream_circuit_breaker_open{cluster=\"c\",breaker=\"max_requests\"}";
         assert!(metrics.render().contains(&format!("{open} 1")));
         // The update takes the breaker away while it is open: nothing will check it again.
         breakers.set_limits(None);
-        assert!(breakers.admit().is_ok());
+        assert!(breakers.admit(&stats).is_ok());
         let text = metrics.render();
         assert!(text.contains(&format!("{open} 0")), "{text}");
     }
 
+    #[test]
+    fn a_max_pending_requests_an_update_sets_counts_the_requests_already_queued() {
+        let metrics = Metrics::new();
+        let scope = metrics.root().detached("cluster", "c");
+        let stats = ClusterStats::new(&scope);
+        let breakers = Arc::new(CircuitBreakers::new(&scope, None));
+        // Five requests queued on the cluster's connections (which count them) before a limit:
+        // admitted without a place.
+        for _ in 0..5 {
+            assert!(breakers.admit(&stats).is_ok_and(|a| a.pending.is_none()));
+            stats.rq_pending.inc();
+        }
+        breakers.set_limits(Some(&CircuitBreakersSpec {
+            max_connections: 10,
+            max_pending_requests: 3,
+            max_requests: 100,
+            max_retries: 0,
+        }));
+        assert_eq!(
+            breakers.admit(&stats).err(),
+            Some(Breaker::PendingRequests),
+            "five queued, three allowed"
+        );
+        let pending = |breakers: &CircuitBreakers| {
+            breakers
+                .status(&stats)
+                .into_iter()
+                .find(|s| s.breaker == "max_pending_requests")
+                .map(|s| s.current)
+        };
+        assert_eq!(pending(&breakers), Some(5));
+        // Three of them taken from their queues: room for one.
+        stats.rq_pending.dec_by(3);
+        let one = breakers.admit(&stats);
+        assert!(one.as_ref().is_ok_and(|a| a.pending.is_some()));
+        stats.rq_pending.inc();
+        assert!(
+            breakers.admit(&stats).is_err(),
+            "two old and one new queued"
+        );
+        // The old ones taken: the places alone count.
+        stats.rq_pending.dec_by(2);
+        let two = breakers.admit(&stats);
+        assert!(two.is_ok());
+        assert_eq!(pending(&breakers), Some(2));
+    }
+
     /// Places taken at once on eight threads, each held a moment: the most held at once, as
     /// the holders counted them.
-    fn most_held_at_once(breakers: &Arc<CircuitBreakers>) -> i64 {
+    fn most_held_at_once(breakers: &Arc<CircuitBreakers>, stats: &ClusterStats) -> i64 {
         let (holders, most, admitted) = (AtomicI64::new(0), AtomicI64::new(0), AtomicI64::new(0));
         let until = std::time::Instant::now() + std::time::Duration::from_millis(500);
         std::thread::scope(|threads| {
             for _ in 0..8 {
                 threads.spawn(|| {
                     while std::time::Instant::now() < until {
-                        let Ok(_places) = breakers.admit() else {
+                        let Ok(_places) = breakers.admit(stats) else {
                             continue;
                         };
                         let now = holders.fetch_add(1, Ordering::AcqRel) + 1;
@@ -446,14 +543,14 @@ mod tests {
     #[test]
     fn places_taken_at_once_never_pass_max_requests_or_max_pending_requests() {
         let (_metrics, stats, breakers) = breakers(2, 0);
-        assert!(most_held_at_once(&breakers) <= 2);
+        assert!(most_held_at_once(&breakers, &stats) <= 2);
         breakers.set_limits(Some(&CircuitBreakersSpec {
             max_connections: 10,
             max_pending_requests: 2,
             max_requests: 100,
             max_retries: 0,
         }));
-        assert!(most_held_at_once(&breakers) <= 2);
+        assert!(most_held_at_once(&breakers, &stats) <= 2);
         assert!(
             breakers.status(&stats).iter().all(|s| s.current == 0),
             "every place was given back"

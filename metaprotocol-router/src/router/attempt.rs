@@ -115,7 +115,7 @@ pub(crate) fn start(
     spec: AttemptSpec<'_>,
     reply: ReplyTo,
 ) -> Started {
-    let admission = match target.cluster.breakers().admit() {
+    let admission = match target.cluster.breakers().admit(target.cluster.stats()) {
         Ok(admission) => admission,
         Err(breaker) => return Started::Overflow(breaker),
     };
@@ -222,6 +222,67 @@ circuit_breakers: { max_requests: 2, max_pending_requests: 1000000 }",
         assert!(sent.into_inner() > 0);
         let most = most.into_inner();
         assert!(most <= 2, "{most} attempts in flight at once");
+        Ok(())
+    }
+
+    /// Starts one attempt of `request` on `target`, as the router does.
+    fn start_one(target: &Target, request: &Arc<Message>) -> Started {
+        let now = Instant::now();
+        let spec = AttemptSpec {
+            number: 1,
+            tried: &[],
+            hash: None,
+            deadline: now + Duration::from_secs(60),
+            now,
+        };
+        let mutation = Arc::new(Mutation::default());
+        start(target, request, |_| mutation, spec, ReplyTo::none())
+    }
+
+    /// An update sets `max_requests: 4` on a cluster that had no limit, with six attempts in
+    /// flight: the limit applies to them at once, as Envoy's does to what its cluster counts. No
+    /// attempt starts until fewer than four are in flight, old ones included, and then only as
+    /// many as make four.
+    #[test]
+    fn a_limit_an_update_sets_counts_the_attempts_already_in_flight()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let unlimited = "name: c\nendpoints: [ { address: 127.0.0.1:1 } ]";
+        let cluster = crate::cluster::tests::cluster(unlimited)?;
+        let target = Target {
+            cluster: cluster.clone(),
+            subset: SubsetId::ALL,
+        };
+        // A runtime never driven: the attempts wait in their connection's queue.
+        let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+        let _entered = runtime.handle().enter();
+        let request = Arc::new(Message::new(MessageKind::Request, 1, Bytes::new()));
+        let mut old: Vec<Started> = (0..6).map(|_| start_one(&target, &request)).collect();
+        assert!(old.iter().all(|s| matches!(s, Started::Sent(_))));
+        let limited = Arc::new(crate::config::ClusterSpec::from_yaml(&format!(
+            "{unlimited}\ncircuit_breakers: {{ max_requests: 4, max_pending_requests: 1000 }}"
+        ))?);
+        cluster.update(&limited, None, None, &crate::cluster::Resolved::new())?;
+        let overflows = |started: &Started| matches!(started, Started::Overflow(Breaker::Requests));
+        assert!(
+            overflows(&start_one(&target, &request)),
+            "six in flight, four allowed"
+        );
+        old.truncate(3);
+        let new: Vec<Started> = (0..2).map(|_| start_one(&target, &request)).collect();
+        assert!(
+            matches!(new[0], Started::Sent(_)) && overflows(&new[1]),
+            "three old in flight: room for one"
+        );
+        old.clear();
+        let more: Vec<Started> = (0..4).map(|_| start_one(&target, &request)).collect();
+        let sent = more
+            .iter()
+            .filter(|s| matches!(s, Started::Sent(_)))
+            .count();
+        assert_eq!(
+            sent, 3,
+            "the old ones ended: one new in flight, room for three"
+        );
         Ok(())
     }
 }

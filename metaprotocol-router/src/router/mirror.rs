@@ -69,7 +69,8 @@ impl MirrorPolicy {
         }
         // Copies load the mirror cluster as any request does: its limits protect it from
         // them too (the breaker counts its overflow).
-        let Ok(admission) = self.target.cluster.breakers().admit() else {
+        let cluster = &self.target.cluster;
+        let Ok(admission) = cluster.breakers().admit(cluster.stats()) else {
             stats.mirror_dropped.inc();
             return;
         };

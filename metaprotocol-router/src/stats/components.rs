@@ -343,8 +343,9 @@ impl RouteStats {
 
 /// Metric handles of one cluster. The two levels every request moves, attempts in flight and
 /// requests queued, are kept in per-thread cells ([`UpDownCounter`]): a request writes its own
-/// thread's cells, and only a scrape or a retry budget sums them. The circuit breakers that limit
-/// them count places of their own, exact, only while a limit is set
+/// thread's cells, and only a scrape, a retry budget, or a circuit breaker an update just set
+/// (while what it admitted before is in flight) sums them. The circuit breakers that limit them
+/// count places of their own, exact, only while a limit is set
 /// ([`crate::cluster::CircuitBreakers::admit`]); `max_retries` compares with `rq_retries_active`.
 #[derive(Clone, Debug)]
 pub(crate) struct ClusterStats {
