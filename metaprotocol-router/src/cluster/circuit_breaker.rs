@@ -116,14 +116,33 @@ impl Held {
     }
 }
 
-/// An attempt's place under its cluster's `max_requests`, given back when dropped (with the
-/// attempt's guard, however the attempt ends).
+/// An attempt's place under its cluster's `max_requests`, given back when dropped, or handed
+/// over to the attempt's guard ([`RequestPlace::hand_over`]), which gives it back when the
+/// attempt ends, however it ends.
 #[derive(Debug)]
-pub(crate) struct RequestPlace(Arc<CircuitBreakers>);
+pub(crate) struct RequestPlace<'a>(&'a CircuitBreakers);
 
-impl Drop for RequestPlace {
+impl RequestPlace<'_> {
+    /// Hands the place over to an attempt on an endpoint whose pool counts under `breakers`:
+    /// the attempt's guard gives it back through its endpoint
+    /// ([`CircuitBreakers::give_back_request`]), so that no handle of the breakers is cloned
+    /// per attempt. True if handed over; false (the place given back now) if the pool counts
+    /// under other breakers, or none, which the endpoints of the cluster that admitted the
+    /// attempt never do.
+    pub fn hand_over(self, breakers: Option<&CircuitBreakers>) -> bool {
+        if breakers.is_some_and(|b| std::ptr::eq(b, self.0)) {
+            // The guard gives it back instead of this.
+            std::mem::forget(self);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Drop for RequestPlace<'_> {
     fn drop(&mut self) {
-        self.0.requests.places.fetch_sub(1, Ordering::Release);
+        self.0.give_back_request();
     }
 }
 
@@ -141,9 +160,9 @@ impl Drop for PendingPlace {
 
 /// The places an admitted attempt holds: `None` under a limit the cluster does not set.
 #[derive(Debug)]
-pub(crate) struct Admission {
+pub(crate) struct Admission<'a> {
     /// Held by the attempt until it ends.
-    pub request: Option<RequestPlace>,
+    pub request: Option<RequestPlace<'a>>,
     /// Held by the request until a connection takes it from its queue.
     pub pending: Option<PendingPlace>,
 }
@@ -224,15 +243,21 @@ impl CircuitBreakers {
     /// step with its check; the breaker that refused otherwise (its overflow counted, nothing
     /// held). Under a limit the cluster does not set nothing is taken: no shared write. `stats`
     /// are the cluster's, whose gauges count what was admitted before a limit was set.
-    pub fn admit(self: &Arc<Self>, stats: &ClusterStats) -> Result<Admission, Breaker> {
+    pub fn admit(self: &Arc<Self>, stats: &ClusterStats) -> Result<Admission<'_>, Breaker> {
         let request = self
             .take(Breaker::Requests, &self.requests, &stats.rq_active)?
-            .then(|| RequestPlace(self.clone()));
+            .then(|| RequestPlace(self));
         // A refusal here drops the request place taken above, giving it back.
         let pending = self
             .take(Breaker::PendingRequests, &self.pending, &stats.rq_pending)?
             .then(|| PendingPlace(self.clone()));
         Ok(Admission { request, pending })
+    }
+
+    /// Gives back a place under `max_requests` an attempt's guard was handed
+    /// ([`RequestPlace::hand_over`]).
+    pub fn give_back_request(&self) {
+        self.requests.places.fetch_sub(1, Ordering::Release);
     }
 
     /// Takes a place in `held` under `breaker`'s limit, counting with the places what `level`
@@ -451,6 +476,16 @@ mod tests {
             "no limits: no place taken"
         );
         assert!(breakers.status(&stats).is_empty());
+        // What took no place gave none back: the limit set again has two places, one of them
+        // still held by the second attempt.
+        breakers.set_limits(Some(&CircuitBreakersSpec {
+            max_connections: 10,
+            max_pending_requests: 10,
+            max_requests: 2,
+            max_retries: 0,
+        }));
+        let admitted: Vec<_> = (0..3).map(|_| breakers.admit(&stats)).collect();
+        assert_eq!(admitted.iter().filter(|a| a.is_ok()).count(), 1);
     }
 
     #[test]

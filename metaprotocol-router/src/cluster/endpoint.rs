@@ -222,7 +222,7 @@ impl Endpoint {
         self.cluster_active.inc();
         ActiveRequest {
             endpoint: self.clone(),
-            _place: None,
+            placed: false,
         }
     }
 }
@@ -231,8 +231,9 @@ impl Endpoint {
 #[derive(Debug)]
 pub(crate) struct ActiveRequest {
     endpoint: Arc<Endpoint>,
-    /// Its place under its cluster's `max_requests`, when the cluster sets one.
-    _place: Option<RequestPlace>,
+    /// Whether it holds a place under its cluster's `max_requests` (when the cluster sets one),
+    /// given back through the endpoint's pool when it ends.
+    placed: bool,
 }
 
 impl ActiveRequest {
@@ -241,8 +242,8 @@ impl ActiveRequest {
     }
 
     /// The attempt, holding `place` until it ends.
-    pub fn holding(mut self, place: Option<RequestPlace>) -> Self {
-        self._place = place;
+    pub fn holding(mut self, place: Option<RequestPlace<'_>>) -> Self {
+        self.placed = place.is_some_and(|p| p.hand_over(self.endpoint.pool().breakers()));
         self
     }
 }
@@ -251,6 +252,13 @@ impl Drop for ActiveRequest {
     fn drop(&mut self) {
         self.endpoint.active.dec();
         self.endpoint.cluster_active.dec();
+        // After the count above: a place is held for as long as the cluster counts its attempt
+        // (see `CircuitBreakers::admit`).
+        if self.placed
+            && let Some(breakers) = self.endpoint.pool().breakers()
+        {
+            breakers.give_back_request();
+        }
     }
 }
 

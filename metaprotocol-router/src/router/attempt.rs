@@ -69,7 +69,7 @@ pub(crate) fn pick(
     target: &Target,
     tried: &[SocketAddr],
     hash: Option<u64>,
-    place: Option<RequestPlace>,
+    place: Option<RequestPlace<'_>>,
 ) -> Option<(Arc<Host>, ActiveRequest)> {
     let snapshot = target.cluster.snapshot();
     let host = snapshot
@@ -222,6 +222,13 @@ circuit_breakers: { max_requests: 2, max_pending_requests: 1000000 }",
         assert!(sent.into_inner() > 0);
         let most = most.into_inner();
         assert!(most <= 2, "{most} attempts in flight at once");
+        let status = target.cluster.breakers().status(target.cluster.stats());
+        assert!(
+            status
+                .iter()
+                .any(|s| s.breaker == "max_requests" && s.current == 0),
+            "every attempt gave its place back as it ended: {status:?}"
+        );
         Ok(())
     }
 

@@ -289,6 +289,11 @@ impl UpstreamPool {
         })
     }
 
+    /// The cluster's breakers, when the pool is a cluster's.
+    pub fn breakers(&self) -> Option<&CircuitBreakers> {
+        self.breakers.as_deref()
+    }
+
     /// A connection's place under the cluster's `max_connections`: `Some(None)` when the
     /// cluster has no limit, `None` when it is at its limit.
     fn permit(&self) -> Option<Option<ConnectionPermit>> {
