@@ -232,6 +232,75 @@ circuit_breakers: { max_requests: 2, max_pending_requests: 1000000 }",
         Ok(())
     }
 
+    /// Eight threads start attempts without pause, each held a moment, on a cluster without
+    /// limits; an update sets `max_requests: 2` midway. Once the attempts from before it have
+    /// ended (each lasts a moment; a second is given), never more than two are in flight, and
+    /// attempts go on being admitted: what the update found in flight leaves no place taken.
+    #[test]
+    fn an_update_mid_load_leaves_max_requests_exact_once_the_old_attempts_end()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let unlimited = "name: c\nendpoints: [ { address: 127.0.0.1:1 } ]";
+        let cluster = crate::cluster::tests::cluster(unlimited)?;
+        let target = Target {
+            cluster: cluster.clone(),
+            subset: SubsetId::ALL,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+        let request = Arc::new(Message::new(MessageKind::Request, 1, Bytes::new()));
+        let limited = Arc::new(crate::config::ClusterSpec::from_yaml(&format!(
+            "{unlimited}\ncircuit_breakers: {{ max_requests: 2, max_pending_requests: 1000000 }}"
+        ))?);
+        // Held at once, and sent, once the old attempts have ended.
+        let (holders, most, settled_sent) =
+            (AtomicI64::new(0), AtomicI64::new(0), AtomicI64::new(0));
+        let start_at = std::time::Instant::now();
+        let (update_at, settled_at, until) = (
+            start_at + Duration::from_millis(200),
+            start_at + Duration::from_millis(1_200),
+            start_at + Duration::from_millis(1_700),
+        );
+        std::thread::scope(|threads| -> Result<(), crate::config::ConfigError> {
+            for _ in 0..8 {
+                threads.spawn(|| {
+                    let _entered = runtime.handle().enter();
+                    while std::time::Instant::now() < until {
+                        // At most one a millisecond a thread: the queue of the connection never
+                        // driven holds 16 Ki requests, more than 8 threads send in 1.7 s.
+                        std::thread::sleep(Duration::from_millis(1));
+                        let Started::Sent(attempt) = start_one(&target, &request) else {
+                            continue;
+                        };
+                        let held = holders.fetch_add(1, Ordering::AcqRel) + 1;
+                        if std::time::Instant::now() >= settled_at {
+                            most.fetch_max(held, Ordering::Relaxed);
+                            settled_sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                        std::thread::yield_now();
+                        holders.fetch_sub(1, Ordering::AcqRel);
+                        drop(attempt);
+                    }
+                });
+            }
+            std::thread::sleep(update_at.saturating_duration_since(std::time::Instant::now()));
+            cluster.update(&limited, None, None, &crate::cluster::Resolved::new())?;
+            Ok(())
+        })?;
+        let most = most.into_inner();
+        assert!(most <= 2, "{most} attempts in flight at once");
+        assert!(
+            settled_sent.into_inner() > 0,
+            "attempts are still admitted after the update"
+        );
+        let status = cluster.breakers().status(cluster.stats());
+        assert!(
+            status
+                .iter()
+                .any(|s| s.breaker == "max_requests" && s.current == 0),
+            "{status:?}"
+        );
+        Ok(())
+    }
+
     /// Starts one attempt of `request` on `target`, as the router does.
     fn start_one(target: &Target, request: &Arc<Message>) -> Started {
         let now = Instant::now();
