@@ -790,11 +790,21 @@ pub(crate) mod tests {
     /// A request (id 1) routed to cluster `c` (one endpoint, never reached), no attempt made
     /// yet: the cluster, the routed request and its record.
     pub(crate) fn routed() -> Result<(Arc<ClusterHandle>, Routed, RequestRecord), ConfigError> {
-        let cluster =
-            crate::cluster::tests::cluster("name: c\nendpoints: [ { address: 127.0.0.1:1 } ]")?;
+        routed_with(
+            "name: c\nendpoints: [ { address: 127.0.0.1:1 } ]",
+            "name: r\nroutes: [ { route: { cluster: c } } ]",
+        )
+    }
+
+    /// [`routed`] with cluster `c` and the route config built from `cluster` and `routes`.
+    fn routed_with(
+        cluster: &str,
+        routes: &str,
+    ) -> Result<(Arc<ClusterHandle>, Routed, RequestRecord), ConfigError> {
+        let cluster = crate::cluster::tests::cluster(cluster)?;
         let clusters = ClusterManager::default();
         clusters.insert(cluster.clone());
-        let spec = RouteConfigSpec::from_yaml("name: r\nroutes: [ { route: { cluster: c } } ]")?;
+        let spec = RouteConfigSpec::from_yaml(routes)?;
         let table = RouteTable::build(&spec, 1, &clusters, &Metrics::new().root())?;
         let request = Arc::new(Message::new(MessageKind::Request, 1, Bytes::new()));
         let peer = SocketAddr::from(([127, 0, 0, 1], 2));
@@ -848,6 +858,66 @@ pub(crate) mod tests {
                 .is_none()
         );
         assert_eq!(unmatched(), 1, "the late answer");
+        Ok(())
+    }
+
+    /// A retry that `max_requests` refuses is answered as Envoy answers one its connection
+    /// pool refuses (an overflow reset, never retried): with the over-limit error, flagged
+    /// `UO`, counted as the breaker's overflow; not with the failure the attempt before it had.
+    #[tokio::test]
+    async fn a_retry_max_requests_refuses_is_answered_with_the_over_limit_error()
+    -> Result<(), ConfigError> {
+        let (cluster, mut routed, mut record) = routed_with(
+            "name: c
+endpoints: [ { address: 127.0.0.1:1 } ]
+circuit_breakers: { max_requests: 1 }",
+            "name: r
+routes: [ { route: { cluster: c }, retry_policy: { num_retries: 1, retry_on: [connect_failure] } } ]",
+        )?;
+        let request = Arc::new(Message::new(MessageKind::Request, 1, Bytes::new()));
+        let now = Instant::now();
+        let next = routed.attempt(&request, |_| ReplyTo::none(), &mut record, &mut (), now);
+        assert!(matches!(next, Next::Answer { .. }));
+        let failed = Err(UpstreamError::ConnectFailed {
+            address: SocketAddr::from(([127, 0, 0, 1], 1)),
+            reason: "refused".into(),
+        });
+        let next = routed.answered(1, &failed, &mut record, &mut (), now);
+        assert!(matches!(next, Some(Next::Retry { .. })), "{next:?}");
+        // Another request's attempt takes the cluster's one place before the retry starts.
+        let target = Target {
+            cluster: cluster.clone(),
+            subset: crate::cluster::SubsetId::ALL,
+        };
+        let spec = AttemptSpec {
+            number: 1,
+            tried: &[],
+            hash: None,
+            deadline: now + Duration::from_secs(60),
+            now,
+        };
+        let mutation = Arc::new(Mutation::default());
+        let other = attempt::start(&target, &request, |_| mutation, spec, ReplyTo::none());
+        assert!(matches!(other, Started::Sent(_)));
+        let Next::Fail(reply) =
+            routed.attempt(&request, |_| ReplyTo::none(), &mut record, &mut (), now)
+        else {
+            return Err(ConfigError::new("retry", "the retry was not refused"));
+        };
+        assert_eq!(reply.kind, LocalReplyKind::OverLimit, "{}", reply.message);
+        assert!(
+            record
+                .outcome
+                .flags
+                .contains(ResponseFlags::UPSTREAM_OVERFLOW)
+        );
+        let overflows = cluster
+            .breakers()
+            .status(cluster.stats())
+            .into_iter()
+            .find(|s| s.breaker == "max_requests")
+            .map(|s| s.overflows);
+        assert_eq!(overflows, Some(1));
         Ok(())
     }
 }
