@@ -67,4 +67,6 @@ pub use record::{
     RoutingView, Timings,
 };
 pub use reply::{LocalReply, LocalReplyKind, UnknownReplyKind};
-pub use watched_file::{FileCheck, MAX_WATCHED_FILE_BYTES, Reloaded, WatchedFile, WeakWatchedFile};
+pub use watched_file::{
+    FileCheck, MAX_WATCHED_FILE_BYTES, Reloaded, WatchedFile, WeakWatchedFile, read_regular_file,
+};

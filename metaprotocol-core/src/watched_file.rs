@@ -141,52 +141,84 @@ impl fmt::Debug for Shared {
 
 /// `path`'s contents: a regular file (after symlinks) of at most [`MAX_WATCHED_FILE_BYTES`].
 fn read(path: &Path) -> Result<Vec<u8>, String> {
-    // Looked at before it is opened, so that a device or FIFO is not even opened; then judged
-    // again by what was opened (see `open_regular`).
+    read_regular_file(path, MAX_WATCHED_FILE_BYTES).map_err(|why| refuse(path, &why))
+}
+
+/// The contents of `path`, a regular file (after symlinks) of at most `max_bytes`, or why not,
+/// in words that follow "cannot be read: " (`it is a FIFO, not a regular file`). Anything else
+/// is refused without waiting or reading it whole: opening a FIFO waits for a writer, and a
+/// device (`/dev/zero`) never ends. For files a proxy takes its settings from while it runs
+/// (credentials, certificates), which may be replaced under it at any time.
+pub fn read_regular_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, String> {
+    // Looked at before it is opened, so that a device is not even opened; then judged again by
+    // what was opened (see `open_regular`).
     fits(
-        path,
-        std::fs::metadata(path).map_err(|err| io_error(path, err))?,
+        &std::fs::metadata(path).map_err(|err| err.to_string())?,
+        max_bytes,
     )?;
-    let file = open_regular(path)?;
+    let file = open_regular(path, max_bytes)?;
     let mut bytes = Vec::new();
     // One byte more than the bound tells a file that grew past it since it was looked at.
-    file.take(MAX_WATCHED_FILE_BYTES + 1)
+    file.take(max_bytes + 1)
         .read_to_end(&mut bytes)
-        .map_err(|err| io_error(path, err))?;
-    if bytes.len() as u64 > MAX_WATCHED_FILE_BYTES {
-        return Err(refuse(path, "it is larger than 1 MiB"));
+        .map_err(|err| err.to_string())?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(too_large(max_bytes));
     }
     Ok(bytes)
 }
 
-/// `path` opened for reading, if what was opened is a regular file within the bound. The path
-/// may name something else by now than when it was looked at (a FIFO renamed over it, say),
-/// so it is opened without waiting (a FIFO's blocking open would hold the reloading thread
+/// `path` opened for reading, if what was opened is a regular file of at most `max_bytes`. The
+/// path may name something else by now than when it was looked at (a FIFO renamed over it,
+/// say), so it is opened without waiting (a FIFO's blocking open would hold the reading thread
 /// until a writer came) and the handle is judged, not the path. On a regular file the flag
 /// changes nothing.
-fn open_regular(path: &Path) -> Result<File, String> {
+fn open_regular(path: &Path, max_bytes: u64) -> Result<File, String> {
     let mut options = OpenOptions::new();
     options.read(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
-    let file = options.open(path).map_err(|err| io_error(path, err))?;
-    fits(path, file.metadata().map_err(|err| io_error(path, err))?)?;
+    let file = options.open(path).map_err(|err| err.to_string())?;
+    fits(&file.metadata().map_err(|err| err.to_string())?, max_bytes)?;
     Ok(file)
 }
 
-/// Why a file of `meta` at `path` is not read, if it is not.
-fn fits(path: &Path, meta: std::fs::Metadata) -> Result<(), String> {
-    if !meta.is_file() {
-        return Err(refuse(path, "it is not a regular file"));
+/// Why a file of `meta` is not read, if it is not: what it is when it is no regular file.
+fn fits(meta: &std::fs::Metadata, max_bytes: u64) -> Result<(), String> {
+    let kind = meta.file_type();
+    if kind.is_file() {
+        if meta.len() > max_bytes {
+            return Err(too_large(max_bytes));
+        }
+        return Ok(());
     }
-    if meta.len() > MAX_WATCHED_FILE_BYTES {
-        return Err(refuse(path, "it is larger than 1 MiB"));
-    }
-    Ok(())
+    Err(format!("it is {}, not a regular file", kind_of(kind)))
 }
 
-fn io_error(path: &Path, err: std::io::Error) -> String {
-    refuse(path, &err.to_string())
+/// What a file that is not a regular file is, in words.
+fn kind_of(kind: std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a FIFO";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+        if kind.is_char_device() || kind.is_block_device() {
+            return "a device";
+        }
+    }
+    if kind.is_dir() {
+        "a directory"
+    } else {
+        "no regular file"
+    }
+}
+
+fn too_large(max_bytes: u64) -> String {
+    format!("it is larger than {} MiB", max_bytes >> 20)
 }
 
 fn refuse(path: &Path, why: &str) -> String {
@@ -269,7 +301,7 @@ mod tests {
         {
             let fifo = fifo.clone();
             std::thread::spawn(move || {
-                let _ = done.send(open_regular(&fifo).map(drop));
+                let _ = done.send(open_regular(&fifo, MAX_WATCHED_FILE_BYTES).map(drop));
             });
         }
         let outcome = opened.recv_timeout(std::time::Duration::from_secs(10));

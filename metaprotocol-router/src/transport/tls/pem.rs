@@ -1,9 +1,8 @@
 //! Reading PEM files into what rustls takes: certificate chains, private keys, trust roots.
 
-use std::fs::{Metadata, OpenOptions};
-use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use metaprotocol_core::read_regular_file;
 
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
@@ -27,28 +26,9 @@ impl PemFile {
     /// most [`MAX_FILE_BYTES`]. Anything else is refused without waiting or reading it whole:
     /// opening a FIFO waits for a writer, and a device (`/dev/zero`) never ends.
     pub fn read(field: &'static str, path: &Path) -> Result<Self, ConfigError> {
-        let error = |reason: String| {
-            ConfigError::new(field, format!("cannot read {}: {reason}", path.display()))
-        };
-        let io_error = |err: std::io::Error| error(err.to_string());
-        // Looked at before it is opened, so that a device is not even opened; then opened
-        // without waiting (a FIFO renamed over the path in between would wait for a writer),
-        // and judged again by what was opened, not by the path.
-        fits(&std::fs::metadata(path).map_err(io_error)?).map_err(error)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(path)
-            .map_err(io_error)?;
-        fits(&file.metadata().map_err(io_error)?).map_err(error)?;
-        let mut bytes = Vec::new();
-        // One byte more than the bound tells a file that grew past it since it was looked at.
-        file.take(MAX_FILE_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(io_error)?;
-        if bytes.len() as u64 > MAX_FILE_BYTES {
-            return Err(error(too_large()));
-        }
+        let bytes = read_regular_file(path, MAX_FILE_BYTES).map_err(|why| {
+            ConfigError::new(field, format!("cannot read {}: {why}", path.display()))
+        })?;
         Ok(Self {
             field,
             path: path.to_owned(),
@@ -126,34 +106,4 @@ impl PemFile {
             format!("cannot read {}: {err}", self.path.display()),
         )
     }
-}
-
-/// Why a file of `meta` cannot be read as PEM, if it cannot.
-fn fits(meta: &Metadata) -> Result<(), String> {
-    let kind = meta.file_type();
-    if kind.is_file() {
-        if meta.len() > MAX_FILE_BYTES {
-            return Err(too_large());
-        }
-        return Ok(());
-    }
-    let what = if kind.is_dir() {
-        "a directory"
-    } else if kind.is_fifo() {
-        "a FIFO"
-    } else if kind.is_socket() {
-        "a socket"
-    } else if kind.is_char_device() || kind.is_block_device() {
-        "a device"
-    } else {
-        "no regular file"
-    };
-    Err(format!("it is {what}, not a regular file"))
-}
-
-fn too_large() -> String {
-    format!(
-        "larger than {} MiB, more than any certificate, key or CA bundle",
-        MAX_FILE_BYTES >> 20
-    )
 }
