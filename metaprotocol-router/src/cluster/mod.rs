@@ -306,6 +306,8 @@ impl ClusterHandle {
     /// True if it was last built from `spec` (the config's spec it was built from, shared, is
     /// not compared field by field: an update of one cluster among thousands compares one).
     pub fn has_spec(&self, spec: &Arc<ClusterSpec>) -> bool {
+        #[cfg(test)]
+        crate::config::work::count(&crate::config::work::HANDLES_CHECKED);
         same_cluster(&self.lock().spec, spec)
     }
 
@@ -316,6 +318,8 @@ impl ClusterHandle {
         protocol: &str,
         local: Option<&LocalitySpec>,
     ) -> bool {
+        #[cfg(test)]
+        crate::config::work::count(&crate::config::work::HANDLES_CHECKED);
         let state = self.lock();
         same_cluster(&state.spec, spec)
             && state.protocol == protocol
@@ -566,6 +570,8 @@ impl ClusterHandle {
     /// the table (see [`ClusterHandle::subset`]), the first snapshot of a new `ring_hash` or
     /// `maglev` cluster (see [`ClusterHandle::new`]), or a health change's build under way.
     pub fn build_pending(&self) -> bool {
+        #[cfg(test)]
+        crate::config::work::count(&crate::config::work::HANDLES_CHECKED);
         let state = self.lock();
         state.builds.published < state.builds.requested
     }

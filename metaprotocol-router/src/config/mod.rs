@@ -18,7 +18,7 @@ mod source;
 mod telemetry;
 mod tls;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -185,22 +185,35 @@ impl Config {
 
     /// Every error [`Config::validate`] would report, in the order of the document's sections.
     pub fn errors(&self) -> Vec<ConfigError> {
-        self.errors_beyond(&Config::default())
+        self.errors_beyond(&Config::default(), None)
     }
 
     /// [`Config::validate`] for a config made from `checked`, a valid one: a cluster at the
     /// index it had in `checked`, the same spec (shared, not equal), is not checked again, so an
-    /// update of one cluster among thousands checks that one. Every check across entries (names
+    /// update of one cluster among thousands checks that one. Its clusters' names are indexed
+    /// as [`ClusterIndex::carried`] does from `known`'s (a valid list and its index), so that
+    /// such an update indexes none; returns that index. Every check across entries (names
     /// unique, names referenced exist, ...) runs in full.
-    pub(crate) fn validate_beyond(&self, checked: &Config) -> Result<(), ConfigError> {
-        match self.errors_beyond(checked).into_iter().next() {
-            Some(error) => Err(error),
-            None => Ok(()),
+    pub(crate) fn validate_beyond(
+        &self,
+        checked: &Config,
+        known: (&[Arc<ClusterSpec>], &ClusterIndex),
+    ) -> Result<ClusterIndex, ConfigError> {
+        let index = ClusterIndex::carried(&self.clusters, known);
+        // A name empty or repeated: the errors in their usual order say which comes first.
+        let first = match &index {
+            Ok(index) => self.errors_beyond(checked, Some(index)).into_iter().next(),
+            Err(_) => self.errors_beyond(checked, None).into_iter().next(),
+        };
+        match (first, index) {
+            (None, Ok(index)) => Ok(index),
+            (Some(error), _) | (None, Err(error)) => Err(error),
         }
     }
 
-    /// Every error of [`Config::validate_beyond`].
-    fn errors_beyond(&self, checked: &Config) -> Vec<ConfigError> {
+    /// Every error of [`Config::validate_beyond`], its clusters' names looked up in `index`
+    /// when it has one (their uniqueness checked as it was built).
+    fn errors_beyond(&self, checked: &Config, index: Option<&ClusterIndex>) -> Vec<ConfigError> {
         let mut errors = Errors::default();
         if let Some(dynamic) = &self.dynamic {
             errors.within("dynamic", |errors| dynamic.check(errors));
@@ -212,16 +225,22 @@ impl Config {
         errors.check("metrics", self.metrics.validate());
         // The names, looked up once per route's cluster: a search of the list each time cost
         // routes times clusters. Those the uniqueness check gathered, unless it stopped part way.
-        let unique_clusters = unique_names(
-            self.clusters.iter().map(|c| Some(c.name.as_str())),
-            "clusters",
-        );
-        let (cluster_names, unique_clusters) = match unique_clusters {
-            Ok(names) => (names, Ok(())),
-            Err(err) => (
-                self.clusters.iter().map(|c| c.name.as_str()).collect(),
-                Err(err),
-            ),
+        let (cluster_names, unique_clusters) = match index {
+            Some(_) => (BTreeSet::new(), Ok(())),
+            None => match unique_names(
+                self.clusters.iter().map(|c| Some(c.name.as_str())),
+                "clusters",
+            ) {
+                Ok(names) => (names, Ok(())),
+                Err(err) => (
+                    self.clusters.iter().map(|c| c.name.as_str()).collect(),
+                    Err(err),
+                ),
+            },
+        };
+        let has_cluster = |name: &str| match index {
+            Some(index) => index.position(name).is_some(),
+            None => cluster_names.contains(name),
         };
         let lists = [
             unique_clusters,
@@ -257,7 +276,7 @@ impl Config {
         for (i, routes) in self.route_configs.iter().enumerate() {
             errors.within(&format!("route_configs[{i}]"), |errors| {
                 routes.check(
-                    &|name| cluster_names.contains(name) || self.dynamic_cluster(name),
+                    &|name| has_cluster(name) || self.dynamic_cluster(name),
                     errors,
                 );
             });
@@ -377,6 +396,57 @@ pub(crate) fn same_cluster(a: &Arc<ClusterSpec>, b: &Arc<ClusterSpec>) -> bool {
     a == b
 }
 
+/// The place of each cluster of a list, by name. Built once, which checks the names (none
+/// empty, none repeated), then carried over to the lists made from that one whose clusters keep
+/// their names and places ([`ClusterIndex::carried`]): an update of one cluster among
+/// thousands indexes none, where each update indexed every name several times.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ClusterIndex(Arc<HashMap<Box<str>, usize>>);
+
+impl ClusterIndex {
+    /// Indexes `clusters`, erring as [`Config::validate`] does on an empty or repeated name.
+    pub fn build(clusters: &[Arc<ClusterSpec>]) -> Result<Self, ConfigError> {
+        let mut index = HashMap::with_capacity(clusters.len());
+        for (i, cluster) in clusters.iter().enumerate() {
+            #[cfg(test)]
+            work::count(&work::NAMES_INDEXED);
+            let name = cluster.name.as_str();
+            unique_name("clusters", i, name, || {
+                index.insert(name.into(), i).is_none()
+            })?;
+        }
+        Ok(Self(Arc::new(index)))
+    }
+
+    /// The index of `clusters`, made from `known` (a list, and its index): the same when
+    /// `clusters` names `known`'s clusters at their places (a walk of the two lists comparing
+    /// names only where the specs are not shared), else built anew.
+    pub fn carried(
+        clusters: &[Arc<ClusterSpec>],
+        (known, index): (&[Arc<ClusterSpec>], &ClusterIndex),
+    ) -> Result<Self, ConfigError> {
+        // The length too: an index of another list (the empty one a proxy starts with) is no
+        // index of this one.
+        if index.0.len() == known.len() && same_places(clusters, known) {
+            return Ok(index.clone());
+        }
+        Self::build(clusters)
+    }
+
+    /// The place of the cluster `name`.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.0.get(name).copied()
+    }
+}
+
+/// True if `a` and `b` name the same clusters at the same places.
+pub(crate) fn same_places(a: &[Arc<ClusterSpec>], b: &[Arc<ClusterSpec>]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(a, b)| Arc::ptr_eq(a, b) || a.name == b.name)
+}
+
 /// The work config updates do on this thread, counted for the tests that bound it.
 #[cfg(test)]
 pub(crate) mod work {
@@ -390,6 +460,10 @@ pub(crate) mod work {
         pub static COMPARED: Cell<usize> = const { Cell::new(0) };
         /// Route specs compared field by field (in comparing route configs).
         pub static ROUTES_COMPARED: Cell<usize> = const { Cell::new(0) };
+        /// Cluster names put in an index ([`super::ClusterIndex`]).
+        pub static NAMES_INDEXED: Cell<usize> = const { Cell::new(0) };
+        /// Running clusters checked against a config's spec, each under its lock.
+        pub static HANDLES_CHECKED: Cell<usize> = const { Cell::new(0) };
         /// Cluster snapshots built (their sets' balancers: `ring_hash` and `maglev` tables).
         pub static SNAPSHOTS_BUILT: Cell<usize> = const { Cell::new(0) };
     }
@@ -434,20 +508,27 @@ fn unique_names<'a>(
     let mut seen = BTreeSet::new();
     for (i, name) in names.enumerate() {
         let Some(name) = name else { continue };
-        if name.is_empty() {
-            return Err(ConfigError::new(
-                format!("{list}[{i}].name"),
-                "must not be empty",
-            ));
-        }
-        if !seen.insert(name) {
-            return Err(ConfigError::new(
-                format!("{list}[{i}].name"),
-                format!("duplicate name `{name}`"),
-            ));
-        }
+        unique_name(list, i, name, || seen.insert(name))?;
     }
     Ok(seen)
+}
+
+/// Rejects entry `i` of `list` when its `name` is empty, or when `first` (which records a name
+/// that is not) says the list had it before.
+fn unique_name(
+    list: &str,
+    i: usize,
+    name: &str,
+    first: impl FnOnce() -> bool,
+) -> Result<(), ConfigError> {
+    let reason = if name.is_empty() {
+        "must not be empty".to_owned()
+    } else if !first() {
+        format!("duplicate name `{name}`")
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::new(format!("{list}[{i}].name"), reason))
 }
 
 #[cfg(test)]

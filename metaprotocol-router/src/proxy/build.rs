@@ -250,32 +250,46 @@ pub(crate) fn route_config_protocols(config: &Config) -> BTreeMap<&str, BTreeSet
 }
 
 /// The protocol each cluster speaks: its own `protocol`, else that of the listeners routing to
-/// it, else the only protocol in the config. Clusters with none of these are left out (routes
-/// cannot use them until they name a protocol). Borrowed from `config`: a copy of each name
-/// cost an update of one cluster among thousands two allocations per cluster.
-pub(crate) fn cluster_protocols(config: &Config) -> Result<BTreeMap<&str, &str>, ConfigError> {
-    let route_protocols = route_config_protocols(config);
-    let mut users: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for routes in &config.route_configs {
-        let protocols = route_protocols.get(routes.name.as_str());
-        for route in &routes.routes {
-            for cluster in route_clusters(route) {
-                users
-                    .entry(cluster)
-                    .or_default()
-                    .extend(protocols.into_iter().flatten());
+/// it, else the only protocol in the config. Clusters with none of these have none (routes
+/// cannot use them until they name a protocol). Found for a cluster when asked: an update asks
+/// about the clusters it changes, where a map of every cluster's cost an update of one among
+/// thousands a pass over them all.
+pub(crate) struct ClusterProtocols<'a> {
+    /// The protocols of the listeners routing to each cluster.
+    users: BTreeMap<&'a str, BTreeSet<&'a str>>,
+    /// The protocols of all listeners.
+    all: BTreeSet<&'a str>,
+}
+
+impl<'a> ClusterProtocols<'a> {
+    /// The protocols of `config`'s clusters.
+    pub fn of_config(config: &'a Config) -> Self {
+        let route_protocols = route_config_protocols(config);
+        let mut users: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for routes in &config.route_configs {
+            let protocols = route_protocols.get(routes.name.as_str());
+            for route in &routes.routes {
+                for cluster in route_clusters(route) {
+                    users
+                        .entry(cluster)
+                        .or_default()
+                        .extend(protocols.into_iter().flatten());
+                }
             }
         }
+        let all = config
+            .listeners
+            .iter()
+            .map(|l| l.protocol.as_str())
+            .collect();
+        Self { users, all }
     }
-    let all: BTreeSet<&str> = config
-        .listeners
-        .iter()
-        .map(|l| l.protocol.as_str())
-        .collect();
-    let mut resolved = BTreeMap::new();
-    for (i, cluster) in config.clusters.iter().enumerate() {
-        let used_by = users.get(cluster.name.as_str());
-        let protocol = match (&cluster.protocol, used_by) {
+
+    /// The protocol of `cluster`, `clusters[i]` of the config; an error when listeners of
+    /// several protocols route to a cluster that names none.
+    pub fn of(&self, i: usize, cluster: &'a ClusterSpec) -> Result<Option<&'a str>, ConfigError> {
+        let used_by = self.users.get(cluster.name.as_str());
+        Ok(match (&cluster.protocol, used_by) {
             (Some(own), _) => Some(own.as_str()),
             (None, Some(set)) if set.len() == 1 => set.iter().next().copied(),
             (None, Some(set)) if set.len() > 1 => {
@@ -286,14 +300,16 @@ pub(crate) fn cluster_protocols(config: &Config) -> Result<BTreeMap<&str, &str>,
                     ),
                 ));
             }
-            _ if all.len() == 1 => all.iter().next().copied(),
+            _ if self.all.len() == 1 => self.all.iter().next().copied(),
             _ => None,
-        };
-        if let Some(protocol) = protocol {
-            resolved.insert(cluster.name.as_str(), protocol);
-        }
+        })
     }
-    Ok(resolved)
+
+    /// True if every listener speaks one protocol (or there is none): then a cluster's
+    /// protocol does not depend on which routes send to it.
+    pub fn one_for_all(&self) -> bool {
+        self.all.len() <= 1
+    }
 }
 
 /// The clusters a route may send to.

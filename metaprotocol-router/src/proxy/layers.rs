@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use super::build::route_clusters;
 use super::status::{ResourceId, ResourceKind, ResourceState};
-use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec, RouteConfigSpec};
+use crate::config::{
+    ClusterIndex, ClusterSpec, Config, ConfigError, ListenerSpec, RouteConfigSpec,
+};
 
 /// The two layers of the running config.
 #[derive(Debug, Clone, Default)]
@@ -76,25 +78,29 @@ pub(crate) enum Changed {
 }
 
 /// Derives the config to run from `layers`, given the config running now (see the module docs).
+/// `base_index` indexes the clusters of `layers.base`, `running`'s own index its clusters: an
+/// update of one cluster among thousands indexes no name.
 pub(crate) fn compose(
     layers: &Layers,
-    running: &Config,
+    base_index: &ClusterIndex,
+    (running, running_index): (&Config, &ClusterIndex),
     changed: Changed,
 ) -> Result<Composed, ConfigError> {
     let base = &layers.base;
     let dynamic = &layers.dynamic;
     check_conflicts(layers, changed)?;
 
-    // Each list by name, once: searching a list for each route's cluster cost routes times
-    // clusters.
-    let base_clusters: BTreeSet<&str> = base.clusters.iter().map(|c| c.name.as_str()).collect();
-    let running_clusters: BTreeMap<&str, &Arc<ClusterSpec>> = running
-        .clusters
-        .iter()
-        .map(|c| (c.name.as_str(), c))
-        .collect();
-    let provided = |name: &str| base_clusters.contains(name) || dynamic.clusters.contains_key(name);
-    let available = |name: &str| provided(name) || running_clusters.contains_key(name);
+    // Names looked up in the indexes: searching a list for each route's cluster cost routes
+    // times clusters.
+    let running_cluster = |name: &str| {
+        running_index
+            .position(name)
+            .and_then(|i| running.clusters.get(i))
+            .filter(|c| c.name == name)
+    };
+    let provided =
+        |name: &str| base_index.position(name).is_some() || dynamic.clusters.contains_key(name);
+    let available = |name: &str| provided(name) || running_cluster(name).is_some();
     let mut states = Vec::new();
 
     // Route configs: a version whose clusters all exist serves; otherwise the running version
@@ -205,7 +211,7 @@ pub(crate) fn compose(
         .flat_map(|(r, _)| r.routes.iter().flat_map(|route| route_clusters(route)))
         .collect();
     for name in used.into_iter().filter(|name| !provided(name)) {
-        if let Some(old) = running_clusters.get(name) {
+        if let Some(old) = running_cluster(name) {
             clusters.push((Arc::clone(old), Origin::Kept));
             states.push((
                 ResourceId::new(ResourceKind::Cluster, name),
@@ -247,6 +253,10 @@ pub(crate) fn compose(
 /// Rejects a name that both layers have: a resource comes from the file or from its source,
 /// never both. The error is the changed side's.
 fn check_conflicts(layers: &Layers, changed: Changed) -> Result<(), ConfigError> {
+    // Without dynamic resources (a config file alone) there is no list to look through.
+    if layers.dynamic.clusters.is_empty() && layers.dynamic.route_configs.is_empty() {
+        return Ok(());
+    }
     let base = &layers.base;
     let lists = [
         (
@@ -402,6 +412,17 @@ impl Composed {
 mod tests {
     use super::*;
     use crate::config::DynamicSpec;
+
+    /// [`compose`], each list indexed anew.
+    fn compose(
+        layers: &Layers,
+        running: &Config,
+        changed: Changed,
+    ) -> Result<Composed, ConfigError> {
+        let base = ClusterIndex::build(&layers.base.clusters)?;
+        let running_index = ClusterIndex::build(&running.clusters)?;
+        super::compose(layers, &base, (running, &running_index), changed)
+    }
 
     fn config(yaml: &str) -> Config {
         match Config::from_yaml(yaml) {

@@ -36,7 +36,7 @@ use self::layers::Layers;
 use self::listeners::ListenerManager;
 use self::status::StatusRegistry;
 pub use self::status::{ConfigFileStatus, ResourceId, ResourceKind, ResourceState, ResourceStatus};
-use self::update::Source;
+use self::update::{Source, Updates};
 use crate::access_log;
 use crate::admin::LogControl;
 use crate::cluster::{ClusterManager, ClusterStatus};
@@ -533,7 +533,7 @@ pub(crate) struct ProxyState {
     config: ArcSwap<Config>,
     /// The layers the running config is composed of; locked for the whole of an update, which
     /// serialises updates.
-    updates: tokio::sync::Mutex<Layers>,
+    updates: tokio::sync::Mutex<Updates>,
     /// The state of dynamic resources and of what waits for them.
     statuses: StatusRegistry,
     /// The dynamic sources the embedder registered.
@@ -607,10 +607,10 @@ impl ProxyState {
         Self {
             updates_applied: reloads("applied"),
             updates_rejected: reloads("rejected"),
-            updates: tokio::sync::Mutex::new(Layers {
+            updates: tokio::sync::Mutex::new(Updates::new(Layers {
                 base: config.clone(),
                 ..Layers::default()
-            }),
+            })),
             config: ArcSwap::from_pointee(config),
             statuses: StatusRegistry::default(),
             sources: DynamicSources::default(),

@@ -4,7 +4,7 @@
 //! or fail a request in flight: clusters and route tables are swapped snapshots, listeners are
 //! added, updated and removed one by one, each removed one draining on its own.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use metaprotocol_core::{CodecFactory, Side};
 use tokio::net::TcpListener;
 
-use super::build::{check_protocols, cluster_protocols, route_config_protocols};
+use super::build::{ClusterProtocols, check_protocols, route_clusters, route_config_protocols};
 use super::dynamic::DynamicUpdate;
 use super::layers::{Changed, Layers, compose};
 use super::listeners::bind;
@@ -20,7 +20,10 @@ use super::status::{ResourceId, ResourceKind};
 use super::{ProxyState, ReloadSummary, UpdateError};
 use crate::cluster::dns::{self, SystemResolver};
 use crate::cluster::{BuiltUpdate, ClusterHandle, ClusterManager, Resolved, build_all};
-use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec, LocalitySpec, same_cluster};
+use crate::config::{
+    ClusterIndex, ClusterSpec, Config, ConfigError, ListenerSpec, LocalitySpec, same_cluster,
+    same_places,
+};
 use crate::published::Published;
 use crate::route::{RouteCheck, RouteSlot, RouteTable};
 use crate::server::ListenerContext;
@@ -66,13 +69,72 @@ struct ClusterChange {
 /// The addresses of the host names of each cluster an update builds or changes, by name.
 type Resolutions = BTreeMap<String, Resolved>;
 
+/// What the update lock guards: the layers the running config is composed of, and the indexes
+/// of cluster names kept beside them for the next update (see [`ClusterIndex`]).
+#[derive(Debug, Default)]
+pub(crate) struct Updates {
+    pub layers: Layers,
+    indexes: Indexes,
+}
+
+impl Updates {
+    /// The layers of a proxy that runs no cluster yet.
+    pub fn new(layers: Layers) -> Self {
+        Self {
+            layers,
+            indexes: Indexes::default(),
+        }
+    }
+}
+
+/// The clusters' names of a config and of its base layer, indexed.
+#[derive(Debug, Default)]
+struct Indexes {
+    base: ClusterIndex,
+    running: ClusterIndex,
+}
+
+/// Which clusters of a new config run as they are: with the same names at the same places as
+/// in the running config, and speaking the protocols they speak (the same listeners, and the
+/// same routes unless one protocol serves them all) for a proxy where it was, a cluster whose
+/// spec is shared with the running config's runs as it is, so that an update of one cluster
+/// among thousands looks at that one.
+struct RunningAsIs<'a> {
+    /// The running config's clusters, when the new config's run as described.
+    running: Option<&'a [Arc<ClusterSpec>]>,
+}
+
+impl<'a> RunningAsIs<'a> {
+    fn new(current: &'a Config, new: &Config, protocols: &ClusterProtocols) -> Self {
+        let as_is = same_places(&new.clusters, &current.clusters)
+            && new.listeners == current.listeners
+            && new.node == current.node
+            && (protocols.one_for_all() || new.route_configs == current.route_configs);
+        Self {
+            running: as_is.then_some(&current.clusters[..]),
+        }
+    }
+
+    /// True if `spec`, the new config's `clusters[i]`, runs as it is.
+    fn runs(&self, i: usize, spec: &Arc<ClusterSpec>) -> bool {
+        self.running
+            .and_then(|running| running.get(i))
+            .is_some_and(|running| Arc::ptr_eq(running, spec))
+    }
+
+    /// True if only the clusters whose spec changed need a look.
+    fn holds(&self) -> bool {
+        self.running.is_some()
+    }
+}
+
 /// Everything a new config needs, built but not yet published.
 #[derive(Default)]
 struct Plan {
     new_clusters: Vec<Arc<ClusterHandle>>,
     changed_clusters: Vec<ClusterChange>,
-    /// The running clusters the new config keeps as they are.
-    kept_clusters: Vec<Arc<ClusterHandle>>,
+    /// The running clusters the new route tables send to: each may have a subset to build.
+    routed_clusters: Vec<Arc<ClusterHandle>>,
     /// The changed clusters, built by [`Plan::build_clusters`].
     updated_clusters: Vec<BuiltUpdate>,
     /// Clusters a new route table registered a subset of, built again with it.
@@ -110,22 +172,32 @@ impl Plan {
     /// (`ring_hash`, `maglev`: up to 2^20 points, hundreds of milliseconds) are built on a
     /// blocking thread, not on the one applying the update and serving requests.
     async fn build_clusters(&mut self) -> Result<(), ConfigError> {
-        let changes = std::mem::take(&mut self.changed_clusters)
-            .into_iter()
-            .map(|change| {
-                change
-                    .handle
-                    .prepare_update(&change.spec, change.codec, change.local, &change.resolved)
-                    .map_err(|e| e.within(&format!("clusters[{}]", change.at)))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let rebuilds = self
-            .new_clusters
-            .iter()
-            .chain(&self.kept_clusters)
-            .filter(|handle| handle.build_pending())
-            .map(ClusterHandle::prepare_rebuild)
-            .collect::<Result<Vec<_>, _>>()?;
+        let (changes, rebuilds) = {
+            // A changed cluster's update builds its new subsets: a rebuild would publish the
+            // config it replaces.
+            let changed: HashSet<*const ClusterHandle> = self
+                .changed_clusters
+                .iter()
+                .map(|change| Arc::as_ptr(&change.handle))
+                .collect();
+            let changes = std::mem::take(&mut self.changed_clusters)
+                .into_iter()
+                .map(|change| {
+                    change
+                        .handle
+                        .prepare_update(&change.spec, change.codec, change.local, &change.resolved)
+                        .map_err(|e| e.within(&format!("clusters[{}]", change.at)))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let rebuilds = self
+                .new_clusters
+                .iter()
+                .chain(&self.routed_clusters)
+                .filter(|handle| !changed.contains(&Arc::as_ptr(handle)) && handle.build_pending())
+                .map(ClusterHandle::prepare_rebuild)
+                .collect::<Result<Vec<_>, _>>()?;
+            (changes, rebuilds)
+        };
         let changed = changes.len();
         let mut built = build_all(changes.into_iter().chain(rebuilds).collect()).await?;
         self.rebuilt_clusters = built.split_off(changed);
@@ -156,13 +228,16 @@ impl ProxyState {
         source: Source<'_>,
         change: impl FnOnce(&mut Layers, &Config) -> Result<(), UpdateError>,
     ) -> Result<ReloadSummary, UpdateError> {
-        let mut layers = self.updates.lock().await;
+        let mut updates = self.updates.lock().await;
         let current = self.config.load_full();
-        let mut new = layers.clone();
+        let mut new = updates.layers.clone();
         change(&mut new, &current)?;
-        match self.try_apply(&new, &layers.base, &current, source).await {
-            Ok(summary) => {
-                *layers = new;
+        match self.try_apply(&new, &updates, &current, source).await {
+            Ok((summary, indexes)) => {
+                *updates = Updates {
+                    layers: new,
+                    indexes,
+                };
                 Ok(summary)
             }
             Err((error, resource)) => {
@@ -193,38 +268,51 @@ impl ProxyState {
         }
     }
 
-    /// Applies `layers`, made from the running layers whose base is `running_base`.
+    /// Applies `layers`, made from those `running` guards; returns the new config's indexes.
     async fn try_apply(
         &self,
         layers: &Layers,
-        running_base: &Config,
+        running: &Updates,
         current: &Config,
         source: Source<'_>,
-    ) -> Result<ReloadSummary, (UpdateError, Option<ResourceId>)> {
+    ) -> Result<(ReloadSummary, Indexes), (UpdateError, Option<ResourceId>)> {
         let unlocated = |err: ConfigError| (UpdateError::from(err), None);
+        let running_base = &running.layers.base;
         // Only what changed since the running base (shared specs were checked when they came).
-        layers
+        let base_index = layers
             .base
-            .validate_beyond(running_base)
+            .validate_beyond(
+                running_base,
+                (&running_base.clusters, &running.indexes.base),
+            )
             .map_err(unlocated)?;
         let changed = match source {
             Source::Dynamic(_) => Changed::Dynamic,
             Source::File | Source::Api => Changed::Base,
         };
-        let composed = compose(layers, current, changed).map_err(|err| {
-            let resource = match source {
-                Source::Dynamic(update) => dynamic_resource_of(&err, update),
-                _ => None,
-            };
-            (UpdateError::from(err), resource)
-        })?;
+        let running_index = &running.indexes.running;
+        let composed =
+            compose(layers, &base_index, (current, running_index), changed).map_err(|err| {
+                let resource = match source {
+                    Source::Dynamic(update) => dynamic_resource_of(&err, update),
+                    _ => None,
+                };
+                (UpdateError::from(err), resource)
+            })?;
         let located = |err: ConfigError| {
             let (err, resource) = composed.locate(err);
             (UpdateError::from(err), resource)
         };
         let new = &composed.effective;
         // The base's entries were checked just above; the dynamic ones are checked here.
-        new.validate_beyond(&layers.base).map_err(located)?;
+        // Its clusters are the base's when no dynamic source adds any (an added cluster among
+        // thousands is indexed once), else most often those running at their places.
+        let known = if same_places(&new.clusters, &layers.base.clusters) {
+            (&layers.base.clusters[..], &base_index)
+        } else {
+            (&current.clusters[..], running_index)
+        };
+        let index = new.validate_beyond(&layers.base, known).map_err(located)?;
         for (field, changed) in [
             ("admin", new.admin != current.admin),
             ("dynamic", new.dynamic != current.dynamic),
@@ -242,9 +330,9 @@ impl ProxyState {
                 "changed; metrics settings take effect on restart",
             )));
         }
-        let resolutions = self.resolve(new).await;
+        let resolutions = self.resolve(current, new).await;
         let mut plan = Plan::default();
-        let prepared = match self.prepare(current, new, &resolutions, &mut plan) {
+        let prepared = match self.prepare(current, new, &index, &resolutions, &mut plan) {
             Ok(()) => plan.bind().await.map_err(|err| (err, None)),
             Err(err) => Err(located(err)),
         };
@@ -277,7 +365,11 @@ impl ProxyState {
             std::sync::atomic::Ordering::Release,
         );
         self.config.store(Arc::new(composed.effective));
-        Ok(summary)
+        let indexes = Indexes {
+            base: base_index,
+            running: index,
+        };
+        Ok((summary, indexes))
     }
 
     /// Checks that `new` can be built, building it and publishing nothing. Its listeners that
@@ -294,12 +386,22 @@ impl ProxyState {
             base: new.clone(),
             ..Layers::default()
         };
-        let composed = compose(&layers, &Config::default(), Changed::Base)?;
+        let base_index = ClusterIndex::build(&new.clusters)?;
+        let none = (&Config::default(), &ClusterIndex::default());
+        let composed = compose(&layers, &base_index, none, Changed::Base)?;
         let mut plan = Plan::default();
         // Checking resolves no name: endpoints named by host names are left out.
         let new = &composed.effective;
-        let prepared = self
-            .prepare(&self.config.load(), new, &Resolutions::new(), &mut plan)
+        let prepared = ClusterIndex::build(&new.clusters)
+            .and_then(|index| {
+                self.prepare(
+                    &self.config.load(),
+                    new,
+                    &index,
+                    &Resolutions::new(),
+                    &mut plan,
+                )
+            })
             .map_err(|err| composed.locate(err).0);
         let tables = new
             .listeners
@@ -313,12 +415,19 @@ impl ProxyState {
         prepared.map(|()| RouteCheck::new(tables))
     }
 
-    /// Resolves the host names of the clusters of `new` that are added or changed, each name
-    /// that cannot be resolved keeping the addresses it has in the running cluster.
-    async fn resolve(&self, new: &Config) -> Resolutions {
+    /// Resolves the host names of the clusters of `new` that are added or changed from
+    /// `current` (those at the places they had, shared, are not looked at), each name that
+    /// cannot be resolved keeping the addresses it has in the running cluster.
+    async fn resolve(&self, current: &Config, new: &Config) -> Resolutions {
         let live = self.clusters.all();
         let mut resolutions = Resolutions::new();
-        for spec in new.clusters.iter().filter(|c| c.has_host_names()) {
+        let as_is = RunningAsIs::new(current, new, &ClusterProtocols::of_config(new));
+        let changed = new
+            .clusters
+            .iter()
+            .enumerate()
+            .filter(|(i, spec)| !as_is.runs(*i, spec));
+        for (_, spec) in changed.filter(|(_, c)| c.has_host_names()) {
             let handle = live.get(&spec.name);
             if handle.is_some_and(|h| h.has_spec(spec)) {
                 continue;
@@ -331,11 +440,12 @@ impl ProxyState {
     }
 
     /// Builds what `new` needs beyond `current` (everything but binding sockets), with the
-    /// addresses of host names in `resolutions`.
+    /// addresses of host names in `resolutions`; `index` indexes `new`'s clusters.
     fn prepare(
         &self,
         current: &Config,
         new: &Config,
+        index: &ClusterIndex,
         resolutions: &Resolutions,
         plan: &mut Plan,
     ) -> Result<(), ConfigError> {
@@ -349,17 +459,25 @@ impl ProxyState {
                     .within(&format!("listeners[{i}]")));
             }
         }
-        let protocols = cluster_protocols(new)?;
+        let protocols = ClusterProtocols::of_config(new);
         let local = new.node.as_ref().map(|node| &node.locality);
+        let as_is = RunningAsIs::new(current, new, &protocols);
 
         // Clusters: build new ones, check changed ones; the prospective view routes compile
         // against.
         let live = self.clusters.all();
-        let mut clusters = Vec::with_capacity(new.clusters.len());
+        // The running clusters the new config keeps (all of them when those that run as they
+        // are are not looked at), and those that it no longer builds.
+        let mut kept = Vec::new();
+        let mut dropped = Vec::new();
         for (i, spec) in new.clusters.iter().enumerate() {
+            if as_is.runs(i, spec) {
+                continue;
+            }
             // Named only when there is an error: an unchanged cluster costs a comparison.
             let within = |e: ConfigError| e.within(&format!("clusters[{i}]"));
-            let Some(&protocol) = protocols.get(spec.name.as_str()) else {
+            let Some(protocol) = protocols.of(i, spec).map_err(within)? else {
+                dropped.push(spec.name.as_str());
                 continue;
             };
             let resolved = || resolutions.get(&spec.name).cloned().unwrap_or_default();
@@ -368,13 +486,11 @@ impl ProxyState {
                     let handle = builder
                         .cluster(spec, protocol, local, &resolved())
                         .map_err(within)?;
-                    clusters.push(handle.clone());
                     plan.new_clusters.push(handle);
                 }
                 Some(handle) => {
-                    clusters.push(handle.clone());
+                    kept.push(spec.name.as_str());
                     if handle.built_from(spec, protocol, local) {
-                        plan.kept_clusters.push(handle.clone());
                         continue;
                     }
                     let old = handle.spec();
@@ -405,45 +521,65 @@ impl ProxyState {
                 }
             }
         }
+        // Those running that the new config does not build: among those looked at when the
+        // others run as they are, else all but those kept (none when it keeps as many).
+        plan.removed_clusters = if as_is.holds() {
+            dropped
+                .into_iter()
+                .filter(|name| live.contains_key(*name))
+                .map(str::to_owned)
+                .collect()
+        } else if kept.len() == live.len() {
+            Vec::new()
+        } else {
+            let kept: HashSet<&str> = kept.into_iter().collect();
+            live.keys()
+                .filter(|name| !kept.contains(name.as_str()))
+                .cloned()
+                .collect()
+        };
         // The same clusters as running (the usual update: some change, none come or go): the
         // running map serves as the prospective one, where a copy cost a 20,000-cluster update
         // a fifth of its time.
-        let prospective = if plan.new_clusters.is_empty() && clusters.len() == live.len() {
+        let prospective = if plan.new_clusters.is_empty() && plan.removed_clusters.is_empty() {
             ClusterManager::sharing(live.clone())
         } else {
-            let prospective = ClusterManager::default();
-            prospective.insert_all(&clusters);
-            plan.removed_clusters = live
-                .keys()
-                .filter(|name| prospective.get(name).is_none())
-                .cloned()
-                .collect();
+            let prospective = ClusterManager::sharing(live.clone());
+            prospective.insert_all(&plan.new_clusters);
+            prospective.remove_all(&plan.removed_clusters);
             prospective
         };
 
         // Route configs: compile what changed.
         let listener_protocols = route_config_protocols(new);
         let slots = self.lock_routes().clone();
+        let mut routed = BTreeSet::new();
         for (i, spec) in new.route_configs.iter().enumerate() {
             let at = format!("route_configs[{i}]");
             let users = listener_protocols
                 .get(spec.name.as_str())
                 .cloned()
                 .unwrap_or_default();
-            check_protocols(spec, &users, &|c| protocols.get(c).map(|p| p.to_string()))
-                .map_err(|e| e.within(&at))?;
+            let protocol = |cluster: &str| {
+                let i = index.position(cluster)?;
+                let spec = new.clusters.get(i)?;
+                protocols.of(i, spec).ok().flatten().map(str::to_owned)
+            };
+            check_protocols(spec, &users, &protocol).map_err(|e| e.within(&at))?;
             match slots.get(&spec.name) {
                 Some(slot) => {
                     let live = slot.table.load();
                     if live.spec() == spec {
                         continue;
                     }
+                    routed.extend(spec.routes.iter().flat_map(|route| route_clusters(route)));
                     let table = builder
                         .route_table(spec, live.version() + 1, &prospective)
                         .map_err(|e| e.within(&at))?;
                     plan.tables.push((spec.name.clone(), table));
                 }
                 None => {
+                    routed.extend(spec.routes.iter().flat_map(|route| route_clusters(route)));
                     let table = builder
                         .route_table(spec, 1, &prospective)
                         .map_err(|e| e.within(&at))?;
@@ -456,6 +592,10 @@ impl ProxyState {
                 }
             }
         }
+        plan.routed_clusters = routed
+            .into_iter()
+            .filter_map(|name| live.get(name).cloned())
+            .collect();
         plan.removed_route_configs = slots
             .keys()
             .filter(|name| new.route_config(name).is_none())
