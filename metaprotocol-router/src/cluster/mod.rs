@@ -1073,16 +1073,19 @@ impl BuiltUpdate {
     }
 }
 
+/// Clusters by name.
+pub(crate) type ClusterMap = BTreeMap<String, Arc<ClusterHandle>>;
+
 /// Every configured cluster, by name. Routes hold handles directly; the manager is for
 /// configuration and the admin API.
 #[derive(Debug, Default)]
 pub(crate) struct ClusterManager {
-    clusters: ArcSwap<BTreeMap<String, Arc<ClusterHandle>>>,
+    clusters: ArcSwap<ClusterMap>,
 }
 
 impl ClusterManager {
     /// A manager of `clusters`, the map of another one, shared.
-    pub fn sharing(clusters: Arc<BTreeMap<String, Arc<ClusterHandle>>>) -> Self {
+    pub fn sharing(clusters: Arc<ClusterMap>) -> Self {
         Self {
             clusters: ArcSwap::new(clusters),
         }
@@ -1092,44 +1095,39 @@ impl ClusterManager {
         self.clusters.load().get(name).cloned()
     }
 
-    pub fn all(&self) -> Arc<BTreeMap<String, Arc<ClusterHandle>>> {
+    pub fn all(&self) -> Arc<ClusterMap> {
         self.clusters.load_full()
     }
 
     pub fn insert(&self, handle: Arc<ClusterHandle>) {
-        self.insert_all(&[handle]);
+        self.clusters
+            .rcu(|clusters| changed(clusters, std::slice::from_ref(&handle), &[]));
     }
 
-    /// Adds (or replaces) every one of `handles` in one swap: a swap per handle copied the
-    /// whole map each time, quadratic in the clusters of a config (20,000 clusters cost minutes).
-    pub fn insert_all(&self, handles: &[Arc<ClusterHandle>]) {
-        if handles.is_empty() {
-            return;
-        }
-        self.clusters.rcu(|clusters| {
-            let mut next = BTreeMap::clone(clusters);
-            for handle in handles {
-                next.insert(handle.name().to_string(), handle.clone());
-            }
-            next
-        });
+    /// Publishes `clusters` in place of its own; returns those it replaces.
+    pub fn replace(&self, clusters: Arc<ClusterMap>) -> Arc<ClusterMap> {
+        self.clusters.swap(clusters)
     }
+}
 
-    /// Removes every cluster of `names` in one swap; returns those it had.
-    pub fn remove_all(&self, names: &[String]) -> Vec<Arc<ClusterHandle>> {
-        if names.is_empty() {
-            return Vec::new();
-        }
-        let removed = names.iter().filter_map(|name| self.get(name)).collect();
-        self.clusters.rcu(|clusters| {
-            let mut next = BTreeMap::clone(clusters);
-            for name in names {
-                next.remove(name);
-            }
-            next
-        });
-        removed
+/// `clusters` with `added` (or replaced) and without `removed`, in one copy: a copy per cluster
+/// was quadratic in the clusters of a config (20,000 clusters cost minutes), and an update
+/// that adds or removes some publishes the copy it compiled its routes against.
+pub(crate) fn changed(
+    clusters: &ClusterMap,
+    added: &[Arc<ClusterHandle>],
+    removed: &[String],
+) -> ClusterMap {
+    #[cfg(test)]
+    crate::config::work::count(&crate::config::work::CLUSTER_MAPS_COPIED);
+    let mut next = clusters.clone();
+    for handle in added {
+        next.insert(handle.name().to_string(), handle.clone());
     }
+    for name in removed {
+        next.remove(name);
+    }
+    next
 }
 
 #[cfg(test)]

@@ -464,6 +464,8 @@ pub(crate) mod work {
         pub static NAMES_INDEXED: Cell<usize> = const { Cell::new(0) };
         /// Running clusters checked against a config's spec, each under its lock.
         pub static HANDLES_CHECKED: Cell<usize> = const { Cell::new(0) };
+        /// Copies of the map of running clusters ([`crate::cluster::changed`]).
+        pub static CLUSTER_MAPS_COPIED: Cell<usize> = const { Cell::new(0) };
         /// Cluster snapshots built (their sets' balancers: `ring_hash` and `maglev` tables).
         pub static SNAPSHOTS_BUILT: Cell<usize> = const { Cell::new(0) };
     }

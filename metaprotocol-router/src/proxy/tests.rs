@@ -798,6 +798,37 @@ async fn one_cluster_changed_among_thousands_indexes_and_looks_at_no_other() -> 
     Ok(())
 }
 
+/// An update that adds a cluster, or removes one, copies the map of running clusters once: the
+/// route tables are compiled against the copy and the commit publishes it, where it copied the
+/// map again to add the new clusters (and once more to take the removed ones out).
+#[tokio::test]
+async fn an_added_or_removed_cluster_copies_the_cluster_map_once() -> TestResult {
+    use crate::config::{ClusterSpec, work};
+    let proxy = start(&routed_clusters(10, 100)).await?;
+    let copies = work::done(&work::CLUSTER_MAPS_COPIED);
+    let spec = ClusterSpec::from_yaml("{ name: added, endpoints: [ { address: 127.0.0.1:2 } ] }")?;
+    proxy.update_cluster(spec).await?;
+    assert_eq!(
+        work::done(&work::CLUSTER_MAPS_COPIED) - copies,
+        1,
+        "copies to add one"
+    );
+    let added = proxy.state.clusters.get("added").ok_or("not added")?;
+
+    let copies = work::done(&work::CLUSTER_MAPS_COPIED);
+    proxy.state.remove_cluster("added").await?;
+    assert_eq!(
+        work::done(&work::CLUSTER_MAPS_COPIED) - copies,
+        1,
+        "copies to remove one"
+    );
+    assert!(proxy.state.clusters.get("added").is_none());
+    assert!(added.is_retired());
+    assert_eq!(proxy.state.clusters.all().len(), 100);
+    proxy.shutdown().await;
+    Ok(())
+}
+
 /// An update that leaves a route config alone compares none of its routes field by field: the
 /// running table's spec and the update's config share them, and each update compared every
 /// route of every route config with the running one (and again for the API's record).
