@@ -295,6 +295,52 @@ mod tests {
         Ok(())
     }
 
+    /// A DNS answer the refresh task takes while a config update of the cluster builds is kept
+    /// when the update commits: the update set the addresses of its own lookup, older, and the
+    /// cluster sent to the old address until the next refresh.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_taken_while_an_update_builds_outlives_the_updates_own()
+    -> Result<(), crate::config::ConfigError> {
+        let yaml = |weight: u32| {
+            format!(
+                "name: c\ndns_refresh_rate: 1s\nendpoints: [ {{ address: \"backend.test:7000\", weight: {weight} }} ]"
+            )
+        };
+        let spec = ClusterSpec::from_yaml(&yaml(1))?;
+        let resolver = Scripted(Mutex::new(vec![
+            Ok(vec![addr("10.0.0.1:0")]),
+            Ok(vec![addr("10.0.0.2:0")]),
+        ]));
+        let (handle, refreshing) = refreshed(&spec, resolver).await?;
+        assert_eq!(endpoints(&handle), [addr("10.0.0.1:7000")]);
+
+        // The update looks the name up (the old answer still) and builds.
+        let next = Arc::new(ClusterSpec::from_yaml(&yaml(2))?);
+        let taken = handle.answers_taken();
+        let own = resolve(
+            &Scripted(Mutex::new(vec![Ok(vec![addr("10.0.0.1:0")])])),
+            &next,
+            &handle.resolved(),
+        )
+        .await;
+        let built = handle
+            .prepare_update(&next, None, None, &own, taken)?
+            .build();
+        // Meanwhile the refresh task takes the new address.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        assert_eq!(endpoints(&handle), [addr("10.0.0.2:7000")]);
+
+        built.commit();
+        assert_eq!(endpoints(&handle), [addr("10.0.0.2:7000")]);
+        assert!(handle.snapshot().hosts.iter().all(|h| h.weight == 2));
+        assert_eq!(
+            handle.resolved().values().collect::<Vec<_>>(),
+            [&vec![addr("10.0.0.2:7000")]]
+        );
+        refreshing.stop().await;
+        Ok(())
+    }
+
     /// Never answers.
     struct Silent;
 

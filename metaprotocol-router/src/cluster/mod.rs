@@ -71,6 +71,9 @@ struct ClusterState {
     retired: Vec<Weak<Endpoint>>,
     /// The addresses the spec's host names resolved to last.
     resolved: Resolved,
+    /// The new answers for its host names taken so far ([`ClusterHandle::resolve`]): an update
+    /// whose lookup began before the last one keeps that answer, not its own older one.
+    answers: u64,
     version: u64,
     /// The proxy's own locality (`node.locality`), which locality-aware sets prefer.
     local: Option<LocalitySpec>,
@@ -222,6 +225,7 @@ impl ClusterHandle {
             }],
             retired: Vec::new(),
             resolved: dns::kept(spec, resolved),
+            answers: 0,
             version: 0,
             local,
             probe,
@@ -500,7 +504,8 @@ impl ClusterHandle {
     }
 
     /// Plans the update of this cluster to `spec` (with `codec`, when the protocol or codec
-    /// options changed) for a proxy at `local`, with `resolved` the addresses of its host names:
+    /// options changed) for a proxy at `local`, with `resolved` the addresses of its host names,
+    /// looked up when it had taken `answers` answers ([`ClusterHandle::answers_taken`]):
     /// its endpoints (those that stay reused, new ones made) and what its snapshot is built
     /// from, changing nothing the cluster has. [`PreparedUpdate::build`] builds the snapshot,
     /// the part that may take long, and [`BuiltUpdate::commit`] publishes it.
@@ -510,6 +515,7 @@ impl ClusterHandle {
         codec: Option<(String, Arc<dyn CodecFactory>)>,
         local: Option<LocalitySpec>,
         resolved: &Resolved,
+        answers: u64,
     ) -> Result<PreparedUpdate, ConfigError> {
         let probe_codec = codec
             .as_ref()
@@ -544,6 +550,7 @@ impl ClusterHandle {
                 probe,
                 local,
                 resolved,
+                answers,
                 endpoints,
                 seen,
             },
@@ -554,15 +561,16 @@ impl ClusterHandle {
     /// Plans a rebuild of its current config, for a subset registered by a route table being
     /// compiled (see [`ClusterHandle::build_pending`]).
     pub fn prepare_rebuild(self: &Arc<Self>) -> Result<PreparedUpdate, ConfigError> {
-        let (spec, local, resolved) = {
+        let (spec, local, resolved, answers) = {
             let state = self.lock();
             (
                 state.spec.clone(),
                 state.local.clone(),
                 state.resolved.clone(),
+                state.answers,
             )
         };
-        self.prepare_update(&spec, None, local, &resolved)
+        self.prepare_update(&spec, None, local, &resolved, answers)
     }
 
     /// True when a snapshot was asked for and none published since: a subset registered by a
@@ -586,7 +594,7 @@ impl ClusterHandle {
         resolved: &Resolved,
     ) -> Result<u64, ConfigError> {
         Ok(self
-            .prepare_update(spec, codec, local, resolved)?
+            .prepare_update(spec, codec, local, resolved, self.answers_taken())?
             .build()
             .commit())
     }
@@ -595,10 +603,25 @@ impl ClusterHandle {
     /// not wait and builds no table. An endpoint it planned with retired meanwhile (a DNS answer
     /// changed the cluster's addresses) makes its snapshot stale: the cluster takes its config,
     /// and its snapshot is asked for again as a DNS answer's would be (see [`Builds`]), on a
-    /// blocking thread for `ring_hash` and `maglev`, the running one serving until then.
+    /// blocking thread for `ring_hash` and `maglev`, the running one serving until then. So
+    /// does an answer the cluster took since the update's lookup began, which its names keep
+    /// over the update's older one.
     fn commit(self: &Arc<Self>, update: BuiltUpdate) -> u64 {
-        let BuiltUpdate { next, snapshot } = update;
+        let BuiltUpdate { mut next, snapshot } = update;
         let mut state = self.lock();
+        // Looked up in another family, the cluster's answer is not one for the new spec.
+        let fresher = state.answers != next.answers
+            && state.spec.dns_lookup_family == next.spec.dns_lookup_family
+            && {
+                let mut replaced = false;
+                for (name, addresses) in &mut next.resolved {
+                    if let Some(taken) = state.resolved.get(name).filter(|a| *a != addresses) {
+                        addresses.clone_from(taken);
+                        replaced = true;
+                    }
+                }
+                replaced
+            };
         let old = state.spec.clone();
         let restart = old.outlier_detection != next.spec.outlier_detection
             || old.health_check != next.spec.health_check
@@ -614,6 +637,7 @@ impl ClusterHandle {
             selectors: state.selectors.clone(),
             retired: std::mem::take(&mut state.retired),
             resolved: next.resolved,
+            answers: state.answers,
             version: state.version,
             local: next.local,
             probe: next.probe,
@@ -652,7 +676,7 @@ impl ClusterHandle {
             .endpoints
             .values()
             .any(|e| e.health().has(HealthFlags::DRAINING));
-        let snapshot = if retired_meanwhile {
+        let snapshot = if retired_meanwhile || fresher {
             drop(next.endpoints);
             missed = true;
             None
@@ -700,8 +724,15 @@ impl ClusterHandle {
             return false;
         }
         state.resolved = kept;
+        state.answers += 1;
         self.rebuild_soon(&mut state);
         true
+    }
+
+    /// The new answers for its host names it has taken so far: read before a lookup, it tells
+    /// the update made from that lookup whether an answer came meanwhile.
+    pub fn answers_taken(&self) -> u64 {
+        self.lock().answers
     }
 
     /// Builds the next snapshot of `state` and publishes it before returning.
@@ -1013,6 +1044,8 @@ struct NextConfig {
     probe: Option<Arc<Message>>,
     local: Option<LocalitySpec>,
     resolved: Resolved,
+    /// The answers the cluster had taken when `resolved` was looked up.
+    answers: u64,
     endpoints: HashMap<SocketAddr, Arc<Endpoint>>,
     /// The number of the cluster's last build asked for when it was planned: one asked for
     /// since (a health change) is a change its snapshot misses.
@@ -1302,7 +1335,7 @@ outlier_detection: { consecutive_errors: 2 }";
         };
         let c = cluster(&yaml(3))?;
         let spec = Arc::new(ClusterSpec::from_yaml(&yaml(4))?);
-        let prepared = c.prepare_update(&spec, None, None, &Resolved::new())?;
+        let prepared = c.prepare_update(&spec, None, None, &Resolved::new(), c.answers_taken())?;
         assert!(set_one(&c, addr(1), HealthFlags::EJECTED, true));
         let version = prepared.build().commit();
         let snapshot = c.snapshot();
@@ -1350,7 +1383,7 @@ outlier_detection: { consecutive_errors: 2 }";
         )?;
         let next = Arc::new(ClusterSpec::from_yaml(&yaml(2))?);
         let built = c
-            .prepare_update(&next, None, None, &answer(1..=1_000))?
+            .prepare_update(&next, None, None, &answer(1..=1_000), c.answers_taken())?
             .build();
         // The answer comes while the update builds: endpoint 1 is retired.
         assert!(c.resolve(&answer(2..=1_001)));

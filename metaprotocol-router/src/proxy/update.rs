@@ -66,10 +66,20 @@ struct ClusterChange {
     codec: Option<(String, Arc<dyn CodecFactory>)>,
     local: Option<LocalitySpec>,
     resolved: Resolved,
+    /// The answers the running cluster had taken when `resolved` was looked up.
+    answers: u64,
 }
 
 /// The addresses of the host names of each cluster an update builds or changes, by name.
-type Resolutions = BTreeMap<String, Resolved>;
+type Resolutions = BTreeMap<String, Resolution>;
+
+/// A cluster's host names looked up by an update.
+struct Resolution {
+    resolved: Resolved,
+    /// The answers the running cluster had taken when the lookup began
+    /// ([`ClusterHandle::answers_taken`]): one it takes meanwhile outlives this one.
+    answers: u64,
+}
 
 /// What the update lock guards: the layers the running config is composed of, and the indexes
 /// of cluster names kept beside them for the next update (see [`ClusterIndex`]).
@@ -190,7 +200,13 @@ impl Plan {
                 .map(|change| {
                     change
                         .handle
-                        .prepare_update(&change.spec, change.codec, change.local, &change.resolved)
+                        .prepare_update(
+                            &change.spec,
+                            change.codec,
+                            change.local,
+                            &change.resolved,
+                            change.answers,
+                        )
                         .map_err(|e| e.within(&format!("clusters[{}]", change.at)))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -437,9 +453,11 @@ impl ProxyState {
             if handle.is_some_and(|h| h.has_spec(spec)) {
                 continue;
             }
+            // Counted before the addresses are read: an answer between the two is kept.
+            let answers = handle.map_or(0, |h| h.answers_taken());
             let last = handle.map(|h| h.resolved()).unwrap_or_default();
             let resolved = dns::resolve(&SystemResolver, spec, &last).await;
-            resolutions.insert(spec.name.clone(), resolved);
+            resolutions.insert(spec.name.clone(), Resolution { resolved, answers });
         }
         resolutions
     }
@@ -485,7 +503,8 @@ impl ProxyState {
                 dropped.push(spec.name.as_str());
                 continue;
             };
-            let resolved = || resolutions.get(&spec.name).cloned().unwrap_or_default();
+            let resolution = resolutions.get(&spec.name);
+            let resolved = || resolution.map(|r| r.resolved.clone()).unwrap_or_default();
             match live.get(&spec.name) {
                 None => {
                     let handle = builder
@@ -522,6 +541,7 @@ impl ProxyState {
                         codec,
                         local: local.cloned(),
                         resolved: resolved(),
+                        answers: resolution.map_or_else(|| handle.answers_taken(), |r| r.answers),
                     });
                 }
             }
