@@ -133,6 +133,8 @@ pub struct RouteSpec {
 
 impl RouteSpec {
     fn check(&self, known: &dyn Fn(&str) -> bool, errors: &mut Errors) {
+        #[cfg(test)]
+        super::work::count(&super::work::ROUTES_CHECKED);
         errors.within("match", |errors| self.match_.check(errors));
         match &self.direct_response {
             Some(direct) => {

@@ -849,6 +849,46 @@ async fn an_update_that_leaves_the_routes_alone_compares_none_of_them() -> TestR
     Ok(())
 }
 
+/// An update that leaves a route config alone checks none of its routes again, each update
+/// checked every route of every route config twice (the base layer and the composed config;
+/// 2,000 route checks for a 1,000-route config, whatever the update changed). A route config
+/// sent again is checked: a route to a cluster that is gone is refused.
+#[tokio::test]
+async fn an_update_that_leaves_the_routes_alone_checks_none_of_them() -> TestResult {
+    use crate::config::{ClusterSpec, RouteConfigSpec, work};
+    let proxy = start(&routed_clusters(1_000, 10)).await?;
+    let spec = ClusterSpec::from_yaml("{ name: c5, endpoints: [ { address: 127.0.0.1:2 } ] }")?;
+    let checked = work::done(&work::ROUTES_CHECKED);
+    proxy.update_cluster(spec).await?;
+    assert_eq!(
+        work::done(&work::ROUTES_CHECKED) - checked,
+        0,
+        "routes checked"
+    );
+    let spec = ClusterSpec::from_yaml("{ name: c10, endpoints: [ { address: 127.0.0.1:2 } ] }")?;
+    proxy.update_cluster(spec).await?;
+    let checked = work::done(&work::ROUTES_CHECKED);
+    let routes =
+        RouteConfigSpec::from_yaml("{ name: r, routes: [ { route: { cluster: c10 } } ] }")?;
+    proxy.update_route_config(routes).await?;
+    assert!(
+        work::done(&work::ROUTES_CHECKED) > checked,
+        "the new routes are checked"
+    );
+    let gone = proxy.state.remove_cluster("c9").await;
+    assert!(gone.is_ok(), "{gone:?}");
+    let routes = RouteConfigSpec::from_yaml("{ name: r, routes: [ { route: { cluster: c9 } } ] }")?;
+    let refused = proxy.update_route_config(routes).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("c9")),
+        "{refused:?}"
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
 /// A config update of a `ring_hash` cluster (1,000 endpoints: 256,000 points) and one that
 /// registers a subset of it build their tables on a blocking thread, not on the thread applying
 /// the update (which serves requests too), and publish them before they return.
