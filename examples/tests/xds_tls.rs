@@ -28,16 +28,13 @@ use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use metaprotocol_examples::dubbo_demo::{DemoProvider, DubboClient};
 use metaprotocol_router::config::{CertificateProviderSpec, ClusterTlsSpec};
 use metaprotocol_router::{Config, StartError};
-use prost::{Message, Name};
 use support::TestResult;
 use support::mesh::{MeshCa, Workload, spiffe_id, yaml};
 use support::process::Scratch;
 use support::proxy::{metric, start_engine};
-use xds::fixtures::{
-    assignment, cluster_name, eds_cluster, meta_route, meta_route_config, to_cluster,
-};
+use xds::fixtures::{cluster_name, eds_cluster, packed};
 use xds::management_server::{ManagementServer, Serving};
-use xds::{WITHIN, cds, config_dump, eds, eventually, proxy_config, rds, start_proxy};
+use xds::{WITHIN, cds, config_dump, eventually, proxy_config, serve_one_cluster, start_proxy};
 
 /// The name in the management server's certificate, as istiod's service is named.
 const SERVER_NAME: &str = "istiod.istio-system.svc";
@@ -106,17 +103,7 @@ async fn routes_clusters_and_endpoints_arrive_over_mutual_tls() -> TestResult {
     let server = ManagementServer::new();
     let serving = mesh.serve(&server).await?;
     let cluster = cluster_name("v1");
-    cds(&server, "c1", &[eds_cluster(&cluster)]);
-    eds(
-        &server,
-        "e1",
-        &[assignment(&cluster, &[provider.address()])],
-    );
-    rds(
-        &server,
-        "r1",
-        &meta_route_config(vec![meta_route("all", &[], to_cluster(&cluster))]),
-    );
+    serve_one_cluster(&server, &eds_cluster(&cluster), &[provider.address()]);
 
     let proxy = start_proxy(config_with_tls(serving.address(), mesh.client_tls())?).await?;
     let admin = proxy.admin_addr().ok_or("no admin API")?;
@@ -282,15 +269,7 @@ fn istio_tls_socket(spiffe_id: &str) -> TransportSocket {
     };
     TransportSocket {
         name: "envoy.transport_sockets.tls".to_owned(),
-        config_type: Some(SocketConfig::TypedConfig(prost_types_any(&context))),
-    }
-}
-
-/// `message` packed as an `Any`.
-fn prost_types_any<M: Message + Name>(message: &M) -> envoy_types::pb::google::protobuf::Any {
-    envoy_types::pb::google::protobuf::Any {
-        type_url: M::type_url(),
-        value: message.encode_to_vec(),
+        config_type: Some(SocketConfig::TypedConfig(packed(&context))),
     }
 }
 
@@ -325,13 +304,7 @@ clusters: [ {{ name: p, endpoints: [ {{ address: {provider} }} ] }} ]
     let name = cluster_name("v1");
     let mut cluster = eds_cluster(&name);
     cluster.transport_socket = Some(istio_tls_socket(&workload.spiffe_id));
-    cds(&server, "c1", &[cluster.clone()]);
-    eds(&server, "e1", &[assignment(&name, &[sidecar_address])]);
-    rds(
-        &server,
-        "r1",
-        &meta_route_config(vec![meta_route("all", &[], to_cluster(&name))]),
-    );
+    serve_one_cluster(&server, &cluster, &[sidecar_address]);
     let mut config = proxy_config(serving.address(), "grpc")?;
     let xds = config
         .dynamic

@@ -31,12 +31,13 @@ use metaprotocol_router::config::KeepaliveSpec;
 use metaprotocol_router::{Proxy, ResourceKind, ResourceState};
 use prost::Name;
 use support::fixtures::{
-    assignment, cluster_name, eds_cluster, meta_route, meta_route_config, route_config_name, split,
-    to_cluster,
+    assignment, cluster_name, eds_cluster, meta_route, meta_route_config, packed,
+    route_config_name, split, to_cluster,
 };
-use support::management_server::{ManagementServer, Received, resource};
+use support::management_server::{ManagementServer, Received};
 use support::{
-    NODE, TestResult, WITHIN, cds, config_dump, eds, eventually, proxy_config, rds, start_proxy,
+    NODE, TestResult, WITHIN, cds, config_dump, eds, eventually, proxy_config, rds,
+    serve_one_cluster, start_proxy,
 };
 
 const CONNECTIONS: usize = 20;
@@ -696,35 +697,22 @@ async fn a_health_check_from_the_control_plane_takes_a_dead_endpoint_out() -> Te
         ..HealthCheck::default()
     };
     // First a Thrift call as the probe, which a Dubbo cluster cannot send: NACKed.
-    let (_, thrift) = resource(
-        "",
-        &ThriftHealthCheck {
-            method_name: "ping".to_owned(),
-            ..ThriftHealthCheck::default()
-        },
-    );
+    let thrift = ThriftHealthCheck {
+        method_name: "ping".to_owned(),
+        ..ThriftHealthCheck::default()
+    };
     cluster.health_checks = vec![check(HealthChecker::CustomHealthCheck(CustomHealthCheck {
         name: "envoy.health_checkers.thrift".to_owned(),
-        config_type: Some(ConfigType::TypedConfig(thrift)),
+        config_type: Some(ConfigType::TypedConfig(packed(&thrift))),
     }))];
-    cds(&server, "c0", &[cluster.clone()]);
-    eds(
-        &server,
-        "e1",
-        &[assignment(&name, &[provider.address(), dead])],
-    );
-    rds(
-        &server,
-        "r1",
-        &meta_route_config(vec![meta_route("all", &[], to_cluster(&name))]),
-    );
+    serve_one_cluster(&server, &cluster, &[provider.address(), dead]);
     let proxy = start_proxy(proxy_config(serving.address(), "grpc")?).await?;
     let nack = server.wait_for(WITHIN, |r| r.error.is_some()).await?;
     let detail = nack.error.unwrap_or_default();
     assert!(detail.contains("health_check.probe"), "{detail}");
 
     cluster.health_checks = vec![check(HealthChecker::TcpHealthCheck(Default::default()))];
-    cds(&server, "c1", &[cluster]);
+    cds(&server, "c2", &[cluster]);
     let failing = |address| {
         proxy.clusters().iter().any(|c| {
             c.name == name
@@ -759,13 +747,7 @@ async fn a_cluster_refused_with_its_endpoints_serves_once_fixed() -> TestResult 
         max_ejection_percent: Some(envoy_types::pb::google::protobuf::UInt32Value { value: 150 }),
         ..OutlierDetection::default()
     });
-    cds(&server, "c1", &[cluster.clone()]);
-    eds(&server, "e1", &[assignment(&name, &[provider.address()])]);
-    rds(
-        &server,
-        "r1",
-        &meta_route_config(vec![meta_route("all", &[], to_cluster(&name))]),
-    );
+    serve_one_cluster(&server, &cluster, &[provider.address()]);
     let proxy = start_proxy(proxy_config(serving.address(), "grpc")?).await?;
     let nack = server.wait_for(WITHIN, |r| r.error.is_some()).await?;
     let detail = nack.error.unwrap_or_default();

@@ -55,11 +55,10 @@ use metaprotocol_router::config::{
     CertificateProviderSpec, ClusterTlsSpec, LbPolicy as Policy, ProbeSpec, RouteConfigSpec,
 };
 use metaprotocol_xds::translate::{self, InvalidResource};
-use prost::{Message, Name};
 use support::TestResult;
 use support::fixtures::{
     HOST, assignment, cluster_name, eds_cluster, hashed_on, meta_route, meta_route_config,
-    mirrored, split, to_cluster, with_request_mutation,
+    mirrored, packed, split, to_cluster, with_request_mutation,
 };
 
 /// No certificate provider instances: clusters without TLS, or with TLS from files.
@@ -690,10 +689,7 @@ fn thrift_checker(method: &str, transport: TransportType, protocol: ProtocolType
     };
     HealthChecker::CustomHealthCheck(CustomHealthCheck {
         name: "envoy.health_checkers.thrift".to_owned(),
-        config_type: Some(CustomConfigType::TypedConfig(Any {
-            type_url: ThriftHealthCheck::type_url(),
-            value: thrift.encode_to_vec(),
-        })),
+        config_type: Some(CustomConfigType::TypedConfig(packed(&thrift))),
     })
 }
 
@@ -855,14 +851,6 @@ fn health_checks_that_cannot_be_mapped_are_refused_naming_the_field() {
     ];
     for (field, expected) in cases {
         assert_eq!(field.as_deref(), Some(expected));
-    }
-}
-
-/// `message` packed as an `Any`.
-fn packed<M: Message + Name>(message: &M) -> Any {
-    Any {
-        type_url: M::type_url(),
-        value: message.encode_to_vec(),
     }
 }
 

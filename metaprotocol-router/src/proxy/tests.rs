@@ -728,12 +728,7 @@ async fn one_cluster_changed_among_thousands_is_checked_compared_and_copied_alon
         "{ name: r, routes: [ { route: { cluster: nowhere } } ] }",
     )?;
     let refused = proxy.update_route_config(routes).await;
-    assert!(
-        refused
-            .as_ref()
-            .is_err_and(|e| e.to_string().contains("nowhere")),
-        "{refused:?}"
-    );
+    assert_refused_naming(&refused, "nowhere");
     proxy.shutdown().await;
     Ok(())
 }
@@ -774,12 +769,7 @@ async fn one_cluster_changed_among_thousands_indexes_and_looks_at_no_other() -> 
         "{ name: r, routes: [ { route: { cluster: c1999 } }, { route: { cluster: nowhere } } ] }",
     )?;
     let refused = proxy.update_route_config(routes).await;
-    assert!(
-        refused
-            .as_ref()
-            .is_err_and(|e| e.to_string().contains("nowhere")),
-        "{refused:?}"
-    );
+    assert_refused_naming(&refused, "nowhere");
     let mut doubled = proxy.state.config.load_full().as_ref().clone();
     let twin = doubled.clusters.first().cloned().ok_or("no cluster")?;
     doubled.clusters.push(twin);
@@ -788,12 +778,7 @@ async fn one_cluster_changed_among_thousands_indexes_and_looks_at_no_other() -> 
         Ok(())
     });
     let refused = refused.await;
-    assert!(
-        refused
-            .as_ref()
-            .is_err_and(|e| e.to_string().contains("duplicate name `c0`")),
-        "{refused:?}"
-    );
+    assert_refused_naming(&refused, "duplicate name `c0`");
     proxy.shutdown().await;
     Ok(())
 }
@@ -879,12 +864,7 @@ async fn an_update_that_leaves_the_routes_alone_checks_none_of_them() -> TestRes
     assert!(gone.is_ok(), "{gone:?}");
     let routes = RouteConfigSpec::from_yaml("{ name: r, routes: [ { route: { cluster: c9 } } ] }")?;
     let refused = proxy.update_route_config(routes).await;
-    assert!(
-        refused
-            .as_ref()
-            .is_err_and(|e| e.to_string().contains("c9")),
-        "{refused:?}"
-    );
+    assert_refused_naming(&refused, "c9");
     proxy.shutdown().await;
     Ok(())
 }
@@ -980,4 +960,15 @@ async fn an_added_cluster_builds_its_ring_off_the_updates_thread() -> TestResult
     assert!(whole.pick(&[], Some(7)).is_some(), "the ring serves");
     proxy.shutdown().await;
     Ok(())
+}
+
+/// Asserts that an update was refused with an error that says `text`.
+fn assert_refused_naming<T: std::fmt::Debug, E: std::fmt::Display + std::fmt::Debug>(
+    result: &Result<T, E>,
+    text: &str,
+) {
+    assert!(
+        result.as_ref().is_err_and(|e| e.to_string().contains(text)),
+        "{result:?}"
+    );
 }

@@ -155,7 +155,7 @@ pub(crate) fn start(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::atomic::{AtomicI64, Ordering};
     use std::time::Duration;
 
@@ -183,7 +183,6 @@ circuit_breakers: { max_requests: 2, max_pending_requests: 1000000 }",
         // queue (which holds 16 Ki; the threads stop well before).
         let runtime = tokio::runtime::Builder::new_current_thread().build()?;
         let request = Arc::new(Message::new(MessageKind::Request, 1, Bytes::new()));
-        let mutation = Arc::new(Mutation::default());
         let (holders, most, sent) = (AtomicI64::new(0), AtomicI64::new(0), AtomicI64::new(0));
         let until = std::time::Instant::now() + Duration::from_secs(3);
         std::thread::scope(|threads| {
@@ -192,22 +191,7 @@ circuit_breakers: { max_requests: 2, max_pending_requests: 1000000 }",
                     let _entered = runtime.handle().enter();
                     while std::time::Instant::now() < until && sent.load(Ordering::Relaxed) < 15_000
                     {
-                        let now = Instant::now();
-                        let spec = AttemptSpec {
-                            number: 1,
-                            tried: &[],
-                            hash: None,
-                            deadline: now + Duration::from_secs(60),
-                            now,
-                        };
-                        let started = start(
-                            &target,
-                            &request,
-                            |_| mutation.clone(),
-                            spec,
-                            ReplyTo::none(),
-                        );
-                        if let Started::Sent(attempt) = started {
+                        if let Started::Sent(attempt) = start_one(&target, &request) {
                             let held = holders.fetch_add(1, Ordering::AcqRel) + 1;
                             most.fetch_max(held, Ordering::Relaxed);
                             sent.fetch_add(1, Ordering::Relaxed);
@@ -302,7 +286,7 @@ circuit_breakers: { max_requests: 2, max_pending_requests: 1000000 }",
     }
 
     /// Starts one attempt of `request` on `target`, as the router does.
-    fn start_one(target: &Target, request: &Arc<Message>) -> Started {
+    pub(crate) fn start_one(target: &Target, request: &Arc<Message>) -> Started {
         let now = Instant::now();
         let spec = AttemptSpec {
             number: 1,

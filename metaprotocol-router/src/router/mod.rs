@@ -889,15 +889,7 @@ routes: [ { route: { cluster: c }, retry_policy: { num_retries: 1, retry_on: [co
             cluster: cluster.clone(),
             subset: crate::cluster::SubsetId::ALL,
         };
-        let spec = AttemptSpec {
-            number: 1,
-            tried: &[],
-            hash: None,
-            deadline: now + Duration::from_secs(60),
-            now,
-        };
-        let mutation = Arc::new(Mutation::default());
-        let other = attempt::start(&target, &request, |_| mutation, spec, ReplyTo::none());
+        let other = attempt::tests::start_one(&target, &request);
         assert!(matches!(other, Started::Sent(_)));
         let Next::Fail(reply) =
             routed.attempt(&request, |_| ReplyTo::none(), &mut record, &mut (), now)

@@ -39,7 +39,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 };
 use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
 use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
-use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
+use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
 
 /// The service of Aeraki's Dubbo fixtures, and its port.
 pub const HOST: &str = "org.apache.dubbo.samples.basic.api.demoservice";
@@ -227,4 +227,12 @@ pub fn with_request_mutation(mut route: Route, pairs: &[(&str, &str)]) -> Route 
         })
         .collect();
     route
+}
+
+/// `message` packed as an `Any`, as a resource or a typed config travels.
+pub fn packed<M: prost::Message + prost::Name>(message: &M) -> Any {
+    Any {
+        type_url: M::type_url(),
+        value: message.encode_to_vec(),
+    }
 }

@@ -30,11 +30,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 /// A resource for a snapshot: its name and the encoded message.
 pub fn resource<M: prost::Message + prost::Name>(name: &str, message: &M) -> (String, Any) {
-    let any = Any {
-        type_url: M::type_url(),
-        value: message.encode_to_vec(),
-    };
-    (name.to_owned(), any)
+    (name.to_owned(), super::fixtures::packed(message))
 }
 
 /// One type's resources at one version.

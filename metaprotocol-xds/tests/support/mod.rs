@@ -44,6 +44,19 @@ pub fn rds(server: &ManagementServer, version: &str, config: &RouteConfiguration
     server.set(NODE, &RouteConfiguration::type_url(), version, resources);
 }
 
+/// Sets the node's resources to one cluster, `cluster` (at version `c1`), its endpoints
+/// `endpoints` (EDS), and one route config whose one route sends every call to it.
+pub fn serve_one_cluster(server: &ManagementServer, cluster: &Cluster, endpoints: &[SocketAddr]) {
+    cds(server, "c1", std::slice::from_ref(cluster));
+    eds(
+        server,
+        "e1",
+        &[fixtures::assignment(&cluster.name, endpoints)],
+    );
+    let route = fixtures::meta_route("all", &[], fixtures::to_cluster(&cluster.name));
+    rds(server, "r1", &fixtures::meta_route_config(vec![route]));
+}
+
 /// The proxy's config: one Dubbo listener whose routes, clusters and endpoints all come from
 /// the management server at `xds` over `api_type` ADS.
 pub fn proxy_config(xds: SocketAddr, api_type: &str) -> TestResult<Config> {
