@@ -54,9 +54,10 @@ const SPARE_MESSAGES: usize = 64;
 /// The furthest a timer is armed ahead.
 const TIMER_HORIZON: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// Attempts a connection remembers after their request ended at its deadline while they were
-/// in flight ([`Abandoned`]), the newest kept: as many as the calls it holds in flight
-/// ([`MAX_IN_FLIGHT`]), so that a deadline that ends every call at once forgets none of them.
+/// Attempts a connection remembers after their request's deadline, or their own per-try
+/// deadline, ended them in flight ([`Abandoned`]), the newest kept: as many as the calls it holds
+/// in flight ([`MAX_IN_FLIGHT`]), so that a deadline that ends every call at once forgets none of
+/// them.
 const ABANDONED_ATTEMPTS: usize = MAX_IN_FLIGHT;
 
 /// How long an abandoned attempt is remembered. Only an answer its connection read before the
@@ -64,15 +65,30 @@ const ABANDONED_ATTEMPTS: usize = MAX_IN_FLIGHT;
 /// within moments; this is far longer, for a loaded machine.
 const LATE_ANSWER_WINDOW: Duration = Duration::from_secs(2);
 
-/// An attempt in flight when its request ended at its deadline. Its answer, if its connection
-/// read it just before the deadline and it reaches the request after, matched nobody, and is
-/// counted in `counter` (its cluster's unmatched answers), as one read after the deadline is.
+/// An attempt in flight when its request's deadline, or its own per-try deadline, ended it. Its
+/// answer, if its connection read it just before the deadline and it reaches the request once
+/// the request ended (at that deadline, or after a retry or the failure that followed a per-try
+/// deadline), matched nobody, and is counted in `counter` (its cluster's unmatched answers), as
+/// one read after the deadline is. While the request goes on, its router counts such an answer.
 struct Abandoned {
     key: RequestKey,
     attempt: u32,
     counter: Counter,
-    /// When it is forgotten ([`LATE_ANSWER_WINDOW`] after its request ended).
+    /// When it is forgotten ([`LATE_ANSWER_WINDOW`] after it was abandoned).
     until: Instant,
+}
+
+impl Abandoned {
+    /// The attempt in flight of request `key`, `routed`, abandoned at `now`, if there is one.
+    fn in_flight(routed: &Routed, key: RequestKey, now: Instant) -> Option<Self> {
+        let (attempt, counter) = routed.attempt_in_flight()?;
+        Some(Self {
+            key,
+            attempt,
+            counter: counter.clone(),
+            until: now + LATE_ANSWER_WINDOW,
+        })
+    }
 }
 
 /// A connection's abandoned attempts of the last [`LATE_ANSWER_WINDOW`], oldest first, at
@@ -838,7 +854,9 @@ impl Requests {
             now,
         );
         match (answered, result) {
-            (None, _) => {}
+            // An attempt the request no longer waits on, which its router counted if it
+            // answered: abandoned at its per-try deadline, it is no longer.
+            (None, _) => self.abandoned.answered(key, attempt, false, now),
             (Some(Next::Respond), Ok(response)) => {
                 let step_timer = self
                     .get(key)
@@ -880,15 +898,7 @@ impl Requests {
                         if now < routed.deadline() {
                             return;
                         }
-                        abandoned =
-                            routed
-                                .attempt_in_flight()
-                                .map(|(attempt, counter)| Abandoned {
-                                    key,
-                                    attempt,
-                                    counter: counter.clone(),
-                                    until: now + LATE_ANSWER_WINDOW,
-                                });
+                        abandoned = Abandoned::in_flight(routed, key, now);
                         routed.timed_out(&mut inflight.record, &mut inflight.span, now)
                     }
                     // The upstream answered: the time ran out in the response's filters.
@@ -906,6 +916,17 @@ impl Requests {
                 self.finish(key, Answer::Local(reply), out, now);
             }
             TimerKind::Attempt(number) => {
+                // Its answer, read just before this deadline, may reach the request once a
+                // retry (or the failure) ended it; while the request goes on, its router counts
+                // it, and forgets it here.
+                let abandoned = match &inflight.stage {
+                    Stage::Routed(routed) => Abandoned::in_flight(routed, key, now)
+                        .filter(|abandoned| abandoned.attempt == number),
+                    _ => None,
+                };
+                if let Some(abandoned) = abandoned {
+                    self.abandoned.remember(abandoned, now);
+                }
                 self.answered(key, number, &Err(UpstreamError::Expired), out, now);
             }
             TimerKind::Retry(number) => {
@@ -1128,7 +1149,156 @@ impl Requests {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
+    use bytes::BytesMut;
+    use metaprotocol_core::{CodecError, FilterChain};
+    use tokio_util::sync::CancellationToken;
+
     use super::*;
+    use crate::cluster::{ClusterHandle, ClusterManager};
+    use crate::config::{ConfigError, LimitsSpec, RouteConfigSpec};
+    use crate::route::RouteSlot;
+    use crate::server::{DrainPolicy, Load};
+    use crate::stats::{ListenerStats, Metrics};
+    use crate::transport::Acceptor;
+
+    /// A client codec that writes nothing: these tests look at what a connection's requests
+    /// do, not at the bytes of their answers.
+    struct Unwritten;
+
+    impl Codec for Unwritten {
+        fn decode(&mut self, _: &mut BytesMut) -> Result<Option<Message>, CodecError> {
+            Ok(None)
+        }
+
+        fn encode(
+            &mut self,
+            _: &Message,
+            _: &EncodeParams<'_>,
+            _: &mut BytesMut,
+        ) -> Result<(), CodecError> {
+            Ok(())
+        }
+
+        fn encode_local_reply(
+            &mut self,
+            _: &Message,
+            _: &LocalReply,
+            _: &mut BytesMut,
+        ) -> Result<(), CodecError> {
+            Ok(())
+        }
+
+        fn encode_heartbeat_reply(
+            &mut self,
+            _: &Message,
+            _: &mut BytesMut,
+        ) -> Result<(), CodecError> {
+            Ok(())
+        }
+    }
+
+    /// The requests of one client connection of a listener whose one route, `route` (a route
+    /// entry's YAML), sends to cluster `c`, `cluster`.
+    fn requests(cluster: &Arc<ClusterHandle>, route: &str) -> Result<Requests, ConfigError> {
+        let clusters = ClusterManager::default();
+        clusters.insert(cluster.clone());
+        let spec = RouteConfigSpec::from_yaml(&format!("name: r\nroutes: [ {route} ]"))?;
+        let metrics = Metrics::new();
+        let table = RouteTable::build(&spec, 1, &clusters, &metrics.root())?;
+        let scope = metrics.root().detached("listener", "in");
+        let ctx = ListenerContext {
+            name: "in".into(),
+            codec: Arc::new(crate::testing::NullCodec),
+            routes: Arc::new(RouteSlot {
+                table: crate::published::Published::new(Arc::new(table)),
+            }),
+            filters: FilterChain::new(Vec::new()),
+            stats: ListenerStats::new(&scope, &[]),
+            load: Arc::new(Load::new(&scope, &LimitsSpec::default())),
+            scope,
+            access_log: None,
+            tracer: None,
+            istio: None,
+            idle_timeout: Duration::from_secs(60),
+            frame_timeout: Duration::from_secs(60),
+            max_connections: None,
+            drain: Arc::new(DrainPolicy::default()),
+            acceptor: Acceptor::Plain,
+            retired: CancellationToken::new(),
+        };
+        let peer = SocketAddr::from(([127, 0, 0, 1], 2));
+        let connection = Arc::new(ConnectionInfo::new("in".into(), peer, peer));
+        Ok(Requests::new(
+            Arc::new(ctx),
+            connection,
+            Box::new(Unwritten),
+        ))
+    }
+
+    /// A two-way call (id 1) of method `method`, as its connection decoded it.
+    fn call(method: &'static str) -> Arc<Message> {
+        let mut message = Message::new(MessageKind::Request, 1, Bytes::new());
+        message.metadata.insert("method", method);
+        Arc::new(message)
+    }
+
+    /// Fires the step timer request `key` holds (a per-try deadline, a retry's pause), of
+    /// `kind`, as the connection's timers would.
+    fn step(requests: &mut Requests, key: RequestKey, kind: TimerKind, out: &mut Outbox) {
+        let timer = requests.get(key).and_then(|inflight| inflight.step_timer);
+        let timer = timer.unwrap_or_else(|| panic!("no {kind:?} timer"));
+        requests.timer(key, kind, timer, out, Instant::now());
+    }
+
+    fn response() -> AttemptResult {
+        Ok(Box::new(Message::new(
+            MessageKind::Response,
+            1,
+            Bytes::new(),
+        )))
+    }
+
+    /// An answer to an attempt whose per-try deadline passed, read by its upstream connection
+    /// just before the deadline, that reaches the request after the retry answered it is
+    /// counted, as one read after the deadline is.
+    #[tokio::test]
+    async fn an_earlier_attempts_answer_after_the_retry_finished_the_request_is_counted()
+    -> Result<(), ConfigError> {
+        // An upstream that takes the calls and never answers: the test plays its answers.
+        let upstream = std::net::TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| ConfigError::new("upstream", e.to_string()))?;
+        let address = upstream
+            .local_addr()
+            .map_err(|e| ConfigError::new("upstream", e.to_string()))?;
+        let cluster = crate::cluster::tests::cluster(&format!(
+            "name: c\nendpoints: [ {{ address: {address} }} ]"
+        ))?;
+        let mut requests = requests(
+            &cluster,
+            "{ route: { cluster: c }, timeout: 60s, retry_policy: { num_retries: 1, \
+             retry_on: [timeout], per_try_timeout: 10s, idempotent_methods: [get] } }",
+        )?;
+        let mut out = Outbox::new();
+        requests.receive(call("get"), &mut out, (Instant::now(), SystemTime::now()));
+        let key = requests.keys()[0];
+        // Attempt 1's per-try deadline passes, the retry's pause ends, and attempt 2 answers.
+        step(&mut requests, key, TimerKind::Attempt(1), &mut out);
+        step(&mut requests, key, TimerKind::Retry(1), &mut out);
+        requests.answered(key, 2, &response(), &mut out, Instant::now());
+        assert!(requests.is_empty(), "the retry's answer ended the request");
+        let unmatched = || cluster.stats().unmatched_responses.get();
+        assert_eq!(unmatched(), 0);
+        // Attempt 1's answer reaches the connection now.
+        requests.answered(key, 1, &response(), &mut out, Instant::now());
+        assert_eq!(unmatched(), 1, "attempt 1's answer matched no request");
+        assert!(
+            requests.abandoned.0.is_empty(),
+            "counted once, and forgotten"
+        );
+        Ok(())
+    }
 
     /// Attempt 2 of request `index`, abandoned at `at`, counted in `counter`.
     fn abandoned(index: u32, counter: &Counter, at: Instant) -> Abandoned {
