@@ -1130,6 +1130,54 @@ async fn at_the_drain_deadline_calls_still_open_get_an_error_reply() -> TestResu
     Ok(())
 }
 
+/// An answer to a call the drain deadline answered matched no request waiting, and is counted
+/// so, though it comes while the call's connection is still closing (the proxy reads what the
+/// client still sends, for 2 s at most, before it lets the socket go).
+#[tokio::test]
+async fn an_answer_to_a_call_the_drain_deadline_answered_is_counted_unmatched() -> TestResult {
+    let provider = DemoProvider::start_with_delay("p", Duration::from_secs(1)).await?;
+    let proxy = draining_proxy(&provider, "300ms").await?;
+    let unmatched = "metaprotocol_upstream_unmatched_responses_total{cluster=\"c\"}";
+    let mut socket = TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
+    socket
+        .write_all(&support::dubbo_request(1, SLOW_METHOD, &[]))
+        .await?;
+    while provider.seen().is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let shutdown = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move { proxy.shutdown().await })
+    };
+    // The going-away notice (a request), then the drain deadline's answer to the call.
+    loop {
+        let (header, _) = read_frame(&mut socket).await?;
+        if header[2] & 0x80 == 0 {
+            assert_eq!((header[3], &header[4..12]), (100, &1u64.to_be_bytes()[..]));
+            break;
+        }
+    }
+    // The provider answers a second after the call, while the client, sending on, keeps the
+    // closing connection open.
+    for _ in 0..15 {
+        if socket.write_all(b"x").await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let counted = async {
+        while support::proxy::metric(&proxy, unmatched) < 1.0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), counted)
+        .await
+        .map_err(|_| "the answer was not counted")?;
+    shutdown.await?;
+    assert_eq!(support::proxy::metric(&proxy, unmatched), 1.0, "once");
+    Ok(())
+}
+
 /// A reload's `drain_time` holds for the connections already open: they drain for the time in
 /// force when the drain starts, the time the shutdown waits for. (They kept the one of the
 /// listener they were accepted by: shortened from 60 s to 300 ms, a call open on such a

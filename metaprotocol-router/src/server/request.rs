@@ -255,7 +255,9 @@ pub(crate) struct Requests {
     encoder: Box<dyn Codec>,
     slab: Slab<InFlight>,
     next_seq: u32,
-    /// Where upstream answers arrive; made on the first attempt, dropped when trimmed.
+    /// Where upstream answers arrive; made on the first attempt, closed when the connection
+    /// ends every request at once (its client gone, or the drain deadline), dropped when
+    /// trimmed.
     channel: Option<(Inbox, Receiver<UpstreamEvent>)>,
     /// Made on the first timer, dropped when trimmed; boxed, so that an idle connection holds
     /// a pointer's worth.
@@ -486,8 +488,11 @@ impl Requests {
     }
 
     /// Answers every two-way request still in flight with `reply` and ends them: the
-    /// connection is about to close (the drain deadline passed).
+    /// connection is about to close (the drain deadline passed). The answers of their attempts
+    /// in flight, already queued or to come while the connection closes, matched no request
+    /// waiting, and are counted so.
     pub fn answer_all(&mut self, reply: &LocalReply, flags: ResponseFlags, out: &mut Outbox) {
+        self.close_answers();
         let now = Instant::now();
         let keys: Vec<RequestKey> = self.keys();
         for key in keys {
@@ -502,16 +507,7 @@ impl Requests {
     /// for them, and those that come later (their upstream connections find the queue closed),
     /// matched no request waiting, and are counted so.
     pub fn abandon_all(&mut self) {
-        if let Some((_, events)) = &mut self.channel {
-            events.close();
-        }
-        while let Some(event) = self
-            .channel
-            .as_mut()
-            .and_then(|(_, events)| events.try_recv())
-        {
-            self.unmatched(event);
-        }
+        self.close_answers();
         let now = Instant::now();
         let mut sink = Outbox::new();
         for key in self.keys() {
@@ -526,8 +522,22 @@ impl Requests {
         }
     }
 
-    /// Counts `event`, an answer its request will not take (its client is gone), with its
-    /// cluster's answers that matched no request waiting.
+    /// Closes the queue of upstream answers, which no request will take any more (the
+    /// connection is ending every request): the answers in it are counted as matching no
+    /// request waiting, and those that come later are counted so by their upstream connections,
+    /// which find the queue closed.
+    fn close_answers(&mut self) {
+        let Some((_, mut events)) = self.channel.take() else {
+            return;
+        };
+        events.close();
+        while let Some(event) = events.try_recv() {
+            self.unmatched(event);
+        }
+    }
+
+    /// Counts `event`, an answer its request will not take (its client is gone, or its
+    /// connection is closing), with its cluster's answers that matched no request waiting.
     fn unmatched(&mut self, event: UpstreamEvent) {
         let (key, attempt) = (event.key, event.attempt);
         let Ok(response) = event.result else {
