@@ -2197,3 +2197,58 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
     ))
     .await
 }
+
+/// A client that sends many large calls to a server that does not answer has at most 16 MiB
+/// of them in flight: the proxy holds each call's frame until it ends (for a retry), and decodes
+/// no more of the client's calls until some end. Before, it took up to 4,096 calls of
+/// `max_frame_bytes` each. The calls waiting are not lost: once the first time out, the next
+/// go, and every call gets its answer.
+#[tokio::test]
+async fn a_clients_calls_in_flight_hold_a_bounded_number_of_bytes() -> TestResult {
+    const CALLS: u64 = 48;
+    // A server that reads everything and answers nothing.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let silent_address = silent.local_addr()?;
+    let reader = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = silent.accept().await {
+            tokio::spawn(async move {
+                let mut sink = vec![0u8; 64 * 1024];
+                while matches!(socket.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let yaml = format!(
+        "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }}, timeout: 1s }} ] }} ]
+clusters: [ {{ name: c, endpoints: [ {{ address: {silent_address} }} ] }} ]
+"
+    );
+    let proxy = start_engine(&yaml).await?;
+    let address = proxy.listener_addr("in").ok_or("no listener")?;
+    // Calls of 1 MiB each: 48 MiB in all, three times the bound.
+    let big = "x".repeat(1024 * 1024);
+    let mut calls = Vec::new();
+    for id in 1..=CALLS {
+        calls.extend_from_slice(&support::dubbo_request(id, "sayHello", &[("x-big", &big)]));
+    }
+    let (mut client_read, mut client_write) = TcpStream::connect(address).await?.into_split();
+    let writer = tokio::spawn(async move { client_write.write_all(&calls).await });
+    let in_flight =
+        || support::proxy::metric(&proxy, "metaprotocol_downstream_rq_active{listener=\"in\"}");
+    // Sampled until the first calls time out (1 s): the most the proxy had in flight at once.
+    let mut most = 0.0_f64;
+    let sampling = Instant::now();
+    while sampling.elapsed() < Duration::from_millis(900) {
+        most = most.max(in_flight());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // 16 calls make the bound; the one that passes it is let in.
+    assert!(most >= 1.0, "no call reached the proxy");
+    assert!(most <= 17.0, "{most} calls of 1 MiB in flight at once");
+    let answers = read_answers(&mut client_read, CALLS).await?;
+    assert_eq!(answers.len() as u64, CALLS);
+    writer.await??;
+    reader.abort();
+    proxy.shutdown().await;
+    Ok(())
+}

@@ -42,6 +42,11 @@ use crate::waiting::{Cancellation, Timer};
 pub(super) const MAX_IN_FLIGHT: usize = 4096;
 /// Unsent answers per connection past which the proxy stops reading from that client.
 const WRITE_BUDGET: usize = 1024 * 1024;
+/// The bytes of the requests in flight per client connection (their frames, held until each
+/// ends) past which the proxy decodes no more of that client's calls until some end. A call
+/// larger than this still goes alone. Without it, a client's calls to a slow server held up to
+/// [`MAX_IN_FLIGHT`] frames of the listener's `max_frame_bytes` each.
+const REQUEST_BYTES_BUDGET: usize = 16 * 1024 * 1024;
 /// Passes of a connection's loop (answers, reads, writes, deadlines) in one poll of its task,
 /// past which it yields to the worker's other tasks. A pass that finds nothing to do ends the
 /// poll long before.
@@ -314,7 +319,7 @@ impl<S: Transport> Connection<S> {
         // read when no whole frame is left in this one.
         let mut slot = None;
         while !self.read_buf.is_empty() {
-            if self.requests.len() >= MAX_IN_FLIGHT {
+            if self.requests_full() {
                 // One read may bring thousands of small calls (reads grow with the frames a
                 // connection carries, to 1 MiB): the calls past the bound wait here, not in
                 // flight, until calls end.
@@ -399,7 +404,13 @@ impl<S: Transport> Connection<S> {
     /// True while the proxy decodes nothing more of what the client sent: too much in flight
     /// or written unsent.
     fn decoding_paused(&self) -> bool {
-        self.requests.len() >= MAX_IN_FLIGHT || self.write_buf.len() >= WRITE_BUDGET
+        self.requests_full() || self.write_buf.len() >= WRITE_BUDGET
+    }
+
+    /// True while the requests in flight are as many, or hold as many bytes, as a client may
+    /// have in flight.
+    fn requests_full(&self) -> bool {
+        self.requests.len() >= MAX_IN_FLIGHT || self.requests.frame_bytes() >= REQUEST_BYTES_BUDGET
     }
 
     /// True while the proxy does not read from the client: decoding paused, or too much

@@ -278,6 +278,9 @@ pub(crate) struct Requests {
     /// Attempts whose requests ended at their deadline, at most [`ABANDONED_ATTEMPTS`]; made on
     /// the first, dropped when trimmed.
     abandoned: AbandonedAttempts,
+    /// The bytes of the frames of its requests in flight, which the proxy holds until each
+    /// ends (a retry or a mirror sends them again).
+    frame_bytes: usize,
 }
 
 impl Drop for Requests {
@@ -313,6 +316,7 @@ impl Requests {
             held: 0,
             routes: None,
             abandoned: AbandonedAttempts::default(),
+            frame_bytes: 0,
         }
     }
 
@@ -415,6 +419,11 @@ impl Requests {
     /// Requests in flight.
     pub fn len(&self) -> usize {
         self.slab.len()
+    }
+
+    /// The bytes of the frames of the requests in flight.
+    pub fn frame_bytes(&self) -> usize {
+        self.frame_bytes
     }
 
     pub fn is_empty(&self) -> bool {
@@ -650,6 +659,7 @@ impl Requests {
             .map(|tracer| tracer.start(&message));
         self.next_seq = self.next_seq.wrapping_add(1);
         let seq = self.next_seq;
+        self.frame_bytes += message.frame.len();
         let index = self.slab.insert(InFlight {
             seq,
             request: message,
@@ -1061,6 +1071,9 @@ impl Requests {
             return;
         }
         let mut inflight = self.slab.remove(key.index as usize);
+        self.frame_bytes = self
+            .frame_bytes
+            .saturating_sub(inflight.request.frame.len());
         if let Some(wait) = inflight.wait.take() {
             wait.abort();
         }
