@@ -15,16 +15,6 @@ mod xds;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use envoy_types::pb::envoy::config::core::v3::TransportSocket;
-use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as SocketConfig;
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::{
-    CertificateProviderInstance, CombinedCertificateValidationContext, ValidationContextType,
-};
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, CommonTlsContext, UpstreamTlsContext,
-};
-use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
-use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use metaprotocol_examples::dubbo_demo::{DemoProvider, DubboClient};
 use metaprotocol_router::config::{CertificateProviderSpec, ClusterTlsSpec};
 use metaprotocol_router::{Config, StartError};
@@ -32,7 +22,7 @@ use support::TestResult;
 use support::mesh::{MeshCa, Workload, spiffe_id, yaml};
 use support::process::Scratch;
 use support::proxy::{metric, start_engine};
-use xds::fixtures::{cluster_name, eds_cluster, packed};
+use xds::fixtures::{cluster_name, eds_cluster, istio_upstream_tls, tls_socket};
 use xds::management_server::{ManagementServer, Serving};
 use xds::{WITHIN, cds, config_dump, eventually, proxy_config, serve_one_cluster, start_proxy};
 
@@ -238,41 +228,6 @@ async fn tls_files_that_cannot_be_used_are_errors_naming_the_field() -> TestResu
     Ok(())
 }
 
-/// A cluster's `UpstreamTlsContext` as Istio sends it to proxyless clients: the client
-/// certificate and the CA from the certificate provider instance `default` (in the deprecated
-/// spellings Istio uses), the endpoint's SPIFFE id to verify.
-fn istio_tls_socket(spiffe_id: &str) -> TransportSocket {
-    let instance = |certificate_name: &str| CertificateProviderInstance {
-        instance_name: "default".to_owned(),
-        certificate_name: certificate_name.to_owned(),
-    };
-    #[allow(deprecated, reason = "as Istio sends it")]
-    let context = UpstreamTlsContext {
-        common_tls_context: Some(CommonTlsContext {
-            tls_certificate_certificate_provider_instance: Some(instance("default")),
-            validation_context_type: Some(ValidationContextType::CombinedValidationContext(
-                CombinedCertificateValidationContext {
-                    validation_context_certificate_provider_instance: Some(instance("ROOTCA")),
-                    default_validation_context: Some(CertificateValidationContext {
-                        match_subject_alt_names: vec![StringMatcher {
-                            match_pattern: Some(MatchPattern::Exact(spiffe_id.to_owned())),
-                            ignore_case: false,
-                        }],
-                        ..CertificateValidationContext::default()
-                    }),
-                    ..CombinedCertificateValidationContext::default()
-                },
-            )),
-            ..CommonTlsContext::default()
-        }),
-        ..UpstreamTlsContext::default()
-    };
-    TransportSocket {
-        name: "envoy.transport_sockets.tls".to_owned(),
-        config_type: Some(SocketConfig::TypedConfig(packed(&context))),
-    }
-}
-
 /// A cluster from the server speaks mutual TLS to its endpoint with the certificates of a
 /// certificate provider instance of `dynamic.xds.certificate_providers`, and verifies the
 /// endpoint's SPIFFE id: calls reach a provider behind a mutual-TLS sidecar; once the cluster
@@ -303,7 +258,7 @@ clusters: [ {{ name: p, endpoints: [ {{ address: {provider} }} ] }} ]
     let serving = server.serve("127.0.0.1:0".parse()?).await?;
     let name = cluster_name("v1");
     let mut cluster = eds_cluster(&name);
-    cluster.transport_socket = Some(istio_tls_socket(&workload.spiffe_id));
+    cluster.transport_socket = Some(tls_socket(&istio_upstream_tls(&workload.spiffe_id)));
     serve_one_cluster(&server, &cluster, &[sidecar_address]);
     let mut config = proxy_config(serving.address(), "grpc")?;
     let xds = config
@@ -332,7 +287,9 @@ clusters: [ {{ name: p, endpoints: [ {{ address: {provider} }} ] }} ]
     let handshake_errors =
         format!("metaprotocol_upstream_tls_handshake_errors_total{{cluster=\"{name}\"}}");
     assert_eq!(metric(&proxy, &handshake_errors), 0.0);
-    cluster.transport_socket = Some(istio_tls_socket(&spiffe_id("default", "impostor")));
+    cluster.transport_socket = Some(tls_socket(&istio_upstream_tls(&spiffe_id(
+        "default", "impostor",
+    ))));
     cds(&server, "c2", &[cluster]);
     eventually("the cluster expects another identity", || {
         proxy

@@ -37,7 +37,7 @@ use envoy_types::pb::envoy::extensions::filters::network::thrift_proxy::v3::{
 use envoy_types::pb::envoy::extensions::health_checkers::thrift::v3::Thrift as ThriftHealthCheck;
 use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::{
-    CertificateProviderInstance, CombinedCertificateValidationContext, ValidationContextType,
+    CertificateProviderInstance, ValidationContextType,
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::tls_parameters::TlsProtocol;
@@ -57,8 +57,8 @@ use metaprotocol_router::config::{
 use metaprotocol_xds::translate::{self, InvalidResource};
 use support::TestResult;
 use support::fixtures::{
-    HOST, assignment, cluster_name, eds_cluster, hashed_on, meta_route, meta_route_config,
-    mirrored, packed, split, to_cluster, with_request_mutation,
+    HOST, assignment, cluster_name, eds_cluster, hashed_on, istio_upstream_tls, meta_route,
+    meta_route_config, mirrored, packed, split, tls_socket, to_cluster, with_request_mutation,
 };
 
 /// No certificate provider instances: clusters without TLS, or with TLS from files.
@@ -854,14 +854,6 @@ fn health_checks_that_cannot_be_mapped_are_refused_naming_the_field() {
     }
 }
 
-/// A `tls` transport socket of `context`.
-fn tls_socket(context: &UpstreamTlsContext) -> TransportSocket {
-    TransportSocket {
-        name: "envoy.transport_sockets.tls".to_owned(),
-        config_type: Some(SocketConfig::TypedConfig(packed(context))),
-    }
-}
-
 /// An exact name matcher.
 fn exactly(name: &str) -> StringMatcher {
     StringMatcher {
@@ -899,32 +891,9 @@ fn providers() -> translate::CertificateProviders {
     ])
 }
 
-/// The context Istio sends proxyless clients for `ISTIO_MUTUAL` (the deprecated spellings).
-#[allow(deprecated, reason = "as Istio sends it")]
+/// The context Istio sends proxyless clients for `ISTIO_MUTUAL`, to a provider.
 fn istio_context() -> UpstreamTlsContext {
-    let instance = |certificate_name: &str| CertificateProviderInstance {
-        instance_name: "default".to_owned(),
-        certificate_name: certificate_name.to_owned(),
-    };
-    UpstreamTlsContext {
-        common_tls_context: Some(CommonTlsContext {
-            tls_certificate_certificate_provider_instance: Some(instance("default")),
-            validation_context_type: Some(ValidationContextType::CombinedValidationContext(
-                CombinedCertificateValidationContext {
-                    validation_context_certificate_provider_instance: Some(instance("ROOTCA")),
-                    default_validation_context: Some(CertificateValidationContext {
-                        match_subject_alt_names: vec![exactly(
-                            "spiffe://cluster.local/ns/default/sa/provider",
-                        )],
-                        ..CertificateValidationContext::default()
-                    }),
-                    ..CombinedCertificateValidationContext::default()
-                },
-            )),
-            ..CommonTlsContext::default()
-        }),
-        ..UpstreamTlsContext::default()
-    }
+    istio_upstream_tls("spiffe://cluster.local/ns/default/sa/provider")
 }
 
 /// The cluster's TLS once `context` translates with [`providers`].

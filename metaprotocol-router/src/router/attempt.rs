@@ -223,16 +223,11 @@ circuit_breakers: { max_requests: 2, max_pending_requests: 1000000 }",
     #[test]
     fn an_update_mid_load_leaves_max_requests_exact_once_the_old_attempts_end()
     -> Result<(), Box<dyn std::error::Error>> {
-        let unlimited = "name: c\nendpoints: [ { address: 127.0.0.1:1 } ]";
-        let cluster = crate::cluster::tests::cluster(unlimited)?;
-        let target = Target {
-            cluster: cluster.clone(),
-            subset: SubsetId::ALL,
-        };
+        let (cluster, target) = unlimited_target()?;
         let runtime = tokio::runtime::Builder::new_current_thread().build()?;
         let request = Arc::new(Message::new(MessageKind::Request, 1, Bytes::new()));
         let limited = Arc::new(crate::config::ClusterSpec::from_yaml(&format!(
-            "{unlimited}\ncircuit_breakers: {{ max_requests: 2, max_pending_requests: 1000000 }}"
+            "{UNLIMITED}\ncircuit_breakers: {{ max_requests: 2, max_pending_requests: 1000000 }}"
         ))?);
         // Held at once, and sent, once the old attempts have ended.
         let (holders, most, settled_sent) =
@@ -285,6 +280,20 @@ circuit_breakers: { max_requests: 2, max_pending_requests: 1000000 }",
         Ok(())
     }
 
+    /// A cluster without limits.
+    const UNLIMITED: &str = "name: c\nendpoints: [ { address: 127.0.0.1:1 } ]";
+
+    /// A cluster without limits, and a target of all of it.
+    fn unlimited_target()
+    -> Result<(Arc<crate::cluster::ClusterHandle>, Target), crate::config::ConfigError> {
+        let cluster = crate::cluster::tests::cluster(UNLIMITED)?;
+        let target = Target {
+            cluster: cluster.clone(),
+            subset: SubsetId::ALL,
+        };
+        Ok((cluster, target))
+    }
+
     /// Starts one attempt of `request` on `target`, as the router does.
     pub(crate) fn start_one(target: &Target, request: &Arc<Message>) -> Started {
         let now = Instant::now();
@@ -306,12 +315,7 @@ circuit_breakers: { max_requests: 2, max_pending_requests: 1000000 }",
     #[test]
     fn a_limit_an_update_sets_counts_the_attempts_already_in_flight()
     -> Result<(), Box<dyn std::error::Error>> {
-        let unlimited = "name: c\nendpoints: [ { address: 127.0.0.1:1 } ]";
-        let cluster = crate::cluster::tests::cluster(unlimited)?;
-        let target = Target {
-            cluster: cluster.clone(),
-            subset: SubsetId::ALL,
-        };
+        let (cluster, target) = unlimited_target()?;
         // A runtime never driven: the attempts wait in their connection's queue.
         let runtime = tokio::runtime::Builder::new_current_thread().build()?;
         let _entered = runtime.handle().enter();
@@ -319,7 +323,7 @@ circuit_breakers: { max_requests: 2, max_pending_requests: 1000000 }",
         let mut old: Vec<Started> = (0..6).map(|_| start_one(&target, &request)).collect();
         assert!(old.iter().all(|s| matches!(s, Started::Sent(_))));
         let limited = Arc::new(crate::config::ClusterSpec::from_yaml(&format!(
-            "{unlimited}\ncircuit_breakers: {{ max_requests: 4, max_pending_requests: 1000 }}"
+            "{UNLIMITED}\ncircuit_breakers: {{ max_requests: 4, max_pending_requests: 1000 }}"
         ))?);
         cluster.update(&limited, None, None, &crate::cluster::Resolved::new())?;
         let overflows = |started: &Started| matches!(started, Started::Overflow(Breaker::Requests));

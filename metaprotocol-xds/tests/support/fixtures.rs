@@ -13,9 +13,11 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, EdsClusterConfig,
 };
 use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, Cluster};
+use envoy_types::pb::envoy::config::core::v3::TransportSocket;
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as SocketConfig;
 use envoy_types::pb::envoy::config::core::v3::{
     Address, AggregatedConfigSource, ConfigSource, HeaderValue, HeaderValueOption,
     RuntimeFractionalPercent, SocketAddress,
@@ -37,6 +39,14 @@ use envoy_types::pb::envoy::config::route::v3::weighted_cluster::ClusterWeight;
 use envoy_types::pb::envoy::config::route::v3::{
     HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster,
 };
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::{
+    CertificateProviderInstance, CombinedCertificateValidationContext, ValidationContextType,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, UpstreamTlsContext,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
 use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
 use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
@@ -234,5 +244,44 @@ pub fn packed<M: prost::Message + prost::Name>(message: &M) -> Any {
     Any {
         type_url: M::type_url(),
         value: message.encode_to_vec(),
+    }
+}
+
+/// A `tls` transport socket of `context`.
+pub fn tls_socket(context: &UpstreamTlsContext) -> TransportSocket {
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".to_owned(),
+        config_type: Some(SocketConfig::TypedConfig(packed(context))),
+    }
+}
+
+/// The `UpstreamTlsContext` Istio sends proxyless clients for `ISTIO_MUTUAL`: the client
+/// certificate and the CA from certificate provider instance `default` (in the deprecated
+/// spellings Istio uses), the endpoint's SPIFFE id `spiffe_id` to verify.
+#[allow(deprecated, reason = "as Istio sends it")]
+pub fn istio_upstream_tls(spiffe_id: &str) -> UpstreamTlsContext {
+    let instance = |certificate_name: &str| CertificateProviderInstance {
+        instance_name: "default".to_owned(),
+        certificate_name: certificate_name.to_owned(),
+    };
+    UpstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificate_certificate_provider_instance: Some(instance("default")),
+            validation_context_type: Some(ValidationContextType::CombinedValidationContext(
+                CombinedCertificateValidationContext {
+                    validation_context_certificate_provider_instance: Some(instance("ROOTCA")),
+                    default_validation_context: Some(CertificateValidationContext {
+                        match_subject_alt_names: vec![StringMatcher {
+                            match_pattern: Some(MatchPattern::Exact(spiffe_id.to_owned())),
+                            ignore_case: false,
+                        }],
+                        ..CertificateValidationContext::default()
+                    }),
+                    ..CombinedCertificateValidationContext::default()
+                },
+            )),
+            ..CommonTlsContext::default()
+        }),
+        ..UpstreamTlsContext::default()
     }
 }
