@@ -300,10 +300,14 @@ impl Metadata {
         *shared = ThinVec::new();
         // The bytes need no clearing: only spans below the length are read.
         *rendered_len = 0;
-        if rendered_heap.capacity() > KEPT_RENDERED_BYTES {
-            *rendered_heap = ThinVec::new();
-        } else {
-            rendered_heap.clear();
+        // Most metadata never renders past the inline room: its heap room is the empty
+        // singleton, which needs nothing.
+        if !rendered_heap.is_empty() {
+            if rendered_heap.capacity() > KEPT_RENDERED_BYTES {
+                *rendered_heap = ThinVec::new();
+            } else {
+                rendered_heap.clear();
+            }
         }
         *key_bits = 0;
         *indexed = [0; INDEXED_KEYS.len()];

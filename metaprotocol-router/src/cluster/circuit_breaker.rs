@@ -263,11 +263,25 @@ impl CircuitBreakers {
     /// Takes a place in `held` under `breaker`'s limit, counting with the places what `level`
     /// counts that holds none: `Ok(false)` when there is no limit (nothing taken), `Ok(true)`
     /// when taken; a refusal is counted, and the open gauge follows.
+    #[inline]
     fn take(&self, breaker: Breaker, held: &Held, level: &UpDownCounter) -> Result<bool, Breaker> {
         let limit = self.limits[breaker as usize].load(Ordering::Acquire);
         if limit == i64::MAX {
             return Ok(false);
         }
+        self.take_under(breaker, limit, held, level)
+    }
+
+    /// [`CircuitBreakers::take`] under a limit the cluster sets: out of line, so that a cluster
+    /// without limits pays only the look at the limit.
+    #[inline(never)]
+    fn take_under(
+        &self,
+        breaker: Breaker,
+        limit: i64,
+        held: &Held,
+        level: &UpDownCounter,
+    ) -> Result<bool, Breaker> {
         let room = limit.saturating_sub(held.unplaced(level));
         let taken = held
             .places
