@@ -170,13 +170,13 @@ pub(crate) fn write_mutated(
     frame: &[u8],
     map: MapBounds,
     mut reader: Reader<'_>,
-    mut skipper: Skipper,
+    skipper: &mut Skipper,
     mutation: &Mutation,
     dst: &mut BytesMut,
 ) -> Result<(), CodecError> {
     if map.has_entries() {
         dst.put_slice(slice(frame, map.start..map.entries)?);
-        visit(&mut reader, &mut skipper, |entry, _| {
+        visit(&mut reader, skipper, |entry, _| {
             let overridden = entry
                 .key
                 .as_ref()

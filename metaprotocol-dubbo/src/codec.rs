@@ -203,7 +203,8 @@ impl DubboCodec {
             Body::Response => Some(ResultFlag::read(&mut Reader::new(frame, HEADER_LEN))?),
             _ => None,
         };
-        let (reader, skipper, map) = map_cursor(frame, layout, flag)?;
+        let mut skipper = Skipper::new();
+        let (reader, map) = map_cursor(frame, layout, flag, &mut skipper)?;
         let start = dst.len();
         dst.reserve(frame.len() + mutation_size(params));
         if let Some(flag) = flag {
@@ -215,44 +216,42 @@ impl DubboCodec {
         } else {
             request::put_call_head(frame, map.start, params.mutation, dst)?;
         }
-        attachments::write_mutated(frame, map, reader, skipper, params.mutation, dst)?;
+        attachments::write_mutated(frame, map, reader, &mut skipper, params.mutation, dst)?;
         dst.put_slice(slice(frame, map.end..frame.len())?);
         patch_request_id(dst, start, params.request_id);
         patch_body_len(dst, start, self.max_frame_bytes)
     }
 }
 
-/// A reader at the attachments map of `frame`, a skipper that knows the class definitions the
-/// map's entries may use, and where the map lies. `flag` is the result flag of a response.
-fn map_cursor(
-    frame: &[u8],
+/// A reader at the attachments map of `frame`, and where the map lies; the class definitions
+/// the map's entries may use are learnt into `skipper` (new). `flag` is the result flag of a
+/// response.
+fn map_cursor<'a>(
+    frame: &'a [u8],
     layout: AttachmentsLayout,
     flag: Option<ResultFlag>,
-) -> Result<(Reader<'_>, Skipper, MapBounds), CodecError> {
+    skipper: &mut Skipper,
+) -> Result<(Reader<'a>, MapBounds), CodecError> {
     match (layout.body, flag) {
         // Decode does not walk the result of a response without attachments. Walk it now: the
         // new map goes right after it, and a broken result must not gain a map that a client
         // would then fail to find.
         (Body::Response, Some(flag)) if !flag.has_attachments() => {
-            let (reader, skipper) = response::reader_at_attachments(frame).map_err(|_| {
+            let reader = response::reader_at_attachments(frame, skipper).map_err(|_| {
                 CodecError::Encode(
                     "the response result is not valid Hessian2; attachments cannot be added".into(),
                 )
             })?;
             let map = MapBounds::absent(reader.position());
-            Ok((reader, skipper, map))
+            Ok((reader, map))
         }
         // Usually no class definitions come before the map, which can then be walked alone.
-        _ if layout.class_defs == 0 => Ok((
-            Reader::new(frame, layout.map.start),
-            Skipper::new(),
-            layout.map,
-        )),
+        _ if layout.class_defs == 0 => Ok((Reader::new(frame, layout.map.start), layout.map)),
         // Otherwise walk from the start of the body to learn them.
         (Body::Request, _) => {
-            request::reader_at_attachments(frame).map(|(r, s)| (r, s, layout.map))
+            request::reader_at_attachments(frame, skipper).map(|reader| (reader, layout.map))
         }
-        _ => response::reader_at_attachments(frame).map(|(r, s)| (r, s, layout.map)),
+        _ => response::reader_at_attachments(frame, skipper).map(|reader| (reader, layout.map)),
     }
 }
 

@@ -93,7 +93,8 @@ pub(crate) fn decode(
         class_defs: 0,
     };
     if flag.has_attachments() {
-        let mut skipper = skip_result(flag, &mut reader)?;
+        let mut skipper = Skipper::new();
+        skip_result(flag, &mut reader, &mut skipper)?;
         layout.map = attachments::visit(&mut reader, &mut skipper, |entry, classes| {
             match entry.text(frame) {
                 Some((key, value)) => {
@@ -110,19 +111,27 @@ pub(crate) fn decode(
 }
 
 /// A reader at the attachments map of a response `frame`, with the class definitions of the
-/// result, for rewriting a map whose entries may use them.
-pub(crate) fn reader_at_attachments(frame: &[u8]) -> Result<(Reader<'_>, Skipper), CodecError> {
+/// result learnt into `skipper` (new), for rewriting a map whose entries may use them.
+pub(crate) fn reader_at_attachments<'a>(
+    frame: &'a [u8],
+    skipper: &mut Skipper,
+) -> Result<Reader<'a>, CodecError> {
     let mut reader = Reader::new(frame, HEADER_LEN);
     let flag = ResultFlag::read(&mut reader)?;
-    let skipper = skip_result(flag, &mut reader)?;
-    Ok((reader, skipper))
+    skip_result(flag, &mut reader, skipper)?;
+    Ok(reader)
 }
 
-/// Skips the value or exception after `flag`, if there is one.
-fn skip_result(flag: ResultFlag, reader: &mut Reader<'_>) -> Result<Skipper, CodecError> {
-    let mut skipper = Skipper::new();
+/// Skips the value or exception after `flag`, if there is one, its class definitions into
+/// `skipper`. The skipper (about 150 bytes) is the caller's: returned, it was copied out with a
+/// `memcpy` call.
+fn skip_result(
+    flag: ResultFlag,
+    reader: &mut Reader<'_>,
+    skipper: &mut Skipper,
+) -> Result<(), CodecError> {
     if flag.has_result() {
         skipper.skip_value(reader)?;
     }
-    Ok(skipper)
+    Ok(())
 }
