@@ -13,7 +13,8 @@
 //! | map | as `Map.toString`: `{region=eu, weight=3}`, its entries in the frame's order |
 //! | object | its fields as a map, `{id=42, name=acme}`: what Hessian reads it as where its class is unknown (a class's own `toString` prints what it likes) |
 //! | null | none (Java reads it as no value); `null` in a list, map or object |
-//! | binary, a reference to an earlier value | the empty text (Java prints an identity hash for a `byte[]`) |
+//! | binary | its bytes in base64, `AAEC+/8=` (Java prints `[B@` and an identity hash for a `byte[]`) |
+//! | a reference to an earlier value | the empty text |
 //!
 //! A text is cut at [`MAX_PRINTED_BYTES`], ending in `...`, and the walk over the value stops
 //! there: a list of a million items is printed as far as its first hundred or so.
@@ -126,7 +127,9 @@ impl Printer<'_, '_> {
             0x00..=0x1f | 0x30..=0x33 | b'S' | b'R' => {
                 write_string(self.frame, &mut self.reader, tag, self.text)?;
             }
-            0x20..=0x2f | 0x34..=0x37 | b'B' | b'A' => self.reader.skip_binary(tag)?,
+            0x20..=0x2f | 0x34..=0x37 | b'B' | b'A' => {
+                write_binary(self.frame, &mut self.reader, tag, self.text)?;
+            }
             0x4a => {
                 let millis = i64::from_be_bytes(self.reader.array()?);
                 write_instant(self.text, millis)?;
@@ -241,6 +244,56 @@ fn write_string(
         }
         tag = reader.byte()?;
     }
+}
+
+/// Writes the binary whose first tag `tag` the reader took in base64 (RFC 4648: the standard
+/// alphabet, padded), its chunks joined. Java prints a `byte[]` as `[B@` and an identity hash,
+/// which no route can match; base64 is the same on every host, the text binary values take
+/// elsewhere (gRPC's `-bin` metadata, JSON), and the most of them the cut keeps (189 bytes).
+fn write_binary(
+    frame: &[u8],
+    reader: &mut Reader<'_>,
+    mut tag: u8,
+    out: &mut Printed,
+) -> Result<(), Stop> {
+    // Up to two bytes left over from a chunk, to be encoded with the next chunk's first.
+    let mut pending = [0_u8; 3];
+    let mut held = 0;
+    loop {
+        let (range, last) = reader.binary_chunk(tag)?;
+        for &byte in frame.get(range).unwrap_or_default() {
+            if let Some(slot) = pending.get_mut(held) {
+                *slot = byte;
+            }
+            held += 1;
+            if held == pending.len() {
+                write_base64_group(out, pending, 3)?;
+                held = 0;
+            }
+        }
+        if last {
+            break;
+        }
+        tag = reader.byte()?;
+    }
+    if held > 0 {
+        pending.get_mut(held..).unwrap_or_default().fill(0);
+        write_base64_group(out, pending, held)?;
+    }
+    Ok(())
+}
+
+/// Writes the base64 of the first `len` (1 to 3) of `group`, whose other bytes are 0: four
+/// characters, `=` standing for those of missing bytes.
+fn write_base64_group(out: &mut Printed, group: [u8; 3], len: usize) -> fmt::Result {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bits = u32::from_be_bytes([0, group[0], group[1], group[2]]);
+    let mut chars = [b'='; 4];
+    for (index, char) in chars.iter_mut().enumerate().take(len + 1) {
+        let sextet = (bits >> (18 - 6 * index)) & 0x3f;
+        *char = ALPHABET.get(sextet as usize).copied().unwrap_or(b'=');
+    }
+    out.write_str(std::str::from_utf8(&chars).map_err(|_| fmt::Error)?)
 }
 
 /// A number read from the frame.
@@ -610,8 +663,8 @@ mod tests {
         assert_eq!(text(b"N"), "null");
         assert_eq!(text(b"T"), "true");
         assert_eq!(text(b"F"), "false");
-        // A binary, a reference, a string UTF-8 cannot hold (a lone surrogate).
-        for other in [&[0x23, 1, 2, 3][..], b"\x51\x90", b"\x03\xed\xa0\x80"] {
+        // A reference, a string UTF-8 cannot hold (a lone surrogate).
+        for other in [&b"\x51\x90"[..], b"\x03\xed\xa0\x80"] {
             assert_eq!(text(other), "", "{other:02x?}");
         }
         // Cut short: nothing to render.
@@ -682,6 +735,39 @@ mod tests {
         chunked.extend_from_slice(&[0x02, 0xed, 0xa0, 0xbd, 0xed, 0xb8, 0x80, b'Z']);
         chunked.extend_from_slice(b"\x5f\x00\x00\x05\xdcZ");
         assert_eq!(text(&chunked), "{{abc=\u{1f600}}=1.5}");
+    }
+
+    /// A binary reads as its bytes in base64, as dubbo2.js's Hessian writer (hessian.js 2.5.0)
+    /// wrote them: in each of its forms, in a list, and in chunks that end within a group of
+    /// three bytes (hessian.js writes chunks of 4,093).
+    #[test]
+    fn a_binary_reads_as_base64() {
+        let cases = [
+            // Buffer.from([0, 1, 2, 0xfb, 0xff]), Buffer.alloc(0)
+            ("25000102fbff", "AAEC+/8="),
+            ("20", ""),
+            // Buffer.from('metaprotocol-token-1'), of the medium form
+            (
+                "34146d65746170726f746f636f6c2d746f6b656e2d31",
+                "bWV0YXByb3RvY29sLXRva2VuLTE=",
+            ),
+            // ['x', Buffer.from([0xff, 0xfe])]
+            ("7a017822fffe", "[x, //4=]"),
+        ];
+        for (bytes, expected) in cases {
+            assert_eq!(text(&hex(bytes)), expected, "{bytes}");
+        }
+        // Two chunks, the first of four bytes: 1 to 6.
+        assert_eq!(text(b"A\x00\x04\x01\x02\x03\x04\x22\x05\x06"), "AQIDBAUG");
+        // 4,100 bytes i % 251, as hessian.js wrote them: a chunk of 4,093, then one of 7. Cut.
+        let mut big = vec![0x41, 0x0f, 0xfd];
+        big.extend((0..4093_u32).map(|i| (i % 251) as u8));
+        big.push(0x27);
+        big.extend((4093..4100_u32).map(|i| (i % 251) as u8));
+        let printed = text(&big);
+        assert_eq!(printed.len(), MAX_PRINTED_BYTES);
+        assert!(printed.starts_with("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUm"));
+        assert!(printed.ends_with("t7i5uru8v..."), "{printed}");
     }
 
     /// A date is printed as Java's `Instant.toString` prints it (Temurin 25.0.3 printed these

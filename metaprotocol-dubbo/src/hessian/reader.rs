@@ -188,22 +188,27 @@ impl<'a> Reader<'a> {
 
     /// Consumes the rest of a binary whose first tag was `tag`.
     pub(crate) fn skip_binary(&mut self, mut tag: u8) -> Result<(), CodecError> {
-        loop {
-            let (len, last) = match tag {
-                0x20..=0x2f => (usize::from(tag - 0x20), true),
-                0x34..=0x37 => (
-                    (usize::from(tag - 0x34) << 8) | usize::from(self.byte()?),
-                    true,
-                ),
-                b'B' | b'A' => (usize::from(u16::from_be_bytes(self.array()?)), tag == b'B'),
-                _ => return Err(CodecError::malformed("expected a Hessian2 binary chunk")),
-            };
-            self.advance(len)?;
-            if last {
-                return Ok(());
-            }
+        while !self.binary_chunk(tag)?.1 {
             tag = self.byte()?;
         }
+        Ok(())
+    }
+
+    /// Consumes one binary chunk whose tag was `tag`: where its data lies, and true for the
+    /// final chunk.
+    pub(crate) fn binary_chunk(&mut self, tag: u8) -> Result<(Range<usize>, bool), CodecError> {
+        let (len, last) = match tag {
+            0x20..=0x2f => (usize::from(tag - 0x20), true),
+            0x34..=0x37 => (
+                (usize::from(tag - 0x34) << 8) | usize::from(self.byte()?),
+                true,
+            ),
+            b'B' | b'A' => (usize::from(u16::from_be_bytes(self.array()?)), tag == b'B'),
+            _ => return Err(CodecError::malformed("expected a Hessian2 binary chunk")),
+        };
+        let start = self.pos;
+        self.advance(len)?;
+        Ok((start..self.pos, last))
     }
 
     /// Consumes one string chunk whose tag was `tag`.
