@@ -14,7 +14,7 @@ use std::ops::Range;
 use bytes::{BufMut, Bytes, BytesMut};
 use metaprotocol_core::{CodecError, Metadata, MetadataStr, Mutation};
 
-use crate::hessian::printed::{self, Printed, ValueText};
+use crate::hessian::printed::{self, Printed, References, ValueText};
 use crate::hessian::reader::{Reader, StringData, is_string_tag};
 use crate::hessian::skip::{Skipper, skip_type};
 use crate::hessian::writer::write_string;
@@ -77,17 +77,24 @@ impl Entry<'_> {
     /// Sets the entry in `metadata` if its key is a string and its value is there but no text
     /// (an int, a boolean, a map ..., or a string UTF-8 cannot hold): a Java provider sees it
     /// (`getObjectAttachment`), so a route's or policy's `present` must too, and a match on its
-    /// value sees what Java prints for it (see [`printed`]), its objects' classes in `classes`:
+    /// value sees what Java prints for it (see [`printed`]), its objects' classes in `classes`
+    /// and the values its references name in `references`:
     /// dubbo2.js's int `timeout` reads as its decimal digits, rendered into the metadata's
     /// inline room (no allocation; a list's or map's longer text is shared, an allocation). A
     /// null, which Java reads as no attachment, is none, and takes out an earlier entry of the
     /// key: Java's map keeps a key's last value.
-    pub(crate) fn insert_other(&self, frame: &Bytes, classes: &Skipper, metadata: &mut Metadata) {
+    pub(crate) fn insert_other(
+        &self,
+        frame: &Bytes,
+        classes: &Skipper,
+        references: &mut References,
+        metadata: &mut Metadata,
+    ) {
         let Some(key) = self.key.as_ref() else {
             return;
         };
         let mut text = Printed::default();
-        match printed::text_of(frame, self.value_at, classes, &mut text) {
+        match printed::text_of(frame, self.value_at, classes, references, &mut text) {
             ValueText::Null => {
                 if let Some(key) = key.to_byte_str(frame) {
                     metadata.unset(key.as_str());

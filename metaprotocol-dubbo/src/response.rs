@@ -16,6 +16,7 @@ use metaprotocol_core::{CodecError, Metadata, ResponseStatus};
 
 use crate::attachments;
 use crate::header::HEADER_LEN;
+use crate::hessian::printed::References;
 use crate::hessian::reader::Reader;
 use crate::hessian::skip::Skipper;
 use crate::layout::{AttachmentsLayout, Body};
@@ -93,6 +94,8 @@ pub(crate) fn decode(
         class_defs: 0,
     };
     if flag.has_attachments() {
+        // A Java client reads the result as the body's first object.
+        let mut references = References::new(frame, reader.position());
         let mut skipper = Skipper::new();
         skip_result(flag, &mut reader, &mut skipper)?;
         layout.map = attachments::visit(&mut reader, &mut skipper, |entry, classes| {
@@ -101,7 +104,7 @@ pub(crate) fn decode(
                     metadata.insert(key, value);
                 }
                 // As in a request: the client's Java code reads it all the same.
-                None => entry.insert_other(frame, classes, metadata),
+                None => entry.insert_other(frame, classes, &mut references, metadata),
             }
             Ok(())
         })?;
@@ -134,4 +137,26 @@ fn skip_result(
         skipper.skip_value(reader)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::{BufMut, BytesMut};
+
+    /// A response attachment that refers to the result reads as the result: a Java client
+    /// numbers the objects it reads from the result on.
+    #[test]
+    fn an_attachment_that_refers_to_the_result_reads_as_it() -> Result<(), CodecError> {
+        let mut frame = BytesMut::new();
+        crate::header::Header::put(&mut frame, 0x02, 20, 1);
+        // Flag 4 (a value, attachments), the value {k=v}, then {echo: the value}.
+        frame.put_slice(b"\x94H\x01k\x01vZH\x04echo\x51\x90Z");
+        crate::header::patch_body_len(&mut frame, 0, 1 << 20)?;
+        let mut codec = crate::DubboCodec::new(1 << 20);
+        let response = metaprotocol_core::Codec::decode(&mut codec, &mut frame)?
+            .ok_or(CodecError::malformed("incomplete"))?;
+        assert_eq!(response.metadata.get("echo"), Some("{k=v}"));
+        Ok(())
+    }
 }

@@ -14,10 +14,13 @@
 //! | object | its fields as a map, `{id=42, name=acme}`: what Hessian reads it as where its class is unknown (a class's own `toString` prints what it likes) |
 //! | null | none (Java reads it as no value); `null` in a list, map or object |
 //! | binary | its bytes in base64, `AAEC+/8=` (Java prints `[B@` and an identity hash for a `byte[]`) |
-//! | a reference to an earlier value | the empty text |
+//! | a reference to an earlier list, map or object | that value's text, as Java reads the value itself; in the list or map it names, `(this Collection)` or `(this Map)`, as Java prints it; one that names no earlier value, the empty text |
 //!
 //! A text is cut at [`MAX_PRINTED_BYTES`], ending in `...`, and the walk over the value stops
-//! there: a list of a million items is printed as far as its first hundred or so.
+//! there: a list of a million items is printed as far as its first hundred or so. References
+//! read values a second time: a frame's read at most [`REFERENCE_READ_FACTOR`] times its body
+//! (see [`References`]), and a cycle of them, which Java cannot print, is cut as deep as a
+//! skip lets values nest.
 
 use std::fmt::{self, Write};
 
@@ -48,7 +51,13 @@ pub(crate) enum ValueText {
 /// The text of the value at `at` of `frame`, which a skip already found well formed (a value
 /// it did not reads as the empty text), its objects' classes in `classes`; printed into `text`
 /// (empty) unless it is a constant.
-pub(crate) fn text_of(frame: &[u8], at: usize, classes: &Skipper, text: &mut Printed) -> ValueText {
+pub(crate) fn text_of(
+    frame: &[u8],
+    at: usize,
+    classes: &Skipper,
+    references: &mut References,
+    text: &mut Printed,
+) -> ValueText {
     let mut reader = Reader::new(frame, at);
     // The classes a value's definitions define are in `classes` already.
     while reader.peek() == Some(CLASS_DEF) {
@@ -73,11 +82,94 @@ pub(crate) fn text_of(frame: &[u8], at: usize, classes: &Skipper, text: &mut Pri
         frame,
         reader,
         classes,
+        references,
+        following: None,
         text,
     };
-    match printer.value(0) {
+    match printer.value(Level::TOP) {
         Ok(()) | Err(Stop::Full) => ValueText::Printed,
         Err(Stop::Malformed) => ValueText::Constant(""),
+    }
+}
+
+/// The values of a frame that a `Q` reference names, and what following references may still
+/// cost the frame. A reference prints as the value it names (a list, map or object that came
+/// before it, counted from the body's first value: a call's first argument, a response's
+/// result), as Java reads it as that value; one to the list, map or object it is in as Java
+/// prints such a one, `(this Collection)` or `(this Map)`. Each reference is a second read of
+/// bytes already read once, so all of a frame's together read at most
+/// [`REFERENCE_READ_FACTOR`] times its body (and [`REFERENCE_READ_MIN`] bytes however small it
+/// is), past which the text is cut.
+#[derive(Debug)]
+pub(crate) struct References {
+    /// Where the body's values start: shared value 0 is the first list, map or object there.
+    values_at: usize,
+    /// The bytes following references may still read.
+    budget: usize,
+    /// The last shared value found, and where: a later one is searched for from there.
+    found: Option<(u32, usize)>,
+}
+
+/// How many times its body a frame's references may read, all together.
+const REFERENCE_READ_FACTOR: usize = 4;
+
+/// What a small frame's references may read, all together: enough for a few cycles, which
+/// read their values over and over until the text is cut.
+const REFERENCE_READ_MIN: usize = 16 * 1024;
+
+impl References {
+    /// The references of a frame whose body's values start at `values_at`.
+    pub(crate) fn new(frame: &[u8], values_at: usize) -> Self {
+        Self {
+            values_at,
+            budget: (frame.len().saturating_sub(values_at) * REFERENCE_READ_FACTOR)
+                .max(REFERENCE_READ_MIN),
+            found: None,
+        }
+    }
+
+    /// Where the value reference `index` names starts, if it starts before `before` (Java
+    /// knows no value that comes later) within what the budget still reads.
+    fn find(&mut self, frame: &[u8], index: u32, before: usize) -> Option<usize> {
+        let (first, from) = match self.found {
+            Some((found, at)) if found <= index => (found, at),
+            _ => (0, self.values_at),
+        };
+        let until = before.min(from.saturating_add(self.budget));
+        let at = skip::find_shared(frame, from, first, index, until);
+        self.charge(at.unwrap_or(until).saturating_sub(from));
+        self.found = at.map(|at| (index, at)).or(self.found);
+        at
+    }
+
+    /// Takes `bytes` read from the budget.
+    fn charge(&mut self, bytes: usize) {
+        self.budget = self.budget.saturating_sub(bytes);
+    }
+}
+
+/// Where a value is printed: how deeply nested, and in which list, map or object.
+#[derive(Debug, Clone, Copy)]
+struct Level {
+    /// How many lists, maps and objects it is in.
+    depth: usize,
+    /// Where the list, map or object the value is in starts.
+    container: Option<usize>,
+}
+
+impl Level {
+    /// The attachment's value itself.
+    const TOP: Self = Self {
+        depth: 0,
+        container: None,
+    };
+
+    /// The level of the values in the list, map or object at `at` printed at this level.
+    fn inside(self, at: usize) -> Self {
+        Self {
+            depth: self.depth + 1,
+            container: Some(at),
+        }
     }
 }
 
@@ -106,20 +198,31 @@ struct Printer<'f, 'c> {
     frame: &'f [u8],
     reader: Reader<'f>,
     classes: &'c Skipper,
+    references: &'c mut References,
+    /// While a referenced value is printed: where the reader's bytes not yet charged to the
+    /// references' budget start.
+    following: Option<usize>,
     text: &'c mut Printed,
 }
 
 impl Printer<'_, '_> {
     /// Prints the value at the reader, with any class definitions before it.
-    fn value(&mut self, depth: usize) -> Result<(), Stop> {
-        if depth > MAX_DEPTH {
-            return Err(Stop::Malformed);
+    fn value(&mut self, level: Level) -> Result<(), Stop> {
+        // A skip found the value within the limit: only references, to a value that holds
+        // them, go deeper. Java cannot print such a value at all (its `toString` recurses
+        // without end); its text is cut.
+        if level.depth > MAX_DEPTH {
+            self.text.cut("");
+            return Err(Stop::Full);
         }
+        let mut at = self.reader.position();
         let mut tag = self.reader.byte()?;
         while tag == CLASS_DEF {
             skip::read_class_def(&mut self.reader)?;
+            at = self.reader.position();
             tag = self.reader.byte()?;
         }
+        let inner = level.inside(at);
         match tag {
             NULL => self.text.write_str("null")?,
             b'T' => self.text.write_str("true")?,
@@ -139,36 +242,39 @@ impl Printer<'_, '_> {
                 let minutes = i32::from_be_bytes(self.reader.array()?);
                 write_instant(self.text, i64::from(minutes) * 60_000)?;
             }
-            0x51 => self.reader.int().map(drop)?,
+            0x51 => {
+                let index = u32::try_from(self.reader.int()?).map_err(|_| Stop::Malformed)?;
+                self.reference(index, at, level)?;
+            }
             0x55 => {
                 skip::skip_type(&mut self.reader)?;
-                self.list(None, depth)?;
+                self.list(None, inner)?;
             }
             b'V' => {
                 skip::skip_type(&mut self.reader)?;
                 let len = self.reader.count()?;
-                self.list(Some(len), depth)?;
+                self.list(Some(len), inner)?;
             }
-            0x57 => self.list(None, depth)?,
+            0x57 => self.list(None, inner)?,
             0x58 => {
                 let len = self.reader.count()?;
-                self.list(Some(len), depth)?;
+                self.list(Some(len), inner)?;
             }
             0x70..=0x77 => {
                 skip::skip_type(&mut self.reader)?;
-                self.list(Some(usize::from(tag - 0x70)), depth)?;
+                self.list(Some(usize::from(tag - 0x70)), inner)?;
             }
-            0x78..=0x7f => self.list(Some(usize::from(tag - 0x78)), depth)?,
-            UNTYPED_MAP => self.map(depth)?,
+            0x78..=0x7f => self.list(Some(usize::from(tag - 0x78)), inner)?,
+            UNTYPED_MAP => self.map(inner)?,
             TYPED_MAP => {
                 skip::skip_type(&mut self.reader)?;
-                self.map(depth)?;
+                self.map(inner)?;
             }
             b'O' => {
                 let class = usize::try_from(self.reader.int()?).map_err(|_| Stop::Malformed)?;
-                self.object(class, depth)?;
+                self.object(class, inner)?;
             }
-            0x60..=0x6f => self.object(usize::from(tag - 0x60), depth)?,
+            0x60..=0x6f => self.object(usize::from(tag - 0x60), inner)?,
             _ => match number(tag, &mut self.reader)? {
                 Number::Integer(value) => write!(self.text, "{value}")?,
                 Number::Double(value) => write_java_double(self.text, value)?,
@@ -177,15 +283,73 @@ impl Printer<'_, '_> {
         Ok(())
     }
 
+    /// Prints the value that reference `index`, at `at`, names, at the reference's `level`.
+    fn reference(&mut self, index: u32, at: usize, level: Level) -> Result<(), Stop> {
+        // What the reader read of a referenced value so far is charged first, so that the
+        // budget the value named now may read is what is left.
+        if let Some(start) = self.following {
+            let position = self.reader.position();
+            self.references.charge(position.saturating_sub(start));
+            self.following = Some(position);
+        }
+        let Some(value) = self.references.find(self.frame, index, at) else {
+            // Named no value before it, or the budget is spent.
+            return self.over_budget(Stop::Malformed);
+        };
+        if level.container == Some(value) {
+            let itself = match self.frame.get(value).copied() {
+                Some(0x55..=0x58 | 0x70..=0x7f) => "(this Collection)",
+                _ => "(this Map)",
+            };
+            return self.text.write_str(itself).map_err(Stop::from);
+        }
+        let within = value.saturating_add(self.references.budget);
+        let bounded = self.frame.get(..within).unwrap_or(self.frame);
+        let outer = std::mem::replace(&mut self.reader, Reader::new(bounded, value));
+        let outer_following = self.following.replace(value);
+        let printed = self.value(level);
+        // From where the references it holds charged it up to (or its start).
+        let uncharged = self.following.unwrap_or(value);
+        self.references
+            .charge(self.reader.position().saturating_sub(uncharged));
+        if matches!(printed, Err(Stop::Malformed)) && self.reader.end() < self.frame.len() {
+            // It ran into the end of what the budget reads.
+            self.references.budget = 0;
+        }
+        self.reader = outer;
+        self.following = outer_following;
+        if self.following.is_some() {
+            // The value this reference is in reads on within what is left now.
+            let resume = self.reader.position();
+            let within = resume.saturating_add(self.references.budget);
+            let bounded = self.frame.get(..within).unwrap_or(self.frame);
+            self.reader = Reader::new(bounded, resume);
+            self.following = Some(resume);
+        }
+        match printed {
+            Err(Stop::Malformed) => self.over_budget(Stop::Malformed),
+            other => other,
+        }
+    }
+
+    /// Stops printing as `stop` says, or cuts the text if the references' budget is spent.
+    fn over_budget(&mut self, stop: Stop) -> Result<(), Stop> {
+        if self.references.budget > 0 {
+            return Err(stop);
+        }
+        self.text.cut("");
+        Err(Stop::Full)
+    }
+
     /// Prints a list's items, `len` of them or up to its `Z`: `[a, b]`.
-    fn list(&mut self, len: Option<usize>, depth: usize) -> Result<(), Stop> {
+    fn list(&mut self, len: Option<usize>, level: Level) -> Result<(), Stop> {
         self.text.write_char('[')?;
         let mut index = 0;
         while len.map_or(self.reader.peek() != Some(END), |len| index < len) {
             if index > 0 {
                 self.text.write_str(", ")?;
             }
-            self.value(depth + 1)?;
+            self.value(level)?;
             index += 1;
         }
         if len.is_none() {
@@ -195,7 +359,7 @@ impl Printer<'_, '_> {
     }
 
     /// Prints a map's entries up to its `Z`: `{k=v, k2=v2}`.
-    fn map(&mut self, depth: usize) -> Result<(), Stop> {
+    fn map(&mut self, level: Level) -> Result<(), Stop> {
         self.text.write_char('{')?;
         let mut first = true;
         while self.reader.peek() != Some(END) {
@@ -203,16 +367,16 @@ impl Printer<'_, '_> {
                 self.text.write_str(", ")?;
             }
             first = false;
-            self.value(depth + 1)?;
+            self.value(level)?;
             self.text.write_char('=')?;
-            self.value(depth + 1)?;
+            self.value(level)?;
         }
         self.reader.byte()?;
         self.text.write_char('}').map_err(Stop::from)
     }
 
     /// Prints an object of class `class` as a map of its fields: `{name=value, ...}`.
-    fn object(&mut self, class: usize, depth: usize) -> Result<(), Stop> {
+    fn object(&mut self, class: usize, level: Level) -> Result<(), Stop> {
         let class = self.classes.class(class).ok_or(Stop::Malformed)?;
         let mut names = Reader::new(self.frame, class.names_at as usize);
         self.text.write_char('{')?;
@@ -223,7 +387,7 @@ impl Printer<'_, '_> {
             let tag = names.byte()?;
             write_string(self.frame, &mut names, tag, self.text)?;
             self.text.write_char('=')?;
-            self.value(depth + 1)?;
+            self.value(level)?;
         }
         self.text.write_char('}').map_err(Stop::from)
     }
@@ -543,7 +707,8 @@ mod tests {
         // A value cut short is printed all the same, from what a skip defined of it.
         let _ = classes.skip_value(&mut Reader::new(bytes, 0));
         let mut printed = Printed::default();
-        match text_of(bytes, 0, &classes, &mut printed) {
+        let mut references = References::new(bytes, 0);
+        match text_of(bytes, 0, &classes, &mut references, &mut printed) {
             ValueText::Null => "null".into(),
             ValueText::Constant(text) => text.into(),
             ValueText::Printed => printed.as_str().into(),
@@ -768,6 +933,22 @@ mod tests {
         assert_eq!(printed.len(), MAX_PRINTED_BYTES);
         assert!(printed.starts_with("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUm"));
         assert!(printed.ends_with("t7i5uru8v..."), "{printed}");
+    }
+
+    /// A value that comes again in the same map is a reference to it, as hessian.js 2.5.0 wrote
+    /// {a: tenant, b: tenant, c: map, d: map, e: list, f: list}: the map is value 0, and each
+    /// reference reads as the value it names.
+    #[test]
+    fn a_reference_reads_as_the_value_it_names() {
+        let bytes = concat!(
+            "480161430b64656d6f2e54656e616e7492026964046e616d65609101610162519101634806726567",
+            "696f6e0265755a0164519201657a9192016651935a",
+        );
+        assert_eq!(
+            text(&hex(bytes)),
+            "{a={id=1, name=a}, b={id=1, name=a}, c={region=eu}, d={region=eu}, e=[1, 2], \
+             f=[1, 2]}"
+        );
     }
 
     /// A date is printed as Java's `Instant.toString` prints it (Temurin 25.0.3 printed these

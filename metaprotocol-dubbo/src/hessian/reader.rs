@@ -94,6 +94,11 @@ impl<'a> Reader<'a> {
         self.pos
     }
 
+    /// Where the bytes it reads end: the frame's length, or less.
+    pub(crate) fn end(&self) -> usize {
+        self.buf.len()
+    }
+
     /// The next byte, if any, without consuming it.
     pub(crate) fn peek(&self) -> Option<u8> {
         self.buf.get(self.pos).copied()

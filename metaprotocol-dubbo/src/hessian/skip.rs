@@ -225,6 +225,52 @@ pub(crate) fn read_class_def(reader: &mut Reader<'_>) -> Result<ClassDef, CodecE
     })
 }
 
+/// True for the tags that start a value Hessian2 enters in its reference table, which a `Q`
+/// reference names by the order in which they start: a list, a map, an object.
+fn is_shared(tag: u8) -> bool {
+    matches!(tag, 0x55..=0x58 | 0x70..=0x7f | UNTYPED_MAP | TYPED_MAP | b'O' | 0x60..=0x6f)
+}
+
+/// Where shared value `index` starts, counting from shared value `first`, which starts at
+/// `from` or after it, up to `until`. The values are numbered in the order their tags come, so
+/// the bytes are read as a flat run of tags, each with its own payload: a list's length, a
+/// type, an object's class index and a class definition's parts are values of their own, and
+/// what a value holds follows it. Reads no further than `until`.
+pub(crate) fn find_shared(
+    frame: &[u8],
+    from: usize,
+    first: u32,
+    index: u32,
+    until: usize,
+) -> Option<usize> {
+    let mut reader = Reader::new(frame.get(..until)?, from);
+    let mut next = first;
+    loop {
+        let at = reader.position();
+        let tag = reader.byte().ok()?;
+        if is_shared(tag) {
+            if next == index {
+                return Some(at);
+            }
+            next = next.checked_add(1)?;
+            continue;
+        }
+        let payload = match tag {
+            // Their parts are values of their own; a reference's index is an int.
+            CLASS_DEF | END | 0x51 => Ok(()),
+            b'N' | b'T' | b'F' | 0x80..=0xbf | 0xd8..=0xef | 0x5b | 0x5c => Ok(()),
+            0xc0..=0xcf | 0xf0..=0xff | 0x5d => reader.advance(1),
+            0xd0..=0xd7 | 0x38..=0x3f | 0x5e => reader.advance(2),
+            b'I' | 0x59 | 0x5f | 0x4b => reader.advance(4),
+            b'L' | b'D' | 0x4a => reader.advance(8),
+            0x00..=0x1f | 0x30..=0x33 | b'S' | b'R' => reader.string_chunk(tag).map(drop),
+            0x20..=0x2f | 0x34..=0x37 | b'B' | b'A' => reader.binary_chunk(tag).map(drop),
+            _ => Err(CodecError::malformed("unexpected Hessian2 tag")),
+        };
+        payload.ok()?;
+    }
+}
+
 /// Consumes a list or map type: a type name string or an int reference to an earlier one.
 pub(crate) fn skip_type(reader: &mut Reader<'_>) -> Result<(), CodecError> {
     match reader.peek() {
