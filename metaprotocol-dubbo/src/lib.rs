@@ -43,11 +43,15 @@
 //! Responses with status 20 are read up to their result flag, and when the flag announces
 //! attachments (3, 4, 5), past the result to them.
 //!
-//! Calls in another serialization (Java, fastjson, protobuf ...) are decoded from the header
-//! only: kind and id, no metadata, and a
+//! Calls in another serialization (Java, fastjson, fastjson2, protobuf ...) are decoded from
+//! the header only: kind and id, no metadata, and a
 //! [`reject_reason`](metaprotocol_core::Message::reject_reason) naming the serialization id,
 //! so the engine answers them with a `BadRequest` reply (status 40). Their heartbeats and
-//! responses pass through.
+//! responses pass through. fastjson2 (id 23, which Dubbo 3.2 and later consumers may prefer)
+//! writes each call field as a length and binary JSON; its attachments are a JSONB object of
+//! symbols, class names and references, which this codec does not read, so such a call could
+//! not be routed on its attachments; its reason names fastjson2, and its answer is in
+//! fastjson2 (see below).
 //!
 //! # Metadata
 //!
@@ -97,10 +101,12 @@
 //! # Local replies and heartbeats
 //!
 //! A local reply is a Dubbo response with the request's id, a status chosen by kind, and, as
-//! Java Dubbo writes for every status other than 20, a body of one Hessian2 string:
-//! `"<kind>: <message>"` (e.g. `unauthorized: denied by rbac policy`). It is always written in
-//! Hessian2, the serialization every Dubbo client reads, so a client of another serialization
-//! still reads the message.
+//! Java Dubbo writes for every status other than 20, a body of one string:
+//! `"<kind>: <message>"` (e.g. `unauthorized: denied by rbac policy`). It is written in
+//! Hessian2, the serialization nearly every Dubbo client reads, so a client of another
+//! serialization still reads the message; to a call in fastjson2 it is written in fastjson2 (a
+//! 4-byte length and a JSONB string), as a Java provider answers in the call's serialization:
+//! a Dubbo 3 consumer built with fastjson2 alone fails on a Hessian2 answer without reading it.
 //!
 //! | [`LocalReplyKind`](metaprotocol_core::LocalReplyKind) | status | why |
 //! |---|---|---|

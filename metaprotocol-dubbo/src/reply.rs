@@ -6,16 +6,19 @@ use metaprotocol_core::{CodecError, LocalReply, Message, MessageKind};
 use crate::header::{FLAG_EVENT, FLAG_REQUEST, HEADER_LEN, Header, patch_body_len};
 use crate::hessian::NULL;
 use crate::hessian::writer::write_string;
-use crate::serialization::HESSIAN2;
+use crate::serialization::{FASTJSON2, HESSIAN2, put_fastjson2_string};
 use crate::status;
 
 /// Appends the error response for `reply` to `request`: the status from
 /// [`status::for_local_reply`] and, as Java Dubbo does for any status other than 20, a body of
-/// one Hessian2 string, `"<kind>: <message>"`.
+/// one string, `"<kind>: <message>"`.
 ///
-/// The response is always Hessian2 (serialization id 2), even for a request in another
-/// serialization: it is the one serialization this codec writes and every Dubbo client reads,
-/// so the client gets a readable error rather than a body it cannot decode.
+/// The response is in Hessian2 (serialization id 2), even for a request in most other
+/// serializations: it is the serialization this codec writes and nearly every Dubbo client
+/// reads, so the client gets a readable error rather than a body it cannot decode. A request
+/// in fastjson2 is answered in fastjson2, as a Java provider answers in the request's
+/// serialization: a Dubbo 3 consumer built with fastjson2 alone fails on a Hessian2 answer
+/// ("Unrecognized serialize type"), never reading the reason.
 pub(crate) fn write_local_reply(
     request: &Message,
     reply: &LocalReply,
@@ -24,11 +27,20 @@ pub(crate) fn write_local_reply(
 ) -> Result<(), CodecError> {
     let start = dst.len();
     let status = status::for_local_reply(reply.kind);
-    Header::put(dst, HESSIAN2, status, request.request_id);
-    if reply.message.is_empty() {
-        write_string(dst, &[reply.kind.name()]);
+    let serialization = match Header::serialization_of(&request.frame) {
+        FASTJSON2 => FASTJSON2,
+        _ => HESSIAN2,
+    };
+    Header::put(dst, serialization, status, request.request_id);
+    let text: &[&str] = if reply.message.is_empty() {
+        &[reply.kind.name()]
     } else {
-        write_string(dst, &[reply.kind.name(), ": ", &reply.message]);
+        &[reply.kind.name(), ": ", &reply.message]
+    };
+    if serialization == FASTJSON2 {
+        put_fastjson2_string(dst, text);
+    } else {
+        write_string(dst, text);
     }
     finish(dst, start, max_frame_bytes)
 }

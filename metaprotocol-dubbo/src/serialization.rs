@@ -1,14 +1,78 @@
 //! Serialization ids: the codec reads Hessian2 bodies and routes others on their header only.
+//! It writes its answers in Hessian2, or, to a call in fastjson2, in fastjson2.
+
+use bytes::BufMut;
 
 /// The Hessian2 serialization id, Dubbo's default and the only one whose bodies this codec reads.
 pub(crate) const HESSIAN2: u8 = 2;
 
+/// The fastjson2 serialization id (Dubbo 3.2 and later): every value is a big-endian 4-byte
+/// length and the value in fastjson2's binary JSON (JSONB), its call fields strings. A Dubbo
+/// 3.2 consumer may prefer it, and one built without Hessian2 reads no Hessian2 answer.
+pub(crate) const FASTJSON2: u8 = 23;
+
 /// Why a call in serialization `id` cannot be proxied: the reason of its `BadRequest` reply.
 pub(crate) fn unsupported_reason(id: u8) -> &'static str {
+    if id == FASTJSON2 {
+        return "serialization id 23 (fastjson2) is not supported; only Hessian2 (2) is";
+    }
     UNSUPPORTED
         .get(usize::from(id))
         .copied()
         .unwrap_or(UNSUPPORTED_OTHER)
+}
+
+/// Appends `parts`, joined, as one fastjson2 value, what Dubbo's `FastJson2ObjectOutput`
+/// writes for a string: its length in four bytes, then the string in JSONB (ASCII in one of
+/// its ASCII forms, other text as UTF-8), each with its byte length.
+pub(crate) fn put_fastjson2_string(dst: &mut impl BufMut, parts: &[&str]) {
+    // JSONB's string tags: ASCII of 0 to 47 bytes (the length in the tag), then ASCII and
+    // UTF-8 with their lengths after the tag.
+    const ASCII_FIX_0: u8 = 0x49;
+    const ASCII_FIX_MAX: usize = 47;
+    const ASCII: u8 = 0x79;
+    const UTF8: u8 = 0x7a;
+    let len: usize = parts.iter().map(|part| part.len()).sum();
+    let ascii = parts.iter().all(|part| part.is_ascii());
+    let mut head = [0_u8; 6];
+    let head_len = match (ascii, u8::try_from(len)) {
+        (true, Ok(short)) if len <= ASCII_FIX_MAX => {
+            head[0] = ASCII_FIX_0 + short;
+            1
+        }
+        (true, _) => {
+            head[0] = ASCII;
+            1 + put_jsonb_length(&mut head[1..], len)
+        }
+        (false, _) => {
+            head[0] = UTF8;
+            1 + put_jsonb_length(&mut head[1..], len)
+        }
+    };
+    let head = head.get(..head_len).unwrap_or_default();
+    dst.put_u32(u32::try_from(head.len() + len).unwrap_or(u32::MAX));
+    dst.put_slice(head);
+    for part in parts {
+        dst.put_slice(part.as_bytes());
+    }
+}
+
+/// Writes `len` as a JSONB int into `out` (five bytes at least), returning how many it took:
+/// one byte up to 47, two up to 2,047, three up to 262,143, else a tag and four.
+fn put_jsonb_length(out: &mut [u8], len: usize) -> usize {
+    let bytes = u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes();
+    let (encoded, taken): ([u8; 5], usize) = match len {
+        0..=47 => ([bytes[3], 0, 0, 0, 0], 1),
+        // 0x38 is the tag of 0 << 8, up to 0x3f of 7 << 8.
+        48..=0x7ff => ([0x38 + bytes[2], bytes[3], 0, 0, 0], 2),
+        // 0x44 is the tag of 0 << 16, up to 0x47 of 3 << 16.
+        0x800..=0x3_ffff => ([0x44 + bytes[1], bytes[2], bytes[3], 0, 0], 3),
+        _ => ([0x48, bytes[0], bytes[1], bytes[2], bytes[3]], 5),
+    };
+    if let Some(room) = out.get_mut(..taken) {
+        room.copy_from_slice(encoded.get(..taken).unwrap_or_default());
+    }
+    taken
 }
 
 const UNSUPPORTED_OTHER: &str = "this serialization is not supported; only Hessian2 (2) is";
@@ -28,6 +92,29 @@ const UNSUPPORTED: [&str; 32] = reasons!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a fastjson2 reader finds: the length in four bytes, the JSONB tag, the JSONB
+    /// length where the tag does not hold it, the bytes.
+    #[test]
+    fn fastjson2_strings_are_length_and_jsonb() {
+        let written = |parts: &[&str]| {
+            let mut out = Vec::new();
+            put_fastjson2_string(&mut out, parts);
+            out
+        };
+        assert_eq!(written(&["ab", "c"]), b"\x00\x00\x00\x04\x4cabc");
+        assert_eq!(written(&[""]), b"\x00\x00\x00\x01\x49");
+        let long = "x".repeat(300);
+        let out = written(&[&long]);
+        assert_eq!(out.get(..7), Some(&b"\x00\x00\x01\x2f\x79\x39\x2c"[..]));
+        assert_eq!(out.len(), 4 + 3 + 300);
+        assert_eq!(written(&["é"]), b"\x00\x00\x00\x04\x7a\x02\xc3\xa9");
+        let huge = "x".repeat(300_000);
+        let out = written(&[&huge]);
+        assert_eq!(out.get(4..10), Some(&b"\x79\x48\x00\x04\x93\xe0"[..]));
+        let mid = "x".repeat(5_000);
+        assert_eq!(written(&[&mid]).get(4..8), Some(&b"\x79\x44\x13\x88"[..]));
+    }
 
     #[test]
     fn names_the_id() {

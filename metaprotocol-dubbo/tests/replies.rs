@@ -112,6 +112,78 @@ fn non_hessian_calls_get_a_hessian_error() -> TestResult {
     Ok(())
 }
 
+/// A call in fastjson2 (Dubbo 3.2's serialization 23) as Dubbo's `FastJson2ObjectOutput`
+/// writes it: each value a 4-byte length and JSONB, the call fields ASCII strings of up to 47
+/// bytes (tag 0x49 + length). The attachments map after the argument is left out: nothing
+/// reads past the header.
+fn fastjson2_call(id: u64) -> Vec<u8> {
+    let mut body = Vec::new();
+    let fields = [
+        "2.0.2",
+        "org.apache.dubbo.samples.basic.api.DemoService",
+        "1.0.0",
+        "sayHello",
+        "Ljava/lang/String;",
+        "world",
+    ];
+    for field in fields {
+        let len = u8::try_from(field.len()).unwrap_or_default();
+        body.extend_from_slice(&(u32::from(len) + 1).to_be_bytes());
+        body.push(0x49 + len);
+        body.extend_from_slice(field.as_bytes());
+    }
+    frame(0xc0 | 23, 0, id, &body)
+}
+
+/// The string of a fastjson2 error response: a 4-byte length, then JSONB ASCII (tag 0x79 and
+/// a length, or 0x49 + length) or UTF-8 (0x7a and a length), lengths of up to 2,047 bytes.
+fn fastjson2_body_string(frame: &[u8]) -> Option<String> {
+    let body = frame.get(16..)?;
+    let (len, value) = body.split_first_chunk::<4>()?;
+    let value = value.get(..usize::try_from(u32::from_be_bytes(*len)).ok()?)?;
+    let (&tag, rest) = value.split_first()?;
+    let data = match (tag, rest.first().copied()) {
+        (0x49..=0x78, _) => rest.get(..usize::from(tag - 0x49))?,
+        (0x79 | 0x7a, Some(len @ 0..=0x2f)) => rest.get(1..1 + usize::from(len))?,
+        (0x79 | 0x7a, Some(high @ 0x38..=0x3f)) => {
+            let len = (usize::from(high - 0x38) << 8) | usize::from(*rest.get(1)?);
+            rest.get(2..2 + len)?
+        }
+        _ => return None,
+    };
+    String::from_utf8(data.to_vec()).ok()
+}
+
+/// Such a call is refused with status 40, in fastjson2 (what the call's consumer reads, as a
+/// Java provider answers in the request's serialization), naming fastjson2.
+#[test]
+fn fastjson2_calls_get_a_fastjson2_error_naming_it() -> TestResult {
+    let request = decode_one(&fastjson2_call(78))?;
+    assert_eq!(request.kind, MessageKind::Request);
+    assert!(request.metadata.is_empty());
+    let reason = request.reject_reason.ok_or("not rejected")?;
+    let bytes = local_reply(
+        &request,
+        &LocalReply::new(LocalReplyKind::BadRequest, reason),
+    )?;
+    assert_eq!(bytes[2], 23, "a response in fastjson2");
+    assert_eq!(bytes[3], 40);
+    assert_eq!(decode_one(&bytes)?.request_id, 78);
+    assert_eq!(
+        fastjson2_body_string(&bytes).as_deref(),
+        Some("bad_request: serialization id 23 (fastjson2) is not supported; only Hessian2 (2) is")
+    );
+    let short = local_reply(
+        &request,
+        &LocalReply::new(LocalReplyKind::Unauthorized, "dénié"),
+    )?;
+    assert_eq!(
+        fastjson2_body_string(&short).as_deref(),
+        Some("unauthorized: dénié")
+    );
+    Ok(())
+}
+
 #[test]
 fn two_way_heartbeats_get_the_providers_answer() -> TestResult {
     let heartbeat = decode_one(&golden("dubbossl__node__heartbeat-2way.req.hex")?.bytes)?;
