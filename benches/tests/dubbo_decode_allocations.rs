@@ -1,0 +1,141 @@
+//! The Dubbo codec's heap allocations per call decoded, counted by the counting allocator: a
+//! call as a Java consumer sends it (string attachments) and one as dubbo2.js sends it (its
+//! `timeout` an int, rendered as text into the metadata's own room) decode without allocating,
+//! into a reused message as the engine decodes them and into a new one each. Each test binary
+//! counts alone.
+
+use bytes::BytesMut;
+use metaprotocol_benches::alloc::{CountingAlloc, Counts, count_this_thread};
+use metaprotocol_core::{Codec, Message, MessageKind};
+use metaprotocol_dubbo::DubboCodec;
+use metaprotocol_dubbo::build::{Call, request};
+
+#[global_allocator]
+static ALLOCATOR: CountingAlloc = CountingAlloc;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Calls counted, after as many to warm up.
+const CALLS: u64 = 200;
+
+/// `2 * CALLS` copies of `frame`, one after another, as a connection reads them.
+fn frames(frame: &[u8]) -> BytesMut {
+    let mut wire = BytesMut::new();
+    for _ in 0..2 * CALLS {
+        wire.extend_from_slice(frame);
+    }
+    wire
+}
+
+/// What decoding the second half of `wire` allocates, after the first: into one reused
+/// message, or (`reuse` false) into a new message each.
+fn allocations(mut wire: BytesMut, reuse: bool) -> Result<u64, String> {
+    let mut codec = DubboCodec::new(1 << 20);
+    let mut slot = Message::new(MessageKind::Request, 0, bytes::Bytes::new());
+    let mut decode = |slot: &mut Message| {
+        let decoded = if reuse {
+            codec.decode_into(&mut wire, slot)
+        } else {
+            codec.decode(&mut wire).map(|message| match message {
+                Some(message) => {
+                    *slot = message;
+                    true
+                }
+                None => false,
+            })
+        };
+        match decoded {
+            Ok(true) if slot.reject_reason.is_none() => Ok(()),
+            other => Err(format!("{other:?} {:?}", slot.reject_reason)),
+        }
+    };
+    for _ in 0..CALLS {
+        decode(&mut slot)?;
+    }
+    let before = Counts::now();
+    for _ in 0..CALLS {
+        decode(&mut slot)?;
+    }
+    let made = Counts::now().since(before);
+    Ok(made.marked + made.marked_reallocs)
+}
+
+/// dubbo2.js 2.3.9's call of the golden captures (`dubbojs__node__hello.req.hex`): `timeout`
+/// is the int 3, and there are `application`, `x-trace-id` and `tenant` attachments.
+fn dubbojs_call() -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../testdata/golden/dubbo/dubbojs__node__hello.req.hex"
+    );
+    let hex = std::fs::read_to_string(path)?;
+    let hex = hex.trim();
+    (0..hex.len())
+        .step_by(2)
+        .map(|at| {
+            hex.get(at..at + 2)
+                .and_then(|byte| u8::from_str_radix(byte, 16).ok())
+                .ok_or_else(|| "not hex".into())
+        })
+        .collect()
+}
+
+/// A call whose attachments are numbers rendered into 23 bytes of text: an int `timeout`
+/// (`3000`) and a long `tenant-id` (`1234567890123456789`), past the 18 bytes a new
+/// metadata holds inline.
+fn numbers_call() -> Vec<u8> {
+    let mut body = Vec::new();
+    let string = |body: &mut Vec<u8>, text: &str| {
+        body.push(u8::try_from(text.len()).unwrap_or_default());
+        body.extend_from_slice(text.as_bytes());
+    };
+    for field in ["2.0.2", "demo.Api", "1.0.0", "hi", ""] {
+        string(&mut body, field);
+    }
+    body.push(b'H');
+    string(&mut body, "path");
+    string(&mut body, "demo.Api");
+    string(&mut body, "timeout");
+    body.extend_from_slice(&[0xd4, 0x0b, 0xb8]);
+    string(&mut body, "tenant-id");
+    body.push(b'L');
+    body.extend_from_slice(&1_234_567_890_123_456_789_i64.to_be_bytes());
+    body.push(b'Z');
+    let mut frame = vec![0xda, 0xbb, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    frame.extend_from_slice(&u32::try_from(body.len()).unwrap_or_default().to_be_bytes());
+    frame.extend_from_slice(&body);
+    frame
+}
+
+#[test]
+fn calls_decode_without_allocating() -> TestResult {
+    count_this_thread();
+    // What a Java consumer of Dubbo 3 attaches: path, interface and version (the builder's),
+    // the application, the timeout as a string.
+    let java = request(
+        1,
+        true,
+        &Call {
+            service: "org.apache.dubbo.samples.basic.api.DemoService",
+            version: "1.0.0",
+            method: "sayHello",
+            string_args: &["world"],
+            attachments: &[("remote.application", "demo-consumer"), ("timeout", "3000")],
+        },
+    );
+    let dubbojs = dubbojs_call()?;
+    for (name, frame) in [("java", &java[..]), ("dubbo2.js", &dubbojs[..])] {
+        for reuse in [true, false] {
+            let made = allocations(frames(frame), reuse)?;
+            assert_eq!(
+                made, 0,
+                "{name}: {made} allocations, reused message: {reuse}"
+            );
+        }
+    }
+    // Rendered text past the inline room: a reused message keeps its heap room for it, a new
+    // one allocates it once (what the engine, which reuses its messages, does not pay).
+    let numbers = numbers_call();
+    assert_eq!(allocations(frames(&numbers), true)?, 0);
+    assert_eq!(allocations(frames(&numbers), false)?, CALLS);
+    Ok(())
+}
