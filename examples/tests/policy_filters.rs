@@ -901,3 +901,57 @@ async fn redis_restarted_out_of_memory_or_refusing_the_password_fails_promptly_a
     proxy.shutdown().await;
     Ok(())
 }
+
+/// The proxy's connection to Redis had no TCP keepalive: one dropped silently while idle (a
+/// NAT or firewall forgetting it, a host gone) was found only by the checks that timed out on
+/// it, and nothing kept a middlebox from forgetting it. It now sends keepalive probes once idle
+/// for 15 s (as redis-cli and hiredis do), which Linux shows as the socket's keepalive timer.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_idle_redis_connection_is_probed_by_tcp_keepalive() -> TestResult {
+    let scratch = Scratch::new("global-keepalive")?;
+    let Some(redis) = RedisServer::start(&scratch)? else {
+        return Ok(());
+    };
+    let filters = global_ratelimit(&redis, "{ requests: 100000, per: 1s }", "1s", true);
+    let (_provider, proxy) = start(&[("in", &filters)]).await?;
+    let client = DubboClient::new(listener_addr(&proxy, "in")?);
+    assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, OK);
+
+    // /proc/net/tcp: `local rem st ... tr:when`, addresses and ports in hex; the timer `tr` is 2
+    // for keepalive, `when` in clock ticks (USER_HZ, 100 a second) until it fires.
+    let redis_port = format!(":{:04X}", redis.address.port());
+    let timer = || -> TestResult<Option<String>> {
+        let table = std::fs::read_to_string("/proc/net/tcp")?;
+        Ok(table.lines().skip(1).find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (remote, state, timer) = (fields.get(2)?, fields.get(3)?, fields.get(5)?);
+            (remote.ends_with(&redis_port) && *state == "01").then(|| timer.to_string())
+        }))
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match timer()? {
+            Some(timer) if timer.starts_with("02:") => {
+                let ticks = u64::from_str_radix(&timer[3..], 16)?;
+                assert!(
+                    ticks <= 20 * 100,
+                    "the first probe is {ticks} ticks away: more than 15 s idle"
+                );
+                break;
+            }
+            found => {
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "the proxy's connection to Redis has no keepalive timer: {found:?}"
+                    )
+                    .into());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(redis);
+    proxy.shutdown().await;
+    Ok(())
+}

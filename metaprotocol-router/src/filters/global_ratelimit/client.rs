@@ -7,7 +7,8 @@
 //! A check that gives up while the connection is still being made has sent nothing, and is no
 //! answer overdue ([`Link`]). A connection that Redis closed (its `timeout` for idle clients, a
 //! restart, `CLIENT KILL`) is known closed as soon as its driver reads the close ([`Made`]), and
-//! replaced before the next check, which would otherwise fail on it.
+//! replaced before the next check, which would otherwise fail on it; one that goes silent while
+//! idle (a NAT that forgot it, a host gone) is found by TCP keepalive ([`keepalive`]).
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
@@ -19,6 +20,7 @@ use super::clock::{ClockOffset, unix_micros};
 use arc_swap::ArcSwapOption;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use redis::aio::MultiplexedConnection;
+use redis::io::tcp::socket2::{SockRef, TcpKeepalive};
 use redis::{
     AsyncConnectionConfig, Cmd, ErrorKind, RedisConnectionInfo, RedisError, Script,
     ServerErrorKind, Value,
@@ -214,6 +216,21 @@ impl Overdue {
 /// gives up does not abandon the connection being made, which the next check goes on with.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The connection's TCP keepalive, as redis-cli and hiredis (Redis's own C client) set it:
+/// once the connection is idle 15 s, TCP probes the path to Redis every 5 s, and 3 probes
+/// unanswered close it (where the interval and count cannot be set, the system's). A
+/// connection dropped silently while idle (a NAT or firewall that forgot it, a host gone) is
+/// then found closed within some 30 s, before a check is sent on it to time out; and the
+/// probes keep a middlebox from forgetting it while the proxy has no checks to send.
+fn keepalive() -> TcpKeepalive {
+    let keepalive = TcpKeepalive::new().with_time(Duration::from_secs(15));
+    #[cfg(any(target_os = "linux", target_os = "macos"))]
+    let keepalive = keepalive
+        .with_interval(Duration::from_secs(5))
+        .with_retries(3);
+    keepalive
+}
+
 /// How long a failed connection attempt stands: the checks meanwhile fail at once (a Redis
 /// down is not asked for a connection by every check), and the first after makes a new one.
 const RETRY_DELAY: Duration = Duration::from_millis(200);
@@ -243,6 +260,7 @@ impl Made {
         // while the one before is unacknowledged waits for that answer (Nagle's algorithm),
         // as redis-rs's own connections avoid.
         stream.set_nodelay(true)?;
+        SockRef::from(&stream).set_tcp_keepalive(&keepalive())?;
         // No response timeout of redis-rs's own (half a second by default): it would end a
         // check whose `timeout` is longer in an error, taken for an answer, which the overdue
         // answers' count would never see.
