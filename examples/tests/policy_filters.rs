@@ -902,6 +902,90 @@ async fn redis_restarted_out_of_memory_or_refusing_the_password_fails_promptly_a
     Ok(())
 }
 
+/// The value of the global rate limit's counter `name` (`decisions`, `backend_errors`) whose
+/// label is `label` (`reason="stalled"`, ...), on listener `listener`.
+fn global_series(proxy: &Proxy, listener: &str, name: &str, label: &str) -> f64 {
+    metric(
+        proxy,
+        &format!(
+            "metaprotocol_ratelimit_{name}_total{{listener=\"{listener}\",filter=\"global_ratelimit\",{label}}}"
+        ),
+    )
+}
+
+/// A Redis that answers nothing (stopped, cut off, behind a proxy that stalls) kept the proxy's
+/// connection for as long as fewer than `max_pending_checks` (1,024 by default) answers were
+/// overdue on it: at a low request rate, for hours, every check timing out. A connection on
+/// which answers have been overdue for 5 s is now dropped for a new one, as after too many.
+/// Once Redis is back (resumed, or restarted after it was killed while stopped) the checks are
+/// answered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_connection_answering_nothing_for_seconds_is_replaced_at_any_request_rate()
+-> TestResult {
+    let scratch = Scratch::new("global-stalled-slowly")?;
+    let Some(mut redis) = RedisServer::start(&scratch)? else {
+        return Ok(());
+    };
+    let filters = global_ratelimit(&redis, "{ requests: 100000, per: 1s }", "100ms", false);
+    let (_provider, proxy) = start(&[("in", &filters)]).await?;
+    let client = DubboClient::new(listener_addr(&proxy, "in")?);
+    let series = |name: &str, label: &str| global_series(&proxy, "in", name, label);
+    let answered_again = |what: &'static str| {
+        let client = &client;
+        let series = &series;
+        async move {
+            let answered = series("decisions", "decision=\"ok\"");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while series("decisions", "decision=\"ok\"") <= answered {
+                if Instant::now() > deadline {
+                    return Err(format!("{what}: no check answered within 10s").into());
+                }
+                assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, OK);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            TestResult::Ok(())
+        }
+    };
+    assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, OK);
+
+    // One call at a time, each check timing out: some 10 a second, far from 1,024 overdue.
+    let stalled_within = |what: &'static str| {
+        let client = &client;
+        let series = &series;
+        async move {
+            let stalled = series("backend_errors", "reason=\"stalled\"");
+            let started = Instant::now();
+            while series("backend_errors", "reason=\"stalled\"") <= stalled {
+                if started.elapsed() > Duration::from_secs(30) {
+                    return Err(format!(
+                        "{what}: the connection was kept 30s with no answer ({} timeouts)",
+                        series("backend_errors", "reason=\"timeout\"")
+                    )
+                    .into());
+                }
+                assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, OK);
+            }
+            println!("{what}: replaced after {:?}", started.elapsed());
+            TestResult::Ok(())
+        }
+    };
+    redis.pause()?;
+    stalled_within("stopped").await?;
+    redis.resume()?;
+    answered_again("resumed").await?;
+
+    // Stopped again, then killed while stopped and started anew on its port.
+    redis.pause()?;
+    stalled_within("stopped again").await?;
+    let address = redis.address;
+    drop(redis);
+    redis = RedisServer::restart_on(&scratch, address)?;
+    answered_again("restarted").await?;
+    drop(redis);
+    proxy.shutdown().await;
+    Ok(())
+}
+
 /// The proxy's connection to Redis had no TCP keepalive: one dropped silently while idle (a
 /// NAT or firewall forgetting it, a host gone) was found only by the checks that timed out on
 /// it, and nothing kept a middlebox from forgetting it. It now sends keepalive probes once idle

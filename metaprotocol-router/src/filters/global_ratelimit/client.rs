@@ -3,7 +3,8 @@
 //! shares it), multiplexed: concurrent checks are pipelined on it, none waits for another.
 //! A check whose caller stopped waiting keeps its place in redis-rs's queue of requests
 //! awaiting answers until Redis answers it or the connection drops: so once more answers are
-//! overdue than the caller's bound ([`Overdue`]), the connection is dropped and replaced.
+//! overdue than the caller's bound, or answers have been overdue for [`STALLED_AFTER`]
+//! ([`Overdue`]), the connection is dropped and replaced.
 //! A check that gives up while the connection is still being made has sent nothing, and is no
 //! answer overdue ([`Link`]). A connection that Redis closed (its `timeout` for idle clients, a
 //! restart, `CLIENT KILL`) is known closed as soon as its driver reads the close ([`Made`]), and
@@ -148,12 +149,21 @@ pub(crate) enum Checked {
 /// a connection's requests in order: an answer to a check sent after every overdue one shows
 /// that they were all answered. A check Redis answers in time only reads this (relaxed loads);
 /// only timeouts write it.
+///
+/// Counted, the answers overdue bound the queue; timed ([`STALLED_AFTER`]), they bound how long
+/// a connection that answers nothing is kept, which the count alone does not at a low request
+/// rate (1,024 overdue, the default bound, take 17 minutes at a check a second).
 struct Overdue {
     /// Connections dropped so far: a check that times out on an older one does not count
     /// against the current one.
     generation: AtomicU64,
     /// Answers overdue on the current connection.
     count: AtomicU32,
+    /// When (microseconds since `origin`) the first of them went overdue (its check timed out);
+    /// [`NOT_OVERDUE`] while none is.
+    since: AtomicU64,
+    /// What `since` counts from.
+    origin: Instant,
     /// When (this host's clock, in microseconds) the latest overdue check was sent.
     latest_sent: AtomicI64,
     /// Whether a check was answered since the connection was last dropped (or ever): a
@@ -166,6 +176,8 @@ impl Default for Overdue {
         Self {
             generation: AtomicU64::new(0),
             count: AtomicU32::new(0),
+            since: AtomicU64::new(NOT_OVERDUE),
+            origin: Instant::now(),
             latest_sent: AtomicI64::new(0),
             answered: AtomicBool::new(true),
         }
@@ -176,10 +188,14 @@ impl Overdue {
     /// A check sent at `sent` ended, `answered` or failed: the checks sent before it no longer
     /// wait in the connection's queue (answered, or gone with a failed connection).
     fn ended(&self, sent: i64, answered: bool) {
-        if self.count.load(Ordering::Relaxed) != 0
+        // `since` as well as the count: a timeout racing the last reset may leave it set alone,
+        // and it would then time the next overdue answer, hours later, from now.
+        if (self.count.load(Ordering::Relaxed) != 0
+            || self.since.load(Ordering::Relaxed) != NOT_OVERDUE)
             && sent >= self.latest_sent.load(Ordering::Relaxed)
         {
             self.count.store(0, Ordering::Relaxed);
+            self.since.store(NOT_OVERDUE, Ordering::Relaxed);
         }
         if answered && !self.answered.load(Ordering::Relaxed) {
             self.answered.store(true, Ordering::Relaxed);
@@ -187,15 +203,18 @@ impl Overdue {
     }
 
     /// A check sent at `sent` on connection `generation` timed out. True when that makes more
-    /// than `max` answers overdue and this call is the one to drop the connection; the counts
-    /// then start over for the next.
+    /// than `max` answers overdue, or the first of them has been overdue for more than
+    /// [`STALLED_AFTER`], and this call is the one to drop the connection; the counts then
+    /// start over for the next.
     fn timed_out(&self, generation: u64, sent: i64, max: u32) -> bool {
         if self.generation.load(Ordering::Relaxed) != generation {
             return false;
         }
         self.latest_sent.fetch_max(sent, Ordering::Relaxed);
         let count = self.count.fetch_add(1, Ordering::Relaxed).saturating_add(1);
-        if count <= max {
+        let now = u64::try_from(self.origin.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let since = self.since.fetch_min(now, Ordering::Relaxed).min(now);
+        if count <= max && Duration::from_micros(now - since) <= STALLED_AFTER {
             return false;
         }
         let next = generation.wrapping_add(1);
@@ -207,10 +226,21 @@ impl Overdue {
             return false;
         }
         self.count.store(0, Ordering::Relaxed);
+        self.since.store(NOT_OVERDUE, Ordering::Relaxed);
         self.latest_sent.store(0, Ordering::Relaxed);
         true
     }
 }
+
+/// How long answers may stay overdue on a connection, however few, before it is dropped for a
+/// new one. A Redis busy with a long command or script answers nothing meanwhile, but once a
+/// script has run 5 s (its `busy-reply-threshold`) it answers other clients `BUSY`: one that
+/// answers nothing for longer is stopped, cut off, or behind a proxy that stalls, and a new
+/// connection may reach it where this one does not.
+const STALLED_AFTER: Duration = Duration::from_secs(5);
+
+/// [`Overdue::since`] while no answer is overdue.
+const NOT_OVERDUE: u64 = u64::MAX;
 
 /// How long a connection attempt may take. Independent of the filters' timeouts: a check that
 /// gives up does not abandon the connection being made, which the next check goes on with.

@@ -16,7 +16,9 @@
 //! but does not answer, under load) the failure mode applies at once, counted as an
 //! `overflow`. A check that timed out still holds its place in the Redis client's queue until
 //! Redis answers it: once more answers are overdue on the connection than that largest bound,
-//! it is dropped (the queue with it) for a new one, counted as `stalled` ([`client`]).
+//! or answers have been overdue on it for 5 s however few (at a low request rate the count
+//! would take hours), it is dropped (the queue with it) for a new one, counted as `stalled`
+//! ([`client`]).
 //!
 //! The Redis password lives in a file (`password_file`), read at each config load, never in
 //! the config: `/config_dump` shows the config to anyone who can reach the admin API.
@@ -260,7 +262,7 @@ pub(crate) fn build(
     let errors = |reason| {
         metrics.counter_with(
             "ratelimit_backend_errors",
-            "Global rate limit checks that Redis did not answer in time (timeout), answered with an error (error), or that were not sent, max_pending_checks waiting (overflow); and Redis connections dropped, more than max_pending_checks answers overdue on them (stalled)",
+            "Global rate limit checks that Redis did not answer in time (timeout), answered with an error (error), or that were not sent, max_pending_checks waiting (overflow); and Redis connections dropped, more than max_pending_checks answers overdue on them or answers overdue for 5s (stalled)",
             &[("reason", reason)],
         )
     };
@@ -299,7 +301,8 @@ struct Stats {
     errors: Counter,
     /// Checks not sent: `max_pending_checks` were waiting.
     overflows: Counter,
-    /// Redis connections dropped: more than `max_pending_checks` answers were overdue on them.
+    /// Redis connections dropped: more than `max_pending_checks` answers were overdue on them,
+    /// or answers were overdue for 5 s.
     stalled: Counter,
     /// Requests let through unchecked, lacking a descriptor key.
     missing_descriptor: Counter,
