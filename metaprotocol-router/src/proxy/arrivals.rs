@@ -21,15 +21,28 @@ pub(super) enum Arrival {
 /// where inotify is missing or cannot watch the directory (not Linux, or no inotify instances
 /// or watches left), and a network file system reports only this machine's own changes: a new
 /// file then settles as one written in place does.
+#[derive(Default)]
 pub(super) struct Arrivals {
     #[cfg(target_os = "linux")]
     events: Option<std::os::fd::OwnedFd>,
 }
 
+impl Arrivals {
+    /// Arrivals in the directory of `path` from now on (none reported if the watch could not be
+    /// set up). Set up on a blocking thread, not the runtime's: adding the watch looks the
+    /// directory up, which waits on a network file system that is slow or unreachable.
+    pub async fn watch(path: &Path) -> Self {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || Self::set_up(&path))
+            .await
+            .unwrap_or_default()
+    }
+}
+
 #[cfg(target_os = "linux")]
 impl Arrivals {
-    /// Arrivals in the directory of `path` from now on.
-    pub fn watch(path: &Path) -> Self {
+    /// Watches the directory of `path`.
+    fn set_up(path: &Path) -> Self {
         use rustix::fs::inotify;
         let dir = match path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -90,7 +103,7 @@ impl Arrivals {
 #[cfg(not(target_os = "linux"))]
 impl Arrivals {
     /// Nothing reports arrivals here.
-    pub fn watch(_: &Path) -> Self {
+    fn set_up(_: &Path) -> Self {
         Self {}
     }
 

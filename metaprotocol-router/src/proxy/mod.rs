@@ -1121,7 +1121,7 @@ impl Proxy {
     /// valid config of its own (the first of two listeners, say).
     pub async fn watch_file(&self, path: &Path, poll: Duration) {
         // Looked at before it is read, so that a write after the read shows in the next look.
-        let arrivals = Arrivals::watch(path);
+        let arrivals = Arrivals::watch(path).await;
         let mut look = Look::at(path, &arrivals).await;
         let mut applied = tokio::fs::read(path).await.ok();
         *lock(&self.state.config_file) = Some(ConfigFileStatus::new(path.display().to_string()));
