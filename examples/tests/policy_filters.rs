@@ -784,8 +784,8 @@ async fn a_redis_connection_closed_while_idle_does_not_fail_the_next_check() -> 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The proxy reads the close as soon as it runs; a check sent in the same instant would
-    // still fail (it may have reached Redis, and is not sent again). On a loaded machine
-    // "soon" may take a moment.
+    // still fail if any of it was written (it may have reached Redis, and is not sent again).
+    // On a loaded machine "soon" may take a moment.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let reply = client.call("sayHello", "a", &[]).await?;
     assert_eq!(
@@ -1035,6 +1035,68 @@ async fn the_idle_redis_connection_is_probed_by_tcp_keepalive() -> TestResult {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    drop(redis);
+    proxy.shutdown().await;
+    Ok(())
+}
+/// A check handed to the Redis connection in the instant Redis closed it, before the proxy
+/// read the close, failed (to the failure mode), though none of it had been written: the
+/// connection's driver reads the close before it writes. Such a check now goes out on a new
+/// connection; one that may have reached Redis is still never sent again. The runtime (one
+/// thread) is held while the call reaches the proxy and Redis closes the connection, so that
+/// the proxy reads the call first, as a busy worker may.
+#[tokio::test]
+async fn a_check_sent_as_redis_closes_the_connection_goes_out_on_a_new_one() -> TestResult {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let scratch = Scratch::new("global-close-race")?;
+    let Some(redis) = RedisServer::start(&scratch)? else {
+        return Ok(());
+    };
+    let filters = global_ratelimit(&redis, "{ requests: 100000, per: 1s }", "1s", true);
+    let (_provider, proxy) = start(&[("in", &filters)]).await?;
+    let mut socket = tokio::net::TcpStream::connect(listener_addr(&proxy, "in")?).await?;
+    let frame = metaprotocol_dubbo::build::request(
+        1,
+        true,
+        &metaprotocol_dubbo::build::Call {
+            service: metaprotocol_examples::dubbo_demo::DEMO_SERVICE,
+            version: metaprotocol_examples::dubbo_demo::DEMO_VERSION,
+            method: "sayHello",
+            string_args: &["a"],
+            attachments: &[],
+        },
+    );
+    /// The status of the next answer on `socket`.
+    async fn reply(socket: &mut tokio::net::TcpStream) -> TestResult<u8> {
+        let mut header = [0u8; 16];
+        tokio::time::timeout(Duration::from_secs(5), socket.read_exact(&mut header)).await??;
+        let len = u32::from_be_bytes([header[12], header[13], header[14], header[15]]) as usize;
+        let mut body = vec![0u8; len];
+        tokio::time::timeout(Duration::from_secs(5), socket.read_exact(&mut body)).await??;
+        Ok(header[3])
+    }
+    socket.write_all(&frame).await?;
+    assert_eq!(reply(&mut socket).await?, OK, "the Redis connection made");
+
+    // No await until the reply: the proxy runs on this thread, and sees both at once.
+    assert_eq!(
+        socket.try_write(&frame)?,
+        frame.len(),
+        "the call written at once"
+    );
+    let killed = redis.cli(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"])?;
+    assert_eq!(killed.trim(), "1", "the proxy's connection closed by Redis");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        reply(&mut socket).await?,
+        OK,
+        "the call that came as Redis closed the connection"
+    );
+    assert_eq!(
+        global_series(&proxy, "in", "backend_errors", "reason=\"error\""),
+        0.0
+    );
+    drop(socket);
     drop(redis);
     proxy.shutdown().await;
     Ok(())

@@ -9,11 +9,17 @@
 //! answer overdue ([`Link`]). A connection that Redis closed (its `timeout` for idle clients, a
 //! restart, `CLIENT KILL`) is known closed as soon as its driver reads the close ([`Made`]), and
 //! replaced before the next check, which would otherwise fail on it; one that goes silent while
-//! idle (a NAT that forgot it, a host gone) is found by TCP keepalive ([`keepalive`]).
+//! idle (a NAT that forgot it, a host gone) is found by TCP keepalive ([`keepalive`]). A check
+//! handed to the connection in the instant it closed, before its driver read the close, fails
+//! with it: sent again on a new connection if none of it was written ([`CountedWrites`]), never
+//! if it may have reached Redis.
 
 use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use super::clock::{ClockOffset, unix_micros};
@@ -26,6 +32,8 @@ use redis::{
     AsyncConnectionConfig, Cmd, ErrorKind, RedisConnectionInfo, RedisError, Script,
     ServerErrorKind, Value,
 };
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 use crate::config::EndpointAddress;
 use crate::filters::SharedClients;
@@ -276,6 +284,8 @@ struct Made {
     connection: MultiplexedConnection,
     /// Set when the driver ended: nothing sent on the connection from then on is answered.
     closed: Arc<AtomicBool>,
+    /// The bytes the driver has written to the socket ([`CountedWrites`]).
+    written: Arc<AtomicU64>,
     driver: tokio::task::AbortHandle,
 }
 
@@ -285,7 +295,7 @@ impl Made {
         address: &EndpointAddress,
         settings: &RedisConnectionInfo,
     ) -> Result<Arc<Self>, RedisError> {
-        let stream = tokio::net::TcpStream::connect((address.host(), address.port())).await?;
+        let stream = TcpStream::connect((address.host(), address.port())).await?;
         // Checks are small writes pipelined on one connection: without this, each written
         // while the one before is unacknowledged waits for that answer (Nagle's algorithm),
         // as redis-rs's own connections avoid.
@@ -295,6 +305,11 @@ impl Made {
         // check whose `timeout` is longer in an error, taken for an answer, which the overdue
         // answers' count would never see.
         let config = AsyncConnectionConfig::new().set_response_timeout(None);
+        let written = Arc::new(AtomicU64::new(0));
+        let stream = CountedWrites {
+            stream,
+            written: written.clone(),
+        };
         let (connection, driver) =
             MultiplexedConnection::new_with_config(settings, stream, config).await?;
         let closed = Arc::new(AtomicBool::new(false));
@@ -306,6 +321,7 @@ impl Made {
         Ok(Arc::new(Self {
             connection,
             closed,
+            written,
             driver: driver.abort_handle(),
         }))
     }
@@ -320,6 +336,69 @@ impl Drop for Made {
     fn drop(&mut self) {
         // The answers it still awaits go with it (the checks that wanted them gave up).
         self.driver.abort();
+    }
+}
+
+/// The connection's socket, counting the bytes written to it. A check handed to the driver
+/// as Redis closes the connection fails with it, and may or may not have been written: the
+/// driver, woken by the close and by the check together, reads the close before it writes.
+/// If no byte was written from when the check was handed over until the connection ended, none
+/// of the check reached Redis, and it can be sent again on a new connection.
+struct CountedWrites {
+    stream: TcpStream,
+    written: Arc<AtomicU64>,
+}
+
+impl CountedWrites {
+    /// Counts what a write wrote. Only the driver writes: a load and a store would do, but an
+    /// add costs the same on one thread.
+    fn count(&self, written: io::Result<usize>) -> io::Result<usize> {
+        if let Ok(n) = written {
+            self.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        written
+    }
+}
+
+impl AsyncRead for CountedWrites {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CountedWrites {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        written.map(|written| self.count(written))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        written.map(|written| self.count(written))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
@@ -451,45 +530,61 @@ impl RedisLimits {
     /// Counts a request against the limit `key` (see `gcra.lua`), unless the server runs the
     /// check more than twice `timeout` (how long the caller waits for it) after it was sent.
     /// Waits at most `timeout`; when that makes more answers overdue on the connection than
-    /// the largest `max_pending_checks` of its filters, the connection is dropped, with the
-    /// answers it still awaits.
-    pub async fn check(&self, command: CheckCommand, timeout: Duration) -> Checked {
+    /// the largest `max_pending_checks` of its filters (or they have been overdue too long),
+    /// the connection is dropped, with the answers it still awaits. A check that fails with its
+    /// connection, none of it written, is sent once more, on a new connection.
+    pub async fn check(&self, mut command: CheckCommand, timeout: Duration) -> Checked {
         let deadline = tokio::time::Instant::now() + timeout;
-        let (slot, mut connection) = match self.link() {
-            Ok(Link::Made(slot, connection)) => (slot, connection),
-            Ok(Link::Making(slot)) => {
-                match tokio::time::timeout_at(deadline, Connecting::clone(&slot)).await {
-                    Ok(Ok(made)) => {
-                        let connection = made.connection.clone();
-                        (slot, connection)
+        let mut first = true;
+        loop {
+            let (slot, mut connection) = match self.link() {
+                Ok(Link::Made(slot, connection)) => (slot, connection),
+                Ok(Link::Making(slot)) => {
+                    match tokio::time::timeout_at(deadline, Connecting::clone(&slot)).await {
+                        Ok(Ok(made)) => {
+                            let connection = made.connection.clone();
+                            (slot, connection)
+                        }
+                        Ok(Err(failed)) => return Checked::Failed(failed.error),
+                        // Nothing was sent: no answer is overdue.
+                        Err(_) => return Checked::TimedOut { replaced: false },
                     }
-                    Ok(Err(failed)) => return Checked::Failed(failed.error),
-                    // Nothing was sent: no answer is overdue.
-                    Err(_) => return Checked::TimedOut { replaced: false },
                 }
+                Err(err) => return Checked::Failed(err),
+            };
+            let generation = self.overdue.generation.load(Ordering::Relaxed);
+            let sent = unix_micros();
+            if first {
+                command.0.arg(self.stale_after(sent, timeout));
             }
-            Err(err) => return Checked::Failed(err),
-        };
-        let generation = self.overdue.generation.load(Ordering::Relaxed);
-        let sent = unix_micros();
-        let answer =
-            tokio::time::timeout_at(deadline, self.run(&mut connection, command, timeout, sent))
-                .await;
-        match answer {
-            Ok(Ok(verdict)) => Checked::Answered(verdict),
-            Ok(Err(err)) => {
-                if err.is_unrecoverable_error() {
+            // Before the check is handed to the connection: any byte of it written comes after.
+            let before = bytes_written(&slot);
+            let answer =
+                tokio::time::timeout_at(deadline, self.run(&mut connection, &command.0, sent))
+                    .await;
+            match answer {
+                Ok(Ok(verdict)) => return Checked::Answered(verdict),
+                Ok(Err(err)) => {
+                    if !err.is_unrecoverable_error() {
+                        return Checked::Failed(err);
+                    }
                     self.forget(&slot);
+                    // The connection ended (its driver told the check so, having written all it
+                    // ever will) with no byte written since the check was handed to it: none of
+                    // the check reached Redis. One that may have is never sent again.
+                    if !(first && before.is_some() && before == bytes_written(&slot)) {
+                        return Checked::Failed(err);
+                    }
+                    first = false;
                 }
-                Checked::Failed(err)
-            }
-            Err(_) => {
-                let max_overdue = self.largest.load(Ordering::Relaxed);
-                let replaced = self.overdue.timed_out(generation, sent, max_overdue);
-                if replaced {
-                    self.drop_connection();
+                Err(_) => {
+                    let max_overdue = self.largest.load(Ordering::Relaxed);
+                    let replaced = self.overdue.timed_out(generation, sent, max_overdue);
+                    if replaced {
+                        self.drop_connection();
+                    }
+                    return Checked::TimedOut { replaced };
                 }
-                Checked::TimedOut { replaced }
             }
         }
     }
@@ -506,24 +601,26 @@ impl RedisLimits {
         }
     }
 
-    /// Sends the check on `connection` and reads its answer.
-    async fn run(
-        &self,
-        connection: &mut MultiplexedConnection,
-        mut command: CheckCommand,
-        timeout: Duration,
-        sent: i64,
-    ) -> Result<Verdict, RedisError> {
+    /// When, on the server's clock, a check sent at `sent` and waited for `timeout` goes stale
+    /// (0: unknown, before any answer).
+    fn stale_after(&self, sent: i64, timeout: Duration) -> i64 {
         // Past twice the wait rather than the wait itself: the estimate errs late by the
         // checks' quickest trip, and a check run a little late is better counted than not.
         let wait = i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX);
-        let stale_after = self.clock.estimate().map_or(0, |offset| {
+        self.clock.estimate().map_or(0, |offset| {
             sent.saturating_add(offset)
                 .saturating_add(wait.saturating_mul(2))
                 .max(1)
-        });
-        let command = &mut command.0;
-        command.arg(stale_after);
+        })
+    }
+
+    /// Sends the check `command`, sent at `sent`, on `connection` and reads its answer.
+    async fn run(
+        &self,
+        connection: &mut MultiplexedConnection,
+        command: &Cmd,
+        sent: i64,
+    ) -> Result<Verdict, RedisError> {
         let answer = match ask(connection, command).await {
             Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                 // A Redis restarted (or flushed) since the script was loaded.
@@ -613,6 +710,14 @@ async fn ask(connection: &mut MultiplexedConnection, command: &Cmd) -> Result<Va
         .send_packed_command(command)
         .await?
         .extract_error()
+}
+
+/// The bytes written so far on the connection `slot` holds; `None` while it is being made.
+fn bytes_written(slot: &Connecting) -> Option<u64> {
+    match slot.peek() {
+        Some(Ok(made)) => Some(made.written.load(Ordering::Relaxed)),
+        _ => None,
+    }
 }
 
 /// Whether two loads of the connection found the same one.
