@@ -2198,15 +2198,12 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
     .await
 }
 
-/// A client that sends many large calls to a server that does not answer has at most 16 MiB
-/// of them in flight: the proxy holds each call's frame until it ends (for a retry), and decodes
-/// no more of the client's calls until some end. Before, it took up to 4,096 calls of
-/// `max_frame_bytes` each. The calls waiting are not lost: once the first time out, the next
-/// go, and every call gets its answer.
-#[tokio::test]
-async fn a_clients_calls_in_flight_hold_a_bounded_number_of_bytes() -> TestResult {
-    const CALLS: u64 = 48;
-    // A server that reads everything and answers nothing.
+/// A proxy in front of a server that reads everything sent to it and answers nothing, with
+/// `top_level` (YAML lines, may be empty) beside its listener: calls end at their route's
+/// deadline, 1 s. Returns the proxy and the server's task (abort it when done).
+async fn proxy_in_front_of_a_silent_server(
+    top_level: &str,
+) -> TestResult<(Proxy, tokio::task::JoinHandle<()>)> {
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let silent_address = silent.local_addr()?;
     let reader = tokio::spawn(async move {
@@ -2218,37 +2215,130 @@ async fn a_clients_calls_in_flight_hold_a_bounded_number_of_bytes() -> TestResul
         }
     });
     let yaml = format!(
-        "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r }} ]
+        "{top_level}
+listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r }} ]
 route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }}, timeout: 1s }} ] }} ]
 clusters: [ {{ name: c, endpoints: [ {{ address: {silent_address} }} ] }} ]
 "
     );
-    let proxy = start_engine(&yaml).await?;
-    let address = proxy.listener_addr("in").ok_or("no listener")?;
-    // Calls of 1 MiB each: 48 MiB in all, three times the bound.
+    Ok((start_engine(&yaml).await?, reader))
+}
+
+/// `count` calls (ids 1 to `count`) of 1 MiB each, in one buffer.
+fn calls_of_a_mebibyte(count: u64) -> Vec<u8> {
     let big = "x".repeat(1024 * 1024);
     let mut calls = Vec::new();
-    for id in 1..=CALLS {
+    for id in 1..=count {
         calls.extend_from_slice(&support::dubbo_request(id, "sayHello", &[("x-big", &big)]));
     }
-    let (mut client_read, mut client_write) = TcpStream::connect(address).await?.into_split();
-    let writer = tokio::spawn(async move { client_write.write_all(&calls).await });
-    let in_flight =
-        || support::proxy::metric(&proxy, "metaprotocol_downstream_rq_active{listener=\"in\"}");
-    // Sampled until the first calls time out (1 s): the most the proxy had in flight at once.
-    let mut most = 0.0_f64;
+    calls
+}
+
+/// Samples `series` of `proxy` until the first calls time out (1 s after they came): the most
+/// it read.
+async fn most_until_the_first_calls_time_out(proxy: &Proxy, series: &[&str]) -> Vec<f64> {
+    let mut most = vec![0.0_f64; series.len()];
     let sampling = Instant::now();
     while sampling.elapsed() < Duration::from_millis(900) {
-        most = most.max(in_flight());
+        for (most, series) in most.iter_mut().zip(series) {
+            *most = most.max(support::proxy::metric(proxy, series));
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    most
+}
+
+/// A client that sends many large calls to a server that does not answer has at most 16 MiB
+/// of them in flight: the proxy holds each call's frame until it ends (for a retry), and decodes
+/// no more of the client's calls until some end. Before, it took up to 4,096 calls of
+/// `max_frame_bytes` each. The calls waiting are not lost: once the first time out, the next
+/// go, and every call gets its answer.
+#[tokio::test]
+async fn a_clients_calls_in_flight_hold_a_bounded_number_of_bytes() -> TestResult {
+    const CALLS: u64 = 48;
+    let (proxy, server) = proxy_in_front_of_a_silent_server("").await?;
+    let address = proxy.listener_addr("in").ok_or("no listener")?;
+    // 48 MiB in all, three times the bound.
+    let calls = calls_of_a_mebibyte(CALLS);
+    let (mut client_read, mut client_write) = TcpStream::connect(address).await?.into_split();
+    let writer = tokio::spawn(async move { client_write.write_all(&calls).await });
+    let most = most_until_the_first_calls_time_out(
+        &proxy,
+        &["metaprotocol_downstream_rq_active{listener=\"in\"}"],
+    )
+    .await[0];
     // 16 calls make the bound; the one that passes it is let in.
     assert!(most >= 1.0, "no call reached the proxy");
     assert!(most <= 17.0, "{most} calls of 1 MiB in flight at once");
     let answers = read_answers(&mut client_read, CALLS).await?;
     assert_eq!(answers.len() as u64, CALLS);
     writer.await??;
-    reader.abort();
+    server.abort();
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// The frames of the calls in flight, held until each ends, count against the proxy-wide
+/// `limits.max_buffered_bytes` with the answers waiting for clients, and show in
+/// `metaprotocol_requests_in_flight_bytes`: clients whose large calls a server does not answer
+/// make the proxy hold no more than the bound of them, and the calls past it are answered at
+/// once with the over-limit error. Before, each client could hold 16 MiB in flight, counted
+/// nowhere, whatever the bound (here 32 calls of 1 MiB at once, against a bound of 4 MiB).
+#[tokio::test]
+async fn the_frames_of_calls_in_flight_count_against_max_buffered_bytes() -> TestResult {
+    const CLIENTS: u64 = 4;
+    const CALLS: u64 = 8;
+    let (proxy, server) =
+        proxy_in_front_of_a_silent_server("limits: { max_buffered_bytes: 4194304 }").await?;
+    let address = proxy.listener_addr("in").ok_or("no listener")?;
+    let calls = calls_of_a_mebibyte(CALLS);
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let (client_read, mut client_write) = TcpStream::connect(address).await?.into_split();
+        let calls = calls.clone();
+        let writer = tokio::spawn(async move { client_write.write_all(&calls).await });
+        clients.push((client_read, writer));
+    }
+    let most = most_until_the_first_calls_time_out(
+        &proxy,
+        &[
+            "metaprotocol_requests_in_flight",
+            "metaprotocol_requests_in_flight_bytes",
+        ],
+    )
+    .await;
+    let (calls_held, bytes_held) = (most[0], most[1]);
+    // 4 MiB make the bound; the call that passes it is let in.
+    assert!(calls_held >= 1.0, "no call reached the proxy");
+    assert!(
+        calls_held <= 5.0,
+        "{calls_held} calls of 1 MiB in flight at once"
+    );
+    let mebibyte = 1024.0 * 1024.0;
+    assert!(
+        (mebibyte..=5.0 * mebibyte).contains(&bytes_held),
+        "{bytes_held} bytes of calls held"
+    );
+    for (mut client_read, writer) in clients {
+        let answers = read_answers(&mut client_read, CALLS).await?;
+        assert_eq!(answers.len() as u64, CALLS);
+        writer.await??;
+    }
+    let replies = |reason: &str| {
+        support::proxy::metric(
+            &proxy,
+            &format!("metaprotocol_local_replies_total{{listener=\"in\",reason=\"{reason}\"}}"),
+        )
+    };
+    let (refused, timed_out) = (replies("over_limit"), replies("timeout"));
+    assert!(refused >= 1.0, "no call was refused");
+    assert_eq!(refused + timed_out, (CLIENTS * CALLS) as f64);
+    assert_eq!(
+        support::proxy::metric(&proxy, "metaprotocol_requests_in_flight_bytes"),
+        0.0,
+        "every call ended"
+    );
+    server.abort();
     proxy.shutdown().await;
     Ok(())
 }

@@ -6,7 +6,8 @@ use super::ConfigError;
 
 /// The default cap on requests in flight across every client connection.
 pub const DEFAULT_MAX_REQUESTS: u64 = 65_536;
-/// The default cap on answers waiting for clients that do not read them, in bytes.
+/// The default cap on what the proxy holds for clients (answers waiting for them, and the
+/// frames of their requests in flight), in bytes.
 pub const DEFAULT_MAX_BUFFERED_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Limits on what all clients together may make the proxy hold. Past either, new requests are
@@ -18,7 +19,8 @@ pub struct LimitsSpec {
     /// Requests in flight across every client connection.
     #[serde(default = "default_max_requests")]
     pub max_requests: u64,
-    /// Bytes of answers waiting to be written to clients.
+    /// Bytes of answers waiting to be written to clients, together with the bytes of the
+    /// frames of their requests in flight (held until each ends, for a retry).
     #[serde(default = "default_max_buffered_bytes")]
     pub max_buffered_bytes: u64,
 }

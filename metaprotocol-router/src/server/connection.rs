@@ -45,7 +45,9 @@ const WRITE_BUDGET: usize = 1024 * 1024;
 /// The bytes of the requests in flight per client connection (their frames, held until each
 /// ends) past which the proxy decodes no more of that client's calls until some end. A call
 /// larger than this still goes alone. Without it, a client's calls to a slow server held up to
-/// [`MAX_IN_FLIGHT`] frames of the listener's `max_frame_bytes` each.
+/// [`MAX_IN_FLIGHT`] frames of the listener's `max_frame_bytes` each. Across connections, the
+/// same bytes count against the proxy-wide `max_buffered_bytes` ([`super::load`]), past which new
+/// calls are refused.
 const REQUEST_BYTES_BUDGET: usize = 16 * 1024 * 1024;
 /// Passes of a connection's loop (answers, reads, writes, deadlines) in one poll of its task,
 /// past which it yields to the worker's other tasks. A pass that finds nothing to do ends the

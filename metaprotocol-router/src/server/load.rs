@@ -1,10 +1,12 @@
-//! The proxy-wide load: requests in flight and bytes of answers waiting for clients, across
-//! every connection of every listener, checked against the config's `limits`.
+//! The proxy-wide load: requests in flight, the bytes of their frames (held until each ends,
+//! for a retry) and the bytes of answers waiting for clients, across every connection of every
+//! listener, checked against the config's `limits`: the requests against `max_requests`, both
+//! kinds of bytes together against `max_buffered_bytes`.
 //!
-//! Each connection moves its share of both counts once per pass over its work, not once per
+//! Each connection moves its share of each count once per pass over its work, not once per
 //! request: a request started and another finished in the same pass write the shared counts
 //! not at all, where they used to cost two atomic writes every worker contends for. While a
-//! pass runs, the connection judges new requests on the shared count plus its own share not
+//! pass runs, the connection judges new requests on the shared counts plus its own share not
 //! yet moved; other connections see the share at the end of the pass, before the connection's
 //! task waits again.
 
@@ -19,6 +21,9 @@ use crate::stats::MetricsScope;
 #[derive(Debug)]
 pub(crate) struct Load {
     requests: Gauge,
+    /// The bytes of the frames of the requests in flight.
+    request_bytes: Gauge,
+    /// The bytes of answers waiting for clients.
     buffered: Gauge,
     max_requests: AtomicI64,
     max_buffered: AtomicI64,
@@ -30,6 +35,10 @@ impl Load {
             requests: scope.gauge(
                 "requests_in_flight",
                 "Requests in flight across every client connection",
+            ),
+            request_bytes: scope.gauge(
+                "requests_in_flight_bytes",
+                "Bytes of the frames of requests in flight across every client connection, held until each ends",
             ),
             buffered: scope.gauge(
                 "buffered_bytes",
@@ -51,16 +60,27 @@ impl Load {
             .store(cap(limits.max_buffered_bytes), Ordering::Relaxed);
     }
 
-    /// True if a new request may be taken on by a connection with `unmoved` requests in flight
-    /// not yet moved into the shared count (negative: that many ended since).
-    pub fn admits(&self, unmoved: i64) -> bool {
+    /// True if a new request may be taken on by a connection with `unmoved` requests in flight,
+    /// whose frames hold `unmoved_bytes`, not yet moved into the shared counts (negative: that
+    /// many ended since).
+    pub fn admits(&self, unmoved: i64, unmoved_bytes: i64) -> bool {
+        let held = self
+            .buffered
+            .get()
+            .saturating_add(self.request_bytes.get())
+            .saturating_add(unmoved_bytes);
         self.requests.get().saturating_add(unmoved) < self.max_requests.load(Ordering::Relaxed)
-            && self.buffered.get() < self.max_buffered.load(Ordering::Relaxed)
+            && held < self.max_buffered.load(Ordering::Relaxed)
     }
 
     /// Moves a connection's share of requests in flight from `before` to `now`.
     pub fn requests(&self, before: usize, now: usize) {
         shift(&self.requests, before, now);
+    }
+
+    /// Moves a connection's share of the bytes of requests' frames from `before` to `now`.
+    pub fn request_bytes(&self, before: usize, now: usize) {
+        shift(&self.request_bytes, before, now);
     }
 
     /// Moves a connection's share of waiting bytes from `before` to `now`.
@@ -98,19 +118,45 @@ mod tests {
             },
         );
         load.requests(0, 1);
-        assert!(load.admits(0));
-        assert!(!load.admits(1), "one moved, one not yet");
+        assert!(load.admits(0, 0));
+        assert!(!load.admits(1, 0), "one moved, one not yet");
         load.requests(1, 2);
-        assert!(!load.admits(0), "two in flight");
-        assert!(load.admits(-1), "one of them ended, not yet moved");
+        assert!(!load.admits(0, 0), "two in flight");
+        assert!(load.admits(-1, 0), "one of them ended, not yet moved");
         load.requests(2, 1);
         load.buffered(0, 100);
-        assert!(!load.admits(0), "100 bytes waiting");
+        assert!(!load.admits(0, 0), "100 bytes waiting");
         load.buffered(100, 40);
-        assert!(load.admits(0));
+        assert!(load.admits(0, 0));
         load.requests(1, 0);
         load.buffered(40, 0);
         let text = metrics.render();
         assert!(text.contains("metaprotocol_requests_in_flight 0"), "{text}");
+    }
+
+    #[test]
+    fn the_frames_of_requests_in_flight_count_with_the_answers_waiting() {
+        let metrics = Metrics::new();
+        let load = Load::new(
+            &metrics.root(),
+            &LimitsSpec {
+                max_requests: 100,
+                max_buffered_bytes: 100,
+            },
+        );
+        load.request_bytes(0, 60);
+        assert!(load.admits(0, 0));
+        assert!(!load.admits(0, 40), "60 moved, 40 not yet");
+        load.buffered(0, 40);
+        assert!(!load.admits(0, 0), "60 bytes of requests and 40 of answers");
+        assert!(load.admits(0, -1), "a byte of them ended, not yet moved");
+        load.request_bytes(60, 0);
+        assert!(load.admits(0, 0));
+        load.buffered(40, 0);
+        let text = metrics.render();
+        assert!(
+            text.contains("metaprotocol_requests_in_flight_bytes 0"),
+            "{text}"
+        );
     }
 }

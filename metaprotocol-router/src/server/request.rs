@@ -281,6 +281,8 @@ pub(crate) struct Requests {
     /// The bytes of the frames of its requests in flight, which the proxy holds until each
     /// ends (a retry or a mirror sends them again).
     frame_bytes: usize,
+    /// Its `frame_bytes` as the proxy-wide load last counted them ([`Requests::move_load`]).
+    moved_bytes: usize,
 }
 
 impl Drop for Requests {
@@ -290,6 +292,7 @@ impl Drop for Requests {
     /// some here.
     fn drop(&mut self) {
         self.ctx.load.requests(self.moved, 0);
+        self.ctx.load.request_bytes(self.moved_bytes, 0);
         if !self.slab.is_empty() {
             self.ctx.stats.rq_active.dec_by(self.slab.len() as u64);
         }
@@ -317,6 +320,7 @@ impl Requests {
             routes: None,
             abandoned: AbandonedAttempts::default(),
             frame_bytes: 0,
+            moved_bytes: 0,
         }
     }
 
@@ -326,11 +330,15 @@ impl Requests {
         self.held
     }
 
-    /// Moves its requests in flight into the proxy-wide load: once a pass over the
-    /// connection's work, not once a request (see [`super::load`]).
+    /// Moves its requests in flight, and the bytes of their frames, into the proxy-wide load:
+    /// once a pass over the connection's work, not once a request (see [`super::load`]).
     pub fn move_load(&mut self) {
         self.ctx.load.requests(self.moved, self.slab.len());
         self.moved = self.slab.len();
+        self.ctx
+            .load
+            .request_bytes(self.moved_bytes, self.frame_bytes);
+        self.moved_bytes = self.frame_bytes;
     }
 
     /// Gives back what an idle connection does not need (its request slots, timers,
@@ -600,10 +608,10 @@ impl Requests {
                 .overflowed()
                 .then_some(METADATA_OVERFLOW_REASON)
         });
-        let admitted = self
-            .ctx
-            .load
-            .admits(load::difference(self.slab.len(), self.moved));
+        let admitted = self.ctx.load.admits(
+            load::difference(self.slab.len(), self.moved),
+            load::difference(self.frame_bytes, self.moved_bytes),
+        );
         let key = self.admit(message, received);
         let now = received.0;
         if !admitted {
