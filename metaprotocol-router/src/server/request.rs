@@ -289,8 +289,11 @@ impl Drop for Requests {
     /// Its requests leave the proxy-wide load and the requests in flight with it, however its
     /// connection ended. Each ends with its answer or its abandonment on every path a
     /// connection closes by; a task that panicked, or was dropped with its runtime, leaves
-    /// some here.
+    /// some here. The answers still queued for it are counted (see
+    /// [`Requests::close_answers`]): a connection that closes once its requests ended takes no
+    /// more, and an attempt its deadline abandoned may be answered meanwhile.
     fn drop(&mut self) {
+        self.close_answers();
         self.ctx.load.requests(self.moved, 0);
         self.ctx.load.request_bytes(self.moved_bytes, 0);
         if !self.slab.is_empty() {
@@ -342,11 +345,11 @@ impl Requests {
     }
 
     /// Gives back what an idle connection does not need (its request slots, timers,
-    /// answer queue); they are made again on demand.
+    /// answer queue, the answers in it counted); they are made again on demand.
     pub fn trim(&mut self) {
         if self.slab.is_empty() {
             self.slab = Slab::new();
-            self.channel = None;
+            self.close_answers();
             self.timers = None;
             self.waits = None;
             self.spare = Vec::new();
@@ -540,9 +543,9 @@ impl Requests {
     }
 
     /// Closes the queue of upstream answers, which no request will take any more (the
-    /// connection is ending every request): the answers in it are counted as matching no
-    /// request waiting, and those that come later are counted so by their upstream connections,
-    /// which find the queue closed.
+    /// connection is ending every request, or it is going, or is trimmed with none in flight):
+    /// the answers in it are counted as matching no request waiting, and those that come later
+    /// are counted so by their upstream connections, which find the queue closed.
     fn close_answers(&mut self) {
         let Some((_, mut events)) = self.channel.take() else {
             return;
@@ -1328,6 +1331,53 @@ mod tests {
             requests.abandoned.0.is_empty(),
             "counted once, and forgotten"
         );
+        Ok(())
+    }
+
+    /// A connection to a server that never answers, whose one call's deadline passed, and
+    /// whose queue holds that call's answer: its upstream connection read it just before the
+    /// deadline, and it came once the deadline had ended the call. `cluster` counts answers that
+    /// matched no request waiting.
+    fn a_late_answer_queued(cluster: &Arc<ClusterHandle>) -> Result<Requests, ConfigError> {
+        let mut requests = requests(cluster, "{ route: { cluster: c }, timeout: 60s }")?;
+        let mut out = Outbox::new();
+        requests.receive(call("get"), &mut out, (Instant::now(), SystemTime::now()));
+        let key = requests.keys()[0];
+        let deadline = requests
+            .get(key)
+            .and_then(|inflight| inflight.deadline_timer);
+        let deadline = deadline.unwrap_or_else(|| panic!("no deadline"));
+        let past_it = Instant::now() + Duration::from_secs(61);
+        requests.timer(key, TimerKind::Deadline, deadline, &mut out, past_it);
+        assert!(requests.is_empty(), "the deadline ended the call");
+        let answer = UpstreamEvent {
+            key,
+            attempt: 1,
+            result: response(),
+        };
+        assert!(requests.inbox().send(answer).is_ok(), "the queue is closed");
+        Ok(requests)
+    }
+
+    /// An answer still queued when its connection goes (it closed once its calls ended) or is
+    /// trimmed idle matched no request waiting, and is counted so, as it is when the connection
+    /// takes it.
+    #[tokio::test]
+    async fn an_answer_queued_when_its_connection_goes_or_is_trimmed_is_counted()
+    -> Result<(), ConfigError> {
+        let upstream = std::net::TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| ConfigError::new("upstream", e.to_string()))?;
+        let address = upstream
+            .local_addr()
+            .map_err(|e| ConfigError::new("upstream", e.to_string()))?;
+        let cluster = crate::cluster::tests::cluster(&format!(
+            "name: c\nendpoints: [ {{ address: {address} }} ]"
+        ))?;
+        let unmatched = || cluster.stats().unmatched_responses.get();
+        drop(a_late_answer_queued(&cluster)?);
+        assert_eq!(unmatched(), 1, "counted when its connection went");
+        a_late_answer_queued(&cluster)?.trim();
+        assert_eq!(unmatched(), 2, "counted when its connection was trimmed");
         Ok(())
     }
 
