@@ -96,9 +96,9 @@ impl ResponseFlags {
     pub const UPSTREAM_RESET: Self = Self(1 << 3);
     /// The upstream did not answer in time (`UT`).
     pub const UPSTREAM_TIMEOUT: Self = Self(1 << 4);
-    /// A queue or circuit breaker limit refused the request (`UO`).
+    /// A queue or circuit breaker limit refused the request, or its retry (`UO`).
     pub const UPSTREAM_OVERFLOW: Self = Self(1 << 5);
-    /// Retries were exhausted, by count or by budget (`URX`).
+    /// The request spent its retries (or its time) and failed (`URX`).
     pub const RETRY_LIMIT_EXCEEDED: Self = Self(1 << 6);
     /// A rate limit refused the request (`RL`).
     pub const RATE_LIMITED: Self = Self(1 << 7);

@@ -1,8 +1,8 @@
 //! Circuit breakers: limits on what a cluster may have in flight. A request past a limit is not
 //! queued: it is answered at once with the protocol's over-limit error (a retry past
-//! `max_retries` is not made, and the request gets the failure it had). Each breaker counts its
-//! overflows and shows whether it is open (its last check refused) in the cluster's metrics and
-//! in `/clusters`.
+//! `max_retries` is not made, and the request gets the failure it had, flagged `UO`). Each
+//! breaker counts its overflows and shows whether it is open (its last check refused) in the
+//! cluster's metrics and in `/clusters`.
 //!
 //! Each limit is taken in one step with its check (a compare-and-swap on the count it limits),
 //! so that attempts admitted at once on several workers never pass it. Checked first and

@@ -650,27 +650,38 @@ impl Routed {
             self.count_retry(endpoint);
             return Next::Retry { at: now };
         }
+        // Why a retry the policy asks for is not made, flagged as Envoy flags it: the request
+        // has no retry (or no time) left (`URX`), or the cluster refused it (`max_retries`, the
+        // retry budget: `UO`, its `num_retries` unspent).
+        let mut not_retried = ResponseFlags::RETRY_LIMIT_EXCEEDED;
         if let Some(policy) = policy.filter(|_| retryable && self.retries_left > 0)
             && now < self.deadline
-            && let Some(grant) = self.grant_retry(route)
         {
-            self.grant = Some(grant);
-            let pause = policy.backoff(self.attempts);
-            self.count_retry(endpoint);
-            self.retries_left -= 1;
-            return Next::Retry {
-                at: timeout::after(now, pause).min(self.deadline),
-            };
+            match self.grant_retry(route) {
+                Some(grant) => {
+                    self.grant = Some(grant);
+                    let pause = policy.backoff(self.attempts);
+                    self.count_retry(endpoint);
+                    self.retries_left -= 1;
+                    return Next::Retry {
+                        at: timeout::after(now, pause).min(self.deadline),
+                    };
+                }
+                None => not_retried = ResponseFlags::UPSTREAM_OVERFLOW,
+            }
         }
         match result {
-            Ok(_) => Next::Respond,
+            Ok(_) => {
+                // The answer goes to the client; Envoy flags it when the cluster refused its retry.
+                if not_retried == ResponseFlags::UPSTREAM_OVERFLOW {
+                    record.outcome.flags.insert(not_retried);
+                }
+                Next::Respond
+            }
             Err(error) => {
                 let mut reply = self.fail(outcome, Some(error), endpoint, record);
                 if retryable {
-                    record
-                        .outcome
-                        .flags
-                        .insert(ResponseFlags::RETRY_LIMIT_EXCEEDED);
+                    record.outcome.flags.insert(not_retried);
                     reply.message =
                         format!("{} (after {} attempts)", reply.message, self.attempts).into();
                 }
@@ -706,7 +717,8 @@ impl Routed {
     }
 
     /// Room for one more retry in the cluster: under its `max_retries` breaker and within its
-    /// retry budget; a refusal is counted (by the breaker, or as the route's budget exhausted).
+    /// retry budget; a refusal is counted as the cluster's retry overflow, and by the breaker
+    /// or as the route's budget exhausted.
     fn grant_retry(&self, route: Option<&Route>) -> Option<RetryGrant> {
         let cluster = &self.target.cluster;
         let asked = RetryGrant::ask(
@@ -714,6 +726,9 @@ impl Routed {
             cluster.breakers(),
             cluster.stats(),
         );
+        if asked.is_err() {
+            cluster.stats().rq_retry_overflow.inc();
+        }
         if asked.as_ref().err() == Some(&RetryRefusal::Budget)
             && let Some(route) = route
         {
@@ -910,6 +925,86 @@ routes: [ { route: { cluster: c }, retry_policy: { num_retries: 1, retry_on: [co
             .find(|s| s.breaker == "max_requests")
             .map(|s| s.overflows);
         assert_eq!(overflows, Some(1));
+        Ok(())
+    }
+
+    /// A route that retries a connect failure, or an answer that refuses the call, once.
+    const RETRY_ONCE: &str = "name: r
+routes: [ { route: { cluster: c }, retry_policy: { num_retries: 1, retry_on: [connect_failure, retryable_status] } } ]";
+
+    /// Cluster limits that refuse every retry: by `max_retries`, or by the retry budget.
+    const NO_RETRY_ROOM: [&str; 2] = [
+        "circuit_breakers: { max_retries: 0 }",
+        "retry_budget: { budget_percent: 0, min_retry_concurrency: 0 }",
+    ];
+
+    /// The result of an attempt whose connection could not be made.
+    fn connect_failed() -> AttemptResult {
+        Err(UpstreamError::ConnectFailed {
+            address: SocketAddr::from(([127, 0, 0, 1], 1)),
+            reason: "refused".into(),
+        })
+    }
+
+    /// A request routed by [`RETRY_ONCE`] to cluster `c` (one endpoint, never reached) with
+    /// `limits`, its first attempt ended with `result`: the cluster, the routed request, its
+    /// record and what the router said next.
+    fn first_attempt_ends(
+        limits: &str,
+        result: &AttemptResult,
+    ) -> Result<(Arc<ClusterHandle>, Routed, RequestRecord, Option<Next>), ConfigError> {
+        let (cluster, mut routed, mut record) = routed_with(
+            &format!("name: c\nendpoints: [ {{ address: 127.0.0.1:1 }} ]\n{limits}"),
+            RETRY_ONCE,
+        )?;
+        let request = Arc::new(Message::new(MessageKind::Request, 1, Bytes::new()));
+        let now = Instant::now();
+        let next = routed.attempt(&request, |_| ReplyTo::none(), &mut record, &mut (), now);
+        assert!(matches!(next, Next::Answer { .. }));
+        let next = routed.answered(1, result, &mut record, &mut (), now);
+        Ok((cluster, routed, record, next))
+    }
+
+    /// A retry `max_retries` or the retry budget refuses is not made, as Envoy's (its retry
+    /// state's overflow): the request keeps the failure (or the answer) it had, flagged `UO`,
+    /// not `URX` (a request that spent its `num_retries`), and the cluster counts the refusal
+    /// in `upstream_rq_retry_overflow_total`.
+    #[tokio::test]
+    async fn a_retry_max_retries_or_the_budget_refuses_is_flagged_as_an_overflow()
+    -> Result<(), ConfigError> {
+        let mut refused = Message::new(MessageKind::Response, 1, Bytes::new());
+        refused.status = metaprotocol_core::ResponseStatus::ServerError;
+        refused.not_processed = true;
+        let failures: [AttemptResult; 2] = [connect_failed(), Ok(Box::new(refused))];
+        for limits in NO_RETRY_ROOM {
+            for failed in &failures {
+                let (cluster, _, record, next) = first_attempt_ends(limits, failed)?;
+                let case = format!(
+                    "{limits}, {}",
+                    if failed.is_ok() { "answered" } else { "failed" }
+                );
+                match (next, failed) {
+                    (Some(Next::Fail(reply)), Err(_)) => assert_eq!(
+                        reply.kind,
+                        LocalReplyKind::UpstreamConnectFailure,
+                        "{case}: the failure it had"
+                    ),
+                    (Some(Next::Respond), Ok(_)) => {}
+                    (next, _) => return Err(ConfigError::new(case, format!("{next:?}"))),
+                }
+                let flags = record.outcome.flags;
+                assert!(
+                    flags.contains(ResponseFlags::UPSTREAM_OVERFLOW),
+                    "{case}: {flags}"
+                );
+                assert!(
+                    !flags.contains(ResponseFlags::RETRY_LIMIT_EXCEEDED),
+                    "{case}: {flags}"
+                );
+                assert_eq!(cluster.stats().rq_retry_overflow.get(), 1, "{case}");
+                assert_eq!(cluster.stats().rq_retry.get(), 0, "{case}: not retried");
+            }
+        }
         Ok(())
     }
 }

@@ -356,6 +356,7 @@ pub(crate) struct ClusterStats {
     pub rq_mirror_active: Gauge,
     responses: [Counter; 3],
     pub rq_retry: Counter,
+    pub rq_retry_overflow: Counter,
     pub rq_timeout: Counter,
     pub rq_time: DurationHistogram,
     pub cx_total: Counter,
@@ -398,6 +399,10 @@ impl ClusterStats {
                 outcome("server_error"),
             ],
             rq_retry: scope.counter("upstream_rq_retry", "Retried attempts"),
+            rq_retry_overflow: scope.counter(
+                "upstream_rq_retry_overflow",
+                "Retries the route's policy asked for that the cluster refused (max_retries or the retry budget), not made",
+            ),
             rq_timeout: scope.counter("upstream_rq_timeout", "Attempts that timed out"),
             rq_time: scope.latency_histogram(
                 "upstream_rq_time_seconds",
