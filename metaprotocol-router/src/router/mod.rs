@@ -718,23 +718,23 @@ impl Routed {
 
     /// Room for one more retry in the cluster: under its `max_retries` breaker and within its
     /// retry budget; a refusal is counted as the cluster's retry overflow, and by the breaker
-    /// or as the route's budget exhausted.
+    /// or as the budget exhausted (the cluster's and the route's).
     fn grant_retry(&self, route: Option<&Route>) -> Option<RetryGrant> {
         let cluster = &self.target.cluster;
-        let asked = RetryGrant::ask(
-            &cluster.snapshot().retry_budget,
-            cluster.breakers(),
-            cluster.stats(),
-        );
-        if asked.is_err() {
-            cluster.stats().rq_retry_overflow.inc();
+        let stats = cluster.stats();
+        let asked = RetryGrant::ask(&cluster.snapshot().retry_budget, cluster.breakers(), stats);
+        match asked {
+            Ok(grant) => return Some(grant),
+            Err(RetryRefusal::MaxRetries) => {}
+            Err(RetryRefusal::Budget) => {
+                stats.rq_retry_budget_exhausted.inc();
+                if let Some(route) = route {
+                    route.stats().retry_budget_exhausted.inc();
+                }
+            }
         }
-        if asked.as_ref().err() == Some(&RetryRefusal::Budget)
-            && let Some(route) = route
-        {
-            route.stats().retry_budget_exhausted.inc();
-        }
-        asked.ok()
+        stats.rq_retry_overflow.inc();
+        None
     }
 
     fn fail(
@@ -1005,6 +1005,23 @@ routes: [ { route: { cluster: c }, retry_policy: { num_retries: 1, retry_on: [co
                 assert_eq!(cluster.stats().rq_retry.get(), 0, "{case}: not retried");
             }
         }
+        Ok(())
+    }
+
+    /// A retry the budget refuses is counted on its cluster, where an operator watching the
+    /// cluster looks, as well as on its route; one `max_retries` refuses is the breaker's
+    /// overflow, not the budget's.
+    #[tokio::test]
+    async fn a_retry_the_budget_refuses_is_counted_on_its_cluster() -> Result<(), ConfigError> {
+        let [max_retries, budget] = NO_RETRY_ROOM;
+        let (cluster, routed, ..) = first_attempt_ends(budget, &connect_failed())?;
+        assert_eq!(cluster.stats().rq_retry_budget_exhausted.get(), 1);
+        let by_route = routed
+            .route()
+            .map(|r| r.stats().retry_budget_exhausted.get());
+        assert_eq!(by_route, Some(1));
+        let (cluster, ..) = first_attempt_ends(max_retries, &connect_failed())?;
+        assert_eq!(cluster.stats().rq_retry_budget_exhausted.get(), 0);
         Ok(())
     }
 }

@@ -357,6 +357,7 @@ pub(crate) struct ClusterStats {
     responses: [Counter; 3],
     pub rq_retry: Counter,
     pub rq_retry_overflow: Counter,
+    pub rq_retry_budget_exhausted: Counter,
     pub rq_timeout: Counter,
     pub rq_time: DurationHistogram,
     pub cx_total: Counter,
@@ -402,6 +403,10 @@ impl ClusterStats {
             rq_retry_overflow: scope.counter(
                 "upstream_rq_retry_overflow",
                 "Retries the route's policy asked for that the cluster refused (max_retries or the retry budget), not made",
+            ),
+            rq_retry_budget_exhausted: scope.counter(
+                "upstream_rq_retry_budget_exhausted",
+                "Retries refused by the cluster's retry budget (counted in upstream_rq_retry_overflow too)",
             ),
             rq_timeout: scope.counter("upstream_rq_timeout", "Attempts that timed out"),
             rq_time: scope.latency_histogram(
