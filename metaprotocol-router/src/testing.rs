@@ -3,7 +3,10 @@
 #[cfg(target_os = "linux")]
 use std::path::Path;
 
-use metaprotocol_core::{Codec, CodecFactory, Side, WireVariant};
+use bytes::{BufMut, BytesMut};
+use metaprotocol_core::{
+    Codec, CodecError, CodecFactory, EncodeParams, LocalReply, Message, Side, WireVariant,
+};
 
 /// A protocol whose codecs are never used: for tests of parts that only hold a factory.
 pub(crate) struct NullCodec;
@@ -15,6 +18,49 @@ impl CodecFactory for NullCodec {
 
     fn new_codec(&self, _: Side, _: WireVariant) -> Box<dyn Codec> {
         unimplemented!("NullCodec makes no codec: a connection that opens with it panics")
+    }
+}
+
+/// A protocol whose connections write each request as one byte and never read an answer: for
+/// tests of what a connection that opens does with the requests queued on it.
+pub(crate) struct SilentCodec;
+
+impl CodecFactory for SilentCodec {
+    fn protocol(&self) -> &'static str {
+        "silent"
+    }
+
+    fn new_codec(&self, _: Side, _: WireVariant) -> Box<dyn Codec> {
+        Box::new(SilentCodec)
+    }
+}
+
+impl Codec for SilentCodec {
+    fn decode(&mut self, _: &mut BytesMut) -> Result<Option<Message>, CodecError> {
+        Ok(None)
+    }
+
+    fn encode(
+        &mut self,
+        _: &Message,
+        _: &EncodeParams<'_>,
+        dst: &mut BytesMut,
+    ) -> Result<(), CodecError> {
+        dst.put_u8(0);
+        Ok(())
+    }
+
+    fn encode_local_reply(
+        &mut self,
+        _: &Message,
+        _: &LocalReply,
+        _: &mut BytesMut,
+    ) -> Result<(), CodecError> {
+        Ok(())
+    }
+
+    fn encode_heartbeat_reply(&mut self, _: &Message, _: &mut BytesMut) -> Result<(), CodecError> {
+        Ok(())
     }
 }
 

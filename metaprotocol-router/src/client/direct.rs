@@ -130,7 +130,7 @@ impl Client {
             mutation: Arc::new(Mutation::new()),
             deadline,
             reply,
-            place: None,
+            placed: false,
         };
         self.pool.send(variant, outbound).map_err(|mut rejected| {
             rejected.outbound.reply.disarm();

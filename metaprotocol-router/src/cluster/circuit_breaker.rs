@@ -10,7 +10,10 @@
 //! flight and requests queued are counted against `max_requests` and `max_pending_requests` in
 //! places ([`RequestPlace`], [`PendingPlace`]) only while the cluster sets that limit: a
 //! cluster without one (most) writes no number shared by every worker per attempt, and its
-//! gauges stay per-thread cells ([`ClusterStats`]).
+//! gauges stay per-thread cells ([`ClusterStats`]). A place taken is handed over to what holds
+//! it (the attempt's guard, the queued request) and given back through its endpoint's pool (or
+//! the pool's connection), which shares the cluster's breakers: no handle of the breakers is
+//! cloned per attempt.
 //!
 //! A limit an update sets on a cluster that had none applies to what is in flight then, as
 //! Envoy's does to what its cluster always counts: the attempts (and queued requests) admitted
@@ -114,24 +117,40 @@ impl Held {
         }
         unplaced
     }
+
+    /// Gives a place back.
+    fn give_back(&self) {
+        self.places.fetch_sub(1, Ordering::Release);
+    }
 }
 
-/// An attempt's place under its cluster's `max_requests`, given back when dropped, or handed
-/// over to the attempt's guard ([`RequestPlace::hand_over`]), which gives it back when the
-/// attempt ends, however it ends.
+/// A place under one of a cluster's limits, given back when dropped, or handed over to what
+/// holds it ([`Place::hand_over`]), which gives it back through its endpoint's pool.
 #[derive(Debug)]
-pub(crate) struct RequestPlace<'a>(&'a CircuitBreakers);
+pub(crate) struct Place<'a> {
+    breakers: &'a CircuitBreakers,
+    held: &'a Held,
+}
 
-impl RequestPlace<'_> {
-    /// Hands the place over to an attempt on an endpoint whose pool counts under `breakers`:
-    /// the attempt's guard gives it back through its endpoint
-    /// ([`CircuitBreakers::give_back_request`]), so that no handle of the breakers is cloned
-    /// per attempt. True if handed over; false (the place given back now) if the pool counts
-    /// under other breakers, or none, which the endpoints of the cluster that admitted the
-    /// attempt never do.
+/// An attempt's place under its cluster's `max_requests`: handed over to the attempt's guard,
+/// which gives it back when the attempt ends, however it ends
+/// ([`CircuitBreakers::give_back_request`]).
+pub(crate) type RequestPlace<'a> = Place<'a>;
+
+/// A request's place under its cluster's `max_pending_requests`: handed over to the request
+/// queued, given back when it leaves the queue (a connection takes it, or it is refused,
+/// expired or dropped with its connection) ([`CircuitBreakers::give_back_pending`]).
+pub(crate) type PendingPlace<'a> = Place<'a>;
+
+impl Place<'_> {
+    /// Hands the place over to what goes to an endpoint whose pool counts under `breakers`,
+    /// which gives it back through the pool, so that no handle of the breakers is cloned per
+    /// attempt. True if handed over; false (the place given back now) if the pool counts under
+    /// other breakers, or none, which the endpoints of the cluster that admitted the attempt
+    /// never do.
     pub fn hand_over(self, breakers: Option<&CircuitBreakers>) -> bool {
-        if breakers.is_some_and(|b| std::ptr::eq(b, self.0)) {
-            // The guard gives it back instead of this.
+        if breakers.is_some_and(|b| std::ptr::eq(b, self.breakers)) {
+            // Its new holder gives it back instead of this.
             std::mem::forget(self);
             true
         } else {
@@ -140,21 +159,9 @@ impl RequestPlace<'_> {
     }
 }
 
-impl Drop for RequestPlace<'_> {
+impl Drop for Place<'_> {
     fn drop(&mut self) {
-        self.0.give_back_request();
-    }
-}
-
-/// A request's place under its cluster's `max_pending_requests`, given back when dropped: when
-/// a connection takes the request from its queue, or the request is refused, expired or
-/// dropped with its connection.
-#[derive(Debug)]
-pub(crate) struct PendingPlace(Arc<CircuitBreakers>);
-
-impl Drop for PendingPlace {
-    fn drop(&mut self) {
-        self.0.pending.places.fetch_sub(1, Ordering::Release);
+        self.held.give_back();
     }
 }
 
@@ -164,7 +171,7 @@ pub(crate) struct Admission<'a> {
     /// Held by the attempt until it ends.
     pub request: Option<RequestPlace<'a>>,
     /// Held by the request until a connection takes it from its queue.
-    pub pending: Option<PendingPlace>,
+    pub pending: Option<PendingPlace<'a>>,
 }
 
 /// One connection counted against `max_connections`, from before it opens until it is gone.
@@ -243,21 +250,31 @@ impl CircuitBreakers {
     /// step with its check; the breaker that refused otherwise (its overflow counted, nothing
     /// held). Under a limit the cluster does not set nothing is taken: no shared write. `stats`
     /// are the cluster's, whose gauges count what was admitted before a limit was set.
-    pub fn admit(self: &Arc<Self>, stats: &ClusterStats) -> Result<Admission<'_>, Breaker> {
+    pub fn admit(&self, stats: &ClusterStats) -> Result<Admission<'_>, Breaker> {
+        let place = |held| Place {
+            breakers: self,
+            held,
+        };
         let request = self
             .take(Breaker::Requests, &self.requests, &stats.rq_active)?
-            .then(|| RequestPlace(self));
+            .then(|| place(&self.requests));
         // A refusal here drops the request place taken above, giving it back.
         let pending = self
             .take(Breaker::PendingRequests, &self.pending, &stats.rq_pending)?
-            .then(|| PendingPlace(self.clone()));
+            .then(|| place(&self.pending));
         Ok(Admission { request, pending })
     }
 
     /// Gives back a place under `max_requests` an attempt's guard was handed
-    /// ([`RequestPlace::hand_over`]).
+    /// ([`Place::hand_over`]).
     pub fn give_back_request(&self) {
-        self.requests.places.fetch_sub(1, Ordering::Release);
+        self.requests.give_back();
+    }
+
+    /// Gives back a place under `max_pending_requests` a queued request was handed
+    /// ([`Place::hand_over`]).
+    pub fn give_back_pending(&self) {
+        self.pending.give_back();
     }
 
     /// Takes a place in `held` under `breaker`'s limit, counting with the places what `level`

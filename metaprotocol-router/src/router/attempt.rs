@@ -90,10 +90,11 @@ pub(crate) fn send(
     mutation: Arc<Mutation>,
     deadline: Instant,
     reply: ReplyTo,
-    place: Option<PendingPlace>,
+    place: Option<PendingPlace<'_>>,
 ) -> Result<(), Rejected> {
     let pool = endpoint.pool();
     let variant = pool.codec().upstream_variant(request);
+    let placed = place.is_some_and(|p| p.hand_over(pool.breakers()));
     pool.send(
         variant,
         Outbound {
@@ -101,7 +102,7 @@ pub(crate) fn send(
             mutation,
             deadline,
             reply,
-            place,
+            placed,
         },
     )
 }
@@ -347,6 +348,74 @@ circuit_breakers: { max_requests: 2, max_pending_requests: 1000000 }",
             sent, 3,
             "the old ones ended: one new in flight, room for three"
         );
+        Ok(())
+    }
+
+    /// Requests' places under `max_pending_requests` are given back however the requests leave
+    /// their connection's queue (taken and written; refused as their connection could not be
+    /// opened) or are refused before it (by the pool backing off after that), each once: none
+    /// is left held, and the limit still holds after.
+    #[tokio::test]
+    async fn every_queued_request_gives_its_pending_place_back_once()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let request = Arc::new(Message::new(MessageKind::Request, 1, Bytes::new()));
+        for address in [upstream.local_addr()?, dead] {
+            let spec = Arc::new(crate::config::ClusterSpec::from_yaml(&format!(
+                "name: c
+endpoints: [ {{ address: {address} }} ]
+circuit_breakers: {{ max_pending_requests: 2 }}"
+            ))?);
+            let target = Target {
+                cluster: crate::cluster::ClusterHandle::new(
+                    &spec,
+                    "silent".into(),
+                    Arc::new(crate::testing::SilentCodec),
+                    crate::stats::Metrics::new().root().detached("cluster", "c"),
+                    None,
+                    &crate::cluster::Resolved::new(),
+                )?,
+                subset: SubsetId::ALL,
+            };
+            let pending = || {
+                let status = target.cluster.breakers().status(target.cluster.stats());
+                status
+                    .into_iter()
+                    .find(|s| s.breaker == "max_pending_requests")
+                    .map(|s| s.current)
+            };
+            let queue_three = || {
+                let started: Vec<Started> = (0..3).map(|_| start_one(&target, &request)).collect();
+                let sent = started
+                    .iter()
+                    .filter(|s| matches!(s, Started::Sent(_)))
+                    .count();
+                let overflow = matches!(started[2], Started::Overflow(Breaker::PendingRequests));
+                (sent, overflow)
+            };
+            // Queued while their connection opens (its task has not run yet): two places.
+            assert_eq!(queue_three(), (2, true), "{address}");
+            assert_eq!(pending(), Some(2));
+            // The connection opens, takes and writes them, or fails and refuses them.
+            tokio::time::timeout(Duration::from_secs(10), async {
+                while pending() != Some(0) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await
+            .map_err(|_| format!("{address}: places held after 10 s: {:?}", pending()))?;
+            if address == dead {
+                // The pool backs off the endpoint now: it refuses the request itself.
+                assert!(matches!(
+                    start_one(&target, &request),
+                    Started::Refused { .. }
+                ));
+                assert_eq!(pending(), Some(0), "the pool gave its place back");
+            } else {
+                assert_eq!(queue_three(), (2, true), "no place given back twice");
+            }
+        }
         Ok(())
     }
 }

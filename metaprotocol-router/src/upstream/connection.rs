@@ -30,7 +30,7 @@ use super::by_id::ById;
 use super::outbound::{AnswerBatch, Outbound};
 use super::spare;
 use super::{PoolSettings, ReplyTo, UpstreamError};
-use crate::cluster::ConnectionPermit;
+use crate::cluster::{CircuitBreakers, ConnectionPermit};
 use crate::stats::{ClusterStats, EndpointStats, UpDownCounter};
 use crate::transport::buffers::{self, FrameSizes};
 use crate::transport::outbox::Outbox;
@@ -80,6 +80,9 @@ pub(crate) struct ConnectParams {
     pub connected: Option<tokio::sync::oneshot::Sender<()>>,
     /// Its place under the cluster's `max_connections`, held until the task ends.
     pub permit: Option<ConnectionPermit>,
+    /// The cluster's breakers, to which a request leaving the queue gives back its place under
+    /// `max_pending_requests` ([`Outbound::placed`]).
+    pub breakers: Option<Arc<CircuitBreakers>>,
 }
 
 /// State the task shares with the handles that feed it.
@@ -96,12 +99,21 @@ struct Shared {
     replacing: AtomicBool,
     /// The cluster's count of queued requests.
     pending: UpDownCounter,
+    /// See [`ConnectParams::breakers`].
+    breakers: Option<Arc<CircuitBreakers>>,
 }
 
 impl Shared {
-    /// A request left the queue.
-    fn dequeued(&self) {
+    /// `queued` left the queue: it is counted out, then gives back its place under the
+    /// cluster's `max_pending_requests`, if it holds one (in this order: see
+    /// [`CircuitBreakers::admit`]).
+    fn dequeued(&self, queued: &Outbound) {
         self.pending.dec();
+        if queued.placed
+            && let Some(breakers) = &self.breakers
+        {
+            breakers.give_back_pending();
+        }
     }
 }
 
@@ -155,7 +167,8 @@ impl ConnectionHandle {
         }
         self.shared.pending.inc();
         self.queue.send(outbound).map_err(|refused| {
-            self.shared.dequeued();
+            // Never queued: its pool gives back its place.
+            self.shared.pending.dec();
             (refused, UpstreamError::Reset { sent: false })
         })
     }
@@ -176,6 +189,7 @@ pub(crate) fn prepare(params: ConnectParams) -> Prepared {
         going_away: AtomicBool::new(false),
         replacing: AtomicBool::new(false),
         pending: params.stats.rq_pending.clone(),
+        breakers: params.breakers.clone(),
     });
     let intake = Intake {
         requests,
@@ -287,7 +301,7 @@ impl Intake {
         self.shared.closed.store(true, Ordering::Release);
         self.requests.close();
         while let Some(outbound) = self.requests.try_recv() {
-            self.shared.dequeued();
+            self.shared.dequeued(&outbound);
             if !outbound.reply.expects_answer() {
                 self.stats.rq_dropped.inc();
             }
@@ -435,7 +449,7 @@ impl<S: Transport> Multiplexer<S> {
             }
             match self.intake.requests.poll_recv(cx) {
                 Poll::Ready(Some(outbound)) => {
-                    self.intake.shared.dequeued();
+                    self.intake.shared.dequeued(&outbound);
                     let now = *now.get_or_insert_with(Instant::now);
                     self.encode(outbound, now);
                     took = true;
@@ -453,10 +467,8 @@ impl<S: Transport> Multiplexer<S> {
             mutation,
             deadline,
             reply,
-            place,
+            placed: _,
         } = outbound;
-        // Taken from the queue: no longer pending.
-        drop(place);
         let expects_answer = reply.expects_answer();
         if now >= deadline || reply.is_abandoned() {
             self.stats.rq_dropped.inc();
@@ -734,7 +746,7 @@ impl<S: Transport> Multiplexer<S> {
             .requests
             .remove_where(|queued| now >= queued.deadline || queued.reply.is_abandoned());
         for outbound in expired {
-            self.intake.shared.dequeued();
+            self.intake.shared.dequeued(&outbound);
             self.stats.rq_dropped.inc();
             outbound.reply.answer(Err(UpstreamError::Expired));
         }
@@ -922,6 +934,7 @@ mod tests {
             endpoint: endpoint.clone(),
             connected: None,
             permit: None,
+            breakers: None,
         });
         // The panic is caught in the task, and counted.
         tokio::time::timeout(Duration::from_secs(10), tokio::spawn(prepared.task)).await??;

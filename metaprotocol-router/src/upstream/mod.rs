@@ -197,11 +197,30 @@ impl UpstreamPool {
 
     /// Queues `outbound` on a connection speaking `variant`, opening one if needed. Never waits;
     /// a refusal (the endpoint is backing off after connect failures, the connection is
-    /// overloaded) hands the request back.
+    /// overloaded) hands the request back, its place under the cluster's
+    /// `max_pending_requests` given back (no queue will).
     // The refused request comes back whole, without an allocation: refusals are rare, and
     // boxing would cost every one of them a heap allocation.
     #[allow(clippy::result_large_err)]
     pub fn send(&self, variant: WireVariant, outbound: Outbound) -> Result<(), Rejected> {
+        self.queue(variant, outbound)
+            .map_err(|(mut outbound, error)| {
+                if std::mem::take(&mut outbound.placed)
+                    && let Some(breakers) = &self.breakers
+                {
+                    breakers.give_back_pending();
+                }
+                Rejected { outbound, error }
+            })
+    }
+
+    /// [`UpstreamPool::send`], a refusal handed back as it is.
+    #[allow(clippy::result_large_err)]
+    fn queue(
+        &self,
+        variant: WireVariant,
+        outbound: Outbound,
+    ) -> Result<(), (Outbound, UpstreamError)> {
         let worker = workers::current();
         // The worker's partition is borrowed from the list loaded, not shared: a request
         // writes no reference count of it. It is made when the worker first sends here.
@@ -216,7 +235,7 @@ impl UpstreamPool {
         };
         let (index, live) = self.slot(partition);
         let slot = &partition.slots[index];
-        let result = match live.as_ref().filter(|handle| handle.is_open()) {
+        match live.as_ref().filter(|handle| handle.is_open()) {
             Some(handle) => {
                 if handle.is_going_away()
                     && !self.replacements.active()
@@ -239,18 +258,12 @@ impl UpstreamPool {
                         }
                         open.send(outbound)
                     }
-                    None if self.holding_off() => {
-                        return Err(Rejected {
-                            outbound,
-                            error: self.backing_off(),
-                        });
-                    }
+                    None if self.holding_off() => Err((outbound, self.backing_off())),
                     None => self.send_connecting(partition, slot, variant, outbound),
                 }
             }
             None => self.send_connecting(partition, slot, variant, outbound),
-        };
-        result.map_err(|(outbound, error)| Rejected { outbound, error })
+        }
     }
 
     /// Queues `outbound` on a new connection in `slot` of `partition`; at the cluster's
@@ -429,6 +442,7 @@ impl UpstreamPool {
             endpoint: self.endpoint.clone(),
             connected: None,
             permit,
+            breakers: self.breakers.clone(),
         }
     }
 

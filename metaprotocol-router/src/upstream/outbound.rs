@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::UpstreamError;
-use crate::cluster::{ActiveRequest, PendingPlace};
+use crate::cluster::ActiveRequest;
 use crate::stats::Counter;
 use crate::waiting;
 
@@ -260,9 +260,10 @@ pub(crate) struct Outbound {
     /// After this the request is not worth writing any more: its caller has given up.
     pub deadline: Instant,
     pub reply: ReplyTo,
-    /// Its place under its cluster's `max_pending_requests`, when the cluster sets one: given
-    /// back when the connection takes it from its queue (or it is dropped unsent).
-    pub place: Option<PendingPlace>,
+    /// Whether it holds a place under its cluster's `max_pending_requests` (when the cluster
+    /// sets one, [`crate::cluster::PendingPlace::hand_over`]): given back through the cluster's
+    /// breakers when it leaves its connection's queue, or by its pool when refused.
+    pub placed: bool,
 }
 
 #[cfg(test)]

@@ -76,7 +76,7 @@ impl ProbeConnection {
             mutation: self.mutation.clone(),
             deadline: crate::router::deadline_after(Instant::now(), timeout),
             reply: ReplyTo::oneshot(sender),
-            place: None,
+            placed: false,
         };
         self.connection()
             .send(outbound)
@@ -128,6 +128,7 @@ impl ProbeConnection {
             refusals: Arc::new(ConnectBackoff::new()),
             stats: self.stats.clone(),
             endpoint: EndpointStats::default(),
+            breakers: None,
             connected: None,
             permit: None,
         });
