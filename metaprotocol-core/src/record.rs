@@ -98,7 +98,8 @@ impl ResponseFlags {
     pub const UPSTREAM_TIMEOUT: Self = Self(1 << 4);
     /// A queue or circuit breaker limit refused the request, or its retry (`UO`).
     pub const UPSTREAM_OVERFLOW: Self = Self(1 << 5);
-    /// The request spent its retries (or its time) and failed (`URX`).
+    /// The request spent its retries (or its time) on a failure, or on an answer its retry
+    /// policy retries (`URX`).
     pub const RETRY_LIMIT_EXCEEDED: Self = Self(1 << 6);
     /// A rate limit refused the request (`RL`).
     pub const RATE_LIMITED: Self = Self(1 << 7);

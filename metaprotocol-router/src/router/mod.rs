@@ -671,9 +671,9 @@ impl Routed {
             }
         }
         match result {
+            // The answer goes to the client, flagged as a failure would be.
             Ok(_) => {
-                // The answer goes to the client; Envoy flags it when the cluster refused its retry.
-                if not_retried == ResponseFlags::UPSTREAM_OVERFLOW {
+                if retryable {
                     record.outcome.flags.insert(not_retried);
                 }
                 Next::Respond
@@ -946,6 +946,14 @@ routes: [ { route: { cluster: c }, retry_policy: { num_retries: 1, retry_on: [co
         })
     }
 
+    /// The result of an attempt the upstream answered refusing the call, not run (retryable).
+    fn refused_call() -> AttemptResult {
+        let mut refused = Message::new(MessageKind::Response, 1, Bytes::new());
+        refused.status = metaprotocol_core::ResponseStatus::ServerError;
+        refused.not_processed = true;
+        Ok(Box::new(refused))
+    }
+
     /// A request routed by [`RETRY_ONCE`] to cluster `c` (one endpoint, never reached) with
     /// `limits`, its first attempt ended with `result`: the cluster, the routed request, its
     /// record and what the router said next.
@@ -972,10 +980,7 @@ routes: [ { route: { cluster: c }, retry_policy: { num_retries: 1, retry_on: [co
     #[tokio::test]
     async fn a_retry_max_retries_or_the_budget_refuses_is_flagged_as_an_overflow()
     -> Result<(), ConfigError> {
-        let mut refused = Message::new(MessageKind::Response, 1, Bytes::new());
-        refused.status = metaprotocol_core::ResponseStatus::ServerError;
-        refused.not_processed = true;
-        let failures: [AttemptResult; 2] = [connect_failed(), Ok(Box::new(refused))];
+        let failures: [AttemptResult; 2] = [connect_failed(), refused_call()];
         for limits in NO_RETRY_ROOM {
             for failed in &failures {
                 let (cluster, _, record, next) = first_attempt_ends(limits, failed)?;
@@ -1022,6 +1027,29 @@ routes: [ { route: { cluster: c }, retry_policy: { num_retries: 1, retry_on: [co
         assert_eq!(by_route, Some(1));
         let (cluster, ..) = first_attempt_ends(max_retries, &connect_failed())?;
         assert_eq!(cluster.stats().rq_retry_budget_exhausted.get(), 0);
+        Ok(())
+    }
+
+    /// An answer the route's policy would retry, forwarded because the request spent its
+    /// `num_retries`, is flagged `URX`, as Envoy flags it (and as a failure is), so that the
+    /// access log tells it from an answer the policy does not retry.
+    #[tokio::test]
+    async fn an_answer_forwarded_once_the_retries_are_spent_is_flagged() -> Result<(), ConfigError>
+    {
+        let (_, mut routed, mut record, next) = first_attempt_ends("", &refused_call())?;
+        assert!(matches!(next, Some(Next::Retry { .. })), "{next:?}");
+        let request = Arc::new(Message::new(MessageKind::Request, 1, Bytes::new()));
+        let now = Instant::now();
+        let next = routed.attempt(&request, |_| ReplyTo::none(), &mut record, &mut (), now);
+        assert!(matches!(next, Next::Answer { .. }));
+        let next = routed.answered(2, &refused_call(), &mut record, &mut (), now);
+        assert!(matches!(next, Some(Next::Respond)), "{next:?}");
+        let flags = record.outcome.flags;
+        assert!(
+            flags.contains(ResponseFlags::RETRY_LIMIT_EXCEEDED),
+            "{flags}"
+        );
+        assert!(!flags.contains(ResponseFlags::UPSTREAM_OVERFLOW), "{flags}");
         Ok(())
     }
 }
