@@ -68,6 +68,17 @@ impl RouteConfigSpec {
 
     /// Records every problem of this route config; `known` says whether a cluster name exists.
     pub(crate) fn check(&self, known: &dyn Fn(&str) -> bool, errors: &mut Errors) {
+        self.check_beyond(known, None, errors);
+    }
+
+    /// [`RouteConfigSpec::check`] for a version of `passed`, which passed it with the same
+    /// cluster names known: a route shared with `passed` at its place is not checked again.
+    pub(crate) fn check_beyond(
+        &self,
+        known: &dyn Fn(&str) -> bool,
+        passed: Option<&RouteConfigSpec>,
+        errors: &mut Errors,
+    ) {
         if self.name.is_empty() {
             errors.add(ConfigError::new("name", "must not be empty"));
         }
@@ -83,7 +94,12 @@ impl RouteConfigSpec {
                     "names starting with `#` are kept for unnamed routes (`#0`, `#1` ...)",
                 ));
             }
-            errors.within(&format!("routes[{i}]"), |errors| route.check(known, errors));
+            let shared = passed
+                .and_then(|passed| passed.routes.get(i))
+                .is_some_and(|passed| Arc::ptr_eq(passed, route));
+            if !shared {
+                errors.within(&format!("routes[{i}]"), |errors| route.check(known, errors));
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Turning config entries into running parts: codecs, clusters, route tables, listener
 //! contexts. Nothing here binds a socket or publishes anything.
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -253,10 +254,13 @@ pub(crate) fn route_config_protocols(config: &Config) -> BTreeMap<&str, BTreeSet
 /// it, else the only protocol in the config. Clusters with none of these have none (routes
 /// cannot use them until they name a protocol). Found for a cluster when asked: an update asks
 /// about the clusters it changes, where a map of every cluster's cost an update of one among
-/// thousands a pass over them all.
+/// thousands a pass over them all; and which listeners route to a cluster is looked up (a pass
+/// over every route) only when they speak several protocols, for a cluster that names none.
 pub(crate) struct ClusterProtocols<'a> {
-    /// The protocols of the listeners routing to each cluster.
-    users: BTreeMap<&'a str, BTreeSet<&'a str>>,
+    config: &'a Config,
+    /// The protocols of the listeners routing to each cluster, gathered at the first question
+    /// that needs them.
+    users: OnceCell<BTreeMap<&'a str, BTreeSet<&'a str>>>,
     /// The protocols of all listeners.
     all: BTreeSet<&'a str>,
 }
@@ -264,35 +268,50 @@ pub(crate) struct ClusterProtocols<'a> {
 impl<'a> ClusterProtocols<'a> {
     /// The protocols of `config`'s clusters.
     pub fn of_config(config: &'a Config) -> Self {
-        let route_protocols = route_config_protocols(config);
-        let mut users: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-        for routes in &config.route_configs {
-            let protocols = route_protocols.get(routes.name.as_str());
-            for route in &routes.routes {
-                for cluster in route_clusters(route) {
-                    users
-                        .entry(cluster)
-                        .or_default()
-                        .extend(protocols.into_iter().flatten());
-                }
-            }
-        }
         let all = config
             .listeners
             .iter()
             .map(|l| l.protocol.as_str())
             .collect();
-        Self { users, all }
+        Self {
+            config,
+            users: OnceCell::new(),
+            all,
+        }
+    }
+
+    /// The protocols of the listeners routing to each cluster.
+    fn users(&self) -> &BTreeMap<&'a str, BTreeSet<&'a str>> {
+        self.users.get_or_init(|| {
+            let route_protocols = route_config_protocols(self.config);
+            let mut users: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+            for routes in &self.config.route_configs {
+                let protocols = route_protocols.get(routes.name.as_str());
+                for route in &routes.routes {
+                    for cluster in route_clusters(route) {
+                        users
+                            .entry(cluster)
+                            .or_default()
+                            .extend(protocols.into_iter().flatten());
+                    }
+                }
+            }
+            users
+        })
     }
 
     /// The protocol of `cluster`, `clusters[i]` of the config; an error when listeners of
     /// several protocols route to a cluster that names none.
     pub fn of(&self, i: usize, cluster: &'a ClusterSpec) -> Result<Option<&'a str>, ConfigError> {
-        let used_by = self.users.get(cluster.name.as_str());
-        Ok(match (&cluster.protocol, used_by) {
-            (Some(own), _) => Some(own.as_str()),
-            (None, Some(set)) if set.len() == 1 => set.iter().next().copied(),
-            (None, Some(set)) if set.len() > 1 => {
+        if let Some(own) = &cluster.protocol {
+            return Ok(Some(own.as_str()));
+        }
+        // With one protocol (or none) among the listeners, whoever routes here speaks it.
+        if self.one_for_all() {
+            return Ok(self.all.iter().next().copied());
+        }
+        Ok(match self.users().get(cluster.name.as_str()) {
+            Some(set) if set.len() > 1 => {
                 return Err(ConfigError::new(
                     format!("clusters[{i}].protocol"),
                     format!(
@@ -300,8 +319,8 @@ impl<'a> ClusterProtocols<'a> {
                     ),
                 ));
             }
-            _ if self.all.len() == 1 => self.all.iter().next().copied(),
-            _ => None,
+            Some(set) => set.iter().next().copied(),
+            None => None,
         })
     }
 
@@ -314,6 +333,8 @@ impl<'a> ClusterProtocols<'a> {
 
 /// The clusters a route may send to.
 pub(crate) fn route_clusters(route: &RouteSpec) -> impl Iterator<Item = &str> {
+    #[cfg(test)]
+    crate::config::work::count(&crate::config::work::ROUTES_WALKED);
     route
         .route
         .cluster
@@ -335,7 +356,17 @@ pub(crate) fn check_protocols(
     listener_protocols: &BTreeSet<&str>,
     cluster_protocol: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(), ConfigError> {
-    for (i, route) in spec.routes.iter().enumerate() {
+    let routes = spec.routes.iter().map(|route| &**route).enumerate();
+    check_routes_protocols(routes, listener_protocols, cluster_protocol)
+}
+
+/// [`check_protocols`] for some routes of a route config, each with its place in it.
+pub(crate) fn check_routes_protocols<'a>(
+    routes: impl Iterator<Item = (usize, &'a RouteSpec)>,
+    listener_protocols: &BTreeSet<&str>,
+    cluster_protocol: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    for (i, route) in routes {
         for cluster in route_clusters(route) {
             let at = format!("routes[{i}].route");
             let speaks = cluster_protocol(cluster).ok_or_else(|| {

@@ -101,6 +101,11 @@ pub(crate) fn compose(
     let provided =
         |name: &str| base_index.position(name).is_some() || dynamic.clusters.contains_key(name);
     let available = |name: &str| provided(name) || running_cluster(name).is_some();
+    // Without a dynamic source, the base's checks found every route's cluster in the base: no
+    // route config waits for one and none is kept, so no route is looked at for them (each
+    // update looked at every route twice).
+    let base_alone =
+        base.dynamic.is_none() && dynamic.clusters.is_empty() && dynamic.route_configs.is_empty();
     let mut states = Vec::new();
 
     // Route configs: a version whose clusters all exist serves; otherwise the running version
@@ -118,7 +123,11 @@ pub(crate) fn compose(
                 .map_err(|e| e.within(&format!("route_configs[{}]", spec.name)))?;
         }
         let id = ResourceId::new(ResourceKind::RouteConfig, &spec.name);
-        let missing = missing_clusters(spec, &available);
+        let missing = if base_alone {
+            Vec::new()
+        } else {
+            missing_clusters(spec, &available)
+        };
         if missing.is_empty() {
             if origin == Origin::Dynamic {
                 states.push((id, ResourceState::Active));
@@ -208,6 +217,7 @@ pub(crate) fn compose(
     }
     let used: BTreeSet<&str> = route_configs
         .iter()
+        .filter(|_| !base_alone)
         .flat_map(|(r, _)| r.routes.iter().flat_map(|route| route_clusters(route)))
         .collect();
     for name in used.into_iter().filter(|name| !provided(name)) {

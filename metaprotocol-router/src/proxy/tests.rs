@@ -27,7 +27,10 @@ const POLL: Duration = Duration::from_millis(10);
 
 async fn start(config: &str) -> TestResult<Proxy> {
     let mut codecs = CodecRegistry::new();
-    codecs.register("test", |_| Ok(Arc::new(NullCodec)));
+    // A second protocol, which no listener speaks: a cluster can be moved to it.
+    for protocol in ["test", "other"] {
+        codecs.register(protocol, |_| Ok(Arc::new(NullCodec)));
+    }
     Ok(Proxy::builder(Config::from_yaml(config)?)
         .codecs(codecs)
         .start()
@@ -865,6 +868,63 @@ async fn an_update_that_leaves_the_routes_alone_checks_none_of_them() -> TestRes
     let routes = RouteConfigSpec::from_yaml("{ name: r, routes: [ { route: { cluster: c9 } } ] }")?;
     let refused = proxy.update_route_config(routes).await;
     assert_refused_naming(&refused, "c9");
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// An update of one cluster looks at no route, and an update of one route among 1,000 looks at
+/// that route alone before it compiles the table: each update listed the clusters of every
+/// route five times (composing the config twice, finding the clusters' protocols twice, checking
+/// them), and one of a route config checked each of its routes again. A change that needs every
+/// route looked at still has them looked at: a cluster moved to a protocol its listener does not
+/// speak is refused.
+#[tokio::test]
+async fn an_update_of_one_cluster_or_route_looks_at_no_other_route() -> TestResult {
+    use crate::config::{ClusterSpec, RouteSpec, work};
+    let proxy = start(&routed_clusters(1_000, 10)).await?;
+    let spec = ClusterSpec::from_yaml("{ name: c5, endpoints: [ { address: 127.0.0.1:2 } ] }")?;
+    let walked = work::done(&work::ROUTES_WALKED);
+    proxy.update_cluster(spec).await?;
+    assert_eq!(
+        work::done(&work::ROUTES_WALKED) - walked,
+        0,
+        "routes looked at to update a cluster"
+    );
+
+    let config = proxy.state.config.load_full();
+    let mut routes = config.route_config("r").cloned().ok_or("no route config")?;
+    let changed = routes.routes.get_mut(500).ok_or("no route 500")?;
+    let mut route = RouteSpec::clone(changed);
+    route.route.cluster = Some("c7".into());
+    *changed = Arc::new(route);
+    let (walked, checked) = (
+        work::done(&work::ROUTES_WALKED),
+        work::done(&work::ROUTES_CHECKED),
+    );
+    proxy.update_route_config(routes).await?;
+    // Its protocol, and the subsets it may name.
+    assert_eq!(
+        work::done(&work::ROUTES_WALKED) - walked,
+        2,
+        "routes looked at to update one"
+    );
+    assert_eq!(
+        work::done(&work::ROUTES_CHECKED) - checked,
+        1,
+        "routes checked"
+    );
+    let running = proxy.state.config.load_full();
+    let sent_to = running
+        .route_config("r")
+        .and_then(|r| r.routes.get(500))
+        .and_then(|route| route.route.cluster.clone());
+    assert_eq!(sent_to.as_deref(), Some("c7"));
+
+    let moved = ClusterSpec::from_yaml(
+        "{ name: c5, protocol: other, endpoints: [ { address: 127.0.0.1:2 } ] }",
+    )?;
+    let refused = proxy.update_cluster(moved).await;
+    assert_refused_naming(&refused, "speaks other but a test listener routes to it");
     proxy.shutdown().await;
     Ok(())
 }

@@ -12,7 +12,9 @@ use std::time::SystemTime;
 use metaprotocol_core::{CodecFactory, Side};
 use tokio::net::TcpListener;
 
-use super::build::{ClusterProtocols, check_protocols, route_clusters, route_config_protocols};
+use super::build::{
+    ClusterProtocols, check_routes_protocols, route_clusters, route_config_protocols,
+};
 use super::dynamic::DynamicUpdate;
 use super::layers::{Changed, Layers, compose};
 use super::listeners::bind;
@@ -23,8 +25,8 @@ use crate::cluster::{
     self, BuiltUpdate, ClusterHandle, ClusterManager, ClusterMap, Resolved, build_all,
 };
 use crate::config::{
-    ClusterIndex, ClusterSpec, Config, ConfigError, ListenerSpec, LocalitySpec, same_cluster,
-    same_places,
+    ClusterIndex, ClusterSpec, Config, ConfigError, ListenerSpec, LocalitySpec, RouteSpec,
+    same_cluster, same_places,
 };
 use crate::published::Published;
 use crate::route::{RouteCheck, RouteSlot, RouteTable};
@@ -493,6 +495,8 @@ impl ProxyState {
         // are are not looked at), and those that it no longer builds.
         let mut kept = Vec::new();
         let mut dropped = Vec::new();
+        // True once a running cluster looked at speaks another protocol, or none.
+        let mut protocol_changed = false;
         for (i, spec) in new.clusters.iter().enumerate() {
             if as_is.runs(i, spec) {
                 continue;
@@ -518,7 +522,9 @@ impl ProxyState {
                         continue;
                     }
                     let old = handle.spec();
-                    let codec = if handle.protocol() != protocol || old.codec != spec.codec {
+                    let speaks_another = handle.protocol() != protocol;
+                    protocol_changed |= speaks_another;
+                    let codec = if speaks_another || old.codec != spec.codec {
                         let codec = builder
                             .codec(
                                 protocol,
@@ -546,6 +552,7 @@ impl ProxyState {
                 }
             }
         }
+        protocol_changed |= dropped.iter().any(|name| live.contains_key(*name));
         // Those running that the new config does not build: among those looked at when the
         // others run as they are, else all but those kept (none when it keeps as many).
         plan.removed_clusters = if as_is.holds() {
@@ -582,6 +589,10 @@ impl ProxyState {
         // Route configs: compile what changed.
         let listener_protocols = route_config_protocols(new);
         let slots = self.lock_routes().clone();
+        // A route shared with the running table at its place passed the protocol check there,
+        // and its subsets are registered: unless a listener or a cluster's protocol changed, only
+        // the other routes are looked at (an update of a cluster looks at no route).
+        let recheck = protocol_changed || new.listeners != current.listeners;
         let mut routed = BTreeSet::new();
         for (i, spec) in new.route_configs.iter().enumerate() {
             let at = format!("route_configs[{i}]");
@@ -594,31 +605,40 @@ impl ProxyState {
                 let spec = new.clusters.get(i)?;
                 protocols.of(i, spec).ok().flatten().map(str::to_owned)
             };
-            check_protocols(spec, &users, &protocol).map_err(|e| e.within(&at))?;
-            match slots.get(&spec.name) {
-                Some(slot) => {
-                    let live = slot.table.load();
-                    if live.spec() == spec {
-                        continue;
-                    }
-                    routed.extend(spec.routes.iter().flat_map(|route| route_clusters(route)));
-                    let table = builder
-                        .route_table(spec, live.version() + 1, &prospective)
-                        .map_err(|e| e.within(&at))?;
-                    plan.tables.push((spec.name.clone(), table));
-                }
-                None => {
-                    routed.extend(spec.routes.iter().flat_map(|route| route_clusters(route)));
-                    let table = builder
-                        .route_table(spec, 1, &prospective)
-                        .map_err(|e| e.within(&at))?;
-                    plan.new_slots.insert(
-                        spec.name.clone(),
-                        Arc::new(RouteSlot {
-                            table: Published::new(Arc::new(table)),
-                        }),
-                    );
-                }
+            let running = slots.get(&spec.name).map(|slot| slot.table.load_full());
+            let running_routes = running.as_ref().map(|table| &table.spec().routes);
+            let shared = |i: usize, route: &Arc<RouteSpec>| {
+                running_routes
+                    .and_then(|routes| routes.get(i))
+                    .is_some_and(|running| Arc::ptr_eq(running, route))
+            };
+            let routes = spec.routes.iter().enumerate();
+            let unchecked = routes
+                .clone()
+                .filter(|(i, route)| recheck || !shared(*i, route));
+            check_routes_protocols(unchecked.map(|(i, route)| (i, &**route)), &users, &protocol)
+                .map_err(|e| e.within(&at))?;
+            if running.as_ref().is_some_and(|table| table.spec() == spec) {
+                continue;
+            }
+            routed.extend(
+                routes
+                    .filter(|(i, route)| !shared(*i, route))
+                    .flat_map(|(_, route)| route_clusters(route)),
+            );
+            let version = running.as_ref().map_or(1, |table| table.version() + 1);
+            let table = builder
+                .route_table(spec, version, &prospective)
+                .map_err(|e| e.within(&at))?;
+            if running.is_some() {
+                plan.tables.push((spec.name.clone(), table));
+            } else {
+                plan.new_slots.insert(
+                    spec.name.clone(),
+                    Arc::new(RouteSlot {
+                        table: Published::new(Arc::new(table)),
+                    }),
+                );
             }
         }
         plan.routed_clusters = routed
