@@ -185,36 +185,54 @@ impl Config {
 
     /// Every error [`Config::validate`] would report, in the order of the document's sections.
     pub fn errors(&self) -> Vec<ConfigError> {
-        self.errors_beyond(&Config::default(), None)
+        self.errors_beyond(&Config::default(), None, false)
     }
 
     /// [`Config::validate`] for a config made from `checked`, a valid one: a cluster at the
     /// index it had in `checked`, the same spec (shared, not equal), is not checked again, so an
     /// update of one cluster among thousands checks that one, and a route config is not checked
-    /// again while it and the clusters' names are as they were. Its clusters' names are indexed
-    /// as [`ClusterIndex::carried`] does from `known`'s (a valid list and its index), so that
-    /// such an update indexes none; returns that index. Every check across entries (names
-    /// unique, names referenced exist, ...) runs in full.
+    /// again while it is as it was and no cluster's name is gone. Its clusters' names are indexed
+    /// from `known`'s (a valid list and its index) as [`ClusterEdit`] finds them added and
+    /// removed, so that an update that adds or removes one indexes that one (none when none
+    /// comes or goes); returns that index. Every check across entries (names unique, names
+    /// referenced exist, ...) runs in full.
     pub(crate) fn validate_beyond(
         &self,
         checked: &Config,
         known: (&[Arc<ClusterSpec>], &ClusterIndex),
     ) -> Result<ClusterIndex, ConfigError> {
-        let index = ClusterIndex::carried(&self.clusters, known);
+        let edit = ClusterEdit::between(&self.clusters, known);
+        let index = match &edit {
+            Some(edit) => known.1.edited(known.0, &self.clusters, edit),
+            None => ClusterIndex::build(&self.clusters),
+        };
+        // Whether every name `checked` has is still here: routes that found theirs find them.
+        let names_kept = match &edit {
+            Some(edit) if std::ptr::eq(known.0, checked.clusters.as_slice()) => {
+                edit.removed.is_empty()
+            }
+            _ => same_places(&self.clusters, &checked.clusters),
+        };
         // A name empty or repeated: the errors in their usual order say which comes first.
         let first = match &index {
-            Ok(index) => self.errors_beyond(checked, Some(index)).into_iter().next(),
-            Err(_) => self.errors_beyond(checked, None).into_iter().next(),
+            Ok(index) => self.errors_beyond(checked, Some(index), names_kept),
+            Err(_) => self.errors_beyond(checked, None, names_kept),
         };
-        match (first, index) {
+        match (first.into_iter().next(), index) {
             (None, Ok(index)) => Ok(index),
             (Some(error), _) | (None, Err(error)) => Err(error),
         }
     }
 
     /// Every error of [`Config::validate_beyond`], its clusters' names looked up in `index`
-    /// when it has one (their uniqueness checked as it was built).
-    fn errors_beyond(&self, checked: &Config, index: Option<&ClusterIndex>) -> Vec<ConfigError> {
+    /// when it has one (their uniqueness checked as it was built); `names_kept` when it names
+    /// every cluster `checked` names.
+    fn errors_beyond(
+        &self,
+        checked: &Config,
+        index: Option<&ClusterIndex>,
+        names_kept: bool,
+    ) -> Vec<ConfigError> {
         let mut errors = Errors::default();
         if let Some(dynamic) = &self.dynamic {
             errors.within("dynamic", |errors| dynamic.check(errors));
@@ -274,12 +292,11 @@ impl Config {
                 ));
             }
         }
-        // A route config as it was in `checked`, whose clusters' names and dynamic section are
-        // too, passes as it passed there: each update checked every route of every route config.
-        // So does each route of a changed one that is at its place there (one route changed among
-        // 10,000 is checked alone).
-        let same_names =
-            same_places(&self.clusters, &checked.clusters) && self.dynamic == checked.dynamic;
+        // A route config as it was in `checked`, whose clusters' names (and maybe more) and
+        // dynamic section are too, passes as it passed there: each update checked every route of
+        // every route config. So does each route of a changed one that is at its place there
+        // (one route changed among 10,000 is checked alone).
+        let same_names = names_kept && self.dynamic == checked.dynamic;
         for (i, routes) in self.route_configs.iter().enumerate() {
             let passed = checked
                 .route_configs
@@ -412,45 +429,145 @@ pub(crate) fn same_cluster(a: &Arc<ClusterSpec>, b: &Arc<ClusterSpec>) -> bool {
 }
 
 /// The place of each cluster of a list, by name. Built once, which checks the names (none
-/// empty, none repeated), then carried over to the lists made from that one whose clusters keep
-/// their names and places ([`ClusterIndex::carried`]): an update of one cluster among
-/// thousands indexes none, where each update indexed every name several times.
+/// empty, none repeated), then carried over to the lists made from that one, edited as they
+/// were ([`ClusterIndex::edited`]): an update of one cluster among thousands indexes none, and
+/// one that adds one indexes that one, where each update indexed every name several times.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct ClusterIndex(Arc<HashMap<Box<str>, usize>>);
+pub(crate) struct ClusterIndex(Arc<HashMap<Arc<str>, usize>>);
 
 impl ClusterIndex {
     /// Indexes `clusters`, erring as [`Config::validate`] does on an empty or repeated name.
     pub fn build(clusters: &[Arc<ClusterSpec>]) -> Result<Self, ConfigError> {
         let mut index = HashMap::with_capacity(clusters.len());
         for (i, cluster) in clusters.iter().enumerate() {
-            #[cfg(test)]
-            work::count(&work::NAMES_INDEXED);
-            let name = cluster.name.as_str();
-            unique_name("clusters", i, name, || {
-                index.insert(name.into(), i).is_none()
-            })?;
+            Self::insert(&mut index, i, &cluster.name)?;
         }
         Ok(Self(Arc::new(index)))
     }
 
-    /// The index of `clusters`, made from `known` (a list, and its index): the same when
-    /// `clusters` names `known`'s clusters at their places (a walk of the two lists comparing
-    /// names only where the specs are not shared), else built anew.
-    pub fn carried(
+    /// Indexes `name` at place `i`, erring on an empty or repeated name.
+    fn insert(
+        index: &mut HashMap<Arc<str>, usize>,
+        i: usize,
+        name: &str,
+    ) -> Result<(), ConfigError> {
+        #[cfg(test)]
+        work::count(&work::NAMES_INDEXED);
+        unique_name("clusters", i, name, || {
+            index.insert(name.into(), i).is_none()
+        })
+    }
+
+    /// The index of `clusters`, made from `known` (which this indexes) by `edit`: this one when
+    /// no cluster comes or goes; else a copy without the removed names, the others moved up,
+    /// and the added ones indexed, when they were added at the end (an update adding clusters
+    /// appends them); else built anew.
+    pub fn edited(
+        &self,
+        known: &[Arc<ClusterSpec>],
         clusters: &[Arc<ClusterSpec>],
-        (known, index): (&[Arc<ClusterSpec>], &ClusterIndex),
+        edit: &ClusterEdit,
     ) -> Result<Self, ConfigError> {
-        // The length too: an index of another list (the empty one a proxy starts with) is no
-        // index of this one.
-        if index.0.len() == known.len() && same_places(clusters, known) {
-            return Ok(index.clone());
+        let kept = known.len() - edit.removed.len();
+        if edit.added.first().is_some_and(|&i| i < kept) {
+            return Self::build(clusters);
         }
-        Self::build(clusters)
+        if edit.added.is_empty() && edit.removed.is_empty() {
+            return Ok(self.clone());
+        }
+        let mut index = HashMap::clone(&self.0);
+        for cluster in edit.removed.iter().filter_map(|&at| known.get(at)) {
+            index.remove(cluster.name.as_str());
+        }
+        if !edit.removed.is_empty() {
+            for place in index.values_mut() {
+                *place -= edit.removed.partition_point(|&at| at < *place);
+            }
+        }
+        for &i in &edit.added {
+            let name = clusters.get(i).map_or("", |cluster| cluster.name.as_str());
+            Self::insert(&mut index, i, name)?;
+        }
+        Ok(Self(Arc::new(index)))
     }
 
     /// The place of the cluster `name`.
     pub fn position(&self, name: &str) -> Option<usize> {
         self.0.get(name).copied()
+    }
+}
+
+/// How a list of clusters was made from a known one by adding and removing clusters, the others
+/// keeping their order: found by a walk of the two lists that looks a name up in the known
+/// list's index only where they part, so that an update that adds or removes one cluster among
+/// thousands looks at that one (and at those whose spec changed), where it looked at them all.
+#[derive(Debug, Default)]
+pub(crate) struct ClusterEdit {
+    /// The clusters to look at: their places in the new list, ascending, with their places in
+    /// the known one for those it names (their specs changed, not shared).
+    looked_at: Vec<(usize, Option<usize>)>,
+    /// The places in the new list of the clusters the known one does not name, ascending.
+    added: Vec<usize>,
+    /// The places in the known list of the clusters the new one does not name, ascending.
+    removed: Vec<usize>,
+}
+
+impl ClusterEdit {
+    /// The edit that makes `clusters` from `known` (a valid list and its index); `None` when
+    /// it moved a cluster, or named one twice.
+    pub fn between(
+        clusters: &[Arc<ClusterSpec>],
+        (known, index): (&[Arc<ClusterSpec>], &ClusterIndex),
+    ) -> Option<Self> {
+        // The length too: an index of another list (the empty one a proxy starts with) is no
+        // index of this one.
+        if index.0.len() != known.len() {
+            return None;
+        }
+        let mut edit = Self::default();
+        // The first cluster of `known` that the walk has not passed.
+        let mut from = 0;
+        for (i, cluster) in clusters.iter().enumerate() {
+            let named = |at: usize| known.get(at).is_some_and(|k| k.name == cluster.name);
+            // Shared first: most are, and a pointer is cheaper to compare than a name.
+            let shared = known.get(from).is_some_and(|k| Arc::ptr_eq(k, cluster));
+            if shared {
+                from += 1;
+                continue;
+            }
+            if !named(from) {
+                match index.position(&cluster.name) {
+                    None => {
+                        edit.looked_at.push((i, None));
+                        edit.added.push(i);
+                        continue;
+                    }
+                    // Those passed over are gone; a name before them is one moved or repeated.
+                    Some(at) if at > from && named(at) => {
+                        edit.removed.extend(from..at);
+                        from = at;
+                    }
+                    Some(_) => return None,
+                }
+            }
+            if !known.get(from).is_some_and(|k| Arc::ptr_eq(k, cluster)) {
+                edit.looked_at.push((i, Some(from)));
+            }
+            from += 1;
+        }
+        edit.removed.extend(from..known.len());
+        Some(edit)
+    }
+
+    /// The clusters of the new list that are not the known list's, shared: their places in the
+    /// new list, ascending, with their places in the known one for those it names.
+    pub fn looked_at(&self) -> &[(usize, Option<usize>)] {
+        &self.looked_at
+    }
+
+    /// The places in the known list of the clusters the new one does not name, ascending.
+    pub fn removed(&self) -> &[usize] {
+        &self.removed
     }
 }
 

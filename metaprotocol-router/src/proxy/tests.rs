@@ -786,6 +786,75 @@ async fn one_cluster_changed_among_thousands_indexes_and_looks_at_no_other() -> 
     Ok(())
 }
 
+/// An update that adds a cluster among thousands indexes that one's name and looks at no
+/// running cluster, nor at any route, and one that removes a cluster indexes no name and looks
+/// at no running cluster: each indexed every name and looked at every running cluster under its
+/// lock (20,000 clusters: 180-200 ms an update in a debug build), and the addition checked every
+/// route again. The checks that need names still find them: a second cluster of a new name is
+/// refused, and the clusters after the one removed are found at their new places.
+#[tokio::test]
+async fn a_cluster_added_or_removed_among_thousands_is_the_only_one_looked_at() -> TestResult {
+    use crate::config::{ClusterSpec, RouteConfigSpec, work};
+    let proxy = start(&routed_clusters(200, 2_000)).await?;
+    let work = || {
+        [
+            &work::NAMES_INDEXED,
+            &work::HANDLES_CHECKED,
+            &work::ROUTES_CHECKED,
+        ]
+        .map(work::done)
+    };
+    let spec = ClusterSpec::from_yaml("{ name: added, endpoints: [ { address: 127.0.0.1:2 } ] }")?;
+    let before = work();
+    proxy.update_cluster(spec).await?;
+    let after = work();
+    // Its name, and whether its first snapshot is left to build.
+    assert_eq!(
+        [
+            after[0] - before[0],
+            after[1] - before[1],
+            after[2] - before[2]
+        ],
+        [1, 1, 0],
+        "names indexed, running clusters looked at, routes checked to add one"
+    );
+    assert!(proxy.state.clusters.get("added").is_some());
+
+    let before = work();
+    proxy.remove_cluster("c1000").await?;
+    let after = work();
+    assert_eq!(
+        [after[0] - before[0], after[1] - before[1]],
+        [0, 0],
+        "names indexed, running clusters looked at to remove one"
+    );
+    assert!(proxy.state.clusters.get("c1000").is_none());
+    let config = proxy.state.config.load_full();
+    let places: Vec<&str> = [1_000, 1_999]
+        .iter()
+        .filter_map(|&i| config.clusters.get(i).map(|c| c.name.as_str()))
+        .collect();
+    assert_eq!(places, ["c1001", "added"]);
+
+    let routes = RouteConfigSpec::from_yaml(
+        "{ name: r, routes: [ { route: { cluster: c1001 } }, { route: { cluster: added } }, { route: { cluster: c1000 } } ] }",
+    )?;
+    let refused = proxy.update_route_config(routes).await;
+    assert_refused_naming(&refused, "c1000");
+    let mut doubled = proxy.state.config.load_full().as_ref().clone();
+    let twin = ClusterSpec::from_yaml("{ name: twin, endpoints: [ { address: 127.0.0.1:2 } ] }")?;
+    doubled
+        .clusters
+        .extend([Arc::new(twin.clone()), Arc::new(twin)]);
+    let refused = proxy.state.apply(super::update::Source::File, |layers, _| {
+        layers.base = doubled;
+        Ok(())
+    });
+    assert_refused_naming(&refused.await, "duplicate name `twin`");
+    proxy.shutdown().await;
+    Ok(())
+}
+
 /// An update that adds a cluster, or removes one, copies the map of running clusters once: the
 /// route tables are compiled against the copy and the commit publishes it, where it copied the
 /// map again to add the new clusters (and once more to take the removed ones out).

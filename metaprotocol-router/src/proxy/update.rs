@@ -25,8 +25,8 @@ use crate::cluster::{
     self, BuiltUpdate, ClusterHandle, ClusterManager, ClusterMap, Resolved, build_all,
 };
 use crate::config::{
-    ClusterIndex, ClusterSpec, Config, ConfigError, ListenerSpec, LocalitySpec, RouteSpec,
-    same_cluster, same_places,
+    ClusterEdit, ClusterIndex, ClusterSpec, Config, ConfigError, ListenerSpec, LocalitySpec,
+    RouteSpec, same_cluster, same_places,
 };
 use crate::published::Published;
 use crate::route::{RouteCheck, RouteSlot, RouteTable};
@@ -108,37 +108,62 @@ struct Indexes {
     running: ClusterIndex,
 }
 
-/// Which clusters of a new config run as they are: with the same names at the same places as
-/// in the running config, and speaking the protocols they speak (the same listeners, and the
-/// same routes unless one protocol serves them all) for a proxy where it was, a cluster whose
-/// spec is shared with the running config's runs as it is, so that an update of one cluster
-/// among thousands looks at that one.
+/// Which clusters of a new config run as they are: for a proxy where the listeners, the node
+/// and the routes are as they were (the routes need not be when one protocol serves them all),
+/// so that each cluster speaks the protocol it speaks, a cluster whose spec is shared with the
+/// running config's, named in the same order, runs as it is; so an update of one cluster among
+/// thousands looks at that one, and so does one that adds or removes one.
 struct RunningAsIs<'a> {
-    /// The running config's clusters, when the new config's run as described.
-    running: Option<&'a [Arc<ClusterSpec>]>,
+    /// The running config's clusters.
+    running: &'a [Arc<ClusterSpec>],
+    /// How the new config's clusters were made from those, when the others run as they are.
+    edit: Option<ClusterEdit>,
 }
 
 impl<'a> RunningAsIs<'a> {
-    fn new(current: &'a Config, new: &Config, protocols: &ClusterProtocols) -> Self {
-        let as_is = same_places(&new.clusters, &current.clusters)
-            && new.listeners == current.listeners
+    /// The clusters of `new` that run as they are in `current`, whose clusters `running` indexes
+    /// (without its index, none).
+    fn new(
+        current: &'a Config,
+        new: &Config,
+        protocols: &ClusterProtocols,
+        running: Option<&ClusterIndex>,
+    ) -> Self {
+        let as_is = new.listeners == current.listeners
             && new.node == current.node
             && (protocols.one_for_all() || new.route_configs == current.route_configs);
+        let edit = running
+            .filter(|_| as_is)
+            .and_then(|index| ClusterEdit::between(&new.clusters, (&current.clusters, index)));
         Self {
-            running: as_is.then_some(&current.clusters[..]),
+            running: &current.clusters,
+            edit,
         }
     }
 
-    /// True if `spec`, the new config's `clusters[i]`, runs as it is.
-    fn runs(&self, i: usize, spec: &Arc<ClusterSpec>) -> bool {
-        self.running
-            .and_then(|running| running.get(i))
-            .is_some_and(|running| Arc::ptr_eq(running, spec))
+    /// The places of the new config's clusters that need a look: those added or changed when
+    /// the others run as they are, else all of the `count`.
+    fn looked_at(&self, count: usize) -> impl Iterator<Item = usize> + '_ {
+        let edited = self
+            .edit
+            .as_ref()
+            .map(|edit| edit.looked_at().iter().map(|(i, _)| *i));
+        let all = self.edit.is_none().then_some(0..count);
+        edited
+            .into_iter()
+            .flatten()
+            .chain(all.into_iter().flatten())
     }
 
-    /// True if only the clusters whose spec changed need a look.
+    /// The running clusters the new config does not name, when the others run as they are.
+    fn removed(&self) -> impl Iterator<Item = &'a str> + '_ {
+        let places = self.edit.iter().flat_map(|edit| edit.removed());
+        places.filter_map(|&at| self.running.get(at).map(|c| c.name.as_str()))
+    }
+
+    /// True if only the clusters whose spec changed, or that came, need a look.
     fn holds(&self) -> bool {
-        self.running.is_some()
+        self.edit.is_some()
     }
 }
 
@@ -353,9 +378,15 @@ impl ProxyState {
                 "changed; metrics settings take effect on restart",
             )));
         }
-        let resolutions = self.resolve(current, new).await;
+        let as_is = RunningAsIs::new(
+            current,
+            new,
+            &ClusterProtocols::of_config(new),
+            Some(running_index),
+        );
+        let resolutions = self.resolve(new, &as_is).await;
         let mut plan = Plan::default();
-        let prepared = match self.prepare(current, new, &index, &resolutions, &mut plan) {
+        let prepared = match self.prepare(current, new, &index, &resolutions, &as_is, &mut plan) {
             Ok(()) => plan.bind().await.map_err(|err| (err, None)),
             Err(err) => Err(located(err)),
         };
@@ -365,7 +396,7 @@ impl ProxyState {
         // From here on nothing waits: an update dropped at a wait above has published nothing.
         match source {
             Source::File => self.warn_replacing_api_changes(current, new),
-            Source::Api => self.remember_api_changes(current, new),
+            Source::Api => self.remember_api_changes(current, new, &as_is),
             Source::Dynamic(_) => {}
         }
         // Before the commit: the connections of listeners it removes drain for the new time.
@@ -415,13 +446,17 @@ impl ProxyState {
         let mut plan = Plan::default();
         // Checking resolves no name: endpoints named by host names are left out.
         let new = &composed.effective;
+        let current = self.config.load();
+        // Without the running clusters' index every cluster is looked at.
+        let as_is = RunningAsIs::new(&current, new, &ClusterProtocols::of_config(new), None);
         let prepared = ClusterIndex::build(&new.clusters)
             .and_then(|index| {
                 self.prepare(
-                    &self.config.load(),
+                    &current,
                     new,
                     &index,
                     &Resolutions::new(),
+                    &as_is,
                     &mut plan,
                 )
             })
@@ -438,19 +473,16 @@ impl ProxyState {
         prepared.map(|()| RouteCheck::new(tables))
     }
 
-    /// Resolves the host names of the clusters of `new` that are added or changed from
-    /// `current` (those at the places they had, shared, are not looked at), each name that
-    /// cannot be resolved keeping the addresses it has in the running cluster.
-    async fn resolve(&self, current: &Config, new: &Config) -> Resolutions {
+    /// Resolves the host names of the clusters of `new` that are added or changed from the
+    /// running config (those `as_is` runs as they are are not looked at), each name that cannot
+    /// be resolved keeping the addresses it has in the running cluster.
+    async fn resolve(&self, new: &Config, as_is: &RunningAsIs<'_>) -> Resolutions {
         let live = self.clusters.all();
         let mut resolutions = Resolutions::new();
-        let as_is = RunningAsIs::new(current, new, &ClusterProtocols::of_config(new));
-        let changed = new
-            .clusters
-            .iter()
-            .enumerate()
-            .filter(|(i, spec)| !as_is.runs(*i, spec));
-        for (_, spec) in changed.filter(|(_, c)| c.has_host_names()) {
+        let changed = as_is
+            .looked_at(new.clusters.len())
+            .filter_map(|i| new.clusters.get(i));
+        for spec in changed.filter(|c| c.has_host_names()) {
             let handle = live.get(&spec.name);
             if handle.is_some_and(|h| h.has_spec(spec)) {
                 continue;
@@ -465,13 +497,15 @@ impl ProxyState {
     }
 
     /// Builds what `new` needs beyond `current` (everything but binding sockets), with the
-    /// addresses of host names in `resolutions`; `index` indexes `new`'s clusters.
+    /// addresses of host names in `resolutions`; `index` indexes `new`'s clusters, and `as_is`
+    /// says which of them run as they are.
     fn prepare(
         &self,
         current: &Config,
         new: &Config,
         index: &ClusterIndex,
         resolutions: &Resolutions,
+        as_is: &RunningAsIs<'_>,
         plan: &mut Plan,
     ) -> Result<(), ConfigError> {
         let builder = self.builder();
@@ -486,7 +520,6 @@ impl ProxyState {
         }
         let protocols = ClusterProtocols::of_config(new);
         let local = new.node.as_ref().map(|node| &node.locality);
-        let as_is = RunningAsIs::new(current, new, &protocols);
 
         // Clusters: build new ones, check changed ones; the prospective view routes compile
         // against.
@@ -497,10 +530,10 @@ impl ProxyState {
         let mut dropped = Vec::new();
         // True once a running cluster looked at speaks another protocol, or none.
         let mut protocol_changed = false;
-        for (i, spec) in new.clusters.iter().enumerate() {
-            if as_is.runs(i, spec) {
+        for i in as_is.looked_at(new.clusters.len()) {
+            let Some(spec) = new.clusters.get(i) else {
                 continue;
-            }
+            };
             // Named only when there is an error: an unchanged cluster costs a comparison.
             let within = |e: ConfigError| e.within(&format!("clusters[{i}]"));
             let Some(protocol) = protocols.of(i, spec).map_err(within)? else {
@@ -558,6 +591,7 @@ impl ProxyState {
         plan.removed_clusters = if as_is.holds() {
             dropped
                 .into_iter()
+                .chain(as_is.removed())
                 .filter(|name| live.contains_key(*name))
                 .map(str::to_owned)
                 .collect()
@@ -794,13 +828,26 @@ impl ProxyState {
         }
     }
 
-    fn remember_api_changes(&self, current: &Config, new: &Config) {
+    fn remember_api_changes(&self, current: &Config, new: &Config, as_is: &RunningAsIs<'_>) {
         let mut touched = self.lock_api_touched();
         let route_names: BTreeSet<&String> = new.route_configs.iter().map(|r| &r.name).collect();
         for name in route_names {
             if current.route_config(name) != new.route_config(name) {
                 touched.insert(name.clone());
             }
+        }
+        // The clusters the running ones were edited into: those that came, and those changed.
+        if let Some(edit) = &as_is.edit {
+            for &(i, old) in edit.looked_at() {
+                let Some(cluster) = new.clusters.get(i) else {
+                    continue;
+                };
+                let old = old.and_then(|at| current.clusters.get(at));
+                if !old.is_some_and(|old| same_cluster(old, cluster)) {
+                    touched.insert(cluster.name.clone());
+                }
+            }
+            return;
         }
         // An update leaves the clusters where they were: each is compared with the one at its
         // index, the running list indexed by name only once one has moved.
