@@ -17,7 +17,7 @@ use crate::cluster::dns::{self, SystemResolver};
 use crate::cluster::{ClusterHandle, ClusterManager, Resolved, build_all};
 use crate::config::{ClusterSpec, Config, ConfigError, FilterSpec, RouteConfigSpec};
 use crate::filters::{FilterRegistry, SharedClients};
-use crate::proxy::build::{Builder, check_protocols, route_clusters};
+use crate::proxy::build::{Builder, check_protocols};
 use crate::server::Load;
 use crate::stats::{ListenerStats, Metrics};
 
@@ -285,7 +285,7 @@ fn route_cluster_specs<'c>(
     at: &str,
 ) -> Result<Vec<(usize, &'c Arc<ClusterSpec>)>, ConfigError> {
     let mut specs: Vec<(usize, &Arc<ClusterSpec>)> = Vec::new();
-    for name in routes.routes.iter().flat_map(|route| route_clusters(route)) {
+    for name in routes.routes.iter().flat_map(|route| route.clusters()) {
         if specs.iter().any(|(_, spec)| spec.name == name) {
             continue;
         }

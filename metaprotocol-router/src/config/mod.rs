@@ -185,7 +185,7 @@ impl Config {
 
     /// Every error [`Config::validate`] would report, in the order of the document's sections.
     pub fn errors(&self) -> Vec<ConfigError> {
-        self.errors_beyond(&Config::default(), None, false)
+        self.errors_beyond(&Config::default(), None, Names::Other)
     }
 
     /// [`Config::validate`] for a config made from `checked`, a valid one: a cluster at the
@@ -206,17 +206,21 @@ impl Config {
             Some(edit) => known.1.edited(known.0, &self.clusters, edit),
             None => ClusterIndex::build(&self.clusters),
         };
-        // Whether every name `checked` has is still here: routes that found theirs find them.
-        let names_kept = match &edit {
+        let names = match &edit {
             Some(edit) if std::ptr::eq(known.0, checked.clusters.as_slice()) => {
-                edit.removed.is_empty()
+                if edit.removed.is_empty() {
+                    Names::Kept
+                } else {
+                    Names::Removed
+                }
             }
-            _ => same_places(&self.clusters, &checked.clusters),
+            _ if same_places(&self.clusters, &checked.clusters) => Names::Kept,
+            _ => Names::Other,
         };
         // A name empty or repeated: the errors in their usual order say which comes first.
         let first = match &index {
-            Ok(index) => self.errors_beyond(checked, Some(index), names_kept),
-            Err(_) => self.errors_beyond(checked, None, names_kept),
+            Ok(index) => self.errors_beyond(checked, Some(index), names),
+            Err(_) => self.errors_beyond(checked, None, names),
         };
         match (first.into_iter().next(), index) {
             (None, Ok(index)) => Ok(index),
@@ -225,13 +229,13 @@ impl Config {
     }
 
     /// Every error of [`Config::validate_beyond`], its clusters' names looked up in `index`
-    /// when it has one (their uniqueness checked as it was built); `names_kept` when it names
-    /// every cluster `checked` names.
+    /// when it has one (their uniqueness checked as it was built); `names` says how they are
+    /// those of `checked`.
     fn errors_beyond(
         &self,
         checked: &Config,
         index: Option<&ClusterIndex>,
-        names_kept: bool,
+        names: Names,
     ) -> Vec<ConfigError> {
         let mut errors = Errors::default();
         if let Some(dynamic) = &self.dynamic {
@@ -295,22 +299,27 @@ impl Config {
         // A route config as it was in `checked`, whose clusters' names (and maybe more) and
         // dynamic section are too, passes as it passed there: each update checked every route of
         // every route config. So does each route of a changed one that is at its place there
-        // (one route changed among 10,000 is checked alone).
-        let same_names = names_kept && self.dynamic == checked.dynamic;
+        // (one route changed among 10,000 is checked alone). With names gone, one as it was
+        // passes while it names none of them: its routes' clusters are looked up, not checked
+        // again whole.
+        let known = |name: &str| has_cluster(name) || self.dynamic_cluster(name);
+        let same_dynamic = self.dynamic == checked.dynamic;
         for (i, routes) in self.route_configs.iter().enumerate() {
-            let passed = checked
-                .route_configs
-                .get(i)
-                .filter(|passed| same_names && passed.name == routes.name);
-            if passed == Some(routes) {
+            let passed = checked.route_configs.get(i).filter(|passed| {
+                same_dynamic && names != Names::Other && passed.name == routes.name
+            });
+            if passed == Some(routes)
+                && (names == Names::Kept
+                    || routes
+                        .routes
+                        .iter()
+                        .all(|route| route.clusters().all(known)))
+            {
                 continue;
             }
+            let passed = passed.filter(|_| names == Names::Kept);
             errors.within(&format!("route_configs[{i}]"), |errors| {
-                routes.check_beyond(
-                    &|name| has_cluster(name) || self.dynamic_cluster(name),
-                    passed,
-                    errors,
-                );
+                routes.check_beyond(&known, passed, errors);
             });
         }
         for (i, listener) in self.listeners.iter().enumerate() {
@@ -497,6 +506,17 @@ impl ClusterIndex {
     }
 }
 
+/// How the names of a config's clusters are those of the config it was made from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Names {
+    /// All of them, and maybe more.
+    Kept,
+    /// Some of them are gone: removed from the list, the others kept in order.
+    Removed,
+    /// Told apart no further.
+    Other,
+}
+
 /// How a list of clusters was made from a known one by adding and removing clusters, the others
 /// keeping their order: found by a walk of the two lists that looks a name up in the known
 /// list's index only where they part, so that an update that adds or removes one cluster among
@@ -594,7 +614,7 @@ pub(crate) mod work {
         pub static ROUTES_CHECKED: Cell<usize> = const { Cell::new(0) };
         /// Route specs compared field by field (in comparing route configs).
         pub static ROUTES_COMPARED: Cell<usize> = const { Cell::new(0) };
-        /// Routes whose clusters were listed (`proxy::build::route_clusters`): each pass over
+        /// Routes whose clusters were listed ([`super::RouteSpec::clusters`]): each pass over
         /// a route config's routes that looks at where they send.
         pub static ROUTES_WALKED: Cell<usize> = const { Cell::new(0) };
         /// Cluster names put in an index ([`super::ClusterIndex`]).

@@ -148,6 +148,23 @@ pub struct RouteSpec {
 }
 
 impl RouteSpec {
+    /// The clusters it may send to.
+    pub(crate) fn clusters(&self) -> impl Iterator<Item = &str> {
+        #[cfg(test)]
+        super::work::count(&super::work::ROUTES_WALKED);
+        self.route
+            .cluster
+            .iter()
+            .map(String::as_str)
+            .chain(
+                self.route
+                    .weighted_clusters
+                    .iter()
+                    .map(|w| w.cluster.as_str()),
+            )
+            .chain(self.mirror.iter().map(|m| m.cluster.as_str()))
+    }
+
     fn check(&self, known: &dyn Fn(&str) -> bool, errors: &mut Errors) {
         #[cfg(test)]
         super::work::count(&super::work::ROUTES_CHECKED);

@@ -288,7 +288,7 @@ impl<'a> ClusterProtocols<'a> {
             for routes in &self.config.route_configs {
                 let protocols = route_protocols.get(routes.name.as_str());
                 for route in &routes.routes {
-                    for cluster in route_clusters(route) {
+                    for cluster in route.clusters() {
                         users
                             .entry(cluster)
                             .or_default()
@@ -331,25 +331,6 @@ impl<'a> ClusterProtocols<'a> {
     }
 }
 
-/// The clusters a route may send to.
-pub(crate) fn route_clusters(route: &RouteSpec) -> impl Iterator<Item = &str> {
-    #[cfg(test)]
-    crate::config::work::count(&crate::config::work::ROUTES_WALKED);
-    route
-        .route
-        .cluster
-        .iter()
-        .map(String::as_str)
-        .chain(
-            route
-                .route
-                .weighted_clusters
-                .iter()
-                .map(|w| w.cluster.as_str()),
-        )
-        .chain(route.mirror.iter().map(|m| m.cluster.as_str()))
-}
-
 /// Rejects a route config that would send one protocol's frames to a cluster speaking another.
 pub(crate) fn check_protocols(
     spec: &RouteConfigSpec,
@@ -367,7 +348,7 @@ pub(crate) fn check_routes_protocols<'a>(
     cluster_protocol: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(), ConfigError> {
     for (i, route) in routes {
-        for cluster in route_clusters(route) {
+        for cluster in route.clusters() {
             let at = format!("routes[{i}].route");
             let speaks = cluster_protocol(cluster).ok_or_else(|| {
                 ConfigError::new(

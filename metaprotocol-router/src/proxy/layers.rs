@@ -13,7 +13,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use super::build::route_clusters;
 use super::status::{ResourceId, ResourceKind, ResourceState};
 use crate::config::{
     ClusterIndex, ClusterSpec, Config, ConfigError, ListenerSpec, RouteConfigSpec,
@@ -218,7 +217,7 @@ pub(crate) fn compose(
     let used: BTreeSet<&str> = route_configs
         .iter()
         .filter(|_| !base_alone)
-        .flat_map(|(r, _)| r.routes.iter().flat_map(|route| route_clusters(route)))
+        .flat_map(|(r, _)| r.routes.iter().flat_map(|route| route.clusters()))
         .collect();
     for name in used.into_iter().filter(|name| !provided(name)) {
         if let Some(old) = running_cluster(name) {
@@ -229,7 +228,7 @@ pub(crate) fn compose(
                     used_by: users(route_configs.iter().map(|(r, _)| r), |r| {
                         r.routes
                             .iter()
-                            .any(|route| route_clusters(route).any(|c| c == name))
+                            .any(|route| route.clusters().any(|c| c == name))
                             .then(|| format!("route config `{}`", r.name))
                     }),
                 },
@@ -317,7 +316,7 @@ fn check_dynamic_routes(
     provided: &dyn Fn(&str) -> bool,
 ) -> Result<(), ConfigError> {
     for (i, route) in spec.routes.iter().enumerate() {
-        for cluster in route_clusters(route) {
+        for cluster in route.clusters() {
             if !provided(cluster) && !base.has_cluster(cluster) {
                 return Err(ConfigError::new(
                     format!("routes[{i}]"),
@@ -339,7 +338,7 @@ fn missing_clusters<'a>(
     let missing: BTreeSet<&str> = spec
         .routes
         .iter()
-        .flat_map(|route| route_clusters(route))
+        .flat_map(|route| route.clusters())
         .filter(|c| !available(c))
         .collect();
     missing.into_iter().collect()

@@ -875,7 +875,7 @@ fn cluster_users(config: &Config, name: &str) -> Vec<String> {
         .filter(|r| {
             r.routes
                 .iter()
-                .any(|route| build::route_clusters(route).any(|c| c == name))
+                .any(|route| route.clusters().any(|c| c == name))
         })
         .map(|r| r.name.clone())
         .collect()

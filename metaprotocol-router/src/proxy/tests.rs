@@ -855,6 +855,35 @@ async fn a_cluster_added_or_removed_among_thousands_is_the_only_one_looked_at() 
     Ok(())
 }
 
+/// An update that removes a cluster among thousands checks no route again: each route config
+/// is looked at for the names of its routes' clusters alone, where each route was checked whole
+/// (its match, its policies) when a cluster was removed. A removal that leaves a route without
+/// its cluster is still refused.
+#[tokio::test]
+async fn a_cluster_removed_among_thousands_checks_no_route_again() -> TestResult {
+    use crate::config::work;
+    let proxy = start(&routed_clusters(200, 2_000)).await?;
+    let checked = work::done(&work::ROUTES_CHECKED);
+    proxy.remove_cluster("c1000").await?;
+    assert_eq!(
+        work::done(&work::ROUTES_CHECKED) - checked,
+        0,
+        "routes checked to remove a cluster"
+    );
+    assert!(proxy.state.clusters.get("c1000").is_none());
+
+    let mut without = proxy.state.config.load_full().as_ref().clone();
+    without.clusters.retain(|c| c.name != "c5");
+    let refused = proxy.state.apply(super::update::Source::File, |layers, _| {
+        layers.base = without;
+        Ok(())
+    });
+    assert_refused_naming(&refused.await, "no cluster named `c5`");
+    assert!(proxy.state.clusters.get("c5").is_some());
+    proxy.shutdown().await;
+    Ok(())
+}
+
 /// An update that adds a cluster, or removes one, copies the map of running clusters once: the
 /// route tables are compiled against the copy and the commit publishes it, where it copied the
 /// map again to add the new clusters (and once more to take the removed ones out).

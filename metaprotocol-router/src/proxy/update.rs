@@ -12,9 +12,7 @@ use std::time::SystemTime;
 use metaprotocol_core::{CodecFactory, Side};
 use tokio::net::TcpListener;
 
-use super::build::{
-    ClusterProtocols, check_routes_protocols, route_clusters, route_config_protocols,
-};
+use super::build::{ClusterProtocols, check_routes_protocols, route_config_protocols};
 use super::dynamic::DynamicUpdate;
 use super::layers::{Changed, Layers, compose};
 use super::listeners::bind;
@@ -658,7 +656,7 @@ impl ProxyState {
             routed.extend(
                 routes
                     .filter(|(i, route)| !shared(*i, route))
-                    .flat_map(|(_, route)| route_clusters(route)),
+                    .flat_map(|(_, route)| route.clusters()),
             );
             let version = running.as_ref().map_or(1, |table| table.version() + 1);
             let table = builder
