@@ -1120,6 +1120,82 @@ async fn an_added_cluster_builds_its_ring_off_the_updates_thread() -> TestResult
     Ok(())
 }
 
+/// The files an update reads as it builds (here a `global_ratelimit` filter's `password_file`)
+/// hold up none of the runtime's other tasks (the accept loops, the admin API, health checks):
+/// while the read waits, as on a network file system that does not answer (a FIFO nothing
+/// writes to yet), the other task of a one-worker runtime keeps running, and the update
+/// applies once the file is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_file_an_update_waits_to_read_holds_up_no_other_task() -> TestResult {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let fifo = std::env::temp_dir().join(format!("reload-password-{}.fifo", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status()?;
+    assert!(made.success(), "mkfifo");
+    let proxy = start(CONFIG).await?;
+    let config = format!(
+        "
+listeners:
+  - name: front
+    address: 127.0.0.1:0
+    protocol: test
+    route_config: r
+    filters:
+      - name: global_ratelimit
+        config:
+          redis: {{ address: 127.0.0.1:1, password_file: {} }}
+          domain: test
+          descriptors: [ method ]
+          limit: {{ requests: 10, per: 1s }}
+          timeout: 50ms
+route_configs:
+  - {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }}
+clusters:
+  - {{ name: c, endpoints: [ {{ address: 127.0.0.1:1 }} ] }}
+",
+        fifo.display()
+    );
+    let update = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move { proxy.reload_yaml(&config).await })
+    };
+    let ticks = Arc::new(AtomicUsize::new(0));
+    let ticker = {
+        let ticks = ticks.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(POLL).await;
+                ticks.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    // Counted on this thread, not a worker's: no timer of the runtime need fire for it.
+    let mut looks = 0;
+    while ticks.load(Ordering::Relaxed) < 20 && looks < 1000 {
+        std::thread::sleep(POLL);
+        looks += 1;
+    }
+    let ticked = ticks.load(Ordering::Relaxed);
+    let waiting = !update.is_finished();
+    // Opening a FIFO for reading and writing does not wait (Linux): the update's read completes.
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, b"secret\n"))?;
+    let applied = tokio::time::timeout(Duration::from_secs(10), update).await;
+    ticker.abort();
+    proxy.shutdown().await;
+    std::fs::remove_file(&fifo)?;
+    assert!(waiting, "the update did not wait for its file: {applied:?}");
+    assert!(
+        ticked >= 20,
+        "the other task ran {ticked} times in 10 s while the update read its file"
+    );
+    applied???;
+    Ok(())
+}
+
 /// Asserts that an update was refused with an error that says `text`.
 fn assert_refused_naming<T: std::fmt::Debug, E: std::fmt::Display + std::fmt::Debug>(
     result: &Result<T, E>,

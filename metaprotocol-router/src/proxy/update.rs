@@ -252,6 +252,20 @@ impl Plan {
     }
 }
 
+/// Runs `build`, the part of an update that builds what is new, without holding up the other
+/// tasks of a multi-threaded runtime: building reads files (TLS certificates and keys, a
+/// `global_ratelimit` filter's `password_file`, WASM modules, codecs' credentials), and a read
+/// from a slow or unreachable network file system would stall the accept loops, the admin API
+/// and health checks queued on this worker. The worker hands them to another thread for the
+/// while. A current-thread runtime has no other thread to hand them to: there it runs in place.
+fn beside_the_runtime<T>(build: impl FnOnce() -> T) -> T {
+    let flavor = tokio::runtime::Handle::try_current().map(|runtime| runtime.runtime_flavor());
+    match flavor {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(build),
+        _ => build(),
+    }
+}
+
 impl ProxyState {
     /// Applies `change` to the running config's layers (see the module docs) and counts the
     /// update; returns what changed. `change` sees the layers and the config running now, and
@@ -384,7 +398,9 @@ impl ProxyState {
         );
         let resolutions = self.resolve(new, &as_is).await;
         let mut plan = Plan::default();
-        let prepared = match self.prepare(current, new, &index, &resolutions, &as_is, &mut plan) {
+        let prepared = match beside_the_runtime(|| {
+            self.prepare(current, new, &index, &resolutions, &as_is, &mut plan)
+        }) {
             Ok(()) => plan.bind().await.map_err(|err| (err, None)),
             Err(err) => Err(located(err)),
         };
