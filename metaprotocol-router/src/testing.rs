@@ -21,8 +21,9 @@ impl CodecFactory for NullCodec {
     }
 }
 
-/// A protocol whose connections write each request as one byte and never read an answer: for
-/// tests of what a connection that opens does with the requests queued on it.
+/// A protocol that writes each message as one byte and reads nothing: for tests of what
+/// connections do with the calls they carry, not of their bytes (an upstream connection that
+/// opens and takes the requests queued on it, a client connection's answers).
 pub(crate) struct SilentCodec;
 
 impl CodecFactory for SilentCodec {

@@ -1185,8 +1185,7 @@ impl Requests {
 mod tests {
     use std::net::SocketAddr;
 
-    use bytes::BytesMut;
-    use metaprotocol_core::{CodecError, FilterChain};
+    use metaprotocol_core::FilterChain;
     use tokio_util::sync::CancellationToken;
 
     use super::*;
@@ -1196,42 +1195,6 @@ mod tests {
     use crate::server::{DrainPolicy, Load};
     use crate::stats::{ListenerStats, Metrics};
     use crate::transport::Acceptor;
-
-    /// A client codec that writes nothing: these tests look at what a connection's requests
-    /// do, not at the bytes of their answers.
-    struct Unwritten;
-
-    impl Codec for Unwritten {
-        fn decode(&mut self, _: &mut BytesMut) -> Result<Option<Message>, CodecError> {
-            Ok(None)
-        }
-
-        fn encode(
-            &mut self,
-            _: &Message,
-            _: &EncodeParams<'_>,
-            _: &mut BytesMut,
-        ) -> Result<(), CodecError> {
-            Ok(())
-        }
-
-        fn encode_local_reply(
-            &mut self,
-            _: &Message,
-            _: &LocalReply,
-            _: &mut BytesMut,
-        ) -> Result<(), CodecError> {
-            Ok(())
-        }
-
-        fn encode_heartbeat_reply(
-            &mut self,
-            _: &Message,
-            _: &mut BytesMut,
-        ) -> Result<(), CodecError> {
-            Ok(())
-        }
-    }
 
     /// The requests of one client connection of a listener whose one route, `route` (a route
     /// entry's YAML), sends to cluster `c`, `cluster`.
@@ -1267,8 +1230,21 @@ mod tests {
         Ok(Requests::new(
             Arc::new(ctx),
             connection,
-            Box::new(Unwritten),
+            Box::new(crate::testing::SilentCodec),
         ))
+    }
+
+    /// Cluster `c`, whose one endpoint, the listener returned, takes calls and never answers.
+    fn silent_cluster() -> Result<(std::net::TcpListener, Arc<ClusterHandle>), ConfigError> {
+        let upstream = std::net::TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| ConfigError::new("upstream", e.to_string()))?;
+        let address = upstream
+            .local_addr()
+            .map_err(|e| ConfigError::new("upstream", e.to_string()))?;
+        let cluster = crate::cluster::tests::cluster(&format!(
+            "name: c\nendpoints: [ {{ address: {address} }} ]"
+        ))?;
+        Ok((upstream, cluster))
     }
 
     /// A two-way call (id 1) of method `method`, as its connection decoded it.
@@ -1300,15 +1276,8 @@ mod tests {
     #[tokio::test]
     async fn an_earlier_attempts_answer_after_the_retry_finished_the_request_is_counted()
     -> Result<(), ConfigError> {
-        // An upstream that takes the calls and never answers: the test plays its answers.
-        let upstream = std::net::TcpListener::bind("127.0.0.1:0")
-            .map_err(|e| ConfigError::new("upstream", e.to_string()))?;
-        let address = upstream
-            .local_addr()
-            .map_err(|e| ConfigError::new("upstream", e.to_string()))?;
-        let cluster = crate::cluster::tests::cluster(&format!(
-            "name: c\nendpoints: [ {{ address: {address} }} ]"
-        ))?;
+        // The test plays the upstream's answers.
+        let (_upstream, cluster) = silent_cluster()?;
         let mut requests = requests(
             &cluster,
             "{ route: { cluster: c }, timeout: 60s, retry_policy: { num_retries: 1, \
@@ -1365,14 +1334,7 @@ mod tests {
     #[tokio::test]
     async fn an_answer_queued_when_its_connection_goes_or_is_trimmed_is_counted()
     -> Result<(), ConfigError> {
-        let upstream = std::net::TcpListener::bind("127.0.0.1:0")
-            .map_err(|e| ConfigError::new("upstream", e.to_string()))?;
-        let address = upstream
-            .local_addr()
-            .map_err(|e| ConfigError::new("upstream", e.to_string()))?;
-        let cluster = crate::cluster::tests::cluster(&format!(
-            "name: c\nendpoints: [ {{ address: {address} }} ]"
-        ))?;
+        let (_upstream, cluster) = silent_cluster()?;
         let unmatched = || cluster.stats().unmatched_responses.get();
         drop(a_late_answer_queued(&cluster)?);
         assert_eq!(unmatched(), 1, "counted when its connection went");
