@@ -2356,3 +2356,76 @@ async fn the_frames_of_calls_in_flight_count_against_max_buffered_bytes() -> Tes
     proxy.shutdown().await;
     Ok(())
 }
+
+/// The bytes of large frames partly received count against the proxy-wide
+/// `limits.max_buffered_bytes` with the rest, and show in `metaprotocol_read_buffered_bytes`:
+/// clients that each send most of a large call and wait make the proxy hold about the bound of
+/// them (it and one frame at most), the connections whose frame would grow past it closed and
+/// counted in `metaprotocol_downstream_cx_overflow_total`; once the others send the rest, their
+/// calls get answers. Before, each client could hold a frame of up to `max_frame_bytes` for up
+/// to `frame_timeout`, counted nowhere, whatever the bound (here 8 of 1 MiB against 4 MiB).
+#[tokio::test]
+async fn frames_partly_received_count_against_max_buffered_bytes() -> TestResult {
+    const CLIENTS: usize = 8;
+    const HELD_BACK: usize = 1024;
+    let (proxy, server) =
+        proxy_in_front_of_a_silent_server("limits: { max_buffered_bytes: 4194304 }").await?;
+    let address = proxy.listener_addr("in").ok_or("no listener")?;
+    let call = calls_of_a_mebibyte(1);
+    let (go, ready) = tokio::sync::watch::channel(false);
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let (mut client_read, mut client_write) = TcpStream::connect(address).await?.into_split();
+        let (call, mut ready) = (call.clone(), ready.clone());
+        clients.push(tokio::spawn(async move {
+            let (most, rest) = call.split_at(call.len() - HELD_BACK);
+            // A write or an answer cut short is a connection the proxy closed: no answer.
+            let sent = client_write.write_all(most).await;
+            ready.wait_for(|go| *go).await?;
+            if sent.is_err() || client_write.write_all(rest).await.is_err() {
+                return TestResult::Ok(0);
+            }
+            match read_answers(&mut client_read, 1).await {
+                Ok(answers) => Ok(answers.len()),
+                Err(closed) if closed.to_string() == "closed after 0 answers" => Ok(0),
+                Err(err) => Err(err),
+            }
+        }));
+    }
+    drop(ready);
+    let held =
+        most_until_the_first_calls_time_out(&proxy, &["metaprotocol_read_buffered_bytes"]).await[0];
+    let mebibyte = 1024.0 * 1024.0;
+    // 4 MiB make the bound, which the frame last read may pass, and a read of each worker
+    // thread at once.
+    assert!(
+        (mebibyte..=7.0 * mebibyte).contains(&held),
+        "{held} bytes of frames partly received held, against a bound of 4 MiB"
+    );
+    go.send(true)?;
+    let mut answered = 0;
+    for client in clients {
+        answered += tokio::time::timeout(Duration::from_secs(20), client).await???;
+    }
+    assert!(answered >= 1, "no call was answered");
+    assert!(
+        answered < CLIENTS,
+        "all {CLIENTS} calls of 1 MiB held at once, against a bound of 4 MiB"
+    );
+    assert_eq!(
+        support::proxy::metric(
+            &proxy,
+            "metaprotocol_downstream_cx_overflow_total{listener=\"in\"}"
+        ),
+        (CLIENTS - answered) as f64,
+        "every client without an answer was closed, and counted"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while support::proxy::metric(&proxy, "metaprotocol_read_buffered_bytes") != 0.0 {
+        assert!(Instant::now() < deadline, "read bytes still counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.abort();
+    proxy.shutdown().await;
+    Ok(())
+}

@@ -2,10 +2,13 @@
 //! [`Requests`], and writes every answer that is ready in one write.
 //!
 //! Reading stops while the connection has too much in flight or too much unsent (a client that
-//! does not read its answers cannot grow memory without bound). The connection closes when the
-//! client closes and its requests are answered, when it sends a stream that cannot be trusted
-//! (after answering what is in flight), when a frame takes too long to arrive, when it is idle
-//! past the listener's idle timeout, or at the end of a drain. Closing, it ends its stream after
+//! does not read its answers cannot grow memory without bound), and while a large frame it is
+//! receiving waits for room under the proxy-wide `max_buffered_bytes`. The connection closes
+//! when the client closes and its requests are answered, when it sends a stream that cannot be
+//! trusted (after answering what is in flight), when a frame takes too long to arrive, when it
+//! sends more of a large frame while the frames being received fill `max_buffered_bytes` (after
+//! answering what is in flight too), when it is idle past the listener's idle timeout, or at
+//! the end of a drain. Closing, it ends its stream after
 //! the last answers and reads what the client still sends until the client closes too (for two
 //! seconds at most): a socket closed with unread bytes is reset, which can destroy those answers.
 //!
@@ -29,6 +32,7 @@ use tokio::io::ReadBuf;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::load::ReadRoom;
 use super::request::Requests;
 use super::{Admitted, ListenerContext, busy_poll, linger};
 use crate::router::deadline_after;
@@ -49,6 +53,19 @@ const WRITE_BUDGET: usize = 1024 * 1024;
 /// same bytes count against the proxy-wide `max_buffered_bytes` ([`super::load`]), past which new
 /// calls are refused.
 const REQUEST_BYTES_BUDGET: usize = 16 * 1024 * 1024;
+/// A frame partly received up to this size (the read buffer any connection with bytes to read
+/// takes) is read on whatever the proxy-wide load: it is what a read that ends mid-frame leaves
+/// of a client's pipelined calls, which are refused whole, with the over-limit reply, if the
+/// load is still over `max_buffered_bytes` when they are in. A larger one is a large call
+/// arriving (up to `max_frame_bytes`, for up to `frame_timeout`), read on only while the bytes
+/// the proxy holds but for the connection's own are under that bound ([`ReadRoom`]): past it,
+/// the connection waits while calls end and clients read their answers, and is closed if the
+/// frames other connections are receiving fill the bound alone (they could hold it until their
+/// `frame_timeout`, and the frames waiting on each other would never end).
+const PARTIAL_FRAME_GRACE: usize = 16 * 1024;
+/// How often a connection whose large frame waits for room under `max_buffered_bytes` looks
+/// again.
+const ROOM_RECHECK: Duration = Duration::from_millis(100);
 /// Passes of a connection's loop (answers, reads, writes, deadlines) in one poll of its task,
 /// past which it yields to the worker's other tasks. A pass that finds nothing to do ends the
 /// poll long before.
@@ -170,6 +187,9 @@ struct Connection<S> {
     written: u64,
     /// The unsent bytes this connection counts in the proxy-wide load.
     buffered: usize,
+    /// The bytes of `read_buf` (read, not yet decoded) this connection counts in the
+    /// proxy-wide load.
+    read_buffered: usize,
     reading: Reading,
     /// The listener's drain signal; once it came, the order to end the drain at once
     /// ([`super::DrainPolicy::end_now`]).
@@ -211,6 +231,7 @@ impl<S: Transport> Connection<S> {
             write_buf: Outbox::new(),
             written: 0,
             buffered: 0,
+            read_buffered: 0,
             reading: Reading::Open,
             drain: Cancellation::new(drain),
             draining_until: None,
@@ -238,6 +259,9 @@ impl<S: Transport> Connection<S> {
         });
         if !closing.shut {
             self.read_buf = BytesMut::new();
+            self.ctx
+                .load
+                .read_buffered(std::mem::take(&mut self.read_buffered), 0);
             self.write_buf.trim();
             match Pin::new(&mut self.io).poll_shutdown(cx) {
                 Poll::Ready(Ok(())) => closing.shut = true,
@@ -292,6 +316,23 @@ impl<S: Transport> Connection<S> {
             return frames > 0;
         }
         if !std::mem::take(&mut self.frames_left) {
+            if self.read_buf.len() > PARTIAL_FRAME_GRACE {
+                match self.ctx.load.room_to_read(self.read_buffered) {
+                    ReadRoom::Free => {}
+                    ReadRoom::Wait => {
+                        // Nothing wakes the connection when others give bytes back.
+                        self.alarm.arm(now + ROOM_RECHECK);
+                        return false;
+                    }
+                    ReadRoom::Full => {
+                        tracing::debug!(listener = %self.ctx.name, "closing client connection: the frames being received hold max_buffered_bytes");
+                        self.ctx.stats.cx_overflow.inc();
+                        self.reading = Reading::Done;
+                        self.read_buf = BytesMut::new();
+                        return true;
+                    }
+                }
+            }
             match buffers::poll_read(&mut self.io, cx, &mut self.read_buf, &self.frame_sizes) {
                 Poll::Pending => return false,
                 Poll::Ready(Ok(0)) => {
@@ -308,6 +349,14 @@ impl<S: Transport> Connection<S> {
         let frames = self.decode_frames(now, None);
         self.activity.read(frames, self.requests.len());
         true
+    }
+
+    /// Moves the bytes of `read_buf` into the proxy-wide load: once a pass, as the others.
+    fn move_read_load(&mut self) {
+        self.ctx
+            .load
+            .read_buffered(self.read_buffered, self.read_buf.len());
+        self.read_buffered = self.read_buf.len();
     }
 
     /// Decodes the whole frames in `read_buf` and hands them to the requests, up to
@@ -558,6 +607,7 @@ impl<S: Transport> Connection<S> {
 impl<S> Drop for Connection<S> {
     fn drop(&mut self) {
         self.ctx.load.buffered(self.buffered, 0);
+        self.ctx.load.read_buffered(self.read_buffered, 0);
     }
 }
 
@@ -601,6 +651,7 @@ impl<S: Transport> Future for Connection<S> {
             }
             progress |= this.poll_lifecycle(cx, now);
             this.requests.move_load();
+            this.move_read_load();
             if this.reading != Reading::Open
                 && this.requests.is_empty()
                 && this.write_buf.is_empty()

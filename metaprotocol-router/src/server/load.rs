@@ -1,7 +1,8 @@
 //! The proxy-wide load: requests in flight, the bytes of their frames (held until each ends,
-//! for a retry) and the bytes of answers waiting for clients, across every connection of every
-//! listener, checked against the config's `limits`: the requests against `max_requests`, both
-//! kinds of bytes together against `max_buffered_bytes`.
+//! for a retry), the bytes read from clients not yet decoded (frames partly received) and the
+//! bytes of answers waiting for clients, across every connection of every listener, checked
+//! against the config's `limits`: the requests against `max_requests`, the three kinds of bytes
+//! together against `max_buffered_bytes`.
 //!
 //! Each connection moves its share of each count once per pass over its work, not once per
 //! request: a request started and another finished in the same pass write the shared counts
@@ -23,6 +24,8 @@ pub(crate) struct Load {
     requests: Gauge,
     /// The bytes of the frames of the requests in flight.
     request_bytes: Gauge,
+    /// The bytes read from clients and not yet decoded.
+    read_buffered: Gauge,
     /// The bytes of answers waiting for clients.
     buffered: Gauge,
     max_requests: AtomicI64,
@@ -39,6 +42,10 @@ impl Load {
             request_bytes: scope.gauge(
                 "requests_in_flight_bytes",
                 "Bytes of the frames of requests in flight across every client connection, held until each ends",
+            ),
+            read_buffered: scope.gauge(
+                "read_buffered_bytes",
+                "Bytes read from clients not yet decoded: frames partly received, and whole ones waiting for their connection to take more calls",
             ),
             buffered: scope.gauge(
                 "buffered_bytes",
@@ -64,13 +71,44 @@ impl Load {
     /// whose frames hold `unmoved_bytes`, not yet moved into the shared counts (negative: that
     /// many ended since).
     pub fn admits(&self, unmoved: i64, unmoved_bytes: i64) -> bool {
+        self.requests.get().saturating_add(unmoved) < self.max_requests.load(Ordering::Relaxed)
+            && self.holds_room(unmoved_bytes)
+    }
+
+    /// True while the bytes held for clients, with a connection's `unmoved_bytes` not yet
+    /// moved into the shared counts, are under `max_buffered_bytes`.
+    fn holds_room(&self, unmoved_bytes: i64) -> bool {
         let held = self
             .buffered
             .get()
             .saturating_add(self.request_bytes.get())
+            .saturating_add(self.read_buffered.get())
             .saturating_add(unmoved_bytes);
-        self.requests.get().saturating_add(unmoved) < self.max_requests.load(Ordering::Relaxed)
-            && held < self.max_buffered.load(Ordering::Relaxed)
+        held < self.max_buffered.load(Ordering::Relaxed)
+    }
+
+    /// Whether a connection whose read buffer holds `own` bytes (as last moved) may read more of
+    /// a large frame: the frames other connections are receiving, alone, may fill the bound
+    /// (they give nothing back until whole, so waiting for them could last until their
+    /// `frame_timeout`), or, with the rest the proxy holds (which calls ending and clients
+    /// reading give back), leave no room.
+    pub fn room_to_read(&self, own: usize) -> ReadRoom {
+        let max = self.max_buffered.load(Ordering::Relaxed);
+        let others_reading = self
+            .read_buffered
+            .get()
+            .saturating_sub(i64::try_from(own).unwrap_or(i64::MAX));
+        if others_reading >= max {
+            return ReadRoom::Full;
+        }
+        let held = others_reading
+            .saturating_add(self.buffered.get())
+            .saturating_add(self.request_bytes.get());
+        if held >= max {
+            ReadRoom::Wait
+        } else {
+            ReadRoom::Free
+        }
     }
 
     /// Moves a connection's share of requests in flight from `before` to `now`.
@@ -83,10 +121,26 @@ impl Load {
         shift(&self.request_bytes, before, now);
     }
 
+    /// Moves a connection's share of bytes read and not yet decoded from `before` to `now`.
+    pub fn read_buffered(&self, before: usize, now: usize) {
+        shift(&self.read_buffered, before, now);
+    }
+
     /// Moves a connection's share of waiting bytes from `before` to `now`.
     pub fn buffered(&self, before: usize, now: usize) {
         shift(&self.buffered, before, now);
     }
+}
+
+/// What [`Load::room_to_read`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReadRoom {
+    /// The bytes held, but for the connection's own, are under `max_buffered_bytes`.
+    Free,
+    /// They are not, but the frames other connections are receiving alone are under it.
+    Wait,
+    /// Those frames alone are not.
+    Full,
 }
 
 /// Moves a share of `gauge` from `before` to `now`; no write when it did not change.
@@ -152,10 +206,21 @@ mod tests {
         assert!(load.admits(0, -1), "a byte of them ended, not yet moved");
         load.request_bytes(60, 0);
         assert!(load.admits(0, 0));
+        load.read_buffered(0, 60);
+        assert!(
+            !load.admits(0, 0),
+            "60 bytes read not yet decoded and 40 of answers"
+        );
+        assert_eq!(load.room_to_read(60), ReadRoom::Free, "its own 60");
+        assert_eq!(load.room_to_read(0), ReadRoom::Wait, "another's 60");
+        load.read_buffered(0, 40);
+        assert_eq!(load.room_to_read(0), ReadRoom::Full, "others' 100");
+        load.read_buffered(100, 0);
         load.buffered(40, 0);
         let text = metrics.render();
         assert!(
-            text.contains("metaprotocol_requests_in_flight_bytes 0"),
+            text.contains("metaprotocol_requests_in_flight_bytes 0")
+                && text.contains("metaprotocol_read_buffered_bytes 0"),
             "{text}"
         );
     }

@@ -198,7 +198,7 @@ impl ListenerStats {
             heartbeats: scope.counter("downstream_heartbeats", "Heartbeats answered locally"),
             cx_overflow: scope.counter(
                 "downstream_cx_overflow",
-                "Client connections closed because they did not read their answers (past the limit, or none for the stall limit)",
+                "Client connections closed because they did not read their answers (past the limit, or none for the stall limit), or while sending a large frame when the frames being received held max_buffered_bytes",
             ),
             cx_refused: scope.counter(
                 "downstream_cx_refused",
