@@ -154,9 +154,11 @@ fn six_formats_through_the_proxy() -> TestResult {
 }
 
 /// A THeader call under the zlib transform, which the proxy cannot read, is answered with an
-/// `INVALID_TRANSFORM` `TApplicationException` the Python client raises, as Apache Thrift's
-/// servers answer it, and the same connection then serves a call without the transform
-/// (before, the proxy closed the connection without a word).
+/// `INVALID_TRANSFORM` `TApplicationException` the Python client reads, as Apache Thrift's
+/// servers answer it, to the call's seqid (7, which the client's THeader `seq` carries; before,
+/// 0, which a client matching answers by seqid takes for another call's), and the same
+/// connection then serves a call without the transform (before, the proxy closed the
+/// connection without a word).
 #[test]
 fn a_theader_call_under_a_transform_is_refused_and_the_connection_goes_on() -> TestResult {
     let Some(scratch) = prepare("zlib")? else {
@@ -172,7 +174,7 @@ fn a_theader_call_under_a_transform_is_refused_and_the_connection_goes_on() -> T
         let proxy = InProcessProxy::start(&yaml)?;
         let port = proxy.addr("in")?.port();
         let answer = client(port, "header", protocol, &["zlib"], "", &scratch)?;
-        let expected = r#"{"hello": "Hello, plain from upstream", "zlib": {"message": "bad_request: THeader transforms (zlib, snappy ...) are not supported: send the call without one", "type": 8}}"#;
+        let expected = r#"{"hello": "Hello, plain from upstream", "zlib": {"message": "bad_request: THeader transforms (zlib, snappy ...) are not supported: send the call without one", "type": 8}, "zlib_answer": {"mtype": 3, "name": "", "seqid": 7}}"#;
         assert_eq!(answer, expected, "{protocol}");
     }
     Ok(())
@@ -194,7 +196,7 @@ fn an_oversized_theader_call_under_a_transform_is_refused_and_the_connection_goe
         let proxy = InProcessProxy::start(&small_frames(&server))?;
         let port = proxy.addr("small")?.port();
         let answer = client(port, "header", protocol, &["zlib", "8000"], "", &scratch)?;
-        let expected = r#"{"hello": "Hello, plain from upstream", "zlib": {"message": "bad_request: THeader transforms (zlib, snappy ...) are not supported: send the call without one", "type": 8}}"#;
+        let expected = r#"{"hello": "Hello, plain from upstream", "zlib": {"message": "bad_request: THeader transforms (zlib, snappy ...) are not supported: send the call without one", "type": 8}, "zlib_answer": {"mtype": 3, "name": "", "seqid": 7}}"#;
         assert_eq!(answer, expected, "{protocol}");
     }
     Ok(())

@@ -410,8 +410,8 @@ pub(crate) fn oversized_response(
 /// THeader) at the front of `src`: [`ReadError::Incomplete`] until the header is in, an error
 /// for one of another `protocol` than the connection's, or whose header does not lie within
 /// the frame and [`MAX_FRAME_HEAD`]. Read by `side`, a THeader frame whose message cannot be
-/// read (a transform, or a protocol not spoken here) is a call of no name with seqid 0
-/// downstream, as [`delimited`] reads a whole one, and an error upstream, where it would be
+/// read (a transform, or a protocol not spoken here) is a call of no name with the seqid of
+/// its THeader `seq` downstream, as [`delimited`] reads a whole one, and an error upstream, where it would be
 /// an answer naming no call.
 pub(crate) fn length_prefixed_head(
     src: &[u8],
@@ -428,7 +428,8 @@ pub(crate) fn length_prefixed_head(
     let frame = src.get(..end.min(src.len())).unwrap_or_default();
     let within = end.min(MAX_FRAME_HEAD);
     let beyond = ReadError::malformed("the message header is not within the frame's head");
-    let (found, payload_start, unreadable) = if transport == Transport::Header {
+    // The THeader `seq` of a frame whose message cannot be read.
+    let (found, payload_start, unreadable_seq) = if transport == Transport::Header {
         let Some(&[_, _, _, _, m0, m1, .., w0, w1]) =
             frame.first_chunk::<{ theader::BLOCK_START }>()
         else {
@@ -451,7 +452,11 @@ pub(crate) fn length_prefixed_head(
         let block = theader::read(frame)?;
         match block.unreadable {
             Some(unreadable) if side == Side::Upstream => return Err(unreadable.error().into()),
-            unreadable => (block.protocol, block.payload_start, unreadable.is_some()),
+            unreadable => (
+                block.protocol,
+                block.payload_start,
+                unreadable.map(|_| block.seq),
+            ),
         }
     } else {
         let Some(&first) = frame.get(4) else {
@@ -461,13 +466,13 @@ pub(crate) fn length_prefixed_head(
                 beyond
             });
         };
-        (Protocol::of_message_starting_with(first), 4, false)
+        (Protocol::of_message_starting_with(first), 4, None)
     };
     if protocol.is_some_and(|protocol| protocol != found) {
         return Err(ReadError::malformed("a frame in another protocol"));
     }
-    if unreadable {
-        return Ok((found, unreadable_call(payload_start), len));
+    if let Some(seq) = unreadable_seq {
+        return Ok((found, unreadable_call(payload_start, seq), len));
     }
     let mut cursor = Cursor::new(frame, payload_start, within);
     let header = protocol::read_message_header(found, &mut cursor)?;
@@ -475,12 +480,15 @@ pub(crate) fn length_prefixed_head(
 }
 
 /// The message header of a call whose message, at `at` of its THeader frame, cannot be read:
-/// what can be told of it, a call of no name with seqid 0.
-fn unreadable_call(at: usize) -> MessageHeader {
+/// what can be told of it, a call of no name whose seqid is its frame's `seq`. Apache Thrift's
+/// THeader clients (C++, Python) write their call's seqid there, so a client that matches
+/// answers by seqid takes the answer as its call's, where seqid 0 would name another call (or
+/// none) and leave this one waiting for its timeout; a client that leaves `seq` at 0 gets 0.
+fn unreadable_call(at: usize, seq: u32) -> MessageHeader {
     MessageHeader {
         message_type: MessageType::Call,
         name: at..at,
-        seqid: 0,
+        seqid: seq as i32,
         seqid_at: at..at,
         body_start: at,
     }
@@ -500,8 +508,8 @@ pub(crate) struct Found {
 
 impl Found {
     /// The call of a THeader `frame` whose message `block` says cannot be read: a call of no
-    /// name with seqid 0 (what can be told of it), refused as [`TRANSFORMED`] or
-    /// [`UNKNOWN_PROTOCOL`].
+    /// name with the seqid of its `seq` (what can be told of it), refused as [`TRANSFORMED`]
+    /// or [`UNKNOWN_PROTOCOL`].
     fn unreadable(
         frame: Bytes,
         block: theader::HeaderBlock,
@@ -512,7 +520,7 @@ impl Found {
             frame,
             format: ThriftFormat::new(Transport::Header, block.protocol),
             payload_start: at,
-            header: unreadable_call(at),
+            header: unreadable_call(at, block.seq),
             info: None,
             reject_reason: Some(match unreadable {
                 theader::Unreadable::Transform(_) => TRANSFORMED,

@@ -36,7 +36,8 @@
 //!   [`UNKNOWN_METHOD`] for `route_not_found`, [`PROTOCOL_ERROR`] for `bad_request`,
 //!   [`LOADSHEDDING`] (fbthrift's) for `over_limit`, [`INTERNAL_ERROR`] otherwise.
 //! - A THeader call whose message a transform hides (zlib, snappy ...) is decoded as a call of
-//!   no name with seqid 0 and a `reject_reason`: the engine answers it with an
+//!   no name whose seqid is the frame's THeader `seq` (where Apache Thrift's clients write
+//!   their call's seqid), with a `reject_reason`: the engine answers it with an
 //!   [`INVALID_TRANSFORM`] exception, as Apache Thrift's servers do, and keeps the connection.
 //!   So is a call in the JSON protocol or another id THeader does not define, answered with an
 //!   [`INVALID_PROTOCOL`] exception in binary (a THeader client reads each frame in the

@@ -121,7 +121,8 @@ pub(crate) fn encode_local_reply(
     let seqid = seqid_of(request.request_id)?;
     let frame = &request.frame[..];
     // A transformed message, or one in a protocol not spoken here, cannot be read: its answer
-    // names no method, as Apache Thrift's servers answer one (its seqid, unknown, is 0).
+    // names no method, as Apache Thrift's servers answer one (its seqid is the frame's `seq`,
+    // where Apache Thrift's clients write their call's).
     let unreadable = match request.reject_reason {
         Some(TRANSFORMED) => Some(INVALID_TRANSFORM),
         Some(UNKNOWN_PROTOCOL) => Some(INVALID_PROTOCOL),

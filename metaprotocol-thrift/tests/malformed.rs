@@ -550,11 +550,12 @@ fn replies_are_not_walked_but_marked_failed_when_unreadable() -> TestResult {
     Ok(())
 }
 
-/// The proxy's answer to `call`, a THeader call it could not read (flags 5): a response in
-/// THeader with the client's flags, to seqid 0 and no method name.
+/// The proxy's answer to `call`, a THeader call it could not read (flags 5, seq `seq`): a
+/// response in THeader with the client's flags and seq, to seqid `seq` and no method name.
 fn unreadable_calls_answer(
     codec: &mut dyn Codec,
     call: &Message,
+    seq: u32,
 ) -> Result<Message, Box<dyn std::error::Error>> {
     let reason = call.reject_reason.ok_or("no reason")?;
     let mut out = BytesMut::new();
@@ -568,15 +569,21 @@ fn unreadable_calls_answer(
         &[0x0f, 0xff, 0, 5],
         "THeader, the client's flags"
     );
+    assert_eq!(&out[8..12], &seq.to_be_bytes(), "the client's seq");
     let answer = common::decode_one(&out)?;
-    assert_eq!((answer.kind, answer.request_id), (MessageKind::Response, 0));
+    assert_eq!(
+        (answer.kind, answer.request_id),
+        (MessageKind::Response, u64::from(seq))
+    );
     assert_eq!(answer.metadata.get("method"), Some(""));
     Ok(answer)
 }
 
 /// A call under a THeader transform (zlib) is a call the engine refuses: its answer is an
-/// `INVALID_TRANSFORM` exception in the client's THeader protocol, of no name and seqid 0 (what
-/// Apache Thrift's servers answer), and the connection's next frame decodes. An answer under
+/// `INVALID_TRANSFORM` exception in the client's THeader protocol, of no name (what Apache
+/// Thrift's servers answer) and with the seqid its THeader `seq` gives (Apache Thrift's clients
+/// write their seqid there: one that matches answers by seqid takes it as its call's), and the
+/// connection's next frame decodes. An answer under
 /// one, which names no call it could fail, is unsupported.
 #[test]
 fn theader_transforms_are_refused_calls() -> TestResult {
@@ -600,10 +607,10 @@ fn theader_transforms_are_refused_calls() -> TestResult {
         let [call, next] = &messages[..] else {
             return Err(format!("{} messages", messages.len()).into());
         };
-        assert_eq!((call.kind, call.request_id), (MessageKind::Request, 0));
+        assert_eq!((call.kind, call.request_id), (MessageKind::Request, 9));
         assert!(call.reject_reason.is_some());
         assert_eq!(next.reject_reason, None);
-        let answer = unreadable_calls_answer(codec.as_mut(), call)?;
+        let answer = unreadable_calls_answer(codec.as_mut(), call, 9)?;
         assert_eq!(
             ThriftFormat::from_variant(answer.variant),
             Some(ThriftFormat::new(Transport::Header, protocol))
@@ -629,7 +636,8 @@ fn theader_transforms_are_refused_calls() -> TestResult {
 
 /// A THeader call in the JSON protocol (id 1), or an id THeader does not define, is a call the
 /// engine refuses with an `INVALID_PROTOCOL` exception in binary THeader (every THeader client
-/// reads each frame in the protocol its header names), of no name and seqid 0, and the
+/// reads each frame in the protocol its header names), of no name and the seqid of its THeader
+/// `seq`, and the
 /// connection's next frame decodes; before, the connection closed without a word. From a
 /// server, such an answer names no call it could fail: the stream is refused.
 #[test]
@@ -654,10 +662,10 @@ fn a_theader_call_in_json_or_an_unknown_protocol_gets_an_invalid_protocol_answer
         };
         assert_eq!(
             (call_message.kind, call_message.request_id),
-            (MessageKind::Request, 0)
+            (MessageKind::Request, 3)
         );
         assert_eq!(next.reject_reason, None);
-        let answer = unreadable_calls_answer(codec.as_mut(), call_message)?;
+        let answer = unreadable_calls_answer(codec.as_mut(), call_message, 3)?;
         assert_eq!(
             ThriftFormat::from_variant(answer.variant),
             Some(ThriftFormat::new(Transport::Header, Protocol::Binary))

@@ -206,7 +206,7 @@ fn an_oversize_length_prefixed_call_is_passed_over_and_answered() -> TestResult 
 /// A THeader call over the cap whose message cannot be read, in the JSON protocol or under a
 /// transform (zlib), is passed over by its length, in any pieces, and answered as a smaller one
 /// is: an `INVALID_PROTOCOL` or `INVALID_TRANSFORM` exception in binary THeader, of no name and
-/// seqid 0, and the call after it is decoded whole. Before, its connection closed. Upstream,
+/// with the seqid its THeader `seq` gives, and the call after it is decoded whole. Before, its connection closed. Upstream,
 /// such an answer names no call: the stream is refused.
 #[test]
 fn an_oversize_theader_call_that_cannot_be_read_is_passed_over_and_answered() -> TestResult {
@@ -238,7 +238,7 @@ fn an_oversize_theader_call_that_cannot_be_read_is_passed_over_and_answered() ->
                 .iter()
                 .map(|m| (m.request_id, m.reject_reason.is_some()))
                 .collect();
-            assert_eq!(ids, [(0, true), (6, false)], "{kind} in pieces of {piece}");
+            assert_eq!(ids, [(3, true), (6, false)], "{kind} in pieces of {piece}");
             let refused = &messages[0];
             let reason = refused.reject_reason.ok_or("no reason")?;
             let reply = LocalReply::new(LocalReplyKind::BadRequest, reason);
@@ -252,7 +252,7 @@ fn an_oversize_theader_call_that_cannot_be_read_is_passed_over_and_answered() ->
             );
             assert_eq!(
                 (answer.request_id, answer.metadata.get("method")),
-                (0, Some(""))
+                (3, Some(""))
             );
             let exception = ApplicationException::from_message(&answer)?;
             assert_eq!(exception.kind, kind, "{}", exception.message);

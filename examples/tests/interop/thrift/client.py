@@ -15,9 +15,11 @@ Prints one JSON object with the results. Scenarios:
                  server skips it), a plain ping, the server's ping count (polled until it
                  reaches 1, then read again after a pause) and sayHello("after"); then
                  sayHello("other") on the second connection
-  zlib [N]       (THeader) sayHello("z"), or of a name of N random letters (which zlib
-                 cannot shrink much), under the zlib transform, then sayHello("plain") without
-                 it on the same connection; reports the exception and the greeting
+  zlib [N]       (THeader) a call of sayHello("z"), or of a name of N random letters (which
+                 zlib cannot shrink much), under the zlib transform, written by hand with
+                 seqid 7 (the generated client always sends 0); then sayHello("plain") without
+                 it on the same connection; reports the answer's name, type and seqid, its
+                 exception, and the greeting
   concurrent N   N clients on N connections at once, each calling sayHello("c<i>") 5 times
                  (the Python client always sends seqid 0); reports how many replies were right
   load N STOP OUT
@@ -168,14 +170,24 @@ def zlib(conn, size):
     out = {}
     letters = random.Random(7).choices(string.ascii_letters, k=size)
     name = "".join(letters) if size else "z"
-    conn.proto.trans.add_transform(THeaderTransformID.ZLIB)
-    try:
-        conn.client.sayHello(name)
-        out["zlib"] = None
-    except TApplicationException as e:
+    proto = conn.proto
+    proto.trans.add_transform(THeaderTransformID.ZLIB)
+    proto.writeMessageBegin("sayHello", TMessageType.CALL, 7)
+    Greeter.sayHello_args(name=name).write(proto)
+    proto.writeMessageEnd()
+    proto.trans.flush()
+    answer_name, mtype, seqid = proto.readMessageBegin()
+    out["zlib_answer"] = {"name": answer_name, "mtype": mtype, "seqid": seqid}
+    if mtype == TMessageType.EXCEPTION:
+        e = TApplicationException()
+        e.read(proto)
         out["zlib"] = app_exception(e)
+    else:
+        proto.skip(TType.STRUCT)
+        out["zlib"] = None
+    proto.readMessageEnd()
     # The library has no call that drops a transform: its list of them, emptied.
-    conn.proto.trans._write_transforms.clear()
+    proto.trans._write_transforms.clear()
     out["hello"] = conn.client.sayHello("plain")
     return out
 
