@@ -180,6 +180,50 @@ fn a_theader_call_under_a_transform_is_refused_and_the_connection_goes_on() -> T
     Ok(())
 }
 
+/// A THeader call whose header block is 64 KiB or more, which Apache Thrift's C++ and Ruby
+/// servers refuse by closing the connection (one the proxy shares between clients), is answered
+/// with a `PROTOCOL_ERROR` `TApplicationException` the Python client raises, and the same
+/// connection then serves a call without that header (before, the call was forwarded).
+#[test]
+fn a_theader_call_with_a_header_block_servers_refuse_is_answered() -> TestResult {
+    let Some(scratch) = prepare("bigheader")? else {
+        return Ok(());
+    };
+    for protocol in PROTOCOLS {
+        let server = Server::start("header", protocol, "upstream", &scratch)?;
+        let yaml = format!(
+            "{ONE_LISTENER}{}\nclusters:\n  - name: upstream\n    endpoints: [ {{ address: \"{}\" }} ]\n",
+            greeter_routes("upstream"),
+            server.address()
+        );
+        let proxy = InProcessProxy::start(&yaml)?;
+        let port = proxy.addr("in")?.port();
+        let answer = client(
+            port,
+            "header",
+            protocol,
+            &["bigheader", "70000"],
+            "",
+            &scratch,
+        )?;
+        let expected = r#"{"after": "Hello, after from upstream", "big": {"message": "bad_request: the THeader header block is 64 KiB or more, which Apache Thrift's servers refuse: send fewer or shorter headers", "type": 7}}"#;
+        assert_eq!(answer, expected, "{protocol}");
+        // A header block that is just within the limit goes through.
+        let answer = client(
+            port,
+            "header",
+            protocol,
+            &["bigheader", "65000"],
+            "",
+            &scratch,
+        )?;
+        let expected =
+            r#"{"after": "Hello, after from upstream", "big": "Hello, w1 from upstream"}"#;
+        assert_eq!(answer, expected, "{protocol}");
+    }
+    Ok(())
+}
+
 /// A THeader call under the zlib transform and over the listener's `max_frame_bytes` is passed
 /// over by its length and answered as a smaller one is, with an `INVALID_TRANSFORM`
 /// `TApplicationException` (no `PROTOCOL_ERROR` could name its method, which no one can read),

@@ -278,7 +278,12 @@ pub(crate) const TRANSFORMED: &str =
 /// id THeader does not define); its local reply is an `INVALID_PROTOCOL` exception in binary.
 pub(crate) const UNKNOWN_PROTOCOL: &str = "THeader protocols other than binary (0) and compact (2) are not supported: send the call in one of them";
 
-/// Reads one whole length-prefixed frame of `transport`, checking a call's arguments.
+/// The `reject_reason` of a THeader call whose header block is longer than Apache Thrift's
+/// readers take ([`theader::MAX_BLOCK_WORDS`]); its local reply is a `PROTOCOL_ERROR`.
+pub(crate) const HEADER_BLOCK_TOO_LONG: &str = "the THeader header block is 64 KiB or more, which Apache Thrift's servers refuse: send fewer or shorter headers";
+
+/// Reads one whole length-prefixed frame of `transport`, checking a call's arguments (and a
+/// THeader call's header block).
 fn delimited(frame: Bytes, transport: Transport, side: Side) -> Result<Option<Found>, CodecError> {
     let (protocol, payload_start, block) = if transport == Transport::Header {
         let block = theader::read(&frame)?;
@@ -301,6 +306,15 @@ fn delimited(frame: Bytes, transport: Transport, side: Side) -> Result<Option<Fo
     let header = protocol::read_message_header(protocol, &mut cursor)
         .map_err(ReadError::in_complete_frame)?;
     let reject_reason = match header.message_type {
+        // A server that refuses the header block closes the connection other clients' calls
+        // share; an answer's block is its client's to read.
+        MessageType::Call | MessageType::Oneway
+            if block
+                .as_ref()
+                .is_some_and(theader::HeaderBlock::longer_than_peers_read) =>
+        {
+            Some(HEADER_BLOCK_TOO_LONG)
+        }
         MessageType::Call | MessageType::Oneway => {
             check_arguments(protocol, &frame, header.body_start).err()
         }

@@ -29,6 +29,12 @@
 //!   message header is rebuilt). A mutation rewrites the THeader info headers; frames without
 //!   headers cannot carry one, so they are forwarded unchanged and counted in
 //!   [`stats::mutations_not_applied`] (logged once).
+//! - **Header blocks** of THeader frames are at most 65,532 bytes (16,383 words), as Apache
+//!   Thrift's C++ and Ruby readers take: they refuse a longer one and close the connection. A
+//!   call with a longer one is decoded with a `reject_reason` (the engine answers it with a
+//!   [`PROTOCOL_ERROR`] and keeps the connection: a server connection other clients share
+//!   never carries it); a reply with one is forwarded, its client's to read; a mutation that
+//!   would write one fails the encode.
 //! - **Translation** to another [`WireVariant`](metaprotocol_core::WireVariant) re-wraps the
 //!   same message for a transport change (THeader headers dropped and counted when the target
 //!   has none) and transcodes the struct, streaming and depth-limited, for binary <-> compact.

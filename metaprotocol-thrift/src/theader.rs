@@ -7,7 +7,8 @@
 //! ```
 //! Strings in the block are a varint length and bytes. Info id 1 is `KEYVALUE`, 2 the
 //! persistent `PKEYVALUE`; a `0` starts the padding; other ids end the parse, as Apache
-//! Thrift's own reader does.
+//! Thrift's own reader does. A block of [`MAX_BLOCK_WORDS`] words at most is written: Apache
+//! Thrift's C++ and Ruby readers refuse a longer one, and close the connection.
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -29,6 +30,11 @@ const PROTOCOL_BINARY: u32 = 0;
 const PROTOCOL_JSON: u32 = 1;
 const PROTOCOL_COMPACT: u32 = 2;
 
+/// The longest header block, in 4-byte words (65,532 bytes), that Apache Thrift's C++ and Ruby
+/// THeader readers take: they refuse a frame with a longer one as corrupt, and close its
+/// connection.
+pub(crate) const MAX_BLOCK_WORDS: usize = 16383;
+
 /// Info header group ids.
 pub(crate) const INFO_KEYVALUE: u8 = 1;
 pub(crate) const INFO_PKEYVALUE: u8 = 2;
@@ -46,6 +52,14 @@ pub(crate) struct HeaderBlock {
     /// Why this codec cannot read the message, if it cannot: then `info` is empty, and
     /// `protocol` is the one to answer in.
     pub(crate) unreadable: Option<Unreadable>,
+}
+
+impl HeaderBlock {
+    /// Whether its header block is longer than Apache Thrift's readers take
+    /// ([`MAX_BLOCK_WORDS`]).
+    pub(crate) fn longer_than_peers_read(&self) -> bool {
+        self.payload_start - BLOCK_START > MAX_BLOCK_WORDS * 4
+    }
 }
 
 /// Why the message of a THeader frame cannot be read, though its frame can.
@@ -256,7 +270,8 @@ pub(crate) enum InfoSource<'a> {
 }
 
 /// Appends the THeader fields after the length prefix: magic, flags, seq, header length, and
-/// the header block, padded to whole words.
+/// the header block, padded to whole words; an error if a block it edits is longer than
+/// [`MAX_BLOCK_WORDS`] (one copied as it came is as long as its sender made it).
 pub(crate) fn write_prelude(
     dst: &mut BytesMut,
     prelude: Prelude,
@@ -268,6 +283,11 @@ pub(crate) fn write_prelude(
     let words_at = dst.len();
     dst.put_u16(0);
     let block_start = dst.len();
+    // A call whose block is too long is refused on decode; a reply's, copied, reads as it did.
+    let max_words = match info {
+        InfoSource::Edited { .. } => MAX_BLOCK_WORDS,
+        InfoSource::None | InfoSource::Raw(_) => usize::from(u16::MAX),
+    };
     put_varint(dst, u64::from(protocol_id(prelude.protocol)));
     put_varint(dst, 0);
     match info {
@@ -281,8 +301,17 @@ pub(crate) fn write_prelude(
     }
     let padding = (4 - (dst.len() - block_start) % 4) % 4;
     dst.put_bytes(0, padding);
-    let words = u16::try_from((dst.len() - block_start) / 4)
-        .map_err(|_| CodecError::Encode(Cow::Borrowed("THeader header block over 256 KiB")))?;
+    let words = (dst.len() - block_start) / 4;
+    let words = u16::try_from(words)
+        .ok()
+        .filter(|_| words <= max_words)
+        .ok_or_else(|| {
+            CodecError::Encode(Cow::Owned(format!(
+                "THeader header block of {} bytes, over the {} Apache Thrift's readers take",
+                words * 4,
+                max_words * 4
+            )))
+        })?;
     patch(dst, words_at, &words.to_be_bytes());
     Ok(())
 }

@@ -8,6 +8,7 @@ use common::{TestResult, decode_one, encode_checked, goldens};
 use metaprotocol_core::{
     EncodeParams, MAX_METADATA_ENTRIES, Message, MessageKind, Mutation, WireVariant,
 };
+use metaprotocol_thrift::{Protocol, ThriftFormat, Transport};
 
 fn encode(
     message: &Message,
@@ -142,5 +143,66 @@ fn more_headers_than_metadata_holds_overflow_it_and_keep_the_message() -> TestRe
             assert_eq!(message.metadata.len(), MAX_METADATA_ENTRIES);
         }
     }
+    Ok(())
+}
+
+/// A binary THeader frame of a `ping` of `message_type` whose header block is `words` words:
+/// one `KEYVALUE` header, `big`, whose value fills it (`words` at least 4,096).
+fn with_block_words(message_type: u8, words: usize) -> BytesMut {
+    // Protocol, transforms, group, count, the key; a value length of three varint bytes.
+    let mut block = vec![0u8, 0, 1, 1, 3, b'b', b'i', b'g'];
+    let value_len = words * 4 - block.len() - 3;
+    put_varint(&mut block, value_len);
+    block.resize(words * 4, b'v');
+    let call = [
+        &[0x80u8, 1, 0, message_type, 0, 0, 0, 4][..],
+        b"ping",
+        &[0, 0, 0, 1, 0],
+    ]
+    .concat();
+    theader_frame(1, &block, &call)
+}
+
+/// Apache Thrift's C++ and Ruby THeader readers refuse a header block of 16,384 words (64 KiB)
+/// or more, closing the connection. A call with one is refused (answered `PROTOCOL_ERROR`,
+/// its connection kept) rather than forwarded on a server connection other clients share; a
+/// reply with one is the client's to read, and is forwarded (in another protocol too). A
+/// mutation that would grow a block past the limit fails the encode rather than write it.
+#[test]
+fn header_blocks_apache_thrift_readers_refuse_are_neither_forwarded_nor_written() -> TestResult {
+    let largest = decode_one(&with_block_words(1, 16383))?;
+    assert_eq!(largest.reject_reason, None);
+    let over = decode_one(&with_block_words(1, 16384))?;
+    assert_eq!(over.kind, MessageKind::Request);
+    assert_eq!(over.metadata.get("method"), Some("ping"));
+    let reason = over
+        .reject_reason
+        .ok_or("a call with a 64 KiB header block was forwarded")?;
+    assert!(reason.contains("header block"), "{reason}");
+    let reply = decode_one(&with_block_words(2, 16384))?;
+    assert_eq!(
+        (reply.kind, reply.reject_reason),
+        (MessageKind::Response, None)
+    );
+    // Copied into another protocol, its block is written as it came.
+    let params = EncodeParams {
+        request_id: 300,
+        variant: ThriftFormat::new(Transport::Header, Protocol::Compact).to_variant(),
+        mutation: &Mutation::new(),
+    };
+    let translated = decode_one(&encode_checked(&reply, &params)?)?;
+    assert_eq!(translated.request_id, 300);
+    assert_eq!(
+        translated.metadata.get("big").map(str::len),
+        reply.metadata.get("big").map(str::len)
+    );
+
+    let mut mutation = Mutation::new();
+    mutation.set("x".into(), "y".into());
+    assert!(encode(&largest, 3, &Mutation::new()).is_ok());
+    let error = encode(&largest, 3, &mutation)
+        .err()
+        .ok_or("a 64 KiB header block was written")?;
+    assert!(error.to_string().contains("header block"), "{error}");
     Ok(())
 }

@@ -20,6 +20,9 @@ Prints one JSON object with the results. Scenarios:
                  seqid 7 (the generated client always sends 0); then sayHello("plain") without
                  it on the same connection; reports the answer's name, type and seqid, its
                  exception, and the greeting
+  bigheader N    (THeader) sayHello("w1") with a header `big` of N bytes, then sayHello("after")
+                 without it on the same connection; reports the exception (or the greeting)
+                 and the greeting
   concurrent N   N clients on N connections at once, each calling sayHello("c<i>") 5 times
                  (the Python client always sends seqid 0); reports how many replies were right
   load N STOP OUT
@@ -192,6 +195,17 @@ def zlib(conn, size):
     return out
 
 
+def big_header(conn, size):
+    out = {}
+    conn.proto.set_header(b"big", b"v" * size)
+    try:
+        out["big"] = conn.client.sayHello("w1")
+    except TApplicationException as e:
+        out["big"] = app_exception(e)
+    out["after"] = conn.client.sayHello("after")
+    return out
+
+
 def concurrent(port, transport, protocol, count):
     results = [None] * count
     start = threading.Barrier(count)
@@ -292,6 +306,8 @@ def main():
                 out = big_ping(conn, other, int(arg))
             finally:
                 other.close()
+        elif scenario == "bigheader":
+            out = big_header(conn, int(arg))
         elif scenario == "zlib":
             out = zlib(conn, int(arg or 0))
         else:
