@@ -153,6 +153,52 @@ fn six_formats_through_the_proxy() -> TestResult {
     Ok(())
 }
 
+/// A client writing lax binary (no version word: `strictWrite=False`) through the proxy to a
+/// server that reads strictly (`strictRead=True`), framed and unframed: its calls, declared
+/// exceptions, `TApplicationException`s and one-way calls are served, since the proxy writes
+/// them strict, which every binary reader takes. Before, it forwarded them lax, and the server
+/// refused the first by closing the connection (one the proxy shares between clients).
+#[test]
+fn lax_binary_clients_reach_servers_that_read_strictly() -> TestResult {
+    let Some(scratch) = prepare("lax")? else {
+        return Ok(());
+    };
+    for transport in ["framed", "unframed"] {
+        let strict = [("THRIFT_STRICT_READ", "1")];
+        let server = Server::start_with_env(
+            free_port()?,
+            transport,
+            "binary",
+            "strict",
+            &strict,
+            &scratch,
+        )?;
+        let yaml = format!(
+            "{ONE_LISTENER}{}\nclusters:\n  - name: upstream\n    endpoints: [ {{ address: \"{}\" }} ]\n",
+            greeter_routes("upstream"),
+            server.address()
+        );
+        let proxy = InProcessProxy::start(&yaml)?;
+        let port = proxy.addr("in")?.port();
+        let what = format!("client-lax-{transport}-{}", free_port()?);
+        let mut process = spawn_script(
+            "client.py",
+            &[&port.to_string(), transport, "binary", "basic"],
+            &[("THRIFT_LAX_WRITE", "1")],
+            &what,
+            &scratch,
+        )?;
+        let status = process.wait(DEADLINE)?;
+        assert!(status.success(), "{what}: {}", process.stderr_tail());
+        assert_eq!(
+            process.stdout().trim(),
+            basic_result("strict"),
+            "{transport}"
+        );
+    }
+    Ok(())
+}
+
 /// A THeader call under the zlib transform, which the proxy cannot read, is answered with an
 /// `INVALID_TRANSFORM` `TApplicationException` the Python client reads, as Apache Thrift's
 /// servers answer it, to the call's seqid (7, which the client's THeader `seq` carries; before,

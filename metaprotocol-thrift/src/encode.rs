@@ -55,7 +55,8 @@ pub(crate) fn encode(
         &NO_MUTATION
     };
     let start = dst.len();
-    let passthrough = if source == target && mutation.is_empty() {
+    let lax = is_lax_binary(&message.frame, layout.payload_start, source.protocol);
+    let passthrough = if source == target && mutation.is_empty() && !lax {
         patch_copy(message, source, &layout, seqid, share, dst)?
     } else {
         None
@@ -80,6 +81,15 @@ pub(crate) fn encode(
         dst.truncate(start);
     }
     result
+}
+
+/// Whether the message at `payload_start` of `frame`, in `protocol`, is lax binary: a header
+/// without the version word, as `TBinaryProtocol` writes with `strictWrite` off. Such a message
+/// is written strict: a server that reads strictly (`strictRead`, as many Java and C++ servers
+/// are set up) refuses a lax one by closing its connection, which other clients' calls share,
+/// and every binary reader takes a strict one.
+fn is_lax_binary(frame: &[u8], payload_start: usize, protocol: Protocol) -> bool {
+    protocol == Protocol::Binary && frame.get(payload_start).is_some_and(|&b| b & 0x80 == 0)
 }
 
 /// The format a decoded message is in.
@@ -261,7 +271,7 @@ pub(crate) fn write_frame(
     Ok(())
 }
 
-/// Appends the message of `frame` with `seqid`, in protocol `to`.
+/// Appends the message of `frame` with `seqid`, in protocol `to` (strict, if binary).
 fn write_message(
     dst: &mut BytesMut,
     frame: &[u8],
@@ -275,24 +285,25 @@ fn write_message(
             .get(range)
             .ok_or(CodecError::malformed("layout outside the frame"))
     };
-    match (from, to) {
-        (Protocol::Binary, Protocol::Binary) | (Protocol::Compact, Protocol::Compact) => {
-            // Copied around a fresh seqid: a compact varint may change length.
-            dst.extend_from_slice(slice(layout.payload_start..layout.seqid.start)?);
-            let (encoded, len) = encode_seqid(from, seqid);
-            dst.extend_from_slice(encoded.get(..len).unwrap_or_default());
-            dst.extend_from_slice(slice(layout.seqid.end..frame.len())?);
-        }
-        _ => {
-            let mut cursor = Cursor::in_frame(frame, layout.payload_start);
-            let header = protocol::read_message_header(from, &mut cursor)
-                .map_err(ReadError::in_complete_frame)?;
-            let name = slice(header.name.clone())?;
-            protocol::write_message_header(to, dst, name, header.message_type, seqid);
-            let body = Cursor::in_frame(frame, header.body_start);
-            protocol::transcode_struct(from, to, body, dst)
-                .map_err(ReadError::in_complete_frame)?;
-        }
+    if from == to && !is_lax_binary(frame, layout.payload_start, from) {
+        // Copied around a fresh seqid: a compact varint may change length.
+        dst.extend_from_slice(slice(layout.payload_start..layout.seqid.start)?);
+        let (encoded, len) = encode_seqid(from, seqid);
+        dst.extend_from_slice(encoded.get(..len).unwrap_or_default());
+        dst.extend_from_slice(slice(layout.seqid.end..frame.len())?);
+        return Ok(());
+    }
+    let mut cursor = Cursor::in_frame(frame, layout.payload_start);
+    let header =
+        protocol::read_message_header(from, &mut cursor).map_err(ReadError::in_complete_frame)?;
+    let name = slice(header.name.clone())?;
+    protocol::write_message_header(to, dst, name, header.message_type, seqid);
+    if from == to {
+        // A lax binary header, rewritten strict: the struct stays as it came.
+        dst.extend_from_slice(slice(header.body_start..frame.len())?);
+    } else {
+        let body = Cursor::in_frame(frame, header.body_start);
+        protocol::transcode_struct(from, to, body, dst).map_err(ReadError::in_complete_frame)?;
     }
     Ok(())
 }

@@ -25,10 +25,13 @@
 //!   engine answers it with a [`PROTOCOL_ERROR`] and keeps the connection, and the body never
 //!   reaches a server connection that other clients share.
 //! - **Encode** without translation or mutation copies the frame and patches the seqid in
-//!   place (binary always; compact when the new varint has the old length, otherwise only the
-//!   message header is rebuilt). A mutation rewrites the THeader info headers; frames without
-//!   headers cannot carry one, so they are forwarded unchanged and counted in
-//!   [`stats::mutations_not_applied`] (logged once).
+//!   place (strict binary always; compact when the new varint has the old length, otherwise
+//!   only the message header is rebuilt). A lax binary message (no version word, what a
+//!   `TBinaryProtocol` with `strictWrite` off sends) is written strict, its header rebuilt: a
+//!   server that reads strictly refuses a lax one by closing the connection other clients'
+//!   calls share, and every binary reader takes a strict one. A mutation rewrites the THeader
+//!   info headers; frames without headers cannot carry one, so they are forwarded unchanged
+//!   and counted in [`stats::mutations_not_applied`] (logged once).
 //! - **Header blocks** of THeader frames are at most 65,532 bytes (16,383 words), as Apache
 //!   Thrift's C++ and Ruby readers take: they refuse a longer one and close the connection. A
 //!   call with a longer one is decoded with a `reject_reason` (the engine answers it with a

@@ -277,3 +277,58 @@ fn dropping_theader_headers_is_counted() -> TestResult {
     }
     Ok(())
 }
+
+/// A lax binary message (no version word: what a `TBinaryProtocol` with `strictWrite=False`
+/// sends) is written strict: a server reading strictly (`strictRead=True`, as many Java and
+/// C++ servers are set up) refuses a lax call by closing the connection, which other clients'
+/// calls share, and every binary reader takes a strict one. Name, type, seqid (rewritten) and
+/// struct stay, framed and unframed, in the same protocol and into THeader.
+#[test]
+fn lax_binary_messages_are_written_strict() -> TestResult {
+    // `sayHello("bob")`, seqid 77, as Apache Thrift's Python library writes it lax.
+    let lax = hex::decode("0000000873617948656c6c6f010000004d0b000100000003626f6200")?;
+    let strict = hex::decode("800100010000000873617948656c6c6f0000004d0b000100000003626f6200")?;
+    let with_seqid = |message: &[u8], seqid: u32| {
+        let mut message = message.to_vec();
+        let at = message.len() - 15;
+        message[at..at + 4].copy_from_slice(&seqid.to_be_bytes());
+        message
+    };
+    let framed = |message: &[u8]| [&(message.len() as u32).to_be_bytes()[..], message].concat();
+    for (transport, input) in [
+        (Transport::Unframed, lax.clone()),
+        (Transport::Framed, framed(&lax)),
+    ] {
+        let message = decode_one(&input)?;
+        assert_eq!(
+            (message.request_id, get(&message, "method")),
+            (77, Some("sayHello"))
+        );
+        for seqid in [77, 9] {
+            let out = encode(
+                &message,
+                u64::from(seqid),
+                WireVariant::DEFAULT,
+                &Mutation::new(),
+            )?;
+            let expected = with_seqid(&strict, seqid);
+            let expected = match transport {
+                Transport::Framed => framed(&expected),
+                _ => expected,
+            };
+            assert_eq!(
+                hex::encode(&out),
+                hex::encode(&expected),
+                "{transport:?} {seqid}"
+            );
+        }
+        let theader = ThriftFormat::new(Transport::Header, metaprotocol_thrift::Protocol::Binary);
+        let out = encode(&message, 9, theader.to_variant(), &Mutation::new())?;
+        assert!(
+            out.ends_with(&with_seqid(&strict, 9)),
+            "{transport:?} into THeader: {}",
+            hex::encode(&out)
+        );
+    }
+    Ok(())
+}

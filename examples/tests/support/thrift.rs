@@ -67,12 +67,25 @@ impl Server {
         name: &str,
         scratch: &Scratch,
     ) -> TestResult<Self> {
+        Self::start_with_env(port, transport, protocol, name, &[], scratch)
+    }
+
+    /// A server on `port` whose process has `env` too (`THRIFT_STRICT_READ=1`: a binary
+    /// server that refuses messages without the version word).
+    pub fn start_with_env(
+        port: u16,
+        transport: &str,
+        protocol: &str,
+        name: &str,
+        env: &[(&str, &str)],
+        scratch: &Scratch,
+    ) -> TestResult<Self> {
         let what = format!("server-{name}-{transport}-{protocol}");
         let port_arg = port.to_string();
         let mut process = spawn_script(
             "server.py",
             &[&port_arg, transport, protocol, name],
-            &[],
+            env,
             &what,
             scratch,
         )?;

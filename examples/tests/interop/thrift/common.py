@@ -11,6 +11,10 @@ from thrift.transport import TTransport  # noqa: E402
 from thrift.transport.THeaderTransport import THeaderClientType, THeaderSubprotocolID  # noqa: E402
 
 TRANSPORTS = ("framed", "unframed", "header")
+# Binary without THeader: a server reads strictly (refusing a message without the version
+# word) with THRIFT_STRICT_READ=1, a client writes lax (without it) with THRIFT_LAX_WRITE=1.
+STRICT_READ = os.environ.get("THRIFT_STRICT_READ") == "1"
+LAX_WRITE = os.environ.get("THRIFT_LAX_WRITE") == "1"
 PROTOCOLS = ("binary", "compact")
 
 
@@ -26,8 +30,9 @@ def server_factories(transport, protocol):
         subprotocol = THeaderSubprotocolID.COMPACT if protocol == "compact" else THeaderSubprotocolID.BINARY
         return TTransport.TBufferedTransportFactory(), THeaderProtocolFactory((client_type,), subprotocol)
     trans = TTransport.TFramedTransportFactory() if transport == "framed" else TTransport.TBufferedTransportFactory()
-    proto = TCompactProtocol.TCompactProtocolFactory() if protocol == "compact" else TBinaryProtocol.TBinaryProtocolFactory()
-    return trans, proto
+    if protocol == "compact":
+        return trans, TCompactProtocol.TCompactProtocolFactory()
+    return trans, TBinaryProtocol.TBinaryProtocolFactory(strictRead=STRICT_READ)
 
 
 def client_protocol(socket, transport, protocol):
@@ -37,5 +42,6 @@ def client_protocol(socket, transport, protocol):
         subprotocol = THeaderSubprotocolID.COMPACT if protocol == "compact" else THeaderSubprotocolID.BINARY
         return trans, THeaderProtocol(trans, (THeaderClientType.HEADERS,), subprotocol)
     trans = TTransport.TFramedTransport(socket) if transport == "framed" else TTransport.TBufferedTransport(socket)
-    proto = TCompactProtocol.TCompactProtocol(trans) if protocol == "compact" else TBinaryProtocol.TBinaryProtocol(trans)
-    return trans, proto
+    if protocol == "compact":
+        return trans, TCompactProtocol.TCompactProtocol(trans)
+    return trans, TBinaryProtocol.TBinaryProtocol(trans, strictWrite=not LAX_WRITE)
