@@ -7,7 +7,9 @@
 //! all of it for each change would make one endpoint's change among 10,000 clusters cost as
 //! much as the first load, and show every resource as updated in `/config_dump`. A resource
 //! whose bytes are those last accepted under its name is neither decoded nor applied again, as
-//! Envoy skips a cluster whose hash is unchanged.
+//! Envoy skips a cluster whose hash is unchanged. One in other bytes that translate to what is
+//! held is not applied either, and is known by its new bytes from then on (see the state's
+//! `decode_all`).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};

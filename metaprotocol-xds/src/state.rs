@@ -153,8 +153,8 @@ enum Accepted {
         /// The assignments are all there are (those left out were removed).
         complete: bool,
     },
-    /// The route configs, each with its number of routes.
-    RouteConfigs(BTreeMap<String, usize>),
+    /// The route configs it changes and removes, as the update has them.
+    RouteConfigs,
 }
 
 /// Why a response is rejected, and which resource (if one) is at fault.
@@ -182,8 +182,9 @@ pub(crate) struct Subscription {
     assignments: BTreeMap<String, Vec<EndpointSpec>>,
     /// The clusters the proxy runs from this source.
     applied_clusters: BTreeSet<String>,
-    /// The route configs the proxy runs from this source, each with its number of routes.
-    applied_route_configs: BTreeMap<String, usize>,
+    /// The route configs the proxy runs from this source (each a copy sharing its routes with
+    /// the running one: a pointer a route).
+    applied_route_configs: BTreeMap<String, RouteConfigSpec>,
     /// Bounds on what the resources held add up to.
     limits: XdsLimitsSpec,
     /// The certificate files clusters' TLS may name by instance.
@@ -335,9 +336,8 @@ impl Subscription {
                     kind,
                     listing,
                     &self.limits,
-                    Unchanged::new(known, |name| {
-                        self.accepted_clusters.get(name).map(Counted::footprint)
-                    }),
+                    known,
+                    |name| self.accepted_clusters.get(name),
                     |c: &Cluster| {
                         (
                             c.name.clone(),
@@ -356,10 +356,11 @@ impl Subscription {
                             changed.insert(name.clone());
                             (value, version_of(&name))
                         }
-                        Entry::Unchanged => {
+                        Entry::Unchanged { bytes } => {
                             let Some(cluster) = self.accepted_clusters.get(&name) else {
                                 continue;
                             };
+                            encoded.extend(bytes.map(|bytes| (name.clone(), bytes)));
                             let held = self.cluster_versions.get(&name);
                             (
                                 cluster.clone(),
@@ -407,18 +408,22 @@ impl Subscription {
                     kind,
                     listing,
                     &self.limits,
-                    Unchanged::new(known, |name| {
-                        self.assignments.get(name).map(Counted::footprint)
-                    }),
+                    known,
+                    |name| self.assignments.get(name),
                     |a: &ClusterLoadAssignment| (a.cluster_name.clone(), translate::endpoints(a)),
                 )
                 .map_err(|(id, message)| reject(id, message))?;
                 let present: BTreeSet<String> = decoded.keys().cloned().collect();
                 let mut assignments = BTreeMap::new();
                 for (name, entry) in decoded {
-                    if let Entry::Changed { value, bytes } = entry {
-                        encoded.push((name.clone(), bytes));
-                        assignments.insert(name, value);
+                    match entry {
+                        Entry::Changed { value, bytes } => {
+                            encoded.push((name.clone(), bytes));
+                            assignments.insert(name, value);
+                        }
+                        Entry::Unchanged { bytes } => {
+                            encoded.extend(bytes.map(|bytes| (name, bytes)));
+                        }
                     }
                 }
                 // What a service's assignment is once this applies, if it has one.
@@ -471,14 +476,8 @@ impl Subscription {
                     kind,
                     listing,
                     &self.limits,
-                    Unchanged::new(known, |name| {
-                        self.applied_route_configs
-                            .get(name)
-                            .map(|&routes| Footprint {
-                                routes,
-                                ..Footprint::default()
-                            })
-                    }),
+                    known,
+                    |name| self.applied_route_configs.get(name),
                     |r: &RouteConfiguration| (r.name.clone(), translate::route_config(r)),
                 )
                 .map_err(|(id, message)| reject(id, message))?;
@@ -493,9 +492,10 @@ impl Subscription {
                     .map(|(name, entry)| {
                         let routes = match entry {
                             Entry::Changed { value, .. } => value.routes.len(),
-                            Entry::Unchanged => {
-                                self.applied_route_configs.get(name).copied().unwrap_or(0)
-                            }
+                            Entry::Unchanged { .. } => self
+                                .applied_route_configs
+                                .get(name)
+                                .map_or(0, |config| config.routes.len()),
                         };
                         (name.clone(), routes)
                     })
@@ -511,7 +511,10 @@ impl Subscription {
                         .map(|(name, _)| ResourceId::new(ResourceKind::RouteConfig, name))
                         .collect();
                 } else {
-                    let routes = kept.chain(&names).map(|(_, routes)| routes).sum();
+                    let routes = kept
+                        .map(|(_, config)| config.routes.len())
+                        .chain(names.values().copied())
+                        .sum();
                     Footprint {
                         routes,
                         ..Footprint::default()
@@ -520,16 +523,21 @@ impl Subscription {
                     .map_err(|message| reject(None, message))?;
                 }
                 for (name, entry) in decoded {
-                    if let Entry::Changed { value, bytes } = entry {
-                        update.versions.insert(
-                            ResourceId::new(ResourceKind::RouteConfig, &name),
-                            version_of(&name),
-                        );
-                        update.route_configs.push(value);
-                        encoded.push((name, bytes));
+                    match entry {
+                        Entry::Changed { value, bytes } => {
+                            update.versions.insert(
+                                ResourceId::new(ResourceKind::RouteConfig, &name),
+                                version_of(&name),
+                            );
+                            update.route_configs.push(value);
+                            encoded.push((name, bytes));
+                        }
+                        Entry::Unchanged { bytes } => {
+                            encoded.extend(bytes.map(|bytes| (name, bytes)));
+                        }
                     }
                 }
-                Accepted::RouteConfigs(names)
+                Accepted::RouteConfigs
             }
         };
         Ok(Prepared {
@@ -590,11 +598,13 @@ impl Subscription {
                 self.applied_clusters
                     .extend(prepared.update.clusters.iter().map(|c| c.name.clone()));
             }
-            Accepted::RouteConfigs(names) => {
+            Accepted::RouteConfigs => {
                 for id in &prepared.update.removed {
                     self.applied_route_configs.remove(&id.name);
                 }
-                self.applied_route_configs.extend(names);
+                let changed = prepared.update.route_configs.iter();
+                self.applied_route_configs
+                    .extend(changed.map(|config| (config.name.clone(), config.clone())));
             }
         }
         let known = self.known.entry(kind).or_default();
@@ -787,45 +797,33 @@ impl Counted for RouteConfigSpec {
 enum Entry<T> {
     /// Translated, from `bytes`.
     Changed { value: T, bytes: Vec<u8> },
-    /// Sent as it was accepted: held already, not decoded again.
-    Unchanged,
-}
-
-/// How `decode_all` knows a resource sent as it was accepted: by its bytes, among those
-/// `known`, and by what is held of it (`held`: what it counts for, by name; `None` when
-/// nothing is held of it).
-struct Unchanged<'a, F> {
-    known: Option<&'a Known>,
-    held: F,
-}
-
-impl<'a, F: Fn(&str) -> Option<Footprint>> Unchanged<'a, F> {
-    fn new(known: Option<&'a Known>, held: F) -> Self {
-        Self { known, held }
-    }
-
-    /// The name of the resource held as `bytes`, and what it counts for, if one is.
-    fn of(&self, bytes: &[u8]) -> Option<(&'a str, Footprint)> {
-        let name = self.known?.name_of(bytes)?;
-        Some((name, (self.held)(name)?))
-    }
+    /// What is held already: sent as it was accepted (not decoded again), or with `bytes` sent
+    /// in another encoding of the same content, translated to what is held, and known by
+    /// these bytes from now on.
+    Unchanged { bytes: Option<Vec<u8>> },
 }
 
 /// Decodes and translates every resource of a response, keyed by name, but those sent as they
 /// were accepted (see [`Known`]); the first failure is the response's error, naming the
 /// resource and the field. What the resources translate to is bounded by `limits` as it grows:
 /// translated, a few bytes on the wire take far more.
-fn decode_all<M, T>(
+///
+/// `held` is what the client holds of each resource, by name. A resource that translates to it
+/// is unchanged too: a server whose encoding is not canonical sends the same content in other
+/// bytes (Go's encoding orders a map's entries at random, and istiod's clusters carry maps in
+/// their metadata), and Envoy, which compares what the bytes decode to, changes nothing then.
+fn decode_all<'h, M, T>(
     resources: &[Any],
     kind: ResourceType,
     listing: Listing<'_>,
     limits: &XdsLimitsSpec,
-    unchanged: Unchanged<'_, impl Fn(&str) -> Option<Footprint>>,
+    known: Option<&Known>,
+    held: impl Fn(&str) -> Option<&'h T>,
     translate: impl Fn(&M) -> (String, Result<T, InvalidResource>),
 ) -> Result<BTreeMap<String, Entry<T>>, (Option<ResourceId>, String)>
 where
     M: prost::Message + prost::Name + Default,
-    T: Counted,
+    T: Counted + PartialEq + 'h,
 {
     let type_url = kind.type_url();
     let mut translated = BTreeMap::new();
@@ -841,13 +839,25 @@ where
                 ),
             ));
         }
-        let (name, entry, counts) = match unchanged.of(&any.value) {
-            Some((name, counts)) => (name.to_owned(), Entry::Unchanged, counts),
+        let sent_as_held = known
+            .and_then(|known| known.name_of(&any.value))
+            .and_then(|name| Some((name, held(name)?)));
+        let (name, entry, counts) = match sent_as_held {
+            Some((name, value)) => (
+                name.to_owned(),
+                Entry::Unchanged { bytes: None },
+                value.footprint(),
+            ),
             None => {
                 let (name, value) = decode_one(i, any, kind, &translate)?;
                 let counts = value.footprint();
                 let bytes = any.value.clone();
-                (name, Entry::Changed { value, bytes }, counts)
+                let entry = if held(&name) == Some(&value) {
+                    Entry::Unchanged { bytes: Some(bytes) }
+                } else {
+                    Entry::Changed { value, bytes }
+                };
+                (name, entry, counts)
             }
         };
         let id = resource_id(kind, &name);
@@ -1243,8 +1253,11 @@ mod tests {
             assert_eq!(names, applied, "{version}");
         }
         assert_eq!(
-            subscription.applied_route_configs,
-            BTreeMap::from([("a".to_owned(), 0)])
+            subscription
+                .applied_route_configs
+                .keys()
+                .collect::<Vec<_>>(),
+            ["a"]
         );
     }
 
@@ -1453,6 +1466,122 @@ mod tests {
             update.clusters.iter().map(|c| c.name.as_str()).collect(),
             update.versions.keys().map(|id| id.name.as_str()).collect(),
         )
+    }
+
+    /// `first` then `rest` encoded one after the other: the message of both, its fields in
+    /// another order than prost's.
+    fn concatenated<M: Message + Name>(first: &M, rest: &M) -> Any {
+        let mut value = first.encode_to_vec();
+        value.extend(rest.encode_to_vec());
+        Any {
+            type_url: M::type_url(),
+            value,
+        }
+    }
+
+    #[test]
+    fn resources_sent_again_in_another_encoding_are_not_applied_again() {
+        use envoy_types::pb::envoy::config::route::v3::route::Action;
+        use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+        use envoy_types::pb::envoy::config::route::v3::{Route, RouteAction, VirtualHost};
+
+        let mut subscription = limited(serde_json::json!({}), &["r"]);
+        let cluster = eds_cluster("c");
+        let endpoints = assignment("c");
+        let routes = RouteConfiguration {
+            name: "r".to_owned(),
+            virtual_hosts: vec![VirtualHost {
+                routes: vec![Route {
+                    action: Some(Action::Route(RouteAction {
+                        cluster_specifier: Some(ClusterSpecifier::Cluster("c".to_owned())),
+                        ..RouteAction::default()
+                    })),
+                    ..Route::default()
+                }],
+                ..VirtualHost::default()
+            }],
+            ..RouteConfiguration::default()
+        };
+        let as_sent = [
+            (ResourceType::Cluster, any(&cluster)),
+            (ResourceType::Endpoints, any(&endpoints)),
+            (ResourceType::RouteConfig, any(&routes)),
+        ];
+        for (kind, resource) in &as_sent {
+            let first = response(*kind, "1", vec![resource.clone()]);
+            apply(&mut subscription, *kind, &first, Listing::StateOfTheWorld);
+        }
+        let name_first = |name: &str| ClusterLoadAssignment {
+            cluster_name: name.to_owned(),
+            ..ClusterLoadAssignment::default()
+        };
+        let reordered = [
+            (
+                ResourceType::Cluster,
+                concatenated(
+                    &Cluster {
+                        cluster_discovery_type: cluster.cluster_discovery_type.clone(),
+                        ..Cluster::default()
+                    },
+                    &Cluster {
+                        cluster_discovery_type: None,
+                        ..cluster.clone()
+                    },
+                ),
+            ),
+            (
+                ResourceType::Endpoints,
+                concatenated(
+                    &ClusterLoadAssignment {
+                        cluster_name: String::new(),
+                        ..endpoints.clone()
+                    },
+                    &name_first("c"),
+                ),
+            ),
+            (
+                ResourceType::RouteConfig,
+                concatenated(
+                    &RouteConfiguration {
+                        name: String::new(),
+                        ..routes.clone()
+                    },
+                    &RouteConfiguration {
+                        name: "r".to_owned(),
+                        ..RouteConfiguration::default()
+                    },
+                ),
+            ),
+        ];
+        for (kind, resource) in reordered {
+            let sent = as_sent.iter().find(|(k, _)| *k == kind);
+            assert_ne!(
+                sent.map(|(_, a)| &a.value),
+                Some(&resource.value),
+                "{kind:?}: other bytes"
+            );
+            let again = response(kind, "2", vec![resource.clone()]);
+            let update = apply(&mut subscription, kind, &again, Listing::StateOfTheWorld);
+            assert_eq!(changed(&update), (vec![], vec![]), "{kind:?}");
+            assert!(update.route_configs.is_empty(), "{kind:?}");
+            assert_eq!(
+                subscription
+                    .known
+                    .get(&kind)
+                    .and_then(|k| k.name_of(&resource.value)),
+                Some(if kind == ResourceType::RouteConfig {
+                    "r"
+                } else {
+                    "c"
+                }),
+                "{kind:?}: known by its new bytes"
+            );
+        }
+        assert_eq!(
+            subscription.cluster_versions.get("c").map(String::as_str),
+            Some("1"),
+            "it keeps the version it changed at"
+        );
     }
 
     #[test]

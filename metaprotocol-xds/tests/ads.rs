@@ -26,6 +26,7 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
 use envoy_types::pb::envoy::extensions::health_checkers::thrift::v3::Thrift as ThriftHealthCheck;
 use envoy_types::pb::envoy::r#type::v3::Int64Range;
+use envoy_types::pb::google::protobuf::{Any, UInt32Value};
 use metaprotocol_examples::dubbo_demo::{DemoProvider, DubboClient};
 use metaprotocol_router::config::KeepaliveSpec;
 use metaprotocol_router::{Proxy, ResourceKind, ResourceState};
@@ -764,4 +765,396 @@ async fn a_cluster_refused_with_its_endpoints_serves_once_fixed() -> TestResult 
     assert_eq!(reply.attachment("provider"), Some("v1"));
     proxy.shutdown().await;
     Ok(())
+}
+
+/// An upstream that takes connections and closes each once a request's first bytes arrive,
+/// unanswered: every call sent to it fails, an upstream failure to outlier detection.
+struct HangingUp {
+    address: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HangingUp {
+    async fn start() -> std::io::Result<Self> {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = [0u8; 64];
+                    let _ = socket.read(&mut request).await;
+                });
+            }
+        });
+        Ok(Self { address, task })
+    }
+}
+
+impl Drop for HangingUp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `message` encoded with its fields in another order than prost's: those of `first` (a copy of
+/// `message` with only some fields set), then the others. It decodes to `message`, as what a
+/// server whose encoding is not canonical (Go's, of maps) sends of an unchanged resource does.
+fn reordered<M: prost::Message + Name>(name: &str, first: &M, rest: &M) -> (String, Any) {
+    let mut value = first.encode_to_vec();
+    value.extend(rest.encode_to_vec());
+    (
+        name.to_owned(),
+        Any {
+            type_url: M::type_url(),
+            value,
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_sent_again_change_nothing_over_state_of_the_world_ads() -> TestResult {
+    resources_sent_again_change_nothing("grpc").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_sent_again_change_nothing_over_delta_ads() -> TestResult {
+    resources_sent_again_change_nothing("delta_grpc").await
+}
+
+/// What a resource sent again must leave as it was, of the proxy: each cluster's snapshot
+/// version, and each endpoint's ejection and active health state; each dynamic resource's
+/// version and last update.
+type Running = (
+    Vec<(String, u64, Vec<(std::net::SocketAddr, bool, u32, bool)>)>,
+    Vec<(String, Option<String>, Option<std::time::SystemTime>)>,
+);
+
+fn running(proxy: &Proxy) -> Running {
+    let mut clusters: Vec<_> = proxy
+        .clusters()
+        .into_iter()
+        .map(|c| {
+            let mut endpoints: Vec<_> = c
+                .endpoints
+                .iter()
+                .map(|e| (e.address, e.ejected, e.ejections, e.failing_active_checks))
+                .collect();
+            endpoints.sort();
+            (c.name, c.version, endpoints)
+        })
+        .collect();
+    clusters.sort();
+    let mut resources: Vec<_> = proxy
+        .dynamic_resources()
+        .into_iter()
+        .map(|s| (s.id.to_string(), s.version, s.last_updated))
+        .collect();
+    resources.sort();
+    (clusters, resources)
+}
+
+/// Runs `push` and waits until the client has ACKed a response of each of `types` sent after
+/// it; fails on a NACK.
+async fn pushed(server: &ManagementServer, types: &[String], push: impl FnOnce()) -> TestResult {
+    let acks = |kind: &String| {
+        server
+            .received()
+            .iter()
+            .filter(|r| &r.type_url == kind && !r.response_nonce.is_empty())
+            .count()
+    };
+    let before: Vec<usize> = types.iter().map(acks).collect();
+    push();
+    eventually("the pushed responses answered", || {
+        types.iter().zip(&before).all(|(kind, n)| acks(kind) > *n)
+    })
+    .await?;
+    let nacks: Vec<Received> = server
+        .received()
+        .into_iter()
+        .filter(|r| r.error.is_some())
+        .collect();
+    assert!(nacks.is_empty(), "{nacks:#?}");
+    Ok(())
+}
+
+/// A control plane sends what the proxy runs again: the same versions again, new versions of
+/// the same resources (as istiod does at every push), the same resources encoded in another
+/// order, and everything over a new stream. Nothing changes: no cluster is rebuilt or updated,
+/// no upstream connection is opened, the endpoint ejected stays ejected and the one failing its
+/// health checks stays failing, no counter is reset, and every resource keeps its version and
+/// last update (as Envoy keeps a cluster whose config is unchanged). An endpoint added then
+/// leaves the others as they were.
+async fn resources_sent_again_change_nothing(api_type: &str) -> TestResult {
+    let (a, b, c) = (
+        DemoProvider::start("a").await?,
+        DemoProvider::start("b").await?,
+        DemoProvider::start("c").await?,
+    );
+    let hanging_up = HangingUp::start().await?;
+    let dead = {
+        // A port that was just free: nothing listens on it once the listener is dropped.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.local_addr()?
+    };
+    let server = ManagementServer::new();
+    server.resend_unchanged();
+    let serving = server.serve("127.0.0.1:0".parse()?).await?;
+    let xds = serving.address();
+    let (ejecting, checked) = (cluster_name("ejecting"), cluster_name("checked"));
+    let seconds = |seconds: i64| envoy_types::pb::google::protobuf::Duration { seconds, nanos: 0 };
+    let mut ejecting_cluster = eds_cluster(&ejecting);
+    ejecting_cluster.outlier_detection = Some(OutlierDetection {
+        consecutive_5xx: Some(UInt32Value { value: 1 }),
+        base_ejection_time: Some(seconds(300)),
+        ..OutlierDetection::default()
+    });
+    let mut checked_cluster = eds_cluster(&checked);
+    let once = Some(UInt32Value { value: 1 });
+    checked_cluster.health_checks = vec![HealthCheck {
+        interval: Some(envoy_types::pb::google::protobuf::Duration {
+            seconds: 0,
+            nanos: 100_000_000,
+        }),
+        timeout: Some(seconds(1)),
+        unhealthy_threshold: once,
+        healthy_threshold: once,
+        health_checker: Some(HealthChecker::TcpHealthCheck(Default::default())),
+        ..HealthCheck::default()
+    }];
+    let clusters = [ejecting_cluster, checked_cluster];
+    let endpoints = [
+        assignment(&ejecting, &[a.address(), hanging_up.address]),
+        assignment(&checked, &[b.address(), dead]),
+    ];
+    let routes = meta_route_config(vec![meta_route(
+        "split",
+        &[],
+        split(&[(&ejecting, 50), (&checked, 50)]),
+    )]);
+    cds(&server, "c1", &clusters);
+    eds(&server, "e1", &endpoints);
+    rds(&server, "r1", &routes);
+    let proxy = start_proxy(proxy_config(xds, api_type)?).await?;
+    eventually("the listener serves", || {
+        proxy.listener_addr("dubbo-in").is_some()
+    })
+    .await?;
+    let address = proxy.listener_addr("dubbo-in").ok_or("not bound")?;
+    let client = DubboClient::new(address);
+
+    // Calls until the endpoint that hangs up is ejected (its calls fail meanwhile) and the
+    // dead one fails its checks.
+    let settled = |state: &Running| {
+        let endpoint = |address| {
+            state
+                .0
+                .iter()
+                .flat_map(|(_, _, endpoints)| endpoints)
+                .find(|e| e.0 == address)
+                .copied()
+        };
+        endpoint(hanging_up.address).is_some_and(|e| e.1 && e.2 == 1)
+            && endpoint(dead).is_some_and(|e| e.3)
+    };
+    let deadline = Instant::now() + WITHIN;
+    while !settled(&running(&proxy)) {
+        if Instant::now() > deadline {
+            return Err(format!("not settled: {:?}", running(&proxy)).into());
+        }
+        let _ = client.call("sayHello", "x", &[]).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Calls that all succeed, on the connections they will keep.
+    succeed(&client, 40).await?;
+    let request_connections = |provider: &DemoProvider, since: usize| {
+        provider
+            .seen()
+            .iter()
+            .skip(since)
+            .filter(|r| r.kind == metaprotocol_core::MessageKind::Request)
+            .map(|r| r.connection)
+            .collect::<std::collections::BTreeSet<usize>>()
+    };
+    let upstream_requests = || {
+        [&ejecting, &checked].map(|name| {
+            labelled_counter(
+                &proxy,
+                "metaprotocol_upstream_rq_total",
+                &format!("cluster=\"{name}\""),
+            )
+            .unwrap_or_default()
+        })
+    };
+    let before = running(&proxy);
+    let a_connections = a.connections();
+    let b_connections = request_connections(&b, 0);
+    let types = [
+        Cluster::type_url(),
+        ClusterLoadAssignment::type_url(),
+        RouteConfiguration::type_url(),
+    ];
+    let reordered_clusters = || {
+        let reorder = |cluster: &Cluster| {
+            let timeout = Cluster {
+                connect_timeout: cluster.connect_timeout,
+                ..Cluster::default()
+            };
+            let rest = Cluster {
+                connect_timeout: None,
+                ..cluster.clone()
+            };
+            reordered(&cluster.name, &timeout, &rest)
+        };
+        clusters.iter().map(reorder).collect()
+    };
+    let reordered_endpoints = || {
+        let reorder = |assignment: &ClusterLoadAssignment| {
+            let name = ClusterLoadAssignment {
+                cluster_name: assignment.cluster_name.clone(),
+                ..ClusterLoadAssignment::default()
+            };
+            let rest = ClusterLoadAssignment {
+                cluster_name: String::new(),
+                ..assignment.clone()
+            };
+            reordered(&assignment.cluster_name, &rest, &name)
+        };
+        endpoints.iter().map(reorder).collect()
+    };
+    let reordered_routes = || {
+        let name = RouteConfiguration {
+            name: routes.name.clone(),
+            ..RouteConfiguration::default()
+        };
+        let rest = RouteConfiguration {
+            name: String::new(),
+            ..routes.clone()
+        };
+        vec![reordered(&routes.name, &rest, &name)]
+    };
+    let mut serving = Some(serving);
+    let mut counted = upstream_requests();
+    for step in 0..4 {
+        let seen_by_b = b.seen().len();
+        let what = match step {
+            0 => {
+                pushed(&server, &types, || {
+                    cds(&server, "c1", &clusters);
+                    eds(&server, "e1", &endpoints);
+                    rds(&server, "r1", &routes);
+                })
+                .await?;
+                "the same versions again"
+            }
+            1 => {
+                pushed(&server, &types, || {
+                    cds(&server, "c2", &clusters);
+                    eds(&server, "e2", &endpoints);
+                    rds(&server, "r2", &routes);
+                })
+                .await?;
+                "new versions of the same resources"
+            }
+            2 => {
+                pushed(&server, &types, || {
+                    server.set(NODE, &types[0], "c3", reordered_clusters());
+                    server.set(NODE, &types[1], "e3", reordered_endpoints());
+                    server.set(NODE, &types[2], "r3", reordered_routes());
+                })
+                .await?;
+                "the same resources encoded in another order"
+            }
+            _ => {
+                // The server restarts: the new stream sends everything again.
+                let streams = server.received().iter().map(|r| r.stream).max();
+                drop(serving.take());
+                cds(&server, "c4", &clusters);
+                eds(&server, "e4", &endpoints);
+                rds(&server, "r4", &routes);
+                serving = Some(serve_again(&server, xds).await?);
+                for kind in &types {
+                    server
+                        .wait_for(WITHIN, |r| {
+                            Some(r.stream) > streams
+                                && &r.type_url == kind
+                                && !r.response_nonce.is_empty()
+                        })
+                        .await?;
+                }
+                "everything over a new stream"
+            }
+        };
+        succeed(&client, 40).await?;
+        assert_eq!(running(&proxy), before, "{what}");
+        assert_eq!(a.connections(), a_connections, "{what}: a's connections");
+        let used = request_connections(&b, seen_by_b);
+        assert!(
+            used.is_subset(&b_connections),
+            "{what}: b's connections {used:?}, not {b_connections:?}"
+        );
+        let now = upstream_requests();
+        assert!(
+            now.iter().zip(&counted).all(|(now, then)| now > then),
+            "{what}: requests counted {now:?} after {counted:?}"
+        );
+        counted = now;
+    }
+    let nacks: Vec<Received> = server
+        .received()
+        .into_iter()
+        .filter(|r| r.error.is_some())
+        .collect();
+    assert!(nacks.is_empty(), "{nacks:#?}");
+
+    // An endpoint added to one cluster: the others of that cluster keep their state and
+    // connections, and the other cluster is not touched.
+    let mut added = endpoints.clone();
+    added[0] = assignment(&ejecting, &[a.address(), hanging_up.address, c.address()]);
+    pushed(&server, &types[1..2], || eds(&server, "e5", &added)).await?;
+    succeed(&client, 40).await?;
+    let after = running(&proxy);
+    let cluster = |state: &Running, name: &str| state.0.iter().find(|c| c.0 == name).cloned();
+    assert_eq!(cluster(&after, &checked), cluster(&before, &checked));
+    let endpoints_of = |state: &Running| cluster(state, &ejecting).map(|c| c.2).unwrap_or_default();
+    let kept = endpoints_of(&after);
+    assert!(
+        endpoints_of(&before).iter().all(|e| kept.contains(e)),
+        "{kept:?}"
+    );
+    assert_eq!(a.connections(), a_connections, "a's connections");
+    assert!(c.connections() > 0, "the new endpoint takes calls");
+    drop(serving);
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// Makes `calls` calls through `client`, every one answered by a provider.
+async fn succeed(client: &DubboClient, calls: usize) -> TestResult {
+    for _ in 0..calls {
+        let reply = client.call("sayHello", "x", &[]).await?;
+        assert_eq!(reply.dubbo_status, 20, "{:?}", reply.attachment("provider"));
+    }
+    Ok(())
+}
+
+/// Serves `server` on `address` again, once the socket that served there has let it go (it
+/// closes as its task ends, shortly after it is stopped).
+async fn serve_again(
+    server: &ManagementServer,
+    address: std::net::SocketAddr,
+) -> TestResult<support::management_server::Serving> {
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        match server.serve(address).await {
+            Ok(serving) => return Ok(serving),
+            Err(err)
+                if err.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
 }

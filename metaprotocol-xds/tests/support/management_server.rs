@@ -4,8 +4,10 @@
 //!
 //! Each node's snapshot holds, per resource type, a version and the resources. A stream sends
 //! a type's resources when the client first asks for it (or asks for other names), and again
-//! whenever the snapshot's version of that type changes; it does not send again in answer to an
-//! ACK or a NACK. Every request received is recorded, so that tests can see ACKs, NACKs and
+//! whenever that type's snapshot is set, even to the same version and resources (as istiod
+//! pushes every type on every push); it does not send again in answer to an ACK or a NACK. A
+//! delta stream sends only the resources whose version the client does not hold, unless told
+//! to send them all at each push ([`ManagementServer::resend_unchanged`]). Every request received is recorded, so that tests can see ACKs, NACKs and
 //! their error details, and the versions a reconnecting client asks with.
 
 use std::collections::{BTreeMap, HashMap};
@@ -41,6 +43,8 @@ struct TypeSnapshot {
     /// The resources that kept the version they had in an earlier snapshot (unchanged, when
     /// the server versions each resource by its content).
     kept_versions: HashMap<String, String>,
+    /// Which push set it, counting over the server's life: each is sent again.
+    push: u64,
 }
 
 impl TypeSnapshot {
@@ -76,6 +80,11 @@ struct Cache {
     /// A resource set again unchanged keeps its version, as control planes that version each
     /// resource by a hash of its content do: a delta stream is sent only what changed.
     versions_by_content: bool,
+    /// Snapshots set so far.
+    pushes: u64,
+    /// A delta stream sends every resource of a type at each push, those the client holds at
+    /// their version too, as a server that keeps no account of what the client holds does.
+    resend_unchanged: bool,
 }
 
 #[derive(Debug)]
@@ -156,6 +165,11 @@ impl ManagementServer {
         self.shared.lock().versions_by_content = true;
     }
 
+    /// Sends delta streams every resource at each push (see `Cache::resend_unchanged`).
+    pub fn resend_unchanged(&self) {
+        self.shared.lock().resend_unchanged = true;
+    }
+
     /// Serves on `address` (port 0 picks one).
     pub async fn serve(&self, address: SocketAddr) -> std::io::Result<Serving> {
         self.serve_with(address, tonic::transport::Server::builder())
@@ -205,10 +219,12 @@ impl ManagementServer {
     }
 
     /// Sets `node`'s resources of `type_url` to `resources` at `version`; streams of that node
-    /// subscribed to the type are sent them.
+    /// subscribed to the type are sent them (again, if they were set already).
     pub fn set(&self, node: &str, type_url: &str, version: &str, resources: Vec<(String, Any)>) {
         {
             let mut cache = self.shared.lock();
+            cache.pushes += 1;
+            let push = cache.pushes;
             let by_content = cache.versions_by_content;
             let types = cache.snapshots.entry(node.to_owned()).or_default();
             let mut kept_versions = HashMap::new();
@@ -227,6 +243,7 @@ impl ManagementServer {
                     version: version.to_owned(),
                     resources,
                     kept_versions,
+                    push,
                 },
             );
         }
@@ -312,7 +329,8 @@ impl<T> Events<T> {
 #[derive(Debug, Default)]
 struct Sent {
     names: Vec<String>,
-    version: Option<String>,
+    /// The push last sent.
+    push: Option<u64>,
 }
 
 /// True if a state-of-the-world request for `type_url` naming `names` asks for every resource,
@@ -385,7 +403,7 @@ async fn serve_stream(
             // what was sent is not.
             if request.response_nonce.is_empty() || entry.names != request.resource_names {
                 entry.names = request.resource_names.clone();
-                entry.version = None;
+                entry.push = None;
             }
         }
         let due: Vec<(String, TypeSnapshot)> = {
@@ -396,8 +414,7 @@ async fn serve_stream(
             sent.iter()
                 .filter_map(|(type_url, s)| {
                     let snapshot = types.get(type_url)?;
-                    (s.version.as_deref() != Some(&snapshot.version))
-                        .then(|| (type_url.clone(), snapshot.clone()))
+                    (s.push != Some(snapshot.push)).then(|| (type_url.clone(), snapshot.clone()))
                 })
                 .collect()
         };
@@ -413,7 +430,7 @@ async fn serve_stream(
                 .filter(|(name, _)| wildcard || entry.names.contains(name))
                 .map(|(_, any)| any.clone())
                 .collect();
-            entry.version = Some(snapshot.version.clone());
+            entry.push = Some(snapshot.push);
             let response = DiscoveryResponse {
                 version_info: snapshot.version,
                 resources,
@@ -434,6 +451,8 @@ struct DeltaSubscription {
     wildcard: bool,
     names: std::collections::BTreeSet<String>,
     held: BTreeMap<String, String>,
+    /// The push last sent.
+    push: Option<u64>,
 }
 
 /// Serves one delta stream until the client goes away: resources whose version the client
@@ -482,12 +501,16 @@ async fn serve_delta_stream(
             let Some(snapshot) = shared.snapshot(&events.node, type_url) else {
                 continue;
             };
+            let resend = shared.lock().resend_unchanged && subscription.push != Some(snapshot.push);
+            subscription.push = Some(snapshot.push);
             let wanted = |name: &String| subscription.wildcard || subscription.names.contains(name);
             let resources: Vec<Resource> = snapshot
                 .resources
                 .iter()
                 .filter(|(name, _)| {
-                    wanted(name) && subscription.held.get(name) != Some(snapshot.version_of(name))
+                    wanted(name)
+                        && (resend
+                            || subscription.held.get(name) != Some(snapshot.version_of(name)))
                 })
                 .map(|(name, any)| Resource {
                     name: name.clone(),
