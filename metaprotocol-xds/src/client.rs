@@ -3,7 +3,9 @@
 //! [`Proxy::apply_dynamic`], and answers every response with an ACK or a NACK. When the
 //! stream fails (or its connection stops answering HTTP/2 pings) it connects again after an
 //! exponential, jittered pause; the running config keeps serving meanwhile, and the new stream
-//! asks with the versions already accepted.
+//! asks with the versions already accepted. Between responses, and between streams, it serves
+//! without endpoints each EDS cluster whose wait for them is up (Envoy's
+//! `initial_fetch_timeout`).
 
 use std::collections::BTreeSet;
 use std::marker::PhantomData;
@@ -16,6 +18,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use metaprotocol_router::Proxy;
 use metaprotocol_router::config::{ReconnectSpec, XdsApiType, XdsSpec};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
@@ -66,7 +69,8 @@ pub(crate) async fn run(
             .await;
             tracing::warn!(server = %spec.address, %error, "xDS stream ended; connecting again");
             status.disconnected(&error, &subscription);
-            tokio::time::sleep(backoff.next_pause()).await;
+            let pause = backoff.next_pause();
+            pause_serving_timeouts(&proxy, &mut subscription, &status, pause).await;
         }
     };
     tokio::select! {
@@ -172,7 +176,15 @@ impl Stream<'_> {
         };
         self.status.connected(self.subscription);
         loop {
-            let response = match responses.message().await {
+            let deadline = self.subscription.next_endpoints_deadline();
+            let received = tokio::select! {
+                received = responses.message() => received,
+                () = sleep_until(deadline) => {
+                    serve_timed_out(self.proxy, self.subscription, self.status).await;
+                    continue;
+                }
+            };
+            let response = match received {
                 Ok(Some(response)) => response,
                 Ok(None) => return SessionError::Closed,
                 Err(status) => return status.into(),
@@ -466,6 +478,52 @@ async fn apply(
             (vec![subscription.reject(&rejected)], false)
         }
     }
+}
+
+/// Sleeps until `deadline`, or for ever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves without endpoints the EDS clusters whose wait for them is up (Envoy's
+/// `initial_fetch_timeout`), so that the route configs using them serve too.
+async fn serve_timed_out(proxy: &Proxy, subscription: &mut Subscription, status: &SourceStatus) {
+    let Some((update, names)) = subscription.endpoints_timed_out(Instant::now()) else {
+        return;
+    };
+    tracing::warn!(
+        clusters = ?names,
+        "no endpoints arrived for these EDS clusters within their initial_fetch_timeout; they serve without endpoints until some do"
+    );
+    match proxy.apply_dynamic(update).await {
+        Ok(_) => subscription.serve_without_endpoints(names),
+        // Recorded against the clusters; they serve once their endpoints arrive.
+        Err(err) => tracing::warn!(%err, "EDS clusters refused without endpoints"),
+    }
+    status.updated(subscription);
+}
+
+/// Waits `pause` between streams, serving meanwhile the EDS clusters whose wait for endpoints
+/// is up: a server out of reach leaves them waiting no longer than one in reach that sends none.
+async fn pause_serving_timeouts(
+    proxy: &Proxy,
+    subscription: &mut Subscription,
+    status: &SourceStatus,
+    pause: Duration,
+) {
+    // `None`: too far to tell from for ever (the config bounds no interval).
+    let end = Instant::now().checked_add(pause);
+    while let Some(deadline) = subscription
+        .next_endpoints_deadline()
+        .filter(|deadline| end.is_none_or(|end| *deadline < end))
+    {
+        tokio::time::sleep_until(deadline).await;
+        serve_timed_out(proxy, subscription, status).await;
+    }
+    sleep_until(end).await;
 }
 
 /// Exponential back-off with full jitter: each pause is random below a ceiling that doubles

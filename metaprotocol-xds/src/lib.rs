@@ -10,7 +10,9 @@
 //! sends: one virtual host whose routes carry `headers` matchers), translates each response
 //! strictly (see [`translate`]) and applies it through
 //! [`Proxy::apply_dynamic`]: all of a response or none of it (over delta ADS, all of it but the
-//! resources that do not translate), hitlessly. Each response is ACKed, or NACKed with an error
+//! resources that do not translate), hitlessly. An EDS cluster waits for its endpoints as long as
+//! its `initial_fetch_timeout` says (Envoy's 15 s when unset; istiod sends 0, for ever), then
+//! serves without them until they come. Each response is ACKed, or NACKed with an error
 //! detail naming the resource and field at fault while the running config keeps serving. A failed stream is opened again after a jittered,
 //! exponential pause. `/config_dump` shows every dynamic resource's version (over delta ADS,
 //! the resource's own), last update and last error, and the client's stream and per-type

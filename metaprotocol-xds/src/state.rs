@@ -7,7 +7,9 @@
 //! EDS response (and an RDS response to named resources) carries those it names. A response
 //! whose resources do not all translate is rejected whole (NACKed), and so is one the proxy
 //! refuses; the running config is kept either way. An EDS cluster warms (is held back) until
-//! its endpoints arrive; route configs using it warm in the engine meanwhile.
+//! its endpoints arrive; route configs using it warm in the engine meanwhile. As in Envoy, it
+//! waits for them as long as its `initial_fetch_timeout` says (15 s unless set, for ever when
+//! 0): then it serves without endpoints, and takes them when they come.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -21,6 +23,7 @@ use envoy_types::pb::google::rpc::Status;
 use metaprotocol_router::config::{EndpointSpec, RouteConfigSpec, XdsLimitsSpec, XdsSpec};
 use metaprotocol_router::{DynamicUpdate, ResourceId, ResourceKind};
 use serde::Serialize;
+use tokio::time::Instant;
 
 use crate::known::Known;
 use crate::resource::ResourceType;
@@ -182,6 +185,11 @@ pub(crate) struct Subscription {
     assignments: BTreeMap<String, Vec<EndpointSpec>>,
     /// The clusters the proxy runs from this source.
     applied_clusters: BTreeSet<String>,
+    /// When each EDS cluster waiting for its endpoints stops waiting, those with a timeout.
+    endpoints_deadlines: BTreeMap<String, Instant>,
+    /// EDS clusters that serve without endpoints (their wait was up, or their assignment was
+    /// removed) until their assignment arrives: a new version of one serves at once too.
+    without_endpoints: BTreeSet<String>,
     /// The route configs the proxy runs from this source (each a copy sharing its routes with
     /// the running one: a pointer a route).
     applied_route_configs: BTreeMap<String, RouteConfigSpec>,
@@ -205,6 +213,8 @@ impl Subscription {
             cluster_versions: BTreeMap::new(),
             assignments: BTreeMap::new(),
             applied_clusters: BTreeSet::new(),
+            endpoints_deadlines: BTreeMap::new(),
+            without_endpoints: BTreeSet::new(),
             applied_route_configs: BTreeMap::new(),
             limits: spec.limits,
             certificate_providers: spec.certificate_providers.clone(),
@@ -230,15 +240,83 @@ impl Subscription {
 
     /// EDS clusters held back until their endpoints arrive.
     pub fn warming_clusters(&self) -> Vec<String> {
-        self.accepted_clusters
-            .iter()
-            .filter(|(_, c)| {
-                c.eds_service
-                    .as_ref()
-                    .is_some_and(|s| !self.assignments.contains_key(s))
-            })
+        self.waiting_for_endpoints()
+            .filter(|(name, _)| !self.without_endpoints.contains(*name))
             .map(|(name, _)| name.clone())
             .collect()
+    }
+
+    /// EDS clusters that serve without endpoints until their assignment arrives.
+    pub fn clusters_without_endpoints(&self) -> Vec<String> {
+        self.without_endpoints.iter().cloned().collect()
+    }
+
+    /// The accepted EDS clusters whose assignment has not arrived, with how long each waits.
+    fn waiting_for_endpoints(&self) -> impl Iterator<Item = (&String, &ClusterResource)> {
+        self.accepted_clusters.iter().filter(|(_, c)| {
+            c.eds_service
+                .as_ref()
+                .is_some_and(|s| !self.assignments.contains_key(s))
+        })
+    }
+
+    /// Starts the wait of each EDS cluster that begins to wait for its endpoints (at `now`), and
+    /// forgets the waits of those that no longer wait.
+    fn track_endpoint_waits(&mut self, now: Instant) {
+        let waiting: BTreeMap<String, Option<std::time::Duration>> = self
+            .waiting_for_endpoints()
+            .map(|(name, cluster)| (name.clone(), cluster.endpoints_timeout))
+            .collect();
+        self.without_endpoints
+            .retain(|name| waiting.contains_key(name));
+        let without = &self.without_endpoints;
+        self.endpoints_deadlines.retain(|name, _| {
+            waiting.get(name).is_some_and(Option::is_some) && !without.contains(name)
+        });
+        for (name, timeout) in waiting {
+            // A timeout too far to be told apart from for ever is for ever.
+            let deadline = timeout.and_then(|timeout| now.checked_add(timeout));
+            if let Some(deadline) = deadline.filter(|_| !self.without_endpoints.contains(&name)) {
+                self.endpoints_deadlines.entry(name).or_insert(deadline);
+            }
+        }
+    }
+
+    /// When the next EDS cluster waiting for its endpoints stops waiting, if one has a timeout.
+    pub fn next_endpoints_deadline(&self) -> Option<Instant> {
+        self.endpoints_deadlines.values().min().copied()
+    }
+
+    /// The EDS clusters whose wait for their endpoints is up at `now`, no longer waited for,
+    /// and the update that serves them without endpoints (`None` if no wait is up).
+    pub fn endpoints_timed_out(&mut self, now: Instant) -> Option<(DynamicUpdate, Vec<String>)> {
+        let due: Vec<String> = self
+            .endpoints_deadlines
+            .iter()
+            .filter(|(_, deadline)| **deadline <= now)
+            .map(|(name, _)| name.clone())
+            .collect();
+        if due.is_empty() {
+            return None;
+        }
+        let mut update = DynamicUpdate::default();
+        for name in &due {
+            self.endpoints_deadlines.remove(name);
+            if let Some(cluster) = self.accepted_clusters.get(name) {
+                update.clusters.push(cluster.with_endpoints(&[]));
+                update.versions.insert(
+                    ResourceId::new(ResourceKind::Cluster, name),
+                    self.cluster_versions.get(name).cloned().unwrap_or_default(),
+                );
+            }
+        }
+        Some((update, due))
+    }
+
+    /// Records that the clusters `names`, whose wait for endpoints was up, serve without them.
+    pub fn serve_without_endpoints(&mut self, names: Vec<String>) {
+        self.applied_clusters.extend(names.iter().cloned());
+        self.without_endpoints.extend(names);
     }
 
     /// The requests that open a stream: every type asked for, with the versions accepted so
@@ -384,6 +462,7 @@ impl Subscription {
                     let endpoints = match &cluster.eds_service {
                         Some(service) => match self.assignments.get(service) {
                             Some(endpoints) => endpoints.as_slice(),
+                            None if self.without_endpoints.contains(name) => &[],
                             None => continue,
                         },
                         None => &[],
@@ -585,6 +664,7 @@ impl Subscription {
                     .retain(|name| !prepared.update.removed.iter().any(|id| id.name == *name));
                 self.applied_clusters
                     .extend(prepared.update.clusters.iter().map(|c| c.name.clone()));
+                self.track_endpoint_waits(Instant::now());
             }
             Accepted::Endpoints {
                 assignments,
@@ -595,8 +675,17 @@ impl Subscription {
                     self.assignments.retain(|name, _| present.contains(name));
                 }
                 self.hold(assignments);
+                // Those it left without endpoints (their assignment removed) serve so.
+                let emptied = prepared
+                    .update
+                    .clusters
+                    .iter()
+                    .filter(|c| c.endpoints.is_empty())
+                    .map(|c| c.name.clone());
+                self.without_endpoints.extend(emptied);
                 self.applied_clusters
                     .extend(prepared.update.clusters.iter().map(|c| c.name.clone()));
+                self.track_endpoint_waits(Instant::now());
             }
             Accepted::RouteConfigs => {
                 for id in &prepared.update.removed {
@@ -636,6 +725,7 @@ impl Subscription {
     pub fn hold_refused_endpoints(&mut self, prepared: Prepared) {
         if let Accepted::Endpoints { assignments, .. } = prepared.accepted {
             self.hold(assignments);
+            self.track_endpoint_waits(Instant::now());
         }
     }
 
@@ -1466,6 +1556,141 @@ mod tests {
             update.clusters.iter().map(|c| c.name.as_str()).collect(),
             update.versions.keys().map(|id| id.name.as_str()).collect(),
         )
+    }
+
+    /// An EDS cluster taking its endpoints from a config source whose `initial_fetch_timeout` is
+    /// `timeout` (unset: `None`).
+    fn eds_cluster_waiting(name: &str, timeout: Option<i64>) -> Cluster {
+        use envoy_types::pb::envoy::config::cluster::v3::cluster::EdsClusterConfig;
+        use envoy_types::pb::envoy::config::core::v3::ConfigSource;
+        let initial_fetch_timeout = timeout
+            .map(|seconds| envoy_types::pb::google::protobuf::Duration { seconds, nanos: 0 });
+        Cluster {
+            eds_cluster_config: Some(EdsClusterConfig {
+                eds_config: Some(ConfigSource {
+                    initial_fetch_timeout,
+                    ..ConfigSource::default()
+                }),
+                ..EdsClusterConfig::default()
+            }),
+            ..eds_cluster(name)
+        }
+    }
+
+    #[test]
+    fn an_eds_cluster_serves_without_endpoints_once_its_wait_is_up() {
+        use std::time::Duration;
+
+        let mut subscription = subscription();
+        let before = Instant::now();
+        let clusters = |connect_timeout: i64| {
+            let mut starved = eds_cluster_waiting("starved", Some(2));
+            starved.connect_timeout = Some(envoy_types::pb::google::protobuf::Duration {
+                seconds: connect_timeout,
+                nanos: 0,
+            });
+            vec![
+                any(&starved),
+                any(&eds_cluster_waiting("default", None)),
+                any(&eds_cluster_waiting("patient", Some(0))),
+                // Too far to tell from for ever.
+                any(&eds_cluster_waiting("far", Some(i64::MAX))),
+            ]
+        };
+        let cds = response(ResourceType::Cluster, "c1", clusters(1));
+        let update = apply(
+            &mut subscription,
+            ResourceType::Cluster,
+            &cds,
+            Listing::StateOfTheWorld,
+        );
+        assert!(update.clusters.is_empty(), "all warm");
+        let deadlines = subscription.endpoints_deadlines.clone();
+        assert_eq!(
+            deadlines.keys().collect::<Vec<_>>(),
+            ["default", "starved"],
+            "those that wait for ever have no deadline"
+        );
+        let waits = |name: &str| deadlines.get(name).map(|d| d.duration_since(before));
+        assert!(waits("starved").is_some_and(|w| w >= Duration::from_secs(2)));
+        assert!(waits("default").is_some_and(|w| w >= Duration::from_secs(15)));
+        let first = subscription.next_endpoints_deadline();
+        assert_eq!(first, deadlines.get("starved").copied());
+
+        let Some(first) = first else {
+            panic!("no deadline");
+        };
+        assert!(
+            subscription
+                .endpoints_timed_out(first - Duration::from_millis(1))
+                .is_none()
+        );
+        let Some((update, names)) = subscription.endpoints_timed_out(first) else {
+            panic!("the wait is up");
+        };
+        assert_eq!(names, ["starved"]);
+        assert_eq!(changed(&update), (vec!["starved"], vec!["starved"]));
+        assert!(update.clusters[0].endpoints.is_empty());
+        assert_eq!(
+            update
+                .versions
+                .get(&ResourceId::new(ResourceKind::Cluster, "starved")),
+            Some(&"c1".to_owned())
+        );
+        subscription.serve_without_endpoints(names);
+        assert_eq!(
+            subscription.warming_clusters(),
+            ["default", "far", "patient"]
+        );
+        assert_eq!(subscription.clusters_without_endpoints(), ["starved"]);
+        assert_eq!(
+            subscription.next_endpoints_deadline(),
+            deadlines.get("default").copied()
+        );
+
+        // Its next version serves at once, without endpoints still.
+        let cds = response(ResourceType::Cluster, "c2", clusters(2));
+        let update = apply(
+            &mut subscription,
+            ResourceType::Cluster,
+            &cds,
+            Listing::StateOfTheWorld,
+        );
+        assert_eq!(changed(&update), (vec!["starved"], vec!["starved"]));
+        assert!(update.clusters[0].endpoints.is_empty());
+
+        // Its endpoints arrive: it serves with them, and waits no more.
+        let eds = response(
+            ResourceType::Endpoints,
+            "e1",
+            vec![any(&assignment("starved"))],
+        );
+        let update = apply(
+            &mut subscription,
+            ResourceType::Endpoints,
+            &eds,
+            Listing::StateOfTheWorld,
+        );
+        assert_eq!(update.clusters.len(), 1);
+        assert_eq!(update.clusters[0].endpoints.len(), 1);
+        assert!(subscription.clusters_without_endpoints().is_empty());
+
+        // A cluster removed forgets its wait.
+        let cds = response(
+            ResourceType::Cluster,
+            "c3",
+            vec![any(&eds_cluster("other"))],
+        );
+        apply(
+            &mut subscription,
+            ResourceType::Cluster,
+            &cds,
+            Listing::StateOfTheWorld,
+        );
+        assert_eq!(
+            subscription.endpoints_deadlines.keys().collect::<Vec<_>>(),
+            ["other"]
+        );
     }
 
     /// `first` then `rest` encoded one after the other: the message of both, its fields in

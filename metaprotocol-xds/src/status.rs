@@ -26,6 +26,8 @@ struct Snapshot {
     types: BTreeMap<&'static str, TypeState>,
     /// EDS clusters held back until their endpoints arrive.
     warming_clusters: Vec<String>,
+    /// EDS clusters that serve without endpoints until their assignment arrives.
+    clusters_without_endpoints: Vec<String>,
 }
 
 /// The client's state, shared between its task and the admin API.
@@ -79,9 +81,11 @@ impl SourceStatus {
     pub fn updated(&self, subscription: &Subscription) {
         let types = subscription.type_states();
         let warming = subscription.warming_clusters();
+        let without_endpoints = subscription.clusters_without_endpoints();
         self.edit(|s| {
             s.types = types;
             s.warming_clusters = warming;
+            s.clusters_without_endpoints = without_endpoints;
         });
     }
 

@@ -1158,3 +1158,99 @@ async fn serve_again(
         }
     }
 }
+
+/// An EDS cluster whose endpoints never arrive serves without them once its
+/// `initial_fetch_timeout` is up, as in Envoy: the route config that uses it serves (its other
+/// routes answer, calls to it find no endpoint), and its endpoints are used once they come. One
+/// whose timeout is 0 (as istiod sends) waits for them for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eds_cluster_whose_endpoints_never_arrive_serves_without_them_after_its_timeout()
+-> TestResult {
+    let fed_by = DemoProvider::start("fed").await?;
+    let late = DemoProvider::start("late").await?;
+    let server = ManagementServer::new();
+    let serving = server.serve("127.0.0.1:0".parse()?).await?;
+    let (fed, starved, patient) = (
+        cluster_name("fed"),
+        cluster_name("starved"),
+        cluster_name("patient"),
+    );
+    let waiting = |name: &str, seconds: i64| {
+        let mut cluster = eds_cluster(name);
+        if let Some(source) = cluster
+            .eds_cluster_config
+            .as_mut()
+            .and_then(|eds| eds.eds_config.as_mut())
+        {
+            source.initial_fetch_timeout =
+                Some(envoy_types::pb::google::protobuf::Duration { seconds, nanos: 0 });
+        }
+        cluster
+    };
+    let clusters = [
+        eds_cluster(&fed),
+        waiting(&starved, 1),
+        waiting(&patient, 0),
+    ];
+    cds(&server, "c1", &clusters);
+    eds(&server, "e1", &[assignment(&fed, &[fed_by.address()])]);
+    rds(
+        &server,
+        "r1",
+        &meta_route_config(vec![
+            meta_route("starved", &[("method", "sayHello01")], to_cluster(&starved)),
+            meta_route("fed", &[], to_cluster(&fed)),
+        ]),
+    );
+    let started = Instant::now();
+    let proxy = start_proxy(proxy_config(serving.address(), "grpc")?).await?;
+    eventually("the listener serves", || {
+        proxy.listener_addr("dubbo-in").is_some()
+    })
+    .await?;
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "not before the timeout: {:?}",
+        started.elapsed()
+    );
+    let address = proxy.listener_addr("dubbo-in").ok_or("not bound")?;
+    let client = DubboClient::new(address);
+    let reply = client.call("sayHello", "x", &[]).await?;
+    assert_eq!(reply.attachment("provider"), Some("fed"));
+    let reply = client.call("sayHello01", "x", &[]).await?;
+    assert_ne!(reply.dubbo_status, 20, "no endpoint to answer");
+    let dump = config_dump(proxy.admin_addr().ok_or("no admin API")?).await?;
+    let xds = &dump["dynamic_sources"]["xds"];
+    assert_eq!(xds["warming_clusters"], serde_json::json!([patient]));
+    assert_eq!(
+        xds["clusters_without_endpoints"],
+        serde_json::json!([starved])
+    );
+
+    eds(
+        &server,
+        "e2",
+        &[
+            assignment(&fed, &[fed_by.address()]),
+            assignment(&starved, &[late.address()]),
+        ],
+    );
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let reply = client.call("sayHello01", "x", &[]).await?;
+        if reply.attachment("provider") == Some("late") {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("the endpoints that came late are not used".into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let dump = config_dump(proxy.admin_addr().ok_or("no admin API")?).await?;
+    assert_eq!(
+        dump["dynamic_sources"]["xds"]["clusters_without_endpoints"],
+        serde_json::json!([])
+    );
+    proxy.shutdown().await;
+    Ok(())
+}

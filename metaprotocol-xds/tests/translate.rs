@@ -263,6 +263,33 @@ fn panic_threshold_and_ejection_cap_map_as_envoy_reads_them() -> TestResult {
     Ok(())
 }
 
+/// An EDS cluster waits for its endpoints as long as its `eds_config` says: Envoy's 15 s unset,
+/// for ever at 0 (as istiod sends it); a negative time is refused, naming the field.
+#[test]
+fn an_eds_clusters_initial_fetch_timeout_is_how_long_it_waits_for_endpoints() -> TestResult {
+    let waiting = |timeout: Option<Duration>| {
+        let mut cluster = eds_cluster("c");
+        if let Some(source) = cluster
+            .eds_cluster_config
+            .as_mut()
+            .and_then(|eds| eds.eds_config.as_mut())
+        {
+            source.initial_fetch_timeout = timeout;
+        }
+        translate::cluster(&cluster, &NO_PROVIDERS)
+    };
+    let seconds = |seconds| Some(Duration { seconds, nanos: 0 });
+    let secs = std::time::Duration::from_secs;
+    assert_eq!(waiting(None)?.endpoints_timeout, Some(secs(15)));
+    assert_eq!(waiting(seconds(3))?.endpoints_timeout, Some(secs(3)));
+    assert_eq!(waiting(seconds(0))?.endpoints_timeout, None);
+    assert_eq!(
+        waiting(seconds(-1)).err().map(|e| e.field).as_deref(),
+        Some("eds_cluster_config.eds_config.initial_fetch_timeout")
+    );
+    Ok(())
+}
+
 #[test]
 fn clusters_and_endpoints_map_as_istiod_sends_them() -> TestResult {
     let name = cluster_name("v1");

@@ -11,20 +11,24 @@
 //! `max_ejection_time`, `max_ejection_percent`); `common_lb_config`'s locality setting
 //! (zone-aware or locality-weighted) as `locality_aware`, and its `healthy_panic_threshold`;
 //! one of `health_checks` (TCP connect, or Envoy's Thrift checker: see `health.rs`);
-//! `transport_socket` (`tls` from files or certificate provider instances: see `tls.rs`).
+//! `transport_socket` (`tls` from files or certificate provider instances: see `tls.rs`);
+//! `eds_cluster_config.eds_config.initial_fetch_timeout`, how long an EDS cluster waits for its
+//! endpoints before serving without them (Envoy's 15 s when unset, 0 for ever).
 //!
 //! Refused (NACKed, naming the field): `transport_socket_matches`, `load_balancing_policy`, network `filters`, `upstream_config`, custom DNS resolvers and
 //! cluster types, `ORIGINAL_DST`, non-`DEFAULT` circuit-breaker priorities, per-host
 //! thresholds, and the outlier detectors the engine does not have. Accepted and ignored, as
 //! they do not change where calls go: `metadata`, `alt_stat_name`, stats and buffer tuning,
-//! `eds_cluster_config.eds_config` (the client asks its one ADS server), the `lb_config`
+//! the rest of `eds_cluster_config.eds_config` (the client asks its one ADS server), the `lb_config`
 //! tuning of an algorithm (ring sizes, choice counts), `lb_subset_config` (routes pick subsets
 //! by label), DNS refresh tuning (the engine's own refresh applies), HTTP protocol options.
+
+use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::thresholds::RetryBudget;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-    ClusterDiscoveryType, DiscoveryType, LbPolicy as EnvoyLbPolicy,
+    ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy as EnvoyLbPolicy,
 };
 use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, OutlierDetection};
 use envoy_types::pb::envoy::config::core::v3::RoutingPriority;
@@ -43,6 +47,9 @@ pub struct ClusterResource {
     pub spec: ClusterSpec,
     /// For an EDS cluster, the name of the `ClusterLoadAssignment` that holds its endpoints.
     pub eds_service: Option<String>,
+    /// For an EDS cluster, how long it waits for its endpoints before it serves without them
+    /// (`None`: for ever).
+    pub endpoints_timeout: Option<Duration>,
 }
 
 impl ClusterResource {
@@ -130,8 +137,10 @@ pub fn cluster(
             return Err(InvalidResource::unsupported("cluster_type"));
         }
     };
+    let mut endpoints_timeout = None;
     let eds_service = match kind {
         DiscoveryType::Eds => {
+            endpoints_timeout = initial_fetch_timeout(cluster.eds_cluster_config.as_ref())?;
             let service = cluster
                 .eds_cluster_config
                 .as_ref()
@@ -159,7 +168,32 @@ pub fn cluster(
             ));
         }
     };
-    Ok(ClusterResource { spec, eds_service })
+    Ok(ClusterResource {
+        spec,
+        eds_service,
+        endpoints_timeout,
+    })
+}
+
+/// How long an EDS cluster waits for its endpoints, as Envoy's `initial_fetch_timeout` of its
+/// `eds_config`: 15 s when unset, for ever (`None`) when 0.
+fn initial_fetch_timeout(
+    eds: Option<&EdsClusterConfig>,
+) -> Result<Option<Duration>, InvalidResource> {
+    const ENVOY_DEFAULT: Duration = Duration::from_secs(15);
+    let timeout = eds
+        .and_then(|eds| eds.eds_config.as_ref())
+        .and_then(|source| source.initial_fetch_timeout.as_ref());
+    match timeout {
+        None => Ok(Some(ENVOY_DEFAULT)),
+        Some(timeout) => {
+            let timeout = duration(
+                timeout,
+                "eds_cluster_config.eds_config.initial_fetch_timeout",
+            )?;
+            Ok(Some(timeout).filter(|t| !t.is_zero()))
+        }
+    }
 }
 
 /// A cluster of the engine's defaults named `name` (built through the config model, so that
