@@ -79,6 +79,10 @@ impl DeltaResources {
     /// `response` merged into what is held, as a complete state-of-the-world response (its
     /// version the system version, or the nonce when the server sends none), and what to hold
     /// once it is accepted. The resources named in `refused` keep what is held of them.
+    ///
+    /// A resource the response names twice (sent twice, or sent and removed) is passed on
+    /// twice, for translation to refuse it as sent twice: which of the two the server meant
+    /// cannot be told, and Envoy refuses such a response.
     pub fn merge(
         &self,
         response: &DeltaDiscoveryResponse,
@@ -89,10 +93,18 @@ impl DeltaResources {
             .and_then(|kind| self.held.get(&kind))
             .cloned()
             .unwrap_or_default();
-        for name in &response.removed_resources {
-            resources.remove(name);
+        let removed: BTreeSet<&String> = response
+            .removed_resources
+            .iter()
+            .filter(|name| !refused.contains(*name))
+            .collect();
+        for name in &removed {
+            resources.remove(*name);
         }
-        let mut unnamed = Vec::new();
+        // Passed on besides the merged resources, for translation to refuse: those without a
+        // name, and the second copy of those named twice.
+        let mut refusable = Vec::new();
+        let mut sent = BTreeSet::new();
         for resource in &response.resources {
             let Some(any) = resource.resource.clone() else {
                 continue;
@@ -104,11 +116,15 @@ impl DeltaResources {
                 version: resource.version.clone(),
                 resource: any,
             };
-            if resource.name.is_empty() {
-                unnamed.push(held.resource);
-            } else {
-                resources.insert(resource.name.clone(), held);
+            let name = &resource.name;
+            if name.is_empty() {
+                refusable.push(held.resource);
+                continue;
             }
+            if !sent.insert(name) || removed.contains(name) {
+                refusable.push(held.resource.clone());
+            }
+            resources.insert(name.clone(), held);
         }
         let version = if response.system_version_info.is_empty() {
             response.nonce.clone()
@@ -117,11 +133,10 @@ impl DeltaResources {
         };
         let sotw = DiscoveryResponse {
             version_info: version,
-            // A resource without a name is passed on, for translation to refuse it.
             resources: resources
                 .values()
                 .map(|h| h.resource.clone())
-                .chain(unnamed)
+                .chain(refusable)
                 .collect(),
             type_url: response.type_url.clone(),
             nonce: response.nonce.clone(),

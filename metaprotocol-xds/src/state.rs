@@ -969,7 +969,13 @@ where
             .check(limits)
             .map_err(|message| (None, format!("at resources[{i}]: {message}")))?;
         if translated.insert(name.clone(), entry).is_some() {
-            return Err((id, format!("{} `{name}` is sent twice", M::full_name())));
+            return Err((
+                id,
+                format!(
+                    "{} `{name}` is sent twice (over delta ADS, also: sent and removed at once)",
+                    M::full_name()
+                ),
+            ));
         }
     }
     Ok(translated)
@@ -1402,6 +1408,62 @@ mod tests {
         assert!(message.len() <= MAX_NACK_MESSAGE, "{} bytes", message.len());
         assert!(message.ends_with(" (cut)"), "and says so");
         assert!(message.contains("ééé"), "it still names what it can");
+    }
+
+    /// A delta response naming a resource twice (sent twice, or sent and removed) is
+    /// ambiguous, and Envoy refuses it: the resource is refused (NACKed, naming it) and keeps
+    /// what is held of it.
+    #[test]
+    fn a_delta_resource_sent_twice_or_sent_and_removed_is_refused() {
+        let cluster = |timeout: i64| {
+            let mut cluster = eds_cluster("x");
+            cluster.connect_timeout = Some(envoy_types::pb::google::protobuf::Duration {
+                seconds: timeout,
+                nanos: 0,
+            });
+            DeltaResource {
+                name: "x".to_owned(),
+                version: timeout.to_string(),
+                resource: Some(any(&cluster)),
+                ..DeltaResource::default()
+            }
+        };
+        let delta = |resources, removed: &[&str]| DeltaDiscoveryResponse {
+            type_url: ResourceType::Cluster.type_url(),
+            resources,
+            removed_resources: removed.iter().map(|name| (*name).to_owned()).collect(),
+            nonce: "n".to_owned(),
+            ..DeltaDiscoveryResponse::default()
+        };
+        let mut held = DeltaResources::default();
+        let (_, merged) = held.merge(&delta(vec![cluster(1)], &[]), &BTreeSet::new());
+        held.accept(merged.unwrap_or_else(|| panic!("a known type")));
+        for (what, response) in [
+            ("sent twice", delta(vec![cluster(2), cluster(3)], &[])),
+            ("sent and removed", delta(vec![cluster(2)], &["x"])),
+        ] {
+            let prepare = |refused: &BTreeSet<String>| {
+                let (complete, merged) = held.merge(&response, refused);
+                let versions = merged.map(|m| m.versions()).unwrap_or_default();
+                subscription().prepare(ResourceType::Cluster, &complete, Listing::Delta(&versions))
+            };
+            let rejected = prepare(&BTreeSet::new()).err();
+            assert_eq!(
+                rejected.as_ref().and_then(|r| r.resource.clone()),
+                Some(ResourceId::new(ResourceKind::Cluster, "x")),
+                "{what}"
+            );
+            assert!(
+                rejected.is_some_and(|r| r.message.contains("sent twice")),
+                "{what}"
+            );
+            // Refused, it keeps what is held of it.
+            let refused = BTreeSet::from(["x".to_owned()]);
+            assert!(prepare(&refused).is_ok(), "{what}");
+            let (_, merged) = held.merge(&response, &refused);
+            let versions = merged.map(|m| m.versions()).unwrap_or_default();
+            assert_eq!(versions.get("x").map(String::as_str), Some("1"), "{what}");
+        }
     }
 
     #[test]
