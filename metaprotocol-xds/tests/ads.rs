@@ -1125,6 +1125,19 @@ async fn resources_sent_again_change_nothing(api_type: &str) -> TestResult {
     );
     assert_eq!(a.connections(), a_connections, "a's connections");
     assert!(c.connections() > 0, "the new endpoint takes calls");
+
+    // A change of the cluster's config (its load balancer) keeps its endpoints' state and
+    // connections too.
+    let mut changed = clusters.clone();
+    changed[0].lb_policy = LbPolicy::LeastRequest as i32;
+    pushed(&server, &types[..1], || cds(&server, "c5", &changed)).await?;
+    succeed(&client, 40).await?;
+    let endpoints_now = endpoints_of(&running(&proxy));
+    assert!(
+        kept.iter().all(|e| endpoints_now.contains(e)),
+        "{endpoints_now:?}"
+    );
+    assert_eq!(a.connections(), a_connections, "a's connections");
     drop(serving);
     proxy.shutdown().await;
     Ok(())
@@ -1251,6 +1264,118 @@ async fn an_eds_cluster_whose_endpoints_never_arrive_serves_without_them_after_i
         dump["dynamic_sources"]["xds"]["clusters_without_endpoints"],
         serde_json::json!([])
     );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_removed_and_added_again_serves_with_fresh_endpoints_over_state_of_the_world_ads()
+-> TestResult {
+    a_cluster_removed_and_added_again_serves_with_fresh_endpoints("grpc").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_removed_and_added_again_serves_with_fresh_endpoints_over_delta_ads() -> TestResult
+{
+    a_cluster_removed_and_added_again_serves_with_fresh_endpoints("delta_grpc").await
+}
+
+/// A cluster removed, then added again (its endpoints unchanged on the server): it is
+/// unsubscribed from and forgotten, then subscribed to again, and serves with its endpoints.
+async fn a_cluster_removed_and_added_again_serves_with_fresh_endpoints(
+    api_type: &str,
+) -> TestResult {
+    let (a, b) = (
+        DemoProvider::start("a").await?,
+        DemoProvider::start("b").await?,
+    );
+    let server = ManagementServer::new();
+    server.version_by_content();
+    let serving = server.serve("127.0.0.1:0".parse()?).await?;
+    let (kept, flapping) = (cluster_name("kept"), cluster_name("flapping"));
+    let both = [eds_cluster(&kept), eds_cluster(&flapping)];
+    cds(&server, "c1", &both);
+    eds(
+        &server,
+        "e1",
+        &[
+            assignment(&kept, &[a.address()]),
+            assignment(&flapping, &[b.address()]),
+        ],
+    );
+    rds(
+        &server,
+        "r1",
+        &meta_route_config(vec![
+            meta_route(
+                "flapping",
+                &[("method", "sayHello01")],
+                to_cluster(&flapping),
+            ),
+            meta_route("kept", &[], to_cluster(&kept)),
+        ]),
+    );
+    let proxy = start_proxy(proxy_config(serving.address(), api_type)?).await?;
+    let serves = |name: &str| {
+        proxy
+            .clusters()
+            .iter()
+            .any(|c| c.name == name && c.endpoints.len() == 1)
+    };
+    eventually("both serve", || serves(&kept) && serves(&flapping)).await?;
+    // The route goes first, then the cluster, as a control plane orders a removal.
+    rds(
+        &server,
+        "r2",
+        &meta_route_config(vec![meta_route("kept", &[], to_cluster(&kept))]),
+    );
+    let rds_acked = |version: &'static str| {
+        move |r: &Received| {
+            r.type_url == RouteConfiguration::type_url()
+                && !r.response_nonce.is_empty()
+                && r.error.is_none()
+                && (api_type == "delta_grpc" || r.version_info == version)
+        }
+    };
+    server.wait_for(WITHIN, rds_acked("r2")).await?;
+    cds(&server, "c2", &both[..1]);
+    eventually("the cluster goes", || !serves(&flapping)).await?;
+    cds(&server, "c3", &both);
+    eventually("the cluster comes back with its endpoints", || {
+        serves(&flapping)
+    })
+    .await?;
+    rds(
+        &server,
+        "r3",
+        &meta_route_config(vec![
+            meta_route(
+                "flapping",
+                &[("method", "sayHello01")],
+                to_cluster(&flapping),
+            ),
+            meta_route("kept", &[], to_cluster(&kept)),
+        ]),
+    );
+    let address = proxy.listener_addr("dubbo-in").ok_or("not bound")?;
+    let client = DubboClient::new(address);
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let reply = client.call("sayHello01", "x", &[]).await?;
+        if reply.attachment("provider") == Some("b") {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("calls do not reach the cluster added again".into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let nacks: Vec<Received> = server
+        .received()
+        .into_iter()
+        .filter(|r| r.error.is_some())
+        .collect();
+    assert!(nacks.is_empty(), "{nacks:#?}");
     proxy.shutdown().await;
     Ok(())
 }
