@@ -498,7 +498,10 @@ impl CodecOptions {
     /// it cannot be read or fails the check. The factory hands it to the engine
     /// ([`CodecFactory::watched_files`]), which re-reads it when it changes on disk, so that
     /// rotating the file in place (rewritten, or replaced by rename) reaches the connections
-    /// opened after: its codecs read [`WatchedFile::current`] as they are made.
+    /// opened after: its codecs read [`WatchedFile::current`] as they are made. Name the option
+    /// `*_file` (`authentication_data_file`): the engine then reads the file ahead of building
+    /// the codec, off its async runtime (see [`ReadAhead`](crate::ReadAhead)), so that a file
+    /// system that does not answer fails the update instead of stalling the runtime.
     pub fn watched_file(
         &self,
         key: &str,

@@ -41,6 +41,7 @@ mod filter;
 mod message;
 mod metadata;
 mod mutation;
+mod read_ahead;
 mod record;
 mod reply;
 mod watched_file;
@@ -62,6 +63,7 @@ pub use metadata::{
     MetadataStr, RENDERED_INLINE_BYTES, keys,
 };
 pub use mutation::Mutation;
+pub use read_ahead::{ReadAhead, ReadKind, metadata, read_whole};
 pub use record::{
     ConnectionInfo, Extensions, Outcome, PeerIdentity, RequestRecord, ResponseFlags, RoutingKeys,
     RoutingView, Timings,

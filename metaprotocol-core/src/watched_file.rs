@@ -148,8 +148,15 @@ fn read(path: &Path) -> Result<Vec<u8>, String> {
 /// in words that follow "cannot be read: " (`it is a FIFO, not a regular file`). Anything else
 /// is refused without waiting or reading it whole: opening a FIFO waits for a writer, and a
 /// device (`/dev/zero`) never ends. For files a proxy takes its settings from while it runs
-/// (credentials, certificates), which may be replaced under it at any time.
+/// (credentials, certificates), which may be replaced under it at any time. On a thread a
+/// [`ReadAhead`](crate::ReadAhead) serves, what it read of the file.
 pub fn read_regular_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, String> {
+    crate::read_ahead::regular_served(path, max_bytes)
+        .unwrap_or_else(|| read_regular_file_now(path, max_bytes))
+}
+
+/// [`read_regular_file`], from the file itself.
+pub(crate) fn read_regular_file_now(path: &Path, max_bytes: u64) -> Result<Vec<u8>, String> {
     // Looked at before it is opened, so that a device is not even opened; then judged again by
     // what was opened (see `open_regular`).
     fits(

@@ -33,7 +33,8 @@ pub(crate) struct Stamp {
 impl Stamp {
     /// The stamp of `path`; `None` if it cannot be looked at (missing, say).
     pub fn of(path: &Path) -> Option<Self> {
-        let meta = std::fs::metadata(path).ok()?;
+        // Taken by an update's read-ahead, when one serves this thread (see `ReadAhead`).
+        let meta = metaprotocol_core::metadata(path).ok()?;
         let nanos = |secs: i64, nsec: i64| i128::from(secs) * 1_000_000_000 + i128::from(nsec);
         Some(Self {
             device: meta.dev(),

@@ -374,6 +374,9 @@ async fn update_within<T>(
     let give_up = deadline
         .checked_sub(UPDATE_ANSWER_MARGIN)
         .unwrap_or(deadline);
+    // Told the deadline, the update's waits it can end itself (its files' reads) end by it,
+    // with an error that names what it waited for.
+    let update = crate::proxy::with_deadline(give_up, update);
     match tokio::time::timeout_at(give_up, update).await {
         Ok(result) => result.map_err(|err| update_error(&err)),
         Err(_) => {

@@ -30,6 +30,18 @@ pub struct ListenerTlsSpec {
 }
 
 impl ListenerTlsSpec {
+    /// The files the settings are built from, each with the field that names it.
+    pub(crate) fn files(&self) -> impl Iterator<Item = (&'static str, &PathBuf)> {
+        [
+            ("cert_file", Some(&self.cert_file)),
+            ("key_file", Some(&self.key_file)),
+            ("client_ca_file", self.client_ca_file.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(field, path)| Some((field, path?)))
+        .chain(self.crl_files.iter().map(|crl| ("crl_files", crl)))
+    }
+
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         not_empty("cert_file", &self.cert_file)?;
         not_empty("key_file", &self.key_file)?;
@@ -84,6 +96,18 @@ pub struct ClusterTlsSpec {
 }
 
 impl ClusterTlsSpec {
+    /// The files the settings are built from, each with the field that names it.
+    pub(crate) fn files(&self) -> impl Iterator<Item = (&'static str, &PathBuf)> {
+        [
+            ("ca_file", Some(&self.ca_file)),
+            ("cert_file", self.cert_file.as_ref()),
+            ("key_file", self.key_file.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(field, path)| Some((field, path?)))
+        .chain(self.crl_files.iter().map(|crl| ("crl_files", crl)))
+    }
+
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         not_empty("ca_file", &self.ca_file)?;
         match (&self.cert_file, &self.key_file) {

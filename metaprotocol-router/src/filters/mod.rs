@@ -206,6 +206,27 @@ impl FilterRegistry {
     }
 }
 
+/// The files built-in filter `spec` reads as it is built, each with the field of its config
+/// that names it (`redis.password_file`): an update reads them ahead of building it. A filter
+/// registered under a built-in's name is taken to read what the built-in reads.
+pub(crate) fn files_read(spec: &FilterSpec) -> Vec<(&'static str, std::path::PathBuf)> {
+    let fields: &[&str] = match spec.name.as_str() {
+        global_ratelimit::NAME => global_ratelimit::FILES,
+        #[cfg(feature = "wasm")]
+        wasm::NAME => wasm::FILES,
+        _ => &[],
+    };
+    fields
+        .iter()
+        .filter_map(|&field| {
+            let value = field
+                .split('.')
+                .try_fold(&spec.config, |value, key| value.get(key))?;
+            Some((field, std::path::PathBuf::from(value.as_str()?)))
+        })
+        .collect()
+}
+
 /// The built-in filters the config contract names that this version does not have yet: naming
 /// one is "not available yet", not "unknown" (an embedder may still register its own under the
 /// name).

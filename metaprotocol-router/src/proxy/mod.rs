@@ -6,6 +6,7 @@ mod arrivals;
 pub(crate) mod build;
 mod codec_files;
 mod dynamic;
+mod file_reads;
 mod layers;
 mod listeners;
 mod status;
@@ -32,10 +33,12 @@ use self::arrivals::{Arrival, Arrivals};
 use self::build::Builder;
 use self::dynamic::DynamicSources;
 pub use self::dynamic::{DynamicSource, DynamicUpdate};
+use self::file_reads::FileReaders;
 use self::layers::Layers;
 use self::listeners::ListenerManager;
 use self::status::StatusRegistry;
 pub use self::status::{ConfigFileStatus, ResourceId, ResourceKind, ResourceState, ResourceStatus};
+pub(crate) use self::update::with_deadline;
 use self::update::{Source, Updates};
 use crate::access_log;
 use crate::admin::LogControl;
@@ -534,6 +537,8 @@ pub(crate) struct ProxyState {
     /// The layers the running config is composed of; locked for the whole of an update, which
     /// serialises updates.
     updates: tokio::sync::Mutex<Updates>,
+    /// The threads reading updates' files, bounded (see [`FileReaders`]).
+    file_readers: FileReaders,
     /// The state of dynamic resources and of what waits for them.
     statuses: StatusRegistry,
     /// The dynamic sources the embedder registered.
@@ -611,6 +616,7 @@ impl ProxyState {
                 base: config.clone(),
                 ..Layers::default()
             })),
+            file_readers: FileReaders::default(),
             config: ArcSwap::from_pointee(config),
             statuses: StatusRegistry::default(),
             sources: DynamicSources::default(),

@@ -1128,33 +1128,9 @@ async fn an_added_cluster_builds_its_ring_off_the_updates_thread() -> TestResult
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_file_an_update_waits_to_read_holds_up_no_other_task() -> TestResult {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let fifo = std::env::temp_dir().join(format!("reload-password-{}.fifo", std::process::id()));
-    let _ = std::fs::remove_file(&fifo);
-    let made = std::process::Command::new("mkfifo").arg(&fifo).status()?;
-    assert!(made.success(), "mkfifo");
+    let fifo = fifo("password")?;
     let proxy = start(CONFIG).await?;
-    let config = format!(
-        "
-listeners:
-  - name: front
-    address: 127.0.0.1:0
-    protocol: test
-    route_config: r
-    filters:
-      - name: global_ratelimit
-        config:
-          redis: {{ address: 127.0.0.1:1, password_file: {} }}
-          domain: test
-          descriptors: [ method ]
-          limit: {{ requests: 10, per: 1s }}
-          timeout: 50ms
-route_configs:
-  - {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }}
-clusters:
-  - {{ name: c, endpoints: [ {{ address: 127.0.0.1:1 }} ] }}
-",
-        fifo.display()
-    );
+    let config = config_with_password_file(&fifo);
     let update = {
         let proxy = proxy.clone();
         tokio::spawn(async move { proxy.reload_yaml(&config).await })
@@ -1177,12 +1153,7 @@ clusters:
     }
     let ticked = ticks.load(Ordering::Relaxed);
     let waiting = !update.is_finished();
-    // Opening a FIFO for reading and writing does not wait (Linux): the update's read completes.
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&fifo)
-        .and_then(|mut file| std::io::Write::write_all(&mut file, b"secret\n"))?;
+    write_fifo(&fifo)?;
     let applied = tokio::time::timeout(Duration::from_secs(10), update).await;
     ticker.abort();
     proxy.shutdown().await;
@@ -1193,6 +1164,158 @@ clusters:
         "the other task ran {ticked} times in 10 s while the update read its file"
     );
     applied???;
+    Ok(())
+}
+
+/// A FIFO of its own for `test`, in the temp dir: opening it for reading waits for a writer,
+/// as a read from a network file system that does not answer waits.
+fn fifo(test: &str) -> TestResult<PathBuf> {
+    let fifo = std::env::temp_dir().join(format!("reload-{test}-{}.fifo", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status()?;
+    assert!(made.success(), "mkfifo");
+    Ok(fifo)
+}
+
+/// Writes `secret` into `fifo`, which ends a read waiting on it (opening a FIFO for reading and
+/// writing does not wait, on Linux).
+fn write_fifo(fifo: &std::path::Path) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(fifo)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, b"secret\n"))
+}
+
+/// [`CONFIG`] with a `global_ratelimit` filter whose `password_file` is `password_file`.
+fn config_with_password_file(password_file: &std::path::Path) -> String {
+    format!(
+        "
+listeners:
+  - name: front
+    address: 127.0.0.1:0
+    protocol: test
+    route_config: r
+    filters:
+      - name: global_ratelimit
+        config:
+          redis: {{ address: 127.0.0.1:1, password_file: {} }}
+          domain: test
+          descriptors: [ method ]
+          limit: {{ requests: 10, per: 1s }}
+          timeout: 50ms
+route_configs:
+  - {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }}
+clusters:
+  - {{ name: c, endpoints: [ {{ address: 127.0.0.1:1 }} ] }}
+",
+        password_file.display()
+    )
+}
+
+/// On a current-thread runtime (an embedder's), a file an update reads that never comes (a
+/// FIFO nothing writes to, as a network file system that does not answer) holds up none of the
+/// runtime's tasks (the accept loops, the admin API, health checks share its one thread), and
+/// the update fails once its deadline passes, naming the file; the running config stays, and
+/// the next update applies.
+#[tokio::test(flavor = "current_thread")]
+async fn a_file_read_that_hangs_fails_its_update_at_the_deadline_on_a_current_thread_runtime()
+-> TestResult {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let fifo = fifo("hung-read")?;
+    let proxy = start(CONFIG).await?;
+    // Whatever the update does, its read ends in 5 s: a writer comes then, or once the update
+    // returned.
+    let (returned, release) = std::sync::mpsc::channel::<()>();
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = release.recv_timeout(Duration::from_secs(5));
+            write_fifo(&fifo)
+        })
+    };
+    let ticks = Arc::new(AtomicUsize::new(0));
+    let ticker = {
+        let ticks = ticks.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(POLL).await;
+                ticks.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let began = std::time::Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    let config = config_with_password_file(&fifo);
+    let update = super::update::with_deadline(deadline, proxy.reload_yaml(&config)).await;
+    let took = began.elapsed();
+    let ticked = ticks.load(Ordering::Relaxed);
+    let _ = returned.send(());
+    writer.join().map_err(|_| "the FIFO's writer panicked")??;
+    ticker.abort();
+    let running = proxy.config().listeners[0].filters.len();
+    let next = proxy.reload_yaml(CONFIG).await;
+    proxy.shutdown().await;
+    std::fs::remove_file(&fifo)?;
+    assert!(
+        ticked >= 5,
+        "the runtime's other task ran {ticked} times in the {took:?} the update took"
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "the update returned after {took:?}, not at its deadline (1 s): {update:?}"
+    );
+    assert_refused_naming(&update, &fifo.display().to_string());
+    assert_eq!(running, 0, "the refused update changed the running config");
+    next?;
+    Ok(())
+}
+
+/// Updates whose files' reads never end (each given up at its deadline) hold at most
+/// [`MOST_READERS`](super::file_reads::MOST_READERS) threads: the next update finds them all
+/// taken and fails at its deadline saying so, naming its file, without a thread of its own; once
+/// the reads end, their threads are free, and an update reads and applies.
+#[tokio::test(flavor = "current_thread")]
+async fn updates_whose_file_reads_hang_hold_a_bounded_number_of_threads() -> TestResult {
+    use super::file_reads::MOST_READERS;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let fifo = fifo("hung-reads")?;
+    let proxy = start(CONFIG).await?;
+    let config = config_with_password_file(&fifo);
+    let soon = || tokio::time::Instant::now() + Duration::from_millis(300);
+    let mut hung = Vec::new();
+    for _ in 0..=MOST_READERS {
+        hung.push(super::update::with_deadline(soon(), proxy.reload_yaml(&config)).await);
+    }
+    // A writer comes every 10 ms, for the reads that opened the FIFO since the last one, until
+    // an update applies.
+    let applied = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (fifo, applied) = (fifo.clone(), applied.clone());
+        std::thread::spawn(move || {
+            while !applied.load(Ordering::Relaxed) {
+                write_fifo(&fifo)?;
+                std::thread::sleep(POLL);
+            }
+            std::io::Result::Ok(())
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let next = super::update::with_deadline(deadline, proxy.reload_yaml(&config)).await;
+    applied.store(true, Ordering::Relaxed);
+    writer.join().map_err(|_| "the FIFO's writer panicked")??;
+    proxy.shutdown().await;
+    std::fs::remove_file(&fifo)?;
+    let refused = hung.pop().ok_or("no update")?;
+    for update in &hung {
+        assert_refused_naming(update, "its read had not ended");
+    }
+    assert_refused_naming(
+        &refused,
+        &format!("{MOST_READERS} reads of files by earlier updates have not ended"),
+    );
+    assert_refused_naming(&refused, &fifo.display().to_string());
+    next?;
     Ok(())
 }
 

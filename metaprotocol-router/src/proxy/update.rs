@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 
 use super::build::{ClusterProtocols, check_routes_protocols, route_config_protocols};
 use super::dynamic::DynamicUpdate;
+use super::file_reads::{FILE_READ_TIMEOUT, files_to_read};
 use super::layers::{Changed, Layers, compose};
 use super::listeners::bind;
 use super::status::{ResourceId, ResourceKind};
@@ -252,12 +253,37 @@ impl Plan {
     }
 }
 
+tokio::task_local! {
+    /// When the update running in this task is given up (the admin API's, shortly before its
+    /// request's deadline).
+    static DEADLINE: tokio::time::Instant;
+}
+
+/// Runs `update` (one that ends in [`ProxyState::apply`]), which its caller gives up at
+/// `deadline`: a wait the update can end itself (for the files it reads) ends by then, with an
+/// error that says what it waited for.
+pub(crate) async fn with_deadline<F: std::future::Future>(
+    deadline: tokio::time::Instant,
+    update: F,
+) -> F::Output {
+    DEADLINE.scope(deadline, update).await
+}
+
+/// When the files an update reads must have been read: by its caller's deadline, if it set one
+/// ([`with_deadline`]), and within [`FILE_READ_TIMEOUT`].
+fn files_deadline() -> tokio::time::Instant {
+    let most = tokio::time::Instant::now() + FILE_READ_TIMEOUT;
+    DEADLINE
+        .try_with(|deadline| (*deadline).min(most))
+        .unwrap_or(most)
+}
+
 /// Runs `build`, the part of an update that builds what is new, without holding up the other
-/// tasks of a multi-threaded runtime: building reads files (TLS certificates and keys, a
-/// `global_ratelimit` filter's `password_file`, WASM modules, codecs' credentials), and a read
-/// from a slow or unreachable network file system would stall the accept loops, the admin API
-/// and health checks queued on this worker. The worker hands them to another thread for the
-/// while. A current-thread runtime has no other thread to hand them to: there it runs in place.
+/// tasks of a multi-threaded runtime: the files it reads are read ahead (see `file_reads`), but
+/// one no one knew it reads (an embedder's own filter's) is read as it asks, and a read from a
+/// slow or unreachable network file system would stall the accept loops, the admin API and
+/// health checks queued on this worker. The worker hands them to another thread for the while.
+/// A current-thread runtime has no other thread to hand them to: there it runs in place.
 fn beside_the_runtime<T>(build: impl FnOnce() -> T) -> T {
     let flavor = tokio::runtime::Handle::try_current().map(|runtime| runtime.runtime_flavor());
     match flavor {
@@ -270,8 +296,9 @@ impl ProxyState {
     /// Applies `change` to the running config's layers (see the module docs) and counts the
     /// update; returns what changed. `change` sees the layers and the config running now, and
     /// refuses by returning an error. Dropped at any of its waits (behind another update, on
-    /// DNS, binding sockets), it has published nothing: from the moment it publishes it does
-    /// not wait, so it applies whole or not at all (the admin API gives up on updates this way).
+    /// DNS, reading files, binding sockets), it has published nothing: from the moment it
+    /// publishes it does not wait, so it applies whole or not at all (the admin API gives up on
+    /// updates this way).
     pub(crate) async fn apply(
         &self,
         source: Source<'_>,
@@ -390,16 +417,34 @@ impl ProxyState {
                 "changed; metrics settings take effect on restart",
             )));
         }
-        let as_is = RunningAsIs::new(
-            current,
-            new,
-            &ClusterProtocols::of_config(new),
-            Some(running_index),
-        );
+        let protocols = ClusterProtocols::of_config(new);
+        let as_is = RunningAsIs::new(current, new, &protocols, Some(running_index));
         let resolutions = self.resolve(new, &as_is).await;
+        // The clusters the build builds anew: as it finds them (a cluster it drops, or whose
+        // protocol is wrong, builds nothing; one that moved to another protocol builds a codec).
+        let live = self.clusters.all();
+        let local = new.node.as_ref().map(|node| &node.locality);
+        let built = |at: usize| {
+            let Some(spec) = new.clusters.get(at) else {
+                return true;
+            };
+            let Some(handle) = live.get(&spec.name) else {
+                return false;
+            };
+            match protocols.of(at, spec) {
+                Ok(Some(protocol)) => handle.built_from(spec, protocol, local),
+                Ok(None) | Err(_) => true,
+            }
+        };
+        let looked_at = as_is.looked_at(new.clusters.len());
+        let files = files_to_read(current, new, looked_at, built);
+        let read = files
+            .read(&self.file_readers, files_deadline())
+            .await
+            .map_err(located)?;
         let mut plan = Plan::default();
         let prepared = match beside_the_runtime(|| {
-            self.prepare(current, new, &index, &resolutions, &as_is, &mut plan)
+            read.serve(|| self.prepare(current, new, &index, &resolutions, &as_is, &mut plan))
         }) {
             Ok(()) => plan.bind().await.map_err(|err| (err, None)),
             Err(err) => Err(located(err)),

@@ -9,8 +9,8 @@ pub(crate) mod buffers;
 pub(crate) mod outbox;
 mod tls;
 
-pub(crate) use tls::TlsAcceptor;
 pub use tls::{GrpcTlsConnector, TlsConnector};
+pub(crate) use tls::{MAX_FILE_BYTES as TLS_FILE_MAX_BYTES, TlsAcceptor};
 
 use std::io;
 use std::net::SocketAddr;

@@ -59,6 +59,9 @@ use crate::stats::Counter;
 /// The filter's registered name.
 pub(crate) const NAME: &str = "global_ratelimit";
 
+/// The fields of its config that name files it reads as it is built.
+pub(crate) const FILES: &[&str] = &["redis.password_file"];
+
 /// The default `timeout`.
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(20);
 
@@ -115,7 +118,7 @@ impl RedisSpec {
             }
             return Ok(Credentials::default());
         };
-        let text = std::fs::read_to_string(path).map_err(|err| {
+        let text = read_text(path).map_err(|err| {
             ConfigError::new(
                 "password_file",
                 format!("cannot read `{}`: {err}", path.display()),
@@ -474,6 +477,17 @@ impl L7Filter for GlobalRateLimit {
             Resume::new(failure_mode(&stats, failed, deny))
         }))
     }
+}
+
+/// The text of the file at `path`, as [`std::fs::read_to_string`] gives it (errors alike), read
+/// ahead by the update building the filter when it was (see `ReadAhead`).
+fn read_text(path: &std::path::Path) -> std::io::Result<String> {
+    String::from_utf8(metaprotocol_core::read_whole(path)?).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        )
+    })
 }
 
 #[cfg(test)]

@@ -41,6 +41,9 @@ use crate::stats::Counter;
 /// The filter's registered name.
 pub(crate) const NAME: &str = "wasm";
 
+/// The fields of its config that name files it reads as it is built.
+pub(crate) const FILES: &[&str] = &["path"];
+
 /// The config of a `wasm` filter.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -104,7 +107,8 @@ pub(crate) fn build(
         script::MOST_MEMORY_BYTES,
     )?;
     let instances = script::instance_count(config.instances, context)?;
-    let bytes = std::fs::read(&config.path).map_err(|err| {
+    // Read ahead by the update building the filter, when it was (see `ReadAhead`).
+    let bytes = metaprotocol_core::read_whole(&config.path).map_err(|err| {
         ConfigError::new(
             "path",
             format!("cannot read {}: {err}", config.path.display()),

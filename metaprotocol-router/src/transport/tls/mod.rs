@@ -16,6 +16,7 @@ mod reload;
 mod verify;
 
 pub use grpc::GrpcTlsConnector;
+pub(crate) use pem::MAX_FILE_BYTES;
 
 #[cfg(test)]
 mod tests;
@@ -107,16 +108,9 @@ impl TlsAcceptor {
         listener: &str,
         scope: &MetricsScope,
     ) -> Result<Self, ConfigError> {
-        let files = [
-            ("cert_file", Some(&spec.cert_file)),
-            ("key_file", Some(&spec.key_file)),
-            ("client_ca_file", spec.client_ca_file.as_ref()),
-        ]
-        .into_iter()
-        .chain(spec.crl_files.iter().map(|crl| ("crl_files", Some(crl))));
         let owned = spec.clone();
         let config = Reloading::start(
-            files,
+            spec.files(),
             Box::new(move |files| server_config(&owned, files)),
             format!("listener {listener}"),
             scope,
@@ -289,16 +283,9 @@ impl TlsConnector {
             })?),
             None => None,
         };
-        let files = [
-            ("ca_file", Some(&spec.ca_file)),
-            ("cert_file", spec.cert_file.as_ref()),
-            ("key_file", spec.key_file.as_ref()),
-        ]
-        .into_iter()
-        .chain(spec.crl_files.iter().map(|crl| ("crl_files", Some(crl))));
         let owned = spec.clone();
         let config = Reloading::start(
-            files,
+            spec.files(),
             Box::new(move |files| {
                 let mut config = client_config(&owned, files)?;
                 config.alpn_protocols.clone_from(&alpn);

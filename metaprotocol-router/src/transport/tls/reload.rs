@@ -115,14 +115,14 @@ impl<T: Send + Sync + 'static> Reloading<T> {
     /// that names it; an error is the config's), and, on a runtime, watches the files until the
     /// returned value is dropped. Reloads are counted in `scope`.
     pub fn start<'a>(
-        files: impl IntoIterator<Item = (&'static str, Option<&'a PathBuf>)>,
+        files: impl IntoIterator<Item = (&'static str, &'a PathBuf)>,
         build: Build<T>,
         owner: String,
         scope: &MetricsScope,
     ) -> Result<Arc<Self>, ConfigError> {
         let sources: Vec<Source> = files
             .into_iter()
-            .filter_map(|(field, path)| Some((field, path?.clone())))
+            .map(|(field, path)| (field, path.clone()))
             .collect();
         let look = Look::at(sources.iter().map(|(_, path)| path.as_path()));
         let files = Files::read(&sources)?;

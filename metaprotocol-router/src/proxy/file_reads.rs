@@ -1,0 +1,242 @@
+//! The files a config update builds from (listeners' and clusters' TLS certificates, keys, CAs
+//! and CRLs, a `global_ratelimit` filter's `password_file`, a `wasm` filter's module, a
+//! cluster's codec options that name files), read before the update builds, on a thread of
+//! their own.
+//!
+//! The build is synchronous and runs on the runtime's thread: a read there from a network file
+//! system that does not answer would stall the runtime's other tasks (on a current-thread
+//! runtime, every connection), and no deadline could cut it. Read ahead, a read that does not
+//! end fails the update at its deadline, naming the file, while the proxy serves on; the build
+//! then takes what was read ([`ReadAhead::serve`]), with the errors reading it then would have
+//! given. A file an embedder's own filter or codec reads (an option not named `*_file`) is not
+//! known ahead, and is read as the build asks for it.
+//!
+//! A read that never ends holds its thread for good: at most [`MOST_READERS`] such threads run
+//! at once for a proxy, and an update that finds them all taken waits for one until its
+//! deadline, then fails naming its first file.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use metaprotocol_core::{MAX_WATCHED_FILE_BYTES, ReadAhead, ReadKind};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec};
+use crate::filters;
+use crate::transport::TLS_FILE_MAX_BYTES;
+
+/// How long an update waits for the files it reads when its caller gave it no deadline (a
+/// reload of the config file, the embedding API, a dynamic source): far longer than a read of
+/// a few certificates takes from any file system that answers.
+pub(crate) const FILE_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most threads reading a proxy's updates' files at once: each waits with a read that may
+/// never end.
+pub(crate) const MOST_READERS: usize = 4;
+
+/// The places of the threads reading a proxy's updates' files: at most [`MOST_READERS`], each
+/// held until its reads end, however long after its update gave up that is.
+#[derive(Debug)]
+pub(crate) struct FileReaders(Arc<Semaphore>);
+
+impl Default for FileReaders {
+    fn default() -> Self {
+        Self(Arc::new(Semaphore::new(MOST_READERS)))
+    }
+}
+
+/// A file an update builds from.
+#[derive(Debug)]
+pub(crate) struct FileToRead {
+    /// The config field that names it (`listeners[0].tls.cert_file`).
+    field: String,
+    path: PathBuf,
+    kind: ReadKind,
+}
+
+/// The files an update reads.
+#[derive(Debug, Default)]
+pub(crate) struct FilesToRead(Vec<FileToRead>);
+
+impl FilesToRead {
+    fn add(&mut self, field: String, path: &std::path::Path, kind: ReadKind) {
+        self.0.push(FileToRead {
+            field,
+            path: path.to_owned(),
+            kind,
+        });
+    }
+
+    /// The files listener `listeners[at]` is built from: its TLS files, its codec options named
+    /// `*_file`, and those of its built-in filters.
+    pub fn listener(&mut self, at: usize, spec: &ListenerSpec) {
+        if let Some(tls) = &spec.tls {
+            for (field, path) in tls.files() {
+                let kind = ReadKind::Regular {
+                    max_bytes: TLS_FILE_MAX_BYTES,
+                };
+                self.add(format!("listeners[{at}].tls.{field}"), path, kind);
+            }
+        }
+        for (option, path) in codec_files(spec.codec.as_ref()) {
+            let kind = ReadKind::Regular {
+                max_bytes: MAX_WATCHED_FILE_BYTES,
+            };
+            self.add(
+                format!("listeners[{at}].codec.{option}"),
+                path.as_ref(),
+                kind,
+            );
+        }
+        for (i, filter) in spec.filters.iter().enumerate() {
+            for (field, path) in filters::files_read(filter) {
+                let field = format!("listeners[{at}].filters[{i}].config.{field}");
+                self.add(field, &path, ReadKind::Whole);
+            }
+        }
+    }
+
+    /// True if cluster `spec` is built from files: its TLS files, and its codec options named
+    /// `*_file` (the files codecs watch, `authentication_data_file`).
+    pub fn names_files(spec: &ClusterSpec) -> bool {
+        spec.tls.is_some() || codec_files(spec.codec.as_ref()).next().is_some()
+    }
+
+    /// The files cluster `clusters[at]` is built from (see [`FilesToRead::names_files`]).
+    pub fn cluster(&mut self, at: usize, spec: &ClusterSpec) {
+        if let Some(tls) = &spec.tls {
+            for (field, path) in tls.files() {
+                let kind = ReadKind::Regular {
+                    max_bytes: TLS_FILE_MAX_BYTES,
+                };
+                self.add(format!("clusters[{at}].tls.{field}"), path, kind);
+            }
+        }
+        for (option, path) in codec_files(spec.codec.as_ref()) {
+            let kind = ReadKind::Regular {
+                max_bytes: MAX_WATCHED_FILE_BYTES,
+            };
+            self.add(
+                format!("clusters[{at}].codec.{option}"),
+                path.as_ref(),
+                kind,
+            );
+        }
+    }
+
+    /// Reads the files on a thread of their own, waiting for it until `deadline`: what was
+    /// read, or an error naming the file whose read had not ended by then.
+    pub async fn read(
+        self,
+        readers: &FileReaders,
+        deadline: Instant,
+    ) -> Result<Arc<ReadAhead>, ConfigError> {
+        let Some(first) = self.0.first() else {
+            return Ok(Arc::new(ReadAhead::new()));
+        };
+        let first = (first.field.clone(), first.path.clone());
+        let began = Instant::now();
+        let Ok(Ok(reader)) =
+            tokio::time::timeout_at(deadline, readers.0.clone().acquire_owned()).await
+        else {
+            return Err(ConfigError::new(
+                &first.0,
+                format!(
+                    "`{}` was not read: {MOST_READERS} reads of files by earlier updates have \
+                     not ended (a slow or unreachable file system?), and the update gave up \
+                     after {:.1} s",
+                    first.1.display(),
+                    began.elapsed().as_secs_f64()
+                ),
+            ));
+        };
+        let files = Arc::new(self.0);
+        // The place of the file being read, to name it if its read does not end.
+        let reading = Arc::new(AtomicUsize::new(0));
+        let (done, read) = tokio::sync::oneshot::channel();
+        let spawned = {
+            let (files, reading) = (files.clone(), reading.clone());
+            std::thread::Builder::new()
+                .name("metaprotocol-file-reads".to_owned())
+                .spawn(move || {
+                    // Held until the reads end, however long that is.
+                    let _reader = reader;
+                    let mut read = ReadAhead::new();
+                    for (at, file) in files.iter().enumerate() {
+                        reading.store(at, Ordering::Relaxed);
+                        read.read(&file.path, file.kind);
+                    }
+                    let _ = done.send(read);
+                })
+        };
+        if let Err(err) = spawned {
+            return Err(ConfigError::new(
+                &first.0,
+                format!(
+                    "`{}` was not read: no thread to read it on: {err}",
+                    first.1.display()
+                ),
+            ));
+        }
+        match tokio::time::timeout_at(deadline, read).await {
+            Ok(Ok(read)) => Ok(Arc::new(read)),
+            // The thread ended without an answer: it panicked.
+            Ok(Err(_)) => Err(ConfigError::new(
+                &first.0,
+                format!("`{}` was not read: its reader failed", first.1.display()),
+            )),
+            Err(_) => {
+                let file = &files[reading.load(Ordering::Relaxed).min(files.len() - 1)];
+                Err(ConfigError::new(
+                    &file.field,
+                    format!(
+                        "`{}` was not read: its read had not ended after {:.1} s (a slow or \
+                         unreachable file system?), and the update gave up",
+                        file.path.display(),
+                        began.elapsed().as_secs_f64()
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// The codec options (a listener's or a cluster's) that name files, by the engine's convention:
+/// their names end in `_file`, and they are strings.
+fn codec_files(
+    options: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> impl Iterator<Item = (&str, &str)> {
+    options.into_iter().flatten().filter_map(|(option, value)| {
+        let path = value.as_str().filter(|_| option.ends_with("_file"))?;
+        Some((option.as_str(), path))
+    })
+}
+
+/// The files `new` builds from beyond `current`: those of its listeners that changed, and of
+/// `clusters` (places in `new.clusters`), those that `built` does not say are built already.
+pub(crate) fn files_to_read(
+    current: &Config,
+    new: &Config,
+    clusters: impl Iterator<Item = usize>,
+    built: impl Fn(usize) -> bool,
+) -> FilesToRead {
+    let mut files = FilesToRead::default();
+    for (at, spec) in new.listeners.iter().enumerate() {
+        if current.listeners.iter().find(|l| l.name == spec.name) != Some(spec) {
+            files.listener(at, spec);
+        }
+    }
+    for at in clusters {
+        let Some(spec) = new.clusters.get(at) else {
+            continue;
+        };
+        // The cheap look first: most clusters name no file, and are not looked up.
+        if FilesToRead::names_files(spec) && !built(at) {
+            files.cluster(at, spec);
+        }
+    }
+    files
+}
