@@ -221,6 +221,29 @@ pub enum UpdateError {
     },
 }
 
+impl UpdateError {
+    /// True if the same config may apply when tried again, as the world outside it changes: an
+    /// address in use may be freed; a file it names may come, or change (one copied after the
+    /// config naming it, a certificate and its key replaced one after the other, a network file
+    /// system that answers again).
+    fn may_apply_later(&self) -> bool {
+        match self {
+            Self::Bind { .. } => true,
+            Self::Invalid(err) => names_a_file(&err.field),
+            _ => false,
+        }
+    }
+}
+
+/// True if config field `field` names a file (`listeners[0].tls.cert_file`, `crl_files[1]`,
+/// a codec's `authentication_data_file`): by the config's convention, its name ends in `_file`
+/// or `_files`.
+fn names_a_file(field: &str) -> bool {
+    let last = field.rsplit('.').next().unwrap_or(field);
+    let name = last.split('[').next().unwrap_or(last);
+    name.ends_with("_file") || name.ends_with("_files")
+}
+
 impl From<UpdateError> for StartError {
     fn from(err: UpdateError) -> Self {
         match err {
@@ -1110,7 +1133,8 @@ impl Proxy {
 
     /// Looks at the config file at `path` every `poll` and applies it whenever its contents
     /// change (see [`Proxy::reload`]), logging what changed or why it was rejected (a file
-    /// rejected because an address could not be bound is tried again at every look); returns
+    /// rejected because an address could not be bound, or a file it names could not be read or
+    /// was refused, is tried again at every look); returns
     /// when the proxy shuts down. Polling, rather than file events, also sees files replaced by
     /// rename, as editors and Kubernetes ConfigMaps do. A look costs a `stat`: the file is read
     /// only when its metadata changed, or may not show a change yet (it changed within
@@ -1131,8 +1155,9 @@ impl Proxy {
         let mut look = Look::at(path, &arrivals).await;
         let mut applied = tokio::fs::read(path).await.ok();
         *lock(&self.state.config_file) = Some(ConfigFileStatus::new(path.display().to_string()));
-        // The last reason the file was rejected for an address that could not be bound.
-        let mut bind_failed: Option<String> = None;
+        // The last reason the file was rejected for what may change outside it (an address
+        // that could not be bound, a file it names that could not be read).
+        let mut retrying: Option<String> = None;
         // A change written in place, waiting to stay the same for the settle time.
         let mut settling: Option<Settling> = None;
         loop {
@@ -1142,8 +1167,8 @@ impl Proxy {
             }
             let before = std::mem::replace(&mut look, Look::at(path, &arrivals).await);
             // Read only when its metadata says it changed, or may not say so yet; and while a
-            // change waits to settle or to bind.
-            if look.shows_no_change_since(&before) && settling.is_none() && bind_failed.is_none() {
+            // change waits to settle or to be tried again.
+            if look.shows_no_change_since(&before) && settling.is_none() && retrying.is_none() {
                 continue;
             }
             let Ok(current) = tokio::fs::read(path).await else {
@@ -1199,12 +1224,13 @@ impl Proxy {
                         tracing::info!(%file, %removed, "removed");
                     }
                 }
-                // An address in use may be freed (the process holding it stops): the same file
-                // is tried again at the next look, and said so only once.
-                Err(err @ UpdateError::Bind { .. }) => {
-                    if bind_failed.as_ref() != Some(&err.to_string()) {
-                        tracing::warn!(%file, error = %err, "config file rejected; the running config is kept, and the file tried again until it binds or changes");
-                        bind_failed = Some(err.to_string());
+                // An address in use may be freed (the process holding it stops), a file named
+                // may come: the same file is tried again at the next look, and said so only
+                // once.
+                Err(err) if err.may_apply_later() => {
+                    if retrying.as_ref() != Some(&err.to_string()) {
+                        tracing::warn!(%file, error = %err, "config file rejected; the running config is kept, and the file tried again until it applies or changes");
+                        retrying = Some(err.to_string());
                     }
                     applied = previous;
                     continue;
@@ -1213,7 +1239,7 @@ impl Proxy {
                     tracing::warn!(%file, error = %err, "config file rejected; the running config is kept");
                 }
             }
-            bind_failed = None;
+            retrying = None;
         }
     }
 

@@ -433,6 +433,40 @@ async fn a_config_file_rejected_for_an_address_in_use_is_applied_once_the_addres
     watched.stop().await
 }
 
+/// A config file rejected because a file it names could not be read (a password file copied
+/// after the config that names it; as well a certificate and its key replaced one after the
+/// other, a network file system that did not answer) is applied once the file is there, the
+/// config file itself unchanged.
+#[tokio::test]
+async fn a_config_file_rejected_for_a_file_it_names_is_applied_once_the_file_is_there() -> TestResult
+{
+    let watched = Watched::start("named-file").await?;
+    let (proxy, path) = (&watched.proxy, &watched.path);
+    let password =
+        std::env::temp_dir().join(format!("reload-named-file-{}.password", std::process::id()));
+    let _ = std::fs::remove_file(&password);
+    let config = config_with_password_file(&password);
+    // Written again (made new by a comment) until rejected: the watcher may have begun by
+    // reading it as the running config.
+    let mut tries = 0;
+    while rejected(proxy) == 0 {
+        tries += 1;
+        assert!(tries <= 100, "the file was not rejected");
+        std::fs::write(path, format!("{config}# {tries}\n"))?;
+        tokio::time::sleep(CONFIG_FILE_SETTLE + POLL * 10).await;
+    }
+    std::fs::write(&password, "secret\n")?;
+    let applied = until(|| proxy.config().listeners[0].filters.len() == 1).await;
+    std::fs::remove_file(&password)?;
+    let status = proxy.config_file_status();
+    watched.stop().await?;
+    assert!(
+        applied,
+        "the config file was not applied once the file it names was there: {status:?}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn an_admin_update_cut_by_its_deadline_says_it_changed_nothing() -> TestResult {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
