@@ -28,12 +28,12 @@ const MAX_FRAME_CAP: usize = u32::MAX as usize;
 /// A baidu_std codec for one connection and direction.
 ///
 /// A [`Side::Downstream`] codec decodes requests (and a client's stray response as a
-/// response, for the engine to ignore), an [`Side::Upstream`] codec decodes responses (a
-/// request frame is malformed there). Downstream, a message's request id is its
-/// `correlation_id`; upstream it is the engine's id, which goes out as a `correlation_id` of
-/// the length of the one it replaces (so that a forwarded frame is patched in place, not
-/// rebuilt) and comes back as the id it was: an upstream codec encodes an id `n` as
-/// `n + 2^(7(len-1))`, a varint of `len` bytes, and decodes such a varint back to `n`.
+/// response, for the engine to ignore), an [`Side::Upstream`] codec decodes responses (every
+/// frame, a request meta in it ignored, as brpc clients read them). Downstream, a message's
+/// request id is its `correlation_id`; upstream it is the engine's id, which goes out as a
+/// `correlation_id` of the length of the one it replaces (so that a forwarded frame is patched
+/// in place, not rebuilt) and comes back as the id it was: an upstream codec encodes an id `n`
+/// as `n + 2^(7(len-1))`, a varint of `len` bytes, and decodes such a varint back to `n`.
 ///
 /// An upstream codec writes requests without the `authentication_data` their clients sent,
 /// and with its own credentials ([`BrpcCodec::with_credentials`]) on the first request it
@@ -127,11 +127,10 @@ impl Codec for BrpcCodec {
         Ok(())
     }
 
-    /// The header gives the frame's length, the meta the call: a response (a frame without a
-    /// request meta, as [`Codec::decode`] reads it) names it by its `correlation_id`, read
-    /// back to the engine's id as `decode` does. `Incomplete` until the whole meta is in; a
-    /// meta that is not well-formed, a request's, or one over [`MAX_FRAME_HEAD`] tells
-    /// nothing.
+    /// The header gives the frame's length, the meta the call: a response (every frame from a
+    /// server, its request meta, if any, ignored, as [`Codec::decode`] reads it) names it by
+    /// its `correlation_id`, read back to the engine's id as `decode` does. `Incomplete` until the whole meta is in; a meta that is
+    /// not well-formed, or one over [`MAX_FRAME_HEAD`], tells nothing.
     fn oversized_response(&self, src: &[u8]) -> Option<FrameHead> {
         if self.side != Side::Upstream {
             return None;
@@ -147,9 +146,6 @@ impl Codec for BrpcCodec {
             return Some(FrameHead::Incomplete);
         };
         let view = RpcMetaView::parse(&Bytes::copy_from_slice(meta)).ok()?;
-        if view.request.is_some() {
-            return None;
-        }
         Some(FrameHead::Response {
             request_id: correlation::from_wire(view.correlation_id.unwrap_or(0)),
             len: header.frame_len() as u64,

@@ -65,11 +65,8 @@ pub(crate) fn decode_frame(
     )
     .to_frame_layout();
     let payload = payload_range(frame_len, meta_end, view.attachment_size);
-    match (view.request.take(), view.response.take(), side) {
-        (Some(_), _, Side::Upstream) => {
-            return Err(CodecError::malformed("a brpc server sent a request frame"));
-        }
-        (Some(request), _, Side::Downstream) => {
+    match (side, view.request.take(), view.response.take()) {
+        (Side::Downstream, Some(request), _) => {
             let payload = payload.and_then(|range| message.frame.get(range));
             message.reject_reason = request_reject_reason(&view, &request)
                 .or_else(|| payload_reject_reason(&view, payload));
@@ -80,12 +77,14 @@ pub(crate) fn decode_frame(
                 .map(std::time::Duration::from_millis);
             add_request_metadata(&mut message.metadata, request);
         }
-        (None, None, Side::Downstream) => message.reject_reason = Some(reject::NO_REQUEST_META),
-        // A response, from the server or (to be ignored by the engine) from a client; brpc
-        // clients read a missing response meta as success. One whose sizes do not add up is
-        // forwarded as it came, as a failure: its frame is delimited, so the connection, which
-        // other clients' calls may share, stays up.
-        (None, response, _) => {
+        (Side::Downstream, None, None) => message.reject_reason = Some(reject::NO_REQUEST_META),
+        // A response, from the server or (to be ignored by the engine) from a client. As brpc
+        // clients do, every frame from a server is read as the answer its correlation_id names,
+        // a request meta beside the response meta or in its place ignored (Jprotobuf-rpc-socket
+        // answers in its request's meta), and a missing response meta as success. One whose
+        // sizes do not add up is forwarded as it came, as a failure: its frame is delimited, so
+        // the connection, which other clients' calls may share, stays up.
+        (_, _, response) => {
             message.kind = MessageKind::Response;
             let response = response.unwrap_or_default();
             if response.error_code != 0 || payload.is_none() {

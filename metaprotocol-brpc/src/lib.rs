@@ -45,8 +45,11 @@
 //!   cluster's limit is the exception: once its meta is in (at most 64 KiB), its
 //!   `correlation_id` names the call, so the engine passes over the frame and fails that call
 //!   alone ([`Codec::oversized_response`](metaprotocol_core::Codec::oversized_response)). A
-//!   response frame from a client decodes as a response, which the engine ignores; a request
-//!   frame from a server is a decode error.
+//!   response frame from a client decodes as a response, which the engine ignores. Every frame
+//!   from a server is an answer, as brpc clients read it: a request meta in it is ignored
+//!   (Jprotobuf-rpc-socket, Baidu's Java server, answers in its request's `RpcMeta`, the
+//!   request meta kept beside the response meta), and a missing response meta reads as
+//!   success.
 //! - **Bodies**: what follows the meta is delimited, so it never closes a connection. A
 //!   request whose `attachment_size` is negative or larger than what follows the meta, or
 //!   whose uncompressed protobuf payload (`compress_type` 0, `content_type` 0) is not

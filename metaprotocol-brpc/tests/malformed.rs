@@ -8,8 +8,8 @@ use bytes::BytesMut;
 use common::{TestResult, decode_one, echo_request, frame, golden, parse};
 use metaprotocol_brpc::{BrpcCodec, BrpcCodecFactory, errno, proto};
 use metaprotocol_core::{
-    Codec, CodecError, CodecOptions, FrameHead, LocalReply, LocalReplyKind, MessageKind,
-    ResponseStatus, Side,
+    Codec, CodecError, CodecOptions, EncodeParams, FrameHead, LocalReply, LocalReplyKind,
+    MessageKind, Mutation, ResponseStatus, Side, WireVariant,
 };
 
 fn decode_err(side: Side, max: usize, bytes: &[u8]) -> Option<CodecError> {
@@ -70,9 +70,7 @@ fn an_oversize_response_names_its_call_and_length_for_the_engine_to_pass_over() 
             len: bare.len() as u64
         })
     );
-    // A request answers nothing; nor does a downstream codec's frame.
-    let request = frame(&echo_request((1 << 28) + 5), &[b'p'; 100])?;
-    assert_eq!(small.oversized_response(&request), None);
+    // A downstream codec's frame answers nothing.
     let downstream = BrpcCodec::new(Side::Downstream, 64);
     assert_eq!(downstream.oversized_response(&response), None);
     // A meta that is not protobuf (a field running past it), sizes that do not nest, another
@@ -274,10 +272,83 @@ fn truncated_or_garbled_metas_are_malformed() -> TestResult {
     Ok(())
 }
 
+/// Jprotobuf-rpc-socket, Baidu's Java baidu_std server, answers in its request's own
+/// `RpcMeta`: the request meta (service, method, log id) stays beside the response meta it
+/// sets, and an answer it fails before a handler runs ("service not found") keeps it too. brpc
+/// clients read every frame on their connection as an answer, and never look at a request meta
+/// there (a missing response meta reads as success), so each is the answer to its call, passed
+/// to its client as it came: the upstream connection, which other clients' calls share, stays.
 #[test]
-fn a_server_sending_a_request_is_malformed() -> TestResult {
-    let request = golden("lab-hello.req.hex")?;
-    assert!(is_malformed(decode_err(Side::Upstream, 1024, &request)));
+fn an_answer_keeping_its_request_meta_is_an_answer() -> TestResult {
+    // The engine's call 5, written with a brpc client's five-byte id (5 + 2^28).
+    let wire_id = (1 << 28) + 5;
+    let mut answered = echo_request(wire_id);
+    answered.response = Some(proto::RpcResponseMeta {
+        error_code: Some(0),
+        error_text: None,
+    });
+    answered.attachment_size = Some(0);
+    let mut not_found = answered.clone();
+    not_found.response = Some(proto::RpcResponseMeta {
+        error_code: Some(1001),
+        error_text: Some("service not found".into()),
+    });
+    let request_meta_only = echo_request(wire_id);
+    let cases = [
+        (
+            answered,
+            &b"\x0a\x09Hello, w1"[..],
+            ResponseStatus::Ok,
+            None,
+        ),
+        (
+            not_found,
+            &b""[..],
+            ResponseStatus::ServerError,
+            Some("1001"),
+        ),
+        (
+            request_meta_only,
+            &b"\x0a\x02w1"[..],
+            ResponseStatus::Ok,
+            None,
+        ),
+    ];
+    for (meta, payload, status, error_code) in cases {
+        let bytes = frame(&meta, payload)?;
+        // Followed by a brpc server's answer on the same connection, which decodes as usual.
+        let stream = [&bytes[..], &golden("lab-hello.resp.hex")?].concat();
+        let mut upstream = BrpcCodec::new(Side::Upstream, 1 << 20);
+        let mut buf = BytesMut::from(&stream[..]);
+        let answer = upstream.decode(&mut buf)?.ok_or("incomplete")?;
+        assert_eq!(answer.kind, MessageKind::Response, "{meta:?}");
+        assert_eq!((answer.status, answer.request_id), (status, 5), "{meta:?}");
+        assert_eq!(answer.metadata.get("error_code"), error_code, "{meta:?}");
+        assert_eq!(
+            answer.metadata.get("service"),
+            None,
+            "an answer's metadata is its own"
+        );
+        let next = upstream.decode(&mut buf)?.ok_or("incomplete")?;
+        assert_eq!(next.kind, MessageKind::Response);
+        // Over a cluster's limit, it names its call all the same.
+        let head = FrameHead::Response {
+            request_id: 5,
+            len: bytes.len() as u64,
+        };
+        let small = BrpcCodec::new(Side::Upstream, 16);
+        assert_eq!(small.oversized_response(&bytes), Some(head), "{meta:?}");
+        // To its client under the client's id, which the server echoed: byte for byte.
+        let mut out = BytesMut::new();
+        let none = Mutation::new();
+        let params = EncodeParams {
+            request_id: wire_id as u64,
+            variant: WireVariant::DEFAULT,
+            mutation: &none,
+        };
+        BrpcCodec::new(Side::Downstream, 1 << 20).encode(&answer, &params, &mut out)?;
+        assert_eq!(&out[..], &bytes[..], "{meta:?}");
+    }
     Ok(())
 }
 
