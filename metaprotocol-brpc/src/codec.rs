@@ -592,6 +592,60 @@ mod tests {
         Ok(())
     }
 
+    /// Jprotobuf-rpc-socket answers in its request's own `RpcMeta`, and where it fails a call
+    /// before a handler runs ("service not found", an exception) that meta keeps the request's
+    /// `authentication_data`: on a connection's first call, the cluster's credentials. They
+    /// must not reach the client that call was for: a response goes to its client without any
+    /// `authentication_data`, however it is written, and with all else as the server sent it.
+    #[test]
+    fn credentials_a_server_echoes_never_reach_a_client() -> TestResult {
+        let file = CredentialsFile::new("echoed", b"proxy-token\n")?;
+        let mut upstream = file
+            .cluster_factory()?
+            .new_codec(Side::Upstream, WireVariant::DEFAULT);
+        let none = Mutation::new();
+        let (_, received) = written(upstream.as_mut(), &request(None)?, 1, &none, false)?;
+        assert_eq!(
+            received.authentication_data.as_deref(),
+            Some(&b"proxy-token"[..])
+        );
+        let mut echoed = received.clone();
+        echoed.response = Some(proto::RpcResponseMeta {
+            error_code: Some(errno::ENOSERVICE),
+            error_text: Some("service not found".to_owned()),
+        });
+        let mut wire = BytesMut::new();
+        encode_frame(&echoed, &[], &mut wire)?;
+        let answer = upstream.decode(&mut wire)?.ok_or("no answer")?;
+        assert_eq!((answer.kind, answer.request_id), (MessageKind::Response, 1));
+        let mut routed = Mutation::new();
+        routed.set("x-routed-by".into(), "proxy".into());
+        for mutation in [Mutation::new(), routed] {
+            for share in [false, true] {
+                let mut downstream = BrpcCodec::new(Side::Downstream, 1 << 20);
+                let client_id = 4_294_967_298;
+                let mut out = BytesMut::new();
+                if share {
+                    let params = params(client_id, &mutation);
+                    let shared = downstream.encode_sharing(&answer, &params, &mut out)?;
+                    out.extend_from_slice(&answer.frame[answer.frame.len() - shared..]);
+                } else {
+                    downstream.encode(&answer, &params(client_id, &mutation), &mut out)?;
+                }
+                let (mut to_client, body) = crate::decode_frame(&out)?;
+                assert!(body.is_empty());
+                assert_eq!(to_client.authentication_data, None, "{mutation:?} {share}");
+                // All else as the server sent it, under the client's id.
+                to_client.user_fields.remove("x-routed-by");
+                let mut expected = echoed.clone();
+                expected.authentication_data = None;
+                expected.correlation_id = Some(client_id as i64);
+                assert_eq!(to_client, expected, "{mutation:?} {share}");
+            }
+        }
+        Ok(())
+    }
+
     /// A cluster's credentials go on its connection's first request only, in place of the
     /// client's; every later request without credentials is written as it came, but for its
     /// correlation id, patched in place.

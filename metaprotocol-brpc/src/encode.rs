@@ -1,6 +1,6 @@
 //! Writing a decoded message back out: verbatim, with its correlation id patched, or with a
-//! rebuilt meta when the id's length changes, `user_fields` are mutated, or, upstream, a
-//! request's `authentication_data` goes or the cluster's comes.
+//! rebuilt meta when the id's length changes, `user_fields` are mutated, a response's
+//! `authentication_data` goes or, upstream, a request's goes or the cluster's comes.
 //!
 //! The meta is never re-serialized from a model: fields are copied verbatim (unknown ones too,
 //! in their order) and only `correlation_id`, the overridden `user_fields` entries,
@@ -23,10 +23,11 @@ use crate::wire::{
 /// Appends `message` with request id `id` and `mutation` applied to `dst`, as a codec on `side`
 /// writes it: downstream `id` is the `correlation_id`, upstream the engine's id, written as
 /// [`correlation::to_wire`] says. Upstream, a request goes without the `authentication_data`
-/// its client sent, and with `credentials` as its `authentication_data` when given. With
-/// `share`, a frame passing through is appended up to the end of its correlation id, and the
-/// length of the rest, which is to follow unchanged, is returned (see
-/// [`metaprotocol_core::Codec::encode_sharing`]); otherwise the result is 0.
+/// its client sent, and with `credentials` as its `authentication_data` when given;
+/// downstream, a response goes without any its server sent. With `share`, a frame passing
+/// through is appended up to the end of its correlation id, and the length of the rest, which
+/// is to follow unchanged, is returned (see [`metaprotocol_core::Codec::encode_sharing`]);
+/// otherwise the result is 0.
 pub(crate) fn encode_message(
     message: &Message,
     id: u64,
@@ -37,12 +38,18 @@ pub(crate) fn encode_message(
     dst: &mut BytesMut,
 ) -> Result<usize, CodecError> {
     let layout = BrpcLayout::of(message)?;
-    // A server authenticates a connection by its first request's credentials and runs every
-    // later call on it as that identity, so a client's must never reach a connection other
-    // clients' calls share. brpc clients send theirs on their own connection's first call
-    // only: the other requests take the verbatim path below.
-    let drop_authentication =
-        side == Side::Upstream && message.kind == MessageKind::Request && layout.has_authentication;
+    // Credentials stand for one hop. A server authenticates a connection by its first
+    // request's credentials and runs every later call on it as that identity, so a client's
+    // must never reach a connection other clients' calls share (brpc clients send theirs on
+    // their own connection's first call only: the other requests take the verbatim path
+    // below). Nor may the cluster's reach a client: Jprotobuf-rpc-socket answers a call it
+    // fails before a handler runs in the request's own meta, credentials included. brpc
+    // servers send none in answers, which stay verbatim.
+    let drop_authentication = layout.has_authentication
+        && matches!(
+            (side, message.kind),
+            (Side::Upstream, MessageKind::Request) | (Side::Downstream, MessageKind::Response)
+        );
     let frame = &message.frame[..];
     // The id the frame carries now (0 without one, as it decodes).
     let current = match frame.get(layout.id_value_start..layout.id_field.end) {

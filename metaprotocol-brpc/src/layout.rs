@@ -14,7 +14,7 @@ use crate::header::HEADER_LEN;
 /// end of the last `correlation_id` field (tag included), 3 the start of its varint value. A
 /// frame without `correlation_id` records the empty field `meta_end..meta_end`, which is where
 /// a rewrite appends one. Slot 4 is 1 when the meta carries `authentication_data`, which an
-/// upstream codec drops, and 0 otherwise. Slot 5 is unused.
+/// upstream codec drops from requests and a downstream one from responses, and 0 otherwise. Slot 5 is unused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct BrpcLayout {
     /// The end of the meta.

@@ -113,7 +113,11 @@
 //!   watched ([`CodecFactory::watched_files`](metaprotocol_core::CodecFactory::watched_files)):
 //!   a codec takes its current contents when it is made, so a connection opened after the file
 //!   was rotated sends the new credentials, and one opened before keeps those it authenticated
-//!   with; a file gone or emptied keeps the last good ones. The proxy
+//!   with; a file gone or emptied keeps the last good ones. Nor does a server's
+//!   `authentication_data` reach a client: Jprotobuf-rpc-socket answers a call it fails before
+//!   a handler runs (service not found, an exception) in the request's own meta, credentials
+//!   included, so a response is written to its client without the field (brpc servers never
+//!   send it; their answers keep the verbatim path). The proxy
 //!   speaks to servers as itself; its clients are authenticated by the mesh (mTLS, the `rbac`
 //!   filter). A server's `ERPCAUTH` answer refuses those credentials
 //!   ([`credentials_refused`](metaprotocol_core::CodecFactory::credentials_refused)): a health
