@@ -516,6 +516,63 @@ mod tests {
         Ok(())
     }
 
+    /// Jprotobuf-rpc-socket's `RpcRequestMeta` numbers its own `extraParam` (bytes) 4, brpc's
+    /// `trace_id` (a varint): a traced request goes upstream with brpc's rpcz ids, and with the
+    /// Java client's extra parameters as they came.
+    #[test]
+    fn tracing_keeps_a_field_that_only_shares_an_rpcz_ids_number() -> TestResult {
+        // Field 4, length-delimited: a Java client's extraParam.
+        let extra_param: &[u8] = b"\x22\x09tenant=t1";
+        let request_meta = [
+            &b"\x0a\x13example.EchoService\x12\x04Echo\x18\x2a"[..],
+            extra_param,
+        ]
+        .concat();
+        // request, compress_type 0, correlation_id 2^32 + 2, attachment_size 0, as Jprotobuf
+        // writes them.
+        let meta = [
+            &[0x0a, u8::try_from(request_meta.len())?][..],
+            &request_meta,
+            b"\x18\x00\x20\x82\x80\x80\x80\x10\x28\x00",
+        ]
+        .concat();
+        let payload = b"\x0a\x02hi";
+        let mut frame = BytesMut::from(&b"PRPC"[..]);
+        frame.extend_from_slice(&u32::try_from(meta.len() + payload.len())?.to_be_bytes());
+        frame.extend_from_slice(&u32::try_from(meta.len())?.to_be_bytes());
+        frame.extend_from_slice(&meta);
+        frame.extend_from_slice(payload);
+        let request = BrpcCodec::new(Side::Downstream, 1 << 20)
+            .decode(&mut frame)?
+            .ok_or("incomplete")?;
+        assert_eq!(request.metadata.get(keys::TRACE_ID), None);
+        let mut traced = Mutation::new();
+        traced.set(
+            "traceparent".into(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        );
+        let mut wire = BytesMut::new();
+        BrpcCodec::new(Side::Upstream, 1 << 20).encode(&request, &params(1, &traced), &mut wire)?;
+        assert!(
+            wire.windows(extra_param.len()).any(|w| w == extra_param),
+            "extraParam dropped: {:02x?}",
+            &wire[..]
+        );
+        let sent = BrpcCodec::new(Side::Downstream, 1 << 20)
+            .decode(&mut wire)?
+            .ok_or("incomplete")?;
+        let get = |key: &str| sent.metadata.get(key);
+        assert_eq!(
+            (get("service"), get("method"), get(keys::LOG_ID)),
+            (Some("example.EchoService"), Some("Echo"), Some("42"))
+        );
+        let trace_id = (0xa3ce_929d_0e0e_4736_u64 as i64).to_string();
+        assert_eq!(get(keys::TRACE_ID), Some(trace_id.as_str()));
+        let parent = 0x00f0_67aa_0ba9_02b7_i64.to_string();
+        assert_eq!(get(keys::PARENT_SPAN_ID), Some(parent.as_str()));
+        Ok(())
+    }
+
     /// A request for `example.EchoService.Echo` with a brpc client's id, a user field, a
     /// payload and the client's `authentication_data`, if any, as a listener decodes it.
     fn request(authentication: Option<&[u8]>) -> TestResult<Message> {

@@ -16,8 +16,8 @@ use crate::header::{HEADER_LEN, write_frame};
 use crate::layout::BrpcLayout;
 use crate::meta::{field, map_entry, request_field};
 use crate::wire::{
-    FieldReader, MAX_VARINT_BYTES, WireValue, encode_varint, len_prefix_size, put_len_prefix,
-    put_varint_field, read_varint, varint_len,
+    Field, FieldReader, MAX_VARINT_BYTES, WireValue, encode_varint, len_prefix_size,
+    put_len_prefix, put_varint_field, read_varint, varint_len,
 };
 
 /// Appends `message` with request id `id` and `mutation` applied to `dst`, as a codec on `side`
@@ -267,23 +267,26 @@ fn put_traced_request(
     trace: TraceIds,
     dst: &mut BytesMut,
 ) -> Result<(), CodecError> {
-    let replaced = |number| {
-        matches!(
-            number,
-            request_field::TRACE_ID | request_field::SPAN_ID | request_field::PARENT_SPAN_ID
-        )
+    // As the meta reads them: a field of another wire type under a trace id's number is not
+    // one (Jprotobuf-rpc-socket's `extraParam`, bytes, is its field 4), and goes as it came.
+    let replaced = |f: &Field| {
+        matches!(f.value, WireValue::Varint(_))
+            && matches!(
+                f.number,
+                request_field::TRACE_ID | request_field::SPAN_ID | request_field::PARENT_SPAN_ID
+            )
     };
     let mut len = trace.size();
     for f in FieldReader::new(request) {
         let f = f?;
-        if !replaced(f.number) {
+        if !replaced(&f) {
             len += f.span.len();
         }
     }
     put_len_prefix(dst, field::REQUEST, len);
     for f in FieldReader::new(request) {
         let f = f?;
-        if !replaced(f.number) {
+        if !replaced(&f) {
             dst.put_slice(request.get(f.span).unwrap_or_default());
         }
     }
