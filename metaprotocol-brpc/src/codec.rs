@@ -194,6 +194,11 @@ impl BrpcCodec {
     }
 }
 
+/// The `error_text` with which brpc's servers (since 1.11) refuse the credentials of a
+/// connection's first request (`VerifyRpcRequest`), alone or followed by `": "` and their
+/// `Authenticator`'s own text.
+const AUTHENTICATOR_REFUSAL: &str = "Fail to authenticate";
+
 /// The codec option naming the file that holds a cluster's credentials: the
 /// `authentication_data` its upstream codecs put on each connection's first request. A file,
 /// not the value itself: credentials never go in the config, which `/config_dump` shows.
@@ -342,25 +347,28 @@ impl CodecFactory for BrpcCodecFactory {
             .flatten()
     }
 
-    /// An answer with `ERPCAUTH`, which a brpc server with an `Authenticator` sends to a
-    /// connection whose first request's credentials it does not accept, before closing it.
-    /// Other error codes say nothing of the credentials: `ENOSERVICE`, `ENOMETHOD`, `EREQUEST`
-    /// or `EINTERNAL` come from a running server that lacks the method or failed it, and
-    /// `ELIMIT`, `EOVERCROWDED` or `ELOGOFF` from one that refuses a call for a while (load,
-    /// or stopping), which retries and outlier detection already handle.
+    /// The answer a brpc server with an `Authenticator` sends to a connection whose first
+    /// request's credentials it does not accept, before closing it: `ERPCAUTH` with the text
+    /// "Fail to authenticate" (and, after a colon, the authenticator's own). An `ERPCAUTH`
+    /// with another text is a call refused, not the connection: a method's own check of its
+    /// caller (`SetFailed(ERPCAUTH, ...)`, whose text the server prefixes with its address and
+    /// `[E1004]`), which a probe without the caller's token meets on a live server, or another
+    /// proxy's `rbac` filter. Other error codes say nothing of the credentials: `ENOSERVICE`,
+    /// `ENOMETHOD`, `EREQUEST` or `EINTERNAL` come from a running server that lacks the method
+    /// or failed it, and `ELIMIT`, `EOVERCROWDED` or `ELOGOFF` from one that refuses a call for
+    /// a while (load, or stopping), which retries and outlier detection already handle.
     fn credentials_refused(&self, answer: &Message) -> bool {
+        let field = |key| answer.metadata.get(key);
         answer.status == ResponseStatus::ServerError
-            && answer
-                .metadata
-                .get(keys::ERROR_CODE)
-                .and_then(|code| code.parse::<i32>().ok())
+            && field(keys::ERROR_CODE).and_then(|code| code.parse::<i32>().ok())
                 == Some(errno::ERPCAUTH)
+            && field(keys::ERROR_TEXT).is_some_and(|text| text.starts_with(AUTHENTICATOR_REFUSAL))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use metaprotocol_core::{MessageKind, Mutation};
+    use metaprotocol_core::{LocalReplyKind, MessageKind, Mutation};
 
     use super::*;
 
@@ -425,16 +433,18 @@ mod tests {
         Ok(())
     }
 
-    /// An upstream's answer with `ERPCAUTH` refuses the proxy's credentials; no other answer
-    /// does, errors included.
+    /// An upstream's answer refuses the proxy's credentials when brpc's `Authenticator` gave it
+    /// (`ERPCAUTH`, "Fail to authenticate", its own text after a colon); no other answer does:
+    /// not other errors, nor an `ERPCAUTH` a method sets for a call it does not allow (a
+    /// probe without the caller's token), nor one another proxy's `rbac` answers with.
     #[test]
-    fn only_erpcauth_refuses_the_credentials() -> TestResult {
+    fn only_the_authenticators_refusal_refuses_the_credentials() -> TestResult {
         let factory = BrpcCodecFactory::new(1 << 20);
-        let answer = |code: Option<i32>| -> TestResult<Message> {
+        let answer = |code: Option<i32>, text: Option<&str>| -> TestResult<Message> {
             let meta = proto::RpcMeta {
                 response: Some(proto::RpcResponseMeta {
                     error_code: code,
-                    error_text: code.map(|c| format!("[server][E{c}]")),
+                    error_text: text.map(str::to_owned),
                 }),
                 correlation_id: Some(1),
                 ..Default::default()
@@ -444,18 +454,42 @@ mod tests {
             let mut upstream = factory.new_codec(Side::Upstream, WireVariant::DEFAULT);
             Ok(upstream.decode(&mut wire)?.ok_or("no answer")?)
         };
-        assert!(factory.credentials_refused(&answer(Some(errno::ERPCAUTH))?));
-        for code in [
-            None,
-            Some(0),
-            Some(errno::ENOSERVICE),
-            Some(errno::ENOMETHOD),
-            Some(errno::EREQUEST),
-            Some(errno::EINTERNAL),
-            Some(errno::ELIMIT),
-            Some(errno::ELOGOFF),
+        for text in [
+            "Fail to authenticate",
+            "Fail to authenticate: token expired",
         ] {
-            assert!(!factory.credentials_refused(&answer(code)?), "{code:?}");
+            let refusal = answer(Some(errno::ERPCAUTH), Some(text))?;
+            assert!(factory.credentials_refused(&refusal), "{text}");
+        }
+        // The proxy's own answer to a call its rbac filter denies.
+        let request = request(None)?;
+        let denied = LocalReply::new(LocalReplyKind::Unauthorized, "rbac: denied");
+        let mut wire = BytesMut::new();
+        encode_local_reply(&request, &denied, &mut wire)?;
+        let rbac = crate::decode_frame(&wire)?
+            .0
+            .response
+            .ok_or("no response meta")?;
+        let rbac_text = rbac.error_text.ok_or("no error text")?;
+        let method_text = "[127.0.0.1:8002][E1004]no token in the call";
+        for (code, text) in [
+            (None, None),
+            (Some(0), None),
+            (
+                Some(errno::ENOSERVICE),
+                Some("[127.0.0.1:8002][E1001]Fail to find service=x"),
+            ),
+            (Some(errno::ENOMETHOD), None),
+            (Some(errno::EREQUEST), None),
+            (Some(errno::EINTERNAL), Some("Fail to authenticate")),
+            (Some(errno::ELIMIT), None),
+            (Some(errno::ELOGOFF), None),
+            (Some(errno::ERPCAUTH), Some(method_text)),
+            (Some(errno::ERPCAUTH), Some(rbac_text.as_str())),
+            (Some(errno::ERPCAUTH), None),
+        ] {
+            let answer = answer(code, text)?;
+            assert!(!factory.credentials_refused(&answer), "{code:?} {text:?}");
         }
         Ok(())
     }

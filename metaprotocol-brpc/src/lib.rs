@@ -119,9 +119,11 @@
 //!   included, so a response is written to its client without the field (brpc servers never
 //!   send it; their answers keep the verbatim path). The proxy
 //!   speaks to servers as itself; its clients are authenticated by the mesh (mTLS, the `rbac`
-//!   filter). A server's `ERPCAUTH` answer refuses those credentials
+//!   filter). A server's `ERPCAUTH` answer with its `Authenticator`'s text ("Fail to
+//!   authenticate") refuses those credentials
 //!   ([`credentials_refused`](metaprotocol_core::CodecFactory::credentials_refused)): a health
-//!   check's probe so answered fails. A brpc server before 1.11 refuses them by closing the
+//!   check's probe so answered fails (an `ERPCAUTH` a method answers a call it does not allow
+//!   refuses the call alone). A brpc server before 1.11 refuses them by closing the
 //!   connection without an answer (taken so only from a cluster that sends credentials)
 //!   ([`refuses_credentials_by_closing`](metaprotocol_core::CodecFactory::refuses_credentials_by_closing)):
 //!   the engine backs off opening connections after either refusal.
