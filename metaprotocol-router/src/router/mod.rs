@@ -654,6 +654,11 @@ impl Routed {
         // has no retry (or no time) left (`URX`), or the cluster refused it (`max_retries`, the
         // retry budget: `UO`, its `num_retries` unspent).
         let mut not_retried = ResponseFlags::RETRY_LIMIT_EXCEEDED;
+        if retryable && self.retries_left == 0 {
+            // Envoy's `upstream_rq_retry_limit_exceeded`: counted when the policy would retry
+            // and the request has spent its `num_retries` (not when it ran out of time).
+            self.target.cluster.stats().rq_retry_limit_exceeded.inc();
+        }
         if let Some(policy) = policy.filter(|_| retryable && self.retries_left > 0)
             && now < self.deadline
         {
@@ -1008,6 +1013,11 @@ routes: [ { route: { cluster: c }, retry_policy: { num_retries: 1, retry_on: [co
                 );
                 assert_eq!(cluster.stats().rq_retry_overflow.get(), 1, "{case}");
                 assert_eq!(cluster.stats().rq_retry.get(), 0, "{case}: not retried");
+                assert_eq!(
+                    cluster.stats().rq_retry_limit_exceeded.get(),
+                    0,
+                    "{case}: its num_retries unspent"
+                );
             }
         }
         Ok(())
@@ -1050,6 +1060,45 @@ routes: [ { route: { cluster: c }, retry_policy: { num_retries: 1, retry_on: [co
             "{flags}"
         );
         assert!(!flags.contains(ResponseFlags::UPSTREAM_OVERFLOW), "{flags}");
+        Ok(())
+    }
+
+    /// A request whose retries are spent, its last attempt failed (or answered) as the policy
+    /// retries, is counted on its cluster in `upstream_rq_retry_limit_exceeded_total`, as
+    /// Envoy counts it; an attempt that is retried, or whose outcome the policy does not
+    /// retry, is not.
+    #[tokio::test]
+    async fn a_request_that_spent_its_retries_is_counted_on_its_cluster() -> Result<(), ConfigError>
+    {
+        let request = Arc::new(Message::new(MessageKind::Request, 1, Bytes::new()));
+        let answered = || {
+            Ok(Box::new(Message::new(
+                MessageKind::Response,
+                1,
+                Bytes::new(),
+            )))
+        };
+        let failures: [fn() -> AttemptResult; 2] = [connect_failed, refused_call];
+        for (case, failed) in failures.into_iter().enumerate() {
+            let (cluster, mut routed, mut record, next) = first_attempt_ends("", &failed())?;
+            assert!(matches!(next, Some(Next::Retry { .. })), "{case}: {next:?}");
+            let exceeded = || cluster.stats().rq_retry_limit_exceeded.get();
+            assert_eq!(exceeded(), 0, "{case}: retried");
+            let now = Instant::now();
+            let next = routed.attempt(&request, |_| ReplyTo::none(), &mut record, &mut (), now);
+            assert!(matches!(next, Next::Answer { .. }));
+            routed.answered(2, &failed(), &mut record, &mut (), now);
+            assert_eq!(exceeded(), 1, "{case}: its one retry spent");
+            assert!(
+                record
+                    .outcome
+                    .flags
+                    .contains(ResponseFlags::RETRY_LIMIT_EXCEEDED)
+            );
+            // An answer the policy does not retry.
+            let (cluster, ..) = first_attempt_ends("", &answered())?;
+            assert_eq!(cluster.stats().rq_retry_limit_exceeded.get(), 0, "{case}");
+        }
         Ok(())
     }
 }

@@ -358,6 +358,7 @@ pub(crate) struct ClusterStats {
     pub rq_retry: Counter,
     pub rq_retry_overflow: Counter,
     pub rq_retry_budget_exhausted: Counter,
+    pub rq_retry_limit_exceeded: Counter,
     pub rq_timeout: Counter,
     pub rq_time: DurationHistogram,
     pub cx_total: Counter,
@@ -407,6 +408,10 @@ impl ClusterStats {
             rq_retry_budget_exhausted: scope.counter(
                 "upstream_rq_retry_budget_exhausted",
                 "Retries refused by the cluster's retry budget (counted in upstream_rq_retry_overflow too)",
+            ),
+            rq_retry_limit_exceeded: scope.counter(
+                "upstream_rq_retry_limit_exceeded",
+                "Failures the route's policy would retry, not retried because the request had spent its num_retries",
             ),
             rq_timeout: scope.counter("upstream_rq_timeout", "Attempts that timed out"),
             rq_time: scope.latency_histogram(
