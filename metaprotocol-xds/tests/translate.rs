@@ -19,11 +19,11 @@ use envoy_types::pb::envoy::config::core::v3::TransportSocket;
 use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
 use envoy_types::pb::envoy::config::core::v3::health_check::custom_health_check::ConfigType as CustomConfigType;
 use envoy_types::pb::envoy::config::core::v3::health_check::{
-    CustomHealthCheck, HealthChecker, TcpHealthCheck,
+    CustomHealthCheck, HealthChecker, HttpHealthCheck, TcpHealthCheck,
 };
 use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as SocketConfig;
 use envoy_types::pb::envoy::config::core::v3::{
-    HealthCheck, HealthStatus, Metadata, RoutingPriority,
+    HealthCheck, HealthStatus, Metadata, RequestMethod, RoutingPriority,
 };
 use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
 use envoy_types::pb::envoy::config::route::v3::retry_policy::retry_host_predicate::ConfigType;
@@ -48,11 +48,12 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher;
 use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
-use envoy_types::pb::envoy::r#type::v3::Percent;
+use envoy_types::pb::envoy::r#type::v3::{CodecClientType, Int64Range, Percent};
 use envoy_types::pb::google::protobuf::value::Kind;
-use envoy_types::pb::google::protobuf::{Any, Duration, Struct, UInt32Value, Value};
+use envoy_types::pb::google::protobuf::{Any, Duration, Struct, UInt32Value, UInt64Value, Value};
 use metaprotocol_router::config::{
-    CertificateProviderSpec, ClusterTlsSpec, LbPolicy as Policy, ProbeSpec, RouteConfigSpec,
+    CertificateProviderSpec, ClusterTlsSpec, HttpProbeSpec, LbPolicy as Policy, ProbeSpec,
+    RouteConfigSpec, StatusRange,
 };
 use metaprotocol_xds::translate::{self, InvalidResource};
 use support::TestResult;
@@ -720,6 +721,16 @@ fn thrift_checker(method: &str, transport: TransportType, protocol: ProtocolType
     })
 }
 
+/// An HTTP checker asking `path`, with `change` made to it.
+fn http_checker(path: &str, change: impl FnOnce(&mut HttpHealthCheck)) -> HealthChecker {
+    let mut http = HttpHealthCheck {
+        path: path.to_owned(),
+        ..HttpHealthCheck::default()
+    };
+    change(&mut http);
+    HealthChecker::HttpHealthCheck(http)
+}
+
 /// A connect-only TCP checker.
 fn tcp_checker() -> HealthChecker {
     HealthChecker::TcpHealthCheck(TcpHealthCheck::default())
@@ -774,6 +785,47 @@ fn health_checks_map_as_envoy_means_them() -> TestResult {
         );
         engine_takes_behind("thrift", &spec)?;
     }
+
+    // An HTTP check (a Spring Boot actuator beside a Dubbo service): Envoy's defaults are the
+    // cluster's name as `Host` and 200 alone.
+    cluster.health_checks = vec![envoy_health_check(http_checker("/actuator/health", |_| {}))];
+    let spec = translate::cluster(&cluster, &NO_PROVIDERS)?.spec;
+    let only_200 = vec![StatusRange {
+        start: 200,
+        end: 201,
+    }];
+    assert_eq!(
+        spec.health_check.as_ref().map(|h| &h.probe),
+        Some(&ProbeSpec::Http(HttpProbeSpec {
+            path: "/actuator/health".to_owned(),
+            port: None,
+            host: None,
+            expected_statuses: only_200,
+        }))
+    );
+    engine_takes_behind("dubbo", &spec)?;
+    cluster.health_checks = vec![envoy_health_check(http_checker("/health", |http| {
+        http.host = "qos.local".to_owned();
+        http.method = RequestMethod::Get as i32;
+        http.response_buffer_size = Some(UInt64Value { value: 16 });
+        http.expected_statuses = vec![Int64Range {
+            start: 200,
+            end: 300,
+        }];
+    }))];
+    let spec = translate::cluster(&cluster, &NO_PROVIDERS)?.spec;
+    let Some(ProbeSpec::Http(http)) = spec.health_check.as_ref().map(|h| &h.probe) else {
+        return Err("not an http probe".into());
+    };
+    assert_eq!(http.host.as_deref(), Some("qos.local"));
+    assert_eq!(
+        http.expected_statuses,
+        [StatusRange {
+            start: 200,
+            end: 300
+        }]
+    );
+    engine_takes(&spec)?;
     Ok(())
 }
 
@@ -815,7 +867,51 @@ fn health_checks_that_cannot_be_mapped_are_refused_naming_the_field() {
             changed(&|c| {
                 c.health_checker = Some(HealthChecker::HttpHealthCheck(Default::default()));
             }),
-            "health_checks[0].http_health_check",
+            "health_checks[0].http_health_check.path",
+        ),
+        (
+            changed(&|c| {
+                c.health_checker = Some(http_checker("/", |h| h.send = Some(Default::default())));
+            }),
+            "health_checks[0].http_health_check.send",
+        ),
+        (
+            changed(&|c| {
+                c.health_checker = Some(http_checker("/", |h| {
+                    h.retriable_statuses = vec![Int64Range {
+                        start: 500,
+                        end: 600,
+                    }];
+                }));
+            }),
+            "health_checks[0].http_health_check.retriable_statuses",
+        ),
+        (
+            changed(&|c| {
+                c.health_checker = Some(http_checker("/", |h| {
+                    h.codec_client_type = CodecClientType::Http2 as i32;
+                }));
+            }),
+            "health_checks[0].http_health_check.codec_client_type",
+        ),
+        (
+            changed(&|c| {
+                c.health_checker = Some(http_checker("/", |h| {
+                    h.method = RequestMethod::Post as i32;
+                }));
+            }),
+            "health_checks[0].http_health_check.method",
+        ),
+        (
+            changed(&|c| {
+                c.health_checker = Some(http_checker("/", |h| {
+                    h.expected_statuses = vec![Int64Range {
+                        start: 200,
+                        end: 700,
+                    }];
+                }));
+            }),
+            "health_checks[0].http_health_check.expected_statuses[0]",
         ),
         (
             changed(&|c| {

@@ -264,7 +264,7 @@ impl ClusterSpec {
             errors.check("outlier_detection", outlier.validate());
         }
         if let Some(check) = &self.health_check {
-            errors.check("health_check", check.validate());
+            errors.check("health_check", check.validate(&self.name));
         }
         if self.dns_refresh_rate.is_zero() {
             errors.add(ConfigError::new(
@@ -517,16 +517,19 @@ pub struct HealthCheckSpec {
 }
 
 impl HealthCheckSpec {
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks the spec of cluster `cluster`'s checks.
+    fn validate(&self, cluster: &str) -> Result<(), ConfigError> {
         positive(&[("interval", self.interval), ("timeout", self.timeout)])?;
         at_least_one(&[
             ("unhealthy_threshold", self.unhealthy_threshold),
             ("healthy_threshold", self.healthy_threshold),
         ])?;
-        if let ProbeSpec::Method(method) = &self.probe
-            && method.is_empty()
-        {
-            return Err(ConfigError::new("probe.method", "must not be empty"));
+        match &self.probe {
+            ProbeSpec::Method(method) if method.is_empty() => {
+                return Err(ConfigError::new("probe.method", "must not be empty"));
+            }
+            ProbeSpec::Http(http) => http.validate(cluster).map_err(|e| e.within("probe.http"))?,
+            _ => {}
         }
         super::route::check_percentage(self.interval_jitter_percent)
             .map_err(|e| ConfigError::new("interval_jitter_percent", e.reason))
@@ -545,6 +548,93 @@ pub enum ProbeSpec {
     /// `{ method: name }`: calls `name` without arguments (Thrift, bRPC `service.method`) and
     /// waits for any well-formed answer, an error included.
     Method(String),
+    /// `{ http: { path, ... } }`: an HTTP/1.1 `GET` of a health endpoint the service serves
+    /// beside its protocol (Spring Boot's actuator, Dubbo's QoS port), any protocol.
+    Http(HttpProbeSpec),
+}
+
+/// An HTTP health check (Envoy's `http_health_check`): a `GET` of `path`, on a connection of
+/// its own, passing when the status is one of `expected_statuses`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpProbeSpec {
+    /// The path asked for, a query allowed: `/actuator/health`.
+    pub path: String,
+    /// The port checked on each endpoint's address; the endpoint's own when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The `Host` header sent; the cluster's name when unset, as Envoy sends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The statuses that pass, as ranges; `200` alone when unset, as in Envoy.
+    #[serde(default = "only_200")]
+    pub expected_statuses: Vec<StatusRange>,
+}
+
+/// HTTP statuses from `start` up to `end`, `end` excluded (Envoy's `Int64Range`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusRange {
+    /// The first status in the range.
+    pub start: u16,
+    /// The first status after the range.
+    pub end: u16,
+}
+
+impl StatusRange {
+    /// True if `status` is in the range.
+    pub fn contains(&self, status: u16) -> bool {
+        (self.start..self.end).contains(&status)
+    }
+}
+
+fn only_200() -> Vec<StatusRange> {
+    vec![StatusRange {
+        start: 200,
+        end: 201,
+    }]
+}
+
+impl HttpProbeSpec {
+    /// Checks the probe of cluster `cluster`'s checks: what it sends must be a valid request
+    /// (the cluster's name too, when it is the `Host` header).
+    fn validate(&self, cluster: &str) -> Result<(), ConfigError> {
+        if !self.path.starts_with('/') {
+            return Err(ConfigError::new("path", "must begin with `/`"));
+        }
+        hyper::http::uri::PathAndQuery::from_str(&self.path)
+            .map_err(|err| ConfigError::new("path", format!("is not a valid path: {err}")))?;
+        if self.port == Some(0) {
+            return Err(ConfigError::new("port", "must be 1 to 65535"));
+        }
+        let (field, host) = match &self.host {
+            Some(host) if host.is_empty() => {
+                return Err(ConfigError::new("host", "must not be empty"));
+            }
+            Some(host) => ("host", host.as_str()),
+            None => ("host", cluster),
+        };
+        hyper::header::HeaderValue::from_str(host).map_err(|_| {
+            ConfigError::new(
+                field,
+                format!(
+                    "`{host}` is not a valid Host header (when unset, the cluster's name is sent)"
+                ),
+            )
+        })?;
+        if self.expected_statuses.is_empty() {
+            return Err(ConfigError::new("expected_statuses", "must not be empty"));
+        }
+        for (i, range) in self.expected_statuses.iter().enumerate() {
+            if range.start < 100 || range.end > 600 || range.start >= range.end {
+                return Err(ConfigError::new(
+                    format!("expected_statuses[{i}]"),
+                    "must be a range of statuses from 100 to 599, its end (excluded) after its start",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn five_seconds() -> Duration {

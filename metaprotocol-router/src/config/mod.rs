@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 pub use cluster::{
     CircuitBreakersSpec, ClusterSpec, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECTIONS_PER_ENDPOINT,
     DEFAULT_DNS_REFRESH_RATE, DEFAULT_LOCALITY_FAILOVER_THRESHOLD, DEFAULT_UPSTREAM_IDLE_TIMEOUT,
-    DnsLookupFamily, EndpointAddress, EndpointSpec, HealthCheckSpec, LbPolicy, LocalitySpec,
-    OutlierDetectionSpec, ProbeSpec, RetryBudgetSpec,
+    DnsLookupFamily, EndpointAddress, EndpointSpec, HealthCheckSpec, HttpProbeSpec, LbPolicy,
+    LocalitySpec, OutlierDetectionSpec, ProbeSpec, RetryBudgetSpec, StatusRange,
 };
 pub use dynamic::{
     CertificateProviderSpec, DynamicSpec, KeepaliveSpec, ReconnectSpec, XDS, XdsApiType,

@@ -391,6 +391,93 @@ fn a_route_config_from_the_admin_api_carries_positions() {
     assert!(err.position.is_some(), "{err}");
 }
 
+/// An `http` probe parses with Envoy's defaults (the endpoint's port, the cluster's name as
+/// `Host`, 200 alone expected); what it would send must be a valid request, and its statuses
+/// real ones.
+#[test]
+fn an_http_probe_parses_and_is_checked() -> Result<(), ConfigError> {
+    let with = |probe: &str| {
+        FULL.replace(
+            "    lb_policy: round_robin",
+            &format!(
+                "    lb_policy: round_robin\n    health_check: {{ probe: {{ http: {probe} }} }}"
+            ),
+        )
+    };
+    let config = Config::from_yaml(&with("{ path: /actuator/health }"))?;
+    let probe = config.clusters[0].health_check.as_ref().map(|c| &c.probe);
+    let expected = HttpProbeSpec {
+        path: "/actuator/health".into(),
+        port: None,
+        host: None,
+        expected_statuses: vec![StatusRange {
+            start: 200,
+            end: 201,
+        }],
+    };
+    assert_eq!(probe, Some(&ProbeSpec::Http(expected)));
+    let config = Config::from_yaml(&with(
+        "{ path: \"/health?deep=1\", port: 22222, host: qos.local, expected_statuses: [ { start: 200, end: 300 } ] }",
+    ))?;
+    let Some(ProbeSpec::Http(http)) = config.clusters[0].health_check.as_ref().map(|c| &c.probe)
+    else {
+        return Err(ConfigError::new("probe", "not an http probe"));
+    };
+    assert_eq!(
+        (http.port, http.host.as_deref()),
+        (Some(22222), Some("qos.local"))
+    );
+    let at = "clusters[0].health_check.probe.http";
+    assert_rejected(&[
+        (
+            with("{ path: health }"),
+            &format!("{at}.path"),
+            "begin with `/`",
+        ),
+        (
+            with("{ path: \"/a b\" }"),
+            &format!("{at}.path"),
+            "not a valid path",
+        ),
+        (
+            with("{ path: /, port: 0 }"),
+            &format!("{at}.port"),
+            "1 to 65535",
+        ),
+        (
+            with("{ path: /, host: \"\" }"),
+            &format!("{at}.host"),
+            "must not be empty",
+        ),
+        (
+            with("{ path: /, host: \"a\\nb\" }"),
+            &format!("{at}.host"),
+            "not a valid Host",
+        ),
+        (
+            with("{ path: /, expected_statuses: [] }"),
+            &format!("{at}.expected_statuses"),
+            "must not be empty",
+        ),
+        (
+            with("{ path: /, expected_statuses: [ { start: 300, end: 200 } ] }"),
+            &format!("{at}.expected_statuses[0]"),
+            "from 100 to 599",
+        ),
+        (
+            with("{ path: /, expected_statuses: [ { start: 200, end: 601 } ] }"),
+            &format!("{at}.expected_statuses[0]"),
+            "from 100 to 599",
+        ),
+        (
+            with("{ path: /, method: POST }"),
+            &format!("{at}.method"),
+            "unknown field `method`",
+        ),
+    ]);
+    Ok(())
+}
+
 /// The cluster fields of load balancing and resilience: parsed as documented, rejected with
 /// the field's name when out of range.
 #[test]

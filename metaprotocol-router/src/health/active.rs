@@ -12,9 +12,11 @@
 //! check opens a new one) and passes on any answer the codec decodes for it, an error response
 //! included: the server is alive and speaking the protocol. The exception is an answer refusing
 //! the proxy's credentials (bRPC's `ERPCAUTH`), which fails the check: such a server serves none
-//! of the proxy's calls. After `unhealthy_threshold` failed
-//! checks in a row an endpoint gets the `FAILED_ACTIVE_CHECK` flag and leaves rotation; after
-//! `healthy_threshold` passed checks in a row it returns. An endpoint whose checks say it is
+//! of the proxy's calls. An HTTP check ([`super::http`]) passes on an expected status. After
+//! `unhealthy_threshold` failed checks in a row an endpoint gets the `FAILED_ACTIVE_CHECK` flag
+//! and leaves rotation (at its first HTTP status not expected, as Envoy takes a host whose
+//! server answers that it is unhealthy: [`CheckResult::Unhealthy`]); after `healthy_threshold`
+//! passed checks in a row it returns. An endpoint whose checks say it is
 //! healthy (`healthy_threshold` passed in a row) and that outlier detection ejected returns too
 //! (see [`ClusterHandle::readmit`]). The first round runs as soon as the checker starts.
 
@@ -28,25 +30,48 @@ use futures::stream::FuturesUnordered;
 use metaprotocol_core::Message;
 use tokio_util::sync::CancellationToken;
 
+use super::http::HttpProbe;
 use crate::cluster::{ClusterHandle, HealthFlags};
-use crate::config::HealthCheckSpec;
+use crate::config::{HealthCheckSpec, ProbeSpec};
 use crate::router::deadline_after;
 use crate::stats::Counter;
 use crate::transport::Connector;
 use crate::upstream::ProbeConnection;
 
+/// What one check found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum CheckResult {
+    Passed,
+    /// No answer in time, a connection that failed to open or broke: counted towards
+    /// `unhealthy_threshold`.
+    Failed,
+    /// The endpoint answered that it is not healthy (an HTTP status not expected, such as the
+    /// 503 of a Spring Boot service shutting down): out of rotation at once, whatever
+    /// `unhealthy_threshold`, as Envoy takes a host whose check fails this way.
+    Unhealthy,
+}
+
+impl From<bool> for CheckResult {
+    fn from(passed: bool) -> Self {
+        if passed { Self::Passed } else { Self::Failed }
+    }
+}
+
 /// How one endpoint is checked.
 enum Prober {
     Tcp(SocketAddr, Connector),
     Request(Box<ProbeConnection>, Arc<Message>),
+    /// The endpoint's address as the probe checks it (its port the probe's), the probe.
+    Http(SocketAddr, Arc<HttpProbe>, Connector),
 }
 
 impl Prober {
-    /// True if the check passed within `timeout`.
-    async fn check(&self, timeout: Duration) -> bool {
+    /// What the check found within `timeout`.
+    async fn check(&self, timeout: Duration) -> CheckResult {
         match self {
-            Self::Tcp(address, connector) => connector.reachable(*address, timeout).await,
-            Self::Request(connection, probe) => connection.check(probe, timeout).await,
+            Self::Tcp(address, connector) => connector.reachable(*address, timeout).await.into(),
+            Self::Request(connection, probe) => connection.check(probe, timeout).await.into(),
+            Self::Http(target, probe, connector) => probe.check(*target, connector, timeout).await,
         }
     }
 }
@@ -89,6 +114,16 @@ pub(super) async fn run(
     };
     let codec = handle.codec();
     let scope = handle.scope();
+    let http = match &spec.probe {
+        ProbeSpec::Http(http) => match HttpProbe::new(http, handle.name()) {
+            Some(probe) => Some(Arc::new(probe)),
+            None => {
+                tracing::error!(cluster = %handle.name(), "health check: the http probe's path or host cannot be sent; no checks run");
+                return;
+            }
+        },
+        _ => None,
+    };
     let outcome = |o: &str| {
         scope.counter_with(
             "health_checks",
@@ -138,8 +173,11 @@ pub(super) async fn run(
             endpoints.insert(
                 address,
                 Checked {
-                    prober: Arc::new(match &probe {
-                        Some(request) => Prober::Request(
+                    prober: Arc::new(match (&http, &probe) {
+                        (Some(http), _) => {
+                            Prober::Http(http.target(address), http.clone(), connector.clone())
+                        }
+                        (None, Some(request)) => Prober::Request(
                             Box::new(ProbeConnection::new(
                                 address,
                                 codec.clone(),
@@ -149,7 +187,7 @@ pub(super) async fn run(
                             )),
                             request.clone(),
                         ),
-                        None => Prober::Tcp(address, connector.clone()),
+                        (None, None) => Prober::Tcp(address, connector.clone()),
                     }),
                     slot: next_slot,
                     passed: 0,
@@ -206,23 +244,26 @@ pub(super) async fn run(
 fn record(
     handle: &ClusterHandle,
     endpoints: &mut HashMap<SocketAddr, Checked>,
-    results: Vec<(SocketAddr, bool)>,
+    results: Vec<(SocketAddr, CheckResult)>,
     spec: &HealthCheckSpec,
     stats: &Stats,
 ) {
     let mut verdicts = Vec::new();
     let mut healthy = Vec::new();
-    for (address, passed) in results {
+    for (address, result) in results {
         let Some(checked) = endpoints.get_mut(&address) else {
             continue;
         };
-        if passed {
+        if result == CheckResult::Passed {
             stats.passed.inc();
             checked.passed = checked.passed.saturating_add(1);
             checked.failed = 0;
         } else {
             stats.failed.inc();
             checked.failed = checked.failed.saturating_add(1);
+            if result == CheckResult::Unhealthy {
+                checked.failed = checked.failed.max(spec.unhealthy_threshold);
+            }
             checked.passed = 0;
         }
         let verdict = verdict(checked, spec);
@@ -275,14 +316,18 @@ fn jittered(spec: &HealthCheckSpec) -> Duration {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::cluster::tests::cluster;
     use crate::config::ProbeSpec;
 
     /// Polls `cluster`'s status until endpoint `index` fails its checks (`failing`) or passes
     /// them, for at most 10 s.
-    async fn until_failing(cluster: &ClusterHandle, index: usize, failing: bool) -> bool {
+    pub(in crate::health) async fn until_failing(
+        cluster: &ClusterHandle,
+        index: usize,
+        failing: bool,
+    ) -> bool {
         for _ in 0..500 {
             let status = cluster.status();
             if status.endpoints[index].failing_active_checks == failing {

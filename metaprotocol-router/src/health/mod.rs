@@ -10,15 +10,17 @@
 //! - [`outlier`] detection watches real traffic: the router records how every attempt ended on
 //!   its endpoint, and an endpoint whose failures in a row reach a threshold is ejected for a
 //!   time that grows with each ejection, then returns on its own.
-//! - [`active`] health checks probe every endpoint on a timer (a TCP connect, or the protocol's
-//!   own probe request: a Dubbo heartbeat, a Thrift or bRPC method call), and take an endpoint
-//!   out after failed checks in a row, back after passed ones.
+//! - [`active`] health checks probe every endpoint on a timer (a TCP connect, the protocol's
+//!   own probe request: a Dubbo heartbeat, a Thrift or bRPC method call, or an HTTP `GET` of a
+//!   health endpoint, [`http`]), and take an endpoint out after failed checks in a row (at once
+//!   when it answers that it is unhealthy), back after passed ones.
 //!
 //! Both run as one task each per cluster ([`HealthMonitor`]), started when the cluster is
 //! published and stopped when it is removed or its config for them changes. They hold the
 //! cluster weakly: a cluster that is gone ends them too.
 
 mod active;
+mod http;
 mod outlier;
 
 use std::sync::Arc;
@@ -32,14 +34,15 @@ use crate::cluster::ClusterHandle;
 use crate::config::{ClusterSpec, ConfigError, HealthCheckSpec, ProbeSpec};
 use crate::transport::Connector;
 
-/// The request `check`'s probe sends, built by `codec`: `None` for a TCP check; an error naming
-/// the field when the protocol has no such probe.
+/// The request `check`'s probe sends, built by `codec`: `None` for a TCP or HTTP check (which
+/// send none of the protocol's); an error naming the field when the protocol has no such
+/// probe.
 pub(crate) fn probe_request(
     check: Option<&HealthCheckSpec>,
     codec: &Arc<dyn CodecFactory>,
 ) -> Result<Option<Arc<Message>>, ConfigError> {
     let probe = match check.map(|c| &c.probe) {
-        None | Some(ProbeSpec::Tcp) => return Ok(None),
+        None | Some(ProbeSpec::Tcp | ProbeSpec::Http(_)) => return Ok(None),
         Some(ProbeSpec::Heartbeat) => Probe::Heartbeat,
         Some(ProbeSpec::Method(method)) => Probe::Method(method),
     };

@@ -10,7 +10,7 @@
 //! `outlier_detection` (`consecutive_5xx`, `interval`, `base_ejection_time`,
 //! `max_ejection_time`, `max_ejection_percent`); `common_lb_config`'s locality setting
 //! (zone-aware or locality-weighted) as `locality_aware`, and its `healthy_panic_threshold`;
-//! one of `health_checks` (TCP connect, or Envoy's Thrift checker: see `health.rs`);
+//! one of `health_checks` (TCP connect, Envoy's Thrift checker or an HTTP `GET`: see `health.rs`);
 //! `transport_socket` (`tls` from files or certificate provider instances: see `tls.rs`);
 //! `eds_cluster_config.eds_config.initial_fetch_timeout`, how long an EDS cluster waits for its
 //! endpoints before serving without them (Envoy's 15 s when unset, 0 for ever).

@@ -11,11 +11,20 @@
 //! |---|---|
 //! | `tcp_health_check` without `send` or `receive` (connect only) | `tcp` |
 //! | `custom_health_check` `envoy.health_checkers.thrift` | `{ method: method_name }`, a Thrift call |
+//! | `http_health_check` (HTTP/1.1 `GET`) | `{ http: { path, host, expected_statuses } }` |
 //!
 //! A Thrift probe goes in framed binary, the encoding the engine's Thrift probe uses for a
 //! cluster whose codec leaves it to each request (as every cluster from xDS does), so a
 //! checker in another transport or protocol is refused. Whether the cluster's protocol can
 //! probe so is checked by the engine, with the routes that use the cluster.
+//!
+//! An HTTP check's `path` is required; an empty `host` is the cluster's name (the engine's
+//! default too); `expected_statuses` (200 alone when empty, as in Envoy) must lie within
+//! `[100, 600)`. Its `response_buffer_size` is accepted and ignored (it bounds the `receive`
+//! match, which is refused); refused, naming the field: `send`, `receive`,
+//! `request_headers_to_add`, `request_headers_to_remove`, `retriable_statuses`,
+//! `service_name_matcher`, a `codec_client_type` other than HTTP/1 and a `method` other than
+//! `GET`.
 //!
 //! Accepted and ignored, as they only tune when checks run or what is logged:
 //! `initial_jitter` (the engine spreads a round's first checks over the interval itself),
@@ -23,20 +32,23 @@
 //! `unhealthy_edge_interval` and `healthy_edge_interval` (the engine checks every endpoint at
 //! `interval`, with or without traffic), `reuse_connection`, and the event logs
 //! (`event_log_path`, `event_logger`, `event_service`, `always_log_health_check_*`; the engine
-//! logs each change). Refused, naming the field: HTTP, gRPC and other custom checkers, TCP
-//! payloads, `alt_port`, `tls_options` and `transport_socket_match_criteria`.
+//! logs each change). Refused, naming the field: gRPC and other custom checkers, TCP payloads,
+//! `alt_port` (which Envoy does not implement either), `tls_options` and
+//! `transport_socket_match_criteria`.
 
 use envoy_types::pb::envoy::config::core::v3::HealthCheck;
+use envoy_types::pb::envoy::config::core::v3::RequestMethod;
 use envoy_types::pb::envoy::config::core::v3::health_check::custom_health_check::ConfigType;
 use envoy_types::pb::envoy::config::core::v3::health_check::{
-    CustomHealthCheck, HealthChecker, TcpHealthCheck,
+    CustomHealthCheck, HealthChecker, HttpHealthCheck, TcpHealthCheck,
 };
 use envoy_types::pb::envoy::extensions::filters::network::thrift_proxy::v3::{
     ProtocolType, TransportType,
 };
 use envoy_types::pb::envoy::extensions::health_checkers::thrift::v3::Thrift;
+use envoy_types::pb::envoy::r#type::v3::CodecClientType;
 use envoy_types::pb::google::protobuf::{Duration as ProtoDuration, UInt32Value};
-use metaprotocol_router::config::{HealthCheckSpec, ProbeSpec};
+use metaprotocol_router::config::{HealthCheckSpec, HttpProbeSpec, ProbeSpec, StatusRange};
 use prost::{Message, Name};
 
 use super::{InvalidResource, duration, refuse_set};
@@ -112,9 +124,7 @@ fn probe(checker: Option<&HealthChecker>) -> Result<ProbeSpec, InvalidResource> 
         None => Err(InvalidResource::new("health_checker", "is required")),
         Some(HealthChecker::TcpHealthCheck(tcp)) => tcp_probe(tcp),
         Some(HealthChecker::CustomHealthCheck(custom)) => custom_probe(custom),
-        Some(HealthChecker::HttpHealthCheck(_)) => {
-            Err(InvalidResource::unsupported("http_health_check"))
-        }
+        Some(HealthChecker::HttpHealthCheck(http)) => http_probe(http),
         Some(HealthChecker::GrpcHealthCheck(_)) => {
             Err(InvalidResource::unsupported("grpc_health_check"))
         }
@@ -130,6 +140,72 @@ fn tcp_probe(tcp: &TcpHealthCheck) -> Result<ProbeSpec, InvalidResource> {
         [send, receive, proxy_protocol_config]
     );
     Ok(ProbeSpec::Tcp)
+}
+
+/// An HTTP/1.1 `GET` check as the engine's `http` probe (see the module docs).
+fn http_probe(http: &HttpHealthCheck) -> Result<ProbeSpec, InvalidResource> {
+    let at = "http_health_check";
+    refuse_set!(
+        at,
+        http,
+        [
+            send,
+            receive,
+            request_headers_to_add,
+            request_headers_to_remove,
+            retriable_statuses,
+            service_name_matcher,
+        ]
+    );
+    if http.codec_client_type != CodecClientType::Http1 as i32 {
+        return Err(InvalidResource::new(
+            format!("{at}.codec_client_type"),
+            "metaprotocol-rs checks over HTTP/1.1 only",
+        ));
+    }
+    if ![RequestMethod::MethodUnspecified, RequestMethod::Get]
+        .map(|m| m as i32)
+        .contains(&http.method)
+    {
+        return Err(InvalidResource::new(
+            format!("{at}.method"),
+            "metaprotocol-rs checks with GET only",
+        ));
+    }
+    if http.path.is_empty() {
+        return Err(InvalidResource::new(format!("{at}.path"), "is required"));
+    }
+    let mut expected_statuses = Vec::with_capacity(http.expected_statuses.len().max(1));
+    for (i, range) in http.expected_statuses.iter().enumerate() {
+        let status = |value: i64| {
+            u16::try_from(value)
+                .ok()
+                .filter(|s| (100..=600).contains(s))
+        };
+        match (status(range.start), status(range.end)) {
+            (Some(start), Some(end)) if start < end => {
+                expected_statuses.push(StatusRange { start, end });
+            }
+            _ => {
+                return Err(InvalidResource::new(
+                    format!("{at}.expected_statuses[{i}]"),
+                    "must be a range within [100, 600), its start before its end",
+                ));
+            }
+        }
+    }
+    if expected_statuses.is_empty() {
+        expected_statuses.push(StatusRange {
+            start: 200,
+            end: 201,
+        });
+    }
+    Ok(ProbeSpec::Http(HttpProbeSpec {
+        path: http.path.clone(),
+        port: None,
+        host: Some(http.host.clone()).filter(|host| !host.is_empty()),
+        expected_statuses,
+    }))
 }
 
 /// Envoy's Thrift checker as a method probe; other custom checkers are refused.
