@@ -25,6 +25,8 @@ use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as So
 use envoy_types::pb::envoy::config::core::v3::{
     HealthCheck, HealthStatus, Metadata, RequestMethod, RoutingPriority,
 };
+use envoy_types::pb::envoy::config::endpoint::v3::endpoint::HealthCheckConfig;
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
 use envoy_types::pb::envoy::config::route::v3::retry_policy::retry_host_predicate::ConfigType;
 use envoy_types::pb::envoy::config::route::v3::retry_policy::{RetryBackOff, RetryHostPredicate};
@@ -384,7 +386,30 @@ fn clusters_and_endpoints_map_as_istiod_sends_them() -> TestResult {
         ..Metadata::default()
     });
     group.lb_endpoints[2].health_status = HealthStatus::Unhealthy as i32;
+    // Where Envoy's active health checks of the second endpoint go.
+    if let Some(HostIdentifier::Endpoint(host)) = &mut group.lb_endpoints[1].host_identifier {
+        host.health_check_config = Some(HealthCheckConfig {
+            port_value: 8081,
+            ..HealthCheckConfig::default()
+        });
+    }
     let spec = translated.with_endpoints(&translate::endpoints(&endpoints)?);
+    let ports: Vec<Option<u16>> = spec.endpoints.iter().map(|e| e.health_check_port).collect();
+    assert_eq!(ports, [None, Some(8081)]);
+    // The rest of the health check settings would change how the endpoint is checked.
+    if let Some(HostIdentifier::Endpoint(host)) =
+        &mut endpoints.endpoints[0].lb_endpoints[1].host_identifier
+    {
+        host.health_check_config = Some(HealthCheckConfig {
+            hostname: "qos.local".to_owned(),
+            ..HealthCheckConfig::default()
+        });
+    }
+    let refused = translate::endpoints(&endpoints).err().map(|e| e.field);
+    assert_eq!(
+        refused.as_deref(),
+        Some("endpoints[0].lb_endpoints[1].endpoint.health_check_config.hostname")
+    );
     let listed: Vec<(String, u32)> = spec
         .endpoints
         .iter()

@@ -957,6 +957,7 @@ fn plan_hosts(
                 labels: spec.labels.clone(),
                 locality: spec.locality.clone().unwrap_or_default(),
                 priority: spec.priority,
+                health_check_port: spec.health_check_port,
                 istio,
             }));
         }

@@ -19,6 +19,8 @@ pub(crate) struct Host {
     pub locality: LocalitySpec,
     /// Its failover tier: 0 first (Envoy's priority levels).
     pub priority: u32,
+    /// The port its active health checks ask instead of its own, if any.
+    pub health_check_port: Option<u16>,
     /// Counts its requests in the Istio series (labelled from `labels`), when they are on;
     /// shared by the hosts of the same destination, and kept by the next snapshot.
     pub istio: Option<Arc<IstioReporter>>,

@@ -291,6 +291,12 @@ impl ClusterSpec {
                     "must be at least 1",
                 ));
             }
+            if endpoint.health_check_port == Some(0) {
+                errors.add(ConfigError::new(
+                    format!("endpoints[{i}].health_check_port"),
+                    "must be 1 to 65535",
+                ));
+            }
         }
     }
 
@@ -354,6 +360,10 @@ pub struct EndpointSpec {
     /// endpoints are in rotation, then to 1, and so on.
     #[serde(default, skip_serializing_if = "is_first")]
     pub priority: u32,
+    /// The port active health checks ask on its address instead of its own, whatever the
+    /// probe (Envoy's `health_check_config.port_value`); before an `http` probe's `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_port: Option<u16>,
 }
 
 fn is_first(priority: &u32) -> bool {

@@ -5,7 +5,8 @@
 //! still wait for; an endpoint new to the checker is checked at once.
 //!
 //! Checks open connections the way the cluster's traffic does (with TLS, handshake and
-//! certificate verification included). A TCP check passes when a connection opens. A protocol
+//! certificate verification included), to the endpoint's address at its port, or at its
+//! `health_check_port` when it has one (Envoy's `health_check_config.port_value`). A TCP check passes when a connection opens. A protocol
 //! check sends the codec's probe request (a Dubbo heartbeat, a Thrift or bRPC method call) on a
 //! connection of its own to the endpoint (never one that traffic uses, and never backing off: a
 //! failed connect is simply a failed check; a probe that times out closes it, so that the next
@@ -20,7 +21,7 @@
 //! healthy (`healthy_threshold` passed in a row) and that outlier detection ejected returns too
 //! (see [`ClusterHandle::readmit`]). The first round runs as soon as the checker starts.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -80,6 +81,8 @@ impl Prober {
 struct Checked {
     /// Shared with the checks of a round in flight.
     prober: Arc<Prober>,
+    /// The endpoint's own health check port the prober asks, if it has one.
+    port: Option<u16>,
     /// The slot of the round its checks start in (after its first, which runs at once).
     slot: usize,
     passed: u32,
@@ -150,36 +153,42 @@ pub(super) async fn run(
         let Some(handle) = cluster.upgrade() else {
             return;
         };
-        // A set: the endpoints checked are kept by looking each up in it (a list took a
-        // hundred million comparisons a round for 10,000 endpoints).
-        let members: HashSet<SocketAddr> = handle
+        // A map: the endpoints checked are kept by looking each up in it (a list took a
+        // hundred million comparisons a round for 10,000 endpoints). An endpoint whose health
+        // check port changed is checked anew, at its new port.
+        let members: HashMap<SocketAddr, Option<u16>> = handle
             .snapshot()
             .hosts
             .iter()
-            .map(|h| h.endpoint.address())
+            .map(|h| (h.endpoint.address(), h.health_check_port))
             .collect();
         drop(handle);
-        endpoints.retain(|address, _| members.contains(address));
+        endpoints.retain(|address, checked| members.get(address) == Some(&checked.port));
         let mut slots: Vec<Vec<SocketAddr>> = vec![Vec::new(); SLOTS];
         for (&address, checked) in &endpoints {
             if let Some(slot) = slots.get_mut(checked.slot) {
                 slot.push(address);
             }
         }
-        for &address in &members {
+        for (&address, &port) in &members {
             if endpoints.contains_key(&address) {
                 continue;
             }
+            // Where its checks go: its own health check port first, then the probe's.
+            let target = |probe_port: Option<u16>| match port.or(probe_port) {
+                Some(port) => SocketAddr::new(address.ip(), port),
+                None => address,
+            };
             endpoints.insert(
                 address,
                 Checked {
                     prober: Arc::new(match (&http, &probe) {
                         (Some(http), _) => {
-                            Prober::Http(http.target(address), http.clone(), connector.clone())
+                            Prober::Http(target(http.port()), http.clone(), connector.clone())
                         }
                         (None, Some(request)) => Prober::Request(
                             Box::new(ProbeConnection::new(
-                                address,
+                                target(None),
                                 codec.clone(),
                                 request,
                                 connector.clone(),
@@ -187,8 +196,9 @@ pub(super) async fn run(
                             )),
                             request.clone(),
                         ),
-                        (None, None) => Prober::Tcp(address, connector.clone()),
+                        (None, None) => Prober::Tcp(target(None), connector.clone()),
                     }),
+                    port,
                     slot: next_slot,
                     passed: 0,
                     failed: 0,
@@ -362,6 +372,42 @@ health_check: {{ interval: 50ms, timeout: 200ms, unhealthy_threshold: 2, healthy
         assert!(until_failing(&c, 1, false).await, "{:?}", c.status());
         c.stop_health();
         drop(back);
+        Ok(())
+    }
+
+    /// An endpoint's `health_check_port` is where its checks go (Envoy's
+    /// `health_check_config.port_value`): its own port refuses connections, yet it stays in
+    /// rotation while a check at that port passes; an endpoint without one is checked at its own.
+    #[tokio::test]
+    async fn an_endpoint_is_checked_at_its_health_check_port()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let health = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        // Bound without listening, to the end of the test: they refuse connections.
+        let mut sockets = Vec::new();
+        let mut refusing = Vec::new();
+        for _ in 0..2 {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(([127, 0, 0, 1], 0).into())?;
+            refusing.push(socket.local_addr()?);
+            sockets.push(socket);
+        }
+        let c = cluster(&format!(
+            "name: c
+endpoints: [ {{ address: \"{}\", health_check_port: {} }}, {{ address: \"{}\" }} ]
+health_check: {{ interval: 1h, timeout: 2s, unhealthy_threshold: 1, healthy_threshold: 1 }}",
+            refusing[0],
+            health.local_addr()?.port(),
+            refusing[1]
+        ))?;
+        c.start_health();
+        // Both are checked first in one group, whose verdicts are published together.
+        assert!(until_failing(&c, 1, true).await, "{:?}", c.status());
+        assert!(
+            !c.status().endpoints[0].failing_active_checks,
+            "{:?}",
+            c.status()
+        );
+        c.stop_health();
         Ok(())
     }
 

@@ -47,15 +47,13 @@ impl HttpProbe {
         })
     }
 
-    /// Where the checks of the endpoint at `endpoint` go.
-    pub fn target(&self, endpoint: SocketAddr) -> SocketAddr {
-        match self.port {
-            Some(port) => SocketAddr::new(endpoint.ip(), port),
-            None => endpoint,
-        }
+    /// The port it asks on each endpoint's address, unless the endpoint names its own; the
+    /// endpoint's port when `None`.
+    pub fn port(&self) -> Option<u16> {
+        self.port
     }
 
-    /// Checks `target` (see [`HttpProbe::target`]) over a connection `connector` opens, all
+    /// Checks `target` (the endpoint's address, at the health check port) over a connection `connector` opens, all
     /// within `timeout`: passed on an expected status, failed at once (as Envoy fails it) on
     /// another, failed on no answer.
     pub async fn check(
@@ -245,6 +243,32 @@ health_check: {{ interval: 20ms, timeout: 2s, unhealthy_threshold: 1000, healthy
         assert!(until_failing(&c, 0, true).await, "{:?}", c.status());
         health.answer_with("200 OK");
         assert!(until_failing(&c, 0, false).await, "{:?}", c.status());
+        c.stop_health();
+        Ok(())
+    }
+
+    /// An endpoint's own `health_check_port` comes before the probe's `port`.
+    #[tokio::test]
+    async fn an_endpoints_health_check_port_comes_before_the_probes()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let health = HealthServer::start("200 OK").await?;
+        let (_socket, refusing) = refusing()?;
+        let c = cluster(&format!(
+            "name: c
+endpoints: [ {{ address: \"{refusing}\", health_check_port: {} }} ]
+health_check: {{ interval: 20ms, timeout: 2s, unhealthy_threshold: 1, healthy_threshold: 1,
+                 probe: {{ http: {{ path: /health, port: {} }} }} }}",
+            health.address.port(),
+            refusing.port()
+        ))?;
+        c.start_health();
+        // Once asked twice, the first check's verdict is in.
+        health.asked(2).await?;
+        assert!(
+            !c.status().endpoints[0].failing_active_checks,
+            "{:?}",
+            c.status()
+        );
         c.stop_health();
         Ok(())
     }

@@ -344,6 +344,7 @@ pub(crate) mod tests {
             labels: BTreeMap::new(),
             locality,
             priority,
+            health_check_port: None,
             istio: None,
         })
     }

@@ -6,9 +6,12 @@
 //! load balancer reads them) are its labels for subset routes. Endpoints whose
 //! `health_status` is `UNHEALTHY`, `DRAINING` or `TIMEOUT` are left out, as Envoy sends them no
 //! calls. A locality's `priority` is its endpoints' failover tier (istiod sends priorities for
-//! locality failover). Refused: named ports, pipes, internal addresses, endpoint names,
-//! `named_endpoints` and drop overloads. Accepted and ignored: locality weights,
-//! `overprovisioning_factor` and the endpoints' health-check settings.
+//! locality failover). An endpoint's `health_check_config.port_value` (not 0) is its
+//! `health_check_port`, where the cluster's active health checks go instead of its own port.
+//! Refused: named ports, pipes, internal addresses, endpoint names, `named_endpoints`, drop
+//! overloads, and the rest of `health_check_config` (`hostname`, `address`,
+//! `disable_active_health_check`), which would change how the endpoint is checked. Accepted and
+//! ignored: locality weights and `overprovisioning_factor`.
 
 use std::collections::BTreeMap;
 
@@ -73,6 +76,23 @@ fn endpoint_spec(
         }
     };
     refuse_set!(&format!("{at}.endpoint"), host, [additional_addresses]);
+    let health_check_port = match &host.health_check_config {
+        Some(config) => {
+            let at = format!("{at}.endpoint.health_check_config");
+            refuse_set!(
+                &at,
+                config,
+                [hostname, address, disable_active_health_check]
+            );
+            match config.port_value {
+                0 => None,
+                port => Some(u16::try_from(port).map_err(|_| {
+                    InvalidResource::new(format!("{at}.port_value"), "must be 0 to 65535")
+                })?),
+            }
+        }
+        None => None,
+    };
     let field = format!("{at}.endpoint.address");
     let socket = match host.address.as_ref().and_then(|a| a.address.as_ref()) {
         Some(AddressKind::SocketAddress(socket)) => socket,
@@ -122,6 +142,7 @@ fn endpoint_spec(
     spec.weight = weight;
     spec.labels = labels(endpoint.metadata.as_ref());
     spec.locality = locality.cloned();
+    spec.health_check_port = health_check_port;
     Ok(Some(spec))
 }
 
