@@ -352,4 +352,105 @@ health_check: {{ interval: 20ms, timeout: 2s, unhealthy_threshold: 1, healthy_th
         );
         Ok(())
     }
+
+    /// A cluster with `tls` checks over TLS, verifying the endpoint's certificate, as its
+    /// traffic goes: the check passes through a TLS health endpoint, and a plain check of it
+    /// fails.
+    #[tokio::test]
+    async fn a_tls_clusters_http_check_goes_over_tls() -> Result<(), Box<dyn std::error::Error>> {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+
+        use crate::config::{ClusterTlsSpec, ListenerTlsSpec};
+        use crate::stats::Metrics;
+        use crate::transport::{TlsAcceptor, TlsConnector};
+
+        let dir = std::env::temp_dir().join(format!("http-check-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let ca_key = KeyPair::generate()?;
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate()?;
+        let mut leaf = CertificateParams::default();
+        leaf.subject_alt_names = vec![SanType::IpAddress([127, 0, 0, 1].into())];
+        let cert = leaf.signed_by(&key, &issuer)?;
+        let [ca_file, cert_file, key_file] = ["ca.pem", "cert.pem", "key.pem"].map(|f| dir.join(f));
+        std::fs::write(&ca_file, ca_cert.pem())?;
+        std::fs::write(&cert_file, cert.pem())?;
+        std::fs::write(&key_file, key.serialize_pem())?;
+        let scope = Metrics::new().root();
+        let acceptor = TlsAcceptor::new(
+            &ListenerTlsSpec {
+                cert_file,
+                key_file,
+                client_ca_file: None,
+                require_client_cert: false,
+                crl_files: Vec::new(),
+            },
+            "health",
+            &scope,
+        )?;
+        let connector = Connector::Tls(Arc::new(TlsConnector::new(
+            &ClusterTlsSpec {
+                ca_file,
+                cert_file: None,
+                key_file: None,
+                server_name: None,
+                subject_alt_names: Vec::new(),
+                crl_files: Vec::new(),
+            },
+            "c",
+            &scope,
+        )?));
+        std::fs::remove_dir_all(&dir)?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let server = tokio::spawn(async move {
+            let stop = tokio_util::sync::CancellationToken::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                let Ok((mut stream, _)) =
+                    acceptor.accept(stream, Duration::from_secs(5), &stop).await
+                else {
+                    continue;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0; 1024];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+                let _ = stream.shutdown().await;
+            }
+        });
+        let probe = HttpProbe::new(
+            &HttpProbeSpec {
+                path: "/health".into(),
+                port: None,
+                host: None,
+                expected_statuses: vec![StatusRange {
+                    start: 200,
+                    end: 201,
+                }],
+            },
+            "c",
+        )
+        .ok_or("the probe")?;
+        let timeout = Duration::from_secs(2);
+        assert_eq!(
+            probe.check(address, &connector, timeout).await,
+            CheckResult::Passed
+        );
+        assert_eq!(
+            probe.check(address, &Connector::Plain, timeout).await,
+            CheckResult::Failed
+        );
+        server.abort();
+        Ok(())
+    }
 }
