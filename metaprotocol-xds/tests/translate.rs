@@ -788,6 +788,7 @@ fn health_checks_map_as_envoy_means_them() -> TestResult {
     );
     assert!((health.interval_jitter_percent - 20.0).abs() < 1e-9);
     assert_eq!(health.probe, ProbeSpec::Tcp);
+    assert!(!health.require_success);
     engine_takes(&spec)?;
 
     // Envoy's threshold of 0 is reached by the first result, as the engine's 1 is.
@@ -805,8 +806,11 @@ fn health_checks_map_as_envoy_means_them() -> TestResult {
         ))];
         let spec = translate::cluster(&cluster, &NO_PROVIDERS)?.spec;
         assert_eq!(
-            spec.health_check.as_ref().map(|h| &h.probe),
-            Some(&ProbeSpec::Method("ping".to_owned()))
+            spec.health_check
+                .as_ref()
+                .map(|h| (&h.probe, h.require_success)),
+            Some((&ProbeSpec::Method("ping".to_owned()), true)),
+            "Envoy's Thrift checker fails on an exception"
         );
         engine_takes_behind("thrift", &spec)?;
     }

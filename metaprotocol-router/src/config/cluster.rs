@@ -524,6 +524,11 @@ pub struct HealthCheckSpec {
     /// What a check does.
     #[serde(default)]
     pub probe: ProbeSpec,
+    /// A protocol probe (`heartbeat`, `method`) passes only on a successful answer, and an
+    /// error answer (a Thrift exception, a server error) takes the endpoint out at once, as
+    /// Envoy's Thrift checker takes it; by default any well-formed answer passes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_success: bool,
 }
 
 impl HealthCheckSpec {
@@ -540,6 +545,12 @@ impl HealthCheckSpec {
             }
             ProbeSpec::Http(http) => http.validate(cluster).map_err(|e| e.within("probe.http"))?,
             _ => {}
+        }
+        if self.require_success && matches!(self.probe, ProbeSpec::Tcp | ProbeSpec::Http(_)) {
+            return Err(ConfigError::new(
+                "require_success",
+                "applies to a heartbeat or method probe, whose answers the protocol reads",
+            ));
         }
         super::route::check_percentage(self.interval_jitter_percent)
             .map_err(|e| ConfigError::new("interval_jitter_percent", e.reason))

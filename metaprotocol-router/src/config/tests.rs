@@ -563,6 +563,11 @@ fn resilience_fields_parse_and_are_checked() -> Result<(), ConfigError> {
             "must not be empty",
         ),
         (
+            with("    health_check: { probe: tcp, require_success: true }"),
+            "clusters[0].health_check.require_success",
+            "heartbeat or method probe",
+        ),
+        (
             with("    health_check: { probe: ping }"),
             "clusters[0].health_check.probe",
             "unknown variant `ping`",

@@ -11,9 +11,10 @@
 //! connection of its own to the endpoint (never one that traffic uses, and never backing off: a
 //! failed connect is simply a failed check; a probe that times out closes it, so that the next
 //! check opens a new one) and passes on any answer the codec decodes for it, an error response
-//! included: the server is alive and speaking the protocol. The exception is an answer refusing
-//! the proxy's credentials (bRPC's `ERPCAUTH`), which fails the check: such a server serves none
-//! of the proxy's calls. An HTTP check ([`super::http`]) passes on an expected status. After
+//! included: the server is alive and speaking the protocol (with `require_success`, an error
+//! answer fails it instead, at once, as Envoy's Thrift checker). The exception is an answer
+//! refusing the proxy's credentials (bRPC's `ERPCAUTH`), which fails the check: such a server
+//! serves none of the proxy's calls. An HTTP check ([`super::http`]) passes on an expected status. After
 //! `unhealthy_threshold` failed checks in a row an endpoint gets the `FAILED_ACTIVE_CHECK` flag
 //! and leaves rotation (at its first HTTP status not expected, as Envoy takes a host whose
 //! server answers that it is unhealthy: [`CheckResult::Unhealthy`]); after `healthy_threshold`
@@ -28,7 +29,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use metaprotocol_core::Message;
+use metaprotocol_core::{Message, ResponseStatus};
 use tokio_util::sync::CancellationToken;
 
 use super::http::HttpProbe;
@@ -61,7 +62,8 @@ impl From<bool> for CheckResult {
 /// How one endpoint is checked.
 enum Prober {
     Tcp(SocketAddr, Connector),
-    Request(Box<ProbeConnection>, Arc<Message>),
+    /// The probe's connection, its request, and whether an error answer fails the check.
+    Request(Box<ProbeConnection>, Arc<Message>, bool),
     /// The endpoint's address as the probe checks it (its port the probe's), the probe.
     Http(SocketAddr, Arc<HttpProbe>, Connector),
 }
@@ -71,7 +73,14 @@ impl Prober {
     async fn check(&self, timeout: Duration) -> CheckResult {
         match self {
             Self::Tcp(address, connector) => connector.reachable(*address, timeout).await.into(),
-            Self::Request(connection, probe) => connection.check(probe, timeout).await.into(),
+            Self::Request(connection, probe, require_success) => {
+                match connection.check(probe, timeout).await {
+                    None => CheckResult::Failed,
+                    Some(ResponseStatus::Ok) => CheckResult::Passed,
+                    Some(_) if *require_success => CheckResult::Unhealthy,
+                    Some(_) => CheckResult::Passed,
+                }
+            }
             Self::Http(target, probe, connector) => probe.check(*target, connector, timeout).await,
         }
     }
@@ -195,6 +204,7 @@ pub(super) async fn run(
                                 connect_timeout,
                             )),
                             request.clone(),
+                            spec.require_success,
                         ),
                         (None, None) => Prober::Tcp(target(None), connector.clone()),
                     }),
@@ -327,9 +337,19 @@ fn jittered(spec: &HealthCheckSpec) -> Duration {
 
 #[cfg(test)]
 pub(super) mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::{BufMut, Bytes, BytesMut};
+    use metaprotocol_core::{
+        Codec, CodecError, CodecFactory, EncodeParams, LocalReply, MessageKind, Probe, Side,
+        WireVariant,
+    };
+
     use super::*;
+    use crate::cluster::Resolved;
     use crate::cluster::tests::cluster;
-    use crate::config::ProbeSpec;
+    use crate::config::{ClusterSpec, ProbeSpec};
+    use crate::stats::Metrics;
 
     /// Polls `cluster`'s status until endpoint `index` fails its checks (`failing`) or passes
     /// them, for at most 10 s.
@@ -408,6 +428,149 @@ health_check: {{ interval: 1h, timeout: 2s, unhealthy_threshold: 1, healthy_thre
             c.status()
         );
         c.stop_health();
+        Ok(())
+    }
+
+    /// A protocol whose requests are their 8-byte id and whose answers are an 8-byte id and a
+    /// status byte (0 ok, 1 an application error, else a server error), probing with a request:
+    /// for what a probe's answer says.
+    struct StatusCodec;
+
+    impl CodecFactory for StatusCodec {
+        fn protocol(&self) -> &'static str {
+            "status"
+        }
+
+        fn new_codec(&self, _: Side, _: WireVariant) -> Box<dyn Codec> {
+            Box::new(StatusCodec)
+        }
+
+        fn probe_request(&self, _: Probe<'_>) -> Option<Message> {
+            Some(Message::new(MessageKind::Request, 0, Bytes::new()))
+        }
+    }
+
+    impl Codec for StatusCodec {
+        fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, CodecError> {
+            if src.len() < 9 {
+                return Ok(None);
+            }
+            let frame = src.split_to(9);
+            let mut id = [0; 8];
+            id.copy_from_slice(&frame[..8]);
+            let mut answer =
+                Message::new(MessageKind::Response, u64::from_be_bytes(id), Bytes::new());
+            answer.status = match frame[8] {
+                0 => ResponseStatus::Ok,
+                1 => ResponseStatus::ApplicationError,
+                _ => ResponseStatus::ServerError,
+            };
+            Ok(Some(answer))
+        }
+
+        fn encode(
+            &mut self,
+            _: &Message,
+            params: &EncodeParams<'_>,
+            dst: &mut BytesMut,
+        ) -> Result<(), CodecError> {
+            dst.put_u64(params.request_id);
+            Ok(())
+        }
+
+        fn encode_local_reply(
+            &mut self,
+            _: &Message,
+            _: &LocalReply,
+            _: &mut BytesMut,
+        ) -> Result<(), CodecError> {
+            Ok(())
+        }
+
+        fn encode_heartbeat_reply(
+            &mut self,
+            _: &Message,
+            _: &mut BytesMut,
+        ) -> Result<(), CodecError> {
+            Ok(())
+        }
+    }
+
+    /// A server of [`StatusCodec`] on 127.0.0.1 answering every request with `status`: its
+    /// address, its task, and the count of requests it read.
+    async fn answering(
+        status: u8,
+    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>, Arc<AtomicUsize>)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let requests = Arc::new(AtomicUsize::new(0));
+        let read = requests.clone();
+        let server = tokio::spawn(async move {
+            while let Ok((mut connection, _)) = listener.accept().await {
+                let read = read.clone();
+                tokio::spawn(async move {
+                    let mut id = [0; 8];
+                    while connection.read_exact(&mut id).await.is_ok() {
+                        read.fetch_add(1, Ordering::Relaxed);
+                        let mut answer = id.to_vec();
+                        answer.push(status);
+                        if connection.write_all(&answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Ok((address, server, requests))
+    }
+
+    /// With `require_success` (Envoy's Thrift checker, which expects a successful reply), an
+    /// error answer to the probe takes the endpoint out at its first such answer, whatever
+    /// `unhealthy_threshold`; without it, any answer passes (the server is alive and speaking
+    /// the protocol), and a successful answer passes either way.
+    #[tokio::test]
+    async fn an_error_answer_fails_a_probe_that_requires_success()
+    -> Result<(), Box<dyn std::error::Error>> {
+        for (status, require_success, fails) in [
+            (2, true, true),
+            (1, true, true),
+            (2, false, false),
+            (0, true, false),
+        ] {
+            let (address, server, requests) = answering(status).await?;
+            let spec = Arc::new(ClusterSpec::from_yaml(&format!(
+                "name: c
+endpoints: [ {{ address: \"{address}\" }} ]
+health_check: {{ interval: 20ms, timeout: 2s, unhealthy_threshold: 1000, healthy_threshold: 1,
+                 probe: {{ method: ping }}, require_success: {require_success} }}"
+            ))?);
+            let c = ClusterHandle::new(
+                &spec,
+                "status".into(),
+                Arc::new(StatusCodec),
+                Metrics::new().root().detached("cluster", "c"),
+                None,
+                &Resolved::new(),
+            )?;
+            c.start_health();
+            let case = format!("status {status}, require_success: {require_success}");
+            if fails {
+                assert!(until_failing(&c, 0, true).await, "{case}: {:?}", c.status());
+            } else {
+                // Once asked three times, two checks' verdicts are in (rounds follow each other).
+                let asked = async {
+                    while requests.load(Ordering::Relaxed) < 3 {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                };
+                tokio::time::timeout(Duration::from_secs(10), asked).await?;
+                assert!(!c.status().endpoints[0].failing_active_checks, "{case}");
+            }
+            c.stop_health();
+            server.abort();
+        }
         Ok(())
     }
 
@@ -573,6 +736,7 @@ health_check: {{ interval: 1s, interval_jitter_percent: 0, timeout: 500ms, unhea
             unhealthy_threshold: 1,
             healthy_threshold: 1,
             probe: ProbeSpec::Tcp,
+            require_success: false,
         };
         let waits: Vec<Duration> = (0..100).map(|_| jittered(&spec)).collect();
         assert!(waits.iter().all(|w| (1000..=1100).contains(&w.as_millis())));

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use metaprotocol_core::{CodecFactory, Message, Mutation, WireVariant};
+use metaprotocol_core::{CodecFactory, Message, Mutation, ResponseStatus, WireVariant};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -56,12 +56,15 @@ impl ProbeConnection {
         }
     }
 
-    /// True if `probe` is answered within `timeout`, with anything but a refusal of the
-    /// proxy's credentials: an endpoint that refuses them serves none of the proxy's calls.
-    pub async fn check(&self, probe: &Arc<Message>, timeout: Duration) -> bool {
+    /// The status of the answer to `probe` within `timeout`; `None` when there is none, or it
+    /// refuses the proxy's credentials: an endpoint that refuses them serves none of the
+    /// proxy's calls.
+    pub async fn check(&self, probe: &Arc<Message>, timeout: Duration) -> Option<ResponseStatus> {
         self.call(probe, timeout)
             .await
-            .is_ok_and(|answer| !self.codec.credentials_refused(&answer))
+            .ok()
+            .filter(|answer| !self.codec.credentials_refused(answer))
+            .map(|answer| answer.status)
     }
 
     /// Sends `probe` and waits up to `timeout` for the answer the codec decodes for it.

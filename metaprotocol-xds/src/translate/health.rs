@@ -10,7 +10,7 @@
 //! | checker | the engine's `probe` |
 //! |---|---|
 //! | `tcp_health_check` without `send` or `receive` (connect only) | `tcp` |
-//! | `custom_health_check` `envoy.health_checkers.thrift` | `{ method: method_name }`, a Thrift call |
+//! | `custom_health_check` `envoy.health_checkers.thrift` | `{ method: method_name }`, a Thrift call, with `require_success` (Envoy's checker expects a successful reply: an exception fails it at once) |
 //! | `http_health_check` (HTTP/1.1 `GET`) | `{ http: { path, host, expected_statuses } }` |
 //!
 //! A Thrift probe goes in framed binary, the encoding the engine's Thrift probe uses for a
@@ -95,6 +95,11 @@ fn health_check(check: &HealthCheck) -> Result<HealthCheckSpec, InvalidResource>
         unhealthy_threshold: threshold(&check.unhealthy_threshold, "unhealthy_threshold")?,
         healthy_threshold: threshold(&check.healthy_threshold, "healthy_threshold")?,
         probe: probe(check.health_checker.as_ref())?,
+        // Envoy's Thrift checker (the one custom checker mapped) fails on an exception.
+        require_success: matches!(
+            check.health_checker,
+            Some(HealthChecker::CustomHealthCheck(_))
+        ),
     })
 }
 
