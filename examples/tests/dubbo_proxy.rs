@@ -2429,3 +2429,48 @@ async fn frames_partly_received_count_against_max_buffered_bytes() -> TestResult
     proxy.shutdown().await;
     Ok(())
 }
+
+/// A call read together with the end of a large one is judged on the bytes the proxy holds,
+/// each counted once: the large call's frame moved from the bytes read to those of the calls in
+/// flight as it was decoded. Before, until the end of the pass that read them, its bytes were
+/// counted both as read and as in flight, and a small call read with its last bytes was refused
+/// as over the limit (here a call of 3 MiB and one after it, against a bound of 4 MiB).
+#[tokio::test]
+async fn a_call_read_with_the_end_of_a_large_one_is_not_refused_by_its_bytes_counted_twice()
+-> TestResult {
+    const LAST: usize = 100;
+    let (proxy, server) =
+        proxy_in_front_of_a_silent_server("limits: { max_buffered_bytes: 4194304 }").await?;
+    let address = proxy.listener_addr("in").ok_or("no listener")?;
+    let big = "x".repeat(3 * 1024 * 1024);
+    let large = support::dubbo_request(1, "sayHello", &[("x-big", &big)]);
+    let (most, last) = large.split_at(large.len() - LAST);
+    let mut client = TcpStream::connect(address).await?;
+    client.write_all(most).await?;
+    // The proxy read all of it but the last bytes, and counted them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while support::proxy::metric(&proxy, "metaprotocol_read_buffered_bytes")
+        < (most.len() - 64 * 1024) as f64
+    {
+        assert!(Instant::now() < deadline, "the proxy did not read the call");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Its last bytes and a small call, in one write: one read.
+    let mut rest = last.to_vec();
+    rest.extend_from_slice(&support::dubbo_request(2, "sayHello", &[]));
+    client.write_all(&rest).await?;
+    // Both stay in flight until their deadline, 1 s: the silent server answers neither.
+    let answers = read_answers(&mut client, 2).await?;
+    let refused = support::proxy::metric(
+        &proxy,
+        "metaprotocol_local_replies_total{listener=\"in\",reason=\"over_limit\"}",
+    );
+    assert_eq!(
+        refused, 0.0,
+        "a call refused as over the limit, the proxy holding 3 MiB against 4 MiB"
+    );
+    assert_eq!(answers.len(), 2);
+    server.abort();
+    proxy.shutdown().await;
+    Ok(())
+}

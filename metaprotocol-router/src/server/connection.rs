@@ -32,7 +32,7 @@ use tokio::io::ReadBuf;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::load::ReadRoom;
+use super::load::{self, ReadRoom};
 use super::request::Requests;
 use super::{Admitted, ListenerContext, busy_poll, linger};
 use crate::router::deadline_after;
@@ -410,6 +410,9 @@ impl<S: Transport> Connection<S> {
                     frames += 1;
                     let received = (now, *wall.get_or_insert_with(SystemTime::now));
                     if let Some(message) = slot.take() {
+                        // The frame just left the bytes read, as those decoded before it did.
+                        let read_unmoved =
+                            load::difference(self.read_buf.len(), self.read_buffered);
                         let out = &mut self.write_buf;
                         match turn_away {
                             Some(reply) => self.requests.turn_away(
@@ -419,7 +422,9 @@ impl<S: Transport> Connection<S> {
                                 out,
                                 received,
                             ),
-                            None => self.requests.receive(message, out, received),
+                            None => {
+                                self.requests.receive(message, out, received, read_unmoved);
+                            }
                         }
                     }
                 }

@@ -68,8 +68,8 @@ impl Load {
     }
 
     /// True if a new request may be taken on by a connection with `unmoved` requests in flight,
-    /// whose frames hold `unmoved_bytes`, not yet moved into the shared counts (negative: that
-    /// many ended since).
+    /// and `unmoved_bytes` held (their frames, and its bytes read not yet decoded), not yet
+    /// moved into the shared counts (negative: that many ended, or were decoded, since).
     pub fn admits(&self, unmoved: i64, unmoved_bytes: i64) -> bool {
         self.requests.get().saturating_add(unmoved) < self.max_requests.load(Ordering::Relaxed)
             && self.holds_room(unmoved_bytes)

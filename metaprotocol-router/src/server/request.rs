@@ -450,14 +450,22 @@ impl Requests {
 
     /// Handles a frame decoded from the client (into a [`Requests::slot`]: moving a `Message`
     /// is a copy of over 400 bytes), received at `received` (the monotonic and the wall clock).
+    /// `read_unmoved` is how much the bytes the connection read and has not decoded changed
+    /// since it last moved them into the proxy-wide load: the frames decoded since (this one
+    /// among them) left them, the bytes read since joined them. A call is admitted on the bytes
+    /// held but for its own frame, each counted once: those of the frames decoded before it in
+    /// this pass count as in flight, and no longer as read.
     pub fn receive(
         &mut self,
         message: Arc<Message>,
         out: &mut Outbox,
         received: (Instant, SystemTime),
+        read_unmoved: i64,
     ) {
         match message.kind {
-            MessageKind::Request | MessageKind::Oneway => self.start(message, out, received),
+            MessageKind::Request | MessageKind::Oneway => {
+                self.start(message, out, received, read_unmoved);
+            }
             MessageKind::Heartbeat => {
                 self.ctx.stats.heartbeats.inc();
                 if let Err(err) = self.encoder.encode_heartbeat_reply(&message, out.buf()) {
@@ -602,7 +610,13 @@ impl Requests {
         in_flight(&mut self.slab, key)
     }
 
-    fn start(&mut self, message: Arc<Message>, out: &mut Outbox, received: (Instant, SystemTime)) {
+    fn start(
+        &mut self,
+        message: Arc<Message>,
+        out: &mut Outbox,
+        received: (Instant, SystemTime),
+        read_unmoved: i64,
+    ) {
         // A request whose metadata overflowed would be routed and filtered without some of its
         // entries: it is refused rather than judged on part of what it carries.
         let reject_reason = message.reject_reason.or_else(|| {
@@ -613,7 +627,7 @@ impl Requests {
         });
         let admitted = self.ctx.load.admits(
             load::difference(self.slab.len(), self.moved),
-            load::difference(self.frame_bytes, self.moved_bytes),
+            load::difference(self.frame_bytes, self.moved_bytes).saturating_add(read_unmoved),
         );
         let key = self.admit(message, received);
         let now = received.0;
@@ -642,7 +656,7 @@ impl Requests {
         received: (Instant, SystemTime),
     ) {
         if !matches!(message.kind, MessageKind::Request | MessageKind::Oneway) {
-            return self.receive(message, out, received);
+            return self.receive(message, out, received, 0);
         }
         let key = self.admit(message, received);
         self.refuse_at_once(key, reply.clone(), flags, out, received.0);
@@ -1284,7 +1298,12 @@ mod tests {
              retry_on: [timeout], per_try_timeout: 10s, idempotent_methods: [get] } }",
         )?;
         let mut out = Outbox::new();
-        requests.receive(call("get"), &mut out, (Instant::now(), SystemTime::now()));
+        requests.receive(
+            call("get"),
+            &mut out,
+            (Instant::now(), SystemTime::now()),
+            0,
+        );
         let key = requests.keys()[0];
         // Attempt 1's per-try deadline passes, the retry's pause ends, and attempt 2 answers.
         step(&mut requests, key, TimerKind::Attempt(1), &mut out);
@@ -1310,7 +1329,12 @@ mod tests {
     fn a_late_answer_queued(cluster: &Arc<ClusterHandle>) -> Result<Requests, ConfigError> {
         let mut requests = requests(cluster, "{ route: { cluster: c }, timeout: 60s }")?;
         let mut out = Outbox::new();
-        requests.receive(call("get"), &mut out, (Instant::now(), SystemTime::now()));
+        requests.receive(
+            call("get"),
+            &mut out,
+            (Instant::now(), SystemTime::now()),
+            0,
+        );
         let key = requests.keys()[0];
         let deadline = requests
             .get(key)
