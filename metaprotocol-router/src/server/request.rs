@@ -60,9 +60,12 @@ const TIMER_HORIZON: Duration = Duration::from_secs(365 * 24 * 3600);
 /// them.
 const ABANDONED_ATTEMPTS: usize = MAX_IN_FLIGHT;
 
-/// How long an abandoned attempt is remembered. Only an answer its connection read before the
-/// deadline reaches the request after it (one read later is counted there), and it is on its way
-/// within moments; this is far longer, for a loaded machine.
+/// How long after it was abandoned an attempt is remembered, at least: until the connection
+/// finds its queue of answers empty past this. Only an answer its upstream connection read
+/// before the deadline reaches the request after it (one read later is counted there), and it
+/// is queued within moments; this is far longer, for a loaded machine. However late the
+/// connection takes an answer queued meanwhile (its worker busy, or the connection closing,
+/// which takes none until it goes), the attempt is still remembered.
 const LATE_ANSWER_WINDOW: Duration = Duration::from_secs(2);
 
 /// An attempt in flight when its request's deadline, or its own per-try deadline, ended it. Its
@@ -74,7 +77,7 @@ struct Abandoned {
     key: RequestKey,
     attempt: u32,
     counter: Counter,
-    /// When it is forgotten ([`LATE_ANSWER_WINDOW`] after it was abandoned).
+    /// When it may be forgotten ([`LATE_ANSWER_WINDOW`] after it was abandoned).
     until: Instant,
 }
 
@@ -91,35 +94,33 @@ impl Abandoned {
     }
 }
 
-/// A connection's abandoned attempts of the last [`LATE_ANSWER_WINDOW`], oldest first, at
-/// most [`ABANDONED_ATTEMPTS`]. Empty, it holds no allocation; requests that end in time never
-/// touch it.
+/// A connection's abandoned attempts whose answers may still be queued for it, oldest first, at
+/// most [`ABANDONED_ATTEMPTS`]: those of the last [`LATE_ANSWER_WINDOW`], and older ones until
+/// the connection finds its queue empty. Empty, it holds no allocation; requests that end in
+/// time never touch it.
 #[derive(Default)]
 struct AbandonedAttempts(VecDeque<Abandoned>);
 
 impl AbandonedAttempts {
-    /// Remembers `abandoned`, forgetting those whose window has passed by `now`, and the
-    /// oldest when full.
-    fn remember(&mut self, abandoned: Abandoned, now: Instant) {
-        self.forget_before(now);
+    /// Remembers `abandoned`, forgetting the oldest when full.
+    fn remember(&mut self, abandoned: Abandoned) {
         if self.0.len() == ABANDONED_ATTEMPTS {
             self.0.pop_front();
         }
         self.0.push_back(abandoned);
     }
 
-    /// Forgets the attempts whose window has passed by `now`.
+    /// Forgets the attempts whose window has passed by `now`: call it only once every answer
+    /// queued before `now` was taken, lest one still queued be forgotten.
     fn forget_before(&mut self, now: Instant) {
         while self.0.front().is_some_and(|oldest| oldest.until <= now) {
             self.0.pop_front();
         }
     }
 
-    /// The answer of attempt `attempt` of the ended request `key` (a `response`, or a failure)
-    /// at `now`: a response counted as unmatched if the attempt was abandoned, which it is no
-    /// longer.
-    fn answered(&mut self, key: RequestKey, attempt: u32, response: bool, now: Instant) {
-        self.forget_before(now);
+    /// The answer of attempt `attempt` of the ended request `key` (a `response`, or a failure):
+    /// a response counted as unmatched if the attempt was abandoned, which it is no longer.
+    fn answered(&mut self, key: RequestKey, attempt: u32, response: bool) {
         // Answers come mostly in the order their attempts were abandoned: near the front.
         let Some(index) = self
             .0
@@ -494,7 +495,12 @@ impl Requests {
                     }
                     progress = true;
                 }
-                _ => break,
+                _ => {
+                    // Every answer queued is taken: that of an attempt abandoned before the
+                    // window would be among them.
+                    self.abandoned.forget_before(now);
+                    break;
+                }
             }
         }
         while let Some(waits) = &mut self.waits
@@ -553,7 +559,8 @@ impl Requests {
     /// Closes the queue of upstream answers, which no request will take any more (the
     /// connection is ending every request, or it is going, or is trimmed with none in flight):
     /// the answers in it are counted as matching no request waiting, and those that come later
-    /// are counted so by their upstream connections, which find the queue closed.
+    /// are counted so by their upstream connections, which find the queue closed. The abandoned
+    /// attempts are forgotten: no answer reaches them any more.
     fn close_answers(&mut self) {
         let Some((_, mut events)) = self.channel.take() else {
             return;
@@ -562,6 +569,7 @@ impl Requests {
         while let Some(event) = events.try_recv() {
             self.unmatched(event);
         }
+        self.abandoned = AbandonedAttempts::default();
     }
 
     /// Counts `event`, an answer its request will not take (its client is gone, or its
@@ -576,7 +584,7 @@ impl Requests {
                 routed.unmatched_responses().inc();
             }
             Some(Stage::Filtering | Stage::Answered(_)) => {}
-            None => self.abandoned.answered(key, attempt, true, Instant::now()),
+            None => self.abandoned.answered(key, attempt, true),
         }
         upstream::recycle(response);
     }
@@ -887,7 +895,7 @@ impl Requests {
         now: Instant,
     ) {
         let Some(inflight) = self.get(key) else {
-            self.abandoned.answered(key, attempt, result.is_ok(), now);
+            self.abandoned.answered(key, attempt, result.is_ok());
             return;
         };
         let answered = stage_answered(
@@ -901,7 +909,7 @@ impl Requests {
         match (answered, result) {
             // An attempt the request no longer waits on, which its router counted if it
             // answered: abandoned at its per-try deadline, it is no longer.
-            (None, _) => self.abandoned.answered(key, attempt, false, now),
+            (None, _) => self.abandoned.answered(key, attempt, false),
             (Some(Next::Respond), Ok(response)) => {
                 let step_timer = self
                     .get(key)
@@ -956,7 +964,7 @@ impl Requests {
                     Stage::Answered(_) => return,
                 };
                 if let Some(abandoned) = abandoned {
-                    self.abandoned.remember(abandoned, now);
+                    self.abandoned.remember(abandoned);
                 }
                 self.finish(key, Answer::Local(reply), out, now);
             }
@@ -970,7 +978,7 @@ impl Requests {
                     _ => None,
                 };
                 if let Some(abandoned) = abandoned {
-                    self.abandoned.remember(abandoned, now);
+                    self.abandoned.remember(abandoned);
                 }
                 self.answered(key, number, &Err(UpstreamError::Expired), out, now);
             }
@@ -1322,25 +1330,23 @@ mod tests {
         Ok(())
     }
 
-    /// A connection to a server that never answers, whose one call's deadline passed, and
-    /// whose queue holds that call's answer: its upstream connection read it just before the
-    /// deadline, and it came once the deadline had ended the call. `cluster` counts answers that
-    /// matched no request waiting.
-    fn a_late_answer_queued(cluster: &Arc<ClusterHandle>) -> Result<Requests, ConfigError> {
+    /// A connection to a server that never answers, whose one call, received at `received`,
+    /// saw its deadline pass (at `received` and 61 s), and whose queue holds that call's answer:
+    /// its upstream connection read it just before the deadline, and it came once the deadline
+    /// had ended the call. `cluster` counts answers that matched no request waiting.
+    fn a_late_answer_queued(
+        cluster: &Arc<ClusterHandle>,
+        received: Instant,
+    ) -> Result<Requests, ConfigError> {
         let mut requests = requests(cluster, "{ route: { cluster: c }, timeout: 60s }")?;
         let mut out = Outbox::new();
-        requests.receive(
-            call("get"),
-            &mut out,
-            (Instant::now(), SystemTime::now()),
-            0,
-        );
+        requests.receive(call("get"), &mut out, (received, SystemTime::now()), 0);
         let key = requests.keys()[0];
         let deadline = requests
             .get(key)
             .and_then(|inflight| inflight.deadline_timer);
         let deadline = deadline.unwrap_or_else(|| panic!("no deadline"));
-        let past_it = Instant::now() + Duration::from_secs(61);
+        let past_it = received + Duration::from_secs(61);
         requests.timer(key, TimerKind::Deadline, deadline, &mut out, past_it);
         assert!(requests.is_empty(), "the deadline ended the call");
         let answer = UpstreamEvent {
@@ -1360,10 +1366,37 @@ mod tests {
     -> Result<(), ConfigError> {
         let (_upstream, cluster) = silent_cluster()?;
         let unmatched = || cluster.stats().unmatched_responses.get();
-        drop(a_late_answer_queued(&cluster)?);
+        drop(a_late_answer_queued(&cluster, Instant::now())?);
         assert_eq!(unmatched(), 1, "counted when its connection went");
-        a_late_answer_queued(&cluster)?.trim();
+        a_late_answer_queued(&cluster, Instant::now())?.trim();
         assert_eq!(unmatched(), 2, "counted when its connection was trimmed");
+        Ok(())
+    }
+
+    /// An answer that came in time for an attempt its call's deadline abandoned is counted
+    /// however late its connection takes it: a connection closing (reading what its client
+    /// still sends, for up to 2 s, before it goes) or a busy worker may leave it queued past
+    /// [`LATE_ANSWER_WINDOW`]. Before, the attempt was forgotten by then, and its answer with it.
+    #[tokio::test]
+    async fn an_answer_queued_in_time_is_counted_however_late_its_connection_takes_it()
+    -> Result<(), ConfigError> {
+        let (_upstream, cluster) = silent_cluster()?;
+        let unmatched = || cluster.stats().unmatched_responses.get();
+        // Its deadline passed 9 s ago.
+        let long_ago = Instant::now()
+            .checked_sub(Duration::from_secs(70))
+            .ok_or_else(|| ConfigError::new("clock", "the monotonic clock is too young"))?;
+        drop(a_late_answer_queued(&cluster, long_ago)?);
+        assert_eq!(unmatched(), 1, "not counted when its connection went");
+        let mut requests = a_late_answer_queued(&cluster, long_ago)?;
+        let waker = futures::task::noop_waker();
+        let mut out = Outbox::new();
+        requests.poll(&mut Context::from_waker(&waker), &mut out, Instant::now());
+        assert_eq!(unmatched(), 2, "not counted when its connection took it");
+        assert!(
+            requests.abandoned.0.is_empty(),
+            "counted once, and forgotten"
+        );
         Ok(())
     }
 
@@ -1384,15 +1417,15 @@ mod tests {
         let now = Instant::now();
         let mut attempts = AbandonedAttempts::default();
         for index in 0..3 {
-            attempts.remember(abandoned(index, &counter, now), now);
+            attempts.remember(abandoned(index, &counter, now));
         }
-        attempts.answered(key(1), 1, true, now);
+        attempts.answered(key(1), 1, true);
         assert_eq!(counter.get(), 0, "another attempt of the request");
-        attempts.answered(key(1), 2, true, now);
-        attempts.answered(key(1), 2, true, now);
+        attempts.answered(key(1), 2, true);
+        attempts.answered(key(1), 2, true);
         assert_eq!(counter.get(), 1, "counted once");
-        attempts.answered(key(2), 2, false, now);
-        attempts.answered(key(2), 2, true, now);
+        attempts.answered(key(2), 2, false);
+        attempts.answered(key(2), 2, true);
         assert_eq!(
             counter.get(),
             1,
@@ -1429,23 +1462,25 @@ mod tests {
         // A deadline that ended a connection's whole batch of calls in flight at once.
         let count = 1000;
         for index in 0..count {
-            attempts.remember(abandoned(index, &counter, now), now);
+            attempts.remember(abandoned(index, &counter, now));
         }
-        let soon = now + Duration::from_millis(100);
+        // Their answers came within the window.
+        attempts.forget_before(now + Duration::from_millis(100));
         for index in 0..count {
-            attempts.answered(key(index), 2, true, soon);
+            attempts.answered(key(index), 2, true);
         }
         assert_eq!(counter.get(), u64::from(count), "none forgotten");
         assert!(attempts.0.is_empty());
-        // Past the window, an abandoned attempt is forgotten: its answer, if it ever comes,
-        // was read after the deadline and counted by its connection.
-        attempts.remember(abandoned(0, &counter, now), now);
-        let late = now + LATE_ANSWER_WINDOW;
-        attempts.answered(key(0), 2, true, late);
+        // Past the window, once the connection found its queue empty, an abandoned attempt is
+        // forgotten: its answer, if it ever comes, was read after the deadline and counted by
+        // its upstream connection.
+        attempts.remember(abandoned(0, &counter, now));
+        attempts.forget_before(now + LATE_ANSWER_WINDOW);
+        attempts.answered(key(0), 2, true);
         assert_eq!(counter.get(), u64::from(count));
         assert!(attempts.0.is_empty(), "forgotten");
         for index in 0..=ABANDONED_ATTEMPTS as u32 {
-            attempts.remember(abandoned(index, &counter, now), now);
+            attempts.remember(abandoned(index, &counter, now));
         }
         assert_eq!(attempts.0.len(), ABANDONED_ATTEMPTS, "bounded");
     }
