@@ -36,7 +36,7 @@ use super::load::{self, ReadRoom};
 use super::request::Requests;
 use super::{Admitted, ListenerContext, busy_poll, linger};
 use crate::router::deadline_after;
-use crate::transport::buffers::{self, FrameSizes};
+use crate::transport::buffers::{self, BUFFER_KEEP_LIMIT, FrameSizes};
 use crate::transport::outbox::Outbox;
 use crate::transport::{Accepted, Transport};
 use crate::waiting::{Cancellation, Timer};
@@ -363,6 +363,7 @@ impl<S: Transport> Connection<S> {
     /// [`MAX_IN_FLIGHT`]; with `turn_away`, answers each with it instead (the connection is
     /// closing). Returns the frames decoded.
     fn decode_frames(&mut self, now: Instant, turn_away: Option<&LocalReply>) -> u64 {
+        let held = self.read_buf.capacity();
         // The wall clock, read for the first frame: the frames of one read share it.
         let mut wall = None;
         let mut frames = 0;
@@ -446,6 +447,19 @@ impl<S: Transport> Connection<S> {
         }
         if let Some(unused) = slot {
             self.requests.spare(unused);
+        }
+        if frames > 0 && held > BUFFER_KEEP_LIMIT {
+            // The frames split off hold the buffer's allocation, which a large frame made grow,
+            // until each call ends, and count in flight meanwhile: what is left moves to a
+            // buffer of its own, lest the allocation stay with the connection, counted as the
+            // few bytes left (or nothing), and be taken back whole once they end.
+            self.read_buf = if self.read_buf.is_empty() {
+                BytesMut::new()
+            } else {
+                let mut rest = buffers::buffer();
+                rest.extend_from_slice(&self.read_buf);
+                rest
+            };
         }
         frames
     }
@@ -672,5 +686,160 @@ impl<S: Transport> Future for Connection<S> {
         // once it is spent they wait: without a yield, the answers would pile up unsent.
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+
+    use metaprotocol_core::{CodecFactory, EncodeParams, Message, MessageKind};
+    use tokio::io::{AsyncWriteExt, DuplexStream};
+
+    use super::*;
+    use crate::server::request::tests::{client, listener};
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    /// A protocol whose frames give their length in their first four bytes (big-endian), each
+    /// read as a heartbeat, which the proxy answers with nothing: a frame ends once decoded.
+    struct Sized;
+
+    impl CodecFactory for Sized {
+        fn protocol(&self) -> &'static str {
+            "sized"
+        }
+
+        fn new_codec(&self, _: Side, _: WireVariant) -> Box<dyn Codec> {
+            Box::new(Sized)
+        }
+    }
+
+    impl Codec for Sized {
+        fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, CodecError> {
+            metaprotocol_core::decode_new(self, src)
+        }
+
+        fn decode_into(
+            &mut self,
+            src: &mut BytesMut,
+            slot: &mut Message,
+        ) -> Result<bool, CodecError> {
+            let Some(&[a, b, c, d]) = src.get(..4) else {
+                return Ok(false);
+            };
+            let len = (u32::from_be_bytes([a, b, c, d]) as usize).max(4);
+            if src.len() < len {
+                src.reserve(len - src.len());
+                return Ok(false);
+            }
+            slot.reset(MessageKind::Heartbeat, 0, src.split_to(len).freeze());
+            Ok(true)
+        }
+
+        fn encode(
+            &mut self,
+            _: &Message,
+            _: &EncodeParams<'_>,
+            _: &mut BytesMut,
+        ) -> Result<(), CodecError> {
+            Ok(())
+        }
+
+        fn encode_local_reply(
+            &mut self,
+            _: &Message,
+            _: &LocalReply,
+            _: &mut BytesMut,
+        ) -> Result<(), CodecError> {
+            Ok(())
+        }
+
+        fn encode_heartbeat_reply(
+            &mut self,
+            _: &Message,
+            _: &mut BytesMut,
+        ) -> Result<(), CodecError> {
+            Ok(())
+        }
+    }
+
+    /// A frame of `len` bytes of protocol [`Sized`].
+    fn frame(len: u32) -> Vec<u8> {
+        let mut frame = vec![0; len as usize];
+        frame[..4].copy_from_slice(&len.to_be_bytes());
+        frame
+    }
+
+    /// Runs `connection` until `done` holds of it (10 s at most).
+    async fn until(
+        connection: &mut Connection<DuplexStream>,
+        done: impl Fn(&Connection<DuplexStream>) -> bool,
+    ) -> TestResult {
+        let run = poll_fn(|cx| {
+            let _ = Pin::new(&mut *connection).poll(cx);
+            if done(connection) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        Ok(tokio::time::timeout(Duration::from_secs(10), run).await?)
+    }
+
+    /// Once a large frame is decoded, the connection's read buffer no longer holds the
+    /// allocation the frame made grow: the frame holds it (counted in flight while its call
+    /// lasts) and it goes with the frame. Before, the read buffer went on with the rest of the
+    /// allocation (8 MiB left of 16 MiB, for a frame of 8 MiB), counted as the bytes it held
+    /// (here 10), and took it back whole once the frame was gone, for as long as the
+    /// connection was busy.
+    #[tokio::test]
+    async fn a_read_buffer_does_not_keep_the_allocation_a_large_frame_made_grow() -> TestResult {
+        let ctx = listener(Arc::new(Sized), "", &[])?;
+        let (io, mut peer) = tokio::io::duplex(1 << 20);
+        let admitted = Admitted::new(Arc::clone(&ctx));
+        let mut connection = Connection::new(io, client(), admitted, CancellationToken::new());
+        // A frame of 8 MiB, and the first 10 bytes of one of 100.
+        let mut sent = frame(8 << 20);
+        let next = frame(100);
+        sent.extend_from_slice(&next[..10]);
+        let writer = tokio::spawn(async move {
+            let written = peer.write_all(&sent).await;
+            written.map(|()| peer)
+        });
+        until(&mut connection, |c| {
+            c.ctx.stats.heartbeats.get() == 1 && c.read_buf.len() == 10
+        })
+        .await?;
+        let mut peer = writer.await??;
+        // What a connection reading large frames keeps: room for the next reads.
+        let kept = BUFFER_KEEP_LIMIT + 10;
+        assert!(
+            connection.read_buf.capacity() <= kept,
+            "a read buffer of {} bytes kept for 10",
+            connection.read_buf.capacity()
+        );
+        assert_eq!(connection.read_buffered, 10, "counted");
+        // The rest of it, and a frame of 8 MiB that ends where the write does: the bytes that
+        // follow come once it is decoded and gone.
+        let mut sent = next[10..].to_vec();
+        sent.extend_from_slice(&frame(8 << 20));
+        let writer = tokio::spawn(async move {
+            let written = peer.write_all(&sent).await;
+            written.map(|()| peer)
+        });
+        until(&mut connection, |c| {
+            c.ctx.stats.heartbeats.get() == 3 && c.read_buf.is_empty()
+        })
+        .await?;
+        let mut peer = writer.await??;
+        peer.write_all(&next[..10]).await?;
+        until(&mut connection, |c| c.read_buf.len() == 10).await?;
+        assert!(
+            connection.read_buf.capacity() <= kept,
+            "a read buffer of {} bytes taken back for 10",
+            connection.read_buf.capacity()
+        );
+        Ok(())
     }
 }

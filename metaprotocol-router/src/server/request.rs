@@ -1204,10 +1204,10 @@ impl Requests {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::net::SocketAddr;
 
-    use metaprotocol_core::FilterChain;
+    use metaprotocol_core::{CodecFactory, FilterChain};
     use tokio_util::sync::CancellationToken;
 
     use super::*;
@@ -1218,18 +1218,24 @@ mod tests {
     use crate::stats::{ListenerStats, Metrics};
     use crate::transport::Acceptor;
 
-    /// The requests of one client connection of a listener whose one route, `route` (a route
-    /// entry's YAML), sends to cluster `c`, `cluster`.
-    fn requests(cluster: &Arc<ClusterHandle>, route: &str) -> Result<Requests, ConfigError> {
-        let clusters = ClusterManager::default();
-        clusters.insert(cluster.clone());
-        let spec = RouteConfigSpec::from_yaml(&format!("name: r\nroutes: [ {route} ]"))?;
+    /// Listener `in`, whose clients speak `codec`, and whose routes, `routes` (route entries'
+    /// YAML), send to `clusters`.
+    pub(in crate::server) fn listener(
+        codec: Arc<dyn CodecFactory>,
+        routes: &str,
+        clusters: &[&Arc<ClusterHandle>],
+    ) -> Result<Arc<ListenerContext>, ConfigError> {
+        let manager = ClusterManager::default();
+        for cluster in clusters {
+            manager.insert(Arc::clone(cluster));
+        }
+        let spec = RouteConfigSpec::from_yaml(&format!("name: r\nroutes: [ {routes} ]"))?;
         let metrics = Metrics::new();
-        let table = RouteTable::build(&spec, 1, &clusters, &metrics.root())?;
+        let table = RouteTable::build(&spec, 1, &manager, &metrics.root())?;
         let scope = metrics.root().detached("listener", "in");
-        let ctx = ListenerContext {
+        Ok(Arc::new(ListenerContext {
             name: "in".into(),
-            codec: Arc::new(crate::testing::NullCodec),
+            codec,
             routes: Arc::new(RouteSlot {
                 table: crate::published::Published::new(Arc::new(table)),
             }),
@@ -1246,12 +1252,22 @@ mod tests {
             drain: Arc::new(DrainPolicy::default()),
             acceptor: Acceptor::Plain,
             retired: CancellationToken::new(),
-        };
+        }))
+    }
+
+    /// What the engine knows of a client connection of listener `in`.
+    pub(in crate::server) fn client() -> Arc<ConnectionInfo> {
         let peer = SocketAddr::from(([127, 0, 0, 1], 2));
-        let connection = Arc::new(ConnectionInfo::new("in".into(), peer, peer));
+        Arc::new(ConnectionInfo::new("in".into(), peer, peer))
+    }
+
+    /// The requests of one client connection of a listener whose one route, `route` (a route
+    /// entry's YAML), sends to cluster `c`, `cluster`.
+    fn requests(cluster: &Arc<ClusterHandle>, route: &str) -> Result<Requests, ConfigError> {
+        let ctx = listener(Arc::new(crate::testing::NullCodec), route, &[cluster])?;
         Ok(Requests::new(
-            Arc::new(ctx),
-            connection,
+            ctx,
+            client(),
             Box::new(crate::testing::SilentCodec),
         ))
     }
