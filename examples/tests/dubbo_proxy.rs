@@ -2474,3 +2474,104 @@ async fn a_call_read_with_the_end_of_a_large_one_is_not_refused_by_its_bytes_cou
     proxy.shutdown().await;
     Ok(())
 }
+
+/// Waits until `done` holds, looking every 10 ms, for 10 s at most (`what` says what it waits
+/// for).
+async fn until(what: &str, done: impl Fn() -> bool) -> TestResult {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        if Instant::now() > deadline {
+            return Err(format!("not {what} in 10 s").into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// A connection whose large call arrives while the proxy holds `limits.max_buffered_bytes`
+/// (here the calls of another client, which a server does not answer) reads no more of it, and
+/// sleeps: it wakes when bytes are given back (those calls end at their deadline), not on a
+/// timer, and then reads the rest of its call within its `frame_timeout`, which is answered.
+/// Before, it woke ten times a second to look again.
+#[tokio::test]
+async fn a_large_call_waits_for_room_asleep_and_goes_on_once_bytes_are_given_back() -> TestResult {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let silent_address = silent.local_addr()?;
+    let server = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = silent.accept().await {
+            tokio::spawn(async move {
+                let mut sink = vec![0u8; 64 * 1024];
+                while matches!(socket.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let proxy = start_engine(&format!(
+        "limits: {{ max_buffered_bytes: 4194304 }}
+listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r, frame_timeout: 10s }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }}, timeout: 3s }} ] }} ]
+clusters: [ {{ name: c, endpoints: [ {{ address: {silent_address} }} ] }} ]
+"
+    ))
+    .await?;
+    let address = proxy.listener_addr("in").ok_or("no listener")?;
+    let metric = |series: &str| support::proxy::metric(&proxy, series);
+    // Four calls of 1 MiB in flight fill the bound until their deadline.
+    let mut holder = TcpStream::connect(address).await?;
+    holder.write_all(&calls_of_a_mebibyte(4)).await?;
+    until("4 MiB in flight", || {
+        metric("metaprotocol_requests_in_flight_bytes") >= 4.0 * 1024.0 * 1024.0
+    })
+    .await?;
+    let (mut client_read, mut client_write) = TcpStream::connect(address).await?.into_split();
+    let big = "x".repeat(3 * 1024 * 1024);
+    let large = support::dubbo_request(1, "sayHello", &[("x-big", &big)]);
+    let writer = tokio::spawn(async move { client_write.write_all(&large).await });
+    until("a large call partly read", || {
+        metric("metaprotocol_read_buffered_bytes") > 16.0 * 1024.0
+    })
+    .await?;
+    // It waits: nothing read for a while, and the runtime (this test's, which the proxy's
+    // connections share) asleep but for this test's own timer.
+    let runtime = tokio::runtime::Handle::current().metrics();
+    let (read_before, parks_before) = (
+        metric("metaprotocol_read_buffered_bytes"),
+        runtime.worker_park_count(0),
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let woken = runtime.worker_park_count(0) - parks_before;
+    assert_eq!(
+        metric("metaprotocol_read_buffered_bytes"),
+        read_before,
+        "the waiting connection read on"
+    );
+    assert!(
+        metric("metaprotocol_requests_in_flight_bytes") >= 4.0 * 1024.0 * 1024.0,
+        "the calls in flight ended while the test looked"
+    );
+    // Its timers' own ticks wake an idle runtime a few times; a connection looking again ten
+    // times a second, some forty.
+    assert!(woken < 20, "the runtime woke {woken} times in 1.5 s");
+    // The calls in flight end at their deadline; the large call is read whole and goes.
+    let answers = read_answers(&mut holder, 4).await?;
+    assert_eq!(answers.len(), 4);
+    tokio::time::timeout(Duration::from_secs(5), writer).await???;
+    let answer = read_answers(&mut client_read, 1).await?;
+    assert_eq!(answer.len(), 1, "the large call got no answer");
+    assert_eq!(
+        metric("metaprotocol_local_replies_total{listener=\"in\",reason=\"over_limit\"}"),
+        0.0
+    );
+    assert_eq!(
+        metric(
+            "metaprotocol_downstream_protocol_errors_total{listener=\"in\",reason=\"frame_timeout\"}"
+        ),
+        0.0
+    );
+    assert_eq!(
+        metric("metaprotocol_downstream_cx_overflow_total{listener=\"in\"}"),
+        0.0
+    );
+    server.abort();
+    proxy.shutdown().await;
+    Ok(())
+}

@@ -32,7 +32,7 @@ use tokio::io::ReadBuf;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::load::{self, ReadRoom};
+use super::load::{self, ReadRoom, RoomWait};
 use super::request::Requests;
 use super::{Admitted, ListenerContext, busy_poll, linger};
 use crate::router::deadline_after;
@@ -59,13 +59,11 @@ const REQUEST_BYTES_BUDGET: usize = 16 * 1024 * 1024;
 /// load is still over `max_buffered_bytes` when they are in. A larger one is a large call
 /// arriving (up to `max_frame_bytes`, for up to `frame_timeout`), read on only while the bytes
 /// the proxy holds but for the connection's own are under that bound ([`ReadRoom`]): past it,
-/// the connection waits while calls end and clients read their answers, and is closed if the
-/// frames other connections are receiving fill the bound alone (they could hold it until their
+/// the connection waits while calls end and clients read their answers (asleep until bytes are
+/// given back, [`super::load::Load::wait_for_room`]), and is closed if the frames other
+/// connections are receiving fill the bound alone (they could hold it until their
 /// `frame_timeout`, and the frames waiting on each other would never end).
 const PARTIAL_FRAME_GRACE: usize = 16 * 1024;
-/// How often a connection whose large frame waits for room under `max_buffered_bytes` looks
-/// again.
-const ROOM_RECHECK: Duration = Duration::from_millis(100);
 /// Passes of a connection's loop (answers, reads, writes, deadlines) in one poll of its task,
 /// past which it yields to the worker's other tasks. A pass that finds nothing to do ends the
 /// poll long before.
@@ -205,6 +203,8 @@ struct Connection<S> {
     /// True while a request too large to decode, whose length its head does not give, is
     /// passed over by the codec as it arrives ([`Codec::pass_over`]).
     passing_oversized: bool,
+    /// Set while the large frame being received waits for room under `max_buffered_bytes`.
+    room_wait: Option<RoomWait>,
     alarm: Alarm,
     /// Its reads and calls in flight, as its worker's lingers count them.
     activity: linger::ConnectionActivity,
@@ -239,6 +239,7 @@ impl<S: Transport> Connection<S> {
             partial_since: None,
             frames_left: false,
             passing_oversized: false,
+            room_wait: None,
             alarm: Alarm::new(),
             activity: linger::ConnectionActivity::default(),
             closing: None,
@@ -258,6 +259,7 @@ impl<S: Transport> Connection<S> {
             })
         });
         if !closing.shut {
+            self.room_wait = None;
             self.read_buf = BytesMut::new();
             self.ctx
                 .load
@@ -301,7 +303,11 @@ impl<S: Transport> Connection<S> {
 
     /// Reads and dispatches every frame that arrived. True if anything happened.
     fn poll_read_frames(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
-        if self.reading != Reading::Open || self.decoding_paused() {
+        if self.reading != Reading::Open {
+            self.room_wait = None;
+            return false;
+        }
+        if self.decoding_paused() {
             return false;
         }
         if self.reading_paused() && !self.frames_left {
@@ -317,13 +323,9 @@ impl<S: Transport> Connection<S> {
         }
         if !std::mem::take(&mut self.frames_left) {
             if self.read_buf.len() > PARTIAL_FRAME_GRACE {
-                match self.ctx.load.room_to_read(self.read_buffered) {
+                match self.room_to_read(cx) {
                     ReadRoom::Free => {}
-                    ReadRoom::Wait => {
-                        // Nothing wakes the connection when others give bytes back.
-                        self.alarm.arm(now + ROOM_RECHECK);
-                        return false;
-                    }
+                    ReadRoom::Wait => return false,
                     ReadRoom::Full => {
                         tracing::debug!(listener = %self.ctx.name, "closing client connection: the frames being received hold max_buffered_bytes");
                         self.ctx.stats.cx_overflow.inc();
@@ -349,6 +351,37 @@ impl<S: Transport> Connection<S> {
         let frames = self.decode_frames(now, None);
         self.activity.read(frames, self.requests.len());
         true
+    }
+
+    /// Whether the large frame being received may be read on ([`ReadRoom`]). While it waits,
+    /// the task is woken when bytes are given back (or the bound raised), and looks again.
+    fn room_to_read(&mut self, cx: &mut Context<'_>) -> ReadRoom {
+        let load = &self.ctx.load;
+        let room = load.room_to_read(self.read_buffered);
+        if room != ReadRoom::Wait {
+            self.room_wait = None;
+            return room;
+        }
+        if self.room_wait.is_none() {
+            self.room_wait = Some(load.wait_for_room());
+        }
+        // Registered before looking again: bytes given back from here on wake the task.
+        let room = load.room_to_read(self.read_buffered);
+        if room != ReadRoom::Wait {
+            self.room_wait = None;
+            return room;
+        }
+        let given_back = self
+            .room_wait
+            .as_mut()
+            .is_some_and(|wait| wait.poll(cx).is_ready());
+        if given_back {
+            // Bytes were given back since the wait began, too few: look again at the next
+            // poll, with a new wait.
+            self.room_wait = None;
+            cx.waker().wake_by_ref();
+        }
+        ReadRoom::Wait
     }
 
     /// Moves the bytes of `read_buf` into the proxy-wide load: once a pass, as the others.

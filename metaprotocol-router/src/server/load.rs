@@ -10,10 +10,20 @@
 //! pass runs, the connection judges new requests on the shared counts plus its own share not
 //! yet moved; other connections see the share at the end of the pass, before the connection's
 //! task waits again.
+//!
+//! A connection whose large frame waits for room ([`ReadRoom::Wait`]) sleeps until a share of
+//! bytes goes down or the bound is raised ([`Load::wait_for_room`]): the pass that gives bytes
+//! back reads one more shared count (the connections waiting), and wakes them only if there are
+//! any; a pass that gives nothing back, and the calls themselves, pay nothing for it.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 
 use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::{Notify, futures::OwnedNotified};
 
 use crate::config::LimitsSpec;
 use crate::stats::MetricsScope;
@@ -30,6 +40,10 @@ pub(crate) struct Load {
     buffered: Gauge,
     max_requests: AtomicI64,
     max_buffered: AtomicI64,
+    /// The connections whose large frame waits for room ([`RoomWait`]s alive).
+    waiting: AtomicUsize,
+    /// Wakes them when bytes are given back or the bound is raised.
+    room: Arc<Notify>,
 }
 
 impl Load {
@@ -53,18 +67,21 @@ impl Load {
             ),
             max_requests: AtomicI64::new(0),
             max_buffered: AtomicI64::new(0),
+            waiting: AtomicUsize::new(0),
+            room: Arc::new(Notify::new()),
         };
         load.set_limits(limits);
         load
     }
 
-    /// Applies new limits (a config update).
+    /// Applies new limits (a config update): the connections waiting for room look again.
     pub fn set_limits(&self, limits: &LimitsSpec) {
         let cap = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         self.max_requests
             .store(cap(limits.max_requests), Ordering::Relaxed);
         self.max_buffered
-            .store(cap(limits.max_buffered_bytes), Ordering::Relaxed);
+            .store(cap(limits.max_buffered_bytes), Ordering::SeqCst);
+        self.gave_back();
     }
 
     /// True if a new request may be taken on by a connection with `unmoved` requests in flight,
@@ -93,17 +110,18 @@ impl Load {
     /// `frame_timeout`), or, with the rest the proxy holds (which calls ending and clients
     /// reading give back), leave no room.
     pub fn room_to_read(&self, own: usize) -> ReadRoom {
-        let max = self.max_buffered.load(Ordering::Relaxed);
-        let others_reading = self
-            .read_buffered
-            .get()
-            .saturating_sub(i64::try_from(own).unwrap_or(i64::MAX));
+        // In the one order of every connection's moves and registrations (see
+        // `Load::wait_for_room`).
+        let bytes = |gauge: &Gauge| gauge.inner().load(Ordering::SeqCst);
+        let max = self.max_buffered.load(Ordering::SeqCst);
+        let others_reading =
+            bytes(&self.read_buffered).saturating_sub(i64::try_from(own).unwrap_or(i64::MAX));
         if others_reading >= max {
             return ReadRoom::Full;
         }
         let held = others_reading
-            .saturating_add(self.buffered.get())
-            .saturating_add(self.request_bytes.get());
+            .saturating_add(bytes(&self.buffered))
+            .saturating_add(bytes(&self.request_bytes));
         if held >= max {
             ReadRoom::Wait
         } else {
@@ -118,17 +136,68 @@ impl Load {
 
     /// Moves a connection's share of the bytes of requests' frames from `before` to `now`.
     pub fn request_bytes(&self, before: usize, now: usize) {
-        shift(&self.request_bytes, before, now);
+        self.shift_bytes(&self.request_bytes, before, now);
     }
 
     /// Moves a connection's share of bytes read and not yet decoded from `before` to `now`.
     pub fn read_buffered(&self, before: usize, now: usize) {
-        shift(&self.read_buffered, before, now);
+        self.shift_bytes(&self.read_buffered, before, now);
     }
 
     /// Moves a connection's share of waiting bytes from `before` to `now`.
     pub fn buffered(&self, before: usize, now: usize) {
-        shift(&self.buffered, before, now);
+        self.shift_bytes(&self.buffered, before, now);
+    }
+
+    /// Moves a share of the bytes `gauge` counts from `before` to `now`, waking the connections
+    /// waiting for room if it went down.
+    fn shift_bytes(&self, gauge: &Gauge, before: usize, now: usize) {
+        if shift(gauge, before, now) < 0 {
+            self.gave_back();
+        }
+    }
+
+    /// Wakes the connections waiting for room, if any: bytes were given back, or the bound
+    /// raised.
+    fn gave_back(&self) {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.room.notify_waiters();
+        }
+    }
+
+    /// Registers a connection whose large frame waits for room: the returned wait ends when
+    /// bytes are given back or the bound is raised, from now on. The connection looks at the
+    /// room again once registered ([`Load::room_to_read`]), and sleeps on the wait only if
+    /// there is still none: every count moves, registrations and looks at them are in one
+    /// order (sequentially consistent), so either its look sees bytes given back, or the
+    /// connection that gave them back sees it waiting, and wakes it.
+    pub fn wait_for_room(self: &Arc<Self>) -> RoomWait {
+        let given_back = Box::pin(Arc::clone(&self.room).notified_owned());
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        RoomWait {
+            given_back,
+            load: Arc::clone(self),
+        }
+    }
+}
+
+/// A connection's wait for room under `max_buffered_bytes` ([`Load::wait_for_room`]); it
+/// counts among the connections waiting while it lives.
+pub(crate) struct RoomWait {
+    given_back: Pin<Box<OwnedNotified>>,
+    load: Arc<Load>,
+}
+
+impl RoomWait {
+    /// Ready once bytes were given back, or the bound raised, since the wait was made.
+    pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.given_back.as_mut().poll(cx)
+    }
+}
+
+impl Drop for RoomWait {
+    fn drop(&mut self) {
+        self.load.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -143,12 +212,16 @@ pub(crate) enum ReadRoom {
     Full,
 }
 
-/// Moves a share of `gauge` from `before` to `now`; no write when it did not change.
-fn shift(gauge: &Gauge, before: usize, now: usize) {
+/// Moves a share of `gauge` from `before` to `now`; no write when it did not change. Returns
+/// the change.
+fn shift(gauge: &Gauge, before: usize, now: usize) -> i64 {
     let delta = difference(now, before);
     if delta != 0 {
-        gauge.inc_by(delta);
+        // Sequentially consistent for `Load::wait_for_room` (the same instruction as a relaxed
+        // add on x86).
+        gauge.inner().fetch_add(delta, Ordering::SeqCst);
     }
+    delta
 }
 
 /// `now - before`, signed.
@@ -160,6 +233,32 @@ pub(crate) fn difference(now: usize, before: usize) -> i64 {
 mod tests {
     use super::*;
     use crate::stats::Metrics;
+
+    #[test]
+    fn a_wait_for_room_ends_when_bytes_are_given_back_or_the_bound_is_raised() {
+        let metrics = Metrics::new();
+        let limits = |max_buffered_bytes| LimitsSpec {
+            max_requests: 100,
+            max_buffered_bytes,
+        };
+        let load = Arc::new(Load::new(&metrics.root(), &limits(100)));
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        load.request_bytes(0, 100);
+        let mut wait = load.wait_for_room();
+        assert!(wait.poll(&mut cx).is_pending());
+        load.request_bytes(100, 100);
+        load.buffered(0, 10);
+        assert!(wait.poll(&mut cx).is_pending(), "nothing given back");
+        load.request_bytes(100, 50);
+        assert!(wait.poll(&mut cx).is_ready(), "50 bytes given back");
+        wait = load.wait_for_room();
+        load.set_limits(&limits(1000));
+        assert!(wait.poll(&mut cx).is_ready(), "the bound raised");
+        assert_eq!(load.waiting.load(Ordering::SeqCst), 1);
+        drop(wait);
+        assert_eq!(load.waiting.load(Ordering::SeqCst), 0, "no wait left");
+    }
 
     #[test]
     fn past_either_limit_nothing_new_is_admitted() {
