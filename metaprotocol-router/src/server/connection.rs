@@ -17,10 +17,11 @@
 //! idle clients cost little more than their sockets.
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, BytesMut};
@@ -56,7 +57,9 @@ const REQUEST_BYTES_BUDGET: usize = 16 * 1024 * 1024;
 /// A frame partly received up to this size (the read buffer any connection with bytes to read
 /// takes) is read on whatever the proxy-wide load: it is what a read that ends mid-frame leaves
 /// of a client's pipelined calls, which are refused whole, with the over-limit reply, if the
-/// load is still over `max_buffered_bytes` when they are in. A larger one is a large call
+/// load is still over `max_buffered_bytes` when they are in. While the load is over it, a read
+/// takes such a frame no further than just past this size when the read could take far more
+/// (its codec made room for a large frame). A larger one is a large call
 /// arriving (up to `max_frame_bytes`, for up to `frame_timeout`), read on only while the bytes
 /// the proxy holds but for the connection's own are under that bound ([`ReadRoom`]): past it,
 /// the connection waits while calls end and clients read their answers (asleep until bytes are
@@ -322,6 +325,11 @@ impl<S: Transport> Connection<S> {
             return frames > 0;
         }
         if !std::mem::take(&mut self.frames_left) {
+            // The most the read may take: all the socket has, but for a frame partly received
+            // up to the grace that a read could take far past it (its codec made room for a
+            // large frame) while the proxy holds the bound: it goes just past the grace, where
+            // it waits as any large frame does.
+            let mut most = None;
             if self.read_buf.len() > PARTIAL_FRAME_GRACE {
                 match self.room_to_read(cx) {
                     ReadRoom::Free => {}
@@ -334,8 +342,16 @@ impl<S: Transport> Connection<S> {
                         return true;
                     }
                 }
+            } else if self.read_buf.capacity() - self.read_buf.len() > PARTIAL_FRAME_GRACE
+                && self.ctx.load.room_to_read(self.read_buffered) != ReadRoom::Free
+            {
+                most = Some(PARTIAL_FRAME_GRACE + 1 - self.read_buf.len());
             }
-            match buffers::poll_read(&mut self.io, cx, &mut self.read_buf, &self.frame_sizes) {
+            let read = match most {
+                None => buffers::poll_read(&mut self.io, cx, &mut self.read_buf, &self.frame_sizes),
+                Some(most) => self.poll_read_at_most(cx, most),
+            };
+            match read {
                 Poll::Pending => return false,
                 Poll::Ready(Ok(0)) => {
                     self.reading = Reading::Done;
@@ -351,6 +367,17 @@ impl<S: Transport> Connection<S> {
         let frames = self.decode_frames(now, None);
         self.activity.read(frames, self.requests.len());
         true
+    }
+
+    /// Reads at most `most` bytes (up to [`PARTIAL_FRAME_GRACE`]) of what the client sent into
+    /// `read_buf`; `Ready(Ok(0))` at end of stream. Through a copy: only while the proxy holds
+    /// `max_buffered_bytes`.
+    fn poll_read_at_most(&mut self, cx: &mut Context<'_>, most: usize) -> Poll<io::Result<usize>> {
+        let mut scratch = [0u8; PARTIAL_FRAME_GRACE];
+        let mut read = ReadBuf::new(&mut scratch[..most.min(PARTIAL_FRAME_GRACE)]);
+        ready!(Pin::new(&mut self.io).poll_read(cx, &mut read))?;
+        self.read_buf.extend_from_slice(read.filled());
+        Poll::Ready(Ok(read.filled().len()))
     }
 
     /// Whether the large frame being received may be read on ([`ReadRoom`]). While it waits,
@@ -818,6 +845,46 @@ mod tests {
             }
         });
         Ok(tokio::time::timeout(Duration::from_secs(10), run).await?)
+    }
+
+    /// A read that could take a large frame past its first 16 KiB, while the proxy holds
+    /// `max_buffered_bytes`, takes it no further: the frame then waits for room, and is read
+    /// whole once bytes are given back. Before, the read after the frame's head took all the
+    /// socket had, whatever the load (here all of a frame of 4 MiB, the bound held by others):
+    /// each client could pass the bound by as much at once.
+    #[tokio::test]
+    async fn a_large_frame_is_read_no_further_than_16_kib_while_the_bound_is_held() -> TestResult {
+        let ctx = listener(Arc::new(Sized), "", &[])?;
+        let bound = 1 << 20;
+        ctx.load.set_limits(&crate::config::LimitsSpec {
+            max_requests: 100,
+            max_buffered_bytes: bound,
+        });
+        // The calls of other clients hold the bound.
+        ctx.load.request_bytes(0, 1 << 20);
+        let (io, mut peer) = tokio::io::duplex(8 << 20);
+        peer.write_all(&frame(4 << 20)).await?;
+        let admitted = Admitted::new(Arc::clone(&ctx));
+        let mut connection = Connection::new(io, client(), admitted, CancellationToken::new());
+        until(&mut connection, |c| {
+            c.room_wait.is_some() || c.ctx.stats.heartbeats.get() > 0
+        })
+        .await?;
+        assert_eq!(
+            connection.ctx.stats.heartbeats.get(),
+            0,
+            "the whole frame of 4 MiB read, the bound held by others"
+        );
+        assert!(
+            connection.read_buf.len() <= 2 * PARTIAL_FRAME_GRACE,
+            "{} bytes of the frame read, the bound held by others",
+            connection.read_buf.len()
+        );
+        // The other calls end.
+        ctx.load.request_bytes(1 << 20, 0);
+        until(&mut connection, |c| c.ctx.stats.heartbeats.get() == 1).await?;
+        drop(peer);
+        Ok(())
     }
 
     /// Once a large frame is decoded, the connection's read buffer no longer holds the
