@@ -199,29 +199,48 @@ fn lax_binary_clients_reach_servers_that_read_strictly() -> TestResult {
     Ok(())
 }
 
-/// A THeader call under the zlib transform, which the proxy cannot read, is answered with an
-/// `INVALID_TRANSFORM` `TApplicationException` the Python client reads, as Apache Thrift's
-/// servers answer it, to the call's seqid (7, which the client's THeader `seq` carries; before,
-/// 0, which a client matching answers by seqid takes for another call's), and the same
-/// connection then serves a call without the transform (before, the proxy closed the
-/// connection without a word).
+/// THeader calls under the zlib transform, which Apache Thrift's servers inflate and serve,
+/// are served through the proxy: a two-way call gets its own answer to its own seqid (7, the
+/// proxy's seqid put back), whether the server answers without a transform (Apache Thrift's
+/// servers answer with those they are set to write, not the call's) or under zlib; and a
+/// one-way call is forwarded unanswered, so the next call on the connection reads its own
+/// answer. Before, the proxy answered each with an `INVALID_TRANSFORM`
+/// `TApplicationException`, the one-way call's read by the next call as its answer.
 #[test]
-fn a_theader_call_under_a_transform_is_refused_and_the_connection_goes_on() -> TestResult {
+fn theader_calls_under_zlib_are_served_and_one_way_calls_unanswered() -> TestResult {
     let Some(scratch) = prepare("zlib")? else {
         return Ok(());
     };
     for protocol in PROTOCOLS {
-        let server = Server::start("header", protocol, "upstream", &scratch)?;
-        let yaml = format!(
-            "{ONE_LISTENER}{}\nclusters:\n  - name: upstream\n    endpoints: [ {{ address: \"{}\" }} ]\n",
-            greeter_routes("upstream"),
-            server.address()
-        );
-        let proxy = InProcessProxy::start(&yaml)?;
-        let port = proxy.addr("in")?.port();
-        let answer = client(port, "header", protocol, &["zlib"], "", &scratch)?;
-        let expected = r#"{"hello": "Hello, plain from upstream", "zlib": {"message": "bad_request: THeader transforms (zlib, snappy ...) are not supported: send the call without one", "type": 8}, "zlib_answer": {"mtype": 3, "name": "", "seqid": 7}}"#;
-        assert_eq!(answer, expected, "{protocol}");
+        for write_zlib in ["0", "1"] {
+            let server = Server::start_with_env(
+                free_port()?,
+                "header",
+                protocol,
+                "upstream",
+                &[("THRIFT_WRITE_ZLIB", write_zlib)],
+                &scratch,
+            )?;
+            let yaml = format!(
+                "{ONE_LISTENER}{}\nclusters:\n  - name: upstream\n    endpoints: [ {{ address: \"{}\" }} ]\n",
+                greeter_routes("upstream"),
+                server.address()
+            );
+            let proxy = InProcessProxy::start(&yaml)?;
+            let port = proxy.addr("in")?.port();
+            let answers = [
+                client(port, "header", protocol, &["zlib"], "", &scratch)?,
+                client(port, "header", protocol, &["zlibping"], "", &scratch)?,
+            ];
+            let expected = [
+                r#"{"hello": "Hello, plain from upstream", "zlib": "Hello, z from upstream", "zlib_answer": {"mtype": 2, "name": "sayHello", "seqid": 7}}"#,
+                r#"{"hello": "Hello, plain from upstream", "pings": 1}"#,
+            ];
+            assert_eq!(
+                answers, expected,
+                "{protocol}, server writing zlib: {write_zlib}"
+            );
+        }
     }
     Ok(())
 }
@@ -270,14 +289,15 @@ fn a_theader_call_with_a_header_block_servers_refuse_is_answered() -> TestResult
     Ok(())
 }
 
-/// A THeader call under the zlib transform and over the listener's `max_frame_bytes` is passed
-/// over by its length and answered as a smaller one is, with an `INVALID_TRANSFORM`
-/// `TApplicationException` (no `PROTOCOL_ERROR` could name its method, which no one can read),
-/// and the same connection then serves a call without the transform. Before, the proxy closed
-/// the connection without a word, where other calls over the limit are answered.
+/// Against the listener's `max_frame_bytes` (1 KiB here), a THeader call under the zlib
+/// transform counts inflated: one that inflates past it (a zlib bomb, 100,000 bytes from a
+/// few hundred) is refused with a `PROTOCOL_ERROR` `TApplicationException` naming its method
+/// and seqid, having inflated no more than the limit; one whose compressed frame is over it is
+/// passed over by its length and answered, to its THeader `seq`; one within it is served; and
+/// the connection serves the next call each time. Before, all three were answered with an
+/// `INVALID_TRANSFORM` exception.
 #[test]
-fn an_oversized_theader_call_under_a_transform_is_refused_and_the_connection_goes_on() -> TestResult
-{
+fn theader_calls_under_zlib_are_bounded_by_the_frame_limit_inflated() -> TestResult {
     let Some(scratch) = prepare("zlib-big")? else {
         return Ok(());
     };
@@ -285,9 +305,27 @@ fn an_oversized_theader_call_under_a_transform_is_refused_and_the_connection_goe
         let server = Server::start("header", protocol, "upstream", &scratch)?;
         let proxy = InProcessProxy::start(&small_frames(&server))?;
         let port = proxy.addr("small")?.port();
-        let answer = client(port, "header", protocol, &["zlib", "8000"], "", &scratch)?;
-        let expected = r#"{"hello": "Hello, plain from upstream", "zlib": {"message": "bad_request: THeader transforms (zlib, snappy ...) are not supported: send the call without one", "type": 8}, "zlib_answer": {"mtype": 3, "name": "", "seqid": 7}}"#;
-        assert_eq!(answer, expected, "{protocol}");
+        let answers = [
+            client(
+                port,
+                "header",
+                protocol,
+                &["zlibbomb", "100000"],
+                "",
+                &scratch,
+            )?,
+            client(port, "header", protocol, &["zlib", "8000"], "", &scratch)?,
+            client(port, "header", protocol, &["zlibbomb", "500"], "", &scratch)?,
+        ];
+        let expected = [
+            r#"{"hello": "Hello, plain from upstream", "zlib": {"message": "bad_request: the THeader call inflates (zlib) past the listener's max_frame_bytes: refused unread", "type": 7}, "zlib_answer": {"mtype": 3, "name": "sayHello", "seqid": 7}}"#.to_owned(),
+            r#"{"hello": "Hello, plain from upstream", "zlib": {"message": "bad_request: the call is larger than the listener's max_frame_bytes: passed over unread", "type": 7}, "zlib_answer": {"mtype": 3, "name": "", "seqid": 7}}"#.to_owned(),
+            format!(
+                r#"{{"hello": "Hello, plain from upstream", "zlib": "Hello, {} from upstream", "zlib_answer": {{"mtype": 2, "name": "sayHello", "seqid": 7}}}}"#,
+                "a".repeat(500)
+            ),
+        ];
+        assert_eq!(answers, expected, "{protocol}");
     }
     Ok(())
 }

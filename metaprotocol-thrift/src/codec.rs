@@ -39,7 +39,7 @@ impl ThriftCodec {
     }
 
     /// [`ThriftCodec::new`] for `side`: a downstream codec decodes a THeader call whose
-    /// message a transform hides (zlib ...) as one to refuse with an `INVALID_TRANSFORM`
+    /// message a transform hides (snappy ...; zlib is undone) as one to refuse with an `INVALID_TRANSFORM`
     /// exception; an upstream one cannot tell which call such an answer is for, and refuses
     /// the stream.
     pub fn for_side(side: Side, expected: FormatChoice, max_frame_bytes: usize) -> Self {
@@ -139,7 +139,7 @@ impl Codec for ThriftCodec {
     /// in; framed calls, one-way calls, THeader transforms and frames in another protocol than
     /// the connection's tell nothing. An unframed message whose header is in is `Unsized`:
     /// [`Codec::pass_over`] walks it as it arrives. So is, downstream, a THeader call whose
-    /// message cannot be read (a transform, the JSON protocol), passed over by its length and
+    /// message cannot be read (a transform, zlib's compressed head included; the JSON protocol), passed over by its length and
     /// answered as a smaller one is.
     fn oversized_response(&self, src: &[u8]) -> Option<FrameHead> {
         let transport = match self.expected.transport {

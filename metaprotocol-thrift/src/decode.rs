@@ -31,6 +31,7 @@ use crate::protocol::walk::Walk;
 use crate::protocol::{self, Checkpoint, MessageHeader, MessageType, ValueType};
 use crate::theader::{self, InfoHeaders};
 use crate::wire::{Cursor, ReadError};
+use crate::zlib;
 
 /// The transport of a connection whose first bytes are `src`, or `None` until enough bytes
 /// have arrived to tell.
@@ -136,8 +137,10 @@ impl Decoder {
                         reject_reason: None,
                     })
             }
-            Transport::Framed | Transport::Header => delimited(frame, format.transport, self.side)
-                .and_then(|found| found.ok_or(CodecError::malformed("no call passed over"))),
+            Transport::Framed | Transport::Header => {
+                delimited(frame, format.transport, self.side, self.max_frame_bytes)
+                    .and_then(|found| found.ok_or(CodecError::malformed("no call passed over")))
+            }
         };
         Some(found.map(|found| Found {
             // A call whose message cannot be read (a THeader transform, or a protocol not
@@ -185,7 +188,12 @@ impl Decoder {
                 let Some(total) = total else {
                     return Ok(None);
                 };
-                delimited(src.split_to(total).freeze(), transport, self.side)
+                delimited(
+                    src.split_to(total).freeze(),
+                    transport,
+                    self.side,
+                    self.max_frame_bytes,
+                )
             }
             Transport::Unframed => self.unframed(src),
         }
@@ -270,9 +278,18 @@ pub(crate) const PASSED_OVER: &str =
     "the call is larger than the listener's max_frame_bytes: passed over unread";
 
 /// The `reject_reason` of a THeader call whose message is hidden by a transform this codec
-/// cannot undo; its local reply is an `INVALID_TRANSFORM` exception.
-pub(crate) const TRANSFORMED: &str =
-    "THeader transforms (zlib, snappy ...) are not supported: send the call without one";
+/// cannot undo (any but zlib alone); its local reply is an `INVALID_TRANSFORM` exception.
+pub(crate) const TRANSFORMED: &str = "THeader transforms other than zlib (hmac, snappy, qlz ...) are not supported: send the call without one, or with zlib alone";
+
+/// The `reject_reason` of a THeader call whose zlib-compressed message inflates past the
+/// listener's `max_frame_bytes` (a zlib bomb): inflation stops there, and its local reply is a
+/// `PROTOCOL_ERROR`.
+pub(crate) const INFLATES_TOO_LARGE: &str =
+    "the THeader call inflates (zlib) past the listener's max_frame_bytes: refused unread";
+
+/// The `reject_reason` of a THeader call whose zlib data is corrupt or cut short; its local
+/// reply is a `PROTOCOL_ERROR`.
+pub(crate) const ZLIB_CORRUPT: &str = "the THeader call's zlib data is corrupt or cut short";
 
 /// The `reject_reason` of a THeader call in a protocol this codec does not speak (JSON, or an
 /// id THeader does not define); its local reply is an `INVALID_PROTOCOL` exception in binary.
@@ -283,9 +300,16 @@ pub(crate) const UNKNOWN_PROTOCOL: &str = "THeader protocols other than binary (
 pub(crate) const HEADER_BLOCK_TOO_LONG: &str = "the THeader header block is 64 KiB or more, which Apache Thrift's servers refuse: send fewer or shorter headers";
 
 /// Reads one whole length-prefixed frame of `transport`, checking a call's arguments (and a
-/// THeader call's header block).
-fn delimited(frame: Bytes, transport: Transport, side: Side) -> Result<Option<Found>, CodecError> {
-    let (protocol, payload_start, block) = if transport == Transport::Header {
+/// THeader call's header block). A THeader message compressed by zlib is inflated, up to
+/// `max_frame_bytes` for the whole frame, and read from the frame rebuilt without the
+/// transform ([`crate::zlib`]).
+fn delimited(
+    frame: Bytes,
+    transport: Transport,
+    side: Side,
+    max_frame_bytes: usize,
+) -> Result<Option<Found>, CodecError> {
+    let (frame, protocol, payload_start, block, cut) = if transport == Transport::Header {
         let block = theader::read(&frame)?;
         match block.unreadable {
             // The frame is whole, so its client can be told and its connection kept, as
@@ -297,14 +321,48 @@ fn delimited(frame: Bytes, transport: Transport, side: Side) -> Result<Option<Fo
             Some(unreadable) => return Err(unreadable.error()),
             None => {}
         }
-        (block.protocol, block.payload_start, Some(block))
+        let (frame, block, cut) = if block.zlib {
+            let inflated = zlib::inflate(&frame, &block, max_frame_bytes);
+            let frame = inflated.frame.freeze();
+            let block = theader::read(&frame)?;
+            (frame, block, inflated.cut)
+        } else {
+            (frame, block, None)
+        };
+        (frame, block.protocol, block.payload_start, Some(block), cut)
     } else {
         let first = frame.get(4).ok_or(CodecError::malformed("empty frame"))?;
-        (Protocol::of_message_starting_with(*first), 4, None)
+        let protocol = Protocol::of_message_starting_with(*first);
+        (frame, protocol, 4, None, None)
     };
     let mut cursor = Cursor::in_frame(&frame, payload_start);
-    let header = protocol::read_message_header(protocol, &mut cursor)
-        .map_err(ReadError::in_complete_frame)?;
+    let header = match (
+        protocol::read_message_header(protocol, &mut cursor),
+        cut,
+        &block,
+    ) {
+        (Ok(header), _, _) => header,
+        // Too little inflated to name the call: what its frame tells is answered, as a call
+        // under a transform not undone is.
+        (Err(_), Some(cut), Some(block)) if side == Side::Downstream => {
+            return Ok(Some(Found::unnamed(frame, block, cut.reject_reason())));
+        }
+        (Err(error), _, _) => return Err(error.in_complete_frame()),
+    };
+    if let Some(cut) = cut {
+        // An answer cut short cannot be forwarded, and its call is failed with its connection.
+        if side == Side::Upstream {
+            return Err(cut.error(max_frame_bytes));
+        }
+        return Ok(Some(Found {
+            frame,
+            format: ThriftFormat::new(transport, protocol),
+            payload_start,
+            header,
+            info: block.map(|block| block.info),
+            reject_reason: Some(cut.reject_reason()),
+        }));
+    }
     let reject_reason = match header.message_type {
         // A server that refuses the header block closes the connection other clients' calls
         // share; an answer's block is its client's to read.
@@ -466,10 +524,16 @@ pub(crate) fn length_prefixed_head(
         let block = theader::read(frame)?;
         match block.unreadable {
             Some(unreadable) if side == Side::Upstream => return Err(unreadable.error().into()),
+            // Its head is compressed: the message header is not there to read.
+            None if block.zlib && side == Side::Upstream => {
+                return Err(ReadError::malformed(
+                    "a zlib THeader answer over the cluster's max_frame_bytes",
+                ));
+            }
             unreadable => (
                 block.protocol,
                 block.payload_start,
-                unreadable.map(|_| block.seq),
+                (unreadable.is_some() || block.zlib).then_some(block.seq),
             ),
         }
     } else {
@@ -529,6 +593,16 @@ impl Found {
         block: theader::HeaderBlock,
         unreadable: theader::Unreadable,
     ) -> Self {
+        let reason = match unreadable {
+            theader::Unreadable::Transform(_) => TRANSFORMED,
+            theader::Unreadable::Protocol(_) => UNKNOWN_PROTOCOL,
+        };
+        Self::unnamed(frame, &block, reason)
+    }
+
+    /// A call of no name with the seqid of the `seq` of THeader `frame` (described by
+    /// `block`), whose message cannot be read, refused for `reason`.
+    fn unnamed(frame: Bytes, block: &theader::HeaderBlock, reason: &'static str) -> Self {
         let at = block.payload_start;
         Self {
             frame,
@@ -536,10 +610,7 @@ impl Found {
             payload_start: at,
             header: unreadable_call(at, block.seq),
             info: None,
-            reject_reason: Some(match unreadable {
-                theader::Unreadable::Transform(_) => TRANSFORMED,
-                theader::Unreadable::Protocol(_) => UNKNOWN_PROTOCOL,
-            }),
+            reject_reason: Some(reason),
         }
     }
 

@@ -44,7 +44,18 @@
 //! - **Local replies** are `TApplicationException`s in the request's transport and protocol:
 //!   [`UNKNOWN_METHOD`] for `route_not_found`, [`PROTOCOL_ERROR`] for `bad_request`,
 //!   [`LOADSHEDDING`] (fbthrift's) for `over_limit`, [`INTERNAL_ERROR`] otherwise.
-//! - A THeader call whose message a transform hides (zlib, snappy ...) is decoded as a call of
+//! - **zlib**: a THeader message under the zlib transform (id 1) alone, call, one-way call or
+//!   answer, is inflated, the whole frame at most `max_frame_bytes`, and read as any THeader
+//!   message from the frame rebuilt without the transform, which is what is forwarded: Apache
+//!   Thrift's peers (C++, Python, Go) undo the transforms each frame names and answer with
+//!   those they are set to write, so every one reads it, and a client reads its answer
+//!   compressed or not. A call that inflates past the cap (a zlib bomb: inflation stops there)
+//!   or whose zlib data is corrupt or cut short is decoded with a `reject_reason` (the engine
+//!   answers it with a [`PROTOCOL_ERROR`], named as far as what inflated tells; a one-way
+//!   call, with nothing); such an answer is a decode error (`FrameTooLarge`, `Malformed`).
+//!   Uncompressed frames cost nothing more.
+//! - A THeader call whose message another transform hides (HMAC, snappy, QuickLZ, an unknown
+//!   id, or zlib stacked with another) is decoded as a call of
 //!   no name whose seqid is the frame's THeader `seq` (where Apache Thrift's clients write
 //!   their call's seqid), with a `reject_reason`: the engine answers it with an
 //!   [`INVALID_TRANSFORM`] exception, as Apache Thrift's servers do, and keeps the connection.
@@ -52,7 +63,8 @@
 //!   [`INVALID_PROTOCOL`] exception in binary (a THeader client reads each frame in the
 //!   protocol its header names). Either, over the listener's cap, is passed over by its length
 //!   and answered the same (a `PROTOCOL_ERROR` would have to name its method, which cannot be
-//!   read). Such an answer from a server names no call it could fail: it
+//!   read); a zlib call over the cap compressed is passed over so too, and answered with a
+//!   `PROTOCOL_ERROR` of no name. Such an answer from a server names no call it could fail: it
 //!   is refused with [`CodecError::Unsupported`](metaprotocol_core::CodecError) (an unknown
 //!   protocol id, `Malformed`); over-long frames with
 //!   `FrameTooLarge` once the message header is in and the length (or, unframed, the scanned
@@ -105,6 +117,7 @@ mod reply;
 pub mod stats;
 mod theader;
 mod wire;
+mod zlib;
 
 use metaprotocol_core::CodecRegistry;
 

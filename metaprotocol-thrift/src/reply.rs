@@ -120,36 +120,33 @@ pub(crate) fn encode_local_reply(
     let format = format_of(request)?;
     let seqid = seqid_of(request.request_id)?;
     let frame = &request.frame[..];
-    // A transformed message, or one in a protocol not spoken here, cannot be read: its answer
-    // names no method, as Apache Thrift's servers answer one (its seqid is the frame's `seq`,
-    // where Apache Thrift's clients write their call's).
-    let unreadable = match request.reject_reason {
-        Some(TRANSFORMED) => Some(INVALID_TRANSFORM),
-        Some(UNKNOWN_PROTOCOL) => Some(INVALID_PROTOCOL),
-        _ => None,
+    let kind = match (request.reject_reason, reply.kind) {
+        (Some(TRANSFORMED), _) => INVALID_TRANSFORM,
+        (Some(UNKNOWN_PROTOCOL), _) => INVALID_PROTOCOL,
+        (_, LocalReplyKind::RouteNotFound) => UNKNOWN_METHOD,
+        (_, LocalReplyKind::BadRequest) => PROTOCOL_ERROR,
+        // Refused unrun, as Dubbo's status 100 and bRPC's `ELIMIT` say: a client (or a proxy
+        // before this one) may send it elsewhere, where an INTERNAL_ERROR says it failed in
+        // the server.
+        (_, LocalReplyKind::OverLimit) => LOADSHEDDING,
+        _ => INTERNAL_ERROR,
     };
-    let (method, kind) = if let Some(kind) = unreadable {
-        (&[][..], kind)
+    // A call whose message header cannot be read (a transform not undone, a protocol not
+    // spoken here, zlib data cut short) is answered naming no method, as Apache Thrift's
+    // servers answer one (its seqid is the frame's `seq`, where Apache Thrift's clients write
+    // their call's).
+    let method = if Layout::names_no_call(request) {
+        &[][..]
     } else {
         let layout = Layout::of(request)?;
         let mut cursor = Cursor::in_frame(frame, layout.payload_start);
         let header = protocol::read_message_header(format.protocol, &mut cursor)
             .map_err(ReadError::in_complete_frame)?;
         let name = frame.get(header.name).unwrap_or_default();
-        let method = match name.iter().position(|&b| b == b':') {
+        match name.iter().position(|&b| b == b':') {
             Some(colon) => name.get(colon + 1..).unwrap_or_default(),
             None => name,
-        };
-        let kind = match reply.kind {
-            LocalReplyKind::RouteNotFound => UNKNOWN_METHOD,
-            LocalReplyKind::BadRequest => PROTOCOL_ERROR,
-            // Refused unrun, as Dubbo's status 100 and bRPC's `ELIMIT` say: a client (or a
-            // proxy before this one) may send it elsewhere, where an INTERNAL_ERROR says it
-            // failed in the server.
-            LocalReplyKind::OverLimit => LOADSHEDDING,
-            _ => INTERNAL_ERROR,
-        };
-        (method, kind)
+        }
     };
     let text = reply.to_string();
     let theader = match format.transport {

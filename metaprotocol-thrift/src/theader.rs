@@ -30,6 +30,9 @@ const PROTOCOL_BINARY: u32 = 0;
 const PROTOCOL_JSON: u32 = 1;
 const PROTOCOL_COMPACT: u32 = 2;
 
+/// The THeader transform id of zlib.
+const TRANSFORM_ZLIB: u32 = 1;
+
 /// The longest header block, in 4-byte words (65,532 bytes), that Apache Thrift's C++ and Ruby
 /// THeader readers take: they refuse a frame with a longer one as corrupt, and close its
 /// connection.
@@ -49,6 +52,9 @@ pub(crate) struct HeaderBlock {
     pub(crate) info: Range<usize>,
     /// Where the message starts.
     pub(crate) payload_start: usize,
+    /// Whether the message is compressed by the zlib transform (alone), which
+    /// [`crate::zlib::inflate`] undoes.
+    pub(crate) zlib: bool,
     /// Why this codec cannot read the message, if it cannot: then `info` is empty, and
     /// `protocol` is the one to answer in.
     pub(crate) unreadable: Option<Unreadable>,
@@ -65,8 +71,8 @@ impl HeaderBlock {
 /// Why the message of a THeader frame cannot be read, though its frame can.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Unreadable {
-    /// The first transform (zlib, snappy ...) applied to the message, which this codec cannot
-    /// undo.
+    /// The first transform applied to the message, one this codec cannot undo (HMAC, snappy,
+    /// QuickLZ, an unknown id, or zlib stacked with another).
     Transform(u32),
     /// A protocol id other than binary and compact: JSON (1), or one THeader does not define.
     Protocol(u32),
@@ -125,9 +131,14 @@ fn parse_block(frame: &[u8]) -> Result<HeaderBlock, ReadError> {
         PROTOCOL_COMPACT => (Protocol::Compact, None),
         id => (Protocol::Binary, Some(Unreadable::Protocol(id))),
     };
-    if cursor.varint_u32()? != 0 {
-        let transform = Unreadable::Transform(cursor.varint_u32()?);
-        unreadable = unreadable.or(Some(transform));
+    // zlib alone is undone ([`crate::zlib`]); the headers after it are in the clear.
+    let mut zlib = false;
+    match cursor.varint_u32()? {
+        0 => {}
+        count => match cursor.varint_u32()? {
+            TRANSFORM_ZLIB if count == 1 => zlib = true,
+            id => unreadable = unreadable.or(Some(Unreadable::Transform(id))),
+        },
     }
     let info = match unreadable {
         Some(_) => payload_start..payload_start,
@@ -142,6 +153,7 @@ fn parse_block(frame: &[u8]) -> Result<HeaderBlock, ReadError> {
         protocol,
         info,
         payload_start,
+        zlib,
         unreadable,
     })
 }
@@ -162,7 +174,7 @@ fn unsupported_transform(id: u32) -> CodecError {
 }
 
 /// The THeader protocol id of `protocol`.
-fn protocol_id(protocol: Protocol) -> u32 {
+pub(crate) fn protocol_id(protocol: Protocol) -> u32 {
     match protocol {
         Protocol::Binary => PROTOCOL_BINARY,
         Protocol::Compact => PROTOCOL_COMPACT,

@@ -257,9 +257,9 @@ fn an_oversize_call_or_unframed_message_is_unsized_and_a_reply_names_its_call() 
     let (compact, _) = reply_in(Transport::Framed, Protocol::Compact, false, REPLY, 7);
     assert_eq!(binary().oversized_response(&compact), None);
     assert!(counts(auto(), &compact));
-    // A THeader transform (zlib) hides the message: from a server, it names no call; from a
-    // client, it is a call to answer once passed over (tests/pass_over.rs). An unknown message
-    // type.
+    // A THeader transform (zlib) hides the message's head: from a server, it names no call;
+    // from a client, it is a call to answer once passed over (tests/pass_over.rs). An unknown
+    // message type.
     let (payload, _) = message(Protocol::Binary, false, REPLY, 7);
     let zlib = theader(7, &[0, 1, 1, 0], &payload);
     let upstream = ThriftCodec::for_side(Side::Upstream, FormatChoice::default(), 64);
@@ -579,7 +579,7 @@ fn unreadable_calls_answer(
     Ok(answer)
 }
 
-/// A call under a THeader transform (zlib) is a call the engine refuses: its answer is an
+/// A call under a THeader transform (snappy) is a call the engine refuses: its answer is an
 /// `INVALID_TRANSFORM` exception in the client's THeader protocol, of no name (what Apache
 /// Thrift's servers answer) and with the seqid its THeader `seq` gives (Apache Thrift's clients
 /// write their seqid there: one that matches answers by seqid takes it as its call's), and the
@@ -588,8 +588,8 @@ fn unreadable_calls_answer(
 #[test]
 fn theader_transforms_are_refused_calls() -> TestResult {
     for (protocol, id) in [(Protocol::Binary, 0u8), (Protocol::Compact, 2)] {
-        // THeader flags 5, seq 9, one transform: zlib (1); the message is what zlib made.
-        let block = [0x0f, 0xff, 0, 5, 0, 0, 0, 9, 0, 1, id, 1, 1, 0];
+        // THeader flags 5, seq 9, one transform: snappy (3); the message is what it made.
+        let block = [0x0f, 0xff, 0, 5, 0, 0, 0, 9, 0, 1, id, 1, 3, 0];
         let transformed = framed(&[&block[..], &[0x78, 0x9c, 1, 2, 3]].concat());
         let call = match protocol {
             Protocol::Binary => binary_call(&[0]),
@@ -623,7 +623,7 @@ fn theader_transforms_are_refused_calls() -> TestResult {
         assert_eq!(
             error,
             Some(CodecError::Unsupported(
-                "THeader transform zlib (1) is not supported".into()
+                "THeader transform snappy (3) is not supported".into()
             ))
         );
     }

@@ -204,10 +204,12 @@ fn an_oversize_length_prefixed_call_is_passed_over_and_answered() -> TestResult 
 }
 
 /// A THeader call over the cap whose message cannot be read, in the JSON protocol or under a
-/// transform (zlib), is passed over by its length, in any pieces, and answered as a smaller one
-/// is: an `INVALID_PROTOCOL` or `INVALID_TRANSFORM` exception in binary THeader, of no name and
-/// with the seqid its THeader `seq` gives, and the call after it is decoded whole. Before, its connection closed. Upstream,
-/// such an answer names no call: the stream is refused.
+/// transform (snappy), is passed over by its length, in any pieces, and answered as a smaller
+/// one is: an `INVALID_PROTOCOL` or `INVALID_TRANSFORM` exception in binary THeader, of no name
+/// and with the seqid its THeader `seq` gives, and the call after it is decoded whole. Before,
+/// its connection closed. So is one under zlib, whose compressed head names no call either,
+/// answered with the `PROTOCOL_ERROR` of a call over the cap. Upstream, such an answer names
+/// no call: the stream is refused.
 #[test]
 fn an_oversize_theader_call_that_cannot_be_read_is_passed_over_and_answered() -> TestResult {
     let plain = translated(
@@ -215,15 +217,19 @@ fn an_oversize_theader_call_that_cannot_be_read_is_passed_over_and_answered() ->
         ThriftFormat::new(Transport::Header, Protocol::Binary),
     )?;
     // THeader flags 5, seq 3, one word of header block: protocol 1 (JSON), or binary under one
-    // transform, zlib (1). The message's bytes are never read.
+    // transform, snappy (3) or zlib (1). The message's bytes are never read.
     for (block, kind) in [
         (
             [0x0f, 0xff, 0, 5, 0, 0, 0, 3, 0, 1, 1, 0, 0, 0],
             INVALID_PROTOCOL,
         ),
         (
-            [0x0f, 0xff, 0, 5, 0, 0, 0, 3, 0, 1, 0, 1, 1, 0],
+            [0x0f, 0xff, 0, 5, 0, 0, 0, 3, 0, 1, 0, 1, 3, 0],
             INVALID_TRANSFORM,
+        ),
+        (
+            [0x0f, 0xff, 0, 5, 0, 0, 0, 3, 0, 1, 0, 1, 1, 0],
+            PROTOCOL_ERROR,
         ),
     ] {
         let mut big = ((block.len() + 4 * CAP) as u32).to_be_bytes().to_vec();

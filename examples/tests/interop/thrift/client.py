@@ -19,7 +19,12 @@ Prints one JSON object with the results. Scenarios:
                  zlib cannot shrink much), under the zlib transform, written by hand with
                  seqid 7 (the generated client always sends 0); then sayHello("plain") without
                  it on the same connection; reports the answer's name, type and seqid, its
-                 exception, and the greeting
+                 greeting or exception, and the greeting
+  zlibbomb N     as zlib, with a name of N letters "a" (which zlib shrinks a thousandfold)
+  zlibping       (THeader) a one-way ping under the zlib transform, written by hand with
+                 seqid 5, then sayHello("plain") without it on the same connection, and the
+                 server's ping count (polled until it reaches 1, then read again after a
+                 pause); reports the greeting (or the exception the call read) and the count
   bigheader N    (THeader) sayHello("w1") with a header `big` of N bytes, then sayHello("after")
                  without it on the same connection; reports the exception (or the greeting)
                  and the greeting
@@ -169,10 +174,10 @@ def big_ping(conn, other, size):
     return out
 
 
-def zlib(conn, size):
+def zlib(conn, size, bomb=False):
     out = {}
     letters = random.Random(7).choices(string.ascii_letters, k=size)
-    name = "".join(letters) if size else "z"
+    name = "a" * size if bomb else "".join(letters) if size else "z"
     proto = conn.proto
     proto.trans.add_transform(THeaderTransformID.ZLIB)
     proto.writeMessageBegin("sayHello", TMessageType.CALL, 7)
@@ -186,12 +191,35 @@ def zlib(conn, size):
         e.read(proto)
         out["zlib"] = app_exception(e)
     else:
-        proto.skip(TType.STRUCT)
-        out["zlib"] = None
+        result = Greeter.sayHello_result()
+        result.read(proto)
+        out["zlib"] = result.success
     proto.readMessageEnd()
     # The library has no call that drops a transform: its list of them, emptied.
     proto.trans._write_transforms.clear()
     out["hello"] = conn.client.sayHello("plain")
+    return out
+
+
+def zlib_ping(conn):
+    out = {}
+    proto = conn.proto
+    proto.trans.add_transform(THeaderTransformID.ZLIB)
+    proto.writeMessageBegin("ping", TMessageType.ONEWAY, 5)
+    Greeter.ping_args().write(proto)
+    proto.writeMessageEnd()
+    proto.trans.flush()
+    proto.trans._write_transforms.clear()
+    # An answer to the one-way call, had one come, is what this call reads.
+    try:
+        out["hello"] = conn.client.sayHello("plain")
+    except TApplicationException as e:
+        out["hello"] = app_exception(e)
+    # A client that read another call's answer reads the rest out of step.
+    try:
+        out["pings"] = ping_count_after(conn, 1)
+    except Exception as e:  # reported, not raised: the test prints every failure
+        out["pings"] = "%s: %s" % (type(e).__name__, e)
     return out
 
 
@@ -310,6 +338,10 @@ def main():
             out = big_header(conn, int(arg))
         elif scenario == "zlib":
             out = zlib(conn, int(arg or 0))
+        elif scenario == "zlibbomb":
+            out = zlib(conn, int(arg), bomb=True)
+        elif scenario == "zlibping":
+            out = zlib_ping(conn)
         else:
             raise SystemExit("unknown scenario " + scenario)
     finally:

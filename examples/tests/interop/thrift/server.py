@@ -1,11 +1,13 @@
 """A Greeter server (Apache Thrift's Python library) for the proxy's end-to-end tests.
 
 Usage: server.py PORT TRANSPORT PROTOCOL NAME
-Accepts only TRANSPORT (framed|unframed|header) x PROTOCOL (binary|compact). Prints "listening"
+Accepts only TRANSPORT (framed|unframed|header) x PROTOCOL (binary|compact). With
+THRIFT_WRITE_ZLIB=1 (THeader), every answer is written under the zlib transform. Prints "listening"
 once bound and "connection" for every accepted connection (the tests count upstream
 connections). Replies name the server, so tests can tell where a call was routed.
 """
 
+import os
 import sys
 import threading
 
@@ -15,8 +17,10 @@ from greeter.ttypes import GreetError
 from thrift.protocol.THeaderProtocol import THeaderProtocol
 from thrift.server import TServer
 from thrift.transport import TSocket
+from thrift.transport.THeaderTransport import THeaderTransformID
 
 _current = threading.local()
+WRITE_ZLIB = os.environ.get("THRIFT_WRITE_ZLIB") == "1"
 
 
 class Handler:
@@ -56,6 +60,8 @@ class HeaderAwareProcessor:
 
     def process(self, iprot, oprot):
         _current.iprot = iprot
+        if WRITE_ZLIB and THeaderTransformID.ZLIB not in oprot.trans._write_transforms:
+            oprot.trans.add_transform(THeaderTransformID.ZLIB)
         return self.inner.process(iprot, oprot)
 
 

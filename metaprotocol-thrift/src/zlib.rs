@@ -1,0 +1,196 @@
+//! The zlib THeader transform (id 1), undone: a frame whose message is compressed is rebuilt
+//! as the same frame with no transform and its message inflated.
+//!
+//! What the proxy forwards is then read by every THeader server, and what it answers by every
+//! THeader client: Apache Thrift's readers (C++, Python, Go) undo the transforms each frame
+//! names, and its servers answer with the transforms they are set up to write, not those of
+//! the call. The proxy rewrites seqids and may edit headers, so a forwarded frame is rewritten
+//! anyway; its message travels uncompressed on the proxy's own connections.
+//!
+//! Inflation is bounded by the frame size cap: a message that inflates past it (a zlib bomb)
+//! stops there, and what came out before tells which call it was.
+
+use bytes::{BufMut, BytesMut};
+use flate2::{Decompress, FlushDecompress, Status};
+use metaprotocol_core::CodecError;
+
+use crate::theader::{BLOCK_START, HeaderBlock, MAGIC};
+use crate::wire::{patch, put_varint};
+
+/// The first room given to the inflated message, in multiples of its compressed size (zlib
+/// shrinks Thrift messages a few times at most); it doubles from there as needed.
+const FIRST_GUESS_RATIO: usize = 4;
+
+/// The least room made for inflated bytes at a time.
+const MIN_ROOM: usize = 256;
+
+/// A THeader frame rebuilt without its zlib transform, and whether all of its message is in.
+pub(crate) struct Inflated {
+    /// The rebuilt frame, length prefix patched to what it holds.
+    pub(crate) frame: BytesMut,
+    /// Why only a prefix of the message is in, if it is not whole.
+    pub(crate) cut: Option<Cut>,
+}
+
+/// Why an inflated message is not whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cut {
+    /// It inflates past the frame size cap: the frame holds its first bytes, up to the cap.
+    TooLarge,
+    /// The zlib data is corrupt or ends early: the frame holds what inflated before.
+    Corrupt,
+}
+
+impl Cut {
+    /// The `reject_reason` of a call cut so.
+    pub(crate) fn reject_reason(self) -> &'static str {
+        match self {
+            Self::TooLarge => crate::decode::INFLATES_TOO_LARGE,
+            Self::Corrupt => crate::decode::ZLIB_CORRUPT,
+        }
+    }
+
+    /// The error of a stream that cannot go on past an answer cut so.
+    pub(crate) fn error(self, max_frame_bytes: usize) -> CodecError {
+        match self {
+            Self::TooLarge => CodecError::FrameTooLarge {
+                size: max_frame_bytes as u64 + 1,
+                max: max_frame_bytes,
+            },
+            Self::Corrupt => CodecError::malformed("a THeader answer's zlib data is corrupt"),
+        }
+    }
+}
+
+/// Rebuilds `frame` (a whole THeader frame, length prefix included, which `block` describes
+/// and whose message is compressed by zlib alone) with no transform and its message inflated,
+/// the whole frame at most `max_frame_bytes` after its length prefix.
+pub(crate) fn inflate(frame: &[u8], block: &HeaderBlock, max_frame_bytes: usize) -> Inflated {
+    let compressed = frame.get(block.payload_start..).unwrap_or_default();
+    let headers = frame.get(block.info.clone()).unwrap_or_default();
+    let mut out = BytesMut::with_capacity(
+        block.payload_start + compressed.len().saturating_mul(FIRST_GUESS_RATIO),
+    );
+    // The same fixed fields and info headers, the transform list empty.
+    out.put_u32(0);
+    out.extend_from_slice(&MAGIC);
+    out.put_u16(block.flags);
+    out.put_u32(block.seq);
+    out.put_u16(0);
+    put_varint(
+        &mut out,
+        u64::from(crate::theader::protocol_id(block.protocol)),
+    );
+    put_varint(&mut out, 0);
+    out.extend_from_slice(headers);
+    let padding = (4 - (out.len() - BLOCK_START) % 4) % 4;
+    out.put_bytes(0, padding);
+    // Never longer than the block it comes from, which had a transform more.
+    let words = ((out.len() - BLOCK_START) / 4) as u16;
+    patch(&mut out, BLOCK_START - 2, &words.to_be_bytes());
+    let limit = max_frame_bytes.saturating_sub(out.len() - 4);
+    let cut = inflate_into(compressed, &mut out, limit);
+    let len = u32::try_from(out.len() - 4).unwrap_or(u32::MAX);
+    patch(&mut out, 0, &len.to_be_bytes());
+    Inflated { frame: out, cut }
+}
+
+/// Appends the inflation of the zlib stream `compressed` to `out`, at most `limit` bytes of it.
+fn inflate_into(compressed: &[u8], out: &mut BytesMut, limit: usize) -> Option<Cut> {
+    let start = out.len();
+    let mut stream = Decompress::new(true);
+    loop {
+        let produced = out.len() - start;
+        // One byte past the limit tells a message that fills it from one that passes it.
+        let room = (out.capacity() - out.len())
+            .max(produced.max(compressed.len()).max(MIN_ROOM))
+            .min(limit + 1 - produced);
+        let at = out.len();
+        out.resize(at + room, 0);
+        let (read, before) = (stream.total_in(), stream.total_out());
+        let unread = usize::try_from(read)
+            .ok()
+            .and_then(|read| compressed.get(read..))
+            .unwrap_or_default();
+        let status = stream.decompress(unread, &mut out[at..], FlushDecompress::None);
+        let written = usize::try_from(stream.total_out() - before).unwrap_or(usize::MAX);
+        out.truncate(at + written);
+        if out.len() - start > limit {
+            out.truncate(start + limit);
+            return Some(Cut::TooLarge);
+        }
+        match status {
+            Ok(Status::StreamEnd) => return None,
+            // Room filled or input read: the next turn goes on.
+            Ok(_) if written > 0 || stream.total_in() > read => {}
+            // Stuck short of the end of the stream: its input is cut, or not zlib.
+            Ok(_) | Err(_) => return Some(Cut::Corrupt),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use flate2::Compression;
+    use flate2::write::ZlibEncoder;
+
+    use super::*;
+
+    fn compress(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+        let mut encoder = ZlibEncoder::new(Vec::new(), Compression::default());
+        encoder.write_all(bytes)?;
+        encoder.finish()
+    }
+
+    /// Inflates `compressed` with `limit`, returning what came out and the cut.
+    fn run(compressed: &[u8], limit: usize) -> (Vec<u8>, Option<Cut>) {
+        let mut out = BytesMut::from(&b"head"[..]);
+        let cut = inflate_into(compressed, &mut out, limit);
+        assert_eq!(&out[..4], b"head");
+        (out[4..].to_vec(), cut)
+    }
+
+    #[test]
+    fn inflates_whole_messages_of_any_ratio_up_to_the_limit() -> std::io::Result<()> {
+        let random: Vec<u8> = (0..5000u32).map(|i| (i * 7919 % 251) as u8).collect();
+        for message in [vec![], b"hi".to_vec(), vec![0; 100_000], random] {
+            let compressed = compress(&message)?;
+            assert_eq!(run(&compressed, message.len()), (message.clone(), None));
+            assert_eq!(run(&compressed, 1 << 20), (message.clone(), None));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn stops_at_the_limit_keeping_the_first_bytes() -> std::io::Result<()> {
+        let message: Vec<u8> = (0..1_000_000u32).map(|i| (i % 3) as u8).collect();
+        let compressed = compress(&message)?;
+        assert!(compressed.len() < 10_000, "{}", compressed.len());
+        let (out, cut) = run(&compressed, 1000);
+        assert_eq!(cut, Some(Cut::TooLarge));
+        assert_eq!(out, &message[..1000]);
+        let (out, cut) = run(&compressed, message.len() - 1);
+        assert_eq!(cut, Some(Cut::TooLarge));
+        assert_eq!(out.len(), message.len() - 1);
+        Ok(())
+    }
+
+    #[test]
+    fn corrupt_or_cut_streams_keep_what_inflated_before() -> std::io::Result<()> {
+        let message: Vec<u8> = (0..4000u32)
+            .scan(1u32, |x, _| {
+                *x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                Some(b'a' + (*x >> 16) as u8 % 26)
+            })
+            .collect();
+        let compressed = compress(&message)?;
+        let (out, cut) = run(&compressed[..compressed.len() / 2], 1 << 20);
+        assert_eq!(cut, Some(Cut::Corrupt));
+        assert!(out.len() > 100 && message.starts_with(&out), "{out:?}");
+        assert_eq!(run(b"not zlib at all", 1 << 20).1, Some(Cut::Corrupt));
+        assert_eq!(run(b"", 1 << 20), (vec![], Some(Cut::Corrupt)));
+        Ok(())
+    }
+}
