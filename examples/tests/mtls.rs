@@ -225,6 +225,73 @@ async fn mtls_end_to_end_with_rbac_by_principal_and_method() -> TestResult {
     Ok(())
 }
 
+/// Principals written as Istio's AuthorizationPolicy writes them, without the `spiffe://` of
+/// the SPIFFE ids they name, match those ids: a deny policy copied from Istio refused no one, an
+/// allow policy let no one in.
+#[tokio::test]
+async fn principals_written_as_in_istio_match_the_spiffe_ids() -> TestResult {
+    let mesh = Mesh::start("mtls-istio-principals").await?;
+    let rbac = |action: &str, principal: &str| {
+        format!(
+            "[ {{ name: rbac, config: {{ action: {action}, policies: [ {{ name: p, principals: [ \"{principal}\" ] }} ] }} }} ]"
+        )
+    };
+    let tls = yaml(&mesh.ca.listener_tls(&mesh.gateway))?;
+    let provider = mesh.provider.address();
+    let proxy = start_engine(&format!(
+        "listeners:
+  - {{ name: deny-writer, address: 127.0.0.1:0, protocol: dubbo, route_config: r, tls: {tls}, filters: {deny} }}
+  - {{ name: allow-default, address: 127.0.0.1:0, protocol: dubbo, route_config: r, tls: {tls}, filters: {allow} }}
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: provider }} }} ] }} ]
+clusters: [ {{ name: provider, endpoints: [ {{ address: {provider} }} ] }} ]
+",
+        deny = rbac("deny", "cluster.local/ns/default/sa/writer"),
+        allow = rbac("allow", "cluster.local/ns/default/*"),
+    ))
+    .await?;
+    let status = |listener: &str, workload: &Workload| -> TestResult<_> {
+        let tls = mesh.ca.client_tls(Some(workload), &mesh.gateway.spiffe_id);
+        Ok(DubboClient::with_tls(
+            listener_addr(&proxy, listener)?,
+            &tls,
+        )?)
+    };
+    let deny = |workload| status("deny-writer", workload);
+    assert_eq!(
+        deny(&mesh.writer)?
+            .call("sayHello", "a", &[])
+            .await?
+            .dubbo_status,
+        UNAUTHORIZED
+    );
+    assert_eq!(
+        deny(&mesh.reader)?
+            .call("sayHello", "a", &[])
+            .await?
+            .dubbo_status,
+        OK
+    );
+    let allow = |workload| status("allow-default", workload);
+    assert_eq!(
+        allow(&mesh.reader)?
+            .call("sayHello", "a", &[])
+            .await?
+            .dubbo_status,
+        OK
+    );
+    assert_eq!(
+        allow(&mesh.admin)?
+            .call("sayHello", "a", &[])
+            .await?
+            .dubbo_status,
+        UNAUTHORIZED
+    );
+    assert_eq!(mesh.provider.seen().len(), 2);
+    proxy.shutdown().await;
+    mesh.proxy.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn large_calls_cross_the_tls_hops_whole() -> TestResult {
     let mesh = Mesh::start("mtls-large").await?;

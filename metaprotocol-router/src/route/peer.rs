@@ -77,7 +77,8 @@ impl IpRange {
 
 /// A test on a client's verified TLS identity, Istio style: `spiffe://td/ns/a/sa/b` (exact),
 /// `spiffe://td/ns/a/*` (prefix), `*/sa/b` (suffix), `*` (any identity). It holds when one of
-/// the peer's names of the type the pattern names ([`NameKind::of`]) passes.
+/// the peer's names of the type the pattern names ([`NameKind::of`]) passes. A URI pattern
+/// without a scheme is a SPIFFE id as Istio writes principals ([`spiffe_uri`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum PrincipalMatcher {
     Any,
@@ -125,6 +126,23 @@ impl NameKind {
     }
 }
 
+/// The start of every SPIFFE id, which Istio's AuthorizationPolicy leaves out of principals.
+const SPIFFE_SCHEME: &str = "spiffe://";
+
+/// The URI an exact or prefix pattern of `kind` stands for: a URI pattern written without a
+/// scheme is a SPIFFE id as Istio writes principals (`cluster.local/ns/default/sa/reader`,
+/// `cluster.local/ns/default/*`), and gets `spiffe://` before it; as written it could match no
+/// URI SAN (every URI has a scheme), so an allow policy copied from an AuthorizationPolicy would
+/// let no one in, and a deny policy would refuse no one.
+fn spiffe_uri(kind: NameKind, pattern: &str) -> Box<str> {
+    let authority = pattern.split('/').next().unwrap_or_default();
+    if kind == NameKind::Uri && !authority.is_empty() && !authority.contains(':') {
+        format!("{SPIFFE_SCHEME}{pattern}").into()
+    } else {
+        pattern.into()
+    }
+}
+
 impl PrincipalMatcher {
     /// Compiles a pattern from the config. A `*` anywhere but alone, at the start or at the
     /// end is refused: it would be compared as a character, and no certificate names a
@@ -156,11 +174,11 @@ impl PrincipalMatcher {
         if pattern == "*" {
             Self::Any
         } else if let Some(prefix) = pattern.strip_suffix('*') {
-            Self::Prefix(kind, prefix.into())
+            Self::Prefix(kind, spiffe_uri(kind, prefix))
         } else if let Some(suffix) = pattern.strip_prefix('*') {
             Self::Suffix(kind, suffix.into())
         } else {
-            Self::Exact(kind, pattern.into())
+            Self::Exact(kind, spiffe_uri(kind, pattern))
         }
     }
 
@@ -276,6 +294,37 @@ mod tests {
             );
             assert!(!PrincipalMatcher::new(pattern).matches(None), "{pattern}");
         }
+    }
+
+    /// Istio's AuthorizationPolicy writes principals without the SPIFFE scheme
+    /// (`cluster.local/ns/default/sa/reader`); such a pattern, exact or a prefix, stands for the
+    /// SPIFFE id. It matched no certificate, so a deny policy copied from Istio refused no one.
+    #[test]
+    fn principals_written_as_istio_does_are_spiffe_ids() {
+        let peer = PeerIdentity {
+            uri_sans: vec!["spiffe://cluster.local/ns/default/sa/reader".into()],
+            ..PeerIdentity::default()
+        };
+        for (pattern, expected) in [
+            ("cluster.local/ns/default/sa/reader", true),
+            ("cluster.local/ns/default/*", true),
+            ("cluster.local/ns/default/sa/writer", false),
+            ("cluster.local/ns/other/*", false),
+            ("spiffe://cluster.local/ns/default/sa/reader", true),
+            ("*/ns/default/sa/reader", true),
+            ("/ns/default/sa/reader", false),
+        ] {
+            assert_eq!(
+                PrincipalMatcher::new(pattern).matches(Some(&peer)),
+                expected,
+                "{pattern}"
+            );
+        }
+        // A URI with a scheme of its own is taken as written.
+        assert_eq!(
+            PrincipalMatcher::new("urn:example:a/b"),
+            PrincipalMatcher::Exact(NameKind::Uri, "urn:example:a/b".into())
+        );
     }
 
     /// A `*` is a wildcard alone, first or last only; anywhere else it would be compared as a
