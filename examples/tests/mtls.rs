@@ -225,68 +225,115 @@ async fn mtls_end_to_end_with_rbac_by_principal_and_method() -> TestResult {
     Ok(())
 }
 
+impl Mesh {
+    /// Another proxy, whose listeners (each a name and its filters' YAML) serve this mesh's
+    /// edge certificate to its clients and forward to the provider.
+    async fn rbac_proxy(&self, listeners: &[(&str, String)]) -> TestResult<Proxy> {
+        let tls = yaml(&self.ca.listener_tls(&self.gateway))?;
+        let listeners: String = listeners
+            .iter()
+            .map(|(name, filters)| {
+                format!(
+                    "  - {{ name: {name}, address: 127.0.0.1:0, protocol: dubbo, route_config: r, tls: {tls}, filters: {filters} }}\n"
+                )
+            })
+            .collect();
+        start_engine(&format!(
+            "listeners:
+{listeners}route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: provider }} }} ] }} ]
+clusters: [ {{ name: provider, endpoints: [ {{ address: {provider} }} ] }} ]
+",
+            provider = self.provider.address(),
+        ))
+        .await
+    }
+
+    /// The Dubbo status of a call `workload` makes to `listener` of `proxy`.
+    async fn status(&self, proxy: &Proxy, listener: &str, workload: &Workload) -> TestResult<u8> {
+        let tls = self.ca.client_tls(Some(workload), &self.gateway.spiffe_id);
+        let client = DubboClient::with_tls(listener_addr(proxy, listener)?, &tls)?;
+        Ok(client.call("sayHello", "a", &[]).await?.dubbo_status)
+    }
+}
+
+/// An rbac filter with one policy, `policy` (YAML mapping entries).
+fn rbac(action: &str, policy: &str) -> String {
+    format!(
+        "[ {{ name: rbac, config: {{ action: {action}, policies: [ {{ name: p, {policy} }} ] }} }} ]"
+    )
+}
+
 /// Principals written as Istio's AuthorizationPolicy writes them, without the `spiffe://` of
 /// the SPIFFE ids they name, match those ids: a deny policy copied from Istio refused no one, an
 /// allow policy let no one in.
 #[tokio::test]
 async fn principals_written_as_in_istio_match_the_spiffe_ids() -> TestResult {
     let mesh = Mesh::start("mtls-istio-principals").await?;
-    let rbac = |action: &str, principal: &str| {
-        format!(
-            "[ {{ name: rbac, config: {{ action: {action}, policies: [ {{ name: p, principals: [ \"{principal}\" ] }} ] }} }} ]"
-        )
-    };
-    let tls = yaml(&mesh.ca.listener_tls(&mesh.gateway))?;
-    let provider = mesh.provider.address();
-    let proxy = start_engine(&format!(
-        "listeners:
-  - {{ name: deny-writer, address: 127.0.0.1:0, protocol: dubbo, route_config: r, tls: {tls}, filters: {deny} }}
-  - {{ name: allow-default, address: 127.0.0.1:0, protocol: dubbo, route_config: r, tls: {tls}, filters: {allow} }}
-route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: provider }} }} ] }} ]
-clusters: [ {{ name: provider, endpoints: [ {{ address: {provider} }} ] }} ]
-",
-        deny = rbac("deny", "cluster.local/ns/default/sa/writer"),
-        allow = rbac("allow", "cluster.local/ns/default/*"),
-    ))
-    .await?;
-    let status = |listener: &str, workload: &Workload| -> TestResult<_> {
-        let tls = mesh.ca.client_tls(Some(workload), &mesh.gateway.spiffe_id);
-        Ok(DubboClient::with_tls(
-            listener_addr(&proxy, listener)?,
-            &tls,
-        )?)
-    };
-    let deny = |workload| status("deny-writer", workload);
+    let proxy = mesh
+        .rbac_proxy(&[
+            (
+                "deny-writer",
+                rbac(
+                    "deny",
+                    "principals: [ \"cluster.local/ns/default/sa/writer\" ]",
+                ),
+            ),
+            (
+                "allow-default",
+                rbac("allow", "principals: [ \"cluster.local/ns/default/*\" ]"),
+            ),
+        ])
+        .await?;
     assert_eq!(
-        deny(&mesh.writer)?
-            .call("sayHello", "a", &[])
-            .await?
-            .dubbo_status,
+        mesh.status(&proxy, "deny-writer", &mesh.writer).await?,
         UNAUTHORIZED
     );
+    assert_eq!(mesh.status(&proxy, "deny-writer", &mesh.reader).await?, OK);
     assert_eq!(
-        deny(&mesh.reader)?
-            .call("sayHello", "a", &[])
-            .await?
-            .dubbo_status,
-        OK
-    );
-    let allow = |workload| status("allow-default", workload);
-    assert_eq!(
-        allow(&mesh.reader)?
-            .call("sayHello", "a", &[])
-            .await?
-            .dubbo_status,
+        mesh.status(&proxy, "allow-default", &mesh.reader).await?,
         OK
     );
     assert_eq!(
-        allow(&mesh.admin)?
-            .call("sayHello", "a", &[])
-            .await?
-            .dubbo_status,
+        mesh.status(&proxy, "allow-default", &mesh.admin).await?,
         UNAUTHORIZED
     );
     assert_eq!(mesh.provider.seen().len(), 2);
+    proxy.shutdown().await;
+    mesh.proxy.shutdown().await;
+    Ok(())
+}
+
+/// Policies name the namespaces of the clients' SPIFFE ids, as Istio's `namespaces` and
+/// `notNamespaces` do, whatever the trust domain.
+#[tokio::test]
+async fn namespaces_as_in_istio_match_the_namespace_of_the_spiffe_id() -> TestResult {
+    let mesh = Mesh::start("mtls-istio-namespaces").await?;
+    let proxy = mesh
+        .rbac_proxy(&[
+            ("allow-default", rbac("allow", "namespaces: [ default ]")),
+            ("deny-ops", rbac("deny", "namespaces: [ \"op*\" ]")),
+            (
+                "deny-but-default",
+                rbac("deny", "not_namespaces: [ \"*ult\" ]"),
+            ),
+        ])
+        .await?;
+    for (listener, workload, status) in [
+        ("allow-default", &mesh.reader, OK),
+        ("allow-default", &mesh.admin, UNAUTHORIZED),
+        ("deny-ops", &mesh.admin, UNAUTHORIZED),
+        ("deny-ops", &mesh.writer, OK),
+        ("deny-but-default", &mesh.writer, OK),
+        ("deny-but-default", &mesh.admin, UNAUTHORIZED),
+    ] {
+        assert_eq!(
+            mesh.status(&proxy, listener, workload).await?,
+            status,
+            "{listener}: {}",
+            workload.spiffe_id
+        );
+    }
+    assert_eq!(mesh.provider.seen().len(), 3);
     proxy.shutdown().await;
     mesh.proxy.shutdown().await;
     Ok(())

@@ -21,7 +21,7 @@ pub use self::check::{RouteCheck, RouteDestination, RouteMatch, UnknownListener}
 pub(crate) use self::hash_policy::HashPolicy;
 use self::index::ExactIndex;
 pub(crate) use self::matcher::{MetadataMatcher, RequestMatcher, whole_value_regex};
-pub(crate) use self::peer::{IpRange, PrincipalMatcher};
+pub(crate) use self::peer::{IpRange, NamespaceMatcher, PrincipalMatcher};
 pub(crate) use self::template::{Context as TemplateContext, RouteMutation, Template};
 use crate::cluster::{ClusterHandle, ClusterManager, SubsetId, SubsetLease};
 use crate::config::{ConfigError, RouteConfigSpec, RouteSpec};

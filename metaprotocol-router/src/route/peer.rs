@@ -1,5 +1,6 @@
-//! Conditions on who the client is: its verified TLS identity ([`PrincipalMatcher`]) and its
-//! address ([`IpRange`]). Routes and the `rbac` filter share them.
+//! Conditions on who the client is: its verified TLS identity ([`PrincipalMatcher`], and the
+//! namespace of its SPIFFE id, [`NamespaceMatcher`]) and its address ([`IpRange`]). Routes and
+//! the `rbac` filter share them.
 
 use std::net::IpAddr;
 
@@ -202,6 +203,75 @@ impl PrincipalMatcher {
     }
 }
 
+/// A test on the Kubernetes namespace of a client's SPIFFE id (`spiffe://td/ns/NAMESPACE/sa/...`),
+/// as Istio's AuthorizationPolicy `namespaces` writes it: `default` (exact), `team-*` (prefix),
+/// `*-prod` (suffix), `*` (any namespace). It holds when one of the peer's SPIFFE ids, of any
+/// trust domain, has a namespace that passes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NamespaceMatcher {
+    Any,
+    Exact(Box<str>),
+    Prefix(Box<str>),
+    Suffix(Box<str>),
+}
+
+impl NamespaceMatcher {
+    /// Compiles a pattern from the config: not empty, no `/`, and a `*` only alone, first or
+    /// last (as a principal's).
+    pub fn parse(pattern: &str) -> Result<Self, ConfigError> {
+        if pattern.is_empty() {
+            return Err(ConfigError::new("", "must not be empty"));
+        }
+        let matcher = if pattern == "*" {
+            Self::Any
+        } else if let Some(prefix) = pattern.strip_suffix('*') {
+            Self::Prefix(prefix.into())
+        } else if let Some(suffix) = pattern.strip_prefix('*') {
+            Self::Suffix(suffix.into())
+        } else {
+            Self::Exact(pattern.into())
+        };
+        let rest = match &matcher {
+            Self::Any => "",
+            Self::Exact(rest) | Self::Prefix(rest) | Self::Suffix(rest) => rest,
+        };
+        if rest.contains('*') || rest.contains('/') {
+            return Err(ConfigError::new(
+                "",
+                format!(
+                    "`{pattern}`: a namespace has no `/`, and `*` may only stand alone, or begin or end the pattern (`*`, `prefix*`, `*suffix`)"
+                ),
+            ));
+        }
+        Ok(matcher)
+    }
+
+    /// True if `peer` (none for a client without a verified certificate) has a SPIFFE id whose
+    /// namespace passes.
+    pub fn matches(&self, peer: Option<&PeerIdentity>) -> bool {
+        let Some(peer) = peer else {
+            return false;
+        };
+        peer.uri_sans
+            .iter()
+            .filter_map(|uri| namespace_of(uri))
+            .any(|namespace| match self {
+                Self::Any => true,
+                Self::Exact(want) => namespace == &**want,
+                Self::Prefix(prefix) => namespace.starts_with(&**prefix),
+                Self::Suffix(suffix) => namespace.ends_with(&**suffix),
+            })
+    }
+}
+
+/// The namespace a SPIFFE id of Istio's form names (`spiffe://td/ns/NAMESPACE/sa/ACCOUNT`);
+/// `None` for any other URI.
+fn namespace_of(uri: &str) -> Option<&str> {
+    let path = uri.strip_prefix(SPIFFE_SCHEME)?.split_once('/')?.1;
+    let (namespace, _) = path.strip_prefix("ns/")?.split_once('/')?;
+    (!namespace.is_empty()).then_some(namespace)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,6 +395,46 @@ mod tests {
             PrincipalMatcher::new("urn:example:a/b"),
             PrincipalMatcher::Exact(NameKind::Uri, "urn:example:a/b".into())
         );
+    }
+
+    /// A namespace pattern tests the namespace of each of the peer's SPIFFE ids, of any trust
+    /// domain, as Istio's `namespaces` does, and nothing else of the peer's.
+    #[test]
+    fn namespaces_match_the_namespace_of_a_spiffe_id() -> Result<(), ConfigError> {
+        let peer = PeerIdentity {
+            uri_sans: vec![
+                "https://example.com/ns/web/sa/x".into(),
+                "spiffe://old.domain/ns/team-a/sa/reader".into(),
+            ],
+            dns_sans: vec!["ns/ops/sa/x".into()],
+            subject: Some("CN=ops".into()),
+        };
+        for (pattern, expected) in [
+            ("team-a", true),
+            ("team-*", true),
+            ("*-a", true),
+            ("*", true),
+            ("team", false),
+            ("web", false),
+            ("ops", false),
+            ("*-b", false),
+        ] {
+            let matcher = NamespaceMatcher::parse(pattern)?;
+            assert_eq!(matcher.matches(Some(&peer)), expected, "{pattern}");
+            assert!(!matcher.matches(None), "{pattern}");
+        }
+        for uri in [
+            "spiffe://td/ns//sa/x",
+            "spiffe://td/ns/a",
+            "spiffe://td/x/ns/a/sa/b",
+            "spiffe:/td/ns/a/sa/b",
+        ] {
+            assert_eq!(namespace_of(uri), None, "{uri}");
+        }
+        for pattern in ["", "a/b", "te*am", "**"] {
+            assert!(NamespaceMatcher::parse(pattern).is_err(), "{pattern}");
+        }
+        Ok(())
     }
 
     /// A `*` is a wildcard alone, first or last only; anywhere else it would be compared as a

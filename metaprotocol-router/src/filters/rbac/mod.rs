@@ -17,6 +17,8 @@
 //!       - name: readers
 //!         principals: [ "spiffe://cluster.local/ns/default/sa/reader" ]
 //!         metadata: [ { key: method, prefix: get } ]
+//!       - name: operators
+//!         namespaces: [ ops ]
 //! ```
 
 mod policy;
@@ -285,6 +287,16 @@ mod tests {
                 json!({ "action": "allow", "policies": [ { "name": "p", "principals": [] } ] }),
                 "policies[0].principals",
                 "must not be empty",
+            ),
+            (
+                json!({ "action": "allow", "policies": [ { "name": "p", "namespaces": [] } ] }),
+                "policies[0].namespaces",
+                "must not be empty",
+            ),
+            (
+                json!({ "action": "deny", "policies": [ { "name": "p", "not_namespaces": [ "ns/a" ] } ] }),
+                "policies[0].not_namespaces[0]",
+                "a namespace has no `/`",
             ),
             (
                 json!({ "action": "allow", "policies": [ { "name": "p", "source_ips": [] } ] }),

@@ -1,11 +1,12 @@
-//! One authorization policy: conditions on the client (its TLS principal, its address) and on
-//! the request's metadata, all of which must hold for the policy to match.
+//! One authorization policy: conditions on the client (its TLS principal, the namespace of its
+//! SPIFFE id, its address) and on the request's metadata, all of which must hold for the policy
+//! to match.
 
 use metaprotocol_core::{ConnectionInfo, RoutingView};
 use serde::Deserialize;
 
 use crate::config::{ConfigError, MetadataMatcherSpec};
-use crate::route::{IpRange, MetadataMatcher, PrincipalMatcher};
+use crate::route::{IpRange, MetadataMatcher, NamespaceMatcher, PrincipalMatcher};
 
 /// A policy as configured.
 #[derive(Debug, Deserialize)]
@@ -20,6 +21,13 @@ pub(super) struct PolicySpec {
     /// ... and none of these.
     #[serde(default)]
     not_principals: Vec<String>,
+    /// The namespace of the client's SPIFFE id is one of these (Istio's `namespaces`: exact,
+    /// `prefix*`, `*suffix`, `*`); `None`: any client.
+    #[serde(default)]
+    namespaces: Option<Vec<String>>,
+    /// ... and none of these.
+    #[serde(default)]
+    not_namespaces: Vec<String>,
     /// The client's address is in one of these ranges (`None`: any address) ...
     #[serde(default)]
     source_ips: Option<Vec<String>>,
@@ -38,6 +46,8 @@ pub(super) struct Policy {
     pub name: Box<str>,
     principals: Vec<PrincipalMatcher>,
     not_principals: Vec<PrincipalMatcher>,
+    namespaces: Vec<NamespaceMatcher>,
+    not_namespaces: Vec<NamespaceMatcher>,
     source_ips: Vec<IpRange>,
     not_source_ips: Vec<IpRange>,
     metadata: Vec<MetadataMatcher>,
@@ -52,6 +62,8 @@ impl Policy {
             name: spec.name.as_str().into(),
             principals: principals("principals", one_of("principals", &spec.principals)?)?,
             not_principals: principals("not_principals", &spec.not_principals)?,
+            namespaces: namespaces("namespaces", one_of("namespaces", &spec.namespaces)?)?,
+            not_namespaces: namespaces("not_namespaces", &spec.not_namespaces)?,
             source_ips: ranges("source_ips", one_of("source_ips", &spec.source_ips)?)?,
             not_source_ips: ranges("not_source_ips", &spec.not_source_ips)?,
             metadata: spec
@@ -73,6 +85,8 @@ impl Policy {
         let ip = connection.peer_addr.ip();
         (self.principals.is_empty() || self.principals.iter().any(|p| p.matches(peer)))
             && !self.not_principals.iter().any(|p| p.matches(peer))
+            && (self.namespaces.is_empty() || self.namespaces.iter().any(|n| n.matches(peer)))
+            && !self.not_namespaces.iter().any(|n| n.matches(peer))
             && (self.source_ips.is_empty() || self.source_ips.iter().any(|r| r.contains(ip)))
             && !self.not_source_ips.iter().any(|r| r.contains(ip))
             && self.metadata.iter().all(|m| m.matches(view))
@@ -99,6 +113,16 @@ fn principals(field: &str, patterns: &[String]) -> Result<Vec<PrincipalMatcher>,
         .enumerate()
         .map(|(i, pattern)| {
             PrincipalMatcher::parse(pattern).map_err(|e| e.within(&format!("{field}[{i}]")))
+        })
+        .collect()
+}
+
+fn namespaces(field: &str, patterns: &[String]) -> Result<Vec<NamespaceMatcher>, ConfigError> {
+    patterns
+        .iter()
+        .enumerate()
+        .map(|(i, pattern)| {
+            NamespaceMatcher::parse(pattern).map_err(|e| e.within(&format!("{field}[{i}]")))
         })
         .collect()
 }
