@@ -303,6 +303,36 @@ async fn principals_written_as_in_istio_match_the_spiffe_ids() -> TestResult {
     Ok(())
 }
 
+/// A suffix principal (`*/ns/default/sa/reader`) stands for SPIFFE ids, as in Istio: a URI
+/// SAN of another scheme that ends the same, which a CA may let its requesters choose, does not
+/// pass for the reader.
+#[tokio::test]
+async fn suffix_principals_match_spiffe_ids_only() -> TestResult {
+    let mesh = Mesh::start("mtls-suffix-principals").await?;
+    let scratch = Scratch::new("mtls-suffix-principals-impostor")?;
+    let impostor = mesh.ca.certificate(
+        &scratch,
+        "impostor",
+        "https://cluster.local/ns/default/sa/reader",
+        &[],
+    )?;
+    let proxy = mesh
+        .rbac_proxy(&[(
+            "readers",
+            rbac("allow", "principals: [ \"*/ns/default/sa/reader\" ]"),
+        )])
+        .await?;
+    assert_eq!(
+        mesh.status(&proxy, "readers", &impostor).await?,
+        UNAUTHORIZED
+    );
+    assert_eq!(mesh.status(&proxy, "readers", &mesh.reader).await?, OK);
+    assert_eq!(mesh.provider.seen().len(), 1);
+    proxy.shutdown().await;
+    mesh.proxy.shutdown().await;
+    Ok(())
+}
+
 /// Policies name the namespaces of the clients' SPIFFE ids, as Istio's `namespaces` and
 /// `notNamespaces` do, whatever the trust domain.
 #[tokio::test]

@@ -32,7 +32,7 @@ pub struct MeshCa {
 
 /// A workload's certificate and key files.
 pub struct Workload {
-    /// Its SPIFFE id.
+    /// Its SPIFFE id (its URI SAN).
     pub spiffe_id: String,
     /// The certificate (PEM).
     pub cert_file: PathBuf,
@@ -74,10 +74,22 @@ impl MeshCa {
         sa: &str,
         dns: &[&str],
     ) -> TestResult<Workload> {
+        self.certificate(scratch, file, &spiffe_id(ns, sa), dns)
+    }
+
+    /// A workload certificate whose URI SAN is `uri` (a SPIFFE id, or any other URI a CA may
+    /// issue), plus DNS SANs `dns`, written as [`MeshCa::workload`] writes it.
+    pub fn certificate(
+        &self,
+        scratch: &Scratch,
+        file: &str,
+        uri: &str,
+        dns: &[&str],
+    ) -> TestResult<Workload> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        let spiffe_id = spiffe_id(ns, sa);
+        let spiffe_id = uri.to_owned();
         params
             .subject_alt_names
             .push(SanType::URI(spiffe_id.as_str().try_into()?));

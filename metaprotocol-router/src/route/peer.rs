@@ -79,7 +79,8 @@ impl IpRange {
 /// A test on a client's verified TLS identity, Istio style: `spiffe://td/ns/a/sa/b` (exact),
 /// `spiffe://td/ns/a/*` (prefix), `*/sa/b` (suffix), `*` (any identity). It holds when one of
 /// the peer's names of the type the pattern names ([`NameKind::of`]) passes. A URI pattern
-/// without a scheme is a SPIFFE id as Istio writes principals ([`spiffe_uri`]).
+/// without a scheme is a SPIFFE id as Istio writes principals ([`spiffe_uri`]), and a URI suffix
+/// matches SPIFFE ids only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum PrincipalMatcher {
     Any,
@@ -195,6 +196,13 @@ impl PrincipalMatcher {
                 .names(peer)
                 .iter()
                 .any(|name| name.starts_with(&**prefix)),
+            // A URI suffix stands for SPIFFE ids only, as Istio's: the scheme is not in the
+            // pattern, and a URI of another scheme a CA let its requester choose
+            // (`https://x/sa/reader`) must not pass for the workload (`*/sa/reader`).
+            Self::Suffix(NameKind::Uri, suffix) => peer
+                .uri_sans
+                .iter()
+                .any(|name| name.starts_with(SPIFFE_SCHEME) && name.ends_with(&**suffix)),
             Self::Suffix(kind, suffix) => kind
                 .names(peer)
                 .iter()
@@ -390,6 +398,13 @@ mod tests {
                 "{pattern}"
             );
         }
+        // A suffix passes SPIFFE ids only: the scheme is not in the pattern.
+        let other_scheme = PeerIdentity {
+            uri_sans: vec!["https://cluster.local/ns/default/sa/reader".into()],
+            ..PeerIdentity::default()
+        };
+        assert!(!PrincipalMatcher::new("*/ns/default/sa/reader").matches(Some(&other_scheme)));
+        assert!(PrincipalMatcher::new("https://*").matches(Some(&other_scheme)));
         // A URI with a scheme of its own is taken as written.
         assert_eq!(
             PrincipalMatcher::new("urn:example:a/b"),
