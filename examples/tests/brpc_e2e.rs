@@ -365,6 +365,85 @@ clusters:
     .await
 }
 
+/// A proxy whose listener `brpc-in` routes every call to cluster `c` (the `server` alone) with
+/// the route settings `route` (entries of a YAML flow mapping).
+async fn one_route_proxy(server: SocketAddr, route: &str) -> TestResult<(Proxy, SocketAddr)> {
+    let proxy = start_engine(&format!(
+        "listeners: [ {{ name: brpc-in, address: 127.0.0.1:0, protocol: brpc, route_config: r }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }}, {route} }} ] }} ]
+clusters: [ {{ name: c, endpoints: [ {{ address: \"{server}\" }} ] }} ]
+"
+    ))
+    .await?;
+    let addr = listener_addr(&proxy, "brpc-in")?;
+    Ok((proxy, addr))
+}
+
+/// The server is told how long the proxy waits for its answer, as a brpc client tells it: a
+/// route `timeout` shorter than the caller's `timeout_ms` (or a caller that sent none) goes as
+/// the request's `timeout_ms`, at most the route's; a caller's own shorter one goes as it came.
+#[tokio::test]
+async fn a_route_timeout_shorter_than_the_callers_reaches_the_server() -> TestResult {
+    bounded(async {
+        let server = BrpcServer::start("alpha").await?;
+        let (proxy, addr) = one_route_proxy(server.addr(), "timeout: 300ms").await?;
+        let mut client = BrpcClient::connect(addr).await?;
+        for timeout_ms in [Some(5000), None, Some(200)] {
+            let mut call = Call::new(ECHO_SERVICE, "Echo", "x");
+            call.timeout_ms = timeout_ms;
+            let reply = client.call(&call).await?;
+            assert_eq!(reply.error_code(), 0, "{}", reply.error_text());
+        }
+        let seen = server.timeouts_seen();
+        let told = |i: usize| seen.get(i).copied().flatten();
+        for (i, asked) in [(0, "5000 ms"), (1, "none")] {
+            assert!(
+                told(i).is_some_and(|ms| (1..=300).contains(&ms)),
+                "the caller asked for {asked}, the proxy waits 300 ms at most: the server was told {seen:?}"
+            );
+        }
+        assert_eq!(told(2), Some(200), "a shorter caller's own goes as it came: {seen:?}");
+        proxy.shutdown().await;
+        Ok(())
+    })
+    .await
+}
+
+/// A retry after an attempt's `per_try_timeout` tells the server the time left of the call's
+/// deadline, and each attempt no more than its per-try timeout.
+#[tokio::test]
+async fn a_retry_after_a_per_try_timeout_tells_the_server_the_time_left() -> TestResult {
+    bounded(async {
+        let server = BrpcServer::start("alpha").await?;
+        let (proxy, addr) = one_route_proxy(
+            server.addr(),
+            "timeout: 10s, retry_policy: { num_retries: 1, retry_on: [timeout], per_try_timeout: 600ms, idempotent_methods: [SleepOnce] }",
+        )
+        .await?;
+        let mut client = BrpcClient::connect(addr).await?;
+        // The first attempt sleeps past its 600 ms; the retry is answered at once.
+        let mut call = Call::new(ECHO_SERVICE, "SleepOnce", "x");
+        call.timeout_ms = Some(1000);
+        let reply = client.call(&call).await?;
+        assert_eq!(reply.error_code(), 0, "{}", reply.error_text());
+        let seen = server.timeouts_seen();
+        let [Some(first), Some(retry)] = seen[..] else {
+            panic!("two attempts, each told a timeout: {seen:?}");
+        };
+        assert!(
+            (1..=600).contains(&first),
+            "the first attempt waited 600 ms at most, the server was told {seen:?}"
+        );
+        assert!(
+            (1..=400).contains(&retry),
+            "the retry began 600 ms into the caller's 1000 ms, the server was told {seen:?}"
+        );
+        proxy.shutdown().await;
+        Ok(())
+    })
+    .await
+}
+
 #[tokio::test]
 async fn hundred_concurrent_callers_share_upstream_connections() -> TestResult {
     bounded(async {

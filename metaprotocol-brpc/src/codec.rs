@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use bytes::BytesMut;
@@ -13,7 +14,7 @@ use metaprotocol_core::{
 
 use crate::correlation;
 use crate::decode::decode_frame;
-use crate::encode::encode_message;
+use crate::encode::{HopFields, encode_message};
 use crate::header::{FrameHeader, HEADER_LEN};
 use crate::meta::RpcMetaView;
 use crate::reply::encode_local_reply;
@@ -94,7 +95,7 @@ impl Codec for BrpcCodec {
         params: &EncodeParams<'_>,
         dst: &mut BytesMut,
     ) -> Result<(), CodecError> {
-        self.encode_sharing_if(message, params, false, dst)
+        self.encode_sharing_if(message, params, false, None, dst)
             .map(drop)
     }
 
@@ -106,7 +107,24 @@ impl Codec for BrpcCodec {
         params: &EncodeParams<'_>,
         dst: &mut BytesMut,
     ) -> Result<usize, CodecError> {
-        self.encode_sharing_if(message, params, true, dst)
+        self.encode_sharing_if(message, params, true, None, dst)
+    }
+
+    /// A request goes with `timeout_ms` the time the proxy waits for it, where that is less
+    /// than its caller's own (or the caller set none), as brpc's clients write what is left of
+    /// a call's deadline into each attempt: a brpc server's handlers, and its `timeout`
+    /// concurrency limiter, then give up when the proxy does. Otherwise it goes as from
+    /// [`Codec::encode`].
+    fn encode_within(
+        &mut self,
+        message: &Message,
+        params: &EncodeParams<'_>,
+        wait: Duration,
+        share: bool,
+        dst: &mut BytesMut,
+    ) -> Result<usize, CodecError> {
+        let timeout_ms = told_timeout_ms(wait, message.timeout);
+        self.encode_sharing_if(message, params, share, timeout_ms, dst)
     }
 
     fn encode_local_reply(
@@ -154,12 +172,14 @@ impl Codec for BrpcCodec {
 }
 
 impl BrpcCodec {
-    /// [`Codec::encode`], or with `share` [`Codec::encode_sharing`].
+    /// [`Codec::encode`], or with `share` [`Codec::encode_sharing`], a request upstream with
+    /// `timeout_ms` in place of its caller's when given.
     fn encode_sharing_if(
         &mut self,
         message: &Message,
         params: &EncodeParams<'_>,
         share: bool,
+        timeout_ms: Option<i32>,
         dst: &mut BytesMut,
     ) -> Result<usize, CodecError> {
         if params.variant != WireVariant::DEFAULT || message.variant != WireVariant::DEFAULT {
@@ -173,7 +193,10 @@ impl BrpcCodec {
             params.request_id,
             self.side,
             params.mutation,
-            self.credentials.as_deref(),
+            HopFields {
+                credentials: self.credentials.as_deref(),
+                timeout_ms,
+            },
             share,
             dst,
         )?;
@@ -192,6 +215,16 @@ impl BrpcCodec {
         self.credentials = None;
         Ok(shared)
     }
+}
+
+/// The `timeout_ms` a request goes with when the proxy waits `wait` for its answer: the wait in
+/// whole milliseconds (at least 1; at most `i32::MAX`, brpc's own cap), where that is less than
+/// the caller's own `timeout` (or the caller set none); `None` leaves the caller's.
+fn told_timeout_ms(wait: Duration, caller: Option<Duration>) -> Option<i32> {
+    let ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX).max(1);
+    caller
+        .is_none_or(|caller| u128::from(ms.unsigned_abs()) < caller.as_millis())
+        .then_some(ms)
 }
 
 /// The `error_text` with which brpc's servers (since 1.11) refuse the credentials of a
@@ -547,6 +580,79 @@ mod tests {
         let mut other = Mutation::new();
         other.set("x-routed-by".into(), "proxy".into());
         assert_eq!(ids(&other)?, as_sent, "a mutation without a trace");
+        Ok(())
+    }
+
+    /// A request the proxy waits for less than its caller goes with that wait as its
+    /// `timeout_ms` (in whole milliseconds, at least 1; the caller's own replaced, the rest of
+    /// the meta, a trace's ids, payload and attachment as they would go); one whose caller's
+    /// is no longer goes verbatim; one whose caller sent none gets the proxy's.
+    #[test]
+    fn a_request_goes_with_the_time_the_proxy_waits_for_it() -> TestResult {
+        let meta = |timeout_ms: Option<i32>| proto::RpcMeta {
+            request: Some(proto::RpcRequestMeta {
+                service_name: "example.EchoService".to_owned(),
+                method_name: "Echo".to_owned(),
+                log_id: Some(7),
+                trace_id: Some(111),
+                timeout_ms,
+                ..Default::default()
+            }),
+            correlation_id: Some(4_294_967_298),
+            attachment_size: Some(1),
+            user_fields: [("tenant".to_owned(), "t1".to_owned())].into(),
+            ..Default::default()
+        };
+        let ms = Duration::from_millis;
+        let mut traced = Mutation::new();
+        traced.set(
+            "traceparent".into(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        );
+        for share in [false, true] {
+            for (sent, wait, mutation, told) in [
+                (Some(5000), ms(300), Mutation::new(), Some(300)),
+                (
+                    Some(5000),
+                    ms(300) - Duration::from_micros(1),
+                    Mutation::new(),
+                    Some(299),
+                ),
+                (
+                    Some(5000),
+                    Duration::from_micros(10),
+                    Mutation::new(),
+                    Some(1),
+                ),
+                (None, ms(15_000), Mutation::new(), Some(15_000)),
+                (Some(0), ms(300), Mutation::new(), Some(300)),
+                (Some(5000), ms(300), traced.clone(), Some(300)),
+                (Some(200), ms(300), Mutation::new(), Some(200)),
+                (Some(300), ms(300), Mutation::new(), Some(300)),
+            ] {
+                let request = decoded(&meta(sent), b"\x0a\x02hi", 1 << 20)?;
+                let mut upstream = BrpcCodec::new(Side::Upstream, 1 << 20);
+                let mut wire = BytesMut::new();
+                let params = params(1, &mutation);
+                let shared = upstream.encode_within(&request, &params, wait, share, &mut wire)?;
+                let rest = request.frame.len() - shared;
+                wire.extend_from_slice(&request.frame[rest..]);
+                let (written, body) = crate::decode_frame(&wire)?;
+                assert_eq!(body, b"\x0a\x02hi", "{sent:?} {wait:?}");
+                let mut as_encoded = BytesMut::new();
+                upstream.encode(&request, &params, &mut as_encoded)?;
+                // What `encode` writes, but for `timeout_ms`.
+                let (mut expected, _) = crate::decode_frame(&as_encoded)?;
+                expected.request = expected.request.map(|r| proto::RpcRequestMeta {
+                    timeout_ms: told,
+                    ..r
+                });
+                assert_eq!(written, expected, "{sent:?} {wait:?}");
+                if sent == told {
+                    assert_eq!(wire, as_encoded, "verbatim: {sent:?} {wait:?}");
+                }
+            }
+        }
         Ok(())
     }
 

@@ -1,11 +1,13 @@
 //! Writing a decoded message back out: verbatim, with its correlation id patched, or with a
 //! rebuilt meta when the id's length changes, `user_fields` are mutated, a response's
-//! `authentication_data` goes or, upstream, a request's goes or the cluster's comes.
+//! `authentication_data` goes or, upstream, a request's goes or the cluster's comes, or a
+//! request goes with a shorter `timeout_ms` than its caller's.
 //!
 //! The meta is never re-serialized from a model: fields are copied verbatim (unknown ones too,
 //! in their order) and only `correlation_id`, the overridden `user_fields` entries,
-//! `authentication_data` and, on a request the proxy traces, the request meta's trace ids
-//! ([`TraceIds`]) are replaced. Payload and attachment are copied as they came, so payload
+//! `authentication_data`, on a request the proxy traces the request meta's trace ids
+//! ([`TraceIds`]), and on a request the proxy waits for less than its caller does its
+//! `timeout_ms`, are replaced. Payload and attachment are copied as they came, so payload
 //! checksums stay valid.
 
 use bytes::{BufMut, BytesMut};
@@ -20,11 +22,21 @@ use crate::wire::{
     put_len_prefix, put_varint_field, read_varint, varint_len,
 };
 
+/// What an upstream codec writes into the requests it sends in place of their caller's.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct HopFields<'a> {
+    /// The cluster's credentials, as `authentication_data`, when given.
+    pub(crate) credentials: Option<&'a [u8]>,
+    /// The request meta's `timeout_ms`, when given: how long the proxy waits for the answer.
+    pub(crate) timeout_ms: Option<i32>,
+}
+
 /// Appends `message` with request id `id` and `mutation` applied to `dst`, as a codec on `side`
 /// writes it: downstream `id` is the `correlation_id`, upstream the engine's id, written as
 /// [`correlation::to_wire`] says. Upstream, a request goes without the `authentication_data`
-/// its client sent, and with `credentials` as its `authentication_data` when given;
-/// downstream, a response goes without any its server sent. With `share`, a frame passing
+/// its client sent, with `hop`'s credentials as its `authentication_data` and its timeout as
+/// its `timeout_ms` when given; downstream, a response goes without any `authentication_data`
+/// its server sent. With `share`, a frame passing
 /// through is appended up to the end of its correlation id, and the length of the rest, which
 /// is to follow unchanged, is returned (see [`metaprotocol_core::Codec::encode_sharing`]);
 /// otherwise the result is 0.
@@ -33,11 +45,12 @@ pub(crate) fn encode_message(
     id: u64,
     side: Side,
     mutation: &Mutation,
-    credentials: Option<&[u8]>,
+    hop: HopFields<'_>,
     share: bool,
     dst: &mut BytesMut,
 ) -> Result<usize, CodecError> {
     let layout = BrpcLayout::of(message)?;
+    let request_upstream = side == Side::Upstream && message.kind == MessageKind::Request;
     // Credentials stand for one hop. A server authenticates a connection by its first
     // request's credentials and runs every later call on it as that identity, so a client's
     // must never reach a connection other clients' calls share (brpc clients send theirs on
@@ -60,14 +73,21 @@ pub(crate) fn encode_message(
         Side::Downstream => id,
         Side::Upstream => correlation::to_wire(id, varint_len(current)),
     };
-    if !mutation.is_empty() || drop_authentication || credentials.is_some() {
-        let traced = side == Side::Upstream && message.kind == MessageKind::Request;
+    let timeout_ms = hop.timeout_ms.filter(|_| request_upstream);
+    if !mutation.is_empty()
+        || drop_authentication
+        || hop.credentials.is_some()
+        || timeout_ms.is_some()
+    {
         let edit = MetaEdit {
             id,
             mutation,
             drop_authentication,
-            credentials,
-            trace: traced.then(|| TraceIds::sampled(mutation)).flatten(),
+            credentials: hop.credentials,
+            trace: request_upstream
+                .then(|| TraceIds::sampled(mutation))
+                .flatten(),
+            timeout_ms,
         };
         return rebuild(frame, &layout, &edit, dst).map(|()| 0);
     }
@@ -124,6 +144,28 @@ struct MetaEdit<'a> {
     credentials: Option<&'a [u8]>,
     /// The request meta's trace ids, when the proxy traces the call.
     trace: Option<TraceIds>,
+    /// The request meta's `timeout_ms`, when it replaces the caller's.
+    timeout_ms: Option<i32>,
+}
+
+impl MetaEdit<'_> {
+    /// Whether the request meta is rewritten.
+    fn edits_request(&self) -> bool {
+        self.trace.is_some() || self.timeout_ms.is_some()
+    }
+
+    /// How many bytes the request meta's fields this edit writes take.
+    fn request_fields_size(&self) -> usize {
+        self.trace.map_or(0, TraceIds::size)
+            + self
+                .timeout_ms
+                .map_or(0, |ms| 1 + varint_len(timeout_varint(ms)))
+    }
+}
+
+/// `timeout_ms`, an `int32`, as its varint: a negative one sign-extended, as protobuf writes it.
+fn timeout_varint(ms: i32) -> u64 {
+    i64::from(ms) as u64
 }
 
 /// brpc's rpcz ids for a request the proxy traces and samples: the trace, and the proxy's
@@ -201,11 +243,13 @@ fn rebuild(
     let credentials = edit.credentials.map_or(0, |c| {
         len_prefix_size(field::AUTHENTICATION_DATA, c.len()) + c.len()
     });
-    // The trace ids, and the request meta's length prefix, longer by as much.
-    let trace = edit
-        .trace
-        .map_or(0, |trace| trace.size() + MAX_VARINT_BYTES);
-    let capacity = frame.len() + added + credentials + trace + 1 + MAX_VARINT_BYTES;
+    // The request meta's fields written, and its length prefix, longer by as much.
+    let request = if edit.edits_request() {
+        edit.request_fields_size() + MAX_VARINT_BYTES
+    } else {
+        0
+    };
+    let capacity = frame.len() + added + credentials + request + 1 + MAX_VARINT_BYTES;
     write_frame(dst, capacity, body, |dst| {
         copy_meta_fields(meta, layout, edit, dst)?;
         if !layout.has_id() {
@@ -247,11 +291,9 @@ fn copy_meta_fields(
             (field::AUTHENTICATION_DATA, WireValue::Bytes(_)) if edit.drop_authentication => {
                 continue;
             }
-            (field::REQUEST, WireValue::Bytes(range)) => {
-                if let Some(trace) = edit.trace {
-                    put_traced_request(meta.get(range.clone()).unwrap_or_default(), trace, dst)?;
-                    continue;
-                }
+            (field::REQUEST, WireValue::Bytes(range)) if edit.edits_request() => {
+                put_edited_request(meta.get(range.clone()).unwrap_or_default(), edit, dst)?;
+                continue;
             }
             _ => {}
         }
@@ -260,23 +302,27 @@ fn copy_meta_fields(
     Ok(())
 }
 
-/// Appends the request meta field of `request` (its content) with `trace`'s ids in place of
-/// the trace ids it carried.
-fn put_traced_request(
+/// Appends the request meta field of `request` (its content) with `edit`'s trace ids in place
+/// of the trace ids it carried, and its `timeout_ms` in place of the caller's, where it has
+/// them.
+fn put_edited_request(
     request: &[u8],
-    trace: TraceIds,
+    edit: &MetaEdit<'_>,
     dst: &mut BytesMut,
 ) -> Result<(), CodecError> {
     // As the meta reads them: a field of another wire type under a trace id's number is not
     // one (Jprotobuf-rpc-socket's `extraParam`, bytes, is its field 4), and goes as it came.
     let replaced = |f: &Field| {
         matches!(f.value, WireValue::Varint(_))
-            && matches!(
-                f.number,
-                request_field::TRACE_ID | request_field::SPAN_ID | request_field::PARENT_SPAN_ID
-            )
+            && match f.number {
+                request_field::TRACE_ID
+                | request_field::SPAN_ID
+                | request_field::PARENT_SPAN_ID => edit.trace.is_some(),
+                request_field::TIMEOUT_MS => edit.timeout_ms.is_some(),
+                _ => false,
+            }
     };
-    let mut len = trace.size();
+    let mut len = edit.request_fields_size();
     for f in FieldReader::new(request) {
         let f = f?;
         if !replaced(&f) {
@@ -290,8 +336,13 @@ fn put_traced_request(
             dst.put_slice(request.get(f.span).unwrap_or_default());
         }
     }
-    put_varint_field(dst, request_field::TRACE_ID, trace.trace_id);
-    put_varint_field(dst, request_field::PARENT_SPAN_ID, trace.parent_span_id);
+    if let Some(trace) = edit.trace {
+        put_varint_field(dst, request_field::TRACE_ID, trace.trace_id);
+        put_varint_field(dst, request_field::PARENT_SPAN_ID, trace.parent_span_id);
+    }
+    if let Some(ms) = edit.timeout_ms {
+        put_varint_field(dst, request_field::TIMEOUT_MS, timeout_varint(ms));
+    }
     Ok(())
 }
 

@@ -37,7 +37,7 @@ pub(crate) mod request_field {
     pub(crate) const SPAN_ID: u32 = 5;
     pub(crate) const PARENT_SPAN_ID: u32 = 6;
     pub(super) const REQUEST_ID: u32 = 7;
-    pub(super) const TIMEOUT_MS: u32 = 8;
+    pub(crate) const TIMEOUT_MS: u32 = 8;
 }
 
 /// `RpcResponseMeta` field numbers.

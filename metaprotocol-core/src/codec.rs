@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 
@@ -137,6 +138,34 @@ pub trait Codec: Send {
         dst: &mut BytesMut,
     ) -> Result<usize, CodecError> {
         self.encode(message, params, dst).map(|()| 0)
+    }
+
+    /// [`Codec::encode`] (with `share`, [`Codec::encode_sharing`], whose result this returns;
+    /// without, 0) of a request that the proxy waits for at most `wait`: less than its caller
+    /// gave it ([`Message::timeout`], counted from when it came), or given where its caller set
+    /// no deadline. A protocol whose requests carry their deadline writes `wait` in place of
+    /// the caller's (as the protocol's own clients write what is left of a call's deadline into
+    /// each attempt), so that the server does not work on, for a caller that gave up, an
+    /// answer no one waits for; the others encode as they do, the default.
+    ///
+    /// The engine calls it only when the attempt's deadline is not the caller's own (a route
+    /// timeout or a per-try timeout shorter than it, a retry, a deadline the caller did not
+    /// set); a first attempt under the caller's own deadline goes through [`Codec::encode`],
+    /// verbatim. On error nothing is appended.
+    fn encode_within(
+        &mut self,
+        message: &Message,
+        params: &EncodeParams<'_>,
+        wait: Duration,
+        share: bool,
+        dst: &mut BytesMut,
+    ) -> Result<usize, CodecError> {
+        let _ = wait;
+        if share {
+            self.encode_sharing(message, params, dst)
+        } else {
+            self.encode(message, params, dst).map(|()| 0)
+        }
     }
 
     /// Appends the protocol's error response to `request`, in the request's own encoding and with

@@ -3,7 +3,8 @@
 //! written by the protobuf definition (`metaprotocol_brpc::{decode_frame, encode_frame}`).
 //!
 //! The server answers `Echo` with the request's payload and attachment, `Sleep` the same after
-//! two seconds, and `Fail` with brpc's `EINTERNAL`. Every answer carries, in its `user_fields`,
+//! two seconds, `SleepOnce` as `Sleep` the first time the server gets it and as `Echo` after,
+//! and `Fail` with brpc's `EINTERNAL`. It keeps the `timeout_ms` of every request it gets. Every answer carries, in its `user_fields`,
 //! `server` = the server's name and `echo-<key>` for each user field it received, so a test sees
 //! routing and request mutation from the far end, and, for a request with brpc's rpcz ids,
 //! `rpcz-trace_id`, `rpcz-span_id` and `rpcz-parent_span_id` (those it carried, in decimal).
@@ -46,9 +47,13 @@ pub struct BrpcServer {
     connections: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
     credentials_seen: Arc<std::sync::Mutex<Vec<String>>>,
+    timeouts_seen: TimeoutsSeen,
     accepted: Accepted,
     accept: JoinHandle<()>,
 }
+
+/// The `timeout_ms` of each request a server got, in order.
+type TimeoutsSeen = Arc<std::sync::Mutex<Vec<Option<i32>>>>;
 
 /// The credentials a server accepts, if it authenticates; changed by
 /// [`BrpcServer::set_accepted`].
@@ -62,6 +67,9 @@ struct Served {
     accepted: Accepted,
     requests: Arc<AtomicUsize>,
     credentials_seen: Arc<std::sync::Mutex<Vec<String>>>,
+    timeouts_seen: TimeoutsSeen,
+    /// Whether a `SleepOnce` call came (and slept).
+    slept_once: Arc<std::sync::atomic::AtomicBool>,
     /// False for a server that closes a refused connection without answering (brpc < 1.11).
     answers_refusals: bool,
 }
@@ -104,10 +112,15 @@ impl BrpcServer {
             accepted: accepted.clone(),
             requests: Arc::new(AtomicUsize::new(0)),
             credentials_seen: Arc::default(),
+            timeouts_seen: Arc::default(),
+            slept_once: Arc::default(),
             answers_refusals,
         };
-        let (requests, credentials_seen) =
-            (served.requests.clone(), served.credentials_seen.clone());
+        let (requests, credentials_seen, timeouts_seen) = (
+            served.requests.clone(),
+            served.credentials_seen.clone(),
+            served.timeouts_seen.clone(),
+        );
         let conns = connections.clone();
         let accept = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -120,6 +133,7 @@ impl BrpcServer {
             connections,
             requests,
             credentials_seen,
+            timeouts_seen,
             accepted,
             accept,
         })
@@ -149,6 +163,14 @@ impl BrpcServer {
     /// order (lossily as UTF-8).
     pub fn credentials_seen(&self) -> Vec<String> {
         self.credentials_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The `timeout_ms` of every request received so far, in order.
+    pub fn timeouts_seen(&self) -> Vec<Option<i32>> {
+        self.timeouts_seen
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -186,6 +208,17 @@ async fn serve_connection(served: Served, stream: TcpStream) {
                         .unwrap_or_else(PoisonError::into_inner)
                         .push(String::from_utf8_lossy(credentials).into_owned());
                 }
+                let request_meta = meta.request.as_ref();
+                served
+                    .timeouts_seen
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(request_meta.and_then(|r| r.timeout_ms));
+                let sleeps = match request_meta.map(|r| r.method_name.as_str()) {
+                    Some("Sleep") => true,
+                    Some("SleepOnce") => !served.slept_once.swap(true, Ordering::SeqCst),
+                    _ => false,
+                };
                 let accepted = *served
                     .accepted
                     .lock()
@@ -202,7 +235,13 @@ async fn serve_connection(served: Served, stream: TcpStream) {
                 }
                 first = false;
                 let identity = identity.clone();
-                tokio::spawn(answer(served.name, request.frame, identity, writer.clone()));
+                tokio::spawn(answer(
+                    served.name,
+                    request.frame,
+                    sleeps,
+                    identity,
+                    writer.clone(),
+                ));
             }
             Ok(None) => match reader.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => return,
@@ -232,9 +271,11 @@ async fn refuse(correlation_id: Option<i64>, writer: &Mutex<OwnedWriteHalf>) {
     }
 }
 
+/// Answers the request in `frame`, after [`SLEEP`] if it `sleeps`.
 async fn answer(
     name: &'static str,
     frame: bytes::Bytes,
+    sleeps: bool,
     identity: Option<Arc<str>>,
     writer: Arc<Mutex<OwnedWriteHalf>>,
 ) {
@@ -279,17 +320,16 @@ async fn answer(
         ..Default::default()
     };
     let mut body = body;
-    match method.as_str() {
-        "Sleep" => tokio::time::sleep(SLEEP).await,
-        "Fail" => {
-            reply.response = Some(proto::RpcResponseMeta {
-                error_code: Some(errno::EINTERNAL),
-                error_text: Some(format!("[{name}][E2001]bad name")),
-            });
-            reply.attachment_size = None;
-            body = &[];
-        }
-        _ => {}
+    if sleeps {
+        tokio::time::sleep(SLEEP).await;
+    }
+    if method == "Fail" {
+        reply.response = Some(proto::RpcResponseMeta {
+            error_code: Some(errno::EINTERNAL),
+            error_text: Some(format!("[{name}][E2001]bad name")),
+        });
+        reply.attachment_size = None;
+        body = &[];
     }
     let mut out = BytesMut::new();
     if encode_frame(&reply, body, &mut out).is_ok() {

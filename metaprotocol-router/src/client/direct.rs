@@ -129,6 +129,7 @@ impl Client {
             message: Arc::new(request),
             mutation: Arc::new(Mutation::new()),
             deadline,
+            tells_deadline: false,
             reply,
             placed: false,
         };

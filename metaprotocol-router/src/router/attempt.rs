@@ -57,6 +57,8 @@ pub(crate) struct AttemptSpec<'a> {
     /// The request's consistent-hashing key.
     pub hash: Option<u64>,
     pub deadline: Instant,
+    /// Whether its server is told what is left of `deadline` ([`super::timeout::tells_deadline`]).
+    pub tells_deadline: bool,
     /// When the attempt starts: the clock its caller read for the whole batch of work.
     pub now: Instant,
 }
@@ -79,9 +81,9 @@ pub(crate) fn pick(
     Some((host.clone(), active))
 }
 
-/// Queues `request` on `endpoint` with `mutation`, to be answered through `reply`, holding
-/// `place` while it waits in a connection's queue; a refusal hands the request back (it was not
-/// sent).
+/// Queues `request` on `endpoint` with `mutation`, to be answered through `reply` by
+/// `deadline` (its server told what is left of it if `tells_deadline`), holding `place` while it
+/// waits in a connection's queue; a refusal hands the request back (it was not sent).
 // The refused request comes back whole, without an allocation (see `UpstreamPool::send`).
 #[allow(clippy::result_large_err)]
 pub(crate) fn send(
@@ -89,6 +91,7 @@ pub(crate) fn send(
     request: &Arc<Message>,
     mutation: Arc<Mutation>,
     deadline: Instant,
+    tells_deadline: bool,
     reply: ReplyTo,
     place: Option<PendingPlace<'_>>,
 ) -> Result<(), Rejected> {
@@ -101,6 +104,7 @@ pub(crate) fn send(
             message: request.clone(),
             mutation,
             deadline,
+            tells_deadline,
             reply,
             placed,
         },
@@ -125,6 +129,7 @@ pub(crate) fn start(
         tried,
         hash,
         deadline,
+        tells_deadline,
         now,
     } = spec;
     let Some((host, active)) = pick(target, tried, hash, admission.request) else {
@@ -136,6 +141,7 @@ pub(crate) fn start(
         request,
         mutation(endpoint.address()),
         deadline,
+        tells_deadline,
         reply,
         admission.pending,
     ) {
@@ -303,6 +309,7 @@ circuit_breakers: { max_requests: 2, max_pending_requests: 1000000 }",
             tried: &[],
             hash: None,
             deadline: now + Duration::from_secs(60),
+            tells_deadline: false,
             now,
         };
         let mutation = Arc::new(Mutation::default());

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use metaprotocol_core::{Message, MessageKind, Mutation};
-use tokio::time::Instant;
 
+use super::timeout::SendDeadline;
 use super::{AttemptObserver, attempt};
 use crate::config::MirrorSpec;
 use crate::route::Target;
@@ -53,15 +53,15 @@ impl MirrorPolicy {
     }
 
     /// Copies `request` to the mirror cluster if it falls in the share and the budget allows,
-    /// with `mutation` as `observer` adds to it; `hash` is its consistent-hashing key, for a
-    /// mirror cluster that balances by one.
+    /// with `mutation` as `observer` adds to it, to be answered by `deadline`; `hash` is its
+    /// consistent-hashing key, for a mirror cluster that balances by one.
     pub fn send(
         &self,
         request: &Arc<Message>,
         mutation: &Arc<Mutation>,
         observer: &mut impl AttemptObserver,
         hash: Option<u64>,
-        deadline: Instant,
+        deadline: SendDeadline,
         stats: &RouteStats,
     ) {
         if !self.chosen() {
@@ -111,7 +111,8 @@ impl MirrorPolicy {
             &endpoint,
             request,
             mutation,
-            deadline,
+            deadline.at,
+            deadline.told,
             reply,
             admission.pending,
         );

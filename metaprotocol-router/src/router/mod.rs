@@ -36,6 +36,7 @@ pub(crate) use self::mirror::MirrorPolicy;
 pub(crate) use self::outcome::{AttemptOutcome, FAILURES};
 use self::retry::RetryGrant;
 pub(crate) use self::retry::RetryPolicy;
+use self::timeout::{DeadlineOwner, SendDeadline};
 pub(crate) use self::timeout::{after as deadline_after, filter_wait_deadline};
 use crate::cluster::{Breaker, ClusterHandle, Host, RetryRefusal};
 use crate::route::{Route, RouteAction, RouteTable, Target, TemplateContext};
@@ -144,6 +145,8 @@ pub(crate) struct Routed {
     /// Whether the deadline is the route's own timeout, not a shorter one the client asked
     /// for: only then does an attempt it ends say something about the endpoint.
     own_deadline: bool,
+    /// Whose the deadline is: what its attempts tell their servers.
+    owner: DeadlineOwner,
     attempts: u32,
     retries_left: u32,
     /// Transparent resends spent (of a request a failed or unopened connection never wrote);
@@ -311,6 +314,7 @@ pub(crate) fn route(
     let requested = timeout::requested_left(request.timeout, record.timings.received, now);
     let deadline = timeout::request_deadline(now, route.timeout, requested);
     let own_deadline = timeout::route_sets_deadline(route.timeout, requested);
+    let owner = DeadlineOwner::of(route.timeout, request.timeout, requested);
     let retries_left = route.retry.as_ref().map_or(0, |r| r.num_retries);
     let view = RoutingView {
         metadata: &request.metadata,
@@ -333,7 +337,11 @@ pub(crate) fn route(
             &mutation,
             observer,
             hash,
-            copy_deadline,
+            SendDeadline {
+                at: copy_deadline,
+                // A copy's deadline is the caller's own only where the request's is.
+                told: owner != DeadlineOwner::Caller,
+            },
             route.stats(),
         );
     }
@@ -345,6 +353,7 @@ pub(crate) fn route(
         hash,
         deadline,
         own_deadline,
+        owner,
         attempts: 0,
         retries_left,
         resends: 0,
@@ -421,6 +430,7 @@ impl Routed {
             tried: &[],
             hash: self.hash,
             deadline: self.deadline,
+            tells_deadline: timeout::tells_deadline(self.owner, 1, self.deadline, self.deadline),
             now,
         };
         let started = attempt::start(
@@ -482,6 +492,7 @@ impl Routed {
             tried: &self.tried,
             hash: self.hash,
             deadline,
+            tells_deadline: timeout::tells_deadline(self.owner, number, deadline, self.deadline),
             now,
         };
         let started = attempt::start(

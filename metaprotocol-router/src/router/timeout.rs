@@ -85,6 +85,70 @@ pub(crate) fn route_sets_deadline(
     }
 }
 
+/// Whose deadline a request's is ([`request_deadline`]), which says what its attempts tell
+/// their server of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DeadlineOwner {
+    /// Nobody's: the route sets no timeout and the caller asked for none.
+    Nobody,
+    /// The caller's own timeout, as it sent it (its request reached the router within a
+    /// millisecond of its arrival), and no route timeout is shorter: a first attempt under it
+    /// goes to its server as the caller wrote it.
+    Caller,
+    /// The proxy's: the route's timeout, shorter than the caller's or where it asked for none,
+    /// or a caller's timeout partly used up before the request was routed.
+    Proxy,
+}
+
+impl DeadlineOwner {
+    /// Whose the deadline of a request routed under `route_timeout` is, whose caller asked for
+    /// `requested` of which `requested_left` is left (see [`requested_left`]).
+    pub(crate) fn of(
+        route_timeout: Option<Duration>,
+        requested: Option<Duration>,
+        requested_left: Option<Duration>,
+    ) -> Self {
+        match (requested, requested_left) {
+            (Some(sent), Some(left))
+                if sent.saturating_sub(left) < Duration::from_millis(1)
+                    && route_timeout.is_none_or(|route| route >= left) =>
+            {
+                Self::Caller
+            }
+            (Some(_), _) => Self::Proxy,
+            (None, _) if route_timeout.is_some() => Self::Proxy,
+            (None, _) => Self::Nobody,
+        }
+    }
+}
+
+/// A deadline to send a request under, and whether its server is told what is left of it
+/// ([`tells_deadline`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SendDeadline {
+    pub at: Instant,
+    pub told: bool,
+}
+
+/// Whether attempt `number` (1 for the first) of a request whose deadline (`request_deadline`)
+/// is `owner`'s tells its server what is left of its own deadline (`attempt_deadline`), as a
+/// protocol's clients write what is left of a call's deadline into each attempt: unless that
+/// is the caller's own deadline, as it sent it, on the first attempt (which then goes
+/// verbatim), or there is none.
+pub(crate) fn tells_deadline(
+    owner: DeadlineOwner,
+    number: u32,
+    attempt_deadline: Instant,
+    request_deadline: Instant,
+) -> bool {
+    let per_try_cuts = attempt_deadline < request_deadline;
+    match owner {
+        DeadlineOwner::Nobody => per_try_cuts,
+        DeadlineOwner::Caller => number > 1 || per_try_cuts,
+        DeadlineOwner::Proxy => true,
+    }
+}
+
 /// The deadline of an attempt started at `now`: its per-try timeout, within the request's.
 pub(crate) fn attempt_deadline(
     now: Instant,
@@ -123,6 +187,48 @@ mod tests {
         assert_eq!(copy_deadline(now, Some(secs(5)), None), now + secs(5));
         assert_eq!(copy_deadline(now, None, Some(secs(2))), now + secs(2));
         assert_eq!(copy_deadline(now, None, None), now + DEFAULT_ROUTE_TIMEOUT);
+    }
+
+    #[test]
+    fn only_a_first_attempt_under_the_callers_own_deadline_keeps_it_untold() {
+        let (ms, secs) = (Duration::from_millis, Duration::from_secs);
+        let caller = DeadlineOwner::of(Some(secs(5)), Some(secs(1)), Some(secs(1)));
+        assert_eq!(caller, DeadlineOwner::Caller);
+        assert_eq!(
+            DeadlineOwner::of(
+                None,
+                Some(secs(1)),
+                Some(secs(1) - Duration::from_micros(300))
+            ),
+            DeadlineOwner::Caller
+        );
+        assert_eq!(
+            DeadlineOwner::of(Some(secs(1)), Some(secs(1)), Some(secs(1))),
+            DeadlineOwner::Caller,
+            "a route timeout as long as the caller's is not shorter"
+        );
+        assert_eq!(
+            DeadlineOwner::of(Some(ms(300)), Some(secs(1)), Some(secs(1))),
+            DeadlineOwner::Proxy
+        );
+        assert_eq!(
+            DeadlineOwner::of(Some(secs(5)), None, None),
+            DeadlineOwner::Proxy
+        );
+        assert_eq!(
+            DeadlineOwner::of(None, Some(secs(1)), Some(ms(700))),
+            DeadlineOwner::Proxy,
+            "300 ms of it went in the filters"
+        );
+        assert_eq!(DeadlineOwner::of(None, None, None), DeadlineOwner::Nobody);
+        let now = Instant::now();
+        let (end, cut) = (now + secs(1), now + ms(200));
+        assert!(!tells_deadline(caller, 1, end, end));
+        assert!(tells_deadline(caller, 2, end, end));
+        assert!(tells_deadline(caller, 1, cut, end));
+        assert!(tells_deadline(DeadlineOwner::Proxy, 1, end, end));
+        assert!(!tells_deadline(DeadlineOwner::Nobody, 2, end, end));
+        assert!(tells_deadline(DeadlineOwner::Nobody, 1, cut, end));
     }
 
     #[test]

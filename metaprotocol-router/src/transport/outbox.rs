@@ -18,6 +18,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use metaprotocol_core::{Codec, CodecError, EncodeParams, Message};
@@ -102,13 +103,29 @@ impl Outbox {
         message: &Message,
         params: &EncodeParams<'_>,
     ) -> Result<(), CodecError> {
+        self.encode_waiting(codec, message, params, None)
+    }
+
+    /// [`Outbox::encode`] of a request that the proxy waits for at most `wait`, when given
+    /// ([`Codec::encode_within`]).
+    pub fn encode_waiting(
+        &mut self,
+        codec: &mut dyn Codec,
+        message: &Message,
+        params: &EncodeParams<'_>,
+        wait: Option<Duration>,
+    ) -> Result<(), CodecError> {
         let frame = &message.frame;
         self.make_room(frame.len());
-        if frame.len() < SHARE_AT {
-            return codec.encode(message, params, &mut self.buf);
-        }
+        let share = frame.len() >= SHARE_AT;
         let start = self.buf.len();
-        let shared = codec.encode_sharing(message, params, &mut self.buf)?;
+        let shared = match (wait, share) {
+            (None, false) => return codec.encode(message, params, &mut self.buf),
+            (None, true) => codec.encode_sharing(message, params, &mut self.buf)?,
+            (Some(wait), share) => {
+                codec.encode_within(message, params, wait, share, &mut self.buf)?
+            }
+        };
         if shared == 0 {
             return Ok(());
         }

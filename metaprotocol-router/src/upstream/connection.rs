@@ -466,6 +466,7 @@ impl<S: Transport> Multiplexer<S> {
             message,
             mutation,
             deadline,
+            tells_deadline,
             reply,
             placed: _,
         } = outbound;
@@ -491,9 +492,12 @@ impl<S: Transport> Multiplexer<S> {
             variant: self.variant,
             mutation: &mutation,
         };
+        // What is left of the deadline as the request is written: what its wait in the
+        // queue used is gone too.
+        let wait = tells_deadline.then(|| deadline.saturating_duration_since(now));
         match self
             .write_buf
-            .encode(self.encoder.as_mut(), &message, &params)
+            .encode_waiting(self.encoder.as_mut(), &message, &params, wait)
         {
             Ok(()) if expects_answer => {
                 self.waiting.insert(

@@ -259,6 +259,9 @@ pub(crate) struct Outbound {
     pub mutation: Arc<Mutation>,
     /// After this the request is not worth writing any more: its caller has given up.
     pub deadline: Instant,
+    /// Whether the server is told what is left of `deadline` when the request is written
+    /// ([`metaprotocol_core::Codec::encode_within`]): the deadline is not its caller's own.
+    pub tells_deadline: bool,
     pub reply: ReplyTo,
     /// Whether it holds a place under its cluster's `max_pending_requests` (when the cluster
     /// sets one, [`crate::cluster::PendingPlace::hand_over`]): given back through the cluster's

@@ -78,6 +78,7 @@ impl ProbeConnection {
             message: probe.clone(),
             mutation: self.mutation.clone(),
             deadline: crate::router::deadline_after(Instant::now(), timeout),
+            tells_deadline: false,
             reply: ReplyTo::oneshot(sender),
             placed: false,
         };
