@@ -110,11 +110,12 @@ impl Codec for BrpcCodec {
         self.encode_sharing_if(message, params, true, None, dst)
     }
 
-    /// A request goes with `timeout_ms` the time the proxy waits for it, where that is less
-    /// than its caller's own (or the caller set none), as brpc's clients write what is left of
-    /// a call's deadline into each attempt: a brpc server's handlers, and its `timeout`
-    /// concurrency limiter, then give up when the proxy does. Otherwise it goes as from
-    /// [`Codec::encode`].
+    /// A request whose caller sent a `timeout_ms` goes with the time the proxy waits for it
+    /// in its place, where that is less, as brpc's clients write what is left of a call's
+    /// deadline into each attempt: a brpc server's handlers, and its `timeout` concurrency
+    /// limiter, then give up when the proxy does. Otherwise it goes as from [`Codec::encode`]:
+    /// a caller that sent none (a brpc client sends none unless told to) did not ask for its
+    /// servers to be told a deadline, and its requests keep the verbatim path.
     fn encode_within(
         &mut self,
         message: &Message,
@@ -219,12 +220,12 @@ impl BrpcCodec {
 
 /// The `timeout_ms` a request goes with when the proxy waits `wait` for its answer: the wait in
 /// whole milliseconds (at least 1; at most `i32::MAX`, brpc's own cap), where that is less than
-/// the caller's own `timeout` (or the caller set none); `None` leaves the caller's.
+/// the caller's own `timeout`; `None` leaves the caller's, and leaves a caller without one
+/// without one.
 fn told_timeout_ms(wait: Duration, caller: Option<Duration>) -> Option<i32> {
+    let caller = caller?;
     let ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX).max(1);
-    caller
-        .is_none_or(|caller| u128::from(ms.unsigned_abs()) < caller.as_millis())
-        .then_some(ms)
+    (u128::from(ms.unsigned_abs()) < caller.as_millis()).then_some(ms)
 }
 
 /// The `error_text` with which brpc's servers (since 1.11) refuse the credentials of a
@@ -586,7 +587,7 @@ mod tests {
     /// A request the proxy waits for less than its caller goes with that wait as its
     /// `timeout_ms` (in whole milliseconds, at least 1; the caller's own replaced, the rest of
     /// the meta, a trace's ids, payload and attachment as they would go); one whose caller's
-    /// is no longer goes verbatim; one whose caller sent none gets the proxy's.
+    /// is no longer goes verbatim, and so does one whose caller sent none (or 0).
     #[test]
     fn a_request_goes_with_the_time_the_proxy_waits_for_it() -> TestResult {
         let meta = |timeout_ms: Option<i32>| proto::RpcMeta {
@@ -624,8 +625,8 @@ mod tests {
                     Mutation::new(),
                     Some(1),
                 ),
-                (None, ms(15_000), Mutation::new(), Some(15_000)),
-                (Some(0), ms(300), Mutation::new(), Some(300)),
+                (None, ms(15_000), Mutation::new(), None),
+                (Some(0), ms(300), Mutation::new(), Some(0)),
                 (Some(5000), ms(300), traced.clone(), Some(300)),
                 (Some(200), ms(300), Mutation::new(), Some(200)),
                 (Some(300), ms(300), Mutation::new(), Some(300)),

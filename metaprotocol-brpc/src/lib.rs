@@ -76,12 +76,13 @@
 //!   its server how long the proxy waits for it, as brpc's clients write what is left of a
 //!   call's deadline into each try (and as brpc servers read it: their handlers' deadline, and
 //!   the `timeout` concurrency limiter's): a request the proxy waits for less than its caller
-//!   does (a route `timeout` or `per_try_timeout` shorter than its `timeout_ms`, a retry, a
-//!   deadline of the route's where the caller sent none) goes with `timeout_ms` that wait in
-//!   whole milliseconds, at least 1, counted when it is written
+//!   does (a route `timeout` or `per_try_timeout` shorter than its `timeout_ms`, a retry)
+//!   goes with `timeout_ms` that wait in whole milliseconds, at least 1, counted when it is written
 //!   ([`Codec::encode_within`](metaprotocol_core::Codec::encode_within)), the request meta
 //!   rebuilt (the rest of it as it came). A first attempt under the caller's own deadline goes
-//!   verbatim: its server is told the caller's `timeout_ms`.
+//!   verbatim: its server is told the caller's `timeout_ms`. A caller that sent none (brpc's
+//!   clients send none unless told to) did not ask for its servers to be told a deadline: its
+//!   requests go without one, verbatim.
 //! - **Forwarding**: without mutation the frame is written verbatim, the `correlation_id` varint
 //!   patched in place when the new id has the same length, else spliced in (the meta's other
 //!   bytes, unknown fields included, unchanged). The engine numbers an upstream connection's
