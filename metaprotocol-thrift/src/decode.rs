@@ -137,10 +137,15 @@ impl Decoder {
                         reject_reason: None,
                     })
             }
-            Transport::Framed | Transport::Header => {
-                delimited(frame, format.transport, self.side, self.max_frame_bytes)
-                    .and_then(|found| found.ok_or(CodecError::malformed("no call passed over")))
-            }
+            // The head kept ends where its message header does (a zlib call's, where its
+            // header block does): what inflates of it is bounded as that head is.
+            Transport::Framed | Transport::Header => delimited(
+                frame,
+                format.transport,
+                self.side,
+                MAX_FRAME_HEAD.min(self.max_frame_bytes),
+            )
+            .and_then(|found| found.ok_or(CodecError::malformed("no call passed over"))),
         };
         Some(found.map(|found| Found {
             // A call whose message cannot be read (a THeader transform, or a protocol not
@@ -323,7 +328,7 @@ fn delimited(
         }
         let (frame, block, cut) = if block.zlib {
             let inflated = zlib::inflate(&frame, &block, max_frame_bytes);
-            let frame = inflated.frame.freeze();
+            let frame = Bytes::from(inflated.frame);
             let block = theader::read(&frame)?;
             (frame, block, inflated.cut)
         } else {

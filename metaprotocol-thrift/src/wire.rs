@@ -4,7 +4,7 @@
 //! [`ReadError::Incomplete`] (more may arrive on an unframed stream), or
 //! [`CodecError::FrameTooLarge`] once the bytes a read needs pass the frame size cap.
 
-use bytes::{BufMut, BytesMut};
+use bytes::BufMut;
 use metaprotocol_core::CodecError;
 
 /// Why a read stopped.
@@ -211,7 +211,7 @@ impl<'a> Cursor<'a> {
 }
 
 /// Appends `value` as an unsigned LEB128 varint.
-pub(crate) fn put_varint(dst: &mut BytesMut, mut value: u64) {
+pub(crate) fn put_varint(dst: &mut impl BufMut, mut value: u64) {
     while value >= 0x80 {
         dst.put_u8((value as u8) | 0x80);
         value >>= 7;
@@ -221,7 +221,7 @@ pub(crate) fn put_varint(dst: &mut BytesMut, mut value: u64) {
 
 /// Overwrites the bytes at `at` in `dst` with `bytes` (a length or id written after the fact);
 /// a range outside `dst` is left alone, as callers only patch what they wrote.
-pub(crate) fn patch(dst: &mut BytesMut, at: usize, bytes: &[u8]) {
+pub(crate) fn patch(dst: &mut [u8], at: usize, bytes: &[u8]) {
     if let Some(slot) = dst.get_mut(at..at + bytes.len()) {
         slot.copy_from_slice(bytes);
     }
@@ -255,6 +255,8 @@ pub(crate) fn zigzag_decode(value: u64) -> i64 {
 
 #[cfg(test)]
 mod tests {
+    use bytes::BytesMut;
+
     use super::*;
 
     #[test]

@@ -8,9 +8,12 @@
 //! anyway; its message travels uncompressed on the proxy's own connections.
 //!
 //! Inflation is bounded by the frame size cap: a message that inflates past it (a zlib bomb)
-//! stops there, and what came out before tells which call it was.
+//! stops there, and what came out before tells which call it was. So is the memory it takes:
+//! the rebuilt frame's room grows no further than the cap, and is trimmed to little more than
+//! its bytes, since the engine counts a message's length alone against `max_buffered_bytes`
+//! while its call is in flight.
 
-use bytes::{BufMut, BytesMut};
+use bytes::BufMut;
 use flate2::{Decompress, FlushDecompress, Status};
 use metaprotocol_core::CodecError;
 
@@ -18,16 +21,22 @@ use crate::theader::{BLOCK_START, HeaderBlock, MAGIC};
 use crate::wire::{patch, put_varint};
 
 /// The first room given to the inflated message, in multiples of its compressed size (zlib
-/// shrinks Thrift messages a few times at most); it doubles from there as needed.
+/// shrinks Thrift messages a few times at most); it doubles from there as needed, never past
+/// the cap.
 const FIRST_GUESS_RATIO: usize = 4;
+
+/// How much room past its bytes a rebuilt frame may keep, as a share of them (1/4): more is
+/// given back, at the cost of a copy.
+const SLACK_SHARE: usize = 4;
 
 /// The least room made for inflated bytes at a time.
 const MIN_ROOM: usize = 256;
 
 /// A THeader frame rebuilt without its zlib transform, and whether all of its message is in.
 pub(crate) struct Inflated {
-    /// The rebuilt frame, length prefix patched to what it holds.
-    pub(crate) frame: BytesMut,
+    /// The rebuilt frame, length prefix patched to what it holds; its capacity is at most a
+    /// quarter more than its length.
+    pub(crate) frame: Vec<u8>,
     /// Why only a prefix of the message is in, if it is not whole.
     pub(crate) cut: Option<Cut>,
 }
@@ -68,8 +77,14 @@ impl Cut {
 pub(crate) fn inflate(frame: &[u8], block: &HeaderBlock, max_frame_bytes: usize) -> Inflated {
     let compressed = frame.get(block.payload_start..).unwrap_or_default();
     let headers = frame.get(block.info.clone()).unwrap_or_default();
-    let mut out = BytesMut::with_capacity(
-        block.payload_start + compressed.len().saturating_mul(FIRST_GUESS_RATIO),
+    // The frame, inflated, may hold at most `max_frame_bytes` after its length prefix, and
+    // one byte more tells a message that passes them.
+    let mut out = Vec::with_capacity(
+        block.payload_start
+            + compressed
+                .len()
+                .saturating_mul(FIRST_GUESS_RATIO)
+                .min(max_frame_bytes.saturating_add(1)),
     );
     // The same fixed fields and info headers, the transform list empty.
     out.put_u32(0);
@@ -90,13 +105,17 @@ pub(crate) fn inflate(frame: &[u8], block: &HeaderBlock, max_frame_bytes: usize)
     patch(&mut out, BLOCK_START - 2, &words.to_be_bytes());
     let limit = max_frame_bytes.saturating_sub(out.len() - 4);
     let cut = inflate_into(compressed, &mut out, limit);
+    if out.capacity() - out.len() > out.len() / SLACK_SHARE {
+        out.shrink_to_fit();
+    }
     let len = u32::try_from(out.len() - 4).unwrap_or(u32::MAX);
     patch(&mut out, 0, &len.to_be_bytes());
     Inflated { frame: out, cut }
 }
 
-/// Appends the inflation of the zlib stream `compressed` to `out`, at most `limit` bytes of it.
-fn inflate_into(compressed: &[u8], out: &mut BytesMut, limit: usize) -> Option<Cut> {
+/// Appends the inflation of the zlib stream `compressed` to `out`, at most `limit` bytes of it,
+/// making room for no more than one byte past them.
+fn inflate_into(compressed: &[u8], out: &mut Vec<u8>, limit: usize) -> Option<Cut> {
     let start = out.len();
     let mut stream = Decompress::new(true);
     loop {
@@ -106,6 +125,8 @@ fn inflate_into(compressed: &[u8], out: &mut BytesMut, limit: usize) -> Option<C
             .max(produced.max(compressed.len()).max(MIN_ROOM))
             .min(limit + 1 - produced);
         let at = out.len();
+        // Exact: a doubling growth could make room for twice the limit.
+        out.reserve_exact(room);
         out.resize(at + room, 0);
         let (read, before) = (stream.total_in(), stream.total_out());
         let unread = usize::try_from(read)
@@ -146,7 +167,7 @@ mod tests {
 
     /// Inflates `compressed` with `limit`, returning what came out and the cut.
     fn run(compressed: &[u8], limit: usize) -> (Vec<u8>, Option<Cut>) {
-        let mut out = BytesMut::from(&b"head"[..]);
+        let mut out = b"head".to_vec();
         let cut = inflate_into(compressed, &mut out, limit);
         assert_eq!(&out[..4], b"head");
         (out[4..].to_vec(), cut)
@@ -174,6 +195,57 @@ mod tests {
         let (out, cut) = run(&compressed, message.len() - 1);
         assert_eq!(cut, Some(Cut::TooLarge));
         assert_eq!(out.len(), message.len() - 1);
+        Ok(())
+    }
+
+    /// A THeader frame (binary, seq 3) whose message, `compressed`, is under zlib alone.
+    fn zlib_frame(compressed: &[u8]) -> Vec<u8> {
+        let mut frame = u32::try_from(14 + compressed.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes()
+            .to_vec();
+        frame.extend_from_slice(&[0x0f, 0xff, 0, 0, 0, 0, 0, 3, 0, 1, 0, 1, 1, 0]);
+        frame.extend_from_slice(compressed);
+        frame
+    }
+
+    /// What a frame inflates to is kept (frozen) while its call is in flight, and the engine
+    /// counts its length alone against `max_buffered_bytes`: its allocation must be little
+    /// more, whatever the ratio, whether the message is whole or cut at the cap.
+    #[test]
+    fn the_rebuilt_frame_holds_little_more_than_its_bytes() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let size = 200_000u32;
+        // Incompressible (zlib makes it longer), a few times compressible, and a bomb.
+        let random: Vec<u8> = (0..size)
+            .scan(7u32, |x, _| {
+                *x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                Some((*x >> 16) as u8)
+            })
+            .collect();
+        let letters: Vec<u8> = random.iter().map(|b| b'a' + b % 4).collect();
+        let zeros = vec![0; size as usize];
+        for message in [random, letters, zeros] {
+            let frame = zlib_frame(&compress(&message)?);
+            let block = crate::theader::read(&frame)?;
+            // Room for all of it (with the 14 bytes of fixed fields and header block after the
+            // length prefix), to the byte, and half of it.
+            for (cap, cut) in [
+                (message.len() + 1000, None),
+                (message.len() + 14, None),
+                (message.len() / 2, Some(Cut::TooLarge)),
+            ] {
+                let inflated = inflate(&frame, &block, cap);
+                assert_eq!(inflated.cut, cut, "cap {cap}");
+                let (len, capacity) = (inflated.frame.len(), inflated.frame.capacity());
+                assert!(len <= cap + 4, "{len} bytes, cap {cap}");
+                assert!(
+                    capacity <= len + len / 4,
+                    "{capacity} bytes of room for {len} (compressed {}), cap {cap}",
+                    frame.len()
+                );
+            }
+        }
         Ok(())
     }
 

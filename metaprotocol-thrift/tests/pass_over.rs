@@ -269,6 +269,59 @@ fn an_oversize_theader_call_that_cannot_be_read_is_passed_over_and_answered() ->
     Ok(())
 }
 
+/// A real zlib call over the cap compressed, whose first compressed bytes would inflate to
+/// its method's name, is passed over by its length and answered with the `PROTOCOL_ERROR` of
+/// no name, to its THeader `seq`: the head kept to answer it ends with its header block, so
+/// what is inflated of it is nothing of the message, and the call held is that head alone.
+#[test]
+fn an_oversize_zlib_call_is_answered_unnamed_from_its_header_block() -> TestResult {
+    use std::io::Write;
+    let mut call = vec![0x80, 1, 0, 1, 0, 0, 0, 8];
+    call.extend_from_slice(b"sayHello");
+    call.put_i32(9);
+    call.extend_from_slice(&[11, 0, 1]);
+    call.put_u32(4 * CAP as u32);
+    // Incompressible, so that the compressed message is over the cap too.
+    call.extend((0..4 * CAP as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+    call.push(0);
+    let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(&call)?;
+    let compressed = encoder.finish()?;
+    assert!(compressed.len() > CAP, "{}", compressed.len());
+    // THeader flags 5, seq 9, one word of header block: binary under zlib (1).
+    let block = [0x0f, 0xff, 0, 5, 0, 0, 0, 9, 0, 1, 0, 1, 1, 0];
+    let mut big = ((block.len() + compressed.len()) as u32)
+        .to_be_bytes()
+        .to_vec();
+    big.extend_from_slice(&block);
+    big.extend_from_slice(&compressed);
+    for piece in [1, 20, big.len()] {
+        let mut codec = ThriftCodec::new(FormatChoice::default(), CAP);
+        let (ends, messages) = read_as_the_engine(&mut codec, &big, piece)?;
+        assert_eq!(ends, [None], "pieces of {piece}");
+        let [refused] = &messages[..] else {
+            return Err(format!("{} messages", messages.len()).into());
+        };
+        assert!(
+            refused.frame.len() <= 4 + block.len() + 1,
+            "{} bytes held",
+            refused.frame.len()
+        );
+        let reason = refused.reject_reason.ok_or("no reason")?;
+        let reply = LocalReply::new(LocalReplyKind::BadRequest, reason);
+        let mut answer = BytesMut::new();
+        codec.encode_local_reply(refused, &reply, &mut answer)?;
+        let answer = common::decode_one(&answer)?;
+        assert_eq!(
+            (answer.request_id, answer.metadata.get("method")),
+            (9, Some(""))
+        );
+        let exception = ApplicationException::from_message(&answer)?;
+        assert_eq!(exception.kind, PROTOCOL_ERROR, "{}", exception.message);
+    }
+    Ok(())
+}
+
 /// An oversize reply names the call it answers by its seqid once it has passed, and the
 /// reply after it is decoded whole; an oversize call decoded upstream names none.
 #[test]
