@@ -7,8 +7,9 @@
 //! when the client closes and its requests are answered, when it sends a stream that cannot be
 //! trusted (after answering what is in flight), when a frame takes too long to arrive, when it
 //! sends more of a large frame while the frames being received fill `max_buffered_bytes` (after
-//! answering what is in flight too), when it is idle past the listener's idle timeout, or at
-//! the end of a drain. Closing, it ends its stream after
+//! answering what is in flight too), when its client takes too little of its waiting answers
+//! (less than [`MIN_WRITE_RATE`] over each [`WRITE_STALL_LIMIT`]), when it is idle past the
+//! listener's idle timeout, or at the end of a drain. Closing, it ends its stream after
 //! the last answers and reads what the client still sends until the client closes too (for two
 //! seconds at most): a socket closed with unread bytes is reset, which can destroy those answers.
 //!
@@ -75,10 +76,18 @@ const PASSES_PER_POLL: usize = 32;
 /// were already in flight when reading stopped can still land, but not without bound. Codecs
 /// that hold answers to write them at once hold at most half of it.
 const WRITE_LIMIT: usize = metaprotocol_core::MAX_UNSENT_ANSWER_BYTES;
-/// A client that takes none of its waiting answers and sends no frame for this long (or for the
-/// listener's idle timeout, if shorter) is deemed gone: its connection closes and gives back the
-/// buffer, which would otherwise count against the proxy-wide `max_buffered_bytes` for ever.
+/// The window over which a client with answers waiting must take its share of them (or the
+/// listener's idle timeout, if shorter), [`MIN_WRITE_RATE`] a second of it or all that waited
+/// when the window began: one that does not is deemed gone, and its connection closes and gives
+/// back the unsent answers, which would otherwise count against the proxy-wide
+/// `max_buffered_bytes` for as long as it liked. Judged on bytes taken, not on any progress: a
+/// client taking a byte now and then would hold up to [`WRITE_LIMIT`] for ever, and sixteen of
+/// them the default bound whole.
 const WRITE_STALL_LIMIT: Duration = Duration::from_secs(30);
+/// The least a client with answers waiting takes of them, in bytes a second on average over
+/// each [`WRITE_STALL_LIMIT`] (a slow link reading a large answer takes far more); a window's
+/// share is never more than what waited when it began, so a few bytes waiting ask no more.
+const MIN_WRITE_RATE: u64 = 2 * 1024;
 /// While draining, a connection with nothing in flight that has been quiet this long closes.
 const DRAIN_QUIET: Duration = Duration::from_secs(1);
 /// A connection with nothing in flight gives back its buffers after being quiet this long.
@@ -91,6 +100,16 @@ const CLOSE_WAIT_LIMIT: Duration = Duration::from_secs(2);
 const CLOSE_QUIET: Duration = Duration::from_millis(250);
 /// Reads of a closing connection in one poll of its task, past which it yields.
 const CLOSE_READS_PER_POLL: usize = 16;
+
+/// A window over which a client with answers waiting must take its share of them (see
+/// [`WRITE_STALL_LIMIT`]).
+#[derive(Clone, Copy, Debug)]
+struct WriteWindow {
+    /// When it ends.
+    until: Instant,
+    /// The bytes written to the client ([`Connection::written`]) it must reach by then.
+    target: u64,
+}
 
 /// A connection past its last answer: its write side shut, reading until the client closes.
 struct Closing {
@@ -186,6 +205,8 @@ struct Connection<S> {
     write_buf: Outbox,
     /// Bytes written to the client so far.
     written: u64,
+    /// While answers wait unsent, the share of them the client must take by when.
+    write_window: Option<WriteWindow>,
     /// The unsent bytes this connection counts in the proxy-wide load.
     buffered: usize,
     /// The bytes of `read_buf` (read, not yet decoded) this connection counts in the
@@ -233,6 +254,7 @@ impl<S: Transport> Connection<S> {
             frame_sizes: FrameSizes::default(),
             write_buf: Outbox::new(),
             written: 0,
+            write_window: None,
             buffered: 0,
             read_buffered: 0,
             reading: Reading::Open,
@@ -607,8 +629,8 @@ impl<S: Transport> Connection<S> {
             self.reading = Reading::Done;
             changed = true;
         }
-        if !self.write_buf.is_empty() && now >= self.stall_close_at() {
-            tracing::debug!(listener = %self.ctx.name, "closing client connection: it takes none of its answers");
+        if self.write_stalled(now) {
+            tracing::debug!(listener = %self.ctx.name, "closing client connection: it takes too little of its answers");
             self.ctx.stats.cx_overflow.inc();
             self.reading = Reading::Failed;
             changed = true;
@@ -646,13 +668,27 @@ impl<S: Transport> Connection<S> {
         }
     }
 
-    /// When a connection whose answers wait unsent closes: the stall limit after the last frame
-    /// received or bytes written (each moves `last_activity`).
-    fn stall_close_at(&self) -> Instant {
-        deadline_after(
-            self.last_activity,
-            WRITE_STALL_LIMIT.min(self.ctx.idle_timeout),
-        )
+    /// True when the client took less than its share of its waiting answers over a window
+    /// ([`WRITE_STALL_LIMIT`]). A window begins when answers wait unsent, and again each time
+    /// the client took its share, then asks for [`MIN_WRITE_RATE`] over its length, or all
+    /// that waits if less.
+    fn write_stalled(&mut self, now: Instant) -> bool {
+        if self.write_buf.is_empty() {
+            self.write_window = None;
+            return false;
+        }
+        match self.write_window {
+            Some(window) if self.written < window.target => now >= window.until,
+            _ => {
+                let limit = WRITE_STALL_LIMIT.min(self.ctx.idle_timeout);
+                let share = (MIN_WRITE_RATE as f64 * limit.as_secs_f64()) as u64;
+                self.write_window = Some(WriteWindow {
+                    until: deadline_after(now, limit),
+                    target: self.written + share.min(self.write_buf.len() as u64),
+                });
+                false
+            }
+        }
     }
 
     /// The next moment [`Connection::poll_lifecycle`] may have something to do.
@@ -668,7 +704,7 @@ impl<S: Transport> Connection<S> {
                 .filter(|_| self.reading == Reading::Open)
                 .map(|since| deadline_after(since, self.ctx.frame_timeout)),
             idle.then(|| self.idle_close_at()),
-            (!self.write_buf.is_empty()).then(|| self.stall_close_at()),
+            self.write_window.map(|window| window.until),
             // The same condition as the trim's in `poll_lifecycle`: a deadline the trim would
             // not act on would ring again at once, and keep the task spinning.
             (self.requests.is_empty()
@@ -762,7 +798,8 @@ mod tests {
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
     /// A protocol whose frames give their length in their first four bytes (big-endian), each
-    /// read as a heartbeat, which the proxy answers with nothing: a frame ends once decoded.
+    /// read as a heartbeat, which the proxy answers with nothing (a frame ends once decoded),
+    /// or with the frame itself if its fifth byte is [`ECHO`].
     struct Sized;
 
     impl CodecFactory for Sized {
@@ -817,12 +854,18 @@ mod tests {
 
         fn encode_heartbeat_reply(
             &mut self,
-            _: &Message,
-            _: &mut BytesMut,
+            heartbeat: &Message,
+            dst: &mut BytesMut,
         ) -> Result<(), CodecError> {
+            if heartbeat.frame.get(4) == Some(&ECHO) {
+                dst.extend_from_slice(&heartbeat.frame);
+            }
             Ok(())
         }
     }
+
+    /// The fifth byte of a frame of protocol [`Sized`] that asks for the frame back.
+    const ECHO: u8 = 1;
 
     /// A frame of `len` bytes of protocol [`Sized`].
     fn frame(len: u32) -> Vec<u8> {
@@ -940,6 +983,87 @@ mod tests {
             "a read buffer of {} bytes taken back for 10",
             connection.read_buf.capacity()
         );
+        Ok(())
+    }
+
+    /// How a connection served a client that asked for a frame of `len` bytes back and read
+    /// `step` bytes of it a second.
+    #[derive(Debug)]
+    struct SlowRead {
+        /// Whether the connection ended within five minutes (of the test's paused clock).
+        ended: bool,
+        /// The bytes the client read.
+        read: usize,
+        /// Whether the client was counted as one that does not read its answers.
+        overflow: bool,
+    }
+
+    /// Serves a client that sends a frame of `len` bytes asking for itself back, then reads
+    /// `step` bytes a second of what it is sent, until its connection ends or five minutes (of
+    /// the test's paused clock) pass.
+    async fn serve_a_slow_reader(
+        len: u32,
+        step: usize,
+    ) -> Result<SlowRead, Box<dyn std::error::Error>> {
+        let ctx = listener(Arc::new(Sized), "", &[])?;
+        // Room for 1 KiB between the two ends: the rest of the answer waits in the proxy.
+        let (io, mut peer) = tokio::io::duplex(1024);
+        let admitted = Admitted::new(Arc::clone(&ctx));
+        let mut connection = Connection::new(io, client(), admitted, CancellationToken::new());
+        let mut sent = frame(len);
+        sent[4] = ECHO;
+        let client = tokio::spawn(async move {
+            peer.write_all(&sent).await?;
+            let mut read = 0;
+            let mut chunk = vec![0; step];
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let mut taken = 0;
+                while taken < step {
+                    match tokio::io::AsyncReadExt::read(&mut peer, &mut chunk[taken..]).await? {
+                        0 => return Ok::<_, io::Error>(read + taken),
+                        n => taken += n,
+                    }
+                }
+                read += taken;
+            }
+        });
+        let ended = tokio::time::timeout(Duration::from_secs(300), &mut connection)
+            .await
+            .is_ok();
+        // The client sees the end once the connection is gone, after what it still reads of
+        // what was sent.
+        drop(connection);
+        let read = tokio::time::timeout(Duration::from_secs(600), client).await???;
+        assert_eq!(ctx.stats.heartbeats.get(), 1, "the frame was decoded");
+        Ok(SlowRead {
+            ended,
+            read,
+            overflow: ctx.stats.cx_overflow.get() == 1,
+        })
+    }
+
+    /// A client that takes its answers a few bytes at a time, far slower than the least a
+    /// client must take of them, is disconnected, and counted: before, every byte it took
+    /// gave it another 30 s, so that it held up to 16 MiB of unsent answers (counted in the
+    /// proxy-wide `max_buffered_bytes`) for as long as it liked.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_trickles_its_answers_is_disconnected() -> TestResult {
+        let served = serve_a_slow_reader(64 * 1024, 16).await?;
+        assert!(
+            served.ended && served.overflow,
+            "a client reading 16 bytes a second of an answer of 64 KiB still held it after 5 minutes: {served:?}"
+        );
+        Ok(())
+    }
+
+    /// A client slow to read a large answer, but faster than the least a client must take of
+    /// its answers, gets it whole.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_but_steady_reader_gets_its_large_answer() -> TestResult {
+        let served = serve_a_slow_reader(256 * 1024, 4096).await?;
+        assert_eq!(served.read, 256 * 1024, "{served:?}");
+        assert!(!served.overflow, "{served:?}");
         Ok(())
     }
 }
