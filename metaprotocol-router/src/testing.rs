@@ -3,9 +3,15 @@
 #[cfg(target_os = "linux")]
 use std::path::Path;
 
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+
 use bytes::{BufMut, BytesMut};
 use metaprotocol_core::{
-    Codec, CodecError, CodecFactory, EncodeParams, LocalReply, Message, Side, WireVariant,
+    Codec, CodecError, CodecFactory, EncodeParams, LocalReply, Message, MessageKind, Side,
+    WireVariant,
 };
 
 /// A protocol whose codecs are never used: for tests of parts that only hold a factory.
@@ -63,6 +69,106 @@ impl Codec for SilentCodec {
     fn encode_heartbeat_reply(&mut self, _: &Message, _: &mut BytesMut) -> Result<(), CodecError> {
         Ok(())
     }
+}
+
+/// A protocol whose frames give their length in their first four bytes (big-endian): read by a
+/// client connection, each is a heartbeat, which the proxy answers with nothing (a frame ends
+/// once decoded), or with the frame itself if its fifth byte is [`ECHO`]; read by an upstream
+/// connection, each is an answer to call 0.
+pub(crate) struct Sized;
+
+/// The fifth byte of a frame of protocol [`Sized`] that asks for the frame back.
+pub(crate) const ECHO: u8 = 1;
+
+/// A frame of `len` bytes of protocol [`Sized`].
+pub(crate) fn sized_frame(len: u32) -> Vec<u8> {
+    let mut frame = vec![0; len as usize];
+    frame[..4].copy_from_slice(&len.to_be_bytes());
+    frame
+}
+
+impl CodecFactory for Sized {
+    fn protocol(&self) -> &'static str {
+        "sized"
+    }
+
+    fn new_codec(&self, side: Side, _: WireVariant) -> Box<dyn Codec> {
+        Box::new(SizedCodec {
+            kind: match side {
+                Side::Downstream => MessageKind::Heartbeat,
+                Side::Upstream => MessageKind::Response,
+            },
+        })
+    }
+}
+
+/// A codec of protocol [`Sized`], whose frames are messages of `kind`.
+struct SizedCodec {
+    kind: MessageKind,
+}
+
+impl Codec for SizedCodec {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, CodecError> {
+        metaprotocol_core::decode_new(self, src)
+    }
+
+    fn decode_into(&mut self, src: &mut BytesMut, slot: &mut Message) -> Result<bool, CodecError> {
+        let Some(&[a, b, c, d]) = src.get(..4) else {
+            return Ok(false);
+        };
+        let len = (u32::from_be_bytes([a, b, c, d]) as usize).max(4);
+        if src.len() < len {
+            src.reserve(len - src.len());
+            return Ok(false);
+        }
+        slot.reset(self.kind, 0, src.split_to(len).freeze());
+        Ok(true)
+    }
+
+    fn encode(
+        &mut self,
+        _: &Message,
+        _: &EncodeParams<'_>,
+        _: &mut BytesMut,
+    ) -> Result<(), CodecError> {
+        Ok(())
+    }
+
+    fn encode_local_reply(
+        &mut self,
+        _: &Message,
+        _: &LocalReply,
+        _: &mut BytesMut,
+    ) -> Result<(), CodecError> {
+        Ok(())
+    }
+
+    fn encode_heartbeat_reply(
+        &mut self,
+        heartbeat: &Message,
+        dst: &mut BytesMut,
+    ) -> Result<(), CodecError> {
+        if heartbeat.frame.get(4) == Some(&ECHO) {
+            dst.extend_from_slice(&heartbeat.frame);
+        }
+        Ok(())
+    }
+}
+
+/// Polls `task` (a connection's) until `done` holds of it, for 10 s at most.
+pub(crate) async fn run_until<T: Future + Unpin>(
+    task: &mut T,
+    done: impl Fn(&T) -> bool,
+) -> Result<(), tokio::time::error::Elapsed> {
+    let run = poll_fn(|cx| {
+        let _ = Pin::new(&mut *task).poll(cx);
+        if done(task) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), run).await
 }
 
 /// Opens of one file (through symlinks), as inotify reports them.

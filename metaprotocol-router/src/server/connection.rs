@@ -38,7 +38,7 @@ use super::load::{self, ReadRoom, RoomWait};
 use super::request::Requests;
 use super::{Admitted, ListenerContext, busy_poll, linger};
 use crate::router::deadline_after;
-use crate::transport::buffers::{self, BUFFER_KEEP_LIMIT, FrameSizes};
+use crate::transport::buffers::{self, FrameSizes};
 use crate::transport::outbox::Outbox;
 use crate::transport::{Accepted, Transport};
 use crate::waiting::{Cancellation, Timer};
@@ -530,18 +530,10 @@ impl<S: Transport> Connection<S> {
         if let Some(unused) = slot {
             self.requests.spare(unused);
         }
-        if frames > 0 && held > BUFFER_KEEP_LIMIT {
-            // The frames split off hold the buffer's allocation, which a large frame made grow,
-            // until each call ends, and count in flight meanwhile: what is left moves to a
-            // buffer of its own, lest the allocation stay with the connection, counted as the
-            // few bytes left (or nothing), and be taken back whole once they end.
-            self.read_buf = if self.read_buf.is_empty() {
-                BytesMut::new()
-            } else {
-                let mut rest = buffers::buffer();
-                rest.extend_from_slice(&self.read_buf);
-                rest
-            };
+        if frames > 0 {
+            // The frames split off count in flight until each call ends, and the allocation
+            // with them; the connection, only the few bytes left.
+            buffers::leave_large_allocation(&mut self.read_buf, held);
         }
         frames
     }
@@ -787,108 +779,14 @@ impl<S: Transport> Future for Connection<S> {
 
 #[cfg(test)]
 mod tests {
-    use std::future::poll_fn;
-
-    use metaprotocol_core::{CodecFactory, EncodeParams, Message, MessageKind};
-    use tokio::io::{AsyncWriteExt, DuplexStream};
+    use tokio::io::AsyncWriteExt;
 
     use super::*;
     use crate::server::request::tests::{client, listener};
+    use crate::testing::{ECHO, Sized, run_until, sized_frame};
+    use crate::transport::buffers::BUFFER_KEEP_LIMIT;
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-    /// A protocol whose frames give their length in their first four bytes (big-endian), each
-    /// read as a heartbeat, which the proxy answers with nothing (a frame ends once decoded),
-    /// or with the frame itself if its fifth byte is [`ECHO`].
-    struct Sized;
-
-    impl CodecFactory for Sized {
-        fn protocol(&self) -> &'static str {
-            "sized"
-        }
-
-        fn new_codec(&self, _: Side, _: WireVariant) -> Box<dyn Codec> {
-            Box::new(Sized)
-        }
-    }
-
-    impl Codec for Sized {
-        fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, CodecError> {
-            metaprotocol_core::decode_new(self, src)
-        }
-
-        fn decode_into(
-            &mut self,
-            src: &mut BytesMut,
-            slot: &mut Message,
-        ) -> Result<bool, CodecError> {
-            let Some(&[a, b, c, d]) = src.get(..4) else {
-                return Ok(false);
-            };
-            let len = (u32::from_be_bytes([a, b, c, d]) as usize).max(4);
-            if src.len() < len {
-                src.reserve(len - src.len());
-                return Ok(false);
-            }
-            slot.reset(MessageKind::Heartbeat, 0, src.split_to(len).freeze());
-            Ok(true)
-        }
-
-        fn encode(
-            &mut self,
-            _: &Message,
-            _: &EncodeParams<'_>,
-            _: &mut BytesMut,
-        ) -> Result<(), CodecError> {
-            Ok(())
-        }
-
-        fn encode_local_reply(
-            &mut self,
-            _: &Message,
-            _: &LocalReply,
-            _: &mut BytesMut,
-        ) -> Result<(), CodecError> {
-            Ok(())
-        }
-
-        fn encode_heartbeat_reply(
-            &mut self,
-            heartbeat: &Message,
-            dst: &mut BytesMut,
-        ) -> Result<(), CodecError> {
-            if heartbeat.frame.get(4) == Some(&ECHO) {
-                dst.extend_from_slice(&heartbeat.frame);
-            }
-            Ok(())
-        }
-    }
-
-    /// The fifth byte of a frame of protocol [`Sized`] that asks for the frame back.
-    const ECHO: u8 = 1;
-
-    /// A frame of `len` bytes of protocol [`Sized`].
-    fn frame(len: u32) -> Vec<u8> {
-        let mut frame = vec![0; len as usize];
-        frame[..4].copy_from_slice(&len.to_be_bytes());
-        frame
-    }
-
-    /// Runs `connection` until `done` holds of it (10 s at most).
-    async fn until(
-        connection: &mut Connection<DuplexStream>,
-        done: impl Fn(&Connection<DuplexStream>) -> bool,
-    ) -> TestResult {
-        let run = poll_fn(|cx| {
-            let _ = Pin::new(&mut *connection).poll(cx);
-            if done(connection) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        });
-        Ok(tokio::time::timeout(Duration::from_secs(10), run).await?)
-    }
 
     /// A read that could take a large frame past its first 16 KiB, while the proxy holds
     /// `max_buffered_bytes`, takes it no further: the frame then waits for room, and is read
@@ -906,10 +804,10 @@ mod tests {
         // The calls of other clients hold the bound.
         ctx.load.request_bytes(0, 1 << 20);
         let (io, mut peer) = tokio::io::duplex(8 << 20);
-        peer.write_all(&frame(4 << 20)).await?;
+        peer.write_all(&sized_frame(4 << 20)).await?;
         let admitted = Admitted::new(Arc::clone(&ctx));
         let mut connection = Connection::new(io, client(), admitted, CancellationToken::new());
-        until(&mut connection, |c| {
+        run_until(&mut connection, |c| {
             c.room_wait.is_some() || c.ctx.stats.heartbeats.get() > 0
         })
         .await?;
@@ -925,7 +823,7 @@ mod tests {
         );
         // The other calls end.
         ctx.load.request_bytes(1 << 20, 0);
-        until(&mut connection, |c| c.ctx.stats.heartbeats.get() == 1).await?;
+        run_until(&mut connection, |c| c.ctx.stats.heartbeats.get() == 1).await?;
         drop(peer);
         Ok(())
     }
@@ -943,14 +841,14 @@ mod tests {
         let admitted = Admitted::new(Arc::clone(&ctx));
         let mut connection = Connection::new(io, client(), admitted, CancellationToken::new());
         // A frame of 8 MiB, and the first 10 bytes of one of 100.
-        let mut sent = frame(8 << 20);
-        let next = frame(100);
+        let mut sent = sized_frame(8 << 20);
+        let next = sized_frame(100);
         sent.extend_from_slice(&next[..10]);
         let writer = tokio::spawn(async move {
             let written = peer.write_all(&sent).await;
             written.map(|()| peer)
         });
-        until(&mut connection, |c| {
+        run_until(&mut connection, |c| {
             c.ctx.stats.heartbeats.get() == 1 && c.read_buf.len() == 10
         })
         .await?;
@@ -966,18 +864,18 @@ mod tests {
         // The rest of it, and a frame of 8 MiB that ends where the write does: the bytes that
         // follow come once it is decoded and gone.
         let mut sent = next[10..].to_vec();
-        sent.extend_from_slice(&frame(8 << 20));
+        sent.extend_from_slice(&sized_frame(8 << 20));
         let writer = tokio::spawn(async move {
             let written = peer.write_all(&sent).await;
             written.map(|()| peer)
         });
-        until(&mut connection, |c| {
+        run_until(&mut connection, |c| {
             c.ctx.stats.heartbeats.get() == 3 && c.read_buf.is_empty()
         })
         .await?;
         let mut peer = writer.await??;
         peer.write_all(&next[..10]).await?;
-        until(&mut connection, |c| c.read_buf.len() == 10).await?;
+        run_until(&mut connection, |c| c.read_buf.len() == 10).await?;
         assert!(
             connection.read_buf.capacity() <= kept,
             "a read buffer of {} bytes taken back for 10",
@@ -1010,7 +908,7 @@ mod tests {
         let (io, mut peer) = tokio::io::duplex(1024);
         let admitted = Admitted::new(Arc::clone(&ctx));
         let mut connection = Connection::new(io, client(), admitted, CancellationToken::new());
-        let mut sent = frame(len);
+        let mut sent = sized_frame(len);
         sent[4] = ECHO;
         let client = tokio::spawn(async move {
             peer.write_all(&sent).await?;

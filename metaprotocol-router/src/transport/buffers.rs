@@ -1,7 +1,7 @@
 //! Read and write buffers of a connection task over a [`Transport`]: reads that take a buffer
 //! only once bytes arrive and reserve room as they do, room that grows with the frames the
-//! connection reads lately, and buffers that shrink back after a large frame. Writes go through
-//! an [`Outbox`](super::outbox::Outbox).
+//! connection reads lately, and read buffers that leave a large frame's allocation to the frame
+//! ([`leave_large_allocation`]). Writes go through an [`Outbox`](super::outbox::Outbox).
 
 use std::io;
 use std::pin::Pin;
@@ -16,6 +16,26 @@ use super::Transport;
 const BUFFER_SIZE: usize = 16 * 1024;
 /// ... and go back to it when a large frame made them grow past this.
 pub(crate) const BUFFER_KEEP_LIMIT: usize = 1024 * 1024;
+
+/// Moves what is left in read buffer `buf`, once frames were split off it, to a buffer of its
+/// own if its allocation was `held` bytes before, past [`BUFFER_KEEP_LIMIT`]: a large frame
+/// made it grow, and the frames hold it until each is done with (a call, or an answer on its
+/// way to its client, counted as such meanwhile). Left with the connection, the allocation
+/// would be read on into, counted as the few bytes left, and taken back whole once the frames
+/// are gone, for as long as the connection lives. What moves is at most a read's worth: the
+/// start of the next frames.
+pub(crate) fn leave_large_allocation(buf: &mut BytesMut, held: usize) {
+    if held <= BUFFER_KEEP_LIMIT {
+        return;
+    }
+    *buf = if buf.is_empty() {
+        BytesMut::new()
+    } else {
+        let mut rest = buffer();
+        rest.extend_from_slice(buf);
+        rest
+    };
+}
 
 /// A new read or write buffer.
 pub(crate) fn buffer() -> BytesMut {
@@ -90,12 +110,8 @@ pub(crate) fn poll_read<S: Transport>(
         return Poll::Ready(Ok(n));
     }
     let spare = buf.capacity() - buf.len();
-    if spare < sizes.room() {
-        if buf.is_empty() && buf.capacity() > BUFFER_KEEP_LIMIT {
-            *buf = BytesMut::with_capacity(sizes.growth());
-        } else if !buf.try_reclaim(sizes.room()) && (spare == 0 || !buf.is_empty()) {
-            buf.reserve(sizes.growth());
-        }
+    if spare < sizes.room() && !buf.try_reclaim(sizes.room()) && (spare == 0 || !buf.is_empty()) {
+        buf.reserve(sizes.growth());
     }
     tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
 }

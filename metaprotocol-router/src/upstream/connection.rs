@@ -182,6 +182,24 @@ pub(crate) struct Prepared {
 
 /// Prepares a connection to `params.address`; nothing happens until the task is spawned.
 pub(crate) fn prepare(params: ConnectParams) -> Prepared {
+    let (handle, intake) = queue(&params);
+    let (panics, address) = (params.stats.cx_panics.clone(), params.address);
+    let task = Box::pin(crate::panics::contained(
+        run(params, intake),
+        move |panic| {
+            panics.inc();
+            tracing::error!(
+                %address,
+                panic,
+                "an upstream connection's task panicked: the connection is closed and its calls in flight answered with a reset"
+            );
+        },
+    ));
+    Prepared { handle, task }
+}
+
+/// The queue of a connection to be made with `params`: its handles' end, and its task's.
+fn queue(params: &ConnectParams) -> (ConnectionHandle, Intake) {
     let (queue, requests) = waiting::queue();
     let shared = Arc::new(Shared {
         closed: AtomicBool::new(false),
@@ -196,25 +214,11 @@ pub(crate) fn prepare(params: ConnectParams) -> Prepared {
         shared: shared.clone(),
         stats: params.stats.clone(),
     };
-    let (panics, address) = (params.stats.cx_panics.clone(), params.address);
-    let task = Box::pin(crate::panics::contained(
-        run(params, intake),
-        move |panic| {
-            panics.inc();
-            tracing::error!(
-                %address,
-                panic,
-                "an upstream connection's task panicked: the connection is closed and its calls in flight answered with a reset"
-            );
-        },
-    ));
-    Prepared {
-        handle: ConnectionHandle {
-            queue: Arc::new(Closer::new(queue)),
-            shared,
-        },
-        task,
-    }
+    let handle = ConnectionHandle {
+        queue: Arc::new(Closer::new(queue)),
+        shared,
+    };
+    (handle, intake)
 }
 
 async fn run(params: ConnectParams, intake: Intake) {
@@ -547,6 +551,8 @@ impl<S: Transport> Multiplexer<S> {
     /// Decodes and handles every whole frame read; false if the stream cannot be trusted.
     fn decode_frames(&mut self) -> bool {
         let now = Instant::now();
+        let held = self.read_buf.capacity();
+        let mut decoded = false;
         while !self.read_buf.is_empty() {
             if self.skipping > 0 {
                 let passed = self
@@ -576,6 +582,7 @@ impl<S: Transport> Multiplexer<S> {
                 Ok(true) => {
                     self.frame_sizes.saw(message.frame.len());
                     self.partial_since = None;
+                    decoded = true;
                     self.inbound(message, now)
                 }
                 Ok(false) => {
@@ -604,6 +611,9 @@ impl<S: Transport> Multiplexer<S> {
                     return self.untrusted(&err);
                 }
             }
+        }
+        if decoded {
+            buffers::leave_large_allocation(&mut self.read_buf, held);
         }
         true
     }
@@ -907,21 +917,26 @@ impl<S: Transport> Future for Multiplexer<S> {
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::AsyncWriteExt;
+
     use super::*;
     use crate::stats::Metrics;
+    use crate::testing::{Sized, run_until, sized_frame};
+    use crate::transport::buffers::BUFFER_KEEP_LIMIT;
 
-    #[tokio::test]
-    async fn a_connection_whose_task_panics_is_counted_closed()
-    -> Result<(), Box<dyn std::error::Error>> {
-        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let metrics = Metrics::new();
-        let stats = ClusterStats::new(&metrics.root().detached("cluster", "c"));
-        let endpoint = EndpointStats::new(&metrics.root().detached("endpoint", "e"));
-        // A codec that panics when the connection is up and makes its codec: a bug in a
-        // protocol crate ends the task at once.
-        let prepared = prepare(ConnectParams {
-            address: upstream.local_addr()?,
-            codec: Arc::new(crate::testing::NullCodec),
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    /// What a connection to `address` speaking `codec` is made with, counted in `stats` and
+    /// `endpoint`.
+    fn params(
+        address: SocketAddr,
+        codec: Arc<dyn CodecFactory>,
+        stats: &ClusterStats,
+        endpoint: &EndpointStats,
+    ) -> ConnectParams {
+        ConnectParams {
+            address,
+            codec,
             variant: WireVariant::DEFAULT,
             settings: PoolSettings {
                 connect_timeout: Duration::from_secs(5),
@@ -939,13 +954,80 @@ mod tests {
             connected: None,
             permit: None,
             breakers: None,
-        });
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_task_panics_is_counted_closed() -> TestResult {
+        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let metrics = Metrics::new();
+        let stats = ClusterStats::new(&metrics.root().detached("cluster", "c"));
+        let endpoint = EndpointStats::new(&metrics.root().detached("endpoint", "e"));
+        // A codec that panics when the connection is up and makes its codec: a bug in a
+        // protocol crate ends the task at once.
+        let codec = Arc::new(crate::testing::NullCodec);
+        let prepared = prepare(params(upstream.local_addr()?, codec, &stats, &endpoint));
         // The panic is caught in the task, and counted.
         tokio::time::timeout(Duration::from_secs(10), tokio::spawn(prepared.task)).await??;
         assert_eq!(stats.cx_panics.get(), 1);
         assert_eq!(stats.cx_total.get(), 1, "it was up");
         assert_eq!(stats.cx_active.get(), 0);
         assert_eq!(endpoint.cx_active.get(), 0);
+        Ok(())
+    }
+
+    /// Once a large answer is decoded, the connection's read buffer no longer holds the
+    /// allocation the answer made grow: the answer holds it on its way to its client, and it
+    /// goes with the answer. Before, the read buffer read on into the rest of it, and took it
+    /// back whole once the answer was gone (8 MiB kept for the 10 bytes of the next answer,
+    /// after an answer of 8 MiB), for as long as the connection lived.
+    #[tokio::test]
+    async fn an_upstream_connection_does_not_keep_the_allocation_a_large_answer_made_grow()
+    -> TestResult {
+        let metrics = Metrics::new();
+        let stats = ClusterStats::new(&metrics.root().detached("cluster", "c"));
+        let endpoint = EndpointStats::new(&metrics.root().detached("endpoint", "e"));
+        let address = SocketAddr::from(([127, 0, 0, 1], 1));
+        let params = params(address, Arc::new(Sized), &stats, &endpoint);
+        // Kept: a connection whose queue closed would end once it has nothing in flight.
+        let (_handle, intake) = queue(&params);
+        let (io, mut peer) = tokio::io::duplex(1 << 20);
+        let mut connection = Multiplexer::new(io, params, intake);
+        // An answer of 8 MiB, and the first 10 bytes of one of 100 (both to call 0, which
+        // waits on nothing: counted as unmatched once decoded).
+        let mut sent = sized_frame(8 << 20);
+        let next = sized_frame(100);
+        sent.extend_from_slice(&next[..10]);
+        let writer = tokio::spawn(async move {
+            let written = peer.write_all(&sent).await;
+            written.map(|()| peer)
+        });
+        run_until(&mut connection, |c| {
+            c.stats.unmatched_responses.get() == 1 && c.read_buf.len() == 10
+        })
+        .await?;
+        let mut peer = writer.await??;
+        // The rest of it, and an answer of 8 MiB that ends where the write does: the bytes
+        // that follow come once it is decoded and gone.
+        let mut sent = next[10..].to_vec();
+        sent.extend_from_slice(&sized_frame(8 << 20));
+        let writer = tokio::spawn(async move {
+            let written = peer.write_all(&sent).await;
+            written.map(|()| peer)
+        });
+        run_until(&mut connection, |c| {
+            c.stats.unmatched_responses.get() == 3 && c.read_buf.is_empty()
+        })
+        .await?;
+        let mut peer = writer.await??;
+        peer.write_all(&next[..10]).await?;
+        run_until(&mut connection, |c| c.read_buf.len() == 10).await?;
+        // What a connection reading large answers keeps: room for the next reads.
+        assert!(
+            connection.read_buf.capacity() <= BUFFER_KEEP_LIMIT + 10,
+            "an upstream read buffer of {} bytes taken back for 10",
+            connection.read_buf.capacity()
+        );
         Ok(())
     }
 }
