@@ -12,6 +12,8 @@
 //! listener's idle timeout, or at the end of a drain. Closing, it ends its stream after
 //! the last answers and reads what the client still sends until the client closes too (for two
 //! seconds at most): a socket closed with unread bytes is reset, which can destroy those answers.
+//! Meanwhile it takes no upstream answers (those of attempts abandoned at their calls'
+//! deadlines): its queue of them is closed, and they are counted as matching no request.
 //!
 //! An idle connection holds no buffers: it waits for readability without one, and a connection
 //! quiet for a moment gives back its buffers and per-request machinery, so that ten thousand
@@ -290,6 +292,10 @@ impl<S: Transport> Connection<S> {
                 .load
                 .read_buffered(std::mem::take(&mut self.read_buffered), 0);
             self.write_buf.trim();
+            // Its calls are over: the answers of attempts their deadlines abandoned, which it
+            // would take no more, are counted as matching no request, those queued now and, by
+            // their upstream connections, those to come, rather than held until it goes.
+            self.requests.trim();
             match Pin::new(&mut self.io).poll_shutdown(cx) {
                 Poll::Ready(Ok(())) => closing.shut = true,
                 Poll::Ready(Err(_)) => return Poll::Ready(()),
@@ -962,6 +968,34 @@ mod tests {
         let served = serve_a_slow_reader(256 * 1024, 4096).await?;
         assert_eq!(served.read, 256 * 1024, "{served:?}");
         assert!(!served.overflow, "{served:?}");
+        Ok(())
+    }
+
+    /// A connection closing, which reads what its client still sends for up to 2 s and takes
+    /// no answers meanwhile, no longer takes any into its queue: before, the answers of
+    /// attempts its calls' deadlines abandoned waited there until it went, each up to a
+    /// cluster's `max_frame_bytes` and counted in no bound; now its upstream connections find
+    /// the queue closed, and count each answer as matching no request, as they do once it went.
+    #[tokio::test]
+    async fn a_closing_connection_takes_no_answers_to_hold() -> TestResult {
+        let ctx = listener(Arc::new(Sized), "", &[])?;
+        let (io, mut peer) = tokio::io::duplex(1024);
+        let admitted = Admitted::new(Arc::clone(&ctx));
+        let mut connection = Connection::new(io, client(), admitted, CancellationToken::new());
+        let inbox = connection.requests.inbox();
+        // The client ends its calls (it made none) and keeps its side open: the connection
+        // closes, and reads what the client may still send.
+        peer.shutdown().await?;
+        run_until(&mut connection, |c| c.closing.is_some()).await?;
+        let late = crate::upstream::UpstreamEvent {
+            key: crate::upstream::RequestKey { index: 0, seq: 0 },
+            attempt: 1,
+            result: Ok(Box::new(metaprotocol_core::Message::empty())),
+        };
+        assert!(
+            inbox.send(late).is_err(),
+            "a closing connection's queue took an answer, to hold uncounted until it goes"
+        );
         Ok(())
     }
 }

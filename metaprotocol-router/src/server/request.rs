@@ -390,7 +390,8 @@ impl Requests {
         Arc::clone(cached.get(published))
     }
 
-    fn inbox(&mut self) -> Inbox {
+    /// Its queue of upstream answers (made on demand), for an attempt to be answered in.
+    pub(in crate::server) fn inbox(&mut self) -> Inbox {
         self.channel.get_or_insert_with(waiting::queue).0.clone()
     }
 
@@ -1390,9 +1391,8 @@ pub(super) mod tests {
     }
 
     /// An answer that came in time for an attempt its call's deadline abandoned is counted
-    /// however late its connection takes it: a connection closing (reading what its client
-    /// still sends, for up to 2 s, before it goes) or a busy worker may leave it queued past
-    /// [`LATE_ANSWER_WINDOW`]. Before, the attempt was forgotten by then, and its answer with it.
+    /// however late its connection takes it: a busy worker may leave it queued past
+    /// [`LATE_ANSWER_WINDOW`] (a connection closing takes no answers, and closes its queue). Before, the attempt was forgotten by then, and its answer with it.
     #[tokio::test]
     async fn an_answer_queued_in_time_is_counted_however_late_its_connection_takes_it()
     -> Result<(), ConfigError> {
