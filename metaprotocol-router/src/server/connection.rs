@@ -36,7 +36,7 @@ use tokio::io::ReadBuf;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::load::{self, ReadRoom, RoomWait};
+use super::load::{self, Load, ReadRoom, RoomWait};
 use super::request::Requests;
 use super::{Admitted, ListenerContext, busy_poll, linger};
 use crate::router::deadline_after;
@@ -214,6 +214,9 @@ struct Connection<S> {
     /// The bytes of `read_buf` (read, not yet decoded) this connection counts in the
     /// proxy-wide load.
     read_buffered: usize,
+    /// The bytes this connection counted in the proxy-wide load in all (its calls' frames, its
+    /// bytes read, its unsent answers) at the end of its last pass ([`wake_if_gave_back`]).
+    held_moved: usize,
     reading: Reading,
     /// The listener's drain signal; once it came, the order to end the drain at once
     /// ([`super::DrainPolicy::end_now`]).
@@ -259,6 +262,7 @@ impl<S: Transport> Connection<S> {
             write_window: None,
             buffered: 0,
             read_buffered: 0,
+            held_moved: 0,
             reading: Reading::Open,
             drain: Cancellation::new(drain),
             draining_until: None,
@@ -291,6 +295,8 @@ impl<S: Transport> Connection<S> {
             self.ctx
                 .load
                 .read_buffered(std::mem::take(&mut self.read_buffered), 0);
+            let held = self.requests.moved_bytes() + self.buffered;
+            wake_if_gave_back(&self.ctx.load, &mut self.held_moved, held);
             self.write_buf.trim();
             // Its calls are over: the answers of attempts their deadlines abandoned, which it
             // would take no more, are counted as matching no request, those queued now and, by
@@ -717,10 +723,24 @@ impl<S: Transport> Connection<S> {
     }
 }
 
+/// Wakes the connections waiting for room under `max_buffered_bytes` if the bytes a connection
+/// counts in the proxy-wide load, `held` now, went down in all since it last looked
+/// (`held_moved`): judged on its pass as a whole, since its moves shift bytes from one share to
+/// another (a frame decoded, from those read to those in flight) without giving any back.
+fn wake_if_gave_back(load: &Load, held_moved: &mut usize, held: usize) {
+    if held < *held_moved {
+        load.gave_back();
+    }
+    *held_moved = held;
+}
+
 impl<S> Drop for Connection<S> {
     fn drop(&mut self) {
         self.ctx.load.buffered(self.buffered, 0);
         self.ctx.load.read_buffered(self.read_buffered, 0);
+        if self.buffered + self.read_buffered > 0 {
+            self.ctx.load.gave_back();
+        }
     }
 }
 
@@ -765,6 +785,8 @@ impl<S: Transport> Future for Connection<S> {
             progress |= this.poll_lifecycle(cx, now);
             this.requests.move_load();
             this.move_read_load();
+            let held = this.requests.moved_bytes() + this.read_buffered + this.buffered;
+            wake_if_gave_back(&this.ctx.load, &mut this.held_moved, held);
             if this.reading != Reading::Open
                 && this.requests.is_empty()
                 && this.write_buf.is_empty()

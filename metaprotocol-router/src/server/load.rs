@@ -13,8 +13,9 @@
 //!
 //! A connection whose large frame waits for room ([`ReadRoom::Wait`]) sleeps until a share of
 //! bytes goes down or the bound is raised ([`Load::wait_for_room`]): the pass that gives bytes
-//! back reads one more shared count (the connections waiting), and wakes them only if there are
-//! any; a pass that gives nothing back, and the calls themselves, pay nothing for it.
+//! back in all (its shares together went down) reads one more shared count (the connections
+//! waiting), and wakes them only if there are any; a pass that gives nothing back, and the
+//! calls themselves, pay nothing for it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -136,30 +137,27 @@ impl Load {
 
     /// Moves a connection's share of the bytes of requests' frames from `before` to `now`.
     pub fn request_bytes(&self, before: usize, now: usize) {
-        self.shift_bytes(&self.request_bytes, before, now);
+        shift(&self.request_bytes, before, now);
     }
 
     /// Moves a connection's share of bytes read and not yet decoded from `before` to `now`.
     pub fn read_buffered(&self, before: usize, now: usize) {
-        self.shift_bytes(&self.read_buffered, before, now);
+        shift(&self.read_buffered, before, now);
     }
 
     /// Moves a connection's share of waiting bytes from `before` to `now`.
     pub fn buffered(&self, before: usize, now: usize) {
-        self.shift_bytes(&self.buffered, before, now);
+        shift(&self.buffered, before, now);
     }
 
-    /// Moves a share of the bytes `gauge` counts from `before` to `now`, waking the connections
-    /// waiting for room if it went down.
-    fn shift_bytes(&self, gauge: &Gauge, before: usize, now: usize) {
-        if shift(gauge, before, now) < 0 {
-            self.gave_back();
-        }
-    }
-
-    /// Wakes the connections waiting for room, if any: bytes were given back, or the bound
-    /// raised.
-    fn gave_back(&self) {
+    /// Wakes the connections waiting for room, if any: a connection's moves of a pass left
+    /// fewer bytes counted in all (it gave bytes back), or the bound was raised. A connection
+    /// judges its pass as a whole, after its moves, not each share that went down: a frame
+    /// decoded moves its bytes from those read to those in flight, and an answer taken from
+    /// upstream turns the bytes of its call's frame into the answer's, giving nothing back, and
+    /// waking every waiting connection on each would wake them all on most passes of every
+    /// busy connection, for nothing, when the proxy is shortest of CPU.
+    pub fn gave_back(&self) {
         if self.waiting.load(Ordering::SeqCst) > 0 {
             self.room.notify_waiters();
         }
@@ -212,16 +210,14 @@ pub(crate) enum ReadRoom {
     Full,
 }
 
-/// Moves a share of `gauge` from `before` to `now`; no write when it did not change. Returns
-/// the change.
-fn shift(gauge: &Gauge, before: usize, now: usize) -> i64 {
+/// Moves a share of `gauge` from `before` to `now`; no write when it did not change.
+fn shift(gauge: &Gauge, before: usize, now: usize) {
     let delta = difference(now, before);
     if delta != 0 {
         // Sequentially consistent for `Load::wait_for_room` (the same instruction as a relaxed
         // add on x86).
         gauge.inner().fetch_add(delta, Ordering::SeqCst);
     }
-    delta
 }
 
 /// `now - before`, signed.
@@ -251,6 +247,13 @@ mod tests {
         load.buffered(0, 10);
         assert!(wait.poll(&mut cx).is_pending(), "nothing given back");
         load.request_bytes(100, 50);
+        load.read_buffered(0, 50);
+        assert!(
+            wait.poll(&mut cx).is_pending(),
+            "moves alone wake no one: 50 bytes moved from one share to another, nothing given back"
+        );
+        load.read_buffered(50, 0);
+        load.gave_back();
         assert!(wait.poll(&mut cx).is_ready(), "50 bytes given back");
         wait = load.wait_for_room();
         load.set_limits(&limits(1000));

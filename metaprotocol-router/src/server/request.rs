@@ -297,6 +297,9 @@ impl Drop for Requests {
         self.close_answers();
         self.ctx.load.requests(self.moved, 0);
         self.ctx.load.request_bytes(self.moved_bytes, 0);
+        if self.moved_bytes > 0 {
+            self.ctx.load.gave_back();
+        }
         if !self.slab.is_empty() {
             self.ctx.stats.rq_active.dec_by(self.slab.len() as u64);
         }
@@ -332,6 +335,11 @@ impl Requests {
     /// until its last answer): unsent answers of the connection as much as those written.
     pub fn held_answers(&self) -> usize {
         self.held
+    }
+
+    /// The bytes of its requests' frames as the proxy-wide load last counted them.
+    pub fn moved_bytes(&self) -> usize {
+        self.moved_bytes
     }
 
     /// Moves its requests in flight, and the bytes of their frames, into the proxy-wide load:
