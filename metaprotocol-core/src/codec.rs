@@ -142,16 +142,17 @@ pub trait Codec: Send {
 
     /// [`Codec::encode`] (with `share`, [`Codec::encode_sharing`], whose result this returns;
     /// without, 0) of a request that the proxy waits for at most `wait`: less than its caller
-    /// gave it ([`Message::timeout`], counted from when it came), or given where its caller set
-    /// no deadline. A protocol whose requests carry their deadline writes `wait` in place of
+    /// gave it ([`Message::timeout`], counted from when it came). A protocol whose requests carry their deadline writes `wait` in place of
     /// the caller's (as the protocol's own clients write what is left of a call's deadline into
     /// each attempt), so that the server does not work on, for a caller that gave up, an
     /// answer no one waits for; the others encode as they do, the default.
     ///
-    /// The engine calls it only when the attempt's deadline is not the caller's own (a route
-    /// timeout or a per-try timeout shorter than it, a retry, a deadline the caller did not
-    /// set); a first attempt under the caller's own deadline goes through [`Codec::encode`],
-    /// verbatim. On error nothing is appended.
+    /// The engine calls it only for a request whose caller sent a deadline, when the attempt's
+    /// is not that deadline as sent (a route timeout or a per-try timeout shorter than it, a
+    /// retry, part of it used up before the request was routed); a first attempt under the
+    /// caller's own deadline, and every request whose caller sent none (it did not ask for its
+    /// servers to be told one), go through [`Codec::encode`], verbatim, at no cost. On error
+    /// nothing is appended.
     fn encode_within(
         &mut self,
         message: &Message,

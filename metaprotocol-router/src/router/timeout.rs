@@ -89,14 +89,17 @@ pub(crate) fn route_sets_deadline(
 /// their server of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum DeadlineOwner {
-    /// Nobody's: the route sets no timeout and the caller asked for none.
+    /// Nobody's: the caller asked for none. The route's timeout, if any, is the proxy's
+    /// business: a caller that sent no deadline did not ask for its servers to be told one (a
+    /// brpc client sends none unless told to), and its requests, most of a protocol without
+    /// deadlines (Thrift, Dubbo) all of them, go the way they came, at no cost.
     Nobody,
     /// The caller's own timeout, as it sent it (its request reached the router within a
     /// millisecond of its arrival), and no route timeout is shorter: a first attempt under it
     /// goes to its server as the caller wrote it.
     Caller,
-    /// The proxy's: the route's timeout, shorter than the caller's or where it asked for none,
-    /// or a caller's timeout partly used up before the request was routed.
+    /// The proxy's: the route's timeout, shorter than the caller's, or a caller's timeout
+    /// partly used up before the request was routed.
     Proxy,
 }
 
@@ -116,7 +119,6 @@ impl DeadlineOwner {
                 Self::Caller
             }
             (Some(_), _) => Self::Proxy,
-            (None, _) if route_timeout.is_some() => Self::Proxy,
             (None, _) => Self::Nobody,
         }
     }
@@ -134,17 +136,16 @@ pub(crate) struct SendDeadline {
 /// is `owner`'s tells its server what is left of its own deadline (`attempt_deadline`), as a
 /// protocol's clients write what is left of a call's deadline into each attempt: unless that
 /// is the caller's own deadline, as it sent it, on the first attempt (which then goes
-/// verbatim), or there is none.
+/// verbatim), or the caller sent none.
 pub(crate) fn tells_deadline(
     owner: DeadlineOwner,
     number: u32,
     attempt_deadline: Instant,
     request_deadline: Instant,
 ) -> bool {
-    let per_try_cuts = attempt_deadline < request_deadline;
     match owner {
-        DeadlineOwner::Nobody => per_try_cuts,
-        DeadlineOwner::Caller => number > 1 || per_try_cuts,
+        DeadlineOwner::Nobody => false,
+        DeadlineOwner::Caller => number > 1 || attempt_deadline < request_deadline,
         DeadlineOwner::Proxy => true,
     }
 }
@@ -213,7 +214,8 @@ mod tests {
         );
         assert_eq!(
             DeadlineOwner::of(Some(secs(5)), None, None),
-            DeadlineOwner::Proxy
+            DeadlineOwner::Nobody,
+            "the caller asked for none"
         );
         assert_eq!(
             DeadlineOwner::of(None, Some(secs(1)), Some(ms(700))),
@@ -228,7 +230,7 @@ mod tests {
         assert!(tells_deadline(caller, 1, cut, end));
         assert!(tells_deadline(DeadlineOwner::Proxy, 1, end, end));
         assert!(!tells_deadline(DeadlineOwner::Nobody, 2, end, end));
-        assert!(tells_deadline(DeadlineOwner::Nobody, 1, cut, end));
+        assert!(!tells_deadline(DeadlineOwner::Nobody, 1, cut, end));
     }
 
     #[test]
