@@ -57,6 +57,29 @@ pub(crate) struct FileToRead {
     kind: ReadKind,
 }
 
+/// What the build of a cluster makes anew, and so reads the files of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rebuilt {
+    /// Its TLS connector: for a new cluster, or one whose `tls` changed (else the running
+    /// connector stays, and its endpoints' connections with it).
+    pub tls: bool,
+    /// Its codec: for a new cluster, or one whose `codec` options or protocol changed.
+    pub codec: bool,
+}
+
+impl Rebuilt {
+    /// Nothing: the cluster runs as it is built.
+    pub const NOTHING: Self = Self {
+        tls: false,
+        codec: false,
+    };
+    /// All of it: a new cluster.
+    pub const ALL: Self = Self {
+        tls: true,
+        codec: true,
+    };
+}
+
 /// The files an update reads.
 #[derive(Debug, Default)]
 pub(crate) struct FilesToRead(Vec<FileToRead>);
@@ -70,30 +93,18 @@ impl FilesToRead {
         });
     }
 
-    /// The files listener `listeners[at]` is built from: its TLS files, its codec options named
-    /// `*_file`, and those of its built-in filters.
+    /// Adds the files listener `listeners[at]` is built from (the build makes its whole
+    /// context anew): its TLS files, its codec options named `*_file`, and those of its
+    /// built-in filters.
     pub fn listener(&mut self, at: usize, spec: &ListenerSpec) {
+        let place = format!("listeners[{at}]");
         if let Some(tls) = &spec.tls {
-            for (field, path) in tls.files() {
-                let kind = ReadKind::Regular {
-                    max_bytes: TLS_FILE_MAX_BYTES,
-                };
-                self.add(format!("listeners[{at}].tls.{field}"), path, kind);
-            }
+            self.add_tls(&place, tls.files());
         }
-        for (option, path) in codec_files(spec.codec.as_ref()) {
-            let kind = ReadKind::Regular {
-                max_bytes: MAX_WATCHED_FILE_BYTES,
-            };
-            self.add(
-                format!("listeners[{at}].codec.{option}"),
-                path.as_ref(),
-                kind,
-            );
-        }
+        self.add_codec(&place, spec.codec.as_ref());
         for (i, filter) in spec.filters.iter().enumerate() {
             for (field, path) in filters::files_read(filter) {
-                let field = format!("listeners[{at}].filters[{i}].config.{field}");
+                let field = format!("{place}.filters[{i}].config.{field}");
                 self.add(field, &path, ReadKind::Whole);
             }
         }
@@ -105,25 +116,45 @@ impl FilesToRead {
         spec.tls.is_some() || codec_files(spec.codec.as_ref()).next().is_some()
     }
 
-    /// The files cluster `clusters[at]` is built from (see [`FilesToRead::names_files`]).
-    pub fn cluster(&mut self, at: usize, spec: &ClusterSpec) {
-        if let Some(tls) = &spec.tls {
-            for (field, path) in tls.files() {
-                let kind = ReadKind::Regular {
-                    max_bytes: TLS_FILE_MAX_BYTES,
-                };
-                self.add(format!("clusters[{at}].tls.{field}"), path, kind);
-            }
+    /// Adds the files of cluster `clusters[at]` (see [`FilesToRead::names_files`]) that its
+    /// build reads: those of its TLS settings, of its codec options, each when `rebuilt` says
+    /// the build makes it anew.
+    pub fn cluster(&mut self, at: usize, spec: &ClusterSpec, rebuilt: Rebuilt) {
+        let place = format!("clusters[{at}]");
+        if let Some(tls) = spec.tls.as_ref().filter(|_| rebuilt.tls) {
+            self.add_tls(&place, tls.files());
         }
-        for (option, path) in codec_files(spec.codec.as_ref()) {
-            let kind = ReadKind::Regular {
-                max_bytes: MAX_WATCHED_FILE_BYTES,
-            };
-            self.add(
-                format!("clusters[{at}].codec.{option}"),
-                path.as_ref(),
-                kind,
-            );
+        if rebuilt.codec {
+            self.add_codec(&place, spec.codec.as_ref());
+        }
+    }
+
+    /// Adds the TLS `files` (each with the field naming it) of the listener or cluster at
+    /// `place`.
+    fn add_tls<'a>(
+        &mut self,
+        place: &str,
+        files: impl Iterator<Item = (&'static str, &'a PathBuf)>,
+    ) {
+        let kind = ReadKind::Regular {
+            max_bytes: TLS_FILE_MAX_BYTES,
+        };
+        for (field, path) in files {
+            self.add(format!("{place}.tls.{field}"), path, kind);
+        }
+    }
+
+    /// Adds the files named by `codec`, the codec options of the listener or cluster at `place`.
+    fn add_codec(
+        &mut self,
+        place: &str,
+        codec: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) {
+        let kind = ReadKind::Regular {
+            max_bytes: MAX_WATCHED_FILE_BYTES,
+        };
+        for (option, path) in codec_files(codec) {
+            self.add(format!("{place}.codec.{option}"), path.as_ref(), kind);
         }
     }
 
@@ -216,12 +247,13 @@ fn codec_files(
 }
 
 /// The files `new` builds from beyond `current`: those of its listeners that changed, and of
-/// `clusters` (places in `new.clusters`), those that `built` does not say are built already.
+/// `clusters` (places in `new.clusters`) those of the parts `rebuilt` says their builds make
+/// anew.
 pub(crate) fn files_to_read(
     current: &Config,
     new: &Config,
     clusters: impl Iterator<Item = usize>,
-    built: impl Fn(usize) -> bool,
+    rebuilt: impl Fn(usize) -> Rebuilt,
 ) -> FilesToRead {
     let mut files = FilesToRead::default();
     for (at, spec) in new.listeners.iter().enumerate() {
@@ -234,8 +266,8 @@ pub(crate) fn files_to_read(
             continue;
         };
         // The cheap look first: most clusters name no file, and are not looked up.
-        if FilesToRead::names_files(spec) && !built(at) {
-            files.cluster(at, spec);
+        if FilesToRead::names_files(spec) {
+            files.cluster(at, spec, rebuilt(at));
         }
     }
     files

@@ -1363,3 +1363,74 @@ fn assert_refused_naming<T: std::fmt::Debug, E: std::fmt::Display + std::fmt::De
         "{result:?}"
     );
 }
+
+/// An update that changes only a TLS cluster's endpoints (an EDS update) rebuilds nothing of its
+/// TLS (the connector stays, and its connections with it), so it reads none of its files: while
+/// every thread reading files is held by reads that do not end (a network file system that does
+/// not answer; here FIFOs nothing writes to), it applies at once instead of failing at its
+/// deadline.
+#[tokio::test(flavor = "current_thread")]
+async fn an_endpoint_only_update_of_a_tls_cluster_reads_none_of_its_files() -> TestResult {
+    use super::file_reads::MOST_READERS;
+    use crate::config::ClusterSpec;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let ca_file = std::env::temp_dir().join(format!(
+        "reload-endpoints-only-{}.ca.pem",
+        std::process::id()
+    ));
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(vec!["ca.test".to_owned()])?;
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    std::fs::write(&ca_file, params.self_signed(&key)?.pem())?;
+    let fifo = fifo("endpoints-only")?;
+    let proxy = start(CONFIG).await?;
+    let spec = |port: u16| {
+        ClusterSpec::from_yaml(&format!(
+            "{{ name: c, endpoints: [ {{ address: 127.0.0.1:{port} }} ], tls: {{ ca_file: {} }} }}",
+            ca_file.display()
+        ))
+    };
+    proxy.update_cluster(spec(1)?).await?;
+    // Every reading thread held by a read that does not end.
+    let hung = config_with_password_file(&fifo);
+    let soon = || tokio::time::Instant::now() + Duration::from_millis(300);
+    for _ in 0..MOST_READERS {
+        let update = super::update::with_deadline(soon(), proxy.reload_yaml(&hung)).await;
+        assert_refused_naming(&update, "its read had not ended");
+    }
+    let began = std::time::Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let update = super::update::with_deadline(deadline, proxy.update_cluster(spec(2)?)).await;
+    let took = began.elapsed();
+    let running = proxy.state.config();
+    // A writer comes every 10 ms, for the reads that opened the FIFO since the last one, until
+    // an update that reads it applies: the hung reads have ended, their threads are free.
+    let applied = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (fifo, applied) = (fifo.clone(), applied.clone());
+        std::thread::spawn(move || {
+            while !applied.load(Ordering::Relaxed) {
+                write_fifo(&fifo)?;
+                std::thread::sleep(POLL);
+            }
+            std::io::Result::Ok(())
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let freed = super::update::with_deadline(deadline, proxy.reload_yaml(&hung)).await;
+    applied.store(true, Ordering::Relaxed);
+    writer.join().map_err(|_| "the FIFO's writer panicked")??;
+    proxy.shutdown().await;
+    std::fs::remove_file(&fifo)?;
+    std::fs::remove_file(&ca_file)?;
+    freed?;
+    update?;
+    assert!(took < Duration::from_secs(1), "the update took {took:?}");
+    let endpoint = running
+        .clusters
+        .iter()
+        .find(|c| c.name == "c")
+        .map(|c| c.endpoints[0].address.to_string());
+    assert_eq!(endpoint.as_deref(), Some("127.0.0.1:2"));
+    Ok(())
+}

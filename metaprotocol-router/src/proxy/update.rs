@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 
 use super::build::{ClusterProtocols, check_routes_protocols, route_config_protocols};
 use super::dynamic::DynamicUpdate;
-use super::file_reads::{FILE_READ_TIMEOUT, files_to_read};
+use super::file_reads::{FILE_READ_TIMEOUT, Rebuilt, files_to_read};
 use super::layers::{Changed, Layers, compose};
 use super::listeners::bind;
 use super::status::{ResourceId, ResourceKind};
@@ -424,20 +424,29 @@ impl ProxyState {
         // protocol is wrong, builds nothing; one that moved to another protocol builds a codec).
         let live = self.clusters.all();
         let local = new.node.as_ref().map(|node| &node.locality);
-        let built = |at: usize| {
+        // What the build makes anew of each cluster, as `prepare` decides it: a new cluster's
+        // all; a running one's connector when its `tls` changed, codec when its `codec` or
+        // protocol did.
+        let rebuilt = |at: usize| {
             let Some(spec) = new.clusters.get(at) else {
-                return true;
+                return Rebuilt::NOTHING;
             };
             let Some(handle) = live.get(&spec.name) else {
-                return false;
+                return Rebuilt::ALL;
             };
             match protocols.of(at, spec) {
-                Ok(Some(protocol)) => handle.built_from(spec, protocol, local),
-                Ok(None) | Err(_) => true,
+                Ok(Some(protocol)) if !handle.built_from(spec, protocol, local) => {
+                    let old = handle.spec();
+                    Rebuilt {
+                        tls: old.tls != spec.tls,
+                        codec: handle.protocol() != protocol || old.codec != spec.codec,
+                    }
+                }
+                Ok(_) | Err(_) => Rebuilt::NOTHING,
             }
         };
         let looked_at = as_is.looked_at(new.clusters.len());
-        let files = files_to_read(current, new, looked_at, built);
+        let files = files_to_read(current, new, looked_at, rebuilt);
         let read = files
             .read(&self.file_readers, files_deadline())
             .await
