@@ -12,6 +12,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use hyper::header::{CONNECTION, HOST, HeaderValue, USER_AGENT};
+use hyper::http::uri::PathAndQuery;
 use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
 
@@ -37,10 +38,14 @@ pub(super) struct HttpProbe {
 impl HttpProbe {
     /// The probe `spec` describes, for checks of cluster `cluster` (its `Host` when `spec`
     /// names none); `None` if the config's checks (which refuse such a spec) were bypassed.
+    ///
+    /// The path and host are parsed as those checks parse them (a path and query, a header
+    /// value), so that a spec they accept always makes a probe; the path then makes the
+    /// request's URI as it is.
     pub fn new(spec: &HttpProbeSpec, cluster: &str) -> Option<Self> {
         let host = spec.host.as_deref().unwrap_or(cluster);
         Some(Self {
-            path: Uri::from_str(&spec.path).ok()?,
+            path: Uri::from(PathAndQuery::from_str(&spec.path).ok()?),
             host: HeaderValue::from_str(host).ok()?,
             port: spec.port,
             expected: spec.expected_statuses.clone(),
