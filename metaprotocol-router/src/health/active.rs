@@ -43,6 +43,9 @@ use crate::upstream::ProbeConnection;
 /// What one check found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum CheckResult {
+    /// The endpoint answered as a healthy one does (a TCP connection that opened; a protocol
+    /// probe's answer, an error answer too unless the check requires success; an expected HTTP
+    /// status): counted towards `healthy_threshold`.
     Passed,
     /// No answer in time, a connection that failed to open or broke: counted towards
     /// `unhealthy_threshold`.

@@ -217,9 +217,13 @@ impl PrincipalMatcher {
 /// trust domain, has a namespace that passes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum NamespaceMatcher {
+    /// `*`: any namespace (a peer with a SPIFFE id of no namespace passes none).
     Any,
+    /// `default`: this namespace, exactly.
     Exact(Box<str>),
+    /// `team-*`: a namespace beginning with this (the `*` dropped).
     Prefix(Box<str>),
+    /// `*-prod`: a namespace ending with this (the `*` dropped).
     Suffix(Box<str>),
 }
 
