@@ -32,6 +32,9 @@ pub struct ConfigError {
     /// Where the field is in the document; `None` when the error was not found in (or did not
     /// come from) a document, see [`ConfigError::located_in`].
     pub position: Option<Position>,
+    /// True if it came from a file the config names (one missing, unreadable, not read in
+    /// time, or refused for what it holds): writing the file may mend it, the config unchanged.
+    pub(crate) from_a_file: bool,
 }
 
 impl ConfigError {
@@ -41,7 +44,22 @@ impl ConfigError {
             field: field.into(),
             reason: reason.into(),
             position: None,
+            from_a_file: false,
         }
+    }
+
+    /// The same error, said to come from a file the config names (see
+    /// [`ConfigError::comes_from_a_file`]).
+    pub(crate) fn of_a_file(self) -> Self {
+        Self {
+            from_a_file: true,
+            ..self
+        }
+    }
+
+    /// True if the error came from a file the config names: writing the file may mend it.
+    pub(crate) fn comes_from_a_file(&self) -> bool {
+        self.from_a_file
     }
 
     /// The same error with `prefix` prepended to its field path.

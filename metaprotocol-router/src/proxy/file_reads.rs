@@ -158,6 +158,29 @@ impl FilesToRead {
         }
     }
 
+    /// The fields naming the files, to tell the errors of a build that read them
+    /// ([`FilesToRead::mark_errors`]).
+    pub fn fields(&self) -> Vec<String> {
+        self.0.iter().map(|file| file.field.clone()).collect()
+    }
+
+    /// `err`, an error of the build that read the files of `fields` ([`FilesToRead::fields`]),
+    /// said to come from a file when its field is one of those (`crl_files[1]` of `crl_files`):
+    /// the build refused what it read there, or could not read it. Errors no file can mend (an
+    /// empty path, a key without its certificate) are found before, by the config's checks.
+    pub fn mark_errors(fields: &[String], err: ConfigError) -> ConfigError {
+        let names_a_read_file = fields.iter().any(|field| {
+            err.field
+                .strip_prefix(field.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('['))
+        });
+        if names_a_read_file {
+            err.of_a_file()
+        } else {
+            err
+        }
+    }
+
     /// Reads the files on a thread of their own, waiting for it until `deadline`: what was
     /// read, or an error naming the file whose read had not ended by then.
     pub async fn read(
@@ -182,7 +205,8 @@ impl FilesToRead {
                     first.1.display(),
                     began.elapsed().as_secs_f64()
                 ),
-            ));
+            )
+            .of_a_file());
         };
         let files = Arc::new(self.0);
         // The place of the file being read, to name it if its read does not end.
@@ -210,7 +234,8 @@ impl FilesToRead {
                     "`{}` was not read: no thread to read it on: {err}",
                     first.1.display()
                 ),
-            ));
+            )
+            .of_a_file());
         }
         match tokio::time::timeout_at(deadline, read).await {
             Ok(Ok(read)) => Ok(Arc::new(read)),
@@ -218,7 +243,8 @@ impl FilesToRead {
             Ok(Err(_)) => Err(ConfigError::new(
                 &first.0,
                 format!("`{}` was not read: its reader failed", first.1.display()),
-            )),
+            )
+            .of_a_file()),
             Err(_) => {
                 let file = &files[reading.load(Ordering::Relaxed).min(files.len() - 1)];
                 Err(ConfigError::new(
@@ -229,7 +255,8 @@ impl FilesToRead {
                         file.path.display(),
                         began.elapsed().as_secs_f64()
                     ),
-                ))
+                )
+                .of_a_file())
             }
         }
     }

@@ -229,19 +229,10 @@ impl UpdateError {
     fn may_apply_later(&self) -> bool {
         match self {
             Self::Bind { .. } => true,
-            Self::Invalid(err) => names_a_file(&err.field),
+            Self::Invalid(err) => err.comes_from_a_file(),
             _ => false,
         }
     }
-}
-
-/// True if config field `field` names a file (`listeners[0].tls.cert_file`, `crl_files[1]`,
-/// a codec's `authentication_data_file`): by the config's convention, its name ends in `_file`
-/// or `_files`.
-fn names_a_file(field: &str) -> bool {
-    let last = field.rsplit('.').next().unwrap_or(field);
-    let name = last.split('[').next().unwrap_or(last);
-    name.ends_with("_file") || name.ends_with("_files")
 }
 
 impl From<UpdateError> for StartError {

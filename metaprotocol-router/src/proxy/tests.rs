@@ -1434,3 +1434,74 @@ async fn an_endpoint_only_update_of_a_tls_cluster_reads_none_of_its_files() -> T
     assert_eq!(endpoint.as_deref(), Some("127.0.0.1:2"));
     Ok(())
 }
+
+/// A config file rejected for an error no file can mend (here a listener's `cert_file` left
+/// empty) is not tried again at every look, though the field names a file: it is counted
+/// rejected once, until the file changes.
+#[tokio::test]
+async fn a_config_file_with_a_static_error_on_a_file_field_is_rejected_once() -> TestResult {
+    let watched = Watched::start("static-file-error").await?;
+    let (proxy, path) = (&watched.proxy, &watched.path);
+    let config = CONFIG.replace(
+        "route_config: r }",
+        "route_config: r, tls: { cert_file: '', key_file: /nonexistent.key } }",
+    );
+    assert_ne!(config, CONFIG);
+    // Written again (made new by a comment) until rejected: the watcher may have begun by
+    // reading it as the running config.
+    let mut tries = 0;
+    while rejected(proxy) == 0 {
+        tries += 1;
+        assert!(tries <= 100, "the file was not rejected");
+        std::fs::write(path, format!("{config}# {tries}\n"))?;
+        tokio::time::sleep(CONFIG_FILE_SETTLE + POLL * 10).await;
+    }
+    let first = rejected(proxy);
+    // 50 looks more.
+    tokio::time::sleep(CONFIG_FILE_SETTLE + POLL * 50).await;
+    let rejections = rejected(proxy) - first;
+    let status = proxy.config_file_status();
+    watched.stop().await?;
+    assert_eq!(rejections, 0, "tried again: {status:?}");
+    Ok(())
+}
+
+/// A config file rejected because the `wasm` filter's module it names is not there yet (copied
+/// after the config) is applied once the module is there, the config file itself unchanged.
+#[cfg(feature = "wasm")]
+#[tokio::test]
+async fn a_config_file_rejected_for_its_wasm_module_is_applied_once_the_module_is_there()
+-> TestResult {
+    let watched = Watched::start("wasm-module").await?;
+    let (proxy, path) = (&watched.proxy, &watched.path);
+    let module =
+        std::env::temp_dir().join(format!("reload-wasm-module-{}.wasm", std::process::id()));
+    let _ = std::fs::remove_file(&module);
+    let config = CONFIG.replace(
+        "route_config: r }",
+        &format!(
+            "route_config: r, filters: [ {{ name: wasm, config: {{ path: {} }} }} ] }}",
+            module.display()
+        ),
+    );
+    assert_ne!(config, CONFIG);
+    let mut tries = 0;
+    while rejected(proxy) == 0 {
+        tries += 1;
+        assert!(tries <= 100, "the file was not rejected");
+        std::fs::write(path, format!("{config}# {tries}\n"))?;
+        tokio::time::sleep(CONFIG_FILE_SETTLE + POLL * 10).await;
+    }
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/wasm-filter/metaprotocol_wasm_filter_example.wasm");
+    std::fs::copy(example, &module)?;
+    let applied = until(|| proxy.config().listeners[0].filters.len() == 1).await;
+    std::fs::remove_file(&module)?;
+    let status = proxy.config_file_status();
+    watched.stop().await?;
+    assert!(
+        applied,
+        "the config file was not applied once its module was there: {status:?}"
+    );
+    Ok(())
+}
