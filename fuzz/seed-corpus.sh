@@ -41,7 +41,8 @@ for protocol in dubbo thrift brpc; do
   echo "seeded ${protocol}_decode and ${protocol}_round_trip with $count captures"
 done
 
-# Targets without golden captures (JSON-RPC) get the seeds committed in seeds/<target>/.
+# Targets without golden captures (JSON-RPC), and frames no capture holds (Dubbo calls in
+# fastjson2), get the seeds committed in seeds/<target>/.
 for dir in seeds/*/; do
   target=$(basename "$dir")
   mkdir -p "corpus/$target"

@@ -6,8 +6,9 @@
 //! round-trip check with a set of edits covering every encoding and a mutation that sets,
 //! replaces and removes headers. Whatever `fuzz/corpus/<target>/` holds (after a fuzzing run, or
 //! `seed-corpus.sh`) is replayed through its target's check too, and so is every input fuzzing
-//! once failed on, committed in `fuzz/regressions/<target>/`, and every seed of a target that
-//! has no golden captures (JSON-RPC), committed in `fuzz/seeds/<target>/`.
+//! once failed on, committed in `fuzz/regressions/<target>/`, and every seed committed in
+//! `fuzz/seeds/<target>/`: those of a target that has no golden captures (JSON-RPC), and frames
+//! no capture holds (Dubbo calls in fastjson2).
 
 use std::path::{Path, PathBuf};
 
@@ -121,8 +122,8 @@ fn the_corpus_passes_its_targets_checks() -> TestResult {
     Ok(())
 }
 
-/// Inputs fuzzing once failed on, kept in `regressions/<target>/`, and seeds for targets that
-/// have no golden captures, in `seeds/<target>/` (both committed, unlike the corpus).
+/// Inputs fuzzing once failed on, kept in `regressions/<target>/`, and seeds for what the
+/// golden captures lack, in `seeds/<target>/` (both committed, unlike the corpus).
 #[test]
 fn committed_regressions_and_seeds_pass_their_targets_checks() -> TestResult {
     for dir in ["regressions", "seeds"] {

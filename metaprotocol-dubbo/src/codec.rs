@@ -15,14 +15,14 @@ use crate::hessian::reader::Reader;
 use crate::hessian::skip::Skipper;
 use crate::layout::{AttachmentsLayout, Body};
 use crate::response::ResultFlag;
-use crate::serialization::{HESSIAN2, unsupported_reason};
+use crate::serialization::{FASTJSON2, HESSIAN2, unsupported_reason};
 
 /// The variant of requests whose client reads response attachments (Dubbo protocol versions
 /// 2.0.2 to 2.0.99). A response encoded for any other variant never gains attachments: the
 /// clients that send older or framework version numbers (dubbo-py sends 2.5.3) cannot decode
 /// result flags 3 to 5. Upstream connections do not depend on it.
 pub const READS_RESPONSE_ATTACHMENTS: WireVariant = WireVariant(1);
-use crate::{reply, request, response, status};
+use crate::{fastjson2, reply, request, response, status};
 
 /// The Dubbo2 codec for one connection and direction.
 ///
@@ -179,7 +179,7 @@ impl DubboCodec {
         let layout = AttachmentsLayout::from(message.layout);
         if layout.body == Body::Opaque {
             return Err(CodecError::Encode(
-                "attachments can only be rewritten in Hessian2 (serialization id 2) calls".into(),
+                "attachments can only be rewritten in Hessian2 (serialization id 2) calls, not in fastjson2 (23) or other ones".into(),
             ));
         }
         let start = dst.len();
@@ -286,6 +286,19 @@ fn read_body(header: &Header, message: &mut Message) {
                 }
             }
         }
+        MessageKind::Request | MessageKind::Oneway if header.serialization() == FASTJSON2 => {
+            match fastjson2::decode(&message.frame, &mut message.metadata) {
+                Ok(request) => {
+                    if request.reads_response_attachments {
+                        message.variant = READS_RESPONSE_ATTACHMENTS;
+                    }
+                }
+                Err(error) => {
+                    message.metadata = Metadata::new();
+                    message.reject_reason = Some(malformed_body_reason(&error));
+                }
+            }
+        }
         MessageKind::Request | MessageKind::Oneway => {
             message.reject_reason = Some(unsupported_reason(header.serialization()));
         }
@@ -317,7 +330,7 @@ fn read_body(header: &Header, message: &mut Message) {
 fn malformed_body_reason(error: &CodecError) -> &'static str {
     match error {
         CodecError::Malformed(Cow::Borrowed(reason)) => reason,
-        _ => "the Hessian2 request body is malformed",
+        _ => "the request body is malformed",
     }
 }
 

@@ -1,4 +1,5 @@
-//! The Dubbo2 codec for metaprotocol-rs: the `dubbo://` wire protocol with Hessian2 bodies.
+//! The Dubbo2 codec for metaprotocol-rs: the `dubbo://` wire protocol with Hessian2 or
+//! fastjson2 bodies.
 //!
 //! [`DubboCodec`] implements [`metaprotocol_core::Codec`]; [`register`] adds the protocol to a
 //! [`CodecRegistry`] as `dubbo` (its only option is `max_frame_bytes`).
@@ -43,16 +44,26 @@
 //! Responses with status 20 are read up to their result flag, and when the flag announces
 //! attachments (3, 4, 5), past the result to them.
 //!
-//! Calls in another serialization (Java, fastjson, fastjson2, protobuf ...) are decoded from
-//! the header only: kind and id, no metadata, and a
+//! Requests in fastjson2 (serialization id 23, which Dubbo 3.2 and later consumers prefer
+//! when their provider offers it) are read the same way: each call field, argument and the
+//! attachments is a 4-byte length and a value in fastjson2's binary JSON (JSONB); the call
+//! fields are JSONB strings, the arguments are skipped by their lengths, and the attachments
+//! are a JSONB object (a `HashMap`, or another map after its type name), null or missing. Its
+//! entries are metadata by the rules below, with these JSONB values: a string in any of its
+//! encodings (Latin-1, UTF-8, UTF-16) as its text; an int or long in decimal, a boolean as
+//! `true`/`false`, a double as `Double.toString` does, a char as itself; a null as none; any
+//! other value (a float, a big integer or decimal, a date, a list, a map, an object, a binary,
+//! a reference, GB18030 text) is not metadata. Values nest at most 64 deep. A fastjson2 call
+//! is refused, answered with status 40, where a Hessian2 one is, and when its body cannot be
+//! read.
+//!
+//! Calls in another serialization (Java, fastjson, protobuf ...) are decoded from the header
+//! only: kind and id, no metadata, and a
 //! [`reject_reason`](metaprotocol_core::Message::reject_reason) naming the serialization id,
 //! so the engine answers them with a `BadRequest` reply (status 40). Their heartbeats and
-//! responses pass through. fastjson2 (id 23, which Dubbo 3.2 and later consumers may prefer)
-//! writes each call field as a length and binary JSON; its attachments are a JSONB object of
-//! symbols, class names and references, which this codec does not read, so such a call could
-//! not be routed on its attachments; its reason names fastjson2, and its answer is in
-//! fastjson2 (see below).
-//!
+//! responses pass through, and so do fastjson2 responses (forwarded as they came, their
+//! attachments not read).
+
 //! # Metadata
 //!
 //! | key | value |
@@ -94,9 +105,9 @@
 //! refuses a call whose two paths differ.
 //! A response without attachments gains them by switching its result flag (value 1 to 4, null
 //! 2 to 5, exception 0 to 3). Only Hessian2 bodies can be rewritten: a non-empty mutation of
-//! another call is an `Encode` error, while responses that cannot carry attachments (status
-//! other than 20, events, other serializations) travel unchanged rather than fail the client's
-//! call. An empty mutation writes the original frame with only the request id patched.
+//! another call (fastjson2 included) is an `Encode` error, which fails the call, while
+//! responses that cannot carry attachments (status other than 20, events, other
+//! serializations) travel unchanged rather than fail the client's call. An empty mutation writes the original frame with only the request id patched.
 //!
 //! # Local replies and heartbeats
 //!
@@ -153,6 +164,7 @@ mod attachments;
 pub mod build;
 mod codec;
 mod factory;
+mod fastjson2;
 mod header;
 mod hessian;
 mod layout;

@@ -53,16 +53,9 @@ pub(crate) fn decode(frame: &Bytes, metadata: &mut Metadata) -> Result<DecodedRe
     let mut references = References::new(frame, values_at);
     let map = attachments::visit(&mut reader, &mut skipper, |entry, classes| {
         let key = entry.key.as_ref().map(|k| k.raw(frame));
-        if key.is_some_and(|key| key.starts_with(CALLBACK_ARGUMENT)) {
-            return Err(CodecError::malformed(CALLBACK_REFUSED));
-        }
-        if key == Some(STUB_EVENT) && entry.value.as_ref().map(|v| v.raw(frame)) == Some(b"true") {
-            return Err(CodecError::malformed(STUB_EVENT_REFUSED));
-        }
-        if key == Some(PATH_ATTACHMENT) && entry.value.as_ref().map(|v| v.raw(frame)) != call_path {
-            return Err(CodecError::malformed(
-                "the path attachment names another service than the call",
-            ));
+        if let Some(key) = key {
+            let value = entry.value.as_ref().map(|v| v.raw(frame));
+            check_attachment(key, |text| value == Some(text), || value == call_path)?;
         }
         if routes(&entry, frame) {
             let text = match key {
@@ -211,6 +204,29 @@ impl<'a> CallFields<'a> {
     }
 }
 
+/// Refuses a call for its attachment keyed `key`, whatever its serialization: a callback
+/// argument, a stub event (`value_is(b"true")`), a `path` attachment that does not repeat the
+/// call's path (`path_matches()` false): see [`decode`].
+#[inline(always)]
+pub(crate) fn check_attachment(
+    key: &[u8],
+    value_is: impl FnOnce(&[u8]) -> bool,
+    path_matches: impl FnOnce() -> bool,
+) -> Result<(), CodecError> {
+    if key.starts_with(CALLBACK_ARGUMENT) {
+        return Err(CodecError::malformed(CALLBACK_REFUSED));
+    }
+    if key == STUB_EVENT && value_is(b"true") {
+        return Err(CodecError::malformed(STUB_EVENT_REFUSED));
+    }
+    if key == PATH_ATTACHMENT && !path_matches() {
+        return Err(CodecError::malformed(
+            "the path attachment names another service than the call",
+        ));
+    }
+    Ok(())
+}
+
 /// The attachment by which Java providers find the service a call runs; it must repeat the
 /// call's path.
 const PATH_ATTACHMENT: &[u8] = b"path";
@@ -240,11 +256,11 @@ const STUB_EVENT: &[u8] = b"dubbo.stub.event";
 const STUB_EVENT_REFUSED: &str = "stub event calls (dubbo.stub.event attachment) are not supported through the proxy: a Java provider looks them up under another port than its service's (the proxy's own, or 0) and finds no service";
 
 /// The attachment by which Java providers pick the version of the service that runs.
-const VERSION_ATTACHMENT: &[u8] = keys::VERSION.as_bytes();
+pub(crate) const VERSION_ATTACHMENT: &[u8] = keys::VERSION.as_bytes();
 
 /// The version Dubbo's service keys treat as none (`ProtocolUtils.serviceKey`,
 /// `GroupServiceKeyCache`): a call of it runs the export without a version.
-const DEFAULT_VERSION: &[u8] = b"0.0.0";
+pub(crate) const DEFAULT_VERSION: &[u8] = b"0.0.0";
 
 /// A service version as metadata: Dubbo's default `0.0.0` as the empty version, which names
 /// the export without a version that runs it, so that routes and policies see one version for
@@ -259,7 +275,7 @@ fn version_text(version: &StringData<'_>, frame: &Bytes) -> Option<MetadataStr> 
 /// The refusal of a call whose attachment keyed `key` cannot be metadata, if it is one of those
 /// by which Java providers pick the export that runs (`DubboProtocol.getInvoker`: version and
 /// group): the metadata would not say what runs.
-fn selector_without_text(key: Option<&[u8]>) -> Option<CodecError> {
+pub(crate) fn selector_without_text(key: Option<&[u8]>) -> Option<CodecError> {
     const GROUP: &[u8] = keys::GROUP.as_bytes();
     match key? {
         VERSION_ATTACHMENT => Some(CodecError::malformed(
@@ -315,7 +331,7 @@ fn routes(entry: &Entry<'_>, frame: &[u8]) -> bool {
 }
 
 /// True for the keys only the frame header sets: the interface and the method.
-fn is_reserved(key: &[u8]) -> bool {
+pub(crate) fn is_reserved(key: &[u8]) -> bool {
     const INTERFACE: &[u8] = keys::INTERFACE.as_bytes();
     const SERVICE: &[u8] = keys::SERVICE.as_bytes();
     const METHOD: &[u8] = keys::METHOD.as_bytes();

@@ -1,9 +1,9 @@
-//! Serialization ids: the codec reads Hessian2 bodies and routes others on their header only.
-//! It writes its answers in Hessian2, or, to a call in fastjson2, in fastjson2.
+//! Serialization ids: the codec reads Hessian2 and fastjson2 calls and routes others on their
+//! header only. It writes its answers in Hessian2, or, to a call in fastjson2, in fastjson2.
 
 use bytes::BufMut;
 
-/// The Hessian2 serialization id, Dubbo's default and the only one whose bodies this codec reads.
+/// The Hessian2 serialization id, Dubbo's default.
 pub(crate) const HESSIAN2: u8 = 2;
 
 /// The fastjson2 serialization id (Dubbo 3.2 and later): every value is a big-endian 4-byte
@@ -13,9 +13,6 @@ pub(crate) const FASTJSON2: u8 = 23;
 
 /// Why a call in serialization `id` cannot be proxied: the reason of its `BadRequest` reply.
 pub(crate) fn unsupported_reason(id: u8) -> &'static str {
-    if id == FASTJSON2 {
-        return "serialization id 23 (fastjson2) is not supported; only Hessian2 (2) is";
-    }
     UNSUPPORTED
         .get(usize::from(id))
         .copied()
@@ -75,13 +72,16 @@ fn put_jsonb_length(out: &mut [u8], len: usize) -> usize {
     taken
 }
 
-const UNSUPPORTED_OTHER: &str = "this serialization is not supported; only Hessian2 (2) is";
+const UNSUPPORTED_OTHER: &str =
+    "this serialization is not supported; only Hessian2 (2) and fastjson2 (23) are";
 
 /// One static reason per 5-bit serialization id, so that the reply names the id without
 /// allocating.
 macro_rules! reasons {
     ($($id:literal)*) => {
-        [$(concat!("serialization id ", $id, " is not supported; only Hessian2 (2) is")),*]
+        [$(concat!(
+            "serialization id ", $id, " is not supported; only Hessian2 (2) and fastjson2 (23) are"
+        )),*]
     };
 }
 
@@ -120,7 +120,7 @@ mod tests {
     fn names_the_id() {
         assert_eq!(
             unsupported_reason(6),
-            "serialization id 6 is not supported; only Hessian2 (2) is"
+            "serialization id 6 is not supported; only Hessian2 (2) and fastjson2 (23) are"
         );
         assert_eq!(unsupported_reason(31).split(' ').nth(2), Some("31"));
         assert_eq!(unsupported_reason(200), UNSUPPORTED_OTHER);

@@ -234,7 +234,7 @@ fn frames_that_cannot_carry_attachments() -> TestResult {
     assert!(call.metadata.is_empty());
     assert_eq!(
         call.reject_reason,
-        Some("serialization id 6 is not supported; only Hessian2 (2) is")
+        Some("serialization id 6 is not supported; only Hessian2 (2) and fastjson2 (23) are")
     );
     assert!(matches!(
         encode(&call, 3, &edit),

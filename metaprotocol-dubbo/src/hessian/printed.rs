@@ -626,7 +626,7 @@ fn civil_date(days: i64) -> (i64, i64, i64) {
 /// shortest (but of two digits when one would do) and, of those, closest to the value; laid
 /// out plainly with at least one fractional digit when 10^-3 <= |value| < 10^7, else as
 /// `d.dddE<exponent>`.
-fn write_java_double(out: &mut impl Write, value: f64) -> fmt::Result {
+pub(crate) fn write_java_double(out: &mut impl Write, value: f64) -> fmt::Result {
     if value.is_nan() {
         return out.write_str("NaN");
     }

@@ -1,0 +1,692 @@
+//! Request bodies in fastjson2 (serialization id 23), what Dubbo 3.2 and later consumers prefer
+//! when their provider offers it.
+//!
+//! Dubbo's fastjson2 output writes every value on its own: a big-endian 4-byte length, then the
+//! value in fastjson2's binary JSON (JSONB). A call is the same sequence as in Hessian2:
+//!
+//! ```text
+//! dubbo-version  service-path  service-version  method  parameter-descriptor
+//! argument*      attachments?
+//! ```
+//!
+//! The five call fields are JSONB strings (or null), the arguments are skipped by their length
+//! (never read), and the attachments are a JSONB object (`0xa6` entries `0xa5`; a `HashMap` is
+//! written without its class name, another map after a `0x92` type name), or null, or missing.
+//! Its entries become metadata by the rules of a Hessian2 call's (see [`crate::request`]):
+//! strings in any of JSONB's encodings (Latin-1, UTF-8, UTF-16), numbers and booleans as the
+//! text Java prints for them, a null as none. Values whose text is not sure to match what a
+//! Java provider prints (floats, big numbers, dates, lists, maps, objects, binaries,
+//! references, GB18030 text) are skipped, not metadata.
+//!
+//! Everything read from the wire is checked: lengths against the frame, JSONB lengths against
+//! their field, nesting to [`MAX_DEPTH`]; decoding never allocates in proportion to a length
+//! read, and copies only the strings that are not UTF-8 in the frame (Latin-1 past ASCII,
+//! UTF-16).
+
+use std::borrow::Cow;
+use std::fmt::Write;
+use std::ops::Range;
+
+use bytes::Bytes;
+use metaprotocol_core::{Ascii, ByteStr, CodecError, FrameLayout, Metadata, MetadataStr, keys};
+
+use crate::header::HEADER_LEN;
+use crate::hessian::printed::{Printed, write_java_double};
+use crate::layout::AttachmentsLayout;
+use crate::request::{self, DecodedRequest};
+
+/// How deep JSONB values may nest (arrays, objects, typed values) before a call is refused.
+pub(crate) const MAX_DEPTH: usize = 64;
+
+const TRUNCATED: CodecError = CodecError::malformed("truncated fastjson2 value");
+const BAD_LENGTH: CodecError = CodecError::malformed("a fastjson2 length is negative or too long");
+const TOO_DEEP: CodecError = CodecError::malformed("a fastjson2 value nests too deep");
+const NOT_A_STRING: CodecError =
+    CodecError::malformed("a fastjson2 call field is not a string or has bytes after it");
+const NOT_A_MAP: CodecError =
+    CodecError::malformed("the fastjson2 attachments are not a map or have bytes after it");
+const UNKNOWN_TAG: CodecError = CodecError::malformed("an unknown fastjson2 JSONB tag");
+
+// JSONB tags (fastjson2's `JSONB.Constants`).
+const CHAR: u8 = 0x90;
+const BINARY: u8 = 0x91;
+const TYPED_ANY: u8 = 0x92;
+const REFERENCE: u8 = 0x93;
+const ARRAY_FIX_0: u8 = 0x94;
+const ARRAY_FIX_15: u8 = 0xa3;
+const ARRAY: u8 = 0xa4;
+const OBJECT_END: u8 = 0xa5;
+const OBJECT: u8 = 0xa6;
+const LOCAL_TIME: u8 = 0xa7;
+const LOCAL_DATETIME: u8 = 0xa8;
+const LOCAL_DATE: u8 = 0xa9;
+const TIMESTAMP_WITH_TIMEZONE: u8 = 0xaa;
+const TIMESTAMP_MILLIS: u8 = 0xab;
+const TIMESTAMP_SECONDS: u8 = 0xac;
+const TIMESTAMP_MINUTES: u8 = 0xad;
+const TIMESTAMP: u8 = 0xae;
+const NULL: u8 = 0xaf;
+const FALSE: u8 = 0xb0;
+const TRUE: u8 = 0xb1;
+const DOUBLE_0: u8 = 0xb2;
+const DOUBLE_1: u8 = 0xb3;
+const DOUBLE_LONG: u8 = 0xb4;
+const DOUBLE: u8 = 0xb5;
+const FLOAT_INT: u8 = 0xb6;
+const FLOAT: u8 = 0xb7;
+const DECIMAL_LONG: u8 = 0xb8;
+const DECIMAL: u8 = 0xb9;
+const BIGINT_LONG: u8 = 0xba;
+const BIGINT: u8 = 0xbb;
+const INT16: u8 = 0xbc;
+const INT8: u8 = 0xbd;
+const INT64: u8 = 0xbe;
+const INT64_INT: u8 = 0xbf;
+const INT32: u8 = 0x48;
+const ASCII_FIX_0: u8 = 0x49;
+const ASCII_FIX_47: u8 = 0x78;
+const ASCII: u8 = 0x79;
+const UTF8: u8 = 0x7a;
+const UTF16: u8 = 0x7b;
+const UTF16LE: u8 = 0x7c;
+const UTF16BE: u8 = 0x7d;
+const GB18030: u8 = 0x7e;
+const SYMBOL: u8 = 0x7f;
+
+/// How a JSONB string's bytes encode its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    /// One byte per character (tags `0x49` to `0x79`): ASCII, or Latin-1 past it.
+    Latin1,
+    Utf8,
+    /// UTF-16 after an optional byte order mark, big-endian without one (Java's `UTF_16`).
+    Utf16,
+    Utf16Le,
+    Utf16Be,
+    /// Text this codec does not decode.
+    Gb18030,
+}
+
+/// A JSONB string as it lies in the frame.
+#[derive(Debug, Clone)]
+pub(crate) struct JsonbStr {
+    encoding: Encoding,
+    range: Range<usize>,
+}
+
+impl JsonbStr {
+    /// The string as metadata: where it lies in `frame` when it is ASCII or UTF-8 there, else a
+    /// decoded copy; `None` if it cannot be represented in UTF-8 (a lone surrogate, GB18030).
+    fn to_metadata(&self, frame: &Bytes) -> Option<MetadataStr> {
+        let bytes = frame.get(self.range.clone())?;
+        match self.encoding {
+            _ if bytes.is_empty() => Some(MetadataStr::Static("")),
+            Encoding::Latin1 => match Ascii::new(bytes) {
+                Some(ascii) => ascii.ascii_range_in(frame).map(MetadataStr::Ascii),
+                None => Some(MetadataStr::Shared(ByteStr::from(
+                    bytes.iter().copied().map(char::from).collect::<String>(),
+                ))),
+            },
+            Encoding::Utf8 => ByteStr::from_utf8(frame.slice(self.range.clone()))
+                .ok()
+                .map(MetadataStr::Shared),
+            _ => self
+                .decoded(frame)
+                .map(|text| MetadataStr::Shared(text.into())),
+        }
+    }
+
+    /// True if the string's text is `text`.
+    fn is(&self, frame: &[u8], text: &[u8]) -> bool {
+        let Some(bytes) = frame.get(self.range.clone()) else {
+            return false;
+        };
+        match self.encoding {
+            Encoding::Utf8 => bytes == text,
+            Encoding::Latin1 if bytes.is_ascii() => bytes == text,
+            _ => self
+                .decoded(frame)
+                .is_some_and(|decoded| decoded.as_bytes() == text),
+        }
+    }
+
+    /// True if `other` has the same text, compared where they lie when both are UTF-8 there or
+    /// both in the same encoding (a call's `path` attachment and field, written alike).
+    fn same_text(&self, other: &JsonbStr, frame: &[u8]) -> bool {
+        let (Some(mine), Some(theirs)) = (
+            frame.get(self.range.clone()),
+            frame.get(other.range.clone()),
+        ) else {
+            return false;
+        };
+        let utf8 = |string: &JsonbStr, bytes: &[u8]| {
+            string.encoding == Encoding::Utf8
+                || (string.encoding == Encoding::Latin1 && bytes.is_ascii())
+        };
+        if (utf8(self, mine) && utf8(other, theirs))
+            || (self.encoding == other.encoding && self.encoding != Encoding::Utf16)
+        {
+            return mine == theirs;
+        }
+        match (self.decoded(frame), other.decoded(frame)) {
+            (Some(mine), Some(theirs)) => mine == theirs,
+            _ => false,
+        }
+    }
+
+    /// The text of a string that is neither ASCII nor UTF-8 in the frame, decoded.
+    fn decoded(&self, frame: &[u8]) -> Option<String> {
+        let bytes = frame.get(self.range.clone())?;
+        let units = |big_endian: bool, bytes: &[u8]| {
+            let units = bytes.chunks_exact(2).map(move |pair| match pair {
+                [a, b] if big_endian => u16::from_be_bytes([*a, *b]),
+                [a, b] => u16::from_le_bytes([*a, *b]),
+                _ => 0,
+            });
+            char::decode_utf16(units)
+                .collect::<Result<String, _>>()
+                .ok()
+        };
+        match self.encoding {
+            Encoding::Latin1 => Some(bytes.iter().copied().map(char::from).collect()),
+            Encoding::Utf8 => std::str::from_utf8(bytes).ok().map(str::to_owned),
+            _ if bytes.len() % 2 != 0 => None,
+            Encoding::Utf16Le => units(false, bytes),
+            Encoding::Utf16Be => units(true, bytes),
+            Encoding::Utf16 => match bytes {
+                [0xff, 0xfe, rest @ ..] => units(false, rest),
+                [0xfe, 0xff, rest @ ..] => units(true, rest),
+                _ => units(true, bytes),
+            },
+            Encoding::Gb18030 => None,
+        }
+    }
+}
+
+/// What an attachment's value is, as far as metadata goes.
+enum Value {
+    Null,
+    Text(JsonbStr),
+    Constant(&'static str),
+    Int(i64),
+    Double(f64),
+    Char(char),
+    /// Another value: skipped, no metadata.
+    Other,
+}
+
+/// A bounds-checked cursor over one JSONB value's bytes, positions absolute in the frame.
+struct Cursor<'a> {
+    frame: &'a [u8],
+    pos: usize,
+    end: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn byte(&mut self) -> Result<u8, CodecError> {
+        let byte = *self
+            .frame
+            .get(self.pos)
+            .filter(|_| self.pos < self.end)
+            .ok_or(TRUNCATED)?;
+        self.pos += 1;
+        Ok(byte)
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.frame
+            .get(self.pos)
+            .copied()
+            .filter(|_| self.pos < self.end)
+    }
+
+    fn take(&mut self, len: usize) -> Result<&'a [u8], CodecError> {
+        let end = self.pos.checked_add(len).filter(|end| *end <= self.end);
+        let bytes = end
+            .and_then(|end| self.frame.get(self.pos..end))
+            .ok_or(TRUNCATED)?;
+        self.pos += len;
+        Ok(bytes)
+    }
+
+    fn fixed<const N: usize>(&mut self) -> Result<[u8; N], CodecError> {
+        let mut out = [0; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    /// A JSONB int32, from its first byte `tag`; `None` if the tag is no int32's.
+    fn int32_after(&mut self, tag: u8) -> Result<Option<i32>, CodecError> {
+        let value = match tag {
+            // -16 to 47: the tag itself, as a signed byte.
+            0xf0..=0xff | 0x00..=0x2f => i32::from(tag as i8),
+            // 0x38 is 0 << 8.
+            0x30..=0x3f => ((i32::from(tag) - 0x38) << 8) | i32::from(self.byte()?),
+            // 0x44 is 0 << 16.
+            0x40..=0x47 => {
+                let [high, low] = self.fixed()?;
+                ((i32::from(tag) - 0x44) << 16) | i32::from(u16::from_be_bytes([high, low]))
+            }
+            INT32 => i32::from_be_bytes(self.fixed()?),
+            _ => return Ok(None),
+        };
+        Ok(Some(value))
+    }
+
+    fn int32(&mut self) -> Result<i32, CodecError> {
+        let tag = self.byte()?;
+        self.int32_after(tag)?.ok_or(UNKNOWN_TAG)
+    }
+
+    /// A JSONB int64 from its first byte `tag` (its own forms and the int32 ones).
+    fn int64_after(&mut self, tag: u8) -> Result<Option<i64>, CodecError> {
+        let value = match tag {
+            // -8 to 15; 0xe0 is 0.
+            0xd8..=0xef => i64::from(tag) - 0xe0,
+            // 0xd0 is 0 << 8.
+            0xc8..=0xd7 => ((i64::from(tag) - 0xd0) << 8) | i64::from(self.byte()?),
+            // 0xc4 is 0 << 16.
+            0xc0..=0xc7 => {
+                let [high, low] = self.fixed()?;
+                ((i64::from(tag) - 0xc4) << 16) | i64::from(u16::from_be_bytes([high, low]))
+            }
+            INT64_INT => i64::from(i32::from_be_bytes(self.fixed()?)),
+            INT64 => i64::from_be_bytes(self.fixed()?),
+            INT8 => i64::from(i8::from_be_bytes(self.fixed()?)),
+            INT16 => i64::from(i16::from_be_bytes(self.fixed()?)),
+            _ => return self.int32_after(tag).map(|value| value.map(i64::from)),
+        };
+        Ok(Some(value))
+    }
+
+    fn int64(&mut self) -> Result<i64, CodecError> {
+        let tag = self.byte()?;
+        self.int64_after(tag)?.ok_or(UNKNOWN_TAG)
+    }
+
+    /// A length: an int32 that is not negative and fits in what is left.
+    fn length(&mut self) -> Result<usize, CodecError> {
+        let len = usize::try_from(self.int32()?).map_err(|_| BAD_LENGTH)?;
+        if len > self.end.saturating_sub(self.pos) {
+            return Err(BAD_LENGTH);
+        }
+        Ok(len)
+    }
+
+    /// The string whose tag is `tag`, or `None` if the tag is no string's.
+    fn string_after(&mut self, tag: u8) -> Result<Option<JsonbStr>, CodecError> {
+        let (encoding, len) = match tag {
+            ASCII_FIX_0..=ASCII_FIX_47 => (Encoding::Latin1, usize::from(tag - ASCII_FIX_0)),
+            ASCII => (Encoding::Latin1, self.length()?),
+            UTF8 => (Encoding::Utf8, self.length()?),
+            UTF16 => (Encoding::Utf16, self.length()?),
+            UTF16LE => (Encoding::Utf16Le, self.length()?),
+            UTF16BE => (Encoding::Utf16Be, self.length()?),
+            GB18030 => (Encoding::Gb18030, self.length()?),
+            _ => return Ok(None),
+        };
+        let start = self.pos;
+        self.take(len)?;
+        Ok(Some(JsonbStr {
+            encoding,
+            range: start..self.pos,
+        }))
+    }
+
+    /// A string, null, or an error for any other value.
+    fn string_or_null(&mut self) -> Result<Option<JsonbStr>, CodecError> {
+        match self.byte()? {
+            NULL => Ok(None),
+            tag => self.string_after(tag)?.map(Some).ok_or(NOT_A_STRING),
+        }
+    }
+
+    /// A symbol (`0x7f`): a string and the number it is given, or the number of one given
+    /// before; the string, when it is there.
+    fn symbol(&mut self) -> Result<Option<JsonbStr>, CodecError> {
+        let tag = self.byte()?;
+        if self.int32_after(tag)?.is_some() {
+            return Ok(None);
+        }
+        let text = self.string_after(tag)?.ok_or(UNKNOWN_TAG)?;
+        self.int32()?;
+        Ok(Some(text))
+    }
+
+    /// A type name after `0x92`: a string and its symbol number, or a symbol number alone.
+    fn type_name(&mut self) -> Result<(), CodecError> {
+        let tag = self.byte()?;
+        if self.int32_after(tag)?.is_some() {
+            return Ok(());
+        }
+        self.string_after(tag)?.ok_or(UNKNOWN_TAG)?;
+        self.int32().map(drop)
+    }
+
+    /// Reads a value as far as metadata goes, skipping what is no metadata.
+    fn value(&mut self) -> Result<Value, CodecError> {
+        let tag = self.byte()?;
+        if let Some(text) = self.string_after(tag)? {
+            return Ok(Value::Text(text));
+        }
+        if let Some(value) = self.int64_after(tag)? {
+            return Ok(Value::Int(value));
+        }
+        let value = match tag {
+            NULL => Value::Null,
+            TRUE => Value::Constant("true"),
+            FALSE => Value::Constant("false"),
+            DOUBLE_0 => Value::Constant("0.0"),
+            DOUBLE_1 => Value::Constant("1.0"),
+            // A double without a fractional part, as a long.
+            DOUBLE_LONG => Value::Double(self.int64()? as f64),
+            DOUBLE => Value::Double(f64::from_be_bytes(self.fixed()?)),
+            CHAR => u32::try_from(self.int32()?)
+                .ok()
+                .and_then(char::from_u32)
+                .map_or(Value::Other, Value::Char),
+            _ => {
+                self.skip_after(tag, 0)?;
+                Value::Other
+            }
+        };
+        Ok(value)
+    }
+
+    /// Skips the value whose tag is `tag`, nested `depth` deep.
+    fn skip_after(&mut self, tag: u8, depth: usize) -> Result<(), CodecError> {
+        if self.string_after(tag)?.is_some() || self.int64_after(tag)?.is_some() {
+            return Ok(());
+        }
+        match tag {
+            NULL | FALSE | TRUE | DOUBLE_0 | DOUBLE_1 => {}
+            CHAR | FLOAT_INT => self.int32().map(drop)?,
+            DOUBLE_LONG | DECIMAL_LONG | BIGINT_LONG => self.int64().map(drop)?,
+            FLOAT | TIMESTAMP_SECONDS | TIMESTAMP_MINUTES | LOCAL_DATE => self.take(4).map(drop)?,
+            DOUBLE | TIMESTAMP_MILLIS => self.take(8).map(drop)?,
+            BINARY | BIGINT => {
+                let len = self.length()?;
+                self.take(len)?;
+            }
+            DECIMAL => {
+                self.int32()?;
+                let tag = self.byte()?;
+                self.skip_after(tag, depth)?;
+            }
+            LOCAL_TIME => {
+                self.take(3)?;
+                self.int32()?;
+            }
+            LOCAL_DATETIME => {
+                self.take(7)?;
+                self.int32()?;
+            }
+            TIMESTAMP_WITH_TIMEZONE => {
+                self.take(7)?;
+                self.int32()?;
+                self.string_or_null()?;
+            }
+            TIMESTAMP => {
+                self.int64()?;
+                self.int32()?;
+            }
+            SYMBOL => self.symbol().map(drop)?,
+            REFERENCE => self.string_or_null().map(drop)?,
+            TYPED_ANY => {
+                self.type_name()?;
+                self.skip_nested(depth)?;
+            }
+            ARRAY_FIX_0..=ARRAY_FIX_15 | ARRAY => {
+                let count = match tag {
+                    ARRAY => self.length()?,
+                    _ => usize::from(tag - ARRAY_FIX_0),
+                };
+                // Each item takes a byte at least: the count cannot outrun the field.
+                for _ in 0..count {
+                    self.skip_nested(depth)?;
+                }
+            }
+            OBJECT => {
+                while self.peek() != Some(OBJECT_END) {
+                    self.skip_nested(depth)?;
+                    self.skip_nested(depth)?;
+                }
+                self.byte()?;
+            }
+            _ => return Err(UNKNOWN_TAG),
+        }
+        Ok(())
+    }
+
+    /// Skips a value inside one nested `depth` deep.
+    fn skip_nested(&mut self, depth: usize) -> Result<(), CodecError> {
+        let depth = depth + 1;
+        if depth > MAX_DEPTH {
+            return Err(TOO_DEEP);
+        }
+        let tag = self.byte()?;
+        self.skip_after(tag, depth)
+    }
+}
+
+/// The fields of a fastjson2 body, each a length and a JSONB value.
+struct Fields<'a> {
+    frame: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Fields<'a> {
+    /// The next field as a cursor over its value; `None` at the end of the body.
+    fn next(&mut self) -> Result<Option<Cursor<'a>>, CodecError> {
+        if self.pos >= self.frame.len() {
+            return Ok(None);
+        }
+        let prefix = self.pos.checked_add(4).ok_or(TRUNCATED)?;
+        let len: [u8; 4] = self
+            .frame
+            .get(self.pos..prefix)
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or(TRUNCATED)?;
+        // Java reads the length as an int: one past i32::MAX is negative there.
+        let len = usize::try_from(i32::from_be_bytes(len)).map_err(|_| BAD_LENGTH)?;
+        let end = prefix
+            .checked_add(len)
+            .filter(|end| *end <= self.frame.len())
+            .ok_or(TRUNCATED)?;
+        self.pos = end;
+        Ok(Some(Cursor {
+            frame: self.frame,
+            pos: prefix,
+            end,
+        }))
+    }
+
+    /// The next field, which must be there.
+    fn expect(&mut self) -> Result<Cursor<'a>, CodecError> {
+        self.next()?.ok_or(TRUNCATED)
+    }
+
+    /// The next field as a call field: a string or null filling the field.
+    fn string(&mut self) -> Result<Option<JsonbStr>, CodecError> {
+        let mut field = self.expect()?;
+        let text = field.string_or_null()?;
+        if field.pos != field.end {
+            return Err(NOT_A_STRING);
+        }
+        Ok(text)
+    }
+}
+
+/// Decodes the metadata (into `metadata`, which starts empty) of a fastjson2 request frame,
+/// by the rules of [`request::decode`].
+pub(crate) fn decode(frame: &Bytes, metadata: &mut Metadata) -> Result<DecodedRequest, CodecError> {
+    let mut fields = Fields {
+        frame,
+        pos: HEADER_LEN,
+    };
+    let dubbo_version = fields.string()?;
+    let path = fields.string()?;
+    let version = fields.string()?;
+    let method = fields.string()?;
+    let descriptor = fields.string()?;
+    if let Some(path) = path.as_ref().and_then(|path| path.to_metadata(frame)) {
+        metadata.insert(keys::INTERFACE, path.clone());
+        metadata.insert(keys::SERVICE, path);
+    }
+    if let Some(method) = method.as_ref().and_then(|m| m.to_metadata(frame)) {
+        metadata.insert(keys::METHOD, method);
+    }
+    if let Some(version) = version.as_ref().and_then(|v| version_text(v, frame)) {
+        metadata.insert(keys::VERSION, version);
+    }
+    let descriptor = descriptor
+        .as_ref()
+        .and_then(|d| text_of(d, frame))
+        .unwrap_or_default();
+    for _ in 0..request::argument_count(descriptor.as_bytes()) {
+        fields.expect()?;
+    }
+    if let Some(mut map) = fields.next()? {
+        read_attachments(&mut map, frame, path.as_ref(), metadata)?;
+    }
+    let reads_response_attachments = dubbo_version
+        .as_ref()
+        .and_then(|v| text_of(v, frame))
+        .is_some_and(|v| request::reads_response_attachments(v.as_bytes()));
+    Ok(DecodedRequest {
+        layout: AttachmentsLayout::from(FrameLayout::default()),
+        reads_response_attachments,
+    })
+}
+
+/// Reads the attachments map (`map`, its field) into `metadata`, refusing the call for the
+/// entries a Hessian2 call is refused for.
+fn read_attachments(
+    map: &mut Cursor<'_>,
+    frame: &Bytes,
+    call_path: Option<&JsonbStr>,
+    metadata: &mut Metadata,
+) -> Result<(), CodecError> {
+    let mut tag = map.byte()?;
+    if tag == NULL && map.pos == map.end {
+        return Ok(());
+    }
+    if tag == TYPED_ANY {
+        map.type_name()?;
+        tag = map.byte()?;
+    }
+    if tag != OBJECT {
+        return Err(NOT_A_MAP);
+    }
+    while map.peek() != Some(OBJECT_END) {
+        let key = match map.byte()? {
+            SYMBOL => map.symbol()?,
+            tag => match map.string_after(tag)? {
+                Some(key) => Some(key),
+                None => map.skip_after(tag, 1).map(|()| None)?,
+            },
+        };
+        let value = map.value()?;
+        // An entry whose key is no string (or a symbol given before) is the provider's alone.
+        let Some((key, name)) = key.and_then(|key| text_of(&key, frame).map(|name| (key, name)))
+        else {
+            continue;
+        };
+        let text = match &value {
+            Value::Text(text) => Some(text),
+            _ => None,
+        };
+        request::check_attachment(
+            name.as_bytes(),
+            |expected| text.is_some_and(|value| value.is(frame, expected)),
+            || match (text, call_path) {
+                (Some(value), Some(path)) => value.same_text(path, frame),
+                (value, path) => value.is_none() && path.is_none(),
+            },
+        )?;
+        if !request::is_reserved(name.as_bytes()) {
+            insert(&key, &name, value, frame, metadata)?;
+        }
+    }
+    map.byte()?;
+    if map.pos != map.end {
+        return Err(NOT_A_MAP);
+    }
+    Ok(())
+}
+
+/// The text of a string, borrowed from `frame` when it is ASCII or UTF-8 there.
+fn text_of<'f>(string: &JsonbStr, frame: &'f [u8]) -> Option<Cow<'f, str>> {
+    let bytes = frame.get(string.range.clone())?;
+    let in_place = match string.encoding {
+        Encoding::Utf8 => true,
+        Encoding::Latin1 => bytes.is_ascii(),
+        _ => false,
+    };
+    if in_place {
+        return std::str::from_utf8(bytes).ok().map(Cow::Borrowed);
+    }
+    string.decoded(frame).map(Cow::Owned)
+}
+
+/// Sets the attachment `key` (whose text is `name`) to `value` in `metadata`, as a Hessian2
+/// call's: a `version` as [`version_text`] reads it, a `version` or `group` that is no text
+/// refused, a null taking out the key, a number as its text, other values left out.
+fn insert(
+    key: &JsonbStr,
+    name: &str,
+    value: Value,
+    frame: &Bytes,
+    metadata: &mut Metadata,
+) -> Result<(), CodecError> {
+    let text = match &value {
+        Value::Text(text) if name.as_bytes() == request::VERSION_ATTACHMENT => {
+            version_text(text, frame)
+        }
+        Value::Text(text) => text.to_metadata(frame),
+        _ => None,
+    };
+    if let Some(text) = text {
+        if let Some(key) = key.to_metadata(frame) {
+            metadata.insert(key, text);
+        }
+        return Ok(());
+    }
+    // The version or group Java providers run would not be the metadata's.
+    if let Some(refused) = request::selector_without_text(Some(name.as_bytes())) {
+        return Err(refused);
+    }
+    let mut printed = Printed::default();
+    let rendered = match value {
+        // Java reads a null as no attachment, and its map keeps a key's last value.
+        Value::Null => {
+            metadata.unset(name);
+            return Ok(());
+        }
+        Value::Constant(text) => {
+            if let Some(key) = key.to_metadata(frame) {
+                metadata.insert(key, MetadataStr::Static(text));
+            }
+            return Ok(());
+        }
+        Value::Int(value) => write!(printed, "{value}"),
+        Value::Double(value) => write_java_double(&mut printed, value),
+        Value::Char(value) => printed.write_char(value),
+        Value::Text(_) | Value::Other => return Ok(()),
+    };
+    if rendered.is_ok()
+        && let Some(key) = key.to_metadata(frame)
+    {
+        metadata.insert_rendered(key, printed.as_str());
+    }
+    Ok(())
+}
+
+/// A service version as metadata: Dubbo's default `0.0.0` as the empty version (see
+/// [`request`]); `None` if it cannot be represented in UTF-8.
+fn version_text(version: &JsonbStr, frame: &Bytes) -> Option<MetadataStr> {
+    if version.is(frame, request::DEFAULT_VERSION) {
+        return Some(MetadataStr::Static(""));
+    }
+    version.to_metadata(frame)
+}

@@ -1,0 +1,367 @@
+//! Calls in fastjson2 (serialization id 23), which Dubbo 3.2 and later consumers prefer when
+//! their provider offers it: every call field, argument and the attachments map is a 4-byte
+//! big-endian length and a value in fastjson2's binary JSON (JSONB). Their call fields and
+//! attachments are metadata, as a Hessian2 call's are.
+//!
+//! The frames are built byte by byte from fastjson2's JSONB format (see
+//! `tests/testdata/fastjson2/README.md`): no fastjson2 writer runs here.
+
+use bytes::BytesMut;
+use metaprotocol_core::{
+    ByteStr, Codec, CodecError, DEFAULT_MAX_FRAME_BYTES, EncodeParams, Message, MessageKind,
+    Mutation, WireVariant,
+};
+use metaprotocol_dubbo::DubboCodec;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// A JSONB int32: one byte from -16 to 47, two to 2,047, three to 262,143, else `0x48` and four.
+fn int32(value: i32) -> Vec<u8> {
+    let [b0, b1, b2, b3] = value.to_be_bytes();
+    match value {
+        -16..=47 => vec![b3],
+        -2048..=2047 => vec![0x38_u8.wrapping_add(b2), b3],
+        -262_144..=262_143 => vec![0x44_u8.wrapping_add(b1), b2, b3],
+        _ => vec![0x48, b0, b1, b2, b3],
+    }
+}
+
+/// A JSONB string as fastjson2 writes a Latin-1 one: ASCII of up to 47 bytes in the tag, longer
+/// after `0x79` and its length.
+fn latin1(text: &str) -> Vec<u8> {
+    let bytes: Vec<u8> = text.chars().map(|c| c as u8).collect();
+    let mut out = match u8::try_from(bytes.len()) {
+        Ok(len) if len <= 47 => vec![0x49 + len],
+        _ => [vec![0x79], int32(bytes.len() as i32)].concat(),
+    };
+    out.extend_from_slice(&bytes);
+    out
+}
+
+/// A JSONB string in UTF-16 little-endian (`0x7c`), as fastjson2 writes mostly non-Latin text.
+fn utf16le(text: &str) -> Vec<u8> {
+    let units: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    [vec![0x7c], int32(units.len() as i32), units].concat()
+}
+
+/// A JSONB string in UTF-8 (`0x7a`).
+fn utf8(text: &str) -> Vec<u8> {
+    [
+        vec![0x7a],
+        int32(text.len() as i32),
+        text.as_bytes().to_vec(),
+    ]
+    .concat()
+}
+
+/// One value of a fastjson2 body: its length in four bytes, then its JSONB.
+fn field(jsonb: &[u8]) -> Vec<u8> {
+    [(jsonb.len() as u32).to_be_bytes().to_vec(), jsonb.to_vec()].concat()
+}
+
+/// A JSONB object (a `HashMap`, written without its class name) of these entries.
+fn object(entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+    let mut out = vec![0xa6];
+    for (key, value) in entries {
+        out.extend_from_slice(key);
+        out.extend_from_slice(value);
+    }
+    out.push(0xa5);
+    out
+}
+
+/// A two-way fastjson2 request (flag `0xd7`) with request id `id` and `body`.
+fn frame(id: u64, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![0xda, 0xbb, 0xc0 | 23, 0];
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// The call fields of `demo.Greeter` version 1.0.0 `sayHello(String)` and its argument.
+fn call_head() -> Vec<u8> {
+    let mut body = Vec::new();
+    for text in [
+        "2.0.2",
+        "demo.Greeter",
+        "1.0.0",
+        "sayHello",
+        "Ljava/lang/String;",
+    ] {
+        body.extend(field(&latin1(text)));
+    }
+    body.extend(field(&latin1("world")));
+    body
+}
+
+/// A call with the `path` attachment and `entries` (raw JSONB key and value) after it.
+fn call_with(entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+    let mut all = vec![(latin1("path"), latin1("demo.Greeter"))];
+    all.extend_from_slice(entries);
+    let mut body = call_head();
+    body.extend(field(&object(&all)));
+    frame(1, &body)
+}
+
+fn decode(bytes: &[u8]) -> Result<Message, CodecError> {
+    let mut codec = DubboCodec::new(DEFAULT_MAX_FRAME_BYTES);
+    let mut stream = BytesMut::from(bytes);
+    let message = codec
+        .decode(&mut stream)?
+        .ok_or(CodecError::malformed("incomplete"))?;
+    assert!(stream.is_empty());
+    Ok(message)
+}
+
+/// A call as a Dubbo 3.2 consumer writes it in fastjson2 (from the testdata): decoded into the
+/// same metadata as a Hessian2 call, not refused.
+#[test]
+fn a_fastjson2_call_is_routed_on_its_fields_and_attachments() -> TestResult {
+    let hex = include_str!("testdata/fastjson2/dubbo32-sayhello.req.hex");
+    let call = decode(&hex::decode(hex.trim())?)?;
+    assert_eq!(call.kind, MessageKind::Request);
+    assert_eq!(call.request_id, 1);
+    assert_eq!(call.reject_reason, None);
+    let text = |key| call.metadata.get(key);
+    assert_eq!(text("interface"), Some("demo.Greeter"));
+    assert_eq!(text("service"), Some("demo.Greeter"));
+    assert_eq!(text("method"), Some("sayHello"));
+    assert_eq!(text("version"), Some("1.0.0"));
+    assert_eq!(text("group"), Some("g1"));
+    assert_eq!(text("tenant"), Some("t1"));
+    assert_eq!(text("timeout"), Some("3000"));
+    assert_eq!(text("remote.application"), Some("consumer"));
+    Ok(())
+}
+
+/// Attachments of other JSONB types: strings in every encoding fastjson2 writes, numbers and
+/// booleans as the text Java prints; a null is none; lists, maps and objects are not there.
+#[test]
+fn fastjson2_attachment_values_read_as_java_prints_them() -> TestResult {
+    let long_text = "x".repeat(300);
+    let call = decode(&call_with(&[
+        (latin1("int"), int32(3000)),
+        (latin1("small"), int32(-7)),
+        (latin1("big"), int32(i32::MIN)),
+        (latin1("long"), vec![0xbe, 0, 0, 0, 1, 0, 0, 0, 0]),
+        (latin1("long1"), vec![0xe5]),
+        (latin1("long2"), vec![0xc8, 0x01]),
+        (latin1("byte"), vec![0xbd, 0xff]),
+        (latin1("short"), vec![0xbc, 0x01, 0x00]),
+        (latin1("yes"), vec![0xb1]),
+        (latin1("no"), vec![0xb0]),
+        (
+            latin1("half"),
+            [vec![0xb5], 0.5_f64.to_be_bytes().to_vec()].concat(),
+        ),
+        (latin1("one"), vec![0xb3]),
+        (latin1("char"), [vec![0x90], int32(0x4e2d)].concat()),
+        (latin1("zh"), utf16le("中文")),
+        (
+            latin1("be"),
+            [vec![0x7d], int32(4), vec![0x4e, 0x2d, 0x65, 0x87]].concat(),
+        ),
+        (latin1("utf8"), utf8("é")),
+        (latin1("latin"), latin1("café")),
+        (latin1("long_text"), latin1(&long_text)),
+        (utf16le("clé"), latin1("v")),
+        (latin1("gone"), latin1("first")),
+        (latin1("gone"), vec![0xaf]),
+        (latin1("list"), vec![0x96, 0x01, 0x02]),
+        (latin1("map"), object(&[(latin1("k"), latin1("v"))])),
+        (int32(5), latin1("int key")),
+        (latin1("after"), latin1("all")),
+    ]))?;
+    assert_eq!(call.reject_reason, None);
+    let text = |key| call.metadata.get(key);
+    for (key, value) in [
+        ("int", "3000"),
+        ("small", "-7"),
+        ("big", "-2147483648"),
+        ("long", "4294967296"),
+        ("long1", "5"),
+        ("long2", "-2047"),
+        ("byte", "-1"),
+        ("short", "256"),
+        ("yes", "true"),
+        ("no", "false"),
+        ("half", "0.5"),
+        ("one", "1.0"),
+        ("char", "中"),
+        ("zh", "中文"),
+        ("be", "中文"),
+        ("utf8", "é"),
+        ("latin", "café"),
+        ("long_text", long_text.as_str()),
+        ("clé", "v"),
+        ("after", "all"),
+    ] {
+        assert_eq!(text(key), Some(value), "{key}");
+    }
+    for key in ["gone", "list", "map", "5"] {
+        assert_eq!(text(key), None, "{key}");
+    }
+    Ok(())
+}
+
+/// The checks of Hessian2 calls hold for fastjson2 ones: a `path` attachment naming another
+/// service, a callback argument, a stub event, a `version` or `group` that is no string.
+#[test]
+fn fastjson2_calls_are_refused_as_hessian2_ones_are() -> TestResult {
+    let cases: [(Vec<u8>, Vec<u8>, &str); 6] = [
+        (
+            latin1("path"),
+            latin1("demo.Admin"),
+            "the path attachment names another service than the call",
+        ),
+        (
+            latin1("sys_callback_arg-1"),
+            latin1("1"),
+            "callback arguments",
+        ),
+        (
+            latin1("dubbo.stub.event"),
+            latin1("true"),
+            "stub event calls",
+        ),
+        (
+            latin1("version"),
+            vec![0xaf],
+            "the version attachment is not a UTF-8 string",
+        ),
+        (
+            latin1("group"),
+            int32(1),
+            "the group attachment is not a UTF-8 string",
+        ),
+        (
+            latin1("version"),
+            [vec![0x7c], int32(2), vec![0x00, 0xd8]].concat(),
+            "the version attachment is not a UTF-8 string",
+        ),
+    ];
+    for (key, value, reason) in cases {
+        let call = decode(&call_with(&[(key, value)]))?;
+        let refused = call.reject_reason.unwrap_or_default();
+        assert!(refused.starts_with(reason), "{refused:?} for {reason:?}");
+        assert!(call.metadata.is_empty());
+    }
+    // The path attachment in another encoding than the field, with the same text, is the same.
+    let call = decode(&call_with(&[(latin1("path"), utf8("demo.Greeter"))]))?;
+    assert_eq!(call.reject_reason, None);
+    // Version 0.0.0 is the empty version, an interface attachment does not override the field.
+    let call = decode(&call_with(&[
+        (latin1("version"), latin1("0.0.0")),
+        (latin1("interface"), latin1("demo.Other")),
+    ]))?;
+    assert_eq!(call.metadata.get("version"), Some(""));
+    assert_eq!(call.metadata.get("interface"), Some("demo.Greeter"));
+    Ok(())
+}
+
+/// Calls without attachments, with null ones, or with a typed map are read too.
+#[test]
+fn fastjson2_attachments_may_be_missing_null_or_typed() -> TestResult {
+    let bare = decode(&frame(2, &call_head()))?;
+    assert_eq!(bare.reject_reason, None);
+    assert_eq!(bare.metadata.get("method"), Some("sayHello"));
+    let null = decode(&frame(3, &[call_head(), field(&[0xaf])].concat()))?;
+    assert_eq!(null.reject_reason, None);
+    let typed_map = [
+        vec![0x92],
+        latin1("java.util.LinkedHashMap"),
+        int32(0),
+        object(&[(latin1("tenant"), latin1("t9"))]),
+    ]
+    .concat();
+    let typed = decode(&frame(4, &[call_head(), field(&typed_map)].concat()))?;
+    assert_eq!(typed.reject_reason, None);
+    assert_eq!(typed.metadata.get("tenant"), Some("t9"));
+    // Arguments of any shape are skipped by their length.
+    let mut body = Vec::new();
+    for text in ["2.0.2", "demo.Greeter", "", "put", "Ljava/util/Map;IZ"] {
+        body.extend(field(&latin1(text)));
+    }
+    body.extend(field(&[0xa6, 0x7f, 0x4b, b'i', b'd', 0x01, 0x02, 0xa5]));
+    body.extend(field(&int32(7)));
+    body.extend(field(&[0xb1]));
+    body.extend(field(&object(&[(latin1("tenant"), latin1("t3"))])));
+    let call = decode(&frame(5, &body))?;
+    assert_eq!(call.reject_reason, None);
+    assert_eq!(call.metadata.get("tenant"), Some("t3"));
+    assert_eq!(call.metadata.get("version"), Some(""));
+    Ok(())
+}
+
+/// A body that cannot be read is refused with a reason, never a panic or a closed stream.
+#[test]
+fn a_malformed_fastjson2_body_is_refused() -> TestResult {
+    let head = call_head();
+    let mut deep = vec![0x92, 0x49, 0x00];
+    deep.extend(std::iter::repeat_n(0x95, 100));
+    deep.push(0xaf);
+    let cases: Vec<Vec<u8>> = vec![
+        // A call field's length past the body.
+        vec![0, 0, 0, 9, 0x4e],
+        // A call field's length cut.
+        vec![0, 0],
+        // A call field that is no string.
+        field(&int32(1)),
+        // A call field with bytes after its string.
+        field(&[0x4a, b'x', 0xaf]),
+        // Fewer arguments than the descriptor says.
+        head[..head.len() - 10].to_vec(),
+        // Attachments that are not a map, cut, or nested past the limit.
+        [head.clone(), field(&int32(1))].concat(),
+        [head.clone(), field(&[0xa6, 0x4a, b'k'])].concat(),
+        [head.clone(), field(&object(&[(latin1("k"), deep)]))].concat(),
+        // A string whose length is negative or past its field.
+        [
+            head.clone(),
+            field(&[0xa6, 0x79, 0x48, 0xff, 0xff, 0xff, 0xff, 0xa5]),
+        ]
+        .concat(),
+        [head.clone(), field(&[0xa6, 0x79, 0x3f, 0xff, 0xa5])].concat(),
+        // An unknown tag.
+        [head.clone(), field(&[0xa6, 0x4a, b'k', 0xaa, 0xa5])].concat(),
+    ];
+    for body in cases {
+        let call = decode(&frame(9, &body))?;
+        assert!(call.reject_reason.is_some(), "{body:02x?}");
+        assert!(call.metadata.is_empty());
+    }
+    Ok(())
+}
+
+/// Attachments of a fastjson2 call cannot be rewritten: a mutation fails the call with an
+/// encode error that says so, and an empty one forwards the frame as it came.
+#[test]
+fn a_mutation_of_a_fastjson2_call_is_an_encode_error() -> TestResult {
+    let bytes = call_with(&[(latin1("tenant"), latin1("t1"))]);
+    let call = decode(&bytes)?;
+    let mut codec = DubboCodec::new(DEFAULT_MAX_FRAME_BYTES);
+    let mut mutation = Mutation::new();
+    mutation.set(
+        ByteStr::from_static("x-routed"),
+        ByteStr::from_static("yes"),
+    );
+    let params = EncodeParams {
+        request_id: 1,
+        mutation: &mutation,
+        variant: WireVariant::default(),
+    };
+    let mut out = BytesMut::new();
+    match codec.encode(&call, &params, &mut out) {
+        Err(CodecError::Encode(reason)) => assert!(reason.contains("fastjson2"), "{reason}"),
+        other => return Err(format!("expected an encode error, got {other:?}").into()),
+    }
+    let empty = Mutation::new();
+    let params = EncodeParams {
+        mutation: &empty,
+        ..params
+    };
+    codec.encode(&call, &params, &mut out)?;
+    assert_eq!(&out[..], &bytes[..]);
+    Ok(())
+}
