@@ -2575,3 +2575,146 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {silent_address} }} ] }} ]
     proxy.shutdown().await;
     Ok(())
 }
+
+/// A Dubbo 3.2 consumer's call in fastjson2 (serialization 23): the call fields, the argument
+/// and the attachments map each a 4-byte length and a JSONB value (see the codec's testdata).
+fn fastjson2_call(id: u64, method: &str, attachments: &[(&str, &str)]) -> Vec<u8> {
+    /// One value: its length, then the JSONB ASCII string of up to 47 bytes.
+    fn text(out: &mut Vec<u8>, value: &str) {
+        out.push(0x49 + u8::try_from(value.len()).unwrap_or(47));
+        out.extend_from_slice(value.as_bytes());
+    }
+    let mut body = Vec::new();
+    for field in [
+        "2.0.2",
+        DEMO_SERVICE,
+        "1.0.0",
+        method,
+        "Ljava/lang/String;",
+        "world",
+    ] {
+        body.extend_from_slice(&(field.len() as u32 + 1).to_be_bytes());
+        text(&mut body, field);
+    }
+    let mut map = vec![0xa6];
+    for (key, value) in [("path", DEMO_SERVICE)].iter().chain(attachments) {
+        text(&mut map, key);
+        text(&mut map, value);
+    }
+    map.push(0xa5);
+    body.extend_from_slice(&(map.len() as u32).to_be_bytes());
+    body.extend_from_slice(&map);
+    let mut frame = vec![0xda, 0xbb, 0xc0 | 23, 0];
+    frame.extend_from_slice(&id.to_be_bytes());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    frame
+}
+
+/// A provider of fastjson2 calls on 127.0.0.1: it answers every call with a fastjson2
+/// response (status 20) whose result (after the result flag, 1: a value) is its `name` as a
+/// JSONB string, and sends each call's body on the channel.
+async fn fastjson2_provider(
+    name: &'static str,
+) -> TestResult<(
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let (calls, received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let calls = calls.clone();
+            tokio::spawn(async move {
+                while let Ok((header, body)) = read_frame(&mut socket).await {
+                    let _ = calls.send(body);
+                    let mut answer = vec![0xda, 0xbb, 23, 20];
+                    answer.extend_from_slice(&header[4..12]);
+                    let value_len = name.len() as u32 + 1;
+                    answer.extend_from_slice(&(value_len + 9).to_be_bytes());
+                    answer.extend_from_slice(&[0, 0, 0, 1, 1]);
+                    answer.extend_from_slice(&value_len.to_be_bytes());
+                    answer.push(0x49 + name.len() as u8);
+                    answer.extend_from_slice(name.as_bytes());
+                    if socket.write_all(&answer).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok((address, received))
+}
+
+/// Calls in fastjson2 are routed on their method and attachments like Hessian2 ones, and go
+/// upstream as they came; a mutation, which cannot be written into them, fails the call with an
+/// error answer instead of sending it without the mutation.
+#[tokio::test]
+async fn fastjson2_calls_are_routed_on_their_method_and_attachments() -> TestResult {
+    let (plain, mut plain_calls) = fastjson2_provider("plain").await?;
+    let (tenant, mut tenant_calls) = fastjson2_provider("tenant").await?;
+    let yaml = format!(
+        "listeners:
+  - {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r }}
+route_configs:
+  - name: r
+    routes:
+      - match: {{ metadata: [ {{ key: tenant, exact: t1 }}, {{ key: method, exact: sayHello }} ] }}
+        route: {{ cluster: tenant }}
+      - match: {{ metadata: [ {{ key: method, exact: mutated }} ] }}
+        route: {{ cluster: plain }}
+        request_mutation: {{ set: {{ x-routed-by: proxy }} }}
+      - match: {{ metadata: [ {{ key: interface, exact: {DEMO_SERVICE} }} ] }}
+        route: {{ cluster: plain }}
+clusters:
+  - {{ name: plain, endpoints: [ {{ address: {plain} }} ] }}
+  - {{ name: tenant, endpoints: [ {{ address: {tenant} }} ] }}
+"
+    );
+    let proxy = start_engine(&yaml).await?;
+    let address = proxy.listener_addr("in").ok_or("no listener")?;
+    let mut socket = TcpStream::connect(address).await?;
+    let cases = [
+        (1, "sayHello", "t1", "tenant"),
+        (2, "sayHello", "t2", "plain"),
+        (3, "sayGoodbye", "t1", "plain"),
+    ];
+    for (id, method, tenant_value, provider) in cases {
+        let call = fastjson2_call(id, method, &[("tenant", tenant_value)]);
+        socket.write_all(&call).await?;
+        let (header, body) = read_frame(&mut socket).await?;
+        assert_eq!((header[2], header[3]), (23, 20), "{method} {tenant_value}");
+        assert_eq!(&header[4..12], &id.to_be_bytes());
+        assert_eq!(body[10..], *provider.as_bytes(), "{method} {tenant_value}");
+        let received = match provider {
+            "tenant" => tenant_calls.recv().await,
+            _ => plain_calls.recv().await,
+        };
+        assert_eq!(
+            received.as_deref(),
+            Some(&call[16..]),
+            "the body as it came"
+        );
+    }
+    // The mutation cannot be written into a fastjson2 call: the call fails, answered, and the
+    // connection goes on.
+    socket.write_all(&fastjson2_call(4, "mutated", &[])).await?;
+    let (header, body) = read_frame(&mut socket).await?;
+    assert_eq!((header[2], &header[4..12]), (23, &4u64.to_be_bytes()[..]));
+    let message = String::from_utf8_lossy(&body);
+    assert_eq!(header[3], 40, "{message}");
+    assert!(message.contains("not in fastjson2"), "{message}");
+    socket
+        .write_all(&fastjson2_call(5, "sayHello", &[]))
+        .await?;
+    let (header, _) = read_frame(&mut socket).await?;
+    assert_eq!((header[3], &header[4..12]), (20, &5u64.to_be_bytes()[..]));
+    assert!(plain_calls.try_recv().is_ok(), "call 5");
+    assert!(
+        plain_calls.try_recv().is_err(),
+        "the mutated call never went out"
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
