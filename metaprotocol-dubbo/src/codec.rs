@@ -320,6 +320,10 @@ fn read_body(header: &Header, message: &mut Message) {
                 }
             }
         }
+        // Forwarded as it came, judged by its result flag.
+        MessageKind::Response if header.serialization() == FASTJSON2 => {
+            message.status = fastjson2::response_status(&message.frame);
+        }
         // Status 20 in another serialization: the result flag is unreadable, the status is
         // what the header says. The header names no other kind.
         _ => {}

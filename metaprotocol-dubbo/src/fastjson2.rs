@@ -28,7 +28,9 @@ use std::fmt::Write;
 use std::ops::Range;
 
 use bytes::Bytes;
-use metaprotocol_core::{Ascii, ByteStr, CodecError, FrameLayout, Metadata, MetadataStr, keys};
+use metaprotocol_core::{
+    Ascii, ByteStr, CodecError, FrameLayout, Metadata, MetadataStr, ResponseStatus, keys,
+};
 
 use crate::header::HEADER_LEN;
 use crate::hessian::printed::{Printed, write_java_double};
@@ -557,6 +559,27 @@ pub(crate) fn decode(frame: &Bytes, metadata: &mut Metadata) -> Result<DecodedRe
         layout: AttachmentsLayout::from(FrameLayout::default()),
         reads_response_attachments,
     })
+}
+
+/// The status of a fastjson2 response with status 20, by its result flag (its first value, the
+/// JSONB int Dubbo writes for a byte), as a Hessian2 response's: an exception (0, or 3 with
+/// attachments) is an application error, a value or null (1, 2, 4, 5) a success, and a flag
+/// that cannot be read a server error. The result and attachments after it are not read.
+pub(crate) fn response_status(frame: &[u8]) -> ResponseStatus {
+    let mut fields = Fields {
+        frame,
+        pos: HEADER_LEN,
+    };
+    let flag = fields
+        .next()
+        .ok()
+        .flatten()
+        .and_then(|mut field| field.int64().ok());
+    match flag {
+        Some(0 | 3) => ResponseStatus::ApplicationError,
+        Some(1 | 2 | 4 | 5) => ResponseStatus::Ok,
+        _ => ResponseStatus::ServerError,
+    }
 }
 
 /// Reads the attachments map (`map`, its field) into `metadata`, refusing the call for the

@@ -61,8 +61,10 @@
 //! only: kind and id, no metadata, and a
 //! [`reject_reason`](metaprotocol_core::Message::reject_reason) naming the serialization id,
 //! so the engine answers them with a `BadRequest` reply (status 40). Their heartbeats and
-//! responses pass through, and so do fastjson2 responses (forwarded as they came, their
-//! attachments not read).
+//! responses pass through, and so do fastjson2 responses: forwarded as they came, their
+//! attachments not read, a status 20 one judged by its result flag (a JSONB int) as a
+//! Hessian2 one is (an exception is an `ApplicationError`, a flag that cannot be read a
+//! `ServerError`).
 
 //! # Metadata
 //!

@@ -365,3 +365,93 @@ fn a_mutation_of_a_fastjson2_call_is_an_encode_error() -> TestResult {
     assert_eq!(&out[..], &bytes[..]);
     Ok(())
 }
+
+/// A fastjson2 response with status 20 is judged by its result flag (its first value, a JSONB
+/// int, as Dubbo writes a byte): an exception (0, or 3 with attachments) is an application
+/// error, a value or null (1, 2, 4, 5) a success, and a flag that cannot be read a server
+/// error, as for a Hessian2 response.
+#[test]
+fn fastjson2_responses_are_judged_by_their_result_flag() -> TestResult {
+    use metaprotocol_core::ResponseStatus;
+    let exception = [
+        vec![0x92],
+        latin1("java.lang.IllegalStateException"),
+        int32(0),
+        object(&[(latin1("message"), latin1("boom"))]),
+    ]
+    .concat();
+    let cases: [(Vec<u8>, ResponseStatus); 8] = [
+        (field(&[0xbd, 0x00]), ResponseStatus::ApplicationError),
+        (field(&[0x00]), ResponseStatus::ApplicationError),
+        (field(&[0x03]), ResponseStatus::ApplicationError),
+        (field(&[0x01]), ResponseStatus::Ok),
+        (field(&[0xbd, 0x02]), ResponseStatus::Ok),
+        (field(&[0x05]), ResponseStatus::Ok),
+        (field(&[0x07]), ResponseStatus::ServerError),
+        (field(&latin1("1")), ResponseStatus::ServerError),
+    ];
+    for (flag, status) in cases {
+        let mut frame = vec![0xda, 0xbb, 23, 20];
+        frame.extend_from_slice(&5_u64.to_be_bytes());
+        let body = [flag.clone(), field(&exception)].concat();
+        frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&body);
+        let response = decode(&frame)?;
+        assert_eq!(response.kind, MessageKind::Response);
+        assert_eq!(response.status, status, "{flag:02x?}");
+    }
+    Ok(())
+}
+
+/// Decodes `body` as a fastjson2 call's, whatever it holds: the frame is delimited, so the
+/// decoder takes it whole, and never panics.
+fn decodes_whole(body: &[u8]) -> Result<Message, proptest::test_runner::TestCaseError> {
+    let call = decode(&frame(1, body))
+        .map_err(|error| proptest::test_runner::TestCaseError::fail(error.to_string()))?;
+    if call.reject_reason.is_some() {
+        proptest::prop_assert!(call.metadata.is_empty());
+    }
+    Ok(call)
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(3000))]
+
+    /// A sound call with bytes overwritten and its end cut anywhere.
+    #[test]
+    fn a_damaged_fastjson2_call_never_panics(
+        edits in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 0..8),
+        cut in proptest::prelude::any::<usize>(),
+    ) {
+        let hex = include_str!("testdata/fastjson2/dubbo32-sayhello.req.hex");
+        let sound = hex::decode(hex.trim()).unwrap_or_default();
+        let typed = [
+            vec![0x92],
+            latin1("java.util.LinkedHashMap"),
+            int32(0),
+            object(&[
+                (latin1("tenant"), utf16le("中文")),
+                (latin1("deep"), vec![0x95, 0x95, 0xa6, 0x4a, b'k', 0xab, 0, 0, 0, 0, 0, 0, 0, 1, 0xa5]),
+                (latin1("n"), vec![0xb9, 0x02, 0xbb, 0x01, 0xff]),
+            ]),
+        ]
+        .concat();
+        for mut body in [sound[16..].to_vec(), [call_head(), field(&typed)].concat()] {
+            for (at, byte) in &edits {
+                let len = body.len();
+                if let Some(slot) = body.get_mut(at % len) {
+                    *slot = *byte;
+                }
+            }
+            body.truncate(cut % (body.len() + 1));
+            decodes_whole(&body)?;
+        }
+    }
+
+    /// Any JSONB bytes as the attachments of a sound call.
+    #[test]
+    fn any_fastjson2_attachments_never_panic(map in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+        decodes_whole(&[call_head(), field(&[&[0xa6][..], &map].concat())].concat())?;
+        decodes_whole(&[call_head(), field(&map)].concat())?;
+    }
+}
