@@ -7,15 +7,18 @@
 //! ([`ReadAhead::serve`]): [`read_regular_file`](crate::read_regular_file), [`read_whole`] and [`metadata`] answer from it
 //! on the build's thread, exactly as they would have answered reading the file then (the same
 //! contents, or the same error). A file not read ahead is read as it is asked for.
+//!
+//! Every read is bounded by its caller's cap: a config naming a huge file, or a device that
+//! never ends (`/dev/zero`), makes the proxy read no more than the cap and a byte.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::Metadata;
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::watched_file::read_regular_file_now;
+use crate::watched_file::{read_regular_file_now, too_large};
 
 /// How a file is read: what [`read_regular_file`](crate::read_regular_file) or [`read_whole`] does with it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -25,8 +28,11 @@ pub enum ReadKind {
         /// The most bytes it may hold.
         max_bytes: u64,
     },
-    /// [`read_whole`]: whatever the path names, read to its end.
-    Whole,
+    /// [`read_whole`] with this bound: whatever the path names, read to its end.
+    Whole {
+        /// The most bytes it may hold.
+        max_bytes: u64,
+    },
 }
 
 /// An I/O error kept to be given again: [`io::Error`] cannot be cloned, and a file read ahead
@@ -97,7 +103,9 @@ impl ReadAhead {
                     text: why,
                 })
             }
-            ReadKind::Whole => std::fs::read(path).map_err(|err| KeptError::of(&err)),
+            ReadKind::Whole { max_bytes } => {
+                read_whole_now(path, max_bytes).map_err(|err| KeptError::of(&err))
+            }
         };
         self.reads.insert(key, read);
     }
@@ -131,13 +139,33 @@ fn served(path: &Path, kind: ReadKind) -> Option<Result<Vec<u8>, KeptError>> {
 }
 
 /// The contents of `path` read to their end, as [`std::fs::read`] gives them (it waits for
-/// what it names: a FIFO's writer, a network file system); from the files read ahead when
-/// they hold it.
-pub fn read_whole(path: &Path) -> io::Result<Vec<u8>> {
-    match served(path, ReadKind::Whole) {
+/// what it names: a FIFO's writer, a network file system), if they are at most `max_bytes`;
+/// from the files read ahead when they hold it. More is an error (`it is larger than 64 MiB`,
+/// of kind [`io::ErrorKind::FileTooLarge`]): a regular file is refused by its length, unread,
+/// anything else (a FIFO, a device that never ends) once it gave a byte more than the bound.
+pub fn read_whole(path: &Path, max_bytes: u64) -> io::Result<Vec<u8>> {
+    match served(path, ReadKind::Whole { max_bytes }) {
         Some(read) => read.map_err(|err| err.error()),
-        None => std::fs::read(path),
+        None => read_whole_now(path, max_bytes),
     }
+}
+
+/// [`read_whole`], from the file itself.
+fn read_whole_now(path: &Path, max_bytes: u64) -> io::Result<Vec<u8>> {
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    let too_large = || io::Error::new(io::ErrorKind::FileTooLarge, too_large(max_bytes));
+    if meta.is_file() && meta.len() > max_bytes {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    // One byte more than the bound tells a file that grew past it, or never ends.
+    file.take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(too_large());
+    }
+    Ok(bytes)
 }
 
 /// What the files served on this thread hold for [`read_regular_file`](crate::read_regular_file) of `path` with
@@ -173,9 +201,10 @@ mod tests {
             (dir.join("present"), dir.join("missing"), dir.join("later"));
         std::fs::write(&present, b"first")?;
         let regular = ReadKind::Regular { max_bytes: 3 };
+        let whole = ReadKind::Whole { max_bytes: 5 };
         let mut files = ReadAhead::new();
         for path in [&present, &missing] {
-            files.read(path, ReadKind::Whole);
+            files.read(path, whole);
             files.read(path, regular);
         }
         let expected = (
@@ -188,17 +217,17 @@ mod tests {
         let files = Arc::new(files);
         let served = files.serve(|| {
             (
-                read_whole(&present).map_err(|e| e.to_string()),
-                read_whole(&missing).map_err(|e| e.to_string()),
+                read_whole(&present, 5).map_err(|e| e.to_string()),
+                read_whole(&missing, 5).map_err(|e| e.to_string()),
                 read_regular_file(&present, 3),
                 read_regular_file(&missing, 3),
-                read_whole(&later).map_err(|e| e.to_string()),
+                read_whole(&later, 5).map_err(|e| e.to_string()),
                 metadata(&present)
                     .map(|meta| meta.len())
                     .map_err(|e| e.to_string()),
             )
         });
-        let after = read_whole(&present).map_err(|e| e.to_string());
+        let after = read_whole(&present, 6).map_err(|e| e.to_string());
         std::fs::remove_dir_all(&dir)?;
         assert_eq!(served.0, Ok(b"first".to_vec()));
         assert_eq!(served.1, expected.0);
@@ -208,6 +237,34 @@ mod tests {
         assert_eq!(served.4, Ok(b"later".to_vec()));
         assert_eq!(served.5, Ok(5));
         assert_eq!(after, Ok(b"second".to_vec()));
+        Ok(())
+    }
+
+    /// A read past its bound is refused with an error that says the bound: a regular file by
+    /// its length, a device that never ends once it gave a byte more; read ahead alike.
+    #[test]
+    fn a_read_past_its_bound_is_refused() -> io::Result<()> {
+        let path = std::env::temp_dir().join(format!("read-ahead-bound-{}", std::process::id()));
+        std::fs::File::create(&path)?.set_len(4 << 10)?;
+        let own = read_whole(&path, 4 << 10).map(|bytes| bytes.len());
+        let past = read_whole(&path, (4 << 10) - 1).map_err(|e| (e.kind(), e.to_string()));
+        let mut files = ReadAhead::new();
+        files.read(&path, ReadKind::Whole { max_bytes: 1 << 10 });
+        let served =
+            Arc::new(files).serve(|| read_whole(&path, 1 << 10).map_err(|e| e.to_string()));
+        std::fs::remove_file(&path)?;
+        assert_eq!(own.ok(), Some(4 << 10));
+        let expected = (
+            io::ErrorKind::FileTooLarge,
+            "it is larger than 4095 bytes".to_owned(),
+        );
+        assert_eq!(past.err(), Some(expected));
+        assert_eq!(served.err().as_deref(), Some("it is larger than 1 KiB"));
+        #[cfg(unix)]
+        {
+            let endless = read_whole(Path::new("/dev/zero"), 1 << 20).map_err(|e| e.to_string());
+            assert_eq!(endless.err().as_deref(), Some("it is larger than 1 MiB"));
+        }
         Ok(())
     }
 }

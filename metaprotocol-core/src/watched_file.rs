@@ -224,8 +224,16 @@ fn kind_of(kind: std::fs::FileType) -> &'static str {
     }
 }
 
-fn too_large(max_bytes: u64) -> String {
-    format!("it is larger than {} MiB", max_bytes >> 20)
+/// Why a file past `max_bytes` is refused, the bound in the largest unit that writes it whole
+/// (`it is larger than 4 KiB`).
+pub(crate) fn too_large(max_bytes: u64) -> String {
+    let bound = match max_bytes {
+        0 => "0 bytes".to_owned(),
+        mib if mib % (1 << 20) == 0 => format!("{} MiB", mib >> 20),
+        kib if kib % (1 << 10) == 0 => format!("{} KiB", kib >> 10),
+        bytes => format!("{bytes} bytes"),
+    };
+    format!("it is larger than {bound}")
 }
 
 fn refuse(path: &Path, why: &str) -> String {

@@ -207,10 +207,11 @@ impl FilterRegistry {
 }
 
 /// The files built-in filter `spec` reads as it is built, each with the field of its config
-/// that names it (`redis.password_file`): an update reads them ahead of building it. A filter
-/// registered under a built-in's name is taken to read what the built-in reads.
-pub(crate) fn files_read(spec: &FilterSpec) -> Vec<(&'static str, std::path::PathBuf)> {
-    let fields: &[&str] = match spec.name.as_str() {
+/// that names it (`redis.password_file`) and the most bytes it may hold: an update reads them
+/// ahead of building it. A filter registered under a built-in's name is taken to read what the
+/// built-in reads.
+pub(crate) fn files_read(spec: &FilterSpec) -> Vec<(&'static str, std::path::PathBuf, u64)> {
+    let fields: &[(&str, u64)] = match spec.name.as_str() {
         global_ratelimit::NAME => global_ratelimit::FILES,
         #[cfg(feature = "wasm")]
         wasm::NAME => wasm::FILES,
@@ -218,11 +219,11 @@ pub(crate) fn files_read(spec: &FilterSpec) -> Vec<(&'static str, std::path::Pat
     };
     fields
         .iter()
-        .filter_map(|&field| {
+        .filter_map(|&(field, max_bytes)| {
             let value = field
                 .split('.')
                 .try_fold(&spec.config, |value, key| value.get(key))?;
-            Some((field, std::path::PathBuf::from(value.as_str()?)))
+            Some((field, std::path::PathBuf::from(value.as_str()?), max_bytes))
         })
         .collect()
 }

@@ -103,9 +103,9 @@ impl FilesToRead {
         }
         self.add_codec(&place, spec.codec.as_ref());
         for (i, filter) in spec.filters.iter().enumerate() {
-            for (field, path) in filters::files_read(filter) {
+            for (field, path, max_bytes) in filters::files_read(filter) {
                 let field = format!("{place}.filters[{i}].config.{field}");
-                self.add(field, &path, ReadKind::Whole);
+                self.add(field, &path, ReadKind::Whole { max_bytes });
             }
         }
     }

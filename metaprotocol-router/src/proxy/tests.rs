@@ -1247,6 +1247,28 @@ clusters:
     )
 }
 
+/// A `password_file` larger than a password can be (here a sparse file of 64 MiB, as a config
+/// pointing at the wrong file might name) is refused by the update, without its contents being
+/// read, naming the field, the file and the cap; the running config stays.
+#[tokio::test]
+async fn a_password_file_past_its_cap_is_refused_unread() -> TestResult {
+    let path = std::env::temp_dir().join(format!("reload-huge-password-{}", std::process::id()));
+    std::fs::File::create(&path)?.set_len(64 << 20)?;
+    let proxy = start(CONFIG).await?;
+    let refused = proxy.reload_yaml(&config_with_password_file(&path)).await;
+    let running = proxy.config().listeners[0].filters.len();
+    proxy.shutdown().await;
+    std::fs::remove_file(&path)?;
+    assert_refused_naming(
+        &refused,
+        "listeners[0].filters[0].config.redis.password_file",
+    );
+    assert_refused_naming(&refused, &path.display().to_string());
+    assert_refused_naming(&refused, "larger than 4 KiB");
+    assert_eq!(running, 0, "the refused update changed the running config");
+    Ok(())
+}
+
 /// On a current-thread runtime (an embedder's), a file an update reads that never comes (a
 /// FIFO nothing writes to, as a network file system that does not answer) holds up none of the
 /// runtime's tasks (the accept loops, the admin API, health checks share its one thread), and

@@ -59,8 +59,13 @@ use crate::stats::Counter;
 /// The filter's registered name.
 pub(crate) const NAME: &str = "global_ratelimit";
 
-/// The fields of its config that name files it reads as it is built.
-pub(crate) const FILES: &[&str] = &["redis.password_file"];
+/// The fields of its config that name files it reads as it is built, with the most bytes each
+/// may hold.
+pub(crate) const FILES: &[(&str, u64)] = &[("redis.password_file", PASSWORD_FILE_MAX_BYTES)];
+
+/// The most bytes a `password_file` may hold: far more than any password, so that a config
+/// naming the wrong file (a log, a device that never ends) is refused without reading it all.
+const PASSWORD_FILE_MAX_BYTES: u64 = 4 << 10;
 
 /// The default `timeout`.
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(20);
@@ -479,10 +484,15 @@ impl L7Filter for GlobalRateLimit {
     }
 }
 
-/// The text of the file at `path`, as [`std::fs::read_to_string`] gives it (errors alike), read
-/// ahead by the update building the filter when it was (see `ReadAhead`).
+/// The text of the file at `path`, as [`std::fs::read_to_string`] gives it (errors alike) if it
+/// is at most [`PASSWORD_FILE_MAX_BYTES`], read ahead by the update building the filter when it
+/// was (see `ReadAhead`).
 fn read_text(path: &std::path::Path) -> std::io::Result<String> {
-    String::from_utf8(metaprotocol_core::read_whole(path)?).map_err(|_| {
+    String::from_utf8(metaprotocol_core::read_whole(
+        path,
+        PASSWORD_FILE_MAX_BYTES,
+    )?)
+    .map_err(|_| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             "stream did not contain valid UTF-8",

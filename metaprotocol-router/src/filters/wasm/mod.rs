@@ -41,8 +41,14 @@ use crate::stats::Counter;
 /// The filter's registered name.
 pub(crate) const NAME: &str = "wasm";
 
-/// The fields of its config that name files it reads as it is built.
-pub(crate) const FILES: &[&str] = &["path"];
+/// The fields of its config that name files it reads as it is built, with the most bytes each
+/// may hold.
+pub(crate) const FILES: &[(&str, u64)] = &[("path", MODULE_MAX_BYTES)];
+
+/// The most bytes a module may hold: room for modules built with a language's whole runtime
+/// (tens of MiB), so that a config naming the wrong file (a device that never ends) is refused
+/// without reading it all.
+const MODULE_MAX_BYTES: u64 = 64 << 20;
 
 /// The config of a `wasm` filter.
 #[derive(Debug, Deserialize)]
@@ -108,7 +114,7 @@ pub(crate) fn build(
     )?;
     let instances = script::instance_count(config.instances, context)?;
     // Read ahead by the update building the filter, when it was (see `ReadAhead`).
-    let bytes = metaprotocol_core::read_whole(&config.path).map_err(|err| {
+    let bytes = metaprotocol_core::read_whole(&config.path, MODULE_MAX_BYTES).map_err(|err| {
         ConfigError::new(
             "path",
             format!("cannot read {}: {err}", config.path.display()),

@@ -70,6 +70,28 @@ fn filter(
     Ok((built?, metrics))
 }
 
+/// A module file larger than a module can be (here a sparse file just past 64 MiB, as a config
+/// pointing at the wrong file might name) is refused without being read, naming the file and
+/// the cap.
+#[test]
+fn a_module_past_its_cap_is_refused_unread() -> TestResult {
+    let path = std::env::temp_dir().join(format!("mp-wasm-huge-{}.wasm", std::process::id()));
+    std::fs::File::create(&path)?.set_len((64 << 20) + 1)?;
+    let metrics = Metrics::new();
+    let built = build(
+        &serde_json::json!({ "path": path }),
+        &context(&metrics, "wasm"),
+    );
+    std::fs::remove_file(&path)?;
+    let Err(err) = built else {
+        panic!("a module of 64 MiB and a byte was taken");
+    };
+    assert_eq!(err.field, "path");
+    assert!(err.reason.contains(&path.display().to_string()), "{err}");
+    assert!(err.reason.contains("larger than 64 MiB"), "{err}");
+    Ok(())
+}
+
 #[test]
 fn the_module_reads_edits_routes_keeps_state_and_replies() -> TestResult {
     let (filter, metrics) = filter(FILTER, serde_json::json!({}))?;
