@@ -308,10 +308,14 @@ fn located_error(
     (status, Json(body)).into_response()
 }
 
+/// The answer to a rejected update: `400` for a mistake of the request, but `503` for an update
+/// that failed for the proxy (a file it reads not read in time), which the same request may
+/// apply once the file system answers, as for an update cut by its deadline.
 fn update_error(err: &UpdateError) -> Response {
     let status = match err {
         UpdateError::NotFound { .. } => StatusCode::NOT_FOUND,
         UpdateError::InUse { .. } => StatusCode::CONFLICT,
+        UpdateError::Invalid(err) if err.was_not_read() => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_REQUEST,
     };
     error(status, err)

@@ -35,6 +35,10 @@ pub struct ConfigError {
     /// True if it came from a file the config names (one missing, unreadable, not read in
     /// time, or refused for what it holds): writing the file may mend it, the config unchanged.
     pub(crate) from_a_file: bool,
+    /// True if the proxy did not read that file in time (its read had not ended by the
+    /// update's deadline, or no thread was free to read it): the proxy's failure, not the
+    /// config's.
+    pub(crate) not_read: bool,
 }
 
 impl ConfigError {
@@ -45,6 +49,7 @@ impl ConfigError {
             reason: reason.into(),
             position: None,
             from_a_file: false,
+            not_read: false,
         }
     }
 
@@ -60,6 +65,21 @@ impl ConfigError {
     /// True if the error came from a file the config names: writing the file may mend it.
     pub(crate) fn comes_from_a_file(&self) -> bool {
         self.from_a_file
+    }
+
+    /// The same error, said to come from a file the config names that the proxy did not read
+    /// in time (see [`ConfigError::was_not_read`]).
+    pub(crate) fn of_a_file_not_read(self) -> Self {
+        Self {
+            not_read: true,
+            ..self.of_a_file()
+        }
+    }
+
+    /// True if the error came from a file the proxy did not read in time: the same config may
+    /// apply once the file system answers.
+    pub(crate) fn was_not_read(&self) -> bool {
+        self.not_read
     }
 
     /// The same error with `prefix` prepended to its field path.

@@ -13,7 +13,9 @@
 //!
 //! A read that never ends holds its thread for good: at most [`MOST_READERS`] such threads run
 //! at once for a proxy, and an update that finds them all taken waits for one until its
-//! deadline, then fails naming its first file.
+//! deadline, then fails naming its first file. An update that fails so failed for the proxy's
+//! file system, not for its config ([`ConfigError::was_not_read`]: the admin API answers it
+//! `503`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -206,7 +208,7 @@ impl FilesToRead {
                     began.elapsed().as_secs_f64()
                 ),
             )
-            .of_a_file());
+            .of_a_file_not_read());
         };
         let files = Arc::new(self.0);
         // The place of the file being read, to name it if its read does not end.
@@ -235,7 +237,7 @@ impl FilesToRead {
                     first.1.display()
                 ),
             )
-            .of_a_file());
+            .of_a_file_not_read());
         }
         match tokio::time::timeout_at(deadline, read).await {
             Ok(Ok(read)) => Ok(Arc::new(read)),
@@ -244,7 +246,7 @@ impl FilesToRead {
                 &first.0,
                 format!("`{}` was not read: its reader failed", first.1.display()),
             )
-            .of_a_file()),
+            .of_a_file_not_read()),
             Err(_) => {
                 let file = &files[reading.load(Ordering::Relaxed).min(files.len() - 1)];
                 Err(ConfigError::new(
@@ -256,7 +258,7 @@ impl FilesToRead {
                         began.elapsed().as_secs_f64()
                     ),
                 )
-                .of_a_file())
+                .of_a_file_not_read())
             }
         }
     }

@@ -514,6 +514,76 @@ async fn an_admin_update_cut_by_its_deadline_says_it_changed_nothing() -> TestRe
     Ok(())
 }
 
+/// An admin API update that failed because a file it reads was not read in time (here every
+/// thread reading files is held by reads that do not end, as on a network file system that does
+/// not answer; FIFOs nothing writes to) is the proxy's failure, not the request's: it is
+/// answered 503, as an update cut by its deadline is, naming the file, and counted as rejected;
+/// nothing changed.
+#[tokio::test]
+async fn an_admin_update_whose_file_read_timed_out_is_answered_503() -> TestResult {
+    use super::file_reads::MOST_READERS;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = CONFIG.replace(
+        "route_configs:\n",
+        "admin: { address: 127.0.0.1:0 }\nroute_configs:\n",
+    );
+    let fifo = fifo("admin-timeout")?;
+    let ca_file = fifo.with_extension("ca.pem");
+    std::fs::write(&ca_file, "never read")?;
+    let proxy = start(&config).await?;
+    let admin = proxy.admin_addr().ok_or("no admin")?;
+    let hung = config_with_password_file(&fifo).replace(
+        "route_configs:\n",
+        "admin: { address: 127.0.0.1:0 }\nroute_configs:\n",
+    );
+    let soon = || tokio::time::Instant::now() + Duration::from_millis(300);
+    for _ in 0..MOST_READERS {
+        let update = super::update::with_deadline(soon(), proxy.reload_yaml(&hung)).await;
+        assert_refused_naming(&update, "its read had not ended");
+    }
+    let rejected_before = rejected(&proxy);
+    let body = format!(
+        "name: c\nendpoints: [ {{ address: 127.0.0.1:2 }} ]\ntls: {{ ca_file: {} }}\n",
+        ca_file.display()
+    );
+    let mut stream = tokio::net::TcpStream::connect(admin).await?;
+    stream
+        .write_all(
+            format!(
+                "PUT /clusters/c HTTP/1.1\r\nhost: admin\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await?;
+    // The update's 10 s wait for a reading thread passes at once: the clock moves to each
+    // timer when nothing else is left to do.
+    tokio::time::pause();
+    let mut answer = String::new();
+    let read =
+        tokio::time::timeout(Duration::from_secs(60), stream.read_to_string(&mut answer)).await;
+    tokio::time::resume();
+    // The hung reads end, and their threads with them.
+    write_fifo(&fifo)?;
+    let running = proxy.state.config();
+    let rejected = rejected(&proxy) - rejected_before;
+    proxy.shutdown().await;
+    std::fs::remove_file(&fifo)?;
+    std::fs::remove_file(&ca_file)?;
+    read??;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("was not read"), "{answer}");
+    assert!(answer.contains(&ca_file.display().to_string()), "{answer}");
+    assert_eq!(rejected, 1, "counted as rejected");
+    let endpoint = running
+        .clusters
+        .iter()
+        .find(|c| c.name == "c")
+        .map(|c| c.endpoints[0].address.to_string());
+    assert_eq!(endpoint.as_deref(), Some("127.0.0.1:1"), "nothing changed");
+    Ok(())
+}
+
 /// A log filter kept in memory, as an embedder's [`crate::LogControl`] keeps it.
 #[derive(Default)]
 struct Levels(std::sync::Mutex<String>);
