@@ -63,7 +63,7 @@ impl Stamp {
 
 /// The metadata of a set of files at one look, taken before they are read, so that a write
 /// after the read shows in the next look.
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Look {
     /// Each file's stamp (`None`: it could not be looked at).
     stamps: Vec<Option<Stamp>>,
@@ -86,6 +86,23 @@ impl Look {
     /// their metadata changed, or had changed too recently then to show a change since.
     pub fn may_differ_from(&self, earlier: &Self) -> bool {
         self.stamps != earlier.stamps || earlier.unsettled
+    }
+}
+
+/// The files an update read, and how they looked just before it read them: a config rejected
+/// for one of them is tried again once any may hold other contents
+/// ([`Look::may_differ_from`]), not before.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct FilesLooked {
+    pub paths: Vec<std::path::PathBuf>,
+    pub look: Look,
+}
+
+impl FilesLooked {
+    /// True if one of the files may hold other contents than when they were read (looked at
+    /// again now: call it off the runtime's workers).
+    pub fn may_have_changed(&self) -> bool {
+        Look::at(self.paths.iter().map(std::path::PathBuf::as_path)).may_differ_from(&self.look)
     }
 }
 

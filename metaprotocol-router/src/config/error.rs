@@ -39,6 +39,9 @@ pub struct ConfigError {
     /// update's deadline, or no thread was free to read it): the proxy's failure, not the
     /// config's.
     pub(crate) not_read: bool,
+    /// The files the update that found the error read, as they looked when it read them, when
+    /// it came from one of them.
+    pub(crate) files_read: Option<std::sync::Arc<crate::file_stamp::FilesLooked>>,
 }
 
 impl ConfigError {
@@ -50,6 +53,7 @@ impl ConfigError {
             position: None,
             from_a_file: false,
             not_read: false,
+            files_read: None,
         }
     }
 
@@ -60,6 +64,21 @@ impl ConfigError {
             from_a_file: true,
             ..self
         }
+    }
+
+    /// The same error, said to come from one of the files `read` (see
+    /// [`ConfigError::files_read`]).
+    pub(crate) fn of_files_read(self, read: crate::file_stamp::FilesLooked) -> Self {
+        Self {
+            files_read: Some(std::sync::Arc::new(read)),
+            ..self.of_a_file()
+        }
+    }
+
+    /// The files read by the update that found the error, as they looked when it read them, if
+    /// it came from one of them: until one of them changes, the same config fails the same way.
+    pub(crate) fn files_read(&self) -> Option<&crate::file_stamp::FilesLooked> {
+        self.files_read.as_deref()
     }
 
     /// True if the error came from a file the config names: writing the file may mend it.

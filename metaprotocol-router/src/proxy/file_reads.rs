@@ -27,6 +27,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::config::{ClusterSpec, Config, ConfigError, ListenerSpec};
+use crate::file_stamp::{FilesLooked, Look};
 use crate::filters;
 use crate::transport::TLS_FILE_MAX_BYTES;
 
@@ -160,26 +161,12 @@ impl FilesToRead {
         }
     }
 
-    /// The fields naming the files, to tell the errors of a build that read them
-    /// ([`FilesToRead::mark_errors`]).
-    pub fn fields(&self) -> Vec<String> {
-        self.0.iter().map(|file| file.field.clone()).collect()
-    }
-
-    /// `err`, an error of the build that read the files of `fields` ([`FilesToRead::fields`]),
-    /// said to come from a file when its field is one of those (`crl_files[1]` of `crl_files`):
-    /// the build refused what it read there, or could not read it. Errors no file can mend (an
-    /// empty path, a key without its certificate) are found before, by the config's checks.
-    pub fn mark_errors(fields: &[String], err: ConfigError) -> ConfigError {
-        let names_a_read_file = fields.iter().any(|field| {
-            err.field
-                .strip_prefix(field.as_str())
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('['))
-        });
-        if names_a_read_file {
-            err.of_a_file()
-        } else {
-            err
+    /// The fields and paths of the files, to tell the errors of a build that read them
+    /// ([`FilesRead::mark`]).
+    pub fn names(&self) -> FilesRead {
+        FilesRead {
+            fields: self.0.iter().map(|file| file.field.clone()).collect(),
+            paths: self.0.iter().map(|file| file.path.clone()).collect(),
         }
     }
 
@@ -261,6 +248,37 @@ impl FilesToRead {
                 .of_a_file_not_read())
             }
         }
+    }
+}
+
+/// The files an update read: the fields naming them, and their paths.
+#[derive(Debug)]
+pub(crate) struct FilesRead {
+    fields: Vec<String>,
+    paths: Vec<PathBuf>,
+}
+
+impl FilesRead {
+    /// `err`, an error of the build that was served `read` (these files), said to come from
+    /// them when its field is one of theirs (`crl_files[1]` of `crl_files`): the build refused
+    /// what it read there, or could not read it. It then carries how the files looked just
+    /// before they were read (as `read` holds it: nothing is looked at again), so that the same
+    /// config is tried again once one of them changed, and not before. Errors no file can mend
+    /// (an empty path, a key without its certificate) are found before, by the config's checks.
+    pub fn mark(&self, err: ConfigError, read: &Arc<ReadAhead>) -> ConfigError {
+        let names_a_read_file = self.fields.iter().any(|field| {
+            err.field
+                .strip_prefix(field.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('['))
+        });
+        if !names_a_read_file {
+            return err;
+        }
+        let look = read.serve(|| Look::at(self.paths.iter().map(PathBuf::as_path)));
+        err.of_files_read(FilesLooked {
+            paths: self.paths.clone(),
+            look,
+        })
     }
 }
 

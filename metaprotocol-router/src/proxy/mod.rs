@@ -133,6 +133,33 @@ impl Look {
     }
 }
 
+/// The config file's contents rejected for what may change outside them, to try again.
+struct Retry {
+    contents: Vec<u8>,
+    /// Why they were rejected, as said.
+    error: String,
+    /// The files the update read, as they looked then, when it was rejected for one of them:
+    /// tried again once one of them may hold other contents. Otherwise (an address in use, a
+    /// file not read in time) at every look.
+    files: Option<crate::file_stamp::FilesLooked>,
+}
+
+impl Retry {
+    /// True if `retry`'s contents are to be tried again now (none: false).
+    async fn due(retry: Option<&Self>) -> bool {
+        let Some(retry) = retry else {
+            return false;
+        };
+        let Some(files) = retry.files.clone() else {
+            return true;
+        };
+        // Off the runtime's workers: a `stat` may block, on a network file system say.
+        tokio::task::spawn_blocking(move || files.may_have_changed())
+            .await
+            .unwrap_or(true)
+    }
+}
+
 /// A change of the watched config file written in place, waiting to stay the same for
 /// [`CONFIG_FILE_SETTLE`].
 struct Settling {
@@ -853,6 +880,14 @@ impl ProxyState {
     }
 }
 
+/// `err` with its field's position in `text`, the config it was found in.
+fn located_in(err: UpdateError, text: &str) -> UpdateError {
+    match err {
+        UpdateError::Invalid(err) => UpdateError::Invalid(err.located_in(text)),
+        other => other,
+    }
+}
+
 /// `err` in the terms of the resource at `at` (`route_configs[2]`) when it is about that
 /// resource (`routes[0].route.cluster`): the terms of the one resource its author sent, not of
 /// the running config's lists.
@@ -1111,10 +1146,10 @@ impl Proxy {
             .into());
         }
         match Config::from_yaml(text) {
-            Ok(config) => self.reload(config).await.map_err(|err| match err {
-                UpdateError::Invalid(err) => UpdateError::Invalid(err.located_in(text)),
-                other => other,
-            }),
+            Ok(config) => self
+                .reload(config)
+                .await
+                .map_err(|err| located_in(err, text)),
             Err(err) => {
                 self.state.count_update(false);
                 Err(err.into())
@@ -1122,10 +1157,32 @@ impl Proxy {
         }
     }
 
+    /// Applies `text` again, the config file's contents the watcher last rejected with
+    /// `rejected` for what may change outside it (see [`Proxy::watch_file`]); counts the
+    /// update, unless it is rejected again the same way: a rejection that lasts counts once.
+    async fn retry_yaml(&self, text: &str, rejected: &str) -> Result<ReloadSummary, UpdateError> {
+        let config = Config::from_yaml(text)?;
+        let retried = self
+            .state
+            .apply_uncounted(Source::File, |layers, _| {
+                layers.base = config;
+                Ok(())
+            })
+            .await
+            .map_err(|err| located_in(err, text));
+        match &retried {
+            Err(err) if err.to_string() == rejected => {}
+            outcome => self.state.count_update(outcome.is_ok()),
+        }
+        retried
+    }
+
     /// Looks at the config file at `path` every `poll` and applies it whenever its contents
     /// change (see [`Proxy::reload`]), logging what changed or why it was rejected (a file
-    /// rejected because an address could not be bound, or a file it names could not be read or
-    /// was refused, is tried again at every look); returns
+    /// rejected because an address could not be bound, or a file it names was not read in
+    /// time, is tried again at every look; one rejected because a file it names is missing,
+    /// unreadable or refused, once one of the files its update read may have changed; a
+    /// rejection that lasts counts once); returns
     /// when the proxy shuts down. Polling, rather than file events, also sees files replaced by
     /// rename, as editors and Kubernetes ConfigMaps do. A look costs a `stat`: the file is read
     /// only when its metadata changed, or may not show a change yet (it changed within
@@ -1146,9 +1203,9 @@ impl Proxy {
         let mut look = Look::at(path, &arrivals).await;
         let mut applied = tokio::fs::read(path).await.ok();
         *lock(&self.state.config_file) = Some(ConfigFileStatus::new(path.display().to_string()));
-        // The last reason the file was rejected for what may change outside it (an address
-        // that could not be bound, a file it names that could not be read).
-        let mut retrying: Option<String> = None;
+        // The last rejection of the file for what may change outside it (an address that could
+        // not be bound, a file it names that could not be read).
+        let mut retrying: Option<Retry> = None;
         // A change written in place, waiting to stay the same for the settle time.
         let mut settling: Option<Settling> = None;
         loop {
@@ -1158,8 +1215,11 @@ impl Proxy {
             }
             let before = std::mem::replace(&mut look, Look::at(path, &arrivals).await);
             // Read only when its metadata says it changed, or may not say so yet; and while a
-            // change waits to settle or to be tried again.
-            if look.shows_no_change_since(&before) && settling.is_none() && retrying.is_none() {
+            // change waits to settle, or to be tried again once what it waits for may be there.
+            if look.shows_no_change_since(&before)
+                && settling.is_none()
+                && !Retry::due(retrying.as_ref()).await
+            {
                 continue;
             }
             let Ok(current) = tokio::fs::read(path).await else {
@@ -1189,8 +1249,11 @@ impl Proxy {
                     continue;
                 }
             };
+            let reloaded = match retrying.as_ref().filter(|retry| retry.contents == current) {
+                Some(retry) => self.retry_yaml(&text, &retry.error).await,
+                None => self.reload_yaml(&text).await,
+            };
             let previous = applied.replace(current);
-            let reloaded = self.reload_yaml(&text).await;
             match &reloaded {
                 Ok(_) => self.state.config_file_changed(ConfigFileStatus::applied),
                 Err(err) => self
@@ -1216,13 +1279,22 @@ impl Proxy {
                     }
                 }
                 // An address in use may be freed (the process holding it stops), a file named
-                // may come: the same file is tried again at the next look, and said so only
-                // once.
+                // may come: the same file is tried again (at the next look, or once a file it
+                // read changed), and said so only once.
                 Err(err) if err.may_apply_later() => {
-                    if retrying.as_ref() != Some(&err.to_string()) {
+                    let error = err.to_string();
+                    if retrying.as_ref().is_none_or(|retry| retry.error != error) {
                         tracing::warn!(%file, error = %err, "config file rejected; the running config is kept, and the file tried again until it applies or changes");
-                        retrying = Some(err.to_string());
                     }
+                    let files = match &err {
+                        UpdateError::Invalid(err) => err.files_read().cloned(),
+                        _ => None,
+                    };
+                    retrying = applied.clone().map(|contents| Retry {
+                        contents,
+                        error,
+                        files,
+                    });
                     applied = previous;
                     continue;
                 }

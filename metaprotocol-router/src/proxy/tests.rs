@@ -1527,6 +1527,49 @@ async fn an_endpoint_only_update_of_a_tls_cluster_reads_none_of_its_files() -> T
     Ok(())
 }
 
+/// A config file rejected because a file it names is missing (a `password_file` not written
+/// yet) is not built again at every look while that file stays as it was: it is counted
+/// rejected once, and applied once the file is written.
+#[tokio::test]
+async fn a_config_file_waiting_for_a_named_file_is_tried_again_only_once_the_file_changes()
+-> TestResult {
+    let watched = Watched::start("waits-for-file").await?;
+    let (proxy, path) = (&watched.proxy, &watched.path);
+    let password = std::env::temp_dir().join(format!(
+        "reload-waits-for-file-{}.password",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&password);
+    let config = config_with_password_file(&password);
+    // Written again (made new by a comment) until rejected: the watcher may have begun by
+    // reading it as the running config.
+    let mut tries = 0;
+    while rejected(proxy) == 0 {
+        tries += 1;
+        assert!(tries <= 100, "the file was not rejected");
+        std::fs::write(path, format!("{config}# {tries}\n"))?;
+        tokio::time::sleep(CONFIG_FILE_SETTLE + POLL * 10).await;
+    }
+    let first = rejected(proxy);
+    // Three settle times and 50 looks more, the password file still missing.
+    tokio::time::sleep(CONFIG_FILE_SETTLE * 3 + POLL * 50).await;
+    let rejections = rejected(proxy) - first;
+    std::fs::write(&password, "secret\n")?;
+    let applied = until(|| proxy.config().listeners[0].filters.len() == 1).await;
+    std::fs::remove_file(&password)?;
+    let status = proxy.config_file_status();
+    watched.stop().await?;
+    assert_eq!(
+        rejections, 0,
+        "tried again while the named file stayed missing: {status:?}"
+    );
+    assert!(
+        applied,
+        "not applied once the named file was written: {status:?}"
+    );
+    Ok(())
+}
+
 /// A config file rejected for an error no file can mend (here a listener's `cert_file` left
 /// empty) is not tried again at every look, though the field names a file: it is counted
 /// rejected once, until the file changes.

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 
 use super::build::{ClusterProtocols, check_routes_protocols, route_config_protocols};
 use super::dynamic::DynamicUpdate;
-use super::file_reads::{FILE_READ_TIMEOUT, FilesToRead, Rebuilt, files_to_read};
+use super::file_reads::{FILE_READ_TIMEOUT, Rebuilt, files_to_read};
 use super::layers::{Changed, Layers, compose};
 use super::listeners::bind;
 use super::status::{ResourceId, ResourceKind};
@@ -447,7 +447,7 @@ impl ProxyState {
         };
         let looked_at = as_is.looked_at(new.clusters.len());
         let files = files_to_read(current, new, looked_at, rebuilt);
-        let read_fields = files.fields();
+        let read_names = files.names();
         let read = files
             .read(&self.file_readers, files_deadline())
             .await
@@ -457,7 +457,7 @@ impl ProxyState {
             read.serve(|| self.prepare(current, new, &index, &resolutions, &as_is, &mut plan))
         }) {
             Ok(()) => plan.bind().await.map_err(|err| (err, None)),
-            Err(err) => Err(located(FilesToRead::mark_errors(&read_fields, err))),
+            Err(err) => Err(located(read_names.mark(err, &read))),
         };
         // A rejected plan is dropped: what it built lets go of its metric series.
         prepared?;
