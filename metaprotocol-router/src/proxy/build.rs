@@ -98,11 +98,14 @@ impl Builder<'_> {
         RouteTable::build(spec, version, clusters, &self.metrics.root())
     }
 
-    /// Builds the context every connection of listener `spec` shares.
+    /// Builds the context every connection of listener `spec` shares; with `kept_tls`, the TLS
+    /// acceptor of its running context (its `tls` unchanged), which it keeps, reading none of
+    /// its files, its certificates' reloads going on.
     pub fn listener(
         &self,
         spec: &ListenerSpec,
         routes: Arc<RouteSlot>,
+        kept_tls: Option<Arc<TlsAcceptor>>,
     ) -> Result<ListenerContext, ConfigError> {
         let scope = self.metrics.root().detached("listener", &spec.name);
         let codec = self.codec(
@@ -133,9 +136,13 @@ impl Builder<'_> {
                 .istio_reporter(istio, protocol, IstioDestination::unknown(istio))
         });
         let methods = named_methods(routes.table.load().spec());
-        let acceptor = match &spec.tls {
-            None => Acceptor::Plain,
-            Some(tls) => TlsAcceptor::new(tls, &spec.name, &scope)
+        let acceptor = match (&spec.tls, kept_tls) {
+            (None, _) => Acceptor::Plain,
+            (Some(_), Some(kept)) => {
+                kept.hold_series(&scope);
+                Acceptor::Tls(kept)
+            }
+            (Some(tls), None) => TlsAcceptor::new(tls, &spec.name, &scope)
                 .map(|tls| Acceptor::Tls(Arc::new(tls)))
                 .map_err(|e| e.within("tls"))?,
         };

@@ -96,12 +96,12 @@ impl FilesToRead {
         });
     }
 
-    /// Adds the files listener `listeners[at]` is built from (the build makes its whole
-    /// context anew): its TLS files, its codec options named `*_file`, and those of its
-    /// built-in filters.
-    pub fn listener(&mut self, at: usize, spec: &ListenerSpec) {
+    /// Adds the files listener `listeners[at]` is built from (the build makes its context
+    /// anew): its TLS files unless it keeps its running TLS settings (`keeps_tls`), its codec
+    /// options named `*_file`, and those of its built-in filters.
+    pub fn listener(&mut self, at: usize, spec: &ListenerSpec, keeps_tls: bool) {
         let place = format!("listeners[{at}]");
-        if let Some(tls) = &spec.tls {
+        if let Some(tls) = spec.tls.as_ref().filter(|_| !keeps_tls) {
             self.add_tls(&place, tls.files());
         }
         self.add_codec(&place, spec.codec.as_ref());
@@ -293,19 +293,22 @@ fn codec_files(
     })
 }
 
-/// The files `new` builds from beyond `current`: those of its listeners that changed, and of
-/// `clusters` (places in `new.clusters`) those of the parts `rebuilt` says their builds make
-/// anew.
+/// The files `new` builds from beyond `current`: those of its listeners that changed (but the
+/// TLS files of those `keeps_tls` says keep their running TLS settings, told the running spec
+/// and the new one), and of `clusters` (places in `new.clusters`) those of the parts `rebuilt`
+/// says their builds make anew.
 pub(crate) fn files_to_read(
     current: &Config,
     new: &Config,
     clusters: impl Iterator<Item = usize>,
     rebuilt: impl Fn(usize) -> Rebuilt,
+    keeps_tls: impl Fn(&ListenerSpec, &ListenerSpec) -> bool,
 ) -> FilesToRead {
     let mut files = FilesToRead::default();
     for (at, spec) in new.listeners.iter().enumerate() {
-        if current.listeners.iter().find(|l| l.name == spec.name) != Some(spec) {
-            files.listener(at, spec);
+        let old = current.listeners.iter().find(|l| l.name == spec.name);
+        if old != Some(spec) {
+            files.listener(at, spec, old.is_some_and(|old| keeps_tls(old, spec)));
         }
     }
     for at in clusters {

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use super::UpdateError;
 use crate::config::ListenerSpec;
 use crate::server::{self, ListenerContext, Trackers, Workers};
+use crate::transport::{Acceptor, TlsAcceptor};
 
 /// One running listener.
 struct Running {
@@ -138,6 +139,14 @@ impl ListenerManager {
     /// The socket of listener `name`, while its accept loop runs.
     pub fn socket(&self, name: &str) -> Option<Arc<TcpListener>> {
         self.lock().get(name)?.socket.upgrade()
+    }
+
+    /// The TLS acceptor of listener `name`'s running context, if it terminates TLS.
+    pub fn tls_acceptor(&self, name: &str) -> Option<Arc<TlsAcceptor>> {
+        match &self.lock().get(name)?.context.load().acceptor {
+            Acceptor::Tls(tls) => Some(tls.clone()),
+            Acceptor::Plain => None,
+        }
     }
 
     /// The bound address of listener `name`.

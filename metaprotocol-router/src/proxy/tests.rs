@@ -1570,6 +1570,76 @@ async fn a_config_file_waiting_for_a_named_file_is_tried_again_only_once_the_fil
     Ok(())
 }
 
+/// An update that changes a TLS listener but not its `tls` (here its route config) keeps the
+/// listener's running TLS settings, so it reads none of their files: while every thread reading
+/// files is held by reads that do not end (a network file system that does not answer; here a
+/// FIFO nothing writes to), it applies at once instead of failing at its deadline.
+#[tokio::test(flavor = "current_thread")]
+async fn a_listener_change_that_keeps_its_tls_reads_no_certificate() -> TestResult {
+    use super::file_reads::MOST_READERS;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = std::env::temp_dir().join(format!("reload-keeps-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec!["front.test".to_owned()])?.self_signed(&key)?;
+    std::fs::write(&cert_file, cert.pem())?;
+    std::fs::write(&key_file, key.serialize_pem())?;
+    let tls_config = |route_config: &str| {
+        CONFIG
+            .replace(
+                "route_config: r }",
+                &format!(
+                    "route_config: {route_config}, tls: {{ cert_file: {}, key_file: {} }} }}",
+                    cert_file.display(),
+                    key_file.display()
+                ),
+            )
+            .replace(
+                "route_configs:\n",
+                "route_configs:\n  - { name: r2, routes: [ { route: { cluster: c } } ] }\n",
+            )
+    };
+    let fifo = fifo("keeps-tls")?;
+    let proxy = start(&tls_config("r")).await?;
+    // Every reading thread held by a read that does not end.
+    let hung = config_with_password_file(&fifo);
+    let soon = || tokio::time::Instant::now() + Duration::from_millis(300);
+    for _ in 0..MOST_READERS {
+        let update = super::update::with_deadline(soon(), proxy.reload_yaml(&hung)).await;
+        assert_refused_naming(&update, "its read had not ended");
+    }
+    let began = std::time::Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let update = super::update::with_deadline(deadline, proxy.reload_yaml(&tls_config("r2"))).await;
+    let took = began.elapsed();
+    let route_config = proxy.config().listeners[0].route_config.clone();
+    // A writer comes every 10 ms until the hung reads have ended.
+    let ended = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (fifo, ended) = (fifo.clone(), ended.clone());
+        std::thread::spawn(move || {
+            while !ended.load(Ordering::Relaxed) {
+                write_fifo(&fifo)?;
+                std::thread::sleep(POLL);
+            }
+            std::io::Result::Ok(())
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let freed = super::update::with_deadline(deadline, proxy.reload_yaml(&hung)).await;
+    ended.store(true, Ordering::Relaxed);
+    writer.join().map_err(|_| "the FIFO's writer panicked")??;
+    proxy.shutdown().await;
+    std::fs::remove_file(&fifo)?;
+    std::fs::remove_dir_all(&dir)?;
+    freed?;
+    update?;
+    assert!(took < Duration::from_secs(1), "the update took {took:?}");
+    assert_eq!(route_config, "r2");
+    Ok(())
+}
+
 /// A config file rejected for an error no file can mend (here a listener's `cert_file` left
 /// empty) is not tried again at every look, though the field names a file: it is counted
 /// rejected once, until the file changes.

@@ -30,6 +30,7 @@ use crate::config::{
 use crate::published::Published;
 use crate::route::{RouteCheck, RouteSlot, RouteTable};
 use crate::server::ListenerContext;
+use crate::transport::TlsAcceptor;
 
 /// Who asked for an update.
 #[derive(Clone, Copy, Debug)]
@@ -446,7 +447,9 @@ impl ProxyState {
             }
         };
         let looked_at = as_is.looked_at(new.clusters.len());
-        let files = files_to_read(current, new, looked_at, rebuilt);
+        let keeps_tls =
+            |old: &ListenerSpec, spec: &ListenerSpec| self.kept_tls(Some(old), spec).is_some();
+        let files = files_to_read(current, new, looked_at, rebuilt, keeps_tls);
         let read_names = files.names();
         let read = files
             .read(&self.file_readers, files_deadline())
@@ -770,7 +773,9 @@ impl ProxyState {
                 .ok_or_else(|| {
                     ConfigError::new(format!("{at}.route_config"), "no such route config")
                 })?;
-            let context = builder.listener(spec, slot).map_err(|e| e.within(&at))?;
+            let context = builder
+                .listener(spec, slot, self.kept_tls(old, spec))
+                .map_err(|e| e.within(&at))?;
             match old {
                 Some(old) if old.address == spec.address => plan.changed_listeners.push(context),
                 Some(old) => {
@@ -933,6 +938,17 @@ impl ProxyState {
                 touched.insert(cluster.name.clone());
             }
         }
+    }
+
+    /// The TLS acceptor a listener `spec` that was `old` keeps: its running one, when its `tls`
+    /// did not change (it reloads its files itself as they change).
+    fn kept_tls(
+        &self,
+        old: Option<&ListenerSpec>,
+        spec: &ListenerSpec,
+    ) -> Option<Arc<TlsAcceptor>> {
+        let old = old.filter(|old| old.tls.is_some() && old.tls == spec.tls)?;
+        self.listeners.tls_acceptor(&old.name)
     }
 
     /// The bound address of a listener that was just added.

@@ -123,6 +123,14 @@ impl Dated {
     }
 }
 
+/// The gauge of the presented chain's first notAfter, in `scope`.
+fn not_after_gauge(scope: &MetricsScope) -> Gauge {
+    scope.gauge(
+        "tls_certificate_expiry_timestamp_seconds",
+        "When the first certificate of the chain the proxy presents expires (its notAfter), in seconds since the Unix epoch",
+    )
+}
+
 /// Watches the dates of the certificates one set of TLS settings presents and trusts: a gauge
 /// of the presented chain's first notAfter, warnings about certificates near or out of their
 /// validity.
@@ -137,11 +145,16 @@ impl Expiry {
     /// chain.
     pub fn new(scope: &MetricsScope, present: bool) -> Self {
         Self {
-            not_after: present.then(|| scope.gauge(
-                "tls_certificate_expiry_timestamp_seconds",
-                "When the first certificate of the chain the proxy presents expires (its notAfter), in seconds since the Unix epoch",
-            )),
+            not_after: present.then(|| not_after_gauge(scope)),
             certificates: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Holds its series in `scope` too (a listener's next context, which keeps these settings),
+    /// so that they outlive the scope they were made in.
+    pub fn hold_series(&self, scope: &MetricsScope) {
+        if self.not_after.is_some() {
+            not_after_gauge(scope);
         }
     }
 

@@ -69,6 +69,21 @@ fn handshake_stopped() -> io::Error {
     )
 }
 
+/// The series of a listener's acceptor, in `scope`: its handshakes that failed, and those under
+/// way.
+fn acceptor_series(scope: &MetricsScope) -> (Counter, Gauge) {
+    (
+        scope.counter(
+            "downstream_tls_handshake_errors",
+            "Client connections closed because their TLS handshake failed or timed out",
+        ),
+        scope.gauge(
+            "downstream_tls_handshakes_active",
+            "Client connections whose TLS handshake is under way",
+        ),
+    )
+}
+
 /// Terminates clients' TLS on one listener.
 pub(crate) struct TlsAcceptor {
     config: Arc<Reloading<ServerConfig>>,
@@ -115,17 +130,19 @@ impl TlsAcceptor {
             format!("listener {listener}"),
             scope,
         )?;
+        let (handshake_errors, handshakes) = acceptor_series(scope);
         Ok(Self {
             config,
-            handshake_errors: scope.counter(
-                "downstream_tls_handshake_errors",
-                "Client connections closed because their TLS handshake failed or timed out",
-            ),
-            handshakes: scope.gauge(
-                "downstream_tls_handshakes_active",
-                "Client connections whose TLS handshake is under way",
-            ),
+            handshake_errors,
+            handshakes,
         })
+    }
+
+    /// Holds its series in `scope` too: the scope of the listener's next context, which keeps
+    /// this acceptor (its `tls` unchanged), so that they outlive the context they were made for.
+    pub fn hold_series(&self, scope: &MetricsScope) {
+        acceptor_series(scope);
+        self.config.hold_series(scope);
     }
 
     /// Runs the server side of the handshake on `stream` within `timeout`, giving up when

@@ -110,6 +110,18 @@ pub(crate) struct Reloading<T> {
     rejected: Counter,
 }
 
+/// The counters of reloads applied and rejected, in `scope`.
+fn reload_counters(scope: &MetricsScope) -> (Counter, Counter) {
+    let reloads = |outcome| {
+        scope.counter_with(
+            "tls_certificate_reloads",
+            "Certificate files re-read after they changed on disk, by outcome",
+            &[("outcome", outcome)],
+        )
+    };
+    (reloads("applied"), reloads("rejected"))
+}
+
 impl<T: Send + Sync + 'static> Reloading<T> {
     /// Builds the settings with `build` from `files` (those given, each with the config field
     /// that names it; an error is the config's), and, on a runtime, watches the files until the
@@ -133,21 +145,15 @@ impl<T: Send + Sync + 'static> Reloading<T> {
             look,
             contents: Ok(files.hash()),
         };
-        let reloads = |outcome| {
-            scope.counter_with(
-                "tls_certificate_reloads",
-                "Certificate files re-read after they changed on disk, by outcome",
-                &[("outcome", outcome)],
-            )
-        };
+        let (applied, rejected) = reload_counters(scope);
         let this = Arc::new(Self {
             current: ArcSwap::from_pointee(first),
             sources,
             build,
             owner,
             expiry,
-            applied: reloads("applied"),
-            rejected: reloads("rejected"),
+            applied,
+            rejected,
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let this = Arc::downgrade(&this);
@@ -156,6 +162,13 @@ impl<T: Send + Sync + 'static> Reloading<T> {
             }));
         }
         Ok(this)
+    }
+
+    /// Holds its series in `scope` too (a listener's next context, which keeps these
+    /// settings), so that they outlive the scope they were made in.
+    pub fn hold_series(&self, scope: &MetricsScope) {
+        reload_counters(scope);
+        self.expiry.hold_series(scope);
     }
 
     /// The settings for a new connection.
