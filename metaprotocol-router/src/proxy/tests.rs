@@ -1640,6 +1640,71 @@ async fn a_listener_change_that_keeps_its_tls_reads_no_certificate() -> TestResu
     Ok(())
 }
 
+/// A config file naming a certificate and key in a Kubernetes secret mount (each a symlink
+/// through `..data`, swapped to a new directory at each rotation) that is rejected because the
+/// mount held a pair that does not match (the certificate rotated, its key not yet) is applied
+/// once `..data` is swapped to a matching pair: its files' metadata, looked at through the
+/// symlinks, changed, so it is tried again, though neither the config nor the names changed.
+#[tokio::test]
+async fn a_config_file_rejected_for_a_mismatched_pair_applies_once_the_secret_mount_swaps()
+-> TestResult {
+    let watched = Watched::start("secret-swap").await?;
+    let (proxy, path) = (&watched.proxy, &watched.path);
+    let mount = std::env::temp_dir().join(format!("reload-secret-swap-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&mount);
+    std::fs::create_dir_all(&mount)?;
+    let pem = |name: &str| -> TestResult<(String, String)> {
+        let key = rcgen::KeyPair::generate()?;
+        let cert = rcgen::CertificateParams::new(vec![name.to_owned()])?.self_signed(&key)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    };
+    let ((cert_a, _), (cert_b, key_b)) = (pem("a.test")?, pem("b.test")?);
+    // What the kubelet does: a new directory, a symlink to it renamed over `..data`.
+    let publish = |version: &str, cert: &str, key: &str| -> std::io::Result<()> {
+        let dir = mount.join(version);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("tls.crt"), cert)?;
+        std::fs::write(dir.join("tls.key"), key)?;
+        let link = mount.join("..data_tmp");
+        std::os::unix::fs::symlink(version, &link)?;
+        std::fs::rename(&link, mount.join("..data"))
+    };
+    publish("..v1", &cert_a, &key_b)?;
+    std::os::unix::fs::symlink("..data/tls.crt", mount.join("tls.crt"))?;
+    std::os::unix::fs::symlink("..data/tls.key", mount.join("tls.key"))?;
+    let config = CONFIG.replace(
+        "route_config: r }",
+        &format!(
+            "route_config: r, tls: {{ cert_file: {0}/tls.crt, key_file: {0}/tls.key }} }}",
+            mount.display()
+        ),
+    );
+    // Written again (made new by a comment) until rejected: the watcher may have begun by
+    // reading it as the running config.
+    let mut tries = 0;
+    while rejected(proxy) == 0 {
+        tries += 1;
+        assert!(tries <= 100, "the file was not rejected");
+        std::fs::write(path, format!("{config}# {tries}\n"))?;
+        tokio::time::sleep(CONFIG_FILE_SETTLE + POLL * 10).await;
+    }
+    let status = proxy.config_file_status();
+    publish("..v2", &cert_b, &key_b)?;
+    let applied = until(|| proxy.config().listeners[0].tls.is_some()).await;
+    let after = proxy.config_file_status();
+    watched.stop().await?;
+    std::fs::remove_dir_all(&mount)?;
+    let reason = status
+        .and_then(|status| status.last_error)
+        .unwrap_or_default();
+    assert!(reason.contains("listeners[0].tls"), "{reason}");
+    assert!(
+        applied,
+        "not applied once the mount held a matching pair: {after:?}"
+    );
+    Ok(())
+}
+
 /// A config file rejected for an error no file can mend (here a listener's `cert_file` left
 /// empty) is not tried again at every look, though the field names a file: it is counted
 /// rejected once, until the file changes.
