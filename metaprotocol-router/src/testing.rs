@@ -74,7 +74,7 @@ impl Codec for SilentCodec {
 /// A protocol whose frames give their length in their first four bytes (big-endian): read by a
 /// client connection, each is a heartbeat, which the proxy answers with nothing (a frame ends
 /// once decoded), or with the frame itself if its fifth byte is [`ECHO`]; read by an upstream
-/// connection, each is an answer to call 0.
+/// connection, each is an answer to call 0. A message is encoded as its frame, unchanged.
 pub(crate) struct Sized;
 
 /// The fifth byte of a frame of protocol [`Sized`] that asks for the frame back.
@@ -127,10 +127,11 @@ impl Codec for SizedCodec {
 
     fn encode(
         &mut self,
-        _: &Message,
+        message: &Message,
         _: &EncodeParams<'_>,
-        _: &mut BytesMut,
+        dst: &mut BytesMut,
     ) -> Result<(), CodecError> {
+        dst.extend_from_slice(&message.frame);
         Ok(())
     }
 

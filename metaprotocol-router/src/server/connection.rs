@@ -8,7 +8,8 @@
 //! trusted (after answering what is in flight), when a frame takes too long to arrive, when it
 //! sends more of a large frame while the frames being received fill `max_buffered_bytes` (after
 //! answering what is in flight too), when its client takes too little of its waiting answers
-//! (less than [`MIN_WRITE_RATE`] over each [`WRITE_STALL_LIMIT`]), when it is idle past the
+//! (less than [`MIN_WRITE_RATE`](crate::transport::outbox::MIN_WRITE_RATE) a second over each
+//! [`WRITE_STALL_LIMIT`]), when it is idle past the
 //! listener's idle timeout, or at the end of a drain. Closing, it ends its stream after
 //! the last answers and reads what the client still sends until the client closes too (for two
 //! seconds at most): a socket closed with unread bytes is reset, which can destroy those answers.
@@ -41,7 +42,7 @@ use super::request::Requests;
 use super::{Admitted, ListenerContext, busy_poll, linger};
 use crate::router::deadline_after;
 use crate::transport::buffers::{self, FrameSizes};
-use crate::transport::outbox::Outbox;
+use crate::transport::outbox::{Outbox, WRITE_STALL_LIMIT, WriteWindow};
 use crate::transport::{Accepted, Transport};
 use crate::waiting::{Cancellation, Timer};
 
@@ -78,18 +79,6 @@ const PASSES_PER_POLL: usize = 32;
 /// were already in flight when reading stopped can still land, but not without bound. Codecs
 /// that hold answers to write them at once hold at most half of it.
 const WRITE_LIMIT: usize = metaprotocol_core::MAX_UNSENT_ANSWER_BYTES;
-/// The window over which a client with answers waiting must take its share of them (or the
-/// listener's idle timeout, if shorter), [`MIN_WRITE_RATE`] a second of it or all that waited
-/// when the window began: one that does not is deemed gone, and its connection closes and gives
-/// back the unsent answers, which would otherwise count against the proxy-wide
-/// `max_buffered_bytes` for as long as it liked. Judged on bytes taken, not on any progress: a
-/// client taking a byte now and then would hold up to [`WRITE_LIMIT`] for ever, and sixteen of
-/// them the default bound whole.
-const WRITE_STALL_LIMIT: Duration = Duration::from_secs(30);
-/// The least a client with answers waiting takes of them, in bytes a second on average over
-/// each [`WRITE_STALL_LIMIT`] (a slow link reading a large answer takes far more); a window's
-/// share is never more than what waited when it began, so a few bytes waiting ask no more.
-const MIN_WRITE_RATE: u64 = 2 * 1024;
 /// While draining, a connection with nothing in flight that has been quiet this long closes.
 const DRAIN_QUIET: Duration = Duration::from_secs(1);
 /// A connection with nothing in flight gives back its buffers after being quiet this long.
@@ -102,16 +91,6 @@ const CLOSE_WAIT_LIMIT: Duration = Duration::from_secs(2);
 const CLOSE_QUIET: Duration = Duration::from_millis(250);
 /// Reads of a closing connection in one poll of its task, past which it yields.
 const CLOSE_READS_PER_POLL: usize = 16;
-
-/// A window over which a client with answers waiting must take its share of them (see
-/// [`WRITE_STALL_LIMIT`]).
-#[derive(Clone, Copy, Debug)]
-struct WriteWindow {
-    /// When it ends.
-    until: Instant,
-    /// The bytes written to the client ([`Connection::written`]) it must reach by then.
-    target: u64,
-}
 
 /// A connection past its last answer: its write side shut, reading until the client closes.
 struct Closing {
@@ -208,7 +187,7 @@ struct Connection<S> {
     /// Bytes written to the client so far.
     written: u64,
     /// While answers wait unsent, the share of them the client must take by when.
-    write_window: Option<WriteWindow>,
+    write_window: WriteWindow,
     /// The unsent bytes this connection counts in the proxy-wide load.
     buffered: usize,
     /// The bytes of `read_buf` (read, not yet decoded) this connection counts in the
@@ -259,7 +238,7 @@ impl<S: Transport> Connection<S> {
             frame_sizes: FrameSizes::default(),
             write_buf: Outbox::new(),
             written: 0,
-            write_window: None,
+            write_window: WriteWindow::default(),
             buffered: 0,
             read_buffered: 0,
             held_moved: 0,
@@ -673,26 +652,14 @@ impl<S: Transport> Connection<S> {
     }
 
     /// True when the client took less than its share of its waiting answers over a window
-    /// ([`WRITE_STALL_LIMIT`]). A window begins when answers wait unsent, and again each time
-    /// the client took its share, then asks for [`MIN_WRITE_RATE`] over its length, or all
-    /// that waits if less.
+    /// ([`WriteWindow`]) of [`WRITE_STALL_LIMIT`], or of the listener's idle timeout if
+    /// shorter: a client deemed gone gives back its unsent answers, which count against the
+    /// proxy-wide `max_buffered_bytes`, and sixteen of them holding [`WRITE_LIMIT`] each would
+    /// hold the default bound whole.
     fn write_stalled(&mut self, now: Instant) -> bool {
-        if self.write_buf.is_empty() {
-            self.write_window = None;
-            return false;
-        }
-        match self.write_window {
-            Some(window) if self.written < window.target => now >= window.until,
-            _ => {
-                let limit = WRITE_STALL_LIMIT.min(self.ctx.idle_timeout);
-                let share = (MIN_WRITE_RATE as f64 * limit.as_secs_f64()) as u64;
-                self.write_window = Some(WriteWindow {
-                    until: deadline_after(now, limit),
-                    target: self.written + share.min(self.write_buf.len() as u64),
-                });
-                false
-            }
-        }
+        let length = WRITE_STALL_LIMIT.min(self.ctx.idle_timeout);
+        self.write_window
+            .stalled(now, self.write_buf.len(), self.written, length)
     }
 
     /// The next moment [`Connection::poll_lifecycle`] may have something to do.
@@ -708,7 +675,7 @@ impl<S: Transport> Connection<S> {
                 .filter(|_| self.reading == Reading::Open)
                 .map(|since| deadline_after(since, self.ctx.frame_timeout)),
             idle.then(|| self.idle_close_at()),
-            self.write_window.map(|window| window.until),
+            self.write_window.ends(),
             // The same condition as the trim's in `poll_lifecycle`: a deadline the trim would
             // not act on would ring again at once, and keep the task spinning.
             (self.requests.is_empty()

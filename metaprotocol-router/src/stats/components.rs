@@ -366,6 +366,7 @@ pub(crate) struct ClusterStats {
     pub cx_connect_fail: Counter,
     pub cx_protocol_errors: Counter,
     pub cx_panics: Counter,
+    pub cx_write_stalled: Counter,
     pub unmatched_responses: Counter,
     pub rq_dropped: Counter,
     failures: [Counter; FAILURES.len()],
@@ -429,6 +430,10 @@ impl ClusterStats {
             cx_protocol_errors: scope.counter(
                 "upstream_cx_protocol_errors",
                 "Upstream connections closed for malformed input",
+            ),
+            cx_write_stalled: scope.counter(
+                "upstream_cx_write_stalled",
+                "Upstream connections closed because their server took too little of the calls written to it",
             ),
             unmatched_responses: scope.counter(
                 "upstream_unmatched_responses",

@@ -23,11 +23,79 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use metaprotocol_core::{Codec, CodecError, EncodeParams, Message};
 
+use tokio::time::Instant;
+
 use super::Transport;
 use super::buffers::{BUFFER_KEEP_LIMIT, buffer};
+use crate::router::deadline_after;
 
 /// Frames at least this long leave their unchanged end out of the write buffer.
 const SHARE_AT: usize = 4096;
+
+/// The longest window over which a peer with bytes waiting for it (a client's answers, a
+/// server's requests) must take its share of them, [`MIN_WRITE_RATE`] a second of it or all
+/// that waited when the window began ([`WriteWindow`]): one that does not is deemed gone, and
+/// its connection closes and gives back what waited. Judged on bytes taken, not on any
+/// progress: a peer taking a byte now and then would otherwise hold what waits for it (up to
+/// 16 MiB of a client's answers, 256 KiB and 16,384 queued calls of a server's) for ever.
+pub(crate) const WRITE_STALL_LIMIT: Duration = Duration::from_secs(30);
+
+/// The least a peer with bytes waiting takes of them, in bytes a second on average over each
+/// window of [`WriteWindow`] (a slow link reading a large frame takes far more: a 56 kbit/s
+/// modem 7 KiB/s); a window's share is never more than what waited when it began, so a few
+/// bytes waiting ask no more.
+pub(crate) const MIN_WRITE_RATE: u64 = 2 * 1024;
+
+/// Whether a peer takes its share of the bytes waiting for it. A window begins when bytes wait
+/// unsent, and again each time the peer took its share, which is [`MIN_WRITE_RATE`] over the
+/// window's length, or all that waited when it began if that is less; a peer that has not
+/// taken its share by the window's end is stalled. Both sides of the proxy judge their peers so:
+/// client connections their answers, upstream connections their requests.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct WriteWindow(Option<Window>);
+
+/// A window of [`WriteWindow`].
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    /// When it ends.
+    until: Instant,
+    /// The bytes written to the peer in all that it must reach by then.
+    target: u64,
+}
+
+impl WriteWindow {
+    /// True when the peer took less than its share over a window of `length`: `waiting` bytes
+    /// wait for it at `now`, and `written` were written to it so far. Called with nothing
+    /// waiting, it ends the window.
+    pub fn stalled(
+        &mut self,
+        now: Instant,
+        waiting: usize,
+        written: u64,
+        length: Duration,
+    ) -> bool {
+        if waiting == 0 {
+            self.0 = None;
+            return false;
+        }
+        match self.0 {
+            Some(window) if written < window.target => now >= window.until,
+            _ => {
+                let share = (MIN_WRITE_RATE as f64 * length.as_secs_f64()) as u64;
+                self.0 = Some(Window {
+                    until: deadline_after(now, length),
+                    target: written.saturating_add(share.min(waiting as u64)),
+                });
+                false
+            }
+        }
+    }
+
+    /// When the current window ends, if one is open: the next moment the peer may be judged.
+    pub fn ends(&self) -> Option<Instant> {
+        self.0.map(|window| window.until)
+    }
+}
 
 /// The most parts handed to one vectored write (the rest go in the next): two a shared frame,
 /// so at least 256 KiB.

@@ -6,7 +6,10 @@
 //! for many frames), writes, reads, decodes every response in the read and hands each to its
 //! waiter. When the connection fails, every request in flight is answered with a reset that says
 //! whether any of its bytes were written (what decides if a retry is safe), and every request
-//! still queued with a reset that says they were not.
+//! still queued with a reset that says they were not. It fails so too when its server takes too
+//! little of the calls waiting for it (less than [`MIN_WRITE_RATE`] a second over each
+//! [`WRITE_STALL_LIMIT`], as a client is judged on its answers), counted in its cluster's
+//! `upstream_cx_write_stalled`.
 
 use std::future::Future;
 use std::io;
@@ -33,7 +36,7 @@ use super::{PoolSettings, ReplyTo, UpstreamError};
 use crate::cluster::{CircuitBreakers, ConnectionPermit};
 use crate::stats::{ClusterStats, EndpointStats, UpDownCounter};
 use crate::transport::buffers::{self, FrameSizes};
-use crate::transport::outbox::Outbox;
+use crate::transport::outbox::{MIN_WRITE_RATE, Outbox, WRITE_STALL_LIMIT, WriteWindow};
 use crate::transport::{Connector, Transport};
 use crate::waiting::{self, Closer, Receiver, Timer};
 
@@ -50,11 +53,9 @@ const WRITE_HIGH_WATER: usize = 256 * 1024;
 /// at 8 x 64: about a third fewer writes and 2-7% less proxy CPU per call). A connection with
 /// fewer in flight (a lone caller waiting for its answer) writes at once.
 const DEFER_WRITE_AT: usize = 8;
-/// How often requests whose callers gave up are forgotten.
+/// How often requests whose callers gave up are forgotten, and the upstream is judged on what
+/// it takes of the calls written to it.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-/// An upstream that takes none of the bytes waiting for it this long is stuck (it stopped
-/// reading): the connection is closed rather than holding its queue forever.
-const WRITE_STALL_LIMIT: Duration = Duration::from_secs(30);
 
 /// What a connection needs to know to open and serve.
 pub(crate) struct ConnectParams {
@@ -357,9 +358,8 @@ struct Multiplexer<S> {
     write_buf: Outbox,
     /// Bytes written to the socket since it opened.
     flushed: u64,
-    /// `flushed` at the last sweep, and whether bytes were waiting then: no progress over a
-    /// whole stall limit means a stuck upstream.
-    stalled_since: Option<(Instant, u64)>,
+    /// While calls wait unsent, the share of them the upstream must take by when.
+    write_window: WriteWindow,
     sweep: Timer,
     /// Close after this long with nothing in flight.
     idle_timeout: Duration,
@@ -418,7 +418,7 @@ impl<S: Transport> Multiplexer<S> {
             frame_sizes: FrameSizes::default(),
             write_buf: Outbox::with_buffer(),
             flushed: 0,
-            stalled_since: None,
+            write_window: WriteWindow::default(),
             sweep: Timer::at(Instant::now() + SWEEP_INTERVAL),
             idle_timeout: params.settings.idle_timeout,
             frame_timeout: params.settings.frame_timeout,
@@ -793,22 +793,14 @@ impl<S: Transport> Multiplexer<S> {
             .is_some_and(|since| since.elapsed() >= self.frame_timeout)
     }
 
-    /// True when bytes have waited for the upstream, with none taken, for the stall limit.
-    fn stuck(&mut self) -> bool {
-        if self.write_buf.is_empty() {
-            self.stalled_since = None;
-            return false;
-        }
-        let now = Instant::now();
-        match self.stalled_since {
-            Some((since, flushed)) if flushed == self.flushed => {
-                now.saturating_duration_since(since) >= WRITE_STALL_LIMIT
-            }
-            _ => {
-                self.stalled_since = Some((now, self.flushed));
-                false
-            }
-        }
+    /// True when the upstream took less than its share of the calls waiting for it over a
+    /// window ([`WriteWindow`]) of [`WRITE_STALL_LIMIT`], as a client is judged on its answers:
+    /// a server that stopped reading, or reads a byte now and then (each of which used to give
+    /// it another 30 s), holds up to [`WRITE_HIGH_WATER`] unsent and [`QUEUE_LIMIT`] calls
+    /// queued on the connection, each until its deadline, and a retry of them waits as long.
+    fn write_stalled(&mut self, now: Instant) -> bool {
+        self.write_window
+            .stalled(now, self.write_buf.len(), self.flushed, WRITE_STALL_LIMIT)
     }
 
     /// The upstream closed the connection (or broke it). Closed after refusing the proxy's
@@ -882,8 +874,9 @@ impl<S: Transport> Future for Multiplexer<S> {
                 Poll::Pending => {}
             }
             if this.sweep.poll(cx).is_ready() {
-                if this.stuck() {
-                    tracing::warn!(address = %this.address, "closing upstream connection: it has taken no bytes for {WRITE_STALL_LIMIT:?}");
+                if this.write_stalled(Instant::now()) {
+                    tracing::warn!(address = %this.address, "closing upstream connection: the server took less than {MIN_WRITE_RATE} bytes a second of the calls written to it over {WRITE_STALL_LIMIT:?}");
+                    this.stats.cx_write_stalled.inc();
                     this.fail_all();
                     return Poll::Ready(());
                 }
@@ -955,6 +948,118 @@ mod tests {
             permit: None,
             breakers: None,
         }
+    }
+
+    /// How an upstream connection served a server that read `step` bytes a second of the
+    /// 256 KiB of calls written to it.
+    #[derive(Debug)]
+    struct SlowServer {
+        /// Whether the connection ended within five minutes (of the test's paused clock).
+        ended: bool,
+        /// The bytes the server read.
+        read: usize,
+        /// The calls answered (each with an error), by call; the rest were not answered.
+        answers: Vec<usize>,
+        /// Whether the connection was counted as one whose server takes too little.
+        counted: bool,
+    }
+
+    /// Serves a server that reads `step` bytes a second of the 64 calls of 4 KiB written to
+    /// it, until its connection ends or five minutes (of the test's paused clock) pass.
+    async fn serve_a_slow_server(step: usize) -> Result<SlowServer, Box<dyn std::error::Error>> {
+        const CALLS: u32 = 64;
+        let metrics = Metrics::new();
+        let stats = ClusterStats::new(&metrics.root().detached("cluster", "c"));
+        let endpoint = EndpointStats::new(&metrics.root().detached("endpoint", "e"));
+        let address = SocketAddr::from(([127, 0, 0, 1], 1));
+        let params = params(address, Arc::new(Sized), &stats, &endpoint);
+        let (handle, intake) = queue(&params);
+        // Room for 1 KiB between the two ends: the rest of the calls wait in the proxy.
+        let (io, mut peer) = tokio::io::duplex(1024);
+        let mut connection = Multiplexer::new(io, params, intake);
+        let (inbox, mut answers) = waiting::queue();
+        for index in 0..CALLS {
+            let mut message = Message::empty();
+            message.frame = sized_frame(4096).into();
+            let outbound = Outbound {
+                message: Arc::new(message),
+                mutation: Arc::new(metaprotocol_core::Mutation::new()),
+                deadline: Instant::now() + Duration::from_secs(3600),
+                tells_deadline: false,
+                reply: ReplyTo::inbox(
+                    inbox.clone(),
+                    crate::upstream::RequestKey { index, seq: 0 },
+                    0,
+                ),
+                placed: false,
+            };
+            if handle.send(outbound).is_err() {
+                return Err("a call was refused".into());
+            }
+        }
+        let server = tokio::spawn(async move {
+            let mut read = 0;
+            let mut chunk = vec![0; step];
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let mut taken = 0;
+                while taken < step {
+                    match tokio::io::AsyncReadExt::read(&mut peer, &mut chunk[taken..]).await? {
+                        0 => return Ok::<_, io::Error>(read + taken),
+                        n => taken += n,
+                    }
+                }
+                read += taken;
+            }
+        });
+        let ended = tokio::time::timeout(Duration::from_secs(300), &mut connection)
+            .await
+            .is_ok();
+        drop(connection);
+        let read = tokio::time::timeout(Duration::from_secs(600), server).await???;
+        let mut answered = vec![0; CALLS as usize];
+        while let Some(event) = answers.try_recv() {
+            if event.result.is_ok() {
+                return Err("a call was answered by a server that sent nothing".into());
+            }
+            answered[event.key.index as usize] += 1;
+        }
+        Ok(SlowServer {
+            ended,
+            read,
+            answers: answered,
+            counted: stats.cx_write_stalled.get() == 1,
+        })
+    }
+
+    /// A server that takes the calls written to it a few bytes at a time, far slower than the
+    /// least a peer must take of what waits for it, has its connection closed, counted, and
+    /// every call on it answered with an error, once: before, every byte it took gave it
+    /// another 30 s, so that it held up to 256 KiB of unsent calls and 16,384 queued ones on
+    /// each connection for as long as it liked.
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_trickles_its_calls_in_is_disconnected() -> TestResult {
+        let served = serve_a_slow_server(16).await?;
+        assert!(
+            served.ended,
+            "a server reading 16 bytes a second of 256 KiB of calls still held them after 5 minutes: {served:?}"
+        );
+        assert!(
+            served.answers.iter().all(|&answers| answers == 1),
+            "each call answered once: {served:?}"
+        );
+        assert!(served.counted, "{served:?}");
+        Ok(())
+    }
+
+    /// A server slow to read, but faster than the least a peer must take of what waits for
+    /// it, gets every call.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_but_steady_server_gets_its_calls() -> TestResult {
+        let served = serve_a_slow_server(4096).await?;
+        assert_eq!(served.read, 64 * 4096, "{served:?}");
+        assert!(!served.ended && !served.counted, "{served:?}");
+        Ok(())
     }
 
     #[tokio::test]
