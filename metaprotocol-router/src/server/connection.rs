@@ -21,11 +21,10 @@
 //! idle clients cost little more than their sockets.
 
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, BytesMut};
@@ -61,15 +60,16 @@ const REQUEST_BYTES_BUDGET: usize = 16 * 1024 * 1024;
 /// A frame partly received up to this size (the read buffer any connection with bytes to read
 /// takes) is read on whatever the proxy-wide load: it is what a read that ends mid-frame leaves
 /// of a client's pipelined calls, which are refused whole, with the over-limit reply, if the
-/// load is still over `max_buffered_bytes` when they are in. While the load is over it, a read
-/// takes such a frame no further than just past this size when the read could take far more
-/// (its codec made room for a large frame). A larger one is a large call
-/// arriving (up to `max_frame_bytes`, for up to `frame_timeout`), read on only while the bytes
-/// the proxy holds but for the connection's own are under that bound ([`ReadRoom`]): past it,
-/// the connection waits while calls end and clients read their answers (asleep until bytes are
-/// given back, [`super::load::Load::wait_for_room`]), and is closed if the frames other
-/// connections are receiving fill the bound alone (they could hold it until their
-/// `frame_timeout`, and the frames waiting on each other would never end).
+/// load is still over `max_buffered_bytes` when they are in. A read that could take more than
+/// this (a buffer made room for a client's large frames, or its codec for a frame whose head
+/// came) takes no more than the room left under that bound, or, with less left, up to just
+/// past this size, or this much more of a larger frame. A frame partly received past this size
+/// is a large call arriving (up to `max_frame_bytes`, for up to `frame_timeout`), read on only
+/// while the bytes the proxy holds but for the connection's own are under that bound
+/// ([`ReadRoom`]): past it, the connection waits while calls end and clients read their answers
+/// (asleep until bytes are given back, [`super::load::Load::wait_for_room`]), and is closed if
+/// the frames other connections are receiving fill the bound alone (they could hold it until
+/// their `frame_timeout`, and the frames waiting on each other would never end).
 const PARTIAL_FRAME_GRACE: usize = 16 * 1024;
 /// Passes of a connection's loop (answers, reads, writes, deadlines) in one poll of its task,
 /// past which it yields to the worker's other tasks. A pass that finds nothing to do ends the
@@ -338,12 +338,9 @@ impl<S: Transport> Connection<S> {
             return frames > 0;
         }
         if !std::mem::take(&mut self.frames_left) {
-            // The most the read may take: all the socket has, but for a frame partly received
-            // up to the grace that a read could take far past it (its codec made room for a
-            // large frame) while the proxy holds the bound: it goes just past the grace, where
-            // it waits as any large frame does.
-            let mut most = None;
-            if self.read_buf.len() > PARTIAL_FRAME_GRACE {
+            // A frame partly received past the grace is read on only while there is room.
+            let len = self.read_buf.len();
+            if len > PARTIAL_FRAME_GRACE {
                 match self.room_to_read(cx) {
                     ReadRoom::Free => {}
                     ReadRoom::Wait => return false,
@@ -355,15 +352,32 @@ impl<S: Transport> Connection<S> {
                         return true;
                     }
                 }
-            } else if self.read_buf.capacity() - self.read_buf.len() > PARTIAL_FRAME_GRACE
-                && self.ctx.load.room_to_read(self.read_buffered) != ReadRoom::Free
-            {
-                most = Some(PARTIAL_FRAME_GRACE + 1 - self.read_buf.len());
             }
-            let read = match most {
-                None => buffers::poll_read(&mut self.io, cx, &mut self.read_buf, &self.frame_sizes),
-                Some(most) => self.poll_read_at_most(cx, most),
+            // What a read may take however little room is left: up to just past the grace
+            // (where a large frame waits for room as above), or as much again of a large frame
+            // the bound leaves room for but for the frame itself (one frame may pass the bound).
+            let always = match len.checked_sub(PARTIAL_FRAME_GRACE) {
+                Some(0) | None => PARTIAL_FRAME_GRACE + 1 - len,
+                Some(_) => PARTIAL_FRAME_GRACE,
             };
+            let (load, unmoved) = (&self.ctx.load, self.unmoved_bytes());
+            // A read that could take more than the grace (all the socket holds: up to 1 MiB of
+            // a client of large frames, the rest of a frame its codec made room for) takes no
+            // more than the room left under `max_buffered_bytes`: many connections reading at
+            // once near the bound would otherwise each pass it by as much. One into a buffer
+            // of the usual size, as for small frames, does not look.
+            let read = buffers::poll_read_within(
+                &mut self.io,
+                cx,
+                &mut self.read_buf,
+                &self.frame_sizes,
+                |room| {
+                    if room <= always.max(PARTIAL_FRAME_GRACE) {
+                        return room;
+                    }
+                    load.room_left(unmoved).max(always)
+                },
+            );
             match read {
                 Poll::Pending => return false,
                 Poll::Ready(Ok(0)) => {
@@ -382,15 +396,13 @@ impl<S: Transport> Connection<S> {
         true
     }
 
-    /// Reads at most `most` bytes (up to [`PARTIAL_FRAME_GRACE`]) of what the client sent into
-    /// `read_buf`; `Ready(Ok(0))` at end of stream. Through a copy: only while the proxy holds
-    /// `max_buffered_bytes`.
-    fn poll_read_at_most(&mut self, cx: &mut Context<'_>, most: usize) -> Poll<io::Result<usize>> {
-        let mut scratch = [0u8; PARTIAL_FRAME_GRACE];
-        let mut read = ReadBuf::new(&mut scratch[..most.min(PARTIAL_FRAME_GRACE)]);
-        ready!(Pin::new(&mut self.io).poll_read(cx, &mut read))?;
-        self.read_buf.extend_from_slice(read.filled());
-        Poll::Ready(Ok(read.filled().len()))
+    /// The bytes this connection holds that it has not moved into the proxy-wide load yet
+    /// (negative: it gave back that many since): its bytes read, its calls' frames, its unsent
+    /// answers.
+    fn unmoved_bytes(&self) -> i64 {
+        load::difference(self.read_buf.len(), self.read_buffered)
+            + load::difference(self.requests.frame_bytes(), self.requests.moved_bytes())
+            + load::difference(self.unsent(), self.buffered)
     }
 
     /// Whether the large frame being received may be read on ([`ReadRoom`]). While it waits,
@@ -774,6 +786,9 @@ impl<S: Transport> Future for Connection<S> {
 
 #[cfg(test)]
 mod tests {
+    use std::io;
+    use std::task::ready;
+
     use tokio::io::AsyncWriteExt;
 
     use super::*;
@@ -819,6 +834,77 @@ mod tests {
         // The other calls end.
         ctx.load.request_bytes(1 << 20, 0);
         run_until(&mut connection, |c| c.ctx.stats.heartbeats.get() == 1).await?;
+        drop(peer);
+        Ok(())
+    }
+
+    /// A client's stream that notes the most bytes one read took.
+    struct LargestRead {
+        io: tokio::io::DuplexStream,
+        largest: usize,
+    }
+
+    impl tokio::io::AsyncRead for LargestRead {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let before = buf.filled().len();
+            ready!(Pin::new(&mut self.io).poll_read(cx, buf))?;
+            self.largest = self.largest.max(buf.filled().len() - before);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl tokio::io::AsyncWrite for LargestRead {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.io).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    /// While the proxy holds all but 64 KiB of `max_buffered_bytes`, a client sending frames
+    /// of 256 KiB has each read take no more than the room left (or the 16 KiB a read always
+    /// may): before, a read the room was not looked at for took all the socket had, up to the
+    /// 1 MiB a buffer makes room for with frames that large, and the rest of a frame its
+    /// codec made room for, each client passing the bound by as much at once.
+    #[tokio::test]
+    async fn a_read_takes_no_more_than_the_room_left_under_the_bound() -> TestResult {
+        let ctx = listener(Arc::new(Sized), "", &[])?;
+        let bound = 4 << 20;
+        ctx.load.set_limits(&crate::config::LimitsSpec {
+            max_requests: 100,
+            max_buffered_bytes: bound,
+        });
+        // The calls of other clients hold all but 64 KiB of the bound.
+        let room = 64 << 10;
+        ctx.load.request_bytes(0, bound as usize - room);
+        let (io, mut peer) = tokio::io::duplex(8 << 20);
+        let frames = 16;
+        for _ in 0..frames {
+            peer.write_all(&sized_frame(256 << 10)).await?;
+        }
+        let admitted = Admitted::new(Arc::clone(&ctx));
+        let io = LargestRead { io, largest: 0 };
+        let mut connection = Connection::new(io, client(), admitted, CancellationToken::new());
+        run_until(&mut connection, |c| c.ctx.stats.heartbeats.get() == frames).await?;
+        assert!(
+            connection.io.largest <= room + PARTIAL_FRAME_GRACE,
+            "a read took {} bytes with {room} left under the bound",
+            connection.io.largest
+        );
         drop(peer);
         Ok(())
     }

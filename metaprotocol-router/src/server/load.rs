@@ -96,13 +96,7 @@ impl Load {
     /// True while the bytes held for clients, with a connection's `unmoved_bytes` not yet
     /// moved into the shared counts, are under `max_buffered_bytes`.
     fn holds_room(&self, unmoved_bytes: i64) -> bool {
-        let held = self
-            .buffered
-            .get()
-            .saturating_add(self.request_bytes.get())
-            .saturating_add(self.read_buffered.get())
-            .saturating_add(unmoved_bytes);
-        held < self.max_buffered.load(Ordering::Relaxed)
+        self.room_left(unmoved_bytes) > 0
     }
 
     /// Whether a connection whose read buffer holds `own` bytes (as last moved) may read more of
@@ -128,6 +122,23 @@ impl Load {
         } else {
             ReadRoom::Free
         }
+    }
+
+    /// The bytes left under `max_buffered_bytes`, counting what a connection holds and has not
+    /// moved into the shared counts, `unmoved_bytes` (negative: it gave back that many since);
+    /// 0 past it.
+    pub fn room_left(&self, unmoved_bytes: i64) -> usize {
+        let held = self
+            .buffered
+            .get()
+            .saturating_add(self.request_bytes.get())
+            .saturating_add(self.read_buffered.get())
+            .saturating_add(unmoved_bytes);
+        let left = self
+            .max_buffered
+            .load(Ordering::Relaxed)
+            .saturating_sub(held);
+        usize::try_from(left).unwrap_or(0)
     }
 
     /// Moves a connection's share of requests in flight from `before` to `now`.

@@ -7,7 +7,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use tokio::io::ReadBuf;
 
 use super::Transport;
@@ -98,6 +98,20 @@ pub(crate) fn poll_read<S: Transport>(
     buf: &mut BytesMut,
     sizes: &FrameSizes,
 ) -> Poll<io::Result<usize>> {
+    poll_read_within(io, cx, buf, sizes, |room| room)
+}
+
+/// [`poll_read`] that takes at most `most(room)` bytes (at least one), `room` being what the
+/// read could take once the buffer made room: a connection that must not read all the socket
+/// holds (its bytes count against a bound) sizes the read to what it may take, and looks only
+/// when the read could take more than it always may. The bytes go straight into `buf`.
+pub(crate) fn poll_read_within<S: Transport>(
+    io: &mut S,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+    sizes: &FrameSizes,
+    most: impl FnOnce(usize) -> usize,
+) -> Poll<io::Result<usize>> {
     if buf.capacity() == 0 {
         let mut probe = [0u8; PROBE_SIZE];
         let mut read = ReadBuf::new(&mut probe);
@@ -113,7 +127,12 @@ pub(crate) fn poll_read<S: Transport>(
     if spare < sizes.room() && !buf.try_reclaim(sizes.room()) && (spare == 0 || !buf.is_empty()) {
         buf.reserve(sizes.growth());
     }
-    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+    let room = buf.capacity() - buf.len();
+    let most = most(room).clamp(1, room.max(1));
+    if most >= room {
+        return tokio_util::io::poll_read_buf(Pin::new(io), cx, buf);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut buf.limit(most))
 }
 
 #[cfg(test)]
