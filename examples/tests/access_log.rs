@@ -382,3 +382,50 @@ async fn a_stuck_writer_never_slows_calls_and_its_lines_are_counted() -> TestRes
     assert_eq!(written.lines().count() as u64, queued);
     Ok(())
 }
+
+/// A line shows what the listener's rbac filters decided and the policy that decided it, for the
+/// enforced filters and the shadow one apart: the allow policy that let a call in (also through
+/// a deny filter none of whose policies matched), the deny policy that refused one, none for a
+/// call no allow policy names.
+#[tokio::test]
+async fn a_line_names_the_rbac_policy_that_decided() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let scratch = Scratch::new("access-log-rbac")?;
+    let log = scratch.path("rbac.log");
+    let format = "format: \"%REQ(tenant)% %REQ(method)% %RBAC_RESULT% %RBAC_POLICY% %RBAC_SHADOW_RESULT% %RBAC_SHADOW_POLICY%\"";
+    let listeners = listener("in", &log, format)
+        + "    filters:
+      - { name: rbac, config: { action: deny, shadow: true, policies: [ { name: beta-watch, metadata: [ { key: tenant, exact: beta } ] } ] } }
+      - { name: rbac, config: { action: allow, policies: [ { name: greeters, metadata: [ { key: method, prefix: say } ] } ] } }
+      - { name: rbac, config: { action: deny, policies: [ { name: no-acme, metadata: [ { key: tenant, exact: acme } ] } ] } }
+";
+    let yaml = config(&listeners, provider.address(), free_addr()?);
+    let proxy = start_engine(&yaml).await?;
+    let mut socket = TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
+    for (id, (tenant, method)) in [
+        ("t", "sayHello"),
+        ("acme", "sayHello"),
+        ("beta", "sayHello"),
+        ("t", "ping"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        call(
+            &mut socket,
+            &dubbo_request(id as u64, method, &[("tenant", tenant)]),
+        )
+        .await?;
+    }
+    assert_eq!(
+        file_lines(&log, 4).await?,
+        [
+            "t sayHello allowed greeters allowed -",
+            "acme sayHello denied no-acme allowed -",
+            "beta sayHello allowed greeters denied beta-watch",
+            "t ping denied - allowed -",
+        ]
+    );
+    proxy.shutdown().await;
+    Ok(())
+}

@@ -65,8 +65,8 @@ pub use metadata::{
 pub use mutation::Mutation;
 pub use read_ahead::{ReadAhead, ReadKind, metadata, read_whole};
 pub use record::{
-    ConnectionInfo, Extensions, Outcome, PeerIdentity, RequestRecord, ResponseFlags, RoutingKeys,
-    RoutingView, Timings,
+    Authorization, AuthorizationDecision, ConnectionInfo, Extensions, Outcome, PeerIdentity,
+    RequestRecord, ResponseFlags, RoutingKeys, RoutingView, Timings,
 };
 pub use reply::{LocalReply, LocalReplyKind, UnknownReplyKind};
 pub use watched_file::{

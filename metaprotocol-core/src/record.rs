@@ -205,6 +205,55 @@ pub struct Outcome {
     pub local_reply: Option<LocalReplyKind>,
 }
 
+/// What the authorization filters (the router's `rbac`) decided of a request, for its access log
+/// line: the enforced filters' decision and the shadow filters', as Envoy's RBAC filters put
+/// theirs in the request's dynamic metadata. Filled in only when a log asks for it (a filter
+/// that records nothing leaves it empty, at no cost).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Authorization {
+    /// The enforced filters' decision; `None` when none decided.
+    pub enforced: Option<AuthorizationDecision>,
+    /// What the shadow filters would have decided; `None` when none ran.
+    pub shadow: Option<AuthorizationDecision>,
+}
+
+/// One authorization decision and the policy behind it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthorizationDecision {
+    /// The request was (or, in shadow, would have been) let through.
+    pub allowed: bool,
+    /// The policy that decided: the allow policy that let the request in, or the deny policy
+    /// that refused it. `None` when no policy matched: a request no allow policy names is
+    /// refused, and one no deny policy names let through, by no policy of their own.
+    pub policy: Option<Arc<str>>,
+}
+
+impl AuthorizationDecision {
+    /// `allowed` or `denied`, as Envoy's `*_engine_result`.
+    pub fn result(&self) -> &'static str {
+        if self.allowed { "allowed" } else { "denied" }
+    }
+}
+
+impl Authorization {
+    /// Records `decision` of an enforced filter (`shadow: false`) or a shadow one, over what an
+    /// earlier filter of the chain recorded, unless it says less: a request let through by no
+    /// policy (a deny filter none of whose policies matched) keeps the decision of an earlier
+    /// filter, so that a request an allow filter let in is logged with the policy that did,
+    /// whatever deny filters it passed after it.
+    pub fn record(&mut self, shadow: bool, decision: AuthorizationDecision) {
+        let slot = if shadow {
+            &mut self.shadow
+        } else {
+            &mut self.enforced
+        };
+        if decision.allowed && decision.policy.is_none() && slot.is_some() {
+            return;
+        }
+        *slot = Some(decision);
+    }
+}
+
 /// When a request passed each milestone. `received` is always set; the others are set when the
 /// request reached them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -433,6 +482,8 @@ pub struct RequestRecord {
     pub bytes_sent: u64,
     /// Filters' own per-request state.
     pub extensions: Extensions,
+    /// What the authorization filters decided, when a log asks for it.
+    pub authorization: Authorization,
     routing_keys: RoutingKeys,
 }
 
@@ -468,6 +519,7 @@ impl RequestRecord {
             bytes_received,
             bytes_sent: 0,
             extensions: Extensions::new(),
+            authorization: Authorization::default(),
             routing_keys: RoutingKeys::new(),
         }
     }

@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use metaprotocol_core::AuthorizationDecision;
+
 use super::{LogEntry, RequestId};
 
 /// One command operator.
@@ -32,6 +34,14 @@ enum Operator {
     AttemptCount,
     BytesReceived,
     BytesSent,
+    /// The policy that decided the enforced `rbac` filters' decision.
+    RbacPolicy,
+    /// The enforced `rbac` filters' decision: `allowed` or `denied`.
+    RbacResult,
+    /// The policy that decided what the shadow `rbac` filters would have.
+    RbacShadowPolicy,
+    /// What the shadow `rbac` filters would have decided: `allowed` or `denied`.
+    RbacShadowResult,
     /// A request metadata key (the index of its value in [`LogEntry::metadata`]), cut to a
     /// length when one is given.
     Metadata {
@@ -41,7 +51,7 @@ enum Operator {
 }
 
 /// The operators without an argument, by name.
-const OPERATORS: [(&str, Operator); 22] = [
+const OPERATORS: [(&str, Operator); 26] = [
     ("START_TIME", Operator::StartTime),
     ("DURATION", Operator::Duration),
     (
@@ -73,6 +83,10 @@ const OPERATORS: [(&str, Operator); 22] = [
     ("UPSTREAM_REQUEST_ATTEMPT_COUNT", Operator::AttemptCount),
     ("BYTES_RECEIVED", Operator::BytesReceived),
     ("BYTES_SENT", Operator::BytesSent),
+    ("RBAC_POLICY", Operator::RbacPolicy),
+    ("RBAC_RESULT", Operator::RbacResult),
+    ("RBAC_SHADOW_POLICY", Operator::RbacShadowPolicy),
+    ("RBAC_SHADOW_RESULT", Operator::RbacShadowResult),
 ];
 
 /// The line `format: text` writes.
@@ -121,6 +135,8 @@ pub(crate) struct LogFormat {
     layout: Layout,
     /// The metadata keys the format reads, in [`LogEntry::metadata`] order.
     keys: Vec<String>,
+    /// The format shows what the authorization filters decided.
+    shows_authorization: bool,
 }
 
 #[derive(Debug)]
@@ -143,6 +159,21 @@ pub(crate) fn check(format: &str) -> Result<(), String> {
 }
 
 impl Template {
+    /// True if the template shows what the authorization filters decided.
+    fn shows_authorization(&self) -> bool {
+        self.0.iter().any(|piece| {
+            matches!(
+                piece,
+                Piece::Operator(
+                    Operator::RbacPolicy
+                        | Operator::RbacResult
+                        | Operator::RbacShadowPolicy
+                        | Operator::RbacShadowResult
+                )
+            )
+        })
+    }
+
     /// Parses `text`, adding the metadata keys it reads to `keys`.
     fn parse(text: &str, keys: &mut Vec<String>) -> Result<Self, String> {
         let mut pieces = Vec::new();
@@ -230,6 +261,7 @@ impl LogFormat {
         let mut keys = Vec::new();
         let template = Template::parse(format, &mut keys)?;
         Ok(Self {
+            shows_authorization: template.shows_authorization(),
             layout: Layout::Text(template),
             keys,
         })
@@ -238,7 +270,7 @@ impl LogFormat {
     /// A JSON object per line, `fields` naming each field's format string.
     pub fn json<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, String> {
         let mut keys = Vec::new();
-        let fields = fields
+        let fields: Vec<(String, Template)> = fields
             .into_iter()
             .map(|(name, format)| {
                 Template::parse(format, &mut keys)
@@ -247,6 +279,7 @@ impl LogFormat {
             })
             .collect::<Result<_, _>>()?;
         Ok(Self {
+            shows_authorization: fields.iter().any(|(_, t)| t.shows_authorization()),
             layout: Layout::Json(fields),
             keys,
         })
@@ -255,6 +288,11 @@ impl LogFormat {
     /// The metadata keys the format reads, whose values an entry captures.
     pub fn keys(&self) -> &[String] {
         &self.keys
+    }
+
+    /// True if the format shows what the authorization filters decided (`%RBAC_POLICY%` ...).
+    pub fn shows_authorization(&self) -> bool {
+        self.shows_authorization
     }
 
     /// Appends `entry`'s line (with its newline) to `out`.
@@ -390,6 +428,34 @@ fn value<'a>(op: &Operator, entry: &'a LogEntry) -> Value<'a> {
         Operator::AttemptCount => Value::Number(u64::from(entry.attempts)),
         Operator::BytesReceived => Value::Number(entry.bytes_received),
         Operator::BytesSent => Value::Number(entry.bytes_sent),
+        Operator::RbacPolicy => text(
+            entry
+                .authorization
+                .enforced
+                .as_ref()
+                .and_then(|d| d.policy.as_deref()),
+        ),
+        Operator::RbacResult => text(
+            entry
+                .authorization
+                .enforced
+                .as_ref()
+                .map(AuthorizationDecision::result),
+        ),
+        Operator::RbacShadowPolicy => text(
+            entry
+                .authorization
+                .shadow
+                .as_ref()
+                .and_then(|d| d.policy.as_deref()),
+        ),
+        Operator::RbacShadowResult => text(
+            entry
+                .authorization
+                .shadow
+                .as_ref()
+                .map(AuthorizationDecision::result),
+        ),
         Operator::Metadata { index, max } => {
             match entry.metadata.get(*index).and_then(Option::as_ref) {
                 None => Value::None,
@@ -520,6 +586,46 @@ mod tests {
             format.write(&entry, &mut line);
             assert_eq!(line, format!("{{\"id\":{shown}}}\n"));
         }
+        Ok(())
+    }
+
+    /// The rbac filters' decisions and their policies, enforced and shadow, as a text line and
+    /// as JSON; a format that shows none of them does not ask the filters to record them.
+    #[test]
+    fn authorization_decisions_show_with_their_policy() -> Result<(), String> {
+        use metaprotocol_core::Authorization;
+
+        let text = LogFormat::text(
+            "%RBAC_RESULT% %RBAC_POLICY% %RBAC_SHADOW_RESULT% %RBAC_SHADOW_POLICY%",
+        )?;
+        let json = LogFormat::json([
+            ("policy", "%RBAC_POLICY%"),
+            ("shadow", "%RBAC_SHADOW_RESULT%"),
+        ])?;
+        assert!(text.shows_authorization() && json.shows_authorization());
+        assert!(!LogFormat::text(TEXT)?.shows_authorization());
+        assert!(!LogFormat::json(JSON)?.shows_authorization());
+        let entry = LogEntry {
+            authorization: Authorization {
+                enforced: Some(AuthorizationDecision {
+                    allowed: false,
+                    policy: Some("no-secrets".into()),
+                }),
+                shadow: Some(AuthorizationDecision {
+                    allowed: true,
+                    policy: None,
+                }),
+            },
+            ..LogEntry::for_test()
+        };
+        let mut line = String::new();
+        text.write(&entry, &mut line);
+        json.write(&entry, &mut line);
+        text.write(&LogEntry::for_test(), &mut line);
+        assert_eq!(
+            line,
+            "denied no-secrets allowed -\n{\"policy\":\"no-secrets\",\"shadow\":\"allowed\"}\n- - - -\n"
+        );
         Ok(())
     }
 

@@ -15,7 +15,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use metaprotocol_core::{ByteStr, ConnectionInfo, Message, RequestRecord, ResponseFlags};
+use metaprotocol_core::{
+    Authorization, ByteStr, ConnectionInfo, Message, RequestRecord, ResponseFlags,
+};
 use smallvec::SmallVec;
 
 use self::format::LogFormat;
@@ -43,6 +45,8 @@ pub(crate) struct LogEntry {
     attempts: u32,
     bytes_received: u64,
     bytes_sent: u64,
+    /// What the authorization filters decided (left empty when the format does not show it).
+    authorization: Authorization,
     /// The values of the metadata keys the format reads ([`LogFormat::keys`]).
     metadata: SmallVec<[Option<ByteStr>; 4]>,
 }
@@ -67,6 +71,7 @@ impl LogEntry {
             attempts: 1,
             bytes_received: 0,
             bytes_sent: 0,
+            authorization: Authorization::default(),
             metadata: SmallVec::new(),
         }
     }
@@ -139,6 +144,12 @@ impl AccessLogger {
         })
     }
 
+    /// True if the lines show what the authorization filters decided, which they then record
+    /// for each request ([`FilterContext::logs_authorization`](crate::FilterContext::logs_authorization)).
+    pub fn shows_authorization(&self) -> bool {
+        self.format.shows_authorization()
+    }
+
     /// Logs a finished request (when its outcome is sampled).
     pub fn log(
         &self,
@@ -181,6 +192,8 @@ impl AccessLogger {
             attempts: record.attempts,
             bytes_received: record.bytes_received,
             bytes_sent: record.bytes_sent,
+            // Empty unless the format shows it: the filters record it only then.
+            authorization: record.authorization.clone(),
             metadata: self
                 .format
                 .keys()

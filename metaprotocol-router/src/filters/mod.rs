@@ -84,6 +84,7 @@ pub struct FilterContext {
     metrics: MetricsScope,
     runtime: Option<tokio::runtime::Handle>,
     shared: SharedClients,
+    logs_authorization: bool,
 }
 
 impl FilterContext {
@@ -96,7 +97,14 @@ impl FilterContext {
             metrics,
             runtime: tokio::runtime::Handle::try_current().ok(),
             shared,
+            logs_authorization: false,
         }
+    }
+
+    /// The context with [`FilterContext::logs_authorization`] set to `logged`.
+    pub fn with_logged_authorization(mut self, logged: bool) -> Self {
+        self.logs_authorization = logged;
+        self
     }
 
     /// The context of filter `filter` of listener `listener` outside a running proxy (benches,
@@ -128,6 +136,14 @@ impl FilterContext {
     /// Clients shared by every filter of the proxy.
     pub fn shared(&self) -> &SharedClients {
         &self.shared
+    }
+
+    /// True if the listener's access log shows what authorization filters decided
+    /// (`%RBAC_POLICY%` and the like): an authorization filter records its decisions in
+    /// [`RequestRecord::authorization`](metaprotocol_core::RequestRecord::authorization) then
+    /// only, so that requests no log line shows them for pay nothing for them.
+    pub fn logs_authorization(&self) -> bool {
+        self.logs_authorization
     }
 }
 

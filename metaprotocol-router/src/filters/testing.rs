@@ -21,8 +21,20 @@ pub(crate) fn build(
     config: serde_json::Value,
     metrics: &Metrics,
 ) -> Result<Arc<dyn L7Filter>, ConfigError> {
-    let context = FilterContext::standalone("in", name, metrics);
-    FilterRegistry::with_builtins().build(name, &config, &context)
+    build_in(
+        name,
+        config,
+        &FilterContext::standalone("in", name, metrics),
+    )
+}
+
+/// Builds the built-in filter `name` from `config` with `context`.
+pub(crate) fn build_in(
+    name: &str,
+    config: serde_json::Value,
+    context: &FilterContext,
+) -> Result<Arc<dyn L7Filter>, ConfigError> {
+    FilterRegistry::with_builtins().build(name, &config, context)
 }
 
 /// The error a config is rejected with.
@@ -96,6 +108,23 @@ impl TestRequest {
             record: &mut record,
         });
         (decision, record)
+    }
+
+    /// Runs the request hooks of `filters` in turn on one record of the request, up to the
+    /// first that does not let it go on; returns the record.
+    pub fn run_each(&self, filters: &[&dyn L7Filter]) -> RequestRecord {
+        let mut record = RequestRecord::new(Arc::new(self.connection.clone()), 0);
+        for filter in filters {
+            let decision = filter.on_request(&mut RequestContext {
+                request: &self.message,
+                mutation: &mut Mutation::new(),
+                record: &mut record,
+            });
+            if !matches!(decision, FilterDecision::Continue) {
+                break;
+            }
+        }
+        record
     }
 
     /// Runs `chain`'s request hooks to the end, awaiting waits.

@@ -115,7 +115,6 @@ impl Builder<'_> {
             &scope,
         )?;
         let name: Arc<str> = spec.name.as_str().into();
-        let filters = self.filter_chain(&name, &scope, &spec.filters)?;
         let protocol = codec.protocol();
         let access_log = spec
             .access_log
@@ -125,6 +124,10 @@ impl Builder<'_> {
             })
             .transpose()
             .map_err(|e| e.within("access_log"))?;
+        let logs_authorization = access_log
+            .as_ref()
+            .is_some_and(AccessLogger::shows_authorization);
+        let filters = self.filter_chain(&name, &scope, &spec.filters, logs_authorization)?;
         let tracer = spec
             .tracing
             .as_ref()
@@ -172,12 +175,14 @@ impl Builder<'_> {
 
 impl Builder<'_> {
     /// Builds the chain of `filters` for `listener` (a listener, or a client's name), each
-    /// filter with its own scope within `scope`. Errors name the filter (`filters[1]`).
+    /// filter with its own scope within `scope`, told whether the listener's access log shows
+    /// authorization decisions (`logs_authorization`). Errors name the filter (`filters[1]`).
     pub fn filter_chain(
         &self,
         listener: &Arc<str>,
         scope: &MetricsScope,
         filters: &[FilterSpec],
+        logs_authorization: bool,
     ) -> Result<FilterChain, ConfigError> {
         let labels = crate::filters::series_labels(filters)?;
         let chain = filters
@@ -189,7 +194,8 @@ impl Builder<'_> {
                     listener.clone(),
                     scope.with_label("filter", label),
                     self.shared.clone(),
-                );
+                )
+                .with_logged_authorization(logs_authorization);
                 self.filters
                     .build(&filter.name, &filter.config, &context)
                     .map_err(|e| e.within(&format!("filters[{f}]")))

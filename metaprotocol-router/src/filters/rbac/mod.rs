@@ -9,6 +9,12 @@
 //! what it would have decided, and lets every request through: a policy can be tried on live
 //! traffic before it is enforced.
 //!
+//! When the listener's access log shows them (`%RBAC_POLICY%` ...), each filter records its
+//! decision and the policy that made it in the request's record
+//! ([`Authorization`](metaprotocol_core::Authorization)), as Envoy's RBAC filters put theirs in
+//! the dynamic metadata: the policy's name is shared, not copied, and a listener whose log
+//! shows none of them records nothing.
+//!
 //! ```yaml
 //! - name: rbac
 //!   config:
@@ -25,7 +31,9 @@ mod policy;
 
 use std::sync::Arc;
 
-use metaprotocol_core::{FilterDecision, L7Filter, LocalReply, LocalReplyKind, RequestContext};
+use metaprotocol_core::{
+    AuthorizationDecision, FilterDecision, L7Filter, LocalReply, LocalReplyKind, RequestContext,
+};
 use serde::Deserialize;
 
 use self::policy::{Policy, PolicySpec};
@@ -91,6 +99,7 @@ pub(crate) fn build(
         policies,
         allowed,
         denied,
+        logs_decisions: context.logs_authorization(),
     }))
 }
 
@@ -101,6 +110,9 @@ struct Rbac {
     policies: Vec<Policy>,
     allowed: Counter,
     denied: Counter,
+    /// The listener's access log shows the decisions: each is recorded in the request's
+    /// record (the policy's name shared, not copied).
+    logs_decisions: bool,
 }
 
 impl L7Filter for Rbac {
@@ -118,6 +130,15 @@ impl L7Filter for Rbac {
             Action::Allow => matched.is_some(),
             Action::Deny => matched.is_none(),
         };
+        if self.logs_decisions {
+            ctx.record.authorization.record(
+                self.shadow,
+                AuthorizationDecision {
+                    allowed,
+                    policy: matched.map(|policy| policy.name.clone()),
+                },
+            );
+        }
         if allowed {
             self.allowed.inc();
             return FilterDecision::Continue;
@@ -146,7 +167,7 @@ mod tests {
 
     use super::*;
     use crate::filters::testing::{
-        TestRequest, assert_rejected, build as build_filter, rejection, value,
+        TestRequest, assert_rejected, build as build_filter, build_in, rejection, value,
     };
     use crate::stats::Metrics;
 
@@ -243,6 +264,74 @@ mod tests {
             Some(1.0)
         );
         assert_eq!(value(&metrics, &format!("{series}\"denied\"}}")), None);
+        Ok(())
+    }
+
+    /// With a log that shows them, each filter records its decision and the policy that made
+    /// it, the enforced filters' apart from the shadow ones'; an allow filter's policy stays
+    /// through a deny filter that matched nothing. Without such a log, nothing is recorded.
+    #[test]
+    fn decisions_are_recorded_with_their_policy_when_a_log_shows_them() -> Result<(), ConfigError> {
+        let metrics = Metrics::new();
+        let filters = |logged: bool| {
+            let context = |filter| {
+                FilterContext::standalone("in", filter, &metrics).with_logged_authorization(logged)
+            };
+            let allow = build_in(
+                NAME,
+                json!({ "action": "allow", "policies": [
+                    { "name": "getters", "metadata": [ { "key": "method", "prefix": "get" } ] },
+                    { "name": "deleters", "metadata": [ { "key": "method", "prefix": "delete" } ] } ] }),
+                &context("rbac"),
+            )?;
+            let deny = build_in(
+                NAME,
+                json!({ "action": "deny", "policies": [
+                    { "name": "no-secrets", "metadata": [ { "key": "method", "exact": "getSecret" } ] } ] }),
+                &context("rbac.1"),
+            )?;
+            let shadow = build_in(
+                NAME,
+                json!({ "action": "deny", "shadow": true, "policies": [
+                    { "name": "no-deletes", "metadata": [ { "key": "method", "prefix": "delete" } ] } ] }),
+                &context("rbac.2"),
+            )?;
+            Ok::<_, ConfigError>([shadow, allow, deny])
+        };
+        let decision = |allowed, policy: Option<&str>| {
+            Some(AuthorizationDecision {
+                allowed,
+                policy: policy.map(Arc::from),
+            })
+        };
+        let logged = filters(true)?;
+        let logged: Vec<&dyn L7Filter> = logged.iter().map(|f| &**f).collect();
+        for (method, enforced, shadow) in [
+            (
+                "getUser",
+                decision(true, Some("getters")),
+                decision(true, None),
+            ),
+            (
+                "getSecret",
+                decision(false, Some("no-secrets")),
+                decision(true, None),
+            ),
+            ("setUser", decision(false, None), decision(true, None)),
+            (
+                "deleteUser",
+                decision(true, Some("deleters")),
+                decision(false, Some("no-deletes")),
+            ),
+        ] {
+            let record = TestRequest::new(&[("method", method)]).run_each(&logged);
+            assert_eq!(record.authorization.enforced, enforced, "{method}");
+            assert_eq!(record.authorization.shadow, shadow, "{method}");
+        }
+        let unlogged = filters(false)?;
+        let unlogged: Vec<&dyn L7Filter> = unlogged.iter().map(|f| &**f).collect();
+        let record = TestRequest::new(&[("method", "getSecret")]).run_each(&unlogged);
+        assert_eq!(record.authorization, Default::default());
         Ok(())
     }
 

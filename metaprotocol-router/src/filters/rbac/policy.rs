@@ -2,6 +2,8 @@
 //! SPIFFE id, its address) and on the request's metadata, all of which must hold for the policy
 //! to match.
 
+use std::sync::Arc;
+
 use metaprotocol_core::{ConnectionInfo, RoutingView};
 use serde::Deserialize;
 
@@ -43,7 +45,8 @@ pub(super) struct PolicySpec {
 /// A compiled policy. An empty list is no condition; matching allocates nothing.
 #[derive(Debug)]
 pub(super) struct Policy {
-    pub name: Box<str>,
+    /// Shared with the access log lines that name it.
+    pub name: Arc<str>,
     principals: Vec<PrincipalMatcher>,
     not_principals: Vec<PrincipalMatcher>,
     namespaces: Vec<NamespaceMatcher>,
