@@ -333,6 +333,49 @@ async fn suffix_principals_match_spiffe_ids_only() -> TestResult {
     Ok(())
 }
 
+/// Wildcard principals without a `/`, as Istio writes a trust domain (`cluster.local*`) or
+/// service accounts by the end of their name (`*writer`), stand for SPIFFE ids: read as DNS
+/// names, they let in a client whose DNS SAN (which a CA may let its requesters choose) begins
+/// with the trust domain, refused one whose DNS SAN ends so, and matched none of the ids they
+/// name.
+#[tokio::test]
+async fn wildcard_principals_without_a_slash_match_spiffe_ids() -> TestResult {
+    let mesh = Mesh::start("mtls-slashless-principals").await?;
+    let scratch = Scratch::new("mtls-slashless-principals-impostor")?;
+    let impostor = mesh.ca.certificate(
+        &scratch,
+        "impostor",
+        "spiffe://other.domain/ns/default/sa/intruder",
+        &["cluster.local.example.com", "x-writer"],
+    )?;
+    let proxy = mesh
+        .rbac_proxy(&[
+            (
+                "allow-domain",
+                rbac("allow", "principals: [ \"cluster.local*\" ]"),
+            ),
+            ("deny-writers", rbac("deny", "principals: [ \"*writer\" ]")),
+        ])
+        .await?;
+    for (listener, workload, status) in [
+        ("allow-domain", &mesh.reader, OK),
+        ("allow-domain", &impostor, UNAUTHORIZED),
+        ("deny-writers", &mesh.writer, UNAUTHORIZED),
+        ("deny-writers", &impostor, OK),
+    ] {
+        assert_eq!(
+            mesh.status(&proxy, listener, workload).await?,
+            status,
+            "{listener}: {}",
+            workload.spiffe_id
+        );
+    }
+    assert_eq!(mesh.provider.seen().len(), 2);
+    proxy.shutdown().await;
+    mesh.proxy.shutdown().await;
+    Ok(())
+}
+
 /// Policies name the namespaces of the clients' SPIFFE ids, as Istio's `namespaces` and
 /// `notNamespaces` do, whatever the trust domain.
 #[tokio::test]

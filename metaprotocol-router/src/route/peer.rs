@@ -78,9 +78,9 @@ impl IpRange {
 
 /// A test on a client's verified TLS identity, Istio style: `spiffe://td/ns/a/sa/b` (exact),
 /// `spiffe://td/ns/a/*` (prefix), `*/sa/b` (suffix), `*` (any identity). It holds when one of
-/// the peer's names of the type the pattern names ([`NameKind::of`]) passes. A URI pattern
-/// without a scheme is a SPIFFE id as Istio writes principals ([`spiffe_uri`]), and a URI suffix
-/// matches SPIFFE ids only.
+/// the peer's names of the type the pattern names ([`NameKind::of`], [`NameKind::of_wildcard`])
+/// passes. A URI pattern without a scheme is a SPIFFE id as Istio writes principals
+/// ([`spiffe_uri`]), and a URI suffix matches SPIFFE ids only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum PrincipalMatcher {
     Any,
@@ -104,8 +104,8 @@ pub(crate) enum NameKind {
 }
 
 impl NameKind {
-    /// A pattern with a scheme (`spiffe://...`) or a path (`*/sa/reader`; no DNS name has a
-    /// `/`) names URIs; one with an `=` (`CN=reader,O=example`) a subject; any other a DNS name.
+    /// An exact pattern with a scheme (`spiffe://...`) or a path (no DNS name has a `/`) names
+    /// URIs; one with an `=` (`CN=reader,O=example`) a subject; any other a DNS name.
     pub fn of(pattern: &str) -> Self {
         if pattern.contains("://") {
             Self::Uri
@@ -115,6 +115,23 @@ impl NameKind {
             Self::Uri
         } else {
             Self::Dns
+        }
+    }
+
+    /// What the `rest` of a prefix (`rest*`) or suffix (`*rest`) pattern names: a subject with an
+    /// `=`, a DNS name for a suffix that begins a label (`*.default.svc`, the DNS wildcard), and
+    /// URIs for any other, with or without a `/`: Istio writes its principals so, without the
+    /// SPIFFE scheme (`cluster.local*`, a trust domain; `*-reader`, service accounts so named),
+    /// and a DNS SAN, which a CA may let its requester choose, must not pass for them.
+    pub fn of_wildcard(rest: &str, suffix: bool) -> Self {
+        if rest.contains("://") || rest.contains('/') {
+            Self::Uri
+        } else if rest.contains('=') {
+            Self::Subject
+        } else if suffix && rest.starts_with('.') {
+            Self::Dns
+        } else {
+            Self::Uri
         }
     }
 
@@ -172,14 +189,15 @@ impl PrincipalMatcher {
 
     /// Compiles a pattern without checking it.
     fn new(pattern: &str) -> Self {
-        let kind = NameKind::of(pattern);
         if pattern == "*" {
             Self::Any
         } else if let Some(prefix) = pattern.strip_suffix('*') {
+            let kind = NameKind::of_wildcard(prefix, false);
             Self::Prefix(kind, spiffe_uri(kind, prefix))
         } else if let Some(suffix) = pattern.strip_prefix('*') {
-            Self::Suffix(kind, suffix.into())
+            Self::Suffix(NameKind::of_wildcard(suffix, true), suffix.into())
         } else {
+            let kind = NameKind::of(pattern);
             Self::Exact(kind, spiffe_uri(kind, pattern))
         }
     }
@@ -414,6 +432,46 @@ mod tests {
             PrincipalMatcher::new("urn:example:a/b"),
             PrincipalMatcher::Exact(NameKind::Uri, "urn:example:a/b".into())
         );
+    }
+
+    /// Istio writes a principal without the SPIFFE scheme, also when its wildcard leaves no `/`
+    /// in it (`cluster.local*`, a trust domain; `*-reader`, service accounts so named): such a
+    /// prefix or suffix stands for SPIFFE ids, as Istio's does. Read as a DNS name, it let in a
+    /// client whose DNS SAN (which a CA may let its requester choose) begins or ends so, and
+    /// matched none of the SPIFFE ids it names. A suffix beginning with `.` (`*.default.svc`)
+    /// stays a DNS name's.
+    #[test]
+    fn wildcard_principals_without_a_slash_are_spiffe_ids_as_in_istio() {
+        let workload = PeerIdentity {
+            uri_sans: vec!["spiffe://cluster.local/ns/default/sa/log-reader".into()],
+            dns_sans: vec!["reader.default.svc".into()],
+            ..PeerIdentity::default()
+        };
+        let impostor = PeerIdentity {
+            uri_sans: vec!["spiffe://other.domain/ns/default/sa/writer".into()],
+            dns_sans: vec!["cluster.local.example.com".into(), "x-reader".into()],
+            ..PeerIdentity::default()
+        };
+        for (pattern, workload_passes, impostor_passes) in [
+            ("cluster.local*", true, false),
+            ("cluster*", true, false),
+            ("other.domain*", false, true),
+            ("*-reader", true, false),
+            ("*writer", false, true),
+            ("*.default.svc", true, false),
+            ("reader.default.svc", true, false),
+        ] {
+            assert_eq!(
+                PrincipalMatcher::new(pattern).matches(Some(&workload)),
+                workload_passes,
+                "{pattern}"
+            );
+            assert_eq!(
+                PrincipalMatcher::new(pattern).matches(Some(&impostor)),
+                impostor_passes,
+                "{pattern}"
+            );
+        }
     }
 
     /// A namespace pattern tests the namespace of each of the peer's SPIFFE ids, of any trust
