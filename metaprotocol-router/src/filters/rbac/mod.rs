@@ -29,6 +29,7 @@
 
 mod policy;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use metaprotocol_core::{
@@ -81,6 +82,20 @@ pub(crate) fn build(
         .enumerate()
         .map(|(i, policy)| Policy::new(policy).map_err(|e| e.within(&format!("policies[{i}]"))))
         .collect::<Result<Vec<_>, _>>()?;
+    // A policy's name is what logs tell policies by (`%RBAC_POLICY%`), as Envoy's policies
+    // are a map by name.
+    let mut named = HashMap::with_capacity(policies.len());
+    for (i, policy) in policies.iter().enumerate() {
+        if let Some(first) = named.insert(&*policy.name, i) {
+            return Err(ConfigError::new(
+                format!("policies[{i}].name"),
+                format!(
+                    "`{}` is already the name of policies[{first}]; each policy needs a name of its own, which logs tell it by",
+                    policy.name
+                ),
+            ));
+        }
+    }
     let decisions = |decision| {
         context.metrics().counter_with(
             "rbac_decisions",
@@ -396,6 +411,16 @@ mod tests {
                 json!({ "action": "deny", "policies": [ { "name": "p", "metadata": [ { "key": "m", "regex": "(" } ] } ] }),
                 "policies[0].metadata[0].regex",
                 "invalid regex",
+            ),
+            // A log line's %RBAC_POLICY% could not tell the two apart (Envoy's policies are a
+            // map by name).
+            (
+                json!({ "action": "allow", "policies": [
+                    { "name": "readers", "principals": [ "*/sa/reader" ] },
+                    { "name": "ops", "namespaces": [ "ops" ] },
+                    { "name": "readers", "source_ips": [ "10.0.0.0/8" ] } ] }),
+                "policies[2].name",
+                "`readers` is already the name of policies[0]",
             ),
         ];
         assert_rejected(NAME, cases);
