@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use std::future::{Future, poll_fn};
+use std::io;
 use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use metaprotocol_core::{
     Codec, CodecError, CodecFactory, EncodeParams, LocalReply, Message, MessageKind, Side,
     WireVariant,
 };
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// A protocol whose codecs are never used: for tests of parts that only hold a factory.
 pub(crate) struct NullCodec;
@@ -153,6 +155,27 @@ impl Codec for SizedCodec {
             dst.extend_from_slice(&heartbeat.frame);
         }
         Ok(())
+    }
+}
+
+/// Reads `step` bytes from `peer` each second until it ends, as a peer that takes what it is
+/// sent slowly: the bytes it took.
+pub(crate) async fn read_slowly<R: AsyncRead + Unpin>(
+    peer: &mut R,
+    step: usize,
+) -> io::Result<usize> {
+    let mut read = 0;
+    let mut chunk = vec![0; step];
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut taken = 0;
+        while taken < step {
+            match peer.read(&mut chunk[taken..]).await? {
+                0 => return Ok(read + taken),
+                n => taken += n,
+            }
+        }
+        read += taken;
     }
 }
 

@@ -793,7 +793,7 @@ mod tests {
 
     use super::*;
     use crate::server::request::tests::{client, listener};
-    use crate::testing::{ECHO, Sized, run_until, sized_frame};
+    use crate::testing::{ECHO, Sized, read_slowly, run_until, sized_frame};
     use crate::transport::buffers::BUFFER_KEEP_LIMIT;
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -993,19 +993,7 @@ mod tests {
         sent[4] = ECHO;
         let client = tokio::spawn(async move {
             peer.write_all(&sent).await?;
-            let mut read = 0;
-            let mut chunk = vec![0; step];
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let mut taken = 0;
-                while taken < step {
-                    match tokio::io::AsyncReadExt::read(&mut peer, &mut chunk[taken..]).await? {
-                        0 => return Ok::<_, io::Error>(read + taken),
-                        n => taken += n,
-                    }
-                }
-                read += taken;
-            }
+            read_slowly(&mut peer, step).await
         });
         let ended = tokio::time::timeout(Duration::from_secs(300), &mut connection)
             .await

@@ -914,7 +914,7 @@ mod tests {
 
     use super::*;
     use crate::stats::Metrics;
-    use crate::testing::{Sized, run_until, sized_frame};
+    use crate::testing::{Sized, read_slowly, run_until, sized_frame};
     use crate::transport::buffers::BUFFER_KEEP_LIMIT;
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -997,21 +997,7 @@ mod tests {
                 return Err("a call was refused".into());
             }
         }
-        let server = tokio::spawn(async move {
-            let mut read = 0;
-            let mut chunk = vec![0; step];
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let mut taken = 0;
-                while taken < step {
-                    match tokio::io::AsyncReadExt::read(&mut peer, &mut chunk[taken..]).await? {
-                        0 => return Ok::<_, io::Error>(read + taken),
-                        n => taken += n,
-                    }
-                }
-                read += taken;
-            }
-        });
+        let server = tokio::spawn(async move { read_slowly(&mut peer, step).await });
         let ended = tokio::time::timeout(Duration::from_secs(300), &mut connection)
             .await
             .is_ok();
