@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 
 use metaprotocol_dubbo::build::{Call, ResponseBody, request_message, response_body};
 use metaprotocol_examples::dubbo_demo::{DEMO_SERVICE, DEMO_VERSION, DemoProvider, DubboClient};
-use metaprotocol_router::config::ClusterTlsSpec;
+use metaprotocol_router::config::{ClusterSpec, ClusterTlsSpec};
 use metaprotocol_router::{Config, Proxy, RouterClient};
 
 #[allow(dead_code)]
@@ -728,5 +728,103 @@ async fn a_handshake_under_way_does_not_hold_up_shutdown() -> TestResult {
     )
     .await?;
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    Ok(())
+}
+
+/// A cluster whose endpoints choose their transport by their `transport_socket_match` labels,
+/// as Istio's sidecars do under auto mTLS: the endpoint labelled `tlsMode: istio` (a provider
+/// behind a mutual-TLS sidecar) is connected to with the TLS of the matching entry of
+/// `transport_socket_matches`, verifying its SPIFFE id, the other (a plain provider) with the
+/// cluster's plain TCP. Calls reach both, and so do the heartbeats of the cluster's health
+/// checks, each over its endpoint's transport. An update of the list that leaves the sidecar's
+/// TLS as it was keeps both endpoints' connections.
+#[tokio::test]
+async fn endpoints_choose_their_transport_by_their_labels() -> TestResult {
+    let scratch = Scratch::new("mtls-transport-match")?;
+    let ca = MeshCa::new(&scratch, "mesh")?;
+    let proxy_id = ca.workload(&scratch, "proxy", "default", "proxy", &[])?;
+    let provider_id = ca.workload(&scratch, "provider", "default", "provider", &[])?;
+    let meshed = DemoProvider::start("meshed").await?;
+    let plain = DemoProvider::start("plain").await?;
+    let sidecar = start_engine(&format!(
+        "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r, tls: {tls} }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: p }} }} ] }} ]
+clusters: [ {{ name: p, endpoints: [ {{ address: {provider} }} ] }} ]
+",
+        tls = yaml(&ca.listener_tls(&provider_id))?,
+        provider = meshed.address(),
+    ))
+    .await?;
+    let sidecar_address = listener_addr(&sidecar, "in")?;
+    // The cluster, with `first` entries before the sidecar's.
+    let mixed = |first: &str| -> TestResult<String> {
+        Ok(format!(
+            "{{ name: mixed,
+  endpoints: [ {{ address: {sidecar_address}, transport_socket_match: {{ tlsMode: istio }} }}, {{ address: {plain} }} ],
+  transport_socket_matches: [ {first}{{ match: {{ tlsMode: istio }}, tls: {tls} }} ],
+  health_check: {{ interval: 100ms, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1, probe: heartbeat }} }}",
+            plain = plain.address(),
+            tls = yaml(&ca.client_tls(Some(&proxy_id), &provider_id.spiffe_id))?,
+        ))
+    };
+    let proxy = start_engine(&format!(
+        "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: mixed }} }} ] }} ]
+clusters: [ {} ]
+",
+        mixed("")?
+    ))
+    .await?;
+    let client = DubboClient::new(listener_addr(&proxy, "in")?);
+    let call_both = || async {
+        let mut answered = std::collections::BTreeSet::new();
+        for _ in 0..4 {
+            let reply = client.call("sayHello", "by label", &[]).await?;
+            answered.insert(reply.attachment("provider").unwrap_or("none").to_owned());
+        }
+        TestResult::Ok(answered)
+    };
+    let both: std::collections::BTreeSet<String> = ["meshed", "plain"].map(str::to_owned).into();
+    assert_eq!(call_both().await?, both);
+    let checks = |outcome: &str| {
+        metric(
+            &proxy,
+            &format!("metaprotocol_health_checks_total{{cluster=\"mixed\",outcome=\"{outcome}\"}}"),
+        )
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while checks("success") < 6.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "health checks did not pass: {} failed",
+            checks("failure")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(checks("failure"), 0.0);
+    assert_eq!(
+        metric(
+            &proxy,
+            "metaprotocol_upstream_tls_handshake_errors_total{cluster=\"mixed\"}"
+        ),
+        0.0
+    );
+
+    // An update that puts another entry first, leaving the sidecar's TLS as it was, keeps both
+    // endpoints' connections.
+    let opened = |endpoint: SocketAddr| {
+        metric(
+            &proxy,
+            &format!("metaprotocol_endpoint_cx_total{{cluster=\"mixed\",endpoint=\"{endpoint}\"}}"),
+        )
+    };
+    let before = [opened(sidecar_address), opened(plain.address())];
+    assert!(before.iter().all(|&n| n >= 1.0), "{before:?}");
+    let updated = ClusterSpec::from_yaml(&mixed("{ match: { tlsMode: none } }, ")?)?;
+    proxy.update_cluster(updated).await?;
+    assert_eq!(call_both().await?, both);
+    assert_eq!([opened(sidecar_address), opened(plain.address())], before);
+    proxy.shutdown().await;
+    sidecar.shutdown().await;
     Ok(())
 }

@@ -17,6 +17,7 @@
 //! update would, and a failed resolution keeps the addresses last resolved.
 
 mod circuit_breaker;
+mod connectors;
 pub(crate) mod dns;
 mod endpoint;
 mod snapshot;
@@ -37,6 +38,7 @@ pub use circuit_breaker::BreakerStatus;
 pub(crate) use circuit_breaker::{
     Breaker, CircuitBreakers, ConnectionPermit, PendingPlace, RequestPlace, RetryRefusal,
 };
+use connectors::Connectors;
 pub use endpoint::HealthState;
 pub(crate) use endpoint::{ActiveRequest, Endpoint, HealthFlags};
 use snapshot::Selector;
@@ -52,7 +54,6 @@ use crate::router::AttemptOutcome;
 use crate::stats::{
     ClusterStats, EndpointStats, HealthStats, IstioDestination, IstioReporter, MetricsScope,
 };
-use crate::transport::{Connector, TlsConnector};
 use crate::upstream::{PoolSettings, UpstreamPool};
 pub(crate) use dns::Resolved;
 
@@ -62,8 +63,9 @@ struct ClusterState {
     spec: Arc<ClusterSpec>,
     protocol: String,
     codec: Arc<dyn CodecFactory>,
-    /// How the endpoints are connected to (TLS or not); kept while `spec.tls` is unchanged.
-    connector: Connector,
+    /// How the endpoints are connected to (TLS or not); each kept while its TLS settings are
+    /// unchanged.
+    connectors: Connectors,
     endpoints: HashMap<SocketAddr, Arc<Endpoint>>,
     /// Subset selectors by [`SubsetId`]; the first (empty) selects the whole cluster.
     selectors: Vec<Selector>,
@@ -161,16 +163,6 @@ impl std::fmt::Debug for SubsetLease {
     }
 }
 
-/// How cluster `spec`'s endpoints are connected to; TLS series live in `scope`.
-fn connector(spec: &ClusterSpec, scope: &MetricsScope) -> Result<Connector, ConfigError> {
-    match &spec.tls {
-        None => Ok(Connector::Plain),
-        Some(tls) => TlsConnector::new(tls, &spec.name, scope)
-            .map(|tls| Connector::Tls(Arc::new(tls)))
-            .map_err(|e| e.within("tls")),
-    }
-}
-
 fn pool_settings(spec: &ClusterSpec) -> PoolSettings {
     PoolSettings {
         connect_timeout: spec.connect_timeout,
@@ -217,7 +209,7 @@ impl ClusterHandle {
             spec: spec.clone(),
             protocol,
             codec,
-            connector: connector(spec, &scope)?,
+            connectors: Connectors::new(spec, None, &scope)?,
             endpoints: HashMap::new(),
             selectors: vec![Selector {
                 labels: BTreeMap::new(),
@@ -339,12 +331,7 @@ impl ClusterHandle {
     /// restart them when their config changes, [`ClusterHandle::retire`] stops them.
     pub fn start_health(self: &Arc<Self>) {
         let mut state = self.lock();
-        state.monitor = Some(HealthMonitor::start(
-            self,
-            &state.spec,
-            state.probe.clone(),
-            state.connector.clone(),
-        ));
+        state.monitor = Some(HealthMonitor::start(self, &state.spec, state.probe.clone()));
     }
 
     /// Records how an attempt on `endpoint` ended, `elapsed` after it started: its latency
@@ -489,18 +476,21 @@ impl ClusterHandle {
     ) -> Result<(), ConfigError> {
         let codec = codec.cloned().unwrap_or_else(|| self.codec());
         health::probe_request(spec.health_check.as_ref(), &codec)?;
-        self.next_connector(spec).map(|_| ())
+        self.next_connectors(spec).map(|_| ())
     }
 
-    /// The connector for `spec`: the current one while its TLS settings stay, so that the
+    /// The connectors for `spec`: the current ones while their TLS settings stay, so that the
     /// endpoints keep their connections.
-    fn next_connector(&self, spec: &ClusterSpec) -> Result<Connector, ConfigError> {
+    fn next_connectors(&self, spec: &ClusterSpec) -> Result<Connectors, ConfigError> {
         let state = self.lock();
-        if state.spec.tls == spec.tls {
-            return Ok(state.connector.clone());
+        if state.spec.tls == spec.tls
+            && state.spec.transport_socket_matches == spec.transport_socket_matches
+        {
+            return Ok(state.connectors.clone());
         }
+        let running = (state.spec.clone(), state.connectors.clone());
         drop(state);
-        connector(spec, &self.scope)
+        Connectors::new(spec, Some((&running.0, &running.1)), &self.scope)
     }
 
     /// Plans the update of this cluster to `spec` (with `codec`, when the protocol or codec
@@ -521,7 +511,7 @@ impl ClusterHandle {
             .as_ref()
             .map_or_else(|| self.codec(), |(_, codec)| codec.clone());
         let probe = health::probe_request(spec.health_check.as_ref(), &probe_codec)?;
-        let connector = self.next_connector(spec)?;
+        let connectors = self.next_connectors(spec)?;
         let resolved = dns::kept(spec, resolved);
         let state = self.lock();
         let (protocol, next_codec) = match &codec {
@@ -532,7 +522,7 @@ impl ClusterHandle {
             spec,
             protocol,
             codec: next_codec,
-            connector: &connector,
+            connectors: &connectors,
             resolved: &resolved,
             local: local.as_ref(),
             endpoints: &state.endpoints,
@@ -546,7 +536,7 @@ impl ClusterHandle {
                 cluster: self.clone(),
                 spec: spec.clone(),
                 codec,
-                connector,
+                connectors,
                 probe,
                 local,
                 resolved,
@@ -627,12 +617,13 @@ impl ClusterHandle {
             || old.health_check != next.spec.health_check
             || old.connect_timeout != next.spec.connect_timeout
             || old.tls != next.spec.tls
+            || old.transport_socket_matches != next.spec.transport_socket_matches
             || next.codec.is_some();
         let mut state_next = ClusterState {
             spec: next.spec.clone(),
             protocol: state.protocol.clone(),
             codec: state.codec.clone(),
-            connector: next.connector,
+            connectors: next.connectors,
             endpoints: std::mem::take(&mut state.endpoints),
             selectors: state.selectors.clone(),
             retired: std::mem::take(&mut state.retired),
@@ -689,7 +680,6 @@ impl ClusterHandle {
                 self,
                 &state_next.spec,
                 state_next.probe.clone(),
-                state_next.connector.clone(),
             ));
         }
         *state = state_next;
@@ -872,7 +862,7 @@ struct PlanInputs<'a> {
     spec: &'a ClusterSpec,
     protocol: &'a str,
     codec: &'a Arc<dyn CodecFactory>,
-    connector: &'a Connector,
+    connectors: &'a Connectors,
     resolved: &'a Resolved,
     local: Option<&'a LocalitySpec>,
     /// The endpoints it has now, reused where they fit.
@@ -887,7 +877,7 @@ impl ClusterState {
             spec: &self.spec,
             protocol: &self.protocol,
             codec: &self.codec,
-            connector: &self.connector,
+            connectors: &self.connectors,
             resolved: &self.resolved,
             local: self.local.as_ref(),
             endpoints: &self.endpoints,
@@ -897,8 +887,9 @@ impl ClusterState {
 }
 
 /// The endpoints of `inputs`' spec, reusing those whose address, codec, pool settings and
-/// connector are unchanged (new ones get their series in `scope`, and one rebuilt at an address
-/// stays out of rotation if the one it replaces was), and what its snapshot is built from.
+/// connector (the one of the cluster's that their labels choose) are unchanged (new ones get
+/// their series in `scope`, and one rebuilt at an address stays out of rotation if the one it
+/// replaces was), and what its snapshot is built from.
 /// Changes nothing the cluster has: [`retire_replaced`] installs the endpoints.
 fn plan_hosts(
     inputs: &PlanInputs<'_>,
@@ -913,6 +904,9 @@ fn plan_hosts(
     let mut endpoints = HashMap::with_capacity(inputs.spec.endpoints.len());
     let mut hosts = Vec::with_capacity(inputs.spec.endpoints.len());
     for spec in &inputs.spec.endpoints {
+        let connector = inputs
+            .connectors
+            .of_endpoint(inputs.spec, &spec.transport_socket_match);
         for address in dns::addresses(&spec.address, inputs.resolved) {
             // Two names of one address (`localhost:1` and `127.0.0.1:1`): the first wins.
             if endpoints.contains_key(&address) {
@@ -921,7 +915,7 @@ fn plan_hosts(
             let reusable = inputs.endpoints.get(&address).filter(|e| {
                 Arc::ptr_eq(e.pool().codec(), inputs.codec)
                     && e.pool().settings() == settings
-                    && e.pool().connector().same(inputs.connector)
+                    && e.pool().connector().same(connector)
             });
             let endpoint = match reusable {
                 Some(endpoint) => endpoint.clone(),
@@ -933,7 +927,7 @@ fn plan_hosts(
                         address,
                         inputs.codec.clone(),
                         settings,
-                        inputs.connector.clone(),
+                        connector.clone(),
                         stats.clone(),
                         Some(breakers.clone()),
                     )
@@ -1041,7 +1035,7 @@ struct NextConfig {
     cluster: Arc<ClusterHandle>,
     spec: Arc<ClusterSpec>,
     codec: Option<(String, Arc<dyn CodecFactory>)>,
-    connector: Connector,
+    connectors: Connectors,
     probe: Option<Arc<Message>>,
     local: Option<LocalitySpec>,
     resolved: Resolved,

@@ -89,9 +89,15 @@ pub struct ClusterSpec {
     /// Active health checks of the endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckSpec>,
-    /// TLS to the endpoints.
+    /// TLS to the endpoints that no entry of `transport_socket_matches` is for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ClusterTlsSpec>,
+    /// Transports chosen per endpoint by its `transport_socket_match` labels (Envoy's
+    /// `transport_socket_matches`): an endpoint is connected to with the first entry whose
+    /// `match` labels it all has, else with `tls`. Chosen when its connections are made, so a
+    /// request pays nothing for it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transport_socket_matches: Vec<TransportSocketMatchSpec>,
     /// Retries in flight to this cluster, at most a share of its active requests (Envoy's
     /// retry budget): past it, failed requests are answered instead of retried, so that a
     /// failing cluster does not receive a storm of retries.
@@ -219,6 +225,14 @@ impl ClusterSpec {
         super::work::count(&super::work::CHECKED);
         if let Some(tls) = &self.tls {
             errors.check("tls", tls.validate());
+        }
+        for (i, entry) in self.transport_socket_matches.iter().enumerate() {
+            if let Some(tls) = &entry.tls {
+                errors.check(
+                    &format!("transport_socket_matches[{i}].tls"),
+                    tls.validate(),
+                );
+            }
         }
         if self.connect_timeout.is_zero() {
             errors.add(ConfigError::new(
@@ -364,6 +378,33 @@ pub struct EndpointSpec {
     /// probe (Envoy's `health_check_config.port_value`); before an `http` probe's `port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check_port: Option<u16>,
+    /// Labels that choose its transport among the cluster's `transport_socket_matches`
+    /// (Envoy's `envoy.transport_socket_match` metadata: `tlsMode: istio` for a pod with an
+    /// Istio sidecar).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub transport_socket_match: BTreeMap<String, String>,
+}
+
+/// A transport a cluster's endpoints may be connected with, and the endpoints it is for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportSocketMatchSpec {
+    /// The labels an endpoint's `transport_socket_match` must all have (each with its value)
+    /// for this transport; none: every endpoint.
+    #[serde(default, rename = "match")]
+    pub labels: BTreeMap<String, String>,
+    /// TLS to those endpoints, with the fields of the cluster's `tls`; none: plain TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClusterTlsSpec>,
+}
+
+impl TransportSocketMatchSpec {
+    /// True if this transport is for an endpoint with the labels `endpoint`.
+    pub fn matches(&self, endpoint: &BTreeMap<String, String>) -> bool {
+        self.labels
+            .iter()
+            .all(|(name, value)| endpoint.get(name) == Some(value))
+    }
 }
 
 fn is_first(priority: &u32) -> bool {

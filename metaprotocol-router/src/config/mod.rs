@@ -30,6 +30,7 @@ pub use cluster::{
     DEFAULT_DNS_REFRESH_RATE, DEFAULT_LOCALITY_FAILOVER_THRESHOLD, DEFAULT_UPSTREAM_IDLE_TIMEOUT,
     DnsLookupFamily, EndpointAddress, EndpointSpec, HealthCheckSpec, HttpProbeSpec, LbPolicy,
     LocalitySpec, OutlierDetectionSpec, ProbeSpec, RetryBudgetSpec, StatusRange,
+    TransportSocketMatchSpec,
 };
 pub use dynamic::{
     CertificateProviderSpec, DynamicSpec, KeepaliveSpec, ReconnectSpec, XDS, XdsApiType,

@@ -95,6 +95,8 @@ struct Checked {
     prober: Arc<Prober>,
     /// The endpoint's own health check port the prober asks, if it has one.
     port: Option<u16>,
+    /// How the prober connects to the endpoint: as its pool does.
+    connector: Connector,
     /// The slot of the round its checks start in (after its first, which runs at once).
     slot: usize,
     passed: u32,
@@ -115,12 +117,12 @@ struct Stats {
 const SLOTS: usize = 10;
 
 /// Runs the checks of `cluster` until `stop` (or the cluster is gone); `probe` is the request a
-/// protocol check sends (`None`: TCP checks), over connections `connector` opens.
+/// protocol check sends (`None`: TCP checks), over connections opened by the connector of each
+/// endpoint's pool (TLS or not, as its traffic's).
 pub(super) async fn run(
     cluster: Weak<ClusterHandle>,
     spec: HealthCheckSpec,
     probe: Option<Arc<Message>>,
-    connector: Connector,
     connect_timeout: Duration,
     stop: CancellationToken,
 ) {
@@ -167,22 +169,30 @@ pub(super) async fn run(
         };
         // A map: the endpoints checked are kept by looking each up in it (a list took a
         // hundred million comparisons a round for 10,000 endpoints). An endpoint whose health
-        // check port changed is checked anew, at its new port.
-        let members: HashMap<SocketAddr, Option<u16>> = handle
+        // check port or connector changed is checked anew, at its new port, its new way.
+        let members: HashMap<SocketAddr, (Option<u16>, Connector)> = handle
             .snapshot()
             .hosts
             .iter()
-            .map(|h| (h.endpoint.address(), h.health_check_port))
+            .map(|h| {
+                let connector = h.endpoint.pool().connector().clone();
+                (h.endpoint.address(), (h.health_check_port, connector))
+            })
             .collect();
         drop(handle);
-        endpoints.retain(|address, checked| members.get(address) == Some(&checked.port));
+        endpoints.retain(|address, checked| {
+            members.get(address).is_some_and(|(port, connector)| {
+                *port == checked.port && connector.same(&checked.connector)
+            })
+        });
         let mut slots: Vec<Vec<SocketAddr>> = vec![Vec::new(); SLOTS];
         for (&address, checked) in &endpoints {
             if let Some(slot) = slots.get_mut(checked.slot) {
                 slot.push(address);
             }
         }
-        for (&address, &port) in &members {
+        for (&address, (port, connector)) in &members {
+            let port = *port;
             if endpoints.contains_key(&address) {
                 continue;
             }
@@ -212,6 +222,7 @@ pub(super) async fn run(
                         (None, None) => Prober::Tcp(target(None), connector.clone()),
                     }),
                     port,
+                    connector: connector.clone(),
                     slot: next_slot,
                     passed: 0,
                     failed: 0,

@@ -32,7 +32,6 @@ pub(crate) use outlier::{Ejections, OutlierCounters, OutlierThresholds};
 
 use crate::cluster::ClusterHandle;
 use crate::config::{ClusterSpec, ConfigError, HealthCheckSpec, ProbeSpec};
-use crate::transport::Connector;
 
 /// The request `check`'s probe sends, built by `codec`: `None` for a TCP or HTTP check (which
 /// send none of the protocol's); an error naming the field when the protocol has no such
@@ -72,12 +71,12 @@ pub(crate) struct HealthMonitor {
 
 impl HealthMonitor {
     /// Starts what `spec` asks for on `cluster`: outlier detection, active checks sending
-    /// `probe` (a TCP connect when `None`) over connections `connector` opens.
+    /// `probe` (a TCP connect when `None`) over connections opened as each endpoint's traffic
+    /// opens them.
     pub fn start(
         cluster: &Arc<ClusterHandle>,
         spec: &ClusterSpec,
         probe: Option<Arc<Message>>,
-        connector: Connector,
     ) -> Self {
         let stop = CancellationToken::new();
         if let Some(policy) = &spec.outlier_detection {
@@ -92,7 +91,6 @@ impl HealthMonitor {
                 Arc::downgrade(cluster),
                 check.clone(),
                 probe,
-                connector,
                 spec.connect_timeout,
                 stop.clone(),
             ));

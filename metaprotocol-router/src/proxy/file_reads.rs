@@ -63,8 +63,8 @@ pub(crate) struct FileToRead {
 /// What the build of a cluster makes anew, and so reads the files of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Rebuilt {
-    /// Its TLS connector: for a new cluster, or one whose `tls` changed (else the running
-    /// connector stays, and its endpoints' connections with it).
+    /// Its TLS connectors: for a new cluster, or one whose `tls` or `transport_socket_matches`
+    /// changed (else the running connectors stay, and its endpoints' connections with them).
     pub tls: bool,
     /// Its codec: for a new cluster, or one whose `codec` options or protocol changed.
     pub codec: bool,
@@ -113,10 +113,16 @@ impl FilesToRead {
         }
     }
 
-    /// True if cluster `spec` is built from files: its TLS files, and its codec options named
-    /// `*_file` (the files codecs watch, `authentication_data_file`).
+    /// True if cluster `spec` is built from files: its TLS files (of its `tls` and of its
+    /// `transport_socket_matches`), and its codec options named `*_file` (the files codecs
+    /// watch, `authentication_data_file`).
     pub fn names_files(spec: &ClusterSpec) -> bool {
-        spec.tls.is_some() || codec_files(spec.codec.as_ref()).next().is_some()
+        spec.tls.is_some()
+            || spec
+                .transport_socket_matches
+                .iter()
+                .any(|m| m.tls.is_some())
+            || codec_files(spec.codec.as_ref()).next().is_some()
     }
 
     /// Adds the files of cluster `clusters[at]` (see [`FilesToRead::names_files`]) that its
@@ -124,8 +130,16 @@ impl FilesToRead {
     /// the build makes it anew.
     pub fn cluster(&mut self, at: usize, spec: &ClusterSpec, rebuilt: Rebuilt) {
         let place = format!("clusters[{at}]");
-        if let Some(tls) = spec.tls.as_ref().filter(|_| rebuilt.tls) {
-            self.add_tls(&place, tls.files());
+        if rebuilt.tls {
+            if let Some(tls) = &spec.tls {
+                self.add_tls(&place, tls.files());
+            }
+            for (i, entry) in spec.transport_socket_matches.iter().enumerate() {
+                if let Some(tls) = &entry.tls {
+                    let place = format!("{place}.transport_socket_matches[{i}]");
+                    self.add_tls(&place, tls.files());
+                }
+            }
         }
         if rebuilt.codec {
             self.add_codec(&place, spec.codec.as_ref());

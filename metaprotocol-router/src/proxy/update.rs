@@ -426,8 +426,8 @@ impl ProxyState {
         let live = self.clusters.all();
         let local = new.node.as_ref().map(|node| &node.locality);
         // What the build makes anew of each cluster, as `prepare` decides it: a new cluster's
-        // all; a running one's connector when its `tls` changed, codec when its `codec` or
-        // protocol did.
+        // all; a running one's connectors when its `tls` or `transport_socket_matches` changed,
+        // codec when its `codec` or protocol did.
         let rebuilt = |at: usize| {
             let Some(spec) = new.clusters.get(at) else {
                 return Rebuilt::NOTHING;
@@ -439,7 +439,8 @@ impl ProxyState {
                 Ok(Some(protocol)) if !handle.built_from(spec, protocol, local) => {
                     let old = handle.spec();
                     Rebuilt {
-                        tls: old.tls != spec.tls,
+                        tls: old.tls != spec.tls
+                            || old.transport_socket_matches != spec.transport_socket_matches,
                         codec: handle.protocol() != protocol || old.codec != spec.codec,
                     }
                 }
