@@ -22,9 +22,15 @@ use support::TestResult;
 use support::mesh::{MeshCa, Workload, spiffe_id, yaml};
 use support::process::Scratch;
 use support::proxy::{metric, start_engine};
-use xds::fixtures::{cluster_name, eds_cluster, istio_upstream_tls, tls_socket};
+use xds::fixtures::{
+    HOST, PORT, assignment, cluster_name, eds_cluster, istio_sidecar_tls,
+    istio_transport_socket_matches, istio_upstream_tls, meta_route, meta_route_config, tls_socket,
+    to_cluster, with_istio_sidecar,
+};
 use xds::management_server::{ManagementServer, Serving};
-use xds::{WITHIN, cds, config_dump, eventually, proxy_config, serve_one_cluster, start_proxy};
+use xds::{
+    WITHIN, cds, config_dump, eds, eventually, proxy_config, rds, serve_one_cluster, start_proxy,
+};
 
 /// The name in the management server's certificate, as istiod's service is named.
 const SERVER_NAME: &str = "istiod.istio-system.svc";
@@ -313,6 +319,106 @@ clusters: [ {{ name: p, endpoints: [ {{ address: {provider} }} ] }} ]
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    proxy.shutdown().await;
+    sidecar.shutdown().await;
+    Ok(())
+}
+
+/// A cluster as istiod gives a sidecar under auto mTLS: `transport_socket_matches` choosing
+/// mutual TLS, with the workload certificate and CA of SDS secrets `default` and `ROOTCA`, for
+/// the endpoints labelled `tlsMode: istio` (pods with a sidecar) and plaintext for the others.
+/// With the secrets mapped to files (`dynamic.xds.sds_secrets`), the cluster is taken: calls
+/// reach the provider behind a mutual-TLS sidecar, whose SPIFFE id is verified, and the plain
+/// provider beside it, without a failed handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_clusters_speak_mutual_tls_to_endpoints_with_a_sidecar_and_plaintext_to_others()
+-> TestResult {
+    let mesh = Mesh::new("xds-sidecar-tls")?;
+    let scratch = Scratch::new("xds-sidecar-tls-provider")?;
+    let workload = mesh
+        .ca
+        .workload(&scratch, "provider", "default", "provider", &[])?;
+    let meshed = DemoProvider::start("meshed").await?;
+    let plain = DemoProvider::start("plain").await?;
+    let sidecar = start_engine(&format!(
+        "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r, tls: {tls} }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: p }} }} ] }} ]
+clusters: [ {{ name: p, endpoints: [ {{ address: {provider} }} ] }} ]
+",
+        tls = yaml(&mesh.ca.listener_tls(&workload))?,
+        provider = meshed.address(),
+    ))
+    .await?;
+    let sidecar_address = sidecar
+        .listener_addr("in")
+        .ok_or("the sidecar is not bound")?;
+
+    let server = ManagementServer::new();
+    let serving = server.serve("127.0.0.1:0".parse()?).await?;
+    let name = cluster_name("v1");
+    let mut cluster = eds_cluster(&name);
+    // The SNI istiod gives the subset's mutual TLS.
+    let sni = format!("outbound_.{PORT}_.v1_.{HOST}");
+    cluster.transport_socket_matches =
+        istio_transport_socket_matches(&istio_sidecar_tls(&workload.spiffe_id, &sni));
+    cds(&server, "c1", &[cluster]);
+    let endpoints = assignment(&name, &[sidecar_address, plain.address()]);
+    eds(&server, "e1", &[with_istio_sidecar(endpoints, 0)]);
+    let route = meta_route("all", &[], to_cluster(&name));
+    rds(&server, "r1", &meta_route_config(vec![route]));
+    let mut config = proxy_config(serving.address(), "grpc")?;
+    let xds = config
+        .dynamic
+        .as_mut()
+        .and_then(|dynamic| dynamic.xds.as_mut())
+        .ok_or("no dynamic.xds section")?;
+    // The files pilot-agent writes with `OUTPUT_CERTS`, by the SDS secrets they stand for.
+    xds.sds_secrets.insert(
+        "default".to_owned(),
+        CertificateProviderSpec {
+            cert_file: Some(mesh.proxy.cert_file.clone()),
+            key_file: Some(mesh.proxy.key_file.clone()),
+            ca_file: None,
+        },
+    );
+    xds.sds_secrets.insert(
+        "ROOTCA".to_owned(),
+        CertificateProviderSpec {
+            ca_file: Some(mesh.ca.ca_file.clone()),
+            ..CertificateProviderSpec::default()
+        },
+    );
+    let proxy = start_proxy(config).await?;
+    let taken = eventually("the listener serves", || {
+        proxy.listener_addr("dubbo-in").is_some()
+    })
+    .await;
+    let nacks: Vec<String> = server
+        .received()
+        .into_iter()
+        .filter_map(|request| request.error)
+        .collect();
+    if let Err(err) = taken {
+        return Err(format!("{err}; NACKs: {nacks:?}").into());
+    }
+    assert_eq!(nacks, Vec::<String>::new());
+    let address = proxy.listener_addr("dubbo-in").ok_or("not bound")?;
+    let client = DubboClient::new(address);
+    let mut answered = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let reply = client.call("sayHello", "in the mesh", &[]).await?;
+        answered.insert(reply.attachment("provider").unwrap_or("none").to_owned());
+    }
+    assert_eq!(
+        answered,
+        ["meshed", "plain"].map(str::to_owned).into(),
+        "calls reach both providers"
+    );
+    // Each call reached its provider once: through the sidecar (over mutual TLS), or directly.
+    assert_eq!(meshed.seen().len() + plain.seen().len(), 4);
+    let handshake_errors =
+        format!("metaprotocol_upstream_tls_handshake_errors_total{{cluster=\"{name}\"}}");
+    assert_eq!(metric(&proxy, &handshake_errors), 0.0);
     proxy.shutdown().await;
     sidecar.shutdown().await;
     Ok(())

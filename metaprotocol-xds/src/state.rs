@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use crate::known::Known;
 use crate::resource::ResourceType;
-use crate::translate::{self, CertificateProviders, ClusterResource, InvalidResource};
+use crate::translate::{self, CertificateFiles, ClusterResource, InvalidResource};
 
 /// The gRPC status code of a NACK's detail: the resource was invalid.
 const INVALID_ARGUMENT: i32 = 3;
@@ -195,8 +195,8 @@ pub(crate) struct Subscription {
     applied_route_configs: BTreeMap<String, RouteConfigSpec>,
     /// Bounds on what the resources held add up to.
     limits: XdsLimitsSpec,
-    /// The certificate files clusters' TLS may name by instance.
-    certificate_providers: CertificateProviders,
+    /// The certificate files clusters' TLS may name by instance or SDS secret.
+    certificate_files: CertificateFiles,
     /// The bytes each resource held was accepted as, per type.
     known: BTreeMap<ResourceType, Known>,
 }
@@ -217,7 +217,10 @@ impl Subscription {
             without_endpoints: BTreeSet::new(),
             applied_route_configs: BTreeMap::new(),
             limits: spec.limits,
-            certificate_providers: spec.certificate_providers.clone(),
+            certificate_files: CertificateFiles {
+                providers: spec.certificate_providers.clone(),
+                sds_secrets: spec.sds_secrets.clone(),
+            },
             known: BTreeMap::new(),
         }
     }
@@ -419,7 +422,7 @@ impl Subscription {
                     |c: &Cluster| {
                         (
                             c.name.clone(),
-                            translate::cluster(c, &self.certificate_providers),
+                            translate::cluster(c, &self.certificate_files),
                         )
                     },
                 )

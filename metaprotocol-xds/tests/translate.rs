@@ -55,17 +55,19 @@ use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::protobuf::{Any, Duration, Struct, UInt32Value, UInt64Value, Value};
 use metaprotocol_router::config::{
     CertificateProviderSpec, ClusterTlsSpec, HttpProbeSpec, LbPolicy as Policy, ProbeSpec,
-    RouteConfigSpec, StatusRange,
+    RouteConfigSpec, StatusRange, TransportSocketMatchSpec,
 };
 use metaprotocol_xds::translate::{self, InvalidResource};
 use support::TestResult;
 use support::fixtures::{
-    HOST, assignment, cluster_name, eds_cluster, hashed_on, istio_upstream_tls, meta_route,
-    meta_route_config, mirrored, packed, split, tls_socket, to_cluster, with_request_mutation,
+    HOST, assignment, cluster_name, eds_cluster, hashed_on, istio_sidecar_tls,
+    istio_transport_socket_matches, istio_upstream_tls, meta_route, meta_route_config, mirrored,
+    packed, split, tls_socket, to_cluster, with_istio_sidecar, with_request_mutation,
 };
 
-/// No certificate provider instances: clusters without TLS, or with TLS from files.
-const NO_PROVIDERS: translate::CertificateProviders = BTreeMap::new();
+/// No certificate provider instances or SDS secrets: clusters without TLS, or with TLS from
+/// files.
+const NO_PROVIDERS: translate::CertificateFiles = translate::CertificateFiles::NONE;
 
 /// The route config Aeraki's MetaRDS server derives from its fixtures: `method` matched exactly
 /// (`metarouter-attribute-exact`), a 20/80 split (`metarouter-traffic-splitting`), a mirror of
@@ -457,7 +459,7 @@ fn clusters_that_cannot_be_mapped_are_refused_naming_the_field() {
     );
     assert_eq!(
         refused(&|c| c.transport_socket_matches = vec![Default::default()]).as_deref(),
-        Some("transport_socket_matches")
+        Some("transport_socket_matches[0].transport_socket")
     );
     assert_eq!(
         refused(
@@ -1023,8 +1025,8 @@ fn file(name: &str) -> DataSource {
 }
 
 /// The instance `default` with every file, and `roots` with a CA only.
-fn providers() -> translate::CertificateProviders {
-    BTreeMap::from([
+fn providers() -> translate::CertificateFiles {
+    let providers = BTreeMap::from([
         (
             "default".to_owned(),
             CertificateProviderSpec {
@@ -1040,7 +1042,11 @@ fn providers() -> translate::CertificateProviders {
                 ..CertificateProviderSpec::default()
             },
         ),
-    ])
+    ]);
+    translate::CertificateFiles {
+        providers,
+        ..translate::CertificateFiles::NONE
+    }
 }
 
 /// The context Istio sends proxyless clients for `ISTIO_MUTUAL`, to a provider.
@@ -1161,7 +1167,7 @@ fn tls_that_cannot_be_mapped_is_refused_naming_the_field() {
         ),
         (
             refused(&|c| c.tls_certificate_sds_secret_configs = vec![Default::default()]),
-            format!("{root}.tls_certificate_sds_secret_configs"),
+            format!("{root}.tls_certificate_sds_secret_configs[0].name"),
         ),
         (
             refused(&|c| {
@@ -1245,4 +1251,147 @@ fn tls_that_cannot_be_mapped_is_refused_naming_the_field() {
             .as_deref(),
         Some("transport_socket.typed_config")
     );
+}
+
+/// The SDS secrets of Istio's sidecar clusters: `default` (the workload certificate) and
+/// `ROOTCA` (the CA), as files pilot-agent writes with `OUTPUT_CERTS`.
+fn sidecar_secrets() -> translate::CertificateFiles {
+    let secrets = BTreeMap::from([
+        (
+            "default".to_owned(),
+            CertificateProviderSpec {
+                cert_file: Some("/etc/certs/cert-chain.pem".into()),
+                key_file: Some("/etc/certs/key.pem".into()),
+                ca_file: None,
+            },
+        ),
+        (
+            "ROOTCA".to_owned(),
+            CertificateProviderSpec {
+                ca_file: Some("/etc/certs/root-cert.pem".into()),
+                ..CertificateProviderSpec::default()
+            },
+        ),
+    ]);
+    translate::CertificateFiles {
+        sds_secrets: secrets,
+        ..translate::CertificateFiles::NONE
+    }
+}
+
+/// A sidecar's outbound cluster as istiod sends it under auto mutual TLS maps onto
+/// `transport_socket_matches`: mutual TLS with the files of SDS secrets `default` and `ROOTCA`
+/// for endpoints labelled `tlsMode: istio`, plaintext for the others; EDS gives the label. A
+/// secret that is not mapped, or lacks the files asked of it, is refused naming it.
+#[test]
+fn sidecar_clusters_map_their_transport_socket_matches_and_sds_secrets() -> TestResult {
+    let name = cluster_name("v1");
+    let spiffe_id = "spiffe://cluster.local/ns/default/sa/provider";
+    let sni = "outbound_.20880_.v1_.demoservice.default.svc.cluster.local";
+    let mut cluster = eds_cluster(&name);
+    cluster.transport_socket_matches =
+        istio_transport_socket_matches(&istio_sidecar_tls(spiffe_id, sni));
+    let spec = translate::cluster(&cluster, &sidecar_secrets())?.spec;
+    assert_eq!(spec.tls, None);
+    let mesh_tls = ClusterTlsSpec {
+        ca_file: "/etc/certs/root-cert.pem".into(),
+        cert_file: Some("/etc/certs/cert-chain.pem".into()),
+        key_file: Some("/etc/certs/key.pem".into()),
+        server_name: Some(sni.to_owned()),
+        subject_alt_names: vec![spiffe_id.to_owned()],
+        crl_files: Vec::new(),
+    };
+    assert_eq!(
+        spec.transport_socket_matches,
+        vec![
+            TransportSocketMatchSpec {
+                labels: BTreeMap::from([("tlsMode".to_owned(), "istio".to_owned())]),
+                tls: Some(mesh_tls),
+            },
+            TransportSocketMatchSpec {
+                labels: BTreeMap::new(),
+                tls: None,
+            },
+        ]
+    );
+
+    let root = "transport_socket_matches[0].transport_socket.typed_config.common_tls_context";
+    let refused = |files: &translate::CertificateFiles| {
+        translate::cluster(&cluster, files)
+            .err()
+            .map(|e| e.to_string())
+    };
+    assert_eq!(
+        refused(&NO_PROVIDERS),
+        Some(format!(
+            "{root}.tls_certificate_sds_secret_configs[0].name: `default` is not in dynamic.xds.sds_secrets"
+        ))
+    );
+    let mut without_ca = sidecar_secrets();
+    without_ca.sds_secrets.remove("ROOTCA");
+    assert_eq!(
+        refused(&without_ca),
+        Some(format!(
+            "{root}.combined_validation_context.validation_context_sds_secret_config.name: `ROOTCA` is not in dynamic.xds.sds_secrets"
+        ))
+    );
+    let mut ca_without_file = sidecar_secrets();
+    ca_without_file.sds_secrets.insert(
+        "ROOTCA".to_owned(),
+        ca_without_file.sds_secrets["default"].clone(),
+    );
+    assert_eq!(
+        refused(&ca_without_file),
+        Some(format!(
+            "{root}.combined_validation_context.validation_context_sds_secret_config.name: `ROOTCA` has no `ca_file` in dynamic.xds.sds_secrets"
+        ))
+    );
+    // Certificate provider instances of the same names are not SDS secrets.
+    let as_instances = translate::CertificateFiles {
+        providers: sidecar_secrets().sds_secrets,
+        ..translate::CertificateFiles::NONE
+    };
+    assert!(refused(&as_instances).is_some());
+
+    let mut typed = cluster.clone();
+    typed.transport_socket_matches[0].r#match = Some(Struct {
+        fields: BTreeMap::from([(
+            "tlsMode".to_owned(),
+            Value {
+                kind: Some(Kind::BoolValue(true)),
+            },
+        )])
+        .into_iter()
+        .collect(),
+    });
+    assert_eq!(
+        translate::cluster(&typed, &sidecar_secrets())
+            .err()
+            .map(|e| e.field),
+        Some("transport_socket_matches[0].match.tlsMode".to_owned())
+    );
+
+    let a = "10.0.0.1:20880".parse()?;
+    let b = "10.0.0.2:20880".parse()?;
+    let endpoints = translate::endpoints(&with_istio_sidecar(assignment(&name, &[a, b]), 0))?;
+    let labels: Vec<_> = endpoints
+        .iter()
+        .map(|e| e.transport_socket_match.clone())
+        .collect();
+    assert_eq!(
+        labels,
+        vec![
+            BTreeMap::from([("tlsMode".to_owned(), "istio".to_owned())]),
+            BTreeMap::new()
+        ]
+    );
+    // Envoy reads a locality's labels for endpoints without a match of their own: refused.
+    let mut on_locality = assignment(&name, &[a]);
+    let labelled = with_istio_sidecar(assignment(&name, &[a]), 0);
+    on_locality.endpoints[0].metadata = labelled.endpoints[0].lb_endpoints[0].metadata.clone();
+    assert_eq!(
+        translate::endpoints(&on_locality).err().map(|e| e.field),
+        Some("endpoints[0].metadata.filter_metadata[\"envoy.transport_socket_match\"]".to_owned())
+    );
+    Ok(())
 }

@@ -104,11 +104,17 @@ pub struct XdsSpec {
     /// certificate provider instances (as Istio does for proxyless clients).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub certificate_providers: BTreeMap<String, CertificateProviderSpec>,
+    /// Certificate files by SDS secret name, for clusters whose TLS the server gives as SDS
+    /// secrets (as istiod does for sidecars: `default`, `ROOTCA`). The proxy has no SDS client:
+    /// a secret is resolved to its files here by its name, never fetched.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sds_secrets: BTreeMap<String, CertificateProviderSpec>,
 }
 
-/// The certificate files a certificate provider instance stands for (gRPC's `file_watcher`
-/// provider): a cluster from the server names the instance for its client certificate, its CA,
-/// or both. The files are re-read when they change, as a cluster's `tls` files are.
+/// The certificate files a certificate provider instance (gRPC's `file_watcher` provider) or an
+/// SDS secret stands for: a cluster from the server names the instance or secret for its client
+/// certificate, its CA, or both. The files are re-read when they change, as a cluster's `tls`
+/// files are.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateProviderSpec {
@@ -184,12 +190,24 @@ impl XdsSpec {
         errors.within("reconnect", |errors| self.reconnect.check(errors));
         errors.within("keepalive", |errors| self.keepalive.check(errors));
         errors.within("limits", |errors| self.limits.check(errors));
-        for (name, provider) in &self.certificate_providers {
-            let at = format!("certificate_providers.{name}");
-            if name.is_empty() {
-                errors.add(ConfigError::new(&at, "the instance name must not be empty"));
+        for (section, files, kind) in [
+            (
+                "certificate_providers",
+                &self.certificate_providers,
+                "instance",
+            ),
+            ("sds_secrets", &self.sds_secrets, "secret"),
+        ] {
+            for (name, provider) in files {
+                let at = format!("{section}.{name}");
+                if name.is_empty() {
+                    errors.add(ConfigError::new(
+                        &at,
+                        format!("the {kind} name must not be empty"),
+                    ));
+                }
+                errors.within(&at, |errors| provider.check(errors));
             }
-            errors.within(&at, |errors| provider.check(errors));
         }
     }
 }

@@ -11,11 +11,14 @@
 //! `max_ejection_time`, `max_ejection_percent`); `common_lb_config`'s locality setting
 //! (zone-aware or locality-weighted) as `locality_aware`, and its `healthy_panic_threshold`;
 //! one of `health_checks` (TCP connect, Envoy's Thrift checker or an HTTP `GET`: see `health.rs`);
-//! `transport_socket` (`tls` from files or certificate provider instances: see `tls.rs`);
+//! `transport_socket` (`tls` from files, certificate provider instances or SDS secrets mapped to
+//! files: see `tls.rs`); `transport_socket_matches` (string `match` values, each entry's
+//! `transport_socket` as the cluster's; the endpoints' labels come from EDS metadata, see
+//! `endpoints.rs`), whose entries' `name`s are ignored;
 //! `eds_cluster_config.eds_config.initial_fetch_timeout`, how long an EDS cluster waits for its
 //! endpoints before serving without them (Envoy's 15 s when unset, 0 for ever).
 //!
-//! Refused (NACKed, naming the field): `transport_socket_matches`, `load_balancing_policy`, network `filters`, `upstream_config`, custom DNS resolvers and
+//! Refused (NACKed, naming the field): `transport_socket_matcher`, `load_balancing_policy`, network `filters`, `upstream_config`, custom DNS resolvers and
 //! cluster types, `ORIGINAL_DST`, non-`DEFAULT` circuit-breaker priorities, per-host
 //! thresholds, and the outlier detectors the engine does not have. Accepted and ignored, as
 //! they do not change where calls go: `metadata`, `alt_stat_name`, stats and buffer tuning,
@@ -29,15 +32,18 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::thresholds::RetryBudget;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy as EnvoyLbPolicy,
+    TransportSocketMatch,
 };
 use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, OutlierDetection};
 use envoy_types::pb::envoy::config::core::v3::RoutingPriority;
 use envoy_types::pb::google::protobuf::UInt32Value;
+use envoy_types::pb::google::protobuf::value::Kind;
 use metaprotocol_router::config::{
-    CircuitBreakersSpec, ClusterSpec, EndpointSpec, LbPolicy, OutlierDetectionSpec, RetryBudgetSpec,
+    CircuitBreakersSpec, ClusterSpec, EndpointSpec, LbPolicy, OutlierDetectionSpec,
+    RetryBudgetSpec, TransportSocketMatchSpec,
 };
 
-use super::tls::{self, CertificateProviders};
+use super::tls::{self, CertificateFiles};
 use super::{InvalidResource, duration, endpoints, health, refuse_set};
 
 /// A translated cluster: its spec, and where its endpoints come from.
@@ -63,11 +69,11 @@ impl ClusterResource {
     }
 }
 
-/// Translates a CDS `Cluster`, whose TLS may name certificate provider instances of
-/// `providers`.
+/// Translates a CDS `Cluster`, whose TLS may name certificate provider instances and SDS
+/// secrets of `providers`.
 pub fn cluster(
     cluster: &Cluster,
-    providers: &CertificateProviders,
+    providers: &CertificateFiles,
 ) -> Result<ClusterResource, InvalidResource> {
     if cluster.name.is_empty() {
         return Err(InvalidResource::new("name", "must not be empty"));
@@ -76,7 +82,6 @@ pub fn cluster(
         "",
         cluster,
         [
-            transport_socket_matches,
             transport_socket_matcher,
             load_balancing_policy,
             upstream_bind_config,
@@ -129,6 +134,12 @@ pub fn cluster(
         spec.tls =
             tls::transport_socket(socket, providers).map_err(|e| e.within("transport_socket"))?;
     }
+    for (i, entry) in cluster.transport_socket_matches.iter().enumerate() {
+        spec.transport_socket_matches.push(
+            transport_socket_match(entry, providers)
+                .map_err(|e| e.within(&format!("transport_socket_matches[{i}]")))?,
+        );
+    }
     let kind = match &cluster.cluster_discovery_type {
         None => DiscoveryType::Static,
         Some(ClusterDiscoveryType::Type(kind)) => DiscoveryType::try_from(*kind)
@@ -173,6 +184,33 @@ pub fn cluster(
         eds_service,
         endpoints_timeout,
     })
+}
+
+/// An entry of `transport_socket_matches`: the string labels of its `match`, and its transport.
+fn transport_socket_match(
+    entry: &TransportSocketMatch,
+    providers: &CertificateFiles,
+) -> Result<TransportSocketMatchSpec, InvalidResource> {
+    let mut labels = std::collections::BTreeMap::new();
+    for (name, value) in entry.r#match.iter().flat_map(|m| &m.fields) {
+        match &value.kind {
+            Some(Kind::StringValue(value)) => {
+                labels.insert(name.clone(), value.clone());
+            }
+            _ => {
+                return Err(InvalidResource::new(
+                    format!("match.{name}"),
+                    "metaprotocol-rs matches endpoints' labels by string values only",
+                ));
+            }
+        }
+    }
+    let socket = entry
+        .transport_socket
+        .as_ref()
+        .ok_or_else(|| InvalidResource::new("transport_socket", "is required"))?;
+    let tls = tls::transport_socket(socket, providers).map_err(|e| e.within("transport_socket"))?;
+    Ok(TransportSocketMatchSpec { labels, tls })
 }
 
 /// How long an EDS cluster waits for its endpoints, as Envoy's `initial_fetch_timeout` of its

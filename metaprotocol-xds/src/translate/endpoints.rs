@@ -3,15 +3,20 @@
 //! Each `lb_endpoints` entry with a socket address becomes an endpoint: its
 //! `load_balancing_weight` (default 1) is its weight, its locality's region and zone are its
 //! locality, and the string values of its `filter_metadata["envoy.lb"]` (where Envoy's subset
-//! load balancer reads them) are its labels for subset routes. Endpoints whose
+//! load balancer reads them) are its labels for subset routes, and the string values of its
+//! `filter_metadata["envoy.transport_socket_match"]` (`tlsMode: istio` from istiod, for a pod
+//! with a sidecar) its `transport_socket_match`, which chooses its transport among its
+//! cluster's `transport_socket_matches`. Endpoints whose
 //! `health_status` is `UNHEALTHY`, `DRAINING` or `TIMEOUT` are left out, as Envoy sends them no
 //! calls. A locality's `priority` is its endpoints' failover tier (istiod sends priorities for
 //! locality failover). An endpoint's `health_check_config.port_value` (not 0) is its
 //! `health_check_port`, where the cluster's active health checks go instead of its own port.
 //! Refused: named ports, pipes, internal addresses, endpoint names, `named_endpoints`, drop
-//! overloads, and the rest of `health_check_config` (`hostname`, `address`,
-//! `disable_active_health_check`), which would change how the endpoint is checked. Accepted and
-//! ignored: locality weights and `overprovisioning_factor`.
+//! overloads, the rest of `health_check_config` (`hostname`, `address`,
+//! `disable_active_health_check`), which would change how the endpoint is checked, and a
+//! locality's `envoy.transport_socket_match` metadata (Envoy falls back to it for endpoints no
+//! match takes by their own; the engine reads the endpoint's only). Accepted and ignored:
+//! locality weights and `overprovisioning_factor`.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +33,9 @@ use super::{InvalidResource, refuse_set};
 /// The metadata namespace holding endpoint labels for subset load balancing.
 const LB_METADATA: &str = "envoy.lb";
 
+/// The metadata namespace holding the labels that choose an endpoint's transport.
+const TRANSPORT_SOCKET_MATCH_METADATA: &str = "envoy.transport_socket_match";
+
 /// The endpoints of `assignment` (see the module docs).
 pub fn endpoints(assignment: &ClusterLoadAssignment) -> Result<Vec<EndpointSpec>, InvalidResource> {
     refuse_set!("", assignment, [named_endpoints]);
@@ -38,6 +46,15 @@ pub fn endpoints(assignment: &ClusterLoadAssignment) -> Result<Vec<EndpointSpec>
     for (i, group) in assignment.endpoints.iter().enumerate() {
         let at = format!("endpoints[{i}]");
         refuse_set!(&at, group, [lb_config]);
+        if group.metadata.as_ref().is_some_and(|m| {
+            m.filter_metadata
+                .contains_key(TRANSPORT_SOCKET_MATCH_METADATA)
+        }) {
+            return Err(InvalidResource::new(
+                format!("{at}.metadata.filter_metadata[\"{TRANSPORT_SOCKET_MATCH_METADATA}\"]"),
+                "metaprotocol-rs chooses an endpoint's transport by its own metadata only",
+            ));
+        }
         let locality = group.locality.as_ref().map(|l| LocalitySpec {
             region: l.region.clone(),
             zone: l.zone.clone(),
@@ -141,6 +158,7 @@ fn endpoint_spec(
         .map_err(|err| InvalidResource::new(format!("{field}.address"), err.to_string()))?;
     spec.weight = weight;
     spec.labels = labels(endpoint.metadata.as_ref());
+    spec.transport_socket_match = transport_labels(endpoint.metadata.as_ref());
     spec.locality = locality.cloned();
     spec.health_check_port = health_check_port;
     Ok(Some(spec))
@@ -148,20 +166,40 @@ fn endpoint_spec(
 
 /// The string values (and numbers and booleans, written out) of `filter_metadata["envoy.lb"]`.
 fn labels(metadata: Option<&Metadata>) -> BTreeMap<String, String> {
-    let Some(fields) = metadata.and_then(|m| m.filter_metadata.get(LB_METADATA)) else {
+    values(metadata, LB_METADATA, |kind| match kind {
+        Kind::StringValue(s) => Some(s.clone()),
+        Kind::NumberValue(n) => Some(n.to_string()),
+        Kind::BoolValue(b) => Some(b.to_string()),
+        _ => None,
+    })
+}
+
+/// The string values of `filter_metadata["envoy.transport_socket_match"]`: a value of another
+/// type never equals one of a `transport_socket_matches` entry (strings only), as in Envoy,
+/// which compares them typed.
+fn transport_labels(metadata: Option<&Metadata>) -> BTreeMap<String, String> {
+    values(
+        metadata,
+        TRANSPORT_SOCKET_MATCH_METADATA,
+        |kind| match kind {
+            Kind::StringValue(s) => Some(s.clone()),
+            _ => None,
+        },
+    )
+}
+
+/// The values of `filter_metadata[namespace]` that `text` writes as strings.
+fn values(
+    metadata: Option<&Metadata>,
+    namespace: &str,
+    text: impl Fn(&Kind) -> Option<String>,
+) -> BTreeMap<String, String> {
+    let Some(fields) = metadata.and_then(|m| m.filter_metadata.get(namespace)) else {
         return BTreeMap::new();
     };
     fields
         .fields
         .iter()
-        .filter_map(|(key, value)| {
-            let value = match value.kind.as_ref()? {
-                Kind::StringValue(s) => s.clone(),
-                Kind::NumberValue(n) => n.to_string(),
-                Kind::BoolValue(b) => b.to_string(),
-                _ => return None,
-            };
-            Some((key.clone(), value))
-        })
+        .filter_map(|(key, value)| Some((key.clone(), text(value.kind.as_ref()?)?)))
         .collect()
 }

@@ -18,7 +18,7 @@ mod tls;
 pub use cluster::{ClusterResource, cluster};
 pub use endpoints::endpoints;
 pub use routes::route_config;
-pub use tls::CertificateProviders;
+pub use tls::{CertificateFiles, CertificateProviders};
 
 use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
 

@@ -1,17 +1,21 @@
 //! A cluster's Envoy `transport_socket` as the engine's [`ClusterTlsSpec`].
 //!
 //! `raw_buffer` is plaintext. `tls` (an `UpstreamTlsContext`) maps onto the cluster's `tls`,
-//! with its certificates from files: named by a `DataSource`'s `filename`, or by a certificate
+//! with its certificates from files: named by a `DataSource`'s `filename`, by a certificate
 //! provider instance (gRPC's proxyless xDS, as Istio sends it to proxyless clients), which
-//! `dynamic.xds.certificate_providers` resolves into files by its `instance_name`. Mapped:
+//! `dynamic.xds.certificate_providers` resolves into files by its `instance_name`, or by an SDS
+//! secret (as istiod sends it to sidecars: `default` and `ROOTCA`), which
+//! `dynamic.xds.sds_secrets` resolves into files by its `name` (the engine has no SDS client:
+//! the secret's `sds_config` is not read). Mapped:
 //!
-//! - the client certificate: `tls_certificates` (one, from files) or
-//!   `tls_certificate_provider_instance` (also in its deprecated spelling), whose instance must
-//!   have `cert_file` and `key_file`;
-//! - the CA: `trusted_ca` (a file), `ca_certificate_provider_instance`, or the deprecated
-//!   `validation_context_certificate_provider_instance` (beside or inside a
-//!   `combined_validation_context`), whose instance must have `ca_file`. One is required: the
-//!   engine verifies every endpoint;
+//! - the client certificate: `tls_certificates` (one, from files),
+//!   `tls_certificate_provider_instance` (also in its deprecated spelling) or
+//!   `tls_certificate_sds_secret_configs` (one secret), whose instance or secret must have
+//!   `cert_file` and `key_file`;
+//! - the CA: `trusted_ca` (a file), `ca_certificate_provider_instance`, the deprecated
+//!   `validation_context_certificate_provider_instance`, or `validation_context_sds_secret_config`
+//!   (each beside or inside a `combined_validation_context`), whose instance or secret must
+//!   have `ca_file`. One is required: the engine verifies every endpoint;
 //! - `match_subject_alt_names` (exact matchers, in their case) and
 //!   `match_typed_subject_alt_names` (exact URI and DNS names) as `subject_alt_names`;
 //! - `crl` (a file) as `crl_files`; `sni` as `server_name`;
@@ -20,8 +24,8 @@
 //! Accepted and ignored: `alpn_protocols` (the engine offers none: its protocols are not
 //! negotiated), `max_session_keys` (tuning), `watched_directory` (files are re-read when they
 //! change anyway), a certificate name within an instance (its files hold one certificate).
-//! Refused, naming the field: SDS (`*_sds_secret_config*`), inline or environment data
-//! sources, other transport sockets, and whatever would relax or replace verification
+//! Refused, naming the field: an instance or secret that is not mapped (naming it), inline or
+//! environment data sources, other transport sockets, and whatever would relax or replace verification
 //! (`allow_expired_certificate`, `trust_chain_verification`, custom validators, pinning by
 //! hash or key).
 
@@ -36,7 +40,8 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_c
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::subject_alt_name_matcher::SanType;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::tls_parameters::TlsProtocol;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, CommonTlsContext, TlsParameters, UpstreamTlsContext,
+    CertificateValidationContext, CommonTlsContext, SdsSecretConfig, TlsParameters,
+    UpstreamTlsContext,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
@@ -45,13 +50,58 @@ use prost::{Message, Name};
 
 use super::{InvalidResource, refuse_set};
 
-/// Certificate provider instances by name (`dynamic.xds.certificate_providers`).
+/// Certificate files by the name a cluster's TLS gives them (`dynamic.xds.certificate_providers`,
+/// `dynamic.xds.sds_secrets`).
 pub type CertificateProviders = BTreeMap<String, CertificateProviderSpec>;
+
+/// Where the certificates a cluster's TLS names are: the files of certificate provider
+/// instances and of SDS secrets, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertificateFiles {
+    /// Certificate provider instances by instance name (`dynamic.xds.certificate_providers`).
+    pub providers: CertificateProviders,
+    /// SDS secrets by secret name (`dynamic.xds.sds_secrets`).
+    pub sds_secrets: CertificateProviders,
+}
+
+impl CertificateFiles {
+    /// None: clusters whose TLS names certificates are refused.
+    pub const NONE: Self = Self {
+        providers: BTreeMap::new(),
+        sds_secrets: BTreeMap::new(),
+    };
+
+    fn instances(&self) -> Names<'_> {
+        Names {
+            files: &self.providers,
+            section: "certificate_providers",
+            name_field: "instance_name",
+        }
+    }
+
+    fn secrets(&self) -> Names<'_> {
+        Names {
+            files: &self.sds_secrets,
+            section: "sds_secrets",
+            name_field: "name",
+        }
+    }
+}
+
+/// Certificate files by name, for the kind of name a field gives.
+#[derive(Clone, Copy)]
+struct Names<'a> {
+    files: &'a CertificateProviders,
+    /// Where the names are mapped: `certificate_providers`, `sds_secrets`.
+    section: &'static str,
+    /// The field of the name in a resource: `instance_name`, `name`.
+    name_field: &'static str,
+}
 
 /// Translates a cluster's `transport_socket`: `None` for plaintext.
 pub(super) fn transport_socket(
     socket: &TransportSocket,
-    providers: &CertificateProviders,
+    providers: &CertificateFiles,
 ) -> Result<Option<ClusterTlsSpec>, InvalidResource> {
     let Some(ConfigType::TypedConfig(config)) = &socket.config_type else {
         return Err(InvalidResource::new("typed_config", "is required"));
@@ -77,7 +127,7 @@ pub(super) fn transport_socket(
 
 fn upstream_tls_context(
     context: &UpstreamTlsContext,
-    providers: &CertificateProviders,
+    providers: &CertificateFiles,
 ) -> Result<ClusterTlsSpec, InvalidResource> {
     refuse_set!(
         "",
@@ -103,13 +153,12 @@ fn upstream_tls_context(
 
 fn common_tls_context(
     common: &CommonTlsContext,
-    providers: &CertificateProviders,
+    providers: &CertificateFiles,
 ) -> Result<ClusterTlsSpec, InvalidResource> {
     refuse_set!(
         "",
         common,
         [
-            tls_certificate_sds_secret_configs,
             custom_tls_certificate_selector,
             tls_certificate_certificate_provider,
             custom_handshaker,
@@ -125,12 +174,34 @@ fn common_tls_context(
     }
     if let Some(instance) = &common.tls_certificate_provider_instance {
         let at = "tls_certificate_provider_instance";
-        client.push((at, identity(providers, &instance.instance_name, at)?));
+        client.push((
+            at,
+            identity(providers.instances(), &instance.instance_name, at)?,
+        ));
     }
     #[allow(deprecated, reason = "Istio sends the deprecated spelling")]
     if let Some(instance) = &common.tls_certificate_certificate_provider_instance {
         let at = "tls_certificate_certificate_provider_instance";
-        client.push((at, identity(providers, &instance.instance_name, at)?));
+        client.push((
+            at,
+            identity(providers.instances(), &instance.instance_name, at)?,
+        ));
+    }
+    match common.tls_certificate_sds_secret_configs.as_slice() {
+        [] => {}
+        [secret] => {
+            let at = "tls_certificate_sds_secret_configs[0]";
+            client.push((
+                at,
+                identity(providers.secrets(), secret_name(secret, at)?, at)?,
+            ));
+        }
+        [_, _, ..] => {
+            return Err(InvalidResource::new(
+                "tls_certificate_sds_secret_configs[1]",
+                "a second client certificate: give one",
+            ));
+        }
     }
     let (cert_file, key_file) = match client.as_slice() {
         [] => (None, None),
@@ -229,56 +300,61 @@ fn file_name(source: &DataSource) -> Result<PathBuf, InvalidResource> {
     }
 }
 
-/// The instance `name`, which `field` names.
-fn instance<'a>(
-    providers: &'a CertificateProviders,
+/// The name of the SDS secret `secret`, which `field` gives.
+fn secret_name<'a>(secret: &'a SdsSecretConfig, field: &str) -> Result<&'a str, InvalidResource> {
+    if secret.name.is_empty() {
+        return Err(InvalidResource::new(
+            format!("{field}.name"),
+            "is required: metaprotocol-rs maps SDS secrets to files by name",
+        ));
+    }
+    Ok(&secret.name)
+}
+
+/// The files named `name` among `names`, which `field` gives.
+fn named<'a>(
+    names: Names<'a>,
     name: &str,
     field: &str,
 ) -> Result<&'a CertificateProviderSpec, InvalidResource> {
-    providers.get(name).ok_or_else(|| {
+    names.files.get(name).ok_or_else(|| {
         InvalidResource::new(
-            format!("{field}.instance_name"),
-            format!("`{name}` is not in dynamic.xds.certificate_providers"),
+            format!("{field}.{}", names.name_field),
+            format!("`{name}` is not in dynamic.xds.{}", names.section),
         )
     })
 }
 
-/// The client certificate's files of the instance `name`.
+/// The client certificate's files named `name` among `names`.
 fn identity(
-    providers: &CertificateProviders,
+    names: Names<'_>,
     name: &str,
     field: &str,
 ) -> Result<(PathBuf, PathBuf), InvalidResource> {
-    match instance(providers, name, field)? {
+    match named(names, name, field)? {
         CertificateProviderSpec {
             cert_file: Some(cert),
             key_file: Some(key),
             ..
         } => Ok((cert.clone(), key.clone())),
         _ => Err(InvalidResource::new(
-            format!("{field}.instance_name"),
+            format!("{field}.{}", names.name_field),
             format!(
-                "`{name}` has no `cert_file` and `key_file` in dynamic.xds.certificate_providers"
+                "`{name}` has no `cert_file` and `key_file` in dynamic.xds.{}",
+                names.section
             ),
         )),
     }
 }
 
-/// The CA file of the instance `name`.
-fn authority(
-    providers: &CertificateProviders,
-    name: &str,
-    field: &str,
-) -> Result<PathBuf, InvalidResource> {
-    instance(providers, name, field)?
-        .ca_file
-        .clone()
-        .ok_or_else(|| {
-            InvalidResource::new(
-                format!("{field}.instance_name"),
-                format!("`{name}` has no `ca_file` in dynamic.xds.certificate_providers"),
-            )
-        })
+/// The CA file named `name` among `names`.
+fn authority(names: Names<'_>, name: &str, field: &str) -> Result<PathBuf, InvalidResource> {
+    named(names, name, field)?.ca_file.clone().ok_or_else(|| {
+        InvalidResource::new(
+            format!("{field}.{}", names.name_field),
+            format!("`{name}` has no `ca_file` in dynamic.xds.{}", names.section),
+        )
+    })
 }
 
 /// How endpoints are verified.
@@ -290,7 +366,7 @@ struct Validation {
 
 fn validation(
     context: Option<&ValidationContextType>,
-    providers: &CertificateProviders,
+    providers: &CertificateFiles,
 ) -> Result<Validation, InvalidResource> {
     let no_ca = || {
         InvalidResource::new(
@@ -308,22 +384,29 @@ fn validation(
         }
         Some(ValidationContextType::CombinedValidationContext(combined)) => {
             let at = "combined_validation_context";
-            refuse_set!(
-                at,
-                combined,
-                [
-                    validation_context_sds_secret_config,
-                    validation_context_certificate_provider,
-                ]
-            );
-            let ca = match &combined.validation_context_certificate_provider_instance {
-                Some(instance) => Some(authority(
-                    providers,
+            refuse_set!(at, combined, [validation_context_certificate_provider]);
+            let mut ca = None;
+            if let Some(instance) = &combined.validation_context_certificate_provider_instance {
+                let field = "validation_context_certificate_provider_instance";
+                let file = authority(
+                    providers.instances(),
                     &instance.instance_name,
-                    &format!("{at}.validation_context_certificate_provider_instance"),
-                )?),
-                None => None,
-            };
+                    &format!("{at}.{field}"),
+                )?;
+                ca = Some((field, file));
+            }
+            if let Some(secret) = &combined.validation_context_sds_secret_config {
+                let field = "validation_context_sds_secret_config";
+                if ca.is_some() {
+                    return Err(InvalidResource::new(
+                        format!("{at}.{field}"),
+                        "a second CA: give one",
+                    ));
+                }
+                let at = format!("{at}.{field}");
+                let file = authority(providers.secrets(), secret_name(secret, &at)?, &at)?;
+                ca = Some((field, file));
+            }
             let default = combined
                 .default_validation_context
                 .clone()
@@ -335,14 +418,19 @@ fn validation(
         Some(ValidationContextType::ValidationContextCertificateProviderInstance(instance)) => {
             let field = "validation_context_certificate_provider_instance";
             Ok(Validation {
-                ca_file: authority(providers, &instance.instance_name, field)?,
+                ca_file: authority(providers.instances(), &instance.instance_name, field)?,
                 subject_alt_names: Vec::new(),
                 crl_files: Vec::new(),
             })
         }
-        Some(ValidationContextType::ValidationContextSdsSecretConfig(_)) => Err(
-            InvalidResource::unsupported("validation_context_sds_secret_config"),
-        ),
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(secret)) => {
+            let field = "validation_context_sds_secret_config";
+            Ok(Validation {
+                ca_file: authority(providers.secrets(), secret_name(secret, field)?, field)?,
+                subject_alt_names: Vec::new(),
+                crl_files: Vec::new(),
+            })
+        }
         Some(ValidationContextType::ValidationContextCertificateProvider(_)) => Err(
             InvalidResource::unsupported("validation_context_certificate_provider"),
         ),
@@ -350,11 +438,11 @@ fn validation(
 }
 
 /// A validation context, with the CA `ca` already found beside it (a combined context's
-/// instance); `None` when it names no CA.
+/// instance or secret, with the field naming it); `None` when it names no CA.
 fn validation_context(
     context: &CertificateValidationContext,
-    ca: Option<PathBuf>,
-    providers: &CertificateProviders,
+    ca: Option<(&'static str, PathBuf)>,
+    providers: &CertificateFiles,
 ) -> Result<Option<Validation>, InvalidResource> {
     refuse_set!(
         "",
@@ -371,7 +459,7 @@ fn validation_context(
         ]
     );
     let mut authorities = Vec::new();
-    authorities.extend(ca.map(|ca| ("validation_context_certificate_provider_instance", ca)));
+    authorities.extend(ca);
     if let Some(source) = &context.trusted_ca {
         authorities.push((
             "trusted_ca",
@@ -380,7 +468,10 @@ fn validation_context(
     }
     if let Some(instance) = &context.ca_certificate_provider_instance {
         let field = "ca_certificate_provider_instance";
-        authorities.push((field, authority(providers, &instance.instance_name, field)?));
+        authorities.push((
+            field,
+            authority(providers.instances(), &instance.instance_name, field)?,
+        ));
     }
     let ca_file = match authorities.as_slice() {
         [] => return Ok(None),

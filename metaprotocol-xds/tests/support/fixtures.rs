@@ -9,18 +9,21 @@
 use std::net::SocketAddr;
 
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, EdsClusterConfig,
 };
 use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, Cluster};
 use envoy_types::pb::envoy::config::core::v3::TransportSocket;
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::core::v3::api_config_source::ApiType;
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+use envoy_types::pb::envoy::config::core::v3::grpc_service::{EnvoyGrpc, TargetSpecifier};
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as SocketConfig;
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, AggregatedConfigSource, ConfigSource, HeaderValue, HeaderValueOption,
-    RuntimeFractionalPercent, SocketAddress,
+    Address, AggregatedConfigSource, ApiConfigSource, ApiVersion, ConfigSource, GrpcService,
+    HeaderValue, HeaderValueOption, Metadata, RuntimeFractionalPercent, SocketAddress,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::endpoint::v3::{
@@ -39,17 +42,20 @@ use envoy_types::pb::envoy::config::route::v3::weighted_cluster::ClusterWeight;
 use envoy_types::pb::envoy::config::route::v3::{
     HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster,
 };
+use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::{
     CertificateProviderInstance, CombinedCertificateValidationContext, ValidationContextType,
 };
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::tls_parameters::TlsProtocol;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, CommonTlsContext, UpstreamTlsContext,
+    CertificateValidationContext, CommonTlsContext, SdsSecretConfig, TlsParameters,
+    UpstreamTlsContext,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
 use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
-use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
+use envoy_types::pb::google::protobuf::{Any, Duration, Struct, UInt32Value, Value, value::Kind};
 
 /// The service of Aeraki's Dubbo fixtures, and its port.
 pub const HOST: &str = "org.apache.dubbo.samples.basic.api.demoservice";
@@ -284,4 +290,118 @@ pub fn istio_upstream_tls(spiffe_id: &str) -> UpstreamTlsContext {
         }),
         ..UpstreamTlsContext::default()
     }
+}
+
+/// The `UpstreamTlsContext` istiod gives a sidecar for `ISTIO_MUTUAL`: the workload certificate
+/// from SDS secret `default` and the CA from SDS secret `ROOTCA` (both over pilot-agent's SDS
+/// socket, cluster `sds-grpc`), the endpoint's SPIFFE id `spiffe_id` to verify, TLS 1.2 to 1.3,
+/// the ALPN of Istio's metadata exchange, and `sni` as SNI.
+#[allow(deprecated, reason = "as istiod sends it")]
+pub fn istio_sidecar_tls(spiffe_id: &str, sni: &str) -> UpstreamTlsContext {
+    let secret = |name: &str| SdsSecretConfig {
+        name: name.to_owned(),
+        sds_config: Some(ConfigSource {
+            config_source_specifier: Some(ConfigSourceSpecifier::ApiConfigSource(
+                ApiConfigSource {
+                    api_type: ApiType::Grpc as i32,
+                    transport_api_version: ApiVersion::V3 as i32,
+                    set_node_on_first_message_only: true,
+                    grpc_services: vec![GrpcService {
+                        target_specifier: Some(TargetSpecifier::EnvoyGrpc(EnvoyGrpc {
+                            cluster_name: "sds-grpc".to_owned(),
+                            ..EnvoyGrpc::default()
+                        })),
+                        ..GrpcService::default()
+                    }],
+                    ..ApiConfigSource::default()
+                },
+            )),
+            initial_fetch_timeout: Some(Duration::default()),
+            resource_api_version: ApiVersion::V3 as i32,
+            ..ConfigSource::default()
+        }),
+    };
+    UpstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_params: Some(TlsParameters {
+                tls_minimum_protocol_version: TlsProtocol::TlSv12 as i32,
+                tls_maximum_protocol_version: TlsProtocol::TlSv13 as i32,
+                ..TlsParameters::default()
+            }),
+            tls_certificate_sds_secret_configs: vec![secret("default")],
+            validation_context_type: Some(ValidationContextType::CombinedValidationContext(
+                CombinedCertificateValidationContext {
+                    default_validation_context: Some(CertificateValidationContext {
+                        match_subject_alt_names: vec![StringMatcher {
+                            match_pattern: Some(MatchPattern::Exact(spiffe_id.to_owned())),
+                            ignore_case: false,
+                        }],
+                        ..CertificateValidationContext::default()
+                    }),
+                    validation_context_sds_secret_config: Some(secret("ROOTCA")),
+                    ..CombinedCertificateValidationContext::default()
+                },
+            )),
+            alpn_protocols: vec!["istio-peer-exchange".to_owned(), "istio".to_owned()],
+            ..CommonTlsContext::default()
+        }),
+        sni: sni.to_owned(),
+        ..UpstreamTlsContext::default()
+    }
+}
+
+/// The `transport_socket_matches` istiod gives a sidecar's outbound cluster under auto mTLS:
+/// `tls` to endpoints labelled `tlsMode: istio` (pods with a sidecar), plaintext to the others.
+pub fn istio_transport_socket_matches(tls: &UpstreamTlsContext) -> Vec<TransportSocketMatch> {
+    vec![
+        TransportSocketMatch {
+            name: "tlsMode-istio".to_owned(),
+            r#match: Some(labels(&[("tlsMode", "istio")])),
+            transport_socket: Some(tls_socket(tls)),
+        },
+        TransportSocketMatch {
+            name: "tlsMode-disabled".to_owned(),
+            r#match: Some(Struct::default()),
+            transport_socket: Some(TransportSocket {
+                name: "envoy.transport_sockets.raw_buffer".to_owned(),
+                config_type: Some(SocketConfig::TypedConfig(packed(&RawBuffer::default()))),
+            }),
+        },
+    ]
+}
+
+/// `pairs` as a protobuf `Struct` of strings.
+pub fn labels(pairs: &[(&str, &str)]) -> Struct {
+    Struct {
+        fields: pairs
+            .iter()
+            .map(|(name, value)| {
+                let value = Value {
+                    kind: Some(Kind::StringValue((*value).to_owned())),
+                };
+                ((*name).to_owned(), value)
+            })
+            .collect(),
+    }
+}
+
+/// Labels an endpoint of `assignment`, the `index`th of its first locality, as istiod labels
+/// a pod with a sidecar: `envoy.transport_socket_match` metadata `tlsMode: istio`.
+pub fn with_istio_sidecar(
+    mut assignment: ClusterLoadAssignment,
+    index: usize,
+) -> ClusterLoadAssignment {
+    if let Some(endpoint) = assignment
+        .endpoints
+        .first_mut()
+        .and_then(|locality| locality.lb_endpoints.get_mut(index))
+    {
+        let mut metadata = Metadata::default();
+        metadata.filter_metadata.insert(
+            "envoy.transport_socket_match".to_owned(),
+            labels(&[("tlsMode", "istio")]),
+        );
+        endpoint.metadata = Some(metadata);
+    }
+    assignment
 }
