@@ -449,6 +449,11 @@ async fn apply(
     refused: &[Rejected],
 ) -> (Vec<DiscoveryRequest>, bool) {
     let applied = match prepared {
+        // Every resource as held (a control plane sending what it has again, as istiod does at
+        // each push): nothing to apply, so no update is made or counted; only the ACK goes.
+        Ok(prepared) if prepared.update.is_empty() => {
+            Ok(subscription.accept_except(prepared, refused))
+        }
         Ok(prepared) => match proxy.apply_dynamic(prepared.update.clone()).await {
             Ok(_) => Ok(subscription.accept_except(prepared, refused)),
             Err(err) => {

@@ -1379,3 +1379,72 @@ async fn a_cluster_removed_and_added_again_serves_with_fresh_endpoints(
     proxy.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_sent_again_apply_no_update_over_state_of_the_world_ads() -> TestResult {
+    resources_sent_again_apply_no_update("grpc").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_sent_again_apply_no_update_over_delta_ads() -> TestResult {
+    resources_sent_again_apply_no_update("delta_grpc").await
+}
+
+/// Responses whose resources are all unchanged (the same versions again, then new versions of
+/// the same resources, as istiod pushes) are only ACKed: no update is applied, so none is
+/// counted in `metaprotocol_config_reloads_total{outcome="applied"}`.
+async fn resources_sent_again_apply_no_update(api_type: &str) -> TestResult {
+    let provider = DemoProvider::start("a").await?;
+    let server = ManagementServer::new();
+    server.resend_unchanged();
+    let serving = server.serve("127.0.0.1:0".parse()?).await?;
+    let cluster = eds_cluster(&cluster_name("resent"));
+    let endpoints = [assignment(&cluster.name, &[provider.address()])];
+    let routes = meta_route_config(vec![meta_route("all", &[], to_cluster(&cluster.name))]);
+    let types = [
+        Cluster::type_url(),
+        ClusterLoadAssignment::type_url(),
+        RouteConfiguration::type_url(),
+    ];
+    serve_one_cluster(&server, &cluster, &[provider.address()]);
+    let proxy = start_proxy(proxy_config(serving.address(), api_type)?).await?;
+    let acked = |kind: &String| {
+        server
+            .received()
+            .iter()
+            .any(|r| &r.type_url == kind && !r.response_nonce.is_empty() && r.error.is_none())
+    };
+    eventually("every type ACKed", || types.iter().all(acked)).await?;
+    let address = proxy.listener_addr("dubbo-in").ok_or("not bound")?;
+    succeed(&DubboClient::new(address), 5).await?;
+    let applied = || {
+        labelled_counter(
+            &proxy,
+            "metaprotocol_config_reloads_total",
+            "outcome=\"applied\"",
+        )
+    };
+    let before = applied();
+    assert!(before.is_some_and(|n| n > 0), "{before:?}");
+    for version in ["1", "2"] {
+        pushed(&server, &types, || {
+            cds(
+                &server,
+                &format!("c{version}"),
+                std::slice::from_ref(&cluster),
+            );
+            eds(&server, &format!("e{version}"), &endpoints);
+            rds(&server, &format!("r{version}"), &routes);
+        })
+        .await?;
+        assert_eq!(
+            applied(),
+            before,
+            "sent again at {version}: updates applied"
+        );
+    }
+    succeed(&DubboClient::new(address), 5).await?;
+    drop(serving);
+    proxy.shutdown().await;
+    Ok(())
+}
