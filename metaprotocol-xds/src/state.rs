@@ -147,6 +147,8 @@ enum Accepted {
         clusters: BTreeMap<String, ClusterResource>,
         /// Each cluster's version, as `/config_dump` shows it.
         versions: BTreeMap<String, String>,
+        /// Those sent anew (not as held).
+        changed: BTreeSet<String>,
     },
     Endpoints {
         /// The assignments sent anew (those unchanged are held already).
@@ -482,7 +484,11 @@ impl Subscription {
                     .filter(|name| !clusters.contains_key(*name))
                     .map(|name| ResourceId::new(ResourceKind::Cluster, name))
                     .collect();
-                Accepted::Clusters { clusters, versions }
+                Accepted::Clusters {
+                    clusters,
+                    versions,
+                    changed,
+                }
             }
             ResourceType::Endpoints => {
                 let decoded = decode_all(
@@ -657,8 +663,18 @@ impl Subscription {
     pub fn accept(&mut self, prepared: Prepared) -> Vec<DiscoveryRequest> {
         let kind = prepared.kind;
         match prepared.accepted {
-            Accepted::Clusters { clusters, versions } => {
+            Accepted::Clusters {
+                clusters,
+                versions,
+                changed,
+            } => {
                 self.accepted_clusters = clusters;
+                // A cluster that changes while it waits for its endpoints waits anew, from now and
+                // as long as its new version says, as Envoy replaces a warming cluster whose config
+                // changes with one whose wait starts then. One sent as held keeps its deadline.
+                for name in &changed {
+                    self.endpoints_deadlines.remove(name);
+                }
                 self.cluster_versions = versions;
                 // The endpoints of clusters gone: a cluster that comes back waits for fresh ones.
                 let wanted: BTreeSet<String> = self.eds_names().into_iter().collect();

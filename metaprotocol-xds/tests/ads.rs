@@ -1172,6 +1172,20 @@ async fn serve_again(
     }
 }
 
+/// An EDS cluster `name` that waits `seconds` for its endpoints (its `initial_fetch_timeout`).
+fn waiting_cluster(name: &str, seconds: i64) -> Cluster {
+    let mut cluster = eds_cluster(name);
+    if let Some(source) = cluster
+        .eds_cluster_config
+        .as_mut()
+        .and_then(|eds| eds.eds_config.as_mut())
+    {
+        source.initial_fetch_timeout =
+            Some(envoy_types::pb::google::protobuf::Duration { seconds, nanos: 0 });
+    }
+    cluster
+}
+
 /// An EDS cluster whose endpoints never arrive serves without them once its
 /// `initial_fetch_timeout` is up, as in Envoy: the route config that uses it serves (its other
 /// routes answer, calls to it find no endpoint), and its endpoints are used once they come. One
@@ -1188,18 +1202,7 @@ async fn an_eds_cluster_whose_endpoints_never_arrive_serves_without_them_after_i
         cluster_name("starved"),
         cluster_name("patient"),
     );
-    let waiting = |name: &str, seconds: i64| {
-        let mut cluster = eds_cluster(name);
-        if let Some(source) = cluster
-            .eds_cluster_config
-            .as_mut()
-            .and_then(|eds| eds.eds_config.as_mut())
-        {
-            source.initial_fetch_timeout =
-                Some(envoy_types::pb::google::protobuf::Duration { seconds, nanos: 0 });
-        }
-        cluster
-    };
+    let waiting = waiting_cluster;
     let clusters = [
         eds_cluster(&fed),
         waiting(&starved, 1),
@@ -1445,6 +1448,49 @@ async fn resources_sent_again_apply_no_update(api_type: &str) -> TestResult {
     }
     succeed(&DubboClient::new(address), 5).await?;
     drop(serving);
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// A warming cluster whose new version changes its `initial_fetch_timeout` waits anew, from
+/// that version, as long as the new timeout says (Envoy replaces a warming cluster whose config
+/// changes, and the new one's wait starts then): an hour's wait cut to a second serves the
+/// cluster without endpoints a second later, not in an hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warming_cluster_whose_timeout_changes_waits_as_its_new_version_says() -> TestResult {
+    let server = ManagementServer::new();
+    let serving = server.serve("127.0.0.1:0".parse()?).await?;
+    let starved = cluster_name("starved");
+    cds(&server, "c1", &[waiting_cluster(&starved, 3600)]);
+    rds(
+        &server,
+        "r1",
+        &meta_route_config(vec![meta_route("all", &[], to_cluster(&starved))]),
+    );
+    let proxy = start_proxy(proxy_config(serving.address(), "grpc")?).await?;
+    let cds_acked = |version: &'static str| {
+        move |r: &Received| {
+            r.type_url == Cluster::type_url() && r.version_info == version && r.error.is_none()
+        }
+    };
+    server.wait_for(WITHIN, cds_acked("c1")).await?;
+    let admin = proxy.admin_addr().ok_or("no admin API")?;
+    let dump = config_dump(admin).await?;
+    assert_eq!(
+        dump["dynamic_sources"]["xds"]["warming_clusters"],
+        serde_json::json!([starved])
+    );
+    cds(&server, "c2", &[waiting_cluster(&starved, 1)]);
+    server.wait_for(WITHIN, cds_acked("c2")).await?;
+    eventually("the cluster serves without endpoints", || {
+        proxy.listener_addr("dubbo-in").is_some()
+    })
+    .await?;
+    let dump = config_dump(admin).await?;
+    assert_eq!(
+        dump["dynamic_sources"]["xds"]["clusters_without_endpoints"],
+        serde_json::json!([starved])
+    );
     proxy.shutdown().await;
     Ok(())
 }
