@@ -24,7 +24,7 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
 
 use crate::budget;
-use crate::delta::{DeltaResources, Merged};
+use crate::delta::{self, DeltaResources, Merged};
 use crate::resource::ResourceType;
 use crate::state::{Listing, Prepared, Rejected, Subscription};
 use crate::status::SourceStatus;
@@ -297,6 +297,15 @@ impl Flavour for Delta<'_> {
             tracing::warn!(type_url = %response.type_url, "an xDS response of a type not asked for is ignored");
             return Vec::new();
         };
+        if let Some(name) = delta::removed_twice(&response) {
+            let message = format!(
+                "`{name}` is named twice in the {} response's `removed_resources`",
+                kind.short_name()
+            );
+            let rejected = subscription.refuse(kind, &response, name, message);
+            let (answers, _) = apply(proxy, subscription, Err(rejected), &[]).await;
+            return self.0.answers(answers, &response.type_url, &subscribed);
+        }
         let sent: BTreeSet<&str> = response.resources.iter().map(|r| r.name.as_str()).collect();
         let mut refused = Vec::new();
         let mut refused_names = BTreeSet::new();

@@ -16,6 +16,27 @@ use envoy_types::pb::google::protobuf::Any;
 
 use crate::resource::ResourceType;
 
+/// The version of a delta response: its system version, or its nonce when the server sends none.
+pub(crate) fn response_version(response: &DeltaDiscoveryResponse) -> String {
+    if response.system_version_info.is_empty() {
+        response.nonce.clone()
+    } else {
+        response.system_version_info.clone()
+    }
+}
+
+/// A name `response` removes twice, if there is one: a server at fault, whose response Envoy
+/// refuses whole (as it does one naming a resource in both `resources` and
+/// `removed_resources`).
+pub(crate) fn removed_twice(response: &DeltaDiscoveryResponse) -> Option<&str> {
+    let mut removed = BTreeSet::new();
+    response
+        .removed_resources
+        .iter()
+        .find(|name| !removed.insert(name.as_str()))
+        .map(String::as_str)
+}
+
 /// A held resource: its version and its encoded message.
 #[derive(Debug, Clone, PartialEq)]
 struct Held {
@@ -126,13 +147,8 @@ impl DeltaResources {
             }
             resources.insert(name.clone(), held);
         }
-        let version = if response.system_version_info.is_empty() {
-            response.nonce.clone()
-        } else {
-            response.system_version_info.clone()
-        };
         let sotw = DiscoveryResponse {
-            version_info: version,
+            version_info: response_version(response),
             resources: resources
                 .values()
                 .map(|h| h.resource.clone())

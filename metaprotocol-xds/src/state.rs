@@ -17,7 +17,9 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status;
 use metaprotocol_router::config::{EndpointSpec, RouteConfigSpec, XdsLimitsSpec, XdsSpec};
@@ -634,6 +636,28 @@ impl Subscription {
             update,
             accepted,
             encoded,
+        })
+    }
+
+    /// Refuses delta `response`, of resources of `kind`, whole before translating it, for
+    /// `message` about its resource `name`; returns the rejection to answer it with.
+    pub fn refuse(
+        &mut self,
+        kind: ResourceType,
+        response: &DeltaDiscoveryResponse,
+        name: &str,
+        message: String,
+    ) -> Box<Rejected> {
+        self.types
+            .entry(kind)
+            .or_default()
+            .nonce
+            .clone_from(&response.nonce);
+        Box::new(Rejected {
+            kind,
+            version: crate::delta::response_version(response),
+            resource: resource_id(kind, name),
+            message,
         })
     }
 

@@ -1494,3 +1494,76 @@ async fn a_warming_cluster_whose_timeout_changes_waits_as_its_new_version_says()
     proxy.shutdown().await;
     Ok(())
 }
+
+/// The answer the client sends to the next response of `type_url` after `push` runs.
+async fn answer_to_push(
+    server: &ManagementServer,
+    type_url: &str,
+    push: impl FnOnce(),
+) -> TestResult<Received> {
+    let answers = || {
+        server
+            .received()
+            .into_iter()
+            .filter(|r| r.type_url == type_url && !r.response_nonce.is_empty())
+            .collect::<Vec<_>>()
+    };
+    let before = answers().len();
+    push();
+    eventually("the response answered", || answers().len() > before).await?;
+    Ok(answers().swap_remove(before))
+}
+
+/// A delta response whose `removed_resources` names a resource twice is a server at fault, as
+/// Envoy has it: it is NACKed whole, naming the resource, and the cluster it would remove keeps
+/// serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delta_response_removing_a_resource_twice_is_nacked_whole() -> TestResult {
+    let (a, b) = (
+        DemoProvider::start("a").await?,
+        DemoProvider::start("b").await?,
+    );
+    let server = ManagementServer::new();
+    server.alter_delta_responses(|response| {
+        let removed = response.removed_resources.clone();
+        response.removed_resources.extend(removed);
+    });
+    let serving = server.serve("127.0.0.1:0".parse()?).await?;
+    let (kept, removed) = (cluster_name("kept"), cluster_name("removed"));
+    let both = [eds_cluster(&kept), eds_cluster(&removed)];
+    cds(&server, "c1", &both);
+    eds(
+        &server,
+        "e1",
+        &[
+            assignment(&kept, &[a.address()]),
+            assignment(&removed, &[b.address()]),
+        ],
+    );
+    rds(
+        &server,
+        "r1",
+        &meta_route_config(vec![meta_route("kept", &[], to_cluster(&kept))]),
+    );
+    let proxy = start_proxy(proxy_config(serving.address(), "delta_grpc")?).await?;
+    let serves = |name: &str| {
+        proxy
+            .clusters()
+            .iter()
+            .any(|c| c.name == name && c.endpoints.len() == 1)
+    };
+    eventually("both serve", || serves(&kept) && serves(&removed)).await?;
+    let answer = answer_to_push(&server, &Cluster::type_url(), || {
+        cds(&server, "c2", &both[..1]);
+    })
+    .await?;
+    let error = answer.error.unwrap_or_default();
+    assert!(
+        error.contains(&removed) && error.contains("twice"),
+        "not a NACK naming the resource: {error:?}"
+    );
+    assert!(serves(&removed), "the cluster the response removed is gone");
+    drop(serving);
+    proxy.shutdown().await;
+    Ok(())
+}

@@ -71,7 +71,10 @@ pub struct Received {
     pub stream: u64,
 }
 
-#[derive(Debug, Default)]
+/// A change made to every delta response before it is sent, as a faulty server would.
+type DeltaAlteration = Arc<dyn Fn(&mut DeltaDiscoveryResponse) + Send + Sync>;
+
+#[derive(Default)]
 struct Cache {
     /// Snapshots by node id, then by type URL.
     snapshots: HashMap<String, BTreeMap<String, TypeSnapshot>>,
@@ -85,6 +88,17 @@ struct Cache {
     /// A delta stream sends every resource of a type at each push, those the client holds at
     /// their version too, as a server that keeps no account of what the client holds does.
     resend_unchanged: bool,
+    /// Made to every delta response before it is sent.
+    alter_delta: Option<DeltaAlteration>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("received", &self.received)
+            .field("streams", &self.streams)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -168,6 +182,14 @@ impl ManagementServer {
     /// Sends delta streams every resource at each push (see `Cache::resend_unchanged`).
     pub fn resend_unchanged(&self) {
         self.shared.lock().resend_unchanged = true;
+    }
+
+    /// Applies `alter` to every delta response before it is sent, from now on.
+    pub fn alter_delta_responses(
+        &self,
+        alter: impl Fn(&mut DeltaDiscoveryResponse) + Send + Sync + 'static,
+    ) {
+        self.shared.lock().alter_delta = Some(Arc::new(alter));
     }
 
     /// Serves on `address` (port 0 picks one).
@@ -497,6 +519,7 @@ async fn serve_delta_stream(
                 entry.held.extend(request.initial_resource_versions.clone());
             }
         }
+        let alter = shared.lock().alter_delta.clone();
         for (type_url, subscription) in &mut subscriptions {
             let Some(snapshot) = shared.snapshot(&events.node, type_url) else {
                 continue;
@@ -539,7 +562,7 @@ async fn serve_delta_stream(
                 subscription.held.remove(name);
             }
             nonce += 1;
-            let response = DeltaDiscoveryResponse {
+            let mut response = DeltaDiscoveryResponse {
                 system_version_info: snapshot.version.clone(),
                 resources,
                 type_url: type_url.clone(),
@@ -547,6 +570,9 @@ async fn serve_delta_stream(
                 nonce: nonce.to_string(),
                 ..DeltaDiscoveryResponse::default()
             };
+            if let Some(alter) = &alter {
+                alter(&mut response);
+            }
             if responses.send(Ok(response)).await.is_err() {
                 return;
             }
