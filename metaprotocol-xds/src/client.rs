@@ -293,8 +293,7 @@ impl Flavour for Delta<'_> {
         response: DeltaDiscoveryResponse,
     ) -> Vec<DeltaDiscoveryRequest> {
         let subscribed = subscription.subscribed();
-        let Some(kind) = ResourceType::from_type_url(&response.type_url) else {
-            tracing::warn!(type_url = %response.type_url, "an xDS response of a type not asked for is ignored");
+        let Some(kind) = asked_type(subscription, &response.type_url) else {
             return Vec::new();
         };
         if let Some(name) = delta::removed_twice(&response) {
@@ -441,12 +440,24 @@ async fn handle(
     subscription: &mut Subscription,
     response: &DiscoveryResponse,
 ) -> Vec<DiscoveryRequest> {
-    let Some(kind) = ResourceType::from_type_url(&response.type_url) else {
-        tracing::warn!(type_url = %response.type_url, "an xDS response of a type not asked for is ignored");
+    let Some(kind) = asked_type(subscription, &response.type_url) else {
         return Vec::new();
     };
     let prepared = subscription.prepare(kind, response, Listing::StateOfTheWorld);
     apply(proxy, subscription, prepared, &[]).await.0
+}
+
+/// The type of a response of `type_url`, if the stream asked for it. A response of another type
+/// is ignored (logged), neither applied nor answered, as Envoy does: applying it would take
+/// resources the config does not ask the server for (clusters of a proxy whose clusters are its
+/// file's), and an ACK would subscribe to them (for clusters, an ACK naming none asks for every
+/// one).
+fn asked_type(subscription: &Subscription, type_url: &str) -> Option<ResourceType> {
+    let kind = ResourceType::from_type_url(type_url).filter(|kind| subscription.asks_for(*kind));
+    if kind.is_none() {
+        tracing::warn!(%type_url, "an xDS response of a type not asked for is ignored");
+    }
+    kind
 }
 
 /// Applies what a response `prepared`, without the resources `refused`; returns the answers

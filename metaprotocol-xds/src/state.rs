@@ -203,6 +203,9 @@ pub(crate) struct Subscription {
     certificate_files: CertificateFiles,
     /// The bytes each resource held was accepted as, per type.
     known: BTreeMap<ResourceType, Known>,
+    /// The types the stream's requests asked for: a response of another type is the server's
+    /// mistake, not a resource for the proxy.
+    asked: BTreeSet<ResourceType>,
 }
 
 impl Subscription {
@@ -226,7 +229,14 @@ impl Subscription {
                 sds_secrets: spec.sds_secrets.clone(),
             },
             known: BTreeMap::new(),
+            asked: BTreeSet::new(),
         }
+    }
+
+    /// True if a request of the stream asked for resources of `kind` (once asked for, EDS stays
+    /// so when its names go: the server may still answer the request that unsubscribed them).
+    pub fn asks_for(&self, kind: ResourceType) -> bool {
+        self.asked.contains(&kind)
     }
 
     /// The state of each type asked for, by its short name.
@@ -331,6 +341,7 @@ impl Subscription {
     /// node.
     pub fn initial_requests(&mut self) -> Vec<DiscoveryRequest> {
         let mut requests = Vec::new();
+        self.asked.clear();
         for kind in ResourceType::ALL {
             let names = match kind {
                 ResourceType::Cluster => self.clusters.as_ref().map(|n| n.request_names(kind)),
@@ -346,6 +357,7 @@ impl Subscription {
                 let state = self.types.entry(kind).or_default();
                 state.subscribed = names.clone();
                 state.nonce.clear();
+                self.asked.insert(kind);
                 requests.push(DiscoveryRequest {
                     version_info: state.version.clone(),
                     node: requests.is_empty().then(|| self.node.clone()),
@@ -754,6 +766,7 @@ impl Subscription {
             let state = self.types.entry(ResourceType::Endpoints).or_default();
             if names != state.subscribed {
                 state.subscribed = names;
+                self.asked.insert(ResourceType::Endpoints);
                 requests.push(self.request(ResourceType::Endpoints, None));
             }
         }

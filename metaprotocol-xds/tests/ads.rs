@@ -1567,3 +1567,75 @@ async fn a_delta_response_removing_a_resource_twice_is_nacked_whole() -> TestRes
     proxy.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_of_a_type_not_asked_for_is_ignored_over_state_of_the_world_ads() -> TestResult {
+    a_response_of_a_type_not_asked_for_is_ignored("grpc").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_of_a_type_not_asked_for_is_ignored_over_delta_ads() -> TestResult {
+    a_response_of_a_type_not_asked_for_is_ignored("delta_grpc").await
+}
+
+/// A server sending clusters to a proxy that asks for route configs only (its clusters are
+/// the file's) changes nothing, and is not answered, as in Envoy: an ACK would subscribe the
+/// proxy to every cluster the server has.
+async fn a_response_of_a_type_not_asked_for_is_ignored(api_type: &str) -> TestResult {
+    let provider = DemoProvider::start("a").await?;
+    let server = ManagementServer::new();
+    server.send_unasked(&Cluster::type_url());
+    let serving = server.serve("127.0.0.1:0".parse()?).await?;
+    let pushed_cluster = cluster_name("pushed");
+    let pushed = Cluster {
+        name: pushed_cluster,
+        ..Cluster::default()
+    };
+    cds(&server, "c1", &[pushed]);
+    rds(
+        &server,
+        "r1",
+        &meta_route_config(vec![meta_route("all", &[], to_cluster("from-file"))]),
+    );
+    let config = metaprotocol_router::Config::from_yaml(&format!(
+        "admin: {{ address: 127.0.0.1:0 }}
+dynamic:
+  xds:
+    address: {xds}
+    node_id: {NODE}
+    api_type: {api_type}
+    route_configs: ['*']
+listeners:
+  - {{ name: dubbo-in, address: 127.0.0.1:0, protocol: dubbo, route_config: {routes} }}
+clusters:
+  - {{ name: from-file, endpoints: [{{ address: '{upstream}' }}] }}
+",
+        xds = serving.address(),
+        routes = route_config_name(),
+        upstream = provider.address(),
+    ))?;
+    let proxy = start_proxy(config).await?;
+    eventually("the listener serves", || {
+        proxy.listener_addr("dubbo-in").is_some()
+    })
+    .await?;
+    let address = proxy.listener_addr("dubbo-in").ok_or("not bound")?;
+    succeed(&DubboClient::new(address), 5).await?;
+    // The clusters were sent first: the route config's ACK comes after the client saw them.
+    server
+        .wait_for(WITHIN, |r| {
+            r.type_url == RouteConfiguration::type_url() && !r.response_nonce.is_empty()
+        })
+        .await?;
+    let clusters: Vec<String> = proxy.clusters().into_iter().map(|c| c.name).collect();
+    assert_eq!(clusters, ["from-file"]);
+    let answered: Vec<Received> = server
+        .received()
+        .into_iter()
+        .filter(|r| r.type_url == Cluster::type_url())
+        .collect();
+    assert!(answered.is_empty(), "{answered:#?}");
+    drop(serving);
+    proxy.shutdown().await;
+    Ok(())
+}

@@ -88,6 +88,8 @@ struct Cache {
     /// A delta stream sends every resource of a type at each push, those the client holds at
     /// their version too, as a server that keeps no account of what the client holds does.
     resend_unchanged: bool,
+    /// Types every stream is sent, as if it had asked for all of them, though it did not.
+    unasked: Vec<String>,
     /// Made to every delta response before it is sent.
     alter_delta: Option<DeltaAlteration>,
 }
@@ -97,6 +99,7 @@ impl std::fmt::Debug for Cache {
         f.debug_struct("Cache")
             .field("received", &self.received)
             .field("streams", &self.streams)
+            .field("unasked", &self.unasked)
             .finish_non_exhaustive()
     }
 }
@@ -182,6 +185,12 @@ impl ManagementServer {
     /// Sends delta streams every resource at each push (see `Cache::resend_unchanged`).
     pub fn resend_unchanged(&self) {
         self.shared.lock().resend_unchanged = true;
+    }
+
+    /// Sends every stream the resources of `type_url` from now on, whether it asked for them or
+    /// not, as a faulty server would.
+    pub fn send_unasked(&self, type_url: &str) {
+        self.shared.lock().unasked.push(type_url.to_owned());
     }
 
     /// Applies `alter` to every delta response before it is sent, from now on.
@@ -430,6 +439,12 @@ async fn serve_stream(
         }
         let due: Vec<(String, TypeSnapshot)> = {
             let cache = shared.lock();
+            for type_url in &cache.unasked {
+                sent.entry(type_url.clone()).or_insert_with(|| Sent {
+                    names: vec!["*".to_owned()],
+                    push: None,
+                });
+            }
             let Some(types) = cache.snapshots.get(&events.node) else {
                 continue;
             };
@@ -519,7 +534,18 @@ async fn serve_delta_stream(
                 entry.held.extend(request.initial_resource_versions.clone());
             }
         }
-        let alter = shared.lock().alter_delta.clone();
+        let (unasked, alter) = {
+            let cache = shared.lock();
+            (cache.unasked.clone(), cache.alter_delta.clone())
+        };
+        for type_url in unasked {
+            subscriptions
+                .entry(type_url)
+                .or_insert_with(|| DeltaSubscription {
+                    wildcard: true,
+                    ..DeltaSubscription::default()
+                });
+        }
         for (type_url, subscription) in &mut subscriptions {
             let Some(snapshot) = shared.snapshot(&events.node, type_url) else {
                 continue;
