@@ -342,6 +342,13 @@ impl Subscription {
     pub fn initial_requests(&mut self) -> Vec<DiscoveryRequest> {
         let mut requests = Vec::new();
         self.asked.clear();
+        // A nonce names a response of the stream that ended: no request of the new one carries
+        // it, not even one of a type the stream asks for later (EDS, once clusters take
+        // endpoints): a server that checks nonces may take such a request as stale and not
+        // answer it.
+        for state in self.types.values_mut() {
+            state.nonce.clear();
+        }
         for kind in ResourceType::ALL {
             let names = match kind {
                 ResourceType::Cluster => self.clusters.as_ref().map(|n| n.request_names(kind)),
@@ -356,7 +363,6 @@ impl Subscription {
             if let Some(names) = names {
                 let state = self.types.entry(kind).or_default();
                 state.subscribed = names.clone();
-                state.nonce.clear();
                 self.asked.insert(kind);
                 requests.push(DiscoveryRequest {
                     version_info: state.version.clone(),
@@ -2140,5 +2146,43 @@ mod tests {
             Listing::Delta(&held),
         );
         assert_eq!(refused, None);
+    }
+
+    /// A nonce names a response of one stream: a request of the next stream carries none that
+    /// the stream did not send, EDS included when the stream opened without asking for it.
+    #[test]
+    fn a_new_stream_carries_no_nonce_of_the_last() {
+        fn answers(subscription: &mut Subscription, response: &DiscoveryResponse) -> Vec<String> {
+            let kind = ResourceType::from_type_url(&response.type_url);
+            let prepared =
+                kind.map(|kind| subscription.prepare(kind, response, Listing::StateOfTheWorld));
+            match prepared {
+                Some(Ok(prepared)) => subscription
+                    .accept(prepared)
+                    .into_iter()
+                    .map(|r| format!("{} {:?}", r.type_url, r.response_nonce))
+                    .collect(),
+                Some(Err(rejected)) => panic!("{}", rejected.message),
+                None => panic!("not a known type"),
+            }
+        }
+        let mut subscription = subscription();
+        subscription.initial_requests();
+        let cds = |version: &str, clusters| response(ResourceType::Cluster, version, clusters);
+        answers(&mut subscription, &cds("c1", vec![any(&eds_cluster("a"))]));
+        let eds = response(ResourceType::Endpoints, "e1", vec![any(&assignment("a"))]);
+        answers(&mut subscription, &eds);
+        // Its cluster goes: EDS asks for nothing, and the next stream opens without it.
+        answers(&mut subscription, &cds("c2", Vec::new()));
+        let opening = subscription.initial_requests();
+        assert!(opening.iter().all(|r| r.response_nonce.is_empty()));
+        let requests = answers(&mut subscription, &cds("c3", vec![any(&eds_cluster("b"))]));
+        assert_eq!(
+            requests,
+            [
+                format!("{} \"c3\"", ResourceType::Cluster.type_url()),
+                format!("{} \"\"", ResourceType::Endpoints.type_url()),
+            ]
+        );
     }
 }
