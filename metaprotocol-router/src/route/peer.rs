@@ -145,6 +145,11 @@ impl NameKind {
     }
 }
 
+/// The marker of a principal pattern that names DNS SANs whatever its shape (`dns:api.example*`,
+/// `dns:*example.com`): without it a prefix or suffix pattern with no `/` names SPIFFE ids, as
+/// Istio's do, and a DNS prefix would have no spelling.
+const DNS_PATTERN: &str = "dns:";
+
 /// The start of every SPIFFE id, which Istio's AuthorizationPolicy leaves out of principals.
 const SPIFFE_SCHEME: &str = "spiffe://";
 
@@ -168,7 +173,7 @@ impl PrincipalMatcher {
     /// workload so, so the pattern would never match (a deny policy written for
     /// `spiffe://td/ns/*/sa/admin` would let every admin through).
     pub fn parse(pattern: &str) -> Result<Self, ConfigError> {
-        if pattern.is_empty() {
+        if pattern.is_empty() || pattern == DNS_PATTERN {
             return Err(ConfigError::new("", "must not be empty"));
         }
         let matcher = Self::new(pattern);
@@ -189,6 +194,9 @@ impl PrincipalMatcher {
 
     /// Compiles a pattern without checking it.
     fn new(pattern: &str) -> Self {
+        if let Some(dns) = pattern.strip_prefix(DNS_PATTERN) {
+            return Self::of_dns_names(dns);
+        }
         if pattern == "*" {
             Self::Any
         } else if let Some(prefix) = pattern.strip_suffix('*') {
@@ -199,6 +207,18 @@ impl PrincipalMatcher {
         } else {
             let kind = NameKind::of(pattern);
             Self::Exact(kind, spiffe_uri(kind, pattern))
+        }
+    }
+
+    /// Compiles a pattern marked `dns:` (the marker dropped): exact, prefix or suffix, of DNS
+    /// SANs whatever its shape.
+    fn of_dns_names(pattern: &str) -> Self {
+        if let Some(prefix) = pattern.strip_suffix('*') {
+            Self::Prefix(NameKind::Dns, prefix.into())
+        } else if let Some(suffix) = pattern.strip_prefix('*') {
+            Self::Suffix(NameKind::Dns, suffix.into())
+        } else {
+            Self::Exact(NameKind::Dns, pattern.into())
         }
     }
 
@@ -472,6 +492,42 @@ mod tests {
                 "{pattern}"
             );
         }
+    }
+
+    /// A pattern marked `dns:` names DNS SANs, whatever its shape: the way to write a DNS
+    /// prefix, or a DNS suffix that does not begin a label, which without the marker name
+    /// SPIFFE ids.
+    #[test]
+    fn principals_marked_dns_match_dns_names_alone() -> Result<(), ConfigError> {
+        let peer = PeerIdentity {
+            uri_sans: vec!["spiffe://api.example/ns/default/sa/reader".into()],
+            dns_sans: vec!["api.example.com".into()],
+            ..PeerIdentity::default()
+        };
+        for (pattern, passes) in [
+            ("dns:api.example*", true),
+            ("dns:*example.com", true),
+            ("dns:api.example.com", true),
+            ("dns:*", true),
+            ("dns:api.example/ns*", false),
+            ("dns:*sa/reader", false),
+            ("dns:spiffe://api.example/ns/default/sa/reader", false),
+        ] {
+            assert_eq!(
+                PrincipalMatcher::parse(pattern)?.matches(Some(&peer)),
+                passes,
+                "{pattern}"
+            );
+        }
+        let spiffe_only = PeerIdentity {
+            dns_sans: Vec::new(),
+            ..peer
+        };
+        assert!(!PrincipalMatcher::parse("dns:*")?.matches(Some(&spiffe_only)));
+        for refused in ["dns:", "dns:a*b", "dns:**"] {
+            assert!(PrincipalMatcher::parse(refused).is_err(), "{refused}");
+        }
+        Ok(())
     }
 
     /// A namespace pattern tests the namespace of each of the peer's SPIFFE ids, of any trust
