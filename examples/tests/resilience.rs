@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use metaprotocol_examples::dubbo_demo::{DemoProvider, DubboClient, HANG_UP_METHOD, SLOW_METHOD};
+use metaprotocol_router::config::ClusterSpec;
 use metaprotocol_router::{Config, EndpointStatus, HealthState, Proxy};
 
 #[allow(dead_code)]
@@ -268,6 +269,85 @@ async fn a_killed_provider_is_detected_avoided_and_used_again_when_back() -> Tes
         .ok_or("b is gone from /clusters")?;
     assert!(!endpoint.failing_active_checks, "{endpoint:?}");
     proxy.shutdown().await;
+    Ok(())
+}
+
+/// An endpoint a config update adds to a cluster with active health checks takes no call
+/// until its first check passes (Envoy starts such a host failing its checks): one that refuses
+/// connections gets none while the load goes on, and no call fails. Its first check runs when the
+/// update applies, not at the next round (an hour away here): the live endpoint added with it
+/// serves within moments, at its first passed check, whatever `healthy_threshold`. (Half the
+/// endpoints stay in rotation meanwhile: with fewer, panic mode would spread calls over all of
+/// them, as Envoy's does.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_an_update_adds_takes_no_call_before_its_first_check_passes() -> TestResult {
+    let a = DemoProvider::start("a").await?;
+    let a2 = DemoProvider::start("a2").await?;
+    let b = DemoProvider::start("b").await?;
+    // Bound without listening, to the end of the test: it refuses connections.
+    let refusing = tokio::net::TcpSocket::new_v4()?;
+    refusing.bind(([127, 0, 0, 1], 0).into())?;
+    let refusing_address = refusing.local_addr()?;
+    let checks = "    health_check: { interval: 1h, timeout: 2s, unhealthy_threshold: 3, healthy_threshold: 3 }\n";
+    let (proxy, address) = start(&config(
+        "",
+        &format!("{checks}{}", endpoints(&[&a, &a2], &[])),
+    ))
+    .await?;
+    wait_for(
+        "a and a2 to enter rotation",
+        Duration::from_secs(10),
+        || !out_of_rotation(&proxy, a.address()) && !out_of_rotation(&proxy, a2.address()),
+    )
+    .await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (log, tasks) = load(address, 8, &stop);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let updated = Config::from_yaml(&config(
+        "",
+        &format!(
+            "{checks}{}      - {{ address: \"{refusing_address}\" }}\n",
+            endpoints(&[&a, &a2, &b], &[])
+        ),
+    ))?;
+    let cluster = updated.clusters.first().ok_or("no cluster")?;
+    let applied = Instant::now();
+    proxy.update_cluster(ClusterSpec::clone(cluster)).await?;
+    wait_for("b to serve", Duration::from_secs(10), || {
+        !b.seen().is_empty()
+    })
+    .await?;
+    let serving = applied.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await?;
+    }
+    let refused = sent_to(&proxy, refusing_address);
+    let status = endpoint_status(&proxy, refusing_address);
+    proxy.shutdown().await;
+    assert_eq!(
+        refused, 0,
+        "calls sent to the endpoint that refuses connections"
+    );
+    let calls = between(&log, applied, None);
+    assert!(
+        calls.iter().all(|o| matches!(o, Outcome::Reply(20, _))),
+        "calls failed: {:?}",
+        calls
+            .iter()
+            .filter(|o| !matches!(o, Outcome::Reply(20, _)))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        serving < Duration::from_secs(5),
+        "b served {serving:?} after the update"
+    );
+    let status = status.ok_or("the refusing endpoint is not in /clusters")?;
+    assert!(
+        status.failing_active_checks && !status.awaiting_first_check,
+        "{status:?}"
+    );
     Ok(())
 }
 

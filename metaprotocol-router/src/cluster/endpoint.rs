@@ -62,6 +62,10 @@ impl HealthFlags {
     pub const DRAINING: u8 = 1;
     pub const FAILED_ACTIVE_CHECK: u8 = 1 << 1;
     pub const EJECTED: u8 = 1 << 2;
+    /// New to a cluster with active health checks, not checked yet: it starts with
+    /// `FAILED_ACTIVE_CHECK` too (Envoy's `PENDING_ACTIVE_HC` with `FAILED_ACTIVE_HC`), and its
+    /// first check decides at once, whatever the thresholds, whether it enters rotation.
+    pub const PENDING_ACTIVE_CHECK: u8 = 1 << 3;
 
     /// Sets or clears `flag`; true if that changed anything.
     pub fn set(&self, flag: u8, on: bool) -> bool {
@@ -93,8 +97,8 @@ impl HealthFlags {
     /// until the checks or the detector say otherwise. Before the series are attached: nothing
     /// changes, so nothing is shown or counted.
     fn carry_over(&self, replaced: &HealthFlags) {
-        let out =
-            replaced.bits.load(Ordering::Acquire) & (Self::FAILED_ACTIVE_CHECK | Self::EJECTED);
+        let out = replaced.bits.load(Ordering::Acquire)
+            & (Self::FAILED_ACTIVE_CHECK | Self::EJECTED | Self::PENDING_ACTIVE_CHECK);
         self.bits.fetch_or(out, Ordering::AcqRel);
     }
 
@@ -167,6 +171,18 @@ impl Endpoint {
     pub fn replacing(self, replaced: &Endpoint) -> Self {
         self.health.carry_over(&replaced.health);
         self.outliers.carry_over(&replaced.outliers);
+        self
+    }
+
+    /// The endpoint, new to a cluster with active health checks, out of rotation until its first
+    /// check passes (see [`HealthFlags::PENDING_ACTIVE_CHECK`]): a server nothing has checked
+    /// yet takes no call while checked ones are there to serve. Before
+    /// [`Endpoint::with_metrics`], which shows it.
+    pub fn awaiting_first_check(self) -> Self {
+        self.health.bits.fetch_or(
+            HealthFlags::FAILED_ACTIVE_CHECK | HealthFlags::PENDING_ACTIVE_CHECK,
+            Ordering::AcqRel,
+        );
         self
     }
 

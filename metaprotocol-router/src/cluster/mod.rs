@@ -85,6 +85,9 @@ struct ClusterState {
     monitor: Option<HealthMonitor>,
     /// Which snapshot builds were asked for and which was published last.
     builds: Builds,
+    /// Set when endpoints were installed since the last snapshot published: the one that has
+    /// them wakes the health checks ([`ClusterHandle::endpoints_added`]).
+    added: bool,
 }
 
 /// The snapshot builds a cluster was asked for, numbered in order. A health or address change
@@ -118,6 +121,9 @@ pub(crate) struct ClusterHandle {
     outlier_thresholds: OutlierThresholds,
     /// Wakes the outlier detector when an endpoint's failure streak reaches its threshold.
     outlier_wake: Arc<Notify>,
+    /// Wakes the active health checks when a published snapshot has endpoints new to the
+    /// cluster, so that their first check runs at once rather than at the next round.
+    added_wake: Arc<Notify>,
     /// Its endpoints' ejections, kept across the detectors that updates start.
     ejections: Ejections,
     /// Set for `peak_ewma`: concluded attempts record their latency on their endpoint.
@@ -223,8 +229,11 @@ impl ClusterHandle {
             probe,
             monitor: None,
             builds: Builds::default(),
+            added: false,
         };
         let plan = plan(&mut state, &stats, &breakers, &scope);
+        // The checks start with a round of every endpoint: nothing to wake them for.
+        state.added = false;
         let snapshot = if crate::lb::builds_table(spec.lb_policy)
             && tokio::runtime::Handle::try_current().is_ok()
         {
@@ -251,6 +260,7 @@ impl ClusterHandle {
             breakers,
             outlier_thresholds,
             outlier_wake: Arc::new(Notify::new()),
+            added_wake: Arc::new(Notify::new()),
             ejections,
             records_latency: AtomicBool::new(spec.lb_policy == LbPolicy::PeakEwma),
             retired: AtomicBool::new(false),
@@ -282,6 +292,12 @@ impl ClusterHandle {
     /// What the outlier detector waits on besides its interval.
     pub fn outlier_wake(&self) -> Arc<Notify> {
         self.outlier_wake.clone()
+    }
+
+    /// What the active health checks wait on besides their rounds: notified when a snapshot
+    /// with endpoints new to the cluster is published (an update, a DNS answer).
+    pub fn endpoints_added(&self) -> Arc<Notify> {
+        self.added_wake.clone()
     }
 
     /// The protocol its endpoints speak.
@@ -387,10 +403,34 @@ impl ClusterHandle {
                         .is_some_and(|endpoint| endpoint.health().set(flag, on))
             })
             .collect();
-        if changed.contains(&true) {
+        // An endpoint's first check done changes no set: only the flags beside it do.
+        let rebuild = changes
+            .iter()
+            .zip(&changed)
+            .any(|(&(_, flag, _), &changed)| changed && flag != HealthFlags::PENDING_ACTIVE_CHECK);
+        if rebuild {
             self.rebuild_soon(&mut state);
         }
         changed
+    }
+
+    /// For each of `addresses`, whether its endpoint still waits for its first active check
+    /// (see [`HealthFlags::PENDING_ACTIVE_CHECK`]), and whether its checks keep it out of
+    /// rotation (`FAILED_ACTIVE_CHECK`).
+    pub fn active_check_state(&self, addresses: &[SocketAddr]) -> Vec<(bool, bool)> {
+        let state = self.lock();
+        addresses
+            .iter()
+            .map(|address| {
+                state.endpoints.get(address).map_or((false, false), |e| {
+                    let flags = e.health();
+                    (
+                        flags.has(HealthFlags::PENDING_ACTIVE_CHECK),
+                        flags.has(HealthFlags::FAILED_ACTIVE_CHECK),
+                    )
+                })
+            })
+            .collect()
     }
 
     /// Ends the ejections of those of `addresses` (endpoints active health checks found
@@ -634,6 +674,7 @@ impl ClusterHandle {
             probe: next.probe,
             monitor: state.monitor.take(),
             builds: std::mem::take(&mut state.builds),
+            added: state.added,
         };
         if let Some((protocol, codec)) = next.codec {
             state_next.protocol = protocol;
@@ -650,7 +691,7 @@ impl ClusterHandle {
             ),
             (
                 old.health_check.is_some() && spec.health_check.is_none(),
-                HealthFlags::FAILED_ACTIVE_CHECK,
+                HealthFlags::FAILED_ACTIVE_CHECK | HealthFlags::PENDING_ACTIVE_CHECK,
             ),
         ];
         for (removed, flag) in stopped {
@@ -789,6 +830,9 @@ impl ClusterHandle {
         snapshot.version = state.version;
         state.builds.published = build;
         self.snapshot.store(Arc::new(snapshot));
+        if std::mem::take(&mut state.added) {
+            self.added_wake.notify_one();
+        }
     }
 
     /// What `/clusters` shows.
@@ -936,6 +980,8 @@ fn plan_hosts(
                     // Rebuilt in place: still out of rotation if it was.
                     if let Some(replaced) = inputs.endpoints.get(&address) {
                         endpoint = endpoint.replacing(replaced);
+                    } else if inputs.spec.health_check.is_some() {
+                        endpoint = endpoint.awaiting_first_check();
                     }
                     Arc::new(endpoint.with_metrics(scope, health))
                 }
@@ -975,6 +1021,9 @@ fn retire_replaced(state: &mut ClusterState, endpoints: HashMap<SocketAddr, Arc<
     // Endpoints retired earlier and gone since: forgotten here as well as when the admin API
     // lists them, so that a cluster whose addresses keep changing (DNS) holds no growing list.
     state.retired.retain(|e| e.strong_count() > 0);
+    state.added |= endpoints
+        .keys()
+        .any(|address| !state.endpoints.contains_key(address));
     for (address, old) in state.endpoints.drain() {
         let kept = endpoints
             .get(&address)
@@ -1180,6 +1229,21 @@ pub(crate) mod tests {
             .collect()
     }
 
+    /// Clears what `c`'s endpoints start with in a cluster with active health checks, as their
+    /// first checks passing would.
+    fn first_checks_passed(c: &ClusterHandle) {
+        let passed: Vec<(SocketAddr, u8, bool)> = c
+            .snapshot()
+            .hosts
+            .iter()
+            .map(|h| {
+                let flags = HealthFlags::FAILED_ACTIVE_CHECK | HealthFlags::PENDING_ACTIVE_CHECK;
+                (h.endpoint.address(), flags, false)
+            })
+            .collect();
+        c.set_health(&passed);
+    }
+
     /// Sets or clears one health flag of `c`'s endpoint at `address`; true if that changed it.
     fn set_one(c: &ClusterHandle, address: SocketAddr, flag: u8, on: bool) -> bool {
         c.set_health(&[(address, flag, on)])[0]
@@ -1199,6 +1263,7 @@ endpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.
         let c = cluster(&format!(
             "{THREE}\nhealthy_panic_threshold: 1\noutlier_detection: {{ consecutive_errors: 2 }}\nhealth_check: {{ interval: 1s }}"
         ))?;
+        first_checks_passed(&c);
         assert_eq!(picked(&c).len(), 3);
         let version = c.snapshot().version;
         assert!(set_one(&c, addr(1), HealthFlags::EJECTED, true));
@@ -1448,6 +1513,7 @@ outlier_detection: { consecutive_errors: 2 }";
             )
         };
         let c = cluster(&spec("1m"))?;
+        first_checks_passed(&c);
         set_one(&c, addr(1), HealthFlags::EJECTED, true);
         set_one(&c, addr(2), HealthFlags::FAILED_ACTIVE_CHECK, true);
         let before = c.snapshot().hosts[0].endpoint.clone();
@@ -1466,6 +1532,42 @@ outlier_detection: { consecutive_errors: 2 }";
         assert_eq!(status.endpoints[0].health, HealthState::Ejected);
         assert_eq!(status.endpoints[1].health, HealthState::FailingActiveChecks);
         assert_eq!(status.endpoints[2].health, HealthState::Healthy);
+        Ok(())
+    }
+
+    /// An update that keeps an endpoint keeps its health: one in rotation stays in, one failing
+    /// its checks stays out (a new weight changes neither). An endpoint whose address changes is
+    /// a new endpoint: out of rotation, awaiting its first check.
+    #[test]
+    fn an_update_keeps_the_health_of_the_endpoints_it_keeps() -> Result<(), ConfigError> {
+        let spec = |weight: u32, third: u16| {
+            ClusterSpec::from_yaml(&format!(
+                "name: c
+endpoints: [ {{ address: 127.0.0.1:1, weight: {weight} }}, {{ address: 127.0.0.1:2 }}, {{ address: 127.0.0.1:{third} }} ]
+healthy_panic_threshold: 1
+health_check: {{ interval: 1s }}"
+            ))
+        };
+        let c = cluster(
+            "name: c\nendpoints: [ { address: 127.0.0.1:1 }, { address: 127.0.0.1:2 }, { address: 127.0.0.1:3 } ]\nhealthy_panic_threshold: 1\nhealth_check: { interval: 1s }",
+        )?;
+        first_checks_passed(&c);
+        set_one(&c, addr(2), HealthFlags::FAILED_ACTIVE_CHECK, true);
+        c.update(&spec(2, 4)?.into(), None, None, &Resolved::new())?;
+        let status = c.status();
+        let state = |i: usize| {
+            let e = &status.endpoints[i];
+            (e.address, e.failing_active_checks, e.awaiting_first_check)
+        };
+        assert_eq!(
+            [state(0), state(1), state(2)],
+            [
+                (addr(1), false, false),
+                (addr(2), true, false),
+                (addr(4), true, true)
+            ]
+        );
+        assert_eq!(picked(&c), [addr(1)].into());
         Ok(())
     }
 
@@ -1491,6 +1593,7 @@ outlier_detection: { consecutive_errors: 2 }";
             "{THREE}\nhealthy_panic_threshold: 1\noutlier_detection: {{ consecutive_errors: 2 }}\nhealth_check: {{ interval: 1s }}"
         );
         let c = cluster(&with)?;
+        first_checks_passed(&c);
         set_one(&c, addr(1), HealthFlags::EJECTED, true);
         set_one(&c, addr(2), HealthFlags::FAILED_ACTIVE_CHECK, true);
         let no_checks = format!(

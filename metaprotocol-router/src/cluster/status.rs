@@ -44,6 +44,9 @@ pub struct EndpointStatus {
     pub ejected: bool,
     /// True while active health checks keep it out of rotation.
     pub failing_active_checks: bool,
+    /// True while it waits for its first active health check: new to a cluster with health
+    /// checks, it is out of rotation (`failing_active_checks`) until that check passes.
+    pub awaiting_first_check: bool,
     /// Times outlier detection ejected it.
     pub ejections: u32,
     /// True while it opens no connection: after connect failures, or after its server closed
@@ -86,6 +89,7 @@ impl EndpointStatus {
             health: flags.state(),
             ejected: flags.has(HealthFlags::EJECTED),
             failing_active_checks: flags.has(HealthFlags::FAILED_ACTIVE_CHECK),
+            awaiting_first_check: flags.has(HealthFlags::PENDING_ACTIVE_CHECK),
             ejections: endpoint.outliers().ejections(),
             backing_off: endpoint.pool().in_backoff(),
             connect_failures: endpoint.pool().connect_failures(),

@@ -2,7 +2,12 @@
 //! random), every endpoint of the cluster is checked, each check bounded by `timeout`. A
 //! round's checks start in [`SLOTS`] groups spread evenly over the interval (an endpoint keeps
 //! its group), not all at once, each at its time whatever the checks of the groups before it
-//! still wait for; an endpoint new to the checker is checked at once.
+//! still wait for; an endpoint new to the checker is checked at once, those an update or a DNS
+//! answer adds as soon as the snapshot that has them is published (not at the next round). An
+//! endpoint new to the cluster starts out of rotation (`FAILED_ACTIVE_CHECK` with
+//! `PENDING_ACTIVE_CHECK`, as Envoy starts a host added to a cluster with health checks), and its
+//! first check decides at once, whatever the thresholds: passed, it enters rotation; failed, it
+//! stays out. An endpoint an update keeps (or rebuilds at its address) keeps its state.
 //!
 //! Checks open connections the way the cluster's traffic does (with TLS, handshake and
 //! certificate verification included), to the endpoint's address at its port, or at its
@@ -99,6 +104,12 @@ struct Checked {
     connector: Connector,
     /// The slot of the round its checks start in (after its first, which runs at once).
     slot: usize,
+    /// Tells its checks' results from those of an endpoint that was at its address before (it
+    /// left the cluster while its check ran, and came back).
+    id: u64,
+    /// True while a check of it runs: a round leaves it out, so that no two checks of one
+    /// endpoint overlap (its first check, at once, may still run when a round begins).
+    in_flight: bool,
     passed: u32,
     failed: u32,
 }
@@ -116,6 +127,119 @@ struct Stats {
 /// rebuilds the cluster's balancers at most this many times, however many endpoints change.
 const SLOTS: usize = 10;
 
+/// The endpoints a checker checks, and how it makes the prober of one new to it.
+struct Endpoints {
+    checked: HashMap<SocketAddr, Checked>,
+    /// Endpoints take the slots in turn as they join.
+    next_slot: usize,
+    next_id: u64,
+    http: Option<Arc<HttpProbe>>,
+    probe: Option<Arc<Message>>,
+    codec: Arc<dyn metaprotocol_core::CodecFactory>,
+    connector: Connector,
+    connect_timeout: Duration,
+    require_success: bool,
+}
+
+/// A group of checks started together: whether it is a slot of a round, and each endpoint's
+/// address, the id it had, and what its check found.
+type Group = (bool, Vec<(SocketAddr, u64, CheckResult)>);
+
+impl Endpoints {
+    /// Takes the cluster's current members: forgets the endpoints that left, and those whose
+    /// health check port changed (checked anew, at the new port), and returns those new to it.
+    /// A map: the endpoints checked are kept by looking each up in it (a list took a hundred
+    /// million comparisons a round for 10,000 endpoints).
+    fn join(&mut self, handle: &ClusterHandle) -> Vec<SocketAddr> {
+        let members: HashMap<SocketAddr, Option<u16>> = handle
+            .snapshot()
+            .hosts
+            .iter()
+            .map(|h| (h.endpoint.address(), h.health_check_port))
+            .collect();
+        self.checked
+            .retain(|address, checked| members.get(address) == Some(&checked.port));
+        let mut joined = Vec::new();
+        for (&address, &port) in &members {
+            if self.checked.contains_key(&address) {
+                continue;
+            }
+            // Where its checks go: its own health check port first, then the probe's.
+            let target = |probe_port: Option<u16>| match port.or(probe_port) {
+                Some(port) => SocketAddr::new(address.ip(), port),
+                None => address,
+            };
+            let prober = match (&self.http, &self.probe) {
+                (Some(http), _) => {
+                    Prober::Http(target(http.port()), http.clone(), self.connector.clone())
+                }
+                (None, Some(request)) => Prober::Request(
+                    Box::new(ProbeConnection::new(
+                        target(None),
+                        self.codec.clone(),
+                        request,
+                        self.connector.clone(),
+                        self.connect_timeout,
+                    )),
+                    request.clone(),
+                    self.require_success,
+                ),
+                (None, None) => Prober::Tcp(target(None), self.connector.clone()),
+            };
+            self.next_id += 1;
+            self.checked.insert(
+                address,
+                Checked {
+                    prober: Arc::new(prober),
+                    port,
+                    slot: self.next_slot,
+                    id: self.next_id,
+                    in_flight: false,
+                    passed: 0,
+                    failed: 0,
+                },
+            );
+            self.next_slot = (self.next_slot + 1) % SLOTS;
+            joined.push(address);
+        }
+        joined
+    }
+
+    /// The checks of `addresses` (those not already being checked), starting at `start`, each
+    /// bounded by `timeout`; `None` when there are none.
+    fn group(
+        &mut self,
+        addresses: &[SocketAddr],
+        in_round: bool,
+        start: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Option<impl std::future::Future<Output = Group> + use<>> {
+        let checks: Vec<(SocketAddr, u64, Arc<Prober>)> = addresses
+            .iter()
+            .filter_map(|address| {
+                let checked = self.checked.get_mut(address)?;
+                if checked.in_flight {
+                    return None;
+                }
+                checked.in_flight = true;
+                Some((*address, checked.id, checked.prober.clone()))
+            })
+            .collect();
+        if checks.is_empty() {
+            return None;
+        }
+        Some(async move {
+            tokio::time::sleep_until(start).await;
+            let results =
+                futures::future::join_all(checks.iter().map(|(address, id, prober)| async move {
+                    (*address, *id, prober.check(timeout).await)
+                }))
+                .await;
+            (in_round, results)
+        })
+    }
+}
+
 /// Runs the checks of `cluster` until `stop` (or the cluster is gone); `probe` is the request a
 /// protocol check sends (`None`: TCP checks), over connections opened by the connector of each
 /// endpoint's pool (TLS or not, as its traffic's).
@@ -129,7 +253,7 @@ pub(super) async fn run(
     let Some(handle) = cluster.upgrade() else {
         return;
     };
-    let codec = handle.codec();
+    let added = handle.endpoints_added();
     let scope = handle.scope();
     let http = match &spec.probe {
         ProbeSpec::Http(http) => match HttpProbe::new(http, handle.name()) {
@@ -152,139 +276,114 @@ pub(super) async fn run(
         passed: outcome("success"),
         failed: outcome("failure"),
     };
+    let mut endpoints = Endpoints {
+        checked: HashMap::new(),
+        next_slot: 0,
+        next_id: 0,
+        http,
+        probe,
+        codec: handle.codec(),
+        connector,
+        connect_timeout,
+        require_success: spec.require_success,
+    };
     drop(handle);
-    let mut endpoints: HashMap<SocketAddr, Checked> = HashMap::new();
-    // Endpoints take the slots in turn as they join.
-    let mut next_slot = 0;
-    let mut wait = Duration::ZERO;
+    let mut due = FuturesUnordered::new();
+    // The round under way: when it began, the wait after which the next one begins (once all
+    // of its slots are done), and its slots not done yet. The first round begins at once.
+    let mut round_start = tokio::time::Instant::now();
+    let mut period = Duration::ZERO;
+    let mut slots_left = 0_usize;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-        let round_start = tokio::time::Instant::now();
-        let period = jittered(&spec);
-        let Some(handle) = cluster.upgrade() else {
-            return;
-        };
-        // A map: the endpoints checked are kept by looking each up in it (a list took a
-        // hundred million comparisons a round for 10,000 endpoints). An endpoint whose health
-        // check port or connector changed is checked anew, at its new port, its new way.
-        let members: HashMap<SocketAddr, (Option<u16>, Connector)> = handle
-            .snapshot()
-            .hosts
-            .iter()
-            .map(|h| {
-                let connector = h.endpoint.pool().connector().clone();
-                (h.endpoint.address(), (h.health_check_port, connector))
-            })
-            .collect();
-        drop(handle);
-        endpoints.retain(|address, checked| {
-            members.get(address).is_some_and(|(port, connector)| {
-                *port == checked.port && connector.same(&checked.connector)
-            })
-        });
-        let mut slots: Vec<Vec<SocketAddr>> = vec![Vec::new(); SLOTS];
-        for (&address, checked) in &endpoints {
-            if let Some(slot) = slots.get_mut(checked.slot) {
-                slot.push(address);
+            _ = tokio::time::sleep_until(deadline_after(round_start, period)), if slots_left == 0 => {
+                round_start = tokio::time::Instant::now();
+                period = jittered(&spec);
+                let Some(handle) = cluster.upgrade() else {
+                    return;
+                };
+                let known = endpoints.next_id;
+                let joined = endpoints.join(&handle);
+                drop(handle);
+                let mut slots: Vec<Vec<SocketAddr>> = vec![Vec::new(); SLOTS];
+                for (&address, checked) in &endpoints.checked {
+                    if checked.id > known {
+                        continue;
+                    }
+                    if let Some(slot) = slots.get_mut(checked.slot) {
+                        slot.push(address);
+                    }
+                }
+                // An endpoint new to the checker is checked at once, so that its state is
+                // known early; it is in its own slot from the next round on.
+                if let Some(first) = slots.first_mut() {
+                    first.extend(joined);
+                }
+                // Each slot starts at its time, not when the one before it is done: endpoints
+                // that never answer hold a slot for the whole `timeout`, and ten such slots in a
+                // row stretched a round (and so the time to take a dead endpoint out) to ten
+                // timeouts.
+                for (slot, addresses) in slots.iter().enumerate() {
+                    let start = deadline_after(round_start, spec.interval / SLOTS as u32 * slot as u32);
+                    if let Some(group) = endpoints.group(addresses, true, start, spec.timeout) {
+                        due.push(group);
+                        slots_left += 1;
+                    }
+                }
+            }
+            _ = added.notified() => {
+                // Endpoints an update or a DNS answer added are checked at once, not at the
+                // next round, which may be an `interval` away: until then they are out of
+                // rotation (or in it, in panic mode, unchecked).
+                let Some(handle) = cluster.upgrade() else {
+                    return;
+                };
+                let joined = endpoints.join(&handle);
+                drop(handle);
+                let now = tokio::time::Instant::now();
+                if let Some(group) = endpoints.group(&joined, false, now, spec.timeout) {
+                    due.push(group);
+                }
+            }
+            Some((in_round, results)) = due.next() => {
+                if in_round {
+                    slots_left = slots_left.saturating_sub(1);
+                }
+                let Some(handle) = cluster.upgrade() else {
+                    return;
+                };
+                record(&handle, &mut endpoints.checked, results, &spec, &stats);
             }
         }
-        for (&address, (port, connector)) in &members {
-            let port = *port;
-            if endpoints.contains_key(&address) {
-                continue;
-            }
-            // Where its checks go: its own health check port first, then the probe's.
-            let target = |probe_port: Option<u16>| match port.or(probe_port) {
-                Some(port) => SocketAddr::new(address.ip(), port),
-                None => address,
-            };
-            endpoints.insert(
-                address,
-                Checked {
-                    prober: Arc::new(match (&http, &probe) {
-                        (Some(http), _) => {
-                            Prober::Http(target(http.port()), http.clone(), connector.clone())
-                        }
-                        (None, Some(request)) => Prober::Request(
-                            Box::new(ProbeConnection::new(
-                                target(None),
-                                codec.clone(),
-                                request,
-                                connector.clone(),
-                                connect_timeout,
-                            )),
-                            request.clone(),
-                            spec.require_success,
-                        ),
-                        (None, None) => Prober::Tcp(target(None), connector.clone()),
-                    }),
-                    port,
-                    connector: connector.clone(),
-                    slot: next_slot,
-                    passed: 0,
-                    failed: 0,
-                },
-            );
-            next_slot = (next_slot + 1) % SLOTS;
-            // A new endpoint is checked at once, so that its state is known early.
-            if let Some(first) = slots.first_mut() {
-                first.push(address);
-            }
-        }
-        // Each slot starts at its time, not when the one before it is done: endpoints that
-        // never answer hold a slot for the whole `timeout`, and ten such slots in a row stretched
-        // a round (and so the time to take a dead endpoint out) to ten timeouts.
-        let mut due = FuturesUnordered::new();
-        for (slot, addresses) in slots.iter().enumerate() {
-            let checks: Vec<(SocketAddr, Arc<Prober>)> = addresses
-                .iter()
-                .filter_map(|address| Some((*address, endpoints.get(address)?.prober.clone())))
-                .collect();
-            if checks.is_empty() {
-                continue;
-            }
-            let start = deadline_after(round_start, spec.interval / SLOTS as u32 * slot as u32);
-            let timeout = spec.timeout;
-            due.push(async move {
-                tokio::time::sleep_until(start).await;
-                futures::future::join_all(checks.iter().map(|(address, prober)| async move {
-                    (*address, prober.check(timeout).await)
-                }))
-                .await
-            });
-        }
-        loop {
-            let results = tokio::select! {
-                _ = stop.cancelled() => return,
-                results = due.next() => match results {
-                    Some(results) => results,
-                    None => break,
-                },
-            };
-            let Some(handle) = cluster.upgrade() else {
-                return;
-            };
-            record(&handle, &mut endpoints, results, &spec, &stats);
-        }
-        wait = period.saturating_sub(round_start.elapsed());
     }
 }
 
-/// Counts a slot's check `results` and publishes the verdicts they reach, in one snapshot
-/// however many endpoints they take out or bring back.
+/// Counts a group's check `results` and publishes the verdicts they reach, in one snapshot
+/// however many endpoints they take out or bring back. The first check of an endpoint new to
+/// the cluster decides at once, as Envoy's does: passed, it enters rotation whatever
+/// `healthy_threshold`; failed, it stays out.
 fn record(
     handle: &ClusterHandle,
     endpoints: &mut HashMap<SocketAddr, Checked>,
-    results: Vec<(SocketAddr, CheckResult)>,
+    results: Vec<(SocketAddr, u64, CheckResult)>,
     spec: &HealthCheckSpec,
     stats: &Stats,
 ) {
+    // Results of the endpoints still checked, not of any that left the cluster meanwhile.
+    let results: Vec<(SocketAddr, CheckResult)> = results
+        .into_iter()
+        .filter_map(|(address, id, result)| {
+            let checked = endpoints.get_mut(&address).filter(|c| c.id == id)?;
+            checked.in_flight = false;
+            Some((address, result))
+        })
+        .collect();
+    let addresses: Vec<SocketAddr> = results.iter().map(|&(address, _)| address).collect();
+    let states = handle.active_check_state(&addresses);
     let mut verdicts = Vec::new();
     let mut healthy = Vec::new();
-    for (address, result) in results {
+    for ((address, result), (first, _)) in results.into_iter().zip(states) {
         let Some(checked) = endpoints.get_mut(&address) else {
             continue;
         };
@@ -300,7 +399,12 @@ fn record(
             }
             checked.passed = 0;
         }
-        let verdict = verdict(checked, spec);
+        let verdict = if first {
+            verdicts.push((address, HealthFlags::PENDING_ACTIVE_CHECK, false));
+            Some(result != CheckResult::Passed)
+        } else {
+            verdict(checked, spec)
+        };
         if let Some(failing) = verdict {
             verdicts.push((address, HealthFlags::FAILED_ACTIVE_CHECK, failing));
         }
@@ -314,6 +418,11 @@ fn record(
     for (&(address, flag, on), changed) in verdicts.iter().zip(changed) {
         match (changed, flag, on) {
             (false, _, _) => {}
+            (true, HealthFlags::PENDING_ACTIVE_CHECK, _) => {
+                if endpoints.get(&address).is_some_and(|c| c.passed == 0) {
+                    tracing::warn!(cluster = %handle.name(), endpoint = %address, "health check: new endpoint failed its first check, stays out of rotation");
+                }
+            }
             (true, HealthFlags::EJECTED, _) => {
                 tracing::info!(cluster = %handle.name(), endpoint = %address, "health check passed: endpoint ejected by outlier detection returns to rotation");
             }
@@ -330,7 +439,8 @@ fn record(
 
 /// Whether the endpoint's checks in a row take it out of rotation (`Some(true)`) or bring it
 /// back (`Some(false)`); asked again after every check, since an endpoint that left the cluster
-/// and came back (a DNS answer without it, then with it) starts without flags.
+/// and came back (a DNS answer without it, then with it) is another endpoint, whose flags
+/// start anew.
 fn verdict(checked: &Checked, spec: &HealthCheckSpec) -> Option<bool> {
     if checked.failed >= spec.unhealthy_threshold {
         Some(true)
@@ -382,8 +492,20 @@ pub(super) mod tests {
         false
     }
 
-    /// A stopped endpoint leaves rotation after its failed checks, and returns once it listens
-    /// again; the live one is never touched.
+    /// Polls `cluster`'s status until endpoint `index` had its first check (it is no longer
+    /// awaiting it), for at most 10 s.
+    pub(in crate::health) async fn until_checked(cluster: &ClusterHandle, index: usize) -> bool {
+        for _ in 0..500 {
+            if !cluster.status().endpoints[index].awaiting_first_check {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// An endpoint that refuses connections stays out of rotation at its first check, and
+    /// returns once it listens again; the live one enters at its first, and stays.
     #[tokio::test]
     async fn tcp_checks_take_a_dead_endpoint_out_and_bring_it_back()
     -> Result<(), Box<dyn std::error::Error>> {
@@ -400,12 +522,74 @@ health_check: {{ interval: 50ms, timeout: 200ms, unhealthy_threshold: 2, healthy
             live.local_addr()?
         ))?;
         c.start_health();
-        assert!(until_failing(&c, 1, true).await, "{:?}", c.status());
-        assert!(!c.status().endpoints[0].failing_active_checks);
+        assert!(until_failing(&c, 0, false).await, "{:?}", c.status());
+        assert!(until_checked(&c, 1).await, "{:?}", c.status());
+        assert!(c.status().endpoints[1].failing_active_checks);
         let back = dead.listen(16)?;
         assert!(until_failing(&c, 1, false).await, "{:?}", c.status());
         c.stop_health();
         drop(back);
+        Ok(())
+    }
+
+    /// An endpoint an update adds starts out of rotation: no pick goes to it until a check has
+    /// found it healthy, so one that refuses connections takes none. Its first check runs as
+    /// soon as the update is published, not at the next round (an hour away here), and decides
+    /// at once: a live one enters rotation at its first passed check, whatever
+    /// `healthy_threshold`; the refusing one stays out. (Half the endpoints stay in rotation
+    /// meanwhile: with fewer, panic mode would spread picks over all of them, as Envoy's does.)
+    #[tokio::test]
+    async fn an_endpoint_an_update_adds_takes_no_pick_before_its_first_check_passes()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let mut live = Vec::new();
+        for _ in 0..3 {
+            live.push(tokio::net::TcpListener::bind("127.0.0.1:0").await?);
+        }
+        // Bound without listening, to the end of the test: it refuses connections.
+        let refusing = tokio::net::TcpSocket::new_v4()?;
+        refusing.bind(([127, 0, 0, 1], 0).into())?;
+        let addresses = [
+            live[0].local_addr()?,
+            live[1].local_addr()?,
+            live[2].local_addr()?,
+            refusing.local_addr()?,
+        ];
+        let yaml = |endpoints: &[SocketAddr]| {
+            let endpoints: Vec<String> = endpoints
+                .iter()
+                .map(|a| format!("{{ address: \"{a}\" }}"))
+                .collect();
+            format!(
+                "name: c
+endpoints: [ {} ]
+health_check: {{ interval: 1h, timeout: 2s, unhealthy_threshold: 3, healthy_threshold: 3 }}",
+                endpoints.join(", ")
+            )
+        };
+        let c = cluster(&yaml(&addresses[..2]))?;
+        c.start_health();
+        assert!(until_failing(&c, 0, false).await, "{:?}", c.status());
+        assert!(until_failing(&c, 1, false).await, "{:?}", c.status());
+        let spec = Arc::new(ClusterSpec::from_yaml(&yaml(&addresses))?);
+        c.update(&spec, None, None, &Resolved::new())?;
+        assert_eq!(
+            crate::cluster::tests::picked(&c),
+            addresses[..2].iter().copied().collect(),
+            "picks right after the update"
+        );
+        assert!(until_failing(&c, 2, false).await, "{:?}", c.status());
+        let checked = async {
+            while c.status().endpoints[3].awaiting_first_check {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), checked).await?;
+        assert!(c.status().endpoints[3].failing_active_checks);
+        assert_eq!(
+            crate::cluster::tests::picked(&c),
+            addresses[..3].iter().copied().collect(),
+        );
+        c.stop_health();
         Ok(())
     }
 
@@ -435,11 +619,11 @@ health_check: {{ interval: 1h, timeout: 2s, unhealthy_threshold: 1, healthy_thre
         ))?;
         c.start_health();
         // Both are checked first in one group, whose verdicts are published together.
-        assert!(until_failing(&c, 1, true).await, "{:?}", c.status());
+        assert!(until_failing(&c, 0, false).await, "{:?}", c.status());
+        let status = c.status();
         assert!(
-            !c.status().endpoints[0].failing_active_checks,
-            "{:?}",
-            c.status()
+            status.endpoints[1].failing_active_checks && !status.endpoints[1].awaiting_first_check,
+            "{status:?}"
         );
         c.stop_health();
         Ok(())
@@ -571,7 +755,8 @@ health_check: {{ interval: 20ms, timeout: 2s, unhealthy_threshold: 1000, healthy
             c.start_health();
             let case = format!("status {status}, require_success: {require_success}");
             if fails {
-                assert!(until_failing(&c, 0, true).await, "{case}: {:?}", c.status());
+                assert!(until_checked(&c, 0).await, "{case}: {:?}", c.status());
+                assert!(c.status().endpoints[0].failing_active_checks, "{case}");
             } else {
                 // Once asked three times, two checks' verdicts are in (rounds follow each other).
                 let asked = async {
@@ -649,22 +834,22 @@ health_check: {{ interval: 50ms, timeout: 1s, unhealthy_threshold: 1, healthy_th
         Ok(())
     }
 
-    /// A round that takes several endpoints out publishes one snapshot, not one per endpoint
-    /// (each a rebuild of every set: tens of milliseconds for a ring of thousands).
+    /// A group of checks that changes several endpoints (here their first checks, which bring
+    /// three new endpoints into rotation) publishes one snapshot, not one per endpoint (each a
+    /// rebuild of every set: tens of milliseconds for a ring of thousands).
     #[tokio::test]
-    async fn a_round_that_fails_many_endpoints_rebuilds_once()
+    async fn a_group_of_checks_that_changes_many_endpoints_rebuilds_once()
     -> Result<(), Box<dyn std::error::Error>> {
-        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        // Bound without listening: they refuse connections.
-        let mut dead = Vec::new();
+        let mut live = Vec::new();
         for _ in 0..3 {
-            let socket = tokio::net::TcpSocket::new_v4()?;
-            socket.bind(([127, 0, 0, 1], 0).into())?;
-            dead.push(socket);
+            live.push(tokio::net::TcpListener::bind("127.0.0.1:0").await?);
         }
-        let mut endpoints = vec![format!("{{ address: \"{}\" }}", live.local_addr()?)];
-        for socket in &dead {
-            endpoints.push(format!("{{ address: \"{}\" }}", socket.local_addr()?));
+        // Bound without listening: it refuses connections.
+        let dead = tokio::net::TcpSocket::new_v4()?;
+        dead.bind(([127, 0, 0, 1], 0).into())?;
+        let mut endpoints = vec![format!("{{ address: \"{}\" }}", dead.local_addr()?)];
+        for listener in &live {
+            endpoints.push(format!("{{ address: \"{}\" }}", listener.local_addr()?));
         }
         let c = cluster(&format!(
             "name: c
@@ -675,10 +860,10 @@ health_check: {{ interval: 1h, timeout: 2s, unhealthy_threshold: 1, healthy_thre
         let version = c.snapshot().version;
         c.start_health();
         for index in 1..4 {
-            assert!(until_failing(&c, index, true).await, "{:?}", c.status());
+            assert!(until_failing(&c, index, false).await, "{:?}", c.status());
         }
         assert_eq!(c.snapshot().version, version + 1);
-        assert!(!c.status().endpoints[0].failing_active_checks);
+        assert!(c.status().endpoints[0].failing_active_checks);
         c.stop_health();
         Ok(())
     }

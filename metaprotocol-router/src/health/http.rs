@@ -126,7 +126,7 @@ mod tests {
 
     use super::*;
     use crate::cluster::tests::cluster;
-    use crate::health::active::tests::until_failing;
+    use crate::health::active::tests::{until_checked, until_failing};
 
     /// A health endpoint on 127.0.0.1: answers each request with `answer` (the status line and
     /// headers, changed as the test goes), keeping the last request's head and counting them.
@@ -302,7 +302,8 @@ health_check: {{ interval: 20ms, timeout: 2s, unhealthy_threshold: 1, healthy_th
                 health.asked(before + 3).await?;
                 assert!(!c.status().endpoints[0].failing_active_checks, "{expected}");
             } else {
-                assert!(until_failing(&c, 0, true).await, "{:?}", c.status());
+                assert!(until_checked(&c, 0).await, "{:?}", c.status());
+                assert!(c.status().endpoints[0].failing_active_checks, "{expected}");
             }
             c.stop_health();
             assert!(health.last_request().contains("\r\nhost: health.local\r\n"));

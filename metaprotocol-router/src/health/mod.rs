@@ -13,7 +13,8 @@
 //! - [`active`] health checks probe every endpoint on a timer (a TCP connect, the protocol's
 //!   own probe request: a Dubbo heartbeat, a Thrift or bRPC method call, or an HTTP `GET` of a
 //!   health endpoint, [`http`]), and take an endpoint out after failed checks in a row (at once
-//!   when it answers that it is unhealthy), back after passed ones.
+//!   when it answers that it is unhealthy), back after passed ones. An endpoint new to the
+//!   cluster starts out of rotation, and its first check (run at once) decides.
 //!
 //! Both run as one task each per cluster ([`HealthMonitor`]), started when the cluster is
 //! published and stopped when it is removed or its config for them changes. They hold the
