@@ -1458,10 +1458,10 @@ async fn a_probe_that_times_out_is_not_sent_again_over_its_dark_connection() -> 
 }
 
 /// Endpoints that never answer their probes (a zone gone dark) hold each check for its whole
-/// `timeout`; the round's ten slots still start at their times, a tenth of the interval apart,
-/// rather than each after the one before: with 20 such endpoints (two a slot), a 1 s interval
-/// and a 500 ms timeout, a round lasts 1.4 s, not 5 s, and every endpoint is checked at least
-/// four times in 8 s (six, unloaded; two when the slots waited for each other).
+/// `timeout`; each endpoint's next check comes an interval after its own check ended, whatever
+/// the others still wait for: with 20 such endpoints, a 1 s interval and a 500 ms timeout, every
+/// endpoint is checked at least four times in 8 s (five, unloaded; two when the checks of a
+/// round waited for each other).
 #[tokio::test]
 async fn probes_that_time_out_do_not_stretch_the_round() -> TestResult {
     let checks: Arc<Vec<std::sync::atomic::AtomicUsize>> =

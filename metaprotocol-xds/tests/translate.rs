@@ -773,11 +773,14 @@ fn health_checks_map_as_envoy_means_them() -> TestResult {
         nanos: 500_000_000,
     });
     check.interval_jitter_percent = 10;
-    // Timing and logging tuning, accepted and ignored.
-    check.no_traffic_interval = Some(Duration {
-        seconds: 60,
-        nanos: 0,
-    });
+    let seconds = |seconds: i64| Some(Duration { seconds, nanos: 0 });
+    check.unhealthy_interval = seconds(30);
+    check.unhealthy_edge_interval = seconds(1);
+    check.healthy_edge_interval = seconds(2);
+    check.no_traffic_interval = seconds(90);
+    check.no_traffic_healthy_interval = seconds(300);
+    // Tuning of the first check and logging, accepted and ignored.
+    check.initial_jitter = seconds(1);
     check.always_log_health_check_failures = true;
     cluster.health_checks = vec![check];
     let spec = translate::cluster(&cluster, &NO_PROVIDERS)?.spec;
@@ -789,9 +792,36 @@ fn health_checks_map_as_envoy_means_them() -> TestResult {
         (3, 2)
     );
     assert!((health.interval_jitter_percent - 20.0).abs() < 1e-9);
+    let secs = |s: u64| Some(std::time::Duration::from_secs(s));
+    assert_eq!(
+        [
+            health.unhealthy_interval,
+            health.unhealthy_edge_interval,
+            health.healthy_edge_interval,
+            health.no_traffic_interval,
+            health.no_traffic_healthy_interval,
+        ],
+        [secs(30), secs(1), secs(2), secs(90), secs(300)]
+    );
     assert_eq!(health.probe, ProbeSpec::Tcp);
     assert!(!health.require_success);
     engine_takes(&spec)?;
+
+    // Unset, Envoy checks a cluster without traffic once a minute, and the others fall back on
+    // the interval.
+    cluster.health_checks = vec![envoy_health_check(tcp_checker())];
+    let spec = translate::cluster(&cluster, &NO_PROVIDERS)?.spec;
+    let health = spec.health_check.clone().ok_or("no health check")?;
+    assert_eq!(health.no_traffic_interval, secs(60));
+    assert_eq!(
+        [
+            health.unhealthy_interval,
+            health.unhealthy_edge_interval,
+            health.healthy_edge_interval,
+            health.no_traffic_healthy_interval,
+        ],
+        [None; 4]
+    );
 
     // Envoy's threshold of 0 is reached by the first result, as the engine's 1 is.
     let mut check = envoy_health_check(tcp_checker());
@@ -963,6 +993,12 @@ fn health_checks_that_cannot_be_mapped_are_refused_naming_the_field() {
                 c.interval_jitter_percent = 30;
             }),
             "health_checks[0].interval_jitter",
+        ),
+        (
+            changed(&|c| {
+                c.unhealthy_edge_interval = Some(Duration::default());
+            }),
+            "health_checks[0].unhealthy_edge_interval",
         ),
         (
             refused(vec![envoy_health_check(thrift_checker(

@@ -546,9 +546,50 @@ fn yes() -> bool {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckSpec {
-    /// The time between two checks of an endpoint.
+    /// The time between two checks of an endpoint in rotation, from the end of one to the
+    /// start of the next.
     #[serde(default = "five_seconds", with = "humantime_serde")]
     pub interval: Duration,
+    /// The time between two checks of an endpoint out of rotation; `interval` when unset.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub unhealthy_interval: Option<Duration>,
+    /// The time before the next check of an endpoint in rotation whose last check failed, one
+    /// of fewer than `unhealthy_threshold` in a row; `unhealthy_interval` when unset.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub unhealthy_edge_interval: Option<Duration>,
+    /// The time before the next check of an endpoint out of rotation whose last check passed,
+    /// one of fewer than `healthy_threshold` in a row; `interval` when unset.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub healthy_edge_interval: Option<Duration>,
+    /// The time between two checks of an endpoint while the cluster has sent no request yet,
+    /// whatever the endpoint's state: checks of a cluster nothing uses cost less. Unset: the
+    /// intervals above apply, traffic or not.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub no_traffic_interval: Option<Duration>,
+    /// With `no_traffic_interval`: the time between two checks of an endpoint in rotation
+    /// while the cluster has sent no request yet; `no_traffic_interval` when unset.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub no_traffic_healthy_interval: Option<Duration>,
     /// Up to this share of `interval`, in percent, is added at random to each wait, so that
     /// checks of many endpoints (and proxies) spread out.
     #[serde(default = "ten")]
@@ -573,9 +614,63 @@ pub struct HealthCheckSpec {
 }
 
 impl HealthCheckSpec {
+    /// The time before the next check of an endpoint whose check `passed` (or failed), which
+    /// is now `in_rotation` (or not), in a cluster that has sent requests (`traffic`) or not
+    /// yet: the interval that applies (Envoy's choice among them), before jitter.
+    pub(crate) fn wait(&self, passed: bool, in_rotation: bool, traffic: bool) -> Duration {
+        let unhealthy = self.unhealthy_interval.unwrap_or(self.interval);
+        match (traffic, self.no_traffic_interval) {
+            (false, Some(no_traffic)) if passed && in_rotation => {
+                self.no_traffic_healthy_interval.unwrap_or(no_traffic)
+            }
+            (false, Some(no_traffic)) => no_traffic,
+            _ => match (passed, in_rotation) {
+                (true, true) => self.interval,
+                (true, false) => self.healthy_edge_interval.unwrap_or(self.interval),
+                (false, true) => self.unhealthy_edge_interval.unwrap_or(unhealthy),
+                (false, false) => unhealthy,
+            },
+        }
+    }
+
+    /// The shortest of its intervals.
+    pub(crate) fn shortest_wait(&self) -> Duration {
+        [
+            self.unhealthy_interval,
+            self.unhealthy_edge_interval,
+            self.healthy_edge_interval,
+            self.no_traffic_interval,
+            self.no_traffic_healthy_interval,
+        ]
+        .into_iter()
+        .flatten()
+        .fold(self.interval, Duration::min)
+    }
+
     /// Checks the spec of cluster `cluster`'s checks.
     fn validate(&self, cluster: &str) -> Result<(), ConfigError> {
         positive(&[("interval", self.interval), ("timeout", self.timeout)])?;
+        let intervals = [
+            ("unhealthy_interval", self.unhealthy_interval),
+            ("unhealthy_edge_interval", self.unhealthy_edge_interval),
+            ("healthy_edge_interval", self.healthy_edge_interval),
+            ("no_traffic_interval", self.no_traffic_interval),
+            (
+                "no_traffic_healthy_interval",
+                self.no_traffic_healthy_interval,
+            ),
+        ];
+        let set: Vec<(&str, Duration)> = intervals
+            .iter()
+            .filter_map(|&(field, value)| Some((field, value?)))
+            .collect();
+        positive(&set)?;
+        if self.no_traffic_healthy_interval.is_some() && self.no_traffic_interval.is_none() {
+            return Err(ConfigError::new(
+                "no_traffic_healthy_interval",
+                "applies with no_traffic_interval, which is unset",
+            ));
+        }
         at_least_one(&[
             ("unhealthy_threshold", self.unhealthy_threshold),
             ("healthy_threshold", self.healthy_threshold),

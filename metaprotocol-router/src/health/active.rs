@@ -1,13 +1,20 @@
-//! Active health checks: every `interval` (plus up to `interval_jitter_percent` of it, at
-//! random), every endpoint of the cluster is checked, each check bounded by `timeout`. A
-//! round's checks start in [`SLOTS`] groups spread evenly over the interval (an endpoint keeps
-//! its group), not all at once, each at its time whatever the checks of the groups before it
-//! still wait for; an endpoint new to the checker is checked at once, those an update or a DNS
-//! answer adds as soon as the snapshot that has them is published (not at the next round). An
-//! endpoint new to the cluster starts out of rotation (`FAILED_ACTIVE_CHECK` with
-//! `PENDING_ACTIVE_CHECK`, as Envoy starts a host added to a cluster with health checks), and its
-//! first check decides at once, whatever the thresholds: passed, it enters rotation; failed, it
-//! stays out. An endpoint an update keeps (or rebuilds at its address) keeps its state.
+//! Active health checks: each endpoint of the cluster is checked on a timer of its own, each
+//! check bounded by `timeout`. The wait before its next check runs from the end of its last one
+//! and depends on what that found, as Envoy's does ([`HealthCheckSpec::wait`]): `interval` while
+//! it is in rotation and passing, `unhealthy_interval` while it is out, `unhealthy_edge_interval`
+//! after a failed check that has not taken it out yet, `healthy_edge_interval` after a passed
+//! one that has not brought it back yet, and `no_traffic_interval` (`no_traffic_healthy_interval`
+//! for one in rotation) while the cluster has sent no request; plus up to
+//! `interval_jitter_percent` of it, at random. Checks that fall due within a tenth of the
+//! shortest interval start together, and their verdicts are published in one snapshot. An
+//! endpoint new to the checker is checked at once, those an update or a DNS answer adds as soon
+//! as the snapshot that has them is published; after its first check, its next waits an extra
+//! share of the interval (one of [`SLOTS`], in turn), so that the checks of a large cluster
+//! spread over the interval rather than all coming at once, each interval. An endpoint new to the
+//! cluster starts out of rotation (`FAILED_ACTIVE_CHECK` with `PENDING_ACTIVE_CHECK`, as Envoy
+//! starts a host added to a cluster with health checks), and its first check decides at once,
+//! whatever the thresholds: passed, it enters rotation; failed, it stays out. An endpoint an
+//! update keeps (or rebuilds at its address) keeps its state.
 //!
 //! Checks open connections the way the cluster's traffic does (with TLS, handshake and
 //! certificate verification included), to the endpoint's address at its port, or at its
@@ -25,7 +32,7 @@
 //! server answers that it is unhealthy: [`CheckResult::Unhealthy`]); after `healthy_threshold`
 //! passed checks in a row it returns. An endpoint whose checks say it is
 //! healthy (`healthy_threshold` passed in a row) and that outlier detection ejected returns too
-//! (see [`ClusterHandle::readmit`]). The first round runs as soon as the checker starts.
+//! (see [`ClusterHandle::readmit`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -96,19 +103,19 @@ impl Prober {
 
 /// One endpoint's checks so far.
 struct Checked {
-    /// Shared with the checks of a round in flight.
+    /// Shared with its check in flight.
     prober: Arc<Prober>,
     /// The endpoint's own health check port the prober asks, if it has one.
     port: Option<u16>,
-    /// How the prober connects to the endpoint: as its pool does.
-    connector: Connector,
-    /// The slot of the round its checks start in (after its first, which runs at once).
-    slot: usize,
+    /// Its share of the interval added to the wait after its first check (in tenths), which
+    /// spreads the checks of the endpoints that joined together; `None` once added.
+    slot: Option<usize>,
+    /// When its next check is due.
+    next: tokio::time::Instant,
     /// Tells its checks' results from those of an endpoint that was at its address before (it
     /// left the cluster while its check ran, and came back).
     id: u64,
-    /// True while a check of it runs: a round leaves it out, so that no two checks of one
-    /// endpoint overlap (its first check, at once, may still run when a round begins).
+    /// True while a check of it runs: no two checks of one endpoint overlap.
     in_flight: bool,
     passed: u32,
     failed: u32,
@@ -120,11 +127,13 @@ struct Stats {
     failed: Counter,
 }
 
-/// The groups a round's checks are spread over, one starting every tenth of the interval: a
-/// cluster of thousands of endpoints opened a connection to every one of them in the same
-/// instant each interval, a burst for the proxy's file descriptors and for any firewall or
-/// connection tracker on the way. Each slot's verdicts are published together, so a round
-/// rebuilds the cluster's balancers at most this many times, however many endpoints change.
+/// The shares of the interval the checks of endpoints that join together are spread over, one
+/// starting every tenth of it: a cluster of thousands of endpoints opened a connection to every
+/// one of them in the same instant each interval, a burst for the proxy's file descriptors and
+/// for any firewall or connection tracker on the way. Checks due within a tenth of the shortest
+/// interval start together and their verdicts are published in one snapshot, so the checks
+/// rebuild the cluster's balancers at most this many times an interval, however many endpoints
+/// change.
 const SLOTS: usize = 10;
 
 /// The endpoints a checker checks, and how it makes the prober of one new to it.
@@ -139,28 +148,37 @@ struct Endpoints {
     connector: Connector,
     connect_timeout: Duration,
     require_success: bool,
+    /// Set once the cluster has sent a request: `no_traffic_interval` no longer applies.
+    traffic: bool,
 }
 
-/// A group of checks started together: whether it is a slot of a round, and each endpoint's
-/// address, the id it had, and what its check found.
-type Group = (bool, Vec<(SocketAddr, u64, CheckResult)>);
+/// A group of checks started together: each endpoint's address, the id it had, and what its
+/// check found.
+type Group = Vec<(SocketAddr, u64, CheckResult)>;
 
 impl Endpoints {
     /// Takes the cluster's current members: forgets the endpoints that left, and those whose
-    /// health check port changed (checked anew, at the new port), and returns those new to it.
-    /// A map: the endpoints checked are kept by looking each up in it (a list took a hundred
-    /// million comparisons a round for 10,000 endpoints).
-    fn join(&mut self, handle: &ClusterHandle) -> Vec<SocketAddr> {
-        let members: HashMap<SocketAddr, Option<u16>> = handle
+    /// health check port changed (checked anew, at the new port), and adds those new to it,
+    /// due `now`. A map: the endpoints checked are kept by looking each up in it (a list took
+    /// a hundred million comparisons a round for 10,000 endpoints). An endpoint awaiting its
+    /// first check and not being checked is new, too: it left the cluster and came back
+    /// between two looks.
+    fn join(&mut self, handle: &ClusterHandle, now: tokio::time::Instant) {
+        let members: HashMap<SocketAddr, (Option<u16>, bool)> = handle
             .snapshot()
             .hosts
             .iter()
-            .map(|h| (h.endpoint.address(), h.health_check_port))
+            .map(|h| {
+                let pending = h.endpoint.health().has(HealthFlags::PENDING_ACTIVE_CHECK);
+                (h.endpoint.address(), (h.health_check_port, pending))
+            })
             .collect();
-        self.checked
-            .retain(|address, checked| members.get(address) == Some(&checked.port));
-        let mut joined = Vec::new();
-        for (&address, &port) in &members {
+        self.checked.retain(|address, checked| {
+            members.get(address).is_some_and(|&(port, pending)| {
+                port == checked.port && (checked.in_flight || !pending)
+            })
+        });
+        for (&address, &(port, _)) in &members {
             if self.checked.contains_key(&address) {
                 continue;
             }
@@ -192,7 +210,8 @@ impl Endpoints {
                 Checked {
                     prober: Arc::new(prober),
                     port,
-                    slot: self.next_slot,
+                    slot: Some(self.next_slot),
+                    next: now,
                     id: self.next_id,
                     in_flight: false,
                     passed: 0,
@@ -200,42 +219,42 @@ impl Endpoints {
                 },
             );
             self.next_slot = (self.next_slot + 1) % SLOTS;
-            joined.push(address);
         }
-        joined
     }
 
-    /// The checks of `addresses` (those not already being checked), starting at `start`, each
-    /// bounded by `timeout`; `None` when there are none.
-    fn group(
+    /// When the next check is due, if any endpoint is waiting for one.
+    fn next_due(&self) -> Option<tokio::time::Instant> {
+        self.checked
+            .values()
+            .filter(|checked| !checked.in_flight)
+            .map(|checked| checked.next)
+            .min()
+    }
+
+    /// The checks due before `until` (of endpoints not being checked), each bounded by
+    /// `timeout`, started together; `None` when there are none.
+    fn due(
         &mut self,
-        addresses: &[SocketAddr],
-        in_round: bool,
-        start: tokio::time::Instant,
+        until: tokio::time::Instant,
         timeout: Duration,
     ) -> Option<impl std::future::Future<Output = Group> + use<>> {
-        let checks: Vec<(SocketAddr, u64, Arc<Prober>)> = addresses
-            .iter()
-            .filter_map(|address| {
-                let checked = self.checked.get_mut(address)?;
-                if checked.in_flight {
-                    return None;
-                }
+        let checks: Vec<(SocketAddr, u64, Arc<Prober>)> = self
+            .checked
+            .iter_mut()
+            .filter(|(_, checked)| !checked.in_flight && checked.next < until)
+            .map(|(&address, checked)| {
                 checked.in_flight = true;
-                Some((*address, checked.id, checked.prober.clone()))
+                (address, checked.id, checked.prober.clone())
             })
             .collect();
         if checks.is_empty() {
             return None;
         }
         Some(async move {
-            tokio::time::sleep_until(start).await;
-            let results =
-                futures::future::join_all(checks.iter().map(|(address, id, prober)| async move {
-                    (*address, *id, prober.check(timeout).await)
-                }))
-                .await;
-            (in_round, results)
+            futures::future::join_all(checks.iter().map(|(address, id, prober)| async move {
+                (*address, *id, prober.check(timeout).await)
+            }))
+            .await
         })
     }
 }
@@ -286,74 +305,44 @@ pub(super) async fn run(
         connector,
         connect_timeout,
         require_success: spec.require_success,
+        traffic: false,
     };
+    // Every endpoint is due at once: its first check runs as the checker starts.
+    endpoints.join(&handle, tokio::time::Instant::now());
     drop(handle);
-    let mut due = FuturesUnordered::new();
-    // The round under way: when it began, the wait after which the next one begins (once all
-    // of its slots are done), and its slots not done yet. The first round begins at once.
-    let mut round_start = tokio::time::Instant::now();
-    let mut period = Duration::ZERO;
-    let mut slots_left = 0_usize;
+    // Checks due within this window of each other start together.
+    let window = spec.shortest_wait() / SLOTS as u32;
+    let mut running = FuturesUnordered::new();
     loop {
+        let next_due = endpoints.next_due();
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep_until(deadline_after(round_start, period)), if slots_left == 0 => {
-                round_start = tokio::time::Instant::now();
-                period = jittered(&spec);
+            _ = tokio::time::sleep_until(next_due.unwrap_or_else(tokio::time::Instant::now)), if next_due.is_some() => {
                 let Some(handle) = cluster.upgrade() else {
                     return;
                 };
-                let known = endpoints.next_id;
-                let joined = endpoints.join(&handle);
+                let now = tokio::time::Instant::now();
+                endpoints.join(&handle, now);
                 drop(handle);
-                let mut slots: Vec<Vec<SocketAddr>> = vec![Vec::new(); SLOTS];
-                for (&address, checked) in &endpoints.checked {
-                    if checked.id > known {
-                        continue;
-                    }
-                    if let Some(slot) = slots.get_mut(checked.slot) {
-                        slot.push(address);
-                    }
-                }
-                // An endpoint new to the checker is checked at once, so that its state is
-                // known early; it is in its own slot from the next round on.
-                if let Some(first) = slots.first_mut() {
-                    first.extend(joined);
-                }
-                // Each slot starts at its time, not when the one before it is done: endpoints
-                // that never answer hold a slot for the whole `timeout`, and ten such slots in a
-                // row stretched a round (and so the time to take a dead endpoint out) to ten
-                // timeouts.
-                for (slot, addresses) in slots.iter().enumerate() {
-                    let start = deadline_after(round_start, spec.interval / SLOTS as u32 * slot as u32);
-                    if let Some(group) = endpoints.group(addresses, true, start, spec.timeout) {
-                        due.push(group);
-                        slots_left += 1;
-                    }
+                if let Some(group) = endpoints.due(deadline_after(now, window), spec.timeout) {
+                    running.push(group);
                 }
             }
             _ = added.notified() => {
-                // Endpoints an update or a DNS answer added are checked at once, not at the
-                // next round, which may be an `interval` away: until then they are out of
-                // rotation (or in it, in panic mode, unchecked).
+                // Endpoints an update or a DNS answer added are checked at once, not after an
+                // interval: until then they are out of rotation (or in it, in panic mode,
+                // unchecked).
                 let Some(handle) = cluster.upgrade() else {
                     return;
                 };
-                let joined = endpoints.join(&handle);
-                drop(handle);
-                let now = tokio::time::Instant::now();
-                if let Some(group) = endpoints.group(&joined, false, now, spec.timeout) {
-                    due.push(group);
-                }
+                endpoints.join(&handle, tokio::time::Instant::now());
             }
-            Some((in_round, results)) = due.next() => {
-                if in_round {
-                    slots_left = slots_left.saturating_sub(1);
-                }
+            Some(results) = running.next() => {
                 let Some(handle) = cluster.upgrade() else {
                     return;
                 };
-                record(&handle, &mut endpoints.checked, results, &spec, &stats);
+                endpoints.traffic |= handle.stats().rq_total.get() > 0;
+                record(&handle, &mut endpoints.checked, results, &spec, endpoints.traffic, &stats);
             }
         }
     }
@@ -368,6 +357,7 @@ fn record(
     endpoints: &mut HashMap<SocketAddr, Checked>,
     results: Vec<(SocketAddr, u64, CheckResult)>,
     spec: &HealthCheckSpec,
+    traffic: bool,
     stats: &Stats,
 ) {
     // Results of the endpoints still checked, not of any that left the cluster meanwhile.
@@ -381,9 +371,10 @@ fn record(
         .collect();
     let addresses: Vec<SocketAddr> = results.iter().map(|&(address, _)| address).collect();
     let states = handle.active_check_state(&addresses);
+    let now = tokio::time::Instant::now();
     let mut verdicts = Vec::new();
     let mut healthy = Vec::new();
-    for ((address, result), (first, _)) in results.into_iter().zip(states) {
+    for ((address, result), (first, failing)) in results.into_iter().zip(states) {
         let Some(checked) = endpoints.get_mut(&address) else {
             continue;
         };
@@ -411,6 +402,16 @@ fn record(
         if verdict == Some(false) {
             healthy.push(address);
         }
+        let in_rotation = !verdict.unwrap_or(failing);
+        let wait = spec.wait(result == CheckResult::Passed, in_rotation, traffic);
+        // After its first check, an endpoint's share of the interval spreads the checks of
+        // those that joined with it.
+        let spread = checked
+            .slot
+            .take()
+            .map_or(Duration::ZERO, |slot| wait / SLOTS as u32 * slot as u32);
+        let wait = jittered(wait, spec.interval_jitter_percent).saturating_add(spread);
+        checked.next = deadline_after(now, wait);
     }
     // In the same snapshot as the verdicts.
     verdicts.extend(handle.readmit(&healthy));
@@ -451,12 +452,10 @@ fn verdict(checked: &Checked, spec: &HealthCheckSpec) -> Option<bool> {
     }
 }
 
-/// The wait before the next round: the interval plus its random jitter.
-fn jittered(spec: &HealthCheckSpec) -> Duration {
-    let jitter = spec
-        .interval
-        .mul_f64(spec.interval_jitter_percent / 100.0 * fastrand::f64());
-    spec.interval.saturating_add(jitter)
+/// `wait` plus a random part of up to `percent` of it.
+fn jittered(wait: Duration, percent: f64) -> Duration {
+    let jitter = wait.mul_f64(percent / 100.0 * fastrand::f64());
+    wait.saturating_add(jitter)
 }
 
 #[cfg(test)]
@@ -472,7 +471,7 @@ pub(super) mod tests {
     use super::*;
     use crate::cluster::Resolved;
     use crate::cluster::tests::cluster;
-    use crate::config::{ClusterSpec, ProbeSpec};
+    use crate::config::{ClusterSpec, ConfigError};
     use crate::stats::Metrics;
 
     /// Polls `cluster`'s status until endpoint `index` fails its checks (`failing`) or passes
@@ -928,23 +927,150 @@ health_check: {{ interval: 1s, interval_jitter_percent: 0, timeout: 500ms, unhea
 
     #[test]
     fn the_jitter_stays_within_its_share() {
-        let spec = HealthCheckSpec {
-            interval: Duration::from_secs(1),
-            interval_jitter_percent: 10.0,
-            timeout: Duration::from_secs(1),
-            unhealthy_threshold: 1,
-            healthy_threshold: 1,
-            probe: ProbeSpec::Tcp,
-            require_success: false,
-        };
-        let waits: Vec<Duration> = (0..100).map(|_| jittered(&spec)).collect();
+        let waits: Vec<Duration> = (0..100)
+            .map(|_| jittered(Duration::from_secs(1), 10.0))
+            .collect();
         assert!(waits.iter().all(|w| (1000..=1100).contains(&w.as_millis())));
         assert!(waits.iter().any(|w| *w != waits[0]), "{waits:?}");
         // An interval of centuries (the config has no upper bound) saturates, not panics.
-        let forever = HealthCheckSpec {
-            interval: Duration::MAX,
-            ..spec
+        assert_eq!(jittered(Duration::MAX, 10.0), Duration::MAX);
+    }
+
+    /// Which interval follows a check, as Envoy chooses: `interval` for an endpoint in rotation
+    /// whose check passed, the edge intervals while a streak has not reached its threshold yet,
+    /// `unhealthy_interval` for one out of rotation, and the no-traffic intervals before the
+    /// cluster's first request; each unset one falls back as Envoy's does.
+    #[test]
+    fn the_wait_after_a_check_depends_on_what_it_found() -> Result<(), ConfigError> {
+        let spec = |fields: &str| -> Result<HealthCheckSpec, ConfigError> {
+            let cluster = ClusterSpec::from_yaml(&format!(
+                "name: c\nendpoints: [ {{ address: 127.0.0.1:1 }} ]\nhealth_check: {{ interval: 10s{fields} }}"
+            ))?;
+            cluster
+                .health_check
+                .ok_or_else(|| ConfigError::new("health_check", "missing"))
         };
-        assert_eq!(jittered(&forever), Duration::MAX);
+        let s = |secs: u64| Duration::from_secs(secs);
+        let all = spec(
+            ", unhealthy_interval: 20s, unhealthy_edge_interval: 1s, healthy_edge_interval: 2s, no_traffic_interval: 60s, no_traffic_healthy_interval: 120s",
+        )?;
+        // (passed, in rotation, traffic)
+        let cases = [
+            ((true, true, true), s(10)),
+            ((true, false, true), s(2)),
+            ((false, true, true), s(1)),
+            ((false, false, true), s(20)),
+            ((true, true, false), s(120)),
+            ((false, false, false), s(60)),
+            ((false, true, false), s(60)),
+        ];
+        for ((passed, in_rotation, traffic), expected) in cases {
+            assert_eq!(
+                all.wait(passed, in_rotation, traffic),
+                expected,
+                "{passed} {in_rotation} {traffic}"
+            );
+        }
+        let fallbacks = spec(", unhealthy_interval: 20s, no_traffic_interval: 60s")?;
+        assert_eq!(
+            fallbacks.wait(false, true, true),
+            s(20),
+            "edge: unhealthy_interval"
+        );
+        assert_eq!(fallbacks.wait(true, false, true), s(10), "edge: interval");
+        assert_eq!(fallbacks.wait(true, true, false), s(60));
+        let plain = spec("")?;
+        assert_eq!(
+            plain.wait(false, false, false),
+            s(10),
+            "no no_traffic_interval"
+        );
+        assert_eq!(plain.shortest_wait(), s(10));
+        assert_eq!(all.shortest_wait(), s(1));
+        let refused = |fields: &str| {
+            spec(fields)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(refused(", unhealthy_interval: 0s").contains("unhealthy_interval"));
+        assert!(
+            refused(", no_traffic_healthy_interval: 1m").contains("no_traffic_healthy_interval")
+        );
+        Ok(())
+    }
+
+    /// An endpoint out of rotation is checked at `unhealthy_interval`, not `interval`, and at
+    /// `healthy_edge_interval` once it passes again: one that refused connections at its first
+    /// check is back within moments of listening again (two passed checks), not hours later.
+    #[tokio::test]
+    async fn an_endpoint_out_of_rotation_is_checked_at_the_unhealthy_interval()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dead = tokio::net::TcpSocket::new_v4()?;
+        dead.bind(([127, 0, 0, 1], 0).into())?;
+        let c = cluster(&format!(
+            "name: c
+endpoints: [ {{ address: \"{}\" }} ]
+health_check: {{ interval: 1h, unhealthy_interval: 20ms, healthy_edge_interval: 20ms, timeout: 2s,
+                unhealthy_threshold: 1, healthy_threshold: 2 }}",
+            dead.local_addr()?
+        ))?;
+        c.start_health();
+        assert!(until_checked(&c, 0).await, "{:?}", c.status());
+        let back = dead.listen(16)?;
+        assert!(until_failing(&c, 0, false).await, "{:?}", c.status());
+        c.stop_health();
+        drop(back);
+        Ok(())
+    }
+
+    /// While its cluster has sent no request, an endpoint is checked at `no_traffic_interval`:
+    /// once in half a second, not every 20 ms; a cluster that has sent one is checked at
+    /// `interval`.
+    #[tokio::test]
+    async fn a_cluster_without_traffic_is_checked_at_the_no_traffic_interval()
+    -> Result<(), Box<dyn std::error::Error>> {
+        for traffic in [false, true] {
+            let (accepted, mut checks) = tokio::sync::mpsc::unbounded_channel();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let address = listener.local_addr()?;
+            let server = tokio::spawn(async move {
+                while let Ok((connection, _)) = listener.accept().await {
+                    drop(connection);
+                    if accepted.send(()).is_err() {
+                        return;
+                    }
+                }
+            });
+            let c = cluster(&format!(
+                "name: c
+endpoints: [ {{ address: \"{address}\" }} ]
+health_check: {{ interval: 20ms, no_traffic_interval: 1h, timeout: 2s, unhealthy_threshold: 1, healthy_threshold: 1 }}"
+            ))?;
+            if traffic {
+                c.stats().rq_total.inc();
+            }
+            c.start_health();
+            let mut seen = 0;
+            if traffic {
+                let three = async {
+                    while seen < 3 && checks.recv().await.is_some() {
+                        seen += 1;
+                    }
+                };
+                tokio::time::timeout(Duration::from_secs(10), three).await?;
+            } else {
+                let counted = async {
+                    while checks.recv().await.is_some() {
+                        seen += 1;
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_millis(500), counted).await;
+                assert_eq!(seen, 1, "checks in 500 ms without traffic");
+            }
+            c.stop_health();
+            server.abort();
+        }
+        Ok(())
     }
 }

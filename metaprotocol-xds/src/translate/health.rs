@@ -5,7 +5,10 @@
 //! `healthy_threshold` (required; 0 counts as 1, as it does in Envoy, where the first result
 //! already reaches it), `interval_jitter_percent` and `interval_jitter`, which the engine
 //! adds up into one share of the interval (Envoy adds a random part of each; the longest wait
-//! is the same), and the checker:
+//! is the same), the intervals that follow what a check found (`unhealthy_interval`,
+//! `unhealthy_edge_interval`, `healthy_edge_interval`, `no_traffic_healthy_interval`, each more
+//! than 0 when set) and `no_traffic_interval` (Envoy's 60 s when unset: a cluster that has sent
+//! no request yet is checked once a minute), and the checker:
 //!
 //! | checker | the engine's `probe` |
 //! |---|---|
@@ -27,10 +30,9 @@
 //! `GET`.
 //!
 //! Accepted and ignored, as they only tune when checks run or what is logged:
-//! `initial_jitter` (the engine spreads a round's first checks over the interval itself),
-//! `no_traffic_interval`, `no_traffic_healthy_interval`, `unhealthy_interval`,
-//! `unhealthy_edge_interval` and `healthy_edge_interval` (the engine checks every endpoint at
-//! `interval`, with or without traffic), `reuse_connection`, and the event logs
+//! `initial_jitter` (the engine checks a new endpoint at once, and spreads the checks of the
+//! endpoints that joined together over the interval after that), `reuse_connection`, and the
+//! event logs
 //! (`event_log_path`, `event_logger`, `event_service`, `always_log_health_check_*`; the engine
 //! logs each change). Refused, naming the field: gRPC and other custom checkers, TCP payloads,
 //! `alt_port` (which Envoy does not implement either), `tls_options` and
@@ -88,8 +90,25 @@ fn health_check(check: &HealthCheck) -> Result<HealthCheckSpec, InvalidResource>
             "with interval_jitter_percent, it is more than the interval, the most jitter metaprotocol-rs adds",
         ));
     }
+    let optional = |value: &Option<ProtoDuration>, field: &str| {
+        value.as_ref().map(|v| positive(v, field)).transpose()
+    };
     Ok(HealthCheckSpec {
         interval,
+        unhealthy_interval: optional(&check.unhealthy_interval, "unhealthy_interval")?,
+        unhealthy_edge_interval: optional(
+            &check.unhealthy_edge_interval,
+            "unhealthy_edge_interval",
+        )?,
+        healthy_edge_interval: optional(&check.healthy_edge_interval, "healthy_edge_interval")?,
+        no_traffic_interval: Some(
+            optional(&check.no_traffic_interval, "no_traffic_interval")?
+                .unwrap_or(ENVOY_NO_TRAFFIC_INTERVAL),
+        ),
+        no_traffic_healthy_interval: optional(
+            &check.no_traffic_healthy_interval,
+            "no_traffic_healthy_interval",
+        )?,
         interval_jitter_percent,
         timeout,
         unhealthy_threshold: threshold(&check.unhealthy_threshold, "unhealthy_threshold")?,
@@ -103,6 +122,10 @@ fn health_check(check: &HealthCheck) -> Result<HealthCheckSpec, InvalidResource>
     })
 }
 
+/// How often Envoy checks the endpoints of a cluster that has had no traffic yet, when its
+/// `no_traffic_interval` is unset.
+const ENVOY_NO_TRAFFIC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A duration Envoy requires, and requires to be more than 0.
 fn required_duration(
     value: &Option<ProtoDuration>,
@@ -111,6 +134,11 @@ fn required_duration(
     let value = value
         .as_ref()
         .ok_or_else(|| InvalidResource::new(field, "is required"))?;
+    positive(value, field)
+}
+
+/// A duration Envoy requires to be more than 0 when set.
+fn positive(value: &ProtoDuration, field: &str) -> Result<std::time::Duration, InvalidResource> {
     Some(duration(value, field)?)
         .filter(|value| !value.is_zero())
         .ok_or_else(|| InvalidResource::new(field, "must be greater than 0"))
