@@ -265,6 +265,20 @@ fn panic_threshold_and_ejection_cap_map_as_envoy_reads_them() -> TestResult {
         refused.as_deref(),
         Some("common_lb_config.healthy_panic_threshold")
     );
+
+    // The engine counts endpoints awaiting their first health check towards the panic
+    // threshold, as Envoy does by default; leaving them out is refused, not dropped.
+    cluster.common_lb_config = Some(CommonLbConfig {
+        ignore_new_hosts_until_first_hc: true,
+        ..CommonLbConfig::default()
+    });
+    let refused = translate::cluster(&cluster, &NO_PROVIDERS)
+        .err()
+        .map(|e| e.field);
+    assert_eq!(
+        refused.as_deref(),
+        Some("common_lb_config.ignore_new_hosts_until_first_hc")
+    );
     Ok(())
 }
 

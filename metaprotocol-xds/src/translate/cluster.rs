@@ -20,7 +20,9 @@
 //!
 //! Refused (NACKed, naming the field): `transport_socket_matcher`, `load_balancing_policy`, network `filters`, `upstream_config`, custom DNS resolvers and
 //! cluster types, `ORIGINAL_DST`, non-`DEFAULT` circuit-breaker priorities, per-host
-//! thresholds, and the outlier detectors the engine does not have. Accepted and ignored, as
+//! thresholds, the outlier detectors the engine does not have, and
+//! `common_lb_config.ignore_new_hosts_until_first_hc` (endpoints awaiting their first health
+//! check count towards the panic threshold, as in Envoy by default). Accepted and ignored, as
 //! they do not change where calls go: `metadata`, `alt_stat_name`, stats and buffer tuning,
 //! the rest of `eds_cluster_config.eds_config` (the client asks its one ADS server), the `lb_config`
 //! tuning of an algorithm (ring sizes, choice counts), `lb_subset_config` (routes pick subsets
@@ -104,7 +106,13 @@ pub fn cluster(
         refuse_set!(
             "common_lb_config",
             common,
-            [consistent_hashing_lb_config, override_host_status,]
+            [
+                consistent_hashing_lb_config,
+                override_host_status,
+                // The engine counts endpoints awaiting their first health check towards
+                // `healthy_panic_threshold`, Envoy's default; leaving them out is not supported.
+                ignore_new_hosts_until_first_hc,
+            ]
         );
         spec.locality_aware = common.locality_config_specifier.is_some();
         if let Some(threshold) = &common.healthy_panic_threshold {
