@@ -107,6 +107,8 @@ struct Checked {
     prober: Arc<Prober>,
     /// The endpoint's own health check port the prober asks, if it has one.
     port: Option<u16>,
+    /// How the prober connects to the endpoint: as its pool does.
+    connector: Connector,
     /// Its share of the interval added to the wait after its first check (in tenths), which
     /// spreads the checks of the endpoints that joined together; `None` once added.
     slot: Option<usize>,
@@ -145,7 +147,6 @@ struct Endpoints {
     http: Option<Arc<HttpProbe>>,
     probe: Option<Arc<Message>>,
     codec: Arc<dyn metaprotocol_core::CodecFactory>,
-    connector: Connector,
     connect_timeout: Duration,
     require_success: bool,
     /// Set once the cluster has sent a request: `no_traffic_interval` no longer applies.
@@ -158,27 +159,37 @@ type Group = Vec<(SocketAddr, u64, CheckResult)>;
 
 impl Endpoints {
     /// Takes the cluster's current members: forgets the endpoints that left, and those whose
-    /// health check port changed (checked anew, at the new port), and adds those new to it,
+    /// health check port or connector changed (checked anew, at the new port, the new way),
+    /// and adds those new to it,
     /// due `now`. A map: the endpoints checked are kept by looking each up in it (a list took
     /// a hundred million comparisons a round for 10,000 endpoints). An endpoint awaiting its
     /// first check and not being checked is new, too: it left the cluster and came back
     /// between two looks.
     fn join(&mut self, handle: &ClusterHandle, now: tokio::time::Instant) {
-        let members: HashMap<SocketAddr, (Option<u16>, bool)> = handle
+        let members: HashMap<SocketAddr, (Option<u16>, Connector, bool)> = handle
             .snapshot()
             .hosts
             .iter()
             .map(|h| {
                 let pending = h.endpoint.health().has(HealthFlags::PENDING_ACTIVE_CHECK);
-                (h.endpoint.address(), (h.health_check_port, pending))
+                let connector = h.endpoint.pool().connector().clone();
+                (
+                    h.endpoint.address(),
+                    (h.health_check_port, connector, pending),
+                )
             })
             .collect();
         self.checked.retain(|address, checked| {
-            members.get(address).is_some_and(|&(port, pending)| {
-                port == checked.port && (checked.in_flight || !pending)
-            })
+            members
+                .get(address)
+                .is_some_and(|(port, connector, pending)| {
+                    *port == checked.port
+                        && connector.same(&checked.connector)
+                        && (checked.in_flight || !pending)
+                })
         });
-        for (&address, &(port, _)) in &members {
+        for (&address, (port, connector, _)) in &members {
+            let port = *port;
             if self.checked.contains_key(&address) {
                 continue;
             }
@@ -189,20 +200,20 @@ impl Endpoints {
             };
             let prober = match (&self.http, &self.probe) {
                 (Some(http), _) => {
-                    Prober::Http(target(http.port()), http.clone(), self.connector.clone())
+                    Prober::Http(target(http.port()), http.clone(), connector.clone())
                 }
                 (None, Some(request)) => Prober::Request(
                     Box::new(ProbeConnection::new(
                         target(None),
                         self.codec.clone(),
                         request,
-                        self.connector.clone(),
+                        connector.clone(),
                         self.connect_timeout,
                     )),
                     request.clone(),
                     self.require_success,
                 ),
-                (None, None) => Prober::Tcp(target(None), self.connector.clone()),
+                (None, None) => Prober::Tcp(target(None), connector.clone()),
             };
             self.next_id += 1;
             self.checked.insert(
@@ -210,6 +221,7 @@ impl Endpoints {
                 Checked {
                     prober: Arc::new(prober),
                     port,
+                    connector: connector.clone(),
                     slot: Some(self.next_slot),
                     next: now,
                     id: self.next_id,
@@ -302,7 +314,6 @@ pub(super) async fn run(
         http,
         probe,
         codec: handle.codec(),
-        connector,
         connect_timeout,
         require_success: spec.require_success,
         traffic: false,
