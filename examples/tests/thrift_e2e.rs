@@ -293,9 +293,10 @@ fn a_theader_call_with_a_header_block_servers_refuse_is_answered() -> TestResult
 /// transform counts inflated: one that inflates past it (a zlib bomb, 100,000 bytes from a
 /// few hundred) is refused with a `PROTOCOL_ERROR` `TApplicationException` naming its method
 /// and seqid, having inflated no more than the limit; one whose compressed frame is over it is
-/// passed over by its length and answered, to its THeader `seq`; one within it is served; and
-/// the connection serves the next call each time. Before, all three were answered with an
-/// `INVALID_TRANSFORM` exception.
+/// passed over by its length and answered, named by the first bytes of its message inflated;
+/// one within it is served; a one-way call over it compressed is passed over unanswered (before,
+/// it was answered as a call of no name, and the client read that answer as its next call's,
+/// every later answer one behind); and the connection serves the next call each time.
 #[test]
 fn theader_calls_under_zlib_are_bounded_by_the_frame_limit_inflated() -> TestResult {
     let Some(scratch) = prepare("zlib-big")? else {
@@ -316,14 +317,23 @@ fn theader_calls_under_zlib_are_bounded_by_the_frame_limit_inflated() -> TestRes
             )?,
             client(port, "header", protocol, &["zlib", "8000"], "", &scratch)?,
             client(port, "header", protocol, &["zlibbomb", "500"], "", &scratch)?,
+            client(
+                port,
+                "header",
+                protocol,
+                &["zlibping", "8000"],
+                "",
+                &scratch,
+            )?,
         ];
         let expected = [
             r#"{"hello": "Hello, plain from upstream", "zlib": {"message": "bad_request: the THeader call inflates (zlib) past the listener's max_frame_bytes: refused unread", "type": 7}, "zlib_answer": {"mtype": 3, "name": "sayHello", "seqid": 7}}"#.to_owned(),
-            r#"{"hello": "Hello, plain from upstream", "zlib": {"message": "bad_request: the call is larger than the listener's max_frame_bytes: passed over unread", "type": 7}, "zlib_answer": {"mtype": 3, "name": "", "seqid": 7}}"#.to_owned(),
+            r#"{"hello": "Hello, plain from upstream", "zlib": {"message": "bad_request: the call is larger than the listener's max_frame_bytes: passed over unread", "type": 7}, "zlib_answer": {"mtype": 3, "name": "sayHello", "seqid": 7}}"#.to_owned(),
             format!(
                 r#"{{"hello": "Hello, plain from upstream", "zlib": "Hello, {} from upstream", "zlib_answer": {{"mtype": 2, "name": "sayHello", "seqid": 7}}}}"#,
                 "a".repeat(500)
             ),
+            r#"{"hello": "Hello, plain from upstream", "pings": 0}"#.to_owned(),
         ];
         assert_eq!(answers, expected, "{protocol}");
     }
@@ -387,6 +397,84 @@ clusters:
         assert_eq!(series(failed), 1.0, "{protocol}: {metrics}");
         let refused = "metaprotocol_upstream_cx_protocol_errors_total{cluster=\"upstream\"}";
         assert_eq!(series(refused), 0.0, "{protocol}");
+    }
+    Ok(())
+}
+
+/// A THeader server answering under zlib, whose answer inflates past the cluster's
+/// `max_frame_bytes` (its compressed frame is far within it), fails its own call alone with an
+/// `INTERNAL_ERROR` `TApplicationException`, counted as `response_too_large`, and the client's
+/// next call is served on the same upstream connection. Before, the answer was taken off the
+/// stream before it was refused, so the engine looked for its call in the bytes after it: the
+/// call waited for its route's timeout, or the next answer failed another call.
+#[test]
+fn a_zlib_answer_over_the_frame_limit_fails_its_call_alone() -> TestResult {
+    let Some(scratch) = prepare("zlib-answer-big")? else {
+        return Ok(());
+    };
+    // The call, inflated, fits the cluster's limit; the reply, which adds the server's long
+    // name to the name, does not.
+    const NAME: usize = 2000;
+    const SERVER: &str = "upstream-with-a-long-name-for-a-larger-reply";
+    for protocol in PROTOCOLS {
+        let server = Server::start_with_env(
+            free_port()?,
+            "header",
+            protocol,
+            SERVER,
+            &[("THRIFT_WRITE_ZLIB", "1")],
+            &scratch,
+        )?;
+        let yaml = format!(
+            "{ONE_LISTENER}{}
+clusters:
+  - name: upstream
+    codec: {{ max_frame_bytes: {} }}
+    endpoints: [ {{ address: \"{}\" }} ]
+",
+            greeter_routes("upstream"),
+            NAME + 60,
+            server.address()
+        );
+        let proxy = InProcessProxy::start(&yaml)?;
+        let port = proxy.addr("in")?.port();
+        let started = Instant::now();
+        let answer = client(
+            port,
+            "header",
+            protocol,
+            &["big", &NAME.to_string()],
+            "",
+            &scratch,
+        )?;
+        let after = format!(r#""after": "Hello, after from {SERVER}""#);
+        assert!(
+            answer.starts_with(&format!(r#"{{{after}, "big": {{"message": "#))
+                && answer.ends_with(r#", "type": 6}}"#),
+            "{protocol}: {answer}"
+        );
+        // Failed when its answer came, not at the route's 10 s timeout.
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed < Duration::from_secs(8),
+            "{protocol}: after {elapsed:?}"
+        );
+        let metrics = proxy.metrics();
+        let failed = [
+            ("cluster", "upstream"),
+            ("origin", "upstream"),
+            ("reason", "response_too_large"),
+        ];
+        let value =
+            support::metrics::sample(&metrics, "metaprotocol_upstream_rq_failures_total", &failed);
+        assert_eq!(value, 1.0, "{protocol}: {metrics}");
+        let refused = [("cluster", "upstream")];
+        let value = support::metrics::sample(
+            &metrics,
+            "metaprotocol_upstream_cx_protocol_errors_total",
+            &refused,
+        );
+        assert_eq!(value, 0.0, "{protocol}");
     }
     Ok(())
 }

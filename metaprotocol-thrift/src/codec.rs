@@ -139,8 +139,9 @@ impl Codec for ThriftCodec {
     /// in; framed calls, one-way calls, THeader transforms and frames in another protocol than
     /// the connection's tell nothing. An unframed message whose header is in is `Unsized`:
     /// [`Codec::pass_over`] walks it as it arrives. So is, downstream, a THeader call whose
-    /// message cannot be read (a transform, zlib's compressed head included; the JSON protocol), passed over by its length and
-    /// answered as a smaller one is.
+    /// message cannot be read (a transform other than zlib, the JSON protocol), passed over by
+    /// its length and answered as a smaller one is. A zlib message is read from its first
+    /// bytes inflated: one whose first bytes do not inflate to a message header tells nothing.
     fn oversized_response(&self, src: &[u8]) -> Option<FrameHead> {
         let transport = match self.expected.transport {
             Some(transport) => transport,

@@ -17,7 +17,7 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use metaprotocol_core::{
     CodecError, FrameHead, FrameLayout, MAX_FRAME_HEAD, Message, MessageKind, Metadata,
     MetadataStr, PassedOver, ResponseStatus, Side, keys,
@@ -137,15 +137,11 @@ impl Decoder {
                         reject_reason: None,
                     })
             }
-            // The head kept ends where its message header does (a zlib call's, where its
-            // header block does): what inflates of it is bounded as that head is.
-            Transport::Framed | Transport::Header => delimited(
-                frame,
-                format.transport,
-                self.side,
-                MAX_FRAME_HEAD.min(self.max_frame_bytes),
-            )
-            .and_then(|found| found.ok_or(CodecError::malformed("no call passed over"))),
+            Transport::Framed => framed(frame),
+            // The head kept of a zlib call is its first bytes inflated, without the transform.
+            Transport::Header => {
+                theader::read(&frame).and_then(|block| header_frame(frame, block, self.side))
+            }
         };
         Some(found.map(|found| Found {
             // A call whose message cannot be read (a THeader transform, or a protocol not
@@ -177,31 +173,66 @@ impl Decoder {
         transport: Transport,
     ) -> Result<Option<Found>, CodecError> {
         match transport {
-            Transport::Framed | Transport::Header => {
-                let total = match length_prefixed_size(src, self.max_frame_bytes) {
-                    // Refused once its message header is in (within the frame's first
-                    // MAX_FRAME_HEAD bytes), which the engine needs to pass it over and answer
-                    // its call rather than close the connection.
-                    Err(CodecError::FrameTooLarge { .. })
-                        if length_prefixed_head(src, transport, None, self.side)
-                            == Err(ReadError::Incomplete) =>
-                    {
-                        return Ok(None);
-                    }
-                    size => size?,
-                };
-                let Some(total) = total else {
+            Transport::Framed => {
+                let Some(total) = self.length_prefixed_size(src, transport)? else {
                     return Ok(None);
                 };
-                delimited(
-                    src.split_to(total).freeze(),
-                    transport,
-                    self.side,
-                    self.max_frame_bytes,
-                )
+                framed(src.split_to(total).freeze()).map(Some)
             }
+            Transport::Header => self.header(src),
             Transport::Unframed => self.unframed(src),
         }
+    }
+
+    /// The size of the whole length-prefixed `transport` frame at the front of `src` once it
+    /// is all there; one over the cap is refused once its message header is in (within the
+    /// frame's first [`MAX_FRAME_HEAD`] bytes), which the engine needs to pass it over and
+    /// answer its call rather than close the connection.
+    fn length_prefixed_size(
+        &self,
+        src: &mut BytesMut,
+        transport: Transport,
+    ) -> Result<Option<usize>, CodecError> {
+        match length_prefixed_size(src, self.max_frame_bytes) {
+            Err(CodecError::FrameTooLarge { .. })
+                if matches!(
+                    length_prefixed_head(src, transport, None, self.side),
+                    Err(ReadError::Incomplete)
+                ) =>
+            {
+                Ok(None)
+            }
+            size => size,
+        }
+    }
+
+    /// Reads the whole THeader frame at the front of `src`, once it is in: kept out of the
+    /// framed path (its header block, transforms and zlib), so that a framed frame pays
+    /// nothing for them. A zlib message is inflated, up to `max_frame_bytes` for the whole
+    /// frame, and read from the frame rebuilt without the transform ([`crate::zlib`]); an
+    /// answer that inflates past the cap is refused as [`CodecError::FrameTooLarge`] and left
+    /// on the stream, where its head names its call and its length
+    /// ([`oversized_response`]): the engine passes over it and fails that call alone.
+    #[inline(never)]
+    fn header(&mut self, src: &mut BytesMut) -> Result<Option<Found>, CodecError> {
+        let Some(total) = self.length_prefixed_size(src, Transport::Header)? else {
+            return Ok(None);
+        };
+        let whole = src.get(..total).unwrap_or_default();
+        let block = theader::read(whole)?;
+        if !block.zlib || block.unreadable.is_some() {
+            return header_frame(src.split_to(total).freeze(), block, self.side).map(Some);
+        }
+        let inflated = zlib::inflate(whole, &block, self.max_frame_bytes);
+        // An answer cut short cannot be forwarded; one too large is left for the engine to
+        // pass over by its length.
+        if let Some(cut) = inflated.cut
+            && self.side == Side::Upstream
+        {
+            return Err(cut.error(self.max_frame_bytes));
+        }
+        src.advance(total);
+        inflated_call_or_answer(inflated).map(Some)
     }
 
     /// Finds the end of the unframed message at the front of `src` by walking its struct,
@@ -304,93 +335,82 @@ pub(crate) const UNKNOWN_PROTOCOL: &str = "THeader protocols other than binary (
 /// readers take ([`theader::MAX_BLOCK_WORDS`]); its local reply is a `PROTOCOL_ERROR`.
 pub(crate) const HEADER_BLOCK_TOO_LONG: &str = "the THeader header block is 64 KiB or more, which Apache Thrift's servers refuse: send fewer or shorter headers";
 
-/// Reads one whole length-prefixed frame of `transport`, checking a call's arguments (and a
-/// THeader call's header block). A THeader message compressed by zlib is inflated, up to
-/// `max_frame_bytes` for the whole frame, and read from the frame rebuilt without the
-/// transform ([`crate::zlib`]).
-fn delimited(
+/// Reads one whole framed `frame` (length prefix included), checking a call's arguments.
+#[inline(always)]
+fn framed(frame: Bytes) -> Result<Found, CodecError> {
+    let first = frame.get(4).ok_or(CodecError::malformed("empty frame"))?;
+    let protocol = Protocol::of_message_starting_with(*first);
+    let mut cursor = Cursor::in_frame(&frame, 4);
+    let header = protocol::read_message_header(protocol, &mut cursor)
+        .map_err(ReadError::in_complete_frame)?;
+    let format = ThriftFormat::new(Transport::Framed, protocol);
+    Ok(Found::checked(frame, format, 4, header, None))
+}
+
+/// Reads one whole THeader `frame` (length prefix included) that `block` describes, whose
+/// message is not compressed, checking a call's arguments and header block.
+fn header_frame(
     frame: Bytes,
-    transport: Transport,
+    block: theader::HeaderBlock,
     side: Side,
-    max_frame_bytes: usize,
-) -> Result<Option<Found>, CodecError> {
-    let (frame, protocol, payload_start, block, cut) = if transport == Transport::Header {
-        let block = theader::read(&frame)?;
-        match block.unreadable {
-            // The frame is whole, so its client can be told and its connection kept, as
-            // Apache Thrift's servers do; an answer that cannot be read names no call it
-            // could fail.
-            Some(unreadable) if side == Side::Downstream => {
-                return Ok(Some(Found::unreadable(frame, block, unreadable)));
-            }
-            Some(unreadable) => return Err(unreadable.error()),
-            None => {}
+) -> Result<Found, CodecError> {
+    match block.unreadable {
+        // The frame is whole, so its client can be told and its connection kept, as Apache
+        // Thrift's servers do; an answer that cannot be read names no call it could fail.
+        Some(unreadable) if side == Side::Downstream => {
+            return Ok(Found::unreadable(frame, block, unreadable));
         }
-        let (frame, block, cut) = if block.zlib {
-            let inflated = zlib::inflate(&frame, &block, max_frame_bytes);
-            let frame = Bytes::from(inflated.frame);
-            let block = theader::read(&frame)?;
-            (frame, block, inflated.cut)
-        } else {
-            (frame, block, None)
-        };
-        (frame, block.protocol, block.payload_start, Some(block), cut)
-    } else {
-        let first = frame.get(4).ok_or(CodecError::malformed("empty frame"))?;
-        let protocol = Protocol::of_message_starting_with(*first);
-        (frame, protocol, 4, None, None)
-    };
-    let mut cursor = Cursor::in_frame(&frame, payload_start);
+        Some(unreadable) => return Err(unreadable.error()),
+        None if block.zlib => return Err(CodecError::malformed("a zlib frame not inflated")),
+        None => {}
+    }
+    let mut cursor = Cursor::in_frame(&frame, block.payload_start);
+    let header = protocol::read_message_header(block.protocol, &mut cursor)
+        .map_err(ReadError::in_complete_frame)?;
+    let format = ThriftFormat::new(Transport::Header, block.protocol);
+    Ok(Found::checked(
+        frame,
+        format,
+        block.payload_start,
+        header,
+        Some(&block),
+    ))
+}
+
+/// Reads a THeader frame `inflated` without its zlib transform. Only a call's may be cut (a
+/// zlib bomb, or corrupt data): it is refused, named as far as what inflated tells.
+fn inflated_call_or_answer(inflated: zlib::Inflated) -> Result<Found, CodecError> {
+    let frame = Bytes::from(inflated.frame);
+    let block = theader::read(&frame)?;
+    let mut cursor = Cursor::in_frame(&frame, block.payload_start);
     let header = match (
-        protocol::read_message_header(protocol, &mut cursor),
-        cut,
-        &block,
+        protocol::read_message_header(block.protocol, &mut cursor),
+        inflated.cut,
     ) {
-        (Ok(header), _, _) => header,
+        (Ok(header), _) => header,
         // Too little inflated to name the call: what its frame tells is answered, as a call
         // under a transform not undone is.
-        (Err(_), Some(cut), Some(block)) if side == Side::Downstream => {
-            return Ok(Some(Found::unnamed(frame, block, cut.reject_reason())));
-        }
-        (Err(error), _, _) => return Err(error.in_complete_frame()),
+        (Err(_), Some(cut)) => return Ok(Found::unnamed(frame, &block, cut.reject_reason())),
+        (Err(error), None) => return Err(error.in_complete_frame()),
     };
-    if let Some(cut) = cut {
-        // An answer cut short cannot be forwarded, and its call is failed with its connection.
-        if side == Side::Upstream {
-            return Err(cut.error(max_frame_bytes));
-        }
-        return Ok(Some(Found {
+    let format = ThriftFormat::new(Transport::Header, block.protocol);
+    match inflated.cut {
+        Some(cut) => Ok(Found {
             frame,
-            format: ThriftFormat::new(transport, protocol),
-            payload_start,
+            format,
+            payload_start: block.payload_start,
             header,
-            info: block.map(|block| block.info),
+            info: Some(block.info),
             reject_reason: Some(cut.reject_reason()),
-        }));
+        }),
+        None => Ok(Found::checked(
+            frame,
+            format,
+            block.payload_start,
+            header,
+            Some(&block),
+        )),
     }
-    let reject_reason = match header.message_type {
-        // A server that refuses the header block closes the connection other clients' calls
-        // share; an answer's block is its client's to read.
-        MessageType::Call | MessageType::Oneway
-            if block
-                .as_ref()
-                .is_some_and(theader::HeaderBlock::longer_than_peers_read) =>
-        {
-            Some(HEADER_BLOCK_TOO_LONG)
-        }
-        MessageType::Call | MessageType::Oneway => {
-            check_arguments(protocol, &frame, header.body_start).err()
-        }
-        MessageType::Reply | MessageType::Exception => None,
-    };
-    Ok(Some(Found {
-        frame,
-        format: ThriftFormat::new(transport, protocol),
-        payload_start,
-        header,
-        info: block.map(|block| block.info),
-        reject_reason,
-    }))
 }
 
 /// Checks that the argument struct of a call starting at `body_start` is well-formed and ends
@@ -469,7 +489,7 @@ pub(crate) fn oversized_response(
         }),
         Transport::Framed | Transport::Header => {
             length_prefixed_head(src, transport, protocol, side)
-                .map(|(_, header, len)| (header, Some(len)))
+                .map(|head| (head.header, Some(head.len)))
         }
     };
     match head {
@@ -483,19 +503,33 @@ pub(crate) fn oversized_response(
     }
 }
 
+/// What the head of a length-prefixed frame too large to decode says: see
+/// [`length_prefixed_head`].
+pub(crate) struct LengthPrefixedHead {
+    pub(crate) protocol: Protocol,
+    /// The message header, over the frame's bytes as they came, or over [`Self::inflated`].
+    pub(crate) header: MessageHeader,
+    /// The whole frame's length, its length prefix included.
+    pub(crate) len: u64,
+    /// A zlib THeader frame's head rebuilt without the transform, its message's first bytes
+    /// inflated (its message header whole): what `header` describes.
+    pub(crate) inflated: Option<Vec<u8>>,
+}
+
 /// The protocol, message header and whole length of the `transport` frame (framed or
 /// THeader) at the front of `src`: [`ReadError::Incomplete`] until the header is in, an error
 /// for one of another `protocol` than the connection's, or whose header does not lie within
 /// the frame and [`MAX_FRAME_HEAD`]. Read by `side`, a THeader frame whose message cannot be
 /// read (a transform, or a protocol not spoken here) is a call of no name with the seqid of
-/// its THeader `seq` downstream, as [`delimited`] reads a whole one, and an error upstream, where it would be
-/// an answer naming no call.
+/// its THeader `seq` downstream, as a whole one is read, and an error upstream, where it
+/// would be an answer naming no call. A zlib message's header is read from its first bytes
+/// inflated ([`zlib_head`]).
 pub(crate) fn length_prefixed_head(
     src: &[u8],
     transport: Transport,
     protocol: Option<Protocol>,
     side: Side,
-) -> Result<(Protocol, MessageHeader, u64), ReadError> {
+) -> Result<LengthPrefixedHead, ReadError> {
     let Some(&[l0, l1, l2, l3]) = src.first_chunk::<4>() else {
         return Err(ReadError::Incomplete);
     };
@@ -529,17 +563,21 @@ pub(crate) fn length_prefixed_head(
         let block = theader::read(frame)?;
         match block.unreadable {
             Some(unreadable) if side == Side::Upstream => return Err(unreadable.error().into()),
-            // Its head is compressed: the message header is not there to read.
-            None if block.zlib && side == Side::Upstream => {
-                return Err(ReadError::malformed(
-                    "a zlib THeader answer over the cluster's max_frame_bytes",
-                ));
+            Some(_) => (block.protocol, block.payload_start, Some(block.seq)),
+            None if block.zlib => {
+                if protocol.is_some_and(|protocol| protocol != block.protocol) {
+                    return Err(ReadError::malformed("a frame in another protocol"));
+                }
+                let head = frame.get(..within).unwrap_or(frame);
+                let (header, inflated) = zlib_head(head, within, &block)?;
+                return Ok(LengthPrefixedHead {
+                    protocol: block.protocol,
+                    header,
+                    len,
+                    inflated: Some(inflated),
+                });
             }
-            unreadable => (
-                block.protocol,
-                block.payload_start,
-                (unreadable.is_some() || block.zlib).then_some(block.seq),
-            ),
+            None => (block.protocol, block.payload_start, None),
         }
     } else {
         let Some(&first) = frame.get(4) else {
@@ -554,12 +592,45 @@ pub(crate) fn length_prefixed_head(
     if protocol.is_some_and(|protocol| protocol != found) {
         return Err(ReadError::malformed("a frame in another protocol"));
     }
-    if let Some(seq) = unreadable_seq {
-        return Ok((found, unreadable_call(payload_start, seq), len));
+    let header = match unreadable_seq {
+        Some(seq) => unreadable_call(payload_start, seq),
+        None => {
+            protocol::read_message_header(found, &mut Cursor::new(frame, payload_start, within))?
+        }
+    };
+    Ok(LengthPrefixedHead {
+        protocol: found,
+        header,
+        len,
+        inflated: None,
+    })
+}
+
+/// The message header of the zlib THeader frame that `block` describes, from `head`, its bytes
+/// arrived (at most `within`, the frame's head): read from its first bytes inflated (at most
+/// [`MAX_FRAME_HEAD`] of them), and the frame's head rebuilt without the transform, which the
+/// header describes. [`ReadError::Incomplete`] while more of the head is to come; an error
+/// when its head does not inflate to a message header: the frame's message type is then
+/// unknown, and a one-way call must get no answer.
+#[cold]
+fn zlib_head(
+    head: &[u8],
+    within: usize,
+    block: &theader::HeaderBlock,
+) -> Result<(MessageHeader, Vec<u8>), ReadError> {
+    let inflated = zlib::inflate(head, block, MAX_FRAME_HEAD);
+    let mut cursor = Cursor::in_frame(&inflated.frame, inflated.payload_start);
+    match protocol::read_message_header(block.protocol, &mut cursor) {
+        Ok(header) => Ok((header, inflated.frame)),
+        Err(ReadError::Incomplete)
+            if inflated.cut == Some(zlib::Cut::Short) && head.len() < within =>
+        {
+            Err(ReadError::Incomplete)
+        }
+        Err(_) => Err(ReadError::malformed(
+            "the first bytes of a zlib THeader message over the cap do not inflate to its message header",
+        )),
     }
-    let mut cursor = Cursor::new(frame, payload_start, within);
-    let header = protocol::read_message_header(found, &mut cursor)?;
-    Ok((found, header, len))
 }
 
 /// The message header of a call whose message, at `at` of its THeader frame, cannot be read:
@@ -590,6 +661,39 @@ pub(crate) struct Found {
 }
 
 impl Found {
+    /// The message of `header` in `frame`, in `format`, starting at `payload_start` (after the
+    /// THeader `block`, if any): a call is refused when its arguments are malformed or its
+    /// header block is longer than Apache Thrift's servers read (they close the connection
+    /// other clients' calls share); an answer's block is its client's to read.
+    #[inline(always)]
+    fn checked(
+        frame: Bytes,
+        format: ThriftFormat,
+        payload_start: usize,
+        header: MessageHeader,
+        block: Option<&theader::HeaderBlock>,
+    ) -> Self {
+        let reject_reason = match header.message_type {
+            MessageType::Call | MessageType::Oneway
+                if block.is_some_and(theader::HeaderBlock::longer_than_peers_read) =>
+            {
+                Some(HEADER_BLOCK_TOO_LONG)
+            }
+            MessageType::Call | MessageType::Oneway => {
+                check_arguments(format.protocol, &frame, header.body_start).err()
+            }
+            MessageType::Reply | MessageType::Exception => None,
+        };
+        Self {
+            frame,
+            format,
+            payload_start,
+            header,
+            info: block.map(|block| block.info.clone()),
+            reject_reason,
+        }
+    }
+
     /// The call of a THeader `frame` whose message `block` says cannot be read: a call of no
     /// name with the seqid of its `seq` (what can be told of it), refused as [`TRANSFORMED`]
     /// or [`UNKNOWN_PROTOCOL`].

@@ -52,8 +52,10 @@
 //!   compressed or not. A call that inflates past the cap (a zlib bomb: inflation stops there)
 //!   or whose zlib data is corrupt or cut short is decoded with a `reject_reason` (the engine
 //!   answers it with a [`PROTOCOL_ERROR`], named as far as what inflated tells; a one-way
-//!   call, with nothing); such an answer is a decode error (`FrameTooLarge`, `Malformed`).
-//!   Uncompressed frames cost nothing more.
+//!   call, with nothing). Such an answer is a decode error: `Malformed` when corrupt, and
+//!   `FrameTooLarge` when it inflates past the cap, left on the stream for the engine to pass
+//!   over by its length, its call failed alone (see below). Uncompressed frames cost nothing
+//!   more: the THeader path (header block, transforms, zlib) is outlined from the framed one.
 //! - A THeader call whose message another transform hides (HMAC, snappy, QuickLZ, an unknown
 //!   id, or zlib stacked with another) is decoded as a call of
 //!   no name whose seqid is the frame's THeader `seq` (where Apache Thrift's clients write
@@ -63,8 +65,14 @@
 //!   [`INVALID_PROTOCOL`] exception in binary (a THeader client reads each frame in the
 //!   protocol its header names). Either, over the listener's cap, is passed over by its length
 //!   and answered the same (a `PROTOCOL_ERROR` would have to name its method, which cannot be
-//!   read); a zlib call over the cap compressed is passed over so too, and answered with a
-//!   `PROTOCOL_ERROR` of no name. Such an answer from a server names no call it could fail: it
+//!   read). A zlib message over the cap compressed is read from its first bytes inflated
+//!   (within the frame's first [`MAX_FRAME_HEAD`](metaprotocol_core::MAX_FRAME_HEAD) bytes,
+//!   and no more than that inflated): a call is passed over by its length and answered with
+//!   the `PROTOCOL_ERROR` naming it (a one-way call, with nothing), an answer fails its call
+//!   alone; one whose first bytes do not inflate to a message header could be a one-way call,
+//!   which must get no answer, and is refused (the connection closes, as Apache Thrift's
+//!   servers close it on any frame over their limit). An answer under another transform, or
+//!   in another protocol, from a server names no call it could fail: it
 //!   is refused with [`CodecError::Unsupported`](metaprotocol_core::CodecError) (an unknown
 //!   protocol id, `Malformed`); over-long frames with
 //!   `FrameTooLarge` once the message header is in and the length (or, unframed, the scanned

@@ -9,7 +9,10 @@
 //! cut by it: a few bytes ([`CARRY`] at most; the longest is a compact field header and a
 //! UUID). Downstream, a call's head (up to the end of its message header) is kept too, for its
 //! answer: the engine asks for the call once it has passed, and answers it with a
-//! `TApplicationException`. A connection keeps what it passes over with for its next message
+//! `TApplicationException` (a one-way call, with nothing). A zlib THeader call's head is kept
+//! rebuilt without the transform, its message's first bytes inflated (no more than a frame's
+//! head), so that it is named, and a one-way call told from a call; one whose first bytes do
+//! not inflate to a message header is not passed over. A connection keeps what it passes over with for its next message
 //! too large to decode: passing over costs no allocation after its first, but a call's frame.
 
 use bytes::Bytes;
@@ -97,7 +100,7 @@ impl Passing {
     /// Starts passing over the `transport` message at the front of `src`: where in `src` what
     /// is passed over starts (the frame, or the unframed message's struct).
     fn start(&mut self, src: &[u8], transport: Transport, side: Side) -> Option<usize> {
-        let (protocol, header, progress, from) = match transport {
+        let (protocol, header, progress, from, inflated) = match transport {
             Transport::Unframed => {
                 let (protocol, header) = head(src).ok()?;
                 let walk = Walk::new(protocol, header.body_start);
@@ -106,16 +109,18 @@ impl Passing {
                     None => self.walk = Some(Box::new(walk)),
                 }
                 let from = header.body_start;
-                (protocol, header, Progress::Walked, from)
+                (protocol, header, Progress::Walked, from, None)
             }
             Transport::Framed | Transport::Header => {
-                let (protocol, header, len) =
-                    length_prefixed_head(src, transport, None, side).ok()?;
-                (protocol, header, Progress::Counted(len), 0)
+                let head = length_prefixed_head(src, transport, None, side).ok()?;
+                let progress = Progress::Counted(head.len);
+                (head.protocol, head.header, progress, 0, head.inflated)
             }
         };
         let format = ThriftFormat::new(transport, protocol);
-        self.call = match src.get(..header.body_start) {
+        // A zlib call's head is kept inflated, without the transform: its message header.
+        let head = inflated.as_deref().unwrap_or(src);
+        self.call = match head.get(..header.body_start) {
             Some(head) if !header.message_type.answers() && side == Side::Downstream => {
                 Some((format, empty_call(head, transport)?))
             }

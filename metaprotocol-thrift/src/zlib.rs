@@ -37,6 +37,8 @@ pub(crate) struct Inflated {
     /// The rebuilt frame, length prefix patched to what it holds; its capacity is at most a
     /// quarter more than its length.
     pub(crate) frame: Vec<u8>,
+    /// Where its message starts (after its header block).
+    pub(crate) payload_start: usize,
     /// Why only a prefix of the message is in, if it is not whole.
     pub(crate) cut: Option<Cut>,
 }
@@ -46,8 +48,11 @@ pub(crate) struct Inflated {
 pub(crate) enum Cut {
     /// It inflates past the frame size cap: the frame holds its first bytes, up to the cap.
     TooLarge,
-    /// The zlib data is corrupt or ends early: the frame holds what inflated before.
+    /// The zlib data is corrupt: the frame holds what inflated before.
     Corrupt,
+    /// The zlib data ends before its stream does (cut short, or only the first bytes of a
+    /// frame are in): the frame holds what inflated of it.
+    Short,
 }
 
 impl Cut {
@@ -55,7 +60,7 @@ impl Cut {
     pub(crate) fn reject_reason(self) -> &'static str {
         match self {
             Self::TooLarge => crate::decode::INFLATES_TOO_LARGE,
-            Self::Corrupt => crate::decode::ZLIB_CORRUPT,
+            Self::Corrupt | Self::Short => crate::decode::ZLIB_CORRUPT,
         }
     }
 
@@ -66,14 +71,18 @@ impl Cut {
                 size: max_frame_bytes as u64 + 1,
                 max: max_frame_bytes,
             },
-            Self::Corrupt => CodecError::malformed("a THeader answer's zlib data is corrupt"),
+            Self::Corrupt | Self::Short => {
+                CodecError::malformed("a THeader answer's zlib data is corrupt or cut short")
+            }
         }
     }
 }
 
-/// Rebuilds `frame` (a whole THeader frame, length prefix included, which `block` describes
-/// and whose message is compressed by zlib alone) with no transform and its message inflated,
-/// the whole frame at most `max_frame_bytes` after its length prefix.
+/// Rebuilds `frame` (a THeader frame, length prefix included, which `block` describes and
+/// whose message is compressed by zlib alone) with no transform and its message inflated, the
+/// whole frame at most `max_frame_bytes` after its length prefix. `frame` may be the first
+/// bytes of a frame alone (its header block whole): what they inflate to is then cut
+/// ([`Cut::Short`]).
 ///
 /// Never inlined: inflating needs tens of KiB of stack (the decompressor's state), and inlined
 /// into the decoder it made every frame's decode probe that much stack, compressed or not (56
@@ -109,6 +118,7 @@ pub(crate) fn inflate(frame: &[u8], block: &HeaderBlock, max_frame_bytes: usize)
     // Never longer than the block it comes from, which had a transform more.
     let words = ((out.len() - BLOCK_START) / 4) as u16;
     patch(&mut out, BLOCK_START - 2, &words.to_be_bytes());
+    let payload_start = out.len();
     let limit = max_frame_bytes.saturating_sub(out.len() - 4);
     let cut = inflate_into(compressed, &mut out, limit);
     if out.capacity() - out.len() > out.len() / SLACK_SHARE {
@@ -116,7 +126,11 @@ pub(crate) fn inflate(frame: &[u8], block: &HeaderBlock, max_frame_bytes: usize)
     }
     let len = u32::try_from(out.len() - 4).unwrap_or(u32::MAX);
     patch(&mut out, 0, &len.to_be_bytes());
-    Inflated { frame: out, cut }
+    Inflated {
+        frame: out,
+        payload_start,
+        cut,
+    }
 }
 
 /// Appends the inflation of the zlib stream `compressed` to `out`, at most `limit` bytes of it,
@@ -150,8 +164,9 @@ fn inflate_into(compressed: &[u8], out: &mut Vec<u8>, limit: usize) -> Option<Cu
             Ok(Status::StreamEnd) => return None,
             // Room filled or input read: the next turn goes on.
             Ok(_) if written > 0 || stream.total_in() > read => {}
-            // Stuck short of the end of the stream: its input is cut, or not zlib.
-            Ok(_) | Err(_) => return Some(Cut::Corrupt),
+            // Stuck short of the end of the stream, all its input read: it is cut.
+            Ok(_) => return Some(Cut::Short),
+            Err(_) => return Some(Cut::Corrupt),
         }
     }
 }
@@ -265,10 +280,10 @@ mod tests {
             .collect();
         let compressed = compress(&message)?;
         let (out, cut) = run(&compressed[..compressed.len() / 2], 1 << 20);
-        assert_eq!(cut, Some(Cut::Corrupt));
+        assert_eq!(cut, Some(Cut::Short));
         assert!(out.len() > 100 && message.starts_with(&out), "{out:?}");
         assert_eq!(run(b"not zlib at all", 1 << 20).1, Some(Cut::Corrupt));
-        assert_eq!(run(b"", 1 << 20), (vec![], Some(Cut::Corrupt)));
+        assert_eq!(run(b"", 1 << 20), (vec![], Some(Cut::Short)));
         Ok(())
     }
 }

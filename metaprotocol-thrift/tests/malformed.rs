@@ -207,7 +207,7 @@ fn an_oversize_response_names_its_call_and_length_for_the_engine_to_pass_over() 
 }
 
 #[test]
-fn an_oversize_call_or_unframed_message_is_unsized_and_a_reply_names_its_call() {
+fn an_oversize_call_or_unframed_message_is_unsized_and_a_reply_names_its_call() -> TestResult {
     let binary = || {
         ThriftCodec::new(
             ThriftFormat::new(Transport::Framed, Protocol::Binary).into(),
@@ -257,14 +257,34 @@ fn an_oversize_call_or_unframed_message_is_unsized_and_a_reply_names_its_call() 
     let (compact, _) = reply_in(Transport::Framed, Protocol::Compact, false, REPLY, 7);
     assert_eq!(binary().oversized_response(&compact), None);
     assert!(counts(auto(), &compact));
-    // A THeader transform (zlib) hides the message's head: from a server, it names no call;
-    // from a client, it is a call to answer once passed over (tests/pass_over.rs). An unknown
-    // message type.
+    // Under zlib, the message's head is read inflated: from a server, it names its call; from
+    // a client, it is a call to answer once passed over (tests/pass_over.rs). Data that does
+    // not inflate names nothing, not even whether it is a one-way call. An unknown message
+    // type.
     let (payload, _) = message(Protocol::Binary, false, REPLY, 7);
-    let zlib = theader(7, &[0, 1, 1, 0], &payload);
-    let upstream = ThriftCodec::for_side(Side::Upstream, FormatChoice::default(), 64);
-    assert_eq!(upstream.oversized_response(&zlib), None);
-    assert_eq!(auto().oversized_response(&zlib), Some(FrameHead::Unsized));
+    let (call, _) = message(Protocol::Binary, false, CALL, 7);
+    let compress = |message: &[u8]| -> std::io::Result<Vec<u8>> {
+        use std::io::Write;
+        let mut encoder =
+            flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(message)?;
+        encoder.finish()
+    };
+    let zlib = |message: &[u8]| theader(7, &[0, 1, 1, 0], message);
+    let upstream = || ThriftCodec::for_side(Side::Upstream, FormatChoice::default(), 64);
+    assert_eq!(
+        upstream().oversized_response(&zlib(&compress(&payload)?)),
+        Some(FrameHead::Response {
+            request_id: 7,
+            len: zlib(&compress(&payload)?).len() as u64
+        })
+    );
+    assert_eq!(upstream().oversized_response(&zlib(&payload)), None);
+    assert_eq!(
+        auto().oversized_response(&zlib(&compress(&call)?)),
+        Some(FrameHead::Unsized)
+    );
+    assert_eq!(auto().oversized_response(&zlib(&call)), None);
     assert!(counts(auto(), &theader(7, &[0, 0, 0, 0], &payload)));
     let (mut unknown, _) = reply_in(Transport::Framed, Protocol::Binary, false, REPLY, 7);
     assert!(counts(binary(), &unknown));
@@ -292,6 +312,7 @@ fn an_oversize_call_or_unframed_message_is_unsized_and_a_reply_names_its_call() 
     assert_eq!(header().oversized_response(&no_magic), None);
     let (header_reply, _) = reply_in(Transport::Header, Protocol::Binary, false, REPLY, 7);
     assert!(counts(header(), &header_reply));
+    Ok(())
 }
 
 #[test]

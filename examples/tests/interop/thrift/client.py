@@ -21,10 +21,12 @@ Prints one JSON object with the results. Scenarios:
                  it on the same connection; reports the answer's name, type and seqid, its
                  greeting or exception, and the greeting
   zlibbomb N     as zlib, with a name of N letters "a" (which zlib shrinks a thousandfold)
-  zlibping       (THeader) a one-way ping under the zlib transform, written by hand with
-                 seqid 5, then sayHello("plain") without it on the same connection, and the
-                 server's ping count (polled until it reaches 1, then read again after a
-                 pause); reports the greeting (or the exception the call read) and the count
+  zlibping [N]   (THeader) a one-way ping under the zlib transform, written by hand with
+                 seqid 5 (with N > 0, its argument struct carries a string of N random letters
+                 in a field ping_args does not declare), then sayHello("plain") without it on
+                 the same connection, and the server's ping count (polled until it reaches 1,
+                 or 0 with N > 0, then read again after a pause); reports the greeting (or the
+                 exception the call read) and the count
   bigheader N    (THeader) sayHello("w1") with a header `big` of N bytes, then sayHello("after")
                  without it on the same connection; reports the exception (or the greeting)
                  and the greeting
@@ -201,12 +203,18 @@ def zlib(conn, size, bomb=False):
     return out
 
 
-def zlib_ping(conn):
+def zlib_ping(conn, size):
     out = {}
     proto = conn.proto
     proto.trans.add_transform(THeaderTransformID.ZLIB)
     proto.writeMessageBegin("ping", TMessageType.ONEWAY, 5)
-    Greeter.ping_args().write(proto)
+    proto.writeStructBegin("ping_args")
+    if size:
+        proto.writeFieldBegin("padding", TType.STRING, 1)
+        proto.writeString("".join(random.Random(5).choices(string.ascii_letters, k=size)))
+        proto.writeFieldEnd()
+    proto.writeFieldStop()
+    proto.writeStructEnd()
     proto.writeMessageEnd()
     proto.trans.flush()
     proto.trans._write_transforms.clear()
@@ -217,7 +225,7 @@ def zlib_ping(conn):
         out["hello"] = app_exception(e)
     # A client that read another call's answer reads the rest out of step.
     try:
-        out["pings"] = ping_count_after(conn, 1)
+        out["pings"] = ping_count_after(conn, 0 if size else 1)
     except Exception as e:  # reported, not raised: the test prints every failure
         out["pings"] = "%s: %s" % (type(e).__name__, e)
     return out
@@ -341,7 +349,7 @@ def main():
         elif scenario == "zlibbomb":
             out = zlib(conn, int(arg), bomb=True)
         elif scenario == "zlibping":
-            out = zlib_ping(conn)
+            out = zlib_ping(conn, int(arg or 0))
         else:
             raise SystemExit("unknown scenario " + scenario)
     finally:
