@@ -215,6 +215,9 @@ impl Decoder {
     /// ([`oversized_response`]): the engine passes over it and fails that call alone.
     #[inline(never)]
     fn header(&mut self, src: &mut BytesMut) -> Result<Option<Found>, CodecError> {
+        if let Some(&len) = src.first_chunk::<4>() {
+            theader::check_frame_len(u32::from_be_bytes(len))?;
+        }
         let Some(total) = self.length_prefixed_size(src, Transport::Header)? else {
             return Ok(None);
         };
@@ -523,7 +526,8 @@ pub(crate) struct LengthPrefixedHead {
 /// read (a transform, or a protocol not spoken here) is a call of no name with the seqid of
 /// its THeader `seq` downstream, as a whole one is read, and an error upstream, where it
 /// would be an answer naming no call. A zlib message's header is read from its first bytes
-/// inflated ([`zlib_head`]).
+/// inflated ([`zlib_head`]). A THeader frame longer than Apache Thrift's readers take is an
+/// error.
 pub(crate) fn length_prefixed_head(
     src: &[u8],
     transport: Transport,
@@ -533,7 +537,8 @@ pub(crate) fn length_prefixed_head(
     let Some(&[l0, l1, l2, l3]) = src.first_chunk::<4>() else {
         return Err(ReadError::Incomplete);
     };
-    let len = 4 + u64::from(u32::from_be_bytes([l0, l1, l2, l3]));
+    let prefix = u32::from_be_bytes([l0, l1, l2, l3]);
+    let len = 4 + u64::from(prefix);
     // What has arrived of the frame, and how far its header may reach.
     let end = usize::try_from(len).unwrap_or(usize::MAX);
     let frame = src.get(..end.min(src.len())).unwrap_or_default();
@@ -541,6 +546,7 @@ pub(crate) fn length_prefixed_head(
     let beyond = ReadError::malformed("the message header is not within the frame's head");
     // The THeader `seq` of a frame whose message cannot be read.
     let (found, payload_start, unreadable_seq) = if transport == Transport::Header {
+        theader::check_frame_len(prefix)?;
         let Some(&[_, _, _, _, m0, m1, .., w0, w1]) =
             frame.first_chunk::<{ theader::BLOCK_START }>()
         else {

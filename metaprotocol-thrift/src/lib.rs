@@ -56,6 +56,9 @@
 //!   `FrameTooLarge` when it inflates past the cap, left on the stream for the engine to pass
 //!   over by its length, its call failed alone (see below). Uncompressed frames cost nothing
 //!   more: the THeader path (header block, transforms, zlib) is outlined from the framed one.
+//! - **THeader frames** longer than `0x3FFFFFFF` bytes are refused (`Malformed`, whatever the
+//!   cap), as Apache Thrift's C++, Python and Java readers refuse them as corrupt and close
+//!   the connection.
 //! - A THeader call whose message another transform hides (HMAC, snappy, QuickLZ, an unknown
 //!   id, or zlib stacked with another) is decoded as a call of
 //!   no name whose seqid is the frame's THeader `seq` (where Apache Thrift's clients write

@@ -38,6 +38,21 @@ const TRANSFORM_ZLIB: u32 = 1;
 /// connection.
 pub(crate) const MAX_BLOCK_WORDS: usize = 16383;
 
+/// The longest THeader frame, after its length prefix, that Apache Thrift's readers (C++,
+/// Python, Java) take: they refuse a longer one as corrupt (a length that large is more likely
+/// the first bytes of another protocol) and close the connection.
+pub(crate) const MAX_FRAME_LEN: u32 = 0x3FFF_FFFF;
+
+/// Refuses a THeader frame whose length prefix says `len`, over [`MAX_FRAME_LEN`].
+pub(crate) fn check_frame_len(len: u32) -> Result<(), CodecError> {
+    if len > MAX_FRAME_LEN {
+        return Err(CodecError::Malformed(Cow::Owned(format!(
+            "a THeader frame of {len} bytes, over the {MAX_FRAME_LEN} Apache Thrift's readers take"
+        ))));
+    }
+    Ok(())
+}
+
 /// Info header group ids.
 pub(crate) const INFO_KEYVALUE: u8 = 1;
 pub(crate) const INFO_PKEYVALUE: u8 = 2;

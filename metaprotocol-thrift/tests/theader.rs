@@ -206,3 +206,47 @@ fn header_blocks_apache_thrift_readers_refuse_are_neither_forwarded_nor_written(
     assert!(error.to_string().contains("header block"), "{error}");
     Ok(())
 }
+
+/// Apache Thrift's THeader readers (C++, Python, Java) refuse a frame whose length is over
+/// `0x3FFFFFFF` as corrupt (a length that large is more likely a stray HTTP request or another
+/// protocol than a THeader frame), and close the connection. So does the codec, whatever its
+/// cap, on either side, once the length and the magic are in, rather than wait for a gigabyte
+/// to arrive (a cap at `i32::MAX`) or pass it over and answer it; a frame of `0x3FFFFFFF`
+/// bytes is still awaited.
+#[test]
+fn theader_frames_over_apache_thrifts_limit_are_refused() -> TestResult {
+    use metaprotocol_core::{Codec, Side};
+    use metaprotocol_thrift::{FormatChoice, ThriftCodec};
+    const LIMIT: u32 = 0x3FFF_FFFF;
+    for side in [Side::Downstream, Side::Upstream] {
+        for cap in [i32::MAX as usize, 1024] {
+            for (len, refused) in [(LIMIT + 1, true), (u32::MAX, true), (LIMIT, false)] {
+                let what = format!("{side:?}, cap {cap}, length {len:#x}");
+                let message_type = if side == Side::Downstream { 1 } else { 2 };
+                let mut frame = with_headers(message_type, 1);
+                frame[..4].copy_from_slice(&len.to_be_bytes());
+                let mut codec = ThriftCodec::for_side(side, FormatChoice::default(), cap);
+                let decoded = codec.decode(&mut frame.clone());
+                if !refused {
+                    match cap {
+                        1024 => assert!(
+                            matches!(
+                                decoded,
+                                Err(metaprotocol_core::CodecError::FrameTooLarge { .. })
+                            ),
+                            "{what}: {decoded:?}"
+                        ),
+                        _ => assert!(matches!(decoded, Ok(None)), "{what}: {decoded:?}"),
+                    }
+                    continue;
+                }
+                assert!(
+                    matches!(decoded, Err(metaprotocol_core::CodecError::Malformed(_))),
+                    "{what}: {decoded:?}"
+                );
+                assert_eq!(codec.oversized_response(&frame), None, "{what}");
+            }
+        }
+    }
+    Ok(())
+}
