@@ -651,6 +651,7 @@ fn unreadable_call(at: usize, seq: u32) -> MessageHeader {
         seqid: seq as i32,
         seqid_at: at..at,
         body_start: at,
+        lax: false,
     }
 }
 
@@ -753,6 +754,7 @@ impl Found {
         let layout = Layout {
             payload_start: self.payload_start,
             seqid: header.seqid_at.clone(),
+            lax: header.lax,
         };
         message.reset(kind, u64::from(header.seqid as u32), self.frame);
         message.status = status;

@@ -55,8 +55,7 @@ pub(crate) fn encode(
         &NO_MUTATION
     };
     let start = dst.len();
-    let lax = is_lax_binary(&message.frame, layout.payload_start, source.protocol);
-    let passthrough = if source == target && mutation.is_empty() && !lax {
+    let passthrough = if source == target && mutation.is_empty() && !layout.lax {
         patch_copy(message, source, &layout, seqid, share, dst)?
     } else {
         None
@@ -81,15 +80,6 @@ pub(crate) fn encode(
         dst.truncate(start);
     }
     result
-}
-
-/// Whether the message at `payload_start` of `frame`, in `protocol`, is lax binary: a header
-/// without the version word, as `TBinaryProtocol` writes with `strictWrite` off. Such a message
-/// is written strict: a server that reads strictly (`strictRead`, as many Java and C++ servers
-/// are set up) refuses a lax one by closing its connection, which other clients' calls share,
-/// and every binary reader takes a strict one.
-fn is_lax_binary(frame: &[u8], payload_start: usize, protocol: Protocol) -> bool {
-    protocol == Protocol::Binary && frame.get(payload_start).is_some_and(|&b| b & 0x80 == 0)
 }
 
 /// The format a decoded message is in.
@@ -285,7 +275,7 @@ fn write_message(
             .get(range)
             .ok_or(CodecError::malformed("layout outside the frame"))
     };
-    if from == to && !is_lax_binary(frame, layout.payload_start, from) {
+    if from == to && !layout.lax {
         // Copied around a fresh seqid: a compact varint may change length.
         dst.extend_from_slice(slice(layout.payload_start..layout.seqid.start)?);
         let (encoded, len) = encode_seqid(from, seqid);

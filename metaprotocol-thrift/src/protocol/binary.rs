@@ -16,7 +16,8 @@ const VERSION_MASK: u32 = 0xffff_0000;
 /// Reads a strict or lax message header.
 pub(crate) fn read_message_header(cursor: &mut Cursor<'_>) -> Result<MessageHeader, ReadError> {
     let first = cursor.u32_be()?;
-    let (message_type, name) = if first & 0x8000_0000 != 0 {
+    let lax = first & 0x8000_0000 == 0;
+    let (message_type, name) = if !lax {
         if first & VERSION_MASK != VERSION_1 {
             return Err(ReadError::malformed("bad binary protocol version"));
         }
@@ -35,6 +36,7 @@ pub(crate) fn read_message_header(cursor: &mut Cursor<'_>) -> Result<MessageHead
         seqid,
         seqid_at: seqid_start..cursor.position(),
         body_start: cursor.position(),
+        lax,
     })
 }
 

@@ -38,6 +38,7 @@ pub(crate) fn read_message_header(cursor: &mut Cursor<'_>) -> Result<MessageHead
         seqid,
         seqid_at: seqid_start..seqid_end,
         body_start: cursor.position(),
+        lax: false,
     })
 }
 

@@ -87,6 +87,9 @@ pub(crate) struct MessageHeader {
     pub(crate) seqid_at: Range<usize>,
     /// Where the argument or result struct starts.
     pub(crate) body_start: usize,
+    /// Whether it is a lax binary header, without the version word (as `TBinaryProtocol`
+    /// writes with `strictWrite` off).
+    pub(crate) lax: bool,
 }
 
 /// Where a reader stands between two values: enough to rebuild it over a longer buffer, or to
