@@ -496,7 +496,11 @@ async fn method_probes_keep_a_live_server_and_drop_a_dead_one() -> TestResult {
             server.addr()
         ))
         .await?;
-        let failing = |i: usize| proxy.clusters()[0].endpoints[i].failing_active_checks;
+        // Failing a check, not only awaiting its first (every endpoint starts out so).
+        let failing = |i: usize| {
+            let endpoint = &proxy.clusters()[0].endpoints[i];
+            endpoint.failing_active_checks && !endpoint.awaiting_first_check
+        };
         until("the dead endpoint stayed in", || failing(1)).await;
         until("the server was not probed", || server.requests() >= 3).await;
         assert!(!failing(0), "the server answers the probes");
@@ -717,7 +721,11 @@ async fn probes_fail_against(server: BrpcServer) -> TestResult {
             server.addr()
         ))
         .await?;
-        let failing = || proxy.clusters()[0].endpoints[0].failing_active_checks;
+        // Failing a check, not only awaiting its first (every endpoint starts out so).
+        let failing = || {
+            let endpoint = &proxy.clusters()[0].endpoints[0];
+            endpoint.failing_active_checks && !endpoint.awaiting_first_check
+        };
         // A check sends its probe once the one before it was judged: with six received, five
         // were, over the threshold of two.
         while !failing() && server.requests() < 6 {
