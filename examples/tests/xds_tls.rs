@@ -23,7 +23,7 @@ use support::mesh::{MeshCa, Workload, spiffe_id, yaml};
 use support::process::Scratch;
 use support::proxy::{metric, start_engine};
 use xds::fixtures::{
-    HOST, PORT, assignment, cluster_name, eds_cluster, istio_sidecar_tls,
+    HOST, PORT, assignment, cluster_name, eds_cluster, istio_file_mutual_tls, istio_sidecar_tls,
     istio_transport_socket_matches, istio_upstream_tls, meta_route, meta_route_config, tls_socket,
     to_cluster, with_istio_sidecar,
 };
@@ -416,6 +416,73 @@ clusters: [ {{ name: p, endpoints: [ {{ address: {provider} }} ] }} ]
     );
     // Each call reached its provider once: through the sidecar (over mutual TLS), or directly.
     assert_eq!(meshed.seen().len() + plain.seen().len(), 4);
+    let handshake_errors =
+        format!("metaprotocol_upstream_tls_handshake_errors_total{{cluster=\"{name}\"}}");
+    assert_eq!(metric(&proxy, &handshake_errors), 0.0);
+    proxy.shutdown().await;
+    sidecar.shutdown().await;
+    Ok(())
+}
+
+/// A cluster of a `DestinationRule` with `tls.mode: MUTUAL` and files mounted in the proxy's
+/// pod, as istiod gives it a sidecar: its client certificate and CA are SDS secrets named after
+/// the files (`file-cert:<cert>~<key>`, `file-root:<ca>`). With no `dynamic.xds.sds_secrets`
+/// at all, the cluster is taken and its calls reach the provider behind a mutual-TLS sidecar,
+/// presenting the certificate of those files and verifying the provider's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clusters_with_file_named_sds_secrets_speak_mutual_tls_with_those_files() -> TestResult {
+    let mesh = Mesh::new("xds-file-secrets")?;
+    let scratch = Scratch::new("xds-file-secrets-provider")?;
+    let workload = mesh
+        .ca
+        .workload(&scratch, "provider", "default", "provider", &[])?;
+    let provider = DemoProvider::start("v1").await?;
+    let sidecar = start_engine(&format!(
+        "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r, tls: {tls} }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: p }} }} ] }} ]
+clusters: [ {{ name: p, endpoints: [ {{ address: {provider} }} ] }} ]
+",
+        tls = yaml(&mesh.ca.listener_tls(&workload))?,
+        provider = provider.address(),
+    ))
+    .await?;
+    let sidecar_address = sidecar
+        .listener_addr("in")
+        .ok_or("the sidecar is not bound")?;
+
+    let server = ManagementServer::new();
+    let serving = server.serve("127.0.0.1:0".parse()?).await?;
+    let name = cluster_name("v1");
+    let mut cluster = eds_cluster(&name);
+    let path = |file: &std::path::Path| file.display().to_string();
+    cluster.transport_socket = Some(tls_socket(&istio_file_mutual_tls(
+        &path(&mesh.proxy.cert_file),
+        &path(&mesh.proxy.key_file),
+        &path(&mesh.ca.ca_file),
+        &workload.spiffe_id,
+        HOST,
+    )));
+    serve_one_cluster(&server, &cluster, &[sidecar_address]);
+    let proxy = start_proxy(proxy_config(serving.address(), "grpc")?).await?;
+    let taken = eventually("the listener serves", || {
+        proxy.listener_addr("dubbo-in").is_some()
+    })
+    .await;
+    let nacks: Vec<String> = server
+        .received()
+        .into_iter()
+        .filter_map(|request| request.error)
+        .collect();
+    if let Err(err) = taken {
+        return Err(format!("{err}; NACKs: {nacks:?}").into());
+    }
+    assert_eq!(nacks, Vec::<String>::new());
+    let address = proxy.listener_addr("dubbo-in").ok_or("not bound")?;
+    let reply = DubboClient::new(address)
+        .call("sayHello", "with mounted files", &[])
+        .await?;
+    assert_eq!(reply.attachment("provider"), Some("v1"));
+    assert_eq!(provider.seen().len(), 1);
     let handshake_errors =
         format!("metaprotocol_upstream_tls_handshake_errors_total{{cluster=\"{name}\"}}");
     assert_eq!(metric(&proxy, &handshake_errors), 0.0);

@@ -60,9 +60,10 @@ use metaprotocol_router::config::{
 use metaprotocol_xds::translate::{self, InvalidResource};
 use support::TestResult;
 use support::fixtures::{
-    HOST, assignment, cluster_name, eds_cluster, hashed_on, istio_sidecar_tls,
-    istio_transport_socket_matches, istio_upstream_tls, meta_route, meta_route_config, mirrored,
-    packed, split, tls_socket, to_cluster, with_istio_sidecar, with_request_mutation,
+    HOST, assignment, cluster_name, eds_cluster, hashed_on, istio_file_mutual_tls,
+    istio_sidecar_tls, istio_transport_socket_matches, istio_upstream_tls, meta_route,
+    meta_route_config, mirrored, packed, split, tls_socket, to_cluster, with_istio_sidecar,
+    with_request_mutation,
 };
 
 /// No certificate provider instances or SDS secrets: clusters without TLS, or with TLS from
@@ -1442,6 +1443,147 @@ fn sidecar_clusters_map_their_transport_socket_matches_and_sds_secrets() -> Test
     assert_eq!(
         translate::endpoints(&on_locality).err().map(|e| e.field),
         Some("endpoints[0].metadata.filter_metadata[\"envoy.transport_socket_match\"]".to_owned())
+    );
+    Ok(())
+}
+
+/// A cluster of a `DestinationRule` with `tls.mode: MUTUAL` and mounted files, as istiod gives
+/// it a sidecar: SDS secrets named after their files (`file-cert:<cert>~<key>`,
+/// `file-root:<ca>`), which take those files without an `sds_secrets` entry. An entry of the
+/// same name wins; a name whose paths are not absolute, that is not of that form, or whose kind
+/// is not what the field asks for is refused naming the field.
+#[test]
+fn file_named_sds_secrets_take_the_files_they_name() -> TestResult {
+    let mut cluster = eds_cluster(&cluster_name("v1"));
+    let with_tls = |cluster: &mut envoy_types::pb::envoy::config::cluster::v3::Cluster,
+                    cert: &str,
+                    key: &str,
+                    ca: &str| {
+        cluster.transport_socket = Some(tls_socket(&istio_file_mutual_tls(
+            cert,
+            key,
+            ca,
+            "db.example.com",
+            "db.example.com",
+        )));
+    };
+    with_tls(
+        &mut cluster,
+        "/etc/certs/client.pem",
+        "/etc/certs/client-key.pem",
+        "/etc/certs/ca.pem",
+    );
+    let tls = translate::cluster(&cluster, &NO_PROVIDERS)?.spec.tls;
+    assert_eq!(
+        tls,
+        Some(ClusterTlsSpec {
+            ca_file: "/etc/certs/ca.pem".into(),
+            cert_file: Some("/etc/certs/client.pem".into()),
+            key_file: Some("/etc/certs/client-key.pem".into()),
+            server_name: Some("db.example.com".to_owned()),
+            subject_alt_names: vec!["db.example.com".to_owned()],
+            crl_files: Vec::new(),
+        })
+    );
+
+    // An entry of the same name in `sds_secrets` wins (files mounted elsewhere on the proxy).
+    let mut remapped = NO_PROVIDERS;
+    remapped.sds_secrets.insert(
+        "file-root:/etc/certs/ca.pem".to_owned(),
+        CertificateProviderSpec {
+            ca_file: Some("/mnt/ca.pem".into()),
+            ..CertificateProviderSpec::default()
+        },
+    );
+    let tls = translate::cluster(&cluster, &remapped)?.spec.tls;
+    assert_eq!(
+        tls.map(|tls| tls.ca_file),
+        Some(std::path::PathBuf::from("/mnt/ca.pem"))
+    );
+
+    let certificate = "transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs[0].name";
+    let ca = "transport_socket.typed_config.common_tls_context.combined_validation_context.validation_context_sds_secret_config.name";
+    let cases = [
+        (
+            ("certs/client.pem", "/k.pem", "/ca.pem"),
+            format!(
+                "{certificate}: `file-cert:certs/client.pem~/k.pem` names `certs/client.pem`, not an absolute path"
+            ),
+        ),
+        (
+            ("/client.pem", "k.pem", "/ca.pem"),
+            format!(
+                "{certificate}: `file-cert:/client.pem~k.pem` names `k.pem`, not an absolute path"
+            ),
+        ),
+        (
+            ("/client.pem", "/k.pem", "ca.pem"),
+            format!("{ca}: `file-root:ca.pem` names `ca.pem`, not an absolute path"),
+        ),
+        (
+            ("/client.pem", "/k.pem~/extra.pem", "/ca.pem"),
+            format!(
+                "{certificate}: `file-cert:/client.pem~/k.pem~/extra.pem` is not `file-cert:<certificate path>~<key path>`"
+            ),
+        ),
+        (
+            ("/client.pem", "/k.pem", "/ca.pem~/other.pem"),
+            format!("{ca}: `file-root:/ca.pem~/other.pem` is not `file-root:<CA path>`"),
+        ),
+        (
+            ("/client.pem", "/k.pem", "system"),
+            format!(
+                "{ca}: `file-root:system` (the system's CAs) is not in dynamic.xds.sds_secrets: metaprotocol-rs trusts the CA files it is given only"
+            ),
+        ),
+    ];
+    for ((cert, key, root), expected) in cases {
+        with_tls(&mut cluster, cert, key, root);
+        assert_eq!(
+            translate::cluster(&cluster, &NO_PROVIDERS)
+                .err()
+                .map(|e| e.to_string()),
+            Some(expected)
+        );
+    }
+
+    // A CA's name where a client certificate is asked for, and the other way round.
+    let mut swapped = istio_file_mutual_tls("/c.pem", "/k.pem", "/ca.pem", "db", "db");
+    let common = swapped
+        .common_tls_context
+        .as_mut()
+        .ok_or("no common_tls_context")?;
+    common.tls_certificate_sds_secret_configs[0].name = "file-root:/ca.pem".to_owned();
+    cluster.transport_socket = Some(tls_socket(&swapped));
+    assert_eq!(
+        translate::cluster(&cluster, &NO_PROVIDERS)
+            .err()
+            .map(|e| e.to_string()),
+        Some(format!(
+            "{certificate}: `file-root:/ca.pem` names a CA, not a client certificate"
+        ))
+    );
+    let mut swapped = istio_file_mutual_tls("/c.pem", "/k.pem", "/ca.pem", "db", "db");
+    let Some(ValidationContextType::CombinedValidationContext(combined)) = swapped
+        .common_tls_context
+        .as_mut()
+        .and_then(|common| common.validation_context_type.as_mut())
+    else {
+        return Err("no combined validation context".into());
+    };
+    combined
+        .validation_context_sds_secret_config
+        .as_mut()
+        .ok_or("no CA secret")?
+        .name = "file-cert:/c.pem~/k.pem".to_owned();
+    cluster.transport_socket = Some(tls_socket(&swapped));
+    assert_eq!(
+        translate::cluster(&cluster, &NO_PROVIDERS)
+            .err()
+            .map(|e| e.to_string()),
+        Some(format!(
+            "{ca}: `file-cert:/c.pem~/k.pem` names a client certificate, not a CA"
+        ))
     );
     Ok(())
 }

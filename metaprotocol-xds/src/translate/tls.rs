@@ -6,7 +6,11 @@
 //! `dynamic.xds.certificate_providers` resolves into files by its `instance_name`, or by an SDS
 //! secret (as istiod sends it to sidecars: `default` and `ROOTCA`), which
 //! `dynamic.xds.sds_secrets` resolves into files by its `name` (the engine has no SDS client:
-//! the secret's `sds_config` is not read). Mapped:
+//! the secret's `sds_config` is not read). A secret not in `sds_secrets` may name its own files,
+//! as istiod names those a `DestinationRule`'s `MUTUAL` TLS mounts: `file-cert:<cert>~<key>`
+//! (a client certificate) and `file-root:<ca>` (a CA), absolute paths only; an `sds_secrets`
+//! entry of the same name wins, so that files mounted elsewhere can be mapped (and the system's
+//! CAs, `file-root:system`, which is refused without one). Mapped:
 //!
 //! - the client certificate: `tls_certificates` (one, from files),
 //!   `tls_certificate_provider_instance` (also in its deprecated spelling) or
@@ -24,7 +28,8 @@
 //! Accepted and ignored: `alpn_protocols` (the engine offers none: its protocols are not
 //! negotiated), `max_session_keys` (tuning), `watched_directory` (files are re-read when they
 //! change anyway), a certificate name within an instance (its files hold one certificate).
-//! Refused, naming the field: an instance or secret that is not mapped (naming it), inline or
+//! Refused, naming the field: an instance or secret that is not mapped (naming it; for a
+//! file-named secret, a relative path, a malformed name, or one of the other kind), inline or
 //! environment data sources, other transport sockets, and whatever would relax or replace verification
 //! (`allow_expired_certificate`, `trust_chain_verification`, custom validators, pinning by
 //! hash or key).
@@ -60,7 +65,8 @@ pub type CertificateProviders = BTreeMap<String, CertificateProviderSpec>;
 pub struct CertificateFiles {
     /// Certificate provider instances by instance name (`dynamic.xds.certificate_providers`).
     pub providers: CertificateProviders,
-    /// SDS secrets by secret name (`dynamic.xds.sds_secrets`).
+    /// SDS secrets by secret name (`dynamic.xds.sds_secrets`); a secret named after its files
+    /// (`file-cert:`, `file-root:`) needs no entry.
     pub sds_secrets: CertificateProviders,
 }
 
@@ -76,6 +82,7 @@ impl CertificateFiles {
             files: &self.providers,
             section: "certificate_providers",
             name_field: "instance_name",
+            file_names: false,
         }
     }
 
@@ -84,6 +91,7 @@ impl CertificateFiles {
             files: &self.sds_secrets,
             section: "sds_secrets",
             name_field: "name",
+            file_names: true,
         }
     }
 }
@@ -96,6 +104,95 @@ struct Names<'a> {
     section: &'static str,
     /// The field of the name in a resource: `instance_name`, `name`.
     name_field: &'static str,
+    /// Whether a name not mapped may name its own files (SDS secrets, as istiod names them).
+    file_names: bool,
+}
+
+impl<'a> Names<'a> {
+    /// The files `name` stands for: those mapped to it, else those it names itself.
+    fn find(&self, name: &str) -> Result<Found<'a>, String> {
+        if let Some(files) = self.files.get(name) {
+            return Ok(Found::Mapped(files));
+        }
+        if self.file_names
+            && let Some(files) = file_named_secret(name)?
+        {
+            return Ok(Found::FileNamed(files));
+        }
+        Err(format!("`{name}` is not in dynamic.xds.{}", self.section))
+    }
+}
+
+/// What a certificate name stands for.
+enum Found<'a> {
+    /// The files mapped to it in the config.
+    Mapped(&'a CertificateProviderSpec),
+    /// The files an SDS secret's name gives.
+    FileNamed(FileNamedSecret),
+}
+
+/// The files an SDS secret names itself, as istiod names the files a `DestinationRule`'s
+/// `tls` mounts (Istio's `SdsCertificateConfig`), which pilot-agent serves from those files.
+enum FileNamedSecret {
+    /// `file-cert:<certificate path>~<key path>`: a client certificate.
+    Certificate {
+        cert_file: PathBuf,
+        key_file: PathBuf,
+    },
+    /// `file-root:<CA path>`: a CA.
+    Authority(PathBuf),
+}
+
+/// The prefix of a file-named client certificate secret.
+const FILE_CERT: &str = "file-cert:";
+/// The prefix of a file-named CA secret.
+const FILE_ROOT: &str = "file-root:";
+/// What separates the paths of a file-named secret.
+const FILE_SEPARATOR: char = '~';
+/// The file-named CA secret istiod gives for the system's CAs (no `caCertificates`).
+const SYSTEM_ROOTS: &str = "file-root:system";
+
+/// The files SDS secret `name` names itself, `None` when it is not a file name. Paths must be
+/// absolute: a relative one would be read from wherever the proxy was started.
+fn file_named_secret(name: &str) -> Result<Option<FileNamedSecret>, String> {
+    if let Some(paths) = name.strip_prefix(FILE_CERT) {
+        let mut parts = paths.split(FILE_SEPARATOR);
+        let (Some(cert), Some(key), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(format!(
+                "`{name}` is not `{FILE_CERT}<certificate path>{FILE_SEPARATOR}<key path>`"
+            ));
+        };
+        return Ok(Some(FileNamedSecret::Certificate {
+            cert_file: absolute(name, cert)?,
+            key_file: absolute(name, key)?,
+        }));
+    }
+    if let Some(path) = name.strip_prefix(FILE_ROOT) {
+        if name == SYSTEM_ROOTS {
+            return Err(format!(
+                "`{name}` (the system's CAs) is not in dynamic.xds.sds_secrets: metaprotocol-rs \
+                 trusts the CA files it is given only"
+            ));
+        }
+        if path.contains(FILE_SEPARATOR) {
+            return Err(format!("`{name}` is not `{FILE_ROOT}<CA path>`"));
+        }
+        return Ok(Some(FileNamedSecret::Authority(absolute(name, path)?)));
+    }
+    Ok(None)
+}
+
+/// `path`, which the secret `name` gives, if it is absolute.
+fn absolute(name: &str, path: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(path);
+    if path.is_absolute() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "`{name}` names `{}`, not an absolute path",
+            path.display()
+        ))
+    }
 }
 
 /// Translates a cluster's `transport_socket`: `None` for plaintext.
@@ -311,50 +408,50 @@ fn secret_name<'a>(secret: &'a SdsSecretConfig, field: &str) -> Result<&'a str, 
     Ok(&secret.name)
 }
 
-/// The files named `name` among `names`, which `field` gives.
-fn named<'a>(
-    names: Names<'a>,
-    name: &str,
-    field: &str,
-) -> Result<&'a CertificateProviderSpec, InvalidResource> {
-    names.files.get(name).ok_or_else(|| {
-        InvalidResource::new(
-            format!("{field}.{}", names.name_field),
-            format!("`{name}` is not in dynamic.xds.{}", names.section),
-        )
-    })
-}
-
-/// The client certificate's files named `name` among `names`.
+/// The client certificate's files named `name` among `names`, which `field` gives.
 fn identity(
     names: Names<'_>,
     name: &str,
     field: &str,
 ) -> Result<(PathBuf, PathBuf), InvalidResource> {
-    match named(names, name, field)? {
-        CertificateProviderSpec {
+    let refused =
+        |reason: String| InvalidResource::new(format!("{field}.{}", names.name_field), reason);
+    match names.find(name).map_err(refused)? {
+        Found::Mapped(CertificateProviderSpec {
             cert_file: Some(cert),
             key_file: Some(key),
             ..
-        } => Ok((cert.clone(), key.clone())),
-        _ => Err(InvalidResource::new(
-            format!("{field}.{}", names.name_field),
-            format!(
-                "`{name}` has no `cert_file` and `key_file` in dynamic.xds.{}",
-                names.section
-            ),
-        )),
+        }) => Ok((cert.clone(), key.clone())),
+        Found::Mapped(_) => Err(refused(format!(
+            "`{name}` has no `cert_file` and `key_file` in dynamic.xds.{}",
+            names.section
+        ))),
+        Found::FileNamed(FileNamedSecret::Certificate {
+            cert_file,
+            key_file,
+        }) => Ok((cert_file, key_file)),
+        Found::FileNamed(FileNamedSecret::Authority(_)) => Err(refused(format!(
+            "`{name}` names a CA, not a client certificate"
+        ))),
     }
 }
 
-/// The CA file named `name` among `names`.
+/// The CA file named `name` among `names`, which `field` gives.
 fn authority(names: Names<'_>, name: &str, field: &str) -> Result<PathBuf, InvalidResource> {
-    named(names, name, field)?.ca_file.clone().ok_or_else(|| {
-        InvalidResource::new(
-            format!("{field}.{}", names.name_field),
-            format!("`{name}` has no `ca_file` in dynamic.xds.{}", names.section),
-        )
-    })
+    let refused =
+        |reason: String| InvalidResource::new(format!("{field}.{}", names.name_field), reason);
+    match names.find(name).map_err(refused)? {
+        Found::Mapped(files) => files.ca_file.clone().ok_or_else(|| {
+            refused(format!(
+                "`{name}` has no `ca_file` in dynamic.xds.{}",
+                names.section
+            ))
+        }),
+        Found::FileNamed(FileNamedSecret::Authority(ca_file)) => Ok(ca_file),
+        Found::FileNamed(FileNamedSecret::Certificate { .. }) => Err(refused(format!(
+            "`{name}` names a client certificate, not a CA"
+        ))),
+    }
 }
 
 /// How endpoints are verified.

@@ -296,8 +296,40 @@ pub fn istio_upstream_tls(spiffe_id: &str) -> UpstreamTlsContext {
 /// from SDS secret `default` and the CA from SDS secret `ROOTCA` (both over pilot-agent's SDS
 /// socket, cluster `sds-grpc`), the endpoint's SPIFFE id `spiffe_id` to verify, TLS 1.2 to 1.3,
 /// the ALPN of Istio's metadata exchange, and `sni` as SNI.
-#[allow(deprecated, reason = "as istiod sends it")]
 pub fn istio_sidecar_tls(spiffe_id: &str, sni: &str) -> UpstreamTlsContext {
+    istio_sds_tls("default", "ROOTCA", spiffe_id, sni)
+}
+
+/// The `UpstreamTlsContext` istiod gives a sidecar for a `DestinationRule`'s `tls.mode: MUTUAL`
+/// with mounted files (`clientCertificate`, `privateKey`, `caCertificates`): SDS secrets named
+/// after the files, `file-cert:<cert>~<key>` and `file-root:<ca>`, which pilot-agent serves
+/// from them; `subject_alt_name` to verify and `sni` as SNI.
+pub fn istio_file_mutual_tls(
+    cert: &str,
+    key: &str,
+    ca: &str,
+    subject_alt_name: &str,
+    sni: &str,
+) -> UpstreamTlsContext {
+    istio_sds_tls(
+        &format!("file-cert:{cert}~{key}"),
+        &format!("file-root:{ca}"),
+        subject_alt_name,
+        sni,
+    )
+}
+
+/// The `UpstreamTlsContext` istiod gives a sidecar with the client certificate of SDS secret
+/// `certificate` and the CA of SDS secret `ca` (over pilot-agent's SDS socket, cluster
+/// `sds-grpc`), `subject_alt_name` to verify, TLS 1.2 to 1.3, the ALPN of Istio's metadata
+/// exchange, and `sni` as SNI.
+#[allow(deprecated, reason = "as istiod sends it")]
+fn istio_sds_tls(
+    certificate: &str,
+    ca: &str,
+    subject_alt_name: &str,
+    sni: &str,
+) -> UpstreamTlsContext {
     let secret = |name: &str| SdsSecretConfig {
         name: name.to_owned(),
         sds_config: Some(ConfigSource {
@@ -328,17 +360,17 @@ pub fn istio_sidecar_tls(spiffe_id: &str, sni: &str) -> UpstreamTlsContext {
                 tls_maximum_protocol_version: TlsProtocol::TlSv13 as i32,
                 ..TlsParameters::default()
             }),
-            tls_certificate_sds_secret_configs: vec![secret("default")],
+            tls_certificate_sds_secret_configs: vec![secret(certificate)],
             validation_context_type: Some(ValidationContextType::CombinedValidationContext(
                 CombinedCertificateValidationContext {
                     default_validation_context: Some(CertificateValidationContext {
                         match_subject_alt_names: vec![StringMatcher {
-                            match_pattern: Some(MatchPattern::Exact(spiffe_id.to_owned())),
+                            match_pattern: Some(MatchPattern::Exact(subject_alt_name.to_owned())),
                             ignore_case: false,
                         }],
                         ..CertificateValidationContext::default()
                     }),
-                    validation_context_sds_secret_config: Some(secret("ROOTCA")),
+                    validation_context_sds_secret_config: Some(secret(ca)),
                     ..CombinedCertificateValidationContext::default()
                 },
             )),
