@@ -1436,14 +1436,6 @@ fn sidecar_clusters_map_their_transport_socket_matches_and_sds_secrets() -> Test
             BTreeMap::new()
         ]
     );
-    // Envoy reads a locality's labels for endpoints without a match of their own: refused.
-    let mut on_locality = assignment(&name, &[a]);
-    let labelled = with_istio_sidecar(assignment(&name, &[a]), 0);
-    on_locality.endpoints[0].metadata = labelled.endpoints[0].lb_endpoints[0].metadata.clone();
-    assert_eq!(
-        translate::endpoints(&on_locality).err().map(|e| e.field),
-        Some("endpoints[0].metadata.filter_metadata[\"envoy.transport_socket_match\"]".to_owned())
-    );
     Ok(())
 }
 
@@ -1584,6 +1576,49 @@ fn file_named_sds_secrets_take_the_files_they_name() -> TestResult {
         Some(format!(
             "{ca}: `file-cert:/c.pem~/k.pem` names a client certificate, not a CA"
         ))
+    );
+    Ok(())
+}
+
+/// `envoy.transport_socket_match` metadata of `pairs`.
+fn transport_metadata(pairs: &[(&str, &str)]) -> Metadata {
+    let mut metadata = Metadata::default();
+    metadata.filter_metadata.insert(
+        "envoy.transport_socket_match".to_owned(),
+        support::fixtures::labels(pairs),
+    );
+    metadata
+}
+
+/// A locality's `envoy.transport_socket_match` metadata labels its endpoints that have none of
+/// their own (Envoy reads it for them); an endpoint's own labels stand, other namespaces of its
+/// metadata not counting as labels.
+#[test]
+fn endpoints_without_transport_labels_take_their_localitys() -> TestResult {
+    let name = cluster_name("v1");
+    let addresses = ["10.0.0.1:20880", "10.0.0.2:20880", "10.0.0.3:20880"]
+        .map(|a| a.parse())
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut assignment = assignment(&name, &addresses);
+    let locality = &mut assignment.endpoints[0];
+    locality.metadata = Some(transport_metadata(&[("tlsMode", "istio")]));
+    locality.lb_endpoints[1].metadata = Some(transport_metadata(&[("tlsMode", "disabled")]));
+    let mut subset_only = Metadata::default();
+    subset_only.filter_metadata.insert(
+        "envoy.lb".to_owned(),
+        support::fixtures::labels(&[("version", "v1")]),
+    );
+    locality.lb_endpoints[2].metadata = Some(subset_only);
+    let endpoints = translate::endpoints(&assignment)?;
+    let labels: Vec<_> = endpoints
+        .iter()
+        .map(|e| e.transport_socket_match.clone())
+        .collect();
+    let label = |value: &str| BTreeMap::from([("tlsMode".to_owned(), value.to_owned())]);
+    assert_eq!(
+        labels,
+        vec![label("istio"), label("disabled"), label("istio")]
     );
     Ok(())
 }

@@ -6,17 +6,24 @@
 //! load balancer reads them) are its labels for subset routes, and the string values of its
 //! `filter_metadata["envoy.transport_socket_match"]` (`tlsMode: istio` from istiod, for a pod
 //! with a sidecar) its `transport_socket_match`, which chooses its transport among its
-//! cluster's `transport_socket_matches`. Endpoints whose
+//! cluster's `transport_socket_matches`; an endpoint without such labels takes its locality's
+//! (its `metadata` in that namespace), as Envoy reads the locality's for it. Endpoints whose
 //! `health_status` is `UNHEALTHY`, `DRAINING` or `TIMEOUT` are left out, as Envoy sends them no
 //! calls. A locality's `priority` is its endpoints' failover tier (istiod sends priorities for
 //! locality failover). An endpoint's `health_check_config.port_value` (not 0) is its
 //! `health_check_port`, where the cluster's active health checks go instead of its own port.
 //! Refused: named ports, pipes, internal addresses, endpoint names, `named_endpoints`, drop
 //! overloads, the rest of `health_check_config` (`hostname`, `address`,
-//! `disable_active_health_check`), which would change how the endpoint is checked, and a
-//! locality's `envoy.transport_socket_match` metadata (Envoy falls back to it for endpoints no
-//! match takes by their own; the engine reads the endpoint's only). Accepted and ignored:
-//! locality weights and `overprovisioning_factor`.
+//! `disable_active_health_check`), which would change how the endpoint is checked. Accepted and
+//! ignored: locality weights and `overprovisioning_factor`.
+//!
+//! Envoy tries an endpoint's own labels against every entry of its cluster's
+//! `transport_socket_matches` before its locality's, so that an entry with an empty `match` takes
+//! an endpoint without labels, and an endpoint whose labels no entry matches takes its
+//! locality's match; the engine, which chooses among the entries by one set of labels, gives
+//! an endpoint its locality's labels when it has none of its own, which is the same unless an
+//! entry with an empty `match` comes after one its locality's labels match, or the endpoint's
+//! own labels match no entry.
 
 use std::collections::BTreeMap;
 
@@ -46,22 +53,16 @@ pub fn endpoints(assignment: &ClusterLoadAssignment) -> Result<Vec<EndpointSpec>
     for (i, group) in assignment.endpoints.iter().enumerate() {
         let at = format!("endpoints[{i}]");
         refuse_set!(&at, group, [lb_config]);
-        if group.metadata.as_ref().is_some_and(|m| {
-            m.filter_metadata
-                .contains_key(TRANSPORT_SOCKET_MATCH_METADATA)
-        }) {
-            return Err(InvalidResource::new(
-                format!("{at}.metadata.filter_metadata[\"{TRANSPORT_SOCKET_MATCH_METADATA}\"]"),
-                "metaprotocol-rs chooses an endpoint's transport by its own metadata only",
-            ));
-        }
+        let locality_labels = transport_labels(group.metadata.as_ref());
         let locality = group.locality.as_ref().map(|l| LocalitySpec {
             region: l.region.clone(),
             zone: l.zone.clone(),
         });
         for (j, endpoint) in group.lb_endpoints.iter().enumerate() {
             let at = format!("{at}.lb_endpoints[{j}]");
-            if let Some(mut spec) = endpoint_spec(endpoint, locality.as_ref(), &at)? {
+            if let Some(mut spec) =
+                endpoint_spec(endpoint, locality.as_ref(), &locality_labels, &at)?
+            {
                 spec.priority = group.priority;
                 endpoints.push(spec);
             }
@@ -70,10 +71,12 @@ pub fn endpoints(assignment: &ClusterLoadAssignment) -> Result<Vec<EndpointSpec>
     Ok(endpoints)
 }
 
-/// One endpoint, or `None` when its health status says it takes no calls.
+/// One endpoint, with the `envoy.transport_socket_match` labels of its locality
+/// `locality_labels`, or `None` when its health status says it takes no calls.
 fn endpoint_spec(
     endpoint: &LbEndpoint,
     locality: Option<&LocalitySpec>,
+    locality_labels: &BTreeMap<String, String>,
     at: &str,
 ) -> Result<Option<EndpointSpec>, InvalidResource> {
     let serves = !matches!(
@@ -158,7 +161,14 @@ fn endpoint_spec(
         .map_err(|err| InvalidResource::new(format!("{field}.address"), err.to_string()))?;
     spec.weight = weight;
     spec.labels = labels(endpoint.metadata.as_ref());
-    spec.transport_socket_match = transport_labels(endpoint.metadata.as_ref());
+    // Envoy reads the locality's labels for an endpoint without any of its own.
+    let own_labels = transport_labels(endpoint.metadata.as_ref());
+    let inherited = own_labels.is_empty();
+    spec.transport_socket_match = if inherited {
+        locality_labels.clone()
+    } else {
+        own_labels
+    };
     spec.locality = locality.cloned();
     spec.health_check_port = health_check_port;
     Ok(Some(spec))
