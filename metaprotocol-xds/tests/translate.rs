@@ -61,9 +61,9 @@ use metaprotocol_xds::translate::{self, InvalidResource};
 use support::TestResult;
 use support::fixtures::{
     HOST, assignment, cluster_name, eds_cluster, hashed_on, istio_file_mutual_tls,
-    istio_sidecar_tls, istio_transport_socket_matches, istio_upstream_tls, meta_route,
-    meta_route_config, mirrored, packed, split, tls_socket, to_cluster, with_istio_sidecar,
-    with_request_mutation,
+    istio_hbone_transport_socket_match, istio_sidecar_tls, istio_transport_socket_matches,
+    istio_upstream_tls, meta_route, meta_route_config, mirrored, packed, split, tls_socket,
+    to_cluster, with_istio_sidecar, with_request_mutation,
 };
 
 /// No certificate provider instances or SDS secrets: clusters without TLS, or with TLS from
@@ -1619,6 +1619,72 @@ fn endpoints_without_transport_labels_take_their_localitys() -> TestResult {
     assert_eq!(
         labels,
         vec![label("istio"), label("disabled"), label("istio")]
+    );
+    Ok(())
+}
+
+/// A sidecar's cluster when istiod sends HBONE (a mesh with ambient): its `tunnel: http` entry,
+/// an `internal_upstream` transport into Envoy's tunnel, is left out, and the cluster keeps its
+/// other entries; an endpoint labelled `tunnel: http` (an ambient pod, which only that entry
+/// reaches), by itself or by its locality, is refused naming its labels. Other
+/// `internal_upstream` transports are still refused.
+#[test]
+fn sidecar_clusters_of_an_ambient_mesh_leave_out_hbone() -> TestResult {
+    let name = cluster_name("v1");
+    let spiffe_id = "spiffe://cluster.local/ns/default/sa/provider";
+    let sni = "outbound_.20880_.v1_.demoservice.default.svc.cluster.local";
+    let mut cluster = eds_cluster(&name);
+    let without_hbone = istio_transport_socket_matches(&istio_sidecar_tls(spiffe_id, sni));
+    cluster.transport_socket_matches = vec![istio_hbone_transport_socket_match()];
+    cluster
+        .transport_socket_matches
+        .extend(without_hbone.iter().cloned());
+    let spec = translate::cluster(&cluster, &sidecar_secrets())?.spec;
+    let mut expected = eds_cluster(&name);
+    expected.transport_socket_matches = without_hbone;
+    assert_eq!(
+        spec.transport_socket_matches,
+        translate::cluster(&expected, &sidecar_secrets())?
+            .spec
+            .transport_socket_matches
+    );
+    assert_eq!(spec.transport_socket_matches.len(), 2);
+
+    // An `internal_upstream` transport for other endpoints is no HBONE entry.
+    let mut other = cluster.clone();
+    other.transport_socket_matches[0].r#match =
+        Some(support::fixtures::labels(&[("tunnel", "h2")]));
+    assert_eq!(
+        translate::cluster(&other, &sidecar_secrets())
+            .err()
+            .map(|e| e.field),
+        Some("transport_socket_matches[0].transport_socket.typed_config".to_owned())
+    );
+
+    let a = "10.0.0.1:20880".parse()?;
+    let b = "10.0.0.2:20880".parse()?;
+    let mut ambient = assignment(&name, &[a, b]);
+    ambient.endpoints[0].lb_endpoints[1].metadata = Some(transport_metadata(&[
+        ("tunnel", "http"),
+        ("tlsMode", "istio"),
+    ]));
+    let refused = translate::endpoints(&ambient).err().map(|e| e.to_string());
+    assert_eq!(
+        refused,
+        Some(
+            "endpoints[0].lb_endpoints[1].metadata.filter_metadata[\"envoy.transport_socket_match\"].tunnel: \
+             `http` asks for Istio's HBONE tunnel (an ambient endpoint), which metaprotocol-rs does not speak"
+                .to_owned()
+        )
+    );
+    let mut on_locality = assignment(&name, &[a]);
+    on_locality.endpoints[0].metadata = Some(transport_metadata(&[("tunnel", "http")]));
+    assert_eq!(
+        translate::endpoints(&on_locality).err().map(|e| e.field),
+        Some(
+            "endpoints[0].metadata.filter_metadata[\"envoy.transport_socket_match\"].tunnel"
+                .to_owned()
+        )
     );
     Ok(())
 }

@@ -14,7 +14,10 @@
 //! `transport_socket` (`tls` from files, certificate provider instances or SDS secrets mapped to
 //! files: see `tls.rs`); `transport_socket_matches` (string `match` values, each entry's
 //! `transport_socket` as the cluster's; the endpoints' labels come from EDS metadata, see
-//! `endpoints.rs`), whose entries' `name`s are ignored;
+//! `endpoints.rs`), whose entries' `name`s are ignored, and from which the entry istiod adds when
+//! it sends Istio's HBONE tunnel (ambient) is left out: `match` `tunnel: http` only, with an
+//! `internal_upstream` transport into Envoy's tunnel, which the engine does not have (EDS
+//! refuses the endpoints labelled for it, the only ones it would take);
 //! `eds_cluster_config.eds_config.initial_fetch_timeout`, how long an EDS cluster waits for its
 //! endpoints before serving without them (Envoy's 15 s when unset, 0 for ever).
 //!
@@ -38,12 +41,15 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{
 };
 use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, OutlierDetection};
 use envoy_types::pb::envoy::config::core::v3::RoutingPriority;
+use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+use envoy_types::pb::envoy::extensions::transport_sockets::internal_upstream::v3::InternalUpstreamTransport;
 use envoy_types::pb::google::protobuf::UInt32Value;
 use envoy_types::pb::google::protobuf::value::Kind;
 use metaprotocol_router::config::{
     CircuitBreakersSpec, ClusterSpec, EndpointSpec, LbPolicy, OutlierDetectionSpec,
     RetryBudgetSpec, TransportSocketMatchSpec,
 };
+use prost::Name;
 
 use super::tls::{self, CertificateFiles};
 use super::{InvalidResource, duration, endpoints, health, refuse_set};
@@ -143,6 +149,10 @@ pub fn cluster(
             tls::transport_socket(socket, providers).map_err(|e| e.within("transport_socket"))?;
     }
     for (i, entry) in cluster.transport_socket_matches.iter().enumerate() {
+        // Only endpoints labelled for the tunnel take it, and EDS refuses those.
+        if is_hbone(entry) {
+            continue;
+        }
         spec.transport_socket_matches.push(
             transport_socket_match(entry, providers)
                 .map_err(|e| e.within(&format!("transport_socket_matches[{i}]")))?,
@@ -219,6 +229,26 @@ fn transport_socket_match(
         .ok_or_else(|| InvalidResource::new("transport_socket", "is required"))?;
     let tls = tls::transport_socket(socket, providers).map_err(|e| e.within("transport_socket"))?;
     Ok(TransportSocketMatchSpec { labels, tls })
+}
+
+/// True for the entry istiod gives a cluster when it sends Istio's HBONE tunnel (ambient): an
+/// `internal_upstream` transport (into Envoy's internal listener that makes the tunnel) for
+/// endpoints labelled `tunnel: http`, and for those only.
+fn is_hbone(entry: &TransportSocketMatch) -> bool {
+    let tunnel_only = entry.r#match.as_ref().is_some_and(|labels| {
+        labels.fields.len() == 1
+            && labels.fields.get(endpoints::TUNNEL_LABEL).is_some_and(|value| {
+                matches!(&value.kind, Some(Kind::StringValue(v)) if v == endpoints::TUNNEL_HTTP)
+            })
+    });
+    let internal_upstream = entry
+        .transport_socket
+        .as_ref()
+        .and_then(|socket| socket.config_type.as_ref())
+        .is_some_and(|ConfigType::TypedConfig(config)| {
+            config.type_url == InternalUpstreamTransport::type_url()
+        });
+    tunnel_only && internal_upstream
 }
 
 /// How long an EDS cluster waits for its endpoints, as Envoy's `initial_fetch_timeout` of its

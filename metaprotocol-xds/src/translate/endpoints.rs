@@ -14,7 +14,10 @@
 //! `health_check_port`, where the cluster's active health checks go instead of its own port.
 //! Refused: named ports, pipes, internal addresses, endpoint names, `named_endpoints`, drop
 //! overloads, the rest of `health_check_config` (`hostname`, `address`,
-//! `disable_active_health_check`), which would change how the endpoint is checked. Accepted and
+//! `disable_active_health_check`), which would change how the endpoint is checked, and an
+//! endpoint labelled `tunnel: http` (by itself or by its locality): istiod gives that label to
+//! endpoints reached through Istio's HBONE tunnel (ambient pods, waypoints), which the engine
+//! does not speak, and whose cluster entry it leaves out (see `cluster.rs`). Accepted and
 //! ignored: locality weights and `overprovisioning_factor`.
 //!
 //! Envoy tries an endpoint's own labels against every entry of its cluster's
@@ -43,6 +46,13 @@ const LB_METADATA: &str = "envoy.lb";
 /// The metadata namespace holding the labels that choose an endpoint's transport.
 const TRANSPORT_SOCKET_MATCH_METADATA: &str = "envoy.transport_socket_match";
 
+/// The transport label istiod gives endpoints it reaches through Istio's HBONE tunnel (ambient
+/// pods, waypoints), with the value [`TUNNEL_HTTP`].
+pub(super) const TUNNEL_LABEL: &str = "tunnel";
+
+/// The [`TUNNEL_LABEL`] value of an endpoint reached through HBONE.
+pub(super) const TUNNEL_HTTP: &str = "http";
+
 /// The endpoints of `assignment` (see the module docs).
 pub fn endpoints(assignment: &ClusterLoadAssignment) -> Result<Vec<EndpointSpec>, InvalidResource> {
     refuse_set!("", assignment, [named_endpoints]);
@@ -53,7 +63,10 @@ pub fn endpoints(assignment: &ClusterLoadAssignment) -> Result<Vec<EndpointSpec>
     for (i, group) in assignment.endpoints.iter().enumerate() {
         let at = format!("endpoints[{i}]");
         refuse_set!(&at, group, [lb_config]);
-        let locality_labels = transport_labels(group.metadata.as_ref());
+        let locality_labels = LocalityLabels {
+            labels: transport_labels(group.metadata.as_ref()),
+            field: format!("{at}.metadata"),
+        };
         let locality = group.locality.as_ref().map(|l| LocalitySpec {
             region: l.region.clone(),
             zone: l.zone.clone(),
@@ -71,12 +84,19 @@ pub fn endpoints(assignment: &ClusterLoadAssignment) -> Result<Vec<EndpointSpec>
     Ok(endpoints)
 }
 
+/// A locality's `envoy.transport_socket_match` labels, and the field of its metadata (to name
+/// the labels when its endpoints are refused for them).
+struct LocalityLabels {
+    labels: BTreeMap<String, String>,
+    field: String,
+}
+
 /// One endpoint, with the `envoy.transport_socket_match` labels of its locality
 /// `locality_labels`, or `None` when its health status says it takes no calls.
 fn endpoint_spec(
     endpoint: &LbEndpoint,
     locality: Option<&LocalitySpec>,
-    locality_labels: &BTreeMap<String, String>,
+    locality_labels: &LocalityLabels,
     at: &str,
 ) -> Result<Option<EndpointSpec>, InvalidResource> {
     let serves = !matches!(
@@ -165,10 +185,31 @@ fn endpoint_spec(
     let own_labels = transport_labels(endpoint.metadata.as_ref());
     let inherited = own_labels.is_empty();
     spec.transport_socket_match = if inherited {
-        locality_labels.clone()
+        locality_labels.labels.clone()
     } else {
         own_labels
     };
+    if spec
+        .transport_socket_match
+        .get(TUNNEL_LABEL)
+        .map(String::as_str)
+        == Some(TUNNEL_HTTP)
+    {
+        let metadata = if inherited {
+            locality_labels.field.clone()
+        } else {
+            format!("{at}.metadata")
+        };
+        return Err(InvalidResource::new(
+            format!(
+                "{metadata}.filter_metadata[\"{TRANSPORT_SOCKET_MATCH_METADATA}\"].{TUNNEL_LABEL}"
+            ),
+            format!(
+                "`{TUNNEL_HTTP}` asks for Istio's HBONE tunnel (an ambient endpoint), which \
+                 metaprotocol-rs does not speak"
+            ),
+        ));
+    }
     spec.locality = locality.cloned();
     spec.health_check_port = health_check_port;
     Ok(Some(spec))

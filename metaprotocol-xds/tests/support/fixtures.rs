@@ -42,6 +42,7 @@ use envoy_types::pb::envoy::config::route::v3::weighted_cluster::ClusterWeight;
 use envoy_types::pb::envoy::config::route::v3::{
     HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster,
 };
+use envoy_types::pb::envoy::extensions::transport_sockets::internal_upstream::v3::InternalUpstreamTransport;
 use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::{
     CertificateProviderInstance, CombinedCertificateValidationContext, ValidationContextType,
@@ -400,6 +401,29 @@ pub fn istio_transport_socket_matches(tls: &UpstreamTlsContext) -> Vec<Transport
             }),
         },
     ]
+}
+
+/// The `transport_socket_matches` entry istiod puts first when it sends HBONE (Istio ambient's
+/// tunnel; `PILOT_ENABLE_SENDING_HBONE`, and waypoints): endpoints labelled `tunnel: http` are
+/// reached through Envoy's internal listener that makes the tunnel, by an `internal_upstream`
+/// transport around plaintext.
+pub fn istio_hbone_transport_socket_match() -> TransportSocketMatch {
+    let raw_buffer = TransportSocket {
+        name: "envoy.transport_sockets.raw_buffer".to_owned(),
+        config_type: Some(SocketConfig::TypedConfig(packed(&RawBuffer::default()))),
+    };
+    let internal = InternalUpstreamTransport {
+        transport_socket: Some(raw_buffer),
+        ..InternalUpstreamTransport::default()
+    };
+    TransportSocketMatch {
+        name: "hbone".to_owned(),
+        r#match: Some(labels(&[("tunnel", "http")])),
+        transport_socket: Some(TransportSocket {
+            name: "envoy.transport_sockets.internal_upstream".to_owned(),
+            config_type: Some(SocketConfig::TypedConfig(packed(&internal))),
+        }),
+    }
 }
 
 /// `pairs` as a protobuf `Struct` of strings.
