@@ -172,12 +172,27 @@ pub fn round_trip(input: &RoundTrip<'_>) {
         assert_eq!(again.request_id, id);
         assert_eq!((again.kind, again.status), (message.kind, message.status));
         assert_eq!(again.reject_reason, None);
-        // A call whose attachments the codec cannot rewrite (fastjson2: its layout names no
-        // body) goes out only unmutated, as it came.
+        // A fastjson2 call (its layout names no Hessian2 body) carries the mutation in its JSONB
+        // attachments, its other fields as they came.
         if message.kind.is_call() && message.layout.0[0] == 0 {
-            assert!(mutation.is_empty(), "{message:?} mutated");
-            assert_eq!(out[HEADER_LEN..], message.frame[HEADER_LEN..]);
-            assert_eq!(again.metadata, message.metadata);
+            if mutation.is_empty() {
+                assert_eq!(out[HEADER_LEN..], message.frame[HEADER_LEN..]);
+                assert_eq!(again.metadata, message.metadata);
+                continue;
+            }
+            let renamed = renamed_path(&message, &mutation);
+            let keys = if renamed.is_some() {
+                &RENAMED_CALL_KEYS
+            } else {
+                &CALL_KEYS
+            };
+            assert_mutation_applied(&message.metadata, &again.metadata, &mutation, keys);
+            if let Some(path) = renamed {
+                for key in ["interface", "service"] {
+                    assert_eq!(again.metadata.get(key), Some(path.as_str()), "{key}");
+                }
+            }
+            same_fastjson2_fields(&message.frame, &out, renamed.is_some());
             continue;
         }
         // A Hessian2 call always carries the mutation; a response only when it can (status 20,
@@ -198,6 +213,39 @@ pub fn round_trip(input: &RoundTrip<'_>) {
             same_arguments_or_result(&message, &again, renamed.is_some());
         } else {
             assert_eq!(again.metadata, message.metadata);
+        }
+    }
+}
+
+/// The values (each a 4-byte length and JSONB) of a fastjson2 body, if it is all values.
+fn fastjson2_fields(body: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut fields = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+        let end = usize::try_from(len).ok()?.checked_add(4)?;
+        fields.push(rest.get(..end)?);
+        rest = rest.get(end..)?;
+    }
+    Some(fields)
+}
+
+/// A mutated fastjson2 call keeps its call fields (but the path of a `renamed` one) and
+/// arguments as they came: all the original's values but the last (its attachments, or its
+/// last argument when it had none, which the rewritten call then holds before its new map).
+fn same_fastjson2_fields(original: &[u8], rewritten: &[u8], renamed: bool) {
+    let (Some(before), Some(after)) = (
+        fastjson2_fields(slice(original, HEADER_LEN..original.len(), "the body")),
+        fastjson2_fields(slice(rewritten, HEADER_LEN..rewritten.len(), "the body")),
+    ) else {
+        // A body with bytes after its attachments: they are copied, not checked here.
+        return;
+    };
+    let kept = before.len().saturating_sub(1);
+    assert!(after.len() == before.len() || after.len() == before.len() + 1);
+    for (at, (old, new)) in before.iter().zip(&after).take(kept).enumerate() {
+        if !(renamed && at == 1) {
+            assert_eq!(old, new, "value {at}");
         }
     }
 }

@@ -177,17 +177,39 @@ impl DubboCodec {
         dst: &mut BytesMut,
     ) -> Result<(), CodecError> {
         let layout = AttachmentsLayout::from(message.layout);
-        if layout.body == Body::Opaque {
+        let fastjson2_call = layout.body == Body::Opaque
+            && message.kind.is_call()
+            && Header::serialization_of(&message.frame) == FASTJSON2;
+        if layout.body == Body::Opaque && !fastjson2_call {
             return Err(CodecError::Encode(
-                "attachments can only be rewritten in Hessian2 (serialization id 2) calls, not in fastjson2 (23) or other ones".into(),
+                "attachments can only be rewritten in Hessian2 (serialization id 2) and fastjson2 (23) calls".into(),
             ));
         }
         let start = dst.len();
-        let result = self.write_mutated(&message.frame, layout, params, dst);
+        let result = if fastjson2_call {
+            self.write_mutated_fastjson2(&message.frame, params, dst)
+        } else {
+            self.write_mutated(&message.frame, layout, params, dst)
+        };
         if result.is_err() {
             dst.truncate(start);
         }
         result
+    }
+
+    /// Appends fastjson2 call `frame` with its attachments map rewritten (see
+    /// [`fastjson2::write_mutated`]) and its header patched.
+    fn write_mutated_fastjson2(
+        &self,
+        frame: &[u8],
+        params: &EncodeParams<'_>,
+        dst: &mut BytesMut,
+    ) -> Result<(), CodecError> {
+        let start = dst.len();
+        dst.reserve(frame.len() + mutation_size(params));
+        fastjson2::write_mutated(frame, params.mutation, dst)?;
+        patch_request_id(dst, start, params.request_id);
+        patch_body_len(dst, start, self.max_frame_bytes)
     }
 
     /// Appends `frame` with its attachments map rebuilt: the bytes before the map (arguments

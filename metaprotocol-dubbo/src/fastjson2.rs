@@ -18,6 +18,9 @@
 //! Java provider prints (floats, big numbers, dates, lists, maps, objects, binaries,
 //! references, GB18030 text) are skipped, not metadata.
 //!
+//! A mutation of a call's attachments is written back into its JSONB map by [`write_mutated`],
+//! the untouched entries byte for byte.
+//!
 //! Everything read from the wire is checked: lengths against the frame, JSONB lengths against
 //! their field, nesting to [`MAX_DEPTH`]; decoding never allocates in proportion to a length
 //! read, and copies only the strings that are not UTF-8 in the frame (Latin-1 past ASCII,
@@ -27,15 +30,17 @@ use std::borrow::Cow;
 use std::fmt::Write;
 use std::ops::Range;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use metaprotocol_core::{
-    Ascii, ByteStr, CodecError, FrameLayout, Metadata, MetadataStr, ResponseStatus, keys,
+    Ascii, ByteStr, CodecError, FrameLayout, Metadata, MetadataStr, Mutation, ResponseStatus, keys,
 };
 
+use crate::attachments::slice;
 use crate::header::HEADER_LEN;
 use crate::hessian::printed::{Printed, write_java_double};
 use crate::layout::AttachmentsLayout;
 use crate::request::{self, DecodedRequest};
+use crate::serialization::{put_fastjson2_string, put_jsonb_string};
 
 /// How deep JSONB values may nest (arrays, objects, typed values) before a call is refused.
 pub(crate) const MAX_DEPTH: usize = 64;
@@ -217,11 +222,34 @@ enum Value {
     Other,
 }
 
+/// What a walk over JSONB values met that other values of the same field may depend on:
+/// symbols (names and type names given a number, then used by it) and references (paths to an
+/// earlier value). Removing an entry of the attachments map must not take away what another
+/// entry points at.
+#[derive(Debug, Default, Clone, Copy)]
+struct Seen {
+    /// A symbol defined with its number.
+    defines_symbol: bool,
+    /// A symbol used by its number.
+    uses_symbol_number: bool,
+    /// A reference.
+    reference: bool,
+    /// A reference repeating the one before (`#-1`).
+    repeats_reference: bool,
+    /// A reference that may name an entry whose key the walk's mutation overrides.
+    names_overridden: bool,
+}
+
 /// A bounds-checked cursor over one JSONB value's bytes, positions absolute in the frame.
+#[derive(Clone)]
 struct Cursor<'a> {
     frame: &'a [u8],
     pos: usize,
     end: usize,
+    /// What the values skipped so far define and point at.
+    seen: Seen,
+    /// The mutation whose overridden keys references are checked against, when rewriting.
+    overrides: Option<&'a Mutation>,
 }
 
 impl<'a> Cursor<'a> {
@@ -348,10 +376,12 @@ impl<'a> Cursor<'a> {
     fn symbol(&mut self) -> Result<Option<JsonbStr>, CodecError> {
         let tag = self.byte()?;
         if self.int32_after(tag)?.is_some() {
+            self.seen.uses_symbol_number = true;
             return Ok(None);
         }
         let text = self.string_after(tag)?.ok_or(UNKNOWN_TAG)?;
         self.int32()?;
+        self.seen.defines_symbol = true;
         Ok(Some(text))
     }
 
@@ -359,10 +389,28 @@ impl<'a> Cursor<'a> {
     fn type_name(&mut self) -> Result<(), CodecError> {
         let tag = self.byte()?;
         if self.int32_after(tag)?.is_some() {
+            self.seen.uses_symbol_number = true;
             return Ok(());
         }
         self.string_after(tag)?.ok_or(UNKNOWN_TAG)?;
+        self.seen.defines_symbol = true;
         self.int32().map(drop)
+    }
+
+    /// A reference's path (after `0x93`), noted in [`Seen`].
+    fn reference(&mut self) -> Result<(), CodecError> {
+        let path = self.string_or_null()?;
+        self.seen.reference = true;
+        let Some(mutation) = self.overrides else {
+            return Ok(());
+        };
+        let path = path.as_ref().and_then(|path| text_of(path, self.frame));
+        match path.as_deref() {
+            Some("#-1") => self.seen.repeats_reference = true,
+            Some(path) if !may_name_overridden(path, mutation) => {}
+            _ => self.seen.names_overridden = true,
+        }
+        Ok(())
     }
 
     /// Reads a value as far as metadata goes, skipping what is no metadata.
@@ -433,7 +481,7 @@ impl<'a> Cursor<'a> {
                 self.int32()?;
             }
             SYMBOL => self.symbol().map(drop)?,
-            REFERENCE => self.string_or_null().map(drop)?,
+            REFERENCE => self.reference()?,
             TYPED_ANY => {
                 self.type_name()?;
                 self.skip_nested(depth)?;
@@ -500,6 +548,8 @@ impl<'a> Fields<'a> {
             frame: self.frame,
             pos: prefix,
             end,
+            seen: Seen::default(),
+            overrides: None,
         }))
     }
 
@@ -712,4 +762,167 @@ fn version_text(version: &JsonbStr, frame: &Bytes) -> Option<MetadataStr> {
         return Some(MetadataStr::Static(""));
     }
     version.to_metadata(frame)
+}
+
+/// True if a reference `path` may name an entry of the attachments map (the root of its
+/// field's value) whose key `mutation` overrides: `$.key`, `$.key.field`, `$.key[0]` name the
+/// entry `key`; `$` is the map itself, `..` and `@` are relative to where the reference is;
+/// any other form (`$[...]`, an escaped name) may name any entry.
+fn may_name_overridden(path: &str, mutation: &Mutation) -> bool {
+    let Some(rest) = path.strip_prefix('$') else {
+        return false;
+    };
+    let Some(named) = rest.strip_prefix('.') else {
+        return !rest.is_empty();
+    };
+    let key = named.split(['.', '[']).next().unwrap_or(named);
+    key.contains('\\') || mutation.overrides(key.as_bytes())
+}
+
+/// Why an entry of a fastjson2 call's attachments is not removed or replaced.
+const SHARED_ENTRY: &str = "a fastjson2 attachment that other attachments point at (by a JSONB reference or symbol number) cannot be removed or replaced";
+
+/// Why a mutation of a map whose keys are symbol numbers is refused.
+const NUMBERED_KEY: &str =
+    "a fastjson2 attachments map naming a key by a symbol number cannot be rewritten";
+
+/// Appends fastjson2 call `frame` with `mutation` applied to its attachments map, as
+/// [`crate::attachments::write_mutated`] does to a Hessian2 one: the call fields (the path
+/// field set to a `path` the mutation sets) and arguments as they came, then the map: its type
+/// name if it has one, the entries whose keys the mutation does not override byte for byte, the
+/// mutation's sets as JSONB strings, with its length recomputed. A call without attachments or
+/// with null ones gains a map. An overridden entry that another entry may point at (a symbol
+/// it defines, used by number elsewhere in the map; a path a reference names; a reference
+/// another repeats) is refused with an encode error. The caller patches the header.
+pub(crate) fn write_mutated(
+    frame: &[u8],
+    mutation: &Mutation,
+    dst: &mut BytesMut,
+) -> Result<(), CodecError> {
+    write_call(frame, mutation, dst).map_err(|error| match error {
+        CodecError::Malformed(reason) => CodecError::Encode(reason),
+        other => other,
+    })
+}
+
+fn write_call(frame: &[u8], mutation: &Mutation, dst: &mut BytesMut) -> Result<(), CodecError> {
+    let mut fields = Fields {
+        frame,
+        pos: HEADER_LEN,
+    };
+    fields.string()?;
+    let path_at = fields.pos;
+    fields.string()?;
+    let path_end = fields.pos;
+    fields.string()?;
+    fields.string()?;
+    let descriptor = fields.string()?;
+    let descriptor = descriptor
+        .as_ref()
+        .and_then(|d| text_of(d, frame))
+        .unwrap_or_default();
+    for _ in 0..request::argument_count(descriptor.as_bytes()) {
+        fields.expect()?;
+    }
+    let map_at = fields.pos;
+    let map = fields.next()?;
+    let after_map = fields.pos;
+    dst.put_slice(slice(frame, 0..path_at)?);
+    match request::renamed_path(mutation) {
+        Some(path) => put_fastjson2_string(dst, &[path.as_str()]),
+        None => dst.put_slice(slice(frame, path_at..path_end)?),
+    }
+    dst.put_slice(slice(frame, path_end..map_at)?);
+    let len_at = dst.len();
+    dst.put_u32(0);
+    write_map(map, mutation, dst)?;
+    let len = dst.len().saturating_sub(len_at + 4);
+    let len = i32::try_from(len).map_err(|_| {
+        CodecError::Encode("the rewritten fastjson2 attachments are too long".into())
+    })?;
+    if let Some(prefix) = dst.get_mut(len_at..len_at + 4) {
+        prefix.copy_from_slice(&len.to_be_bytes());
+    }
+    dst.put_slice(slice(frame, after_map..frame.len())?);
+    Ok(())
+}
+
+/// Appends the attachments map `map` (its field's value, if the call has one) with
+/// `mutation` applied; see [`write_mutated`].
+fn write_map(
+    map: Option<Cursor<'_>>,
+    mutation: &Mutation,
+    dst: &mut BytesMut,
+) -> Result<(), CodecError> {
+    let put_sets = |dst: &mut BytesMut| {
+        for (key, value) in mutation.sets() {
+            put_jsonb_string(dst, &[key.as_str()]);
+            put_jsonb_string(dst, &[value.as_str()]);
+        }
+        dst.put_u8(OBJECT_END);
+    };
+    let Some(mut map) = map else {
+        dst.put_u8(OBJECT);
+        put_sets(dst);
+        return Ok(());
+    };
+    let value_at = map.pos;
+    let mut tag = map.byte()?;
+    if tag == NULL && map.pos == map.end {
+        dst.put_u8(OBJECT);
+        put_sets(dst);
+        return Ok(());
+    }
+    if tag == TYPED_ANY {
+        map.type_name()?;
+        tag = map.byte()?;
+    }
+    if tag != OBJECT {
+        return Err(NOT_A_MAP);
+    }
+    dst.put_slice(slice(map.frame, value_at..map.pos)?);
+    // What the entries define and point at, all of them: a later entry may use an earlier
+    // one's symbol, an earlier one's reference may name a later one.
+    let mut scan = map.clone();
+    scan.overrides = Some(mutation);
+    while scan.peek() != Some(OBJECT_END) {
+        scan.skip_nested(0)?;
+        scan.skip_nested(0)?;
+    }
+    let shared = scan.seen;
+    while map.peek() != Some(OBJECT_END) {
+        let entry_at = map.pos;
+        map.seen = Seen::default();
+        let key = match map.byte()? {
+            SYMBOL => match map.symbol()? {
+                Some(key) => Some(key),
+                None => return Err(CodecError::Encode(NUMBERED_KEY.into())),
+            },
+            tag => match map.string_after(tag)? {
+                Some(key) => Some(key),
+                None => map.skip_after(tag, 1).map(|()| None)?,
+            },
+        };
+        map.skip_nested(0)?;
+        let overridden = key
+            .and_then(|key| text_of(&key, map.frame))
+            .is_some_and(|key| mutation.overrides(key.as_bytes()));
+        if !overridden {
+            dst.put_slice(slice(map.frame, entry_at..map.pos)?);
+            continue;
+        }
+        let entry = map.seen;
+        if (entry.defines_symbol && shared.uses_symbol_number)
+            || (entry.reference && shared.repeats_reference)
+            || shared.names_overridden
+        {
+            return Err(CodecError::Encode(SHARED_ENTRY.into()));
+        }
+    }
+    map.byte()?;
+    if map.pos != map.end {
+        return Err(NOT_A_MAP);
+    }
+    put_sets(dst);
+    Ok(())
 }

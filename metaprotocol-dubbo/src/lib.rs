@@ -106,10 +106,22 @@
 //! the same value, since providers go by one or the other and a proxy in front of the provider
 //! refuses a call whose two paths differ.
 //! A response without attachments gains them by switching its result flag (value 1 to 4, null
-//! 2 to 5, exception 0 to 3). Only Hessian2 bodies can be rewritten: a non-empty mutation of
-//! another call (fastjson2 included) is an `Encode` error, which fails the call, while
-//! responses that cannot carry attachments (status other than 20, events, other
-//! serializations) travel unchanged rather than fail the client's call. An empty mutation writes the original frame with only the request id patched.
+//! 2 to 5, exception 0 to 3). Responses that cannot carry attachments (status other than 20,
+//! events, serializations other than Hessian2, fastjson2 included) travel unchanged rather
+//! than fail the client's call. An empty mutation writes the original frame with only the
+//! request id patched.
+//!
+//! A fastjson2 call's attachments are rewritten the same way in JSONB: the call fields (the
+//! path field renamed by a set `path`) and arguments are copied as they came, then the map's
+//! value: its type name if it has one, the entries the mutation does not override byte for
+//! byte, the sets as JSONB strings (ASCII in an ASCII form, other text in UTF-8), with its
+//! 4-byte length and the body length recomputed; a call without attachments, or with null
+//! ones, gains a map. JSONB lets a value point at another of the same map: a reference (a path
+//! such as `$.key`) and a symbol (a name or type name given a number, later used by it). A
+//! removal or replacement that would take away what another entry points at (an entry a
+//! reference may name, a symbol used by number elsewhere in the map, a reference a later
+//! `#-1` repeats), or a map whose keys are symbol numbers, is an `Encode` error, which fails
+//! the call with status 40; Dubbo's own writer gives string attachments no such links.
 //!
 //! # Local replies and heartbeats
 //!

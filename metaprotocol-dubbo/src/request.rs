@@ -9,7 +9,7 @@
 //! arguments are skipped, never built.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use metaprotocol_core::{CodecError, Metadata, MetadataStr, Mutation, keys};
+use metaprotocol_core::{ByteStr, CodecError, Metadata, MetadataStr, Mutation, keys};
 
 use crate::attachments::{self, Entry, slice};
 use crate::build::DUBBO_PROTOCOL_VERSION;
@@ -298,11 +298,7 @@ pub(crate) fn put_call_head(
     mutation: &Mutation,
     dst: &mut BytesMut,
 ) -> Result<(), CodecError> {
-    let new_path = mutation
-        .sets()
-        .iter()
-        .find(|(key, _)| key.as_bytes() == PATH_ATTACHMENT);
-    let Some((_, path)) = new_path else {
+    let Some(path) = renamed_path(mutation) else {
         dst.put_slice(slice(frame, 0..map_start)?);
         return Ok(());
     };
@@ -314,6 +310,15 @@ pub(crate) fn put_call_head(
     write_string(dst, &[path.as_str()]);
     dst.put_slice(slice(frame, reader.position()..map_start)?);
     Ok(())
+}
+
+/// The `path` attachment `mutation` sets: the call's new service, which its path field takes.
+pub(crate) fn renamed_path(mutation: &Mutation) -> Option<&ByteStr> {
+    mutation
+        .sets()
+        .iter()
+        .find(|(key, _)| key.as_bytes() == PATH_ATTACHMENT)
+        .map(|(_, path)| path)
 }
 
 /// True if an attachment may become metadata, judged on its raw key before any is built.

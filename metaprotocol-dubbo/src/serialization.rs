@@ -20,9 +20,31 @@ pub(crate) fn unsupported_reason(id: u8) -> &'static str {
 }
 
 /// Appends `parts`, joined, as one fastjson2 value, what Dubbo's `FastJson2ObjectOutput`
-/// writes for a string: its length in four bytes, then the string in JSONB (ASCII in one of
-/// its ASCII forms, other text as UTF-8), each with its byte length.
+/// writes for a string: its length in four bytes, then the string in JSONB (see
+/// [`put_jsonb_string`]).
 pub(crate) fn put_fastjson2_string(dst: &mut impl BufMut, parts: &[&str]) {
+    let (head, head_len, len) = jsonb_string_head(parts);
+    dst.put_u32(u32::try_from(head_len + len).unwrap_or(u32::MAX));
+    put_string_parts(dst, head.get(..head_len).unwrap_or_default(), parts);
+}
+
+/// Appends `parts`, joined, as a JSONB string as fastjson2 writes a Java string: ASCII in one
+/// of its ASCII forms, other text as UTF-8, each with its byte length.
+pub(crate) fn put_jsonb_string(dst: &mut impl BufMut, parts: &[&str]) {
+    let (head, head_len, _) = jsonb_string_head(parts);
+    put_string_parts(dst, head.get(..head_len).unwrap_or_default(), parts);
+}
+
+fn put_string_parts(dst: &mut impl BufMut, head: &[u8], parts: &[&str]) {
+    dst.put_slice(head);
+    for part in parts {
+        dst.put_slice(part.as_bytes());
+    }
+}
+
+/// The tag and length of the JSONB string of `parts` joined (in the first bytes of the array,
+/// as many as the second value says), and the string's byte length.
+fn jsonb_string_head(parts: &[&str]) -> ([u8; 6], usize, usize) {
     // JSONB's string tags: ASCII of 0 to 47 bytes (the length in the tag), then ASCII and
     // UTF-8 with their lengths after the tag.
     const ASCII_FIX_0: u8 = 0x49;
@@ -46,12 +68,7 @@ pub(crate) fn put_fastjson2_string(dst: &mut impl BufMut, parts: &[&str]) {
             1 + put_jsonb_length(&mut head[1..], len)
         }
     };
-    let head = head.get(..head_len).unwrap_or_default();
-    dst.put_u32(u32::try_from(head.len() + len).unwrap_or(u32::MAX));
-    dst.put_slice(head);
-    for part in parts {
-        dst.put_slice(part.as_bytes());
-    }
+    (head, head_len, len)
 }
 
 /// Writes `len` as a JSONB int into `out` (five bytes at least), returning how many it took:

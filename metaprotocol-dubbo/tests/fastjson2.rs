@@ -334,35 +334,156 @@ fn a_malformed_fastjson2_body_is_refused() -> TestResult {
     Ok(())
 }
 
-/// Attachments of a fastjson2 call cannot be rewritten: a mutation fails the call with an
-/// encode error that says so, and an empty one forwards the frame as it came.
-#[test]
-fn a_mutation_of_a_fastjson2_call_is_an_encode_error() -> TestResult {
-    let bytes = call_with(&[(latin1("tenant"), latin1("t1"))]);
-    let call = decode(&bytes)?;
+/// `call` forwarded with request id 7 and `mutation`, or the encode error.
+fn mutated(call: &Message, mutation: &Mutation) -> Result<BytesMut, CodecError> {
     let mut codec = DubboCodec::new(DEFAULT_MAX_FRAME_BYTES);
-    let mut mutation = Mutation::new();
-    mutation.set(
-        ByteStr::from_static("x-routed"),
-        ByteStr::from_static("yes"),
-    );
     let params = EncodeParams {
-        request_id: 1,
-        mutation: &mutation,
+        request_id: 7,
+        mutation,
         variant: WireVariant::default(),
     };
     let mut out = BytesMut::new();
-    match codec.encode(&call, &params, &mut out) {
-        Err(CodecError::Encode(reason)) => assert!(reason.contains("fastjson2"), "{reason}"),
-        other => return Err(format!("expected an encode error, got {other:?}").into()),
-    }
-    let empty = Mutation::new();
-    let params = EncodeParams {
-        mutation: &empty,
-        ..params
+    codec.encode(call, &params, &mut out)?;
+    Ok(out)
+}
+
+/// A mutation of a fastjson2 call's attachments is written into its JSONB map: the entries it
+/// leaves are kept byte for byte, removed ones go, sets come last as JSONB strings, and the
+/// map's and the body's lengths follow. The call fields and arguments travel as they came.
+#[test]
+fn a_mutation_of_a_fastjson2_call_rewrites_its_attachments() -> TestResult {
+    let kept = (latin1("kept"), int32(3000));
+    let bytes = call_with(&[
+        (latin1("tenant"), latin1("t1")),
+        kept.clone(),
+        (latin1("gone"), utf16le("中文")),
+    ]);
+    let call = decode(&bytes)?;
+    let mut mutation = Mutation::new();
+    mutation.set(ByteStr::from_static("tenant"), ByteStr::from_static("t2"));
+    mutation.set(
+        ByteStr::from_static("x-routed"),
+        ByteStr::from_static("été"),
+    );
+    mutation.remove(ByteStr::from_static("gone"));
+    let out = mutated(&call, &mutation)?;
+    let again = decode(&out)?;
+    assert_eq!(again.reject_reason, None);
+    assert_eq!(again.request_id, 7);
+    let text = |key| again.metadata.get(key);
+    assert_eq!(text("tenant"), Some("t2"));
+    assert_eq!(text("x-routed"), Some("été"));
+    assert_eq!(text("gone"), None);
+    assert_eq!(text("kept"), Some("3000"));
+    assert_eq!(text("method"), Some("sayHello"));
+    // The body up to the map as it came, then the map: path and kept as they came, then the
+    // sets, ASCII as a Latin-1 string and other text in UTF-8.
+    let head = call_head();
+    assert_eq!(out[16..16 + head.len()], head[..]);
+    let map = object(&[
+        (latin1("path"), latin1("demo.Greeter")),
+        kept,
+        (latin1("tenant"), latin1("t2")),
+        (latin1("x-routed"), utf8("été")),
+    ]);
+    assert_eq!(out[16 + head.len()..], field(&map)[..]);
+    assert_eq!(
+        out[12..16],
+        ((head.len() + map.len() + 4) as u32).to_be_bytes()
+    );
+    // An empty mutation forwards the frame as it came, but for its id.
+    let out = mutated(&call, &Mutation::new())?;
+    assert_eq!(out[16..], bytes[16..]);
+    Ok(())
+}
+
+/// A call without attachments, or with null ones, gains a map; a typed map keeps its type; a
+/// set `path` renames the call's path field too, as for a Hessian2 call.
+#[test]
+fn a_mutation_adds_a_fastjson2_map_and_renames_the_path() -> TestResult {
+    let mut mutation = Mutation::new();
+    mutation.set(ByteStr::from_static("tenant"), ByteStr::from_static("t2"));
+    let typed_map = |entries: &[(Vec<u8>, Vec<u8>)]| {
+        [
+            vec![0x92],
+            latin1("java.util.LinkedHashMap"),
+            int32(0),
+            object(entries),
+        ]
+        .concat()
     };
-    codec.encode(&call, &params, &mut out)?;
-    assert_eq!(&out[..], &bytes[..]);
+    let cases = [
+        (call_head(), object(&[(latin1("tenant"), latin1("t2"))])),
+        (
+            [call_head(), field(&[0xaf])].concat(),
+            object(&[(latin1("tenant"), latin1("t2"))]),
+        ),
+        (
+            [
+                call_head(),
+                field(&typed_map(&[(latin1("tenant"), latin1("t1"))])),
+            ]
+            .concat(),
+            typed_map(&[(latin1("tenant"), latin1("t2"))]),
+        ),
+    ];
+    for (body, map) in cases {
+        let out = mutated(&decode(&frame(2, &body))?, &mutation)?;
+        let head = call_head();
+        assert_eq!(out[16..], [head, field(&map)].concat()[..]);
+        assert_eq!(decode(&out)?.metadata.get("tenant"), Some("t2"));
+    }
+    let mut rename = Mutation::new();
+    rename.set(
+        ByteStr::from_static("path"),
+        ByteStr::from_static("demo.Other"),
+    );
+    let out = mutated(&decode(&call_with(&[]))?, &rename)?;
+    let again = decode(&out)?;
+    assert_eq!(again.reject_reason, None);
+    assert_eq!(again.metadata.get("interface"), Some("demo.Other"));
+    assert_eq!(again.metadata.get("service"), Some("demo.Other"));
+    Ok(())
+}
+
+/// An entry that a JSONB reference or a symbol number elsewhere in the map may point at is
+/// not removed or replaced: the call fails with an encode error that says why. Adding an
+/// entry, or removing one nothing points at, is written.
+#[test]
+fn a_fastjson2_entry_others_point_at_is_not_removed() -> TestResult {
+    let type_def = [vec![0x92], latin1("demo.Tag"), int32(1), object(&[])].concat();
+    let type_use = [vec![0x92], int32(1), object(&[])].concat();
+    let reference = [vec![0x93], latin1("$.tag")].concat();
+    let cases = [
+        (latin1("tag"), type_def.clone(), latin1("again"), type_use),
+        (latin1("tag"), object(&[]), latin1("again"), reference),
+    ];
+    for (key, value, other_key, other_value) in cases {
+        let call = decode(&call_with(&[
+            (key, value),
+            (other_key, other_value),
+            (latin1("tenant"), latin1("t1")),
+        ]))?;
+        assert_eq!(call.reject_reason, None);
+        let mut remove = Mutation::new();
+        remove.remove(ByteStr::from_static("tag"));
+        match mutated(&call, &remove) {
+            Err(CodecError::Encode(reason)) => assert!(reason.contains("fastjson2"), "{reason}"),
+            other => return Err(format!("expected an encode error, got {other:?}").into()),
+        }
+        let mut others = Mutation::new();
+        others.remove(ByteStr::from_static("tenant"));
+        others.set(ByteStr::from_static("x-new"), ByteStr::from_static("1"));
+        let again = decode(&mutated(&call, &others)?)?;
+        assert_eq!(again.metadata.get("tenant"), None);
+        assert_eq!(again.metadata.get("x-new"), Some("1"));
+    }
+    // A symbol defined in an entry nothing points at goes with its entry.
+    let call = decode(&call_with(&[(latin1("tag"), type_def)]))?;
+    let mut remove = Mutation::new();
+    remove.remove(ByteStr::from_static("tag"));
+    let again = decode(&mutated(&call, &remove)?)?;
+    assert_eq!(again.reject_reason, None);
     Ok(())
 }
 
@@ -453,5 +574,40 @@ proptest::proptest! {
     fn any_fastjson2_attachments_never_panic(map in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
         decodes_whole(&[call_head(), field(&[&[0xa6][..], &map].concat())].concat())?;
         decodes_whole(&[call_head(), field(&map)].concat())?;
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(1000))]
+
+    /// Any JSONB bytes as the attachments of a sound call, mutated: the rewrite is refused with
+    /// an encode error or decodes to the mutated metadata, the call fields and argument as they
+    /// came; it never panics.
+    #[test]
+    fn a_mutated_fastjson2_call_decodes_to_the_mutation(
+        map in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        typed in proptest::prelude::any::<bool>(),
+    ) {
+        let prefix: &[u8] = if typed { &[0x92, 0x49, 0x00, 0xa6] } else { &[0xa6] };
+        let mut entries = [prefix, &map].concat();
+        entries.extend(latin1("tenant"));
+        entries.extend(latin1("t1"));
+        entries.push(0xa5);
+        let call = decodes_whole(&[call_head(), field(&entries)].concat())?;
+        if call.reject_reason.is_none() {
+            let mut mutation = Mutation::new();
+            mutation.remove(ByteStr::from_static("tenant"));
+            mutation.set(ByteStr::from_static("x-new"), ByteStr::from_static("中"));
+            if let Ok(out) = mutated(&call, &mutation) {
+                let again = decode(&out)
+                    .map_err(|error| proptest::test_runner::TestCaseError::fail(error.to_string()))?;
+                proptest::prop_assert_eq!(again.reject_reason, None);
+                proptest::prop_assert_eq!(again.metadata.get("tenant"), None);
+                proptest::prop_assert_eq!(again.metadata.get("x-new"), Some("中"));
+                proptest::prop_assert_eq!(again.metadata.get("method"), Some("sayHello"));
+                let head = call_head();
+                proptest::prop_assert_eq!(&out[16..16 + head.len()], &head[..]);
+            }
+        }
     }
 }
