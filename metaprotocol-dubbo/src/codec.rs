@@ -342,9 +342,9 @@ fn read_body(header: &Header, message: &mut Message) {
                 }
             }
         }
-        // Forwarded as it came, judged by its result flag.
+        // Forwarded as it came, judged by its result flag, its attachments read.
         MessageKind::Response if header.serialization() == FASTJSON2 => {
-            message.status = fastjson2::response_status(&message.frame);
+            message.status = fastjson2::decode_response(&message.frame, &mut message.metadata);
         }
         // Status 20 in another serialization: the result flag is unreadable, the status is
         // what the header says. The header names no other kind.

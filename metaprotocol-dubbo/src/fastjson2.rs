@@ -19,7 +19,8 @@
 //! references, GB18030 text) are skipped, not metadata.
 //!
 //! A mutation of a call's attachments is written back into its JSONB map by [`write_mutated`],
-//! the untouched entries byte for byte.
+//! the untouched entries byte for byte. A response is a result flag (a JSONB int), the result
+//! and, for flags 3 to 5, the attachments map, read by [`decode_response`].
 //!
 //! Everything read from the wire is checked: lengths against the frame, JSONB lengths against
 //! their field, nesting to [`MAX_DEPTH`]; decoding never allocates in proportion to a length
@@ -614,8 +615,12 @@ pub(crate) fn decode(frame: &Bytes, metadata: &mut Metadata) -> Result<DecodedRe
 /// The status of a fastjson2 response with status 20, by its result flag (its first value, the
 /// JSONB int Dubbo writes for a byte), as a Hessian2 response's: an exception (0, or 3 with
 /// attachments) is an application error, a value or null (1, 2, 4, 5) a success, and a flag
-/// that cannot be read a server error. The result and attachments after it are not read.
-pub(crate) fn response_status(frame: &[u8]) -> ResponseStatus {
+/// that cannot be read a server error. The attachments after the result of flags 3, 4 and 5
+/// (none after the flag for 5) are read into `metadata` (which starts empty) as a Hessian2
+/// response's are; attachments that cannot be read leave it empty and the status the flag's:
+/// the response goes to its client as it came, whose fastjson2 may read what this reader
+/// does not.
+pub(crate) fn decode_response(frame: &Bytes, metadata: &mut Metadata) -> ResponseStatus {
     let mut fields = Fields {
         frame,
         pos: HEADER_LEN,
@@ -625,11 +630,35 @@ pub(crate) fn response_status(frame: &[u8]) -> ResponseStatus {
         .ok()
         .flatten()
         .and_then(|mut field| field.int64().ok());
-    match flag {
+    let status = match flag {
         Some(0 | 3) => ResponseStatus::ApplicationError,
         Some(1 | 2 | 4 | 5) => ResponseStatus::Ok,
-        _ => ResponseStatus::ServerError,
+        _ => return ResponseStatus::ServerError,
+    };
+    if matches!(flag, Some(3..=5)) {
+        let read = response_attachments(&mut fields, flag == Some(5), frame, metadata);
+        if read.is_err() {
+            *metadata = Metadata::new();
+        }
     }
+    status
+}
+
+/// Reads the attachments of a response whose result flag announces them, after its result
+/// (none when `null_result`), into `metadata`.
+fn response_attachments(
+    fields: &mut Fields<'_>,
+    null_result: bool,
+    frame: &Bytes,
+    metadata: &mut Metadata,
+) -> Result<(), CodecError> {
+    if !null_result {
+        fields.expect()?;
+    }
+    let mut map = fields.expect()?;
+    read_map(&mut map, frame, |key, name, value| {
+        insert(&key, name, value, false, frame, metadata)
+    })
 }
 
 /// Reads the attachments map (`map`, its field) into `metadata`, refusing the call for the
@@ -639,6 +668,33 @@ fn read_attachments(
     frame: &Bytes,
     call_path: Option<&JsonbStr>,
     metadata: &mut Metadata,
+) -> Result<(), CodecError> {
+    read_map(map, frame, |key, name, value| {
+        let text = match &value {
+            Value::Text(text) => Some(text),
+            _ => None,
+        };
+        request::check_attachment(
+            name.as_bytes(),
+            |expected| text.is_some_and(|value| value.is(frame, expected)),
+            || match (text, call_path) {
+                (Some(value), Some(path)) => value.same_text(path, frame),
+                (value, path) => value.is_none() && path.is_none(),
+            },
+        )?;
+        if request::is_reserved(name.as_bytes()) {
+            return Ok(());
+        }
+        insert(&key, name, value, true, frame, metadata)
+    })
+}
+
+/// Reads an attachments map (`map`, its field: an object, a typed one, or null), calling
+/// `each` with the key, its text and the value of every entry whose key is a string.
+fn read_map(
+    map: &mut Cursor<'_>,
+    frame: &Bytes,
+    mut each: impl FnMut(JsonbStr, &str, Value) -> Result<(), CodecError>,
 ) -> Result<(), CodecError> {
     let mut tag = map.byte()?;
     if tag == NULL && map.pos == map.end {
@@ -660,26 +716,12 @@ fn read_attachments(
             },
         };
         let value = map.value()?;
-        // An entry whose key is no string (or a symbol given before) is the provider's alone.
+        // An entry whose key is no string (or a symbol given before) is the peer's alone.
         let Some((key, name)) = key.and_then(|key| text_of(&key, frame).map(|name| (key, name)))
         else {
             continue;
         };
-        let text = match &value {
-            Value::Text(text) => Some(text),
-            _ => None,
-        };
-        request::check_attachment(
-            name.as_bytes(),
-            |expected| text.is_some_and(|value| value.is(frame, expected)),
-            || match (text, call_path) {
-                (Some(value), Some(path)) => value.same_text(path, frame),
-                (value, path) => value.is_none() && path.is_none(),
-            },
-        )?;
-        if !request::is_reserved(name.as_bytes()) {
-            insert(&key, &name, value, frame, metadata)?;
-        }
+        each(key, &name, value)?;
     }
     map.byte()?;
     if map.pos != map.end {
@@ -703,17 +745,19 @@ fn text_of<'f>(string: &JsonbStr, frame: &'f [u8]) -> Option<Cow<'f, str>> {
 }
 
 /// Sets the attachment `key` (whose text is `name`) to `value` in `metadata`, as a Hessian2
-/// call's: a `version` as [`version_text`] reads it, a `version` or `group` that is no text
-/// refused, a null taking out the key, a number as its text, other values left out.
+/// call's (when `call`) or response's: a null taking out the key, a number as its text, other
+/// values left out; in a call, a `version` as [`version_text`] reads it, and a `version` or
+/// `group` that is no text refused.
 fn insert(
     key: &JsonbStr,
     name: &str,
     value: Value,
+    call: bool,
     frame: &Bytes,
     metadata: &mut Metadata,
 ) -> Result<(), CodecError> {
     let text = match &value {
-        Value::Text(text) if name.as_bytes() == request::VERSION_ATTACHMENT => {
+        Value::Text(text) if call && name.as_bytes() == request::VERSION_ATTACHMENT => {
             version_text(text, frame)
         }
         Value::Text(text) => text.to_metadata(frame),
@@ -726,7 +770,7 @@ fn insert(
         return Ok(());
     }
     // The version or group Java providers run would not be the metadata's.
-    if let Some(refused) = request::selector_without_text(Some(name.as_bytes())) {
+    if let Some(refused) = request::selector_without_text(Some(name.as_bytes())).filter(|_| call) {
         return Err(refused);
     }
     let mut printed = Printed::default();

@@ -61,10 +61,12 @@
 //! only: kind and id, no metadata, and a
 //! [`reject_reason`](metaprotocol_core::Message::reject_reason) naming the serialization id,
 //! so the engine answers them with a `BadRequest` reply (status 40). Their heartbeats and
-//! responses pass through, and so do fastjson2 responses: forwarded as they came, their
-//! attachments not read, a status 20 one judged by its result flag (a JSONB int) as a
-//! Hessian2 one is (an exception is an `ApplicationError`, a flag that cannot be read a
-//! `ServerError`).
+//! responses pass through, and so do fastjson2 responses: forwarded as they came, a status 20
+//! one judged by its result flag (a JSONB int) as a Hessian2 one is (an exception is an
+//! `ApplicationError`, a flag that cannot be read a `ServerError`), and its attachments (result
+//! flags 3, 4 and 5) read into its metadata as a Hessian2 response's are, for `on_response`
+//! scripts and filters. Attachments that cannot be read leave the metadata empty and the status
+//! the flag's, since the client's fastjson2 may read what this codec does not.
 
 //! # Metadata
 //!

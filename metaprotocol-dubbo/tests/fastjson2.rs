@@ -611,3 +611,63 @@ proptest::proptest! {
         }
     }
 }
+
+/// A fastjson2 response with status 20 and `body`.
+fn response(body: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0xda, 0xbb, 23, 20];
+    frame.extend_from_slice(&5_u64.to_be_bytes());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(body);
+    frame
+}
+
+/// The attachments of a fastjson2 response (result flags 3, 4 and 5) are its metadata, read as
+/// a Hessian2 response's are; attachments that cannot be read leave it empty, the response
+/// judged by its flag.
+#[test]
+fn fastjson2_response_attachments_are_metadata() -> TestResult {
+    use metaprotocol_core::ResponseStatus;
+    let map = field(&object(&[
+        (latin1("trace"), latin1("abc")),
+        (latin1("version"), int32(2)),
+        (latin1("gone"), vec![0xaf]),
+    ]));
+    let exception = [
+        vec![0x92],
+        latin1("java.lang.IllegalStateException"),
+        int32(0),
+        object(&[(latin1("message"), latin1("boom"))]),
+    ]
+    .concat();
+    let cases = [
+        (
+            [field(&[0x04]), field(&latin1("hi")), map.clone()].concat(),
+            ResponseStatus::Ok,
+        ),
+        ([field(&[0x05]), map.clone()].concat(), ResponseStatus::Ok),
+        (
+            [field(&[0x03]), field(&exception), map.clone()].concat(),
+            ResponseStatus::ApplicationError,
+        ),
+    ];
+    for (body, status) in cases {
+        let answer = decode(&response(&body))?;
+        assert_eq!(answer.status, status, "{body:02x?}");
+        let text = |key| answer.metadata.get(key);
+        assert_eq!(text("trace"), Some("abc"), "{body:02x?}");
+        assert_eq!(text("version"), Some("2"));
+        assert_eq!(text("gone"), None);
+    }
+    // Without attachments, or with attachments that cannot be read.
+    let cases = [
+        [field(&[0x01]), field(&latin1("hi"))].concat(),
+        [field(&[0x04]), field(&latin1("hi")), field(&[0xa6, 0x4a])].concat(),
+        [field(&[0x04]), field(&latin1("hi"))].concat(),
+    ];
+    for body in cases {
+        let answer = decode(&response(&body))?;
+        assert_eq!(answer.status, ResponseStatus::Ok, "{body:02x?}");
+        assert!(answer.metadata.is_empty(), "{body:02x?}");
+    }
+    Ok(())
+}
