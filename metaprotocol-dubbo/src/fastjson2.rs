@@ -54,6 +54,18 @@ const NOT_A_STRING: CodecError =
 const NOT_A_MAP: CodecError =
     CodecError::malformed("the fastjson2 attachments are not a map or have bytes after it");
 const UNKNOWN_TAG: CodecError = CodecError::malformed("an unknown fastjson2 JSONB tag");
+const UNKNOWN_SYMBOL: CodecError =
+    CodecError::malformed("a fastjson2 symbol number names no symbol given before it");
+const TOO_MANY_SYMBOLS: CodecError =
+    CodecError::malformed("a fastjson2 value gives more symbols than the codec keeps");
+const REFERENCE_VALUE: CodecError = CodecError::malformed(
+    "a fastjson2 attachment's value is a reference, which the codec does not follow",
+);
+
+/// The symbols one field's value may give (a name or type name with its number): a Java
+/// reader resolves every later use of the number to the name, so the codec keeps them to read
+/// such a use as the provider does, and refuses a value that gives more.
+const MAX_SYMBOLS: usize = 256;
 
 // JSONB tags (fastjson2's `JSONB.Constants`).
 const CHAR: u8 = 0x90;
@@ -241,6 +253,11 @@ struct Seen {
     names_overridden: bool,
 }
 
+/// True for the first byte of a JSONB int32 (as [`Cursor::int32_after`] reads them).
+fn is_int32_tag(tag: u8) -> bool {
+    matches!(tag, 0xf0..=0xff | 0x00..=0x47) || tag == INT32
+}
+
 /// A bounds-checked cursor over one JSONB value's bytes, positions absolute in the frame.
 #[derive(Clone)]
 struct Cursor<'a> {
@@ -251,6 +268,8 @@ struct Cursor<'a> {
     seen: Seen,
     /// The mutation whose overridden keys references are checked against, when rewriting.
     overrides: Option<&'a Mutation>,
+    /// The symbols given so far, by number: a name used by its number reads as the name.
+    symbols: Vec<(i32, JsonbStr)>,
 }
 
 impl<'a> Cursor<'a> {
@@ -373,29 +392,39 @@ impl<'a> Cursor<'a> {
     }
 
     /// A symbol (`0x7f`): a string and the number it is given, or the number of one given
-    /// before; the string, when it is there.
-    fn symbol(&mut self) -> Result<Option<JsonbStr>, CodecError> {
-        let tag = self.byte()?;
-        if self.int32_after(tag)?.is_some() {
-            self.seen.uses_symbol_number = true;
-            return Ok(None);
-        }
-        let text = self.string_after(tag)?.ok_or(UNKNOWN_TAG)?;
-        self.int32()?;
-        self.seen.defines_symbol = true;
-        Ok(Some(text))
+    /// before, which reads as that string (as a Java reader resolves it: a key or value the
+    /// provider reads must not be hidden from routes and policies); an error for a number given
+    /// no string before it.
+    fn symbol(&mut self) -> Result<JsonbStr, CodecError> {
+        self.symbol_or_number()
     }
 
     /// A type name after `0x92`: a string and its symbol number, or a symbol number alone.
     fn type_name(&mut self) -> Result<(), CodecError> {
+        self.symbol_or_number().map(drop)
+    }
+
+    /// A string and the number it is given (kept), or the number of one given before.
+    fn symbol_or_number(&mut self) -> Result<JsonbStr, CodecError> {
         let tag = self.byte()?;
-        if self.int32_after(tag)?.is_some() {
+        if let Some(number) = self.int32_after(tag)? {
             self.seen.uses_symbol_number = true;
-            return Ok(());
+            return self
+                .symbols
+                .iter()
+                .rev()
+                .find(|(given, _)| *given == number)
+                .map(|(_, text)| text.clone())
+                .ok_or(UNKNOWN_SYMBOL);
         }
-        self.string_after(tag)?.ok_or(UNKNOWN_TAG)?;
+        let text = self.string_after(tag)?.ok_or(UNKNOWN_TAG)?;
+        let number = self.int32()?;
         self.seen.defines_symbol = true;
-        self.int32().map(drop)
+        if self.symbols.len() >= MAX_SYMBOLS {
+            return Err(TOO_MANY_SYMBOLS);
+        }
+        self.symbols.push((number, text.clone()));
+        Ok(text)
     }
 
     /// A reference's path (after `0x93`), noted in [`Seen`].
@@ -436,6 +465,11 @@ impl<'a> Cursor<'a> {
                 .ok()
                 .and_then(char::from_u32)
                 .map_or(Value::Other, Value::Char),
+            // A string given as a symbol is a string to its reader.
+            SYMBOL => Value::Text(self.symbol()?),
+            // What a reference names reads as that value at the provider; the codec does not
+            // follow it, and a value it cannot see could pass a policy that would refuse it.
+            REFERENCE => return Err(REFERENCE_VALUE),
             _ => {
                 self.skip_after(tag, 0)?;
                 Value::Other
@@ -551,6 +585,7 @@ impl<'a> Fields<'a> {
             end,
             seen: Seen::default(),
             overrides: None,
+            symbols: Vec::new(),
         }))
     }
 
@@ -709,14 +744,14 @@ fn read_map(
     }
     while map.peek() != Some(OBJECT_END) {
         let key = match map.byte()? {
-            SYMBOL => map.symbol()?,
+            SYMBOL => Some(map.symbol()?),
             tag => match map.string_after(tag)? {
                 Some(key) => Some(key),
                 None => map.skip_after(tag, 1).map(|()| None)?,
             },
         };
         let value = map.value()?;
-        // An entry whose key is no string (or a symbol given before) is the peer's alone.
+        // An entry whose key is no string is the peer's alone.
         let Some((key, name)) = key.and_then(|key| text_of(&key, frame).map(|name| (key, name)))
         else {
             continue;
@@ -938,10 +973,14 @@ fn write_map(
         let entry_at = map.pos;
         map.seen = Seen::default();
         let key = match map.byte()? {
-            SYMBOL => match map.symbol()? {
-                Some(key) => Some(key),
-                None => return Err(CodecError::Encode(NUMBERED_KEY.into())),
-            },
+            SYMBOL => {
+                let numbered = map.peek().is_some_and(is_int32_tag);
+                let key = map.symbol()?;
+                if numbered {
+                    return Err(CodecError::Encode(NUMBERED_KEY.into()));
+                }
+                Some(key)
+            }
             tag => match map.string_after(tag)? {
                 Some(key) => Some(key),
                 None => map.skip_after(tag, 1).map(|()| None)?,

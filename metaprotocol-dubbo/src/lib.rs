@@ -53,9 +53,13 @@
 //! encodings (Latin-1, UTF-8, UTF-16) as its text; an int or long in decimal, a boolean as
 //! `true`/`false`, a double as `Double.toString` does, a char as itself; a null as none; any
 //! other value (a float, a big integer or decimal, a date, a list, a map, an object, a binary,
-//! a reference, GB18030 text) is not metadata. Values nest at most 64 deep. A fastjson2 call
-//! is refused, answered with status 40, where a Hessian2 one is, and when its body cannot be
-//! read.
+//! GB18030 text) is not metadata. A key or string given as a JSONB symbol (a string and its
+//! number), or by the number of one given before in the map, is that string, as the
+//! provider's reader resolves it (at most 256 symbols a map). Values nest at most 64 deep. A
+//! fastjson2 call is refused, answered with status 40, where a Hessian2 one is, when its body
+//! cannot be read, when a symbol number names no symbol given before it, and when an
+//! attachment's value is a reference (a path to another value, which the codec does not
+//! follow): an attachment the provider reads is never hidden from routes and policies.
 //!
 //! Calls in another serialization (Java, fastjson, protobuf ...) are decoded from the header
 //! only: kind and id, no metadata, and a

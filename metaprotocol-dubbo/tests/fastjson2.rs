@@ -453,7 +453,8 @@ fn a_mutation_adds_a_fastjson2_map_and_renames_the_path() -> TestResult {
 fn a_fastjson2_entry_others_point_at_is_not_removed() -> TestResult {
     let type_def = [vec![0x92], latin1("demo.Tag"), int32(1), object(&[])].concat();
     let type_use = [vec![0x92], int32(1), object(&[])].concat();
-    let reference = [vec![0x93], latin1("$.tag")].concat();
+    // Within an object: a reference as an attachment's own value refuses the call.
+    let reference = object(&[(latin1("r"), [vec![0x93], latin1("$.tag")].concat())]);
     let cases = [
         (latin1("tag"), type_def.clone(), latin1("again"), type_use),
         (latin1("tag"), object(&[]), latin1("again"), reference),
@@ -668,6 +669,50 @@ fn fastjson2_response_attachments_are_metadata() -> TestResult {
         let answer = decode(&response(&body))?;
         assert_eq!(answer.status, ResponseStatus::Ok, "{body:02x?}");
         assert!(answer.metadata.is_empty(), "{body:02x?}");
+    }
+    Ok(())
+}
+
+/// A key or a string value given as a JSONB symbol (a string and its number), or used by the
+/// number of one given before, reads as that string, as the provider's reader resolves it: an
+/// attachment the provider sees is never hidden from routes and policies. A number given no
+/// string before it, and an attachment whose value is a reference (which the codec does not
+/// follow), refuse the call.
+#[test]
+fn symbols_read_as_their_strings_and_what_cannot_be_read_is_refused() -> TestResult {
+    let symbol = |text: &str, number: i32| [vec![0x7f], latin1(text), int32(number)].concat();
+    let number = |number: i32| [vec![0x7f], int32(number)].concat();
+    let call = decode(&call_with(&[
+        (symbol("tenant", 1), latin1("t1")),
+        (latin1("x-user"), symbol("admin", 2)),
+        (latin1("x-again"), number(2)),
+        (number(1), latin1("t2")),
+    ]))?;
+    assert_eq!(call.reject_reason, None);
+    assert_eq!(call.metadata.get("x-user"), Some("admin"));
+    assert_eq!(call.metadata.get("x-again"), Some("admin"));
+    assert_eq!(
+        call.metadata.get("tenant"),
+        Some("t2"),
+        "the key's last value"
+    );
+    // `group` given by number, hiding the value the provider runs.
+    let hidden_group = decode(&call_with(&[
+        (symbol("group", 1), latin1("allowed")),
+        (number(1), latin1("secret")),
+    ]))?;
+    assert_eq!(hidden_group.metadata.get("group"), Some("secret"));
+    for (entries, reason) in [
+        (vec![(number(7), latin1("x"))], "names no symbol"),
+        (vec![(latin1("x"), number(7))], "names no symbol"),
+        (
+            vec![(latin1("x-user"), [vec![0x93], latin1("$.a")].concat())],
+            "reference",
+        ),
+    ] {
+        let refused = decode(&call_with(&entries))?;
+        let got = refused.reject_reason.unwrap_or_default();
+        assert!(got.contains(reason), "{got}");
     }
     Ok(())
 }
