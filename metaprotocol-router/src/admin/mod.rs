@@ -126,7 +126,7 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<ProxyState>, stop: C
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
-            state.clone(),
+            (state.clone(), auth::TokenReads::default()),
             writes_need_the_token,
         ))
         .with_state(state);
@@ -136,12 +136,13 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<ProxyState>, stop: C
 /// Writes (every method but GET and HEAD) need the admin token when one is set. Checked before
 /// anything else, a request's body included, is read.
 async fn writes_need_the_token(
-    State(state): State<Arc<ProxyState>>,
+    State((state, token_reads)): State<(Arc<ProxyState>, auth::TokenReads)>,
     request: Request,
     next: Next,
 ) -> Response {
     if !matches!(*request.method(), Method::GET | Method::HEAD)
-        && let Err(refused) = auth::authorize(&state.config(), request.headers()).await
+        && let Err(refused) =
+            auth::authorize(&state.config(), &token_reads, request.headers()).await
     {
         return refused;
     }

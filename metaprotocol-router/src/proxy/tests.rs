@@ -1775,3 +1775,70 @@ async fn a_config_file_rejected_for_its_wasm_module_is_applied_once_the_module_i
     );
     Ok(())
 }
+
+/// `method path` to the admin API at `admin` with `Authorization: Bearer <token>`: the
+/// answer's status and body, within 10 s.
+async fn admin_request_with_token(
+    admin: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+) -> TestResult<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(admin).await?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: admin\r\nauthorization: Bearer {token}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer)).await??;
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or("no status line")?;
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    Ok((status, body.to_owned()))
+}
+
+/// The admin token file is read as the proxy's other files are: a FIFO is refused without
+/// waiting for a writer (a read of it held the write request for ever), a file larger than a
+/// token can be is refused unread (each write read it whole), both answered `503` saying why;
+/// a token file swapped back is read again at the next write.
+#[tokio::test]
+async fn an_admin_token_file_past_its_bound_or_no_regular_file_is_refused_unread() -> TestResult {
+    let token = std::env::temp_dir().join(format!("admin-token-{}", std::process::id()));
+    std::fs::write(&token, "s3cret\n")?;
+    let config = CONFIG.replace(
+        "route_configs:\n",
+        &format!(
+            "admin: {{ address: 127.0.0.1:0, token_file: \"{}\" }}\nroute_configs:\n",
+            token.display()
+        ),
+    );
+    let proxy = start(&config).await?;
+    let admin = proxy.admin_addr().ok_or("no admin")?;
+    let write = || admin_request_with_token(admin, "POST", "/healthcheck/ok", "s3cret");
+    let good = write().await?;
+    let fifo = fifo("admin-token")?;
+    std::fs::rename(&fifo, &token)?;
+    let from_fifo = write().await;
+    // A read stuck on the FIFO ends.
+    write_fifo(&token)?;
+    std::fs::remove_file(&token)?;
+    std::fs::File::create(&token)?.set_len(1 << 20)?;
+    let from_large = write().await;
+    std::fs::write(&token, "s3cret\n")?;
+    let again = write().await;
+    proxy.shutdown().await;
+    std::fs::remove_file(&token)?;
+    assert_eq!(good.0, 200, "{good:?}");
+    let (status, body) = from_fifo?;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("it is a FIFO, not a regular file"), "{body}");
+    let (status, body) = from_large?;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("it is larger than 4 KiB"), "{body}");
+    assert_eq!(again?.0, 200);
+    Ok(())
+}
