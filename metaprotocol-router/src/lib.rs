@@ -89,7 +89,7 @@ mod testing;
 pub use admin::LogControl;
 pub use client::{CallError, Client, ClientOptions, RouterClient, RouterClientBuilder};
 pub use cluster::{BreakerStatus, ClusterStatus, EndpointStatus, HealthState};
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, MAX_CONFIG_FILE_BYTES};
 pub use filters::{FilterContext, FilterFactory, FilterRegistry, SharedClients};
 pub use http_server::{serve_http, serve_http_within};
 pub use proxy::{

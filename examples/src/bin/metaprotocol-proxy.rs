@@ -244,7 +244,7 @@ async fn run(
     log_control: Arc<ReloadableFilter>,
 ) -> ExitCode {
     // The text is kept to place errors found while building (a filter's config, say) in it.
-    let text = match std::fs::read_to_string(&path) {
+    let text = match Config::read_file(&path) {
         Ok(text) => text,
         Err(err) => {
             eprintln!("{}: cannot read: {err}", path.display());
@@ -364,7 +364,7 @@ fn print_warnings(path: &std::path::Path, config: &Config) {
 }
 
 fn validate(path: PathBuf) -> ExitCode {
-    let text = match std::fs::read_to_string(&path) {
+    let text = match Config::read_file(&path) {
         Ok(text) => text,
         Err(err) => {
             eprintln!("{}: invalid: cannot read: {err}", path.display());
@@ -411,7 +411,7 @@ fn parse_metadata_entry(entry: &str) -> Result<(String, String), String> {
 }
 
 fn route(path: PathBuf, listener: &str, metadata: Vec<(String, String)>) -> ExitCode {
-    let checked = std::fs::read_to_string(&path)
+    let checked = Config::read_file(&path)
         .map_err(|err| format!("cannot read: {err}"))
         .and_then(|text| {
             let config = Config::from_yaml(&text).map_err(|err| err.to_string())?;

@@ -53,6 +53,17 @@ pub use telemetry::{
 };
 pub use tls::{ClusterTlsSpec, ListenerTlsSpec};
 
+/// The most bytes a config file may hold ([`Config::read_file`], [`crate::Proxy::watch_file`]):
+/// some 60 times a config of 10,000 routes, and low enough that a path naming a huge file is
+/// refused rather than read into memory.
+pub const MAX_CONFIG_FILE_BYTES: u64 = 64 << 20;
+
+/// The bytes of the config file at `path`: a regular file of at most [`MAX_CONFIG_FILE_BYTES`]
+/// (see [`Config::read_file`]), or why not.
+pub(crate) fn read_config_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    metaprotocol_core::read_regular_file(path, MAX_CONFIG_FILE_BYTES)
+}
+
 /// A whole configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -167,12 +178,24 @@ impl Config {
         Err(errors)
     }
 
-    /// Reads, parses and validates a config file.
+    /// Reads, parses and validates a config file (read as [`Config::read_file`] reads it).
     pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|err| {
-            ConfigError::new("", format!("cannot read {}: {err}", path.display()))
+        let text = Self::read_file(path).map_err(|why| {
+            ConfigError::new("", format!("cannot read {}: {why}", path.display()))
         })?;
         Self::from_yaml(&text)
+    }
+
+    /// The text of the config file at `path`, or why it cannot be read, in words that follow
+    /// "cannot read `path`: " (`it is larger than 64 MiB`, `it is a FIFO, not a regular file`).
+    /// Only a regular file (after symlinks) of at most [`MAX_CONFIG_FILE_BYTES`] of UTF-8 text
+    /// is read: a path naming a huge file or a device that never ends (`/dev/zero`) is refused,
+    /// not read into memory, and a FIFO is refused without waiting for a writer. It blocks, as
+    /// any read of a file does: call it off an async runtime's workers.
+    pub fn read_file(path: &std::path::Path) -> Result<String, String> {
+        let bytes = read_config_file(path)?;
+        String::from_utf8(bytes)
+            .map_err(|err| format!("it is not UTF-8 text: {}", err.utf8_error()))
     }
 
     /// Checks cross references and values that the types alone cannot; the first error of

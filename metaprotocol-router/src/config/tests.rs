@@ -1262,3 +1262,59 @@ fn a_route_config_of_tens_of_thousands_of_routes_parses() -> Result<(), ConfigEr
     assert_eq!(config.route_configs[0].routes.len(), 25_000);
     Ok(())
 }
+
+/// A config file larger than [`MAX_CONFIG_FILE_BYTES`] is refused by its length, unread, and
+/// a FIFO without waiting for a writer (a read of it would wait for ever), each error naming
+/// the file and why; a config of 10,000 routes is far within the bound.
+#[test]
+fn a_config_file_past_the_bound_or_no_regular_file_is_refused_unread()
+-> Result<(), Box<dyn std::error::Error>> {
+    let dir = std::env::temp_dir().join(format!("config-file-bound-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let (large, fifo) = (dir.join("large.yaml"), dir.join("fifo.yaml"));
+    std::fs::File::create(&large)?.set_len(MAX_CONFIG_FILE_BYTES + 1)?;
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status()?;
+    assert!(made.success(), "mkfifo");
+    let (done, answer) = std::sync::mpsc::channel();
+    {
+        let (large, fifo) = (large.clone(), fifo.clone());
+        std::thread::spawn(move || {
+            let error = |path: &std::path::Path| Config::from_file(path).err().map(|e| e.reason);
+            let _ = done.send((error(&large), error(&fifo)));
+        });
+    }
+    let answered = answer.recv_timeout(Duration::from_secs(10));
+    // A read stuck on the FIFO ends (opening it for reading and writing does not wait).
+    drop(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&fifo)?,
+    );
+    let (large_error, fifo_error) = answered?;
+    let routes: String = (0..10_000)
+        .map(|i| format!("      - {{ name: route-{i}, match: {{ metadata: [ {{ key: method, exact: method-{i} }} ] }}, route: {{ cluster: cluster-{i} }} }}\n"))
+        .collect();
+    let ten_thousand = format!("route_configs:\n  - name: r\n    routes:\n{routes}");
+    std::fs::remove_dir_all(&dir)?;
+    assert_eq!(
+        large_error,
+        Some(format!(
+            "cannot read {}: it is larger than 64 MiB",
+            large.display()
+        ))
+    );
+    assert_eq!(
+        fifo_error,
+        Some(format!(
+            "cannot read {}: it is a FIFO, not a regular file",
+            fifo.display()
+        ))
+    );
+    assert!(
+        (ten_thousand.len() as u64) < MAX_CONFIG_FILE_BYTES / 50,
+        "{} bytes",
+        ten_thousand.len()
+    );
+    Ok(())
+}

@@ -160,6 +160,15 @@ impl Retry {
     }
 }
 
+/// The watched config file's contents, read off the runtime's workers (see
+/// [`Config::read_file`]), or why it cannot be read.
+async fn read_config_file(path: &Path) -> Result<Vec<u8>, String> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || crate::config::read_config_file(&path))
+        .await
+        .unwrap_or_else(|err| Err(err.to_string()))
+}
+
 /// A change of the watched config file written in place, waiting to stay the same for
 /// [`CONFIG_FILE_SETTLE`].
 struct Settling {
@@ -1186,7 +1195,9 @@ impl Proxy {
     /// when the proxy shuts down. Polling, rather than file events, also sees files replaced by
     /// rename, as editors and Kubernetes ConfigMaps do. A look costs a `stat`: the file is read
     /// only when its metadata changed, or may not show a change yet (it changed within
-    /// the last 2 s, below the resolution of some file systems' timestamps).
+    /// the last 2 s, below the resolution of some file systems' timestamps). The file is read
+    /// as [`Config::read_file`] reads it: one larger than [`crate::MAX_CONFIG_FILE_BYTES`], or
+    /// no regular file (a FIFO, a device), is rejected unread, said once, until it can be read.
     ///
     /// A file renamed over the path, or over a symlink in its directory the path goes through
     /// (a ConfigMap's `..data`), is applied at the next look: it was whole before it appeared.
@@ -1201,13 +1212,15 @@ impl Proxy {
         // Looked at before it is read, so that a write after the read shows in the next look.
         let arrivals = Arrivals::watch(path).await;
         let mut look = Look::at(path, &arrivals).await;
-        let mut applied = tokio::fs::read(path).await.ok();
+        let mut applied = read_config_file(path).await.ok();
         *lock(&self.state.config_file) = Some(ConfigFileStatus::new(path.display().to_string()));
         // The last rejection of the file for what may change outside it (an address that could
         // not be bound, a file it names that could not be read).
         let mut retrying: Option<Retry> = None;
         // A change written in place, waiting to stay the same for the settle time.
         let mut settling: Option<Settling> = None;
+        // Why the file was last refused unread (too large, a FIFO), said once.
+        let mut refused: Option<String> = None;
         loop {
             tokio::select! {
                 _ = self.state.shutdown.cancelled() => return,
@@ -1222,11 +1235,27 @@ impl Proxy {
             {
                 continue;
             }
-            let Ok(current) = tokio::fs::read(path).await else {
-                // Read again at the next look, whatever its metadata says then.
-                look = Look::default();
-                continue;
+            let current = match read_config_file(path).await {
+                Ok(current) => current,
+                Err(why) => {
+                    // A file there but refused (larger than the bound, a FIFO, unreadable) is
+                    // a rejected change, said once; one gone (being replaced) is not.
+                    if look.stamp.is_some() && refused.as_ref() != Some(&why) {
+                        let file = path.display();
+                        self.state.count_update(false);
+                        tracing::warn!(%file, error = %why, "config file rejected: it cannot be read; the running config is kept");
+                        self.state
+                            .config_file_changed(|s| s.rejected(format!("cannot read: {why}")));
+                        refused = Some(why);
+                        // Whatever it holds once it can be read is applied, and said so.
+                        applied = None;
+                    }
+                    // Read again at the next look, whatever its metadata says then.
+                    look = Look::default();
+                    continue;
+                }
             };
+            refused = None;
             let replaced = look.replaced(&before);
             if applied.as_ref() == Some(&current) {
                 settling = None;

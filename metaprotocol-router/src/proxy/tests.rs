@@ -1842,3 +1842,57 @@ async fn an_admin_token_file_past_its_bound_or_no_regular_file_is_refused_unread
     assert_eq!(again?.0, 200);
     Ok(())
 }
+
+/// A config file replaced by a FIFO, or by a file larger than [`crate::MAX_CONFIG_FILE_BYTES`],
+/// is rejected unread, said once with the bound, and the watcher goes on: a later change
+/// applies. A FIFO nothing writes to would hold a read of it, and the watcher, for ever.
+#[tokio::test]
+async fn a_config_file_past_the_bound_or_no_regular_file_is_rejected_unread() -> TestResult {
+    let watched = Watched::start("refused").await?;
+    let (proxy, path) = (&watched.proxy, &watched.path);
+    assert!(
+        until(|| proxy.config_file_status().is_some()).await,
+        "the watcher did not start"
+    );
+    let error = || {
+        proxy
+            .config_file_status()
+            .and_then(|s| s.last_error)
+            .unwrap_or_default()
+    };
+    let fifo = fifo("refused")?;
+    std::fs::rename(&fifo, path)?;
+    let fifo_refused = until(|| error().contains("it is a FIFO")).await;
+    let said = error();
+    // A read the watcher may be stuck in ends.
+    write_fifo(path)?;
+    assert!(fifo_refused, "the FIFO was not refused: {said:?}");
+    assert_eq!(said, "cannot read: it is a FIFO, not a regular file");
+    let large = path.with_extension("large");
+    std::fs::File::create(&large)?.set_len(crate::MAX_CONFIG_FILE_BYTES + 1)?;
+    std::fs::rename(&large, path)?;
+    assert!(
+        until(|| error().contains("larger")).await,
+        "the large file was not refused: {:?}",
+        error()
+    );
+    assert_eq!(error(), "cannot read: it is larger than 64 MiB");
+    let rejected_now = rejected(proxy);
+    tokio::time::sleep(POLL * 20).await;
+    assert_eq!(
+        rejected(proxy),
+        rejected_now,
+        "a refusal that lasts counts once"
+    );
+    let renamed = CONFIG.replace("name: front", "name: back");
+    let next = path.with_extension("next");
+    std::fs::write(&next, &renamed)?;
+    std::fs::rename(&next, path)?;
+    assert!(
+        until(|| proxy.listeners().iter().any(|(name, _)| name == "back")).await,
+        "the change after was not applied: {:?}",
+        proxy.listeners()
+    );
+    assert_eq!(error(), "", "cleared by the change applied");
+    watched.stop().await
+}
