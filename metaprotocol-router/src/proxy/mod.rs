@@ -33,6 +33,7 @@ use self::arrivals::{Arrival, Arrivals};
 use self::build::Builder;
 use self::dynamic::DynamicSources;
 pub use self::dynamic::{DynamicSource, DynamicUpdate};
+use self::file_reads::FILE_READ_TIMEOUT;
 use self::file_reads::FileReaders;
 use self::layers::Layers;
 use self::listeners::ListenerManager;
@@ -142,21 +143,67 @@ struct Retry {
     /// tried again once one of them may hold other contents. Otherwise (an address in use, a
     /// file not read in time) at every look.
     files: Option<crate::file_stamp::FilesLooked>,
+    /// A look at `files` that had not ended by its deadline (a `stat` on a network file system
+    /// that does not answer): its answer is taken once it comes, and no other look starts
+    /// while it runs.
+    looking: Option<tokio::task::JoinHandle<bool>>,
 }
 
 impl Retry {
-    /// True if `retry`'s contents are to be tried again now (none: false).
-    async fn due(retry: Option<&Self>) -> bool {
+    /// Contents rejected with `error`, to try again (see [`Retry::files`]).
+    fn new(
+        contents: Vec<u8>,
+        error: String,
+        files: Option<crate::file_stamp::FilesLooked>,
+    ) -> Self {
+        Self {
+            contents,
+            error,
+            files,
+            looking: None,
+        }
+    }
+
+    /// True if `retry`'s contents are to be tried again now (none: false). Its files are
+    /// looked at off the runtime's workers (a `stat` may block, on a network file system say)
+    /// for at most [`FILE_READ_TIMEOUT`], as an update waits for the files it reads: a look
+    /// that takes longer is not due, and is waited for no more, but taken at a later look
+    /// once it ends.
+    async fn due(retry: Option<&mut Self>) -> bool {
         let Some(retry) = retry else {
             return false;
         };
-        let Some(files) = retry.files.clone() else {
+        let Some(files) = &retry.files else {
             return true;
         };
-        // Off the runtime's workers: a `stat` may block, on a network file system say.
-        tokio::task::spawn_blocking(move || files.may_have_changed())
-            .await
-            .unwrap_or(true)
+        let files = files.clone();
+        look_within(&mut retry.looking, FILE_READ_TIMEOUT, move || {
+            files.may_have_changed()
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
+/// The answer of `look`, run on a blocking thread, if it comes within `wait`; else `None`, the
+/// look left running in `running`. A look already `running` (one that did not end in its
+/// time) is not started again: its answer is taken if it came, without waiting.
+async fn look_within(
+    running: &mut Option<tokio::task::JoinHandle<bool>>,
+    wait: Duration,
+    look: impl FnOnce() -> bool + Send + 'static,
+) -> Option<bool> {
+    let (mut handle, wait) = match running.take() {
+        Some(handle) => (handle, Duration::ZERO),
+        None => (tokio::task::spawn_blocking(look), wait),
+    };
+    match tokio::time::timeout(wait, &mut handle).await {
+        // A look that panicked says nothing: try again.
+        Ok(answer) => Some(answer.unwrap_or(true)),
+        Err(_) => {
+            *running = Some(handle);
+            None
+        }
     }
 }
 
@@ -1231,7 +1278,7 @@ impl Proxy {
             // change waits to settle, or to be tried again once what it waits for may be there.
             if look.shows_no_change_since(&before)
                 && settling.is_none()
-                && !Retry::due(retrying.as_ref()).await
+                && !Retry::due(retrying.as_mut()).await
             {
                 continue;
             }
@@ -1319,11 +1366,9 @@ impl Proxy {
                         UpdateError::Invalid(err) => err.files_read().cloned(),
                         _ => None,
                     };
-                    retrying = applied.clone().map(|contents| Retry {
-                        contents,
-                        error,
-                        files,
-                    });
+                    retrying = applied
+                        .clone()
+                        .map(|contents| Retry::new(contents, error, files));
                     applied = previous;
                     continue;
                 }

@@ -1896,3 +1896,49 @@ async fn a_config_file_past_the_bound_or_no_regular_file_is_rejected_unread() ->
     assert_eq!(error(), "", "cleared by the change applied");
     watched.stop().await
 }
+
+/// A look at the files of a rejected config that does not end (a `stat` on a network file
+/// system that does not answer; here, one waiting on a channel) holds the watcher no longer
+/// than its deadline, is not started again while it runs, and is taken once it ends.
+#[tokio::test]
+async fn a_look_at_files_that_does_not_end_is_given_up_and_not_started_again() -> TestResult {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (release, hung) = std::sync::mpsc::channel::<()>();
+    let hung = Arc::new(std::sync::Mutex::new(hung));
+    let started = Arc::new(AtomicUsize::new(0));
+    let look = || {
+        let (hung, started) = (hung.clone(), started.clone());
+        move || {
+            started.fetch_add(1, Ordering::SeqCst);
+            let _ = hung.lock().map(|hung| hung.recv());
+            true
+        }
+    };
+    let bound = Duration::from_secs(10);
+    let mut running = None;
+    let first = tokio::time::timeout(
+        bound,
+        super::look_within(&mut running, Duration::from_millis(100), look()),
+    )
+    .await;
+    // Waiting a minute would outlast the bound: the look still running is not waited for.
+    let second = tokio::time::timeout(
+        bound,
+        super::look_within(&mut running, Duration::from_secs(60), look()),
+    )
+    .await;
+    let _ = release.send(());
+    let mut answer = None;
+    for _ in 0..1000 {
+        answer = super::look_within(&mut running, Duration::ZERO, look()).await;
+        if answer.is_some() {
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    assert_eq!(first?, None, "given up at its deadline");
+    assert_eq!(second?, None, "still running, not waited for");
+    assert_eq!(answer, Some(true), "taken once it ended");
+    assert_eq!(started.load(Ordering::SeqCst), 1, "never started twice");
+    Ok(())
+}
