@@ -99,6 +99,16 @@ impl FilesToRead {
     /// Adds the files listener `listeners[at]` is built from (the build makes its context
     /// anew): its TLS files unless it keeps its running TLS settings (`keeps_tls`), its codec
     /// options named `*_file`, and those of its built-in filters.
+    ///
+    /// The codec's and filters' files are read at any change of the listener, even one that
+    /// leaves their options as they were: its build makes its codec and filter chain anew (a
+    /// chain is built whole, each filter with what it read: a `wasm` filter compiles its module
+    /// again, a `global_ratelimit` filter opens its client with its password), so the build
+    /// takes their contents whatever changed. Keeping what an earlier update read, to be reused
+    /// while a file's metadata stays the same, would not spare that: it would still look at each
+    /// file (a `stat` waits on a file system that does not answer as a read does, and is bounded
+    /// here alike), and would save the read only, a small part of building a module the read
+    /// feeds, while holding every module read in memory between updates.
     pub fn listener(&mut self, at: usize, spec: &ListenerSpec, keeps_tls: bool) {
         let place = format!("listeners[{at}]");
         if let Some(tls) = spec.tls.as_ref().filter(|_| !keeps_tls) {
