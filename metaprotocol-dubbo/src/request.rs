@@ -335,7 +335,9 @@ fn routes(entry: &Entry<'_>, frame: &[u8]) -> bool {
         .is_some_and(|key| !is_reserved(key.raw(frame)))
 }
 
-/// True for the keys only the frame header sets: the interface and the method.
+/// True for the keys only the frame header sets: the interface and the method. Inlined: it is
+/// asked of every attachment of every call, and a call to it cost more than its comparisons.
+#[inline]
 pub(crate) fn is_reserved(key: &[u8]) -> bool {
     const INTERFACE: &[u8] = keys::INTERFACE.as_bytes();
     const SERVICE: &[u8] = keys::SERVICE.as_bytes();
