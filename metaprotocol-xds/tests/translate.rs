@@ -1124,6 +1124,7 @@ fn tls_maps_from_provider_instances_and_files() -> TestResult {
             server_name: None,
             subject_alt_names: vec!["spiffe://cluster.local/ns/default/sa/provider".to_owned()],
             crl_files: Vec::new(),
+            alpn_protocols: Vec::new(),
         }
     );
 
@@ -1171,6 +1172,7 @@ fn tls_maps_from_provider_instances_and_files() -> TestResult {
             server_name: Some("provider.default.svc".to_owned()),
             subject_alt_names: vec!["provider.default.svc".to_owned()],
             crl_files: vec!["/etc/crl.pem".into()],
+            alpn_protocols: vec!["istio".to_owned()],
         }
     );
 
@@ -1351,6 +1353,9 @@ fn sidecar_clusters_map_their_transport_socket_matches_and_sds_secrets() -> Test
         server_name: Some(sni.to_owned()),
         subject_alt_names: vec![spiffe_id.to_owned()],
         crl_files: Vec::new(),
+        // Offered, as Envoy does: a sidecar in PERMISSIVE mode takes the connection for its
+        // mutual TLS only by these.
+        alpn_protocols: vec!["istio-peer-exchange".to_owned(), "istio".to_owned()],
     };
     assert_eq!(
         spec.transport_socket_matches,

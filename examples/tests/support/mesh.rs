@@ -138,6 +138,7 @@ impl MeshCa {
             server_name: None,
             subject_alt_names: vec![server.to_owned()],
             crl_files: Vec::new(),
+            alpn_protocols: Vec::new(),
         }
     }
 }

@@ -185,7 +185,7 @@ impl XdsSpec {
             ));
         }
         if let Some(tls) = &self.tls {
-            errors.check("tls", tls.validate());
+            errors.check("tls", tls.validate_for_grpc());
         }
         errors.within("reconnect", |errors| self.reconnect.check(errors));
         errors.within("keepalive", |errors| self.keepalive.check(errors));

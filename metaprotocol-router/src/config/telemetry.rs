@@ -379,7 +379,7 @@ impl TracingSpec {
                 authority
                     .parse::<EndpointAddress>()
                     .map_err(|reason| ConfigError::new("otlp_endpoint", reason))?;
-                tls.validate().map_err(|e| e.within("tls"))?;
+                tls.validate_for_grpc().map_err(|e| e.within("tls"))?;
             }
             (false, None) => {}
         }

@@ -1218,6 +1218,15 @@ fn a_tls_collector_is_https_with_tls() {
             "listeners[0].tracing.otlp_endpoint",
             "https://host:port with tls",
         ),
+        // gRPC's protocol is `h2`, offered by the proxy: another would be refused by the
+        // collector, or ignored here.
+        (
+            with(
+                "{ otlp_endpoint: \"https://collector:4317\", tls: { ca_file: /etc/ca.pem, alpn_protocols: [ istio ] } }",
+            ),
+            "listeners[0].tracing.tls.alpn_protocols",
+            "offered `h2`",
+        ),
     ]);
     assert!(
         Config::from_yaml(&with(

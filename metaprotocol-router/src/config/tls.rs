@@ -93,7 +93,17 @@ pub struct ClusterTlsSpec {
     /// as is one whose issuer has no list among them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub crl_files: Vec<PathBuf>,
+    /// The application protocols offered in the handshake (ALPN), in order of preference:
+    /// Istio's sidecars take a connection for mutual TLS from a peer sidecar only when it offers
+    /// `istio-peer-exchange` or `istio`, and pass any other TLS through to the application. The
+    /// protocol the endpoint picks is not checked: the proxy speaks the cluster's protocol
+    /// whatever it is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alpn_protocols: Vec<String>,
 }
+
+/// The longest protocol name ALPN can carry (RFC 7301: a one-byte length).
+const MAX_ALPN_PROTOCOL_BYTES: usize = 255;
 
 impl ClusterTlsSpec {
     /// The files the settings are built from, each with the field that names it.
@@ -139,6 +149,28 @@ impl ClusterTlsSpec {
         }
         for (i, crl) in self.crl_files.iter().enumerate() {
             not_empty(&format!("crl_files[{i}]"), crl)?;
+        }
+        for (i, protocol) in self.alpn_protocols.iter().enumerate() {
+            if protocol.is_empty() || protocol.len() > MAX_ALPN_PROTOCOL_BYTES {
+                return Err(ConfigError::new(
+                    format!("alpn_protocols[{i}]"),
+                    format!("must be 1 to {MAX_ALPN_PROTOCOL_BYTES} bytes long"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the settings as those of TLS to a gRPC server (the xDS server, an OTLP
+    /// collector): gRPC's protocol is `h2`, which the proxy offers itself, so
+    /// `alpn_protocols` is refused rather than ignored.
+    pub(crate) fn validate_for_grpc(&self) -> Result<(), ConfigError> {
+        self.validate()?;
+        if !self.alpn_protocols.is_empty() {
+            return Err(ConfigError::new(
+                "alpn_protocols",
+                "a gRPC server is offered `h2`, the protocol gRPC speaks, and no other",
+            ));
         }
         Ok(())
     }
@@ -230,6 +262,12 @@ clusters:
                 "clusters[0].tls.subject_alt_names[0]",
                 "must not be empty",
             ),
+            (
+                "",
+                "tls: { ca_file: ca.pem, alpn_protocols: [ istio, \"\" ] }",
+                "clusters[0].tls.alpn_protocols[1]",
+                "must be 1 to 255 bytes long",
+            ),
         ];
         for (listener, cluster, field, reason) in cases {
             let err = error_of(listener, cluster);
@@ -239,7 +277,7 @@ clusters:
         }
         let accepted = error_of(
             "tls: { cert_file: c.pem, key_file: k.pem, client_ca_file: ca.pem, require_client_cert: true, crl_files: [ crl.pem ] }",
-            "tls: { ca_file: ca.pem, cert_file: c.pem, key_file: k.pem, server_name: provider.default.svc, crl_files: [ crl.pem ] }",
+            "tls: { ca_file: ca.pem, cert_file: c.pem, key_file: k.pem, server_name: provider.default.svc, crl_files: [ crl.pem ], alpn_protocols: [ istio-peer-exchange, istio ] }",
         );
         assert_eq!(accepted.reason, "accepted");
     }

@@ -405,6 +405,7 @@ health_check: {{ interval: 20ms, timeout: 2s, unhealthy_threshold: 1, healthy_th
                 server_name: None,
                 subject_alt_names: Vec::new(),
                 crl_files: Vec::new(),
+                alpn_protocols: Vec::new(),
             },
             "c",
             &scope,

@@ -23,11 +23,12 @@
 //! - `match_subject_alt_names` (exact matchers, in their case) and
 //!   `match_typed_subject_alt_names` (exact URI and DNS names) as `subject_alt_names`;
 //! - `crl` (a file) as `crl_files`; `sni` as `server_name`;
-//! - `tls_params` that allow TLS 1.2 and 1.3, what rustls speaks.
+//! - `tls_params` that allow TLS 1.2 and 1.3, what rustls speaks;
+//! - `alpn_protocols` as `alpn_protocols` (offered; Istio's sidecars pick mutual TLS by them).
 //!
-//! Accepted and ignored: `alpn_protocols` (the engine offers none: its protocols are not
-//! negotiated), `max_session_keys` (tuning), `watched_directory` (files are re-read when they
-//! change anyway), a certificate name within an instance (its files hold one certificate).
+//! Accepted and ignored: `max_session_keys` (tuning), `watched_directory` (files are re-read
+//! when they change anyway), a certificate name within an instance (its files hold one
+//! certificate).
 //! Refused, naming the field: an instance or secret that is not mapped (naming it; for a
 //! file-named secret, a relative path, a malformed name, or one of the other kind), inline or
 //! environment data sources, other transport sockets, and whatever would relax or replace verification
@@ -318,6 +319,7 @@ fn common_tls_context(
         server_name: None,
         subject_alt_names: validation.subject_alt_names,
         crl_files: validation.crl_files,
+        alpn_protocols: common.alpn_protocols.clone(),
     })
 }
 

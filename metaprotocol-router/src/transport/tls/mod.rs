@@ -270,18 +270,24 @@ impl TlsConnector {
         cluster: &str,
         scope: &MetricsScope,
     ) -> Result<Self, ConfigError> {
-        Self::build(spec, format!("cluster {cluster}"), Vec::new(), scope)
+        let alpn = spec
+            .alpn_protocols
+            .iter()
+            .map(|protocol| protocol.as_bytes().to_vec())
+            .collect();
+        Self::build(spec, format!("cluster {cluster}"), alpn, scope)
     }
 
     /// A connector to a gRPC server (it offers ALPN `h2`, which gRPC servers may require),
     /// named `owner` in logs; its series (handshake errors, certificate reloads) live in
     /// `scope`. Errors name the field of `spec` at fault (a file that cannot be read, a key
-    /// that does not match its certificate).
+    /// that does not match its certificate, `alpn_protocols`: gRPC's is `h2`).
     pub fn grpc(
         spec: &ClusterTlsSpec,
         owner: &str,
         scope: &MetricsScope,
     ) -> Result<Self, ConfigError> {
+        spec.validate_for_grpc()?;
         Self::build(spec, owner.to_owned(), vec![b"h2".to_vec()], scope)
     }
 

@@ -202,6 +202,7 @@ async fn cluster_accepts(pki: &Pki, server: &Issued, names: &[&str]) -> TestResu
         server_name: None,
         subject_alt_names: names.iter().map(|name| (*name).to_owned()).collect(),
         crl_files: Vec::new(),
+        alpn_protocols: Vec::new(),
     };
     Ok(connects(&spec, address).await?.is_ok())
 }
@@ -213,6 +214,60 @@ async fn connects(spec: &ClusterTlsSpec, address: SocketAddr) -> TestResult<std:
         .connect(address, Duration::from_secs(5))
         .await
         .map(drop))
+}
+
+/// A cluster's `alpn_protocols` are offered in its handshakes: a real rustls server records
+/// the protocols of the client hello (an Istio sidecar in PERMISSIVE mode terminates its mutual
+/// TLS only for a client offering `istio-peer-exchange` or `istio`).
+#[tokio::test]
+async fn a_cluster_offers_its_alpn_protocols() -> TestResult {
+    let pki = Pki::new("alpn")?;
+    let server = pki.issue("server", vec![dns("provider.default.svc")?], None)?;
+    let config = Arc::new(
+        ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(
+                PemFile::read("cert_file", &server.cert_file)?.certificates()?,
+                PemFile::read("key_file", &server.key_file)?.private_key()?,
+            )?,
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let offered = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await?;
+        let hello =
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
+                .await?;
+        let offered: Vec<String> = hello
+            .client_hello()
+            .alpn()
+            .into_iter()
+            .flatten()
+            .map(|protocol| String::from_utf8_lossy(protocol).into_owned())
+            .collect();
+        // The handshake is finished, so that the client's ends as it would with a sidecar.
+        let stream = hello.into_stream(config).await?;
+        std::io::Result::Ok((offered, stream))
+    });
+    let spec = ClusterTlsSpec {
+        ca_file: pki.ca_file.clone(),
+        cert_file: None,
+        key_file: None,
+        server_name: Some("provider.default.svc".to_owned()),
+        subject_alt_names: Vec::new(),
+        crl_files: Vec::new(),
+        alpn_protocols: vec!["istio-peer-exchange".to_owned(), "istio".to_owned()],
+    };
+    let connector = TlsConnector::new(&spec, "c", &Metrics::new().root())?;
+    let _client = connector.connect(address, Duration::from_secs(5)).await?;
+    let (offered, _server) = tokio::time::timeout(Duration::from_secs(5), offered).await???;
+    assert_eq!(
+        offered,
+        ["istio-peer-exchange", "istio"],
+        "the protocols offered"
+    );
+    Ok(())
 }
 
 const PROVIDER_ID: &str = "spiffe://cluster.local/ns/default/sa/provider";
@@ -839,6 +894,7 @@ async fn an_expired_certificate_is_served_and_its_expiry_is_a_gauge() -> TestRes
         server_name: None,
         subject_alt_names: Vec::new(),
         crl_files: Vec::new(),
+        alpn_protocols: Vec::new(),
     };
     let cluster_metrics = Metrics::new();
     let _connector = TlsConnector::new(&cluster, "c", &cluster_metrics.root())?;
@@ -1109,6 +1165,7 @@ async fn server_certificates_revoked_by_a_clusters_crl_files_are_refused() -> Te
             server_name,
             subject_alt_names,
             crl_files: vec![crl_file.clone()],
+            alpn_protocols: Vec::new(),
         };
         let outcome = connects(&spec, kept).await?;
         assert!(outcome.is_ok(), "{spec:?}: {outcome:?}");
