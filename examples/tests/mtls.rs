@@ -805,10 +805,14 @@ clusters: [ {} ]
     assert_eq!(
         metric(
             &proxy,
-            "metaprotocol_upstream_tls_handshake_errors_total{cluster=\"mixed\"}"
+            "metaprotocol_upstream_tls_handshake_errors_total{cluster=\"mixed\",transport=\"tlsMode=istio\"}"
         ),
         0.0
     );
+    // The entry's TLS has series of its own, named by its match.
+    assert!(proxy.metrics().render().contains(
+        "metaprotocol_upstream_tls_handshake_errors_total{cluster=\"mixed\",transport=\"tlsMode=istio\"} 0"
+    ));
 
     // An update that puts another entry first, leaving the sidecar's TLS as it was, keeps both
     // endpoints' connections.

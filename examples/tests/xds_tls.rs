@@ -416,8 +416,10 @@ clusters: [ {{ name: p, endpoints: [ {{ address: {provider} }} ] }} ]
     );
     // Each call reached its provider once: through the sidecar (over mutual TLS), or directly.
     assert_eq!(meshed.seen().len() + plain.seen().len(), 4);
-    let handshake_errors =
-        format!("metaprotocol_upstream_tls_handshake_errors_total{{cluster=\"{name}\"}}");
+    // The series of the `tlsMode: istio` entry's TLS.
+    let handshake_errors = format!(
+        "metaprotocol_upstream_tls_handshake_errors_total{{cluster=\"{name}\",transport=\"tlsMode=istio\"}}"
+    );
     assert_eq!(metric(&proxy, &handshake_errors), 0.0);
     proxy.shutdown().await;
     sidecar.shutdown().await;

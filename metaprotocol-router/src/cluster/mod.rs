@@ -17,7 +17,7 @@
 //! update would, and a failed resolution keeps the addresses last resolved.
 
 mod circuit_breaker;
-mod connectors;
+pub(crate) mod connectors;
 pub(crate) mod dns;
 mod endpoint;
 mod snapshot;

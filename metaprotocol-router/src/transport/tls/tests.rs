@@ -2,6 +2,7 @@
 //! certificates a cluster's `subject_alt_names` accept, and which client certificates a
 //! listener takes for an identity.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -1175,5 +1176,98 @@ async fn server_certificates_revoked_by_a_clusters_crl_files_are_refused() -> Te
             "{spec:?}: a revoked certificate was taken: {outcome:?}"
         );
     }
+    Ok(())
+}
+
+/// A cluster's connectors with distinct TLS settings (its `tls`, an entry of its
+/// `transport_socket_matches` presenting another certificate) write series of their own, the
+/// entry's labelled with its match; entries whose settings equal earlier ones share their
+/// connector (files read once), as does an entry shadowed by an earlier one with its match; an
+/// update that moves an entry keeps its connector.
+#[tokio::test]
+async fn a_clusters_distinct_tls_settings_have_series_of_their_own_and_equal_ones_share_them()
+-> TestResult {
+    use crate::cluster::connectors::Connectors;
+    use crate::config::ClusterSpec;
+    use crate::transport::Connector;
+
+    let pki = Pki::new("transports")?;
+    let dated = |file: &str, year: i32| {
+        pki.issue_with(file, vec![dns("proxy.test")?], None, |params| {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(year, 1, 1);
+        })
+    };
+    let tls = |issued: &Issued| {
+        format!(
+            "{{ ca_file: {}, cert_file: {}, key_file: {} }}",
+            pki.ca_file.display(),
+            issued.cert_file.display(),
+            issued.key_file.display()
+        )
+    };
+    let default = tls(&dated("default", 2100)?);
+    let mesh = tls(&dated("mesh", 2099)?);
+    let shadowed = tls(&dated("shadowed", 2098)?);
+    let cluster = |first: &str| {
+        ClusterSpec::from_yaml(&format!(
+            "name: c
+tls: {default}
+transport_socket_matches:
+  {first}
+  - {{ match: {{ tlsMode: istio }}, tls: {mesh} }}
+  - {{ match: {{ other: x }}, tls: {default} }}
+  - {{ match: {{ third: x }}, tls: {mesh} }}
+  - {{ match: {{ tlsMode: istio }}, tls: {shadowed} }}
+"
+        ))
+    };
+    let spec = cluster("")?;
+    let metrics = Metrics::new();
+    let scope = metrics.root().with_label("cluster", "c");
+    let connectors = Connectors::new(&spec, None, &scope)?;
+    let expiry =
+        |labels: &str| series(&metrics, "tls_certificate_expiry_timestamp_seconds", labels);
+    let rendered = metrics.render();
+    // 2100-01-01T00:00:00Z and 2099-01-01T00:00:00Z.
+    assert_eq!(expiry("cluster=\"c\""), 4_102_444_800.0, "{rendered}");
+    assert_eq!(
+        expiry("cluster=\"c\",transport=\"tlsMode=istio\""),
+        4_070_908_800.0,
+        "{rendered}"
+    );
+    let gauges = rendered
+        .lines()
+        .filter(|line| line.starts_with("metaprotocol_tls_certificate_expiry_timestamp_seconds{"))
+        .count();
+    assert_eq!(gauges, 2, "one series per distinct settings: {rendered}");
+    let of = |spec: &ClusterSpec, connectors: &Connectors, key: &str, value: &str| match connectors
+        .of_endpoint(spec, &BTreeMap::from([(key.to_owned(), value.to_owned())]))
+    {
+        Connector::Tls(tls) => Ok(Arc::clone(tls)),
+        Connector::Plain => Err("a plain connector"),
+    };
+    let mesh_connector = of(&spec, &connectors, "tlsMode", "istio")?;
+    let default_connector = of(&spec, &connectors, "none", "x")?;
+    assert!(Arc::ptr_eq(
+        &of(&spec, &connectors, "other", "x")?,
+        &default_connector
+    ));
+    assert!(Arc::ptr_eq(
+        &of(&spec, &connectors, "third", "x")?,
+        &mesh_connector
+    ));
+    assert!(!Arc::ptr_eq(&default_connector, &mesh_connector));
+
+    let moved = cluster("- { match: { none: x } }")?;
+    let next = Connectors::new(&moved, Some((&spec, &connectors)), &scope)?;
+    assert!(Arc::ptr_eq(
+        &of(&moved, &next, "tlsMode", "istio")?,
+        &mesh_connector
+    ));
+    assert!(Arc::ptr_eq(
+        &of(&moved, &next, "other", "x")?,
+        &default_connector
+    ));
     Ok(())
 }
