@@ -1480,6 +1480,7 @@ fn file_named_sds_secrets_take_the_files_they_name() -> TestResult {
             server_name: Some("db.example.com".to_owned()),
             subject_alt_names: vec!["db.example.com".to_owned()],
             crl_files: Vec::new(),
+            alpn_protocols: vec!["istio-peer-exchange".to_owned(), "istio".to_owned()],
         })
     );
 
