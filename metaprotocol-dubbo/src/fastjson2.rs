@@ -399,6 +399,24 @@ impl<'a> Cursor<'a> {
         self.symbol_or_number()
     }
 
+    /// Reads the start of an attachments map (an object, after its type name if it has one):
+    /// false for a null that is the whole field, a map of no entries; an error for any other
+    /// value.
+    fn open_map(&mut self) -> Result<bool, CodecError> {
+        let mut tag = self.byte()?;
+        if tag == NULL && self.pos == self.end {
+            return Ok(false);
+        }
+        if tag == TYPED_ANY {
+            self.type_name()?;
+            tag = self.byte()?;
+        }
+        if tag != OBJECT {
+            return Err(NOT_A_MAP);
+        }
+        Ok(true)
+    }
+
     /// A type name after `0x92`: a string and its symbol number, or a symbol number alone.
     fn type_name(&mut self) -> Result<(), CodecError> {
         self.symbol_or_number().map(drop)
@@ -731,16 +749,8 @@ fn read_map(
     frame: &Bytes,
     mut each: impl FnMut(JsonbStr, &str, Value) -> Result<(), CodecError>,
 ) -> Result<(), CodecError> {
-    let mut tag = map.byte()?;
-    if tag == NULL && map.pos == map.end {
+    if !map.open_map()? {
         return Ok(());
-    }
-    if tag == TYPED_ANY {
-        map.type_name()?;
-        tag = map.byte()?;
-    }
-    if tag != OBJECT {
-        return Err(NOT_A_MAP);
     }
     while map.peek() != Some(OBJECT_END) {
         let key = match map.byte()? {
@@ -946,18 +956,10 @@ fn write_map(
         return Ok(());
     };
     let value_at = map.pos;
-    let mut tag = map.byte()?;
-    if tag == NULL && map.pos == map.end {
+    if !map.open_map()? {
         dst.put_u8(OBJECT);
         put_sets(dst);
         return Ok(());
-    }
-    if tag == TYPED_ANY {
-        map.type_name()?;
-        tag = map.byte()?;
-    }
-    if tag != OBJECT {
-        return Err(NOT_A_MAP);
     }
     dst.put_slice(slice(map.frame, value_at..map.pos)?);
     // What the entries define and point at, all of them: a later entry may use an earlier
