@@ -284,10 +284,7 @@ async fn an_endpoint_an_update_adds_takes_no_call_before_its_first_check_passes(
     let a = DemoProvider::start("a").await?;
     let a2 = DemoProvider::start("a2").await?;
     let b = DemoProvider::start("b").await?;
-    // Bound without listening, to the end of the test: it refuses connections.
-    let refusing = tokio::net::TcpSocket::new_v4()?;
-    refusing.bind(([127, 0, 0, 1], 0).into())?;
-    let refusing_address = refusing.local_addr()?;
+    let (_refusing, refusing_address) = support::refusing_addr()?;
     let checks = "    health_check: { interval: 1h, timeout: 2s, unhealthy_threshold: 3, healthy_threshold: 3 }\n";
     let (proxy, address) = start(&config(
         "",

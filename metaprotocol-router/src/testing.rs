@@ -5,6 +5,7 @@ use std::path::Path;
 
 use std::future::{Future, poll_fn};
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
@@ -15,6 +16,17 @@ use metaprotocol_core::{
     WireVariant,
 };
 use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// An address on 127.0.0.1 that refuses connections for as long as the returned socket lives:
+/// the socket holds the port bound without listening. A port merely free a moment ago may come
+/// alive: another test's listener can take it, and a connect to it can be given it as its own
+/// local port (a TCP self-connect, which succeeds), so a check of it may pass.
+pub(crate) fn refusing_address() -> io::Result<(tokio::net::TcpSocket, SocketAddr)> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(([127, 0, 0, 1], 0).into())?;
+    let address = socket.local_addr()?;
+    Ok((socket, address))
+}
 
 /// A protocol whose codecs are never used: for tests of parts that only hold a factory.
 pub(crate) struct NullCodec;

@@ -38,7 +38,7 @@ use support::fixtures::{
 use support::management_server::{ManagementServer, Received};
 use support::{
     NODE, TestResult, WITHIN, cds, config_dump, eds, eventually, proxy_config, rds,
-    serve_one_cluster, start_proxy,
+    refusing_address, serve_one_cluster, start_proxy,
 };
 
 const CONNECTIONS: usize = 20;
@@ -675,11 +675,7 @@ async fn one_clusters_endpoints_changing_updates_it_alone(api_type: &str) -> Tes
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_health_check_from_the_control_plane_takes_a_dead_endpoint_out() -> TestResult {
     let provider = DemoProvider::start("alive").await?;
-    let dead = {
-        // A port that was just free: nothing listens on it once the listener is dropped.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        listener.local_addr()?
-    };
+    let (_dead, dead) = refusing_address()?;
     let server = ManagementServer::new();
     let serving = server.serve("127.0.0.1:0".parse()?).await?;
     let name = cluster_name("checked");
@@ -893,11 +889,7 @@ async fn resources_sent_again_change_nothing(api_type: &str) -> TestResult {
         DemoProvider::start("c").await?,
     );
     let hanging_up = HangingUp::start().await?;
-    let dead = {
-        // A port that was just free: nothing listens on it once the listener is dropped.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        listener.local_addr()?
-    };
+    let (_dead, dead) = refusing_address()?;
     let server = ManagementServer::new();
     server.resend_unchanged();
     let serving = server.serve("127.0.0.1:0".parse()?).await?;

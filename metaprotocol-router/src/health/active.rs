@@ -522,9 +522,7 @@ pub(super) mod tests {
         let live = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         // Bound without listening: it refuses connections, and no other test can take its
         // port before it listens again.
-        let dead = tokio::net::TcpSocket::new_v4()?;
-        dead.bind(([127, 0, 0, 1], 0).into())?;
-        let dead_addr = dead.local_addr()?;
+        let (dead, dead_addr) = crate::testing::refusing_address()?;
         let c = cluster(&format!(
             "name: c
 endpoints: [ {{ address: \"{}\" }}, {{ address: \"{dead_addr}\" }} ]
@@ -556,13 +554,12 @@ health_check: {{ interval: 50ms, timeout: 200ms, unhealthy_threshold: 2, healthy
             live.push(tokio::net::TcpListener::bind("127.0.0.1:0").await?);
         }
         // Bound without listening, to the end of the test: it refuses connections.
-        let refusing = tokio::net::TcpSocket::new_v4()?;
-        refusing.bind(([127, 0, 0, 1], 0).into())?;
+        let (_refusing, refusing_addr) = crate::testing::refusing_address()?;
         let addresses = [
             live[0].local_addr()?,
             live[1].local_addr()?,
             live[2].local_addr()?,
-            refusing.local_addr()?,
+            refusing_addr,
         ];
         let yaml = |endpoints: &[SocketAddr]| {
             let endpoints: Vec<String> = endpoints
@@ -614,9 +611,8 @@ health_check: {{ interval: 1h, timeout: 2s, unhealthy_threshold: 3, healthy_thre
         let mut sockets = Vec::new();
         let mut refusing = Vec::new();
         for _ in 0..2 {
-            let socket = tokio::net::TcpSocket::new_v4()?;
-            socket.bind(([127, 0, 0, 1], 0).into())?;
-            refusing.push(socket.local_addr()?);
+            let (socket, address) = crate::testing::refusing_address()?;
+            refusing.push(address);
             sockets.push(socket);
         }
         let c = cluster(&format!(
@@ -855,9 +851,8 @@ health_check: {{ interval: 50ms, timeout: 1s, unhealthy_threshold: 1, healthy_th
             live.push(tokio::net::TcpListener::bind("127.0.0.1:0").await?);
         }
         // Bound without listening: it refuses connections.
-        let dead = tokio::net::TcpSocket::new_v4()?;
-        dead.bind(([127, 0, 0, 1], 0).into())?;
-        let mut endpoints = vec![format!("{{ address: \"{}\" }}", dead.local_addr()?)];
+        let (_dead, dead) = crate::testing::refusing_address()?;
+        let mut endpoints = vec![format!("{{ address: \"{dead}\" }}")];
         for listener in &live {
             endpoints.push(format!("{{ address: \"{}\" }}", listener.local_addr()?));
         }
@@ -1017,14 +1012,12 @@ health_check: {{ interval: 1s, interval_jitter_percent: 0, timeout: 500ms, unhea
     #[tokio::test]
     async fn an_endpoint_out_of_rotation_is_checked_at_the_unhealthy_interval()
     -> Result<(), Box<dyn std::error::Error>> {
-        let dead = tokio::net::TcpSocket::new_v4()?;
-        dead.bind(([127, 0, 0, 1], 0).into())?;
+        let (dead, dead_addr) = crate::testing::refusing_address()?;
         let c = cluster(&format!(
             "name: c
-endpoints: [ {{ address: \"{}\" }} ]
+endpoints: [ {{ address: \"{dead_addr}\" }} ]
 health_check: {{ interval: 1h, unhealthy_interval: 20ms, healthy_edge_interval: 20ms, timeout: 2s,
-                unhealthy_threshold: 1, healthy_threshold: 2 }}",
-            dead.local_addr()?
+                unhealthy_threshold: 1, healthy_threshold: 2 }}"
         ))?;
         c.start_health();
         assert!(until_checked(&c, 0).await, "{:?}", c.status());

@@ -209,14 +209,6 @@ mod tests {
         }
     }
 
-    /// A local address that refuses connections (bound, not listening), and its socket.
-    fn refusing() -> std::io::Result<(tokio::net::TcpSocket, SocketAddr)> {
-        let socket = tokio::net::TcpSocket::new_v4()?;
-        socket.bind(([127, 0, 0, 1], 0).into())?;
-        let address = socket.local_addr()?;
-        Ok((socket, address))
-    }
-
     /// The checks ask the probe's `port` on the endpoint's address (the endpoint's own port
     /// refuses connections), with the path and the cluster's name as `Host`; an endpoint that
     /// answers a status not expected (a service shutting down answers 503) leaves rotation at
@@ -226,7 +218,7 @@ mod tests {
     async fn an_http_check_asks_the_health_port_and_a_bad_status_takes_the_endpoint_out()
     -> Result<(), Box<dyn std::error::Error>> {
         let health = HealthServer::start("200 OK").await?;
-        let (_socket, endpoint) = refusing()?;
+        let (_socket, endpoint) = crate::testing::refusing_address()?;
         let c = cluster(&format!(
             "name: orders
 endpoints: [ {{ address: \"{endpoint}\" }} ]
@@ -257,7 +249,7 @@ health_check: {{ interval: 20ms, timeout: 2s, unhealthy_threshold: 1000, healthy
     async fn an_endpoints_health_check_port_comes_before_the_probes()
     -> Result<(), Box<dyn std::error::Error>> {
         let health = HealthServer::start("200 OK").await?;
-        let (_socket, refusing) = refusing()?;
+        let (_socket, refusing) = crate::testing::refusing_address()?;
         let c = cluster(&format!(
             "name: c
 endpoints: [ {{ address: \"{refusing}\", health_check_port: {} }} ]
@@ -350,7 +342,7 @@ health_check: {{ interval: 20ms, timeout: 2s, unhealthy_threshold: 1, healthy_th
             "no answer"
         );
         assert!(started.elapsed() < Duration::from_secs(5));
-        let (_socket, refusing) = refusing()?;
+        let (_socket, refusing) = crate::testing::refusing_address()?;
         assert_eq!(
             probe.check(refusing, &Connector::Plain, timeout).await,
             CheckResult::Failed,

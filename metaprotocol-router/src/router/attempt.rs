@@ -366,7 +366,7 @@ circuit_breakers: { max_requests: 2, max_pending_requests: 1000000 }",
     async fn every_queued_request_gives_its_pending_place_back_once()
     -> Result<(), Box<dyn std::error::Error>> {
         let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let (_dead, dead) = crate::testing::refusing_address()?;
         let request = Arc::new(Message::new(MessageKind::Request, 1, Bytes::new()));
         for address in [upstream.local_addr()?, dead] {
             let spec = Arc::new(crate::config::ClusterSpec::from_yaml(&format!(

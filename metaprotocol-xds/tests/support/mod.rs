@@ -23,6 +23,17 @@ pub const NODE: &str = "proxy-1";
 /// How long a change may take to show: generous, as the machine may be loaded.
 pub const WITHIN: Duration = Duration::from_secs(20);
 
+/// An address on 127.0.0.1 that refuses connections for as long as the returned socket lives:
+/// the socket holds the port bound without listening. A port merely free a moment ago may come
+/// alive: another test's listener can take it, and a health check's connect to it can be given
+/// it as its own local port (a TCP self-connect, which succeeds), so the endpoint passes.
+pub fn refusing_address() -> std::io::Result<(tokio::net::TcpSocket, SocketAddr)> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let address = socket.local_addr()?;
+    Ok((socket, address))
+}
+
 /// Sets the node's clusters (CDS) to `clusters` at `version`.
 pub fn cds(server: &ManagementServer, version: &str, clusters: &[Cluster]) {
     let resources = clusters.iter().map(|c| resource(&c.name, c)).collect();
