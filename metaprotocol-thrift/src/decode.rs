@@ -330,6 +330,10 @@ pub(crate) const INFLATES_TOO_LARGE: &str =
 /// reply is a `PROTOCOL_ERROR`.
 pub(crate) const ZLIB_CORRUPT: &str = "the THeader call's zlib data is corrupt or cut short";
 
+/// The error of a THeader frame whose zlib data is corrupt, cut short or too long before its
+/// message header is whole.
+const ZLIB_UNNAMED: &str = "a THeader frame's zlib data is corrupt, cut short or inflates past max_frame_bytes before its message header";
+
 /// The `reject_reason` of a THeader call in a protocol this codec does not speak (JSON, or an
 /// id THeader does not define); its local reply is an `INVALID_PROTOCOL` exception in binary.
 pub(crate) const UNKNOWN_PROTOCOL: &str = "THeader protocols other than binary (0) and compact (2) are not supported: send the call in one of them";
@@ -381,7 +385,11 @@ fn header_frame(
 }
 
 /// Reads a THeader frame `inflated` without its zlib transform. Only a call's may be cut (a
-/// zlib bomb, or corrupt data): it is refused, named as far as what inflated tells.
+/// zlib bomb, or corrupt data): it is refused, named by its message header. One cut before
+/// its message header is whole is malformed: its message type is unknown, and a one-way
+/// call's client reads no answer (a synchronous one would take it for its next call's), so
+/// the connection closes, as Apache Thrift's servers close it on a frame that does not
+/// inflate, and as a zlib call over the cap whose first bytes do not name it.
 fn inflated_call_or_answer(inflated: zlib::Inflated) -> Result<Found, CodecError> {
     let frame = Bytes::from(inflated.frame);
     let block = theader::read(&frame)?;
@@ -391,9 +399,7 @@ fn inflated_call_or_answer(inflated: zlib::Inflated) -> Result<Found, CodecError
         inflated.cut,
     ) {
         (Ok(header), _) => header,
-        // Too little inflated to name the call: what its frame tells is answered, as a call
-        // under a transform not undone is.
-        (Err(_), Some(cut)) => return Ok(Found::unnamed(frame, &block, cut.reject_reason())),
+        (Err(_), Some(_)) => return Err(CodecError::malformed(ZLIB_UNNAMED)),
         (Err(error), None) => return Err(error.in_complete_frame()),
     };
     let format = ThriftFormat::new(Transport::Header, block.protocol);

@@ -51,8 +51,12 @@
 //!   those they are set to write, so every one reads it, and a client reads its answer
 //!   compressed or not. A call that inflates past the cap (a zlib bomb: inflation stops there)
 //!   or whose zlib data is corrupt or cut short is decoded with a `reject_reason` (the engine
-//!   answers it with a [`PROTOCOL_ERROR`], named as far as what inflated tells; a one-way
-//!   call, with nothing). Such an answer is a decode error: `Malformed` when corrupt, and
+//!   answers it with a [`PROTOCOL_ERROR`] naming it; a one-way call, with nothing) once its
+//!   message header inflated; one cut before that is `Malformed` (the engine closes the
+//!   connection, counted), within the cap as over it: its type unknown, it could be a one-way
+//!   call, whose client would take an answer for its next call's, and Apache Thrift's C++ and
+//!   Python servers close the connection on a frame that does not inflate. Such an answer is
+//!   a decode error: `Malformed` when corrupt, and
 //!   `FrameTooLarge` when it inflates past the cap, left on the stream for the engine to pass
 //!   over by its length, its call failed alone (see below). Uncompressed frames cost nothing
 //!   more: the THeader path (header block, transforms, zlib) is outlined from the framed one.

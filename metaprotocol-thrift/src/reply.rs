@@ -132,7 +132,7 @@ pub(crate) fn encode_local_reply(
         _ => INTERNAL_ERROR,
     };
     // A call whose message header cannot be read (a transform not undone, a protocol not
-    // spoken here, zlib data cut short) is answered naming no method, as Apache Thrift's
+    // spoken here) is answered naming no method, as Apache Thrift's
     // servers answer one (its seqid is the frame's `seq`, where Apache Thrift's clients write
     // their call's).
     let method = if Layout::names_no_call(request) {
