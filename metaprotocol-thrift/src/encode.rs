@@ -54,6 +54,12 @@ pub(crate) fn encode(
         }
         &NO_MUTATION
     };
+    // A THeader frame no longer than Apache Thrift's readers take: they close the connection
+    // (which other clients' calls share) on a longer one.
+    let limit = match target.transport {
+        Transport::Header => max_frame_bytes.min(theader::MAX_FRAME_LEN as usize),
+        Transport::Framed | Transport::Unframed => max_frame_bytes,
+    };
     let start = dst.len();
     let passthrough = if source == target && mutation.is_empty() && !layout.lax {
         patch_copy(message, source, &layout, seqid, share, dst)?
@@ -62,7 +68,13 @@ pub(crate) fn encode(
     };
     let result = match passthrough {
         Some(shared) => Ok(shared),
-        None => translate(message, &layout, source, target, seqid, mutation, dst).map(|()| 0),
+        None => {
+            let target = Target {
+                format: target,
+                limit,
+            };
+            translate(message, &layout, source, target, seqid, mutation, dst).map(|()| 0)
+        }
     };
     // Measured as the decoder measures: a frame's length field, an unframed message whole.
     let prefix = if target.transport == Transport::Unframed {
@@ -70,16 +82,24 @@ pub(crate) fn encode(
     } else {
         4
     };
-    let result = result.and_then(|shared| match (dst.len() - start + shared).saturating_sub(prefix) {
-        size if size > max_frame_bytes => Err(CodecError::Encode(Cow::Owned(format!(
-            "the message takes {size} bytes in the upstream's encoding, over the frame limit of {max_frame_bytes}"
-        )))),
-        _ => Ok(shared),
-    });
+    let result =
+        result.and_then(
+            |shared| match (dst.len() - start + shared).saturating_sub(prefix) {
+                size if size > limit => Err(too_large(size, limit)),
+                _ => Ok(shared),
+            },
+        );
     if result.is_err() {
         dst.truncate(start);
     }
     result
+}
+
+/// The refusal of a message that takes `size` bytes in its target encoding, over `limit`.
+fn too_large(size: usize, limit: usize) -> CodecError {
+    CodecError::Encode(Cow::Owned(format!(
+        "the message takes {size} bytes in the upstream's encoding, over the frame limit of {limit}"
+    )))
 }
 
 /// The format a decoded message is in.
@@ -164,18 +184,31 @@ fn old_seqid(message: &Message, protocol: Protocol, layout: &Layout) -> Result<i
     .map_err(ReadError::in_complete_frame)
 }
 
+/// What a message is written as: its format, and the most bytes its frame may take after its
+/// length prefix.
+#[derive(Clone, Copy)]
+struct Target {
+    format: ThriftFormat,
+    limit: usize,
+}
+
 /// The general path: a new transport wrapper, header block and seqid; the message copied or
-/// transcoded.
+/// transcoded. A message copied in its protocol that cannot fit `target.limit` is refused
+/// before it is copied (a gigabyte, for a THeader frame grown past Apache Thrift's limit).
 fn translate(
     message: &Message,
     layout: &Layout,
     source: ThriftFormat,
-    target: ThriftFormat,
+    Target {
+        format: target,
+        limit,
+    }: Target,
     seqid: i32,
     mutation: &Mutation,
     dst: &mut BytesMut,
 ) -> Result<(), CodecError> {
     let frame = &message.frame[..];
+    let start = dst.len();
     let block = match source.transport {
         Transport::Header => Some(theader::parse(frame)?),
         Transport::Framed | Transport::Unframed => None,
@@ -228,6 +261,17 @@ fn translate(
         }
     };
     write_frame(dst, target.transport, header, |dst| {
+        // Copied in the same protocol, the message is as long as it came but for its seqid
+        // (a lax binary header grows): with the wrapper written, whether it fits is known.
+        if source.protocol == target.protocol {
+            let prefix = usize::from(target.transport != Transport::Unframed) * 4;
+            let size = (dst.len() - start - prefix)
+                + (frame.len() - layout.payload_start - layout.seqid.len())
+                + encode_seqid(target.protocol, seqid).1;
+            if size > limit {
+                return Err(too_large(size, limit));
+            }
+        }
         write_message(dst, frame, layout, source.protocol, target.protocol, seqid)
     })
 }

@@ -62,7 +62,8 @@
 //!   more: the THeader path (header block, transforms, zlib) is outlined from the framed one.
 //! - **THeader frames** longer than `0x3FFFFFFF` bytes are refused (`Malformed`, whatever the
 //!   cap), as Apache Thrift's C++, Python and Java readers refuse them as corrupt and close
-//!   the connection.
+//!   the connection; none is written (a mutation, or a framed call written THeader, that
+//!   grows one past it fails the encode, before the message is copied).
 //! - A THeader call whose message another transform hides (HMAC, snappy, QuickLZ, an unknown
 //!   id, or zlib stacked with another) is decoded as a call of
 //!   no name whose seqid is the frame's THeader `seq` (where Apache Thrift's clients write

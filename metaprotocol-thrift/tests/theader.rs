@@ -250,3 +250,73 @@ fn theader_frames_over_apache_thrifts_limit_are_refused() -> TestResult {
     }
     Ok(())
 }
+
+/// A call that grows past `0x3FFFFFFF` bytes on its way to a THeader server (a mutation adding
+/// a header to a frame at the limit, a framed call rewritten THeader) fails alone, with an
+/// encode error the engine answers, whatever the cap allows: Apache Thrift's THeader readers
+/// would close the connection that other clients' calls share. The frames are allocated
+/// zeroed and never written past their heads, so they hold little memory; the refusal comes
+/// before the message is copied.
+#[test]
+fn calls_growing_past_apache_thrifts_theader_limit_are_not_written() -> TestResult {
+    use metaprotocol_core::{Codec, CodecError, Side};
+    use metaprotocol_thrift::{FormatChoice, ThriftCodec};
+    const LIMIT: usize = 0x3FFF_FFFF;
+    // A strict binary call of `ping`, seqid 7, whose argument is one string field filling
+    // the frame up to `len` bytes after its length prefix, behind `head` (a THeader
+    // prelude, or nothing).
+    let call = |head: &[u8], len: usize| -> BytesMut {
+        let mut start = (len as u32).to_be_bytes().to_vec();
+        start.extend_from_slice(head);
+        start.extend_from_slice(&[
+            0x80, 1, 0, 1, 0, 0, 0, 4, b'p', b'i', b'n', b'g', 0, 0, 0, 7,
+        ]);
+        // The string field 1, its bytes (and the struct's stop byte) zeroes, as allocated.
+        let value = 4 + len - (start.len() + 3 + 4) - 1;
+        start.extend_from_slice(&[11, 0, 1]);
+        start.extend_from_slice(&(value as u32).to_be_bytes());
+        let mut frame = BytesMut::zeroed(4 + len);
+        frame[..start.len()].copy_from_slice(&start);
+        frame
+    };
+    let theader_head = [0x0f, 0xff, 0, 0, 0, 0, 0, 7, 0, 1, 0, 0, 0, 0];
+    let mut mutation = Mutation::new();
+    mutation.set("k".into(), "v".into());
+    let to_theader = WireVariant::from(ThriftFormat::new(Transport::Header, Protocol::Binary));
+    for (what, mut frame, variant, mutation) in [
+        (
+            "a header added to a THeader call at the limit",
+            call(&theader_head, LIMIT),
+            WireVariant::DEFAULT,
+            &mutation,
+        ),
+        (
+            "a framed call at the limit rewritten THeader",
+            call(&[], LIMIT),
+            to_theader,
+            &Mutation::new(),
+        ),
+    ] {
+        let mut codec =
+            ThriftCodec::for_side(Side::Downstream, FormatChoice::default(), i32::MAX as usize);
+        let message = codec
+            .decode(&mut frame)?
+            .ok_or("the call is not read whole")?;
+        assert_eq!(message.reject_reason, None, "{what}");
+        let params = EncodeParams {
+            request_id: 9,
+            variant,
+            mutation,
+        };
+        let mut out = BytesMut::new();
+        let encoded = codec.encode(&message, &params, &mut out);
+        assert!(
+            matches!(encoded, Err(CodecError::Encode(_))),
+            "{what}: {:?}, {} bytes written",
+            encoded,
+            out.len()
+        );
+        assert!(out.is_empty(), "{what}");
+    }
+    Ok(())
+}
