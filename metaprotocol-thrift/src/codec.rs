@@ -150,7 +150,7 @@ impl Codec for ThriftCodec {
                 None => return Some(FrameHead::Incomplete),
             },
         };
-        decode::oversized_response(src, transport, self.expected.protocol, self.decoder.side())
+        decode::oversized_response(src, transport, self.expected.protocol, &self.decoder)
     }
 
     /// Walks an unframed message too large to decode on through each read, holding none of

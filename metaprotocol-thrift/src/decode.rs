@@ -15,6 +15,7 @@
 //! tell a declared exception from a success.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::ops::Range;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -77,6 +78,40 @@ pub(crate) struct Decoder {
     passing: Option<Box<Passing>>,
     /// The call of one passed over, to answer (its protocol, and its message header).
     passed_call: Option<(ThriftFormat, Bytes)>,
+    /// The head of a zlib THeader frame too large to decode, inflated as it arrives.
+    zlib_head: ZlibHead,
+}
+
+/// The head of the zlib THeader frame too large to decode at the front of the stream, inflated
+/// as it arrives ([`zlib::HeadInflation`]), and kept for what reads it next: the reads of
+/// `decode` that wait for its message header, then the engine's `oversized_response` (which
+/// takes the codec shared, hence the cell) and `pass_over`. Forgotten once the stream has
+/// moved past its frame: on the next frame's `decode`, or once it is passed over.
+#[derive(Debug, Default)]
+pub(crate) struct ZlibHead(RefCell<Option<Box<ZlibHeadState>>>);
+
+/// A head being inflated, and whether its outcome (a message header, or none) has been given.
+#[derive(Debug)]
+struct ZlibHeadState {
+    inflation: zlib::HeadInflation,
+    decided: bool,
+}
+
+/// A copy starts afresh: a decompressor's state cannot be copied.
+impl Clone for ZlibHead {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl ZlibHead {
+    /// Forgets a head whose outcome was given: the stream it was read from has moved on.
+    fn forget_decided(&mut self) {
+        let head = self.0.get_mut();
+        if head.as_ref().is_some_and(|head| head.decided) {
+            *head = None;
+        }
+    }
 }
 
 /// An unframed message whose struct walk stopped at the end of the buffer.
@@ -98,6 +133,7 @@ impl Decoder {
             walked: 0,
             passing: None,
             passed_call: None,
+            zlib_head: ZlibHead::default(),
         }
     }
 
@@ -112,7 +148,9 @@ impl Decoder {
         transport: Option<Transport>,
     ) -> Option<PassedOver> {
         let passing = self.passing.get_or_insert_with(Box::default);
-        let passed = passing.pass(src, transport, self.side)?;
+        let passed = passing.pass(src, transport, self.side, &self.zlib_head);
+        self.zlib_head.forget_decided();
+        let passed = passed?;
         if let PassedOver::End { .. } = passed {
             self.passed_call = passing.take_call();
         }
@@ -155,11 +193,6 @@ impl Decoder {
         }))
     }
 
-    /// Which messages it reads: calls (downstream) or answers.
-    pub(crate) fn side(&self) -> Side {
-        self.side
-    }
-
     /// How many bytes of unframed messages the struct walks have read so far.
     pub(crate) fn walked(&self) -> u64 {
         self.walked
@@ -196,7 +229,7 @@ impl Decoder {
         match length_prefixed_size(src, self.max_frame_bytes) {
             Err(CodecError::FrameTooLarge { .. })
                 if matches!(
-                    length_prefixed_head(src, transport, None, self.side),
+                    length_prefixed_head(src, transport, None, self.side, &self.zlib_head),
                     Err(ReadError::Incomplete)
                 ) =>
             {
@@ -215,6 +248,7 @@ impl Decoder {
     /// ([`oversized_response`]): the engine passes over it and fails that call alone.
     #[inline(never)]
     fn header(&mut self, src: &mut BytesMut) -> Result<Option<Found>, CodecError> {
+        self.zlib_head.forget_decided();
         if let Some(&len) = src.first_chunk::<4>() {
             theader::check_frame_len(u32::from_be_bytes(len))?;
         }
@@ -487,8 +521,9 @@ pub(crate) fn oversized_response(
     src: &[u8],
     transport: Transport,
     protocol: Option<Protocol>,
-    side: Side,
+    decoder: &Decoder,
 ) -> Option<FrameHead> {
+    let side = decoder.side;
     let head = match transport {
         Transport::Unframed => pass::head(src).and_then(|(found, header)| {
             if protocol.is_some_and(|protocol| protocol != found) {
@@ -497,7 +532,7 @@ pub(crate) fn oversized_response(
             Ok((header, None))
         }),
         Transport::Framed | Transport::Header => {
-            length_prefixed_head(src, transport, protocol, side)
+            length_prefixed_head(src, transport, protocol, side, &decoder.zlib_head)
                 .map(|head| (head.header, Some(head.len)))
         }
     };
@@ -532,13 +567,14 @@ pub(crate) struct LengthPrefixedHead {
 /// read (a transform, or a protocol not spoken here) is a call of no name with the seqid of
 /// its THeader `seq` downstream, as a whole one is read, and an error upstream, where it
 /// would be an answer naming no call. A zlib message's header is read from its first bytes
-/// inflated ([`zlib_head`]). A THeader frame longer than Apache Thrift's readers take is an
+/// inflated ([`read_zlib_head`]). A THeader frame longer than Apache Thrift's readers take is an
 /// error.
 pub(crate) fn length_prefixed_head(
     src: &[u8],
     transport: Transport,
     protocol: Option<Protocol>,
     side: Side,
+    zlib_head: &ZlibHead,
 ) -> Result<LengthPrefixedHead, ReadError> {
     let Some(&[l0, l1, l2, l3]) = src.first_chunk::<4>() else {
         return Err(ReadError::Incomplete);
@@ -581,7 +617,7 @@ pub(crate) fn length_prefixed_head(
                     return Err(ReadError::malformed("a frame in another protocol"));
                 }
                 let head = frame.get(..within).unwrap_or(frame);
-                let (header, inflated) = zlib_head(head, within, &block)?;
+                let (header, inflated) = read_zlib_head(head, within, &block, zlib_head)?;
                 return Ok(LengthPrefixedHead {
                     protocol: block.protocol,
                     header,
@@ -623,26 +659,45 @@ pub(crate) fn length_prefixed_head(
 /// [`MAX_FRAME_HEAD`] of them), and the frame's head rebuilt without the transform, which the
 /// header describes. [`ReadError::Incomplete`] while more of the head is to come; an error
 /// when its head does not inflate to a message header: the frame's message type is then
-/// unknown, and a one-way call must get no answer.
+/// unknown, and a one-way call must get no answer. The inflation goes on in `cached`, where
+/// the last read of the same frame left it, so that each byte of the head is inflated once.
 #[cold]
-fn zlib_head(
+fn read_zlib_head(
     head: &[u8],
     within: usize,
     block: &theader::HeaderBlock,
+    cached: &ZlibHead,
 ) -> Result<(MessageHeader, Vec<u8>), ReadError> {
-    let inflated = zlib::inflate(head, block, MAX_FRAME_HEAD);
-    let mut cursor = Cursor::in_frame(&inflated.frame, inflated.payload_start);
-    match protocol::read_message_header(block.protocol, &mut cursor) {
-        Ok(header) => Ok((header, inflated.frame)),
+    // Only a read made while another holds it (none does) inflates afresh.
+    let mut fresh = None;
+    let mut borrowed = cached.0.try_borrow_mut();
+    let slot = match borrowed.as_deref_mut() {
+        Ok(slot) => slot,
+        Err(_) => &mut fresh,
+    };
+    let state = match slot {
+        Some(state) if state.inflation.continues(head, block) => state,
+        _ => slot.insert(Box::new(ZlibHeadState {
+            inflation: zlib::HeadInflation::new(head, block),
+            decided: false,
+        })),
+    };
+    let inflation = &mut state.inflation;
+    inflation.feed(head, block);
+    let mut cursor = Cursor::in_frame(&inflation.frame, inflation.payload_start);
+    let read = match protocol::read_message_header(block.protocol, &mut cursor) {
+        Ok(header) => Ok((header, inflation.frame.clone())),
         Err(ReadError::Incomplete)
-            if inflated.cut == Some(zlib::Cut::Short) && head.len() < within =>
+            if inflation.cut == Some(zlib::Cut::Short) && head.len() < within =>
         {
-            Err(ReadError::Incomplete)
+            return Err(ReadError::Incomplete);
         }
         Err(_) => Err(ReadError::malformed(
             "the first bytes of a zlib THeader message over the cap do not inflate to its message header",
         )),
-    }
+    };
+    state.decided = true;
+    read
 }
 
 /// The message header of a call whose message, at `at` of its THeader frame, cannot be read:
@@ -859,6 +914,68 @@ mod tests {
             let expected = expected.map(|(s, m)| (s.map(str::to_owned), m.to_owned()));
             assert_eq!(got, expected, "{name:?}");
         }
+    }
+
+    /// The head of a zlib call over the cap is inflated as its bytes arrive, each byte once,
+    /// however many reads bring it (each read inflated it all again, up to 64 KiB a read), and
+    /// not again when the engine reads its head and passes it over.
+    #[test]
+    fn an_oversized_zlib_head_is_inflated_once_as_it_arrives()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use std::io::Write;
+        // Letters zlib cannot shrink much, each `seed` its own.
+        let letters = |seed: u32, len: usize| -> Vec<u8> {
+            (0..len)
+                .scan(seed, |x, _| {
+                    *x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                    Some(b'a' + (*x >> 16) as u8 % 26)
+                })
+                .collect()
+        };
+        // A call whose name ends 20 KiB into its message.
+        let name = letters(1, 20_000);
+        let value = letters(2, 200_000);
+        let mut message = vec![0x80, 1, 0, 1];
+        message.extend_from_slice(&(name.len() as u32).to_be_bytes());
+        message.extend_from_slice(&name);
+        message.extend_from_slice(&[0, 0, 0, 5, 11, 0, 1]);
+        message.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        message.extend_from_slice(&value);
+        message.push(0);
+        let mut encoder =
+            flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(&message)?;
+        let compressed = encoder.finish()?;
+        let mut frame = ((14 + compressed.len()) as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&[0x0f, 0xff, 0, 0, 0, 0, 0, 5, 0, 1, 0, 1, 1, 0]);
+        frame.extend_from_slice(&compressed);
+
+        let mut decoder = Decoder::new(1024, Side::Downstream);
+        let mut src = BytesMut::new();
+        crate::zlib::INFLATED.set(0);
+        let mut reads = 0;
+        for piece in frame.chunks(512) {
+            src.extend_from_slice(piece);
+            reads += 1;
+            match decoder.decode(&mut src, Transport::Header) {
+                Ok(None) => {}
+                Err(CodecError::FrameTooLarge { .. }) => break,
+                other => {
+                    return Err(format!("read {reads}: {:?}", other.map(|f| f.is_some())).into());
+                }
+            }
+        }
+        // As the engine goes on: it reads the head, and passes the call over.
+        let head = oversized_response(&src, Transport::Header, None, &decoder);
+        assert_eq!(head, Some(FrameHead::Unsized));
+        assert!(decoder.pass_over(&src, Some(Transport::Header)).is_some());
+        let inflated = crate::zlib::INFLATED.get();
+        assert!(
+            reads > 20 && inflated <= name.len() as u64 + 2048,
+            "{inflated} bytes inflated in {reads} reads, for a message header of {} bytes",
+            name.len() + 12
+        );
+        Ok(())
     }
 
     #[test]

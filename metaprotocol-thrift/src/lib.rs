@@ -75,7 +75,7 @@
 //!   and answered the same (a `PROTOCOL_ERROR` would have to name its method, which cannot be
 //!   read). A zlib message over the cap compressed is read from its first bytes inflated
 //!   (within the frame's first [`MAX_FRAME_HEAD`](metaprotocol_core::MAX_FRAME_HEAD) bytes,
-//!   and no more than that inflated): a call is passed over by its length and answered with
+//!   and no more than that inflated, each byte once as the reads bring it): a call is passed over by its length and answered with
 //!   the `PROTOCOL_ERROR` naming it (a one-way call, with nothing), an answer fails its call
 //!   alone; one whose first bytes do not inflate to a message header could be a one-way call,
 //!   which must get no answer, and is refused (the connection closes, as Apache Thrift's

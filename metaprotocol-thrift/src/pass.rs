@@ -19,7 +19,7 @@ use bytes::Bytes;
 use metaprotocol_core::{MAX_FRAME_HEAD, PassedOver, Side};
 use smallvec::SmallVec;
 
-use crate::decode::length_prefixed_head;
+use crate::decode::{ZlibHead, length_prefixed_head};
 use crate::format::{Protocol, ThriftFormat, Transport};
 use crate::protocol::{self, Checkpoint, MessageHeader, ValueType};
 use crate::wire::{Cursor, ReadError};
@@ -80,9 +80,10 @@ impl Passing {
         src: &[u8],
         transport: Option<Transport>,
         side: Side,
+        zlib_head: &ZlibHead,
     ) -> Option<PassedOver> {
         let from = match self.progress {
-            Progress::Idle => self.start(src, transport?, side)?,
+            Progress::Idle => self.start(src, transport?, side, zlib_head)?,
             Progress::Counted(_) | Progress::Walked => 0,
         };
         let passed = self.feed(src, from);
@@ -99,7 +100,13 @@ impl Passing {
 
     /// Starts passing over the `transport` message at the front of `src`: where in `src` what
     /// is passed over starts (the frame, or the unframed message's struct).
-    fn start(&mut self, src: &[u8], transport: Transport, side: Side) -> Option<usize> {
+    fn start(
+        &mut self,
+        src: &[u8],
+        transport: Transport,
+        side: Side,
+        zlib_head: &ZlibHead,
+    ) -> Option<usize> {
         let (protocol, header, progress, from, inflated) = match transport {
             Transport::Unframed => {
                 let (protocol, header) = head(src).ok()?;
@@ -112,7 +119,7 @@ impl Passing {
                 (protocol, header, Progress::Walked, from, None)
             }
             Transport::Framed | Transport::Header => {
-                let head = length_prefixed_head(src, transport, None, side).ok()?;
+                let head = length_prefixed_head(src, transport, None, side, zlib_head).ok()?;
                 let progress = Progress::Counted(head.len);
                 (head.protocol, head.header, progress, 0, head.inflated)
             }

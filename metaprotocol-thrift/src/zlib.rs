@@ -32,13 +32,17 @@ const SLACK_SHARE: usize = 4;
 /// The least room made for inflated bytes at a time.
 const MIN_ROOM: usize = 256;
 
+#[cfg(test)]
+thread_local! {
+    /// How many bytes the inflations run on this thread wrote: what tests count the work by.
+    pub(crate) static INFLATED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 /// A THeader frame rebuilt without its zlib transform, and whether all of its message is in.
 pub(crate) struct Inflated {
     /// The rebuilt frame, length prefix patched to what it holds; its capacity is at most a
     /// quarter more than its length.
     pub(crate) frame: Vec<u8>,
-    /// Where its message starts (after its header block).
-    pub(crate) payload_start: usize,
     /// Why only a prefix of the message is in, if it is not whole.
     pub(crate) cut: Option<Cut>,
 }
@@ -91,16 +95,93 @@ impl Cut {
 #[inline(never)]
 pub(crate) fn inflate(frame: &[u8], block: &HeaderBlock, max_frame_bytes: usize) -> Inflated {
     let compressed = frame.get(block.payload_start..).unwrap_or_default();
-    let headers = frame.get(block.info.clone()).unwrap_or_default();
     // The frame, inflated, may hold at most `max_frame_bytes` after its length prefix, and
     // one byte more tells a message that passes them.
-    let mut out = Vec::with_capacity(
-        block.payload_start
-            + compressed
-                .len()
-                .saturating_mul(FIRST_GUESS_RATIO)
-                .min(max_frame_bytes.saturating_add(1)),
+    let mut out = rebuilt_head(
+        frame,
+        block,
+        compressed
+            .len()
+            .saturating_mul(FIRST_GUESS_RATIO)
+            .min(max_frame_bytes.saturating_add(1)),
     );
+    let limit = max_frame_bytes.saturating_sub(out.len() - 4);
+    let cut = inflate_into(&mut Decompress::new(true), compressed, &mut out, limit);
+    if out.capacity() - out.len() > out.len() / SLACK_SHARE {
+        out.shrink_to_fit();
+    }
+    patch_length(&mut out);
+    Inflated { frame: out, cut }
+}
+
+/// The first bytes of a zlib THeader frame too large to decode, inflated as they arrive: each
+/// compressed byte once, however many reads bring them, to no more than
+/// [`MAX_FRAME_HEAD`](metaprotocol_core::MAX_FRAME_HEAD) bytes of rebuilt frame.
+pub(crate) struct HeadInflation {
+    stream: Decompress,
+    /// The frame's fixed fields (length prefix to header length), which tell its frame.
+    fixed: [u8; BLOCK_START],
+    /// The head rebuilt without the transform ([`inflate`]), length prefix patched to what it
+    /// holds, and its message's first bytes inflated.
+    pub(crate) frame: Vec<u8>,
+    pub(crate) payload_start: usize,
+    /// Why the message is not whole; [`Cut::Short`] while more of it may come.
+    pub(crate) cut: Option<Cut>,
+}
+
+impl std::fmt::Debug for HeadInflation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeadInflation")
+            .field("fed", &self.stream.total_in())
+            .field("frame", &self.frame.len())
+            .field("cut", &self.cut)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HeadInflation {
+    /// Starts inflating the zlib THeader frame whose first bytes are `head` (its header block
+    /// whole, which `block` describes).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn new(head: &[u8], block: &HeaderBlock) -> Self {
+        let frame = rebuilt_head(head, block, MIN_ROOM);
+        Self {
+            stream: Decompress::new(true),
+            fixed: head.first_chunk().copied().unwrap_or_default(),
+            payload_start: frame.len(),
+            frame,
+            cut: Some(Cut::Short),
+        }
+    }
+
+    /// Whether `head` is the first bytes of the frame it inflates, as many as it read or more.
+    pub(crate) fn continues(&self, head: &[u8], block: &HeaderBlock) -> bool {
+        head.first_chunk() == Some(&self.fixed)
+            && usize::try_from(self.stream.total_in())
+                .is_ok_and(|fed| block.payload_start + fed <= head.len())
+    }
+
+    /// Inflates the bytes of `head` (the frame's first bytes, more of them than last time)
+    /// after those already inflated, while more may come.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn feed(&mut self, head: &[u8], block: &HeaderBlock) {
+        if self.cut != Some(Cut::Short) {
+            return;
+        }
+        let compressed = head.get(block.payload_start..).unwrap_or_default();
+        let limit = metaprotocol_core::MAX_FRAME_HEAD.saturating_sub(self.payload_start - 4);
+        self.cut = inflate_into(&mut self.stream, compressed, &mut self.frame, limit);
+        patch_length(&mut self.frame);
+    }
+}
+
+/// The fixed fields and header block of THeader `frame` (described by `block`), rebuilt
+/// without the zlib transform, in room for `message` bytes of message more.
+fn rebuilt_head(frame: &[u8], block: &HeaderBlock, message: usize) -> Vec<u8> {
+    let headers = frame.get(block.info.clone()).unwrap_or_default();
+    let mut out = Vec::with_capacity(block.payload_start + message);
     // The same fixed fields and info headers, the transform list empty.
     out.put_u32(0);
     out.extend_from_slice(&MAGIC);
@@ -118,26 +199,27 @@ pub(crate) fn inflate(frame: &[u8], block: &HeaderBlock, max_frame_bytes: usize)
     // Never longer than the block it comes from, which had a transform more.
     let words = ((out.len() - BLOCK_START) / 4) as u16;
     patch(&mut out, BLOCK_START - 2, &words.to_be_bytes());
-    let payload_start = out.len();
-    let limit = max_frame_bytes.saturating_sub(out.len() - 4);
-    let cut = inflate_into(compressed, &mut out, limit);
-    if out.capacity() - out.len() > out.len() / SLACK_SHARE {
-        out.shrink_to_fit();
-    }
-    let len = u32::try_from(out.len() - 4).unwrap_or(u32::MAX);
-    patch(&mut out, 0, &len.to_be_bytes());
-    Inflated {
-        frame: out,
-        payload_start,
-        cut,
-    }
+    out
 }
 
-/// Appends the inflation of the zlib stream `compressed` to `out`, at most `limit` bytes of it,
-/// making room for no more than one byte past them.
-fn inflate_into(compressed: &[u8], out: &mut Vec<u8>, limit: usize) -> Option<Cut> {
-    let start = out.len();
-    let mut stream = Decompress::new(true);
+/// Sets the length prefix of `frame` to what it holds.
+fn patch_length(frame: &mut [u8]) {
+    let len = u32::try_from(frame.len() - 4).unwrap_or(u32::MAX);
+    patch(frame, 0, &len.to_be_bytes());
+}
+
+/// Appends the inflation of the zlib stream `compressed` to `out`, from where `stream` stopped
+/// (its bytes read, and written to `out` from `out.len() - stream.total_out()`), at most
+/// `limit` bytes of it in all, making room for no more than one byte past them.
+fn inflate_into(
+    stream: &mut Decompress,
+    compressed: &[u8],
+    out: &mut Vec<u8>,
+    limit: usize,
+) -> Option<Cut> {
+    let start = out
+        .len()
+        .saturating_sub(usize::try_from(stream.total_out()).unwrap_or(usize::MAX));
     loop {
         let produced = out.len() - start;
         // One byte past the limit tells a message that fills it from one that passes it.
@@ -155,6 +237,8 @@ fn inflate_into(compressed: &[u8], out: &mut Vec<u8>, limit: usize) -> Option<Cu
             .unwrap_or_default();
         let status = stream.decompress(unread, &mut out[at..], FlushDecompress::None);
         let written = usize::try_from(stream.total_out() - before).unwrap_or(usize::MAX);
+        #[cfg(test)]
+        INFLATED.with(|inflated| inflated.set(inflated.get() + written as u64));
         out.truncate(at + written);
         if out.len() - start > limit {
             out.truncate(start + limit);
@@ -189,7 +273,7 @@ mod tests {
     /// Inflates `compressed` with `limit`, returning what came out and the cut.
     fn run(compressed: &[u8], limit: usize) -> (Vec<u8>, Option<Cut>) {
         let mut out = b"head".to_vec();
-        let cut = inflate_into(compressed, &mut out, limit);
+        let cut = inflate_into(&mut Decompress::new(true), compressed, &mut out, limit);
         assert_eq!(&out[..4], b"head");
         (out[4..].to_vec(), cut)
     }
