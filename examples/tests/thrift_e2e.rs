@@ -245,6 +245,53 @@ fn theader_calls_under_zlib_are_served_and_one_way_calls_unanswered() -> TestRes
     Ok(())
 }
 
+/// A THeader call under zlib whose data does not inflate, so that its message type cannot be
+/// read (it could be a one-way call, whose client reads no answer): Apache Thrift's Python
+/// server closes the connection, and so does the proxy, counted as a malformed frame. Before,
+/// the proxy answered it with a `PROTOCOL_ERROR` of no name to seqid 7, which a client whose
+/// call was one-way would have read as its next call's answer.
+#[test]
+fn a_theader_call_under_zlib_that_does_not_inflate_closes_the_connection() -> TestResult {
+    let Some(scratch) = prepare("zlib-corrupt")? else {
+        return Ok(());
+    };
+    for protocol in PROTOCOLS {
+        let server = Server::start("header", protocol, "upstream", &scratch)?;
+        let yaml = format!(
+            "{ONE_LISTENER}{}\nclusters:\n  - name: upstream\n    endpoints: [ {{ address: \"{}\" }} ]\n",
+            greeter_routes("upstream"),
+            server.address()
+        );
+        let proxy = InProcessProxy::start(&yaml)?;
+        let port = proxy.addr("in")?.port();
+        let closed = r#"{"answer": "closed"}"#;
+        let direct = client(
+            server.port,
+            "header",
+            protocol,
+            &["zlibcorrupt"],
+            "",
+            &scratch,
+        )?;
+        assert_eq!(direct, closed, "{protocol}, the server itself");
+        let proxied = client(port, "header", protocol, &["zlibcorrupt"], "", &scratch)?;
+        assert_eq!(proxied, closed, "{protocol}, through the proxy");
+        let series =
+            r#"metaprotocol_downstream_protocol_errors_total{listener="in",reason="malformed"} 1"#;
+        let metrics = proxy.metrics();
+        assert!(
+            metrics.lines().any(|line| line == series),
+            "{protocol}: {series} not in {}",
+            metrics
+                .lines()
+                .filter(|line| line.contains("protocol_errors"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    Ok(())
+}
+
 /// A THeader call whose header block is 64 KiB or more, which Apache Thrift's C++ and Ruby
 /// servers refuse by closing the connection (one the proxy shares between clients), is answered
 /// with a `PROTOCOL_ERROR` `TApplicationException` the Python client raises, and the same

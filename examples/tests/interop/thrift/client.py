@@ -27,6 +27,9 @@ Prints one JSON object with the results. Scenarios:
                  the same connection, and the server's ping count (polled until it reaches 1,
                  or 0 with N > 0, then read again after a pause); reports the greeting (or the
                  exception the call read) and the count
+  zlibcorrupt    (THeader) a call under the zlib transform whose data is not zlib at all
+                 (so its message type cannot be read), written by hand with seq 7; reports
+                 what comes back: an answer's name, type and seqid, or "closed"
   bigheader N    (THeader) sayHello("w1") with a header `big` of N bytes, then sayHello("after")
                  without it on the same connection; reports the exception (or the greeting)
                  and the greeting
@@ -43,6 +46,7 @@ import json
 import os
 import random
 import string
+import struct
 import sys
 import threading
 import time
@@ -53,6 +57,7 @@ from greeter.ttypes import GreetError
 from thrift.protocol.THeaderProtocol import THeaderProtocol
 from thrift.Thrift import TApplicationException, TMessageType, TType
 from thrift.transport import TSocket
+from thrift.transport.TTransport import TTransportException
 from thrift.transport.THeaderTransport import THeaderTransformID
 
 TIMEOUT_MS = 10000
@@ -231,6 +236,18 @@ def zlib_ping(conn, size):
     return out
 
 
+def zlib_corrupt(conn, protocol):
+    block = bytes([2 if protocol == "compact" else 0, 1, 1, 0])
+    frame = b"\x0f\xff\x00\x00" + struct.pack(">IH", 7, len(block) // 4) + block + b"not zlib"
+    conn.trans.write(struct.pack(">I", len(frame)) + frame)
+    conn.trans.flush()
+    try:
+        name, mtype, seqid = conn.proto.readMessageBegin()
+    except TTransportException:
+        return {"answer": "closed"}
+    return {"answer": {"name": name, "mtype": mtype, "seqid": seqid}}
+
+
 def big_header(conn, size):
     out = {}
     conn.proto.set_header(b"big", b"v" * size)
@@ -350,6 +367,8 @@ def main():
             out = zlib(conn, int(arg), bomb=True)
         elif scenario == "zlibping":
             out = zlib_ping(conn, int(arg or 0))
+        elif scenario == "zlibcorrupt":
+            out = zlib_corrupt(conn, protocol)
         else:
             raise SystemExit("unknown scenario " + scenario)
     finally:
