@@ -288,6 +288,91 @@ async fn a_route_timeout_is_a_timeout_reply_in_about_the_timeout() -> TestResult
     Ok(())
 }
 
+/// A Dubbo consumer's deadline, its `_TO` attachment (Dubbo's timeout countdown: the time left
+/// of the call), caps the route's: the proxy answers SERVER_TIMEOUT when the consumer gives up
+/// rather than wait on for a provider nobody waits for. The `timeout` attachment is no
+/// deadline: dubbo2.js sends its service timeout there in seconds.
+#[tokio::test]
+async fn a_consumers_timeout_countdown_caps_the_route_timeout() -> TestResult {
+    let world = World::start_with(
+        "      - route: { cluster: demo, subset: { version: v1 } }
+        timeout: 10s",
+        "",
+        Duration::from_secs(1),
+    )
+    .await?;
+    let started = Instant::now();
+    let reply = world
+        .client
+        .call(SLOW_METHOD, "a", &[("_TO", "300")])
+        .await?;
+    let took = started.elapsed();
+    assert_eq!(reply.dubbo_status, 31, "SERVER_TIMEOUT");
+    assert!(
+        took >= Duration::from_millis(290),
+        "answered when the consumer's 300 ms ran out: took {took:?}"
+    );
+    // dubbo2.js's `timeout: 1` means a second, not a millisecond: the call is answered.
+    let reply = world
+        .client
+        .call(SLOW_METHOD, "a", &[("timeout", "1")])
+        .await?;
+    assert_eq!(reply.dubbo_status, 20);
+    world.proxy.shutdown().await;
+    Ok(())
+}
+
+/// The provider is told how long the proxy waits for its answer as a Dubbo consumer tells it:
+/// a route `timeout` shorter than the consumer's `_TO` countdown goes as the call's `_TO`, at
+/// most the route's; a consumer's own shorter one goes as it came, and a consumer that sent
+/// none (it did not enable the countdown) sends none through the proxy either, its `timeout`
+/// attachment as it came.
+#[tokio::test]
+async fn a_route_timeout_shorter_than_the_consumers_countdown_reaches_the_provider() -> TestResult {
+    let world = World::start(
+        "      - route: { cluster: demo, subset: { version: v1 } }
+        timeout: 300ms",
+    )
+    .await?;
+    let calls: [&[(&str, &str)]; 3] = [
+        &[("x-call", "0"), ("_TO", "5000")],
+        &[("x-call", "1"), ("_TO", "200")],
+        &[("x-call", "2"), ("timeout", "5000")],
+    ];
+    for attachments in calls {
+        let reply = world.client.call("sayHello", "a", attachments).await?;
+        assert_eq!(reply.dubbo_status, 20);
+    }
+    let seen = world.provider("v1-user").seen();
+    let call = |number: &str| {
+        seen.iter()
+            .find(|request| request.metadata.get("x-call") == Some(number))
+            .map(|request| request.metadata.clone())
+            .ok_or_else(|| format!("call {number} reached the provider"))
+    };
+    let told = call("0")?;
+    let countdown = told.get("_TO").and_then(|ms| ms.parse::<u64>().ok());
+    assert!(
+        countdown.is_some_and(|ms| (1..=300).contains(&ms)),
+        "the consumer allowed 5000 ms, the proxy waits 300 ms at most: the provider was told {:?}",
+        told.get("_TO")
+    );
+    assert_eq!(
+        call("1")?.get("_TO"),
+        Some("200"),
+        "a shorter one goes as it came"
+    );
+    let without = call("2")?;
+    assert_eq!(without.get("_TO"), None, "no countdown is added");
+    assert_eq!(
+        without.get("timeout"),
+        Some("5000"),
+        "`timeout` goes as it came"
+    );
+    world.proxy.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_clients_share_few_upstream_connections() -> TestResult {
     let world = World::start("      - route: { cluster: demo, subset: { group: user } }").await?;

@@ -1,11 +1,12 @@
 //! [`DubboCodec`]: framing, decode dispatch by message kind, and encode.
 
 use std::borrow::Cow;
+use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use metaprotocol_core::{
-    Codec, CodecError, EncodeParams, FrameHead, LocalReply, Message, MessageKind, Metadata,
-    ResponseStatus, WireVariant, decode_new,
+    ByteStr, Codec, CodecError, EncodeParams, FrameHead, LocalReply, Message, MessageKind,
+    Metadata, ResponseStatus, WireVariant, decode_new,
 };
 
 use crate::attachments::{self, MapBounds, slice};
@@ -22,7 +23,7 @@ use crate::serialization::{FASTJSON2, HESSIAN2, unsupported_reason};
 /// clients that send older or framework version numbers (dubbo-py sends 2.5.3) cannot decode
 /// result flags 3 to 5. Upstream connections do not depend on it.
 pub const READS_RESPONSE_ATTACHMENTS: WireVariant = WireVariant(1);
-use crate::{fastjson2, reply, request, response, status};
+use crate::{deadline, fastjson2, reply, request, response, status};
 
 /// The Dubbo2 codec for one connection and direction.
 ///
@@ -105,6 +106,45 @@ impl Codec for DubboCodec {
         dst.extend_from_slice(head);
         patch_request_id(dst, start, params.request_id);
         Ok(body.len())
+    }
+
+    /// A call whose consumer sent a `_TO` countdown goes with the time the proxy waits for it
+    /// in its place, where that is less, as Dubbo's consumers write what is left of a call into
+    /// each call (see [`deadline`]): the provider then drops what it would answer too late, and
+    /// passes on no more than that to the calls it makes. The countdown is rewritten as an
+    /// attachment a mutation sets (a string, which Java reads as it reads an int), with the
+    /// call's own mutation. A wait not shorter in whole milliseconds goes as from
+    /// [`Codec::encode`].
+    fn encode_within(
+        &mut self,
+        message: &Message,
+        params: &EncodeParams<'_>,
+        wait: Duration,
+        share: bool,
+        dst: &mut BytesMut,
+    ) -> Result<usize, CodecError> {
+        let countdown = message
+            .kind
+            .is_call()
+            .then(|| deadline::told_countdown(wait, &message.metadata))
+            .flatten();
+        let Some(countdown) = countdown else {
+            return if share {
+                self.encode_sharing(message, params, dst)
+            } else {
+                self.encode(message, params, dst).map(|()| 0)
+            };
+        };
+        let mut mutation = params.mutation.clone();
+        mutation.set(
+            ByteStr::from(deadline::TIMEOUT_COUNTDOWN),
+            ByteStr::from(countdown.to_string()),
+        );
+        let params = EncodeParams {
+            mutation: &mutation,
+            ..*params
+        };
+        self.encode_mutated(message, &params, dst).map(|()| 0)
     }
 
     fn encode_local_reply(
@@ -301,6 +341,7 @@ fn read_body(header: &Header, message: &mut Message) {
                     if request.reads_response_attachments {
                         message.variant = READS_RESPONSE_ATTACHMENTS;
                     }
+                    message.timeout = deadline::requested(&message.metadata);
                 }
                 Err(error) => {
                     message.metadata = Metadata::new();
@@ -314,6 +355,7 @@ fn read_body(header: &Header, message: &mut Message) {
                     if request.reads_response_attachments {
                         message.variant = READS_RESPONSE_ATTACHMENTS;
                     }
+                    message.timeout = deadline::requested(&message.metadata);
                 }
                 Err(error) => {
                     message.metadata = Metadata::new();

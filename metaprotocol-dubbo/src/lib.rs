@@ -129,6 +129,17 @@
 //! `#-1` repeats), or a map whose keys are symbol numbers, is an `Encode` error, which fails
 //! the call with status 40; Dubbo's own writer gives string attachments no such links.
 //!
+//! # Deadlines
+//!
+//! A call's [`timeout`](metaprotocol_core::Message::timeout), the consumer's deadline, is its
+//! `_TO` attachment (Dubbo's timeout countdown: the milliseconds left of the call), when that
+//! is a positive decimal number, an int or a string. The `timeout` attachment is none: its
+//! unit is the client's (dubbo2.js sends seconds, others milliseconds) and providers ignore it.
+//! A call that came with `_TO` goes to each attempt's provider with `_TO` set to the time the
+//! proxy waits for it, where that is less
+//! ([`Codec::encode_within`](metaprotocol_core::Codec::encode_within)), as a string in the
+//! rewritten attachments.
+//!
 //! # Local replies and heartbeats
 //!
 //! A local reply is a Dubbo response with the request's id, a status chosen by kind, and, as
@@ -183,6 +194,7 @@
 mod attachments;
 pub mod build;
 mod codec;
+mod deadline;
 mod factory;
 mod fastjson2;
 mod header;

@@ -716,3 +716,30 @@ fn symbols_read_as_their_strings_and_what_cannot_be_read_is_refused() -> TestRes
     }
     Ok(())
 }
+
+/// A fastjson2 call's `_TO` is its deadline, as a Hessian2 call's is, and an attempt that waits
+/// less goes with the wait in its place, written into the JSONB attachments.
+#[test]
+fn a_fastjson2_calls_countdown_is_its_deadline_and_an_attempt_tells_its_wait() -> TestResult {
+    let bytes = call_with(&[
+        (latin1("_TO"), int32(1000)),
+        (latin1("tenant"), latin1("t1")),
+    ]);
+    let call = decode(&bytes)?;
+    assert_eq!(call.timeout, Some(std::time::Duration::from_millis(1000)));
+    let mut dst = BytesMut::new();
+    let params = EncodeParams {
+        request_id: 4,
+        variant: WireVariant::DEFAULT,
+        mutation: &Mutation::new(),
+    };
+    let wait = std::time::Duration::from_millis(120);
+    let mut codec = DubboCodec::new(DEFAULT_MAX_FRAME_BYTES);
+    codec.encode_within(&call, &params, wait, true, &mut dst)?;
+    let told = decode(&dst)?;
+    assert_eq!(told.request_id, 4);
+    assert_eq!(told.metadata.get("_TO"), Some("120"));
+    assert_eq!(told.metadata.get("tenant"), Some("t1"));
+    assert_eq!(told.timeout, Some(wait));
+    Ok(())
+}

@@ -394,3 +394,51 @@ fn a_call_over_the_upstream_frame_cap_is_not_sent() -> TestResult {
     assert_eq!(dst.len(), b"prefix".len() + cap + 1);
     Ok(())
 }
+
+/// A call's `_TO` (Dubbo's timeout countdown, an int as Java writes it) is its deadline, and an
+/// attempt that waits less goes with the wait in its place, the call's own mutation applied
+/// too; one that waits no less goes as it came. The `timeout` attachment (dubbo2.js's int, in
+/// seconds) is no deadline and travels as it came.
+#[test]
+fn the_countdown_is_the_deadline_and_an_attempt_tells_its_wait() -> TestResult {
+    use metaprotocol_core::Codec;
+    let mut body = request_body("demo.Api", "hi", "", &[], None);
+    let mut map = Writer::new();
+    map.raw(b"H")
+        .string("_TO")
+        .value(&Value::Int(1000))
+        .string("timeout")
+        .value(&Value::Int(3))
+        .raw(b"Z");
+    body.extend_from_slice(&map.out);
+    let call = decode_one(&frame(0xc2, 0, 5, &body))?;
+    assert_eq!(call.timeout, Some(std::time::Duration::from_millis(1000)));
+
+    let within = |wait_ms: u64, edit: &Mutation| -> Result<Vec<u8>, CodecError> {
+        let params = metaprotocol_core::EncodeParams {
+            request_id: 9,
+            variant: WireVariant::DEFAULT,
+            mutation: edit,
+        };
+        let mut dst = bytes::BytesMut::new();
+        let wait = std::time::Duration::from_millis(wait_ms);
+        let shared = common::codec().encode_within(&call, &params, wait, false, &mut dst)?;
+        assert_eq!(shared, 0);
+        Ok(dst.to_vec())
+    };
+    let edit = mutation(&[("x-hop", "1")], &[]);
+    let told = decode_one(&within(250, &edit)?)?;
+    assert_eq!(told.request_id, 9);
+    assert_eq!(meta(&told, "_TO"), Some("250"));
+    assert_eq!(told.timeout, Some(std::time::Duration::from_millis(250)));
+    assert_eq!(meta(&told, "x-hop"), Some("1"));
+    let timeout_int = [0x07, b't', b'i', b'm', b'e', b'o', b'u', b't', 0x93];
+    assert!(told.frame.windows(9).any(|w| w == timeout_int));
+
+    assert_eq!(
+        within(1000, &Mutation::new())?,
+        encode(&call, 9, &Mutation::new())?
+    );
+    assert_eq!(within(5000, &edit)?, encode(&call, 9, &edit)?);
+    Ok(())
+}
