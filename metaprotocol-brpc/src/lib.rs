@@ -39,9 +39,10 @@
 //! - **Frames**: baidu_std (`"PRPC"`) requests and responses over one connection, many in
 //!   flight, paired by `correlation_id` (downstream the full 64-bit value is the message's
 //!   request id; upstream see **Forwarding**).
-//!   Frames larger than `max_frame_bytes` (header included; default 8 MiB) are refused as soon
-//!   as the header arrives, and a `meta_size` larger than `body_size` or a meta that is not
-//!   well-formed protobuf is a decode error (the connection closes). An answer over the
+//!   Frames larger than `max_frame_bytes` (header included; default 8 MiB, the default of
+//!   every protocol, where brpc's own `max_body_size` is 64 MiB: a larger limit is set on the
+//!   listener and the cluster alike) are refused as soon as the header arrives, and a
+//!   `meta_size` larger than `body_size` or a meta that is not well-formed protobuf is a decode error (the connection closes). An answer over the
 //!   cluster's limit is the exception: once its meta is in (at most 64 KiB), its
 //!   `correlation_id` names the call, so the engine passes over the frame and fails that call
 //!   alone ([`Codec::oversized_response`](metaprotocol_core::Codec::oversized_response)). A

@@ -432,3 +432,52 @@ fn encode_refuses_foreign_messages_and_variants() -> TestResult {
     assert!(out.is_empty(), "nothing appended on error");
     Ok(())
 }
+
+/// brpc takes bodies up to 64 MiB by default (`max_body_size`), the proxy frames up to its
+/// 8 MiB default: a 10 MiB call brpc alone would carry is refused at its header by default, and
+/// taken whole, and written upstream, once `max_frame_bytes` is brpc's 64 MiB.
+#[test]
+fn a_call_brpc_takes_by_default_needs_max_frame_bytes_raised_to_brpcs() -> TestResult {
+    let len = 10 * 1024 * 1024;
+    // A well-formed protobuf payload: field 1, bytes, its length as a varint, the bytes.
+    let mut payload = vec![0x0a];
+    let mut rest = len;
+    while rest >= 0x80 {
+        payload.push((rest as u8) | 0x80);
+        rest >>= 7;
+    }
+    payload.push(rest as u8);
+    payload.resize(payload.len() + len, b'x');
+    let call = frame(&echo_request(3), &payload)?;
+    let codec =
+        |options: &CodecOptions, side| -> Result<Box<dyn Codec>, Box<dyn std::error::Error>> {
+            let factory = BrpcCodecFactory::from_options(options).map_err(|e| e.to_string())?;
+            Ok(factory.new_codec(side, WireVariant::DEFAULT))
+        };
+
+    let refused = codec(&CodecOptions::default(), Side::Downstream)?
+        .decode(&mut BytesMut::from(&call[..12]))
+        .err();
+    assert!(
+        matches!(
+            refused,
+            Some(CodecError::FrameTooLarge { max: 8_388_608, .. })
+        ),
+        "{refused:?}"
+    );
+
+    let brpcs = CodecOptions::with_max_frame_bytes(64 * 1024 * 1024);
+    let message = codec(&brpcs, Side::Downstream)?
+        .decode(&mut BytesMut::from(&call[..]))?
+        .ok_or("a whole call")?;
+    assert_eq!(message.reject_reason, None);
+    let mut upstream = BytesMut::new();
+    let params = EncodeParams {
+        request_id: 1,
+        variant: WireVariant::DEFAULT,
+        mutation: &Mutation::new(),
+    };
+    codec(&brpcs, Side::Upstream)?.encode(&message, &params, &mut upstream)?;
+    assert!(upstream.len() > len);
+    Ok(())
+}
