@@ -13,8 +13,11 @@ use smallvec::SmallVec;
 use super::reader::{Reader, is_string_tag};
 use super::{CLASS_DEF, END, TYPED_MAP, UNTYPED_MAP};
 
-/// How deeply lists, maps and objects may nest. Real payloads stay far below; a deeper value is
-/// an attack on the stack, not data.
+/// How deeply lists, maps and objects may nest: the skipper and the printer walk a value by
+/// recursion, a level taking up to about 4 KiB of stack unoptimized, and 64 levels keep the
+/// walk well within a worker thread's stack. Clients' attachments stay far below; Java's
+/// reader takes deeper values (a chain of objects each holding the next), which such calls
+/// alone reach (docs/config.md says so).
 pub(crate) const MAX_DEPTH: usize = 64;
 
 /// How many class definitions one frame may hold (each costs eight bytes of memory here).
