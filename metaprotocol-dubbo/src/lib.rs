@@ -14,7 +14,7 @@
 //! |---|---|
 //! | request + two-way | `Request` |
 //! | request | `Oneway`: forwarded, complete once written |
-//! | request + event | `Heartbeat`, two-way or one-way |
+//! | request + event | `Heartbeat`, two-way or one-way; `GoAway` for Dubbo's read-only event (a provider going away: the string `R`, in Hessian2 or, from a provider whose protocol is set to fastjson2, in fastjson2) |
 //! | event | `HeartbeatReply` |
 //! | none | `Response`: status 20 with result flag 1, 2, 4, 5 is `Ok`, result flag 0 or 3 (an exception) is `ApplicationError`, any other status is `ServerError` (`not_processed` for 100, `SERVER_THREADPOOL_EXHAUSTED`: the provider refused the call without running it, so the engine may retry it elsewhere) |
 //!

@@ -91,11 +91,23 @@ pub(crate) fn write_readonly_event(
     finish(dst, start, max_frame_bytes)
 }
 
-/// True if `frame` (an event request) is a read-only event: its body is the Hessian2 string
-/// `"R"`.
+/// The body of a read-only event in Hessian2: the string `"R"`.
+const HESSIAN2_READONLY_EVENT: [u8; 2] = [0x01, READONLY_EVENT.as_bytes()[0]];
+
+/// The body of a read-only event in fastjson2, which a provider whose protocol is set to
+/// fastjson2 writes its events in: a 4-byte length, then the JSONB Latin-1 string `"R"`
+/// (`0x49` plus its length, then its byte).
+const FASTJSON2_READONLY_EVENT: [u8; 6] = [0, 0, 0, 2, 0x4a, READONLY_EVENT.as_bytes()[0]];
+
+/// True if `frame` (an event request) is a read-only event: its body is the string `"R"` in
+/// Hessian2 or fastjson2, the serializations whose calls the codec reads.
 pub(crate) fn is_readonly_event(frame: &[u8]) -> bool {
-    Header::serialization_of(frame) == HESSIAN2
-        && frame.get(HEADER_LEN..) == Some(&[0x01, READONLY_EVENT.as_bytes()[0]][..])
+    let body = frame.get(HEADER_LEN..);
+    match Header::serialization_of(frame) {
+        HESSIAN2 => body == Some(&HESSIAN2_READONLY_EVENT[..]),
+        FASTJSON2 => body == Some(&FASTJSON2_READONLY_EVENT[..]),
+        _ => false,
+    }
 }
 
 /// Patches the body length, undoing the write if the frame is too large.

@@ -238,3 +238,17 @@ fn the_going_away_notice_is_a_readonly_event_that_decodes_as_go_away() -> TestRe
     );
     Ok(())
 }
+
+/// A provider whose protocol is set to fastjson2 (`serialization: fastjson2`, which Dubbo 3.2
+/// recommends) sends its READONLY event, as its heartbeats, in fastjson2: the string "R" as a
+/// 4-byte length and a JSONB Latin-1 string. It goes away all the same; its heartbeat (a JSONB
+/// null) stays one.
+#[test]
+fn a_readonly_event_in_fastjson2_decodes_as_go_away() -> TestResult {
+    let fastjson2_event = 0x80 | 0x20 | 23;
+    let notice = decode_one(&frame(fastjson2_event, 0, 0, &[0, 0, 0, 2, 0x4a, b'R']))?;
+    assert_eq!(notice.kind, MessageKind::GoAway);
+    let heartbeat = decode_one(&frame(fastjson2_event | 0x40, 0, 3, &[0, 0, 0, 1, 0xaf]))?;
+    assert_eq!(heartbeat.kind, MessageKind::Heartbeat);
+    Ok(())
+}
