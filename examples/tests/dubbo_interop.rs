@@ -320,6 +320,25 @@ fn route_timeout_answers_before_the_client_gives_up() -> TestResult {
     Ok(())
 }
 
+/// dubbo2.js sends its service timeout as the int `timeout` attachment in *seconds*: it is no
+/// deadline to the proxy, which takes a Java consumer's string `timeout` for milliseconds. A
+/// call under dubbo2.js's `timeout: 1` (a second) to a provider that answers in 300 ms is
+/// served, not answered SERVER_TIMEOUT after a millisecond.
+#[test]
+fn dubbojs_int_timeout_in_seconds_is_no_deadline() -> TestResult {
+    let Some(fx) = Fixture::start("dubbo-js-timeout", "3s")? else {
+        return Ok(());
+    };
+    let run = Run {
+        name: "sleep-300",
+        extra: vec!["--service-timeout", "1"],
+        ..Run::hello(Client::DubboJs, &fx.addr)
+    };
+    let reply = single_reply(&run.run(&fx.scratch)?)?;
+    assert_eq!(reply.provider, "v1", "{reply:?}");
+    Ok(())
+}
+
 /// dubbo-py's one-way requests reach the routed provider, and the reply the provider sends
 /// anyway (a quirk of both provider libraries) does not reach the client.
 #[test]

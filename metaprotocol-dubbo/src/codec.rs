@@ -113,7 +113,8 @@ impl Codec for DubboCodec {
     /// each call (see [`deadline`]): the provider then drops what it would answer too late, and
     /// passes on no more than that to the calls it makes. The countdown is rewritten as an
     /// attachment a mutation sets (a string, which Java reads as it reads an int), with the
-    /// call's own mutation. A wait not shorter in whole milliseconds goes as from
+    /// call's own mutation. A call without `_TO` (its deadline its `timeout`, which providers
+    /// ignore), or whose wait is not shorter in whole milliseconds, goes as from
     /// [`Codec::encode`].
     fn encode_within(
         &mut self,
@@ -341,7 +342,8 @@ fn read_body(header: &Header, message: &mut Message) {
                     if request.reads_response_attachments {
                         message.variant = READS_RESPONSE_ATTACHMENTS;
                     }
-                    message.timeout = deadline::requested(&message.metadata);
+                    message.timeout =
+                        deadline::requested(&message.metadata, request.timeout_is_text);
                 }
                 Err(error) => {
                     message.metadata = Metadata::new();
@@ -355,7 +357,8 @@ fn read_body(header: &Header, message: &mut Message) {
                     if request.reads_response_attachments {
                         message.variant = READS_RESPONSE_ATTACHMENTS;
                     }
-                    message.timeout = deadline::requested(&message.metadata);
+                    message.timeout =
+                        deadline::requested(&message.metadata, request.timeout_is_text);
                 }
                 Err(error) => {
                     message.metadata = Metadata::new();

@@ -37,6 +37,7 @@ use metaprotocol_core::{
 };
 
 use crate::attachments::slice;
+use crate::deadline;
 use crate::header::HEADER_LEN;
 use crate::hessian::printed::{Printed, write_java_double};
 use crate::layout::AttachmentsLayout;
@@ -652,8 +653,9 @@ pub(crate) fn decode(frame: &Bytes, metadata: &mut Metadata) -> Result<DecodedRe
     for _ in 0..request::argument_count(descriptor.as_bytes()) {
         fields.expect()?;
     }
+    let mut timeout_is_text = false;
     if let Some(mut map) = fields.next()? {
-        read_attachments(&mut map, frame, path.as_ref(), metadata)?;
+        timeout_is_text = read_attachments(&mut map, frame, path.as_ref(), metadata)?;
     }
     let reads_response_attachments = dubbo_version
         .as_ref()
@@ -662,6 +664,7 @@ pub(crate) fn decode(frame: &Bytes, metadata: &mut Metadata) -> Result<DecodedRe
     Ok(DecodedRequest {
         layout: AttachmentsLayout::from(FrameLayout::default()),
         reads_response_attachments,
+        timeout_is_text,
     })
 }
 
@@ -715,18 +718,22 @@ fn response_attachments(
 }
 
 /// Reads the attachments map (`map`, its field) into `metadata`, refusing the call for the
-/// entries a Hessian2 call is refused for.
+/// entries a Hessian2 call is refused for; true if its (last) `timeout` entry is a string.
 fn read_attachments(
     map: &mut Cursor<'_>,
     frame: &Bytes,
     call_path: Option<&JsonbStr>,
     metadata: &mut Metadata,
-) -> Result<(), CodecError> {
+) -> Result<bool, CodecError> {
+    let mut timeout_is_text = false;
     read_map(map, frame, |key, name, value| {
         let text = match &value {
             Value::Text(text) => Some(text),
             _ => None,
         };
+        if name == deadline::TIMEOUT {
+            timeout_is_text = text.is_some();
+        }
         request::check_attachment(
             name.as_bytes(),
             |expected| text.is_some_and(|value| value.is(frame, expected)),
@@ -739,7 +746,8 @@ fn read_attachments(
             return Ok(());
         }
         insert(&key, name, value, true, frame, metadata)
-    })
+    })?;
+    Ok(timeout_is_text)
 }
 
 /// Reads an attachments map (`map`, its field: an object, a typed one, or null), calling

@@ -132,13 +132,13 @@
 //! # Deadlines
 //!
 //! A call's [`timeout`](metaprotocol_core::Message::timeout), the consumer's deadline, is its
-//! `_TO` attachment (Dubbo's timeout countdown: the milliseconds left of the call), when that
-//! is a positive decimal number, an int or a string. The `timeout` attachment is none: its
-//! unit is the client's (dubbo2.js sends seconds, others milliseconds) and providers ignore it.
-//! A call that came with `_TO` goes to each attempt's provider with `_TO` set to the time the
-//! proxy waits for it, where that is less
+//! `_TO` attachment (Dubbo's timeout countdown: the milliseconds left of the call), an int or
+//! a string, or else its `timeout` attachment when that is a string (the milliseconds Java
+//! consumers, dubbo-go and sofa-rpc-node wait; dubbo2.js sends an int of seconds, which is
+//! none), when it is a positive decimal number. A call that came with `_TO` goes to each
+//! attempt's provider with `_TO` set to the time the proxy waits for it, where that is less
 //! ([`Codec::encode_within`](metaprotocol_core::Codec::encode_within)), as a string in the
-//! rewritten attachments.
+//! rewritten attachments; `timeout`, which providers ignore, goes as it came.
 //!
 //! # Local replies and heartbeats
 //!

@@ -13,6 +13,7 @@ use metaprotocol_core::{ByteStr, CodecError, Metadata, MetadataStr, Mutation, ke
 
 use crate::attachments::{self, Entry, slice};
 use crate::build::DUBBO_PROTOCOL_VERSION;
+use crate::deadline;
 use crate::header::HEADER_LEN;
 use crate::hessian::printed::References;
 use crate::hessian::reader::{Reader, StringData};
@@ -25,6 +26,10 @@ use crate::layout::{AttachmentsLayout, Body};
 pub(crate) struct DecodedRequest {
     pub layout: AttachmentsLayout,
     pub reads_response_attachments: bool,
+    /// True if the call's (last) `timeout` attachment is a string, the consumer's timeout in
+    /// milliseconds as Java, dubbo-go and sofa-rpc-node write it (dubbo2.js writes an int of
+    /// seconds): see [`crate::deadline`].
+    pub timeout_is_text: bool,
 }
 
 /// Decodes the metadata (into `metadata`, which starts empty) and layout of a Hessian2 request
@@ -51,8 +56,12 @@ pub(crate) fn decode(frame: &Bytes, metadata: &mut Metadata) -> Result<DecodedRe
     // in both, which costs a comparison.
     let call_path = fields.path.as_ref().map(|path| path.raw(frame));
     let mut references = References::new(frame, values_at);
+    let mut timeout_is_text = false;
     let map = attachments::visit(&mut reader, &mut skipper, |entry, classes| {
         let key = entry.key.as_ref().map(|k| k.raw(frame));
+        if key == Some(deadline::TIMEOUT.as_bytes()) {
+            timeout_is_text = entry.value.is_some();
+        }
         if let Some(key) = key {
             let value = entry.value.as_ref().map(|v| v.raw(frame));
             check_attachment(key, |text| value == Some(text), || value == call_path)?;
@@ -96,6 +105,7 @@ pub(crate) fn decode(frame: &Bytes, metadata: &mut Metadata) -> Result<DecodedRe
     Ok(DecodedRequest {
         layout,
         reads_response_attachments,
+        timeout_is_text,
     })
 }
 

@@ -741,5 +741,12 @@ fn a_fastjson2_calls_countdown_is_its_deadline_and_an_attempt_tells_its_wait() -
     assert_eq!(told.metadata.get("_TO"), Some("120"));
     assert_eq!(told.metadata.get("tenant"), Some("t1"));
     assert_eq!(told.timeout, Some(wait));
+
+    // Without `_TO`, a string `timeout` is the deadline, an int one (seconds, from dubbo2.js)
+    // none.
+    let text = decode(&call_with(&[(latin1("timeout"), latin1("700"))]))?;
+    assert_eq!(text.timeout, Some(std::time::Duration::from_millis(700)));
+    let int = decode(&call_with(&[(latin1("timeout"), int32(3))]))?;
+    assert_eq!(int.timeout, None);
     Ok(())
 }

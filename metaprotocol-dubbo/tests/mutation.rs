@@ -397,8 +397,7 @@ fn a_call_over_the_upstream_frame_cap_is_not_sent() -> TestResult {
 
 /// A call's `_TO` (Dubbo's timeout countdown, an int as Java writes it) is its deadline, and an
 /// attempt that waits less goes with the wait in its place, the call's own mutation applied
-/// too; one that waits no less goes as it came. The `timeout` attachment (dubbo2.js's int, in
-/// seconds) is no deadline and travels as it came.
+/// too; one that waits no less goes as it came. The `timeout` attachment travels as it came.
 #[test]
 fn the_countdown_is_the_deadline_and_an_attempt_tells_its_wait() -> TestResult {
     use metaprotocol_core::Codec;
@@ -440,5 +439,21 @@ fn the_countdown_is_the_deadline_and_an_attempt_tells_its_wait() -> TestResult {
         encode(&call, 9, &Mutation::new())?
     );
     assert_eq!(within(5000, &edit)?, encode(&call, 9, &edit)?);
+
+    // Without `_TO`, a string `timeout` (Java's, dubbo-go's: milliseconds) is the deadline, and
+    // an int one (dubbo2.js's: seconds) is none.
+    let with_timeout =
+        |value: Value| -> Result<Option<std::time::Duration>, Box<dyn std::error::Error>> {
+            let mut body = request_body("demo.Api", "hi", "", &[], None);
+            let mut map = Writer::new();
+            map.raw(b"H").string("timeout").value(&value).raw(b"Z");
+            body.extend_from_slice(&map.out);
+            Ok(decode_one(&frame(0xc2, 0, 5, &body))?.timeout)
+        };
+    assert_eq!(
+        with_timeout(Value::Str("700".into()))?,
+        Some(std::time::Duration::from_millis(700))
+    );
+    assert_eq!(with_timeout(Value::Int(3))?, None);
     Ok(())
 }
