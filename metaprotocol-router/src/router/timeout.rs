@@ -92,7 +92,7 @@ pub(crate) enum DeadlineOwner {
     /// Nobody's: the caller asked for none. The route's timeout, if any, is the proxy's
     /// business: a caller that sent no deadline did not ask for its servers to be told one (a
     /// brpc client sends none unless told to), and its requests, most of a protocol without
-    /// deadlines (Thrift, Dubbo) all of them, go the way they came, at no cost.
+    /// deadlines (Thrift) all of them, go the way they came, at no cost.
     Nobody,
     /// The caller's own timeout, as it sent it (its request reached the router within a
     /// millisecond of its arrival), and no route timeout is shorter: a first attempt under it
