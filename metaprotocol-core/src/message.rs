@@ -82,7 +82,8 @@ pub struct Message {
     /// carrying this reason, and the connection stays open.
     pub reject_reason: Option<&'static str>,
     /// The caller's own deadline for the call, when the protocol carries one (bRPC
-    /// `timeout_ms`): the engine never waits longer than this, whatever the route allows.
+    /// `timeout_ms`, Dubbo's `_TO` countdown or a string `timeout` attachment): the engine
+    /// never waits longer than this, whatever the route allows.
     pub timeout: Option<Duration>,
     /// Set by the codec on a [`ResponseStatus::ServerError`] response whose status says the
     /// server refused the call without processing it (Dubbo `SERVER_THREADPOOL_EXHAUSTED`,
