@@ -28,6 +28,7 @@ use crate::delta::{self, DeltaResources, Merged};
 use crate::resource::ResourceType;
 use crate::state::{Listing, Prepared, Rejected, Subscription};
 use crate::status::SourceStatus;
+use crate::warn::warn_repeated;
 use metaprotocol_router::GrpcTlsConnector;
 
 /// The largest response the client accepts: bounds what a server can make the proxy hold
@@ -448,14 +449,18 @@ async fn handle(
 }
 
 /// The type of a response of `type_url`, if the stream asked for it. A response of another type
-/// is ignored (logged), neither applied nor answered, as Envoy does: applying it would take
-/// resources the config does not ask the server for (clusters of a proxy whose clusters are its
-/// file's), and an ACK would subscribe to them (for clusters, an ACK naming none asks for every
-/// one).
-fn asked_type(subscription: &Subscription, type_url: &str) -> Option<ResourceType> {
+/// is ignored (logged, as a repeated warning: the server sends it again at each push), neither
+/// applied nor answered, as Envoy does: applying it would take resources the config does not
+/// ask the server for (clusters of a proxy whose clusters are its file's), and an ACK would
+/// subscribe to them (for clusters, an ACK naming none asks for every one).
+fn asked_type(subscription: &mut Subscription, type_url: &str) -> Option<ResourceType> {
     let kind = ResourceType::from_type_url(type_url).filter(|kind| subscription.asks_for(*kind));
     if kind.is_none() {
-        tracing::warn!(%type_url, "an xDS response of a type not asked for is ignored");
+        warn_repeated!(
+            subscription.unasked_type_warning(),
+            %type_url,
+            "an xDS response of a type not asked for is ignored"
+        );
     }
     kind
 }
@@ -583,6 +588,37 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server sending a type not asked for sends it again at every push: the warning is
+    /// logged once, not once a response.
+    #[test]
+    fn responses_of_a_type_not_asked_for_are_warned_of_once_not_each() {
+        let spec = serde_json::from_value(serde_json::json!({
+            "address": "127.0.0.1:1", "node_id": "n", "route_configs": ["*"]
+        }));
+        let mut subscription = match spec {
+            Ok(spec) => Subscription::new(&spec, Default::default()),
+            Err(err) => panic!("{err}"),
+        };
+        subscription.initial_requests();
+        let clusters = ResourceType::Cluster.type_url();
+        let (asked, warnings) = crate::warn::tests::warnings_of(|| {
+            (0..5)
+                .map(|_| asked_type(&mut subscription, &clusters))
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(asked, [None; 5]);
+        assert_eq!(warnings.len(), 1, "{warnings:#?}");
+        assert!(
+            warnings[0].contains("not asked for") && warnings[0].contains("passed_over=0"),
+            "{warnings:#?}"
+        );
+        let routes = ResourceType::RouteConfig.type_url();
+        assert_eq!(
+            asked_type(&mut subscription, &routes),
+            Some(ResourceType::RouteConfig)
+        );
+    }
 
     #[test]
     fn pauses_grow_to_the_ceiling_and_drop_back_after_a_response() {

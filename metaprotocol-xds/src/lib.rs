@@ -45,6 +45,7 @@ mod state;
 mod status;
 mod tls;
 pub mod translate;
+mod warn;
 
 use std::sync::{Arc, OnceLock};
 

@@ -30,6 +30,7 @@ use tokio::time::Instant;
 use crate::known::Known;
 use crate::resource::ResourceType;
 use crate::translate::{self, CertificateFiles, ClusterResource, InvalidResource};
+use crate::warn::Repeated;
 
 /// The gRPC status code of a NACK's detail: the resource was invalid.
 const INVALID_ARGUMENT: i32 = 3;
@@ -206,6 +207,8 @@ pub(crate) struct Subscription {
     /// The types the stream's requests asked for: a response of another type is the server's
     /// mistake, not a resource for the proxy.
     asked: BTreeSet<ResourceType>,
+    /// The warning of responses of a type not asked for, which a server sends at each push.
+    unasked_type_warning: Repeated,
 }
 
 impl Subscription {
@@ -230,7 +233,13 @@ impl Subscription {
             },
             known: BTreeMap::new(),
             asked: BTreeSet::new(),
+            unasked_type_warning: Repeated::default(),
         }
+    }
+
+    /// The warning of responses of a type not asked for.
+    pub fn unasked_type_warning(&mut self) -> &mut Repeated {
+        &mut self.unasked_type_warning
     }
 
     /// True if a request of the stream asked for resources of `kind` (once asked for, EDS stays
