@@ -297,6 +297,12 @@ impl Flavour for Delta<'_> {
         let Some(kind) = asked_type(subscription, &response.type_url) else {
             return Vec::new();
         };
+        // Those not subscribed to are ignored, as Envoy does: neither translated nor held (and
+        // offered back when a stream opens); the response is ACKed without them.
+        let mut response = response;
+        response
+            .resources
+            .retain(|resource| subscription.wants(kind, &resource.name));
         if let Some(name) = delta::removed_twice(&response) {
             let message = format!(
                 "`{name}` is named twice in the {} response's `removed_resources`",

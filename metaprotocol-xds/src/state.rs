@@ -4,12 +4,14 @@
 //!
 //! State-of-the-world semantics, as Envoy has them: a CDS response (and an RDS response to a
 //! wildcard subscription) carries every resource, so a resource it leaves out is removed; an
-//! EDS response (and an RDS response to named resources) carries those it names. A response
-//! whose resources do not all translate is rejected whole (NACKed), and so is one the proxy
-//! refuses; the running config is kept either way. An EDS cluster warms (is held back) until
-//! its endpoints arrive; route configs using it warm in the engine meanwhile. As in Envoy, it
-//! waits for them as long as its `initial_fetch_timeout` says (15 s unless set, for ever when
-//! 0): then it serves without endpoints, and takes them when they come.
+//! EDS response (and an RDS response to named resources) carries those it names. A resource
+//! not subscribed to (a server answering an earlier request, or ignoring the names) is ignored,
+//! as Envoy's watches ignore it: it is not translated, and the response is ACKed without it. A
+//! response whose resources do not all translate is rejected whole (NACKed), and so is one the
+//! proxy refuses; the running config is kept either way. An EDS cluster warms (is held back)
+//! until its endpoints arrive; route configs using it warm in the engine meanwhile. As in
+//! Envoy, it waits for them as long as its `initial_fetch_timeout` says (15 s unless set, for
+//! ever when 0): then it serves without endpoints, and takes them when they come.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -248,6 +250,27 @@ impl Subscription {
         self.asked.contains(&kind)
     }
 
+    /// True if resource `name` of `kind` is one the subscription asks for. A response carrying
+    /// others (a server answering a request that asked for them before this one, or ignoring
+    /// the names) has them ignored, as Envoy does: neither translated (one that would be refused
+    /// does not NACK the response) nor counted, held or applied; the response is ACKed.
+    pub fn wants(&self, kind: ResourceType, name: &str) -> bool {
+        let names = match kind {
+            ResourceType::Cluster => self.clusters.as_ref(),
+            ResourceType::RouteConfig => self.route_configs.as_ref(),
+            // Always by name, in order (from a set).
+            ResourceType::Endpoints => {
+                return self.types.get(&kind).is_some_and(|state| {
+                    state
+                        .subscribed
+                        .binary_search_by(|subscribed| subscribed.as_str().cmp(name))
+                        .is_ok()
+                });
+            }
+        };
+        names.is_some_and(|names| names.wants(name))
+    }
+
     /// The state of each type asked for, by its short name.
     pub fn type_states(&self) -> BTreeMap<&'static str, TypeState> {
         self.types
@@ -451,9 +474,10 @@ impl Subscription {
                     known,
                     |name| self.accepted_clusters.get(name),
                     |c: &Cluster| {
+                        let wanted = self.wants(kind, &c.name);
                         (
                             c.name.clone(),
-                            translate::cluster(c, &self.certificate_files),
+                            wanted.then(|| translate::cluster(c, &self.certificate_files)),
                         )
                     },
                 )
@@ -527,7 +551,13 @@ impl Subscription {
                     &self.limits,
                     known,
                     |name| self.assignments.get(name),
-                    |a: &ClusterLoadAssignment| (a.cluster_name.clone(), translate::endpoints(a)),
+                    |a: &ClusterLoadAssignment| {
+                        let wanted = self.wants(kind, &a.cluster_name);
+                        (
+                            a.cluster_name.clone(),
+                            wanted.then(|| translate::endpoints(a)),
+                        )
+                    },
                 )
                 .map_err(|(id, message)| reject(id, message))?;
                 let present: BTreeSet<String> = decoded.keys().cloned().collect();
@@ -588,22 +618,19 @@ impl Subscription {
                 }
             }
             ResourceType::RouteConfig => {
-                let mut decoded = decode_all(
+                let decoded = decode_all(
                     &response.resources,
                     kind,
                     listing,
                     &self.limits,
                     known,
                     |name| self.applied_route_configs.get(name),
-                    |r: &RouteConfiguration| (r.name.clone(), translate::route_config(r)),
+                    |r: &RouteConfiguration| {
+                        let wanted = self.wants(kind, &r.name);
+                        (r.name.clone(), wanted.then(|| translate::route_config(r)))
+                    },
                 )
                 .map_err(|(id, message)| reject(id, message))?;
-                // Only those subscribed to, as Envoy does: a control plane sending route configs
-                // of other names cannot make the proxy hold them (a subscription by name never
-                // removes what it did not ask for).
-                if let Some(wanted) = &self.route_configs {
-                    decoded.retain(|name, _| wanted.wants(name));
-                }
                 let names: BTreeMap<String, usize> = decoded
                     .iter()
                     .map(|(name, entry)| {
@@ -965,7 +992,8 @@ enum Entry<T> {
 }
 
 /// Decodes and translates every resource of a response, keyed by name, but those sent as they
-/// were accepted (see [`Known`]); the first failure is the response's error, naming the
+/// were accepted (see [`Known`]) and those not subscribed to (whose `translate` gives no
+/// translation: they are left out); the first failure is the response's error, naming the
 /// resource and the field. What the resources translate to is bounded by `limits` as it grows:
 /// translated, a few bytes on the wire take far more.
 ///
@@ -980,8 +1008,8 @@ fn decode_all<'h, M, T>(
     limits: &XdsLimitsSpec,
     known: Option<&Known>,
     held: impl Fn(&str) -> Option<&'h T>,
-    translate: impl Fn(&M) -> (String, Result<T, InvalidResource>),
-) -> Result<BTreeMap<String, Entry<T>>, (Option<ResourceId>, String)>
+    translate: impl Fn(&M) -> (String, Option<Result<T, InvalidResource>>),
+) -> Result<BTreeMap<String, Entry<T>>, Refusal>
 where
     M: prost::Message + prost::Name + Default,
     T: Counted + PartialEq + 'h,
@@ -1010,7 +1038,9 @@ where
                 value.footprint(),
             ),
             None => {
-                let (name, value) = decode_one(i, any, kind, &translate)?;
+                let Some((name, value)) = decode_one(i, any, kind, &translate)? else {
+                    continue;
+                };
                 let counts = value.footprint();
                 let bytes = any.value.clone();
                 let entry = if held(&name) == Some(&value) {
@@ -1052,13 +1082,18 @@ where
     Ok(translated)
 }
 
-/// Decodes and translates resource `i` of a response, `any`; returns its name and translation.
+/// Why a response is refused while its resources are decoded: the resource at fault, when
+/// known, and the message.
+type Refusal = (Option<ResourceId>, String);
+
+/// Decodes and translates resource `i` of a response, `any`; returns its name and translation,
+/// or `None` for a resource not subscribed to.
 fn decode_one<M, T>(
     i: usize,
     any: &Any,
     kind: ResourceType,
-    translate: impl Fn(&M) -> (String, Result<T, InvalidResource>),
-) -> Result<(String, T), (Option<ResourceId>, String)>
+    translate: impl Fn(&M) -> (String, Option<Result<T, InvalidResource>>),
+) -> Result<Option<(String, T)>, Refusal>
 where
     M: prost::Message + prost::Name + Default,
 {
@@ -1077,14 +1112,18 @@ where
             format!("resources[{i}]: not a valid {}: {err}", M::full_name()),
         )
     })?;
-    let (name, result) = translate(&message);
+    let (name, translated) = translate(&message);
+    let Some(result) = translated else {
+        tracing::debug!(%name, "an xDS resource not subscribed to is ignored");
+        return Ok(None);
+    };
     let value = result.map_err(|err| {
         (
             resource_id(kind, &name),
             format!("{} `{name}`: {err}", M::full_name()),
         )
     })?;
-    Ok((name, value))
+    Ok(Some((name, value)))
 }
 
 /// The engine's name for resource `name` of `kind`.

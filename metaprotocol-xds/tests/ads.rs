@@ -19,9 +19,12 @@ use std::time::{Duration, Instant};
 use envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy;
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, OutlierDetection};
 use envoy_types::pb::envoy::config::core::v3::HealthCheck;
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::health_check::custom_health_check::ConfigType;
 use envoy_types::pb::envoy::config::core::v3::health_check::{CustomHealthCheck, HealthChecker};
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
 use envoy_types::pb::envoy::extensions::health_checkers::thrift::v3::Thrift as ThriftHealthCheck;
@@ -1628,6 +1631,144 @@ clusters:
         .collect();
     assert!(answered.is_empty(), "{answered:#?}");
     drop(serving);
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_of_a_cluster_unsubscribed_from_are_ignored_over_state_of_the_world_ads()
+-> TestResult {
+    endpoints_of_a_cluster_unsubscribed_from_are_ignored("grpc").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_of_a_cluster_unsubscribed_from_are_ignored_over_delta_ads() -> TestResult {
+    endpoints_of_a_cluster_unsubscribed_from_are_ignored("delta_grpc").await
+}
+
+/// A server that goes on sending the endpoints of a cluster the proxy no longer has (it answers
+/// with what an earlier request asked for, or ignores the names) is ACKed, as Envoy does: the
+/// assignment not asked for is neither translated (one the proxy would refuse does not NACK
+/// the response) nor held (over delta ADS, not offered back when a stream opens again), and the
+/// others in the response apply.
+async fn endpoints_of_a_cluster_unsubscribed_from_are_ignored(api_type: &str) -> TestResult {
+    let (a, b) = (
+        DemoProvider::start("a").await?,
+        DemoProvider::start("b").await?,
+    );
+    let server = ManagementServer::new();
+    server.version_by_content();
+    server.ignore_names(&ClusterLoadAssignment::type_url());
+    let serving = server.serve("127.0.0.1:0".parse()?).await?;
+    let (kept, gone) = (cluster_name("kept"), cluster_name("gone"));
+    cds(&server, "c1", &[eds_cluster(&kept), eds_cluster(&gone)]);
+    eds(
+        &server,
+        "e1",
+        &[
+            assignment(&kept, &[a.address()]),
+            assignment(&gone, &[b.address()]),
+        ],
+    );
+    rds(
+        &server,
+        "r1",
+        &meta_route_config(vec![meta_route("kept", &[], to_cluster(&kept))]),
+    );
+    let proxy = start_proxy(proxy_config(serving.address(), api_type)?).await?;
+    let serves = |name: &str, provider: std::net::SocketAddr| {
+        proxy
+            .clusters()
+            .iter()
+            .any(|c| c.name == name && c.endpoints.len() == 1 && c.endpoints[0].address == provider)
+    };
+    eventually("both serve", || {
+        serves(&kept, a.address()) && serves(&gone, b.address())
+    })
+    .await?;
+    cds(&server, "c2", &[eds_cluster(&kept)]);
+    eventually("the cluster goes", || {
+        !proxy.clusters().iter().any(|c| c.name == gone)
+    })
+    .await?;
+    // The server still sends the gone cluster's endpoints, now ones the proxy would refuse (a
+    // port out of range), beside a change of the kept cluster's.
+    let mut refusable = assignment(&gone, &[b.address()]);
+    if let Some(Some(HostIdentifier::Endpoint(endpoint))) = refusable.endpoints[0]
+        .lb_endpoints
+        .first_mut()
+        .map(|e| e.host_identifier.as_mut())
+        && let Some(AddressKind::SocketAddress(socket)) = endpoint
+            .address
+            .as_mut()
+            .and_then(|address| address.address.as_mut())
+    {
+        socket.port_specifier = Some(PortSpecifier::PortValue(70_000));
+    }
+    eds(
+        &server,
+        "e2",
+        &[assignment(&kept, &[b.address()]), refusable],
+    );
+    let eds_nacks = || {
+        server
+            .received()
+            .into_iter()
+            .filter(|r| r.type_url == ClusterLoadAssignment::type_url() && r.error.is_some())
+            .collect::<Vec<_>>()
+    };
+    eventually(
+        "the kept cluster takes its new endpoints, or a NACK",
+        || serves(&kept, b.address()) || !eds_nacks().is_empty(),
+    )
+    .await?;
+    let nacks = eds_nacks();
+    assert!(
+        nacks.is_empty(),
+        "endpoints not asked for are NACKed: {nacks:#?}"
+    );
+    if api_type == "delta_grpc" {
+        // The gone cluster's endpoints again, valid and alone (each resource is versioned by its
+        // content), then the kept cluster's alone: once the kept one serves them, both
+        // responses were handled.
+        eds(
+            &server,
+            "e3",
+            &[
+                assignment(&kept, &[b.address()]),
+                assignment(&gone, &[a.address()]),
+            ],
+        );
+        eds(
+            &server,
+            "e4",
+            &[
+                assignment(&kept, &[a.address()]),
+                assignment(&gone, &[a.address()]),
+            ],
+        );
+        eventually("the kept cluster takes its endpoints again", || {
+            serves(&kept, a.address())
+        })
+        .await?;
+        let address = serving.address();
+        drop(serving);
+        let serving = serve_again(&server, address).await?;
+        let reopened = server
+            .wait_for(WITHIN, |r| {
+                r.stream > 1
+                    && r.type_url == ClusterLoadAssignment::type_url()
+                    && r.response_nonce.is_empty()
+            })
+            .await?;
+        assert_eq!(
+            reopened.version_info, "e4",
+            "the stream opens offering endpoints not asked for"
+        );
+        drop(serving);
+    }
+    let nacks = eds_nacks();
+    assert!(nacks.is_empty(), "{nacks:#?}");
     proxy.shutdown().await;
     Ok(())
 }

@@ -90,6 +90,9 @@ struct Cache {
     resend_unchanged: bool,
     /// Types every stream is sent, as if it had asked for all of them, though it did not.
     unasked: Vec<String>,
+    /// Types whose every resource a stream is sent whatever names it asked for, as a server
+    /// that answers a request with what an earlier one asked for (or ignores names) does.
+    names_ignored: Vec<String>,
     /// Made to every delta response before it is sent.
     alter_delta: Option<DeltaAlteration>,
 }
@@ -191,6 +194,12 @@ impl ManagementServer {
     /// not, as a faulty server would.
     pub fn send_unasked(&self, type_url: &str) {
         self.shared.lock().unasked.push(type_url.to_owned());
+    }
+
+    /// Sends every stream all the resources of `type_url` from now on, whatever names it asked
+    /// for (those it unsubscribed from too), as a faulty or lagging server would.
+    pub fn ignore_names(&self, type_url: &str) {
+        self.shared.lock().names_ignored.push(type_url.to_owned());
     }
 
     /// Applies `alter` to every delta response before it is sent, from now on.
@@ -455,12 +464,14 @@ async fn serve_stream(
                 })
                 .collect()
         };
+        let names_ignored = shared.lock().names_ignored.clone();
         for (type_url, snapshot) in due {
             let Some(entry) = sent.get_mut(&type_url) else {
                 continue;
             };
             nonce += 1;
-            let wildcard = is_wildcard(&type_url, &entry.names);
+            let wildcard =
+                is_wildcard(&type_url, &entry.names) || names_ignored.contains(&type_url);
             let resources = snapshot
                 .resources
                 .iter()
@@ -534,9 +545,13 @@ async fn serve_delta_stream(
                 entry.held.extend(request.initial_resource_versions.clone());
             }
         }
-        let (unasked, alter) = {
+        let (unasked, alter, names_ignored) = {
             let cache = shared.lock();
-            (cache.unasked.clone(), cache.alter_delta.clone())
+            (
+                cache.unasked.clone(),
+                cache.alter_delta.clone(),
+                cache.names_ignored.clone(),
+            )
         };
         for type_url in unasked {
             subscriptions
@@ -552,7 +567,10 @@ async fn serve_delta_stream(
             };
             let resend = shared.lock().resend_unchanged && subscription.push != Some(snapshot.push);
             subscription.push = Some(snapshot.push);
-            let wanted = |name: &String| subscription.wildcard || subscription.names.contains(name);
+            let ignored = names_ignored.contains(type_url);
+            let wanted = |name: &String| {
+                ignored || subscription.wildcard || subscription.names.contains(name)
+            };
             let resources: Vec<Resource> = snapshot
                 .resources
                 .iter()
