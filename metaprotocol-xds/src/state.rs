@@ -24,15 +24,15 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status;
-use metaprotocol_router::config::{EndpointSpec, RouteConfigSpec, XdsLimitsSpec, XdsSpec};
+use metaprotocol_router::config::{RouteConfigSpec, XdsLimitsSpec, XdsSpec};
 use metaprotocol_router::{DynamicUpdate, ResourceId, ResourceKind};
 use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::known::Known;
 use crate::resource::ResourceType;
-use crate::translate::{self, CertificateFiles, ClusterResource, InvalidResource};
-use crate::warn::Repeated;
+use crate::translate::{self, Assignment, CertificateFiles, ClusterResource, InvalidResource};
+use crate::warn::{Repeated, warn_repeated};
 
 /// The gRPC status code of a NACK's detail: the resource was invalid.
 const INVALID_ARGUMENT: i32 = 3;
@@ -157,7 +157,7 @@ enum Accepted {
     },
     Endpoints {
         /// The assignments sent anew (those unchanged are held already).
-        assignments: BTreeMap<String, Vec<EndpointSpec>>,
+        assignments: BTreeMap<String, Assignment>,
         /// Every assignment the response lists, anew or unchanged.
         present: BTreeSet<String>,
         /// The assignments are all there are (those left out were removed).
@@ -189,7 +189,7 @@ pub(crate) struct Subscription {
     /// its endpoints arrive.
     cluster_versions: BTreeMap<String, String>,
     /// The endpoints of each accepted `ClusterLoadAssignment`, by its name.
-    assignments: BTreeMap<String, Vec<EndpointSpec>>,
+    assignments: BTreeMap<String, Assignment>,
     /// The clusters the proxy runs from this source.
     applied_clusters: BTreeSet<String>,
     /// When each EDS cluster waiting for its endpoints stops waiting, those with a timeout.
@@ -211,6 +211,9 @@ pub(crate) struct Subscription {
     asked: BTreeSet<ResourceType>,
     /// The warning of responses of a type not asked for, which a server sends at each push.
     unasked_type_warning: Repeated,
+    /// The warning of endpoints left out as only HBONE reaches them, which each push of their
+    /// assignments leaves out again.
+    hbone_warning: Repeated,
 }
 
 impl Subscription {
@@ -236,6 +239,7 @@ impl Subscription {
             known: BTreeMap::new(),
             asked: BTreeSet::new(),
             unasked_type_warning: Repeated::default(),
+            hbone_warning: Repeated::default(),
         }
     }
 
@@ -298,6 +302,16 @@ impl Subscription {
     /// EDS clusters that serve without endpoints until their assignment arrives.
     pub fn clusters_without_endpoints(&self) -> Vec<String> {
         self.without_endpoints.iter().cloned().collect()
+    }
+
+    /// How many endpoints each held assignment leaves out as only Istio's HBONE tunnel reaches
+    /// them, by its name (those that leave none out are not listed).
+    pub fn hbone_endpoints_left_out(&self) -> BTreeMap<String, usize> {
+        self.assignments
+            .iter()
+            .filter(|(_, assignment)| assignment.hbone_endpoints > 0)
+            .map(|(name, assignment)| (name.clone(), assignment.hbone_endpoints))
+            .collect()
     }
 
     /// The accepted EDS clusters whose assignment has not arrived, with how long each waits.
@@ -508,7 +522,7 @@ impl Subscription {
                     clusters.insert(name, cluster);
                 }
                 let held = self.footprint(&clusters, |service| {
-                    self.assignments.get(service).map(Vec::len)
+                    self.assignments.get(service).map(|a| a.endpoints.len())
                 });
                 held.check(&self.limits)
                     .map_err(|message| reject(None, message))?;
@@ -519,7 +533,7 @@ impl Subscription {
                     }
                     let endpoints = match &cluster.eds_service {
                         Some(service) => match self.assignments.get(service) {
-                            Some(endpoints) => endpoints.as_slice(),
+                            Some(assignment) => assignment.endpoints.as_slice(),
                             None if self.without_endpoints.contains(name) => &[],
                             None => continue,
                         },
@@ -555,7 +569,7 @@ impl Subscription {
                         let wanted = self.wants(kind, &a.cluster_name);
                         (
                             a.cluster_name.clone(),
-                            wanted.then(|| translate::endpoints(a)),
+                            wanted.then(|| translate::assignment(a)),
                         )
                     },
                 )
@@ -580,7 +594,7 @@ impl Subscription {
                     None => self.assignments.get(service),
                 };
                 let held = self.footprint(&self.accepted_clusters, |service| {
-                    after(service).map(Vec::len)
+                    after(service).map(|a| a.endpoints.len())
                 });
                 held.check(&self.limits)
                     .map_err(|message| reject(None, message))?;
@@ -592,7 +606,7 @@ impl Subscription {
                     let endpoints = match after(service) {
                         // Unchanged, and running with them already.
                         Some(_) if applied && !assignments.contains_key(service) => continue,
-                        Some(endpoints) => endpoints.as_slice(),
+                        Some(assignment) => assignment.endpoints.as_slice(),
                         // A complete response without the assignment removed it: the cluster
                         // has no endpoints left (as in Envoy).
                         None if self.assignments.contains_key(service) => &[],
@@ -771,6 +785,18 @@ impl Subscription {
                 if complete {
                     self.assignments.retain(|name, _| present.contains(name));
                 }
+                let left_out: BTreeMap<&String, usize> = assignments
+                    .iter()
+                    .filter(|(_, assignment)| assignment.hbone_endpoints > 0)
+                    .map(|(name, assignment)| (name, assignment.hbone_endpoints))
+                    .collect();
+                if !left_out.is_empty() {
+                    warn_repeated!(
+                        self.hbone_warning,
+                        assignments = ?left_out,
+                        "endpoints only Istio's HBONE tunnel reaches (ambient pods, waypoints) are left out, as metaprotocol-rs does not speak HBONE: istiod sends them so to a proxy whose node metadata claims HBONE (`ENABLE_HBONE`), and the others by their own address"
+                    );
+                }
                 self.hold(assignments);
                 // Those it left without endpoints (their assignment removed) serve so.
                 let emptied = prepared
@@ -829,7 +855,7 @@ impl Subscription {
 
     /// Holds `assignments`, those of the clusters held only: a control plane sending
     /// assignments for other names cannot grow the map without bound.
-    fn hold(&mut self, assignments: BTreeMap<String, Vec<EndpointSpec>>) {
+    fn hold(&mut self, assignments: BTreeMap<String, Assignment>) {
         let wanted: BTreeSet<String> = self.eds_names().into_iter().collect();
         self.assignments.extend(
             assignments
@@ -962,10 +988,10 @@ impl Counted for ClusterResource {
     }
 }
 
-impl Counted for Vec<EndpointSpec> {
+impl Counted for Assignment {
     fn footprint(&self) -> Footprint {
         Footprint {
-            endpoints: self.len(),
+            endpoints: self.endpoints.len(),
             ..Footprint::default()
         }
     }

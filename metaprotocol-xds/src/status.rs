@@ -28,6 +28,9 @@ struct Snapshot {
     warming_clusters: Vec<String>,
     /// EDS clusters that serve without endpoints until their assignment arrives.
     clusters_without_endpoints: Vec<String>,
+    /// How many endpoints each assignment held leaves out as only Istio's HBONE tunnel reaches
+    /// them, by its name.
+    hbone_endpoints_left_out: BTreeMap<String, usize>,
 }
 
 /// The client's state, shared between its task and the admin API.
@@ -82,10 +85,12 @@ impl SourceStatus {
         let types = subscription.type_states();
         let warming = subscription.warming_clusters();
         let without_endpoints = subscription.clusters_without_endpoints();
+        let hbone_endpoints_left_out = subscription.hbone_endpoints_left_out();
         self.edit(|s| {
             s.types = types;
             s.warming_clusters = warming;
             s.clusters_without_endpoints = without_endpoints;
+            s.hbone_endpoints_left_out = hbone_endpoints_left_out;
         });
     }
 

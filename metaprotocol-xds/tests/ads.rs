@@ -1635,6 +1635,61 @@ clusters:
     Ok(())
 }
 
+/// An EDS response carrying a pod istiod reaches through Istio's HBONE tunnel (an ambient pod:
+/// an internal address into Envoy's tunnel listener, labelled `tunnel: http`), which the proxy
+/// cannot reach, is taken without it: the cluster's other endpoints serve, and the one left out
+/// is counted in `/config_dump`, rather than the whole response being NACKed and the service
+/// left on stale endpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ambient_endpoint_is_left_out_and_the_clusters_others_serve() -> TestResult {
+    let provider = DemoProvider::start("a").await?;
+    let server = ManagementServer::new();
+    let serving = server.serve("127.0.0.1:0".parse()?).await?;
+    let cluster = eds_cluster(&cluster_name("ambient"));
+    let mut endpoints = assignment(&cluster.name, &[provider.address()]);
+    endpoints.endpoints[0]
+        .lb_endpoints
+        .push(support::fixtures::istio_hbone_endpoint(
+            "10.0.0.9:20880".parse()?,
+        ));
+    cds(&server, "c1", std::slice::from_ref(&cluster));
+    eds(&server, "e1", &[endpoints]);
+    rds(
+        &server,
+        "r1",
+        &meta_route_config(vec![meta_route("all", &[], to_cluster(&cluster.name))]),
+    );
+    let proxy = start_proxy(proxy_config(serving.address(), "grpc")?).await?;
+    let answer = server
+        .wait_for(WITHIN, |r| {
+            r.type_url == ClusterLoadAssignment::type_url() && !r.response_nonce.is_empty()
+        })
+        .await?;
+    assert_eq!(answer.error, None, "the EDS response is NACKed");
+    eventually("the listener serves", || {
+        proxy.listener_addr("dubbo-in").is_some()
+    })
+    .await?;
+    let address = proxy.listener_addr("dubbo-in").ok_or("not bound")?;
+    succeed(&DubboClient::new(address), 5).await?;
+    let members: Vec<std::net::SocketAddr> = proxy
+        .clusters()
+        .into_iter()
+        .filter(|c| c.name == cluster.name)
+        .flat_map(|c| c.endpoints.into_iter().map(|e| e.address))
+        .collect();
+    assert_eq!(members, [provider.address()]);
+    let admin = proxy.admin_addr().ok_or("no admin API")?;
+    let dump = config_dump(admin).await?;
+    assert_eq!(
+        dump["dynamic_sources"]["xds"]["hbone_endpoints_left_out"],
+        serde_json::json!({ cluster.name.clone(): 1 })
+    );
+    drop(serving);
+    proxy.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_of_a_cluster_unsubscribed_from_are_ignored_over_state_of_the_world_ads()
 -> TestResult {

@@ -1631,9 +1631,10 @@ fn endpoints_without_transport_labels_take_their_localitys() -> TestResult {
 
 /// A sidecar's cluster when istiod sends HBONE (a mesh with ambient): its `tunnel: http` entry,
 /// an `internal_upstream` transport into Envoy's tunnel, is left out, and the cluster keeps its
-/// other entries; an endpoint labelled `tunnel: http` (an ambient pod, which only that entry
-/// reaches), by itself or by its locality, is refused naming its labels. Other
-/// `internal_upstream` transports are still refused.
+/// other entries; an endpoint only that entry reaches (an ambient pod: labelled `tunnel: http`,
+/// by itself or by its locality, or at an internal address) is left out of its assignment and
+/// counted, and the assignment's other endpoints are taken. Other `internal_upstream`
+/// transports are still refused.
 #[test]
 fn sidecar_clusters_of_an_ambient_mesh_leave_out_hbone() -> TestResult {
     let name = cluster_name("v1");
@@ -1674,23 +1675,27 @@ fn sidecar_clusters_of_an_ambient_mesh_leave_out_hbone() -> TestResult {
         ("tunnel", "http"),
         ("tlsMode", "istio"),
     ]));
-    let refused = translate::endpoints(&ambient).err().map(|e| e.to_string());
-    assert_eq!(
-        refused,
-        Some(
-            "endpoints[0].lb_endpoints[1].metadata.filter_metadata[\"envoy.transport_socket_match\"].tunnel: \
-             `http` asks for Istio's HBONE tunnel (an ambient endpoint), which metaprotocol-rs does not speak"
-                .to_owned()
-        )
-    );
+    // As istiod sends an ambient pod: at an internal address into Envoy's tunnel listener.
+    ambient.endpoints[0]
+        .lb_endpoints
+        .push(support::fixtures::istio_hbone_endpoint(
+            "10.0.0.3:20880".parse()?,
+        ));
+    let taken = translate::assignment(&ambient)?;
+    let addresses: Vec<String> = taken
+        .endpoints
+        .iter()
+        .map(|e| e.address.to_string())
+        .collect();
+    assert_eq!(addresses, ["10.0.0.1:20880"]);
+    assert_eq!(taken.hbone_endpoints, 2);
+    assert_eq!(translate::endpoints(&ambient)?, taken.endpoints);
     let mut on_locality = assignment(&name, &[a]);
     on_locality.endpoints[0].metadata = Some(transport_metadata(&[("tunnel", "http")]));
-    assert_eq!(
-        translate::endpoints(&on_locality).err().map(|e| e.field),
-        Some(
-            "endpoints[0].metadata.filter_metadata[\"envoy.transport_socket_match\"].tunnel"
-                .to_owned()
-        )
-    );
+    let taken = translate::assignment(&on_locality)?;
+    assert_eq!((taken.endpoints.len(), taken.hbone_endpoints), (0, 1));
+    // One that takes no calls anyway is not counted.
+    ambient.endpoints[0].lb_endpoints[2].health_status = HealthStatus::Unhealthy as i32;
+    assert_eq!(translate::assignment(&ambient)?.hbone_endpoints, 1);
     Ok(())
 }

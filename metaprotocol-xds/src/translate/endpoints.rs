@@ -12,13 +12,21 @@
 //! calls. A locality's `priority` is its endpoints' failover tier (istiod sends priorities for
 //! locality failover). An endpoint's `health_check_config.port_value` (not 0) is its
 //! `health_check_port`, where the cluster's active health checks go instead of its own port.
-//! Refused: named ports, pipes, internal addresses, endpoint names, `named_endpoints`, drop
-//! overloads, the rest of `health_check_config` (`hostname`, `address`,
-//! `disable_active_health_check`), which would change how the endpoint is checked, and an
-//! endpoint labelled `tunnel: http` (by itself or by its locality): istiod gives that label to
-//! endpoints reached through Istio's HBONE tunnel (ambient pods, waypoints), which the engine
-//! does not speak, and whose cluster entry it leaves out (see `cluster.rs`). Accepted and
-//! ignored: locality weights and `overprovisioning_factor`.
+//! Refused: named ports, pipes, endpoint names, `named_endpoints`, drop overloads, the rest of
+//! `health_check_config` (`hostname`, `address`, `disable_active_health_check`), which would
+//! change how the endpoint is checked. Accepted and ignored: locality weights and
+//! `overprovisioning_factor`.
+//!
+//! Left out, and counted ([`Assignment::hbone_endpoints`]): endpoints reached through Istio's
+//! HBONE tunnel, which the engine does not speak. istiod sends an ambient pod (or a waypoint)
+//! that way to a proxy whose node metadata claims HBONE (`ENABLE_HBONE`): an internal address
+//! naming Envoy's listener that makes the tunnel, labelled `tunnel: http` (by itself or by its
+//! locality), whose cluster entry translation leaves out too (see `cluster.rs`). Such an
+//! endpoint, or any internal address (a listener inside an Envoy, which no other proxy has),
+//! cannot be reached; refusing the assignment for it would leave every other endpoint of the
+//! service on what the proxy held before, so the others are taken, as Envoy takes the endpoints
+//! of an assignment it cannot all reach. To a proxy that does not claim HBONE (the client's
+//! node metadata has none unless given) istiod sends ambient pods by their own address.
 //!
 //! Envoy tries an endpoint's own labels against every entry of its cluster's
 //! `transport_socket_matches` before its locality's, so that an entry with an empty `match` takes
@@ -53,52 +61,69 @@ pub(super) const TUNNEL_LABEL: &str = "tunnel";
 /// The [`TUNNEL_LABEL`] value of an endpoint reached through HBONE.
 pub(super) const TUNNEL_HTTP: &str = "http";
 
-/// The endpoints of `assignment` (see the module docs).
+/// What a `ClusterLoadAssignment` gives a cluster: its endpoints, and how many it leaves out.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Assignment {
+    /// The endpoints that take calls.
+    pub endpoints: Vec<EndpointSpec>,
+    /// The endpoints left out because only Istio's HBONE tunnel reaches them (see the module
+    /// docs).
+    pub hbone_endpoints: usize,
+}
+
+/// The endpoints of `assignment` (see the module docs), without those left out.
 pub fn endpoints(assignment: &ClusterLoadAssignment) -> Result<Vec<EndpointSpec>, InvalidResource> {
+    self::assignment(assignment).map(|assignment| assignment.endpoints)
+}
+
+/// The endpoints of `assignment`, and how many it leaves out (see the module docs).
+pub fn assignment(assignment: &ClusterLoadAssignment) -> Result<Assignment, InvalidResource> {
     refuse_set!("", assignment, [named_endpoints]);
     if let Some(policy) = &assignment.policy {
         refuse_set!("policy", policy, [drop_overloads]);
     }
-    let mut endpoints = Vec::new();
+    let mut taken = Assignment::default();
     for (i, group) in assignment.endpoints.iter().enumerate() {
         let at = format!("endpoints[{i}]");
         refuse_set!(&at, group, [lb_config]);
-        let locality_labels = LocalityLabels {
-            labels: transport_labels(group.metadata.as_ref()),
-            field: format!("{at}.metadata"),
-        };
+        let locality_labels = transport_labels(group.metadata.as_ref());
         let locality = group.locality.as_ref().map(|l| LocalitySpec {
             region: l.region.clone(),
             zone: l.zone.clone(),
         });
         for (j, endpoint) in group.lb_endpoints.iter().enumerate() {
             let at = format!("{at}.lb_endpoints[{j}]");
-            if let Some(mut spec) =
-                endpoint_spec(endpoint, locality.as_ref(), &locality_labels, &at)?
-            {
-                spec.priority = group.priority;
-                endpoints.push(spec);
+            match endpoint_spec(endpoint, locality.as_ref(), &locality_labels, &at)? {
+                Taken::Serving(mut spec) => {
+                    spec.priority = group.priority;
+                    taken.endpoints.push(spec);
+                }
+                Taken::NoCalls => {}
+                Taken::Hbone => taken.hbone_endpoints += 1,
             }
         }
     }
-    Ok(endpoints)
+    Ok(taken)
 }
 
-/// A locality's `envoy.transport_socket_match` labels, and the field of its metadata (to name
-/// the labels when its endpoints are refused for them).
-struct LocalityLabels {
-    labels: BTreeMap<String, String>,
-    field: String,
+/// What becomes of one `lb_endpoints` entry.
+enum Taken {
+    /// It takes calls.
+    Serving(EndpointSpec),
+    /// Its health status says it takes no calls.
+    NoCalls,
+    /// Only Istio's HBONE tunnel reaches it.
+    Hbone,
 }
 
 /// One endpoint, with the `envoy.transport_socket_match` labels of its locality
-/// `locality_labels`, or `None` when its health status says it takes no calls.
+/// `locality_labels`.
 fn endpoint_spec(
     endpoint: &LbEndpoint,
     locality: Option<&LocalitySpec>,
-    locality_labels: &LocalityLabels,
+    locality_labels: &BTreeMap<String, String>,
     at: &str,
-) -> Result<Option<EndpointSpec>, InvalidResource> {
+) -> Result<Taken, InvalidResource> {
     let serves = !matches!(
         HealthStatus::try_from(endpoint.health_status),
         Ok(HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout)
@@ -136,6 +161,8 @@ fn endpoint_spec(
     let field = format!("{at}.endpoint.address");
     let socket = match host.address.as_ref().and_then(|a| a.address.as_ref()) {
         Some(AddressKind::SocketAddress(socket)) => socket,
+        Some(AddressKind::EnvoyInternalAddress(_)) if serves => return Ok(Taken::Hbone),
+        Some(AddressKind::EnvoyInternalAddress(_)) => return Ok(Taken::NoCalls),
         Some(_) => {
             return Err(InvalidResource::new(
                 field,
@@ -164,7 +191,7 @@ fn endpoint_spec(
         format!("{}:{port}", socket.address)
     };
     if !serves {
-        return Ok(None);
+        return Ok(Taken::NoCalls);
     }
     let weight = endpoint
         .load_balancing_weight
@@ -183,9 +210,8 @@ fn endpoint_spec(
     spec.labels = labels(endpoint.metadata.as_ref());
     // Envoy reads the locality's labels for an endpoint without any of its own.
     let own_labels = transport_labels(endpoint.metadata.as_ref());
-    let inherited = own_labels.is_empty();
-    spec.transport_socket_match = if inherited {
-        locality_labels.labels.clone()
+    spec.transport_socket_match = if own_labels.is_empty() {
+        locality_labels.clone()
     } else {
         own_labels
     };
@@ -195,24 +221,11 @@ fn endpoint_spec(
         .map(String::as_str)
         == Some(TUNNEL_HTTP)
     {
-        let metadata = if inherited {
-            locality_labels.field.clone()
-        } else {
-            format!("{at}.metadata")
-        };
-        return Err(InvalidResource::new(
-            format!(
-                "{metadata}.filter_metadata[\"{TRANSPORT_SOCKET_MATCH_METADATA}\"].{TUNNEL_LABEL}"
-            ),
-            format!(
-                "`{TUNNEL_HTTP}` asks for Istio's HBONE tunnel (an ambient endpoint), which \
-                 metaprotocol-rs does not speak"
-            ),
-        ));
+        return Ok(Taken::Hbone);
     }
     spec.locality = locality.cloned();
     spec.health_check_port = health_check_port;
-    Ok(Some(spec))
+    Ok(Taken::Serving(spec))
 }
 
 /// The string values (and numbers and booleans, written out) of `filter_metadata["envoy.lb"]`.

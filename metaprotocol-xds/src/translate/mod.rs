@@ -16,7 +16,7 @@ mod routes;
 mod tls;
 
 pub use cluster::{ClusterResource, cluster};
-pub use endpoints::endpoints;
+pub use endpoints::{Assignment, assignment, endpoints};
 pub use routes::route_config;
 pub use tls::{CertificateFiles, CertificateProviders};
 

@@ -18,12 +18,14 @@ use envoy_types::pb::envoy::config::core::v3::TransportSocket;
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::api_config_source::ApiType;
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+use envoy_types::pb::envoy::config::core::v3::envoy_internal_address::AddressNameSpecifier;
 use envoy_types::pb::envoy::config::core::v3::grpc_service::{EnvoyGrpc, TargetSpecifier};
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as SocketConfig;
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, AggregatedConfigSource, ApiConfigSource, ApiVersion, ConfigSource, GrpcService,
-    HeaderValue, HeaderValueOption, Metadata, RuntimeFractionalPercent, SocketAddress,
+    Address, AggregatedConfigSource, ApiConfigSource, ApiVersion, ConfigSource,
+    EnvoyInternalAddress, GrpcService, HeaderValue, HeaderValueOption, Metadata,
+    RuntimeFractionalPercent, SocketAddress,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::endpoint::v3::{
@@ -423,6 +425,38 @@ pub fn istio_hbone_transport_socket_match() -> TransportSocketMatch {
             name: "envoy.transport_sockets.internal_upstream".to_owned(),
             config_type: Some(SocketConfig::TypedConfig(packed(&internal))),
         }),
+    }
+}
+
+/// An endpoint as istiod sends a pod it reaches through Istio's HBONE tunnel (an ambient pod,
+/// to a proxy whose node metadata claims HBONE): an internal address naming Envoy's listener
+/// that makes the tunnel (`connect_originate`) with the pod's address as its endpoint id, the
+/// pod's address again in the original destination metadata, and the label `tunnel: http`.
+pub fn istio_hbone_endpoint(pod: SocketAddr) -> LbEndpoint {
+    let mut metadata = Metadata::default();
+    metadata.filter_metadata.insert(
+        "envoy.transport_socket_match".to_owned(),
+        labels(&[("tunnel", "http")]),
+    );
+    metadata.filter_metadata.insert(
+        "envoy.filters.listener.original_dst".to_owned(),
+        labels(&[("local", &pod.to_string())]),
+    );
+    LbEndpoint {
+        host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+            address: Some(Address {
+                address: Some(AddressKind::EnvoyInternalAddress(EnvoyInternalAddress {
+                    address_name_specifier: Some(AddressNameSpecifier::ServerListenerName(
+                        "connect_originate".to_owned(),
+                    )),
+                    endpoint_id: pod.to_string(),
+                })),
+            }),
+            ..Endpoint::default()
+        })),
+        load_balancing_weight: Some(UInt32Value { value: 1 }),
+        metadata: Some(metadata),
+        ..LbEndpoint::default()
     }
 }
 
