@@ -235,6 +235,7 @@ impl Subscription {
             certificate_files: CertificateFiles {
                 providers: spec.certificate_providers.clone(),
                 sds_secrets: spec.sds_secrets.clone(),
+                system_ca_file: translate::system_ca_file(),
             },
             known: BTreeMap::new(),
             asked: BTreeSet::new(),

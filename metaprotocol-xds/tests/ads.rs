@@ -1827,3 +1827,67 @@ async fn endpoints_of_a_cluster_unsubscribed_from_are_ignored(api_type: &str) ->
     proxy.shutdown().await;
     Ok(())
 }
+
+/// A cluster whose TLS trusts the system's CAs as istiod names them (SDS secret
+/// `file-root:system`: a `DestinationRule` with `tls.mode: SIMPLE` and no `caCertificates`)
+/// takes the system's CA bundle, where the distribution keeps it, with no `sds_secrets` entry;
+/// on a system without one it is NACKed saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_trusting_the_systems_cas_takes_the_systems_bundle() -> TestResult {
+    let server = ManagementServer::new();
+    let serving = server.serve("127.0.0.1:0".parse()?).await?;
+    let mut simple =
+        support::fixtures::istio_file_mutual_tls("/unused", "/unused", "system", "db", "db");
+    let common = simple
+        .common_tls_context
+        .as_mut()
+        .ok_or("no common_tls_context")?;
+    common.tls_certificate_sds_secret_configs.clear();
+    common.alpn_protocols.clear();
+    let mut cluster = eds_cluster(&cluster_name("external"));
+    cluster.transport_socket = Some(support::fixtures::tls_socket(&simple));
+    cds(&server, "c1", std::slice::from_ref(&cluster));
+    eds(
+        &server,
+        "e1",
+        &[assignment(&cluster.name, &["127.0.0.1:9".parse()?])],
+    );
+    rds(
+        &server,
+        "r1",
+        &meta_route_config(vec![meta_route("all", &[], to_cluster(&cluster.name))]),
+    );
+    let proxy = start_proxy(proxy_config(serving.address(), "grpc")?).await?;
+    let answer = server
+        .wait_for(WITHIN, |r| {
+            r.type_url == Cluster::type_url() && !r.response_nonce.is_empty()
+        })
+        .await?;
+    match metaprotocol_xds::translate::system_ca_file() {
+        Some(bundle) => {
+            assert_eq!(answer.error, None);
+            eventually("the cluster serves", || {
+                proxy.clusters().iter().any(|c| c.name == cluster.name)
+            })
+            .await?;
+            let ca_file = proxy
+                .config()
+                .clusters
+                .iter()
+                .find(|c| c.name == cluster.name)
+                .and_then(|c| c.tls.as_ref())
+                .map(|tls| tls.ca_file.clone());
+            assert_eq!(ca_file, Some(bundle));
+        }
+        None => {
+            let error = answer.error.unwrap_or_default();
+            assert!(
+                error.contains("file-root:system") && error.contains("no system CA bundle"),
+                "{error}"
+            );
+        }
+    }
+    drop(serving);
+    proxy.shutdown().await;
+    Ok(())
+}

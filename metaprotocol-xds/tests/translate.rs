@@ -1531,7 +1531,7 @@ fn file_named_sds_secrets_take_the_files_they_name() -> TestResult {
         (
             ("/client.pem", "/k.pem", "system"),
             format!(
-                "{ca}: `file-root:system` (the system's CAs) is not in dynamic.xds.sds_secrets: metaprotocol-rs trusts the CA files it is given only"
+                "{ca}: `file-root:system` (the system's CAs): no system CA bundle was found when the xDS client started (at /etc/ssl/certs/ca-certificates.crt, /etc/pki/tls/certs/ca-bundle.crt, /etc/ssl/ca-bundle.pem, /etc/pki/tls/cacert.pem, /etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem, /etc/ssl/cert.pem); map it to a CA file in dynamic.xds.sds_secrets"
             ),
         ),
     ];
@@ -1544,6 +1544,26 @@ fn file_named_sds_secrets_take_the_files_they_name() -> TestResult {
             Some(expected)
         );
     }
+
+    // The system's CAs: the system's bundle, found when the client starts; an entry wins.
+    with_tls(&mut cluster, "/client.pem", "/k.pem", "system");
+    let mut with_system = NO_PROVIDERS;
+    with_system.system_ca_file = Some("/etc/ssl/certs/ca-certificates.crt".into());
+    let ca_file = |files: &translate::CertificateFiles| {
+        translate::cluster(&cluster, files).map(|c| c.spec.tls.map(|tls| tls.ca_file))
+    };
+    assert_eq!(
+        ca_file(&with_system)?,
+        Some("/etc/ssl/certs/ca-certificates.crt".into())
+    );
+    with_system.sds_secrets.insert(
+        "file-root:system".to_owned(),
+        CertificateProviderSpec {
+            ca_file: Some("/mnt/system-ca.pem".into()),
+            ..CertificateProviderSpec::default()
+        },
+    );
+    assert_eq!(ca_file(&with_system)?, Some("/mnt/system-ca.pem".into()));
 
     // A CA's name where a client certificate is asked for, and the other way round.
     let mut swapped = istio_file_mutual_tls("/c.pem", "/k.pem", "/ca.pem", "db", "db");

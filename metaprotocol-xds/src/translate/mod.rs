@@ -18,7 +18,7 @@ mod tls;
 pub use cluster::{ClusterResource, cluster};
 pub use endpoints::{Assignment, assignment, endpoints};
 pub use routes::route_config;
-pub use tls::{CertificateFiles, CertificateProviders};
+pub use tls::{CertificateFiles, CertificateProviders, system_ca_file};
 
 use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
 

@@ -9,8 +9,11 @@
 //! the secret's `sds_config` is not read). A secret not in `sds_secrets` may name its own files,
 //! as istiod names those a `DestinationRule`'s `MUTUAL` TLS mounts: `file-cert:<cert>~<key>`
 //! (a client certificate) and `file-root:<ca>` (a CA), absolute paths only; an `sds_secrets`
-//! entry of the same name wins, so that files mounted elsewhere can be mapped (and the system's
-//! CAs, `file-root:system`, which is refused without one). Mapped:
+//! entry of the same name wins, so that files mounted elsewhere can be mapped. The system's CAs,
+//! `file-root:system` (istiod's name for them when a `DestinationRule` gives no
+//! `caCertificates`), are the system's CA bundle where the distribution keeps it (found when
+//! the client starts, [`system_ca_file`]), or its entry's file; a system without a bundle
+//! refuses it, saying where it was looked for. Mapped:
 //!
 //! - the client certificate: `tls_certificates` (one, from files),
 //!   `tls_certificate_provider_instance` (also in its deprecated spelling) or
@@ -36,7 +39,7 @@
 //! hash or key).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use envoy_types::pb::envoy::config::core::v3::TransportSocket;
 use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
@@ -69,6 +72,9 @@ pub struct CertificateFiles {
     /// SDS secrets by secret name (`dynamic.xds.sds_secrets`); a secret named after its files
     /// (`file-cert:`, `file-root:`) needs no entry.
     pub sds_secrets: CertificateProviders,
+    /// The system's CA bundle, which SDS secret `file-root:system` stands for without an
+    /// `sds_secrets` entry; `None` on a system without one (see [`system_ca_file`]).
+    pub system_ca_file: Option<PathBuf>,
 }
 
 impl CertificateFiles {
@@ -76,6 +82,7 @@ impl CertificateFiles {
     pub const NONE: Self = Self {
         providers: BTreeMap::new(),
         sds_secrets: BTreeMap::new(),
+        system_ca_file: None,
     };
 
     fn instances(&self) -> Names<'_> {
@@ -83,7 +90,7 @@ impl CertificateFiles {
             files: &self.providers,
             section: "certificate_providers",
             name_field: "instance_name",
-            file_names: false,
+            file_names: None,
         }
     }
 
@@ -92,7 +99,9 @@ impl CertificateFiles {
             files: &self.sds_secrets,
             section: "sds_secrets",
             name_field: "name",
-            file_names: true,
+            file_names: Some(FileNames {
+                system_ca_file: self.system_ca_file.as_deref(),
+            }),
         }
     }
 }
@@ -105,8 +114,16 @@ struct Names<'a> {
     section: &'static str,
     /// The field of the name in a resource: `instance_name`, `name`.
     name_field: &'static str,
-    /// Whether a name not mapped may name its own files (SDS secrets, as istiod names them).
-    file_names: bool,
+    /// Whether a name not mapped may name its own files (SDS secrets, as istiod names them),
+    /// and how.
+    file_names: Option<FileNames<'a>>,
+}
+
+/// What a certificate name that names its own files may stand for beyond the files it names.
+#[derive(Clone, Copy)]
+struct FileNames<'a> {
+    /// The system's CA bundle, for `file-root:system`.
+    system_ca_file: Option<&'a Path>,
 }
 
 impl<'a> Names<'a> {
@@ -115,8 +132,8 @@ impl<'a> Names<'a> {
         if let Some(files) = self.files.get(name) {
             return Ok(Found::Mapped(files));
         }
-        if self.file_names
-            && let Some(files) = file_named_secret(name)?
+        if let Some(file_names) = self.file_names
+            && let Some(files) = file_named_secret(name, file_names)?
         {
             return Ok(Found::FileNamed(files));
         }
@@ -153,9 +170,33 @@ const FILE_SEPARATOR: char = '~';
 /// The file-named CA secret istiod gives for the system's CAs (no `caCertificates`).
 const SYSTEM_ROOTS: &str = "file-root:system";
 
+/// Where Linux distributions keep the system's CA bundle (PEM), in the order they are looked
+/// for: Debian and Ubuntu (and Gentoo, Arch, Alpine's `ca-certificates`), Fedora and RHEL 6,
+/// OpenSUSE, OpenELEC, CentOS and RHEL 7 and later, Alpine.
+const SYSTEM_CA_FILES: [&str; 6] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/pki/tls/cacert.pem",
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// The system's CA bundle: the first of the places distributions keep it that holds a file
+/// (through symlinks), `None` when none does.
+pub fn system_ca_file() -> Option<PathBuf> {
+    SYSTEM_CA_FILES
+        .iter()
+        .map(PathBuf::from)
+        .find(|path| path.metadata().is_ok_and(|m| m.is_file()))
+}
+
 /// The files SDS secret `name` names itself, `None` when it is not a file name. Paths must be
 /// absolute: a relative one would be read from wherever the proxy was started.
-fn file_named_secret(name: &str) -> Result<Option<FileNamedSecret>, String> {
+fn file_named_secret(
+    name: &str,
+    file_names: FileNames<'_>,
+) -> Result<Option<FileNamedSecret>, String> {
     if let Some(paths) = name.strip_prefix(FILE_CERT) {
         let mut parts = paths.split(FILE_SEPARATOR);
         let (Some(cert), Some(key), None) = (parts.next(), parts.next(), parts.next()) else {
@@ -170,10 +211,14 @@ fn file_named_secret(name: &str) -> Result<Option<FileNamedSecret>, String> {
     }
     if let Some(path) = name.strip_prefix(FILE_ROOT) {
         if name == SYSTEM_ROOTS {
-            return Err(format!(
-                "`{name}` (the system's CAs) is not in dynamic.xds.sds_secrets: metaprotocol-rs \
-                 trusts the CA files it is given only"
-            ));
+            return match file_names.system_ca_file {
+                Some(bundle) => Ok(Some(FileNamedSecret::Authority(bundle.to_owned()))),
+                None => Err(format!(
+                    "`{name}` (the system's CAs): no system CA bundle was found when the xDS \
+                     client started (at {}); map it to a CA file in dynamic.xds.sds_secrets",
+                    SYSTEM_CA_FILES.join(", ")
+                )),
+            };
         }
         if path.contains(FILE_SEPARATOR) {
             return Err(format!("`{name}` is not `{FILE_ROOT}<CA path>`"));
