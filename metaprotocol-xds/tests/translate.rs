@@ -1719,3 +1719,46 @@ fn sidecar_clusters_of_an_ambient_mesh_leave_out_hbone() -> TestResult {
     assert_eq!(translate::assignment(&ambient)?.hbone_endpoints, 1);
     Ok(())
 }
+
+/// A cluster's `alpn_protocols` are offered in every handshake and held for each cluster: a
+/// list of more than 16 protocols, or of more than 1024 bytes as the handshake carries them
+/// (each name and its length byte), is refused naming the field, as one protocol over 255
+/// bytes is.
+#[test]
+fn alpn_protocols_past_their_bounds_are_refused_naming_the_field() -> TestResult {
+    let field = "transport_socket.typed_config.common_tls_context.alpn_protocols";
+    let with_alpn = |protocols: Vec<String>| {
+        let mut tls = istio_sidecar_tls("spiffe://cluster.local/ns/default/sa/provider", "sni");
+        if let Some(common) = tls.common_tls_context.as_mut() {
+            common.alpn_protocols = protocols;
+        }
+        let mut cluster = eds_cluster(&cluster_name("v1"));
+        cluster.transport_socket = Some(support::fixtures::tls_socket(&tls));
+        translate::cluster(&cluster, &sidecar_secrets())
+    };
+    let many = (0..17).map(|i| format!("p{i}")).collect::<Vec<_>>();
+    let refused = with_alpn(many.clone()).err();
+    assert_eq!(refused.as_ref().map(|e| e.field.as_str()), Some(field));
+    assert!(
+        refused.is_some_and(|e| e.reason.contains("at most 16")),
+        "not the count's bound"
+    );
+    let long = vec!["x".repeat(200); 6];
+    let refused = with_alpn(long.clone()).err();
+    assert_eq!(refused.as_ref().map(|e| e.field.as_str()), Some(field));
+    assert!(
+        refused.is_some_and(|e| e.reason.contains("1024 bytes")),
+        "not the bytes' bound"
+    );
+    let over = vec!["x".repeat(256)];
+    assert_eq!(
+        with_alpn(over).err().map(|e| e.field),
+        Some(format!("{field}[0]"))
+    );
+    // Within both bounds: 16 protocols, and 1024 bytes exactly.
+    with_alpn(many[..16].to_vec())?;
+    let mut fits = vec!["x".repeat(203); 5];
+    fits.push("x".repeat(3));
+    with_alpn(fits)?;
+    Ok(())
+}

@@ -51,7 +51,7 @@ pub use telemetry::{
     AccessLogSpec, DEFAULT_ACCESS_LOG_QUEUE, DEFAULT_LATENCY_BUCKETS, DEFAULT_METHOD_LABEL_LIMIT,
     IstioReporter, IstioSpec, IstioWorkloadSpec, MetricsSpec, Propagation, TracingSpec,
 };
-pub use tls::{ClusterTlsSpec, ListenerTlsSpec};
+pub use tls::{ClusterTlsSpec, ListenerTlsSpec, MAX_ALPN_LIST_BYTES, MAX_ALPN_PROTOCOLS};
 
 /// The most bytes a config file may hold ([`Config::read_file`], [`crate::Proxy::watch_file`]):
 /// some 60 times a config of 10,000 routes, and low enough that a path naming a huge file is

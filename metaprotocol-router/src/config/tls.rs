@@ -97,13 +97,24 @@ pub struct ClusterTlsSpec {
     /// Istio's sidecars take a connection for mutual TLS from a peer sidecar only when it offers
     /// `istio-peer-exchange` or `istio`, and pass any other TLS through to the application. The
     /// protocol the endpoint picks is not checked: the proxy speaks the cluster's protocol
-    /// whatever it is.
+    /// whatever it is. Each 1 to 255 bytes, at most [`MAX_ALPN_PROTOCOLS`] of them and
+    /// [`MAX_ALPN_LIST_BYTES`] together (see [`ClusterTlsSpec::check_alpn_protocols`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alpn_protocols: Vec<String>,
 }
 
 /// The longest protocol name ALPN can carry (RFC 7301: a one-byte length).
 const MAX_ALPN_PROTOCOL_BYTES: usize = 255;
+
+/// The most protocols a cluster's `alpn_protocols` may list: every handshake carries them, and
+/// every cluster holds them (a control plane sets them for each), while real lists name a few
+/// (Istio's sidecars offer two).
+pub const MAX_ALPN_PROTOCOLS: usize = 16;
+
+/// The most bytes a cluster's `alpn_protocols` may take as a handshake carries them, each name
+/// with its one-byte length: a ClientHello grown past a few KiB splits over packets and is
+/// refused by some servers and middleboxes (RFC 7301 itself allows 65535).
+pub const MAX_ALPN_LIST_BYTES: usize = 1024;
 
 impl ClusterTlsSpec {
     /// The files the settings are built from, each with the field that names it.
@@ -150,13 +161,39 @@ impl ClusterTlsSpec {
         for (i, crl) in self.crl_files.iter().enumerate() {
             not_empty(&format!("crl_files[{i}]"), crl)?;
         }
-        for (i, protocol) in self.alpn_protocols.iter().enumerate() {
+        Self::check_alpn_protocols(&self.alpn_protocols)
+    }
+
+    /// Checks `protocols` as an `alpn_protocols` list: each 1 to 255 bytes, at most
+    /// [`MAX_ALPN_PROTOCOLS`] of them, at most [`MAX_ALPN_LIST_BYTES`] together with their
+    /// length bytes. The error's field is `alpn_protocols` or the entry at fault
+    /// (`alpn_protocols[2]`); xDS translation refuses an `UpstreamTlsContext` by it.
+    pub fn check_alpn_protocols(protocols: &[String]) -> Result<(), ConfigError> {
+        for (i, protocol) in protocols.iter().enumerate() {
             if protocol.is_empty() || protocol.len() > MAX_ALPN_PROTOCOL_BYTES {
                 return Err(ConfigError::new(
                     format!("alpn_protocols[{i}]"),
                     format!("must be 1 to {MAX_ALPN_PROTOCOL_BYTES} bytes long"),
                 ));
             }
+        }
+        if protocols.len() > MAX_ALPN_PROTOCOLS {
+            return Err(ConfigError::new(
+                "alpn_protocols",
+                format!(
+                    "lists {} protocols: at most {MAX_ALPN_PROTOCOLS} protocols are offered",
+                    protocols.len()
+                ),
+            ));
+        }
+        let bytes: usize = protocols.iter().map(|protocol| protocol.len() + 1).sum();
+        if bytes > MAX_ALPN_LIST_BYTES {
+            return Err(ConfigError::new(
+                "alpn_protocols",
+                format!(
+                    "takes {bytes} bytes in the handshake (each name and its length byte): at most {MAX_ALPN_LIST_BYTES} bytes are offered"
+                ),
+            ));
         }
         Ok(())
     }
@@ -275,6 +312,21 @@ clusters:
             assert!(err.reason.contains(reason), "{err}");
             assert!(err.position.is_some(), "{err}");
         }
+        let alpn = |protocols: &[String]| {
+            format!(
+                "tls: {{ ca_file: ca.pem, alpn_protocols: [ {} ] }}",
+                protocols.join(", ")
+            )
+        };
+        let many: Vec<String> = (0..17).map(|i| format!("p{i}")).collect();
+        let err = error_of("", &alpn(&many));
+        assert_eq!(err.field, "clusters[0].tls.alpn_protocols", "{err}");
+        assert!(err.reason.contains("at most 16 protocols"), "{err}");
+        let err = error_of("", &alpn(&vec!["x".repeat(200); 6]));
+        assert_eq!(err.field, "clusters[0].tls.alpn_protocols", "{err}");
+        assert!(err.reason.contains("at most 1024 bytes"), "{err}");
+        let fits = error_of("", &alpn(&many[..16]));
+        assert_eq!(fits.reason, "accepted");
         let accepted = error_of(
             "tls: { cert_file: c.pem, key_file: k.pem, client_ca_file: ca.pem, require_client_cert: true, crl_files: [ crl.pem ] }",
             "tls: { ca_file: ca.pem, cert_file: c.pem, key_file: k.pem, server_name: provider.default.svc, crl_files: [ crl.pem ], alpn_protocols: [ istio-peer-exchange, istio ] }",

@@ -27,7 +27,8 @@
 //!   `match_typed_subject_alt_names` (exact URI and DNS names) as `subject_alt_names`;
 //! - `crl` (a file) as `crl_files`; `sni` as `server_name`;
 //! - `tls_params` that allow TLS 1.2 and 1.3, what rustls speaks;
-//! - `alpn_protocols` as `alpn_protocols` (offered; Istio's sidecars pick mutual TLS by them).
+//! - `alpn_protocols` as `alpn_protocols` (offered; Istio's sidecars pick mutual TLS by them),
+//!   within the config's bounds (each 1 to 255 bytes, 16 protocols, 1024 bytes together).
 //!
 //! Accepted and ignored: `max_session_keys` (tuning), `watched_directory` (files are re-read
 //! when they change anyway), a certificate name within an instance (its files hold one
@@ -357,6 +358,10 @@ fn common_tls_context(
         }
     };
     let validation = validation(common.validation_context_type.as_ref(), providers)?;
+    // Bounded as the config bounds a cluster's: every cluster holds the list, and every
+    // handshake carries it.
+    ClusterTlsSpec::check_alpn_protocols(&common.alpn_protocols)
+        .map_err(|err| InvalidResource::new(err.field, err.reason))?;
     Ok(ClusterTlsSpec {
         ca_file: validation.ca_file,
         cert_file,
