@@ -50,6 +50,9 @@ pub(super) fn warn_if_exposed(config: &Config) {
     }
 }
 
+/// The body of the `503` a write gets while the token file cannot be read.
+const TOKEN_FILE_UNREADABLE: &str = "the admin token file cannot be read; the proxy's log says why";
+
 /// `Ok` when the request may write: no token is configured, or it carries the right one.
 pub(super) async fn authorize(
     config: &Config,
@@ -63,9 +66,11 @@ pub(super) async fn authorize(
         Ok(read) => read,
         Err(why) => {
             tracing::error!(file = %path.display(), error = %why, "cannot read the admin token file; refusing writes");
+            // The reason stays in the log: the caller is not yet authenticated, and the
+            // file's kind, size or OS error tell it about the proxy's host.
             return Err(refusal(
                 StatusCode::SERVICE_UNAVAILABLE,
-                &format!("the admin token file cannot be read: {why}"),
+                TOKEN_FILE_UNREADABLE,
             ));
         }
     };
