@@ -238,3 +238,67 @@ impl Opens {
         }
     }
 }
+
+/// A directory with a file system mounted on it that never answers, as a network file system
+/// whose server is unreachable: a FUSE mount whose server never reads its requests, so that
+/// any look at or read of a path under it waits until the mount is given up
+/// ([`HungMount::give_up`], or dropping it), and then fails (`ENOTCONN`). Mounting takes root
+/// (`CAP_SYS_ADMIN`) and `/dev/fuse`.
+#[cfg(target_os = "linux")]
+pub(crate) struct HungMount {
+    dir: std::path::PathBuf,
+    /// The FUSE device the mount was made with: closing it gives the mount up.
+    device: Option<std::fs::File>,
+}
+
+#[cfg(target_os = "linux")]
+impl HungMount {
+    /// A hung mount on a new directory named after `test`, or why it cannot be made.
+    pub fn new(test: &str) -> io::Result<Self> {
+        use rustix::mount::{MountFlags, mount};
+        use std::os::fd::AsRawFd;
+        let dir = std::env::temp_dir().join(format!("hung-mount-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        // Opened close-on-exec: a child holding it would keep the mount hung.
+        let device = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")?;
+        let options = std::ffi::CString::new(format!(
+            "fd={},rootmode=40000,user_id=0,group_id=0",
+            device.as_raw_fd()
+        ))
+        .map_err(io::Error::other)?;
+        mount(
+            "hung",
+            &dir,
+            "fuse",
+            MountFlags::NOSUID | MountFlags::NODEV,
+            options.as_c_str(),
+        )?;
+        Ok(Self {
+            dir,
+            device: Some(device),
+        })
+    }
+
+    /// The directory mounted on: every path under it hangs.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Gives the mount up, as a network file system's client does once its server is declared
+    /// dead: every look or read waiting under it, and every later one, fails at once.
+    pub fn give_up(&mut self) {
+        self.device.take();
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for HungMount {
+    fn drop(&mut self) {
+        self.give_up();
+        let _ = rustix::mount::unmount(&self.dir, rustix::mount::UnmountFlags::DETACH);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}

@@ -212,12 +212,12 @@ fn main() -> ExitCode {
                 )
                 .await
             }
-            Command::Validate { config } => validate(config),
+            Command::Validate { config } => validate(config).await,
             Command::Route {
                 config,
                 listener,
                 metadata,
-            } => route(config, &listener, metadata),
+            } => route(config, &listener, metadata).await,
             Command::Demo => demo().await,
         }
     })
@@ -244,7 +244,7 @@ async fn run(
     log_control: Arc<ReloadableFilter>,
 ) -> ExitCode {
     // The text is kept to place errors found while building (a filter's config, say) in it.
-    let text = match Config::read_file(&path) {
+    let text = match Config::read_file_within(&path).await {
         Ok(text) => text,
         Err(err) => {
             eprintln!("{}: cannot read: {err}", path.display());
@@ -363,8 +363,8 @@ fn print_warnings(path: &std::path::Path, config: &Config) {
     }
 }
 
-fn validate(path: PathBuf) -> ExitCode {
-    let text = match Config::read_file(&path) {
+async fn validate(path: PathBuf) -> ExitCode {
+    let text = match Config::read_file_within(&path).await {
         Ok(text) => text,
         Err(err) => {
             eprintln!("{}: invalid: cannot read: {err}", path.display());
@@ -410,8 +410,9 @@ fn parse_metadata_entry(entry: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("`{entry}` is not key=value"))
 }
 
-fn route(path: PathBuf, listener: &str, metadata: Vec<(String, String)>) -> ExitCode {
-    let checked = Config::read_file(&path)
+async fn route(path: PathBuf, listener: &str, metadata: Vec<(String, String)>) -> ExitCode {
+    let checked = Config::read_file_within(&path)
+        .await
         .map_err(|err| format!("cannot read: {err}"))
         .and_then(|text| {
             let config = Config::from_yaml(&text).map_err(|err| err.to_string())?;

@@ -8,6 +8,8 @@
 use std::ffi::OsStr;
 use std::path::Path;
 
+use super::file_reads::{Called, FILE_READ_TIMEOUT, OneAtATime};
+
 /// How a file last arrived at a name the watched path goes through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Arrival {
@@ -29,13 +31,18 @@ pub(super) struct Arrivals {
 
 impl Arrivals {
     /// Arrivals in the directory of `path` from now on (none reported if the watch could not be
-    /// set up). Set up on a blocking thread, not the runtime's: adding the watch looks the
-    /// directory up, which waits on a network file system that is slow or unreachable.
+    /// set up, or not within [`FILE_READ_TIMEOUT`]). Set up on a thread of its own, not the
+    /// runtime's: adding the watch looks the directory up, which waits on a network file system
+    /// that is slow or unreachable.
     pub async fn watch(path: &Path) -> Self {
         let path = path.to_owned();
-        tokio::task::spawn_blocking(move || Self::set_up(&path))
+        match OneAtATime::default()
+            .call(FILE_READ_TIMEOUT, move || Self::set_up(&path))
             .await
-            .unwrap_or_default()
+        {
+            Called::Answered(arrivals) | Called::AnsweredLate(arrivals) => arrivals,
+            Called::Unanswered | Called::Failed(_) => Self::default(),
+        }
     }
 }
 

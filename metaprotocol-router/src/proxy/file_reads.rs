@@ -224,32 +224,32 @@ impl FilesToRead {
         let files = Arc::new(self.0);
         // The place of the file being read, to name it if its read does not end.
         let reading = Arc::new(AtomicUsize::new(0));
-        let (done, read) = tokio::sync::oneshot::channel();
         let spawned = {
             let (files, reading) = (files.clone(), reading.clone());
-            std::thread::Builder::new()
-                .name("metaprotocol-file-reads".to_owned())
-                .spawn(move || {
-                    // Held until the reads end, however long that is.
-                    let _reader = reader;
-                    let mut read = ReadAhead::new();
-                    for (at, file) in files.iter().enumerate() {
-                        reading.store(at, Ordering::Relaxed);
-                        read.read(&file.path, file.kind);
-                    }
-                    let _ = done.send(read);
-                })
+            on_a_thread(move || {
+                // Held until the reads end, however long that is.
+                let _reader = reader;
+                let mut read = ReadAhead::new();
+                for (at, file) in files.iter().enumerate() {
+                    reading.store(at, Ordering::Relaxed);
+                    read.read(&file.path, file.kind);
+                }
+                read
+            })
         };
-        if let Err(err) = spawned {
-            return Err(ConfigError::new(
-                &first.0,
-                format!(
-                    "`{}` was not read: no thread to read it on: {err}",
-                    first.1.display()
-                ),
-            )
-            .of_a_file_not_read());
-        }
+        let read = match spawned {
+            Ok(read) => read,
+            Err(err) => {
+                return Err(ConfigError::new(
+                    &first.0,
+                    format!(
+                        "`{}` was not read: no thread to read it on: {err}",
+                        first.1.display()
+                    ),
+                )
+                .of_a_file_not_read());
+            }
+        };
         match tokio::time::timeout_at(deadline, read).await {
             Ok(Ok(read)) => Ok(Arc::new(read)),
             // The thread ended without an answer: it panicked.
@@ -270,6 +270,81 @@ impl FilesToRead {
                     ),
                 )
                 .of_a_file_not_read())
+            }
+        }
+    }
+}
+
+/// Runs `call` (reads or looks at files, which may never end: a network file system that does
+/// not answer) on a thread of its own, not one of the runtime's: a call that never ends holds
+/// that thread alone, and neither the runtime's blocking pool nor its shutdown waits for it.
+/// Its answer comes on the channel returned.
+pub(crate) fn on_a_thread<T: Send + 'static>(
+    call: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<T>> {
+    let (done, answer) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("metaprotocol-file-reads".to_owned())
+        .spawn(move || {
+            let _ = done.send(call());
+        })?;
+    Ok(answer)
+}
+
+/// What became of a call run by [`OneAtATime::call`].
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Called<T> {
+    /// It answered within its wait.
+    Answered(T),
+    /// An earlier call, which had not ended within its own wait, has ended since; this is its
+    /// answer, as things were when it began (the call asked for now was not run).
+    AnsweredLate(T),
+    /// It had not ended within its wait (nor had an earlier call still running): it runs on,
+    /// and is taken once it ends.
+    Unanswered,
+    /// It could not run (no thread to run it on), or it panicked: why.
+    Failed(String),
+}
+
+/// A call that may never end (a look at or read of the watched config file, or of the files a
+/// rejected config read), run off the runtime on a thread of its own ([`on_a_thread`]) and
+/// waited for a bounded time, one at a time: while one that did not end in its time runs, no
+/// other is started, so that a file system that does not answer holds one thread, not one a
+/// look.
+pub(crate) struct OneAtATime<T> {
+    running: Option<tokio::sync::oneshot::Receiver<T>>,
+}
+
+impl<T> Default for OneAtATime<T> {
+    fn default() -> Self {
+        Self { running: None }
+    }
+}
+
+impl<T: Send + 'static> OneAtATime<T> {
+    /// Runs `call`, and waits at most `wait` for its answer. A call still running from before
+    /// is not waited for: its answer is taken if it came ([`Called::AnsweredLate`]), and
+    /// `call` is not run.
+    pub async fn call(
+        &mut self,
+        wait: Duration,
+        call: impl FnOnce() -> T + Send + 'static,
+    ) -> Called<T> {
+        let (mut answer, wait, late) = match self.running.take() {
+            Some(running) => (running, Duration::ZERO, true),
+            None => match on_a_thread(call) {
+                Ok(answer) => (answer, wait, false),
+                Err(err) => return Called::Failed(format!("no thread to run it on: {err}")),
+            },
+        };
+        match tokio::time::timeout(wait, &mut answer).await {
+            Ok(Ok(answer)) if late => Called::AnsweredLate(answer),
+            Ok(Ok(answer)) => Called::Answered(answer),
+            // The thread ended without an answer: the call panicked.
+            Ok(Err(_)) => Called::Failed("it panicked".to_owned()),
+            Err(_) => {
+                self.running = Some(answer);
+                Called::Unanswered
             }
         }
     }

@@ -33,8 +33,7 @@ use self::arrivals::{Arrival, Arrivals};
 use self::build::Builder;
 use self::dynamic::DynamicSources;
 pub use self::dynamic::{DynamicSource, DynamicUpdate};
-use self::file_reads::FILE_READ_TIMEOUT;
-use self::file_reads::FileReaders;
+use self::file_reads::{Called, FILE_READ_TIMEOUT, FileReaders, OneAtATime};
 use self::layers::Layers;
 use self::listeners::ListenerManager;
 use self::status::StatusRegistry;
@@ -84,15 +83,24 @@ struct Look {
     arrived: Option<Arrival>,
 }
 
+/// What a look at the watched config file finds: its stamp, and the names in its directory
+/// that it goes through.
+type Looked = (Option<Stamp>, Vec<OsString>);
+
 impl Look {
-    /// Looks at `path` (off the runtime's workers: a `stat` may block, on a network file
-    /// system say), and reads the `arrivals` at the names it goes through in its directory:
+    /// Looks at `path` (by one of `looks`, off the runtime: a `stat` may block, on a network
+    /// file system say, and one that has not ended within [`FILE_READ_TIMEOUT`] is an error
+    /// that says so), and reads the `arrivals` at the names it goes through in its directory:
     /// its own, and where it is a symlink to a relative path, that path's first name (a
     /// ConfigMap's `..data`).
-    async fn at(path: &Path, arrivals: &Arrivals) -> Self {
+    async fn at(
+        path: &Path,
+        arrivals: &Arrivals,
+        looks: &mut OneAtATime<Looked>,
+    ) -> Result<Self, String> {
         let path = path.to_owned();
         let now = SystemTime::now();
-        let (stamp, names) = tokio::task::spawn_blocking(move || {
+        let look = move || {
             let through = std::fs::read_link(&path).ok().and_then(|target| {
                 match target.components().find(|c| *c != Component::CurDir) {
                     Some(Component::Normal(name)) => Some(name.to_owned()),
@@ -106,15 +114,19 @@ impl Look {
                 .chain(through)
                 .collect();
             (Stamp::of(&path), names)
-        })
-        .await
-        .unwrap_or_default();
+        };
+        let (stamp, names) = match looks.call(FILE_READ_TIMEOUT, look).await {
+            // A late look's stamp is older than this look: a change since shows at the next.
+            Called::Answered(looked) | Called::AnsweredLate(looked) => looked,
+            Called::Unanswered => return Err(not_ended("look at it", FILE_READ_TIMEOUT)),
+            Called::Failed(_) => Looked::default(),
+        };
         let names: Vec<&OsStr> = names.iter().map(OsString::as_os_str).collect();
-        Self {
+        Ok(Self {
             unsettled: stamp.is_some_and(|stamp| stamp.unsettled(now)),
             stamp,
             arrived: arrivals.latest(&names),
-        }
+        })
     }
 
     /// True if this look's metadata shows no change of the contents read after `before`.
@@ -143,10 +155,10 @@ struct Retry {
     /// tried again once one of them may hold other contents. Otherwise (an address in use, a
     /// file not read in time) at every look.
     files: Option<crate::file_stamp::FilesLooked>,
-    /// A look at `files` that had not ended by its deadline (a `stat` on a network file system
-    /// that does not answer): its answer is taken once it comes, and no other look starts
+    /// The looks at `files`: one that had not ended by its deadline (a `stat` on a network
+    /// file system that does not answer) is taken once it comes, and no other look starts
     /// while it runs.
-    looking: Option<tokio::task::JoinHandle<bool>>,
+    looks: OneAtATime<bool>,
 }
 
 impl Retry {
@@ -160,15 +172,15 @@ impl Retry {
             contents,
             error,
             files,
-            looking: None,
+            looks: OneAtATime::default(),
         }
     }
 
     /// True if `retry`'s contents are to be tried again now (none: false). Its files are
-    /// looked at off the runtime's workers (a `stat` may block, on a network file system say)
-    /// for at most [`FILE_READ_TIMEOUT`], as an update waits for the files it reads: a look
-    /// that takes longer is not due, and is waited for no more, but taken at a later look
-    /// once it ends.
+    /// looked at off the runtime (a `stat` may block, on a network file system say) for at
+    /// most [`FILE_READ_TIMEOUT`], as an update waits for the files it reads: a look that
+    /// takes longer is not due, and is waited for no more, but taken at a later look once it
+    /// ends.
     async fn due(retry: Option<&mut Self>) -> bool {
         let Some(retry) = retry else {
             return false;
@@ -177,43 +189,66 @@ impl Retry {
             return true;
         };
         let files = files.clone();
-        look_within(&mut retry.looking, FILE_READ_TIMEOUT, move || {
-            files.may_have_changed()
-        })
-        .await
-        .unwrap_or(false)
-    }
-}
-
-/// The answer of `look`, run on a blocking thread, if it comes within `wait`; else `None`, the
-/// look left running in `running`. A look already `running` (one that did not end in its
-/// time) is not started again: its answer is taken if it came, without waiting.
-async fn look_within(
-    running: &mut Option<tokio::task::JoinHandle<bool>>,
-    wait: Duration,
-    look: impl FnOnce() -> bool + Send + 'static,
-) -> Option<bool> {
-    let (mut handle, wait) = match running.take() {
-        Some(handle) => (handle, Duration::ZERO),
-        None => (tokio::task::spawn_blocking(look), wait),
-    };
-    match tokio::time::timeout(wait, &mut handle).await {
-        // A look that panicked says nothing: try again.
-        Ok(answer) => Some(answer.unwrap_or(true)),
-        Err(_) => {
-            *running = Some(handle);
-            None
+        match retry
+            .looks
+            .call(FILE_READ_TIMEOUT, move || files.may_have_changed())
+            .await
+        {
+            Called::Answered(changed) | Called::AnsweredLate(changed) => changed,
+            Called::Unanswered => false,
+            // A look that failed says nothing: try again.
+            Called::Failed(_) => true,
         }
     }
 }
 
-/// The watched config file's contents, read off the runtime's workers (see
-/// [`Config::read_file`]), or why it cannot be read.
-async fn read_config_file(path: &Path) -> Result<Vec<u8>, String> {
+/// Why a look at or read of a file failed that had not ended after `wait`.
+fn not_ended(what: &str, wait: Duration) -> String {
+    format!(
+        "an attempt to {what} had not ended after {} s (a slow or unreachable file system?)",
+        wait.as_secs()
+    )
+}
+
+/// The watched config file's contents, read as [`Config::read_file`] reads it by one of `reads`
+/// (off the runtime, waited for at most [`FILE_READ_TIMEOUT`]), or why it cannot be read.
+/// `None`: what came is the answer of a read begun at an earlier look that had not ended in its
+/// time, perhaps older than the last look at the file; the file is to be read again.
+async fn read_config_file(
+    path: &Path,
+    reads: &mut OneAtATime<Result<Vec<u8>, String>>,
+) -> Option<Result<Vec<u8>, String>> {
     let path = path.to_owned();
-    tokio::task::spawn_blocking(move || crate::config::read_config_file(&path))
+    match reads
+        .call(FILE_READ_TIMEOUT, move || {
+            crate::config::read_config_file(&path)
+        })
         .await
-        .unwrap_or_else(|err| Err(err.to_string()))
+    {
+        Called::Answered(read) => Some(read),
+        Called::AnsweredLate(_) => None,
+        Called::Unanswered => Some(Err(not_ended("read it", FILE_READ_TIMEOUT))),
+        Called::Failed(why) => Some(Err(format!("its read failed: {why}"))),
+    }
+}
+
+impl Config {
+    /// [`Config::read_file`], on a thread of its own, waiting at most 10 s for it (the wait of
+    /// a config update for the files it reads): a read that has not ended by then (a network
+    /// file system that does not answer) is an error that says so, in words that follow
+    /// "cannot read `path`: ", and is left to end on its own; it holds no thread of the
+    /// runtime. The proxy's own start-up reads its config file so.
+    pub async fn read_file_within(path: &Path) -> Result<String, String> {
+        let path = path.to_owned();
+        match OneAtATime::default()
+            .call(FILE_READ_TIMEOUT, move || Config::read_file(&path))
+            .await
+        {
+            Called::Answered(read) | Called::AnsweredLate(read) => read,
+            Called::Unanswered => Err(not_ended("read it", FILE_READ_TIMEOUT)),
+            Called::Failed(why) => Err(format!("its read failed: {why}")),
+        }
+    }
 }
 
 /// A change of the watched config file written in place, waiting to stay the same for
@@ -1245,6 +1280,10 @@ impl Proxy {
     /// the last 2 s, below the resolution of some file systems' timestamps). The file is read
     /// as [`Config::read_file`] reads it: one larger than [`crate::MAX_CONFIG_FILE_BYTES`], or
     /// no regular file (a FIFO, a device), is rejected unread, said once, until it can be read.
+    /// So is one whose look or read has not ended after 10 s (the wait of an update for the
+    /// files it reads: a network file system that does not answer): the watcher goes on looking, starts no other look or
+    /// read while that one waits, takes its answer once it comes, and returns at shutdown
+    /// without waiting for it.
     ///
     /// A file renamed over the path, or over a symlink in its directory the path goes through
     /// (a ConfigMap's `..data`), is applied at the next look: it was whole before it appeared.
@@ -1257,9 +1296,24 @@ impl Proxy {
     /// valid config of its own (the first of two listeners, say).
     pub async fn watch_file(&self, path: &Path, poll: Duration) {
         // Looked at before it is read, so that a write after the read shows in the next look.
-        let arrivals = Arrivals::watch(path).await;
-        let mut look = Look::at(path, &arrivals).await;
-        let mut applied = read_config_file(path).await.ok();
+        let shutdown = self.state.shutdown.clone();
+        let arrivals = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            arrivals = Arrivals::watch(path) => arrivals,
+        };
+        // Each look at and read of the file runs off the runtime, one at a time, and is waited
+        // for at most FILE_READ_TIMEOUT: on a file system that does not answer, the watcher
+        // says so and keeps looking, and holds one thread for each, not one a look.
+        let mut looks = OneAtATime::default();
+        let mut reads = OneAtATime::default();
+        let mut look = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            look = Look::at(path, &arrivals, &mut looks) => look.unwrap_or_default(),
+        };
+        let mut applied = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            read = read_config_file(path, &mut reads) => read.and_then(Result::ok),
+        };
         *lock(&self.state.config_file) = Some(ConfigFileStatus::new(path.display().to_string()));
         // The last rejection of the file for what may change outside it (an address that could
         // not be bound, a file it names that could not be read).
@@ -1273,7 +1327,18 @@ impl Proxy {
                 _ = self.state.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(poll) => {}
             }
-            let before = std::mem::replace(&mut look, Look::at(path, &arrivals).await);
+            let now = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                now = Look::at(path, &arrivals, &mut looks) => now,
+            };
+            let before = match now {
+                Ok(now) => std::mem::replace(&mut look, now),
+                Err(why) => {
+                    self.refuse_unread(path, why, &mut refused, &mut applied);
+                    look = Look::default();
+                    continue;
+                }
+            };
             // Read only when its metadata says it changed, or may not say so yet; and while a
             // change waits to settle, or to be tried again once what it waits for may be there.
             if look.shows_no_change_since(&before)
@@ -1282,20 +1347,23 @@ impl Proxy {
             {
                 continue;
             }
-            let current = match read_config_file(path).await {
-                Ok(current) => current,
-                Err(why) => {
-                    // A file there but refused (larger than the bound, a FIFO, unreadable) is
-                    // a rejected change, said once; one gone (being replaced) is not.
-                    if look.stamp.is_some() && refused.as_ref() != Some(&why) {
-                        let file = path.display();
-                        self.state.count_update(false);
-                        tracing::warn!(%file, error = %why, "config file rejected: it cannot be read; the running config is kept");
-                        self.state
-                            .config_file_changed(|s| s.rejected(format!("cannot read: {why}")));
-                        refused = Some(why);
-                        // Whatever it holds once it can be read is applied, and said so.
-                        applied = None;
+            let read = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                read = read_config_file(path, &mut reads) => read,
+            };
+            let current = match read {
+                Some(Ok(current)) => current,
+                // A late read, perhaps older than the look: read again at the next look.
+                None => {
+                    look = Look::default();
+                    continue;
+                }
+                Some(Err(why)) => {
+                    // A file there but refused (larger than the bound, a FIFO, unreadable, or
+                    // its read did not end) is a rejected change; one gone (being replaced) is
+                    // not.
+                    if look.stamp.is_some() {
+                        self.refuse_unread(path, why, &mut refused, &mut applied);
                     }
                     // Read again at the next look, whatever its metadata says then.
                     look = Look::default();
@@ -1378,6 +1446,28 @@ impl Proxy {
             }
             retrying = None;
         }
+    }
+
+    /// Rejects the watched config file at `path`, which could not be looked at or read for
+    /// `why`: counted and said once, until it reads or fails otherwise (`refused`), and what it
+    /// holds once it can be read is applied, and said so (nothing is `applied`).
+    fn refuse_unread(
+        &self,
+        path: &Path,
+        why: String,
+        refused: &mut Option<String>,
+        applied: &mut Option<Vec<u8>>,
+    ) {
+        if refused.as_ref() == Some(&why) {
+            return;
+        }
+        let file = path.display();
+        self.state.count_update(false);
+        tracing::warn!(%file, error = %why, "config file rejected: it cannot be read; the running config is kept");
+        self.state
+            .config_file_changed(|s| s.rejected(format!("cannot read: {why}")));
+        *refused = Some(why);
+        *applied = None;
     }
 
     /// Drains and stops: `/ready` answers 503 at once, listeners stop accepting, open

@@ -1916,30 +1916,126 @@ async fn a_look_at_files_that_does_not_end_is_given_up_and_not_started_again() -
         }
     };
     let bound = Duration::from_secs(10);
-    let mut running = None;
-    let first = tokio::time::timeout(
-        bound,
-        super::look_within(&mut running, Duration::from_millis(100), look()),
-    )
-    .await;
+    let mut looks = super::OneAtATime::default();
+    let first = tokio::time::timeout(bound, looks.call(Duration::from_millis(100), look())).await;
     // Waiting a minute would outlast the bound: the look still running is not waited for.
-    let second = tokio::time::timeout(
-        bound,
-        super::look_within(&mut running, Duration::from_secs(60), look()),
-    )
-    .await;
+    let second = tokio::time::timeout(bound, looks.call(Duration::from_secs(60), look())).await;
     let _ = release.send(());
-    let mut answer = None;
+    let mut answer = super::Called::Unanswered;
     for _ in 0..1000 {
-        answer = super::look_within(&mut running, Duration::ZERO, look()).await;
-        if answer.is_some() {
+        answer = looks.call(Duration::ZERO, look()).await;
+        if answer != super::Called::Unanswered {
             break;
         }
         tokio::time::sleep(POLL).await;
     }
-    assert_eq!(first?, None, "given up at its deadline");
-    assert_eq!(second?, None, "still running, not waited for");
-    assert_eq!(answer, Some(true), "taken once it ended");
+    assert_eq!(
+        first?,
+        super::Called::Unanswered,
+        "given up at its deadline"
+    );
+    assert_eq!(
+        second?,
+        super::Called::Unanswered,
+        "still running, not waited for"
+    );
+    assert_eq!(
+        answer,
+        super::Called::AnsweredLate(true),
+        "taken once it ended"
+    );
     assert_eq!(started.load(Ordering::SeqCst), 1, "never started twice");
     Ok(())
+}
+
+/// Waits (at most `bound`) until `done` holds.
+async fn until_within(bound: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + bound;
+    while tokio::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    done()
+}
+
+/// The proxy's start-up read of its config file, on a network file system that does not
+/// answer (here, a FUSE mount whose server never answers), fails once the update's wait for
+/// files is over, saying so, rather than holding start-up for ever.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_config_file_read_at_start_up_that_does_not_end_fails_at_its_deadline() -> TestResult {
+    let mount = crate::testing::HungMount::new("start-up")?;
+    let path = mount.path().join("config.yaml");
+    let began = std::time::Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(30), Config::read_file_within(&path)).await;
+    let took = began.elapsed();
+    drop(mount);
+    let read = read.map_err(|_| "the read of the config file was still waiting after 30 s")?;
+    assert_eq!(
+        read,
+        Err(
+            "an attempt to read it had not ended after 10 s (a slow or unreachable file system?)"
+                .to_owned()
+        )
+    );
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    Ok(())
+}
+
+/// A watched config file that comes to live on a network file system that does not answer
+/// (here, a symlink swapped to point into a FUSE mount whose server never answers) is a
+/// rejected change at the deadline of the look at it, counted and said once; the watcher goes
+/// on, and applies the file once it can be read again. It used to wait on the look for ever,
+/// and apply nothing more.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_config_file_whose_look_does_not_end_is_rejected_at_the_deadline_and_watched_on()
+-> TestResult {
+    let mut mount = crate::testing::HungMount::new("watched")?;
+    let watched = Watched::start("hung-look").await?;
+    let (proxy, path) = (&watched.proxy, &watched.path);
+    assert!(
+        until(|| proxy.config_file_status().is_some()).await,
+        "the watcher did not start"
+    );
+    let error = || {
+        proxy
+            .config_file_status()
+            .and_then(|s| s.last_error)
+            .unwrap_or_default()
+    };
+    let rejected_before = rejected(proxy);
+    let into_mount = path.with_extension("hung");
+    std::os::unix::fs::symlink(mount.path().join("config.yaml"), &into_mount)?;
+    std::fs::rename(&into_mount, path)?;
+    let said_late = until_within(Duration::from_secs(30), || error().contains("not ended")).await;
+    let said = error();
+    // Counted once, however many looks find the first still waiting.
+    tokio::time::sleep(POLL * 20).await;
+    let rejected_hung = rejected(proxy) - rejected_before;
+    // The file moves off the mount, and the mount is given up: the look waiting on it ends.
+    let next = path.with_extension("next");
+    std::fs::write(&next, CONFIG.replace("name: front", "name: back"))?;
+    std::fs::rename(&next, path)?;
+    mount.give_up();
+    assert!(said_late, "no rejection within 30 s: {said:?}");
+    assert_eq!(
+        said,
+        "cannot read: an attempt to look at it had not ended after 10 s (a slow or unreachable \
+         file system?)"
+    );
+    assert_eq!(rejected_hung, 1, "a look that does not end counts once");
+    assert!(
+        until_within(Duration::from_secs(30), || proxy
+            .listeners()
+            .iter()
+            .any(|(name, _)| name == "back"))
+        .await,
+        "the change after was not applied: {:?}",
+        proxy.listeners()
+    );
+    assert_eq!(error(), "", "cleared by the change applied");
+    watched.stop().await
 }
