@@ -2039,3 +2039,55 @@ async fn a_config_file_whose_look_does_not_end_is_rejected_at_the_deadline_and_w
     assert_eq!(error(), "", "cleared by the change applied");
     watched.stop().await
 }
+
+/// A route edit leaves the listeners as they were, and reads none of their files: while a
+/// listener's `password_file` cannot be read at all (a network file system that does not
+/// answer; here a symlink swapped to point into a FUSE mount whose server never answers), an
+/// update of its route config applies at once. A change of the listener itself builds its
+/// filter chain anew, and so reads its filters' files: it fails at its deadline, naming the
+/// file, and the running config stays.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_route_edit_reads_no_file_of_a_listener_and_a_listener_change_reads_its_own() -> TestResult
+{
+    let mut mount = crate::testing::HungMount::new("route-edit")?;
+    let dir = std::env::temp_dir().join(format!("reload-route-edit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let (password, link) = (dir.join("password"), dir.join("password-link"));
+    std::fs::write(&password, "secret\n")?;
+    std::os::unix::fs::symlink(&password, &link)?;
+    let config = config_with_password_file(&link);
+    let proxy = start(&config).await?;
+    let into_mount = dir.join("password-hung");
+    std::os::unix::fs::symlink(mount.path().join("password"), &into_mount)?;
+    std::fs::rename(&into_mount, &link)?;
+    let route_edit = config
+        .replace("{ route: { cluster: c } }", "{ route: { cluster: c2 } }")
+        .replace(
+            "clusters:\n",
+            "clusters:\n  - { name: c2, endpoints: [ { address: 127.0.0.1:2 } ] }\n",
+        );
+    // Ample for an update that reads nothing: one that read the file would fail at it.
+    let ample = tokio::time::Instant::now() + Duration::from_secs(20);
+    let routed = super::update::with_deadline(ample, proxy.reload_yaml(&route_edit)).await;
+    let soon = || tokio::time::Instant::now() + Duration::from_secs(2);
+    let listener_change = route_edit.replace(
+        "    route_config: r\n",
+        "    route_config: r\n    idle_timeout: 5s\n",
+    );
+    let changed = super::update::with_deadline(soon(), proxy.reload_yaml(&listener_change)).await;
+    let running = proxy.config();
+    mount.give_up();
+    proxy.shutdown().await;
+    drop(mount);
+    std::fs::remove_dir_all(&dir)?;
+    routed?;
+    assert_refused_naming(&changed, "password_file");
+    assert_refused_naming(&changed, "password-link` was not read");
+    assert_eq!(running.clusters.len(), 2, "the route edit applied");
+    assert_eq!(
+        running.listeners[0].idle_timeout, None,
+        "the listener stays"
+    );
+    Ok(())
+}
