@@ -429,3 +429,88 @@ async fn a_line_names_the_rbac_policy_that_decided() -> TestResult {
     proxy.shutdown().await;
     Ok(())
 }
+
+/// Istio's default access log format (`meshConfig.accessLogFormat` unset), pasted as YAML the way
+/// a mesh's config has it (a block ending in a newline), loads and writes one line a call, saying
+/// why each call got its answer (`%RESPONSE_CODE_DETAILS%`): the upstream's, the rbac policy that
+/// refused it, the connection that could not be made. `%REQ(X-REQUEST-ID)%` finds the call's
+/// `x-request-id`, as Envoy's header names are, whatever their case.
+#[tokio::test]
+async fn istios_default_format_says_why_each_call_got_its_answer() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let (_dead_socket, dead) = support::refusing_addr()?;
+    let scratch = Scratch::new("access-log-istio")?;
+    let log = scratch.path("istio.log");
+    let listeners = format!(
+        "  - name: in
+    address: 127.0.0.1:0
+    protocol: dubbo
+    route_config: routes
+    access_log:
+      path: \"{}\"
+      format: |
+        [%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%
+    filters:
+      - {{ name: rbac, config: {{ action: deny, policies: [ {{ name: no-acme, metadata: [ {{ key: tenant, exact: acme }} ] }} ] }} }}
+",
+        log.display()
+    );
+    let yaml = config(&listeners, provider.address(), dead);
+    let proxy = start_engine(&yaml).await?;
+    let mut socket = TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
+    let calls = [
+        dubbo_request(1, "sayHello", &[("tenant", "t"), ("x-request-id", "r-1")]),
+        dubbo_request(2, "sayHello", &[("tenant", "acme")]),
+        dubbo_request(3, "sayBye", &[("tenant", "t")]),
+    ];
+    for frame in &calls {
+        call(&mut socket, frame).await?;
+    }
+    let logged = file_lines(&log, calls.len()).await?;
+    // Each line's fields after its time, split at spaces (the quoted request line takes three).
+    let fields: Vec<Vec<&str>> = logged
+        .iter()
+        .map(|line| {
+            line.split_once("] ")
+                .map_or(Vec::new(), |(_, rest)| rest.split(' ').collect())
+        })
+        .collect();
+    let provider_host = format!("\"{}\"", provider.address());
+    let dead_host = format!("\"{dead}\"");
+    let expected = [
+        [
+            "-",
+            "via_upstream",
+            "\"r-1\"",
+            &provider_host,
+            "provider",
+            "hello",
+        ],
+        [
+            "UAEX,LR",
+            "rbac_access_denied_matched_policy[no-acme]",
+            "\"-\"",
+            "\"-\"",
+            "-",
+            "-",
+        ],
+        [
+            "UF,URX,LR",
+            "upstream_reset_before_response_started{connection_failure}",
+            "\"-\"",
+            &dead_host,
+            "dead",
+            "dead",
+        ],
+    ];
+    for (line, (fields, expected)) in logged.iter().zip(fields.iter().zip(expected)) {
+        assert_eq!(fields.len(), 23, "{line}");
+        assert_eq!(&fields[..3], ["\"-", "-", "dubbo\""], "{line}");
+        let shown = [
+            fields[4], fields[5], fields[14], fields[16], fields[17], fields[22],
+        ];
+        assert_eq!(shown, expected, "{line}");
+    }
+    proxy.shutdown().await;
+    Ok(())
+}

@@ -1,11 +1,17 @@
 //! Access log formats: format strings of Envoy-style command operators (`%START_TIME%`,
 //! `%REQ(method)%` ...), and JSON objects whose values are format strings.
+//!
+//! The operators are Envoy's, so that a mesh's formats (Istio's and Aeraki's defaults) load
+//! as they are: each shows what it means for a meta-protocol call, or `-` where Envoy's
+//! meaning has no counterpart here (an HTTP status code, an HTTP response header). Values are
+//! worked out when the line is written, from what [`LogEntry`] captured, never on the request
+//! path.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use metaprotocol_core::AuthorizationDecision;
+use metaprotocol_core::{AuthorizationDecision, ResponseFlags};
 
 use super::{LogEntry, RequestId};
 
@@ -27,8 +33,11 @@ enum Operator {
     RouteName,
     UpstreamCluster,
     UpstreamHost,
+    UpstreamHostWithoutPort,
     Outcome,
     ResponseFlags,
+    /// Why the call got the answer it got, in Envoy's `%RESPONSE_CODE_DETAILS%` words.
+    ResponseCodeDetails,
     RequestId,
     TraceId,
     AttemptCount,
@@ -42,16 +51,21 @@ enum Operator {
     RbacShadowPolicy,
     /// What the shadow `rbac` filters would have decided: `allowed` or `denied`.
     RbacShadowResult,
-    /// A request metadata key (the index of its value in [`LogEntry::metadata`]), cut to a
-    /// length when one is given.
+    /// A request metadata key (the index of its value in [`LogEntry::metadata`]), else the
+    /// `fallback` key's (`%REQ(A?B)%`), cut to a length when one is given.
     Metadata {
         index: usize,
+        fallback: Option<usize>,
         max: Option<usize>,
     },
+    /// An operator of Envoy's whose value has no counterpart for a meta-protocol call here: an
+    /// HTTP status code, an HTTP response header, a filter's metadata no filter of the proxy
+    /// sets. Always `-` (`null` in JSON), as Envoy shows a value that is not there.
+    Absent,
 }
 
 /// The operators without an argument, by name.
-const OPERATORS: [(&str, Operator); 26] = [
+const OPERATORS: [(&str, Operator); 36] = [
     ("START_TIME", Operator::StartTime),
     ("DURATION", Operator::Duration),
     (
@@ -75,9 +89,17 @@ const OPERATORS: [(&str, Operator); 26] = [
     ("PROTOCOL", Operator::Protocol),
     ("ROUTE_NAME", Operator::RouteName),
     ("UPSTREAM_CLUSTER", Operator::UpstreamCluster),
+    // Envoy's raw name, where `UPSTREAM_CLUSTER` may be a stats name: a cluster here has one.
+    ("UPSTREAM_CLUSTER_RAW", Operator::UpstreamCluster),
     ("UPSTREAM_HOST", Operator::UpstreamHost),
+    ("UPSTREAM_REMOTE_ADDRESS", Operator::UpstreamHost),
+    (
+        "UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT",
+        Operator::UpstreamHostWithoutPort,
+    ),
     ("OUTCOME", Operator::Outcome),
     ("RESPONSE_FLAGS", Operator::ResponseFlags),
+    ("RESPONSE_CODE_DETAILS", Operator::ResponseCodeDetails),
     ("REQUEST_ID", Operator::RequestId),
     ("TRACE_ID", Operator::TraceId),
     ("UPSTREAM_REQUEST_ATTEMPT_COUNT", Operator::AttemptCount),
@@ -87,6 +109,27 @@ const OPERATORS: [(&str, Operator); 26] = [
     ("RBAC_RESULT", Operator::RbacResult),
     ("RBAC_SHADOW_POLICY", Operator::RbacShadowPolicy),
     ("RBAC_SHADOW_RESULT", Operator::RbacShadowResult),
+    // An HTTP status: the protocols here have none (the outcome says how the call ended).
+    ("RESPONSE_CODE", Operator::Absent),
+    ("GRPC_STATUS", Operator::Absent),
+    // Why the proxy closed a connection at layer 4: not recorded with a connection's calls.
+    ("CONNECTION_TERMINATION_DETAILS", Operator::Absent),
+    // Not recorded (`%RESPONSE_CODE_DETAILS%` names a connection that could not be made).
+    ("UPSTREAM_TRANSPORT_FAILURE_REASON", Operator::Absent),
+    ("UPSTREAM_LOCAL_ADDRESS", Operator::Absent),
+    ("UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT", Operator::Absent),
+];
+
+/// The namespaces of Envoy's rbac filters' dynamic metadata, which the `rbac` filters' decisions
+/// stand for (`%DYNAMIC_METADATA(envoy.filters.network.rbac:shadow_engine_result)%`).
+const RBAC_NAMESPACES: [&str; 2] = ["envoy.filters.network.rbac", "envoy.filters.http.rbac"];
+
+/// The keys Envoy's rbac filters set in their dynamic metadata, and the operators they are.
+const RBAC_KEYS: [(&str, Operator); 4] = [
+    ("enforced_engine_result", Operator::RbacResult),
+    ("enforced_effective_policy_id", Operator::RbacPolicy),
+    ("shadow_engine_result", Operator::RbacShadowResult),
+    ("shadow_effective_policy_id", Operator::RbacShadowPolicy),
 ];
 
 /// The line `format: text` writes.
@@ -169,6 +212,8 @@ impl Template {
                         | Operator::RbacResult
                         | Operator::RbacShadowPolicy
                         | Operator::RbacShadowResult
+                        // It names the rbac policy that refused a call.
+                        | Operator::ResponseCodeDetails
                 )
             )
         })
@@ -206,15 +251,28 @@ impl Template {
 
 /// The operator `spec` names (what is between the `%`s).
 fn operator(spec: &str, keys: &mut Vec<String>) -> Result<Operator, String> {
-    if let Some((key, max)) = metadata_operator(spec)? {
-        let index = match keys.iter().position(|k| *k == key) {
+    if let Some((key, fallback, max)) = metadata_operator(spec)? {
+        let mut index_of = |key: &str| match keys.iter().position(|k| k == key) {
             Some(index) => index,
             None => {
                 keys.push(key.to_owned());
                 keys.len() - 1
             }
         };
-        return Ok(Operator::Metadata { index, max });
+        return Ok(Operator::Metadata {
+            index: index_of(key),
+            fallback: fallback.map(index_of),
+            max,
+        });
+    }
+    if let Some(inner) = argument(spec, "DYNAMIC_METADATA(")? {
+        return dynamic_metadata(spec, inner);
+    }
+    // The answer's metadata is not kept for its line: Envoy's response headers (Istio's
+    // format reads `x-envoy-upstream-service-time`) are not there.
+    if let Some((_, after)) = argument(spec, "RESP(")? {
+        length(spec, after)?;
+        return Ok(Operator::Absent);
     }
     OPERATORS
         .iter()
@@ -223,42 +281,90 @@ fn operator(spec: &str, keys: &mut Vec<String>) -> Result<Operator, String> {
         .ok_or_else(|| {
             let names: Vec<&str> = OPERATORS.iter().map(|(name, _)| *name).collect();
             format!(
-                "unknown command operator %{spec}%; use REQ(key) or one of {}",
+                "unknown command operator %{spec}%; use REQ(key), DYNAMIC_METADATA(namespace:key) or one of {}",
                 names.join(", ")
             )
         })
 }
 
-/// `REQ(key)` or `METADATA(key)`, optionally followed by `:N`.
-fn metadata_operator(spec: &str) -> Result<Option<(&str, Option<usize>)>, String> {
-    let Some(inner) = spec
-        .strip_prefix("REQ(")
-        .or_else(|| spec.strip_prefix("METADATA("))
-    else {
+/// What is between the parentheses of `spec`, an operator `name(...)` (its `name` given with
+/// the `(`), and what follows them: `None` for another operator.
+fn argument<'a>(spec: &'a str, name: &str) -> Result<Option<(&'a str, &'a str)>, String> {
+    let Some(inner) = spec.strip_prefix(name) else {
         return Ok(None);
     };
-    let (key, after) = inner
+    inner
         .split_once(')')
-        .ok_or_else(|| format!("%{spec}%: the key's `(` is not closed"))?;
-    if key.is_empty() {
+        .map(Some)
+        .ok_or_else(|| format!("%{spec}%: the `(` is not closed"))
+}
+
+/// `DYNAMIC_METADATA(namespace:key)`, whose `inner` is what is between the parentheses and
+/// after them: the rbac filters' decisions under Envoy's rbac namespaces, `-` under any other
+/// (no filter here sets metadata of its own).
+fn dynamic_metadata(spec: &str, (inner, after): (&str, &str)) -> Result<Operator, String> {
+    if !after.is_empty() {
+        return Err(format!(
+            "%{spec}%: nothing may follow the `)` (a length is not taken here)"
+        ));
+    }
+    let (namespace, path) = inner.split_once(':').unwrap_or((inner, ""));
+    if namespace.is_empty() {
+        return Err(format!("%{spec}%: the namespace is empty"));
+    }
+    if !RBAC_NAMESPACES.contains(&namespace) {
+        return Ok(Operator::Absent);
+    }
+    RBAC_KEYS
+        .iter()
+        .find(|(key, _)| *key == path)
+        .map(|(_, op)| op.clone())
+        .ok_or_else(|| {
+            let keys: Vec<&str> = RBAC_KEYS.iter().map(|(key, _)| *key).collect();
+            format!(
+                "%{spec}%: the rbac filters set one of {} under {namespace}",
+                keys.join(", ")
+            )
+        })
+}
+
+/// `REQ(key)` or `METADATA(key)`, or `REQ(key?fallback)`, optionally followed by `:N`.
+#[allow(clippy::type_complexity, reason = "a key, its fallback, a length")]
+fn metadata_operator(spec: &str) -> Result<Option<(&str, Option<&str>, Option<usize>)>, String> {
+    let Some((keys, after)) = argument(spec, "REQ(")?.or(argument(spec, "METADATA(")?) else {
+        return Ok(None);
+    };
+    let (key, fallback) = match keys.split_once('?') {
+        Some((_, fallback)) if fallback.contains('?') => {
+            return Err(format!("%{spec}%: a key takes one `?` and a fallback key"));
+        }
+        Some((key, fallback)) => (key, Some(fallback)),
+        None => (keys, None),
+    };
+    if key.is_empty() || fallback.is_some_and(str::is_empty) {
         return Err(format!("%{spec}%: the key is empty"));
     }
-    let max = match after {
-        "" => None,
-        _ => Some(
-            after
-                .strip_prefix(':')
-                .and_then(|n| n.parse().ok())
-                .ok_or_else(|| format!("%{spec}%: after the key only `:LENGTH` may follow"))?,
-        ),
-    };
-    Ok(Some((key, max)))
+    Ok(Some((key, fallback, length(spec, after)?)))
+}
+
+/// The length an operator's value is cut to, `after` its `)`: none, or `:N`.
+fn length(spec: &str, after: &str) -> Result<Option<usize>, String> {
+    match after {
+        "" => Ok(None),
+        _ => after
+            .strip_prefix(':')
+            .and_then(|n| n.parse().ok())
+            .map(Some)
+            .ok_or_else(|| format!("%{spec}%: after the key only `:LENGTH` may follow")),
+    }
 }
 
 impl LogFormat {
-    /// A format string line.
+    /// A format string line. A newline that ends the format is the line's own end (Envoy's
+    /// formats, Istio's default among them, end with one; every line ends with one here).
     pub fn text(format: &str) -> Result<Self, String> {
         let mut keys = Vec::new();
+        let format = format.strip_suffix('\n').unwrap_or(format);
         let template = Template::parse(format, &mut keys)?;
         Ok(Self {
             shows_authorization: template.shows_authorization(),
@@ -409,8 +515,11 @@ fn value<'a>(op: &Operator, entry: &'a LogEntry) -> Value<'a> {
         Operator::RouteName => text(entry.route.as_deref()),
         Operator::UpstreamCluster => text(entry.cluster.as_deref()),
         Operator::UpstreamHost => entry.endpoint.map_or(Value::None, address),
+        Operator::UpstreamHostWithoutPort => entry.endpoint.map_or(Value::None, ip),
         Operator::Outcome => Value::Text(Borrowed(entry.outcome.name())),
         Operator::ResponseFlags => Value::Text(Owned(entry.flags.to_string())),
+        Operator::ResponseCodeDetails => response_code_details(entry),
+        Operator::Absent => Value::None,
         Operator::RequestId => match &entry.request_id {
             RequestId::Number(n) => Value::Number(*n),
             // A number as a number, as other protocols' ids are.
@@ -456,8 +565,13 @@ fn value<'a>(op: &Operator, entry: &'a LogEntry) -> Value<'a> {
                 .as_ref()
                 .map(AuthorizationDecision::result),
         ),
-        Operator::Metadata { index, max } => {
-            match entry.metadata.get(*index).and_then(Option::as_ref) {
+        Operator::Metadata {
+            index,
+            fallback,
+            max,
+        } => {
+            let captured = |index: usize| entry.metadata.get(index).and_then(Option::as_ref);
+            match captured(*index).or_else(|| fallback.and_then(captured)) {
                 None => Value::None,
                 Some(value) => {
                     let value = value.as_str();
@@ -468,6 +582,61 @@ fn value<'a>(op: &Operator, entry: &'a LogEntry) -> Value<'a> {
             }
         }
     }
+}
+
+/// Why the call got the answer it got (`%RESPONSE_CODE_DETAILS%`), in the words of Envoy's
+/// response code details where Envoy has a counterpart: `via_upstream` for the upstream's
+/// answer (whatever its status), the cause of the proxy's own answer
+/// (`upstream_reset_before_response_started{connection_failure}`,
+/// `rbac_access_denied_matched_policy[policy]` ...), else the outcome's name. `-` for a call
+/// nothing answered (a one-way call sent).
+fn response_code_details(entry: &LogEntry) -> Value<'_> {
+    use metaprotocol_core::LocalReplyKind as Kind;
+    use std::borrow::Cow::{Borrowed, Owned};
+
+    let flags = entry.flags;
+    let Some(kind) = entry.outcome.local_reply() else {
+        return if entry.answered {
+            Value::Text(Borrowed("via_upstream"))
+        } else if flags.contains(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION) {
+            Value::Text(Borrowed("downstream_remote_disconnect"))
+        } else {
+            Value::None
+        };
+    };
+    // The refusal of an enforced rbac filter (recorded, as the format shows it), not another
+    // filter's.
+    let refused_by_rbac = entry
+        .authorization
+        .enforced
+        .as_ref()
+        .filter(|decision| kind == Kind::Unauthorized && !decision.allowed);
+    if let Some(decision) = refused_by_rbac {
+        let policy = decision.policy.as_deref().unwrap_or("none");
+        return Value::Text(Owned(format!(
+            "rbac_access_denied_matched_policy[{policy}]"
+        )));
+    }
+    let details = match kind {
+        Kind::RouteNotFound => "route_not_found",
+        Kind::NoHealthyUpstream => "no_healthy_upstream",
+        Kind::UpstreamConnectFailure => {
+            "upstream_reset_before_response_started{connection_failure}"
+        }
+        Kind::UpstreamReset => "upstream_reset_before_response_started{connection_termination}",
+        Kind::Timeout if flags.contains(ResponseFlags::UPSTREAM_TIMEOUT) => {
+            "upstream_response_timeout"
+        }
+        Kind::OverLimit if flags.contains(ResponseFlags::RATE_LIMITED) => "request_rate_limited",
+        Kind::OverLimit if flags.contains(ResponseFlags::UPSTREAM_OVERFLOW) => {
+            "upstream_reset_before_response_started{overflow}"
+        }
+        _ if flags.contains(ResponseFlags::FAULT_INJECTED) => "fault_filter_abort",
+        _ if flags.contains(ResponseFlags::OVERLOADED) => "overload",
+        _ if flags.contains(ResponseFlags::DRAINING) => "draining",
+        _ => entry.outcome.name(),
+    };
+    Value::Text(Borrowed(details))
 }
 
 /// `time` as RFC 3339 in UTC with milliseconds (`2026-11-05T09:30:12.345Z`), Envoy's
@@ -514,6 +683,7 @@ mod tests {
                 Piece::Text("%a ".into()),
                 Piece::Operator(Operator::Metadata {
                     index: 0,
+                    fallback: None,
                     max: Some(3)
                 }),
                 Piece::Text(" b ".into()),
@@ -626,6 +796,282 @@ mod tests {
             line,
             "denied no-secrets allowed -\n{\"policy\":\"no-secrets\",\"shadow\":\"allowed\"}\n- - - -\n"
         );
+        Ok(())
+    }
+
+    /// Istio's default text line (`meshConfig.accessLogFormat` unset, `accessLogEncoding:
+    /// TEXT`), as istiod writes it into every listener's file access log, its newline included.
+    const ISTIO_TEXT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n";
+
+    /// Istio's default JSON line (`accessLogEncoding: JSON`).
+    const ISTIO_JSON: [(&str, &str); 24] = [
+        ("start_time", "%START_TIME%"),
+        ("route_name", "%ROUTE_NAME%"),
+        ("method", "%REQ(:METHOD)%"),
+        ("path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
+        ("protocol", "%PROTOCOL%"),
+        ("response_code", "%RESPONSE_CODE%"),
+        ("response_flags", "%RESPONSE_FLAGS%"),
+        ("response_code_details", "%RESPONSE_CODE_DETAILS%"),
+        (
+            "connection_termination_details",
+            "%CONNECTION_TERMINATION_DETAILS%",
+        ),
+        ("bytes_received", "%BYTES_RECEIVED%"),
+        ("bytes_sent", "%BYTES_SENT%"),
+        ("duration", "%DURATION%"),
+        (
+            "upstream_service_time",
+            "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+        ),
+        ("x_forwarded_for", "%REQ(X-FORWARDED-FOR)%"),
+        ("user_agent", "%REQ(USER-AGENT)%"),
+        ("request_id", "%REQ(X-REQUEST-ID)%"),
+        ("authority", "%REQ(:AUTHORITY)%"),
+        ("upstream_host", "%UPSTREAM_HOST%"),
+        ("upstream_cluster", "%UPSTREAM_CLUSTER_RAW%"),
+        ("upstream_local_address", "%UPSTREAM_LOCAL_ADDRESS%"),
+        ("downstream_local_address", "%DOWNSTREAM_LOCAL_ADDRESS%"),
+        ("downstream_remote_address", "%DOWNSTREAM_REMOTE_ADDRESS%"),
+        ("requested_server_name", "%REQUESTED_SERVER_NAME%"),
+        (
+            "upstream_transport_failure_reason",
+            "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+        ),
+    ];
+
+    /// Aeraki's default line for its MetaProtocol proxy's listeners.
+    const AERAKI_TEXT: &str = "[%START_TIME%] %REQ(X-META-PROTOCOL-APPLICATION-PROTOCOL)% %RESPONSE_CODE% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION%  \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(X-REQUEST-ID)%\" %UPSTREAM_CLUSTER% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %ROUTE_NAME%\n";
+
+    /// The default formats of Istio and Aeraki load, and write one line a call (the newline
+    /// that ends their format is the line's own end), each operator showing what it is for a
+    /// meta-protocol call or `-`.
+    #[test]
+    fn istio_and_aeraki_default_formats_load() -> Result<(), String> {
+        let entry = LogEntry {
+            start_time: UNIX_EPOCH,
+            route: Some("hello".into()),
+            cluster: Some("outbound|20880||demo".into()),
+            endpoint: Some(SocketAddr::from(([10, 0, 0, 9], 20880))),
+            answered: true,
+            bytes_received: 10,
+            bytes_sent: 20,
+            ..LogEntry::for_test()
+        };
+        let mut line = String::new();
+        LogFormat::text(ISTIO_TEXT)?.write(&entry, &mut line);
+        assert_eq!(
+            line,
+            "[1970-01-01T00:00:00.000Z] \"- - dubbo\" - - via_upstream - \"-\" 10 20 - - \"-\" \"-\" \"-\" \"-\" \"10.0.0.9:20880\" outbound|20880||demo - 127.0.0.1:1 127.0.0.1:1 - hello\n"
+        );
+        line.clear();
+        LogFormat::text(AERAKI_TEXT)?.write(&entry, &mut line);
+        assert_eq!(
+            line,
+            "[1970-01-01T00:00:00.000Z] - - via_upstream - \"-\" 10 20 -  \"-\" \"-\" outbound|20880||demo - 127.0.0.1:1 127.0.0.1:1 hello\n"
+        );
+        line.clear();
+        LogFormat::json(ISTIO_JSON)?.write(&entry, &mut line);
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert!(
+            line.contains(r#""response_code_details":"via_upstream""#)
+                && line.contains(r#""response_code":null"#)
+                && line.contains(r#""upstream_cluster":"outbound|20880||demo""#),
+            "{line}"
+        );
+        Ok(())
+    }
+
+    /// `%RESPONSE_CODE_DETAILS%` says why a call got the answer it got, in Envoy's words where
+    /// Envoy has them: the upstream's answer, the local reply's cause, the rbac policy that
+    /// refused the call.
+    #[test]
+    fn response_code_details_say_why_a_call_got_its_answer() -> Result<(), String> {
+        use metaprotocol_core::{Authorization, LocalReplyKind};
+
+        let format = LogFormat::text("%RESPONSE_CODE_DETAILS%")?;
+        assert!(
+            format.shows_authorization(),
+            "an rbac refusal names its policy"
+        );
+        let local = |kind: LocalReplyKind, flags: ResponseFlags| LogEntry {
+            outcome: crate::stats::RequestOutcome::local(kind),
+            flags: flags | ResponseFlags::LOCAL_REPLY,
+            ..LogEntry::for_test()
+        };
+        let denied = |policy: Option<&str>| LogEntry {
+            authorization: Authorization {
+                enforced: Some(AuthorizationDecision {
+                    allowed: false,
+                    policy: policy.map(Into::into),
+                }),
+                shadow: None,
+            },
+            ..local(LocalReplyKind::Unauthorized, ResponseFlags::UNAUTHORIZED)
+        };
+        let cases = [
+            (
+                LogEntry {
+                    answered: true,
+                    outcome: crate::stats::RequestOutcome::SERVER_ERROR,
+                    ..LogEntry::for_test()
+                },
+                "via_upstream",
+            ),
+            (LogEntry::for_test(), "-"),
+            (
+                LogEntry {
+                    outcome: crate::stats::RequestOutcome::CLIENT_GONE,
+                    flags: ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION,
+                    ..LogEntry::for_test()
+                },
+                "downstream_remote_disconnect",
+            ),
+            (
+                local(LocalReplyKind::RouteNotFound, ResponseFlags::NO_ROUTE),
+                "route_not_found",
+            ),
+            (
+                local(
+                    LocalReplyKind::NoHealthyUpstream,
+                    ResponseFlags::NO_HEALTHY_UPSTREAM,
+                ),
+                "no_healthy_upstream",
+            ),
+            (
+                local(
+                    LocalReplyKind::UpstreamConnectFailure,
+                    ResponseFlags::UPSTREAM_CONNECT_FAILURE
+                        | ResponseFlags::UPSTREAM_OVERFLOW
+                        | ResponseFlags::RETRY_LIMIT_EXCEEDED,
+                ),
+                "upstream_reset_before_response_started{connection_failure}",
+            ),
+            (
+                local(LocalReplyKind::UpstreamReset, ResponseFlags::UPSTREAM_RESET),
+                "upstream_reset_before_response_started{connection_termination}",
+            ),
+            (
+                local(LocalReplyKind::Timeout, ResponseFlags::UPSTREAM_TIMEOUT),
+                "upstream_response_timeout",
+            ),
+            (
+                local(LocalReplyKind::OverLimit, ResponseFlags::UPSTREAM_OVERFLOW),
+                "upstream_reset_before_response_started{overflow}",
+            ),
+            (
+                local(LocalReplyKind::OverLimit, ResponseFlags::RATE_LIMITED),
+                "request_rate_limited",
+            ),
+            (
+                local(LocalReplyKind::FaultAbort, ResponseFlags::FAULT_INJECTED),
+                "fault_filter_abort",
+            ),
+            (
+                local(LocalReplyKind::Unavailable, ResponseFlags::OVERLOADED),
+                "overload",
+            ),
+            (
+                local(LocalReplyKind::Unavailable, ResponseFlags::DRAINING),
+                "draining",
+            ),
+            (
+                denied(Some("no-acme")),
+                "rbac_access_denied_matched_policy[no-acme]",
+            ),
+            (denied(None), "rbac_access_denied_matched_policy[none]"),
+            // A filter other than rbac refused it.
+            (
+                local(LocalReplyKind::Unauthorized, ResponseFlags::UNAUTHORIZED),
+                "unauthorized",
+            ),
+            (
+                local(LocalReplyKind::Internal, ResponseFlags::NONE),
+                "internal",
+            ),
+        ];
+        for (entry, details) in cases {
+            let mut line = String::new();
+            format.write(&entry, &mut line);
+            assert_eq!(line, format!("{details}\n"), "{entry:?}");
+        }
+        Ok(())
+    }
+
+    /// The rbac filters' decisions are the dynamic metadata Envoy's rbac filters set, under
+    /// their namespace; other filters' metadata is never set here (`-`), and a key the rbac
+    /// filters do not set is refused.
+    #[test]
+    fn rbac_decisions_are_envoys_rbac_dynamic_metadata() -> Result<(), String> {
+        use metaprotocol_core::Authorization;
+
+        let format = LogFormat::text(
+            "%DYNAMIC_METADATA(envoy.filters.network.rbac:enforced_engine_result)% %DYNAMIC_METADATA(envoy.filters.http.rbac:enforced_effective_policy_id)% %DYNAMIC_METADATA(envoy.filters.network.rbac:shadow_engine_result)% %DYNAMIC_METADATA(envoy.filters.network.rbac:shadow_effective_policy_id)% %DYNAMIC_METADATA(istio.mixer:status)%",
+        )?;
+        assert!(format.shows_authorization());
+        let entry = LogEntry {
+            authorization: Authorization {
+                enforced: Some(AuthorizationDecision {
+                    allowed: true,
+                    policy: Some("greeters".into()),
+                }),
+                shadow: Some(AuthorizationDecision {
+                    allowed: false,
+                    policy: Some("beta-watch".into()),
+                }),
+            },
+            ..LogEntry::for_test()
+        };
+        let mut line = String::new();
+        format.write(&entry, &mut line);
+        assert_eq!(line, "allowed greeters denied beta-watch -\n");
+        for (bad, reason) in [
+            (
+                "%DYNAMIC_METADATA(envoy.filters.network.rbac:nope)%",
+                "enforced_engine_result",
+            ),
+            (
+                "%DYNAMIC_METADATA(envoy.filters.network.rbac)%",
+                "enforced_engine_result",
+            ),
+            ("%DYNAMIC_METADATA()%", "namespace"),
+            ("%DYNAMIC_METADATA(a:b", "not closed"),
+        ] {
+            let err = check(bad).err().unwrap_or_default();
+            assert!(err.contains(reason), "{bad}: {err}");
+        }
+        Ok(())
+    }
+
+    /// `%REQ(A?B)%` shows `A`, or `B` when the call has no `A`, as Envoy's; both are read.
+    #[test]
+    fn a_key_may_fall_back_on_another() -> Result<(), String> {
+        use metaprotocol_core::ByteStr;
+
+        let format = LogFormat::text("%REQ(x-original?method):4% %REQ(method)%")?;
+        assert_eq!(format.keys(), ["x-original", "method"]);
+        for (original, shown) in [(None, "sayH sayHello"), (Some("proxied"), "prox sayHello")] {
+            let entry = LogEntry {
+                metadata: [
+                    original.map(ByteStr::from_static),
+                    Some(ByteStr::from_static("sayHello")),
+                ]
+                .into_iter()
+                .collect(),
+                ..LogEntry::for_test()
+            };
+            let mut line = String::new();
+            format.write(&entry, &mut line);
+            assert_eq!(line, format!("{shown}\n"));
+        }
+        for (bad, reason) in [
+            ("%REQ(a?)%", "empty"),
+            ("%REQ(a?b?c)%", "one `?`"),
+            ("%RESP(a):x%", ":LENGTH"),
+        ] {
+            let err = check(bad).err().unwrap_or_default();
+            assert!(err.contains(reason), "{bad}: {err}");
+        }
         Ok(())
     }
 

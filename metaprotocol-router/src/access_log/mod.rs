@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use metaprotocol_core::{
-    Authorization, ByteStr, ConnectionInfo, Message, RequestRecord, ResponseFlags,
+    Authorization, ByteStr, ConnectionInfo, Message, Metadata, RequestRecord, ResponseFlags,
 };
 use smallvec::SmallVec;
 
@@ -40,6 +40,9 @@ pub(crate) struct LogEntry {
     endpoint: Option<SocketAddr>,
     outcome: RequestOutcome,
     flags: ResponseFlags,
+    /// The upstream answered (the outcome alone does not tell a one-way call sent from a call
+    /// answered).
+    answered: bool,
     request_id: RequestId,
     trace_id: Option<u128>,
     attempts: u32,
@@ -66,6 +69,7 @@ impl LogEntry {
             endpoint: None,
             outcome: RequestOutcome::SUCCESS,
             flags: ResponseFlags::default(),
+            answered: false,
             request_id: RequestId::Number(1),
             trace_id: None,
             attempts: 1,
@@ -181,6 +185,7 @@ impl AccessLogger {
             endpoint: record.endpoint,
             outcome,
             flags: record.outcome.flags,
+            answered: record.outcome.status.is_some(),
             request_id: match self.call_id_key {
                 None => RequestId::Number(request.request_id),
                 Some(key) => request
@@ -198,7 +203,7 @@ impl AccessLogger {
                 .format
                 .keys()
                 .iter()
-                .map(|key| request.metadata.get_shared(key).map(capture))
+                .map(|key| request_value(&request.metadata, key).map(capture))
                 .collect(),
         };
         if self.sink.send(&self.format, entry) {
@@ -208,6 +213,18 @@ impl AccessLogger {
         }
     }
 }
+/// The value of the request's metadata `key`, or, when the call has no key spelt so, of a key
+/// that differs from it only in case: Envoy's header names are case-insensitive, and a mesh's
+/// formats read `%REQ(X-REQUEST-ID)%` of calls that carry `x-request-id`.
+fn request_value(metadata: &Metadata, key: &str) -> Option<ByteStr> {
+    metadata.get_shared(key).or_else(|| {
+        let (spelt, _) = metadata
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(key))?;
+        metadata.get_shared(spelt)
+    })
+}
+
 /// A frame larger than this is not kept alive by its line while the line waits for the writer:
 /// the values the line needs are copied out of it.
 const SHARED_FRAME_BYTES: usize = 4 * 1024;
