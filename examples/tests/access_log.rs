@@ -18,7 +18,7 @@ use metaprotocol_router::config::ClusterTlsSpec;
 use support::mesh::{MeshCa, yaml};
 use support::process::Scratch;
 use support::proxy::start_engine;
-use support::{TestResult, dubbo_request, file_lines, free_addr};
+use support::{TestResult, dubbo_request, file_lines, refusing_addr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -72,14 +72,12 @@ async fn every_field_of_a_line() -> TestResult {
     let (text_log, json_log) = (scratch.path("text.log"), scratch.path("json.log"));
     // The text listener traces, to a collector that is not there: the line still names the
     // trace.
-    let tracing = format!(
-        "    tracing: {{ otlp_endpoint: \"http://{}\" }}\n",
-        free_addr()?
-    );
+    let (_no_collector_socket, no_collector) = refusing_addr()?;
+    let tracing = format!("    tracing: {{ otlp_endpoint: \"http://{no_collector}\" }}\n");
     let listeners = listener("text", &text_log, &format!("format: \"{EVERY_OPERATOR}\""))
         + &tracing
         + &listener("json", &json_log, "format: json");
-    let dead = free_addr()?;
+    let (_dead_socket, dead) = refusing_addr()?;
     let yaml = config(&listeners, provider.address(), dead);
     let proxy = start_engine(&yaml).await?;
     let text_in = proxy.listener_addr("text").ok_or("no listener")?;
@@ -206,7 +204,8 @@ async fn a_mutual_tls_client_is_logged_by_its_certificate() -> TestResult {
     let log = scratch.path("tls.log");
     let listeners = listener("tls", &log, "format: json")
         + &format!("    tls: {}\n", yaml(&ca.listener_tls(&edge))?);
-    let yaml = config(&listeners, provider.address(), free_addr()?);
+    let (_dead_socket, dead) = refusing_addr()?;
+    let yaml = config(&listeners, provider.address(), dead);
     let proxy = start_engine(&yaml).await?;
     let tls = ClusterTlsSpec {
         server_name: Some("edge.default.svc".to_owned()),
@@ -241,7 +240,8 @@ async fn sampling_keeps_a_share_of_each_outcome() -> TestResult {
         &log,
         "format: \"%OUTCOME%\", sampling: { success: 0, default: 100 }",
     );
-    let yaml = config(&listeners, provider.address(), free_addr()?);
+    let (_dead_socket, dead) = refusing_addr()?;
+    let yaml = config(&listeners, provider.address(), dead);
     let proxy = start_engine(&yaml).await?;
     let mut socket = TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
     for id in 0..20 {
@@ -270,7 +270,8 @@ async fn client_values_cannot_forge_lines_or_grow_them() -> TestResult {
         &log,
         "format: \"%REQ(tenant)% %REQ(x-big)% %OUTCOME%\"",
     );
-    let yaml = config(&listeners, provider.address(), free_addr()?);
+    let (_dead_socket, dead) = refusing_addr()?;
+    let yaml = config(&listeners, provider.address(), dead);
     let proxy = start_engine(&yaml).await?;
     let mut socket = TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
     let forged = "acme\n[2030-01-01T00:00:00Z] admin deleteAll success";
@@ -327,7 +328,8 @@ async fn a_stuck_writer_never_slows_calls_and_its_lines_are_counted() -> TestRes
         &fifo,
         &format!("format: json, queue_size: {QUEUE}"),
     ) + &listener("disk", &file, "format: json");
-    let yaml = config(&listeners, provider.address(), free_addr()?);
+    let (_dead_socket, dead) = refusing_addr()?;
+    let yaml = config(&listeners, provider.address(), dead);
     let proxy = start_engine(&yaml).await?;
 
     // The writer blocks opening a pipe nobody reads: every line after the queue fills is
@@ -399,7 +401,8 @@ async fn a_line_names_the_rbac_policy_that_decided() -> TestResult {
       - { name: rbac, config: { action: allow, policies: [ { name: greeters, metadata: [ { key: method, prefix: say } ] } ] } }
       - { name: rbac, config: { action: deny, policies: [ { name: no-acme, metadata: [ { key: tenant, exact: acme } ] } ] } }
 ";
-    let yaml = config(&listeners, provider.address(), free_addr()?);
+    let (_dead_socket, dead) = refusing_addr()?;
+    let yaml = config(&listeners, provider.address(), dead);
     let proxy = start_engine(&yaml).await?;
     let mut socket = TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
     for (id, (tenant, method)) in [
@@ -438,7 +441,7 @@ async fn a_line_names_the_rbac_policy_that_decided() -> TestResult {
 #[tokio::test]
 async fn istios_default_format_says_why_each_call_got_its_answer() -> TestResult {
     let provider = DemoProvider::start("p").await?;
-    let (_dead_socket, dead) = support::refusing_addr()?;
+    let (_dead_socket, dead) = refusing_addr()?;
     let scratch = Scratch::new("access-log-istio")?;
     let log = scratch.path("istio.log");
     let listeners = format!(
