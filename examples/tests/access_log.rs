@@ -436,7 +436,8 @@ async fn a_line_names_the_rbac_policy_that_decided() -> TestResult {
 /// Istio's default access log format (`meshConfig.accessLogFormat` unset), pasted as YAML the way
 /// a mesh's config has it (a block ending in a newline), loads and writes one line a call, saying
 /// why each call got its answer (`%RESPONSE_CODE_DETAILS%`): the upstream's, the rbac policy that
-/// refused it, the connection that could not be made. `%REQ(X-REQUEST-ID)%` finds the call's
+/// refused it, the connection that could not be made, and why it could not
+/// (`%UPSTREAM_TRANSPORT_FAILURE_REASON%`). `%REQ(X-REQUEST-ID)%` finds the call's
 /// `x-request-id`, as Envoy's header names are, whatever their case.
 #[tokio::test]
 async fn istios_default_format_says_why_each_call_got_its_answer() -> TestResult {
@@ -514,6 +515,15 @@ async fn istios_default_format_says_why_each_call_got_its_answer() -> TestResult
         ];
         assert_eq!(shown, expected, "{line}");
     }
+    assert_eq!(fields[0][7], "\"-\"", "{}", logged[0]);
+    assert_eq!(fields[1][7], "\"-\"", "{}", logged[1]);
+    // Refused; or, when the resend found the endpoint backing off after that, the backoff.
+    let reason = fields[2][7];
+    assert!(
+        reason.contains("Connection_refused") || reason.contains("backing_off"),
+        "{}",
+        logged[2]
+    );
     proxy.shutdown().await;
     Ok(())
 }

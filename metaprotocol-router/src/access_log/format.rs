@@ -38,6 +38,8 @@ enum Operator {
     ResponseFlags,
     /// Why the call got the answer it got, in Envoy's `%RESPONSE_CODE_DETAILS%` words.
     ResponseCodeDetails,
+    /// Why the last attempt's connection could not be made, when that failed the call.
+    UpstreamTransportFailureReason,
     RequestId,
     TraceId,
     AttemptCount,
@@ -114,8 +116,11 @@ const OPERATORS: [(&str, Operator); 36] = [
     ("GRPC_STATUS", Operator::Absent),
     // Why the proxy closed a connection at layer 4: not recorded with a connection's calls.
     ("CONNECTION_TERMINATION_DETAILS", Operator::Absent),
-    // Not recorded (`%RESPONSE_CODE_DETAILS%` names a connection that could not be made).
-    ("UPSTREAM_TRANSPORT_FAILURE_REASON", Operator::Absent),
+    (
+        "UPSTREAM_TRANSPORT_FAILURE_REASON",
+        Operator::UpstreamTransportFailureReason,
+    ),
+    // Not recorded: an upstream connection's own address is not kept with its calls.
     ("UPSTREAM_LOCAL_ADDRESS", Operator::Absent),
     ("UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT", Operator::Absent),
 ];
@@ -180,6 +185,8 @@ pub(crate) struct LogFormat {
     keys: Vec<String>,
     /// The format shows what the authorization filters decided.
     shows_authorization: bool,
+    /// The format shows why an upstream connection could not be made.
+    shows_transport_failure: bool,
 }
 
 #[derive(Debug)]
@@ -217,6 +224,12 @@ impl Template {
                 )
             )
         })
+    }
+
+    /// True if the template shows why an upstream connection could not be made.
+    fn shows_transport_failure(&self) -> bool {
+        self.0
+            .contains(&Piece::Operator(Operator::UpstreamTransportFailureReason))
     }
 
     /// Parses `text`, adding the metadata keys it reads to `keys`.
@@ -368,6 +381,7 @@ impl LogFormat {
         let template = Template::parse(format, &mut keys)?;
         Ok(Self {
             shows_authorization: template.shows_authorization(),
+            shows_transport_failure: template.shows_transport_failure(),
             layout: Layout::Text(template),
             keys,
         })
@@ -386,6 +400,7 @@ impl LogFormat {
             .collect::<Result<_, _>>()?;
         Ok(Self {
             shows_authorization: fields.iter().any(|(_, t)| t.shows_authorization()),
+            shows_transport_failure: fields.iter().any(|(_, t)| t.shows_transport_failure()),
             layout: Layout::Json(fields),
             keys,
         })
@@ -399,6 +414,12 @@ impl LogFormat {
     /// True if the format shows what the authorization filters decided (`%RBAC_POLICY%` ...).
     pub fn shows_authorization(&self) -> bool {
         self.shows_authorization
+    }
+
+    /// True if the format shows why an upstream connection could not be made
+    /// (`%UPSTREAM_TRANSPORT_FAILURE_REASON%`).
+    pub fn shows_transport_failure(&self) -> bool {
+        self.shows_transport_failure
     }
 
     /// Appends `entry`'s line (with its newline) to `out`.
@@ -519,6 +540,11 @@ fn value<'a>(op: &Operator, entry: &'a LogEntry) -> Value<'a> {
         Operator::Outcome => Value::Text(Borrowed(entry.outcome.name())),
         Operator::ResponseFlags => Value::Text(Owned(entry.flags.to_string())),
         Operator::ResponseCodeDetails => response_code_details(entry),
+        // Spaces as `_`, as Envoy's: the reason stays one field of a line split at spaces.
+        Operator::UpstreamTransportFailureReason => match &entry.transport_failure {
+            Some(reason) => Value::Text(Owned(reason.replace(' ', "_"))),
+            None => Value::None,
+        },
         Operator::Absent => Value::None,
         Operator::RequestId => match &entry.request_id {
             RequestId::Number(n) => Value::Number(*n),
@@ -1040,6 +1066,25 @@ mod tests {
             let err = check(bad).err().unwrap_or_default();
             assert!(err.contains(reason), "{bad}: {err}");
         }
+        Ok(())
+    }
+
+    /// `%UPSTREAM_TRANSPORT_FAILURE_REASON%` says why the connection that failed the call could
+    /// not be made, its spaces as `_` as Envoy's; a format that does not show it does not
+    /// capture it.
+    #[test]
+    fn a_connection_that_could_not_be_made_says_why() -> Result<(), String> {
+        let format = LogFormat::text("\"%UPSTREAM_TRANSPORT_FAILURE_REASON%\"")?;
+        assert!(format.shows_transport_failure());
+        assert!(!LogFormat::text(TEXT)?.shows_transport_failure());
+        let entry = LogEntry {
+            transport_failure: Some("Connection refused (os error 111)".into()),
+            ..LogEntry::for_test()
+        };
+        let mut line = String::new();
+        format.write(&entry, &mut line);
+        format.write(&LogEntry::for_test(), &mut line);
+        assert_eq!(line, "\"Connection_refused_(os_error_111)\"\n\"-\"\n");
         Ok(())
     }
 

@@ -25,6 +25,7 @@ pub(crate) use self::format::{check as check_format, rfc3339};
 use self::sink::Sink;
 pub(crate) use self::sink::Sinks;
 use crate::config::{AccessLogSpec, ConfigError};
+use crate::router::TransportFailure;
 use crate::stats::Counter;
 use crate::stats::{MetricsScope, OUTCOMES, RequestOutcome};
 
@@ -50,6 +51,9 @@ pub(crate) struct LogEntry {
     bytes_sent: u64,
     /// What the authorization filters decided (left empty when the format does not show it).
     authorization: Authorization,
+    /// Why the last attempt's connection could not be made, when that failed the request (left
+    /// empty when the format does not show it).
+    transport_failure: Option<Arc<str>>,
     /// The values of the metadata keys the format reads ([`LogFormat::keys`]).
     metadata: SmallVec<[Option<ByteStr>; 4]>,
 }
@@ -76,6 +80,7 @@ impl LogEntry {
             bytes_received: 0,
             bytes_sent: 0,
             authorization: Authorization::default(),
+            transport_failure: None,
             metadata: SmallVec::new(),
         }
     }
@@ -199,6 +204,12 @@ impl AccessLogger {
             bytes_sent: record.bytes_sent,
             // Empty unless the format shows it: the filters record it only then.
             authorization: record.authorization.clone(),
+            transport_failure: self
+                .format
+                .shows_transport_failure()
+                .then(|| record.extensions.get::<TransportFailure>())
+                .flatten()
+                .map(|failure| Arc::clone(&failure.0)),
             metadata: self
                 .format
                 .keys()

@@ -33,7 +33,7 @@ use tokio::time::Instant;
 
 use self::attempt::{Attempt, AttemptSpec, Started};
 pub(crate) use self::mirror::MirrorPolicy;
-pub(crate) use self::outcome::{AttemptOutcome, FAILURES};
+pub(crate) use self::outcome::{AttemptOutcome, FAILURES, TransportFailure};
 use self::retry::RetryGrant;
 pub(crate) use self::retry::RetryPolicy;
 use self::timeout::{DeadlineOwner, SendDeadline};
@@ -767,6 +767,11 @@ impl Routed {
                 LocalReply::new(LocalReplyKind::Internal, "metaprotocol-proxy: no answer")
             });
         record.set_local_reply(reply.kind, outcome.flags());
+        if let Some(UpstreamError::ConnectFailed { reason, .. }) = error {
+            record
+                .extensions
+                .insert(TransportFailure(Arc::clone(reason)));
+        }
         reply
     }
 

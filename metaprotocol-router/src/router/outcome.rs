@@ -2,10 +2,18 @@
 //! and the request record alike (and, later, outlier detection and access logs).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use metaprotocol_core::{LocalReply, LocalReplyKind, ResponseFlags, ResponseStatus};
 
 use crate::upstream::{AttemptResult, UpstreamError};
+
+/// Why the connection of a request's last attempt could not be made (the system's reason, the
+/// TLS handshake's, or the endpoint's backing off), kept in the record's extensions of a request
+/// that failed so, for the access log's `%UPSTREAM_TRANSPORT_FAILURE_REASON%`: the record of
+/// every other request keeps its size.
+#[derive(Debug)]
+pub(crate) struct TransportFailure(pub Arc<str>);
 
 /// Where a failure came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
