@@ -527,3 +527,39 @@ async fn istios_default_format_says_why_each_call_got_its_answer() -> TestResult
     proxy.shutdown().await;
     Ok(())
 }
+
+/// Istio's default JSON access log (`accessLogEncoding: JSON`), its object pasted as the
+/// listener's `json_format` (JSON is a YAML flow mapping), writes a JSON object a call.
+#[tokio::test]
+async fn istios_default_json_format_pastes_as_json_format() -> TestResult {
+    const ISTIO_JSON: &str = r#"{"start_time": "%START_TIME%", "route_name": "%ROUTE_NAME%", "method": "%REQ(:METHOD)%", "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%", "protocol": "%PROTOCOL%", "response_code": "%RESPONSE_CODE%", "response_flags": "%RESPONSE_FLAGS%", "response_code_details": "%RESPONSE_CODE_DETAILS%", "connection_termination_details": "%CONNECTION_TERMINATION_DETAILS%", "bytes_received": "%BYTES_RECEIVED%", "bytes_sent": "%BYTES_SENT%", "duration": "%DURATION%", "upstream_service_time": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%", "x_forwarded_for": "%REQ(X-FORWARDED-FOR)%", "user_agent": "%REQ(USER-AGENT)%", "request_id": "%REQ(X-REQUEST-ID)%", "authority": "%REQ(:AUTHORITY)%", "upstream_host": "%UPSTREAM_HOST%", "upstream_cluster": "%UPSTREAM_CLUSTER_RAW%", "upstream_local_address": "%UPSTREAM_LOCAL_ADDRESS%", "downstream_local_address": "%DOWNSTREAM_LOCAL_ADDRESS%", "downstream_remote_address": "%DOWNSTREAM_REMOTE_ADDRESS%", "requested_server_name": "%REQUESTED_SERVER_NAME%", "upstream_transport_failure_reason": "%UPSTREAM_TRANSPORT_FAILURE_REASON%"}"#;
+    let provider = DemoProvider::start("p").await?;
+    let (_dead_socket, dead) = refusing_addr()?;
+    let scratch = Scratch::new("access-log-istio-json")?;
+    let log = scratch.path("istio.json.log");
+    let listeners = listener("in", &log, &format!("json_format: {ISTIO_JSON}"));
+    let proxy = start_engine(&config(&listeners, provider.address(), dead)).await?;
+    let mut socket = TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
+    call(
+        &mut socket,
+        &dubbo_request(1, "sayHello", &[("X-Request-Id", "r-1")]),
+    )
+    .await?;
+    let line = file_lines(&log, 1).await?.remove(0);
+    let json: serde_json::Value = serde_json::from_str(&line)?;
+    assert_eq!(json["response_code_details"], "via_upstream", "{json}");
+    assert_eq!(json["route_name"], "hello");
+    assert_eq!(json["protocol"], "dubbo");
+    assert_eq!(json["upstream_cluster"], "provider");
+    assert_eq!(json["upstream_host"], provider.address().to_string());
+    assert_eq!(json["request_id"], "r-1");
+    assert!(
+        json["response_code"].is_null()
+            && json["path"].is_null()
+            && json["upstream_transport_failure_reason"].is_null(),
+        "{json}"
+    );
+    assert!(json["duration"].is_u64() && json["bytes_sent"].as_u64() > Some(0));
+    proxy.shutdown().await;
+    Ok(())
+}
