@@ -207,8 +207,9 @@ pub struct Outcome {
 
 /// What the authorization filters (the router's `rbac`) decided of a request, for its access log
 /// line: the enforced filters' decision and the shadow filters', as Envoy's RBAC filters put
-/// theirs in the request's dynamic metadata. Filled in only when a log asks for it (a filter
-/// that records nothing leaves it empty, at no cost).
+/// theirs in the request's dynamic metadata. Recorded only when a log asks for it
+/// ([`RequestRecord::record_authorization`]), in the record's [`Extensions`]: a request no
+/// filter records a decision of carries none of it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Authorization {
     /// The enforced filters' decision; `None` when none decided.
@@ -480,10 +481,9 @@ pub struct RequestRecord {
     pub bytes_received: u64,
     /// Size of the answer as sent to the client (0 for none).
     pub bytes_sent: u64,
-    /// Filters' own per-request state.
+    /// Filters' own per-request state; also where [`RequestRecord::record_authorization`]
+    /// keeps what the authorization filters decided.
     pub extensions: Extensions,
-    /// What the authorization filters decided, when a log asks for it.
-    pub authorization: Authorization,
     routing_keys: RoutingKeys,
 }
 
@@ -519,7 +519,6 @@ impl RequestRecord {
             bytes_received,
             bytes_sent: 0,
             extensions: Extensions::new(),
-            authorization: Authorization::default(),
             routing_keys: RoutingKeys::new(),
         }
     }
@@ -539,6 +538,27 @@ impl RequestRecord {
     /// Adds routing keys (those a waiting filter produced).
     pub fn extend_routing_keys(&mut self, keys: RoutingKeys) {
         self.routing_keys.extend(keys);
+    }
+
+    /// Records `decision` of an authorization filter, enforced (`shadow: false`) or shadow, as
+    /// [`Authorization::record`] does. Only filters whose listener's access log shows the
+    /// decisions record them: the decisions live in the record's [`Extensions`], so that the
+    /// record of every other request (nearly all of them) is no larger for them.
+    pub fn record_authorization(&mut self, shadow: bool, decision: AuthorizationDecision) {
+        match self.extensions.get_mut::<Authorization>() {
+            Some(authorization) => authorization.record(shadow, decision),
+            None => {
+                let mut authorization = Authorization::default();
+                authorization.record(shadow, decision);
+                self.extensions.insert(authorization);
+            }
+        }
+    }
+
+    /// What the authorization filters recorded ([`RequestRecord::record_authorization`]);
+    /// `None` when none did.
+    pub fn authorization(&self) -> Option<&Authorization> {
+        self.extensions.get::<Authorization>()
     }
 
     /// Marks the request ended by a local reply of `kind` with `flags`.

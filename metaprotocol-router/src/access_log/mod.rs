@@ -203,7 +203,7 @@ impl AccessLogger {
             bytes_received: record.bytes_received,
             bytes_sent: record.bytes_sent,
             // Empty unless the format shows it: the filters record it only then.
-            authorization: record.authorization.clone(),
+            authorization: record.authorization().cloned().unwrap_or_default(),
             transport_failure: self
                 .format
                 .shows_transport_failure()

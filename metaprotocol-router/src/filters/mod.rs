@@ -140,7 +140,7 @@ impl FilterContext {
 
     /// True if the listener's access log shows what authorization filters decided
     /// (`%RBAC_POLICY%` and the like): an authorization filter records its decisions in
-    /// [`RequestRecord::authorization`](metaprotocol_core::RequestRecord::authorization) then
+    /// [`RequestRecord::record_authorization`](metaprotocol_core::RequestRecord::record_authorization) then
     /// only, so that requests no log line shows them for pay nothing for them.
     pub fn logs_authorization(&self) -> bool {
         self.logs_authorization

@@ -146,7 +146,7 @@ impl L7Filter for Rbac {
             Action::Deny => matched.is_none(),
         };
         if self.logs_decisions {
-            ctx.record.authorization.record(
+            ctx.record.record_authorization(
                 self.shadow,
                 AuthorizationDecision {
                     allowed,
@@ -340,13 +340,14 @@ mod tests {
             ),
         ] {
             let record = TestRequest::new(&[("method", method)]).run_each(&logged);
-            assert_eq!(record.authorization.enforced, enforced, "{method}");
-            assert_eq!(record.authorization.shadow, shadow, "{method}");
+            let recorded = record.authorization().cloned().unwrap_or_default();
+            assert_eq!(recorded.enforced, enforced, "{method}");
+            assert_eq!(recorded.shadow, shadow, "{method}");
         }
         let unlogged = filters(false)?;
         let unlogged: Vec<&dyn L7Filter> = unlogged.iter().map(|f| &**f).collect();
         let record = TestRequest::new(&[("method", "getSecret")]).run_each(&unlogged);
-        assert_eq!(record.authorization, Default::default());
+        assert_eq!(record.authorization(), None);
         Ok(())
     }
 
