@@ -28,25 +28,25 @@ const SEGMENT_CELLS: usize = 512;
 const SEGMENTS: usize = 8192;
 
 type Segment = [AtomicU64; SEGMENT_CELLS];
+/// An arena's segments. Of a length known when compiled: a count finds its segment without
+/// loading the length.
+type Segments = [OnceLock<Box<Segment>>; SEGMENTS];
 
 /// One thread's cells (or the overflow arena's), a segment allocated when first written.
 struct Arena {
-    segments: Box<[OnceLock<Box<Segment>>]>,
+    segments: Box<Segments>,
 }
 
 impl Arena {
     fn new() -> Self {
+        let segments: Box<[OnceLock<Box<Segment>>]> =
+            (0..SEGMENTS).map(|_| OnceLock::new()).collect();
         Self {
-            segments: (0..SEGMENTS).map(|_| OnceLock::new()).collect(),
+            segments: match segments.try_into() {
+                Ok(segments) => segments,
+                Err(_) => unreachable!("SEGMENTS segments were made"),
+            },
         }
-    }
-
-    /// The segment holding cell `first` and the index of that cell in it.
-    fn segment(&self, first: usize) -> Option<(&Segment, usize)> {
-        let segment = self.segments.get(first / SEGMENT_CELLS)?;
-        let segment =
-            segment.get_or_init(|| Box::new([const { AtomicU64::new(0) }; SEGMENT_CELLS]));
-        Some((segment, first % SEGMENT_CELLS))
     }
 
     /// The value of cell `index`, 0 where its segment was never written.
@@ -67,6 +67,14 @@ impl Arena {
             segment[index % SEGMENT_CELLS].store(0, Ordering::Relaxed);
         }
     }
+}
+
+/// The segment of `segments` holding cell `first` (allocated if this is its first use), and
+/// the index of that cell in it.
+fn segment_of(segments: &Segments, first: usize) -> Option<(&Segment, usize)> {
+    let segment = segments.get(first / SEGMENT_CELLS)?;
+    let segment = segment.get_or_init(|| Box::new([const { AtomicU64::new(0) }; SEGMENT_CELLS]));
+    Some((segment, first % SEGMENT_CELLS))
 }
 
 /// Which cell indices are free, by width.
@@ -146,7 +154,7 @@ impl Claim {
             *claimed |= 1 << i;
         }
         let arena = slot.map(|i| ARENAS.threads[i].get_or_init(Arena::new));
-        OWN.set(arena);
+        OWN.set(arena.map(|arena| &*arena.segments));
         Self { slot, arena }
     }
 }
@@ -164,22 +172,26 @@ impl Drop for Claim {
 
 thread_local! {
     static CLAIM: Claim = Claim::new();
-    /// The arena of this thread's claim while it holds one. A count reads it with one
-    /// thread-local load: the claim itself, made on first use and dropped at thread exit,
+    /// The segments of this thread's claimed arena while it holds one. A count reads it with
+    /// one thread-local load: the claim itself, made on first use and dropped at thread exit,
     /// costs a check of its state on every access.
-    static OWN: Cell<Option<&'static Arena>> = const { Cell::new(None) };
+    static OWN: Cell<Option<&'static Segments>> = const { Cell::new(None) };
 }
 
-/// This thread's own arena, claimed on the thread's first count; `None` when it has none, or
-/// no longer (its thread-local storage being torn down): the overflow arena is used then.
+/// The segments of this thread's own arena, claimed on the thread's first count; `None` when it
+/// has none, or no longer (its thread-local storage being torn down): the overflow arena is
+/// used then.
 #[inline]
-fn own_arena() -> Option<&'static Arena> {
+fn own_arena() -> Option<&'static Segments> {
     OWN.get().or_else(claim_arena)
 }
 
 #[cold]
-fn claim_arena() -> Option<&'static Arena> {
-    CLAIM.try_with(|claim| claim.arena).ok().flatten()
+fn claim_arena() -> Option<&'static Segments> {
+    CLAIM
+        .try_with(|claim| claim.arena.map(|arena| &*arena.segments))
+        .ok()
+        .flatten()
 }
 
 /// Adds `amount` to a cell of this thread's own arena: it is the cell's only writer, so a
@@ -229,16 +241,32 @@ enum Storage {
 pub(crate) struct Cells {
     storage: Storage,
     width: usize,
+    /// Where [`Cells::add`] looks for this thread's cells: the first cell in the arenas, or,
+    /// for cells of their own, an index past every arena's segments, so that the look-up of
+    /// the segment also tells where the cells are.
+    arena_first: usize,
+    /// The last index, `width - 1` (0 for no cells, never looked up in the arenas, which hold
+    /// no empty series): [`Cells::add`] checks an index against it, and a constant 0 (a
+    /// counter's one cell, a histogram's first) passes without a comparison.
+    last: usize,
 }
 
 impl Cells {
     /// `width` counts, all 0.
     pub fn new(width: usize) -> Self {
-        let storage = match lock(&ARENAS.ranges).take(width) {
-            Some(first) => Storage::Arenas { first },
-            None => Storage::Own((0..width).map(|_| AtomicU64::new(0)).collect()),
+        let (storage, arena_first) = match lock(&ARENAS.ranges).take(width) {
+            Some(first) => (Storage::Arenas { first }, first),
+            None => (
+                Storage::Own((0..width).map(|_| AtomicU64::new(0)).collect()),
+                usize::MAX,
+            ),
         };
-        Self { storage, width }
+        Self {
+            storage,
+            width,
+            arena_first,
+            last: width.saturating_sub(1),
+        }
     }
 
     /// Adds each `(index, amount)` (indices below the width; others are ignored).
@@ -246,15 +274,15 @@ impl Cells {
     pub fn add<const N: usize>(&self, adds: [(usize, u64); N]) {
         // The common case, a thread with its own arena whose segment holding these cells is
         // there, in as few instructions as it takes: a call makes about twenty counts.
-        if let Storage::Arenas { first } = self.storage
-            && let Some(segment) = OWN
-                .get()
-                .and_then(|arena| arena.segments.get(first / SEGMENT_CELLS))
-                .and_then(OnceLock::get)
+        let first = self.arena_first;
+        if let Some(segment) = OWN
+            .get()
+            .and_then(|segments| segments.get(first / SEGMENT_CELLS))
+            .and_then(OnceLock::get)
         {
             let offset = first % SEGMENT_CELLS;
             for (nth, (index, amount)) in adds.into_iter().enumerate() {
-                if index < self.width
+                if index <= self.last
                     && let Some(cell) = segment.get(offset + index)
                 {
                     add_own(cell, amount, add_order(nth));
@@ -273,11 +301,11 @@ impl Cells {
         // overflow arena's and a series' own cells are shared, and take an atomic addition.
         let (cells, only_writer): (&[AtomicU64], bool) = match &self.storage {
             Storage::Arenas { first } => {
-                let (arena, only_writer) = match own_arena() {
-                    Some(arena) => (arena, true),
-                    None => (ARENAS.overflow(), false),
+                let (segments, only_writer) = match own_arena() {
+                    Some(segments) => (segments, true),
+                    None => (&*ARENAS.overflow().segments, false),
                 };
-                let Some((segment, offset)) = arena.segment(*first) else {
+                let Some((segment, offset)) = segment_of(segments, *first) else {
                     return;
                 };
                 (&segment[offset..offset + self.width], only_writer)
