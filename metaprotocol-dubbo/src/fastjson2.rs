@@ -13,10 +13,13 @@
 //! (never read), and the attachments are a JSONB object (`0xa6` entries `0xa5`; a `HashMap` is
 //! written without its class name, another map after a `0x92` type name), or null, or missing.
 //! Its entries become metadata by the rules of a Hessian2 call's (see [`crate::request`]):
-//! strings in any of JSONB's encodings (Latin-1, UTF-8, UTF-16), numbers and booleans as the
-//! text Java prints for them, a null as none. Values whose text is not sure to match what a
-//! Java provider prints (floats, big numbers, dates, lists, maps, objects, binaries,
-//! references, GB18030 text) are skipped, not metadata.
+//! strings in any of JSONB's encodings (Latin-1, UTF-8, UTF-16, and GB18030 of ASCII bytes,
+//! which is that ASCII), numbers and booleans as the text Java prints for them, a null as none.
+//! Values whose text is not sure to match what a Java provider prints (floats, big numbers,
+//! dates, lists, maps, objects, binaries) are not metadata, and take out an earlier value of
+//! their key as they replace it in the provider's map. A key or string value that cannot be
+//! decoded (GB18030 past ASCII, UTF-8 or UTF-16 that is not) refuses the call, as a reference
+//! value does: the provider reads it, and routes and policies must not miss it.
 //!
 //! A mutation of a call's attachments is written back into its JSONB map by [`write_mutated`],
 //! the untouched entries byte for byte. A response is a result flag (a JSONB int), the result
@@ -59,6 +62,12 @@ const UNKNOWN_SYMBOL: CodecError =
     CodecError::malformed("a fastjson2 symbol number names no symbol given before it");
 const TOO_MANY_SYMBOLS: CodecError =
     CodecError::malformed("a fastjson2 value gives more symbols than the codec keeps");
+const UNDECODABLE_KEY: CodecError = CodecError::malformed(
+    "a fastjson2 attachment's key is a string that cannot be decoded (GB18030 past ASCII, or not UTF-8 or UTF-16)",
+);
+const UNDECODABLE_TEXT: CodecError = CodecError::malformed(
+    "a fastjson2 attachment's value is a string that cannot be decoded (GB18030 past ASCII, or not UTF-8 or UTF-16)",
+);
 const REFERENCE_VALUE: CodecError = CodecError::malformed(
     "a fastjson2 attachment's value is a reference, which the codec does not follow",
 );
@@ -124,7 +133,8 @@ enum Encoding {
     Utf16,
     Utf16Le,
     Utf16Be,
-    /// Text this codec does not decode.
+    /// GB18030 text past ASCII, which this codec does not decode (a GB18030 string of ASCII
+    /// bytes is read as the ASCII it is, as [`Encoding::Latin1`]).
     Gb18030,
 }
 
@@ -377,7 +387,13 @@ impl<'a> Cursor<'a> {
             _ => return Ok(None),
         };
         let start = self.pos;
-        self.take(len)?;
+        let bytes = self.take(len)?;
+        // GB18030's bytes 0x00 to 0x7f are ASCII: a Java reader reads such a string as that
+        // ASCII, so a key `group` in GB18030 is the provider's `group`.
+        let encoding = match encoding {
+            Encoding::Gb18030 if bytes.is_ascii() => Encoding::Latin1,
+            encoding => encoding,
+        };
         Ok(Some(JsonbStr {
             encoding,
             range: start..self.pos,
@@ -751,7 +767,8 @@ fn read_attachments(
 }
 
 /// Reads an attachments map (`map`, its field: an object, a typed one, or null), calling
-/// `each` with the key, its text and the value of every entry whose key is a string.
+/// `each` with the key, its text and the value of every entry whose key is a string; an error
+/// for a string key whose text cannot be decoded.
 fn read_map(
     map: &mut Cursor<'_>,
     frame: &Bytes,
@@ -770,10 +787,12 @@ fn read_map(
         };
         let value = map.value()?;
         // An entry whose key is no string is the peer's alone.
-        let Some((key, name)) = key.and_then(|key| text_of(&key, frame).map(|name| (key, name)))
-        else {
+        let Some(key) = key else {
             continue;
         };
+        // The provider reads the key (its reader replaces what it cannot decode): leaving it
+        // out would hide it from the checks, routes and policies.
+        let name = text_of(&key, frame).ok_or(UNDECODABLE_KEY)?;
         each(key, &name, value)?;
     }
     map.byte()?;
@@ -798,8 +817,9 @@ fn text_of<'f>(string: &JsonbStr, frame: &'f [u8]) -> Option<Cow<'f, str>> {
 }
 
 /// Sets the attachment `key` (whose text is `name`) to `value` in `metadata`, as a Hessian2
-/// call's (when `call`) or response's: a null taking out the key, a number as its text, other
-/// values left out; in a call, a `version` as [`version_text`] reads it, and a `version` or
+/// call's (when `call`) or response's: a number as its text, a null or another value that is
+/// no metadata taking out the key (its last value is the provider's), a string that cannot be
+/// decoded refused; in a call, a `version` as [`version_text`] reads it, and a `version` or
 /// `group` that is no text refused.
 fn insert(
     key: &JsonbStr,
@@ -828,8 +848,9 @@ fn insert(
     }
     let mut printed = Printed::default();
     let rendered = match value {
-        // Java reads a null as no attachment, and its map keeps a key's last value.
-        Value::Null => {
+        // Java reads a null, and any value that is no string, as no attachment, and its map
+        // keeps a key's last value: an earlier one must not stay.
+        Value::Null | Value::Other => {
             metadata.unset(name);
             return Ok(());
         }
@@ -842,13 +863,14 @@ fn insert(
         Value::Int(value) => write!(printed, "{value}"),
         Value::Double(value) => write_java_double(&mut printed, value),
         Value::Char(value) => printed.write_char(value),
-        Value::Text(_) | Value::Other => return Ok(()),
+        // The provider reads it (its reader replaces what it cannot decode), as the key's last
+        // value: left out, the key's earlier value would stay in the metadata.
+        Value::Text(_) => return Err(UNDECODABLE_TEXT),
     };
-    if rendered.is_ok()
-        && let Some(key) = key.to_metadata(frame)
-    {
-        metadata.insert_rendered(key, printed.as_str());
-    }
+    match (rendered, key.to_metadata(frame)) {
+        (Ok(()), Some(key)) => metadata.insert_rendered(key, printed.as_str()),
+        _ => metadata.unset(name),
+    };
     Ok(())
 }
 
@@ -879,6 +901,10 @@ fn may_name_overridden(path: &str, mutation: &Mutation) -> bool {
 /// Why an entry of a fastjson2 call's attachments is not removed or replaced.
 const SHARED_ENTRY: &str = "a fastjson2 attachment that other attachments point at (by a JSONB reference or symbol number) cannot be removed or replaced";
 
+/// Why a mutation of a map with a key whose text cannot be decoded is refused.
+const UNDECODABLE_KEY_MAP: &str =
+    "a fastjson2 attachments map with a key that cannot be decoded cannot be rewritten";
+
 /// Why a mutation of a map whose keys are symbol numbers is refused.
 const NUMBERED_KEY: &str =
     "a fastjson2 attachments map naming a key by a symbol number cannot be rewritten";
@@ -890,7 +916,9 @@ const NUMBERED_KEY: &str =
 /// mutation's sets as JSONB strings, with its length recomputed. A call without attachments or
 /// with null ones gains a map. An overridden entry that another entry may point at (a symbol
 /// it defines, used by number elsewhere in the map; a path a reference names; a reference
-/// another repeats) is refused with an encode error. The caller patches the header.
+/// another repeats) is refused with an encode error, and so is a map with a string key that
+/// cannot be decoded (which a call the codec decoded never has: kept unread, an entry the
+/// mutation removes would go out). The caller patches the header.
 pub(crate) fn write_mutated(
     frame: &[u8],
     mutation: &Mutation,
@@ -997,9 +1025,15 @@ fn write_map(
             },
         };
         map.skip_nested(0)?;
-        let overridden = key
-            .and_then(|key| text_of(&key, map.frame))
-            .is_some_and(|key| mutation.overrides(key.as_bytes()));
+        let overridden = match key {
+            Some(key) => {
+                // Kept unread, an entry the mutation removes or replaces would go out with it.
+                let name = text_of(&key, map.frame)
+                    .ok_or_else(|| CodecError::Encode(UNDECODABLE_KEY_MAP.into()))?;
+                mutation.overrides(name.as_bytes())
+            }
+            None => false,
+        };
         if !overridden {
             dst.put_slice(slice(map.frame, entry_at..map.pos)?);
             continue;

@@ -50,16 +50,20 @@
 //! fields are JSONB strings, the arguments are skipped by their lengths, and the attachments
 //! are a JSONB object (a `HashMap`, or another map after its type name), null or missing. Its
 //! entries are metadata by the rules below, with these JSONB values: a string in any of its
-//! encodings (Latin-1, UTF-8, UTF-16) as its text; an int or long in decimal, a boolean as
-//! `true`/`false`, a double as `Double.toString` does, a char as itself; a null as none; any
-//! other value (a float, a big integer or decimal, a date, a list, a map, an object, a binary,
-//! GB18030 text) is not metadata. A key or string given as a JSONB symbol (a string and its
+//! encodings (Latin-1, UTF-8, UTF-16, and GB18030 of ASCII bytes, which is that ASCII) as its
+//! text; an int or long in decimal, a boolean as `true`/`false`, a double as `Double.toString`
+//! does, a char as itself; a null as none; any other value (a float, a big integer or decimal,
+//! a date, a list, a map, an object, a binary) is not metadata. A key's last value is its
+//! metadata, as it is the provider's: a null or a value that is not metadata takes out an
+//! earlier one. A key or string given as a JSONB symbol (a string and its
 //! number), or by the number of one given before in the map, is that string, as the
 //! provider's reader resolves it (at most 256 symbols a map). Values nest at most 64 deep. A
 //! fastjson2 call is refused, answered with status 40, where a Hessian2 one is, when its body
-//! cannot be read, when a symbol number names no symbol given before it, and when an
-//! attachment's value is a reference (a path to another value, which the codec does not
-//! follow): an attachment the provider reads is never hidden from routes and policies.
+//! cannot be read, when a symbol number names no symbol given before it, when an attachment's
+//! value is a reference (a path to another value, which the codec does not follow), and when
+//! an attachment's key or string value cannot be decoded (GB18030 past ASCII, UTF-8 or UTF-16
+//! that is not, which the provider's reader reads with replacement characters): an attachment
+//! the provider reads is never hidden from routes and policies.
 //!
 //! Calls in another serialization (Java, fastjson, protobuf ...) are decoded from the header
 //! only: kind and id, no metadata, and a

@@ -750,3 +750,132 @@ fn a_fastjson2_calls_countdown_is_its_deadline_and_an_attempt_tells_its_wait() -
     assert_eq!(int.timeout, None);
     Ok(())
 }
+
+/// A JSONB string tagged GB18030 (`0x7e`), of these bytes: a Java reader decodes it with the
+/// GB18030 charset, whose bytes 0x00 to 0x7f are ASCII.
+fn gb18030(bytes: &[u8]) -> Vec<u8> {
+    [vec![0x7e], int32(bytes.len() as i32), bytes.to_vec()].concat()
+}
+
+/// A key or value the provider reads is never hidden from routes and policies: a GB18030
+/// string of ASCII bytes reads as that ASCII (a key `path` or `group` is checked as the
+/// provider's `path` or `group`), and a key or text value the codec cannot decode (GB18030 past
+/// ASCII, UTF-8 that is not, a lone UTF-16 surrogate) refuses the call rather than leave the
+/// key out or its earlier value in place.
+#[test]
+fn a_fastjson2_attachment_in_any_encoding_is_read_or_refused() -> TestResult {
+    for (entries, reason) in [
+        (
+            vec![(gb18030(b"path"), latin1("demo.Admin"))],
+            "the path attachment names another service than the call",
+        ),
+        (
+            vec![(gb18030(b"group"), int32(1))],
+            "the group attachment is not a UTF-8 string",
+        ),
+        (
+            vec![(gb18030(b"sys_callback_arg-1"), latin1("1"))],
+            "callback arguments",
+        ),
+        (
+            vec![(gb18030(&[0xd6, 0xd0]), latin1("v"))],
+            "cannot be decoded",
+        ),
+        (
+            vec![
+                (latin1("x-user"), latin1("guest")),
+                (latin1("x-user"), gb18030(&[0xd6, 0xd0])),
+            ],
+            "cannot be decoded",
+        ),
+        (
+            vec![
+                (latin1("x-user"), latin1("guest")),
+                (
+                    latin1("x-user"),
+                    [vec![0x7a], int32(1), vec![0xff]].concat(),
+                ),
+            ],
+            "cannot be decoded",
+        ),
+        (
+            vec![(
+                [vec![0x7c], int32(2), vec![0x00, 0xd8]].concat(),
+                latin1("v"),
+            )],
+            "cannot be decoded",
+        ),
+    ] {
+        let call = decode(&call_with(&entries))?;
+        let refused = call.reject_reason.unwrap_or_default();
+        assert!(refused.contains(reason), "{refused:?} for {reason:?}");
+        assert!(call.metadata.is_empty());
+    }
+    let call = decode(&call_with(&[
+        (gb18030(b"group"), gb18030(b"g1")),
+        (latin1("x-user"), latin1("guest")),
+        (latin1("x-user"), gb18030(b"admin")),
+    ]))?;
+    assert_eq!(call.reject_reason, None);
+    assert_eq!(call.metadata.get("group"), Some("g1"));
+    assert_eq!(
+        call.metadata.get("x-user"),
+        Some("admin"),
+        "the key's last value"
+    );
+    Ok(())
+}
+
+/// A key's later value replaces its earlier one, as in the provider's map, whatever its type:
+/// a value that is not metadata (a list, a map, a binary) leaves the key out, not at its
+/// earlier text, and a number after a string is the number's text.
+#[test]
+fn a_fastjson2_attachments_last_value_wins_whatever_its_type() -> TestResult {
+    let call = decode(&call_with(&[
+        (latin1("x-user"), latin1("guest")),
+        (latin1("x-user"), vec![0x96, 0x01, 0x02]),
+        (latin1("x-role"), utf16le("reader")),
+        (latin1("x-role"), object(&[(latin1("k"), latin1("v"))])),
+        (latin1("x-id"), latin1("guest")),
+        (latin1("x-id"), int32(7)),
+        (latin1("x-bin"), latin1("guest")),
+        (latin1("x-bin"), [vec![0x91], int32(1), vec![0x00]].concat()),
+    ]))?;
+    assert_eq!(call.reject_reason, None);
+    assert_eq!(call.metadata.get("x-user"), None);
+    assert_eq!(call.metadata.get("x-role"), None);
+    assert_eq!(call.metadata.get("x-bin"), None);
+    assert_eq!(call.metadata.get("x-id"), Some("7"));
+    Ok(())
+}
+
+/// A mutation removing or replacing an attachment takes out every entry of its key, in any
+/// encoding: a route stripping an untrusted attachment leaves no copy keyed in GB18030.
+#[test]
+fn a_mutation_removes_a_fastjson2_attachment_keyed_in_any_encoding() -> TestResult {
+    let call = decode(&call_with(&[
+        (latin1("x-user"), latin1("guest")),
+        (gb18030(b"x-user"), latin1("admin")),
+        (utf16le("x-role"), latin1("admin")),
+        (latin1("kept"), latin1("k")),
+    ]))?;
+    assert_eq!(call.reject_reason, None);
+    let mut mutation = Mutation::new();
+    mutation.remove(ByteStr::from_static("x-user"));
+    mutation.set(
+        ByteStr::from_static("x-role"),
+        ByteStr::from_static("reader"),
+    );
+    let out = mutated(&call, &mutation)?;
+    let head = call_head();
+    let map = object(&[
+        (latin1("path"), latin1("demo.Greeter")),
+        (latin1("kept"), latin1("k")),
+        (latin1("x-role"), latin1("reader")),
+    ]);
+    assert_eq!(out[16 + head.len()..], field(&map)[..]);
+    let again = decode(&out)?;
+    assert_eq!(again.metadata.get("x-user"), None);
+    assert_eq!(again.metadata.get("x-role"), Some("reader"));
+    Ok(())
+}
