@@ -258,6 +258,10 @@ impl RouterClientBuilder {
         for rebuilt in build_all(rebuilds).await? {
             rebuilt.commit();
         }
+        // The first round of each cluster's active health checks decides which endpoints serve
+        // the client's first calls, as the proxy's new clusters wait for theirs.
+        let all = clusters.all();
+        futures::future::join_all(all.values().map(|handle| handle.first_checks())).await;
         let name: Arc<str> = self.name.as_str().into();
         let scope = metrics.root().detached("listener", &self.name);
         // A client writes no access log.

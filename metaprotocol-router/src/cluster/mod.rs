@@ -57,6 +57,11 @@ use crate::stats::{
 use crate::upstream::{PoolSettings, UpstreamPool};
 pub(crate) use dns::Resolved;
 
+/// How long past its checks' `timeout` a new cluster's first round of active health checks is
+/// waited for ([`ClusterHandle::first_checks`]): the round's checks end by their `timeout`, and
+/// this leaves their verdicts time to be published on a loaded proxy.
+const FIRST_ROUND_SLACK: Duration = Duration::from_secs(1);
+
 /// What a cluster was last built from; changed only by config updates and health changes,
 /// under its lock.
 struct ClusterState {
@@ -124,6 +129,9 @@ pub(crate) struct ClusterHandle {
     /// Wakes the active health checks when a published snapshot has endpoints new to the
     /// cluster, so that their first check runs at once rather than at the next round.
     added_wake: Arc<Notify>,
+    /// Wakes those waiting for its first round of active health checks
+    /// ([`ClusterHandle::first_checks`]) when health flags change or a snapshot is published.
+    checked_wake: Notify,
     /// Its endpoints' ejections, kept across the detectors that updates start.
     ejections: Ejections,
     /// Set for `peak_ewma`: concluded attempts record their latency on their endpoint.
@@ -261,6 +269,7 @@ impl ClusterHandle {
             outlier_thresholds,
             outlier_wake: Arc::new(Notify::new()),
             added_wake: Arc::new(Notify::new()),
+            checked_wake: Notify::new(),
             ejections,
             records_latency: AtomicBool::new(spec.lb_policy == LbPolicy::PeakEwma),
             retired: AtomicBool::new(false),
@@ -343,11 +352,54 @@ impl ClusterHandle {
         self.snapshot.load()
     }
 
-    /// Starts its outlier detection and health checks (the cluster is published); updates
-    /// restart them when their config changes, [`ClusterHandle::retire`] stops them.
+    /// Starts its outlier detection and health checks, unless they run already (a new cluster's
+    /// start before it is published, see [`ClusterHandle::first_checks`]); updates restart them
+    /// when their config changes, [`ClusterHandle::retire`] stops them.
     pub fn start_health(self: &Arc<Self>) {
         let mut state = self.lock();
-        state.monitor = Some(HealthMonitor::start(self, &state.spec, state.probe.clone()));
+        if state.monitor.is_none() {
+            state.monitor = Some(HealthMonitor::start(self, &state.spec, state.probe.clone()));
+        }
+    }
+
+    /// Waits, its health checks started ([`ClusterHandle::start_health`]), until the first
+    /// check of each of its endpoints has decided whether it is in rotation and the snapshot
+    /// with those verdicts is published, as Envoy does not use a cluster with active health
+    /// checks before their first round has ended: a cluster that served at once had all its
+    /// endpoints awaiting their first check, and so in panic mode, spreading its first calls
+    /// over the dead ones too. Bounded: the round ends within the checks' `timeout`, and the
+    /// wait by [`FIRST_ROUND_SLACK`] past that, after which the cluster serves as it is.
+    pub async fn first_checks(&self) {
+        let Some(bound) = self.lock().spec.health_check.as_ref().map(|check| {
+            check.timeout.saturating_add(FIRST_ROUND_SLACK)
+        }) else {
+            return;
+        };
+        let deadline = crate::router::deadline_after(Instant::now(), bound);
+        loop {
+            let checked = self.checked_wake.notified();
+            tokio::pin!(checked);
+            // Registered before looking: a change between the look and the wait wakes it.
+            checked.as_mut().enable();
+            if !self.awaits_first_checks() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, checked).await.is_err() {
+                tracing::warn!(cluster = %self.name, ?bound, "health check: the first round of checks did not end in time; the cluster serves with endpoints not checked yet");
+                return;
+            }
+        }
+    }
+
+    /// True while an endpoint awaits its first active check, or a snapshot asked for (with
+    /// verdicts of such checks) is not published yet.
+    fn awaits_first_checks(&self) -> bool {
+        let state = self.lock();
+        state.builds.published < state.builds.requested
+            || state
+                .endpoints
+                .values()
+                .any(|e| e.health().has(HealthFlags::PENDING_ACTIVE_CHECK))
     }
 
     /// Records how an attempt on `endpoint` ended, `elapsed` after it started: its latency
@@ -411,6 +463,8 @@ impl ClusterHandle {
         if rebuild {
             self.rebuild_soon(&mut state);
         }
+        drop(state);
+        self.checked_wake.notify_waiters();
         changed
     }
 
@@ -833,6 +887,7 @@ impl ClusterHandle {
         if std::mem::take(&mut state.added) {
             self.added_wake.notify_one();
         }
+        self.checked_wake.notify_waiters();
     }
 
     /// What `/clusters` shows.
@@ -1138,6 +1193,11 @@ impl BuiltUpdate {
     /// The name of its cluster.
     pub fn name(&self) -> &str {
         &self.next.spec.name
+    }
+
+    /// Its cluster.
+    pub fn cluster(&self) -> &Arc<ClusterHandle> {
+        &self.next.cluster
     }
 
     /// Publishes it and returns the cluster's new version: the cluster takes its config, keeps

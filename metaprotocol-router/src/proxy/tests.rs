@@ -2089,5 +2089,62 @@ async fn a_route_edit_reads_no_file_of_a_listener_and_a_listener_change_reads_it
         running.listeners[0].idle_timeout, None,
         "the listener stays"
     );
+
+/// The endpoints 100 calls to cluster `name` of `proxy` would go to now.
+fn picked(proxy: &Proxy, name: &str) -> Vec<Option<std::net::SocketAddr>> {
+    let Some(cluster) = proxy.state.clusters.get(name) else {
+        return Vec::new();
+    };
+    let snapshot = cluster.snapshot();
+    (0..100)
+        .map(|_| {
+            let set = snapshot.set(crate::cluster::SubsetId::ALL)?;
+            Some(set.pick(&[], None)?.endpoint.address())
+        })
+        .collect()
+}
+
+/// A new cluster with active health checks serves its first call with its endpoints checked,
+/// as Envoy uses a cluster only after the first round of its checks: one that refuses
+/// connections takes none of its calls, from the first, whether the cluster comes with the
+/// config the proxy starts with or with an update. (Served at once, all its endpoints awaited
+/// their first check, and panic mode spread its calls over both.)
+#[tokio::test]
+async fn a_new_cluster_serves_its_first_call_with_its_endpoints_checked() -> TestResult {
+    let live = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let live_addr = live.local_addr()?;
+    let (_refusing, refusing) = crate::testing::refusing_address()?;
+    let cluster = |name: &str| {
+        format!(
+            "{{ name: {name}, endpoints: [ {{ address: \"{live_addr}\" }}, {{ address: \"{refusing}\" }} ],
+    health_check: {{ interval: 1h, timeout: 10s, unhealthy_threshold: 3, healthy_threshold: 2 }} }}"
+        )
+    };
+    let config = format!(
+        "
+listeners:
+  - {{ name: front, address: 127.0.0.1:0, protocol: test, route_config: r }}
+route_configs:
+  - {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }}
+clusters:
+  - {}
+",
+        cluster("c")
+    );
+    let proxy = start(&config).await?;
+    let first = picked(&proxy, "c");
+    assert!(
+        first.iter().all(|&picked| picked == Some(live_addr)),
+        "the proxy's first calls went to {first:?}, not only to {live_addr}"
+    );
+    proxy
+        .update_cluster(crate::config::ClusterSpec::from_yaml(&cluster("d"))?)
+        .await?;
+    let added = picked(&proxy, "d");
+    assert!(
+        added.iter().all(|&picked| picked == Some(live_addr)),
+        "the added cluster's first calls went to {added:?}, not only to {live_addr}"
+    );
+    proxy.shutdown().await;
     Ok(())
 }

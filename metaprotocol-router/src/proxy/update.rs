@@ -252,6 +252,76 @@ impl Plan {
         self.updated_clusters = built;
         Ok(())
     }
+
+    /// Starts the health checks of the new clusters and waits for the first round of their
+    /// active checks ([`ClusterHandle::first_checks`], bounded by the checks' `timeout`), so
+    /// that each serves its first call with its endpoints checked, as Envoy warms a cluster
+    /// before using it. A new `ring_hash` or `maglev` cluster's first snapshot, which the
+    /// checks read their endpoints from, is published first: nothing routes to the cluster
+    /// before the commit. A cluster that sends to a listener the update opens is left out (see
+    /// [`sends_to`]). An update its caller gives up at a deadline ([`with_deadline`])
+    /// stops waiting by then and publishes, rather than be given up for its checks. Dropped
+    /// here, the plan stops the checks with its clusters.
+    async fn warm(&mut self) {
+        let (new, others): (Vec<BuiltUpdate>, Vec<BuiltUpdate>) =
+            std::mem::take(&mut self.rebuilt_clusters)
+                .into_iter()
+                .partition(|rebuilt| {
+                    self.new_clusters
+                        .iter()
+                        .any(|handle| Arc::ptr_eq(handle, rebuilt.cluster()))
+                });
+        self.rebuilt_clusters = others;
+        for rebuilt in new {
+            rebuilt.commit();
+        }
+        // A cluster that sends to a listener this update opens (a proxy chaining to its own
+        // listener) is not warmed: its checks could not pass before the commit starts serving
+        // that listener, and would hold the update for their `timeout` to fail. Its checks
+        // start with the commit, as an update's new endpoints are checked.
+        let opening: Vec<SocketAddr> = self
+            .new_listeners
+            .iter()
+            .filter_map(|(_, _, socket)| socket.as_ref()?.local_addr().ok())
+            .collect();
+        let warmed: Vec<&Arc<ClusterHandle>> = self
+            .new_clusters
+            .iter()
+            .filter(|handle| !sends_to(handle, &opening))
+            .collect();
+        for handle in &warmed {
+            handle.start_health();
+        }
+        let first_rounds =
+            futures::future::join_all(warmed.iter().map(|handle| handle.first_checks()));
+        match DEADLINE.try_with(|deadline| *deadline) {
+            Ok(deadline) => {
+                // Past the deadline, the clusters serve as they are.
+                let _ = tokio::time::timeout_at(deadline, first_rounds).await;
+            }
+            Err(_) => {
+                first_rounds.await;
+            }
+        }
+    }
+}
+
+/// True if an endpoint of `cluster` (at its address, or at its health check port) is one of
+/// the `listeners`' addresses, or on the port of one listening on every address.
+fn sends_to(cluster: &ClusterHandle, listeners: &[SocketAddr]) -> bool {
+    let serves = |listener: &SocketAddr, target: SocketAddr| {
+        listener.port() == target.port()
+            && (listener.ip() == target.ip() || listener.ip().is_unspecified())
+    };
+    cluster.snapshot().hosts.iter().any(|host| {
+        let address = host.endpoint.address();
+        let checked = host
+            .health_check_port
+            .map(|port| SocketAddr::new(address.ip(), port));
+        listeners.iter().any(|listener| {
+            serves(listener, address) || checked.is_some_and(|target| serves(listener, target))
+        })
+    })
 }
 
 tokio::task_local! {
@@ -297,7 +367,8 @@ impl ProxyState {
     /// Applies `change` to the running config's layers (see the module docs) and counts the
     /// update; returns what changed. `change` sees the layers and the config running now, and
     /// refuses by returning an error. Dropped at any of its waits (behind another update, on
-    /// DNS, reading files, binding sockets), it has published nothing: from the moment it
+    /// DNS, reading files, binding sockets, on the first health checks of its new clusters),
+    /// it has published nothing: from the moment it
     /// publishes it does not wait, so it applies whole or not at all (the admin API gives up on
     /// updates this way).
     pub(crate) async fn apply(
@@ -466,6 +537,7 @@ impl ProxyState {
         // A rejected plan is dropped: what it built lets go of its metric series.
         prepared?;
         plan.build_clusters().await.map_err(located)?;
+        plan.warm().await;
         // From here on nothing waits: an update dropped at a wait above has published nothing.
         match source {
             Source::File => self.warn_replacing_api_changes(current, new),
@@ -808,6 +880,8 @@ impl ProxyState {
         let mut summary = ReloadSummary::default();
         for handle in &plan.new_clusters {
             summary.clusters.push((handle.name().to_string(), 1));
+            // Started by the warm-up already (kept running), unless the cluster sends to a
+            // listener this commit starts serving.
             handle.start_health();
             tokio::spawn(dns::refresh(
                 Arc::downgrade(handle),
