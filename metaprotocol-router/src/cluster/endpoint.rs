@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
@@ -126,12 +126,38 @@ impl HealthFlags {
     }
 }
 
+/// An endpoint's active health check results in a row, which its thresholds are counted
+/// against. Kept with the endpoint rather than in the checker, so that a checker an update
+/// restarts (a new `interval`, new thresholds, new connection settings) goes on from each
+/// endpoint's streak instead of from nothing, as the endpoint keeps its health flags. Written by
+/// the cluster's one checker alone.
+#[derive(Debug, Default)]
+pub(crate) struct CheckStreak(AtomicU64);
+
+impl CheckStreak {
+    /// Passed and failed checks in a row (one of the two is 0).
+    pub fn get(&self) -> (u32, u32) {
+        let both = self.0.load(Ordering::Relaxed);
+        ((both >> 32) as u32, both as u32)
+    }
+
+    /// Sets the passed and failed checks in a row.
+    pub fn set(&self, passed: u32, failed: u32) {
+        self.0.store(
+            u64::from(passed) << 32 | u64::from(failed),
+            Ordering::Relaxed,
+        );
+    }
+}
+
 /// One upstream endpoint.
 #[derive(Debug)]
 pub(crate) struct Endpoint {
     address: SocketAddr,
     pool: UpstreamPool,
     health: HealthFlags,
+    /// Its active health checks' streak.
+    check_streak: CheckStreak,
     active: Gauge,
     total: Counter,
     /// Its cluster's attempts in flight and sent: an attempt moves them with the endpoint's
@@ -159,6 +185,7 @@ impl Endpoint {
             cluster_total: cluster.rq_total.clone(),
             pool,
             health: HealthFlags::default(),
+            check_streak: CheckStreak::default(),
             rtt: RttEstimate::default(),
             outliers: OutlierCounters::default(),
             scope: None,
@@ -166,10 +193,12 @@ impl Endpoint {
     }
 
     /// The endpoint rebuilt in place of `replaced` (at the same address): out of rotation if
-    /// `replaced` is (see [`HealthFlags`]), with its failure streaks and count of ejections.
-    /// Before [`Endpoint::with_metrics`], which shows it.
+    /// `replaced` is (see [`HealthFlags`]), with its active checks' streak, its failure streaks
+    /// and count of ejections. Before [`Endpoint::with_metrics`], which shows it.
     pub fn replacing(self, replaced: &Endpoint) -> Self {
         self.health.carry_over(&replaced.health);
+        let (passed, failed) = replaced.check_streak.get();
+        self.check_streak.set(passed, failed);
         self.outliers.carry_over(&replaced.outliers);
         self
     }
@@ -218,6 +247,11 @@ impl Endpoint {
 
     pub fn outliers(&self) -> &OutlierCounters {
         &self.outliers
+    }
+
+    /// Its active health checks' streak.
+    pub fn check_streak(&self) -> &CheckStreak {
+        &self.check_streak
     }
 
     /// Requests in flight to it.

@@ -487,6 +487,17 @@ impl ClusterHandle {
             .collect()
     }
 
+    /// Keeps each `(address, passed, failed)`, the streak of active checks of the endpoint at
+    /// `address`, with the endpoint (see [`endpoint::CheckStreak`]).
+    pub fn keep_check_streaks(&self, streaks: &[(SocketAddr, u32, u32)]) {
+        let state = self.lock();
+        for &(address, passed, failed) in streaks {
+            if let Some(endpoint) = state.endpoints.get(&address) {
+                endpoint.check_streak().set(passed, failed);
+            }
+        }
+    }
+
     /// Ends the ejections of those of `addresses` (endpoints active health checks found
     /// healthy) that outlier detection ejected, when its policy says so, with fresh failure
     /// streaks; returns the changes that bring them back, for [`ClusterHandle::set_health`].

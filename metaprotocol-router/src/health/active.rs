@@ -14,7 +14,10 @@
 //! cluster starts out of rotation (`FAILED_ACTIVE_CHECK` with `PENDING_ACTIVE_CHECK`, as Envoy
 //! starts a host added to a cluster with health checks), and its first check decides at once,
 //! whatever the thresholds: passed, it enters rotation; failed, it stays out. An endpoint an
-//! update keeps (or rebuilds at its address) keeps its state.
+//! update keeps (or rebuilds at its address) keeps its state and its streak of checks, also
+//! when the update restarts the checker (new check settings, connection settings or codec):
+//! the streak lives with the endpoint ([`ClusterHandle::keep_check_streaks`]), and the new checker
+//! checks each endpoint at once and counts on from it.
 //!
 //! Checks open connections the way the cluster's traffic does (with TLS, handshake and
 //! certificate verification included), to the endpoint's address at its port, or at its
@@ -153,6 +156,10 @@ struct Endpoints {
     traffic: bool,
 }
 
+/// What a checker needs of a member of the cluster: its health check port, its connector,
+/// whether it awaits its first check, and its streak of checks (passed, failed).
+type Member = (Option<u16>, Connector, bool, (u32, u32));
+
 /// A group of checks started together: each endpoint's address, the id it had, and what its
 /// check found.
 type Group = Vec<(SocketAddr, u64, CheckResult)>;
@@ -166,7 +173,7 @@ impl Endpoints {
     /// first check and not being checked is new, too: it left the cluster and came back
     /// between two looks.
     fn join(&mut self, handle: &ClusterHandle, now: tokio::time::Instant) {
-        let members: HashMap<SocketAddr, (Option<u16>, Connector, bool)> = handle
+        let members: HashMap<SocketAddr, Member> = handle
             .snapshot()
             .hosts
             .iter()
@@ -175,20 +182,25 @@ impl Endpoints {
                 let connector = h.endpoint.pool().connector().clone();
                 (
                     h.endpoint.address(),
-                    (h.health_check_port, connector, pending),
+                    (
+                        h.health_check_port,
+                        connector,
+                        pending,
+                        h.endpoint.check_streak().get(),
+                    ),
                 )
             })
             .collect();
         self.checked.retain(|address, checked| {
             members
                 .get(address)
-                .is_some_and(|(port, connector, pending)| {
+                .is_some_and(|(port, connector, pending, _)| {
                     *port == checked.port
                         && connector.same(&checked.connector)
                         && (checked.in_flight || !pending)
                 })
         });
-        for (&address, (port, connector, _)) in &members {
+        for (&address, (port, connector, _, (passed, failed))) in &members {
             let port = *port;
             if self.checked.contains_key(&address) {
                 continue;
@@ -226,8 +238,9 @@ impl Endpoints {
                     next: now,
                     id: self.next_id,
                     in_flight: false,
-                    passed: 0,
-                    failed: 0,
+                    // Its streak so far: a checker an update restarted goes on from it.
+                    passed: *passed,
+                    failed: *failed,
                 },
             );
             self.next_slot = (self.next_slot + 1) % SLOTS;
@@ -385,6 +398,7 @@ fn record(
     let now = tokio::time::Instant::now();
     let mut verdicts = Vec::new();
     let mut healthy = Vec::new();
+    let mut streaks = Vec::with_capacity(addresses.len());
     for ((address, result), (first, failing)) in results.into_iter().zip(states) {
         let Some(checked) = endpoints.get_mut(&address) else {
             continue;
@@ -401,6 +415,7 @@ fn record(
             }
             checked.passed = 0;
         }
+        streaks.push((address, checked.passed, checked.failed));
         let verdict = if first {
             verdicts.push((address, HealthFlags::PENDING_ACTIVE_CHECK, false));
             Some(result != CheckResult::Passed)
@@ -424,6 +439,7 @@ fn record(
         let wait = jittered(wait, spec.interval_jitter_percent).saturating_add(spread);
         checked.next = deadline_after(now, wait);
     }
+    handle.keep_check_streaks(&streaks);
     // In the same snapshot as the verdicts.
     verdicts.extend(handle.readmit(&healthy));
     let changed = handle.set_health(&verdicts);
@@ -927,6 +943,66 @@ health_check: {{ interval: 1s, interval_jitter_percent: 0, timeout: 500ms, unhea
         assert!(
             span >= Duration::from_millis(250),
             "second round within {span:?}"
+        );
+        Ok(())
+    }
+
+    /// An update that changes only the checks' settings (their interval) restarts the checker,
+    /// which goes on from each endpoint's streak: an endpoint out of rotation that passed one
+    /// check of the two `healthy_threshold` asks returns at the next one passed, whatever
+    /// updates came between (Envoy keeps a kept host's health across updates). The checker
+    /// restarted from nothing needed two more.
+    #[tokio::test]
+    async fn an_update_of_the_checks_keeps_each_endpoints_streak()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let (socket, address) = crate::testing::refusing_address()?;
+        let spec = |interval: &str| {
+            ClusterSpec::from_yaml(&format!(
+                "name: c
+endpoints: [ {{ address: \"{address}\" }} ]
+health_check: {{ interval: {interval}, timeout: 10s, unhealthy_threshold: 1, healthy_threshold: 2 }}"
+            ))
+            .map(Arc::new)
+        };
+        let c = cluster(&format!(
+            "name: c\nendpoints: [ {{ address: \"{address}\" }} ]
+health_check: {{ interval: 1h, timeout: 10s, unhealthy_threshold: 1, healthy_threshold: 2 }}"
+        ))?;
+        let passed = c.scope().counter_with(
+            "health_checks",
+            "Active health checks, by outcome (success, failure)",
+            &[("outcome", "success")],
+        );
+        c.start_health();
+        assert!(until_checked(&c, 0).await, "{:?}", c.status());
+        assert!(c.status().endpoints[0].failing_active_checks);
+        // Listening from now on, at the address it refused at: its checks pass. Each update
+        // restarts the checker, which checks it at once (the interval is an hour).
+        let _listener = socket.listen(16)?;
+        let until_passed = |count: u64| {
+            let passed = passed.clone();
+            async move {
+                for _ in 0..1000 {
+                    if passed.get() >= count {
+                        return true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                false
+            }
+        };
+        c.update(&spec("2h")?, None, None, &Resolved::new())?;
+        assert!(until_passed(1).await, "no check passed");
+        assert!(
+            c.status().endpoints[0].failing_active_checks,
+            "one check passed of two"
+        );
+        c.update(&spec("3h")?, None, None, &Resolved::new())?;
+        assert!(until_passed(2).await, "no second check passed");
+        assert!(
+            until_failing(&c, 0, false).await,
+            "two checks passed in a row, across an update, and it stays out: {:?}",
+            c.status()
         );
         Ok(())
     }
