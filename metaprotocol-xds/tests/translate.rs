@@ -782,7 +782,7 @@ fn tcp_checker() -> HealthChecker {
 fn health_checks_map_as_envoy_means_them() -> TestResult {
     let mut cluster = eds_cluster(&cluster_name("v1"));
     let mut check = envoy_health_check(tcp_checker());
-    // Envoy adds up to 500 ms and up to 10% of the 5 s: at most 20% of the interval in all.
+    // Envoy adds up to 500 ms and up to 10% of each wait, whatever its interval.
     check.interval_jitter = Some(Duration {
         seconds: 0,
         nanos: 500_000_000,
@@ -794,8 +794,8 @@ fn health_checks_map_as_envoy_means_them() -> TestResult {
     check.healthy_edge_interval = seconds(2);
     check.no_traffic_interval = seconds(90);
     check.no_traffic_healthy_interval = seconds(300);
-    // Tuning of the first check and logging, accepted and ignored.
     check.initial_jitter = seconds(1);
+    // Logging, accepted and ignored.
     check.always_log_health_check_failures = true;
     cluster.health_checks = vec![check];
     let spec = translate::cluster(&cluster, &NO_PROVIDERS)?.spec;
@@ -806,7 +806,14 @@ fn health_checks_map_as_envoy_means_them() -> TestResult {
         (health.unhealthy_threshold, health.healthy_threshold),
         (3, 2)
     );
-    assert!((health.interval_jitter_percent - 20.0).abs() < 1e-9);
+    assert!((health.interval_jitter_percent - 10.0).abs() < 1e-9);
+    assert_eq!(
+        (health.interval_jitter, health.initial_jitter),
+        (
+            std::time::Duration::from_millis(500),
+            std::time::Duration::from_secs(1)
+        )
+    );
     let secs = |s: u64| Some(std::time::Duration::from_secs(s));
     assert_eq!(
         [
@@ -820,6 +827,17 @@ fn health_checks_map_as_envoy_means_them() -> TestResult {
     );
     assert_eq!(health.probe, ProbeSpec::Tcp);
     assert!(!health.require_success);
+    engine_takes(&spec)?;
+
+    // A jitter longer than the interval (5 s), which Envoy takes, is taken as it is.
+    let mut long = envoy_health_check(tcp_checker());
+    long.interval_jitter = seconds(30);
+    cluster.health_checks = vec![long];
+    let spec = translate::cluster(&cluster, &NO_PROVIDERS)?.spec;
+    assert_eq!(
+        spec.health_check.as_ref().map(|c| c.interval_jitter),
+        Some(std::time::Duration::from_secs(30))
+    );
     engine_takes(&spec)?;
 
     // Unset, Envoy checks a cluster without traffic once a minute, and the others fall back on
@@ -999,15 +1017,10 @@ fn health_checks_that_cannot_be_mapped_are_refused_naming_the_field() {
             "health_checks[0].tcp_health_check.send",
         ),
         (
-            // 4 s and 30% of 5 s: more than the interval.
             changed(&|c| {
-                c.interval_jitter = Some(Duration {
-                    seconds: 4,
-                    nanos: 0,
-                });
-                c.interval_jitter_percent = 30;
+                c.interval_jitter_percent = 150;
             }),
-            "health_checks[0].interval_jitter",
+            "health_checks[0].interval_jitter_percent",
         ),
         (
             changed(&|c| {

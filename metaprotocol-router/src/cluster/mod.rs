@@ -367,11 +367,15 @@ impl ClusterHandle {
     /// with those verdicts is published, as Envoy does not use a cluster with active health
     /// checks before their first round has ended: a cluster that served at once had all its
     /// endpoints awaiting their first check, and so in panic mode, spreading its first calls
-    /// over the dead ones too. Bounded: the round ends within the checks' `timeout`, and the
-    /// wait by [`FIRST_ROUND_SLACK`] past that, after which the cluster serves as it is.
+    /// over the dead ones too. Bounded: the round ends within the checks' `timeout` (after
+    /// `initial_jitter`), and the wait by [`FIRST_ROUND_SLACK`] past that, after which the
+    /// cluster serves as it is.
     pub async fn first_checks(&self) {
         let Some(bound) = self.lock().spec.health_check.as_ref().map(|check| {
-            check.timeout.saturating_add(FIRST_ROUND_SLACK)
+            check
+                .timeout
+                .saturating_add(check.initial_jitter)
+                .saturating_add(FIRST_ROUND_SLACK)
         }) else {
             return;
         };

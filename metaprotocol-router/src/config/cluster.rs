@@ -594,6 +594,23 @@ pub struct HealthCheckSpec {
     /// checks of many endpoints (and proxies) spread out.
     #[serde(default = "ten")]
     pub interval_jitter_percent: f64,
+    /// Up to this time is added at random to each wait as well, whatever the interval (Envoy's
+    /// `interval_jitter`; the two jitters add up).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Duration::is_zero"
+    )]
+    pub interval_jitter: Duration,
+    /// The first check of an endpoint new to the checks waits a random part of this time
+    /// rather than running at once, so that the first checks of a large cluster spread out
+    /// (Envoy's `initial_jitter`).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Duration::is_zero"
+    )]
+    pub initial_jitter: Duration,
     /// The time a check may take.
     #[serde(default = "second", with = "humantime_serde")]
     pub timeout: Duration,

@@ -478,6 +478,41 @@ fn an_http_probe_parses_and_is_checked() -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// A health check's jitters, Envoy's three: `interval_jitter_percent` (10 by default),
+/// `interval_jitter` and `initial_jitter` (none by default), each taken as written.
+#[test]
+fn health_check_jitters_parse() -> Result<(), ConfigError> {
+    let check = |fields: &str| -> Result<HealthCheckSpec, ConfigError> {
+        let config = Config::from_yaml(&FULL.replace(
+            "    lb_policy: round_robin",
+            &format!("    lb_policy: round_robin\n    health_check: {{ interval: 5s{fields} }}"),
+        ))?;
+        config.clusters[0]
+            .health_check
+            .clone()
+            .ok_or_else(|| ConfigError::new("health_check", "missing"))
+    };
+    let set = check(", interval_jitter_percent: 20, interval_jitter: 500ms, initial_jitter: 2s")?;
+    assert_eq!(
+        (
+            set.interval_jitter_percent,
+            set.interval_jitter,
+            set.initial_jitter
+        ),
+        (20.0, Duration::from_millis(500), Duration::from_secs(2))
+    );
+    let unset = check("")?;
+    assert_eq!(
+        (
+            unset.interval_jitter_percent,
+            unset.interval_jitter,
+            unset.initial_jitter
+        ),
+        (10.0, Duration::ZERO, Duration::ZERO)
+    );
+    Ok(())
+}
+
 /// The cluster fields of load balancing and resilience: parsed as documented, rejected with
 /// the field's name when out of range.
 #[test]

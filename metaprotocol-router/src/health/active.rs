@@ -4,11 +4,14 @@
 //! it is in rotation and passing, `unhealthy_interval` while it is out, `unhealthy_edge_interval`
 //! after a failed check that has not taken it out yet, `healthy_edge_interval` after a passed
 //! one that has not brought it back yet, and `no_traffic_interval` (`no_traffic_healthy_interval`
-//! for one in rotation) while the cluster has sent no request; plus up to
-//! `interval_jitter_percent` of it, at random. Checks that fall due within a tenth of the
-//! shortest interval start together, and their verdicts are published in one snapshot. An
-//! endpoint new to the checker is checked at once, those an update or a DNS answer adds as soon
-//! as the snapshot that has them is published; after its first check, its next waits an extra
+//! for one in rotation) while the cluster has sent no request; plus, at random, up to
+//! `interval_jitter_percent` of it and up to `interval_jitter` (Envoy adds both). Checks that
+//! fall due within a tenth of the shortest interval start together, and their verdicts are
+//! published in one snapshot. An endpoint new to the checker is checked at once (after a random
+//! part of `initial_jitter`, when set: the first checks of a large cluster, or of one the proxy
+//! starts with, spread over it instead of all opening their connections in one instant), those
+//! an update or a DNS answer adds as soon as the snapshot that has them is published; after its
+//! first check, its next waits an extra
 //! share of the interval (one of [`SLOTS`], in turn), so that the checks of a large cluster
 //! spread over the interval rather than all coming at once, each interval. An endpoint new to the
 //! cluster starts out of rotation (`FAILED_ACTIVE_CHECK` with `PENDING_ACTIVE_CHECK`, as Envoy
@@ -154,6 +157,8 @@ struct Endpoints {
     require_success: bool,
     /// Set once the cluster has sent a request: `no_traffic_interval` no longer applies.
     traffic: bool,
+    /// The first check of an endpoint new to the checker waits a random part of it.
+    initial_jitter: Duration,
 }
 
 /// What a checker needs of a member of the cluster: its health check port, its connector,
@@ -165,10 +170,33 @@ type Member = (Option<u16>, Connector, bool, (u32, u32));
 type Group = Vec<(SocketAddr, u64, CheckResult)>;
 
 impl Endpoints {
+    /// None yet, for checks by `spec` with `http` or `probe` (neither: TCP checks) of a cluster
+    /// speaking `codec`, connecting within `connect_timeout`.
+    fn new(
+        spec: &HealthCheckSpec,
+        http: Option<Arc<HttpProbe>>,
+        probe: Option<Arc<Message>>,
+        codec: Arc<dyn metaprotocol_core::CodecFactory>,
+        connect_timeout: Duration,
+    ) -> Self {
+        Self {
+            checked: HashMap::new(),
+            next_slot: 0,
+            next_id: 0,
+            http,
+            probe,
+            codec,
+            connect_timeout,
+            require_success: spec.require_success,
+            traffic: false,
+            initial_jitter: spec.initial_jitter,
+        }
+    }
+
     /// Takes the cluster's current members: forgets the endpoints that left, and those whose
     /// health check port or connector changed (checked anew, at the new port, the new way),
     /// and adds those new to it,
-    /// due `now`. A map: the endpoints checked are kept by looking each up in it (a list took
+    /// due `now` (plus a random part of `initial_jitter`). A map: the endpoints checked are kept by looking each up in it (a list took
     /// a hundred million comparisons a round for 10,000 endpoints). An endpoint awaiting its
     /// first check and not being checked is new, too: it left the cluster and came back
     /// between two looks.
@@ -235,7 +263,7 @@ impl Endpoints {
                     port,
                     connector: connector.clone(),
                     slot: Some(self.next_slot),
-                    next: now,
+                    next: deadline_after(now, self.initial_jitter.mul_f64(fastrand::f64())),
                     id: self.next_id,
                     in_flight: false,
                     // Its streak so far: a checker an update restarted goes on from it.
@@ -320,18 +348,9 @@ pub(super) async fn run(
         passed: outcome("success"),
         failed: outcome("failure"),
     };
-    let mut endpoints = Endpoints {
-        checked: HashMap::new(),
-        next_slot: 0,
-        next_id: 0,
-        http,
-        probe,
-        codec: handle.codec(),
-        connect_timeout,
-        require_success: spec.require_success,
-        traffic: false,
-    };
-    // Every endpoint is due at once: its first check runs as the checker starts.
+    let mut endpoints = Endpoints::new(&spec, http, probe, handle.codec(), connect_timeout);
+    // Every endpoint is due at once (within `initial_jitter`): its first check runs as the
+    // checker starts.
     endpoints.join(&handle, tokio::time::Instant::now());
     drop(handle);
     // Checks due within this window of each other start together.
@@ -436,7 +455,8 @@ fn record(
             .slot
             .take()
             .map_or(Duration::ZERO, |slot| wait / SLOTS as u32 * slot as u32);
-        let wait = jittered(wait, spec.interval_jitter_percent).saturating_add(spread);
+        let wait = jittered(wait, spec.interval_jitter_percent, spec.interval_jitter)
+            .saturating_add(spread);
         checked.next = deadline_after(now, wait);
     }
     handle.keep_check_streaks(&streaks);
@@ -479,10 +499,12 @@ fn verdict(checked: &Checked, spec: &HealthCheckSpec) -> Option<bool> {
     }
 }
 
-/// `wait` plus a random part of up to `percent` of it.
-fn jittered(wait: Duration, percent: f64) -> Duration {
-    let jitter = wait.mul_f64(percent / 100.0 * fastrand::f64());
-    wait.saturating_add(jitter)
+/// `wait` plus a random part of up to `percent` of it and another of up to `jitter`, as Envoy
+/// adds its `interval_jitter_percent` and `interval_jitter`.
+fn jittered(wait: Duration, percent: f64, jitter: Duration) -> Duration {
+    let share = wait.mul_f64(percent / 100.0 * fastrand::f64());
+    wait.saturating_add(share)
+        .saturating_add(jitter.mul_f64(fastrand::f64()))
 }
 
 #[cfg(test)]
@@ -1010,12 +1032,58 @@ health_check: {{ interval: 1h, timeout: 10s, unhealthy_threshold: 1, healthy_thr
     #[test]
     fn the_jitter_stays_within_its_share() {
         let waits: Vec<Duration> = (0..100)
-            .map(|_| jittered(Duration::from_secs(1), 10.0))
+            .map(|_| jittered(Duration::from_secs(1), 10.0, Duration::ZERO))
             .collect();
         assert!(waits.iter().all(|w| (1000..=1100).contains(&w.as_millis())));
         assert!(waits.iter().any(|w| *w != waits[0]), "{waits:?}");
+        // `interval_jitter` adds up to its own time, whatever the interval, on top.
+        let waits: Vec<Duration> = (0..100)
+            .map(|_| jittered(Duration::from_secs(1), 10.0, Duration::from_secs(5)))
+            .collect();
+        assert!(waits.iter().all(|w| (1000..=6100).contains(&w.as_millis())));
+        assert!(waits.iter().any(|w| w.as_millis() > 1100), "{waits:?}");
         // An interval of centuries (the config has no upper bound) saturates, not panics.
-        assert_eq!(jittered(Duration::MAX, 10.0), Duration::MAX);
+        assert_eq!(jittered(Duration::MAX, 10.0, Duration::MAX), Duration::MAX);
+    }
+
+    /// With `initial_jitter`, the first checks of a cluster of 1,000 endpoints are due over it,
+    /// not in one instant (a connection to each endpoint at once, as the proxy starts): each
+    /// within it, and no tenth of it holding more than twice its share (100 expected; more than
+    /// 200 happens with a chance below 1e-20). Without it, all are due at once.
+    #[tokio::test]
+    async fn initial_jitter_spreads_the_first_checks() -> Result<(), ConfigError> {
+        let endpoints: Vec<String> = (0..1000)
+            .map(|i| format!("{{ address: \"127.0.0.1:{}\" }}", 10_000 + i))
+            .collect();
+        let due = |jitter: &str| -> Result<Vec<Duration>, ConfigError> {
+            let c = cluster(&format!(
+                "name: c\nendpoints: [ {} ]\nhealth_check: {{ interval: 5s, initial_jitter: {jitter} }}",
+                endpoints.join(", ")
+            ))?;
+            let spec = c.spec();
+            let check = spec
+                .health_check
+                .as_ref()
+                .ok_or_else(|| ConfigError::new("health_check", "missing"))?;
+            let mut checker = Endpoints::new(check, None, None, c.codec(), spec.connect_timeout);
+            let now = tokio::time::Instant::now();
+            checker.join(&c, now);
+            Ok(checker.checked.values().map(|e| e.next - now).collect())
+        };
+        let spread = due("10s")?;
+        assert_eq!(spread.len(), 1000);
+        assert!(
+            spread.iter().all(|d| *d < Duration::from_secs(10)),
+            "{spread:?}"
+        );
+        let mut tenths = [0; 10];
+        for d in &spread {
+            tenths[(d.as_secs_f64()) as usize] += 1;
+        }
+        assert!(tenths.iter().all(|&n| n <= 200), "{tenths:?}");
+        let at_once = due("0s")?;
+        assert!(at_once.iter().all(|d| d.is_zero()), "{at_once:?}");
+        Ok(())
     }
 
     /// Which interval follows a check, as Envoy chooses: `interval` for an endpoint in rotation

@@ -3,9 +3,9 @@
 //! The engine runs one health check per cluster, so a cluster may carry one. Mapped:
 //! `timeout`, `interval` (both required, as in Envoy), `unhealthy_threshold` and
 //! `healthy_threshold` (required; 0 counts as 1, as it does in Envoy, where the first result
-//! already reaches it), `interval_jitter_percent` and `interval_jitter`, which the engine
-//! adds up into one share of the interval (Envoy adds a random part of each; the longest wait
-//! is the same), the intervals that follow what a check found (`unhealthy_interval`,
+//! already reaches it), `interval_jitter_percent` and `interval_jitter` (each adds a random part
+//! of up to its share of every wait, as in Envoy), `initial_jitter` (the first check of each
+//! endpoint waits a random part of it), the intervals that follow what a check found (`unhealthy_interval`,
 //! `unhealthy_edge_interval`, `healthy_edge_interval`, `no_traffic_healthy_interval`, each more
 //! than 0 when set) and `no_traffic_interval` (Envoy's 60 s when unset: a cluster that has sent
 //! no request yet is checked once a minute), and the checker:
@@ -29,10 +29,8 @@
 //! `service_name_matcher`, a `codec_client_type` other than HTTP/1 and a `method` other than
 //! `GET`.
 //!
-//! Accepted and ignored, as they only tune when checks run or what is logged:
-//! `initial_jitter` (the engine checks a new endpoint at once, and spreads the checks of the
-//! endpoints that joined together over the interval after that), `reuse_connection`, and the
-//! event logs
+//! Accepted and ignored, as they only tune how checks connect or what is logged:
+//! `reuse_connection`, and the event logs
 //! (`event_log_path`, `event_logger`, `event_service`, `always_log_health_check_*`; the engine
 //! logs each change). Refused, naming the field: gRPC and other custom checkers, TCP payloads,
 //! `alt_port` (which Envoy does not implement either), `tls_options` and
@@ -78,16 +76,15 @@ fn health_check(check: &HealthCheck) -> Result<HealthCheckSpec, InvalidResource>
     );
     let interval = required_duration(&check.interval, "interval")?;
     let timeout = required_duration(&check.timeout, "timeout")?;
-    let jitter = match &check.interval_jitter {
-        Some(jitter) => duration(jitter, "interval_jitter")?,
-        None => std::time::Duration::ZERO,
+    let or_zero = |value: &Option<ProtoDuration>, field: &str| match value {
+        Some(value) => duration(value, field),
+        None => Ok(std::time::Duration::ZERO),
     };
-    let interval_jitter_percent = f64::from(check.interval_jitter_percent)
-        + 100.0 * jitter.as_secs_f64() / interval.as_secs_f64();
+    let interval_jitter_percent = f64::from(check.interval_jitter_percent);
     if interval_jitter_percent > 100.0 {
         return Err(InvalidResource::new(
-            "interval_jitter",
-            "with interval_jitter_percent, it is more than the interval, the most jitter metaprotocol-rs adds",
+            "interval_jitter_percent",
+            "is more than 100, the most jitter metaprotocol-rs adds",
         ));
     }
     let optional = |value: &Option<ProtoDuration>, field: &str| {
@@ -110,6 +107,8 @@ fn health_check(check: &HealthCheck) -> Result<HealthCheckSpec, InvalidResource>
             "no_traffic_healthy_interval",
         )?,
         interval_jitter_percent,
+        interval_jitter: or_zero(&check.interval_jitter, "interval_jitter")?,
+        initial_jitter: or_zero(&check.initial_jitter, "initial_jitter")?,
         timeout,
         unhealthy_threshold: threshold(&check.unhealthy_threshold, "unhealthy_threshold")?,
         healthy_threshold: threshold(&check.healthy_threshold, "healthy_threshold")?,
