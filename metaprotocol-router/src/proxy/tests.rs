@@ -2089,6 +2089,8 @@ async fn a_route_edit_reads_no_file_of_a_listener_and_a_listener_change_reads_it
         running.listeners[0].idle_timeout, None,
         "the listener stays"
     );
+    Ok(())
+}
 
 /// The endpoints 100 calls to cluster `name` of `proxy` would go to now.
 fn picked(proxy: &Proxy, name: &str) -> Vec<Option<std::net::SocketAddr>> {
