@@ -22,7 +22,7 @@ use metaprotocol_brpc::errno;
 use metaprotocol_router::Proxy;
 use support::process::Scratch;
 use support::proxy::{listener_addr, start_engine};
-use support::{TestResult, free_addr};
+use support::{TestResult, refusing_addr};
 
 const ECHO_SERVICE: &str = "example.EchoService";
 
@@ -138,13 +138,16 @@ struct Setup {
     beta: BrpcServer,
     proxy: Proxy,
     addr: SocketAddr,
+    /// Holds the `down` cluster's endpoint refusing connections.
+    _down: tokio::net::TcpSocket,
 }
 
 impl Setup {
     async fn start() -> TestResult<Self> {
         let alpha = BrpcServer::start("alpha").await?;
         let beta = BrpcServer::start("beta").await?;
-        let yaml = config(alpha.addr(), beta.addr(), free_addr()?);
+        let (refusing, down) = refusing_addr()?;
+        let yaml = config(alpha.addr(), beta.addr(), down);
         let proxy = start_engine(&yaml).await?;
         let addr = listener_addr(&proxy, "brpc-in")?;
         Ok(Self {
@@ -152,6 +155,7 @@ impl Setup {
             beta,
             proxy,
             addr,
+            _down: refusing,
         })
     }
 
@@ -490,7 +494,7 @@ async fn hundred_concurrent_callers_share_upstream_connections() -> TestResult {
 async fn method_probes_keep_a_live_server_and_drop_a_dead_one() -> TestResult {
     bounded(async {
         let server = BrpcServer::start("probed").await?;
-        let dead = free_addr()?;
+        let (_down, dead) = refusing_addr()?;
         let (proxy, _) = one_cluster_proxy(&format!(
             "endpoints: [ {{ address: \"{}\" }}, {{ address: \"{dead}\" }} ], {ECHO_PROBES}",
             server.addr()
@@ -519,7 +523,8 @@ async fn only_the_routes_own_timeout_counts_against_the_endpoint() -> TestResult
     bounded(async {
         let alpha = BrpcServer::start("alpha").await?;
         let beta = BrpcServer::start("beta").await?;
-        let yaml = config(alpha.addr(), beta.addr(), free_addr()?).replacen(
+        let (_down, down) = refusing_addr()?;
+        let yaml = config(alpha.addr(), beta.addr(), down).replacen(
             "  - name: alpha\n    connect_timeout: 1s\n",
             "  - name: alpha\n    connect_timeout: 1s\n    outlier_detection: { consecutive_errors: 2, interval: 100ms, base_ejection_time: 30s, max_ejection_percent: 100 }\n",
             1,

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 use metaprotocol_examples::dubbo_demo::{DemoProvider, DubboClient};
 use support::proxy::start_engine;
-use support::{TestResult, free_addr};
+use support::{TestResult, refusing_addr};
 
 const DASHBOARD: &str = include_str!("../dashboards/metaprotocol-grafana.json");
 
@@ -66,6 +66,7 @@ fn exported(text: &str) -> BTreeSet<String> {
 async fn the_dashboard_reads_only_exported_series() -> TestResult {
     let dashboard: serde_json::Value = serde_json::from_str(DASHBOARD)?;
     let provider = DemoProvider::start("p").await?;
+    let (_no_collector, collector) = refusing_addr()?;
     let yaml = format!(
         r#"
 admin: {{ address: 127.0.0.1:0 }}
@@ -86,7 +87,7 @@ route_configs:
 clusters:
   - {{ name: provider, endpoints: [ {{ address: "{}" }} ] }}
 "#,
-        free_addr()?,
+        collector,
         provider.address()
     );
     let proxy = start_engine(&yaml).await?;

@@ -24,7 +24,7 @@ use harness::{
 };
 use support::process::{Scratch, wait_until};
 use support::proxy::{BinaryProxy, InProcessProxy};
-use support::{TestResult, free_addr};
+use support::{TestResult, free_addr, refusing_addr};
 
 /// The listener every proxy config of these tests names.
 const LISTENER: &str = "dubbo-in";
@@ -70,10 +70,11 @@ clusters:
     )
 }
 
-/// A proxy whose only upstream is a closed port: whatever answers a client is the proxy itself.
-fn proxy_before_a_closed_port() -> TestResult<InProcessProxy> {
-    let closed = free_addr()?;
-    InProcessProxy::start(&format!(
+/// A proxy whose only upstream is a closed port (for as long as the returned socket lives):
+/// whatever answers a client is the proxy itself.
+fn proxy_before_a_closed_port() -> TestResult<(InProcessProxy, tokio::net::TcpSocket)> {
+    let (closing, closed) = refusing_addr()?;
+    let proxy = InProcessProxy::start(&format!(
         r#"
 listeners:
   - {{ name: dubbo-in, address: 127.0.0.1:0, protocol: dubbo, route_config: nowhere }}
@@ -86,7 +87,8 @@ clusters:
     connect_timeout: 200ms
     endpoints: [ {{ address: "{closed}" }} ]
 "#
-    ))
+    ))?;
+    Ok((proxy, closing))
 }
 
 /// Both providers with the in-process engine in front of them, or `None` when the test is
@@ -443,7 +445,7 @@ fn two_way_idle_heartbeat_is_answered_by_the_proxy() -> TestResult {
         return Ok(());
     }
     let scratch = Scratch::new("dubbo-heartbeat-2way")?;
-    let proxy = proxy_before_a_closed_port()?;
+    let (proxy, _closing) = proxy_before_a_closed_port()?;
     let addr = proxy.addr(LISTENER)?.to_string();
     let run = Run {
         extra: vec!["--heartbeat-idle-secs", "1"],
@@ -470,7 +472,7 @@ fn one_way_heartbeat_is_answered_by_the_proxy() -> TestResult {
         return Ok(());
     }
     let scratch = Scratch::new("dubbo-heartbeat-1way")?;
-    let proxy = proxy_before_a_closed_port()?;
+    let (proxy, _closing) = proxy_before_a_closed_port()?;
     let addr = proxy.addr(LISTENER)?.to_string();
     let run = Run {
         count: 0,

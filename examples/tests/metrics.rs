@@ -22,7 +22,7 @@ use metaprotocol_examples::dubbo_demo::{
 use metaprotocol_router::{Config, ExpositionFormat, FilterRegistry, Metrics, Proxy};
 use support::metrics::{promtool_problems, sample};
 use support::proxy::start_engine;
-use support::{TestResult, dubbo_request, free_addr};
+use support::{TestResult, dubbo_request, refusing_addr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -109,12 +109,15 @@ struct World {
     admin: SocketAddr,
     /// The config it started with.
     yaml: String,
+    /// Holds the `closed` cluster's endpoint refusing connections.
+    _closed: tokio::net::TcpSocket,
 }
 
 impl World {
     async fn start(istio: bool) -> TestResult<Self> {
         let provider = DemoProvider::start_with_delay("p1", Duration::from_secs(2)).await?;
-        let yaml = config(provider.address(), free_addr()?, istio);
+        let (closing, closed) = refusing_addr()?;
+        let yaml = config(provider.address(), closed, istio);
         let mut filters = FilterRegistry::with_builtins();
         filters.register("replier", |_, _| Ok(Arc::new(Replier) as Arc<dyn L7Filter>));
         let proxy = Proxy::builder(Config::from_yaml(&yaml)?)
@@ -131,6 +134,7 @@ impl World {
             listener,
             admin,
             yaml,
+            _closed: closing,
         })
     }
 

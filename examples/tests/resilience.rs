@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -165,11 +165,14 @@ async fn wait_for(what: &str, within: Duration, ready: impl Fn() -> bool) -> Tes
 }
 
 /// Starts a provider on a loopback port below the range the kernel hands out for port 0
-/// (32768 up, by default): once it is killed, no provider that another test starts meanwhile
-/// can be given its port, and answer its health checks and calls in its place.
+/// (32768 up, by default), one this process never used before: once it is killed, no provider
+/// that another test starts meanwhile can be given its port, and answer its health checks and
+/// calls in its place (the tests of this file run at once, in one process).
 async fn start_outside_ephemeral_ports(name: &str) -> TestResult<DemoProvider> {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
     let first = 20_000 + u16::try_from(std::process::id() % 5_000)?;
-    for port in (first..).take(2_000) {
+    for _ in 0..2_000 {
+        let port = first + NEXT.fetch_add(1, Ordering::Relaxed);
         let address = SocketAddr::from(([127, 0, 0, 1], port));
         if let Ok(provider) = DemoProvider::start_at(name, address, Duration::from_secs(5)).await {
             return Ok(provider);
@@ -600,9 +603,10 @@ async fn first_tier_serves_and_fails_over(
     cluster: &str,
     tiers: [&str; 2],
 ) -> TestResult {
+    // Killed below: their ports must stay dead.
     let near = [
-        DemoProvider::start("near-1").await?,
-        DemoProvider::start("near-2").await?,
+        start_outside_ephemeral_ports("near-1").await?,
+        start_outside_ephemeral_ports("near-2").await?,
     ];
     let far = [
         DemoProvider::start("far-1").await?,
@@ -676,11 +680,11 @@ async fn calls_that_meet_dead_endpoints_go_to_a_live_one() -> TestResult {
     const CALLS: usize = 24;
     let live = DemoProvider::start("live").await?;
     let mut cluster = "    endpoints:\n".to_owned();
+    let mut dead = Vec::new();
     for _ in 0..3 {
-        cluster.push_str(&format!(
-            "      - {{ address: \"{}\" }}\n",
-            support::free_addr()?
-        ));
+        let (down, address) = support::refusing_addr()?;
+        cluster.push_str(&format!("      - {{ address: \"{address}\" }}\n"));
+        dead.push(down);
     }
     cluster.push_str(&format!("      - {{ address: \"{}\" }}\n", live.address()));
     let (proxy, address) = start(&config("", &cluster)).await?;
@@ -798,11 +802,8 @@ async fn a_replacement_whose_connect_failed_is_tried_again() -> TestResult {
     let provider = DemoProvider::start("p").await?;
     let target = provider.address();
     // A forwarder in front of the provider that takes one connection, then refuses connects
-    // until it listens on the same port again.
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.set_reuseaddr(true)?;
-    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-    let listener = socket.listen(16)?;
+    // until it listens on the same port again (held meanwhile).
+    let (listener, _held) = support::listener_holding_its_port()?;
     let front = listener.local_addr()?;
     let forward = move |mut inbound: tokio::net::TcpStream| {
         tokio::spawn(async move {
@@ -831,10 +832,7 @@ async fn a_replacement_whose_connect_failed_is_tried_again() -> TestResult {
         assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, 20);
     }
     assert_eq!(provider.connections(), 1);
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.set_reuseaddr(true)?;
-    socket.bind(front)?;
-    let listener = socket.listen(16)?;
+    let listener = support::listen_again(front)?;
     let again = tokio::spawn(async move {
         while let Ok((inbound, _)) = listener.accept().await {
             forward(inbound);
@@ -1509,10 +1507,11 @@ async fn probes_that_time_out_do_not_stretch_the_round() -> TestResult {
 async fn calls_share_an_open_connection_while_the_endpoint_backs_off() -> TestResult {
     let provider = DemoProvider::start("p").await?;
     let target = provider.address();
-    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let (relay, _held) = support::listener_holding_its_port()?;
     let relay_address = relay.local_addr()?;
     let server = tokio::spawn(async move {
-        // One connection, then the listener closes: later connects are refused.
+        // One connection, then the listener closes: later connects are refused (the port
+        // held).
         if let Ok((mut socket, _)) = relay.accept().await {
             drop(relay);
             if let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await {

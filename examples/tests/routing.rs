@@ -16,7 +16,7 @@ use std::time::Duration;
 use metaprotocol_examples::dubbo_demo::{DemoProvider, DubboClient, Reply};
 use metaprotocol_router::Proxy;
 use support::proxy::{listener_addr, start_engine};
-use support::{TestResult, free_addr};
+use support::{TestResult, refusing_addr};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
@@ -87,7 +87,7 @@ async fn a_slow_or_dead_mirror_gets_its_share_and_leaves_the_primary_alone() -> 
     const CALLS: usize = 5_000;
     let primary = DemoProvider::start("primary").await?;
     let shadow = DemoProvider::start_slow("shadow", Duration::from_secs(1)).await?;
-    let dead = free_addr()?;
+    let (_down, dead) = refusing_addr()?;
     let yaml = format!(
         "listeners:
   - {{ name: plain, address: 127.0.0.1:0, protocol: dubbo, route_config: plain }}
@@ -244,7 +244,7 @@ async fn dying_peer() -> TestResult<(SocketAddr, Arc<AtomicUsize>)> {
 async fn retries_go_elsewhere_and_never_run_a_received_request_twice_unless_idempotent()
 -> TestResult {
     let good = DemoProvider::start("good").await?;
-    let refused = free_addr()?;
+    let (_down, refused) = refusing_addr()?;
     let (dying, received) = dying_peer().await?;
     let yaml = format!(
         "listeners:
@@ -334,9 +334,13 @@ clusters:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_retry_budget_stops_a_retry_storm() -> TestResult {
     const CALLS: u64 = 300;
-    let endpoints: Vec<String> = (0..3)
-        .map(|_| Ok(format!("{{ address: {} }}", free_addr()?)))
-        .collect::<TestResult<_>>()?;
+    let down = (0..3)
+        .map(|_| refusing_addr())
+        .collect::<TestResult<Vec<_>>>()?;
+    let endpoints: Vec<String> = down
+        .iter()
+        .map(|(_, address)| format!("{{ address: {address} }}"))
+        .collect();
     let endpoints = endpoints.join(", ");
     let yaml = format!(
         "listeners:

@@ -79,8 +79,9 @@ fn random_below(bound: u16) -> u16 {
     u16::try_from(random % u64::from(bound)).unwrap_or(0)
 }
 
-/// An address on 127.0.0.1 nothing listened on a moment ago: for a listener to bind, or an
-/// upstream that refuses connections.
+/// An address on 127.0.0.1 nothing listened on a moment ago, for a listener (or a child
+/// process) to bind. Not for an upstream that must refuse connections: the port may come alive
+/// meanwhile; [`refusing_addr`] holds one that stays refusing.
 pub fn free_addr() -> TestResult<SocketAddr> {
     Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?)))
 }
@@ -94,6 +95,38 @@ pub fn refusing_addr() -> TestResult<(tokio::net::TcpSocket, SocketAddr)> {
     socket.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
     let address = socket.local_addr()?;
     Ok((socket, address))
+}
+
+/// A listener on 127.0.0.1, and a socket bound to its port (not listening) that holds the port
+/// for as long as it lives: once the listener is dropped, connects to the port are refused,
+/// where a port merely freed could come alive (another test's listener may take it, and a
+/// connect to it may be given it as its own local port: a TCP self-connect, which succeeds);
+/// [`listen_again`] listens on it anew.
+pub fn listener_holding_its_port() -> TestResult<(tokio::net::TcpListener, tokio::net::TcpSocket)> {
+    let socket = port_sharing_socket()?;
+    socket.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
+    let address = socket.local_addr()?;
+    let listener = socket.listen(1024)?;
+    let holder = port_sharing_socket()?;
+    holder.bind(address)?;
+    Ok((listener, holder))
+}
+
+/// Listens again at `address`, the port of a [`listener_holding_its_port`] whose listener was
+/// dropped (its holder still bound).
+pub fn listen_again(address: SocketAddr) -> TestResult<tokio::net::TcpListener> {
+    let socket = port_sharing_socket()?;
+    socket.bind(address)?;
+    Ok(socket.listen(1024)?)
+}
+
+/// A socket that can share its port with the others made so (`SO_REUSEPORT`, same user), and
+/// bind it while connections closed on it linger (`SO_REUSEADDR`); no other socket can.
+fn port_sharing_socket() -> TestResult<tokio::net::TcpSocket> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    Ok(socket)
 }
 
 /// A two-way Dubbo call of the demo service's `method` (with the argument `world`), request id
