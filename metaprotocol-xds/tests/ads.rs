@@ -688,9 +688,14 @@ async fn a_health_check_from_the_control_plane_takes_a_dead_endpoint_out() -> Te
         nanos: ms * 1_000_000,
     };
     let once = Some(envoy_types::pb::google::protobuf::UInt32Value { value: 1 });
+    // A timeout no check of the live endpoint reaches on a loaded machine: one failure takes it
+    // out.
     let check = |checker| HealthCheck {
         interval: Some(millis(100)),
-        timeout: Some(millis(500)),
+        timeout: Some(envoy_types::pb::google::protobuf::Duration {
+            seconds: 5,
+            nanos: 0,
+        }),
         unhealthy_threshold: once,
         healthy_threshold: once,
         health_checker: Some(checker),
@@ -713,16 +718,26 @@ async fn a_health_check_from_the_control_plane_takes_a_dead_endpoint_out() -> Te
 
     cluster.health_checks = vec![check(HealthChecker::TcpHealthCheck(Default::default()))];
     cds(&server, "c2", &[cluster]);
+    // Whether the endpoint at `address` fails its checks, once it had its first (until then
+    // every endpoint counts as failing).
     let failing = |address| {
-        proxy.clusters().iter().any(|c| {
-            c.name == name
-                && c.endpoints
-                    .iter()
-                    .any(|e| e.address == address && e.failing_active_checks)
-        })
+        proxy
+            .clusters()
+            .into_iter()
+            .filter(|c| c.name == name)
+            .flat_map(|c| c.endpoints)
+            .find(|e| e.address == address && !e.awaiting_first_check)
+            .map(|e| e.failing_active_checks)
     };
-    eventually("the dead endpoint fails its checks", || failing(dead)).await?;
-    assert!(!failing(provider.address()), "the live endpoint passes");
+    eventually("the dead endpoint fails its checks", || {
+        failing(dead) == Some(true)
+    })
+    .await?;
+    eventually("the live endpoint passes its checks", || {
+        failing(provider.address()) == Some(false)
+    })
+    .await?;
+    assert_eq!(failing(dead), Some(true), "the dead endpoint stays out");
     let address = proxy.listener_addr("dubbo-in").ok_or("not bound")?;
     let client = DubboClient::new(address);
     for _ in 0..20 {
