@@ -138,6 +138,18 @@ clusters: [ {{ name: c, connections_per_endpoint: 1, endpoints: [ {{ address: {u
             .unwrap_or(0)
     }
 
+    /// Waits (up to 20 s) until the counter `series` is `value`.
+    async fn until_metric(&self, series: &str, value: u64) -> TestResult {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.metric(series) != value {
+            if Instant::now() > deadline {
+                return Err(format!("{series} is {}, not {value}", self.metric(series)).into());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
     /// Waits until nothing is in flight on either side.
     async fn settled(&self) -> TestResult {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -217,7 +229,13 @@ async fn unknown_duplicate_and_late_answers_are_counted_and_dropped() -> TestRes
     );
     assert_eq!(world.status("twice").await?, 20, "the first of two answers");
     assert_eq!(world.status("late").await?, 31, "too late: timeout");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The late answer arrives on the connection before the next call.
+    world
+        .until_metric(
+            "metaprotocol_upstream_unmatched_responses_total{cluster=\"c\"}",
+            3,
+        )
+        .await?;
     assert_eq!(
         world.status("answer").await?,
         20,

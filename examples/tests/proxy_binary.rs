@@ -41,6 +41,19 @@ async fn served_by(client: &DubboClient) -> TestResult<Option<String>> {
     Ok(reply.attachment("provider").map(str::to_owned))
 }
 
+/// Waits (up to 20 s) until `provider` has received `count` requests: a call is in flight
+/// through the proxy, not merely on its way to it.
+async fn until_received(provider: &DemoProvider, count: usize) -> TestResult {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while provider.seen().len() < count {
+        if Instant::now() > deadline {
+            return Err(format!("the provider did not receive {count} requests").into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
 /// Lines of the configs `validate` is tried on: one listener, one route to cluster `c`, and `c`.
 const LISTENER: &str =
     "listeners: [ { name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r } ]\n";
@@ -195,7 +208,7 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
         let client = client.clone();
         tokio::spawn(async move { client.call("sayHelloSlowly", "a", &[]).await })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_received(&provider, 1).await?;
     signal(proxy.pid(), "TERM")?;
     // The first drains: the proxy waits for the call.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -241,7 +254,7 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
         let client = client.clone();
         tokio::spawn(async move { client.call("sayHelloSlowly", "a", &[]).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_received(&provider, 2).await?;
     signal(proxy.pid(), "TERM")?;
     let reply = slow.await??;
     assert_eq!(
@@ -399,9 +412,24 @@ clusters:
         "  - name: c\n",
         "  - name: c\n    health_check: { probe: { method: ping } }\n",
     );
-    for bad in [misspelt.into_bytes(), not_text, unbuildable.into_bytes()] {
+    // Each is rejected (counted) before the next replaces it, whatever the machine's load.
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], admin_port));
+    for (rejected, bad) in (1..).zip([misspelt.into_bytes(), not_text, unbuildable.into_bytes()]) {
         replace_config(path, bad)?;
-        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let counted =
+            format!("metaprotocol_config_reloads_total{{outcome=\"rejected\"}} {rejected}\n");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !support::admin::http(admin, "GET", "/metrics", "")
+            .await?
+            .1
+            .contains(&counted)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "bad file {rejected} was not rejected"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         assert_eq!(served_by(&client).await?.as_deref(), Some("v2"));
     }
     let logs = proxy.stderr_tail();
@@ -411,13 +439,7 @@ clusters:
         ),
         "{logs}"
     );
-    let mut admin = tokio::net::TcpStream::connect(("127.0.0.1", admin_port)).await?;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    admin
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut metrics = String::new();
-    admin.read_to_string(&mut metrics).await?;
+    let (_, metrics) = support::admin::http(admin, "GET", "/metrics", "").await?;
     assert!(
         metrics.contains("metaprotocol_config_reloads_total{outcome=\"applied\"} 1"),
         "{metrics}"
@@ -689,6 +711,13 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
     let clients = (0..10)
         .map(|_| std::net::TcpStream::connect(address))
         .collect::<Result<Vec<_>, _>>()?;
+    // The first failed accept is logged; a second of failing accepts after it, none more.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !proxy.stderr_tail().contains("accept failed") {
+        proxy.check_running()?;
+        assert!(Instant::now() < deadline, "no failed accept logged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     proxy.check_running()?;
     let logs = proxy.stderr_tail();

@@ -1204,21 +1204,22 @@ async fn a_retry_due_after_the_deadline_is_not_started() -> TestResult {
     .await?;
     let client = DubboClient::new(address);
     let call = tokio::spawn(async move { client.call(HANG_UP_METHOD, "a", &[]).await });
+    let sample = |name: &str, labels: &[(&str, &str)]| {
+        support::metrics::sample(&proxy.metrics().render(), name, labels)
+    };
+    let retries = || sample("metaprotocol_upstream_rq_retry_total", &[("cluster", "c")]);
     // The first attempt is reset at once; its retry waits half a second or more.
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    wait_for(
+        "the reset attempt to be retried",
+        Duration::from_secs(20),
+        || retries() >= 1.0,
+    )
+    .await?;
     // The test shares its thread with the proxy: blocked, the proxy takes no turn until both
     // the retry's pause and the deadline have passed.
     std::thread::sleep(Duration::from_secs(2));
     let reply = tokio::time::timeout(Duration::from_secs(5), call).await???;
-    let sample = |name: &str, labels: &[(&str, &str)]| {
-        support::metrics::sample(&proxy.metrics().render(), name, labels)
-    };
-    assert_eq!(
-        sample("metaprotocol_upstream_rq_retry_total", &[("cluster", "c")]),
-        1.0,
-        "the reset attempt was to be retried: {}",
-        reply.dubbo_status
-    );
+    assert_eq!(retries(), 1.0, "one retry: {}", reply.dubbo_status);
     assert_eq!(reply.dubbo_status, 31, "the timeout error");
     assert_eq!(
         sample(
