@@ -179,7 +179,7 @@ async fn one_way_reaches_the_server_and_gets_no_answer() -> TestResult {
     world
         .client
         .send_oneway("notify", "a", &[("x-one", "way")])?;
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(20);
     while world.provider("v1-user").seen().is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -2203,7 +2203,7 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {stuck_address} }} ] }} ]
         "a timeout reply and a heartbeat answer"
     );
     drop(socket);
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let metrics = proxy.metrics().render();
         if metrics.contains("metaprotocol_downstream_rq_active{listener=\"in\"} 0")
@@ -2526,7 +2526,7 @@ async fn frames_partly_received_count_against_max_buffered_bytes() -> TestResult
         (CLIENTS - answered) as f64,
         "every client without an answer was closed, and counted"
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(20);
     while support::proxy::metric(&proxy, "metaprotocol_read_buffered_bytes") != 0.0 {
         assert!(Instant::now() < deadline, "read bytes still counted");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -2581,13 +2581,13 @@ async fn a_call_read_with_the_end_of_a_large_one_is_not_refused_by_its_bytes_cou
     Ok(())
 }
 
-/// Waits until `done` holds, looking every 10 ms, for 10 s at most (`what` says what it waits
+/// Waits until `done` holds, looking every 10 ms, for 20 s at most (`what` says what it waits
 /// for).
 async fn until(what: &str, done: impl Fn() -> bool) -> TestResult {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(20);
     while !done() {
         if Instant::now() > deadline {
-            return Err(format!("not {what} in 10 s").into());
+            return Err(format!("not {what} in 20 s").into());
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

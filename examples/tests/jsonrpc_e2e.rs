@@ -852,7 +852,7 @@ clusters:
         .write_all(format!("{batch}\n").as_bytes())?;
     let buffered =
         || support::metrics::sample(&proxy.metrics(), "metaprotocol_buffered_bytes", &[]) as u64;
-    let until = std::time::Instant::now() + Duration::from_secs(3);
+    let until = std::time::Instant::now() + Duration::from_secs(20);
     let mut seen = buffered();
     while seen < HELD as u64 && std::time::Instant::now() < until {
         std::thread::sleep(Duration::from_millis(20));
