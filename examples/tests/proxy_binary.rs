@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use metaprotocol_examples::dubbo_demo::{DemoProvider, DubboClient};
-use support::process::Scratch;
+use support::process::{ChildGuard, Scratch};
 use support::proxy::BinaryProxy;
 use support::{TestResult, free_addr, free_port};
 use tokio::task::block_in_place;
@@ -878,6 +878,37 @@ fn run_warns_of_a_config_that_serves_nothing() -> TestResult {
     assert!(warned.is_ok(), "{}", proxy.stderr_tail());
     signal(proxy.pid(), "TERM")?;
     assert!(proxy.wait(Duration::from_secs(10))?.success());
+    Ok(())
+}
+
+/// A SIGTERM as soon as `run` has read its config (here, warned that it serves nothing) is
+/// handled: the proxy drains and exits 0. The handlers were installed only once the proxy
+/// served, and a signal before that (an orchestrator's stop as the pod starts, logrotate's
+/// SIGHUP) killed the process outright.
+#[test]
+fn a_signal_while_run_starts_is_handled() -> TestResult {
+    let scratch = Scratch::new("proxy-binary-early-signal")?;
+    let config = scratch.path("proxy.yaml");
+    std::fs::write(
+        &config,
+        format!("admin: {{ address: 127.0.0.1:0 }}\n{CLUSTER}"),
+    )?;
+    let mut command = Command::new(BINARY);
+    command.arg("run").arg("--config").arg(&config);
+    let mut proxy = ChildGuard::spawn(command, "metaprotocol-proxy", &scratch)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !proxy.stderr_tail().contains("warning: no listeners") {
+        proxy.check_running()?;
+        assert!(
+            Instant::now() < deadline,
+            "no warning: {}",
+            proxy.stderr_tail()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    signal(proxy.pid(), "TERM")?;
+    let status = proxy.wait(Duration::from_secs(20))?;
+    assert!(status.success(), "{status}: {}", proxy.stderr_tail());
     Ok(())
 }
 

@@ -243,6 +243,10 @@ async fn run(
     parking: Parking,
     log_control: Arc<ReloadableFilter>,
 ) -> ExitCode {
+    // Listened for before anything starts: a signal that comes while the proxy starts (a stop
+    // as its pod starts, logrotate's SIGHUP) waits for the loop below, where the default
+    // handling of each would end the process at once, undrained.
+    let (mut stop, mut hangup) = (StopSignals::listen(), HangupSignal::listen());
     // The text is kept to place errors found while building (a filter's config, say) in it.
     let text = match Config::read_file_within(&path).await {
         Ok(text) => text,
@@ -301,15 +305,15 @@ async fn run(
         eprintln!("listener {name} on {address}");
     }
     tokio::select! {
-        _ = wait_for_signal() => {}
+        () = stop.next() => {}
         _ = proxy.watch_file(&path, CONFIG_POLL) => {}
-        _ = reopen_logs_on_hangup(&proxy) => {}
+        () = reopen_logs_on_hangup(&proxy, &mut hangup) => {}
     }
     eprintln!("draining (a second SIGINT or SIGTERM stops at once)");
     tokio::select! {
         () = proxy.shutdown() => return ExitCode::SUCCESS,
-        () = wait_for_signal() => {}
-        () = reopen_logs_on_hangup(&proxy) => return ExitCode::SUCCESS,
+        () = stop.next() => {}
+        () = reopen_logs_on_hangup(&proxy, &mut hangup) => return ExitCode::SUCCESS,
     }
     // The operator will not wait for the drain (a second Ctrl-C): the calls still open are
     // answered with the protocol's "unavailable" error, as at the drain deadline, rather than
@@ -317,7 +321,7 @@ async fn run(
     eprintln!("second signal: answering the calls still open and stopping (a third stops now)");
     tokio::select! {
         () = proxy.shutdown_now() => {}
-        () = wait_for_signal() => {}
+        () = stop.next() => {}
     }
     ExitCode::FAILURE
 }
@@ -325,32 +329,69 @@ async fn run(
 /// How often `run` looks at its config file.
 const CONFIG_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT, listened for from [`StopSignals::listen`] on: one sent before
+/// [`StopSignals::next`] is awaited is not lost.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl StopSignals {
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let streams = signal(SignalKind::terminate())
+                .and_then(|terminate| Ok((terminate, signal(SignalKind::interrupt())?)))
+                .ok();
+            Self { streams }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// Waits for the next SIGTERM or SIGINT (Ctrl-C where there are no such signals).
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some((terminate, interrupt)) = &mut self.streams {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
             }
             return;
         }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// SIGHUP, listened for from [`HangupSignal::listen`] on.
+struct HangupSignal {
+    #[cfg(unix)]
+    stream: Option<tokio::signal::unix::Signal>,
+}
+
+impl HangupSignal {
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                stream: signal(SignalKind::hangup()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
 }
 
 /// Reopens the access log files on every SIGHUP (logrotate's `postrotate`); never returns
 /// where there is no SIGHUP.
-async fn reopen_logs_on_hangup(proxy: &Proxy) {
+async fn reopen_logs_on_hangup(proxy: &Proxy, hangup: &mut HangupSignal) {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut hangup) = signal(SignalKind::hangup()) {
-            while hangup.recv().await.is_some() {
-                tracing::info!("SIGHUP: reopening the access logs");
-                proxy.reopen_access_logs();
-            }
+    if let Some(stream) = &mut hangup.stream {
+        while stream.recv().await.is_some() {
+            tracing::info!("SIGHUP: reopening the access logs");
+            proxy.reopen_access_logs();
         }
     }
     std::future::pending::<()>().await;
