@@ -454,7 +454,7 @@ async fn read_answers(
     let mut buf = bytes::BytesMut::new();
     let mut answers = Vec::new();
     while (answers.len() as u64) < count {
-        let read = tokio::time::timeout(Duration::from_secs(5), client.read_buf(&mut buf));
+        let read = tokio::time::timeout(Duration::from_secs(20), client.read_buf(&mut buf));
         if read.await?? == 0 {
             return Err(format!("closed after {} answers", answers.len()).into());
         }
@@ -2613,15 +2613,16 @@ async fn a_large_call_waits_for_room_asleep_and_goes_on_once_bytes_are_given_bac
     });
     let proxy = start_engine(&format!(
         "limits: {{ max_buffered_bytes: 4194304 }}
-listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r, frame_timeout: 10s }} ]
-route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }}, timeout: 3s }} ] }} ]
+listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r, frame_timeout: 20s }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }}, timeout: 6s }} ] }} ]
 clusters: [ {{ name: c, endpoints: [ {{ address: {silent_address} }} ] }} ]
 "
     ))
     .await?;
     let address = proxy.listener_addr("in").ok_or("no listener")?;
     let metric = |series: &str| support::proxy::metric(&proxy, series);
-    // Four calls of 1 MiB in flight fill the bound until their deadline.
+    // Four calls of 1 MiB in flight fill the bound until their deadline: 6 s, long enough for
+    // what follows to look at them in flight on a loaded machine (3 s was not).
     let mut holder = TcpStream::connect(address).await?;
     holder.write_all(&calls_of_a_mebibyte(4)).await?;
     until("4 MiB in flight", || {
@@ -2660,7 +2661,7 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {silent_address} }} ] }} ]
     // The calls in flight end at their deadline; the large call is read whole and goes.
     let answers = read_answers(&mut holder, 4).await?;
     assert_eq!(answers.len(), 4);
-    tokio::time::timeout(Duration::from_secs(5), writer).await???;
+    tokio::time::timeout(Duration::from_secs(20), writer).await???;
     let answer = read_answers(&mut client_read, 1).await?;
     assert_eq!(answer.len(), 1, "the large call got no answer");
     assert_eq!(
