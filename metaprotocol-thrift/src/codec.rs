@@ -38,10 +38,10 @@ impl ThriftCodec {
         Self::for_side(Side::Downstream, expected, max_frame_bytes)
     }
 
-    /// [`ThriftCodec::new`] for `side`: a downstream codec decodes a THeader call whose
-    /// message a transform hides (snappy ...; zlib is undone) as one to refuse with an `INVALID_TRANSFORM`
-    /// exception; an upstream one cannot tell which call such an answer is for, and refuses
-    /// the stream.
+    /// [`ThriftCodec::new`] for `side`: a downstream codec decodes a THeader call whose zlib
+    /// data is corrupt or inflates past the cap as one to refuse with a `PROTOCOL_ERROR`
+    /// (once its message header inflated); an upstream one cannot forward such an answer,
+    /// and refuses it.
     pub fn for_side(side: Side, expected: FormatChoice, max_frame_bytes: usize) -> Self {
         let max_frame_bytes = max_frame_bytes.min(i32::MAX as usize);
         Self {

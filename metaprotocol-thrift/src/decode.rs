@@ -178,17 +178,11 @@ impl Decoder {
             Transport::Framed => framed(frame),
             // The head kept of a zlib call is its first bytes inflated, without the transform.
             Transport::Header => {
-                theader::read(&frame).and_then(|block| header_frame(frame, block, self.side))
+                theader::parse(&frame).and_then(|block| header_frame(frame, block))
             }
         };
         Some(found.map(|found| Found {
-            // A call whose message cannot be read (a THeader transform, or a protocol not
-            // spoken here) is answered as a smaller one is: a PROTOCOL_ERROR would have to
-            // name its method, which no one can read.
-            reject_reason: match found.reject_reason {
-                Some(reason @ (TRANSFORMED | UNKNOWN_PROTOCOL)) => Some(reason),
-                _ => Some(PASSED_OVER),
-            },
+            reject_reason: Some(PASSED_OVER),
             ..found
         }))
     }
@@ -229,7 +223,7 @@ impl Decoder {
         match length_prefixed_size(src, self.max_frame_bytes) {
             Err(CodecError::FrameTooLarge { .. })
                 if matches!(
-                    length_prefixed_head(src, transport, None, self.side, &self.zlib_head),
+                    length_prefixed_head(src, transport, None, &self.zlib_head),
                     Err(ReadError::Incomplete)
                 ) =>
             {
@@ -256,9 +250,9 @@ impl Decoder {
             return Ok(None);
         };
         let whole = src.get(..total).unwrap_or_default();
-        let block = theader::read(whole)?;
-        if !block.zlib || block.unreadable.is_some() {
-            return header_frame(src.split_to(total).freeze(), block, self.side).map(Some);
+        let block = theader::parse(whole)?;
+        if !block.zlib {
+            return header_frame(src.split_to(total).freeze(), block).map(Some);
         }
         let inflated = zlib::inflate(whole, &block, self.max_frame_bytes);
         // An answer cut short cannot be forwarded; one too large is left for the engine to
@@ -350,10 +344,6 @@ fn finish(
 pub(crate) const PASSED_OVER: &str =
     "the call is larger than the listener's max_frame_bytes: passed over unread";
 
-/// The `reject_reason` of a THeader call whose message is hidden by a transform this codec
-/// cannot undo (any but zlib alone); its local reply is an `INVALID_TRANSFORM` exception.
-pub(crate) const TRANSFORMED: &str = "THeader transforms other than zlib (hmac, snappy, qlz ...) are not supported: send the call without one, or with zlib alone";
-
 /// The `reject_reason` of a THeader call whose zlib-compressed message inflates past the
 /// listener's `max_frame_bytes` (a zlib bomb): inflation stops there, and its local reply is a
 /// `PROTOCOL_ERROR`.
@@ -367,10 +357,6 @@ pub(crate) const ZLIB_CORRUPT: &str = "the THeader call's zlib data is corrupt o
 /// The error of a THeader frame whose zlib data is corrupt, cut short or too long before its
 /// message header is whole.
 const ZLIB_UNNAMED: &str = "a THeader frame's zlib data is corrupt, cut short or inflates past max_frame_bytes before its message header";
-
-/// The `reject_reason` of a THeader call in a protocol this codec does not speak (JSON, or an
-/// id THeader does not define); its local reply is an `INVALID_PROTOCOL` exception in binary.
-pub(crate) const UNKNOWN_PROTOCOL: &str = "THeader protocols other than binary (0) and compact (2) are not supported: send the call in one of them";
 
 /// The `reject_reason` of a THeader call whose header block is longer than Apache Thrift's
 /// readers take ([`theader::MAX_BLOCK_WORDS`]); its local reply is a `PROTOCOL_ERROR`.
@@ -390,20 +376,9 @@ fn framed(frame: Bytes) -> Result<Found, CodecError> {
 
 /// Reads one whole THeader `frame` (length prefix included) that `block` describes, whose
 /// message is not compressed, checking a call's arguments and header block.
-fn header_frame(
-    frame: Bytes,
-    block: theader::HeaderBlock,
-    side: Side,
-) -> Result<Found, CodecError> {
-    match block.unreadable {
-        // The frame is whole, so its client can be told and its connection kept, as Apache
-        // Thrift's servers do; an answer that cannot be read names no call it could fail.
-        Some(unreadable) if side == Side::Downstream => {
-            return Ok(Found::unreadable(frame, block, unreadable));
-        }
-        Some(unreadable) => return Err(unreadable.error()),
-        None if block.zlib => return Err(CodecError::malformed("a zlib frame not inflated")),
-        None => {}
+fn header_frame(frame: Bytes, block: theader::HeaderBlock) -> Result<Found, CodecError> {
+    if block.zlib {
+        return Err(CodecError::malformed("a zlib frame not inflated"));
     }
     let mut cursor = Cursor::in_frame(&frame, block.payload_start);
     let header = protocol::read_message_header(block.protocol, &mut cursor)
@@ -426,7 +401,7 @@ fn header_frame(
 /// inflate, and as a zlib call over the cap whose first bytes do not name it.
 fn inflated_call_or_answer(inflated: zlib::Inflated) -> Result<Found, CodecError> {
     let frame = Bytes::from(inflated.frame);
-    let block = theader::read(&frame)?;
+    let block = theader::parse(&frame)?;
     let mut cursor = Cursor::in_frame(&frame, block.payload_start);
     let header = match (
         protocol::read_message_header(block.protocol, &mut cursor),
@@ -515,15 +490,14 @@ fn length_prefixed_size(
 /// `REPLY` or `EXCEPTION` names its call and length, and a call is passed over by its length;
 /// an unframed message is passed over as its struct's walk finds its end. `Incomplete` until
 /// the header is in; `None` for a message of another `protocol` than the connection's, or
-/// whose header does not lie within its frame and [`MAX_FRAME_HEAD`]. A THeader call whose
-/// message cannot be read is passed over by its length on the `side` that reads calls.
+/// whose header does not lie within its frame and [`MAX_FRAME_HEAD`] (or, THeader, cannot be
+/// read).
 pub(crate) fn oversized_response(
     src: &[u8],
     transport: Transport,
     protocol: Option<Protocol>,
     decoder: &Decoder,
 ) -> Option<FrameHead> {
-    let side = decoder.side;
     let head = match transport {
         Transport::Unframed => pass::head(src).and_then(|(found, header)| {
             if protocol.is_some_and(|protocol| protocol != found) {
@@ -532,7 +506,7 @@ pub(crate) fn oversized_response(
             Ok((header, None))
         }),
         Transport::Framed | Transport::Header => {
-            length_prefixed_head(src, transport, protocol, side, &decoder.zlib_head)
+            length_prefixed_head(src, transport, protocol, &decoder.zlib_head)
                 .map(|head| (head.header, Some(head.len)))
         }
     };
@@ -563,17 +537,14 @@ pub(crate) struct LengthPrefixedHead {
 /// The protocol, message header and whole length of the `transport` frame (framed or
 /// THeader) at the front of `src`: [`ReadError::Incomplete`] until the header is in, an error
 /// for one of another `protocol` than the connection's, or whose header does not lie within
-/// the frame and [`MAX_FRAME_HEAD`]. Read by `side`, a THeader frame whose message cannot be
-/// read (a transform, or a protocol not spoken here) is a call of no name with the seqid of
-/// its THeader `seq` downstream, as a whole one is read, and an error upstream, where it
-/// would be an answer naming no call. A zlib message's header is read from its first bytes
-/// inflated ([`read_zlib_head`]). A THeader frame longer than Apache Thrift's readers take is an
-/// error.
+/// the frame and [`MAX_FRAME_HEAD`]. A THeader frame whose message cannot be read (a
+/// transform, or a protocol not spoken here) is an error, as a whole one is. A zlib message's
+/// header is read from its first bytes inflated ([`read_zlib_head`]). A THeader frame longer
+/// than Apache Thrift's readers take is an error.
 pub(crate) fn length_prefixed_head(
     src: &[u8],
     transport: Transport,
     protocol: Option<Protocol>,
-    side: Side,
     zlib_head: &ZlibHead,
 ) -> Result<LengthPrefixedHead, ReadError> {
     let Some(&[l0, l1, l2, l3]) = src.first_chunk::<4>() else {
@@ -586,8 +557,7 @@ pub(crate) fn length_prefixed_head(
     let frame = src.get(..end.min(src.len())).unwrap_or_default();
     let within = end.min(MAX_FRAME_HEAD);
     let beyond = ReadError::malformed("the message header is not within the frame's head");
-    // The THeader `seq` of a frame whose message cannot be read.
-    let (found, payload_start, unreadable_seq) = if transport == Transport::Header {
+    let (found, payload_start) = if transport == Transport::Header {
         theader::check_frame_len(prefix)?;
         let Some(&[_, _, _, _, m0, m1, .., w0, w1]) =
             frame.first_chunk::<{ theader::BLOCK_START }>()
@@ -608,25 +578,21 @@ pub(crate) fn length_prefixed_head(
         if payload_start > frame.len() {
             return Err(ReadError::Incomplete);
         }
-        let block = theader::read(frame)?;
-        match block.unreadable {
-            Some(unreadable) if side == Side::Upstream => return Err(unreadable.error().into()),
-            Some(_) => (block.protocol, block.payload_start, Some(block.seq)),
-            None if block.zlib => {
-                if protocol.is_some_and(|protocol| protocol != block.protocol) {
-                    return Err(ReadError::malformed("a frame in another protocol"));
-                }
-                let head = frame.get(..within).unwrap_or(frame);
-                let (header, inflated) = read_zlib_head(head, within, &block, zlib_head)?;
-                return Ok(LengthPrefixedHead {
-                    protocol: block.protocol,
-                    header,
-                    len,
-                    inflated: Some(inflated),
-                });
+        let block = theader::parse(frame)?;
+        if block.zlib {
+            if protocol.is_some_and(|protocol| protocol != block.protocol) {
+                return Err(ReadError::malformed("a frame in another protocol"));
             }
-            None => (block.protocol, block.payload_start, None),
+            let head = frame.get(..within).unwrap_or(frame);
+            let (header, inflated) = read_zlib_head(head, within, &block, zlib_head)?;
+            return Ok(LengthPrefixedHead {
+                protocol: block.protocol,
+                header,
+                len,
+                inflated: Some(inflated),
+            });
         }
+        (block.protocol, block.payload_start)
     } else {
         let Some(&first) = frame.get(4) else {
             return Err(if within > 4 {
@@ -635,17 +601,13 @@ pub(crate) fn length_prefixed_head(
                 beyond
             });
         };
-        (Protocol::of_message_starting_with(first), 4, None)
+        (Protocol::of_message_starting_with(first), 4)
     };
     if protocol.is_some_and(|protocol| protocol != found) {
         return Err(ReadError::malformed("a frame in another protocol"));
     }
-    let header = match unreadable_seq {
-        Some(seq) => unreadable_call(payload_start, seq),
-        None => {
-            protocol::read_message_header(found, &mut Cursor::new(frame, payload_start, within))?
-        }
-    };
+    let header =
+        protocol::read_message_header(found, &mut Cursor::new(frame, payload_start, within))?;
     Ok(LengthPrefixedHead {
         protocol: found,
         header,
@@ -700,22 +662,6 @@ fn read_zlib_head(
     read
 }
 
-/// The message header of a call whose message, at `at` of its THeader frame, cannot be read:
-/// what can be told of it, a call of no name whose seqid is its frame's `seq`. Apache Thrift's
-/// THeader clients (C++, Python) write their call's seqid there, so a client that matches
-/// answers by seqid takes the answer as its call's, where seqid 0 would name another call (or
-/// none) and leave this one waiting for its timeout; a client that leaves `seq` at 0 gets 0.
-fn unreadable_call(at: usize, seq: u32) -> MessageHeader {
-    MessageHeader {
-        message_type: MessageType::Call,
-        name: at..at,
-        seqid: seq as i32,
-        seqid_at: at..at,
-        body_start: at,
-        lax: false,
-    }
-}
-
 /// A whole message split off the stream, read as far as its [`Message`] needs.
 pub(crate) struct Found {
     frame: Bytes,
@@ -759,35 +705,6 @@ impl Found {
             header,
             info: block.map(|block| block.info.clone()),
             reject_reason,
-        }
-    }
-
-    /// The call of a THeader `frame` whose message `block` says cannot be read: a call of no
-    /// name with the seqid of its `seq` (what can be told of it), refused as [`TRANSFORMED`]
-    /// or [`UNKNOWN_PROTOCOL`].
-    fn unreadable(
-        frame: Bytes,
-        block: theader::HeaderBlock,
-        unreadable: theader::Unreadable,
-    ) -> Self {
-        let reason = match unreadable {
-            theader::Unreadable::Transform(_) => TRANSFORMED,
-            theader::Unreadable::Protocol(_) => UNKNOWN_PROTOCOL,
-        };
-        Self::unnamed(frame, &block, reason)
-    }
-
-    /// A call of no name with the seqid of the `seq` of THeader `frame` (described by
-    /// `block`), whose message cannot be read, refused for `reason`.
-    fn unnamed(frame: Bytes, block: &theader::HeaderBlock, reason: &'static str) -> Self {
-        let at = block.payload_start;
-        Self {
-            frame,
-            format: ThriftFormat::new(Transport::Header, block.protocol),
-            payload_start: at,
-            header: unreadable_call(at, block.seq),
-            info: None,
-            reject_reason: Some(reason),
         }
     }
 

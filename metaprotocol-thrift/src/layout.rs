@@ -39,14 +39,6 @@ impl From<Layout> for FrameLayout {
 }
 
 impl Layout {
-    /// Whether `message` is a call whose message header could not be read (a THeader call
-    /// under a transform not undone, in a protocol not spoken here, or whose zlib data ends
-    /// before it): its seqid has no place in the frame, which the message starts at.
-    pub(crate) fn names_no_call(message: &Message) -> bool {
-        let [payload_start, start, end, ..] = message.layout.0;
-        payload_start == start && start == end
-    }
-
     /// The layout of `message`, refused if it does not fit its frame (a message this codec did
     /// not decode).
     pub(crate) fn of(message: &Message) -> Result<Self, CodecError> {

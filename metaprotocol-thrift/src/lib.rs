@@ -64,25 +64,21 @@
 //!   cap), as Apache Thrift's C++, Python and Java readers refuse them as corrupt and close
 //!   the connection; none is written (a mutation, or a framed call written THeader, that
 //!   grows one past it fails the encode, before the message is copied).
-//! - A THeader call whose message another transform hides (HMAC, snappy, QuickLZ, an unknown
-//!   id, or zlib stacked with another) is decoded as a call of
-//!   no name whose seqid is the frame's THeader `seq` (where Apache Thrift's clients write
-//!   their call's seqid), with a `reject_reason`: the engine answers it with an
-//!   [`INVALID_TRANSFORM`] exception, as Apache Thrift's servers do, and keeps the connection.
-//!   So is a call in the JSON protocol or another id THeader does not define, answered with an
-//!   [`INVALID_PROTOCOL`] exception in binary (a THeader client reads each frame in the
-//!   protocol its header names). Either, over the listener's cap, is passed over by its length
-//!   and answered the same (a `PROTOCOL_ERROR` would have to name its method, which cannot be
-//!   read). A zlib message over the cap compressed is read from its first bytes inflated
-//!   (within the frame's first [`MAX_FRAME_HEAD`](metaprotocol_core::MAX_FRAME_HEAD) bytes,
-//!   and no more than that inflated, each byte once as the reads bring it): a call is passed over by its length and answered with
-//!   the `PROTOCOL_ERROR` naming it (a one-way call, with nothing), an answer fails its call
+//! - A THeader frame whose message another transform hides (HMAC, snappy, QuickLZ, an unknown
+//!   id, or zlib stacked with another), or in the JSON protocol, is refused with
+//!   [`CodecError::Unsupported`](metaprotocol_core::CodecError) (in another id THeader does not
+//!   define, `Malformed`), a call's as an answer's, within the cap as over it: its message type
+//!   cannot be read, and a one-way call's client reads no answer (a synchronous one would take
+//!   it for its next call's), so the engine closes the connection, as Apache Thrift's servers
+//!   close it on a transform or protocol they lack (the C++ one after an exception of no name
+//!   to seqid 0, the Python one failing to write its own). A zlib message over the cap
+//!   compressed is read from its first bytes inflated (within the frame's first
+//!   [`MAX_FRAME_HEAD`](metaprotocol_core::MAX_FRAME_HEAD) bytes, and no more than that
+//!   inflated, each byte once as the reads bring it): a call is passed over by its length and
+//!   answered with the `PROTOCOL_ERROR` naming it (a one-way call, with nothing), an answer fails its call
 //!   alone; one whose first bytes do not inflate to a message header could be a one-way call,
 //!   which must get no answer, and is refused (the connection closes, as Apache Thrift's
-//!   servers close it on any frame over their limit). An answer under another transform, or
-//!   in another protocol, from a server names no call it could fail: it
-//!   is refused with [`CodecError::Unsupported`](metaprotocol_core::CodecError) (an unknown
-//!   protocol id, `Malformed`); over-long frames with
+//!   servers close it on any frame over their limit). Over-long frames are refused with
 //!   `FrameTooLarge` once the message header is in and the length (or, unframed, the scanned
 //!   bytes) passes the cap.
 //!   Framed or THeader, a `REPLY` or `EXCEPTION` over a cluster's cap names its call by its

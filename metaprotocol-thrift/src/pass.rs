@@ -119,7 +119,7 @@ impl Passing {
                 (protocol, header, Progress::Walked, from, None)
             }
             Transport::Framed | Transport::Header => {
-                let head = length_prefixed_head(src, transport, None, side, zlib_head).ok()?;
+                let head = length_prefixed_head(src, transport, None, zlib_head).ok()?;
                 let progress = Progress::Counted(head.len);
                 (head.protocol, head.header, progress, 0, head.inflated)
             }

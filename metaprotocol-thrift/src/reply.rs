@@ -10,7 +10,6 @@
 use bytes::BytesMut;
 use metaprotocol_core::{CodecError, LocalReply, LocalReplyKind, Message, MessageKind};
 
-use crate::decode::{TRANSFORMED, UNKNOWN_PROTOCOL};
 use crate::encode::{format_of, seqid_of, write_frame};
 use crate::format::{Protocol, Transport};
 use crate::layout::Layout;
@@ -28,13 +27,12 @@ pub const INTERNAL_ERROR: i32 = 6;
 /// Java server answers to arguments it fails to parse; used for
 /// [`LocalReplyKind::BadRequest`].
 pub const PROTOCOL_ERROR: i32 = 7;
-/// `TApplicationException` type for a THeader message hidden by a transform (zlib ...) the
-/// server cannot undo, what Apache Thrift's servers answer to one; used for the
-/// [`LocalReplyKind::BadRequest`] of such a call.
+/// `TApplicationException` type for a THeader message hidden by a transform the server cannot
+/// undo, what Apache Thrift's Python server means to answer to one. The codec answers none:
+/// such a call's message type is hidden (it could be one-way), so its connection closes.
 pub const INVALID_TRANSFORM: i32 = 8;
 /// `TApplicationException` type for a THeader message in a protocol the server does not speak
-/// (JSON, or an unknown id); used for the [`LocalReplyKind::BadRequest`] of such a call, whose
-/// answer is in binary.
+/// (JSON, or an unknown id). The codec answers none, as for [`INVALID_TRANSFORM`].
 pub const INVALID_PROTOCOL: i32 = 9;
 /// `TApplicationException` type by which an fbthrift server says it shed the call under load
 /// without running it: the codec marks such an answer
@@ -120,38 +118,28 @@ pub(crate) fn encode_local_reply(
     let format = format_of(request)?;
     let seqid = seqid_of(request.request_id)?;
     let frame = &request.frame[..];
-    let kind = match (request.reject_reason, reply.kind) {
-        (Some(TRANSFORMED), _) => INVALID_TRANSFORM,
-        (Some(UNKNOWN_PROTOCOL), _) => INVALID_PROTOCOL,
-        (_, LocalReplyKind::RouteNotFound) => UNKNOWN_METHOD,
-        (_, LocalReplyKind::BadRequest) => PROTOCOL_ERROR,
+    let kind = match reply.kind {
+        LocalReplyKind::RouteNotFound => UNKNOWN_METHOD,
+        LocalReplyKind::BadRequest => PROTOCOL_ERROR,
         // Refused unrun, as Dubbo's status 100 and bRPC's `ELIMIT` say: a client (or a proxy
         // before this one) may send it elsewhere, where an INTERNAL_ERROR says it failed in
         // the server.
-        (_, LocalReplyKind::OverLimit) => LOADSHEDDING,
+        LocalReplyKind::OverLimit => LOADSHEDDING,
         _ => INTERNAL_ERROR,
     };
-    // A call whose message header cannot be read (a transform not undone, a protocol not
-    // spoken here) is answered naming no method, as Apache Thrift's
-    // servers answer one (its seqid is the frame's `seq`, where Apache Thrift's clients write
-    // their call's).
-    let method = if Layout::names_no_call(request) {
-        &[][..]
-    } else {
-        let layout = Layout::of(request)?;
-        let mut cursor = Cursor::in_frame(frame, layout.payload_start);
-        let header = protocol::read_message_header(format.protocol, &mut cursor)
-            .map_err(ReadError::in_complete_frame)?;
-        let name = frame.get(header.name).unwrap_or_default();
-        match name.iter().position(|&b| b == b':') {
-            Some(colon) => name.get(colon + 1..).unwrap_or_default(),
-            None => name,
-        }
+    let layout = Layout::of(request)?;
+    let mut cursor = Cursor::in_frame(frame, layout.payload_start);
+    let header = protocol::read_message_header(format.protocol, &mut cursor)
+        .map_err(ReadError::in_complete_frame)?;
+    let name = frame.get(header.name).unwrap_or_default();
+    let method = match name.iter().position(|&b| b == b':') {
+        Some(colon) => name.get(colon + 1..).unwrap_or_default(),
+        None => name,
     };
     let text = reply.to_string();
     let theader = match format.transport {
         Transport::Header => {
-            let flags = theader::read(frame).map(|block| block.flags).unwrap_or(0);
+            let flags = theader::parse(frame).map(|block| block.flags).unwrap_or(0);
             let prelude = Prelude {
                 flags,
                 seq: seqid as u32,

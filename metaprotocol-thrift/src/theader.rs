@@ -70,9 +70,6 @@ pub(crate) struct HeaderBlock {
     /// Whether the message is compressed by the zlib transform (alone), which
     /// [`crate::zlib::inflate`] undoes.
     pub(crate) zlib: bool,
-    /// Why this codec cannot read the message, if it cannot: then `info` is empty, and
-    /// `protocol` is the one to answer in.
-    pub(crate) unreadable: Option<Unreadable>,
 }
 
 impl HeaderBlock {
@@ -83,46 +80,14 @@ impl HeaderBlock {
     }
 }
 
-/// Why the message of a THeader frame cannot be read, though its frame can.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Unreadable {
-    /// The first transform applied to the message, one this codec cannot undo (HMAC, snappy,
-    /// QuickLZ, an unknown id, or zlib stacked with another).
-    Transform(u32),
-    /// A protocol id other than binary and compact: JSON (1), or one THeader does not define.
-    Protocol(u32),
-}
-
-impl Unreadable {
-    /// The error of a stream that cannot go on past such a frame (an answer, which names no
-    /// call it could fail).
-    pub(crate) fn error(self) -> CodecError {
-        match self {
-            Self::Transform(id) => unsupported_transform(id),
-            Self::Protocol(PROTOCOL_JSON) => {
-                CodecError::Unsupported(Cow::Borrowed("THeader protocol json (1) is not supported"))
-            }
-            Self::Protocol(id) => {
-                CodecError::Malformed(Cow::Owned(format!("unknown THeader protocol id {id}")))
-            }
-        }
-    }
-}
-
 /// Parses the THeader fields of `frame` (a whole frame, length prefix included) and checks its
-/// info headers; a message this codec cannot read is an error ([`Unreadable::error`]).
+/// info headers. A frame whose message this codec cannot read is an error, whatever side
+/// reads it: a protocol other than binary and compact (JSON, or an id THeader does not
+/// define), or a transform it cannot undo (HMAC, snappy, QuickLZ, an unknown id, or zlib
+/// stacked with another). Its message type is hidden, so no one can be answered: a call could
+/// be one-way, whose client would take an answer for its next call's, and an answer names no
+/// call it could fail.
 pub(crate) fn parse(frame: &[u8]) -> Result<HeaderBlock, CodecError> {
-    let block = read(frame)?;
-    match block.unreadable {
-        Some(unreadable) => Err(unreadable.error()),
-        None => Ok(block),
-    }
-}
-
-/// [`parse`], except that a frame whose message cannot be read (a transform hides it, or its
-/// protocol is JSON or unknown) is read as far as the header block says why
-/// ([`HeaderBlock::unreadable`]): a client sending one gets a `TApplicationException` saying so.
-pub(crate) fn read(frame: &[u8]) -> Result<HeaderBlock, CodecError> {
     parse_block(frame).map_err(ReadError::in_complete_frame)
 }
 
@@ -139,12 +104,21 @@ fn parse_block(frame: &[u8]) -> Result<HeaderBlock, ReadError> {
         "THeader header block longer than the frame",
     ))?;
     let mut cursor = Cursor::in_frame(block, BLOCK_START);
-    // A message in a protocol this codec does not speak is answered in binary, which every
-    // THeader client reads: each reads the protocol id of the frame it receives.
-    let (protocol, mut unreadable) = match cursor.varint_u32()? {
-        PROTOCOL_BINARY => (Protocol::Binary, None),
-        PROTOCOL_COMPACT => (Protocol::Compact, None),
-        id => (Protocol::Binary, Some(Unreadable::Protocol(id))),
+    let protocol = match cursor.varint_u32()? {
+        PROTOCOL_BINARY => Protocol::Binary,
+        PROTOCOL_COMPACT => Protocol::Compact,
+        PROTOCOL_JSON => {
+            return Err(CodecError::Unsupported(Cow::Borrowed(
+                "THeader protocol json (1) is not supported",
+            ))
+            .into());
+        }
+        id => {
+            return Err(CodecError::Malformed(Cow::Owned(format!(
+                "unknown THeader protocol id {id}"
+            )))
+            .into());
+        }
     };
     // zlib alone is undone ([`crate::zlib`]); the headers after it are in the clear.
     let mut zlib = false;
@@ -152,13 +126,10 @@ fn parse_block(frame: &[u8]) -> Result<HeaderBlock, ReadError> {
         0 => {}
         count => match cursor.varint_u32()? {
             TRANSFORM_ZLIB if count == 1 => zlib = true,
-            id => unreadable = unreadable.or(Some(Unreadable::Transform(id))),
+            id => return Err(unsupported_transform(id).into()),
         },
     }
-    let info = match unreadable {
-        Some(_) => payload_start..payload_start,
-        None => cursor.position()..payload_start,
-    };
+    let info = cursor.position()..payload_start;
     for header in InfoHeaders::new(block, info.clone()) {
         header?;
     }
@@ -169,7 +140,6 @@ fn parse_block(frame: &[u8]) -> Result<HeaderBlock, ReadError> {
         info,
         payload_start,
         zlib,
-        unreadable,
     })
 }
 

@@ -332,7 +332,7 @@ mod tests {
         let zeros = vec![0; size as usize];
         for message in [random, letters, zeros] {
             let frame = zlib_frame(&compress(&message)?);
-            let block = crate::theader::read(&frame)?;
+            let block = crate::theader::parse(&frame)?;
             // Room for all of it (with the 14 bytes of fixed fields and header block after the
             // length prefix), to the byte, and half of it.
             for (cap, cut) in [

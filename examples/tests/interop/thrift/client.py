@@ -30,6 +30,11 @@ Prints one JSON object with the results. Scenarios:
   zlibcorrupt    (THeader) a call under the zlib transform whose data is not zlib at all
                  (so its message type cannot be read), written by hand with seq 7; reports
                  what comes back: an answer's name, type and seqid, or "closed"
+  transformping ID
+                 (THeader) a one-way ping whose frame names transform ID (3, snappy, which
+                 Apache Thrift's Python library cannot write, so written by hand with seq 5,
+                 its message in the clear), then sayHello("plain") on the same connection;
+                 reports the greeting, the exception the call read, or "closed"
   bigheader N    (THeader) sayHello("w1") with a header `big` of N bytes, then sayHello("after")
                  without it on the same connection; reports the exception (or the greeting)
                  and the greeting
@@ -54,10 +59,12 @@ import time
 import common
 from greeter import Greeter
 from greeter.ttypes import GreetError
+from thrift.protocol.TBinaryProtocol import TBinaryProtocol
+from thrift.protocol.TCompactProtocol import TCompactProtocol
 from thrift.protocol.THeaderProtocol import THeaderProtocol
 from thrift.Thrift import TApplicationException, TMessageType, TType
 from thrift.transport import TSocket
-from thrift.transport.TTransport import TTransportException
+from thrift.transport.TTransport import TMemoryBuffer, TTransportException
 from thrift.transport.THeaderTransport import THeaderTransformID
 
 TIMEOUT_MS = 10000
@@ -248,6 +255,25 @@ def zlib_corrupt(conn, protocol):
     return {"answer": {"name": name, "mtype": mtype, "seqid": seqid}}
 
 
+def transform_ping(conn, protocol, transform):
+    message = TMemoryBuffer()
+    proto = (TCompactProtocol if protocol == "compact" else TBinaryProtocol)(message)
+    proto.writeMessageBegin("ping", TMessageType.ONEWAY, 5)
+    Greeter.ping_args().write(proto)
+    proto.writeMessageEnd()
+    block = bytes([2 if protocol == "compact" else 0, 1, transform, 0])
+    frame = b"\x0f\xff\x00\x00" + struct.pack(">IH", 5, len(block) // 4) + block + message.getvalue()
+    try:
+        conn.trans.write(struct.pack(">I", len(frame)) + frame)
+        conn.trans.flush()
+        # An answer to the one-way call, had one come, is what this call reads.
+        return {"hello": conn.client.sayHello("plain")}
+    except TApplicationException as e:
+        return {"hello": app_exception(e)}
+    except TTransportException:
+        return {"hello": "closed"}
+
+
 def big_header(conn, size):
     out = {}
     conn.proto.set_header(b"big", b"v" * size)
@@ -369,6 +395,8 @@ def main():
             out = zlib_ping(conn, int(arg or 0))
         elif scenario == "zlibcorrupt":
             out = zlib_corrupt(conn, protocol)
+        elif scenario == "transformping":
+            out = transform_ping(conn, protocol, int(arg))
         else:
             raise SystemExit("unknown scenario " + scenario)
     finally:
