@@ -95,7 +95,8 @@ const TIMESTAMP_MILLIS: u8 = 0xab;
 const TIMESTAMP_SECONDS: u8 = 0xac;
 const TIMESTAMP_MINUTES: u8 = 0xad;
 const TIMESTAMP: u8 = 0xae;
-const NULL: u8 = 0xaf;
+/// The JSONB null.
+pub(crate) const NULL: u8 = 0xaf;
 const FALSE: u8 = 0xb0;
 const TRUE: u8 = 0xb1;
 const DOUBLE_0: u8 = 0xb2;

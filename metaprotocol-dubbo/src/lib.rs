@@ -167,7 +167,10 @@
 //! and a null body, byte for byte what providers send. One-way heartbeats are answered too:
 //! Java providers answer only two-way ones, but dubbo-py sends its heartbeat one-way and waits
 //! for the answer that its own and Node providers send, and Java clients drop heartbeat answers
-//! whatever they asked. Heartbeat replies with status 0 (dubbo-py's) count as healthy, and so do responses
+//! whatever they asked. An event request whose data is neither null nor `R` (in Hessian2 or
+//! fastjson2) is decoded as a `Heartbeat` but not answered, two-way or not, as Java Dubbo
+//! answers none: its heartbeat handler answers an event only when its data is null, and its
+//! exchange handler acts on `R` alone. Heartbeat replies with status 0 (dubbo-py's) count as healthy, and so do responses
 //! to one-way requests, which some providers send: they are decoded like any response.
 //!
 //! # Example

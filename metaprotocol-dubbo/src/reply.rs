@@ -3,6 +3,7 @@
 use bytes::{BufMut, BytesMut};
 use metaprotocol_core::{CodecError, LocalReply, Message, MessageKind};
 
+use crate::fastjson2;
 use crate::header::{FLAG_EVENT, FLAG_REQUEST, HEADER_LEN, Header, patch_body_len};
 use crate::hessian::NULL;
 use crate::hessian::writer::write_string;
@@ -48,14 +49,15 @@ pub(crate) fn write_local_reply(
 /// Appends the answer to a heartbeat: an event response with status 20 and a null body, in the
 /// heartbeat's own serialization (for serializations other than Hessian2 the heartbeat's body,
 /// which is that serialization's null, is echoed). One-way heartbeats (dubbo-py's) are answered
-/// too, as every real provider does: dubbo-py waits for that answer.
+/// too, as every real provider does: dubbo-py waits for that answer. An event whose data is
+/// not null ([`carries_data`]) is no heartbeat, and gets nothing.
 pub(crate) fn write_heartbeat_reply(
     heartbeat: &Message,
     max_frame_bytes: usize,
     dst: &mut BytesMut,
 ) -> Result<(), CodecError> {
     let frame = &heartbeat.frame[..];
-    if heartbeat.kind != MessageKind::Heartbeat {
+    if heartbeat.kind != MessageKind::Heartbeat || carries_data(frame) {
         return Ok(());
     }
     let start = dst.len();
@@ -98,6 +100,22 @@ const HESSIAN2_READONLY_EVENT: [u8; 2] = [0x01, READONLY_EVENT.as_bytes()[0]];
 /// fastjson2 writes its events in: a 4-byte length, then the JSONB Latin-1 string `"R"`
 /// (`0x49` plus its length, then its byte).
 const FASTJSON2_READONLY_EVENT: [u8; 6] = [0, 0, 0, 2, 0x4a, READONLY_EVENT.as_bytes()[0]];
+
+/// The body of a fastjson2 heartbeat: a 4-byte length, then the JSONB null.
+const FASTJSON2_HEARTBEAT: [u8; 5] = [0, 0, 0, 1, fastjson2::NULL];
+
+/// True if `frame` (an event request) carries data other than null, in Hessian2 or fastjson2
+/// (the serializations the codec reads; in another, every event counts as a heartbeat): Java
+/// Dubbo answers an event only when its data is null (a heartbeat), two-way or not, and acts
+/// on none but the read-only event "R", so such an event gets no answer.
+fn carries_data(frame: &[u8]) -> bool {
+    let body = frame.get(HEADER_LEN..).unwrap_or_default();
+    match Header::serialization_of(frame) {
+        HESSIAN2 => body != [NULL],
+        FASTJSON2 => body != FASTJSON2_HEARTBEAT,
+        _ => false,
+    }
+}
 
 /// True if `frame` (an event request) is a read-only event: its body is the string `"R"` in
 /// Hessian2 or fastjson2, the serializations whose calls the codec reads.

@@ -252,3 +252,47 @@ fn a_readonly_event_in_fastjson2_decodes_as_go_away() -> TestResult {
     assert_eq!(heartbeat.kind, MessageKind::Heartbeat);
     Ok(())
 }
+
+/// An event request whose data is neither null (a heartbeat) nor "R" (READONLY) is not
+/// answered, two-way or not, as Java Dubbo's providers and consumers answer none: their
+/// heartbeat handler answers an event only when its data is null, and the exchange handler
+/// acts on "R" alone. An answer would be a heartbeat reply to something else, whose id the
+/// sender may have given a call. Heartbeats in both serializations the codec reads stay
+/// answered.
+#[test]
+fn events_that_are_no_heartbeat_get_no_answer() -> TestResult {
+    const HESSIAN2_EVENT: u8 = 0x80 | 0x20 | 2;
+    const FASTJSON2_EVENT: u8 = 0x80 | 0x20 | 23;
+    for two_way in [0, 0x40] {
+        for (what, flag, body) in [
+            ("a Hessian2 string", HESSIAN2_EVENT, &[0x01, b'X'][..]),
+            ("a Hessian2 int", HESSIAN2_EVENT, &[0x91]),
+            (
+                "a Hessian2 string starting with R",
+                HESSIAN2_EVENT,
+                &[0x02, b'R', b'X'],
+            ),
+            ("no data", HESSIAN2_EVENT, &[]),
+            (
+                "a fastjson2 string",
+                FASTJSON2_EVENT,
+                &[0, 0, 0, 2, 0x4a, b'X'],
+            ),
+        ] {
+            let event = decode_one(&frame(flag | two_way, 0, 9, body))?;
+            assert!(
+                heartbeat_reply(&event)?.is_empty(),
+                "{what}, two-way: {}",
+                two_way != 0
+            );
+        }
+    }
+    let hessian2 = decode_one(&frame(HESSIAN2_EVENT | 0x40, 0, 9, b"N"))?;
+    assert_eq!(heartbeat_reply(&hessian2)?, frame(0x22, 20, 9, b"N"));
+    let fastjson2 = decode_one(&frame(FASTJSON2_EVENT | 0x40, 0, 9, &[0, 0, 0, 1, 0xaf]))?;
+    assert_eq!(
+        heartbeat_reply(&fastjson2)?,
+        frame(0x20 | 23, 20, 9, &[0, 0, 0, 1, 0xaf])
+    );
+    Ok(())
+}
