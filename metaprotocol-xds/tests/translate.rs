@@ -1629,11 +1629,14 @@ fn transport_metadata(pairs: &[(&str, &str)]) -> Metadata {
     metadata
 }
 
-/// A locality's `envoy.transport_socket_match` metadata labels its endpoints that have none of
-/// their own (Envoy reads it for them); an endpoint's own labels stand, other namespaces of its
-/// metadata not counting as labels.
+/// A locality's `envoy.transport_socket_match` metadata is carried by each of its endpoints
+/// beside the endpoint's own labels, never in their place: Envoy tries the own labels against
+/// every entry of `transport_socket_matches` before the locality's, so an endpoint without
+/// labels takes an entry with an empty `match` before one its locality's labels match, and one
+/// whose own labels no entry matches still takes its locality's entry. Other namespaces of an
+/// endpoint's metadata do not count as labels.
 #[test]
-fn endpoints_without_transport_labels_take_their_localitys() -> TestResult {
+fn endpoints_keep_their_own_transport_labels_beside_their_localitys() -> TestResult {
     let name = cluster_name("v1");
     let addresses = ["10.0.0.1:20880", "10.0.0.2:20880", "10.0.0.3:20880"]
         .map(|a| a.parse())
@@ -1650,15 +1653,22 @@ fn endpoints_without_transport_labels_take_their_localitys() -> TestResult {
     );
     locality.lb_endpoints[2].metadata = Some(subset_only);
     let endpoints = translate::endpoints(&assignment)?;
-    let labels: Vec<_> = endpoints
+    let own: Vec<_> = endpoints
         .iter()
         .map(|e| e.transport_socket_match.clone())
         .collect();
     let label = |value: &str| BTreeMap::from([("tlsMode".to_owned(), value.to_owned())]);
     assert_eq!(
-        labels,
-        vec![label("istio"), label("disabled"), label("istio")]
+        own,
+        vec![BTreeMap::new(), label("disabled"), BTreeMap::new()]
     );
+    // As a file config writes it.
+    let localitys: Vec<_> = endpoints
+        .iter()
+        .map(|e| serde_json::to_value(e).map(|e| e["locality_transport_socket_match"].clone()))
+        .collect::<Result<_, _>>()?;
+    let istio = serde_json::json!({ "tlsMode": "istio" });
+    assert_eq!(localitys, vec![istio.clone(), istio.clone(), istio]);
     Ok(())
 }
 

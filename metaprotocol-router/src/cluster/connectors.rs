@@ -1,8 +1,9 @@
 //! How a cluster's endpoints are connected to: with its `tls`, or with the transport of the
-//! first of its `transport_socket_matches` an endpoint's labels match (Envoy's transport socket
-//! matches, by which Istio's sidecars speak mutual TLS to the pods that have a sidecar and
-//! plain TCP to the others). An endpoint's connector is chosen when its pool is made, so the
-//! requests on its connections pay nothing for the choice.
+//! first of its `transport_socket_matches` an endpoint's own labels match, else of the first
+//! its locality's labels match (Envoy's transport socket matches, by which Istio's sidecars
+//! speak mutual TLS to the pods that have a sidecar and plain TCP to the others). An endpoint's
+//! connector is chosen when its pool is made, so the requests on its connections pay nothing
+//! for the choice.
 //!
 //! Equal TLS settings share one connector, their files read and watched once: that of the
 //! cluster's `tls`, or of the first entry with those settings. The series of an entry's
@@ -15,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::config::{ClusterSpec, ClusterTlsSpec, ConfigError};
+use crate::config::{ClusterSpec, ClusterTlsSpec, ConfigError, EndpointSpec};
 use crate::stats::MetricsScope;
 use crate::transport::{Connector, TlsConnector};
 
@@ -138,14 +139,21 @@ impl Connectors {
         }
     }
 
-    /// The connector of an endpoint with the `transport_socket_match` labels `labels`, in
-    /// cluster `spec` (which these were built from): the first entry of its
-    /// `transport_socket_matches` whose labels it has, else that of its `tls`.
-    pub fn of_endpoint(&self, spec: &ClusterSpec, labels: &BTreeMap<String, String>) -> &Connector {
-        spec.transport_socket_matches
-            .iter()
-            .zip(&self.matches)
-            .find(|(entry, _)| entry.matches(labels))
-            .map_or(&self.default, |(_, connector)| connector)
+    /// The connector of `endpoint` in cluster `spec` (which these were built from), in
+    /// Envoy's two passes: the first entry of its `transport_socket_matches` whose labels the
+    /// endpoint's own `transport_socket_match` has (an entry with an empty match takes an
+    /// endpoint without labels), else the first whose labels its
+    /// `locality_transport_socket_match` has, else that of its `tls`.
+    pub fn of_endpoint(&self, spec: &ClusterSpec, endpoint: &EndpointSpec) -> &Connector {
+        let first_for = |labels: &BTreeMap<String, String>| {
+            spec.transport_socket_matches
+                .iter()
+                .zip(&self.matches)
+                .find(|(entry, _)| entry.matches(labels))
+                .map(|(_, connector)| connector)
+        };
+        first_for(&endpoint.transport_socket_match)
+            .or_else(|| first_for(&endpoint.locality_transport_socket_match))
+            .unwrap_or(&self.default)
     }
 }

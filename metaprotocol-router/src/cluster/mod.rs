@@ -1018,9 +1018,7 @@ fn plan_hosts(
     let mut endpoints = HashMap::with_capacity(inputs.spec.endpoints.len());
     let mut hosts = Vec::with_capacity(inputs.spec.endpoints.len());
     for spec in &inputs.spec.endpoints {
-        let connector = inputs
-            .connectors
-            .of_endpoint(inputs.spec, &spec.transport_socket_match);
+        let connector = inputs.connectors.of_endpoint(inputs.spec, spec);
         for address in dns::addresses(&spec.address, inputs.resolved) {
             // Two names of one address (`localhost:1` and `127.0.0.1:1`): the first wins.
             if endpoints.contains_key(&address) {

@@ -383,6 +383,11 @@ pub struct EndpointSpec {
     /// Istio sidecar).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub transport_socket_match: BTreeMap<String, String>,
+    /// The labels of its locality that choose its transport when no entry of the cluster's
+    /// `transport_socket_matches` is for its own `transport_socket_match` (Envoy's
+    /// `envoy.transport_socket_match` metadata of its `LocalityLbEndpoints`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub locality_transport_socket_match: BTreeMap<String, String>,
 }
 
 /// A transport a cluster's endpoints may be connected with, and the endpoints it is for.

@@ -6,8 +6,10 @@
 //! load balancer reads them) are its labels for subset routes, and the string values of its
 //! `filter_metadata["envoy.transport_socket_match"]` (`tlsMode: istio` from istiod, for a pod
 //! with a sidecar) its `transport_socket_match`, which chooses its transport among its
-//! cluster's `transport_socket_matches`; an endpoint without such labels takes its locality's
-//! (its `metadata` in that namespace), as Envoy reads the locality's for it. Endpoints whose
+//! cluster's `transport_socket_matches`, and its locality's (its `metadata` in that namespace)
+//! its `locality_transport_socket_match`, which the router tries after its own, as Envoy does:
+//! the first entry the endpoint's own labels match (an empty `match` takes an endpoint without
+//! labels), else the first its locality's match, else the cluster's transport. Endpoints whose
 //! `health_status` is `UNHEALTHY`, `DRAINING` or `TIMEOUT` are left out, as Envoy sends them no
 //! calls. A locality's `priority` is its endpoints' failover tier (istiod sends priorities for
 //! locality failover). An endpoint's `health_check_config.port_value` (not 0) is its
@@ -20,21 +22,13 @@
 //! Left out, and counted ([`Assignment::hbone_endpoints`]): endpoints reached through Istio's
 //! HBONE tunnel, which the engine does not speak. istiod sends an ambient pod (or a waypoint)
 //! that way to a proxy whose node metadata claims HBONE (`ENABLE_HBONE`): an internal address
-//! naming Envoy's listener that makes the tunnel, labelled `tunnel: http` (by itself or by its
-//! locality), whose cluster entry translation leaves out too (see `cluster.rs`). Such an
-//! endpoint, or any internal address (a listener inside an Envoy, which no other proxy has),
-//! cannot be reached; refusing the assignment for it would leave every other endpoint of the
+//! naming Envoy's listener that makes the tunnel, labelled `tunnel: http` (by itself, or by its
+//! locality when it has no labels of its own), whose cluster entry translation leaves out too
+//! (see `cluster.rs`). Such an endpoint, or any internal address (a listener inside an Envoy,
+//! which no other proxy has), cannot be reached; refusing the assignment for it would leave every other endpoint of the
 //! service on what the proxy held before, so the others are taken, as Envoy takes the endpoints
 //! of an assignment it cannot all reach. To a proxy that does not claim HBONE (the client's
 //! node metadata has none unless given) istiod sends ambient pods by their own address.
-//!
-//! Envoy tries an endpoint's own labels against every entry of its cluster's
-//! `transport_socket_matches` before its locality's, so that an entry with an empty `match` takes
-//! an endpoint without labels, and an endpoint whose labels no entry matches takes its
-//! locality's match; the engine, which chooses among the entries by one set of labels, gives
-//! an endpoint its locality's labels when it has none of its own, which is the same unless an
-//! entry with an empty `match` comes after one its locality's labels match, or the endpoint's
-//! own labels match no entry.
 
 use std::collections::BTreeMap;
 
@@ -208,21 +202,19 @@ fn endpoint_spec(
         .map_err(|err| InvalidResource::new(format!("{field}.address"), err.to_string()))?;
     spec.weight = weight;
     spec.labels = labels(endpoint.metadata.as_ref());
-    // Envoy reads the locality's labels for an endpoint without any of its own.
-    let own_labels = transport_labels(endpoint.metadata.as_ref());
-    spec.transport_socket_match = if own_labels.is_empty() {
-        locality_labels.clone()
+    spec.transport_socket_match = transport_labels(endpoint.metadata.as_ref());
+    // Left out when labelled for istiod's HBONE entry (`match: { tunnel: http }`, which
+    // translation leaves out of the cluster): by itself, or by its locality when it has no
+    // labels of its own.
+    let tunnel_labels = if spec.transport_socket_match.is_empty() {
+        locality_labels
     } else {
-        own_labels
+        &spec.transport_socket_match
     };
-    if spec
-        .transport_socket_match
-        .get(TUNNEL_LABEL)
-        .map(String::as_str)
-        == Some(TUNNEL_HTTP)
-    {
+    if tunnel_labels.get(TUNNEL_LABEL).map(String::as_str) == Some(TUNNEL_HTTP) {
         return Ok(Taken::Hbone);
     }
+    spec.locality_transport_socket_match = locality_labels.clone();
     spec.locality = locality.cloned();
     spec.health_check_port = health_check_port;
     Ok(Taken::Serving(spec))

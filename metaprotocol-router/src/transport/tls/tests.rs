@@ -2,7 +2,6 @@
 //! certificates a cluster's `subject_alt_names` accept, and which client certificates a
 //! listener takes for an identity.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -1188,7 +1187,7 @@ async fn server_certificates_revoked_by_a_clusters_crl_files_are_refused() -> Te
 async fn a_clusters_distinct_tls_settings_have_series_of_their_own_and_equal_ones_share_them()
 -> TestResult {
     use crate::cluster::connectors::Connectors;
-    use crate::config::ClusterSpec;
+    use crate::config::{ClusterSpec, EndpointSpec};
     use crate::transport::Connector;
 
     let pki = Pki::new("transports")?;
@@ -1241,12 +1240,17 @@ transport_socket_matches:
         .filter(|line| line.starts_with("metaprotocol_tls_certificate_expiry_timestamp_seconds{"))
         .count();
     assert_eq!(gauges, 2, "one series per distinct settings: {rendered}");
-    let of = |spec: &ClusterSpec, connectors: &Connectors, key: &str, value: &str| match connectors
-        .of_endpoint(spec, &BTreeMap::from([(key.to_owned(), value.to_owned())]))
-    {
-        Connector::Tls(tls) => Ok(Arc::clone(tls)),
-        Connector::Plain => Err("a plain connector"),
-    };
+    let of =
+        |spec: &ClusterSpec, connectors: &Connectors, key: &str, value: &str| -> TestResult<_> {
+            let endpoint: EndpointSpec = serde_json::from_value(serde_json::json!({
+                "address": "127.0.0.1:1",
+                "transport_socket_match": { key: value },
+            }))?;
+            match connectors.of_endpoint(spec, &endpoint) {
+                Connector::Tls(tls) => Ok(Arc::clone(tls)),
+                Connector::Plain => Err("a plain connector".into()),
+            }
+        };
     let mesh_connector = of(&spec, &connectors, "tlsMode", "istio")?;
     let default_connector = of(&spec, &connectors, "none", "x")?;
     assert!(Arc::ptr_eq(
@@ -1269,5 +1273,60 @@ transport_socket_matches:
         &of(&moved, &next, "other", "x")?,
         &default_connector
     ));
+    Ok(())
+}
+
+/// An endpoint's transport is chosen in Envoy's two passes: its own labels against every entry
+/// of `transport_socket_matches` (an empty `match` taking an endpoint without labels), then its
+/// locality's, then the cluster's `tls`. So an endpoint without labels takes an empty-match
+/// entry listed after the one its locality's labels match, and one whose own labels no entry
+/// matches takes the entry its locality's labels match: TLS in both cases here, where taking
+/// one set of labels (the own if any, else the locality's) would connect in plain TCP.
+#[tokio::test]
+async fn an_endpoints_own_labels_are_tried_against_every_entry_before_its_localitys() -> TestResult
+{
+    use crate::cluster::connectors::Connectors;
+    use crate::config::ClusterSpec;
+    use crate::transport::Connector;
+
+    let pki = Pki::new("two-passes")?;
+    let issued = pki.issue("mesh", vec![dns("proxy.test")?], None)?;
+    let mesh = format!(
+        "{{ ca_file: {}, cert_file: {}, key_file: {} }}",
+        pki.ca_file.display(),
+        issued.cert_file.display(),
+        issued.key_file.display()
+    );
+    // Whether each endpoint of the cluster of `entries` and `endpoints` is connected with TLS.
+    let tls_to = |entries: &str, endpoints: &str| -> TestResult<Vec<bool>> {
+        let spec = ClusterSpec::from_yaml(&format!(
+            "name: c\ntransport_socket_matches: {entries}\nendpoints: {endpoints}\n"
+        ))?;
+        let metrics = Metrics::new();
+        let connectors = Connectors::new(&spec, None, &metrics.root())?;
+        Ok(spec
+            .endpoints
+            .iter()
+            .map(|endpoint| matches!(connectors.of_endpoint(&spec, endpoint), Connector::Tls(_)))
+            .collect())
+    };
+
+    // The empty match after the entry the locality's labels match.
+    let chosen = tls_to(
+        &format!("[ {{ match: {{ tlsMode: disabled }} }}, {{ match: {{}}, tls: {mesh} }} ]"),
+        "[ { address: \"127.0.0.1:1\", locality_transport_socket_match: { tlsMode: disabled } },
+           { address: \"127.0.0.1:2\", transport_socket_match: { tlsMode: disabled } } ]",
+    )?;
+    assert_eq!(chosen, [true, false]);
+
+    // Own labels no entry matches, beside the locality's that one does.
+    let chosen = tls_to(
+        &format!("[ {{ match: {{ tlsMode: istio }}, tls: {mesh} }} ]"),
+        "[ { address: \"127.0.0.1:1\", transport_socket_match: { version: v1 },
+             locality_transport_socket_match: { tlsMode: istio } },
+           { address: \"127.0.0.1:2\", transport_socket_match: { version: v1 },
+             locality_transport_socket_match: { tlsMode: other } } ]",
+    )?;
+    assert_eq!(chosen, [true, false]);
     Ok(())
 }
