@@ -7,8 +7,9 @@
 //!
 //! Equal TLS settings share one connector, their files read and watched once: that of the
 //! cluster's `tls`, or of the first entry with those settings. The series of an entry's
-//! connector carry `transport="<its match>"` beside the cluster's labels, so that two
-//! connectors of a cluster never write the same certificate-expiry gauge or reload counters.
+//! connector carry `transport="<its match>"` beside the cluster's labels (escaped so that two
+//! matches never give one label), so that two connectors of a cluster never write the same
+//! certificate-expiry gauge or reload counters.
 //! The match (rather than the entry's place) names them, so that an update that moves an entry
 //! keeps its connector, series and connections. An entry whose match repeats an earlier
 //! entry's is never chosen (the earlier one always is), and holds the earlier one's connector.
@@ -54,8 +55,10 @@ impl Transport {
     }
 
     /// The value of label `transport` of the series of the connector built for these settings
-    /// of `spec`: none for its `tls`; an entry's match, `key=value` pairs joined by `,` (`{}`
-    /// for the entry that matches every endpoint).
+    /// of `spec`: none for its `tls`; an entry's match, `key=value` pairs joined by `,`, each
+    /// `\`, `,` and `=` of a key or value escaped by a `\` so that two matches never give one
+    /// label (`{}` for the entry that matches every endpoint, which no pair gives: a pair has
+    /// an unescaped `=`).
     fn label(self, spec: &ClusterSpec) -> Option<String> {
         let Self::Entry(i) = self else {
             return None;
@@ -64,8 +67,26 @@ impl Transport {
         if labels.is_empty() {
             return Some("{}".to_owned());
         }
-        let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        Some(pairs.join(","))
+        let mut label = String::new();
+        for (key, value) in labels {
+            if !label.is_empty() {
+                label.push(',');
+            }
+            push_escaped(&mut label, key);
+            label.push('=');
+            push_escaped(&mut label, value);
+        }
+        Some(label)
+    }
+}
+
+/// Appends `text` to `label`, each `\`, `,` and `=` preceded by a `\`.
+fn push_escaped(label: &mut String, text: &str) {
+    for c in text.chars() {
+        if matches!(c, '\\' | ',' | '=') {
+            label.push('\\');
+        }
+        label.push(c);
     }
 }
 

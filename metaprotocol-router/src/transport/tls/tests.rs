@@ -1276,6 +1276,66 @@ transport_socket_matches:
     Ok(())
 }
 
+/// Two entries of a cluster's `transport_socket_matches` whose matches differ only in where a
+/// value's `,` and `=` fall (`{ a: "b,c=d" }` and `{ a: b, c: d }`) have connectors of their
+/// own, so their series carry distinct `transport` labels: each entry's certificate expiry is
+/// its own gauge.
+#[tokio::test]
+async fn entries_whose_matches_join_alike_write_series_of_their_own() -> TestResult {
+    use crate::cluster::connectors::Connectors;
+    use crate::config::ClusterSpec;
+
+    let pki = Pki::new("joined-alike")?;
+    let dated = |file: &str, year: i32| {
+        pki.issue_with(file, vec![dns("proxy.test")?], None, |params| {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(year, 1, 1);
+        })
+    };
+    let tls = |issued: &Issued| {
+        format!(
+            "{{ ca_file: {}, cert_file: {}, key_file: {} }}",
+            pki.ca_file.display(),
+            issued.cert_file.display(),
+            issued.key_file.display()
+        )
+    };
+    let one = tls(&dated("one", 2100)?);
+    let two = tls(&dated("two", 2099)?);
+    let spec = ClusterSpec::from_yaml(&format!(
+        "name: c
+transport_socket_matches:
+  - {{ match: {{ a: \"b,c=d\" }}, tls: {one} }}
+  - {{ match: {{ a: b, c: d }}, tls: {two} }}
+"
+    ))?;
+    let metrics = Metrics::new();
+    let scope = metrics.root().with_label("cluster", "c");
+    let _connectors = Connectors::new(&spec, None, &scope)?;
+    let rendered = metrics.render();
+    let gauges: Vec<&str> = rendered
+        .lines()
+        .filter(|line| line.starts_with("metaprotocol_tls_certificate_expiry_timestamp_seconds{"))
+        .collect();
+    assert_eq!(gauges.len(), 2, "one series per entry: {rendered}");
+    // 2100-01-01T00:00:00Z and 2099-01-01T00:00:00Z.
+    let expiries: Vec<&str> = gauges
+        .iter()
+        .filter_map(|line| line.rsplit(' ').next())
+        .collect();
+    assert!(
+        expiries.contains(&"4102444800") && expiries.contains(&"4070908800"),
+        "{rendered}"
+    );
+    // The exposition format writes each `\` of a label value as `\\`.
+    assert!(
+        rendered.contains(r#"transport="a=b\\,c\\=d"} 4102444800"#)
+            && rendered.contains(r#"transport="a=b,c=d"} 4070908800"#),
+        "{rendered}"
+    );
+    Ok(())
+}
+
 /// An endpoint's transport is chosen in Envoy's two passes: its own labels against every entry
 /// of `transport_socket_matches` (an empty `match` taking an endpoint without labels), then its
 /// locality's, then the cluster's `tls`. So an endpoint without labels takes an empty-match
