@@ -110,8 +110,8 @@ impl Codec for DubboCodec {
 
     /// A call whose consumer sent a `_TO` countdown goes with the time the proxy waits for it
     /// in its place, where that is less, as Dubbo's consumers write what is left of a call into
-    /// each call (see [`deadline`]): the provider then drops what it would answer too late, and
-    /// passes on no more than that to the calls it makes. The countdown is rewritten as an
+    /// each call (see the crate's `deadline` module): the provider then drops what it would
+    /// answer too late, and passes on no more than that to the calls it makes. The countdown is rewritten as an
     /// attachment a mutation sets (a string, which Java reads as it reads an int), with the
     /// call's own mutation. A call without `_TO` (its deadline its `timeout`, which providers
     /// ignore), or whose wait is not shorter in whole milliseconds, goes as from
