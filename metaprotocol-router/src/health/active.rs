@@ -765,6 +765,19 @@ health_check: {{ interval: 1h, timeout: 2s, unhealthy_threshold: 1, healthy_thre
         Ok((address, server, requests))
     }
 
+    /// The cluster `yaml` says, speaking [`StatusCodec`] (its probes answered by [`answering`]).
+    fn status_cluster(yaml: &str) -> Result<Arc<ClusterHandle>, Box<dyn std::error::Error>> {
+        let spec = Arc::new(ClusterSpec::from_yaml(yaml)?);
+        Ok(ClusterHandle::new(
+            &spec,
+            "status".into(),
+            Arc::new(StatusCodec),
+            Metrics::new().root().detached("cluster", "c"),
+            None,
+            &Resolved::new(),
+        )?)
+    }
+
     /// With `require_success` (Envoy's Thrift checker, which expects a successful reply), an
     /// error answer to the probe takes the endpoint out at its first such answer, whatever
     /// `unhealthy_threshold`; without it, any answer passes (the server is alive and speaking
@@ -779,20 +792,12 @@ health_check: {{ interval: 1h, timeout: 2s, unhealthy_threshold: 1, healthy_thre
             (0, true, false),
         ] {
             let (address, server, requests) = answering(status).await?;
-            let spec = Arc::new(ClusterSpec::from_yaml(&format!(
+            let c = status_cluster(&format!(
                 "name: c
 endpoints: [ {{ address: \"{address}\" }} ]
 health_check: {{ interval: 20ms, timeout: 2s, unhealthy_threshold: 1000, healthy_threshold: 1,
                  probe: {{ method: ping }}, require_success: {require_success} }}"
-            ))?);
-            let c = ClusterHandle::new(
-                &spec,
-                "status".into(),
-                Arc::new(StatusCodec),
-                Metrics::new().root().detached("cluster", "c"),
-                None,
-                &Resolved::new(),
-            )?;
+            ))?;
             c.start_health();
             let case = format!("status {status}, require_success: {require_success}");
             if fails {
@@ -830,20 +835,12 @@ health_check: {{ interval: 20ms, timeout: 2s, unhealthy_threshold: 1000, healthy
                 held.push(connection);
             }
         });
-        let spec = Arc::new(ClusterSpec::from_yaml(&format!(
+        let c = status_cluster(&format!(
             "name: c
 endpoints: [ {{ address: \"{answering}\" }}, {{ address: \"{silent_address}\" }} ]
 health_check: {{ interval: 1h, timeout: 60s, unhealthy_threshold: 1, healthy_threshold: 1,
                  probe: {{ method: ping }} }}"
-        ))?);
-        let c = ClusterHandle::new(
-            &spec,
-            "status".into(),
-            Arc::new(StatusCodec),
-            Metrics::new().root().detached("cluster", "c"),
-            None,
-            &Resolved::new(),
-        )?;
+        ))?;
         c.start_health();
         let checked = until_checked(&c, 0).await;
         let status = c.status();
