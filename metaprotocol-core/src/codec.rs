@@ -162,6 +162,20 @@ pub trait Codec: Send {
         dst: &mut BytesMut,
     ) -> Result<usize, CodecError> {
         let _ = wait;
+        self.encode_as_sent(message, params, share, dst)
+    }
+
+    /// Encodes `message` telling its server no deadline of the proxy's own, as
+    /// [`Codec::encode_within`] does by default: through [`Codec::encode_sharing`] when
+    /// `share`, else through [`Codec::encode`] (0 bytes shared). For a codec's
+    /// `encode_within` whose message carries nothing to tell.
+    fn encode_as_sent(
+        &mut self,
+        message: &Message,
+        params: &EncodeParams<'_>,
+        share: bool,
+        dst: &mut BytesMut,
+    ) -> Result<usize, CodecError> {
         if share {
             self.encode_sharing(message, params, dst)
         } else {

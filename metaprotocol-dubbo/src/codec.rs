@@ -130,11 +130,7 @@ impl Codec for DubboCodec {
             .then(|| deadline::told_countdown(wait, &message.metadata))
             .flatten();
         let Some(countdown) = countdown else {
-            return if share {
-                self.encode_sharing(message, params, dst)
-            } else {
-                self.encode(message, params, dst).map(|()| 0)
-            };
+            return self.encode_as_sent(message, params, share, dst);
         };
         let mut mutation = params.mutation.clone();
         mutation.set(
