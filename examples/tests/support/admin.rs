@@ -45,7 +45,7 @@ pub async fn exchange(
     );
     socket.write_all(request.as_bytes()).await?;
     let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(5), socket.read_to_string(&mut answer)).await??;
+    tokio::time::timeout(Duration::from_secs(20), socket.read_to_string(&mut answer)).await??;
     let status = answer
         .split(' ')
         .nth(1)

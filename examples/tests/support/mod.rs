@@ -145,9 +145,10 @@ pub fn dubbo_request(id: u64, method: &str, attachments: &[(&str, &str)]) -> Byt
     )
 }
 
-/// Waits (up to 10 s) until the file at `path` holds `count` lines, and returns them.
+/// Waits (up to 20 s: a loaded machine may write late) until the file at `path` holds `count`
+/// lines, and returns them.
 pub async fn file_lines(path: &Path, count: usize) -> TestResult<Vec<String>> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let text = std::fs::read_to_string(path).unwrap_or_default();
         let lines: Vec<String> = text.lines().map(str::to_owned).collect();

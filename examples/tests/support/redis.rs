@@ -67,7 +67,7 @@ impl RedisServer {
             command.args(["--requirepass", password]);
         }
         let mut process = ChildGuard::spawn(command, "redis-server", scratch)?;
-        wait_until(Duration::from_secs(10), "redis-server to listen", || {
+        wait_until(Duration::from_secs(20), "redis-server to listen", || {
             process.check_running()?;
             Ok(TcpStream::connect(address).is_ok())
         })?;
