@@ -118,6 +118,21 @@ impl Pki {
         Ok(params.signed_by(&self.issuer)?.pem()?)
     }
 
+    /// A cluster's `tls` settings (flow YAML) trusting this CA and presenting a certificate of
+    /// `proxy.test`, in `file`, valid from 2020 to the start of `year`.
+    fn tls_until(&self, file: &str, year: i32) -> TestResult<String> {
+        let issued = self.issue_with(file, vec![dns("proxy.test")?], None, |params| {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(year, 1, 1);
+        })?;
+        Ok(format!(
+            "{{ ca_file: {}, cert_file: {}, key_file: {} }}",
+            self.ca_file.display(),
+            issued.cert_file.display(),
+            issued.key_file.display()
+        ))
+    }
+
     /// As [`Pki::issue`], with the parameters changed by `adjust` (the dates, say).
     fn issue_with(
         &self,
@@ -1191,23 +1206,9 @@ async fn a_clusters_distinct_tls_settings_have_series_of_their_own_and_equal_one
     use crate::transport::Connector;
 
     let pki = Pki::new("transports")?;
-    let dated = |file: &str, year: i32| {
-        pki.issue_with(file, vec![dns("proxy.test")?], None, |params| {
-            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            params.not_after = rcgen::date_time_ymd(year, 1, 1);
-        })
-    };
-    let tls = |issued: &Issued| {
-        format!(
-            "{{ ca_file: {}, cert_file: {}, key_file: {} }}",
-            pki.ca_file.display(),
-            issued.cert_file.display(),
-            issued.key_file.display()
-        )
-    };
-    let default = tls(&dated("default", 2100)?);
-    let mesh = tls(&dated("mesh", 2099)?);
-    let shadowed = tls(&dated("shadowed", 2098)?);
+    let default = pki.tls_until("default", 2100)?;
+    let mesh = pki.tls_until("mesh", 2099)?;
+    let shadowed = pki.tls_until("shadowed", 2098)?;
     let cluster = |first: &str| {
         ClusterSpec::from_yaml(&format!(
             "name: c
@@ -1286,22 +1287,8 @@ async fn entries_whose_matches_join_alike_write_series_of_their_own() -> TestRes
     use crate::config::ClusterSpec;
 
     let pki = Pki::new("joined-alike")?;
-    let dated = |file: &str, year: i32| {
-        pki.issue_with(file, vec![dns("proxy.test")?], None, |params| {
-            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            params.not_after = rcgen::date_time_ymd(year, 1, 1);
-        })
-    };
-    let tls = |issued: &Issued| {
-        format!(
-            "{{ ca_file: {}, cert_file: {}, key_file: {} }}",
-            pki.ca_file.display(),
-            issued.cert_file.display(),
-            issued.key_file.display()
-        )
-    };
-    let one = tls(&dated("one", 2100)?);
-    let two = tls(&dated("two", 2099)?);
+    let one = pki.tls_until("one", 2100)?;
+    let two = pki.tls_until("two", 2099)?;
     let spec = ClusterSpec::from_yaml(&format!(
         "name: c
 transport_socket_matches:
