@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use metaprotocol_examples::dubbo_demo::{DemoProvider, DubboClient};
 use metaprotocol_router::config::{CertificateProviderSpec, ClusterTlsSpec};
-use metaprotocol_router::{Config, StartError};
+use metaprotocol_router::{Config, Proxy, StartError};
 use support::TestResult;
 use support::mesh::{MeshCa, Workload, spiffe_id, yaml};
 use support::process::Scratch;
@@ -44,6 +44,27 @@ struct Mesh {
 }
 
 impl Mesh {
+    /// A sidecar in front of `provider`: an engine whose listener speaks mutual TLS with the
+    /// mesh's CA and `workload`'s certificate; the engine and the address it listens on.
+    async fn sidecar(
+        &self,
+        workload: &Workload,
+        provider: SocketAddr,
+    ) -> TestResult<(Proxy, SocketAddr)> {
+        let sidecar = start_engine(&format!(
+            "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r, tls: {tls} }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: p }} }} ] }} ]
+clusters: [ {{ name: p, endpoints: [ {{ address: {provider} }} ] }} ]
+",
+            tls = yaml(&self.ca.listener_tls(workload))?,
+        ))
+        .await?;
+        let address = sidecar
+            .listener_addr("in")
+            .ok_or("the sidecar is not bound")?;
+        Ok((sidecar, address))
+    }
+
     fn new(name: &str) -> TestResult<Self> {
         let scratch = Scratch::new(name)?;
         let ca = MeshCa::new(&scratch, "mesh")?;
@@ -247,18 +268,7 @@ async fn clusters_from_the_server_speak_tls_with_certificates_of_provider_instan
         .ca
         .workload(&scratch, "provider", "default", "provider", &[])?;
     let provider = DemoProvider::start("v1").await?;
-    let sidecar = start_engine(&format!(
-        "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r, tls: {tls} }} ]
-route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: p }} }} ] }} ]
-clusters: [ {{ name: p, endpoints: [ {{ address: {provider} }} ] }} ]
-",
-        tls = yaml(&mesh.ca.listener_tls(&workload))?,
-        provider = provider.address(),
-    ))
-    .await?;
-    let sidecar_address = sidecar
-        .listener_addr("in")
-        .ok_or("the sidecar is not bound")?;
+    let (sidecar, sidecar_address) = mesh.sidecar(&workload, provider.address()).await?;
 
     let server = ManagementServer::new();
     let serving = server.serve("127.0.0.1:0".parse()?).await?;
@@ -340,18 +350,7 @@ async fn sidecar_clusters_speak_mutual_tls_to_endpoints_with_a_sidecar_and_plain
         .workload(&scratch, "provider", "default", "provider", &[])?;
     let meshed = DemoProvider::start("meshed").await?;
     let plain = DemoProvider::start("plain").await?;
-    let sidecar = start_engine(&format!(
-        "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r, tls: {tls} }} ]
-route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: p }} }} ] }} ]
-clusters: [ {{ name: p, endpoints: [ {{ address: {provider} }} ] }} ]
-",
-        tls = yaml(&mesh.ca.listener_tls(&workload))?,
-        provider = meshed.address(),
-    ))
-    .await?;
-    let sidecar_address = sidecar
-        .listener_addr("in")
-        .ok_or("the sidecar is not bound")?;
+    let (sidecar, sidecar_address) = mesh.sidecar(&workload, meshed.address()).await?;
 
     let server = ManagementServer::new();
     let serving = server.serve("127.0.0.1:0".parse()?).await?;
@@ -439,18 +438,7 @@ async fn clusters_with_file_named_sds_secrets_speak_mutual_tls_with_those_files(
         .ca
         .workload(&scratch, "provider", "default", "provider", &[])?;
     let provider = DemoProvider::start("v1").await?;
-    let sidecar = start_engine(&format!(
-        "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r, tls: {tls} }} ]
-route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: p }} }} ] }} ]
-clusters: [ {{ name: p, endpoints: [ {{ address: {provider} }} ] }} ]
-",
-        tls = yaml(&mesh.ca.listener_tls(&workload))?,
-        provider = provider.address(),
-    ))
-    .await?;
-    let sidecar_address = sidecar
-        .listener_addr("in")
-        .ok_or("the sidecar is not bound")?;
+    let (sidecar, sidecar_address) = mesh.sidecar(&workload, provider.address()).await?;
 
     let server = ManagementServer::new();
     let serving = server.serve("127.0.0.1:0".parse()?).await?;
