@@ -365,10 +365,33 @@ async fn admin_request(
     path: &str,
     body: &str,
 ) -> TestResult<(u16, String)> {
+    admin_request_with_headers(admin, method, path, "", body).await
+}
+
+/// [`admin_request`] with `Authorization: Bearer <token>`.
+async fn admin_request_with_token(
+    admin: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+) -> TestResult<(u16, String)> {
+    let authorization = format!("authorization: Bearer {token}\r\n");
+    admin_request_with_headers(admin, method, path, &authorization, "").await
+}
+
+/// `method path` with `headers` (each line ending in CRLF) and `body` to the admin API at
+/// `admin`: the answer's status and body, within 10 s.
+async fn admin_request_with_headers(
+    admin: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> TestResult<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(admin).await?;
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nhost: admin\r\n{headers}connection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).await?;
@@ -1774,31 +1797,6 @@ async fn a_config_file_rejected_for_its_wasm_module_is_applied_once_the_module_i
         "the config file was not applied once its module was there: {status:?}"
     );
     Ok(())
-}
-
-/// `method path` to the admin API at `admin` with `Authorization: Bearer <token>`: the
-/// answer's status and body, within 10 s.
-async fn admin_request_with_token(
-    admin: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    token: &str,
-) -> TestResult<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(admin).await?;
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nhost: admin\r\nauthorization: Bearer {token}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer)).await??;
-    let status = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .ok_or("no status line")?;
-    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
-    Ok((status, body.to_owned()))
 }
 
 /// The admin token file is read as the proxy's other files are: a FIFO is refused without
