@@ -912,6 +912,49 @@ fn a_signal_while_run_starts_is_handled() -> TestResult {
     Ok(())
 }
 
+/// A SIGTERM while `run` waits for its new cluster's first health checks (an `http` probe of a
+/// server that takes the check's connection and never answers, with a 60 s timeout) ends it at
+/// once: the stop waited for the start to end, a minute later, and then drained.
+#[test]
+fn a_stop_while_run_waits_for_its_first_health_checks_ends_it_at_once() -> TestResult {
+    let scratch = Scratch::new("proxy-binary-stop-while-starting")?;
+    let silent = std::net::TcpListener::bind("127.0.0.1:0")?;
+    silent.set_nonblocking(true)?;
+    let config = scratch.path("proxy.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{LISTENER}{ROUTE_CONFIG}clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ], \
+             health_check: {{ interval: 5s, timeout: 60s, probe: {{ http: {{ path: /health }} }} }} }} ]\n",
+            silent.local_addr()?
+        ),
+    )?;
+    let mut command = Command::new(BINARY);
+    command.arg("run").arg("--config").arg(&config);
+    let mut proxy = ChildGuard::spawn(command, "metaprotocol-proxy", &scratch)?;
+    // The first check's connection, held unanswered: the proxy is starting, waiting for it.
+    let mut check = None;
+    let checked = support::process::wait_until(Duration::from_secs(20), "the first check", || {
+        proxy.check_running()?;
+        match silent.accept() {
+            Ok((stream, _)) => check = Some(stream),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(err) => return Err(err.into()),
+        }
+        Ok(check.is_some())
+    });
+    assert!(checked.is_ok(), "{checked:?}: {}", proxy.stderr_tail());
+    signal(proxy.pid(), "TERM")?;
+    let status = proxy.wait(Duration::from_secs(20))?;
+    assert!(status.success(), "{status}: {}", proxy.stderr_tail());
+    assert!(
+        proxy.stderr_tail().contains("stopped while starting"),
+        "{}",
+        proxy.stderr_tail()
+    );
+    Ok(())
+}
+
 /// `--workers 0` is a usage error naming the range, as a count past the ceiling is: before,
 /// it was taken silently for the default, one per core.
 #[test]

@@ -243,12 +243,18 @@ async fn run(
     parking: Parking,
     log_control: Arc<ReloadableFilter>,
 ) -> ExitCode {
-    // Listened for before anything starts: a signal that comes while the proxy starts (a stop
-    // as its pod starts, logrotate's SIGHUP) waits for the loop below, where the default
-    // handling of each would end the process at once, undrained.
+    // Listened for before anything starts, where the default handling of each would end the
+    // process at once: a stop while the proxy starts (as its pod starts) ends it below, without
+    // waiting for the start to end; logrotate's SIGHUP waits for the loop below.
     let (mut stop, mut hangup) = (StopSignals::listen(), HangupSignal::listen());
     // The text is kept to place errors found while building (a filter's config, say) in it.
-    let text = match Config::read_file_within(&path).await {
+    // A stop while the proxy starts (its config file on a mount that does not answer, its new
+    // clusters' first health checks) ends it at once: nothing serves yet, so nothing is drained.
+    let read = tokio::select! {
+        read = Config::read_file_within(&path) => read,
+        () = stop.next() => return stopped_while_starting(),
+    };
+    let text = match read {
         Ok(text) => text,
         Err(err) => {
             eprintln!("{}: cannot read: {err}", path.display());
@@ -286,7 +292,11 @@ async fn run(
             }
         }
     }
-    let proxy = match builder.start().await {
+    let started = tokio::select! {
+        started = builder.start() => started,
+        () = stop.next() => return stopped_while_starting(),
+    };
+    let proxy = match started {
         Ok(proxy) => proxy,
         Err(StartError::Config(err)) => {
             eprintln!(
@@ -324,6 +334,13 @@ async fn run(
         () = stop.next() => {}
     }
     ExitCode::FAILURE
+}
+
+/// What `run` stopped by a signal before it served says, and its exit: a stop asked for is a
+/// success, as after a drain.
+fn stopped_while_starting() -> ExitCode {
+    eprintln!("stopped while starting");
+    ExitCode::SUCCESS
 }
 
 /// How often `run` looks at its config file.
