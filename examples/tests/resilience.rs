@@ -209,8 +209,9 @@ async fn a_killed_provider_is_detected_avoided_and_used_again_when_back() -> Tes
 
     let killed = Instant::now();
     drop(b);
-    // Detection: two failed checks 200 ms apart (and outlier ejection, from the traffic).
-    wait_for("b to leave rotation", Duration::from_millis(1500), || {
+    // Detection: two failed checks 200 ms apart (and outlier ejection, from the traffic), well
+    // under a second on an idle machine (printed below); the bound is for a loaded one.
+    wait_for("b to leave rotation", Duration::from_secs(20), || {
         out_of_rotation(&proxy, b_address)
     })
     .await?;
@@ -225,7 +226,8 @@ async fn a_killed_provider_is_detected_avoided_and_used_again_when_back() -> Tes
         before, after,
         "the dead endpoint got requests after detection"
     );
-    assert!(clean.len() > 100, "{} calls after detection", clean.len());
+    // Enough calls to have reached b had it stayed in rotation (a third of them would have).
+    assert!(clean.len() > 20, "{} calls after detection", clean.len());
     let failed: Vec<&Outcome> = clean
         .iter()
         .filter(|o| !matches!(o, Outcome::Reply(20, _)))
@@ -1198,7 +1200,7 @@ async fn a_deadline_in_a_retry_pause_counts_no_second_attempt_timeout() -> TestR
 async fn a_retry_due_after_the_deadline_is_not_started() -> TestResult {
     let provider = DemoProvider::start("p").await?;
     let (proxy, address) = start(&config(
-        ", timeout: 1200ms, retry_policy: { num_retries: 1, retry_on: [reset], idempotent_methods: [sayHelloAndHangUp], retry_back_off: { base_interval: 1s } }",
+        ", timeout: 4500ms, retry_policy: { num_retries: 1, retry_on: [reset], idempotent_methods: [sayHelloAndHangUp], retry_back_off: { base_interval: 4s } }",
         &endpoints(&[&provider], &[]),
     ))
     .await?;
@@ -1208,7 +1210,9 @@ async fn a_retry_due_after_the_deadline_is_not_started() -> TestResult {
         support::metrics::sample(&proxy.metrics().render(), name, labels)
     };
     let retries = || sample("metaprotocol_upstream_rq_retry_total", &[("cluster", "c")]);
-    // The first attempt is reset at once; its retry waits half a second or more.
+    // The first attempt is reset at once; its retry waits 2 to 4 s, before the deadline: a
+    // stall of the machine under two seconds (a pause of 0.5 s let one) cannot see the retry
+    // come due, and go out before the deadline, between this look and the block below.
     wait_for(
         "the reset attempt to be retried",
         Duration::from_secs(20),
@@ -1217,7 +1221,7 @@ async fn a_retry_due_after_the_deadline_is_not_started() -> TestResult {
     .await?;
     // The test shares its thread with the proxy: blocked, the proxy takes no turn until both
     // the retry's pause and the deadline have passed.
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(5));
     let reply = tokio::time::timeout(Duration::from_secs(5), call).await???;
     assert_eq!(retries(), 1.0, "one retry: {}", reply.dubbo_status);
     assert_eq!(reply.dubbo_status, 31, "the timeout error");
