@@ -216,6 +216,51 @@ async fn heartbeats_are_answered_by_the_proxy() -> TestResult {
     Ok(())
 }
 
+/// An event request whose data is neither null (a heartbeat) nor "R" (read-only) gets no
+/// answer, as from a Java provider, and is no heartbeat the proxy answered: it counts in
+/// `codec_events_unanswered_total{protocol="dubbo"}`, not in `downstream_heartbeats_total`,
+/// which counts the heartbeat after it alone.
+#[tokio::test]
+async fn an_event_that_is_no_heartbeat_counts_apart_from_heartbeats() -> TestResult {
+    let world = World::start("      - route: { cluster: demo }").await?;
+    let address = world.proxy.listener_addr("in").ok_or("no listener")?;
+    let unanswered = |metrics: &str| {
+        support::metrics::sample(
+            metrics,
+            "metaprotocol_codec_events_unanswered_total",
+            &[("protocol", "dubbo")],
+        )
+    };
+    let before = unanswered(&world.proxy.metrics().render());
+    let mut socket = TcpStream::connect(address).await?;
+    // A two-way Hessian2 event of id 2 carrying the string "X", then the heartbeat of id 1.
+    let mut event = hex::decode("dabbe2000000000000000002000000020158")?;
+    event.extend_from_slice(&hex::decode(HEARTBEAT)?);
+    socket.write_all(&event).await?;
+    let mut reply = [0u8; 17];
+    tokio::time::timeout(Duration::from_secs(20), socket.read_exact(&mut reply)).await??;
+    assert_eq!(&reply[4..12], &1u64.to_be_bytes(), "the heartbeat's answer");
+    let heartbeats = |metrics: &str| {
+        support::metrics::sample(
+            metrics,
+            "metaprotocol_downstream_heartbeats_total",
+            &[("listener", "in")],
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        let metrics = world.proxy.metrics().render();
+        if heartbeats(&metrics) >= 1.0 || Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(heartbeats(&metrics), 1.0, "heartbeats answered");
+    assert_eq!(unanswered(&metrics) - before, 1.0, "events left unanswered");
+    world.proxy.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn no_route_is_a_service_not_found_reply() -> TestResult {
     let world = World::start(&format!(

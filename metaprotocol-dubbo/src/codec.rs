@@ -47,25 +47,33 @@ impl Codec for DubboCodec {
     }
 
     fn decode_into(&mut self, src: &mut BytesMut, slot: &mut Message) -> Result<bool, CodecError> {
-        let Some(header) = Header::peek(src)? else {
-            return Ok(false);
-        };
-        let frame_len = HEADER_LEN as u64 + u64::from(header.body_len);
-        let frame_len = usize::try_from(frame_len)
-            .ok()
-            .filter(|len| *len <= self.max_frame_bytes)
-            .ok_or(CodecError::FrameTooLarge {
-                size: frame_len,
-                max: self.max_frame_bytes,
-            })?;
-        if src.len() < frame_len {
-            src.reserve(frame_len - src.len());
-            return Ok(false);
+        loop {
+            let Some(header) = Header::peek(src)? else {
+                return Ok(false);
+            };
+            let frame_len = HEADER_LEN as u64 + u64::from(header.body_len);
+            let frame_len = usize::try_from(frame_len)
+                .ok()
+                .filter(|len| *len <= self.max_frame_bytes)
+                .ok_or(CodecError::FrameTooLarge {
+                    size: frame_len,
+                    max: self.max_frame_bytes,
+                })?;
+            if src.len() < frame_len {
+                src.reserve(frame_len - src.len());
+                return Ok(false);
+            }
+            let frame = src.split_to(frame_len).freeze();
+            if header.kind() == MessageKind::Heartbeat && reply::is_unanswered_event(&frame) {
+                // Nothing acts on it, as in Java Dubbo: it is passed over, counted, and the
+                // next frame read.
+                reply::count_unanswered_event();
+                continue;
+            }
+            slot.reset(header.kind(), header.request_id, frame);
+            read_body(&header, slot);
+            return Ok(true);
         }
-        let frame = src.split_to(frame_len).freeze();
-        slot.reset(header.kind(), header.request_id, frame);
-        read_body(&header, slot);
-        Ok(true)
     }
 
     fn encode(

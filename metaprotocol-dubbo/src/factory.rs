@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use metaprotocol_core::{
-    Codec, CodecFactory, CodecOptions, Message, OptionsError, Probe, Side, WireVariant,
+    Codec, CodecCounter, CodecFactory, CodecOptions, Message, OptionsError, Probe, Side,
+    WireVariant,
 };
 
 use crate::header::HEADER_LEN;
@@ -69,6 +70,17 @@ impl CodecFactory for DubboCodecFactory {
             }
             _ => None,
         }
+    }
+
+    /// `events_unanswered`: the event requests whose data is neither null (a heartbeat) nor
+    /// `R` (read-only), which the codecs pass over unanswered, as Java Dubbo does, from clients
+    /// and providers, over every Dubbo listener and cluster of the process.
+    fn counters(&self) -> Vec<CodecCounter> {
+        vec![CodecCounter {
+            name: "events_unanswered",
+            help: "Dubbo event requests whose data is neither null (a heartbeat) nor R (read-only), passed over unanswered as Java Dubbo does",
+            value: crate::reply::unanswered_events(),
+        }]
     }
 }
 

@@ -168,9 +168,12 @@
 //! Java providers answer only two-way ones, but dubbo-py sends its heartbeat one-way and waits
 //! for the answer that its own and Node providers send, and Java clients drop heartbeat answers
 //! whatever they asked. An event request whose data is neither null nor `R` (in Hessian2 or
-//! fastjson2) is decoded as a `Heartbeat` but not answered, two-way or not, as Java Dubbo
-//! answers none: its heartbeat handler answers an event only when its data is null, and its
-//! exchange handler acts on `R` alone. Heartbeat replies with status 0 (dubbo-py's) count as healthy, and so do responses
+//! fastjson2) is not answered, two-way or not, as Java Dubbo answers none: its heartbeat
+//! handler answers an event only when its data is null, and its exchange handler acts on `R`
+//! alone. The codec passes such a frame over as it reads it, from a client or a provider, so
+//! that it is no heartbeat the engine answered (`downstream_heartbeats_total`), and counts it
+//! in [`DubboCodecFactory`]'s `events_unanswered` counter
+//! (`codec_events_unanswered_total{protocol="dubbo"}`, over the whole process). Heartbeat replies with status 0 (dubbo-py's) count as healthy, and so do responses
 //! to one-way requests, which some providers send: they are decoded like any response.
 //!
 //! # Example

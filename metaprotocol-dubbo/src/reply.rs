@@ -1,5 +1,7 @@
 //! Responses the proxy writes itself: local replies and heartbeat replies.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use bytes::{BufMut, BytesMut};
 use metaprotocol_core::{CodecError, LocalReply, Message, MessageKind};
 
@@ -50,7 +52,8 @@ pub(crate) fn write_local_reply(
 /// heartbeat's own serialization (for serializations other than Hessian2 the heartbeat's body,
 /// which is that serialization's null, is echoed). One-way heartbeats (dubbo-py's) are answered
 /// too, as every real provider does: dubbo-py waits for that answer. An event whose data is
-/// not null ([`carries_data`]) is no heartbeat, and gets nothing.
+/// not null is no heartbeat: the codec passes it over as it reads it ([`is_unanswered_event`]),
+/// and one built by hand gets nothing here either.
 pub(crate) fn write_heartbeat_reply(
     heartbeat: &Message,
     max_frame_bytes: usize,
@@ -115,6 +118,30 @@ fn carries_data(frame: &[u8]) -> bool {
         FASTJSON2 => body != FASTJSON2_HEARTBEAT,
         _ => false,
     }
+}
+
+/// True if `frame` (an event request) is one that nothing acts on: its data is neither null
+/// (a heartbeat) nor `R` (read-only), in Hessian2 or fastjson2. Java Dubbo answers such an
+/// event from neither side, two-way or not, and so does the codec: it passes the frame over
+/// as it reads it, counting it ([`count_unanswered_event`]), so that it reaches neither the
+/// engine's heartbeats (`downstream_heartbeats_total` counts the heartbeats answered) nor an
+/// answer to an id the sender may have given a call.
+pub(crate) fn is_unanswered_event(frame: &[u8]) -> bool {
+    carries_data(frame) && !is_readonly_event(frame)
+}
+
+/// Event requests passed over unanswered ([`is_unanswered_event`]) by every Dubbo codec of the
+/// process, from clients and providers alike: the factories' `events_unanswered` counter.
+static EVENTS_UNANSWERED: AtomicU64 = AtomicU64::new(0);
+
+/// Counts an event request passed over unanswered.
+pub(crate) fn count_unanswered_event() {
+    EVENTS_UNANSWERED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The event requests passed over unanswered so far.
+pub(crate) fn unanswered_events() -> u64 {
+    EVENTS_UNANSWERED.load(Ordering::Relaxed)
 }
 
 /// True if `frame` (an event request) is a read-only event: its body is the string `"R"` in

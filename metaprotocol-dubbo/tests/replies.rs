@@ -257,12 +257,25 @@ fn a_readonly_event_in_fastjson2_decodes_as_go_away() -> TestResult {
 /// answered, two-way or not, as Java Dubbo's providers and consumers answer none: their
 /// heartbeat handler answers an event only when its data is null, and the exchange handler
 /// acts on "R" alone. An answer would be a heartbeat reply to something else, whose id the
-/// sender may have given a call. Heartbeats in both serializations the codec reads stay
-/// answered.
+/// sender may have given a call. The codec passes such an event over as it reads it, counted
+/// in its factory's `events_unanswered` (so that the engine counts no heartbeat it did not
+/// answer), and reads the frame after it. Heartbeats in both serializations the codec reads
+/// stay answered.
 #[test]
 fn events_that_are_no_heartbeat_get_no_answer() -> TestResult {
+    use metaprotocol_core::CodecFactory;
     const HESSIAN2_EVENT: u8 = 0x80 | 0x20 | 2;
     const FASTJSON2_EVENT: u8 = 0x80 | 0x20 | 23;
+    let factory = metaprotocol_dubbo::DubboCodecFactory::new(1 << 20);
+    let unanswered = || {
+        factory
+            .counters()
+            .iter()
+            .find(|counter| counter.name == "events_unanswered")
+            .map(|counter| counter.value)
+    };
+    let before = unanswered().ok_or("no events_unanswered counter")?;
+    let mut events = 0;
     for two_way in [0, 0x40] {
         for (what, flag, body) in [
             ("a Hessian2 string", HESSIAN2_EVENT, &[0x01, b'X'][..]),
@@ -279,14 +292,25 @@ fn events_that_are_no_heartbeat_get_no_answer() -> TestResult {
                 &[0, 0, 0, 2, 0x4a, b'X'],
             ),
         ] {
-            let event = decode_one(&frame(flag | two_way, 0, 9, body))?;
-            assert!(
-                heartbeat_reply(&event)?.is_empty(),
+            let mut stream = frame(flag | two_way, 0, 9, body);
+            stream.extend(frame(HESSIAN2_EVENT | 0x40, 0, 10, b"N"));
+            let next = decode_one(&stream)?;
+            events += 1;
+            assert_eq!(
+                (next.kind, next.request_id),
+                (MessageKind::Heartbeat, 10),
                 "{what}, two-way: {}",
                 two_way != 0
             );
+            // Nothing is left of it to decode, and alone it gives no message.
+            let mut alone = BytesMut::from(&frame(flag | two_way, 0, 9, body)[..]);
+            assert!(codec().decode(&mut alone)?.is_none(), "{what}");
+            assert!(alone.is_empty(), "{what}");
+            events += 1;
         }
     }
+    // Other tests of this binary decode no such event.
+    assert_eq!(unanswered(), Some(before + events));
     let hessian2 = decode_one(&frame(HESSIAN2_EVENT | 0x40, 0, 9, b"N"))?;
     assert_eq!(heartbeat_reply(&hessian2)?, frame(0x22, 20, 9, b"N"));
     let fastjson2 = decode_one(&frame(FASTJSON2_EVENT | 0x40, 0, 9, &[0, 0, 0, 1, 0xaf]))?;
