@@ -17,9 +17,9 @@
 //! which is that ASCII), numbers and booleans as the text Java prints for them, a null as none.
 //! Values whose text is not sure to match what a Java provider prints (floats, big numbers,
 //! dates, lists, maps, objects, binaries) are not metadata, and take out an earlier value of
-//! their key as they replace it in the provider's map. A key or string value that cannot be
-//! decoded (GB18030 past ASCII, UTF-8 or UTF-16 that is not) refuses the call, as a reference
-//! value does: the provider reads it, and routes and policies must not miss it.
+//! their key as they replace it in the provider's map. A call field, key or string value that
+//! cannot be decoded (GB18030 past ASCII, UTF-8 or UTF-16 that is not) refuses the call, as a
+//! reference value does: the provider reads it, and routes and policies must not miss it.
 //!
 //! A mutation of a call's attachments is written back into its JSONB map by [`write_mutated`],
 //! the untouched entries byte for byte. A response is a result flag (a JSONB int), the result
@@ -653,20 +653,31 @@ pub(crate) fn decode(frame: &Bytes, metadata: &mut Metadata) -> Result<DecodedRe
     let version = fields.string()?;
     let method = fields.string()?;
     let descriptor = fields.string()?;
-    if let Some(path) = path.as_ref().and_then(|path| path.to_metadata(frame)) {
+    // A call field the provider reads (its reader replaces what it cannot decode) and this
+    // codec cannot would leave the metadata without the service, version or method that runs,
+    // or the arguments counted otherwise than by the provider (none, with the first read as
+    // the attachments): the call is refused.
+    let text = |field: &Option<JsonbStr>| {
+        field
+            .as_ref()
+            .map(|field| field.to_metadata(frame).ok_or(request::UNDECODABLE_FIELD))
+            .transpose()
+    };
+    if let Some(path) = text(&path)? {
         metadata.insert(keys::INTERFACE, path.clone());
         metadata.insert(keys::SERVICE, path);
     }
-    if let Some(method) = method.as_ref().and_then(|m| m.to_metadata(frame)) {
+    if let Some(method) = text(&method)? {
         metadata.insert(keys::METHOD, method);
     }
-    if let Some(version) = version.as_ref().and_then(|v| version_text(v, frame)) {
+    if let Some(version) = &version {
+        let version = version_text(version, frame).ok_or(request::UNDECODABLE_FIELD)?;
         metadata.insert(keys::VERSION, version);
     }
-    let descriptor = descriptor
-        .as_ref()
-        .and_then(|d| text_of(d, frame))
-        .unwrap_or_default();
+    let descriptor = match &descriptor {
+        Some(descriptor) => text_of(descriptor, frame).ok_or(request::UNDECODABLE_FIELD)?,
+        None => Cow::Borrowed(""),
+    };
     for _ in 0..request::argument_count(descriptor.as_bytes()) {
         fields.expect()?;
     }

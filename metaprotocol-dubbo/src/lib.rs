@@ -61,7 +61,7 @@
 //! fastjson2 call is refused, answered with status 40, where a Hessian2 one is, when its body
 //! cannot be read, when a symbol number names no symbol given before it, when an attachment's
 //! value is a reference (a path to another value, which the codec does not follow), and when
-//! an attachment's key or string value cannot be decoded (GB18030 past ASCII, UTF-8 or UTF-16
+//! a call field, or an attachment's key or string value, cannot be decoded (GB18030 past ASCII, UTF-8 or UTF-16
 //! that is not, which the provider's reader reads with replacement characters): an attachment
 //! the provider reads is never hidden from routes and policies.
 //!
@@ -100,7 +100,13 @@
 //! picks an export only on the client's side of a connection, never on a provider's.) So is a
 //! stub event call (a `dubbo.stub.event` attachment of `true`): a Java provider looks it up
 //! under another port than its service's (the connection's remote port, which through the
-//! proxy is the proxy's own, in Dubbo 2; 0 in Dubbo 3), finds no service, and fails it.
+//! proxy is the proxy's own, in Dubbo 2; 0 in Dubbo 3), finds no service, and fails it. So is
+//! a call whose service path, version, method or parameter descriptor field, or an
+//! attachment's key or string value, is a string the codec cannot decode (bytes neither UTF-8
+//! nor Java's surrogate encoding, which Java's Hessian2 reader decodes as some character all
+//! the same, an overlong `e` in `demo.Admin` as `e`; a lone surrogate): the service, method,
+//! group or value the provider reads would be absent from the metadata, and a descriptor
+//! counted otherwise than by the provider would have other bytes read as the attachments.
 //! Values are slices of the frame, not copies, except for strings split into chunks or
 //! holding characters outside the BMP in Java's surrogate encoding, and the rendered text of
 //! values that are no strings. Responses carry their attachments, read by the same rule as a

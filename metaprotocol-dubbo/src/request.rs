@@ -38,16 +38,32 @@ pub(crate) struct DecodedRequest {
 pub(crate) fn decode(frame: &Bytes, metadata: &mut Metadata) -> Result<DecodedRequest, CodecError> {
     let mut skipper = Skipper::new();
     let (fields, values_at, mut reader) = read_call(frame, &mut skipper)?;
-    let text = |data: &Option<StringData>| data.as_ref().and_then(|d| d.to_metadata(frame));
-    if let Some(path) = text(&fields.path) {
+    // The provider reads each call field whatever its bytes (Java's Hessian2 reader decodes
+    // an overlong or broken sequence as some character, `d\xc1\xa5mo.Admin` as `demo.Admin`):
+    // one that cannot be decoded here would leave the metadata without the service, version or
+    // method that runs, or the arguments counted otherwise than by the provider.
+    let text = |data: &Option<StringData>| {
+        data.as_ref()
+            .map(|d| d.to_metadata(frame).ok_or(UNDECODABLE_FIELD))
+            .transpose()
+    };
+    if let Some(path) = text(&fields.path)? {
         metadata.insert(keys::INTERFACE, path.clone());
         metadata.insert(keys::SERVICE, path);
     }
-    if let Some(method) = text(&fields.method) {
+    if let Some(method) = text(&fields.method)? {
         metadata.insert(keys::METHOD, method);
     }
-    if let Some(version) = fields.version.as_ref().and_then(|v| version_text(v, frame)) {
+    if let Some(version) = &fields.version {
+        let version = version_text(version, frame).ok_or(UNDECODABLE_FIELD)?;
         metadata.insert(keys::VERSION, version);
+    }
+    if fields
+        .descriptor
+        .as_ref()
+        .is_some_and(|descriptor| !descriptor.is_text(frame))
+    {
+        return Err(UNDECODABLE_FIELD);
     }
     // Java providers find the service by the `path` attachment, which replaces the call field
     // (`DubboProtocol.getInvoker`); other providers may go by the field. A call naming one
@@ -84,6 +100,14 @@ pub(crate) fn decode(frame: &Bytes, metadata: &mut Metadata) -> Result<DecodedRe
                     // the metadata's, which keeps the call field's version or an earlier group.
                     if let Some(refused) = selector_without_text(key) {
                         return Err(refused);
+                    }
+                    // The provider reads a key or string value whatever its bytes: one that
+                    // cannot be decoded here (a broken sequence Java reads as `group`, say)
+                    // would be hidden from routes and policies.
+                    if entry.value.is_some()
+                        || entry.key.as_ref().is_some_and(|key| !key.is_text(frame))
+                    {
+                        return Err(UNDECODABLE_ATTACHMENT);
                     }
                     // Another value than a string is there for the provider all the same.
                     entry.insert_other(frame, classes, &mut references, metadata);
@@ -264,6 +288,21 @@ const STUB_EVENT: &[u8] = b"dubbo.stub.event";
 
 /// Why a stub event call is refused.
 const STUB_EVENT_REFUSED: &str = "stub event calls (dubbo.stub.event attachment) are not supported through the proxy: a Java provider looks them up under another port than its service's (the proxy's own, or 0) and finds no service";
+
+/// Why a call is refused whose service path, version, method or parameter types field is a
+/// string that cannot be decoded (in Hessian2, bytes that are neither UTF-8 nor Java's
+/// surrogate encoding; in fastjson2, as an attachment's: GB18030 past ASCII, UTF-8 or UTF-16
+/// that is not).
+pub(crate) const UNDECODABLE_FIELD: CodecError = CodecError::malformed(
+    "a call field (service path, version, method or parameter types) is a string that cannot be decoded",
+);
+
+/// Why a Hessian2 call is refused whose attachment has a key or string value that cannot be
+/// decoded (bytes that are neither UTF-8 nor Java's surrogate encoding, a lone surrogate
+/// among them), as a fastjson2 call is.
+const UNDECODABLE_ATTACHMENT: CodecError = CodecError::malformed(
+    "an attachment's key or string value is a string that cannot be decoded (not UTF-8, or a lone surrogate)",
+);
 
 /// The attachment by which Java providers pick the version of the service that runs.
 pub(crate) const VERSION_ATTACHMENT: &[u8] = keys::VERSION.as_bytes();

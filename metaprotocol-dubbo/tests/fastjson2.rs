@@ -260,6 +260,79 @@ fn fastjson2_calls_are_refused_as_hessian2_ones_are() -> TestResult {
     Ok(())
 }
 
+/// A call field the provider reads and the codec cannot decode (GB18030 past ASCII, UTF-8 that
+/// is not) refuses the call: a path or method left out of the metadata would pass policies
+/// keyed on it, and a parameter descriptor read as none (no arguments) had the first argument,
+/// a map, read as the attachments, while the provider, which counts the arguments, reads the
+/// real ones.
+#[test]
+fn a_fastjson2_call_field_that_cannot_be_decoded_is_refused() -> TestResult {
+    let broken = gb18030(&[0x81, 0x30, 0x81, 0x30]);
+    let fields = |path: &[u8], method: &[u8], descriptor: &[u8]| {
+        let mut body = field(&latin1("2.0.2"));
+        for jsonb in [path, &latin1("1.0.0")[..], method, descriptor] {
+            body.extend(field(jsonb));
+        }
+        body
+    };
+    let map_argument = object(&[(latin1("group"), latin1("public"))]);
+    let attachments = object(&[
+        (latin1("path"), latin1("demo.Greeter")),
+        (latin1("group"), latin1("admin")),
+    ]);
+    let cases = [
+        (
+            "the path",
+            [
+                fields(&broken, &latin1("sayHello"), &latin1("Ljava/util/Map;")),
+                field(&map_argument),
+                field(&object(&[(latin1("group"), latin1("admin"))])),
+            ]
+            .concat(),
+        ),
+        (
+            "the method",
+            [
+                fields(
+                    &latin1("demo.Greeter"),
+                    &utf8_bytes(&[0xff]),
+                    &latin1("Ljava/util/Map;"),
+                ),
+                field(&map_argument),
+                field(&attachments),
+            ]
+            .concat(),
+        ),
+        (
+            "the descriptor",
+            [
+                fields(&latin1("demo.Greeter"), &latin1("sayHello"), &broken),
+                field(&map_argument),
+                field(&attachments),
+            ]
+            .concat(),
+        ),
+    ];
+    for (what, body) in cases {
+        let call = decode(&frame(1, &body))?;
+        assert_eq!(
+            call.reject_reason,
+            Some(
+                "a call field (service path, version, method or parameter types) is a string that cannot be decoded"
+            ),
+            "{what}: {:?}",
+            call.metadata
+        );
+        assert!(call.metadata.is_empty(), "{what}");
+    }
+    Ok(())
+}
+
+/// A JSONB UTF-8 string (`0x7a`) of `bytes`, UTF-8 or not.
+fn utf8_bytes(bytes: &[u8]) -> Vec<u8> {
+    [vec![0x7a], int32(bytes.len() as i32), bytes.to_vec()].concat()
+}
+
 /// Calls without attachments, with null ones, or with a typed map are read too.
 #[test]
 fn fastjson2_attachments_may_be_missing_null_or_typed() -> TestResult {

@@ -260,49 +260,141 @@ fn unreadable_results_pass_through_as_server_errors() -> Result<(), Box<dyn std:
     Ok(())
 }
 
-/// Attachments whose strings are ASCII, UTF-8 or CESU-8 become metadata; a key that is not
-/// representable in UTF-8 (a bad continuation byte, a lone surrogate) leaves its entry out, a
-/// value that is not is present without its text, and the call is still served.
+/// Attachments whose strings are ASCII, UTF-8 or CESU-8 become metadata. A key or string value
+/// that is neither refuses the call, as in fastjson2: Java's Hessian2 reader decodes any
+/// sequence (an overlong or broken one as some character: `gr\xc1\xafup` is `group`, `\xc3\x28`
+/// is `è`), so such an attachment left out of the metadata, or present without its text, let a
+/// group the provider runs, or a value a policy refuses, pass. A lone surrogate, which Java
+/// strings may hold and UTF-8 cannot, is refused too.
 #[test]
-fn attachments_not_representable_in_utf8_are_left_out() -> TestResult {
-    let mut body = Writer::new();
-    body.raw(&request_body("demo.Api", "hi", "", &[], None))
-        .raw(b"H")
-        .string("plain")
-        .string("v1")
-        .string("accent")
-        .string("héllo")
-        .string("emoji")
-        .string("x😀y")
-        .string("bad-value")
-        .raw(&[0x01, 0xc3, 0x28])
-        .raw(&[0x01, 0xed, 0xa0, 0x80])
-        .string("lone-surrogate-key")
-        .string("after")
-        .string("v2")
-        .raw(b"Z");
-    let message = decode_one(&frame(0xc2, 0, 1, &body.out))?;
-    assert_eq!(message.reject_reason, None);
-    assert_eq!(meta(&message, "plain"), Some("v1"));
-    assert_eq!(meta(&message, "accent"), Some("héllo"));
-    assert_eq!(meta(&message, "emoji"), Some("x😀y"));
-    assert_eq!(meta(&message, "bad-value"), Some(""));
-    assert_eq!(meta(&message, "after"), Some("v2"));
-    let keys: Vec<&str> = message.metadata.iter().map(|(k, _)| k).collect();
-    assert_eq!(
-        keys,
-        [
-            "interface",
-            "service",
-            "method",
-            "version",
-            "plain",
-            "accent",
-            "emoji",
-            "bad-value",
-            "after"
-        ]
-    );
+fn attachments_not_representable_in_utf8_are_refused() -> TestResult {
+    let call = |entries: &[(&[u8], &[u8])]| {
+        let mut body = Writer::new();
+        body.raw(&request_body("demo.Api", "hi", "", &[], None))
+            .raw(b"H")
+            .string("plain")
+            .string("v1")
+            .string("accent")
+            .string("héllo")
+            .string("emoji")
+            .string("x😀y");
+        for (key, value) in entries {
+            body.raw(key).raw(value);
+        }
+        body.raw(b"Z");
+        decode_one(&frame(0xc2, 0, 1, &body.out))
+    };
+    let fine = call(&[])?;
+    assert_eq!(fine.reject_reason, None);
+    assert_eq!(meta(&fine, "plain"), Some("v1"));
+    assert_eq!(meta(&fine, "accent"), Some("héllo"));
+    assert_eq!(meta(&fine, "emoji"), Some("x😀y"));
+    let group_overlong: &[u8] = &[0x05, b'g', b'r', 0xc1, 0xaf, b'u', b'p'];
+    let lone_surrogate: &[u8] = &[0x01, 0xed, 0xa0, 0x80];
+    for (what, key, value) in [
+        (
+            "a key Java reads as `group`",
+            group_overlong,
+            &b"\x05admin"[..],
+        ),
+        ("a lone surrogate key", lone_surrogate, b"\x02v2"),
+        ("a broken value", b"\x04role", &[0x01, 0xc3, 0x28]),
+        (
+            "a value Java reads as `admin`",
+            b"\x04role",
+            &[0x05, b'a', b'd', b'm', 0xc1, 0xa9, b'n'],
+        ),
+        ("a lone surrogate value", b"\x04role", lone_surrogate),
+        (
+            "a key Java reads as `group`, its value no string",
+            group_overlong,
+            &[0x91],
+        ),
+    ] {
+        let refused = call(&[(key, value)])?;
+        assert_eq!(
+            refused.reject_reason,
+            Some(
+                "an attachment's key or string value is a string that cannot be decoded (not UTF-8, or a lone surrogate)"
+            ),
+            "{what}: {:?}",
+            refused.metadata
+        );
+        assert!(refused.metadata.is_empty(), "{what}");
+    }
+    Ok(())
+}
+
+/// A call field Java's Hessian2 reader decodes and the codec cannot (an overlong or broken
+/// sequence, which Java reads as some character; a lone surrogate) refuses the call: the
+/// service `d\xc1\xa5mo.Admin` is `demo.Admin` to a Java provider, and was routed and
+/// authorized as a call of no service; a version or method likewise; and the parameter
+/// descriptor `\xc1\x8a`, a `J` to Java (one long), was counted as two arguments, the
+/// attachments map skipped as the second.
+#[test]
+fn call_fields_that_cannot_be_decoded_are_refused() -> TestResult {
+    let attachments = |writer: &mut Writer| {
+        writer.raw(b"H").string("group").string("admin").raw(b"Z");
+    };
+    let call = |path: &[u8], version: &[u8], method: &[u8], descriptor: &[u8], argument: &[u8]| {
+        let mut body = Writer::new();
+        body.string("2.0.2")
+            .raw(path)
+            .raw(version)
+            .raw(method)
+            .raw(descriptor)
+            .raw(argument);
+        attachments(&mut body);
+        decode_one(&frame(0xc2, 0, 1, &body.out))
+    };
+    let path: &[u8] = b"\x08demo.Api";
+    let version: &[u8] = b"\x051.0.0";
+    let method: &[u8] = b"\x02hi";
+    let descriptor: &[u8] = b"\x01J";
+    let long: &[u8] = &[0xe1];
+    let fine = call(path, version, method, descriptor, long)?;
+    assert_eq!(fine.reject_reason, None);
+    assert_eq!(meta(&fine, "group"), Some("admin"));
+    let overlong_path: &[u8] = &[
+        0x0a, b'd', 0xc1, 0xa5, b'm', b'o', b'.', b'A', b'd', b'm', b'i', b'n',
+    ];
+    let overlong_version: &[u8] = &[0x05, b'1', 0xc0, 0xae, b'0', b'.', b'0'];
+    let overlong_method: &[u8] = &[0x06, b'd', 0xc1, 0xa5, b'l', b'e', b't', b'e'];
+    let overlong_descriptor: &[u8] = &[0x01, 0xc1, 0x8a];
+    let lone_surrogate: &[u8] = &[0x01, 0xed, 0xa0, 0x80];
+    for (what, call) in [
+        (
+            "the path",
+            call(overlong_path, version, method, descriptor, long),
+        ),
+        (
+            "the version",
+            call(path, overlong_version, method, descriptor, long),
+        ),
+        (
+            "the method",
+            call(path, version, overlong_method, descriptor, long),
+        ),
+        (
+            "the descriptor",
+            call(path, version, method, overlong_descriptor, long),
+        ),
+        (
+            "a lone surrogate path",
+            call(lone_surrogate, version, method, descriptor, long),
+        ),
+    ] {
+        let call = call?;
+        assert_eq!(
+            call.reject_reason,
+            Some(
+                "a call field (service path, version, method or parameter types) is a string that cannot be decoded"
+            ),
+            "{what}: {:?}",
+            call.metadata
+        );
+        assert!(call.metadata.is_empty(), "{what}");
+    }
     Ok(())
 }
 

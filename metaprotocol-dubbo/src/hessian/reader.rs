@@ -33,6 +33,12 @@ impl StringData<'_> {
         }
     }
 
+    /// True if the string can be decoded (see [`StringData::to_byte_str`]), judged without a
+    /// copy when it is ASCII.
+    pub(crate) fn is_text(&self, frame: &Bytes) -> bool {
+        matches!(self, Self::Ascii(_)) || self.to_byte_str(frame).is_some()
+    }
+
     /// The string as metadata: where it lies in `frame` when it is ASCII there (no reference
     /// to the frame taken), else as [`StringData::to_byte_str`] makes it.
     // Inlined, the string is built where the metadata's insert reads it (3,564 -> 3,381).
