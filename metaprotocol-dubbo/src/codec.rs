@@ -194,8 +194,19 @@ fn passes_through(message: &Message, params: &EncodeParams<'_>) -> Result<bool, 
     // Responses that cannot carry attachments (errors, events, other serializations, or a
     // client too old to read them) travel unchanged: dropping a response mutation beats
     // failing the client's call.
+    let rewritable = layout.body != Body::Opaque || is_fastjson2_result(message);
     Ok(params.mutation.is_empty()
-        || (!message.kind.is_call() && (layout.body == Body::Opaque || !client_reads_attachments)))
+        || (!message.kind.is_call() && (!rewritable || !client_reads_attachments)))
+}
+
+/// True if `message` is a fastjson2 response with status 20 whose result flag was read (its
+/// status not a server error): its attachments can be rewritten, though the codec keeps no
+/// layout of its body.
+fn is_fastjson2_result(message: &Message) -> bool {
+    message.kind == MessageKind::Response
+        && Header::serialization_of(&message.frame) == FASTJSON2
+        && message.frame.get(3) == Some(&status::OK)
+        && message.status != ResponseStatus::ServerError
 }
 
 impl DubboCodec {
@@ -225,14 +236,17 @@ impl DubboCodec {
         let fastjson2_call = layout.body == Body::Opaque
             && message.kind.is_call()
             && Header::serialization_of(&message.frame) == FASTJSON2;
-        if layout.body == Body::Opaque && !fastjson2_call {
+        let fastjson2_result = layout.body == Body::Opaque && is_fastjson2_result(message);
+        if layout.body == Body::Opaque && !fastjson2_call && !fastjson2_result {
             return Err(CodecError::Encode(
-                "attachments can only be rewritten in Hessian2 (serialization id 2) and fastjson2 (23) calls".into(),
+                "attachments can only be rewritten in Hessian2 (serialization id 2) and fastjson2 (23) calls and responses".into(),
             ));
         }
         let start = dst.len();
         let result = if fastjson2_call {
             self.write_mutated_fastjson2(&message.frame, params, dst)
+        } else if fastjson2_result {
+            self.write_mutated_fastjson2_response(&message.frame, params, dst)
         } else {
             self.write_mutated(&message.frame, layout, params, dst)
         };
@@ -253,6 +267,30 @@ impl DubboCodec {
         let start = dst.len();
         dst.reserve(frame.len() + mutation_size(params));
         fastjson2::write_mutated(frame, params.mutation, dst)?;
+        patch_request_id(dst, start, params.request_id);
+        patch_body_len(dst, start, self.max_frame_bytes)
+    }
+
+    /// Appends fastjson2 response `frame` with its attachments rewritten (see
+    /// [`fastjson2::write_mutated_response`]) and its header patched; one whose attachments
+    /// cannot be read goes as it came (but for its request id), as a Hessian2 response that
+    /// cannot be read does: its client's fastjson2 may read what this codec does not.
+    fn write_mutated_fastjson2_response(
+        &self,
+        frame: &[u8],
+        params: &EncodeParams<'_>,
+        dst: &mut BytesMut,
+    ) -> Result<(), CodecError> {
+        let start = dst.len();
+        dst.reserve(frame.len() + mutation_size(params));
+        match fastjson2::write_mutated_response(frame, params.mutation, dst) {
+            Ok(()) => {}
+            Err(CodecError::Malformed(_)) => {
+                dst.truncate(start);
+                dst.put_slice(frame);
+            }
+            Err(error) => return Err(error),
+        }
         patch_request_id(dst, start, params.request_id);
         patch_body_len(dst, start, self.max_frame_bytes)
     }

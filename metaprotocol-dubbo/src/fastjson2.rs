@@ -23,7 +23,8 @@
 //!
 //! A mutation of a call's attachments is written back into its JSONB map by [`write_mutated`],
 //! the untouched entries byte for byte. A response is a result flag (a JSONB int), the result
-//! and, for flags 3 to 5, the attachments map, read by [`decode_response`].
+//! and, for flags 3 to 5, the attachments map, read by [`decode_response`]; a mutation of its
+//! attachments is written by [`write_mutated_response`].
 //!
 //! Everything read from the wire is checked: lengths against the frame, JSONB lengths against
 //! their field, nesting to [`MAX_DEPTH`]; decoding never allocates in proportion to a length
@@ -783,7 +784,7 @@ fn read_attachments(
 /// for a string key whose text cannot be decoded.
 fn read_map(
     map: &mut Cursor<'_>,
-    frame: &Bytes,
+    frame: &[u8],
     mut each: impl FnMut(JsonbStr, &str, Value) -> Result<(), CodecError>,
 ) -> Result<(), CodecError> {
     if !map.open_map()? {
@@ -970,6 +971,75 @@ fn write_call(frame: &[u8], mutation: &Mutation, dst: &mut BytesMut) -> Result<(
         None => dst.put_slice(slice(frame, path_at..path_end)?),
     }
     dst.put_slice(slice(frame, path_end..map_at)?);
+    put_map_field(map, mutation, dst)?;
+    dst.put_slice(slice(frame, after_map..frame.len())?);
+    Ok(())
+}
+
+/// Appends fastjson2 response `frame` (status 20) with `mutation` applied to its attachments,
+/// as [`write_mutated`] does to a call's: the result flag announcing attachments (one without
+/// them, 0 to 2, gains 3: an exception 3, a value 4, a null 5, written as Dubbo writes the
+/// byte, a JSONB int8), the result as it came, then the map (its entries the mutation leaves
+/// byte for byte, then the sets; a new map after the result when there was none). A response
+/// whose flag or attachments cannot be read fails with a `Malformed` error, for the caller to
+/// forward it as it came; a removal or replacement of an entry another points at with an
+/// `Encode` one. The caller patches the header.
+pub(crate) fn write_mutated_response(
+    frame: &[u8],
+    mutation: &Mutation,
+    dst: &mut BytesMut,
+) -> Result<(), CodecError> {
+    const EXCEPTION_WITH_ATTACHMENTS: i64 = 3;
+    let mut fields = Fields {
+        frame,
+        pos: HEADER_LEN,
+    };
+    let flag = fields.expect()?.int64()?;
+    let flag_end = fields.pos;
+    if !(0..=5).contains(&flag) {
+        return Err(CodecError::malformed("unknown Dubbo result flag"));
+    }
+    // Flags 2 and 5 have no result (a null).
+    if !matches!(flag, 2 | 5) {
+        fields.expect()?;
+    }
+    let result_end = fields.pos;
+    let map = if flag >= EXCEPTION_WITH_ATTACHMENTS {
+        Some(fields.expect()?)
+    } else {
+        None
+    };
+    let after_map = fields.pos;
+    // Attachments the codec cannot read as metadata (`decode_response` left none) are not
+    // rewritten either: the mutation would not be what a second reading saw.
+    if let Some(map) = &map {
+        read_map(&mut map.clone(), frame, |_, _, value| match value {
+            Value::Text(text) if text_of(&text, frame).is_none() => Err(UNDECODABLE_TEXT),
+            _ => Ok(()),
+        })?;
+    }
+    if flag >= EXCEPTION_WITH_ATTACHMENTS {
+        dst.put_slice(slice(frame, 0..flag_end)?);
+    } else {
+        dst.put_slice(slice(frame, 0..HEADER_LEN)?);
+        let with_attachments = u8::try_from(flag + EXCEPTION_WITH_ATTACHMENTS)
+            .map_err(|_| CodecError::malformed("unknown Dubbo result flag"))?;
+        dst.put_u32(2);
+        dst.put_slice(&[INT8, with_attachments]);
+    }
+    dst.put_slice(slice(frame, flag_end..result_end)?);
+    put_map_field(map, mutation, dst)?;
+    dst.put_slice(slice(frame, after_map..frame.len())?);
+    Ok(())
+}
+
+/// Appends the attachments field, its 4-byte length and the map `map` (its field's value, if
+/// there is one) with `mutation` applied (see [`write_map`]).
+fn put_map_field(
+    map: Option<Cursor<'_>>,
+    mutation: &Mutation,
+    dst: &mut BytesMut,
+) -> Result<(), CodecError> {
     let len_at = dst.len();
     dst.put_u32(0);
     write_map(map, mutation, dst)?;
@@ -980,7 +1050,6 @@ fn write_call(frame: &[u8], mutation: &Mutation, dst: &mut BytesMut) -> Result<(
     if let Some(prefix) = dst.get_mut(len_at..len_at + 4) {
         prefix.copy_from_slice(&len.to_be_bytes());
     }
-    dst.put_slice(slice(frame, after_map..frame.len())?);
     Ok(())
 }
 

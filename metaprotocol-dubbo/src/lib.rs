@@ -73,8 +73,9 @@
 //! one judged by its result flag (a JSONB int) as a Hessian2 one is (an exception is an
 //! `ApplicationError`, a flag that cannot be read a `ServerError`), and its attachments (result
 //! flags 3, 4 and 5) read into its metadata as a Hessian2 response's are, for `on_response`
-//! scripts and filters. Attachments that cannot be read leave the metadata empty and the status
-//! the flag's, since the client's fastjson2 may read what this codec does not.
+//! scripts and filters (a response mutation is written into them: see Mutations). Attachments
+//! that cannot be read leave the metadata empty and the status the flag's, since the client's
+//! fastjson2 may read what this codec does not.
 
 //! # Metadata
 //!
@@ -123,8 +124,8 @@
 //! refuses a call whose two paths differ.
 //! A response without attachments gains them by switching its result flag (value 1 to 4, null
 //! 2 to 5, exception 0 to 3). Responses that cannot carry attachments (status other than 20,
-//! events, serializations other than Hessian2, fastjson2 included) travel unchanged rather
-//! than fail the client's call. An empty mutation writes the original frame with only the
+//! events, serializations other than Hessian2 and fastjson2, a result the codec cannot read)
+//! travel unchanged rather than fail the client's call. An empty mutation writes the original frame with only the
 //! request id patched.
 //!
 //! A fastjson2 call's attachments are rewritten the same way in JSONB: the call fields (the
@@ -137,7 +138,11 @@
 //! removal or replacement that would take away what another entry points at (an entry a
 //! reference may name, a symbol used by number elsewhere in the map, a reference a later
 //! `#-1` repeats), or a map whose keys are symbol numbers, is an `Encode` error, which fails
-//! the call with status 40; Dubbo's own writer gives string attachments no such links.
+//! the call with status 40; Dubbo's own writer gives string attachments no such links. A
+//! fastjson2 response with status 20 is rewritten alike: its result flag switched as a
+//! Hessian2 one's (written as Dubbo writes the byte, a JSONB int8), its result copied as it
+//! came, and its map (or a new one after the result) rewritten as a call's; one whose flag or
+//! attachments cannot be read travels unchanged.
 //!
 //! # Deadlines
 //!

@@ -746,6 +746,117 @@ fn fastjson2_response_attachments_are_metadata() -> TestResult {
     Ok(())
 }
 
+/// A response mutation (a route's `response_mutation`, a filter's edit) is written into a
+/// fastjson2 response as into a Hessian2 one, for a client that reads response attachments:
+/// the result flag announces attachments (a flag without them gains 3, written as Dubbo writes
+/// a byte), the result travels as it came, and the map keeps the entries the mutation leaves
+/// byte for byte, then the sets. A client that reads no response attachments, and a response
+/// whose attachments cannot be read, get the response as it came.
+#[test]
+fn a_mutation_of_a_fastjson2_response_rewrites_its_attachments() -> TestResult {
+    use metaprotocol_dubbo::READS_RESPONSE_ATTACHMENTS;
+    let mut mutation = Mutation::new();
+    mutation.set(
+        ByteStr::from_static("x-served-by"),
+        ByteStr::from_static("proxy"),
+    );
+    mutation.set(ByteStr::from_static("note"), ByteStr::from_static("été"));
+    mutation.remove(ByteStr::from_static("gone"));
+    let encode = |answer: &Message, variant| -> Result<BytesMut, CodecError> {
+        let mut codec = DubboCodec::new(DEFAULT_MAX_FRAME_BYTES);
+        let params = EncodeParams {
+            request_id: 7,
+            mutation: &mutation,
+            variant,
+        };
+        let mut out = BytesMut::new();
+        codec.encode(answer, &params, &mut out)?;
+        Ok(out)
+    };
+    let result = field(&latin1("hi"));
+    let exception = field(
+        &[
+            vec![0x92],
+            latin1("java.lang.IllegalStateException"),
+            int32(0),
+            object(&[(latin1("message"), latin1("boom"))]),
+        ]
+        .concat(),
+    );
+    let kept = [
+        (latin1("dubbo"), latin1("2.0.2")),
+        (latin1("count"), int32(3000)),
+    ];
+    let sets = [
+        (latin1("x-served-by"), latin1("proxy")),
+        (latin1("note"), utf8("été")),
+    ];
+    let with_gone = [
+        kept[0].clone(),
+        (latin1("gone"), utf16le("中文")),
+        kept[1].clone(),
+    ];
+    let map = |entries: &[(Vec<u8>, Vec<u8>)]| field(&object(entries));
+    let rewritten = [&kept[..], &sets].concat();
+    let cases = [
+        // A value with attachments, the flag as a JSONB int8 (Dubbo's byte) or one-byte int.
+        (
+            [field(&[0xbd, 0x04]), result.clone(), map(&with_gone)].concat(),
+            [field(&[0xbd, 0x04]), result.clone(), map(&rewritten)].concat(),
+        ),
+        (
+            [field(&[0x05]), map(&with_gone)].concat(),
+            [field(&[0x05]), map(&rewritten)].concat(),
+        ),
+        (
+            [field(&[0x03]), exception.clone(), map(&with_gone)].concat(),
+            [field(&[0x03]), exception.clone(), map(&rewritten)].concat(),
+        ),
+        // Without attachments: the flag gains them, the map comes after the result.
+        (
+            [field(&[0xbd, 0x01]), result.clone()].concat(),
+            [field(&[0xbd, 0x04]), result.clone(), map(&sets)].concat(),
+        ),
+        (field(&[0x02]), [field(&[0xbd, 0x05]), map(&sets)].concat()),
+        (
+            [field(&[0x00]), exception.clone()].concat(),
+            [field(&[0xbd, 0x03]), exception.clone(), map(&sets)].concat(),
+        ),
+    ];
+    for (body, expected) in cases {
+        let answer = decode(&response(&body))?;
+        let out = encode(&answer, READS_RESPONSE_ATTACHMENTS)?;
+        assert_eq!(out[16..], expected[..], "{body:02x?}");
+        assert_eq!(out[4..12], 7_u64.to_be_bytes());
+        let again = decode(&out)?;
+        assert_eq!(again.status, answer.status);
+        assert_eq!(again.metadata.get("x-served-by"), Some("proxy"));
+        assert_eq!(again.metadata.get("note"), Some("été"));
+        assert_eq!(again.metadata.get("gone"), None);
+        // A client that reads no response attachments gets it as it came.
+        let out = encode(&answer, WireVariant::default())?;
+        assert_eq!(out[16..], response(&body)[16..]);
+    }
+    // Attachments that cannot be read (broken, or with a reference the codec does not follow,
+    // so none are metadata), or a flag that cannot: the response as it came.
+    let reference = [vec![0x93], latin1("$.dubbo")].concat();
+    for body in [
+        [field(&[0x04]), result.clone(), field(&[0xa6, 0x4a])].concat(),
+        [
+            field(&[0x04]),
+            result.clone(),
+            map(&[kept[0].clone(), (latin1("again"), reference)]),
+        ]
+        .concat(),
+        [field(&[0x07]), result.clone()].concat(),
+    ] {
+        let answer = decode(&response(&body))?;
+        let out = encode(&answer, READS_RESPONSE_ATTACHMENTS)?;
+        assert_eq!(out[16..], response(&body)[16..], "{body:02x?}");
+    }
+    Ok(())
+}
+
 /// A key or a string value given as a JSONB symbol (a string and its number), or used by the
 /// number of one given before, reads as that string, as the provider's reader resolves it: an
 /// attachment the provider sees is never hidden from routes and policies. A number given no
