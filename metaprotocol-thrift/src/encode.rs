@@ -13,7 +13,7 @@ use metaprotocol_core::{CodecError, EncodeParams, Message, Mutation, WireVariant
 
 use crate::format::{Protocol, ThriftFormat, Transport};
 use crate::layout::Layout;
-use crate::protocol;
+use crate::protocol::{self, binary};
 use crate::stats;
 use crate::theader::{self, InfoSource, Prelude};
 use crate::wire::{Cursor, ReadError, patch, varint_u32_bytes};
@@ -262,12 +262,14 @@ fn translate(
     };
     write_frame(dst, target.transport, header, |dst| {
         // Copied in the same protocol, the message is as long as it came but for its seqid
-        // (a lax binary header grows): with the wrapper written, whether it fits is known.
+        // and, lax binary, its header written strict: with the wrapper written, whether it
+        // fits is known.
         if source.protocol == target.protocol {
             let prefix = usize::from(target.transport != Transport::Unframed) * 4;
             let size = (dst.len() - start - prefix)
                 + (frame.len() - layout.payload_start - layout.seqid.len())
-                + encode_seqid(target.protocol, seqid).1;
+                + encode_seqid(target.protocol, seqid).1
+                + usize::from(layout.lax) * binary::STRICT_GROWTH;
             if size > limit {
                 return Err(too_large(size, limit));
             }

@@ -320,3 +320,61 @@ fn calls_growing_past_apache_thrifts_theader_limit_are_not_written() -> TestResu
     }
     Ok(())
 }
+
+/// A lax binary THeader call (no version word, as a `TBinaryProtocol` with `strictWrite` off
+/// writes it) is forwarded strict, 3 bytes longer: the size check made before the message is
+/// copied counts them, so a call that would end past the frame limit is refused with nothing
+/// copied (it was copied whole, up to a gigabyte for the THeader limit, and refused after),
+/// and one that ends at the limit exactly is written.
+#[test]
+fn a_lax_theader_call_grown_past_the_limit_is_refused_before_it_is_copied() -> TestResult {
+    use metaprotocol_core::{Codec, CodecError, Side};
+    use metaprotocol_thrift::{FormatChoice, ThriftCodec};
+    const CAP: usize = 64 * 1024;
+    // A lax binary call of `ping`, seqid 7, in a THeader frame of `len` bytes after its length
+    // prefix: its argument, one string field, fills the frame.
+    let lax_call = |len: usize| -> BytesMut {
+        let mut frame = BytesMut::new();
+        frame.put_u32(len as u32);
+        frame.extend_from_slice(&[0x0f, 0xff, 0, 0, 0, 0, 0, 7, 0, 1, 0, 0, 0, 0]);
+        frame.put_u32(4);
+        frame.extend_from_slice(b"ping");
+        frame.extend_from_slice(&[1, 0, 0, 0, 7, 11, 0, 1]);
+        let value = 4 + len - frame.len() - 4 - 1;
+        frame.put_u32(value as u32);
+        frame.put_bytes(b'v', value);
+        frame.put_u8(0);
+        frame
+    };
+    for (len, fits) in [(CAP - 3, true), (CAP - 2, false), (CAP, false)] {
+        let mut codec = ThriftCodec::for_side(Side::Downstream, FormatChoice::default(), CAP);
+        let message = codec
+            .decode(&mut lax_call(len))?
+            .ok_or("the call is not read whole")?;
+        assert_eq!(message.reject_reason, None, "{len}");
+        let params = EncodeParams {
+            request_id: 9,
+            variant: WireVariant::DEFAULT,
+            mutation: &Mutation::new(),
+        };
+        let mut out = BytesMut::new();
+        let encoded = codec.encode(&message, &params, &mut out);
+        if fits {
+            encoded?;
+            assert_eq!(out.len(), 4 + CAP, "{len}");
+            assert_eq!(&out[18..22], &[0x80, 1, 0, 1], "{len}: written strict");
+            continue;
+        }
+        assert!(
+            matches!(encoded, Err(CodecError::Encode(_))),
+            "{len}: {encoded:?}"
+        );
+        assert!(out.is_empty(), "{len}");
+        assert!(
+            out.capacity() < 1024,
+            "{len}: refused after {} bytes were made room for",
+            out.capacity()
+        );
+    }
+    Ok(())
+}

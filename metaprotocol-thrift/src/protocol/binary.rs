@@ -13,6 +13,10 @@ use crate::wire::{Cursor, ReadError};
 const VERSION_1: u32 = 0x8001_0000;
 const VERSION_MASK: u32 = 0xffff_0000;
 
+/// How many bytes longer a lax message header is once written strict: the 4-byte version word
+/// (which carries the type) in place of the 1-byte type.
+pub(crate) const STRICT_GROWTH: usize = 3;
+
 /// Reads a strict or lax message header.
 pub(crate) fn read_message_header(cursor: &mut Cursor<'_>) -> Result<MessageHeader, ReadError> {
     let first = cursor.u32_be()?;
