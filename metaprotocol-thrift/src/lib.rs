@@ -71,7 +71,14 @@
 //!   cannot be read, and a one-way call's client reads no answer (a synchronous one would take
 //!   it for its next call's), so the engine closes the connection, as Apache Thrift's servers
 //!   close it on a transform or protocol they lack (the C++ one after an exception of no name
-//!   to seqid 0, the Python one failing to write its own). A zlib message over the cap
+//!   to seqid 0, the Python one failing to write its own). The engine writes no answer before
+//!   closing, though a synchronous caller would read one as a clearer error than the closed
+//!   connection: only the THeader `seq` is in the clear, not the message's type or seqid, so
+//!   an answer could as well go to a one-way call, whose client's next call on the connection
+//!   (which the proxy never reads) would fail with an application exception it has no reason
+//!   to retry, where a closed connection fails it as a transport error, safe to retry on a new
+//!   connection. The C++ server's answer is not a choice either: its THeader protocol answers
+//!   whatever reading a frame's header throws, to seqid 0. A zlib message over the cap
 //!   compressed is read from its first bytes inflated (within the frame's first
 //!   [`MAX_FRAME_HEAD`](metaprotocol_core::MAX_FRAME_HEAD) bytes, and no more than that
 //!   inflated, each byte once as the reads bring it): a call is passed over by its length and
