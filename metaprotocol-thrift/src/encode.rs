@@ -102,6 +102,13 @@ fn too_large(size: usize, limit: usize) -> CodecError {
     )))
 }
 
+/// The refusal of a message whose writing stopped once it took more than `limit` bytes.
+fn outgrows(limit: usize) -> CodecError {
+    CodecError::Encode(Cow::Owned(format!(
+        "the message takes more than {limit} bytes in the upstream's encoding, over the frame limit of {limit}"
+    )))
+}
+
 /// The format a decoded message is in.
 pub(crate) fn format_of(message: &Message) -> Result<ThriftFormat, CodecError> {
     ThriftFormat::from_variant(message.variant).ok_or(CodecError::Encode(Cow::Borrowed(
@@ -194,7 +201,8 @@ struct Target {
 
 /// The general path: a new transport wrapper, header block and seqid; the message copied or
 /// transcoded. A message copied in its protocol that cannot fit `target.limit` is refused
-/// before it is copied (a gigabyte, for a THeader frame grown past Apache Thrift's limit).
+/// before it is copied (a gigabyte, for a THeader frame grown past Apache Thrift's limit); one
+/// transcoded, once its writing passes the limit.
 fn translate(
     message: &Message,
     layout: &Layout,
@@ -261,11 +269,11 @@ fn translate(
         }
     };
     write_frame(dst, target.transport, header, |dst| {
+        let prefix = usize::from(target.transport != Transport::Unframed) * 4;
         // Copied in the same protocol, the message is as long as it came but for its seqid
         // and, lax binary, its header written strict: with the wrapper written, whether it
         // fits is known.
         if source.protocol == target.protocol {
-            let prefix = usize::from(target.transport != Transport::Unframed) * 4;
             let size = (dst.len() - start - prefix)
                 + (frame.len() - layout.payload_start - layout.seqid.len())
                 + encode_seqid(target.protocol, seqid).1
@@ -274,7 +282,26 @@ fn translate(
                 return Err(too_large(size, limit));
             }
         }
-        write_message(dst, frame, layout, source.protocol, target.protocol, seqid)
+        // Transcoded, its length is known once written: the writing stops past the limit,
+        // rather than go on to eight times the frame (a compact `i64` of 0 grows to eight
+        // bytes in binary).
+        let end = start + prefix + limit;
+        write_message(
+            dst,
+            frame,
+            layout,
+            source.protocol,
+            target.protocol,
+            seqid,
+            end,
+        )
+        .map_err(|error| {
+            if dst.len() > end {
+                outgrows(limit)
+            } else {
+                error
+            }
+        })
     })
 }
 
@@ -307,7 +334,8 @@ pub(crate) fn write_frame(
     Ok(())
 }
 
-/// Appends the message of `frame` with `seqid`, in protocol `to` (strict, if binary).
+/// Appends the message of `frame` with `seqid`, in protocol `to` (strict, if binary); a
+/// struct transcoded stops once `dst` is longer than `end` bytes.
 fn write_message(
     dst: &mut BytesMut,
     frame: &[u8],
@@ -315,6 +343,7 @@ fn write_message(
     from: Protocol,
     to: Protocol,
     seqid: i32,
+    end: usize,
 ) -> Result<(), CodecError> {
     let slice = |range: std::ops::Range<usize>| {
         frame
@@ -339,7 +368,8 @@ fn write_message(
         dst.extend_from_slice(slice(header.body_start..frame.len())?);
     } else {
         let body = Cursor::in_frame(frame, header.body_start);
-        protocol::transcode_struct(from, to, body, dst).map_err(ReadError::in_complete_frame)?;
+        protocol::transcode_struct(from, to, body, dst, end)
+            .map_err(ReadError::in_complete_frame)?;
     }
     Ok(())
 }

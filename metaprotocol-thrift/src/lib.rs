@@ -40,7 +40,9 @@
 //!   would write one fails the encode.
 //! - **Translation** to another [`WireVariant`](metaprotocol_core::WireVariant) re-wraps the
 //!   same message for a transport change (THeader headers dropped and counted when the target
-//!   has none) and transcodes the struct, streaming and depth-limited, for binary <-> compact.
+//!   has none) and transcodes the struct, streaming and depth-limited, for binary <-> compact:
+//!   a message that grows past the target's frame limit fails the encode, its writing stopped
+//!   once past it (a compact call of `i64` zeros takes eight times its length in binary).
 //! - **Local replies** are `TApplicationException`s in the request's transport and protocol:
 //!   [`UNKNOWN_METHOD`] for `route_not_found`, [`PROTOCOL_ERROR`] for `bad_request`,
 //!   [`LOADSHEDDING`] (fbthrift's) for `over_limit`, [`INTERNAL_ERROR`] otherwise.

@@ -397,6 +397,50 @@ fn a_call_that_outgrows_the_frame_limit_in_translation_is_refused() -> TestResul
     Ok(())
 }
 
+/// A call that grows past the frame limit as it is transcoded stops being written once past
+/// it: a compact call of 64 KiB of `i64` zeros would take 512 KiB in binary, which the codec
+/// wrote whole (holding eight times the listener's limit) before refusing it.
+#[test]
+fn a_call_transcoded_past_the_frame_limit_stops_being_written_there() -> TestResult {
+    const CAP: usize = 64 * 1024;
+    // A list of i64 zeros filling the frame: a byte each in compact, eight in binary.
+    let header = [0x82, 0x21, 1, 1, b'm', 0x19, 0xf6];
+    let zeros = CAP - 4 - header.len() - 3 - 1;
+    let mut payload = header.to_vec();
+    payload.extend_from_slice(&[
+        0x80 | (zeros & 0x7f) as u8,
+        0x80 | (zeros >> 7 & 0x7f) as u8,
+        (zeros >> 14) as u8,
+    ]);
+    payload.extend(std::iter::repeat_n(0, zeros));
+    payload.push(0);
+    let call = framed(&payload);
+    assert_eq!(call.len(), CAP);
+    let mut codec = codec_with(&small(CAP))?;
+    let message = decode_all(codec.as_mut(), &call)?
+        .pop()
+        .ok_or("no message")?;
+    assert_eq!(message.reject_reason, None);
+    let params = EncodeParams {
+        request_id: 1,
+        variant: ThriftFormat::new(Transport::Framed, Protocol::Binary).to_variant(),
+        mutation: &Mutation::new(),
+    };
+    let mut out = BytesMut::new();
+    let result = codec.encode(&message, &params, &mut out);
+    assert!(
+        matches!(&result, Err(CodecError::Encode(why)) if why.contains(&format!("over the frame limit of {CAP}"))),
+        "{result:?}"
+    );
+    assert!(out.is_empty(), "nothing appended on error");
+    assert!(
+        out.capacity() <= 2 * CAP,
+        "{} bytes made room for, for a limit of {CAP}",
+        out.capacity()
+    );
+    Ok(())
+}
+
 #[test]
 fn truncated_frames_are_malformed_and_truncated_streams_wait() -> TestResult {
     for golden in goldens()? {

@@ -215,17 +215,28 @@ impl<'a> ValueReader<'a> for BinaryReader<'a> {
 /// Writes binary-protocol values.
 pub(crate) struct BinaryWriter<'d> {
     dst: &'d mut BytesMut,
+    /// The length of `dst` past which it is [`ValueWriter::full`].
+    end: usize,
 }
 
 impl<'d> BinaryWriter<'d> {
     pub(crate) fn new(dst: &'d mut BytesMut) -> Self {
-        Self { dst }
+        Self::within(dst, usize::MAX)
+    }
+
+    /// A writer that is full once `dst` is longer than `end` bytes.
+    pub(crate) fn within(dst: &'d mut BytesMut, end: usize) -> Self {
+        Self { dst, end }
     }
 }
 
 impl ValueWriter for BinaryWriter<'_> {
     fn struct_begin(&mut self) -> i16 {
         0
+    }
+
+    fn full(&self) -> bool {
+        self.dst.len() > self.end
     }
 
     fn struct_end(&mut self, _saved: i16) {}

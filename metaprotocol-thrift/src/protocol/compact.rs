@@ -205,6 +205,8 @@ impl<'a> ValueReader<'a> for CompactReader<'a> {
 /// Writes compact-protocol values.
 pub(crate) struct CompactWriter<'d> {
     dst: &'d mut BytesMut,
+    /// The length of `dst` past which it is [`ValueWriter::full`].
+    end: usize,
     last_field_id: i16,
     /// A boolean field whose header waits for its value.
     pending_bool_field: Option<i16>,
@@ -212,8 +214,14 @@ pub(crate) struct CompactWriter<'d> {
 
 impl<'d> CompactWriter<'d> {
     pub(crate) fn new(dst: &'d mut BytesMut) -> Self {
+        Self::within(dst, usize::MAX)
+    }
+
+    /// A writer that is full once `dst` is longer than `end` bytes.
+    pub(crate) fn within(dst: &'d mut BytesMut, end: usize) -> Self {
         Self {
             dst,
+            end,
             last_field_id: 0,
             pending_bool_field: None,
         }
@@ -234,6 +242,10 @@ impl<'d> CompactWriter<'d> {
 impl ValueWriter for CompactWriter<'_> {
     fn struct_begin(&mut self) -> i16 {
         std::mem::replace(&mut self.last_field_id, 0)
+    }
+
+    fn full(&self) -> bool {
+        self.dst.len() > self.end
     }
 
     fn struct_end(&mut self, saved: i16) {

@@ -153,6 +153,12 @@ pub(crate) trait ValueWriter {
     fn map_begin(&mut self, types: Option<(ValueType, ValueType)>, len: u32);
     /// A non-container value.
     fn scalar(&mut self, value: Scalar<'_>);
+    /// Whether it has written past the end it was given: a walk then stops, rather than write
+    /// on (a message transcoded grows up to eight times, a compact `i64` of 0 taking one byte
+    /// and a binary one eight).
+    fn full(&self) -> bool {
+        false
+    }
 }
 
 /// Reads the message header at the cursor.
@@ -241,18 +247,23 @@ pub(crate) fn first_field_id(
     Ok(field.map(|(_, id)| id))
 }
 
-/// Re-serializes the struct at `cursor` from `from` into `to`, appending to `dst`. Translation
-/// is the uncommon path, so one dynamically dispatched walk serves every pair.
+/// Re-serializes the struct at `cursor` from `from` into `to`, appending to `dst`; stops with
+/// an encode error once `dst` is longer than `end` bytes. Translation is the
+/// uncommon path, so one dynamically dispatched walk serves every pair.
 pub(crate) fn transcode_struct(
     from: Protocol,
     to: Protocol,
     cursor: Cursor<'_>,
     dst: &mut BytesMut,
+    end: usize,
 ) -> Result<(), ReadError> {
     with_reader(from, cursor, |reader| {
-        with_writer(to, dst, |writer| {
-            Walk::of(ValueType::Struct).run(reader, writer)
-        })
+        let mut walk =
+            |writer: &mut dyn ValueWriter| Walk::of(ValueType::Struct).run(reader, writer);
+        match to {
+            Protocol::Binary => walk(&mut binary::BinaryWriter::within(dst, end)),
+            Protocol::Compact => walk(&mut compact::CompactWriter::within(dst, end)),
+        }
     })
 }
 
@@ -349,6 +360,7 @@ mod tests {
             Protocol::Compact,
             Cursor::in_frame(&binary, 0),
             &mut compact,
+            usize::MAX,
         )?;
         Ok((binary, compact))
     }
@@ -459,6 +471,7 @@ mod tests {
             Protocol::Binary,
             Cursor::in_frame(&compact, 0),
             &mut back,
+            usize::MAX,
         )?;
         assert_eq!(back, binary);
         // Compact booleans live in field headers: `1: true` is one byte.

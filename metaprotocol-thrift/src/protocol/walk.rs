@@ -11,6 +11,9 @@
 //! Every element of every container consumes at least one input byte, so a lying element count
 //! cannot spin longer than the input.
 
+use std::borrow::Cow;
+
+use metaprotocol_core::CodecError;
 use smallvec::SmallVec;
 
 use super::{Checkpoint, MAX_DEPTH, Scalar, ValueReader, ValueType, ValueWriter};
@@ -97,6 +100,10 @@ impl Walk {
         W: ValueWriter + ?Sized,
     {
         while let Some(&level) = self.levels.last() {
+            // Checked once a value is written: a level opened or closed, each scalar in a row.
+            if writer.full() {
+                return Err(written_past_end());
+            }
             let mut mark = reader.checkpoint();
             if let Err(error) = self.step(level, reader, writer, &mut mark) {
                 reader.restore(mark);
@@ -142,6 +149,9 @@ impl Walk {
                 };
                 writer.scalar(value);
                 *mark = reader.checkpoint();
+                if writer.full() {
+                    return Err(written_past_end());
+                }
             },
             Level::Values { element, left } => {
                 for left in (0..left).rev() {
@@ -152,6 +162,9 @@ impl Walk {
                     };
                     writer.scalar(value);
                     *mark = reader.checkpoint();
+                    if writer.full() {
+                        return Err(written_past_end());
+                    }
                 }
                 self.levels.pop();
                 Ok(())
@@ -246,6 +259,14 @@ impl Walk {
             *innermost = level;
         }
     }
+}
+
+/// The error of a walk stopped because its writer is [`ValueWriter::full`].
+fn written_past_end() -> ReadError {
+    CodecError::Encode(Cow::Borrowed(
+        "the value written grew past the end it was given",
+    ))
+    .into()
 }
 
 /// Reads the start of a value of type `ty`: a whole scalar, or a container's header.
