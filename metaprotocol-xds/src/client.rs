@@ -329,7 +329,11 @@ impl Flavour for Delta<'_> {
             });
             match (refusable.cloned(), prepared) {
                 (Some(id), Err(rejected)) => {
-                    tracing::warn!(error = %rejected.message, "xDS resource refused");
+                    warn_repeated!(
+                        subscription.refusal_warning(&rejected.message),
+                        error = %rejected.message,
+                        "xDS resource refused"
+                    );
                     refused_names.insert(id.name);
                     refused.push(*rejected);
                 }
@@ -510,7 +514,11 @@ async fn apply(
     match applied {
         Ok(answers) => (answers, true),
         Err(rejected) => {
-            tracing::warn!(error = %rejected.message, "xDS response rejected");
+            warn_repeated!(
+                subscription.refusal_warning(&rejected.message),
+                error = %rejected.message,
+                "xDS response rejected"
+            );
             (vec![subscription.reject(&rejected)], false)
         }
     }
@@ -624,6 +632,93 @@ mod tests {
             asked_type(&mut subscription, &routes),
             Some(ResourceType::RouteConfig)
         );
+    }
+
+    /// A control plane that sends a resource the proxy refuses sends it again at each push: the
+    /// NACK's warning is logged once, not once a push, and a refusal for another cause at once.
+    #[test]
+    fn a_refusal_sent_again_at_each_push_is_warned_of_once_and_another_at_once() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        let runtime = match runtime {
+            Ok(runtime) => runtime,
+            Err(err) => panic!("{err}"),
+        };
+        let (nacks, warnings) =
+            crate::warn::tests::warnings_of(|| runtime.block_on(push_refused_clusters()));
+        assert_eq!(nacks, 6, "every push is NACKed");
+        let rejected: Vec<&String> = warnings
+            .iter()
+            .filter(|warning| warning.contains("xDS response rejected"))
+            .collect();
+        assert_eq!(rejected.len(), 2, "{warnings:#?}");
+        assert!(
+            rejected[0].contains("`c`") && rejected[0].contains("passed_over=0"),
+            "{rejected:#?}"
+        );
+        assert!(
+            rejected[1].contains("`d`") && rejected[1].contains("passed_over=0"),
+            "{rejected:#?}"
+        );
+    }
+
+    /// Pushes a cluster the proxy refuses five times, then another, to a proxy of no listeners;
+    /// returns how many were NACKed.
+    async fn push_refused_clusters() -> usize {
+        use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+        use prost::{Message, Name};
+
+        let proxy = metaprotocol_router::Config::from_yaml("listeners: []")
+            .map(Proxy::builder)
+            .map(|builder| builder.start());
+        let proxy = match proxy {
+            Ok(starting) => starting.await,
+            Err(err) => panic!("{err}"),
+        };
+        let proxy = match proxy {
+            Ok(proxy) => proxy,
+            Err(err) => panic!("{err}"),
+        };
+        let spec = serde_json::from_value(serde_json::json!({
+            "address": "127.0.0.1:1", "node_id": "n", "clusters": ["*"]
+        }));
+        let mut subscription = match spec {
+            Ok(spec) => Subscription::new(&spec, Default::default()),
+            Err(err) => panic!("{err}"),
+        };
+        subscription.initial_requests();
+        let mut nacks = 0;
+        let pushes = [
+            ("1", "c"),
+            ("2", "c"),
+            ("3", "c"),
+            ("4", "c"),
+            ("5", "c"),
+            ("6", "d"),
+        ];
+        for (version, name) in pushes {
+            // A load balancing policy the engine does not have.
+            let cluster = Cluster {
+                name: name.to_owned(),
+                lb_policy: 6,
+                ..Cluster::default()
+            };
+            let response = DiscoveryResponse {
+                version_info: version.to_owned(),
+                resources: vec![envoy_types::pb::google::protobuf::Any {
+                    type_url: Cluster::type_url(),
+                    value: cluster.encode_to_vec(),
+                }],
+                type_url: Cluster::type_url(),
+                nonce: version.to_owned(),
+                ..DiscoveryResponse::default()
+            };
+            let answers = handle(&proxy, &mut subscription, &response).await;
+            nacks += answers.iter().filter(|a| a.error_detail.is_some()).count();
+        }
+        proxy.shutdown().await;
+        nacks
     }
 
     #[test]

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use crate::known::Known;
 use crate::resource::ResourceType;
 use crate::translate::{self, Assignment, CertificateFiles, ClusterResource, InvalidResource};
-use crate::warn::{Repeated, warn_repeated};
+use crate::warn::{ByCause, Repeated, warn_repeated};
 
 /// The gRPC status code of a NACK's detail: the resource was invalid.
 const INVALID_ARGUMENT: i32 = 3;
@@ -214,6 +214,9 @@ pub(crate) struct Subscription {
     /// The warning of endpoints left out as only HBONE reaches them, which each push of their
     /// assignments leaves out again.
     hbone_warning: Repeated,
+    /// The warnings of refused resources and rejected responses, by their message: a control
+    /// plane sends a resource the proxy refuses again at each push.
+    refusal_warnings: ByCause,
 }
 
 impl Subscription {
@@ -241,7 +244,13 @@ impl Subscription {
             asked: BTreeSet::new(),
             unasked_type_warning: Repeated::default(),
             hbone_warning: Repeated::default(),
+            refusal_warnings: ByCause::default(),
         }
+    }
+
+    /// The warning of a refusal (of a resource, or a response) saying `message`.
+    pub fn refusal_warning(&mut self, message: &str) -> &mut Repeated {
+        self.refusal_warnings.of(message)
     }
 
     /// The warning of responses of a type not asked for.

@@ -2,7 +2,8 @@
 //! ignores sends it again at each push, and a warning per response would flood the log
 //! while saying nothing new. As the router warns again of a certificate's dates only after a
 //! while, such a warning is logged at once the first time, then at most once per
-//! [`REPEAT`], saying how many like it were passed over since; those go to `debug`.
+//! [`REPEAT`], saying how many like it were passed over since; those go to `debug`. Warnings
+//! whose causes differ (NACKs) are gated per cause ([`ByCause`]): a new one is logged at once.
 
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,48 @@ impl Repeated {
         }
         self.last = Some(now);
         Some(std::mem::take(&mut self.passed_over))
+    }
+}
+
+/// The most causes [`ByCause`] keeps a gate for.
+const MAX_CAUSES: usize = 64;
+
+/// Repeated warnings of one kind whose causes differ (NACKs, each naming its resource and
+/// fault): each cause is gated on its own, so that one sent again at each push is held back
+/// while a new one is logged at once. At most [`MAX_CAUSES`] are kept: past them, the one
+/// logged longest ago is forgotten (it is logged at once if it comes again).
+#[derive(Debug, Default)]
+pub(crate) struct ByCause {
+    /// Each cause's gate, by a hash of the cause (its text may be long).
+    gates: Vec<(u64, Repeated)>,
+}
+
+impl ByCause {
+    /// The gate of the warning caused by `cause` (the text it logs).
+    pub fn of(&mut self, cause: &str) -> &mut Repeated {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut hasher = DefaultHasher::new();
+        cause.hash(&mut hasher);
+        let key = hasher.finish();
+        let index = match self.gates.iter().position(|(held, _)| *held == key) {
+            Some(index) => index,
+            None => {
+                if self.gates.len() >= MAX_CAUSES {
+                    let oldest = self
+                        .gates
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, (_, gate))| gate.last)
+                        .map(|(index, _)| index);
+                    if let Some(oldest) = oldest {
+                        self.gates.swap_remove(oldest);
+                    }
+                }
+                self.gates.push((key, Repeated::default()));
+                self.gates.len() - 1
+            }
+        };
+        &mut self.gates[index].1
     }
 }
 
@@ -61,6 +104,25 @@ pub(crate) mod tests {
         assert_eq!(gate.admit(start + REPEAT), Some(3));
         assert_eq!(gate.admit(start + REPEAT + Duration::from_secs(1)), None);
         assert_eq!(gate.admit(start + REPEAT * 3), Some(1));
+    }
+
+    #[test]
+    fn causes_are_gated_each_on_its_own_within_a_bound() {
+        let start = Instant::now();
+        let later = start + REPEAT / 2;
+        let mut causes = ByCause::default();
+        assert_eq!(causes.of("a").admit(start), Some(0));
+        assert_eq!(causes.of("a").admit(start), None);
+        for n in 1..MAX_CAUSES {
+            assert_eq!(causes.of(&n.to_string()).admit(later), Some(0));
+        }
+        assert_eq!(causes.of("a").admit(later), None, "a is held back");
+        // Past the bound, "a", logged longest ago, is forgotten: logged at once again.
+        assert_eq!(causes.of("b").admit(later), Some(0));
+        assert_eq!(causes.gates.len(), MAX_CAUSES);
+        assert_eq!(causes.of("a").admit(later), Some(0));
+        assert_eq!(causes.of("2").admit(later), None, "2 is held back");
+        assert_eq!(causes.gates.len(), MAX_CAUSES);
     }
 
     /// The warnings logged on this thread while `run` runs, each as its fields (`name=value`).
