@@ -1544,7 +1544,7 @@ fn file_named_sds_secrets_take_the_files_they_name() -> TestResult {
         (
             ("/client.pem", "/k.pem", "system"),
             format!(
-                "{ca}: `file-root:system` (the system's CAs): no system CA bundle was found when the xDS client started (at /etc/ssl/certs/ca-certificates.crt, /etc/pki/tls/certs/ca-bundle.crt, /etc/ssl/ca-bundle.pem, /etc/pki/tls/cacert.pem, /etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem, /etc/ssl/cert.pem); map it to a CA file in dynamic.xds.sds_secrets"
+                "{ca}: `file-root:system` (the system's CAs): no system CA bundle was found when the xDS client started (SSL_CERT_FILE is not set, and none is at /etc/ssl/certs/ca-certificates.crt, /etc/pki/tls/certs/ca-bundle.crt, /etc/ssl/ca-bundle.pem, /etc/pki/tls/cacert.pem, /etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem, /etc/ssl/cert.pem, /usr/local/etc/ssl/cert.pem, /etc/ssl/certs/ca-certificates); map it to a CA file in dynamic.xds.sds_secrets"
             ),
         ),
     ];
@@ -1784,4 +1784,59 @@ fn alpn_protocols_past_their_bounds_are_refused_naming_the_field() -> TestResult
     fits.push("x".repeat(3));
     with_alpn(fits)?;
     Ok(())
+}
+
+/// `file-root:system` stands for the bundle `SSL_CERT_FILE` names when it is set, as OpenSSL,
+/// Go's `crypto/x509` and rustls-native-certs take it, in place of the places
+/// distributions keep theirs: an image without a bundle of its own, given one mounted and named
+/// so, serves its `SIMPLE` TLS `DestinationRule`s. The environment is the process's, so the
+/// check runs in a child process of this test binary with the variable set.
+#[test]
+fn the_system_ca_bundle_is_the_one_ssl_cert_file_names() -> TestResult {
+    /// Set in the child process: the bundle it must find.
+    const EXPECTED: &str = "METAPROTOCOL_XDS_TEST_SSL_CERT_FILE";
+    if let Some(expected) = std::env::var_os(EXPECTED) {
+        assert_eq!(
+            translate::system_ca_file(),
+            Some(std::path::PathBuf::from(expected))
+        );
+        return Ok(());
+    }
+    let bundle = std::env::temp_dir().join(format!("xds-ssl-cert-file-{}.pem", std::process::id()));
+    std::fs::write(&bundle, "")?;
+    let child = std::process::Command::new(std::env::current_exe()?)
+        .args([
+            "--exact",
+            "the_system_ca_bundle_is_the_one_ssl_cert_file_names",
+            "--test-threads=1",
+        ])
+        .env("SSL_CERT_FILE", &bundle)
+        .env(EXPECTED, &bundle)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(within_a_minute);
+    let _ = std::fs::remove_file(&bundle);
+    let child = child?;
+    let stdout = String::from_utf8_lossy(&child.stdout);
+    assert!(
+        child.status.success() && stdout.contains("1 passed"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&child.stderr)
+    );
+    Ok(())
+}
+
+/// The output of `child` once it ends, killed if it runs for a minute (its output is small: the
+/// pipes cannot fill meanwhile).
+fn within_a_minute(mut child: std::process::Child) -> std::io::Result<std::process::Output> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait()?.is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill()?;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.wait_with_output()
 }

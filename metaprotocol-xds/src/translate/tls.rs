@@ -11,9 +11,10 @@
 //! (a client certificate) and `file-root:<ca>` (a CA), absolute paths only; an `sds_secrets`
 //! entry of the same name wins, so that files mounted elsewhere can be mapped. The system's CAs,
 //! `file-root:system` (istiod's name for them when a `DestinationRule` gives no
-//! `caCertificates`), are the system's CA bundle where the distribution keeps it (found when
-//! the client starts, [`system_ca_file`]), or its entry's file; a system without a bundle
-//! refuses it, saying where it was looked for. Mapped:
+//! `caCertificates`), are the system's CA bundle (found when the client starts,
+//! [`system_ca_file`]: the file `SSL_CERT_FILE` names, else where the system keeps it),
+//! or its entry's file; a system without a bundle refuses it, saying where it was looked for.
+//! Mapped:
 //!
 //! - the client certificate: `tls_certificates` (one, from files),
 //!   `tls_certificate_provider_instance` (also in its deprecated spelling) or
@@ -171,25 +172,40 @@ const FILE_SEPARATOR: char = '~';
 /// The file-named CA secret istiod gives for the system's CAs (no `caCertificates`).
 const SYSTEM_ROOTS: &str = "file-root:system";
 
-/// Where Linux distributions keep the system's CA bundle (PEM), in the order they are looked
-/// for: Debian and Ubuntu (and Gentoo, Arch, Alpine's `ca-certificates`), Fedora and RHEL 6,
-/// OpenSUSE, OpenELEC, CentOS and RHEL 7 and later, Alpine.
-const SYSTEM_CA_FILES: [&str; 6] = [
+/// Where systems keep their CA bundle (PEM), in the order they are looked for, the places
+/// pilot-agent looks at when it serves this secret to Envoy: Debian and Ubuntu (and Gentoo,
+/// Arch, Alpine's `ca-certificates`), Fedora and RHEL 6, OpenSUSE, OpenELEC, CentOS and RHEL 7
+/// and later, Alpine, FreeBSD, Talos Linux.
+const SYSTEM_CA_FILES: [&str; 8] = [
     "/etc/ssl/certs/ca-certificates.crt",
     "/etc/pki/tls/certs/ca-bundle.crt",
     "/etc/ssl/ca-bundle.pem",
     "/etc/pki/tls/cacert.pem",
     "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
     "/etc/ssl/cert.pem",
+    "/usr/local/etc/ssl/cert.pem",
+    "/etc/ssl/certs/ca-certificates",
 ];
 
-/// The system's CA bundle: the first of the places distributions keep it that holds a file
-/// (through symlinks), `None` when none does.
+/// The environment variable that names the system's CA bundle in place of those places, as
+/// OpenSSL, Go's `crypto/x509` and rustls-native-certs read it for the system's trust store
+/// (pilot-agent's own lookup does not: the variable is the usual way to give TLS clients a
+/// bundle, and this proxy has no pilot-agent beside it).
+const SSL_CERT_FILE: &str = "SSL_CERT_FILE";
+
+/// The system's CA bundle: the file `SSL_CERT_FILE` names when it is set (not empty), whether
+/// or not it is there yet (reading it then fails naming it, as OpenSSL takes the variable
+/// without looking further), else the first of the places systems keep it that holds a
+/// file (through symlinks), `None` when none does. `SSL_CERT_DIR`, a directory of
+/// certificates rather than a bundle, is not read.
 pub fn system_ca_file() -> Option<PathBuf> {
-    SYSTEM_CA_FILES
-        .iter()
-        .map(PathBuf::from)
-        .find(|path| path.metadata().is_ok_and(|m| m.is_file()))
+    match std::env::var_os(SSL_CERT_FILE).filter(|named| !named.is_empty()) {
+        Some(named) => Some(PathBuf::from(named)),
+        None => SYSTEM_CA_FILES
+            .iter()
+            .map(PathBuf::from)
+            .find(|path| path.metadata().is_ok_and(|m| m.is_file())),
+    }
 }
 
 /// The files SDS secret `name` names itself, `None` when it is not a file name. Paths must be
@@ -216,7 +232,8 @@ fn file_named_secret(
                 Some(bundle) => Ok(Some(FileNamedSecret::Authority(bundle.to_owned()))),
                 None => Err(format!(
                     "`{name}` (the system's CAs): no system CA bundle was found when the xDS \
-                     client started (at {}); map it to a CA file in dynamic.xds.sds_secrets",
+                     client started ({SSL_CERT_FILE} is not set, and none is at {}); map it to \
+                     a CA file in dynamic.xds.sds_secrets",
                     SYSTEM_CA_FILES.join(", ")
                 )),
             };
