@@ -102,7 +102,7 @@ pub use server::{
     DEFAULT_BUSY_POLL, DEFAULT_IDLE_TIMEOUT, DEFAULT_LINGER, IdlePoll, kernel_idle_poll,
 };
 pub use stats::{
-    Counter, DurationHistogram, ExpositionFormat, FamilySnapshot, HistogramSnapshot, Labels,
+    Counter, DurationHistogram, ExpositionFormat, FamilySnapshot, Gauge, HistogramSnapshot, Labels,
     MetricKind, Metrics, MetricsCollector, MetricsScope, SeriesValue, UpDownCounter,
 };
 pub use transport::{GrpcTlsConnector, TlsConnector};

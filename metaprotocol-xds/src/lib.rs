@@ -82,18 +82,19 @@ impl DynamicSource for XdsSource {
         let Some(xds) = spec.xds.clone() else {
             return;
         };
+        let scope = proxy
+            .metrics()
+            .root()
+            .with_label("xds_server", &xds.address.to_string());
         let status = Arc::new(SourceStatus::new(
             xds.address.to_string(),
             xds.node_id.clone(),
+            &scope,
         ));
         if self.status.set(Arc::clone(&status)).is_err() {
             tracing::warn!("the xDS source was started twice; the second start is ignored");
             return;
         }
-        let scope = proxy
-            .metrics()
-            .root()
-            .with_label("xds_server", &xds.address.to_string());
         let tls = match server_tls(&xds, &scope) {
             Ok(tls) => tls,
             Err(err) => {

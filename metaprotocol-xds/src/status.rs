@@ -1,11 +1,12 @@
 //! The client's own state for `/config_dump` (under `dynamic_sources.xds`): the server, whether
 //! the stream is up, and per resource type the accepted version, the last nonce and the last
-//! rejection.
+//! rejection; and the series of what it holds that the proxy shows as metrics.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
+use metaprotocol_router::{Gauge, MetricsScope};
 use serde::Serialize;
 
 use crate::client::SessionError;
@@ -35,19 +36,31 @@ struct Snapshot {
 
 /// The client's state, shared between its task and the admin API.
 #[derive(Debug, Default)]
-pub(crate) struct SourceStatus(Mutex<Snapshot>);
+pub(crate) struct SourceStatus {
+    snapshot: Mutex<Snapshot>,
+    /// The endpoints the assignments held leave out as only HBONE reaches them, all together:
+    /// the series `xds_hbone_endpoints_left_out`.
+    hbone_endpoints_left_out: Gauge,
+}
 
 impl SourceStatus {
-    pub fn new(server: String, node_id: String) -> Self {
-        Self(Mutex::new(Snapshot {
-            server,
-            node_id,
-            ..Snapshot::default()
-        }))
+    /// The state of a client of `server` as `node_id`, whose series live in `scope`.
+    pub fn new(server: String, node_id: String, scope: &MetricsScope) -> Self {
+        Self {
+            snapshot: Mutex::new(Snapshot {
+                server,
+                node_id,
+                ..Snapshot::default()
+            }),
+            hbone_endpoints_left_out: scope.gauge(
+                "xds_hbone_endpoints_left_out",
+                "Endpoints of the assignments held that are left out as only Istio's HBONE tunnel reaches them",
+            ),
+        }
     }
 
     fn edit(&self, change: impl FnOnce(&mut Snapshot)) {
-        let mut snapshot = match self.0.lock() {
+        let mut snapshot = match self.snapshot.lock() {
             Ok(snapshot) => snapshot,
             Err(poisoned) => poisoned.into_inner(),
         };
@@ -86,6 +99,11 @@ impl SourceStatus {
         let warming = subscription.warming_clusters();
         let without_endpoints = subscription.clusters_without_endpoints();
         let hbone_endpoints_left_out = subscription.hbone_endpoints_left_out();
+        let left_out = hbone_endpoints_left_out
+            .values()
+            .fold(0usize, |sum, n| sum.saturating_add(*n));
+        self.hbone_endpoints_left_out
+            .set(i64::try_from(left_out).unwrap_or(i64::MAX));
         self.edit(|s| {
             s.types = types;
             s.warming_clusters = warming;
@@ -96,7 +114,7 @@ impl SourceStatus {
 
     /// The state as JSON.
     pub fn to_json(&self) -> serde_json::Value {
-        let snapshot = match self.0.lock() {
+        let snapshot = match self.snapshot.lock() {
             Ok(snapshot) => snapshot.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         };

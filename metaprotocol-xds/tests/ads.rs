@@ -1654,7 +1654,7 @@ clusters:
 /// an internal address into Envoy's tunnel listener, labelled `tunnel: http`), which the proxy
 /// cannot reach, is taken without it: the cluster's other endpoints serve, and the one left out
 /// is counted in `/config_dump`, rather than the whole response being NACKed and the service
-/// left on stale endpoints.
+/// left on stale endpoints; `xds_hbone_endpoints_left_out` shows how many are left out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ambient_endpoint_is_left_out_and_the_clusters_others_serve() -> TestResult {
     let provider = DemoProvider::start("a").await?;
@@ -1700,6 +1700,22 @@ async fn an_ambient_endpoint_is_left_out_and_the_clusters_others_serve() -> Test
         dump["dynamic_sources"]["xds"]["hbone_endpoints_left_out"],
         serde_json::json!({ cluster.name.clone(): 1 })
     );
+    // And as a gauge, which goes back to 0 once no assignment leaves one out.
+    let server_label = format!("xds_server=\"{}\"", serving.address());
+    let left_out = || {
+        labelled_counter(
+            &proxy,
+            "metaprotocol_xds_hbone_endpoints_left_out",
+            &server_label,
+        )
+    };
+    assert_eq!(left_out(), Some(1), "{}", proxy.metrics().render());
+    eds(
+        &server,
+        "e2",
+        &[assignment(&cluster.name, &[provider.address()])],
+    );
+    eventually("no endpoint is left out", || left_out() == Some(0)).await?;
     drop(serving);
     proxy.shutdown().await;
     Ok(())

@@ -33,7 +33,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use metaprotocol_core::CodecFactory;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
-use prometheus_client::metrics::gauge::Gauge;
+/// A level set as a whole (what [`MetricsScope::gauge`] gives), for a value a component
+/// computes rather than moves.
+pub use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 pub(crate) use components::{
