@@ -70,13 +70,48 @@ impl PemFile {
         PrivateKeyDer::from_pem_slice(&self.bytes).map_err(|err| self.unreadable(err))
     }
 
-    /// The file's certificates as trust roots.
+    /// The file's certificates as trust roots. As Envoy loads a CA bundle (BoringSSL's
+    /// `PEM_X509_INFO_read_bio`), a block that is no X.509 certificate refuses the file, while
+    /// one that is but cannot be a trust anchor here (an extension rustls reads and finds
+    /// malformed, which BoringSSL reads only when it uses it) is left out with a warning naming
+    /// it: one odd certificate in a system or corporate bundle does not refuse the others. A
+    /// file with no certificate that can be an anchor is refused.
     pub fn roots(&self) -> Result<RootCertStore, ConfigError> {
         let mut roots = RootCertStore::empty();
-        for cert in self.certificates()? {
-            roots.add(cert).map_err(|err| {
-                ConfigError::new(self.field, format!("{}: {err}", self.path.display()))
-            })?;
+        let mut left_out = Vec::new();
+        for (index, cert) in self.certificates()?.into_iter().enumerate() {
+            // Counted from 1, as a reader counts the file's blocks.
+            let number = index + 1;
+            if x509_parser::parse_x509_certificate(&cert).is_err() {
+                return Err(ConfigError::new(
+                    self.field,
+                    format!(
+                        "{}: certificate {number} is not an X.509 certificate",
+                        self.path.display()
+                    ),
+                ));
+            }
+            if let Err(err) = roots.add(cert) {
+                left_out.push(format!("certificate {number}: {err}"));
+            }
+        }
+        if roots.is_empty() {
+            return Err(ConfigError::new(
+                self.field,
+                format!(
+                    "{} holds no certificate that can be a trust anchor ({})",
+                    self.path.display(),
+                    left_out.join("; ")
+                ),
+            ));
+        }
+        if !left_out.is_empty() {
+            tracing::warn!(
+                field = self.field,
+                file = %self.path.display(),
+                left_out = %left_out.join("; "),
+                "CA certificates that cannot be trust anchors are left out; the file's others are trusted"
+            );
         }
         Ok(roots)
     }

@@ -210,16 +210,21 @@ async fn serve(server: &Issued) -> TestResult<SocketAddr> {
 /// `server`.
 async fn cluster_accepts(pki: &Pki, server: &Issued, names: &[&str]) -> TestResult<bool> {
     let address = serve(server).await?;
-    let spec = ClusterTlsSpec {
-        ca_file: pki.ca_file.clone(),
+    let spec = trusting(&pki.ca_file, names);
+    Ok(connects(&spec, address).await?.is_ok())
+}
+
+/// A cluster's `tls` trusting the CAs of `ca_file` and expecting `names`.
+fn trusting(ca_file: &Path, names: &[&str]) -> ClusterTlsSpec {
+    ClusterTlsSpec {
+        ca_file: ca_file.to_owned(),
         cert_file: None,
         key_file: None,
         server_name: None,
         subject_alt_names: names.iter().map(|name| (*name).to_owned()).collect(),
         crl_files: Vec::new(),
         alpn_protocols: Vec::new(),
-    };
-    Ok(connects(&spec, address).await?.is_ok())
+    }
 }
 
 /// How the handshake of a cluster with `spec` with the server at `address` ends.
@@ -1375,5 +1380,75 @@ async fn an_endpoints_own_labels_are_tried_against_every_entry_before_its_locali
              locality_transport_socket_match: { tlsMode: other } } ]",
     )?;
     assert_eq!(chosen, [true, false]);
+    Ok(())
+}
+
+/// A CA bundle holding, beside the CA that issued the server's certificate, an X.509
+/// certificate rustls cannot take as a trust anchor (its subject alternative names extension
+/// holds no names) is taken without it, as Envoy takes every certificate of a bundle that
+/// BoringSSL parses: the handshake succeeds, and a warning names the file and the certificate
+/// left out. A block that is no X.509 certificate refuses the bundle whole, as in Envoy, and so
+/// does a bundle with no certificate that can be a trust anchor.
+#[tokio::test]
+async fn a_ca_bundle_is_taken_without_the_certificates_that_cannot_be_anchors() -> TestResult {
+    let pki = Pki::new("bundle-anchors")?;
+    let server = pki.issue("server", vec![dns("server.test")?], None)?;
+    let address = serve(&server).await?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, "odd CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // An OCTET STRING where the extension's names are a SEQUENCE.
+    params
+        .custom_extensions
+        .push(CustomExtension::from_oid_content(
+            &[2, 5, 29, 17],
+            vec![4, 0],
+        ));
+    let odd = params.self_signed(&key)?.pem();
+    let ca = std::fs::read_to_string(&pki.ca_file)?;
+    let bundle = pki.dir.join("bundle.pem");
+    put(&bundle, format!("{odd}{ca}").as_bytes())?;
+    let spec = trusting(&bundle, &["server.test"]);
+    let mut built = None;
+    let warnings = warnings_of(|| {
+        built = Some(TlsConnector::new(&spec, "c", &Metrics::new().root()));
+    });
+    let connector = match built {
+        Some(Ok(connector)) => connector,
+        Some(Err(err)) => return Err(format!("the bundle is refused: {err}").into()),
+        None => return Err("not built".into()),
+    };
+    let handshake = connector.connect(address, Duration::from_secs(10)).await;
+    assert!(handshake.is_ok(), "{handshake:?}");
+    let bundle_name = bundle.display().to_string();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains(&bundle_name) && w.contains("certificate 1")),
+        "{warnings:#?}"
+    );
+
+    let refused = |pem: String| -> TestResult<String> {
+        put(&bundle, pem.as_bytes())?;
+        match TlsConnector::new(&spec, "c", &Metrics::new().root()) {
+            Ok(_) => Err("taken".into()),
+            Err(err) => Ok(err.to_string()),
+        }
+    };
+    let no_anchor = refused(odd.clone())?;
+    assert!(
+        no_anchor.contains("no certificate that can be a trust anchor"),
+        "{no_anchor}"
+    );
+    // Base64 of bytes that are no DER certificate.
+    let not_x509 = refused(format!(
+        "{ca}-----BEGIN CERTIFICATE-----\nAAECAwQF\n-----END CERTIFICATE-----\n"
+    ))?;
+    assert!(
+        not_x509.contains("certificate 2") && not_x509.contains("not an X.509 certificate"),
+        "{not_x509}"
+    );
     Ok(())
 }
