@@ -31,11 +31,11 @@ mod probe;
 mod spare;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use arc_swap::{ArcSwap, ArcSwapOption, Guard};
+use arc_swap::{ArcSwapOption, Guard};
 use metaprotocol_core::{CodecFactory, WireVariant};
 
 use self::backoff::ConnectBackoff;
@@ -89,15 +89,50 @@ impl Partition {
     }
 }
 
-/// The partition of `worker`'s connections speaking `variant` in `partitions`.
-fn find_partition(
-    partitions: &[Arc<Partition>],
-    variant: WireVariant,
-    worker: Option<usize>,
-) -> Option<&Arc<Partition>> {
-    partitions
-        .iter()
-        .find(|p| p.variant == variant && p.worker == worker)
+/// A pool's partitions: one per wire variant seen (rarely more than one) and worker thread
+/// that sends, each added when first needed and kept for the pool's life. A list whose links
+/// are each set once, so that a request finds its partition without a lock, and without an
+/// `ArcSwap` load (a debt slot claimed and given back, two locked instructions): a few plain
+/// loads.
+#[derive(Default)]
+struct Partitions {
+    first: OnceLock<Box<PartitionLink>>,
+}
+
+/// A partition of the list, and the link to the next, set when one is added after it.
+struct PartitionLink {
+    partition: Arc<Partition>,
+    next: OnceLock<Box<PartitionLink>>,
+}
+
+impl Partitions {
+    /// Its partitions, in the order they were added.
+    fn iter(&self) -> impl Iterator<Item = &Arc<Partition>> {
+        std::iter::successors(self.first.get(), |link| link.next.get()).map(|link| &link.partition)
+    }
+
+    /// The partition of `worker`'s connections speaking `variant`, added (made by `make`) at
+    /// the end of the list if there is none: a link another thread set first is walked past.
+    fn get_or_add(
+        &self,
+        variant: WireVariant,
+        worker: Option<usize>,
+        make: impl Fn() -> Arc<Partition>,
+    ) -> &Arc<Partition> {
+        let mut next = &self.first;
+        loop {
+            let link = next.get_or_init(|| {
+                Box::new(PartitionLink {
+                    partition: make(),
+                    next: OnceLock::new(),
+                })
+            });
+            if link.partition.variant == variant && link.partition.worker == worker {
+                return &link.partition;
+            }
+            next = &link.next;
+        }
+    }
 }
 
 /// A request the pool could not queue, handed back with the reason (it was not sent).
@@ -124,9 +159,7 @@ pub(crate) struct UpstreamPool {
     /// proxy's credentials (bRPC's `ERPCAUTH`): it would refuse every new one, each a connect
     /// and a refusal per call. Reset by an answer that is no refusal.
     refusals: Arc<ConnectBackoff>,
-    /// Grows by one partition per variant seen (rarely more than one) and worker thread that
-    /// sends; copied on write so that every send reads it without a lock.
-    partitions: ArcSwap<Vec<Arc<Partition>>>,
+    partitions: Partitions,
 }
 
 impl std::fmt::Debug for UpstreamPool {
@@ -159,7 +192,7 @@ impl UpstreamPool {
             backoff: Arc::new(ConnectBackoff::new()),
             replacements: Arc::new(ConnectBackoff::new()),
             refusals: Arc::new(ConnectBackoff::new()),
-            partitions: ArcSwap::from_pointee(Vec::new()),
+            partitions: Partitions::default(),
         }
     }
 
@@ -222,17 +255,11 @@ impl UpstreamPool {
         outbound: Outbound,
     ) -> Result<(), (Outbound, UpstreamError)> {
         let worker = workers::current();
-        // The worker's partition is borrowed from the list loaded, not shared: a request
-        // writes no reference count of it. It is made when the worker first sends here.
-        let partitions = self.partitions.load();
-        let made;
-        let partition = match find_partition(&partitions, variant, worker) {
-            Some(partition) => partition,
-            None => {
-                made = self.partition(variant, worker);
-                &made
-            }
-        };
+        // The worker's partition is borrowed, not shared: a request writes no reference count
+        // of it. It is made when the worker first sends here.
+        let partition = self
+            .partitions
+            .get_or_add(variant, worker, || self.new_partition(variant, worker));
         let (index, live) = self.slot(partition);
         let slot = &partition.slots[index];
         match live.as_ref().filter(|handle| handle.is_open()) {
@@ -295,7 +322,6 @@ impl UpstreamPool {
     ) -> Option<Arc<ConnectionHandle>> {
         partition.open_connection().or_else(|| {
             self.partitions
-                .load()
                 .iter()
                 .filter(|p| p.variant == variant)
                 .find_map(|p| p.open_connection())
@@ -360,33 +386,10 @@ impl UpstreamPool {
     /// Upstream connections currently connected.
     pub fn open_connections(&self) -> usize {
         self.partitions
-            .load()
             .iter()
             .flat_map(|p| p.slots.iter())
             .filter(|s| s.load().as_ref().is_some_and(|c| c.is_connected()))
             .count()
-    }
-
-    /// The partition of `worker`'s connections speaking `variant`, made if there is none yet.
-    fn partition(&self, variant: WireVariant, worker: Option<usize>) -> Arc<Partition> {
-        let find =
-            |partitions: &[Arc<Partition>]| find_partition(partitions, variant, worker).cloned();
-        if let Some(p) = find(&self.partitions.load()) {
-            return p;
-        }
-        let mut created = None;
-        self.partitions.rcu(|partitions| {
-            let mut next = Vec::clone(partitions);
-            if find(&next).is_none() {
-                let partition = created.get_or_insert_with(|| self.new_partition(variant, worker));
-                next.push(partition.clone());
-            }
-            next
-        });
-        match find(&self.partitions.load()) {
-            Some(p) => p,
-            None => created.unwrap_or_else(|| self.new_partition(variant, worker)),
-        }
     }
 
     fn new_partition(&self, variant: WireVariant, worker: Option<usize>) -> Arc<Partition> {
@@ -507,5 +510,65 @@ impl UpstreamPool {
                 return Some(handle);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partition(variant: WireVariant, worker: Option<usize>) -> Arc<Partition> {
+        Arc::new(Partition {
+            variant,
+            worker,
+            slots: Box::new([ArcSwapOption::empty()]),
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// Threads that ask at once for the partitions of two variants and three workers (each
+    /// pair by several of them) all get the same one for a pair, and the list holds each pair
+    /// once.
+    #[test]
+    fn partitions_asked_for_at_once_are_one_per_variant_and_worker() {
+        let partitions = Partitions::default();
+        let pairs: Vec<(WireVariant, Option<usize>)> = [WireVariant(0), WireVariant(1)]
+            .into_iter()
+            .flat_map(|variant| [None, Some(0), Some(1)].map(|worker| (variant, worker)))
+            .collect();
+        let got: Vec<Vec<usize>> = std::thread::scope(|threads| {
+            let handles: Vec<_> = (0..8)
+                .map(|turn| {
+                    let (partitions, pairs) = (&partitions, &pairs);
+                    threads.spawn(move || {
+                        // Each thread starts at another pair, so that they race for the links.
+                        (0..pairs.len())
+                            .map(|n| {
+                                let (variant, worker) = pairs[(n + turn) % pairs.len()];
+                                let made = partitions
+                                    .get_or_add(variant, worker, || partition(variant, worker));
+                                assert!(made.variant == variant && made.worker == worker);
+                                Arc::as_ptr(made) as usize
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .enumerate()
+                .map(|(turn, handle)| {
+                    let mut got = handle.join().unwrap_or_default();
+                    // Back in the order of `pairs`.
+                    got.rotate_right(turn % pairs.len());
+                    got
+                })
+                .collect()
+        });
+        assert!(got.iter().all(|g| *g == got[0]), "{got:?}");
+        let listed: Vec<(WireVariant, Option<usize>)> =
+            partitions.iter().map(|p| (p.variant, p.worker)).collect();
+        assert_eq!(listed.len(), pairs.len(), "{listed:?}");
+        assert!(pairs.iter().all(|pair| listed.contains(pair)));
     }
 }
