@@ -623,6 +623,7 @@ impl ClusterHandle {
         let connectors = self.next_connectors(spec)?;
         let resolved = dns::kept(spec, resolved);
         let state = self.lock();
+        let checks_anew = spec.health_check.is_some() && state.spec.health_check.is_none();
         let (protocol, next_codec) = match &codec {
             Some((protocol, codec)) => (protocol.as_str(), codec),
             None => (state.protocol.as_str(), &state.codec),
@@ -636,6 +637,7 @@ impl ClusterHandle {
             local: local.as_ref(),
             endpoints: &state.endpoints,
             selectors: &state.selectors,
+            checks_anew,
         };
         let (endpoints, plan) = plan_hosts(&inputs, &self.stats, &self.breakers, &self.scope);
         let seen = state.builds.requested;
@@ -652,6 +654,7 @@ impl ClusterHandle {
                 answers,
                 endpoints,
                 seen,
+                checks_anew,
             },
             plan,
         })
@@ -982,6 +985,9 @@ struct PlanInputs<'a> {
     /// The endpoints it has now, reused where they fit.
     endpoints: &'a HashMap<SocketAddr, Arc<Endpoint>>,
     selectors: &'a [Selector],
+    /// True for an update that gives the cluster active health checks: none of its endpoints is
+    /// reused, each is made anew awaiting its first check (see [`PreparedUpdate::first_checks`]).
+    checks_anew: bool,
 }
 
 impl ClusterState {
@@ -996,6 +1002,7 @@ impl ClusterState {
             local: self.local.as_ref(),
             endpoints: &self.endpoints,
             selectors: &self.selectors,
+            checks_anew: false,
         }
     }
 }
@@ -1025,7 +1032,8 @@ fn plan_hosts(
                 continue;
             }
             let reusable = inputs.endpoints.get(&address).filter(|e| {
-                Arc::ptr_eq(e.pool().codec(), inputs.codec)
+                !inputs.checks_anew
+                    && Arc::ptr_eq(e.pool().codec(), inputs.codec)
                     && e.pool().settings() == settings
                     && e.pool().connector().same(connector)
             });
@@ -1046,9 +1054,13 @@ fn plan_hosts(
                     .with_endpoint_stats(EndpointStats::new(&scope));
                     let mut endpoint = Endpoint::new(address, pool);
                     // Rebuilt in place: still out of rotation if it was.
-                    if let Some(replaced) = inputs.endpoints.get(&address) {
+                    let replaced = inputs.endpoints.get(&address);
+                    if let Some(replaced) = replaced {
                         endpoint = endpoint.replacing(replaced);
-                    } else if inputs.spec.health_check.is_some() {
+                    }
+                    if inputs.checks_anew
+                        || (replaced.is_none() && inputs.spec.health_check.is_some())
+                    {
                         endpoint = endpoint.awaiting_first_check();
                     }
                     Arc::new(endpoint.with_metrics(scope, health))
@@ -1162,9 +1174,62 @@ struct NextConfig {
     /// The number of the cluster's last build asked for when it was planned: one asked for
     /// since (a health change) is a change its snapshot misses.
     seen: u64,
+    /// True if it gives the cluster active health checks: its endpoints are made anew.
+    checks_anew: bool,
 }
 
 impl PreparedUpdate {
+    /// The endpoints it makes, each with its own health check port, if any.
+    pub fn checked_addresses(&self) -> impl Iterator<Item = (SocketAddr, Option<u16>)> + '_ {
+        self.plan
+            .hosts
+            .iter()
+            .map(|host| (host.endpoint.address(), host.health_check_port))
+    }
+
+    /// True if it gives its cluster active health checks (it had none): its endpoints, made
+    /// anew, await their first check ([`PreparedUpdate::first_checks`]).
+    pub fn gives_checks(&self) -> bool {
+        self.next.checks_anew
+    }
+
+    /// Runs the first check of each of its endpoints when it gives its cluster active health
+    /// checks ([`health::first_round`]), before its snapshot is built, so that the snapshot it
+    /// publishes has their verdicts, as Envoy replaces a cluster only once the first round of
+    /// its replacement's checks has ended: without it, the endpoints the cluster kept stayed in
+    /// rotation, unchecked, until `unhealthy_threshold` checks in a row had failed. The running
+    /// cluster serves meanwhile as it is. Bounded by the checks' `timeout` and `initial_jitter`.
+    pub async fn first_checks(&self) {
+        let Some(check) = self
+            .next
+            .spec
+            .health_check
+            .as_ref()
+            .filter(|_| self.gives_checks())
+        else {
+            return;
+        };
+        let codec = match &self.next.codec {
+            Some((_, codec)) => codec.clone(),
+            None => self.next.cluster.codec(),
+        };
+        let members = self
+            .plan
+            .hosts
+            .iter()
+            .map(|host| (host.endpoint.clone(), host.health_check_port))
+            .collect();
+        health::first_round(
+            &self.next.cluster,
+            check,
+            self.next.probe.clone(),
+            codec,
+            self.next.spec.connect_timeout,
+            members,
+        )
+        .await;
+    }
+
     /// True if its snapshot builds a table (`ring_hash`, `maglev`: up to 2^20 points, hundreds
     /// of milliseconds): a build for a blocking thread.
     pub fn builds_table(&self) -> bool {

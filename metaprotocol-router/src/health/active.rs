@@ -20,7 +20,9 @@
 //! update keeps (or rebuilds at its address) keeps its state and its streak of checks, also
 //! when the update restarts the checker (new check settings, connection settings or codec):
 //! the streak lives with the endpoint ([`ClusterHandle::keep_check_streaks`]), and the new checker
-//! checks each endpoint at once and counts on from it.
+//! checks each endpoint at once and counts on from it. An update that gives a cluster checks it
+//! had none of makes its endpoints anew, awaiting their first check, which [`first_round`] runs
+//! before the update is published (Envoy replaces a cluster by one whose first round has ended).
 //!
 //! Checks open connections the way the cluster's traffic does (with TLS, handshake and
 //! certificate verification included), to the endpoint's address at its port, or at its
@@ -51,7 +53,7 @@ use metaprotocol_core::{Message, ResponseStatus};
 use tokio_util::sync::CancellationToken;
 
 use super::http::HttpProbe;
-use crate::cluster::{ClusterHandle, HealthFlags};
+use crate::cluster::{ClusterHandle, Endpoint, HealthFlags};
 use crate::config::{HealthCheckSpec, ProbeSpec};
 use crate::router::deadline_after;
 use crate::stats::Counter;
@@ -133,6 +135,49 @@ struct Checked {
 struct Stats {
     passed: Counter,
     failed: Counter,
+}
+
+impl Stats {
+    /// The series of `cluster`'s checks.
+    fn of(cluster: &ClusterHandle) -> Self {
+        let outcome = |o: &str| {
+            cluster.scope().counter_with(
+                "health_checks",
+                "Active health checks, by outcome (success, failure)",
+                &[("outcome", o)],
+            )
+        };
+        Self {
+            passed: outcome("success"),
+            failed: outcome("failure"),
+        }
+    }
+
+    /// Counts one check that found `result`.
+    fn count(&self, result: CheckResult) {
+        match result {
+            CheckResult::Passed => self.passed.inc(),
+            CheckResult::Failed | CheckResult::Unhealthy => self.failed.inc(),
+        }
+    }
+}
+
+/// The HTTP probe of `spec`'s checks of `cluster`, if it probes with HTTP; an error (logged: no
+/// checks can run) when its path or host cannot be sent.
+fn http_probe(
+    cluster: &ClusterHandle,
+    spec: &HealthCheckSpec,
+) -> Result<Option<Arc<HttpProbe>>, ()> {
+    let ProbeSpec::Http(http) = &spec.probe else {
+        return Ok(None);
+    };
+    match HttpProbe::new(http, cluster.name()) {
+        Some(probe) => Ok(Some(Arc::new(probe))),
+        None => {
+            tracing::error!(cluster = %cluster.name(), "health check: the http probe's path or host cannot be sent; no checks run");
+            Err(())
+        }
+    }
 }
 
 /// The shares of the interval the checks of endpoints that join together are spread over, one
@@ -232,28 +277,7 @@ impl Endpoints {
             if self.checked.contains_key(&address) {
                 continue;
             }
-            // Where its checks go: its own health check port first, then the probe's.
-            let target = |probe_port: Option<u16>| match port.or(probe_port) {
-                Some(port) => SocketAddr::new(address.ip(), port),
-                None => address,
-            };
-            let prober = match (&self.http, &self.probe) {
-                (Some(http), _) => {
-                    Prober::Http(target(http.port()), http.clone(), connector.clone())
-                }
-                (None, Some(request)) => Prober::Request(
-                    Box::new(ProbeConnection::new(
-                        target(None),
-                        self.codec.clone(),
-                        request,
-                        connector.clone(),
-                        self.connect_timeout,
-                    )),
-                    request.clone(),
-                    self.require_success,
-                ),
-                (None, None) => Prober::Tcp(target(None), connector.clone()),
-            };
+            let prober = self.prober(address, port, connector);
             self.next_id += 1;
             self.checked.insert(
                 address,
@@ -262,7 +286,7 @@ impl Endpoints {
                     port,
                     connector: connector.clone(),
                     slot: Some(self.next_slot),
-                    next: deadline_after(now, self.initial_jitter.mul_f64(fastrand::f64())),
+                    next: deadline_after(now, self.first_wait()),
                     id: self.next_id,
                     in_flight: false,
                     // Its streak so far: a checker an update restarted goes on from it.
@@ -272,6 +296,37 @@ impl Endpoints {
             );
             self.next_slot = (self.next_slot + 1) % SLOTS;
         }
+    }
+
+    /// How the endpoint at `address`, with its own health check `port` if it has one, is
+    /// checked over connections `connector` opens.
+    fn prober(&self, address: SocketAddr, port: Option<u16>, connector: &Connector) -> Prober {
+        // Where its checks go: its own health check port first, then the probe's.
+        let target = |probe_port: Option<u16>| match port.or(probe_port) {
+            Some(port) => SocketAddr::new(address.ip(), port),
+            None => address,
+        };
+        match (&self.http, &self.probe) {
+            (Some(http), _) => Prober::Http(target(http.port()), http.clone(), connector.clone()),
+            (None, Some(request)) => Prober::Request(
+                Box::new(ProbeConnection::new(
+                    target(None),
+                    self.codec.clone(),
+                    request,
+                    connector.clone(),
+                    self.connect_timeout,
+                )),
+                request.clone(),
+                self.require_success,
+            ),
+            (None, None) => Prober::Tcp(target(None), connector.clone()),
+        }
+    }
+
+    /// How long the first check of an endpoint new to the checker waits: a random part of
+    /// `initial_jitter`.
+    fn first_wait(&self) -> Duration {
+        self.initial_jitter.mul_f64(fastrand::f64())
     }
 
     /// When the next check is due, if any endpoint is waiting for one.
@@ -316,28 +371,10 @@ pub(super) async fn run(
         return;
     };
     let added = handle.endpoints_added();
-    let scope = handle.scope();
-    let http = match &spec.probe {
-        ProbeSpec::Http(http) => match HttpProbe::new(http, handle.name()) {
-            Some(probe) => Some(Arc::new(probe)),
-            None => {
-                tracing::error!(cluster = %handle.name(), "health check: the http probe's path or host cannot be sent; no checks run");
-                return;
-            }
-        },
-        _ => None,
+    let Ok(http) = http_probe(&handle, &spec) else {
+        return;
     };
-    let outcome = |o: &str| {
-        scope.counter_with(
-            "health_checks",
-            "Active health checks, by outcome (success, failure)",
-            &[("outcome", o)],
-        )
-    };
-    let stats = Stats {
-        passed: outcome("success"),
-        failed: outcome("failure"),
-    };
+    let stats = Stats::of(&handle);
     let mut endpoints = Endpoints::new(&spec, http, probe, handle.codec(), connect_timeout);
     // Every endpoint is due at once (within `initial_jitter`): its first check runs as the
     // checker starts.
@@ -388,6 +425,57 @@ pub(super) async fn run(
     }
 }
 
+/// Runs the first check of each of `members` (an endpoint and its own health check port), the
+/// endpoints of an update that gives `cluster` active health checks by `spec` (sending `probe`,
+/// over connections its codec and connectors open within `connect_timeout`), before the update
+/// is published: Envoy replaces a cluster by one whose checks have had their first round, and
+/// the endpoints, made anew awaiting their first check, enter rotation on a passed check and
+/// stay out on a failed one, as those of a new cluster do. Each keeps its streak, which the
+/// checker the update starts counts on from. The checks run together, each within `timeout`
+/// after a random part of `initial_jitter`; the endpoints stay awaiting their first check if
+/// no check can run (an HTTP probe that cannot be sent).
+pub(crate) async fn first_round(
+    cluster: &ClusterHandle,
+    spec: &HealthCheckSpec,
+    probe: Option<Arc<Message>>,
+    codec: Arc<dyn metaprotocol_core::CodecFactory>,
+    connect_timeout: Duration,
+    members: Vec<(Arc<Endpoint>, Option<u16>)>,
+) {
+    let Ok(http) = http_probe(cluster, spec) else {
+        return;
+    };
+    let stats = Stats::of(cluster);
+    let probers = Endpoints::new(spec, http, probe, codec, connect_timeout);
+    let checks = members.into_iter().map(|(endpoint, port)| {
+        let prober = probers.prober(endpoint.address(), port, endpoint.pool().connector());
+        let first_wait = probers.first_wait();
+        async move {
+            tokio::time::sleep(first_wait).await;
+            (endpoint, prober.check(spec.timeout).await)
+        }
+    });
+    for (endpoint, result) in futures::future::join_all(checks).await {
+        stats.count(result);
+        let passed = result == CheckResult::Passed;
+        let failed = match result {
+            CheckResult::Passed => 0,
+            CheckResult::Failed => 1,
+            CheckResult::Unhealthy => spec.unhealthy_threshold,
+        };
+        endpoint.check_streak().set(u32::from(passed), failed);
+        endpoint
+            .health()
+            .set(HealthFlags::FAILED_ACTIVE_CHECK, !passed);
+        endpoint
+            .health()
+            .set(HealthFlags::PENDING_ACTIVE_CHECK, false);
+        if !passed {
+            tracing::warn!(cluster = %cluster.name(), endpoint = %endpoint.address(), "health check: endpoint failed its first check, stays out of rotation");
+        }
+    }
+}
+
 /// Counts the check `results` and publishes the verdicts they reach, in one snapshot
 /// however many endpoints they take out or bring back. The first check of an endpoint new to
 /// the cluster decides at once, as Envoy's does: passed, it enters rotation whatever
@@ -419,12 +507,11 @@ fn record(
         let Some(checked) = endpoints.get_mut(&address) else {
             continue;
         };
+        stats.count(result);
         if result == CheckResult::Passed {
-            stats.passed.inc();
             checked.passed = checked.passed.saturating_add(1);
             checked.failed = 0;
         } else {
-            stats.failed.inc();
             checked.failed = checked.failed.saturating_add(1);
             if result == CheckResult::Unhealthy {
                 checked.failed = checked.failed.max(spec.unhealthy_threshold);

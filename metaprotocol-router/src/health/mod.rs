@@ -29,6 +29,7 @@ use std::sync::Arc;
 use metaprotocol_core::{CodecFactory, Message, Probe};
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use active::first_round;
 pub(crate) use outlier::{Ejections, OutlierCounters, OutlierThresholds};
 
 use crate::cluster::ClusterHandle;

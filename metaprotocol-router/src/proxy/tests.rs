@@ -2148,3 +2148,47 @@ clusters:
     proxy.shutdown().await;
     Ok(())
 }
+
+/// A running cluster that an update gives active health checks serves, once the update is
+/// applied, only endpoints whose first check passed, as Envoy warms a cluster whose update adds
+/// checks (a new cluster to it) before it replaces the running one: one that refuses
+/// connections takes none of its calls. (Its endpoints were kept as they were, in rotation and
+/// unchecked, so the refusing one took half of the calls until `unhealthy_threshold` checks in a
+/// row had failed, `interval` apart.)
+#[tokio::test]
+async fn a_cluster_an_update_gives_health_checks_serves_only_endpoints_that_passed() -> TestResult {
+    let live = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let live_addr = live.local_addr()?;
+    let (_refusing, refusing) = crate::testing::refusing_address()?;
+    let endpoints = format!("[ {{ address: \"{live_addr}\" }}, {{ address: \"{refusing}\" }} ]");
+    let config = format!(
+        "
+listeners:
+  - {{ name: front, address: 127.0.0.1:0, protocol: test, route_config: r }}
+route_configs:
+  - {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }}
+clusters:
+  - {{ name: c, endpoints: {endpoints} }}
+"
+    );
+    let proxy = start(&config).await?;
+    let unchecked = picked(&proxy, "c");
+    assert!(
+        unchecked.contains(&Some(refusing)),
+        "without checks, the cluster serves every endpoint: {unchecked:?}"
+    );
+    let checked = format!(
+        "{{ name: c, endpoints: {endpoints},
+    health_check: {{ interval: 1h, timeout: 10s, unhealthy_threshold: 3, healthy_threshold: 2 }} }}"
+    );
+    proxy
+        .update_cluster(crate::config::ClusterSpec::from_yaml(&checked)?)
+        .await?;
+    let after = picked(&proxy, "c");
+    assert!(
+        after.iter().all(|&picked| picked == Some(live_addr)),
+        "once the update that adds checks applied, calls went to {after:?}, not only to {live_addr}"
+    );
+    proxy.shutdown().await;
+    Ok(())
+}

@@ -21,7 +21,8 @@ use super::status::{ResourceId, ResourceKind};
 use super::{ProxyState, ReloadSummary, UpdateError};
 use crate::cluster::dns::{self, SystemResolver};
 use crate::cluster::{
-    self, BuiltUpdate, ClusterHandle, ClusterManager, ClusterMap, Resolved, build_all,
+    self, BuiltUpdate, ClusterHandle, ClusterManager, ClusterMap, PreparedUpdate, Resolved,
+    build_all,
 };
 use crate::config::{
     ClusterEdit, ClusterIndex, ClusterSpec, Config, ConfigError, ListenerSpec, LocalitySpec,
@@ -212,7 +213,10 @@ impl Plan {
     /// those of the clusters whose subsets the new route tables registered or whose first
     /// snapshot was left to build (new `ring_hash` and `maglev` clusters). Their tables
     /// (`ring_hash`, `maglev`: up to 2^20 points, hundreds of milliseconds) are built on a
-    /// blocking thread, not on the one applying the update and serving requests.
+    /// blocking thread, not on the one applying the update and serving requests. A changed
+    /// cluster the update gives health checks has the first round of its checks first
+    /// ([`PreparedUpdate::first_checks`]), so that its snapshot has their verdicts; dropped at
+    /// that wait, the update has changed nothing of the cluster.
     async fn build_clusters(&mut self) -> Result<(), ConfigError> {
         let (changes, rebuilds) = {
             // A changed cluster's update builds its new subsets: a rebuild would publish the
@@ -246,6 +250,16 @@ impl Plan {
                 .collect::<Result<Vec<_>, _>>()?;
             (changes, rebuilds)
         };
+        // A cluster that sends to a listener this update opens is left out (see `warm`): its
+        // endpoints' first checks run once the update is applied.
+        let opening = self.opening();
+        let first_rounds = changes
+            .iter()
+            .filter(|change| {
+                change.gives_checks() && !sends_to(change.checked_addresses(), &opening)
+            })
+            .map(PreparedUpdate::first_checks);
+        until_given_up(futures::future::join_all(first_rounds)).await;
         let changed = changes.len();
         let mut built = build_all(changes.into_iter().chain(rebuilds).collect()).await?;
         self.rebuilt_clusters = built.split_off(changed);
@@ -279,45 +293,63 @@ impl Plan {
         // listener) is not warmed: its checks could not pass before the commit starts serving
         // that listener, and would hold the update for their `timeout` to fail. Its checks
         // start with the commit, as an update's new endpoints are checked.
-        let opening: Vec<SocketAddr> = self
-            .new_listeners
-            .iter()
-            .filter_map(|(_, _, socket)| socket.as_ref()?.local_addr().ok())
-            .collect();
+        let opening = self.opening();
         let warmed: Vec<&Arc<ClusterHandle>> = self
             .new_clusters
             .iter()
-            .filter(|handle| !sends_to(handle, &opening))
+            .filter(|handle| {
+                let snapshot = handle.snapshot();
+                let hosts = snapshot.hosts.iter();
+                !sends_to(
+                    hosts.map(|host| (host.endpoint.address(), host.health_check_port)),
+                    &opening,
+                )
+            })
             .collect();
         for handle in &warmed {
             handle.start_health();
         }
         let first_rounds =
             futures::future::join_all(warmed.iter().map(|handle| handle.first_checks()));
-        match DEADLINE.try_with(|deadline| *deadline) {
-            Ok(deadline) => {
-                // Past the deadline, the clusters serve as they are.
-                let _ = tokio::time::timeout_at(deadline, first_rounds).await;
-            }
-            Err(_) => {
-                first_rounds.await;
-            }
+        until_given_up(first_rounds).await;
+    }
+
+    /// The addresses of the listeners this update opens.
+    fn opening(&self) -> Vec<SocketAddr> {
+        self.new_listeners
+            .iter()
+            .filter_map(|(_, _, socket)| socket.as_ref()?.local_addr().ok())
+            .collect()
+    }
+}
+
+/// Waits for `first_rounds`, the first round of health checks of clusters an update adds or
+/// gives checks, until the update's caller gives it up ([`with_deadline`]), if it does: past
+/// that, the update publishes its clusters as they are rather than be given up for them.
+async fn until_given_up(first_rounds: impl std::future::Future) {
+    match DEADLINE.try_with(|deadline| *deadline) {
+        Ok(deadline) => {
+            let _ = tokio::time::timeout_at(deadline, first_rounds).await;
+        }
+        Err(_) => {
+            first_rounds.await;
         }
     }
 }
 
-/// True if an endpoint of `cluster` (at its address, or at its health check port) is one of
-/// the `listeners`' addresses, or on the port of one listening on every address.
-fn sends_to(cluster: &ClusterHandle, listeners: &[SocketAddr]) -> bool {
+/// True if one of `endpoints` (an address and its own health check port, if any) is, at its
+/// address or at its health check port, one of the `listeners`' addresses, or on the port of
+/// one listening on every address.
+fn sends_to(
+    endpoints: impl IntoIterator<Item = (SocketAddr, Option<u16>)>,
+    listeners: &[SocketAddr],
+) -> bool {
     let serves = |listener: &SocketAddr, target: SocketAddr| {
         listener.port() == target.port()
             && (listener.ip() == target.ip() || listener.ip().is_unspecified())
     };
-    cluster.snapshot().hosts.iter().any(|host| {
-        let address = host.endpoint.address();
-        let checked = host
-            .health_check_port
-            .map(|port| SocketAddr::new(address.ip(), port));
+    endpoints.into_iter().any(|(address, port)| {
+        let checked = port.map(|port| SocketAddr::new(address.ip(), port));
         listeners.iter().any(|listener| {
             serves(listener, address) || checked.is_some_and(|target| serves(listener, target))
         })
