@@ -51,8 +51,8 @@ use std::sync::{Arc, OnceLock};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
-use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
-use metaprotocol_router::config::{DynamicSpec, XDS, XdsSpec};
+use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
+use metaprotocol_router::config::{DynamicSpec, NodeMetadataValue, XDS, XdsSpec};
 use metaprotocol_router::{ConfigError, DynamicSource, Metrics, Proxy};
 
 use self::state::Subscription;
@@ -121,12 +121,7 @@ fn node(spec: &XdsSpec) -> Node {
         fields: spec
             .node_metadata
             .iter()
-            .map(|(key, value)| {
-                let value = Value {
-                    kind: Some(Kind::StringValue(value.clone())),
-                };
-                (key.clone(), value)
-            })
+            .map(|(key, value)| (key.clone(), metadata_value(value)))
             .collect(),
     };
     Node {
@@ -138,5 +133,82 @@ fn node(spec: &XdsSpec) -> Node {
             env!("CARGO_PKG_VERSION").to_owned(),
         )),
         ..Node::default()
+    }
+}
+
+/// A node metadata value as the protobuf `Value` of its kind.
+fn metadata_value(value: &NodeMetadataValue) -> Value {
+    let kind = match value {
+        NodeMetadataValue::String(text) => Kind::StringValue(text.clone()),
+        NodeMetadataValue::List(values) => Kind::ListValue(ListValue {
+            values: values.iter().map(metadata_value).collect(),
+        }),
+        NodeMetadataValue::Map(values) => Kind::StructValue(Struct {
+            fields: values
+                .iter()
+                .map(|(key, value)| (key.clone(), metadata_value(value)))
+                .collect(),
+        }),
+    };
+    Value { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The metadata istiod reads of a node: strings (`ISTIO_VERSION`, `NAMESPACE`), and maps of
+    /// strings (`LABELS`, by which `Sidecar`, `EnvoyFilter` and other resources select their
+    /// workloads), which istiod refuses the stream for when they come as strings. A value YAML
+    /// reads as a number or boolean is still refused unquoted, as elsewhere in the config.
+    #[test]
+    fn node_metadata_takes_maps_and_lists_of_strings_as_istiod_reads_them() {
+        let config = |metadata: &str| {
+            metaprotocol_router::Config::from_yaml(&format!(
+                "dynamic:\n  xds:\n    address: 127.0.0.1:15010\n    node_id: proxy-1\n    clusters: ['*']\n    node_metadata: {metadata}\nlisteners: []\n"
+            ))
+        };
+        let parsed = config(
+            "{ ISTIO_VERSION: '1.24.0', ENABLE_HBONE: 'true', LABELS: { app: demo, version: v1 }, TAGS: [blue, green] }",
+        );
+        let spec = match parsed.map(|config| config.dynamic.and_then(|d| d.xds)) {
+            Ok(Some(spec)) => spec,
+            Ok(None) => panic!("no xds section"),
+            Err(err) => panic!("{err}"),
+        };
+        let string = |text: &str| Value {
+            kind: Some(Kind::StringValue(text.to_owned())),
+        };
+        let fields = node(&spec).metadata.map(|m| m.fields).unwrap_or_default();
+        assert_eq!(fields.get("ISTIO_VERSION"), Some(&string("1.24.0")));
+        assert_eq!(fields.get("ENABLE_HBONE"), Some(&string("true")));
+        let labels = Struct {
+            fields: [("app", "demo"), ("version", "v1")]
+                .into_iter()
+                .map(|(key, value)| (key.to_owned(), string(value)))
+                .collect(),
+        };
+        assert_eq!(
+            fields.get("LABELS"),
+            Some(&Value {
+                kind: Some(Kind::StructValue(labels))
+            })
+        );
+        let tags = ListValue {
+            values: vec![string("blue"), string("green")],
+        };
+        assert_eq!(
+            fields.get("TAGS"),
+            Some(&Value {
+                kind: Some(Kind::ListValue(tags))
+            })
+        );
+        let unquoted = config("{ ENABLE_HBONE: true }").map(drop);
+        assert!(
+            unquoted
+                .as_ref()
+                .is_err_and(|err| err.to_string().contains("node_metadata")),
+            "{unquoted:?}"
+        );
     }
 }

@@ -70,9 +70,9 @@ pub struct XdsSpec {
     /// The proxy's node cluster (the service it belongs to, for the server).
     #[serde(default)]
     pub cluster: String,
-    /// Node metadata sent to the server (istiod, for one, reads some).
+    /// Node metadata sent to the server (istiod, for one, reads some: `LABELS` as a map).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub node_metadata: BTreeMap<String, String>,
+    pub node_metadata: BTreeMap<String, NodeMetadataValue>,
     /// Route configs from the server: names, or `*` for every one it has (RDS).
     #[serde(default)]
     pub route_configs: Vec<String>,
@@ -109,6 +109,61 @@ pub struct XdsSpec {
     /// a secret is resolved to its files here by its name, never fetched.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sds_secrets: BTreeMap<String, CertificateProviderSpec>,
+}
+
+/// A value of the node metadata: a string, or a map or list of such values, sent as the
+/// protobuf `Value` of that kind (istiod reads `LABELS` and `PLATFORM_METADATA` as maps of
+/// strings, and refuses the stream when they come as strings). Scalars are strings, as
+/// elsewhere in the config: one YAML reads as a number or boolean must be quoted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum NodeMetadataValue {
+    /// A string.
+    String(String),
+    /// A list of values.
+    List(Vec<NodeMetadataValue>),
+    /// A map of values, by key.
+    Map(BTreeMap<String, NodeMetadataValue>),
+}
+
+impl<'de> Deserialize<'de> for NodeMetadataValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{MapAccess, SeqAccess, Visitor};
+
+        struct ValueVisitor;
+
+        impl<'de> Visitor<'de> for ValueVisitor {
+            type Value = NodeMetadataValue;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a string (quoted, where YAML would read a number or boolean), a map or a list",
+                )
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(NodeMetadataValue::String(text.to_owned()))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut values = Vec::new();
+                while let Some(value) = seq.next_element()? {
+                    values.push(value);
+                }
+                Ok(NodeMetadataValue::List(values))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut values = BTreeMap::new();
+                while let Some((key, value)) = map.next_entry::<String, NodeMetadataValue>()? {
+                    values.insert(key, value);
+                }
+                Ok(NodeMetadataValue::Map(values))
+            }
+        }
+
+        deserializer.deserialize_any(ValueVisitor)
+    }
 }
 
 /// The certificate files a certificate provider instance (gRPC's `file_watcher` provider) or an
