@@ -433,6 +433,31 @@ async fn a_line_names_the_rbac_policy_that_decided() -> TestResult {
     Ok(())
 }
 
+/// `%RESP(key)%` shows the upstream's answer's metadata (the demo provider names itself in the
+/// answer's `provider` attachment), by a key in any case, with a fallback and a length as
+/// `%REQ%`; `%RESPONSE_CODE%` says whose answer the client got, as Aeraki's MetaProtocol proxy
+/// writes it: `0` the upstream's, `1` the proxy's own (the dead cluster's).
+#[tokio::test]
+async fn a_line_shows_the_answers_metadata_and_whose_answer_it_was() -> TestResult {
+    let provider = DemoProvider::start("p-1").await?;
+    let scratch = Scratch::new("access-log-response")?;
+    let log = scratch.path("response.log");
+    let format = "format: \"%REQ(method)% %RESPONSE_CODE% %RESP(provider)% %RESP(PROVIDER):1% %RESP(absent?provider)% %RESP(absent)%\"";
+    let (_dead_socket, dead) = refusing_addr()?;
+    let yaml = config(&listener("in", &log, format), provider.address(), dead);
+    let proxy = start_engine(&yaml).await?;
+    let mut socket = TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
+    call(&mut socket, &dubbo_request(1, "sayHello", &[])).await?;
+    let failure = call(&mut socket, &dubbo_request(2, "sayBye", &[])).await?;
+    assert_eq!(failure[3], 80, "no connection to the dead cluster");
+    assert_eq!(
+        file_lines(&log, 2).await?,
+        ["sayHello 0 p-1 p p-1 -", "sayBye 1 - - - -"]
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
 /// Istio's default access log format (`meshConfig.accessLogFormat` unset), pasted as YAML the way
 /// a mesh's config has it (a block ending in a newline), loads and writes one line a call, saying
 /// why each call got its answer (`%RESPONSE_CODE_DETAILS%`): the upstream's, the rbac policy that
@@ -515,6 +540,9 @@ async fn istios_default_format_says_why_each_call_got_its_answer() -> TestResult
         ];
         assert_eq!(shown, expected, "{line}");
     }
+    // `%RESPONSE_CODE%`, as Aeraki's: the upstream's answer, then the proxy's own.
+    let codes: Vec<&str> = fields.iter().map(|fields| fields[3]).collect();
+    assert_eq!(codes, ["0", "1", "1"], "{logged:?}");
     assert_eq!(fields[0][7], "\"-\"", "{}", logged[0]);
     assert_eq!(fields[1][7], "\"-\"", "{}", logged[1]);
     // Refused; or, when the resend found the endpoint backing off after that, the backoff.
@@ -553,10 +581,9 @@ async fn istios_default_json_format_pastes_as_json_format() -> TestResult {
     assert_eq!(json["upstream_cluster"], "provider");
     assert_eq!(json["upstream_host"], provider.address().to_string());
     assert_eq!(json["request_id"], "r-1");
+    assert_eq!(json["response_code"], 0, "{json}");
     assert!(
-        json["response_code"].is_null()
-            && json["path"].is_null()
-            && json["upstream_transport_failure_reason"].is_null(),
+        json["path"].is_null() && json["upstream_transport_failure_reason"].is_null(),
         "{json}"
     );
     assert!(json["duration"].is_u64() && json["bytes_sent"].as_u64() > Some(0));

@@ -2,8 +2,10 @@
 //! `%REQ(method)%` ...), and JSON objects whose values are format strings.
 //!
 //! The operators are Envoy's, so that a mesh's formats (Istio's and Aeraki's defaults) load
-//! as they are: each shows what it means for a meta-protocol call, or `-` where Envoy's
-//! meaning has no counterpart here (an HTTP status code, an HTTP response header). Values are
+//! as they are: each shows what it means for a meta-protocol call (`%RESP(key)%` the answer's
+//! metadata where Envoy reads a response header, `%RESPONSE_CODE%` whose answer it was as
+//! Aeraki's MetaProtocol proxy writes it), or `-` where Envoy's meaning has no counterpart here
+//! (a gRPC status). Values are
 //! worked out when the line is written, from what [`LogEntry`] captured, never on the request
 //! path.
 
@@ -53,17 +55,32 @@ enum Operator {
     RbacShadowPolicy,
     /// What the shadow `rbac` filters would have decided: `allowed` or `denied`.
     RbacShadowResult,
-    /// A request metadata key (the index of its value in [`LogEntry::metadata`]), else the
-    /// `fallback` key's (`%REQ(A?B)%`), cut to a length when one is given.
+    /// A metadata key of the request (`%REQ(key)%`: the index of its value in
+    /// [`LogEntry::metadata`]) or of the answer the upstream gave (`%RESP(key)%`: in
+    /// [`LogEntry::response_metadata`]), else the `fallback` key's (`%REQ(A?B)%`), cut to a
+    /// length when one is given.
     Metadata {
+        side: Side,
         index: usize,
         fallback: Option<usize>,
         max: Option<usize>,
     },
-    /// An operator of Envoy's whose value has no counterpart for a meta-protocol call here: an
-    /// HTTP status code, an HTTP response header, a filter's metadata no filter of the proxy
-    /// sets. Always `-` (`null` in JSON), as Envoy shows a value that is not there.
+    /// Whose answer the client got, as Aeraki's MetaProtocol proxy writes its response code:
+    /// `0` the upstream's (whatever its status), `1` the proxy's own.
+    ResponseCode,
+    /// An operator of Envoy's whose value has no counterpart for a meta-protocol call here (a
+    /// gRPC status, a filter's metadata no filter of the proxy sets), or that is not recorded.
+    /// Always `-` (`null` in JSON), as Envoy shows a value that is not there.
     Absent,
+}
+
+/// Which message's metadata a metadata operator reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    /// The request's (`%REQ(key)%`, `%METADATA(key)%`).
+    Request,
+    /// The upstream's answer's (`%RESP(key)%`): Envoy's response headers.
+    Response,
 }
 
 /// The operators without an argument, by name.
@@ -111,8 +128,9 @@ const OPERATORS: [(&str, Operator); 36] = [
     ("RBAC_RESULT", Operator::RbacResult),
     ("RBAC_SHADOW_POLICY", Operator::RbacShadowPolicy),
     ("RBAC_SHADOW_RESULT", Operator::RbacShadowResult),
-    // An HTTP status: the protocols here have none (the outcome says how the call ended).
-    ("RESPONSE_CODE", Operator::Absent),
+    // An HTTP status in Envoy; Aeraki's MetaProtocol proxy, whose formats a mesh brings,
+    // writes 0 for an upstream's answer and 1 for its own.
+    ("RESPONSE_CODE", Operator::ResponseCode),
     ("GRPC_STATUS", Operator::Absent),
     // Why the proxy closed a connection at layer 4: not recorded with a connection's calls.
     ("CONNECTION_TERMINATION_DETAILS", Operator::Absent),
@@ -177,12 +195,20 @@ enum Piece {
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Template(Vec<Piece>);
 
+/// The metadata keys a format reads, of each side.
+#[derive(Debug, Default)]
+struct Keys {
+    /// The request's, in [`LogEntry::metadata`] order.
+    request: Vec<String>,
+    /// The answer's, in [`LogEntry::response_metadata`] order.
+    response: Vec<String>,
+}
+
 /// What one line looks like.
 #[derive(Debug)]
 pub(crate) struct LogFormat {
     layout: Layout,
-    /// The metadata keys the format reads, in [`LogEntry::metadata`] order.
-    keys: Vec<String>,
+    keys: Keys,
     /// The format shows what the authorization filters decided.
     shows_authorization: bool,
     /// The format shows why an upstream connection could not be made.
@@ -205,7 +231,7 @@ enum Value<'a> {
 
 /// Checks a format string; the reason when it is wrong.
 pub(crate) fn check(format: &str) -> Result<(), String> {
-    Template::parse(format, &mut Vec::new()).map(|_| ())
+    Template::parse(format, &mut Keys::default()).map(|_| ())
 }
 
 impl Template {
@@ -233,7 +259,7 @@ impl Template {
     }
 
     /// Parses `text`, adding the metadata keys it reads to `keys`.
-    fn parse(text: &str, keys: &mut Vec<String>) -> Result<Self, String> {
+    fn parse(text: &str, keys: &mut Keys) -> Result<Self, String> {
         let mut pieces = Vec::new();
         let mut literal = String::new();
         let mut rest = text;
@@ -263,8 +289,12 @@ impl Template {
 }
 
 /// The operator `spec` names (what is between the `%`s).
-fn operator(spec: &str, keys: &mut Vec<String>) -> Result<Operator, String> {
-    if let Some((key, fallback, max)) = metadata_operator(spec)? {
+fn operator(spec: &str, keys: &mut Keys) -> Result<Operator, String> {
+    if let Some((side, key, fallback, max)) = metadata_operator(spec)? {
+        let keys = match side {
+            Side::Request => &mut keys.request,
+            Side::Response => &mut keys.response,
+        };
         let mut index_of = |key: &str| match keys.iter().position(|k| k == key) {
             Some(index) => index,
             None => {
@@ -273,6 +303,7 @@ fn operator(spec: &str, keys: &mut Vec<String>) -> Result<Operator, String> {
             }
         };
         return Ok(Operator::Metadata {
+            side,
             index: index_of(key),
             fallback: fallback.map(index_of),
             max,
@@ -280,12 +311,6 @@ fn operator(spec: &str, keys: &mut Vec<String>) -> Result<Operator, String> {
     }
     if let Some(inner) = argument(spec, "DYNAMIC_METADATA(")? {
         return dynamic_metadata(spec, inner);
-    }
-    // The answer's metadata is not kept for its line: Envoy's response headers (Istio's
-    // format reads `x-envoy-upstream-service-time`) are not there.
-    if let Some((_, after)) = argument(spec, "RESP(")? {
-        length(spec, after)?;
-        return Ok(Operator::Absent);
     }
     OPERATORS
         .iter()
@@ -341,11 +366,20 @@ fn dynamic_metadata(spec: &str, (inner, after): (&str, &str)) -> Result<Operator
         })
 }
 
-/// `REQ(key)` or `METADATA(key)`, or `REQ(key?fallback)`, optionally followed by `:N`.
-#[allow(clippy::type_complexity, reason = "a key, its fallback, a length")]
-fn metadata_operator(spec: &str) -> Result<Option<(&str, Option<&str>, Option<usize>)>, String> {
-    let Some((keys, after)) = argument(spec, "REQ(")?.or(argument(spec, "METADATA(")?) else {
-        return Ok(None);
+/// `REQ(key)`, `METADATA(key)` or `RESP(key)`, or `REQ(key?fallback)`, optionally followed by
+/// `:N`.
+#[allow(
+    clippy::type_complexity,
+    reason = "a side, a key, its fallback, a length"
+)]
+fn metadata_operator(
+    spec: &str,
+) -> Result<Option<(Side, &str, Option<&str>, Option<usize>)>, String> {
+    let request = argument(spec, "REQ(")?.or(argument(spec, "METADATA(")?);
+    let (side, (keys, after)) = match (request, argument(spec, "RESP(")?) {
+        (Some(request), _) => (Side::Request, request),
+        (None, Some(response)) => (Side::Response, response),
+        (None, None) => return Ok(None),
     };
     let (key, fallback) = match keys.split_once('?') {
         Some((_, fallback)) if fallback.contains('?') => {
@@ -357,7 +391,7 @@ fn metadata_operator(spec: &str) -> Result<Option<(&str, Option<&str>, Option<us
     if key.is_empty() || fallback.is_some_and(str::is_empty) {
         return Err(format!("%{spec}%: the key is empty"));
     }
-    Ok(Some((key, fallback, length(spec, after)?)))
+    Ok(Some((side, key, fallback, length(spec, after)?)))
 }
 
 /// The length an operator's value is cut to, `after` its `)`: none, or `:N`.
@@ -376,7 +410,7 @@ impl LogFormat {
     /// A format string line. A newline that ends the format is the line's own end (Envoy's
     /// formats, Istio's default among them, end with one; every line ends with one here).
     pub fn text(format: &str) -> Result<Self, String> {
-        let mut keys = Vec::new();
+        let mut keys = Keys::default();
         let format = format.strip_suffix('\n').unwrap_or(format);
         let template = Template::parse(format, &mut keys)?;
         Ok(Self {
@@ -389,7 +423,7 @@ impl LogFormat {
 
     /// A JSON object per line, `fields` naming each field's format string.
     pub fn json<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, String> {
-        let mut keys = Vec::new();
+        let mut keys = Keys::default();
         let fields: Vec<(String, Template)> = fields
             .into_iter()
             .map(|(name, format)| {
@@ -406,9 +440,15 @@ impl LogFormat {
         })
     }
 
-    /// The metadata keys the format reads, whose values an entry captures.
+    /// The request metadata keys the format reads, whose values an entry captures.
     pub fn keys(&self) -> &[String] {
-        &self.keys
+        &self.keys.request
+    }
+
+    /// The keys of the upstream's answer's metadata the format reads (`%RESP(key)%`), whose
+    /// values an entry captures.
+    pub fn response_keys(&self) -> &[String] {
+        &self.keys.response
     }
 
     /// True if the format shows what the authorization filters decided (`%RBAC_POLICY%` ...).
@@ -591,12 +631,26 @@ fn value<'a>(op: &Operator, entry: &'a LogEntry) -> Value<'a> {
                 .as_ref()
                 .map(AuthorizationDecision::result),
         ),
+        Operator::ResponseCode => {
+            if entry.outcome.local_reply().is_some() {
+                Value::Number(1)
+            } else if entry.answered {
+                Value::Number(0)
+            } else {
+                Value::None
+            }
+        }
         Operator::Metadata {
+            side,
             index,
             fallback,
             max,
         } => {
-            let captured = |index: usize| entry.metadata.get(index).and_then(Option::as_ref);
+            let values = match side {
+                Side::Request => &entry.metadata[..],
+                Side::Response => &entry.response_metadata[..],
+            };
+            let captured = |index: usize| values.get(index).and_then(Option::as_ref);
             match captured(*index).or_else(|| fallback.and_then(captured)) {
                 None => Value::None,
                 Some(value) => {
@@ -701,13 +755,14 @@ mod tests {
 
     #[test]
     fn format_strings_parse_into_text_and_operators() {
-        let mut keys = Vec::new();
+        let mut keys = Keys::default();
         let template = Template::parse("%%a %REQ(method):3% b %DURATION%", &mut keys);
         assert_eq!(
             template,
             Ok(Template(vec![
                 Piece::Text("%a ".into()),
                 Piece::Operator(Operator::Metadata {
+                    side: Side::Request,
                     index: 0,
                     fallback: None,
                     max: Some(3)
@@ -716,7 +771,7 @@ mod tests {
                 Piece::Operator(Operator::Duration),
             ]))
         );
-        assert_eq!(keys, ["method"]);
+        assert_eq!(keys.request, ["method"]);
         for (bad, reason) in [
             ("%NOPE%", "unknown command operator %NOPE%"),
             ("50% off", "not closed"),
@@ -888,20 +943,20 @@ mod tests {
         LogFormat::text(ISTIO_TEXT)?.write(&entry, &mut line);
         assert_eq!(
             line,
-            "[1970-01-01T00:00:00.000Z] \"- - dubbo\" - - via_upstream - \"-\" 10 20 - - \"-\" \"-\" \"-\" \"-\" \"10.0.0.9:20880\" outbound|20880||demo - 127.0.0.1:1 127.0.0.1:1 - hello\n"
+            "[1970-01-01T00:00:00.000Z] \"- - dubbo\" 0 - via_upstream - \"-\" 10 20 - - \"-\" \"-\" \"-\" \"-\" \"10.0.0.9:20880\" outbound|20880||demo - 127.0.0.1:1 127.0.0.1:1 - hello\n"
         );
         line.clear();
         LogFormat::text(AERAKI_TEXT)?.write(&entry, &mut line);
         assert_eq!(
             line,
-            "[1970-01-01T00:00:00.000Z] - - via_upstream - \"-\" 10 20 -  \"-\" \"-\" outbound|20880||demo - 127.0.0.1:1 127.0.0.1:1 hello\n"
+            "[1970-01-01T00:00:00.000Z] - 0 via_upstream - \"-\" 10 20 -  \"-\" \"-\" outbound|20880||demo - 127.0.0.1:1 127.0.0.1:1 hello\n"
         );
         line.clear();
         LogFormat::json(ISTIO_JSON)?.write(&entry, &mut line);
         assert_eq!(line.lines().count(), 1, "{line}");
         assert!(
             line.contains(r#""response_code_details":"via_upstream""#)
-                && line.contains(r#""response_code":null"#)
+                && line.contains(r#""response_code":0"#)
                 && line.contains(r#""upstream_cluster":"outbound|20880||demo""#),
             "{line}"
         );
@@ -1085,6 +1140,42 @@ mod tests {
         format.write(&entry, &mut line);
         format.write(&LogEntry::for_test(), &mut line);
         assert_eq!(line, "\"Connection_refused_(os_error_111)\"\n\"-\"\n");
+        Ok(())
+    }
+
+    /// `%RESP(key)%` reads the upstream's answer's metadata as `%REQ(key)%` reads the
+    /// request's (a key of the same name apart), and `%RESPONSE_CODE%` says whose answer the
+    /// client got, as Aeraki's MetaProtocol proxy writes it: `0` the upstream's, `1` the
+    /// proxy's own, `-` none.
+    #[test]
+    fn the_answers_metadata_and_whose_answer_it_was_show() -> Result<(), String> {
+        use crate::stats::RequestOutcome;
+        use metaprotocol_core::{ByteStr, LocalReplyKind};
+
+        let format = LogFormat::text(
+            "%RESPONSE_CODE% %RESP(error_code)% %RESP(x?error_text):4% %REQ(error_code)%",
+        )?;
+        assert_eq!(format.keys(), ["error_code"]);
+        assert_eq!(format.response_keys(), ["error_code", "x", "error_text"]);
+        let answered = LogEntry {
+            answered: true,
+            outcome: RequestOutcome::SERVER_ERROR,
+            response_metadata: [Some("1003"), None, Some("timed out")]
+                .map(|value| value.map(ByteStr::from_static))
+                .into_iter()
+                .collect(),
+            ..LogEntry::for_test()
+        };
+        let refused = LogEntry {
+            outcome: RequestOutcome::local(LocalReplyKind::RouteNotFound),
+            flags: ResponseFlags::NO_ROUTE | ResponseFlags::LOCAL_REPLY,
+            ..LogEntry::for_test()
+        };
+        let mut line = String::new();
+        for entry in [&answered, &refused, &LogEntry::for_test()] {
+            format.write(entry, &mut line);
+        }
+        assert_eq!(line, "0 1003 time -\n1 - - -\n- - - -\n");
         Ok(())
     }
 

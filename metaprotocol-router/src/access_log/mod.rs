@@ -56,6 +56,9 @@ pub(crate) struct LogEntry {
     transport_failure: Option<Arc<str>>,
     /// The values of the metadata keys the format reads ([`LogFormat::keys`]).
     metadata: SmallVec<[Option<ByteStr>; 4]>,
+    /// The values of the keys of the upstream's answer's metadata the format reads
+    /// ([`LogFormat::response_keys`]); empty when the proxy answered itself.
+    response_metadata: SmallVec<[Option<ByteStr>; 1]>,
 }
 
 impl LogEntry {
@@ -82,6 +85,7 @@ impl LogEntry {
             authorization: Authorization::default(),
             transport_failure: None,
             metadata: SmallVec::new(),
+            response_metadata: SmallVec::new(),
         }
     }
 }
@@ -159,10 +163,12 @@ impl AccessLogger {
         self.format.shows_authorization()
     }
 
-    /// Logs a finished request (when its outcome is sampled).
+    /// Logs a finished request, given the upstream's `response` it was answered with, if any
+    /// (when its outcome is sampled).
     pub fn log(
         &self,
         request: &Message,
+        response: Option<&Message>,
         record: &RequestRecord,
         outcome: RequestOutcome,
         trace_id: Option<u128>,
@@ -171,15 +177,7 @@ impl AccessLogger {
         if share < 1.0 && fastrand::f64() >= share {
             return;
         }
-        // A large frame is not kept alive by its line (see `captured`).
-        let copy = request.frame.len() > SHARED_FRAME_BYTES;
-        let capture = |value: ByteStr| {
-            if copy || value.len() > MAX_VALUE_BYTES {
-                captured(&value)
-            } else {
-                value
-            }
-        };
+        let capture = capture_from(request);
         let entry = || LogEntry {
             start_time: record.start_time,
             duration: record.timings.duration(),
@@ -214,8 +212,20 @@ impl AccessLogger {
                 .format
                 .keys()
                 .iter()
-                .map(|key| request_value(&request.metadata, key).map(capture))
+                .map(|key| metadata_value(&request.metadata, key).map(capture))
                 .collect(),
+            // Nothing to read unless the format reads the answer's keys.
+            response_metadata: match response {
+                Some(response) if !self.format.response_keys().is_empty() => {
+                    let capture = capture_from(response);
+                    self.format
+                        .response_keys()
+                        .iter()
+                        .map(|key| metadata_value(&response.metadata, key).map(capture))
+                        .collect()
+                }
+                _ => SmallVec::new(),
+            },
         };
         if self.sink.send(&self.format, entry) {
             self.lines.inc();
@@ -224,10 +234,24 @@ impl AccessLogger {
         }
     }
 }
-/// The value of the request's metadata `key`, or, when the call has no key spelt so, of a key
+
+/// How a line keeps a value of `message`'s metadata: shared with its frame, unless the frame is
+/// large (a large frame is not kept alive by its line: see `captured`) or the value long.
+fn capture_from(message: &Message) -> impl Fn(ByteStr) -> ByteStr + Copy {
+    let copy = message.frame.len() > SHARED_FRAME_BYTES;
+    move |value: ByteStr| {
+        if copy || value.len() > MAX_VALUE_BYTES {
+            captured(&value)
+        } else {
+            value
+        }
+    }
+}
+
+/// The value of a message's metadata `key`, or, when the message has no key spelt so, of a key
 /// that differs from it only in case: Envoy's header names are case-insensitive, and a mesh's
 /// formats read `%REQ(X-REQUEST-ID)%` of calls that carry `x-request-id`.
-fn request_value(metadata: &Metadata, key: &str) -> Option<ByteStr> {
+fn metadata_value(metadata: &Metadata, key: &str) -> Option<ByteStr> {
     metadata.get_shared(key).or_else(|| {
         let (spelt, _) = metadata
             .iter()

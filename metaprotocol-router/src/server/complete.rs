@@ -10,11 +10,13 @@ use crate::router::Routed;
 use crate::stats::{Completion, IstioReporter, RequestOutcome};
 use crate::trace::RequestSpan;
 
-/// Observes a finished request: `route` when it matched one, `routed` when it was routed (sent
-/// or tried upstream), `span` when its listener traces.
+/// Observes a finished request: `response` when the upstream's answer was forwarded, `route`
+/// when it matched one, `routed` when it was routed (sent or tried upstream), `span` when its
+/// listener traces.
 pub(crate) fn complete(
     ctx: &ListenerContext,
     request: &Message,
+    response: Option<&Message>,
     record: &RequestRecord,
     route: Option<&Route>,
     routed: Option<&Routed>,
@@ -37,7 +39,7 @@ pub(crate) fn complete(
     }
     if let Some(access_log) = &ctx.access_log {
         let trace_id = span.as_ref().map(|span| span.trace_id());
-        access_log.log(request, record, outcome, trace_id);
+        access_log.log(request, response, record, outcome, trace_id);
     }
     if let (Some(tracer), Some(span)) = (&ctx.tracer, span) {
         tracer.finish(span, request, record, outcome);

@@ -1191,6 +1191,7 @@ impl Requests {
         complete::complete(
             &self.ctx,
             &inflight.request,
+            response,
             &inflight.record,
             route,
             routed,
