@@ -211,6 +211,8 @@ pub(crate) struct LogFormat {
     keys: Keys,
     /// The format shows what the authorization filters decided.
     shows_authorization: bool,
+    /// The format names the rbac policy that refused a call (`%RESPONSE_CODE_DETAILS%`).
+    shows_refusals: bool,
     /// The format shows why an upstream connection could not be made.
     shows_transport_failure: bool,
 }
@@ -234,28 +236,23 @@ pub(crate) fn check(format: &str) -> Result<(), String> {
     Template::parse(format, &mut Keys::default()).map(|_| ())
 }
 
-impl Template {
-    /// True if the template shows what the authorization filters decided.
-    fn shows_authorization(&self) -> bool {
-        self.0.iter().any(|piece| {
-            matches!(
-                piece,
-                Piece::Operator(
-                    Operator::RbacPolicy
-                        | Operator::RbacResult
-                        | Operator::RbacShadowPolicy
-                        | Operator::RbacShadowResult
-                        // It names the rbac policy that refused a call.
-                        | Operator::ResponseCodeDetails
-                )
-            )
-        })
-    }
+/// True for the operators that show what the authorization filters decided.
+fn shows_decisions(op: &Operator) -> bool {
+    matches!(
+        op,
+        Operator::RbacPolicy
+            | Operator::RbacResult
+            | Operator::RbacShadowPolicy
+            | Operator::RbacShadowResult
+    )
+}
 
-    /// True if the template shows why an upstream connection could not be made.
-    fn shows_transport_failure(&self) -> bool {
+impl Template {
+    /// True if the template has an operator `wanted` picks.
+    fn shows(&self, wanted: fn(&Operator) -> bool) -> bool {
         self.0
-            .contains(&Piece::Operator(Operator::UpstreamTransportFailureReason))
+            .iter()
+            .any(|piece| matches!(piece, Piece::Operator(op) if wanted(op)))
     }
 
     /// Parses `text`, adding the metadata keys it reads to `keys`.
@@ -413,12 +410,7 @@ impl LogFormat {
         let mut keys = Keys::default();
         let format = format.strip_suffix('\n').unwrap_or(format);
         let template = Template::parse(format, &mut keys)?;
-        Ok(Self {
-            shows_authorization: template.shows_authorization(),
-            shows_transport_failure: template.shows_transport_failure(),
-            layout: Layout::Text(template),
-            keys,
-        })
+        Ok(Self::new(Layout::Text(template), keys))
     }
 
     /// A JSON object per line, `fields` naming each field's format string.
@@ -432,12 +424,22 @@ impl LogFormat {
                     .map_err(|e| format!("{name}: {e}"))
             })
             .collect::<Result<_, _>>()?;
-        Ok(Self {
-            shows_authorization: fields.iter().any(|(_, t)| t.shows_authorization()),
-            shows_transport_failure: fields.iter().any(|(_, t)| t.shows_transport_failure()),
-            layout: Layout::Json(fields),
+        Ok(Self::new(Layout::Json(fields), keys))
+    }
+
+    /// The format of `layout`, reading `keys`, and what it asks the request path to record.
+    fn new(layout: Layout, keys: Keys) -> Self {
+        let shows = |wanted: fn(&Operator) -> bool| match &layout {
+            Layout::Text(template) => template.shows(wanted),
+            Layout::Json(fields) => fields.iter().any(|(_, template)| template.shows(wanted)),
+        };
+        Self {
+            shows_authorization: shows(shows_decisions),
+            shows_refusals: shows(|op| *op == Operator::ResponseCodeDetails),
+            shows_transport_failure: shows(|op| *op == Operator::UpstreamTransportFailureReason),
+            layout,
             keys,
-        })
+        }
     }
 
     /// The request metadata keys the format reads, whose values an entry captures.
@@ -454,6 +456,13 @@ impl LogFormat {
     /// True if the format shows what the authorization filters decided (`%RBAC_POLICY%` ...).
     pub fn shows_authorization(&self) -> bool {
         self.shows_authorization
+    }
+
+    /// True if the format names the rbac policy that refused a call
+    /// (`%RESPONSE_CODE_DETAILS%`): the enforced filters then record their refusals, and, unless
+    /// the format [shows their decisions](Self::shows_authorization) too, nothing else.
+    pub fn shows_refusals(&self) -> bool {
+        self.shows_refusals
     }
 
     /// True if the format shows why an upstream connection could not be made
@@ -972,8 +981,8 @@ mod tests {
 
         let format = LogFormat::text("%RESPONSE_CODE_DETAILS%")?;
         assert!(
-            format.shows_authorization(),
-            "an rbac refusal names its policy"
+            format.shows_refusals() && !format.shows_authorization(),
+            "an rbac refusal names its policy, and nothing else the filters decided is shown"
         );
         let local = |kind: LocalReplyKind, flags: ResponseFlags| LogEntry {
             outcome: crate::stats::RequestOutcome::local(kind),

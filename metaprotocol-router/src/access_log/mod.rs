@@ -163,6 +163,13 @@ impl AccessLogger {
         self.format.shows_authorization()
     }
 
+    /// True if the lines name the rbac policy that refused a request, which the enforced
+    /// authorization filters then record of the requests they refuse
+    /// ([`FilterContext::logs_refusals`](crate::FilterContext::logs_refusals)).
+    pub fn shows_refusals(&self) -> bool {
+        self.format.shows_refusals()
+    }
+
     /// Logs a finished request, given the upstream's `response` it was answered with, if any
     /// (when its outcome is sampled).
     pub fn log(

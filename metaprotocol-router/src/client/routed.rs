@@ -265,7 +265,7 @@ impl RouterClientBuilder {
         let name: Arc<str> = self.name.as_str().into();
         let scope = metrics.root().detached("listener", &self.name);
         // A client writes no access log.
-        let filters = builder.filter_chain(&name, &scope, &self.filters, false)?;
+        let filters = builder.filter_chain(&name, &scope, &self.filters, None)?;
         let nowhere = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
         let ctx = CallContext {
             connection: Arc::new(ConnectionInfo::new(name, nowhere, nowhere)),

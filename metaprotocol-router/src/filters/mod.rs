@@ -85,6 +85,7 @@ pub struct FilterContext {
     runtime: Option<tokio::runtime::Handle>,
     shared: SharedClients,
     logs_authorization: bool,
+    logs_refusals: bool,
 }
 
 impl FilterContext {
@@ -98,12 +99,19 @@ impl FilterContext {
             runtime: tokio::runtime::Handle::try_current().ok(),
             shared,
             logs_authorization: false,
+            logs_refusals: false,
         }
     }
 
     /// The context with [`FilterContext::logs_authorization`] set to `logged`.
     pub fn with_logged_authorization(mut self, logged: bool) -> Self {
         self.logs_authorization = logged;
+        self
+    }
+
+    /// The context with [`FilterContext::logs_refusals`] set to `logged`.
+    pub fn with_logged_refusals(mut self, logged: bool) -> Self {
+        self.logs_refusals = logged;
         self
     }
 
@@ -144,6 +152,13 @@ impl FilterContext {
     /// only, so that requests no log line shows them for pay nothing for them.
     pub fn logs_authorization(&self) -> bool {
         self.logs_authorization
+    }
+
+    /// True if the listener's access log names the policy that refused a request
+    /// (`%RESPONSE_CODE_DETAILS%`): an enforced authorization filter records the requests it
+    /// refuses then, and, unless [`FilterContext::logs_authorization`], none it lets through.
+    pub fn logs_refusals(&self) -> bool {
+        self.logs_refusals
     }
 }
 

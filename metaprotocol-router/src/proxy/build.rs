@@ -124,10 +124,7 @@ impl Builder<'_> {
             })
             .transpose()
             .map_err(|e| e.within("access_log"))?;
-        let logs_authorization = access_log
-            .as_ref()
-            .is_some_and(AccessLogger::shows_authorization);
-        let filters = self.filter_chain(&name, &scope, &spec.filters, logs_authorization)?;
+        let filters = self.filter_chain(&name, &scope, &spec.filters, access_log.as_ref())?;
         let tracer = spec
             .tracing
             .as_ref()
@@ -175,15 +172,17 @@ impl Builder<'_> {
 
 impl Builder<'_> {
     /// Builds the chain of `filters` for `listener` (a listener, or a client's name), each
-    /// filter with its own scope within `scope`, told whether the listener's access log shows
-    /// authorization decisions (`logs_authorization`). Errors name the filter (`filters[1]`).
+    /// filter with its own scope within `scope`, told what of authorization decisions the
+    /// listener's `access_log` shows. Errors name the filter (`filters[1]`).
     pub fn filter_chain(
         &self,
         listener: &Arc<str>,
         scope: &MetricsScope,
         filters: &[FilterSpec],
-        logs_authorization: bool,
+        access_log: Option<&AccessLogger>,
     ) -> Result<FilterChain, ConfigError> {
+        let logs_authorization = access_log.is_some_and(AccessLogger::shows_authorization);
+        let logs_refusals = access_log.is_some_and(AccessLogger::shows_refusals);
         let labels = crate::filters::series_labels(filters)?;
         let chain = filters
             .iter()
@@ -195,7 +194,8 @@ impl Builder<'_> {
                     scope.with_label("filter", label),
                     self.shared.clone(),
                 )
-                .with_logged_authorization(logs_authorization);
+                .with_logged_authorization(logs_authorization)
+                .with_logged_refusals(logs_refusals);
                 self.filters
                     .build(&filter.name, &filter.config, &context)
                     .map_err(|e| e.within(&format!("filters[{f}]")))

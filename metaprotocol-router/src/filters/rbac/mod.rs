@@ -13,7 +13,9 @@
 //! decision and the policy that made it in the request's record
 //! ([`Authorization`](metaprotocol_core::Authorization)), as Envoy's RBAC filters put theirs in
 //! the dynamic metadata: the policy's name is shared, not copied, and a listener whose log
-//! shows none of them records nothing.
+//! shows none of them records nothing. A log that names only the policy that refused a request
+//! (`%RESPONSE_CODE_DETAILS%`) has the enforced filters record their refusals alone, so that the
+//! requests they let through, nearly all, pay nothing for it.
 //!
 //! ```yaml
 //! - name: rbac
@@ -115,6 +117,7 @@ pub(crate) fn build(
         allowed,
         denied,
         logs_decisions: context.logs_authorization(),
+        logs_refusals: context.logs_refusals() && !spec.shadow,
     }))
 }
 
@@ -128,6 +131,9 @@ struct Rbac {
     /// The listener's access log shows the decisions: each is recorded in the request's
     /// record (the policy's name shared, not copied).
     logs_decisions: bool,
+    /// The listener's access log names the policy that refused a request
+    /// (`%RESPONSE_CODE_DETAILS%`), and the filter is enforced: its refusals are recorded.
+    logs_refusals: bool,
 }
 
 impl L7Filter for Rbac {
@@ -145,7 +151,7 @@ impl L7Filter for Rbac {
             Action::Allow => matched.is_some(),
             Action::Deny => matched.is_none(),
         };
-        if self.logs_decisions {
+        if self.logs_decisions || (self.logs_refusals && !allowed) {
             ctx.record.record_authorization(
                 self.shadow,
                 AuthorizationDecision {
@@ -284,13 +290,17 @@ mod tests {
 
     /// With a log that shows them, each filter records its decision and the policy that made
     /// it, the enforced filters' apart from the shadow ones'; an allow filter's policy stays
-    /// through a deny filter that matched nothing. Without such a log, nothing is recorded.
+    /// through a deny filter that matched nothing. With a log that names only the policy that
+    /// refused a request (`%RESPONSE_CODE_DETAILS%`), the enforced filters record their
+    /// refusals and nothing else. Without such a log, nothing is recorded.
     #[test]
     fn decisions_are_recorded_with_their_policy_when_a_log_shows_them() -> Result<(), ConfigError> {
         let metrics = Metrics::new();
-        let filters = |logged: bool| {
+        let filters = |decisions: bool, refusals: bool| {
             let context = |filter| {
-                FilterContext::standalone("in", filter, &metrics).with_logged_authorization(logged)
+                FilterContext::standalone("in", filter, &metrics)
+                    .with_logged_authorization(decisions)
+                    .with_logged_refusals(refusals)
             };
             let allow = build_in(
                 NAME,
@@ -319,7 +329,7 @@ mod tests {
                 policy: policy.map(Arc::from),
             })
         };
-        let logged = filters(true)?;
+        let logged = filters(true, true)?;
         let logged: Vec<&dyn L7Filter> = logged.iter().map(|f| &**f).collect();
         for (method, enforced, shadow) in [
             (
@@ -344,7 +354,21 @@ mod tests {
             assert_eq!(recorded.enforced, enforced, "{method}");
             assert_eq!(recorded.shadow, shadow, "{method}");
         }
-        let unlogged = filters(false)?;
+        let refusals = filters(false, true)?;
+        let refusals: Vec<&dyn L7Filter> = refusals.iter().map(|f| &**f).collect();
+        for (method, enforced) in [
+            ("getUser", None),
+            ("getSecret", decision(false, Some("no-secrets"))),
+            ("setUser", decision(false, None)),
+            ("deleteUser", None),
+        ] {
+            let record = TestRequest::new(&[("method", method)]).run_each(&refusals);
+            let recorded = record.authorization().cloned();
+            assert_eq!(recorded.and_then(|a| a.enforced), enforced, "{method}");
+            let allowed = enforced.is_none();
+            assert_eq!(record.authorization().is_none(), allowed, "{method}");
+        }
+        let unlogged = filters(false, false)?;
         let unlogged: Vec<&dyn L7Filter> = unlogged.iter().map(|f| &**f).collect();
         let record = TestRequest::new(&[("method", "getSecret")]).run_each(&unlogged);
         assert_eq!(record.authorization(), None);
