@@ -170,6 +170,12 @@ impl AccessLogger {
         self.format.shows_refusals()
     }
 
+    /// True if the lines show why an upstream connection could not be made, which the router
+    /// then keeps in the record of a request that failed so.
+    pub fn shows_transport_failure(&self) -> bool {
+        self.format.shows_transport_failure()
+    }
+
     /// Logs a finished request, given the upstream's `response` it was answered with, if any
     /// (when its outcome is sampled).
     pub fn log(
@@ -207,7 +213,8 @@ impl AccessLogger {
             attempts: record.attempts,
             bytes_received: record.bytes_received,
             bytes_sent: record.bytes_sent,
-            // Empty unless the format shows it: the filters record it only then.
+            // Empty unless the format shows them: the filters and the router record them
+            // only then.
             authorization: record.authorization().cloned().unwrap_or_default(),
             transport_failure: self
                 .format

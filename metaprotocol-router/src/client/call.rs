@@ -144,6 +144,7 @@ pub(super) async fn call(ctx: &CallContext, request: Message) -> Result<Message,
         &mut call.record,
         &mut (),
         Instant::now(),
+        false,
     );
     let mut routed = match routed {
         Ok(routed) => routed,

@@ -125,6 +125,9 @@ impl Builder<'_> {
             .transpose()
             .map_err(|e| e.within("access_log"))?;
         let filters = self.filter_chain(&name, &scope, &spec.filters, access_log.as_ref())?;
+        let logs_transport_failure = access_log
+            .as_ref()
+            .is_some_and(AccessLogger::shows_transport_failure);
         let tracer = spec
             .tracing
             .as_ref()
@@ -154,6 +157,7 @@ impl Builder<'_> {
             filters,
             scope,
             access_log,
+            logs_transport_failure,
             tracer,
             istio,
             idle_timeout: spec

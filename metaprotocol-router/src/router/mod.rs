@@ -160,6 +160,9 @@ pub(crate) struct Routed {
     idempotent: bool,
     /// The retry in flight, counted against the cluster's retry budget until its attempt ends.
     grant: Option<RetryGrant>,
+    /// The listener's access log shows why a connection could not be made: a request that
+    /// failed so keeps the reason in its record ([`TransportFailure`]).
+    keeps_transport_failure: bool,
 }
 
 /// Why a request was not routed: the local reply it gets (already recorded), and the route it
@@ -252,7 +255,9 @@ pub(crate) fn filters_timed_out(direction: Direction, record: &mut RequestRecord
 
 /// Routes `request` with `table`: the first matching route, then its target; copies it to the
 /// route's mirror (as `observer` sees it). `filter_mutation` is what request filters added. On
-/// failure (and for a route that answers itself) the error is recorded and returned.
+/// failure (and for a route that answers itself) the error is recorded and returned. With
+/// `keeps_transport_failure` (the listener's access log shows it), a request whose last
+/// attempt's connection could not be made keeps the reason in its record.
 pub(crate) fn route(
     table: Arc<RouteTable>,
     request: &Arc<Message>,
@@ -260,6 +265,7 @@ pub(crate) fn route(
     record: &mut RequestRecord,
     observer: &mut impl AttemptObserver,
     now: Instant,
+    keeps_transport_failure: bool,
 ) -> Result<Routed, Unrouted> {
     let view = RoutingView {
         metadata: &request.metadata,
@@ -362,6 +368,7 @@ pub(crate) fn route(
         host: None,
         idempotent,
         grant: None,
+        keeps_transport_failure,
     })
 }
 
@@ -767,7 +774,10 @@ impl Routed {
                 LocalReply::new(LocalReplyKind::Internal, "metaprotocol-proxy: no answer")
             });
         record.set_local_reply(reply.kind, outcome.flags());
-        if let Some(UpstreamError::ConnectFailed { reason, .. }) = error {
+        // Kept only for a log that shows it: the record's extensions cost two allocations.
+        if let Some(UpstreamError::ConnectFailed { reason, .. }) = error
+            && self.keeps_transport_failure
+        {
             record
                 .extensions
                 .insert(TransportFailure(Arc::clone(reason)));
@@ -837,6 +847,15 @@ pub(crate) mod tests {
         cluster: &str,
         routes: &str,
     ) -> Result<(Arc<ClusterHandle>, Routed, RequestRecord), ConfigError> {
+        routed_keeping(cluster, routes, false)
+    }
+
+    /// [`routed_with`], keeping why a connection could not be made when `keeps_transport_failure`.
+    fn routed_keeping(
+        cluster: &str,
+        routes: &str,
+        keeps_transport_failure: bool,
+    ) -> Result<(Arc<ClusterHandle>, Routed, RequestRecord), ConfigError> {
         let cluster = crate::cluster::tests::cluster(cluster)?;
         let clusters = ClusterManager::default();
         clusters.insert(cluster.clone());
@@ -853,10 +872,36 @@ pub(crate) mod tests {
             &mut record,
             &mut (),
             Instant::now(),
+            keeps_transport_failure,
         ) else {
             return Err(ConfigError::new("routes", "the request was not routed"));
         };
         Ok((cluster, routed, record))
+    }
+
+    /// A request whose connection could not be made keeps why in its record only when its
+    /// listener's access log shows it (`%UPSTREAM_TRANSPORT_FAILURE_REASON%`): keeping it costs
+    /// the record's extensions two allocations, on every request that fails so.
+    #[tokio::test]
+    async fn why_a_connection_failed_is_kept_only_for_a_log_that_shows_it()
+    -> Result<(), ConfigError> {
+        for keeps in [false, true] {
+            let (_cluster, mut routed, mut record) = routed_keeping(
+                "name: c\nendpoints: [ { address: 127.0.0.1:1 } ]",
+                "name: r\nroutes: [ { route: { cluster: c } } ]",
+                keeps,
+            )?;
+            let request = Arc::new(Message::new(MessageKind::Request, 1, Bytes::new()));
+            let now = Instant::now();
+            let next = routed.attempt(&request, |_| ReplyTo::none(), &mut record, &mut (), now);
+            assert!(matches!(next, Next::Answer { .. }));
+            let next = routed.answered(1, &connect_failed(), &mut record, &mut (), now);
+            assert!(matches!(next, Some(Next::Fail(_))), "{next:?}");
+            let kept = record.extensions.get::<TransportFailure>();
+            assert_eq!(kept.map(|failure| &*failure.0), keeps.then_some("refused"));
+            assert_eq!(record.extensions.is_empty(), !keeps, "keeps: {keeps}");
+        }
+        Ok(())
     }
 
     #[tokio::test]

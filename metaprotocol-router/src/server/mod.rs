@@ -76,6 +76,9 @@ pub(crate) struct ListenerContext {
     pub scope: MetricsScope,
     /// Its access log, if it has one.
     pub access_log: Option<AccessLogger>,
+    /// Its access log shows why an upstream connection could not be made: the router keeps
+    /// the reason in the record of a request that failed so (only then: it costs allocations).
+    pub logs_transport_failure: bool,
     /// Its tracer, if it traces.
     pub tracer: Option<Tracer>,
     /// Counts its requests that reached no cluster in the Istio series, when they are on (the

@@ -799,6 +799,7 @@ impl Requests {
 
     fn route(&mut self, key: RequestKey, out: &mut Outbox, now: Instant) {
         let table = self.route_table();
+        let keeps_transport_failure = self.ctx.logs_transport_failure;
         let Some(inflight) = self.get(key) else {
             return;
         };
@@ -809,6 +810,7 @@ impl Requests {
             &mut inflight.record,
             &mut inflight.span,
             now,
+            keeps_transport_failure,
         );
         inflight.mutation = Mutation::new();
         let mut routed = match routed {
@@ -1254,6 +1256,7 @@ pub(super) mod tests {
             load: Arc::new(Load::new(&scope, &LimitsSpec::default())),
             scope,
             access_log: None,
+            logs_transport_failure: false,
             tracer: None,
             istio: None,
             idle_timeout: Duration::from_secs(60),
