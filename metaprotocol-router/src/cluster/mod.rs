@@ -347,6 +347,11 @@ impl ClusterHandle {
             && state.local.as_ref() == local
     }
 
+    /// True if its endpoints are checked by active health checks (its spec has `health_check`).
+    pub fn checks_actively(&self) -> bool {
+        self.lock().spec.health_check.is_some()
+    }
+
     /// The current snapshot (a wait-free load).
     pub fn snapshot(&self) -> Guard<Arc<ClusterSnapshot>> {
         self.snapshot.load()

@@ -631,7 +631,7 @@ impl ProxyBuilder {
         let dynamic = self.config.dynamic.clone();
         state
             .apply_uncounted(Source::File, |layers, _| {
-                layers.base = self.config;
+                layers.base = self.config.clone();
                 Ok(())
             })
             .await?;
@@ -909,7 +909,7 @@ impl ProxyState {
                     name: spec.name.clone(),
                 })?;
             at = format!("route_configs[{i}]");
-            *entry = spec;
+            *entry = spec.clone();
             Ok(())
         })
         .await
@@ -935,7 +935,7 @@ impl ProxyState {
                 }
             };
             at = format!("clusters[{i}]");
-            clusters[i] = spec;
+            clusters[i] = spec.clone();
             Ok(())
         })
         .await
@@ -1115,8 +1115,8 @@ impl Proxy {
             .apply(Source::Api, |layers, _| {
                 let listeners = &mut layers.base.listeners;
                 match listeners.iter_mut().find(|l| l.name == spec.name) {
-                    Some(entry) => *entry = spec,
-                    None => listeners.push(spec),
+                    Some(entry) => *entry = spec.clone(),
+                    None => listeners.push(spec.clone()),
                 }
                 Ok(())
             })
@@ -1154,7 +1154,7 @@ impl Proxy {
     pub async fn reload(&self, config: Config) -> Result<ReloadSummary, UpdateError> {
         self.state
             .apply(Source::File, |layers, _| {
-                layers.base = config;
+                layers.base = config.clone();
                 Ok(())
             })
             .await
@@ -1256,7 +1256,7 @@ impl Proxy {
         let retried = self
             .state
             .apply_uncounted(Source::File, |layers, _| {
-                layers.base = config;
+                layers.base = config.clone();
                 Ok(())
             })
             .await

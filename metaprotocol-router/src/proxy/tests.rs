@@ -904,7 +904,7 @@ async fn one_cluster_changed_among_thousands_indexes_and_looks_at_no_other() -> 
     let twin = doubled.clusters.first().cloned().ok_or("no cluster")?;
     doubled.clusters.push(twin);
     let refused = proxy.state.apply(super::update::Source::File, |layers, _| {
-        layers.base = doubled;
+        layers.base = doubled.clone();
         Ok(())
     });
     let refused = refused.await;
@@ -974,7 +974,7 @@ async fn a_cluster_added_or_removed_among_thousands_is_the_only_one_looked_at() 
         .clusters
         .extend([Arc::new(twin.clone()), Arc::new(twin)]);
     let refused = proxy.state.apply(super::update::Source::File, |layers, _| {
-        layers.base = doubled;
+        layers.base = doubled.clone();
         Ok(())
     });
     assert_refused_naming(&refused.await, "duplicate name `twin`");
@@ -1002,7 +1002,7 @@ async fn a_cluster_removed_among_thousands_checks_no_route_again() -> TestResult
     let mut without = proxy.state.config.load_full().as_ref().clone();
     without.clusters.retain(|c| c.name != "c5");
     let refused = proxy.state.apply(super::update::Source::File, |layers, _| {
-        layers.base = without;
+        layers.base = without.clone();
         Ok(())
     });
     assert_refused_naming(&refused.await, "no cluster named `c5`");
@@ -2188,6 +2188,50 @@ clusters:
     assert!(
         after.iter().all(|&picked| picked == Some(live_addr)),
         "once the update that adds checks applied, calls went to {after:?}, not only to {live_addr}"
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// An update that waits for a new cluster's first round of health checks holds back no other
+/// update: a route edit that comes meanwhile applies at once, and the cluster joins when its
+/// round ends, as Envoy's warming clusters do. (The wait held the update lock, so every other
+/// update, the admin API's, the file's and xDS's, waited for the round, up to its `timeout`.)
+#[tokio::test]
+async fn a_route_edit_applies_while_a_new_cluster_waits_for_its_first_checks() -> TestResult {
+    // Takes the check's connection and never answers: the round lasts until it is closed.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let silent_addr = silent.local_addr()?;
+    let proxy = start(CONFIG).await?;
+    let slow = crate::config::ClusterSpec::from_yaml(&format!(
+        "{{ name: slow, endpoints: [ {{ address: \"{silent_addr}\" }} ],
+    health_check: {{ interval: 1h, timeout: 60s, probe: {{ http: {{ path: /health }} }} }} }}"
+    ))?;
+    let adding = tokio::spawn({
+        let proxy = proxy.clone();
+        async move { proxy.update_cluster(slow).await }
+    });
+    let (probe, _) = tokio::time::timeout(Duration::from_secs(20), silent.accept()).await??;
+    let edit = crate::config::RouteConfigSpec::from_yaml(
+        "{ name: r, routes: [ { match: { metadata: [ { key: method, exact: edited } ] }, route: { cluster: c } } ] }",
+    )?;
+    let edited =
+        tokio::time::timeout(Duration::from_secs(20), proxy.update_route_config(edit)).await;
+    assert!(
+        edited.is_ok(),
+        "the route edit waited for the new cluster's first round of checks"
+    );
+    edited??;
+    assert!(
+        !adding.is_finished(),
+        "the new cluster's update ended before its check was answered"
+    );
+    // The check's connection closes: the check fails, the round ends, the cluster joins.
+    drop(probe);
+    tokio::time::timeout(Duration::from_secs(20), adding).await???;
+    assert!(
+        proxy.state.clusters.get("slow").is_some(),
+        "the cluster joined"
     );
     proxy.shutdown().await;
     Ok(())

@@ -3,6 +3,10 @@
 //! published, so a rejected update changes nothing. Published changes never close a connection
 //! or fail a request in flight: clusters and route tables are swapped snapshots, listeners are
 //! added, updated and removed one by one, each removed one draining on its own.
+//!
+//! Updates are applied one at a time, under the update lock, except for the first round of
+//! health checks an update waits for (of the clusters it adds or gives checks), which runs
+//! without it, other updates applying meanwhile; see [`ProxyState::apply_uncounted`].
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
@@ -11,11 +15,12 @@ use std::time::SystemTime;
 
 use metaprotocol_core::{CodecFactory, Side};
 use tokio::net::TcpListener;
+use tokio::sync::MutexGuard;
 
 use super::build::{ClusterProtocols, check_routes_protocols, route_config_protocols};
 use super::dynamic::DynamicUpdate;
 use super::file_reads::{FILE_READ_TIMEOUT, Rebuilt, files_to_read};
-use super::layers::{Changed, Layers, compose};
+use super::layers::{Changed, Composed, Layers, compose};
 use super::listeners::bind;
 use super::status::{ResourceId, ResourceKind};
 use super::{ProxyState, ReloadSummary, UpdateError};
@@ -168,6 +173,28 @@ impl<'a> RunningAsIs<'a> {
     }
 }
 
+/// What [`ProxyState::try_apply`] makes of an update: stale, or applied or refused (with the
+/// update lock, held again).
+enum Tried<'u> {
+    Done(
+        MutexGuard<'u, Updates>,
+        Result<(ReloadSummary, Indexes), (UpdateError, Option<ResourceId>)>,
+    ),
+    /// Another update was applied while this one waited for the first checks of its clusters
+    /// without the lock: it is to be planned again, adopting the clusters it built.
+    Stale(Vec<Arc<ClusterHandle>>),
+}
+
+/// An update planned on the config running when it began ([`ProxyState::plan_update`]).
+struct Planned<'c> {
+    plan: Plan,
+    composed: Composed,
+    /// The indexes of the new base layer's clusters and of the new config's.
+    base_index: ClusterIndex,
+    index: ClusterIndex,
+    as_is: RunningAsIs<'c>,
+}
+
 /// Everything a new config needs, built but not yet published.
 #[derive(Default)]
 struct Plan {
@@ -194,6 +221,8 @@ struct Plan {
     /// of these addresses (a listener renamed, a port moved to another listener) takes the
     /// socket over, where a bind would fail with the address in use.
     released: BTreeMap<SocketAddr, Arc<TcpListener>>,
+    /// The clusters a stale plan of the same update built and warmed ([`Plan::warmed`]).
+    warmed: Vec<Arc<ClusterHandle>>,
 }
 
 impl Plan {
@@ -265,6 +294,36 @@ impl Plan {
         self.rebuilt_clusters = built.split_off(changed);
         self.updated_clusters = built;
         Ok(())
+    }
+
+    /// The cluster a stale plan of the same update built as `spec` (speaking `protocol`, for a
+    /// proxy at `local`) and warmed, taken as it is: the first round of its checks, passed,
+    /// is not run again (its host names' addresses are those of that plan's lookup, refreshed
+    /// as a new cluster's are). One built otherwise is let go.
+    fn warmed(
+        &mut self,
+        spec: &Arc<ClusterSpec>,
+        protocol: &str,
+        local: Option<&LocalitySpec>,
+    ) -> Option<Arc<ClusterHandle>> {
+        let at = self
+            .warmed
+            .iter()
+            .position(|handle| handle.name().as_ref() == spec.name)?;
+        let handle = self.warmed.swap_remove(at);
+        handle.built_from(spec, protocol, local).then_some(handle)
+    }
+
+    /// True if it waits for a first round of active health checks ([`Plan::warm`],
+    /// [`PreparedUpdate::first_checks`]): it adds a cluster with checks, or gives a running
+    /// cluster checks.
+    fn warms(&self) -> bool {
+        self.new_clusters
+            .iter()
+            .any(|handle| handle.checks_actively())
+            || self.changed_clusters.iter().any(|change| {
+                change.spec.health_check.is_some() && !change.handle.checks_actively()
+            })
     }
 
     /// Starts the health checks of the new clusters and waits for the first round of their
@@ -398,7 +457,8 @@ fn beside_the_runtime<T>(build: impl FnOnce() -> T) -> T {
 impl ProxyState {
     /// Applies `change` to the running config's layers (see the module docs) and counts the
     /// update; returns what changed. `change` sees the layers and the config running now, and
-    /// refuses by returning an error. Dropped at any of its waits (behind another update, on
+    /// refuses by returning an error; it is made again on what runs then when the update is
+    /// planned again (see [`ProxyState::apply_uncounted`]). Dropped at any of its waits (behind another update, on
     /// DNS, reading files, binding sockets, on the first health checks of its new clusters),
     /// it has published nothing: from the moment it
     /// publishes it does not wait, so it applies whole or not at all (the admin API gives up on
@@ -406,7 +466,7 @@ impl ProxyState {
     pub(crate) async fn apply(
         &self,
         source: Source<'_>,
-        change: impl FnOnce(&mut Layers, &Config) -> Result<(), UpdateError>,
+        change: impl FnMut(&mut Layers, &Config) -> Result<(), UpdateError>,
     ) -> Result<ReloadSummary, UpdateError> {
         let result = self.apply_uncounted(source, change).await;
         self.count_update(result.is_ok());
@@ -414,29 +474,52 @@ impl ProxyState {
     }
 
     /// [`ProxyState::apply`] without counting (the config a proxy starts with).
+    ///
+    /// The first round of health checks an update waits for (of the clusters it adds, or gives
+    /// checks: see [`Plan::warm`]) runs without the update lock, so that other updates (a route
+    /// edit, an xDS push, an admin write) go on meanwhile, as Envoy's warming clusters join when
+    /// warmed; the update then applies if no other was applied meanwhile. One was: its plan is
+    /// stale, and it is planned again, `change` made again on what runs now, holding the lock
+    /// throughout this second time, so that a stream of updates cannot hold it back for ever.
     pub(crate) async fn apply_uncounted(
         &self,
         source: Source<'_>,
-        change: impl FnOnce(&mut Layers, &Config) -> Result<(), UpdateError>,
+        mut change: impl FnMut(&mut Layers, &Config) -> Result<(), UpdateError>,
     ) -> Result<ReloadSummary, UpdateError> {
-        let mut updates = self.updates.lock().await;
-        let current = self.config.load_full();
-        let mut new = updates.layers.clone();
-        change(&mut new, &current)?;
-        match self.try_apply(&new, &updates, &current, source).await {
-            Ok((summary, indexes)) => {
-                *updates = Updates {
-                    layers: new,
-                    indexes,
-                };
-                Ok(summary)
-            }
-            Err((error, resource)) => {
-                if let Source::Dynamic(update) = source {
-                    self.record_rejection(update, &error, resource);
+        let mut warm_unlocked = true;
+        // The clusters a stale plan of this update built and warmed, for the next to adopt.
+        let mut warmed = Vec::new();
+        loop {
+            let updates = self.updates.lock().await;
+            let current = self.config.load_full();
+            let mut new = updates.layers.clone();
+            change(&mut new, &current)?;
+            let tried = self
+                .try_apply(&new, updates, &current, source, (warm_unlocked, warmed))
+                .await;
+            let (mut updates, result) = match tried {
+                Tried::Done(updates, result) => (updates, result),
+                Tried::Stale(built) => {
+                    warm_unlocked = false;
+                    warmed = built;
+                    continue;
                 }
-                Err(error)
-            }
+            };
+            return match result {
+                Ok((summary, indexes)) => {
+                    *updates = Updates {
+                        layers: new,
+                        indexes,
+                    };
+                    Ok(summary)
+                }
+                Err((error, resource)) => {
+                    if let Source::Dynamic(update) = source {
+                        self.record_rejection(update, &error, resource);
+                    }
+                    Err(error)
+                }
+            };
         }
     }
 
@@ -459,14 +542,105 @@ impl ProxyState {
         }
     }
 
-    /// Applies `layers`, made from those `running` guards; returns the new config's indexes.
-    async fn try_apply(
+    /// Applies `layers`, made from those `running` guards (the update lock, handed back with
+    /// the outcome); returns the new config's indexes. With `warm_unlocked`, the first round
+    /// of health checks of the clusters it adds or gives checks runs without the lock: stale
+    /// when another update was applied meanwhile. It adopts those of the `warmed` clusters (a
+    /// stale plan's) it adds as they are (see [`Plan::warmed`]).
+    async fn try_apply<'u>(
+        &'u self,
+        layers: &Layers,
+        running: MutexGuard<'u, Updates>,
+        current: &Arc<Config>,
+        source: Source<'_>,
+        (warm_unlocked, warmed): (bool, Vec<Arc<ClusterHandle>>),
+    ) -> Tried<'u> {
+        let planned = self
+            .plan_update(layers, &running, current, source, warmed)
+            .await;
+        let planned = match planned {
+            Ok(planned) => planned,
+            Err(rejected) => return Tried::Done(running, Err(rejected)),
+        };
+        let Planned {
+            mut plan,
+            composed,
+            base_index,
+            index,
+            as_is,
+        } = planned;
+        let located = |err: ConfigError| {
+            let (err, resource) = composed.locate(err);
+            (UpdateError::from(err), resource)
+        };
+        let running = if warm_unlocked && plan.warms() {
+            drop(running);
+            let built = plan.build_clusters().await;
+            if built.is_ok() {
+                plan.warm().await;
+            }
+            let running = self.updates.lock().await;
+            if !Arc::ptr_eq(&self.config.load_full(), current) {
+                // Another update was applied meanwhile: what this one planned is stale; the
+                // clusters it warmed are kept for the next plan, their checks running on.
+                return Tried::Stale(std::mem::take(&mut plan.new_clusters));
+            }
+            if let Err(err) = built {
+                return Tried::Done(running, Err(located(err)));
+            }
+            running
+        } else {
+            if let Err(err) = plan.build_clusters().await {
+                return Tried::Done(running, Err(located(err)));
+            }
+            plan.warm().await;
+            running
+        };
+        let new = &composed.effective;
+        // From here on nothing waits: an update dropped at a wait above has published nothing.
+        match source {
+            Source::File => self.warn_replacing_api_changes(current, new),
+            Source::Api => self.remember_api_changes(current, new, &as_is),
+            Source::Dynamic(_) => {}
+        }
+        // Before the commit: the connections of listeners it removes drain for the new time.
+        self.drain.set_time(self.drain_time(new));
+        let summary = self.commit(plan);
+        self.load.set_limits(&new.limits);
+        if let Source::Dynamic(update) = source {
+            self.statuses.applied(&update.versions, SystemTime::now());
+            let gone: Vec<ResourceId> = update
+                .removed
+                .iter()
+                .filter(|id| !composed.states.iter().any(|(listed, _)| listed == *id))
+                .cloned()
+                .collect();
+            self.statuses.removed(&gone);
+        }
+        self.statuses.set_states(&composed.states);
+        self.listeners_waiting.store(
+            new.listeners.len() < layers.base.listeners.len(),
+            std::sync::atomic::Ordering::Release,
+        );
+        self.config.store(Arc::new(composed.effective));
+        let indexes = Indexes {
+            base: base_index,
+            running: index,
+        };
+        Tried::Done(running, Ok((summary, indexes)))
+    }
+
+    /// Plans `layers`, made from those `running` guards, on the `current` config: checks them,
+    /// composes them and prepares what they need, published by [`ProxyState::try_apply`];
+    /// adopts those of the `warmed` clusters it adds.
+    async fn plan_update<'c>(
         &self,
         layers: &Layers,
         running: &Updates,
-        current: &Config,
+        current: &'c Config,
         source: Source<'_>,
-    ) -> Result<(ReloadSummary, Indexes), (UpdateError, Option<ResourceId>)> {
+        warmed: Vec<Arc<ClusterHandle>>,
+    ) -> Result<Planned<'c>, (UpdateError, Option<ResourceId>)> {
         let unlocated = |err: ConfigError| (UpdateError::from(err), None);
         let running_base = &running.layers.base;
         // Only what changed since the running base (shared specs were checked when they came).
@@ -559,7 +733,10 @@ impl ProxyState {
             .read(&self.file_readers, files_deadline())
             .await
             .map_err(located)?;
-        let mut plan = Plan::default();
+        let mut plan = Plan {
+            warmed,
+            ..Plan::default()
+        };
         let prepared = match beside_the_runtime(|| {
             read.serve(|| self.prepare(current, new, &index, &resolutions, &as_is, &mut plan))
         }) {
@@ -568,39 +745,13 @@ impl ProxyState {
         };
         // A rejected plan is dropped: what it built lets go of its metric series.
         prepared?;
-        plan.build_clusters().await.map_err(located)?;
-        plan.warm().await;
-        // From here on nothing waits: an update dropped at a wait above has published nothing.
-        match source {
-            Source::File => self.warn_replacing_api_changes(current, new),
-            Source::Api => self.remember_api_changes(current, new, &as_is),
-            Source::Dynamic(_) => {}
-        }
-        // Before the commit: the connections of listeners it removes drain for the new time.
-        self.drain.set_time(self.drain_time(new));
-        let summary = self.commit(plan);
-        self.load.set_limits(&new.limits);
-        if let Source::Dynamic(update) = source {
-            self.statuses.applied(&update.versions, SystemTime::now());
-            let gone: Vec<ResourceId> = update
-                .removed
-                .iter()
-                .filter(|id| !composed.states.iter().any(|(listed, _)| listed == *id))
-                .cloned()
-                .collect();
-            self.statuses.removed(&gone);
-        }
-        self.statuses.set_states(&composed.states);
-        self.listeners_waiting.store(
-            new.listeners.len() < layers.base.listeners.len(),
-            std::sync::atomic::Ordering::Release,
-        );
-        self.config.store(Arc::new(composed.effective));
-        let indexes = Indexes {
-            base: base_index,
-            running: index,
-        };
-        Ok((summary, indexes))
+        Ok(Planned {
+            plan,
+            composed,
+            base_index,
+            index,
+            as_is,
+        })
     }
 
     /// Checks that `new` can be built, building it and publishing nothing. Its listeners that
@@ -721,9 +872,12 @@ impl ProxyState {
             let resolved = || resolution.map(|r| r.resolved.clone()).unwrap_or_default();
             match live.get(&spec.name) {
                 None => {
-                    let handle = builder
-                        .cluster(spec, protocol, local, &resolved())
-                        .map_err(within)?;
+                    let handle = match plan.warmed(spec, protocol, local) {
+                        Some(warmed) => warmed,
+                        None => builder
+                            .cluster(spec, protocol, local, &resolved())
+                            .map_err(within)?,
+                    };
                     plan.new_clusters.push(handle);
                 }
                 Some(handle) => {
