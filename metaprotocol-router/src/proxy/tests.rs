@@ -2236,3 +2236,60 @@ async fn a_route_edit_applies_while_a_new_cluster_waits_for_its_first_checks() -
     proxy.shutdown().await;
     Ok(())
 }
+
+/// An update that gives a running cluster health checks holds back no other update during the
+/// first round of its checks either; overtaken by a route edit, it is planned again on top of
+/// it, the cluster's first round run again (with the update lock held), and applies with that
+/// round's verdicts.
+#[tokio::test]
+async fn an_update_giving_checks_overtaken_by_a_route_edit_applies_after_it() -> TestResult {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let silent_addr = silent.local_addr()?;
+    let cluster = |checks: &str| {
+        format!("{{ name: c, endpoints: [ {{ address: \"{silent_addr}\" }} ]{checks} }}")
+    };
+    let config = format!(
+        "
+listeners:
+  - {{ name: front, address: 127.0.0.1:0, protocol: test, route_config: r }}
+route_configs:
+  - {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }}
+clusters:
+  - {}
+",
+        cluster("")
+    );
+    let proxy = start(&config).await?;
+    let checked = crate::config::ClusterSpec::from_yaml(&cluster(
+        ", health_check: { interval: 1h, timeout: 60s, probe: { http: { path: /health } } }",
+    ))?;
+    let giving = tokio::spawn({
+        let proxy = proxy.clone();
+        async move { proxy.update_cluster(checked).await }
+    });
+    let (first, _) = tokio::time::timeout(Duration::from_secs(20), silent.accept()).await??;
+    let edit = crate::config::RouteConfigSpec::from_yaml(
+        "{ name: r, routes: [ { match: { metadata: [ { key: method, exact: edited } ] }, route: { cluster: c } } ] }",
+    )?;
+    tokio::time::timeout(Duration::from_secs(20), proxy.update_route_config(edit)).await??;
+    assert!(
+        !giving.is_finished(),
+        "the update giving checks ended before its check was answered"
+    );
+    drop(first);
+    // Planned again: the cluster's first round again.
+    let (again, _) = tokio::time::timeout(Duration::from_secs(20), silent.accept()).await??;
+    drop(again);
+    tokio::time::timeout(Duration::from_secs(20), giving).await???;
+    let cluster = proxy.state.clusters.get("c").ok_or("cluster c")?;
+    assert!(cluster.checks_actively(), "the update applied");
+    let status = cluster.status();
+    let endpoint = status.endpoints.iter().find(|e| !e.awaiting_first_check);
+    assert!(
+        endpoint.is_some_and(|e| e.failing_active_checks),
+        "the endpoint that closed its checks' connections is out of rotation: {:?}",
+        status.endpoints
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
