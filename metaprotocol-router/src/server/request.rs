@@ -813,14 +813,19 @@ impl Requests {
             keeps_transport_failure,
         );
         inflight.mutation = Mutation::new();
-        let mut routed = match routed {
-            Ok(routed) => routed,
+        // Moved into the request's stage straight from the result: each move of a `Routed`
+        // (over 200 bytes) is a copy.
+        match routed {
+            Ok(routed) => inflight.stage = Stage::Routed(routed),
             Err(Unrouted { reply, matched }) => {
                 if let Some(matched) = matched {
                     inflight.stage = Stage::Answered(matched);
                 }
                 return self.finish(key, Answer::Local(reply), out, now);
             }
+        }
+        let Stage::Routed(routed) = &mut inflight.stage else {
+            return;
         };
         if inflight.request.kind == MessageKind::Oneway {
             let sent = routed.send_oneway(
@@ -829,7 +834,6 @@ impl Requests {
                 &mut inflight.span,
                 now,
             );
-            inflight.stage = Stage::Routed(routed);
             let answer = match sent {
                 Ok(()) => Answer::Nothing,
                 Err(reply) => Answer::Local(reply),
@@ -837,7 +841,6 @@ impl Requests {
             return self.finish(key, answer, out, now);
         }
         let deadline = routed.deadline();
-        inflight.stage = Stage::Routed(routed);
         let previous = inflight.deadline_timer.take();
         self.cancel_timer(previous);
         let timer = self.set_timer(key, TimerKind::Deadline, deadline, now);
