@@ -33,8 +33,21 @@ pub(crate) const TIMEOUT: &str = "timeout";
 /// The consumer's deadline for a call whose attachments are `metadata`: its `_TO`, or else,
 /// when `timeout_is_text` (its `timeout` attachment is a string), its `timeout`, whichever is
 /// there as a positive decimal number of milliseconds (a value that is not, or 0, is none).
-#[inline]
+///
+/// A call that names neither, as most do, is told by a flag and a bit of the metadata's key
+/// summary inlined into the body's reading, without a call; a call that may name one has its
+/// values read and parsed out of line, which keeps that parsing out of every body's reading.
+#[inline(always)]
 pub(crate) fn requested(metadata: &Metadata, timeout_is_text: bool) -> Option<Duration> {
+    if !timeout_is_text && metadata.value_bytes(TIMEOUT_COUNTDOWN).is_none() {
+        return None;
+    }
+    requested_of(metadata, timeout_is_text)
+}
+
+/// [`requested`] of a call that may name a deadline.
+#[inline(never)]
+fn requested_of(metadata: &Metadata, timeout_is_text: bool) -> Option<Duration> {
     countdown(metadata)
         .or_else(|| {
             timeout_is_text
