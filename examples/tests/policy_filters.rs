@@ -762,6 +762,7 @@ async fn checks_that_time_out_while_the_connection_is_made_do_not_replace_it() -
 /// a restart) failed the next check, to the failure mode: the proxy learned of the close only
 /// by sending a check on it. It now sees the close as it happens and sends the next check on a
 /// new connection.
+#[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_connection_closed_while_idle_does_not_fail_the_next_check() -> TestResult {
     let scratch = Scratch::new("global-idle-close")?;
@@ -783,10 +784,20 @@ async fn a_redis_connection_closed_while_idle_does_not_fail_the_next_check() -> 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The proxy reads the close as soon as it runs; a check sent in the same instant would
-    // still fail if any of it was written (it may have reached Redis, and is not sent again).
-    // On a loaded machine "soon" may take a moment.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The proxy reads the close as soon as it runs, and closes its socket; a check sent before
+    // it read the close would still fail if any of it was written (it may have reached Redis,
+    // and is not sent again). On a loaded machine "soon" may take a moment: until then its
+    // socket is established, or waits for the proxy to close it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sockets_to(redis.address)?
+        .iter()
+        .any(|socket| socket.state == ESTABLISHED || socket.state == CLOSE_WAIT)
+    {
+        if Instant::now() > deadline {
+            return Err("the proxy did not close its connection Redis closed in 20s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let reply = client.call("sayHello", "a", &[]).await?;
     assert_eq!(
         reply.dubbo_status, OK,
@@ -986,6 +997,50 @@ async fn a_redis_connection_answering_nothing_for_seconds_is_replaced_at_any_req
     Ok(())
 }
 
+/// A TCP socket of this host, as `/proc/net/tcp` shows it.
+#[cfg(target_os = "linux")]
+struct Socket {
+    /// Its state: [`ESTABLISHED`], [`CLOSE_WAIT`] ...
+    state: String,
+    /// Its timer, `tr:when`.
+    timer: String,
+}
+
+/// The state of a connected socket.
+#[cfg(target_os = "linux")]
+const ESTABLISHED: &str = "01";
+/// The state of a socket whose peer closed the connection, until its owner closes it too.
+#[cfg(target_os = "linux")]
+const CLOSE_WAIT: &str = "08";
+
+/// The sockets of this host (every process's) connected to `server`, an IPv4 address.
+#[cfg(target_os = "linux")]
+fn sockets_to(server: std::net::SocketAddr) -> TestResult<Vec<Socket>> {
+    let std::net::IpAddr::V4(ip) = server.ip() else {
+        return Err(format!("{server} is not an IPv4 address").into());
+    };
+    // `local rem st tx_queue:rx_queue tr:when ...`, an address the hex of its bytes as the
+    // host stores them (in its byte order), a port in hex.
+    let remote = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(ip.octets()),
+        server.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp")?;
+    Ok(table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (rem, state, timer) = (fields.get(2)?, fields.get(3)?, fields.get(5)?);
+            (*rem == remote).then(|| Socket {
+                state: state.to_string(),
+                timer: timer.to_string(),
+            })
+        })
+        .collect())
+}
+
 /// The proxy's connection to Redis had no TCP keepalive: one dropped silently while idle (a
 /// NAT or firewall forgetting it, a host gone) was found only by the checks that timed out on
 /// it, and nothing kept a middlebox from forgetting it. It now sends keepalive probes once idle
@@ -1002,16 +1057,13 @@ async fn the_idle_redis_connection_is_probed_by_tcp_keepalive() -> TestResult {
     let client = DubboClient::new(listener_addr(&proxy, "in")?);
     assert_eq!(client.call("sayHello", "a", &[]).await?.dubbo_status, OK);
 
-    // /proc/net/tcp: `local rem st ... tr:when`, addresses and ports in hex; the timer `tr` is 2
-    // for keepalive, `when` in clock ticks (USER_HZ, 100 a second) until it fires.
-    let redis_port = format!(":{:04X}", redis.address.port());
+    // The timer `tr:when`: `tr` is 2 for keepalive, `when` in clock ticks (USER_HZ, 100 a
+    // second) until it fires.
     let timer = || -> TestResult<Option<String>> {
-        let table = std::fs::read_to_string("/proc/net/tcp")?;
-        Ok(table.lines().skip(1).find_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (remote, state, timer) = (fields.get(2)?, fields.get(3)?, fields.get(5)?);
-            (remote.ends_with(&redis_port) && *state == "01").then(|| timer.to_string())
-        }))
+        Ok(sockets_to(redis.address)?
+            .into_iter()
+            .find(|socket| socket.state == ESTABLISHED)
+            .map(|socket| socket.timer))
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
