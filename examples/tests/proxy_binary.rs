@@ -391,7 +391,8 @@ clusters:
         }
         assert!(
             Instant::now() < deadline,
-            "the new route config was not applied"
+            "the new route config was not applied: {}",
+            proxy.stderr_tail()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -432,13 +433,20 @@ clusters:
         }
         assert_eq!(served_by(&client).await?.as_deref(), Some("v2"));
     }
-    let logs = proxy.stderr_tail();
-    assert!(
-        logs.contains(
-            "clusters[0].health_check.probe (line 6, column 28): protocol dubbo cannot probe"
-        ),
-        "{logs}"
-    );
+    // The rejection is counted before its warning reaches the end of the binary's stderr that
+    // this test reads.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !proxy
+        .stderr_tail()
+        .contains("clusters[0].health_check.probe (line 6, column 28): protocol dubbo cannot probe")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the error is not placed in the file: {}",
+            proxy.stderr_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (_, metrics) = support::admin::http(admin, "GET", "/metrics", "").await?;
     assert!(
         metrics.contains("metaprotocol_config_reloads_total{outcome=\"applied\"} 1"),
@@ -711,7 +719,10 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
     let clients = (0..10)
         .map(|_| std::net::TcpStream::connect(address))
         .collect::<Result<Vec<_>, _>>()?;
-    // The first failed accept is logged; a second of failing accepts after it, none more.
+    // The first failed accept of a run is logged; a second of failing accepts after it, none
+    // more. A run ends when an accept succeeds, and the next failure begins another: with the
+    // machine loaded, a descriptor the proxy held when its files were counted (the connection
+    // `start` probed with, its config file being read) may be given back after the limit.
     let deadline = Instant::now() + Duration::from_secs(20);
     while !proxy.stderr_tail().contains("accept failed") {
         proxy.check_running()?;
@@ -721,7 +732,14 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
     tokio::time::sleep(Duration::from_secs(1)).await;
     proxy.check_running()?;
     let logs = proxy.stderr_tail();
-    assert_eq!(logs.matches("accept failed").count(), 1, "{logs}");
+    let (warned, recovered) = (
+        logs.matches("accept failed").count(),
+        logs.matches("accepting connections again").count(),
+    );
+    assert!(
+        warned >= 1 && warned <= recovered + 1,
+        "one warning a run of failed accepts: {logs}"
+    );
     limit_open_files(pid, 1024)?;
     drop(clients);
     let client = DubboClient::new(address);
