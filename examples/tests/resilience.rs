@@ -239,7 +239,7 @@ async fn a_killed_provider_is_detected_avoided_and_used_again_when_back() -> Tes
 
     let b = DemoProvider::start_at("b-again", b_address, Duration::from_secs(5)).await?;
     let restarted = Instant::now();
-    wait_for("b to serve again", Duration::from_secs(10), || {
+    wait_for("b to serve again", Duration::from_secs(20), || {
         !b.seen().is_empty()
     })
     .await?;
@@ -298,7 +298,7 @@ async fn an_endpoint_an_update_adds_takes_no_call_before_its_first_check_passes(
     .await?;
     wait_for(
         "a and a2 to enter rotation",
-        Duration::from_secs(10),
+        Duration::from_secs(20),
         || !out_of_rotation(&proxy, a.address()) && !out_of_rotation(&proxy, a2.address()),
     )
     .await?;
@@ -386,7 +386,7 @@ async fn past_max_requests_a_call_gets_an_immediate_over_limit_reply() -> TestRe
             tokio::spawn(async move { client.call(SLOW_METHOD, "a", &[]).await })
         })
         .collect();
-    wait_for("four calls in flight", Duration::from_secs(5), || {
+    wait_for("four calls in flight", Duration::from_secs(20), || {
         slow.seen().len() == 4
     })
     .await?;
@@ -545,7 +545,7 @@ async fn past_max_pending_requests_a_call_is_refused_instead_of_queued() -> Test
         .collect();
     wait_for(
         "two requests to wait for the connection",
-        Duration::from_secs(5),
+        Duration::from_secs(20),
         || {
             proxy
                 .metrics()
@@ -782,7 +782,7 @@ async fn upstream_connections_close_when_idle_and_are_replaced_after_max_request
     );
     wait_for(
         "the idle connection to close",
-        Duration::from_secs(5),
+        Duration::from_secs(20),
         || proxy.clusters()[0].endpoints[0].open_connections == 0,
     )
     .await?;
@@ -879,7 +879,7 @@ async fn a_listener_closes_connections_past_max_connections() -> TestResult {
         "{metrics}"
     );
     drop(clients);
-    wait_for("a slot to free up", Duration::from_secs(5), || {
+    wait_for("a slot to free up", Duration::from_secs(20), || {
         proxy
             .metrics()
             .render()
@@ -1015,7 +1015,7 @@ async fn calls_queued_to_an_upstream_that_reads_nothing_go_when_they_time_out() 
     };
     wait_for(
         "the timed-out calls to leave the queue",
-        Duration::from_secs(3),
+        Duration::from_secs(20),
         || pending() == 0.0,
     )
     .await?;
@@ -1144,7 +1144,7 @@ async fn an_endpoint_that_never_answers_is_ejected_by_request_timeouts() -> Test
     }
     wait_for(
         "the silent endpoint to be ejected",
-        Duration::from_secs(3),
+        Duration::from_secs(20),
         || endpoint_status(&proxy, stuck.address()).is_some_and(|e| e.ejected),
     )
     .await?;
@@ -1439,13 +1439,13 @@ async fn a_probe_that_times_out_is_not_sent_again_over_its_dark_connection() -> 
     };
     let result = wait_for(
         "a probe over a new connection to pass",
-        Duration::from_secs(10),
+        Duration::from_secs(20),
         || passed() >= 3.0,
     )
     .await;
     let failing = endpoint_status(&proxy, relay_address).map(|e| e.failing_active_checks);
     // The dark connection is closed, not left open beside its successor.
-    let dark = tokio::time::timeout(Duration::from_secs(5), dark_closed).await;
+    let dark = tokio::time::timeout(Duration::from_secs(20), dark_closed).await;
     proxy.shutdown().await;
     server.abort();
     result?;
