@@ -378,7 +378,7 @@ async fn drives_dubbo_traffic_hitlessly(api_type: &str) -> TestResult {
 
     // The management server restarts: traffic goes on, and the client subscribes again with
     // the versions it runs.
-    serving.stop();
+    serving.stop().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     rds(&server, "r3", &all_v1);
     cds(&server, "c1", &[eds_cluster(&c1), eds_cluster(&c2)]);

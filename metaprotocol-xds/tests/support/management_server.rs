@@ -157,8 +157,12 @@ impl Serving {
         self.address
     }
 
-    pub fn stop(self) {
-        drop(self);
+    /// Stops serving; returns once the listener is closed, so that its address can be served
+    /// again (the aborted task is dropped by whichever worker runs it next, which on a loaded
+    /// machine may take a while).
+    pub async fn stop(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
     }
 }
 
