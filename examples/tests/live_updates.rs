@@ -309,3 +309,62 @@ async fn clusters_endpoints_and_listeners_change_under_load_without_a_failed_cal
     world.proxy.shutdown().await;
     Ok(())
 }
+
+/// A config file changed after the proxy read it at start, before its watch began (a
+/// ConfigMap updated as the pod starts; under load the watch begins a while after the read),
+/// was read by the watch and taken for the config the proxy ran: the change was never applied,
+/// until the file changed again. Watched from the contents the proxy started with, the change
+/// is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_changed_before_its_watch_begins_is_applied() -> TestResult {
+    let (v1, v2) = (
+        DemoProvider::start("v1").await?,
+        DemoProvider::start("v2").await?,
+    );
+    let yaml = |provider: &DemoProvider| {
+        format!(
+            "listeners: [ {{ name: in, address: 127.0.0.1:0, protocol: dubbo, route_config: r }} ]
+route_configs: [ {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }} ]
+clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
+",
+            provider.address()
+        )
+    };
+    let scratch = Scratch::new("live-updates-before-watch")?;
+    let file = scratch.path("proxy.yaml");
+    std::fs::write(&file, yaml(&v1))?;
+    let started_with = std::fs::read(&file)?;
+    let proxy = Proxy::start(
+        Config::from_yaml(std::str::from_utf8(&started_with)?)?,
+        metaprotocol_examples::codec_registry(),
+    )
+    .await?;
+    // Replaced by rename, as a ConfigMap's file is, before the watch begins.
+    let next = scratch.path("proxy.next");
+    std::fs::write(&next, yaml(&v2))?;
+    std::fs::rename(&next, &file)?;
+    let watcher = {
+        let (proxy, file) = (proxy.clone(), file.clone());
+        tokio::spawn(async move {
+            proxy
+                .watch_file_started_with(&file, Duration::from_millis(10), started_with)
+                .await
+        })
+    };
+    let client = DubboClient::new(proxy.listener_addr("in").ok_or("no listener")?);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while client
+        .call("sayHello", "a", &[])
+        .await?
+        .attachment("provider")
+        != Some("v2")
+    {
+        if std::time::Instant::now() > deadline {
+            return Err("the file changed before the watch began was not applied in 20 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    watcher.abort();
+    proxy.shutdown().await;
+    Ok(())
+}

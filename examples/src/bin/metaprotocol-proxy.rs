@@ -316,7 +316,7 @@ async fn run(
     }
     tokio::select! {
         () = stop.next() => {}
-        _ = proxy.watch_file(&path, CONFIG_POLL) => {}
+        _ = proxy.watch_file_started_with(&path, CONFIG_POLL, text.clone().into_bytes()) => {}
         () = reopen_logs_on_hangup(&proxy, &mut hangup) => {}
     }
     eprintln!("draining (a second SIGINT or SIGTERM stops at once)");

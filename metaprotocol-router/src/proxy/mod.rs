@@ -1294,7 +1294,29 @@ impl Proxy {
     /// one), and one whose arrival went unreported (no inotify; a network file system written
     /// from another machine). A look in the middle of a write may find a prefix that is a
     /// valid config of its own (the first of two listeners, say).
+    ///
+    /// The file as the watch first reads it is taken for the config the proxy runs: a proxy
+    /// started from the file's contents read earlier watches it with
+    /// [`Proxy::watch_file_started_with`], so that a change made in between is applied too.
     pub async fn watch_file(&self, path: &Path, poll: Duration) {
+        self.watch(path, poll, None).await;
+    }
+
+    /// Watches the config file at `path` as [`Proxy::watch_file`] does, for a proxy started
+    /// from `started_with`, the file's contents read at start: a change made to the file after
+    /// that read, before the watch began, is applied at the watch's first look (read anew by
+    /// the watch, it would be taken for what the proxy runs, and never applied).
+    pub async fn watch_file_started_with(
+        &self,
+        path: &Path,
+        poll: Duration,
+        started_with: Vec<u8>,
+    ) {
+        self.watch(path, poll, Some(started_with)).await;
+    }
+
+    /// See [`Proxy::watch_file`]; `started_with`, if any, is what the proxy runs.
+    async fn watch(&self, path: &Path, poll: Duration, started_with: Option<Vec<u8>>) {
         // Looked at before it is read, so that a write after the read shows in the next look.
         let shutdown = self.state.shutdown.clone();
         let arrivals = tokio::select! {
@@ -1306,13 +1328,21 @@ impl Proxy {
         // says so and keeps looking, and holds one thread for each, not one a look.
         let mut looks = OneAtATime::default();
         let mut reads = OneAtATime::default();
-        let mut look = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            look = Look::at(path, &arrivals, &mut looks) => look.unwrap_or_default(),
-        };
-        let mut applied = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            read = read_config_file(path, &mut reads) => read.and_then(Result::ok),
+        let (mut look, mut applied) = match started_with {
+            // No look yet: the first one reads the file, and applies it if it is not what the
+            // proxy runs.
+            Some(started_with) => (Look::default(), Some(started_with)),
+            None => {
+                let look = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    look = Look::at(path, &arrivals, &mut looks) => look.unwrap_or_default(),
+                };
+                let applied = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    read = read_config_file(path, &mut reads) => read.and_then(Result::ok),
+                };
+                (look, applied)
+            }
         };
         *lock(&self.state.config_file) = Some(ConfigFileStatus::new(path.display().to_string()));
         // The last rejection of the file for what may change outside it (an address that could
