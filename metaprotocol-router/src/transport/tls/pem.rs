@@ -82,6 +82,12 @@ impl PemFile {
         for (index, cert) in self.certificates()?.into_iter().enumerate() {
             // Counted from 1, as a reader counts the file's blocks.
             let number = index + 1;
+            // Only a certificate webpki refuses is parsed again, to tell a block that is no
+            // X.509 certificate (refusing the file, as BoringSSL does) from one it can read but
+            // not trust (left out): a stricter parser never refuses what webpki takes.
+            let Err(err) = roots.add(CertificateDer::from(cert.as_ref())) else {
+                continue;
+            };
             if x509_parser::parse_x509_certificate(&cert).is_err() {
                 return Err(ConfigError::new(
                     self.field,
@@ -91,9 +97,7 @@ impl PemFile {
                     ),
                 ));
             }
-            if let Err(err) = roots.add(cert) {
-                left_out.push(format!("certificate {number}: {err}"));
-            }
+            left_out.push(format!("certificate {number}: {err}"));
         }
         if roots.is_empty() {
             return Err(ConfigError::new(
