@@ -459,7 +459,8 @@ async fn handle(
 }
 
 /// The type of a response of `type_url`, if the stream asked for it. A response of another type
-/// is ignored (logged, as a repeated warning: the server sends it again at each push), neither
+/// is ignored (logged, as a repeated warning of its type: the server sends it again at each
+/// push), neither
 /// applied nor answered, as Envoy does: applying it would take resources the config does not
 /// ask the server for (clusters of a proxy whose clusters are its file's), and an ACK would
 /// subscribe to them (for clusters, an ACK naming none asks for every one).
@@ -467,7 +468,7 @@ fn asked_type(subscription: &mut Subscription, type_url: &str) -> Option<Resourc
     let kind = ResourceType::from_type_url(type_url).filter(|kind| subscription.asks_for(*kind));
     if kind.is_none() {
         warn_repeated!(
-            subscription.unasked_type_warning(),
+            subscription.unasked_type_warning(type_url),
             %type_url,
             "an xDS response of a type not asked for is ignored"
         );
@@ -631,6 +632,36 @@ mod tests {
         assert_eq!(
             asked_type(&mut subscription, &routes),
             Some(ResourceType::RouteConfig)
+        );
+    }
+
+    /// A server flooding one type not asked for does not hold back the first warning of
+    /// another: each type's warning is gated on its own.
+    #[test]
+    fn a_flood_of_one_type_not_asked_for_does_not_silence_another() {
+        let spec = serde_json::from_value(serde_json::json!({
+            "address": "127.0.0.1:1", "node_id": "n", "route_configs": ["*"]
+        }));
+        let mut subscription = match spec {
+            Ok(spec) => Subscription::new(&spec, Default::default()),
+            Err(err) => panic!("{err}"),
+        };
+        subscription.initial_requests();
+        let clusters = ResourceType::Cluster.type_url();
+        let listeners = "type.googleapis.com/envoy.config.listener.v3.Listener";
+        let ((), warnings) = crate::warn::tests::warnings_of(|| {
+            for _ in 0..5 {
+                assert_eq!(asked_type(&mut subscription, &clusters), None);
+            }
+            for _ in 0..3 {
+                assert_eq!(asked_type(&mut subscription, listeners), None);
+            }
+        });
+        assert_eq!(warnings.len(), 2, "{warnings:#?}");
+        assert!(warnings[0].contains(&clusters), "{warnings:#?}");
+        assert!(
+            warnings[1].contains(listeners) && warnings[1].contains("passed_over=0"),
+            "{warnings:#?}"
         );
     }
 

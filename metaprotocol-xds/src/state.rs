@@ -209,8 +209,9 @@ pub(crate) struct Subscription {
     /// The types the stream's requests asked for: a response of another type is the server's
     /// mistake, not a resource for the proxy.
     asked: BTreeSet<ResourceType>,
-    /// The warning of responses of a type not asked for, which a server sends at each push.
-    unasked_type_warning: Repeated,
+    /// The warnings of responses of a type not asked for, which a server sends at each push,
+    /// by their type URL: one type sent at each push does not hold back another's.
+    unasked_type_warnings: ByCause,
     /// The warning of endpoints left out as only HBONE reaches them, which each push of their
     /// assignments leaves out again.
     hbone_warning: Repeated,
@@ -242,7 +243,7 @@ impl Subscription {
             },
             known: BTreeMap::new(),
             asked: BTreeSet::new(),
-            unasked_type_warning: Repeated::default(),
+            unasked_type_warnings: ByCause::default(),
             hbone_warning: Repeated::default(),
             refusal_warnings: ByCause::default(),
         }
@@ -253,9 +254,9 @@ impl Subscription {
         self.refusal_warnings.of(message)
     }
 
-    /// The warning of responses of a type not asked for.
-    pub fn unasked_type_warning(&mut self) -> &mut Repeated {
-        &mut self.unasked_type_warning
+    /// The warning of responses of type `type_url`, not asked for.
+    pub fn unasked_type_warning(&mut self, type_url: &str) -> &mut Repeated {
+        self.unasked_type_warnings.of(type_url)
     }
 
     /// True if a request of the stream asked for resources of `kind` (once asked for, EDS stays
