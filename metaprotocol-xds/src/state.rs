@@ -318,10 +318,37 @@ impl Subscription {
     /// How many endpoints each held assignment leaves out as only Istio's HBONE tunnel reaches
     /// them, by its name (those that leave none out are not listed).
     pub fn hbone_endpoints_left_out(&self) -> BTreeMap<String, usize> {
-        self.assignments
+        self.hbone_left_out(&self.assignments)
+    }
+
+    /// How many endpoints each of `assignments` leaves out as only Istio's HBONE tunnel reaches
+    /// them, by its name (those that leave none out are not listed): those at an internal
+    /// address, and those the HBONE entry of a cluster it serves takes (the most one takes).
+    fn hbone_left_out(
+        &self,
+        assignments: &BTreeMap<String, Assignment>,
+    ) -> BTreeMap<String, usize> {
+        let mut tunnelled: BTreeMap<&str, Vec<&ClusterResource>> = BTreeMap::new();
+        for cluster in self.accepted_clusters.values() {
+            if let Some(service) = cluster.eds_service.as_deref()
+                && cluster.has_hbone_entry()
+            {
+                tunnelled.entry(service).or_default().push(cluster);
+            }
+        }
+        assignments
             .iter()
-            .filter(|(_, assignment)| assignment.hbone_endpoints > 0)
-            .map(|(name, assignment)| (name.clone(), assignment.hbone_endpoints))
+            .filter_map(|(name, assignment)| {
+                let by_entry = tunnelled.get(name.as_str()).map_or(0, |clusters| {
+                    clusters
+                        .iter()
+                        .map(|cluster| cluster.hbone_endpoints(&assignment.endpoints))
+                        .max()
+                        .unwrap_or(0)
+                });
+                let left_out = assignment.hbone_endpoints.saturating_add(by_entry);
+                (left_out > 0).then(|| (name.clone(), left_out))
+            })
             .collect()
     }
 
@@ -796,11 +823,7 @@ impl Subscription {
                 if complete {
                     self.assignments.retain(|name, _| present.contains(name));
                 }
-                let left_out: BTreeMap<&String, usize> = assignments
-                    .iter()
-                    .filter(|(_, assignment)| assignment.hbone_endpoints > 0)
-                    .map(|(name, assignment)| (name, assignment.hbone_endpoints))
-                    .collect();
+                let left_out = self.hbone_left_out(&assignments);
                 if !left_out.is_empty() {
                     warn_repeated!(
                         self.hbone_warning,

@@ -1674,9 +1674,9 @@ fn endpoints_keep_their_own_transport_labels_beside_their_localitys() -> TestRes
 
 /// A sidecar's cluster when istiod sends HBONE (a mesh with ambient): its `tunnel: http` entry,
 /// an `internal_upstream` transport into Envoy's tunnel, is left out, and the cluster keeps its
-/// other entries; an endpoint only that entry reaches (an ambient pod: labelled `tunnel: http`,
-/// by itself or by its locality, or at an internal address) is left out of its assignment and
-/// counted, and the assignment's other endpoints are taken. Other `internal_upstream`
+/// other entries; an endpoint only that entry reaches (an ambient pod: at an internal address,
+/// left out of its assignment, or one whose transport that entry is, left out by the cluster)
+/// is left out and counted, and the assignment's other endpoints are taken. Other `internal_upstream`
 /// transports are still refused.
 #[test]
 fn sidecar_clusters_of_an_ambient_mesh_leave_out_hbone() -> TestResult {
@@ -1725,21 +1725,90 @@ fn sidecar_clusters_of_an_ambient_mesh_leave_out_hbone() -> TestResult {
             "10.0.0.3:20880".parse()?,
         ));
     let taken = translate::assignment(&ambient)?;
-    let addresses: Vec<String> = taken
+    let translated = translate::cluster(&cluster, &sidecar_secrets())?;
+    let addresses: Vec<String> = translated
+        .with_endpoints(&taken.endpoints)
         .endpoints
         .iter()
         .map(|e| e.address.to_string())
         .collect();
     assert_eq!(addresses, ["10.0.0.1:20880"]);
-    assert_eq!(taken.hbone_endpoints, 2);
+    // The one at an internal address by the assignment, the other by the cluster's entry.
+    assert_eq!(taken.hbone_endpoints, 1);
+    assert_eq!(translated.hbone_endpoints(&taken.endpoints), 1);
     assert_eq!(translate::endpoints(&ambient)?, taken.endpoints);
-    let mut on_locality = assignment(&name, &[a]);
-    on_locality.endpoints[0].metadata = Some(transport_metadata(&[("tunnel", "http")]));
-    let taken = translate::assignment(&on_locality)?;
-    assert_eq!((taken.endpoints.len(), taken.hbone_endpoints), (0, 1));
     // One that takes no calls anyway is not counted.
     ambient.endpoints[0].lb_endpoints[2].health_status = HealthStatus::Unhealthy as i32;
-    assert_eq!(translate::assignment(&ambient)?.hbone_endpoints, 1);
+    assert_eq!(translate::assignment(&ambient)?.hbone_endpoints, 0);
+    Ok(())
+}
+
+/// The addresses of the endpoints the EDS cluster `cluster` runs with from `assignment`.
+fn running_endpoints(
+    cluster: &envoy_types::pb::envoy::config::cluster::v3::Cluster,
+    assignment: &envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment,
+) -> TestResult<Vec<String>> {
+    let translated = translate::cluster(cluster, &sidecar_secrets())?;
+    let spec = translated.with_endpoints(&translate::assignment(assignment)?.endpoints);
+    Ok(spec
+        .endpoints
+        .iter()
+        .map(|e| e.address.to_string())
+        .collect())
+}
+
+/// An EDS cluster with istiod's entries when it sends HBONE: `hbone` (`tunnel: http`), then
+/// `tlsMode-istio` and `tlsMode-disabled` (`{}`) with `plain_entry`, and one endpoint at
+/// 10.0.0.1:20880 in a locality labelled `tunnel: http`.
+fn in_a_tunnel_locality(
+    plain_entry: bool,
+) -> TestResult<(
+    envoy_types::pb::envoy::config::cluster::v3::Cluster,
+    envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment,
+)> {
+    let name = cluster_name("v1");
+    let tls = istio_sidecar_tls("spiffe://cluster.local/ns/default/sa/provider", "sni");
+    let mut cluster = eds_cluster(&name);
+    cluster.transport_socket_matches = vec![istio_hbone_transport_socket_match()];
+    cluster
+        .transport_socket_matches
+        .extend(istio_transport_socket_matches(&tls));
+    if !plain_entry {
+        cluster.transport_socket_matches.truncate(2);
+    }
+    let mut assignment = assignment(&name, &["10.0.0.1:20880".parse()?]);
+    assignment.endpoints[0].metadata = Some(transport_metadata(&[("tunnel", "http")]));
+    Ok((cluster, assignment))
+}
+
+/// Whether an endpoint goes through istiod's HBONE entry is decided as its transport is, in
+/// Envoy's two passes over the entries as sent: its own labels (none) first, which the
+/// `tlsMode-disabled` entry (`{}`) matches, so that an endpoint without labels in a locality
+/// labelled `tunnel: http` is reached by plain TCP, not left out.
+#[test]
+fn an_endpoint_without_labels_in_a_tunnel_locality_takes_the_empty_match() -> TestResult {
+    let (cluster, assignment) = in_a_tunnel_locality(true)?;
+    assert_eq!(
+        running_endpoints(&cluster, &assignment)?,
+        ["10.0.0.1:20880"],
+        "an endpoint without labels takes the `{{}}` entry"
+    );
+    Ok(())
+}
+
+/// An endpoint whose own labels no entry matches takes the first entry its locality's labels
+/// match, in a locality labelled `tunnel: http` the HBONE entry: it is left out, not reached
+/// with the cluster's own transport.
+#[test]
+fn an_endpoint_no_entry_takes_in_a_tunnel_locality_is_left_out() -> TestResult {
+    let (cluster, mut assignment) = in_a_tunnel_locality(false)?;
+    assignment.endpoints[0].lb_endpoints[0].metadata =
+        Some(transport_metadata(&[("tlsMode", "disabled")]));
+    let running = running_endpoints(&cluster, &assignment)?;
+    assert!(
+        running.is_empty(),
+        "the endpoint went around the HBONE entry its locality's labels choose: {running:?}"
+    );
     Ok(())
 }
 

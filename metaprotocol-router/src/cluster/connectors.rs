@@ -14,7 +14,6 @@
 //! keeps its connector, series and connections. An entry whose match repeats an earlier
 //! entry's is never chosen (the earlier one always is), and holds the earlier one's connector.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::config::{ClusterSpec, ClusterTlsSpec, ConfigError, EndpointSpec};
@@ -166,15 +165,9 @@ impl Connectors {
     /// endpoint without labels), else the first whose labels its
     /// `locality_transport_socket_match` has, else that of its `tls`.
     pub fn of_endpoint(&self, spec: &ClusterSpec, endpoint: &EndpointSpec) -> &Connector {
-        let first_for = |labels: &BTreeMap<String, String>| {
-            spec.transport_socket_matches
-                .iter()
-                .zip(&self.matches)
-                .find(|(entry, _)| entry.matches(labels))
-                .map(|(_, connector)| connector)
-        };
-        first_for(&endpoint.transport_socket_match)
-            .or_else(|| first_for(&endpoint.locality_transport_socket_match))
+        endpoint
+            .transport_socket_entry(&spec.transport_socket_matches)
+            .and_then(|i| self.matches.get(i))
             .unwrap_or(&self.default)
     }
 }

@@ -390,6 +390,20 @@ pub struct EndpointSpec {
     pub locality_transport_socket_match: BTreeMap<String, String>,
 }
 
+impl EndpointSpec {
+    /// The index of the entry of `entries` (a cluster's `transport_socket_matches`) whose
+    /// transport this endpoint takes, in Envoy's two passes: the first whose labels its own
+    /// `transport_socket_match` has (an entry with an empty match takes an endpoint without
+    /// labels), else the first whose labels its `locality_transport_socket_match` has; `None`:
+    /// the cluster's `tls`.
+    pub fn transport_socket_entry(&self, entries: &[TransportSocketMatchSpec]) -> Option<usize> {
+        let first_for =
+            |labels: &BTreeMap<String, String>| entries.iter().position(|e| e.matches(labels));
+        first_for(&self.transport_socket_match)
+            .or_else(|| first_for(&self.locality_transport_socket_match))
+    }
+}
+
 /// A transport a cluster's endpoints may be connected with, and the endpoints it is for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -16,8 +16,10 @@
 //! `transport_socket` as the cluster's; the endpoints' labels come from EDS metadata, see
 //! `endpoints.rs`), whose entries' `name`s are ignored, and from which the entry istiod adds when
 //! it sends Istio's HBONE tunnel (ambient) is left out: `match` `tunnel: http` only, with an
-//! `internal_upstream` transport into Envoy's tunnel, which the engine does not have (EDS
-//! refuses the endpoints labelled for it, the only ones it would take);
+//! `internal_upstream` transport into Envoy's tunnel, which the engine does not have, and so
+//! are the endpoints whose transport it would be, found as Envoy finds an endpoint's transport
+//! among the entries as sent (the first its own labels match, else the first its locality's
+//! match), and counted (see `endpoints.rs`);
 //! `eds_cluster_config.eds_config.initial_fetch_timeout`, how long an EDS cluster waits for its
 //! endpoints before serving without them (Envoy's 15 s when unset, 0 for ever).
 //!
@@ -64,16 +66,64 @@ pub struct ClusterResource {
     /// For an EDS cluster, how long it waits for its endpoints before it serves without them
     /// (`None`: for ever).
     pub endpoints_timeout: Option<Duration>,
+    /// Its `transport_socket_matches` as sent, when istiod's HBONE entry is among them.
+    hbone: Option<HboneEntries>,
 }
 
 impl ClusterResource {
-    /// The spec to run, with `endpoints` when its endpoints come from EDS.
+    /// The spec to run, with `endpoints` when its endpoints come from EDS, but for those only
+    /// its HBONE entry reaches.
     pub fn with_endpoints(&self, endpoints: &[EndpointSpec]) -> ClusterSpec {
         let mut spec = self.spec.clone();
         if self.eds_service.is_some() {
-            spec.endpoints = endpoints.to_vec();
+            spec.endpoints = endpoints
+                .iter()
+                .filter(|endpoint| !self.reaches_by_hbone(endpoint))
+                .cloned()
+                .collect();
         }
         spec
+    }
+
+    /// How many of `endpoints` the cluster leaves out as only its HBONE entry reaches them.
+    pub fn hbone_endpoints(&self, endpoints: &[EndpointSpec]) -> usize {
+        if self.hbone.is_none() {
+            return 0;
+        }
+        endpoints
+            .iter()
+            .filter(|endpoint| self.reaches_by_hbone(endpoint))
+            .count()
+    }
+
+    /// True if the cluster has istiod's HBONE entry.
+    pub fn has_hbone_entry(&self) -> bool {
+        self.hbone.is_some()
+    }
+
+    /// True if `endpoint` takes the cluster's HBONE entry.
+    fn reaches_by_hbone(&self, endpoint: &EndpointSpec) -> bool {
+        self.hbone
+            .as_ref()
+            .is_some_and(|hbone| hbone.takes(endpoint))
+    }
+}
+
+/// The entries of a cluster's `transport_socket_matches` as sent, istiod's HBONE entry among
+/// them, which decide which endpoints go through that entry as Envoy decides an endpoint's
+/// transport: the first entry its own labels match, else the first its locality's match.
+#[derive(Debug, Clone, PartialEq)]
+struct HboneEntries {
+    /// Each entry's `match` (without its transport).
+    entries: Vec<TransportSocketMatchSpec>,
+    /// The index of the first HBONE entry (a later one has its match, so is never chosen).
+    hbone: usize,
+}
+
+impl HboneEntries {
+    /// True if `endpoint`'s transport is the HBONE entry.
+    fn takes(&self, endpoint: &EndpointSpec) -> bool {
+        endpoint.transport_socket_entry(&self.entries) == Some(self.hbone)
     }
 }
 
@@ -148,16 +198,32 @@ pub fn cluster(
         spec.tls =
             tls::transport_socket(socket, providers).map_err(|e| e.within("transport_socket"))?;
     }
+    // The entries as sent, matches only, to find the endpoints the HBONE entry takes.
+    let mut sent = Vec::with_capacity(cluster.transport_socket_matches.len());
+    let mut hbone = None;
     for (i, entry) in cluster.transport_socket_matches.iter().enumerate() {
-        // Only endpoints labelled for the tunnel take it, and EDS refuses those.
+        // Left out of the spec: the endpoints it takes are left out of the cluster.
         if is_hbone(entry) {
+            hbone = hbone.or(Some(i));
+            let tunnel = [(endpoints::TUNNEL_LABEL, endpoints::TUNNEL_HTTP)];
+            sent.push(TransportSocketMatchSpec {
+                labels: tunnel.map(|(k, v)| (k.to_owned(), v.to_owned())).into(),
+                tls: None,
+            });
             continue;
         }
-        spec.transport_socket_matches.push(
-            transport_socket_match(entry, providers)
-                .map_err(|e| e.within(&format!("transport_socket_matches[{i}]")))?,
-        );
+        let translated = transport_socket_match(entry, providers)
+            .map_err(|e| e.within(&format!("transport_socket_matches[{i}]")))?;
+        sent.push(TransportSocketMatchSpec {
+            labels: translated.labels.clone(),
+            tls: None,
+        });
+        spec.transport_socket_matches.push(translated);
     }
+    let hbone = hbone.map(|hbone| HboneEntries {
+        entries: sent,
+        hbone,
+    });
     let kind = match &cluster.cluster_discovery_type {
         None => DiscoveryType::Static,
         Some(ClusterDiscoveryType::Type(kind)) => DiscoveryType::try_from(*kind)
@@ -187,6 +253,9 @@ pub fn cluster(
         DiscoveryType::Static | DiscoveryType::StrictDns | DiscoveryType::LogicalDns => {
             if let Some(assignment) = &cluster.load_assignment {
                 spec.endpoints = endpoints(assignment).map_err(|e| e.within("load_assignment"))?;
+                if let Some(hbone) = &hbone {
+                    spec.endpoints.retain(|endpoint| !hbone.takes(endpoint));
+                }
             }
             None
         }
@@ -201,6 +270,7 @@ pub fn cluster(
         spec,
         eds_service,
         endpoints_timeout,
+        hbone,
     })
 }
 

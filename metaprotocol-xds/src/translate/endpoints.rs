@@ -22,13 +22,15 @@
 //! Left out, and counted ([`Assignment::hbone_endpoints`]): endpoints reached through Istio's
 //! HBONE tunnel, which the engine does not speak. istiod sends an ambient pod (or a waypoint)
 //! that way to a proxy whose node metadata claims HBONE (`ENABLE_HBONE`): an internal address
-//! naming Envoy's listener that makes the tunnel, labelled `tunnel: http` (by itself, or by its
-//! locality when it has no labels of its own), whose cluster entry translation leaves out too
-//! (see `cluster.rs`). Such an endpoint, or any internal address (a listener inside an Envoy,
-//! which no other proxy has), cannot be reached; refusing the assignment for it would leave every other endpoint of the
-//! service on what the proxy held before, so the others are taken, as Envoy takes the endpoints
-//! of an assignment it cannot all reach. To a proxy that does not claim HBONE (the client's
-//! node metadata has none unless given) istiod sends ambient pods by their own address.
+//! naming Envoy's listener that makes the tunnel, labelled `tunnel: http`. Any internal address
+//! (a listener inside an Envoy, which no other proxy has) cannot be reached; refusing the
+//! assignment for it would leave every other endpoint of the service on what the proxy held
+//! before, so the others are taken, as Envoy takes the endpoints of an assignment it cannot
+//! all reach. An endpoint at a socket address whose transport would be its cluster's HBONE
+//! entry (which translation leaves out) is left out by that cluster, which alone knows its
+//! entries: chosen as its transport is, by its own labels, else its locality's (see
+//! `cluster.rs`). To a proxy that does not claim HBONE (the client's node metadata has none
+//! unless given) istiod sends ambient pods by their own address.
 
 use std::collections::BTreeMap;
 
@@ -60,8 +62,8 @@ pub(super) const TUNNEL_HTTP: &str = "http";
 pub struct Assignment {
     /// The endpoints that take calls.
     pub endpoints: Vec<EndpointSpec>,
-    /// The endpoints left out because only Istio's HBONE tunnel reaches them (see the module
-    /// docs).
+    /// The endpoints left out because only Istio's HBONE tunnel reaches them, at an internal
+    /// address (see the module docs; the clusters leave out more).
     pub hbone_endpoints: usize,
 }
 
@@ -203,17 +205,6 @@ fn endpoint_spec(
     spec.weight = weight;
     spec.labels = labels(endpoint.metadata.as_ref());
     spec.transport_socket_match = transport_labels(endpoint.metadata.as_ref());
-    // Left out when labelled for istiod's HBONE entry (`match: { tunnel: http }`, which
-    // translation leaves out of the cluster): by itself, or by its locality when it has no
-    // labels of its own.
-    let tunnel_labels = if spec.transport_socket_match.is_empty() {
-        locality_labels
-    } else {
-        &spec.transport_socket_match
-    };
-    if tunnel_labels.get(TUNNEL_LABEL).map(String::as_str) == Some(TUNNEL_HTTP) {
-        return Ok(Taken::Hbone);
-    }
     spec.locality_transport_socket_match = locality_labels.clone();
     spec.locality = locality.cloned();
     spec.health_check_port = health_check_port;
