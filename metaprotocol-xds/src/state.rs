@@ -1774,6 +1774,81 @@ mod tests {
         }
     }
 
+    /// An EDS cluster with istiod's HBONE entry alone leaves out, and counts under its
+    /// assignment, the endpoint its labels send through that entry, beside one at an internal
+    /// address that its assignment leaves out; the other endpoint serves.
+    #[test]
+    fn endpoints_left_out_by_a_clusters_hbone_entry_are_counted_by_assignment() {
+        use envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch;
+        use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+        use envoy_types::pb::envoy::config::core::v3::{
+            EnvoyInternalAddress, Metadata, TransportSocket,
+        };
+        use envoy_types::pb::envoy::extensions::transport_sockets::internal_upstream::v3::InternalUpstreamTransport;
+        use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+
+        let tunnel = || Struct {
+            fields: [(
+                "tunnel".to_owned(),
+                Value {
+                    kind: Some(Kind::StringValue("http".to_owned())),
+                },
+            )]
+            .into(),
+        };
+        let mut cluster = eds_cluster("c");
+        cluster.transport_socket_matches = vec![TransportSocketMatch {
+            name: "hbone".to_owned(),
+            r#match: Some(tunnel()),
+            transport_socket: Some(TransportSocket {
+                name: "envoy.transport_sockets.internal_upstream".to_owned(),
+                config_type: Some(ConfigType::TypedConfig(any(
+                    &InternalUpstreamTransport::default(),
+                ))),
+            }),
+        }];
+        let mut endpoints = assignment("c");
+        let served = endpoints.endpoints[0].lb_endpoints[0].clone();
+        let mut tunnelled = served.clone();
+        let mut metadata = Metadata::default();
+        metadata
+            .filter_metadata
+            .insert("envoy.transport_socket_match".to_owned(), tunnel());
+        tunnelled.metadata = Some(metadata);
+        let mut internal = served.clone();
+        internal.host_identifier = Some(HostIdentifier::Endpoint(Endpoint {
+            address: Some(Address {
+                address: Some(AddressKind::EnvoyInternalAddress(
+                    EnvoyInternalAddress::default(),
+                )),
+            }),
+            ..Endpoint::default()
+        }));
+        endpoints.endpoints[0].lb_endpoints = vec![served, tunnelled, internal];
+
+        let mut subscription = subscription();
+        let cds = response(ResourceType::Cluster, "c1", vec![any(&cluster)]);
+        apply(
+            &mut subscription,
+            ResourceType::Cluster,
+            &cds,
+            Listing::StateOfTheWorld,
+        );
+        let eds = response(ResourceType::Endpoints, "e1", vec![any(&endpoints)]);
+        let update = apply(
+            &mut subscription,
+            ResourceType::Endpoints,
+            &eds,
+            Listing::StateOfTheWorld,
+        );
+        assert_eq!(update.clusters.len(), 1);
+        assert_eq!(update.clusters[0].endpoints.len(), 1, "{update:#?}");
+        assert_eq!(
+            subscription.hbone_endpoints_left_out(),
+            BTreeMap::from([("c".to_owned(), 2)])
+        );
+    }
+
     /// `assignment(name)` with its one endpoint `endpoints` times.
     fn assignment_of(name: &str, endpoints: usize) -> Any {
         let mut assignment = assignment(name);
