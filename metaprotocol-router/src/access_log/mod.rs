@@ -262,15 +262,29 @@ fn capture_from(message: &Message) -> impl Fn(ByteStr) -> ByteStr + Copy {
     }
 }
 
-/// The value of a message's metadata `key`, or, when the message has no key spelt so, of a key
-/// that differs from it only in case: Envoy's header names are case-insensitive, and a mesh's
-/// formats read `%REQ(X-REQUEST-ID)%` of calls that carry `x-request-id`.
+/// The value of a message's metadata `key` as a line shows it (`%REQ(key)%`, `%RESP(key)%`): the
+/// key spelt as the format spells it. A key the format writes with an uppercase letter is an
+/// Envoy header name (a mesh's formats read `%REQ(X-REQUEST-ID)%` of calls that carry
+/// `x-request-id`), found in any case when the message has none spelt so: its lowercase
+/// spelling, which the codecs give their own keys, before any other. A key written in lowercase
+/// is exact: Dubbo attachments and Thrift headers are case-sensitive maps, and a client's
+/// attachment `Method` must not pass for the call's `method`.
 fn metadata_value(metadata: &Metadata, key: &str) -> Option<ByteStr> {
     metadata.get_shared(key).or_else(|| {
-        let (spelt, _) = metadata
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case(key))?;
-        metadata.get_shared(spelt)
+        if !key.bytes().any(|byte| byte.is_ascii_uppercase()) {
+            return None;
+        }
+        let mut spelt = None;
+        for (name, _) in metadata.iter() {
+            if name.eq_ignore_ascii_case(key) {
+                if !name.bytes().any(|byte| byte.is_ascii_uppercase()) {
+                    spelt = Some(name);
+                    break;
+                }
+                spelt = spelt.or(Some(name));
+            }
+        }
+        metadata.get_shared(spelt?)
     })
 }
 
@@ -287,4 +301,55 @@ const MAX_VALUE_BYTES: usize = 1024;
 #[cold]
 fn captured(value: &ByteStr) -> ByteStr {
     ByteStr::copy_from_str(crate::text::cut(value.as_str(), MAX_VALUE_BYTES))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Metadata holding `entries`, in order.
+    fn metadata(entries: &[(&'static str, &'static str)]) -> Metadata {
+        let mut metadata = Metadata::new();
+        for &(key, value) in entries {
+            assert!(metadata.insert(key, value));
+        }
+        metadata
+    }
+
+    /// The value `metadata_value` shows for `key`.
+    fn shown(metadata: &Metadata, key: &str) -> Option<String> {
+        metadata_value(metadata, key).map(|value| value.to_string())
+    }
+
+    /// Dubbo attachments and Thrift headers are case-sensitive: an attachment `Method` is not the
+    /// call's `method`, which `%REQ(method)%` shows; and Envoy's header-style keys, which match
+    /// in any case, read the codec's own lowercase key before a client's key spelt otherwise.
+    #[test]
+    fn a_clients_key_in_another_case_is_not_shown_as_the_calls_own() {
+        let spoofing = metadata(&[("Method", "deleteAll"), ("Service", "Admin")]);
+        assert_eq!(
+            (shown(&spoofing, "method"), shown(&spoofing, "service")),
+            (None, None),
+            "a client's attachments were shown as the call's method and service"
+        );
+        // A THeader's headers come before the call's method in its frame.
+        let header_first = metadata(&[("Method", "deleteAll"), ("method", "sayHello")]);
+        assert_eq!(
+            shown(&header_first, "METHOD").as_deref(),
+            Some("sayHello"),
+            "the client's `Method` was shown for %REQ(METHOD)% of a call whose method is sayHello"
+        );
+        // Istio's keys still find a call's headers in any case.
+        for spelt in ["x-request-id", "X-Request-Id", "X-REQUEST-ID"] {
+            let carried = metadata(&[("tenant", "t"), (spelt, "r-1")]);
+            assert_eq!(
+                shown(&carried, "X-REQUEST-ID").as_deref(),
+                Some("r-1"),
+                "{spelt}"
+            );
+        }
+        let exact = metadata(&[("x-request-id", "lower"), ("X-REQUEST-ID", "upper")]);
+        assert_eq!(shown(&exact, "X-REQUEST-ID").as_deref(), Some("upper"));
+        assert_eq!(shown(&exact, "x-request-id").as_deref(), Some("lower"));
+    }
 }
