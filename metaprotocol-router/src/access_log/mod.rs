@@ -106,6 +106,10 @@ pub(crate) enum RequestId {
 #[derive(Debug)]
 pub(crate) struct AccessLogger {
     format: Arc<LogFormat>,
+    /// The request metadata keys the format reads, ready for lookups.
+    request_keys: LineKeys,
+    /// The keys of the upstream's answer's metadata the format reads, ready for lookups.
+    response_keys: LineKeys,
     sink: Arc<Sink>,
     /// The share of each outcome logged, 0 to 1.
     sampling: [f64; OUTCOMES.len()],
@@ -144,6 +148,8 @@ impl AccessLogger {
             .get(&spec.path, spec.queue_size, scope.metrics())
             .map_err(|reason| ConfigError::new("path", reason))?;
         Ok(Self {
+            request_keys: LineKeys::new(format.keys()),
+            response_keys: LineKeys::new(format.response_keys()),
             format: Arc::new(format),
             sink,
             sampling,
@@ -222,22 +228,12 @@ impl AccessLogger {
                 .then(|| record.extensions.get::<TransportFailure>())
                 .flatten()
                 .map(|failure| Arc::clone(&failure.0)),
-            metadata: self
-                .format
-                .keys()
-                .iter()
-                .map(|key| metadata_value(&request.metadata, key).map(capture))
-                .collect(),
+            metadata: self.request_keys.values(&request.metadata, capture),
             // Nothing to read unless the format reads the answer's keys.
             response_metadata: match response {
-                Some(response) if !self.format.response_keys().is_empty() => {
-                    let capture = capture_from(response);
-                    self.format
-                        .response_keys()
-                        .iter()
-                        .map(|key| metadata_value(&response.metadata, key).map(capture))
-                        .collect()
-                }
+                Some(response) if !self.response_keys.keys.is_empty() => self
+                    .response_keys
+                    .values(&response.metadata, capture_from(response)),
                 _ => SmallVec::new(),
             },
         };
@@ -262,30 +258,113 @@ fn capture_from(message: &Message) -> impl Fn(ByteStr) -> ByteStr + Copy {
     }
 }
 
-/// The value of a message's metadata `key` as a line shows it (`%REQ(key)%`, `%RESP(key)%`): the
-/// key spelt as the format spells it. A key the format writes with an uppercase letter is an
-/// Envoy header name (a mesh's formats read `%REQ(X-REQUEST-ID)%` of calls that carry
-/// `x-request-id`), found in any case when the message has none spelt so: its lowercase
-/// spelling, which the codecs give their own keys, before any other. A key written in lowercase
-/// is exact: Dubbo attachments and Thrift headers are case-sensitive maps, and a client's
-/// attachment `Method` must not pass for the call's `method`.
-fn metadata_value(metadata: &Metadata, key: &str) -> Option<ByteStr> {
-    metadata.get_shared(key).or_else(|| {
-        if !key.bytes().any(|byte| byte.is_ascii_uppercase()) {
-            return None;
+/// The metadata keys a format reads of one side of a call (`%REQ(key)%` or `%RESP(key)%`), worked
+/// out once for the lookups of every line.
+///
+/// A line shows each key spelt as the format spells it. A key the format writes with an
+/// uppercase letter is an Envoy header name (a mesh's formats read `%REQ(X-REQUEST-ID)%` of calls
+/// that carry `x-request-id`), found in any case when the message has none spelt so: its
+/// lowercase spelling, which the codecs give their own keys, before any other. A key written in
+/// lowercase is exact: Dubbo attachments and Thrift headers are case-sensitive maps, and a
+/// client's attachment `Method` must not pass for the call's `method`.
+#[derive(Debug)]
+struct LineKeys {
+    keys: Box<[LineKey]>,
+    /// A bit for the length of each key read in any case (see [`length_bit`]): a name of
+    /// another length is passed over without comparing it to the keys.
+    any_case_lengths: u64,
+}
+
+/// A key a format reads, and, for a key read in any case, its lowercase spelling.
+#[derive(Debug)]
+struct LineKey {
+    name: Box<str>,
+    lowercase: Option<Box<str>>,
+}
+
+impl LineKeys {
+    /// The lookups of `keys`.
+    fn new(keys: &[String]) -> Self {
+        let keys: Box<[LineKey]> = keys
+            .iter()
+            .map(|key| LineKey {
+                lowercase: key
+                    .bytes()
+                    .any(|byte| byte.is_ascii_uppercase())
+                    .then(|| key.to_ascii_lowercase().into()),
+                name: key.as_str().into(),
+            })
+            .collect();
+        let any_case_lengths = keys
+            .iter()
+            .filter(|key| key.lowercase.is_some())
+            .fold(0, |lengths, key| lengths | length_bit(key.name.len()));
+        Self {
+            keys,
+            any_case_lengths,
         }
-        let mut spelt = None;
+    }
+
+    /// The values of the keys in `metadata`, kept as `capture` keeps them. A key spelt as the
+    /// format spells it, or in lowercase, is found through the metadata's index of its keys;
+    /// only keys read in any case that are still lacking then are looked for among its names,
+    /// all of them in one read of the names.
+    fn values<A: smallvec::Array<Item = Option<ByteStr>>>(
+        &self,
+        metadata: &Metadata,
+        capture: impl Fn(ByteStr) -> ByteStr,
+    ) -> SmallVec<A> {
+        let mut values: SmallVec<A> = self
+            .keys
+            .iter()
+            .map(|key| {
+                metadata
+                    .get_shared(&key.name)
+                    .or_else(|| metadata.get_shared(key.lowercase.as_deref()?))
+            })
+            .collect();
+        if self.lacks_any_case_key(&values) {
+            self.find_in_any_case(metadata, &mut values);
+        }
+        for value in &mut values {
+            *value = value.take().map(&capture);
+        }
+        values
+    }
+
+    /// True if a key read in any case has no value in `values` yet.
+    fn lacks_any_case_key(&self, values: &[Option<ByteStr>]) -> bool {
+        self.keys
+            .iter()
+            .zip(values)
+            .any(|(key, value)| key.lowercase.is_some() && value.is_none())
+    }
+
+    /// Gives each key read in any case that has no value in `values` the value of the first
+    /// name of `metadata` equal to it in any case.
+    fn find_in_any_case(&self, metadata: &Metadata, values: &mut [Option<ByteStr>]) {
         for (name, _) in metadata.iter() {
-            if name.eq_ignore_ascii_case(key) {
-                if !name.bytes().any(|byte| byte.is_ascii_uppercase()) {
-                    spelt = Some(name);
-                    break;
+            #[cfg(test)]
+            tests::NAMES_READ.set(tests::NAMES_READ.get() + 1);
+            if self.any_case_lengths & length_bit(name.len()) == 0 {
+                continue;
+            }
+            for (key, value) in self.keys.iter().zip(values.iter_mut()) {
+                if value.is_none()
+                    && key.lowercase.is_some()
+                    && name.eq_ignore_ascii_case(&key.name)
+                {
+                    *value = metadata.get_shared(name);
                 }
-                spelt = spelt.or(Some(name));
             }
         }
-        metadata.get_shared(spelt?)
-    })
+    }
+}
+
+/// The bit of [`LineKeys::any_case_lengths`] that stands for a key of `len` bytes (the last
+/// one for every length from 63 on).
+fn length_bit(len: usize) -> u64 {
+    1 << len.min(63)
 }
 
 /// A frame larger than this is not kept alive by its line while the line waits for the writer:
@@ -316,9 +395,17 @@ mod tests {
         metadata
     }
 
-    /// The value `metadata_value` shows for `key`.
+    /// The values a line of a format reading `keys` shows of `metadata`.
+    fn values(metadata: &Metadata, keys: &[&str]) -> SmallVec<[Option<ByteStr>; 4]> {
+        let keys: Vec<String> = keys.iter().map(|&key| key.to_owned()).collect();
+        LineKeys::new(&keys).values(metadata, |value| value)
+    }
+
+    /// The value a line of a format reading `key` shows of `metadata`.
     fn shown(metadata: &Metadata, key: &str) -> Option<String> {
-        metadata_value(metadata, key).map(|value| value.to_string())
+        values(metadata, &[key])[0]
+            .as_ref()
+            .map(ToString::to_string)
     }
 
     /// Dubbo attachments and Thrift headers are case-sensitive: an attachment `Method` is not the
@@ -351,5 +438,78 @@ mod tests {
         let exact = metadata(&[("x-request-id", "lower"), ("X-REQUEST-ID", "upper")]);
         assert_eq!(shown(&exact, "X-REQUEST-ID").as_deref(), Some("upper"));
         assert_eq!(shown(&exact, "x-request-id").as_deref(), Some("lower"));
+    }
+
+    thread_local! {
+        /// The metadata names read on this thread by the searches for keys in any case.
+        pub(super) static NAMES_READ: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// The keys Istio's default format reads of a request (`%REQ(...)%`), none of which a Dubbo
+    /// or Thrift call carries.
+    const ISTIO_KEYS: [&str; 7] = [
+        ":METHOD",
+        "X-ENVOY-ORIGINAL-PATH",
+        ":PATH",
+        "X-FORWARDED-FOR",
+        "USER-AGENT",
+        "X-REQUEST-ID",
+        ":AUTHORITY",
+    ];
+
+    /// The names of `metadata` read to find `keys` of a format.
+    fn names_read(metadata: &Metadata, keys: &[&str]) -> usize {
+        NAMES_READ.set(0);
+        values(metadata, keys);
+        NAMES_READ.get()
+    }
+
+    /// A line of Istio's format of a call that lacks its keys reads the call's metadata names
+    /// once, not once a key; a lowercase key the call lacks reads none.
+    #[test]
+    fn keys_a_call_lacks_cost_one_read_of_its_names() {
+        let call = metadata(&[
+            ("path", "org.demo.Hello"),
+            ("version", "1.0.0"),
+            ("method", "sayHello"),
+            ("service", "org.demo.Hello"),
+            ("interface", "org.demo.Hello"),
+            ("group", "blue"),
+            ("timeout", "3000"),
+            ("tenant", "t"),
+        ]);
+        assert_eq!(
+            names_read(&call, &ISTIO_KEYS),
+            call.len(),
+            "names read for Istio's keys of a call of {} entries",
+            call.len()
+        );
+        assert_eq!(names_read(&call, &["tenant-id", "x-b3-traceid"]), 0);
+        // Keys the call carries in some case are found, in that same one read.
+        let carrying = metadata(&[
+            ("method", "sayHello"),
+            ("x-request-id", "r-1"),
+            ("User-Agent", "dubbo-go"),
+            ("X-Forwarded-For", "10.0.0.1"),
+        ]);
+        NAMES_READ.set(0);
+        let shown: Vec<Option<String>> = values(&carrying, &ISTIO_KEYS)
+            .iter()
+            .map(|value| value.as_ref().map(ToString::to_string))
+            .collect();
+        assert_eq!(NAMES_READ.get(), carrying.len());
+        let found = |value: &str| Some(value.to_owned());
+        assert_eq!(
+            shown,
+            [
+                None,
+                None,
+                None,
+                found("10.0.0.1"),
+                found("dubbo-go"),
+                found("r-1"),
+                None
+            ]
+        );
     }
 }
