@@ -8,7 +8,7 @@
 //! miss answered with a readable `TApplicationException`, one-way calls over the listener's
 //! frame limit passed over and counted, a one-way call under a THeader transform the proxy
 //! cannot undo closing its connection unanswered), routing on the method and on a
-//! THeader header, a `request_mutation` header seen by the server and a `response_mutation`
+//! THeader header (never on one spelt `service` or `method`), a `request_mutation` header seen by the server and a `response_mutation`
 //! header seen by the client, a framed-binary listener speaking THeader compact upstream,
 //! 60 concurrent clients that all send seqid 0 sharing a couple of upstream connections,
 //! active health checks that call a method of the server, and the policy filters' refusals
@@ -737,6 +737,70 @@ clusters:
         checked += 1;
     }
     assert_eq!(checked, 2);
+    Ok(())
+}
+
+/// A call that is not multiplexed has no `service`: a THeader header spelt `service` (or
+/// `method`) from Apache Thrift's own client does not route it as the call's own key would,
+/// and still reaches the server as it came. Before, the header became the call's `service`,
+/// and a route for service `Admin` took a client's word for it.
+#[test]
+fn theader_headers_spelt_service_or_method_do_not_route_the_call() -> TestResult {
+    let Some(scratch) = prepare("ownkeys")? else {
+        return Ok(());
+    };
+    for protocol in PROTOCOLS {
+        let open = Server::start("header", protocol, "open", &scratch)?;
+        let admin = Server::start("header", protocol, "admin", &scratch)?;
+        let yaml = format!(
+            r#"
+{ONE_LISTENER}
+      - name: admin-service
+        match:
+          metadata:
+            - {{ key: service, exact: Admin }}
+        route: {{ cluster: admin }}
+      - name: admin-method
+        match:
+          metadata:
+            - {{ key: method, exact: deleteAll }}
+        route: {{ cluster: admin }}{greeter}
+clusters:
+  - {{ name: open, endpoints: [ {{ address: "{open}" }} ] }}
+  - {{ name: admin, endpoints: [ {{ address: "{admin}" }} ] }}
+"#,
+            greeter = greeter_routes("open"),
+            open = open.address(),
+            admin = admin.address(),
+        );
+        let proxy = InProcessProxy::start(&yaml)?;
+        let port = proxy.addr("in")?.port();
+        let headers = "service=Admin,method=deleteAll";
+        assert_eq!(
+            client(
+                port,
+                "header",
+                protocol,
+                &["hello", "w1"],
+                headers,
+                &scratch
+            )?,
+            r#"{"hello": "Hello, w1 from open", "response_headers": {}}"#,
+            "{protocol}: a client's headers routed the call"
+        );
+        assert_eq!(
+            client(
+                port,
+                "header",
+                protocol,
+                &["echo", "service"],
+                headers,
+                &scratch
+            )?,
+            r#"{"echo": "Admin"}"#,
+            "{protocol}: the header reaches the server"
+        );
+    }
     Ok(())
 }
 

@@ -11,11 +11,11 @@ use metaprotocol_thrift::{
 
 use crate::{HeaderKeys, MAX_FRAME, RoundTrip, assert_mutation_applied, slice};
 
-/// The method comes from the message name whatever the headers say; `service` does too for a
-/// multiplexed name, and otherwise from a header of that name.
+/// The method and service come from the message name whatever the headers say (a name that is
+/// not multiplexed has no service, though a header of that name is set).
 const KEYS: HeaderKeys<'static> = HeaderKeys {
-    fixed: &["method"],
-    unchecked: &["service"],
+    fixed: &["service", "method"],
+    unchecked: &[],
 };
 
 /// Every encoding, in the order an edit's variant picks them.

@@ -745,6 +745,9 @@ impl Found {
         if let Some(info) = self.info {
             for info in InfoHeaders::new(frame, info) {
                 let info = info?;
+                if frame.get(info.key.clone()).is_some_and(is_codecs_own) {
+                    continue;
+                }
                 // Headers that are not UTF-8 stay in the frame but cannot be routed on: the
                 // metadata refuses them.
                 metadata.insert(
@@ -755,6 +758,18 @@ impl Found {
         }
         add_name(metadata, frame, self.header.name)
     }
+}
+
+/// True for an info header spelt as a key this codec sets from the message name, `service`
+/// or `method`. Such a header is kept out of the metadata: a call that is not multiplexed has
+/// no `service` of its own, and a client's header would stand in for it, to routes, rbac and
+/// access logs alike. It stays in the frame, forwarded as it came: Apache Thrift's servers hand
+/// every info header to the handler whatever its name, so it is no reason to refuse the call.
+#[inline]
+fn is_codecs_own(key: &[u8]) -> bool {
+    const SERVICE: &[u8] = keys::SERVICE.as_bytes();
+    const METHOD: &[u8] = keys::METHOD.as_bytes();
+    matches!(key, SERVICE | METHOD)
 }
 
 /// The status of a reply: field 0 is the return value, any other field a declared exception.

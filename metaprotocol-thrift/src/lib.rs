@@ -7,7 +7,9 @@
 //!
 //! - **Decode** reads only the message header (and the THeader block): metadata `method`,
 //!   `service` (from a `TMultiplexedProtocol` name `Service:method`) and every THeader info
-//!   header, all sliced from the frame; the seqid is the request id. `CALL` is a request,
+//!   header but those spelt `service` or `method` (forwarded in the frame as they came, but
+//!   never taken for the call's own: a call that is not multiplexed has no `service`), all
+//!   sliced from the frame; the seqid is the request id. `CALL` is a request,
 //!   `ONEWAY` a one-way request (forwarded), `REPLY` a response whose status is
 //!   [`ResponseStatus::ApplicationError`](metaprotocol_core::ResponseStatus) when the result
 //!   struct's first field is not field 0 (a declared exception; the value is never decoded),

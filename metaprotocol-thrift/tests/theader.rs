@@ -86,6 +86,55 @@ fn persistent_headers_are_read_and_kept_in_their_group() -> TestResult {
     Ok(())
 }
 
+/// A THeader call whose headers are spelt as the codec's own keys: a call that is not
+/// multiplexed has no `service`, and a client's header `service` must not stand in for one
+/// (routes, rbac and access logs would take the client's word for the call's service), nor a
+/// header `method` for its method. Such headers are no reason to refuse the call (Apache
+/// Thrift's servers hand every info header to the handler, whatever its name): they are
+/// forwarded in the frame as they came, and stay out of the metadata.
+#[test]
+fn headers_spelt_as_the_codecs_own_keys_do_not_become_them() -> TestResult {
+    // KEYVALUE {service: Admin, method: deleteAll, tenant: t1}, padding.
+    let mut headers = Vec::new();
+    for (key, value) in [
+        ("service", "Admin"),
+        ("method", "deleteAll"),
+        ("tenant", "t1"),
+    ] {
+        for text in [key, value] {
+            put_varint(&mut headers, text.len());
+            headers.extend_from_slice(text.as_bytes());
+        }
+    }
+    let mut block = [&[0u8, 0, 1, 3][..], &headers].concat();
+    block.resize(block.len().next_multiple_of(4), 0);
+    for (name, service) in [(&b"get"[..], None), (&b"Svc:get"[..], Some("Svc"))] {
+        let mut call = vec![0x80u8, 1, 0, 1];
+        call.extend_from_slice(&(name.len() as u32).to_be_bytes());
+        call.extend_from_slice(name);
+        call.extend_from_slice(&[0, 0, 0, 4, 0]);
+        let message = decode_one(&theader_frame(4, &block, &call))?;
+        assert_eq!(
+            (header(&message, "service"), header(&message, "method")),
+            (service.map(str::to_owned), Some("get".to_owned())),
+            "a client's headers were taken for the call's service and method"
+        );
+        assert_eq!(header(&message, "tenant").as_deref(), Some("t1"));
+        assert_eq!(message.reject_reason, None);
+        // Forwarded as they came, also beside a mutation's header.
+        let mut mutation = Mutation::new();
+        mutation.set("x".into(), "y".into());
+        for mutation in [Mutation::new(), mutation] {
+            let out = encode(&message, 4, &mutation)?;
+            assert!(
+                out.windows(headers.len()).any(|w| w == headers),
+                "headers not forwarded: {out:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// A binary THeader frame of a multiplexed `Svc:ping` of `message_type` whose `KEYVALUE` group
 /// holds `headers` distinct headers.
 fn with_headers(message_type: u8, headers: usize) -> BytesMut {
