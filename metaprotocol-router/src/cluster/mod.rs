@@ -712,7 +712,9 @@ impl ClusterHandle {
     /// and its snapshot is asked for again as a DNS answer's would be (see [`Builds`]), on a
     /// blocking thread for `ring_hash` and `maglev`, the running one serving until then. So
     /// does an answer the cluster took since the update's lookup began, which its names keep
-    /// over the update's older one.
+    /// over the update's older one; the endpoints an update that gives the cluster health checks
+    /// made anew stay the cluster's then, and the snapshot asked for again serves them with the
+    /// verdicts of their first round ([`PreparedUpdate::first_checks`]).
     fn commit(self: &Arc<Self>, update: BuiltUpdate) -> u64 {
         let BuiltUpdate { mut next, snapshot } = update;
         let mut state = self.lock();
@@ -785,13 +787,21 @@ impl ClusterHandle {
             .endpoints
             .values()
             .any(|e| e.health().has(HealthFlags::DRAINING));
-        let snapshot = if retired_meanwhile || fresher {
+        let snapshot = if retired_meanwhile || (fresher && !next.checks_anew) {
             drop(next.endpoints);
             missed = true;
             None
         } else {
             retire_replaced(&mut state_next, next.endpoints);
-            Some(snapshot)
+            if fresher {
+                // Its endpoints, made anew for the checks it gives and through their first
+                // round, are the cluster's now: the build asked for reuses them with their
+                // verdicts. Built from the running ones, it kept those in rotation, unchecked.
+                missed = true;
+                None
+            } else {
+                Some(snapshot)
+            }
         };
         if restart && state_next.monitor.is_some() {
             state_next.monitor = Some(HealthMonitor::start(
@@ -1815,6 +1825,92 @@ health_check: {{ interval: 1s }}"
             errors(),
             Some(SeriesValue::Counter(1)),
             "the count outlives its snapshot"
+        );
+        Ok(())
+    }
+
+    /// The spec of cluster `c`, whose one endpoint is the host name `svc.test:80`, with
+    /// `extra` config lines, and that name.
+    fn named(
+        extra: &str,
+    ) -> Result<(Arc<ClusterSpec>, crate::config::EndpointAddress), ConfigError> {
+        let spec = ClusterSpec::from_yaml(&format!(
+            "name: c\nendpoints: [ {{ address: 'svc.test:80' }} ]\n{extra}"
+        ))?;
+        let name = spec
+            .endpoints
+            .first()
+            .map(|e| e.address.clone())
+            .ok_or(ConfigError::new("endpoints", "none"))?;
+        Ok((Arc::new(spec), name))
+    }
+
+    /// An update that gives a DNS cluster active health checks, during whose first round a DNS
+    /// answer changes the cluster's addresses, serves only the endpoints whose first check
+    /// passed, and the checker counts on from those checks: the commit, seeing the fresher
+    /// answer, dropped the endpoints made anew and checked, and rebuilt the cluster from the
+    /// running ones, kept in rotation unchecked (a refusing endpoint took its share of calls
+    /// until `unhealthy_threshold` checks in a row had failed).
+    #[tokio::test]
+    async fn a_dns_answer_during_the_first_round_of_checks_an_update_gives_keeps_its_verdicts()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let live = live.local_addr()?;
+        let (_refusing, refusing) = crate::testing::refusing_address()?;
+        let (_joining, joining) = crate::testing::refusing_address()?;
+        let (unchecked, name) = named("healthy_panic_threshold: 1")?;
+        let (checked, _) = named(
+            "healthy_panic_threshold: 1\nhealth_check: { interval: 1h, timeout: 10s, unhealthy_threshold: 3 }",
+        )?;
+        let answer =
+            |addresses: &[SocketAddr]| -> Resolved { [(name.clone(), addresses.to_vec())].into() };
+        let c = ClusterHandle::new(
+            &unchecked,
+            "null".into(),
+            Arc::new(crate::testing::NullCodec),
+            Metrics::new().root(),
+            None,
+            &answer(&[live, refusing]),
+        )?;
+        assert_eq!(picked(&c), [live, refusing].into());
+        let prepared = c.prepare_update(
+            &checked,
+            None,
+            None,
+            &answer(&[live, refusing]),
+            c.answers_taken(),
+        )?;
+        assert!(prepared.gives_checks());
+        // The DNS refresh takes an answer with one more address while the round runs.
+        let ((), taken) = tokio::join!(prepared.first_checks(), async {
+            c.resolve(&answer(&[live, refusing, joining]))
+        });
+        assert!(taken, "the answer changed the cluster's addresses");
+        prepared.build().commit();
+        let serving = picked(&c);
+        assert_eq!(
+            serving,
+            [live].into(),
+            "once the update that adds checks applied (a DNS answer during its first round), calls went to {serving:?}"
+        );
+        let snapshot = c.snapshot();
+        let streaks: BTreeMap<SocketAddr, (u32, u32)> = snapshot
+            .hosts
+            .iter()
+            .map(|h| (h.endpoint.address(), h.endpoint.check_streak().get()))
+            .collect();
+        assert_eq!(
+            streaks,
+            [(live, (1, 0)), (refusing, (0, 1)), (joining, (0, 0))].into(),
+            "the first round's streaks, and none yet for the endpoint the answer added"
+        );
+        assert!(
+            snapshot
+                .hosts
+                .iter()
+                .any(|h| h.endpoint.address() == joining
+                    && h.endpoint.health().has(HealthFlags::PENDING_ACTIVE_CHECK)),
+            "the endpoint the answer added awaits its first check"
         );
         Ok(())
     }
