@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
@@ -50,12 +50,17 @@ impl HealthState {
 }
 
 /// Health flags, written by health checking, outlier detection and cluster updates only (see
-/// [`super::ClusterHandle::set_health`]). Every change shows in the endpoint's health series,
-/// and each ejection is counted.
+/// [`super::ClusterHandle::set_health`]). Every change shows in the endpoint's health series
+/// (once they are its own, see [`HealthFlags::hand_series_to`]), and each ejection is counted.
 #[derive(Debug, Default)]
 pub(crate) struct HealthFlags {
     bits: AtomicU8,
     stats: Option<HealthStats>,
+    /// True while the series show its state. An endpoint made in place of a running one at its
+    /// address (new pool settings, or health checks an update gives) shares that one's series,
+    /// and shows in them only once it is installed: the running one serves until then, and the
+    /// update may be dropped.
+    shows: AtomicBool,
 }
 
 impl HealthFlags {
@@ -76,7 +81,9 @@ impl HealthFlags {
         };
         let changed = (before & flag != 0) != on;
         if changed && let Some(stats) = &self.stats {
-            stats.show(self.state().name());
+            if self.shows.load(Ordering::Acquire) {
+                stats.show(self.state().name());
+            }
             if flag == Self::EJECTED && on {
                 stats.ejections.inc();
             }
@@ -84,11 +91,15 @@ impl HealthFlags {
         changed
     }
 
-    /// Shows the current state in the health series again: an endpoint rebuilt in place shares
-    /// its series with the one it replaces, which may have written over them since.
-    pub fn show_again(&self) {
-        if let Some(stats) = &self.stats {
-            stats.show(self.state().name());
+    /// Hands the health series this endpoint shares with `rebuilt`, made in place of it and
+    /// installed now, over to `rebuilt`, which shows its state in them from now on: neither a
+    /// change of this one (draining) nor `rebuilt`'s own changes before (its first check, when
+    /// an update gives the cluster checks) are what the address's series show.
+    pub fn hand_series_to(&self, rebuilt: &HealthFlags) {
+        self.shows.store(false, Ordering::Release);
+        rebuilt.shows.store(true, Ordering::Release);
+        if let Some(stats) = &rebuilt.stats {
+            stats.show(rebuilt.state().name());
         }
     }
 
@@ -184,7 +195,10 @@ impl Endpoint {
             cluster_active: cluster.rq_active.clone(),
             cluster_total: cluster.rq_total.clone(),
             pool,
-            health: HealthFlags::default(),
+            health: HealthFlags {
+                shows: AtomicBool::new(true),
+                ..HealthFlags::default()
+            },
             check_streak: CheckStreak::default(),
             rtt: RttEstimate::default(),
             outliers: OutlierCounters::default(),
@@ -194,8 +208,10 @@ impl Endpoint {
 
     /// The endpoint rebuilt in place of `replaced` (at the same address): out of rotation if
     /// `replaced` is (see [`HealthFlags`]), with its active checks' streak, its failure streaks
-    /// and count of ejections. Before [`Endpoint::with_metrics`], which shows it.
+    /// and count of ejections. Its health series, those of `replaced`, show it once it is
+    /// installed ([`HealthFlags::hand_series_to`]).
     pub fn replacing(self, replaced: &Endpoint) -> Self {
+        self.health.shows.store(false, Ordering::Release);
         self.health.carry_over(&replaced.health);
         let (passed, failed) = replaced.check_streak.get();
         self.check_streak.set(passed, failed);
@@ -216,9 +232,12 @@ impl Endpoint {
     }
 
     /// The endpoint with its series: `scope` (where its pool's endpoint series live too, held
-    /// until the endpoint goes) and its health series.
+    /// until the endpoint goes) and its health series, which show it unless it replaces an
+    /// endpoint ([`Endpoint::replacing`]).
     pub fn with_metrics(mut self, scope: MetricsScope, health: HealthStats) -> Self {
-        health.show(self.health.state().name());
+        if self.health.shows.load(Ordering::Acquire) {
+            health.show(self.health.state().name());
+        }
         self.health.stats = Some(health);
         self.scope = Some(scope);
         self

@@ -1126,10 +1126,10 @@ fn retire_replaced(state: &mut ClusterState, endpoints: HashMap<SocketAddr, Arc<
         if !kept {
             old.health().set(HealthFlags::DRAINING, true);
             state.retired.push(Arc::downgrade(&old));
-            // Rebuilt in place (new pool settings, say): the same series, now showing the old
-            // one draining.
+            // Rebuilt in place (new pool settings, say): the same series, which showed the old
+            // one until now (draining, just above), show the new one from now on.
             if let Some(rebuilt) = endpoints.get(&address) {
-                rebuilt.health().show_again();
+                old.health().hand_series_to(rebuilt.health());
             }
         }
     }
@@ -1912,6 +1912,74 @@ health_check: {{ interval: 1s }}"
                     && h.endpoint.health().has(HealthFlags::PENDING_ACTIVE_CHECK)),
             "the endpoint the answer added awaits its first check"
         );
+        Ok(())
+    }
+
+    /// The states `metrics` shows for endpoints' health (those whose series is 1).
+    fn health_shown(metrics: &Metrics) -> Vec<String> {
+        metrics
+            .render()
+            .lines()
+            .filter(|line| {
+                line.starts_with("metaprotocol_endpoint_health{") && line.ends_with(" 1")
+            })
+            .filter_map(|line| {
+                let state = line.split("state=\"").nth(1)?;
+                Some(state.split('"').next()?.to_owned())
+            })
+            .collect()
+    }
+
+    /// The endpoints an update that gives a cluster active health checks makes anew share their
+    /// health series with the running endpoints at their addresses: they show in them once the
+    /// update is applied. A running endpoint, still serving, showed `failing_active_checks` from
+    /// the moment the update was planned, and still did after the update was dropped (an admin
+    /// API request's deadline passed during the first round).
+    #[tokio::test]
+    async fn endpoints_an_update_makes_anew_show_in_their_series_once_it_is_applied()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let (_refusing, refusing) = crate::testing::refusing_address()?;
+        let spec = |checks: &str| {
+            ClusterSpec::from_yaml(&format!(
+                "name: c\nendpoints: [ {{ address: '{refusing}' }} ]\n{checks}"
+            ))
+            .map(Arc::new)
+        };
+        let checked = spec("health_check: { interval: 1h, timeout: 10s }")?;
+        let metrics = Metrics::new();
+        let c = ClusterHandle::new(
+            &spec("")?,
+            "null".into(),
+            Arc::new(crate::testing::NullCodec),
+            metrics.root().detached("cluster", "c"),
+            None,
+            &Resolved::new(),
+        )?;
+        assert_eq!(health_shown(&metrics), ["healthy"]);
+        let dropped =
+            c.prepare_update(&checked, None, None, &Resolved::new(), c.answers_taken())?;
+        assert_eq!(
+            health_shown(&metrics),
+            ["healthy"],
+            "the running endpoint's series while the update's first round waits"
+        );
+        dropped.first_checks().await;
+        assert_eq!(
+            health_shown(&metrics),
+            ["healthy"],
+            "the running endpoint's series once the update's first round failed it"
+        );
+        drop(dropped);
+        assert_eq!(
+            health_shown(&metrics),
+            ["healthy"],
+            "the running endpoint's series once the update was dropped"
+        );
+        let applied =
+            c.prepare_update(&checked, None, None, &Resolved::new(), c.answers_taken())?;
+        applied.first_checks().await;
+        applied.build().commit();
+        assert_eq!(health_shown(&metrics), ["failing_active_checks"]);
         Ok(())
     }
 }
