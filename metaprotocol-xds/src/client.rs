@@ -604,18 +604,25 @@ impl Backoff {
 mod tests {
     use super::*;
 
-    /// A server sending a type not asked for sends it again at every push: the warning is
-    /// logged once, not once a response.
-    #[test]
-    fn responses_of_a_type_not_asked_for_are_warned_of_once_not_each() {
+    /// A subscription to every resource of `kind` (`clusters`, `route_configs`) from a server
+    /// never reached, its first requests made.
+    fn subscribed_to(kind: &str) -> Subscription {
         let spec = serde_json::from_value(serde_json::json!({
-            "address": "127.0.0.1:1", "node_id": "n", "route_configs": ["*"]
+            "address": "127.0.0.1:1", "node_id": "n", kind: ["*"]
         }));
         let mut subscription = match spec {
             Ok(spec) => Subscription::new(&spec, Default::default()),
             Err(err) => panic!("{err}"),
         };
         subscription.initial_requests();
+        subscription
+    }
+
+    /// A server sending a type not asked for sends it again at every push: the warning is
+    /// logged once, not once a response.
+    #[test]
+    fn responses_of_a_type_not_asked_for_are_warned_of_once_not_each() {
+        let mut subscription = subscribed_to("route_configs");
         let clusters = ResourceType::Cluster.type_url();
         let (asked, warnings) = crate::warn::tests::warnings_of(|| {
             (0..5)
@@ -639,14 +646,7 @@ mod tests {
     /// another: each type's warning is gated on its own.
     #[test]
     fn a_flood_of_one_type_not_asked_for_does_not_silence_another() {
-        let spec = serde_json::from_value(serde_json::json!({
-            "address": "127.0.0.1:1", "node_id": "n", "route_configs": ["*"]
-        }));
-        let mut subscription = match spec {
-            Ok(spec) => Subscription::new(&spec, Default::default()),
-            Err(err) => panic!("{err}"),
-        };
-        subscription.initial_requests();
+        let mut subscription = subscribed_to("route_configs");
         let clusters = ResourceType::Cluster.type_url();
         let listeners = "type.googleapis.com/envoy.config.listener.v3.Listener";
         let ((), warnings) = crate::warn::tests::warnings_of(|| {
@@ -711,14 +711,7 @@ mod tests {
             Ok(proxy) => proxy,
             Err(err) => panic!("{err}"),
         };
-        let spec = serde_json::from_value(serde_json::json!({
-            "address": "127.0.0.1:1", "node_id": "n", "clusters": ["*"]
-        }));
-        let mut subscription = match spec {
-            Ok(spec) => Subscription::new(&spec, Default::default()),
-            Err(err) => panic!("{err}"),
-        };
-        subscription.initial_requests();
+        let mut subscription = subscribed_to("clusters");
         let mut nacks = 0;
         let pushes = [
             ("1", "c"),
