@@ -2233,6 +2233,13 @@ async fn a_route_edit_applies_while_a_new_cluster_waits_for_its_first_checks() -
         proxy.state.clusters.get("slow").is_some(),
         "the cluster joined"
     );
+    // Planned again after the edit, the update took the cluster as warmed, its checks running
+    // on (the next an hour away): no second check comes.
+    let again = tokio::time::timeout(Duration::from_millis(500), silent.accept()).await;
+    assert!(
+        again.is_err(),
+        "the cluster was checked again when its update was planned again"
+    );
     proxy.shutdown().await;
     Ok(())
 }
