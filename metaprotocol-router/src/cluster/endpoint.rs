@@ -113,6 +113,12 @@ impl HealthFlags {
         self.bits.fetch_or(out, Ordering::AcqRel);
     }
 
+    /// True if its series show its state: false for an endpoint made in place of a running one
+    /// until it is installed ([`HealthFlags::hand_series_to`]).
+    pub fn shown(&self) -> bool {
+        self.shows.load(Ordering::Acquire)
+    }
+
     /// True if `flag` is set.
     pub fn has(&self, flag: u8) -> bool {
         self.bits.load(Ordering::Acquire) & flag != 0

@@ -612,7 +612,10 @@ impl ClusterHandle {
     /// looked up when it had taken `answers` answers ([`ClusterHandle::answers_taken`]):
     /// its endpoints (those that stay reused, new ones made) and what its snapshot is built
     /// from, changing nothing the cluster has. [`PreparedUpdate::build`] builds the snapshot,
-    /// the part that may take long, and [`BuiltUpdate::commit`] publishes it.
+    /// the part that may take long, and [`BuiltUpdate::commit`] publishes it. An update that
+    /// gives the cluster health checks reuses those of `checked` that fit, the endpoints an
+    /// earlier plan of the same update made and checked ([`BuiltUpdate::checked`]), with the
+    /// verdicts of their first round.
     pub fn prepare_update(
         self: &Arc<Self>,
         spec: &Arc<ClusterSpec>,
@@ -620,6 +623,7 @@ impl ClusterHandle {
         local: Option<LocalitySpec>,
         resolved: &Resolved,
         answers: u64,
+        checked: &Endpoints,
     ) -> Result<PreparedUpdate, ConfigError> {
         let probe_codec = codec
             .as_ref()
@@ -641,6 +645,7 @@ impl ClusterHandle {
             resolved: &resolved,
             local: local.as_ref(),
             endpoints: &state.endpoints,
+            checked: Some(checked),
             selectors: &state.selectors,
             checks_anew,
         };
@@ -677,7 +682,7 @@ impl ClusterHandle {
                 state.answers,
             )
         };
-        self.prepare_update(&spec, None, local, &resolved, answers)
+        self.prepare_update(&spec, None, local, &resolved, answers, &HashMap::new())
     }
 
     /// True when a snapshot was asked for and none published since: a subset registered by a
@@ -700,8 +705,9 @@ impl ClusterHandle {
         local: Option<LocalitySpec>,
         resolved: &Resolved,
     ) -> Result<u64, ConfigError> {
+        let answers = self.answers_taken();
         Ok(self
-            .prepare_update(spec, codec, local, resolved, self.answers_taken())?
+            .prepare_update(spec, codec, local, resolved, answers, &HashMap::new())?
             .build()
             .commit())
     }
@@ -999,9 +1005,13 @@ struct PlanInputs<'a> {
     local: Option<&'a LocalitySpec>,
     /// The endpoints it has now, reused where they fit.
     endpoints: &'a HashMap<SocketAddr, Arc<Endpoint>>,
+    /// The endpoints an earlier plan of the same update that gives the cluster active health
+    /// checks made and checked, reused in their stead where they fit.
+    checked: Option<&'a Endpoints>,
     selectors: &'a [Selector],
     /// True for an update that gives the cluster active health checks: none of its endpoints is
-    /// reused, each is made anew awaiting its first check (see [`PreparedUpdate::first_checks`]).
+    /// reused, each is made anew awaiting its first check (see [`PreparedUpdate::first_checks`]),
+    /// but those `checked` has, checked already.
     checks_anew: bool,
 }
 
@@ -1016,6 +1026,7 @@ impl ClusterState {
             resolved: &self.resolved,
             local: self.local.as_ref(),
             endpoints: &self.endpoints,
+            checked: None,
             selectors: &self.selectors,
             checks_anew: false,
         }
@@ -1046,9 +1057,17 @@ fn plan_hosts(
             if endpoints.contains_key(&address) {
                 continue;
             }
-            let reusable = inputs.endpoints.get(&address).filter(|e| {
-                !inputs.checks_anew
-                    && Arc::ptr_eq(e.pool().codec(), inputs.codec)
+            let running = inputs.endpoints.get(&address);
+            let reusable = if inputs.checks_anew {
+                // One made in place of a running endpoint shows in the series only once it
+                // replaces one there, and one made new to the cluster shows at once.
+                let checked = inputs.checked.and_then(|checked| checked.get(&address));
+                checked.filter(|e| e.health().shown() != running.is_some())
+            } else {
+                running
+            };
+            let reusable = reusable.filter(|e| {
+                Arc::ptr_eq(e.pool().codec(), inputs.codec)
                     && e.pool().settings() == settings
                     && e.pool().connector().same(connector)
             });
@@ -1069,7 +1088,7 @@ fn plan_hosts(
                     .with_endpoint_stats(EndpointStats::new(&scope));
                     let mut endpoint = Endpoint::new(address, pool);
                     // Rebuilt in place: still out of rotation if it was.
-                    let replaced = inputs.endpoints.get(&address);
+                    let replaced = running;
                     if let Some(replaced) = replaced {
                         endpoint = endpoint.replacing(replaced);
                     }
@@ -1208,19 +1227,39 @@ impl PreparedUpdate {
         self.next.checks_anew
     }
 
+    /// True if it gives its cluster active health checks and one of its endpoints awaits its
+    /// first check: one not checked by an earlier plan of the same update.
+    pub fn awaits_first_checks(&self) -> bool {
+        self.gives_checks() && self.awaiting().next().is_some()
+    }
+
+    /// Its endpoints that await their first check, each with its own health check port.
+    fn awaiting(&self) -> impl Iterator<Item = (Arc<Endpoint>, Option<u16>)> + '_ {
+        self.plan
+            .hosts
+            .iter()
+            .filter(|host| {
+                host.endpoint
+                    .health()
+                    .has(HealthFlags::PENDING_ACTIVE_CHECK)
+            })
+            .map(|host| (host.endpoint.clone(), host.health_check_port))
+    }
+
     /// Runs the first check of each of its endpoints when it gives its cluster active health
     /// checks ([`health::first_round`]), before its snapshot is built, so that the snapshot it
     /// publishes has their verdicts, as Envoy replaces a cluster only once the first round of
     /// its replacement's checks has ended: without it, the endpoints the cluster kept stayed in
     /// rotation, unchecked, until `unhealthy_threshold` checks in a row had failed. The running
     /// cluster serves meanwhile as it is. Bounded by the checks' `timeout` and `initial_jitter`.
+    /// Endpoints an earlier plan of the same update checked are not checked again.
     pub async fn first_checks(&self) {
         let Some(check) = self
             .next
             .spec
             .health_check
             .as_ref()
-            .filter(|_| self.gives_checks())
+            .filter(|_| self.awaits_first_checks())
         else {
             return;
         };
@@ -1228,12 +1267,7 @@ impl PreparedUpdate {
             Some((_, codec)) => codec.clone(),
             None => self.next.cluster.codec(),
         };
-        let members = self
-            .plan
-            .hosts
-            .iter()
-            .map(|host| (host.endpoint.clone(), host.health_check_port))
-            .collect();
+        let members = self.awaiting().collect();
         health::first_round(
             &self.next.cluster,
             check,
@@ -1293,6 +1327,15 @@ impl BuiltUpdate {
         &self.next.cluster
     }
 
+    /// Its cluster and the endpoints it made anew for the checks it gives the cluster, checked
+    /// by their first round ([`PreparedUpdate::first_checks`]), if it gives checks: for a plan of
+    /// the same update made again ([`ClusterHandle::prepare_update`]), which reuses them with
+    /// their verdicts.
+    pub fn checked(self) -> Option<(Arc<ClusterHandle>, Endpoints)> {
+        let next = self.next;
+        next.checks_anew.then_some((next.cluster, next.endpoints))
+    }
+
     /// Publishes it and returns the cluster's new version: the cluster takes its config, keeps
     /// the endpoints that stay (and their pools), restarts health work whose config changed.
     /// It does not wait; a change its snapshot misses (a health change since it was planned) is
@@ -1302,6 +1345,9 @@ impl BuiltUpdate {
         cluster.commit(self)
     }
 }
+
+/// Endpoints of a cluster, by address.
+pub(crate) type Endpoints = HashMap<SocketAddr, Arc<Endpoint>>;
 
 /// Clusters by name.
 pub(crate) type ClusterMap = BTreeMap<String, Arc<ClusterHandle>>;
@@ -1548,7 +1594,14 @@ outlier_detection: { consecutive_errors: 2 }";
         };
         let c = cluster(&yaml(3))?;
         let spec = Arc::new(ClusterSpec::from_yaml(&yaml(4))?);
-        let prepared = c.prepare_update(&spec, None, None, &Resolved::new(), c.answers_taken())?;
+        let prepared = c.prepare_update(
+            &spec,
+            None,
+            None,
+            &Resolved::new(),
+            c.answers_taken(),
+            &HashMap::new(),
+        )?;
         assert!(set_one(&c, addr(1), HealthFlags::EJECTED, true));
         let version = prepared.build().commit();
         let snapshot = c.snapshot();
@@ -1596,7 +1649,14 @@ outlier_detection: { consecutive_errors: 2 }";
         )?;
         let next = Arc::new(ClusterSpec::from_yaml(&yaml(2))?);
         let built = c
-            .prepare_update(&next, None, None, &answer(1..=1_000), c.answers_taken())?
+            .prepare_update(
+                &next,
+                None,
+                None,
+                &answer(1..=1_000),
+                c.answers_taken(),
+                &HashMap::new(),
+            )?
             .build();
         // The answer comes while the update builds: endpoint 1 is retired.
         assert!(c.resolve(&answer(2..=1_001)));
@@ -1879,6 +1939,7 @@ health_check: {{ interval: 1s }}"
             None,
             &answer(&[live, refusing]),
             c.answers_taken(),
+            &HashMap::new(),
         )?;
         assert!(prepared.gives_checks());
         // The DNS refresh takes an answer with one more address while the round runs.
@@ -1956,8 +2017,14 @@ health_check: {{ interval: 1s }}"
             &Resolved::new(),
         )?;
         assert_eq!(health_shown(&metrics), ["healthy"]);
-        let dropped =
-            c.prepare_update(&checked, None, None, &Resolved::new(), c.answers_taken())?;
+        let dropped = c.prepare_update(
+            &checked,
+            None,
+            None,
+            &Resolved::new(),
+            c.answers_taken(),
+            &HashMap::new(),
+        )?;
         assert_eq!(
             health_shown(&metrics),
             ["healthy"],
@@ -1975,8 +2042,14 @@ health_check: {{ interval: 1s }}"
             ["healthy"],
             "the running endpoint's series once the update was dropped"
         );
-        let applied =
-            c.prepare_update(&checked, None, None, &Resolved::new(), c.answers_taken())?;
+        let applied = c.prepare_update(
+            &checked,
+            None,
+            None,
+            &Resolved::new(),
+            c.answers_taken(),
+            &HashMap::new(),
+        )?;
         applied.first_checks().await;
         applied.build().commit();
         assert_eq!(health_shown(&metrics), ["failing_active_checks"]);

@@ -2246,8 +2246,9 @@ async fn a_route_edit_applies_while_a_new_cluster_waits_for_its_first_checks() -
 
 /// An update that gives a running cluster health checks holds back no other update during the
 /// first round of its checks either; overtaken by a route edit, it is planned again on top of
-/// it, the cluster's first round run again (with the update lock held), and applies with that
-/// round's verdicts.
+/// it, keeping the endpoints its round checked with their verdicts, and applies as soon as the
+/// round has ended. (Planned again, it ran the round again, holding the update lock: up to the
+/// checks' `timeout`, 60 s here, for it and for every other update behind it.)
 #[tokio::test]
 async fn an_update_giving_checks_overtaken_by_a_route_edit_applies_after_it() -> TestResult {
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -2283,18 +2284,83 @@ clusters:
         !giving.is_finished(),
         "the update giving checks ended before its check was answered"
     );
+    // The check's connection closes: the check fails, the round ends, and the update, planned
+    // again, applies with that verdict.
     drop(first);
-    // Planned again: the cluster's first round again.
-    let (again, _) = tokio::time::timeout(Duration::from_secs(20), silent.accept()).await??;
-    drop(again);
-    tokio::time::timeout(Duration::from_secs(20), giving).await???;
+    let applied = tokio::time::timeout(Duration::from_secs(20), giving).await;
+    assert!(
+        applied.is_ok(),
+        "the overtaken update had not applied 20 s after its round ended: planned again, it ran the round again with the update lock held"
+    );
+    applied???;
     let cluster = proxy.state.clusters.get("c").ok_or("cluster c")?;
     assert!(cluster.checks_actively(), "the update applied");
     let status = cluster.status();
     let endpoint = status.endpoints.iter().find(|e| !e.awaiting_first_check);
     assert!(
         endpoint.is_some_and(|e| e.failing_active_checks),
-        "the endpoint that closed its checks' connections is out of rotation: {:?}",
+        "the endpoint that closed its check's connection is out of rotation: {:?}",
+        status.endpoints
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// An update planned again that needs a round of checks its first plan did not run (the admin
+/// API added, meanwhile, a cluster the update adds: it now gives that running cluster checks)
+/// runs that round without the update lock too: a route edit applies during it, and the update
+/// applies when it ends. (Planned again, it ran the round holding the lock, so the edit, like any
+/// other update, waited for it, up to the checks' `timeout`.)
+#[tokio::test]
+async fn an_update_planned_again_holds_no_other_update_during_the_round_it_runs() -> TestResult {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let silent_addr = silent.local_addr()?;
+    let proxy = start(CONFIG).await?;
+    let cluster = |checks: &str| {
+        format!("{{ name: d, endpoints: [ {{ address: \"{silent_addr}\" }} ]{checks} }}")
+    };
+    let reloaded = Config::from_yaml(&format!(
+        "{CONFIG}  - {}\n",
+        cluster(
+            ", health_check: { interval: 1h, timeout: 60s, probe: { http: { path: /health } } }"
+        )
+    ))?;
+    let reloading = tokio::spawn({
+        let proxy = proxy.clone();
+        async move { proxy.reload(reloaded).await }
+    });
+    // The new cluster's first round.
+    let (first, _) = tokio::time::timeout(Duration::from_secs(20), silent.accept()).await??;
+    let unchecked = crate::config::ClusterSpec::from_yaml(&cluster(""))?;
+    tokio::time::timeout(Duration::from_secs(20), proxy.update_cluster(unchecked)).await??;
+    drop(first);
+    // Planned again, the reload gives the running cluster checks: its endpoints' first round.
+    let (second, _) = tokio::time::timeout(Duration::from_secs(20), silent.accept()).await??;
+    let edit = crate::config::RouteConfigSpec::from_yaml(
+        "{ name: r, routes: [ { match: { metadata: [ { key: method, exact: edited } ] }, route: { cluster: c } } ] }",
+    )?;
+    let edited =
+        tokio::time::timeout(Duration::from_secs(20), proxy.update_route_config(edit)).await;
+    assert!(
+        edited.is_ok(),
+        "the route edit waited for the round of checks of the update planned again"
+    );
+    edited??;
+    assert!(
+        !reloading.is_finished(),
+        "the reload ended before its second round's check was answered"
+    );
+    drop(second);
+    tokio::time::timeout(Duration::from_secs(20), reloading).await???;
+    let cluster = proxy.state.clusters.get("d").ok_or("cluster d")?;
+    assert!(cluster.checks_actively(), "the reload applied");
+    let status = cluster.status();
+    assert!(
+        status
+            .endpoints
+            .first()
+            .is_some_and(|e| !e.awaiting_first_check && e.failing_active_checks),
+        "the endpoint that closed its check's connection is out of rotation: {:?}",
         status.endpoints
     );
     proxy.shutdown().await;

@@ -4,8 +4,8 @@
 //! or fail a request in flight: clusters and route tables are swapped snapshots, listeners are
 //! added, updated and removed one by one, each removed one draining on its own.
 //!
-//! Updates are applied one at a time, under the update lock, except for the first round of
-//! health checks an update waits for (of the clusters it adds or gives checks), which runs
+//! Updates are applied one at a time, under the update lock, except for the rounds of health
+//! checks an update waits for (the first of the clusters it adds or gives checks), which run
 //! without it, other updates applying meanwhile; see [`ProxyState::apply_uncounted`].
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -26,8 +26,8 @@ use super::status::{ResourceId, ResourceKind};
 use super::{ProxyState, ReloadSummary, UpdateError};
 use crate::cluster::dns::{self, SystemResolver};
 use crate::cluster::{
-    self, BuiltUpdate, ClusterHandle, ClusterManager, ClusterMap, PreparedUpdate, Resolved,
-    build_all,
+    self, BuiltUpdate, ClusterHandle, ClusterManager, ClusterMap, Endpoints, PreparedUpdate,
+    Resolved, build_all,
 };
 use crate::config::{
     ClusterEdit, ClusterIndex, ClusterSpec, Config, ConfigError, ListenerSpec, LocalitySpec,
@@ -76,6 +76,20 @@ struct ClusterChange {
     resolved: Resolved,
     /// The answers the running cluster had taken when `resolved` was looked up.
     answers: u64,
+    /// The endpoints a stale plan of the same update made for the checks it gives the cluster,
+    /// and checked ([`Warmed`]).
+    checked: Endpoints,
+}
+
+/// What stale plans of an update warmed, for its next plan to take as it is ([`Tried::Stale`]),
+/// so that each round of checks it waits for checks only what none of them checked.
+#[derive(Default)]
+struct Warmed {
+    /// The clusters they added, their checks running on.
+    clusters: Vec<Arc<ClusterHandle>>,
+    /// The endpoints they made anew for the running clusters they give checks, by cluster,
+    /// with the verdicts of their first round ([`BuiltUpdate::checked`]).
+    endpoints: Vec<(Arc<ClusterHandle>, Endpoints)>,
 }
 
 /// The addresses of the host names of each cluster an update builds or changes, by name.
@@ -181,8 +195,8 @@ enum Tried<'u> {
         Result<(ReloadSummary, Indexes), (UpdateError, Option<ResourceId>)>,
     ),
     /// Another update was applied while this one waited for the first checks of its clusters
-    /// without the lock: it is to be planned again, adopting the clusters it built.
-    Stale(Vec<Arc<ClusterHandle>>),
+    /// without the lock: it is to be planned again, adopting what it warmed.
+    Stale(Warmed),
 }
 
 /// An update planned on the config running when it began ([`ProxyState::plan_update`]).
@@ -202,6 +216,10 @@ struct Plan {
     changed_clusters: Vec<ClusterChange>,
     /// The running clusters the new route tables send to: each may have a subset to build.
     routed_clusters: Vec<Arc<ClusterHandle>>,
+    /// The changed clusters and the rebuilds (see [`Plan::build_clusters`]), prepared by
+    /// [`Plan::prepare_clusters`].
+    prepared_changes: Vec<PreparedUpdate>,
+    prepared_rebuilds: Vec<PreparedUpdate>,
     /// The changed clusters, built by [`Plan::build_clusters`].
     updated_clusters: Vec<BuiltUpdate>,
     /// Clusters a new route table registered a subset of, built again with it.
@@ -221,8 +239,10 @@ struct Plan {
     /// of these addresses (a listener renamed, a port moved to another listener) takes the
     /// socket over, where a bind would fail with the address in use.
     released: BTreeMap<SocketAddr, Arc<TcpListener>>,
-    /// The clusters a stale plan of the same update built and warmed ([`Plan::warmed`]).
-    warmed: Vec<Arc<ClusterHandle>>,
+    /// What stale plans of the same update warmed ([`Plan::warmed`], [`Plan::checked`]).
+    warmed: Warmed,
+    /// The new clusters taken from `warmed`: their first round was waited for.
+    adopted: Vec<Arc<ClusterHandle>>,
 }
 
 impl Plan {
@@ -238,55 +258,55 @@ impl Plan {
         Ok(())
     }
 
-    /// Plans and builds the snapshots the commit publishes: those of the changed clusters, and
-    /// those of the clusters whose subsets the new route tables registered or whose first
-    /// snapshot was left to build (new `ring_hash` and `maglev` clusters). Their tables
-    /// (`ring_hash`, `maglev`: up to 2^20 points, hundreds of milliseconds) are built on a
-    /// blocking thread, not on the one applying the update and serving requests. A changed
-    /// cluster the update gives health checks has the first round of its checks first
+    /// Plans the snapshots the commit publishes ([`Plan::build_clusters`] builds them): those
+    /// of the changed clusters, and those of the clusters whose subsets the new route tables
+    /// registered or whose first snapshot was left to build (new `ring_hash` and `maglev`
+    /// clusters).
+    fn prepare_clusters(&mut self) -> Result<(), ConfigError> {
+        // A changed cluster's update builds its new subsets: a rebuild would publish the config
+        // it replaces.
+        let changed: HashSet<*const ClusterHandle> = self
+            .changed_clusters
+            .iter()
+            .map(|change| Arc::as_ptr(&change.handle))
+            .collect();
+        self.prepared_changes = std::mem::take(&mut self.changed_clusters)
+            .into_iter()
+            .map(|change| {
+                change
+                    .handle
+                    .prepare_update(
+                        &change.spec,
+                        change.codec,
+                        change.local,
+                        &change.resolved,
+                        change.answers,
+                        &change.checked,
+                    )
+                    .map_err(|e| e.within(&format!("clusters[{}]", change.at)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.prepared_rebuilds = self
+            .new_clusters
+            .iter()
+            .chain(&self.routed_clusters)
+            .filter(|handle| !changed.contains(&Arc::as_ptr(handle)) && handle.build_pending())
+            .map(ClusterHandle::prepare_rebuild)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(())
+    }
+
+    /// Builds the snapshots [`Plan::prepare_clusters`] planned. Their tables (`ring_hash`,
+    /// `maglev`: up to 2^20 points, hundreds of milliseconds) are built on a blocking thread,
+    /// not on the one applying the update and serving requests. A changed cluster the update
+    /// gives health checks has the first round of its checks first
     /// ([`PreparedUpdate::first_checks`]), so that its snapshot has their verdicts; dropped at
     /// that wait, the update has changed nothing of the cluster.
     async fn build_clusters(&mut self) -> Result<(), ConfigError> {
-        let (changes, rebuilds) = {
-            // A changed cluster's update builds its new subsets: a rebuild would publish the
-            // config it replaces.
-            let changed: HashSet<*const ClusterHandle> = self
-                .changed_clusters
-                .iter()
-                .map(|change| Arc::as_ptr(&change.handle))
-                .collect();
-            let changes = std::mem::take(&mut self.changed_clusters)
-                .into_iter()
-                .map(|change| {
-                    change
-                        .handle
-                        .prepare_update(
-                            &change.spec,
-                            change.codec,
-                            change.local,
-                            &change.resolved,
-                            change.answers,
-                        )
-                        .map_err(|e| e.within(&format!("clusters[{}]", change.at)))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let rebuilds = self
-                .new_clusters
-                .iter()
-                .chain(&self.routed_clusters)
-                .filter(|handle| !changed.contains(&Arc::as_ptr(handle)) && handle.build_pending())
-                .map(ClusterHandle::prepare_rebuild)
-                .collect::<Result<Vec<_>, _>>()?;
-            (changes, rebuilds)
-        };
-        // A cluster that sends to a listener this update opens is left out (see `warm`): its
-        // endpoints' first checks run once the update is applied.
-        let opening = self.opening();
-        let first_rounds = changes
-            .iter()
-            .filter(|change| {
-                change.gives_checks() && !sends_to(change.checked_addresses(), &opening)
-            })
+        let changes = std::mem::take(&mut self.prepared_changes);
+        let rebuilds = std::mem::take(&mut self.prepared_rebuilds);
+        let first_rounds = self
+            .first_rounds(&changes)
             .map(PreparedUpdate::first_checks);
         until_given_up(futures::future::join_all(first_rounds)).await;
         let changed = changes.len();
@@ -294,6 +314,20 @@ impl Plan {
         self.rebuilt_clusters = built.split_off(changed);
         self.updated_clusters = built;
         Ok(())
+    }
+
+    /// The `changes` whose first round of checks the update waits for: those that give their
+    /// cluster checks and have endpoints to check, but for a cluster that sends to a listener
+    /// this update opens (see [`Plan::warm`]), whose endpoints' first checks run once the update
+    /// is applied.
+    fn first_rounds<'p>(
+        &self,
+        changes: &'p [PreparedUpdate],
+    ) -> impl Iterator<Item = &'p PreparedUpdate> {
+        let opening = self.opening();
+        changes.iter().filter(move |change| {
+            change.awaits_first_checks() && !sends_to(change.checked_addresses(), &opening)
+        })
     }
 
     /// The cluster a stale plan of the same update built as `spec` (speaking `protocol`, for a
@@ -306,24 +340,66 @@ impl Plan {
         protocol: &str,
         local: Option<&LocalitySpec>,
     ) -> Option<Arc<ClusterHandle>> {
-        let at = self
-            .warmed
+        let warmed = &mut self.warmed.clusters;
+        let at = warmed
             .iter()
             .position(|handle| handle.name().as_ref() == spec.name)?;
-        let handle = self.warmed.swap_remove(at);
-        handle.built_from(spec, protocol, local).then_some(handle)
+        let handle = warmed.swap_remove(at);
+        let adopted = handle.built_from(spec, protocol, local);
+        adopted.then(|| {
+            self.adopted.push(handle.clone());
+            handle
+        })
     }
 
-    /// True if it waits for a first round of active health checks ([`Plan::warm`],
-    /// [`PreparedUpdate::first_checks`]): it adds a cluster with checks, or gives a running
-    /// cluster checks.
+    /// The endpoints a stale plan of the same update made and checked for the checks it gives
+    /// the running cluster `handle`, for [`ClusterHandle::prepare_update`] to reuse.
+    fn checked(&mut self, handle: &Arc<ClusterHandle>) -> Endpoints {
+        let endpoints = &mut self.warmed.endpoints;
+        match endpoints.iter().position(|(of, _)| Arc::ptr_eq(of, handle)) {
+            Some(at) => endpoints.swap_remove(at).1,
+            None => Endpoints::new(),
+        }
+    }
+
+    /// True if it waits for a round of active health checks ([`Plan::warm`],
+    /// [`PreparedUpdate::first_checks`]), once its clusters are prepared
+    /// ([`Plan::prepare_clusters`]): it adds a cluster with checks, or gives a running cluster
+    /// checks, whose endpoints no stale plan of the same update checked.
     fn warms(&self) -> bool {
-        self.new_clusters
-            .iter()
-            .any(|handle| handle.checks_actively())
-            || self.changed_clusters.iter().any(|change| {
-                change.spec.health_check.is_some() && !change.handle.checks_actively()
-            })
+        self.warming().any(|handle| handle.checks_actively())
+            || self.first_rounds(&self.prepared_changes).next().is_some()
+    }
+
+    /// What it warmed, for a plan of the same update made again: its new clusters, and the
+    /// endpoints it checked of those it gives checks.
+    fn into_warmed(self) -> Warmed {
+        let endpoints = self.updated_clusters.into_iter();
+        Warmed {
+            clusters: self.new_clusters,
+            endpoints: endpoints.filter_map(BuiltUpdate::checked).collect(),
+        }
+    }
+
+    /// The new clusters [`Plan::warm`] starts and waits for: those not taken from a stale plan
+    /// of the same update (their round was waited for), but those that send to a listener this
+    /// update opens (a proxy chaining to its own listener): their checks could not pass before
+    /// the commit starts serving that listener, and would hold the update for their `timeout`
+    /// to fail. Their checks start with the commit, as an update's new endpoints are checked.
+    fn warming(&self) -> impl Iterator<Item = &Arc<ClusterHandle>> {
+        let opening = self.opening();
+        self.new_clusters.iter().filter(move |handle| {
+            let snapshot = handle.snapshot();
+            let hosts = snapshot.hosts.iter();
+            !self
+                .adopted
+                .iter()
+                .any(|adopted| Arc::ptr_eq(adopted, handle))
+                && !sends_to(
+                    hosts.map(|host| (host.endpoint.address(), host.health_check_port)),
+                    &opening,
+                )
+        })
     }
 
     /// Starts the health checks of the new clusters and waits for the first round of their
@@ -331,8 +407,9 @@ impl Plan {
     /// that each serves its first call with its endpoints checked, as Envoy warms a cluster
     /// before using it. A new `ring_hash` or `maglev` cluster's first snapshot, which the
     /// checks read their endpoints from, is published first: nothing routes to the cluster
-    /// before the commit. A cluster that sends to a listener the update opens is left out (see
-    /// [`sends_to`]). An update its caller gives up at a deadline ([`with_deadline`])
+    /// before the commit. A cluster that sends to a listener the update opens is left out, and
+    /// so is one a stale plan warmed (see [`Plan::warming`]). An update its caller gives up at
+    /// a deadline ([`with_deadline`])
     /// stops waiting by then and publishes, rather than be given up for its checks. Dropped
     /// here, the plan stops the checks with its clusters.
     async fn warm(&mut self) {
@@ -348,23 +425,7 @@ impl Plan {
         for rebuilt in new {
             rebuilt.commit();
         }
-        // A cluster that sends to a listener this update opens (a proxy chaining to its own
-        // listener) is not warmed: its checks could not pass before the commit starts serving
-        // that listener, and would hold the update for their `timeout` to fail. Its checks
-        // start with the commit, as an update's new endpoints are checked.
-        let opening = self.opening();
-        let warmed: Vec<&Arc<ClusterHandle>> = self
-            .new_clusters
-            .iter()
-            .filter(|handle| {
-                let snapshot = handle.snapshot();
-                let hosts = snapshot.hosts.iter();
-                !sends_to(
-                    hosts.map(|host| (host.endpoint.address(), host.health_check_port)),
-                    &opening,
-                )
-            })
-            .collect();
+        let warmed: Vec<&Arc<ClusterHandle>> = self.warming().collect();
         for handle in &warmed {
             handle.start_health();
         }
@@ -479,29 +540,32 @@ impl ProxyState {
     /// checks: see [`Plan::warm`]) runs without the update lock, so that other updates (a route
     /// edit, an xDS push, an admin write) go on meanwhile, as Envoy's warming clusters join when
     /// warmed; the update then applies if no other was applied meanwhile. One was: its plan is
-    /// stale, and it is planned again, `change` made again on what runs now, holding the lock
-    /// throughout this second time, so that a stream of updates cannot hold it back for ever.
+    /// stale, and it is planned again, `change` made again on what runs now, taking what the
+    /// stale plan warmed as it is (its new clusters, their checks running on; the endpoints it
+    /// checked, with their verdicts, see [`Warmed`]). A plan that has nothing left to check
+    /// holds the lock until it applies, so that other updates, however many, hold it back by no
+    /// more than the rounds of checks they make it need (those of endpoints they add to, or
+    /// change in, the clusters it warms, as Envoy warms again a warming cluster updated again);
+    /// one that still has runs that round without the lock too.
     pub(crate) async fn apply_uncounted(
         &self,
         source: Source<'_>,
         mut change: impl FnMut(&mut Layers, &Config) -> Result<(), UpdateError>,
     ) -> Result<ReloadSummary, UpdateError> {
-        let mut warm_unlocked = true;
-        // The clusters a stale plan of this update built and warmed, for the next to adopt.
-        let mut warmed = Vec::new();
+        // What stale plans of this update warmed, for the next to adopt.
+        let mut warmed = Warmed::default();
         loop {
             let updates = self.updates.lock().await;
             let current = self.config.load_full();
             let mut new = updates.layers.clone();
             change(&mut new, &current)?;
             let tried = self
-                .try_apply(&new, updates, &current, source, (warm_unlocked, warmed))
+                .try_apply(&new, updates, &current, source, warmed)
                 .await;
             let (mut updates, result) = match tried {
                 Tried::Done(updates, result) => (updates, result),
-                Tried::Stale(built) => {
-                    warm_unlocked = false;
-                    warmed = built;
+                Tried::Stale(stale) => {
+                    warmed = stale;
                     continue;
                 }
             };
@@ -543,17 +607,17 @@ impl ProxyState {
     }
 
     /// Applies `layers`, made from those `running` guards (the update lock, handed back with
-    /// the outcome); returns the new config's indexes. With `warm_unlocked`, the first round
-    /// of health checks of the clusters it adds or gives checks runs without the lock: stale
-    /// when another update was applied meanwhile. It adopts those of the `warmed` clusters (a
-    /// stale plan's) it adds as they are (see [`Plan::warmed`]).
+    /// the outcome); returns the new config's indexes. The first round of health checks of the
+    /// clusters it adds or gives checks runs without the lock: stale when another update was
+    /// applied meanwhile. It adopts what stale plans of the same update `warmed` as it is (see
+    /// [`Plan::warmed`], [`Plan::checked`]).
     async fn try_apply<'u>(
         &'u self,
         layers: &Layers,
         running: MutexGuard<'u, Updates>,
         current: &Arc<Config>,
         source: Source<'_>,
-        (warm_unlocked, warmed): (bool, Vec<Arc<ClusterHandle>>),
+        warmed: Warmed,
     ) -> Tried<'u> {
         let planned = self
             .plan_update(layers, &running, current, source, warmed)
@@ -573,7 +637,10 @@ impl ProxyState {
             let (err, resource) = composed.locate(err);
             (UpdateError::from(err), resource)
         };
-        let running = if warm_unlocked && plan.warms() {
+        if let Err(err) = plan.prepare_clusters() {
+            return Tried::Done(running, Err(located(err)));
+        }
+        let running = if plan.warms() {
             drop(running);
             let built = plan.build_clusters().await;
             if built.is_ok() {
@@ -581,9 +648,9 @@ impl ProxyState {
             }
             let running = self.updates.lock().await;
             if !Arc::ptr_eq(&self.config.load_full(), current) {
-                // Another update was applied meanwhile: what this one planned is stale; the
-                // clusters it warmed are kept for the next plan, their checks running on.
-                return Tried::Stale(std::mem::take(&mut plan.new_clusters));
+                // Another update was applied meanwhile: what this one planned is stale; what
+                // it warmed is kept for the next plan, the clusters' checks running on.
+                return Tried::Stale(plan.into_warmed());
             }
             if let Err(err) = built {
                 return Tried::Done(running, Err(located(err)));
@@ -632,14 +699,14 @@ impl ProxyState {
 
     /// Plans `layers`, made from those `running` guards, on the `current` config: checks them,
     /// composes them and prepares what they need, published by [`ProxyState::try_apply`];
-    /// adopts those of the `warmed` clusters it adds.
+    /// adopts what stale plans of the same update `warmed`.
     async fn plan_update<'c>(
         &self,
         layers: &Layers,
         running: &Updates,
         current: &'c Config,
         source: Source<'_>,
-        warmed: Vec<Arc<ClusterHandle>>,
+        warmed: Warmed,
     ) -> Result<Planned<'c>, (UpdateError, Option<ResourceId>)> {
         let unlocated = |err: ConfigError| (UpdateError::from(err), None);
         let running_base = &running.layers.base;
@@ -904,6 +971,7 @@ impl ProxyState {
                     handle
                         .check_update(spec, codec.as_ref().map(|(_, c)| c))
                         .map_err(within)?;
+                    let checked = plan.checked(handle);
                     plan.changed_clusters.push(ClusterChange {
                         at: i,
                         handle: handle.clone(),
@@ -912,6 +980,7 @@ impl ProxyState {
                         local: local.cloned(),
                         resolved: resolved(),
                         answers: resolution.map_or_else(|| handle.answers_taken(), |r| r.answers),
+                        checked,
                     });
                 }
             }
