@@ -2,8 +2,8 @@
 //! outlives the cluster snapshots that list it, so that its connections survive updates.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
@@ -167,6 +167,25 @@ impl CheckStreak {
     }
 }
 
+/// When an endpoint's next active health check is due, as the first round of checks of an
+/// update that gives its cluster checks found ([`crate::health::first_round`], run before the
+/// update applies): the checks the update starts check it then, as they would have after a
+/// first check of their own, rather than again at once.
+#[derive(Debug, Default)]
+pub(crate) struct NextCheck(Mutex<Option<tokio::time::Instant>>);
+
+impl NextCheck {
+    /// Sets when the next check is due.
+    pub fn set(&self, due: tokio::time::Instant) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(due);
+    }
+
+    /// When the next check is due, if a first round said so and no checks took it yet.
+    pub fn take(&self) -> Option<tokio::time::Instant> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
 /// One upstream endpoint.
 #[derive(Debug)]
 pub(crate) struct Endpoint {
@@ -175,6 +194,8 @@ pub(crate) struct Endpoint {
     health: HealthFlags,
     /// Its active health checks' streak.
     check_streak: CheckStreak,
+    /// When its next active check is due, as a first round before an update found.
+    next_check: NextCheck,
     active: Gauge,
     total: Counter,
     /// Its cluster's attempts in flight and sent: an attempt moves them with the endpoint's
@@ -206,6 +227,7 @@ impl Endpoint {
                 ..HealthFlags::default()
             },
             check_streak: CheckStreak::default(),
+            next_check: NextCheck::default(),
             rtt: RttEstimate::default(),
             outliers: OutlierCounters::default(),
             scope: None,
@@ -277,6 +299,11 @@ impl Endpoint {
     /// Its active health checks' streak.
     pub fn check_streak(&self) -> &CheckStreak {
         &self.check_streak
+    }
+
+    /// When its next active check is due, if the first round of an update's checks said so.
+    pub fn next_check(&self) -> &NextCheck {
+        &self.next_check
     }
 
     /// Requests in flight to it.

@@ -22,7 +22,9 @@
 //! the streak lives with the endpoint ([`ClusterHandle::keep_check_streaks`]), and the new checker
 //! checks each endpoint at once and counts on from it. An update that gives a cluster checks it
 //! had none of makes its endpoints anew, awaiting their first check, which [`first_round`] runs
-//! before the update is published (Envoy replaces a cluster by one whose first round has ended).
+//! before the update is published (Envoy replaces a cluster by one whose first round has ended);
+//! the checker the update starts goes on from that round, each endpoint's next check due when
+//! that round's check of it says ([`Endpoint::next_check`]), not at once.
 //!
 //! Checks open connections the way the cluster's traffic does (with TLS, handshake and
 //! certificate verification included), to the endpoint's address at its port, or at its
@@ -53,7 +55,7 @@ use metaprotocol_core::{Message, ResponseStatus};
 use tokio_util::sync::CancellationToken;
 
 use super::http::HttpProbe;
-use crate::cluster::{ClusterHandle, Endpoint, HealthFlags};
+use crate::cluster::{ClusterHandle, Endpoint, HealthFlags, Host};
 use crate::config::{HealthCheckSpec, ProbeSpec};
 use crate::router::deadline_after;
 use crate::stats::Counter;
@@ -206,10 +208,6 @@ struct Endpoints {
     initial_jitter: Duration,
 }
 
-/// What a checker needs of a member of the cluster: its health check port, its connector,
-/// whether it awaits its first check, and its streak of checks (passed, failed).
-type Member = (Option<u16>, Connector, bool, (u32, u32));
-
 /// A check that ended: its endpoint's address, the id the endpoint had, and what it found.
 type Ended = (SocketAddr, u64, CheckResult);
 
@@ -239,45 +237,46 @@ impl Endpoints {
 
     /// Takes the cluster's current members: forgets the endpoints that left, and those whose
     /// health check port or connector changed (checked anew, at the new port, the new way),
-    /// and adds those new to it,
-    /// due `now` (plus a random part of `initial_jitter`). A map: the endpoints checked are kept by looking each up in it (a list took
-    /// a hundred million comparisons a round for 10,000 endpoints). An endpoint awaiting its
-    /// first check and not being checked is new, too: it left the cluster and came back
-    /// between two looks.
+    /// and adds those new to it, due `now` (plus a random part of `initial_jitter`), or when
+    /// the first round of the update that started the checker said ([`first_round`]). A map:
+    /// the endpoints checked are kept by looking each up in it (a list took a hundred million
+    /// comparisons a round for 10,000 endpoints). An endpoint awaiting its first check and not
+    /// being checked is new, too: it left the cluster and came back between two looks.
     fn join(&mut self, handle: &ClusterHandle, now: tokio::time::Instant) {
-        let members: HashMap<SocketAddr, Member> = handle
-            .snapshot()
+        let snapshot = handle.snapshot();
+        let members: HashMap<SocketAddr, &Host> = snapshot
             .hosts
             .iter()
-            .map(|h| {
-                let pending = h.endpoint.health().has(HealthFlags::PENDING_ACTIVE_CHECK);
-                let connector = h.endpoint.pool().connector().clone();
-                (
-                    h.endpoint.address(),
-                    (
-                        h.health_check_port,
-                        connector,
-                        pending,
-                        h.endpoint.check_streak().get(),
-                    ),
-                )
-            })
+            .map(|host| (host.endpoint.address(), &**host))
             .collect();
         self.checked.retain(|address, checked| {
-            members
-                .get(address)
-                .is_some_and(|(port, connector, pending, _)| {
-                    *port == checked.port
-                        && connector.same(&checked.connector)
-                        && (checked.in_flight || !pending)
-                })
+            members.get(address).is_some_and(|host| {
+                let pending = host
+                    .endpoint
+                    .health()
+                    .has(HealthFlags::PENDING_ACTIVE_CHECK);
+                host.health_check_port == checked.port
+                    && host.endpoint.pool().connector().same(&checked.connector)
+                    && (checked.in_flight || !pending)
+            })
         });
-        for (&address, (port, connector, _, (passed, failed))) in &members {
-            let port = *port;
+        for (&address, host) in &members {
             if self.checked.contains_key(&address) {
                 continue;
             }
+            let (port, connector) = (host.health_check_port, host.endpoint.pool().connector());
             let prober = self.prober(address, port, connector);
+            // Checked by that first round: its share of the interval was added then.
+            let (next, slot) = match host.endpoint.next_check().take() {
+                Some(due) => (due, None),
+                None => {
+                    let slot = self.next_slot;
+                    self.next_slot = (slot + 1) % SLOTS;
+                    (deadline_after(now, self.first_wait()), Some(slot))
+                }
+            };
+            // Its streak so far: a checker an update restarted goes on from it.
+            let (passed, failed) = host.endpoint.check_streak().get();
             self.next_id += 1;
             self.checked.insert(
                 address,
@@ -285,16 +284,14 @@ impl Endpoints {
                     prober: Arc::new(prober),
                     port,
                     connector: connector.clone(),
-                    slot: Some(self.next_slot),
-                    next: deadline_after(now, self.first_wait()),
+                    slot,
+                    next,
                     id: self.next_id,
                     in_flight: false,
-                    // Its streak so far: a checker an update restarted goes on from it.
-                    passed: *passed,
-                    failed: *failed,
+                    passed,
+                    failed,
                 },
             );
-            self.next_slot = (self.next_slot + 1) % SLOTS;
         }
     }
 
@@ -431,9 +428,11 @@ pub(super) async fn run(
 /// is published: Envoy replaces a cluster by one whose checks have had their first round, and
 /// the endpoints, made anew awaiting their first check, enter rotation on a passed check and
 /// stay out on a failed one, as those of a new cluster do. Each keeps its streak, which the
-/// checker the update starts counts on from. The checks run together, each within `timeout`
-/// after a random part of `initial_jitter`; the endpoints stay awaiting their first check if
-/// no check can run (an HTTP probe that cannot be sent).
+/// checker the update starts counts on from, and when its next check is due, as that checker
+/// would have set it after a first check of its own (the wait its verdict calls for, jittered,
+/// and its share of the interval). The checks run together, each within `timeout` after a
+/// random part of `initial_jitter`; the endpoints stay awaiting their first check if no check
+/// can run (an HTTP probe that cannot be sent).
 pub(crate) async fn first_round(
     cluster: &ClusterHandle,
     spec: &HealthCheckSpec,
@@ -455,7 +454,10 @@ pub(crate) async fn first_round(
             (endpoint, prober.check(spec.timeout).await)
         }
     });
-    for (endpoint, result) in futures::future::join_all(checks).await {
+    let ended = futures::future::join_all(checks).await;
+    let now = tokio::time::Instant::now();
+    let traffic = cluster.stats().rq_total.get() > 0;
+    for (slot, (endpoint, result)) in ended.into_iter().enumerate() {
         stats.count(result);
         let passed = result == CheckResult::Passed;
         let failed = match result {
@@ -464,6 +466,8 @@ pub(crate) async fn first_round(
             CheckResult::Unhealthy => spec.unhealthy_threshold,
         };
         endpoint.check_streak().set(u32::from(passed), failed);
+        let wait = next_wait(spec, passed, passed, traffic, Some(slot % SLOTS));
+        endpoint.next_check().set(deadline_after(now, wait));
         endpoint
             .health()
             .set(HealthFlags::FAILED_ACTIVE_CHECK, !passed);
@@ -532,15 +536,8 @@ fn record(
             healthy.push(address);
         }
         let in_rotation = !verdict.unwrap_or(failing);
-        let wait = spec.wait(result == CheckResult::Passed, in_rotation, traffic);
-        // After its first check, an endpoint's share of the interval spreads the checks of
-        // those that joined with it.
-        let spread = checked
-            .slot
-            .take()
-            .map_or(Duration::ZERO, |slot| wait / SLOTS as u32 * slot as u32);
-        let wait = jittered(wait, spec.interval_jitter_percent, spec.interval_jitter)
-            .saturating_add(spread);
+        let passed = result == CheckResult::Passed;
+        let wait = next_wait(spec, passed, in_rotation, traffic, checked.slot.take());
         checked.next = deadline_after(now, wait);
     }
     handle.keep_check_streaks(&streaks);
@@ -581,6 +578,23 @@ fn verdict(checked: &Checked, spec: &HealthCheckSpec) -> Option<bool> {
     } else {
         None
     }
+}
+
+/// How long after a check that `passed` (or failed) of an endpoint now `in_rotation` (or not)
+/// its next check waits, in a cluster that has sent requests (`traffic`) or not: the interval
+/// that applies ([`HealthCheckSpec::wait`]), jittered, and after the first check of an endpoint
+/// that joined in `slot`, its share of the interval, which spreads the checks of those that
+/// joined with it.
+fn next_wait(
+    spec: &HealthCheckSpec,
+    passed: bool,
+    in_rotation: bool,
+    traffic: bool,
+    slot: Option<usize>,
+) -> Duration {
+    let wait = spec.wait(passed, in_rotation, traffic);
+    let spread = slot.map_or(Duration::ZERO, |slot| wait / SLOTS as u32 * slot as u32);
+    jittered(wait, spec.interval_jitter_percent, spec.interval_jitter).saturating_add(spread)
 }
 
 /// `wait` plus a random part of up to `percent` of it and another of up to `jitter`, as Envoy

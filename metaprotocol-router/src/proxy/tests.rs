@@ -2193,6 +2193,55 @@ clusters:
     Ok(())
 }
 
+/// Endpoints the first round of an update's checks has just checked keep that round's verdicts
+/// once the update applies, and are checked next an `interval` later, as Envoy's warmed cluster
+/// checks on from its first round: the checks the update starts do not check them again at once.
+/// (They checked every endpoint again as they started, right after the round.)
+#[tokio::test]
+async fn endpoints_an_updates_first_round_checked_are_checked_next_an_interval_later() -> TestResult
+{
+    let live = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let live_addr = live.local_addr()?;
+    let cluster = |checks: &str| {
+        format!("{{ name: c, endpoints: [ {{ address: \"{live_addr}\" }} ]{checks} }}")
+    };
+    let config = format!(
+        "
+listeners:
+  - {{ name: front, address: 127.0.0.1:0, protocol: test, route_config: r }}
+route_configs:
+  - {{ name: r, routes: [ {{ route: {{ cluster: c }} }} ] }}
+clusters:
+  - {}
+",
+        cluster("")
+    );
+    let proxy = start(&config).await?;
+    let checked = crate::config::ClusterSpec::from_yaml(&cluster(
+        ", health_check: { interval: 1h, timeout: 10s }",
+    ))?;
+    tokio::time::timeout(Duration::from_secs(20), proxy.update_cluster(checked)).await??;
+    // The first round's check.
+    tokio::time::timeout(Duration::from_secs(20), live.accept()).await??;
+    let again = tokio::time::timeout(Duration::from_millis(500), live.accept()).await;
+    assert!(
+        again.is_err(),
+        "the endpoint the update's first round had just checked was checked again as it applied"
+    );
+    let cluster = proxy.state.clusters.get("c").ok_or("cluster c")?;
+    let status = cluster.status();
+    assert!(
+        status
+            .endpoints
+            .first()
+            .is_some_and(|e| !e.awaiting_first_check && !e.failing_active_checks),
+        "the endpoint that passed its first check is in rotation: {:?}",
+        status.endpoints
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
 /// An update that waits for a new cluster's first round of health checks holds back no other
 /// update: a route edit that comes meanwhile applies at once, and the cluster joins when its
 /// round ends, as Envoy's warming clusters do. (The wait held the update lock, so every other
