@@ -8,7 +8,8 @@
 //! miss answered with a readable `TApplicationException`, one-way calls over the listener's
 //! frame limit passed over and counted, a one-way call under a THeader transform the proxy
 //! cannot undo closing its connection unanswered), routing on the method and on a
-//! THeader header (never on one spelt `service` or `method`), a `request_mutation` header seen by the server and a `response_mutation`
+//! THeader header (never on one spelt `service` or `method`, nor on one Apache Thrift's readers
+//! skip: from a persistent group on), a `request_mutation` header seen by the server and a `response_mutation`
 //! header seen by the client, a framed-binary listener speaking THeader compact upstream,
 //! 60 concurrent clients that all send seqid 0 sharing a couple of upstream connections,
 //! active health checks that call a method of the server, and the policy filters' refusals
@@ -799,6 +800,56 @@ clusters:
             )?,
             r#"{"echo": "Admin"}"#,
             "{protocol}: the header reaches the server"
+        );
+    }
+    Ok(())
+}
+
+/// A THeader header in a persistent (`PKEYVALUE`) group, or in any group after one, is none
+/// that Apache Thrift's Python server hands its handler (its readers stop at that group): it
+/// routes no call, and a `request_mutation` does not make the server read it. Before, the proxy
+/// read `tenant: admin` from such a group, routed the call to `admin`, and rewrote the block
+/// with it among the headers the server reads.
+#[test]
+fn theader_headers_from_a_persistent_group_on_neither_route_nor_reach_the_handler() -> TestResult {
+    let Some(scratch) = prepare("persistent")? else {
+        return Ok(());
+    };
+    for protocol in PROTOCOLS {
+        let open = Server::start("header", protocol, "open", &scratch)?;
+        let admin = Server::start("header", protocol, "admin", &scratch)?;
+        let yaml = format!(
+            r#"
+{ONE_LISTENER}
+      - name: admin-tenant
+        match:
+          metadata:
+            - {{ key: tenant, exact: admin }}
+        route: {{ cluster: admin }}
+        request_mutation: {{ set: {{ x-routed-by: admin-route }} }}
+      - name: greeter
+        match:
+          metadata:
+            - {{ key: method, regex: "^(sayHello|echoHeader)$" }}
+        route: {{ cluster: open }}
+        request_mutation: {{ set: {{ x-routed-by: open-route }} }}
+clusters:
+  - {{ name: open, endpoints: [ {{ address: "{open}" }} ] }}
+  - {{ name: admin, endpoints: [ {{ address: "{admin}" }} ] }}
+"#,
+            open = open.address(),
+            admin = admin.address(),
+        );
+        let proxy = InProcessProxy::start(&yaml)?;
+        let port = proxy.addr("in")?.port();
+        let scenario = ["persistent", "tenant"];
+        let expected = r#"{"echoHeader": "", "sayHello": "Hello, p from open"}"#;
+        let direct = client(open.port, "header", protocol, &scenario, "", &scratch)?;
+        assert_eq!(direct, expected, "{protocol}: the server itself");
+        let proxied = client(port, "header", protocol, &scenario, "", &scratch)?;
+        assert_eq!(
+            proxied, expected,
+            "{protocol}: headers the server never reads routed the call or reached it"
         );
     }
     Ok(())

@@ -740,7 +740,8 @@ impl Found {
         message.variant = self.format.to_variant();
         message.layout = FrameLayout::from(layout);
         message.reject_reason = self.reject_reason;
-        // The metadata is filled in place, its strings sliced from the message's own frame.
+        // The metadata is filled in place, its strings sliced from the message's own frame:
+        // the headers Apache Thrift's servers hand their handlers, not those they skip.
         let (frame, metadata) = (&message.frame, &mut message.metadata);
         if let Some(info) = self.info {
             for info in InfoHeaders::new(frame, info) {

@@ -305,10 +305,11 @@ fn translate(
     })
 }
 
+/// True when the header block of `frame` holds anything a translation to a transport without
+/// headers drops: a header, read or not.
 fn has_info(frame: &[u8], block: &theader::HeaderBlock) -> bool {
-    theader::InfoHeaders::new(frame, block.info.clone())
-        .next()
-        .is_some()
+    let mut headers = theader::InfoHeaders::new(frame, block.info.clone());
+    headers.next().is_some() || !headers.unread().is_empty()
 }
 
 /// Appends one message in `transport`: unframed as is, framed behind its length, THeader behind

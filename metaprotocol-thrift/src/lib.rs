@@ -9,7 +9,9 @@
 //!   `service` (from a `TMultiplexedProtocol` name `Service:method`) and every THeader info
 //!   header but those spelt `service` or `method` (forwarded in the frame as they came, but
 //!   never taken for the call's own: a call that is not multiplexed has no `service`), all
-//!   sliced from the frame; the seqid is the request id. `CALL` is a request,
+//!   sliced from the frame; the seqid is the request id. The info headers are those Apache
+//!   Thrift's readers hand a handler: the `KEYVALUE` groups up to the first group of another
+//!   id (a persistent `PKEYVALUE` one, say), where they stop; the rest is forwarded unread. `CALL` is a request,
 //!   `ONEWAY` a one-way request (forwarded), `REPLY` a response whose status is
 //!   [`ResponseStatus::ApplicationError`](metaprotocol_core::ResponseStatus) when the result
 //!   struct's first field is not field 0 (a declared exception; the value is never decoded),
@@ -32,7 +34,7 @@
 //!   `TBinaryProtocol` with `strictWrite` off sends) is written strict, its header rebuilt: a
 //!   server that reads strictly refuses a lax one by closing the connection other clients'
 //!   calls share, and every binary reader takes a strict one. A mutation rewrites the THeader
-//!   info headers; frames without headers cannot carry one, so they are forwarded unchanged
+//!   info headers read (the rest of the block follows them as it came); frames without headers cannot carry one, so they are forwarded unchanged
 //!   and counted in [`stats::mutations_not_applied`] (logged once).
 //! - **Header blocks** of THeader frames are at most 65,532 bytes (16,383 words), as Apache
 //!   Thrift's C++ and Ruby readers take: they refuse a longer one and close the connection. A

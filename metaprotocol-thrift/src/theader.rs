@@ -5,16 +5,19 @@
 //! header block: varint protocol id, varint transform count, transform ids,
 //!               info headers (varint info id, varint count, count x (key, value)), zero padding
 //! ```
-//! Strings in the block are a varint length and bytes. Info id 1 is `KEYVALUE`, 2 the
-//! persistent `PKEYVALUE`; a `0` starts the padding; other ids end the parse, as Apache
-//! Thrift's own reader does. A block of [`MAX_BLOCK_WORDS`] words at most is written: Apache
-//! Thrift's C++ and Ruby readers refuse a longer one, and close the connection.
+//! Strings in the block are a varint length and bytes. Info id 1 is `KEYVALUE`, the one group
+//! Apache Thrift's readers (C++, Python, Go, Ruby, Node.js) read: any other id ends their parse,
+//! fbthrift's persistent `PKEYVALUE` (2) included, and none of the headers from there on reaches
+//! a handler; a `0` starts the padding. This codec reads a block as they do
+//! ([`InfoHeaders`]), so that routes and policies see the headers a server sees, and forwards
+//! the rest as it came ([`InfoHeaders::unread`]). A block of [`MAX_BLOCK_WORDS`] words at most is
+//! written: Apache Thrift's C++ and Ruby readers refuse a longer one, and close the connection.
 
 use std::borrow::Cow;
 use std::ops::Range;
 
 use bytes::{BufMut, BytesMut};
-use metaprotocol_core::{ByteStr, CodecError, Mutation};
+use metaprotocol_core::{CodecError, Mutation};
 
 use crate::format::Protocol;
 use crate::wire::{Cursor, ReadError, patch, put_varint};
@@ -53,9 +56,10 @@ pub(crate) fn check_frame_len(len: u32) -> Result<(), CodecError> {
     Ok(())
 }
 
-/// Info header group ids.
-pub(crate) const INFO_KEYVALUE: u8 = 1;
-pub(crate) const INFO_PKEYVALUE: u8 = 2;
+/// The info id of a group of key/value headers, the only one Apache Thrift's readers read.
+const INFO_KEYVALUE: u32 = 1;
+/// The info id that starts the padding at the end of a header block.
+const INFO_PADDING: u32 = 0;
 
 /// What the fixed fields and the header block of one THeader frame say.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -166,21 +170,22 @@ pub(crate) fn protocol_id(protocol: Protocol) -> u32 {
     }
 }
 
-/// One info header: its group and where its key and value are.
+/// One info header: where its key and value are.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct InfoHeader {
-    pub(crate) group: u8,
     pub(crate) key: Range<usize>,
     pub(crate) value: Range<usize>,
 }
 
-/// The info headers of a header block, in order.
+/// The info headers of a header block that Apache Thrift's readers read, in order: those of
+/// the `KEYVALUE` groups before the first group of another id. Once it has ended, where the
+/// rest is ([`InfoHeaders::unread`]).
 pub(crate) struct InfoHeaders<'a> {
     cursor: Cursor<'a>,
     end: usize,
-    group: u8,
     left_in_group: u32,
-    failed: bool,
+    unread: Range<usize>,
+    ended: bool,
 }
 
 impl<'a> InfoHeaders<'a> {
@@ -190,10 +195,18 @@ impl<'a> InfoHeaders<'a> {
         Self {
             cursor: Cursor::in_frame(block, info.start),
             end: info.end,
-            group: 0,
             left_in_group: 0,
-            failed: false,
+            unread: info.end..info.end,
+            ended: false,
         }
+    }
+
+    /// Where the part of the block that Apache Thrift's readers skip is, once the headers have
+    /// ended: from the id of the group that ended them (a persistent group, say) to the end of
+    /// the block; empty when they ended at the padding or at the end of the block, after which
+    /// no reader looks.
+    pub(crate) fn unread(&self) -> Range<usize> {
+        self.unread.clone()
     }
 
     fn string(&mut self) -> Result<Range<usize>, ReadError> {
@@ -205,25 +218,23 @@ impl<'a> InfoHeaders<'a> {
 
     fn next_header(&mut self) -> Result<Option<InfoHeader>, ReadError> {
         while self.left_in_group == 0 {
-            if self.cursor.position() >= self.end {
+            let at = self.cursor.position();
+            if at >= self.end {
                 return Ok(None);
             }
             match self.cursor.varint_u32()? {
-                id @ (1 | 2) => {
-                    self.group = id as u8;
-                    self.left_in_group = self.cursor.varint_u32()?;
+                INFO_KEYVALUE => self.left_in_group = self.cursor.varint_u32()?,
+                INFO_PADDING => return Ok(None),
+                _ => {
+                    self.unread = at..self.end;
+                    return Ok(None);
                 }
-                _ => return Ok(None),
             }
         }
         self.left_in_group -= 1;
         let key = self.string()?;
         let value = self.string()?;
-        Ok(Some(InfoHeader {
-            group: self.group,
-            key,
-            value,
-        }))
+        Ok(Some(InfoHeader { key, value }))
     }
 }
 
@@ -231,16 +242,12 @@ impl Iterator for InfoHeaders<'_> {
     type Item = Result<InfoHeader, CodecError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.failed {
+        if self.ended {
             return None;
         }
-        match self.next_header() {
-            Ok(header) => header.map(Ok),
-            Err(error) => {
-                self.failed = true;
-                Some(Err(error.in_complete_frame()))
-            }
-        }
+        let next = self.next_header().transpose();
+        self.ended = !matches!(next, Some(Ok(_)));
+        next.map(|header| header.map_err(ReadError::in_complete_frame))
     }
 }
 
@@ -313,46 +320,39 @@ pub(crate) fn write_prelude(
     Ok(())
 }
 
-/// Writes the original headers minus those the mutation overrides, in their groups, then the
-/// mutation's sets as `KEYVALUE` headers.
+/// Writes one `KEYVALUE` group: the headers Apache Thrift's readers read, minus those the
+/// mutation overrides, then the mutation's sets; then the rest of the block as it came. The
+/// rest is read by no Apache Thrift server, whatever it holds: a header it holds must not
+/// join the group a server reads, where no route or policy saw it.
 fn write_edited(
     dst: &mut BytesMut,
     frame: &[u8],
     info: Range<usize>,
     mutation: &Mutation,
 ) -> Result<(), CodecError> {
-    // The mutation's sets join the plain key/value group; persistent headers keep theirs.
-    let groups: [(u8, &[(ByteStr, ByteStr)]); 2] =
-        [(INFO_KEYVALUE, mutation.sets()), (INFO_PKEYVALUE, &[])];
-    for (group, sets) in groups {
-        let kept = || {
-            InfoHeaders::new(frame, info.clone()).filter(move |header| {
-                header.as_ref().map_or(true, |h| {
-                    h.group == group
-                        && !mutation.overrides(frame.get(h.key.clone()).unwrap_or_default())
-                })
-            })
-        };
-        let mut count = sets.len();
-        for header in kept() {
-            header?;
-            count += 1;
-        }
-        if count == 0 {
-            continue;
-        }
-        put_varint(dst, u64::from(group));
+    let key = |header: &InfoHeader| frame.get(header.key.clone()).unwrap_or_default();
+    let mut headers = InfoHeaders::new(frame, info.clone());
+    let mut count = mutation.sets().len();
+    for header in headers.by_ref() {
+        count += usize::from(!mutation.overrides(key(&header?)));
+    }
+    let unread = frame.get(headers.unread()).unwrap_or_default();
+    if count > 0 {
+        put_varint(dst, u64::from(INFO_KEYVALUE));
         put_varint(dst, count as u64);
-        for header in kept() {
+        for header in InfoHeaders::new(frame, info) {
             let header = header?;
-            put_string(dst, frame.get(header.key).unwrap_or_default());
-            put_string(dst, frame.get(header.value).unwrap_or_default());
+            if !mutation.overrides(key(&header)) {
+                put_string(dst, key(&header));
+                put_string(dst, frame.get(header.value).unwrap_or_default());
+            }
         }
-        for (key, value) in sets {
+        for (key, value) in mutation.sets() {
             put_string(dst, key.as_bytes());
             put_string(dst, value.as_bytes());
         }
     }
+    dst.extend_from_slice(unread);
     Ok(())
 }
 

@@ -35,6 +35,10 @@ Prints one JSON object with the results. Scenarios:
                  Apache Thrift's Python library cannot write, so written by hand with seq 5,
                  its message in the clear), then sayHello("plain") on the same connection;
                  reports the greeting, the exception the call read, or "closed"
+  persistent KEY (THeader) sayHello("p"), then echoHeader(KEY), each written by hand (seqids 1
+                 and 2) with a header block that Apache Thrift's library cannot write:
+                 KEYVALUE {x-trace-id: t1}, PKEYVALUE {KEY: admin}, KEYVALUE {KEY: admin} (its
+                 readers stop at the persistent group); reports the greeting and the echo
   bigheader N    (THeader) sayHello("w1") with a header `big` of N bytes, then sayHello("after")
                  without it on the same connection; reports the exception (or the greeting)
                  and the greeting
@@ -274,6 +278,43 @@ def transform_ping(conn, protocol, transform):
         return {"hello": "closed"}
 
 
+def persistent(conn, protocol, key):
+    def group(info_id, pairs):
+        out = bytes([info_id, len(pairs)])
+        for k, v in pairs:
+            out += bytes([len(k)]) + k + bytes([len(v)]) + v
+        return out
+
+    block = bytes([2 if protocol == "compact" else 0, 0])
+    block += group(1, [(b"x-trace-id", b"t1")])
+    block += group(2, [(key.encode(), b"admin")]) + group(1, [(key.encode(), b"admin")])
+    block += bytes(-len(block) % 4)
+    calls = [
+        ("sayHello", Greeter.sayHello_args(name="p"), Greeter.sayHello_result()),
+        ("echoHeader", Greeter.echoHeader_args(key=key), Greeter.echoHeader_result()),
+    ]
+    out = {}
+    for seqid, (method, args, result) in enumerate(calls, 1):
+        message = TMemoryBuffer()
+        proto = (TCompactProtocol if protocol == "compact" else TBinaryProtocol)(message)
+        proto.writeMessageBegin(method, TMessageType.CALL, seqid)
+        args.write(proto)
+        proto.writeMessageEnd()
+        frame = b"\x0f\xff\x00\x00" + struct.pack(">IH", seqid, len(block) // 4) + block + message.getvalue()
+        conn.trans.write(struct.pack(">I", len(frame)) + frame)
+        conn.trans.flush()
+        _, mtype, _ = conn.proto.readMessageBegin()
+        if mtype == TMessageType.EXCEPTION:
+            e = TApplicationException()
+            e.read(conn.proto)
+            out[method] = app_exception(e)
+        else:
+            result.read(conn.proto)
+            out[method] = result.success
+        conn.proto.readMessageEnd()
+    return out
+
+
 def big_header(conn, size):
     out = {}
     conn.proto.set_header(b"big", b"v" * size)
@@ -385,6 +426,8 @@ def main():
                 out = big_ping(conn, other, int(arg))
             finally:
                 other.close()
+        elif scenario == "persistent":
+            out = persistent(conn, protocol, arg)
         elif scenario == "bigheader":
             out = big_header(conn, int(arg))
         elif scenario == "zlib":
