@@ -436,8 +436,11 @@ fn inflated_call_or_answer(inflated: zlib::Inflated) -> Result<Found, CodecError
 ///
 /// The frame is delimited, so a bad struct is this client's problem alone: it gets a
 /// `BadRequest` reply rather than a forwarded body that the server may answer by closing a
-/// connection that other clients' calls share (or, for bytes after the struct, read as the
-/// start of the next message).
+/// connection that other clients' calls share. Bytes after the struct are refused too, not
+/// dropped: no Apache Thrift client writes them, and its servers disagree on them (its framed
+/// servers read them as the start of the next message, putting the connection out of step;
+/// its C++ and Python THeader servers and its nonblocking ones drop them): no way of passing
+/// them on matches every server, and the client that wrote them is told at once.
 fn check_arguments(
     protocol: Protocol,
     frame: &[u8],

@@ -39,6 +39,9 @@ Prints one JSON object with the results. Scenarios:
                  and 2) with a header block that Apache Thrift's library cannot write:
                  KEYVALUE {x-trace-id: t1}, PKEYVALUE {KEY: admin}, KEYVALUE {KEY: admin} (its
                  readers stop at the persistent group); reports the greeting and the echo
+  trailing N     (framed or THeader) sayHello("t") written by hand with N zero bytes after its
+                 argument struct in its frame, then sayHello("after") on the same connection;
+                 reports the answer (the greeting or the exception) and the greeting
   bigheader N    (THeader) sayHello("w1") with a header `big` of N bytes, then sayHello("after")
                  without it on the same connection; reports the exception (or the greeting)
                  and the greeting
@@ -315,6 +318,29 @@ def persistent(conn, protocol, key):
     return out
 
 
+def trailing(conn, size):
+    proto = conn.proto
+    proto.writeMessageBegin("sayHello", TMessageType.CALL, 3)
+    Greeter.sayHello_args(name="t").write(proto)
+    proto.writeMessageEnd()
+    # The frame's transport (framed, or THeader) frames what is written until the flush.
+    proto.trans.write(bytes(size))
+    proto.trans.flush()
+    out = {}
+    _, mtype, _ = proto.readMessageBegin()
+    if mtype == TMessageType.EXCEPTION:
+        e = TApplicationException()
+        e.read(proto)
+        out["trailing"] = app_exception(e)
+    else:
+        result = Greeter.sayHello_result()
+        result.read(proto)
+        out["trailing"] = result.success
+    proto.readMessageEnd()
+    out["after"] = conn.client.sayHello("after")
+    return out
+
+
 def big_header(conn, size):
     out = {}
     conn.proto.set_header(b"big", b"v" * size)
@@ -428,6 +454,8 @@ def main():
                 other.close()
         elif scenario == "persistent":
             out = persistent(conn, protocol, arg)
+        elif scenario == "trailing":
+            out = trailing(conn, int(arg))
         elif scenario == "bigheader":
             out = big_header(conn, int(arg))
         elif scenario == "zlib":
