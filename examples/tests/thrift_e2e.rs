@@ -97,6 +97,16 @@ fn greeter_routes(cluster: &str) -> String {
     )
 }
 
+/// A config whose listener, `in`, sends the Greeter methods to `server`, the one endpoint of
+/// cluster `upstream`.
+fn to_upstream(server: &Server) -> String {
+    format!(
+        "{ONE_LISTENER}{}\nclusters:\n  - name: upstream\n    endpoints: [ {{ address: \"{}\" }} ]\n",
+        greeter_routes("upstream"),
+        server.address()
+    )
+}
+
 /// The exact JSON of a `basic` client run served by `server`.
 fn basic_result(server: &str) -> String {
     format!(
@@ -176,11 +186,7 @@ fn lax_binary_clients_reach_servers_that_read_strictly() -> TestResult {
             &strict,
             &scratch,
         )?;
-        let yaml = format!(
-            "{ONE_LISTENER}{}\nclusters:\n  - name: upstream\n    endpoints: [ {{ address: \"{}\" }} ]\n",
-            greeter_routes("upstream"),
-            server.address()
-        );
+        let yaml = to_upstream(&server);
         let proxy = InProcessProxy::start(&yaml)?;
         let port = proxy.addr("in")?.port();
         let what = format!("client-lax-{transport}-{}", free_port()?);
@@ -224,11 +230,7 @@ fn theader_calls_under_zlib_are_served_and_one_way_calls_unanswered() -> TestRes
                 &[("THRIFT_WRITE_ZLIB", write_zlib)],
                 &scratch,
             )?;
-            let yaml = format!(
-                "{ONE_LISTENER}{}\nclusters:\n  - name: upstream\n    endpoints: [ {{ address: \"{}\" }} ]\n",
-                greeter_routes("upstream"),
-                server.address()
-            );
+            let yaml = to_upstream(&server);
             let proxy = InProcessProxy::start(&yaml)?;
             let port = proxy.addr("in")?.port();
             let answers = [
@@ -260,11 +262,7 @@ fn a_theader_call_under_zlib_that_does_not_inflate_closes_the_connection() -> Te
     };
     for protocol in PROTOCOLS {
         let server = Server::start("header", protocol, "upstream", &scratch)?;
-        let yaml = format!(
-            "{ONE_LISTENER}{}\nclusters:\n  - name: upstream\n    endpoints: [ {{ address: \"{}\" }} ]\n",
-            greeter_routes("upstream"),
-            server.address()
-        );
+        let yaml = to_upstream(&server);
         let proxy = InProcessProxy::start(&yaml)?;
         let port = proxy.addr("in")?.port();
         let closed = r#"{"answer": "closed"}"#;
@@ -309,11 +307,7 @@ fn a_one_way_call_under_a_transform_not_undone_closes_the_connection() -> TestRe
     const SNAPPY: &str = "3";
     for protocol in PROTOCOLS {
         let server = Server::start("header", protocol, "upstream", &scratch)?;
-        let yaml = format!(
-            "{ONE_LISTENER}{}\nclusters:\n  - name: upstream\n    endpoints: [ {{ address: \"{}\" }} ]\n",
-            greeter_routes("upstream"),
-            server.address()
-        );
+        let yaml = to_upstream(&server);
         let proxy = InProcessProxy::start(&yaml)?;
         let port = proxy.addr("in")?.port();
         let closed = r#"{"hello": "closed"}"#;
@@ -351,11 +345,7 @@ fn a_theader_call_with_a_header_block_servers_refuse_is_answered() -> TestResult
     };
     for protocol in PROTOCOLS {
         let server = Server::start("header", protocol, "upstream", &scratch)?;
-        let yaml = format!(
-            "{ONE_LISTENER}{}\nclusters:\n  - name: upstream\n    endpoints: [ {{ address: \"{}\" }} ]\n",
-            greeter_routes("upstream"),
-            server.address()
-        );
+        let yaml = to_upstream(&server);
         let proxy = InProcessProxy::start(&yaml)?;
         let port = proxy.addr("in")?.port();
         let answer = client(
@@ -870,11 +860,7 @@ fn a_call_with_bytes_after_its_arguments_is_answered_and_its_connection_goes_on(
     for transport in ["framed", "header"] {
         for protocol in PROTOCOLS {
             let server = Server::start(transport, protocol, "upstream", &scratch)?;
-            let yaml = format!(
-                "{ONE_LISTENER}{}\nclusters:\n  - name: upstream\n    endpoints: [ {{ address: \"{}\" }} ]\n",
-                greeter_routes("upstream"),
-                server.address()
-            );
+            let yaml = to_upstream(&server);
             let proxy = InProcessProxy::start(&yaml)?;
             let port = proxy.addr("in")?.port();
             let scenario = ["trailing", "3"];

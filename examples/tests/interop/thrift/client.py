@@ -134,6 +134,21 @@ def basic(conn):
     return out
 
 
+def read_answer(proto, result):
+    """Reads one answer into `result`: its message header (name, type, seqid), and the result's
+    success or the TApplicationException's type and message."""
+    name, mtype, seqid = proto.readMessageBegin()
+    if mtype == TMessageType.EXCEPTION:
+        e = TApplicationException()
+        e.read(proto)
+        value = app_exception(e)
+    else:
+        result.read(proto)
+        value = result.success
+    proto.readMessageEnd()
+    return {"name": name, "mtype": mtype, "seqid": seqid}, value
+
+
 def unknown(conn):
     """Writes a call to `missingMethod` by hand and reads the answer."""
     proto = conn.proto
@@ -205,17 +220,7 @@ def zlib(conn, size, bomb=False):
     Greeter.sayHello_args(name=name).write(proto)
     proto.writeMessageEnd()
     proto.trans.flush()
-    answer_name, mtype, seqid = proto.readMessageBegin()
-    out["zlib_answer"] = {"name": answer_name, "mtype": mtype, "seqid": seqid}
-    if mtype == TMessageType.EXCEPTION:
-        e = TApplicationException()
-        e.read(proto)
-        out["zlib"] = app_exception(e)
-    else:
-        result = Greeter.sayHello_result()
-        result.read(proto)
-        out["zlib"] = result.success
-    proto.readMessageEnd()
+    out["zlib_answer"], out["zlib"] = read_answer(proto, Greeter.sayHello_result())
     # The library has no call that drops a transform: its list of them, emptied.
     proto.trans._write_transforms.clear()
     out["hello"] = conn.client.sayHello("plain")
@@ -306,15 +311,7 @@ def persistent(conn, protocol, key):
         frame = b"\x0f\xff\x00\x00" + struct.pack(">IH", seqid, len(block) // 4) + block + message.getvalue()
         conn.trans.write(struct.pack(">I", len(frame)) + frame)
         conn.trans.flush()
-        _, mtype, _ = conn.proto.readMessageBegin()
-        if mtype == TMessageType.EXCEPTION:
-            e = TApplicationException()
-            e.read(conn.proto)
-            out[method] = app_exception(e)
-        else:
-            result.read(conn.proto)
-            out[method] = result.success
-        conn.proto.readMessageEnd()
+        _, out[method] = read_answer(conn.proto, result)
     return out
 
 
@@ -327,16 +324,7 @@ def trailing(conn, size):
     proto.trans.write(bytes(size))
     proto.trans.flush()
     out = {}
-    _, mtype, _ = proto.readMessageBegin()
-    if mtype == TMessageType.EXCEPTION:
-        e = TApplicationException()
-        e.read(proto)
-        out["trailing"] = app_exception(e)
-    else:
-        result = Greeter.sayHello_result()
-        result.read(proto)
-        out["trailing"] = result.success
-    proto.readMessageEnd()
+    _, out["trailing"] = read_answer(proto, Greeter.sayHello_result())
     out["after"] = conn.client.sayHello("after")
     return out
 
