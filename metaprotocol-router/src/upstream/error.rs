@@ -16,7 +16,8 @@ pub enum UpstreamError {
     ConnectFailed {
         /// The endpoint.
         address: SocketAddr,
-        /// The system's reason.
+        /// The system's reason, or why the endpoint is backing off (one reason shared by the
+        /// requests refused in one pause).
         reason: Arc<str>,
     },
     /// The connection failed or closed before the answer arrived. `sent` is false when no byte

@@ -159,7 +159,42 @@ pub(crate) struct UpstreamPool {
     /// proxy's credentials (bRPC's `ERPCAUTH`): it would refuse every new one, each a connect
     /// and a refusal per call. Reset by an answer that is no refusal.
     refusals: Arc<ConnectBackoff>,
+    /// The reason given the requests refused while the endpoint holds off, made once a pause
+    /// and shared by every request refused in it: a dead endpoint refuses every request sent
+    /// to it, and a reason made for each cost each an allocation.
+    holding_off_reason: ArcSwapOption<HoldOffReason>,
     partitions: Partitions,
+}
+
+/// Why an endpoint opens no connection for now: what its refused requests are told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HoldOff {
+    /// After this many connect failures in a row.
+    ConnectFailures(u32),
+    /// After its server refused the proxy's credentials (or closed a new connection
+    /// unanswered) this many times in a row.
+    CredentialRefusals(u32),
+}
+
+impl std::fmt::Display for HoldOff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ConnectFailures(failures) => {
+                write!(f, "backing off after {failures} failed connect attempts")
+            }
+            Self::CredentialRefusals(refusals) => write!(
+                f,
+                "backing off after the server refused the proxy's credentials (or closed a new connection unanswered) {refusals} times in a row"
+            ),
+        }
+    }
+}
+
+/// The reason made for the requests refused while an endpoint holds off for `cause`.
+#[derive(Debug)]
+struct HoldOffReason {
+    cause: HoldOff,
+    reason: Arc<str>,
 }
 
 impl std::fmt::Debug for UpstreamPool {
@@ -192,6 +227,7 @@ impl UpstreamPool {
             backoff: Arc::new(ConnectBackoff::new()),
             replacements: Arc::new(ConnectBackoff::new()),
             refusals: Arc::new(ConnectBackoff::new()),
+            holding_off_reason: ArcSwapOption::empty(),
             partitions: Partitions::default(),
         }
     }
@@ -348,22 +384,29 @@ impl UpstreamPool {
         self.backoff.active() || self.refusals.active()
     }
 
-    /// The error of a request refused because the endpoint is backing off.
+    /// The error of a request refused because the endpoint is backing off: its reason is the
+    /// one made for the pause, made by the first request refused in it.
     fn backing_off(&self) -> UpstreamError {
-        let reason = if self.backoff.active() {
-            format!(
-                "backing off after {} failed connect attempts",
-                self.backoff.failures()
-            )
+        let cause = if self.backoff.active() {
+            HoldOff::ConnectFailures(self.backoff.failures())
         } else {
-            format!(
-                "backing off after the server refused the proxy's credentials (or closed a new connection unanswered) {} times in a row",
-                self.refusals.failures()
-            )
+            HoldOff::CredentialRefusals(self.refusals.failures())
+        };
+        let reason = match &*self.holding_off_reason.load() {
+            Some(made) if made.cause == cause => Arc::clone(&made.reason),
+            // Requests refused at once on other threads may each make it: one is kept.
+            _ => {
+                let reason: Arc<str> = cause.to_string().into();
+                self.holding_off_reason.store(Some(Arc::new(HoldOffReason {
+                    cause,
+                    reason: Arc::clone(&reason),
+                })));
+                reason
+            }
         };
         UpstreamError::ConnectFailed {
             address: self.address,
-            reason: reason.into(),
+            reason,
         }
     }
 
@@ -570,5 +613,73 @@ mod tests {
             partitions.iter().map(|p| (p.variant, p.worker)).collect();
         assert_eq!(listed.len(), pairs.len(), "{listed:?}");
         assert!(pairs.iter().all(|pair| listed.contains(pair)));
+    }
+
+    /// A request for a pool of one connection, answered by nobody.
+    fn outbound() -> Outbound {
+        Outbound {
+            message: Arc::new(metaprotocol_core::Message::empty()),
+            mutation: Arc::default(),
+            deadline: tokio::time::Instant::now() + Duration::from_secs(60),
+            tells_deadline: false,
+            reply: ReplyTo::none(),
+            placed: false,
+        }
+    }
+
+    /// The reason `pool` gives a request it refuses at once for its backoff; `None` when it
+    /// takes the request (to a new connect: the pause was over).
+    fn refused_for_backoff(pool: &UpstreamPool) -> Option<Arc<str>> {
+        match pool.send(WireVariant::DEFAULT, outbound()) {
+            Err(Rejected {
+                error: UpstreamError::ConnectFailed { reason, .. },
+                ..
+            }) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// The requests an endpoint refuses while it backs off after a failed connect (every
+    /// request sent to it meanwhile) share one reason, made once for the pause: formatted and
+    /// allocated for each, it cost every refused request an allocation.
+    #[tokio::test]
+    async fn requests_refused_during_one_backoff_share_its_reason() -> std::io::Result<()> {
+        let (_refusing, address) = crate::testing::refusing_address()?;
+        let pool = UpstreamPool::new(
+            address,
+            Arc::new(crate::testing::SilentCodec),
+            PoolSettings {
+                connect_timeout: Duration::from_secs(5),
+                connections: 1,
+                idle_timeout: Duration::from_secs(60),
+                frame_timeout: Duration::from_secs(30),
+                max_requests_per_connection: None,
+            },
+            Connector::Plain,
+            ClusterStats::new(&crate::stats::Metrics::new().root()),
+            None,
+        );
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            // Two requests refused one after the other are refused in one pause: one that
+            // found the pause over would have been taken, to a new connect.
+            match (refused_for_backoff(&pool), refused_for_backoff(&pool)) {
+                (Some(first), Some(second)) => {
+                    assert_eq!(first, second);
+                    assert!(
+                        Arc::ptr_eq(&first, &second),
+                        "two requests refused in one pause each had a reason of its own made: {first:?}"
+                    );
+                    return Ok(());
+                }
+                _ => {
+                    assert!(
+                        std::time::Instant::now() < until,
+                        "the endpoint never backed off twice in a row in 20 s"
+                    );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
     }
 }
