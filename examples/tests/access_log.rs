@@ -458,6 +458,37 @@ async fn a_line_shows_the_answers_metadata_and_whose_answer_it_was() -> TestResu
     Ok(())
 }
 
+/// `%UPSTREAM_LOCAL_ADDRESS%` shows the proxy's own address on the connection the call's last
+/// attempt went on, as Envoy's: the one the provider saw the call come from; `-` for a call
+/// whose connection could not be made.
+#[tokio::test]
+async fn a_line_shows_the_upstream_connections_local_address() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let scratch = Scratch::new("access-log-upstream-local")?;
+    let log = scratch.path("upstream.log");
+    let format =
+        "format: \"%REQ(method)% %UPSTREAM_LOCAL_ADDRESS% %UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%\"";
+    let (_dead_socket, dead) = refusing_addr()?;
+    let yaml = config(&listener("in", &log, format), provider.address(), dead);
+    let proxy = start_engine(&yaml).await?;
+    let mut socket = TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
+    call(&mut socket, &dubbo_request(1, "sayHello", &[])).await?;
+    let failure = call(&mut socket, &dubbo_request(2, "sayBye", &[])).await?;
+    assert_eq!(failure[3], 80, "no connection to the dead cluster");
+    let seen = provider.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let from = seen[0].peer;
+    assert_eq!(
+        file_lines(&log, 2).await?,
+        [
+            format!("sayHello {from} {}", from.ip()),
+            "sayBye - -".into()
+        ]
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
 /// Istio's default access log format (`meshConfig.accessLogFormat` unset), pasted as YAML the way
 /// a mesh's config has it (a block ending in a newline), loads and writes one line a call, saying
 /// why each call got its answer (`%RESPONSE_CODE_DETAILS%`): the upstream's, the rbac policy that
@@ -543,6 +574,12 @@ async fn istios_default_format_says_why_each_call_got_its_answer() -> TestResult
     // `%RESPONSE_CODE%`, as Aeraki's: the upstream's answer, then the proxy's own.
     let codes: Vec<&str> = fields.iter().map(|fields| fields[3]).collect();
     assert_eq!(codes, ["0", "1", "1"], "{logged:?}");
+    // `%UPSTREAM_LOCAL_ADDRESS%`: the proxy's address on the provider's connection, which
+    // the provider saw the call come from; none where no connection took the call.
+    let from = provider.seen().first().map(|seen| seen.peer.to_string());
+    let local: Vec<&str> = fields.iter().map(|fields| fields[18]).collect();
+    assert_eq!(local[0], from.as_deref().unwrap_or("?"), "{logged:?}");
+    assert_eq!(local[1..], ["-", "-"], "{logged:?}");
     assert_eq!(fields[0][7], "\"-\"", "{}", logged[0]);
     assert_eq!(fields[1][7], "\"-\"", "{}", logged[1]);
     // Refused; or, when the resend found the endpoint backing off after that, the backoff.

@@ -35,6 +35,8 @@ pub struct SeenRequest {
     pub metadata: Metadata,
     /// The connection it came on: 0 for the provider's first connection, 1 for the next ...
     pub connection: usize,
+    /// The address that connection came from.
+    pub peer: SocketAddr,
 }
 
 struct State {
@@ -138,16 +140,22 @@ impl Drop for DemoProvider {
 
 async fn accept_loop(listener: TcpListener, codec: Arc<dyn CodecFactory>, state: Arc<State>) {
     let mut connections = tokio::task::JoinSet::new();
-    while let Ok((stream, _)) = listener.accept().await {
+    while let Ok((stream, peer)) = listener.accept().await {
         let connection = state.connections.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
-        connections.spawn(serve(stream, connection, codec.clone(), state.clone()));
+        connections.spawn(serve(
+            stream,
+            (connection, peer),
+            codec.clone(),
+            state.clone(),
+        ));
     }
 }
 
+/// Serves `stream`, the provider's connection number `connection` from `peer`.
 async fn serve(
     stream: TcpStream,
-    connection: usize,
+    (connection, peer): (usize, SocketAddr),
     codec: Arc<dyn CodecFactory>,
     state: Arc<State>,
 ) {
@@ -171,6 +179,7 @@ async fn serve(
                     kind: message.kind,
                     metadata: message.metadata.clone(),
                     connection,
+                    peer,
                 });
             }
             match message.kind {

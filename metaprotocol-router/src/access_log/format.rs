@@ -36,6 +36,9 @@ enum Operator {
     UpstreamCluster,
     UpstreamHost,
     UpstreamHostWithoutPort,
+    /// The proxy's address on the connection the last attempt went on.
+    UpstreamLocalAddress,
+    UpstreamLocalAddressWithoutPort,
     Outcome,
     ResponseFlags,
     /// Why the call got the answer it got, in Envoy's `%RESPONSE_CODE_DETAILS%` words.
@@ -138,9 +141,11 @@ const OPERATORS: [(&str, Operator); 36] = [
         "UPSTREAM_TRANSPORT_FAILURE_REASON",
         Operator::UpstreamTransportFailureReason,
     ),
-    // Not recorded: an upstream connection's own address is not kept with its calls.
-    ("UPSTREAM_LOCAL_ADDRESS", Operator::Absent),
-    ("UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT", Operator::Absent),
+    ("UPSTREAM_LOCAL_ADDRESS", Operator::UpstreamLocalAddress),
+    (
+        "UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT",
+        Operator::UpstreamLocalAddressWithoutPort,
+    ),
 ];
 
 /// The namespaces of Envoy's rbac filters' dynamic metadata, which the `rbac` filters' decisions
@@ -215,6 +220,8 @@ pub(crate) struct LogFormat {
     shows_refusals: bool,
     /// The format shows why an upstream connection could not be made.
     shows_transport_failure: bool,
+    /// The format shows the proxy's address on the connection of the last attempt.
+    shows_upstream_local_address: bool,
 }
 
 #[derive(Debug)]
@@ -437,6 +444,12 @@ impl LogFormat {
             shows_authorization: shows(shows_decisions),
             shows_refusals: shows(|op| *op == Operator::ResponseCodeDetails),
             shows_transport_failure: shows(|op| *op == Operator::UpstreamTransportFailureReason),
+            shows_upstream_local_address: shows(|op| {
+                matches!(
+                    op,
+                    Operator::UpstreamLocalAddress | Operator::UpstreamLocalAddressWithoutPort
+                )
+            }),
             layout,
             keys,
         }
@@ -469,6 +482,12 @@ impl LogFormat {
     /// (`%UPSTREAM_TRANSPORT_FAILURE_REASON%`).
     pub fn shows_transport_failure(&self) -> bool {
         self.shows_transport_failure
+    }
+
+    /// True if the format shows the proxy's address on the connection of a call's last attempt
+    /// (`%UPSTREAM_LOCAL_ADDRESS%`).
+    pub fn shows_upstream_local_address(&self) -> bool {
+        self.shows_upstream_local_address
     }
 
     /// Appends `entry`'s line (with its newline) to `out`.
@@ -586,6 +605,10 @@ fn value<'a>(op: &Operator, entry: &'a LogEntry) -> Value<'a> {
         Operator::UpstreamCluster => text(entry.cluster.as_deref()),
         Operator::UpstreamHost => entry.endpoint.map_or(Value::None, address),
         Operator::UpstreamHostWithoutPort => entry.endpoint.map_or(Value::None, ip),
+        Operator::UpstreamLocalAddress => entry.upstream_local_address.map_or(Value::None, address),
+        Operator::UpstreamLocalAddressWithoutPort => {
+            entry.upstream_local_address.map_or(Value::None, ip)
+        }
         Operator::Outcome => Value::Text(Borrowed(entry.outcome.name())),
         Operator::ResponseFlags => Value::Text(Owned(entry.flags.to_string())),
         Operator::ResponseCodeDetails => response_code_details(entry),
@@ -1149,6 +1172,28 @@ mod tests {
         format.write(&entry, &mut line);
         format.write(&LogEntry::for_test(), &mut line);
         assert_eq!(line, "\"Connection_refused_(os_error_111)\"\n\"-\"\n");
+        Ok(())
+    }
+
+    /// `%UPSTREAM_LOCAL_ADDRESS%` shows the proxy's address on the connection of the call's last
+    /// attempt, with or without its port; a format that does not show it does not ask the
+    /// router to keep the connection.
+    #[test]
+    fn the_upstream_connections_local_address_shows() -> Result<(), String> {
+        let format =
+            LogFormat::text("%UPSTREAM_LOCAL_ADDRESS% %UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%")?;
+        assert!(format.shows_upstream_local_address());
+        assert!(!LogFormat::text(TEXT)?.shows_upstream_local_address());
+        assert!(!LogFormat::json(JSON)?.shows_upstream_local_address());
+        assert!(LogFormat::text(ISTIO_TEXT)?.shows_upstream_local_address());
+        let entry = LogEntry {
+            upstream_local_address: Some(SocketAddr::from(([10, 0, 0, 2], 41000))),
+            ..LogEntry::for_test()
+        };
+        let mut line = String::new();
+        format.write(&entry, &mut line);
+        format.write(&LogEntry::for_test(), &mut line);
+        assert_eq!(line, "10.0.0.2:41000 10.0.0.2\n- -\n");
         Ok(())
     }
 

@@ -25,7 +25,7 @@ pub(crate) use self::format::{check as check_format, rfc3339};
 use self::sink::Sink;
 pub(crate) use self::sink::Sinks;
 use crate::config::{AccessLogSpec, ConfigError};
-use crate::router::TransportFailure;
+use crate::router::{KeptForLog, Routed, TransportFailure};
 use crate::stats::Counter;
 use crate::stats::{MetricsScope, OUTCOMES, RequestOutcome};
 
@@ -39,6 +39,9 @@ pub(crate) struct LogEntry {
     route: Option<Arc<str>>,
     cluster: Option<Arc<str>>,
     endpoint: Option<SocketAddr>,
+    /// The proxy's address on the connection the last attempt went on (left empty when the
+    /// format does not show it).
+    upstream_local_address: Option<SocketAddr>,
     outcome: RequestOutcome,
     flags: ResponseFlags,
     /// The upstream answered (the outcome alone does not tell a one-way call sent from a call
@@ -74,6 +77,7 @@ impl LogEntry {
             route: None,
             cluster: None,
             endpoint: None,
+            upstream_local_address: None,
             outcome: RequestOutcome::SUCCESS,
             flags: ResponseFlags::default(),
             answered: false,
@@ -176,19 +180,24 @@ impl AccessLogger {
         self.format.shows_refusals()
     }
 
-    /// True if the lines show why an upstream connection could not be made, which the router
-    /// then keeps in the record of a request that failed so.
-    pub fn shows_transport_failure(&self) -> bool {
-        self.format.shows_transport_failure()
+    /// What the router keeps of a request's attempts for these lines: why the last attempt's
+    /// connection could not be made, and the connection it went on, each only if the lines
+    /// show it.
+    pub fn kept_by_router(&self) -> KeptForLog {
+        KeptForLog {
+            transport_failure: self.format.shows_transport_failure(),
+            upstream_local_address: self.format.shows_upstream_local_address(),
+        }
     }
 
-    /// Logs a finished request, given the upstream's `response` it was answered with, if any
-    /// (when its outcome is sampled).
+    /// Logs a finished request, given the upstream's `response` it was answered with, if any,
+    /// and its router, if it was routed (when its outcome is sampled).
     pub fn log(
         &self,
         request: &Message,
         response: Option<&Message>,
         record: &RequestRecord,
+        routed: Option<&Routed>,
         outcome: RequestOutcome,
         trace_id: Option<u128>,
     ) {
@@ -205,6 +214,8 @@ impl AccessLogger {
             route: record.route.clone(),
             cluster: record.cluster.clone(),
             endpoint: record.endpoint,
+            // Kept by the router only when the format shows it.
+            upstream_local_address: routed.and_then(Routed::upstream_local_address),
             outcome,
             flags: record.outcome.flags,
             answered: record.outcome.status.is_some(),

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::CallError;
 use crate::route::RouteTable;
-use crate::router::{self, Direction, Next, Routed};
+use crate::router::{self, Direction, KeptForLog, Next, Routed};
 use crate::stats::ListenerStats;
 use crate::upstream::{AttemptResult, ReplyTo, UpstreamError};
 
@@ -144,7 +144,7 @@ pub(super) async fn call(ctx: &CallContext, request: Message) -> Result<Message,
         &mut call.record,
         &mut (),
         Instant::now(),
-        false,
+        KeptForLog::default(),
     );
     let mut routed = match routed {
         Ok(routed) => routed,

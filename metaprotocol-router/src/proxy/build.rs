@@ -125,9 +125,10 @@ impl Builder<'_> {
             .transpose()
             .map_err(|e| e.within("access_log"))?;
         let filters = self.filter_chain(&name, &scope, &spec.filters, access_log.as_ref())?;
-        let logs_transport_failure = access_log
+        let kept_for_log = access_log
             .as_ref()
-            .is_some_and(AccessLogger::shows_transport_failure);
+            .map(AccessLogger::kept_by_router)
+            .unwrap_or_default();
         let tracer = spec
             .tracing
             .as_ref()
@@ -157,7 +158,7 @@ impl Builder<'_> {
             filters,
             scope,
             access_log,
-            logs_transport_failure,
+            kept_for_log,
             tracer,
             istio,
             idle_timeout: spec

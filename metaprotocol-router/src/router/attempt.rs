@@ -7,9 +7,10 @@ use std::sync::Arc;
 use metaprotocol_core::{Message, Mutation};
 use tokio::time::Instant;
 
+use super::timeout::SendDeadline;
 use crate::cluster::{ActiveRequest, Breaker, Endpoint, Host, PendingPlace, RequestPlace};
 use crate::route::Target;
-use crate::upstream::{Outbound, Rejected, ReplyTo, UpstreamError};
+use crate::upstream::{ConnectionHandle, Outbound, Rejected, ReplyTo, UpstreamError};
 
 /// An attempt in flight.
 #[derive(Debug)]
@@ -82,43 +83,47 @@ pub(crate) fn pick(
 }
 
 /// Queues `request` on `endpoint` with `mutation`, to be answered through `reply` by
-/// `deadline` (its server told what is left of it if `tells_deadline`), holding `place` while it
-/// waits in a connection's queue; a refusal hands the request back (it was not sent).
+/// `deadline` (its server told what is left of it if it says so), holding `place` while it
+/// waits in a connection's queue, and tells `queued_on` the connection that took it; a refusal
+/// hands the request back (it was not sent).
 // The refused request comes back whole, without an allocation (see `UpstreamPool::send`).
 #[allow(clippy::result_large_err)]
 pub(crate) fn send(
     endpoint: &Endpoint,
     request: &Arc<Message>,
     mutation: Arc<Mutation>,
-    deadline: Instant,
-    tells_deadline: bool,
+    deadline: SendDeadline,
     reply: ReplyTo,
     place: Option<PendingPlace<'_>>,
+    queued_on: impl FnOnce(&ConnectionHandle),
 ) -> Result<(), Rejected> {
     let pool = endpoint.pool();
     let variant = pool.codec().upstream_variant(request);
     let placed = place.is_some_and(|p| p.hand_over(pool.breakers()));
-    pool.send(
+    pool.send_telling(
         variant,
         Outbound {
             message: request.clone(),
             mutation,
-            deadline,
-            tells_deadline,
+            deadline: deadline.at,
+            tells_deadline: deadline.told,
             reply,
             placed,
         },
+        queued_on,
     )
 }
 
 /// Takes the attempt's places under the cluster's breakers, picks an endpoint of `target` and
-/// queues `request` on it, with the mutation `mutation` makes for the endpoint picked.
+/// queues `request` on it, with the mutation `mutation` makes for the endpoint picked, telling
+/// `queued_on` the connection that took it.
 pub(crate) fn start(
     target: &Target,
     request: &Arc<Message>,
     mutation: impl FnOnce(SocketAddr) -> Arc<Mutation>,
     spec: AttemptSpec<'_>,
     reply: ReplyTo,
+    queued_on: impl FnOnce(&ConnectionHandle),
 ) -> Started {
     let admission = match target.cluster.breakers().admit(target.cluster.stats()) {
         Ok(admission) => admission,
@@ -136,14 +141,18 @@ pub(crate) fn start(
         return Started::NoEndpoint;
     };
     let endpoint = active.endpoint();
+    let deadline = SendDeadline {
+        at: deadline,
+        told: tells_deadline,
+    };
     match send(
         endpoint,
         request,
         mutation(endpoint.address()),
         deadline,
-        tells_deadline,
         reply,
         admission.pending,
+        queued_on,
     ) {
         Ok(()) => Started::Sent(Attempt {
             number,
@@ -313,7 +322,7 @@ circuit_breakers: { max_requests: 2, max_pending_requests: 1000000 }",
             now,
         };
         let mutation = Arc::new(Mutation::default());
-        start(target, request, |_| mutation, spec, ReplyTo::none())
+        start(target, request, |_| mutation, spec, ReplyTo::none(), |_| {})
     }
 
     /// An update sets `max_requests: 4` on a cluster that had no limit, with six attempts in

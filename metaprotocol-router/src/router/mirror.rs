@@ -111,10 +111,10 @@ impl MirrorPolicy {
             &endpoint,
             request,
             mutation,
-            deadline.at,
-            deadline.told,
+            deadline,
             reply,
             admission.pending,
+            |_| {},
         );
     }
 }

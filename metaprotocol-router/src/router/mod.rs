@@ -40,7 +40,7 @@ use self::timeout::{DeadlineOwner, SendDeadline};
 pub(crate) use self::timeout::{after as deadline_after, filter_wait_deadline};
 use crate::cluster::{Breaker, ClusterHandle, Host, RetryRefusal};
 use crate::route::{Route, RouteAction, RouteTable, Target, TemplateContext};
-use crate::upstream::{AttemptResult, ReplyTo, UpstreamError};
+use crate::upstream::{AttemptResult, LocalAddress, ReplyTo, UpstreamError};
 
 /// How many times a request that never reached a server is sent again without spending its
 /// route's `num_retries` (`Routed::may_resend` says when): enough for a few endpoints failing
@@ -117,6 +117,18 @@ impl AttemptObserver for () {
     fn attempt_ended(&mut self, _: u32, _: Option<&AttemptOutcome>, _: Instant) {}
 }
 
+/// What the router keeps of a request's attempts for its listener's access log, beyond what
+/// every request records: each costs the request path, and is kept only for a log that shows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct KeptForLog {
+    /// Why the last attempt's connection could not be made, when that failed the request
+    /// ([`TransportFailure`], in its record: two allocations).
+    pub transport_failure: bool,
+    /// The connection the last attempt went on, for its local address
+    /// ([`Routed::upstream_local_address`]: a reference count a request).
+    pub upstream_local_address: bool,
+}
+
 /// What the connection waits for next.
 #[derive(Debug)]
 pub(crate) enum Next {
@@ -160,9 +172,10 @@ pub(crate) struct Routed {
     idempotent: bool,
     /// The retry in flight, counted against the cluster's retry budget until its attempt ends.
     grant: Option<RetryGrant>,
-    /// The listener's access log shows why a connection could not be made: a request that
-    /// failed so keeps the reason in its record ([`TransportFailure`]).
-    keeps_transport_failure: bool,
+    /// What its attempts keep for the listener's access log.
+    kept: KeptForLog,
+    /// The connection the last attempt went on, when [`KeptForLog::upstream_local_address`].
+    connection: Option<LocalAddress>,
 }
 
 /// Why a request was not routed: the local reply it gets (already recorded), and the route it
@@ -255,9 +268,8 @@ pub(crate) fn filters_timed_out(direction: Direction, record: &mut RequestRecord
 
 /// Routes `request` with `table`: the first matching route, then its target; copies it to the
 /// route's mirror (as `observer` sees it). `filter_mutation` is what request filters added. On
-/// failure (and for a route that answers itself) the error is recorded and returned. With
-/// `keeps_transport_failure` (the listener's access log shows it), a request whose last
-/// attempt's connection could not be made keeps the reason in its record.
+/// failure (and for a route that answers itself) the error is recorded and returned. Its
+/// attempts keep what `kept` says for the listener's access log.
 pub(crate) fn route(
     table: Arc<RouteTable>,
     request: &Arc<Message>,
@@ -265,7 +277,7 @@ pub(crate) fn route(
     record: &mut RequestRecord,
     observer: &mut impl AttemptObserver,
     now: Instant,
-    keeps_transport_failure: bool,
+    kept: KeptForLog,
 ) -> Result<Routed, Unrouted> {
     let view = RoutingView {
         metadata: &request.metadata,
@@ -368,7 +380,8 @@ pub(crate) fn route(
         host: None,
         idempotent,
         grant: None,
-        keeps_transport_failure,
+        kept,
+        connection: None,
     })
 }
 
@@ -417,6 +430,13 @@ impl Routed {
         }
     }
 
+    /// The proxy's address on the connection the last attempt went on, once that connection is
+    /// open; `None` unless [`KeptForLog::upstream_local_address`], or when no connection took
+    /// the attempt (it could not be made, the endpoint was backing off).
+    pub fn upstream_local_address(&self) -> Option<SocketAddr> {
+        self.connection.as_ref()?.get()
+    }
+
     /// Sends a one-way request: done once queued. On failure the error is recorded.
     pub fn send_oneway(
         &mut self,
@@ -440,13 +460,8 @@ impl Routed {
             tells_deadline: timeout::tells_deadline(self.owner, 1, self.deadline, self.deadline),
             now,
         };
-        let started = attempt::start(
-            &self.target,
-            request,
-            |endpoint| observer.attempt_started(1, endpoint, &self.mutation, now),
-            spec,
-            ReplyTo::none(),
-        );
+        let (started, connection) = self.start(request, 1, spec, ReplyTo::none(), observer);
+        self.connection = connection;
         match started {
             Started::Sent(attempt) => {
                 record.endpoint = Some(attempt.endpoint());
@@ -502,13 +517,8 @@ impl Routed {
             tells_deadline: timeout::tells_deadline(self.owner, number, deadline, self.deadline),
             now,
         };
-        let started = attempt::start(
-            &self.target,
-            request,
-            |endpoint| observer.attempt_started(number, endpoint, &self.mutation, now),
-            spec,
-            reply(number),
-        );
+        let (started, connection) = self.start(request, number, spec, reply(number), observer);
+        self.connection = connection;
         match started {
             Started::Sent(attempt) => {
                 record.endpoint = Some(attempt.endpoint());
@@ -526,6 +536,34 @@ impl Routed {
             Started::NoEndpoint => Next::Fail(self.no_endpoint(record)),
             Started::Overflow(breaker) => Next::Fail(self.overflow(breaker, record)),
         }
+    }
+
+    /// Starts attempt `number` of `request` by `spec`, as `observer` sees it, to be answered
+    /// through `reply`; with it, the connection that took it, when the listener's log shows its
+    /// address (the last attempt's, whatever becomes of it: none when no connection took it).
+    fn start(
+        &self,
+        request: &Arc<Message>,
+        number: u32,
+        spec: AttemptSpec<'_>,
+        reply: ReplyTo,
+        observer: &mut impl AttemptObserver,
+    ) -> (Started, Option<LocalAddress>) {
+        let now = spec.now;
+        let mut connection = None;
+        let started = attempt::start(
+            &self.target,
+            request,
+            |endpoint| observer.attempt_started(number, endpoint, &self.mutation, now),
+            spec,
+            reply,
+            |queued_on| {
+                if self.kept.upstream_local_address {
+                    connection = Some(queued_on.local_address());
+                }
+            },
+        );
+        (started, connection)
     }
 
     /// The answer of attempt `number` arrived (an error when it failed or its per-try deadline
@@ -776,7 +814,7 @@ impl Routed {
         record.set_local_reply(reply.kind, outcome.flags());
         // Kept only for a log that shows it: the record's extensions cost two allocations.
         if let Some(UpstreamError::ConnectFailed { reason, .. }) = error
-            && self.keeps_transport_failure
+            && self.kept.transport_failure
         {
             record
                 .extensions
@@ -847,14 +885,14 @@ pub(crate) mod tests {
         cluster: &str,
         routes: &str,
     ) -> Result<(Arc<ClusterHandle>, Routed, RequestRecord), ConfigError> {
-        routed_keeping(cluster, routes, false)
+        routed_keeping(cluster, routes, KeptForLog::default())
     }
 
-    /// [`routed_with`], keeping why a connection could not be made when `keeps_transport_failure`.
+    /// [`routed_with`], its attempts keeping what `kept` says for the access log.
     fn routed_keeping(
         cluster: &str,
         routes: &str,
-        keeps_transport_failure: bool,
+        kept: KeptForLog,
     ) -> Result<(Arc<ClusterHandle>, Routed, RequestRecord), ConfigError> {
         let cluster = crate::cluster::tests::cluster(cluster)?;
         let clusters = ClusterManager::default();
@@ -872,7 +910,7 @@ pub(crate) mod tests {
             &mut record,
             &mut (),
             Instant::now(),
-            keeps_transport_failure,
+            kept,
         ) else {
             return Err(ConfigError::new("routes", "the request was not routed"));
         };
@@ -886,10 +924,14 @@ pub(crate) mod tests {
     async fn why_a_connection_failed_is_kept_only_for_a_log_that_shows_it()
     -> Result<(), ConfigError> {
         for keeps in [false, true] {
+            let kept = KeptForLog {
+                transport_failure: keeps,
+                ..KeptForLog::default()
+            };
             let (_cluster, mut routed, mut record) = routed_keeping(
                 "name: c\nendpoints: [ { address: 127.0.0.1:1 } ]",
                 "name: r\nroutes: [ { route: { cluster: c } } ]",
-                keeps,
+                kept,
             )?;
             let request = Arc::new(Message::new(MessageKind::Request, 1, Bytes::new()));
             let now = Instant::now();
@@ -900,6 +942,36 @@ pub(crate) mod tests {
             let kept = record.extensions.get::<TransportFailure>();
             assert_eq!(kept.map(|failure| &*failure.0), keeps.then_some("refused"));
             assert_eq!(record.extensions.is_empty(), !keeps, "keeps: {keeps}");
+        }
+        Ok(())
+    }
+
+    /// A request keeps the connection its attempt went on (for the access log's
+    /// `%UPSTREAM_LOCAL_ADDRESS%`) only when its listener's access log shows it: keeping it
+    /// costs a reference count a request.
+    #[tokio::test]
+    async fn the_connection_of_an_attempt_is_kept_only_for_a_log_that_shows_its_address()
+    -> Result<(), ConfigError> {
+        for keeps in [false, true] {
+            let kept = KeptForLog {
+                upstream_local_address: keeps,
+                ..KeptForLog::default()
+            };
+            let (_cluster, mut routed, mut record) = routed_keeping(
+                "name: c\nendpoints: [ { address: 127.0.0.1:1 } ]",
+                "name: r\nroutes: [ { route: { cluster: c } } ]",
+                kept,
+            )?;
+            let request = Arc::new(Message::new(MessageKind::Request, 1, Bytes::new()));
+            let next = routed.attempt(
+                &request,
+                |_| ReplyTo::none(),
+                &mut record,
+                &mut (),
+                Instant::now(),
+            );
+            assert!(matches!(next, Next::Answer { .. }));
+            assert_eq!(routed.connection.is_some(), keeps, "keeps: {keeps}");
         }
         Ok(())
     }

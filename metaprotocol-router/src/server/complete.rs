@@ -39,7 +39,7 @@ pub(crate) fn complete(
     }
     if let Some(access_log) = &ctx.access_log {
         let trace_id = span.as_ref().map(|span| span.trace_id());
-        access_log.log(request, response, record, outcome, trace_id);
+        access_log.log(request, response, record, routed, outcome, trace_id);
     }
     if let (Some(tracer), Some(span)) = (&ctx.tracer, span) {
         tracer.finish(span, request, record, outcome);

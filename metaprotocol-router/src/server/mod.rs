@@ -36,6 +36,7 @@ use tokio_util::task::task_tracker::TrackedFuture;
 
 use crate::access_log::AccessLogger;
 use crate::route::RouteSlot;
+use crate::router::KeptForLog;
 use crate::stats::{IstioReporter, ListenerStats, MetricsScope};
 use crate::trace::Tracer;
 use crate::transport::Acceptor;
@@ -76,9 +77,9 @@ pub(crate) struct ListenerContext {
     pub scope: MetricsScope,
     /// Its access log, if it has one.
     pub access_log: Option<AccessLogger>,
-    /// Its access log shows why an upstream connection could not be made: the router keeps
-    /// the reason in the record of a request that failed so (only then: it costs allocations).
-    pub logs_transport_failure: bool,
+    /// What the router keeps of its requests' attempts for its access log: only what the log
+    /// shows (each costs the request path).
+    pub kept_for_log: KeptForLog,
     /// Its tracer, if it traces.
     pub tracer: Option<Tracer>,
     /// Counts its requests that reached no cluster in the Istio series, when they are on (the

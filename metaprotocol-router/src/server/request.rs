@@ -799,7 +799,7 @@ impl Requests {
 
     fn route(&mut self, key: RequestKey, out: &mut Outbox, now: Instant) {
         let table = self.route_table();
-        let keeps_transport_failure = self.ctx.logs_transport_failure;
+        let kept_for_log = self.ctx.kept_for_log;
         let Some(inflight) = self.get(key) else {
             return;
         };
@@ -810,7 +810,7 @@ impl Requests {
             &mut inflight.record,
             &mut inflight.span,
             now,
-            keeps_transport_failure,
+            kept_for_log,
         );
         inflight.mutation = Mutation::new();
         // Moved into the request's stage straight from the result: each move of a `Routed`
@@ -1229,6 +1229,7 @@ pub(super) mod tests {
     use crate::cluster::{ClusterHandle, ClusterManager};
     use crate::config::{ConfigError, LimitsSpec, RouteConfigSpec};
     use crate::route::RouteSlot;
+    use crate::router::KeptForLog;
     use crate::server::{DrainPolicy, Load};
     use crate::stats::{ListenerStats, Metrics};
     use crate::transport::Acceptor;
@@ -1259,7 +1260,7 @@ pub(super) mod tests {
             load: Arc::new(Load::new(&scope, &LimitsSpec::default())),
             scope,
             access_log: None,
-            logs_transport_failure: false,
+            kept_for_log: KeptForLog::default(),
             tracer: None,
             istio: None,
             idle_timeout: Duration::from_secs(60),

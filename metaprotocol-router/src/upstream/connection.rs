@@ -15,8 +15,8 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -93,6 +93,8 @@ struct Shared {
     closed: AtomicBool,
     /// Set once the socket is connected (for counting open connections).
     connected: AtomicBool,
+    /// The proxy's own address on the connection, set once it is connected.
+    local_address: OnceLock<SocketAddr>,
     /// Set when the upstream said it is going away: new requests should go elsewhere once a
     /// replacement is up.
     going_away: AtomicBool,
@@ -158,6 +160,12 @@ impl ConnectionHandle {
         self.shared.replacing.store(false, Ordering::Release);
     }
 
+    /// The proxy's address on this connection, to be read once it is open (for a request
+    /// queued on it).
+    pub fn local_address(&self) -> LocalAddress {
+        LocalAddress(self.shared.clone())
+    }
+
     /// Queues `outbound`; on refusal it comes back with the reason (the request was not sent).
     // The refused request comes back whole, without an allocation: refusals are rare, and
     // boxing would cost every one of them a heap allocation.
@@ -172,6 +180,19 @@ impl ConnectionHandle {
             self.shared.pending.dec();
             (refused, UpstreamError::Reset { sent: false })
         })
+    }
+}
+
+/// The proxy's own address on an upstream connection, known once the connection is open: what
+/// an access log shows of the connection a request went on (`%UPSTREAM_LOCAL_ADDRESS%`).
+#[derive(Clone, Debug)]
+pub(crate) struct LocalAddress(Arc<Shared>);
+
+impl LocalAddress {
+    /// The address, once the connection is open; `None` while it connects, or if it never
+    /// opened.
+    pub fn get(&self) -> Option<SocketAddr> {
+        self.0.local_address.get().copied()
     }
 }
 
@@ -205,6 +226,7 @@ fn queue(params: &ConnectParams) -> (ConnectionHandle, Intake) {
     let shared = Arc::new(Shared {
         closed: AtomicBool::new(false),
         connected: AtomicBool::new(false),
+        local_address: OnceLock::new(),
         going_away: AtomicBool::new(false),
         replacing: AtomicBool::new(false),
         pending: params.stats.rq_pending.clone(),
@@ -226,25 +248,41 @@ async fn run(params: ConnectParams, intake: Intake) {
     match &params.connector {
         Connector::Plain => {
             let connected =
-                Connector::connect_plain(params.address, params.settings.connect_timeout).await;
+                Connector::connect_plain(params.address, params.settings.connect_timeout)
+                    .await
+                    .map(|stream| {
+                        let local = stream.local_addr().ok();
+                        (stream, local)
+                    });
             serve(connected, params, intake).await;
         }
         Connector::Tls(tls) => {
             let connected = tls
                 .connect(params.address, params.settings.connect_timeout)
-                .await;
+                .await
+                .map(|stream| {
+                    let local = stream.get_ref().0.local_addr().ok();
+                    (stream, local)
+                });
             serve(connected, params, intake).await;
         }
     }
 }
 
+/// Serves the connection `connected` (its stream and the proxy's address on it, or why it could
+/// not be opened).
 async fn serve<S: Transport>(
-    connected: io::Result<S>,
+    connected: io::Result<(S, Option<SocketAddr>)>,
     mut params: ConnectParams,
     mut intake: Intake,
 ) {
     let stream = match connected {
-        Ok(stream) => stream,
+        Ok((stream, local)) => {
+            if let Some(local) = local {
+                let _ = intake.shared.local_address.set(local);
+            }
+            stream
+        }
         Err(err) => {
             tracing::debug!(address = %params.address, error = %err, "upstream connect failed");
             params.stats.cx_connect_fail.inc();

@@ -39,7 +39,8 @@ use arc_swap::{ArcSwapOption, Guard};
 use metaprotocol_core::{CodecFactory, WireVariant};
 
 use self::backoff::ConnectBackoff;
-use self::connection::{ConnectParams, ConnectionHandle};
+use self::connection::ConnectParams;
+pub(crate) use self::connection::{ConnectionHandle, LocalAddress};
 pub use self::error::UpstreamError;
 pub(crate) use self::outbound::{
     AttemptResult, Discard, Inbox, Outbound, ReplyTo, RequestKey, UpstreamEvent,
@@ -272,7 +273,18 @@ impl UpstreamPool {
     // boxing would cost every one of them a heap allocation.
     #[allow(clippy::result_large_err)]
     pub fn send(&self, variant: WireVariant, outbound: Outbound) -> Result<(), Rejected> {
-        self.queue(variant, outbound)
+        self.send_telling(variant, outbound, |_| {})
+    }
+
+    /// [`UpstreamPool::send`], telling `queued_on` the connection that took the request.
+    #[allow(clippy::result_large_err)]
+    pub fn send_telling(
+        &self,
+        variant: WireVariant,
+        outbound: Outbound,
+        queued_on: impl FnOnce(&ConnectionHandle),
+    ) -> Result<(), Rejected> {
+        self.queue(variant, outbound, queued_on)
             .map_err(|(mut outbound, error)| {
                 if std::mem::take(&mut outbound.placed)
                     && let Some(breakers) = &self.breakers
@@ -283,12 +295,13 @@ impl UpstreamPool {
             })
     }
 
-    /// [`UpstreamPool::send`], a refusal handed back as it is.
+    /// [`UpstreamPool::send_telling`], a refusal handed back as it is.
     #[allow(clippy::result_large_err)]
     fn queue(
         &self,
         variant: WireVariant,
         outbound: Outbound,
+        queued_on: impl FnOnce(&ConnectionHandle),
     ) -> Result<(), (Outbound, UpstreamError)> {
         let worker = workers::current();
         // The worker's partition is borrowed, not shared: a request writes no reference count
@@ -307,7 +320,7 @@ impl UpstreamPool {
                 {
                     self.replace(partition, index, handle.clone(), variant);
                 }
-                handle.send(outbound)
+                send_on(handle, outbound, queued_on)
             }
             // The endpoint's last connect failed, or its last connection was closed after
             // refusing the proxy's credentials: while another of its connections is open,
@@ -319,19 +332,19 @@ impl UpstreamPool {
                         if !self.holding_off() {
                             self.connect(slot, variant);
                         }
-                        open.send(outbound)
+                        send_on(&open, outbound, queued_on)
                     }
                     None if self.holding_off() => Err((outbound, self.backing_off())),
-                    None => self.send_connecting(partition, slot, variant, outbound),
+                    None => self.send_connecting(partition, slot, variant, outbound, queued_on),
                 }
             }
-            None => self.send_connecting(partition, slot, variant, outbound),
+            None => self.send_connecting(partition, slot, variant, outbound, queued_on),
         }
     }
 
     /// Queues `outbound` on a new connection in `slot` of `partition`; at the cluster's
     /// connection limit, on an open connection of the endpoint, if any (another worker's if need
-    /// be).
+    /// be). `queued_on` is told the connection that took it.
     #[allow(clippy::result_large_err)]
     fn send_connecting(
         &self,
@@ -339,12 +352,13 @@ impl UpstreamPool {
         slot: &ArcSwapOption<ConnectionHandle>,
         variant: WireVariant,
         outbound: Outbound,
+        queued_on: impl FnOnce(&ConnectionHandle),
     ) -> Result<(), (Outbound, UpstreamError)> {
         match self
             .connect(slot, variant)
             .or_else(|| self.open_connection(partition, variant))
         {
-            Some(handle) => handle.send(outbound),
+            Some(handle) => send_on(&handle, outbound, queued_on),
             None => Err((outbound, UpstreamError::Overflow)),
         }
     }
@@ -554,6 +568,18 @@ impl UpstreamPool {
             }
         }
     }
+}
+
+/// Queues `outbound` on `handle`, and tells `queued_on` once it did.
+#[allow(clippy::result_large_err)]
+fn send_on(
+    handle: &ConnectionHandle,
+    outbound: Outbound,
+    queued_on: impl FnOnce(&ConnectionHandle),
+) -> Result<(), (Outbound, UpstreamError)> {
+    handle.send(outbound)?;
+    queued_on(handle);
+    Ok(())
 }
 
 #[cfg(test)]
