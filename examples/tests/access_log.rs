@@ -489,6 +489,41 @@ async fn a_line_shows_the_upstream_connections_local_address() -> TestResult {
     Ok(())
 }
 
+/// `%CONNECTION_TERMINATION_DETAILS%` says why the proxy closed the connection a call came on,
+/// on the line of a call that ended once it had decided to: here a client's stream that cannot
+/// be read on (a frame of a bad magic number after a call), which the proxy closes once that
+/// call is answered, as Envoy's `codec_error:`; `-` on a connection the proxy keeps.
+#[tokio::test]
+async fn a_line_says_why_the_proxy_closed_its_connection() -> TestResult {
+    let provider = DemoProvider::start("p").await?;
+    let scratch = Scratch::new("access-log-termination")?;
+    let log = scratch.path("termination.log");
+    let format = "format: \"%REQUEST_ID% %CONNECTION_TERMINATION_DETAILS%\"";
+    let (_dead_socket, dead) = refusing_addr()?;
+    let yaml = config(&listener("in", &log, format), provider.address(), dead);
+    let proxy = start_engine(&yaml).await?;
+    let address = proxy.listener_addr("in").ok_or("no listener")?;
+    let mut kept = TcpStream::connect(address).await?;
+    call(&mut kept, &dubbo_request(1, "sayHello", &[])).await?;
+    assert_eq!(file_lines(&log, 1).await?, ["1 -"]);
+    // The call and the bad frame in one write: the call is on its way upstream when the
+    // proxy reads the frame after it.
+    let mut closed = TcpStream::connect(address).await?;
+    let mut frames = dubbo_request(2, "sayHello", &[]).to_vec();
+    frames.extend_from_slice(&[0u8; 16]);
+    let answer = call(&mut closed, &frames).await?;
+    assert_eq!(answer[3], 20, "the call before the bad frame is answered");
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), closed.read_to_end(&mut rest)).await??;
+    assert!(rest.is_empty(), "then the connection closes");
+    assert_eq!(
+        file_lines(&log, 2).await?,
+        ["1 -", "2 codec_error:malformed"]
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
 /// Istio's default access log format (`meshConfig.accessLogFormat` unset), pasted as YAML the way
 /// a mesh's config has it (a block ending in a newline), loads and writes one line a call, saying
 /// why each call got its answer (`%RESPONSE_CODE_DETAILS%`): the upstream's, the rbac policy that
@@ -580,6 +615,8 @@ async fn istios_default_format_says_why_each_call_got_its_answer() -> TestResult
     let local: Vec<&str> = fields.iter().map(|fields| fields[18]).collect();
     assert_eq!(local[0], from.as_deref().unwrap_or("?"), "{logged:?}");
     assert_eq!(local[1..], ["-", "-"], "{logged:?}");
+    // `%CONNECTION_TERMINATION_DETAILS%`: the proxy closed none of them.
+    assert!(fields.iter().all(|fields| fields[6] == "-"), "{logged:?}");
     assert_eq!(fields[0][7], "\"-\"", "{}", logged[0]);
     assert_eq!(fields[1][7], "\"-\"", "{}", logged[1]);
     // Refused; or, when the resend found the endpoint backing off after that, the backoff.

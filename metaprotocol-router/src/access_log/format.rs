@@ -45,6 +45,9 @@ enum Operator {
     ResponseCodeDetails,
     /// Why the last attempt's connection could not be made, when that failed the call.
     UpstreamTransportFailureReason,
+    /// Why the proxy closed the connection the call came on, when the call ended once it had
+    /// decided to.
+    ConnectionTerminationDetails,
     RequestId,
     TraceId,
     AttemptCount,
@@ -72,8 +75,8 @@ enum Operator {
     /// `0` the upstream's (whatever its status), `1` the proxy's own.
     ResponseCode,
     /// An operator of Envoy's whose value has no counterpart for a meta-protocol call here (a
-    /// gRPC status, a filter's metadata no filter of the proxy sets), or that is not recorded.
-    /// Always `-` (`null` in JSON), as Envoy shows a value that is not there.
+    /// gRPC status, a filter's metadata no filter of the proxy sets). Always `-` (`null` in
+    /// JSON), as Envoy shows a value that is not there.
     Absent,
 }
 
@@ -135,8 +138,10 @@ const OPERATORS: [(&str, Operator); 36] = [
     // writes 0 for an upstream's answer and 1 for its own.
     ("RESPONSE_CODE", Operator::ResponseCode),
     ("GRPC_STATUS", Operator::Absent),
-    // Why the proxy closed a connection at layer 4: not recorded with a connection's calls.
-    ("CONNECTION_TERMINATION_DETAILS", Operator::Absent),
+    (
+        "CONNECTION_TERMINATION_DETAILS",
+        Operator::ConnectionTerminationDetails,
+    ),
     (
         "UPSTREAM_TRANSPORT_FAILURE_REASON",
         Operator::UpstreamTransportFailureReason,
@@ -222,6 +227,8 @@ pub(crate) struct LogFormat {
     shows_transport_failure: bool,
     /// The format shows the proxy's address on the connection of the last attempt.
     shows_upstream_local_address: bool,
+    /// The format shows why the proxy closed a call's connection.
+    shows_connection_termination: bool,
 }
 
 #[derive(Debug)]
@@ -450,6 +457,7 @@ impl LogFormat {
                     Operator::UpstreamLocalAddress | Operator::UpstreamLocalAddressWithoutPort
                 )
             }),
+            shows_connection_termination: shows(|op| *op == Operator::ConnectionTerminationDetails),
             layout,
             keys,
         }
@@ -488,6 +496,12 @@ impl LogFormat {
     /// (`%UPSTREAM_LOCAL_ADDRESS%`).
     pub fn shows_upstream_local_address(&self) -> bool {
         self.shows_upstream_local_address
+    }
+
+    /// True if the format shows why the proxy closed a call's connection
+    /// (`%CONNECTION_TERMINATION_DETAILS%`).
+    pub fn shows_connection_termination(&self) -> bool {
+        self.shows_connection_termination
     }
 
     /// Appends `entry`'s line (with its newline) to `out`.
@@ -617,6 +631,9 @@ fn value<'a>(op: &Operator, entry: &'a LogEntry) -> Value<'a> {
             Some(reason) => Value::Text(Owned(reason.replace(' ', "_"))),
             None => Value::None,
         },
+        Operator::ConnectionTerminationDetails => entry
+            .connection_termination
+            .map_or(Value::None, |why| Value::Text(Owned(why.to_string()))),
         Operator::Absent => Value::None,
         Operator::RequestId => match &entry.request_id {
             RequestId::Number(n) => Value::Number(*n),
@@ -1194,6 +1211,34 @@ mod tests {
         format.write(&entry, &mut line);
         format.write(&LogEntry::for_test(), &mut line);
         assert_eq!(line, "10.0.0.2:41000 10.0.0.2\n- -\n");
+        Ok(())
+    }
+
+    /// `%CONNECTION_TERMINATION_DETAILS%` says why the proxy closed the call's connection (a
+    /// codec's error as Envoy's `codec_error:`); a format that does not show it has the calls
+    /// record nothing.
+    #[test]
+    fn why_the_proxy_closed_a_connection_shows() -> Result<(), String> {
+        use crate::server::ConnectionTermination;
+
+        let format = LogFormat::text("%CONNECTION_TERMINATION_DETAILS%")?;
+        assert!(format.shows_connection_termination());
+        assert!(!LogFormat::text(TEXT)?.shows_connection_termination());
+        assert!(!LogFormat::json(JSON)?.shows_connection_termination());
+        assert!(LogFormat::text(AERAKI_TEXT)?.shows_connection_termination());
+        let mut line = String::new();
+        for why in [
+            Some(ConnectionTermination::CodecError("malformed")),
+            Some(ConnectionTermination::WriteStalled),
+            None,
+        ] {
+            let entry = LogEntry {
+                connection_termination: why,
+                ..LogEntry::for_test()
+            };
+            format.write(&entry, &mut line);
+        }
+        assert_eq!(line, "codec_error:malformed\nwrite_stalled\n-\n");
         Ok(())
     }
 

@@ -26,6 +26,7 @@ use self::sink::Sink;
 pub(crate) use self::sink::Sinks;
 use crate::config::{AccessLogSpec, ConfigError};
 use crate::router::{KeptForLog, Routed, TransportFailure};
+use crate::server::ConnectionTermination;
 use crate::stats::Counter;
 use crate::stats::{MetricsScope, OUTCOMES, RequestOutcome};
 
@@ -57,6 +58,9 @@ pub(crate) struct LogEntry {
     /// Why the last attempt's connection could not be made, when that failed the request (left
     /// empty when the format does not show it).
     transport_failure: Option<Arc<str>>,
+    /// Why the proxy closed the connection the request came on, when the request ended once it
+    /// had decided to (left empty when the format does not show it).
+    connection_termination: Option<ConnectionTermination>,
     /// The values of the metadata keys the format reads ([`LogFormat::keys`]).
     metadata: SmallVec<[Option<ByteStr>; 4]>,
     /// The values of the keys of the upstream's answer's metadata the format reads
@@ -88,6 +92,7 @@ impl LogEntry {
             bytes_sent: 0,
             authorization: Authorization::default(),
             transport_failure: None,
+            connection_termination: None,
             metadata: SmallVec::new(),
             response_metadata: SmallVec::new(),
         }
@@ -190,6 +195,12 @@ impl AccessLogger {
         }
     }
 
+    /// True if the lines show why the proxy closed a request's connection, which the requests
+    /// that end once it decided to then record.
+    pub fn shows_connection_termination(&self) -> bool {
+        self.format.shows_connection_termination()
+    }
+
     /// Logs a finished request, given the upstream's `response` it was answered with, if any,
     /// and its router, if it was routed (when its outcome is sampled).
     pub fn log(
@@ -239,6 +250,11 @@ impl AccessLogger {
                 .then(|| record.extensions.get::<TransportFailure>())
                 .flatten()
                 .map(|failure| Arc::clone(&failure.0)),
+            connection_termination: self
+                .format
+                .shows_connection_termination()
+                .then(|| record.extensions.get::<ConnectionTermination>().copied())
+                .flatten(),
             metadata: self.request_keys.values(&request.metadata, capture),
             // Nothing to read unless the format reads the answer's keys.
             response_metadata: match response {

@@ -129,6 +129,9 @@ impl Builder<'_> {
             .as_ref()
             .map(AccessLogger::kept_by_router)
             .unwrap_or_default();
+        let logs_connection_termination = access_log
+            .as_ref()
+            .is_some_and(AccessLogger::shows_connection_termination);
         let tracer = spec
             .tracing
             .as_ref()
@@ -159,6 +162,7 @@ impl Builder<'_> {
             scope,
             access_log,
             kept_for_log,
+            logs_connection_termination,
             tracer,
             istio,
             idle_timeout: spec

@@ -113,6 +113,37 @@ enum Reading {
     Failed,
 }
 
+/// Why the proxy closes a client connection, as `%CONNECTION_TERMINATION_DETAILS%` shows it on
+/// the lines of the calls that end once the proxy decided to (those answered meanwhile, those
+/// it abandons).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ConnectionTermination {
+    /// The client sent a stream that cannot be read on: the kind of the codec's error (its
+    /// protocol error series' label), shown `codec_error:<kind>` as Envoy's.
+    CodecError(&'static str),
+    /// A frame took longer than the listener's `frame_timeout` to arrive.
+    FrameTimeout,
+    /// A large frame arriving found `max_buffered_bytes` held by the frames other connections
+    /// are receiving.
+    MaxBufferedBytes,
+    /// The client took too little of its answers, and was deemed gone.
+    WriteStalled,
+    /// The drain ended with calls still in flight (answered by the proxy).
+    DrainEnded,
+}
+
+impl std::fmt::Display for ConnectionTermination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::CodecError(kind) => write!(f, "codec_error:{kind}"),
+            Self::FrameTimeout => f.write_str("frame_timeout"),
+            Self::MaxBufferedBytes => f.write_str("max_buffered_bytes"),
+            Self::WriteStalled => f.write_str("write_stalled"),
+            Self::DrainEnded => f.write_str("drain_ended"),
+        }
+    }
+}
+
 /// What the engine knows of an accepted client connection.
 pub(crate) fn info(
     accepted: Accepted,
@@ -347,6 +378,8 @@ impl<S: Transport> Connection<S> {
                     ReadRoom::Full => {
                         tracing::debug!(listener = %self.ctx.name, "closing client connection: the frames being received hold max_buffered_bytes");
                         self.ctx.stats.cx_overflow.inc();
+                        self.requests
+                            .closing(ConnectionTermination::MaxBufferedBytes);
                         self.reading = Reading::Done;
                         self.read_buf = BytesMut::new();
                         return true;
@@ -545,6 +578,8 @@ impl<S: Transport> Connection<S> {
     fn bad_frame(&mut self, err: &CodecError) {
         tracing::debug!(listener = %self.ctx.name, error = %err, "closing client connection: bad frame");
         self.ctx.stats.protocol_error(err.counter_name()).inc();
+        self.requests
+            .closing(ConnectionTermination::CodecError(err.counter_name()));
         self.reading = Reading::Done;
     }
 
@@ -598,6 +633,7 @@ impl<S: Transport> Connection<S> {
                 LocalReplyKind::Unavailable,
                 "metaprotocol-proxy: the proxy is shutting down",
             );
+            self.requests.closing(ConnectionTermination::DrainEnded);
             self.requests
                 .answer_all(&reply, ResponseFlags::DRAINING, &mut self.write_buf);
             // Calls past the in-flight bound wait whole in the read buffer: the proxy read
@@ -621,12 +657,14 @@ impl<S: Transport> Connection<S> {
         {
             tracing::debug!(listener = %self.ctx.name, "closing client connection: a frame took too long to arrive");
             self.ctx.stats.protocol_error("frame_timeout").inc();
+            self.requests.closing(ConnectionTermination::FrameTimeout);
             self.reading = Reading::Done;
             changed = true;
         }
         if self.write_stalled(now) {
             tracing::debug!(listener = %self.ctx.name, "closing client connection: it takes too little of its answers");
             self.ctx.stats.cx_overflow.inc();
+            self.requests.closing(ConnectionTermination::WriteStalled);
             self.reading = Reading::Failed;
             changed = true;
         }
@@ -743,6 +781,7 @@ impl<S: Transport> Future for Connection<S> {
             let overflowing = this.write_buf.len() > WRITE_LIMIT;
             if overflowing {
                 this.ctx.stats.cx_overflow.inc();
+                this.requests.closing(ConnectionTermination::WriteStalled);
             }
             let unsent = this.unsent();
             this.ctx.load.buffered(this.buffered, unsent);

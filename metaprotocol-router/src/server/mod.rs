@@ -16,6 +16,7 @@ pub(crate) mod workers;
 
 pub(crate) use busy_poll::BusyPoll;
 pub use busy_poll::{DEFAULT_BUSY_POLL, kernel_idle_poll};
+pub(crate) use connection::ConnectionTermination;
 pub use idle_poll::IdlePoll;
 pub use linger::DEFAULT_LINGER;
 pub(crate) use linger::{LINGER_BUCKETS, Linger};
@@ -80,6 +81,9 @@ pub(crate) struct ListenerContext {
     /// What the router keeps of its requests' attempts for its access log: only what the log
     /// shows (each costs the request path).
     pub kept_for_log: KeptForLog,
+    /// Its access log shows why the proxy closed a connection: the calls that end once it
+    /// decided to record why ([`ConnectionTermination`]: two allocations a call).
+    pub logs_connection_termination: bool,
     /// Its tracer, if it traces.
     pub tracer: Option<Tracer>,
     /// Counts its requests that reached no cluster in the Istio series, when they are on (the

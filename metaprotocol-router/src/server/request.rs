@@ -28,7 +28,7 @@ use metaprotocol_core::{
 use slab::Slab;
 use tokio::time::Instant;
 
-use super::connection::MAX_IN_FLIGHT;
+use super::connection::{ConnectionTermination, MAX_IN_FLIGHT};
 use super::timers::{TimerId, Timers};
 use super::{ListenerContext, complete, load};
 use crate::published::Cached;
@@ -284,6 +284,9 @@ pub(crate) struct Requests {
     frame_bytes: usize,
     /// Its `frame_bytes` as the proxy-wide load last counted them ([`Requests::move_load`]).
     moved_bytes: usize,
+    /// Why the proxy closes the connection, once it decided to: the requests that end from
+    /// then on record it, for an access log that shows it.
+    closing: Option<ConnectionTermination>,
 }
 
 impl Drop for Requests {
@@ -328,7 +331,14 @@ impl Requests {
             abandoned: AbandonedAttempts::default(),
             frame_bytes: 0,
             moved_bytes: 0,
+            closing: None,
         }
+    }
+
+    /// The proxy decided to close the connection, for `why` (the first reason stands): the
+    /// requests that end from now on record it.
+    pub fn closing(&mut self, why: ConnectionTermination) {
+        self.closing.get_or_insert(why);
     }
 
     /// The bytes of answers its encoder holds, appended to no write yet (a JSON-RPC batch's
@@ -1180,6 +1190,12 @@ impl Requests {
         let record = &mut inflight.record;
         record.bytes_sent = sent as u64;
         record.timings.answered = Some(now.into_std());
+        // Kept only for a log that shows it: the record's extensions cost two allocations.
+        if let Some(why) = self.closing
+            && self.ctx.logs_connection_termination
+        {
+            record.extensions.insert(why);
+        }
         self.ctx.stats.rq_active.dec();
         self.ctx.filters.complete(&CompleteContext {
             request: &inflight.request,
@@ -1261,6 +1277,7 @@ pub(super) mod tests {
             scope,
             access_log: None,
             kept_for_log: KeptForLog::default(),
+            logs_connection_termination: false,
             tracer: None,
             istio: None,
             idle_timeout: Duration::from_secs(60),
