@@ -200,13 +200,22 @@ impl Expiry {
     }
 }
 
-/// The dates of the certificates of `file`, if any: those the settings were built from parse
-/// as PEM; one that x509-parser cannot read is left out.
+/// The dates of the certificates of `file`, if any: a chain's, or a CA bundle's when
+/// `trusted` (read as the settings read it); one that x509-parser cannot read is left out.
 fn dates(file: Option<&PemFile>, trusted: bool) -> Vec<Dated> {
-    let Some((file, Ok(chain))) = file.map(|file| (file, file.certificates())) else {
+    let Some(file) = file else {
         return Vec::new();
     };
-    chain
+    let certificates = if trusted {
+        file.authorities()
+            .map(|authorities| authorities.iter().map(|a| a.der().clone()).collect())
+    } else {
+        file.certificates()
+    };
+    let Ok(certificates) = certificates else {
+        return Vec::new();
+    };
+    certificates
         .iter()
         .filter_map(|der| {
             let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;

@@ -35,6 +35,7 @@ use rustls_pki_types::{CertificateRevocationListDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use self::pem::Peers;
 use self::reload::{Files, Reloading};
 use self::verify::SubjectAltNameVerifier;
 use super::{Accepted, Connector};
@@ -206,7 +207,7 @@ fn server_config(spec: &ListenerTlsSpec, files: &Files) -> Result<ServerConfig, 
         .map_err(|err| tls_error("", err))?;
     let builder = match &spec.client_ca_file {
         Some(_) => {
-            let roots = files.get("client_ca_file")?.roots()?;
+            let roots = files.get("client_ca_file")?.roots(Peers::Clients)?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .with_crls(revocation_lists(files)?);
             let verifier = if spec.require_client_cert {
@@ -357,7 +358,7 @@ impl TlsConnector {
 
 fn client_config(spec: &ClusterTlsSpec, files: &Files) -> Result<ClientConfig, ConfigError> {
     let provider = provider();
-    let roots = Arc::new(files.get("ca_file")?.roots()?);
+    let roots = Arc::new(files.get("ca_file")?.roots(Peers::Servers)?);
     // Verifies the chain (revocation included) and the server name.
     let webpki = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
         .with_crls(revocation_lists(files)?)

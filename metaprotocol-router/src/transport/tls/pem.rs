@@ -7,6 +7,7 @@ use metaprotocol_core::read_regular_file;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use x509_parser::asn1_rs::{Any, Class, FromDer, Oid, Tag};
 
 use crate::config::ConfigError;
 
@@ -70,25 +71,88 @@ impl PemFile {
         PrivateKeyDer::from_pem_slice(&self.bytes).map_err(|err| self.unreadable(err))
     }
 
-    /// The file's certificates as trust roots. As Envoy loads a CA bundle (BoringSSL's
-    /// `PEM_X509_INFO_read_bio`), a block that is no X.509 certificate refuses the file, while
-    /// one that is but cannot be a trust anchor here (an extension rustls reads and finds
-    /// malformed, which BoringSSL reads only when it uses it) is left out with a warning naming
-    /// it: one odd certificate in a system or corporate bundle does not refuse the others. A
-    /// file with no certificate that can be an anchor is refused.
-    pub fn roots(&self) -> Result<RootCertStore, ConfigError> {
+    /// The certificates of the file as a CA bundle, in file order; at least one. Read as
+    /// BoringSSL reads a bundle for Envoy (`PEM_X509_INFO_read_bio`): blocks labelled
+    /// `CERTIFICATE`, its old label `X509 CERTIFICATE`, and OpenSSL's `TRUSTED CERTIFICATE`,
+    /// the certificate followed by its trust settings; other blocks are passed over. (rustls'
+    /// PEM reader, which reads the other files, passes over the last two labels.) A block that
+    /// does not start with a DER element, or whose trust settings cannot be read, refuses the
+    /// file, as it makes BoringSSL's reader fail.
+    pub fn authorities(&self) -> Result<Vec<Authority>, ConfigError> {
+        let mut authorities = Vec::new();
+        for block in x509_parser::pem::Pem::iter_from_buffer(&self.bytes) {
+            let block = block.map_err(|err| {
+                ConfigError::new(
+                    self.field,
+                    format!("cannot read {}: {err}", self.path.display()),
+                )
+            })?;
+            let trusted = block.label == TRUSTED_CERTIFICATE;
+            if !trusted && !CERTIFICATE_LABELS.contains(&block.label.as_str()) {
+                continue;
+            }
+            // Counted from 1, as a reader counts the file's blocks.
+            let number = authorities.len() + 1;
+            let refused = |what: &str| {
+                ConfigError::new(
+                    self.field,
+                    format!("{}: certificate {number} {what}", self.path.display()),
+                )
+            };
+            let (settings, certificate) = match Any::from_der(&block.contents) {
+                Ok((settings, _)) => (settings, block.contents.len() - settings.len()),
+                Err(_) => return Err(refused("is not an X.509 certificate")),
+            };
+            let trust = match (trusted, settings) {
+                // A plain block's bytes after the certificate are not read, as BoringSSL's
+                // reader reads one element of it.
+                (false, _) | (true, []) => TrustSettings::default(),
+                (true, settings) => TrustSettings::read(settings)
+                    .ok_or_else(|| refused("has trust settings that cannot be read"))?,
+            };
+            let mut der = block.contents;
+            der.truncate(certificate);
+            authorities.push(Authority {
+                number,
+                der: CertificateDer::from(der),
+                trust,
+            });
+        }
+        if authorities.is_empty() {
+            return Err(ConfigError::new(
+                self.field,
+                format!("{} holds no PEM certificate", self.path.display()),
+            ));
+        }
+        Ok(authorities)
+    }
+
+    /// The file's certificates as trust roots for verifying `peers`. As Envoy loads a CA
+    /// bundle (see [`PemFile::authorities`]), a block that is no X.509 certificate refuses the
+    /// file, while one that is but cannot be a trust anchor here is left out with a warning
+    /// naming it: an extension rustls reads and finds malformed (which BoringSSL reads only
+    /// when it uses it), or trust settings that do not trust it for verifying `peers` (BoringSSL
+    /// fails every chain to it then). One odd certificate in a system or corporate bundle does
+    /// not refuse the others. A file with no certificate that can be an anchor is refused.
+    pub fn roots(&self, peers: Peers) -> Result<RootCertStore, ConfigError> {
         let mut roots = RootCertStore::empty();
         let mut left_out = Vec::new();
-        for (index, cert) in self.certificates()?.into_iter().enumerate() {
-            // Counted from 1, as a reader counts the file's blocks.
-            let number = index + 1;
+        for authority in self.authorities()? {
+            let number = authority.number;
+            if !authority.trust.trusts(peers.usage()) {
+                left_out.push(format!(
+                    "certificate {number}: its trust settings do not trust it to verify {}",
+                    peers.name()
+                ));
+                continue;
+            }
             // Only a certificate webpki refuses is parsed again, to tell a block that is no
             // X.509 certificate (refusing the file, as BoringSSL does) from one it can read but
             // not trust (left out): a stricter parser never refuses what webpki takes.
-            let Err(err) = roots.add(CertificateDer::from(cert.as_ref())) else {
+            let Err(err) = roots.add(CertificateDer::from(authority.der.as_ref())) else {
                 continue;
             };
-            if x509_parser::parse_x509_certificate(&cert).is_err() {
+            if x509_parser::parse_x509_certificate(&authority.der).is_err() {
                 return Err(ConfigError::new(
                     self.field,
                     format!(
@@ -145,4 +209,126 @@ impl PemFile {
             format!("cannot read {}: {err}", self.path.display()),
         )
     }
+}
+
+/// The label of OpenSSL's PEM blocks that hold a certificate followed by its trust settings.
+const TRUSTED_CERTIFICATE: &str = "TRUSTED CERTIFICATE";
+
+/// The labels of PEM blocks that hold a certificate alone: `CERTIFICATE`, and the old label
+/// BoringSSL still reads.
+const CERTIFICATE_LABELS: [&str; 2] = ["CERTIFICATE", "X509 CERTIFICATE"];
+
+/// A certificate of a CA bundle.
+pub(crate) struct Authority {
+    /// Its place among the file's certificates, counted from 1.
+    number: usize,
+    der: CertificateDer<'static>,
+    trust: TrustSettings,
+}
+
+impl Authority {
+    /// The certificate (without its trust settings).
+    pub fn der(&self) -> &CertificateDer<'static> {
+        &self.der
+    }
+}
+
+/// Whose certificates a CA bundle verifies: a cluster's servers (`ca_file`) or a listener's
+/// clients (`client_ca_file`). Trust settings trust a CA for either by extended key usage, and
+/// BoringSSL verifies a server's chain for `serverAuth`, a client's for `clientAuth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Peers {
+    /// Servers the proxy connects to.
+    Servers,
+    /// Clients that connect to the proxy.
+    Clients,
+}
+
+impl Peers {
+    /// The contents of the DER object identifier of the extended key usage verified:
+    /// `serverAuth` (1.3.6.1.5.5.7.3.1), `clientAuth` (1.3.6.1.5.5.7.3.2).
+    fn usage(self) -> &'static [u8] {
+        match self {
+            Self::Servers => &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01],
+            Self::Clients => &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02],
+        }
+    }
+
+    /// What they are called in messages.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Servers => "servers",
+            Self::Clients => "clients",
+        }
+    }
+}
+
+/// OpenSSL's trust settings of a certificate (`X509_CERT_AUX`): the extended key usages it is
+/// trusted for and rejected for, by the contents of their object identifiers. A certificate
+/// without them, or whose settings have neither list, is trusted for every use.
+#[derive(Debug, Default)]
+struct TrustSettings {
+    trusted: Option<Vec<Vec<u8>>>,
+    rejected: Option<Vec<Vec<u8>>>,
+}
+
+impl TrustSettings {
+    /// Reads the DER of `SEQUENCE { trust SEQUENCE OF OID OPTIONAL, reject [0] IMPLICIT
+    /// SEQUENCE OF OID OPTIONAL, alias UTF8String OPTIONAL, keyid OCTET STRING OPTIONAL }`,
+    /// the fields BoringSSL reads (it refuses others, and so does this); `None` if it is not
+    /// that.
+    fn read(der: &[u8]) -> Option<Self> {
+        let (_, settings) = Any::from_der(der).ok()?;
+        if (settings.class(), settings.tag()) != (Class::Universal, Tag::Sequence) {
+            return None;
+        }
+        let mut read = Self::default();
+        let mut fields = settings.data;
+        // Each field's place in the sequence: they come in order, each at most once.
+        let mut next = 0;
+        while !fields.is_empty() {
+            let (rest, field) = Any::from_der(fields).ok()?;
+            fields = rest;
+            let place = match (field.class(), field.tag()) {
+                (Class::Universal, Tag::Sequence) => 0,
+                (Class::ContextSpecific, Tag(0)) => 1,
+                (Class::Universal, Tag::Utf8String) => 2,
+                (Class::Universal, Tag::OctetString) => 3,
+                _ => return None,
+            };
+            if place < next {
+                return None;
+            }
+            next = place + 1;
+            match place {
+                0 => read.trusted = Some(usages(field.data)?),
+                1 => read.rejected = Some(usages(field.data)?),
+                _ => {}
+            }
+        }
+        Some(read)
+    }
+
+    /// True if the settings trust the certificate for extended key usage `usage`, as BoringSSL
+    /// decides it (`X509_check_trust`): a rejection wins, then a trust; with neither list, every
+    /// use is trusted.
+    fn trusts(&self, usage: &[u8]) -> bool {
+        let lists = |list: &Option<Vec<Vec<u8>>>| list.iter().flatten().any(|held| held == usage);
+        if self.trusted.is_none() && self.rejected.is_none() {
+            return true;
+        }
+        !lists(&self.rejected) && lists(&self.trusted)
+    }
+}
+
+/// The object identifiers of a `SEQUENCE OF OID`'s contents, each as its contents; `None` if
+/// another element is among them.
+fn usages(mut der: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let mut usages = Vec::new();
+    while !der.is_empty() {
+        let (rest, oid) = Oid::from_der(der).ok()?;
+        usages.push(oid.as_bytes().to_vec());
+        der = rest;
+    }
+    Some(usages)
 }

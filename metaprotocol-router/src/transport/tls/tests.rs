@@ -18,7 +18,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::pem::PemFile;
+use super::pem::{Peers, PemFile};
 use super::{TlsAcceptor, TlsConnector, provider};
 use crate::config::{ClusterTlsSpec, ListenerTlsSpec};
 use crate::stats::Metrics;
@@ -364,7 +364,7 @@ async fn identity_through(
 
     let config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(PemFile::read("ca_file", &pki.ca_file)?.roots()?)
+        .with_root_certificates(PemFile::read("ca_file", &pki.ca_file)?.roots(Peers::Servers)?)
         .with_client_auth_cert(
             PemFile::read("cert_file", &client.cert_file)?.certificates()?,
             PemFile::read("key_file", &client.key_file)?.private_key()?,
@@ -464,7 +464,7 @@ async fn handshake(
     let address = listener.local_addr()?;
     let config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(PemFile::read("ca_file", &pki.ca_file)?.roots()?)
+        .with_root_certificates(PemFile::read("ca_file", &pki.ca_file)?.roots(Peers::Servers)?)
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let name = ServerName::try_from(name.to_owned())?;
@@ -1449,6 +1449,132 @@ async fn a_ca_bundle_is_taken_without_the_certificates_that_cannot_be_anchors() 
     assert!(
         not_x509.contains("certificate 2") && not_x509.contains("not an X.509 certificate"),
         "{not_x509}"
+    );
+    Ok(())
+}
+
+/// `der` as a PEM block labelled `label` (base64 in lines of 64, as OpenSSL writes them).
+fn pem_block(label: &str, der: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut text = String::new();
+    for chunk in der.chunks(3) {
+        let bits = chunk.iter().enumerate().fold(0u32, |bits, (i, byte)| {
+            bits | u32::from(*byte) << (16 - 8 * i)
+        });
+        for i in 0..4 {
+            text.push(if i <= chunk.len() {
+                char::from(ALPHABET[(bits >> (18 - 6 * i)) as usize & 63])
+            } else {
+                '='
+            });
+        }
+    }
+    let mut block = format!("-----BEGIN {label}-----\n");
+    for line in text.as_bytes().chunks(64) {
+        block.push_str(&String::from_utf8_lossy(line));
+        block.push('\n');
+    }
+    block + &format!("-----END {label}-----\n")
+}
+
+/// OpenSSL's trust settings (`X509_CERT_AUX`) trusting a certificate for extended key usage
+/// `1.3.6.1.5.5.7.3.<usage>` (1 servers, 2 clients), or rejecting it for that use.
+fn trust_settings(usage: u8, reject: bool) -> Vec<u8> {
+    let oid = [0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, usage];
+    // `trust` is a SEQUENCE OF, `reject` a [0] IMPLICIT SEQUENCE OF.
+    let list = if reject { 0xa0 } else { 0x30 };
+    [&[0x30, 0x0c, list, 0x0a][..], &oid].concat()
+}
+
+/// A CA bundle's `TRUSTED CERTIFICATE` blocks (OpenSSL's, the certificate followed by trust
+/// settings, as `openssl x509 -trustout` writes them and some distributions' bundles hold) and
+/// `X509 CERTIFICATE` blocks (the old label) are taken as BoringSSL reads them for Envoy: the
+/// certificate is a trust anchor when its settings trust it for the use (verifying servers for
+/// a cluster, clients for a listener) or say nothing of uses, and is left out with a warning
+/// when they reject it for that use or trust it for others only, as BoringSSL then fails any
+/// chain to it. Settings that cannot be read refuse the file, as BoringSSL's reader does.
+#[tokio::test]
+async fn a_ca_bundles_trusted_certificate_blocks_are_taken_as_their_trust_settings_say()
+-> TestResult {
+    use rustls_pki_types::pem::PemObject;
+
+    let pki = Pki::new("trusted-blocks")?;
+    let server = pki.issue("server", vec![dns("server.test")?], None)?;
+    let address = serve(&server).await?;
+    let ca = rustls_pki_types::CertificateDer::from_pem_file(&pki.ca_file)?;
+    let bundle = pki.dir.join("bundle.pem");
+    let spec = trusting(&bundle, &["server.test"]);
+    // What a cluster trusting the bundle holding `pem` makes of it: the handshake's outcome
+    // and the warnings, or why the bundle is refused.
+    let cluster_with = |pem: String| -> TestResult<Result<(TlsConnector, Vec<String>), String>> {
+        put(&bundle, pem.as_bytes())?;
+        let mut built = None;
+        let warnings =
+            warnings_of(|| built = Some(TlsConnector::new(&spec, "c", &Metrics::new().root())));
+        Ok(match built {
+            Some(Ok(connector)) => Ok((connector, warnings)),
+            Some(Err(err)) => Err(err.to_string()),
+            None => Err("not built".to_owned()),
+        })
+    };
+    let servers = trust_settings(1, false);
+    let with_settings = [ca.as_ref(), &servers].concat();
+    for (block, label) in [
+        (
+            pem_block("TRUSTED CERTIFICATE", &with_settings),
+            "trusted for servers",
+        ),
+        (pem_block("TRUSTED CERTIFICATE", &ca), "without settings"),
+        (pem_block("X509 CERTIFICATE", &ca), "under the old label"),
+    ] {
+        let (connector, warnings) = cluster_with(block)?
+            .map_err(|err| format!("the bundle of a CA {label} is refused: {err}"))?;
+        let handshake = connector.connect(address, Duration::from_secs(10)).await;
+        assert!(handshake.is_ok(), "a CA {label}: {handshake:?}");
+        assert!(warnings.is_empty(), "a CA {label}: {warnings:?}");
+    }
+
+    // Rejected for servers, or trusted for clients only: left out, and the file with it.
+    for (settings, label) in [
+        (trust_settings(1, true), "rejected for servers"),
+        (trust_settings(2, false), "trusted for clients only"),
+    ] {
+        let block = pem_block("TRUSTED CERTIFICATE", &[ca.as_ref(), &settings].concat());
+        let refused = cluster_with(block.clone())?.err();
+        assert!(
+            refused.as_deref().is_some_and(|err| err
+                .contains("no certificate that can be a trust anchor")
+                && err.contains("certificate 1")),
+            "a CA {label}: {refused:?}"
+        );
+        // Beside a CA taken, it is left out with a warning naming it.
+        let ca_pem = std::fs::read_to_string(&pki.ca_file)?;
+        let (_, warnings) = cluster_with(format!("{ca_pem}{block}"))?
+            .map_err(|err| format!("a bundle with a CA {label} is refused: {err}"))?;
+        assert!(
+            warnings.iter().any(|w| w.contains("certificate 2")),
+            "a CA {label}: {warnings:#?}"
+        );
+    }
+
+    // A listener verifying clients takes the CA its settings trust for clients.
+    let clients_only = pem_block(
+        "TRUSTED CERTIFICATE",
+        &[ca.as_ref(), &trust_settings(2, false)].concat(),
+    );
+    put(&bundle, clients_only.as_bytes())?;
+    let mut listener = mutual_tls(&pki, Vec::new())?;
+    listener.client_ca_file = Some(bundle.clone());
+    TlsAcceptor::new(&listener, "in", &Metrics::new().root())?;
+
+    // Settings that are no `X509_CERT_AUX` (an INTEGER where a SEQUENCE is): refused.
+    let unreadable = [ca.as_ref(), &[0x02, 0x01, 0x00]].concat();
+    let refused = cluster_with(pem_block("TRUSTED CERTIFICATE", &unreadable))?.err();
+    assert!(
+        refused
+            .as_deref()
+            .is_some_and(|err| err.contains("certificate 1") && err.contains("trust settings")),
+        "{refused:?}"
     );
     Ok(())
 }
