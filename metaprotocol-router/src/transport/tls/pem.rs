@@ -1,6 +1,9 @@
 //! Reading PEM files into what rustls takes: certificate chains, private keys, trust roots.
 
+use std::collections::VecDeque;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use metaprotocol_core::read_regular_file;
 
@@ -174,12 +177,17 @@ impl PemFile {
             ));
         }
         if !left_out.is_empty() {
-            tracing::warn!(
-                field = self.field,
-                file = %self.path.display(),
-                left_out = %left_out.join("; "),
-                "CA certificates that cannot be trust anchors are left out; the file's others are trusted"
-            );
+            let left_out = left_out.join("; ");
+            if first_warning_of(&self.path, &self.bytes, &left_out) {
+                tracing::warn!(
+                    field = self.field,
+                    file = %self.path.display(),
+                    left_out,
+                    "CA certificates that cannot be trust anchors are left out; the file's others are trusted"
+                );
+            } else {
+                tracing::debug!(field = self.field, file = %self.path.display(), left_out, "CA certificates that cannot be trust anchors are left out (warned of before)");
+            }
         }
         Ok(roots)
     }
@@ -209,6 +217,35 @@ impl PemFile {
             format!("cannot read {}: {err}", self.path.display()),
         )
     }
+}
+
+/// The most CA bundles [`first_warning_of`] remembers: past them, the one warned of longest
+/// ago is forgotten (warned of again if it comes again).
+const MAX_WARNED_BUNDLES: usize = 256;
+
+/// The CA bundles whose left-out certificates were warned of, each by a hash of its path, its
+/// contents and what was left out, oldest first.
+static WARNED_BUNDLES: Mutex<VecDeque<u64>> = Mutex::new(VecDeque::new());
+
+/// True the first time the bundle at `path` holding `contents` leaves out `left_out`. Every
+/// cluster trusting a bundle (the system's, say) builds its settings from it, and each xDS push
+/// may make such clusters anew: the warning is logged once for what it says, and again when the
+/// bundle changes.
+fn first_warning_of(path: &Path, contents: &[u8], left_out: &str) -> bool {
+    let mut hasher = DefaultHasher::new();
+    (path, contents, left_out).hash(&mut hasher);
+    let key = hasher.finish();
+    let mut warned = WARNED_BUNDLES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if warned.contains(&key) {
+        return false;
+    }
+    if warned.len() >= MAX_WARNED_BUNDLES {
+        warned.pop_front();
+    }
+    warned.push_back(key);
+    true
 }
 
 /// The label of OpenSSL's PEM blocks that hold a certificate followed by its trust settings.

@@ -1578,3 +1578,46 @@ async fn a_ca_bundles_trusted_certificate_blocks_are_taken_as_their_trust_settin
     );
     Ok(())
 }
+
+/// The warning that a CA bundle's certificates are left out is logged once for the bundle's
+/// contents, not at each build of settings trusting it: every cluster trusting the system's
+/// bundle (and each xDS push that makes such clusters anew) builds its settings from it, and
+/// would log the same warning again. A bundle whose contents change is warned of again.
+#[test]
+fn a_ca_bundles_left_out_certificates_are_warned_of_once_per_contents() -> TestResult {
+    use rustls_pki_types::pem::PemObject;
+
+    let pki = Pki::new("left-out-once")?;
+    let ca_pem = std::fs::read_to_string(&pki.ca_file)?;
+    let ca = rustls_pki_types::CertificateDer::from_pem_file(&pki.ca_file)?;
+    let rejected = pem_block(
+        "TRUSTED CERTIFICATE",
+        &[ca.as_ref(), &trust_settings(1, true)].concat(),
+    );
+    let bundle = pki.dir.join("bundle.pem");
+    let spec = trusting(&bundle, &["server.test"]);
+    let left_out_warnings = |builds: usize| -> TestResult<usize> {
+        let mut built = Ok(());
+        let warnings = warnings_of(|| {
+            for _ in 0..builds {
+                if let Err(err) = TlsConnector::new(&spec, "c", &Metrics::new().root()) {
+                    built = Err(err);
+                }
+            }
+        });
+        built?;
+        Ok(warnings
+            .iter()
+            .filter(|w| w.contains("cannot be trust anchors"))
+            .count())
+    };
+    put(&bundle, format!("{ca_pem}{rejected}").as_bytes())?;
+    assert_eq!(
+        left_out_warnings(3)?,
+        1,
+        "three clusters trusting one bundle"
+    );
+    put(&bundle, format!("{rejected}{ca_pem}").as_bytes())?;
+    assert_eq!(left_out_warnings(2)?, 1, "the bundle changed");
+    Ok(())
+}
