@@ -215,10 +215,16 @@ pub(crate) struct Subscription {
     /// The warning of endpoints left out as only HBONE reaches them, which each push of their
     /// assignments leaves out again.
     hbone_warning: Repeated,
+    /// The same warning of the endpoints clusters carry (`load_assignment`), which each push of
+    /// the clusters leaves out again.
+    inline_hbone_warning: Repeated,
     /// The warnings of refused resources and rejected responses, by their message: a control
     /// plane sends a resource the proxy refuses again at each push.
     refusal_warnings: ByCause,
 }
+
+/// The warning of endpoints left out as only Istio's HBONE tunnel reaches them.
+const HBONE_LEFT_OUT: &str = "endpoints only Istio's HBONE tunnel reaches (ambient pods, waypoints) are left out, as metaprotocol-rs does not speak HBONE: istiod sends them so to a proxy whose node metadata claims HBONE (`ENABLE_HBONE`), and the others by their own address";
 
 impl Subscription {
     /// The subscription `spec` describes, for `node`.
@@ -245,6 +251,7 @@ impl Subscription {
             asked: BTreeSet::new(),
             unasked_type_warnings: ByCause::default(),
             hbone_warning: Repeated::default(),
+            inline_hbone_warning: Repeated::default(),
             refusal_warnings: ByCause::default(),
         }
     }
@@ -319,6 +326,17 @@ impl Subscription {
     /// them, by its name (those that leave none out are not listed).
     pub fn hbone_endpoints_left_out(&self) -> BTreeMap<String, usize> {
         self.hbone_left_out(&self.assignments)
+    }
+
+    /// How many endpoints each cluster held that carries its endpoints (`load_assignment`, not
+    /// EDS) leaves out as only Istio's HBONE tunnel reaches them, by its name (those that leave
+    /// none out are not listed).
+    pub fn inline_hbone_endpoints_left_out(&self) -> BTreeMap<String, usize> {
+        self.accepted_clusters
+            .iter()
+            .filter(|(_, cluster)| cluster.inline_hbone_endpoints() > 0)
+            .map(|(name, cluster)| (name.clone(), cluster.inline_hbone_endpoints()))
+            .collect()
     }
 
     /// How many endpoints each of `assignments` leaves out as only Istio's HBONE tunnel reaches
@@ -799,6 +817,21 @@ impl Subscription {
                 changed,
             } => {
                 self.accepted_clusters = clusters;
+                let left_out: BTreeMap<&str, usize> = changed
+                    .iter()
+                    .filter_map(|name| {
+                        let cluster = self.accepted_clusters.get(name)?;
+                        let left_out = cluster.inline_hbone_endpoints();
+                        (left_out > 0).then_some((name.as_str(), left_out))
+                    })
+                    .collect();
+                if !left_out.is_empty() {
+                    warn_repeated!(
+                        self.inline_hbone_warning,
+                        clusters = ?left_out,
+                        "{HBONE_LEFT_OUT}"
+                    );
+                }
                 // A cluster that changes while it waits for its endpoints waits anew, from now and
                 // as long as its new version says, as Envoy replaces a warming cluster whose config
                 // changes with one whose wait starts then. One sent as held keeps its deadline.
@@ -828,7 +861,7 @@ impl Subscription {
                     warn_repeated!(
                         self.hbone_warning,
                         assignments = ?left_out,
-                        "endpoints only Istio's HBONE tunnel reaches (ambient pods, waypoints) are left out, as metaprotocol-rs does not speak HBONE: istiod sends them so to a proxy whose node metadata claims HBONE (`ENABLE_HBONE`), and the others by their own address"
+                        "{HBONE_LEFT_OUT}"
                     );
                 }
                 self.hold(assignments);
@@ -1774,11 +1807,10 @@ mod tests {
         }
     }
 
-    /// An EDS cluster with istiod's HBONE entry alone leaves out, and counts under its
-    /// assignment, the endpoint its labels send through that entry, beside one at an internal
-    /// address that its assignment leaves out; the other endpoint serves.
-    #[test]
-    fn endpoints_left_out_by_a_clusters_hbone_entry_are_counted_by_assignment() {
+    /// Gives `cluster` istiod's HBONE entry alone, and `endpoints` (an assignment with one
+    /// endpoint) two more like it that only the tunnel reaches: one its labels send through that
+    /// entry, one at an internal address. The first stays the one that serves.
+    fn with_hbone(cluster: &mut Cluster, endpoints: &mut ClusterLoadAssignment) {
         use envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch;
         use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
         use envoy_types::pb::envoy::config::core::v3::{
@@ -1796,7 +1828,6 @@ mod tests {
             )]
             .into(),
         };
-        let mut cluster = eds_cluster("c");
         cluster.transport_socket_matches = vec![TransportSocketMatch {
             name: "hbone".to_owned(),
             r#match: Some(tunnel()),
@@ -1807,7 +1838,6 @@ mod tests {
                 ))),
             }),
         }];
-        let mut endpoints = assignment("c");
         let served = endpoints.endpoints[0].lb_endpoints[0].clone();
         let mut tunnelled = served.clone();
         let mut metadata = Metadata::default();
@@ -1825,6 +1855,16 @@ mod tests {
             ..Endpoint::default()
         }));
         endpoints.endpoints[0].lb_endpoints = vec![served, tunnelled, internal];
+    }
+
+    /// An EDS cluster with istiod's HBONE entry alone leaves out, and counts under its
+    /// assignment, the endpoint its labels send through that entry, beside one at an internal
+    /// address that its assignment leaves out; the other endpoint serves.
+    #[test]
+    fn endpoints_left_out_by_a_clusters_hbone_entry_are_counted_by_assignment() {
+        let mut cluster = eds_cluster("c");
+        let mut endpoints = assignment("c");
+        with_hbone(&mut cluster, &mut endpoints);
 
         let mut subscription = subscription();
         let cds = response(ResourceType::Cluster, "c1", vec![any(&cluster)]);
@@ -1847,6 +1887,48 @@ mod tests {
             subscription.hbone_endpoints_left_out(),
             BTreeMap::from([("c".to_owned(), 2)])
         );
+    }
+
+    /// A cluster whose endpoints CDS carries (`load_assignment`: istiod's DNS clusters, built
+    /// as its EDS assignments are, with HBONE endpoints for a proxy that claims HBONE) leaves
+    /// out those only the tunnel reaches as an EDS cluster does, and they are warned of as
+    /// those of an assignment are.
+    #[test]
+    fn endpoints_cds_carries_that_only_hbone_reaches_are_warned_of() {
+        let mut cluster = Cluster {
+            name: "dns".to_owned(),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(
+                DiscoveryType::StrictDns as i32,
+            )),
+            ..Cluster::default()
+        };
+        let mut endpoints = assignment("dns");
+        with_hbone(&mut cluster, &mut endpoints);
+        cluster.load_assignment = Some(endpoints);
+
+        let mut subscription = subscription();
+        let cds = response(ResourceType::Cluster, "c1", vec![any(&cluster)]);
+        let (update, warnings) = crate::warn::tests::warnings_of(|| {
+            apply(
+                &mut subscription,
+                ResourceType::Cluster,
+                &cds,
+                Listing::StateOfTheWorld,
+            )
+        });
+        assert_eq!(update.clusters.len(), 1);
+        assert_eq!(update.clusters[0].endpoints.len(), 1, "{update:#?}");
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("HBONE") && w.contains("\"dns\": 2")),
+            "{warnings:#?}"
+        );
+        assert_eq!(
+            subscription.inline_hbone_endpoints_left_out(),
+            BTreeMap::from([("dns".to_owned(), 2)])
+        );
+        assert!(subscription.hbone_endpoints_left_out().is_empty());
     }
 
     /// `assignment(name)` with its one endpoint `endpoints` times.

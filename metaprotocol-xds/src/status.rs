@@ -32,14 +32,18 @@ struct Snapshot {
     /// How many endpoints each assignment held leaves out as only Istio's HBONE tunnel reaches
     /// them, by its name.
     hbone_endpoints_left_out: BTreeMap<String, usize>,
+    /// How many endpoints each cluster held that carries its endpoints (not EDS) leaves out as
+    /// only Istio's HBONE tunnel reaches them, by its name.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    hbone_cluster_endpoints_left_out: BTreeMap<String, usize>,
 }
 
 /// The client's state, shared between its task and the admin API.
 #[derive(Debug, Default)]
 pub(crate) struct SourceStatus {
     snapshot: Mutex<Snapshot>,
-    /// The endpoints the assignments held leave out as only HBONE reaches them, all together:
-    /// the series `xds_hbone_endpoints_left_out`.
+    /// The endpoints the assignments and the clusters held leave out as only HBONE reaches
+    /// them, all together: the series `xds_hbone_endpoints_left_out`.
     hbone_endpoints_left_out: Gauge,
 }
 
@@ -54,7 +58,7 @@ impl SourceStatus {
             }),
             hbone_endpoints_left_out: scope.gauge(
                 "xds_hbone_endpoints_left_out",
-                "Endpoints of the assignments held that are left out as only Istio's HBONE tunnel reaches them",
+                "Endpoints of the assignments and clusters held that are left out as only Istio's HBONE tunnel reaches them",
             ),
         }
     }
@@ -99,8 +103,10 @@ impl SourceStatus {
         let warming = subscription.warming_clusters();
         let without_endpoints = subscription.clusters_without_endpoints();
         let hbone_endpoints_left_out = subscription.hbone_endpoints_left_out();
+        let hbone_cluster_endpoints_left_out = subscription.inline_hbone_endpoints_left_out();
         let left_out = hbone_endpoints_left_out
             .values()
+            .chain(hbone_cluster_endpoints_left_out.values())
             .fold(0usize, |sum, n| sum.saturating_add(*n));
         self.hbone_endpoints_left_out
             .set(i64::try_from(left_out).unwrap_or(i64::MAX));
@@ -109,6 +115,7 @@ impl SourceStatus {
             s.warming_clusters = warming;
             s.clusters_without_endpoints = without_endpoints;
             s.hbone_endpoints_left_out = hbone_endpoints_left_out;
+            s.hbone_cluster_endpoints_left_out = hbone_cluster_endpoints_left_out;
         });
     }
 

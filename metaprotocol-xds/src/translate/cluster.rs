@@ -19,7 +19,8 @@
 //! `internal_upstream` transport into Envoy's tunnel, which the engine does not have, and so
 //! are the endpoints whose transport it would be, found as Envoy finds an endpoint's transport
 //! among the entries as sent (the first its own labels match, else the first its locality's
-//! match), and counted (see `endpoints.rs`);
+//! match), and counted (see `endpoints.rs`; those a `load_assignment` carries are counted by
+//! the cluster, [`ClusterResource::inline_hbone_endpoints`]);
 //! `eds_cluster_config.eds_config.initial_fetch_timeout`, how long an EDS cluster waits for its
 //! endpoints before serving without them (Envoy's 15 s when unset, 0 for ever).
 //!
@@ -68,6 +69,9 @@ pub struct ClusterResource {
     pub endpoints_timeout: Option<Duration>,
     /// Its `transport_socket_matches` as sent, when istiod's HBONE entry is among them.
     hbone: Option<HboneEntries>,
+    /// How many of the endpoints it carries (`load_assignment`) it leaves out as only Istio's
+    /// HBONE tunnel reaches them.
+    inline_hbone_endpoints: usize,
 }
 
 impl ClusterResource {
@@ -94,6 +98,14 @@ impl ClusterResource {
             .iter()
             .filter(|endpoint| self.reaches_by_hbone(endpoint))
             .count()
+    }
+
+    /// How many of the endpoints the cluster carries (`load_assignment`, not EDS) it leaves out
+    /// as only Istio's HBONE tunnel reaches them: at an internal address, or taken by its HBONE
+    /// entry. istiod builds a DNS cluster's endpoints as it builds an EDS assignment, with
+    /// such endpoints for a proxy that claims HBONE.
+    pub fn inline_hbone_endpoints(&self) -> usize {
+        self.inline_hbone_endpoints
     }
 
     /// True if the cluster has istiod's HBONE entry.
@@ -233,6 +245,7 @@ pub fn cluster(
         }
     };
     let mut endpoints_timeout = None;
+    let mut inline_hbone_endpoints = 0;
     let eds_service = match kind {
         DiscoveryType::Eds => {
             endpoints_timeout = initial_fetch_timeout(cluster.eds_cluster_config.as_ref())?;
@@ -252,10 +265,16 @@ pub fn cluster(
         }
         DiscoveryType::Static | DiscoveryType::StrictDns | DiscoveryType::LogicalDns => {
             if let Some(assignment) = &cluster.load_assignment {
-                spec.endpoints = endpoints(assignment).map_err(|e| e.within("load_assignment"))?;
+                let taken =
+                    endpoints::assignment(assignment).map_err(|e| e.within("load_assignment"))?;
+                spec.endpoints = taken.endpoints;
+                let carried = spec.endpoints.len();
                 if let Some(hbone) = &hbone {
                     spec.endpoints.retain(|endpoint| !hbone.takes(endpoint));
                 }
+                inline_hbone_endpoints = taken
+                    .hbone_endpoints
+                    .saturating_add(carried - spec.endpoints.len());
             }
             None
         }
@@ -271,6 +290,7 @@ pub fn cluster(
         eds_service,
         endpoints_timeout,
         hbone,
+        inline_hbone_endpoints,
     })
 }
 
