@@ -197,7 +197,9 @@ const SSL_CERT_FILE: &str = "SSL_CERT_FILE";
 /// or not it is there yet (reading it then fails naming it, as OpenSSL takes the variable
 /// without looking further), else the first of the places systems keep it that holds a
 /// file (through symlinks), `None` when none does. `SSL_CERT_DIR`, a directory of
-/// certificates rather than a bundle, is not read.
+/// certificates rather than a bundle, is not read: pilot-agent serves this secret to an Envoy
+/// sidecar from the first of those files alone, and Envoy reads it as one bundle, never a
+/// directory.
 pub fn system_ca_file() -> Option<PathBuf> {
     match std::env::var_os(SSL_CERT_FILE).filter(|named| !named.is_empty()) {
         Some(named) => Some(PathBuf::from(named)),
