@@ -49,8 +49,8 @@ mod warn;
 
 use std::sync::{Arc, OnceLock};
 
-use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
+use envoy_types::pb::envoy::config::core::v3::{Locality, Node};
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
 use metaprotocol_router::config::{DynamicSpec, NodeMetadataValue, XDS, XdsSpec};
 use metaprotocol_router::{ConfigError, DynamicSource, Metrics, Proxy};
@@ -115,7 +115,7 @@ impl DynamicSource for XdsSource {
     }
 }
 
-/// The node the client presents: its id, cluster and metadata, and the client's name.
+/// The node the client presents: its id, cluster, metadata and locality, and the client's name.
 fn node(spec: &XdsSpec) -> Node {
     let metadata = Struct {
         fields: spec
@@ -128,6 +128,11 @@ fn node(spec: &XdsSpec) -> Node {
         id: spec.node_id.clone(),
         cluster: spec.cluster.clone(),
         metadata: Some(metadata).filter(|m| !m.fields.is_empty()),
+        locality: spec.locality.as_ref().map(|locality| Locality {
+            region: locality.region.clone(),
+            zone: locality.zone.clone(),
+            sub_zone: locality.sub_zone.clone(),
+        }),
         user_agent_name: "metaprotocol-rs".to_owned(),
         user_agent_version_type: Some(UserAgentVersionType::UserAgentVersion(
             env!("CARGO_PKG_VERSION").to_owned(),
@@ -161,21 +166,28 @@ mod tests {
     /// strings (`LABELS`, by which `Sidecar`, `EnvoyFilter` and other resources select their
     /// workloads), which istiod refuses the stream for when they come as strings. A value YAML
     /// reads as a number or boolean is still refused unquoted, as elsewhere in the config.
-    #[test]
-    fn node_metadata_takes_maps_and_lists_of_strings_as_istiod_reads_them() {
-        let config = |metadata: &str| {
-            metaprotocol_router::Config::from_yaml(&format!(
-                "dynamic:\n  xds:\n    address: 127.0.0.1:15010\n    node_id: proxy-1\n    clusters: ['*']\n    node_metadata: {metadata}\nlisteners: []\n"
-            ))
-        };
-        let parsed = config(
-            "{ ISTIO_VERSION: '1.24.0', ENABLE_HBONE: 'true', LABELS: { app: demo, version: v1 }, TAGS: [blue, green] }",
-        );
-        let spec = match parsed.map(|config| config.dynamic.and_then(|d| d.xds)) {
+    /// A config whose `dynamic.xds` has `field` (`name: value`, flow YAML) beside what it needs.
+    fn config_with(field: &str) -> Result<metaprotocol_router::Config, ConfigError> {
+        metaprotocol_router::Config::from_yaml(&format!(
+            "dynamic:\n  xds:\n    address: 127.0.0.1:15010\n    node_id: proxy-1\n    clusters: ['*']\n    {field}\nlisteners: []\n"
+        ))
+    }
+
+    /// The `dynamic.xds` section of a config with `field` (see [`config_with`]).
+    fn spec_with(field: &str) -> XdsSpec {
+        match config_with(field).map(|config| config.dynamic.and_then(|d| d.xds)) {
             Ok(Some(spec)) => spec,
             Ok(None) => panic!("no xds section"),
             Err(err) => panic!("{err}"),
-        };
+        }
+    }
+
+    #[test]
+    fn node_metadata_takes_maps_and_lists_of_strings_as_istiod_reads_them() {
+        let config = |metadata: &str| config_with(&format!("node_metadata: {metadata}"));
+        let spec = spec_with(
+            "node_metadata: { ISTIO_VERSION: '1.24.0', ENABLE_HBONE: 'true', LABELS: { app: demo, version: v1 }, TAGS: [blue, green] }",
+        );
         let string = |text: &str| Value {
             kind: Some(Kind::StringValue(text.to_owned())),
         };
@@ -209,6 +221,31 @@ mod tests {
                 .as_ref()
                 .is_err_and(|err| err.to_string().contains("node_metadata")),
             "{unquoted:?}"
+        );
+    }
+
+    /// The node's locality (`dynamic.xds.locality`) is sent to the server, which orders the
+    /// endpoints of a locality-aware cluster by it (istiod's failover priorities, sent from the
+    /// proxy's region, zone and sub-zone); none is sent when it is not given. A field it has not
+    /// is refused naming it.
+    #[test]
+    fn the_nodes_locality_is_sent_as_configured() {
+        let spec = spec_with("locality: { region: us-east1, zone: us-east1-b, sub_zone: rack-7 }");
+        assert_eq!(
+            node(&spec).locality,
+            Some(Locality {
+                region: "us-east1".to_owned(),
+                zone: "us-east1-b".to_owned(),
+                sub_zone: "rack-7".to_owned(),
+            })
+        );
+        assert_eq!(node(&spec_with("cluster: c")).locality, None);
+        let misspelt = config_with("locality: { regoin: us-east1 }").map(drop);
+        assert!(
+            misspelt
+                .as_ref()
+                .is_err_and(|err| err.to_string().contains("locality")),
+            "{misspelt:?}"
         );
     }
 }

@@ -73,6 +73,10 @@ pub struct XdsSpec {
     /// Node metadata sent to the server (istiod, for one, reads some: `LABELS` as a map).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_metadata: BTreeMap<String, NodeMetadataValue>,
+    /// The node's locality sent to the server, which may order the endpoints it sends by it
+    /// (istiod's locality failover); none when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<NodeLocalitySpec>,
     /// Route configs from the server: names, or `*` for every one it has (RDS).
     #[serde(default)]
     pub route_configs: Vec<String>,
@@ -109,6 +113,22 @@ pub struct XdsSpec {
     /// a secret is resolved to its files here by its name, never fetched.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sds_secrets: BTreeMap<String, CertificateProviderSpec>,
+}
+
+/// Where the proxy runs, as the node's locality an xDS server knows it by (Envoy's
+/// `Node.locality`): region, zone and sub-zone, each empty when not given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeLocalitySpec {
+    /// The region.
+    #[serde(default)]
+    pub region: String,
+    /// The zone within the region.
+    #[serde(default)]
+    pub zone: String,
+    /// The sub-zone within the zone (a rack, say).
+    #[serde(default)]
+    pub sub_zone: String,
 }
 
 /// A value of the node metadata: a string, or a map or list of such values, sent as the

@@ -33,8 +33,8 @@ pub use cluster::{
     TransportSocketMatchSpec,
 };
 pub use dynamic::{
-    CertificateProviderSpec, DynamicSpec, KeepaliveSpec, NodeMetadataValue, ReconnectSpec, XDS,
-    XdsApiType, XdsLimitsSpec, XdsSpec,
+    CertificateProviderSpec, DynamicSpec, KeepaliveSpec, NodeLocalitySpec, NodeMetadataValue,
+    ReconnectSpec, XDS, XdsApiType, XdsLimitsSpec, XdsSpec,
 };
 pub(crate) use error::Errors;
 pub use error::{ConfigError, Position};
