@@ -700,8 +700,62 @@ fn limit_open_files(pid: u32, limit: usize) -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_file_descriptors_the_proxy_counts_its_failed_accepts_and_warns_once() -> TestResult
 {
+    out_of_file_descriptors(Flooded::Listener).await
+}
+
+/// As [`out_of_file_descriptors_the_proxy_counts_its_failed_accepts_and_warns_once`], for the
+/// admin API: Kubernetes probes it every few seconds, and its accept loop warned every 50 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_the_admin_api_counts_its_failed_accepts_and_warns_once()
+-> TestResult {
+    out_of_file_descriptors(Flooded::Admin).await
+}
+
+/// Which of the proxy's sockets a test floods with clients while the proxy is out of file
+/// descriptors.
+#[derive(Clone, Copy)]
+enum Flooded {
+    /// The Dubbo listener `in`.
+    Listener,
+    /// The admin API.
+    Admin,
+}
+
+impl Flooded {
+    /// What the proxy's log lines about this socket's accepts hold (`http_server=admin` for
+    /// the admin API's, which no line about the listener's holds).
+    fn log_field(self) -> &'static str {
+        match self {
+            Flooded::Listener => "listener=in",
+            Flooded::Admin => "admin",
+        }
+    }
+
+    /// The series counting this socket's failed accepts.
+    fn series(self) -> &'static str {
+        match self {
+            Flooded::Listener => "metaprotocol_downstream_cx_accept_errors_total{listener=\"in\"}",
+            Flooded::Admin => "metaprotocol_admin_accept_errors_total",
+        }
+    }
+}
+
+/// How many of the lines of `logs` hold both `message` and `field`.
+fn lines_with(logs: &str, message: &str, field: &str) -> usize {
+    logs.lines()
+        .filter(|line| line.contains(message) && line.contains(field))
+        .count()
+}
+
+/// Limits the proxy's open files to two more than it holds and opens ten connections to the
+/// `flooded` socket: the proxy must log one warning a run of failed accepts, count them, and
+/// accept again once descriptors are free.
+async fn out_of_file_descriptors(flooded: Flooded) -> TestResult {
     let provider = DemoProvider::start("v1").await?;
-    let scratch = Scratch::new("proxy-binary-emfile")?;
+    let scratch = Scratch::new(match flooded {
+        Flooded::Listener => "proxy-binary-emfile",
+        Flooded::Admin => "proxy-binary-emfile-admin",
+    })?;
     let address = free_addr()?;
     let admin = free_addr()?;
     let config = format!(
@@ -715,26 +769,35 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
     let mut proxy =
         block_in_place(|| BinaryProxy::start(&config, &["--workers", "1"], address, &scratch))?;
     let pid = proxy.pid();
+    let target = match flooded {
+        Flooded::Listener => address,
+        Flooded::Admin => admin,
+    };
+    let field = flooded.log_field();
     limit_open_files(pid, open_files(pid)? + 2)?;
     let clients = (0..10)
-        .map(|_| std::net::TcpStream::connect(address))
+        .map(|_| std::net::TcpStream::connect(target))
         .collect::<Result<Vec<_>, _>>()?;
     // The first failed accept of a run is logged; a second of failing accepts after it, none
     // more. A run ends when an accept succeeds, and the next failure begins another: with the
     // machine loaded, a descriptor the proxy held when its files were counted (the connection
     // `start` probed with, its config file being read) may be given back after the limit.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !proxy.stderr_tail().contains("accept failed") {
+    while lines_with(&proxy.stderr_tail(), "accept failed", field) == 0 {
         proxy.check_running()?;
-        assert!(Instant::now() < deadline, "no failed accept logged");
+        assert!(
+            Instant::now() < deadline,
+            "no failed accept logged: {}",
+            proxy.stderr_tail()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     proxy.check_running()?;
     let logs = proxy.stderr_tail();
     let (warned, recovered) = (
-        logs.matches("accept failed").count(),
-        logs.matches("accepting connections again").count(),
+        lines_with(&logs, "accept failed", field),
+        lines_with(&logs, "accepting connections again", field),
     );
     assert!(
         warned >= 1 && warned <= recovered + 1,
@@ -748,14 +811,15 @@ clusters: [ {{ name: c, endpoints: [ {{ address: {} }} ] }} ]
     assert_eq!(status, 200);
     let failed: f64 = metrics
         .lines()
-        .find_map(|line| {
-            line.strip_prefix("metaprotocol_downstream_cx_accept_errors_total{listener=\"in\"}")
-        })
+        .find_map(|line| line.strip_prefix(flooded.series()))
         .and_then(|value| value.trim().parse().ok())
         .ok_or("no accept errors counted")?;
     assert!(failed >= 5.0, "{failed} failed accepts in a second");
     let logs = proxy.stderr_tail();
-    assert!(logs.contains("accepting connections again"), "{logs}");
+    assert!(
+        lines_with(&logs, "accepting connections again", field) >= 1,
+        "{logs}"
+    );
     Ok(())
 }
 

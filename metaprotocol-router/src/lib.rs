@@ -59,6 +59,7 @@
 //! and filters, as a `tower_service::Service`. The script filters `lua` and `wasm` are cargo
 //! features of the same names.
 
+mod accept;
 mod access_log;
 mod admin;
 mod backlog;

@@ -129,8 +129,22 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<ProxyState>, stop: C
             (state.clone(), auth::TokenReads::default()),
             writes_need_the_token,
         ))
-        .with_state(state);
-    crate::http_server::serve(listener, app, stop, crate::http_server::REQUEST_TIMEOUT).await;
+        .with_state(state.clone());
+    let accepts = crate::http_server::Accepts {
+        server: "admin",
+        errors: state.metrics().root().counter(
+            "admin_accept_errors",
+            "Accepts of the admin API's connections that failed (out of file descriptors, say)",
+        ),
+    };
+    crate::http_server::serve(
+        listener,
+        app,
+        stop,
+        crate::http_server::REQUEST_TIMEOUT,
+        accepts,
+    )
+    .await;
 }
 
 /// Writes (every method but GET and HEAD) need the admin token when one is set. Checked before

@@ -2,7 +2,8 @@
 //! embedders' own HTTP fronts ([`serve_http`]): one task per connection, at most
 //! [`MAX_CONNECTIONS`] at once (when they are all taken, the idle ones are closed for the
 //! connections waiting: a readiness probe is not held behind clients that keep connections
-//! open and send nothing), with a deadline on every request's headers (a client that trickles
+//! open and send nothing), backing off from failed accepts as the listeners do
+//! ([`crate::accept`]), with a deadline on every request's headers (a client that trickles
 //! them, or leaves a connection idle, is cut off), on the rest of the request (its body and its
 //! handling) and on each write of an answer (a client that reads none is cut off), and a
 //! graceful stop.
@@ -25,6 +26,9 @@ use tokio_util::task::TaskTracker;
 
 use write_stall::WriteStall;
 
+use crate::accept::{AcceptFailures, AcceptingSocket};
+use crate::stats::Counter;
+
 /// How long a client has to send a request's headers, and how long an idle keep-alive
 /// connection stays open.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,6 +50,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// for the rest of a request (its body and its handling; a `408` answers one that takes
 /// longer), and 10 s for each write of an answer to a client that takes none of it. Without
 /// such bounds (`axum::serve` has none), a client can hold a connection and its task for good.
+/// A failed accept (out of file descriptors, say) is tried again every 50 ms, logged with
+/// `http_server=embedded` at the first failure of a run and when it accepts again.
 pub async fn serve_http(
     listener: TcpListener,
     app: Router,
@@ -65,7 +71,11 @@ pub async fn serve_http_within(
     request_timeout: Duration,
 ) {
     let token = CancellationToken::new();
-    let serving = serve(listener, app, token.clone(), request_timeout);
+    let accepts = Accepts {
+        server: "embedded",
+        errors: Counter::default(),
+    };
+    let serving = serve(listener, app, token.clone(), request_timeout, accepts);
     tokio::pin!(serving);
     tokio::select! {
         () = serving.as_mut() => {}
@@ -76,12 +86,22 @@ pub async fn serve_http_within(
     }
 }
 
-/// [`serve_http_within`] until `stop` is cancelled.
+/// What a server's failed accepts are logged and counted as.
+pub(crate) struct Accepts {
+    /// Its name in the log lines: `http_server=<server>`.
+    pub(crate) server: &'static str,
+    /// Counts them.
+    pub(crate) errors: Counter,
+}
+
+/// [`serve_http_within`] until `stop` is cancelled; a failed accept is logged and counted as
+/// `accepts` says, and tried again as the listeners do ([`AcceptFailures`]).
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     stop: CancellationToken,
     request_timeout: Duration,
+    accepts: Accepts,
 ) {
     let app = app.layer(middleware::from_fn(move |request, next| {
         within_deadline(request_timeout, request, next)
@@ -91,16 +111,19 @@ pub(crate) async fn serve(
     // Told when every place is taken: each connection closes once it has no request in
     // progress (at once if idle), as nginx frees idle keep-alive connections when it runs out.
     let full = Arc::new(tokio::sync::Notify::new());
+    let mut failures = AcceptFailures::new(AcceptingSocket::HttpServer(accepts.server));
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         let stream = match accepted {
-            Ok((stream, _)) => stream,
+            Ok((stream, _)) => {
+                failures.accepted();
+                stream
+            }
             Err(err) => {
-                tracing::warn!(error = %err, "admin accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                failures.failed(&err, &accepts.errors).await;
                 continue;
             }
         };

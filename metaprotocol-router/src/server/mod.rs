@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TrackedFuture;
 
+use crate::accept::{AcceptFailures, AcceptingSocket};
 use crate::access_log::AccessLogger;
 use crate::route::RouteSlot;
 use crate::router::KeptForLog;
@@ -286,10 +287,6 @@ impl Trackers {
     }
 }
 
-/// How long the accept loop waits after a failed accept before it tries again: the failure
-/// (out of file descriptors, say) lasts, and the pending connection stays ready to accept.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-
 /// Accepts connections until `stop` (shutdown, or the listener's removal), serving each on its
 /// own task; then lets go of the socket and cancels `drain`, which starts their drain. In that
 /// order: a client told to go away that reconnects at once (a connection pool replacing the
@@ -301,9 +298,7 @@ pub(crate) async fn serve(
     (stop, drain): (CancellationToken, CancellationToken),
     trackers: Trackers,
 ) {
-    // Accepts failed in a row: a run is logged at its first failure and its end, and counted
-    // throughout (a proxy out of file descriptors fails twenty times a second).
-    let mut failed: u64 = 0;
+    let mut failures = AcceptFailures::new(AcceptingSocket::Listener(ctx.load().name.clone()));
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
@@ -311,11 +306,8 @@ pub(crate) async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
+                failures.accepted();
                 let ctx = ctx.load_full();
-                if failed > 0 {
-                    tracing::info!(listener = %ctx.name, failed, "accepting connections again");
-                    failed = 0;
-                }
                 if ctx
                     .max_connections
                     .is_some_and(|max| ctx.stats.cx_active.get() >= i64::from(max))
@@ -328,18 +320,8 @@ pub(crate) async fn serve(
                 trackers.serve(stream, peer, Admitted::new(ctx), retired);
             }
             Err(err) => {
-                {
-                    let ctx = ctx.load();
-                    ctx.stats.cx_accept_errors.inc();
-                    if failed == 0 {
-                        tracing::warn!(listener = %ctx.name, error = %err, "accept failed; trying again every 50 ms until it succeeds");
-                    } else {
-                        tracing::debug!(listener = %ctx.name, error = %err, "accept failed");
-                    }
-                }
-                failed += 1;
-                // Out of file descriptors and the like: back off instead of spinning.
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                let counted = ctx.load().stats.cx_accept_errors.clone();
+                failures.failed(&err, &counted).await;
             }
         }
     }
