@@ -2068,10 +2068,10 @@ async fn past_the_proxy_wide_request_limit_new_calls_get_an_over_limit_reply() -
 }
 
 /// An upstream that answers every two-way call with the same value of `size` bytes, its id
-/// set, reading no more of a call than its header (its id and its length). Each answer costs
-/// this test's one thread a copy: the demo provider's, encoded character by character, took
-/// most of its time in a debug build, and with the machine loaded so few were answered in
-/// 30 s that none had to wait for a client.
+/// set, decoding only a call's header (its id and its length) and reading and discarding its
+/// body. Each answer costs this test's one thread a copy: the demo provider's, encoded
+/// character by character, took most of its time in a debug build, and with the machine loaded
+/// so few were answered in 30 s that none had to wait for a client.
 async fn upstream_answering_with(size: usize) -> std::io::Result<std::net::SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;

@@ -442,7 +442,7 @@ clusters:
     {
         assert!(
             Instant::now() < deadline,
-            "the error is not placed in the file: {}",
+            "no warning placing the error at its line and column (line 6, column 28): {}",
             proxy.stderr_tail()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
