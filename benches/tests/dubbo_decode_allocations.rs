@@ -1,8 +1,8 @@
 //! The Dubbo codec's heap allocations per call decoded, counted by the counting allocator: a
 //! call as a Java consumer sends it (string attachments) and one as dubbo2.js sends it (its
-//! `timeout` an int, rendered as text into the metadata's own room) decode without allocating,
-//! into a reused message as the engine decodes them and into a new one each. Each test binary
-//! counts alone.
+//! `timeout` an int, rendered as text into the metadata's own room), and one whose arguments
+//! nest objects, lists and maps, decode without allocating, into a reused message as the engine
+//! decodes them and into a new one each. Each test binary counts alone.
 
 use bytes::BytesMut;
 use metaprotocol_benches::alloc::{CountingAlloc, Counts, count_this_thread};
@@ -106,6 +106,62 @@ fn numbers_call() -> Vec<u8> {
     frame
 }
 
+/// A call whose arguments hold lists, maps and objects as Java's Hessian2Output writes them (each
+/// class defined before its first object): an order `{id, items: [{sku, qty}, {sku, qty}],
+/// tags: {k: v}}`, and a linked list of twelve nodes whose link is their first field, so that
+/// every node is a level the walk over it keeps open.
+fn nested_call() -> Vec<u8> {
+    let mut body = Vec::new();
+    let string = |body: &mut Vec<u8>, text: &str| {
+        body.push(u8::try_from(text.len()).unwrap_or_default());
+        body.extend_from_slice(text.as_bytes());
+    };
+    for field in ["2.0.2", "demo.Api", "1.0.0", "place", "Lx/Order;Lx/Node;"] {
+        string(&mut body, field);
+    }
+    body.push(b'C');
+    string(&mut body, "x.Order");
+    body.push(0x93);
+    for field in ["id", "items", "tags"] {
+        string(&mut body, field);
+    }
+    // Order {id: 1L, items: a typed list of two, ...
+    body.extend_from_slice(&[0x60, 0xe1, 0x72]);
+    string(&mut body, "[x.Item");
+    body.push(b'C');
+    string(&mut body, "x.Item");
+    body.push(0x92);
+    for field in ["sku", "qty"] {
+        string(&mut body, field);
+    }
+    for (sku, qty) in [("a1", 0x91), ("b2", 0x92)] {
+        body.push(0x61);
+        string(&mut body, sku);
+        body.push(qty);
+    }
+    // ... tags: {k: v}}
+    body.push(b'H');
+    string(&mut body, "k");
+    string(&mut body, "v");
+    body.push(b'Z');
+    body.push(b'C');
+    string(&mut body, "x.Node");
+    body.push(0x92);
+    string(&mut body, "next");
+    string(&mut body, "value");
+    body.extend_from_slice(&[0x62; 12]);
+    body.push(b'N');
+    body.extend_from_slice(&[0x90; 12]);
+    body.push(b'H');
+    string(&mut body, "path");
+    string(&mut body, "demo.Api");
+    body.push(b'Z');
+    let mut frame = vec![0xda, 0xbb, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    frame.extend_from_slice(&u32::try_from(body.len()).unwrap_or_default().to_be_bytes());
+    frame.extend_from_slice(&body);
+    frame
+}
+
 #[test]
 fn calls_decode_without_allocating() -> TestResult {
     count_this_thread();
@@ -123,7 +179,12 @@ fn calls_decode_without_allocating() -> TestResult {
         },
     );
     let dubbojs = dubbojs_call()?;
-    for (name, frame) in [("java", &java[..]), ("dubbo2.js", &dubbojs[..])] {
+    let nested = nested_call();
+    for (name, frame) in [
+        ("java", &java[..]),
+        ("dubbo2.js", &dubbojs[..]),
+        ("nested arguments", &nested[..]),
+    ] {
         for reuse in [true, false] {
             let made = allocations(frames(frame), reuse)?;
             assert_eq!(

@@ -341,6 +341,32 @@ fn dubbojs_int_timeout_in_seconds_is_no_deadline() -> TestResult {
     Ok(())
 }
 
+/// A Java consumer's arguments nest as deeply as its objects do, and Java's Hessian2 reader
+/// takes them however deep: dubbo2.js passing a linked list of 100 objects, each holding the
+/// next, gets its answer through the proxy, which reads the call to its attachments to route and
+/// mutate it, and the provider reads every node. Before, a value nested more than 64 deep was
+/// refused with status 40.
+#[test]
+fn a_call_passing_a_linked_list_100_objects_deep_reaches_the_provider() -> TestResult {
+    let Some(fx) = Fixture::start("dubbo-linked-list", "3s")? else {
+        return Ok(());
+    };
+    let run = Run {
+        extra: vec!["--linked", "100"],
+        ..Run::hello(Client::DubboJs, &fx.addr)
+    };
+    let lines = run.run(&fx.scratch)?;
+    let reply = single_reply(&lines)?;
+    assert_eq!(
+        reply.greeting, "Hello, w1 and 100 linked nodes",
+        "{reply:?}"
+    );
+    assert_eq!(reply.provider, "v1", "{reply:?}");
+    assert_eq!(reply.attachment("x-routed-by"), Some("user"), "{reply:?}");
+    assert_eq!(reply.attachment(TENANT.0), Some(TENANT.1), "{reply:?}");
+    Ok(())
+}
+
 /// dubbo-py's one-way requests reach the routed provider, and the reply the provider sends
 /// anyway (a quirk of both provider libraries) does not reach the client.
 #[test]

@@ -192,15 +192,88 @@ fn a_key_repeated_without_end_overflows_the_metadata() -> TestResult {
     Ok(())
 }
 
+/// `nodes` objects of class `org.example.Node`, each holding the next in its field `next`, as
+/// Java's Hessian2Output writes a linked list: the class defined once, then each object by its
+/// class number, its fields in the class's order; the last `next` is null. With `link_first`,
+/// `next` is the first field, so every object's `value` comes after all the objects it holds.
+fn linked_list(nodes: i32, link_first: bool) -> Vec<u8> {
+    let mut list = Writer::new();
+    list.raw(b"C").string("org.example.Node").raw(&[0x92]);
+    if link_first {
+        list.string("next").string("value");
+        list.raw(&vec![0x60; usize::try_from(nodes).unwrap_or_default()]);
+        list.raw(b"N");
+        for value in (0..nodes).rev() {
+            list.value(&Value::Int(value));
+        }
+    } else {
+        list.string("value").string("next");
+        for value in 0..nodes {
+            list.raw(&[0x60]).value(&Value::Int(value));
+        }
+        list.raw(b"N");
+    }
+    list.out
+}
+
+/// Java's Hessian2 reader takes a value nested as deeply as its thread's stack allows, and a
+/// Java consumer sends what its objects hold (a linked list, a deep tree): a call whose
+/// argument nests deeper than 64 is read to its end and routed with its attachments, and an
+/// answer holding such a value is read with its attachments, however deep it nests within the
+/// frame (here ten thousand objects, each with a value left to read after the next).
 #[test]
-fn depth_bombs_and_class_floods_are_rejected() -> TestResult {
-    let mut bomb = request_body("demo.Api", "hi", "Ljava/lang/Object;", &[], None);
-    bomb.extend(std::iter::repeat_n(0x57, 10_000));
-    assert_eq!(rejected(&bomb)?, "Hessian2 value nests too deeply");
+fn values_nested_deeper_than_64_are_read_to_their_end() -> TestResult {
+    for (nodes, link_first) in [(100, false), (100, true), (10_000, true)] {
+        let case = format!("{nodes} nodes, the link first: {link_first}");
+        let list = linked_list(nodes, link_first);
+        let mut call = Writer::new();
+        call.string("2.0.2")
+            .string("demo.Api")
+            .string("1.0.0")
+            .string("sum")
+            .string("Lorg/example/Node;")
+            .raw(&list)
+            .raw(b"H")
+            .string("path")
+            .string("demo.Api")
+            .string("tenant")
+            .string("t1")
+            .raw(b"Z");
+        let call = decode_one(&frame(0xc2, 0, 1, &call.out))?;
+        assert_eq!(call.reject_reason, None, "{case}");
+        assert_eq!(meta(&call, "method"), Some("sum"), "{case}");
+        assert_eq!(meta(&call, "tenant"), Some("t1"), "{case}");
+
+        let mut answer = Writer::new();
+        answer
+            .raw(&[0x94])
+            .raw(&list)
+            .raw(b"H")
+            .string("tenant")
+            .string("t1")
+            .raw(b"Z");
+        let answer = decode_one(&frame(0x02, 20, 1, &answer.out))?;
+        assert_eq!(
+            answer.status,
+            metaprotocol_core::ResponseStatus::Ok,
+            "{case}"
+        );
+        assert_eq!(meta(&answer, "tenant"), Some("t1"), "{case}");
+    }
+    Ok(())
+}
+
+/// Lists or maps opened and never ended run into the end of their frame, however deeply they
+/// nest; so many class definitions that a frame holds more than the skipper keeps are refused.
+#[test]
+fn unended_nesting_and_class_floods_are_rejected() -> TestResult {
+    let mut lists = request_body("demo.Api", "hi", "Ljava/lang/Object;", &[], None);
+    lists.extend(std::iter::repeat_n(0x57, 10_000));
+    assert_eq!(rejected(&lists)?, "truncated Hessian2 value");
 
     let mut maps = request_body("demo.Api", "hi", "Ljava/lang/Object;", &[], None);
     maps.extend(std::iter::repeat_n(b'H', 100));
-    assert_eq!(rejected(&maps)?, "Hessian2 value nests too deeply");
+    assert_eq!(rejected(&maps)?, "truncated Hessian2 value");
 
     let mut flood = request_body("demo.Api", "hi", "Ljava/lang/Object;", &[], None);
     for _ in 0..5000 {

@@ -6,7 +6,8 @@
 //!   structure of strings and binaries.
 //! - [`skip`]: steps over any value of the grammar (class definitions and objects, references,
 //!   typed and untyped lists and maps, chunked strings and binaries, dates, longs, doubles)
-//!   with a depth limit and a cap on class definitions.
+//!   nested as deeply as the frame holds them (walked with a stack, not by recursion), with a
+//!   cap on class definitions.
 //! - [`printed`]: the text of a value that is no string (an int, a double, a date, a list, a
 //!   map ...), as a Java provider prints it where that is the same on every host, for
 //!   attachments that carry one.

@@ -19,20 +19,27 @@
 //! A text is cut at [`MAX_PRINTED_BYTES`], ending in `...`, and the walk over the value stops
 //! there: a list of a million items is printed as far as its first hundred or so. References
 //! read values a second time: a frame's read at most [`REFERENCE_READ_FACTOR`] times its body
-//! (see [`References`]), and a cycle of them, which Java cannot print, is cut as deep as a
-//! skip lets values nest.
+//! (see [`References`]). A value's lists, maps and objects are printed [`MAX_PRINTED_DEPTH`]
+//! levels deep, past which its text is cut: so is a cycle of references, which Java cannot
+//! print at all.
 
 use std::fmt::{self, Write};
 
 use metaprotocol_core::CodecError;
 
 use super::reader::{Reader, is_string_tag};
-use super::skip::{self, MAX_DEPTH, Skipper};
+use super::skip::{self, Skipper};
 use super::{CLASS_DEF, END, NULL, TYPED_MAP, UNTYPED_MAP, text};
 
 /// The longest text printed for a value, in bytes: past it, the text is cut. Enough for the
 /// lists and maps a route can match on; a longer value is no routing key.
 pub(crate) const MAX_PRINTED_BYTES: usize = 256;
+
+/// How deeply the lists, maps and objects of a value are printed: deeper, its text is cut. The
+/// printer walks a value by recursion (a level takes up to about 4 KiB of stack unoptimized,
+/// and 64 keep the walk well within a worker thread's stack); attachments are flat maps of
+/// strings and numbers, far below it.
+const MAX_PRINTED_DEPTH: usize = 64;
 
 /// What ends a text that was cut.
 const CUT_MARK: &str = "...";
@@ -208,10 +215,9 @@ struct Printer<'f, 'c> {
 impl Printer<'_, '_> {
     /// Prints the value at the reader, with any class definitions before it.
     fn value(&mut self, level: Level) -> Result<(), Stop> {
-        // A skip found the value within the limit: only references, to a value that holds
-        // them, go deeper. Java cannot print such a value at all (its `toString` recurses
-        // without end); its text is cut.
-        if level.depth > MAX_DEPTH {
+        // Deeper than a route would match on; or a cycle of references, which Java cannot
+        // print at all (its `toString` recurses without end).
+        if level.depth > MAX_PRINTED_DEPTH {
             self.text.cut("");
             return Err(Stop::Full);
         }
@@ -748,6 +754,18 @@ mod tests {
         for (bytes, expected) in cases {
             assert_eq!(text(bytes), *expected, "{bytes:02x?}");
         }
+    }
+
+    /// A value skipped to its end however deep it nests is printed to the printer's depth, its
+    /// text cut there.
+    #[test]
+    fn a_value_nested_deeper_than_the_printer_goes_is_cut_there() {
+        // Lists of one item, a hundred deep, the innermost holding 0.
+        let deep = [vec![0x79; 100], vec![0x90]].concat();
+        let levels = "[".repeat(MAX_PRINTED_DEPTH + 1);
+        assert_eq!(text(&deep), format!("{levels}..."));
+        let shallow = [vec![0x79; 3], vec![0x90]].concat();
+        assert_eq!(text(&shallow), "[[[0]]]");
     }
 
     #[test]

@@ -6,6 +6,8 @@
 const DEMO_INTERFACE = 'org.apache.dubbo.samples.basic.api.DemoService';
 const DEMO_VERSION = '1.0.0';
 const DUBBO_VERSION = '2.0.2';
+// The class of the linked list dubbojs_client.js's --linked passes.
+const NODE_CLASS = 'org.apache.dubbo.samples.basic.api.Node';
 
 // Parses `--key value` pairs; `--attach k=v` may repeat; flags listed in
 // `booleans` take no value.
@@ -88,6 +90,6 @@ async function runCalls(client, opts, callOnce) {
 }
 
 module.exports = {
-  DEMO_INTERFACE, DEMO_VERSION, DUBBO_VERSION,
+  DEMO_INTERFACE, DEMO_VERSION, DUBBO_VERSION, NODE_CLASS,
   parseArgs, clientArgs, attachmentPairs, providerReply, emit, runCalls,
 };

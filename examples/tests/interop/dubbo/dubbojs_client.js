@@ -4,10 +4,12 @@
 //
 //   node dubbojs_client.js --addr 127.0.0.1:20880 [--count N] [--name w1]
 //        [--attach k=v ...] [--timeout-ms 3000] [--interface I] [--version V] [--method M]
-//        [--service-timeout MS]
+//        [--service-timeout MS] [--linked N]
 //
 // --service-timeout gives the service a timeout of its own, which dubbo2.js sends
 // with each call as a `timeout` attachment whose value is an int, not a string.
+// --linked passes a second argument: a linked list of N `Node` objects, each
+// holding the next in its last field, nested N deep as a Java consumer sends it.
 //
 // Prints the same JSON lines as sofa_client.js, with "client":"dubbojs".
 
@@ -15,7 +17,7 @@ const { DirectlyDubbo, java } = require('dubbo2.js');
 const decodeModule = require('dubbo2.js/es7/decode');
 const SocketWorker = require('dubbo2.js/es7/socket-worker').default;
 const hessian = require('hessian.js');
-const { DUBBO_VERSION, clientArgs, runCalls } = require('./common');
+const { DUBBO_VERSION, NODE_CLASS, clientArgs, runCalls } = require('./common');
 
 const opts = clientArgs(process.argv.slice(2));
 
@@ -50,13 +52,23 @@ const dubbo = DirectlyDubbo.from({
   dubboVersion: DUBBO_VERSION,
   dubboInvokeTimeout: opts.timeoutMs / 1000,
 });
+// A list of `n` Node objects, the first holding the second, and so on.
+function linkedList(n) {
+  let next = null;
+  for (let value = n - 1; value >= 0; value--) {
+    next = java.combine(NODE_CLASS, { value: java.int(value), next });
+  }
+  return next;
+}
+
+const linked = opts.flags.linked ? Number(opts.flags.linked) : 0;
 const service = dubbo.proxyService({
   dubboInterface: opts.iface,
   version: opts.version,
   timeout: opts.flags['service-timeout'] ? Number(opts.flags['service-timeout']) : undefined,
   methods: {
     [opts.method](name) {
-      return [ java.String(name) ];
+      return linked ? [ java.String(name), linkedList(linked) ] : [ java.String(name) ];
     },
   },
 });

@@ -1,6 +1,8 @@
 'use strict';
 // A Dubbo2 provider built on sofa-rpc-node's RpcServer with the dubbo-remoting
-// protocol (npm), serving DemoService:1.0.0 sayHello(String) on 127.0.0.1.
+// protocol (npm), serving DemoService:1.0.0 sayHello(String) on 127.0.0.1. A call
+// with a second argument, a linked list of Node objects (dubbojs_client.js
+// --linked), is greeted as `<name> and <N> linked nodes`, N the nodes it read.
 //
 //   node node_provider.js --port 20881 --name v1 [--record calls.log]
 //
@@ -63,7 +65,12 @@ const server = new InteropServer({
 });
 
 server.addService({ interfaceName: DEMO_INTERFACE, version: DEMO_VERSION }, {
-  async sayHello(name) {
+  async sayHello(name, linked) {
+    if (linked) {
+      let nodes = 0;
+      for (let node = linked; node; node = node.next) nodes++;
+      name = `${name} and ${nodes} linked nodes`;
+    }
     const data = this.req.data;
     const attachments = data.requestProps || {};
     record(data.isTwoWay !== false, name, attachments);
