@@ -671,10 +671,11 @@ pub(crate) fn decode(frame: &Bytes, metadata: &mut Metadata) -> Result<DecodedRe
     if let Some(method) = text(&method)? {
         metadata.insert(keys::METHOD, method);
     }
-    if let Some(version) = &version {
-        let version = version_text(version, frame).ok_or(request::UNDECODABLE_FIELD)?;
-        metadata.insert(keys::VERSION, version);
-    }
+    let version = match &version {
+        Some(version) => version_text(version, frame).ok_or(request::UNDECODABLE_FIELD)?,
+        None => request::NO_VERSION,
+    };
+    metadata.insert(keys::VERSION, version);
     let descriptor = match &descriptor {
         Some(descriptor) => text_of(descriptor, frame).ok_or(request::UNDECODABLE_FIELD)?,
         None => Cow::Borrowed(""),
@@ -891,7 +892,7 @@ fn insert(
 /// [`request`]); `None` if it cannot be represented in UTF-8.
 fn version_text(version: &JsonbStr, frame: &Bytes) -> Option<MetadataStr> {
     if version.is(frame, request::DEFAULT_VERSION) {
-        return Some(MetadataStr::Static(""));
+        return Some(request::NO_VERSION);
     }
     version.to_metadata(frame)
 }

@@ -54,10 +54,11 @@ pub(crate) fn decode(frame: &Bytes, metadata: &mut Metadata) -> Result<DecodedRe
     if let Some(method) = text(&fields.method)? {
         metadata.insert(keys::METHOD, method);
     }
-    if let Some(version) = &fields.version {
-        let version = version_text(version, frame).ok_or(UNDECODABLE_FIELD)?;
-        metadata.insert(keys::VERSION, version);
-    }
+    let version = match &fields.version {
+        Some(version) => version_text(version, frame).ok_or(UNDECODABLE_FIELD)?,
+        None => NO_VERSION,
+    };
+    metadata.insert(keys::VERSION, version);
     if fields
         .descriptor
         .as_ref()
@@ -311,12 +312,18 @@ pub(crate) const VERSION_ATTACHMENT: &[u8] = keys::VERSION.as_bytes();
 /// `GroupServiceKeyCache`): a call of it runs the export without a version.
 pub(crate) const DEFAULT_VERSION: &[u8] = b"0.0.0";
 
+/// The version of the export without one, as metadata: what Dubbo's default `0.0.0` names, and
+/// a version field that is null. Java's DubboCodec reads the field as any string (a null as
+/// none, which it keeps), and the provider looks the service up by it; its service keys take
+/// none as they take `0.0.0` (`GroupServiceKeyCache`), so the export without a version runs.
+pub(crate) const NO_VERSION: MetadataStr = MetadataStr::Static("");
+
 /// A service version as metadata: Dubbo's default `0.0.0` as the empty version, which names
 /// the export without a version that runs it, so that routes and policies see one version for
 /// one export; `None` if it cannot be represented in UTF-8.
 fn version_text(version: &StringData<'_>, frame: &Bytes) -> Option<MetadataStr> {
     if version.raw(frame) == DEFAULT_VERSION {
-        return Some(MetadataStr::Static(""));
+        return Some(NO_VERSION);
     }
     version.to_metadata(frame)
 }
@@ -565,12 +572,25 @@ mod tests {
         key: &str,
         values: &[&[u8]],
     ) -> Result<metaprotocol_core::Message, CodecError> {
+        let mut field = BytesMut::new();
+        write_string(&mut field, &[version]);
+        call_of_version_field(&field, key, values)
+    }
+
+    /// [`call_with_attachments`] whose version field is `field` (Hessian2 bytes).
+    fn call_of_version_field(
+        field: &[u8],
+        key: &str,
+        values: &[&[u8]],
+    ) -> Result<metaprotocol_core::Message, CodecError> {
         use bytes::BufMut;
         let mut frame = BytesMut::new();
         crate::header::Header::put(&mut frame, 0xc2, 0, 1);
-        for field in ["2.0.2", "demo.Api", version, "hi", ""] {
-            write_string(&mut frame, &[field]);
-        }
+        write_string(&mut frame, &["2.0.2"]);
+        write_string(&mut frame, &["demo.Api"]);
+        frame.put_slice(field);
+        write_string(&mut frame, &["hi"]);
+        write_string(&mut frame, &[""]);
         frame.put_u8(b'H');
         write_string(&mut frame, &["path"]);
         write_string(&mut frame, &["demo.Api"]);
@@ -624,6 +644,25 @@ mod tests {
                 Some(version),
                 "{field} {key}"
             );
+        }
+        Ok(())
+    }
+
+    /// Java's DubboCodec reads the version field as any string, a Hessian null as none, and
+    /// the provider looks the service up by it: its service keys take none as they take
+    /// `0.0.0` (`GroupServiceKeyCache`), so the export without a version runs. A call whose
+    /// version field is null says the empty version, as a call of that export does; a
+    /// `version` attachment replaces it as it replaces any.
+    #[test]
+    fn a_null_version_field_names_the_unversioned_service() -> Result<(), CodecError> {
+        let mut other = BytesMut::new();
+        write_string(&mut other, &["2.0.0"]);
+        let cases: [(&str, &[&[u8]], &str); 2] =
+            [("x", &[b"\x011"], ""), ("version", &[&other], "2.0.0")];
+        for (key, values, version) in cases {
+            let message = call_of_version_field(b"N", key, values)?;
+            assert_eq!(message.reject_reason, None);
+            assert_eq!(message.metadata.get(keys::VERSION), Some(version), "{key}");
         }
         Ok(())
     }

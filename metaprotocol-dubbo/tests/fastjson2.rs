@@ -367,6 +367,24 @@ fn fastjson2_attachments_may_be_missing_null_or_typed() -> TestResult {
     Ok(())
 }
 
+/// A null version field names the export without a version, as in a Hessian2 call: Java's
+/// fastjson2 reader reads it as no string, as Hessian's does.
+#[test]
+fn a_null_fastjson2_version_field_names_the_unversioned_service() -> TestResult {
+    let mut body = Vec::new();
+    body.extend(field(&latin1("2.0.2")));
+    body.extend(field(&latin1("demo.Greeter")));
+    body.extend(field(&[0xaf]));
+    for text in ["sayHello", "Ljava/lang/String;", "world"] {
+        body.extend(field(&latin1(text)));
+    }
+    body.extend(field(&object(&[(latin1("path"), latin1("demo.Greeter"))])));
+    let call = decode(&frame(1, &body))?;
+    assert_eq!(call.reject_reason, None);
+    assert_eq!(call.metadata.get("version"), Some(""));
+    Ok(())
+}
+
 /// A body that cannot be read is refused with a reason, never a panic or a closed stream.
 #[test]
 fn a_malformed_fastjson2_body_is_refused() -> TestResult {
