@@ -79,18 +79,34 @@ fn dubbojs_call() -> Result<Vec<u8>, Box<dyn std::error::Error>> {
         .collect()
 }
 
+/// Appends `text` (at most 31 bytes) as a one-byte-length Hessian2 string.
+fn string(body: &mut Vec<u8>, text: &str) {
+    body.push(u8::try_from(text.len()).unwrap_or_default());
+    body.extend_from_slice(text.as_bytes());
+}
+
+/// A body that starts with the call fields of `demo.Api` 1.0.0 `method(descriptor)`.
+fn call_body(method: &str, descriptor: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    for field in ["2.0.2", "demo.Api", "1.0.0", method, descriptor] {
+        string(&mut body, field);
+    }
+    body
+}
+
+/// A two-way Hessian2 request frame, id 1, of `body`.
+fn request_frame(body: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0xda, 0xbb, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    frame.extend_from_slice(&u32::try_from(body.len()).unwrap_or_default().to_be_bytes());
+    frame.extend_from_slice(body);
+    frame
+}
+
 /// A call whose attachments are numbers rendered into 23 bytes of text: an int `timeout`
 /// (`3000`) and a long `tenant-id` (`1234567890123456789`), past the 18 bytes a new
 /// metadata holds inline.
 fn numbers_call() -> Vec<u8> {
-    let mut body = Vec::new();
-    let string = |body: &mut Vec<u8>, text: &str| {
-        body.push(u8::try_from(text.len()).unwrap_or_default());
-        body.extend_from_slice(text.as_bytes());
-    };
-    for field in ["2.0.2", "demo.Api", "1.0.0", "hi", ""] {
-        string(&mut body, field);
-    }
+    let mut body = call_body("hi", "");
     body.push(b'H');
     string(&mut body, "path");
     string(&mut body, "demo.Api");
@@ -100,10 +116,7 @@ fn numbers_call() -> Vec<u8> {
     body.push(b'L');
     body.extend_from_slice(&1_234_567_890_123_456_789_i64.to_be_bytes());
     body.push(b'Z');
-    let mut frame = vec![0xda, 0xbb, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-    frame.extend_from_slice(&u32::try_from(body.len()).unwrap_or_default().to_be_bytes());
-    frame.extend_from_slice(&body);
-    frame
+    request_frame(&body)
 }
 
 /// A call whose arguments hold lists, maps and objects as Java's Hessian2Output writes them (each
@@ -111,14 +124,7 @@ fn numbers_call() -> Vec<u8> {
 /// tags: {k: v}}`, and a linked list of twelve nodes whose link is their first field, so that
 /// every node is a level the walk over it keeps open.
 fn nested_call() -> Vec<u8> {
-    let mut body = Vec::new();
-    let string = |body: &mut Vec<u8>, text: &str| {
-        body.push(u8::try_from(text.len()).unwrap_or_default());
-        body.extend_from_slice(text.as_bytes());
-    };
-    for field in ["2.0.2", "demo.Api", "1.0.0", "place", "Lx/Order;Lx/Node;"] {
-        string(&mut body, field);
-    }
+    let mut body = call_body("place", "Lx/Order;Lx/Node;");
     body.push(b'C');
     string(&mut body, "x.Order");
     body.push(0x93);
@@ -156,10 +162,7 @@ fn nested_call() -> Vec<u8> {
     string(&mut body, "path");
     string(&mut body, "demo.Api");
     body.push(b'Z');
-    let mut frame = vec![0xda, 0xbb, 0xc2, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-    frame.extend_from_slice(&u32::try_from(body.len()).unwrap_or_default().to_be_bytes());
-    frame.extend_from_slice(&body);
-    frame
+    request_frame(&body)
 }
 
 #[test]
