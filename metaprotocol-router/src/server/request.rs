@@ -5,8 +5,9 @@
 //! Everything here runs on the connection's own task, driven by what arrives: a decoded frame
 //! ([`Requests::receive`]), an upstream answer, a timer, a filter's asynchronous work
 //! ([`Requests::poll`]). Nothing waits and nothing is spawned per request; a request whose
-//! filters never wait costs at most one allocation (its shared `Arc<Message>`), and none on a
-//! busy connection, which reuses those of the requests it finished.
+//! filters never wait costs at most two allocations (its shared `Arc<Message>`, the box of its
+//! record and stage), and none on a busy connection, which reuses those of the requests it
+//! finished.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -23,7 +24,7 @@ use futures::{FutureExt, StreamExt};
 use metaprotocol_core::{
     ChainStep, Codec, CompleteContext, ConnectionInfo, EncodeParams, FilterFuture, LocalReply,
     LocalReplyKind, METADATA_OVERFLOW_REASON, Message, MessageKind, Mutation, RequestContext,
-    RequestRecord, ResponseContext, ResponseFlags, Resume,
+    RequestRecord, ResponseContext, ResponseFlags, Resume, Timings,
 };
 use slab::Slab;
 use tokio::time::Instant;
@@ -164,14 +165,49 @@ enum Stage {
     Answered(Matched),
 }
 
+/// The large parts of a request in flight, its record and its stage (about 430 bytes), in a
+/// box the connection reuses from one request to the next ([`Requests::walks`]): the slab moves
+/// a request in when it starts and out when it ends, and each move of these is a copy.
+struct Walk {
+    record: RequestRecord,
+    stage: Stage,
+}
+
+impl Walk {
+    /// Holds nothing of a request ([`Requests::vacate`]): its record is that of none received,
+    /// its stage `Filtering`.
+    fn vacant(connection: &Arc<ConnectionInfo>, now: Instant) -> Self {
+        Self {
+            record: RequestRecord::received_at(
+                Arc::clone(connection),
+                0,
+                now.into_std(),
+                SystemTime::UNIX_EPOCH,
+            ),
+            stage: Stage::Filtering,
+        }
+    }
+
+    /// Takes a request of `bytes` received at `received` (the monotonic and the wall clock)
+    /// into a vacant walk: its record is then the one `RequestRecord::received_at` makes, with
+    /// the fields it sets from these written in place (the rest, and the connection, are
+    /// already so), not a new record moved over it.
+    fn take(&mut self, bytes: u64, (received, wall): (Instant, SystemTime)) {
+        let record = &mut self.record;
+        record.bytes_received = bytes;
+        record.timings = Timings::new(received.into_std());
+        record.start_time = wall;
+    }
+}
+
 /// One request in flight.
 struct InFlight {
     seq: u32,
     request: Arc<Message>,
-    record: RequestRecord,
+    /// Its record and stage, boxed (see [`Walk`]).
+    walk: Box<Walk>,
     /// What filters add: to the upstream request while filtering, to the client response after.
     mutation: Mutation,
-    stage: Stage,
     deadline_timer: Option<TimerId>,
     step_timer: Option<TimerId>,
     /// Its trace, on listeners that trace; it sees every attempt.
@@ -268,6 +304,11 @@ pub(crate) struct Requests {
     /// Allocations for the next requests' messages, each holding an empty message (see
     /// [`SPARE_MESSAGES`]); dropped when trimmed.
     spare: Vec<Arc<Message>>,
+    /// The boxes of finished requests' records and stages, each vacant, for the next requests
+    /// (see [`Walk`]): as many as it ever held requests in flight at once; dropped when trimmed.
+    /// Boxed in the list too: a request takes the box itself, which its record stays in.
+    #[allow(clippy::vec_box)]
+    walks: Vec<Box<Walk>>,
     /// Its requests in flight as the proxy-wide load last counted them ([`Requests::move_load`]).
     moved: usize,
     /// The answers its encoder holds to write later ([`Codec::held_answer_bytes`]), as of the
@@ -325,6 +366,7 @@ impl Requests {
             timers: None,
             waits: None,
             spare: Vec::new(),
+            walks: Vec::new(),
             moved: 0,
             held: 0,
             routes: None,
@@ -372,6 +414,7 @@ impl Requests {
             self.timers = None;
             self.waits = None;
             self.spare = Vec::new();
+            self.walks = Vec::new();
             self.routes = None;
             self.abandoned = AbandonedAttempts::default();
         }
@@ -550,7 +593,7 @@ impl Requests {
         let keys: Vec<RequestKey> = self.keys();
         for key in keys {
             if let Some(inflight) = self.slab.get_mut(key.index as usize) {
-                inflight.record.set_local_reply(reply.kind, flags);
+                inflight.walk.record.set_local_reply(reply.kind, flags);
             }
             self.finish(key, Answer::Local(reply.clone()), out, now);
         }
@@ -566,6 +609,7 @@ impl Requests {
         for key in self.keys() {
             if let Some(inflight) = self.slab.get_mut(key.index as usize) {
                 inflight
+                    .walk
                     .record
                     .outcome
                     .flags
@@ -598,7 +642,7 @@ impl Requests {
         let Ok(response) = event.result else {
             return;
         };
-        match self.get(key).map(|inflight| &inflight.stage) {
+        match self.get(key).map(|inflight| &inflight.walk.stage) {
             Some(Stage::Routed(routed) | Stage::Responding { routed, .. }) => {
                 routed.unmatched_responses().inc();
             }
@@ -698,12 +742,12 @@ impl Requests {
         if message.kind == MessageKind::Oneway {
             stats.rq_oneway.inc();
         }
-        let record = RequestRecord::received_at(
-            self.connection.clone(),
-            message.frame.len() as u64,
-            now.into_std(),
-            wall,
-        );
+        // Written into a vacant box, which stays put: the record is not copied.
+        let mut walk = self
+            .walks
+            .pop()
+            .unwrap_or_else(|| Box::new(Walk::vacant(&self.connection, now)));
+        walk.take(message.frame.len() as u64, (now, wall));
         let span = self
             .ctx
             .tracer
@@ -715,9 +759,8 @@ impl Requests {
         let index = self.slab.insert(InFlight {
             seq,
             request: message,
-            record,
+            walk,
             mutation: Mutation::new(),
-            stage: Stage::Filtering,
             deadline_timer: None,
             step_timer: None,
             span,
@@ -740,7 +783,7 @@ impl Requests {
         now: Instant,
     ) {
         if let Some(inflight) = self.get(key) {
-            inflight.record.set_local_reply(reply.kind, flags);
+            inflight.walk.record.set_local_reply(reply.kind, flags);
         }
         self.finish(key, Answer::Local(reply), out, now);
     }
@@ -763,7 +806,7 @@ impl Requests {
             &mut RequestContext {
                 request: &inflight.request,
                 mutation: &mut inflight.mutation,
-                record: &mut inflight.record,
+                record: &mut inflight.walk.record,
             },
         );
         self.after_request_filters(key, step, out, now);
@@ -787,7 +830,7 @@ impl Requests {
                     .map(|inflight| {
                         router::filter_wait_deadline(
                             inflight.request.timeout,
-                            inflight.record.timings.received,
+                            inflight.walk.record.timings.received,
                             now,
                         )
                     });
@@ -817,7 +860,7 @@ impl Requests {
             table,
             &inflight.request,
             &inflight.mutation,
-            &mut inflight.record,
+            &mut inflight.walk.record,
             &mut inflight.span,
             now,
             kept_for_log,
@@ -826,21 +869,21 @@ impl Requests {
         // Moved into the request's stage straight from the result: each move of a `Routed`
         // (over 200 bytes) is a copy.
         match routed {
-            Ok(routed) => inflight.stage = Stage::Routed(routed),
+            Ok(routed) => inflight.walk.stage = Stage::Routed(routed),
             Err(Unrouted { reply, matched }) => {
                 if let Some(matched) = matched {
-                    inflight.stage = Stage::Answered(matched);
+                    inflight.walk.stage = Stage::Answered(matched);
                 }
                 return self.finish(key, Answer::Local(reply), out, now);
             }
         }
-        let Stage::Routed(routed) = &mut inflight.stage else {
+        let Stage::Routed(routed) = &mut inflight.walk.stage else {
             return;
         };
         if inflight.request.kind == MessageKind::Oneway {
             let sent = routed.send_oneway(
                 &inflight.request,
-                &mut inflight.record,
+                &mut inflight.walk.record,
                 &mut inflight.span,
                 now,
             );
@@ -865,13 +908,13 @@ impl Requests {
         let Some(inflight) = self.get(key) else {
             return;
         };
-        let Stage::Routed(routed) = &mut inflight.stage else {
+        let Stage::Routed(routed) = &mut inflight.walk.stage else {
             return;
         };
         let next = routed.attempt(
             &inflight.request,
             |number| ReplyTo::inbox(inbox, key, number),
-            &mut inflight.record,
+            &mut inflight.walk.record,
             &mut inflight.span,
             now,
         );
@@ -883,7 +926,7 @@ impl Requests {
         let Some(inflight) = self.get(key) else {
             return;
         };
-        let attempts = match &inflight.stage {
+        let attempts = match &inflight.walk.stage {
             Stage::Routed(routed) => routed.attempts(),
             _ => 0,
         };
@@ -923,10 +966,10 @@ impl Requests {
             return;
         };
         let answered = stage_answered(
-            &mut inflight.stage,
+            &mut inflight.walk.stage,
             attempt,
             result,
-            &mut inflight.record,
+            &mut inflight.walk.record,
             &mut inflight.span,
             now,
         );
@@ -967,23 +1010,23 @@ impl Requests {
         match kind {
             TimerKind::Deadline => {
                 let mut abandoned = None;
-                let reply = match &mut inflight.stage {
+                let reply = match &mut inflight.walk.stage {
                     Stage::Filtering => {
-                        router::filters_timed_out(Direction::Request, &mut inflight.record)
+                        router::filters_timed_out(Direction::Request, &mut inflight.walk.record)
                     }
                     Stage::Routed(routed) => {
                         if now < routed.deadline() {
                             return;
                         }
                         abandoned = Abandoned::in_flight(routed, key, now);
-                        routed.timed_out(&mut inflight.record, &mut inflight.span, now)
+                        routed.timed_out(&mut inflight.walk.record, &mut inflight.span, now)
                     }
                     // The upstream answered: the time ran out in the response's filters.
                     Stage::Responding { routed, .. } => {
                         if now < routed.deadline() {
                             return;
                         }
-                        router::filters_timed_out(Direction::Response, &mut inflight.record)
+                        router::filters_timed_out(Direction::Response, &mut inflight.walk.record)
                     }
                     Stage::Answered(_) => return,
                 };
@@ -996,7 +1039,7 @@ impl Requests {
                 // Its answer, read just before this deadline, may reach the request once a
                 // retry (or the failure) ended it; while the request goes on, its router counts
                 // it, and forgets it here.
-                let abandoned = match &inflight.stage {
+                let abandoned = match &inflight.walk.stage {
                     Stage::Routed(routed) => Abandoned::in_flight(routed, key, now)
                         .filter(|abandoned| abandoned.attempt == number),
                     _ => None,
@@ -1007,7 +1050,8 @@ impl Requests {
                 self.answered(key, number, &Err(UpstreamError::Expired), out, now);
             }
             TimerKind::Retry(number) => {
-                let due = matches!(&inflight.stage, Stage::Routed(r) if r.attempts() == number);
+                let due =
+                    matches!(&inflight.walk.stage, Stage::Routed(r) if r.attempts() == number);
                 if due {
                     self.attempt(key, out, now);
                 }
@@ -1026,7 +1070,7 @@ impl Requests {
                 request: &inflight.request,
                 response,
                 mutation: &mut inflight.mutation,
-                record: &mut inflight.record,
+                record: &mut inflight.walk.record,
             },
         );
         self.after_response_filters(key, response, step, out, now);
@@ -1047,14 +1091,14 @@ impl Requests {
                 let Some(inflight) = self.get(key) else {
                     return;
                 };
-                let stage = std::mem::replace(&mut inflight.stage, Stage::Filtering);
+                let stage = std::mem::replace(&mut inflight.walk.stage, Stage::Filtering);
                 let Stage::Routed(routed) = stage else {
-                    inflight.stage = stage;
+                    inflight.walk.stage = stage;
                     return;
                 };
                 // Kept until the filter resumes: the one copy of a response, on the rare path
                 // of a response filter that waits.
-                inflight.stage = Stage::Responding {
+                inflight.walk.stage = Stage::Responding {
                     routed,
                     response: Box::new(response.clone()),
                 };
@@ -1077,7 +1121,7 @@ impl Requests {
             return;
         };
         inflight.wait = None;
-        match (direction, &mut inflight.stage) {
+        match (direction, &mut inflight.walk.stage) {
             (Direction::Request, Stage::Filtering) => {
                 let next = filters.resume_request(
                     step,
@@ -1085,13 +1129,13 @@ impl Requests {
                     &mut RequestContext {
                         request: &inflight.request,
                         mutation: &mut inflight.mutation,
-                        record: &mut inflight.record,
+                        record: &mut inflight.walk.record,
                     },
                 );
                 self.after_request_filters(key, next, out, now);
             }
             (Direction::Response, Stage::Responding { .. }) => {
-                let stage = std::mem::replace(&mut inflight.stage, Stage::Filtering);
+                let stage = std::mem::replace(&mut inflight.walk.stage, Stage::Filtering);
                 let Stage::Responding { routed, response } = stage else {
                     return;
                 };
@@ -1102,10 +1146,10 @@ impl Requests {
                         request: &inflight.request,
                         response: &response,
                         mutation: &mut inflight.mutation,
-                        record: &mut inflight.record,
+                        record: &mut inflight.walk.record,
                     },
                 );
-                inflight.stage = Stage::Routed(routed);
+                inflight.walk.stage = Stage::Routed(routed);
                 self.after_response_filters(key, &response, next, out, now);
             }
             // The request ended (timed out) while the filter worked.
@@ -1118,7 +1162,7 @@ impl Requests {
         let Some(inflight) = self.get(key) else {
             return;
         };
-        inflight.record.outcome.status = Some(response.status);
+        inflight.walk.record.outcome.status = Some(response.status);
         self.finish(key, Answer::Response(response), out, now);
     }
 
@@ -1141,9 +1185,9 @@ impl Requests {
         // The response, and whether the client was written an answer (it, or the proxy's own).
         let (response, answered) = match answer {
             Answer::Response(response) => {
-                let mutation = match &inflight.stage {
+                let mutation = match &inflight.walk.stage {
                     Stage::Routed(routed) | Stage::Responding { routed, .. } => {
-                        routed.response_mutation(request, &inflight.record, &inflight.mutation)
+                        routed.response_mutation(request, &inflight.walk.record, &inflight.mutation)
                     }
                     Stage::Filtering | Stage::Answered(_) => Cow::Borrowed(&inflight.mutation),
                 };
@@ -1162,6 +1206,7 @@ impl Requests {
                         ),
                     );
                     inflight
+                        .walk
                         .record
                         .set_local_reply(LocalReplyKind::Internal, ResponseFlags::NONE);
                     self.local_reply(request, &reply, out);
@@ -1187,7 +1232,7 @@ impl Requests {
             }
             None => written,
         };
-        let record = &mut inflight.record;
+        let record = &mut inflight.walk.record;
         record.bytes_sent = sent as u64;
         record.timings.answered = Some(now.into_std());
         // Kept only for a log that shows it: the record's extensions cost two allocations.
@@ -1200,9 +1245,9 @@ impl Requests {
         self.ctx.filters.complete(&CompleteContext {
             request: &inflight.request,
             response,
-            record: &inflight.record,
+            record: &inflight.walk.record,
         });
-        let (route, routed) = match &inflight.stage {
+        let (route, routed) = match &inflight.walk.stage {
             Stage::Routed(routed) | Stage::Responding { routed, .. } => {
                 (routed.route(), Some(routed))
             }
@@ -1213,12 +1258,21 @@ impl Requests {
             &self.ctx,
             &inflight.request,
             response,
-            &inflight.record,
+            &inflight.walk.record,
             route,
             routed,
             inflight.span.take(),
         );
         self.spare(inflight.request);
+        self.vacate(inflight.walk, now);
+    }
+
+    /// Keeps the box of a finished request's record and stage for a next request, emptied now
+    /// as the request was dropped before: its route, attempt and what its filters kept in its
+    /// record go at its end, not when the box is reused.
+    fn vacate(&mut self, mut walk: Box<Walk>, now: Instant) {
+        *walk = Walk::vacant(&self.connection, now);
+        self.walks.push(walk);
     }
 
     /// Counts a local reply and, for a two-way request, writes it: true if it did (tried).
@@ -1446,6 +1500,80 @@ pub(super) mod tests {
             requests.abandoned.0.is_empty(),
             "counted once, and forgotten"
         );
+        Ok(())
+    }
+
+    /// A vacant walk that takes a request holds the record `RequestRecord::received_at` makes
+    /// of it, field for field: none is left as the vacant one had it.
+    #[test]
+    fn a_vacant_walk_that_takes_a_request_holds_its_new_record() {
+        let connection = client();
+        let vacated = Instant::now();
+        let received = vacated + Duration::from_secs(3);
+        let wall = SystemTime::now();
+        let mut walk = Walk::vacant(&connection, vacated);
+        walk.take(300, (received, wall));
+        let new = RequestRecord::received_at(connection, 300, received.into_std(), wall);
+        assert_eq!(format!("{:?}", walk.record), format!("{new:?}"));
+        assert!(matches!(walk.stage, Stage::Filtering));
+    }
+
+    /// Kept by [`Keeper`] in a request's record; counts itself dropped.
+    struct Kept(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Drop for Kept {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// A filter that keeps a [`Kept`] in every request's record, as a filter keeps its state
+    /// (a span, a permit), and lets it through.
+    struct Keeper(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl metaprotocol_core::L7Filter for Keeper {
+        fn name(&self) -> &str {
+            "keeper"
+        }
+
+        fn on_request(&self, ctx: &mut RequestContext<'_>) -> metaprotocol_core::FilterDecision {
+            ctx.record.extensions.insert(Kept(Arc::clone(&self.0)));
+            metaprotocol_core::FilterDecision::Continue
+        }
+    }
+
+    /// What a filter keeps in a request's record goes when the request ends, answered or
+    /// refused, not when the connection reuses its record's place for a next request.
+    #[tokio::test]
+    async fn what_a_filter_keeps_in_a_record_goes_when_its_request_ends() -> Result<(), ConfigError>
+    {
+        let (_upstream, cluster) = silent_cluster()?;
+        let mut ctx = listener(
+            Arc::new(crate::testing::NullCodec),
+            "{ route: { cluster: c }, timeout: 60s }",
+            &[&cluster],
+        )?;
+        let dropped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let keeper: Arc<dyn metaprotocol_core::L7Filter> = Arc::new(Keeper(Arc::clone(&dropped)));
+        Arc::get_mut(&mut ctx)
+            .ok_or_else(|| ConfigError::new("listener", "shared"))?
+            .filters = FilterChain::new(vec![keeper]);
+        let mut requests = Requests::new(ctx, client(), Box::new(crate::testing::SilentCodec));
+        let dropped = || dropped.load(std::sync::atomic::Ordering::SeqCst);
+        let mut out = Outbox::new();
+        let received = || (Instant::now(), SystemTime::now());
+        requests.receive(call("get"), &mut out, received(), 0);
+        let key = requests.keys()[0];
+        assert_eq!(dropped(), 0, "kept while the call is in flight");
+        requests.answered(key, 1, &response(), &mut out, Instant::now());
+        assert!(requests.is_empty(), "the answer ended the call");
+        assert_eq!(dropped(), 1, "kept after the answered call ended");
+        // A one-way call routed and sent ends at once, in the place the first one left.
+        let mut oneway = Message::new(MessageKind::Oneway, 0, Bytes::new());
+        oneway.metadata.insert("method", "get");
+        requests.receive(Arc::new(oneway), &mut out, received(), 0);
+        assert!(requests.is_empty(), "the one-way call ended once sent");
+        assert_eq!(dropped(), 2, "kept after the one-way call ended");
         Ok(())
     }
 
