@@ -324,7 +324,7 @@ mod tests {
         )
         .await;
         let built = handle
-            .prepare_update(&next, None, None, &own, taken, &Default::default())?
+            .prepare_update(&next, None, None, &own, taken, None)?
             .build();
         // Meanwhile the refresh task takes the new address.
         tokio::time::sleep(Duration::from_millis(1_500)).await;

@@ -613,9 +613,10 @@ impl ClusterHandle {
     /// its endpoints (those that stay reused, new ones made) and what its snapshot is built
     /// from, changing nothing the cluster has. [`PreparedUpdate::build`] builds the snapshot,
     /// the part that may take long, and [`BuiltUpdate::commit`] publishes it. An update that
-    /// gives the cluster health checks reuses those of `checked` that fit, the endpoints an
-    /// earlier plan of the same update made and checked ([`BuiltUpdate::checked`]), with the
-    /// verdicts of their first round.
+    /// gives the cluster health checks reuses what an earlier plan of the same update made and
+    /// checked ([`BuiltUpdate::checked`]): its endpoints that fit, with the verdicts of their
+    /// first round, and its connectors while the TLS settings are the same (`codec` is the
+    /// caller's to take from it, [`Checked::codec`]), so that they fit.
     pub fn prepare_update(
         self: &Arc<Self>,
         spec: &Arc<ClusterSpec>,
@@ -623,13 +624,16 @@ impl ClusterHandle {
         local: Option<LocalitySpec>,
         resolved: &Resolved,
         answers: u64,
-        checked: &Endpoints,
+        checked: Option<&Checked>,
     ) -> Result<PreparedUpdate, ConfigError> {
         let probe_codec = codec
             .as_ref()
             .map_or_else(|| self.codec(), |(_, codec)| codec.clone());
         let probe = health::probe_request(spec.health_check.as_ref(), &probe_codec)?;
-        let connectors = self.next_connectors(spec)?;
+        let connectors = match checked.and_then(|checked| checked.connectors(spec)) {
+            Some(connectors) => connectors,
+            None => self.next_connectors(spec)?,
+        };
         let resolved = dns::kept(spec, resolved);
         let state = self.lock();
         let checks_anew = spec.health_check.is_some() && state.spec.health_check.is_none();
@@ -645,7 +649,7 @@ impl ClusterHandle {
             resolved: &resolved,
             local: local.as_ref(),
             endpoints: &state.endpoints,
-            checked: Some(checked),
+            checked: checked.map(|checked| &checked.endpoints),
             selectors: &state.selectors,
             checks_anew,
         };
@@ -682,7 +686,7 @@ impl ClusterHandle {
                 state.answers,
             )
         };
-        self.prepare_update(&spec, None, local, &resolved, answers, &HashMap::new())
+        self.prepare_update(&spec, None, local, &resolved, answers, None)
     }
 
     /// True when a snapshot was asked for and none published since: a subset registered by a
@@ -707,7 +711,7 @@ impl ClusterHandle {
     ) -> Result<u64, ConfigError> {
         let answers = self.answers_taken();
         Ok(self
-            .prepare_update(spec, codec, local, resolved, answers, &HashMap::new())?
+            .prepare_update(spec, codec, local, resolved, answers, None)?
             .build()
             .commit())
     }
@@ -1327,13 +1331,21 @@ impl BuiltUpdate {
         &self.next.cluster
     }
 
-    /// Its cluster and the endpoints it made anew for the checks it gives the cluster, checked
+    /// Its cluster and what it made for the checks it gives the cluster, its endpoints checked
     /// by their first round ([`PreparedUpdate::first_checks`]), if it gives checks: for a plan of
     /// the same update made again ([`ClusterHandle::prepare_update`]), which reuses them with
     /// their verdicts.
-    pub fn checked(self) -> Option<(Arc<ClusterHandle>, Endpoints)> {
+    pub(crate) fn checked(self) -> Option<(Arc<ClusterHandle>, Checked)> {
         let next = self.next;
-        next.checks_anew.then_some((next.cluster, next.endpoints))
+        next.checks_anew.then(|| {
+            let checked = Checked {
+                spec: next.spec,
+                codec: next.codec,
+                connectors: next.connectors,
+                endpoints: next.endpoints,
+            };
+            (next.cluster, checked)
+        })
     }
 
     /// Publishes it and returns the cluster's new version: the cluster takes its config, keeps
@@ -1343,6 +1355,43 @@ impl BuiltUpdate {
     pub fn commit(self) -> u64 {
         let cluster = self.next.cluster.clone();
         cluster.commit(self)
+    }
+}
+
+/// What a plan of an update that gives a running cluster active health checks made and checked
+/// ([`BuiltUpdate::checked`]), for a plan of the same update made again to reuse: a codec or
+/// connectors made anew would fit none of its endpoints, which would be made and checked anew,
+/// a round of checks for every plan, and with other updates applying during each, no end.
+pub(crate) struct Checked {
+    /// The config it was planned for: its codec options and TLS settings say what still fits.
+    spec: Arc<ClusterSpec>,
+    /// The protocol and codec it made, when the update changed them.
+    codec: Option<(String, Arc<dyn CodecFactory>)>,
+    /// Its connectors, reused by the endpoints it kept or made.
+    connectors: Connectors,
+    /// The endpoints it made anew, by address, with the verdicts of their first round.
+    endpoints: Endpoints,
+}
+
+impl Checked {
+    /// The codec it made for `protocol` and the codec options of `spec`, if it made one: a plan
+    /// made again takes it rather than make another, so that the endpoints it checked fit.
+    pub(crate) fn codec(
+        &self,
+        protocol: &str,
+        spec: &ClusterSpec,
+    ) -> Option<(String, Arc<dyn CodecFactory>)> {
+        self.codec
+            .as_ref()
+            .filter(|(made_for, _)| made_for == protocol && self.spec.codec == spec.codec)
+            .cloned()
+    }
+
+    /// Its connectors, if `spec` has the TLS settings they were made for.
+    fn connectors(&self, spec: &ClusterSpec) -> Option<Connectors> {
+        (self.spec.tls == spec.tls
+            && self.spec.transport_socket_matches == spec.transport_socket_matches)
+            .then(|| self.connectors.clone())
     }
 }
 
@@ -1594,14 +1643,8 @@ outlier_detection: { consecutive_errors: 2 }";
         };
         let c = cluster(&yaml(3))?;
         let spec = Arc::new(ClusterSpec::from_yaml(&yaml(4))?);
-        let prepared = c.prepare_update(
-            &spec,
-            None,
-            None,
-            &Resolved::new(),
-            c.answers_taken(),
-            &HashMap::new(),
-        )?;
+        let prepared =
+            c.prepare_update(&spec, None, None, &Resolved::new(), c.answers_taken(), None)?;
         assert!(set_one(&c, addr(1), HealthFlags::EJECTED, true));
         let version = prepared.build().commit();
         let snapshot = c.snapshot();
@@ -1655,7 +1698,7 @@ outlier_detection: { consecutive_errors: 2 }";
                 None,
                 &answer(1..=1_000),
                 c.answers_taken(),
-                &HashMap::new(),
+                None,
             )?
             .build();
         // The answer comes while the update builds: endpoint 1 is retired.
@@ -1939,7 +1982,7 @@ health_check: {{ interval: 1s }}"
             None,
             &answer(&[live, refusing]),
             c.answers_taken(),
-            &HashMap::new(),
+            None,
         )?;
         assert!(prepared.gives_checks());
         // The DNS refresh takes an answer with one more address while the round runs.
@@ -2023,7 +2066,7 @@ health_check: {{ interval: 1s }}"
             None,
             &Resolved::new(),
             c.answers_taken(),
-            &HashMap::new(),
+            None,
         )?;
         assert_eq!(
             health_shown(&metrics),
@@ -2048,7 +2091,7 @@ health_check: {{ interval: 1s }}"
             None,
             &Resolved::new(),
             c.answers_taken(),
-            &HashMap::new(),
+            None,
         )?;
         applied.first_checks().await;
         applied.build().commit();

@@ -2293,14 +2293,17 @@ async fn a_route_edit_applies_while_a_new_cluster_waits_for_its_first_checks() -
     Ok(())
 }
 
-/// An update that gives a running cluster health checks holds back no other update during the
-/// first round of its checks either; overtaken by a route edit, it is planned again on top of
-/// it, keeping the endpoints its round checked with their verdicts, and applies as soon as the
-/// round has ended. (Planned again, it ran the round again, holding the update lock: up to the
-/// checks' `timeout`, 60 s here, for it and for every other update behind it.)
-#[tokio::test]
-async fn an_update_giving_checks_overtaken_by_a_route_edit_applies_after_it() -> TestResult {
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// Starts a proxy whose cluster `c` (one endpoint, at `silent`) an update gives health checks
+/// (and the cluster settings `more`), overtaken by a route edit during the first round of its
+/// checks; returns the proxy, the update and the connection of its check, not answered yet.
+async fn giving_checks_overtaken_by_a_route_edit(
+    silent: &tokio::net::TcpListener,
+    more: &str,
+) -> TestResult<(
+    Proxy,
+    tokio::task::JoinHandle<Result<u64, crate::UpdateError>>,
+    tokio::net::TcpStream,
+)> {
     let silent_addr = silent.local_addr()?;
     let cluster = |checks: &str| {
         format!("{{ name: c, endpoints: [ {{ address: \"{silent_addr}\" }} ]{checks} }}")
@@ -2317,9 +2320,9 @@ clusters:
         cluster("")
     );
     let proxy = start(&config).await?;
-    let checked = crate::config::ClusterSpec::from_yaml(&cluster(
-        ", health_check: { interval: 1h, timeout: 60s, probe: { http: { path: /health } } }",
-    ))?;
+    let checked = crate::config::ClusterSpec::from_yaml(&cluster(&format!(
+        "{more}, health_check: {{ interval: 1h, timeout: 60s, probe: {{ http: {{ path: /health }} }} }}",
+    )))?;
     let giving = tokio::spawn({
         let proxy = proxy.clone();
         async move { proxy.update_cluster(checked).await }
@@ -2333,6 +2336,18 @@ clusters:
         !giving.is_finished(),
         "the update giving checks ended before its check was answered"
     );
+    Ok((proxy, giving, first))
+}
+
+/// An update that gives a running cluster health checks holds back no other update during the
+/// first round of its checks either; overtaken by a route edit, it is planned again on top of
+/// it, keeping the endpoints its round checked with their verdicts, and applies as soon as the
+/// round has ended. (Planned again, it ran the round again, holding the update lock: up to the
+/// checks' `timeout`, 60 s here, for it and for every other update behind it.)
+#[tokio::test]
+async fn an_update_giving_checks_overtaken_by_a_route_edit_applies_after_it() -> TestResult {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let (proxy, giving, first) = giving_checks_overtaken_by_a_route_edit(&silent, "").await?;
     // The check's connection closes: the check fails, the round ends, and the update, planned
     // again, applies with that verdict.
     drop(first);
@@ -2355,14 +2370,31 @@ clusters:
     Ok(())
 }
 
-/// An update planned again that needs a round of checks its first plan did not run (the admin
-/// API added, meanwhile, a cluster the update adds: it now gives that running cluster checks)
-/// runs that round without the update lock too: a route edit applies during it, and the update
-/// applies when it ends. (Planned again, it ran the round holding the lock, so the edit, like any
-/// other update, waited for it, up to the checks' `timeout`.)
-#[tokio::test]
-async fn an_update_planned_again_holds_no_other_update_during_the_round_it_runs() -> TestResult {
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// Asserts that the first endpoint of `cluster`, which closed its check's connection, had its
+/// first check and is out of rotation.
+fn assert_failed_its_first_check(cluster: &crate::cluster::ClusterHandle) {
+    let status = cluster.status();
+    assert!(
+        status
+            .endpoints
+            .first()
+            .is_some_and(|e| !e.awaiting_first_check && e.failing_active_checks),
+        "the endpoint that closed its check's connection is out of rotation: {:?}",
+        status.endpoints
+    );
+}
+
+/// Starts a proxy and a file reload that adds cluster `d` (one endpoint, at `silent`) with
+/// health checks; during the first round of its checks the admin API adds `d` without checks,
+/// so that, planned again, the reload gives the running cluster checks: a round it needs.
+/// Returns the proxy, the reload and the connection of that second round's check.
+async fn a_reload_in_its_second_round(
+    silent: &tokio::net::TcpListener,
+) -> TestResult<(
+    Proxy,
+    tokio::task::JoinHandle<Result<crate::ReloadSummary, crate::UpdateError>>,
+    tokio::net::TcpStream,
+)> {
     let silent_addr = silent.local_addr()?;
     let proxy = start(CONFIG).await?;
     let cluster = |checks: &str| {
@@ -2385,6 +2417,18 @@ async fn an_update_planned_again_holds_no_other_update_during_the_round_it_runs(
     drop(first);
     // Planned again, the reload gives the running cluster checks: its endpoints' first round.
     let (second, _) = tokio::time::timeout(Duration::from_secs(20), silent.accept()).await??;
+    Ok((proxy, reloading, second))
+}
+
+/// An update planned again that needs a round of checks its first plan did not run (the admin
+/// API added, meanwhile, a cluster the update adds: it now gives that running cluster checks)
+/// runs that round without the update lock too: a route edit applies during it, and the update
+/// applies when it ends. (Planned again, it ran the round holding the lock, so the edit, like any
+/// other update, waited for it, up to the checks' `timeout`.)
+#[tokio::test]
+async fn an_update_planned_again_holds_no_other_update_during_the_round_it_runs() -> TestResult {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let (proxy, reloading, second) = a_reload_in_its_second_round(&silent).await?;
     let edit = crate::config::RouteConfigSpec::from_yaml(
         "{ name: r, routes: [ { match: { metadata: [ { key: method, exact: edited } ] }, route: { cluster: c } } ] }",
     )?;
@@ -2403,15 +2447,63 @@ async fn an_update_planned_again_holds_no_other_update_during_the_round_it_runs(
     tokio::time::timeout(Duration::from_secs(20), reloading).await???;
     let cluster = proxy.state.clusters.get("d").ok_or("cluster d")?;
     assert!(cluster.checks_actively(), "the reload applied");
-    let status = cluster.status();
+    assert_failed_its_first_check(&cluster);
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// An update that gives a running cluster health checks and new codec options, overtaken by a
+/// route edit during its first round, keeps, planned again, the endpoints that round checked:
+/// it reuses the stale plan's codec, the options being the same, and applies when the round
+/// ends. (Planned again, it built another codec, so the checked endpoints did not fit and it
+/// ran another round: with other updates applying during each, it never applied.)
+#[tokio::test]
+async fn an_update_changing_codec_options_planned_again_keeps_its_checked_endpoints() -> TestResult
+{
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let (proxy, giving, first) =
+        giving_checks_overtaken_by_a_route_edit(&silent, ", codec: { option: 1 }").await?;
+    drop(first);
+    let applied = tokio::time::timeout(Duration::from_secs(20), giving).await;
     assert!(
-        status
-            .endpoints
-            .first()
-            .is_some_and(|e| !e.awaiting_first_check && e.failing_active_checks),
-        "the endpoint that closed its check's connection is out of rotation: {:?}",
-        status.endpoints
+        applied.is_ok(),
+        "the overtaken update had not applied 20 s after its round ended: planned again, it checked its endpoints again"
     );
+    applied???;
+    let cluster = proxy.state.clusters.get("c").ok_or("cluster c")?;
+    assert_failed_its_first_check(&cluster);
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// An update overtaken in two rounds of checks in a row runs its third round holding the update
+/// lock, so that it applies however often other updates come (an xDS server pushing during
+/// each round): here a file reload adds a cluster with checks that the admin API adds, then
+/// removes, during its rounds, each plan needing a round anew. (Each round ran without the lock:
+/// a route edit during the third overtook it again, and so on for as long as updates came.)
+#[tokio::test]
+async fn an_update_overtaken_twice_holds_the_lock_during_its_next_round() -> TestResult {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let (proxy, reloading, second) = a_reload_in_its_second_round(&silent).await?;
+    // The admin API removes the cluster during the second round.
+    tokio::time::timeout(Duration::from_secs(20), proxy.remove_cluster("d")).await??;
+    drop(second);
+    // Planned a third time, the reload adds the cluster anew: this round holds the lock.
+    let (third, _) = tokio::time::timeout(Duration::from_secs(20), silent.accept()).await??;
+    let edit = crate::config::RouteConfigSpec::from_yaml(
+        "{ name: r, routes: [ { match: { metadata: [ { key: method, exact: edited } ] }, route: { cluster: c } } ] }",
+    )?;
+    // Given up after half a second, the edit changes nothing.
+    let edited =
+        tokio::time::timeout(Duration::from_millis(500), proxy.update_route_config(edit)).await;
+    assert!(
+        edited.is_err(),
+        "a route edit applied during the third round of the reload's checks: overtaken again, it applies only once no update comes during a round"
+    );
+    drop(third);
+    tokio::time::timeout(Duration::from_secs(20), reloading).await???;
+    let cluster = proxy.state.clusters.get("d").ok_or("cluster d")?;
+    assert!(cluster.checks_actively(), "the reload applied");
     proxy.shutdown().await;
     Ok(())
 }

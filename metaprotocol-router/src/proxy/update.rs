@@ -6,7 +6,8 @@
 //!
 //! Updates are applied one at a time, under the update lock, except for the rounds of health
 //! checks an update waits for (the first of the clusters it adds or gives checks), which run
-//! without it, other updates applying meanwhile; see [`ProxyState::apply_uncounted`].
+//! without it, other updates applying meanwhile, but for the round of an update whose last two
+//! were overtaken; see [`ProxyState::apply_uncounted`].
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
@@ -26,7 +27,7 @@ use super::status::{ResourceId, ResourceKind};
 use super::{ProxyState, ReloadSummary, UpdateError};
 use crate::cluster::dns::{self, SystemResolver};
 use crate::cluster::{
-    self, BuiltUpdate, ClusterHandle, ClusterManager, ClusterMap, Endpoints, PreparedUpdate,
+    self, BuiltUpdate, Checked, ClusterHandle, ClusterManager, ClusterMap, PreparedUpdate,
     Resolved, build_all,
 };
 use crate::config::{
@@ -76,10 +77,18 @@ struct ClusterChange {
     resolved: Resolved,
     /// The answers the running cluster had taken when `resolved` was looked up.
     answers: u64,
-    /// The endpoints a stale plan of the same update made for the checks it gives the cluster,
-    /// and checked ([`Warmed`]).
-    checked: Endpoints,
+    /// What a stale plan of the same update made for the checks it gives the cluster, and
+    /// checked ([`Warmed`]).
+    checked: Option<Checked>,
 }
+
+/// How many of an update's rounds of health checks may be overtaken (another update applied
+/// while one ran without the update lock) before its next round holds the lock: a plan made
+/// again may need a round anew (endpoints another update added or changed), and with updates
+/// coming during each round (frequent xDS pushes) it would otherwise never apply. Two: a round
+/// after an overtaken one checks only what the updates applied meanwhile changed, few endpoints
+/// if any, so that an update holds the others back only when updates keep coming.
+const UNLOCKED_ROUNDS: usize = 2;
 
 /// What stale plans of an update warmed, for its next plan to take as it is ([`Tried::Stale`]),
 /// so that each round of checks it waits for checks only what none of them checked.
@@ -87,9 +96,10 @@ struct ClusterChange {
 struct Warmed {
     /// The clusters they added, their checks running on.
     clusters: Vec<Arc<ClusterHandle>>,
-    /// The endpoints they made anew for the running clusters they give checks, by cluster,
-    /// with the verdicts of their first round ([`BuiltUpdate::checked`]).
-    endpoints: Vec<(Arc<ClusterHandle>, Endpoints)>,
+    /// What they made for the running clusters they give checks, by cluster: the endpoints,
+    /// with the verdicts of their first round, and the codec and connectors they fit
+    /// ([`BuiltUpdate::checked`]).
+    endpoints: Vec<(Arc<ClusterHandle>, Checked)>,
 }
 
 /// The addresses of the host names of each cluster an update builds or changes, by name.
@@ -281,7 +291,7 @@ impl Plan {
                         change.local,
                         &change.resolved,
                         change.answers,
-                        &change.checked,
+                        change.checked.as_ref(),
                     )
                     .map_err(|e| e.within(&format!("clusters[{}]", change.at)))
             })
@@ -352,14 +362,14 @@ impl Plan {
         })
     }
 
-    /// The endpoints a stale plan of the same update made and checked for the checks it gives
-    /// the running cluster `handle`, for [`ClusterHandle::prepare_update`] to reuse.
-    fn checked(&mut self, handle: &Arc<ClusterHandle>) -> Endpoints {
+    /// What a stale plan of the same update made and checked for the checks it gives the
+    /// running cluster `handle`, for [`ClusterHandle::prepare_update`] to reuse.
+    fn checked(&mut self, handle: &Arc<ClusterHandle>) -> Option<Checked> {
         let endpoints = &mut self.warmed.endpoints;
-        match endpoints.iter().position(|(of, _)| Arc::ptr_eq(of, handle)) {
-            Some(at) => endpoints.swap_remove(at).1,
-            None => Endpoints::new(),
-        }
+        let at = endpoints
+            .iter()
+            .position(|(of, _)| Arc::ptr_eq(of, handle))?;
+        Some(endpoints.swap_remove(at).1)
     }
 
     /// True if it waits for a round of active health checks ([`Plan::warm`],
@@ -546,7 +556,9 @@ impl ProxyState {
     /// holds the lock until it applies, so that other updates, however many, hold it back by no
     /// more than the rounds of checks they make it need (those of endpoints they add to, or
     /// change in, the clusters it warms, as Envoy warms again a warming cluster updated again);
-    /// one that still has runs that round without the lock too.
+    /// one that still has runs that round without the lock too, unless [`UNLOCKED_ROUNDS`] of
+    /// its rounds were overtaken already: then it holds the lock during the round, so that it
+    /// applies however often other updates come (an xDS server pushing during each round).
     pub(crate) async fn apply_uncounted(
         &self,
         source: Source<'_>,
@@ -554,18 +566,21 @@ impl ProxyState {
     ) -> Result<ReloadSummary, UpdateError> {
         // What stale plans of this update warmed, for the next to adopt.
         let mut warmed = Warmed::default();
+        let mut overtaken = 0;
         loop {
             let updates = self.updates.lock().await;
             let current = self.config.load_full();
             let mut new = updates.layers.clone();
             change(&mut new, &current)?;
+            let unlocked = overtaken < UNLOCKED_ROUNDS;
             let tried = self
-                .try_apply(&new, updates, &current, source, warmed)
+                .try_apply(&new, updates, &current, source, warmed, unlocked)
                 .await;
             let (mut updates, result) = match tried {
                 Tried::Done(updates, result) => (updates, result),
                 Tried::Stale(stale) => {
                     warmed = stale;
+                    overtaken += 1;
                     continue;
                 }
             };
@@ -610,7 +625,7 @@ impl ProxyState {
     /// the outcome); returns the new config's indexes. The first round of health checks of the
     /// clusters it adds or gives checks runs without the lock: stale when another update was
     /// applied meanwhile. It adopts what stale plans of the same update `warmed` as it is (see
-    /// [`Plan::warmed`], [`Plan::checked`]).
+    /// [`Plan::warmed`], [`Plan::checked`]). Not `unlocked`, that round holds the lock too.
     async fn try_apply<'u>(
         &'u self,
         layers: &Layers,
@@ -618,6 +633,7 @@ impl ProxyState {
         current: &Arc<Config>,
         source: Source<'_>,
         warmed: Warmed,
+        unlocked: bool,
     ) -> Tried<'u> {
         let planned = self
             .plan_update(layers, &running, current, source, warmed)
@@ -640,7 +656,7 @@ impl ProxyState {
         if let Err(err) = plan.prepare_clusters() {
             return Tried::Done(running, Err(located(err)));
         }
-        let running = if plan.warms() {
+        let running = if unlocked && plan.warms() {
             drop(running);
             let built = plan.build_clusters().await;
             if built.is_ok() {
@@ -955,7 +971,15 @@ impl ProxyState {
                     let old = handle.spec();
                     let speaks_another = handle.protocol() != protocol;
                     protocol_changed |= speaks_another;
-                    let codec = if speaks_another || old.codec != spec.codec {
+                    let checked = plan.checked(handle);
+                    // The codec a stale plan made for the same options, if it made one: the
+                    // endpoints it checked fit it.
+                    let reused = || checked.as_ref().and_then(|c| c.codec(protocol, spec));
+                    let codec = if !speaks_another && old.codec == spec.codec {
+                        None
+                    } else if let Some(reused) = reused() {
+                        Some(reused)
+                    } else {
                         let codec = builder
                             .codec(
                                 protocol,
@@ -965,13 +989,10 @@ impl ProxyState {
                             )
                             .map_err(within)?;
                         Some((protocol.to_owned(), codec))
-                    } else {
-                        None
                     };
                     handle
                         .check_update(spec, codec.as_ref().map(|(_, c)| c))
                         .map_err(within)?;
-                    let checked = plan.checked(handle);
                     plan.changed_clusters.push(ClusterChange {
                         at: i,
                         handle: handle.clone(),
