@@ -60,14 +60,18 @@ pub(super) const TUNNEL_HTTP: &str = "http";
 /// What a `ClusterLoadAssignment` gives a cluster: its endpoints, and how many it leaves out.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Assignment {
-    /// The endpoints that take calls.
+    /// The endpoints that take calls, and those a cluster's HBONE entry takes (which only
+    /// [`ClusterResource::with_endpoints`](super::ClusterResource::with_endpoints) leaves out).
     pub endpoints: Vec<EndpointSpec>,
     /// The endpoints left out because only Istio's HBONE tunnel reaches them, at an internal
     /// address (see the module docs; the clusters leave out more).
     pub hbone_endpoints: usize,
 }
 
-/// The endpoints of `assignment` (see the module docs), without those left out.
+/// The endpoints of `assignment` (see the module docs), without those at an internal address.
+/// Those a cluster's HBONE entry takes are kept: give them to
+/// [`ClusterResource::with_endpoints`](super::ClusterResource::with_endpoints), which leaves them
+/// out, rather than to a cluster spec directly.
 pub fn endpoints(assignment: &ClusterLoadAssignment) -> Result<Vec<EndpointSpec>, InvalidResource> {
     self::assignment(assignment).map(|assignment| assignment.endpoints)
 }
