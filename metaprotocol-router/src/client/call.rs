@@ -145,6 +145,7 @@ pub(super) async fn call(ctx: &CallContext, request: Message) -> Result<Message,
         &mut (),
         Instant::now(),
         KeptForLog::default(),
+        std::convert::identity,
     );
     let mut routed = match routed {
         Ok(routed) => routed,

@@ -856,6 +856,9 @@ impl Requests {
         let Some(inflight) = self.get(key) else {
             return;
         };
+        // Built in the request's stage, not returned: each move of a `Routed` (over 200 bytes)
+        // is a copy.
+        let stage = &mut inflight.walk.stage;
         let routed = router::route(
             table,
             &inflight.request,
@@ -864,18 +867,14 @@ impl Requests {
             &mut inflight.span,
             now,
             kept_for_log,
+            |routed| *stage = Stage::Routed(routed),
         );
         inflight.mutation = Mutation::new();
-        // Moved into the request's stage straight from the result: each move of a `Routed`
-        // (over 200 bytes) is a copy.
-        match routed {
-            Ok(routed) => inflight.walk.stage = Stage::Routed(routed),
-            Err(Unrouted { reply, matched }) => {
-                if let Some(matched) = matched {
-                    inflight.walk.stage = Stage::Answered(matched);
-                }
-                return self.finish(key, Answer::Local(reply), out, now);
+        if let Err(Unrouted { reply, matched }) = routed {
+            if let Some(matched) = matched {
+                inflight.walk.stage = Stage::Answered(matched);
             }
+            return self.finish(key, Answer::Local(reply), out, now);
         }
         let Stage::Routed(routed) = &mut inflight.walk.stage else {
             return;
