@@ -1,8 +1,9 @@
 //! The Dubbo codec's heap allocations per call decoded, counted by the counting allocator: a
 //! call as a Java consumer sends it (string attachments) and one as dubbo2.js sends it (its
-//! `timeout` an int, rendered as text into the metadata's own room), and one whose arguments
-//! nest objects, lists and maps, decode without allocating, into a reused message as the engine
-//! decodes them and into a new one each. Each test binary counts alone.
+//! `timeout` an int, rendered as text into the metadata's own room), one whose arguments nest
+//! objects, lists and maps, and a fastjson2 one whose attachments do, decode without allocating,
+//! into a reused message as the engine decodes them and into a new one each. Each test binary
+//! counts alone.
 
 use bytes::BytesMut;
 use metaprotocol_benches::alloc::{CountingAlloc, Counts, count_this_thread};
@@ -165,6 +166,50 @@ fn nested_call() -> Vec<u8> {
     request_frame(&body)
 }
 
+/// A fastjson2 (JSONB) call whose attachments hold an object `{items: [{sku}, {sku}], tags:
+/// {k: v}}` and arrays of two twelve deep, the nested array first, so that every array is a
+/// level the walk over it keeps open.
+fn nested_fastjson2_call() -> Vec<u8> {
+    let latin1 = |text: &str| [&[0x49 + text.len() as u8][..], text.as_bytes()].concat();
+    let field = |jsonb: &[u8]| [&(jsonb.len() as u32).to_be_bytes()[..], jsonb].concat();
+    let mut body = Vec::new();
+    for text in [
+        "2.0.2",
+        "demo.Api",
+        "1.0.0",
+        "place",
+        "Ljava/lang/String;",
+        "x",
+    ] {
+        body.extend(field(&latin1(text)));
+    }
+    let mut map = vec![0xa6];
+    map.extend(latin1("order"));
+    map.push(0xa6);
+    map.extend(latin1("items"));
+    map.push(0x96);
+    for sku in ["a1", "b2"] {
+        map.push(0xa6);
+        map.extend(latin1("sku"));
+        map.extend(latin1(sku));
+        map.push(0xa5);
+    }
+    map.extend(latin1("tags"));
+    map.extend([&[0xa6][..], &latin1("k"), &latin1("v"), &[0xa5, 0xa5]].concat());
+    map.extend(latin1("deep"));
+    map.extend([0x96; 12]);
+    map.extend([0xaf; 13]);
+    map.extend(latin1("path"));
+    map.extend(latin1("demo.Api"));
+    map.push(0xa5);
+    body.extend(field(&map));
+    let mut frame = vec![0xda, 0xbb, 0xc0 | 23, 0];
+    frame.extend_from_slice(&1_u64.to_be_bytes());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend(body);
+    frame
+}
+
 #[test]
 fn calls_decode_without_allocating() -> TestResult {
     count_this_thread();
@@ -183,10 +228,12 @@ fn calls_decode_without_allocating() -> TestResult {
     );
     let dubbojs = dubbojs_call()?;
     let nested = nested_call();
+    let fastjson2 = nested_fastjson2_call();
     for (name, frame) in [
         ("java", &java[..]),
         ("dubbo2.js", &dubbojs[..]),
         ("nested arguments", &nested[..]),
+        ("nested fastjson2 attachments", &fastjson2[..]),
     ] {
         for reuse in [true, false] {
             let made = allocations(frames(frame), reuse)?;

@@ -27,9 +27,10 @@
 //! attachments is written by [`write_mutated_response`].
 //!
 //! Everything read from the wire is checked: lengths against the frame, JSONB lengths against
-//! their field, nesting to [`MAX_DEPTH`]; decoding never allocates in proportion to a length
-//! read, and copies only the strings that are not UTF-8 in the frame (Latin-1 past ASCII,
-//! UTF-16).
+//! their field. Values nest as deeply as their field holds them, walked without recursion (see
+//! [`nested`]: four bytes a level past the first 16, each level a byte of the field). Decoding
+//! never allocates in proportion to a length read, and copies only the strings that are not
+//! UTF-8 in the frame (Latin-1 past ASCII, UTF-16).
 
 use std::borrow::Cow;
 use std::fmt::Write;
@@ -45,15 +46,12 @@ use crate::deadline;
 use crate::header::HEADER_LEN;
 use crate::hessian::printed::{Printed, write_java_double};
 use crate::layout::AttachmentsLayout;
+use crate::nested::{self, Open, Values};
 use crate::request::{self, DecodedRequest};
 use crate::serialization::{put_fastjson2_string, put_jsonb_string};
 
-/// How deep JSONB values may nest (arrays, objects, typed values) before a call is refused.
-pub(crate) const MAX_DEPTH: usize = 64;
-
 const TRUNCATED: CodecError = CodecError::malformed("truncated fastjson2 value");
 const BAD_LENGTH: CodecError = CodecError::malformed("a fastjson2 length is negative or too long");
-const TOO_DEEP: CodecError = CodecError::malformed("a fastjson2 value nests too deep");
 const NOT_A_STRING: CodecError =
     CodecError::malformed("a fastjson2 call field is not a string or has bytes after it");
 const NOT_A_MAP: CodecError =
@@ -508,86 +506,105 @@ impl<'a> Cursor<'a> {
             // follow it, and a value it cannot see could pass a policy that would refuse it.
             REFERENCE => return Err(REFERENCE_VALUE),
             _ => {
-                self.skip_after(tag, 0)?;
+                self.skip_after(tag)?;
                 Value::Other
             }
         };
         Ok(value)
     }
 
-    /// Skips the value whose tag is `tag`, nested `depth` deep.
-    fn skip_after(&mut self, tag: u8, depth: usize) -> Result<(), CodecError> {
-        if self.string_after(tag)?.is_some() || self.int64_after(tag)?.is_some() {
-            return Ok(());
-        }
-        match tag {
-            NULL | FALSE | TRUE | DOUBLE_0 | DOUBLE_1 => {}
-            CHAR | FLOAT_INT => self.int32().map(drop)?,
-            DOUBLE_LONG | DECIMAL_LONG | BIGINT_LONG => self.int64().map(drop)?,
-            FLOAT | TIMESTAMP_SECONDS | TIMESTAMP_MINUTES | LOCAL_DATE => self.take(4).map(drop)?,
-            DOUBLE | TIMESTAMP_MILLIS => self.take(8).map(drop)?,
-            BINARY | BIGINT => {
-                let len = self.length()?;
-                self.take(len)?;
-            }
-            DECIMAL => {
-                self.int32()?;
-                let tag = self.byte()?;
-                self.skip_after(tag, depth)?;
-            }
-            LOCAL_TIME => {
-                self.take(3)?;
-                self.int32()?;
-            }
-            LOCAL_DATETIME => {
-                self.take(7)?;
-                self.int32()?;
-            }
-            TIMESTAMP_WITH_TIMEZONE => {
-                self.take(7)?;
-                self.int32()?;
-                self.string_or_null()?;
-            }
-            TIMESTAMP => {
-                self.int64()?;
-                self.int32()?;
-            }
-            SYMBOL => self.symbol().map(drop)?,
-            REFERENCE => self.reference()?,
-            TYPED_ANY => {
-                self.type_name()?;
-                self.skip_nested(depth)?;
-            }
-            ARRAY_FIX_0..=ARRAY_FIX_15 | ARRAY => {
-                let count = match tag {
-                    ARRAY => self.length()?,
-                    _ => usize::from(tag - ARRAY_FIX_0),
-                };
-                // Each item takes a byte at least: the count cannot outrun the field.
-                for _ in 0..count {
-                    self.skip_nested(depth)?;
-                }
-            }
-            OBJECT => {
-                while self.peek() != Some(OBJECT_END) {
-                    self.skip_nested(depth)?;
-                    self.skip_nested(depth)?;
-                }
-                self.byte()?;
-            }
-            _ => return Err(UNKNOWN_TAG),
-        }
-        Ok(())
+    /// Skips a value.
+    fn skip(&mut self) -> Result<(), CodecError> {
+        let tag = self.byte()?;
+        self.skip_after(tag)
     }
 
-    /// Skips a value inside one nested `depth` deep.
-    fn skip_nested(&mut self, depth: usize) -> Result<(), CodecError> {
-        let depth = depth + 1;
-        if depth > MAX_DEPTH {
-            return Err(TOO_DEEP);
+    /// Skips the value whose tag, `tag`, was read, and what it holds however deep it nests
+    /// (see [`nested`]).
+    fn skip_after(&mut self, tag: u8) -> Result<(), CodecError> {
+        match self.step_after(tag)? {
+            None => Ok(()),
+            Some(opened) => nested::skip_held(self, opened),
         }
-        let tag = self.byte()?;
-        self.skip_after(tag, depth)
+    }
+
+    /// Consumes the value whose tag, `tag`, was read, up to what it holds: all of a value that
+    /// holds no others (`None`), the count of an array or the tag of an object, returned as
+    /// opened. A typed value and a decimal are a prefix and the value they hold, read here as
+    /// the rest of the value: they take no level.
+    fn step_after(&mut self, mut tag: u8) -> Result<Option<Open>, CodecError> {
+        loop {
+            if self.string_after(tag)?.is_some() || self.int64_after(tag)?.is_some() {
+                return Ok(None);
+            }
+            match tag {
+                NULL | FALSE | TRUE | DOUBLE_0 | DOUBLE_1 => {}
+                CHAR | FLOAT_INT => self.int32().map(drop)?,
+                DOUBLE_LONG | DECIMAL_LONG | BIGINT_LONG => self.int64().map(drop)?,
+                FLOAT | TIMESTAMP_SECONDS | TIMESTAMP_MINUTES | LOCAL_DATE => {
+                    self.take(4).map(drop)?
+                }
+                DOUBLE | TIMESTAMP_MILLIS => self.take(8).map(drop)?,
+                BINARY | BIGINT => {
+                    let len = self.length()?;
+                    self.take(len)?;
+                }
+                DECIMAL => {
+                    self.int32()?;
+                    tag = self.byte()?;
+                    continue;
+                }
+                LOCAL_TIME => {
+                    self.take(3)?;
+                    self.int32()?;
+                }
+                LOCAL_DATETIME => {
+                    self.take(7)?;
+                    self.int32()?;
+                }
+                TIMESTAMP_WITH_TIMEZONE => {
+                    self.take(7)?;
+                    self.int32()?;
+                    self.string_or_null()?;
+                }
+                TIMESTAMP => {
+                    self.int64()?;
+                    self.int32()?;
+                }
+                SYMBOL => self.symbol().map(drop)?,
+                REFERENCE => self.reference()?,
+                TYPED_ANY => {
+                    self.type_name()?;
+                    tag = self.byte()?;
+                    continue;
+                }
+                // Each item takes a byte at least: the count cannot outrun the field.
+                ARRAY => return Ok(Some(Open::values(self.length()?))),
+                ARRAY_FIX_0..=ARRAY_FIX_15 => {
+                    return Ok(Some(Open::values(usize::from(tag - ARRAY_FIX_0))));
+                }
+                OBJECT => return Ok(Some(Open::MAP_KEY)),
+                _ => return Err(UNKNOWN_TAG),
+            }
+            return Ok(None);
+        }
+    }
+}
+
+impl Values for Cursor<'_> {
+    const END: u8 = OBJECT_END;
+
+    fn peek(&self) -> Option<u8> {
+        Cursor::peek(self)
+    }
+
+    fn byte(&mut self) -> Result<u8, CodecError> {
+        Cursor::byte(self)
+    }
+
+    fn step(&mut self) -> Result<Option<Open>, CodecError> {
+        let tag = Cursor::byte(self)?;
+        self.step_after(tag)
     }
 }
 
@@ -796,7 +813,7 @@ fn read_map(
             SYMBOL => Some(map.symbol()?),
             tag => match map.string_after(tag)? {
                 Some(key) => Some(key),
-                None => map.skip_after(tag, 1).map(|()| None)?,
+                None => map.skip_after(tag).map(|()| None)?,
             },
         };
         let value = map.value()?;
@@ -1085,8 +1102,8 @@ fn write_map(
     let mut scan = map.clone();
     scan.overrides = Some(mutation);
     while scan.peek() != Some(OBJECT_END) {
-        scan.skip_nested(0)?;
-        scan.skip_nested(0)?;
+        scan.skip()?;
+        scan.skip()?;
     }
     let shared = scan.seen;
     while map.peek() != Some(OBJECT_END) {
@@ -1103,10 +1120,10 @@ fn write_map(
             }
             tag => match map.string_after(tag)? {
                 Some(key) => Some(key),
-                None => map.skip_after(tag, 1).map(|()| None)?,
+                None => map.skip_after(tag).map(|()| None)?,
             },
         };
-        map.skip_nested(0)?;
+        map.skip()?;
         let overridden = match key {
             Some(key) => {
                 // Kept unread, an entry the mutation removes or replaces would go out with it.

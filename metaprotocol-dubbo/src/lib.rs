@@ -221,6 +221,7 @@ mod fastjson2;
 mod header;
 mod hessian;
 mod layout;
+mod nested;
 mod reply;
 mod request;
 mod response;

@@ -389,9 +389,6 @@ fn a_null_fastjson2_version_field_names_the_unversioned_service() -> TestResult 
 #[test]
 fn a_malformed_fastjson2_body_is_refused() -> TestResult {
     let head = call_head();
-    let mut deep = vec![0x92, 0x49, 0x00];
-    deep.extend(std::iter::repeat_n(0x95, 100));
-    deep.push(0xaf);
     let cases: Vec<Vec<u8>> = vec![
         // A call field's length past the body.
         vec![0, 0, 0, 9, 0x4e],
@@ -403,10 +400,14 @@ fn a_malformed_fastjson2_body_is_refused() -> TestResult {
         field(&[0x4a, b'x', 0xaf]),
         // Fewer arguments than the descriptor says.
         head[..head.len() - 10].to_vec(),
-        // Attachments that are not a map, cut, or nested past the limit.
+        // Attachments that are not a map, or cut, or nested arrays never ended.
         [head.clone(), field(&int32(1))].concat(),
         [head.clone(), field(&[0xa6, 0x4a, b'k'])].concat(),
-        [head.clone(), field(&object(&[(latin1("k"), deep)]))].concat(),
+        [
+            head.clone(),
+            field(&[vec![0xa6, 0x4a, b'k'], vec![0x96; 200]].concat()),
+        ]
+        .concat(),
         // A string whose length is negative or past its field.
         [
             head.clone(),
@@ -422,6 +423,73 @@ fn a_malformed_fastjson2_body_is_refused() -> TestResult {
         assert!(call.reject_reason.is_some(), "{body:02x?}");
         assert!(call.metadata.is_empty());
     }
+    Ok(())
+}
+
+/// A JSONB value `levels` deep: arrays of one, objects holding the next as their value, arrays
+/// of two holding it first, and typed values, in turn, around a null.
+fn nested(levels: usize) -> Vec<u8> {
+    let (mut head, mut tail) = (Vec::new(), Vec::new());
+    for level in 0..levels {
+        match level % 4 {
+            0 => head.push(0x95),
+            1 => {
+                head.extend([0xa6, 0x4a, b'k']);
+                tail.push(0xa5);
+            }
+            2 => {
+                head.push(0x96);
+                tail.push(0xaf);
+            }
+            // A type name given as a symbol at the first level, named by its number after.
+            _ if level == 3 => head.extend([0x92, 0x49, 0x00]),
+            _ => head.extend([0x92, 0x00]),
+        }
+    }
+    head.push(0xaf);
+    tail.reverse();
+    [head, tail].concat()
+}
+
+/// fastjson2 writes values up to 2048 levels deep and Java's reader takes them: a call whose
+/// attachment (or a key that is no string) nests 100 or 10,000 levels is read to its end, the
+/// entries after it too, and a mutation of it is written, as a response's.
+#[test]
+fn values_nested_deeper_than_64_are_read_to_their_end() -> TestResult {
+    for levels in [100, 10_000] {
+        let deep = nested(levels);
+        let bytes = call_with(&[
+            (latin1("deep"), deep.clone()),
+            (deep.clone(), latin1("v")),
+            (latin1("group"), latin1("g1")),
+        ]);
+        let call = decode(&bytes)?;
+        assert_eq!(call.reject_reason, None, "{levels} levels");
+        assert_eq!(call.metadata.get("group"), Some("g1"), "{levels} levels");
+        let mut mutation = Mutation::new();
+        mutation.set(ByteStr::from_static("tenant"), ByteStr::from_static("t2"));
+        let again = decode(&mutated(&call, &mutation)?)?;
+        assert_eq!(again.reject_reason, None, "{levels} levels, mutated");
+        assert_eq!(again.metadata.get("tenant"), Some("t2"), "{levels} levels");
+        assert_eq!(again.metadata.get("group"), Some("g1"), "{levels} levels");
+        let map = object(&[(latin1("deep"), deep), (latin1("trace"), latin1("abc"))]);
+        let body = [field(&int32(4)), field(&latin1("hi")), field(&map)].concat();
+        let answer = decode(&response(&body))?;
+        assert_eq!(
+            answer.metadata.get("trace"),
+            Some("abc"),
+            "{levels} levels, answer"
+        );
+    }
+    // A decimal whose unscaled value is a decimal, 100,000 times: no level of its own, read
+    // without overflowing the stack (Java's reader refuses it, the provider answers).
+    let mut decimals = [0xb9, 0x00].repeat(100_000);
+    decimals.push(0x01);
+    let call = decode(&call_with(&[
+        (latin1("d"), decimals),
+        (latin1("group"), latin1("g1")),
+    ]))?;
+    assert_eq!(call.metadata.get("group"), Some("g1"), "decimals");
     Ok(())
 }
 

@@ -10,6 +10,8 @@
 use metaprotocol_core::CodecError;
 use smallvec::SmallVec;
 
+use crate::nested::{self, Open, Values};
+
 use super::reader::{Reader, is_string_tag};
 use super::{CLASS_DEF, END, TYPED_MAP, UNTYPED_MAP};
 
@@ -18,11 +20,6 @@ pub(crate) const MAX_CLASS_DEFS: usize = 4096;
 
 /// Class definitions kept without allocating: a call's arguments rarely define more classes.
 const INLINE_CLASS_DEFS: usize = 16;
-
-/// Levels of lists, maps and objects a walk keeps without allocating: the values of ordinary
-/// calls nest far less (an object holding a list of maps is three), and a value that is the
-/// last of what holds it takes no level of its own (see [`Skipper::skip_held`]).
-const INLINE_LEVELS: usize = 16;
 
 /// The state that skipping one frame's body accumulates.
 #[derive(Debug, Default)]
@@ -59,38 +56,14 @@ impl Skipper {
         // Most values hold no others, and need no stack.
         match self.step(reader)? {
             None => Ok(()),
-            Some(opened) => self.skip_held(reader, opened),
+            Some(opened) => nested::skip_held(
+                &mut Walk {
+                    skipper: self,
+                    reader,
+                },
+                opened,
+            ),
         }
-    }
-
-    /// Consumes what the list, map or object `outer`, just opened, holds.
-    ///
-    /// Its lists, maps and objects are walked with a stack of those the walk is in, not by
-    /// recursion: Java's reader takes a value nested as deeply as its thread's stack allows (a
-    /// chain of objects each holding the next, a deep tree), so the walk lets a value nest as
-    /// deeply as its frame holds. Each level opened took a tag byte of the frame and takes four
-    /// bytes of the stack; a list, map or object leaves the stack as its last value starts
-    /// (nothing of it is left to read after that value), so a linked list whose link is its
-    /// objects' last field takes one level, however long.
-    fn skip_held(&mut self, reader: &mut Reader<'_>, outer: Open) -> Result<(), CodecError> {
-        let mut open: SmallVec<[Open; INLINE_LEVELS]> = SmallVec::new();
-        open.push(outer);
-        while let Some(innermost) = open.last_mut() {
-            match innermost.next(reader)? {
-                Next::Value => {}
-                Next::Last => {
-                    open.pop();
-                }
-                Next::Ended => {
-                    open.pop();
-                    continue;
-                }
-            }
-            if let Some(opened) = self.step(reader)? {
-                open.push(opened);
-            }
-        }
-        Ok(())
     }
 
     /// The number of class definitions seen so far.
@@ -206,62 +179,25 @@ impl Skipper {
     }
 }
 
-/// A list, map or object a walk is in, and what of it is left to read: so many values, or
-/// values up to its `Z` (a list's, or a map's, whose `Z` may come only where a key would).
-/// Four bytes, so that a value nested a level per byte of its frame takes a stack of four
-/// times the frame, no more.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Open(u32);
-
-/// What comes next in the list, map or object a walk is in.
-enum Next {
-    /// One of its values, and more after it.
-    Value,
-    /// Its last value.
-    Last,
-    /// Nothing: it ended (its `Z` consumed).
-    Ended,
+/// A skipper and the frame it reads, as the walk of nested values drives them.
+struct Walk<'s, 'r, 'a> {
+    skipper: &'s mut Skipper,
+    reader: &'r mut Reader<'a>,
 }
 
-impl Open {
-    /// A list ended by `Z`.
-    const LIST: Self = Self(u32::MAX);
-    /// A map ended by `Z`, at a key or its end.
-    const MAP_KEY: Self = Self(u32::MAX - 1);
-    /// A map ended by `Z`, at a key's value.
-    const MAP_VALUE: Self = Self(u32::MAX - 2);
-    /// The most values a list or object may be counted to hold, below the three above.
-    const MOST_VALUES: u32 = u32::MAX - 3;
+impl Values for Walk<'_, '_, '_> {
+    const END: u8 = END;
 
-    /// A list or object of `len` values. A length is at most the bytes left in the frame, and
-    /// a Dubbo body is shorter than 2 GiB (a Java int), far below [`Open::MOST_VALUES`].
-    fn values(len: usize) -> Self {
-        Self(u32::try_from(len).map_or(Self::MOST_VALUES, |len| len.min(Self::MOST_VALUES)))
+    fn peek(&self) -> Option<u8> {
+        self.reader.peek()
     }
 
-    /// What comes next, consuming a `Z` that ends it, and counting the value it announces.
-    fn next(&mut self, reader: &mut Reader<'_>) -> Result<Next, CodecError> {
-        Ok(match *self {
-            Self::LIST | Self::MAP_KEY if reader.peek() == Some(END) => {
-                reader.byte()?;
-                Next::Ended
-            }
-            Self::LIST => Next::Value,
-            Self::MAP_KEY => {
-                *self = Self::MAP_VALUE;
-                Next::Value
-            }
-            Self::MAP_VALUE => {
-                *self = Self::MAP_KEY;
-                Next::Value
-            }
-            Self(0) => Next::Ended,
-            Self(1) => Next::Last,
-            Self(left) => {
-                *self = Self(left - 1);
-                Next::Value
-            }
-        })
+    fn byte(&mut self) -> Result<u8, CodecError> {
+        self.reader.byte()
+    }
+
+    fn step(&mut self) -> Result<Option<Open>, CodecError> {
+        self.skipper.step(self.reader)
     }
 }
 
