@@ -739,7 +739,7 @@ impl Flooded {
     fn log_field(self) -> &'static str {
         match self {
             Flooded::Listener => "listener=in",
-            Flooded::Admin => "admin",
+            Flooded::Admin => "http_server=admin",
         }
     }
 

@@ -51,7 +51,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// longer), and 10 s for each write of an answer to a client that takes none of it. Without
 /// such bounds (`axum::serve` has none), a client can hold a connection and its task for good.
 /// A failed accept (out of file descriptors, say) is tried again every 50 ms, logged with
-/// `http_server=embedded` at the first failure of a run and when it accepts again.
+/// `http_server=embedded` at the first failure of a run and when it accepts again; the failures
+/// are not counted in any metric the caller can read (the proxy's admin API counts its own in
+/// `metaprotocol_admin_accept_errors_total`).
 pub async fn serve_http(
     listener: TcpListener,
     app: Router,
@@ -73,6 +75,8 @@ pub async fn serve_http_within(
     let token = CancellationToken::new();
     let accepts = Accepts {
         server: "embedded",
+        // Counted nowhere a caller reads: the loop shared with the admin API takes a counter,
+        // and an embedder's app keeps its own metrics.
         errors: Counter::default(),
     };
     let serving = serve(listener, app, token.clone(), request_timeout, accepts);
