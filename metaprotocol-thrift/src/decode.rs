@@ -753,11 +753,18 @@ impl Found {
                     continue;
                 }
                 // Headers that are not UTF-8 stay in the frame but cannot be routed on: the
-                // metadata refuses them.
-                metadata.insert(
+                // metadata refuses them. Apache Thrift's readers keep a key's last value, so a
+                // refused value takes out an earlier one of its key, which no server reads.
+                let key = info.key.clone();
+                let inserted = metadata.insert(
                     MetadataStr::Source(info.key),
                     MetadataStr::Source(info.value),
                 );
+                if !inserted
+                    && let Some(key) = frame.get(key).and_then(|key| std::str::from_utf8(key).ok())
+                {
+                    metadata.unset(key);
+                }
             }
         }
         add_name(metadata, frame, self.header.name)

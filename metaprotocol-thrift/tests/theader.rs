@@ -165,6 +165,44 @@ fn headers_spelt_as_the_codecs_own_keys_do_not_become_them() -> TestResult {
     Ok(())
 }
 
+/// Apache Thrift's readers (C++, Python, Go) keep a header's last value when a block gives its
+/// key twice, whatever its bytes. A last value that is not UTF-8 cannot be metadata, so the key
+/// is not there: its earlier value, which no server reads, must not stay for routes and
+/// policies to judge. A later UTF-8 value replaces a value that is not, as any value does.
+#[test]
+fn a_header_whose_last_value_is_not_utf8_keeps_none_of_its_earlier_values() -> TestResult {
+    let call = [0x80u8, 1, 0, 1, 0, 0, 0, 1, b'm', 0, 0, 0, 3, 0];
+    for (values, expected) in [
+        (&[&b"admin"[..], b"\xff"][..], None),
+        (&[b"admin", b"\xff", b"\xfe"], None),
+        (&[b"\xff", b"t1"], Some("t1")),
+        (&[b"t1", b"t2"], Some("t2")),
+    ] {
+        let mut block = vec![0u8, 0, 1];
+        put_varint(&mut block, values.len() + 1);
+        for (key, value) in values
+            .iter()
+            .map(|value| (&b"tenant"[..], *value))
+            .chain([(&b"k"[..], &b"v"[..])])
+        {
+            for text in [key, value] {
+                put_varint(&mut block, text.len());
+                block.extend_from_slice(text);
+            }
+        }
+        block.resize(block.len().next_multiple_of(4), 0);
+        let message = decode_one(&theader_frame(3, &block, &call))?;
+        assert_eq!(message.reject_reason, None);
+        assert_eq!(
+            header(&message, "tenant").as_deref(),
+            expected,
+            "values {values:?}: the metadata kept a value the server does not read"
+        );
+        assert_eq!(header(&message, "k").as_deref(), Some("v"), "{values:?}");
+    }
+    Ok(())
+}
+
 /// A binary THeader frame of a multiplexed `Svc:ping` of `message_type` whose `KEYVALUE` group
 /// holds `headers` distinct headers.
 fn with_headers(message_type: u8, headers: usize) -> BytesMut {
