@@ -232,8 +232,18 @@ impl<'a> InfoHeaders<'a> {
             }
         }
         self.left_in_group -= 1;
-        let key = self.string()?;
-        let value = self.string()?;
+        // A group saying more headers than its block holds is refused, as Go's reader refuses
+        // it: Apache Thrift's readers disagree on it (C++ stops at the block's end, Python
+        // reads on into the message, taking its bytes for headers), so no metadata could say
+        // what every server reads, and no Apache client writes one.
+        let past_block = |error| match error {
+            ReadError::Incomplete => {
+                ReadError::malformed("a THeader header runs past its header block")
+            }
+            error => error,
+        };
+        let key = self.string().map_err(past_block)?;
+        let value = self.string().map_err(past_block)?;
         Ok(Some(InfoHeader { key, value }))
     }
 }

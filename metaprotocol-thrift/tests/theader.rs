@@ -203,6 +203,33 @@ fn a_header_whose_last_value_is_not_utf8_keeps_none_of_its_earlier_values() -> T
     Ok(())
 }
 
+/// Decision: a `KEYVALUE` group that says more headers than its header block holds is refused
+/// (the frame closes its connection as malformed), since Apache Thrift's readers disagree on
+/// it and no metadata could say what every server reads. C++ stops at the block's end and
+/// keeps the headers read; Go reads the block alone and fails on the missing header (an error,
+/// the frame unread); Python 0.22 reads on past the block into the message, taking the
+/// message's bytes for headers (measured: a call `mmm...` gave its handler a header keyed
+/// `\x00\x01\x00\x00\x00\xc8mmm...`), and fails where the frame ends first. No Apache client
+/// writes such a group.
+#[test]
+fn a_header_group_running_past_its_block_is_refused() -> TestResult {
+    let call = [0x80u8, 1, 0, 1, 0, 0, 0, 1, b'm', 0, 0, 0, 3, 0];
+    // KEYVALUE of two headers, {k: v} the only one in the block, then padding.
+    let block = [0u8, 0, 1, 2, 1, b'k', 1, b'v'];
+    let error = decode_one(&theader_frame(3, &block, &call))
+        .err()
+        .ok_or("a group running past its block was read")?;
+    assert_eq!(
+        error.to_string(),
+        "malformed frame: a THeader header runs past its header block"
+    );
+    // The same group saying one header is read.
+    let block = [0u8, 0, 1, 1, 1, b'k', 1, b'v'];
+    let message = decode_one(&theader_frame(3, &block, &call))?;
+    assert_eq!(header(&message, "k").as_deref(), Some("v"));
+    Ok(())
+}
+
 /// A binary THeader frame of a multiplexed `Svc:ping` of `message_type` whose `KEYVALUE` group
 /// holds `headers` distinct headers.
 fn with_headers(message_type: u8, headers: usize) -> BytesMut {
