@@ -873,8 +873,15 @@ fn insert(
         }
         return Ok(());
     }
+    // A null version is the empty one, a null group none (taken out below), as in Hessian2.
+    let null = matches!(value, Value::Null);
+    if call && null && request::insert_null_version(name.as_bytes(), metadata) {
+        return Ok(());
+    }
     // The version or group Java providers run would not be the metadata's.
-    if let Some(refused) = request::selector_without_text(Some(name.as_bytes())).filter(|_| call) {
+    if let Some(refused) =
+        request::selector_without_text(Some(name.as_bytes())).filter(|_| call && !null)
+    {
         return Err(refused);
     }
     let mut printed = Printed::default();

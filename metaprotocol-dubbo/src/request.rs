@@ -15,6 +15,7 @@ use crate::attachments::{self, Entry, slice};
 use crate::build::DUBBO_PROTOCOL_VERSION;
 use crate::deadline;
 use crate::header::HEADER_LEN;
+use crate::hessian::NULL;
 use crate::hessian::printed::References;
 use crate::hessian::reader::{Reader, StringData};
 use crate::hessian::skip::Skipper;
@@ -97,9 +98,14 @@ pub(crate) fn decode(frame: &Bytes, metadata: &mut Metadata) -> Result<DecodedRe
                     metadata.insert(key, value);
                 }
                 None => {
-                    // The version or group Java providers run (none, for a null) would not be
-                    // the metadata's, which keeps the call field's version or an earlier group.
-                    if let Some(refused) = selector_without_text(key) {
+                    let null = frame.get(entry.value_at) == Some(&NULL);
+                    if null && key.is_some_and(|key| insert_null_version(key, metadata)) {
+                        return Ok(());
+                    }
+                    // The version or group Java providers run would not be the metadata's, which
+                    // keeps the call field's version or an earlier group. A null group is none,
+                    // taken out below as any null is.
+                    if let Some(refused) = selector_without_text(key).filter(|_| !null) {
                         return Err(refused);
                     }
                     // The provider reads a key or string value whatever its bytes: one that
@@ -326,6 +332,19 @@ fn version_text(version: &StringData<'_>, frame: &Bytes) -> Option<MetadataStr> 
         return Some(NO_VERSION);
     }
     version.to_metadata(frame)
+}
+
+/// Sets the empty version in `metadata` if `key`, that of a call's attachment whose value is
+/// null, is `version`, and says whether it was. Java's map keeps the null as the key's last
+/// value, and the provider looks the service up by `version` read as a string
+/// (`DubboProtocol.getInvoker`), a null as none, which its service keys take as they take
+/// `0.0.0`: the export without a version runs, whatever the call field said.
+pub(crate) fn insert_null_version(key: &[u8], metadata: &mut Metadata) -> bool {
+    if key != VERSION_ATTACHMENT {
+        return false;
+    }
+    metadata.insert(keys::VERSION, NO_VERSION);
+    true
 }
 
 /// The refusal of a call whose attachment keyed `key` cannot be metadata, if it is one of those
@@ -710,13 +729,12 @@ mod tests {
         Ok(())
     }
 
-    /// A `version` attachment that is not a string (null: a Java provider then runs the service
-    /// exported without a version) or not representable in UTF-8 (a lone surrogate) cannot be
-    /// the call's version metadata: the call is refused rather than routed and authorized as
-    /// the call field's version while another runs.
+    /// A `version` attachment that is not a string (an int) or not representable in UTF-8 (a
+    /// lone surrogate) cannot be the call's version metadata: the call is refused rather than
+    /// routed and authorized as the call field's version while another runs.
     #[test]
     fn a_version_attachment_that_is_no_text_is_refused() -> Result<(), CodecError> {
-        for value in [&b"N"[..], &[0x91], &[0x01, 0xed, 0xa0, 0x80]] {
+        for value in [&[0x91][..], &[0x01, 0xed, 0xa0, 0x80]] {
             let message = call_with_attachments("version", &[value])?;
             assert_eq!(
                 message.reject_reason,
@@ -729,13 +747,12 @@ mod tests {
     }
 
     /// Java providers look the service up by its `group` attachment too, the last of its name:
-    /// a call whose `group` says `g1` and then null (which Java reads as no group) would be
-    /// routed and authorized as group `g1` and run the export without a group. It is refused, as
-    /// is a group that is not a UTF-8 string at all.
+    /// a call whose `group` is no UTF-8 string (an int, a lone surrogate) is refused rather than
+    /// routed and authorized as an earlier group or none.
     #[test]
     fn a_group_attachment_that_is_no_text_is_refused() -> Result<(), CodecError> {
         let g1: &[u8] = b"\x02g1";
-        for groups in [&[g1, b"N"][..], &[b"N"], &[g1, &[0x90]]] {
+        for groups in [&[g1, &[0x90]][..], &[&[0x01, 0xed, 0xa0, 0x80]]] {
             let message = call_with_attachments("group", groups)?;
             assert_eq!(
                 message.reject_reason,
@@ -747,6 +764,33 @@ mod tests {
         let plain = call_with_attachments("group", &[g1])?;
         assert_eq!(plain.reject_reason, None);
         assert_eq!(plain.metadata.get(keys::GROUP), Some("g1"));
+        Ok(())
+    }
+
+    /// Java's map keeps a null attachment as the key's last value, and the provider looks the
+    /// service up by `version` and `group` read as strings (`DubboProtocol.getInvoker`): a null
+    /// is none, so the export without a version (or group) runs. A call whose `version`
+    /// attachment is null says the empty version, whatever its field or an earlier attachment
+    /// said; one whose `group` is null has no group, an earlier one taken out.
+    #[test]
+    fn a_null_version_or_group_attachment_names_the_export_without_one() -> Result<(), CodecError> {
+        let v2: &[u8] = b"\x052.0.0";
+        for versions in [&[&b"N"[..]][..], &[v2, b"N"]] {
+            let message = call_with_attachments("version", versions)?;
+            assert_eq!(message.reject_reason, None, "{versions:02x?}");
+            assert_eq!(
+                message.metadata.get(keys::VERSION),
+                Some(""),
+                "{versions:02x?}"
+            );
+        }
+        let g1: &[u8] = b"\x02g1";
+        for groups in [&[&b"N"[..]][..], &[g1, b"N"]] {
+            let message = call_with_attachments("group", groups)?;
+            assert_eq!(message.reject_reason, None, "{groups:02x?}");
+            assert_eq!(message.metadata.get(keys::GROUP), None, "{groups:02x?}");
+            assert_eq!(message.metadata.get(keys::VERSION), Some("1.0.0"));
+        }
         Ok(())
     }
 

@@ -227,7 +227,7 @@ fn fastjson2_calls_are_refused_as_hessian2_ones_are() -> TestResult {
         ),
         (
             latin1("version"),
-            vec![0xaf],
+            int32(1),
             "the version attachment is not a UTF-8 string",
         ),
         (
@@ -382,6 +382,27 @@ fn a_null_fastjson2_version_field_names_the_unversioned_service() -> TestResult 
     let call = decode(&frame(1, &body))?;
     assert_eq!(call.reject_reason, None);
     assert_eq!(call.metadata.get("version"), Some(""));
+    Ok(())
+}
+
+/// A null `version` or `group` attachment is none to a Java provider, as in a Hessian2 call:
+/// the call says the empty version (the export without one runs), or no group, whatever came
+/// before it.
+#[test]
+fn a_null_fastjson2_version_or_group_attachment_names_the_export_without_one() -> TestResult {
+    let null = || vec![0xaf];
+    let call = decode(&call_with(&[(latin1("version"), null())]))?;
+    assert_eq!(call.reject_reason, None);
+    assert_eq!(call.metadata.get("version"), Some(""));
+    let call = decode(&call_with(&[
+        (latin1("version"), latin1("2.0.0")),
+        (latin1("group"), latin1("g1")),
+        (latin1("version"), null()),
+        (latin1("group"), null()),
+    ]))?;
+    assert_eq!(call.reject_reason, None);
+    assert_eq!(call.metadata.get("version"), Some(""));
+    assert_eq!(call.metadata.get("group"), None);
     Ok(())
 }
 
