@@ -167,17 +167,18 @@ impl JsonbStr {
         }
     }
 
-    /// True if the string's text is `text`.
-    fn is(&self, frame: &[u8], text: &[u8]) -> bool {
+    /// True if the string's text is one of `texts` (decoded once at most, where it is not
+    /// UTF-8 in the frame).
+    fn is_any(&self, frame: &[u8], texts: &[&[u8]]) -> bool {
         let Some(bytes) = frame.get(self.range.clone()) else {
             return false;
         };
         match self.encoding {
-            Encoding::Utf8 => bytes == text,
-            Encoding::Latin1 if bytes.is_ascii() => bytes == text,
+            Encoding::Utf8 => texts.contains(&bytes),
+            Encoding::Latin1 if bytes.is_ascii() => texts.contains(&bytes),
             _ => self
                 .decoded(frame)
-                .is_some_and(|decoded| decoded.as_bytes() == text),
+                .is_some_and(|decoded| texts.contains(&decoded.as_bytes())),
         }
     }
 
@@ -783,7 +784,7 @@ fn read_attachments(
         }
         request::check_attachment(
             name.as_bytes(),
-            |expected| text.is_some_and(|value| value.is(frame, expected)),
+            |expected| text.is_some_and(|value| value.is_any(frame, &[expected])),
             || match (text, call_path) {
                 (Some(value), Some(path)) => value.same_text(path, frame),
                 (value, path) => value.is_none() && path.is_none(),
@@ -912,10 +913,10 @@ fn insert(
     Ok(())
 }
 
-/// A service version as metadata: Dubbo's default `0.0.0` as the empty version (see
-/// [`request`]); `None` if it cannot be represented in UTF-8.
+/// A service version as metadata: Dubbo's default `0.0.0` and `*` as the empty version (see
+/// [`request::VERSIONS_READ_AS_NONE`]); `None` if it cannot be represented in UTF-8.
 fn version_text(version: &JsonbStr, frame: &Bytes) -> Option<MetadataStr> {
-    if version.is(frame, request::DEFAULT_VERSION) {
+    if version.is_any(frame, &request::VERSIONS_READ_AS_NONE) {
         return Some(request::NO_VERSION);
     }
     version.to_metadata(frame)

@@ -314,9 +314,13 @@ const UNDECODABLE_ATTACHMENT: CodecError = CodecError::malformed(
 /// The attachment by which Java providers pick the version of the service that runs.
 pub(crate) const VERSION_ATTACHMENT: &[u8] = keys::VERSION.as_bytes();
 
-/// The version Dubbo's service keys treat as none (`ProtocolUtils.serviceKey`,
-/// `GroupServiceKeyCache`): a call of it runs the export without a version.
-pub(crate) const DEFAULT_VERSION: &[u8] = b"0.0.0";
+/// The versions Dubbo's service keys treat as none (`ProtocolUtils.serviceKey`,
+/// `GroupServiceKeyCache`): a call of one runs the export without a version. `0.0.0`, the
+/// default, in every release; `*` (any version) in Dubbo 3's, while Dubbo 2.7's keep it, so a
+/// 2.7 provider finds no export for it and fails the call. Read as none, a call of `*` is
+/// judged as the call of the export that a Dubbo 3 provider runs; read as `*`, a policy
+/// keyed on the empty version would miss it.
+pub(crate) const VERSIONS_READ_AS_NONE: [&[u8]; 2] = [b"0.0.0", b"*"];
 
 /// The version of the export without one, as metadata: what Dubbo's default `0.0.0` names, and
 /// a version field that is null. Java's DubboCodec reads the field as any string (a null as
@@ -324,11 +328,12 @@ pub(crate) const DEFAULT_VERSION: &[u8] = b"0.0.0";
 /// none as they take `0.0.0` (`GroupServiceKeyCache`), so the export without a version runs.
 pub(crate) const NO_VERSION: MetadataStr = MetadataStr::Static("");
 
-/// A service version as metadata: Dubbo's default `0.0.0` as the empty version, which names
-/// the export without a version that runs it, so that routes and policies see one version for
-/// one export; `None` if it cannot be represented in UTF-8.
+/// A service version as metadata: Dubbo's default `0.0.0` (and `*`, see
+/// [`VERSIONS_READ_AS_NONE`]) as the empty version, which names the export without a version
+/// that runs it, so that routes and policies see one version for one export; `None` if it
+/// cannot be represented in UTF-8.
 fn version_text(version: &StringData<'_>, frame: &Bytes) -> Option<MetadataStr> {
-    if version.raw(frame) == DEFAULT_VERSION {
+    if VERSIONS_READ_AS_NONE.contains(&version.raw(frame)) {
         return Some(NO_VERSION);
     }
     version.to_metadata(frame)
@@ -654,6 +659,33 @@ mod tests {
             ("0.0.0", "version", &[&default], ""),
             ("0.0.0", "version", &[&other], "0.0.1"),
             ("0.0.0.0", "x", &[b"\x011"], "0.0.0.0"),
+        ];
+        for (field, key, values, version) in cases {
+            let message = call_of_version(field, key, values)?;
+            assert_eq!(message.reject_reason, None);
+            assert_eq!(
+                message.metadata.get(keys::VERSION),
+                Some(version),
+                "{field} {key}"
+            );
+        }
+        Ok(())
+    }
+
+    /// Dubbo 3's service keys (`GroupServiceKeyCache.createServiceKey`) treat version `*` as
+    /// none, as they treat `0.0.0`: a Dubbo 3 provider runs the export without a version for a
+    /// call of `*`, in the call field or the `version` attachment, so its metadata says the
+    /// empty version (a Dubbo 2.7 provider, whose keys keep `*`, finds no export and fails the
+    /// call, whatever routes and policies judged).
+    #[test]
+    fn version_star_names_the_unversioned_service() -> Result<(), CodecError> {
+        let mut star = BytesMut::new();
+        write_string(&mut star, &["*"]);
+        let cases: [(&str, &str, &[&[u8]], &str); 4] = [
+            ("*", "x", &[b"\x011"], ""),
+            ("1.0.0", "version", &[&star], ""),
+            ("*", "version", &[b"\x052.0.0"], "2.0.0"),
+            ("**", "x", &[b"\x011"], "**"),
         ];
         for (field, key, values, version) in cases {
             let message = call_of_version(field, key, values)?;

@@ -257,6 +257,9 @@ fn fastjson2_calls_are_refused_as_hessian2_ones_are() -> TestResult {
     ]))?;
     assert_eq!(call.metadata.get("version"), Some(""));
     assert_eq!(call.metadata.get("interface"), Some("demo.Greeter"));
+    // So is version `*`, which Dubbo 3's service keys treat as none too.
+    let call = decode(&call_with(&[(latin1("version"), latin1("*"))]))?;
+    assert_eq!(call.metadata.get("version"), Some(""), "version *");
     Ok(())
 }
 
