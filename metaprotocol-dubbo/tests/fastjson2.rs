@@ -517,6 +517,30 @@ fn values_nested_deeper_than_64_are_read_to_their_end() -> TestResult {
     Ok(())
 }
 
+/// The walk keeps 65,536 levels at most, as for Hessian2: an attachment of arrays nested
+/// deeper is refused (a Java provider's reader overflows its stack first), one nested that
+/// deep is read.
+#[test]
+fn values_nested_deeper_than_the_walk_keeps_are_refused() -> TestResult {
+    const LEVELS: usize = 1 << 16;
+    for (levels, refused) in [
+        (LEVELS, None),
+        (
+            LEVELS + 1,
+            Some("a value nests more than 65,536 levels deep, deeper than a Java provider reads"),
+        ),
+    ] {
+        // Arrays of two, each holding the next as its first item and null as its second.
+        let deep = [vec![0x96; levels], vec![0xaf; levels + 1]].concat();
+        let call = decode(&call_with(&[
+            (latin1("deep"), deep),
+            (latin1("group"), latin1("g1")),
+        ]))?;
+        assert_eq!(call.reject_reason, refused, "{levels} levels");
+    }
+    Ok(())
+}
+
 /// `call` forwarded with request id 7 and `mutation`, or the encode error.
 fn mutated(call: &Message, mutation: &Mutation) -> Result<BytesMut, CodecError> {
     let mut codec = DubboCodec::new(DEFAULT_MAX_FRAME_BYTES);

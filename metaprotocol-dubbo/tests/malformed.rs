@@ -263,6 +263,32 @@ fn values_nested_deeper_than_64_are_read_to_their_end() -> TestResult {
     Ok(())
 }
 
+/// The walk keeps a level for each list, map or object it is in (four bytes each): a frame of
+/// opening tags made it keep four times the frame (32 MiB for an 8 MiB frame). It keeps 65,536
+/// levels at most, far deeper than a Java provider's reader goes (its stack overflows first):
+/// a value nested deeper is refused, one nested that deep is read.
+#[test]
+fn values_nested_deeper_than_the_walk_keeps_are_refused() -> TestResult {
+    const LEVELS: usize = 1 << 16;
+    for (levels, refused) in [
+        (LEVELS, None),
+        (
+            LEVELS + 1,
+            Some("a value nests more than 65,536 levels deep, deeper than a Java provider reads"),
+        ),
+    ] {
+        let mut body = request_body("demo.Api", "hi", "Ljava/lang/Object;", &[], None);
+        // Lists of two, each holding the next as its first item and 1 as its second.
+        body.extend(std::iter::repeat_n(0x7a, levels));
+        body.push(b'N');
+        body.extend(std::iter::repeat_n(0x91, levels));
+        body.extend_from_slice(b"H\x04path\x08demo.ApiZ");
+        let call = decode_one(&frame(0xc2, 0, 1, &body))?;
+        assert_eq!(call.reject_reason, refused, "{levels} levels");
+    }
+    Ok(())
+}
+
 /// Lists or maps opened and never ended run into the end of their frame, however deeply they
 /// nest; so many class definitions that a frame holds more than the skipper keeps are refused.
 #[test]

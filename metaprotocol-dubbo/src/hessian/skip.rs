@@ -358,17 +358,17 @@ mod tests {
         );
         // Lists opened to the end of the bytes, never ended.
         assert_eq!(
-            end_of(&[0x57; 100_000]),
+            end_of(&[0x57; crate::nested::MAX_LEVELS]),
             Err(CodecError::malformed("truncated Hessian2 value"))
         );
     }
 
-    /// Values nest as deeply as their bytes hold, a level a byte: lists in lists, lists and
-    /// maps in turn (a map's value in a list, a list as a map's value), and fixed-length lists
-    /// whose nested list comes first, each with a value left to read after it.
+    /// Values nest as deeply as the walk keeps levels, a level a byte: lists in lists, lists
+    /// and maps in turn (a map's value in a list, a list as a map's value), and fixed-length
+    /// lists whose nested list comes first, each with a value left to read after it.
     #[test]
-    fn values_nest_as_deeply_as_their_bytes_hold() {
-        let levels = 100_000;
+    fn values_nest_as_deeply_as_the_walk_keeps_levels() {
+        let levels = crate::nested::MAX_LEVELS;
         let lists = [vec![0x57; levels], vec![b'Z'; levels]].concat();
         assert_eq!(end_of(&lists), Ok(lists.len()));
 
