@@ -67,6 +67,8 @@ const UNDECODABLE_KEY: CodecError = CodecError::malformed(
 const UNDECODABLE_TEXT: CodecError = CodecError::malformed(
     "a fastjson2 attachment's value is a string that cannot be decoded (GB18030 past ASCII, or not UTF-8 or UTF-16)",
 );
+const NOT_UNSCALED: CodecError =
+    CodecError::malformed("a fastjson2 decimal's unscaled value is no number Java's reader takes");
 const REFERENCE_VALUE: CodecError = CodecError::malformed(
     "a fastjson2 attachment's value is a reference, which the codec does not follow",
 );
@@ -532,8 +534,11 @@ impl<'a> Cursor<'a> {
     /// Consumes the value whose tag, `tag`, was read, up to what it holds: all of a value that
     /// holds no others (`None`), the count of an array or the tag of an object, returned as
     /// opened. A typed value and a decimal are a prefix and the value they hold, read here as
-    /// the rest of the value: they take no level.
+    /// the rest of the value: they take no level of the walk's stack, but Java's reader reads
+    /// what they hold by recursion, so a chain of more than [`nested::MAX_LEVELS`] is refused
+    /// as a value nested deeper.
     fn step_after(&mut self, mut tag: u8) -> Result<Option<Open>, CodecError> {
+        let mut prefixes = 0;
         loop {
             if self.string_after(tag)?.is_some() || self.int64_after(tag)?.is_some() {
                 return Ok(None);
@@ -553,6 +558,10 @@ impl<'a> Cursor<'a> {
                 DECIMAL => {
                     self.int32()?;
                     tag = self.byte()?;
+                    if !is_unscaled(tag) {
+                        return Err(NOT_UNSCALED);
+                    }
+                    prefixes = one_more_prefix(prefixes)?;
                     continue;
                 }
                 LOCAL_TIME => {
@@ -577,6 +586,7 @@ impl<'a> Cursor<'a> {
                 TYPED_ANY => {
                     self.type_name()?;
                     tag = self.byte()?;
+                    prefixes = one_more_prefix(prefixes)?;
                     continue;
                 }
                 // Each item takes a byte at least: the count cannot outrun the field.
@@ -590,6 +600,28 @@ impl<'a> Cursor<'a> {
             return Ok(None);
         }
     }
+}
+
+/// `prefixes` typed values and decimals read in a chain, and one more; an error past
+/// [`nested::MAX_LEVELS`], deeper than Java's reader recurses (see [`Cursor::step_after`]).
+fn one_more_prefix(prefixes: usize) -> Result<usize, CodecError> {
+    if prefixes == nested::MAX_LEVELS {
+        return Err(nested::TOO_DEEP);
+    }
+    Ok(prefixes + 1)
+}
+
+/// True for the tags of the values Java's reader takes as a decimal's unscaled value
+/// (`JSONReaderJSONB.readBigInteger`): an integer of any width or a big integer, a boolean, a
+/// double or float (cut to an integer), a binary (two's complement), a string in ASCII, UTF-8
+/// or UTF-16LE (parsed), or another decimal. It fails on any other: a null (its
+/// `BigDecimal` constructor throws), a long decimal, UTF-16 with a byte order mark or
+/// big-endian, GB18030, a symbol, a char, a date, an array, an object, a typed value, a
+/// reference.
+fn is_unscaled(tag: u8) -> bool {
+    // 0x00..=UTF8: small ints and int32s, ASCII (fixed or not), UTF-8; FALSE..=FLOAT: booleans,
+    // doubles and floats; DECIMAL..: decimal, big integers, int8 to int64 and small int64s.
+    matches!(tag, 0x00..=UTF8 | UTF16LE | BINARY | FALSE..=FLOAT | DECIMAL..=0xff)
 }
 
 impl Values for Cursor<'_> {

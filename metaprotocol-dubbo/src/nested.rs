@@ -30,7 +30,7 @@ const INLINE_LEVELS: usize = 16;
 pub(crate) const MAX_LEVELS: usize = 1 << 16;
 
 /// Why a value nested deeper than [`MAX_LEVELS`] is refused.
-const TOO_DEEP: CodecError = CodecError::malformed(
+pub(crate) const TOO_DEEP: CodecError = CodecError::malformed(
     "a value nests more than 65,536 levels deep, deeper than a Java provider reads",
 );
 

@@ -505,15 +505,82 @@ fn values_nested_deeper_than_64_are_read_to_their_end() -> TestResult {
             "{levels} levels, answer"
         );
     }
-    // A decimal whose unscaled value is a decimal, 100,000 times: no level of its own, read
-    // without overflowing the stack (Java's reader refuses it, the provider answers).
-    let mut decimals = [0xb9, 0x00].repeat(100_000);
-    decimals.push(0x01);
-    let call = decode(&call_with(&[
-        (latin1("d"), decimals),
-        (latin1("group"), latin1("g1")),
-    ]))?;
-    assert_eq!(call.metadata.get("group"), Some("g1"), "decimals");
+    Ok(())
+}
+
+/// Java's reader reads a decimal's unscaled value as a big integer
+/// (`JSONReaderJSONB.readBigInteger`): a number of any width (a double or float cut to an
+/// integer), a boolean, a binary, a string in ASCII, UTF-8 or UTF-16LE (parsed), or another
+/// decimal, read by recursion, so a chain of them as deep as its stack allows. Anything else
+/// fails the provider's read (null by a NullPointerException; a long decimal, UTF-16 with a
+/// byte order mark or big-endian, GB18030, a symbol, a char, a date, an array, an object, a
+/// typed value or a reference are no type it supports): such a call is refused, not forwarded
+/// for the provider to fail, and a chain longer than the walk's levels (a hundred thousand
+/// decimals, 200 KB, which overflowed the proxy's stack before 41044a9 and Java's stack still)
+/// is refused as a value nested too deep.
+#[test]
+fn a_fastjson2_decimal_is_read_as_javas_reader_reads_it() -> TestResult {
+    let decimal = |unscaled: &[u8]| [&[0xb9, 0x00][..], unscaled].concat();
+    let chain = |links: usize| [[0xb9, 0x00].repeat(links), vec![0x01]].concat();
+    let read: Vec<Vec<u8>> = vec![
+        vec![0x01],
+        vec![0xbd, 0x05],
+        int32(70_000),
+        vec![0xbb, 0x02, 0x01, 0x00],
+        vec![0xba, 0x01],
+        vec![0xb1],
+        vec![0xb5, 0, 0, 0, 0, 0, 0, 0, 0],
+        vec![0x91, 0x01, 0x05],
+        latin1("12"),
+        utf8("12"),
+        [vec![0x7c], int32(4), vec![b'1', 0, b'2', 0]].concat(),
+        chain(1),
+        // With the decimal holding it, 65,536 decimals.
+        chain((1 << 16) - 1),
+    ];
+    for unscaled in read {
+        let value = decimal(&unscaled);
+        let call = decode(&call_with(&[
+            (latin1("d"), value),
+            (latin1("group"), latin1("g1")),
+        ]))?;
+        assert_eq!(
+            call.reject_reason,
+            None,
+            "{:02x?}",
+            &unscaled[..unscaled.len().min(8)]
+        );
+        assert_eq!(call.metadata.get("group"), Some("g1"));
+    }
+    let refused: Vec<Vec<u8>> = vec![
+        vec![0xaf],
+        vec![0xb8, 0x01],
+        vec![0xa6, 0xa5],
+        vec![0x94],
+        vec![0x95, 0x01],
+        [vec![0x92], latin1("java.math.BigInteger"), vec![0x01]].concat(),
+        vec![0x90, 0x41],
+        [vec![0x7b], int32(2), vec![0, b'1']].concat(),
+        [vec![0x7d], int32(2), vec![0, b'1']].concat(),
+        [vec![0x7e], int32(1), vec![b'1']].concat(),
+        vec![0xa9, 0x07, 0xe8, 0x01, 0x01],
+    ];
+    for unscaled in refused {
+        let call = decode(&call_with(&[(latin1("d"), decimal(&unscaled))]))?;
+        assert_eq!(
+            call.reject_reason,
+            Some("a fastjson2 decimal's unscaled value is no number Java's reader takes"),
+            "{unscaled:02x?}"
+        );
+    }
+    for links in [(1 << 16) + 1, 100_000] {
+        let call = decode(&call_with(&[(latin1("d"), chain(links))]))?;
+        assert_eq!(
+            call.reject_reason,
+            Some("a value nests more than 65,536 levels deep, deeper than a Java provider reads"),
+            "a chain of {links} decimals"
+        );
+    }
     Ok(())
 }
 
