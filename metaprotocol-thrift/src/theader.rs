@@ -92,7 +92,19 @@ impl HeaderBlock {
 /// be one-way, whose client would take an answer for its next call's, and an answer names no
 /// call it could fail.
 pub(crate) fn parse(frame: &[u8]) -> Result<HeaderBlock, CodecError> {
-    parse_block(frame).map_err(ReadError::in_complete_frame)
+    parse_block(frame).map_err(in_header_block)
+}
+
+/// The error for a read inside a frame's header block: running out of bytes there is a field
+/// of the block cut by its end (the block's length is checked against the frame's first), not
+/// a message cut by the frame's end.
+fn in_header_block(error: ReadError) -> CodecError {
+    match error {
+        ReadError::Incomplete => {
+            CodecError::malformed("a THeader header block ends inside a field")
+        }
+        ReadError::Codec(error) => error,
+    }
 }
 
 fn parse_block(frame: &[u8]) -> Result<HeaderBlock, ReadError> {
@@ -257,7 +269,7 @@ impl Iterator for InfoHeaders<'_> {
         }
         let next = self.next_header().transpose();
         self.ended = !matches!(next, Some(Ok(_)));
-        next.map(|header| header.map_err(ReadError::in_complete_frame))
+        next.map(|header| header.map_err(in_header_block))
     }
 }
 

@@ -230,6 +230,29 @@ fn a_header_group_running_past_its_block_is_refused() -> TestResult {
     Ok(())
 }
 
+/// A header block that ends inside one of its own fields (a varint whose last byte is missing)
+/// is refused as such, not as a frame that "ends inside the message": the message was never
+/// reached.
+#[test]
+fn a_header_block_ending_inside_a_field_says_so() -> TestResult {
+    let call = [0x80u8, 1, 0, 1, 0, 0, 0, 1, b'm', 0, 0, 0, 3, 0];
+    for (block, field) in [
+        (&[0x80u8, 0x80, 0x80, 0x80][..], "the protocol id"),
+        (&[0u8, 1, 0x80, 0x80][..], "a transform id"),
+        (&[0u8, 0, 1, 0x80][..], "a KEYVALUE group's count"),
+    ] {
+        let error = decode_one(&theader_frame(3, block, &call))
+            .err()
+            .ok_or(format!("a block ending inside {field} was read"))?;
+        assert_eq!(
+            error.to_string(),
+            "malformed frame: a THeader header block ends inside a field",
+            "{field}"
+        );
+    }
+    Ok(())
+}
+
 /// A binary THeader frame of a multiplexed `Svc:ping` of `message_type` whose `KEYVALUE` group
 /// holds `headers` distinct headers.
 fn with_headers(message_type: u8, headers: usize) -> BytesMut {
