@@ -723,8 +723,9 @@ impl ClusterHandle {
     /// blocking thread for `ring_hash` and `maglev`, the running one serving until then. So
     /// does an answer the cluster took since the update's lookup began, which its names keep
     /// over the update's older one; the endpoints an update that gives the cluster health checks
-    /// made anew stay the cluster's then, and the snapshot asked for again serves them with the
-    /// verdicts of their first round ([`PreparedUpdate::first_checks`]).
+    /// made anew stay the cluster's then, with the verdicts of their first round
+    /// ([`PreparedUpdate::first_checks`]): the update's snapshot, which has them, is published,
+    /// and serves until the one asked for again (which reuses them) is.
     fn commit(self: &Arc<Self>, update: BuiltUpdate) -> u64 {
         let BuiltUpdate { mut next, snapshot } = update;
         let mut state = self.lock();
@@ -803,15 +804,13 @@ impl ClusterHandle {
             None
         } else {
             retire_replaced(&mut state_next, next.endpoints);
-            if fresher {
-                // Its endpoints, made anew for the checks it gives and through their first
-                // round, are the cluster's now: the build asked for reuses them with their
-                // verdicts. Built from the running ones, it kept those in rotation, unchecked.
-                missed = true;
-                None
-            } else {
-                Some(snapshot)
-            }
+            // Fresher: its endpoints, made anew for the checks it gives and through their
+            // first round, are the cluster's now, and the build asked for reuses them with
+            // their verdicts. Its own snapshot, which has them, serves until that build
+            // publishes (on a blocking thread for `ring_hash` and `maglev`): the running one
+            // has the endpoints they replace, unchecked.
+            missed |= fresher;
+            Some(snapshot)
         };
         if restart && state_next.monitor.is_some() {
             state_next.monitor = Some(HealthMonitor::start(
@@ -2017,6 +2016,88 @@ health_check: {{ interval: 1s }}"
             "the endpoint the answer added awaits its first check"
         );
         Ok(())
+    }
+
+    /// The same for a `ring_hash` cluster, whose snapshot for the fresher answer is built on a
+    /// blocking thread: until that build publishes, the update's own snapshot serves (its
+    /// endpoints, with the verdicts of their first round, at the addresses of its own lookup).
+    /// The snapshot from before the update served meanwhile, its endpoints replaced, unchecked
+    /// (a refusing one took calls). The runtime's one blocking thread is held while the update
+    /// commits, so that the build cannot publish before the calls are picked.
+    #[test]
+    fn a_ring_whose_dns_answer_changes_during_an_updates_first_round_serves_its_verdicts_at_once()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let (_refusing, refusing) = crate::testing::refusing_address()?;
+        let (_joining, joining) = crate::testing::refusing_address()?;
+        let ring = "lb_policy: ring_hash\nhealthy_panic_threshold: 1";
+        let (unchecked, name) = named(ring)?;
+        let (checked, _) = named(&format!(
+            "{ring}\nhealth_check: {{ interval: 1h, timeout: 10s, unhealthy_threshold: 3 }}"
+        ))?;
+        let answer =
+            |addresses: &[SocketAddr]| -> Resolved { [(name.clone(), addresses.to_vec())].into() };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .max_blocking_threads(1)
+            .build()?;
+        let live = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        let live_address = live.local_addr()?;
+        // Made off the runtime: its first ring is built at once.
+        let c = ClusterHandle::new(
+            &unchecked,
+            "null".into(),
+            Arc::new(crate::testing::NullCodec),
+            Metrics::new().root(),
+            None,
+            &answer(&[live_address, refusing]),
+        )?;
+        runtime.block_on(async {
+            let prepared = c.prepare_update(
+                &checked,
+                None,
+                None,
+                &answer(&[live_address, refusing]),
+                c.answers_taken(),
+                None,
+            )?;
+            let ((), taken) = tokio::join!(prepared.first_checks(), async {
+                c.resolve(&answer(&[live_address, refusing, joining]))
+            });
+            assert!(taken, "the answer changed the cluster's addresses");
+            let deadline = Duration::from_secs(60);
+            let built = || async {
+                while c.build_pending() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            };
+            tokio::time::timeout(deadline, built()).await?;
+            assert_eq!(picked(&c), [live_address, refusing, joining].into());
+            let (release, held) = std::sync::mpsc::channel::<()>();
+            let blocker = tokio::task::spawn_blocking(move || held.recv());
+            prepared.build().commit();
+            let serving = picked(&c);
+            let build_ran = !c.build_pending();
+            release.send(())?;
+            blocker.await??;
+            assert!(!build_ran, "the rebuild published while the blocking thread was held");
+            assert_eq!(
+                serving,
+                [live_address].into(),
+                "once the update that adds checks applied (a DNS answer during its first round), its ring being built, calls went to {serving:?}"
+            );
+            tokio::time::timeout(deadline, built()).await?;
+            assert_eq!(picked(&c), [live_address].into(), "the answer's ring");
+            let snapshot = c.snapshot();
+            assert!(
+                snapshot
+                    .hosts
+                    .iter()
+                    .any(|h| h.endpoint.address() == joining
+                        && h.endpoint.health().has(HealthFlags::PENDING_ACTIVE_CHECK)),
+                "the endpoint the answer added awaits its first check"
+            );
+            Ok(())
+        })
     }
 
     /// The states `metrics` shows for endpoints' health (those whose series is 1).
