@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
@@ -49,6 +49,23 @@ impl HealthState {
     }
 }
 
+/// Held while an endpoint's health is read and shown in its series, and while series are handed
+/// over ([`HealthFlags::hand_series_to`]). Endpoints may share the series of an address (one
+/// rebuilt in place of another, one made where another was removed and still drains), and
+/// showing is a read of the flags and then four stores: two endpoints showing at once, or a
+/// change and a hand-over at once, could leave a state older than the flags last (one read
+/// before the other's change, written after it), or none (the change saw the series as not its
+/// own yet, the hand-over read the flags before the change: each stored one atomic and loaded
+/// the other, a store buffering no Acquire/Release ordering rules out), or two states at 1.
+/// Health changes are rare (verdicts, ejections, updates) and each holds it for a few stores:
+/// one lock for all series costs less than tracking which endpoints share theirs.
+static SHOWING: Mutex<()> = Mutex::new(());
+
+/// [`SHOWING`], held.
+fn showing() -> MutexGuard<'static, ()> {
+    SHOWING.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Health flags, written by health checking, outlier detection and cluster updates only (see
 /// [`super::ClusterHandle::set_health`]). Every change shows in the endpoint's health series
 /// (once they are its own, see [`HealthFlags::hand_series_to`]), and each ejection is counted.
@@ -59,7 +76,7 @@ pub(crate) struct HealthFlags {
     /// True while the series show its state. An endpoint made in place of a running one at its
     /// address (new pool settings, or health checks an update gives) shares that one's series,
     /// and shows in them only once it is installed: the running one serves until then, and the
-    /// update may be dropped.
+    /// update may be dropped. Read to show, and handed over, with [`SHOWING`] held.
     shows: AtomicBool,
 }
 
@@ -80,27 +97,40 @@ impl HealthFlags {
             self.bits.fetch_and(!flag, Ordering::AcqRel)
         };
         let changed = (before & flag != 0) != on;
-        if changed && let Some(stats) = &self.stats {
-            if self.shows.load(Ordering::Acquire) {
-                stats.show(self.state().name());
-            }
-            if flag == Self::EJECTED && on {
+        if changed {
+            // The state read under the lock, after this change: the last to show reads the
+            // newest flags.
+            self.show(&showing());
+            if flag == Self::EJECTED
+                && on
+                && let Some(stats) = &self.stats
+            {
                 stats.ejections.inc();
             }
         }
         changed
     }
 
+    /// Shows its state in its series if they are its own; `_showing` is [`SHOWING`], held.
+    fn show(&self, _showing: &MutexGuard<'static, ()>) {
+        if let Some(stats) = &self.stats
+            && self.shows.load(Ordering::Acquire)
+        {
+            stats.show(self.state().name());
+        }
+    }
+
     /// Hands the health series this endpoint shares with `rebuilt`, made in place of it and
     /// installed now, over to `rebuilt`, which shows its state in them from now on: neither a
     /// change of this one (draining) nor `rebuilt`'s own changes before (its first check, when
     /// an update gives the cluster checks) are what the address's series show.
+    /// A change of `rebuilt` at the same time shows after the hand-over, or before it and is
+    /// read by it (see [`SHOWING`]).
     pub fn hand_series_to(&self, rebuilt: &HealthFlags) {
+        let showing = showing();
         self.shows.store(false, Ordering::Release);
         rebuilt.shows.store(true, Ordering::Release);
-        if let Some(stats) = &rebuilt.stats {
-            stats.show(rebuilt.state().name());
-        }
+        rebuilt.show(&showing);
     }
 
     /// Takes the flags that keep `replaced` out of rotation: an endpoint rebuilt in place (new
@@ -263,10 +293,8 @@ impl Endpoint {
     /// until the endpoint goes) and its health series, which show it unless it replaces an
     /// endpoint ([`Endpoint::replacing`]).
     pub fn with_metrics(mut self, scope: MetricsScope, health: HealthStats) -> Self {
-        if self.health.shows.load(Ordering::Acquire) {
-            health.show(self.health.state().name());
-        }
         self.health.stats = Some(health);
+        self.health.show(&showing());
         self.scope = Some(scope);
         self
     }
@@ -369,5 +397,96 @@ impl Drop for Endpoint {
         if let Some(scope) = &self.scope {
             scope.retire();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::cluster::tests::health_shown;
+    use crate::stats::Metrics;
+
+    /// Flags with `bits`, in `metrics`' series of one endpoint, showing in them if `shows`.
+    fn flags(metrics: &Metrics, bits: u8, shows: bool) -> HealthFlags {
+        let states = HealthState::ALL.map(HealthState::name);
+        HealthFlags {
+            bits: AtomicU8::new(bits),
+            stats: Some(HealthStats::new(&metrics.root(), &states)),
+            shows: AtomicBool::new(shows),
+        }
+    }
+
+    /// Waits, spinning, until two threads have each met `meetings` times.
+    fn meet(met: &AtomicUsize, meetings: usize) {
+        met.fetch_add(1, Ordering::AcqRel);
+        let mut spins = 0_u32;
+        while met.load(Ordering::Acquire) < 2 * meetings {
+            spins += 1;
+            if spins < 1_000 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    /// An endpoint rebuilt in place whose state changes while the series of its address are
+    /// handed over to it (its first check passing as the update applies) shows its state in
+    /// them once both are done, whichever came first. The hand-over read the state before the
+    /// change and showed it after the change had been shown, or the change saw the series as
+    /// not its own yet while the hand-over read the state before it (a store buffering: each
+    /// stored one flag and loaded the other): the series showed the state before the change
+    /// until the next one. Both run at once here, many times over.
+    #[test]
+    fn a_change_during_the_series_hand_over_is_what_they_show() {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let rounds = 20_000;
+        let met = AtomicUsize::new(0);
+        let next: Mutex<Option<Arc<HealthFlags>>> = Mutex::new(None);
+        let taken = || next.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let mut stale = Vec::new();
+        let mut ran = 0;
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for round in 0..rounds {
+                    meet(&met, 2 * round + 1);
+                    if let Some(rebuilt) = taken() {
+                        rebuilt.set(HealthFlags::FAILED_ACTIVE_CHECK, false);
+                    }
+                    meet(&met, 2 * round + 2);
+                }
+            });
+            for round in 0..rounds {
+                let metrics = Metrics::new();
+                let old = flags(&metrics, 0, true);
+                old.set(HealthFlags::DRAINING, true);
+                let rebuilt = Arc::new(flags(&metrics, HealthFlags::FAILED_ACTIVE_CHECK, false));
+                let past = Instant::now() > deadline;
+                *next.lock().unwrap_or_else(PoisonError::into_inner) =
+                    (!past).then(|| rebuilt.clone());
+                meet(&met, 2 * round + 1);
+                if !past {
+                    old.hand_series_to(&rebuilt);
+                }
+                meet(&met, 2 * round + 2);
+                if past {
+                    continue;
+                }
+                ran += 1;
+                let shown = health_shown(&metrics);
+                if shown != [rebuilt.state().name()] {
+                    stale.push(shown);
+                }
+            }
+        });
+        assert!(
+            stale.is_empty(),
+            "{} of {ran} hand-overs left the series showing other than the endpoint's state (healthy): {:?}",
+            stale.len(),
+            &stale[..stale.len().min(5)]
+        );
     }
 }

@@ -2101,7 +2101,7 @@ health_check: {{ interval: 1s }}"
     }
 
     /// The states `metrics` shows for endpoints' health (those whose series is 1).
-    fn health_shown(metrics: &Metrics) -> Vec<String> {
+    pub(crate) fn health_shown(metrics: &Metrics) -> Vec<String> {
         metrics
             .render()
             .lines()
