@@ -16,7 +16,8 @@ pub struct ListenerTlsSpec {
     /// The private key of the certificate (PEM: PKCS#8, PKCS#1 or SEC1).
     pub key_file: PathBuf,
     /// CA certificates (PEM) that client certificates must chain to; with it, a client that
-    /// presents a certificate is verified and its identity is seen by filters and routes.
+    /// presents a certificate is verified and its identity is seen by filters and routes. Its
+    /// `X509 CRL` blocks are revocation lists, checked with those of `crl_files`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_ca_file: Option<PathBuf>,
     /// Refuse clients without a valid certificate (mutual TLS); needs `client_ca_file`.
@@ -69,7 +70,8 @@ impl ListenerTlsSpec {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterTlsSpec {
-    /// CA certificates (PEM) that endpoints' certificates must chain to.
+    /// CA certificates (PEM) that endpoints' certificates must chain to. Its `X509 CRL`
+    /// blocks are revocation lists, checked with those of `crl_files`.
     pub ca_file: PathBuf,
     /// The proxy's client certificate chain (PEM), for endpoints that require one; with
     /// `key_file`.

@@ -207,8 +207,8 @@ fn dates(file: Option<&PemFile>, trusted: bool) -> Vec<Dated> {
         return Vec::new();
     };
     let certificates = if trusted {
-        file.authorities()
-            .map(|authorities| authorities.iter().map(|a| a.der().clone()).collect())
+        file.bundle()
+            .map(|bundle| bundle.authorities.iter().map(|a| a.der().clone()).collect())
     } else {
         file.certificates()
     };

@@ -30,7 +30,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{VerifierBuilderError, WebPkiClientVerifier};
-use rustls::{ClientConfig, ServerConfig};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::{CertificateRevocationListDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -207,15 +207,17 @@ fn server_config(spec: &ListenerTlsSpec, files: &Files) -> Result<ServerConfig, 
         .map_err(|err| tls_error("", err))?;
     let builder = match &spec.client_ca_file {
         Some(_) => {
-            let roots = files.get("client_ca_file")?.roots(Peers::Clients)?;
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .with_crls(revocation_lists(files)?);
+            let trust = files.get("client_ca_file")?.trust(Peers::Clients)?;
+            let roots = Arc::new(trust.roots);
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider)
+                .with_crls(revocation_lists(trust.revocation_lists, files)?);
             let verifier = if spec.require_client_cert {
                 verifier.build()
             } else {
                 verifier.allow_unauthenticated().build()
             };
-            let verifier = verifier.map_err(|err| verifier_error("client_ca_file", err))?;
+            let verifier =
+                verifier.map_err(|err| verifier_error("client_ca_file", err, &roots, files))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
@@ -225,25 +227,50 @@ fn server_config(spec: &ListenerTlsSpec, files: &Files) -> Result<ServerConfig, 
         .map_err(|err| tls_error("key_file", err))
 }
 
-/// The certificate revocation lists of every file of `crl_files`.
+/// The certificate revocation lists peers are checked against: `bundled`, those of the CA
+/// bundle (Envoy loads a bundle's `X509 CRL` blocks with its certificates, and checks
+/// revocation as soon as it holds one), then those of every file of `crl_files`. With any,
+/// every certificate of a peer's chain must have a list of its issuer among them, as Envoy
+/// checks by default (`only_verify_leaf_cert_crl: false`: BoringSSL's `X509_V_FLAG_CRL_CHECK_ALL`),
+/// and rustls' verifiers do with lists (the whole chain, an unknown status refused).
 fn revocation_lists(
+    bundled: Vec<CertificateRevocationListDer<'static>>,
     files: &Files,
 ) -> Result<Vec<CertificateRevocationListDer<'static>>, ConfigError> {
-    let mut crls = Vec::new();
+    let mut crls = bundled;
     for file in files.all("crl_files") {
         crls.extend(file.revocation_lists()?);
     }
     Ok(crls)
 }
 
-/// A certificate verifier's error as the config's: a revocation list's is `crl_files`'s, any
-/// other (no trust anchor) `ca_field`'s.
-fn verifier_error(ca_field: &str, err: VerifierBuilderError) -> ConfigError {
+/// A certificate verifier's error as the config's: a revocation list it cannot read is
+/// `crl_files`' when their lists alone are refused too, else the bundle's (`ca_field`); any
+/// other error (no trust anchor) is `ca_field`'s. `roots` are the verifier's.
+fn verifier_error(
+    ca_field: &str,
+    err: VerifierBuilderError,
+    roots: &Arc<RootCertStore>,
+    files: &Files,
+) -> ConfigError {
     let field = match err {
-        VerifierBuilderError::InvalidCrl(_) => "crl_files",
+        VerifierBuilderError::InvalidCrl(_) if crl_files_refused(roots, files) => "crl_files",
         _ => ca_field,
     };
     ConfigError::new(field, err.to_string())
+}
+
+/// True if a verifier of `roots` refuses the lists of `crl_files` alone: asked only once a
+/// verifier was refused for a list, to name the field that holds it.
+fn crl_files_refused(roots: &Arc<RootCertStore>, files: &Files) -> bool {
+    match revocation_lists(Vec::new(), files) {
+        Ok(listed) if listed.is_empty() => false,
+        Ok(listed) => WebPkiServerVerifier::builder_with_provider(roots.clone(), provider())
+            .with_crls(listed)
+            .build()
+            .is_err(),
+        Err(_) => true,
+    }
 }
 
 /// Originates TLS to the endpoints of one cluster (or one [`crate::Client`]), or to a server
@@ -358,12 +385,15 @@ impl TlsConnector {
 
 fn client_config(spec: &ClusterTlsSpec, files: &Files) -> Result<ClientConfig, ConfigError> {
     let provider = provider();
-    let roots = Arc::new(files.get("ca_file")?.roots(Peers::Servers)?);
+    let trust = files.get("ca_file")?.trust(Peers::Servers)?;
+    let roots = Arc::new(trust.roots);
+    let crls = revocation_lists(trust.revocation_lists, files)?;
+    let checks_revocation = !crls.is_empty();
     // Verifies the chain (revocation included) and the server name.
     let webpki = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
-        .with_crls(revocation_lists(files)?)
+        .with_crls(crls)
         .build()
-        .map_err(|err| verifier_error("ca_file", err))?;
+        .map_err(|err| verifier_error("ca_file", err, &roots, files))?;
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|err| tls_error("", err))?;
@@ -374,7 +404,7 @@ fn client_config(spec: &ClusterTlsSpec, files: &Files) -> Result<ClientConfig, C
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(SubjectAltNameVerifier::new(
                 roots,
-                (!spec.crl_files.is_empty()).then_some(webpki),
+                checks_revocation.then_some(webpki),
                 spec.subject_alt_names.clone(),
                 provider,
             )))

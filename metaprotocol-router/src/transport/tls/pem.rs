@@ -74,15 +74,17 @@ impl PemFile {
         PrivateKeyDer::from_pem_slice(&self.bytes).map_err(|err| self.unreadable(err))
     }
 
-    /// The certificates of the file as a CA bundle, in file order; at least one. Read as
-    /// BoringSSL reads a bundle for Envoy (`PEM_X509_INFO_read_bio`): blocks labelled
-    /// `CERTIFICATE`, its old label `X509 CERTIFICATE`, and OpenSSL's `TRUSTED CERTIFICATE`,
-    /// the certificate followed by its trust settings; other blocks are passed over. (rustls'
-    /// PEM reader, which reads the other files, passes over the last two labels.) A block that
-    /// does not start with a DER element, or whose trust settings cannot be read, refuses the
-    /// file, as it makes BoringSSL's reader fail.
-    pub fn authorities(&self) -> Result<Vec<Authority>, ConfigError> {
+    /// The file as a CA bundle: its certificates, in file order (at least one), and its
+    /// certificate revocation lists. Read as BoringSSL reads a bundle for Envoy
+    /// (`PEM_X509_INFO_read_bio`): blocks labelled `CERTIFICATE`, its old label
+    /// `X509 CERTIFICATE`, OpenSSL's `TRUSTED CERTIFICATE` (the certificate followed by its
+    /// trust settings), and `X509 CRL`; other blocks are passed over. (rustls' PEM reader,
+    /// which reads the other files, passes over the second and third labels.) A certificate
+    /// block that does not start with a DER element, or whose trust settings cannot be read,
+    /// refuses the file, as it makes BoringSSL's reader fail.
+    pub fn bundle(&self) -> Result<Bundle, ConfigError> {
         let mut authorities = Vec::new();
+        let mut revocation_lists = Vec::new();
         for block in x509_parser::pem::Pem::iter_from_buffer(&self.bytes) {
             let block = block.map_err(|err| {
                 ConfigError::new(
@@ -90,6 +92,10 @@ impl PemFile {
                     format!("cannot read {}: {err}", self.path.display()),
                 )
             })?;
+            if block.label == REVOCATION_LIST {
+                revocation_lists.push(CertificateRevocationListDer::from(block.contents));
+                continue;
+            }
             let trusted = block.label == TRUSTED_CERTIFICATE;
             if !trusted && !CERTIFICATE_LABELS.contains(&block.label.as_str()) {
                 continue;
@@ -127,20 +133,24 @@ impl PemFile {
                 format!("{} holds no PEM certificate", self.path.display()),
             ));
         }
-        Ok(authorities)
+        Ok(Bundle {
+            authorities,
+            revocation_lists,
+        })
     }
 
-    /// The file's certificates as trust roots for verifying `peers`. As Envoy loads a CA
+    /// The file's certificates as trust roots for verifying `peers`, with its revocation lists. As Envoy loads a CA
     /// bundle (see [`PemFile::authorities`]), a block that is no X.509 certificate refuses the
     /// file, while one that is but cannot be a trust anchor here is left out with a warning
     /// naming it: an extension rustls reads and finds malformed (which BoringSSL reads only
     /// when it uses it), or trust settings that do not trust it for verifying `peers` (BoringSSL
     /// fails every chain to it then). One odd certificate in a system or corporate bundle does
     /// not refuse the others. A file with no certificate that can be an anchor is refused.
-    pub fn roots(&self, peers: Peers) -> Result<RootCertStore, ConfigError> {
+    pub fn trust(&self, peers: Peers) -> Result<Trust, ConfigError> {
+        let bundle = self.bundle()?;
         let mut roots = RootCertStore::empty();
         let mut left_out = Vec::new();
-        for authority in self.authorities()? {
+        for authority in bundle.authorities {
             let number = authority.number;
             if !authority.trust.trusts(peers.usage()) {
                 left_out.push(format!(
@@ -189,7 +199,10 @@ impl PemFile {
                 tracing::debug!(field = self.field, file = %self.path.display(), left_out, "CA certificates that cannot be trust anchors are left out (warned of before)");
             }
         }
-        Ok(roots)
+        Ok(Trust {
+            roots,
+            revocation_lists: bundle.revocation_lists,
+        })
     }
 
     /// The file's certificate revocation lists; at least one.
@@ -251,9 +264,30 @@ fn first_warning_of(path: &Path, contents: &[u8], left_out: &str) -> bool {
 /// The label of OpenSSL's PEM blocks that hold a certificate followed by its trust settings.
 const TRUSTED_CERTIFICATE: &str = "TRUSTED CERTIFICATE";
 
+/// The label of PEM blocks that hold a certificate revocation list.
+const REVOCATION_LIST: &str = "X509 CRL";
+
 /// The labels of PEM blocks that hold a certificate alone: `CERTIFICATE`, and the old label
 /// BoringSSL still reads.
 const CERTIFICATE_LABELS: [&str; 2] = ["CERTIFICATE", "X509 CERTIFICATE"];
+
+/// What a CA bundle holds: certificates and certificate revocation lists.
+pub(crate) struct Bundle {
+    /// Its certificates, in file order; at least one.
+    pub authorities: Vec<Authority>,
+    /// Its certificate revocation lists, in file order.
+    pub revocation_lists: Vec<CertificateRevocationListDer<'static>>,
+}
+
+/// A CA bundle as a verifier takes it: its trust anchors for verifying some peers, and the
+/// revocation lists it holds, which Envoy loads with its certificates and checks peers
+/// against.
+pub(crate) struct Trust {
+    /// The certificates that can be trust anchors for the peers.
+    pub roots: RootCertStore,
+    /// The bundle's certificate revocation lists, in file order.
+    pub revocation_lists: Vec<CertificateRevocationListDer<'static>>,
+}
 
 /// A certificate of a CA bundle.
 pub(crate) struct Authority {

@@ -364,7 +364,11 @@ async fn identity_through(
 
     let config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(PemFile::read("ca_file", &pki.ca_file)?.roots(Peers::Servers)?)
+        .with_root_certificates(
+            PemFile::read("ca_file", &pki.ca_file)?
+                .trust(Peers::Servers)?
+                .roots,
+        )
         .with_client_auth_cert(
             PemFile::read("cert_file", &client.cert_file)?.certificates()?,
             PemFile::read("key_file", &client.key_file)?.private_key()?,
@@ -464,7 +468,11 @@ async fn handshake(
     let address = listener.local_addr()?;
     let config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(PemFile::read("ca_file", &pki.ca_file)?.roots(Peers::Servers)?)
+        .with_root_certificates(
+            PemFile::read("ca_file", &pki.ca_file)?
+                .trust(Peers::Servers)?
+                .roots,
+        )
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let name = ServerName::try_from(name.to_owned())?;
@@ -1195,6 +1203,81 @@ async fn server_certificates_revoked_by_a_clusters_crl_files_are_refused() -> Te
             "{spec:?}: a revoked certificate was taken: {outcome:?}"
         );
     }
+    Ok(())
+}
+
+/// A CA bundle's `X509 CRL` blocks are revocation lists, as Envoy loads them with the bundle's
+/// certificates: a server certificate (by name or by SPIFFE id) or a client certificate one of
+/// them revokes is refused, another of the same CA taken. As in Envoy by default (its
+/// `only_verify_leaf_cert_crl` unset), every certificate of the chain needs a list of its
+/// issuer then: the root's list alone refuses a leaf an intermediate issued, and the
+/// intermediate's list added takes it.
+#[tokio::test]
+async fn certificates_revoked_by_a_list_in_the_ca_bundle_are_refused() -> TestResult {
+    let pki = Pki::new("bundled-crl")?;
+    let names =
+        || -> TestResult<Vec<SanType>> { Ok(vec![dns("provider.test")?, uri(PROVIDER_ID)?]) };
+    let kept_cert = pki.issue_with("kept", names()?, None, serial(1))?;
+    let revoked_cert = pki.issue_with("revoked", names()?, None, serial(2))?;
+    let kept = serve(&kept_cert).await?;
+    let revoked = serve(&revoked_cert).await?;
+    let ca_pem = std::fs::read_to_string(&pki.ca_file)?;
+    let bundle = pki.dir.join("bundle.pem");
+    put(
+        &bundle,
+        format!("{ca_pem}{}", pki.revocation_list(&[2])?).as_bytes(),
+    )?;
+    let checks = [
+        (Some("provider.test".to_owned()), Vec::new()),
+        (None, vec![PROVIDER_ID.to_owned()]),
+    ];
+    for (server_name, subject_alt_names) in checks {
+        let spec = ClusterTlsSpec {
+            server_name,
+            subject_alt_names,
+            ..trusting(&bundle, &[])
+        };
+        let outcome = connects(&spec, kept).await?;
+        assert!(outcome.is_ok(), "{spec:?}: {outcome:?}");
+        let outcome = connects(&spec, revoked).await?;
+        assert!(
+            matches!(&outcome, Err(err) if err.to_string().contains("Revoked")),
+            "{spec:?}: a certificate the bundle's list revokes was taken: {outcome:?}"
+        );
+    }
+
+    let mut listener = mutual_tls(&pki, Vec::new())?;
+    listener.client_ca_file = Some(bundle.clone());
+    let acceptor = TlsAcceptor::new(&listener, "in", &Metrics::new().root())?;
+    assert!(identity_through(&acceptor, &pki, &kept_cert).await?.is_ok());
+    let outcome = identity_through(&acceptor, &pki, &revoked_cert).await?;
+    assert!(
+        matches!(&outcome, Err(err) if err.contains("Revoked")),
+        "a client certificate the bundle's list revokes was accepted: {outcome:?}"
+    );
+
+    let intermediate = pki.intermediate()?;
+    let issued = serve(&intermediate.issue("leaf", vec![dns("provider.test")?], None)?).await?;
+    let spec = ClusterTlsSpec {
+        server_name: Some("provider.test".to_owned()),
+        ..trusting(&bundle, &[])
+    };
+    let outcome = connects(&spec, issued).await?;
+    assert!(
+        matches!(&outcome, Err(err) if err.to_string().contains("UnknownRevocationStatus")),
+        "a leaf whose issuer has no list was taken: {outcome:?}"
+    );
+    put(
+        &bundle,
+        format!(
+            "{ca_pem}{}{}",
+            pki.revocation_list(&[2])?,
+            intermediate.revocation_list(&[])?
+        )
+        .as_bytes(),
+    )?;
+    let outcome = connects(&spec, issued).await?;
+    assert!(outcome.is_ok(), "with its issuer's list: {outcome:?}");
     Ok(())
 }
 
