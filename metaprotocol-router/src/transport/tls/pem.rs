@@ -139,22 +139,24 @@ impl PemFile {
         })
     }
 
-    /// The file's certificates as trust roots for verifying `peers`, with its revocation lists. As Envoy loads a CA
-    /// bundle (see [`PemFile::authorities`]), a block that is no X.509 certificate refuses the
-    /// file, while one that is but cannot be a trust anchor here is left out with a warning
-    /// naming it: an extension rustls reads and finds malformed (which BoringSSL reads only
-    /// when it uses it), or trust settings that do not trust it for verifying `peers` (BoringSSL
-    /// fails every chain to it then). One odd certificate in a system or corporate bundle does
-    /// not refuse the others. A file with no certificate that can be an anchor is refused.
+    /// The file's certificates as trust roots for verifying `peers`, with its revocation
+    /// lists. As Envoy loads a CA bundle (see [`PemFile::bundle`]), a block that is no X.509
+    /// certificate refuses the file, while one that is but cannot be a trust anchor here is
+    /// left out with a warning naming it: an extension rustls reads and finds malformed (which
+    /// BoringSSL reads only when it uses it), or trust settings that reject it for verifying
+    /// `peers` (BoringSSL fails every chain to it then). Any other certificate is an anchor,
+    /// self-signed or not, as in Envoy (see [`TrustSettings::rejects`]). One odd certificate in
+    /// a system or corporate bundle does not refuse the others. A file with no certificate that
+    /// can be an anchor is refused.
     pub fn trust(&self, peers: Peers) -> Result<Trust, ConfigError> {
         let bundle = self.bundle()?;
         let mut roots = RootCertStore::empty();
         let mut left_out = Vec::new();
         for authority in bundle.authorities {
             let number = authority.number;
-            if !authority.trust.trusts(peers.usage()) {
+            if authority.trust.rejects(peers.usage()) {
                 left_out.push(format!(
-                    "certificate {number}: its trust settings do not trust it to verify {}",
+                    "certificate {number}: its trust settings reject it for verifying {}",
                     peers.name()
                 ));
                 continue;
@@ -334,13 +336,12 @@ impl Peers {
     }
 }
 
-/// OpenSSL's trust settings of a certificate (`X509_CERT_AUX`): the extended key usages it is
-/// trusted for and rejected for, by the contents of their object identifiers. A certificate
-/// without them, or whose settings have neither list, is trusted for every use.
+/// OpenSSL's trust settings of a certificate (`X509_CERT_AUX`), as far as they decide whether
+/// it is a trust anchor here: the extended key usages it is rejected for, by the contents of
+/// their object identifiers (see [`TrustSettings::rejects`]).
 #[derive(Debug, Default)]
 struct TrustSettings {
-    trusted: Option<Vec<Vec<u8>>>,
-    rejected: Option<Vec<Vec<u8>>>,
+    rejected: Vec<Vec<u8>>,
 }
 
 impl TrustSettings {
@@ -371,24 +372,27 @@ impl TrustSettings {
                 return None;
             }
             next = place + 1;
+            // The usages trusted are read to refuse settings BoringSSL cannot read.
             match place {
-                0 => read.trusted = Some(usages(field.data)?),
-                1 => read.rejected = Some(usages(field.data)?),
+                0 => {
+                    usages(field.data)?;
+                }
+                1 => read.rejected = usages(field.data)?,
                 _ => {}
             }
         }
         Some(read)
     }
 
-    /// True if the settings trust the certificate for extended key usage `usage`, as BoringSSL
-    /// decides it (`X509_check_trust`): a rejection wins, then a trust; with neither list, every
-    /// use is trusted.
-    fn trusts(&self, usage: &[u8]) -> bool {
-        let lists = |list: &Option<Vec<Vec<u8>>>| list.iter().flatten().any(|held| held == usage);
-        if self.trusted.is_none() && self.rejected.is_none() {
-            return true;
-        }
-        !lists(&self.rejected) && lists(&self.trusted)
+    /// True if the settings reject the certificate for extended key usage `usage`: BoringSSL's
+    /// `X509_check_trust` finds it rejected then, which fails every chain to it. One trusted for
+    /// other uses only, like one without settings that is not self-signed (an intermediate),
+    /// it finds untrusted, which fails nothing in Envoy: Envoy sets `X509_V_FLAG_PARTIAL_CHAIN`
+    /// on its trust store (default_validator.cc), with which any certificate of the store that
+    /// is not rejected anchors a chain (x509_vfy.c, `check_trust`), as every anchor does in
+    /// rustls.
+    fn rejects(&self, usage: &[u8]) -> bool {
+        self.rejected.iter().any(|held| held == usage)
     }
 }
 

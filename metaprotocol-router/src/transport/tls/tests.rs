@@ -1609,6 +1609,13 @@ async fn a_ca_bundles_trusted_certificate_blocks_are_taken_as_their_trust_settin
         ),
         (pem_block("TRUSTED CERTIFICATE", &ca), "without settings"),
         (pem_block("X509 CERTIFICATE", &ca), "under the old label"),
+        (
+            pem_block(
+                "TRUSTED CERTIFICATE",
+                &[ca.as_ref(), &trust_settings(2, false)].concat(),
+            ),
+            "trusted for clients only",
+        ),
     ] {
         let (connector, warnings) = cluster_with(block)?
             .map_err(|err| format!("the bundle of a CA {label} is refused: {err}"))?;
@@ -1617,11 +1624,10 @@ async fn a_ca_bundles_trusted_certificate_blocks_are_taken_as_their_trust_settin
         assert!(warnings.is_empty(), "a CA {label}: {warnings:?}");
     }
 
-    // Rejected for servers, or trusted for clients only: left out, and the file with it.
-    for (settings, label) in [
-        (trust_settings(1, true), "rejected for servers"),
-        (trust_settings(2, false), "trusted for clients only"),
-    ] {
+    // Rejected for servers: left out, and the file with it.
+    {
+        let label = "rejected for servers";
+        let settings = trust_settings(1, true);
         let block = pem_block("TRUSTED CERTIFICATE", &[ca.as_ref(), &settings].concat());
         let refused = cluster_with(block.clone())?.err();
         assert!(
@@ -1640,15 +1646,20 @@ async fn a_ca_bundles_trusted_certificate_blocks_are_taken_as_their_trust_settin
         );
     }
 
-    // A listener verifying clients takes the CA its settings trust for clients.
-    let clients_only = pem_block(
-        "TRUSTED CERTIFICATE",
-        &[ca.as_ref(), &trust_settings(2, false)].concat(),
-    );
-    put(&bundle, clients_only.as_bytes())?;
+    // A listener verifying clients takes the CA its settings trust for clients, or for servers
+    // only, and leaves out the one they reject for clients.
     let mut listener = mutual_tls(&pki, Vec::new())?;
     listener.client_ca_file = Some(bundle.clone());
-    TlsAcceptor::new(&listener, "in", &Metrics::new().root())?;
+    for (settings, taken) in [
+        (trust_settings(2, false), true),
+        (trust_settings(1, false), true),
+        (trust_settings(2, true), false),
+    ] {
+        let block = pem_block("TRUSTED CERTIFICATE", &[ca.as_ref(), &settings].concat());
+        put(&bundle, block.as_bytes())?;
+        let built = TlsAcceptor::new(&listener, "in", &Metrics::new().root());
+        assert_eq!(built.is_ok(), taken, "{settings:?}: {built:?}");
+    }
 
     // Settings that are no `X509_CERT_AUX` (an INTEGER where a SEQUENCE is): refused.
     let unreadable = [ca.as_ref(), &[0x02, 0x01, 0x00]].concat();
@@ -1659,6 +1670,24 @@ async fn a_ca_bundles_trusted_certificate_blocks_are_taken_as_their_trust_settin
             .is_some_and(|err| err.contains("certificate 1") && err.contains("trust settings")),
         "{refused:?}"
     );
+    Ok(())
+}
+
+/// A CA bundle's certificate that is not self-signed (an intermediate) is a trust anchor, as
+/// Envoy sets BoringSSL's `X509_V_FLAG_PARTIAL_CHAIN` on its trust store: a leaf it issued is
+/// taken whether the server sends the intermediate after it or not, without the root.
+#[tokio::test]
+async fn an_intermediate_alone_in_a_ca_bundle_is_a_trust_anchor() -> TestResult {
+    let pki = Pki::new("partial-chain")?;
+    let intermediate = pki.intermediate()?;
+    let server = intermediate.issue("server", vec![dns("server.test")?], None)?;
+    let spec = trusting(&intermediate.ca_file, &["server.test"]);
+    let outcome = connects(&spec, serve(&server).await?).await?;
+    assert!(outcome.is_ok(), "with the intermediate sent: {outcome:?}");
+    let leaf_only = std::fs::read_to_string(&server.cert_file)?.replace(&intermediate.chain, "");
+    std::fs::write(&server.cert_file, leaf_only)?;
+    let outcome = connects(&spec, serve(&server).await?).await?;
+    assert!(outcome.is_ok(), "with the leaf alone: {outcome:?}");
     Ok(())
 }
 
