@@ -8,7 +8,6 @@ use std::sync::Mutex;
 use metaprotocol_core::read_regular_file;
 
 use rustls::RootCertStore;
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use x509_parser::asn1_rs::{Any, Class, FromDer, Oid, Tag};
 
@@ -55,11 +54,15 @@ impl PemFile {
         &self.bytes
     }
 
-    /// The file's certificates, in file order; at least one.
+    /// The file's certificates (its `CERTIFICATE` blocks), in file order; at least one.
     pub fn certificates(&self) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
-        let certs = CertificateDer::pem_slice_iter(&self.bytes)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|err| self.unreadable(err))?;
+        let mut certs = Vec::new();
+        for block in blocks(&self.bytes) {
+            let block = block.map_err(|why| self.unreadable(&why))?;
+            if block.label == CERTIFICATE_LABELS[0].as_bytes() {
+                certs.push(CertificateDer::from(block.der));
+            }
+        }
         if certs.is_empty() {
             return Err(ConfigError::new(
                 self.field,
@@ -69,35 +72,47 @@ impl PemFile {
         Ok(certs)
     }
 
-    /// The file's private key.
+    /// The file's private key: its first block labelled `PRIVATE KEY` (PKCS#8),
+    /// `RSA PRIVATE KEY` (PKCS#1) or `EC PRIVATE KEY` (SEC1).
     pub fn private_key(&self) -> Result<PrivateKeyDer<'static>, ConfigError> {
-        PrivateKeyDer::from_pem_slice(&self.bytes).map_err(|err| self.unreadable(err))
+        for block in blocks(&self.bytes) {
+            let block = block.map_err(|why| self.unreadable(&why))?;
+            let key = match block.label {
+                b"PRIVATE KEY" => PrivateKeyDer::Pkcs8(block.der.into()),
+                b"RSA PRIVATE KEY" => PrivateKeyDer::Pkcs1(block.der.into()),
+                b"EC PRIVATE KEY" => PrivateKeyDer::Sec1(block.der.into()),
+                _ => continue,
+            };
+            return Ok(key);
+        }
+        Err(ConfigError::new(
+            self.field,
+            format!("{} holds no PEM private key", self.path.display()),
+        ))
     }
 
     /// The file as a CA bundle: its certificates, in file order (at least one), and its
     /// certificate revocation lists. Read as BoringSSL reads a bundle for Envoy
     /// (`PEM_X509_INFO_read_bio`): blocks labelled `CERTIFICATE`, its old label
     /// `X509 CERTIFICATE`, OpenSSL's `TRUSTED CERTIFICATE` (the certificate followed by its
-    /// trust settings), and `X509 CRL`; other blocks are passed over. (rustls' PEM reader,
-    /// which reads the other files, passes over the second and third labels.) A certificate
-    /// block that does not start with a DER element, or whose trust settings cannot be read,
-    /// refuses the file, as it makes BoringSSL's reader fail.
+    /// trust settings), and `X509 CRL`; other blocks are passed over. A certificate block that
+    /// does not start with a DER element, or whose trust settings cannot be read, refuses the
+    /// file, as it makes BoringSSL's reader fail.
     pub fn bundle(&self) -> Result<Bundle, ConfigError> {
         let mut authorities = Vec::new();
         let mut revocation_lists = Vec::new();
-        for block in x509_parser::pem::Pem::iter_from_buffer(&self.bytes) {
-            let block = block.map_err(|err| {
-                ConfigError::new(
-                    self.field,
-                    format!("cannot read {}: {err}", self.path.display()),
-                )
-            })?;
-            if block.label == REVOCATION_LIST {
-                revocation_lists.push(CertificateRevocationListDer::from(block.contents));
+        for block in blocks(&self.bytes) {
+            let block = block.map_err(|why| self.unreadable(&why))?;
+            if block.label == REVOCATION_LIST.as_bytes() {
+                revocation_lists.push(CertificateRevocationListDer::from(block.der));
                 continue;
             }
-            let trusted = block.label == TRUSTED_CERTIFICATE;
-            if !trusted && !CERTIFICATE_LABELS.contains(&block.label.as_str()) {
+            let trusted = block.label == TRUSTED_CERTIFICATE.as_bytes();
+            if !trusted
+                && !CERTIFICATE_LABELS
+                    .iter()
+                    .any(|l| l.as_bytes() == block.label)
+            {
                 continue;
             }
             // Counted from 1, as a reader counts the file's blocks.
@@ -108,8 +123,8 @@ impl PemFile {
                     format!("{}: certificate {number} {what}", self.path.display()),
                 )
             };
-            let (settings, certificate) = match Any::from_der(&block.contents) {
-                Ok((settings, _)) => (settings, block.contents.len() - settings.len()),
+            let (settings, certificate) = match Any::from_der(&block.der) {
+                Ok((settings, _)) => (settings, block.der.len() - settings.len()),
                 Err(_) => return Err(refused("is not an X.509 certificate")),
             };
             let trust = match (trusted, settings) {
@@ -119,7 +134,7 @@ impl PemFile {
                 (true, settings) => TrustSettings::read(settings)
                     .ok_or_else(|| refused("has trust settings that cannot be read"))?,
             };
-            let mut der = block.contents;
+            let mut der = block.der;
             der.truncate(certificate);
             authorities.push(Authority {
                 number,
@@ -211,9 +226,13 @@ impl PemFile {
     pub fn revocation_lists(
         &self,
     ) -> Result<Vec<CertificateRevocationListDer<'static>>, ConfigError> {
-        let crls = CertificateRevocationListDer::pem_slice_iter(&self.bytes)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|err| self.unreadable(err))?;
+        let mut crls = Vec::new();
+        for block in blocks(&self.bytes) {
+            let block = block.map_err(|why| self.unreadable(&why))?;
+            if block.label == REVOCATION_LIST.as_bytes() {
+                crls.push(CertificateRevocationListDer::from(block.der));
+            }
+        }
         if crls.is_empty() {
             return Err(ConfigError::new(
                 self.field,
@@ -226,11 +245,104 @@ impl PemFile {
         Ok(crls)
     }
 
-    fn unreadable(&self, err: rustls_pki_types::pem::Error) -> ConfigError {
+    /// The error of a file whose PEM cannot be read, for reason `why`.
+    fn unreadable(&self, why: &str) -> ConfigError {
         ConfigError::new(
             self.field,
-            format!("cannot read {}: {err}", self.path.display()),
+            format!("cannot read {}: {why}", self.path.display()),
         )
+    }
+}
+
+/// A PEM block of a file: its label and the bytes its base64 encodes.
+struct Block<'a> {
+    label: &'a [u8],
+    der: Vec<u8>,
+}
+
+/// The PEM blocks of `text`, in file order, read as BoringSSL's PEM reader (`PEM_read_bio`)
+/// reads every file for Envoy, so that certificates, keys, CA bundles and revocation lists
+/// take the same text: a block runs from a line `-----BEGIN <label>-----` to the line
+/// `-----END <label>-----` (white space at a line's end ignored), lines outside blocks are
+/// passed over, and a block's lines are base64 that [`decode_base64`] reads. An error says
+/// what is wrong with a block; the blocks after it are not read.
+fn blocks(text: &[u8]) -> impl Iterator<Item = Result<Block<'_>, String>> {
+    let mut lines = text
+        .split(|&byte| byte == b'\n')
+        .map(<[u8]>::trim_ascii_end);
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        if failed {
+            return None;
+        }
+        let label = lines
+            .by_ref()
+            .find_map(|line| line.strip_prefix(b"-----BEGIN ")?.strip_suffix(b"-----"))?;
+        let name = String::from_utf8_lossy(label);
+        let mut base64 = Vec::new();
+        for line in lines.by_ref() {
+            let Some(end) = line.strip_prefix(b"-----END ") else {
+                base64.extend(
+                    line.iter()
+                        .filter(|&&byte| !matches!(byte, b' ' | b'\t' | b'\r')),
+                );
+                continue;
+            };
+            let block = if end.strip_suffix(b"-----") != Some(label) {
+                Err(format!("a `{name}` block ends with another label"))
+            } else {
+                decode_base64(&base64)
+                    .map(|der| Block { label, der })
+                    .ok_or_else(|| format!("a `{name}` block holds malformed base64"))
+            };
+            failed = block.is_err();
+            return Some(block);
+        }
+        failed = true;
+        Some(Err(format!("a `{name}` block has no end line")))
+    })
+}
+
+/// The bytes of `text` (base64 without white space), decoded as BoringSSL decodes a PEM
+/// block (`EVP_DecodeUpdate` and `EVP_DecodeFinal`): in groups of four characters, padded with
+/// `=` to a whole group (BoringSSL refuses unpadded base64, which rustls' reader takes), only
+/// the last group padded; the unused bits of a padded group need not be zero (BoringSSL takes
+/// them, as OpenSSL and Go do, where x509-parser's reader refused them). `None` if it is not
+/// that.
+fn decode_base64(text: &[u8]) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(4) {
+        return None;
+    }
+    let groups = text.len() / 4;
+    let mut bytes = Vec::with_capacity(groups * 3);
+    for (i, group) in text.chunks_exact(4).enumerate() {
+        let padding = match group {
+            [_, _, b'=', b'='] => 2,
+            [_, _, _, b'='] => 1,
+            _ => 0,
+        };
+        if padding > 0 && i + 1 < groups {
+            return None;
+        }
+        let mut bits = 0u32;
+        for &character in &group[..4 - padding] {
+            bits = bits << 6 | u32::from(sextet(character)?);
+        }
+        bits <<= 6 * padding;
+        bytes.extend_from_slice(&bits.to_be_bytes()[1..4 - padding]);
+    }
+    Some(bytes)
+}
+
+/// The six bits base64 character `character` stands for.
+fn sextet(character: u8) -> Option<u8> {
+    match character {
+        b'A'..=b'Z' => Some(character - b'A'),
+        b'a'..=b'z' => Some(character - b'a' + 26),
+        b'0'..=b'9' => Some(character - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
     }
 }
 

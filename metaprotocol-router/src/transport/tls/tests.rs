@@ -1691,6 +1691,43 @@ async fn an_intermediate_alone_in_a_ca_bundle_is_a_trust_anchor() -> TestResult 
     Ok(())
 }
 
+/// Every PEM file (certificates, keys, CA bundles, revocation lists) is read by one reader,
+/// whose base64 is BoringSSL's: the last group padded with `=` (unpadded base64 is refused in
+/// every file: it was taken in a `cert_file` and refused in a `ca_file`), its unused bits taken
+/// whatever they are (they were refused in a `ca_file` only).
+#[test]
+fn every_pem_file_takes_the_base64_boringssl_takes() -> TestResult {
+    use rustls_pki_types::pem::PemObject;
+
+    let pki = Pki::new("base64")?;
+    let ca = rustls_pki_types::CertificateDer::from_pem_file(&pki.ca_file)?;
+    // Bytes after a certificate are not read: these make its base64 end in `==`.
+    let mut der = ca.to_vec();
+    while der.len() % 3 != 1 {
+        der.push(0);
+    }
+    let padded = pem_block("CERTIFICATE", &der);
+    let at = padded.find("==\n").ok_or("no padding")?;
+    let unpadded = padded.replace("==\n", "\n");
+    // The last character before the padding, with its four unused bits set.
+    const ALPHABET: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let last = ALPHABET.find(&padded[at - 1..at]).ok_or("not base64")?;
+    let unused_bits = &ALPHABET[last | 15..=last | 15];
+    let noncanonical = format!("{}{unused_bits}{}", &padded[..at - 1], &padded[at..]);
+    assert_ne!(noncanonical, padded);
+    let file = pki.dir.join("base64.pem");
+    // Whether the file is taken as a certificate chain and as a CA bundle.
+    let reads = |pem: &str| -> TestResult<(bool, bool)> {
+        put(&file, pem.as_bytes())?;
+        let read = PemFile::read("ca_file", &file)?;
+        Ok((read.certificates().is_ok(), read.bundle().is_ok()))
+    };
+    assert_eq!(reads(&padded)?, (true, true), "padded");
+    assert_eq!(reads(&noncanonical)?, (true, true), "with unused bits set");
+    assert_eq!(reads(&unpadded)?, (false, false), "unpadded");
+    Ok(())
+}
+
 /// The warning that a CA bundle's certificates are left out is logged once for the bundle's
 /// contents, not at each build of settings trusting it: every cluster trusting the system's
 /// bundle (and each xDS push that makes such clusters anew) builds its settings from it, and
