@@ -5,6 +5,8 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use base64::Engine as _;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use metaprotocol_core::read_regular_file;
 
 use rustls::RootCertStore;
@@ -310,41 +312,16 @@ fn blocks(text: &[u8]) -> impl Iterator<Item = Result<Block<'_>, String>> {
 /// them, as OpenSSL and Go do, where x509-parser's reader refused them). `None` if it is not
 /// that.
 fn decode_base64(text: &[u8]) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(4) {
-        return None;
-    }
-    let groups = text.len() / 4;
-    let mut bytes = Vec::with_capacity(groups * 3);
-    for (i, group) in text.chunks_exact(4).enumerate() {
-        let padding = match group {
-            [_, _, b'=', b'='] => 2,
-            [_, _, _, b'='] => 1,
-            _ => 0,
-        };
-        if padding > 0 && i + 1 < groups {
-            return None;
-        }
-        let mut bits = 0u32;
-        for &character in &group[..4 - padding] {
-            bits = bits << 6 | u32::from(sextet(character)?);
-        }
-        bits <<= 6 * padding;
-        bytes.extend_from_slice(&bits.to_be_bytes()[1..4 - padding]);
-    }
-    Some(bytes)
+    PEM_BASE64.decode(text).ok()
 }
 
-/// The six bits base64 character `character` stands for.
-fn sextet(character: u8) -> Option<u8> {
-    match character {
-        b'A'..=b'Z' => Some(character - b'A'),
-        b'a'..=b'z' => Some(character - b'a' + 26),
-        b'0'..=b'9' => Some(character - b'0' + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => None,
-    }
-}
+/// Base64 as BoringSSL's PEM reader decodes it (see [`decode_base64`]).
+const PEM_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::RequireCanonical)
+        .with_decode_allow_trailing_bits(true),
+);
 
 /// The most CA bundles [`first_warning_of`] remembers: past them, the one warned of longest
 /// ago is forgotten (warned of again if it comes again).
