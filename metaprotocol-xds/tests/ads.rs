@@ -738,6 +738,12 @@ async fn a_health_check_from_the_control_plane_takes_a_dead_endpoint_out() -> Te
     })
     .await?;
     assert_eq!(failing(dead), Some(true), "the dead endpoint stays out");
+    // The update that publishes the cluster, its first round's verdicts in it, starts the
+    // listener waiting for it after: on a loaded machine the verdicts show before it is bound.
+    eventually("the listener serves", || {
+        proxy.listener_addr("dubbo-in").is_some()
+    })
+    .await?;
     let address = proxy.listener_addr("dubbo-in").ok_or("not bound")?;
     let client = DubboClient::new(address);
     for _ in 0..20 {
