@@ -13,14 +13,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use metaprotocol_examples::dubbo_demo::{DEMO_SERVICE, DemoProvider, DubboClient};
-use metaprotocol_router::SeriesValue;
 use metaprotocol_router::config::ClusterTlsSpec;
+use metaprotocol_router::{Proxy, SeriesValue};
 use support::mesh::{MeshCa, yaml};
 use support::process::Scratch;
-use support::proxy::start_engine;
+use support::proxy::{metric, start_engine};
 use support::{TestResult, dubbo_request, file_lines, refusing_addr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 /// Every operator, separated by `|`.
 const EVERY_OPERATOR: &str = "%START_TIME%|%DURATION%|%DOWNSTREAM_REMOTE_ADDRESS%|%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%|%DOWNSTREAM_LOCAL_ADDRESS%|%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%|%REQUESTED_SERVER_NAME%|%DOWNSTREAM_PEER_URI_SAN%|%DOWNSTREAM_PEER_DNS_SAN%|%DOWNSTREAM_PEER_SUBJECT%|%LISTENER_NAME%|%PROTOCOL%|%ROUTE_NAME%|%UPSTREAM_CLUSTER%|%UPSTREAM_HOST%|%OUTCOME%|%RESPONSE_FLAGS%|%REQUEST_ID%|%TRACE_ID%|%UPSTREAM_REQUEST_ATTEMPT_COUNT%|%BYTES_RECEIVED%|%BYTES_SENT%|%REQ(tenant)%|%REQ(tenant):3%|%METADATA(method)%|%REQ(absent)%|100%%";
@@ -498,9 +498,8 @@ async fn a_line_says_why_the_proxy_closed_its_connection() -> TestResult {
     let provider = DemoProvider::start("p").await?;
     let scratch = Scratch::new("access-log-termination")?;
     let log = scratch.path("termination.log");
-    let format = "format: \"%REQUEST_ID% %CONNECTION_TERMINATION_DETAILS%\"";
     let (_dead_socket, dead) = refusing_addr()?;
-    let yaml = config(&listener("in", &log, format), provider.address(), dead);
+    let yaml = config(&listener("in", &log, TERMINATION), provider.address(), dead);
     let proxy = start_engine(&yaml).await?;
     let address = proxy.listener_addr("in").ok_or("no listener")?;
     let mut kept = TcpStream::connect(address).await?;
@@ -521,6 +520,145 @@ async fn a_line_says_why_the_proxy_closed_its_connection() -> TestResult {
         ["1 -", "2 codec_error:malformed"]
     );
     proxy.shutdown().await;
+    Ok(())
+}
+
+/// Each call's id and `%CONNECTION_TERMINATION_DETAILS%`.
+const TERMINATION: &str = "format: \"%REQUEST_ID% %CONNECTION_TERMINATION_DETAILS%\"";
+
+/// A proxy whose listener `in` (with `settings`, YAML lines of a listener) logs to `log` as
+/// [`TERMINATION`], routing `sayHello` to `upstream`; `top_level` is YAML of the config's top
+/// level. The socket returned holds the address of the routes' dead cluster.
+async fn logging_termination(
+    upstream: &TcpListener,
+    log: &Path,
+    settings: &str,
+    top_level: &str,
+) -> TestResult<(Proxy, tokio::net::TcpSocket)> {
+    let (dead_socket, dead) = refusing_addr()?;
+    let listeners = listener("in", log, TERMINATION) + settings;
+    let yaml = format!(
+        "{top_level}\n{}",
+        config(&listeners, upstream.local_addr()?, dead)
+    );
+    Ok((start_engine(&yaml).await?, dead_socket))
+}
+
+/// Sends `sayHello` call `id` on `client` and takes it off `upstream` unanswered: the
+/// connection it came on, which keeps the call in flight until it is dropped.
+async fn held_call(
+    client: &mut TcpStream,
+    upstream: &TcpListener,
+    id: u64,
+) -> TestResult<TcpStream> {
+    client
+        .write_all(&dubbo_request(id, "sayHello", &[]))
+        .await?;
+    let wait = Duration::from_secs(20);
+    let (mut held, _) = tokio::time::timeout(wait, upstream.accept()).await??;
+    let mut head = [0u8; 16];
+    tokio::time::timeout(wait, held.read_exact(&mut head)).await??;
+    Ok(held)
+}
+
+/// Waits until `series` of `proxy` reads 1, for 20 s at most.
+async fn counted_once(proxy: &Proxy, series: &str) -> TestResult {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(proxy, series) < 1.0 {
+        if Instant::now() > deadline {
+            return Err(format!("{series} not counted in 20 s").into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// Ends the calls `held` keeps in flight: the upstream hangs up, and takes no other connection.
+fn hang_up(upstream: TcpListener, held: TcpStream) {
+    drop(upstream);
+    drop(held);
+}
+
+/// `%CONNECTION_TERMINATION_DETAILS%` is `frame_timeout` on the line of a call in flight on a
+/// connection the proxy closes because the frame after it took longer than the listener's
+/// `frame_timeout` to arrive (the call, ended after, still logged).
+#[tokio::test]
+async fn a_line_says_the_proxy_closed_a_connection_whose_frame_took_too_long() -> TestResult {
+    let upstream = TcpListener::bind("127.0.0.1:0").await?;
+    let scratch = Scratch::new("access-log-frame-timeout")?;
+    let log = scratch.path("termination.log");
+    let (proxy, _dead) =
+        logging_termination(&upstream, &log, "    frame_timeout: 200ms\n", "").await?;
+    let mut client = TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
+    let held = held_call(&mut client, &upstream, 1).await?;
+    // The head of the next call, and nothing more.
+    client
+        .write_all(&dubbo_request(2, "sayHello", &[])[..10])
+        .await?;
+    counted_once(
+        &proxy,
+        "metaprotocol_downstream_protocol_errors_total{listener=\"in\",reason=\"frame_timeout\"}",
+    )
+    .await?;
+    hang_up(upstream, held);
+    assert_eq!(file_lines(&log, 1).await?, ["1 frame_timeout"]);
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// `%CONNECTION_TERMINATION_DETAILS%` is `max_buffered_bytes` on the line of a call in flight on
+/// a connection the proxy closes because the large frame arriving after it found
+/// `limits.max_buffered_bytes` held by another client's frame partly received.
+#[tokio::test]
+async fn a_line_says_the_proxy_closed_a_connection_that_found_max_buffered_bytes_held() -> TestResult
+{
+    const BOUND: usize = 64 * 1024;
+    let upstream = TcpListener::bind("127.0.0.1:0").await?;
+    let scratch = Scratch::new("access-log-max-buffered")?;
+    let log = scratch.path("termination.log");
+    let limits = format!("limits: {{ max_buffered_bytes: {BOUND} }}");
+    let (proxy, _dead) = logging_termination(&upstream, &log, "", &limits).await?;
+    let address = proxy.listener_addr("in").ok_or("no listener")?;
+    let mut client = TcpStream::connect(address).await?;
+    let held = held_call(&mut client, &upstream, 1).await?;
+    // Another client sends four times the bound of a call of 1 MiB, and waits.
+    let large = dubbo_request(2, "sayHello", &[("x-big", &"x".repeat(1024 * 1024))]);
+    let mut other = TcpStream::connect(address).await?;
+    other.write_all(&large[..4 * BOUND]).await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&proxy, "metaprotocol_read_buffered_bytes") < BOUND as f64 {
+        assert!(
+            Instant::now() < deadline,
+            "the other client's frame was not read"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The first client's large call, past the 16 KiB any frame may take.
+    client.write_all(&large[..BOUND]).await?;
+    counted_once(
+        &proxy,
+        "metaprotocol_downstream_cx_overflow_total{listener=\"in\"}",
+    )
+    .await?;
+    hang_up(upstream, held);
+    assert_eq!(file_lines(&log, 1).await?, ["1 max_buffered_bytes"]);
+    drop(other);
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// `%CONNECTION_TERMINATION_DETAILS%` is `drain_ended` on the line of a call still in flight
+/// when the proxy's drain ends, which the proxy answers itself as it closes the connection.
+#[tokio::test]
+async fn a_line_says_the_proxy_closed_a_connection_whose_drain_ended() -> TestResult {
+    let upstream = TcpListener::bind("127.0.0.1:0").await?;
+    let scratch = Scratch::new("access-log-drain-ended")?;
+    let log = scratch.path("termination.log");
+    let (proxy, _dead) = logging_termination(&upstream, &log, "", "drain_time: 200ms").await?;
+    let mut client = TcpStream::connect(proxy.listener_addr("in").ok_or("no listener")?).await?;
+    let _held = held_call(&mut client, &upstream, 1).await?;
+    proxy.shutdown().await;
+    assert_eq!(file_lines(&log, 1).await?, ["1 drain_ended"]);
     Ok(())
 }
 
