@@ -1622,7 +1622,9 @@ async fn a_config_file_waiting_for_a_named_file_is_tried_again_only_once_the_fil
 /// An update that changes a TLS listener but not its `tls` (here its route config) keeps the
 /// listener's running TLS settings, so it reads none of their files: while every thread reading
 /// files is held by reads that do not end (a network file system that does not answer; here a
-/// FIFO nothing writes to), it applies at once instead of failing at its deadline.
+/// FIFO nothing writes to), it applies instead of failing at its deadline. A read would wait for
+/// a reading thread that never comes free, so the deadline is no bound on the update's speed
+/// (asserting one failed on a loaded machine): it only ends the wait of an update that reads.
 #[tokio::test(flavor = "current_thread")]
 async fn a_listener_change_that_keeps_its_tls_reads_no_certificate() -> TestResult {
     use super::file_reads::MOST_READERS;
@@ -1658,10 +1660,10 @@ async fn a_listener_change_that_keeps_its_tls_reads_no_certificate() -> TestResu
         let update = super::update::with_deadline(soon(), proxy.reload_yaml(&hung)).await;
         assert_refused_naming(&update, "its read had not ended");
     }
-    let began = std::time::Instant::now();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    // Long enough for the update's own work however loaded the machine: an update that reads
+    // a file fails at it, however long it is.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let update = super::update::with_deadline(deadline, proxy.reload_yaml(&tls_config("r2"))).await;
-    let took = began.elapsed();
     let route_config = proxy.config().listeners[0].route_config.clone();
     // A writer comes every 10 ms until the hung reads have ended.
     let ended = Arc::new(AtomicBool::new(false));
@@ -1683,8 +1685,9 @@ async fn a_listener_change_that_keeps_its_tls_reads_no_certificate() -> TestResu
     std::fs::remove_file(&fifo)?;
     std::fs::remove_dir_all(&dir)?;
     freed?;
-    update?;
-    assert!(took < Duration::from_secs(1), "the update took {took:?}");
+    if let Err(err) = update {
+        return Err(format!("the update keeping its TLS failed: {err}").into());
+    }
     assert_eq!(route_config, "r2");
     Ok(())
 }
