@@ -24,7 +24,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status;
-use metaprotocol_router::config::{RouteConfigSpec, XdsLimitsSpec, XdsSpec};
+use metaprotocol_router::config::{EndpointSpec, RouteConfigSpec, XdsLimitsSpec, XdsSpec};
 use metaprotocol_router::{DynamicUpdate, ResourceId, ResourceKind};
 use serde::Serialize;
 use tokio::time::Instant;
@@ -346,24 +346,11 @@ impl Subscription {
         &self,
         assignments: &BTreeMap<String, Assignment>,
     ) -> BTreeMap<String, usize> {
-        let mut tunnelled: BTreeMap<&str, Vec<&ClusterResource>> = BTreeMap::new();
-        for cluster in self.accepted_clusters.values() {
-            if let Some(service) = cluster.eds_service.as_deref()
-                && cluster.has_hbone_entry()
-            {
-                tunnelled.entry(service).or_default().push(cluster);
-            }
-        }
+        let tunnelling = tunnelling(&self.accepted_clusters);
         assignments
             .iter()
             .filter_map(|(name, assignment)| {
-                let by_entry = tunnelled.get(name.as_str()).map_or(0, |clusters| {
-                    clusters
-                        .iter()
-                        .map(|cluster| cluster.hbone_endpoints(&assignment.endpoints))
-                        .max()
-                        .unwrap_or(0)
-                });
+                let by_entry = entry_taken(tunnelling.get(name.as_str()), &assignment.endpoints);
                 let left_out = assignment.hbone_endpoints.saturating_add(by_entry);
                 (left_out > 0).then(|| (name.clone(), left_out))
             })
@@ -540,7 +527,10 @@ impl Subscription {
                     &response.resources,
                     kind,
                     listing,
-                    &self.limits,
+                    Bound {
+                        limits: &self.limits,
+                        count: |_: &str, cluster: &ClusterResource| cluster.footprint(),
+                    },
                     known,
                     |name| self.accepted_clusters.get(name),
                     |c: &Cluster| {
@@ -577,9 +567,7 @@ impl Subscription {
                     versions.insert(name.clone(), cluster_version);
                     clusters.insert(name, cluster);
                 }
-                let held = self.footprint(&clusters, |service| {
-                    self.assignments.get(service).map(|a| a.endpoints.len())
-                });
+                let held = footprint(&clusters, |service| self.assignments.get(service));
                 held.check(&self.limits)
                     .map_err(|message| reject(None, message))?;
                 for (name, cluster) in &clusters {
@@ -614,11 +602,17 @@ impl Subscription {
                 }
             }
             ResourceType::Endpoints => {
+                let tunnelling = tunnelling(&self.accepted_clusters);
                 let decoded = decode_all(
                     &response.resources,
                     kind,
                     listing,
-                    &self.limits,
+                    Bound {
+                        limits: &self.limits,
+                        count: |name: &str, assignment: &Assignment| {
+                            assignment_footprint(assignment, tunnelling.get(name))
+                        },
+                    },
                     known,
                     |name| self.assignments.get(name),
                     |a: &ClusterLoadAssignment| {
@@ -649,9 +643,7 @@ impl Subscription {
                     None if complete && !present.contains(service) => None,
                     None => self.assignments.get(service),
                 };
-                let held = self.footprint(&self.accepted_clusters, |service| {
-                    after(service).map(|a| a.endpoints.len())
-                });
+                let held = footprint(&self.accepted_clusters, after);
                 held.check(&self.limits)
                     .map_err(|message| reject(None, message))?;
                 for (name, cluster) in &self.accepted_clusters {
@@ -692,7 +684,10 @@ impl Subscription {
                     &response.resources,
                     kind,
                     listing,
-                    &self.limits,
+                    Bound {
+                        limits: &self.limits,
+                        count: |_: &str, config: &RouteConfigSpec| config.footprint(),
+                    },
                     known,
                     |name| self.applied_route_configs.get(name),
                     |r: &RouteConfiguration| {
@@ -783,27 +778,6 @@ impl Subscription {
             resource: resource_id(kind, name),
             message,
         })
-    }
-
-    /// What `clusters` hold once running: each its endpoints, inline or (an EDS cluster) the
-    /// number `assignment` gives for its service (none yet: it warms).
-    fn footprint(
-        &self,
-        clusters: &BTreeMap<String, ClusterResource>,
-        assignment: impl Fn(&str) -> Option<usize>,
-    ) -> Footprint {
-        let endpoints = clusters
-            .values()
-            .map(|cluster| match &cluster.eds_service {
-                Some(service) => assignment(service).unwrap_or(0),
-                None => cluster.spec.endpoints.len(),
-            })
-            .fold(0usize, usize::saturating_add);
-        Footprint {
-            clusters: clusters.len(),
-            endpoints,
-            routes: 0,
-        }
     }
 
     /// Records that `prepared` was applied; returns the ACK, and the EDS request that follows
@@ -995,11 +969,80 @@ impl Subscription {
     }
 }
 
+/// What `clusters` hold once running: each the endpoints it runs, inline or (an EDS cluster) of
+/// the `assignment` of its service (none yet: it warms), but for those only Istio's HBONE tunnel
+/// reaches, which it leaves out; and those, held for the clusters of their service (see
+/// [`Footprint::hbone_only`]).
+fn footprint<'a>(
+    clusters: &BTreeMap<String, ClusterResource>,
+    assignment: impl Fn(&str) -> Option<&'a Assignment>,
+) -> Footprint {
+    let endpoints = clusters
+        .values()
+        .map(|cluster| match &cluster.eds_service {
+            Some(service) => assignment(service).map_or(0, |assignment| {
+                let endpoints = &assignment.endpoints;
+                endpoints
+                    .len()
+                    .saturating_sub(cluster.hbone_endpoints(endpoints))
+            }),
+            None => cluster.spec.endpoints.len(),
+        })
+        .fold(0usize, usize::saturating_add);
+    let hbone_only = tunnelling(clusters)
+        .into_iter()
+        .filter_map(|(service, tunnelling)| {
+            let assignment = assignment(service)?;
+            Some(entry_taken(Some(&tunnelling), &assignment.endpoints))
+        })
+        .fold(0usize, usize::saturating_add);
+    Footprint {
+        clusters: clusters.len(),
+        endpoints,
+        hbone_only,
+        routes: 0,
+    }
+}
+
+/// The clusters of `clusters` with istiod's HBONE entry, by the EDS service whose endpoints
+/// they take.
+fn tunnelling(
+    clusters: &BTreeMap<String, ClusterResource>,
+) -> BTreeMap<&str, Vec<&ClusterResource>> {
+    let mut by_service: BTreeMap<&str, Vec<&ClusterResource>> = BTreeMap::new();
+    for cluster in clusters.values() {
+        if let Some(service) = cluster.eds_service.as_deref()
+            && cluster.has_hbone_entry()
+        {
+            by_service.entry(service).or_default().push(cluster);
+        }
+    }
+    by_service
+}
+
+/// How many of `endpoints`, of an EDS service, its `clusters` with an HBONE entry (see
+/// [`tunnelling`]) leave out as only that entry reaches them: the most one leaves out.
+fn entry_taken(clusters: Option<&Vec<&ClusterResource>>, endpoints: &[EndpointSpec]) -> usize {
+    clusters
+        .into_iter()
+        .flatten()
+        .map(|cluster| cluster.hbone_endpoints(endpoints))
+        .max()
+        .unwrap_or(0)
+}
+
 /// What resources count for against `dynamic.xds.limits`.
 #[derive(Debug, Default, Clone, Copy)]
 struct Footprint {
     clusters: usize,
+    /// The endpoints clusters run: each cluster counts its own.
     endpoints: usize,
+    /// The endpoints held that only Istio's HBONE tunnel reaches, which no cluster runs: those
+    /// a cluster's HBONE entry takes, held as another cluster of their service may run them,
+    /// counted once for their assignment. They are bounded apart (by `max_endpoints` too) so
+    /// that a mesh with many ambient pods can hold them beside those it runs, and a server
+    /// still cannot make the proxy hold them without bound.
+    hbone_only: usize,
     routes: usize,
 }
 
@@ -1009,6 +1052,7 @@ impl Footprint {
         Self {
             clusters: self.clusters.saturating_add(other.clusters),
             endpoints: self.endpoints.saturating_add(other.endpoints),
+            hbone_only: self.hbone_only.saturating_add(other.hbone_only),
             routes: self.routes.saturating_add(other.routes),
         }
     }
@@ -1028,6 +1072,12 @@ impl Footprint {
                 "endpoints",
                 "max_endpoints",
             ),
+            (
+                self.hbone_only,
+                limits.max_endpoints,
+                "HBONE-only endpoints",
+                "max_endpoints",
+            ),
             (self.routes, limits.max_routes, "routes", "max_routes"),
         ] {
             if held > max {
@@ -1040,7 +1090,7 @@ impl Footprint {
     }
 }
 
-/// A translated resource, as it counts against `dynamic.xds.limits`.
+/// A translated resource, as it counts against `dynamic.xds.limits` on its own.
 trait Counted {
     fn footprint(&self) -> Footprint;
 }
@@ -1050,17 +1100,24 @@ impl Counted for ClusterResource {
         Footprint {
             clusters: 1,
             endpoints: self.spec.endpoints.len(),
-            routes: 0,
+            ..Footprint::default()
         }
     }
 }
 
-impl Counted for Assignment {
-    fn footprint(&self) -> Footprint {
-        Footprint {
-            endpoints: self.endpoints.len(),
-            ..Footprint::default()
-        }
+/// What `assignment` holds, given `tunnelling`, the clusters of its service with an HBONE entry
+/// (see [`tunnelling`]): the endpoints it gives them, and apart those only that entry reaches.
+/// Counted so while its response is decoded; once it is, each cluster counts those it runs
+/// (see [`footprint`]).
+fn assignment_footprint(
+    assignment: &Assignment,
+    tunnelling: Option<&Vec<&ClusterResource>>,
+) -> Footprint {
+    let hbone_only = entry_taken(tunnelling, &assignment.endpoints);
+    Footprint {
+        endpoints: assignment.endpoints.len().saturating_sub(hbone_only),
+        hbone_only,
+        ..Footprint::default()
     }
 }
 
@@ -1071,6 +1128,14 @@ impl Counted for RouteConfigSpec {
             ..Footprint::default()
         }
     }
+}
+
+/// What the resources of a response are bounded by as `decode_all` decodes them: `limits`, each
+/// counting for what `count` says of it, by its name (an assignment's count depends on the
+/// clusters held).
+struct Bound<'l, C> {
+    limits: &'l XdsLimitsSpec,
+    count: C,
 }
 
 /// A resource of a response, as `decode_all` finds it.
@@ -1087,7 +1152,7 @@ enum Entry<T> {
 /// Decodes and translates every resource of a response, keyed by name, but those sent as they
 /// were accepted (see [`Known`]) and those not subscribed to (whose `translate` gives no
 /// translation: they are left out); the first failure is the response's error, naming the
-/// resource and the field. What the resources translate to is bounded by `limits` as it grows:
+/// resource and the field. What the resources translate to is bounded (`bound`) as it grows:
 /// translated, a few bytes on the wire take far more.
 ///
 /// `held` is what the client holds of each resource, by name. A resource that translates to it
@@ -1098,14 +1163,14 @@ fn decode_all<'h, M, T>(
     resources: &[Any],
     kind: ResourceType,
     listing: Listing<'_>,
-    limits: &XdsLimitsSpec,
+    bound: Bound<'_, impl Fn(&str, &T) -> Footprint>,
     known: Option<&Known>,
     held: impl Fn(&str) -> Option<&'h T>,
     translate: impl Fn(&M) -> (String, Option<Result<T, InvalidResource>>),
 ) -> Result<BTreeMap<String, Entry<T>>, Refusal>
 where
     M: prost::Message + prost::Name + Default,
-    T: Counted + PartialEq + 'h,
+    T: PartialEq + 'h,
 {
     let type_url = kind.type_url();
     let mut translated = BTreeMap::new();
@@ -1128,13 +1193,13 @@ where
             Some((name, value)) => (
                 name.to_owned(),
                 Entry::Unchanged { bytes: None },
-                value.footprint(),
+                (bound.count)(name, value),
             ),
             None => {
                 let Some((name, value)) = decode_one(i, any, kind, &translate)? else {
                     continue;
                 };
-                let counts = value.footprint();
+                let counts = (bound.count)(&name, &value);
                 let bytes = any.value.clone();
                 let entry = if held(&name) == Some(&value) {
                     Entry::Unchanged { bytes: Some(bytes) }
@@ -1160,7 +1225,7 @@ where
         }
         footprint = footprint.plus(counts);
         footprint
-            .check(limits)
+            .check(bound.limits)
             .map_err(|message| (None, format!("at resources[{i}]: {message}")))?;
         if translated.insert(name.clone(), entry).is_some() {
             return Err((
@@ -1929,6 +1994,66 @@ mod tests {
             BTreeMap::from([("dns".to_owned(), 2)])
         );
         assert!(subscription.hbone_endpoints_left_out().is_empty());
+    }
+
+    /// Endpoints only Istio's HBONE tunnel reaches run in no cluster, so they do not count
+    /// against `limits.max_endpoints`: a mesh with many ambient pods does not have its updates
+    /// refused for pods the proxy never calls. Those a cluster's HBONE entry takes are still held
+    /// (another cluster of their service may run them), bounded apart by the same number; each
+    /// cluster that runs them counts them.
+    #[test]
+    fn endpoints_only_hbone_reaches_do_not_count_against_max_endpoints() {
+        let mut subscription = limited(serde_json::json!({ "max_endpoints": 2 }), &[]);
+        let (cds, eds) = (ResourceType::Cluster, ResourceType::Endpoints);
+        let mut cluster = eds_cluster("c");
+        let mut endpoints = assignment("c");
+        with_hbone(&mut cluster, &mut endpoints);
+        // One endpoint serves; two its labels send through the HBONE entry, one is internal.
+        let tunnelled = endpoints.endpoints[0].lb_endpoints[1].clone();
+        endpoints.endpoints[0].lb_endpoints.push(tunnelled.clone());
+        assert_eq!(
+            sotw_refusal(&mut subscription, cds, "c1", vec![any(&cluster)]),
+            None
+        );
+        let update = apply(
+            &mut subscription,
+            eds,
+            &response(eds, "e1", vec![any(&endpoints)]),
+            Listing::StateOfTheWorld,
+        );
+        assert_eq!(update.clusters[0].endpoints.len(), 1, "{update:#?}");
+        // The cluster changed, its endpoints held: still one running.
+        cluster.connect_timeout = Some(envoy_types::pb::google::protobuf::Duration {
+            seconds: 3,
+            nanos: 0,
+        });
+        assert_eq!(
+            sotw_refusal(&mut subscription, cds, "c2", vec![any(&cluster)]),
+            None
+        );
+        // A cluster of the same service without the entry runs them all: 1 + 3.
+        let mut plain = eds_cluster("plain");
+        plain.eds_cluster_config = Some(
+            envoy_types::pb::envoy::config::cluster::v3::cluster::EdsClusterConfig {
+                service_name: "c".to_owned(),
+                ..Default::default()
+            },
+        );
+        assert_refused(
+            sotw_refusal(
+                &mut subscription,
+                cds,
+                "c3",
+                vec![any(&cluster), any(&plain)],
+            ),
+            "the proxy would hold 4 endpoints from the server, over `dynamic.xds.limits.max_endpoints` (2)",
+        );
+        // Those held only for the tunnel are bounded too.
+        endpoints.endpoints[0].lb_endpoints.push(tunnelled);
+        assert_refused(
+            sotw_refusal(&mut subscription, eds, "e2", vec![any(&endpoints)]),
+            "the proxy would hold 3 HBONE-only endpoints from the server, over `dynamic.xds.limits.max_endpoints` (2)",
+        );
     }
 
     /// `assignment(name)` with its one endpoint `endpoints` times.

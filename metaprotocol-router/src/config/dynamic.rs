@@ -397,7 +397,10 @@ pub struct XdsLimitsSpec {
     /// Clusters held from the server.
     #[serde(default = "default_max_xds_clusters")]
     pub max_clusters: usize,
-    /// Endpoints of those clusters, together (from EDS, or inline in a cluster).
+    /// Endpoints of those clusters, together (from EDS, or inline in a cluster), each cluster
+    /// counting those it runs. Endpoints only Istio's HBONE tunnel reaches run in none and are
+    /// not counted; those held because a cluster's HBONE entry takes them (another cluster of
+    /// their service may run them) are bounded apart by this number too.
     #[serde(default = "default_max_xds_endpoints")]
     pub max_endpoints: usize,
     /// Routes of the route configs held from the server, together.
