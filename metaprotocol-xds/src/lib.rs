@@ -52,7 +52,7 @@ use std::sync::{Arc, OnceLock};
 use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
 use envoy_types::pb::envoy::config::core::v3::{Locality, Node};
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
-use metaprotocol_router::config::{DynamicSpec, NodeMetadataValue, XDS, XdsSpec};
+use metaprotocol_router::config::{DynamicSpec, NodeMetadataValue, NodeSpec, XDS, XdsSpec};
 use metaprotocol_router::{ConfigError, DynamicSource, Metrics, Proxy};
 
 use self::state::Subscription;
@@ -104,7 +104,11 @@ impl DynamicSource for XdsSource {
                 return;
             }
         };
-        let subscription = Subscription::new(&xds, node(&xds));
+        // The node is built once and presented on every stream: like the `dynamic` section, it
+        // takes the proxy's own locality as it is when the proxy starts (one clone of the
+        // config, at start only).
+        let own = proxy.config().node;
+        let subscription = Subscription::new(&xds, node(&xds, own.as_ref()));
         tokio::spawn(client::run(proxy, xds, tls, subscription, status));
     }
 
@@ -115,8 +119,9 @@ impl DynamicSource for XdsSource {
     }
 }
 
-/// The node the client presents: its id, cluster, metadata and locality, and the client's name.
-fn node(spec: &XdsSpec) -> Node {
+/// The node the client presents: its id, cluster, metadata and locality (see [`locality`]), and
+/// the client's name.
+fn node(spec: &XdsSpec, own: Option<&NodeSpec>) -> Node {
     let metadata = Struct {
         fields: spec
             .node_metadata
@@ -128,17 +133,33 @@ fn node(spec: &XdsSpec) -> Node {
         id: spec.node_id.clone(),
         cluster: spec.cluster.clone(),
         metadata: Some(metadata).filter(|m| !m.fields.is_empty()),
-        locality: spec.locality.as_ref().map(|locality| Locality {
-            region: locality.region.clone(),
-            zone: locality.zone.clone(),
-            sub_zone: locality.sub_zone.clone(),
-        }),
+        locality: locality(spec, own),
         user_agent_name: "metaprotocol-rs".to_owned(),
         user_agent_version_type: Some(UserAgentVersionType::UserAgentVersion(
             env!("CARGO_PKG_VERSION").to_owned(),
         )),
         ..Node::default()
     }
+}
+
+/// The node's locality: `dynamic.xds.locality`, else where the proxy runs for its own
+/// locality-aware clusters (the top-level `node.locality`, which has no sub-zone), else none.
+/// Envoy has one node, its bootstrap's: the locality it sends the server is the one its
+/// zone-aware balancing reads (pilot-agent writes it there, from the pod's `istio-locality` label
+/// or the platform's metadata).
+fn locality(spec: &XdsSpec, own: Option<&NodeSpec>) -> Option<Locality> {
+    if let Some(locality) = &spec.locality {
+        return Some(Locality {
+            region: locality.region.clone(),
+            zone: locality.zone.clone(),
+            sub_zone: locality.sub_zone.clone(),
+        });
+    }
+    own.map(|own| Locality {
+        region: own.locality.region.clone(),
+        zone: own.locality.zone.clone(),
+        sub_zone: String::new(),
+    })
 }
 
 /// A node metadata value as the protobuf `Value` of its kind.
@@ -168,9 +189,28 @@ mod tests {
     /// reads as a number or boolean is still refused unquoted, as elsewhere in the config.
     /// A config whose `dynamic.xds` has `field` (`name: value`, flow YAML) beside what it needs.
     fn config_with(field: &str) -> Result<metaprotocol_router::Config, ConfigError> {
-        metaprotocol_router::Config::from_yaml(&format!(
+        metaprotocol_router::Config::from_yaml(&yaml_with(field))
+    }
+
+    /// The YAML of [`config_with`].
+    fn yaml_with(field: &str) -> String {
+        format!(
             "dynamic:\n  xds:\n    address: 127.0.0.1:15010\n    node_id: proxy-1\n    clusters: ['*']\n    {field}\nlisteners: []\n"
-        ))
+        )
+    }
+
+    /// The node sent for a config whose `dynamic.xds` has `field` (see [`config_with`]), and
+    /// whose top-level `node` is `own` (flow YAML) when given.
+    fn node_sent(field: &str, own: Option<&str>) -> Node {
+        let own = own.map_or_else(String::new, |own| format!("node: {own}\n"));
+        let config = metaprotocol_router::Config::from_yaml(&format!("{own}{}", yaml_with(field)));
+        match config {
+            Ok(config) => match config.dynamic.as_ref().and_then(|d| d.xds.as_ref()) {
+                Some(spec) => node(spec, config.node.as_ref()),
+                None => panic!("no xds section"),
+            },
+            Err(err) => panic!("{err}"),
+        }
     }
 
     /// The `dynamic.xds` section of a config with `field` (see [`config_with`]).
@@ -191,7 +231,10 @@ mod tests {
         let string = |text: &str| Value {
             kind: Some(Kind::StringValue(text.to_owned())),
         };
-        let fields = node(&spec).metadata.map(|m| m.fields).unwrap_or_default();
+        let fields = node(&spec, None)
+            .metadata
+            .map(|m| m.fields)
+            .unwrap_or_default();
         assert_eq!(fields.get("ISTIO_VERSION"), Some(&string("1.24.0")));
         assert_eq!(fields.get("ENABLE_HBONE"), Some(&string("true")));
         let labels = Struct {
@@ -232,14 +275,14 @@ mod tests {
     fn the_nodes_locality_is_sent_as_configured() {
         let spec = spec_with("locality: { region: us-east1, zone: us-east1-b, sub_zone: rack-7 }");
         assert_eq!(
-            node(&spec).locality,
+            node(&spec, None).locality,
             Some(Locality {
                 region: "us-east1".to_owned(),
                 zone: "us-east1-b".to_owned(),
                 sub_zone: "rack-7".to_owned(),
             })
         );
-        assert_eq!(node(&spec_with("cluster: c")).locality, None);
+        assert_eq!(node(&spec_with("cluster: c"), None).locality, None);
         let misspelt = config_with("locality: { regoin: us-east1 }").map(drop);
         assert!(
             misspelt
@@ -247,5 +290,31 @@ mod tests {
                 .is_err_and(|err| err.to_string().contains("locality")),
             "{misspelt:?}"
         );
+    }
+
+    /// Without `dynamic.xds.locality`, the node sent is where the proxy says it runs for its
+    /// own locality-aware clusters (the top-level `node.locality`), as Envoy has one node, its
+    /// bootstrap's, whose locality it both sends to the server and balances by. Given, the
+    /// node's locality is sent whole instead.
+    #[test]
+    fn the_proxys_own_locality_is_the_nodes_when_not_given() {
+        let own = Some("{ locality: { region: us-east1, zone: us-east1-b } }");
+        assert_eq!(
+            node_sent("cluster: c", own).locality,
+            Some(Locality {
+                region: "us-east1".to_owned(),
+                zone: "us-east1-b".to_owned(),
+                sub_zone: String::new(),
+            })
+        );
+        assert_eq!(
+            node_sent("locality: { region: eu-west1, sub_zone: rack-7 }", own).locality,
+            Some(Locality {
+                region: "eu-west1".to_owned(),
+                zone: String::new(),
+                sub_zone: "rack-7".to_owned(),
+            })
+        );
+        assert_eq!(node_sent("cluster: c", None).locality, None);
     }
 }

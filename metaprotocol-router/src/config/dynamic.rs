@@ -74,7 +74,8 @@ pub struct XdsSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_metadata: BTreeMap<String, NodeMetadataValue>,
     /// The node's locality sent to the server, which may order the endpoints it sends by it
-    /// (istiod's locality failover); none when not given.
+    /// (istiod's locality failover); when not given, the proxy's own (the top-level
+    /// `node.locality`, as Envoy sends its one node's), else none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locality: Option<NodeLocalitySpec>,
     /// Route configs from the server: names, or `*` for every one it has (RDS).
