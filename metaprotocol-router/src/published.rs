@@ -74,10 +74,28 @@ impl<T> Cached<T> {
     /// The current value of `published` (which this cache must be of): the copy, unless a
     /// replacement came since it was made.
     pub fn get(&mut self, published: &Published<T>) -> &Arc<T> {
-        let generation = published.generation.load(Ordering::Acquire);
-        if generation != self.generation {
+        self.refresh(published);
+        &self.value
+    }
+
+    /// Copies the current value of `published` (which this cache must be of) if a replacement
+    /// came since the copy was made; true if one did.
+    pub fn refresh(&mut self, published: &Published<T>) -> bool {
+        let stale = !self.is_current(published);
+        if stale {
             *self = published.cached();
         }
+        stale
+    }
+
+    /// True unless a replacement of `published` (which this cache must be of) came since the
+    /// copy was made.
+    pub fn is_current(&self, published: &Published<T>) -> bool {
+        published.generation.load(Ordering::Acquire) == self.generation
+    }
+
+    /// The copy, as of its last read (no look at the published value).
+    pub fn copy(&self) -> &Arc<T> {
         &self.value
     }
 }
@@ -100,6 +118,14 @@ mod tests {
         published.swap(Arc::new(3));
         published.swap(Arc::new(4));
         assert_eq!(**cache.get(&published), 4, "several replacements at once");
+        assert!(cache.is_current(&published));
+        assert!(!cache.refresh(&published), "no replacement: nothing copied");
+        published.swap(Arc::new(5));
+        assert!(!cache.is_current(&published));
+        assert_eq!(**cache.copy(), 4, "the copy stays until it is read again");
+        assert!(cache.refresh(&published));
+        assert!(cache.is_current(&published));
+        assert_eq!(**cache.copy(), 5);
     }
 
     #[test]

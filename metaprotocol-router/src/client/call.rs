@@ -269,6 +269,7 @@ fn attempt(
         |_| ReplyTo::oneshot(sender),
         record,
         &mut (),
+        None,
         Instant::now(),
     );
     (answer, next)

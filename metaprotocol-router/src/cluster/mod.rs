@@ -50,6 +50,7 @@ use crate::config::{
 };
 use crate::health::{self, Ejections, HealthMonitor, OutlierThresholds};
 use crate::lb::LbSettings;
+use crate::published::Published;
 use crate::router::AttemptOutcome;
 use crate::stats::{
     ClusterStats, EndpointStats, HealthStats, IstioDestination, IstioReporter, MetricsScope,
@@ -120,7 +121,9 @@ pub(crate) struct ClusterHandle {
     name: Arc<str>,
     stats: ClusterStats,
     scope: MetricsScope,
-    snapshot: ArcSwap<ClusterSnapshot>,
+    /// Published, so that a connection reads it through a cache of its own (see
+    /// [`ClusterHandle::published_snapshot`]).
+    snapshot: Published<ClusterSnapshot>,
     state: Mutex<ClusterState>,
     breakers: Arc<CircuitBreakers>,
     outlier_thresholds: OutlierThresholds,
@@ -263,7 +266,7 @@ impl ClusterHandle {
             name: spec.name.as_str().into(),
             stats,
             scope,
-            snapshot: ArcSwap::from_pointee(snapshot),
+            snapshot: Published::new(Arc::new(snapshot)),
             state: Mutex::new(state),
             breakers,
             outlier_thresholds,
@@ -355,6 +358,12 @@ impl ClusterHandle {
     /// The current snapshot (a wait-free load).
     pub fn snapshot(&self) -> Guard<Arc<ClusterSnapshot>> {
         self.snapshot.load()
+    }
+
+    /// Its snapshots as published, for a reader that keeps a [`Cached`](crate::published::Cached)
+    /// copy: a connection's requests read the current one without an `ArcSwap` load each.
+    pub fn published_snapshot(&self) -> &Published<ClusterSnapshot> {
+        &self.snapshot
     }
 
     /// Starts its outlier detection and health checks, unless they run already (a new cluster's
@@ -925,7 +934,7 @@ impl ClusterHandle {
         state.version += 1;
         snapshot.version = state.version;
         state.builds.published = build;
-        self.snapshot.store(Arc::new(snapshot));
+        self.snapshot.swap(Arc::new(snapshot));
         if std::mem::take(&mut state.added) {
             self.added_wake.notify_one();
         }

@@ -8,7 +8,11 @@ use metaprotocol_core::{Message, Mutation};
 use tokio::time::Instant;
 
 use super::timeout::SendDeadline;
-use crate::cluster::{ActiveRequest, Breaker, Endpoint, Host, PendingPlace, RequestPlace};
+use crate::cluster::{
+    ActiveRequest, Breaker, ClusterHandle, ClusterSnapshot, Endpoint, Host, PendingPlace,
+    RequestPlace,
+};
+use crate::published::Cached;
 use crate::route::Target;
 use crate::upstream::{ConnectionHandle, Outbound, Rejected, ReplyTo, UpstreamError};
 
@@ -64,17 +68,80 @@ pub(crate) struct AttemptSpec<'a> {
     pub now: Instant,
 }
 
+/// The snapshots of the clusters a connection's requests went to, each a copy read again only
+/// once its cluster published another: an attempt reads its cluster's snapshot without an
+/// `ArcSwap` load (a debt slot claimed and given back, two locked instructions and about fifty
+/// in all, every call). A snapshot replaced is let go at the next attempt through the list, of
+/// whatever cluster: a busy connection does not keep endpoints an update removed.
+///
+/// Its owner keeps it for one route table, and clears it when it reads another (see
+/// [`Snapshots::clear`]): its clusters are the table's, so that it keeps no cluster alive that
+/// the configuration dropped.
+#[derive(Debug, Default)]
+pub(crate) struct Snapshots {
+    copies: Vec<(Arc<ClusterHandle>, Cached<ClusterSnapshot>)>,
+}
+
+/// How many clusters' snapshots a connection keeps: a connection's requests rarely go to more;
+/// past it, the one copied first makes room.
+const SNAPSHOTS: usize = 4;
+
+impl Snapshots {
+    /// The current snapshot of `cluster`: its copy, unless the cluster published another since
+    /// it was made. Copies of other clusters that published another since go.
+    pub fn get(&mut self, cluster: &Arc<ClusterHandle>) -> &Arc<ClusterSnapshot> {
+        let mut found = None;
+        let mut i = 0;
+        while let Some((kept, copy)) = self.copies.get(i) {
+            if Arc::ptr_eq(kept, cluster) {
+                found = Some(i);
+            } else if !copy.is_current(kept.published_snapshot()) {
+                self.copies.swap_remove(i);
+                continue;
+            }
+            i += 1;
+        }
+        let index = match found {
+            Some(index) => index,
+            None => {
+                if self.copies.len() >= SNAPSHOTS {
+                    self.copies.remove(0);
+                }
+                let copy = cluster.published_snapshot().cached();
+                self.copies.push((Arc::clone(cluster), copy));
+                self.copies.len() - 1
+            }
+        };
+        let (kept, copy) = &mut self.copies[index];
+        copy.get(kept.published_snapshot())
+    }
+
+    /// Lets every copy go (the route table they were kept for was replaced, or the connection
+    /// went idle).
+    pub fn clear(&mut self) {
+        self.copies.clear();
+    }
+}
+
 /// Picks a host of `target`, avoiding those `tried`, by the request's consistent-hashing key
 /// `hash` when its balancer hashes, and counts an attempt in flight on its endpoint (until the
 /// returned guard drops, which gives back `place` too); `None` when the target has no endpoint
-/// (`place` given back).
+/// (`place` given back). The cluster's snapshot is read through `snapshots` when given.
 pub(crate) fn pick(
     target: &Target,
+    snapshots: Option<&mut Snapshots>,
     tried: &[SocketAddr],
     hash: Option<u64>,
     place: Option<RequestPlace<'_>>,
 ) -> Option<(Arc<Host>, ActiveRequest)> {
-    let snapshot = target.cluster.snapshot();
+    let loaded;
+    let snapshot = match snapshots {
+        Some(snapshots) => snapshots.get(&target.cluster),
+        None => {
+            loaded = target.cluster.snapshot();
+            &*loaded
+        }
+    };
     let host = snapshot
         .set(target.subset)
         .and_then(|set| set.pick(tried, hash))?;
@@ -114,11 +181,13 @@ pub(crate) fn send(
     )
 }
 
-/// Takes the attempt's places under the cluster's breakers, picks an endpoint of `target` and
-/// queues `request` on it, with the mutation `mutation` makes for the endpoint picked, telling
-/// `queued_on` the connection that took it.
+/// Takes the attempt's places under the cluster's breakers, picks an endpoint of `target` (its
+/// cluster's snapshot read through `snapshots` when given) and queues `request` on it, with the
+/// mutation `mutation` makes for the endpoint picked, telling `queued_on` the connection that
+/// took it.
 pub(crate) fn start(
     target: &Target,
+    snapshots: Option<&mut Snapshots>,
     request: &Arc<Message>,
     mutation: impl FnOnce(SocketAddr) -> Arc<Mutation>,
     spec: AttemptSpec<'_>,
@@ -137,7 +206,7 @@ pub(crate) fn start(
         tells_deadline,
         now,
     } = spec;
-    let Some((host, active)) = pick(target, tried, hash, admission.request) else {
+    let Some((host, active)) = pick(target, snapshots, tried, hash, admission.request) else {
         return Started::NoEndpoint;
     };
     let endpoint = active.endpoint();
@@ -322,7 +391,15 @@ circuit_breakers: { max_requests: 2, max_pending_requests: 1000000 }",
             now,
         };
         let mutation = Arc::new(Mutation::default());
-        start(target, request, |_| mutation, spec, ReplyTo::none(), |_| {})
+        start(
+            target,
+            None,
+            request,
+            |_| mutation,
+            spec,
+            ReplyTo::none(),
+            |_| {},
+        )
     }
 
     /// An update sets `max_requests: 4` on a cluster that had no limit, with six attempts in

@@ -87,7 +87,8 @@ impl MirrorPolicy {
             }
             Some(slot)
         };
-        let Some((_, active)) = attempt::pick(&self.target, &[], hash, admission.request) else {
+        let Some((_, active)) = attempt::pick(&self.target, None, &[], hash, admission.request)
+        else {
             if let Some(slot) = slot {
                 slot.dec();
             }

@@ -31,6 +31,7 @@ use metaprotocol_core::{
 use smallvec::SmallVec;
 use tokio::time::Instant;
 
+pub(crate) use self::attempt::Snapshots;
 use self::attempt::{Attempt, AttemptSpec, Started};
 pub(crate) use self::mirror::MirrorPolicy;
 pub(crate) use self::outcome::{AttemptOutcome, FAILURES, TransportFailure};
@@ -397,6 +398,11 @@ impl Routed {
         self.table.get(self.route)
     }
 
+    /// The route table it was routed by.
+    pub fn table(&self) -> &Arc<RouteTable> {
+        &self.table
+    }
+
     /// The request's deadline.
     pub fn deadline(&self) -> Instant {
         self.deadline
@@ -443,12 +449,14 @@ impl Routed {
         self.connection.as_ref()?.get()
     }
 
-    /// Sends a one-way request: done once queued. On failure the error is recorded.
+    /// Sends a one-way request: done once queued (its cluster's snapshot read through
+    /// `snapshots` when given). On failure the error is recorded.
     pub fn send_oneway(
         &mut self,
         request: &Arc<Message>,
         record: &mut RequestRecord,
         observer: &mut impl AttemptObserver,
+        snapshots: Option<&mut Snapshots>,
         now: Instant,
     ) -> Result<(), LocalReply> {
         debug_assert_eq!(request.kind, MessageKind::Oneway);
@@ -466,7 +474,8 @@ impl Routed {
             tells_deadline: timeout::tells_deadline(self.owner, 1, self.deadline, self.deadline),
             now,
         };
-        let (started, connection) = self.start(request, 1, spec, ReplyTo::none(), observer);
+        let (started, connection) =
+            self.start(request, 1, spec, ReplyTo::none(), observer, snapshots);
         self.connection = connection;
         match started {
             Started::Sent(attempt) => {
@@ -488,13 +497,15 @@ impl Routed {
         }
     }
 
-    /// Starts the next attempt; its answer is delivered with `reply`, made for its number.
+    /// Starts the next attempt (its cluster's snapshot read through `snapshots` when given);
+    /// its answer is delivered with `reply`, made for its number.
     pub fn attempt(
         &mut self,
         request: &Arc<Message>,
         reply: impl FnOnce(u32) -> ReplyTo,
         record: &mut RequestRecord,
         observer: &mut impl AttemptObserver,
+        snapshots: Option<&mut Snapshots>,
         now: Instant,
     ) -> Next {
         // A retry's pause ends at the deadline at the latest, but a late turn of the loop finds
@@ -523,7 +534,8 @@ impl Routed {
             tells_deadline: timeout::tells_deadline(self.owner, number, deadline, self.deadline),
             now,
         };
-        let (started, connection) = self.start(request, number, spec, reply(number), observer);
+        let (started, connection) =
+            self.start(request, number, spec, reply(number), observer, snapshots);
         self.connection = connection;
         match started {
             Started::Sent(attempt) => {
@@ -545,8 +557,9 @@ impl Routed {
     }
 
     /// Starts attempt `number` of `request` by `spec`, as `observer` sees it, to be answered
-    /// through `reply`; with it, the connection that took it, when the listener's log shows its
-    /// address (the last attempt's, whatever becomes of it: none when no connection took it).
+    /// through `reply` (its cluster's snapshot read through `snapshots` when given); with it,
+    /// the connection that took it, when the listener's log shows its address (the last
+    /// attempt's, whatever becomes of it: none when no connection took it).
     fn start(
         &self,
         request: &Arc<Message>,
@@ -554,11 +567,13 @@ impl Routed {
         spec: AttemptSpec<'_>,
         reply: ReplyTo,
         observer: &mut impl AttemptObserver,
+        snapshots: Option<&mut Snapshots>,
     ) -> (Started, Option<LocalAddress>) {
         let now = spec.now;
         let mut connection = None;
         let started = attempt::start(
             &self.target,
+            snapshots,
             request,
             |endpoint| observer.attempt_started(number, endpoint, &self.mutation, now),
             spec,
@@ -942,7 +957,14 @@ pub(crate) mod tests {
             )?;
             let request = Arc::new(Message::new(MessageKind::Request, 1, Bytes::new()));
             let now = Instant::now();
-            let next = routed.attempt(&request, |_| ReplyTo::none(), &mut record, &mut (), now);
+            let next = routed.attempt(
+                &request,
+                |_| ReplyTo::none(),
+                &mut record,
+                &mut (),
+                None,
+                now,
+            );
             assert!(matches!(next, Next::Answer { .. }));
             let next = routed.answered(1, &connect_failed(), &mut record, &mut (), now);
             assert!(matches!(next, Some(Next::Fail(_))), "{next:?}");
@@ -975,6 +997,7 @@ pub(crate) mod tests {
                 |_| ReplyTo::none(),
                 &mut record,
                 &mut (),
+                None,
                 Instant::now(),
             );
             assert!(matches!(next, Next::Answer { .. }));
@@ -995,6 +1018,7 @@ pub(crate) mod tests {
             |_| ReplyTo::oneshot(sender),
             &mut record,
             &mut (),
+            None,
             now,
         );
         assert!(matches!(next, Next::Answer { .. }));
@@ -1036,7 +1060,14 @@ routes: [ { route: { cluster: c }, retry_policy: { num_retries: 1, retry_on: [co
         )?;
         let request = Arc::new(Message::new(MessageKind::Request, 1, Bytes::new()));
         let now = Instant::now();
-        let next = routed.attempt(&request, |_| ReplyTo::none(), &mut record, &mut (), now);
+        let next = routed.attempt(
+            &request,
+            |_| ReplyTo::none(),
+            &mut record,
+            &mut (),
+            None,
+            now,
+        );
         assert!(matches!(next, Next::Answer { .. }));
         let failed = Err(UpstreamError::ConnectFailed {
             address: SocketAddr::from(([127, 0, 0, 1], 1)),
@@ -1051,9 +1082,14 @@ routes: [ { route: { cluster: c }, retry_policy: { num_retries: 1, retry_on: [co
         };
         let other = attempt::tests::start_one(&target, &request);
         assert!(matches!(other, Started::Sent(_)));
-        let Next::Fail(reply) =
-            routed.attempt(&request, |_| ReplyTo::none(), &mut record, &mut (), now)
-        else {
+        let Next::Fail(reply) = routed.attempt(
+            &request,
+            |_| ReplyTo::none(),
+            &mut record,
+            &mut (),
+            None,
+            now,
+        ) else {
             return Err(ConfigError::new("retry", "the retry was not refused"));
         };
         assert_eq!(reply.kind, LocalReplyKind::OverLimit, "{}", reply.message);
@@ -1112,7 +1148,14 @@ routes: [ { route: { cluster: c }, retry_policy: { num_retries: 1, retry_on: [co
         )?;
         let request = Arc::new(Message::new(MessageKind::Request, 1, Bytes::new()));
         let now = Instant::now();
-        let next = routed.attempt(&request, |_| ReplyTo::none(), &mut record, &mut (), now);
+        let next = routed.attempt(
+            &request,
+            |_| ReplyTo::none(),
+            &mut record,
+            &mut (),
+            None,
+            now,
+        );
         assert!(matches!(next, Next::Answer { .. }));
         let next = routed.answered(1, result, &mut record, &mut (), now);
         Ok((cluster, routed, record, next))
@@ -1190,7 +1233,14 @@ routes: [ { route: { cluster: c }, retry_policy: { num_retries: 1, retry_on: [co
         assert!(matches!(next, Some(Next::Retry { .. })), "{next:?}");
         let request = Arc::new(Message::new(MessageKind::Request, 1, Bytes::new()));
         let now = Instant::now();
-        let next = routed.attempt(&request, |_| ReplyTo::none(), &mut record, &mut (), now);
+        let next = routed.attempt(
+            &request,
+            |_| ReplyTo::none(),
+            &mut record,
+            &mut (),
+            None,
+            now,
+        );
         assert!(matches!(next, Next::Answer { .. }));
         let next = routed.answered(2, &refused_call(), &mut record, &mut (), now);
         assert!(matches!(next, Some(Next::Respond)), "{next:?}");
@@ -1225,7 +1275,14 @@ routes: [ { route: { cluster: c }, retry_policy: { num_retries: 1, retry_on: [co
             let exceeded = || cluster.stats().rq_retry_limit_exceeded.get();
             assert_eq!(exceeded(), 0, "{case}: retried");
             let now = Instant::now();
-            let next = routed.attempt(&request, |_| ReplyTo::none(), &mut record, &mut (), now);
+            let next = routed.attempt(
+                &request,
+                |_| ReplyTo::none(),
+                &mut record,
+                &mut (),
+                None,
+                now,
+            );
             assert!(matches!(next, Next::Answer { .. }));
             routed.answered(2, &failed(), &mut record, &mut (), now);
             assert_eq!(exceeded(), 1, "{case}: its one retry spent");

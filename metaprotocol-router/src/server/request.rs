@@ -34,7 +34,7 @@ use super::timers::{TimerId, Timers};
 use super::{ListenerContext, complete, load};
 use crate::published::Cached;
 use crate::route::RouteTable;
-use crate::router::{self, Direction, Matched, Next, Routed, Unrouted};
+use crate::router::{self, Direction, Matched, Next, Routed, Snapshots, Unrouted};
 use crate::stats::Counter;
 use crate::trace::RequestSpan;
 use crate::transport::outbox::Outbox;
@@ -285,6 +285,29 @@ impl Future for GuardedWait {
     }
 }
 
+/// A connection's copy of its listener's route table, and the snapshots of the clusters its
+/// requests went to by that table.
+struct RouteCache {
+    table: Cached<RouteTable>,
+    /// Cleared when another table is read: it keeps only clusters of the table it is for.
+    snapshots: Snapshots,
+}
+
+impl RouteCache {
+    /// The snapshots kept for `table`, if it is the connection's copy (`routes`'); a request
+    /// routed by an older one reads its cluster's snapshot without them, so that they keep no
+    /// cluster the current table dropped.
+    fn snapshots_for<'a>(
+        routes: &'a mut Option<RouteCache>,
+        table: &Arc<RouteTable>,
+    ) -> Option<&'a mut Snapshots> {
+        routes
+            .as_mut()
+            .filter(|cache| Arc::ptr_eq(cache.table.copy(), table))
+            .map(|cache| &mut cache.snapshots)
+    }
+}
+
 /// The requests in flight on one connection.
 pub(crate) struct Requests {
     ctx: Arc<ListenerContext>,
@@ -314,9 +337,10 @@ pub(crate) struct Requests {
     /// The answers its encoder holds to write later ([`Codec::held_answer_bytes`]), as of the
     /// last answer it gathered.
     held: usize,
-    /// The listener's route table as of its last request; made on the first request, dropped
-    /// when trimmed (an idle connection does not keep a replaced table alive for long).
-    routes: Option<Cached<RouteTable>>,
+    /// The listener's route table as of its last request, and the snapshots of the clusters
+    /// its requests went to by it; made on the first request, dropped when trimmed (an idle
+    /// connection does not keep a replaced table or snapshot alive for long).
+    routes: Option<RouteCache>,
     /// Attempts whose requests ended at their deadline, at most [`ABANDONED_ATTEMPTS`]; made on
     /// the first, dropped when trimmed.
     abandoned: AbandonedAttempts,
@@ -444,11 +468,18 @@ impl Requests {
         }
     }
 
-    /// The listener's route table: the connection's copy, unless an update replaced it.
+    /// The listener's route table: the connection's copy, unless an update replaced it (the
+    /// snapshots kept for the copy replaced go with it).
     fn route_table(&mut self) -> Arc<RouteTable> {
         let published = &self.ctx.routes.table;
-        let cached = self.routes.get_or_insert_with(|| published.cached());
-        Arc::clone(cached.get(published))
+        let cache = self.routes.get_or_insert_with(|| RouteCache {
+            table: published.cached(),
+            snapshots: Snapshots::default(),
+        });
+        if cache.table.refresh(published) {
+            cache.snapshots.clear();
+        }
+        Arc::clone(cache.table.copy())
     }
 
     /// Its queue of upstream answers (made on demand), for an attempt to be answered in.
@@ -853,7 +884,7 @@ impl Requests {
     fn route(&mut self, key: RequestKey, out: &mut Outbox, now: Instant) {
         let table = self.route_table();
         let kept_for_log = self.ctx.kept_for_log;
-        let Some(inflight) = self.get(key) else {
+        let Some(inflight) = in_flight(&mut self.slab, key) else {
             return;
         };
         // Built in the request's stage, not returned: each move of a `Routed` (over 200 bytes)
@@ -880,10 +911,12 @@ impl Requests {
             return;
         };
         if inflight.request.kind == MessageKind::Oneway {
+            let snapshots = RouteCache::snapshots_for(&mut self.routes, routed.table());
             let sent = routed.send_oneway(
                 &inflight.request,
                 &mut inflight.walk.record,
                 &mut inflight.span,
+                snapshots,
                 now,
             );
             let answer = match sent {
@@ -904,17 +937,19 @@ impl Requests {
 
     fn attempt(&mut self, key: RequestKey, out: &mut Outbox, now: Instant) {
         let inbox = self.inbox();
-        let Some(inflight) = self.get(key) else {
+        let Some(inflight) = in_flight(&mut self.slab, key) else {
             return;
         };
         let Stage::Routed(routed) = &mut inflight.walk.stage else {
             return;
         };
+        let snapshots = RouteCache::snapshots_for(&mut self.routes, routed.table());
         let next = routed.attempt(
             &inflight.request,
             |number| ReplyTo::inbox(inbox, key, number),
             &mut inflight.walk.record,
             &mut inflight.span,
+            snapshots,
             now,
         );
         self.follow(key, next, out, now);
@@ -1361,11 +1396,7 @@ pub(super) mod tests {
 
     /// Cluster `c`, whose one endpoint, the listener returned, takes calls and never answers.
     fn silent_cluster() -> Result<(std::net::TcpListener, Arc<ClusterHandle>), ConfigError> {
-        let upstream = std::net::TcpListener::bind("127.0.0.1:0")
-            .map_err(|e| ConfigError::new("upstream", e.to_string()))?;
-        let address = upstream
-            .local_addr()
-            .map_err(|e| ConfigError::new("upstream", e.to_string()))?;
+        let (upstream, address) = silent_upstream()?;
         let cluster = crate::cluster::tests::cluster(&format!(
             "name: c\nendpoints: [ {{ address: {address} }} ]"
         ))?;
@@ -1393,6 +1424,114 @@ pub(super) mod tests {
             1,
             Bytes::new(),
         )))
+    }
+
+    /// A listener on 127.0.0.1 that takes connections and never answers, and its address.
+    fn silent_upstream() -> Result<(std::net::TcpListener, SocketAddr), ConfigError> {
+        let upstream = std::net::TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| ConfigError::new("upstream", e.to_string()))?;
+        let address = upstream
+            .local_addr()
+            .map_err(|e| ConfigError::new("upstream", e.to_string()))?;
+        Ok((upstream, address))
+    }
+
+    /// Gives `cluster` (named `name`) the one endpoint `address`, as a config update does.
+    fn move_cluster(
+        cluster: &Arc<ClusterHandle>,
+        name: &str,
+        address: SocketAddr,
+    ) -> Result<(), ConfigError> {
+        let spec = crate::config::ClusterSpec::from_yaml(&format!(
+            "name: {name}\nendpoints: [ {{ address: {address} }} ]"
+        ))?;
+        cluster.update(
+            &Arc::new(spec),
+            None,
+            None,
+            &crate::cluster::Resolved::new(),
+        )?;
+        Ok(())
+    }
+
+    /// Receives a call of `method` on `requests` and returns the endpoint its first attempt
+    /// went to (the call stays in flight: the upstream never answers).
+    fn endpoint_of_call(requests: &mut Requests, method: &'static str) -> Option<SocketAddr> {
+        let before = requests.keys();
+        let mut out = Outbox::new();
+        requests.receive(
+            call(method),
+            &mut out,
+            (Instant::now(), SystemTime::now()),
+            0,
+        );
+        let key = requests.keys().into_iter().find(|k| !before.contains(k))?;
+        requests.get(key)?.walk.record.endpoint
+    }
+
+    /// The call a busy connection (calls in flight, never idle) receives right after its
+    /// cluster was updated goes by the update: the copy of the cluster's snapshot the
+    /// connection keeps is read again as soon as the cluster publishes another, and the
+    /// snapshot replaced is let go then.
+    #[tokio::test]
+    async fn a_busy_connections_next_call_after_its_cluster_changed_goes_by_the_change()
+    -> Result<(), ConfigError> {
+        let (_old, cluster) = silent_cluster()?;
+        let (_new, new) = silent_upstream()?;
+        let mut requests = requests(&cluster, "{ route: { cluster: c }, timeout: 60s }")?;
+        let old = endpoint_of_call(&mut requests, "get");
+        assert!(old.is_some_and(|old| old != new), "{old:?}");
+        assert_eq!(endpoint_of_call(&mut requests, "get"), old);
+        let replaced = Arc::downgrade(&*cluster.snapshot());
+        move_cluster(&cluster, "c", new)?;
+        for call in 3..=4 {
+            assert_eq!(
+                endpoint_of_call(&mut requests, "get"),
+                Some(new),
+                "call {call}, after the update, with {} in flight",
+                call - 1
+            );
+        }
+        assert_eq!(
+            replaced.strong_count(),
+            0,
+            "the connection still holds the snapshot the update replaced"
+        );
+        Ok(())
+    }
+
+    /// The copy of a cluster's snapshot that a busy connection keeps is let go at its next call
+    /// once the cluster published another, even when that call goes to another cluster: a
+    /// connection whose calls no longer go to a cluster does not keep endpoints its update
+    /// removed.
+    #[tokio::test]
+    async fn a_busy_connection_lets_a_replaced_snapshot_go_at_its_next_call_to_any_cluster()
+    -> Result<(), ConfigError> {
+        let (_c, c) = silent_cluster()?;
+        let (_d, d_address) = silent_upstream()?;
+        let d = crate::cluster::tests::cluster(&format!(
+            "name: d\nendpoints: [ {{ address: {d_address} }} ]"
+        ))?;
+        let ctx = listener(
+            Arc::new(crate::testing::NullCodec),
+            "{ match: { metadata: [ { key: method, exact: toc } ] }, route: { cluster: c } }, \
+             { match: { metadata: [ { key: method, exact: tod } ] }, route: { cluster: d } }",
+            &[&c, &d],
+        )?;
+        let mut requests = Requests::new(ctx, client(), Box::new(crate::testing::SilentCodec));
+        assert_eq!(endpoint_of_call(&mut requests, "tod"), Some(d_address));
+        assert!(endpoint_of_call(&mut requests, "toc").is_some());
+        let replaced = Arc::downgrade(&*d.snapshot());
+        let (_moved, moved) = silent_upstream()?;
+        move_cluster(&d, "d", moved)?;
+        assert!(endpoint_of_call(&mut requests, "toc").is_some());
+        assert_eq!(
+            replaced.strong_count(),
+            0,
+            "a call to c left the connection holding d's replaced snapshot"
+        );
+        assert_eq!(endpoint_of_call(&mut requests, "tod"), Some(moved));
+        Ok(())
     }
 
     /// An answer to an attempt whose per-try deadline passed, read by its upstream connection
