@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::CallError;
 use crate::route::RouteTable;
-use crate::router::{self, Direction, KeptForLog, Next, Routed};
+use crate::router::{self, Direction, KeptForLog, Next, Routed, Routing};
 use crate::stats::ListenerStats;
 use crate::upstream::{AttemptResult, ReplyTo, UpstreamError};
 
@@ -137,16 +137,16 @@ pub(super) async fn call(ctx: &CallContext, request: Message) -> Result<Message,
     )
     .await;
     call.filtered(filtered, Direction::Request)?;
-    let routed = router::route(
-        ctx.table.clone(),
-        &request,
-        &mutation,
-        &mut call.record,
-        &mut (),
-        Instant::now(),
-        KeptForLog::default(),
-        std::convert::identity,
-    );
+    let routing = Routing {
+        table: ctx.table.clone(),
+        request: &request,
+        filter_mutation: &mutation,
+        record: &mut call.record,
+        observer: &mut (),
+        now: Instant::now(),
+        kept: KeptForLog::default(),
+    };
+    let routed = router::route(routing, std::convert::identity);
     let mut routed = match routed {
         Ok(routed) => routed,
         Err(unrouted) => return Err(call.failed(unrouted.reply)),

@@ -267,25 +267,40 @@ pub(crate) fn filters_timed_out(direction: Direction, record: &mut RequestRecord
     LocalReply::new(LocalReplyKind::Timeout, message)
 }
 
-/// Routes `request` with `table`: the first matching route, then its target; copies it to the
-/// route's mirror (as `observer` sees it). `filter_mutation` is what request filters added. On
-/// failure (and for a route that answers itself) the error is recorded and returned. Its
-/// attempts keep what `kept` says for the listener's access log. The routed request is built
-/// where `place` puts it (its stage: a `Routed` is over 200 bytes, and a move of it is a copy),
-/// and `place`'s result returned.
-// One more than clippy's seven: `place` could not go in another argument without moving the
-// `Routed` again.
-#[allow(clippy::too_many_arguments)]
+/// A request to route, and what it is routed with (see [`route`]).
+pub(crate) struct Routing<'a, O> {
+    /// The table it is routed by, which it keeps for its life.
+    pub table: Arc<RouteTable>,
+    pub request: &'a Arc<Message>,
+    /// What request filters added.
+    pub filter_mutation: &'a Mutation,
+    /// Its record, where a failure is recorded.
+    pub record: &'a mut RequestRecord,
+    /// Sees its copy to the route's mirror.
+    pub observer: &'a mut O,
+    pub now: Instant,
+    /// What its attempts keep for the listener's access log.
+    pub kept: KeptForLog,
+}
+
+/// Routes `routing`'s request with its table: the first matching route, then its target;
+/// copies it to the route's mirror (as its observer sees it). On failure (and for a route that
+/// answers itself) the error is recorded and returned. The routed request is built where
+/// `place` puts it (its stage: a `Routed` is over 200 bytes, and a move of it is a copy), and
+/// `place`'s result returned.
 pub(crate) fn route<T>(
-    table: Arc<RouteTable>,
-    request: &Arc<Message>,
-    filter_mutation: &Mutation,
-    record: &mut RequestRecord,
-    observer: &mut impl AttemptObserver,
-    now: Instant,
-    kept: KeptForLog,
+    routing: Routing<'_, impl AttemptObserver>,
     place: impl FnOnce(Routed) -> T,
 ) -> Result<T, Unrouted> {
+    let Routing {
+        table,
+        request,
+        filter_mutation,
+        record,
+        observer,
+        now,
+        kept,
+    } = routing;
     let view = RoutingView {
         metadata: &request.metadata,
         keys: record.routing_keys(),
@@ -924,16 +939,16 @@ pub(crate) mod tests {
         let peer = SocketAddr::from(([127, 0, 0, 1], 2));
         let mut record =
             RequestRecord::new(Arc::new(ConnectionInfo::new("in".into(), peer, peer)), 0);
-        let Ok(routed) = route(
-            Arc::new(table),
-            &request,
-            &Mutation::default(),
-            &mut record,
-            &mut (),
-            Instant::now(),
+        let routing = Routing {
+            table: Arc::new(table),
+            request: &request,
+            filter_mutation: &Mutation::default(),
+            record: &mut record,
+            observer: &mut (),
+            now: Instant::now(),
             kept,
-            std::convert::identity,
-        ) else {
+        };
+        let Ok(routed) = route(routing, std::convert::identity) else {
             return Err(ConfigError::new("routes", "the request was not routed"));
         };
         Ok((cluster, routed, record))

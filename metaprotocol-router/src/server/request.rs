@@ -34,7 +34,7 @@ use super::timers::{TimerId, Timers};
 use super::{ListenerContext, complete, load};
 use crate::published::Cached;
 use crate::route::RouteTable;
-use crate::router::{self, Direction, Matched, Next, Routed, Snapshots, Unrouted};
+use crate::router::{self, Direction, Matched, Next, Routed, Routing, Snapshots, Unrouted};
 use crate::stats::Counter;
 use crate::trace::RequestSpan;
 use crate::transport::outbox::Outbox;
@@ -890,16 +890,16 @@ impl Requests {
         // Built in the request's stage, not returned: each move of a `Routed` (over 200 bytes)
         // is a copy.
         let stage = &mut inflight.walk.stage;
-        let routed = router::route(
+        let routing = Routing {
             table,
-            &inflight.request,
-            &inflight.mutation,
-            &mut inflight.walk.record,
-            &mut inflight.span,
+            request: &inflight.request,
+            filter_mutation: &inflight.mutation,
+            record: &mut inflight.walk.record,
+            observer: &mut inflight.span,
             now,
-            kept_for_log,
-            |routed| *stage = Stage::Routed(routed),
-        );
+            kept: kept_for_log,
+        };
+        let routed = router::route(routing, |routed| *stage = Stage::Routed(routed));
         inflight.mutation = Mutation::new();
         if let Err(Unrouted { reply, matched }) = routed {
             if let Some(matched) = matched {
