@@ -133,14 +133,19 @@ impl HealthFlags {
         rebuilt.show(&showing);
     }
 
-    /// Takes the flags that keep `replaced` out of rotation: an endpoint rebuilt in place (new
-    /// pool settings, a new codec) is the same server, failing its checks or ejected as before,
-    /// until the checks or the detector say otherwise. Before the series are attached: nothing
-    /// changes, so nothing is shown or counted.
-    fn carry_over(&self, replaced: &HealthFlags) {
-        let out = replaced.bits.load(Ordering::Acquire)
-            & (Self::FAILED_ACTIVE_CHECK | Self::EJECTED | Self::PENDING_ACTIVE_CHECK);
-        self.bits.fetch_or(out, Ordering::AcqRel);
+    /// Takes the flags of `owned` as `replaced` has them: an endpoint rebuilt in place (new pool
+    /// settings, a new codec) is the same server, failing its checks or ejected as before, until
+    /// the checks or the detector say otherwise. Before the endpoint shows in its series (made,
+    /// or installed before the hand-over): nothing is shown or counted. True if that took it
+    /// into or out of rotation.
+    fn take(&self, replaced: &HealthFlags, owned: u8) -> bool {
+        let theirs = replaced.bits.load(Ordering::Acquire) & owned;
+        let taken = |bits: u8| (bits & !owned) | theirs;
+        let update = |bits| Some(taken(bits));
+        let (Ok(before) | Err(before)) =
+            self.bits
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, update);
+        (before ^ taken(before)) & (Self::FAILED_ACTIVE_CHECK | Self::EJECTED) != 0
     }
 
     /// True if its series show its state: false for an endpoint made in place of a running one
@@ -270,11 +275,29 @@ impl Endpoint {
     /// installed ([`HealthFlags::hand_series_to`]).
     pub fn replacing(self, replaced: &Endpoint) -> Self {
         self.health.shows.store(false, Ordering::Release);
-        self.health.carry_over(&replaced.health);
-        let (passed, failed) = replaced.check_streak.get();
-        self.check_streak.set(passed, failed);
-        self.outliers.carry_over(&replaced.outliers);
+        self.take_running(replaced, true);
         self
+    }
+
+    /// Takes again, as it is installed in place of `replaced` (its cluster's lock held, so that
+    /// no health change crosses it), what the health work of the running cluster kept on
+    /// `replaced` since [`Endpoint::replacing`] copied it when the update was planned: the
+    /// update's first round of checks may take up to their `timeout`, and an update overtaken
+    /// meanwhile reuses the endpoints it made in its next plan. Outlier detection's ejection
+    /// and failure streaks, and active checks' flags and streak, unless the update gives the
+    /// cluster checks (`checks_anew`): then the endpoint's own first round made them. An
+    /// ejection that ended on `replaced` meanwhile stayed on this one, which the detector,
+    /// having returned `replaced`, never returned. True if that took it into or out of
+    /// rotation: the snapshot built with it is to be built again.
+    pub fn take_running(&self, replaced: &Endpoint, checks_anew: bool) -> bool {
+        let mut owned = HealthFlags::EJECTED;
+        if !checks_anew {
+            owned |= HealthFlags::FAILED_ACTIVE_CHECK | HealthFlags::PENDING_ACTIVE_CHECK;
+            let (passed, failed) = replaced.check_streak.get();
+            self.check_streak.set(passed, failed);
+        }
+        self.outliers.carry_over(&replaced.outliers);
+        self.health.take(&replaced.health, owned)
     }
 
     /// The endpoint, new to a cluster with active health checks, out of rotation until its first

@@ -812,7 +812,7 @@ impl ClusterHandle {
             missed = true;
             None
         } else {
-            retire_replaced(&mut state_next, next.endpoints);
+            missed |= retire_replaced(&mut state_next, next.endpoints, next.checks_anew);
             // Fresher: its endpoints, made anew for the checks it gives and through their
             // first round, are the cluster's now, and the build asked for reuses them with
             // their verdicts. Its own snapshot, which has them, serves until that build
@@ -1003,7 +1003,8 @@ fn plan(
     scope: &MetricsScope,
 ) -> SnapshotPlan {
     let (endpoints, plan) = plan_hosts(&state.inputs(), stats, breakers, scope);
-    retire_replaced(state, endpoints);
+    // Planned and installed under one lock: no health changed in between.
+    retire_replaced(state, endpoints, false);
     plan
 }
 
@@ -1141,9 +1142,16 @@ fn plan_hosts(
     (endpoints, plan)
 }
 
-/// Makes `endpoints` (planned by [`plan_hosts`]) those of `state`: the ones they replace are
-/// marked draining.
-fn retire_replaced(state: &mut ClusterState, endpoints: HashMap<SocketAddr, Arc<Endpoint>>) {
+/// Makes `endpoints` (planned by [`plan_hosts`], by an update that gives the cluster active
+/// health checks if `checks_anew`) those of `state`: the ones they replace are marked draining,
+/// and one rebuilt in place takes their health as it is now ([`Endpoint::take_running`]).
+/// True if that took one into or out of rotation: the snapshot planned with them is stale.
+fn retire_replaced(
+    state: &mut ClusterState,
+    endpoints: HashMap<SocketAddr, Arc<Endpoint>>,
+    checks_anew: bool,
+) -> bool {
+    let mut changed = false;
     // Endpoints retired earlier and gone since: forgotten here as well as when the admin API
     // lists them, so that a cluster whose addresses keep changing (DNS) holds no growing list.
     state.retired.retain(|e| e.strong_count() > 0);
@@ -1160,11 +1168,13 @@ fn retire_replaced(state: &mut ClusterState, endpoints: HashMap<SocketAddr, Arc<
             // Rebuilt in place (new pool settings, say): the same series, which showed the old
             // one until now (draining, just above), show the new one from now on.
             if let Some(rebuilt) = endpoints.get(&address) {
+                changed |= rebuilt.take_running(&old, checks_anew);
                 old.health().hand_series_to(rebuilt.health());
             }
         }
     }
     state.endpoints = endpoints;
+    changed
 }
 
 /// What a snapshot is built from, taken from the cluster's state under its lock: building it
@@ -2107,6 +2117,88 @@ health_check: {{ interval: 1s }}"
             );
             Ok(())
         })
+    }
+
+    /// An update that gives a cluster active health checks makes its endpoints anew, each out
+    /// of rotation as outlier detection holds the running endpoint at its address. Taken when
+    /// the update was planned, an ejection that ended during its first round (or, the update
+    /// overtaken, before a plan made again reused what it had checked) stayed on the endpoint
+    /// installed, which the detector, having returned the running one, never returned; one that
+    /// began then was missing, and an endpoint the detector held ejected served.
+    #[tokio::test]
+    async fn an_update_giving_checks_takes_the_ejections_the_running_endpoints_have_as_it_applies()
+    -> Result<(), Box<dyn std::error::Error>> {
+        // Live: the first round's checks pass.
+        let mut listeners = Vec::new();
+        let mut addresses = Vec::new();
+        for _ in 0..3 {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            addresses.push(listener.local_addr()?);
+            listeners.push(listener);
+        }
+        let &[returned, ejected, steady] = addresses.as_slice() else {
+            return Err("three listeners".into());
+        };
+        let spec = |checks: &str| {
+            ClusterSpec::from_yaml(&format!(
+                "name: c\nendpoints: [ {{ address: '{returned}' }}, {{ address: '{ejected}' }}, {{ address: '{steady}' }} ]\nhealthy_panic_threshold: 1\noutlier_detection: {{ consecutive_errors: 2 }}\n{checks}"
+            ))
+            .map(Arc::new)
+        };
+        let checked = spec("health_check: { interval: 1h, timeout: 10s }")?;
+        let c = ClusterHandle::new(
+            &spec("")?,
+            "null".into(),
+            Arc::new(crate::testing::NullCodec),
+            Metrics::new().root(),
+            None,
+            &Resolved::new(),
+        )?;
+        assert!(set_one(&c, returned, HealthFlags::EJECTED, true));
+        let stale = c.prepare_update(
+            &checked,
+            None,
+            None,
+            &Resolved::new(),
+            c.answers_taken(),
+            None,
+        )?;
+        stale.first_checks().await;
+        // Overtaken by another update: what it checked is kept for its next plan.
+        let (_, made) = stale.build().checked().ok_or("the update gives checks")?;
+        // Meanwhile the detector returns one endpoint (its ejection ended) and ejects another.
+        assert!(set_one(&c, returned, HealthFlags::EJECTED, false));
+        assert!(set_one(&c, ejected, HealthFlags::EJECTED, true));
+        let again = c.prepare_update(
+            &checked,
+            None,
+            None,
+            &Resolved::new(),
+            c.answers_taken(),
+            Some(&made),
+        )?;
+        assert!(
+            !again.awaits_first_checks(),
+            "planned again, it reuses what it checked"
+        );
+        again.build().commit();
+        let states: Vec<(SocketAddr, HealthState)> = c
+            .status()
+            .endpoints
+            .iter()
+            .map(|e| (e.address, e.health))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                (returned, HealthState::Healthy),
+                (ejected, HealthState::Ejected),
+                (steady, HealthState::Healthy)
+            ],
+            "once the update applied, the endpoint the detector returned during its round, and the one it ejected then"
+        );
+        assert_eq!(picked(&c), [returned, steady].into());
+        Ok(())
     }
 
     /// The states `metrics` shows for endpoints' health (those whose series is 1).
